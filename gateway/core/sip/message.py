@@ -1,0 +1,287 @@
+"""SIP requests and responses as frozen values (RFC 3261 §7).
+
+Header fields are kept in order as ``(canonical name, value)`` pairs, one pair per element of a
+comma-separated list header (RFC 3261 §7.3.1), so ``get_all("Via")`` is the Via stack, top first.
+Typed accessors (``top_via``, ``cseq``, ``from_`` ...) parse the stored text on demand with the
+grammar in :mod:`gateway.core.sip.grammar`; a malformed value raises :class:`SipParseError`.
+
+Build edits with the ``with_*`` methods (they return new values); parse network bytes with
+:func:`gateway.core.sip.parser.parse_message_untrusted`; write bytes with
+:func:`gateway.core.sip.serializer.serialize_message`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from gateway.core.sip import grammar
+from gateway.core.sip.headers import CSeq, NameAddr, Via, canonical_name
+from gateway.core.sip.uri import Uri
+
+SIP_VERSION = "SIP/2.0"
+
+
+@attrs.frozen
+class Headers:
+    """Ordered, case-insensitive, multi-valued header fields."""
+
+    fields: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
+        return cls(tuple((canonical_name(n), v) for n, v in pairs))
+
+    def get(self, name: str) -> str | None:
+        """First value of ``name``, or None."""
+        key = canonical_name(name).lower()
+        for n, v in self.fields:
+            if n.lower() == key:
+                return v
+        return None
+
+    def get_all(self, name: str) -> tuple[str, ...]:
+        key = canonical_name(name).lower()
+        return tuple(v for n, v in self.fields if n.lower() == key)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def count(self, name: str) -> int:
+        return len(self.get_all(name))
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.fields)
+
+    def add(self, name: str, value: str) -> Headers:
+        """Append a field after all existing ones."""
+        return Headers((*self.fields, (canonical_name(name), value)))
+
+    def prepend(self, name: str, value: str) -> Headers:
+        """Insert before the first field of the same name (or at the top): a new top Via/Route."""
+        cname = canonical_name(name)
+        key = cname.lower()
+        out = list(self.fields)
+        for i, (n, _) in enumerate(out):
+            if n.lower() == key:
+                out.insert(i, (cname, value))
+                return Headers(tuple(out))
+        return Headers(((cname, value), *out))
+
+    def remove(self, name: str) -> Headers:
+        key = canonical_name(name).lower()
+        return Headers(tuple((n, v) for n, v in self.fields if n.lower() != key))
+
+    def remove_first(self, name: str) -> Headers:
+        key = canonical_name(name).lower()
+        out = list(self.fields)
+        for i, (n, _) in enumerate(out):
+            if n.lower() == key:
+                del out[i]
+                break
+        return Headers(tuple(out))
+
+    def set(self, name: str, *values: str) -> Headers:
+        """Replace every field called ``name`` with ``values``, at the position of the first one."""
+        cname = canonical_name(name)
+        key = cname.lower()
+        out: list[tuple[str, str]] = []
+        placed = False
+        for n, v in self.fields:
+            if n.lower() == key:
+                if not placed:
+                    out.extend((cname, value) for value in values)
+                    placed = True
+                continue
+            out.append((n, v))
+        if not placed:
+            out.extend((cname, value) for value in values)
+        return Headers(tuple(out))
+
+
+class _Common:
+    """Accessors shared by requests and responses (they read ``self.headers``)."""
+
+    headers: Headers
+
+    @property
+    def call_id(self) -> str:
+        value = self.headers.get("Call-ID")
+        if value is None:
+            raise grammar.SipParseError("missing Call-ID header")
+        return value
+
+    @property
+    def cseq(self) -> CSeq:
+        value = self.headers.get("CSeq")
+        if value is None:
+            raise grammar.SipParseError("missing CSeq header")
+        return grammar.parse_cseq_untrusted(value)
+
+    @property
+    def vias(self) -> tuple[Via, ...]:
+        return tuple(grammar.parse_via_untrusted(v) for v in self.headers.get_all("Via"))
+
+    @property
+    def top_via(self) -> Via:
+        value = self.headers.get("Via")
+        if value is None:
+            raise grammar.SipParseError("missing Via header")
+        return grammar.parse_via_untrusted(value)
+
+    @property
+    def from_(self) -> NameAddr:
+        return self._name_addr("From")
+
+    @property
+    def to(self) -> NameAddr:
+        return self._name_addr("To")
+
+    @property
+    def contacts(self) -> tuple[NameAddr, ...]:
+        return tuple(grammar.parse_name_addr_untrusted(v) for v in self.headers.get_all("Contact"))
+
+    @property
+    def routes(self) -> tuple[NameAddr, ...]:
+        return tuple(grammar.parse_name_addr_untrusted(v) for v in self.headers.get_all("Route"))
+
+    @property
+    def record_routes(self) -> tuple[NameAddr, ...]:
+        return tuple(
+            grammar.parse_name_addr_untrusted(v) for v in self.headers.get_all("Record-Route")
+        )
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+    def _name_addr(self, name: str) -> NameAddr:
+        value = self.headers.get(name)
+        if value is None:
+            raise grammar.SipParseError(f"missing {name} header")
+        return grammar.parse_name_addr_untrusted(value)
+
+
+@attrs.frozen
+class Request(_Common):
+    method: str
+    uri: Uri
+    headers: Headers = Headers()
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("Max-Forwards")
+        return None if value is None else grammar.parse_uint_untrusted(value, "Max-Forwards", 255)
+
+    def with_headers(self, headers: Headers) -> Request:
+        return attrs.evolve(self, headers=headers)
+
+    def with_body(self, body: bytes, content_type: str | None = None) -> Request:
+        headers = self.headers
+        if content_type is not None:
+            headers = headers.set("Content-Type", content_type)
+        elif not body:
+            headers = headers.remove("Content-Type")
+        return attrs.evolve(self, body=body, headers=headers)
+
+
+@attrs.frozen
+class Response(_Common):
+    status: int
+    reason: str
+    headers: Headers = Headers()
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+    @property
+    def is_provisional(self) -> bool:
+        return 100 <= self.status < 200
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def is_final(self) -> bool:
+        return self.status >= 200
+
+    def with_headers(self, headers: Headers) -> Response:
+        return attrs.evolve(self, headers=headers)
+
+    def with_body(self, body: bytes, content_type: str | None = None) -> Response:
+        headers = self.headers
+        if content_type is not None:
+            headers = headers.set("Content-Type", content_type)
+        elif not body:
+            headers = headers.remove("Content-Type")
+        return attrs.evolve(self, body=body, headers=headers)
+
+
+Message = Request | Response
+
+# Headers a UAS copies from a request into a response it builds (RFC 3261 §8.2.6.2).
+_COPIED_INTO_RESPONSE = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    extra: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Response:
+    """Build a response to ``request`` as RFC 3261 §8.2.6.2 says: same Via stack (in order), From,
+    Call-ID, CSeq, and To with ``to_tag`` added when given and not already present."""
+    fields: list[tuple[str, str]] = []
+    for name in _COPIED_INTO_RESPONSE:
+        for value in request.headers.get_all(name):
+            if name == "To" and to_tag is not None:
+                to = grammar.parse_name_addr_untrusted(value)
+                if to.tag is None:
+                    value = str(to.with_tag(to_tag))
+            fields.append((name, value))
+    fields.extend((canonical_name(n), v) for n, v in extra)
+    if content_type is not None:
+        fields.append(("Content-Type", content_type))
+    return Response(
+        status=status,
+        reason=reason if reason is not None else default_reason(status),
+        headers=Headers(tuple(fields)),
+        body=body,
+    )
+
+
+_REASONS: dict[int, str] = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
+    204: "No Notification", 300: "Multiple Choices", 301: "Moved Permanently",
+    302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service", 400: "Bad Request",
+    401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 410: "Gone", 413: "Request Entity Too Large",
+    414: "Request-URI Too Long", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
+    420: "Bad Extension", 421: "Extension Required", 422: "Session Interval Too Small",
+    423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending", 493: "Undecipherable",
+    500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 580: "Precondition Failure", 600: "Busy Everywhere",
+    603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+
+def default_reason(status: int) -> str:
+    """RFC 3261 §21 reason phrase for ``status`` (or a class-level fallback)."""
+    reason = _REASONS.get(status)
+    if reason is not None:
+        return reason
+    return {1: "Progress", 2: "OK", 3: "Redirection", 4: "Client Error", 5: "Server Error",
+            6: "Global Failure"}.get(status // 100, "Unknown")

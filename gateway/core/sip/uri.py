@@ -1,0 +1,124 @@
+"""SIP, SIPS and TEL URIs (RFC 3261 §19.1, RFC 3966) as frozen values.
+
+Parsing lives in :mod:`gateway.core.sip.parser` (``parse_uri_untrusted``); this module only holds
+the values and writes them back out. Components are kept as they were on the wire (escaped), so a
+parsed message serializes to the same URI; comparison helpers unescape where RFC 3261 §19.1.4 says so.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+Params = tuple[tuple[str, str | None], ...]
+"""Ordered ``;name=value`` parameters; a flag parameter (``;lr``) has the value None."""
+
+
+def get_param(params: Params, name: str) -> str | None:
+    """Value of the first parameter called ``name`` (case-insensitive); None if absent or a flag."""
+    lname = name.lower()
+    for key, value in params:
+        if key.lower() == lname:
+            return value
+    return None
+
+
+def has_param(params: Params, name: str) -> bool:
+    lname = name.lower()
+    return any(key.lower() == lname for key, _ in params)
+
+
+def set_param(params: Params, name: str, value: str | None) -> Params:
+    """Replace the first parameter called ``name`` (keeping its position) or append it."""
+    lname = name.lower()
+    out = list(params)
+    for i, (key, _) in enumerate(out):
+        if key.lower() == lname:
+            out[i] = (key, value)
+            return tuple(out)
+    out.append((name, value))
+    return tuple(out)
+
+
+def remove_param(params: Params, name: str) -> Params:
+    lname = name.lower()
+    return tuple((k, v) for k, v in params if k.lower() != lname)
+
+
+def format_params(params: Params) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+
+
+@attrs.frozen
+class SipUri:
+    """``sip:`` or ``sips:`` URI. ``host`` keeps IPv6 references in brackets (RFC 5118)."""
+
+    scheme: str
+    host: str
+    user: str | None = None
+    password: str | None = None
+    port: int | None = None
+    params: Params = ()
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme.lower() == "sips"
+
+    @property
+    def transport(self) -> str | None:
+        value = get_param(self.params, "transport")
+        return value.lower() if value is not None else None
+
+    @property
+    def lr(self) -> bool:
+        return has_param(self.params, "lr")
+
+    def param(self, name: str) -> str | None:
+        return get_param(self.params, name)
+
+    def with_param(self, name: str, value: str | None = None) -> SipUri:
+        return attrs.evolve(self, params=set_param(self.params, name, value))
+
+    def host_port(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        userinfo = ""
+        if self.user is not None:
+            userinfo = self.user
+            if self.password is not None:
+                userinfo += ":" + self.password
+            userinfo += "@"
+        out = f"{self.scheme}:{userinfo}{self.host_port()}{format_params(self.params)}"
+        if self.headers:
+            out += "?" + "&".join(f"{k}={v}" for k, v in self.headers)
+        return out
+
+
+@attrs.frozen
+class TelUri:
+    """``tel:`` URI (RFC 3966): a global (``+``) or local number plus parameters."""
+
+    number: str
+    params: Params = ()
+
+    @property
+    def is_global(self) -> bool:
+        return self.number.startswith("+")
+
+    def __str__(self) -> str:
+        return f"tel:{self.number}{format_params(self.params)}"
+
+
+@attrs.frozen
+class AbsoluteUri:
+    """Any other scheme (RFC 3261 §25.1 absoluteURI), kept opaque."""
+
+    scheme: str
+    opaque: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme}:{self.opaque}"
+
+
+Uri = SipUri | TelUri | AbsoluteUri
