@@ -1,0 +1,184 @@
+"""The ``voipgw`` command.
+
+Exit codes (issue #2): 0 ok, 2 usage or configuration error, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway.core import config as config_mod
+from gateway.core.config import ConfigError, GatewayConfig
+from gateway.core.plugins import PluginError, discover, load_plugins
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("gateway")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; keep the message on stderr and that code."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="voipgw",
+        description="Secure SIP media gateway: terminates each call leg with the encryption that "
+        "device supports and bridges media between legs.",
+    )
+    parser.add_argument("--version", action="version", version=f"voipgw {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="run the gateway",
+        description="Run the gateway. With no --config it runs on the embedded defaults: SIP on "
+        "127.0.0.1:5060 over UDP and TCP, media on 127.0.0.1 ports 30000-30999, state in "
+        "./voipgw-state.",
+    )
+    run.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    run.add_argument(
+        "--listen",
+        metavar="TRANSPORT:HOST:PORT",
+        action="append",
+        help="SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen)",
+    )
+    run.add_argument("--state-dir", metavar="DIR", help="state directory (replaces [gateway] state_dir)")
+    run.add_argument("--media-address", metavar="IP", help="media relay address ([media] address)")
+    run.add_argument("--media-ports", metavar="LOW-HIGH", help="media port range ([media] ports)")
+    run.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="([gateway] log_level)"
+    )
+
+    plugins = sub.add_parser(
+        "plugins",
+        help="list installed plugins",
+        description="List every installed voipgw plugin (entry point group voipgw.plugins): name, "
+        "distribution and version, whether the configuration enables it, and what it registers.",
+    )
+    plugins.add_argument("--config", metavar="FILE", help="TOML configuration file")
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration file",
+        description="Validate FILE and the plugin tables it enables without opening a socket.",
+    )
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+def _load_config(path: str | None) -> GatewayConfig:
+    return config_mod.from_toml(path) if path else config_mod.embedded_defaults()
+
+
+def _apply_run_overrides(config: GatewayConfig, args: argparse.Namespace) -> GatewayConfig:
+    data: dict[str, dict[str, object]] = {}
+    if args.listen:
+        data["sip"] = {"listen": tuple(args.listen)}
+    gateway_over: dict[str, object] = {}
+    if args.state_dir:
+        gateway_over["state_dir"] = args.state_dir
+    if args.log_level:
+        gateway_over["log_level"] = args.log_level
+    if gateway_over:
+        data["gateway"] = gateway_over
+    media_over: dict[str, object] = {}
+    if args.media_address:
+        media_over["address"] = args.media_address
+    if args.media_ports:
+        media_over["ports"] = args.media_ports
+    if media_over:
+        data["media"] = media_over
+    return config_mod.with_overrides(config, data, origin="command line")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.core.gateway import Gateway, run_until_signal
+
+    config = _apply_run_overrides(_load_config(args.config), args)
+    logging.basicConfig(
+        level=config.gateway.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    plugins = load_plugins(config)
+    gateway = Gateway(config, plugins)
+    return run_until_signal(gateway)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    installed = discover()
+    enabled = set(config.plugins.enable)
+    loaded = load_plugins(config, installed=installed) if enabled else None
+    width = max((len(n) for n in installed), default=4)
+    print(f"{'NAME':<{width}}  {'STATE':<8}  DISTRIBUTION          REGISTERS")
+    for name in sorted(installed):
+        plugin = installed[name]
+        dist = f"{plugin.distribution} {plugin.version}"
+        if loaded is not None and name in enabled:
+            parts = [
+                f"{kind}: {', '.join(items)}"
+                for kind, items in loaded.registered_by(name).items()
+            ]
+            hooks = [
+                h for h in loaded.hooks_implemented_by(name)
+                if not h.startswith("gateway_register_") and h != "gateway_plugin_config"
+            ]
+            if hooks:
+                parts.append("hooks: " + ", ".join(hooks))
+            registers = "; ".join(parts) or "(nothing)"
+            state = "enabled"
+        else:
+            registers = "(not loaded: disabled)"
+            state = "disabled"
+        print(f"{name:<{width}}  {state:<8}  {dist:<20}  {registers}")
+    unknown = sorted(enabled - set(installed))
+    for name in unknown:
+        print(f"{name:<{width}}  MISSING   (enabled in config but not installed)")
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = config_mod.from_toml(args.file)
+    plugins = load_plugins(config)
+    from gateway.core.gateway import Gateway
+
+    Gateway(config, plugins).check()
+    print(f"{args.file}: OK ({len(plugins.names)} plugins: {', '.join(plugins.names)})")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "plugins": cmd_plugins,
+    "check-config": cmd_check_config,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"voipgw: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PluginError as exc:
+        print(f"voipgw: plugin error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as exc:
+        print(f"voipgw: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

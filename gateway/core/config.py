@@ -1,0 +1,340 @@
+"""Gateway configuration: one TOML file parsed into frozen attrs values.
+
+Every table is an ``@attrs.frozen`` class whose fields say the key names, their types and defaults;
+:func:`structure` turns a TOML table into such a class and every mistake it finds names the file, the
+table and the key, and says what was expected. Plugins declare their own table (``[plugins.NAME]``)
+the same way through the ``gateway_plugin_config`` hook, so their errors read the same.
+
+The file layout::
+
+    [gateway]   state_dir, realm, domains, log_level
+    [sip]       listen, user_agent, timers, message limits
+    [media]     address, ports, inactivity_timeout
+    [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import attrs
+
+T = TypeVar("T")
+
+DEFAULT_PLUGINS: tuple[str, ...] = ("udp", "tcp")
+
+
+class ConfigError(Exception):
+    """A configuration mistake. ``str()`` names the file, the table and the key."""
+
+    def __init__(self, file: str, table: str, key: str | None, message: str) -> None:
+        where = f"{file}: [{table}]" if table else f"{file}:"
+        if key is not None:
+            where += f" {key}"
+        super().__init__(f"{where}: {message}")
+        self.file = file
+        self.table = table
+        self.key = key
+        self.message = message
+
+
+@attrs.frozen
+class ListenSpec:
+    """``transport:host:port`` as written in ``[sip] listen`` or ``--listen``."""
+
+    transport: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ListenSpec:
+        """Parse ``udp:127.0.0.1:5060`` or ``tls:[::1]:5061``; raises ValueError with the reason."""
+        transport, sep, rest = text.partition(":")
+        if not sep or not transport:
+            raise ValueError(f"expected TRANSPORT:HOST:PORT, got {text!r}")
+        if rest.startswith("["):
+            host, bracket, tail = rest[1:].partition("]")
+            if not bracket or not tail.startswith(":"):
+                raise ValueError(f"expected TRANSPORT:[IPV6]:PORT, got {text!r}")
+            port_text = tail[1:]
+        else:
+            host, sep, port_text = rest.rpartition(":")
+            if not sep:
+                raise ValueError(f"expected TRANSPORT:HOST:PORT, got {text!r}")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"listen address must be an IP address, got {host!r}") from None
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"port must be 0-65535, got {port_text!r}")
+        return cls(transport.lower(), host, int(port_text))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@attrs.frozen
+class PortRange:
+    low: int
+    high: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        low, sep, high = text.partition("-")
+        if not sep or not low.isdigit() or not high.isdigit():
+            raise ValueError(f"expected LOW-HIGH, got {text!r}")
+        lo, hi = int(low), int(high)
+        if not 1024 <= lo < hi <= 65535:
+            raise ValueError(f"expected 1024 <= LOW < HIGH <= 65535, got {text!r}")
+        if hi - lo < 3:
+            raise ValueError(f"range {text!r} holds no RTP/RTCP port pair for two legs")
+        return cls(lo, hi)
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+@attrs.frozen
+class GatewaySection:
+    state_dir: str = "./voipgw-state"
+    realm: str = "voipgw.local"
+    domains: tuple[str, ...] = ()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@attrs.frozen
+class SipSection:
+    listen: tuple[str, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+    user_agent: str = "voipgw"
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    max_message_size: int = 65535
+    max_headers: int = 200
+
+
+@attrs.frozen
+class MediaSection:
+    address: str = "127.0.0.1"
+    ports: str = "30000-30999"
+    inactivity_timeout: float = 60.0
+
+
+@attrs.frozen
+class PluginsSection:
+    enable: tuple[str, ...] = DEFAULT_PLUGINS
+
+
+@attrs.frozen
+class GatewayConfig:
+    """The whole configuration. ``plugin_tables`` holds the raw ``[plugins.NAME]`` tables until
+    the plugin manager structures them with each plugin's declared class."""
+
+    gateway: GatewaySection = GatewaySection()
+    sip: SipSection = SipSection()
+    media: MediaSection = MediaSection()
+    plugins: PluginsSection = PluginsSection()
+    plugin_tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    source: str = "<embedded defaults>"
+
+    @property
+    def listen_specs(self) -> tuple[ListenSpec, ...]:
+        return tuple(ListenSpec.parse(text) for text in self.sip.listen)
+
+    @property
+    def media_ports(self) -> PortRange:
+        return PortRange.parse(self.media.ports)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        plural = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+        return f"a list of {plural.get(item, _describe(item))}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, fail: typing.Callable[[str], Exception]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise fail(f"expected {_describe(tp)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, fail)
+            except ConfigError:
+                continue
+        raise fail(f"expected {_describe(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise fail(f"expected {_describe(tp)}, got {value!r}")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_convert(item, item_tp, fail) for item in value)
+    if attrs.has(tp):
+        if not isinstance(value, dict):
+            raise fail(f"expected a table, got {value!r}")
+        return value  # nested tables are structured by the caller with their own name
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise fail(f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail(f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail(f"expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"config field type {tp!r} is not supported")
+
+
+def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: str) -> T:
+    """Build ``cls`` (an attrs class) from a TOML table; unknown, missing or mistyped keys raise
+    :class:`ConfigError` naming ``file``, ``table_name`` and the key."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc]
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields)) or "(none)"
+        raise ConfigError(file, table_name, unknown[0], f"unknown key; known keys: {known}")
+    values: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in table:
+            if field.default is attrs.NOTHING:
+                raise ConfigError(file, table_name, name, f"missing; expected {_describe(hints[name])}")
+            continue
+
+        def fail(message: str, _name: str = name) -> ConfigError:
+            return ConfigError(file, table_name, _name, message)
+
+        values[name] = _convert(table[name], hints[name], fail)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(file, table_name, None, str(exc)) from None
+
+
+def _validate(config: GatewayConfig, file: str) -> None:
+    for text in config.sip.listen:
+        try:
+            ListenSpec.parse(text)
+        except ValueError as exc:
+            raise ConfigError(file, "sip", "listen", str(exc)) from None
+    try:
+        config.media_ports  # noqa: B018 - parse for validation
+    except ValueError as exc:
+        raise ConfigError(file, "media", "ports", str(exc)) from None
+    try:
+        ipaddress.ip_address(config.media.address)
+    except ValueError:
+        raise ConfigError(
+            file, "media", "address", f"expected an IP address, got {config.media.address!r}"
+        ) from None
+    if config.media.inactivity_timeout <= 0:
+        raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")
+    if len(set(config.plugins.enable)) != len(config.plugins.enable):
+        raise ConfigError(file, "plugins", "enable", "lists a plugin more than once")
+    for name in config.plugin_tables:
+        if name not in config.plugins.enable:
+            raise ConfigError(
+                file, f"plugins.{name}", None,
+                f"table for plugin {name!r}, which is not in [plugins] enable",
+            )
+
+
+def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") -> GatewayConfig:
+    """Structure an already-parsed TOML document."""
+    sections: dict[str, type[Any]] = {
+        "gateway": GatewaySection,
+        "sip": SipSection,
+        "media": MediaSection,
+    }
+    unknown = sorted(set(data) - set(sections) - {"plugins"})
+    if unknown:
+        raise ConfigError(
+            file, unknown[0], None,
+            "unknown table; known tables: gateway, sip, media, plugins",
+        )
+    values: dict[str, Any] = {}
+    for name, cls in sections.items():
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(file, name, None, "expected a table")
+        values[name] = structure(cls, table, file=file, table_name=name)
+    plugins_table = dict(data.get("plugins", {}))
+    plugin_tables = {k: v for k, v in plugins_table.items() if isinstance(v, dict)}
+    plain = {k: v for k, v in plugins_table.items() if not isinstance(v, dict)}
+    values["plugins"] = structure(PluginsSection, plain, file=file, table_name="plugins")
+    config = GatewayConfig(**values, plugin_tables=plugin_tables, source=file)
+    _validate(config, file)
+    return config
+
+
+def from_toml(path: str | Path) -> GatewayConfig:
+    """Read and validate a configuration file. Errors name the file, the table and the key."""
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(file, "", None, f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(file, "", None, "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", None, f"not valid TOML: {exc}") from None
+    return from_mapping(data, file=file)
+
+
+def embedded_defaults() -> GatewayConfig:
+    """What ``voipgw run`` uses with no ``--config``."""
+    return from_mapping({})
+
+
+def with_overrides(
+    config: GatewayConfig, data: Mapping[str, Mapping[str, Any]], *, origin: str
+) -> GatewayConfig:
+    """Replace keys of the core tables (``--listen``, ``--state-dir`` ...); errors name ``origin``."""
+    if not data:
+        return config
+    sections = {"gateway": GatewaySection, "sip": SipSection, "media": MediaSection}
+    changes: dict[str, Any] = {}
+    for name, overrides in data.items():
+        current = getattr(config, name)
+        merged = {
+            f.name: list(v) if isinstance(v := getattr(current, f.name), tuple) else v
+            for f in attrs.fields(type(current))
+        }
+        merged.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()})
+        changes[name] = structure(sections[name], merged, file=origin, table_name=name)
+    updated = attrs.evolve(config, **changes)
+    _validate(updated, origin)
+    return updated

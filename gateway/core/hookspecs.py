@@ -1,0 +1,117 @@
+"""Every hook a voipgw plugin can implement. docs/plugin_hooks.md documents each one and a test
+fails when a hook or one of its arguments is missing there.
+
+Rules (ARCHITECTURE.md): hooks are synchronous — pluggy cannot await — and hand objects over:
+``gateway_register_*`` hooks receive a registry to add factories and engines to, whose async parts
+the core runs; decision hooks are ``firstresult`` (the first non-None answer wins, plugins in
+reverse registration order, so a later-enabled plugin overrides an earlier one); observer hooks
+return nothing and must not block.
+
+A plugin is a module or object with functions marked ``@hookimpl``; it is enabled by naming its
+entry point (group ``voipgw.plugins``) in ``[plugins] enable``. Arguments a hookimpl does not list
+are not passed, so an implementation takes only what it needs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gateway.core.interfaces import (
+        Caller,
+        CallEvent,
+        DeviceProfile,
+        Directory,
+        LegInfo,
+        MediaPolicy,
+        OutboundMessage,
+        RouteDecision,
+    )
+    from gateway.core.plugins import Registry
+    from gateway.core.sip.message import Request
+    from gateway.core.transport.flows import Flow
+
+PROJECT = "voipgw"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def gateway_plugin_config() -> type | None:
+    """Declare the plugin's configuration table ``[plugins.NAME]``.
+
+    Return an ``@attrs.frozen`` class whose fields are the table's keys (types str, int, float,
+    bool, Literal[...], tuple[...] for lists, with defaults for optional keys). The core structures
+    the table into it before any ``gateway_register_*`` hook runs and passes the result to this
+    plugin's hooks as ``config``. Errors name the file, the table and the key. Return None (or do
+    not implement the hook) for a plugin without settings.
+    """
+
+
+@hookspec
+def gateway_register_transports(registry: Registry, config: Any) -> None:
+    """Add signalling transports (objects satisfying ``interfaces.Transport``) with
+    ``registry.add(transport.name, transport)``. ``config`` is this plugin's own structured
+    ``[plugins.NAME]`` table, or None."""
+
+
+@hookspec
+def gateway_register_key_exchanges(registry: Registry, config: Any) -> None:
+    """Add media key exchanges (``interfaces.KeyExchange``: sdes, dtls, zrtp, mikey) under
+    their name."""
+
+
+@hookspec
+def gateway_register_media_policies(registry: Registry, config: Any) -> None:
+    """Add named media-security policies (``interfaces.MediaPolicy``) that accounts, trunks and
+    device profiles can refer to by name."""
+
+
+@hookspec
+def gateway_register_media_taps(registry: Registry, config: Any) -> None:
+    """Add media taps (``interfaces.MediaTap``: recording, SIPREC, lawful intercept)."""
+
+
+@hookspec
+def gateway_register_device_profiles(registry: Registry, config: Any) -> None:
+    """Add phone-model profiles (``interfaces.DeviceProfile``) under their name."""
+
+
+@hookspec
+def gateway_register_interworking(registry: Registry, config: Any) -> None:
+    """Add PSTN interworking functions (``interfaces.Interworking``) under their name."""
+
+
+@hookspec(firstresult=True)
+def gateway_identify_device(request: Request, flow: Flow) -> DeviceProfile | None:
+    """Say which phone model sent ``request`` over ``flow``, or None to let the next plugin (and
+    finally the core's User-Agent match against registered profiles) decide."""
+
+
+@hookspec(firstresult=True)
+def gateway_route_call(
+    request: Request, caller: Caller, directory: Directory
+) -> RouteDecision | None:
+    """Decide where a new call goes: ``RouteDecision(targets=...)`` to ring targets in parallel,
+    ``RouteDecision.reject(status, reason)`` to refuse it, or None to defer to the next plugin and
+    finally the core's routing (user by registration, trunk by number prefix)."""
+
+
+@hookspec(firstresult=True)
+def gateway_media_security_policy(leg: LegInfo) -> MediaPolicy | str | None:
+    """Choose the media-security policy for one call leg: a ``MediaPolicy``, the name of a
+    registered one, or None to use the leg's configured policy."""
+
+
+@hookspec
+def gateway_outbound_message(outbound: OutboundMessage) -> None:
+    """Adjust a SIP message just before it is sent (device quirks, header hygiene) by replacing
+    ``outbound.message``. Runs for every message: keep it cheap."""
+
+
+@hookspec
+def gateway_call_event(event: CallEvent) -> None:
+    """Observe a call event (started, ringing, answered, ended, leg-secured ...). Must not block;
+    an exception in an observer is logged and never affects the call."""

@@ -1,0 +1,312 @@
+"""The seams between the core and its plugins, as typing.Protocols and frozen values.
+
+Plugins hand the core objects that satisfy these protocols (through the ``gateway_register_*``
+hooks); the core hands plugins the host objects defined here. Nothing in this module does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+import trio
+
+from gateway.core.config import ListenSpec
+from gateway.core.transport.flows import Address, Flow, FlowTable
+
+# --------------------------------------------------------------------------------------------
+# Signalling transports (udp, tcp, tls)
+
+
+@attrs.frozen
+class Listener:
+    """A bound signalling listener, as reported by a transport's ``serve``."""
+
+    transport: str
+    address: Address
+
+
+@attrs.frozen
+class TransportLimits:
+    """Bounds every transport enforces on what peers send (STYLE.md habit 5)."""
+
+    max_message_size: int = 65535
+    max_headers: int = 200
+    max_connections_per_source: int = 32
+    idle_timeout: float = 300.0
+    connect_timeout: float = 10.0
+
+
+class TransportHost(Protocol):
+    """What the core gives a transport plugin."""
+
+    @property
+    def flows(self) -> FlowTable: ...
+
+    @property
+    def limits(self) -> TransportLimits: ...
+
+    def deliver(self, data: bytes, flow: Flow) -> None:
+        """Hand one complete SIP message (a datagram, or a frame cut by stream framing) to the
+        SIP core. Never blocks; the core bounds its own queue and drops (with a count) if full."""
+
+    def flow_closed(self, flow: Flow) -> None:
+        """Tell the core a connection-oriented flow has ended."""
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A signalling transport registered by a plugin under ``name`` (the ``--listen`` prefix and
+    the Via transport token, RFC 3261 §18)."""
+
+    name: str
+    reliable: bool
+    secure: bool
+
+    async def serve(
+        self,
+        listen: ListenSpec,
+        host: TransportHost,
+        *,
+        task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Bind ``listen``, call ``task_status.started(Listener(...))`` with the bound address, then
+        receive until cancelled, delivering every message through ``host.deliver``."""
+
+    async def open_flow(self, remote: Address, host: TransportHost) -> Flow:
+        """Return a flow to ``remote``: an existing connection if one is up, else a new one
+        (from a listener's socket for datagram transports). Raises OSError when unreachable."""
+
+
+# --------------------------------------------------------------------------------------------
+# Media key exchange (SDES, DTLS-SRTP, ZRTP, MIKEY)
+
+
+@attrs.frozen(repr=False)
+class SrtpKeys:
+    """Master keys for one leg, one per direction. The core builds pylibsrtp contexts from them.
+    ``repr`` never shows key material."""
+
+    suite: str
+    local_key: bytes
+    remote_key: bytes
+
+    def __repr__(self) -> str:
+        return f"SrtpKeys(suite={self.suite!r}, keys=<redacted>)"
+
+
+@attrs.frozen
+class KeysReady:
+    keys: SrtpKeys
+
+
+@attrs.frozen
+class SasReady:
+    """ZRTP short authentication string for the user to compare (RFC 6189 §7)."""
+
+    sas: str
+    verified: bool
+
+
+@attrs.frozen
+class NegotiationFailed:
+    """The key exchange failed; the call ends with ``reason`` (and ``sip_status`` if it is still
+    being set up)."""
+
+    reason: str
+    sip_status: int = 488
+
+
+KeyNegotiationEvent = KeysReady | SasReady | NegotiationFailed
+
+
+class KeyNegotiation(Protocol):
+    """One media stream's key exchange on one leg: sans-IO, driven by the core."""
+
+    def local_sdp_attributes(self) -> Sequence[tuple[str, str | None]]:
+        """Attributes (a=...) for this leg's offer or answer of this stream."""
+
+    def remote_sdp_attributes(self, attributes: Sequence[tuple[str, str | None]]) -> None:
+        """The peer's attributes of this stream (raises a plugin error for unacceptable ones)."""
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        """Whether a packet on the media port belongs to this engine (RFC 7983 demux)."""
+
+    def receive_packet(self, packet: bytes, *, now: float) -> None: ...
+
+    def packets_to_send(self, *, now: float) -> list[bytes]: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, *, now: float) -> None: ...
+
+    def next_event(self) -> KeyNegotiationEvent | None: ...
+
+
+class KeyExchange(Protocol):
+    """A key-exchange method registered under ``name`` (``sdes``, ``dtls``, ``zrtp``, ``mikey``)."""
+
+    name: str
+    media_path: bool  # True: handshakes on the media port (DTLS, ZRTP); False: keys in SDP
+
+    def offer(self, *, suites: Sequence[str], secure_signalling: bool) -> KeyNegotiation: ...
+
+    def answer(
+        self,
+        remote_attributes: Sequence[tuple[str, str | None]],
+        *,
+        suites: Sequence[str],
+        secure_signalling: bool,
+    ) -> KeyNegotiation | None:
+        """A negotiation answering the peer's offer, or None if this method does not apply."""
+
+
+@attrs.frozen
+class MediaPolicy:
+    """What a leg accepts (ARCHITECTURE.md "Key exchange"): ordered key exchanges, cleartext."""
+
+    name: str
+    key_exchanges: tuple[str, ...]
+    allow_cleartext: bool
+    suites: tuple[str, ...] = ()
+    description: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Media taps (recording, SIPREC, lawful intercept)
+
+
+class TapSink(Protocol):
+    """Receives copies of decrypted media. ``packet`` must never block: a sink drops and counts
+    when it cannot keep up (STYLE.md habit 7)."""
+
+    def packet(self, stream_id: str, direction: str, payload: bytes, *, now: float) -> None: ...
+
+    async def run(self) -> None:
+        """The sink's own task (writing files, sending to a recorder)."""
+
+    def close(self) -> None: ...
+
+
+class MediaTap(Protocol):
+    name: str
+
+    def sink_for_call(self, call_id: str) -> TapSink | None:
+        """A sink for this call, or None when the tap does not apply to it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Devices and PSTN interworking
+
+
+@attrs.frozen
+class DeviceProfile:
+    """A phone model's known capabilities and quirks, matched on User-Agent."""
+
+    name: str
+    user_agent_prefixes: tuple[str, ...] = ()
+    media_policy: str | None = None
+    notes: str = ""
+
+    def matches(self, user_agent: str) -> bool:
+        return any(user_agent.startswith(prefix) for prefix in self.user_agent_prefixes)
+
+
+class Interworking(Protocol):
+    """PSTN interworking: number normalisation and cause mapping for one trunk kind."""
+
+    name: str
+
+    def normalize_number(self, number: str, *, context: str) -> str: ...
+
+    def sip_status_for_q850(self, cause: int) -> int: ...
+
+    def q850_for_sip_status(self, status: int) -> int: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions and observations
+
+
+@attrs.frozen
+class Caller:
+    """Who sent a new request: an authenticated account, a trunk matched by source or
+    credentials, or nobody yet (``kind="unknown"``)."""
+
+    kind: str  # "account" | "trunk" | "unknown"
+    name: str | None
+    flow: Flow | None = attrs.field(default=None, eq=False)
+    device: DeviceProfile | None = None
+
+
+@attrs.frozen
+class RouteTarget:
+    """One destination of a call leg: a SIP URI, and optionally the flow to send it over (a
+    registered contact behind NAT) and the trunk it belongs to."""
+
+    uri: str
+    flow: Flow | None = attrs.field(default=None, eq=False)
+    trunk: str | None = None
+    account: str | None = None
+
+
+@attrs.frozen
+class RouteDecision:
+    """Where a call goes: every target is rung in parallel (RFC 3261 §16.6 style forking by the
+    B2BUA), or the call is rejected with ``reject_status`` and a reason phrase saying why."""
+
+    targets: tuple[RouteTarget, ...] = ()
+    reject_status: int | None = None
+    reject_reason: str | None = None
+
+    @classmethod
+    def reject(cls, status: int, reason: str) -> RouteDecision:
+        return cls(reject_status=status, reject_reason=reason)
+
+
+class Directory(Protocol):
+    """Read-only view of accounts, registrations and trunks handed to routing hooks."""
+
+    def is_local_domain(self, host: str) -> bool: ...
+
+    def account_exists(self, name: str) -> bool: ...
+
+    def contacts(self, account: str) -> Sequence[RouteTarget]: ...
+
+    def trunk_for_number(self, number: str) -> str | None: ...
+
+    def trunk_target(self, trunk: str, number: str) -> RouteTarget | None: ...
+
+
+@attrs.frozen
+class LegInfo:
+    """What a media-security policy decision may look at for one call leg."""
+
+    call_id: str
+    side: str  # "a" (the leg that called us) | "b" (the leg we called)
+    kind: str  # "account" | "trunk"
+    name: str | None
+    secure_signalling: bool
+    device: DeviceProfile | None = None
+    configured_policy: str | None = None
+
+
+@attrs.define(eq=False)
+class OutboundMessage:
+    """A message about to be sent. ``gateway_outbound_message`` hooks may replace ``message``."""
+
+    message: object  # gateway.core.sip.message.Request | Response
+    flow: Flow | None
+    leg: LegInfo | None = None
+
+
+@attrs.frozen
+class CallEvent:
+    """Something that happened to a call, for observers (CDR writers, metrics, taps)."""
+
+    kind: str  # "started" | "ringing" | "answered" | "ended" | "leg-secured" | ...
+    call_id: str
+    at: float
+    reason: str | None = None
+    detail: tuple[tuple[str, str], ...] = ()

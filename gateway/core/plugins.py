@@ -1,0 +1,262 @@
+"""Plugin discovery and loading: a fresh pluggy PluginManager per Gateway.
+
+Only the entry points (group ``voipgw.plugins``) that ``[plugins] enable`` names are imported: an
+SBC must not run whatever happens to be installed. Built-in plugins are entry points of the voipgw
+distribution itself and load through exactly the same path as third-party ones.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+import attrs
+import pluggy
+
+from gateway.core import hookspecs
+from gateway.core.config import ConfigError, GatewayConfig, structure
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "voipgw.plugins"
+
+T = TypeVar("T")
+
+# The registries every Gateway has, by hook name: (registry attribute, what it holds).
+REGISTRY_HOOKS: dict[str, str] = {
+    "gateway_register_transports": "transports",
+    "gateway_register_key_exchanges": "key_exchanges",
+    "gateway_register_media_policies": "media_policies",
+    "gateway_register_media_taps": "media_taps",
+    "gateway_register_device_profiles": "device_profiles",
+    "gateway_register_interworking": "interworking",
+}
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or misbehaved at start-up. The message says which and why."""
+
+
+@attrs.frozen
+class DiscoveredPlugin:
+    """An entry point in the ``voipgw.plugins`` group, before (or without) loading it."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+
+
+def discover() -> dict[str, DiscoveredPlugin]:
+    """Every installed plugin entry point, by name (without importing any of them)."""
+    found: dict[str, DiscoveredPlugin] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist
+        found.setdefault(
+            ep.name,
+            DiscoveredPlugin(
+                name=ep.name,
+                value=ep.value,
+                distribution=dist.name if dist is not None else "?",
+                version=dist.version if dist is not None else "?",
+            ),
+        )
+    return found
+
+
+class Registry(Generic[T]):
+    """Named things plugins register (transports, key exchanges, ...). Remembers which plugin
+    added each name; a name added twice is a start-up error naming both plugins."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._owners: dict[str, str] = {}
+        self._current_plugin = "<core>"
+
+    def add(self, name: str, item: T) -> None:
+        if name in self._items:
+            raise PluginError(
+                f"{self.kind} {name!r} is registered by both plugin {self._owners[name]!r} "
+                f"and plugin {self._current_plugin!r}"
+            )
+        self._items[name] = item
+        self._owners[name] = self._current_plugin
+
+    def get(self, name: str) -> T | None:
+        return self._items.get(name)
+
+    def owner(self, name: str) -> str:
+        return self._owners[name]
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._items.items())
+
+    def registered_by(self, plugin: str) -> list[str]:
+        return [name for name, owner in self._owners.items() if owner == plugin]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(list(self._items.values()))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Plugins:
+    """The plugins one Gateway runs: its own PluginManager, the structured per-plugin configs and
+    the registries they filled."""
+
+    def __init__(self, pm: pluggy.PluginManager, configs: Mapping[str, Any]) -> None:
+        self.pm = pm
+        self.configs = dict(configs)
+        self.transports: Registry[Any] = Registry("transport")
+        self.key_exchanges: Registry[Any] = Registry("key exchange")
+        self.media_policies: Registry[Any] = Registry("media policy")
+        self.media_taps: Registry[Any] = Registry("media tap")
+        self.device_profiles: Registry[Any] = Registry("device profile")
+        self.interworking: Registry[Any] = Registry("interworking")
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.pm.list_name_plugin() if name is not None]
+
+    def registry(self, attribute: str) -> Registry[Any]:
+        registry: Registry[Any] = getattr(self, attribute)
+        return registry
+
+    def run_registrations(self) -> None:
+        """Call every ``gateway_register_*`` hook once per plugin, telling each registry who is
+        registering so duplicates and ``voipgw plugins`` can name the plugin."""
+        for hook_name, attribute in REGISTRY_HOOKS.items():
+            registry = self.registry(attribute)
+            caller = getattr(self.pm.hook, hook_name)
+            # Oldest registration first, so built-ins register before the plugins that extend them.
+            for impl in caller.get_hookimpls():
+                registry._current_plugin = impl.plugin_name
+                available = {"registry": registry, "config": self.configs.get(impl.plugin_name)}
+                try:
+                    impl.function(**{arg: available[arg] for arg in impl.argnames})
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} failed in {hook_name}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                finally:
+                    registry._current_plugin = "<core>"
+
+    def registered_by(self, plugin: str) -> dict[str, list[str]]:
+        """What ``plugin`` registered, by registry attribute (only non-empty ones)."""
+        out: dict[str, list[str]] = {}
+        for attribute in REGISTRY_HOOKS.values():
+            names = self.registry(attribute).registered_by(plugin)
+            if names:
+                out[attribute] = names
+        return out
+
+    def hooks_implemented_by(self, plugin: str) -> list[str]:
+        obj = self.pm.get_plugin(plugin)
+        if obj is None:
+            return []
+        return sorted(caller.name for caller in self.pm.get_hookcallers(obj) or [])
+
+
+def new_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load_plugins(
+    config: GatewayConfig,
+    *,
+    extra: Sequence[tuple[str, object]] = (),
+    installed: Mapping[str, DiscoveredPlugin] | None = None,
+) -> Plugins:
+    """Import the enabled plugins, structure their config tables, run their registrations.
+
+    ``extra`` registers already-imported plugin objects under a name (tests, embedding). Raises
+    :class:`PluginError` naming an enabled plugin that is not installed (and listing those that
+    are) and :class:`ConfigError` for a bad ``[plugins.NAME]`` table.
+    """
+    pm = new_plugin_manager()
+    installed = discover() if installed is None else installed
+    missing = [name for name in config.plugins.enable if name not in installed]
+    if missing:
+        listing = ", ".join(sorted(installed)) or "(none)"
+        raise ConfigError(
+            config.source, "plugins", "enable",
+            f"plugin {missing[0]!r} is not installed; installed plugins: {listing}",
+        )
+    for name in config.plugins.enable:
+        plugin = installed[name]
+        try:
+            obj = _load_entry_point(plugin)
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {name!r} ({plugin.value} from {plugin.distribution} {plugin.version}) "
+                f"failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
+        _register(pm, obj, name)
+    for name, obj in extra:
+        _register(pm, obj, name)
+    # A hookimpl whose name or arguments match no hookspec is a typo: fail loudly now.
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin_name!r}: {exc}") from exc
+    configs = _plugin_configs(pm, config)
+    plugins = Plugins(pm, configs)
+    plugins.run_registrations()
+    return plugins
+
+
+def _load_entry_point(plugin: DiscoveredPlugin) -> object:
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=plugin.name):
+        if ep.value == plugin.value:
+            return ep.load()
+    raise PluginError(f"entry point {plugin.name!r} vanished while loading")
+
+
+def _register(pm: pluggy.PluginManager, obj: object, name: str) -> None:
+    try:
+        pm.register(obj, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r}: {exc}") from exc
+    except ValueError as exc:
+        raise PluginError(f"plugin {name!r} could not be registered: {exc}") from exc
+
+
+def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str, Any]:
+    configs: dict[str, Any] = {}
+    declared: set[str] = set()
+    for impl in pm.hook.gateway_plugin_config.get_hookimpls():
+        name = impl.plugin_name
+        cls = impl.function()
+        if cls is None:
+            continue
+        if not attrs.has(cls):
+            raise PluginError(f"plugin {name!r}: gateway_plugin_config must return an attrs class")
+        declared.add(name)
+        table = config.plugin_tables.get(name, {})
+        configs[name] = structure(cls, table, file=config.source, table_name=f"plugins.{name}")
+    for name in config.plugin_tables:
+        if name not in declared:
+            raise ConfigError(
+                config.source, f"plugins.{name}", None,
+                f"plugin {name!r} takes no configuration table",
+            )
+    return configs

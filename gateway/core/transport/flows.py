@@ -1,0 +1,105 @@
+"""Flows: the core's table of (transport, local address, remote address) -> how to send there.
+
+A flow is what a SIP message arrived over and what a reply or a later request goes back over: a UDP
+socket and a peer address, or one TCP/TLS connection. Keeping them lets responses follow RFC 3261
+§18.2.2 and lets calls reach users behind NAT over the flow they registered on (RFC 5626 §3.4 idea).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+
+import attrs
+
+Address = tuple[str, int]
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@attrs.frozen
+class FlowKey:
+    transport: str
+    local: Address
+    remote: Address
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{format_address(self.local)}<->{format_address(self.remote)}"
+
+
+@attrs.frozen
+class PeerCertificate:
+    """What TLS learned about the peer (filled by the tls transport, read by policy and reports)."""
+
+    sha256_fingerprint: str
+    subject: str
+    issuer: str
+    verified: bool
+
+
+@attrs.define(eq=False)
+class Flow:
+    """One signalling path. ``send`` writes one complete SIP message (already serialized).
+
+    ``reliable`` is True for stream transports (no SIP retransmissions, RFC 3261 §17.1.1.2) and
+    ``secure`` for TLS. ``closed`` becomes True when the connection is gone; a closed flow is
+    never used again.
+    """
+
+    key: FlowKey
+    send: Callable[[bytes], Awaitable[None]]
+    reliable: bool
+    secure: bool = False
+    peer_certificate: PeerCertificate | None = None
+    closed: bool = False
+    last_activity: float = 0.0
+
+    @property
+    def transport(self) -> str:
+        return self.key.transport
+
+    @property
+    def local(self) -> Address:
+        return self.key.local
+
+    @property
+    def remote(self) -> Address:
+        return self.key.remote
+
+
+class FlowTable:
+    """Live flows by key, plus by (transport, remote) to reuse a connection in both directions
+    (RFC 3261 §18: a TCP connection opened by a peer carries our requests to it too)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[FlowKey, Flow] = {}
+        self._by_remote: dict[tuple[str, Address], Flow] = {}
+
+    def add(self, flow: Flow) -> None:
+        self._by_key[flow.key] = flow
+        self._by_remote[(flow.key.transport, flow.key.remote)] = flow
+
+    def remove(self, flow: Flow) -> None:
+        flow.closed = True
+        if self._by_key.get(flow.key) is flow:
+            del self._by_key[flow.key]
+        remote_key = (flow.key.transport, flow.key.remote)
+        if self._by_remote.get(remote_key) is flow:
+            del self._by_remote[remote_key]
+
+    def get(self, key: FlowKey) -> Flow | None:
+        return self._by_key.get(key)
+
+    def find(self, transport: str, remote: Address) -> Flow | None:
+        flow = self._by_remote.get((transport, remote))
+        if flow is None or flow.closed:
+            return None
+        return flow
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(list(self._by_key.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_key)
