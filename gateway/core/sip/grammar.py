@@ -1,0 +1,638 @@
+"""SIP header-value grammar (RFC 3261 §25.1, RFC 3966, RFC 5118): URIs, Via, name-addr, CSeq.
+
+Every function here takes text that came from the network and either returns a frozen value from
+:mod:`gateway.core.sip.uri` / :mod:`gateway.core.sip.headers` or raises :class:`SipParseError`
+(status 400) with a reason phrase that names the defect. Reasons never quote the peer's bytes: they
+end up in the status line of a response we send.
+
+Values are kept as written on the wire: URI components stay %-escaped, parameter values keep their
+quotes, a quoted display name keeps its quotes and backslashes. Serializing a parsed value therefore
+reproduces an equivalent wire form.
+
+Linear white space: header values handed to this module have normally been unfolded by the parser
+(RFC 3261 §7.3.1); :func:`unfold` is applied again on entry so that hand-built values with folding
+are accepted too. After unfolding, LWS is SP or HTAB.
+
+This module does not depend on :mod:`gateway.core.sip.message` (which imports it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import string
+from typing import NoReturn
+
+from gateway.core.sip.errors import SipParseError
+from gateway.core.sip.headers import CSeq, NameAddr, Via
+from gateway.core.sip.uri import AbsoluteUri, Params, SipUri, TelUri, Uri
+
+__all__ = [
+    "SipParseError",
+    "is_token",
+    "parse_cseq_untrusted",
+    "parse_name_addr_untrusted",
+    "parse_uint_untrusted",
+    "parse_uri_untrusted",
+    "parse_via_untrusted",
+    "quote",
+    "split_list_untrusted",
+    "unfold",
+    "unquote",
+]
+
+# RFC 3261 §25.1 character classes.
+_ALPHA = frozenset(string.ascii_letters)
+_DIGIT = frozenset(string.digits)
+_HEXDIG = frozenset(string.hexdigits)
+_ALPHANUM = _ALPHA | _DIGIT
+_MARK = frozenset("-_.!~*'()")
+_UNRESERVED = _ALPHANUM | _MARK
+_RESERVED = frozenset(";/?:@&=+$,")
+TOKEN_CHARS: frozenset[str] = _ALPHANUM | frozenset("-.!%*_+`'~")
+"""RFC 3261 §25.1 ``token`` characters (also Method, header names, tags, branches)."""
+_WORD_CHARS = TOKEN_CHARS | frozenset('()<>:\\"/[]?{}')
+_USER_CHARS = _UNRESERVED | frozenset("&=+$,;?/")
+_PASSWORD_CHARS = _UNRESERVED | frozenset("&=+$,")
+_PARAM_CHARS = _UNRESERVED | frozenset("[]/:&+$")
+_HNV_CHARS = _UNRESERVED | frozenset("[]/?:+$")
+_HOST_CHARS = _ALPHANUM | frozenset("-.")
+_SCHEME_CHARS = _ALPHANUM | frozenset("+-.")
+# absoluteURI (RFC 2396 uric) plus "[" "]" for IPv6 literals (RFC 3986) and "#" for fragments.
+_URIC = _RESERVED | _UNRESERVED | frozenset("[]#")
+# gen-value = token / host / quoted-string: a host adds ":" "[" "]" for IPv6 references.
+_GEN_VALUE_CHARS = TOKEN_CHARS | frozenset(":[]")
+_WSP = frozenset(" \t")
+# RFC 3966 §3: visual separators and the digits of local numbers.
+_VISUAL_SEPARATORS = frozenset("-.()")
+_TEL_PNAME_CHARS = _ALPHANUM | frozenset("-")
+
+_MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_SIP_SCHEMES = frozenset({"sip", "sips"})
+
+
+def unfold(text: str) -> str:
+    """Remove header folding (RFC 3261 §7.3.1): CRLF followed by SP/HTAB becomes that SP/HTAB."""
+    if "\n" not in text:
+        return text
+    return _FOLD.sub("", text)
+
+
+def is_token(text: str) -> bool:
+    """True when ``text`` is a non-empty RFC 3261 ``token``."""
+    return bool(text) and all(c in TOKEN_CHARS for c in text)
+
+
+def quote(text: str) -> str:
+    """Write ``text`` as a quoted-string (RFC 3261 §25.1), escaping ``"`` and ``\\``."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unquote(text: str) -> str:
+    """Content of a quoted-string with its quoted-pairs resolved; other text is returned as is.
+
+    Apply it to values that came out of this module's parsers (display names, parameter values).
+    """
+    if len(text) < 2 or not (text.startswith('"') and text.endswith('"')):
+        return text
+    out: list[str] = []
+    body = text[1:-1]
+    i = 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            out.append(body[i + 1])
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+class _Cursor:
+    """A position in a header value, with the small steps the §25 grammar needs."""
+
+    def __init__(self, text: str, what: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.what = what
+
+    def fail(self, detail: str) -> NoReturn:
+        raise SipParseError(f"bad {self.what}: {detail}")
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def advance(self) -> None:
+        self.pos += 1
+
+    def skip_ws(self) -> bool:
+        """Skip SP/HTAB; True when at least one was skipped."""
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] in _WSP:
+            self.pos += 1
+        return self.pos > start
+
+    def expect(self, char: str, detail: str) -> None:
+        if self.peek() != char:
+            self.fail(detail)
+        self.pos += 1
+
+    def take(self, allowed: frozenset[str]) -> str:
+        start = self.pos
+        text = self.text
+        while self.pos < len(text) and text[self.pos] in allowed:
+            self.pos += 1
+        return text[start : self.pos]
+
+    def take_escaped(self, allowed: frozenset[str]) -> str:
+        """Characters from ``allowed`` and ``%`` HEX HEX escapes (RFC 3261 §25.1 ``escaped``)."""
+        start = self.pos
+        text = self.text
+        while self.pos < len(text):
+            char = text[self.pos]
+            if char == "%":
+                if (
+                    self.pos + 2 < len(text)
+                    and text[self.pos + 1] in _HEXDIG
+                    and text[self.pos + 2] in _HEXDIG
+                ):
+                    self.pos += 3
+                    continue
+                self.fail("'%' not followed by two hex digits")
+            if char not in allowed:
+                break
+            self.pos += 1
+        return text[start : self.pos]
+
+    def quoted_string(self) -> str:
+        """A quoted-string starting at the cursor, returned with its quotes and backslashes."""
+        start = self.pos
+        self.expect('"', "expected a quoted string")
+        text = self.text
+        while self.pos < len(text):
+            char = text[self.pos]
+            if char == '"':
+                self.pos += 1
+                return text[start : self.pos]
+            if char == "\\":
+                # quoted-pair = "\" (%x00-09 / %x0B-0C / %x0E-7F)
+                if self.pos + 1 >= len(text):
+                    break
+                escaped = text[self.pos + 1]
+                if escaped in "\r\n" or ord(escaped) > 0x7F:
+                    self.fail("invalid quoted-pair")
+                self.pos += 2
+                continue
+            # qdtext = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII
+            if (ord(char) < 0x20 and char != "\t") or char == "\x7f":
+                self.fail("control character in quoted string")
+            self.pos += 1
+        self.fail("unterminated quoted string")
+
+    def params(self) -> Params:
+        """``*( SEMI generic-param )`` with generic-param = token [ EQUAL gen-value ]."""
+        params: list[tuple[str, str | None]] = []
+        while True:
+            mark = self.pos
+            self.skip_ws()
+            if self.peek() != ";":
+                self.pos = mark
+                return tuple(params)
+            self.advance()
+            self.skip_ws()
+            name = self.take(TOKEN_CHARS)
+            if not name:
+                self.fail("empty or invalid parameter name")
+            mark = self.pos
+            self.skip_ws()
+            value: str | None = None
+            if self.peek() == "=":
+                self.advance()
+                self.skip_ws()
+                value = self.quoted_string() if self.peek() == '"' else self.take(_GEN_VALUE_CHARS)
+                if not value:
+                    self.fail("parameter with an empty value")
+            else:
+                self.pos = mark
+            params.append((name, value))
+
+    def end(self) -> None:
+        self.skip_ws()
+        if not self.at_end():
+            self.fail("unexpected characters")
+
+
+# --- hosts -----------------------------------------------------------------------------------
+
+
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(
+        1 <= len(p) <= 3 and all(c in _DIGIT for c in p) and int(p) <= 255 for p in parts
+    )
+
+
+def _is_ipv6(text: str) -> bool:
+    # RFC 5118 §4: IPv6address per RFC 3261 §25.1; no zone identifiers.
+    if not text or "%" in text or any(c not in _HEXDIG and c not in ":." for c in text):
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_hostname(text: str) -> bool:
+    # hostname = *( domainlabel "." ) toplabel [ "." ]; toplabel starts with ALPHA.
+    labels = text[:-1].split(".") if text.endswith(".") else text.split(".")
+    for label in labels:
+        if not label or label[0] == "-" or label[-1] == "-":
+            return False
+        if any(c not in _HOST_CHARS or c == "." for c in label):
+            return False
+    return labels[-1][0] in _ALPHA
+
+
+def is_valid_host(text: str) -> bool:
+    """True for a hostname, an IPv4 address or an IPv6 reference in brackets (RFC 3261 §25.1)."""
+    if text.startswith("["):
+        return text.endswith("]") and _is_ipv6(text[1:-1])
+    if not text:
+        return False
+    if all(c in _DIGIT or c == "." for c in text):
+        return _is_ipv4(text)
+    return _is_hostname(text)
+
+
+def _host(cur: _Cursor) -> str:
+    if cur.peek() == "[":
+        end = cur.text.find("]", cur.pos)
+        if end < 0:
+            cur.fail("unterminated IPv6 reference")
+        host = cur.text[cur.pos : end + 1]
+        cur.pos = end + 1
+    else:
+        host = cur.take(_HOST_CHARS)
+    if not is_valid_host(host):
+        cur.fail("invalid host")
+    return host
+
+
+def _port(cur: _Cursor) -> int:
+    digits = cur.take(_DIGIT)
+    if not digits or len(digits) > 5 or int(digits) > 65535:
+        cur.fail("invalid port")
+    return int(digits)
+
+
+# --- URIs ------------------------------------------------------------------------------------
+
+
+def parse_uri_untrusted(text: str) -> Uri:
+    """Parse a SIP/SIPS (RFC 3261 §19.1), TEL (RFC 3966) or other absolute URI.
+
+    Components are kept escaped as on the wire. IPv6 hosts keep their brackets (RFC 5118).
+    Any scheme other than sip, sips and tel gives an :class:`AbsoluteUri`.
+    """
+    cur = _Cursor(text, "URI")
+    if any(c in _WSP or c in "\r\n" for c in text):
+        cur.fail("whitespace inside a URI")
+    colon = text.find(":")
+    scheme = text[:colon] if colon > 0 else ""
+    if not scheme or scheme[0] not in _ALPHA or any(c not in _SCHEME_CHARS for c in scheme):
+        cur.fail("missing or invalid scheme")
+    lower = scheme.lower()
+    if lower in _SIP_SCHEMES:
+        return _sip_uri(scheme, text, colon + 1)
+    if lower == "tel":
+        return _tel_uri(text, colon + 1)
+    cur.pos = colon + 1
+    opaque = cur.take_escaped(_URIC)
+    if not opaque or not cur.at_end():
+        cur.fail("invalid characters")
+    return AbsoluteUri(scheme=scheme, opaque=opaque)
+
+
+def _sip_uri(scheme: str, text: str, start: int) -> SipUri:
+    cur = _Cursor(text, "SIP URI")
+    cur.pos = start
+    user: str | None = None
+    password: str | None = None
+    # userinfo cannot contain an unescaped "@", so the first "@" ends it (RFC 3261 §19.1.1).
+    if "@" in text[start:]:
+        user = cur.take_escaped(_USER_CHARS)
+        if not user:
+            cur.fail("empty user part")
+        if cur.peek() == ":":
+            cur.advance()
+            password = cur.take_escaped(_PASSWORD_CHARS)
+        cur.expect("@", "invalid character in user part")
+    host = _host(cur)
+    port: int | None = None
+    if cur.peek() == ":":
+        cur.advance()
+        port = _port(cur)
+    params: list[tuple[str, str | None]] = []
+    while cur.peek() == ";":
+        cur.advance()
+        name = cur.take_escaped(_PARAM_CHARS)
+        if not name:
+            cur.fail("empty URI parameter")
+        value: str | None = None
+        if cur.peek() == "=":
+            cur.advance()
+            value = cur.take_escaped(_PARAM_CHARS)
+            if not value:
+                cur.fail("URI parameter with an empty value")
+        params.append((name, value))
+    headers: list[tuple[str, str]] = []
+    if cur.peek() == "?":
+        while True:
+            cur.advance()
+            hname = cur.take_escaped(_HNV_CHARS)
+            if not hname:
+                cur.fail("empty URI header name")
+            cur.expect("=", "URI header without '='")
+            headers.append((hname, cur.take_escaped(_HNV_CHARS)))
+            if cur.peek() != "&":
+                break
+    if not cur.at_end():
+        cur.fail("invalid characters")
+    return SipUri(
+        scheme=scheme,
+        host=host,
+        user=user,
+        password=password,
+        port=port,
+        params=tuple(params),
+        headers=tuple(headers),
+    )
+
+
+def _tel_uri(text: str, start: int) -> TelUri:
+    # RFC 3966 §3. A local number should carry phone-context (§5.1.5); peers often omit it, and
+    # routing treats such numbers as dial strings anyway, so its absence is accepted.
+    cur = _Cursor(text, "tel URI")
+    cur.pos = start
+    if cur.peek() == "+":
+        cur.advance()
+        digits = cur.take(_DIGIT | _VISUAL_SEPARATORS)
+        if not any(c in _DIGIT for c in digits):
+            cur.fail("global number without digits")
+    else:
+        digits = cur.take(_HEXDIG | _VISUAL_SEPARATORS | frozenset("*#"))
+        if not any(c in _HEXDIG or c in "*#" for c in digits):
+            cur.fail("missing number")
+    number = text[start : cur.pos]
+    params: list[tuple[str, str | None]] = []
+    while cur.peek() == ";":
+        cur.advance()
+        name = cur.take(_TEL_PNAME_CHARS)
+        if not name:
+            cur.fail("empty parameter")
+        value: str | None = None
+        if cur.peek() == "=":
+            cur.advance()
+            value = cur.take_escaped(_PARAM_CHARS)
+            if not value:
+                cur.fail("parameter with an empty value")
+        params.append((name, value))
+    if not cur.at_end():
+        cur.fail("invalid characters")
+    return TelUri(number=number, params=tuple(params))
+
+
+# --- Via -------------------------------------------------------------------------------------
+
+
+def parse_via_untrusted(text: str) -> Via:
+    """Parse one via-parm (RFC 3261 §20.42, §25.1; RFC 3581 rport).
+
+    Whitespace is allowed around the ``/`` of sent-protocol and around ``:``, ``;`` and ``=``
+    (RFC 3261 §25.1 SLASH, COLON, SEMI, EQUAL). ``protocol`` is normalized to ``name/version``.
+    """
+    cur = _Cursor(unfold(text), "Via")
+    cur.skip_ws()
+    name = cur.take(TOKEN_CHARS)
+    if not name:
+        cur.fail("missing protocol name")
+    cur.skip_ws()
+    cur.expect("/", "expected '/' after protocol name")
+    cur.skip_ws()
+    version = cur.take(TOKEN_CHARS)
+    if not version:
+        cur.fail("missing protocol version")
+    cur.skip_ws()
+    cur.expect("/", "expected '/' after protocol version")
+    cur.skip_ws()
+    transport = cur.take(TOKEN_CHARS)
+    if not transport:
+        cur.fail("missing transport")
+    if not cur.skip_ws():
+        cur.fail("expected whitespace before sent-by")
+    host = _host(cur)
+    port: int | None = None
+    mark = cur.pos
+    cur.skip_ws()
+    if cur.peek() == ":":
+        cur.advance()
+        cur.skip_ws()
+        port = _port(cur)
+    else:
+        cur.pos = mark
+    params = cur.params()
+    cur.end()
+    for pname, value in params:
+        _check_via_param(cur, pname.lower(), value)
+    return Via(
+        transport=transport, host=host, port=port, params=params, protocol=f"{name}/{version}"
+    )
+
+
+def _check_via_param(cur: _Cursor, name: str, value: str | None) -> None:
+    # RFC 3261 §25.1 via-params; RFC 3581 §3 rport.
+    if name == "branch" and (value is None or not is_token(value)):
+        cur.fail("branch must be a token")
+    elif name == "received" and (
+        value is None or not (_is_ipv4(value) or _is_ipv6(value.strip("[]")))
+    ):
+        cur.fail("received must be an IP address")
+    elif name == "ttl" and (
+        value is None or not value.isdigit() or len(value) > 3 or int(value) > 255
+    ):
+        cur.fail("ttl must be 0..255")
+    elif name == "maddr" and (value is None or not is_valid_host(value)):
+        cur.fail("maddr must be a host")
+    elif (
+        name == "rport"
+        and value is not None
+        and (not value.isdigit() or len(value) > 5 or int(value) > 65535)
+    ):
+        cur.fail("rport must be a port number")
+
+
+# --- name-addr -------------------------------------------------------------------------------
+
+
+def parse_name_addr_untrusted(text: str) -> NameAddr:
+    """Parse ``(name-addr / addr-spec) *(SEMI generic-param)`` (RFC 3261 §20.10, §25.1).
+
+    Used for From, To, Contact, Route, Record-Route, Reply-To, P-Asserted-Identity ... values.
+    In the addr-spec form (no ``<>``) every ``;`` parameter belongs to the header, not the URI, and
+    the URI may contain neither ``,`` nor ``?`` (RFC 3261 §20.10). The display name is kept as
+    written (quotes included). ``*`` (with optional parameters) is the Contact wildcard
+    (RFC 3261 §10.2.2); callers reject it where it is not allowed.
+    """
+    text = unfold(text)
+    cur = _Cursor(text, "name-addr")
+    cur.skip_ws()
+    if cur.peek() == "*":
+        mark = cur.pos
+        cur.advance()
+        after = cur.pos
+        cur.skip_ws()
+        if cur.at_end() or cur.peek() == ";":
+            cur.pos = after
+            params = cur.params()
+            cur.end()
+            return NameAddr(uri=None, params=params, wildcard=True)
+        cur.pos = mark
+    display: str | None = None
+    if cur.peek() == '"':
+        display = cur.quoted_string()
+        cur.skip_ws()
+        if cur.peek() != "<":
+            cur.fail("quoted display name not followed by '<'")
+    elif cur.peek() != "<":
+        # display-name = *(token LWS): tokens, then "<". Otherwise this is an addr-spec.
+        start = cur.pos
+        end = start
+        while True:
+            word = cur.take(TOKEN_CHARS)
+            if not word:
+                break
+            end = cur.pos
+            cur.skip_ws()
+        if cur.peek() == "<" and end > start:
+            display = text[start:end]
+        else:
+            cur.pos = start
+    if cur.peek() == "<":
+        cur.advance()
+        close = text.find(">", cur.pos)
+        if close < 0:
+            cur.fail("missing '>'")
+        uri = _uri_in(cur, text[cur.pos : close])
+        cur.pos = close + 1
+    else:
+        start = cur.pos
+        while not cur.at_end() and cur.peek() not in " \t;":
+            cur.advance()
+        spec = text[start : cur.pos]
+        if "<" in text[cur.pos :] or "<" in spec or '"' in spec:
+            cur.fail("display name is neither a token list nor a quoted string")
+        if "?" in spec or "," in spec:
+            # RFC 3261 §20.10: such URIs MUST be enclosed in <>.
+            cur.fail("URI with '?' or ',' must be enclosed in '<>'")
+        uri = _uri_in(cur, spec)
+    params = cur.params()
+    cur.end()
+    return NameAddr(uri=uri, display_name=display, params=params)
+
+
+def _uri_in(cur: _Cursor, text: str) -> Uri:
+    try:
+        return parse_uri_untrusted(text)
+    except SipParseError as err:
+        cur.fail(err.reason)
+
+
+# --- scalars ---------------------------------------------------------------------------------
+
+
+def parse_cseq_untrusted(text: str) -> CSeq:
+    """Parse CSeq = 1*DIGIT LWS Method (RFC 3261 §20.16); the number must be below 2**31."""
+    cur = _Cursor(unfold(text), "CSeq")
+    cur.skip_ws()
+    digits = cur.take(_DIGIT)
+    if not digits:
+        cur.fail("missing sequence number")
+    significant = digits.lstrip("0")
+    if len(significant) > 10 or int(digits) > _MAX_CSEQ:
+        cur.fail("sequence number must be below 2**31")
+    if not cur.skip_ws():
+        cur.fail("expected whitespace after the sequence number")
+    method = cur.take(TOKEN_CHARS)
+    if not method:
+        cur.fail("missing method")
+    cur.end()
+    return CSeq(number=int(digits), method=method)
+
+
+def parse_uint_untrusted(text: str, name: str, maximum: int) -> int:
+    """Parse ``1*DIGIT`` (surrounding LWS allowed) no larger than ``maximum``.
+
+    For Max-Forwards (255), Content-Length, Expires (delta-seconds, 2**32-1) and the like.
+    ``name`` is the header or parameter name used in the error reason.
+    """
+    digits = unfold(text).strip(" \t")
+    if not digits or any(c not in _DIGIT for c in digits):
+        raise SipParseError(f"bad {name}: not a decimal number")
+    if len(digits.lstrip("0")) > len(str(maximum)) or int(digits) > maximum:
+        raise SipParseError(f"bad {name}: larger than {maximum}")
+    return int(digits)
+
+
+def is_call_id(text: str) -> bool:
+    """True when ``text`` is ``word ["@" word]`` (RFC 3261 §25.1 callid)."""
+    local, at, host = text.partition("@")
+    if not local or any(c not in _WORD_CHARS for c in local):
+        return False
+    return not at or (bool(host) and all(c in _WORD_CHARS for c in host))
+
+
+# --- lists -----------------------------------------------------------------------------------
+
+
+def split_list_untrusted(text: str) -> list[str]:
+    """Split a comma-separated header value (RFC 3261 §7.3.1) into stripped elements.
+
+    Commas inside quoted strings and inside ``<...>`` do not split. Blank text gives ``[]``;
+    an empty element (``a,,b``) or an unterminated quoted string raises :class:`SipParseError`.
+    """
+    text = unfold(text)
+    if not text.strip(" \t"):
+        return []
+    elements: list[str] = []
+    start = 0
+    in_quote = False
+    in_angle = False
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if in_quote:
+            if char == "\\":
+                i += 1
+            elif char == '"':
+                in_quote = False
+        elif char == '"':
+            in_quote = True
+        elif char == "<":
+            in_angle = True
+        elif char == ">":
+            in_angle = False
+        elif char == "," and not in_angle:
+            elements.append(text[start:i].strip(" \t"))
+            start = i + 1
+        i += 1
+    if in_quote:
+        raise SipParseError("bad header list: unterminated quoted string")
+    elements.append(text[start:].strip(" \t"))
+    if any(not element for element in elements):
+        raise SipParseError("bad header list: empty element")
+    return elements
