@@ -188,13 +188,17 @@ def load_plugins(
 ) -> Plugins:
     """Import the enabled plugins, structure their config tables, run their registrations.
 
-    ``extra`` registers already-imported plugin objects under a name (tests, embedding). Raises
+    ``extra`` supplies already-imported plugin objects by name (tests, embedding); an enabled name
+    found there is not looked up among the entry points. Raises
     :class:`PluginError` naming an enabled plugin that is not installed (and listing those that
     are) and :class:`ConfigError` for a bad ``[plugins.NAME]`` table.
     """
     pm = new_plugin_manager()
     installed = discover() if installed is None else installed
-    missing = [name for name in config.plugins.enable if name not in installed]
+    extra_names = {name for name, _ in extra}
+    missing = [
+        name for name in config.plugins.enable if name not in installed and name not in extra_names
+    ]
     if missing:
         listing = ", ".join(sorted(installed)) or "(none)"
         raise ConfigError(
@@ -202,6 +206,8 @@ def load_plugins(
             f"plugin {missing[0]!r} is not installed; installed plugins: {listing}",
         )
     for name in config.plugins.enable:
+        if name in extra_names:
+            continue
         plugin = installed[name]
         try:
             obj = _load_entry_point(plugin)
@@ -217,7 +223,8 @@ def load_plugins(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name!r}: {exc}") from exc
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(f"plugin {name!r}: {exc}") from exc
     configs = _plugin_configs(pm, config)
     plugins = Plugins(pm, configs)
     plugins.run_registrations()

@@ -1,0 +1,61 @@
+"""Example voipgw plugin: device profiles for the fictional Acme phone range.
+
+Shows the three kinds of hook a device plugin usually needs: a config table, a registration hook
+and a decision hook. Everything here is synchronous and quick: hooks run on the gateway's event loop.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import CallEvent, DeviceProfile
+from gateway.core.plugins import Registry
+from gateway.core.sip.message import Request
+from gateway.core.transport.flows import Flow
+
+
+@attrs.frozen
+class ExampleDevicesConfig:
+    """``[plugins.example-devices]``."""
+
+    models: tuple[str, ...] = ("Acme-T1",)
+    media_policy: str = "best-effort"
+
+
+# Call events seen by this plugin, by kind (a real plugin would export metrics).
+EVENTS_SEEN: dict[str, int] = {}
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return ExampleDevicesConfig
+
+
+@hookimpl
+def gateway_register_device_profiles(
+    registry: Registry[DeviceProfile], config: ExampleDevicesConfig
+) -> None:
+    for model in config.models:
+        registry.add(
+            model.lower(),
+            DeviceProfile(
+                name=model.lower(),
+                user_agent_prefixes=(model,),
+                media_policy=config.media_policy,
+                notes="example profile",
+            ),
+        )
+
+
+@hookimpl
+def gateway_identify_device(request: Request, flow: Flow) -> DeviceProfile | None:
+    user_agent = request.headers.get("User-Agent") or ""
+    if user_agent.startswith("Acme-"):
+        return DeviceProfile(name="acme-generic", user_agent_prefixes=("Acme-",))
+    return None
+
+
+@hookimpl
+def gateway_call_event(event: CallEvent) -> None:
+    EVENTS_SEEN[event.kind] = EVENTS_SEEN.get(event.kind, 0) + 1

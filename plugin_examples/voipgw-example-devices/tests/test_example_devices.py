@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import voipgw_example_devices as plugin
+
+from gateway.core.config import ConfigError, from_mapping
+from gateway.core.plugins import load_plugins
+from gateway.core.sip.message import Headers, Request
+from gateway.core.sip.uri import SipUri
+
+
+def _load(table: dict[str, object]):  # type: ignore[no-untyped-def]
+    config = from_mapping({"plugins": {"enable": ["example-devices"], "example-devices": table}})
+    # Registered as an object rather than through its entry point, so the test needs no install.
+    return load_plugins(config, extra=[("example-devices", plugin)], installed={})
+
+
+def test_registers_a_profile_per_configured_model() -> None:
+    plugins = _load({"models": ["Acme-T1", "Acme-X9"], "media_policy": "sdes"})
+    assert sorted(plugins.device_profiles.names()) == ["acme-t1", "acme-x9"]
+    profile = plugins.device_profiles.get("acme-x9")
+    assert profile is not None
+    assert profile.media_policy == "sdes"
+    assert profile.matches("Acme-X9 firmware 1.2")
+    assert not profile.matches("Linphone/5.0")
+
+
+def test_identifies_acme_user_agents_only() -> None:
+    plugins = _load({})
+    acme = Request("OPTIONS", SipUri("sip", "127.0.0.1"), Headers.of([("User-Agent", "Acme-T1")]))
+    other = Request("OPTIONS", SipUri("sip", "127.0.0.1"), Headers.of([("User-Agent", "baresip")]))
+    found = plugins.hook.gateway_identify_device(request=acme, flow=None)
+    assert found is not None and found.name == "acme-generic"
+    assert plugins.hook.gateway_identify_device(request=other, flow=None) is None
+
+
+def test_bad_config_names_table_and_key() -> None:
+    try:
+        _load({"models": "Acme-T1"})
+    except ConfigError as exc:
+        assert exc.table == "plugins.example-devices"
+        assert exc.key == "models"
+        assert "list of strings" in str(exc)
+    else:
+        raise AssertionError("a string where a list belongs must be refused")

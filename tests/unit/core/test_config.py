@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.core import config as cfg
+from gateway.core.config import ConfigError, ListenSpec, PortRange
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "voipgw.toml"
+    path.write_text(text)
+    return path
+
+
+def test_embedded_defaults_match_the_documented_ones() -> None:
+    config = cfg.embedded_defaults()
+    assert config.sip.listen == ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+    assert config.media.address == "127.0.0.1"
+    assert config.media_ports == PortRange(30000, 30999)
+    assert config.gateway.state_dir == "./voipgw-state"
+    assert config.gateway.realm == "voipgw.local"
+    assert config.plugins.enable == ("udp", "tcp")
+
+
+def test_full_file_is_structured(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[gateway]
+state_dir = "/var/lib/voipgw"
+domains = ["example.net"]
+[sip]
+listen = ["udp:[::1]:5070"]
+t1 = 1
+[media]
+ports = "40000-40099"
+[plugins]
+enable = ["udp"]
+[plugins.udp]
+receive_buffer = 4096
+""",
+    )
+    config = cfg.from_toml(path)
+    assert config.source == str(path)
+    assert config.gateway.domains == ("example.net",)
+    assert config.sip.t1 == 1.0 and isinstance(config.sip.t1, float)
+    assert config.listen_specs == (ListenSpec("udp", "::1", 5070),)
+    assert config.plugin_tables == {"udp": {"receive_buffer": 4096}}
+
+
+@pytest.mark.parametrize(
+    ("text", "table", "key", "words"),
+    [
+        ("[sip]\nlisten = 'udp:127.0.0.1:5060'\n", "sip", "listen", "list of strings"),
+        ("[sip]\nt1 = 'fast'\n", "sip", "t1", "expected a number"),
+        ("[sip]\nlistne = []\n", "sip", "listne", "unknown key"),
+        ("[sip]\nlisten = ['udp:127.0.0.1:70000']\n", "sip", "listen", "0-65535"),
+        ("[sip]\nlisten = ['udp:example.com:5060']\n", "sip", "listen", "IP address"),
+        ("[media]\nports = '5-6'\n", "media", "ports", "LOW < HIGH"),
+        ("[media]\naddress = 'localhost'\n", "media", "address", "IP address"),
+        ("[gateway]\nlog_level = 'loud'\n", "gateway", "log_level", "one of"),
+        ("[plugins]\nenable = ['udp', 'udp']\n", "plugins", "enable", "more than once"),
+        ("[plugins]\nenable = ['udp']\n[plugins.tcp]\n", "plugins.tcp", None, "not in"),
+        ("[bogus]\n", "bogus", None, "unknown table"),
+        ("[sip]\nmax_headers = true\n", "sip", "max_headers", "an integer"),
+    ],
+)
+def test_errors_name_file_table_and_key(
+    tmp_path: Path, text: str, table: str, key: str | None, words: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        cfg.from_toml(path)
+    err = info.value
+    assert err.file == str(path)
+    assert err.table == table
+    assert err.key == key
+    assert words in str(err)
+    assert str(path) in str(err) and f"[{table}]" in str(err)
+
+
+def test_unreadable_and_invalid_toml_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        cfg.from_toml(tmp_path / "missing.toml")
+    path = write(tmp_path, "[sip\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        cfg.from_toml(path)
+    assert str(path) in str(info.value)
+
+
+def test_overrides_replace_keys_and_are_validated() -> None:
+    config = cfg.with_overrides(
+        cfg.embedded_defaults(), {"sip": {"listen": ("tcp:127.0.0.1:0",)}}, origin="command line"
+    )
+    assert config.sip.listen == ("tcp:127.0.0.1:0",)
+    assert config.media.address == "127.0.0.1"
+    with pytest.raises(ConfigError, match="command line: \\[media\\] ports"):
+        cfg.with_overrides(config, {"media": {"ports": "9-8"}}, origin="command line")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("udp:127.0.0.1:5060", ListenSpec("udp", "127.0.0.1", 5060)),
+        ("TLS:[::1]:5061", ListenSpec("tls", "::1", 5061)),
+        ("tcp:0.0.0.0:0", ListenSpec("tcp", "0.0.0.0", 0)),
+    ],
+)
+def test_listen_spec_round_trip(text: str, expected: ListenSpec) -> None:
+    spec = ListenSpec.parse(text)
+    assert spec == expected
+    assert ListenSpec.parse(str(spec)) == spec
+
+
+@pytest.mark.parametrize("text", ["udp", "udp:127.0.0.1", "udp:[::1]5060", ":1.2.3.4:5"])
+def test_listen_spec_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        ListenSpec.parse(text)

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import types
+
+import attrs
+import pytest
+
+from gateway.core.config import ConfigError, from_mapping
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import DeviceProfile
+from gateway.core.plugins import DiscoveredPlugin, PluginError, discover, load_plugins
+
+
+def make_plugin(**hooks: object) -> types.SimpleNamespace:
+    return types.SimpleNamespace(**{name: hookimpl(fn) for name, fn in hooks.items()})
+
+
+def config_enabling(*names: str, tables: dict[str, dict[str, object]] | None = None):  # type: ignore[no-untyped-def]
+    return from_mapping({"plugins": {"enable": list(names), **(tables or {})}})
+
+
+def test_builtins_come_from_entry_points_of_the_voipgw_distribution() -> None:
+    installed = discover()
+    assert {"udp", "tcp"} <= set(installed)
+    assert installed["udp"].distribution == "voipgw"
+    assert installed["udp"].value == "gateway.plugins.transports.udp"
+
+
+def test_default_config_loads_the_builtin_transports() -> None:
+    plugins = load_plugins(from_mapping({}))
+    assert sorted(plugins.transports.names()) == ["tcp", "udp"]
+    assert plugins.transports.owner("udp") == "udp"
+    assert plugins.registered_by("tcp") == {"transports": ["tcp"]}
+
+
+def test_each_gateway_gets_its_own_plugin_manager() -> None:
+    a = load_plugins(from_mapping({}))
+    b = load_plugins(from_mapping({}))
+    assert a.pm is not b.pm
+    assert a.transports.get("udp") is not b.transports.get("udp")
+
+
+def test_only_enabled_entry_points_are_imported() -> None:
+    imported: list[str] = []
+    installed = {
+        "udp": DiscoveredPlugin("udp", "gateway.plugins.transports.udp", "voipgw", "0"),
+        "evil": DiscoveredPlugin("evil", "no_such_module_anywhere", "evil", "6.6.6"),
+    }
+    plugins = load_plugins(config_enabling("udp"), installed=installed)
+    imported.extend(plugins.names)
+    assert imported == ["udp"]
+
+
+def test_enabled_but_not_installed_names_it_and_lists_installed() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_plugins(config_enabling("udp", "zrtp-typo"))
+    message = str(info.value)
+    assert "'zrtp-typo' is not installed" in message
+    assert "udp" in message and "tcp" in message
+    assert info.value.table == "plugins" and info.value.key == "enable"
+
+
+def test_misspelled_hookimpl_fails_loudly() -> None:
+    typo = make_plugin(gateway_register_transport=lambda registry: None)
+    with pytest.raises(PluginError, match="typo"):
+        load_plugins(config_enabling("typo"), extra=[("typo", typo)], installed={})
+
+
+def test_unknown_hook_argument_fails_loudly() -> None:
+    bad = make_plugin(gateway_register_transports=lambda registry, nonsense: None)
+    with pytest.raises(PluginError, match="bad"):
+        load_plugins(config_enabling("bad"), extra=[("bad", bad)], installed={})
+
+
+def test_duplicate_registration_names_both_plugins() -> None:
+    def register_one(registry):  # type: ignore[no-untyped-def]
+        registry.add("phone", DeviceProfile(name="phone"))
+
+    def register_two(registry):  # type: ignore[no-untyped-def]
+        registry.add("phone", DeviceProfile(name="phone"))
+
+    one = make_plugin(gateway_register_device_profiles=register_one)
+    two = make_plugin(gateway_register_device_profiles=register_two)
+    with pytest.raises(PluginError, match="'one' and plugin 'two'"):
+        load_plugins(
+            config_enabling("one", "two"), extra=[("one", one), ("two", two)], installed={}
+        )
+
+
+def test_plugin_config_table_is_structured_and_passed_to_its_hooks() -> None:
+    @attrs.frozen
+    class Settings:
+        prefix: str
+        count: int = 1
+
+    seen: list[object] = []
+    plugin = make_plugin(
+        gateway_plugin_config=lambda: Settings,
+        gateway_register_device_profiles=lambda registry, config: seen.append(config),
+    )
+    load_plugins(
+        config_enabling("p", tables={"p": {"prefix": "Acme"}}), extra=[("p", plugin)], installed={}
+    )
+    assert seen == [Settings(prefix="Acme", count=1)]
+
+
+def test_plugin_config_errors_name_the_plugin_table() -> None:
+    @attrs.frozen
+    class Settings:
+        prefix: str
+
+    plugin = make_plugin(gateway_plugin_config=lambda: Settings)
+    with pytest.raises(ConfigError) as info:
+        load_plugins(config_enabling("p", tables={"p": {}}), extra=[("p", plugin)], installed={})
+    assert info.value.table == "plugins.p" and info.value.key == "prefix"
+    assert "missing" in str(info.value)
+
+
+def test_table_for_a_plugin_without_settings_is_refused() -> None:
+    plugin = make_plugin(gateway_call_event=lambda event: None)
+    with pytest.raises(ConfigError, match="takes no configuration"):
+        load_plugins(config_enabling("p", tables={"p": {"x": 1}}), extra=[("p", plugin)], installed={})
+
+
+def test_exception_in_a_registration_hook_names_the_plugin() -> None:
+    def explode(registry):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    plugin = make_plugin(gateway_register_media_taps=explode)
+    with pytest.raises(PluginError, match="'boomer' failed in gateway_register_media_taps"):
+        load_plugins(config_enabling("boomer"), extra=[("boomer", plugin)], installed={})
+
+
+def test_firstresult_decision_hook_later_plugin_wins() -> None:
+    first = make_plugin(gateway_identify_device=lambda request: DeviceProfile(name="first"))
+    second = make_plugin(gateway_identify_device=lambda request: DeviceProfile(name="second"))
+    plugins = load_plugins(
+        config_enabling("first", "second"),
+        extra=[("first", first), ("second", second)],
+        installed={},
+    )
+    result = plugins.hook.gateway_identify_device(request=None, flow=None)
+    assert result.name == "second"
