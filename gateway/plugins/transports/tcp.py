@@ -1,0 +1,215 @@
+"""The ``tcp`` signalling transport (RFC 3261 §18.3, stream framing by Content-Length).
+
+Each connection, accepted or opened by us, is one flow and is reused in both directions: requests
+to a peer that connected to us go back over its connection (RFC 3261 §18, and the only way to reach
+a phone behind NAT). Limits: connections per source address, an idle timeout, and the framer's
+message-size bound; breaking one closes that connection only.
+
+The TLS transport reuses this module's connection handling with a TLS stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from gateway.core.config import ListenSpec
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import Listener, TransportHost
+from gateway.core.plugins import Registry
+from gateway.core.sip.errors import SipParseError
+from gateway.core.sip.framing import KeepAlivePing, StreamFramer
+from gateway.core.transport.flows import Address, Flow, FlowKey, format_address
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 65536
+_PONG = b"\r\n"  # RFC 5626 §4.4.1: answer a double-CRLF ping with a single CRLF
+
+
+@attrs.frozen
+class TcpConfig:
+    """``[plugins.tcp]``."""
+
+    max_connections_per_source: int = 32
+    idle_timeout: float = 300.0
+    connect_timeout: float = 10.0
+
+
+@attrs.frozen
+class ConnectionInfo:
+    """What a stream transport knows about one connection, for building its flow."""
+
+    secure: bool = False
+    peer_certificate: object | None = None
+
+
+class StreamTransport:
+    """Connection handling shared by stream transports; ``wrap`` turns a TCP stream into the
+    stream SIP is read from (identity for TCP, a TLS handshake for TLS)."""
+
+    name = "tcp"
+    reliable = True
+    secure = False
+
+    def __init__(self, config: TcpConfig | None = None) -> None:
+        self.config = config or TcpConfig()
+        self._nursery: trio.Nursery | None = None
+        self._per_source: Counter[str] = Counter()
+        self._local_addresses: list[Address] = []
+
+    async def wrap(
+        self, stream: trio.SocketStream, *, server_side: bool, remote: Address
+    ) -> tuple[trio.abc.Stream, ConnectionInfo]:
+        return stream, ConnectionInfo()
+
+    async def serve(
+        self,
+        listen: ListenSpec,
+        host: TransportHost,
+        *,
+        task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+        listener = listeners[0]
+        local: Address = listener.socket.getsockname()[:2]
+        self._local_addresses.append(local)
+        log.info("listening on %s:%s", self.name, format_address(local))
+        async with trio.open_nursery() as nursery:
+            if self._nursery is None:
+                self._nursery = nursery
+            task_status.started(Listener(self.name, local))
+            async with listener:
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self._accepted, stream, host)
+
+    async def _accepted(self, stream: trio.SocketStream, host: TransportHost) -> None:
+        remote: Address = stream.socket.getpeername()[:2]
+        local: Address = stream.socket.getsockname()[:2]
+        source = remote[0]
+        if self._per_source[source] >= self.config.max_connections_per_source:
+            log.warning(
+                "%s: refusing connection from %s: %d connections from that address already",
+                self.name, format_address(remote), self._per_source[source],
+            )
+            await stream.aclose()
+            return
+        self._per_source[source] += 1
+        try:
+            try:
+                wrapped, info = await self.wrap(stream, server_side=True, remote=remote)
+            except (trio.BrokenResourceError, OSError, ValueError) as exc:
+                log.warning("%s: connection from %s failed: %s", self.name,
+                            format_address(remote), exc)
+                await stream.aclose()
+                return
+            await self._run_connection(wrapped, info, local, remote, host)
+        finally:
+            self._per_source[source] -= 1
+            if not self._per_source[source]:
+                del self._per_source[source]
+
+    async def _run_connection(
+        self,
+        stream: trio.abc.Stream,
+        info: ConnectionInfo,
+        local: Address,
+        remote: Address,
+        host: TransportHost,
+        *,
+        task_status: trio.TaskStatus[Flow] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        send_lock = trio.Lock()
+
+        async def send(data: bytes) -> None:
+            async with send_lock:
+                await stream.send_all(data)
+
+        flow = Flow(
+            key=FlowKey(self.name, local, remote),
+            send=send,
+            reliable=True,
+            secure=info.secure,
+            peer_certificate=info.peer_certificate,  # type: ignore[arg-type]
+            last_activity=trio.current_time(),
+        )
+        host.flows.add(flow)
+        task_status.started(flow)
+        framer = StreamFramer(max_message_size=host.limits.max_message_size)
+        try:
+            async with stream:
+                await self._read_loop(stream, framer, flow, host, send)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("%s: connection %s ended: %s", self.name, flow.key, exc)
+        finally:
+            host.flows.remove(flow)
+            host.flow_closed(flow)
+
+    async def _read_loop(
+        self,
+        stream: trio.abc.Stream,
+        framer: StreamFramer,
+        flow: Flow,
+        host: TransportHost,
+        send: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        while True:
+            with trio.move_on_after(self.config.idle_timeout) as idle:
+                data = await stream.receive_some(_READ_SIZE)
+            if idle.cancelled_caught:
+                log.info("%s: closing idle connection %s", self.name, flow.key)
+                return
+            if not data:
+                return
+            flow.last_activity = trio.current_time()
+            try:
+                framer.receive_data(data)
+                while (frame := framer.next_frame()) is not None:
+                    if isinstance(frame, KeepAlivePing):
+                        await send(_PONG)
+                    else:
+                        host.deliver(frame, flow)
+            except SipParseError as exc:
+                # Framing is lost: nothing later on this stream can be trusted to start a message.
+                log.warning("%s: closing %s: %s", self.name, flow.key, exc.reason)
+                return
+
+    async def open_flow(self, remote: Address, host: TransportHost) -> Flow:
+        existing = host.flows.find(self.name, remote)
+        if existing is not None:
+            return existing
+        if self._nursery is None:
+            raise OSError(f"no {self.name} listener is running to own outbound connections")
+        with trio.fail_after(self.config.connect_timeout):
+            stream = await trio.open_tcp_stream(remote[0], remote[1])
+            try:
+                wrapped, info = await self.wrap(stream, server_side=False, remote=remote)
+            except BaseException:
+                await stream.aclose()
+                raise
+        local: Address = stream.socket.getsockname()[:2]
+        # The connection's reader lives in the listener's nursery, not in the caller's task, so
+        # the connection outlives the request that opened it and carries the peer's requests too.
+        flow: Flow = await self._nursery.start(
+            self._run_connection, wrapped, info, local, remote, host
+        )
+        return flow
+
+
+class TcpTransport(StreamTransport):
+    name = "tcp"
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return TcpConfig
+
+
+@hookimpl
+def gateway_register_transports(registry: Registry[TcpTransport], config: TcpConfig) -> None:
+    registry.add(TcpTransport.name, TcpTransport(config))

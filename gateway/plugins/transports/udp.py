@@ -1,0 +1,116 @@
+"""The ``udp`` signalling transport (RFC 3261 §18, datagrams).
+
+One socket per listener. Every datagram is one SIP message; a flow per remote address remembers
+where replies and later requests go (symmetric response routing, RFC 3581). Outbound flows to a
+new address use the listener socket of the same address family, so requests leave from the
+address and port peers know us by.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import attrs
+import trio
+
+from gateway.core.config import ListenSpec
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import Listener, TransportHost
+from gateway.core.plugins import Registry
+from gateway.core.transport.flows import Address, Flow, FlowKey
+
+log = logging.getLogger(__name__)
+
+# Largest UDP payload; a bigger SIP message cannot arrive in one datagram anyway.
+_RECV_SIZE = 65535
+
+
+@attrs.frozen
+class UdpConfig:
+    """``[plugins.udp]``."""
+
+    receive_buffer: int = 1 << 20  # SO_RCVBUF bytes: absorbs bursts of REGISTER/INVITE
+
+
+class UdpTransport:
+    name = "udp"
+    reliable = False
+    secure = False
+
+    def __init__(self, config: UdpConfig | None = None) -> None:
+        self.config = config or UdpConfig()
+        self._sockets: list[tuple[Address, trio.socket.SocketType]] = []
+
+    async def serve(
+        self,
+        listen: ListenSpec,
+        host: TransportHost,
+        *,
+        task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+        with sock:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer)
+            except OSError:  # pragma: no cover - capped by the kernel, not fatal
+                pass
+            await sock.bind((listen.host, listen.port))
+            local: Address = sock.getsockname()[:2]
+            entry = (local, sock)
+            self._sockets.append(entry)
+            log.info("listening on udp:%s:%d", *local)
+            task_status.started(Listener(self.name, local))
+            try:
+                await self._receive_loop(sock, local, host)
+            finally:
+                self._sockets.remove(entry)
+
+    async def _receive_loop(
+        self, sock: trio.socket.SocketType, local: Address, host: TransportHost
+    ) -> None:
+        while True:
+            try:
+                data, remote = await sock.recvfrom(_RECV_SIZE)
+            except ConnectionResetError:
+                # ICMP port unreachable from an earlier send surfaces here on some systems.
+                continue
+            remote = remote[:2]
+            if not data.strip(b"\r\n"):
+                continue  # RFC 5626 §3.5.1 keep-alive / stray CRLF: nothing to deliver
+            flow = host.flows.get(FlowKey(self.name, local, remote))
+            if flow is None:
+                flow = self._make_flow(sock, local, remote)
+                host.flows.add(flow)
+            flow.last_activity = trio.current_time()
+            host.deliver(data, flow)
+
+    def _make_flow(self, sock: trio.socket.SocketType, local: Address, remote: Address) -> Flow:
+        async def send(data: bytes) -> None:
+            await sock.sendto(data, remote)
+
+        return Flow(key=FlowKey(self.name, local, remote), send=send, reliable=False)
+
+    async def open_flow(self, remote: Address, host: TransportHost) -> Flow:
+        want_v6 = ":" in remote[0]
+        for local, sock in self._sockets:
+            if (":" in local[0]) == want_v6:
+                key = FlowKey(self.name, local, remote)
+                flow = host.flows.get(key)
+                if flow is None:
+                    flow = self._make_flow(sock, local, remote)
+                    host.flows.add(flow)
+                return flow
+        family = "IPv6" if want_v6 else "IPv4"
+        raise OSError(f"no udp listener for {family} to send to {remote[0]}:{remote[1]}")
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return UdpConfig
+
+
+@hookimpl
+def gateway_register_transports(registry: Registry[UdpTransport], config: UdpConfig) -> None:
+    registry.add(UdpTransport.name, UdpTransport(config))
