@@ -1,0 +1,375 @@
+"""Parse one complete SIP message from bytes (RFC 3261 §7, §20, §25; RFC 4475).
+
+The input is one message: a UDP datagram, or a frame the stream framer cut at Content-Length.
+The parser checks what every later layer relies on (start line, Via, From, To, Call-ID, CSeq,
+Max-Forwards, Content-Length, Expires, Contact/Route syntax) so that the typed accessors of
+:class:`~gateway.core.sip.message.Request` / ``Response`` do not fail later on a message that was
+accepted. Header values are stored unfolded and trimmed, one :class:`Headers` entry per element
+of the comma-separated list headers (:data:`~gateway.core.sip.headers.LIST_HEADERS`).
+
+Errors are :class:`SipParseError` (or :class:`MessageTooLarge`) whose ``status`` is the response
+to send to a request (400, 505, 416, 513) and None ("discard", RFC 3261 §18.1.2) when the message
+is a response. :func:`salvage_request_headers` recovers what is needed to address that response.
+
+Semantics left to the UAS core (not checked here): Require/Proxy-Require (420), Content-Type and
+Accept (415/406), Max-Forwards reaching 0 (483), Authorization schemes, Via sent-by sanity.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+from gateway.core.sip.errors import MessageTooLarge, SipParseError
+from gateway.core.sip.grammar import (
+    is_call_id,
+    is_token,
+    parse_cseq_untrusted,
+    parse_name_addr_untrusted,
+    parse_uint_untrusted,
+    parse_uri_untrusted,
+    parse_via_untrusted,
+    split_list_untrusted,
+)
+from gateway.core.sip.headers import LIST_HEADERS, canonical_name
+from gateway.core.sip.message import SIP_VERSION, Headers, Request, Response
+from gateway.core.sip.uri import AbsoluteUri, SipUri, Uri
+
+__all__ = [
+    "SUPPORTED_URI_SCHEMES",
+    "parse_message_untrusted",
+    "parse_request_line_untrusted",
+    "parse_status_line_untrusted",
+    "salvage_request_headers",
+]
+
+SUPPORTED_URI_SCHEMES: frozenset[str] = frozenset({"sip", "sips", "tel"})
+"""Request-URI schemes the gateway serves; any other gets 416 (RFC 3261 §8.2.2.1)."""
+
+_VERSION = re.compile(r"SIP/(\d{1,3})\.(\d{1,3})", re.IGNORECASE)
+_MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 §20.19, §20.47: delta-seconds; RFC 4475 §3.1.2.4
+_MAX_CONTENT_LENGTH = 2**32 - 1
+# Header fields that may appear at most once (RFC 3261 §7.3.1: only list headers may repeat;
+# RFC 4475 §3.3.8, §3.3.9 ask for 400 when these repeat).
+_SINGLE = (
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Max-Forwards",
+    "Content-Length",
+    "Content-Type",
+    "Expires",
+    "Min-Expires",
+)
+
+
+def parse_message_untrusted(
+    data: bytes, *, max_size: int = 65535, max_headers: int = 200, max_line: int = 8192
+) -> Request | Response:
+    """Parse one complete SIP request or response.
+
+    ``max_size`` bounds the whole input, ``max_headers`` the number of header entries (after list
+    splitting) and ``max_line`` every physical header line; exceeding one raises
+    :class:`MessageTooLarge` (513). With Content-Length the body is exactly that many bytes and
+    any further octets are ignored (RFC 3261 §18.3, RFC 4475 §3.1.1.8); without it the body is the
+    rest of the input (RFC 3261 §20.14 allows this for datagrams only; stream framing always
+    supplies Content-Length). Leading CRLFs are skipped (RFC 3261 §7.5).
+    """
+    response = data.lstrip(b"\r\n")[:4].upper() == b"SIP/"
+    try:
+        return _parse(data, max_size=max_size, max_headers=max_headers, max_line=max_line)
+    except SipParseError as err:
+        if response:
+            # RFC 3261 §18.1.2 / RFC 4475 §3.1.2: a malformed response is silently discarded.
+            err.status = None
+        raise
+
+
+def parse_request_line_untrusted(line: str) -> tuple[str, Uri]:
+    """Parse ``Method SP Request-URI SP SIP-Version`` (RFC 3261 §7.1, §25.1).
+
+    Exactly one SP separates the three elements (RFC 4475 §3.1.2.8-10). An unknown version gives
+    505. The Request-URI scheme is not checked here (see :data:`SUPPORTED_URI_SCHEMES`).
+    """
+    if "\t" in line:
+        raise SipParseError("HTAB in Request-Line")
+    if line != line.rstrip(" "):
+        raise SipParseError("whitespace at the end of the Request-Line")
+    if line != line.lstrip(" ") or "  " in line:
+        raise SipParseError("extra whitespace in the Request-Line")
+    parts = line.split(" ")
+    if len(parts) > 3:
+        raise SipParseError("whitespace inside the Request-URI")
+    if len(parts) < 3:
+        raise SipParseError("Request-Line is not Method SP Request-URI SP SIP-Version")
+    method, uri_text, version = parts
+    if not is_token(method):
+        raise SipParseError("invalid method in the Request-Line")
+    _check_version(version, request=True)
+    try:
+        uri = parse_uri_untrusted(uri_text)
+    except SipParseError as err:
+        raise SipParseError(f"bad Request-URI ({err.reason})") from err
+    if isinstance(uri, SipUri) and uri.headers:
+        # RFC 3261 §19.1.1 table 1: headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11).
+        raise SipParseError("Request-URI must not contain headers")
+    return method, uri
+
+
+def parse_status_line_untrusted(line: str) -> tuple[int, str]:
+    """Parse ``SIP-Version SP Status-Code SP Reason-Phrase`` (RFC 3261 §7.2, §25.1).
+
+    The status code is three digits, 100..699. An empty reason phrase is valid (RFC 4475 §3.1.1.13);
+    a status line that ends right after the code is accepted as having one.
+    """
+    version, _, rest = line.partition(" ")
+    _check_version(version, request=False)
+    code, _, reason = rest.partition(" ")
+    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        raise SipParseError("status code must be 100..699")
+    if any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in reason):
+        raise SipParseError("control character in the reason phrase")
+    return int(code), reason
+
+
+def _check_version(version: str, *, request: bool) -> None:
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise SipParseError("malformed SIP-Version")
+    if (int(match[1]), int(match[2])) != (2, 0):
+        # RFC 3261 §8.2.2 / §21.5.20: 505 Version Not Supported (RFC 4475 §3.1.2.16).
+        raise SipParseError("SIP version not supported", status=505 if request else None)
+
+
+def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Request | Response:
+    if len(data) > max_size:
+        raise MessageTooLarge("message larger than the size limit")
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    if start == len(data):
+        raise SipParseError("empty message")
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        raise SipParseError("no empty line after the header fields")
+    rest = data[end + 4 :]
+    lines = _decode_lines(data[start:end], max_line)
+    first = lines[0]
+    if first[:4].upper() == "SIP/":
+        status, reason = parse_status_line_untrusted(first)
+        headers = _headers(lines[1:], max_headers)
+        _validate_common(headers)
+        body = _body(headers, rest)
+        return Response(status=status, reason=reason, headers=headers, body=body)
+    method, uri = parse_request_line_untrusted(first)
+    headers = _headers(lines[1:], max_headers)
+    _validate_common(headers)
+    _validate_request(method, headers)
+    body = _body(headers, rest)
+    if isinstance(uri, AbsoluteUri):
+        # RFC 3261 §8.2.2.1: 416 Unsupported URI Scheme (RFC 4475 §3.3.2). Checked last so that a
+        # request that is also malformed gets its 400 first.
+        raise SipParseError("Unsupported URI Scheme", status=416)
+    return Request(method=method, uri=uri, headers=headers, body=body, version=SIP_VERSION)
+
+
+def _decode_lines(head: bytes, max_line: int) -> list[str]:
+    raw_lines = head.split(b"\r\n")
+    for raw in raw_lines:
+        if len(raw) > max_line:
+            raise MessageTooLarge("header line longer than the line limit")
+        if b"\r" in raw or b"\n" in raw:
+            raise SipParseError("bare CR or LF in the header section")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # RFC 3261 §7.3.1 / §25.1: header text is UTF-8 (TEXT-UTF8).
+        raise SipParseError("header section is not valid UTF-8") from None
+    return text.split("\r\n")
+
+
+def _headers(lines: list[str], max_headers: int) -> Headers:
+    """Unfold, split into (canonical name, value) entries, split list headers into elements."""
+    unfolded: list[str] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            # RFC 3261 §7.3.1: a line starting with SP/HTAB continues the previous header field.
+            if not unfolded:
+                raise SipParseError("continuation line before the first header field")
+            unfolded[-1] = unfolded[-1] + " " + line.lstrip(" \t")
+        else:
+            unfolded.append(line)
+    fields: list[tuple[str, str]] = []
+    for line in unfolded:
+        name, colon, value = line.partition(":")
+        # HCOLON = *( SP / HTAB ) ":" SWS
+        name = name.rstrip(" \t")
+        if not colon:
+            raise SipParseError("header line without ':'")
+        if not is_token(name):
+            raise SipParseError("invalid header field name")
+        cname = canonical_name(name)
+        value = value.strip(" \t")
+        if cname in LIST_HEADERS and value:
+            try:
+                elements = split_list_untrusted(value)
+            except SipParseError as err:
+                detail = _BAD_PREFIX.sub("", err.reason)
+                raise SipParseError(f"bad {cname}: {detail}") from err
+            fields.extend((cname, element) for element in elements)
+        else:
+            fields.append((cname, value))
+        if len(fields) > max_headers:
+            raise MessageTooLarge("too many header fields")
+    return Headers(tuple(fields))
+
+
+def _validate_common(headers: Headers) -> None:
+    """Checks shared by requests and responses (RFC 3261 §8.1.1, §20; RFC 4475 §3.1.2, §3.3)."""
+    vias = headers.get_all("Via")
+    if not vias:
+        raise SipParseError("missing Via header")
+    for via in vias:
+        _check("Via", parse_via_untrusted, via)
+    for name in _SINGLE:
+        count = headers.count(name)
+        if count > 1:
+            raise SipParseError(f"multiple {name} headers")
+        if count == 0 and name in ("From", "To", "Call-ID", "CSeq"):
+            raise SipParseError(f"missing {name} header")
+    for name in ("From", "To"):
+        value = headers.get(name)
+        assert value is not None
+        if _check(name, parse_name_addr_untrusted, value).wildcard:
+            raise SipParseError(f"bad {name}: '*' is only allowed in Contact")
+    call_id = headers.get("Call-ID")
+    if call_id is None or not is_call_id(call_id):
+        raise SipParseError("bad Call-ID")
+    cseq = headers.get("CSeq")
+    assert cseq is not None
+    _check("CSeq", parse_cseq_untrusted, cseq)
+    _uint(headers, "Max-Forwards", 255)
+    _uint(headers, "Content-Length", _MAX_CONTENT_LENGTH)
+    _uint(headers, "Expires", _MAX_DELTA_SECONDS)
+    _uint(headers, "Min-Expires", _MAX_DELTA_SECONDS)
+    contacts = [_check("Contact", parse_name_addr_untrusted, v) for v in headers.get_all("Contact")]
+    if len(contacts) > 1 and any(c.wildcard for c in contacts):
+        # RFC 3261 §10.2.2: "*" stands alone.
+        raise SipParseError("bad Contact: '*' combined with other contacts")
+    for name in ("Route", "Record-Route"):
+        for value in headers.get_all(name):
+            if _check(name, parse_name_addr_untrusted, value).wildcard:
+                raise SipParseError(f"bad {name}: '*' is not a route")
+
+
+_T = TypeVar("_T")
+_BAD_PREFIX = re.compile(r"^(?:bad [^:]{1,40}: )+")
+
+
+def _check(name: str, parse: Callable[[str], _T], value: str) -> _T:
+    """Run a grammar function on a header value; the error reason names the header field."""
+    try:
+        return parse(value)
+    except SipParseError as err:
+        detail = _BAD_PREFIX.sub("", err.reason)
+        raise SipParseError(f"bad {name}: {detail}") from err
+
+
+def _validate_request(method: str, headers: Headers) -> None:
+    cseq_value = headers.get("CSeq")
+    assert cseq_value is not None
+    if parse_cseq_untrusted(cseq_value).method != method:
+        # RFC 3261 §8.1.1.5 (RFC 4475 §3.1.2.17, §3.1.2.18): method names are case-sensitive.
+        raise SipParseError("CSeq method does not match the Request-Line")
+
+
+def _uint(headers: Headers, name: str, maximum: int) -> None:
+    value = headers.get(name)
+    if value is not None:
+        parse_uint_untrusted(value, name, maximum)
+
+
+def _body(headers: Headers, rest: bytes) -> bytes:
+    value = headers.get("Content-Length")
+    if value is None:
+        return rest
+    length = parse_uint_untrusted(value, "Content-Length", _MAX_CONTENT_LENGTH)
+    if length > len(rest):
+        # RFC 4475 §3.1.2.2: the body is shorter than Content-Length says.
+        raise SipParseError("Content-Length larger than the message body")
+    return rest[:length]
+
+
+_SALVAGED = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | None:
+    """Best-effort Via/From/To/Call-ID/CSeq of a request the parser rejected.
+
+    RFC 3261 §8.2.6 builds a response from these fields; this lets the transport answer 400/505/
+    416/513 even when parsing failed. Returns None for responses, and when no parseable top Via
+    exists (the reply could not be routed, RFC 3261 §18.2.2). Only fields that parse are kept
+    (From, To, CSeq) and Call-ID only when it is a valid callid; all Via elements are copied
+    when the top one parses. Only the first ``max_size`` bytes are looked at.
+    """
+    data = data[:max_size]
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    if data[start : start + 4].upper() == b"SIP/":
+        return None
+    end = data.find(b"\r\n\r\n", start)
+    head = data[start:] if end < 0 else data[start:end]
+    lines: list[str] = []
+    for raw in head.split(b"\r\n")[1:]:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            line = ""
+        if "\r" in line or "\n" in line:
+            line = ""
+        if line[:1] in (" ", "\t") and lines:
+            lines[-1] += " " + line.lstrip(" \t")
+        else:
+            lines.append(line)
+    found: dict[str, list[str]] = {name: [] for name in _SALVAGED}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        cname = canonical_name(name.rstrip(" \t"))
+        if colon and cname in found:
+            found[cname].append(value.strip(" \t"))
+    vias: list[str] = []
+    for value in found["Via"]:
+        try:
+            vias.extend(split_list_untrusted(value))
+        except SipParseError:
+            break
+    try:
+        if not vias:
+            return None
+        parse_via_untrusted(vias[0])
+    except SipParseError:
+        return None
+    fields: list[tuple[str, str]] = [("Via", v) for v in vias]
+    for name, check in (
+        ("From", parse_name_addr_untrusted),
+        ("To", parse_name_addr_untrusted),
+        ("Call-ID", _check_call_id),
+        ("CSeq", parse_cseq_untrusted),
+    ):
+        if not found[name]:
+            continue
+        value = found[name][0]
+        try:
+            check(value)
+        except SipParseError:
+            continue
+        fields.append((name, value))
+    return Headers(tuple(fields))
+
+
+def _check_call_id(value: str) -> None:
+    if not is_call_id(value):
+        raise SipParseError("bad Call-ID")
