@@ -1,0 +1,33 @@
+"""docs/configuration.md documents every key of every core table and built-in plugin table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from gateway.core import config as cfg
+from gateway.plugins.transports import tcp, udp
+
+DOC = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
+TABLES = {
+    "gateway": cfg.GatewaySection,
+    "sip": cfg.SipSection,
+    "media": cfg.MediaSection,
+    "plugins": cfg.PluginsSection,
+    "plugins.udp": udp.UdpConfig,
+    "plugins.tcp": tcp.TcpConfig,
+}
+CASES = [(table, field.name) for table, cls in TABLES.items() for field in attrs.fields(cls)]
+
+
+def _section(table: str) -> str:
+    start = DOC.index(f"## `[{table}]`") if f"## `[{table}]`" in DOC else DOC.index(f"`[{table}]`")
+    end = DOC.find("\n#", start + 1)
+    return DOC[start : end if end != -1 else len(DOC)]
+
+
+@pytest.mark.parametrize(("table", "key"), CASES, ids=[f"{t}.{k}" for t, k in CASES])
+def test_key_is_documented_in_its_table(table: str, key: str) -> None:
+    assert f"| `{key}` |" in _section(table), f"[{table}] {key} is not in docs/configuration.md"
