@@ -1,0 +1,175 @@
+"""Media port pairs from a configured range: an even RTP port and RTCP on the next one.
+
+RFC 3550 §11: RTP uses an even port and RTCP the next higher (odd) port; SDP without ``a=rtcp``
+implies that pairing (RFC 3605 §2.1), so the gateway allocates and binds both ports of a pair even
+when the leg later negotiates rtcp-mux (RFC 5761), which keeps the offer valid for either answer.
+
+The allocator binds plain non-blocking stdlib UDP sockets (the relay drains them from one epoll,
+see :mod:`gateway.core.media.relay`). Freed pairs go to the back of a FIFO, so a port is reused as
+late as possible and late packets of an ended call rarely reach the next one. A pair that some other
+process holds is skipped and retried later. When no pair can be bound, :class:`PortsExhausted`
+tells the B2BUA to answer 503.
+
+Usage::
+
+    allocator = PortAllocator("127.0.0.1", PortRange.from_string("30000-30999"))
+    with allocator.allocate() as pair:      # closes both sockets and frees the pair on every path
+        ...
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import ipaddress
+import socket
+
+import attrs
+
+from gateway.core.media.errors import LocalMediaError, PortsExhausted
+
+DEFAULT_MEDIA_ADDRESS = "127.0.0.1"
+DEFAULT_MEDIA_PORTS = "30000-30999"
+
+
+@attrs.frozen
+class PortRange:
+    """An inclusive UDP port range ``low``-``high`` holding at least one (even, odd) pair."""
+
+    low: int
+    high: int
+
+    def __attrs_post_init__(self) -> None:
+        if not 1 <= self.low <= self.high <= 65535:
+            raise LocalMediaError(f"media port range {self.low}-{self.high} is not within 1-65535")
+        if not self.rtp_ports():
+            raise LocalMediaError(
+                f"media port range {self.low}-{self.high} holds no even RTP port with RTCP above it"
+            )
+
+    @classmethod
+    def from_string(cls, text: str) -> PortRange:
+        """Parse the configuration form ``"LOW-HIGH"``, e.g. ``"30000-30999"``."""
+        low, sep, high = text.strip().partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise LocalMediaError(f"media port range {text!r} is not LOW-HIGH")
+        return cls(int(low), int(high))
+
+    def rtp_ports(self) -> range:
+        """The even RTP ports whose RTCP port (+1) is also in the range."""
+        first = self.low + (self.low % 2)
+        return range(first, self.high, 2)
+
+
+@attrs.define(eq=False)
+class PortPair:
+    """Two bound non-blocking UDP sockets, RTP on an even port and RTCP on the next one.
+
+    Close it (or leave its ``with`` block) to close both sockets and give the pair back to the
+    allocator; closing twice is harmless.
+    """
+
+    address: str
+    rtp_port: int
+    rtp_socket: socket.socket
+    rtcp_socket: socket.socket
+    _allocator: PortAllocator | None = attrs.field(default=None, repr=False)
+
+    @property
+    def rtcp_port(self) -> int:
+        return self.rtp_port + 1
+
+    @property
+    def closed(self) -> bool:
+        return self._allocator is None
+
+    def close(self) -> None:
+        """Close both sockets and return the pair to its allocator."""
+        allocator, self._allocator = self._allocator, None
+        if allocator is None:
+            return
+        self.rtp_socket.close()
+        self.rtcp_socket.close()
+        allocator._release(self.rtp_port)
+
+    def __enter__(self) -> PortPair:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class PortAllocator:
+    """Hands out :class:`PortPair` objects bound on ``address`` from ``ports``.
+
+    Linux (and any POSIX) semantics assumed: a closed UDP port can be bound again at once, so no
+    ``SO_REUSEADDR`` is set (on Linux it would let two sockets share a UDP port).
+    """
+
+    def __init__(
+        self, address: str = DEFAULT_MEDIA_ADDRESS, ports: PortRange | None = None
+    ) -> None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise LocalMediaError(f"media address {address!r} is not an IP address") from None
+        self.address = str(ip)
+        self.family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        self.ports = ports if ports is not None else PortRange.from_string(DEFAULT_MEDIA_PORTS)
+        self._free: collections.deque[int] = collections.deque(self.ports.rtp_ports())
+        self._in_use: set[int] = set()
+
+    @property
+    def in_use(self) -> int:
+        """Number of pairs currently allocated."""
+        return len(self._in_use)
+
+    @property
+    def available(self) -> int:
+        """Number of pairs not allocated (some may still be held by other processes)."""
+        return len(self._free)
+
+    def allocate(self) -> PortPair:
+        """Bind the next free pair. Raises :class:`PortsExhausted` when none can be bound.
+
+        Pairs that another process holds (EADDRINUSE) are moved to the back and tried again
+        later. Any other bind error (e.g. the address is not local) is a configuration error and
+        propagates.
+        """
+        for _ in range(len(self._free)):
+            rtp_port = self._free.popleft()
+            try:
+                rtp_socket = self._bind(rtp_port)
+                try:
+                    rtcp_socket = self._bind(rtp_port + 1)
+                except BaseException:
+                    rtp_socket.close()
+                    raise
+            except OSError as exc:
+                self._free.append(rtp_port)
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise
+            except BaseException:
+                self._free.append(rtp_port)
+                raise
+            self._in_use.add(rtp_port)
+            return PortPair(self.address, rtp_port, rtp_socket, rtcp_socket, self)
+        raise PortsExhausted(
+            f"no free media port pair in {self.ports.low}-{self.ports.high} on {self.address} "
+            f"({len(self._in_use)} in use)"
+        )
+
+    def _bind(self, port: int) -> socket.socket:
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.address, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _release(self, rtp_port: int) -> None:
+        self._in_use.discard(rtp_port)
+        self._free.append(rtp_port)

@@ -1,0 +1,733 @@
+"""The media relay: RTP/RTCP between the two legs of every media stream, from one trio task.
+
+Theory of operation
+-------------------
+A :class:`MediaStream` joins two :class:`StreamSide` objects, ``a`` and ``b``, each holding
+the :class:`~gateway.core.media.ports.PortPair` that faces one leg (the B2BUA advertises that pair
+in the leg's SDP). What arrives on side A's sockets leaves from side B's sockets towards leg B's
+address (direction ``a_to_b``), and the reverse.
+
+- Symmetric latching (RFC 4961 symmetric RTP, as rtpengine and RTPproxy do): a side's remote
+  address starts as the one in its SDP (:meth:`StreamSide.set_remote`). The first well-formed packet
+  on a socket latches its source address (the real one behind a NAT) and from then on that is where
+  the other leg's media goes. Packets from any other source are dropped and counted, unless the
+  relay was built with ``relatch_after`` and the latched source has been silent that long.
+  RTP and RTCP sockets latch separately. A new SDP address for the side forgets the latch.
+  Caveat (shared with rtpengine's default learning mode): whoever sends first latches the socket.
+- rtcp-mux (RFC 5761): on a side that muxes, RTCP arrives on the RTP port and is told apart by the
+  second octet (RFC 5761 §4, :data:`~gateway.core.media.rtp.RTCP_BY_SECOND_OCTET`); RTCP towards a
+  side that muxes leaves from its RTP socket to its RTP address, otherwise from its RTCP socket to
+  its RTCP address (SDP ``a=rtcp`` per RFC 3605, or RTP port + 1).
+- Packets are forwarded unchanged (SSRC, sequence numbers, timestamps). Per direction a
+  :class:`DirectionControl` sets a ``blocked`` flag (no media before keys), :class:`Transforms`
+  (SRTP unprotect on arrival, protect before sending; ``None`` from a transform drops the packet)
+  and taps (called between the two transforms, so they see plain RTP).
+- Every drop is counted per direction and reason; :meth:`DirectionControl.statistics`.
+- Each stream records when it last received media (:attr:`MediaStream.last_activity`); the B2BUA
+  polls :meth:`MediaRelay.idle_streams` and ends calls whose media stopped.
+
+Speed
+-----
+One trio task (:meth:`MediaRelay.serve`) owns a level-triggered ``select.epoll`` in which every
+media socket is registered once. It waits for the epoll descriptor to become readable, asks epoll
+which sockets are ready, and drains each with ``recvfrom_into`` into one preallocated buffer. All a
+packet needs is precomputed on a per-socket ``_Endpoint`` and per-kind ``_Route`` (outgoing
+``sendto``, destination, transforms, counters as plain ints), so the hot loop does no allocation
+beyond what CPython's socket calls make, and no attribute chains. Work per wake-up is bounded
+(``max_sockets_per_wakeup`` x ``max_packets_per_socket``); level-triggered epoll reports what is
+left on the next wake-up, after the sockets that were not served (the kernel re-queues served
+sockets at the tail of its ready list).
+
+Linux only: ``select.epoll``.
+
+Streams may be opened and closed at any time from the trio thread, also while :meth:`serve` runs
+(and even from a tap or transform). Ports are released on every path: :meth:`MediaStream.close`
+(or its ``with`` block), a failed :meth:`MediaRelay.open_stream`, and :meth:`MediaRelay.close`,
+which :meth:`MediaRelay.serve` calls when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import ipaddress
+import logging
+import select
+import socket
+from collections.abc import Callable
+from itertools import repeat
+from typing import Any
+
+import attrs
+import trio
+
+from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.ports import PortAllocator, PortPair
+from gateway.core.media.rtp import (
+    RTCP_BY_SECOND_OCTET,
+    RTCP_MIN_LENGTH,
+    RTP_HEADER_LENGTH,
+    VERSION_BITS,
+    VERSION_MASK,
+)
+
+logger = logging.getLogger(__name__)
+
+Transform = Callable[[bytes], "bytes | None"]
+"""Takes one packet and returns the packet to go on with, or None to drop it (counted)."""
+
+Address = tuple[Any, ...]
+"""A socket address as ``recvfrom`` returns it: (host, port) for IPv4, 4 items for IPv6."""
+
+_RECEIVE_BUFFER_SIZE = 65536  # the largest UDP payload: never truncate a datagram
+_NEVER_RTCP = bytes(256)  # RTP port of a side without rtcp-mux: everything is RTP
+_ALWAYS_RTCP = bytes([1]) * 256  # RTCP port: everything is RTCP
+
+
+class Direction(enum.Enum):
+    """Which way a packet travels through a stream."""
+
+    A_TO_B = "a_to_b"
+    B_TO_A = "b_to_a"
+
+
+Tap = Callable[[Direction, bytes], None]
+"""Called with every forwarded packet of a direction, after ``rtp_in``/``rtcp_in`` and before
+``rtp_out``/``rtcp_out``. A tap runs inside the relay's packet loop and MUST NOT block or do slow
+work: hand the packet to a bounded queue with ``send_nowait``, and on ``trio.WouldBlock`` drop it
+and count (STYLE.md habit 7). Exceptions are caught and counted as ``tap_errors``."""
+
+
+@attrs.frozen
+class Transforms:
+    """Per-direction packet transforms; ``None`` means "pass unchanged".
+
+    ``*_in`` run on arrival (e.g. SRTP/SRTCP unprotect with the sending leg's keys), taps see their
+    result, ``*_out`` run just before sending (e.g. protect with the receiving leg's keys).
+    A transform that returns None or raises drops the packet (counted as ``dropped_transform``).
+    """
+
+    rtp_in: Transform | None = None
+    rtp_out: Transform | None = None
+    rtcp_in: Transform | None = None
+    rtcp_out: Transform | None = None
+
+
+@attrs.frozen
+class DirectionStatistics:
+    """Counters of one direction of a stream since it was opened."""
+
+    rtp_packets: int
+    rtp_bytes: int
+    rtcp_packets: int
+    rtcp_bytes: int
+    dropped_unlatched_source: int
+    """From a source other than the latched one."""
+    dropped_blocked: int
+    """While the direction was blocked (no keys yet)."""
+    dropped_transform: int
+    """A transform returned None or raised."""
+    dropped_malformed: int
+    """Not RTP/RTCP version 2, or shorter than a fixed RTP header (RTCP: 8 octets)."""
+    dropped_send_error: int
+    """``sendto`` failed (e.g. socket buffer full)."""
+    dropped_no_destination: int
+    """Neither SDP nor latching has given the other leg an address yet."""
+    transform_errors: int
+    """Transforms that raised (also counted in ``dropped_transform``); the first is logged."""
+    tap_errors: int
+    """Taps that raised (the packet was still forwarded); the first is logged."""
+    receive_errors: int
+    """``recvfrom_into`` failures other than "nothing to read"."""
+
+    @property
+    def packets(self) -> int:
+        """RTP and RTCP packets forwarded."""
+        return self.rtp_packets + self.rtcp_packets
+
+    @property
+    def dropped(self) -> int:
+        """Packets dropped for any reason."""
+        return (
+            self.dropped_unlatched_source
+            + self.dropped_blocked
+            + self.dropped_transform
+            + self.dropped_malformed
+            + self.dropped_send_error
+            + self.dropped_no_destination
+        )
+
+
+@attrs.frozen
+class StreamStatistics:
+    a_to_b: DirectionStatistics
+    b_to_a: DirectionStatistics
+    last_activity: float
+
+
+@attrs.frozen
+class RelayStatistics:
+    streams: int
+    wakeups: int
+    """Times the serving task woke up; ``packets / wakeups`` is the batch size."""
+    packets: int
+    """Packets forwarded by the streams open now."""
+    dropped: int
+    """Packets dropped by the streams open now."""
+
+
+def _unconfigured(packet: Any, address: Address) -> int:
+    raise OSError("media route not configured")
+
+
+class _Route:
+    """Where one kind of packet (RTP or RTCP) received on one socket goes. Hot-path state."""
+
+    __slots__ = (
+        "bytes",
+        "destination",
+        "dropped_no_destination",
+        "dropped_send_error",
+        "dropped_transform",
+        "min_length",
+        "packets",
+        "plain",
+        "sendto",
+        "transform_errors",
+        "transform_in",
+        "transform_out",
+    )
+
+    def __init__(self, min_length: int) -> None:
+        self.min_length = min_length
+        self.sendto: Callable[[Any, Address], int] = _unconfigured
+        self.destination: Address | None = None
+        self.transform_in: Transform | None = None
+        self.transform_out: Transform | None = None
+        self.plain = True  # no transform and no tap: forward straight from the receive buffer
+        self.packets = 0
+        self.bytes = 0
+        self.dropped_no_destination = 0
+        self.dropped_transform = 0
+        self.transform_errors = 0
+        self.dropped_send_error = 0
+
+
+class _Endpoint:
+    """One bound media socket and everything the hot loop needs for what arrives on it."""
+
+    __slots__ = (
+        "blocked",
+        "direction",
+        "dropped_blocked",
+        "dropped_malformed",
+        "dropped_unlatched_source",
+        "fd",
+        "last_received",
+        "receive_errors",
+        "recv_into",
+        "rtcp",
+        "rtcp_octets",
+        "rtp",
+        "source",
+        "stream",
+        "tap_errors",
+        "taps",
+    )
+
+    def __init__(
+        self, sock: socket.socket, rtcp_octets: bytes, stream: MediaStream, now: float
+    ) -> None:
+        self.fd = sock.fileno()
+        self.recv_into = sock.recvfrom_into
+        self.rtcp_octets = rtcp_octets  # second octet -> 1 if the packet is RTCP
+        self.rtp = _Route(RTP_HEADER_LENGTH)
+        self.rtcp = _Route(RTCP_MIN_LENGTH)
+        self.stream = stream
+        self.direction = Direction.A_TO_B
+        self.source: Address | None = None  # latched source address
+        self.last_received = now
+        self.blocked = False
+        self.taps: tuple[Tap, ...] = ()
+        self.dropped_malformed = 0
+        self.dropped_unlatched_source = 0
+        self.dropped_blocked = 0
+        self.receive_errors = 0
+        self.tap_errors = 0
+
+
+def _remote_address(family: int, address: tuple[str, int] | None) -> Address | None:
+    """Check an address taken from SDP; the unspecified address (RFC 3264 §8.4 old-style hold,
+    c=0.0.0.0) means "no destination". Host names are refused: no DNS lookups per packet."""
+    if address is None:
+        return None
+    host, port = address
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise LocalMediaError(f"remote media host {host!r} is not an IP address") from None
+    if not 0 < port < 65536:
+        raise LocalMediaError(f"remote media port {port} is out of range")
+    if (ip.version == 6) != (family == socket.AF_INET6):
+        raise LocalMediaError(f"remote media address {host} is not of the relay's address family")
+    if ip.is_unspecified:
+        return None
+    return (str(ip), port)
+
+
+@attrs.define(eq=False)
+class StreamSide:
+    """The half of a stream facing one leg: the local port pair and what is known of the peer."""
+
+    ports: PortPair
+    """The local pair advertised in this leg's SDP."""
+    _family: int = attrs.field(repr=False)
+    _rtp: _Endpoint = attrs.field(repr=False)
+    _rtcp: _Endpoint = attrs.field(repr=False)
+    _on_change: Callable[[], None] = attrs.field(repr=False)
+    _remote_rtp: Address | None = None
+    _remote_rtcp: Address | None = None
+    _rtcp_mux: bool = False
+
+    def set_remote(
+        self,
+        rtp: tuple[str, int] | None,
+        *,
+        rtcp: tuple[str, int] | None = None,
+        rtcp_mux: bool = False,
+    ) -> None:
+        """Record this leg's media address from its SDP.
+
+        ``rtp`` comes from c= and m= (None or 0.0.0.0: not known / on hold), ``rtcp`` from an
+        ``a=rtcp`` attribute (RFC 3605; default: RTP port + 1), ``rtcp_mux`` is True when the
+        offer/answer settled on rtcp-mux (RFC 5761 §5.1.1). Hosts must be IP literals of the
+        relay's family. When the address changes the sockets forget their latched sources.
+        """
+        remote_rtp = _remote_address(self._family, rtp)
+        remote_rtcp = _remote_address(self._family, rtcp)
+        if remote_rtp != self._remote_rtp or remote_rtcp != self._remote_rtcp:
+            self._rtp.source = None
+            self._rtcp.source = None
+        self._remote_rtp = remote_rtp
+        self._remote_rtcp = remote_rtcp
+        self._rtcp_mux = rtcp_mux
+        self._on_change()
+
+    @property
+    def rtcp_mux(self) -> bool:
+        return self._rtcp_mux
+
+    @property
+    def rtp_source(self) -> Address | None:
+        """The source latched on the RTP socket, if any."""
+        return self._rtp.source
+
+    @property
+    def rtcp_source(self) -> Address | None:
+        """The source latched on the RTCP socket, if any."""
+        return self._rtcp.source
+
+    @property
+    def rtp_destination(self) -> Address | None:
+        """Where RTP for this leg goes: the latched source, else the SDP address."""
+        return self._rtp.source or self._remote_rtp
+
+    @property
+    def rtcp_destination(self) -> Address | None:
+        """Where RTCP for this leg goes (RFC 5761 §5.1.3: the RTP address when muxing)."""
+        if self._rtcp_mux:
+            return self.rtp_destination
+        if self._rtcp.source is not None:
+            return self._rtcp.source
+        if self._remote_rtcp is not None:
+            return self._remote_rtcp
+        if self._remote_rtp is not None:
+            return (self._remote_rtp[0], self._remote_rtp[1] + 1)  # RFC 3605 §2.1
+        return None
+
+
+@attrs.define(eq=False)
+class DirectionControl:
+    """Settings and counters of one direction of a stream (packets arriving on one side)."""
+
+    direction: Direction
+    _endpoints: tuple[_Endpoint, _Endpoint] = attrs.field(repr=False)
+    _on_change: Callable[[], None] = attrs.field(repr=False)
+    _blocked: bool = False
+    _transforms: Transforms = Transforms()
+    _taps: tuple[Tap, ...] = ()
+
+    @property
+    def blocked(self) -> bool:
+        """When True nothing is forwarded in this direction (drops are counted)."""
+        return self._blocked
+
+    @blocked.setter
+    def blocked(self, value: bool) -> None:
+        self._blocked = value
+        self._on_change()
+
+    @property
+    def transforms(self) -> Transforms:
+        return self._transforms
+
+    @transforms.setter
+    def transforms(self, value: Transforms) -> None:
+        self._transforms = value
+        self._on_change()
+
+    @property
+    def taps(self) -> tuple[Tap, ...]:
+        return self._taps
+
+    def add_tap(self, tap: Tap) -> None:
+        """Start calling ``tap`` with every packet of this direction (see :data:`Tap`)."""
+        self._taps = (*self._taps, tap)
+        self._on_change()
+
+    def remove_tap(self, tap: Tap) -> None:
+        """Stop calling ``tap``; removing a tap that is not attached is harmless."""
+        self._taps = tuple(t for t in self._taps if t is not tap)
+        self._on_change()
+
+    def statistics(self) -> DirectionStatistics:
+        eps = self._endpoints
+        routes = [route for ep in eps for route in (ep.rtp, ep.rtcp)]
+        return DirectionStatistics(
+            rtp_packets=sum(ep.rtp.packets for ep in eps),
+            rtp_bytes=sum(ep.rtp.bytes for ep in eps),
+            rtcp_packets=sum(ep.rtcp.packets for ep in eps),
+            rtcp_bytes=sum(ep.rtcp.bytes for ep in eps),
+            dropped_unlatched_source=sum(ep.dropped_unlatched_source for ep in eps),
+            dropped_blocked=sum(ep.dropped_blocked for ep in eps),
+            dropped_transform=sum(r.dropped_transform for r in routes),
+            dropped_malformed=sum(ep.dropped_malformed for ep in eps),
+            dropped_send_error=sum(r.dropped_send_error for r in routes),
+            dropped_no_destination=sum(r.dropped_no_destination for r in routes),
+            transform_errors=sum(r.transform_errors for r in routes),
+            tap_errors=sum(ep.tap_errors for ep in eps),
+            receive_errors=sum(ep.receive_errors for ep in eps),
+        )
+
+
+@attrs.define(eq=False, init=False)
+class MediaStream:
+    """One media stream (one m= line) of a call, relayed between leg A (``a``) and leg B (``b``).
+
+    Made by :meth:`MediaRelay.open_stream`. Close it, or use it as a context manager, to stop
+    relaying and release both port pairs.
+    """
+
+    a: StreamSide
+    b: StreamSide
+    a_to_b: DirectionControl
+    b_to_a: DirectionControl
+    created: float
+    _relay: MediaRelay | None = attrs.field(repr=False)
+
+    def __init__(self, relay: MediaRelay, a_ports: PortPair, b_ports: PortPair, now: float) -> None:
+        family = socket.AF_INET6 if ":" in a_ports.address else socket.AF_INET
+        sides = []
+        for ports in (a_ports, b_ports):
+            rtp = _Endpoint(ports.rtp_socket, _NEVER_RTCP, self, now)
+            rtcp = _Endpoint(ports.rtcp_socket, _ALWAYS_RTCP, self, now)
+            sides.append(StreamSide(ports, family, rtp, rtcp, self._rebuild))
+        self.a, self.b = sides
+        self.a_to_b = DirectionControl(Direction.A_TO_B, (self.a._rtp, self.a._rtcp), self._rebuild)
+        self.b_to_a = DirectionControl(Direction.B_TO_A, (self.b._rtp, self.b._rtcp), self._rebuild)
+        self.created = now
+        self._relay = relay
+        self._rebuild()
+
+    @property
+    def closed(self) -> bool:
+        return self._relay is None
+
+    @property
+    def last_activity(self) -> float:
+        """When a packet last arrived from either leg (or when the stream was opened)."""
+        return max(ep.last_received for ep in self._all_endpoints())
+
+    def statistics(self) -> StreamStatistics:
+        return StreamStatistics(
+            a_to_b=self.a_to_b.statistics(),
+            b_to_a=self.b_to_a.statistics(),
+            last_activity=self.last_activity,
+        )
+
+    def close(self) -> None:
+        """Stop relaying and release both port pairs. Closing twice is harmless."""
+        relay, self._relay = self._relay, None
+        if relay is None:
+            return
+        try:
+            relay._forget(self)
+        finally:
+            self.a.ports.close()
+            self.b.ports.close()
+
+    def __enter__(self) -> MediaStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _all_endpoints(self) -> tuple[_Endpoint, ...]:
+        return (self.a._rtp, self.a._rtcp, self.b._rtp, self.b._rtcp)
+
+    def _rebuild(self) -> None:
+        """Recompute the hot-path state of all four sockets from the sides and controls.
+
+        Runs on every change (SDP, latching, block, transforms, taps): rare next to packets.
+        """
+        for src, dst, control in ((self.a, self.b, self.a_to_b), (self.b, self.a, self.b_to_a)):
+            rtp_sendto = dst.ports.rtp_socket.sendto
+            rtcp_sendto = rtp_sendto if dst.rtcp_mux else dst.ports.rtcp_socket.sendto
+            transforms = control.transforms
+            for ep in (src._rtp, src._rtcp):
+                ep.direction = control.direction
+                ep.blocked = control.blocked
+                ep.taps = control.taps
+                _configure(
+                    ep.rtp,
+                    rtp_sendto,
+                    dst.rtp_destination,
+                    transforms.rtp_in,
+                    transforms.rtp_out,
+                    ep.taps,
+                )
+                _configure(
+                    ep.rtcp,
+                    rtcp_sendto,
+                    dst.rtcp_destination,
+                    transforms.rtcp_in,
+                    transforms.rtcp_out,
+                    ep.taps,
+                )
+            src._rtp.rtcp_octets = RTCP_BY_SECOND_OCTET if src.rtcp_mux else _NEVER_RTCP
+
+
+def _configure(
+    route: _Route,
+    sendto: Callable[[Any, Address], int],
+    destination: Address | None,
+    transform_in: Transform | None,
+    transform_out: Transform | None,
+    taps: tuple[Tap, ...],
+) -> None:
+    route.sendto = sendto
+    route.destination = destination
+    route.transform_in = transform_in
+    route.transform_out = transform_out
+    route.plain = transform_in is None and transform_out is None and not taps
+
+
+class MediaRelay:
+    """Relays every open :class:`MediaStream` from one trio task (:meth:`serve`). Linux only.
+
+    ``allocator`` gives the port pairs. ``relatch_after`` (seconds, None = never) lets a socket
+    latch a new source once the latched one has been silent that long (a phone that moved or a NAT
+    binding that changed). ``clock`` is trio's clock by default, so ``last_activity`` and
+    :meth:`idle_streams` compare with ``trio.current_time()``.
+    """
+
+    def __init__(
+        self,
+        allocator: PortAllocator,
+        *,
+        relatch_after: float | None = None,
+        clock: Callable[[], float] = trio.current_time,
+        max_sockets_per_wakeup: int = 64,
+        max_packets_per_socket: int = 16,
+    ) -> None:
+        if max_sockets_per_wakeup < 1 or max_packets_per_socket < 1:
+            raise LocalMediaError("the per-wake-up limits must be at least 1")
+        self.allocator = allocator
+        self._relatch_after = relatch_after
+        self._clock = clock
+        self._max_sockets = max_sockets_per_wakeup
+        self._max_packets = max_packets_per_socket
+        self._epoll = select.epoll()
+        self._endpoints: dict[int, _Endpoint] = {}
+        self._streams: set[MediaStream] = set()
+        self._buffer = bytearray(_RECEIVE_BUFFER_SIZE)
+        self._view = memoryview(self._buffer)
+        self._wakeups = 0
+        self._serving = False
+        self._closed = False
+
+    def open_stream(self) -> MediaStream:
+        """Allocate a port pair for each leg and start relaying between them.
+
+        Raises :class:`~gateway.core.media.errors.PortsExhausted` (answer 503) when the range is
+        full; nothing stays allocated then.
+        """
+        if self._closed:
+            raise LocalMediaError("the media relay is closed")
+        a_ports = self.allocator.allocate()
+        try:
+            b_ports = self.allocator.allocate()
+        except BaseException:
+            a_ports.close()
+            raise
+        stream = MediaStream(self, a_ports, b_ports, self._clock())
+        self._streams.add(stream)
+        try:
+            for ep in stream._all_endpoints():
+                self._epoll.register(ep.fd, select.EPOLLIN)
+                self._endpoints[ep.fd] = ep
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    @property
+    def streams(self) -> frozenset[MediaStream]:
+        return frozenset(self._streams)
+
+    def idle_streams(self, now: float, timeout: float) -> list[MediaStream]:
+        """Open streams that received nothing from either leg during ``timeout`` seconds
+        before ``now``.
+
+        Cost: one pass over the open streams; the B2BUA calls it every few seconds and ends
+        those calls.
+        """
+        return [s for s in self._streams if now - s.last_activity >= timeout]
+
+    def statistics(self) -> RelayStatistics:
+        directions = [d.statistics() for s in self._streams for d in (s.a_to_b, s.b_to_a)]
+        return RelayStatistics(
+            streams=len(self._streams),
+            wakeups=self._wakeups,
+            packets=sum(d.packets for d in directions),
+            dropped=sum(d.dropped for d in directions),
+        )
+
+    def close(self) -> None:
+        """Close every open stream (releasing their ports) and the relay's epoll."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for stream in list(self._streams):
+                stream.close()
+        finally:
+            self._epoll.close()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Relay packets until cancelled; then close the relay (all streams, all ports).
+
+        Start it with ``await nursery.start(relay.serve)``. Only one ``serve`` may run at a time.
+        """
+        if self._serving or self._closed:
+            raise LocalMediaError("the media relay is already serving or closed")
+        self._serving = True
+        epoll_fd = self._epoll.fileno()
+        try:
+            task_status.started()
+            while True:
+                await trio.lowlevel.wait_readable(epoll_fd)
+                self._wakeups += 1
+                self._relay_ready(self._clock())
+        finally:
+            self._serving = False
+            trio.lowlevel.notify_closing(epoll_fd)
+            self.close()
+
+    def _relay_ready(self, now: float) -> None:
+        """Serve the sockets epoll reports readable: the per-packet hot path."""
+        endpoints = self._endpoints
+        buffer = self._buffer
+        view = self._view
+        max_packets = self._max_packets
+        for fd, _events in self._epoll.poll(0, self._max_sockets):
+            ep = endpoints.get(fd)
+            if ep is None:  # closed by a tap or transform earlier in this batch
+                continue
+            recv_into = ep.recv_into
+            for _ in repeat(None, max_packets):
+                try:
+                    size, source = recv_into(buffer)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    ep.receive_errors += 1
+                    break
+                route = ep.rtcp if ep.rtcp_octets[buffer[1]] else ep.rtp
+                if size < route.min_length or buffer[0] & VERSION_MASK != VERSION_BITS:
+                    ep.dropped_malformed += 1
+                    continue
+                if source != ep.source and not self._latch(ep, source, now):
+                    continue
+                ep.last_received = now
+                if ep.blocked:
+                    ep.dropped_blocked += 1
+                    continue
+                destination = route.destination
+                if destination is None:
+                    route.dropped_no_destination += 1
+                    continue
+                if route.plain:
+                    packet: Any = view[:size]
+                else:
+                    packet = _transform(ep, route, bytes(view[:size]))
+                    if packet is None:
+                        continue
+                try:
+                    route.sendto(packet, destination)
+                except OSError:
+                    route.dropped_send_error += 1
+                    continue
+                route.packets += 1
+                route.bytes += len(packet)
+
+    def _latch(self, ep: _Endpoint, source: Address, now: float) -> bool:
+        """A packet from ``source`` is not from the latched source: latch it, or drop it."""
+        if ep.source is not None and (
+            self._relatch_after is None or now - ep.last_received < self._relatch_after
+        ):
+            ep.dropped_unlatched_source += 1
+            return False
+        ep.source = source
+        ep.stream._rebuild()
+        return True
+
+    def _forget(self, stream: MediaStream) -> None:
+        self._streams.discard(stream)
+        for ep in stream._all_endpoints():
+            if self._endpoints.pop(ep.fd, None) is not None:
+                with contextlib.suppress(OSError, ValueError):  # the epoll is closed already
+                    self._epoll.unregister(ep.fd)
+
+
+def _transform(ep: _Endpoint, route: _Route, packet: bytes) -> bytes | None:
+    """Inbound transform, taps, outbound transform; None when the packet is dropped (counted)."""
+    if route.transform_in is not None:
+        packet_in = _apply(route, route.transform_in, packet)
+        if packet_in is None:
+            return None
+        packet = packet_in
+    for tap in ep.taps:
+        try:
+            tap(ep.direction, packet)
+        except Exception:
+            ep.tap_errors += 1
+            if ep.tap_errors == 1:
+                logger.exception("media tap %r failed (further ones only counted)", tap)
+    if route.transform_out is not None:
+        return _apply(route, route.transform_out, packet)
+    return packet
+
+
+def _apply(route: _Route, transform: Transform, packet: bytes) -> bytes | None:
+    # A failing transform must not stop the relay for every other call: count it, log the first.
+    try:
+        result = transform(packet)
+    except Exception:
+        route.transform_errors += 1
+        if route.transform_errors == 1:
+            logger.exception("media transform %r failed (further ones only counted)", transform)
+        result = None
+    if result is None:
+        route.dropped_transform += 1
+    return result
