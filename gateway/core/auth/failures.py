@@ -1,0 +1,67 @@
+"""Per-source failure counter: after too many bad attempts, answer 403 (RFC 3261 §22.1 allows a
+UAS to refuse outright; this blunts online password guessing against digest).
+
+Only failed attempts count (:class:`~gateway.core.auth.digest.BadCredentials` and
+:class:`~gateway.core.auth.digest.UnknownUser`); a first-round challenge or a stale nonce does
+not. While a source is blocked the caller answers 403 Forbidden without looking at its
+credentials, and logs the source address. The block lifts by itself once fewer than
+``max_failures`` failures remain inside the sliding ``window``. Memory is bounded: at most
+``max_sources`` addresses are tracked, least recently failing first out.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+import attrs
+
+
+@attrs.frozen
+class FailurePolicy:
+    """``max_failures`` failed attempts from one source within ``window`` seconds block it."""
+
+    max_failures: int = 5
+    window: float = 60.0
+    max_sources: int = 10_000
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_failures < 1 or self.window <= 0 or self.max_sources < 1:
+            raise ValueError("max_failures, window and max_sources must be positive")
+
+
+class FailureCounter:
+    """Sliding-window count of authentication failures per source address (a string such as
+    ``"192.0.2.7"``; the caller decides whether the port is part of it — usually not)."""
+
+    def __init__(self, policy: FailurePolicy | None = None) -> None:
+        self.policy = policy if policy is not None else FailurePolicy()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    def record_failure(self, source: str, *, now: float) -> bool:
+        """Count one failed attempt from ``source``; returns whether it is now blocked."""
+        times = self._failures.get(source)
+        if times is None:
+            times = deque(maxlen=self.policy.max_failures)
+            self._failures[source] = times
+        times.append(now)
+        self._failures.move_to_end(source)
+        while len(self._failures) > self.policy.max_sources:
+            self._failures.popitem(last=False)
+        return self.is_blocked(source, now=now)
+
+    def record_success(self, source: str) -> None:
+        """Forget ``source``'s failures (it proved it knows a password)."""
+        self._failures.pop(source, None)
+
+    def is_blocked(self, source: str, *, now: float) -> bool:
+        """Whether requests from ``source`` get 403 instead of a digest check."""
+        times = self._failures.get(source)
+        if times is None:
+            return False
+        if len(times) < self.policy.max_failures:
+            return False
+        # The deque holds the last max_failures failures; blocked while all lie in the window.
+        return now - times[0] < self.policy.window
