@@ -1,0 +1,87 @@
+"""Lexical pieces of the SDP grammar (RFC 8866 §9) shared by the parser and the typed accessors.
+
+Everything here reads text that came from the network and raises :class:`SdpError` with a reason
+that names the field, never its content (an a=crypto line must not end up in a log line).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from gateway.core.sdp.errors import SdpError
+
+# RFC 8866 §9: token-char = ALPHA / DIGIT / "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" /
+# "." / "^" / "_" / "`" / "{" / "|" / "}" / "~"
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_TOKEN_CHARS = frozenset(_ALNUM + "!#$%&'*+-.^_`{|}~")
+# RFC 8866 §9 (FQDN, extn-addr): what a host name in c=/o=/a=rtcp may contain.
+_HOST_CHARS = frozenset(_ALNUM + "-.")
+_DIGITS = frozenset("0123456789")
+
+# Numbers in SDP: NTP times and session ids are 64-bit in practice; 20 digits holds 2**64.
+MAX_DIGITS = 20
+
+
+def is_token(text: str) -> bool:
+    """True when ``text`` is an RFC 8866 token (attribute names, media types, bwtypes ...)."""
+    return bool(text) and all(ch in _TOKEN_CHARS for ch in text)
+
+
+def is_digits(text: str) -> bool:
+    """True for one or more ASCII digits (``str.isdigit`` also accepts '²' and other digits)."""
+    return bool(text) and all(ch in _DIGITS for ch in text)
+
+
+def parse_uint_untrusted(
+    text: str, what: str, *, maximum: int | None = None, minimum: int = 0
+) -> int:
+    """An unsigned decimal of at most :data:`MAX_DIGITS` digits within [minimum, maximum]."""
+    if not is_digits(text) or len(text) > MAX_DIGITS:
+        raise SdpError(f"{what} is not a number")
+    value = int(text)
+    if value < minimum or (maximum is not None and value > maximum):
+        raise SdpError(f"{what} is out of range")
+    return value
+
+
+def check_address_untrusted(addrtype: str, address: str, what: str) -> None:
+    """A unicast/multicast address literal or host name fitting ``addrtype`` (RFC 8866 §5.7).
+
+    IP4 accepts a dotted quad or a host name, IP6 an IPv6 literal or a host name (RFC 8866 allows
+    FQDNs). A dotted quad under IP6 or an IPv6 literal under IP4 is refused: it is the kind of
+    mismatch that sends media to the wrong place. Other address types are only checked to be
+    non-empty, since we never route media to them.
+    """
+    if not address:
+        raise SdpError(f"{what}: empty address")
+    kind = addrtype.upper()
+    if kind not in ("IP4", "IP6"):
+        if any(ch.isspace() for ch in address):
+            raise SdpError(f"{what}: bad address")
+        return
+    if ":" in address:
+        if kind != "IP6":
+            raise SdpError(f"{what}: IPv6 address with address type IP4")
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            raise SdpError(f"{what}: bad IPv6 address") from None
+        return
+    if all(ch in _DIGITS or ch == "." for ch in address):
+        if kind != "IP4":
+            raise SdpError(f"{what}: IPv4 address with address type IP6")
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise SdpError(f"{what}: bad IPv4 address") from None
+        return
+    if not all(ch in _HOST_CHARS for ch in address) or address.startswith((".", "-")):
+        raise SdpError(f"{what}: bad host name")
+
+
+def is_multicast(address: str) -> bool:
+    """True for an IPv4/IPv6 multicast literal (host names are taken as unicast)."""
+    try:
+        return ipaddress.ip_address(address).is_multicast
+    except ValueError:
+        return False

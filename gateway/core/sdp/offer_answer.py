@@ -1,0 +1,415 @@
+"""RFC 3264 offer/answer rules a B2BUA needs, as pure functions over frozen descriptions.
+
+Theory of operation. Each leg of a call runs its own offer/answer exchange; the gateway is the
+answerer on the leg an offer arrives on and the offerer on the other. Streams are matched by
+position (§6: the answer has exactly the offer's m= lines, in order, of the same media type). A
+stream is rejected, never removed, by answering port 0 (§6) and stays in every later offer (§8.2).
+Direction (§6.1) is read from each side's own view, so an answer may only send what the offer
+receives and receive what the offer sends (:data:`ANSWER_DIRECTION`). For RTP, codecs are matched
+by encoding name, clock rate and channels (RFC 3551 static payload types need no a=rtpmap) and the
+answer reuses the offer's payload type numbers (§6.1). Hold is a direction (sendonly/inactive,
+§8.4); RFC 2543's c=0.0.0.0 is still recognized. A re-offer keeps the o= session id and bumps its
+version by one when anything changed (§8).
+
+Errors are :class:`SdpError` (488 when we are answering; for an answer we received, the caller
+ends the dialog instead). Misuse of these helpers raises :class:`LocalSdpError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Literal
+
+import attrs
+
+from gateway.core.sdp.errors import LocalSdpError, SdpError
+from gateway.core.sdp.model import (
+    STATIC_PAYLOAD_TYPES,
+    Attribute,
+    Attributes,
+    Connection,
+    Direction,
+    MediaDescription,
+    Origin,
+    RtpMap,
+    SessionDescription,
+)
+
+Preference = Literal["offerer", "local"]
+
+# RFC 3264 §6.1: (offered direction, what we want) -> what the answer says. An answer may only
+# send if the offer receives, and only receive if the offer sends.
+ANSWER_DIRECTION: Mapping[tuple[Direction, Direction], Direction] = {
+    (Direction.SENDRECV, Direction.SENDRECV): Direction.SENDRECV,
+    (Direction.SENDRECV, Direction.SENDONLY): Direction.SENDONLY,
+    (Direction.SENDRECV, Direction.RECVONLY): Direction.RECVONLY,
+    (Direction.SENDRECV, Direction.INACTIVE): Direction.INACTIVE,
+    (Direction.SENDONLY, Direction.SENDRECV): Direction.RECVONLY,
+    (Direction.SENDONLY, Direction.SENDONLY): Direction.INACTIVE,
+    (Direction.SENDONLY, Direction.RECVONLY): Direction.RECVONLY,
+    (Direction.SENDONLY, Direction.INACTIVE): Direction.INACTIVE,
+    (Direction.RECVONLY, Direction.SENDRECV): Direction.SENDONLY,
+    (Direction.RECVONLY, Direction.SENDONLY): Direction.SENDONLY,
+    (Direction.RECVONLY, Direction.RECVONLY): Direction.INACTIVE,
+    (Direction.RECVONLY, Direction.INACTIVE): Direction.INACTIVE,
+    (Direction.INACTIVE, Direction.SENDRECV): Direction.INACTIVE,
+    (Direction.INACTIVE, Direction.SENDONLY): Direction.INACTIVE,
+    (Direction.INACTIVE, Direction.RECVONLY): Direction.INACTIVE,
+    (Direction.INACTIVE, Direction.INACTIVE): Direction.INACTIVE,
+}
+
+# Payload formats that ride along with a codec but are not one: an answer holding only these has
+# no common codec (RFC 4733 telephone-event, RFC 3389 CN, RFC 2198 RED, RFC 5109 ulpfec,
+# RFC 8627 flexfec, RFC 4588 rtx).
+AUXILIARY_ENCODINGS = frozenset({"telephone-event", "cn", "red", "ulpfec", "flexfec", "rtx"})
+
+
+@attrs.frozen
+class Codec:
+    """A codec we can receive and send, as listed in ``local_caps``.
+
+    ``fmtp`` is what we put in our answer for it; None echoes the offerer's parameters.
+    """
+
+    encoding: str
+    clock_rate: int
+    channels: int = 1
+    fmtp: str | None = None
+
+    @property
+    def codec_key(self) -> tuple[str, int, int]:
+        return (self.encoding.lower(), self.clock_rate, self.channels)
+
+
+@attrs.frozen
+class NegotiatedFormat:
+    """One format of an answer: the offer's payload type and rtpmap, and the fmtp to answer."""
+
+    rtpmap: RtpMap
+    fmtp: str | None = None
+
+    @property
+    def payload_type(self) -> int:
+        return self.rtpmap.payload_type
+
+    @property
+    def is_auxiliary(self) -> bool:
+        return self.rtpmap.encoding.lower() in AUXILIARY_ENCODINGS
+
+
+# -- direction and hold ---------------------------------------------------------------------------
+
+
+def answer_direction(offered: Direction, wanted: Direction = Direction.SENDRECV) -> Direction:
+    """The direction to answer an ``offered`` stream with, given what we want (RFC 3264 §6.1)."""
+    return ANSWER_DIRECTION[(offered, wanted)]
+
+
+def direction_allowed(offered: Direction, answered: Direction) -> bool:
+    """Whether ``answered`` is a legal answer to ``offered`` (RFC 3264 §6.1)."""
+    return (not answered.sends or offered.receives) and (not answered.receives or offered.sends)
+
+
+def hold_direction(current: Direction) -> Direction:
+    """The direction of a re-offer that puts the peer on hold (RFC 3264 §8.4)."""
+    return Direction.from_flags(sends=current.sends, receives=False)
+
+
+def offered_direction(sd: SessionDescription, media: MediaDescription) -> Direction:
+    """The stream's direction as an answerer must read it.
+
+    The media- or session-level attribute (default sendrecv), minus receiving when the stream's
+    connection address is 0.0.0.0: RFC 2543 hold, "send no RTP or RTCP here" (RFC 3264 §8.4).
+    """
+    direction = sd.effective_direction(media)
+    connection = sd.effective_connection(media)
+    if connection is not None and connection.is_null:
+        return Direction.from_flags(sends=direction.sends, receives=False)
+    return direction
+
+
+def is_hold(sd: SessionDescription, media: MediaDescription) -> bool:
+    """True when ``sd`` puts this stream on hold: sendonly, inactive or c=0.0.0.0 (§8.4)."""
+    return not media.is_rejected and not offered_direction(sd, media).receives
+
+
+# -- codecs ---------------------------------------------------------------------------------------
+
+
+def offered_formats(media: MediaDescription) -> tuple[RtpMap, ...]:
+    """The RTP formats of ``media`` in m= line order with their codecs; unknown ones skipped.
+
+    A dynamic payload type without a=rtpmap, or an unassigned static one, names no codec we could
+    match, so it is left out rather than guessed.
+    """
+    return tuple(r for r in _codecs_by_format(media).values() if r is not None)
+
+
+def _codecs_by_format(media: MediaDescription) -> dict[int, RtpMap | None]:
+    # Payload type -> codec (explicit a=rtpmap, else RFC 3551 static, else None), m= line order.
+    rtpmaps = media.rtpmaps()
+    return {pt: rtpmaps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt) for pt in media.payload_types}
+
+
+def intersect_codecs(
+    offered: MediaDescription, local_caps: Sequence[Codec], *, prefer: Preference = "offerer"
+) -> tuple[NegotiatedFormat, ...]:
+    """The offered RTP formats we support, with the offer's payload type numbers (RFC 3264 §6.1).
+
+    ``prefer="offerer"`` keeps the offer's order (RFC 3264 §6.1 recommends it); ``"local"``
+    orders by ``local_caps``. telephone-event and the other :data:`AUXILIARY_ENCODINGS` are kept
+    when listed in ``local_caps``; callers decide with :func:`has_common_codec` whether a real
+    codec is among the result. An empty tuple means nothing matched.
+    """
+    formats = offered_formats(offered)
+    result: list[NegotiatedFormat] = []
+    used: set[int] = set()
+    if prefer == "offerer":
+        caps = {cap.codec_key: cap for cap in reversed(local_caps)}  # first listed wins
+        for rtpmap in formats:
+            cap = caps.get(rtpmap.codec_key)
+            if cap is not None and rtpmap.payload_type not in used:
+                used.add(rtpmap.payload_type)
+                result.append(_negotiated(offered, rtpmap, cap))
+    else:
+        for cap in local_caps:
+            for rtpmap in formats:
+                if rtpmap.codec_key == cap.codec_key and rtpmap.payload_type not in used:
+                    used.add(rtpmap.payload_type)
+                    result.append(_negotiated(offered, rtpmap, cap))
+    return tuple(result)
+
+
+def _negotiated(offered: MediaDescription, rtpmap: RtpMap, cap: Codec) -> NegotiatedFormat:
+    fmtp = cap.fmtp if cap.fmtp is not None else offered.fmtp(rtpmap.payload_type)
+    return NegotiatedFormat(rtpmap, fmtp or None)
+
+
+def has_common_codec(formats: Sequence[NegotiatedFormat]) -> bool:
+    """True when ``formats`` holds a real codec, not only telephone-event, CN and the like."""
+    return any(not f.is_auxiliary for f in formats)
+
+
+def _shares_format(offer: MediaDescription, answer: MediaDescription) -> bool:
+    if not offer.is_rtp:
+        return bool(set(offer.formats) & set(answer.formats))
+    offered = _codecs_by_format(offer)
+    offered_keys = {r.codec_key for r in offered.values() if r is not None}
+    for payload_type, rtpmap in _codecs_by_format(answer).items():
+        if rtpmap is not None and rtpmap.codec_key in offered_keys:
+            return True
+        # A format neither side names a codec for matches by number (the answer reuses the
+        # offer's payload type numbers, RFC 3264 §6.1).
+        if rtpmap is None and payload_type in offered and offered[payload_type] is None:
+            return True
+    return False
+
+
+# -- building and checking answers ---------------------------------------------------------------
+
+
+def rejected_media(offered: MediaDescription) -> MediaDescription:
+    """The answer's m= line rejecting ``offered``: port 0, same media, proto and formats (§6).
+
+    RFC 3264 §6: the formats of a rejected stream are ignored but at least one must be listed.
+    """
+    return MediaDescription(
+        media=offered.media,
+        port=0,
+        proto=offered.proto,
+        formats=offered.formats or ("0",),
+    )
+
+
+def make_answer(
+    offer: SessionDescription,
+    local_caps: Mapping[str, Sequence[Codec]],
+    *,
+    origin: Origin,
+    connection: Connection,
+    ports: Sequence[int],
+    direction: Direction = Direction.SENDRECV,
+    prefer: Preference = "offerer",
+    protos: Collection[str] | None = None,
+    rtcp_mux: bool = True,
+    session_name: str = "-",
+) -> SessionDescription:
+    """An answer skeleton for ``offer`` (RFC 3264 §6): m= lines, codecs and directions.
+
+    ``local_caps`` maps a media type ("audio", "video") to the codecs we support, in our order of
+    preference; other media types are rejected. ``ports`` gives our port for each offered m= line
+    (0 rejects that stream; the caller allocates them, this module does no I/O). ``protos``
+    limits the accepted transport protocols (None: any RTP profile). ``direction`` is what we
+    want; each stream answers :func:`answer_direction` of what was offered. a=rtcp-mux is echoed
+    when offered and ``rtcp_mux`` is true. Key exchange attributes (a=crypto, a=fingerprint ...)
+    are the key-exchange plugin's to add.
+
+    Raises :class:`SdpError` "no common codec" when every offered stream that was not already
+    rejected had to be rejected and at least one of them for want of a common codec, and "no
+    acceptable media stream" when all were rejected for other reasons. An offer with no active
+    stream gets an answer with none.
+    """
+    if len(ports) != len(offer.media):
+        raise LocalSdpError("make_answer needs one port per offered m= line")
+    wanted_protos = None if protos is None else {p.upper() for p in protos}
+    answered: list[MediaDescription] = []
+    active = accepted = 0
+    codec_failure = False
+    for offered, port in zip(offer.media, ports, strict=True):
+        if offered.is_rejected:
+            answered.append(rejected_media(offered))
+            continue
+        active += 1
+        caps = local_caps.get(offered.media, ())
+        proto_ok = offered.is_rtp and (
+            wanted_protos is None or offered.proto.upper() in wanted_protos
+        )
+        if port == 0 or not caps or not proto_ok:
+            answered.append(rejected_media(offered))
+            continue
+        formats = intersect_codecs(offered, caps, prefer=prefer)
+        if not has_common_codec(formats):
+            codec_failure = True
+            answered.append(rejected_media(offered))
+            continue
+        accepted += 1
+        answered.append(
+            _accepted_media(
+                offered,
+                formats,
+                port=port,
+                direction=answer_direction(offered_direction(offer, offered), direction),
+                rtcp_mux=rtcp_mux and offered.rtcp_mux,
+            )
+        )
+    if active and not accepted:
+        raise SdpError("no common codec" if codec_failure else "no acceptable media stream")
+    return SessionDescription(
+        origin=origin,
+        session_name=session_name,
+        connection=connection,
+        times=offer.times,  # RFC 3264 §6: the answer's t= equals the offer's
+        media=tuple(answered),
+    )
+
+
+def _accepted_media(
+    offered: MediaDescription,
+    formats: Sequence[NegotiatedFormat],
+    *,
+    port: int,
+    direction: Direction,
+    rtcp_mux: bool,
+) -> MediaDescription:
+    attributes: list[Attribute] = []
+    for f in formats:
+        attributes.append(Attribute("rtpmap", str(f.rtpmap)))
+        if f.fmtp is not None:
+            attributes.append(Attribute("fmtp", f"{f.payload_type} {f.fmtp}"))
+    attributes.append(Attribute(direction.value))
+    if rtcp_mux:
+        attributes.append(Attribute("rtcp-mux"))
+    return MediaDescription(
+        media=offered.media,
+        port=port,
+        proto=offered.proto,
+        formats=tuple(str(f.payload_type) for f in formats),
+        attributes=Attributes(tuple(attributes)),
+    )
+
+
+def match_media(
+    offer: SessionDescription, answer: SessionDescription
+) -> tuple[tuple[MediaDescription, MediaDescription], ...]:
+    """Pair each offered m= line with the answer's at the same position (RFC 3264 §6).
+
+    Raises :class:`SdpError` when the counts differ or a pair's media types differ.
+    """
+    if len(answer.media) != len(offer.media):
+        raise SdpError(
+            f"answer has {len(answer.media)} m= lines, offer has {len(offer.media)} (RFC 3264 §6)"
+        )
+    for index, (offered, answered) in enumerate(zip(offer.media, answer.media, strict=True), 1):
+        if offered.media.lower() != answered.media.lower():
+            raise SdpError(f"m= line {index}: answer media type differs from the offer's")
+    return tuple(zip(offer.media, answer.media, strict=True))
+
+
+def validate_answer(offer: SessionDescription, answer: SessionDescription) -> None:
+    """Check a received answer against the offer we sent (RFC 3264 §6, §6.1, §8.2).
+
+    Same m= lines in the same order; a stream the offer removed (port 0) stays rejected; an
+    accepted stream keeps the offer's transport protocol (no silent SRTP downgrade), a unicast
+    offer gets a unicast answer, at least one offered codec is kept unless the stream is
+    inactive, and the answered direction is one the offered direction allows.
+    """
+    for index, (offered, answered) in enumerate(match_media(offer, answer), start=1):
+        where = f"m= line {index}"
+        if offered.is_rejected:
+            if not answered.is_rejected:
+                raise SdpError(
+                    f"{where}: answer accepts a stream the offer removed (RFC 3264 §8.2)"
+                )
+            continue
+        if answered.is_rejected:
+            continue
+        if answered.proto.upper() != offered.proto.upper():
+            raise SdpError(f"{where}: answer changes the transport protocol")
+        offered_connection = offer.effective_connection(offered)
+        answered_connection = answer.effective_connection(answered)
+        if (
+            offered_connection is not None
+            and answered_connection is not None
+            and not offered_connection.is_multicast
+            and answered_connection.is_multicast
+        ):
+            raise SdpError(f"{where}: multicast answer to a unicast offer (RFC 3264 §6.1)")
+        offered_dir = offer.effective_direction(offered)
+        answered_dir = answer.effective_direction(answered)
+        if not direction_allowed(offered_dir, answered_dir):
+            raise SdpError(
+                f"{where}: answer direction {answered_dir.value} not allowed for offered "
+                f"{offered_dir.value} (RFC 3264 §6.1)"
+            )
+        if answered_dir is not Direction.INACTIVE and not _shares_format(offered, answered):
+            raise SdpError(f"{where}: answer has no format from the offer (RFC 3264 §6.1)")
+
+
+# -- o= versions across re-offers ---------------------------------------------------------------
+
+
+def apply_version_rule(
+    previous: SessionDescription | None, new: SessionDescription
+) -> SessionDescription:
+    """What to send on a leg where we last sent ``previous`` (RFC 3264 §8).
+
+    The o= line stays ``previous``'s; its version is unchanged when nothing else changed and goes
+    up by one when anything did. With no previous description, ``new`` is returned as is.
+    """
+    if previous is None:
+        return new
+    unchanged = attrs.evolve(new, origin=previous.origin)
+    if unchanged == previous:
+        return previous
+    return attrs.evolve(new, origin=previous.origin.bumped())
+
+
+def check_version_rule(previous: SessionDescription, new: SessionDescription) -> bool:
+    """Whether a peer's ``new`` description declares a change from ``previous`` (RFC 3264 §8).
+
+    Returns False for the same version (then the content must be identical), True for a higher
+    one. Raises :class:`SdpError` when the o= username, session id or network type changed (a
+    different session, not a modification), when the version went down, or when the content
+    changed without a new version. The address in o= may change (a phone that moved from IPv4 to
+    IPv6) and a version that rises by more than one is tolerated: neither can mislead us.
+    """
+    old, cur = previous.origin, new.origin
+    if (old.username, old.session_id, old.nettype) != (cur.username, cur.session_id, cur.nettype):
+        raise SdpError("o= line names a different session (RFC 3264 §8)")
+    if cur.session_version < old.session_version:
+        raise SdpError("o= version went backwards (RFC 3264 §8)")
+    if cur.session_version == old.session_version:
+        if attrs.evolve(new, origin=old) != previous:
+            raise SdpError("SDP changed without a new o= version (RFC 3264 §8)")
+        return False
+    return True
