@@ -1,0 +1,170 @@
+"""The SIP endpoint: the trio adapter between transports and the sans-IO SIP layer.
+
+One task reads the bounded inbound queue (``Gateway.deliver``), parses each message as untrusted
+input and answers what the gateway itself answers: malformed requests get 400 (or 505/416/513)
+with a reason phrase naming the defect, malformed responses are dropped (RFC 3261 §18.1.2), and
+OPTIONS addressed to the gateway get 200 (RFC 3261 §11.2). Nothing a peer sends can end this task:
+an unexpected exception while handling one message is logged with the flow and counted, and the
+next message is served.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from gateway.core.interfaces import OutboundMessage
+from gateway.core.sip.errors import RemoteSipError, SipError
+from gateway.core.sip.message import Headers, Request, Response, make_response
+from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
+from gateway.core.sip.serializer import serialize_message
+from gateway.core.transport.flows import Flow, format_address
+
+if TYPE_CHECKING:
+    from gateway.core.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
+SUPPORTED_EXTENSIONS: tuple[str, ...] = ()
+
+
+@attrs.define
+class EndpointStatistics:
+    received: int = 0
+    rejected_malformed: int = 0
+    dropped_malformed_responses: int = 0
+    dropped_unmatched_responses: int = 0
+    internal_errors: int = 0
+    sent: int = 0
+    send_errors: int = 0
+
+
+class SipEndpoint:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.statistics = EndpointStatistics()
+
+    async def run(
+        self,
+        inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        async for data, flow in inbound:
+            self.statistics.received += 1
+            try:
+                await self.handle(data, flow)
+            except Exception:
+                # A bug, not the peer's fault; keep serving everyone else (STYLE.md habit 6).
+                self.statistics.internal_errors += 1
+                log.exception("internal error handling a message from %s", flow.key)
+
+    def flow_closed(self, flow: Flow) -> None:
+        log.debug("flow closed: %s", flow.key)
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    async def handle(self, data: bytes, flow: Flow) -> None:
+        config = self.gateway.config.sip
+        try:
+            message = parse_message_untrusted(
+                data, max_size=config.max_message_size, max_headers=config.max_headers
+            )
+        except RemoteSipError as err:
+            await self._reject_unparsable(data, flow, err)
+            return
+        if isinstance(message, Response):
+            # No client transactions yet: every response is unmatched (RFC 3261 §18.1.2).
+            self.statistics.dropped_unmatched_responses += 1
+            log.debug("dropping unmatched response %d from %s", message.status, flow.key)
+            return
+        await self.handle_request(message, flow)
+
+    async def _reject_unparsable(self, data: bytes, flow: Flow, err: RemoteSipError) -> None:
+        source = format_address(flow.remote)
+        if err.status is None:
+            self.statistics.dropped_malformed_responses += 1
+            log.info("dropping malformed response from %s: %s", source, err.reason)
+            return
+        self.statistics.rejected_malformed += 1
+        headers = salvage_request_headers(data)
+        if headers is None or headers.get("Via") is None:
+            log.info("dropping malformed request from %s (no Via to answer): %s", source,
+                     err.reason)
+            return
+        log.info("rejecting malformed request from %s with %d: %s", source, err.status, err.reason)
+        response = Response(status=err.status, reason=_reason_phrase(err.reason), headers=headers)
+        await self.send_response(response, flow)
+
+    async def handle_request(self, request: Request, flow: Flow) -> None:
+        if request.method == "ACK":
+            return  # ACK to a response we sent statelessly: nothing to do (RFC 3261 §17.2.3)
+        max_forwards = request.max_forwards
+        if max_forwards == 0 and request.method != "OPTIONS":
+            # RFC 3261 §16.3 step 2 / RFC 4475 §3.3.11: OPTIONS may be answered locally.
+            await self.reply(request, flow, 483)
+            return
+        unsupported = _unsupported_extensions(request.headers)
+        if unsupported and request.method not in ("ACK", "CANCEL"):
+            # RFC 3261 §8.2.2.3
+            await self.reply(request, flow, 420, extra=[("Unsupported", ", ".join(unsupported))])
+            return
+        if request.method == "OPTIONS":
+            await self.reply(request, flow, 200, extra=self._capabilities())
+            return
+        if request.method not in ALLOWED_METHODS:
+            await self.reply(request, flow, 405, extra=[("Allow", ", ".join(ALLOWED_METHODS))])
+            return
+        await self.reply(request, flow, 501, reason="Not Implemented Yet In This Gateway")
+
+    def _capabilities(self) -> list[tuple[str, str]]:
+        return [
+            ("Allow", ", ".join(ALLOWED_METHODS)),
+            ("Accept", "application/sdp"),
+            ("Server", self.gateway.config.sip.user_agent),
+        ]
+
+    # -- outbound -----------------------------------------------------------------------------
+
+    async def reply(
+        self,
+        request: Request,
+        flow: Flow,
+        status: int,
+        *,
+        reason: str | None = None,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        to_tag = None if request.to.tag else self.gateway.ids.new_tag()
+        response = make_response(request, status, reason, to_tag=to_tag, extra=extra or ())
+        await self.send_response(response, flow)
+
+    async def send_response(self, response: Response, flow: Flow) -> None:
+        outbound = OutboundMessage(message=response, flow=flow)
+        self.gateway.plugins.hook.gateway_outbound_message(outbound=outbound)
+        message = outbound.message
+        if not isinstance(message, Request | Response):
+            raise SipError("a gateway_outbound_message hook replaced the message with a non-message")
+        try:
+            await flow.send(serialize_message(message))
+            self.statistics.sent += 1
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.statistics.send_errors += 1
+            log.info("cannot send %d to %s: %s", response.status, flow.key, exc)
+
+
+def _reason_phrase(reason: str) -> str:
+    """A reason phrase is one line of text (RFC 3261 §25.1 Reason-Phrase)."""
+    return " ".join(reason.split())[:200] or "Bad Request"
+
+
+def _unsupported_extensions(headers: Headers) -> list[str]:
+    required: list[str] = []
+    for value in headers.get_all("Require"):
+        required.extend(part.strip() for part in value.split(",") if part.strip())
+    return [ext for ext in required if ext not in SUPPORTED_EXTENSIONS]

@@ -1,0 +1,143 @@
+"""The Gateway: the top nursery that owns every socket and task.
+
+Start-up order: state directory, transports' listeners (each reports its bound address), then the
+SIP endpoint that consumes what they deliver. Shutdown is the reverse, by cancellation of the one
+nursery. Nothing from the network may end this nursery: transports and the endpoint contain their
+own failures (ARCHITECTURE.md, STYLE.md habit 6).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import attrs
+import trio
+
+from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
+from gateway.core.endpoint import SipEndpoint
+from gateway.core.ids import IdSource, RandomIds
+from gateway.core.interfaces import Listener, Transport, TransportLimits
+from gateway.core.plugins import Plugins
+from gateway.core.transport.flows import Flow, FlowTable
+
+log = logging.getLogger(__name__)
+
+# Messages waiting for the SIP endpoint. Past this the gateway is overloaded and sheds load by
+# dropping (and counting) new datagrams; UDP peers retransmit, TCP peers see no reply and retry.
+INBOUND_QUEUE = 1024
+
+
+@attrs.define
+class TransportStatistics:
+    delivered: int = 0
+    dropped_queue_full: int = 0
+    flows_closed: int = 0
+
+
+class Gateway:
+    """One gateway instance: config, its own plugins, flows, listeners and the SIP endpoint."""
+
+    def __init__(
+        self, config: GatewayConfig, plugins: Plugins, *, ids: IdSource | None = None
+    ) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.ids = ids or RandomIds()
+        self.flows = FlowTable()
+        self.limits = TransportLimits(
+            max_message_size=config.sip.max_message_size, max_headers=config.sip.max_headers
+        )
+        self.listeners: list[Listener] = []
+        self.statistics = TransportStatistics()
+        self._inbound_send, self._inbound_receive = trio.open_memory_channel[tuple[bytes, Flow]](
+            INBOUND_QUEUE
+        )
+        self.endpoint = SipEndpoint(self)
+
+    # -- validation (no sockets) -----------------------------------------------------------
+
+    def transport_for(self, spec: ListenSpec) -> Transport:
+        transport = self.plugins.transports.get(spec.transport)
+        if transport is None:
+            available = ", ".join(self.plugins.transports.names()) or "(none)"
+            raise ConfigError(
+                self.config.source, "sip", "listen",
+                f"{spec}: no enabled plugin provides transport {spec.transport!r}; "
+                f"enabled transports: {available}",
+            )
+        return transport  # type: ignore[no-any-return]
+
+    def check(self) -> None:
+        """Everything ``voipgw check-config`` verifies beyond the file itself."""
+        for spec in self.config.listen_specs:
+            self.transport_for(spec)
+        state_dir = Path(self.config.gateway.state_dir)
+        if state_dir.exists() and not state_dir.is_dir():
+            raise ConfigError(
+                self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
+            )
+
+    # -- TransportHost ----------------------------------------------------------------------
+
+    def deliver(self, data: bytes, flow: Flow) -> None:
+        try:
+            self._inbound_send.send_nowait((data, flow))
+        except trio.WouldBlock:
+            self.statistics.dropped_queue_full += 1
+            if self.statistics.dropped_queue_full % 100 == 1:
+                log.warning(
+                    "SIP inbound queue full (%d): dropping messages (%d dropped so far)",
+                    INBOUND_QUEUE, self.statistics.dropped_queue_full,
+                )
+            return
+        self.statistics.delivered += 1
+
+    def flow_closed(self, flow: Flow) -> None:
+        self.statistics.flows_closed += 1
+        self.endpoint.flow_closed(flow)
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled. ``task_status.started`` reports the bound listeners."""
+        self.check()
+        state_dir = Path(self.config.gateway.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        async with trio.open_nursery() as nursery:
+            for spec in self.config.listen_specs:
+                transport = self.transport_for(spec)
+                listener: Listener = await nursery.start(transport.serve, spec, self)
+                self.listeners.append(listener)
+            await nursery.start(self.endpoint.run, self._inbound_receive)
+            log.info(
+                "voipgw ready: %s",
+                ", ".join(f"{lst.transport}:{lst.address[0]}:{lst.address[1]}"
+                          for lst in self.listeners),
+            )
+            task_status.started(list(self.listeners))
+
+
+def run_until_signal(gateway: Gateway) -> int:
+    """Run ``gateway`` until SIGINT or SIGTERM; returns the process exit code."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await nursery.start(gateway.serve)
+                async for signum in signals:
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        log.error("cannot run: %s", exc)
+        return 1
+    return 0
+
+

@@ -1,0 +1,117 @@
+"""The ``voipgw`` command as an operator runs it: a subprocess, real entry points."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "plugin_examples" / "voipgw-example-devices"
+
+
+def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["plugins"], ["check-config"]])
+def test_help_for_each_command(command: list[str]) -> None:
+    result = voipgw(*command, "--help")
+    assert result.returncode == 0
+    assert "usage: voipgw" in result.stdout
+
+
+def test_usage_error_exits_2() -> None:
+    result = voipgw("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_plugins_lists_builtins_from_entry_points() -> None:
+    result = voipgw("plugins")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "enabled" in lines["udp"] and "voipgw 0.1.0" in lines["udp"]
+    assert "transports: udp" in lines["udp"]
+    assert "transports: tcp" in lines["tcp"]
+
+
+def test_check_config_ok(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text('[sip]\nlisten = ["udp:127.0.0.1:5099"]\n[plugins]\nenable = ["udp"]\n')
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_check_config_unknown_plugin_exits_2_naming_it_and_the_installed(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[plugins]\nenable = ["udp", "zrtpp"]\n')
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 2
+    assert str(path) in result.stderr
+    assert "'zrtpp' is not installed" in result.stderr
+    assert "installed plugins:" in result.stderr and "udp" in result.stderr
+
+
+def test_check_config_listener_without_transport_plugin(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[sip]\nlisten = ["tcp:127.0.0.1:5060"]\n[plugins]\nenable = ["udp"]\n')
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 2
+    assert "[sip] listen" in result.stderr and "'tcp'" in result.stderr
+
+
+def test_check_config_bad_key_names_file_table_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[media]\nports = 'all of them'\n")
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 2
+    assert f"{path}: [media] ports:" in result.stderr
+
+
+def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) -> None:
+    """Install the example plugin package into a temporary location (not the test environment)
+    and check that discovery finds it and enabling it runs its registration hook."""
+    if shutil.which("pip") is None and not (Path(sys.executable).parent / "pip").exists():
+        pytest.fail("pip is needed to install the example plugin")
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+            "--no-build-isolation", "--target", str(target), str(EXAMPLE),
+        ],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+
+    disabled = voipgw("plugins", env=env)
+    assert disabled.returncode == 0, disabled.stderr
+    line = next(ln for ln in disabled.stdout.splitlines() if ln.startswith("example-devices"))
+    assert "disabled" in line and "voipgw-example-devices 0.1.0" in line
+
+    config = tmp_path / "with-plugin.toml"
+    config.write_text(
+        '[plugins]\nenable = ["udp", "tcp", "example-devices"]\n'
+        '[plugins.example-devices]\nmodels = ["Acme-T1", "Acme-T9"]\n'
+    )
+    enabled = voipgw("plugins", "--config", str(config), env=env)
+    assert enabled.returncode == 0, enabled.stderr
+    line = next(ln for ln in enabled.stdout.splitlines() if ln.startswith("example-devices"))
+    assert "enabled" in line
+    assert "device_profiles: acme-t1, acme-t9" in line
+    assert "gateway_identify_device" in line
+
+    checked = voipgw("check-config", str(config), env=env)
+    assert checked.returncode == 0, checked.stderr

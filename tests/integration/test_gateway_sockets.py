@@ -1,0 +1,112 @@
+"""The gateway on real sockets on 127.0.0.1 (port 0): OPTIONS, malformed input, TCP framing."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from gateway.core.config import from_mapping
+from gateway.core.gateway import Gateway
+from gateway.core.ids import SeededIds
+from gateway.core.plugins import load_plugins
+from gateway.core.sip.message import Response
+from gateway.core.sip.parser import parse_message_untrusted
+
+
+def options(transport: str, port: int, branch: str = "z9hG4bKopt1") -> bytes:
+    return (
+        f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} 127.0.0.1:5999;branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:probe@127.0.0.1>;tag=probe1\r\n"
+        f"To: <sip:127.0.0.1:{port}>\r\n"
+        "Call-ID: options-1@127.0.0.1\r\n"
+        "CSeq: 1 OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@pytest.fixture
+async def gateway(tmp_path) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    config = from_mapping(
+        {
+            "gateway": {"state_dir": str(tmp_path / "state")},
+            "sip": {"listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]},
+        }
+    )
+    gw = Gateway(config, load_plugins(config), ids=SeededIds(1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gw.serve)
+        yield gw
+        nursery.cancel_scope.cancel()
+
+
+def port_of(gw: Gateway, transport: str) -> int:
+    return next(lst.address[1] for lst in gw.listeners if lst.transport == transport)
+
+
+async def udp_exchange(port: int, data: bytes) -> Response:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind(("127.0.0.1", 0))
+        await sock.sendto(data, ("127.0.0.1", port))
+        with trio.fail_after(5):
+            reply, _ = await sock.recvfrom(65535)
+    message = parse_message_untrusted(reply)
+    assert isinstance(message, Response)
+    return message
+
+
+async def test_options_over_udp_gets_200_with_allow(gateway: Gateway, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    response = await udp_exchange(port_of(gateway, "udp"), options("UDP", 0))
+    assert response.status == 200
+    assert "INVITE" in (response.headers.get("Allow") or "")
+    assert response.call_id == "options-1@127.0.0.1"
+    assert response.to.tag is not None
+    # RFC 3581: rport filled with the source port, received with the source address
+    via = response.top_via
+    assert via.received == "127.0.0.1" or via.host == "127.0.0.1"
+    assert via.rport is not None and via.rport > 0
+    assert (tmp_path / "state").is_dir()
+
+
+async def test_malformed_request_gets_400_naming_the_defect(gateway: Gateway) -> None:
+    bad = options("UDP", 0).replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")
+    response = await udp_exchange(port_of(gateway, "udp"), bad)
+    assert response.status == 400
+    assert "CSeq" in response.reason
+    assert response.call_id == "options-1@127.0.0.1"
+
+
+async def test_malformed_response_is_dropped_and_gateway_keeps_serving(gateway: Gateway) -> None:
+    port = port_of(gateway, "udp")
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind(("127.0.0.1", 0))
+        await sock.sendto(b"SIP/2.0 999 Way Too Big\r\nVia: x\r\n\r\n", ("127.0.0.1", port))
+        await sock.sendto(b"\x00\xff garbage", ("127.0.0.1", port))
+    response = await udp_exchange(port, options("UDP", 0))
+    assert response.status == 200
+    assert gateway.endpoint.statistics.dropped_malformed_responses == 1
+
+
+async def test_options_over_tcp_with_partial_writes_and_keepalive(gateway: Gateway) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port_of(gateway, "tcp"))
+    async with stream:
+        await stream.send_all(b"\r\n\r\n")  # RFC 5626 keep-alive ping
+        with trio.fail_after(5):
+            assert await stream.receive_some(10) == b"\r\n"
+        data = options("TCP", 0)
+        for i in range(0, len(data), 7):  # framing must cope with any chunking
+            await stream.send_all(data[i : i + 7])
+        buffer = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in buffer:
+                buffer += await stream.receive_some(65535)
+    response = parse_message_untrusted(buffer)
+    assert isinstance(response, Response)
+    assert response.status == 200
+    assert len(gateway.flows) >= 1
