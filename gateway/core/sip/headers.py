@@ -1,7 +1,7 @@
 """Structured header values: Via, name-addr (From/To/Contact/Route/Record-Route) and CSeq.
 
-Values only; parsing is ``parse_*_untrusted`` in :mod:`gateway.core.sip.parser`. ``str()`` gives the
-wire form.
+Values only; parsing is ``parse_*_untrusted`` in :mod:`gateway.core.sip.grammar`. ``str()`` gives
+the wire form.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ COMPACT_FORMS: dict[str, str] = {
     "y": "Identity",
 }
 
+# fmt: off
 _CANONICAL: dict[str, str] = {
     name.lower(): name
     for name in (
@@ -52,10 +53,12 @@ _CANONICAL: dict[str, str] = {
         "Accept-Contact", "Reject-Contact", "Request-Disposition",
     )
 }
+# fmt: on
 
 # Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1): the parser splits them into one
-# entry per element so that ``Headers.get_all`` sees one value each. WWW-Authenticate & co. are *not*
-# lists even though they contain commas.
+# entry per element so that ``Headers.get_all`` sees one value each. WWW-Authenticate & co. are
+# *not* lists even though they contain commas.
+# fmt: off
 LIST_HEADERS: frozenset[str] = frozenset(
     {
         "Via", "Contact", "Route", "Record-Route", "Path", "Service-Route", "Allow", "Supported",
@@ -64,6 +67,7 @@ LIST_HEADERS: frozenset[str] = frozenset(
         "Error-Info", "In-Reply-To", "Warning", "Reason", "P-Asserted-Identity", "Privacy",
     }
 )
+# fmt: on
 
 
 def canonical_name(name: str) -> str:

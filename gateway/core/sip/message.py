@@ -257,6 +257,7 @@ def make_response(
     )
 
 
+# fmt: off
 _REASONS: dict[int, str] = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
     183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
@@ -276,6 +277,7 @@ _REASONS: dict[int, str] = {
     513: "Message Too Large", 580: "Precondition Failure", 600: "Busy Everywhere",
     603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
 }
+# fmt: on
 
 
 def default_reason(status: int) -> str:
@@ -284,4 +286,4 @@ def default_reason(status: int) -> str:
     if reason is not None:
         return reason
     return {1: "Progress", 2: "OK", 3: "Redirection", 4: "Client Error", 5: "Server Error",
-            6: "Global Failure"}.get(status // 100, "Unknown")
+            6: "Global Failure"}.get(status // 100, "Unknown")  # fmt: skip

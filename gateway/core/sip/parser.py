@@ -309,10 +309,11 @@ def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | 
     """Best-effort Via/From/To/Call-ID/CSeq of a request the parser rejected.
 
     RFC 3261 §8.2.6 builds a response from these fields; this lets the transport answer 400/505/
-    416/513 even when parsing failed. Returns None for responses, and when no parseable top Via
-    exists (the reply could not be routed, RFC 3261 §18.2.2). Only fields that parse are kept
-    (From, To, CSeq) and Call-ID only when it is a valid callid; all Via elements are copied
-    when the top one parses. Only the first ``max_size`` bytes are looked at.
+    416/513 even when parsing failed. The whole Via stack is copied when every element parses;
+    otherwise only the top Via cut before its parameters, if that parses. From, To and CSeq are
+    kept only when they parse, Call-ID only when it is a valid callid. Returns None for responses
+    and when no Via can be recovered (the reply could not be routed, RFC 3261 §18.2.2). Only the
+    first ``max_size`` bytes are looked at.
     """
     data = data[:max_size]
     start = 0
@@ -340,17 +341,8 @@ def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | 
         cname = canonical_name(name.rstrip(" \t"))
         if colon and cname in found:
             found[cname].append(value.strip(" \t"))
-    vias: list[str] = []
-    for value in found["Via"]:
-        try:
-            vias.extend(split_list_untrusted(value))
-        except SipParseError:
-            break
-    try:
-        if not vias:
-            return None
-        parse_via_untrusted(vias[0])
-    except SipParseError:
+    vias = _salvage_vias(found["Via"])
+    if not vias:
         return None
     fields: list[tuple[str, str]] = [("Via", v) for v in vias]
     for name, check in (
@@ -373,3 +365,25 @@ def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | 
 def _check_call_id(value: str) -> None:
     if not is_call_id(value):
         raise SipParseError("bad Call-ID")
+
+
+def _salvage_vias(values: list[str]) -> list[str]:
+    """The Via stack if it parses; else the top Via cut before its parameters if that parses."""
+    vias: list[str] = []
+    try:
+        for value in values:
+            vias.extend(split_list_untrusted(value))
+        for via in vias:
+            parse_via_untrusted(via)
+    except SipParseError:
+        pass
+    else:
+        return vias
+    if not values:
+        return []
+    top = values[0].split(",", 1)[0].split(";", 1)[0].strip(" \t")
+    try:
+        parse_via_untrusted(top)
+    except SipParseError:
+        return []
+    return [top]

@@ -1,8 +1,9 @@
 """SIP, SIPS and TEL URIs (RFC 3261 §19.1, RFC 3966) as frozen values.
 
-Parsing lives in :mod:`gateway.core.sip.parser` (``parse_uri_untrusted``); this module only holds
+Parsing lives in :mod:`gateway.core.sip.grammar` (``parse_uri_untrusted``); this module only holds
 the values and writes them back out. Components are kept as they were on the wire (escaped), so a
-parsed message serializes to the same URI; comparison helpers unescape where RFC 3261 §19.1.4 says so.
+parsed message serializes to the same URI; comparison helpers unescape where RFC 3261 §19.1.4
+says so.
 """
 
 from __future__ import annotations
