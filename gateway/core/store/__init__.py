@@ -1,1 +1,7 @@
+"""Persistent state: accounts, registrations and call records.
 
+:mod:`gateway.core.store.interface` defines the :class:`Store` protocol and its values;
+:mod:`gateway.core.store.sqlite` is the default backend (one file in the state directory).
+"""
+
+from __future__ import annotations

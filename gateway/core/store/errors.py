@@ -1,0 +1,32 @@
+"""Store errors. All are local (the operator's or the gateway's request could not be done);
+messages name the account or call, never a password or HA1."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Root of every store error."""
+
+
+class InvalidValue(StoreError, ValueError):
+    """A field value is not acceptable (bad account name, unknown field, empty password ...)."""
+
+
+class AccountExists(StoreError):
+    """``accounts_add`` for a name that already exists."""
+
+
+class AccountNotFound(StoreError, LookupError):
+    """The named account does not exist."""
+
+
+class CallRecordExists(StoreError):
+    """``call_record_insert`` for a call id that already has a record."""
+
+
+class CallRecordNotFound(StoreError, LookupError):
+    """``call_record_update`` for a call id without a record."""
+
+
+class SchemaError(StoreError):
+    """The database was written by a newer voipgw, or is not a voipgw store."""

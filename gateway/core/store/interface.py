@@ -1,0 +1,242 @@
+"""The store interface: accounts, registrations (bindings) and call records.
+
+Values are frozen attrs classes; the :class:`Store` protocol is what the core calls. SQLite
+(:mod:`gateway.core.store.sqlite`) is the default; a PostgreSQL backend implements the same
+protocol so several nodes can share accounts and registrations (ARCHITECTURE.md "Scale").
+
+The API is synchronous: SQLite answers in microseconds, and the trio core may call it directly or
+through ``trio.to_thread.run_sync``. Implementations must be safe to call from one thread at a
+time in any thread.
+
+Secrets: accounts hold no password, only per-(realm, algorithm) HA1 values (RFC 7616 §3.4.2,
+RFC 8760 §3), which are password-equivalent and therefore kept out of every repr and message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from gateway.core.auth.algorithms import DigestAlgorithm
+
+DEFAULT_MEDIA_POLICY = "best-effort"
+
+
+@attrs.frozen
+class Credential:
+    """HA1 for one (realm, algorithm). ``ha1`` is lower-case hex and never shown in a repr."""
+
+    realm: str
+    algorithm: DigestAlgorithm
+    ha1: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class CertificateMatch:
+    """A TLS client certificate the account may present: ``kind`` is ``"fingerprint"`` (a
+    SHA-256 fingerprint, hex) or ``"subject"`` (a subject or subjectAltName to match)."""
+
+    kind: str
+    value: str
+
+
+CERTIFICATE_MATCH_KINDS = ("fingerprint", "subject")
+
+
+@attrs.frozen
+class Account:
+    """A SIP user of the gateway. ``name`` is the user part of its address-of-record and the
+    digest username."""
+
+    name: str
+    display_name: str | None = None
+    enabled: bool = True
+    media_policy: str = DEFAULT_MEDIA_POLICY
+    require_tls: bool = False
+    credentials: tuple[Credential, ...] = ()
+    certificate_matches: tuple[CertificateMatch, ...] = ()
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def realms(self) -> tuple[str, ...]:
+        """The realms the account has credentials for, in first-seen order."""
+        return tuple(dict.fromkeys(c.realm for c in self.credentials))
+
+    def ha1_for(self, realm: str, algorithm: DigestAlgorithm) -> str | None:
+        """The stored HA1 for ``realm`` and ``algorithm``, or None."""
+        for credential in self.credentials:
+            if credential.realm == realm and credential.algorithm is algorithm:
+                return credential.ha1
+        return None
+
+
+@attrs.frozen
+class BindingFlow:
+    """The flow a REGISTER arrived over, as text: transport name, local and remote address
+    (``"udp"``, ``"127.0.0.1:5060"``, ``"127.0.0.1:40000"``; IPv6 in brackets)."""
+
+    transport: str
+    local: str
+    remote: str
+
+
+@attrs.frozen
+class Binding:
+    """One registered contact of an address-of-record (RFC 3261 §10.3).
+
+    ``aor`` is the canonical address-of-record; ``key`` identifies the binding within it (the
+    canonical contact URI, or the ``+sip.instance``/``reg-id`` pair, see the registrar);
+    ``contact`` is the contact URI as the UA sent it. ``expires_at`` is absolute (the same
+    clock as the ``now`` the registrar is given). ``call_id``/``cseq`` are those of the REGISTER
+    that last touched the binding (RFC 3261 §10.3 step 7). ``path`` is the RFC 3327 Path vector.
+    """
+
+    aor: str
+    key: str
+    account: str
+    contact: str
+    expires_at: float
+    call_id: str
+    cseq: int
+    flow: BindingFlow
+    q: float | None = None
+    instance: str | None = None
+    reg_id: int | None = None
+    user_agent: str | None = None
+    path: tuple[str, ...] = ()
+    updated_at: float = 0.0
+
+    def remaining(self, now: float) -> int:
+        """Whole seconds left before expiry (never negative), for a Contact ``expires``."""
+        return max(0, round(self.expires_at - now))
+
+
+@attrs.frozen
+class CallRecord:
+    """A call detail record. ``security_json`` is the per-leg security record as JSON text
+    (a later issue fills it); :attr:`security` decodes it."""
+
+    call_id: str
+    from_uri: str
+    to_uri: str
+    started_at: float
+    answered_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+    security_json: str = "{}"
+
+    @property
+    def security(self) -> Any:
+        return json.loads(self.security_json)
+
+
+class _Unset:
+    """Marker for "leave this field as it is" in updates."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+class Store(Protocol):
+    """Everything the core keeps across restarts. Errors are :class:`StoreError` subclasses."""
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    def accounts_add(
+        self,
+        name: str,
+        password: str,
+        realm: str,
+        *,
+        display_name: str | None = None,
+        enabled: bool = True,
+        media_policy: str = DEFAULT_MEDIA_POLICY,
+        require_tls: bool = False,
+    ) -> Account:
+        """Create an account with HA1s for ``realm`` and every algorithm; the password itself is
+        not kept. Raises AccountExists or InvalidValue."""
+        ...
+
+    def accounts_list(self) -> tuple[Account, ...]:
+        """Every account, by name."""
+        ...
+
+    def get_account(self, name: str) -> Account | None:
+        """The account called ``name`` or None."""
+        ...
+
+    def accounts_set(self, name: str, **fields: Any) -> Account:
+        """Change fields of an account: ``display_name``, ``enabled``, ``media_policy``,
+        ``require_tls``, ``certificate_matches`` (replaces the set), and ``password`` (recomputes
+        the HA1s for every realm the account has, or for ``realm`` alone if given — then the
+        account's credentials are for that realm only). Raises AccountNotFound or InvalidValue."""
+        ...
+
+    def accounts_remove(self, name: str) -> None:
+        """Delete an account, its credentials and its bindings. Raises AccountNotFound."""
+        ...
+
+    # -- registrations ----------------------------------------------------------------------
+
+    def registrations_for(self, aor: str, *, now: float | None = None) -> tuple[Binding, ...]:
+        """Bindings of ``aor`` (highest q first); with ``now``, only unexpired ones."""
+        ...
+
+    def bindings_for_account(
+        self, account: str, *, now: float | None = None
+    ) -> tuple[Binding, ...]:
+        """Bindings of every AOR of ``account`` (highest q first); with ``now``, unexpired."""
+        ...
+
+    def upsert_binding(self, binding: Binding) -> None:
+        """Insert or replace the binding (aor, key). Raises AccountNotFound."""
+        ...
+
+    def remove_binding(self, aor: str, key: str) -> bool:
+        """Delete one binding; False if there was none."""
+        ...
+
+    def apply_binding_changes(
+        self, aor: str, upserts: Sequence[Binding], removals: Iterable[str]
+    ) -> None:
+        """Remove the bindings of ``aor`` whose keys are in ``removals`` and upsert ``upserts``,
+        all or nothing (RFC 3261 §10.3 step 7: a REGISTER's updates commit together)."""
+        ...
+
+    def expire_bindings(self, now: float) -> tuple[Binding, ...]:
+        """Delete every binding with ``expires_at <= now`` and return them."""
+        ...
+
+    # -- call records -----------------------------------------------------------------------
+
+    def call_record_insert(self, record: CallRecord) -> None:
+        """Add a record. Raises CallRecordExists."""
+        ...
+
+    def call_record_update(
+        self,
+        call_id: str,
+        *,
+        answered_at: float | None = UNSET,
+        ended_at: float | None = UNSET,
+        end_reason: str | None = UNSET,
+        security: Mapping[str, Any] = UNSET,
+    ) -> CallRecord:
+        """Set the given fields (others unchanged) and return the record. Raises
+        CallRecordNotFound."""
+        ...
+
+    def call_record_get(self, call_id: str) -> CallRecord | None: ...
+
+    def call_records_recent(self, limit: int = 100) -> tuple[CallRecord, ...]:
+        """The most recently started records, newest first."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,614 @@
+"""SQLite store: one file ``voipgw.sqlite3`` in the state directory.
+
+WAL journal (readers do not block the writer), foreign keys on, ``synchronous=NORMAL`` (durable
+across process crashes; a power cut may lose the last transactions, never corrupt). The schema is
+built by ordered migrations recorded in ``schema_version``; opening a store applies the missing
+ones, each in its own transaction, and refuses a file written by a newer voipgw.
+
+One connection per store, guarded by a lock, so the store may be called from any thread (the trio
+core uses ``trio.to_thread``) but runs one statement sequence at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.core.auth.algorithms import DigestAlgorithm
+from gateway.core.store import accounts as rules
+from gateway.core.store.errors import (
+    AccountExists,
+    AccountNotFound,
+    CallRecordExists,
+    CallRecordNotFound,
+    InvalidValue,
+    SchemaError,
+)
+from gateway.core.store.interface import (
+    DEFAULT_MEDIA_POLICY,
+    UNSET,
+    Account,
+    Binding,
+    BindingFlow,
+    CallRecord,
+    CertificateMatch,
+    Credential,
+    Store,
+)
+
+DB_FILENAME = "voipgw.sqlite3"
+
+Migration = tuple[int, tuple[str, ...]]
+
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE accounts (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                display_name TEXT,
+                enabled INTEGER NOT NULL DEFAULT 1,
+                media_policy TEXT NOT NULL DEFAULT 'best-effort',
+                require_tls INTEGER NOT NULL DEFAULT 0,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL
+            )""",
+            # HA1 per (realm, algorithm), RFC 8760 §3. No password column, ever.
+            """CREATE TABLE account_credentials (
+                account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                realm TEXT NOT NULL,
+                algorithm TEXT NOT NULL,
+                ha1 TEXT NOT NULL,
+                PRIMARY KEY (account_id, realm, algorithm)
+            )""",
+            """CREATE TABLE account_certificates (
+                account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                kind TEXT NOT NULL CHECK (kind IN ('fingerprint', 'subject')),
+                value TEXT NOT NULL,
+                PRIMARY KEY (account_id, kind, value)
+            )""",
+            """CREATE TABLE registrations (
+                id INTEGER PRIMARY KEY,
+                account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                aor TEXT NOT NULL,
+                binding_key TEXT NOT NULL,
+                contact TEXT NOT NULL,
+                expires_at REAL NOT NULL,
+                q REAL,
+                call_id TEXT NOT NULL,
+                cseq INTEGER NOT NULL,
+                instance TEXT,
+                reg_id INTEGER,
+                transport TEXT NOT NULL,
+                local_addr TEXT NOT NULL,
+                remote_addr TEXT NOT NULL,
+                user_agent TEXT,
+                path TEXT NOT NULL DEFAULT '[]',
+                updated_at REAL NOT NULL,
+                UNIQUE (aor, binding_key)
+            )""",
+            "CREATE INDEX registrations_expires_at ON registrations (expires_at)",
+            "CREATE INDEX registrations_account ON registrations (account_id)",
+            """CREATE TABLE call_records (
+                id INTEGER PRIMARY KEY,
+                call_id TEXT NOT NULL UNIQUE,
+                from_uri TEXT NOT NULL,
+                to_uri TEXT NOT NULL,
+                started_at REAL NOT NULL,
+                answered_at REAL,
+                ended_at REAL,
+                end_reason TEXT,
+                security TEXT NOT NULL DEFAULT '{}'
+            )""",
+            "CREATE INDEX call_records_started_at ON call_records (started_at)",
+        ),
+    ),
+)
+
+
+def _check_migrations(migrations: Sequence[Migration]) -> None:
+    versions = [version for version, _ in migrations]
+    if not versions or versions != list(range(1, len(versions) + 1)):
+        raise ValueError("migrations must be numbered 1, 2, 3 ... in order")
+
+
+class SqliteStore:
+    """The default :class:`~gateway.core.store.interface.Store`. Use :meth:`open`."""
+
+    def __init__(
+        self, connection: sqlite3.Connection, path: Path, clock: Callable[[], float]
+    ) -> None:
+        self._db = connection
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> SqliteStore:
+        """Open (creating if needed) ``<state_dir>/voipgw.sqlite3`` and bring its schema up to
+        date. The directory is created 0700 and the file 0600: it holds HA1s. ``clock`` gives
+        the created/updated timestamps."""
+        _check_migrations(migrations)
+        directory = Path(state_dir)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / DB_FILENAME
+        # Create the file ourselves so it never exists with looser permissions; SQLite gives
+        # the -wal and -shm files the same mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA busy_timeout = 5000")
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SchemaError(f"{path}: cannot switch to WAL journal mode")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            connection.execute("PRAGMA foreign_keys = ON")
+            _migrate(connection, path, migrations, clock)
+        except sqlite3.DatabaseError as exc:
+            connection.close()
+            raise SchemaError(f"{path}: not a usable voipgw store ({exc})") from exc
+        except BaseException:
+            connection.close()
+            raise
+        return cls(connection, path, clock)
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {str(self.path)!r}>"
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    def accounts_add(
+        self,
+        name: str,
+        password: str,
+        realm: str,
+        *,
+        display_name: str | None = None,
+        enabled: bool = True,
+        media_policy: str = DEFAULT_MEDIA_POLICY,
+        require_tls: bool = False,
+    ) -> Account:
+        """Create an account with HA1s for ``realm`` and every algorithm."""
+        rules.check_name(name)
+        rules.check_password(password)
+        rules.check_realm(realm)
+        fields = rules.check_fields(
+            {
+                "display_name": display_name,
+                "enabled": enabled,
+                "media_policy": media_policy,
+                "require_tls": require_tls,
+            }
+        )
+        now = self._clock()
+        credentials = rules.derive_credentials(name, password, [realm])
+        with self._transaction() as db:
+            try:
+                cursor = db.execute(
+                    "INSERT INTO accounts (name, display_name, enabled, media_policy,"
+                    " require_tls, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        fields["display_name"],
+                        int(fields["enabled"]),
+                        fields["media_policy"],
+                        int(fields["require_tls"]),
+                        now,
+                        now,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise AccountExists(f"account {name!r} already exists") from exc
+            account_id = cursor.lastrowid
+            _insert_credentials(db, account_id, credentials)
+            account = _load_account(db, name)
+        assert account is not None
+        return account
+
+    def accounts_list(self) -> tuple[Account, ...]:
+        with self._read() as db:
+            names = [row[0] for row in db.execute("SELECT name FROM accounts ORDER BY name")]
+            loaded = [_load_account(db, name) for name in names]
+        return tuple(account for account in loaded if account is not None)
+
+    def get_account(self, name: str) -> Account | None:
+        with self._read() as db:
+            return _load_account(db, name)
+
+    def accounts_set(self, name: str, **fields: Any) -> Account:
+        """Change account fields; see :meth:`Store.accounts_set`."""
+        checked = rules.check_fields(fields)
+        now = self._clock()
+        with self._transaction() as db:
+            account_id = _account_id(db, name)
+            columns = {
+                key: (int(value) if isinstance(value, bool) else value)
+                for key, value in checked.items()
+                if key in ("display_name", "enabled", "media_policy", "require_tls")
+            }
+            columns["updated_at"] = now
+            assignments = ", ".join(f"{column} = ?" for column in columns)
+            db.execute(
+                f"UPDATE accounts SET {assignments} WHERE id = ?",
+                (*columns.values(), account_id),
+            )
+            if "password" in checked:
+                if "realm" in checked:
+                    realms = [checked["realm"]]
+                else:
+                    realms = [
+                        row[0]
+                        for row in db.execute(
+                            "SELECT DISTINCT realm FROM account_credentials"
+                            " WHERE account_id = ? ORDER BY realm",
+                            (account_id,),
+                        )
+                    ]
+                db.execute("DELETE FROM account_credentials WHERE account_id = ?", (account_id,))
+                credentials = rules.derive_credentials(name, checked["password"], realms)
+                _insert_credentials(db, account_id, credentials)
+            if "certificate_matches" in checked:
+                db.execute("DELETE FROM account_certificates WHERE account_id = ?", (account_id,))
+                db.executemany(
+                    "INSERT INTO account_certificates (account_id, kind, value) VALUES (?, ?, ?)",
+                    [(account_id, m.kind, m.value) for m in checked["certificate_matches"]],
+                )
+            account = _load_account(db, name)
+        assert account is not None
+        return account
+
+    def accounts_remove(self, name: str) -> None:
+        with self._transaction() as db:
+            account_id = _account_id(db, name)
+            db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+
+    # -- registrations ----------------------------------------------------------------------
+
+    def registrations_for(self, aor: str, *, now: float | None = None) -> tuple[Binding, ...]:
+        with self._read() as db:
+            return _select_bindings(db, "r.aor = ?", (aor,), now)
+
+    def bindings_for_account(
+        self, account: str, *, now: float | None = None
+    ) -> tuple[Binding, ...]:
+        with self._read() as db:
+            return _select_bindings(db, "a.name = ?", (account,), now)
+
+    def upsert_binding(self, binding: Binding) -> None:
+        self.apply_binding_changes(binding.aor, [binding], ())
+
+    def remove_binding(self, aor: str, key: str) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM registrations WHERE aor = ? AND binding_key = ?", (aor, key)
+            )
+            return cursor.rowcount > 0
+
+    def apply_binding_changes(
+        self, aor: str, upserts: Sequence[Binding], removals: Iterable[str]
+    ) -> None:
+        for binding in upserts:
+            if binding.aor != aor:
+                raise InvalidValue("every upserted binding must belong to the given AOR")
+        keys = list(removals)
+        with self._transaction() as db:
+            db.executemany(
+                "DELETE FROM registrations WHERE aor = ? AND binding_key = ?",
+                [(aor, key) for key in keys],
+            )
+            for binding in upserts:
+                _upsert(db, binding, _account_id(db, binding.account))
+
+    def expire_bindings(self, now: float) -> tuple[Binding, ...]:
+        with self._transaction() as db:
+            expired = _select_bindings(db, "r.expires_at <= ?", (now,), None)
+            db.execute("DELETE FROM registrations WHERE expires_at <= ?", (now,))
+        return expired
+
+    # -- call records -----------------------------------------------------------------------
+
+    def call_record_insert(self, record: CallRecord) -> None:
+        _check_json(record.security_json)
+        with self._transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO call_records (call_id, from_uri, to_uri, started_at,"
+                    " answered_at, ended_at, end_reason, security)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.call_id,
+                        record.from_uri,
+                        record.to_uri,
+                        record.started_at,
+                        record.answered_at,
+                        record.ended_at,
+                        record.end_reason,
+                        record.security_json,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise CallRecordExists(f"call {record.call_id!r} already has a record") from exc
+
+    def call_record_update(
+        self,
+        call_id: str,
+        *,
+        answered_at: float | None = UNSET,
+        ended_at: float | None = UNSET,
+        end_reason: str | None = UNSET,
+        security: Mapping[str, Any] = UNSET,
+    ) -> CallRecord:
+        columns: dict[str, Any] = {}
+        if answered_at is not UNSET:
+            columns["answered_at"] = answered_at
+        if ended_at is not UNSET:
+            columns["ended_at"] = ended_at
+        if end_reason is not UNSET:
+            columns["end_reason"] = end_reason
+        if security is not UNSET:
+            try:
+                columns["security"] = json.dumps(security, sort_keys=True)
+            except (TypeError, ValueError) as exc:
+                raise InvalidValue("security record is not JSON-serializable") from exc
+        with self._transaction() as db:
+            if columns:
+                assignments = ", ".join(f"{column} = ?" for column in columns)
+                db.execute(
+                    f"UPDATE call_records SET {assignments} WHERE call_id = ?",
+                    (*columns.values(), call_id),
+                )
+            record = _load_call_record(db, call_id)
+        if record is None:
+            raise CallRecordNotFound(f"no record for call {call_id!r}")
+        return record
+
+    def call_record_get(self, call_id: str) -> CallRecord | None:
+        with self._read() as db:
+            return _load_call_record(db, call_id)
+
+    def call_records_recent(self, limit: int = 100) -> tuple[CallRecord, ...]:
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_CALL_COLUMNS} FROM call_records ORDER BY started_at DESC, id DESC"
+                " LIMIT ?",
+                (max(0, limit),),
+            ).fetchall()
+        return tuple(_call_record(row) for row in rows)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _migrate(
+    db: sqlite3.Connection,
+    path: Path,
+    migrations: Sequence[Migration],
+    clock: Callable[[], float],
+) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version"
+        " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    latest = len(migrations)
+    for version, statements in migrations:
+        # Re-read the version inside the write transaction: another process may be migrating
+        # the same file right now.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            current = int(db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
+            if current > latest:
+                raise SchemaError(
+                    f"{path}: schema version {current} is newer than this voipgw knows ({latest})"
+                )
+            if version > current:
+                for statement in statements:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, clock()),
+                )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def _account_id(db: sqlite3.Connection, name: str) -> int:
+    row = db.execute("SELECT id FROM accounts WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise AccountNotFound(f"no account {name!r}")
+    return int(row[0])
+
+
+def _insert_credentials(
+    db: sqlite3.Connection, account_id: int | None, credentials: Iterable[Credential]
+) -> None:
+    db.executemany(
+        "INSERT INTO account_credentials (account_id, realm, algorithm, ha1) VALUES (?, ?, ?, ?)",
+        [(account_id, c.realm, c.algorithm.value, c.ha1) for c in credentials],
+    )
+
+
+def _load_account(db: sqlite3.Connection, name: str) -> Account | None:
+    row = db.execute(
+        "SELECT id, name, display_name, enabled, media_policy, require_tls, created_at,"
+        " updated_at FROM accounts WHERE name = ?",
+        (name,),
+    ).fetchone()
+    if row is None:
+        return None
+    account_id = row[0]
+    credentials = []
+    for realm, token, ha1 in db.execute(
+        "SELECT realm, algorithm, ha1 FROM account_credentials WHERE account_id = ?"
+        " ORDER BY realm, algorithm",
+        (account_id,),
+    ):
+        algorithm = DigestAlgorithm.from_token(token)
+        if algorithm is not None:  # an algorithm a newer voipgw added: not usable here
+            credentials.append(Credential(realm, algorithm, ha1))
+    matches = tuple(
+        CertificateMatch(kind, value)
+        for kind, value in db.execute(
+            "SELECT kind, value FROM account_certificates WHERE account_id = ?"
+            " ORDER BY kind, value",
+            (account_id,),
+        )
+    )
+    return Account(
+        name=row[1],
+        display_name=row[2],
+        enabled=bool(row[3]),
+        media_policy=row[4],
+        require_tls=bool(row[5]),
+        credentials=tuple(credentials),
+        certificate_matches=matches,
+        created_at=row[6],
+        updated_at=row[7],
+    )
+
+
+_BINDING_COLUMNS = (
+    "r.aor, r.binding_key, a.name, r.contact, r.expires_at, r.call_id, r.cseq, r.transport,"
+    " r.local_addr, r.remote_addr, r.q, r.instance, r.reg_id, r.user_agent, r.path, r.updated_at"
+)
+
+
+def _select_bindings(
+    db: sqlite3.Connection, where: str, args: tuple[Any, ...], now: float | None
+) -> tuple[Binding, ...]:
+    query = (
+        f"SELECT {_BINDING_COLUMNS} FROM registrations r JOIN accounts a ON a.id = r.account_id"
+        f" WHERE {where}"
+    )
+    if now is not None:
+        query += " AND r.expires_at > ?"
+        args = (*args, now)
+    # RFC 3261 §10.2.1.2 / §16.6: contacts are tried in decreasing q (no q counts as 1.0).
+    query += " ORDER BY COALESCE(r.q, 1.0) DESC, r.expires_at DESC, r.id"
+    return tuple(_binding(row) for row in db.execute(query, args))
+
+
+def _binding(row: sqlite3.Row | tuple[Any, ...]) -> Binding:
+    return Binding(
+        aor=row[0],
+        key=row[1],
+        account=row[2],
+        contact=row[3],
+        expires_at=row[4],
+        call_id=row[5],
+        cseq=row[6],
+        flow=BindingFlow(row[7], row[8], row[9]),
+        q=row[10],
+        instance=row[11],
+        reg_id=row[12],
+        user_agent=row[13],
+        path=tuple(json.loads(row[14])),
+        updated_at=row[15],
+    )
+
+
+def _upsert(db: sqlite3.Connection, binding: Binding, account_id: int) -> None:
+    db.execute(
+        "INSERT INTO registrations (account_id, aor, binding_key, contact, expires_at, q,"
+        " call_id, cseq, instance, reg_id, transport, local_addr, remote_addr, user_agent, path,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (aor, binding_key) DO UPDATE SET account_id = excluded.account_id,"
+        " contact = excluded.contact, expires_at = excluded.expires_at, q = excluded.q,"
+        " call_id = excluded.call_id, cseq = excluded.cseq, instance = excluded.instance,"
+        " reg_id = excluded.reg_id, transport = excluded.transport,"
+        " local_addr = excluded.local_addr, remote_addr = excluded.remote_addr,"
+        " user_agent = excluded.user_agent, path = excluded.path,"
+        " updated_at = excluded.updated_at",
+        (
+            account_id,
+            binding.aor,
+            binding.key,
+            binding.contact,
+            binding.expires_at,
+            binding.q,
+            binding.call_id,
+            binding.cseq,
+            binding.instance,
+            binding.reg_id,
+            binding.flow.transport,
+            binding.flow.local,
+            binding.flow.remote,
+            binding.user_agent,
+            json.dumps(list(binding.path)),
+            binding.updated_at,
+        ),
+    )
+
+
+_CALL_COLUMNS = "call_id, from_uri, to_uri, started_at, answered_at, ended_at, end_reason, security"
+
+
+def _load_call_record(db: sqlite3.Connection, call_id: str) -> CallRecord | None:
+    row = db.execute(
+        f"SELECT {_CALL_COLUMNS} FROM call_records WHERE call_id = ?", (call_id,)
+    ).fetchone()
+    return None if row is None else _call_record(row)
+
+
+def _call_record(row: tuple[Any, ...]) -> CallRecord:
+    return CallRecord(
+        call_id=row[0],
+        from_uri=row[1],
+        to_uri=row[2],
+        started_at=row[3],
+        answered_at=row[4],
+        ended_at=row[5],
+        end_reason=row[6],
+        security_json=row[7],
+    )
+
+
+def _check_json(text: str) -> None:
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise InvalidValue("security_json is not valid JSON") from exc
+
+
+if TYPE_CHECKING:  # mypy checks that SqliteStore implements the Store protocol
+    _conforms: type[Store] = SqliteStore

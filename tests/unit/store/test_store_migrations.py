@@ -1,0 +1,80 @@
+"""Schema versions: ordered migrations applied on open, newer files refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.core.store.errors import SchemaError
+from gateway.core.store.sqlite import DB_FILENAME, MIGRATIONS, SqliteStore
+
+
+def versions(path: Path) -> list[int]:
+    db = sqlite3.connect(path / DB_FILENAME)
+    try:
+        return [row[0] for row in db.execute("SELECT version FROM schema_version ORDER BY 1")]
+    finally:
+        db.close()
+
+
+def test_fresh_store_is_at_the_latest_version(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    store.close()
+    assert versions(tmp_path) == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path).close()
+    SqliteStore.open(tmp_path).close()
+    assert versions(tmp_path) == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_missing_migrations_are_applied_in_order(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path).close()
+    extra = (
+        *MIGRATIONS,
+        (2, ("CREATE TABLE probe (step INTEGER)", "INSERT INTO probe VALUES (2)")),
+        (3, ("INSERT INTO probe VALUES (3)",)),
+    )
+    store = SqliteStore.open(tmp_path, migrations=extra)
+    try:
+        assert store.schema_version() == 3
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    assert [row[0] for row in db.execute("SELECT step FROM probe")] == [2, 3]
+    db.close()
+    assert versions(tmp_path) == [1, 2, 3]
+
+
+def test_failed_migration_rolls_back_and_keeps_earlier_ones(tmp_path: Path) -> None:
+    broken = (
+        *MIGRATIONS,
+        (2, ("CREATE TABLE probe (step INTEGER)", "THIS IS NOT SQL")),
+    )
+    with pytest.raises(SchemaError):
+        SqliteStore.open(tmp_path, migrations=broken)
+    assert versions(tmp_path) == [1]
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert "probe" not in tables
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path).close()
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    db.execute("INSERT INTO schema_version VALUES (99, 0)")
+    db.commit()
+    db.close()
+    with pytest.raises(SchemaError, match="newer"):
+        SqliteStore.open(tmp_path)
+
+
+def test_migrations_must_be_numbered_in_order(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SqliteStore.open(tmp_path, migrations=((2, ()),))
+    with pytest.raises(ValueError):
+        SqliteStore.open(tmp_path, migrations=())

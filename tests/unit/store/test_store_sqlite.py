@@ -1,0 +1,429 @@
+"""SqliteStore: accounts without passwords, bindings, call records, restart persistence."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.core.auth.algorithms import DigestAlgorithm, compute_ha1
+from gateway.core.store.errors import (
+    AccountExists,
+    AccountNotFound,
+    CallRecordExists,
+    CallRecordNotFound,
+    InvalidValue,
+    StoreError,
+)
+from gateway.core.store.interface import (
+    Binding,
+    BindingFlow,
+    CallRecord,
+    CertificateMatch,
+    Store,
+)
+from gateway.core.store.sqlite import DB_FILENAME, SqliteStore
+
+PASSWORD = "s3cret-Pa55word"
+REALM = "voipgw.local"
+FLOW = BindingFlow("udp", "127.0.0.1:5060", "127.0.0.1:40000")
+FINGERPRINT = "AB:" * 31 + "CD"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
+    s = SqliteStore.open(tmp_path / "state", clock=clock)
+    yield s
+    s.close()
+
+
+def binding(key: str = "sip:alice@192.0.2.1:5062", **changes: object) -> Binding:
+    values: dict[str, object] = {
+        "aor": "sip:alice@127.0.0.1:5060",
+        "key": key,
+        "account": "alice",
+        "contact": key,
+        "expires_at": 4600.0,
+        "call_id": "call-1",
+        "cseq": 1,
+        "flow": FLOW,
+    }
+    values.update(changes)
+    return Binding(**values)  # type: ignore[arg-type]
+
+
+def all_db_text(path: Path) -> str:
+    """Every byte of the database files, for "the password is not in there" checks."""
+    blobs = []
+    for name in os.listdir(path):
+        if name.startswith(DB_FILENAME):
+            blobs.append((path / name).read_bytes())
+    return b"".join(blobs).decode("latin-1")
+
+
+# -- opening ------------------------------------------------------------------------------
+
+
+def test_open_creates_one_private_file_in_wal_mode(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    s = SqliteStore.open(state)
+    try:
+        assert (state / DB_FILENAME).exists()
+        assert stat.S_IMODE((state / DB_FILENAME).stat().st_mode) == 0o600
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        mode = sqlite3.connect(state / DB_FILENAME).execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+        assert s.schema_version() == 1
+    finally:
+        s.close()
+
+
+def test_satisfies_the_store_protocol(store: SqliteStore) -> None:
+    as_protocol: Store = store
+    assert as_protocol.accounts_list() == ()
+
+
+def test_restart_sees_the_same_data(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = SqliteStore.open(state)
+    first.accounts_add("alice", PASSWORD, REALM, display_name="Alice")
+    first.upsert_binding(binding())
+    first.call_record_insert(CallRecord("c1", "sip:a@x", "sip:b@y", started_at=5.0))
+    first.close()
+
+    second = SqliteStore.open(state)
+    try:
+        alice = second.get_account("alice")
+        assert alice is not None
+        assert alice.display_name == "Alice"
+        expected = compute_ha1(DigestAlgorithm.SHA_256, "alice", REALM, PASSWORD)
+        assert alice.ha1_for(REALM, DigestAlgorithm.SHA_256) == expected
+        assert second.registrations_for("sip:alice@127.0.0.1:5060") == (binding(),)
+        record = second.call_record_get("c1")
+        assert record is not None and record.started_at == 5.0
+        assert second.schema_version() == 1
+    finally:
+        second.close()
+
+
+def test_garbage_file_is_a_store_error(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / DB_FILENAME).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError):
+        SqliteStore.open(state)
+
+
+# -- accounts ------------------------------------------------------------------------------
+
+
+def test_add_keeps_ha1_per_realm_and_algorithm_and_no_password(
+    store: SqliteStore, clock: Clock
+) -> None:
+    account = store.accounts_add("alice", PASSWORD, REALM)
+    assert account.name == "alice"
+    assert account.enabled is True
+    assert account.media_policy == "best-effort"
+    assert account.require_tls is False
+    assert account.display_name is None
+    assert account.certificate_matches == ()
+    assert account.created_at == account.updated_at == clock.now
+    assert account.realms == (REALM,)
+    for algorithm in DigestAlgorithm:
+        assert account.ha1_for(REALM, algorithm) == compute_ha1(algorithm, "alice", REALM, PASSWORD)
+    assert account.ha1_for("other", DigestAlgorithm.MD5) is None
+    assert PASSWORD not in all_db_text(store.path.parent)
+
+
+def test_reprs_hide_ha1(store: SqliteStore) -> None:
+    account = store.accounts_add("alice", PASSWORD, REALM)
+    ha1 = account.ha1_for(REALM, DigestAlgorithm.MD5)
+    assert ha1 is not None
+    assert ha1 not in repr(account)
+    assert PASSWORD not in repr(account)
+
+
+def test_add_options(store: SqliteStore) -> None:
+    account = store.accounts_add(
+        "bob",
+        PASSWORD,
+        REALM,
+        display_name="Bob B.",
+        enabled=False,
+        media_policy="srtp-required",
+        require_tls=True,
+    )
+    assert (account.display_name, account.enabled, account.media_policy, account.require_tls) == (
+        "Bob B.",
+        False,
+        "srtp-required",
+        True,
+    )
+    assert store.get_account("bob") == account
+
+
+def test_duplicate_name(store: SqliteStore) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    with pytest.raises(AccountExists, match="alice"):
+        store.accounts_add("alice", "other-password", REALM)
+
+
+@pytest.mark.parametrize("name", ["", "al ice", "alice@host", "alice:x", 'a"b', "x" * 65])
+def test_bad_names(store: SqliteStore, name: str) -> None:
+    with pytest.raises(InvalidValue):
+        store.accounts_add(name, PASSWORD, REALM)
+
+
+def test_bad_password_error_does_not_echo_it(store: SqliteStore) -> None:
+    long_secret = "Z" * 300
+    with pytest.raises(InvalidValue) as info:
+        store.accounts_add("alice", long_secret, REALM)
+    assert long_secret not in str(info.value)
+    with pytest.raises(InvalidValue):
+        store.accounts_add("alice", "", REALM)
+
+
+def test_bad_realm(store: SqliteStore) -> None:
+    with pytest.raises(InvalidValue):
+        store.accounts_add("alice", PASSWORD, 'bad"realm')
+
+
+def test_list_is_sorted(store: SqliteStore) -> None:
+    for name in ("carol", "alice", "bob"):
+        store.accounts_add(name, PASSWORD, REALM)
+    assert [a.name for a in store.accounts_list()] == ["alice", "bob", "carol"]
+
+
+def test_set_plain_fields(store: SqliteStore, clock: Clock) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    clock.now = 2000.0
+    account = store.accounts_set(
+        "alice", display_name="Alice A.", enabled=False, media_policy="srtp", require_tls=True
+    )
+    assert (account.display_name, account.enabled, account.media_policy, account.require_tls) == (
+        "Alice A.",
+        False,
+        "srtp",
+        True,
+    )
+    assert account.created_at == 1000.0
+    assert account.updated_at == 2000.0
+    assert store.accounts_set("alice", display_name=None).display_name is None
+
+
+def test_password_change_recomputes_every_realm(store: SqliteStore) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    before = store.get_account("alice")
+    assert before is not None
+    after = store.accounts_set("alice", password="new-password")
+    assert after.realms == (REALM,)
+    for algorithm in DigestAlgorithm:
+        assert after.ha1_for(REALM, algorithm) == compute_ha1(
+            algorithm, "alice", REALM, "new-password"
+        )
+        assert after.ha1_for(REALM, algorithm) != before.ha1_for(REALM, algorithm)
+    assert "new-password" not in all_db_text(store.path.parent)
+
+
+def test_password_with_realm_moves_the_account(store: SqliteStore) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    after = store.accounts_set("alice", password="pw2", realm="example.com")
+    assert after.realms == ("example.com",)
+    assert after.ha1_for("example.com", DigestAlgorithm.MD5) == compute_ha1(
+        DigestAlgorithm.MD5, "alice", "example.com", "pw2"
+    )
+    with pytest.raises(InvalidValue, match="password"):
+        store.accounts_set("alice", realm="elsewhere")
+
+
+def test_set_rejects_unknown_fields_and_bad_values(store: SqliteStore) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    with pytest.raises(InvalidValue, match="colour"):
+        store.accounts_set("alice", colour="blue")
+    with pytest.raises(InvalidValue):
+        store.accounts_set("alice", enabled="yes")
+    with pytest.raises(InvalidValue):
+        store.accounts_set("alice", media_policy="")
+    with pytest.raises(InvalidValue) as info:
+        store.accounts_set("alice", password="")
+    assert "password" in str(info.value)
+    with pytest.raises(AccountNotFound):
+        store.accounts_set("nobody", enabled=False)
+
+
+def test_certificate_matches(store: SqliteStore) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    account = store.accounts_set(
+        "alice",
+        certificate_matches=[
+            ("fingerprint", FINGERPRINT),
+            CertificateMatch("subject", "CN=alice.phone.example"),
+        ],
+    )
+    assert account.certificate_matches == (
+        CertificateMatch("fingerprint", "ab" * 31 + "cd"),
+        CertificateMatch("subject", "CN=alice.phone.example"),
+    )
+    assert store.accounts_set("alice", certificate_matches=()).certificate_matches == ()
+    with pytest.raises(InvalidValue):
+        store.accounts_set("alice", certificate_matches=[("fingerprint", "abcd")])
+    with pytest.raises(InvalidValue):
+        store.accounts_set("alice", certificate_matches=[("serial", "1")])
+    with pytest.raises(InvalidValue):
+        store.accounts_set("alice", certificate_matches="fingerprint")
+
+
+def test_failed_set_changes_nothing(store: SqliteStore) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    before = store.get_account("alice")
+    with pytest.raises(InvalidValue):
+        store.accounts_set("alice", display_name="ok", certificate_matches=[("bad", "x")])
+    assert store.get_account("alice") == before
+
+
+def test_remove_cascades_to_bindings(store: SqliteStore) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    store.upsert_binding(binding())
+    store.accounts_remove("alice")
+    assert store.get_account("alice") is None
+    assert store.registrations_for("sip:alice@127.0.0.1:5060") == ()
+    with pytest.raises(AccountNotFound):
+        store.accounts_remove("alice")
+
+
+# -- bindings -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def alice(store: SqliteStore) -> SqliteStore:
+    store.accounts_add("alice", PASSWORD, REALM)
+    return store
+
+
+def test_binding_round_trip_with_every_field(alice: SqliteStore) -> None:
+    full = binding(
+        q=0.7,
+        instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>",
+        reg_id=1,
+        user_agent="Phone/1.0",
+        path=("<sip:edge.example;lr>", "<sip:p2.example;lr>"),
+        updated_at=999.0,
+    )
+    alice.upsert_binding(full)
+    assert alice.registrations_for(full.aor) == (full,)
+    assert alice.bindings_for_account("alice") == (full,)
+
+
+def test_upsert_replaces_by_aor_and_key(alice: SqliteStore) -> None:
+    alice.upsert_binding(binding())
+    alice.upsert_binding(binding(expires_at=9999.0, cseq=2, contact="sip:alice@192.0.2.1:5062;x"))
+    (only,) = alice.registrations_for("sip:alice@127.0.0.1:5060")
+    assert (only.expires_at, only.cseq, only.contact) == (9999.0, 2, "sip:alice@192.0.2.1:5062;x")
+
+
+def test_upsert_for_unknown_account(alice: SqliteStore) -> None:
+    with pytest.raises(AccountNotFound):
+        alice.upsert_binding(binding(account="nobody"))
+
+
+def test_order_and_expiry_filter(alice: SqliteStore) -> None:
+    alice.upsert_binding(binding("k-low", q=0.1))
+    alice.upsert_binding(binding("k-none"))
+    alice.upsert_binding(binding("k-mid", q=0.5, expires_at=2000.0))
+    aor = "sip:alice@127.0.0.1:5060"
+    assert [b.key for b in alice.registrations_for(aor)] == ["k-none", "k-mid", "k-low"]
+    assert [b.key for b in alice.registrations_for(aor, now=2000.0)] == ["k-none", "k-low"]
+    assert alice.registrations_for("sip:bob@127.0.0.1:5060") == ()
+
+
+def test_remove_binding(alice: SqliteStore) -> None:
+    alice.upsert_binding(binding("a"))
+    alice.upsert_binding(binding("b"))
+    assert alice.remove_binding("sip:alice@127.0.0.1:5060", "a") is True
+    assert alice.remove_binding("sip:alice@127.0.0.1:5060", "a") is False
+    assert [b.key for b in alice.registrations_for("sip:alice@127.0.0.1:5060")] == ["b"]
+
+
+def test_apply_changes_is_all_or_nothing(alice: SqliteStore) -> None:
+    aor = "sip:alice@127.0.0.1:5060"
+    alice.upsert_binding(binding("a"))
+    with pytest.raises(AccountNotFound):
+        alice.apply_binding_changes(aor, [binding("b"), binding("c", account="ghost")], ["a"])
+    assert [b.key for b in alice.registrations_for(aor)] == ["a"]
+    alice.apply_binding_changes(aor, [binding("b")], ["a"])
+    assert [b.key for b in alice.registrations_for(aor)] == ["b"]
+    with pytest.raises(InvalidValue):
+        alice.apply_binding_changes("sip:other@x", [binding("b")], [])
+
+
+def test_expire_bindings(alice: SqliteStore) -> None:
+    alice.upsert_binding(binding("old", expires_at=100.0))
+    alice.upsert_binding(binding("edge", expires_at=200.0))
+    alice.upsert_binding(binding("new", expires_at=300.0))
+    expired = alice.expire_bindings(200.0)
+    assert sorted(b.key for b in expired) == ["edge", "old"]
+    assert [b.key for b in alice.registrations_for("sip:alice@127.0.0.1:5060")] == ["new"]
+    assert alice.expire_bindings(200.0) == ()
+
+
+def test_binding_remaining() -> None:
+    b = binding(expires_at=4600.0)
+    assert b.remaining(1000.0) == 3600
+    assert b.remaining(4599.6) == 0
+    assert b.remaining(5000.0) == 0
+
+
+# -- call records -------------------------------------------------------------------------
+
+
+def test_call_record_life(store: SqliteStore) -> None:
+    store.call_record_insert(CallRecord("c1", "sip:a@x", "sip:b@y", started_at=10.0))
+    updated = store.call_record_update("c1", answered_at=12.0)
+    assert updated.answered_at == 12.0 and updated.ended_at is None
+    updated = store.call_record_update(
+        "c1",
+        ended_at=70.0,
+        end_reason="caller-bye",
+        security={"legs": [{"side": "a", "key_exchange": "sdes"}]},
+    )
+    assert (updated.answered_at, updated.ended_at, updated.end_reason) == (12.0, 70.0, "caller-bye")
+    assert updated.security == {"legs": [{"side": "a", "key_exchange": "sdes"}]}
+    assert store.call_record_get("c1") == updated
+    assert store.call_record_update("c1", answered_at=None).answered_at is None
+    assert store.call_record_update("c1") == store.call_record_get("c1")
+
+
+def test_call_record_errors(store: SqliteStore) -> None:
+    store.call_record_insert(CallRecord("c1", "sip:a@x", "sip:b@y", started_at=10.0))
+    with pytest.raises(CallRecordExists):
+        store.call_record_insert(CallRecord("c1", "sip:a@x", "sip:b@y", started_at=11.0))
+    with pytest.raises(CallRecordNotFound):
+        store.call_record_update("nope", ended_at=1.0)
+    with pytest.raises(InvalidValue):
+        store.call_record_update("c1", security={"x": object()})
+    with pytest.raises(InvalidValue):
+        store.call_record_insert(CallRecord("c2", "a", "b", started_at=1.0, security_json="{"))
+    assert store.call_record_get("nope") is None
+
+
+def test_recent_call_records(store: SqliteStore) -> None:
+    for i in range(5):
+        store.call_record_insert(CallRecord(f"c{i}", "a", "b", started_at=float(i)))
+    assert [r.call_id for r in store.call_records_recent(3)] == ["c4", "c3", "c2"]
