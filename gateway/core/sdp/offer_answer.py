@@ -120,10 +120,13 @@ def offered_direction(sd: SessionDescription, media: MediaDescription) -> Direct
 
     The media- or session-level attribute (default sendrecv), minus receiving when the stream's
     connection address is 0.0.0.0: RFC 2543 hold, "send no RTP or RTCP here" (RFC 3264 §8.4).
+    Not so for a stream using ICE: there 0.0.0.0 (with port 9) is the placeholder of an offer
+    sent before any candidate was gathered (RFC 8840 §4.1.1) and media goes to the candidates.
     """
     direction = sd.effective_direction(media)
     connection = sd.effective_connection(media)
-    if connection is not None and connection.is_null:
+    uses_ice = media.attributes.has("ice-ufrag") or sd.attributes.has("ice-ufrag")
+    if connection is not None and connection.is_null and not uses_ice:
         return Direction.from_flags(sends=direction.sends, receives=False)
     return direction
 
