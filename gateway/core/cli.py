@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gateway import __version__
 from gateway.core import config as config_mod
@@ -70,6 +71,52 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate FILE and the plugin tables it enables without opening a socket.",
     )
     check.add_argument("file", metavar="FILE")
+
+    accounts = sub.add_parser(
+        "accounts",
+        help="manage SIP accounts",
+        description="Manage the accounts hosted users register with. Only HA1 digests per realm "
+        "and algorithm (MD5, SHA-256, SHA-512-256) are stored, never the password.",
+    )
+    acc_sub = accounts.add_subparsers(dest="accounts_command", metavar="ACTION", required=True)
+
+    def state_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="read [gateway] state_dir and realm here")
+        p.add_argument(
+            "--state-dir", metavar="DIR", help="state directory (default: as voipgw run)"
+        )
+
+    add = acc_sub.add_parser("add", help="add an account", description="Add an account.")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--password", metavar="PW", required=True)
+    add.add_argument("--display-name", metavar="TEXT")
+    add.add_argument("--media-policy", metavar="NAME", default="best-effort")
+    add.add_argument("--realm", metavar="REALM", help="digest realm (default: [gateway] realm)")
+    state_options(add)
+
+    lst = acc_sub.add_parser("list", help="list accounts", description="List accounts.")
+    state_options(lst)
+
+    remove = acc_sub.add_parser(
+        "remove", help="remove an account", description="Remove an account and its bindings."
+    )
+    remove.add_argument("name", metavar="NAME")
+    state_options(remove)
+
+    set_ = acc_sub.add_parser(
+        "set", help="change an account", description="Change fields of an account."
+    )
+    set_.add_argument("name", metavar="NAME")
+    set_.add_argument("--password", metavar="PW")
+    set_.add_argument("--display-name", metavar="TEXT")
+    set_.add_argument("--media-policy", metavar="NAME")
+    enabled = set_.add_mutually_exclusive_group()
+    enabled.add_argument("--enable", dest="enabled", action="store_true", default=None)
+    enabled.add_argument("--disable", dest="enabled", action="store_false")
+    tls = set_.add_mutually_exclusive_group()
+    tls.add_argument("--require-tls", dest="require_tls", action="store_true", default=None)
+    tls.add_argument("--no-require-tls", dest="require_tls", action="store_false")
+    state_options(set_)
     return parser
 
 
@@ -154,7 +201,67 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_store(args: argparse.Namespace) -> tuple[Any, GatewayConfig]:
+    from gateway.core.store.sqlite import SqliteStore
+
+    config = _load_config(args.config)
+    state_dir = args.state_dir or config.gateway.state_dir
+    return SqliteStore.open(state_dir), config
+
+
+def cmd_accounts(args: argparse.Namespace) -> int:
+    from gateway.core.store.errors import StoreError
+
+    store, config = _open_store(args)
+    try:
+        action = args.accounts_command
+        if action == "add":
+            account = store.accounts_add(
+                args.name,
+                args.password,
+                args.realm or config.gateway.realm,
+                display_name=args.display_name,
+                media_policy=args.media_policy,
+            )
+            print(f"added {account.name} (realm {', '.join(account.realms)})")
+        elif action == "list":
+            print(f"{'NAME':<20} {'ENABLED':<8} {'POLICY':<16} {'TLS':<9} REALMS")
+            for account in store.accounts_list():
+                print(
+                    f"{account.name:<20} {'yes' if account.enabled else 'no':<8} "
+                    f"{account.media_policy:<16} "
+                    f"{'required' if account.require_tls else '-':<9} {', '.join(account.realms)}"
+                )
+        elif action == "remove":
+            store.accounts_remove(args.name)
+            print(f"removed {args.name}")
+        elif action == "set":
+            fields = {
+                key: value
+                for key, value in (
+                    ("password", args.password),
+                    ("display_name", args.display_name),
+                    ("media_policy", args.media_policy),
+                    ("enabled", args.enabled),
+                    ("require_tls", args.require_tls),
+                )
+                if value is not None
+            }
+            if not fields:
+                print("voipgw: accounts set: nothing to change", file=sys.stderr)
+                return EXIT_USAGE
+            store.accounts_set(args.name, **fields)
+            print(f"updated {args.name}: {', '.join(sorted(fields))}")
+    except StoreError as exc:
+        print(f"voipgw: accounts {args.accounts_command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        store.close()
+    return EXIT_OK
+
+
 COMMANDS = {
+    "accounts": cmd_accounts,
     "run": cmd_run,
     "plugins": cmd_plugins,
     "check-config": cmd_check_config,

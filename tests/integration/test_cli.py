@@ -115,3 +115,34 @@ def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) 
 
     checked = voipgw("check-config", str(config), env=env)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_accounts_add_list_set_remove_without_storing_the_password(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    added = voipgw("accounts", "add", "alice", "--password", "correct horse", "--state-dir", state)
+    assert added.returncode == 0, added.stderr
+    assert voipgw("accounts", "add", "bob", "--password", "pw2", "--state-dir", state).returncode == 0
+
+    again = voipgw("accounts", "add", "alice", "--password", "x", "--state-dir", state)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+    changed = voipgw(
+        "accounts", "set", "alice", "--media-policy", "sdes", "--require-tls",
+        "--state-dir", state,
+    )
+    assert changed.returncode == 0, changed.stderr
+
+    listed = voipgw("accounts", "list", "--state-dir", state)
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert set(rows) == {"alice", "bob"}
+    assert rows["alice"][1:4] == ["yes", "sdes", "required"]
+    assert rows["bob"][1:4] == ["yes", "best-effort", "-"]
+
+    removed = voipgw("accounts", "remove", "bob", "--state-dir", state)
+    assert removed.returncode == 0
+    missing = voipgw("accounts", "remove", "bob", "--state-dir", state)
+    assert missing.returncode == 2 and "no account 'bob'" in missing.stderr
+
+    for path in (tmp_path / "state").iterdir():
+        data = path.read_bytes()
+        assert b"correct horse" not in data, f"password found in {path.name}"
