@@ -12,7 +12,7 @@ tells the B2BUA to answer 503.
 
 Usage::
 
-    allocator = PortAllocator("127.0.0.1", PortRange.from_string("30000-30999"))
+    allocator = PortAllocator(config.media.address, config.media_ports)   # [media] address, ports
     with allocator.allocate() as pair:      # closes both sockets and frees the pair on every path
         ...
 """
@@ -26,39 +26,13 @@ import socket
 
 import attrs
 
+from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 
-DEFAULT_MEDIA_ADDRESS = "127.0.0.1"
-DEFAULT_MEDIA_PORTS = "30000-30999"
 
-
-@attrs.frozen
-class PortRange:
-    """An inclusive UDP port range ``low``-``high`` holding at least one (even, odd) pair."""
-
-    low: int
-    high: int
-
-    def __attrs_post_init__(self) -> None:
-        if not 1 <= self.low <= self.high <= 65535:
-            raise LocalMediaError(f"media port range {self.low}-{self.high} is not within 1-65535")
-        if not self.rtp_ports():
-            raise LocalMediaError(
-                f"media port range {self.low}-{self.high} holds no even RTP port with RTCP above it"
-            )
-
-    @classmethod
-    def from_string(cls, text: str) -> PortRange:
-        """Parse the configuration form ``"LOW-HIGH"``, e.g. ``"30000-30999"``."""
-        low, sep, high = text.strip().partition("-")
-        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
-            raise LocalMediaError(f"media port range {text!r} is not LOW-HIGH")
-        return cls(int(low), int(high))
-
-    def rtp_ports(self) -> range:
-        """The even RTP ports whose RTCP port (+1) is also in the range."""
-        first = self.low + (self.low % 2)
-        return range(first, self.high, 2)
+def rtp_ports(ports: PortRange) -> range:
+    """The even RTP ports of ``ports`` whose RTCP port (+1) is in the range too."""
+    return range(ports.low + ports.low % 2, ports.high, 2)
 
 
 @attrs.define(eq=False)
@@ -100,23 +74,22 @@ class PortPair:
 
 
 class PortAllocator:
-    """Hands out :class:`PortPair` objects bound on ``address`` from ``ports``.
+    """Hands out :class:`PortPair` objects bound on ``address`` from ``ports`` (the ``[media]``
+    ``address`` and ``ports`` settings, default 127.0.0.1 and 30000-30999).
 
     Linux (and any POSIX) semantics assumed: a closed UDP port can be bound again at once, so no
     ``SO_REUSEADDR`` is set (on Linux it would let two sockets share a UDP port).
     """
 
-    def __init__(
-        self, address: str = DEFAULT_MEDIA_ADDRESS, ports: PortRange | None = None
-    ) -> None:
+    def __init__(self, address: str, ports: PortRange) -> None:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             raise LocalMediaError(f"media address {address!r} is not an IP address") from None
         self.address = str(ip)
         self.family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        self.ports = ports if ports is not None else PortRange.from_string(DEFAULT_MEDIA_PORTS)
-        self._free: collections.deque[int] = collections.deque(self.ports.rtp_ports())
+        self.ports = ports
+        self._free: collections.deque[int] = collections.deque(rtp_ports(ports))
         self._in_use: set[int] = set()
 
     @property

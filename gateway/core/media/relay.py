@@ -30,13 +30,14 @@ Speed
 -----
 One trio task (:meth:`MediaRelay.serve`) owns a level-triggered ``select.epoll`` in which every
 media socket is registered once. It waits for the epoll descriptor to become readable, asks epoll
-which sockets are ready, and drains each with ``recvfrom_into`` into one preallocated buffer. All a
+which sockets are ready, and reads each with ``recvfrom_into`` into one preallocated buffer. All a
 packet needs is precomputed on a per-socket ``_Endpoint`` and per-kind ``_Route`` (outgoing
 ``sendto``, destination, transforms, counters as plain ints), so the hot loop does no allocation
-beyond what CPython's socket calls make, and no attribute chains. Work per wake-up is bounded
-(``max_sockets_per_wakeup`` x ``max_packets_per_socket``); level-triggered epoll reports what is
-left on the next wake-up, after the sockets that were not served (the kernel re-queues served
-sockets at the tail of its ready list).
+beyond what CPython's socket calls make, and no attribute chains. Work per wake-up is bounded:
+at most ``max_rounds_per_wakeup`` rounds of one datagram from each of at most
+``max_sockets_per_round`` ready sockets (about 5 ms of work with the defaults at full load), so
+signalling tasks keep running. Level-triggered epoll reports what is left on the next round or
+wake-up; the kernel re-queues a reported socket at the tail of its ready list, so no socket starves.
 
 Linux only: ``select.epoll``.
 
@@ -537,16 +538,16 @@ class MediaRelay:
         *,
         relatch_after: float | None = None,
         clock: Callable[[], float] = trio.current_time,
-        max_sockets_per_wakeup: int = 64,
-        max_packets_per_socket: int = 16,
+        max_sockets_per_round: int = 128,
+        max_rounds_per_wakeup: int = 8,
     ) -> None:
-        if max_sockets_per_wakeup < 1 or max_packets_per_socket < 1:
+        if max_sockets_per_round < 1 or max_rounds_per_wakeup < 1:
             raise LocalMediaError("the per-wake-up limits must be at least 1")
         self.allocator = allocator
         self._relatch_after = relatch_after
         self._clock = clock
-        self._max_sockets = max_sockets_per_wakeup
-        self._max_packets = max_packets_per_socket
+        self._max_sockets = max_sockets_per_round
+        self._max_rounds = max_rounds_per_wakeup
         self._epoll = select.epoll()
         self._endpoints: dict[int, _Endpoint] = {}
         self._streams: set[MediaStream] = set()
@@ -635,24 +636,33 @@ class MediaRelay:
             self.close()
 
     def _relay_ready(self, now: float) -> None:
-        """Serve the sockets epoll reports readable: the per-packet hot path."""
+        """Relay what the ready sockets hold: the per-packet hot path.
+
+        Each poll round reads one datagram from each ready socket, and rounds repeat until epoll
+        reports nothing or the round limit is reached. Reading once per readiness report, instead of
+        draining until ``BlockingIOError``, saves an exception (about 1 us) per socket and wake-up
+        at telephony rates, where a socket rarely holds more than one packet.
+        """
+        poll = self._epoll.poll
+        max_sockets = self._max_sockets
         endpoints = self._endpoints
         buffer = self._buffer
         view = self._view
-        max_packets = self._max_packets
-        for fd, _events in self._epoll.poll(0, self._max_sockets):
-            ep = endpoints.get(fd)
-            if ep is None:  # closed by a tap or transform earlier in this batch
-                continue
-            recv_into = ep.recv_into
-            for _ in repeat(None, max_packets):
+        for _ in repeat(None, self._max_rounds):
+            events = poll(0, max_sockets)
+            if not events:
+                return
+            for fd, _mask in events:
+                ep = endpoints.get(fd)
+                if ep is None:  # closed by a tap or transform earlier in this round
+                    continue
                 try:
-                    size, source = recv_into(buffer)
+                    size, source = ep.recv_into(buffer)
                 except BlockingIOError:
-                    break
+                    continue
                 except OSError:
                     ep.receive_errors += 1
-                    break
+                    continue
                 route = ep.rtcp if ep.rtcp_octets[buffer[1]] else ep.rtp
                 if size < route.min_length or buffer[0] & VERSION_MASK != VERSION_BITS:
                     ep.dropped_malformed += 1

@@ -1,0 +1,167 @@
+"""Media port pair allocation: even RTP port, RTCP on the next, reuse, exhaustion, release.
+
+These bind real UDP sockets on 127.0.0.1 in 41000-41099 (the integration tests of the relay use
+41200-41999). A port that another process happens to hold is skipped by the allocator, so the
+tests assert properties, not exact port numbers, except where they control the whole range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.core.config import PortRange
+from gateway.core.media.errors import LocalMediaError, MediaError, PortsExhausted
+from gateway.core.media.ports import PortAllocator, PortPair, rtp_ports
+
+ADDRESS = "127.0.0.1"
+RANGE = PortRange(41000, 41099)
+
+
+def can_bind(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((ADDRESS, port))
+        except OSError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def all_pairs(allocator: PortAllocator) -> Iterator[list[PortPair]]:
+    """Allocate until the allocator is exhausted; close everything afterwards."""
+    pairs: list[PortPair] = []
+    try:
+        with pytest.raises(PortsExhausted):
+            while True:
+                pairs.append(allocator.allocate())
+        yield pairs
+    finally:
+        for pair in pairs:
+            pair.close()
+
+
+def test_rtp_ports_are_even_with_rtcp_inside_the_range() -> None:
+    assert list(rtp_ports(PortRange(41000, 41007))) == [41000, 41002, 41004, 41006]
+    assert list(rtp_ports(PortRange(41001, 41008))) == [41002, 41004, 41006]
+    assert list(rtp_ports(PortRange(41001, 41006))) == [41002, 41004]
+
+
+def test_pair_is_even_rtp_and_next_rtcp_bound_non_blocking() -> None:
+    allocator = PortAllocator(ADDRESS, RANGE)
+    with allocator.allocate() as pair:
+        assert pair.rtp_port % 2 == 0
+        assert pair.rtcp_port == pair.rtp_port + 1
+        assert RANGE.low <= pair.rtp_port < pair.rtcp_port <= RANGE.high
+        assert pair.rtp_socket.getsockname() == (ADDRESS, pair.rtp_port)
+        assert pair.rtcp_socket.getsockname() == (ADDRESS, pair.rtcp_port)
+        assert pair.rtp_socket.type == socket.SOCK_DGRAM
+        assert pair.rtp_socket.getblocking() is False
+        assert pair.rtcp_socket.getblocking() is False
+        assert allocator.in_use == 1
+
+
+def test_pairs_are_distinct() -> None:
+    allocator = PortAllocator(ADDRESS, RANGE)
+    with allocator.allocate() as first, allocator.allocate() as second:
+        assert first.rtp_port != second.rtp_port
+        assert allocator.in_use == 2
+
+
+def test_closing_releases_both_ports_and_the_pair() -> None:
+    allocator = PortAllocator(ADDRESS, RANGE)
+    with allocator.allocate() as pair:
+        assert not can_bind(pair.rtp_port)
+        assert not can_bind(pair.rtcp_port)
+    assert pair.closed
+    assert pair.rtp_socket.fileno() == -1
+    assert pair.rtcp_socket.fileno() == -1
+    assert can_bind(pair.rtp_port)
+    assert can_bind(pair.rtcp_port)
+    assert allocator.in_use == 0
+
+
+def test_closing_twice_releases_once() -> None:
+    allocator = PortAllocator(ADDRESS, PortRange(41000, 41003))
+    pair = allocator.allocate()
+    available = allocator.available
+    pair.close()
+    pair.close()
+    assert allocator.available == available + 1
+    assert allocator.in_use == 0
+
+
+def test_exhaustion_raises_a_503_error_naming_the_range() -> None:
+    allocator = PortAllocator(ADDRESS, PortRange(41010, 41017))
+    with all_pairs(allocator) as pairs, pytest.raises(PortsExhausted) as info:
+        allocator.allocate()
+    assert 1 <= len(pairs) <= 4
+    assert info.value.sip_status == 503
+    assert isinstance(info.value, MediaError)
+    assert "41010-41017" in str(info.value)
+
+
+def test_a_freed_pair_is_reused() -> None:
+    allocator = PortAllocator(ADDRESS, PortRange(41020, 41027))
+    with all_pairs(allocator) as pairs:
+        freed = pairs.pop(1 if len(pairs) > 1 else 0)
+        freed.close()
+        with allocator.allocate() as again:
+            assert again.rtp_port == freed.rtp_port
+            assert again.rtp_socket is not freed.rtp_socket
+
+
+def test_freed_pairs_are_reused_least_recently_freed_first() -> None:
+    allocator = PortAllocator(ADDRESS, PortRange(41030, 41037))
+    with all_pairs(allocator) as pairs:
+        if len(pairs) < 2:
+            pytest.fail("another process holds most of 41030-41037")
+        first, second = pairs[0], pairs[1]
+        second.close()
+        first.close()
+        with allocator.allocate() as a, allocator.allocate() as b:
+            assert (a.rtp_port, b.rtp_port) == (second.rtp_port, first.rtp_port)
+
+
+def test_a_pair_held_by_another_socket_is_skipped_and_nothing_leaks() -> None:
+    allocator = PortAllocator(ADDRESS, PortRange(41040, 41043))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind((ADDRESS, 41041))  # the RTCP port of the first pair
+        with allocator.allocate() as pair:
+            assert pair.rtp_port == 41042
+            # The first pair's RTP port was bound, then released when its RTCP port failed.
+            assert can_bind(41040)
+        with pytest.raises(PortsExhausted), allocator.allocate(), allocator.allocate():
+            pass
+        assert allocator.in_use == 0
+    with allocator.allocate() as pair:
+        assert pair.rtp_port == 41040  # the squatter is gone: the skipped pair is usable again
+
+
+def test_an_address_that_is_not_local_is_a_configuration_error() -> None:
+    allocator = PortAllocator("192.0.2.1", RANGE)  # TEST-NET-1 (RFC 5737): not on this host
+    with pytest.raises(OSError):
+        allocator.allocate()
+    assert allocator.in_use == 0
+    assert allocator.available == len(rtp_ports(RANGE))
+
+
+def test_an_address_that_is_not_an_ip_is_refused() -> None:
+    with pytest.raises(LocalMediaError, match="not an IP address"):
+        PortAllocator("media.example.com", RANGE)
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.fail("this machine has no IPv6 support")
+    allocator = PortAllocator("::1", RANGE)
+    try:
+        pair = allocator.allocate()
+    except OSError as exc:
+        pytest.fail(f"no ::1 on this machine: {exc}")
+    with pair:
+        assert pair.rtp_socket.family == socket.AF_INET6
+        assert pair.address == "::1"
