@@ -17,10 +17,12 @@ import attrs
 import trio
 
 from gateway.core.interfaces import OutboundMessage
+from gateway.core.sip import grammar
 from gateway.core.sip.errors import RemoteSipError, SipError
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
 from gateway.core.sip.serializer import serialize_message
+from gateway.core.sip.via import Hop, response_target, stamp_received, stamp_request
 from gateway.core.transport.flows import Flow, format_address
 
 if TYPE_CHECKING:
@@ -83,7 +85,8 @@ class SipEndpoint:
             self.statistics.dropped_unmatched_responses += 1
             log.debug("dropping unmatched response %d from %s", message.status, flow.key)
             return
-        await self.handle_request(message, flow)
+        # RFC 3261 §18.2.1 / RFC 3581: remember where the request really came from.
+        await self.handle_request(stamp_request(message, _hop(flow)), flow)
 
     async def _reject_unparsable(self, data: bytes, flow: Flow, err: RemoteSipError) -> None:
         source = format_address(flow.remote)
@@ -98,6 +101,10 @@ class SipEndpoint:
                      err.reason)
             return
         log.info("rejecting malformed request from %s with %d: %s", source, err.status, err.reason)
+        top = grammar.parse_via_untrusted(headers.get("Via") or "")
+        headers = headers.set(
+            "Via", str(stamp_received(top, _hop(flow))), *headers.get_all("Via")[1:]
+        )
         response = Response(status=err.status, reason=_reason_phrase(err.reason), headers=headers)
         await self.send_response(response, flow)
 
@@ -145,6 +152,14 @@ class SipEndpoint:
         await self.send_response(response, flow)
 
     async def send_response(self, response: Response, flow: Flow) -> None:
+        """Send ``response`` where RFC 3261 §18.2.2 and RFC 3581 say: over the request's
+        connection on reliable transports, else to received/rport (or the sent-by)."""
+        try:
+            flow = await self._response_flow(response, flow)
+        except OSError as exc:
+            self.statistics.send_errors += 1
+            log.info("cannot route %d for %s: %s", response.status, flow.key, exc)
+            return
         outbound = OutboundMessage(message=response, flow=flow)
         self.gateway.plugins.hook.gateway_outbound_message(outbound=outbound)
         message = outbound.message
@@ -156,6 +171,26 @@ class SipEndpoint:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.statistics.send_errors += 1
             log.info("cannot send %d to %s: %s", response.status, flow.key, exc)
+
+
+    async def _response_flow(self, response: Response, arrival: Flow) -> Flow:
+        target = response_target(response.top_via)
+        if target.reuse_connection and not arrival.closed:
+            return arrival
+        if target.port is None:
+            raise OSError(f"sent-by {target.host} needs DNS SRV, which this gateway does not do")
+        destination = (target.host, target.port)
+        if destination == arrival.remote and not arrival.closed:
+            return arrival
+        transport = self.gateway.plugins.transports.get(arrival.transport)
+        if transport is None:
+            raise OSError(f"transport {arrival.transport!r} is not enabled")
+        flow: Flow = await transport.open_flow(destination, self.gateway)
+        return flow
+
+
+def _hop(flow: Flow) -> Hop:
+    return Hop(flow.transport, flow.remote[0], flow.remote[1])
 
 
 def _reason_phrase(reason: str) -> str:
