@@ -188,8 +188,8 @@ class MemoryDatagramSocket:
             return
         self._closed = True
         self._network._unbind(self._address)
+        self._incoming.close()  # first, so a blocked recvfrom sees ClosedResourceError, not EOF
         self._incoming_send.close()
-        self._incoming.close()
 
     def statistics(self) -> SocketStatistics:
         """The receive queue's current length, size and overflow count."""

@@ -41,7 +41,9 @@ def chunked_one_way_pair(
 
     Each ``send_all`` moves one chunk, and each ``receive_some`` moves one more before reading
     everything that has arrived, so writes are both split and coalesced. Chunk sizes come from
-    ``random.Random(seed)``: the same seed and the same calls give the same pieces.
+    ``random.Random(seed)``: the same seed and the same sequence of calls give the same pieces.
+    (When a writer and a reader run in separate tasks, the pieces also depend on how trio
+    interleaves them, which trio varies on purpose; write then read to pin them down.)
     """
     if max_chunk < 1:
         raise ValueError(f"max_chunk must be at least 1 byte, got {max_chunk}")
