@@ -613,10 +613,14 @@ class MediaRelay:
             for stream in list(self._streams):
                 stream.close()
         finally:
+            if self._serving:
+                # Wakes serve() with ClosedResourceError, on which it returns.
+                trio.lowlevel.notify_closing(self._epoll.fileno())
             self._epoll.close()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Relay packets until cancelled; then close the relay (all streams, all ports).
+        """Relay packets until cancelled or :meth:`close` is called; then close the relay (all
+        streams, all ports).
 
         Start it with ``await nursery.start(relay.serve)``. Only one ``serve`` may run at a time.
         """
@@ -626,13 +630,15 @@ class MediaRelay:
         epoll_fd = self._epoll.fileno()
         try:
             task_status.started()
-            while True:
-                await trio.lowlevel.wait_readable(epoll_fd)
+            while not self._closed:
+                try:
+                    await trio.lowlevel.wait_readable(epoll_fd)
+                except trio.ClosedResourceError:  # close() was called
+                    return
                 self._wakeups += 1
                 self._relay_ready(self._clock())
         finally:
             self._serving = False
-            trio.lowlevel.notify_closing(epoll_fd)
             self.close()
 
     def _relay_ready(self, now: float) -> None:
@@ -649,6 +655,8 @@ class MediaRelay:
         buffer = self._buffer
         view = self._view
         for _ in repeat(None, self._max_rounds):
+            if self._closed:  # by a tap or transform
+                return
             events = poll(0, max_sockets)
             if not events:
                 return

@@ -1,0 +1,614 @@
+"""The media relay on real UDP sockets on 127.0.0.1: two "phones" talk through one stream.
+
+The relay allocates from 41200-41599 (tests of one small range use 41600-41609) and the phones
+from 41800-41999, so these never meet the ports of other tests. Nothing waits a fixed time: a test
+waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``. To show
+that a packet was *not* forwarded, a test sends it, waits until the relay has counted the drop,
+then sends a marker on the same path: the marker must be the first thing to arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from gateway.core.config import PortRange
+from gateway.core.media.errors import LocalMediaError, PortsExhausted
+from gateway.core.media.ports import PortAllocator, PortPair
+from gateway.core.media.relay import (
+    Direction,
+    MediaRelay,
+    MediaStream,
+    Transforms,
+)
+
+ADDRESS = "127.0.0.1"
+RELAY_PORTS = PortRange(41200, 41599)
+PHONE_PORTS = PortRange(41800, 41999)
+TIMEOUT = 5.0
+
+
+def rtp(sequence: int, *, ssrc: int = 0x1234ABCD, payload: bytes = b"\xd5" * 160) -> bytes:
+    """RTP, PCMU (RFC 3550 §5.1)."""
+    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, ssrc) + payload
+
+
+def receiver_report(ssrc: int = 0x1234ABCD) -> bytes:
+    """RTCP RR without report blocks (RFC 3550 §6.4.2)."""
+    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
+
+
+class FakeClock:
+    """The relay's clock, set by the test (the relay reads it once per wake-up)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Phone:
+    """A UDP endpoint with an RTP socket on an even port and RTCP on the next one."""
+
+    def __init__(self, pair: PortPair) -> None:
+        self.pair = pair
+        self.rtp = trio.socket.from_stdlib_socket(pair.rtp_socket)
+        self.rtcp = trio.socket.from_stdlib_socket(pair.rtcp_socket)
+
+    @property
+    def rtp_address(self) -> tuple[str, int]:
+        return (ADDRESS, self.pair.rtp_port)
+
+    @property
+    def rtcp_address(self) -> tuple[str, int]:
+        return (ADDRESS, self.pair.rtcp_port)
+
+    async def send(self, packet: bytes, port: int, *, from_rtcp: bool = False) -> None:
+        await (self.rtcp if from_rtcp else self.rtp).sendto(packet, (ADDRESS, port))
+
+    async def receive(self, *, on_rtcp: bool = False) -> tuple[bytes, Any]:
+        with trio.fail_after(TIMEOUT):
+            return await (self.rtcp if on_rtcp else self.rtp).recvfrom(65536)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with trio.fail_after(TIMEOUT):
+        while not condition():
+            await trio.sleep(0)
+
+
+def can_bind(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((ADDRESS, port))
+        except OSError:
+            return False
+        return True
+
+
+def local_ports(stream: MediaStream) -> list[int]:
+    return [p for side in (stream.a, stream.b) for p in (side.ports.rtp_port, side.ports.rtcp_port)]
+
+
+StartRelay = Callable[..., Awaitable[MediaRelay]]
+
+
+@pytest.fixture
+async def start_relay(nursery: trio.Nursery) -> AsyncIterator[StartRelay]:
+    relays: list[MediaRelay] = []
+
+    async def start(*, ports: PortRange = RELAY_PORTS, **kwargs: Any) -> MediaRelay:
+        relay = MediaRelay(PortAllocator(ADDRESS, ports), **kwargs)
+        relays.append(relay)
+        await nursery.start(relay.serve)
+        return relay
+
+    yield start
+    for relay in relays:
+        relay.close()
+        assert relay.allocator.in_use == 0
+
+
+@pytest.fixture
+def make_phone() -> Iterator[Callable[[], Phone]]:
+    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
+    pairs: list[PortPair] = []
+
+    def make() -> Phone:
+        pairs.append(allocator.allocate())
+        return Phone(pairs[-1])
+
+    yield make
+    for pair in pairs:
+        pair.close()
+
+
+@pytest.fixture
+async def relay(start_relay: StartRelay) -> MediaRelay:
+    return await start_relay()
+
+
+@pytest.fixture
+def stream(relay: MediaRelay) -> Iterator[MediaStream]:
+    with relay.open_stream() as stream:
+        yield stream
+
+
+@pytest.fixture
+def alice(make_phone: Callable[[], Phone]) -> Phone:
+    return make_phone()
+
+
+@pytest.fixture
+def bob(make_phone: Callable[[], Phone]) -> Phone:
+    return make_phone()
+
+
+@pytest.fixture
+def connected(stream: MediaStream, alice: Phone, bob: Phone) -> MediaStream:
+    """The stream with both SDP addresses known: alice on leg A, bob on leg B."""
+    stream.a.set_remote(alice.rtp_address)
+    stream.b.set_remote(bob.rtp_address)
+    return stream
+
+
+# -- forwarding ---------------------------------------------------------------------------------
+
+
+async def test_rtp_flows_both_ways_unchanged(connected: MediaStream, alice: Phone, bob: Phone):
+    stream = connected
+    for sequence in range(3):
+        await alice.send(rtp(sequence), stream.a.ports.rtp_port)
+        assert await bob.receive() == (rtp(sequence), (ADDRESS, stream.b.ports.rtp_port))
+    await bob.send(rtp(7, ssrc=99), stream.b.ports.rtp_port)
+    assert await alice.receive() == (rtp(7, ssrc=99), (ADDRESS, stream.a.ports.rtp_port))
+
+    a_to_b, b_to_a = stream.a_to_b.statistics(), stream.b_to_a.statistics()
+    assert (a_to_b.rtp_packets, a_to_b.rtp_bytes, a_to_b.dropped) == (3, 3 * 172, 0)
+    assert (b_to_a.rtp_packets, b_to_a.rtp_bytes, b_to_a.dropped) == (1, 172, 0)
+    assert stream.a.rtp_source == alice.rtp_address
+    assert stream.b.rtp_source == bob.rtp_address
+
+
+async def test_several_streams_and_changes_while_serving(
+    relay: MediaRelay, make_phone: Callable[[], Phone]
+):
+    streams = [relay.open_stream() for _ in range(6)]
+    phones = [(make_phone(), make_phone()) for _ in streams]
+    for stream, (a, b) in zip(streams, phones, strict=True):
+        stream.a.set_remote(a.rtp_address)
+        stream.b.set_remote(b.rtp_address)
+    for stream in streams[::2]:
+        stream.close()
+    for index, (stream, (a, b)) in enumerate(zip(streams, phones, strict=True)):
+        if stream.closed:
+            continue
+        await a.send(rtp(index), stream.a.ports.rtp_port)
+        assert (await b.receive())[0] == rtp(index)
+    assert relay.statistics().streams == 3
+    assert relay.statistics().packets == 3
+    for stream in streams:
+        stream.close()
+    assert relay.statistics().streams == 0
+
+
+# -- symmetric latching -------------------------------------------------------------------------
+
+
+async def test_latches_the_source_behind_a_nat_not_the_sdp_port(
+    stream: MediaStream, make_phone: Callable[[], Phone], bob: Phone
+):
+    in_sdp, behind_nat = make_phone(), make_phone()  # the NAT maps alice's port to another one
+    stream.a.set_remote(in_sdp.rtp_address)
+    stream.b.set_remote(bob.rtp_address)
+
+    await bob.send(rtp(1), stream.b.ports.rtp_port)
+    assert (await in_sdp.receive())[0] == rtp(1)  # before latching: the SDP address
+
+    await behind_nat.send(rtp(2), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(2)
+    assert stream.a.rtp_source == behind_nat.rtp_address
+    assert stream.a.rtp_destination == behind_nat.rtp_address
+
+    await bob.send(rtp(3), stream.b.ports.rtp_port)
+    assert (await behind_nat.receive())[0] == rtp(3)  # after latching: the real source
+
+
+async def test_a_stranger_is_dropped_and_counted(
+    connected: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+):
+    stream, stranger = connected, make_phone()
+    await alice.send(rtp(1), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(1)
+
+    await stranger.send(rtp(666, ssrc=666), stream.a.ports.rtp_port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    await alice.send(rtp(2), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(2)
+    assert stream.a.rtp_source == alice.rtp_address
+    assert stream.a_to_b.statistics().rtp_packets == 2
+
+
+async def test_relatch_after_the_latched_source_was_silent(
+    start_relay: StartRelay, make_phone: Callable[[], Phone]
+):
+    clock = FakeClock()
+    relay = await start_relay(relatch_after=10.0, clock=clock)
+    alice, moved, bob = make_phone(), make_phone(), make_phone()
+    with relay.open_stream() as stream:
+        stream.a.set_remote(alice.rtp_address)
+        stream.b.set_remote(bob.rtp_address)
+        await alice.send(rtp(1), stream.a.ports.rtp_port)
+        assert (await bob.receive())[0] == rtp(1)
+
+        clock.now = 9.0  # alice silent for 9 s: still latched
+        await moved.send(rtp(2), stream.a.ports.rtp_port)
+        await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+
+        clock.now = 10.0  # silent for 10 s: the next source latches
+        await moved.send(rtp(3), stream.a.ports.rtp_port)
+        assert (await bob.receive())[0] == rtp(3)
+        assert stream.a.rtp_source == moved.rtp_address
+        await bob.send(rtp(4), stream.b.ports.rtp_port)
+        assert (await moved.receive())[0] == rtp(4)
+
+
+async def test_without_relatch_a_silent_source_stays_latched(
+    start_relay: StartRelay, make_phone: Callable[[], Phone]
+):
+    clock = FakeClock()
+    relay = await start_relay(clock=clock)
+    alice, moved, bob = make_phone(), make_phone(), make_phone()
+    with relay.open_stream() as stream:
+        stream.a.set_remote(alice.rtp_address)
+        stream.b.set_remote(bob.rtp_address)
+        await alice.send(rtp(1), stream.a.ports.rtp_port)
+        assert (await bob.receive())[0] == rtp(1)
+        clock.now = 1e6
+        await moved.send(rtp(2), stream.a.ports.rtp_port)
+        await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+        assert stream.a.rtp_source == alice.rtp_address
+
+
+async def test_a_new_sdp_address_forgets_the_latch(
+    connected: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+):
+    stream = connected
+    await alice.send(rtp(1), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(1)
+    stream.a.set_remote(alice.rtp_address)  # a re-INVITE with the same address
+    assert stream.a.rtp_source == alice.rtp_address
+
+    moved = make_phone()
+    stream.a.set_remote(moved.rtp_address)  # a re-INVITE from somewhere else
+    assert stream.a.rtp_source is None
+    await bob.send(rtp(2), stream.b.ports.rtp_port)
+    assert (await moved.receive())[0] == rtp(2)
+
+
+async def test_no_destination_until_sdp_or_latching_gives_one(
+    stream: MediaStream, alice: Phone, bob: Phone
+):
+    stream.a.set_remote(alice.rtp_address)  # leg B has sent no SDP yet
+    await alice.send(rtp(1), stream.a.ports.rtp_port)
+    await until(lambda: stream.a_to_b.statistics().dropped_no_destination == 1)
+
+    await bob.send(rtp(2), stream.b.ports.rtp_port)  # latching learns where bob is
+    assert (await alice.receive())[0] == rtp(2)
+    await alice.send(rtp(3), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(3)
+
+
+async def test_old_style_hold_address_is_no_destination(stream: MediaStream) -> None:
+    stream.b.set_remote(("0.0.0.0", 40000))  # RFC 3264 §8.4
+    assert stream.b.rtp_destination is None
+    assert stream.b.rtcp_destination is None
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        (("phone.example.com", 4000), "not an IP address"),
+        (("::1", 4000), "address family"),
+        ((ADDRESS, 0), "out of range"),
+        ((ADDRESS, 70000), "out of range"),
+    ],
+)
+async def test_sdp_addresses_are_checked(
+    stream: MediaStream, address: tuple[str, int], message: str
+) -> None:
+    with pytest.raises(LocalMediaError, match=message):
+        stream.a.set_remote(address)
+
+
+# -- RTCP and rtcp-mux --------------------------------------------------------------------------
+
+
+async def test_rtcp_mux_side_to_non_mux_side(stream: MediaStream, alice: Phone, bob: Phone):
+    stream.a.set_remote(alice.rtp_address, rtcp_mux=True)
+    stream.b.set_remote(bob.rtp_address)  # RTCP implied at RTP port + 1 (RFC 3605 §2.1)
+
+    await alice.send(receiver_report(), stream.a.ports.rtp_port)  # RFC 5761: on the RTP port
+    assert await bob.receive(on_rtcp=True) == (
+        receiver_report(),
+        (ADDRESS, stream.b.ports.rtcp_port),
+    )
+    await alice.send(rtp(1), stream.a.ports.rtp_port)
+    assert await bob.receive() == (rtp(1), (ADDRESS, stream.b.ports.rtp_port))
+
+    await bob.send(receiver_report(5), stream.b.ports.rtcp_port, from_rtcp=True)
+    assert await alice.receive() == (receiver_report(5), (ADDRESS, stream.a.ports.rtp_port))
+    await bob.send(rtp(2), stream.b.ports.rtp_port)
+    assert await alice.receive() == (rtp(2), (ADDRESS, stream.a.ports.rtp_port))
+
+    for direction in (stream.a_to_b, stream.b_to_a):
+        stats = direction.statistics()
+        assert (stats.rtp_packets, stats.rtcp_packets, stats.rtcp_bytes) == (1, 1, 8)
+    assert stream.b.rtcp_source == bob.rtcp_address
+
+
+async def test_rtcp_to_an_explicit_a_rtcp_address(
+    stream: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+):
+    elsewhere = make_phone()
+    stream.a.set_remote(alice.rtp_address, rtcp_mux=True)
+    stream.b.set_remote(bob.rtp_address, rtcp=elsewhere.rtp_address)  # a=rtcp (RFC 3605)
+    await alice.send(receiver_report(), stream.a.ports.rtp_port)
+    assert await elsewhere.receive() == (receiver_report(), (ADDRESS, stream.b.ports.rtcp_port))
+
+
+async def test_rtcp_between_sides_without_mux(connected: MediaStream, alice: Phone, bob: Phone):
+    stream = connected
+    await alice.send(receiver_report(), stream.a.ports.rtcp_port, from_rtcp=True)
+    assert await bob.receive(on_rtcp=True) == (
+        receiver_report(),
+        (ADDRESS, stream.b.ports.rtcp_port),
+    )
+    # Without rtcp-mux the RTP port carries only RTP, whatever the second octet says.
+    looks_like_rtcp = receiver_report() + bytes(4)  # 12 octets: long enough for RTP
+    await alice.send(looks_like_rtcp, stream.a.ports.rtp_port)
+    assert await bob.receive() == (looks_like_rtcp, (ADDRESS, stream.b.ports.rtp_port))
+    assert stream.a_to_b.statistics().rtcp_packets == 1
+    assert stream.a_to_b.statistics().rtp_packets == 1
+
+
+async def test_rtcp_mux_on_both_sides(stream: MediaStream, alice: Phone, bob: Phone):
+    stream.a.set_remote(alice.rtp_address, rtcp_mux=True)
+    stream.b.set_remote(bob.rtp_address, rtcp_mux=True)
+    await alice.send(receiver_report(), stream.a.ports.rtp_port)
+    assert await bob.receive() == (receiver_report(), (ADDRESS, stream.b.ports.rtp_port))
+    assert stream.a_to_b.statistics().rtcp_packets == 1
+
+
+# -- blocking, transforms, taps -----------------------------------------------------------------
+
+
+async def test_a_blocked_direction_forwards_nothing(
+    connected: MediaStream, alice: Phone, bob: Phone
+):
+    stream = connected
+    stream.a_to_b.blocked = True
+    await alice.send(rtp(1), stream.a.ports.rtp_port)
+    await alice.send(receiver_report(), stream.a.ports.rtcp_port, from_rtcp=True)
+    await until(lambda: stream.a_to_b.statistics().dropped_blocked == 2)
+
+    await bob.send(rtp(2), stream.b.ports.rtp_port)  # the other direction still flows
+    assert (await alice.receive())[0] == rtp(2)
+
+    stream.a_to_b.blocked = False
+    await alice.send(rtp(3), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(3)
+    stats = stream.a_to_b.statistics()
+    assert (stats.rtp_packets, stats.rtcp_packets, stats.dropped) == (1, 0, 2)
+
+
+async def test_transforms_apply_per_kind_and_none_drops(
+    stream: MediaStream, alice: Phone, bob: Phone
+):
+    stream.a.set_remote(alice.rtp_address, rtcp_mux=True)
+    stream.b.set_remote(bob.rtp_address, rtcp_mux=True)
+
+    def rtp_in(packet: bytes) -> bytes | None:
+        return None if packet.endswith(b"drop") else packet + b"<in>"
+
+    stream.a_to_b.transforms = Transforms(
+        rtp_in=rtp_in, rtp_out=lambda p: p + b"<out>", rtcp_out=lambda p: p + b"<rtcp>"
+    )
+    await alice.send(rtp(1, payload=b"drop"), stream.a.ports.rtp_port)
+    await until(lambda: stream.a_to_b.statistics().dropped_transform == 1)
+    await alice.send(rtp(2), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(2) + b"<in><out>"
+    await alice.send(receiver_report(), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == receiver_report() + b"<rtcp>"
+
+    await bob.send(rtp(3), stream.b.ports.rtp_port)  # the other direction has its own slots
+    assert (await alice.receive())[0] == rtp(3)
+
+    stats = stream.a_to_b.statistics()
+    assert stats.rtp_bytes == len(rtp(2) + b"<in><out>")  # what was sent, not what arrived
+    assert (stats.dropped_transform, stats.transform_errors) == (1, 0)
+
+
+async def test_a_raising_transform_drops_counts_and_logs_once(
+    connected: MediaStream, alice: Phone, bob: Phone, caplog: pytest.LogCaptureFixture
+):
+    stream = connected
+
+    def broken(packet: bytes) -> bytes:
+        raise RuntimeError("bug in a transform")
+
+    stream.a_to_b.transforms = Transforms(rtp_in=broken)
+    with caplog.at_level(logging.WARNING, logger="gateway.core.media.relay"):
+        for sequence in range(3):
+            await alice.send(rtp(sequence), stream.a.ports.rtp_port)
+        await until(lambda: stream.a_to_b.statistics().transform_errors == 3)
+    assert stream.a_to_b.statistics().dropped_transform == 3
+    logged = [r for r in caplog.records if "media transform" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert isinstance(logged[0].exc_info[1], RuntimeError)
+
+    stream.a_to_b.transforms = Transforms()
+    await alice.send(rtp(9), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(9)
+
+
+async def test_taps_see_packets_between_the_transforms(
+    connected: MediaStream, alice: Phone, bob: Phone
+):
+    stream = connected
+    seen: list[tuple[Direction, bytes]] = []
+
+    def tap(direction: Direction, packet: bytes) -> None:
+        seen.append((direction, packet))
+
+    def broken_tap(direction: Direction, packet: bytes) -> None:
+        raise RuntimeError("bug in a tap")
+
+    stream.a_to_b.transforms = Transforms(rtp_in=lambda p: p + b"<in>", rtp_out=lambda p: p[:-4])
+    stream.a_to_b.add_tap(tap)
+    stream.a_to_b.add_tap(broken_tap)
+    stream.b_to_a.add_tap(tap)
+
+    await alice.send(rtp(1), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(1)  # forwarded although a tap failed
+    await bob.send(rtp(2), stream.b.ports.rtp_port)
+    assert (await alice.receive())[0] == rtp(2)
+    assert seen == [(Direction.A_TO_B, rtp(1) + b"<in>"), (Direction.B_TO_A, rtp(2))]
+    assert stream.a_to_b.statistics().tap_errors == 1
+
+    stream.a_to_b.remove_tap(tap)
+    stream.a_to_b.remove_tap(broken_tap)
+    assert stream.a_to_b.taps == ()
+    await alice.send(rtp(3), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(3)
+    assert len(seen) == 2
+
+
+async def test_a_tap_may_close_its_stream_while_the_relay_serves(
+    relay: MediaRelay, make_phone: Callable[[], Phone]
+):
+    doomed, survivor = relay.open_stream(), relay.open_stream()
+    phones = {s: (make_phone(), make_phone()) for s in (doomed, survivor)}
+    for s, (a, b) in phones.items():
+        s.a.set_remote(a.rtp_address)
+        s.b.set_remote(b.rtp_address)
+    doomed.a_to_b.add_tap(lambda direction, packet: doomed.close())
+
+    a, _ = phones[doomed]
+    await a.send(rtp(1), doomed.a.ports.rtp_port)
+    await until(lambda: doomed.closed)
+    assert doomed.a_to_b.statistics().dropped_send_error == 1  # its sockets closed under it
+
+    a, b = phones[survivor]
+    await a.send(rtp(2), survivor.a.ports.rtp_port)
+    assert (await b.receive())[0] == rtp(2)
+    assert relay.streams == frozenset({survivor})
+    survivor.close()
+
+
+async def test_malformed_packets_are_dropped_and_do_not_latch(
+    connected: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+):
+    stream, stranger = connected, make_phone()
+    for packet in (b"\x40" + rtp(1)[1:], b"\x80\x00\x00", rtp(1)[:11], b""):
+        await stranger.send(packet, stream.a.ports.rtp_port)
+    await until(lambda: stream.a_to_b.statistics().dropped_malformed == 4)
+    assert stream.a.rtp_source is None
+
+    await alice.send(rtp(2), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(2)
+    assert stream.a.rtp_source == alice.rtp_address
+
+
+async def test_short_rtcp_is_accepted_down_to_eight_octets(
+    connected: MediaStream, alice: Phone, bob: Phone
+):
+    stream = connected
+    await alice.send(receiver_report()[:7], stream.a.ports.rtcp_port, from_rtcp=True)
+    await until(lambda: stream.a_to_b.statistics().dropped_malformed == 1)
+    await alice.send(receiver_report(), stream.a.ports.rtcp_port, from_rtcp=True)
+    assert (await bob.receive(on_rtcp=True))[0] == receiver_report()
+
+
+# -- inactivity ---------------------------------------------------------------------------------
+
+
+async def test_idle_streams_are_those_without_recent_media(
+    start_relay: StartRelay, make_phone: Callable[[], Phone]
+):
+    clock = FakeClock()
+    clock.now = 100.0
+    relay = await start_relay(clock=clock)
+    alice, bob = make_phone(), make_phone()
+    with relay.open_stream() as talking, relay.open_stream() as silent:
+        talking.a.set_remote(alice.rtp_address)
+        talking.b.set_remote(bob.rtp_address)
+        assert relay.idle_streams(100.0, 30.0) == []
+        clock.now = 120.0
+        await alice.send(rtp(1), talking.a.ports.rtp_port)
+        assert (await bob.receive())[0] == rtp(1)
+
+        assert talking.last_activity == 120.0
+        assert silent.last_activity == 100.0
+        assert relay.idle_streams(130.0, 30.0) == [silent]
+        assert set(relay.idle_streams(150.0, 30.0)) == {talking, silent}
+        assert talking.statistics().last_activity == 120.0
+
+
+# -- ports --------------------------------------------------------------------------------------
+
+
+async def test_closing_a_stream_releases_its_four_ports(relay: MediaRelay) -> None:
+    stream = relay.open_stream()
+    ports = local_ports(stream)
+    assert len(set(ports)) == 4
+    assert not any(can_bind(port) for port in ports)
+    stream.close()
+    stream.close()
+    assert stream.closed
+    assert all(can_bind(port) for port in ports)
+    assert relay.allocator.in_use == 0
+
+
+async def test_ending_serve_closes_the_relay_and_releases_every_port() -> None:
+    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.serve)
+        streams = [relay.open_stream() for _ in range(3)]
+        nursery.cancel_scope.cancel()
+    assert all(stream.closed for stream in streams)
+    assert all(can_bind(port) for stream in streams for port in local_ports(stream))
+    with pytest.raises(LocalMediaError, match="closed"):
+        relay.open_stream()
+
+
+async def test_close_while_serving_ends_serve_quietly() -> None:
+    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(relay.serve)
+            stream = relay.open_stream()
+            relay.close()
+    assert stream.closed
+    assert relay.allocator.in_use == 0
+
+
+async def test_exhausted_range_raises_503_and_keeps_nothing(start_relay: StartRelay) -> None:
+    relay = await start_relay(ports=PortRange(41600, 41605))  # three pairs: one stream and a half
+    first = relay.open_stream()
+    in_use = relay.allocator.in_use
+    with pytest.raises(PortsExhausted) as info:
+        relay.open_stream()
+    assert info.value.sip_status == 503
+    assert relay.allocator.in_use == in_use == 2
+    assert relay.statistics().streams == 1
+    first.close()
+    assert relay.allocator.in_use == 0
