@@ -77,7 +77,13 @@ def parse_sdp_untrusted(
     m= lines and ``max_attributes`` the a= lines of the whole description. Exceeding one, or any
     syntax or ordering error, raises :class:`SdpError` whose ``reason`` names the line number.
     """
-    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    if isinstance(data, str):
+        try:
+            raw = data.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise SdpError("SDP text is not encodable as UTF-8") from None
+    else:
+        raw = data
     if len(raw) > max_size:
         raise SdpError(f"SDP larger than {max_size} bytes")
     if b"\x00" in raw:
@@ -108,7 +114,6 @@ class _Reader:
         self.seen: set[str] = set()
         self.rank = -1
         self.previous = ""
-        self.version = 0
         self.origin: Origin | None = None
         self.session_name: str | None = None
         self.information: str | None = None
@@ -262,7 +267,6 @@ class _Reader:
         return SessionDescription(
             origin=self.origin,
             session_name=self.session_name,
-            version=self.version,
             information=self.information,
             uri=self.uri,
             emails=tuple(self.emails),

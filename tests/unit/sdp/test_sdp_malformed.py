@@ -119,6 +119,10 @@ def test_empty_and_blank_bodies() -> None:
     assert reason_of(b"\r\n\r\n") == "empty SDP"
 
 
+def test_str_input_that_cannot_be_utf8() -> None:
+    assert reason_of(GOOD.replace("s=-", "s=\ud800")) == "SDP text is not encodable as UTF-8"
+
+
 def test_nul_byte() -> None:
     assert reason_of(GOOD.replace("s=-", "s=a\x00b").encode()) == "NUL byte in SDP"
 
