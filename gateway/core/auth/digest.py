@@ -2,7 +2,7 @@
 
 Theory of operation. A REGISTER is challenged with 401 and ``WWW-Authenticate``; an INVITE at the
 edge with 407 and ``Proxy-Authenticate`` (RFC 3261 §22.2, §22.3); :class:`AuthKind` names the pair.
-A challenge is one header per offered algorithm, strongest first (RFC 8760 §2.4: SHA-256 before
+A challenge is one header per offered algorithm, strongest first (RFC 8760 §2.3: SHA-256 before
 MD5), all with the same nonce, ``qop="auth"`` and ``opaque``. The client answers with
 (Proxy-)Authorization credentials; the server picks the ones for its realm (RFC 3261 §22.4),
 looks up the stored HA1 for (username, realm, algorithm) and checks::
@@ -77,7 +77,7 @@ class AuthKind(enum.Enum):
 class DigestConfig:
     """Digest settings for one realm.
 
-    ``algorithms`` is the offer order (RFC 8760 §2.4: strongest first; SHA-256 then MD5 by
+    ``algorithms`` is the offer order (RFC 8760 §2.3: strongest first; SHA-256 then MD5 by
     default, since most deployed phones know only MD5). Accounts need an HA1 for each algorithm
     offered. ``allow_rfc2069`` accepts answers without qop (no replay protection beyond making
     the nonce single-use); leave it off unless a legacy device needs it.

@@ -1,5 +1,5 @@
-"""Per-source failure counter: after too many bad attempts, answer 403 (RFC 3261 §22.1 allows a
-UAS to refuse outright; this blunts online password guessing against digest).
+"""Per-source failure counter: after too many bad attempts, answer 403 Forbidden (RFC 3261
+§21.4.4: refused, "authorization will not help"); this blunts online password guessing.
 
 Only failed attempts count (:class:`~gateway.core.auth.digest.BadCredentials` and
 :class:`~gateway.core.auth.digest.UnknownUser`); a first-round challenge or a stale nonce does

@@ -1,4 +1,4 @@
-"""Stateless digest nonces and nonce-count replay protection (RFC 7616 §3.3, §5.4).
+"""Stateless digest nonces and nonce-count replay protection (RFC 7616 §3.3, §3.4).
 
 A nonce is ``base64url(version | issued_ms | salt | mac)`` where ``mac`` is an HMAC-SHA-256 over
 the realm and the rest, keyed by a secret the gateway injects. Any node holding the secret can
