@@ -192,17 +192,8 @@ def _decode_lines(head: bytes, max_line: int) -> list[str]:
 
 def _headers(lines: list[str], max_headers: int) -> Headers:
     """Unfold, split into (canonical name, value) entries, split list headers into elements."""
-    unfolded: list[str] = []
-    for line in lines:
-        if line[:1] in (" ", "\t"):
-            # RFC 3261 §7.3.1: a line starting with SP/HTAB continues the previous header field.
-            if not unfolded:
-                raise SipParseError("continuation line before the first header field")
-            unfolded[-1] = unfolded[-1] + " " + line.lstrip(" \t")
-        else:
-            unfolded.append(line)
     fields: list[tuple[str, str]] = []
-    for line in unfolded:
+    for line in _unfold_lines(lines, strict=True):
         name, colon, value = line.partition(":")
         # HCOLON = *( SP / HTAB ) ":" SWS
         name = name.rstrip(" \t")
@@ -224,6 +215,22 @@ def _headers(lines: list[str], max_headers: int) -> Headers:
         if len(fields) > max_headers:
             raise MessageTooLarge("too many header fields")
     return Headers(tuple(fields))
+
+
+def _unfold_lines(lines: list[str], *, strict: bool) -> list[str]:
+    """Join continuation lines (RFC 3261 §7.3.1: a line starting with SP/HTAB continues the
+    previous header field; the CRLF and leading white space become one SP)."""
+    fields: list[list[str]] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                if strict:
+                    raise SipParseError("continuation line before the first header field")
+                continue
+            fields[-1].append(line.lstrip(" \t"))
+        else:
+            fields.append([line])
+    return [" ".join(parts) for parts in fields]
 
 
 def _validate_common(headers: Headers) -> None:
@@ -329,14 +336,9 @@ def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | 
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             line = ""
-        if "\r" in line or "\n" in line:
-            line = ""
-        if line[:1] in (" ", "\t") and lines:
-            lines[-1] += " " + line.lstrip(" \t")
-        else:
-            lines.append(line)
+        lines.append("" if "\r" in line or "\n" in line else line)
     found: dict[str, list[str]] = {name: [] for name in _SALVAGED}
-    for line in lines:
+    for line in _unfold_lines(lines, strict=False):
         name, colon, value = line.partition(":")
         cname = canonical_name(name.rstrip(" \t"))
         if colon and cname in found:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from rfc4475_messages import MESSAGES
 
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.grammar import unquote
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
 from gateway.core.sip.uri import AbsoluteUri, SipUri
+from tests.unit.sip.rfc4475_messages import MESSAGES
 
 # shared/specs/sip-robustness.md §1: size and SHA-256 prefix of each RFC 4475 Appendix A file.
 CATALOGUE: dict[str, tuple[str, int, str]] = {

@@ -6,7 +6,6 @@ import ipaddress
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rfc4475_messages import MESSAGES
 
 from gateway.core.sip.grammar import (
     TOKEN_CHARS,
@@ -20,6 +19,7 @@ from gateway.core.sip.message import Headers, Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.uri import AbsoluteUri, SipUri, TelUri, Uri
+from tests.unit.sip.rfc4475_messages import MESSAGES
 
 # RFC 3261 §25.1 character classes, spelled out here independently of the grammar module.
 ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
