@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sdp_samples import BARESIP_SDES, SDES_KEY_80, crlf
 
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.unit.sdp.sdp_samples import BARESIP_SDES, SDES_KEY_80, crlf
 
 HEAD = "v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\n"
 AUDIO = "m=audio 4000 RTP/AVP 0\n"

@@ -3,16 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from sdp_samples import (
-    BARESIP_PLAIN,
-    BARESIP_SDES,
-    LINPHONE_SRTP,
-    SDES_KEY_80,
-    SIPP_UAC,
-    WEBRTC_ICE_PWD,
-    WEBRTC_OFFER,
-    crlf,
-)
 
 from gateway.core.sdp.errors import LocalSdpError, SdpError
 from gateway.core.sdp.model import (
@@ -30,6 +20,16 @@ from gateway.core.sdp.model import (
 )
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
+from tests.unit.sdp.sdp_samples import (
+    BARESIP_PLAIN,
+    BARESIP_SDES,
+    LINPHONE_SRTP,
+    SDES_KEY_80,
+    SIPP_UAC,
+    WEBRTC_ICE_PWD,
+    WEBRTC_OFFER,
+    crlf,
+)
 
 ORIGIN = Origin("gw", 10, 20, "IN", "IP4", "192.0.2.10")
 

@@ -7,16 +7,6 @@ from typing import Any
 
 import attrs
 import pytest
-from sdp_samples import (
-    BARESIP_PLAIN,
-    BARESIP_SDES,
-    LINPHONE_SRTP,
-    RFC8866_EXAMPLE,
-    SIPP_UAC,
-    UNKNOWN_ATTRIBUTES,
-    WEBRTC_OFFER,
-    crlf,
-)
 
 from gateway.core.sdp.errors import LocalSdpError, SdpError
 from gateway.core.sdp.model import (
@@ -48,6 +38,16 @@ from gateway.core.sdp.offer_answer import (
 )
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
+from tests.unit.sdp.sdp_samples import (
+    BARESIP_PLAIN,
+    BARESIP_SDES,
+    LINPHONE_SRTP,
+    RFC8866_EXAMPLE,
+    SIPP_UAC,
+    UNKNOWN_ATTRIBUTES,
+    WEBRTC_OFFER,
+    crlf,
+)
 
 PCMU = Codec("PCMU", 8000)
 PCMA = Codec("PCMA", 8000)

@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import pytest
-from sdp_samples import (
+
+from gateway.core.sdp.model import (
+    Attribute,
+    Bandwidth,
+    Connection,
+    Direction,
+    Origin,
+    Rtcp,
+    RtpMap,
+    TimeDescription,
+)
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sdp.serializer import serialize_sdp
+from tests.unit.sdp.sdp_samples import (
     ALL_SAMPLES,
     BARESIP_DTLS,
     BARESIP_FINGERPRINT,
@@ -20,19 +33,6 @@ from sdp_samples import (
     WEBRTC_OFFER,
     crlf,
 )
-
-from gateway.core.sdp.model import (
-    Attribute,
-    Bandwidth,
-    Connection,
-    Direction,
-    Origin,
-    Rtcp,
-    RtpMap,
-    TimeDescription,
-)
-from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.core.sdp.serializer import serialize_sdp
 
 
 @pytest.mark.parametrize("name", sorted(ALL_SAMPLES))
