@@ -12,6 +12,8 @@ import shutil
 
 import pytest
 
+pytest_plugins = ["gateway.testing.fixtures"]
+
 # Debian package that provides each peer binary (../shared/peers.md).
 PEER_PACKAGES = {
     "sipp": "sip-tester",

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="SIP listener, e.g. udp:127.0.0.1:5060 (repeatable; replaces [sip] listen)",
     )
-    run.add_argument("--state-dir", metavar="DIR", help="state directory (replaces [gateway] state_dir)")
+    run.add_argument(
+        "--state-dir", metavar="DIR", help="state directory (replaces [gateway] state_dir)"
+    )
     run.add_argument("--media-address", metavar="IP", help="media relay address ([media] address)")
     run.add_argument("--media-ports", metavar="LOW-HIGH", help="media port range ([media] ports)")
     run.add_argument(
@@ -170,11 +172,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         dist = f"{plugin.distribution} {plugin.version}"
         if loaded is not None and name in enabled:
             parts = [
-                f"{kind}: {', '.join(items)}"
-                for kind, items in loaded.registered_by(name).items()
+                f"{kind}: {', '.join(items)}" for kind, items in loaded.registered_by(name).items()
             ]
             hooks = [
-                h for h in loaded.hooks_implemented_by(name)
+                h
+                for h in loaded.hooks_implemented_by(name)
                 if not h.startswith("gateway_register_") and h != "gateway_plugin_config"
             ]
             if hooks:
@@ -288,4 +290,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -1,9 +1,10 @@
 """Gateway configuration: one TOML file parsed into frozen attrs values.
 
 Every table is an ``@attrs.frozen`` class whose fields say the key names, their types and defaults;
-:func:`structure` turns a TOML table into such a class and every mistake it finds names the file, the
-table and the key, and says what was expected. Plugins declare their own table (``[plugins.NAME]``)
-the same way through the ``gateway_plugin_config`` hook, so their errors read the same.
+:func:`structure` turns a TOML table into such a class and every mistake it finds names the
+file, the table and the key, and says what was expected. Plugins declare their own table
+(``[plugins.NAME]``) the same way through the ``gateway_plugin_config`` hook, so their errors
+read the same.
 
 The file layout::
 
@@ -220,7 +221,7 @@ def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: 
     """Build ``cls`` (an attrs class) from a TOML table; unknown, missing or mistyped keys raise
     :class:`ConfigError` naming ``file``, ``table_name`` and the key."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[misc]
+    fields = {f.name: f for f in attrs.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(table) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields)) or "(none)"
@@ -229,7 +230,9 @@ def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: 
     for name, field in fields.items():
         if name not in table:
             if field.default is attrs.NOTHING:
-                raise ConfigError(file, table_name, name, f"missing; expected {_describe(hints[name])}")
+                raise ConfigError(
+                    file, table_name, name, f"missing; expected {_describe(hints[name])}"
+                )
             continue
 
         def fail(message: str, _name: str = name) -> ConfigError:
@@ -265,7 +268,9 @@ def _validate(config: GatewayConfig, file: str) -> None:
     for name in config.plugin_tables:
         if name not in config.plugins.enable:
             raise ConfigError(
-                file, f"plugins.{name}", None,
+                file,
+                f"plugins.{name}",
+                None,
                 f"table for plugin {name!r}, which is not in [plugins] enable",
             )
 
@@ -280,7 +285,9 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
     unknown = sorted(set(data) - set(sections) - {"plugins"})
     if unknown:
         raise ConfigError(
-            file, unknown[0], None,
+            file,
+            unknown[0],
+            None,
             "unknown table; known tables: gateway, sip, media, plugins",
         )
     values: dict[str, Any] = {}
@@ -322,7 +329,9 @@ def embedded_defaults() -> GatewayConfig:
 def with_overrides(
     config: GatewayConfig, data: Mapping[str, Mapping[str, Any]], *, origin: str
 ) -> GatewayConfig:
-    """Replace keys of the core tables (``--listen``, ``--state-dir`` ...); errors name ``origin``."""
+    """Replace keys of the core tables (``--listen``, ``--state-dir`` ...).
+
+    Errors name ``origin`` instead of a file."""
     if not data:
         return config
     sections = {"gateway": GatewaySection, "sip": SipSection, "media": MediaSection}

@@ -97,8 +97,9 @@ class SipEndpoint:
         self.statistics.rejected_malformed += 1
         headers = salvage_request_headers(data)
         if headers is None or headers.get("Via") is None:
-            log.info("dropping malformed request from %s (no Via to answer): %s", source,
-                     err.reason)
+            log.info(
+                "dropping malformed request from %s (no Via to answer): %s", source, err.reason
+            )
             return
         log.info("rejecting malformed request from %s with %d: %s", source, err.status, err.reason)
         top = grammar.parse_via_untrusted(headers.get("Via") or "")
@@ -164,14 +165,15 @@ class SipEndpoint:
         self.gateway.plugins.hook.gateway_outbound_message(outbound=outbound)
         message = outbound.message
         if not isinstance(message, Request | Response):
-            raise SipError("a gateway_outbound_message hook replaced the message with a non-message")
+            raise SipError(
+                "a gateway_outbound_message hook replaced the message with a non-message"
+            )
         try:
             await flow.send(serialize_message(message))
             self.statistics.sent += 1
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.statistics.send_errors += 1
             log.info("cannot send %d to %s: %s", response.status, flow.key, exc)
-
 
     async def _response_flow(self, response: Response, arrival: Flow) -> Flow:
         target = response_target(response.top_via)

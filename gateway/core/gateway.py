@@ -63,7 +63,9 @@ class Gateway:
         if transport is None:
             available = ", ".join(self.plugins.transports.names()) or "(none)"
             raise ConfigError(
-                self.config.source, "sip", "listen",
+                self.config.source,
+                "sip",
+                "listen",
                 f"{spec}: no enabled plugin provides transport {spec.transport!r}; "
                 f"enabled transports: {available}",
             )
@@ -89,7 +91,8 @@ class Gateway:
             if self.statistics.dropped_queue_full % 100 == 1:
                 log.warning(
                     "SIP inbound queue full (%d): dropping messages (%d dropped so far)",
-                    INBOUND_QUEUE, self.statistics.dropped_queue_full,
+                    INBOUND_QUEUE,
+                    self.statistics.dropped_queue_full,
                 )
             return
         self.statistics.delivered += 1
@@ -115,8 +118,9 @@ class Gateway:
             await nursery.start(self.endpoint.run, self._inbound_receive)
             log.info(
                 "voipgw ready: %s",
-                ", ".join(f"{lst.transport}:{lst.address[0]}:{lst.address[1]}"
-                          for lst in self.listeners),
+                ", ".join(
+                    f"{lst.transport}:{lst.address[0]}:{lst.address[1]}" for lst in self.listeners
+                ),
             )
             task_status.started(list(self.listeners))
 
@@ -139,5 +143,3 @@ def run_until_signal(gateway: Gateway) -> int:
         log.error("cannot run: %s", exc)
         return 1
     return 0
-
-

@@ -51,36 +51,36 @@ def gateway_plugin_config() -> type | None:
 
 
 @hookspec
-def gateway_register_transports(registry: Registry, config: Any) -> None:
+def gateway_register_transports(registry: Registry[Any], config: Any) -> None:
     """Add signalling transports (objects satisfying ``interfaces.Transport``) with
     ``registry.add(transport.name, transport)``. ``config`` is this plugin's own structured
     ``[plugins.NAME]`` table, or None."""
 
 
 @hookspec
-def gateway_register_key_exchanges(registry: Registry, config: Any) -> None:
+def gateway_register_key_exchanges(registry: Registry[Any], config: Any) -> None:
     """Add media key exchanges (``interfaces.KeyExchange``: sdes, dtls, zrtp, mikey) under
     their name."""
 
 
 @hookspec
-def gateway_register_media_policies(registry: Registry, config: Any) -> None:
+def gateway_register_media_policies(registry: Registry[Any], config: Any) -> None:
     """Add named media-security policies (``interfaces.MediaPolicy``) that accounts, trunks and
     device profiles can refer to by name."""
 
 
 @hookspec
-def gateway_register_media_taps(registry: Registry, config: Any) -> None:
+def gateway_register_media_taps(registry: Registry[Any], config: Any) -> None:
     """Add media taps (``interfaces.MediaTap``: recording, SIPREC, lawful intercept)."""
 
 
 @hookspec
-def gateway_register_device_profiles(registry: Registry, config: Any) -> None:
+def gateway_register_device_profiles(registry: Registry[Any], config: Any) -> None:
     """Add phone-model profiles (``interfaces.DeviceProfile``) under their name."""
 
 
 @hookspec
-def gateway_register_interworking(registry: Registry, config: Any) -> None:
+def gateway_register_interworking(registry: Registry[Any], config: Any) -> None:
     """Add PSTN interworking functions (``interfaces.Interworking``) under their name."""
 
 

@@ -202,7 +202,9 @@ def load_plugins(
     if missing:
         listing = ", ".join(sorted(installed)) or "(none)"
         raise ConfigError(
-            config.source, "plugins", "enable",
+            config.source,
+            "plugins",
+            "enable",
             f"plugin {missing[0]!r} is not installed; installed plugins: {listing}",
         )
     for name in config.plugins.enable:
@@ -255,7 +257,7 @@ def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str
         cls = impl.function()
         if cls is None:
             continue
-        if not attrs.has(cls):
+        if not isinstance(cls, type) or not attrs.has(cls):
             raise PluginError(f"plugin {name!r}: gateway_plugin_config must return an attrs class")
         declared.add(name)
         table = config.plugin_tables.get(name, {})
@@ -263,7 +265,9 @@ def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str
     for name in config.plugin_tables:
         if name not in declared:
             raise ConfigError(
-                config.source, f"plugins.{name}", None,
+                config.source,
+                f"plugins.{name}",
+                None,
                 f"plugin {name!r} takes no configuration table",
             )
     return configs

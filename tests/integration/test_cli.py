@@ -88,10 +88,20 @@ def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) 
     target = tmp_path / "site"
     install = subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-            "--no-build-isolation", "--target", str(target), str(EXAMPLE),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(EXAMPLE),
         ],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stdout + install.stderr
     env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
@@ -121,14 +131,22 @@ def test_accounts_add_list_set_remove_without_storing_the_password(tmp_path: Pat
     state = str(tmp_path / "state")
     added = voipgw("accounts", "add", "alice", "--password", "correct horse", "--state-dir", state)
     assert added.returncode == 0, added.stderr
-    assert voipgw("accounts", "add", "bob", "--password", "pw2", "--state-dir", state).returncode == 0
+    assert (
+        voipgw("accounts", "add", "bob", "--password", "pw2", "--state-dir", state).returncode == 0
+    )
 
     again = voipgw("accounts", "add", "alice", "--password", "x", "--state-dir", state)
     assert again.returncode == 2 and "already exists" in again.stderr
 
     changed = voipgw(
-        "accounts", "set", "alice", "--media-policy", "sdes", "--require-tls",
-        "--state-dir", state,
+        "accounts",
+        "set",
+        "alice",
+        "--media-policy",
+        "sdes",
+        "--require-tls",
+        "--state-dir",
+        state,
     )
     assert changed.returncode == 0, changed.stderr
 

@@ -95,7 +95,9 @@ class StreamTransport:
         if self._per_source[source] >= self.config.max_connections_per_source:
             log.warning(
                 "%s: refusing connection from %s: %d connections from that address already",
-                self.name, format_address(remote), self._per_source[source],
+                self.name,
+                format_address(remote),
+                self._per_source[source],
             )
             await stream.aclose()
             return
@@ -104,8 +106,9 @@ class StreamTransport:
             try:
                 wrapped, info = await self.wrap(stream, server_side=True, remote=remote)
             except (trio.BrokenResourceError, OSError, ValueError) as exc:
-                log.warning("%s: connection from %s failed: %s", self.name,
-                            format_address(remote), exc)
+                log.warning(
+                    "%s: connection from %s failed: %s", self.name, format_address(remote), exc
+                )
                 await stream.aclose()
                 return
             await self._run_connection(wrapped, info, local, remote, host)
@@ -168,7 +171,7 @@ class StreamTransport:
                 return
             flow.last_activity = trio.current_time()
             try:
-                framer.receive_data(data)
+                framer.receive_data(bytes(data))
                 while (frame := framer.next_frame()) is not None:
                     if isinstance(frame, KeepAlivePing):
                         await send(_PONG)

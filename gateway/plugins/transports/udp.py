@@ -8,6 +8,7 @@ address and port peers know us by.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 
@@ -52,10 +53,9 @@ class UdpTransport:
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
         sock = trio.socket.socket(family, socket.SOCK_DGRAM)
         with sock:
-            try:
+            # The kernel caps the size (net.core.rmem_max); a refusal is not fatal.
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer)
-            except OSError:  # pragma: no cover - capped by the kernel, not fatal
-                pass
             await sock.bind((listen.host, listen.port))
             local: Address = sock.getsockname()[:2]
             entry = (local, sock)

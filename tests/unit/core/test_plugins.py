@@ -119,7 +119,9 @@ def test_plugin_config_errors_name_the_plugin_table() -> None:
 def test_table_for_a_plugin_without_settings_is_refused() -> None:
     plugin = make_plugin(gateway_call_event=lambda event: None)
     with pytest.raises(ConfigError, match="takes no configuration"):
-        load_plugins(config_enabling("p", tables={"p": {"x": 1}}), extra=[("p", plugin)], installed={})
+        load_plugins(
+            config_enabling("p", tables={"p": {"x": 1}}), extra=[("p", plugin)], installed={}
+        )
 
 
 def test_exception_in_a_registration_hook_names_the_plugin() -> None:

@@ -1,7 +1,8 @@
 """Example voipgw plugin: device profiles for the fictional Acme phone range.
 
 Shows the three kinds of hook a device plugin usually needs: a config table, a registration hook
-and a decision hook. Everything here is synchronous and quick: hooks run on the gateway's event loop.
+and a decision hook. Everything here is synchronous and quick: hooks run on the gateway's event
+loop.
 """
 
 from __future__ import annotations
