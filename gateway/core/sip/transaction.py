@@ -1,0 +1,1087 @@
+"""SIP transactions: the four state machines of RFC 3261 §17 as amended by RFC 6026, and a table
+that routes messages to them.
+
+Theory of operation
+===================
+
+A transaction is one request and its responses (RFC 3261 §17). Each side of it is a small state
+machine; there are four:
+
+- INVITE client (§17.1.1, RFC 6026 §7.2): Calling -> Proceeding -> Completed | Accepted.
+  A non-2xx final response is ACKed here, by the transaction (§17.1.1.3), and Completed absorbs its
+  retransmissions (re-sending the ACK) for Timer D. A 2xx moves to Accepted (RFC 6026), where every
+  2xx - retransmissions and other forks' answers - is passed up for the TU to ACK itself
+  (§13.2.2.4), until Timer M.
+- INVITE server (§17.2.1, RFC 6026 §7.1): Proceeding -> Completed -> Confirmed, or
+  Proceeding -> Accepted. Completed retransmits a non-2xx final response (Timer G) until the ACK
+  (then Confirmed, Timer I) or Timer H. Accepted absorbs INVITE retransmissions while the TU
+  retransmits its 2xx (§13.3.1.4), until Timer L; this is RFC 6026's fix for RFC 3261 treating a
+  retransmitted INVITE as a new request.
+- non-INVITE client (§17.1.2): Trying -> Proceeding -> Completed; Timer E retransmits (doubling up
+  to T2), Timer F times out, Timer K absorbs response retransmissions.
+- non-INVITE server (§17.2.2): Trying -> Proceeding -> Completed; Completed answers request
+  retransmissions with the final response until Timer J.
+
+Every machine is one transition table below, ``(state, input) -> (next state, effects)``
+(STYLE.md habit 2; h2's ``_transitions`` shape). Inputs are the events of the RFC figures: a
+response or request received, a response the TU passes down, a timer firing, a transport error.
+Effects are what the figures write after the slash: send or re-send, pass up, report. A pair that
+is not in a table is a protocol error: the machine moves to Terminated and raises
+:class:`TransactionStateError`. Every message or error the network can produce is in the tables
+for every live state (absorbed when the RFC is silent, e.g. a late 1xx after the final response),
+so a protocol error always means the TU misused the transaction.
+
+Timers (RFC 3261 Table 4, RFC 6026 §8.11) are deadlines kept per transaction. Each state lists the
+timers allowed to run in it; leaving a state cancels the others, entering one arms its own.
+Retransmission timers (A, E, G) run only on unreliable transports; the wait timers D, I, J and K
+are zero on reliable transports, which means moving on at once (§17.1.1.2, §17.1.2.2, §17.2.1,
+§17.2.2). B, F, H, L and M are 64*T1 everywhere.
+
+Everything is sans-IO: methods take ``now`` and return lists of outputs - messages to send
+(:class:`SendRequest`, :class:`SendResponse`) and events for the TU - and
+``get_timer()``/``handle_timer(now=)`` expose the clock (aioquic's shape). Matching messages to
+transactions (§17.1.3, §17.2.3, with the RFC 2543 fallback) is :class:`TransactionTable`'s job.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import heapq
+import itertools
+from collections.abc import Callable, Mapping
+from typing import ClassVar, NoReturn, Self
+
+import attrs
+
+from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipParseError
+from gateway.core.sip.message import Headers, Request, Response, make_response
+from gateway.core.sip.via import Hop, has_rfc3261_branch
+
+__all__ = [
+    "AckReceived",
+    "ClientInviteTransaction",
+    "ClientNonInviteTransaction",
+    "ClientTransaction",
+    "Effect",
+    "Input",
+    "Output",
+    "RequestReceived",
+    "ResponseReceived",
+    "SendRequest",
+    "SendResponse",
+    "ServerInviteTransaction",
+    "ServerNonInviteTransaction",
+    "ServerTransaction",
+    "State",
+    "Transaction",
+    "TransactionKey",
+    "TransactionLimitReached",
+    "TransactionStateError",
+    "TransactionTable",
+    "TransactionTerminated",
+    "TransactionTimeout",
+    "TransactionTimers",
+    "TransportFailed",
+    "UnmatchedResponse",
+    "build_ack",
+    "client_key",
+    "server_key",
+    "trying",
+]
+
+
+# --- configuration and errors ------------------------------------------------------------------
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive")
+
+
+@attrs.frozen
+class TransactionTimers:
+    """Timer base values in seconds (RFC 3261 §17.1.1.1 and Table 4).
+
+    ``t1`` is the round-trip estimate, ``t2`` the cap of non-INVITE retransmission intervals,
+    ``t4`` how long a message may stay in the network. ``timer_d`` is Timer D on unreliable
+    transports (">32s", long enough to absorb every retransmission of a final response).
+    """
+
+    t1: float = attrs.field(default=0.5, validator=_positive)
+    t2: float = attrs.field(default=4.0, validator=_positive)
+    t4: float = attrs.field(default=5.0, validator=_positive)
+    timer_d: float = attrs.field(default=32.0, validator=_positive)
+
+    @property
+    def timeout(self) -> float:
+        """64*T1: Timers B, F, H, J (unreliable), L and M."""
+        return 64 * self.t1
+
+
+class TransactionStateError(LocalSipError):
+    """An input the transaction's state table does not allow; the transaction is now Terminated.
+
+    Network events are always allowed, so this is raised only for TU misuse: a response passed
+    down after the final one (other than the RFC's allowed cases), a timer input that is not
+    running, or any input to a Terminated transaction.
+    """
+
+
+class TransactionLimitReached(RemoteSipError):
+    """Too many server transactions are alive; answer the new request 503 statelessly."""
+
+    def __init__(self) -> None:
+        super().__init__("too many transactions", status=503)
+
+
+# --- states, inputs, effects -------------------------------------------------------------------
+
+
+class State(enum.Enum):
+    """Transaction states (RFC 3261 §17 figures 5-8; RFC 6026 adds Accepted)."""
+
+    CALLING = "Calling"
+    TRYING = "Trying"
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    ACCEPTED = "Accepted"
+    TERMINATED = "Terminated"
+
+
+class Input(enum.Enum):
+    """What can happen to a transaction."""
+
+    # From the transport layer.
+    RESPONSE_1XX = "1xx received"
+    RESPONSE_2XX = "2xx received"
+    RESPONSE_3XX_6XX = "300-699 received"
+    REQUEST = "request retransmission received"
+    ACK = "ACK received"
+    TRANSPORT_ERROR = "transport error"
+    # From the TU.
+    SEND_1XX = "1xx from TU"
+    SEND_2XX = "2xx from TU"
+    SEND_3XX_6XX = "300-699 from TU"
+    # Timers (RFC 3261 Table 4, RFC 6026 §8.11).
+    TIMER_A = "Timer A"
+    TIMER_B = "Timer B"
+    TIMER_D = "Timer D"
+    TIMER_E = "Timer E"
+    TIMER_F = "Timer F"
+    TIMER_G = "Timer G"
+    TIMER_H = "Timer H"
+    TIMER_I = "Timer I"
+    TIMER_J = "Timer J"
+    TIMER_K = "Timer K"
+    TIMER_L = "Timer L"
+    TIMER_M = "Timer M"
+
+
+_MESSAGE_INPUTS = frozenset(
+    {
+        Input.RESPONSE_1XX,
+        Input.RESPONSE_2XX,
+        Input.RESPONSE_3XX_6XX,
+        Input.REQUEST,
+        Input.ACK,
+        Input.SEND_1XX,
+        Input.SEND_2XX,
+        Input.SEND_3XX_6XX,
+    }
+)
+_TIMER_INPUTS = frozenset(i for i in Input if i.name.startswith("TIMER_"))
+_RETRANSMIT_TIMERS = frozenset({Input.TIMER_A, Input.TIMER_E, Input.TIMER_G})
+
+
+class Effect(enum.Enum):
+    """What a transition does, in the words of the RFC figures."""
+
+    RESEND_REQUEST = "request re-sent"
+    BACK_OFF_A = "Timer A doubled"  # §17.1.1.2: no cap; Timer B ends it
+    BACK_OFF_E = "Timer E doubled, at most T2"  # §17.1.2.2 (Trying)
+    E_AT_T2 = "Timer E set to T2"  # §17.1.2.2 (Proceeding)
+    SEND_ACK = "ACK built and sent"  # §17.1.1.3
+    RESEND_ACK = "ACK re-sent"
+    PASS_RESPONSE = "response to TU"
+    SEND_RESPONSE = "response sent"
+    RESEND_RESPONSE = "last response re-sent"
+    BACK_OFF_G = "Timer G doubled, at most T2"  # §17.2.1
+    PASS_ACK = "ACK to TU"  # RFC 6026 §7.1
+    REPORT_TIMEOUT = "timeout to TU"
+    REPORT_TRANSPORT_ERROR = "transport error to TU"
+
+
+_Table = Mapping[tuple[State, Input], tuple[State, tuple[Effect, ...]]]
+
+S, I, E = State, Input, Effect  # noqa: E741 - short names keep the tables readable
+
+
+# RFC 3261 §17.1.1.2 figure 5 with RFC 6026 §7.2 figure 5.
+_CLIENT_INVITE: _Table = {
+    (S.CALLING, I.TIMER_A): (S.CALLING, (E.RESEND_REQUEST, E.BACK_OFF_A)),
+    (S.CALLING, I.TIMER_B): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
+    (S.CALLING, I.RESPONSE_1XX): (S.PROCEEDING, (E.PASS_RESPONSE,)),
+    (S.CALLING, I.RESPONSE_2XX): (S.ACCEPTED, (E.PASS_RESPONSE,)),
+    (S.CALLING, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.PASS_RESPONSE, E.SEND_ACK)),
+    (S.CALLING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    (S.PROCEEDING, I.RESPONSE_1XX): (S.PROCEEDING, (E.PASS_RESPONSE,)),
+    (S.PROCEEDING, I.RESPONSE_2XX): (S.ACCEPTED, (E.PASS_RESPONSE,)),
+    (S.PROCEEDING, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.PASS_RESPONSE, E.SEND_ACK)),
+    # Proceeding has no timer; a dead connection would leave the TU waiting for ever.
+    (S.PROCEEDING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    (S.COMPLETED, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.RESEND_ACK,)),
+    (S.COMPLETED, I.RESPONSE_1XX): (S.COMPLETED, ()),  # late, reordered: absorb
+    # A 2xx racing a downstream non-2xx (forking): the TU must ACK and BYE it (§13.2.2.4).
+    (S.COMPLETED, I.RESPONSE_2XX): (S.COMPLETED, (E.PASS_RESPONSE,)),
+    (S.COMPLETED, I.TIMER_D): (S.TERMINATED, ()),
+    (S.COMPLETED, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    # RFC 6026 §7.2: every 2xx goes up (the TU ACKs each); nothing else matters any more.
+    (S.ACCEPTED, I.RESPONSE_2XX): (S.ACCEPTED, (E.PASS_RESPONSE,)),
+    (S.ACCEPTED, I.RESPONSE_1XX): (S.ACCEPTED, ()),
+    (S.ACCEPTED, I.RESPONSE_3XX_6XX): (S.ACCEPTED, ()),
+    (S.ACCEPTED, I.TIMER_M): (S.TERMINATED, ()),
+    # The transaction sends nothing in Accepted (the 2xx ACK is the TU's), so nothing can fail.
+    (S.ACCEPTED, I.TRANSPORT_ERROR): (S.ACCEPTED, ()),
+}
+
+# RFC 3261 §17.1.2.2 figure 6.
+_CLIENT_NON_INVITE: _Table = {
+    (S.TRYING, I.TIMER_E): (S.TRYING, (E.RESEND_REQUEST, E.BACK_OFF_E)),
+    (S.TRYING, I.TIMER_F): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
+    (S.TRYING, I.RESPONSE_1XX): (S.PROCEEDING, (E.PASS_RESPONSE,)),
+    (S.TRYING, I.RESPONSE_2XX): (S.COMPLETED, (E.PASS_RESPONSE,)),
+    (S.TRYING, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.PASS_RESPONSE,)),
+    (S.TRYING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    (S.PROCEEDING, I.TIMER_E): (S.PROCEEDING, (E.RESEND_REQUEST, E.E_AT_T2)),
+    (S.PROCEEDING, I.TIMER_F): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
+    (S.PROCEEDING, I.RESPONSE_1XX): (S.PROCEEDING, (E.PASS_RESPONSE,)),
+    (S.PROCEEDING, I.RESPONSE_2XX): (S.COMPLETED, (E.PASS_RESPONSE,)),
+    (S.PROCEEDING, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.PASS_RESPONSE,)),
+    (S.PROCEEDING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    # Completed buffers response retransmissions until Timer K.
+    (S.COMPLETED, I.RESPONSE_1XX): (S.COMPLETED, ()),
+    (S.COMPLETED, I.RESPONSE_2XX): (S.COMPLETED, ()),
+    (S.COMPLETED, I.RESPONSE_3XX_6XX): (S.COMPLETED, ()),
+    (S.COMPLETED, I.TIMER_K): (S.TERMINATED, ()),
+    (S.COMPLETED, I.TRANSPORT_ERROR): (S.COMPLETED, ()),  # nothing is being sent
+}
+
+# RFC 3261 §17.2.1 figure 7 with RFC 6026 §7.1 figure 7.
+_SERVER_INVITE: _Table = {
+    # Re-send the last provisional response, if the TU (or we: 100 Trying) sent one.
+    (S.PROCEEDING, I.REQUEST): (S.PROCEEDING, (E.RESEND_RESPONSE,)),
+    (S.PROCEEDING, I.ACK): (S.PROCEEDING, ()),  # nothing to acknowledge yet: absorb
+    (S.PROCEEDING, I.SEND_1XX): (S.PROCEEDING, (E.SEND_RESPONSE,)),
+    (S.PROCEEDING, I.SEND_2XX): (S.ACCEPTED, (E.SEND_RESPONSE,)),
+    (S.PROCEEDING, I.SEND_3XX_6XX): (S.COMPLETED, (E.SEND_RESPONSE,)),
+    (S.PROCEEDING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    (S.COMPLETED, I.REQUEST): (S.COMPLETED, (E.RESEND_RESPONSE,)),
+    (S.COMPLETED, I.ACK): (S.CONFIRMED, ()),
+    (S.COMPLETED, I.TIMER_G): (S.COMPLETED, (E.RESEND_RESPONSE, E.BACK_OFF_G)),
+    (S.COMPLETED, I.TIMER_H): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
+    (S.COMPLETED, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    # Confirmed absorbs ACKs triggered by our retransmissions until Timer I.
+    (S.CONFIRMED, I.REQUEST): (S.CONFIRMED, ()),
+    (S.CONFIRMED, I.ACK): (S.CONFIRMED, ()),
+    (S.CONFIRMED, I.TIMER_I): (S.TERMINATED, ()),
+    (S.CONFIRMED, I.TRANSPORT_ERROR): (S.CONFIRMED, ()),  # nothing is being sent
+    # RFC 6026 §7.1: absorb INVITE retransmissions; the TU retransmits its 2xx through us.
+    (S.ACCEPTED, I.REQUEST): (S.ACCEPTED, ()),
+    (S.ACCEPTED, I.ACK): (S.ACCEPTED, (E.PASS_ACK,)),
+    (S.ACCEPTED, I.SEND_2XX): (S.ACCEPTED, (E.SEND_RESPONSE,)),
+    (S.ACCEPTED, I.TIMER_L): (S.TERMINATED, ()),
+    (S.ACCEPTED, I.TRANSPORT_ERROR): (S.ACCEPTED, (E.REPORT_TRANSPORT_ERROR,)),
+}
+
+# RFC 3261 §17.2.2 figure 8.
+_SERVER_NON_INVITE: _Table = {
+    (S.TRYING, I.REQUEST): (S.TRYING, ()),  # retransmissions are discarded in Trying
+    (S.TRYING, I.SEND_1XX): (S.PROCEEDING, (E.SEND_RESPONSE,)),
+    (S.TRYING, I.SEND_2XX): (S.COMPLETED, (E.SEND_RESPONSE,)),
+    (S.TRYING, I.SEND_3XX_6XX): (S.COMPLETED, (E.SEND_RESPONSE,)),
+    (S.TRYING, I.TRANSPORT_ERROR): (S.TRYING, ()),  # nothing was sent yet
+    (S.PROCEEDING, I.REQUEST): (S.PROCEEDING, (E.RESEND_RESPONSE,)),
+    (S.PROCEEDING, I.SEND_1XX): (S.PROCEEDING, (E.SEND_RESPONSE,)),
+    (S.PROCEEDING, I.SEND_2XX): (S.COMPLETED, (E.SEND_RESPONSE,)),
+    (S.PROCEEDING, I.SEND_3XX_6XX): (S.COMPLETED, (E.SEND_RESPONSE,)),
+    (S.PROCEEDING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    (S.COMPLETED, I.REQUEST): (S.COMPLETED, (E.RESEND_RESPONSE,)),
+    # "Any other final responses passed by the TU ... MUST be discarded" (§17.2.2).
+    (S.COMPLETED, I.SEND_2XX): (S.COMPLETED, ()),
+    (S.COMPLETED, I.SEND_3XX_6XX): (S.COMPLETED, ()),
+    (S.COMPLETED, I.TIMER_J): (S.TERMINATED, ()),
+    (S.COMPLETED, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+}
+
+del S, I, E
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SendRequest:
+    """Pass ``request`` to the transport, to ``transaction.peer``."""
+
+    transaction: ClientTransaction
+    request: Request
+    retransmission: bool = False
+
+
+@attrs.frozen
+class SendResponse:
+    """Pass ``response`` to the transport (RFC 3261 §18.2.2: see :func:`via.response_target`)."""
+
+    transaction: ServerTransaction
+    response: Response
+    retransmission: bool = False
+
+
+@attrs.frozen
+class ResponseReceived:
+    """TU event: a response for the TU's client transaction."""
+
+    transaction: ClientTransaction
+    response: Response
+
+
+@attrs.frozen
+class RequestReceived:
+    """TU event: a new request; answer it with ``send_response`` on ``transaction``."""
+
+    transaction: ServerTransaction
+    request: Request
+
+
+@attrs.frozen
+class AckReceived:
+    """TU event: an ACK for a 2xx (RFC 3261 §13.3.1.4, §17.2.3).
+
+    ``transaction`` is None when the ACK matched no transaction - the normal case, since the ACK
+    for a 2xx has its own branch - or the INVITE server transaction in Accepted that it matched
+    (RFC 6026 §7.1). Either way it belongs to the dialog.
+    """
+
+    transaction: ServerTransaction | None
+    request: Request
+
+
+@attrs.frozen
+class TransactionTimeout:
+    """TU event: Timer B or F (no final response; act as if 408) or H (no ACK came)."""
+
+    transaction: Transaction
+    timer: str
+
+
+@attrs.frozen
+class TransportFailed:
+    """TU event: the transport could not send a message of this transaction (§17.1.4, §17.2.4)."""
+
+    transaction: Transaction
+
+
+@attrs.frozen
+class TransactionTerminated:
+    """The transaction reached Terminated; forget it."""
+
+    transaction: Transaction
+
+
+@attrs.frozen
+class UnmatchedResponse:
+    """A response that matches no client transaction.
+
+    RFC 6026 §8.9 (amending RFC 3261 §18.1.2): an element other than a stateless proxy silently
+    discards it; it is reported so the TU can log and count it. (Stray 2xx retransmissions are
+    matched by the INVITE client transaction's Accepted state for 64*T1 and do not end up here.)
+    """
+
+    response: Response
+
+
+Output = (
+    SendRequest
+    | SendResponse
+    | ResponseReceived
+    | RequestReceived
+    | AckReceived
+    | TransactionTimeout
+    | TransportFailed
+    | TransactionTerminated
+    | UnmatchedResponse
+)
+
+
+# --- transaction keys (RFC 3261 §17.1.3, §17.2.3) ----------------------------------------------
+
+
+@attrs.frozen
+class TransactionKey:
+    """What identifies a transaction when matching messages to it.
+
+    Client side (§17.1.3): the top Via branch and the CSeq method (CANCEL shares the INVITE's
+    branch but is its own transaction). Server side (§17.2.3): branch, sent-by and method, with
+    ACK counted as INVITE; or, when the branch is not an RFC 3261 one, the RFC 2543 fields in
+    ``legacy``. Branches are tokens and compare case-insensitively (§7.3.1).
+    """
+
+    method: str
+    branch: str | None = None
+    sent_by: str | None = None
+    legacy: tuple[str, ...] | None = None
+
+
+def client_key(message: Request | Response) -> TransactionKey | None:
+    """Key of the client transaction a response (or our own request) belongs to; None without a
+    branch, which can match none of ours (§17.1.3)."""
+    branch = message.top_via.branch
+    if branch is None:
+        return None
+    return TransactionKey(method=message.cseq.method, branch=branch.lower())
+
+
+def server_key(request: Request) -> TransactionKey:
+    """Key of the server transaction a request belongs to (§17.2.3); ACK maps to its INVITE."""
+    return _server_key(request, "INVITE" if request.method == "ACK" else request.method)
+
+
+def _server_key(request: Request, method: str) -> TransactionKey:
+    via = request.top_via
+    branch = via.branch
+    if branch is not None and has_rfc3261_branch(via):
+        return TransactionKey(method=method, branch=branch.lower(), sent_by=via.sent_by().lower())
+    # RFC 2543 peers, and RFC 4475 §3.2.1's branch that is only the magic cookie: match on
+    # Request-URI, From tag, Call-ID, CSeq number and top Via, plus the To tag for non-INVITE
+    # (for INVITE the ACK carries our tag, which is checked separately).
+    to_tag = "" if method == "INVITE" else (request.to.tag or "")
+    legacy = (
+        str(request.uri),
+        request.from_.tag or "",
+        request.call_id,
+        str(request.cseq.number),
+        via.sent_by().lower(),
+        branch or "",
+        to_tag,
+    )
+    return TransactionKey(method=method, legacy=legacy)
+
+
+def build_ack(invite: Request, response: Response) -> Request:
+    """The ACK for a non-2xx final response to ``invite`` (RFC 3261 §17.1.1.3).
+
+    Same Request-URI, Call-ID, From and CSeq number as the INVITE, CSeq method ACK, the To of the
+    response (with its tag), a single Via equal to the INVITE's top Via (same branch) and the
+    INVITE's Route header fields.
+    """
+    fields: list[tuple[str, str]] = [
+        ("Via", _header(invite, "Via")),
+        ("Max-Forwards", invite.headers.get("Max-Forwards") or "70"),
+    ]
+    fields += [("Route", route) for route in invite.headers.get_all("Route")]
+    fields += [
+        ("To", _header(response, "To")),
+        ("From", _header(invite, "From")),
+        ("Call-ID", invite.call_id),
+        ("CSeq", f"{invite.cseq.number} ACK"),
+    ]
+    return Request(method="ACK", uri=invite.uri, headers=Headers(tuple(fields)))
+
+
+def _header(message: Request | Response, name: str) -> str:
+    value = message.headers.get(name)
+    if value is None:
+        raise LocalSipError(f"message has no {name} header")
+    return value
+
+
+# --- the machines ------------------------------------------------------------------------------
+
+
+class Transaction:
+    """Shared engine of the four machines: table lookup, effects and timers.
+
+    Create one with the subclasses' ``start()``. The methods named after RFC events
+    (``receive_response``, ``send_response`` ...) feed :meth:`process_input`, which is public so
+    that tests can drive every (state, input) pair.
+    """
+
+    TABLE: ClassVar[_Table]
+    INITIAL_STATE: ClassVar[State]
+    STATE_TIMERS: ClassVar[Mapping[State, frozenset[Input]]]
+    """Timers allowed to keep running in each state; entering a state cancels all others."""
+
+    def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
+        self.request = request
+        self.peer = peer
+        self.reliable = peer.reliable
+        self.timers = timers
+        self.state = self.INITIAL_STATE
+        self.key = self._make_key()
+        self._deadlines: dict[Input, float] = {}
+        self._zero_timers: list[Input] = []
+        self._intervals: dict[Input, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.request.method} {self.state.value}>"
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is State.TERMINATED
+
+    @property
+    def running_timers(self) -> frozenset[Input]:
+        """The timers currently armed (Input.TIMER_A ...)."""
+        return frozenset(self._deadlines)
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, or None."""
+        return min(self._deadlines.values(), default=None)
+
+    def handle_timer(self, *, now: float) -> list[Output]:
+        """Fire every timer due at ``now``, earliest first (a timeout before a retransmission)."""
+        outputs: list[Output] = []
+        while not self.terminated:
+            due = [
+                (deadline, timer in _RETRANSMIT_TIMERS, timer.name, timer)
+                for timer, deadline in self._deadlines.items()
+                if deadline <= now
+            ]
+            if not due:
+                break
+            outputs += self.process_input(min(due)[3], now=now)
+        return outputs
+
+    def transport_error(self, *, now: float) -> list[Output]:
+        """The transport failed to send one of this transaction's messages."""
+        return self.process_input(Input.TRANSPORT_ERROR, now=now)
+
+    def process_input(
+        self, event: Input, *, now: float, message: Request | Response | None = None
+    ) -> list[Output]:
+        """Apply one input to the state table; message inputs carry their ``message``.
+
+        Raises :class:`TransactionStateError`, after moving to Terminated, when the table has no
+        entry for (state, input), or when a timer input names a timer that is not running.
+        """
+        if (event in _MESSAGE_INPUTS) != (message is not None):
+            raise LocalSipError(f"{event.value}: message missing or not expected")
+        if event in _TIMER_INPUTS and event not in self._deadlines:
+            self._protocol_error(event, now)  # a timer that is not running cannot fire
+        outputs: list[Output] = []
+        self._step(event, now, message, outputs)
+        # Zero-length timers (D, I, J, K on reliable transports) mean "move on at once".
+        while self._zero_timers and not self.terminated:
+            self._step(self._zero_timers.pop(0), now, None, outputs)
+        return outputs
+
+    # -- engine --
+
+    def _make_key(self) -> TransactionKey:
+        raise NotImplementedError
+
+    def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
+        raise NotImplementedError
+
+    def _start_timers(self, now: float) -> None:
+        for timer, delay in self._entry_timers(self.state):
+            self._arm(timer, delay, now)
+
+    def _step(
+        self, event: Input, now: float, message: Request | Response | None, out: list[Output]
+    ) -> None:
+        entry = self.TABLE.get((self.state, event))
+        if entry is None:
+            self._protocol_error(event, now)
+        self._deadlines.pop(event, None)  # a timer input means that timer has fired
+        next_state, effects = entry
+        for effect in effects:
+            self._apply(effect, event, message, now, out)
+        if next_state is not self.state:
+            self._enter(next_state, now, out)
+
+    def _protocol_error(self, event: Input, now: float) -> NoReturn:
+        previous = self.state
+        self._enter(State.TERMINATED, now, [])
+        raise TransactionStateError(f"{event.value} not allowed in {previous.value}")
+
+    def _enter(self, state: State, now: float, out: list[Output]) -> None:
+        self.state = state
+        allowed = self.STATE_TIMERS.get(state, frozenset())
+        self._deadlines = {t: d for t, d in self._deadlines.items() if t in allowed}
+        self._zero_timers = [t for t in self._zero_timers if t in allowed]
+        if state is State.TERMINATED:
+            out.append(TransactionTerminated(self))
+            return
+        self._start_timers(now)
+
+    def _arm(self, timer: Input, delay: float, now: float) -> None:
+        self._intervals[timer] = delay
+        if delay <= 0:
+            self._zero_timers.append(timer)
+        else:
+            self._deadlines[timer] = now + delay
+
+    def _wait(self, delay: float) -> float:
+        """Timers D, I, J, K: ``delay`` on unreliable transports, zero on reliable ones."""
+        return 0.0 if self.reliable else delay
+
+    def _apply(
+        self,
+        effect: Effect,
+        event: Input,
+        message: Request | Response | None,
+        now: float,
+        out: list[Output],
+    ) -> None:
+        if effect is Effect.REPORT_TIMEOUT:
+            out.append(TransactionTimeout(self, event.name.removeprefix("TIMER_")))
+        elif effect is Effect.REPORT_TRANSPORT_ERROR:
+            out.append(TransportFailed(self))
+        else:  # pragma: no cover - every table effect is handled by a subclass
+            raise AssertionError(f"unhandled effect {effect}")
+
+    def _back_off(self, timer: Input, interval: float, now: float) -> None:
+        self._intervals[timer] = interval
+        self._deadlines[timer] = now + interval
+
+
+class ClientTransaction(Transaction):
+    """The client side: sends the request, passes responses up (RFC 3261 §17.1)."""
+
+    def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
+        super().__init__(request, peer=peer, timers=timers)
+        self._ack: Request | None = None
+
+    @classmethod
+    def start(
+        cls, request: Request, *, peer: Hop, now: float, timers: TransactionTimers | None = None
+    ) -> tuple[Self, list[Output]]:
+        """Create the transaction for ``request`` (which carries our Via with a fresh branch)
+        and send it to ``peer``."""
+        txn = cls(request, peer=peer, timers=timers or TransactionTimers())
+        txn._start_timers(now)
+        return txn, [SendRequest(txn, request)]
+
+    @property
+    def ack(self) -> Request | None:
+        """The ACK this INVITE transaction built for a non-2xx final response, if any."""
+        return self._ack
+
+    def receive_response(self, response: Response, *, now: float) -> list[Output]:
+        """A response matched to this transaction by :func:`client_key`."""
+        return self.process_input(_received(response.status), now=now, message=response)
+
+    def _make_key(self) -> TransactionKey:
+        key = client_key(self.request)
+        if key is None:
+            raise LocalSipError("a client transaction needs a Via branch (RFC 3261 §8.1.1.7)")
+        return key
+
+    def _apply(
+        self,
+        effect: Effect,
+        event: Input,
+        message: Request | Response | None,
+        now: float,
+        out: list[Output],
+    ) -> None:
+        t = self.timers
+        if effect is Effect.RESEND_REQUEST:
+            out.append(SendRequest(self, self.request, retransmission=True))
+        elif effect is Effect.BACK_OFF_A:
+            self._back_off(Input.TIMER_A, self._intervals[Input.TIMER_A] * 2, now)
+        elif effect is Effect.BACK_OFF_E:
+            self._back_off(Input.TIMER_E, min(self._intervals[Input.TIMER_E] * 2, t.t2), now)
+        elif effect is Effect.E_AT_T2:
+            self._back_off(Input.TIMER_E, t.t2, now)
+        elif effect is Effect.SEND_ACK:
+            self._ack = build_ack(self.request, _response(message))
+            out.append(SendRequest(self, self._ack))
+        elif effect is Effect.RESEND_ACK:
+            assert self._ack is not None
+            out.append(SendRequest(self, self._ack, retransmission=True))
+        elif effect is Effect.PASS_RESPONSE:
+            out.append(ResponseReceived(self, _response(message)))
+        else:
+            super()._apply(effect, event, message, now, out)
+
+
+class ClientInviteTransaction(ClientTransaction):
+    """INVITE client transaction (RFC 3261 §17.1.1, RFC 6026 §7.2)."""
+
+    TABLE = _CLIENT_INVITE
+    INITIAL_STATE = State.CALLING
+    STATE_TIMERS = {
+        State.CALLING: frozenset({Input.TIMER_A, Input.TIMER_B}),
+        State.COMPLETED: frozenset({Input.TIMER_D}),
+        State.ACCEPTED: frozenset({Input.TIMER_M}),
+    }
+
+    def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
+        t = self.timers
+        if state is State.CALLING:
+            timers = [(Input.TIMER_B, t.timeout)]
+            return timers if self.reliable else [(Input.TIMER_A, t.t1), *timers]
+        if state is State.COMPLETED:
+            return [(Input.TIMER_D, self._wait(t.timer_d))]
+        if state is State.ACCEPTED:
+            return [(Input.TIMER_M, t.timeout)]
+        return []
+
+
+class ClientNonInviteTransaction(ClientTransaction):
+    """Non-INVITE client transaction (RFC 3261 §17.1.2)."""
+
+    TABLE = _CLIENT_NON_INVITE
+    INITIAL_STATE = State.TRYING
+    STATE_TIMERS = {
+        State.TRYING: frozenset({Input.TIMER_E, Input.TIMER_F}),
+        State.PROCEEDING: frozenset({Input.TIMER_E, Input.TIMER_F}),
+        State.COMPLETED: frozenset({Input.TIMER_K}),
+    }
+
+    def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
+        t = self.timers
+        if state is State.TRYING:
+            timers = [(Input.TIMER_F, t.timeout)]
+            return timers if self.reliable else [(Input.TIMER_E, t.t1), *timers]
+        if state is State.COMPLETED:
+            return [(Input.TIMER_K, self._wait(t.t4))]
+        return []  # Proceeding keeps E and F running
+
+
+class ServerTransaction(Transaction):
+    """The server side: passes the request up, sends the TU's responses (RFC 3261 §17.2)."""
+
+    def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
+        super().__init__(request, peer=peer, timers=timers)
+        self._last_response: Response | None = None
+
+    @classmethod
+    def start(
+        cls, request: Request, *, peer: Hop, now: float, timers: TransactionTimers | None = None
+    ) -> tuple[Self, list[Output]]:
+        """Create the transaction for a new request received from ``peer`` (its source)."""
+        txn = cls(request, peer=peer, timers=timers or TransactionTimers())
+        txn._start_timers(now)
+        return txn, [RequestReceived(txn, request)]
+
+    @property
+    def last_response(self) -> Response | None:
+        """The last response sent; request retransmissions are answered with it."""
+        return self._last_response
+
+    def receive_request(self, request: Request, *, now: float) -> list[Output]:
+        """A retransmission of the request, or (INVITE) its ACK, matched by :func:`server_key`."""
+        if request.method == "ACK":
+            return self.process_input(Input.ACK, now=now, message=request)
+        return self.process_input(Input.REQUEST, now=now, message=request)
+
+    def send_response(self, response: Response, *, now: float) -> list[Output]:
+        """The TU's response to the request (built with ``message.make_response``)."""
+        if response.cseq.method != self.request.method:
+            raise LocalSipError("response CSeq method differs from the transaction's request")
+        return self.process_input(_sent(response.status), now=now, message=response)
+
+    def _make_key(self) -> TransactionKey:
+        return server_key(self.request)
+
+    def _apply(
+        self,
+        effect: Effect,
+        event: Input,
+        message: Request | Response | None,
+        now: float,
+        out: list[Output],
+    ) -> None:
+        if effect is Effect.SEND_RESPONSE:
+            self._last_response = _response(message)
+            out.append(SendResponse(self, self._last_response))
+        elif effect is Effect.RESEND_RESPONSE:
+            if self._last_response is not None:
+                out.append(SendResponse(self, self._last_response, retransmission=True))
+        elif effect is Effect.BACK_OFF_G:
+            interval = min(self._intervals[Input.TIMER_G] * 2, self.timers.t2)
+            self._back_off(Input.TIMER_G, interval, now)
+        elif effect is Effect.PASS_ACK:
+            out.append(AckReceived(self, _request(message)))
+        else:
+            super()._apply(effect, event, message, now, out)
+
+
+class ServerInviteTransaction(ServerTransaction):
+    """INVITE server transaction (RFC 3261 §17.2.1, RFC 6026 §7.1)."""
+
+    TABLE = _SERVER_INVITE
+    INITIAL_STATE = State.PROCEEDING
+    STATE_TIMERS = {
+        State.COMPLETED: frozenset({Input.TIMER_G, Input.TIMER_H}),
+        State.CONFIRMED: frozenset({Input.TIMER_I}),
+        State.ACCEPTED: frozenset({Input.TIMER_L}),
+    }
+
+    @classmethod
+    def start(
+        cls,
+        request: Request,
+        *,
+        peer: Hop,
+        now: float,
+        timers: TransactionTimers | None = None,
+        send_trying: bool = True,
+    ) -> tuple[Self, list[Output]]:
+        """Create the transaction for a new INVITE. With ``send_trying`` it answers 100 Trying at
+        once (§17.2.1: unless the TU will respond within 200 ms), which also stops the client's
+        Timer A retransmissions."""
+        txn, outputs = super().start(request, peer=peer, now=now, timers=timers)
+        if send_trying:
+            outputs += txn.send_response(trying(request), now=now)
+        return txn, outputs
+
+    def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
+        t = self.timers
+        if state is State.COMPLETED:
+            timers = [(Input.TIMER_H, t.timeout)]
+            return timers if self.reliable else [(Input.TIMER_G, t.t1), *timers]
+        if state is State.CONFIRMED:
+            return [(Input.TIMER_I, self._wait(t.t4))]
+        if state is State.ACCEPTED:
+            return [(Input.TIMER_L, t.timeout)]
+        return []
+
+
+class ServerNonInviteTransaction(ServerTransaction):
+    """Non-INVITE server transaction (RFC 3261 §17.2.2), CANCEL included (§9.2)."""
+
+    TABLE = _SERVER_NON_INVITE
+    INITIAL_STATE = State.TRYING
+    STATE_TIMERS = {State.COMPLETED: frozenset({Input.TIMER_J})}
+
+    def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
+        if state is State.COMPLETED:
+            return [(Input.TIMER_J, self._wait(self.timers.timeout))]
+        return []
+
+
+def trying(request: Request) -> Response:
+    """100 Trying for ``request``: no To tag, Timestamp copied (RFC 3261 §8.2.6.1)."""
+    timestamp = request.headers.get("Timestamp")
+    extra = [("Timestamp", timestamp)] if timestamp is not None else []
+    return make_response(request, 100, extra=extra)
+
+
+def _received(status: int) -> Input:
+    if 100 <= status <= 199:
+        return Input.RESPONSE_1XX
+    if 200 <= status <= 299:
+        return Input.RESPONSE_2XX
+    if 300 <= status <= 699:
+        return Input.RESPONSE_3XX_6XX
+    raise LocalSipError("status code out of range")
+
+
+def _sent(status: int) -> Input:
+    if 100 <= status <= 199:
+        return Input.SEND_1XX
+    if 200 <= status <= 299:
+        return Input.SEND_2XX
+    if 300 <= status <= 699:
+        return Input.SEND_3XX_6XX
+    raise LocalSipError("status code out of range")
+
+
+def _response(message: Request | Response | None) -> Response:
+    if not isinstance(message, Response):
+        raise LocalSipError("this input needs a response")
+    return message
+
+
+def _request(message: Request | Response | None) -> Request:
+    if not isinstance(message, Request):
+        raise LocalSipError("this input needs a request")
+    return message
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+class TransactionTable:
+    """All live transactions of one SIP stack: creates them, routes messages to them (RFC 3261
+    §17.1.3, §17.2.3, §18.1.2, §18.2.1) and multiplexes their timers. Sans-IO.
+
+    The transport parses a datagram or frame, stamps the top Via of a request
+    (:func:`via.stamp_request`) and hands it to :meth:`receive_request` or
+    :meth:`receive_response`; the TU sends through :meth:`send_request` and :meth:`send_response`.
+    Every method returns the outputs to act on, in order. Terminated transactions are dropped.
+    Drive transactions through the table, not directly, or its timer schedule goes stale.
+
+    ``max_server_transactions`` bounds the state a flood of new requests can create; past it
+    :meth:`receive_request` raises :class:`TransactionLimitReached` (answer 503 statelessly).
+    """
+
+    def __init__(
+        self,
+        *,
+        timers: TransactionTimers | None = None,
+        send_trying: bool = True,
+        max_server_transactions: int = 10_000,
+    ) -> None:
+        self.timers = timers or TransactionTimers()
+        self._send_trying = send_trying
+        self._max_server = max_server_transactions
+        self._client: dict[TransactionKey, ClientTransaction] = {}
+        self._server: dict[TransactionKey, ServerTransaction] = {}
+        # (deadline, tie-breaker, transaction); entries not matching _scheduled are stale.
+        self._heap: list[tuple[float, int, Transaction]] = []
+        self._scheduled: dict[Transaction, float] = {}
+        self._sequence = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._client) + len(self._server)
+
+    # -- TU side --
+
+    def send_request(
+        self, request: Request, *, peer: Hop, now: float
+    ) -> tuple[ClientTransaction, list[Output]]:
+        """Start a client transaction for ``request`` towards ``peer``.
+
+        ACK is never sent this way: the ACK for a non-2xx is the INVITE transaction's, and the
+        ACK for a 2xx is sent by the TU straight to the transport (RFC 3261 §13.2.2.4, §17.1.1.3).
+        """
+        if request.method == "ACK":
+            raise LocalSipError("ACK is not sent through a client transaction")
+        cls: type[ClientTransaction] = (
+            ClientInviteTransaction if request.method == "INVITE" else ClientNonInviteTransaction
+        )
+        key = client_key(request)
+        if key is not None and key in self._client:
+            raise LocalSipError("a client transaction with this branch and method exists")
+        txn, outputs = cls.start(request, peer=peer, now=now, timers=self.timers)
+        self._client[txn.key] = txn
+        return txn, self._after(txn, outputs)
+
+    def send_response(
+        self, transaction: ServerTransaction, response: Response, *, now: float
+    ) -> list[Output]:
+        """Pass the TU's response to ``transaction``."""
+        return self._run(transaction, lambda: transaction.send_response(response, now=now))
+
+    def transport_error(self, transaction: Transaction, *, now: float) -> list[Output]:
+        """The transport could not send a message of ``transaction``."""
+        return self._run(transaction, lambda: transaction.transport_error(now=now))
+
+    def find_cancel_target(self, cancel: Request) -> ServerInviteTransaction | None:
+        """The INVITE server transaction a CANCEL refers to (RFC 3261 §9.2: same matching, but
+        with the INVITE method), if it is still alive."""
+        txn = self._server.get(_server_key(cancel, "INVITE"))
+        return txn if isinstance(txn, ServerInviteTransaction) else None
+
+    # -- transport side --
+
+    def receive_response(self, response: Response, *, now: float) -> list[Output]:
+        """Route a parsed response to its client transaction (§17.1.3) or report it unmatched."""
+        key = client_key(response)
+        txn = self._client.get(key) if key is not None else None
+        if txn is None:
+            return [UnmatchedResponse(response)]
+        return self._run(txn, lambda: txn.receive_response(response, now=now))
+
+    def receive_request(self, request: Request, *, source: Hop, now: float) -> list[Output]:
+        """Route a parsed request (top Via already stamped) to its server transaction (§17.2.3),
+        creating one for a new request; an ACK that matches none is reported for the TU."""
+        key = server_key(request)
+        txn = self._server.get(key)
+        if request.method == "ACK":
+            if txn is not None and _ack_matches(txn, request):
+                return self._run(txn, lambda: txn.receive_request(request, now=now))
+            return [AckReceived(None, request)]
+        if txn is not None:
+            return self._run(txn, lambda: txn.receive_request(request, now=now))
+        if len(self._server) >= self._max_server:
+            raise TransactionLimitReached()
+        outputs: list[Output]
+        new: ServerTransaction
+        if request.method == "INVITE":
+            new, outputs = ServerInviteTransaction.start(
+                request, peer=source, now=now, timers=self.timers, send_trying=self._send_trying
+            )
+        else:
+            new, outputs = ServerNonInviteTransaction.start(
+                request, peer=source, now=now, timers=self.timers
+            )
+        self._server[key] = new
+        return self._after(new, outputs)
+
+    # -- timers --
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any transaction, or None."""
+        while self._heap:
+            deadline, _, txn = self._heap[0]
+            if self._scheduled.get(txn) == deadline and self._owns(txn):
+                return deadline
+            heapq.heappop(self._heap)
+        return None
+
+    def handle_timer(self, *, now: float) -> list[Output]:
+        """Fire every transaction timer due at ``now``."""
+        outputs: list[Output] = []
+        while (deadline := self.get_timer()) is not None and deadline <= now:
+            _, _, txn = heapq.heappop(self._heap)
+            del self._scheduled[txn]
+            outputs += self._run(txn, functools.partial(txn.handle_timer, now=now))
+        return outputs
+
+    # -- bookkeeping --
+
+    def _run(self, txn: Transaction, call: Callable[[], list[Output]]) -> list[Output]:
+        try:
+            outputs = call()
+        except TransactionStateError:
+            self._forget(txn)  # the TU's misuse ended it
+            raise
+        return self._after(txn, outputs)
+
+    def _after(self, txn: Transaction, outputs: list[Output]) -> list[Output]:
+        if txn.terminated:
+            self._forget(txn)
+            return outputs
+        deadline = txn.get_timer()
+        if deadline is None:
+            self._scheduled.pop(txn, None)
+        elif self._scheduled.get(txn) != deadline:
+            self._scheduled[txn] = deadline
+            heapq.heappush(self._heap, (deadline, next(self._sequence), txn))
+        return outputs
+
+    def _owns(self, txn: Transaction) -> bool:
+        table: Mapping[TransactionKey, Transaction] = (
+            self._client if isinstance(txn, ClientTransaction) else self._server
+        )
+        return table.get(txn.key) is txn
+
+    def _forget(self, txn: Transaction) -> None:
+        self._scheduled.pop(txn, None)
+        if isinstance(txn, ClientTransaction):
+            if self._client.get(txn.key) is txn:
+                del self._client[txn.key]
+        elif self._server.get(txn.key) is txn:
+            del self._server[txn.key]
+
+
+def _ack_matches(txn: ServerTransaction, ack: Request) -> bool:
+    """RFC 2543 matching of an ACK also needs its To tag to be the one we answered with
+    (§17.2.3); an RFC 3261 branch is enough on its own."""
+    if txn.key.legacy is None:
+        return True
+    response = txn.last_response
+    if response is None or not response.is_final:
+        return False
+    try:
+        return response.to.tag == ack.to.tag
+    except SipParseError:
+        return False

@@ -1,0 +1,326 @@
+"""TransactionTable: matching (RFC 3261 §17.1.3, §17.2.3, RFC 2543 fallback), creation, timers."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from gateway.core.sip.errors import LocalSipError
+from gateway.core.sip.message import Request, make_response
+from gateway.core.sip.parser import parse_message_untrusted
+from gateway.core.sip.transaction import (
+    AckReceived,
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    RequestReceived,
+    ResponseReceived,
+    SendRequest,
+    SendResponse,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    State,
+    TransactionLimitReached,
+    TransactionStateError,
+    TransactionTable,
+    TransactionTerminated,
+    TransactionTimeout,
+    UnmatchedResponse,
+    client_key,
+    server_key,
+)
+from gateway.core.sip.via import Hop
+from tests.unit.sip.rfc4475_messages import BADBRANCH, INV2543
+from tests.unit.sip.sip_builders import TCP_PEER, UDP_PEER, ack_for, request, response
+
+SOURCE = Hop("UDP", "198.51.100.7", 5060)
+
+
+def parsed(data: bytes) -> Request:
+    message = parse_message_untrusted(data)
+    assert isinstance(message, Request)
+    return message
+
+
+def new_server_txn(outputs: list[object]) -> ServerInviteTransaction | ServerNonInviteTransaction:
+    [received] = [o for o in outputs if isinstance(o, RequestReceived)]
+    txn = received.transaction
+    assert isinstance(txn, ServerInviteTransaction | ServerNonInviteTransaction)
+    return txn
+
+
+# --- client side --------------------------------------------------------------------------------
+
+
+def test_responses_are_matched_by_branch_and_cseq_method() -> None:
+    table = TransactionTable()
+    invite = request(branch="z9hG4bKinv")
+    txn, out = table.send_request(invite, peer=UDP_PEER, now=0.0)
+    assert isinstance(txn, ClientInviteTransaction)
+    assert out == [SendRequest(txn, invite)]
+    # CANCEL reuses the INVITE's branch (§9.1) but is its own transaction (§17.1.3).
+    cancel = request("CANCEL", branch="z9hG4bKinv", cseq_method="CANCEL")
+    cancel_txn, _ = table.send_request(cancel, peer=UDP_PEER, now=0.1)
+    assert isinstance(cancel_txn, ClientNonInviteTransaction)
+    assert len(table) == 2
+    ringing = response(invite, 180)
+    assert table.receive_response(ringing, now=0.2) == [ResponseReceived(txn, ringing)]
+    cancel_ok = response(cancel, 200)
+    assert table.receive_response(cancel_ok, now=0.3)[0] == ResponseReceived(cancel_txn, cancel_ok)
+
+
+def test_branch_matching_ignores_case() -> None:
+    table = TransactionTable()
+    options = request("OPTIONS", branch="z9hG4bKAbC")
+    txn, _ = table.send_request(options, peer=UDP_PEER, now=0.0)
+    echoed = response(request("OPTIONS", branch="z9hG4bKabc"), 200)
+    assert table.receive_response(echoed, now=0.1)[0] == ResponseReceived(txn, echoed)
+
+
+def test_unmatched_response_is_reported() -> None:
+    table = TransactionTable()
+    table.send_request(request(branch="z9hG4bKmine"), peer=UDP_PEER, now=0.0)
+    stray = response(request(branch="z9hG4bKother"), 200)
+    assert table.receive_response(stray, now=0.1) == [UnmatchedResponse(stray)]
+    wrong_method = response(request("BYE", branch="z9hG4bKmine"), 200)
+    assert table.receive_response(wrong_method, now=0.1) == [UnmatchedResponse(wrong_method)]
+
+
+def test_2xx_retransmission_is_matched_in_accepted_not_stray() -> None:
+    table = TransactionTable()
+    invite = request()
+    txn, _ = table.send_request(invite, peer=UDP_PEER, now=0.0)
+    ok = response(invite, 200)
+    table.receive_response(ok, now=1.0)
+    assert table.receive_response(ok, now=20.0) == [ResponseReceived(txn, ok)]
+    assert table.handle_timer(now=33.0) == [TransactionTerminated(txn)]
+    assert len(table) == 0
+    # After Timer M the transaction is gone: RFC 6026 §8.9 says discard.
+    assert table.receive_response(ok, now=34.0) == [UnmatchedResponse(ok)]
+
+
+def test_ack_and_duplicate_branches_are_refused() -> None:
+    table = TransactionTable()
+    invite = request()
+    table.send_request(invite, peer=UDP_PEER, now=0.0)
+    with pytest.raises(LocalSipError, match="ACK"):
+        table.send_request(ack_for(invite, response(invite, 200)), peer=UDP_PEER, now=0.0)
+    with pytest.raises(LocalSipError, match="exists"):
+        table.send_request(invite, peer=UDP_PEER, now=0.0)
+
+
+def test_non_2xx_ack_is_sent_to_the_invites_peer() -> None:
+    table = TransactionTable()
+    invite = request()
+    txn, _ = table.send_request(invite, peer=UDP_PEER, now=0.0)
+    out = table.receive_response(response(invite, 404), now=1.0)
+    [send] = [o for o in out if isinstance(o, SendRequest)]
+    assert send.request.method == "ACK"
+    assert send.transaction is txn and send.transaction.peer == UDP_PEER
+
+
+# --- server side --------------------------------------------------------------------------------
+
+
+def test_new_request_creates_a_server_transaction() -> None:
+    table = TransactionTable()
+    invite = request()
+    out = table.receive_request(invite, source=SOURCE, now=0.0)
+    txn = new_server_txn(out)
+    assert isinstance(txn, ServerInviteTransaction)
+    assert txn.peer == SOURCE
+    assert [r.status for r in (o.response for o in out if isinstance(o, SendResponse))] == [100]
+    options = request("OPTIONS", branch="z9hG4bKopt")
+    assert isinstance(
+        new_server_txn(table.receive_request(options, source=SOURCE, now=0.0)),
+        ServerNonInviteTransaction,
+    )
+    assert len(table) == 2
+
+
+def test_retransmitted_request_is_answered_from_the_stored_response() -> None:
+    table = TransactionTable()
+    options = request("OPTIONS")
+    txn = new_server_txn(table.receive_request(options, source=SOURCE, now=0.0))
+    ok = response(options, 200)
+    assert table.send_response(txn, ok, now=0.1) == [SendResponse(txn, ok)]
+    assert table.receive_request(options, source=SOURCE, now=0.5) == [
+        SendResponse(txn, ok, retransmission=True)
+    ]
+    assert len(table) == 1
+
+
+def test_same_branch_from_another_sent_by_is_another_transaction() -> None:
+    table = TransactionTable()
+    first = new_server_txn(table.receive_request(request("OPTIONS"), source=SOURCE, now=0.0))
+    other = request("OPTIONS", sent_by="elsewhere.example.com")
+    second = new_server_txn(table.receive_request(other, source=SOURCE, now=0.0))
+    assert first is not second
+    assert server_key(request("OPTIONS")) != server_key(other)
+
+
+def test_ack_for_non_2xx_matches_the_invite_transaction() -> None:
+    table = TransactionTable()
+    invite = request()
+    txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    busy = make_response(invite, 486, to_tag="uas")
+    table.send_response(txn, busy, now=0.1)
+    assert table.receive_request(ack_for(invite, busy), source=SOURCE, now=0.2) == []
+    assert txn.state is State.CONFIRMED
+
+
+def test_ack_for_2xx_has_its_own_branch_and_goes_to_the_tu() -> None:
+    table = TransactionTable()
+    invite = request()
+    txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    ok = make_response(invite, 200, to_tag="uas")
+    table.send_response(txn, ok, now=0.1)
+    ack = ack_for(invite, ok, branch="z9hG4bKnewack")
+    assert table.receive_request(ack, source=SOURCE, now=0.2) == [AckReceived(None, ack)]
+    assert txn.state is State.ACCEPTED
+
+
+def test_invite_retransmission_in_accepted_is_not_a_new_request() -> None:
+    # RFC 6026's reason to exist: RFC 3261 terminated the transaction on 2xx.
+    table = TransactionTable()
+    invite = request()
+    txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    table.send_response(txn, make_response(invite, 200, to_tag="uas"), now=0.1)
+    assert table.receive_request(invite, source=SOURCE, now=0.6) == []
+    assert len(table) == 1
+
+
+def test_cancel_is_its_own_transaction_and_finds_its_invite() -> None:
+    table = TransactionTable()
+    invite = request()
+    invite_txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    cancel = request("CANCEL", cseq_method="CANCEL")
+    cancel_txn = new_server_txn(table.receive_request(cancel, source=SOURCE, now=0.1))
+    assert isinstance(cancel_txn, ServerNonInviteTransaction)
+    assert cancel_txn is not invite_txn
+    assert table.find_cancel_target(cancel) is invite_txn
+    assert table.find_cancel_target(request("CANCEL", branch="z9hG4bKnone")) is None
+
+
+# --- RFC 2543 fallback and RFC 4475 -------------------------------------------------------------
+
+
+def test_badbranch_uses_rfc2543_matching() -> None:
+    # RFC 4475 §3.2.1: the branch is exactly the magic cookie; it identifies nothing.
+    table = TransactionTable()
+    msg = parsed(BADBRANCH)
+    assert msg.top_via.branch == "z9hG4bK"
+    assert server_key(msg).legacy is not None
+    txn = new_server_txn(table.receive_request(msg, source=SOURCE, now=0.0))
+    # A different request with the same bare cookie is a different transaction...
+    other = parsed(BADBRANCH.replace(b"CSeq: 8 OPTIONS", b"CSeq: 9 OPTIONS"))
+    other_txn = new_server_txn(table.receive_request(other, source=SOURCE, now=0.0))
+    assert other_txn is not txn
+    # ... and a retransmission still finds its own.
+    ok = make_response(msg, 200, to_tag="uas")
+    table.send_response(txn, ok, now=0.1)
+    assert table.receive_request(msg, source=SOURCE, now=0.2) == [SendResponse(txn, ok, True)]
+
+
+def test_rfc2543_invite_without_branch() -> None:
+    table = TransactionTable()
+    invite = parsed(INV2543)
+    assert invite.top_via.branch is None
+    txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    trying_ = txn.last_response
+    assert trying_ is not None and trying_.status == 100
+    assert table.receive_request(invite, source=SOURCE, now=0.3) == [
+        SendResponse(txn, trying_, True)
+    ]
+    busy = make_response(invite, 486, to_tag="uas")
+    table.send_response(txn, busy, now=0.5)
+    wrong_tag_ack = ack_for(invite, make_response(invite, 486, to_tag="someone-else"))
+    assert table.receive_request(wrong_tag_ack, source=SOURCE, now=0.6) == [
+        AckReceived(None, wrong_tag_ack)
+    ]
+    assert txn.state is State.COMPLETED
+    assert table.receive_request(ack_for(invite, busy), source=SOURCE, now=0.7) == []
+    assert txn.state is State.CONFIRMED
+
+
+def test_rfc2543_ack_before_a_final_response_matches_nothing() -> None:
+    table = TransactionTable(send_trying=False)
+    invite = parsed(INV2543)
+    table.receive_request(invite, source=SOURCE, now=0.0)
+    ack = ack_for(invite, make_response(invite, 486, to_tag="uas"))
+    assert table.receive_request(ack, source=SOURCE, now=0.1) == [AckReceived(None, ack)]
+
+
+def test_client_key_needs_a_branch() -> None:
+    assert client_key(parsed(INV2543)) is None
+
+
+# --- lifetime, timers, limits -------------------------------------------------------------------
+
+
+def test_table_timer_multiplexes_transactions() -> None:
+    table = TransactionTable()
+    assert table.get_timer() is None
+    invite = request(branch="z9hG4bKa")
+    options = request("OPTIONS", branch="z9hG4bKb", transport="TCP")
+    inv_txn, _ = table.send_request(invite, peer=UDP_PEER, now=0.0)
+    opt_txn, _ = table.send_request(options, peer=TCP_PEER, now=0.2)
+    assert table.get_timer() == 0.5
+    assert table.handle_timer(now=0.5) == [SendRequest(inv_txn, invite, retransmission=True)]
+    assert table.get_timer() == 1.5
+    table.receive_response(response(invite, 180), now=1.0)  # Proceeding: no timers
+    assert table.get_timer() == 32.2  # the OPTIONS transaction's Timer F
+    assert table.handle_timer(now=32.2) == [
+        TransactionTimeout(opt_txn, "F"),
+        TransactionTerminated(opt_txn),
+    ]
+    assert table.get_timer() is None
+    assert len(table) == 1
+
+
+def test_handle_timer_fires_everything_due_in_order() -> None:
+    table = TransactionTable()
+    txns = [
+        table.send_request(request("OPTIONS", branch=f"z9hG4bK{i}"), peer=UDP_PEER, now=i / 10)[0]
+        for i in range(3)
+    ]
+    out = table.handle_timer(now=0.75)
+    assert [o.transaction for o in out] == txns
+    assert table.handle_timer(now=0.75) == []
+
+
+def test_tu_misuse_through_the_table_drops_the_transaction() -> None:
+    table = TransactionTable()
+    invite = request()
+    txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    table.send_response(txn, make_response(invite, 486, to_tag="t"), now=0.1)
+    with pytest.raises(TransactionStateError):
+        table.send_response(txn, make_response(invite, 180, to_tag="t"), now=0.2)
+    assert len(table) == 0
+    assert table.get_timer() is None
+    # The next retransmission is a new transaction (the TU asked for it by misbehaving).
+    assert new_server_txn(table.receive_request(invite, source=SOURCE, now=0.3)) is not txn
+
+
+def test_server_transaction_limit() -> None:
+    table = TransactionTable(max_server_transactions=2)
+    table.receive_request(request("OPTIONS", branch="z9hG4bK1"), source=SOURCE, now=0.0)
+    table.receive_request(request("OPTIONS", branch="z9hG4bK2"), source=SOURCE, now=0.0)
+    with pytest.raises(TransactionLimitReached) as info:
+        table.receive_request(request("OPTIONS", branch="z9hG4bK3"), source=SOURCE, now=0.0)
+    assert info.value.status == 503
+    # Retransmissions and ACKs still work at the limit.
+    assert (
+        table.receive_request(request("OPTIONS", branch="z9hG4bK1"), source=SOURCE, now=0.1) == []
+    )
+    ack = ack_for(request(), response(request(), 200), branch="z9hG4bKack")
+    assert table.receive_request(ack, source=SOURCE, now=0.1) == [AckReceived(None, ack)]
+
+
+def test_reliable_final_response_ends_the_transaction_at_once() -> None:
+    table = TransactionTable()
+    tcp_source = attrs.evolve(SOURCE, transport="TCP")
+    options = request("OPTIONS", transport="TCP")
+    txn = new_server_txn(table.receive_request(options, source=tcp_source, now=0.0))
+    out = table.send_response(txn, response(options, 200), now=0.1)
+    assert out[-1] == TransactionTerminated(txn)
+    assert len(table) == 0
