@@ -34,7 +34,7 @@ from gateway.core.sip.grammar import (
 )
 from gateway.core.sip.headers import LIST_HEADERS, canonical_name
 from gateway.core.sip.message import SIP_VERSION, Headers, Request, Response
-from gateway.core.sip.uri import AbsoluteUri, SipUri, Uri
+from gateway.core.sip.uri import SipUri, TelUri, Uri
 
 __all__ = [
     "SUPPORTED_URI_SCHEMES",
@@ -168,7 +168,8 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
     _validate_common(headers)
     _validate_request(method, headers)
     body = _body(headers, rest)
-    if isinstance(uri, AbsoluteUri):
+    scheme = "tel" if isinstance(uri, TelUri) else uri.scheme
+    if scheme.lower() not in SUPPORTED_URI_SCHEMES:
         # RFC 3261 §8.2.2.1: 416 Unsupported URI Scheme (RFC 4475 §3.3.2). Checked last so that a
         # request that is also malformed gets its 400 first.
         raise SipParseError("Unsupported URI Scheme", status=416)
