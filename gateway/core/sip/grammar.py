@@ -28,8 +28,11 @@ from gateway.core.sip.headers import CSeq, NameAddr, Via
 from gateway.core.sip.uri import AbsoluteUri, Params, SipUri, TelUri, Uri
 
 __all__ = [
+    "TOKEN_CHARS",
     "SipParseError",
+    "is_call_id",
     "is_token",
+    "is_valid_host",
     "parse_cseq_untrusted",
     "parse_name_addr_untrusted",
     "parse_uint_untrusted",
