@@ -13,8 +13,9 @@ process and the relay's are the two busy processes; on a 2-CPU machine each gets
 
 Printed per run: relayed kpps (packets the relay forwarded per second of the measuring window),
 loss % (1 - received / sent over the whole run, after a drain), and the relay's CPU time per
-relayed packet (``time.process_time()`` of this process over the window: user + system, which
-includes the kernel's UDP receive and send work done in the relay's syscalls).
+relayed packet (``getrusage`` of this process over the window, user + system; system time is
+the kernel's UDP receive and send work in the relay's syscalls, on loopback also the delivery to
+the receiving socket).
 
 Keep in mind: the generator is Python too and shares the machine; when it cannot keep up, the
 "offered" figure falls short of calls x 2 x rate, and the line says so. Issue 7 extends this script
@@ -27,6 +28,7 @@ import argparse
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import select
 import socket
 import sys
@@ -108,10 +110,15 @@ def generator(
                 break
             received += receive(remaining)
     conn.recv()  # stop
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
-        received += receive(0.05)
+    while count := receive(0.5):  # until the relay's backlog is through: 0.5 s of silence
+        received += count
     conn.send((sent, received, send_errors))
+
+
+def _usage() -> tuple[float, float]:
+    """User and system CPU seconds of this process (the relay), not of the generator child."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
 
 
 async def run(calls: int, seconds: float, rate: float, warmup: float) -> None:
@@ -130,9 +137,9 @@ async def run(calls: int, seconds: float, rate: float, warmup: float) -> None:
             stream.b.set_remote((ADDRESS, phone_ports[2 * i + 1]))
         parent.send("start")
         await trio.sleep(warmup)
-        cpu0, wall0, stats0 = time.process_time(), time.monotonic(), relay.statistics()
+        usage0, wall0, stats0 = _usage(), time.monotonic(), relay.statistics()
         await trio.sleep(seconds)
-        cpu1, wall1, stats1 = time.process_time(), time.monotonic(), relay.statistics()
+        usage1, wall1, stats1 = _usage(), time.monotonic(), relay.statistics()
         parent.send("stop")
         sent, received, send_errors = await trio.to_thread.run_sync(parent.recv)
         process.join()
@@ -141,19 +148,20 @@ async def run(calls: int, seconds: float, rate: float, warmup: float) -> None:
     packets = stats1.packets - stats0.packets
     wakeups = stats1.wakeups - stats0.wakeups
     window = wall1 - wall0
-    offered = 2 * calls * rate
-    kpps = packets / window / 1000
+    user, system = usage1[0] - usage0[0], usage1[1] - usage0[1]
+    per_packet = 1e6 / packets if packets else float("nan")
+    target = 2 * calls * rate
     loss = 100.0 * (1 - received / sent) if sent else 0.0
-    cpu_us = (cpu1 - cpu0) / packets * 1e6 if packets else float("nan")
-    load = 100.0 * (cpu1 - cpu0) / window
     note = ""
-    if packets / window < 0.95 * offered:
-        note = f"  generator offered less than {offered / 1000:.1f} kpps (CPU-bound?)"
+    if packets / window < 0.95 * target:
+        note = f"  (target {target / 1000:.1f} kpps not reached: generator or machine busy)"
     print(
-        f"calls={calls:5d}  relayed={kpps:7.2f} kpps  loss={loss:5.2f} %  "
-        f"cpu={cpu_us:5.2f} us/packet  relay load={load:5.1f} %  "
-        f"packets/wake-up={packets / max(wakeups, 1):5.1f}  "
-        f"drops={stats1.dropped} send_errors(generator)={send_errors}{note}",
+        f"calls={calls:5d}  relayed={packets / window / 1000:7.2f} kpps  loss={loss:5.2f} %  "
+        f"cpu={(user + system) * per_packet:5.2f} us/packet "
+        f"(user {user * per_packet:4.2f} + sys {system * per_packet:4.2f})  "
+        f"relay load={100.0 * (user + system) / window:5.1f} %  "
+        f"packets/wake-up={packets / max(wakeups, 1):6.1f}  relay drops={stats1.dropped}  "
+        f"generator send errors={send_errors}{note}",
         flush=True,
     )
 
@@ -171,6 +179,8 @@ def main() -> None:
         flush=True,
     )
     for calls in args.calls:
+        # Other busy processes skew loss and load (not the CPU time per packet as much): say so.
+        print(f"  load average before the run: {os.getloadavg()[0]:.2f}", flush=True)
         trio.run(run, calls, args.seconds, args.rate, args.warmup)
     print(
         "note: cpu us/packet is the relay process's user+system time per relayed packet, kernel "

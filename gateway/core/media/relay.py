@@ -74,7 +74,7 @@ from gateway.core.media.rtp import (
 
 logger = logging.getLogger(__name__)
 
-Transform = Callable[[bytes], "bytes | None"]
+Transform = Callable[[bytes], bytes | None]
 """Takes one packet and returns the packet to go on with, or None to drop it (counted)."""
 
 Address = tuple[Any, ...]
@@ -278,7 +278,10 @@ def _remote_address(family: int, address: tuple[str, int] | None) -> Address | N
 
 @attrs.define(eq=False)
 class StreamSide:
-    """The half of a stream facing one leg: the local port pair and what is known of the peer."""
+    """The half of a stream facing one leg: the local port pair and what is known of the peer.
+
+    The stream owns ``ports``: close the stream, never the pair directly.
+    """
 
     ports: PortPair
     """The local pair advertised in this leg's SDP."""
@@ -360,7 +363,9 @@ class DirectionControl:
 
     @property
     def blocked(self) -> bool:
-        """When True nothing is forwarded in this direction (drops are counted)."""
+        """When True nothing is forwarded in this direction (drops are counted as
+        ``dropped_blocked``). Sources are still latched, so the other direction knows where to
+        send."""
         return self._blocked
 
     @blocked.setter
@@ -427,7 +432,7 @@ class MediaStream:
     _relay: MediaRelay | None = attrs.field(repr=False)
 
     def __init__(self, relay: MediaRelay, a_ports: PortPair, b_ports: PortPair, now: float) -> None:
-        family = socket.AF_INET6 if ":" in a_ports.address else socket.AF_INET
+        family = a_ports.rtp_socket.family
         sides = []
         for ports in (a_ports, b_ports):
             rtp = _Endpoint(ports.rtp_socket, _NEVER_RTCP, self, now)
@@ -713,7 +718,10 @@ class MediaRelay:
     def _forget(self, stream: MediaStream) -> None:
         self._streams.discard(stream)
         for ep in stream._all_endpoints():
-            if self._endpoints.pop(ep.fd, None) is not None:
+            # The identity check keeps a reused descriptor number of another stream registered
+            # (should someone have closed this stream's PortPair directly).
+            if self._endpoints.get(ep.fd) is ep:
+                del self._endpoints[ep.fd]
                 with contextlib.suppress(OSError, ValueError):  # the epoll is closed already
                     self._epoll.unregister(ep.fd)
 
