@@ -11,6 +11,8 @@ next message is served.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -22,6 +24,19 @@ from gateway.core.sip.errors import RemoteSipError, SipError
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
 from gateway.core.sip.serializer import serialize_message
+from gateway.core.sip.transaction import (
+    Output,
+    RequestReceived,
+    SendResponse,
+    Transaction,
+    TransactionLimitReached,
+    TransactionTable,
+    TransactionTerminated,
+    TransactionTimeout,
+    TransactionTimers,
+    TransportFailed,
+    UnmatchedResponse,
+)
 from gateway.core.sip.via import Hop, response_target, stamp_received, stamp_request
 from gateway.core.transport.flows import Flow, format_address
 
@@ -49,6 +64,12 @@ class SipEndpoint:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.statistics = EndpointStatistics()
+        sip = gateway.config.sip
+        self.transactions = TransactionTable(
+            timers=TransactionTimers(t1=sip.t1, t2=sip.t2, t4=sip.t4)
+        )
+        # The flow each server transaction's request arrived over: its responses go back there.
+        self._server_flows: dict[Transaction, Flow] = {}
 
     async def run(
         self,
@@ -56,15 +77,33 @@ class SipEndpoint:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Serve inbound messages and transaction timers from one task, so the sans-IO
+        transaction table is never touched concurrently."""
         task_status.started()
-        async for data, flow in inbound:
-            self.statistics.received += 1
-            try:
-                await self.handle(data, flow)
-            except Exception:
-                # A bug, not the peer's fault; keep serving everyone else (STYLE.md habit 6).
-                self.statistics.internal_errors += 1
-                log.exception("internal error handling a message from %s", flow.key)
+        while True:
+            deadline = self.transactions.get_timer()
+            item: tuple[bytes, Flow] | None = None
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                try:
+                    item = await inbound.receive()
+                except trio.EndOfChannel:
+                    return
+            if item is not None:
+                data, flow = item
+                self.statistics.received += 1
+                await self._guarded(self.handle(data, flow), flow)
+            now = trio.current_time()
+            deadline = self.transactions.get_timer()
+            if deadline is not None and deadline <= now:
+                await self._guarded(self._act(self.transactions.handle_timer(now=now)), None)
+
+    async def _guarded(self, work: Awaitable[None], flow: Flow | None) -> None:
+        try:
+            await work
+        except Exception:
+            # A bug, not the peer's fault; keep serving everyone else (STYLE.md habit 6).
+            self.statistics.internal_errors += 1
+            log.exception("internal error handling SIP from %s", flow.key if flow else "timers")
 
     def flow_closed(self, flow: Flow) -> None:
         log.debug("flow closed: %s", flow.key)
@@ -80,13 +119,48 @@ class SipEndpoint:
         except RemoteSipError as err:
             await self._reject_unparsable(data, flow, err)
             return
+        now = trio.current_time()
         if isinstance(message, Response):
-            # No client transactions yet: every response is unmatched (RFC 3261 §18.1.2).
-            self.statistics.dropped_unmatched_responses += 1
-            log.debug("dropping unmatched response %d from %s", message.status, flow.key)
+            await self._act(self.transactions.receive_response(message, now=now))
             return
         # RFC 3261 §18.2.1 / RFC 3581: remember where the request really came from.
-        await self.handle_request(stamp_request(message, _hop(flow)), flow)
+        hop = _hop(flow)
+        request = stamp_request(message, hop)
+        try:
+            outputs = self.transactions.receive_request(request, source=hop, now=now)
+        except TransactionLimitReached as err:
+            log.warning("transaction limit reached: answering %s statelessly", flow.key)
+            await self.send_response(
+                make_response(request, err.status or 503, err.reason, to_tag=self._tag()), flow
+            )
+            return
+        await self._act(outputs, flow)
+
+    async def _act(self, outputs: list[Output], arrival: Flow | None = None) -> None:
+        """Carry out what the transaction layer asked for, in order."""
+        for output in outputs:
+            if isinstance(output, RequestReceived):
+                assert arrival is not None
+                self._server_flows[output.transaction] = arrival
+                response = self.respond(output.request, arrival)
+                await self._act(
+                    self.transactions.send_response(
+                        output.transaction, response, now=trio.current_time()
+                    )
+                )
+            elif isinstance(output, SendResponse):
+                flow = self._server_flows.get(output.transaction) or arrival
+                if flow is not None:
+                    await self.send_response(output.response, flow)
+            elif isinstance(output, TransactionTerminated):
+                self._server_flows.pop(output.transaction, None)
+            elif isinstance(output, UnmatchedResponse):
+                self.statistics.dropped_unmatched_responses += 1
+                log.debug("dropping unmatched response %d", output.response.status)
+            elif isinstance(output, TransactionTimeout | TransportFailed):
+                log.info("transaction %s: %s", output.transaction.key, type(output).__name__)
+            # AckReceived (ACK for a 2xx) and SendRequest belong to the call layer, which
+            # sends no requests yet.
 
     async def _reject_unparsable(self, data: bytes, flow: Flow, err: RemoteSipError) -> None:
         source = format_address(flow.remote)
@@ -109,26 +183,28 @@ class SipEndpoint:
         response = Response(status=err.status, reason=_reason_phrase(err.reason), headers=headers)
         await self.send_response(response, flow)
 
-    async def handle_request(self, request: Request, flow: Flow) -> None:
-        if request.method == "ACK":
-            return  # ACK to a response we sent statelessly: nothing to do (RFC 3261 §17.2.3)
+    def respond(self, request: Request, flow: Flow) -> Response:
+        """The gateway's answer to a new request (the server transaction sends it)."""
         max_forwards = request.max_forwards
         if max_forwards == 0 and request.method != "OPTIONS":
             # RFC 3261 §16.3 step 2 / RFC 4475 §3.3.11: OPTIONS may be answered locally.
-            await self.reply(request, flow, 483)
-            return
+            return self._response(request, 483)
         unsupported = _unsupported_extensions(request.headers)
-        if unsupported and request.method not in ("ACK", "CANCEL"):
+        if unsupported and request.method != "CANCEL":
             # RFC 3261 §8.2.2.3
-            await self.reply(request, flow, 420, extra=[("Unsupported", ", ".join(unsupported))])
-            return
+            return self._response(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
         if request.method == "OPTIONS":
-            await self.reply(request, flow, 200, extra=self._capabilities())
-            return
+            return self._response(request, 200, extra=self._capabilities())
+        if request.method == "CANCEL":
+            # RFC 3261 §9.2: 481 when no INVITE transaction matches; INVITEs are answered at
+            # once here, so a matching CANCEL finds nothing left to cancel.
+            target = self.transactions.find_cancel_target(request)
+            return self._response(request, 481 if target is None else 200)
+        if request.method == "REGISTER" and self.gateway.registration is not None:
+            return self.gateway.registration.handle(request, flow)
         if request.method not in ALLOWED_METHODS:
-            await self.reply(request, flow, 405, extra=[("Allow", ", ".join(ALLOWED_METHODS))])
-            return
-        await self.reply(request, flow, 501, reason="Not Implemented Yet In This Gateway")
+            return self._response(request, 405, extra=[("Allow", ", ".join(ALLOWED_METHODS))])
+        return self._response(request, 501, "Not Implemented Yet In This Gateway")
 
     def _capabilities(self) -> list[tuple[str, str]]:
         return [
@@ -139,18 +215,19 @@ class SipEndpoint:
 
     # -- outbound -----------------------------------------------------------------------------
 
-    async def reply(
+    def _response(
         self,
         request: Request,
-        flow: Flow,
         status: int,
-        *,
         reason: str | None = None,
+        *,
         extra: list[tuple[str, str]] | None = None,
-    ) -> None:
-        to_tag = None if request.to.tag else self.gateway.ids.new_tag()
-        response = make_response(request, status, reason, to_tag=to_tag, extra=extra or ())
-        await self.send_response(response, flow)
+    ) -> Response:
+        to_tag = None if request.to.tag else self._tag()
+        return make_response(request, status, reason, to_tag=to_tag, extra=extra or ())
+
+    def _tag(self) -> str:
+        return self.gateway.ids.new_tag()
 
     async def send_response(self, response: Response, flow: Flow) -> None:
         """Send ``response`` where RFC 3261 §18.2.2 and RFC 3581 say: over the request's

@@ -20,7 +20,9 @@ from gateway.core.endpoint import SipEndpoint
 from gateway.core.ids import IdSource, RandomIds
 from gateway.core.interfaces import Listener, Transport, TransportLimits
 from gateway.core.plugins import Plugins
-from gateway.core.transport.flows import Flow, FlowTable
+from gateway.core.registration import RegistrationService, local_domains
+from gateway.core.store.sqlite import SqliteStore
+from gateway.core.transport.flows import Flow, FlowTable, format_address
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class Gateway:
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[tuple[bytes, Flow]](
             INBOUND_QUEUE
         )
+        self.registration: RegistrationService | None = None
+        self.store: SqliteStore | None = None
         self.endpoint = SipEndpoint(self)
 
     # -- validation (no sockets) -----------------------------------------------------------
@@ -108,21 +112,31 @@ class Gateway:
     ) -> None:
         """Run until cancelled. ``task_status.started`` reports the bound listeners."""
         self.check()
-        state_dir = Path(self.config.gateway.state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        async with trio.open_nursery() as nursery:
-            for spec in self.config.listen_specs:
-                transport = self.transport_for(spec)
-                listener: Listener = await nursery.start(transport.serve, spec, self)
-                self.listeners.append(listener)
-            await nursery.start(self.endpoint.run, self._inbound_receive)
-            log.info(
-                "voipgw ready: %s",
-                ", ".join(
-                    f"{lst.transport}:{lst.address[0]}:{lst.address[1]}" for lst in self.listeners
-                ),
-            )
-            task_status.started(list(self.listeners))
+        self.store = SqliteStore.open(self.config.gateway.state_dir)
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._start(nursery)
+                task_status.started(list(self.listeners))
+        finally:
+            self.store.close()
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        assert self.store is not None
+        for spec in self.config.listen_specs:
+            transport = self.transport_for(spec)
+            listener: Listener = await nursery.start(transport.serve, spec, self)
+            self.listeners.append(listener)
+        self.registration = RegistrationService(
+            self.store,
+            realm=self.config.gateway.realm,
+            domains=local_domains(self.listeners, self.config.gateway.domains),
+            new_tag=self.ids.new_tag,
+        )
+        await nursery.start(self.endpoint.run, self._inbound_receive)
+        log.info(
+            "voipgw ready: %s",
+            ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),
+        )
 
 
 def run_until_signal(gateway: Gateway) -> int:
