@@ -107,6 +107,7 @@ class GatewaySection:
     state_dir: str = "./voipgw-state"
     realm: str = "voipgw.local"
     domains: tuple[str, ...] = ()
+    digest_algorithms: tuple[Literal["SHA-256", "SHA-512-256", "MD5"], ...] = ("SHA-256", "MD5")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -263,6 +264,8 @@ def _validate(config: GatewayConfig, file: str) -> None:
         ) from None
     if config.media.inactivity_timeout <= 0:
         raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")
+    if not config.gateway.digest_algorithms:
+        raise ConfigError(file, "gateway", "digest_algorithms", "expected at least one algorithm")
     if len(set(config.plugins.enable)) != len(config.plugins.enable):
         raise ConfigError(file, "plugins", "enable", "lists a plugin more than once")
     for name in config.plugin_tables:

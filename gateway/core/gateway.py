@@ -129,6 +129,7 @@ class Gateway:
         self.registration = RegistrationService(
             self.store,
             realm=self.config.gateway.realm,
+            algorithms=self.config.gateway.digest_algorithms,
             domains=local_domains(self.listeners, self.config.gateway.domains),
             new_tag=self.ids.new_tag,
         )

@@ -48,6 +48,7 @@ class RegistrationService:
         store: Store,
         *,
         realm: str,
+        algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
         domains: frozenset[str],
         new_tag: Callable[[], str],
         clock: Callable[[], float] = time.time,
@@ -57,7 +58,9 @@ class RegistrationService:
         # A fresh nonce secret per start: clients holding an old nonce get one stale=true round
         # trip (RFC 7616 §3.3), which is cheaper than persisting a secret.
         self.authenticator = DigestAuthenticator(
-            DigestConfig(realm=realm), secret=os.urandom(32), entropy=os.urandom
+            DigestConfig(realm=realm, algorithms=_algorithms(algorithms)),
+            secret=os.urandom(32),
+            entropy=os.urandom,
         )
         self.failures = FailureCounter(FailurePolicy())
         self.registrar = Registrar(store, RegistrarPolicy(local_domains=domains), new_tag=new_tag)
@@ -122,3 +125,13 @@ class RegistrationService:
 
     def _reply(self, request: Request, status: int, reason: str) -> Response:
         return make_response(request, status, reason, to_tag=self._new_tag())
+
+
+def _algorithms(tokens: tuple[str, ...]) -> tuple[DigestAlgorithm, ...]:
+    found = []
+    for token in tokens:
+        algorithm = DigestAlgorithm.from_token(token)
+        if algorithm is None:
+            raise ValueError(f"unknown digest algorithm {token!r}")
+        found.append(algorithm)
+    return tuple(found)
