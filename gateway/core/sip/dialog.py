@@ -45,7 +45,7 @@ __all__ = [
 
 TARGET_REFRESH_METHODS: frozenset[str] = frozenset({"INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY"})
 """Requests whose Contact replaces the remote target: re-INVITE (RFC 3261 §12.2), UPDATE
-(RFC 3311 §5), SUBSCRIBE and NOTIFY (RFC 6665 §4.1.2.1 ... §4.2.1)."""
+(RFC 3311), SUBSCRIBE and NOTIFY (RFC 6665)."""
 
 _MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: below 2**31
 

@@ -7,12 +7,12 @@ Theory of operation
 A transaction is one request and its responses (RFC 3261 §17). Each side of it is a small state
 machine; there are four:
 
-- INVITE client (§17.1.1, RFC 6026 §7.2): Calling -> Proceeding -> Completed | Accepted.
+- INVITE client (§17.1.1 as amended by RFC 6026): Calling -> Proceeding -> Completed | Accepted.
   A non-2xx final response is ACKed here, by the transaction (§17.1.1.3), and Completed absorbs its
   retransmissions (re-sending the ACK) for Timer D. A 2xx moves to Accepted (RFC 6026), where every
   2xx - retransmissions and other forks' answers - is passed up for the TU to ACK itself
   (§13.2.2.4), until Timer M.
-- INVITE server (§17.2.1, RFC 6026 §7.1): Proceeding -> Completed -> Confirmed, or
+- INVITE server (§17.2.1 as amended by RFC 6026): Proceeding -> Completed -> Confirmed, or
   Proceeding -> Accepted. Completed retransmits a non-2xx final response (Timer G) until the ACK
   (then Confirmed, Timer I) or Timer H. Accepted absorbs INVITE retransmissions while the TU
   retransmits its 2xx (§13.3.1.4), until Timer L; this is RFC 6026's fix for RFC 3261 treating a
@@ -31,8 +31,9 @@ is not in a table is a protocol error: the machine moves to Terminated and raise
 for every live state (absorbed when the RFC is silent, e.g. a late 1xx after the final response),
 so a protocol error always means the TU misused the transaction.
 
-Timers (RFC 3261 Table 4, RFC 6026 §8.11) are deadlines kept per transaction. Each state lists the
-timers allowed to run in it; leaving a state cancels the others, entering one arms its own.
+Timers (RFC 3261 Table 4; L and M from RFC 6026) are deadlines kept per transaction. Each state
+lists the timers allowed to run in it; leaving a state cancels the others, entering one arms its
+own.
 Retransmission timers (A, E, G) run only on unreliable transports; the wait timers D, I, J and K
 are zero on reliable transports, which means moving on at once (§17.1.1.2, §17.1.2.2, §17.2.1,
 §17.2.2). B, F, H, L and M are 64*T1 everywhere.
@@ -164,7 +165,7 @@ class Input(enum.Enum):
     SEND_1XX = "1xx from TU"
     SEND_2XX = "2xx from TU"
     SEND_3XX_6XX = "300-699 from TU"
-    # Timers (RFC 3261 Table 4, RFC 6026 §8.11).
+    # Timers (RFC 3261 Table 4; L and M from RFC 6026).
     TIMER_A = "Timer A"
     TIMER_B = "Timer B"
     TIMER_D = "Timer D"
@@ -208,7 +209,7 @@ class Effect(enum.Enum):
     SEND_RESPONSE = "response sent"
     RESEND_RESPONSE = "last response re-sent"
     BACK_OFF_G = "Timer G doubled, at most T2"  # §17.2.1
-    PASS_ACK = "ACK to TU"  # RFC 6026 §7.1
+    PASS_ACK = "ACK to TU"  # RFC 6026 (server Accepted)
     REPORT_TIMEOUT = "timeout to TU"
     REPORT_TRANSPORT_ERROR = "transport error to TU"
 
@@ -218,7 +219,7 @@ _Table = Mapping[tuple[State, Input], tuple[State, tuple[Effect, ...]]]
 S, I, E = State, Input, Effect  # noqa: E741 - short names keep the tables readable
 
 
-# RFC 3261 §17.1.1.2 figure 5 with RFC 6026 §7.2 figure 5.
+# RFC 3261 §17.1.1.2 figure 5, as RFC 6026 redraws it (Accepted, Timer M).
 _CLIENT_INVITE: _Table = {
     (S.CALLING, I.TIMER_A): (S.CALLING, (E.RESEND_REQUEST, E.BACK_OFF_A)),
     (S.CALLING, I.TIMER_B): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
@@ -237,7 +238,7 @@ _CLIENT_INVITE: _Table = {
     (S.COMPLETED, I.RESPONSE_2XX): (S.COMPLETED, (E.PASS_RESPONSE,)),
     (S.COMPLETED, I.TIMER_D): (S.TERMINATED, ()),
     (S.COMPLETED, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
-    # RFC 6026 §7.2: every 2xx goes up (the TU ACKs each); nothing else matters any more.
+    # RFC 6026: every 2xx goes up (the TU ACKs each); nothing else matters any more.
     (S.ACCEPTED, I.RESPONSE_2XX): (S.ACCEPTED, (E.PASS_RESPONSE,)),
     (S.ACCEPTED, I.RESPONSE_1XX): (S.ACCEPTED, ()),
     (S.ACCEPTED, I.RESPONSE_3XX_6XX): (S.ACCEPTED, ()),
@@ -268,7 +269,7 @@ _CLIENT_NON_INVITE: _Table = {
     (S.COMPLETED, I.TRANSPORT_ERROR): (S.COMPLETED, ()),  # nothing is being sent
 }
 
-# RFC 3261 §17.2.1 figure 7 with RFC 6026 §7.1 figure 7.
+# RFC 3261 §17.2.1 figure 7, as RFC 6026 redraws it (Accepted, Timer L).
 _SERVER_INVITE: _Table = {
     # Re-send the last provisional response, if the TU (or we: 100 Trying) sent one.
     (S.PROCEEDING, I.REQUEST): (S.PROCEEDING, (E.RESEND_RESPONSE,)),
@@ -287,7 +288,7 @@ _SERVER_INVITE: _Table = {
     (S.CONFIRMED, I.ACK): (S.CONFIRMED, ()),
     (S.CONFIRMED, I.TIMER_I): (S.TERMINATED, ()),
     (S.CONFIRMED, I.TRANSPORT_ERROR): (S.CONFIRMED, ()),  # nothing is being sent
-    # RFC 6026 §7.1: absorb INVITE retransmissions; the TU retransmits its 2xx through us.
+    # RFC 6026: absorb INVITE retransmissions; the TU retransmits its 2xx through us.
     (S.ACCEPTED, I.REQUEST): (S.ACCEPTED, ()),
     (S.ACCEPTED, I.ACK): (S.ACCEPTED, (E.PASS_ACK,)),
     (S.ACCEPTED, I.SEND_2XX): (S.ACCEPTED, (E.SEND_RESPONSE,)),
@@ -361,7 +362,7 @@ class AckReceived:
 
     ``transaction`` is None when the ACK matched no transaction - the normal case, since the ACK
     for a 2xx has its own branch - or the INVITE server transaction in Accepted that it matched
-    (RFC 6026 §7.1). Either way it belongs to the dialog.
+    (RFC 6026). Either way it belongs to the dialog.
     """
 
     transaction: ServerTransaction | None
@@ -394,7 +395,7 @@ class TransactionTerminated:
 class UnmatchedResponse:
     """A response that matches no client transaction.
 
-    RFC 6026 §8.9 (amending RFC 3261 §18.1.2): an element other than a stateless proxy silently
+    RFC 6026, amending RFC 3261 §18.1.2: an element other than a stateless proxy silently
     discards it; it is reported so the TU can log and count it. (Stray 2xx retransmissions are
     matched by the INVITE client transaction's Accepted state for 64*T1 and do not end up here.)
     """
@@ -710,7 +711,7 @@ class ClientTransaction(Transaction):
 
 
 class ClientInviteTransaction(ClientTransaction):
-    """INVITE client transaction (RFC 3261 §17.1.1, RFC 6026 §7.2)."""
+    """INVITE client transaction (RFC 3261 §17.1.1 as amended by RFC 6026)."""
 
     TABLE = _CLIENT_INVITE
     INITIAL_STATE = State.CALLING
@@ -813,7 +814,7 @@ class ServerTransaction(Transaction):
 
 
 class ServerInviteTransaction(ServerTransaction):
-    """INVITE server transaction (RFC 3261 §17.2.1, RFC 6026 §7.1)."""
+    """INVITE server transaction (RFC 3261 §17.2.1 as amended by RFC 6026)."""
 
     TABLE = _SERVER_INVITE
     INITIAL_STATE = State.PROCEEDING

@@ -150,7 +150,7 @@ def test_completed_ends_at_once_on_reliable_transport() -> None:
 
 
 def test_2xx_moves_to_accepted_and_every_2xx_is_passed_up() -> None:
-    # RFC 6026 §7.2: Accepted absorbs 2xx retransmissions into the transaction (no stray
+    # RFC 6026: Accepted absorbs 2xx retransmissions into the transaction (no stray
     # responses) and hands each one to the TU, which ACKs it; the transaction sends no ACK.
     invite = request()
     txn, _ = ClientInviteTransaction.start(invite, peer=UDP_PEER, now=0.0)
@@ -338,7 +338,7 @@ def test_2xx_moves_to_accepted_which_absorbs_invite_retransmissions() -> None:
     assert txn.send_response(ok, now=1.0) == [SendResponse(txn, ok)]
     assert txn.state is State.ACCEPTED
     assert txn.get_timer() == 33.0  # Timer L = 64*T1
-    assert txn.receive_request(invite, now=1.2) == []  # RFC 6026 §7.1: not a new request
+    assert txn.receive_request(invite, now=1.2) == []  # RFC 6026: not a new request
     # The TU (UAS core, RFC 3261 §13.3.1.4) retransmits its 2xx through the transaction.
     assert txn.send_response(ok, now=1.5) == [SendResponse(txn, ok)]
     ack = ack_for(invite, ok)  # same branch: RFC 2543-style peer
@@ -388,7 +388,7 @@ def test_invite_server_transport_error_while_proceeding() -> None:
 def test_non_invite_server_lifecycle_on_udp() -> None:
     options = request("OPTIONS")
     txn, out = ServerNonInviteTransaction.start(options, peer=UDP_PEER, now=0.0)
-    assert out == [RequestReceived(txn, options)]  # no automatic 100 (RFC 4320 §4.1)
+    assert out == [RequestReceived(txn, options)]  # no automatic 100 (RFC 4320)
     assert txn.state is State.TRYING
     assert txn.receive_request(options, now=0.5) == []  # discarded in Trying
     ok = response(options, 200)

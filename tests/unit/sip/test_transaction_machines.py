@@ -152,6 +152,33 @@ def test_every_table_state_is_reachable_on_udp(machine: type[Transaction]) -> No
     assert set(reachable_paths(machine, UDP_PEER)) == legal_states(machine)
 
 
+NETWORK_INPUTS: dict[type[Transaction], set[Input]] = {
+    ClientInviteTransaction: {
+        Input.RESPONSE_1XX,
+        Input.RESPONSE_2XX,
+        Input.RESPONSE_3XX_6XX,
+        Input.TRANSPORT_ERROR,
+    },
+    ClientNonInviteTransaction: {
+        Input.RESPONSE_1XX,
+        Input.RESPONSE_2XX,
+        Input.RESPONSE_3XX_6XX,
+        Input.TRANSPORT_ERROR,
+    },
+    ServerInviteTransaction: {Input.REQUEST, Input.ACK, Input.TRANSPORT_ERROR},
+    ServerNonInviteTransaction: {Input.REQUEST, Input.TRANSPORT_ERROR},
+}
+
+
+@pytest.mark.parametrize("machine", MACHINES, ids=str)
+def test_the_network_can_never_cause_a_protocol_error(machine: type[Transaction]) -> None:
+    # Whatever the peer sends (or the transport reports) in a live state is in the table, so a
+    # TransactionStateError always points at the TU.
+    for state in legal_states(machine) - {State.TERMINATED}:
+        for event in NETWORK_INPUTS[machine]:
+            assert (state, event) in machine.TABLE, (state, event)
+
+
 def test_reliable_transports_skip_the_wait_states() -> None:
     # Timers D, I, J, K are zero on reliable transports: those states are left at once.
     assert State.COMPLETED not in reachable_paths(ClientInviteTransaction, TCP_PEER)

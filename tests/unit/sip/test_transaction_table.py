@@ -94,7 +94,7 @@ def test_2xx_retransmission_is_matched_in_accepted_not_stray() -> None:
     assert table.receive_response(ok, now=20.0) == [ResponseReceived(txn, ok)]
     assert table.handle_timer(now=33.0) == [TransactionTerminated(txn)]
     assert len(table) == 0
-    # After Timer M the transaction is gone: RFC 6026 §8.9 says discard.
+    # After Timer M the transaction is gone: RFC 6026 (amending §18.1.2) says discard.
     assert table.receive_response(ok, now=34.0) == [UnmatchedResponse(ok)]
 
 
