@@ -12,11 +12,13 @@ The file layout::
     [sip]       listen, user_agent, timers, message limits
     [media]     address, ports, inactivity_timeout
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
+    [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 import types
 import typing
@@ -134,6 +136,70 @@ class PluginsSection:
     enable: tuple[str, ...] = DEFAULT_PLUGINS
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Prefixes and dial strings: an optional "+" then digits, "*" and "#" (RFC 3966 §3 phonedigit
+# without visual separators, which routing removes before it compares).
+_DIAL_PREFIX = re.compile(r"\+?[0-9*#]*")
+DEFAULT_ROUTE_PREFIXES = frozenset({"", "*"})
+_TRANSPORT_NAME = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def _read_only(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return types.MappingProxyType(dict(mapping))
+
+
+@attrs.frozen
+class TrunkConfig:
+    """One ``[[trunks]]`` table: a SIP trunk (a carrier or a PBX) we send calls to and accept
+    calls from.
+
+    ``address`` is where requests to the trunk go (``TRANSPORT:IP:PORT``). ``prefixes`` are the
+    number prefixes it serves (``""`` or ``"*"`` is the default route); the longest matching
+    prefix among enabled trunks wins. Before sending, ``strip_prefix`` leading characters are
+    removed from the number and ``add_prefix`` is put in front. A request whose source address is
+    in ``allowed_sources`` (default: the host of ``address``; ``[]``: none) is recognised as this
+    trunk, without digest authentication when ``auth_by_source``. ``username``/``password`` are
+    what we answer the trunk's own challenges with; the password never appears in a repr.
+    ``dids`` maps a number the trunk delivers to the account that takes the call.
+    """
+
+    name: str
+    address: str
+    prefixes: tuple[str, ...] = ()
+    strip_prefix: int = 0
+    add_prefix: str = ""
+    allowed_sources: tuple[str, ...] | None = None
+    auth_by_source: bool = True
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    # Read-only, and hash=False: a mapping is not hashable (it still takes part in ==).
+    dids: Mapping[str, str] = attrs.field(factory=dict, converter=_read_only, hash=False)
+    media_policy: str = "best-effort"
+    enabled: bool = True
+
+    @property
+    def address_spec(self) -> ListenSpec:
+        """``address`` parsed (transport, host, port); raises ValueError if it does not parse."""
+        return ListenSpec.parse(self.address)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The effective ``allowed_sources``: as configured, else the host of ``address``."""
+        if self.allowed_sources is None:
+            return (self.address_spec.host,)
+        return self.allowed_sources
+
+    @property
+    def source_networks(self) -> tuple[IPNetwork, ...]:
+        """:attr:`sources` as networks (a bare address is a /32 or /128)."""
+        return tuple(ipaddress.ip_network(text) for text in self.sources)
+
+    @property
+    def is_default_route(self) -> bool:
+        return any(prefix in DEFAULT_ROUTE_PREFIXES for prefix in self.prefixes)
+
+
 @attrs.frozen
 class GatewayConfig:
     """The whole configuration. ``plugin_tables`` holds the raw ``[plugins.NAME]`` tables until
@@ -143,6 +209,7 @@ class GatewayConfig:
     sip: SipSection = SipSection()
     media: MediaSection = MediaSection()
     plugins: PluginsSection = PluginsSection()
+    trunks: tuple[TrunkConfig, ...] = ()
     plugin_tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "<embedded defaults>"
 
@@ -154,6 +221,13 @@ class GatewayConfig:
     def media_ports(self) -> PortRange:
         return PortRange.parse(self.media.ports)
 
+    def trunk(self, name: str) -> TrunkConfig | None:
+        """The trunk called ``name`` (enabled or not), or None."""
+        for trunk in self.trunks:
+            if trunk.name == name:
+                return trunk
+        return None
+
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
@@ -163,6 +237,10 @@ def _describe(tp: Any) -> str:
         item = typing.get_args(tp)[0]
         plural = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
         return f"a list of {plural.get(item, _describe(item))}"
+    if origin is Mapping:
+        value = typing.get_args(tp)[1]
+        plural = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+        return f"a table of {plural.get(value, _describe(value))}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
@@ -193,6 +271,19 @@ def _convert(value: Any, tp: Any, fail: typing.Callable[[str], Exception]) -> An
             raise fail(f"expected {_describe(tp)}, got {value!r}")
         item_tp = typing.get_args(tp)[0]
         return tuple(_convert(item, item_tp, fail) for item in value)
+    if origin is Mapping:
+        # A TOML table of values (``dids = {"+4930123456" = "alice"}``); keys are always strings.
+        if not isinstance(value, dict):
+            raise fail(f"expected {_describe(tp)}, got {value!r}")
+        value_tp = typing.get_args(tp)[1]
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+
+            def entry_fail(message: str, _key: str = key) -> Exception:
+                return fail(f"entry {_key!r}: {message}")
+
+            out[key] = _convert(item, value_tp, entry_fail)
+        return out
     if attrs.has(tp):
         if not isinstance(value, dict):
             raise fail(f"expected a table, got {value!r}")
@@ -236,7 +327,11 @@ def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: 
                 )
             continue
 
-        def fail(message: str, _name: str = name) -> ConfigError:
+        def fail(message: str, _name: str = name, _secret: bool = not field.repr) -> ConfigError:
+            if _secret:
+                # A secret (repr=False, e.g. a password): say what was expected, never echo
+                # what was written.
+                message = f"expected {_describe(hints[_name])}"
             return ConfigError(file, table_name, _name, message)
 
         values[name] = _convert(table[name], hints[name], fail)
@@ -278,6 +373,80 @@ def _validate(config: GatewayConfig, file: str) -> None:
             )
 
 
+def _structure_trunks(value: Any, file: str) -> tuple[TrunkConfig, ...]:
+    """Structure the ``[[trunks]]`` array of tables. Errors name the table ``trunks[INDEX]``,
+    or ``trunks.NAME`` once the entry has a name."""
+    if not isinstance(value, list):
+        raise ConfigError(file, "trunks", None, "expected an array of tables: [[trunks]]")
+    trunks: list[TrunkConfig] = []
+    seen: set[str] = set()
+    for index, table in enumerate(value):
+        table_name = f"trunks[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(file, table_name, None, f"expected a table, got {table!r}")
+        name = table.get("name")
+        if isinstance(name, str) and name.strip():
+            table_name = f"trunks.{name}"
+        trunk = structure(TrunkConfig, table, file=file, table_name=table_name)
+        _validate_trunk(trunk, file, table_name)
+        if trunk.name in seen:
+            raise ConfigError(
+                file, table_name, "name", f"another trunk is already called {trunk.name!r}"
+            )
+        seen.add(trunk.name)
+        trunks.append(trunk)
+    return tuple(trunks)
+
+
+def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(file, table, key, message)
+
+    if not trunk.name.strip() or trunk.name != trunk.name.strip():
+        raise fail(
+            "name", f"expected a non-empty name without surrounding spaces, got {trunk.name!r}"
+        )
+    try:
+        spec = trunk.address_spec
+    except ValueError as exc:
+        raise fail("address", str(exc)) from None
+    if not _TRANSPORT_NAME.fullmatch(spec.transport):
+        raise fail(
+            "address", f"expected a transport name before the address, got {spec.transport!r}"
+        )
+    if spec.port == 0:
+        raise fail("address", f"a trunk needs a port 1-65535, got {trunk.address!r}")
+    for prefix in trunk.prefixes:
+        if prefix not in DEFAULT_ROUTE_PREFIXES and not _DIAL_PREFIX.fullmatch(prefix):
+            raise fail(
+                "prefixes",
+                f'expected "+" and digits (or "" / "*" for the default route), got {prefix!r}',
+            )
+    if trunk.strip_prefix < 0:
+        raise fail("strip_prefix", f"expected 0 or more, got {trunk.strip_prefix}")
+    if not _DIAL_PREFIX.fullmatch(trunk.add_prefix):
+        raise fail("add_prefix", f'expected "+" and digits, got {trunk.add_prefix!r}')
+    for source in trunk.sources:
+        try:
+            # strict: "192.0.2.10/24" is refused rather than silently widened to a /24.
+            ipaddress.ip_network(source, strict=True)
+        except ValueError as exc:
+            raise fail("allowed_sources", f"expected IP addresses or CIDRs: {exc}") from None
+    if (trunk.username is None) != (trunk.password is None):
+        raise fail(
+            "username" if trunk.username is None else "password",
+            "username and password go together (the credentials we answer the trunk's "
+            "challenges with)",
+        )
+    for number, account in trunk.dids.items():
+        if not number:
+            raise fail("dids", "a DID number must not be empty")
+        if not account.strip():
+            raise fail("dids", f"entry {number!r}: expected an account name, got {account!r}")
+    if not trunk.media_policy:
+        raise fail("media_policy", "expected a policy name")
+
+
 def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") -> GatewayConfig:
     """Structure an already-parsed TOML document."""
     sections: dict[str, type[Any]] = {
@@ -285,13 +454,13 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         "sip": SipSection,
         "media": MediaSection,
     }
-    unknown = sorted(set(data) - set(sections) - {"plugins"})
+    unknown = sorted(set(data) - set(sections) - {"plugins", "trunks"})
     if unknown:
         raise ConfigError(
             file,
             unknown[0],
             None,
-            "unknown table; known tables: gateway, sip, media, plugins",
+            "unknown table; known tables: gateway, sip, media, plugins, trunks",
         )
     values: dict[str, Any] = {}
     for name, cls in sections.items():
@@ -303,6 +472,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
     plugin_tables = {k: v for k, v in plugins_table.items() if isinstance(v, dict)}
     plain = {k: v for k, v in plugins_table.items() if not isinstance(v, dict)}
     values["plugins"] = structure(PluginsSection, plain, file=file, table_name="plugins")
+    values["trunks"] = _structure_trunks(data.get("trunks", []), file)
     config = GatewayConfig(**values, plugin_tables=plugin_tables, source=file)
     _validate(config, file)
     return config

@@ -18,6 +18,7 @@ TABLES = {
     "plugins": cfg.PluginsSection,
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
+    "[trunks]": cfg.TrunkConfig,  # an array of tables: ## `[[trunks]]`
 }
 CASES = [(table, field.name) for table, cls in TABLES.items() for field in attrs.fields(cls)]
 
