@@ -1,0 +1,479 @@
+"""Routing: who a request comes from (trunks by source address) and where a new call goes.
+
+Theory of operation. A new INVITE has a :class:`~gateway.core.interfaces.Caller` (a trunk
+recognised by source address, an account authenticated by digest, or nobody yet). The
+``gateway_route_call`` hook runs first (``firstresult``: a plugin may ring any targets or reject);
+when every plugin defers, :func:`default_route` decides from the Request-URI's user part (or the
+number of a ``tel:`` URI):
+
+* from a trunk: the trunk's ``dids`` map, else an account named like the user. A trunk never
+  reaches another trunk (no transit: it would let anyone who can reach one trunk call out over
+  another at our cost);
+* from an account: an account named like the user, else the enabled trunk with the longest
+  matching number prefix (only dial strings go to trunks, so a mistyped user name is a 404 rather
+  than a call to the carrier);
+* from nobody: 403. The B2BUA challenges before it routes, so this is a bug guard.
+
+An account is rung on every unexpired registered contact at once (RFC 3261 §16.6-style forking by
+the B2BUA); an account without one answers 480 (RFC 3261 §21.4.18), nothing matching 404, and a
+number only a disabled trunk serves 503. The host part of the Request-URI is not consulted: the
+gateway forwards to no other domain, so the user part alone decides.
+
+A registered contact is reached over the flow its REGISTER arrived on while that flow is open:
+that is the only way through a NAT (RFC 5626 §5.3 idea; RFC 3261 §18.2.2 for the reverse
+direction). :func:`destination_for` says where a target goes when that flow is gone.
+
+Everything here is synchronous; the store is the only I/O (microseconds for SQLite).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import attrs
+
+from gateway.core.config import DEFAULT_ROUTE_PREFIXES, IPNetwork, TrunkConfig
+from gateway.core.interfaces import Caller, RouteDecision, RouteTarget
+from gateway.core.registrar import RegistrarPolicy
+from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
+from gateway.core.sip.message import Request
+from gateway.core.sip.uri import SipUri, TelUri, Uri
+from gateway.core.store.interface import Binding, Store
+from gateway.core.transport.flows import Address, Flow, FlowKey, FlowTable
+
+log = logging.getLogger(__name__)
+
+# RFC 3263 §4.2: the default port of a transport when the URI names none.
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+# Transports where "sending to the address a request came from" reaches the sender again through
+# its NAT binding. For stream transports the peer's source port is ephemeral and nothing listens
+# on it: only the open connection reaches it.
+DATAGRAM_TRANSPORTS = frozenset({"udp"})
+# RFC 3966 §5.1.1 visual separators, ignored when a user part is read as a number.
+_VISUAL_SEPARATORS = re.compile(r"[-.()]")
+_DIAL_STRING = re.compile(r"\+?[0-9*#]+")
+_SHOWN_MAX = 40
+
+
+class RoutingError(Exception):
+    """A routing plugin answered something that is not a usable decision (a bug in the plugin).
+    The call ends with ``sip_status``."""
+
+    sip_status = 500
+
+
+class UnroutableTarget(Exception):
+    """A target names no place we can send to (not a SIP URI, a bad URI, sips over UDP).
+    ``reason`` is safe to log; the leg fails with ``sip_status``."""
+
+    def __init__(self, reason: str, sip_status: int = 502) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sip_status = sip_status
+
+
+# -- trunks by source address -------------------------------------------------------------------
+
+
+class TrunkMatcher:
+    """Recognises the trunk a request comes from by its source IP address (``allowed_sources``).
+
+    Only enabled trunks match. When networks of several trunks contain the address, the most
+    specific one (longest network prefix) wins, then the trunk listed first. Whether the match
+    counts as authentication is the trunk's ``auth_by_source``: the caller checks it.
+    """
+
+    def __init__(self, trunks: Iterable[TrunkConfig]) -> None:
+        self._networks: list[tuple[IPNetwork, TrunkConfig]] = [
+            (network, trunk)
+            for trunk in trunks
+            if trunk.enabled
+            for network in trunk.source_networks
+        ]
+
+    def identify(self, source_ip: str) -> TrunkConfig | None:
+        """The trunk whose ``allowed_sources`` contain ``source_ip``, or None (also for text
+        that is not an IP address)."""
+        address = _ip_address(source_ip)
+        if address is None:
+            return None
+        best: tuple[IPNetwork, TrunkConfig] | None = None
+        for network, trunk in self._networks:
+            if address.version != network.version or address not in network:
+                continue
+            if best is None or network.prefixlen > best[0].prefixlen:
+                best = (network, trunk)
+        return None if best is None else best[1]
+
+
+def identify_trunk(trunks: Iterable[TrunkConfig], source_ip: str) -> TrunkConfig | None:
+    """The enabled trunk a request from ``source_ip`` comes from (see :class:`TrunkMatcher`)."""
+    return TrunkMatcher(trunks).identify(source_ip)
+
+
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; match them as IPv4.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+
+def dial_string(text: str) -> str | None:
+    """``text`` as a number (``+``, digits, ``*``, ``#``) with RFC 3966 visual separators and
+    telephone-subscriber parameters (``;phone-context=...``, RFC 3261 §19.1.6) removed, or None
+    when it is not a number (a user name like ``alice``)."""
+    number = _VISUAL_SEPARATORS.sub("", text.split(";", 1)[0])
+    return number if _DIAL_STRING.fullmatch(number) else None
+
+
+def longest_prefix_trunk(trunks: Iterable[TrunkConfig], number: str) -> TrunkConfig | None:
+    """The trunk among ``trunks`` (enabled or not: filter first) with the longest prefix that
+    ``number`` starts with; ``""``/``"*"`` match every number with length 0. Ties go to the
+    trunk listed first."""
+    best: tuple[int, TrunkConfig] | None = None
+    for trunk in trunks:
+        for prefix in trunk.prefixes:
+            length = 0 if prefix in DEFAULT_ROUTE_PREFIXES else len(prefix)
+            if (length == 0 or number.startswith(prefix)) and (best is None or length > best[0]):
+                best = (length, trunk)
+    return None if best is None else best[1]
+
+
+def called_user(uri: Uri) -> str | None:
+    """The user a Request-URI calls: a SIP URI's user part with escapes decoded (RFC 3261
+    §19.1.2), a tel URI's number; None when there is none."""
+    if isinstance(uri, SipUri):
+        return unquote(uri.user) if uri.user else None
+    if isinstance(uri, TelUri):
+        return uri.number or None
+    return None
+
+
+# -- where targets go ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ContactTarget(RouteTarget):
+    """A :class:`RouteTarget` for a registered contact, carrying its binding: the flow the
+    REGISTER came over (the NAT's public address), its Path (RFC 3327) and instance."""
+
+    binding: Binding = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class Destination:
+    """Where to send a request: a transport name and address, and the open flow to use when
+    there is one (then ``host``/``port`` are its remote address). ``host`` is an IP address
+    without brackets, or a host name the caller must resolve (RFC 3263)."""
+
+    transport: str
+    host: str
+    port: int
+    flow: Flow | None = attrs.field(default=None, eq=False)
+
+    @property
+    def address(self) -> Address:
+        return (self.host, self.port)
+
+
+def destination_for(target: RouteTarget) -> Destination:
+    """Where a request to ``target`` goes:
+
+    1. the target's flow while it is open (a registered contact behind NAT);
+    2. for a registered contact with a Path, the first Path hop (RFC 3327 §5.3: the Path is the
+       route set of requests to the contact);
+    3. for a contact registered over a datagram transport from an address other than the
+       contact's own host:port (a NAT rewrote it), that source address, over that transport:
+       the NAT binding the REGISTERs keep open leads back to the UA (RFC 3581 idea);
+    4. the target URI: its ``transport`` parameter (``sips:`` means TLS, else UDP) and port
+       (5060, or 5061 for TLS; RFC 3263 §4.2).
+
+    Raises :class:`UnroutableTarget` when the URI is not a usable SIP URI.
+    """
+    flow = target.flow
+    if flow is not None and not flow.closed:
+        host, port = flow.remote
+        return Destination(flow.transport, host, port, flow)
+    uri_destination = _destination_of_uri(target.uri)
+    if isinstance(target, ContactTarget):
+        binding = target.binding
+        if binding.path:
+            return _destination_of_path(binding.path[0])
+        transport = binding.flow.transport
+        remote = _parse_address(binding.flow.remote)
+        if (
+            transport in DATAGRAM_TRANSPORTS
+            and remote is not None
+            and remote != uri_destination.address
+        ):
+            return Destination(transport, remote[0], remote[1])
+    return uri_destination
+
+
+def _destination_of_uri(text: str) -> Destination:
+    try:
+        uri = parse_uri_untrusted(text)
+    except RemoteSipError as err:
+        raise UnroutableTarget(f"bad target URI: {err.reason}") from None
+    if not isinstance(uri, SipUri):
+        raise UnroutableTarget(f"cannot send to a {type(uri).__name__} target", 416)
+    transport = uri.transport or ("tls" if uri.secure else "udp")
+    if uri.secure:
+        # RFC 5630 §3.1.3: sips with transport=tcp means TLS over TCP; sips over UDP is not TLS.
+        if transport not in ("tcp", "tls"):
+            raise UnroutableTarget(f"sips URI over {transport}", 416)
+        transport = "tls"
+    host = uri.host[1:-1] if uri.host.startswith("[") else uri.host
+    port = uri.port if uri.port is not None else DEFAULT_PORTS.get(transport, 5060)
+    return Destination(transport, host, port)
+
+
+def _destination_of_path(text: str) -> Destination:
+    try:
+        hop = parse_name_addr_untrusted(text)
+    except RemoteSipError as err:
+        raise UnroutableTarget(f"bad Path entry: {err.reason}") from None
+    if hop.uri is None:
+        raise UnroutableTarget("bad Path entry: no URI")
+    return _destination_of_uri(str(hop.uri))
+
+
+def _parse_address(text: str) -> Address | None:
+    """``"127.0.0.1:5060"`` or ``"[::1]:5060"`` (a BindingFlow field) as an Address."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            return None
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            return None
+    if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        return None
+    return (host, int(port_text))
+
+
+# -- the directory ------------------------------------------------------------------------------
+
+
+class GatewayDirectory:
+    """The core's :class:`~gateway.core.interfaces.Directory`: accounts and registrations from
+    the store, live flows from the flow table, trunks from the configuration.
+
+    ``local_domains`` are the names that count as ours (as for the registrar: ``host`` or
+    ``host:port``, IPv6 in brackets); ``now`` is the wall clock the registrar stamps bindings with.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        flows: FlowTable,
+        trunks: Sequence[TrunkConfig],
+        local_domains: frozenset[str],
+        now: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.flows = flows
+        self.trunks = tuple(trunks)
+        self.now = now
+        self._domains = RegistrarPolicy(local_domains=local_domains)
+
+    def is_local_domain(self, host: str) -> bool:
+        """Whether ``host`` (``name``, ``name:port``, ``[v6]:port``) is one of our domains; a name
+        without a port matches a domain listed with the default port 5060."""
+        name, port = host, None
+        if host.startswith("["):
+            end = host.find("]")
+            if end == -1:
+                return False
+            name, rest = host[: end + 1], host[end + 1 :]
+            if rest:
+                if not rest.startswith(":") or not rest[1:].isdigit():
+                    return False
+                port = int(rest[1:])
+        elif host.count(":") == 1:
+            name, _, port_text = host.partition(":")
+            if not port_text.isdigit():
+                return False
+            port = int(port_text)
+        elif ":" in host:
+            name = f"[{host}]"  # a bare IPv6 address
+        return self._domains.is_local(SipUri(scheme="sip", host=name, port=port))
+
+    def account_exists(self, name: str) -> bool:
+        """Whether ``name`` is an enabled account (a disabled one takes no calls)."""
+        account = self.store.get_account(name)
+        return account is not None and account.enabled
+
+    def contacts(self, account: str) -> tuple[ContactTarget, ...]:
+        """One target per unexpired binding of an enabled ``account`` (highest q first), with the
+        flow the binding registered over while it is open."""
+        if not self.account_exists(account):
+            return ()
+        bindings = self.store.bindings_for_account(account, now=self.now())
+        return tuple(
+            ContactTarget(
+                uri=binding.contact,
+                flow=self._live_flow(binding),
+                account=account,
+                binding=binding,
+            )
+            for binding in bindings
+        )
+
+    def _live_flow(self, binding: Binding) -> Flow | None:
+        local = _parse_address(binding.flow.local)
+        remote = _parse_address(binding.flow.remote)
+        if local is None or remote is None:
+            return None
+        flow = self.flows.get(FlowKey(binding.flow.transport, local, remote))
+        return None if flow is None or flow.closed else flow
+
+    def trunk(self, name: str) -> TrunkConfig | None:
+        """The trunk called ``name`` (enabled or not)."""
+        for trunk in self.trunks:
+            if trunk.name == name:
+                return trunk
+        return None
+
+    def trunk_for_number(self, number: str) -> str | None:
+        """The enabled trunk with the longest prefix matching ``number``, by name."""
+        trunk = longest_prefix_trunk((t for t in self.trunks if t.enabled), number)
+        return None if trunk is None else trunk.name
+
+    def trunk_target(self, trunk: str, number: str) -> RouteTarget | None:
+        """The target for calling ``number`` over the enabled trunk ``trunk``:
+        ``sip:NUMBER@HOST:PORT;transport=T`` after ``strip_prefix`` and ``add_prefix``. None for
+        an unknown or disabled trunk, or a number that is not a dial string or is empty after
+        stripping."""
+        config = self.trunk(trunk)
+        number_text = dial_string(number)
+        if config is None or not config.enabled or number_text is None:
+            return None
+        sent = config.add_prefix + number_text[config.strip_prefix :]
+        if not sent or sent == "+":
+            return None
+        spec = config.address_spec
+        host = f"[{spec.host}]" if ":" in spec.host else spec.host
+        # "#" is not allowed unescaped in a SIP user part (RFC 3261 §25.1 user-unreserved).
+        user = sent.replace("#", "%23")
+        uri = f"sip:{user}@{host}:{spec.port};transport={spec.transport}"
+        return RouteTarget(uri=uri, trunk=config.name)
+
+    def did_account(self, trunk: str, number: str) -> str | None:
+        """The account the trunk's ``dids`` map ``number`` to (compared as a dial string, so
+        ``+49-30-123`` finds ``+4930123``), or None."""
+        config = self.trunk(trunk)
+        if config is None:
+            return None
+        account = config.dids.get(number)
+        if account is None and (normalized := dial_string(number)) is not None:
+            account = config.dids.get(normalized)
+        return account
+
+
+# -- decisions ----------------------------------------------------------------------------------
+
+
+def default_route(request: Request, caller: Caller, directory: GatewayDirectory) -> RouteDecision:
+    """The core's routing when no ``gateway_route_call`` plugin decides (see the module
+    docstring for the rules and the answers)."""
+    if caller.kind not in ("trunk", "account") or caller.name is None:
+        return RouteDecision.reject(403, "Forbidden: caller not identified")
+    user = called_user(request.uri)
+    if user is None:
+        if isinstance(request.uri, SipUri | TelUri):
+            return RouteDecision.reject(404, "Not Found: no user part in the Request-URI")
+        return RouteDecision.reject(416, "Unsupported URI Scheme")
+    number = dial_string(user)
+
+    if caller.kind == "trunk":
+        account = directory.did_account(caller.name, user)
+        if account is not None and not directory.account_exists(account):
+            log.warning(
+                "trunk %s: DID %s maps to account %s, which does not exist or is disabled",
+                caller.name,
+                _shown(user),
+                _shown(account),
+            )
+            account = None
+        if account is None and directory.account_exists(user):
+            account = user
+        if account is None:
+            return RouteDecision.reject(404, f"Not Found: no account or DID for {_shown(user)}")
+        return _ring_account(directory, account)
+
+    if directory.account_exists(user):
+        return _ring_account(directory, user)
+    if number is not None:
+        trunk = directory.trunk_for_number(number)
+        if trunk is not None:
+            target = directory.trunk_target(trunk, number)
+            if target is not None:
+                return RouteDecision(targets=(target,))
+        else:
+            disabled = longest_prefix_trunk((t for t in directory.trunks if not t.enabled), number)
+            if disabled is not None:
+                return RouteDecision.reject(
+                    503,
+                    f"Service Unavailable: no trunk serves {_shown(number)} "
+                    f"(trunk {_shown(disabled.name)} is disabled)",
+                )
+    return RouteDecision.reject(404, f"Not Found: no user or trunk route for {_shown(user)}")
+
+
+def _ring_account(directory: GatewayDirectory, account: str) -> RouteDecision:
+    targets = tuple(directory.contacts(account))
+    if not targets:
+        return RouteDecision.reject(
+            480, f"Temporarily Unavailable: {_shown(account)} has no registered device"
+        )
+    return RouteDecision(targets=targets)
+
+
+def route_call(
+    hook: Any, request: Request, caller: Caller, directory: GatewayDirectory
+) -> RouteDecision:
+    """Ask the ``gateway_route_call`` hook (``hook`` is the plugin manager's ``pm.hook``), then
+    :func:`default_route`. A plugin's exception propagates (it ends the call); a plugin answer
+    that is not a usable :class:`RouteDecision` raises :class:`RoutingError`."""
+    decision = hook.gateway_route_call(request=request, caller=caller, directory=directory)
+    if decision is None:
+        return default_route(request, caller, directory)
+    if not isinstance(decision, RouteDecision):
+        raise RoutingError(
+            f"gateway_route_call returned {type(decision).__name__}, "
+            "expected a RouteDecision or None"
+        )
+    if decision.reject_status is not None:
+        if not 300 <= decision.reject_status <= 699 or decision.targets:
+            raise RoutingError(
+                f"gateway_route_call rejected with status {decision.reject_status} "
+                f"and {len(decision.targets)} targets; expected 300-699 and no targets"
+            )
+    elif not decision.targets:
+        raise RoutingError("gateway_route_call returned a decision with no targets and no reject")
+    return decision
+
+
+def _shown(text: str) -> str:
+    """``text`` fit for a reason phrase or a log line: it may come from the network (a decoded
+    user part can hold CR LF), so anything but printable ASCII becomes "?" and it is cut short."""
+    safe = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return safe if len(safe) <= _SHOWN_MAX else safe[: _SHOWN_MAX - 3] + "..."
