@@ -1,0 +1,674 @@
+"""The media side of one call: its relay streams, and the SDP each leg sees (all media via us).
+
+Theory of operation
+-------------------
+A B2BUA runs one RFC 3264 offer/answer exchange per leg. A :class:`MediaSession` joins them: an
+offer arriving on one leg (side ``"a"`` or ``"b"``) becomes an offer we send on the other leg, and
+the answer we get there becomes the answer we send back. Streams are matched by position (RFC 3264
+§6), so m= line *i* of either leg is relay stream *i*: its side A faces leg A, its side B leg B.
+
+What each leg sees is ours, never the other peer's transport:
+
+- our own o= line per leg (username ``voipgw``, a session id from ``session_id_source``, a version
+  that goes up by one whenever what we send on that leg changes, RFC 3264 §8);
+- ``c=`` is ``media_address``, every m= port is the relay port facing that leg, ``a=rtcp`` (RFC
+  3605) names our RTCP port unless the leg muxes (RFC 5761);
+- codecs, payload types, fmtp, ptime, bandwidth, direction and unknown attributes go through
+  unchanged; attributes that describe the other peer's transport or keys are removed (ICE
+  candidates and credentials, a=crypto, a=fingerprint, a=setup, a=tls-id, a=zrtp-hash,
+  a=key-mgmt, BUNDLE grouping). Keys are per leg: until a leg negotiates its own, legs are plain
+  RTP/AVP(F), and an offer with only encrypted streams is refused
+  (:class:`EncryptedMediaNotSupported`, 488).
+- Streams the relay cannot carry (encrypted, non-RTP such as T.38 UDPTL, RTP over TCP,
+  multicast) are offered to the other leg with port 0 and answered with port 0 (RFC 3264 §6, §8.2).
+- Hold passes through: a=sendonly/inactive as written, and c=0.0.0.0 (RFC 3264 §8.4) as a
+  media-level c= line; the relay then has no destination for that leg.
+- rtcp-mux is settled per leg (the relay demultiplexes per side): the offerer gets a=rtcp-mux in
+  our answer whenever it offered it, the answerer gets it offered when the offerer offered it.
+
+Every SDP is rebuilt with :mod:`gateway.core.sdp.model` values and written by the serializer,
+which refuses line breaks inside fields; nothing from a peer reaches the other leg as raw lines.
+
+Life of an exchange: :meth:`MediaSession.offer_from` opens streams for new m= lines and sets the
+offerer's remote addresses at once (RFC 3264 §8.3.1: it must receive at the new address as soon
+as it has sent the offer). :meth:`MediaSession.answer_from` may be called more than once for one
+offer (an answer in a 183, a different one in the 200 of another fork): the latest wins. The
+exchange ends with :meth:`MediaSession.settle` (2xx or ACK with the final answer; also implied by
+the next offer and by :meth:`MediaSession.close`), which closes the streams the final answer left
+at port 0. :meth:`MediaSession.abandon_offer` (the offer got an error response) closes the streams
+the offer opened and restores the remote addresses of before, so the call goes on as it was.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Literal
+
+import attrs
+
+from gateway.core.ids import RandomIds
+from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.relay import MediaRelay, MediaStream, StreamSide
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.model import (
+    RTP_PROTOS,
+    Attribute,
+    Attributes,
+    Connection,
+    MediaDescription,
+    Origin,
+    SessionDescription,
+    TimeDescription,
+)
+from gateway.core.sdp.offer_answer import apply_version_rule, rejected_media, validate_answer
+
+Side = Literal["a", "b"]
+"""A leg of the call: ``"a"`` faces the caller (stream side A), ``"b"`` the callee."""
+
+_SIDES: tuple[Side, Side] = ("a", "b")
+
+ORIGIN_USERNAME = "voipgw"
+SESSION_NAME = "-"
+
+# What the relay carries: RTP and RTCP over UDP, unencrypted until a leg negotiates keys.
+PLAIN_RTP_PROTOS = frozenset({"RTP/AVP", "RTP/AVPF"})  # RFC 3551, RFC 4585
+
+# Attributes that describe one peer's transport or keys. Passing them to the other leg would make
+# it talk ICE/DTLS/SRTP to the wrong party or leak keys. ICE: RFC 8839 (a=ice-* by prefix);
+# SDES: RFC 4568; DTLS: RFC 8122, RFC 4145, RFC 8842; ZRTP: RFC 6189; MIKEY: RFC 4567;
+# TCP connection reuse: RFC 4145; RTCP port and muxing are rewritten for each leg (RFC 3605,
+# RFC 5761, RFC 8858); BUNDLE (RFC 9143) would put several of our streams on one port.
+LEG_SPECIFIC_ATTRIBUTES = frozenset(
+    {
+        "candidate",
+        "end-of-candidates",
+        "remote-candidates",
+        "crypto",
+        "fingerprint",
+        "setup",
+        "tls-id",
+        "zrtp-hash",
+        "key-mgmt",
+        "connection",
+        "rtcp",
+        "rtcp-mux",
+        "rtcp-mux-only",
+        "bundle-only",
+    }
+)
+
+
+def is_leg_specific(attribute: Attribute) -> bool:
+    """True for an attribute that must not be copied from one leg's SDP to the other's."""
+    name = attribute.name.lower()
+    if name in LEG_SPECIFIC_ATTRIBUTES or name.startswith("ice-"):
+        return True
+    if name == "group":  # RFC 5888 a=group:<semantics> <mid>...: only BUNDLE is transport
+        return (attribute.value or "").split()[:1] == ["BUNDLE"]
+    return False
+
+
+class EncryptedMediaNotSupported(SdpError):
+    """Every offered stream is SRTP (RTP/SAVP, DTLS-SRTP ...), which the legs cannot carry yet.
+
+    The B2BUA answers 488 with ``reason`` as the Warning text.
+    """
+
+
+def _random_session_id() -> int:
+    # 56 bits: fits the signed 64-bit integers some stacks parse o= numbers into.
+    return int(RandomIds().token_hex(7), 16)
+
+
+@attrs.frozen
+class _Remote:
+    """What we told the relay about one side of one stream (kept to undo an abandoned offer)."""
+
+    rtp: tuple[str, int] | None = None
+    rtcp: tuple[str, int] | None = None
+    rtcp_mux: bool = False
+
+    def apply(self, side: StreamSide) -> None:
+        side.set_remote(self.rtp, rtcp=self.rtcp, rtcp_mux=self.rtcp_mux)
+
+
+_NO_REMOTE = _Remote()
+
+
+@attrs.define
+class _Exchange:
+    """One offer/answer exchange in progress."""
+
+    offerer: Side
+    offer: SessionDescription
+    """As the offerer sent it."""
+    sent_offer: SessionDescription
+    """What we sent to the answerer."""
+    offerer_remotes: dict[int, _Remote]
+    """The offerer's addresses of the streams we relay, by m= line."""
+    opened: tuple[int, ...]
+    """m= lines whose stream this offer opened."""
+    slot_count_before: int
+    remotes_before: dict[tuple[int, Side], _Remote]
+    answer: SessionDescription | None = None
+    """The latest answer received."""
+
+
+@attrs.define
+class _Totals:
+    """Counters of the streams closed so far (an open stream keeps its own)."""
+
+    packets: dict[str, int] = attrs.Factory(lambda: {"a_to_b": 0, "b_to_a": 0})
+    bytes: dict[str, int] = attrs.Factory(lambda: {"a_to_b": 0, "b_to_a": 0})
+    dropped: dict[str, int] = attrs.Factory(lambda: {"a_to_b": 0, "b_to_a": 0})
+    last_activity: float | None = None
+
+
+class MediaSession:
+    """The relay streams of one call and the SDP rewriting between its two legs.
+
+    ``relay`` opens the streams; ``media_address`` is the address written in every c= and o= line
+    we send (the relay's bound address, or the public one in front of it). ``session_id_source``
+    gives the o= session id of each leg (called once per leg, at its first SDP); the default
+    draws from the OS CSPRNG.
+
+    Errors: :class:`SdpError` (answer 488; for a received answer, end the dialog) when a peer's
+    SDP cannot be relayed, :class:`EncryptedMediaNotSupported` (488) for SRTP-only offers,
+    :class:`~gateway.core.media.errors.PortsExhausted` (503) when no ports are free, and
+    :class:`~gateway.core.media.errors.LocalMediaError` for calls in the wrong order. A failed
+    call leaves the session as it was.
+    """
+
+    def __init__(
+        self,
+        relay: MediaRelay,
+        *,
+        media_address: str,
+        session_id_source: Callable[[], int] | None = None,
+    ) -> None:
+        try:
+            address = ipaddress.ip_address(media_address)
+        except ValueError:
+            raise LocalMediaError(f"media address {media_address!r} is not an IP address") from None
+        self._relay = relay
+        self._media_address = str(address)
+        self._connection = Connection.for_address(self._media_address)
+        self._ip_version = ipaddress.ip_address(relay.allocator.address).version
+        self._session_id_source = session_id_source or _random_session_id
+        self._slots: list[MediaStream | None] = []
+        self._remotes: dict[tuple[int, Side], _Remote] = {}
+        self._sent: dict[Side, SessionDescription] = {}
+        self._exchange: _Exchange | None = None
+        self._totals = _Totals()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        offer = "none" if self._exchange is None else f"from {self._exchange.offerer}"
+        return (
+            f"<MediaSession {self._media_address} streams={len(self.streams)} "
+            f"pending_offer={offer}{' closed' if self._closed else ''}>"
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def streams(self) -> tuple[MediaStream, ...]:
+        """The open relay streams, in m= line order."""
+        return tuple(s for s in self._slots if s is not None)
+
+    def stream_at(self, index: int) -> MediaStream | None:
+        """The stream of m= line ``index`` (from 0), or None when that line has none."""
+        if 0 <= index < len(self._slots):
+            return self._slots[index]
+        return None
+
+    @property
+    def offerer(self) -> Side | None:
+        """The side whose offer is in progress (not yet settled or abandoned), or None."""
+        return None if self._exchange is None else self._exchange.offerer
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def last_sent(self, side: Side) -> SessionDescription | None:
+        """The SDP we last sent on ``side``'s leg (to repeat it, e.g. in a session refresh)."""
+        return self._sent.get(_check_side(side))
+
+    @property
+    def last_activity(self) -> float | None:
+        """When a packet last arrived on any stream of the call, closed ones included (a stream
+        counts from its opening); None before the first stream was opened."""
+        times = [s.last_activity for s in self.streams]
+        if self._totals.last_activity is not None:
+            times.append(self._totals.last_activity)
+        return max(times, default=None)
+
+    def statistics(self) -> dict[str, int | float | None]:
+        """A summary for ``voipgw calls``: open streams, and per direction the packets and bytes
+        forwarded and packets dropped by every stream of the call, closed ones included."""
+        packets = dict(self._totals.packets)
+        octets = dict(self._totals.bytes)
+        dropped = dict(self._totals.dropped)
+        for stream in self.streams:
+            for name, counters in _direction_statistics(stream):
+                packets[name] += counters[0]
+                octets[name] += counters[1]
+                dropped[name] += counters[2]
+        return {
+            "streams": len(self.streams),
+            "a_to_b_packets": packets["a_to_b"],
+            "a_to_b_bytes": octets["a_to_b"],
+            "a_to_b_dropped": dropped["a_to_b"],
+            "b_to_a_packets": packets["b_to_a"],
+            "b_to_a_bytes": octets["b_to_a"],
+            "b_to_a_dropped": dropped["b_to_a"],
+            "last_activity": self.last_activity,
+        }
+
+    # -- the A -> B names of the general form --------------------------------------------------
+
+    def offer_to_b(self, offer_from_a: SessionDescription) -> SessionDescription:
+        """The offer to send to leg B for leg A's offer: ``offer_from("a", offer_from_a)``."""
+        return self.offer_from("a", offer_from_a)
+
+    def answer_from_b(self, answer: SessionDescription) -> SessionDescription:
+        """The answer to send to leg A for leg B's answer: ``answer_from("b", answer)``."""
+        return self.answer_from("b", answer)
+
+    # -- offer/answer --------------------------------------------------------------------------
+
+    def offer_from(self, side: Side, offer: SessionDescription) -> SessionDescription:
+        """Relay an offer received on ``side``'s leg; returns the offer for the other leg.
+
+        Opens a stream for each new m= line the relay can carry (RFC 3264 §8.3: a re-offer keeps
+        the stream at each position and may add lines), and points the offerer's side of every
+        relayed stream at the addresses in ``offer``. A previous exchange that has an answer is
+        settled first (:meth:`settle`).
+
+        Raises :class:`SdpError` (488) when the offer cannot be relayed (fewer m= lines than
+        before, no usable c= line, a host name or an address of the wrong family, nothing
+        relayable), :class:`EncryptedMediaNotSupported` (488) when only SRTP is offered,
+        ``PortsExhausted`` (503), and :class:`LocalMediaError` when an earlier offer still awaits
+        its answer.
+        """
+        offerer = _check_side(side)
+        answerer = _other(offerer)
+        self._check_open()
+        if self._exchange is not None:
+            if self._exchange.answer is None:
+                raise LocalMediaError("an offer is still waiting for its answer")
+            self.settle()
+        if len(offer.media) < len(self._slots):
+            raise SdpError(
+                f"offer has {len(offer.media)} m= lines, the session has {len(self._slots)} "
+                "(RFC 3264 §8)"
+            )
+
+        # Decide everything before changing anything, so a refused offer changes nothing.
+        relayed: dict[int, _Remote] = {}
+        active = 0
+        encrypted: str | None = None
+        for index, media in enumerate(offer.media):
+            if media.is_rejected:
+                continue
+            active += 1
+            problem = _unrelayable(offer, media)
+            if problem is None:
+                relayed[index] = self._remote_of(offer, media, index, rtcp_mux=media.rtcp_mux)
+            elif problem != "transport" and encrypted is None:
+                encrypted = problem
+        if active and not relayed:
+            if encrypted is not None:
+                raise EncryptedMediaNotSupported(
+                    f"encrypted media ({encrypted}) is not supported on this leg yet"
+                )
+            raise SdpError("no media stream the gateway can relay (RTP/AVP or RTP/AVPF over UDP)")
+
+        slot_count_before = len(self._slots)
+        remotes_before = dict(self._remotes)
+        opened = self._open_streams(len(offer.media), relayed)
+        for index, stream in enumerate(self._slots):
+            if stream is not None:
+                self._set_remote(index, offerer, relayed.get(index, _NO_REMOTE))
+
+        media_out: list[MediaDescription] = []
+        for index, media in enumerate(offer.media):
+            stream = self._slots[index]
+            if index in relayed and stream is not None:
+                media_out.append(
+                    _rewritten_media(
+                        offer,
+                        media,
+                        _side(stream, answerer),
+                        rtcp_mux=media.rtcp_mux,
+                    )
+                )
+            else:
+                media_out.append(rejected_media(media))
+        sent = self._send(answerer, offer, media_out, times=offer.times)
+        self._exchange = _Exchange(
+            offerer=offerer,
+            offer=offer,
+            sent_offer=sent,
+            offerer_remotes=relayed,
+            opened=opened,
+            slot_count_before=slot_count_before,
+            remotes_before=remotes_before,
+        )
+        return sent
+
+    def answer_from(self, side: Side, answer: SessionDescription) -> SessionDescription:
+        """Relay the answer received on ``side``'s leg; returns the answer for the offerer's leg.
+
+        ``answer`` is checked against the offer we sent (RFC 3264 §6, :func:`validate_answer`);
+        the answerer's side of every accepted stream is pointed at its addresses; a stream it
+        rejected (port 0) gets no destination on either side and is closed by :meth:`settle`.
+        May be called again for the same offer (early media, then another fork's 200): the
+        latest answer wins.
+
+        Raises :class:`SdpError` when the answer does not fit the offer or cannot be relayed (the
+        caller ends the dialog), :class:`LocalMediaError` when no offer from the other side is
+        in progress.
+        """
+        answerer = _check_side(side)
+        self._check_open()
+        exchange = self._exchange
+        if exchange is None or exchange.offerer == answerer:
+            raise LocalMediaError(f"no offer to side {answerer} is waiting for an answer")
+        offerer = exchange.offerer
+        validate_answer(exchange.sent_offer, answer)
+
+        accepted: dict[int, _Remote] = {}
+        for index, (offered, answered) in enumerate(
+            zip(exchange.sent_offer.media, answer.media, strict=True)
+        ):
+            if offered.is_rejected or answered.is_rejected:
+                continue
+            accepted[index] = self._remote_of(
+                answer, answered, index, rtcp_mux=offered.rtcp_mux and answered.rtcp_mux
+            )
+
+        for index, stream in enumerate(self._slots):
+            if stream is None:
+                continue
+            if index in accepted:
+                self._set_remote(index, answerer, accepted[index])
+                self._set_remote(index, offerer, exchange.offerer_remotes[index])
+            else:
+                self._set_remote(index, answerer, _NO_REMOTE)
+                self._set_remote(index, offerer, _NO_REMOTE)
+
+        media_out: list[MediaDescription] = []
+        for index, (offered, answered) in enumerate(
+            zip(exchange.offer.media, answer.media, strict=True)
+        ):
+            stream = self._slots[index]
+            if index in accepted and stream is not None:
+                media_out.append(
+                    _rewritten_media(
+                        answer,
+                        answered,
+                        _side(stream, offerer),
+                        rtcp_mux=offered.rtcp_mux,  # RFC 5761 §5.1.1: we can always mux
+                    )
+                )
+            else:
+                media_out.append(rejected_media(offered))
+        # RFC 3264 §6: the answer's t= line is the offer's.
+        sent = self._send(offerer, answer, media_out, times=exchange.offer.times)
+        exchange.answer = answer
+        return sent
+
+    def settle(self) -> None:
+        """End the exchange in progress: its latest answer is final (the 2xx, or the ACK that
+        carried it). Closes the streams that answer left at port 0. Nothing in progress: no-op.
+
+        Raises :class:`LocalMediaError` when the offer has no answer yet (see
+        :meth:`abandon_offer`).
+        """
+        exchange = self._exchange
+        if exchange is None:
+            return
+        if exchange.answer is None:
+            raise LocalMediaError("the offer has no answer yet; abandon_offer() it instead")
+        for index, (offered, answered) in enumerate(
+            zip(exchange.sent_offer.media, exchange.answer.media, strict=True)
+        ):
+            if offered.is_rejected or answered.is_rejected:
+                self._close_slot(index)
+        self._exchange = None
+
+    def abandon_offer(self) -> None:
+        """The offer in progress failed (an error response, a timeout): close the streams it
+        opened and restore every remote address of before it, so media goes on as before the
+        offer. Nothing in progress: no-op.
+
+        The SDP we sent stays sent: the next one on that leg still gets a higher o= version.
+        """
+        exchange = self._exchange
+        if exchange is None:
+            return
+        self._exchange = None
+        for index in exchange.opened:
+            self._close_slot(index)
+        del self._slots[exchange.slot_count_before :]
+        for index, stream in enumerate(self._slots):
+            if stream is not None:
+                for side in _SIDES:
+                    self._set_remote(
+                        index, side, exchange.remotes_before.get((index, side), _NO_REMOTE)
+                    )
+
+    def close(self) -> None:
+        """Close every stream of the call (releasing its ports). Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        self._exchange = None
+        for index in range(len(self._slots)):
+            self._close_slot(index)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LocalMediaError("the media session is closed")
+
+    def _remote_of(
+        self, sd: SessionDescription, media: MediaDescription, index: int, *, rtcp_mux: bool
+    ) -> _Remote:
+        """The relay's view of where a peer receives one stream (RFC 8866 §5.7, RFC 3605)."""
+        where = f"m= line {index + 1}"
+        connection = sd.effective_connection(media)
+        if connection is None:
+            raise SdpError(f"{where}: no c= line (RFC 8866 §5.7)")
+        host = self._ip_literal(connection, where)
+        if host is None:  # RFC 3264 §8.4: c=0.0.0.0, send nothing there
+            return _Remote(rtcp_mux=rtcp_mux)
+        rtcp = None
+        attribute = media.rtcp  # raises SdpError when malformed
+        if attribute is not None and not rtcp_mux:
+            rtcp_host: str | None = host
+            if attribute.connection is not None:
+                rtcp_host = self._ip_literal(attribute.connection, f"{where} a=rtcp")
+            if attribute.port == 0:
+                raise SdpError(f"{where}: a=rtcp port 0")
+            if rtcp_host is not None:  # an unspecified RTCP address: RTP port + 1 it is
+                rtcp = (rtcp_host, attribute.port)
+        return _Remote((host, media.port), rtcp, rtcp_mux)
+
+    def _ip_literal(self, connection: Connection, where: str) -> str | None:
+        """The address as the relay needs it: an IP literal of its family; None when the
+        address is the unspecified one (hold)."""
+        if connection.nettype.upper() != "IN" or connection.addrtype.upper() not in ("IP4", "IP6"):
+            raise SdpError(f"{where}: not an Internet address (RFC 8866 §5.7)")
+        try:
+            ip = ipaddress.ip_address(connection.address)
+        except ValueError:
+            # RFC 8866 allows a host name; the relay resolves nothing per packet or per call.
+            raise SdpError(f"{where}: media address is not an IP address") from None
+        if ip.is_unspecified:
+            return None
+        if ip.version != self._ip_version:
+            raise SdpError(
+                f"{where}: IPv{ip.version} media address, the relay serves IPv{self._ip_version}"
+            )
+        if ip.is_multicast:
+            raise SdpError(f"{where}: multicast media address")
+        return str(ip)
+
+    def _open_streams(self, count: int, relayed: dict[int, _Remote]) -> tuple[int, ...]:
+        """Grow the slots to ``count`` m= lines and open a stream for each relayed line that has
+        none. All or nothing: on an error the streams opened here are closed again."""
+        before = len(self._slots)
+        self._slots.extend([None] * (count - before))
+        opened: list[int] = []
+        try:
+            for index in sorted(relayed):
+                if self._slots[index] is None:
+                    self._slots[index] = self._relay.open_stream()
+                    opened.append(index)
+        except BaseException:
+            for index in opened:
+                stream = self._slots[index]
+                self._slots[index] = None
+                if stream is not None:
+                    stream.close()
+            del self._slots[before:]
+            raise
+        return tuple(opened)
+
+    def _set_remote(self, index: int, side: Side, remote: _Remote) -> None:
+        stream = self._slots[index]
+        assert stream is not None
+        remote.apply(_side(stream, side))
+        self._remotes[(index, side)] = remote
+
+    def _close_slot(self, index: int) -> None:
+        stream = self._slots[index]
+        if stream is None:
+            return
+        self._slots[index] = None
+        for side in _SIDES:
+            self._remotes.pop((index, side), None)
+        totals = self._totals
+        for name, counters in _direction_statistics(stream):
+            totals.packets[name] += counters[0]
+            totals.bytes[name] += counters[1]
+            totals.dropped[name] += counters[2]
+        activity = stream.last_activity
+        if totals.last_activity is None or activity > totals.last_activity:
+            totals.last_activity = activity
+        stream.close()
+
+    def _send(
+        self,
+        side: Side,
+        source: SessionDescription,
+        media: list[MediaDescription],
+        *,
+        times: tuple[TimeDescription, ...],
+    ) -> SessionDescription:
+        """Our SDP for ``side``'s leg, built from ``source``'s session level, with our o= line
+        and the version rule of RFC 3264 §8; recorded as the last SDP sent on that leg."""
+        previous = self._sent.get(side)
+        if previous is None:
+            session_id = self._session_id_source()
+            origin = Origin(
+                username=ORIGIN_USERNAME,
+                session_id=session_id,
+                session_version=session_id,
+                nettype=self._connection.nettype,
+                addrtype=self._connection.addrtype,
+                address=self._media_address,
+            )
+        else:
+            origin = previous.origin
+        new = SessionDescription(
+            origin=origin,
+            session_name=SESSION_NAME,
+            connection=self._connection,
+            bandwidths=source.bandwidths,
+            # r= and z= lines are not carried: SIP uses t=0 0 (RFC 3264 §5).
+            times=tuple(TimeDescription(t.start, t.stop) for t in times),
+            # The session-level direction is written on every m= line instead.
+            attributes=source.attributes.remove_if(is_leg_specific).with_direction(None),
+            media=tuple(media),
+        )
+        sent = apply_version_rule(previous, new)
+        self._sent[side] = sent
+        return sent
+
+
+def _check_side(side: str) -> Side:
+    if side == "a":
+        return "a"
+    if side == "b":
+        return "b"
+    raise LocalMediaError(f"side must be 'a' or 'b', not {side!r}")
+
+
+def _other(side: Side) -> Side:
+    return "b" if side == "a" else "a"
+
+
+def _side(stream: MediaStream, side: Side) -> StreamSide:
+    return stream.a if side == "a" else stream.b
+
+
+def _direction_statistics(stream: MediaStream) -> list[tuple[str, tuple[int, int, int]]]:
+    found = []
+    for name, control in (("a_to_b", stream.a_to_b), ("b_to_a", stream.b_to_a)):
+        stats = control.statistics()
+        found.append((name, (stats.packets, stats.rtp_bytes + stats.rtcp_bytes, stats.dropped)))
+    return found
+
+
+def _unrelayable(sd: SessionDescription, media: MediaDescription) -> str | None:
+    """Why the relay cannot carry this stream: the SRTP profile's name, "transport" (not RTP over
+    UDP: T.38 UDPTL, RTP over TCP, MSRP ...; or multicast), or None when it can."""
+    proto = media.proto.upper()
+    if proto in PLAIN_RTP_PROTOS:
+        connection = sd.effective_connection(media)
+        if connection is not None and connection.is_multicast:
+            return "transport"
+        return None
+    if "SAVP" in proto:  # RTP/SAVP(F), UDP/TLS/RTP/SAVP(F), TCP/... (RFC 3711, 5124, 5764, 7850)
+        return proto if proto in RTP_PROTOS else "SRTP"
+    return "transport"
+
+
+def _rewritten_media(
+    source: SessionDescription, media: MediaDescription, ours: StreamSide, *, rtcp_mux: bool
+) -> MediaDescription:
+    """``media`` as we describe it to a leg: our port, our RTCP port or rtcp-mux, the direction
+    written out, the other peer's transport and key attributes removed."""
+    attributes: Attributes = media.attributes.remove_if(is_leg_specific)
+    attributes = attributes.with_direction(source.effective_direction(media))
+    if rtcp_mux:
+        attributes = attributes.add("rtcp-mux")  # RFC 5761 §5.1.1
+    else:
+        attributes = attributes.add("rtcp", str(ours.ports.rtcp_port))  # RFC 3605 §2.1
+    connection = source.effective_connection(media)
+    connections: tuple[Connection, ...] = ()
+    if connection is not None and _is_unspecified(connection.address):
+        # RFC 3264 §8.4 hold: pass "send nothing here" on, without the peer's other text.
+        connections = (Connection(connection.nettype, connection.addrtype, connection.address),)
+    return MediaDescription(
+        media=media.media,
+        port=ours.ports.rtp_port,
+        proto=media.proto,
+        formats=media.formats,
+        connections=connections,
+        bandwidths=media.bandwidths,
+        attributes=attributes,
+    )
+
+
+def _is_unspecified(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False
