@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -21,13 +21,19 @@ import trio
 from gateway.core.interfaces import OutboundMessage
 from gateway.core.sip import grammar
 from gateway.core.sip.errors import RemoteSipError, SipError
+from gateway.core.sip.headers import Via
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.transaction import (
+    AckReceived,
+    ClientTransaction,
     Output,
     RequestReceived,
+    ResponseReceived,
+    SendRequest,
     SendResponse,
+    ServerTransaction,
     Transaction,
     TransactionLimitReached,
     TransactionTable,
@@ -37,8 +43,15 @@ from gateway.core.sip.transaction import (
     TransportFailed,
     UnmatchedResponse,
 )
-from gateway.core.sip.via import Hop, response_target, stamp_received, stamp_request
-from gateway.core.transport.flows import Flow, format_address
+from gateway.core.sip.via import (
+    Hop,
+    make_via,
+    new_branch,
+    response_target,
+    stamp_received,
+    stamp_request,
+)
+from gateway.core.transport.flows import Address, Flow, format_address
 
 if TYPE_CHECKING:
     from gateway.core.gateway import Gateway
@@ -47,6 +60,52 @@ log = logging.getLogger(__name__)
 
 ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
 SUPPORTED_EXTENSIONS: tuple[str, ...] = ()
+
+# Responses one client transaction may queue for its owner; a transaction sees a handful.
+CLIENT_RESPONSE_QUEUE = 32
+
+
+class CallLayer(Protocol):
+    """The transaction user for calls (the B2BUA): what the endpoint hands it."""
+
+    def invite(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
+        """A new INVITE outside any dialog; the 100 Trying is already sent."""
+
+    def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
+        """A request with a To tag; False when no dialog matches (the endpoint answers 481)."""
+
+    def cancel(self, invite: ServerTransaction, request: Request) -> None:
+        """A CANCEL matched an INVITE server transaction (the CANCEL is answered 200 already)."""
+
+    def ack(self, request: Request, flow: Flow) -> None:
+        """An ACK for a 2xx (its own transaction, RFC 3261 §17.1.1.3)."""
+
+
+class ClientRequest:
+    """A request we sent through a client transaction: its responses arrive on ``responses``.
+
+    Transaction timeout (Timer B/F) and transport failure arrive as locally made 408 and 503
+    responses (RFC 3261 §8.1.3.1), so the owner has one thing to wait for. The channel closes
+    when the transaction terminates.
+    """
+
+    def __init__(self, transaction: ClientTransaction, flow: Flow) -> None:
+        self.transaction = transaction
+        self.flow = flow
+        self._send, self.responses = trio.open_memory_channel[Response](CLIENT_RESPONSE_QUEUE)
+
+    @property
+    def request(self) -> Request:
+        return self.transaction.request
+
+    def _deliver(self, response: Response) -> None:
+        try:
+            self._send.send_nowait(response)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            log.warning("dropping response %d: its owner is not reading", response.status)
+
+    def _close(self) -> None:
+        self._send.close()
 
 
 @attrs.define
@@ -70,6 +129,8 @@ class SipEndpoint:
         )
         # The flow each server transaction's request arrived over: its responses go back there.
         self._server_flows: dict[Transaction, Flow] = {}
+        self._client_requests: dict[Transaction, ClientRequest] = {}
+        self.calls: CallLayer | None = None
 
     async def run(
         self,
@@ -142,25 +203,153 @@ class SipEndpoint:
             if isinstance(output, RequestReceived):
                 assert arrival is not None
                 self._server_flows[output.transaction] = arrival
-                response = self.respond(output.request, arrival)
-                await self._act(
-                    self.transactions.send_response(
-                        output.transaction, response, now=trio.current_time()
-                    )
-                )
+                await self._dispatch(output.transaction, output.request, arrival)
             elif isinstance(output, SendResponse):
                 flow = self._server_flows.get(output.transaction) or arrival
                 if flow is not None:
                     await self.send_response(output.response, flow)
+            elif isinstance(output, SendRequest):
+                client = self._client_requests.get(output.transaction)
+                if client is not None:
+                    await self._send_on(output.request, client.flow, output.transaction)
+            elif isinstance(output, ResponseReceived):
+                client = self._client_requests.get(output.transaction)
+                if client is not None:
+                    client._deliver(output.response)
+            elif isinstance(output, AckReceived):
+                if self.calls is not None and arrival is not None:
+                    self.calls.ack(output.request, arrival)
+            elif isinstance(output, TransactionTimeout | TransportFailed):
+                self._fail_client(output)
             elif isinstance(output, TransactionTerminated):
                 self._server_flows.pop(output.transaction, None)
+                client = self._client_requests.pop(output.transaction, None)
+                if client is not None:
+                    client._close()
             elif isinstance(output, UnmatchedResponse):
                 self.statistics.dropped_unmatched_responses += 1
                 log.debug("dropping unmatched response %d", output.response.status)
-            elif isinstance(output, TransactionTimeout | TransportFailed):
-                log.info("transaction %s: %s", output.transaction.key, type(output).__name__)
-            # AckReceived (ACK for a 2xx) and SendRequest belong to the call layer, which
-            # sends no requests yet.
+
+    def _fail_client(self, output: TransactionTimeout | TransportFailed) -> None:
+        client = self._client_requests.get(output.transaction)
+        if client is None:
+            log.info("transaction %s: %s", output.transaction.key, type(output).__name__)
+            return
+        # RFC 3261 §8.1.3.1: a timeout is treated as 408, a transport error as 503.
+        status = 408 if isinstance(output, TransactionTimeout) else 503
+        client._deliver(make_response(client.request, status))
+
+    async def _dispatch(self, txn: ServerTransaction, request: Request, flow: Flow) -> None:
+        calls = self.calls
+        if calls is not None and request.method not in ("REGISTER", "OPTIONS"):
+            if request.to.tag is not None:
+                if not calls.in_dialog(txn, request, flow):
+                    await self.respond(txn, self._response(request, 481))
+                return
+            if request.method == "INVITE":
+                refusal = self._precheck(request)
+                if refusal is not None:
+                    await self.respond(txn, refusal)
+                else:
+                    calls.invite(txn, request, flow)
+                return
+            if request.method == "CANCEL":
+                target = self.transactions.find_cancel_target(request)
+                # RFC 3261 §9.2: answer the CANCEL itself at once; 481 when nothing matches.
+                await self.respond(txn, self._response(request, 481 if target is None else 200))
+                if target is not None:
+                    calls.cancel(target, request)
+                return
+        await self.respond(txn, self.respond_locally(request, flow))
+
+    def _precheck(self, request: Request) -> Response | None:
+        if request.max_forwards == 0:
+            return self._response(request, 483)
+        unsupported = _unsupported_extensions(request.headers)
+        if unsupported:
+            return self._response(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
+        return None
+
+    async def respond(self, transaction: ServerTransaction, response: Response) -> None:
+        """Send ``response`` through its server transaction (it retransmits as needed)."""
+        await self._act(
+            self.transactions.send_response(transaction, response, now=trio.current_time())
+        )
+
+    # -- client side --------------------------------------------------------------------------
+
+    async def send_request(
+        self, request: Request, *, transport: str, address: Address, flow: Flow | None = None
+    ) -> ClientRequest:
+        """Send a request (without Via: we add ours) through a new client transaction to
+        ``address`` over ``transport``, reusing ``flow`` when it is still open. Raises OSError
+        when no flow can be had."""
+        flow = await self.flow_to(transport, address, flow)
+        request = self._with_our_via(request, flow)
+        now = trio.current_time()
+        txn, outputs = self.transactions.send_request(
+            request, peer=Hop(flow.transport, flow.remote[0], flow.remote[1]), now=now
+        )
+        client = ClientRequest(txn, flow)
+        self._client_requests[txn] = client
+        await self._act(outputs)
+        return client
+
+    async def send_ack(self, ack: Request, flow: Flow) -> None:
+        """Send the ACK for a 2xx: its own one-message transaction (RFC 3261 §13.2.2.4)."""
+        await self._send_on(self._with_our_via(ack, flow), flow, None)
+
+    async def flow_to(self, transport: str, address: Address, flow: Flow | None = None) -> Flow:
+        if flow is not None and not flow.closed:
+            return flow
+        plugin = self.gateway.plugins.transports.get(transport)
+        if plugin is None:
+            raise OSError(f"transport {transport!r} is not enabled")
+        opened: Flow = await plugin.open_flow(address, self.gateway)
+        return opened
+
+    def local_address(self, transport: str) -> Address:
+        """The listener address of ``transport`` (what Via and Contact advertise)."""
+        for listener in self.gateway.listeners:
+            if listener.transport == transport:
+                return listener.address
+        raise OSError(f"no {transport} listener")
+
+    def new_via(self, flow: Flow) -> Via:
+        """Our Via for a new request over ``flow``: listener address, fresh branch, rport."""
+        host, port = self.local_address(flow.transport)
+        return make_via(
+            flow.transport.upper(),
+            f"[{host}]" if ":" in host else host,
+            port,
+            branch=new_branch(lambda: self.gateway.ids.token_hex(10)),
+        )
+
+    def _with_our_via(self, request: Request, flow: Flow) -> Request:
+        """Add our Via unless the request carries one already (a CANCEL reuses its INVITE's,
+        RFC 3261 §9.1; dialog requests are built with one)."""
+        if request.headers.get("Via") is not None:
+            return request
+        return request.with_headers(request.headers.prepend("Via", str(self.new_via(flow))))
+
+    async def _send_on(
+        self, message: Request, flow: Flow, transaction: ClientTransaction | None
+    ) -> None:
+        outbound = OutboundMessage(message=message, flow=flow)
+        self.gateway.plugins.hook.gateway_outbound_message(outbound=outbound)
+        final = outbound.message
+        if not isinstance(final, Request):
+            raise SipError("a gateway_outbound_message hook replaced a request with a non-request")
+        try:
+            await flow.send(serialize_message(final))
+            self.statistics.sent += 1
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.statistics.send_errors += 1
+            log.info("cannot send %s to %s: %s", final.method, flow.key, exc)
+            if transaction is not None:
+                await self._act(
+                    self.transactions.transport_error(transaction, now=trio.current_time())
+                )
 
     async def _reject_unparsable(self, data: bytes, flow: Flow, err: RemoteSipError) -> None:
         source = format_address(flow.remote)
@@ -183,8 +372,8 @@ class SipEndpoint:
         response = Response(status=err.status, reason=_reason_phrase(err.reason), headers=headers)
         await self.send_response(response, flow)
 
-    def respond(self, request: Request, flow: Flow) -> Response:
-        """The gateway's answer to a new request (the server transaction sends it)."""
+    def respond_locally(self, request: Request, flow: Flow) -> Response:
+        """The gateway's own answer to a request no call handles (the transaction sends it)."""
         max_forwards = request.max_forwards
         if max_forwards == 0 and request.method != "OPTIONS":
             # RFC 3261 §16.3 step 2 / RFC 4475 §3.3.11: OPTIONS may be answered locally.

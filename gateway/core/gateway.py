@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from pathlib import Path
 
 import attrs
 import trio
 
+from gateway.core.calls.manager import CallManager
+from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_call
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.ids import IdSource, RandomIds
-from gateway.core.interfaces import Listener, Transport, TransportLimits
+from gateway.core.interfaces import Caller, Listener, RouteDecision, Transport, TransportLimits
+from gateway.core.media.ports import PortAllocator
+from gateway.core.media.relay import MediaRelay
+from gateway.core.media.session import MediaSession
 from gateway.core.plugins import Plugins
 from gateway.core.registration import RegistrationService, local_domains
+from gateway.core.sip.message import Request
 from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 
@@ -58,6 +65,10 @@ class Gateway:
         )
         self.registration: RegistrationService | None = None
         self.store: SqliteStore | None = None
+        self.relay: MediaRelay | None = None
+        self.directory: GatewayDirectory | None = None
+        self.calls: CallManager | None = None
+        self._trunks = TrunkMatcher(config.trunks)
         self.endpoint = SipEndpoint(self)
 
     # -- validation (no sockets) -----------------------------------------------------------
@@ -84,6 +95,23 @@ class Gateway:
             raise ConfigError(
                 self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
             )
+
+    # -- what calls need ----------------------------------------------------------------------
+
+    def trunk_for_source(self, address: str) -> str | None:
+        """The trunk a request from ``address`` comes from, if it is accepted by source."""
+        trunk = self._trunks.identify(address)
+        if trunk is None or not trunk.auth_by_source:
+            return None
+        return trunk.name
+
+    def route(self, request: Request, caller: Caller) -> RouteDecision:
+        assert self.directory is not None
+        return route_call(self.plugins.hook, request, caller, self.directory)
+
+    def new_media_session(self) -> MediaSession:
+        assert self.relay is not None
+        return MediaSession(self.relay, media_address=self.config.media.address)
 
     # -- TransportHost ----------------------------------------------------------------------
 
@@ -126,13 +154,21 @@ class Gateway:
             transport = self.transport_for(spec)
             listener: Listener = await nursery.start(transport.serve, spec, self)
             self.listeners.append(listener)
+        domains = local_domains(self.listeners, self.config.gateway.domains)
         self.registration = RegistrationService(
             self.store,
             realm=self.config.gateway.realm,
             algorithms=self.config.gateway.digest_algorithms,
-            domains=local_domains(self.listeners, self.config.gateway.domains),
+            domains=domains,
             new_tag=self.ids.new_tag,
         )
+        self.directory = GatewayDirectory(
+            self.store, self.flows, self.config.trunks, domains, now=time.time
+        )
+        self.relay = MediaRelay(PortAllocator(self.config.media.address, self.config.media_ports))
+        await nursery.start(self.relay.serve)
+        self.calls = CallManager(self, nursery)
+        self.endpoint.calls = self.calls
         await nursery.start(self.endpoint.run, self._inbound_receive)
         log.info(
             "voipgw ready: %s",

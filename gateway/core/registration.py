@@ -72,17 +72,23 @@ class RegistrationService:
             return None
         return account.ha1_for(realm, algorithm)
 
-    def handle(self, request: Request, flow: Flow) -> Response:
-        """The response to a REGISTER that arrived over ``flow``."""
+    def authenticate(
+        self, request: Request, flow: Flow, kind: AuthKind
+    ) -> Authenticated | Response:
+        """Check the request's digest credentials (``Authorization`` for REGISTER, 401;
+        ``Proxy-Authorization`` for INVITE, 407). Returns who it is, or the response to send:
+        a challenge, stale=true, 403 for a source with too many failures, 400 for garbage."""
         now = self.clock()
         source = flow.remote[0]
         if self.failures.is_blocked(source, now=now):
-            log.warning("REGISTER from %s refused: too many failed authentications", source)
+            log.warning(
+                "%s from %s refused: too many failed authentications", request.method, source
+            )
             return self._reply(request, 403, "Too Many Failed Authentications")
         try:
             outcome = self.authenticator.authenticate(
-                request.headers.get_all("Authorization"),
-                kind=AuthKind.WWW,
+                request.headers.get_all(kind.credentials_header),
+                kind=kind,
                 method=request.method,
                 request_uri=str(request.uri),
                 now=now,
@@ -90,29 +96,35 @@ class RegistrationService:
             )
         except RemoteSipError as err:
             return self._reply(request, err.status or 400, err.reason)
-        if not isinstance(outcome, Authenticated):
-            if isinstance(outcome, BadCredentials | UnknownUser):
-                user = outcome.username or "?"
-                blocked = self.failures.record_failure(source, now=now)
-                log.warning(
-                    "REGISTER from %s: authentication failed for user %r%s",
-                    format_address(flow.remote),
-                    user,
-                    " (source now blocked)" if blocked else "",
-                )
-                if blocked:
-                    return self._reply(request, 403, "Too Many Failed Authentications")
-            return make_response(
-                request,
-                outcome.status,
-                to_tag=self._new_tag(),
-                extra=outcome.response_headers(),
+        if isinstance(outcome, Authenticated):
+            self.failures.record_success(source)
+            return outcome
+        if isinstance(outcome, BadCredentials | UnknownUser):
+            blocked = self.failures.record_failure(source, now=now)
+            log.warning(
+                "%s from %s: authentication failed for user %r%s",
+                request.method,
+                format_address(flow.remote),
+                outcome.username or "?",
+                " (source now blocked)" if blocked else "",
             )
-        self.failures.record_success(source)
+            if blocked:
+                return self._reply(request, 403, "Too Many Failed Authentications")
+        return make_response(
+            request, outcome.status, to_tag=self._new_tag(), extra=outcome.response_headers()
+        )
+
+    def handle(self, request: Request, flow: Flow) -> Response:
+        """The response to a REGISTER that arrived over ``flow``."""
+        outcome = self.authenticate(request, flow, AuthKind.WWW)
+        if isinstance(outcome, Response):
+            return outcome
         account = self.store.get_account(outcome.username)
         if account is None:  # removed between lookup and now
             return self._reply(request, 403, "Forbidden")
-        result = self.registrar.handle_register(request, account=account, flow=flow.key, now=now)
+        result = self.registrar.handle_register(
+            request, account=account, flow=flow.key, now=self.clock()
+        )
         if result.changed:
             log.info(
                 "%s: %d binding(s) for %s via %s",

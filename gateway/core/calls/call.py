@@ -1,0 +1,825 @@
+"""One B2BUA call: the A leg that called us, the B legs we ring, and the media between them.
+
+Theory of operation. Every call is one trio task (:meth:`Call.run`) fed by one bounded event
+channel: requests and ACKs the endpoint matched to the call's dialogs, a CANCEL of its INVITE, and
+the responses of the requests it sent (each client request gets a small forwarding task). Handling
+every event in that one task keeps the call a plain sequential state machine, with no locks:
+
+1. set-up: who is calling (a trunk by source address, else an account by digest, 407), where the
+   call goes (``gateway_route_call`` hook, then the core's routing), the media session (SDP of
+   each leg rewritten so all media flows through the relay), then an INVITE to every target in
+   parallel (RFC 3261 §16.6-style forking done by a UAC core);
+2. ringing: 1xx from B is relayed to A with our own To tag (early media when it carries SDP);
+   the first 2xx wins: it is ACKed (§13.2.2.4), the other B legs are CANCELled, and A gets its
+   200 with the rewritten answer; a 2xx from any other leg is ACKed and BYEd. When every B leg has
+   failed, A gets the best final response (§16.7 step 6). CANCEL from A cancels every B leg and
+   answers 487; a 2xx crossing our CANCEL is ACKed and BYEd (the CANCEL/200 race);
+3. established: BYE from either side ends the call (BYE to the other side); re-INVITE is relayed
+   with its SDP rewritten (hold/resume), one at a time (491 while one is pending, §14.1); other
+   in-dialog requests are relayed; the media inactivity timer ends the call with a stated reason.
+
+Our 2xx to an INVITE is retransmitted by us until the ACK comes (§13.3.1.4: T1 doubling to T2,
+give up after 64*T1 and send BYE); the INVITE server transaction only absorbs retransmitted
+INVITEs (RFC 6026).
+
+A call is a failure boundary: an exception inside it ends this call (500 or BYE on each leg, a
+logged reason) and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from gateway.core.auth.digest import AuthKind
+from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
+from gateway.core.calls.routing import UnroutableTarget, destination_for
+from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
+from gateway.core.media.errors import PortsExhausted
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.model import SessionDescription
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sdp.serializer import serialize_sdp
+from gateway.core.sip.dialog import Dialog, OutOfOrderRequest
+from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
+from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.sip.uri import SipUri, Uri
+from gateway.core.transport.flows import Flow
+
+if TYPE_CHECKING:
+    from gateway.core.calls.manager import CallManager
+    from gateway.core.endpoint import ClientRequest
+    from gateway.core.media.session import MediaSession
+
+log = logging.getLogger(__name__)
+
+SDP = "application/sdp"
+EVENT_QUEUE = 64
+# Requests relayed as they are inside an established call; anything else gets 501.
+RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY"
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RequestEvent:
+    side: Side
+    transaction: ServerTransaction
+    request: Request
+    flow: Flow
+
+
+@attrs.frozen
+class AckEvent:
+    side: Side
+    request: Request
+
+
+@attrs.frozen
+class CancelEvent:
+    request: Request
+
+
+@attrs.frozen
+class ResponseEvent:
+    """A response to a request this call sent; ``tag`` says which request it answers."""
+
+    tag: object
+    response: Response
+
+
+CallEventInput = RequestEvent | AckEvent | CancelEvent | ResponseEvent
+
+
+class CallEnded(Exception):
+    """Internal: the call is over (reason for the logs and the call record)."""
+
+
+# -- the call ----------------------------------------------------------------------------------
+
+
+class Call:
+    def __init__(
+        self,
+        manager: CallManager,
+        transaction: ServerTransaction,
+        invite: Request,
+        flow: Flow,
+    ) -> None:
+        self.manager = manager
+        self.endpoint = manager.endpoint
+        gateway = manager.gateway
+        self.config = gateway.config
+        self.id = invite.call_id
+        self.started_at = trio.current_time()
+        self.a = ALeg(
+            side=Side.A,
+            flow=flow,
+            transport=flow.transport,
+            address=flow.remote,
+            contact=self._our_contact(flow.transport),
+            invite=invite,
+            transaction=transaction,
+            local_tag=gateway.ids.new_tag(),
+        )
+        self.b_legs: list[BLeg] = []
+        self.b: BLeg | None = None  # the leg that answered
+        self.caller: Caller | None = None
+        self.media: MediaSession | None = None
+        self.state = "new"
+        self.answered_at = 0.0
+        self.end_reason: str | None = None
+        self._events_send, self._events = trio.open_memory_channel[CallEventInput](EVENT_QUEUE)
+        self._nursery: trio.Nursery | None = None
+        self._pending_reinvite: tuple[Side, ServerTransaction, Request] | None = None
+        self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
+
+    # -- feeding events (from the endpoint's task) -------------------------------------------
+
+    def post(self, event: CallEventInput) -> None:
+        try:
+            self._events_send.send_nowait(event)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            # UDP peers retransmit; a call this flooded is misbehaving anyway.
+            log.warning("call %s: event queue full, dropping %s", self.id, type(event).__name__)
+
+    # -- the task ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self._setup()
+                    if self.state == "answered":
+                        await self._established()
+                except CallEnded as ended:
+                    self.end_reason = self.end_reason or str(ended)
+                except Exception as exc:
+                    # A bug in the core or a plugin: end this call only (STYLE.md habit 6).
+                    log.exception("call %s failed", self.id)
+                    self.end_reason = f"internal error: {type(exc).__name__}"
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await self._abort(500, "Server Internal Error")
+                # Give in-flight BYE/CANCEL/ACK exchanges a moment, then stop the forwarders.
+                with trio.move_on_after(self.config.sip.t1 * 4):
+                    await self._drain_b_legs()
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.media is not None:
+                self.media.close()
+            self.manager.forget(self)
+            self._events_send.close()
+            self.manager.event(self, "ended", self.end_reason)
+            log.info("call %s ended: %s", self.id, self.end_reason or "normal clearing")
+
+    async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
+        with trio.move_on_at(min(deadline, self._next_retransmission())):
+            return await self._events.receive()
+        await self._retransmit_2xx()
+        return None
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    async def _setup(self) -> None:
+        invite = self.a.invite
+        assert invite is not None and self.a.flow is not None
+        self.manager.event(self, "started", None)
+        caller = self._identify_caller(invite, self.a.flow)
+        if isinstance(caller, Response):
+            await self._respond_a(caller)
+            raise CallEnded(f"caller not authenticated ({caller.status})")
+        self.caller = caller
+        if invite.content_type is None or not invite.body:
+            await self._reject_a(
+                488, "Not Acceptable Here", "late offer (INVITE without SDP) is not supported"
+            )
+        try:
+            offer = parse_sdp_untrusted(invite.body)
+            if (invite.content_type or "").split(";")[0].strip().lower() != SDP:
+                raise SdpError(f"unsupported body type {invite.content_type}")
+        except SdpError as err:
+            await self._reject_a(488, "Not Acceptable Here", err.reason)
+        decision = self.manager.route(invite, caller)
+        if not decision.targets:
+            status = decision.reject_status or 404
+            reason = decision.reject_reason or default_reason(status)
+            await self._reject_a(status, reason, reason)
+        self.media = self.manager.new_media_session()
+        try:
+            offer_b = self.media.offer_from(Side.A.value, offer)
+        except SdpError as err:
+            await self._reject_a(488, "Not Acceptable Here", err.reason)
+        except PortsExhausted:
+            await self._reject_a(503, "Service Unavailable", "no free media ports")
+        for target in decision.targets:
+            await self._call_target(target, offer_b)
+        if not any(leg.final is None for leg in self.b_legs):
+            await self._fail_a()
+        self.state = "ringing"
+        await self._ringing()
+
+    def _identify_caller(self, invite: Request, flow: Flow) -> Caller | Response:
+        trunk = self.manager.trunk_for_source(flow.remote[0])
+        if trunk is not None:
+            return Caller(kind="trunk", name=trunk, flow=flow)
+        outcome = self.manager.authenticate(invite, flow, AuthKind.PROXY)
+        if isinstance(outcome, Response):
+            return outcome.with_headers(outcome.headers)
+        return Caller(kind="account", name=outcome.username, flow=flow)
+
+    async def _call_target(self, target: RouteTarget, offer: SessionDescription) -> None:
+        invite_a = self.a.invite
+        assert invite_a is not None and self.caller is not None
+        try:
+            uri = parse_uri_untrusted(target.uri)
+            destination = destination_for(target)
+        except (RemoteSipError, UnroutableTarget) as err:
+            log.warning("call %s: cannot call %s: %s", self.id, target.uri, err)
+            return
+        transport, address, flow = destination.transport, destination.address, destination.flow
+        leg = BLeg(
+            side=Side.B,
+            flow=flow,
+            transport=transport,
+            address=address,
+            contact=self._our_contact(transport),
+            target=target,
+        )
+        request = self._b_invite(uri, leg, offer, invite_a)
+        self.b_legs.append(leg)
+        from_tag = request.from_.tag
+        assert from_tag is not None
+        self.manager.register_b_leg(self, request.call_id, from_tag)
+        try:
+            client = await self.endpoint.send_request(
+                request, transport=transport, address=address, flow=flow
+            )
+        except OSError as exc:
+            log.warning("call %s: cannot reach %s: %s", self.id, target.uri, exc)
+            leg.final = make_response(request, 503, "Service Unavailable")
+            return
+        leg.flow = client.flow
+        leg.invite = client.request
+        self._forward(client, leg)
+
+    def _b_invite(
+        self, uri: Uri, leg: BLeg, offer: SessionDescription, invite_a: Request
+    ) -> Request:
+        assert self.caller is not None
+        ids = self.manager.gateway.ids
+        host, port = self.endpoint.local_address(leg.transport)
+        our_host = f"[{host}]" if ":" in host else host
+        caller_from = invite_a.from_
+        user = self.caller.name if self.caller.kind == "account" else None
+        if user is None and isinstance(caller_from.uri, SipUri):
+            user = caller_from.uri.user
+        from_uri = SipUri("sip", f"{our_host}:{port}", user=user or "anonymous")
+        from_ = NameAddr(from_uri, display_name=caller_from.display_name).with_tag(ids.new_tag())
+        max_forwards = (invite_a.max_forwards or 70) - 1
+        headers = Headers.of(
+            [
+                ("Max-Forwards", str(max_forwards)),
+                ("From", str(from_)),
+                ("To", str(self._b_to(uri, leg))),
+                ("Call-ID", ids.new_call_id()),
+                ("CSeq", "1 INVITE"),
+                ("Contact", str(leg.contact)),
+                ("Allow", ALLOW),
+                ("User-Agent", self.config.sip.user_agent),
+            ]
+        )
+        return Request("INVITE", uri, headers).with_body(serialize_sdp(offer), SDP)
+
+    def _b_to(self, uri: Uri, leg: BLeg) -> NameAddr:
+        """To of a B leg: the callee's address-of-record for a registered user (the
+        Request-URI is the contact, RFC 3261 §10.2.1), else the Request-URI itself."""
+        account = leg.target.account if leg.target is not None else None
+        if account is not None:
+            host, port = self.endpoint.local_address(leg.transport)
+            host = f"[{host}]" if ":" in host else host
+            return NameAddr(SipUri("sip", host, user=account, port=port))
+        if isinstance(uri, SipUri):
+            return NameAddr(attrs.evolve(uri, params=(), headers=()))
+        return NameAddr(uri)
+
+    def _forward(self, client: ClientRequest, tag: object) -> None:
+        """Pass every response of ``client`` into this call's event channel."""
+        assert self._nursery is not None
+
+        async def forward() -> None:
+            async with client.responses:
+                async for response in client.responses:
+                    self.post(ResponseEvent(tag, response))
+
+        self._nursery.start_soon(forward)
+
+    async def _ringing(self) -> None:
+        while self.state == "ringing":
+            event = await self._next_event()
+            if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
+                await self._b_response(event.tag, event.response)
+            elif isinstance(event, CancelEvent):
+                await self._cancelled_by_a()
+            elif isinstance(event, RequestEvent):
+                await self._early_request(event)
+            elif isinstance(event, ResponseEvent):
+                pass  # a response to a BYE/CANCEL we sent: nothing to do
+
+    async def _b_response(self, leg: BLeg, response: Response) -> None:
+        if leg.final is not None and not response.is_success:
+            return
+        if response.status < 200:
+            if response.status == 100:
+                return
+            leg.provisional_seen = True
+            if leg.cancel_wanted and not leg.cancelled:
+                await self._cancel_b(leg)
+                return
+            await self._relay_provisional(leg, response)
+            return
+        leg.final = response
+        if response.is_success:
+            await self._b_answered(leg, response)
+            return
+        if all(b.final is not None for b in self.b_legs) and self.state == "ringing":
+            await self._fail_a()
+
+    async def _relay_provisional(self, leg: BLeg, response: Response) -> None:
+        assert self.media is not None
+        body = b""
+        if response.body and (response.content_type or "").lower().startswith(SDP):
+            try:
+                answer = parse_sdp_untrusted(response.body)
+                body = serialize_sdp(self.media.answer_from(Side.B.value, answer))
+            except SdpError as err:
+                log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
+        status = 183 if body else 180
+        await self._respond_a(self._a_response(status, body=body))
+        self.manager.event(self, "ringing", None)
+
+    async def _b_answered(self, leg: BLeg, response: Response) -> None:
+        dialog = Dialog.create_uac(leg.invite, response, over_tls=leg.transport == "tls")  # type: ignore[arg-type]
+        await self._ack_b(leg, dialog, response)
+        if self.b is not None or self.state != "ringing":
+            # Another leg won, or A cancelled: the CANCEL/200 race (RFC 3261 §9.1, §15).
+            leg.dialog = dialog
+            await self._bye(leg, "call completed elsewhere")
+            return
+        assert self.media is not None
+        try:
+            if not response.body:
+                raise SdpError("2xx without SDP answer")
+            answer = self.media.answer_from(Side.B.value, parse_sdp_untrusted(response.body))
+        except SdpError as err:
+            leg.dialog = dialog
+            await self._bye(leg, f"bad SDP answer: {err.reason}")
+            await self._reject_a(488, "Not Acceptable Here", err.reason)
+            return
+        leg.dialog = dialog
+        self.b = leg
+        for other in self.b_legs:
+            if other is not leg and other.final is None:
+                await self._cancel_b(other)
+        ok = self._a_response(200, body=serialize_sdp(answer))
+        self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
+        await self._respond_a(ok)
+        self._start_2xx_retransmission(Side.A, ok)
+        self.media.settle()
+        self.a.answered = True
+        self.answered_at = trio.current_time()
+        self.state = "answered"
+        self.manager.event(self, "answered", None)
+
+    async def _ack_b(self, leg: BLeg, dialog: Dialog, response: Response) -> None:
+        flow = leg.flow
+        if flow is None or flow.closed:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
+        ack = dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
+        await self.endpoint.send_ack(ack, flow)
+
+    async def _cancel_b(self, leg: BLeg) -> None:
+        """CANCEL an unanswered B leg (RFC 3261 §9.1): only after a provisional response."""
+        leg.cancel_wanted = True
+        if leg.cancelled or leg.final is not None or leg.invite is None:
+            return
+        if not leg.provisional_seen:
+            return  # sent when the first 1xx arrives (_b_response)
+        invite = leg.invite
+        cancel = Request(
+            "CANCEL",
+            invite.uri,
+            Headers.of(
+                [
+                    ("Via", invite.headers.get("Via") or ""),
+                    ("Max-Forwards", "70"),
+                    ("From", invite.headers.get("From") or ""),
+                    ("To", invite.headers.get("To") or ""),
+                    ("Call-ID", invite.call_id),
+                    ("CSeq", f"{invite.cseq.number} CANCEL"),
+                    *(("Route", route) for route in invite.headers.get_all("Route")),
+                ]
+            ),
+        )
+        leg.cancelled = True
+        try:
+            client = await self.endpoint.send_request(
+                cancel, transport=leg.transport, address=leg.address, flow=leg.flow
+            )
+        except OSError as exc:
+            log.info("call %s: cannot send CANCEL: %s", self.id, exc)
+            return
+        self._forward(client, "cancel")
+
+    async def _cancelled_by_a(self) -> None:
+        self.end_reason = "cancelled by caller"
+        self.state = "cancelled"
+        for leg in self.b_legs:
+            if leg.final is None:
+                await self._cancel_b(leg)
+        await self._respond_a(self._a_response(487))
+        raise CallEnded("cancelled by caller")
+
+    async def _fail_a(self) -> None:
+        finals = [leg.final for leg in self.b_legs if leg.final is not None]
+        status, reason = best_failure(finals)
+        await self._reject_a(status, reason, None)
+
+    async def _early_request(self, event: RequestEvent) -> None:
+        # Before the call is answered only the B side can send in-dialog requests (on its early
+        # dialog); nothing we relay yet.
+        response = make_response(event.request, 491 if event.request.method == "INVITE" else 501)
+        await self.endpoint.respond(event.transaction, response)
+
+    # -- established ----------------------------------------------------------------------------
+
+    async def _established(self) -> None:
+        timeout = self.config.media.inactivity_timeout
+        check_every = max(0.5, min(5.0, timeout / 4))
+        next_check = trio.current_time() + check_every
+        while True:
+            event = await self._next_event(next_check)
+            now = trio.current_time()
+            if now >= next_check:
+                next_check = now + check_every
+                last = self.media.last_activity if self.media is not None else None
+                if now - max(last or 0.0, self.answered_at) > timeout:
+                    await self._hang_up(f"no media for {timeout:g} s")
+            if event is None:
+                continue
+            if isinstance(event, RequestEvent):
+                await self._in_dialog(event)
+            elif isinstance(event, AckEvent):
+                self._retransmit_at.pop(event.side, None)
+            elif isinstance(event, ResponseEvent):
+                await self._relayed_response(event)
+            elif isinstance(event, CancelEvent):
+                pass  # too late: the INVITE was answered (RFC 3261 §9.2)
+
+    async def _in_dialog(self, event: RequestEvent) -> None:
+        leg = self._leg(event.side)
+        request = event.request
+        assert leg.dialog is not None
+        try:
+            leg.dialog.receive_request(request)
+        except OutOfOrderRequest as err:
+            await self.endpoint.respond(event.transaction, make_response(request, 500, err.reason))
+            return
+        if request.method == "BYE":
+            await self.endpoint.respond(event.transaction, make_response(request, 200))
+            leg.dialog.terminate()
+            other = self._leg(event.side.other)
+            await self._bye(other, f"BYE from {event.side.value.upper()} leg")
+            raise CallEnded(f"BYE from {event.side.value.upper()} leg")
+        if request.method == "INVITE":
+            await self._reinvite(event)
+            return
+        if request.method in RELAYED_IN_DIALOG:
+            await self._relay_request(event)
+            return
+        await self.endpoint.respond(
+            event.transaction, make_response(request, 501, extra=[("Allow", ALLOW)])
+        )
+
+    async def _reinvite(self, event: RequestEvent) -> None:
+        request = event.request
+        if self._pending_reinvite is not None:
+            await self.endpoint.respond(event.transaction, make_response(request, 491))
+            return
+        assert self.media is not None
+        try:
+            offer = self.media.offer_from(event.side.value, parse_sdp_untrusted(request.body))
+        except SdpError as err:
+            await self.endpoint.respond(
+                event.transaction,
+                make_response(request, 488, extra=[("Warning", _warning(err.reason))]),
+            )
+            return
+        except PortsExhausted:
+            await self.endpoint.respond(
+                event.transaction,
+                make_response(request, 503, extra=[("Warning", _warning("no free media ports"))]),
+            )
+            return
+        other = self._leg(event.side.other)
+        self._pending_reinvite = (event.side, event.transaction, request)
+        reinvite = await self._send_in_dialog(
+            other, "INVITE", body=serialize_sdp(offer), tag=("reinvite", event.side.other)
+        )
+        if reinvite is None:
+            self.media.abandon_offer()
+            self._pending_reinvite = None
+            await self.endpoint.respond(event.transaction, make_response(request, 503))
+
+    async def _relay_request(self, event: RequestEvent) -> None:
+        other = self._leg(event.side.other)
+        request = event.request
+        extra = [
+            (name, value)
+            for name, value in request.headers.fields
+            if name in ("Content-Type", "Event", "Subscription-State", "Info-Package")
+        ]
+        sent = await self._send_in_dialog(
+            other,
+            request.method,
+            body=request.body,
+            extra=[e for e in extra if e[0] != "Content-Type"],
+            content_type=request.content_type,
+            tag=("relay", event.transaction, request),
+        )
+        if sent is None:
+            await self.endpoint.respond(event.transaction, make_response(request, 503))
+
+    async def _relayed_response(self, event: ResponseEvent) -> None:
+        tag = event.tag
+        response = event.response
+        if not isinstance(tag, tuple) or response.status < 200:
+            if isinstance(tag, BLeg) and response.is_success and tag is not self.b:
+                await self._b_answered(tag, response)  # late fork answer: ACK + BYE
+            return
+        if tag[0] == "relay":
+            _, transaction, request = tag
+            await self.endpoint.respond(
+                transaction,
+                make_response(
+                    request,
+                    response.status,
+                    response.reason,
+                    body=response.body,
+                    content_type=response.content_type,
+                ),
+            )
+        elif tag[0] == "reinvite":
+            await self._reinvite_answered(tag[1], response)
+
+    async def _reinvite_answered(self, answered_side: Side, response: Response) -> None:
+        if self._pending_reinvite is None:
+            return
+        side, transaction, request = self._pending_reinvite
+        self._pending_reinvite = None
+        leg = self._leg(answered_side)
+        assert leg.dialog is not None and self.media is not None
+        if response.is_success:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            await self.endpoint.send_ack(
+                leg.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow)), flow
+            )
+            try:
+                answer = self.media.answer_from(
+                    answered_side.value, parse_sdp_untrusted(response.body)
+                )
+                self.media.settle()
+            except SdpError as err:
+                # The answering leg already uses its new SDP; the legs would disagree from now
+                # on, so the call cannot go on (RFC 3264 §8: a 2xx answer cannot be refused).
+                self.media.abandon_offer()
+                rejection = make_response(request, 488, extra=[("Warning", _warning(err.reason))])
+                await self.endpoint.respond(transaction, rejection)
+                await self._hang_up(f"bad SDP answer to re-INVITE: {err.reason}")
+                return
+            ok = make_response(
+                request,
+                200,
+                to_tag=None,
+                extra=[("Contact", str(self._leg(side).contact))],
+                body=serialize_sdp(answer),
+                content_type=SDP,
+            )
+            await self.endpoint.respond(transaction, ok)
+            self._start_2xx_retransmission(side, ok)
+        else:
+            self.media.abandon_offer()
+            await self.endpoint.respond(
+                transaction, make_response(request, response.status, response.reason)
+            )
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _leg(self, side: Side) -> Leg:
+        if side is Side.A:
+            return self.a
+        assert self.b is not None
+        return self.b
+
+    def _our_contact(self, transport: str) -> NameAddr:
+        host, port = self.endpoint.local_address(transport)
+        host = f"[{host}]" if ":" in host else host
+        uri = SipUri("sip", host, user="voipgw", port=port)
+        if transport != "udp":
+            uri = uri.with_param("transport", transport)
+        return NameAddr(uri)
+
+    def _a_response(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        body: bytes = b"",
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> Response:
+        invite = self.a.invite
+        assert invite is not None
+        fields = list(extra)
+        if 100 < status < 300:
+            fields.append(("Contact", str(self.a.contact)))
+            # RFC 3261 §12.1.1: a UAS copies Record-Route into dialog-creating responses.
+            fields.extend(("Record-Route", rr) for rr in invite.headers.get_all("Record-Route"))
+            fields.append(("Allow", ALLOW))
+        return make_response(
+            invite,
+            status,
+            reason,
+            to_tag=self.a.local_tag,
+            extra=fields,
+            body=body,
+            content_type=SDP if body else None,
+        )
+
+    async def _respond_a(self, response: Response) -> None:
+        assert self.a.transaction is not None
+        await self.endpoint.respond(self.a.transaction, response)
+
+    async def _reject_a(self, status: int, reason: str, warning: str | None) -> None:
+        extra = [("Warning", _warning(warning))] if warning else []
+        await self._respond_a(self._a_response(status, reason, extra=extra))
+        raise CallEnded(f"{status} {reason}" + (f" ({warning})" if warning else ""))
+
+    async def _send_in_dialog(
+        self,
+        leg: Leg,
+        method: str,
+        *,
+        body: bytes = b"",
+        tag: object,
+        extra: Sequence[tuple[str, str]] = (),
+        content_type: str | None = SDP,
+    ) -> ClientRequest | None:
+        assert leg.dialog is not None
+        try:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+        except OSError as exc:
+            log.info("call %s: cannot reach %s leg: %s", self.id, leg.side.value, exc)
+            return None
+        leg.flow = flow
+        request = leg.dialog.create_request(
+            method,
+            via=self.endpoint.new_via(flow),
+            contact=leg.contact if method == "INVITE" else None,
+            extra=extra,
+            body=body,
+            content_type=content_type if body else None,
+        )
+        try:
+            client = await self.endpoint.send_request(
+                request, transport=flow.transport, address=flow.remote, flow=flow
+            )
+        except OSError as exc:
+            log.info("call %s: cannot send %s: %s", self.id, method, exc)
+            return None
+        self._forward(client, tag)
+        return client
+
+    async def _bye(self, leg: Leg, reason: str) -> None:
+        if leg.dialog is None or leg.dialog.state.value == "terminated":
+            return
+        await self._send_in_dialog(
+            leg,
+            "BYE",
+            tag="bye",
+            extra=[("Reason", f'SIP;cause=200;text="{_quoted(reason)}"')],
+        )
+        leg.dialog.terminate()
+
+    async def _hang_up(self, reason: str) -> None:
+        self.end_reason = reason
+        await self._bye(self.a, reason)
+        if self.b is not None:
+            await self._bye(self.b, reason)
+        raise CallEnded(reason)
+
+    async def _abort(self, status: int, reason: str) -> None:
+        if self.a.answered:
+            await self._bye(self.a, reason)
+        elif self.a.transaction is not None:
+            try:
+                await self._respond_a(self._a_response(status, reason))
+            except Exception:  # the transaction may already be final
+                log.debug("call %s: could not answer A while aborting", self.id)
+        for leg in self.b_legs:
+            if leg is self.b:
+                await self._bye(leg, reason)
+            elif leg.final is None:
+                await self._cancel_b(leg)
+
+    async def _drain_b_legs(self) -> None:
+        """After the end: keep handling B responses so a 2xx crossing our CANCEL is ACKed and
+        BYEd (RFC 3261 §9.1 race) until every B leg has a final response."""
+        while any(leg.final is None and leg.invite is not None for leg in self.b_legs):
+            event = await self._next_event()
+            if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
+                leg, response = event.tag, event.response
+                if response.status >= 200 and leg.final is None:
+                    leg.final = response
+                    if response.is_success and leg is not self.b:
+                        dialog = Dialog.create_uac(leg.invite, response)  # type: ignore[arg-type]
+                        await self._ack_b(leg, dialog, response)
+                        leg.dialog = dialog
+                        await self._bye(leg, "call already ended")
+                elif 100 < response.status < 200 and leg.cancel_wanted:
+                    leg.provisional_seen = True
+                    await self._cancel_b(leg)
+            elif isinstance(event, RequestEvent):
+                await self.endpoint.respond(event.transaction, make_response(event.request, 481))
+
+    # 2xx retransmission by the UAS core (RFC 3261 §13.3.1.4)
+
+    def _start_2xx_retransmission(self, side: Side, response: Response) -> None:
+        t1 = self.config.sip.t1
+        now = trio.current_time()
+        self._retransmit_at[side] = (now + t1, t1, response, now + 64 * t1)
+
+    def _next_retransmission(self) -> float:
+        return min((due for due, _, _, _ in self._retransmit_at.values()), default=math.inf)
+
+    async def _retransmit_2xx(self) -> None:
+        now = trio.current_time()
+        for side, (due, interval, response, give_up) in list(self._retransmit_at.items()):
+            if due > now:
+                continue
+            leg = self._leg(side)
+            if now >= give_up:
+                del self._retransmit_at[side]
+                # §13.3.1.4: no ACK within 64*T1: the session is not established; end it.
+                await self._hang_up(f"no ACK from {side.value.upper()} leg")
+            if leg.flow is not None and not leg.flow.reliable:
+                await self.endpoint.send_response(response, leg.flow)
+            interval = min(interval * 2, self.config.sip.t2)
+            self._retransmit_at[side] = (now + interval, interval, response, give_up)
+
+
+def best_failure(finals: Sequence[Response]) -> tuple[int, str]:
+    """The final response to give A when every B leg failed (RFC 3261 §16.7 step 6, simplified
+    for a B2BUA): a 6xx wins; else the lowest 4xx, preferring 486/480 which callers act on;
+    else 503. Authentication challenges from a trunk are our problem, not the caller's: 503."""
+    if not finals:
+        return 480, "Temporarily Unavailable"
+    for response in finals:
+        if 600 <= response.status < 700:
+            return response.status, response.reason
+    client_errors = [r for r in finals if 400 <= r.status < 500 and r.status not in (401, 407)]
+    for preferred in (486, 480, 404, 403):
+        for response in client_errors:
+            if response.status == preferred:
+                return response.status, response.reason
+    if client_errors:
+        best = min(client_errors, key=lambda r: r.status)
+        return best.status, best.reason
+    for response in finals:
+        if response.status in (401, 407):
+            return 503, "Service Unavailable (trunk asked us to authenticate)"
+    timeouts = [r for r in finals if r.status == 408]
+    if timeouts and len(timeouts) == len(finals):
+        return 408, "Request Timeout"
+    return 503, "Service Unavailable"
+
+
+def _warning(text: str | None) -> str:
+    # RFC 3261 §20.43: 399 miscellaneous warning, agent = us.
+    return f'399 voipgw "{_quoted(text or "")}"'
+
+
+def _quoted(text: str) -> str:
+    return " ".join(text.replace("\\", "").replace('"', "'").split())[:200]
+
+
+_ = RouteDecision, CallEvent  # re-exported types used by the manager

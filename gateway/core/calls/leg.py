@@ -1,0 +1,70 @@
+"""Call legs: one SIP dialog of a B2BUA call, and where its requests go.
+
+A B2BUA call has an A leg (we are the UAS: the caller's INVITE) and one B leg per target we ring
+(we are the UAC). Each leg has its own Call-ID, tags and CSeq space; nothing dialog-scoped is
+copied between legs (RFC 3261 §12, specs/sip-robustness.md §2). A leg sends its in-dialog requests
+over the flow it was set up on, so a phone behind NAT is reached the way it reached us.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from gateway.core.interfaces import RouteTarget
+from gateway.core.sip.dialog import Dialog
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.message import Request, Response
+from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.transport.flows import Address, Flow
+
+
+class Side(enum.Enum):
+    A = "a"
+    B = "b"
+
+    @property
+    def other(self) -> Side:
+        return Side.B if self is Side.A else Side.A
+
+
+@attrs.define(eq=False)
+class Leg:
+    """One leg's signalling state."""
+
+    side: Side
+    flow: Flow | None
+    transport: str
+    address: Address
+    contact: NameAddr
+    dialog: Dialog | None = None
+
+    @property
+    def established(self) -> bool:
+        return self.dialog is not None
+
+
+@attrs.define(eq=False)
+class ALeg(Leg):
+    """The caller's leg: its INVITE server transaction and the To tag we answer with."""
+
+    invite: Request | None = None
+    transaction: ServerTransaction | None = None
+    local_tag: str = ""
+    answered: bool = False
+    # When our 2xx was last (re)sent and the next retransmission interval (RFC 3261 §13.3.1.4).
+    pending_2xx: Response | None = None
+
+
+@attrs.define(eq=False)
+class BLeg(Leg):
+    """A leg we called: the INVITE we sent, its responses, and whether it must be cancelled."""
+
+    target: RouteTarget | None = None
+    invite: Request | None = None
+    final: Response | None = None
+    provisional_seen: bool = False
+    cancel_wanted: bool = False
+    cancelled: bool = False
+    early_dialogs: dict[str, Dialog] = attrs.field(factory=dict)

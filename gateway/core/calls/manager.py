@@ -1,0 +1,119 @@
+"""The call manager: the endpoint's transaction user for calls.
+
+It creates a :class:`~gateway.core.calls.call.Call` per new INVITE, runs each in its own task (the
+call's failure boundary), finds the call an in-dialog request, ACK or CANCEL belongs to, and hands
+calls what they need from the rest of the gateway (routing, authentication, media sessions).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from gateway.core.auth.digest import Authenticated, AuthKind
+from gateway.core.calls.call import AckEvent, Call, CancelEvent, RequestEvent
+from gateway.core.calls.leg import Side
+from gateway.core.interfaces import Caller, CallEvent, RouteDecision
+from gateway.core.sip.message import Request, Response, make_response
+from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.transport.flows import Flow
+
+if TYPE_CHECKING:
+    from gateway.core.gateway import Gateway
+    from gateway.core.media.session import MediaSession
+
+log = logging.getLogger(__name__)
+
+DialogKey = tuple[str, str]  # (Call-ID, our tag) — how requests from either leg find their call
+
+
+class CallManager:
+    def __init__(self, gateway: Gateway, nursery: trio.Nursery, *, max_calls: int = 10_000) -> None:
+        self.gateway = gateway
+        self.endpoint = gateway.endpoint
+        self._nursery = nursery
+        self.max_calls = max_calls
+        self.calls: set[Call] = set()
+        self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
+        self._by_invite: dict[ServerTransaction, Call] = {}
+
+    # -- CallLayer (called from the endpoint's task) --------------------------------------------
+
+    def invite(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
+        if len(self.calls) >= self.max_calls:
+            self._nursery.start_soon(
+                self.endpoint.respond,
+                transaction,
+                make_response(request, 503, "Service Unavailable (call limit reached)"),
+            )
+            return
+        call = Call(self, transaction, request, flow)
+        self.calls.add(call)
+        self._by_invite[transaction] = call
+        self._by_dialog[(request.call_id, call.a.local_tag)] = (call, Side.A)
+        self._nursery.start_soon(call.run, name=f"call {request.call_id}")
+
+    def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
+        found = self._find(request)
+        if found is None:
+            return False
+        call, side = found
+        call.post(RequestEvent(side, transaction, request, flow))
+        return True
+
+    def cancel(self, invite: ServerTransaction, request: Request) -> None:
+        call = self._by_invite.get(invite)
+        if call is not None:
+            call.post(CancelEvent(request))
+
+    def ack(self, request: Request, flow: Flow) -> None:
+        found = self._find(request)
+        if found is not None:
+            call, side = found
+            call.post(AckEvent(side, request))
+
+    def _find(self, request: Request) -> tuple[Call, Side] | None:
+        tag = request.to.tag
+        if tag is None:
+            return None
+        found = self._by_dialog.get((request.call_id, tag))
+        if found is not None:
+            return found
+        return None
+
+    # -- for calls ------------------------------------------------------------------------------
+
+    def register_b_leg(self, call: Call, call_id: str, local_tag: str) -> None:
+        self._by_dialog[(call_id, local_tag)] = (call, Side.B)
+
+    def forget(self, call: Call) -> None:
+        self.calls.discard(call)
+        for key in [k for k, (c, _) in self._by_dialog.items() if c is call]:
+            del self._by_dialog[key]
+        for txn in [t for t, c in self._by_invite.items() if c is call]:
+            del self._by_invite[txn]
+
+    def authenticate(
+        self, request: Request, flow: Flow, kind: AuthKind
+    ) -> Authenticated | Response:
+        registration = self.gateway.registration
+        assert registration is not None
+        return registration.authenticate(request, flow, kind)
+
+    def trunk_for_source(self, address: str) -> str | None:
+        return self.gateway.trunk_for_source(address)
+
+    def route(self, request: Request, caller: Caller) -> RouteDecision:
+        return self.gateway.route(request, caller)
+
+    def new_media_session(self) -> MediaSession:
+        return self.gateway.new_media_session()
+
+    def event(self, call: Call, kind: str, reason: str | None) -> None:
+        event = CallEvent(kind=kind, call_id=call.id, at=trio.current_time(), reason=reason)
+        try:
+            self.gateway.plugins.hook.gateway_call_event(event=event)
+        except Exception:
+            log.exception("a gateway_call_event observer failed (call %s)", call.id)
