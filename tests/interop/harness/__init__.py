@@ -1,0 +1,60 @@
+"""Harness for interop tests: the gateway, sipp, baresip, captures and tones on 127.0.0.1.
+
+Each peer is a context manager that starts its process, polls until it is ready (never a fixed
+sleep) and stops it on the way out, failed test or not; every child process also dies with the
+pytest process. Missing peers skip locally and fail in CI (``require_peer``).
+
+- ports: ``free_port(kind)``, ``free_port_pair()``, ``free_port_block(count)``,
+  ``wait_listening(port)``
+- gateway: ``GatewayProcess`` (``voipgw run`` with a generated config)
+- sipp: ``run_sipp_uac(...)``, ``SippUas``, ``SippResult``, ``SCENARIOS``
+- capture: ``Capture``, ``udp_filter(...)``, ``rtp_streams(pcap, ports)``, ``rtp_packets``
+- baresip: ``Baresip``
+- audio: ``tone_wav``, ``tone_ulaw``, ``dominant_frequency``, ``analyse_tone``
+"""
+
+from __future__ import annotations
+
+from tests.interop.harness.audio import (
+    ToneReport,
+    analyse_tone,
+    dominant_frequency,
+    tone_ulaw,
+    tone_wav,
+)
+from tests.interop.harness.baresip import Baresip, BaresipError
+from tests.interop.harness.capture import Capture, rtp_packets, rtp_streams, udp_filter
+from tests.interop.harness.gateway import GatewayProcess, options_ok
+from tests.interop.harness.ports import (
+    LOOPBACK,
+    free_port,
+    free_port_block,
+    free_port_pair,
+    wait_listening,
+)
+from tests.interop.harness.sipp import SCENARIOS, SippResult, SippUas, run_sipp_uac
+
+__all__ = [
+    "LOOPBACK",
+    "SCENARIOS",
+    "Baresip",
+    "BaresipError",
+    "Capture",
+    "GatewayProcess",
+    "SippResult",
+    "SippUas",
+    "ToneReport",
+    "analyse_tone",
+    "dominant_frequency",
+    "free_port",
+    "free_port_block",
+    "free_port_pair",
+    "options_ok",
+    "rtp_packets",
+    "rtp_streams",
+    "run_sipp_uac",
+    "tone_ulaw",
+    "tone_wav",
+    "udp_filter",
+    "wait_listening",
+]

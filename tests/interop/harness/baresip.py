@@ -1,0 +1,398 @@
+"""baresip 1.0.0 as a SIP phone on 127.0.0.1, driven over its ctrl_tcp socket.
+
+    with Baresip(tmp_path, "alice", source=tone_wav(tmp_path / "1k.wav", 1000)) as alice:
+        alice.register(gw.uri("alice"), "wonderland")
+        alice.dial(gw.uri("bob"))
+        alice.wait_established()
+        ...
+        alice.hangup()
+        alice.wait_closed()
+        assert abs(dominant_frequency(alice.received_audio()) - 440) < 5
+
+Each instance has its own config directory (shared/peers.md §2.2): SIP on 127.0.0.1 only (UDP
+and TCP on ``sip_port``; baresip also claims ``sip_port + 1`` for TLS), its own RTP port range,
+audio read from a WAV by the aufile module and recorded by the sndfile module (received audio in
+``rec/dump-*-dec.wav``, sent audio in ``-enc.wav``), ALSA's null device as the speaker. It starts
+with one account, ``sip:NAME@127.0.0.1:SIP_PORT``, which does not register and answers every
+call at once, so two instances can call each other without a registrar.
+
+Commands go over ctrl_tcp (netstring-framed JSON); its asynchronous events (CALL_ESTABLISHED,
+REGISTER_OK, ...) are collected in ``events``. baresip's own output goes to ``log_path``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tests.conftest import require_peer
+from tests.interop.harness.ports import LOOPBACK, free_port, free_port_block
+from tests.interop.harness.processes import start_process, stop_process, tail
+
+Event = dict[str, Any]
+
+MODULE_PATH = "/usr/lib/baresip/modules"
+# No stdio.so: without a tty on stdin it fails ("fd_listen: fd=0 Operation not permitted").
+MODULES = ("g711.so", "alsa.so", "aufile.so", "sndfile.so", "srtp.so", "dtls_srtp.so")
+# netstrings carry ctrl_tcp messages; bound what a misbehaving peer can make us buffer.
+MAX_CTRL_MESSAGE = 1 << 20
+
+
+class BaresipError(RuntimeError):
+    """baresip refused a command, reported a failure, or did not answer in time."""
+
+
+class Baresip:
+    """One baresip process with its own config directory under ``workdir``.
+
+    ``source`` is the WAV it sends (16-bit mono 8000 Hz, see ``tone_wav``; the call ends when
+    the file does), or None for 60 s of silence. ``mediaenc`` is the local account's media
+    encryption (srtp, srtp-mand, srtp-mandf, dtls_srtp). ``tls_certificate`` (key and
+    certificate in one PEM) turns on the TLS listener on ``sip_port + 1``. ``extra_config``
+    lines are appended to the generated config.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        name: str = "baresip",
+        *,
+        source: Path | None = None,
+        mediaenc: str | None = None,
+        tls_certificate: Path | None = None,
+        extra_config: str = "",
+        rtp_port_count: int = 20,
+        start_timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.dir = workdir / f"baresip-{name}"
+        self.rec_dir = self.dir / "rec"
+        self.log_path = self.dir / "output.log"
+        # SIP on UDP and TCP, and TLS on the next port whether or not it is configured.
+        self.sip_port = free_port_block(2, "both", align=1)
+        self.ctrl_port = free_port("tcp")
+        rtp_low = free_port_block(rtp_port_count)
+        self.rtp_ports = (rtp_low, rtp_low + rtp_port_count - 1)
+        self.local_aor = f"sip:{name}@{LOOPBACK}:{self.sip_port}"
+        self.source = source
+        self.mediaenc = mediaenc
+        self.tls_certificate = tls_certificate
+        self.extra_config = extra_config
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        #: Every ctrl_tcp event so far, oldest first.
+        self.events: list[Event] = []
+        self._taken: set[int] = set()  # indexes of events wait_event has returned
+        self._responses: dict[str, Event] = {}
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+        self._tokens = itertools.count(1)
+
+    # --- files and process ---------------------------------------------------------------
+
+    def _config_text(self) -> str:
+        source = self.source if self.source is not None else self._silence()
+        lines = [
+            ("poll_method", "epoll"),
+            ("sip_listen", f"{LOOPBACK}:{self.sip_port}"),
+            ("net_interface", LOOPBACK),  # not "lo": that fails with "could not get address"
+            ("dns_server", f"{LOOPBACK}:53"),  # keep its resolver off the real network
+            ("audio_player", "alsa,null"),
+            ("audio_source", f"aufile,{source}"),
+            ("audio_alert", "alsa,null"),
+            ("rtp_ports", f"{self.rtp_ports[0]}-{self.rtp_ports[1]}"),
+            ("rtp_timeout", "0"),
+            ("rtcp_mux", "no"),
+            ("rtp_stats", "yes"),
+            ("module_path", MODULE_PATH),
+            *(("module", module) for module in MODULES),
+            ("module_tmp", "account.so"),
+            ("module_app", "menu.so"),
+            ("module_app", "ctrl_tcp.so"),
+            ("ctrl_tcp_listen", f"{LOOPBACK}:{self.ctrl_port}"),
+            ("snd_path", str(self.rec_dir)),
+        ]
+        if self.tls_certificate is not None:
+            lines.append(("sip_certificate", str(self.tls_certificate)))
+        text = "".join(f"{key}\t\t{value}\n" for key, value in lines)
+        return text + self.extra_config + ("\n" if self.extra_config else "")
+
+    def _silence(self, seconds: int = 60) -> Path:
+        path = self.dir / "silence.wav"
+        with wave.open(str(path), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(8000)
+            wav.writeframes(bytes(2 * 8000 * seconds))
+        return path
+
+    def _account_params(self, mediaenc: str | None) -> str:
+        params = ";answermode=auto"
+        if mediaenc is not None:
+            params += f";mediaenc={mediaenc}"
+        return params
+
+    def start(self) -> None:
+        """Write the config, start baresip and wait until ctrl_tcp answers."""
+        self.rec_dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config").write_text(self._config_text())
+        (self.dir / "accounts").write_text(
+            f"<{self.local_aor}>;regint=0{self._account_params(self.mediaenc)}\n"
+        )
+        (self.dir / "contacts").write_text("")
+        self.process = start_process(
+            [require_peer("baresip"), "-f", str(self.dir)], log=self.log_path
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while self._sock is None:
+            if self.process.poll() is not None:
+                raise BaresipError(
+                    f"baresip exited with {self.process.returncode}:\n{tail(self.log_path)}"
+                )
+            try:
+                self._sock = socket.create_connection((LOOPBACK, self.ctrl_port), timeout=1.0)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BaresipError(
+                        f"baresip ctrl_tcp did not open:\n{tail(self.log_path)}"
+                    ) from None
+                time.sleep(0.05)
+        self.wait_for(r"baresip is ready", timeout=max(1.0, deadline - time.monotonic()))
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """``quit`` (hangs up and unregisters), then SIGTERM, then SIGKILL; the exit code."""
+        if self.process is None:
+            raise BaresipError("baresip was not started")
+        if self.process.poll() is None and self._sock is not None:
+            try:
+                self._send("quit", "")
+                self.process.wait(timeout=timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                pass  # SIGTERM below
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        return stop_process(self.process, sig=signal.SIGTERM, timeout=timeout)
+
+    def __enter__(self) -> Baresip:
+        try:
+            self.start()
+        except BaseException:
+            if self.process is not None:
+                stop_process(self.process, timeout=2.0)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if exc is not None:
+            print(f"--- baresip {self.name} ({self.log_path}) ---")
+            print(self.output()[-8000:])
+            print(f"--- baresip {self.name} events ---")
+            for event in self.events:
+                print(json.dumps(event))
+
+    # --- ctrl_tcp --------------------------------------------------------------------------
+
+    def _send(self, command: str, params: str) -> str:
+        if self._sock is None:
+            raise BaresipError("baresip is not running")
+        token = f"t{next(self._tokens)}"
+        body = json.dumps({"command": command, "params": params, "token": token}).encode()
+        self._sock.sendall(str(len(body)).encode() + b":" + body + b",")
+        return token
+
+    def _pump(self, timeout: float) -> None:
+        """Read what ctrl_tcp has sent within ``timeout`` s and file responses and events."""
+        if self._sock is None:
+            raise BaresipError("baresip is not running")
+        self._sock.settimeout(max(timeout, 0.001))
+        try:
+            data = self._sock.recv(65536)
+        except TimeoutError:
+            return
+        if not data:
+            self._sock.close()
+            self._sock = None
+            raise BaresipError(f"baresip closed ctrl_tcp:\n{tail(self.log_path)}")
+        self._buffer += data
+        while b":" in self._buffer:
+            length_text, _, rest = self._buffer.partition(b":")
+            length = int(length_text)
+            if length > MAX_CTRL_MESSAGE:
+                raise BaresipError(f"ctrl_tcp message of {length} bytes")
+            if len(rest) < length + 1:
+                return  # incomplete netstring; wait for more
+            message = json.loads(rest[:length])
+            self._buffer = rest[length + 1 :]  # skip the trailing ","
+            if message.get("event"):
+                self.events.append(message)
+            elif "token" in message:
+                self._responses[message["token"]] = message
+
+    def command(self, command: str, params: str = "", timeout: float = 5.0) -> str:
+        """Run a menu command (dial, hangup, uanew, ...); its text reply, or BaresipError."""
+        token = self._send(command, params)
+        deadline = time.monotonic() + timeout
+        while token not in self._responses:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BaresipError(f"no reply to {command!r} within {timeout} s")
+            self._pump(remaining)
+        reply = self._responses.pop(token)
+        if not reply.get("ok"):
+            raise BaresipError(f"{command} {params!r} failed: {reply.get('data')!r}")
+        return str(reply.get("data", ""))
+
+    def wait_event(
+        self,
+        event_type: str,
+        timeout: float = 10.0,
+        *,
+        match: Callable[[Event], bool] | None = None,
+        fail_on: tuple[str, ...] = (),
+    ) -> Event:
+        """The oldest event of ``event_type`` (and ``match``) not returned before.
+
+        Raises BaresipError when an event of a type in ``fail_on`` comes first, or after
+        ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            for index, event in enumerate(self.events):
+                if index in self._taken or (match is not None and not match(event)):
+                    continue
+                if event.get("type") == event_type:
+                    self._taken.add(index)
+                    return event
+                if event.get("type") in fail_on:
+                    self._taken.add(index)
+                    raise BaresipError(f"{event['type']} while waiting for {event_type}: {event}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seen = [event.get("type") for event in self.events]
+                raise BaresipError(f"no {event_type} within {timeout} s; events: {seen}")
+            self._pump(min(remaining, 0.2))
+
+    def output(self) -> str:
+        """Everything baresip has printed so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Poll baresip's output until ``pattern`` (a regex) matches; the match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while (found := regex.search(self.output())) is None:
+            if self.process is not None and self.process.poll() is not None:
+                raise BaresipError(f"baresip exited; {pattern!r} not seen:\n{tail(self.log_path)}")
+            if time.monotonic() > deadline:
+                raise BaresipError(f"{pattern!r} not in baresip output:\n{tail(self.log_path)}")
+            time.sleep(0.05)
+        return found
+
+    # --- phone actions ---------------------------------------------------------------------
+
+    def register(
+        self,
+        account_uri: str,
+        password: str,
+        *,
+        regint: int = 600,
+        mediaenc: str | None = None,
+        params: str = "",
+        timeout: float = 10.0,
+    ) -> Event:
+        """Add an account that registers (digest ``password``) and make it the one that dials.
+
+        ``account_uri`` is the address of record, e.g. ``sip:alice@127.0.0.1:PORT``; baresip
+        registers it at that host (``;transport=tcp`` inside the URI selects TCP). ``params``
+        are more account parameters (";outbound=..."). Returns the REGISTER_OK event; raises
+        BaresipError on REGISTER_FAIL. baresip 1.0.0 fails on any SHA-256 challenge, so the
+        registrar must offer MD5 only.
+        """
+        aor = account_uri.strip("<>")
+        line = f"<{aor}>;auth_pass={password};regint={regint}"
+        self.command("uanew", line + self._account_params(mediaenc) + params)
+        self.command("uafind", aor)  # the current UA is the one /dial uses
+        return self.wait_event(
+            "REGISTER_OK",
+            timeout,
+            match=lambda event: event.get("accountaor") == aor,
+            fail_on=("REGISTER_FAIL",),
+        )
+
+    def use_account(self, account_uri: str) -> None:
+        """Make the account with this address of record the one that dials."""
+        self.command("uafind", account_uri.strip("<>"))
+
+    def dial(self, uri: str) -> None:
+        """Call ``uri`` from the current account; see wait_established()."""
+        self.command("dial", uri)
+
+    def hangup(self) -> None:
+        """Hang up the current call (BYE, or CANCEL while it rings)."""
+        self.command("hangup")
+
+    def wait_established(self, timeout: float = 10.0) -> Event:
+        """The next CALL_ESTABLISHED; BaresipError if the call closes first."""
+        return self.wait_event("CALL_ESTABLISHED", timeout, fail_on=("CALL_CLOSED",))
+
+    def wait_closed(self, timeout: float = 10.0) -> Event:
+        """The next CALL_CLOSED (its ``param`` says why, e.g. "Connection reset by peer")."""
+        return self.wait_event("CALL_CLOSED", timeout)
+
+    # --- recordings ------------------------------------------------------------------------
+
+    def recordings(self, kind: str = "dec") -> list[Path]:
+        """sndfile's recordings, oldest first: "dec" (received) or "enc" (sent).
+
+        The names carry a timestamp in seconds, so two calls that start in the same second
+        share one file.
+        """
+        return sorted(self.rec_dir.glob(f"dump-*-{kind}.wav"))
+
+    def received_audio(self, timeout: float = 5.0) -> Path:
+        """The newest recording of received audio, once sndfile has finished writing it."""
+        return self._finished_recording("dec", timeout)
+
+    def sent_audio(self, timeout: float = 5.0) -> Path:
+        """The newest recording of sent audio, once sndfile has finished writing it."""
+        return self._finished_recording("enc", timeout)
+
+    def _finished_recording(self, kind: str, timeout: float) -> Path:
+        deadline = time.monotonic() + timeout
+        while True:
+            files = self.recordings(kind)
+            if files and _wav_complete(files[-1]):
+                return files[-1]
+            if time.monotonic() > deadline:
+                raise BaresipError(f"no finished {kind} recording in {self.rec_dir}: {files}")
+            time.sleep(0.05)
+
+
+def _wav_complete(path: Path) -> bool:
+    # libsndfile writes the RIFF chunk size (file size - 8, RIFF header) when it closes the file.
+    data = path.read_bytes()[:8]
+    return (
+        len(data) == 8
+        and data[:4] == b"RIFF"
+        and int.from_bytes(data[4:], "little") == path.stat().st_size - 8
+    )

@@ -1,0 +1,159 @@
+"""Packet capture on the loopback interface, and counting RTP in a capture with tshark.
+
+    with Capture(tmp_path / "call.pcap", udp_filter(gw.media_ports, trunk.media_port)) as cap:
+        ...                                   # the call
+    streams = rtp_streams(cap.path, [trunk.media_port, *range(low, high + 1)])
+    assert streams[(("127.0.0.1", a), ("127.0.0.1", b))] >= 90
+
+dumpcap (tshark's capture engine) writes the file; ``Capture`` returns only once dumpcap says
+"Capturing on", and stops it with SIGTERM, which makes it flush every packet it has seen.
+Capturing needs root or the capabilities Debian gives dumpcap for the wireshark group.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+from tests.conftest import require_peer
+from tests.interop.harness.processes import start_process, stop_process
+
+Address = tuple[str, int]
+
+
+def udp_filter(*ports: int | tuple[int, int]) -> str:
+    """A capture filter for UDP on the given ports and inclusive (low, high) port ranges."""
+    terms = [
+        f"portrange {port[0]}-{port[1]}" if isinstance(port, tuple) else f"port {port}"
+        for port in ports
+    ]
+    return "udp and (" + " or ".join(terms) + ")" if terms else "udp"
+
+
+class Capture:
+    """dumpcap on ``lo`` writing a pcap to ``path`` with a BPF ``capture_filter``."""
+
+    def __init__(self, path: Path, capture_filter: str = "udp", *, interface: str = "lo") -> None:
+        self.path = path
+        self.capture_filter = capture_filter
+        self.interface = interface
+        self.log_path = path.with_suffix(".dumpcap.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start dumpcap and poll its output until it says it is capturing."""
+        require_peer("tshark")
+        dumpcap = shutil.which("dumpcap") or "/usr/bin/dumpcap"
+        self.process = start_process(
+            # -P: classic pcap, readable by every tool; -q: no packet counter on stderr.
+            [
+                dumpcap,
+                "-i",
+                self.interface,
+                "-f",
+                self.capture_filter,
+                "-w",
+                str(self.path),
+                "-P",
+                "-q",
+            ],
+            log=self.log_path,
+        )
+        deadline = time.monotonic() + timeout
+        while "Capturing on" not in self._log():
+            if self.process.poll() is not None:
+                self._fail_to_start()
+            if time.monotonic() > deadline:
+                stop_process(self.process, timeout=2.0)
+                raise RuntimeError(f"dumpcap did not start capturing:\n{self._log()}")
+            time.sleep(0.05)
+
+    def _fail_to_start(self) -> None:
+        message = f"dumpcap could not capture on {self.interface}:\n{self._log()}"
+        if "permission" in self._log().lower() and os.environ.get("VOIPGW_REQUIRE_PEERS") != "1":
+            pytest.skip(message + "\n(run as root or add the user to the wireshark group)")
+        raise RuntimeError(message)
+
+    def _log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop dumpcap (SIGTERM: it writes out what it has) and wait for it to exit."""
+        if self.process is not None:
+            stop_process(self.process, sig=signal.SIGTERM, timeout=10.0)
+
+    def __enter__(self) -> Capture:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _tshark_fields(pcap: Path, ports: Iterable[int], fields: list[str]) -> list[list[str]]:
+    decode = []
+    for port in sorted(set(ports)):
+        decode += ["-d", f"udp.port=={port},rtp"]
+    args = [require_peer("tshark"), "-n", "-r", str(pcap), *decode, "-Y", "rtp", "-T", "fields"]
+    for field in fields:
+        args += ["-e", field]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"tshark failed on {pcap}:\n{result.stderr}")
+    return [line.split("\t") for line in result.stdout.splitlines() if line]
+
+
+def rtp_streams(pcap: Path, ports: Iterable[int]) -> dict[tuple[Address, Address], int]:
+    """RTP packets per (source, destination) in ``pcap``, UDP on ``ports`` decoded as RTP.
+
+    tshark decodes a UDP packet as RTP when either of its ports is in ``ports`` (-d
+    udp.port==N,rtp), so list the media ports of every party in the call.
+    """
+    rows = _tshark_fields(pcap, ports, ["ip.src", "udp.srcport", "ip.dst", "udp.dstport"])
+    counts = Counter(((src, int(sport)), (dst, int(dport))) for src, sport, dst, dport in rows)
+    return dict(counts)
+
+
+def rtp_packets(pcap: Path, ports: Iterable[int]) -> list[dict[str, str]]:
+    """Every RTP packet in ``pcap`` as tshark fields: src, srcport, dst, dstport, ssrc, seq,
+    timestamp, payload_type, marker (strings as tshark prints them; ssrc in hex)."""
+    names = [
+        "src",
+        "srcport",
+        "dst",
+        "dstport",
+        "ssrc",
+        "seq",
+        "timestamp",
+        "payload_type",
+        "marker",
+    ]
+    fields = [
+        "ip.src",
+        "udp.srcport",
+        "ip.dst",
+        "udp.dstport",
+        "rtp.ssrc",
+        "rtp.seq",
+        "rtp.timestamp",
+        "rtp.p_type",
+        "rtp.marker",
+    ]
+    return [dict(zip(names, row, strict=True)) for row in _tshark_fields(pcap, ports, fields)]

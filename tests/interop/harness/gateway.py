@@ -1,0 +1,214 @@
+"""``voipgw run`` in a subprocess, configured and run the way an operator runs it.
+
+    with GatewayProcess(tmp_path, accounts={"alice": "wonderland"}, extra_toml=TRUNKS) as gw:
+        run_sipp_uac("uac_call.xml", gw.address, ...)
+        gw.wait_for_log(r"call .* ended")
+
+The config file is written from the arguments, accounts are added with ``voipgw accounts add``,
+readiness is an OPTIONS probe answered 200 (RFC 3261 §11), and the way out is SIGTERM with exit
+code 0 expected (SIGKILL after 10 s). When the body raises, the end of the log is printed so the
+failing test's report shows it.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from tests.interop.harness.ports import LOOPBACK, free_port_block, free_port_pair
+from tests.interop.harness.processes import start_process, stop_process, tail
+
+#: The repository root: ``python -m gateway`` runs from here.
+REPO_ROOT = Path(__file__).parents[3]
+
+TomlValue = str | int | float | bool | Sequence[str | int | float | bool]
+
+
+def _toml_value(value: TomlValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+
+
+def toml_tables(tables: Mapping[str, Mapping[str, TomlValue]]) -> str:
+    """TOML text for ``{table: {key: value}}`` with scalar or list values."""
+    out = []
+    for table, keys in tables.items():
+        out.append(f"[{table}]")
+        out.extend(f"{key} = {_toml_value(value)}" for key, value in keys.items())
+        out.append("")
+    return "\n".join(out)
+
+
+def options_ok(port: int, transport: str = "udp", timeout: float = 0.2) -> bool:
+    """True when an OPTIONS to 127.0.0.1:port over UDP gets a 200 within ``timeout`` s."""
+    probe = (
+        f"OPTIONS sip:{LOOPBACK}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {LOOPBACK}:9;branch=z9hG4bKready{time.monotonic_ns()};rport\r\n"
+        f"From: <sip:ready@{LOOPBACK}>;tag=r\r\nTo: <sip:{LOOPBACK}:{port}>\r\n"
+        f"Call-ID: ready{time.monotonic_ns()}@{LOOPBACK}\r\nCSeq: 1 OPTIONS\r\n"
+        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.bind((LOOPBACK, 0))
+        sock.sendto(probe, (LOOPBACK, port))
+        try:
+            return sock.recv(65535).startswith(b"SIP/2.0 200")
+        except OSError:
+            return False
+
+
+class GatewayProcess:
+    """A running ``voipgw`` listening on UDP and TCP 127.0.0.1:``port``.
+
+    ``workdir`` (usually ``tmp_path``) receives ``voipgw.toml``, ``state/`` and ``gateway.log``.
+    ``accounts`` maps account names to passwords. ``settings`` adds or replaces keys of the
+    generated tables (``{"sip": {"t1": 0.1}, "gateway": {"log_level": "debug"}}``);
+    ``extra_toml`` is appended verbatim after them (``[[trunks]]`` tables, plugin tables).
+    ``digest_algorithms`` defaults to MD5 first for sipp 3.6, which answers only the first
+    challenge; baresip 1.0.0 fails on any SHA-256 challenge and needs ``("MD5",)``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        accounts: Mapping[str, str] | None = None,
+        settings: Mapping[str, Mapping[str, TomlValue]] | None = None,
+        extra_toml: str = "",
+        digest_algorithms: Sequence[str] = ("MD5", "SHA-256"),
+        media_port_count: int = 100,
+        start_timeout: float = 20.0,
+    ) -> None:
+        self.workdir = workdir
+        self.accounts = dict(accounts or {})
+        self.port = free_port_pair()
+        media_low = free_port_block(media_port_count)
+        #: Inclusive range of the relay's media ports, for captures and assertions.
+        self.media_ports = (media_low, media_low + media_port_count - 1)
+        self.config_path = workdir / "voipgw.toml"
+        self.state_dir = workdir / "state"
+        self.log_path = workdir / "gateway.log"
+        self.start_timeout = start_timeout
+        tables: dict[str, dict[str, TomlValue]] = {
+            "gateway": {
+                "state_dir": str(self.state_dir),
+                "digest_algorithms": list(digest_algorithms),
+            },
+            "sip": {"listen": [f"udp:{LOOPBACK}:{self.port}", f"tcp:{LOOPBACK}:{self.port}"]},
+            "media": {"address": LOOPBACK, "ports": f"{media_low}-{self.media_ports[1]}"},
+        }
+        for table, keys in (settings or {}).items():
+            tables.setdefault(table, {}).update(keys)
+        self.config_text = toml_tables(tables) + extra_toml
+        self.process: subprocess.Popen[bytes] | None = None
+        #: Exit code after stop(); None while running or before start().
+        self.returncode: int | None = None
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``, the target for sipp."""
+        return f"{LOOPBACK}:{self.port}"
+
+    def uri(self, user: str, transport: str | None = None) -> str:
+        """``sip:user@127.0.0.1:PORT`` (with ``;transport=`` when given)."""
+        suffix = f";transport={transport}" if transport else ""
+        return f"sip:{user}@{LOOPBACK}:{self.port}{suffix}"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``voipgw ARGS --config FILE``; raises with the output when it fails."""
+        command = [sys.executable, "-m", "gateway", *args, "--config", str(self.config_path)]
+        result = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"voipgw {args[0]} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            )
+        return result
+
+    def add_account(self, name: str, password: str) -> None:
+        """``voipgw accounts add NAME --password PW`` against this gateway's store."""
+        self.cli("accounts", "add", name, "--password", password)
+
+    def start(self) -> None:
+        """Write the config, add the accounts, start and wait for 200 to OPTIONS."""
+        self.config_path.write_text(self.config_text)
+        for name, password in self.accounts.items():
+            self.add_account(name, password)
+        self.process = start_process(
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
+            log=self.log_path,
+            cwd=REPO_ROOT,
+            env={"PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while not options_ok(self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"gateway exited with {self.process.returncode} at start-up:\n"
+                    + self.log_text()
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway did not answer OPTIONS:\n" + tail(self.log_path))
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, wait ``timeout`` s, SIGKILL; the exit code (also in ``returncode``)."""
+        if self.process is None:
+            raise RuntimeError("gateway was not started")
+        if self.returncode is None:
+            self.returncode = stop_process(self.process, sig=signal.SIGTERM, timeout=timeout)
+        return self.returncode
+
+    def log_text(self) -> str:
+        """Everything the gateway has written to stdout and stderr so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Poll the log until ``pattern`` (a regex) matches; the match, or AssertionError."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while (match := regex.search(self.log_text())) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not in the gateway log:\n{tail(self.log_path)}")
+            time.sleep(0.05)
+        return match
+
+    def __enter__(self) -> GatewayProcess:
+        try:
+            self.start()
+        except BaseException:
+            if self.process is not None:
+                stop_process(self.process, timeout=2.0)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        returncode = self.stop()
+        if exc is not None:
+            print(f"--- gateway log ({self.log_path}), exit code {returncode} ---")
+            print(tail(self.log_path, 200))
+            return
+        assert returncode == 0, f"gateway exited with {returncode}:\n{tail(self.log_path)}"

@@ -1,0 +1,127 @@
+"""Ports on 127.0.0.1 for interop tests, and waiting until a peer listens on one.
+
+Every peer the harness starts (the gateway, sipp, baresip, dumpcap) needs ports chosen by the test,
+because none of them can report a port picked by the kernel. A port is "free" when a probe could
+bind it a moment ago; another process may take it before the peer binds it, so each port is handed
+out once per test session, and blocks are taken below the kernel's ephemeral range, where the
+kernel never picks ports for other programs' outgoing sockets.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Literal
+
+#: Interop tests bind and send to the loopback address only, never a routable one.
+LOOPBACK = "127.0.0.1"
+
+Kind = Literal["udp", "tcp", "both"]
+
+# Ports handed out in this process, so two allocations in one session never return the same one.
+_handed_out: set[int] = set()
+_random = random.Random()
+
+
+def _bindable(port: int, kind: Kind) -> bool:
+    types = {
+        "udp": [socket.SOCK_DGRAM],
+        "tcp": [socket.SOCK_STREAM],
+        "both": [socket.SOCK_DGRAM, socket.SOCK_STREAM],
+    }[kind]
+    sockets = []
+    try:
+        for sock_type in types:
+            sock = socket.socket(socket.AF_INET, sock_type)
+            sockets.append(sock)
+            sock.bind((LOOPBACK, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port(kind: Kind = "udp") -> int:
+    """A port on 127.0.0.1 free for ``kind`` ("udp", "tcp" or "both") and not handed out before."""
+    first = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, first) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out and _bindable(port, kind):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free {kind} port on {LOOPBACK}")
+
+
+def free_port_pair() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (a SIP listener binds both)."""
+    return free_port("both")
+
+
+def _ephemeral_low() -> int:
+    try:
+        low, _high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low)
+    except (OSError, ValueError):
+        return 32768
+
+
+def free_port_block(count: int, kind: Kind = "udp", *, align: int = 2) -> int:
+    """First port of ``count`` consecutive ports free for ``kind``, none handed out before.
+
+    The block starts on a multiple of ``align`` (RTP on even ports, RTCP on the next odd one,
+    RFC 3550 §11) and lies between 10000 and the start of the kernel's ephemeral range.
+    """
+    low, high = 10000, _ephemeral_low() - count
+    for _ in range(500):
+        base = _random.randrange(low, high) // align * align
+        ports = range(base, base + count)
+        if any(port in _handed_out for port in ports):
+            continue
+        if all(_bindable(port, kind) for port in ports):
+            _handed_out.update(ports)
+            return base
+    raise RuntimeError(f"no block of {count} free {kind} ports on {LOOPBACK}")
+
+
+def _listening(port: int, kind: Literal["udp", "tcp"]) -> bool:
+    # /proc/net/{udp,tcp}: "sl local_address rem_address st ...", addresses as HEXIP:HEXPORT.
+    # A bound UDP socket is state 07 (unconnected), a listening TCP socket 0A (LISTEN).
+    wanted_state = "07" if kind == "udp" else "0A"
+    suffix = f":{port:04X}"
+    for table in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[1].endswith(suffix) and fields[3] == wanted_state:
+                return True
+    return False
+
+
+def wait_listening(
+    port: int,
+    kind: Literal["udp", "tcp"] = "udp",
+    *,
+    timeout: float = 10.0,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll until some socket listens on ``port`` (UDP bound or TCP LISTEN).
+
+    Raises RuntimeError when ``process`` exits first or after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not _listening(port, kind):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {kind} {port}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {kind} port {port} after {timeout} s")
+        time.sleep(0.05)

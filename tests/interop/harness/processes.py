@@ -1,0 +1,72 @@
+"""Starting and stopping the peer processes of an interop test.
+
+Every process is started here so that each one dies with the test run: it gets SIGKILL from the
+kernel when the pytest process dies (prctl PR_SET_PDEATHSIG), and the context managers that own
+them stop them on the way out of every test, failed or not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec. Linux only, which is where the peers run.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def start_process(
+    args: Sequence[str],
+    *,
+    log: Path,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stderr_to_log: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` with stdin from /dev/null and stdout (and stderr) appended to ``log``."""
+    with log.open("ab") as log_file:
+        return subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT if stderr_to_log else subprocess.PIPE,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_parent,
+        )
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM, timeout: float = 10.0
+) -> int:
+    """Send ``sig`` unless it has exited, wait ``timeout`` s, then SIGKILL; the exit code.
+
+    A process killed after the timeout reports its negative signal number (-9).
+    """
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
+    return process.returncode
+
+
+def tail(path: Path, lines: int = 80) -> str:
+    """The last ``lines`` lines of a text file, or a note that it does not exist."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"({path} does not exist)"
+    return "\n".join(text.splitlines()[-lines:])
