@@ -8,7 +8,8 @@ pytest process. Missing peers skip locally and fail in CI (``require_peer``).
   ``wait_listening(port)``
 - gateway: ``GatewayProcess`` (``voipgw run`` with a generated config)
 - sipp: ``run_sipp_uac(...)``, ``SippUas``, ``SippResult``, ``SCENARIOS``
-- capture: ``Capture``, ``udp_filter(...)``, ``rtp_streams(pcap, ports)``, ``rtp_packets``
+- capture: ``Capture``, ``udp_filter(...)``, ``rtp_streams(pcap, ports)``, ``rtp_packets``,
+  ``udp_flows``
 - baresip: ``Baresip``
 - audio: ``tone_wav``, ``tone_ulaw``, ``dominant_frequency``, ``analyse_tone``
 """
@@ -23,7 +24,13 @@ from tests.interop.harness.audio import (
     tone_wav,
 )
 from tests.interop.harness.baresip import Baresip, BaresipError
-from tests.interop.harness.capture import Capture, rtp_packets, rtp_streams, udp_filter
+from tests.interop.harness.capture import (
+    Capture,
+    rtp_packets,
+    rtp_streams,
+    udp_filter,
+    udp_flows,
+)
 from tests.interop.harness.gateway import GatewayProcess, options_ok
 from tests.interop.harness.ports import (
     LOOPBACK,
@@ -56,5 +63,6 @@ __all__ = [
     "tone_ulaw",
     "tone_wav",
     "udp_filter",
+    "udp_flows",
     "wait_listening",
 ]

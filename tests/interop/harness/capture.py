@@ -107,11 +107,14 @@ class Capture:
         self.stop()
 
 
-def _tshark_fields(pcap: Path, ports: Iterable[int], fields: list[str]) -> list[list[str]]:
+def _tshark_fields(
+    pcap: Path, ports: Iterable[int], fields: list[str], display_filter: str = "rtp"
+) -> list[list[str]]:
     decode = []
     for port in sorted(set(ports)):
         decode += ["-d", f"udp.port=={port},rtp"]
-    args = [require_peer("tshark"), "-n", "-r", str(pcap), *decode, "-Y", "rtp", "-T", "fields"]
+    args = [require_peer("tshark"), "-n", "-r", str(pcap), *decode, "-Y", display_filter]
+    args += ["-T", "fields"]
     for field in fields:
         args += ["-e", field]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
@@ -157,3 +160,10 @@ def rtp_packets(pcap: Path, ports: Iterable[int]) -> list[dict[str, str]]:
         "rtp.marker",
     ]
     return [dict(zip(names, row, strict=True)) for row in _tshark_fields(pcap, ports, fields)]
+
+
+def udp_flows(pcap: Path) -> dict[tuple[Address, Address], int]:
+    """UDP packets per (source, destination) in ``pcap``, whatever they carry."""
+    rows = _tshark_fields(pcap, [], ["ip.src", "udp.srcport", "ip.dst", "udp.dstport"], "udp")
+    counts = Counter(((src, int(sport)), (dst, int(dport))) for src, sport, dst, dport in rows)
+    return dict(counts)
