@@ -377,6 +377,22 @@ class Baresip:
         """The newest recording of sent audio, once sndfile has finished writing it."""
         return self._finished_recording("enc", timeout)
 
+    def wait_audio(self, seconds: float, timeout: float = 10.0, *, kind: str = "dec") -> Path:
+        """Poll until the newest recording ("dec": received) holds ``seconds`` s of audio.
+
+        This is how a test lets a call carry audio for a while without a fixed sleep. The
+        recordings are 16-bit mono at the codec rate (8000 Hz for G.711).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            files = self.recordings(kind)
+            if files and (files[-1].stat().st_size - 44) / (2 * 8000) >= seconds:
+                return files[-1]
+            if time.monotonic() > deadline:
+                sizes = {file.name: file.stat().st_size for file in files}
+                raise BaresipError(f"no {seconds} s of {kind} audio after {timeout} s: {sizes}")
+            time.sleep(0.05)
+
     def _finished_recording(self, kind: str, timeout: float) -> Path:
         deadline = time.monotonic() + timeout
         while True:

@@ -52,7 +52,7 @@ def toml_tables(tables: Mapping[str, Mapping[str, TomlValue]]) -> str:
     return "\n".join(out)
 
 
-def options_ok(port: int, transport: str = "udp", timeout: float = 0.2) -> bool:
+def options_ok(port: int, timeout: float = 0.2) -> bool:
     """True when an OPTIONS to 127.0.0.1:port over UDP gets a 200 within ``timeout`` s."""
     probe = (
         f"OPTIONS sip:{LOOPBACK}:{port} SIP/2.0\r\n"

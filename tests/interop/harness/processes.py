@@ -29,15 +29,14 @@ def start_process(
     log: Path,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
-    stderr_to_log: bool = True,
 ) -> subprocess.Popen[bytes]:
-    """Start ``args`` with stdin from /dev/null and stdout (and stderr) appended to ``log``."""
+    """Start ``args`` with stdin from /dev/null and stdout and stderr appended to ``log``."""
     with log.open("ab") as log_file:
         return subprocess.Popen(
             list(args),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
-            stderr=subprocess.STDOUT if stderr_to_log else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             cwd=cwd,
             env={**os.environ, **(env or {})},
             preexec_fn=_die_with_parent,
@@ -58,8 +57,6 @@ def stop_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    if process.stderr is not None:
-        process.stderr.close()
     return process.returncode
 
 

@@ -17,6 +17,7 @@ are in tests/interop/scenarios; each says in its header comment what it does and
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import signal
 import subprocess
@@ -161,6 +162,21 @@ def _common_args(
     return args
 
 
+_FIRST_REQUEST = re.compile(r"^\s*[A-Z]+ sip:(\S+) SIP/2\.0", re.MULTILINE)
+
+
+def _digest_uri(scenario: Path, service: str, target: str) -> str | None:
+    # sipp's digest uri defaults to remote_ip:remote_port; the server checks it against the
+    # Request-URI (RFC 2617 §3.2.2.5), so take it from the scenario's first request line.
+    match = _FIRST_REQUEST.search(scenario.read_text(errors="replace"))
+    if match is None:
+        return None
+    host, _, port = target.rpartition(":")
+    uri = match[1].replace("[service]", service)
+    uri = uri.replace("[remote_ip]", host).replace("[remote_port]", port)
+    return None if "[" in uri else uri
+
+
 def _ulaw_seconds(path: Path) -> float:
     return path.stat().st_size / 8000  # 8000 one-byte G.711 samples per second
 
@@ -185,11 +201,12 @@ def run_sipp_uac(
     """Run a UAC scenario against ``target`` ("127.0.0.1:PORT") until it ends; never raises.
 
     ``service`` is the callee user (-s) and ``caller`` the caller user (-key caller). ``auth``
-    is (username, password) for 401/407 challenges (-au/-ap, and -auth_uri so the digest uri is
-    the Request-URI). ``rtp_file`` is a raw PCMU file (``tone_ulaw``) copied to the run
-    directory for uac_call_rtp.xml; the call is then held for its length plus 0.5 s unless
-    ``call_duration_ms`` says otherwise (default 500 ms). ``calls`` and ``rate`` (calls/s)
-    set -m and -r. sipp gets ``timeout`` seconds in all (-timeout with -timeout_error).
+    is (username, password) for 401/407 challenges (-au/-ap, and -auth_uri taken from the
+    scenario's first Request-URI, which the digest uri must equal). ``rtp_file`` is a raw PCMU
+    file (``tone_ulaw``) copied to the run directory for uac_call_rtp.xml; the call is then
+    held for its length plus 0.5 s unless ``call_duration_ms`` says otherwise (default 500 ms).
+    ``calls`` and ``rate`` (calls/s) set -m and -r. sipp gets ``timeout`` seconds in all
+    (-timeout with -timeout_error).
     """
     path = _scenario_path(scenario)
     mode = _TRANSPORTS[transport]
@@ -217,7 +234,10 @@ def run_sipp_uac(
     if rate is not None:
         args += ["-r", f"{rate:g}"]
     if auth is not None:
-        args += ["-au", auth[0], "-ap", auth[1], "-auth_uri", f"{service}@{target}"]
+        args += ["-au", auth[0], "-ap", auth[1]]
+        digest_uri = _digest_uri(path, service, target)
+        if digest_uri is not None:
+            args += ["-auth_uri", digest_uri]
     args += list(extra_args)
     process = start_process(args, log=rundir / "screen.log", cwd=rundir)
     try:
