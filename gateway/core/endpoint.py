@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
 SUPPORTED_EXTENSIONS: tuple[str, ...] = ()
 
+# RFC 3261 §18.1.1: requests larger than this go over TCP when the path MTU is unknown.
+UDP_SIZE_LIMIT = 1300
+
 # Responses one client transaction may queue for its owner; a transaction sees a handful.
 CLIENT_RESPONSE_QUEUE = 32
 
@@ -101,8 +104,9 @@ class ClientRequest:
     def _deliver(self, response: Response) -> None:
         try:
             self._send.send_nowait(response)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            log.warning("dropping response %d: its owner is not reading", response.status)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            # The owner stopped listening (its call ended) or is flooded: nothing to deliver to.
+            log.debug("dropping response %d: its owner is not reading", response.status)
 
     def _close(self) -> None:
         self._send.close()
@@ -284,6 +288,18 @@ class SipEndpoint:
         """Send a request (without Via: we add ours) through a new client transaction to
         ``address`` over ``transport``, reusing ``flow`` when it is still open. Raises OSError
         when no flow can be had."""
+        if flow is None and transport == "udp" and self._too_big_for_udp(request):
+            # RFC 3261 §18.1.1: above 1300 bytes (path MTU unknown) a request goes over a
+            # congestion-controlled transport; fall back to UDP when TCP cannot connect.
+            try:
+                flow = await self.flow_to("tcp", address, None)
+            except OSError as exc:
+                log.info(
+                    "large %s to %s over UDP: TCP failed (%s)",
+                    request.method,
+                    format_address(address),
+                    exc,
+                )
         flow = await self.flow_to(transport, address, flow)
         request = self._with_our_via(request, flow)
         now = trio.current_time()
@@ -294,6 +310,12 @@ class SipEndpoint:
         self._client_requests[txn] = client
         await self._act(outputs)
         return client
+
+    def _too_big_for_udp(self, request: Request) -> bool:
+        if "tcp" not in self.gateway.plugins.transports:
+            return False
+        # Our Via adds well under 100 bytes; count it so the limit holds for what is sent.
+        return len(serialize_message(request)) + 100 > UDP_SIZE_LIMIT
 
     async def send_ack(self, ack: Request, flow: Flow) -> None:
         """Send the ACK for a 2xx: its own one-message transaction (RFC 3261 §13.2.2.4)."""

@@ -132,6 +132,8 @@ class Call:
             transaction=transaction,
             local_tag=gateway.ids.new_tag(),
         )
+        # Call-ID alone is not unique: a caller retries with the same one after a failure.
+        self.record_id = f"{self.id};{self.a.local_tag}"
         self.b_legs: list[BLeg] = []
         self.b: BLeg | None = None  # the leg that answered
         self.caller: Caller | None = None
@@ -181,7 +183,9 @@ class Call:
             self.manager.forget(self)
             self._events_send.close()
             self.manager.event(self, "ended", self.end_reason)
-            log.info("call %s ended: %s", self.id, self.end_reason or "normal clearing")
+            # A digest challenge is not a call yet: keep it out of the INFO log.
+            level = logging.DEBUG if self.caller is None else logging.INFO
+            log.log(level, "call %s ended: %s", self.id, self.end_reason or "normal clearing")
 
     async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
         with trio.move_on_at(min(deadline, self._next_retransmission())):
@@ -194,12 +198,12 @@ class Call:
     async def _setup(self) -> None:
         invite = self.a.invite
         assert invite is not None and self.a.flow is not None
-        self.manager.event(self, "started", None)
         caller = self._identify_caller(invite, self.a.flow)
         if isinstance(caller, Response):
             await self._respond_a(caller)
             raise CallEnded(f"caller not authenticated ({caller.status})")
         self.caller = caller
+        self.manager.event(self, "started", None)
         if invite.content_type is None or not invite.body:
             await self._reject_a(
                 488, "Not Acceptable Here", "late offer (INVITE without SDP) is not supported"
@@ -453,6 +457,10 @@ class Call:
     async def _fail_a(self) -> None:
         finals = [leg.final for leg in self.b_legs if leg.final is not None]
         status, reason = best_failure(finals)
+        to_user = any(leg.target is not None and leg.target.account for leg in self.b_legs)
+        if to_user and status in (408, 503):
+            # A registered device that does not answer at all is "unreachable" (issue #3).
+            status, reason = 480, "Temporarily Unavailable (registered device unreachable)"
         await self._reject_a(status, reason, None)
 
     async def _early_request(self, event: RequestEvent) -> None:

@@ -8,6 +8,7 @@ calls what they need from the rest of the gateway (routing, authentication, medi
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -18,6 +19,8 @@ from gateway.core.calls.leg import Side
 from gateway.core.interfaces import Caller, CallEvent, RouteDecision
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.store.errors import StoreError
+from gateway.core.store.interface import CallRecord
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
@@ -112,8 +115,36 @@ class CallManager:
         return self.gateway.new_media_session()
 
     def event(self, call: Call, kind: str, reason: str | None) -> None:
+        self._record(call, kind, reason)
         event = CallEvent(kind=kind, call_id=call.id, at=trio.current_time(), reason=reason)
         try:
             self.gateway.plugins.hook.gateway_call_event(event=event)
         except Exception:
             log.exception("a gateway_call_event observer failed (call %s)", call.id)
+
+    def _record(self, call: Call, kind: str, reason: str | None) -> None:
+        """Keep the call detail record in the store (wall-clock times: CDRs outlive us)."""
+        store = self.gateway.store
+        if store is None or call.caller is None:
+            return  # a digest challenge is not a call
+        now = time.time()
+        try:
+            if kind == "started":
+                invite = call.a.invite
+                assert invite is not None
+                store.call_record_insert(
+                    CallRecord(
+                        call_id=call.record_id,
+                        from_uri=str(invite.from_.uri),
+                        to_uri=str(invite.uri),
+                        started_at=now,
+                    )
+                )
+            elif kind == "answered":
+                store.call_record_update(call.record_id, answered_at=now)
+            elif kind == "ended":
+                store.call_record_update(
+                    call.record_id, ended_at=now, end_reason=reason or "normal clearing"
+                )
+        except StoreError as exc:
+            log.warning("call %s: call record not kept: %s", call.id, exc)
