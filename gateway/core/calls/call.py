@@ -173,8 +173,10 @@ class Call:
                     self.end_reason = f"internal error: {type(exc).__name__}"
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await self._abort(500, "Server Internal Error")
-                # Give in-flight BYE/CANCEL/ACK exchanges a moment, then stop the forwarders.
-                with trio.move_on_after(self.config.sip.t1 * 4):
+                # Unanswered B legs still need their CANCEL (sent once they ring) and a 2xx
+                # that crosses it needs ACK and BYE: wait for every B leg's final response, at
+                # most as long as an INVITE transaction lives (64*T1, Timer B).
+                with trio.move_on_after(self.config.sip.t1 * 64):
                     await self._drain_b_legs()
                 nursery.cancel_scope.cancel()
         finally:
@@ -571,9 +573,13 @@ class Call:
     async def _relayed_response(self, event: ResponseEvent) -> None:
         tag = event.tag
         response = event.response
+        if isinstance(tag, BLeg):
+            if response.status >= 200 and tag.final is None:
+                tag.final = response
+                if response.is_success and tag is not self.b:
+                    await self._b_answered(tag, response)  # a late fork answer: ACK + BYE
+            return
         if not isinstance(tag, tuple) or response.status < 200:
-            if isinstance(tag, BLeg) and response.is_success and tag is not self.b:
-                await self._b_answered(tag, response)  # late fork answer: ACK + BYE
             return
         if tag[0] == "relay":
             _, transaction, request = tag
