@@ -115,6 +115,10 @@ class Gateway:
 
     # -- TransportHost ----------------------------------------------------------------------
 
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.gateway.state_dir)
+
     def deliver(self, data: bytes, flow: Flow) -> None:
         try:
             self._inbound_send.send_nowait((data, flow))

@@ -7,6 +7,7 @@ hooks); the core hands plugins the host objects defined here. Nothing in this mo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -46,6 +47,10 @@ class TransportHost(Protocol):
 
     @property
     def limits(self) -> TransportLimits: ...
+
+    @property
+    def state_dir(self) -> Path:
+        """The gateway's state directory (generated certificates and keys live here)."""
 
     def deliver(self, data: bytes, flow: Flow) -> None:
         """Hand one complete SIP message (a datagram, or a frame cut by stream framing) to the
