@@ -88,6 +88,23 @@ def tone_ulaw(path: Path, frequency: float, seconds: float = 2.0) -> Path:
     return path
 
 
+def g711_wav(payload: bytes, path: Path, *, payload_type: int = 0) -> Path:
+    """Decode raw G.711 (``payload_type`` 0 PCMU or 8 PCMA, RFC 3551 §4.5.14) into a 16-bit
+    mono WAV at ``path`` for ``analyse_tone``; returns ``path``. ``payload`` is what
+    ``rtp_payloads`` returns for that payload type.
+    """
+    encodings = {0: "ul", 8: "al"}
+    if payload_type not in encodings:
+        raise ValueError(f"payload type {payload_type} is not G.711")
+    raw = path.with_suffix(f".{encodings[payload_type]}")
+    raw.write_bytes(payload)
+    _sox(
+        *("-t", encodings[payload_type], "-r", str(G711_RATE), "-c", "1", str(raw)),
+        *("-b", "16", "-e", "signed-integer", str(path)),
+    )
+    return path
+
+
 @attrs.frozen
 class ToneReport:
     """What a recording holds: its strongest frequency and how much of the power is there."""

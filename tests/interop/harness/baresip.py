@@ -266,16 +266,21 @@ class Baresip:
         *,
         match: Callable[[Event], bool] | None = None,
         fail_on: tuple[str, ...] = (),
+        after: int = 0,
     ) -> Event:
         """The oldest event of ``event_type`` (and ``match``) not returned before.
 
-        Raises BaresipError when an event of a type in ``fail_on`` comes first, or after
-        ``timeout`` seconds.
+        ``after`` skips the first events: pass ``len(phone.events)`` taken before an action to
+        wait for an event that action causes, not an older one of the same type (the
+        CALL_REMOTE_SDP of a re-INVITE, not the call's first one). Raises BaresipError when an
+        event of a type in ``fail_on`` comes first, or after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
         while True:
             for index, event in enumerate(self.events):
-                if index in self._taken or (match is not None and not match(event)):
+                if index < after or index in self._taken:
+                    continue
+                if match is not None and not match(event):
                     continue
                 if event.get("type") == event_type:
                     self._taken.add(index)
@@ -351,6 +356,19 @@ class Baresip:
         """Hang up the current call (BYE, or CANCEL while it rings)."""
         self.command("hangup")
 
+    def hold(self) -> None:
+        """Put the current call on hold: a re-INVITE offering ``a=sendonly`` (RFC 3264 §8.4).
+
+        baresip 1.0.0 sends RTP only on a sendrecv stream, so a held call carries no audio in
+        either direction; and its sndfile recording of received audio does not grow again after
+        resume() (measure resumed audio in a capture, see ``rtp_payloads``).
+        """
+        self.command("hold")
+
+    def resume(self) -> None:
+        """Take the current call off hold: a re-INVITE offering ``a=sendrecv`` again."""
+        self.command("resume")
+
     def wait_established(self, timeout: float = 10.0) -> Event:
         """The next CALL_ESTABLISHED; BaresipError if the call closes first."""
         return self.wait_event("CALL_ESTABLISHED", timeout, fail_on=("CALL_CLOSED",))
@@ -376,6 +394,16 @@ class Baresip:
     def sent_audio(self, timeout: float = 5.0) -> Path:
         """The newest recording of sent audio, once sndfile has finished writing it."""
         return self._finished_recording("enc", timeout)
+
+    def recorded_seconds(self, kind: str = "dec") -> float:
+        """Seconds of audio in the newest recording ("dec": received, "enc": sent), 0 if none.
+
+        The sent recording grows in real time for as long as a call lasts, on hold too, so
+        ``wait_audio(recorded_seconds("enc") + s, kind="enc")`` lets ``s`` seconds of the call
+        pass by the phone's own audio clock.
+        """
+        files = self.recordings(kind)
+        return max(0, files[-1].stat().st_size - 44) / (2 * 8000) if files else 0.0
 
     def wait_audio(self, seconds: float, timeout: float = 10.0, *, kind: str = "dec") -> Path:
         """Poll until the newest recording ("dec": received) holds ``seconds`` s of audio.

@@ -167,3 +167,50 @@ def udp_flows(pcap: Path) -> dict[tuple[Address, Address], int]:
     rows = _tshark_fields(pcap, [], ["ip.src", "udp.srcport", "ip.dst", "udp.dstport"], "udp")
     counts = Counter(((src, int(sport)), (dst, int(dport))) for src, sport, dst, dport in rows)
     return dict(counts)
+
+
+def rtp_payloads(
+    pcap: Path, ports: Iterable[int], source: Address, destination: Address
+) -> dict[int, bytes]:
+    """The payloads of the RTP packets from ``source`` to ``destination``, joined in capture
+    order, per payload type (0 PCMU, 8 PCMA, 101 telephone-event, ...).
+
+    Turn G.711 audio into a WAV with ``g711_wav`` to measure the tone a relay forwarded, e.g.
+    when the receiving phone does not record it. ``ports`` as for ``rtp_streams``.
+    """
+    fields = ["ip.src", "udp.srcport", "ip.dst", "udp.dstport", "rtp.p_type", "rtp.payload"]
+    payloads: dict[int, bytearray] = {}
+    for src, sport, dst, dport, payload_type, payload in _tshark_fields(pcap, ports, fields):
+        if ((src, int(sport)), (dst, int(dport))) != (source, destination):
+            continue
+        # tshark 4.0 prints the payload as plain hex; older versions separate bytes with ":".
+        data = bytes.fromhex(payload.replace(":", ""))
+        payloads.setdefault(int(payload_type), bytearray()).extend(data)
+    return {payload_type: bytes(data) for payload_type, data in payloads.items()}
+
+
+def sip_requests(
+    pcap: Path, ports: Iterable[int], method: str
+) -> dict[tuple[str, Address, Address], int]:
+    """Packets carrying a SIP ``method`` request per (transport, source, destination).
+
+    SIP is decoded on ``ports`` over UDP and TCP (-d udp.port==N,sip and tcp.port==N,sip); the
+    transport is "udp" or "tcp". A TCP segment with two requests of ``method`` counts once.
+    """
+    args = [require_peer("tshark"), "-n", "-r", str(pcap)]
+    for port in sorted(set(ports)):
+        args += ["-d", f"udp.port=={port},sip", "-d", f"tcp.port=={port},sip"]
+    args += ["-Y", f'sip.Method == "{method}"', "-T", "fields"]
+    for field in ["ip.src", "udp.srcport", "tcp.srcport", "ip.dst", "udp.dstport", "tcp.dstport"]:
+        args += ["-e", field]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"tshark failed on {pcap}:\n{result.stderr}")
+    counts: Counter[tuple[str, Address, Address]] = Counter()
+    for line in result.stdout.splitlines():
+        src, udp_sport, tcp_sport, dst, udp_dport, tcp_dport = line.split("\t")
+        if udp_sport:
+            counts["udp", (src, int(udp_sport)), (dst, int(udp_dport))] += 1
+        else:
+            counts["tcp", (src, int(tcp_sport)), (dst, int(tcp_dport))] += 1
+    return dict(counts)
