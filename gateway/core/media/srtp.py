@@ -1,0 +1,500 @@
+"""SRTP and SRTCP protection for one leg of a media stream, over libsrtp (RFC 3711, 6188, 7714).
+
+Theory of operation
+-------------------
+SDES (RFC 4568 §5) gives each leg two master keys: ours (``SrtpKeys.local_key``, protects what
+the gateway sends to the leg) and the peer's (``SrtpKeys.remote_key``, authenticates and decrypts
+what the leg sends us). Each key is the master key followed by the master salt, exactly the bytes
+of an ``inline:`` key-salt. An :class:`SrtpSession` holds one libsrtp context per key:
+
+- inbound, ``ssrc_any_inbound``: any SSRC the peer sends under its key is accepted once its first
+  packet authenticates; libsrtp then gives that SSRC its own state (ROC 0, s_l = the first
+  sequence number, replay window; RFC 3711 §3.3.1 and the SDES assumption of ROC 0);
+- outbound, ``ssrc_any_outbound``: each SSRC the relay forwards to the leg gets its own state
+  (ROC, SRTCP index) on its first packet.
+
+The relay wires a leg's session into the :class:`~gateway.core.media.relay.Transforms` of both
+directions of the stream: what arrives from leg A is unprotected with A's session, what leaves
+towards leg B is protected with B's session::
+
+    stream.a_to_b.transforms = Transforms(
+        rtp_in=leg_a.unprotect_rtp, rtcp_in=leg_a.unprotect_rtcp,
+        rtp_out=leg_b.protect_rtp, rtcp_out=leg_b.protect_rtcp,
+    )
+
+A plain RTP leg simply has no session (``None`` transforms). Every transform returns the new
+packet, or ``None`` to drop it; drops are counted by reason in :meth:`SrtpSession.statistics`.
+
+What libsrtp does for us, per SSRC (the tests check each of these):
+
+- roll-over counter across the sequence wrap 65535 -> 0, on both sides (RFC 3711 §3.3.1);
+- replay protection (RFC 3711 §3.3.2): a sliding window over the SRTP index, 128 packets by
+  default, configurable (``replay_window``, 64..32767: libsrtp 2.7's bounds); SRTCP keeps its own
+  fixed 128-entry window on the SRTCP index (libsrtp's ``srtp_rdb_t``, not configurable);
+- the SRTCP index: explicit, 31 bits, first packet 1, E bit set (RFC 3711 §3.4);
+- SRTCP always carries an 80-bit HMAC-SHA1 tag, also for the ``_32`` suites (RFC 3711 §5.2,
+  RFC 4568 §6.2.2): we give the RTCP half of the policy libsrtp's ``_80`` setter, as libsrtp's
+  own ``srtp_crypto_policy_set_from_profile_for_rtcp`` does for ``aes128_cm_sha1_32``;
+- a sender never reuses an index: protecting a second packet with the same SSRC and sequence
+  number fails (libsrtp's ``allow_repeat_tx`` stays off), so a duplicate arriving from the other
+  leg is dropped (counted as a replay) instead of being encrypted again under the same keystream.
+
+Bounds (STYLE.md habit 5): libsrtp allocates per-SSRC state for every new SSRC, so each direction
+accepts at most ``max_ssrcs`` SSRCs; packets of further SSRCs are dropped and counted
+(``ssrc_limit``). Inbound, an SSRC only counts once one of its packets has authenticated.
+Packets longer than :data:`MAX_PACKET_LENGTH` are dropped (``other_errors``).
+
+Not supported (the SDES plugin must not accept them): MKI, a key derivation rate other than 0
+(libsrtp 2.x derives once), ``UNENCRYPTED_SRTP``/``UNENCRYPTED_SRTCP``/``UNAUTHENTICATED_SRTP``.
+
+Reaching libsrtp, and why pylibsrtp is pinned
+---------------------------------------------
+pylibsrtp 1.0.0 (``pyproject.toml`` pins ``==1.0.0``) bundles libsrtp 2.7.0 linked with OpenSSL
+3.5, and its cffi binding ``pylibsrtp._binding`` declares the libsrtp 2.x API this module calls:
+``srtp_create``/``srtp_dealloc``, the in-place ``srtp_protect(ctx, void *, int *)`` family and
+``srtp_policy_t`` with the fields ``ssrc``, ``rtp``, ``rtcp``, ``key``, ``window_size`` and
+``allow_repeat_tx`` (the cdef ends the struct with ``...;``, so cffi took the real offsets from
+libsrtp's header when pylibsrtp was built; ``srtp_crypto_policy_t`` is opaque there, 24 bytes).
+pylibsrtp names protection profiles only for AES-128-CM and AES-GCM, and libsrtp's
+``srtp_profile_t`` has no AES-192/256-CM profile at all, so we call libsrtp's own crypto-policy
+setters (``srtp_crypto_policy_set_aes_cm_256_hmac_sha1_80`` and friends, RFC 6188) on the
+``rtp``/``rtcp`` members of a cffi-allocated ``srtp_policy_t``. The bundled library exports them
+but the cdef does not declare them, so they are looked up with ctypes in the very shared object
+pylibsrtp loaded. We never write the opaque struct ourselves; only libsrtp does. Every suite goes
+through the setters, also those pylibsrtp names (the tests compare the results byte for byte with
+``srtp_crypto_policy_set_from_profile_for_rtp``/``_rtcp``). A pylibsrtp upgrade must re-check
+the cdef, the exported setters and the error numbers below, then move the pin.
+
+AES-192: libsrtp 2.7.0 gets the key derivation wrong
+----------------------------------------------------
+libsrtp up to 2.7.0 runs its AES-256 key derivation for every master key longer than 30 octets,
+widening an AES-192 key and salt with zeros (cisco/libsrtp issue 763, fixed after 2.7.0). Its
+AES_192_CM suites therefore derive other session keys than RFC 6188 §7.4 and every conforming
+peer: not one packet would authenticate. An import-time known-answer check finds out; while it
+fails, both AES_192_CM suites are listed in :data:`UNSUPPORTED_SUITES` (with the reason) and
+:class:`SrtpSession` refuses them. A pylibsrtp with a fixed libsrtp enables them by itself.
+
+Speed
+-----
+pylibsrtp's ``Session.protect`` allocates an ``int *`` and raises an exception carrying a
+message on every failure. Here each session owns one buffer and one length cell, reused for every
+packet, and failures are a status number, so a drop costs no exception. The copy in and the
+``bytes`` copy out remain (the relay hands us ``bytes``). ``benchmarks/srtp_protect.py`` prints
+the cost per packet and suite.
+
+Keys are copied into C memory only for ``srtp_create``, which derives the session keys; the copy
+is then zeroed. No key material is kept in Python objects, logged or shown in a repr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import pylibsrtp  # importing it runs srtp_init() once per process
+from pylibsrtp import _binding
+
+from gateway.core.media.errors import LocalMediaError
+
+if TYPE_CHECKING:
+    from gateway.core.interfaces import SrtpKeys
+
+_ffi: Any = _binding.ffi
+_lib: Any = _binding.lib
+
+__all__ = [
+    "DEFAULT_REPLAY_WINDOW",
+    "MAX_PACKET_LENGTH",
+    "SUITES",
+    "SUPPORTED_SUITES",
+    "UNSUPPORTED_SUITES",
+    "SrtpSession",
+    "SrtpStatistics",
+    "SrtpSuite",
+    "libsrtp_version",
+]
+
+
+@attrs.frozen
+class SrtpSuite:
+    """One SDES crypto-suite (RFC 4568 §6.2, RFC 6188 §3, RFC 7714 §14.2) and how libsrtp
+    provides it."""
+
+    name: str
+    master_key_length: int
+    """Octets of the master key (the AES key size)."""
+    master_salt_length: int
+    """Octets of the master salt: 14 for AES-CM, 12 for AES-GCM."""
+    rtp_tag_length: int
+    """Octets of the SRTP authentication tag (HMAC-SHA1 truncated to 80 or 32 bits; GCM 16)."""
+    rtcp_tag_length: int
+    """Octets of the SRTCP tag: 10 for every HMAC-SHA1 suite (RFC 3711 §5.2), 16 for GCM."""
+    rtp_policy: str
+    """The libsrtp function that fills the RTP crypto policy, without its
+    ``srtp_crypto_policy_set_`` prefix."""
+    rtcp_policy: str
+    """The same for the RTCP crypto policy."""
+
+    @property
+    def key_salt_length(self) -> int:
+        """Octets of master key plus master salt: the length of each ``SrtpKeys`` key."""
+        return self.master_key_length + self.master_salt_length
+
+
+# libsrtp's crypto-policy setters, without their "srtp_crypto_policy_set_" prefix. libsrtp 2.7
+# has no function for AES_CM_128_HMAC_SHA1_80: srtp.h makes
+# srtp_crypto_policy_set_aes_cm_128_hmac_sha1_80 a macro for the RTP default, which is that suite;
+# the RTCP default is the same transform for SRTCP.
+_CM128_80, _CM128_RTCP, _CM128_32 = "rtp_default", "rtcp_default", "aes_cm_128_hmac_sha1_32"
+_CM192_80, _CM192_32 = "aes_cm_192_hmac_sha1_80", "aes_cm_192_hmac_sha1_32"
+_CM256_80, _CM256_32 = "aes_cm_256_hmac_sha1_80", "aes_cm_256_hmac_sha1_32"
+_GCM128, _GCM256 = "aes_gcm_128_16_auth", "aes_gcm_256_16_auth"
+
+# fmt: off
+_SUITE_TABLE = (
+    #          name                      key salt  tag: RTP RTCP  policy: RTP  RTCP
+    # RFC 4568 §6.2.1, §6.2.2
+    SrtpSuite("AES_CM_128_HMAC_SHA1_80", 16, 14,        10, 10,   _CM128_80, _CM128_RTCP),
+    SrtpSuite("AES_CM_128_HMAC_SHA1_32", 16, 14,         4, 10,   _CM128_32, _CM128_RTCP),
+    # RFC 6188 §3
+    SrtpSuite("AES_192_CM_HMAC_SHA1_80", 24, 14,        10, 10,   _CM192_80, _CM192_80),
+    SrtpSuite("AES_192_CM_HMAC_SHA1_32", 24, 14,         4, 10,   _CM192_32, _CM192_80),
+    SrtpSuite("AES_256_CM_HMAC_SHA1_80", 32, 14,        10, 10,   _CM256_80, _CM256_80),
+    SrtpSuite("AES_256_CM_HMAC_SHA1_32", 32, 14,         4, 10,   _CM256_32, _CM256_80),
+    # RFC 7714 §14.2: the 16-octet GCM tag on SRTP and SRTCP
+    SrtpSuite("AEAD_AES_128_GCM",        16, 12,        16, 16,   _GCM128,   _GCM128),
+    SrtpSuite("AEAD_AES_256_GCM",        32, 12,        16, 16,   _GCM256,   _GCM256),
+)
+# fmt: on
+
+SUITES: Mapping[str, SrtpSuite] = MappingProxyType({suite.name: suite for suite in _SUITE_TABLE})
+"""Every suite the gateway can protect media with, by SDES name."""
+
+DEFAULT_REPLAY_WINDOW = 128
+"""libsrtp's default SRTP replay window (RFC 3711 §3.3.2 asks for at least 64)."""
+
+_MIN_REPLAY_WINDOW = 64  # libsrtp 2.7 srtp_stream_init: 64 <= window_size < 0x8000
+_MAX_REPLAY_WINDOW = 0x7FFF
+
+DEFAULT_MAX_SSRCS = 32
+"""SSRCs per direction of a session; more are dropped (libsrtp keeps state for each)."""
+
+MAX_PACKET_LENGTH = 65536
+"""Longest packet a session accepts: the relay's receive buffer."""
+
+# SRTCP adds the E flag and index word, then the tag (and MKI, unused here): libsrtp needs room
+# after the packet (pylibsrtp's SRTP_MAX_SRTCP_TRAILER_LEN: index + 16 tag + 128 MKI).
+_BUFFER_LENGTH = MAX_PACKET_LENGTH + pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
+
+# srtp_err_status_t of libsrtp 2.7.0 (srtp.h); pylibsrtp.ERRORS lists the messages in this
+# order, which a test checks.
+_ERR_AUTH_FAIL = 7
+_ERR_REPLAY_FAIL = 9  # index already seen
+_ERR_REPLAY_OLD = 10  # index older than the window
+_REPLAY_ERRORS = (_ERR_REPLAY_FAIL, _ERR_REPLAY_OLD)
+
+_protect = _lib.srtp_protect
+_protect_rtcp = _lib.srtp_protect_rtcp
+_unprotect = _lib.srtp_unprotect
+_unprotect_rtcp = _lib.srtp_unprotect_rtcp
+
+
+def _load_policy_setters() -> dict[str, Any]:
+    """Find libsrtp's crypto-policy setters in the shared object pylibsrtp loaded.
+
+    dlopen() of an object that is already loaded returns that same instance (a test checks that
+    the setters' addresses lie in the mapping of pylibsrtp's binding). The setters only write
+    constants into the struct they are given; contexts are made by pylibsrtp's binding.
+    """
+    library = ctypes.CDLL(_binding.__file__)
+    setters: dict[str, Any] = {}
+    names = {n for suite in SUITES.values() for n in (suite.rtp_policy, suite.rtcp_policy)}
+    for name in sorted(names):
+        try:
+            setter = getattr(library, "srtp_crypto_policy_set_" + name)
+        except AttributeError:
+            raise ImportError(
+                f"the libsrtp bundled with pylibsrtp {pylibsrtp.__version__} does not export "
+                f"srtp_crypto_policy_set_{name} (this module was checked against 1.0.0)"
+            ) from None
+        setter.argtypes = [ctypes.c_void_p]
+        setter.restype = None
+        setters[name] = setter
+    return setters
+
+
+_POLICY_SETTERS = _load_policy_setters()
+
+
+def libsrtp_version() -> str:
+    """The version string of the libsrtp in use, e.g. ``"libsrtp2 2.7.0"`` (for diagnostics)."""
+    version = ctypes.CDLL(_binding.__file__).srtp_get_version_string
+    version.restype = ctypes.c_char_p
+    result: bytes = version()
+    return result.decode("ascii", "replace")
+
+
+@attrs.frozen
+class SrtpStatistics:
+    """Counters of one :class:`SrtpSession` since it was made (RTP and RTCP together)."""
+
+    protected: int
+    """Packets protected for sending to the leg."""
+    unprotected: int
+    """Packets from the leg that authenticated and were decrypted."""
+    auth_failures: int
+    """Packets from the leg whose tag did not verify (tampered, wrong key, not SRTP at all)."""
+    replays: int
+    """Packets from the leg already received or older than the replay window, and packets
+    towards the leg that would repeat an SRTP index already sent (a duplicate)."""
+    ssrc_limit: int
+    """Packets of an SSRC beyond ``max_ssrcs`` in their direction."""
+    other_errors: int
+    """Everything else libsrtp refused (e.g. a packet too short for its header or tag, an
+    oversized packet) and packets after :meth:`SrtpSession.close`."""
+
+    @property
+    def dropped(self) -> int:
+        """Packets dropped for any reason."""
+        return self.auth_failures + self.replays + self.ssrc_limit + self.other_errors
+
+
+class _Context:
+    """One libsrtp context (one master key, one direction) and its counters. Hot-path state."""
+
+    __slots__ = ("auth_failures", "ctx", "other_errors", "passed", "replays", "ssrc_limit", "ssrcs")
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx: Any = ctx  # None once closed
+        self.ssrcs: set[bytes] = set()  # SSRCs libsrtp holds state for (network byte order)
+        self.passed = 0
+        self.auth_failures = 0
+        self.replays = 0
+        self.ssrc_limit = 0
+        self.other_errors = 0
+
+
+def _create_context(suite: SrtpSuite, key_salt: bytes, ssrc_type: int, replay_window: int) -> Any:
+    """A libsrtp context for one master key; its key copy is zeroed before returning."""
+    policy = _ffi.new("srtp_policy_t *")
+    for setter, member in ((suite.rtp_policy, policy.rtp), (suite.rtcp_policy, policy.rtcp)):
+        _POLICY_SETTERS[setter](int(_ffi.cast("uintptr_t", _ffi.addressof(member))))
+    policy.ssrc.type = ssrc_type
+    policy.window_size = replay_window
+    policy.allow_repeat_tx = 0
+    key = _ffi.new("unsigned char[]", len(key_salt))
+    _ffi.memmove(key, key_salt, len(key_salt))
+    policy.key = key
+    session = _ffi.new("srtp_t *")
+    try:
+        status = _lib.srtp_create(session, policy)
+    finally:
+        _ffi.memmove(key, bytes(len(key_salt)), len(key_salt))
+        policy.key = _ffi.NULL
+    if status != _lib.srtp_err_status_ok:
+        reason = pylibsrtp.ERRORS[status] if status < len(pylibsrtp.ERRORS) else str(status)
+        raise LocalMediaError(f"libsrtp refused a {suite.name} context: {reason}")
+    return _ffi.gc(session[0], _lib.srtp_dealloc)
+
+
+# RFC 6188 §7.4's master key and salt, libsrtp's test packet (spec §6.5) and the SRTP packet
+# that RFC 6188's key derivation gives for them (from the independent reference implementation in
+# tests/unit/media/test_srtp_vectors.py, which checks this constant against the RFC's vectors).
+_AES192_CHECK_KEY = bytes.fromhex(
+    "73edc66c4fa15776fb57f9505c17136550ffda71f3e8e5f1c8522f3acd4ce86d5add78edbb11"
+)
+_AES192_CHECK_RTP = bytes.fromhex("800f1234decafbadcafebabe") + b"\xab" * 16
+_AES192_CHECK_SRTP = bytes.fromhex(
+    "800f1234decafbadcafebabe1e84e1395a55cc6cd7b80db939a83a78e3e7e10bf579c261e5c6"
+)
+
+
+def _libsrtp_aes192_follows_rfc6188() -> bool:
+    """Protect one packet with AES_192_CM_HMAC_SHA1_80 and compare with RFC 6188's result.
+
+    libsrtp up to 2.7.0 derives AES-192 session keys with its AES-256 key derivation (it widens
+    every master key longer than 30 octets with zeros to 46: cisco/libsrtp issue 763, fixed in
+    pull requests 765 and 770 after 2.7.0), so its AES-192 keys differ from every RFC 6188
+    implementation's and no packet would authenticate between them. Known-answer check at import,
+    so a pylibsrtp that bundles a fixed libsrtp enables the suites again without a code change.
+    """
+    suite = SUITES["AES_192_CM_HMAC_SHA1_80"]
+    ctx = _create_context(suite, _AES192_CHECK_KEY, _lib.ssrc_any_outbound, DEFAULT_REPLAY_WINDOW)
+    try:
+        size = len(_AES192_CHECK_RTP)
+        packet = _ffi.new("unsigned char[]", size + suite.rtp_tag_length)
+        _ffi.memmove(packet, _AES192_CHECK_RTP, size)
+        length = _ffi.new("int *", size)
+        status = _protect(ctx, packet, length)
+        protected: bytes = _ffi.buffer(packet, length[0])[:]
+        return status == 0 and protected == _AES192_CHECK_SRTP
+    finally:
+        _ffi.release(ctx)
+
+
+_AES192_REASON = (
+    "the libsrtp bundled with pylibsrtp derives AES-192 session keys with its AES-256 key "
+    "derivation (cisco/libsrtp issue 763, fixed after libsrtp 2.7.0), so no RFC 6188 peer could "
+    "decrypt or authenticate what it protects"
+)
+
+UNSUPPORTED_SUITES: Mapping[str, str] = MappingProxyType(
+    {}
+    if _libsrtp_aes192_follows_rfc6188()
+    else {name: _AES192_REASON for name in SUITES if name.startswith("AES_192_")}
+)
+"""Suites of :data:`SUITES` that this libsrtp cannot provide correctly, with the reason.
+:class:`SrtpSession` refuses them; key exchanges must neither offer nor accept them."""
+
+SUPPORTED_SUITES: tuple[str, ...] = tuple(n for n in SUITES if n not in UNSUPPORTED_SUITES)
+"""Names of the suites :class:`SrtpSession` provides, in :data:`SUITES` order."""
+
+
+@attrs.define(eq=False, init=False)
+class SrtpSession:
+    """SRTP/SRTCP protection of one media stream on one leg: the four relay transforms.
+
+    ``keys.local_key`` protects what the gateway sends to the leg, ``keys.remote_key``
+    authenticates what the leg sends; each is master key then master salt, as long as the suite
+    says (:attr:`SrtpSuite.key_salt_length`). Raises
+    :class:`~gateway.core.media.errors.LocalMediaError` for an unknown suite, a wrong key length
+    or a replay window outside 64..32767; the messages never contain key material.
+
+    Single-threaded, like the relay: call it from one thread only. Close it (or use it as a
+    context manager) when the leg ends, to free libsrtp's state and its session keys at once.
+    """
+
+    suite: SrtpSuite
+    replay_window: int
+    max_ssrcs: int
+    _inbound: _Context = attrs.field(repr=False)
+    _outbound: _Context = attrs.field(repr=False)
+    _cdata: Any = attrs.field(repr=False)
+    _buffer: Any = attrs.field(repr=False)
+    _length: Any = attrs.field(repr=False)
+
+    def __init__(
+        self,
+        keys: SrtpKeys,
+        *,
+        replay_window: int = DEFAULT_REPLAY_WINDOW,
+        max_ssrcs: int = DEFAULT_MAX_SSRCS,
+    ) -> None:
+        suite = SUITES.get(keys.suite)
+        if suite is None:
+            raise LocalMediaError(f"unknown SRTP suite {keys.suite!r}")
+        if suite.name in UNSUPPORTED_SUITES:
+            raise LocalMediaError(
+                f"SRTP suite {suite.name} is not available: {UNSUPPORTED_SUITES[suite.name]}"
+            )
+        for which, key in (("local", keys.local_key), ("remote", keys.remote_key)):
+            if len(key) != suite.key_salt_length:
+                raise LocalMediaError(
+                    f"{suite.name} needs a {suite.key_salt_length}-octet {which} key and salt, "
+                    f"got {len(key)} octets"
+                )
+        if not _MIN_REPLAY_WINDOW <= replay_window <= _MAX_REPLAY_WINDOW:
+            raise LocalMediaError(
+                f"replay window {replay_window} is outside "
+                f"{_MIN_REPLAY_WINDOW}..{_MAX_REPLAY_WINDOW} (libsrtp's limits)"
+            )
+        if max_ssrcs < 1:
+            raise LocalMediaError("max_ssrcs must be at least 1")
+        self.suite = suite
+        self.replay_window = replay_window
+        self.max_ssrcs = max_ssrcs
+        self._inbound = _Context(
+            _create_context(suite, keys.remote_key, _lib.ssrc_any_inbound, replay_window)
+        )
+        self._outbound = _Context(
+            _create_context(suite, keys.local_key, _lib.ssrc_any_outbound, replay_window)
+        )
+        self._cdata = _ffi.new("unsigned char[]", _BUFFER_LENGTH)
+        self._buffer = _ffi.buffer(self._cdata)
+        self._length = _ffi.new("int *")
+
+    # -- the four transforms (relay.Transform: bytes -> bytes | None) -------------------------
+
+    def protect_rtp(self, packet: bytes) -> bytes | None:
+        """RTP -> SRTP with the local key (RFC 3711 §3.3), or None when dropped (counted)."""
+        return self._process(self._outbound, _protect, packet, 8)
+
+    def protect_rtcp(self, packet: bytes) -> bytes | None:
+        """RTCP -> SRTCP with the local key (RFC 3711 §3.4), or None when dropped (counted)."""
+        return self._process(self._outbound, _protect_rtcp, packet, 4)
+
+    def unprotect_rtp(self, packet: bytes) -> bytes | None:
+        """SRTP from the leg -> RTP with the remote key, or None when it fails authentication,
+        is a replay, or is otherwise refused (counted by reason)."""
+        return self._process(self._inbound, _unprotect, packet, 8)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes | None:
+        """SRTCP from the leg -> RTCP with the remote key, or None (counted by reason)."""
+        return self._process(self._inbound, _unprotect_rtcp, packet, 4)
+
+    def _process(
+        self, context: _Context, function: Any, packet: bytes, ssrc_at: int
+    ) -> bytes | None:
+        # The per-packet path: one copy into the session's C buffer, libsrtp in place, one
+        # copy out. The SSRC sits at octet 8 in RTP (RFC 3550 §5.1), 4 in RTCP (§6.4.1).
+        ctx = context.ctx
+        size = len(packet)
+        if ctx is None or size > MAX_PACKET_LENGTH:
+            context.other_errors += 1
+            return None
+        ssrc = packet[ssrc_at : ssrc_at + 4]
+        ssrcs = context.ssrcs
+        if ssrc not in ssrcs and len(ssrcs) >= self.max_ssrcs:
+            context.ssrc_limit += 1
+            return None
+        self._buffer[0:size] = packet
+        length = self._length
+        length[0] = size
+        status = function(ctx, self._cdata, length)
+        if status:
+            if status == _ERR_AUTH_FAIL:
+                context.auth_failures += 1
+            elif status in _REPLAY_ERRORS:
+                context.replays += 1
+            else:
+                context.other_errors += 1
+            return None
+        ssrcs.add(ssrc)
+        context.passed += 1
+        result: bytes = self._buffer[0 : length[0]]
+        return result
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._outbound.ctx is None
+
+    def statistics(self) -> SrtpStatistics:
+        inbound, outbound = self._inbound, self._outbound
+        return SrtpStatistics(
+            protected=outbound.passed,
+            unprotected=inbound.passed,
+            auth_failures=inbound.auth_failures + outbound.auth_failures,
+            replays=inbound.replays + outbound.replays,
+            ssrc_limit=inbound.ssrc_limit + outbound.ssrc_limit,
+            other_errors=inbound.other_errors + outbound.other_errors,
+        )
+
+    def close(self) -> None:
+        """Free both libsrtp contexts now (libsrtp zeroes the session keys). Packets given to
+        the transforms afterwards are dropped and counted as ``other_errors``. Closing twice is
+        harmless."""
+        for context in (self._inbound, self._outbound):
+            ctx, context.ctx = context.ctx, None
+            if ctx is not None:
+                _ffi.release(ctx)  # runs srtp_dealloc now instead of at garbage collection
+
+    def __enter__(self) -> SrtpSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
