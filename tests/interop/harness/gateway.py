@@ -80,6 +80,10 @@ class GatewayProcess:
     ``extra_toml`` is appended verbatim after them (``[[trunks]]`` tables, plugin tables).
     ``digest_algorithms`` defaults to MD5 first for sipp 3.6, which answers only the first
     challenge; baresip 1.0.0 fails on any SHA-256 challenge and needs ``("MD5",)``.
+
+    ``port`` and ``state_dir`` (default: a free port, ``workdir/state``) let a second gateway
+    take over from a stopped one, as after a restart: same SIP port, same store of accounts
+    and registrations. Its ``accounts`` are then usually empty (they are in the store already).
     """
 
     def __init__(
@@ -92,15 +96,17 @@ class GatewayProcess:
         digest_algorithms: Sequence[str] = ("MD5", "SHA-256"),
         media_port_count: int = 100,
         start_timeout: float = 20.0,
+        port: int | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.accounts = dict(accounts or {})
-        self.port = free_port_pair()
+        self.port = free_port_pair() if port is None else port
         media_low = free_port_block(media_port_count)
         #: Inclusive range of the relay's media ports, for captures and assertions.
         self.media_ports = (media_low, media_low + media_port_count - 1)
         self.config_path = workdir / "voipgw.toml"
-        self.state_dir = workdir / "state"
+        self.state_dir = workdir / "state" if state_dir is None else state_dir
         self.log_path = workdir / "gateway.log"
         self.start_timeout = start_timeout
         tables: dict[str, dict[str, TomlValue]] = {
@@ -146,6 +152,7 @@ class GatewayProcess:
 
     def start(self) -> None:
         """Write the config, add the accounts, start and wait for 200 to OPTIONS."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text)
         for name, password in self.accounts.items():
             self.add_account(name, password)

@@ -7,15 +7,20 @@
         ...                     # trunk.address, trunk.config_address ("udp:127.0.0.1:PORT")
         trunk.wait().check()    # the UAS finished its calls successfully
 
+A peer the gateway must tell apart by source address (a trunk calling in) runs on another
+loopback address with ``local_ip="127.0.0.2"``; ``SippResult.received("INVITE ")`` and
+``sent(...)`` read the messages back from the trace.
+
 Each run has its own directory under ``workdir`` with sipp's error file (-trace_err), its full
 message trace (-trace_msg) and its screen output, and its own SIP port (-p) and media port
 (-mp, a block of 4: sipp binds the audio port and the video port two above it). The scenarios
-are in tests/interop/scenarios; each says in its header comment what it does and which
-``-s``/``-key`` values it reads.
+are in tests/interop/scenarios (scenarios/calls/: those meant for calls through the gateway);
+each says in its header comment what it does and which ``-s``/``-key`` values it reads.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import re
 import shutil
@@ -85,6 +90,27 @@ class SippResult:
         except FileNotFoundError:
             return ""
 
+    def received(self, start: str = "") -> list[str]:
+        """The SIP messages sipp received whose first line starts with ``start`` (e.g.
+        ``"INVITE "`` or ``"SIP/2.0 200"``), in order, each as text with CRLF made LF."""
+        return self._trace("received", start)
+
+    def sent(self, start: str = "") -> list[str]:
+        """The SIP messages sipp sent whose first line starts with ``start``, in order."""
+        return self._trace("sent", start)
+
+    def _trace(self, direction: str, start: str) -> list[str]:
+        # -trace_msg writes each message as a block: a line of dashes and a timestamp, a line
+        # "UDP message received [N] bytes :" or "TCP message sent (N bytes):", a blank line,
+        # then the message itself.
+        out = []
+        for block in _TRACE_SEPARATOR.split(self.messages())[1:]:
+            heading, _, message = block.partition("\n")
+            message = message.replace("\r\n", "\n").strip("\n") + "\n"
+            if f"message {direction}" in heading and message.startswith(start):
+                out.append(message)
+        return out
+
     def describe(self) -> str:
         """The exit code, the command, the error file and the end of the message trace."""
         return (
@@ -98,6 +124,14 @@ class SippResult:
     def check(self) -> None:
         """AssertionError with ``describe()`` unless the run succeeded."""
         assert self.ok, self.describe()
+
+
+def _loopback(local_ip: str) -> str:
+    # Interop tests never leave the host: 127.0.0.2 is a second loopback address for a peer
+    # the gateway must tell apart by source IP (a trunk), anything routable is refused.
+    if not ipaddress.ip_address(local_ip).is_loopback:
+        raise ValueError(f"{local_ip} is not a loopback address")
+    return local_ip
 
 
 def _scenario_path(scenario: str | Path) -> Path:
@@ -126,6 +160,7 @@ def _common_args(
     call_duration_ms: int,
     keys: Mapping[str, str],
     timeout: float,
+    local_ip: str = LOOPBACK,
 ) -> list[str]:
     args = [
         require_peer("sipp"),
@@ -134,12 +169,12 @@ def _common_args(
         "-t",
         transport,
         "-i",
-        LOOPBACK,
+        local_ip,
         "-p",
         str(port),
         "-bind_local",
         "-mi",
-        LOOPBACK,
+        local_ip,
         "-mp",
         str(media_port),
         "-m",
@@ -162,6 +197,7 @@ def _common_args(
     return args
 
 
+_TRACE_SEPARATOR = re.compile(r"^-{20,} [^\n]*\n", re.MULTILINE)
 _FIRST_REQUEST = re.compile(r"^\s*[A-Z]+ sip:(\S+) SIP/2\.0", re.MULTILINE)
 
 
@@ -197,6 +233,8 @@ def run_sipp_uac(
     keys: Mapping[str, str] | None = None,
     timeout: float = 15.0,
     extra_args: Sequence[str] = (),
+    local_ip: str = LOOPBACK,
+    port: int | None = None,
 ) -> SippResult:
     """Run a UAC scenario against ``target`` ("127.0.0.1:PORT") until it ends; never raises.
 
@@ -206,7 +244,10 @@ def run_sipp_uac(
     file (``tone_ulaw``) copied to the run directory for uac_call_rtp.xml; the call is then
     held for its length plus 0.5 s unless ``call_duration_ms`` says otherwise (default 500 ms).
     ``calls`` and ``rate`` (calls/s) set -m and -r. sipp gets ``timeout`` seconds in all
-    (-timeout with -timeout_error).
+    (-timeout with -timeout_error). ``local_ip`` is the loopback address sipp binds and puts in
+    its messages and SDP (-i, -mi), e.g. 127.0.0.2 for a trunk recognised by source address;
+    ``port`` its SIP port (-p, default a free one), e.g. a ``SippUas``'s port not yet started,
+    to REGISTER the Contact that UAS will answer on.
     """
     path = _scenario_path(scenario)
     mode = _TRANSPORTS[transport]
@@ -217,7 +258,9 @@ def run_sipp_uac(
             call_duration_ms = int(_ulaw_seconds(rtp_file) * 1000) + 500
     if rtp_file is not None:
         shutil.copyfile(rtp_file, rundir / RTP_STREAM_FILE)
-    port, media_port = free_port_pair(), free_port_block(4)
+    if port is None:
+        port = free_port_pair()
+    media_port = free_port_block(4)
     args = _common_args(
         path,
         rundir,
@@ -228,6 +271,7 @@ def run_sipp_uac(
         call_duration_ms=call_duration_ms,
         keys={"caller": caller, **(keys or {})},
         timeout=timeout,
+        local_ip=_loopback(local_ip),
     )
     args[1:1] = [target]
     args += ["-s", service]
@@ -257,6 +301,7 @@ class SippUas:
     ``media_port`` back to its sender (-rtp_echo). ``call_duration_ms`` is -d (how long
     uas_bye_first.xml holds the call before its BYE). ``keys`` are -key values (for
     uas_auth_answer.xml: user, password). sipp ends itself after ``timeout`` seconds.
+    ``local_ip`` is the loopback address it binds and advertises (-i, -mi).
     """
 
     def __init__(
@@ -271,8 +316,10 @@ class SippUas:
         keys: Mapping[str, str] | None = None,
         timeout: float = 30.0,
         extra_args: Sequence[str] = (),
+        local_ip: str = LOOPBACK,
     ) -> None:
         self.scenario = _scenario_path(scenario)
+        self.local_ip = _loopback(local_ip)
         self.mode = _TRANSPORTS[transport]
         self.port = free_port_pair()
         self.media_port = free_port_block(4)
@@ -288,6 +335,7 @@ class SippUas:
             call_duration_ms=call_duration_ms,
             keys=keys or {},
             timeout=timeout,
+            local_ip=self.local_ip,
         )
         if rtp_echo:
             self.args.append("-rtp_echo")
@@ -297,17 +345,17 @@ class SippUas:
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:PORT``."""
-        return f"{LOOPBACK}:{self.port}"
+        """``LOCAL_IP:PORT`` (127.0.0.1 unless ``local_ip`` says otherwise)."""
+        return f"{self.local_ip}:{self.port}"
 
     @property
     def config_address(self) -> str:
         """``udp:127.0.0.1:PORT`` (or tcp:), as a trunk ``address`` in the gateway config."""
-        return f"{_PROTOCOL[self.mode]}:{LOOPBACK}:{self.port}"
+        return f"{_PROTOCOL[self.mode]}:{self.local_ip}:{self.port}"
 
     def uri(self, user: str) -> str:
-        """``sip:user@127.0.0.1:PORT``."""
-        return f"sip:{user}@{LOOPBACK}:{self.port}"
+        """``sip:user@LOCAL_IP:PORT``."""
+        return f"sip:{user}@{self.local_ip}:{self.port}"
 
     def start(self) -> None:
         """Start sipp and poll until its SIP socket is bound (UDP) or listening (TCP)."""
