@@ -1,0 +1,158 @@
+"""The sipp scenarios of scenarios/calls/ proven against sipp counterparts, without the gateway.
+
+test_calls_sipp.py relies on them to fail when the gateway misbehaves, so each check they make
+is shown to fail here too: the hold/resume pair refuses a wrong direction, the refused-call
+scenario reports the refusal it got. Also the harness's ``local_ip`` (a peer on 127.0.0.2) and
+its reading of sipp's message trace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import SCENARIOS, SippUas, run_sipp_uac, tone_ulaw
+
+pytestmark = pytest.mark.interop
+
+CREDENTIALS = {"user": "alice", "password": "s3cret"}
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_hold_resume_pair_on_a_second_loopback_address(tmp_path: Path, transport: str) -> None:
+    with SippUas(
+        "calls/uas_answer_reinvite.xml", workdir=tmp_path, transport=transport, local_ip="127.0.0.2"
+    ) as callee:
+        assert callee.address == f"127.0.0.2:{callee.port}"
+        assert callee.config_address == f"{transport}:127.0.0.2:{callee.port}"
+        caller = run_sipp_uac(
+            "calls/uac_hold_resume.xml",
+            callee.address,
+            workdir=tmp_path,
+            transport=transport,
+            service="bob",
+            call_duration_ms=100,
+        )
+        caller.check()
+        answered = callee.wait(timeout=10)
+        answered.check()
+    invites = answered.received("INVITE ")
+    assert [("a=sendonly" in m, "a=sendrecv" in m) for m in invites] == [
+        (False, True),
+        (True, False),
+        (False, True),
+    ]
+    assert invites[0].startswith(f"INVITE sip:bob@127.0.0.2:{callee.port} ")
+    # The trace reader keeps sent and received apart: the UAS sent 100, 180, a 200 for each
+    # INVITE and one for the BYE.
+    statuses = [(m.split()[1], _cseq(m)) for m in answered.sent("SIP/2.0 ")]
+    assert statuses == [
+        ("100", "1 INVITE"),
+        ("180", "1 INVITE"),
+        ("200", "1 INVITE"),
+        ("200", "2 INVITE"),
+        ("200", "3 INVITE"),
+        ("200", "4 BYE"),
+    ]
+    assert len(caller.sent("INVITE ")) == 3
+
+
+def test_peers_stay_on_loopback(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a loopback address"):
+        SippUas("uas_answer.xml", workdir=tmp_path, local_ip="192.0.2.1")
+    with pytest.raises(ValueError, match="not a loopback address"):
+        run_sipp_uac("uac_call.xml", "127.0.0.1:9", workdir=tmp_path, local_ip="192.0.2.1")
+
+
+def test_hold_offer_with_another_direction_fails_the_uas(tmp_path: Path) -> None:
+    original = (SCENARIOS / "calls" / "uac_hold_resume.xml").read_text()
+    inactive = tmp_path / "uac_hold_inactive.xml"
+    inactive.write_text(original.replace("a=sendonly", "a=inactive"))
+    with SippUas("calls/uas_answer_reinvite.xml", workdir=tmp_path, timeout=5) as callee:
+        run_sipp_uac(inactive, callee.address, workdir=tmp_path, call_duration_ms=100, timeout=4)
+        answered = callee.wait(timeout=10)
+    assert not answered.ok
+    assert "a=sendonly" in answered.error_log.read_text()
+
+
+def test_hold_answer_with_another_direction_fails_the_uac(tmp_path: Path) -> None:
+    original = (SCENARIOS / "calls" / "uas_answer_reinvite.xml").read_text()
+    inactive = tmp_path / "uas_answer_reinvite_inactive.xml"
+    inactive.write_text(original.replace("a=recvonly", "a=inactive"))
+    with SippUas(inactive, workdir=tmp_path, timeout=5) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_hold_resume.xml",
+            callee.address,
+            workdir=tmp_path,
+            call_duration_ms=100,
+            timeout=4,
+        )
+    assert not caller.ok
+    assert "a=recvonly" in caller.error_log.read_text()
+
+
+def test_call_with_auth_and_rtp_against_a_challenging_uas(tmp_path: Path) -> None:
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 1000, seconds=1)
+    with SippUas(
+        "uas_auth_answer.xml", workdir=tmp_path, rtp_echo=True, keys=CREDENTIALS
+    ) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_call_auth_rtp.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="bob",
+            caller="alice",
+            auth=("alice", "s3cret"),
+            rtp_file=tone,
+        )
+        caller.check()
+        callee.wait(timeout=10).check()
+    assert len(caller.sent("INVITE ")) == 2
+    assert 'Authorization: Digest username="alice"' in caller.sent("INVITE ")[1]
+
+
+def test_refused_call_scenario_reports_the_refusal(tmp_path: Path) -> None:
+    with SippUas("uas_auth_answer.xml", workdir=tmp_path, keys=CREDENTIALS) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_auth_refused.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="bob",
+            caller="alice",
+            auth=("alice", "guess"),
+        )
+        caller.check()  # the 403 is one of the refusals it accepts; the UAS fails on it
+        assert not callee.wait(timeout=10).ok
+    (refusal,) = caller.received("SIP/2.0 403")
+    assert "CSeq: 2 INVITE" in refusal
+    (ack,) = [m for m in caller.sent("ACK ") if "CSeq: 2 ACK" in m]
+    # The ACK for a non-2xx final response has the INVITE's branch (RFC 3261 §17.1.1.3).
+    second_invite = caller.sent("INVITE ")[1]
+    assert _via_branch(ack) == _via_branch(second_invite)
+
+
+def test_refused_call_scenario_fails_when_the_call_is_answered(tmp_path: Path) -> None:
+    with SippUas("uas_auth_answer.xml", workdir=tmp_path, keys=CREDENTIALS, timeout=5) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_auth_refused.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="bob",
+            caller="alice",
+            auth=("alice", "s3cret"),
+            timeout=4,
+        )
+    assert not caller.ok
+    assert caller.received("SIP/2.0 200")
+
+
+def _cseq(message: str) -> str:
+    return next(line[5:].strip() for line in message.splitlines() if line.startswith("CSeq:"))
+
+
+def _via_branch(message: str) -> str:
+    for line in message.splitlines():
+        if line.startswith("Via:"):
+            return line.split("branch=")[1].split(";")[0]
+    raise AssertionError(f"no Via in:\n{message}")
