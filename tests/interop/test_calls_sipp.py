@@ -1,0 +1,453 @@
+"""Calls through ``voipgw run`` between sipp peers: accounts, trunks, media, the ends of a call.
+
+Every peer is on loopback. The gateway tells a trunk by its source address, so a trunk that
+calls in runs on 127.0.0.2 (``allowed_sources = ["127.0.0.2"]``); a trunk the gateway only calls
+out to recognises nobody (``allowed_sources = []``) and listens on 127.0.0.1. Accounts calling
+in must answer a 407 digest challenge (RFC 3261 §22.3); trunks are not challenged.
+
+The gateway is a B2BUA with a media relay: every SDP a peer receives names the gateway's media
+address and a port of its range, never the other peer's, and every RTP packet goes through that
+port (checked with a capture). Each test asserts on what the far peer received, not only on the
+caller's exit code, so a gateway that answered the caller itself would fail.
+
+Scenarios that only make sense with the gateway in the middle (a digest challenge followed by a
+trunk's behaviour) and the hold/resume pair are in ``scenarios/calls/``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import (
+    LOOPBACK,
+    Capture,
+    GatewayProcess,
+    SippResult,
+    SippUas,
+    rtp_packets,
+    rtp_streams,
+    run_sipp_uac,
+    tone_ulaw,
+    udp_filter,
+)
+
+pytestmark = pytest.mark.interop
+
+TRANSPORTS = pytest.mark.parametrize("transport", ["udp", "tcp"])
+
+ALICE = ("alice", "wonderland")
+BOB = ("bob", "builder")
+ACCOUNTS = dict([ALICE, BOB])
+#: The address a calling trunk uses: another loopback address, so the gateway can tell it from
+#: the accounts' phones on 127.0.0.1 by source address.
+TRUNK_IP = "127.0.0.2"
+#: The number the calling trunk delivers; its ``dids`` map it to alice.
+DID = "+4930123456"
+#: A number the outbound trunk serves (prefix +49) and no account is named like.
+TRUNK_NUMBER = "+4989555"
+GUESS = "not-the-password"
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def outbound_trunk(trunk: SippUas) -> str:
+    """A trunk the gateway calls for +49 numbers over the trunk's transport; it never calls in."""
+    return (
+        "[[trunks]]\n"
+        'name = "carrier"\n'
+        f'address = "{trunk.config_address}"\n'
+        'prefixes = ["+49"]\n'
+        "allowed_sources = []\n"
+    )
+
+
+def inbound_trunk() -> str:
+    """A trunk calling in from 127.0.0.2 whose DID goes to alice; it serves no prefix, so the
+    gateway never calls it (its address is never used)."""
+    return (
+        "[[trunks]]\n"
+        'name = "pbx"\n'
+        f'address = "udp:{TRUNK_IP}:5060"\n'
+        f'allowed_sources = ["{TRUNK_IP}"]\n'
+        f'dids = {{"{DID}" = "alice"}}\n'
+    )
+
+
+# -- reading what the peers saw ---------------------------------------------------------------
+
+
+def sdp_connection(message: str) -> tuple[str, int]:
+    """The (c= address, first m=audio port) of the SDP body of a SIP message."""
+    address = re.search(r"^c=IN IP4 (\S+)$", message, re.MULTILINE)
+    port = re.search(r"^m=audio (\d+) ", message, re.MULTILINE)
+    assert address is not None and port is not None, f"no SDP in:\n{message}"
+    return address[1], int(port[1])
+
+
+def origin(message: str) -> tuple[str, str, int]:
+    """(username, session id, session version) of the o= line of a message's SDP."""
+    match = re.search(r"^o=(\S+) (\S+) (\d+) IN IP4 ", message, re.MULTILINE)
+    assert match is not None, f"no o= line in:\n{message}"
+    return match[1], match[2], int(match[3])
+
+
+def header(message: str, name: str) -> str:
+    """The value of the first ``name`` header of a SIP message (long form only)."""
+    match = re.search(rf"^{name}:\s*(.*)$", message, re.MULTILINE | re.IGNORECASE)
+    assert match is not None, f"no {name} in:\n{message}"
+    return match[1].strip()
+
+
+def in_range(port: int, ports: tuple[int, int]) -> bool:
+    return ports[0] <= port <= ports[1]
+
+
+def final_status_line(result: SippResult) -> str:
+    """The status line of the last final (>= 300) response sipp received."""
+    finals = [
+        message.splitlines()[0]
+        for message in result.received("SIP/2.0 ")
+        if int(message.split()[1]) >= 300
+    ]
+    assert finals, result.describe()
+    return finals[-1]
+
+
+def register(gw: GatewayProcess, workdir: Path, transport: str, port: int) -> None:
+    """REGISTER alice with her Contact on ``port`` (where her ``SippUas`` will answer), from a
+    sipp that then exits: the UAS bound to that port after it is what the gateway reaches."""
+    result = run_sipp_uac(
+        "register_auth.xml",
+        gw.address,
+        workdir=workdir,
+        transport=transport,
+        service="alice",
+        auth=ALICE,
+        port=port,
+    )
+    result.check()
+    contact = re.escape(gw.uri("alice"))
+    gw.wait_for_log(rf"registered: 1 binding\(s\) for {contact} via {transport}:")
+
+
+def account_call(
+    scenario: str,
+    gw: GatewayProcess,
+    workdir: Path,
+    *,
+    service: str,
+    account: tuple[str, str] = ALICE,
+    transport: str = "udp",
+    rtp_file: Path | None = None,
+) -> SippResult:
+    """sipp calling ``service`` as ``account``, answering the gateway's digest challenge."""
+    return run_sipp_uac(
+        scenario,
+        gw.address,
+        workdir=workdir,
+        transport=transport,
+        service=service,
+        caller=account[0],
+        auth=account,
+        rtp_file=rtp_file,
+    )
+
+
+def trunk_call(
+    scenario: str,
+    gw: GatewayProcess,
+    workdir: Path,
+    *,
+    transport: str = "udp",
+    call_duration_ms: int | None = None,
+) -> SippResult:
+    """sipp on 127.0.0.2 (the calling trunk) calling the DID, without credentials."""
+    return run_sipp_uac(
+        scenario,
+        gw.address,
+        workdir=workdir,
+        transport=transport,
+        service=DID,
+        caller="+4940777",
+        local_ip=TRUNK_IP,
+        call_duration_ms=call_duration_ms,
+    )
+
+
+def assert_relayed_invite(invite: str, gw: GatewayProcess, *, not_ports: set[int]) -> None:
+    """The INVITE a callee got came from the gateway and offers the gateway's media."""
+    assert re.search(rf"^Via: SIP/2.0/\S+ {re.escape(LOOPBACK)}:{gw.port}\b", invite, re.M), invite
+    address, port = sdp_connection(invite)
+    assert address == LOOPBACK, invite
+    assert in_range(port, gw.media_ports), (port, gw.media_ports, invite)
+    assert port not in not_ports, invite
+
+
+# -- 1. account -> trunk, with RTP through the relay -------------------------------------------
+
+
+@TRANSPORTS
+def test_account_calls_a_trunk_and_rtp_goes_through_the_relay(
+    tmp_path: Path, transport: str
+) -> None:
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 1000, seconds=2)  # 100 packets of 20 ms
+    with (
+        SippUas("uas_answer.xml", workdir=tmp_path, transport=transport, rtp_echo=True) as trunk,
+        GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=outbound_trunk(trunk)) as gw,
+    ):
+        # The trunk's media port is in the filter so RTP that bypassed the relay is seen too.
+        media = udp_filter(gw.media_ports, trunk.media_port)
+        with Capture(tmp_path / "call.pcap", media) as capture:
+            caller = account_call(
+                "calls/uac_call_auth_rtp.xml",
+                gw,
+                tmp_path,
+                service=TRUNK_NUMBER,
+                transport=transport,
+                rtp_file=tone,
+            )
+        caller.check()
+        callee = trunk.wait(timeout=10)
+        callee.check()
+
+    # Signalling: the caller was challenged (407, RFC 3261 §22.3), the trunk was not asked for
+    # credentials and got the number in the Request-URI over the trunk's transport.
+    assert len(caller.received("SIP/2.0 407")) == 1
+    (invite,) = callee.received("INVITE ")
+    assert invite.startswith(f"INVITE sip:{TRUNK_NUMBER}@"), invite
+    assert f"SIP/2.0/{transport.upper()} " in invite
+    assert_relayed_invite(invite, gw, not_ports={caller.media_port})
+    (answer,) = [m for m in caller.received("SIP/2.0 200") if header(m, "CSeq") == "2 INVITE"]
+    a_address, a_port = sdp_connection(answer)
+    assert a_address == LOOPBACK
+    assert in_range(a_port, gw.media_ports) and a_port != trunk.media_port, answer
+    _, b_port = sdp_connection(invite)
+
+    # Media: caller -> gateway (a_port) -> trunk, echoed trunk -> gateway (b_port) -> caller.
+    caller_media = (LOOPBACK, caller.media_port)
+    trunk_media = (LOOPBACK, trunk.media_port)
+    ports = [caller.media_port, trunk.media_port, *range(gw.media_ports[0], gw.media_ports[1] + 1)]
+    streams = rtp_streams(capture.path, ports)
+    a_relay, b_relay = (LOOPBACK, a_port), (LOOPBACK, b_port)
+    expected = {
+        (caller_media, a_relay),
+        (b_relay, trunk_media),
+        (trunk_media, b_relay),
+        (a_relay, caller_media),
+    }
+    assert set(streams) == expected, streams  # nothing direct, nothing from other ports
+    sent = streams[(caller_media, a_relay)]
+    assert 95 <= sent <= 100
+    for flow in expected:
+        assert abs(streams[flow] - sent) <= 3, streams  # a few percent either way
+    # Plain RTP on both legs: the relay forwards each packet as it is, SSRC and sequence numbers
+    # included (RFC 3550 §7.1: a forwarder that is not a mixer keeps them).
+    packets = rtp_packets(capture.path, ports)
+    hop_in = [(p["ssrc"], p["seq"]) for p in packets if int(p["srcport"]) == caller.media_port]
+    hop_out = [(p["ssrc"], p["seq"]) for p in packets if int(p["dstport"]) == trunk.media_port]
+    assert hop_in == hop_out
+
+
+# -- 2. trunk -> registered account, no digest -----------------------------------------------
+
+
+@TRANSPORTS
+def test_trunk_calls_a_registered_account_without_digest(tmp_path: Path, transport: str) -> None:
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("uas_answer.xml", workdir=tmp_path, transport=transport)
+        register(gw, tmp_path, transport, alice.port)
+        with alice:
+            caller = trunk_call("uac_call.xml", gw, tmp_path, transport=transport)
+            caller.check()
+            callee = alice.wait(timeout=10)
+            callee.check()
+
+    assert not caller.received("SIP/2.0 401") and not caller.received("SIP/2.0 407")
+    (invite,) = callee.received("INVITE ")
+    # The DID went to alice's registered Contact (RFC 3261 §10.3: the binding's URI).
+    assert invite.startswith(f"INVITE sip:alice@{LOOPBACK}:{alice.port}"), invite
+    assert_relayed_invite(invite, gw, not_ports={caller.media_port})
+    answer = caller.received("SIP/2.0 200")[0]
+    address, port = sdp_connection(answer)
+    assert address == LOOPBACK != TRUNK_IP
+    assert in_range(port, gw.media_ports) and port != alice.media_port
+
+
+# -- 3. refusals: wrong password, unknown user, no binding -----------------------------------
+
+
+def test_wrong_password_is_challenged_again_and_logged_without_it(tmp_path: Path) -> None:
+    # uac_call_auth.xml cannot end on a second 407 (sipp takes it for a retransmission of the
+    # first one and ACKs it with the wrong branch until its timeout); uac_auth_refused.xml
+    # accepts it as the final answer to the second INVITE and ACKs it properly.
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS) as gw:
+        caller = account_call(
+            "calls/uac_auth_refused.xml", gw, tmp_path, service="bob", account=(ALICE[0], GUESS)
+        )
+        match = gw.wait_for_log(
+            r"INVITE from (127\.0\.0\.1:\d+): authentication failed for user 'alice'"
+        )
+    caller.check()
+    first, again = caller.received("SIP/2.0 407")
+    assert "CSeq: 1 INVITE" in first
+    assert "CSeq: 2 INVITE" in again  # the INVITE with the wrong credentials, challenged again
+    assert "Proxy-Authenticate: Digest" in again
+    assert final_status_line(caller).startswith("SIP/2.0 407 ")
+    assert match[1] == f"{LOOPBACK}:{caller.port}"  # the source, as the peer sent from it
+    log_text = gw.log_text()
+    assert GUESS not in log_text
+    assert ALICE[1] not in log_text
+
+
+def test_unknown_user_gets_404_saying_why(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS) as gw:
+        caller = account_call("calls/uac_auth_refused.xml", gw, tmp_path, service="nobody")
+    caller.check()
+    status = final_status_line(caller)
+    assert status.startswith("SIP/2.0 404 "), status
+    assert "nobody" in status, status  # the reason phrase names what was not found
+
+
+def test_account_without_binding_gets_480(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS) as gw:
+        caller = account_call(
+            "calls/uac_auth_refused.xml", gw, tmp_path, service="alice", account=BOB
+        )
+    caller.check()
+    status = final_status_line(caller)
+    assert status.startswith("SIP/2.0 480 "), status  # RFC 3261 §21.4.18
+    assert "alice" in status, status
+
+
+# -- 4. busy and CANCEL ----------------------------------------------------------------------
+
+
+def test_busy_trunk_gives_the_caller_486(tmp_path: Path) -> None:
+    with (
+        SippUas("uas_busy.xml", workdir=tmp_path) as trunk,
+        GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=outbound_trunk(trunk)) as gw,
+    ):
+        caller = account_call("calls/uac_auth_refused.xml", gw, tmp_path, service=TRUNK_NUMBER)
+        caller.check()
+        callee = trunk.wait(timeout=10)
+        callee.check()  # the gateway ACKed the 486 (RFC 3261 §17.1.1.3)
+    assert final_status_line(caller).startswith("SIP/2.0 486 ")
+    assert len(callee.received("INVITE ")) == 1
+    assert len(callee.received("ACK ")) == 1
+
+
+def test_cancel_reaches_the_ringing_trunk(tmp_path: Path) -> None:
+    with (
+        SippUas("uas_ring_forever.xml", workdir=tmp_path) as trunk,
+        GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=outbound_trunk(trunk)) as gw,
+    ):
+        caller = account_call("calls/uac_cancel_auth.xml", gw, tmp_path, service=TRUNK_NUMBER)
+        caller.check()  # 200 for the CANCEL and 487 for the INVITE (RFC 3261 §9.2)
+        callee = trunk.wait(timeout=10)
+        callee.check()  # got the CANCEL, answered 487, got the ACK
+    (invite,) = callee.received("INVITE ")
+    (cancel,) = callee.received("CANCEL ")
+    # RFC 3261 §9.1: the CANCEL matches the INVITE's Request-URI, Call-ID and CSeq number.
+    assert cancel.split(" ", 2)[1] == invite.split(" ", 2)[1]
+    assert header(cancel, "Call-ID") == header(invite, "Call-ID")
+    assert header(cancel, "CSeq").split()[0] == header(invite, "CSeq").split()[0]
+    assert len(caller.received("SIP/2.0 487")) == 1
+    assert [header(m, "CSeq") for m in caller.received("SIP/2.0 200")] == ["2 CANCEL"]
+
+
+# -- 5. BYE from each side -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uac", "uas", "hangs_up"),
+    [
+        ("uac_call.xml", "uas_answer.xml", "caller"),
+        ("uac_call_remote_bye.xml", "uas_bye_first.xml", "callee"),
+    ],
+    ids=["caller-hangs-up", "callee-hangs-up"],
+)
+def test_bye_from_either_side_ends_both_legs(
+    tmp_path: Path, uac: str, uas: str, hangs_up: str
+) -> None:
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas(uas, workdir=tmp_path, call_duration_ms=300)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            caller = trunk_call(uac, gw, tmp_path)
+            caller.check()
+            callee = alice.wait(timeout=10)
+            callee.check()
+        leg = "A" if hangs_up == "caller" else "B"
+        gw.wait_for_log(rf"call \S+ ended: BYE from {leg} leg")
+    # The side that did not hang up got exactly one BYE, from the gateway, and answered it 200.
+    told = callee if hangs_up == "caller" else caller
+    hung_up = caller if hangs_up == "caller" else callee
+    (bye,) = told.received("BYE ")
+    assert re.search(rf"^Via: SIP/2.0/UDP {re.escape(LOOPBACK)}:{gw.port}\b", bye, re.M), bye
+    assert not hung_up.received("BYE ")
+    assert len(hung_up.received("SIP/2.0 200")) >= 1
+
+
+# -- 6. hold and resume ------------------------------------------------------------------------
+
+
+def test_hold_and_resume_re_invites_pass_through(tmp_path: Path) -> None:
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("calls/uas_answer_reinvite.xml", workdir=tmp_path)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            caller = trunk_call("calls/uac_hold_resume.xml", gw, tmp_path, call_duration_ms=200)
+            caller.check()  # the answers were recvonly, then sendrecv
+            callee = alice.wait(timeout=10)
+            callee.check()  # the offers were sendonly, then sendrecv
+
+    invite, hold, resume = callee.received("INVITE ")
+    for offer, direction in ((hold, "sendonly"), (resume, "sendrecv")):
+        assert f"a={direction}" in offer, offer
+        assert_relayed_invite(offer, gw, not_ports={caller.media_port})
+        # The same relay port as in the initial offer: hold is not a new call.
+        assert sdp_connection(offer) == sdp_connection(invite)
+    answers = [m for m in caller.received("SIP/2.0 200") if "INVITE" in header(m, "CSeq")]
+    assert len(answers) == 3
+    for answer, direction in zip(answers, ("sendrecv", "recvonly", "sendrecv"), strict=True):
+        assert f"a={direction}" in answer, answer
+        address, port = sdp_connection(answer)
+        assert address == LOOPBACK != TRUNK_IP
+        assert in_range(port, gw.media_ports) and port != callee.media_port
+    # RFC 3264 §8: each new SDP of a session keeps the o= line and adds one to its version.
+    for sdps in ((invite, hold, resume), answers):
+        origins = [origin(sdp) for sdp in sdps]
+        assert len({(username, session) for username, session, _ in origins}) == 1, origins
+        first_version = origins[0][2]
+        assert [version for _, _, version in origins] == [first_version + i for i in range(3)]
+
+
+# -- 7. registrations survive a restart --------------------------------------------------------
+
+
+@TRANSPORTS
+def test_registration_survives_a_gateway_restart(tmp_path: Path, transport: str) -> None:
+    first = GatewayProcess(tmp_path / "first", accounts=ACCOUNTS, extra_toml=inbound_trunk())
+    alice = SippUas("uas_answer.xml", workdir=tmp_path, transport=transport)
+    with first:
+        register(first, tmp_path, transport, alice.port)
+    # A new process on the same port and store: the binding is only in the store now.
+    second = GatewayProcess(
+        tmp_path / "second",
+        port=first.port,
+        state_dir=first.state_dir,
+        extra_toml=inbound_trunk(),
+    )
+    with second, alice:
+        caller = trunk_call("uac_call.xml", second, tmp_path, transport=transport)
+        caller.check()
+        callee = alice.wait(timeout=10)
+        callee.check()
+    assert "registered" not in second.log_text()  # nobody registered with the second one
+    (invite,) = callee.received("INVITE ")
+    assert invite.startswith(f"INVITE sip:alice@{LOOPBACK}:{alice.port}"), invite
+    assert_relayed_invite(invite, second, not_ports={caller.media_port})
