@@ -313,14 +313,9 @@ _AES192_CHECK_SRTP = bytes.fromhex(
 
 
 def _libsrtp_aes192_follows_rfc6188() -> bool:
-    """Protect one packet with AES_192_CM_HMAC_SHA1_80 and compare with RFC 6188's result.
-
-    libsrtp up to 2.7.0 derives AES-192 session keys with its AES-256 key derivation (it widens
-    every master key longer than 30 octets with zeros to 46: cisco/libsrtp issue 763, fixed in
-    pull requests 765 and 770 after 2.7.0), so its AES-192 keys differ from every RFC 6188
-    implementation's and no packet would authenticate between them. Known-answer check at import,
-    so a pylibsrtp that bundles a fixed libsrtp enables the suites again without a code change.
-    """
+    """Protect one packet with AES_192_CM_HMAC_SHA1_80 and compare with RFC 6188's result
+    (libsrtp <= 2.7.0 fails: see "AES-192" in the module docstring; the fix is libsrtp pull
+    requests 765 and 770)."""
     suite = SUITES["AES_192_CM_HMAC_SHA1_80"]
     ctx = _create_context(suite, _AES192_CHECK_KEY, _lib.ssrc_any_outbound, DEFAULT_REPLAY_WINDOW)
     try:
