@@ -686,7 +686,8 @@ class Call:
     async def _reject_a(self, status: int, reason: str, warning: str | None) -> None:
         extra = [("Warning", _warning(warning))] if warning else []
         await self._respond_a(self._a_response(status, reason, extra=extra))
-        raise CallEnded(f"{status} {reason}" + (f" ({warning})" if warning else ""))
+        detail = f" ({warning})" if warning and warning != reason else ""
+        raise CallEnded(f"{status} {reason}{detail}")
 
     async def _send_in_dialog(
         self,
