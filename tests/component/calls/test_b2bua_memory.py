@@ -1,0 +1,586 @@
+"""The B2BUA end to end on the in-memory network, in virtual time.
+
+A Gateway runs on a MemoryNetwork (gateway.testing.memory_transport) at 127.0.0.1:5060 with an
+account "alice", played by a SipAgent at 127.0.0.3 that registers over the network, and a trunk
+"carrier" (DIDs, prefix +1) played by another SipAgent at 127.0.0.2. Signalling never touches a
+real socket; the media relay binds real ports in MEDIA_PORTS on 127.0.0.1, and no RTP is sent.
+Timings are asserted in seconds of trio's virtual clock (autojump_clock).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from gateway.core.config import GatewayConfig, from_mapping
+from gateway.core.gateway import Gateway
+from gateway.core.hookspecs import hookimpl
+from gateway.core.ids import SeededIds
+from gateway.core.interfaces import CallEvent
+from gateway.core.sdp.model import Direction
+from gateway.core.sip.dialog import DialogState
+from gateway.core.store.sqlite import SqliteStore
+from gateway.testing.memory_transport import memory_plugins
+from gateway.testing.network import Address, CapturedDatagram, MemoryNetwork
+from gateway.testing.sip_agent import (
+    SDP,
+    AutoAnswer,
+    Call,
+    Received,
+    SipAgent,
+    sdp_connection,
+    sdp_direction,
+)
+
+GW: Address = ("127.0.0.1", 5060)
+TRUNK: Address = ("127.0.0.2", 5060)
+ALICE: Address = ("127.0.0.3", 5060)
+REALM = "voipgw.local"
+ALICE_PASSWORD = "wonderland-42"
+MEDIA_PORTS = range(44000, 44200)
+ALICE_DID = "+4930123456"
+BOB_DID = "+4930999"  # bob has an account but never registers
+RING_AND_ANSWER = AutoAnswer()
+T1 = 0.5
+
+
+@attrs.define
+class B2bua:
+    network: MemoryNetwork
+    gateway: Gateway
+    alice: SipAgent
+    trunk: SipAgent
+
+    def did_uri(self, number: str) -> str:
+        return f"sip:{number}@127.0.0.1:5060"
+
+    @property
+    def calls(self) -> int:
+        assert self.gateway.calls is not None
+        return len(self.gateway.calls.calls)
+
+
+def gateway_config(state_dir: Path) -> GatewayConfig:
+    return from_mapping(
+        {
+            "gateway": {"state_dir": str(state_dir), "realm": REALM},
+            "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": T1},
+            "media": {
+                "address": "127.0.0.1",
+                "ports": f"{MEDIA_PORTS.start}-{MEDIA_PORTS.stop - 1}",
+                "inactivity_timeout": 3600,
+            },
+            "plugins": {"enable": []},
+            "trunks": [
+                {
+                    "name": "carrier",
+                    "address": "udp:127.0.0.2:5060",
+                    "prefixes": ["+1"],
+                    "dids": {ALICE_DID: "alice", BOB_DID: "bob"},
+                }
+            ],
+        }
+    )
+
+
+async def start_b2bua(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    *,
+    drop: float = 0.0,
+    duplicate: float = 0.0,
+    reorder: float = 0.0,
+    delay: float | tuple[float, float] = 0.01,
+    alice_auto: AutoAnswer | None = RING_AND_ANSWER,
+    plugins: Sequence[tuple[str, object]] = (),
+) -> B2bua:
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    store.accounts_add("alice", ALICE_PASSWORD, REALM)
+    store.accounts_add("bob", "bob-password-1", REALM)
+    store.close()
+    network = MemoryNetwork(seed, drop=drop, duplicate=duplicate, reorder=reorder, delay=delay)
+    await nursery.start(network.serve)
+    config = gateway_config(state)
+    gateway = Gateway(config, memory_plugins(config, network, extra=plugins), ids=SeededIds(seed))
+    await nursery.start(gateway.serve)
+    alice = SipAgent(
+        network,
+        ALICE,
+        ids=SeededIds(seed + 1),
+        user="alice",
+        password=ALICE_PASSWORD,
+        proxy=GW,
+        auto=alice_auto,
+        media_port=30000,
+    )
+    trunk = SipAgent(
+        network,
+        TRUNK,
+        ids=SeededIds(seed + 2),
+        user="+15550100",  # the calling number
+        domain="127.0.0.2:5060",
+        proxy=GW,
+        media_port=40000,
+    )
+    await nursery.start(alice.serve)
+    await nursery.start(trunk.serve)
+    registered = await alice.register()
+    assert registered.status == 200, registered.reason
+    return B2bua(network, gateway, alice, trunk)
+
+
+async def eventually(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    """Wait (in virtual time) until ``predicate()`` holds."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+async def next_within(agent: SipAgent, method: str, seconds: float) -> Received | None:
+    """The agent's next ``method`` request if one arrives within ``seconds``, else None."""
+    with trio.move_on_after(seconds):
+        return await agent.next_request(method)
+    return None
+
+
+def sent(
+    capture: Sequence[CapturedDatagram], src: Address, dst: Address, start: bytes
+) -> list[CapturedDatagram]:
+    """Datagrams from ``src`` to ``dst`` whose first line starts with ``start``."""
+    return [d for d in capture if d.src == src and d.dst == dst and d.data.startswith(start)]
+
+
+def assert_media_via_gateway(body: bytes) -> None:
+    address, port = sdp_connection(body)
+    assert address == "127.0.0.1"
+    assert port in MEDIA_PORTS
+
+
+async def answered_call(env: B2bua) -> tuple[Call, Call]:
+    """trunk -> alice (DID), answered and ACKed on both legs: (leg A at the trunk, leg B at
+    alice)."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    final = await call.final()
+    assert final.status == 200, final.reason
+    leg_b = await env.alice.next_call()
+    await env.alice.next_request("ACK")
+    return call, leg_b
+
+
+# -- basic calls --------------------------------------------------------------------------------
+
+
+async def test_trunk_calls_alice_by_did_and_the_trunk_hangs_up(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    final = await call.final()
+    assert final.status == 200
+    assert call.exchange is not None and 180 in call.exchange.statuses
+    leg_b = await env.alice.next_call()
+    ack = await env.alice.next_request("ACK")
+    a, b = call.invite, leg_b.invite
+
+    # Both legs see the relay, never the other peer's media address.
+    assert_media_via_gateway(b.body)
+    assert_media_via_gateway(final.body)
+    assert sdp_connection(b.body) != sdp_connection(final.body)
+    # Leg B is a new dialog: its own Call-ID, tags and From/To (RFC 3261 §12; B2BUA).
+    assert b.call_id != a.call_id
+    assert b.from_.tag != a.from_.tag
+    assert str(b.from_.uri) != str(a.from_.uri)
+    assert str(b.to.uri) == "sip:alice@127.0.0.1:5060"
+    assert str(a.to.uri) == env.did_uri(ALICE_DID)
+    assert final.to.tag is not None and final.to.tag != leg_b.local_tag
+    assert ack.request.call_id == b.call_id
+
+    bye_sent_at = trio.current_time()
+    assert (await call.bye()).status == 200
+    bye = await env.alice.next_request("BYE")
+    assert bye.request.call_id == b.call_id
+    assert bye.at - bye_sent_at < 0.1  # relayed at once (one hop each way of 10 ms)
+    assert leg_b.dialog is not None and leg_b.dialog.state is DialogState.TERMINATED
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_trunk_calls_alice_and_alice_hangs_up(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, leg_b = await answered_call(env)
+    assert (await leg_b.bye()).status == 200
+    bye = await env.trunk.next_request("BYE")
+    assert bye.request.call_id == call.call_id
+    assert bye.request.to.tag == call.local_tag  # our From tag is the gateway's To tag now
+    assert call.dialog is not None and call.dialog.state is DialogState.TERMINATED
+    await eventually(lambda: env.calls == 0)
+    assert env.trunk.requests("BYE") == [bye.request]  # no second BYE towards the trunk
+
+
+async def test_a_call_completes_on_a_lossy_network_because_transactions_retransmit(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        drop=0.2,
+        duplicate=0.2,
+        reorder=0.2,
+        delay=(0.005, 0.03),
+    )
+    # Whatever the seed, the first INVITE is lost; 20 % of everything else is.
+    env.network.set_link(TRUNK, GW, drop=1.0)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    await trio.sleep(0.2)
+    env.network.clear_link(TRUNK, GW)
+    final = await call.final()
+    assert final.status == 200
+    leg_b = await env.alice.next_call()
+    assert_media_via_gateway(leg_b.invite.body)
+    await env.alice.next_request("ACK")
+    assert (await call.bye()).status == 200
+    await env.alice.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+    # Let every 2xx retransmission and absorbed duplicate settle (64*T1).
+    await trio.sleep(64 * T1)
+
+    assert env.network.statistics().dropped > 0
+    # Timer A repaired the loss: the same INVITE, byte for byte, went out again (copies the
+    # network made are not in the capture, which records sends).
+    invites = sent(env.network.capture, TRUNK, GW, b"INVITE ")
+    assert len(invites) >= 2 and len({d.data for d in invites}) == 1
+    # Nobody is left with an established dialog or an unacknowledged 2xx.
+    assert leg_b.dialog is not None and leg_b.dialog.state is DialogState.TERMINATED
+    assert env.alice.awaiting_ack == [] and env.alice.never_acked == []
+    assert env.trunk.awaiting_ack == [] and env.trunk.never_acked == []
+    assert env.calls == 0
+
+
+async def test_a_retransmitted_2xx_from_the_callee_is_acked_again(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # RFC 3261 §13.2.2.4: the UAC core ACKs every 2xx it receives, retransmissions included; a
+    # lost ACK is repaired by the callee's next 2xx retransmission (§13.3.1.4).
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    env.network.set_link(GW, ALICE, drop=1.0)  # the gateway's first ACK is lost
+    answered_at = trio.current_time()
+    await leg_b.answer()
+    assert (await call.final()).status == 200
+    await trio.sleep(0.1)
+    env.network.clear_link(GW, ALICE)
+    assert len(sent(env.network.capture, GW, ALICE, b"ACK ")) == 1
+
+    ack = await next_within(env.alice, "ACK", 10)
+    assert ack is not None, "the gateway did not ACK alice's retransmitted 200"
+    # Alice's first 2xx retransmission is at T1 = 0.5 s; the ACK to it arrives one hop later.
+    assert ack.at - answered_at < 1.0
+    assert env.alice.awaiting_ack == [] and env.alice.never_acked == []
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+# -- alice calls out over the trunk ------------------------------------------------------------
+
+
+async def test_alice_calls_a_trunk_number_after_a_proxy_challenge(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    challenge = await call.final()
+    assert challenge.status == 407
+    assert challenge.headers.get_all("Proxy-Authenticate")
+    assert env.trunk.requests("INVITE") == []  # nothing goes out before authentication
+
+    await call.authenticate()
+    assert call.invite.headers.get("Proxy-Authorization") is not None
+    final = await call.final()
+    assert final.status == 200, final.reason
+    leg_b = await env.trunk.next_call()
+    assert str(leg_b.invite.uri) == "sip:+15551234@127.0.0.2:5060;transport=udp"
+    # Credentials for our realm never travel on to the trunk.
+    assert leg_b.invite.headers.get("Proxy-Authorization") is None
+    assert leg_b.invite.from_.uri is not None and "alice" in str(leg_b.invite.from_.uri)
+    assert_media_via_gateway(leg_b.invite.body)
+    assert_media_via_gateway(final.body)
+    # The transaction ACKed the 407 (RFC 3261 §17.1.1.3).
+    assert sent(env.network.capture, ALICE, GW, b"ACK ")
+    assert (await call.bye()).status == 200
+    await env.trunk.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+
+
+# -- timeouts -----------------------------------------------------------------------------------
+
+
+async def test_timer_b_an_unreachable_registered_phone_gives_the_caller_480_after_64_t1(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    # Alice's phone is gone: everything to and from it is lost.
+    env.network.set_link(GW, ALICE, drop=1.0)
+    env.network.set_link(ALICE, GW, drop=1.0)
+    started = trio.current_time()
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    final = await call.final(timeout=120)
+    elapsed = trio.current_time() - started
+    # Timer B ended the leg to alice with 408; to the caller a registered device that does not
+    # answer at all is 480 (issue #3).
+    assert final.status == 480
+    assert "unreachable" in final.reason
+    assert call.exchange is not None and call.exchange.statuses == [100, 480]
+    # Timer B = 64*T1 = 32 s after the gateway's INVITE, plus the hops (10 ms each).
+    assert 64 * T1 <= elapsed < 64 * T1 + 0.5
+    # Timer A retransmitted the INVITE at 0.5, 1.5, 3.5, 7.5, 15.5 and 31.5 s (RFC 3261 §17.1.1.2).
+    invites = sent(env.network.capture, GW, ALICE, b"INVITE ")
+    offsets = [round(d.time - invites[0].time, 3) for d in invites]
+    assert offsets == [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_timer_b_a_dead_trunk_gives_the_caller_408_after_64_t1(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    env.network.set_link(GW, TRUNK, drop=1.0)
+    env.network.set_link(TRUNK, GW, drop=1.0)
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await call.final()).status == 407
+    started = trio.current_time()
+    await call.authenticate()
+    final = await call.final(timeout=120)
+    elapsed = trio.current_time() - started
+    assert final.status == 408
+    assert 64 * T1 <= elapsed < 64 * T1 + 0.5
+    invites = sent(env.network.capture, GW, TRUNK, b"INVITE ")
+    offsets = [round(d.time - invites[0].time, 3) for d in invites]
+    assert offsets == [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_timer_f_bye_to_a_dead_leg_still_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+    env.network.set_link(GW, ALICE, drop=1.0)
+    env.network.set_link(ALICE, GW, drop=1.0)
+    started = trio.current_time()
+    assert (await call.bye(timeout=5)).status == 200
+    assert trio.current_time() - started < 0.1  # answered at once, not after Timer F
+    await eventually(lambda: env.calls == 0)
+
+    await trio.sleep(64 * T1 + 8)
+    byes = sent(env.network.capture, GW, ALICE, b"BYE ")
+    offsets = [round(d.time - byes[0].time, 3) for d in byes]
+    # Timer E: 0.5, 1, 2, then every T2 = 4 s; Timer F ends it at 32 s (RFC 3261 §17.1.2.2).
+    assert offsets == [0.0, 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    # Every transaction is gone, the timed-out BYE's included, and the timeout of a BYE whose
+    # call has ended is not an internal error.
+    assert len(env.gateway.endpoint.transactions) == 0
+    assert env.gateway.endpoint.statistics.internal_errors == 0
+
+
+# -- CANCEL -------------------------------------------------------------------------------------
+
+
+async def test_cancel_while_ringing(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(status=None))
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert call.exchange is not None
+    await call.exchange.wait_for(lambda r: r.status == 180)
+    leg_b = await env.alice.next_call()
+
+    cancel = await call.cancel()
+    assert (await cancel.final()).status == 200
+    assert (await call.final()).status == 487
+    cancel_b = await env.alice.next_request("CANCEL")
+    assert cancel_b.request.call_id == leg_b.call_id
+    assert leg_b.answered == 487
+    await eventually(lambda: env.calls == 0)
+    # Both 487s were ACKed by the INVITE client transactions (RFC 3261 §17.1.1.3).
+    assert sent(env.network.capture, GW, ALICE, b"ACK ")
+    assert sent(env.network.capture, TRUNK, GW, b"ACK ")
+    assert env.alice.requests("BYE") == []
+
+
+@pytest.mark.parametrize(
+    ("answer_after", "caller_gets"),
+    [(-0.005, 200), (0.0, 487), (0.01, 487)],
+    ids=[
+        "200-reaches-the-gateway-first",
+        "200-and-CANCEL-reach-the-gateway-together",
+        "200-and-CANCEL-cross-between-gateway-and-callee",
+    ],
+)
+async def test_cancel_and_200_race_leaves_no_dialog_behind(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    answer_after: float,
+    caller_gets: int,
+) -> None:
+    # Alice answers ``answer_after`` seconds after the trunk sends its CANCEL (10 ms per hop:
+    # at +0.01 s the gateway forwards the CANCEL to alice while her 200 is on its way).
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    assert call.exchange is not None
+    await call.exchange.wait_for(lambda r: r.status == 180)
+
+    if answer_after < 0:
+        await leg_b.answer(200)
+        await trio.sleep(-answer_after)
+        cancel = await call.cancel()
+    else:
+        cancel_sent = trio.current_time()
+        cancel = await call.cancel()
+        await trio.sleep_until(cancel_sent + answer_after)
+        await leg_b.answer(200)
+
+    assert (await cancel.final()).status == 200
+    final = await call.final()
+    assert final.status == caller_gets
+    if final.status == 200:
+        # The 200 won: the caller got the call and hangs it up itself (RFC 3261 §9.1).
+        assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    await trio.sleep(64 * T1)
+
+    # Alice's 200 was ACKed, and her dialog was ended by a BYE (or by her own, never both
+    # missing): no leg keeps an established dialog.
+    assert env.alice.awaiting_ack == [] and env.alice.never_acked == []
+    assert env.alice.requests("ACK")
+    assert len(env.alice.requests("BYE")) == 1
+    assert leg_b.dialog is not None and leg_b.dialog.state is DialogState.TERMINATED
+    assert call.dialog is None or call.dialog.state is DialogState.TERMINATED
+    assert env.trunk.awaiting_ack == [] and env.trunk.never_acked == []
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+async def test_busy_callee_gives_the_caller_486(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(status=486))
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    final = await call.final()
+    assert final.status == 486
+    assert sent(env.network.capture, GW, ALICE, b"ACK ")  # the gateway ACKed alice's 486
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_unknown_did_is_404_with_a_reason(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri("+4930000000"))
+    final = await call.final()
+    assert final.status == 404
+    assert "no account or DID for +4930000000" in final.reason
+    assert env.alice.requests("INVITE") == []
+
+
+async def test_account_without_a_binding_is_480(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(BOB_DID))
+    final = await call.final()
+    assert final.status == 480
+    assert "bob has no registered device" in final.reason
+
+
+# -- in the call --------------------------------------------------------------------------------
+
+
+async def test_hold_reinvite_from_alice_reaches_the_trunk_as_sendonly(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, leg_b = await answered_call(env)
+    answer = await leg_b.reinvite(env.alice.offer_sdp(direction="sendonly"))
+    assert answer.status == 200
+    assert sdp_direction(answer.body) is Direction.RECVONLY
+    assert_media_via_gateway(answer.body)
+    reinvite = await env.trunk.next_request("INVITE")
+    assert reinvite.request.call_id == call.call_id
+    assert sdp_direction(reinvite.request.body) is Direction.SENDONLY
+    assert_media_via_gateway(reinvite.request.body)
+    await env.trunk.next_request("ACK")  # the gateway ACKed the trunk's 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_retransmitted_2xx_to_a_reinvite_is_acked_again(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # As for the first INVITE (RFC 3261 §13.2.2.4, §14.1): every 2xx of a re-INVITE is ACKed.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, leg_b = await answered_call(env)
+    hold = await leg_b.request(
+        "INVITE", body=env.alice.offer_sdp(direction="sendonly"), content_type=SDP
+    )
+    reinvite = await env.trunk.next_request("INVITE")  # the trunk has answered 200 already
+    env.network.set_link(GW, TRUNK, drop=1.0)  # the gateway's ACK of that 200 is lost
+    assert (await hold.final()).status == 200
+    await trio.sleep(0.1)
+    env.network.clear_link(GW, TRUNK)
+    assert [r for r in env.trunk.received if r.at > reinvite.at] == []
+
+    ack = await next_within(env.trunk, "ACK", 10)
+    assert ack is not None, "the gateway did not ACK the trunk's retransmitted 200"
+    assert ack.request.cseq.number == reinvite.request.cseq.number
+    assert ack.at - reinvite.at < 1.0
+    assert env.trunk.awaiting_ack == [] and env.trunk.never_acked == []
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+class FailingObserver:
+    """A plugin whose gateway_call_event hook always raises."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    @hookimpl
+    def gateway_call_event(self, event: CallEvent) -> None:
+        self.kinds.append(event.kind)
+        raise RuntimeError("observer bug")
+
+
+async def test_a_failing_call_event_observer_does_not_break_the_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    observer = FailingObserver()
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, plugins=[("failing-observer", observer)]
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.core.calls.manager"):
+        call, _ = await answered_call(env)
+        assert (await call.bye()).status == 200
+        await eventually(lambda: env.calls == 0)
+    assert observer.kinds == ["started", "ringing", "answered", "ended"]
+    failures = [r for r in caplog.records if "gateway_call_event observer failed" in r.message]
+    assert len(failures) == 4
