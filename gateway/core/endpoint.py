@@ -134,6 +134,9 @@ class SipEndpoint:
         # The flow each server transaction's request arrived over: its responses go back there.
         self._server_flows: dict[Transaction, Flow] = {}
         self._client_requests: dict[Transaction, ClientRequest] = {}
+        # The endpoint task's wait for the next message; calls that start transactions from
+        # their own tasks pull its deadline in so the new transaction's timers fire on time.
+        self._wait: trio.CancelScope | None = None
         self.calls: CallLayer | None = None
 
     async def run(
@@ -148,11 +151,14 @@ class SipEndpoint:
         while True:
             deadline = self.transactions.get_timer()
             item: tuple[bytes, Flow] | None = None
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            with trio.move_on_at(math.inf if deadline is None else deadline) as wait:
+                self._wait = wait
                 try:
                     item = await inbound.receive()
                 except trio.EndOfChannel:
                     return
+                finally:
+                    self._wait = None
             if item is not None:
                 data, flow = item
                 self.statistics.received += 1
@@ -201,8 +207,15 @@ class SipEndpoint:
             return
         await self._act(outputs, flow)
 
+    def _timers_changed(self) -> None:
+        deadline = self.transactions.get_timer()
+        wait = self._wait
+        if wait is not None and deadline is not None and deadline < wait.deadline:
+            wait.deadline = deadline
+
     async def _act(self, outputs: list[Output], arrival: Flow | None = None) -> None:
         """Carry out what the transaction layer asked for, in order."""
+        self._timers_changed()
         for output in outputs:
             if isinstance(output, RequestReceived):
                 assert arrival is not None

@@ -145,6 +145,7 @@ class Call:
         self._nursery: trio.Nursery | None = None
         self._pending_reinvite: tuple[Side, ServerTransaction, Request] | None = None
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
+        self._reinvite_acks: dict[Side, Request] = {}
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -343,7 +344,9 @@ class Call:
                 pass  # a response to a BYE/CANCEL we sent: nothing to do
 
     async def _b_response(self, leg: BLeg, response: Response) -> None:
-        if leg.final is not None and not response.is_success:
+        if leg.final is not None:
+            if response.is_success and leg.ack is not None:
+                await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
             return
         if response.status < 200:
             if response.status == 100:
@@ -412,7 +415,17 @@ class Call:
         if flow is None or flow.closed:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
         ack = dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
+        leg.ack = ack
         await self.endpoint.send_ack(ack, flow)
+
+    async def _resend_ack(self, leg: BLeg) -> None:
+        assert leg.ack is not None
+        try:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+        except OSError as exc:
+            log.info("call %s: cannot resend ACK: %s", self.id, exc)
+            return
+        await self.endpoint.send_ack(leg.ack, flow)
 
     async def _cancel_b(self, leg: BLeg) -> None:
         """CANCEL an unanswered B leg (RFC 3261 §9.1): only after a provisional response."""
@@ -574,6 +587,11 @@ class Call:
         tag = event.tag
         response = event.response
         if isinstance(tag, BLeg):
+            if response.is_success and tag.final is not None and tag.ack is not None:
+                # A retransmitted 2xx: our ACK was lost; the UAC core sends it again
+                # (RFC 3261 §13.2.2.4).
+                await self._resend_ack(tag)
+                return
             if response.status >= 200 and tag.final is None:
                 tag.final = response
                 if response.is_success and tag is not self.b:
@@ -597,17 +615,26 @@ class Call:
             await self._reinvite_answered(tag[1], response)
 
     async def _reinvite_answered(self, answered_side: Side, response: Response) -> None:
+        leg = self._leg(answered_side)
         if self._pending_reinvite is None:
+            last = self._reinvite_acks.get(answered_side)
+            if (
+                response.is_success
+                and last is not None
+                and last.cseq.number == response.cseq.number
+            ):
+                # A retransmitted 2xx to our re-INVITE: our ACK was lost (RFC 3261 §13.2.2.4).
+                flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+                await self.endpoint.send_ack(last, flow)
             return
         side, transaction, request = self._pending_reinvite
         self._pending_reinvite = None
-        leg = self._leg(answered_side)
         assert leg.dialog is not None and self.media is not None
         if response.is_success:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
-            await self.endpoint.send_ack(
-                leg.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow)), flow
-            )
+            ack = leg.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
+            self._reinvite_acks[answered_side] = ack
+            await self.endpoint.send_ack(ack, flow)
             try:
                 answer = self.media.answer_from(
                     answered_side.value, parse_sdp_untrusted(response.body)

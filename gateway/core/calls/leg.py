@@ -68,3 +68,4 @@ class BLeg(Leg):
     cancel_wanted: bool = False
     cancelled: bool = False
     early_dialogs: dict[str, Dialog] = attrs.field(factory=dict)
+    ack: Request | None = None  # our ACK for its 2xx, resent for every 2xx retransmission
