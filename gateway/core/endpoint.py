@@ -217,35 +217,44 @@ class SipEndpoint:
         """Carry out what the transaction layer asked for, in order."""
         self._timers_changed()
         for output in outputs:
-            if isinstance(output, RequestReceived):
-                assert arrival is not None
-                self._server_flows[output.transaction] = arrival
-                await self._dispatch(output.transaction, output.request, arrival)
-            elif isinstance(output, SendResponse):
-                flow = self._server_flows.get(output.transaction) or arrival
-                if flow is not None:
-                    await self.send_response(output.response, flow)
-            elif isinstance(output, SendRequest):
-                client = self._client_requests.get(output.transaction)
-                if client is not None:
-                    await self._send_on(output.request, client.flow, output.transaction)
-            elif isinstance(output, ResponseReceived):
-                client = self._client_requests.get(output.transaction)
-                if client is not None:
-                    client._deliver(output.response)
-            elif isinstance(output, AckReceived):
-                if self.calls is not None and arrival is not None:
-                    self.calls.ack(output.request, arrival)
-            elif isinstance(output, TransactionTimeout | TransportFailed):
-                self._fail_client(output)
-            elif isinstance(output, TransactionTerminated):
-                self._server_flows.pop(output.transaction, None)
-                client = self._client_requests.pop(output.transaction, None)
-                if client is not None:
-                    client._close()
-            elif isinstance(output, UnmatchedResponse):
-                self.statistics.dropped_unmatched_responses += 1
-                log.debug("dropping unmatched response %d", output.response.status)
+            try:
+                await self._act_one(output, arrival)
+            except Exception:
+                # One bad output (a bug) must not drop the others: their retransmissions and
+                # TransactionTerminated bookkeeping still have to happen.
+                self.statistics.internal_errors += 1
+                log.exception("internal error acting on %s", type(output).__name__)
+
+    async def _act_one(self, output: Output, arrival: Flow | None) -> None:
+        if isinstance(output, RequestReceived):
+            assert arrival is not None
+            self._server_flows[output.transaction] = arrival
+            await self._dispatch(output.transaction, output.request, arrival)
+        elif isinstance(output, SendResponse):
+            flow = self._server_flows.get(output.transaction) or arrival
+            if flow is not None:
+                await self.send_response(output.response, flow)
+        elif isinstance(output, SendRequest):
+            client = self._client_requests.get(output.transaction)
+            if client is not None:
+                await self._send_on(output.request, client.flow, output.transaction)
+        elif isinstance(output, ResponseReceived):
+            client = self._client_requests.get(output.transaction)
+            if client is not None:
+                client._deliver(output.response)
+        elif isinstance(output, AckReceived):
+            if self.calls is not None and arrival is not None:
+                self.calls.ack(output.request, arrival)
+        elif isinstance(output, TransactionTimeout | TransportFailed):
+            self._fail_client(output)
+        elif isinstance(output, TransactionTerminated):
+            self._server_flows.pop(output.transaction, None)
+            client = self._client_requests.pop(output.transaction, None)
+            if client is not None:
+                client._close()
+        elif isinstance(output, UnmatchedResponse):
+            self.statistics.dropped_unmatched_responses += 1
+            log.debug("dropping unmatched response %d", output.response.status)
 
     def _fail_client(self, output: TransactionTimeout | TransportFailed) -> None:
         client = self._client_requests.get(output.transaction)

@@ -790,7 +790,9 @@ class Call:
             event = await self._next_event()
             if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                 leg, response = event.tag, event.response
-                if response.status >= 200 and leg.final is None:
+                if response.is_success and leg.final is not None and leg.ack is not None:
+                    await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
+                elif response.status >= 200 and leg.final is None:
                     leg.final = response
                     if response.is_success and leg is not self.b:
                         dialog = Dialog.create_uac(leg.invite, response)  # type: ignore[arg-type]
