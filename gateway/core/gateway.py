@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 # dropping (and counting) new datagrams; UDP peers retransmit, TCP peers see no reply and retry.
 INBOUND_QUEUE = 1024
 
+HOUSEKEEPING_INTERVAL = 30.0
+# A UDP flow idle this long is forgotten; NATed phones send a REGISTER or keep-alive well within.
+UDP_FLOW_IDLE = 300.0
+
 
 @attrs.define
 class TransportStatistics:
@@ -95,6 +99,21 @@ class Gateway:
             raise ConfigError(
                 self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
             )
+
+    async def _housekeeping(self) -> None:
+        """Periodic clean-up: expired registrations out of the store, idle UDP flows out of
+        the flow table (both would otherwise only grow)."""
+        while True:
+            await trio.sleep(HOUSEKEEPING_INTERVAL)
+            assert self.store is not None
+            try:
+                removed = self.store.expire_bindings(time.time())
+            except Exception:
+                log.exception("expiring registrations failed")
+            else:
+                if removed:
+                    log.info("%d registration(s) expired", len(removed))
+            self.flows.expire_datagram_flows(now=trio.current_time(), idle=UDP_FLOW_IDLE)
 
     # -- what calls need ----------------------------------------------------------------------
 
@@ -171,6 +190,7 @@ class Gateway:
         )
         self.relay = MediaRelay(PortAllocator(self.config.media.address, self.config.media_ports))
         await nursery.start(self.relay.serve)
+        nursery.start_soon(self._housekeeping)
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls
         await nursery.start(self.endpoint.run, self._inbound_receive)

@@ -98,6 +98,20 @@ class FlowTable:
             return None
         return flow
 
+    def expire_datagram_flows(self, *, now: float, idle: float) -> int:
+        """Forget datagram flows that have received nothing for ``idle`` seconds. A UDP flow
+        is only a remembered peer address, so this bounds the table against scanners that
+        send one packet from many ports; a later request to that peer simply makes a new one.
+        Connection flows end when their connection does. Returns how many were removed."""
+        stale = [
+            flow
+            for flow in self._by_key.values()
+            if not flow.reliable and now - flow.last_activity > idle
+        ]
+        for flow in stale:
+            self.remove(flow)
+        return len(stale)
+
     def __iter__(self) -> Iterator[Flow]:
         return iter(list(self._by_key.values()))
 
