@@ -1,0 +1,172 @@
+"""A B2BUA on the in-memory network, for the component tests of the call core.
+
+A Gateway runs on a MemoryNetwork (gateway.testing.memory_transport) at 127.0.0.1:5060 with an
+account "alice", played by a SipAgent at 127.0.0.3 that registers over the network, and a trunk
+"carrier" (DIDs, prefix +1) played by another SipAgent at 127.0.0.2. Signalling never touches a
+real socket; the media relay binds real ports in MEDIA_PORTS on 127.0.0.1, and no RTP is sent.
+Timings are asserted in seconds of trio's virtual clock (autojump_clock).
+
+Shared by test_b2bua_memory.py and test_b2bua_more.py; every knob defaults to what the first
+module was written against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from gateway.core.config import GatewayConfig, from_mapping
+from gateway.core.gateway import Gateway
+from gateway.core.ids import SeededIds
+from gateway.core.store.sqlite import SqliteStore
+from gateway.testing.memory_transport import memory_plugins
+from gateway.testing.network import Address, CapturedDatagram, MemoryNetwork
+from gateway.testing.sip_agent import AutoAnswer, Call, Received, SipAgent, sdp_connection
+
+GW: Address = ("127.0.0.1", 5060)
+TRUNK: Address = ("127.0.0.2", 5060)
+ALICE: Address = ("127.0.0.3", 5060)
+REALM = "voipgw.local"
+ALICE_PASSWORD = "wonderland-42"
+MEDIA_PORTS = range(44000, 44200)
+ALICE_DID = "+4930123456"
+BOB_DID = "+4930999"  # bob has an account but never registers
+RING_AND_ANSWER = AutoAnswer()
+T1 = 0.5
+
+
+@attrs.define
+class B2bua:
+    network: MemoryNetwork
+    gateway: Gateway
+    alice: SipAgent
+    trunk: SipAgent
+
+    def did_uri(self, number: str) -> str:
+        return f"sip:{number}@127.0.0.1:5060"
+
+    @property
+    def calls(self) -> int:
+        assert self.gateway.calls is not None
+        return len(self.gateway.calls.calls)
+
+
+def gateway_config(
+    state_dir: Path,
+    *,
+    inactivity_timeout: float = 3600,
+    extra_trunks: Sequence[Mapping[str, Any]] = (),
+) -> GatewayConfig:
+    return from_mapping(
+        {
+            "gateway": {"state_dir": str(state_dir), "realm": REALM},
+            "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": T1},
+            "media": {
+                "address": "127.0.0.1",
+                "ports": f"{MEDIA_PORTS.start}-{MEDIA_PORTS.stop - 1}",
+                "inactivity_timeout": inactivity_timeout,
+            },
+            "plugins": {"enable": []},
+            "trunks": [
+                {
+                    "name": "carrier",
+                    "address": "udp:127.0.0.2:5060",
+                    "prefixes": ["+1"],
+                    "dids": {ALICE_DID: "alice", BOB_DID: "bob"},
+                },
+                *(dict(trunk) for trunk in extra_trunks),
+            ],
+        }
+    )
+
+
+async def start_b2bua(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    *,
+    drop: float = 0.0,
+    duplicate: float = 0.0,
+    reorder: float = 0.0,
+    delay: float | tuple[float, float] = 0.01,
+    alice_auto: AutoAnswer | None = RING_AND_ANSWER,
+    plugins: Sequence[tuple[str, object]] = (),
+    inactivity_timeout: float = 3600,
+    extra_trunks: Sequence[Mapping[str, Any]] = (),
+) -> B2bua:
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    store.accounts_add("alice", ALICE_PASSWORD, REALM)
+    store.accounts_add("bob", "bob-password-1", REALM)
+    store.close()
+    network = MemoryNetwork(seed, drop=drop, duplicate=duplicate, reorder=reorder, delay=delay)
+    await nursery.start(network.serve)
+    config = gateway_config(state, inactivity_timeout=inactivity_timeout, extra_trunks=extra_trunks)
+    gateway = Gateway(config, memory_plugins(config, network, extra=plugins), ids=SeededIds(seed))
+    await nursery.start(gateway.serve)
+    alice = SipAgent(
+        network,
+        ALICE,
+        ids=SeededIds(seed + 1),
+        user="alice",
+        password=ALICE_PASSWORD,
+        proxy=GW,
+        auto=alice_auto,
+        media_port=30000,
+    )
+    trunk = SipAgent(
+        network,
+        TRUNK,
+        ids=SeededIds(seed + 2),
+        user="+15550100",  # the calling number
+        domain="127.0.0.2:5060",
+        proxy=GW,
+        media_port=40000,
+    )
+    await nursery.start(alice.serve)
+    await nursery.start(trunk.serve)
+    registered = await alice.register()
+    assert registered.status == 200, registered.reason
+    return B2bua(network, gateway, alice, trunk)
+
+
+async def eventually(predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    """Wait (in virtual time) until ``predicate()`` holds."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+async def next_within(agent: SipAgent, method: str, seconds: float) -> Received | None:
+    """The agent's next ``method`` request if one arrives within ``seconds``, else None."""
+    with trio.move_on_after(seconds):
+        return await agent.next_request(method)
+    return None
+
+
+def sent(
+    capture: Sequence[CapturedDatagram], src: Address, dst: Address, start: bytes
+) -> list[CapturedDatagram]:
+    """Datagrams from ``src`` to ``dst`` whose first line starts with ``start``."""
+    return [d for d in capture if d.src == src and d.dst == dst and d.data.startswith(start)]
+
+
+def assert_media_via_gateway(body: bytes) -> None:
+    address, port = sdp_connection(body)
+    assert address == "127.0.0.1"
+    assert port in MEDIA_PORTS
+
+
+async def answered_call(env: B2bua) -> tuple[Call, Call]:
+    """trunk -> alice (DID), answered and ACKed on both legs: (leg A at the trunk, leg B at
+    alice)."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    final = await call.final()
+    assert final.status == 200, final.reason
+    leg_b = await env.alice.next_call()
+    await env.alice.next_request("ACK")
+    return call, leg_b
