@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__
@@ -116,8 +117,33 @@ def build_parser() -> argparse.ArgumentParser:
     enabled.add_argument("--enable", dest="enabled", action="store_true", default=None)
     enabled.add_argument("--disable", dest="enabled", action="store_false")
     tls = set_.add_mutually_exclusive_group()
-    tls.add_argument("--require-tls", dest="require_tls", action="store_true", default=None)
+    tls.add_argument(
+        "--require-tls",
+        dest="require_tls",
+        action="store_true",
+        default=None,
+        help="refuse this account on any connection that is not TLS",
+    )
     tls.add_argument("--no-require-tls", dest="require_tls", action="store_false")
+    set_.add_argument(
+        "--bind-cert",
+        metavar="FILE|SHA256",
+        action="append",
+        default=[],
+        help="bind the account to a device certificate: a PEM/DER file or its SHA-256 "
+        "fingerprint (repeatable; adds to existing bindings)",
+    )
+    set_.add_argument(
+        "--bind-subject",
+        metavar="SUBJECT[|ISSUER]",
+        action="append",
+        default=[],
+        help="bind to any CA-verified certificate whose subject CN or subjectAltName is SUBJECT "
+        "(and whose issuer CN is ISSUER, if given); e.g. the MAC address a vendor puts in the CN",
+    )
+    set_.add_argument(
+        "--unbind-certs", action="store_true", help="remove every certificate binding first"
+    )
     state_options(set_)
     return parser
 
@@ -227,12 +253,14 @@ def cmd_accounts(args: argparse.Namespace) -> int:
             )
             print(f"added {account.name} (realm {', '.join(account.realms)})")
         elif action == "list":
-            print(f"{'NAME':<20} {'ENABLED':<8} {'POLICY':<16} {'TLS':<9} REALMS")
+            print(f"{'NAME':<20} {'ENABLED':<8} {'POLICY':<16} {'TLS':<9} {'DEVICES':<8} REALMS")
             for account in store.accounts_list():
                 print(
                     f"{account.name:<20} {'yes' if account.enabled else 'no':<8} "
                     f"{account.media_policy:<16} "
-                    f"{'required' if account.require_tls else '-':<9} {', '.join(account.realms)}"
+                    f"{'required' if account.require_tls else '-':<9} "
+                    f"{len(account.certificate_matches) or '-'!s:<8} "
+                    f"{', '.join(account.realms)}"
                 )
         elif action == "remove":
             store.accounts_remove(args.name)
@@ -249,6 +277,16 @@ def cmd_accounts(args: argparse.Namespace) -> int:
                 )
                 if value is not None
             }
+            if args.bind_cert or args.bind_subject or args.unbind_certs:
+                current = store.get_account(args.name)
+                existing = (
+                    []
+                    if current is None or args.unbind_certs
+                    else [(m.kind, m.value) for m in current.certificate_matches]
+                )
+                new = [("fingerprint", _fingerprint_of(item)) for item in args.bind_cert]
+                new += [("subject", item) for item in args.bind_subject]
+                fields["certificate_matches"] = existing + new
             if not fields:
                 print("voipgw: accounts set: nothing to change", file=sys.stderr)
                 return EXIT_USAGE
@@ -260,6 +298,31 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _fingerprint_of(item: str) -> str:
+    """SHA-256 fingerprint (hex) of a certificate file, or ``item`` itself when it already is
+    one (64 hex digits, colons allowed)."""
+    digits = item.replace(":", "")
+    if len(digits) == 64 and all(c in "0123456789abcdefABCDEF" for c in digits):
+        return digits.lower()
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    path = Path(item)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(item, "", None, f"cannot read certificate: {exc.strerror}") from None
+    try:
+        cert = (
+            x509.load_pem_x509_certificate(data)
+            if b"-----BEGIN" in data
+            else x509.load_der_x509_certificate(data)
+        )
+    except ValueError:
+        raise ConfigError(item, "", None, "not a PEM or DER X.509 certificate") from None
+    return cert.fingerprint(hashes.SHA256()).hex()
 
 
 COMMANDS = {

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from gateway.core.auth.algorithms import DigestAlgorithm
+from gateway.core.auth.device_binding import check_device
 from gateway.core.auth.digest import (
     Authenticated,
     AuthKind,
@@ -98,6 +99,21 @@ class RegistrationService:
             return self._reply(request, err.status or 400, err.reason)
         if isinstance(outcome, Authenticated):
             self.failures.record_success(source)
+            account = self.store.get_account(outcome.username)
+            if account is None:  # removed between the HA1 lookup and now
+                return self._reply(request, 403, "Forbidden")
+            refused = check_device(account, secure=flow.secure, certificate=flow.peer_certificate)
+            if refused is not None:
+                subject = flow.peer_certificate.subject if flow.peer_certificate else "none"
+                log.warning(
+                    "%s from %s for %s refused: %s (certificate subject: %s)",
+                    request.method,
+                    format_address(flow.remote),
+                    account.name,
+                    refused.reason,
+                    subject,
+                )
+                return self._reply(request, 403, f"Forbidden ({refused.reason})")
             return outcome
         if isinstance(outcome, BadCredentials | UnknownUser):
             blocked = self.failures.record_failure(source, now=now)

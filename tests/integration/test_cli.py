@@ -164,3 +164,73 @@ def test_accounts_add_list_set_remove_without_storing_the_password(tmp_path: Pat
     for path in (tmp_path / "state").iterdir():
         data = path.read_bytes()
         assert b"correct horse" not in data, f"password found in {path.name}"
+
+
+def test_accounts_bind_certificates_and_require_tls(tmp_path: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "00:15:65:aa:bb:cc")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "phone.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    state = str(tmp_path / "state")
+    assert (
+        voipgw("accounts", "add", "alice", "--password", "pw", "--state-dir", state).returncode == 0
+    )
+    other = "AA:" * 31 + "AA"
+    result = voipgw(
+        "accounts",
+        "set",
+        "alice",
+        "--bind-cert",
+        str(pem),
+        "--bind-cert",
+        other,
+        "--bind-subject",
+        "00:15:65:aa:bb:cc|Acme CA",
+        "--require-tls",
+        "--state-dir",
+        state,
+    )
+    assert result.returncode == 0, result.stderr
+
+    from gateway.core.store.sqlite import SqliteStore
+
+    store = SqliteStore.open(state)
+    try:
+        account = store.get_account("alice")
+        assert account is not None and account.require_tls
+        matches = {(m.kind, m.value) for m in account.certificate_matches}
+        assert matches == {
+            ("fingerprint", cert.fingerprint(hashes.SHA256()).hex()),
+            ("fingerprint", "aa" * 32),
+            ("subject", "00:15:65:aa:bb:cc|Acme CA"),
+        }
+    finally:
+        store.close()
+    listed = voipgw("accounts", "list", "--state-dir", state)
+    assert listed.stdout.splitlines()[1].split()[4] == "3"
+
+    bad = voipgw(
+        "accounts", "set", "alice", "--bind-cert", str(tmp_path / "nope.pem"), "--state-dir", state
+    )
+    assert bad.returncode == 2 and "nope.pem" in bad.stderr
+    cleared = voipgw("accounts", "set", "alice", "--unbind-certs", "--state-dir", state)
+    assert cleared.returncode == 0
+    assert voipgw("accounts", "list", "--state-dir", state).stdout.splitlines()[1].split()[4] == "-"

@@ -150,3 +150,24 @@ async def test_repeated_bad_passwords_get_403(tmp_path: Path) -> None:
         )
 
     await run_gateway(state, attack)
+
+
+async def test_account_bound_to_a_certificate_is_refused_over_udp(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    store.accounts_add("alice", "wonderland", REALM)
+    store.accounts_set("alice", certificate_matches=[("fingerprint", "ab" * 32)])
+    store.close()
+
+    async def right_password(gw: Gateway, port: int, sock: trio.socket.SocketType) -> None:
+        challenge = await exchange(sock, port, register(port, branch="z9hG4bKb1", cseq=1))
+        auth = answer_challenge(
+            challenge.headers.get_all("WWW-Authenticate")[0], port, "wonderland"
+        )
+        refused = await exchange(sock, port, register(port, branch="z9hG4bKb2", cseq=2, auth=auth))
+        assert refused.status == 403
+        assert "device certificate" in refused.reason
+        assert gw.store is not None
+        assert gw.store.bindings_for_account("alice") == ()
+
+    await run_gateway(state, right_password)

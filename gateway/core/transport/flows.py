@@ -37,6 +37,7 @@ class PeerCertificate:
     subject: str
     issuer: str
     verified: bool
+    subject_alt_names: tuple[str, ...] = ()
 
 
 @attrs.define(eq=False)
