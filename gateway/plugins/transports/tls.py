@@ -1,0 +1,845 @@
+"""The ``tls`` signalling transport: SIP over TLS 1.2/1.3 (RFC 3261 §26.2, RFC 5630).
+
+Connections are handled exactly as for ``tcp`` (one flow per connection, reused both ways,
+per-source limits, idle timeout, stream framing); this module adds the handshake, certificate
+policy and what the flow learns about the peer's certificate.
+
+Protocol settings (RFC 9325, "Recommendations for Secure Use of TLS"):
+
+- TLS 1.2 and 1.3 only (§3.1.1: 1.0 and 1.1 must not be negotiated).
+- TLS 1.2 cipher suites with forward secrecy and AEAD only: ECDHE with AES-GCM or
+  ChaCha20-Poly1305 (§4.2). No CBC, no static RSA key exchange, no finite-field DHE. Every TLS 1.3
+  suite qualifies (§4.2.1).
+- No TLS compression (§3.3, CRIME), no renegotiation (§3.5), no session resumption: each
+  connection presents and checks certificates in full, so a device certificate bound to an
+  account is checked on every connection.
+
+The three modes (issue #4), per listener and per trunk:
+
+``encryption-only``
+    Nothing is verified. A listener still asks for a client certificate and records its
+    fingerprint (device binding by fingerprint works without any CA).
+``server-only`` (default)
+    Clients verify us. A listener asks for a client certificate without requiring one, and
+    records whether it chains to ``ca_bundles``. Towards trunks we verify their chain
+    (``ca_bundles`` and the system store) and that the certificate names the trunk (``peers``
+    or its IP).
+``mutual``
+    A listener requires a client certificate that chains to ``ca_bundles`` (e.g. a phone
+    vendor's factory CA); towards trunks we verify theirs and present ours.
+
+Why pyOpenSSL rather than the stdlib ``ssl`` module (and so not ``trio.SSLStream``): a listener
+must ask every client for a certificate but, outside mutual mode, accept any certificate so that
+its fingerprint can be bound to an account. The stdlib can only ask and verify
+(``CERT_OPTIONAL`` fails the handshake on a self-signed client certificate) because it exposes no
+verify callback; OpenSSL's ``SSL_CTX_set_verify`` callback, reached through pyOpenSSL, can accept
+and still tell us whether the chain verified. :class:`TlsStream` runs a pyOpenSSL connection over
+memory BIOs on top of any trio stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import logging
+import operator
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal
+
+import attrs
+import trio
+from OpenSSL import SSL, crypto
+
+from gateway.core.config import ListenSpec
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import Listener, TransportHost
+from gateway.core.plugins import Registry
+from gateway.core.transport.flows import Address, Flow, PeerCertificate, format_address
+from gateway.plugins.transports.certificates import (
+    GENERATED_DIR,
+    CertificateError,
+    CertificatePaths,
+    default_hosts,
+    ensure_self_signed,
+    fingerprint,
+    load_certificates,
+    matches_name,
+    names_in,
+    peer_identity,
+)
+from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["encryption-only", "server-only", "mutual"]
+MODES: tuple[Mode, ...] = ("encryption-only", "server-only", "mutual")
+
+#: TLS 1.2 suites (OpenSSL names): ECDHE key exchange with an AEAD cipher, RFC 9325 §4.2.
+TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+#: TLS 1.3 suites: all three are AEAD with (EC)DHE (RFC 8446 §9.1).
+TLS13_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+_READ_SIZE = 65536
+_BIO_CHUNK = 65536
+# Longest peer-supplied text (a certificate subject) that goes into one log line.
+_LOG_TEXT_LIMIT = 200
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+def _address_key(text: str) -> Address:
+    """``IP:PORT`` or ``[IPv6]:PORT`` as written in a config key, normalized."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        port_text = rest[1:] if bracket and rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected IP:PORT, got {text!r}") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"expected IP:PORT with a port 0-65535, got {text!r}")
+    return (str(address), int(port_text))
+
+
+def _read_only(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return types.MappingProxyType(dict(mapping))
+
+
+@attrs.frozen
+class TlsConfig:
+    """``[plugins.tls]``. See docs/configuration.md and docs/tls.md."""
+
+    certificate: str | None = None
+    private_key: str | None = None
+    mode: Mode = "server-only"
+    ca_bundles: tuple[str, ...] = ()
+    verify_peers: bool = True
+    system_ca_for_trunks: bool = True
+    peers: Mapping[str, str] = attrs.field(factory=dict, converter=_read_only, hash=False)
+    listener_modes: Mapping[str, str] = attrs.field(factory=dict, converter=_read_only, hash=False)
+    peer_modes: Mapping[str, str] = attrs.field(factory=dict, converter=_read_only, hash=False)
+    handshake_timeout: float = 10.0
+    max_connections_per_source: int = 32
+    idle_timeout: float = 300.0
+    connect_timeout: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        # structure() reports a ValueError as a config error of this table; say which key.
+        if (self.certificate is None) != (self.private_key is None):
+            missing = "certificate" if self.certificate is None else "private_key"
+            raise ValueError(f"{missing}: certificate and private_key go together")
+        for key in ("handshake_timeout", "idle_timeout", "connect_timeout"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}: expected a positive number")
+        if self.max_connections_per_source < 1:
+            raise ValueError("max_connections_per_source: expected 1 or more")
+        for key in ("listener_modes", "peer_modes"):
+            for address, mode in getattr(self, key).items():
+                if mode not in MODES:
+                    raise ValueError(
+                        f"{key}: entry {address!r}: expected one of "
+                        + ", ".join(repr(m) for m in MODES)
+                        + f", got {mode!r}"
+                    )
+        for key in ("peers", "listener_modes", "peer_modes"):
+            for address in getattr(self, key):
+                try:
+                    _address_key(address)
+                except ValueError as exc:
+                    raise ValueError(f"{key}: {exc}") from None
+        for address, name in self.peers.items():
+            if not name.strip() or name != name.strip():
+                raise ValueError(f"peers: entry {address!r}: expected a host name, got {name!r}")
+        modes = {self.mode, *self.listener_modes.values()}
+        if "mutual" in modes and not self.ca_bundles:
+            raise ValueError(
+                "ca_bundles: mutual mode verifies client certificates against these CAs; "
+                "list at least one PEM file"
+            )
+
+    @property
+    def tcp(self) -> TcpConfig:
+        """The connection limits, as the shared stream transport code reads them."""
+        return TcpConfig(
+            max_connections_per_source=self.max_connections_per_source,
+            idle_timeout=self.idle_timeout,
+            connect_timeout=self.connect_timeout,
+        )
+
+    def listener_mode(self, listen: ListenSpec) -> Mode:
+        """The mode of the listener configured as ``listen``."""
+        return self._mode_for(self.listener_modes, (listen.host, listen.port))
+
+    def peer_mode(self, remote: Address) -> Mode:
+        """The mode of outbound connections to ``remote`` (a trunk)."""
+        return self._mode_for(self.peer_modes, remote)
+
+    def server_name(self, remote: Address) -> str:
+        """The name a peer's certificate must carry: ``peers`` entry, else its IP address."""
+        for key, name in self.peers.items():
+            if _address_key(key) == _normalize(remote):
+                return name
+        return _normalize(remote)[0]
+
+    def verifies(self, mode: Mode) -> bool:
+        """Whether outbound connections in ``mode`` verify the trunk's certificate."""
+        return mode != "encryption-only" and self.verify_peers
+
+    def _mode_for(self, table: Mapping[str, str], address: Address) -> Mode:
+        for key, mode in table.items():
+            if _address_key(key) == _normalize(address):
+                assert mode in MODES  # checked in __attrs_post_init__
+                return mode
+        return self.mode
+
+
+def _normalize(address: Address) -> Address:
+    return (str(ipaddress.ip_address(address[0])), address[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Certificate verification results
+
+
+# OpenSSL X509_V_ERR_* codes a SIP deployment meets, for log lines (x509_vfy.h).
+_X509_ERRORS = {
+    2: "unable to get issuer certificate",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in the chain",
+    20: "unable to get local issuer certificate",
+    21: "unable to verify the first certificate",
+    22: "certificate chain too long",
+    23: "certificate revoked",
+    24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+    27: "certificate not trusted",
+    28: "certificate rejected",
+}
+
+
+@attrs.define
+class _Verification:
+    """What OpenSSL's verify callback saw on one connection."""
+
+    errors: list[str] = attrs.Factory(list)
+    leaf_subject: str | None = None
+    called: bool = False
+
+    @property
+    def chain_verified(self) -> bool:
+        return self.called and not self.errors
+
+
+VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+
+
+def _verify_callback(*, enforce: bool) -> VerifyCallback:
+    """OpenSSL's per-certificate verify callback (SSL_CTX_set_verify): records every problem on
+    the connection's :class:`_Verification`; returns OpenSSL's verdict when ``enforce``, else
+    accepts the certificate so the handshake completes and the flow records it unverified."""
+
+    def callback(
+        connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
+    ) -> bool:
+        record = connection.get_app_data()
+        if isinstance(record, _Verification):
+            record.called = True
+            if depth == 0:
+                record.leaf_subject = certificate.to_cryptography().subject.rfc4514_string()
+            if not ok:
+                reason = _X509_ERRORS.get(error, f"X509 verify error {error}")
+                record.errors.append(f"{reason} (depth {depth})")
+        return bool(ok) or not enforce
+
+    return callback
+
+
+# --------------------------------------------------------------------------------------------
+# TLS over a trio stream
+
+
+class TlsError(Exception):
+    """The TLS layer failed (handshake refused, bad record, alert from the peer)."""
+
+
+def describe_ssl_error(exc: SSL.Error) -> str:
+    """A one-line reason from a pyOpenSSL error (OpenSSL's reason strings; no key material)."""
+    if isinstance(exc, SSL.SysCallError):
+        return "connection closed by the peer" if exc.args[0] == -1 else f"socket error {exc}"
+    first = exc.args[0] if exc.args else None
+    if isinstance(first, list) and first:
+        reasons = [str(entry[-1]) for entry in first if isinstance(entry, tuple)]
+        return "; ".join(dict.fromkeys(r for r in reasons if r)) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+class TlsStream(trio.abc.Stream):
+    """A TLS connection (a pyOpenSSL ``Connection`` on memory BIOs) over ``transport_stream``,
+    as the server or the client of the handshake.
+
+    Call :meth:`do_handshake` first. ``send_all`` and ``receive_some`` may then run in two tasks
+    at once (the SIP read loop and a sender); a second concurrent call of the same kind raises
+    trio.BusyResourceError. Ciphertext reaches the transport in the order OpenSSL produced it:
+    every write to the transport happens under one FIFO lock. An operation cancelled while
+    writing ciphertext leaves the record stream broken, as with trio.SSLStream.
+    """
+
+    def __init__(
+        self, transport_stream: trio.abc.Stream, connection: SSL.Connection, *, server_side: bool
+    ) -> None:
+        self.transport_stream = transport_stream
+        self.connection = connection
+        if server_side:
+            connection.set_accept_state()
+        else:
+            connection.set_connect_state()
+        self._send_lock = trio.StrictFIFOLock()
+        self._sending = False
+        self._receiving = False
+        self._handshake_done = False
+        self._closed = False
+        self._eof = False
+        self._broken: str | None = None
+        self._server_side = server_side
+        self._delayed = b""
+
+    # -- handshake --------------------------------------------------------------------------
+
+    async def do_handshake(self) -> None:
+        """Run the handshake to its end; TlsError (with OpenSSL's reason) when it fails,
+        trio.BrokenResourceError when the transport fails."""
+        while True:
+            try:
+                self.connection.do_handshake()
+            except SSL.WantReadError:
+                await self._flush()
+                await self._receive_ciphertext(during_handshake=True)
+                continue
+            except SSL.Error as exc:
+                reason = describe_ssl_error(exc)
+                self._broken = f"TLS handshake failed: {reason}"
+                # Our alert tells the peer why (RFC 8446 §6.2); it may be gone already.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._flush()
+                raise TlsError(reason) from None
+            break
+        if self._server_side and self.connection.get_protocol_version_name() == "TLSv1.3":
+            # An OpenSSL TLS 1.3 server writes a NewSessionTicket right after the handshake
+            # (openssl/openssl#7948). The client is not reading yet, so sending it now can
+            # deadlock on a full transport; it goes out in front of our first data instead.
+            self._delayed = self._pending_ciphertext()
+        else:
+            await self._flush()
+        self._handshake_done = True
+
+    # -- trio.abc.SendStream ----------------------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TLS stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_usable()
+            if not data:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            try:
+                self.connection.sendall(bytes(data))
+            except SSL.Error as exc:
+                self._broken = f"TLS error while sending: {describe_ssl_error(exc)}"
+                raise trio.BrokenResourceError(self._broken) from None
+            await self._flush()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this TLS stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_usable()
+            async with self._send_lock:
+                await self.transport_stream.wait_send_all_might_not_block()
+        finally:
+            self._sending = False
+
+    # -- trio.abc.ReceiveStream -------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this TLS stream")
+        self._receiving = True
+        try:
+            if max_bytes is None:
+                max_bytes = _READ_SIZE
+            else:
+                max_bytes = operator.index(max_bytes)
+                if max_bytes < 1:
+                    raise ValueError("max_bytes must be at least 1")
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._check_usable()
+            while not self._eof:
+                try:
+                    data = self.connection.recv(max_bytes)
+                except SSL.WantReadError:
+                    # Anything OpenSSL queued while reading (a KeyUpdate answer, RFC 8446
+                    # §4.6.3) goes out before we wait for more.
+                    await self._flush()
+                    await self._receive_ciphertext(during_handshake=False)
+                    continue
+                except SSL.ZeroReturnError:
+                    self._eof = True  # close_notify (RFC 8446 §6.1): a clean end of stream
+                    break
+                except SSL.Error as exc:
+                    self._broken = f"TLS error while receiving: {describe_ssl_error(exc)}"
+                    raise trio.BrokenResourceError(self._broken) from None
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return b""
+        finally:
+            self._receiving = False
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Send close_notify (best effort: not while another task is writing, not on a broken
+        stream, never waiting for the peer's), then close the transport, even if cancelled."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._handshake_done and self._broken is None and not self._send_lock.locked():
+                with contextlib.suppress(SSL.Error):
+                    self.connection.shutdown()
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._flush()
+        finally:
+            await self.transport_stream.aclose()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this TLS stream was closed")
+        if self._broken is not None:
+            raise trio.BrokenResourceError(self._broken)
+
+    def _pending_ciphertext(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.connection.bio_read(_BIO_CHUNK))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            data = self._pending_ciphertext()
+            if not data:
+                return
+            data, self._delayed = self._delayed + data, b""
+            try:
+                await self.transport_stream.send_all(data)
+            except BaseException as exc:
+                # Part of a record may be on the wire: nothing can follow it.
+                if self._broken is None:
+                    self._broken = f"TLS stream broken while sending: {type(exc).__name__}"
+                if self._closed and isinstance(exc, trio.BrokenResourceError):
+                    raise trio.ClosedResourceError("this TLS stream was closed") from None
+                raise
+
+    async def _receive_ciphertext(self, *, during_handshake: bool) -> None:
+        data = await self.transport_stream.receive_some(_READ_SIZE)
+        if not data:
+            where = "during the TLS handshake" if during_handshake else "without TLS close_notify"
+            self._broken = f"the peer closed the connection {where}"
+            raise trio.BrokenResourceError(self._broken)
+        self.connection.bio_write(data)
+
+
+# --------------------------------------------------------------------------------------------
+# OpenSSL contexts
+
+
+def _new_context(method: int) -> SSL.Context:
+    context = SSL.Context(method)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)  # RFC 9325 §3.1.1
+    context.set_options(
+        SSL.OP_NO_COMPRESSION  # RFC 9325 §3.3
+        | SSL.OP_NO_RENEGOTIATION  # RFC 9325 §3.5
+        | SSL.OP_NO_TICKET
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+    )
+    context.set_cipher_list(TLS12_CIPHERS.encode())
+    context.set_tls13_ciphersuites(TLS13_SUITES.encode())
+    # No resumption: a resumed session skips the certificate checks this transport relies on.
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    return context
+
+
+def _use_certificate(context: SSL.Context, paths: CertificatePaths) -> None:
+    # Errors name the file; OpenSSL's own messages never contain key bytes either.
+    for path in (paths.certificate, paths.private_key):
+        if not path.is_file():
+            raise CertificateError(f"{path} does not exist or is not a file")
+    try:
+        context.use_certificate_chain_file(str(paths.certificate))
+    except SSL.Error as exc:
+        raise CertificateError(
+            f"{paths.certificate}: not a usable certificate chain ({describe_ssl_error(exc)})"
+        ) from None
+    try:
+        context.use_privatekey_file(str(paths.private_key))
+        context.check_privatekey()
+    except SSL.Error as exc:
+        raise CertificateError(
+            f"{paths.private_key}: not the private key of {paths.certificate} "
+            f"({describe_ssl_error(exc)})"
+        ) from None
+
+
+def _load_ca_bundles(context: SSL.Context, bundles: tuple[Path, ...], *, name_them: bool) -> None:
+    for bundle in bundles:
+        certificates = load_certificates(bundle)  # a clear error for a missing or empty file
+        try:
+            context.load_verify_locations(str(bundle))
+        except SSL.Error as exc:
+            raise CertificateError(f"{bundle}: {describe_ssl_error(exc)}") from None
+        if name_them:
+            # The CertificateRequest lists these CAs (RFC 8446 §4.2.4), so a phone with several
+            # certificates picks the one a mutual-mode listener accepts.
+            for certificate in certificates:
+                context.add_client_ca(certificate)
+
+
+def server_context(
+    paths: CertificatePaths, mode: Mode, ca_bundles: tuple[Path, ...]
+) -> SSL.Context:
+    """The context of a listener in ``mode``. It always asks for a client certificate
+    (VERIFY_PEER); only ``mutual`` requires one and fails the handshake when it does not chain
+    to ``ca_bundles``."""
+    context = _new_context(SSL.TLS_SERVER_METHOD)
+    _use_certificate(context, paths)
+    _load_ca_bundles(context, ca_bundles, name_them=mode == "mutual")
+    context.set_session_id(b"voipgw-tls")
+    if mode == "mutual":
+        context.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback(enforce=True)
+        )
+    else:
+        context.set_verify(SSL.VERIFY_PEER, _verify_callback(enforce=False))
+    return context
+
+
+def client_context(
+    mode: Mode,
+    *,
+    verify: bool,
+    ca_bundles: tuple[Path, ...],
+    system_cas: bool,
+    paths: CertificatePaths | None,
+) -> SSL.Context:
+    """The context of outbound connections in ``mode``: the trunk's chain is checked when
+    ``verify`` (its name is checked after the handshake), our certificate (``paths``) is
+    presented in ``mutual`` mode."""
+    context = _new_context(SSL.TLS_CLIENT_METHOD)
+    if mode == "mutual":
+        if paths is None:
+            raise CertificateError("mutual TLS towards a trunk needs our certificate")
+        _use_certificate(context, paths)
+    _load_ca_bundles(context, ca_bundles, name_them=False)
+    if system_cas:
+        context.set_default_verify_paths()
+    context.set_verify(SSL.VERIFY_PEER, _verify_callback(enforce=verify))
+    return context
+
+
+# --------------------------------------------------------------------------------------------
+# The transport
+
+
+class TlsHandshakeError(OSError):
+    """A TLS connection could not be established. An OSError, so callers that handle an
+    unreachable peer handle this too; the message says why."""
+
+
+def _printable(text: str) -> str:
+    """Peer-supplied text made safe for one log line."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned[:_LOG_TEXT_LIMIT] + ("..." if len(cleaned) > _LOG_TEXT_LIMIT else "")
+
+
+class _ReportStarted:
+    """Passes a listener's ``task_status.started`` on, after noting the bound address."""
+
+    def __init__(
+        self, task_status: trio.TaskStatus[Listener], on_started: Callable[[Listener], None]
+    ) -> None:
+        self._task_status = task_status
+        self._on_started = on_started
+
+    def started(self, value: Listener) -> None:
+        self._on_started(value)
+        self._task_status.started(value)
+
+
+@attrs.frozen
+class _ListenerSide:
+    address: Address
+    mode: Mode
+    context: SSL.Context = attrs.field(eq=False)
+
+
+class TlsTransport(StreamTransport):
+    """SIP over TLS: :class:`StreamTransport` with a TLS handshake in :meth:`wrap`."""
+
+    name = "tls"
+    reliable = True
+    secure = True
+
+    def __init__(self, config: TlsConfig | None = None) -> None:
+        self.tls = config or TlsConfig()
+        super().__init__(self.tls.tcp)
+        self._ca_bundles = tuple(Path(bundle) for bundle in self.tls.ca_bundles)
+        self._configured: CertificatePaths | None = None
+        if self.tls.certificate is not None and self.tls.private_key is not None:
+            self._configured = CertificatePaths(
+                Path(self.tls.certificate), Path(self.tls.private_key)
+            )
+            # Fail at start-up (and in check-config), not on the first connection.
+            for mode in {self.tls.mode, *self.tls.listener_modes.values()}:
+                server_context(self._configured, mode, self._ca_bundles)  # type: ignore[arg-type]
+            _warn_if_key_readable(self._configured.private_key)
+        else:
+            for bundle in self._ca_bundles:
+                load_certificates(bundle)
+        self._paths = self._configured
+        self._listeners: list[_ListenerSide] = []
+        self._client_contexts: dict[Mode, SSL.Context] = {}
+        self._opening: dict[Address, trio.Event] = {}
+
+    # -- certificates -----------------------------------------------------------------------
+
+    def certificate_paths(self, listen: ListenSpec, host: TransportHost) -> CertificatePaths:
+        """The configured certificate, else the generated one in ``<state_dir>/tls/``
+        (created on first use with the listener's address in its subjectAltName)."""
+        if self._paths is not None:
+            if self._configured is None:
+                self._check_generated_names(self._paths, listen.host)
+            return self._paths
+        directory = Path(host.state_dir) / GENERATED_DIR
+        paths, created = ensure_self_signed(
+            directory, default_hosts(listen.host), now=datetime.datetime.now(datetime.UTC)
+        )
+        log.info(
+            "tls: %s self-signed certificate %s (sha256 %s)",
+            "generated a" if created else "using the generated",
+            paths.certificate,
+            fingerprint(load_certificates(paths.certificate)[0]),
+        )
+        self._paths = paths
+        self._check_generated_names(paths, listen.host)
+        return paths
+
+    def _check_generated_names(self, paths: CertificatePaths, listen_host: str) -> None:
+        if listen_host in ("0.0.0.0", "::"):
+            return
+        certificate = load_certificates(paths.certificate)[0]
+        if not matches_name(certificate, listen_host):
+            log.warning(
+                "tls: the generated certificate %s does not name %s (it names %s); clients "
+                "that check names will refuse it: configure certificate and private_key",
+                paths.certificate,
+                listen_host,
+                ", ".join(names_in(certificate)),
+            )
+
+    # -- listening --------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        listen: ListenSpec,
+        host: TransportHost,
+        *,
+        task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        paths = self.certificate_paths(listen, host)
+        mode = self.tls.listener_mode(listen)
+        context = server_context(paths, mode, self._ca_bundles)
+
+        def note(listener: Listener) -> None:
+            self._listeners.append(_ListenerSide(listener.address, mode, context))
+            log.info("tls: listener %s in %s mode", format_address(listener.address), mode)
+
+        await super().serve(listen, host, task_status=_ReportStarted(task_status, note))  # type: ignore[arg-type]
+
+    def _listener_for(self, local: Address) -> _ListenerSide:
+        for side in self._listeners:
+            if side.address == local:
+                return side
+        # A wildcard listener (0.0.0.0 or ::) sees the specific local address it was reached on.
+        for side in self._listeners:
+            if side.address[1] == local[1] and side.address[0] in ("0.0.0.0", "::"):
+                return side
+        raise TlsHandshakeError(f"no tls listener owns {format_address(local)}")
+
+    # -- connecting -------------------------------------------------------------------------
+
+    def _client_context(self, mode: Mode) -> SSL.Context:
+        context = self._client_contexts.get(mode)
+        if context is None:
+            context = client_context(
+                mode,
+                verify=self.tls.verifies(mode),
+                ca_bundles=self._ca_bundles,
+                system_cas=self.tls.system_ca_for_trunks,
+                paths=self._paths,
+            )
+            self._client_contexts[mode] = context
+        return context
+
+    async def open_flow(self, remote: Address, host: TransportHost) -> Flow:
+        """An existing TLS connection to ``remote`` if there is one, else a new one verified as
+        its mode says. Concurrent callers for the same peer share one attempt."""
+        while True:
+            existing = host.flows.find(self.name, remote)
+            if existing is not None:
+                return existing
+            pending = self._opening.get(remote)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self._opening[remote] = trio.Event()
+        try:
+            return await super().open_flow(remote, host)
+        except trio.TooSlowError:
+            reason = f"no TLS connection within {self.tls.connect_timeout:g} s"
+            log.warning("tls: connecting to %s failed: %s", format_address(remote), reason)
+            raise TlsHandshakeError(f"{format_address(remote)}: {reason}") from None
+        finally:
+            del self._opening[remote]
+            done.set()
+
+    # -- the handshake ----------------------------------------------------------------------
+
+    async def wrap(
+        self, stream: trio.SocketStream, *, server_side: bool, remote: Address
+    ) -> tuple[trio.abc.Stream, ConnectionInfo]:
+        """Run the TLS handshake on a new connection; the TLS stream and what it learnt about
+        the peer. Every failure is logged (reason, peer, certificate subject) and raised as
+        :class:`TlsHandshakeError`."""
+        name: str | None = None
+        if server_side:
+            side = self._listener_for(stream.socket.getsockname()[:2])
+            mode, context, direction = side.mode, side.context, "from"
+        else:
+            mode = self.tls.peer_mode(remote)
+            context, direction = self._client_context(mode), "to"
+            name = self.tls.server_name(remote)
+        record = _Verification()
+        connection = SSL.Connection(context, None)
+        connection.set_app_data(record)
+        if name is not None and not _is_ip(name):
+            # SNI carries host names only (RFC 6066 §3).
+            connection.set_tlsext_host_name(name.encode("idna"))
+        tls = TlsStream(stream, connection, server_side=server_side)
+        reason: str | None = None
+        try:
+            with trio.fail_after(self.tls.handshake_timeout):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            reason = f"no handshake within {self.tls.handshake_timeout:g} s"
+        except TlsError as exc:
+            reason = str(exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = str(exc) or "connection lost during the handshake"
+        peer = connection.get_peer_certificate(as_cryptography=True)
+        verified = record.chain_verified and peer is not None
+        if reason is None and name is not None and peer is not None:
+            name_ok = matches_name(peer, name)
+            verified = verified and name_ok
+            if not name_ok and self.tls.verifies(mode):
+                named = ", ".join(names_in(peer)) or "nothing"
+                reason = f"certificate does not name {name} (it names {named})"
+        if reason is not None:
+            if record.errors:
+                reason += " [" + "; ".join(record.errors) + "]"
+            subject = record.leaf_subject
+            if subject is None and peer is not None:
+                subject = peer.subject.rfc4514_string()
+            log.warning(
+                "tls: handshake %s %s failed (%s mode): %s; peer certificate: %s",
+                direction,
+                format_address(remote),
+                mode,
+                reason,
+                "none" if subject is None else _printable(subject),
+            )
+            await trio.aclose_forcefully(tls)
+            raise TlsHandshakeError(f"TLS handshake {direction} {format_address(remote)}: {reason}")
+        identity: PeerCertificate | None = None
+        if peer is not None:
+            identity = peer_identity(peer, verified=verified)
+        log.debug(
+            "tls: %s %s: %s %s, peer certificate %s",
+            direction,
+            format_address(remote),
+            connection.get_protocol_version_name(),
+            connection.get_cipher_name(),
+            "none" if identity is None else f"sha256 {identity.sha256_fingerprint}",
+        )
+        return tls, ConnectionInfo(secure=True, peer_certificate=identity)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _warn_if_key_readable(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning(
+            "tls: private key %s is readable by group or others (mode %o); chmod 600 it",
+            path,
+            mode & 0o777,
+        )
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return TlsConfig
+
+
+@hookimpl
+def gateway_register_transports(registry: Registry[TlsTransport], config: TlsConfig) -> None:
+    registry.add(TlsTransport.name, TlsTransport(config))

@@ -1,0 +1,228 @@
+"""A throw-away PKI for TLS tests: a CA, certificates it issues, and self-signed ones.
+
+    pki = TestPki(tmp_path / "pki")
+    ca = pki.ca("Phone Vendor Factory CA")
+    phone = ca.issue("phone-0004f2aabbcc")      # phone.certificate, phone.key, phone.combined
+    rogue = pki.self_signed("rogue")
+    server = ca.issue("gateway", hosts=["127.0.0.1", "localhost"])
+
+Keys are ECDSA P-256 unless ``rsa=True`` (some peers, and RSA-only cipher suites, need RSA).
+Every certificate is written as PEM next to its key, plus ``NAME.pem`` holding key and
+certificate together (baresip and stunnel read that), with the key file mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+@attrs.frozen
+class Issued:
+    """A certificate and its key on disk."""
+
+    name: str
+    certificate: Path
+    key: Path
+    #: Key then certificate in one PEM file.
+    combined: Path
+    x509: x509.Certificate = attrs.field(eq=False, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the DER certificate, lowercase hex without colons."""
+        return hashlib.sha256(self.x509.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+    @property
+    def subject(self) -> str:
+        return self.x509.subject.rfc4514_string()
+
+
+def _new_key(rsa_key: bool) -> PrivateKey:
+    if rsa_key:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        if host.startswith(("sip:", "sips:")):
+            names.append(x509.UniformResourceIdentifier(host))
+            continue
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+class TestPki:
+    """Writes certificates into ``directory``; names must be unique within one PKI."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.now = datetime.datetime.now(datetime.UTC)
+
+    def ca(self, common_name: str, *, rsa_key: bool = False) -> TestCa:
+        """A new self-signed CA."""
+        key = _new_key(rsa_key)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        certificate = (
+            self._builder(name, name, key.public_key(), days=30)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        issued = self._write(_file_name(common_name), certificate, key)
+        return TestCa(self, issued, key)
+
+    def self_signed(
+        self, common_name: str, *, hosts: Sequence[str] = ("127.0.0.1",), rsa_key: bool = False
+    ) -> Issued:
+        """A self-signed end-entity certificate (a phone or server nobody vouches for)."""
+        key = _new_key(rsa_key)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        certificate = self._leaf(name, name, key.public_key(), hosts).sign(key, hashes.SHA256())
+        return self._write(_file_name(common_name), certificate, key)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _builder(
+        self,
+        subject: x509.Name,
+        issuer: x509.Name,
+        public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+        *,
+        days: int,
+        not_before: datetime.datetime | None = None,
+    ) -> x509.CertificateBuilder:
+        start = not_before or self.now - datetime.timedelta(hours=1)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        )
+
+    def _leaf(
+        self,
+        subject: x509.Name,
+        issuer: x509.Name,
+        public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+        hosts: Sequence[str],
+        *,
+        days: int = 30,
+        not_before: datetime.datetime | None = None,
+    ) -> x509.CertificateBuilder:
+        builder = self._builder(subject, issuer, public_key, days=days, not_before=not_before)
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=False, path_length=None), critical=True
+        ).add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        if hosts:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(_alt_names(hosts)), critical=False
+            )
+        return builder
+
+    def _write(self, stem: str, certificate: x509.Certificate, key: PrivateKey) -> Issued:
+        cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        cert_path = self.directory / f"{stem}.crt"
+        key_path = self.directory / f"{stem}.key"
+        combined = self.directory / f"{stem}.pem"
+        for path in (cert_path, key_path, combined):
+            if path.exists():
+                raise FileExistsError(f"{path}: names in one TestPki must be unique")
+        cert_path.write_bytes(cert_pem)
+        _write_private(key_path, key_pem)
+        _write_private(combined, key_pem + cert_pem)
+        return Issued(stem, cert_path, key_path, combined, certificate)
+
+
+class TestCa:
+    """A CA of a :class:`TestPki` that issues end-entity certificates."""
+
+    __test__ = False
+
+    def __init__(self, pki: TestPki, issued: Issued, key: PrivateKey) -> None:
+        self.pki = pki
+        self.issued = issued
+        self._key = key
+
+    @property
+    def certificate(self) -> Path:
+        """The CA certificate (PEM): what a peer loads as its trust anchor."""
+        return self.issued.certificate
+
+    def issue(
+        self,
+        common_name: str,
+        *,
+        hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+        rsa_key: bool = False,
+        days: int = 30,
+        not_before: datetime.datetime | None = None,
+    ) -> Issued:
+        """An end-entity certificate signed by this CA, usable as TLS server and client, with
+        ``hosts`` (IPs, DNS names, ``sip:`` URIs) as subjectAltName (none when empty)."""
+        key = _new_key(rsa_key)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        certificate = self.pki._leaf(
+            subject,
+            self.issued.x509.subject,
+            key.public_key(),
+            hosts,
+            days=days,
+            not_before=not_before,
+        ).sign(self._key, hashes.SHA256())
+        return self.pki._write(_file_name(common_name), certificate, key)
+
+
+def _file_name(common_name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in common_name)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
