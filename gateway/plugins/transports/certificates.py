@@ -65,14 +65,31 @@ def fingerprint(certificate: x509.Certificate) -> str:
 def peer_identity(certificate: x509.Certificate, *, verified: bool) -> PeerCertificate:
     """What a flow records about the peer's end-entity certificate.
 
-    ``subject`` and ``issuer`` are RFC 4514 strings, as received (untrusted until ``verified``).
+    ``subject`` and ``issuer`` are RFC 4514 strings and ``subject_alt_names`` the bare
+    subjectAltName values (DNS names, IP addresses, URIs, e-mail addresses), all as received:
+    untrusted unless ``verified`` (the chain verified against the configured CAs).
     """
     return PeerCertificate(
         sha256_fingerprint=fingerprint(certificate),
         subject=certificate.subject.rfc4514_string(),
         issuer=certificate.issuer.rfc4514_string(),
         verified=verified,
+        subject_alt_names=alt_name_values(certificate),
     )
+
+
+def alt_name_values(certificate: x509.Certificate) -> tuple[str, ...]:
+    """The subjectAltName values device binding compares (vendors put a MAC address or a
+    device name there): dNSName, iPAddress, URI and rfc822Name, in that order."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    values: list[str] = list(san.get_values_for_type(x509.DNSName))
+    values += [str(address) for address in san.get_values_for_type(x509.IPAddress)]
+    values += san.get_values_for_type(x509.UniformResourceIdentifier)
+    values += san.get_values_for_type(x509.RFC822Name)
+    return tuple(values)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""[plugins.tls]: defaults, validation errors that name the key, per-listener and per-trunk
+lookups, and start-up errors for unusable certificate files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.core.config import ConfigError, ListenSpec, from_mapping
+from gateway.core.plugins import PluginError, load_plugins
+from gateway.plugins.transports.tls import TlsConfig, TlsTransport
+from tests.interop.harness.pki import TestPki
+
+
+def load(tls: dict[str, Any]) -> TlsConfig:
+    config = from_mapping(
+        {
+            "sip": {"listen": ["tls:127.0.0.1:5061"]},
+            "plugins": {"enable": ["udp", "tcp", "tls"], "tls": tls},
+        },
+        file="gw.toml",
+    )
+    plugins = load_plugins(config)
+    tls_config = plugins.configs["tls"]
+    assert isinstance(tls_config, TlsConfig)
+    return tls_config
+
+
+def test_defaults() -> None:
+    config = load({})
+    assert config.mode == "server-only"
+    assert config.certificate is None and config.private_key is None
+    assert config.ca_bundles == ()
+    assert config.verify_peers is True
+    assert config.handshake_timeout == 10.0
+    assert config.tcp.max_connections_per_source == 32
+    assert config.tcp.idle_timeout == 300.0
+    assert config.tcp.connect_timeout == 10.0
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"mode": "both"}, "[plugins.tls] mode: expected one of 'encryption-only'"),
+        ({"mode": "mutual"}, "[plugins.tls]: ca_bundles: mutual mode"),
+        ({"certificate": "a.crt"}, "[plugins.tls]: private_key: certificate and private_key"),
+        ({"private_key": "a.key"}, "[plugins.tls]: certificate: certificate and private_key"),
+        ({"handshake_timeout": 0}, "handshake_timeout: expected a positive number"),
+        ({"idle_timeout": -1}, "idle_timeout: expected a positive number"),
+        ({"max_connections_per_source": 0}, "max_connections_per_source: expected 1 or more"),
+        ({"ca_bundles": "ca.pem"}, "[plugins.tls] ca_bundles: expected a list of strings"),
+        ({"peers": {"trunk": "x.example"}}, "peers: expected IP:PORT, got 'trunk'"),
+        ({"peers": {"192.0.2.1:99999": "x.example"}}, "port 0-65535"),
+        ({"peers": {"192.0.2.1:5061": " x"}}, "peers: entry '192.0.2.1:5061': expected a host"),
+        ({"peer_modes": {"192.0.2.1:5061": "strict"}}, "peer_modes: entry '192.0.2.1:5061'"),
+        ({"listener_modes": {"127.0.0.1:5061": "mutual"}}, "ca_bundles: mutual mode"),
+        ({"cipher_list": "ALL"}, "[plugins.tls] cipher_list: unknown key"),
+    ],
+)
+def test_invalid_tables_name_the_key(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(table)
+    assert str(caught.value).startswith("gw.toml: [plugins.tls]")
+    assert message in str(caught.value)
+
+
+def test_modes_per_listener_and_per_trunk() -> None:
+    config = TlsConfig(
+        mode="server-only",
+        ca_bundles=("ca.pem",),
+        listener_modes={"127.0.0.1:5062": "mutual", "[::1]:5061": "encryption-only"},
+        peer_modes={"192.0.2.10:5061": "encryption-only"},
+        peers={"192.0.2.20:5061": "sip.carrier.example"},
+    )
+    assert config.listener_mode(ListenSpec("tls", "127.0.0.1", 5061)) == "server-only"
+    assert config.listener_mode(ListenSpec("tls", "127.0.0.1", 5062)) == "mutual"
+    assert config.listener_mode(ListenSpec("tls", "0:0::1", 5061)) == "encryption-only"
+    assert config.peer_mode(("192.0.2.10", 5061)) == "encryption-only"
+    assert config.peer_mode(("192.0.2.10", 5062)) == "server-only"
+    assert config.server_name(("192.0.2.20", 5061)) == "sip.carrier.example"
+    assert config.server_name(("192.0.2.30", 5061)) == "192.0.2.30"
+    assert config.verifies("server-only") and config.verifies("mutual")
+    assert not config.verifies("encryption-only")
+    assert not TlsConfig(verify_peers=False).verifies("server-only")
+
+
+def test_configured_certificate_files_are_checked_at_start_up(tmp_path: Path) -> None:
+    pki = TestPki(tmp_path)
+    ca = pki.ca("CA")
+    one = ca.issue("one")
+    two = ca.issue("two")
+    with pytest.raises(PluginError, match=r"does not exist"):
+        load({"certificate": str(tmp_path / "missing.crt"), "private_key": str(one.key)})
+    with pytest.raises(PluginError, match=r"two\.key: not the private key of .*one\.crt"):
+        load({"certificate": str(one.certificate), "private_key": str(two.key)})
+    with pytest.raises(PluginError, match=r"one\.key: not a usable certificate chain"):
+        load({"certificate": str(one.key), "private_key": str(one.key)})
+    with pytest.raises(PluginError, match=r"holds no PEM certificate"):
+        load({"mode": "mutual", "ca_bundles": [str(one.key)]})
+    # Error messages never carry key material.
+    with pytest.raises(PluginError) as caught:
+        load({"certificate": str(one.certificate), "private_key": str(two.key)})
+    assert "PRIVATE KEY" not in str(caught.value)
+    good = load({"certificate": str(one.certificate), "private_key": str(one.key)})
+    assert TlsTransport(good).secure is True
+
+
+def test_a_group_readable_private_key_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = TestPki(tmp_path)
+    issued = pki.ca("CA").issue("server")
+    issued.key.chmod(0o640)
+    TlsTransport(TlsConfig(certificate=str(issued.certificate), private_key=str(issued.key)))
+    assert any("readable by group or others (mode 640)" in r.getMessage() for r in caplog.records)
