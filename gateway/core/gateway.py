@@ -22,10 +22,11 @@ from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.ids import IdSource, RandomIds
 from gateway.core.interfaces import Caller, Listener, RouteDecision, Transport, TransportLimits
+from gateway.core.media.policy import all_policies
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import MediaRelay
 from gateway.core.media.session import MediaSession
-from gateway.core.plugins import Plugins
+from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
 from gateway.core.sip.message import Request
 from gateway.core.store.sqlite import SqliteStore
@@ -73,6 +74,10 @@ class Gateway:
         self.directory: GatewayDirectory | None = None
         self.calls: CallManager | None = None
         self._trunks = TrunkMatcher(config.trunks)
+        try:
+            self.media_policies = all_policies(plugins.media_policies.items())
+        except ValueError as exc:
+            raise PluginError(str(exc)) from None
         self.endpoint = SipEndpoint(self)
 
     # -- validation (no sockets) -----------------------------------------------------------

@@ -6,7 +6,7 @@ hooks); the core hands plugins the host objects defined here. Nothing in this mo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -132,8 +132,10 @@ class KeyNegotiation(Protocol):
     def local_sdp_attributes(self) -> Sequence[tuple[str, str | None]]:
         """Attributes (a=...) for this leg's offer or answer of this stream."""
 
-    def remote_sdp_attributes(self, attributes: Sequence[tuple[str, str | None]]) -> None:
-        """The peer's attributes of this stream (raises a plugin error for unacceptable ones)."""
+    def remote_sdp_attributes(self, attributes: Iterable[tuple[str, str | None]]) -> None:
+        """The peer's answer for this stream (offerer only: the answerer gets the offer in
+        ``KeyExchange.answer``). An unacceptable answer queues ``NegotiationFailed`` (and may
+        also raise an ``SdpError`` with the same reason)."""
 
     def claims_packet(self, first_byte: int, packet: bytes) -> bool:
         """Whether a packet on the media port belongs to this engine (RFC 7983 demux)."""
@@ -155,16 +157,28 @@ class KeyExchange(Protocol):
     name: str
     media_path: bool  # True: handshakes on the media port (DTLS, ZRTP); False: keys in SDP
 
-    def offer(self, *, suites: Sequence[str], secure_signalling: bool) -> KeyNegotiation: ...
-
-    def answer(
+    def offer(
         self,
-        remote_attributes: Sequence[tuple[str, str | None]],
         *,
         suites: Sequence[str],
         secure_signalling: bool,
+        previous: KeyNegotiation | None = None,
+        rekey: bool = False,
+    ) -> KeyNegotiation:
+        """Our offer for one stream. ``previous`` is the stream's negotiation before this
+        re-offer: keys in force are kept unless ``rekey``; ``KeysReady`` is queued only when the
+        keys change. A negotiation that cannot even start is returned already failed."""
+
+    def answer(
+        self,
+        remote_attributes: Iterable[tuple[str, str | None]],
+        *,
+        suites: Sequence[str],
+        secure_signalling: bool,
+        previous: KeyNegotiation | None = None,
     ) -> KeyNegotiation | None:
-        """A negotiation answering the peer's offer, or None if this method does not apply."""
+        """A negotiation answering the peer's offer, or None if this method does not apply.
+        ``previous`` as for ``offer``."""
 
 
 @attrs.frozen

@@ -41,6 +41,8 @@ from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.routing import UnroutableTarget, destination_for
 from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
 from gateway.core.media.errors import PortsExhausted
+from gateway.core.media.keying import CallKeying
+from gateway.core.media.security import MediaSecurityRefused
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -138,6 +140,7 @@ class Call:
         self.b: BLeg | None = None  # the leg that answered
         self.caller: Caller | None = None
         self.media: MediaSession | None = None
+        self.keying: CallKeying | None = None
         self.state = "new"
         self.answered_at = 0.0
         self.end_reason: str | None = None
@@ -181,6 +184,9 @@ class Call:
                     await self._drain_b_legs()
                 nursery.cancel_scope.cancel()
         finally:
+            if self.keying is not None:
+                self.keying.block_all()
+                self.keying.close()
             if self.media is not None:
                 self.media.close()
             self.manager.forget(self)
@@ -222,16 +228,26 @@ class Call:
             status = decision.reject_status or 404
             reason = decision.reject_reason or default_reason(status)
             await self._reject_a(status, reason, reason)
+        self.a.security = self.manager.leg_security(
+            self, Side.A, kind=caller.kind, name=caller.name, flow=self.a.flow
+        )
         self.media = self.manager.new_media_session()
+        self.keying = CallKeying(self.media)
         try:
-            offer_b = self.media.offer_from(Side.A.value, offer)
+            offer_b = self.media.offer_from(Side.A.value, self.a.security.take_offer(offer))
         except SdpError as err:
             await self._reject_a(488, "Not Acceptable Here", err.reason)
         except PortsExhausted:
             await self._reject_a(503, "Service Unavailable", "no free media ports")
+        self._apply_keys(None)  # no media before keys: block where a policy needs them
+        refusals: list[str] = []
         for target in decision.targets:
-            await self._call_target(target, offer_b)
+            refusal = await self._call_target(target, offer_b)
+            if refusal is not None:
+                refusals.append(refusal)
         if not any(leg.final is None for leg in self.b_legs):
+            if refusals and not self.b_legs:
+                await self._reject_a(488, "Not Acceptable Here", refusals[0])
             await self._fail_a()
         self.state = "ringing"
         await self._ringing()
@@ -245,7 +261,8 @@ class Call:
             return outcome.with_headers(outcome.headers)
         return Caller(kind="account", name=outcome.username, flow=flow)
 
-    async def _call_target(self, target: RouteTarget, offer: SessionDescription) -> None:
+    async def _call_target(self, target: RouteTarget, offer: SessionDescription) -> str | None:
+        """Send an INVITE to ``target``; the reason when its media policy refuses the call."""
         invite_a = self.a.invite
         assert invite_a is not None and self.caller is not None
         try:
@@ -253,7 +270,7 @@ class Call:
             destination = destination_for(target)
         except (RemoteSipError, UnroutableTarget) as err:
             log.warning("call %s: cannot call %s: %s", self.id, target.uri, err)
-            return
+            return None
         transport, address, flow = destination.transport, destination.address, destination.flow
         leg = BLeg(
             side=Side.B,
@@ -263,6 +280,15 @@ class Call:
             contact=self._our_contact(transport),
             target=target,
         )
+        kind, name = ("account", target.account) if target.account else ("trunk", target.trunk)
+        leg.security = self.manager.leg_security(
+            self, Side.B, kind=kind, name=name, flow=flow, transport=transport
+        )
+        try:
+            offer = leg.security.make_offer(offer)
+        except MediaSecurityRefused as err:
+            log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
+            return err.reason
         request = self._b_invite(uri, leg, offer, invite_a)
         self.b_legs.append(leg)
         from_tag = request.from_.tag
@@ -275,10 +301,11 @@ class Call:
         except OSError as exc:
             log.warning("call %s: cannot reach %s: %s", self.id, target.uri, exc)
             leg.final = make_response(request, 503, "Service Unavailable")
-            return
+            return None
         leg.flow = client.flow
         leg.invite = client.request
         self._forward(client, leg)
+        return None
 
     def _b_invite(
         self, uri: Uri, leg: BLeg, offer: SessionDescription, invite_a: Request
@@ -369,8 +396,7 @@ class Call:
         body = b""
         if response.body and (response.content_type or "").lower().startswith(SDP):
             try:
-                answer = parse_sdp_untrusted(response.body)
-                body = serialize_sdp(self.media.answer_from(Side.B.value, answer))
+                body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(response.body)))
             except SdpError as err:
                 log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
         status = 183 if body else 180
@@ -389,7 +415,7 @@ class Call:
         try:
             if not response.body:
                 raise SdpError("2xx without SDP answer")
-            answer = self.media.answer_from(Side.B.value, parse_sdp_untrusted(response.body))
+            answer = self._answer_via(leg, parse_sdp_untrusted(response.body))
         except SdpError as err:
             leg.dialog = dialog
             await self._bye(leg, f"bad SDP answer: {err.reason}")
@@ -397,6 +423,7 @@ class Call:
             return
         leg.dialog = dialog
         self.b = leg
+        self._apply_keys(leg)
         for other in self.b_legs:
             if other is not leg and other.final is None:
                 await self._cancel_b(other)
@@ -409,6 +436,19 @@ class Call:
         self.answered_at = trio.current_time()
         self.state = "answered"
         self.manager.event(self, "answered", None)
+
+    def _answer_via(self, leg: BLeg, answer: SessionDescription) -> SessionDescription:
+        """B leg ``leg`` answered our offer: its keys, the relay, and our answer for A."""
+        assert self.media is not None and leg.security is not None
+        assert self.a.security is not None
+        plain = self.media.answer_from(Side.B.value, leg.security.take_answer(answer))
+        answer_a = self.a.security.make_answer(plain)
+        self._apply_keys(leg)
+        return answer_a
+
+    def _apply_keys(self, b_leg: BLeg | None) -> None:
+        assert self.keying is not None
+        self.keying.apply(self.a.security, b_leg.security if b_leg is not None else None)
 
     async def _ack_b(self, leg: BLeg, dialog: Dialog, response: Response) -> None:
         flow = leg.flow
@@ -541,8 +581,9 @@ class Call:
             return
         assert self.media is not None
         try:
-            offer = self.media.offer_from(event.side.value, parse_sdp_untrusted(request.body))
+            offer = self._reoffer(event.side, parse_sdp_untrusted(request.body))
         except SdpError as err:
+            self.media.abandon_offer()
             await self.endpoint.respond(
                 event.transaction,
                 make_response(request, 488, extra=[("Warning", _warning(err.reason))]),
@@ -563,6 +604,15 @@ class Call:
             self.media.abandon_offer()
             self._pending_reinvite = None
             await self.endpoint.respond(event.transaction, make_response(request, 503))
+
+    def _reoffer(self, side: Side, offer: SessionDescription) -> SessionDescription:
+        """A re-offer from ``side``: through its security, the session, the other's security."""
+        assert self.media is not None
+        own = self._leg(side).security
+        other = self._leg(side.other).security
+        assert own is not None and other is not None
+        plain = self.media.offer_from(side.value, own.take_offer(offer))
+        return other.make_offer(plain)
 
     async def _relay_request(self, event: RequestEvent) -> None:
         other = self._leg(event.side.other)
@@ -636,10 +686,16 @@ class Call:
             self._reinvite_acks[answered_side] = ack
             await self.endpoint.send_ack(ack, flow)
             try:
-                answer = self.media.answer_from(
-                    answered_side.value, parse_sdp_untrusted(response.body)
+                answering = leg.security
+                offering = self._leg(side).security
+                assert answering is not None and offering is not None
+                plain = self.media.answer_from(
+                    answered_side.value,
+                    answering.take_answer(parse_sdp_untrusted(response.body)),
                 )
+                answer = offering.make_answer(plain)
                 self.media.settle()
+                self._apply_keys(self.b)
             except SdpError as err:
                 # The answering leg already uses its new SDP; the legs would disagree from now
                 # on, so the call cannot go on (RFC 3264 §8: a 2xx answer cannot be refused).

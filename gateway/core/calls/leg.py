@@ -13,6 +13,7 @@ import enum
 import attrs
 
 from gateway.core.interfaces import RouteTarget
+from gateway.core.media.security import LegSecurity
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Request, Response
@@ -39,6 +40,7 @@ class Leg:
     address: Address
     contact: NameAddr
     dialog: Dialog | None = None
+    security: LegSecurity | None = None
 
     @property
     def established(self) -> bool:

@@ -16,7 +16,9 @@ import trio
 from gateway.core.auth.digest import Authenticated, AuthKind
 from gateway.core.calls.call import AckEvent, Call, CancelEvent, RequestEvent
 from gateway.core.calls.leg import Side
-from gateway.core.interfaces import Caller, CallEvent, RouteDecision
+from gateway.core.interfaces import Caller, CallEvent, LegInfo, RouteDecision
+from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
+from gateway.core.media.security import LegSecurity
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.store.errors import StoreError
@@ -110,6 +112,51 @@ class CallManager:
 
     def route(self, request: Request, caller: Caller) -> RouteDecision:
         return self.gateway.route(request, caller)
+
+    def leg_security(
+        self,
+        call: Call,
+        side: Side,
+        *,
+        kind: str,
+        name: str | None,
+        flow: Flow | None,
+        transport: str | None = None,
+    ) -> LegSecurity:
+        """The media security of one leg: its policy (hook, else the account's or trunk's
+        configured one) limited to the enabled key exchanges."""
+        gateway = self.gateway
+        configured: str | None = None
+        if kind == "account" and name is not None and gateway.store is not None:
+            account = gateway.store.get_account(name)
+            configured = account.media_policy if account is not None else None
+        elif kind == "trunk" and name is not None:
+            trunk = gateway.config.trunk(name)
+            configured = trunk.media_policy if trunk is not None else None
+        secure = flow.secure if flow is not None else transport == "tls"
+        leg = LegInfo(
+            call_id=call.id,
+            side=side.value,
+            kind=kind,
+            name=name,
+            secure_signalling=secure,
+            configured_policy=configured,
+        )
+        answer = gateway.plugins.hook.gateway_media_security_policy(leg=leg)
+        try:
+            policy = resolve(configured, gateway.media_policies, hook_answer=answer)
+        except UnknownPolicy as exc:
+            # A typo in an account's policy must not silently downgrade it: refuse media.
+            log.error("call %s: %s; refusing cleartext on that leg", call.id, exc)
+            policy = BUILTIN_POLICIES["encrypted-only"]
+        exchanges = dict(gateway.plugins.key_exchanges.items())
+        return LegSecurity(
+            side=side.value,
+            policy=effective(policy, exchanges),
+            secure_signalling=secure,
+            key_exchanges=exchanges,
+            signalling=flow.transport if flow is not None else (transport or "udp"),
+        )
 
     def new_media_session(self) -> MediaSession:
         return self.gateway.new_media_session()

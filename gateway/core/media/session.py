@@ -217,6 +217,10 @@ class MediaSession:
         """The open relay streams, in m= line order."""
         return tuple(s for s in self._slots if s is not None)
 
+    def streams_by_index(self) -> tuple[MediaStream | None, ...]:
+        """The stream of every m= line index (None where that line has no stream)."""
+        return tuple(self._slots)
+
     def stream_at(self, index: int) -> MediaStream | None:
         """The stream of m= line ``index`` (from 0), or None when that line has none."""
         if 0 <= index < len(self._slots):

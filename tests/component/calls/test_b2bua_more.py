@@ -247,7 +247,7 @@ SRTP_ONLY_SDP = (
     ("body", "warning_says"),
     [
         (MALFORMED_SDP, ["m= port is not a number"]),
-        (SRTP_ONLY_SDP, ["encrypted media", "RTP/SAVP", "not supported on this leg"]),
+        (SRTP_ONLY_SDP, ["encrypted media", "RTP/SAVP", "sdes key exchange is not enabled"]),
         (b"", ["late offer", "without SDP"]),
     ],
     ids=["malformed-sdp", "srtp-only", "no-body-late-offer"],

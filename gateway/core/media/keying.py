@@ -1,0 +1,75 @@
+"""Apply each leg's negotiated SRTP keys to the relay streams of a call.
+
+For stream *i*, direction A→B unprotects with leg A's keys (what A sent) and protects with leg
+B's keys (what B will receive); B→A the other way round. A direction is *blocked* — nothing is
+forwarded, not even in clear — while a leg whose policy requires encryption has no keys yet, and
+after its key exchange failed (no media before keys; the bug to avoid is Asterisk issue #1260).
+
+SRTP sessions are kept while a leg's keys do not change (a re-INVITE that keeps the keys keeps
+the crypto context, RFC 4568 §7.1.4) and closed when they do or when the call ends.
+"""
+
+from __future__ import annotations
+
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.relay import Transforms
+from gateway.core.media.security import LegSecurity
+from gateway.core.media.session import MediaSession
+from gateway.core.media.srtp import SrtpSession
+
+
+class CallKeying:
+    def __init__(self, session: MediaSession) -> None:
+        self._session = session
+        self._srtp: dict[tuple[str, int], tuple[SrtpKeys, SrtpSession]] = {}
+
+    def apply(self, a: LegSecurity | None, b: LegSecurity | None) -> None:
+        """Set transforms and block flags on every open stream from the legs' current keys."""
+        for index, stream in enumerate(self._session.streams_by_index()):
+            if stream is None:
+                continue
+            a_srtp = self._srtp_for("a", index, a.keys(index) if a else None)
+            b_srtp = self._srtp_for("b", index, b.keys(index) if b else None)
+            a_blocked = a is not None and a.requires_encryption and a_srtp is None
+            b_blocked = b is not None and b.requires_encryption and b_srtp is None
+            blocked = a_blocked or b_blocked
+            stream.a_to_b.transforms = Transforms(
+                rtp_in=a_srtp.unprotect_rtp if a_srtp else None,
+                rtcp_in=a_srtp.unprotect_rtcp if a_srtp else None,
+                rtp_out=b_srtp.protect_rtp if b_srtp else None,
+                rtcp_out=b_srtp.protect_rtcp if b_srtp else None,
+            )
+            stream.b_to_a.transforms = Transforms(
+                rtp_in=b_srtp.unprotect_rtp if b_srtp else None,
+                rtcp_in=b_srtp.unprotect_rtcp if b_srtp else None,
+                rtp_out=a_srtp.protect_rtp if a_srtp else None,
+                rtcp_out=a_srtp.protect_rtcp if a_srtp else None,
+            )
+            stream.a_to_b.blocked = blocked
+            stream.b_to_a.blocked = blocked
+
+    def block_all(self) -> None:
+        """Forward nothing at all (a key exchange failed; the call is ending)."""
+        for stream in self._session.streams:
+            stream.a_to_b.blocked = True
+            stream.b_to_a.blocked = True
+
+    def _srtp_for(self, side: str, index: int, keys: SrtpKeys | None) -> SrtpSession | None:
+        current = self._srtp.get((side, index))
+        if keys is None:
+            if current is not None:
+                current[1].close()
+                del self._srtp[(side, index)]
+            return None
+        if current is not None and current[0] == keys:
+            return current[1]
+        if current is not None:
+            current[1].close()
+        session = SrtpSession(keys)
+        self._srtp[(side, index)] = (keys, session)
+        return session
+
+    def close(self) -> None:
+        for _, session in self._srtp.values():
+            session.close()
+        self._srtp.clear()

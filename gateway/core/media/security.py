@@ -1,0 +1,286 @@
+"""Media security of one call leg: which key exchange each stream uses, and its SRTP keys.
+
+Theory of operation. Every leg negotiates on its own (ARCHITECTURE.md "Key exchange"): the keys of
+leg A have nothing to do with those of leg B, and the relay decrypts with one leg's keys and
+encrypts with the other's. :class:`LegSecurity` sits between a leg's SDP and the
+:class:`~gateway.core.media.session.MediaSession`, which only ever sees plain RTP/AVP(F):
+
+- an offer from the peer: :meth:`take_offer` starts one answering negotiation per stream with
+  the first key exchange of the leg's policy that the stream offers (a=crypto: SDES), and hands
+  the session the offer without keys and with the plain profile; an offer the policy cannot accept
+  (encrypted-only media under ``rtp-only``, cleartext under ``sdes``, SDES keys over plain UDP/TCP
+  signalling, no acceptable suite) is refused with :class:`MediaSecurityRefused` (488);
+- our answer on that leg: :meth:`make_answer` restores the offered profile and adds our keys;
+- our offer on a leg: :meth:`make_offer` offers what the policy allows, best first: SDES keys (RTP/
+  SAVP when the policy forbids cleartext, RTP/AVP with a=crypto for best effort — RFC 4568 over
+  AVP, which a device without SRTP ignores); nothing when the policy or the signalling allows no
+  key exchange and cleartext is acceptable; refusal otherwise;
+- the peer's answer: :meth:`take_answer` completes the negotiations, or accepts cleartext where the
+  policy allows it, or refuses.
+
+SDES keys travel in SDP, so the gateway never sends nor accepts them on a leg whose signalling is
+not TLS (the briefing paper's rule; RFC 4568 §8.1 requires a secure channel). :meth:`record`
+gives the leg's security record, derived from what was negotiated, never written by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from gateway.core.interfaces import (
+    KeyExchange,
+    KeyNegotiation,
+    KeysReady,
+    MediaPolicy,
+    NegotiationFailed,
+    SrtpKeys,
+)
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.model import MediaDescription, SessionDescription
+
+# RTP profiles with SRTP and the plain profile each maps to (RFC 3711 §12, RFC 5124).
+_PLAIN_OF = {"RTP/SAVP": "RTP/AVP", "RTP/SAVPF": "RTP/AVPF"}
+_SECURE_OF = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
+# Attributes that carry a leg's own keys and never cross to the other leg.
+_KEY_ATTRIBUTES = frozenset({"crypto"})
+
+
+class MediaSecurityRefused(SdpError):
+    """The leg's media-security policy refuses this SDP (488 with the reason as Warning)."""
+
+
+@attrs.define(eq=False)
+class StreamSecurity:
+    """One stream of one leg: the negotiation in force and the profile the peer uses."""
+
+    negotiation: KeyNegotiation | None = None
+    key_exchange: str | None = None
+    peer_proto: str = "RTP/AVP"
+    keys: SrtpKeys | None = None
+    failure: str | None = None
+
+
+class LegSecurity:
+    def __init__(
+        self,
+        *,
+        side: str,
+        policy: MediaPolicy,
+        secure_signalling: bool,
+        key_exchanges: Mapping[str, KeyExchange],
+        signalling: str,
+    ) -> None:
+        self.side = side
+        self.policy = policy
+        self.secure_signalling = secure_signalling
+        self.signalling = signalling
+        # Only the key exchanges both enabled and allowed, in the policy's order.
+        self._exchanges = [
+            (name, key_exchanges[name]) for name in policy.key_exchanges if name in key_exchanges
+        ]
+        self._enabled = frozenset(key_exchanges)
+        self.streams: list[StreamSecurity] = []
+        self._offered: list[StreamSecurity] = []
+
+    # -- the peer offers ------------------------------------------------------------------------
+
+    def take_offer(self, offer: SessionDescription) -> SessionDescription:
+        """Start answering negotiations for the peer's offer; the offer as the session must see
+        it (plain profile, no keys). Raises :class:`MediaSecurityRefused`."""
+        streams: list[StreamSecurity] = []
+        media_out: list[MediaDescription] = []
+        for index, media in enumerate(offer.media):
+            previous = self._stream(index)
+            stream = StreamSecurity(peer_proto=media.proto)
+            if media.port != 0 and media.proto.upper() in _PLAIN_OF | _SECURE_OF:
+                self._answer_stream(media, stream, previous)
+            streams.append(stream)
+            media_out.append(_plain(media))
+        self._offered = streams
+        return attrs.evolve(offer, media=tuple(media_out))
+
+    def _answer_stream(
+        self, media: MediaDescription, stream: StreamSecurity, previous: StreamSecurity | None
+    ) -> None:
+        encrypted = media.proto.upper() in _PLAIN_OF
+        reasons: list[str] = []
+        for name, exchange in self._exchanges:
+            same = previous is not None and previous.key_exchange == name
+            negotiation = exchange.answer(
+                list(media.attributes),
+                suites=self.policy.suites,
+                secure_signalling=self.secure_signalling,
+                previous=previous.negotiation if same and previous is not None else None,
+            )
+            if negotiation is None:
+                continue  # this method is not in the offer
+            failed = _drain(negotiation, stream)
+            if failed is None:
+                stream.negotiation, stream.key_exchange = negotiation, name
+                if stream.keys is None and previous is not None and previous.key_exchange == name:
+                    stream.keys = previous.keys  # keys unchanged (RFC 4568 §7.1.4)
+                return
+            reasons.append(f"{name}: {failed}")
+        if media.crypto and not any(name == "sdes" for name, _ in self._exchanges):
+            if "sdes" not in self._enabled:
+                reasons.append("the sdes key exchange is not enabled ([plugins] enable)")
+            else:
+                reasons.append(f"policy {self.policy.name} does not allow SDES")
+        if encrypted:
+            detail = "; ".join(reasons) or f"policy {self.policy.name} allows no key exchange here"
+            raise MediaSecurityRefused(f"cannot accept encrypted media ({media.proto}): {detail}")
+        if not self.policy.allow_cleartext:
+            detail = f" ({'; '.join(reasons)})" if reasons else ""
+            raise MediaSecurityRefused(
+                f"policy {self.policy.name} requires encrypted media; the offer is "
+                f"{media.proto}{detail}"
+            )
+        stream.failure = "; ".join(reasons) or None  # best effort: cleartext on this stream
+
+    def make_answer(self, answer: SessionDescription) -> SessionDescription:
+        """Our answer to the peer's offer (from the session's plain answer): the peer's profile
+        and our keys per stream."""
+        media_out: list[MediaDescription] = []
+        for index, media in enumerate(answer.media):
+            stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
+            if media.port == 0:
+                media_out.append(attrs.evolve(media, proto=stream.peer_proto))
+                continue
+            attributes: list[tuple[str, str | None]] = list(media.attributes)
+            if stream.negotiation is not None:
+                attributes += stream.negotiation.local_sdp_attributes()
+                proto = stream.peer_proto
+            else:
+                proto = _PLAIN_OF.get(stream.peer_proto.upper(), stream.peer_proto)
+            media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
+        self.streams = self._offered
+        return attrs.evolve(answer, media=tuple(media_out))
+
+    # -- we offer -------------------------------------------------------------------------------
+
+    def make_offer(self, offer: SessionDescription) -> SessionDescription:
+        """Our offer on this leg (from the session's plain offer). Raises
+        :class:`MediaSecurityRefused` when the policy needs encryption this leg cannot get."""
+        streams: list[StreamSecurity] = []
+        media_out: list[MediaDescription] = []
+        for index, media in enumerate(offer.media):
+            stream = StreamSecurity(peer_proto=media.proto)
+            if media.port == 0 or media.proto.upper() not in _SECURE_OF:
+                streams.append(stream)
+                media_out.append(media)
+                continue
+            previous = self._stream(index)
+            reasons: list[str] = []
+            for name, exchange in self._exchanges:
+                same = previous is not None and previous.key_exchange == name
+                negotiation = exchange.offer(
+                    suites=self.policy.suites,
+                    secure_signalling=self.secure_signalling,
+                    previous=previous.negotiation if same and previous is not None else None,
+                )
+                failed = _drain(negotiation, stream)
+                if failed is None:
+                    stream.negotiation, stream.key_exchange = negotiation, name
+                    if previous is not None and previous.key_exchange == name:
+                        stream.keys = previous.keys
+                    break
+                reasons.append(f"{name}: {failed}")
+            if stream.negotiation is None:
+                if not self.policy.allow_cleartext:
+                    detail = "; ".join(reasons) or "no key exchange is enabled"
+                    raise MediaSecurityRefused(
+                        f"policy {self.policy.name} requires encrypted media on the "
+                        f"{self.signalling} leg, which cannot get keys: {detail}"
+                    )
+                streams.append(stream)
+                media_out.append(media)
+                continue
+            # RFC 4568 over RTP/AVP is best effort: a device without SRTP ignores a=crypto.
+            proto = media.proto if self.policy.allow_cleartext else _SECURE_OF[media.proto.upper()]
+            stream.peer_proto = proto
+            attributes: list[tuple[str, str | None]] = list(media.attributes)
+            attributes += stream.negotiation.local_sdp_attributes()
+            media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
+            streams.append(stream)
+        self._offered = streams
+        return attrs.evolve(offer, media=tuple(media_out))
+
+    def take_answer(self, answer: SessionDescription) -> SessionDescription:
+        """The peer's answer to our offer: complete each negotiation; the answer as the session
+        must see it. Raises :class:`MediaSecurityRefused`."""
+        media_out: list[MediaDescription] = []
+        for index, media in enumerate(answer.media):
+            stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
+            if media.port != 0 and stream.negotiation is not None:
+                if media.crypto or media.proto.upper() in _PLAIN_OF:
+                    # A failure is queued as NegotiationFailed too, which _drain reports.
+                    with contextlib.suppress(SdpError):
+                        stream.negotiation.remote_sdp_attributes(list(media.attributes))
+                    failed = _drain(stream.negotiation, stream)
+                    if failed is not None:
+                        raise MediaSecurityRefused(f"the answer's keys are unusable: {failed}")
+                elif self.policy.allow_cleartext:
+                    stream.negotiation, stream.key_exchange = None, None  # declined: cleartext
+                else:
+                    raise MediaSecurityRefused(
+                        f"policy {self.policy.name} requires encrypted media; the answer "
+                        f"declined it ({media.proto})"
+                    )
+            stream.peer_proto = media.proto
+            media_out.append(_plain(media))
+        self.streams = self._offered
+        return attrs.evolve(answer, media=tuple(media_out))
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def keys(self, index: int) -> SrtpKeys | None:
+        stream = self._stream(index)
+        return stream.keys if stream is not None else None
+
+    @property
+    def requires_encryption(self) -> bool:
+        return not self.policy.allow_cleartext
+
+    def record(self) -> dict[str, Any]:
+        """This leg's security record (derived from what was negotiated)."""
+        return {
+            "policy": self.policy.name,
+            "signalling": self.signalling,
+            "signalling_secure": self.secure_signalling,
+            "streams": [
+                {
+                    "key_exchange": stream.key_exchange or "none",
+                    "suite": stream.keys.suite if stream.keys else None,
+                    "encrypted": stream.keys is not None,
+                    # SDES: the gateway generated one key and received the other; media is
+                    # decrypted here and re-encrypted per leg.
+                    "keys_held_by": "gateway" if stream.keys else None,
+                }
+                for stream in self.streams
+            ],
+        }
+
+    def _stream(self, index: int) -> StreamSecurity | None:
+        return self.streams[index] if index < len(self.streams) else None
+
+
+def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:
+    """Take the negotiation's queued events into ``stream``; the failure reason, if any."""
+    failure: str | None = None
+    while (event := negotiation.next_event()) is not None:
+        if isinstance(event, KeysReady):
+            stream.keys = event.keys
+        elif isinstance(event, NegotiationFailed):
+            failure = event.reason
+    return failure
+
+
+def _plain(media: MediaDescription) -> MediaDescription:
+    """The stream as the session relays it: plain profile, no key attributes."""
+    attributes = [a for a in media.attributes if a[0].lower() not in _KEY_ATTRIBUTES]
+    stripped = media.with_attributes(attributes)
+    return attrs.evolve(stripped, proto=_PLAIN_OF.get(media.proto.upper(), media.proto))
