@@ -12,6 +12,10 @@ pytest process. Missing peers skip locally and fail in CI (``require_peer``).
   ``udp_flows``
 - baresip: ``Baresip``
 - audio: ``tone_wav``, ``tone_ulaw``, ``dominant_frequency``, ``analyse_tone``
+- pki: ``TestPki`` (a test CA, certificates it issues, self-signed ones), ``Issued``
+- tls_gateway: ``TlsGatewayProcess`` (``GatewayProcess`` with a TLS listener too)
+- openssl: ``s_client(...)``, ``SClientResult``, ``SServer`` (a TLS trunk)
+- stunnel: ``StunnelClient`` (TLS for sipp, which has none)
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from tests.interop.harness.capture import (
     udp_flows,
 )
 from tests.interop.harness.gateway import GatewayProcess, options_ok
+from tests.interop.harness.openssl import SClientResult, SServer, s_client
+from tests.interop.harness.pki import Issued, TestCa, TestPki
 from tests.interop.harness.ports import (
     LOOPBACK,
     free_port,
@@ -40,6 +46,8 @@ from tests.interop.harness.ports import (
     wait_listening,
 )
 from tests.interop.harness.sipp import SCENARIOS, SippResult, SippUas, run_sipp_uac
+from tests.interop.harness.stunnel import StunnelClient
+from tests.interop.harness.tls_gateway import TlsGatewayProcess
 
 __all__ = [
     "LOOPBACK",
@@ -48,8 +56,15 @@ __all__ = [
     "BaresipError",
     "Capture",
     "GatewayProcess",
+    "Issued",
+    "SClientResult",
+    "SServer",
     "SippResult",
     "SippUas",
+    "StunnelClient",
+    "TestCa",
+    "TestPki",
+    "TlsGatewayProcess",
     "ToneReport",
     "analyse_tone",
     "dominant_frequency",
@@ -60,6 +75,7 @@ __all__ = [
     "rtp_packets",
     "rtp_streams",
     "run_sipp_uac",
+    "s_client",
     "tone_ulaw",
     "tone_wav",
     "udp_filter",

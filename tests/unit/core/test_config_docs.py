@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 from gateway.core import config as cfg
-from gateway.plugins.transports import tcp, udp
+from gateway.plugins.transports import tcp, tls, udp
 
 DOC = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
 TABLES = {
@@ -18,6 +18,7 @@ TABLES = {
     "plugins": cfg.PluginsSection,
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
+    "plugins.tls": tls.TlsConfig,
     "[trunks]": cfg.TrunkConfig,  # an array of tables: ## `[[trunks]]`
 }
 CASES = [(table, field.name) for table, cls in TABLES.items() for field in attrs.fields(cls)]

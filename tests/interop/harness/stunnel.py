@@ -1,0 +1,95 @@
+"""stunnel4 as a TLS client in front of a TCP-only SIP peer (Debian's sipp has no TLS,
+../shared/peers.md §1.5).
+
+    with StunnelClient(gw.tls_address, workdir=tmp_path, trust=ca.certificate,
+                       certificate=phone) as tunnel:
+        run_sipp_uac("register_auth.xml", tunnel.address, transport="tcp", ...)
+
+sipp connects over TCP to ``tunnel.address``; stunnel opens a TLS connection to the gateway for
+each TCP connection, verifying that the gateway's certificate chains to ``trust`` and names
+127.0.0.1, and presents ``certificate`` when given. SIP inside still says ``SIP/2.0/TCP``; the
+gateway answers over the connection the request came on, so that is fine for requests sipp
+sends (and a gateway-initiated connection would bypass stunnel).
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import Path
+from types import TracebackType
+
+from tests.conftest import require_peer
+from tests.interop.harness.pki import Issued
+from tests.interop.harness.ports import LOOPBACK, free_port, wait_listening
+from tests.interop.harness.processes import start_process, stop_process, tail
+
+_runs = itertools.count(1)
+
+
+class StunnelClient:
+    """stunnel in client mode: TCP on 127.0.0.1:``port`` -> TLS to ``connect``."""
+
+    def __init__(
+        self,
+        connect: str,
+        *,
+        workdir: Path,
+        trust: Path,
+        certificate: Issued | None = None,
+    ) -> None:
+        self.port = free_port("tcp")
+        self.rundir = workdir / f"stunnel-{next(_runs)}"
+        self.rundir.mkdir(parents=True)
+        self.log = self.rundir / "stunnel.log"
+        self.config = self.rundir / "stunnel.conf"
+        lines = [
+            "foreground = yes",
+            "pid =",
+            "debug = info",
+            "[sip-tls-out]",
+            "client = yes",
+            f"accept = {LOOPBACK}:{self.port}",
+            f"connect = {connect}",
+            f"CAfile = {trust}",
+            "verifyChain = yes",
+            f"checkIP = {LOOPBACK}",
+            "sslVersionMin = TLSv1.2",
+        ]
+        if certificate is not None:
+            lines += [f"cert = {certificate.certificate}", f"key = {certificate.key}"]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT`` where sipp connects over TCP."""
+        return f"{LOOPBACK}:{self.port}"
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> StunnelClient:
+        binary = require_peer("stunnel4")
+        self.process = start_process([binary, str(self.config)], log=self.log, cwd=self.rundir)
+        try:
+            wait_listening(self.port, "tcp", timeout=10, process=self.process)
+        except RuntimeError:
+            stop_process(self.process, timeout=2.0)
+            raise RuntimeError(f"stunnel did not start:\n{tail(self.log)}") from None
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=3.0)
+        if exc is not None:
+            print(f"--- stunnel ({self.log}) ---")
+            print(tail(self.log, 60))
