@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
 
+    calls = sub.add_parser(
+        "calls",
+        help="list calls and how each leg is protected",
+        description="List live calls (or recent ones with --recent) from the gateway's store, "
+        "with each leg's signalling transport, key exchange and SRTP suite.",
+    )
+    calls.add_argument("--config", metavar="FILE", help="read [gateway] state_dir here")
+    calls.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
+    calls.add_argument("--recent", type=int, metavar="N", help="show the last N calls, ended too")
+    calls.add_argument("--json", action="store_true", help="machine-readable output")
+
     accounts = sub.add_parser(
         "accounts",
         help="manage SIP accounts",
@@ -237,6 +248,68 @@ def _open_store(args: argparse.Namespace) -> tuple[Any, GatewayConfig]:
     return SqliteStore.open(state_dir), config
 
 
+def describe_leg(leg: dict[str, Any]) -> str:
+    """One line, in plain words, of how a leg is protected."""
+    signalling = str(leg.get("signalling", "?")).upper()
+    if leg.get("signalling_secure"):
+        cert = leg.get("peer_certificate") or {}
+        who = " (peer certificate verified)" if cert.get("verified") else ""
+        signalling = f"{signalling}{who}"
+    streams = leg.get("streams") or []
+    media = []
+    for stream in streams:
+        if stream.get("encrypted"):
+            media.append(f"SRTP {stream.get('suite')} keyed by {stream.get('key_exchange')}")
+        else:
+            media.append("RTP, not encrypted")
+    return f"signalling {signalling}; media " + (", ".join(media) or "none")
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    import json
+
+    store, _ = _open_store(args)
+    try:
+        records = store.call_records_recent(args.recent or 1000)
+    finally:
+        store.close()
+    if not args.recent:
+        records = tuple(r for r in records if r.ended_at is None)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "call_id": r.call_id,
+                        "from": r.from_uri,
+                        "to": r.to_uri,
+                        "started_at": r.started_at,
+                        "answered_at": r.answered_at,
+                        "ended_at": r.ended_at,
+                        "end_reason": r.end_reason,
+                        "security": r.security,
+                    }
+                    for r in records
+                ],
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    if not records:
+        print("no live calls" if not args.recent else "no calls")
+        return EXIT_OK
+    for record in records:
+        state = "live" if record.ended_at is None else f"ended ({record.end_reason})"
+        print(f"{record.call_id}  {record.from_uri} -> {record.to_uri}  [{state}]")
+        security = record.security or {}
+        for label in ("a", "b"):
+            leg = security.get(label)
+            if leg:
+                name = "caller leg" if label == "a" else "callee leg"
+                print(f"  {name}: {describe_leg(leg)}")
+    return EXIT_OK
+
+
 def cmd_accounts(args: argparse.Namespace) -> int:
     from gateway.core.store.errors import StoreError
 
@@ -327,6 +400,7 @@ def _fingerprint_of(item: str) -> str:
 
 COMMANDS = {
     "accounts": cmd_accounts,
+    "calls": cmd_calls,
     "run": cmd_run,
     "plugins": cmd_plugins,
     "check-config": cmd_check_config,

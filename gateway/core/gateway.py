@@ -178,6 +178,12 @@ class Gateway:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         assert self.store is not None
+        # Calls a previous run left "live" (it was killed) ended when it did.
+        for record in self.store.call_records_recent(10_000):
+            if record.ended_at is None:
+                self.store.call_record_update(
+                    record.call_id, ended_at=time.time(), end_reason="gateway stopped"
+                )
         for spec in self.config.listen_specs:
             transport = self.transport_for(spec)
             listener: Listener = await nursery.start(transport.serve, spec, self)

@@ -234,3 +234,46 @@ def test_accounts_bind_certificates_and_require_tls(tmp_path: Path) -> None:
     cleared = voipgw("accounts", "set", "alice", "--unbind-certs", "--state-dir", state)
     assert cleared.returncode == 0
     assert voipgw("accounts", "list", "--state-dir", state).stdout.splitlines()[1].split()[4] == "-"
+
+
+def test_calls_lists_live_calls_with_each_legs_protection(tmp_path: Path) -> None:
+    from gateway.core.store.interface import CallRecord
+    from gateway.core.store.sqlite import SqliteStore
+
+    state = str(tmp_path / "state")
+    store = SqliteStore.open(state)
+    try:
+        store.call_record_insert(CallRecord("live-1", "sip:alice@gw", "sip:+4930@gw", 1.0))
+        store.call_record_update(
+            "live-1",
+            answered_at=2.0,
+            security={
+                "a": {
+                    "signalling": "tls",
+                    "signalling_secure": True,
+                    "peer_certificate": {"verified": True},
+                    "streams": [
+                        {"encrypted": True, "suite": "AEAD_AES_256_GCM", "key_exchange": "sdes"}
+                    ],
+                },
+                "b": {"signalling": "udp", "streams": [{"encrypted": False}]},
+            },
+        )
+        store.call_record_insert(CallRecord("old-1", "sip:bob@gw", "sip:alice@gw", 1.0))
+        store.call_record_update("old-1", ended_at=3.0, end_reason="BYE from A leg")
+    finally:
+        store.close()
+    live = voipgw("calls", "--state-dir", state)
+    assert live.returncode == 0, live.stderr
+    assert "live-1" in live.stdout and "old-1" not in live.stdout
+    assert (
+        "caller leg: signalling TLS (peer certificate verified); "
+        "media SRTP AEAD_AES_256_GCM keyed by sdes"
+    ) in live.stdout
+    assert "callee leg: signalling UDP; media RTP, not encrypted" in live.stdout
+    recent = voipgw("calls", "--recent", "5", "--state-dir", state)
+    assert "old-1" in recent.stdout and "ended (BYE from A leg)" in recent.stdout
+    as_json = voipgw("calls", "--json", "--state-dir", state)
+    import json
+
+    assert [c["call_id"] for c in json.loads(as_json.stdout)] == ["live-1"]

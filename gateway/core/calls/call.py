@@ -722,6 +722,31 @@ class Call:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    def security_record(self) -> dict[str, object]:
+        """What each leg negotiated (ARCHITECTURE.md "Security state is data"): signalling
+        transport and peer certificate, key exchange, suite, who holds the keys."""
+        record: dict[str, object] = {}
+        for label, leg in (("a", self.a), ("b", self.b)):
+            if leg is None or leg.security is None:
+                continue
+            entry: dict[str, object] = dict(leg.security.record())
+            certificate = leg.flow.peer_certificate if leg.flow is not None else None
+            entry["peer_certificate"] = (
+                None
+                if certificate is None
+                else {
+                    "subject": certificate.subject,
+                    "issuer": certificate.issuer,
+                    "verified": certificate.verified,
+                    "sha256": certificate.sha256_fingerprint,
+                }
+            )
+            entry["peer"] = (
+                f"{leg.transport}:{leg.address[0]}:{leg.address[1]}" if leg.address else None
+            )
+            record[label] = entry
+        return record
+
     def _leg(self, side: Side) -> Leg:
         if side is Side.A:
             return self.a

@@ -188,7 +188,9 @@ class CallManager:
                     )
                 )
             elif kind == "answered":
-                store.call_record_update(call.record_id, answered_at=now)
+                store.call_record_update(
+                    call.record_id, answered_at=now, security=call.security_record()
+                )
             elif kind == "ended":
                 store.call_record_update(
                     call.record_id, ended_at=now, end_reason=reason or "normal clearing"
