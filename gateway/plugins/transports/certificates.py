@@ -39,8 +39,9 @@ GENERATED_VALIDITY = datetime.timedelta(days=3650)
 _WILDCARD_HOSTS = {"0.0.0.0", "::"}
 
 
-class CertificateError(Exception):
-    """A certificate or key file cannot be used. The message names the file, never key bytes."""
+class CertificateError(OSError):
+    """A certificate or key file cannot be used (an OSError: like a missing file, it stops
+    start-up with its message). The message names the file, never key bytes."""
 
 
 @attrs.frozen
@@ -78,12 +79,21 @@ def peer_identity(certificate: x509.Certificate, *, verified: bool) -> PeerCerti
     )
 
 
+def subject_alt_names(certificate: x509.Certificate) -> x509.SubjectAlternativeName | None:
+    """The subjectAltName extension, or None when it is absent or does not parse (a peer's
+    certificate is untrusted input: cryptography parses extensions lazily and raises
+    ValueError for malformed ones)."""
+    try:
+        return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+
+
 def alt_name_values(certificate: x509.Certificate) -> tuple[str, ...]:
     """The subjectAltName values device binding compares (vendors put a MAC address or a
     device name there): dNSName, iPAddress, URI and rfc822Name, in that order."""
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    san = subject_alt_names(certificate)
+    if san is None:
         return ()
     values: list[str] = list(san.get_values_for_type(x509.DNSName))
     values += [str(address) for address in san.get_values_for_type(x509.IPAddress)]
@@ -219,9 +229,8 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
 def names_in(certificate: x509.Certificate) -> list[str]:
     """The subjectAltName entries a name check looks at, for log lines: DNS names, IP addresses
     and SIP URIs."""
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    san = subject_alt_names(certificate)
+    if san is None:
         return []
     names: list[str] = [f"DNS:{name}" for name in san.get_values_for_type(x509.DNSName)]
     names += [f"IP:{address}" for address in san.get_values_for_type(x509.IPAddress)]
@@ -245,9 +254,8 @@ def matches_name(certificate: x509.Certificate, name: str) -> bool:
     The subject CN is never consulted: RFC 5922 §7.1 allows it only without subjectAltName, and
     RFC 6125 §6.4.4 discourages it; certificates without subjectAltName do not match.
     """
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
+    san = subject_alt_names(certificate)
+    if san is None:
         return False
     try:
         address = ipaddress.ip_address(name.strip("[]"))

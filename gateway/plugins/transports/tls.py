@@ -51,6 +51,7 @@ from typing import Literal
 
 import attrs
 import trio
+from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from gateway.core.config import ListenSpec
@@ -210,7 +211,12 @@ class TlsConfig:
 
 
 def _normalize(address: Address) -> Address:
-    return (str(ipaddress.ip_address(address[0])), address[1])
+    # One spelling per address, so "::1" finds a "[0:0::1]:5061" key; a name (a Via sent-by
+    # the core resolves itself) is kept as it is.
+    try:
+        return (str(ipaddress.ip_address(address[0])), address[1])
+    except ValueError:
+        return (address[0].lower(), address[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,7 +270,12 @@ def _verify_callback(*, enforce: bool) -> VerifyCallback:
         if isinstance(record, _Verification):
             record.called = True
             if depth == 0:
-                record.leaf_subject = certificate.to_cryptography().subject.rfc4514_string()
+                # An exception here would surface from do_handshake; a peer's odd subject must
+                # not be able to do that.
+                try:
+                    record.leaf_subject = certificate.to_cryptography().subject.rfc4514_string()
+                except ValueError:
+                    record.leaf_subject = "<unparseable subject>"
             if not ok:
                 reason = _X509_ERRORS.get(error, f"X509 verify error {error}")
                 record.errors.append(f"{reason} (depth {depth})")
@@ -630,8 +641,9 @@ class TlsTransport(StreamTransport):
                 Path(self.tls.certificate), Path(self.tls.private_key)
             )
             # Fail at start-up (and in check-config), not on the first connection.
-            for mode in {self.tls.mode, *self.tls.listener_modes.values()}:
-                server_context(self._configured, mode, self._ca_bundles)  # type: ignore[arg-type]
+            for mode in MODES:
+                if mode == self.tls.mode or mode in self.tls.listener_modes.values():
+                    server_context(self._configured, mode, self._ca_bundles)
             _warn_if_key_readable(self._configured.private_key)
         else:
             for bundle in self._ca_bundles:
@@ -694,7 +706,9 @@ class TlsTransport(StreamTransport):
             self._listeners.append(_ListenerSide(listener.address, mode, context))
             log.info("tls: listener %s in %s mode", format_address(listener.address), mode)
 
-        await super().serve(listen, host, task_status=_ReportStarted(task_status, note))  # type: ignore[arg-type]
+        # _ReportStarted has the one started() signature serve uses, not TaskStatus's overloads.
+        reporting = _ReportStarted(task_status, note)
+        await super().serve(listen, host, task_status=reporting)  # type: ignore[arg-type]
 
     def _listener_for(self, local: Address) -> _ListenerSide:
         for side in self._listeners:
@@ -751,7 +765,7 @@ class TlsTransport(StreamTransport):
         """Run the TLS handshake on a new connection; the TLS stream and what it learnt about
         the peer. Every failure is logged (reason, peer, certificate subject) and raised as
         :class:`TlsHandshakeError`."""
-        name: str | None = None
+        name: str | None = None  # what the peer's certificate must name (trunks only)
         if server_side:
             side = self._listener_for(stream.socket.getsockname()[:2])
             mode, context, direction = side.mode, side.context, "from"
@@ -763,9 +777,9 @@ class TlsTransport(StreamTransport):
         connection = SSL.Connection(context, None)
         connection.set_app_data(record)
         if name is not None and not _is_ip(name):
-            # SNI carries host names only (RFC 6066 §3).
-            connection.set_tlsext_host_name(name.encode("idna"))
+            connection.set_tlsext_host_name(name.encode("idna"))  # RFC 6066 §3: names only
         tls = TlsStream(stream, connection, server_side=server_side)
+
         reason: str | None = None
         try:
             with trio.fail_after(self.tls.handshake_timeout):
@@ -776,33 +790,34 @@ class TlsTransport(StreamTransport):
             reason = str(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = str(exc) or "connection lost during the handshake"
+
         peer = connection.get_peer_certificate(as_cryptography=True)
-        verified = record.chain_verified and peer is not None
-        if reason is None and name is not None and peer is not None:
-            name_ok = matches_name(peer, name)
-            verified = verified and name_ok
-            if not name_ok and self.tls.verifies(mode):
-                named = ", ".join(names_in(peer)) or "nothing"
-                reason = f"certificate does not name {name} (it names {named})"
+        identity: PeerCertificate | None = None
+        if reason is None and peer is not None:
+            try:
+                verified = record.chain_verified
+                if name is not None:
+                    name_ok = matches_name(peer, name)
+                    verified = verified and name_ok
+                    if not name_ok and self.tls.verifies(mode):
+                        named = ", ".join(names_in(peer)) or "nothing"
+                        reason = f"certificate does not name {name} (it names {named})"
+                identity = peer_identity(peer, verified=verified)
+            except ValueError as exc:  # OpenSSL took it, cryptography cannot read it
+                reason = f"unreadable certificate ({exc})"
         if reason is not None:
             if record.errors:
                 reason += " [" + "; ".join(record.errors) + "]"
-            subject = record.leaf_subject
-            if subject is None and peer is not None:
-                subject = peer.subject.rfc4514_string()
             log.warning(
                 "tls: handshake %s %s failed (%s mode): %s; peer certificate: %s",
                 direction,
                 format_address(remote),
                 mode,
                 reason,
-                "none" if subject is None else _printable(subject),
+                _subject_for_log(record, peer),
             )
             await trio.aclose_forcefully(tls)
             raise TlsHandshakeError(f"TLS handshake {direction} {format_address(remote)}: {reason}")
-        identity: PeerCertificate | None = None
-        if peer is not None:
-            identity = peer_identity(peer, verified=verified)
         log.debug(
             "tls: %s %s: %s %s, peer certificate %s",
             direction,
@@ -812,6 +827,16 @@ class TlsTransport(StreamTransport):
             "none" if identity is None else f"sha256 {identity.sha256_fingerprint}",
         )
         return tls, ConnectionInfo(secure=True, peer_certificate=identity)
+
+
+def _subject_for_log(record: _Verification, peer: x509.Certificate | None) -> str:
+    subject = record.leaf_subject
+    if subject is None and peer is not None:
+        try:
+            subject = peer.subject.rfc4514_string()
+        except ValueError:
+            subject = "<unparseable subject>"
+    return "none" if subject is None else _printable(subject)
 
 
 def _is_ip(text: str) -> bool:

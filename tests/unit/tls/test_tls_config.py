@@ -81,6 +81,8 @@ def test_modes_per_listener_and_per_trunk() -> None:
     assert config.peer_mode(("192.0.2.10", 5062)) == "server-only"
     assert config.server_name(("192.0.2.20", 5061)) == "sip.carrier.example"
     assert config.server_name(("192.0.2.30", 5061)) == "192.0.2.30"
+    assert config.server_name(("PBX.example", 5061)) == "pbx.example"  # a name: checked as is
+    assert config.peer_mode(("pbx.example", 5061)) == "server-only"
     assert config.verifies("server-only") and config.verifies("mutual")
     assert not config.verifies("encryption-only")
     assert not TlsConfig(verify_peers=False).verifies("server-only")
