@@ -37,9 +37,10 @@ class TlsGatewayProcess(GatewayProcess):
         tls: Mapping[str, TlsValue] | None = None,
         settings: Mapping[str, Mapping[str, TomlValue]] | None = None,
         extra_toml: str = "",
+        port: int | None = None,
         **kwargs: Any,
     ) -> None:
-        port = free_port_pair()
+        port = free_port_pair() if port is None else port
         self.tls_port = free_port("tcp")
         merged: dict[str, dict[str, TomlValue]] = {
             table: dict(keys) for table, keys in (settings or {}).items()
@@ -54,10 +55,9 @@ class TlsGatewayProcess(GatewayProcess):
         tables = {k: v for k, v in (tls or {}).items() if isinstance(v, Mapping)}
         tls_toml = toml_tables({"plugins.tls": scalars})  # type: ignore[dict-item]
         tls_toml += "".join(f"{key} = {_inline_table(value)}\n" for key, value in tables.items())
-        super().__init__(workdir, settings=merged, extra_toml=tls_toml + extra_toml, **kwargs)
-        # The base class picked its own port pair for the listeners it writes by default; ours
-        # replaced them, so readiness probes and sipp targets use ours.
-        self.port = port
+        super().__init__(
+            workdir, settings=merged, extra_toml=tls_toml + extra_toml, port=port, **kwargs
+        )
 
     @property
     def tls_address(self) -> str:
