@@ -30,7 +30,12 @@ import attrs
 
 T = TypeVar("T")
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("udp", "tcp")
+DEFAULT_PLUGINS: tuple[str, ...] = ("udp", "tcp", "tls", "sdes")
+DEFAULT_LISTEN: tuple[str, ...] = (
+    "udp:127.0.0.1:5060",
+    "tcp:127.0.0.1:5060",
+    "tls:127.0.0.1:5061",
+)
 
 
 class ConfigError(Exception):
@@ -115,7 +120,8 @@ class GatewaySection:
 
 @attrs.frozen
 class SipSection:
-    listen: tuple[str, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+    # None: the default listeners of the enabled transports (DEFAULT_LISTEN).
+    listen: tuple[str, ...] | None = None
     user_agent: str = "voipgw"
     t1: float = 0.5
     t2: float = 4.0
@@ -214,8 +220,16 @@ class GatewayConfig:
     source: str = "<embedded defaults>"
 
     @property
+    def listen(self) -> tuple[str, ...]:
+        """``[sip] listen``, or the default listeners of the enabled transports."""
+        if self.sip.listen is not None:
+            return self.sip.listen
+        enabled = set(self.plugins.enable)
+        return tuple(t for t in DEFAULT_LISTEN if t.partition(":")[0] in enabled)
+
+    @property
     def listen_specs(self) -> tuple[ListenSpec, ...]:
-        return tuple(ListenSpec.parse(text) for text in self.sip.listen)
+        return tuple(ListenSpec.parse(text) for text in self.listen)
 
     @property
     def media_ports(self) -> PortRange:
@@ -342,7 +356,7 @@ def structure(cls: type[T], table: Mapping[str, Any], *, file: str, table_name: 
 
 
 def _validate(config: GatewayConfig, file: str) -> None:
-    for text in config.sip.listen:
+    for text in config.listen:
         try:
             ListenSpec.parse(text)
         except ValueError as exc:

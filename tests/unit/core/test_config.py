@@ -16,12 +16,15 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_embedded_defaults_match_the_documented_ones() -> None:
     config = cfg.embedded_defaults()
-    assert config.sip.listen == ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+    assert config.sip.listen is None
+    assert config.listen == ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060", "tls:127.0.0.1:5061")
+    only_udp = cfg.from_mapping({"plugins": {"enable": ["udp"]}})
+    assert only_udp.listen == ("udp:127.0.0.1:5060",)
     assert config.media.address == "127.0.0.1"
     assert config.media_ports == PortRange(30000, 30999)
     assert config.gateway.state_dir == "./voipgw-state"
     assert config.gateway.realm == "voipgw.local"
-    assert config.plugins.enable == ("udp", "tcp")
+    assert config.plugins.enable == ("udp", "tcp", "tls", "sdes")
 
 
 def test_full_file_is_structured(tmp_path: Path) -> None:
