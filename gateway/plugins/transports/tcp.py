@@ -23,7 +23,7 @@ from gateway.core.interfaces import Listener, TransportHost
 from gateway.core.plugins import Registry
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.framing import KeepAlivePing, StreamFramer
-from gateway.core.transport.flows import Address, Flow, FlowKey, format_address
+from gateway.core.transport.flows import Address, Flow, FlowKey, PeerCertificate, format_address
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ConnectionInfo:
     """What a stream transport knows about one connection, for building its flow."""
 
     secure: bool = False
-    peer_certificate: object | None = None
+    peer_certificate: PeerCertificate | None = None
 
 
 class StreamTransport:
@@ -106,9 +106,14 @@ class StreamTransport:
             try:
                 wrapped, info = await self.wrap(stream, server_side=True, remote=remote)
             except (trio.BrokenResourceError, OSError, ValueError) as exc:
-                log.warning(
-                    "%s: connection from %s failed: %s", self.name, format_address(remote), exc
-                )
+                # A transport whose wrap() logs its own failures (TLS handshakes) marks them.
+                if not getattr(exc, "logged", False):
+                    log.warning(
+                        "%s: connection from %s failed: %s",
+                        self.name,
+                        format_address(remote),
+                        exc,
+                    )
                 await stream.aclose()
                 return
             await self._run_connection(wrapped, info, local, remote, host)
@@ -138,7 +143,7 @@ class StreamTransport:
             send=send,
             reliable=True,
             secure=info.secure,
-            peer_certificate=info.peer_certificate,  # type: ignore[arg-type]
+            peer_certificate=info.peer_certificate,
             last_activity=trio.current_time(),
         )
         host.flows.add(flow)
@@ -188,13 +193,20 @@ class StreamTransport:
             return existing
         if self._nursery is None:
             raise OSError(f"no {self.name} listener is running to own outbound connections")
-        with trio.fail_after(self.config.connect_timeout):
-            stream = await trio.open_tcp_stream(remote[0], remote[1])
-            try:
-                wrapped, info = await self.wrap(stream, server_side=False, remote=remote)
-            except BaseException:
-                await stream.aclose()
-                raise
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                stream = await trio.open_tcp_stream(remote[0], remote[1])
+                try:
+                    wrapped, info = await self.wrap(stream, server_side=False, remote=remote)
+                except BaseException:
+                    await stream.aclose()
+                    raise
+        except trio.TooSlowError:
+            # Callers handle unreachable peers as OSError (the endpoint answers 408/503).
+            raise OSError(
+                f"{self.name}: no connection to {format_address(remote)} within "
+                f"{self.config.connect_timeout:g} s"
+            ) from None
         local: Address = stream.socket.getsockname()[:2]
         # The connection's reader lives in the listener's nursery, not in the caller's task, so
         # the connection outlives the request that opened it and carries the peer's requests too.

@@ -594,7 +594,10 @@ def client_context(
 
 class TlsHandshakeError(OSError):
     """A TLS connection could not be established. An OSError, so callers that handle an
-    unreachable peer handle this too; the message says why."""
+    unreachable peer handle this too; the message says why. The handshake code has logged it
+    already (``logged``), so the connection handler does not log it twice."""
+
+    logged = True
 
 
 def _printable(text: str) -> str:
