@@ -1,0 +1,124 @@
+"""No media before keys, on real sockets: a leg whose policy needs SRTP gets nothing forwarded
+until its keys exist, then only SRTP; a cleartext leg gets RTP (ports 47000-47299)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from gateway.core.config import PortRange
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.keying import CallKeying
+from gateway.core.media.policy import BUILTIN_POLICIES
+from gateway.core.media.ports import PortAllocator
+from gateway.core.media.relay import MediaRelay
+from gateway.core.media.security import LegSecurity
+from gateway.core.media.session import MediaSession
+from gateway.core.media.srtp import SrtpSession
+from gateway.core.sdp.parser import parse_sdp_untrusted
+
+ADDRESS = "127.0.0.1"
+
+
+def rtp(sequence: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, 0x1234ABCD) + b"\xd5" * 160
+
+
+def sdp_for(port: int) -> bytes:
+    return (
+        f"v=0\r\no=- 1 1 IN IP4 {ADDRESS}\r\ns=-\r\nc=IN IP4 {ADDRESS}\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
+    ).encode()
+
+
+class FakeLeg(LegSecurity):
+    """A leg whose keys the test sets directly (the negotiation is tested elsewhere)."""
+
+    def __init__(self, policy: str) -> None:
+        super().__init__(
+            side="a",
+            policy=BUILTIN_POLICIES[policy],
+            secure_signalling=True,
+            key_exchanges={},
+            signalling="tls",
+        )
+        self.fake_keys: SrtpKeys | None = None
+
+    def keys(self, index: int) -> SrtpKeys | None:
+        return self.fake_keys
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[MediaRelay]:
+    media = MediaRelay(PortAllocator(ADDRESS, PortRange(47000, 47099)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(media.serve)
+        yield media
+        nursery.cancel_scope.cancel()
+
+
+def phone(port: int) -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
+async def receive(sock: trio.socket.SocketType, within: float) -> bytes | None:
+    with trio.move_on_after(within):
+        data, _ = await sock.recvfrom(2048)
+        return data
+    return None
+
+
+async def test_srtp_leg_gets_nothing_before_keys_then_only_srtp(relay: MediaRelay) -> None:
+    session = MediaSession(relay, media_address=ADDRESS)
+    keying = CallKeying(session)
+    srtp_leg, plain_leg = FakeLeg("sdes"), FakeLeg("best-effort")
+    a_phone, b_phone = phone(47200), phone(47202)
+    with a_phone, b_phone:
+        await a_phone.bind((ADDRESS, 47200))
+        await b_phone.bind((ADDRESS, 47202))
+        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(47200)))
+        answer_a = session.answer_from("b", parse_sdp_untrusted(sdp_for(47202)))
+        session.settle()
+        a_port, b_port = answer_a.media[0].port, offer_b.media[0].port
+        keying.apply(srtp_leg, plain_leg)
+
+        # Before keys: B's RTP is not forwarded to A, not even in clear.
+        await b_phone.sendto(rtp(1), (ADDRESS, b_port))
+        assert await receive(a_phone, 0.3) is None
+        stream = session.streams[0]
+        assert stream.b_to_a.statistics().dropped >= 1
+
+        # Keys arrive: A now gets SRTP that only A's keys decrypt, and A's SRTP becomes RTP.
+        ours, theirs = os.urandom(30), os.urandom(30)
+        srtp_leg.fake_keys = SrtpKeys("AES_CM_128_HMAC_SHA1_80", ours, theirs)
+        keying.apply(srtp_leg, plain_leg)
+        a_side = SrtpSession(SrtpKeys("AES_CM_128_HMAC_SHA1_80", theirs, ours))
+        await b_phone.sendto(rtp(2), (ADDRESS, b_port))
+        with trio.fail_after(5):
+            protected, _ = await a_phone.recvfrom(2048)
+        assert protected != rtp(2)
+        assert a_side.unprotect_rtp(protected) == rtp(2)
+
+        sent = a_side.protect_rtp(rtp(3))
+        assert sent is not None
+        await a_phone.sendto(sent, (ADDRESS, a_port))
+        with trio.fail_after(5):
+            plain, _ = await b_phone.recvfrom(2048)
+        assert plain == rtp(3)
+
+        # A cleartext packet from A is dropped: it does not authenticate.
+        await a_phone.sendto(rtp(4), (ADDRESS, a_port))
+        assert await receive(b_phone, 0.3) is None
+
+        keying.block_all()
+        await b_phone.sendto(rtp(5), (ADDRESS, b_port))
+        assert await receive(a_phone, 0.3) is None
+        keying.close()
+        session.close()

@@ -1,0 +1,142 @@
+"""LegSecurity: per-leg SDES negotiation under each built-in policy, without sockets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gateway.core.interfaces import MediaPolicy
+from gateway.core.media.policy import BUILTIN_POLICIES
+from gateway.core.media.security import LegSecurity, MediaSecurityRefused
+from gateway.core.sdp.model import SessionDescription
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sdp.serializer import serialize_sdp
+from gateway.plugins.keyexchange.sdes import SdesKeyExchange
+
+PLAIN = """v=0
+o=- 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio 20000 RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+a=sendrecv
+"""
+
+
+def sdp(text: str) -> SessionDescription:
+    return parse_sdp_untrusted(text.replace("\n", "\r\n").encode())
+
+
+def leg(policy: str | MediaPolicy, *, tls: bool, side: str = "b") -> LegSecurity:
+    chosen = BUILTIN_POLICIES[policy] if isinstance(policy, str) else policy
+    return LegSecurity(
+        side=side,
+        policy=chosen,
+        secure_signalling=tls,
+        key_exchanges={"sdes": SdesKeyExchange(random_bytes=os.urandom)},
+        signalling="tls" if tls else "udp",
+    )
+
+
+def offer_between(offerer: LegSecurity, answerer: LegSecurity) -> None:
+    """offerer makes an offer on its leg; the answerer leg (another gateway leg playing the
+    peer) answers it; the answer goes back to the offerer leg."""
+    offered = offerer.make_offer(sdp(PLAIN))
+    answerer.take_offer(offered)
+    answered = answerer.make_answer(sdp(PLAIN))
+    offerer.take_answer(answered)
+
+
+def test_sdes_policy_over_tls_offers_savp_with_keys() -> None:
+    offered = leg("sdes", tls=True).make_offer(sdp(PLAIN))
+    media = offered.media[0]
+    assert media.proto == "RTP/SAVP"
+    assert len(media.crypto) >= 1
+    assert b"inline:" in serialize_sdp(offered)
+
+
+def test_best_effort_over_tls_offers_avp_with_keys() -> None:
+    offered = leg("best-effort", tls=True).make_offer(sdp(PLAIN))
+    assert offered.media[0].proto == "RTP/AVP"
+    assert offered.media[0].crypto
+
+
+def test_no_keys_ever_offered_over_plain_signalling() -> None:
+    offered = leg("best-effort", tls=False).make_offer(sdp(PLAIN))
+    assert offered.media[0].proto == "RTP/AVP" and not offered.media[0].crypto
+    with pytest.raises(MediaSecurityRefused, match="TLS"):
+        leg("sdes", tls=False).make_offer(sdp(PLAIN))
+
+
+def test_rtp_only_offers_plain_and_refuses_srtp_only_offers() -> None:
+    assert not leg("rtp-only", tls=True).make_offer(sdp(PLAIN)).media[0].crypto
+    srtp_offer = leg("sdes", tls=True).make_offer(sdp(PLAIN))
+    with pytest.raises(MediaSecurityRefused, match="encrypted media"):
+        leg("rtp-only", tls=True, side="a").take_offer(srtp_offer)
+
+
+def test_cleartext_offer_refused_where_policy_needs_encryption() -> None:
+    with pytest.raises(MediaSecurityRefused, match="requires encrypted media"):
+        leg("encrypted-only", tls=True, side="a").take_offer(sdp(PLAIN))
+
+
+def test_sdes_offer_over_udp_is_refused_naming_tls() -> None:
+    srtp_offer = leg("sdes", tls=True).make_offer(sdp(PLAIN))
+    with pytest.raises(MediaSecurityRefused, match="TLS"):
+        leg("best-effort", tls=False, side="a").take_offer(srtp_offer)
+
+
+def test_best_effort_avp_with_crypto_over_udp_falls_back_to_cleartext() -> None:
+    best_effort_offer = leg("best-effort", tls=True).make_offer(sdp(PLAIN))
+    a = leg("best-effort", tls=False, side="a")
+    plain = a.take_offer(best_effort_offer)
+    assert not plain.media[0].crypto
+    answer = a.make_answer(sdp(PLAIN))
+    assert answer.media[0].proto == "RTP/AVP" and not answer.media[0].crypto
+    assert a.keys(0) is None
+
+
+def test_negotiated_keys_mirror_each_other() -> None:
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offer_between(ours, peer)
+    k1, k2 = ours.keys(0), peer.keys(0)
+    assert k1 is not None and k2 is not None
+    assert k1.suite == k2.suite
+    assert k1.local_key == k2.remote_key and k1.remote_key == k2.local_key
+    record = ours.record()
+    assert record["policy"] == "sdes" and record["streams"][0]["encrypted"]
+    assert record["streams"][0]["suite"] == k1.suite
+    assert "inline" not in repr(record) and k1.local_key.hex() not in repr(record)
+
+
+def test_answer_declining_keys_is_refused_when_encryption_is_required() -> None:
+    ours = leg("sdes", tls=True)
+    ours.make_offer(sdp(PLAIN))
+    with pytest.raises(MediaSecurityRefused, match="declined"):
+        ours.take_answer(sdp(PLAIN))
+
+
+def test_answer_declining_keys_is_cleartext_under_best_effort() -> None:
+    ours = leg("best-effort", tls=True)
+    ours.make_offer(sdp(PLAIN))
+    ours.take_answer(sdp(PLAIN))
+    assert ours.keys(0) is None
+    assert ours.record()["streams"][0]["key_exchange"] == "none"
+
+
+def test_policy_suites_restrict_the_offer() -> None:
+    gcm_only = MediaPolicy(
+        name="gcm", key_exchanges=("sdes",), allow_cleartext=False, suites=("AEAD_AES_128_GCM",)
+    )
+    offered = leg(gcm_only, tls=True).make_offer(sdp(PLAIN))
+    assert [c.split()[1] for c in offered.media[0].crypto] == ["AEAD_AES_128_GCM"]
+
+
+def test_reoffer_keeps_keys_in_force() -> None:
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offer_between(ours, peer)
+    before = ours.keys(0)
+    offer_between(ours, peer)
+    assert ours.keys(0) == before
