@@ -316,6 +316,9 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     store, config = _open_store(args)
     try:
         action = args.accounts_command
+        policy = getattr(args, "media_policy", None)
+        if policy is not None:
+            _check_media_policy(policy, config)
         if action == "add":
             account = store.accounts_add(
                 args.name,
@@ -371,6 +374,22 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _check_media_policy(name: str, config: GatewayConfig) -> None:
+    """A policy name must be built in or registered by an enabled plugin: a typo would leave
+    the account on a policy nobody knows (the gateway then refuses cleartext on its legs)."""
+    from gateway.core.media.policy import all_policies
+
+    plugins = load_plugins(config)
+    known = all_policies(plugins.media_policies.items())
+    if name not in known:
+        raise ConfigError(
+            "--media-policy",
+            "",
+            None,
+            f"unknown media policy {name!r}; known: {', '.join(sorted(known))}",
+        )
 
 
 def _fingerprint_of(item: str) -> str:

@@ -42,7 +42,7 @@ class ConfigError(Exception):
     """A configuration mistake. ``str()`` names the file, the table and the key."""
 
     def __init__(self, file: str, table: str, key: str | None, message: str) -> None:
-        where = f"{file}: [{table}]" if table else f"{file}:"
+        where = f"{file}: [{table}]" if table else file
         if key is not None:
             where += f" {key}"
         super().__init__(f"{where}: {message}")

@@ -99,6 +99,23 @@ class Gateway:
         """Everything ``voipgw check-config`` verifies beyond the file itself."""
         for spec in self.config.listen_specs:
             self.transport_for(spec)
+        for index, trunk in enumerate(self.config.trunks):
+            if trunk.media_policy not in self.media_policies:
+                known = ", ".join(sorted(self.media_policies))
+                raise ConfigError(
+                    self.config.source,
+                    f"trunks.{trunk.name or index}",
+                    "media_policy",
+                    f"unknown media policy {trunk.media_policy!r}; known: {known}",
+                )
+            transport = trunk.address_spec.transport
+            if transport not in self.plugins.transports:
+                raise ConfigError(
+                    self.config.source,
+                    f"trunks.{trunk.name or index}",
+                    "address",
+                    f"transport {transport!r} is not provided by an enabled plugin",
+                )
         state_dir = Path(self.config.gateway.state_dir)
         if state_dir.exists() and not state_dir.is_dir():
             raise ConfigError(

@@ -277,3 +277,28 @@ def test_calls_lists_live_calls_with_each_legs_protection(tmp_path: Path) -> Non
     import json
 
     assert [c["call_id"] for c in json.loads(as_json.stdout)] == ["live-1"]
+
+
+def test_media_policy_names_are_checked(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    bad = voipgw(
+        "accounts", "add", "zed", "--password", "x", "--media-policy", "sdez", "--state-dir", state
+    )
+    assert bad.returncode == 2
+    assert "unknown media policy 'sdez'" in bad.stderr and "best-effort" in bad.stderr
+    good = voipgw(
+        "accounts", "add", "zed", "--password", "x", "--media-policy", "sdes", "--state-dir", state
+    )
+    assert good.returncode == 0, good.stderr
+    changed = voipgw(
+        "accounts", "set", "zed", "--media-policy", "encrypted-only", "--state-dir", state
+    )
+    assert changed.returncode == 0
+    config = tmp_path / "trunk.toml"
+    config.write_text(
+        '[[trunks]]\nname = "carrier"\naddress = "udp:127.0.0.2:5060"\n'
+        'media_policy = "secure-ish"\n'
+    )
+    checked = voipgw("check-config", str(config))
+    assert checked.returncode == 2
+    assert "[trunks.carrier] media_policy" in checked.stderr

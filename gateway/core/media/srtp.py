@@ -1,4 +1,5 @@
-"""SRTP and SRTCP protection for one leg of a media stream, over libsrtp (RFC 3711, 6188, 7714).
+"""SRTP and SRTCP protection for one leg of a media stream (RFC 3711, 6188, 7714): libsrtp, and
+our own Python code for the AES-192 suites while libsrtp derives their keys wrongly.
 
 Theory of operation
 -------------------
@@ -44,6 +45,11 @@ accepts at most ``max_ssrcs`` SSRCs; packets of further SSRCs are dropped and co
 (``ssrc_limit``). Inbound, an SSRC only counts once one of its packets has authenticated.
 Packets longer than :data:`MAX_PACKET_LENGTH` are dropped (``other_errors``).
 
+The Python path (:mod:`gateway.core.media.srtp_python`, see "AES-192" below) does all of the
+above the same way, with two differences: its SRTCP replay window has ``replay_window`` entries
+too (the default is libsrtp's 128), and its window is exactly that many packets (libsrtp rounds
+up to a multiple of 32).
+
 Not supported (the SDES plugin must not accept them): MKI, a key derivation rate other than 0
 (libsrtp 2.x derives once), ``UNENCRYPTED_SRTP``/``UNENCRYPTED_SRTCP``/``UNAUTHENTICATED_SRTP``.
 
@@ -65,14 +71,17 @@ through the setters, also those pylibsrtp names (the tests compare the results b
 ``srtp_crypto_policy_set_from_profile_for_rtp``/``_rtcp``). A pylibsrtp upgrade must re-check
 the cdef, the exported setters and the error numbers below, then move the pin.
 
-AES-192: libsrtp 2.7.0 gets the key derivation wrong
-----------------------------------------------------
+AES-192: libsrtp 2.7.0 gets the key derivation wrong, so Python does it
+----------------------------------------------------------------------
 libsrtp up to 2.7.0 runs its AES-256 key derivation for every master key longer than 30 octets,
 widening an AES-192 key and salt with zeros (cisco/libsrtp issue 763, fixed after 2.7.0). Its
 AES_192_CM suites therefore derive other session keys than RFC 6188 §7.4 and every conforming
 peer: not one packet would authenticate. An import-time known-answer check finds out; while it
-fails, both AES_192_CM suites are listed in :data:`UNSUPPORTED_SUITES` (with the reason) and
-:class:`SrtpSession` refuses them. A pylibsrtp with a fixed libsrtp enables them by itself.
+fails, both AES_192_CM suites are listed in :data:`PYTHON_SUITES` (with the reason) and
+:class:`SrtpSession` protects them with :mod:`gateway.core.media.srtp_python` (AES-CM and
+HMAC-SHA1 over the ``cryptography`` package, RFC 3711 with RFC 6188's 192-bit key derivation).
+A pylibsrtp with a fixed libsrtp passes the check, and libsrtp takes the suites back by itself.
+Every suite is provided one way or the other: :data:`UNSUPPORTED_SUITES` is empty.
 
 Speed
 -----
@@ -83,13 +92,14 @@ packet, and failures are a status number, so a drop costs no exception. The copy
 the cost per packet and suite.
 
 Keys are copied into C memory only for ``srtp_create``, which derives the session keys; the copy
-is then zeroed. No key material is kept in Python objects, logged or shown in a repr.
+is then zeroed. No key material is kept in Python objects, logged or shown in a repr. (The
+Python path keeps its session keys in ``cryptography``'s OpenSSL contexts; see its module.)
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +108,7 @@ import pylibsrtp  # importing it runs srtp_init() once per process
 from pylibsrtp import _binding
 
 from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.srtp_python import Drop, SrtpReceiver, SrtpSender
 
 if TYPE_CHECKING:
     from gateway.core.interfaces import SrtpKeys
@@ -108,6 +119,7 @@ _lib: Any = _binding.lib
 __all__ = [
     "DEFAULT_REPLAY_WINDOW",
     "MAX_PACKET_LENGTH",
+    "PYTHON_SUITES",
     "SUITES",
     "SUPPORTED_SUITES",
     "UNSUPPORTED_SUITES",
@@ -121,7 +133,7 @@ __all__ = [
 @attrs.frozen
 class SrtpSuite:
     """One SDES crypto-suite (RFC 4568 §6.2, RFC 6188 §3, RFC 7714 §14.2) and how libsrtp
-    provides it."""
+    provides it (or would: see :data:`PYTHON_SUITES`)."""
 
     name: str
     master_key_length: int
@@ -336,13 +348,19 @@ _AES192_REASON = (
     "decrypt or authenticate what it protects"
 )
 
-UNSUPPORTED_SUITES: Mapping[str, str] = MappingProxyType(
+PYTHON_SUITES: Mapping[str, str] = MappingProxyType(
     {}
     if _libsrtp_aes192_follows_rfc6188()
     else {name: _AES192_REASON for name in SUITES if name.startswith("AES_192_")}
 )
-"""Suites of :data:`SUITES` that this libsrtp cannot provide correctly, with the reason.
-:class:`SrtpSession` refuses them; key exchanges must neither offer nor accept them."""
+"""Suites of :data:`SUITES` that :class:`SrtpSession` protects with
+:mod:`gateway.core.media.srtp_python` instead of libsrtp, with the reason (libsrtp gets them
+wrong). Empty once the bundled libsrtp passes the import-time AES-192 check."""
+
+UNSUPPORTED_SUITES: Mapping[str, str] = MappingProxyType({})
+"""Suites of :data:`SUITES` that cannot be provided correctly, with the reason:
+:class:`SrtpSession` refuses them and key exchanges must neither offer nor accept them. Empty:
+the AES-192 suites libsrtp gets wrong are provided in Python (:data:`PYTHON_SUITES`)."""
 
 SUPPORTED_SUITES: tuple[str, ...] = tuple(n for n in SUITES if n not in UNSUPPORTED_SUITES)
 """Names of the suites :class:`SrtpSession` provides, in :data:`SUITES` order."""
@@ -360,9 +378,13 @@ class SrtpSession:
 
     Single-threaded, like the relay: call it from one thread only. Close it (or use it as a
     context manager) when the leg ends, to free libsrtp's state and its session keys at once.
+
+    :attr:`implementation` says who does the cryptography: ``"libsrtp"``, or ``"python"`` for
+    the suites of :data:`PYTHON_SUITES`. Both behave the same towards the relay.
     """
 
     suite: SrtpSuite
+    implementation: str
     replay_window: int
     max_ssrcs: int
     _inbound: _Context = attrs.field(repr=False)
@@ -401,6 +423,19 @@ class SrtpSession:
         self.suite = suite
         self.replay_window = replay_window
         self.max_ssrcs = max_ssrcs
+        if suite.name in PYTHON_SUITES:
+            self.implementation = "python"
+            options = {
+                "master_key_length": suite.master_key_length,
+                "rtp_tag_length": suite.rtp_tag_length,
+                "replay_window": replay_window,
+                "max_ssrcs": max_ssrcs,
+            }
+            self._inbound = _Context(SrtpReceiver(keys.remote_key, **options))
+            self._outbound = _Context(SrtpSender(keys.local_key, **options))
+            self._cdata = self._buffer = self._length = None
+            return
+        self.implementation = "libsrtp"
         self._inbound = _Context(
             _create_context(suite, keys.remote_key, _lib.ssrc_any_inbound, replay_window)
         )
@@ -415,19 +450,27 @@ class SrtpSession:
 
     def protect_rtp(self, packet: bytes) -> bytes | None:
         """RTP -> SRTP with the local key (RFC 3711 §3.3), or None when dropped (counted)."""
+        if self._cdata is None:
+            return self._process_python(self._outbound, SrtpSender.protect_rtp, packet)
         return self._process(self._outbound, _protect, packet, 8)
 
     def protect_rtcp(self, packet: bytes) -> bytes | None:
         """RTCP -> SRTCP with the local key (RFC 3711 §3.4), or None when dropped (counted)."""
+        if self._cdata is None:
+            return self._process_python(self._outbound, SrtpSender.protect_rtcp, packet)
         return self._process(self._outbound, _protect_rtcp, packet, 4)
 
     def unprotect_rtp(self, packet: bytes) -> bytes | None:
         """SRTP from the leg -> RTP with the remote key, or None when it fails authentication,
         is a replay, or is otherwise refused (counted by reason)."""
+        if self._cdata is None:
+            return self._process_python(self._inbound, SrtpReceiver.unprotect_rtp, packet)
         return self._process(self._inbound, _unprotect, packet, 8)
 
     def unprotect_rtcp(self, packet: bytes) -> bytes | None:
         """SRTCP from the leg -> RTCP with the remote key, or None (counted by reason)."""
+        if self._cdata is None:
+            return self._process_python(self._inbound, SrtpReceiver.unprotect_rtcp, packet)
         return self._process(self._inbound, _unprotect_rtcp, packet, 4)
 
     def _process(
@@ -462,6 +505,29 @@ class SrtpSession:
         result: bytes = self._buffer[0 : length[0]]
         return result
 
+    @staticmethod
+    def _process_python(
+        context: _Context, function: Callable[[Any, bytes], bytes | Drop], packet: bytes
+    ) -> bytes | None:
+        # The same counting for the Python path; srtp_python bounds the SSRCs itself.
+        ctx = context.ctx
+        if ctx is None or len(packet) > MAX_PACKET_LENGTH:
+            context.other_errors += 1
+            return None
+        result = function(ctx, packet)
+        if isinstance(result, bytes):
+            context.passed += 1
+            return result
+        if result is Drop.AUTH_FAILURE:
+            context.auth_failures += 1
+        elif result is Drop.REPLAY:
+            context.replays += 1
+        elif result is Drop.SSRC_LIMIT:
+            context.ssrc_limit += 1
+        else:
+            context.other_errors += 1
+        return None
+
     # -- state -----------------------------------------------------------------------------------
 
     @property
@@ -480,12 +546,14 @@ class SrtpSession:
         )
 
     def close(self) -> None:
-        """Free both libsrtp contexts now (libsrtp zeroes the session keys). Packets given to
-        the transforms afterwards are dropped and counted as ``other_errors``. Closing twice is
-        harmless."""
+        """Free both contexts now (libsrtp zeroes the session keys; the Python path drops its
+        OpenSSL contexts). Packets given to the transforms afterwards are dropped and counted as
+        ``other_errors``. Closing twice is harmless."""
         for context in (self._inbound, self._outbound):
             ctx, context.ctx = context.ctx, None
-            if ctx is not None:
+            if isinstance(ctx, SrtpSender | SrtpReceiver):
+                ctx.close()
+            elif ctx is not None:
                 _ffi.release(ctx)  # runs srtp_dealloc now instead of at garbage collection
 
     def __enter__(self) -> SrtpSession:
