@@ -275,7 +275,10 @@ class SrtpStatistics:
 
 
 class _Context:
-    """One libsrtp context (one master key, one direction) and its counters. Hot-path state."""
+    """One context (one master key, one direction) and its counters. Hot-path state.
+
+    ``ctx`` is a libsrtp ``srtp_t`` or, for :data:`PYTHON_SUITES`, an ``SrtpSender`` or
+    ``SrtpReceiver`` (which keeps its own SSRC set, so ``ssrcs`` stays empty)."""
 
     __slots__ = ("auth_failures", "ctx", "other_errors", "passed", "replays", "ssrc_limit", "ssrcs")
 

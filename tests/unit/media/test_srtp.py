@@ -2,7 +2,10 @@
 tampering, replays, the roll-over counter, SRTCP indexes, SSRC changes and limits, closing.
 
 Exact bytes per suite are in test_srtp_vectors.py; here the sessions talk to each other (and to
-pylibsrtp's own Session where it names the profile).
+pylibsrtp's own Session where it names the profile). Every test over ``ALL`` runs the AES-192
+suites too, which the bundled libsrtp gets wrong and srtp_python provides; the tests of one
+suite's behaviour run once with libsrtp (AES_CM_128) and once with the Python path (AES_192).
+The Python module's own tests are in test_srtp_python.py.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.srtp import (
     DEFAULT_REPLAY_WINDOW,
     MAX_PACKET_LENGTH,
+    PYTHON_SUITES,
     SUITES,
     SUPPORTED_SUITES,
     UNSUPPORTED_SUITES,
@@ -33,6 +37,9 @@ from gateway.core.media.srtp import (
 ALL = list(SUPPORTED_SUITES)
 HMAC_SUITES = [name for name in ALL if "HMAC_SHA1" in name]
 GCM_SUITES = [name for name in ALL if name.startswith("AEAD_")]
+AES192_SUITES = ["AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32"]
+# One suite through libsrtp, one through srtp_python (while libsrtp 2.7.0 is bundled).
+BOTH_PATHS = ["AES_CM_128_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_80"]
 
 
 def key_for(name: str, seed: int) -> bytes:
@@ -85,12 +92,20 @@ def test_suite_table_sizes_follow_the_rfcs() -> None:
     assert [SUITES[n].key_salt_length for n in SUITES] == [30, 30, 38, 38, 46, 46, 28, 44]
 
 
-def test_the_pinned_pylibsrtp_bundles_libsrtp_2_7_0_without_aes192() -> None:
+def test_the_pinned_pylibsrtp_bundles_libsrtp_2_7_0_and_aes192_runs_in_python() -> None:
     # What this module was checked against; a new pin must re-check the notes in srtp.py.
     assert pylibsrtp.__version__ == "1.0.0"
     assert libsrtp_version() == "libsrtp2 2.7.0"
-    assert set(UNSUPPORTED_SUITES) == {"AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32"}
-    assert tuple(n for n in SUITES if not n.startswith("AES_192_")) == SUPPORTED_SUITES
+    assert set(PYTHON_SUITES) == set(AES192_SUITES)
+    assert all("issue 763" in reason for reason in PYTHON_SUITES.values())
+    assert dict(UNSUPPORTED_SUITES) == {}
+    assert tuple(SUITES) == SUPPORTED_SUITES
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_session_says_who_does_the_cryptography(name: str) -> None:
+    gateway, _ = pair(name)
+    assert gateway.implementation == ("python" if name in PYTHON_SUITES else "libsrtp")
 
 
 def crypto_policy(setter: str) -> tuple[int, ...]:
@@ -226,7 +241,7 @@ def test_round_trip_both_ways(name: str) -> None:
 
 
 @pytest.mark.parametrize("tag", ["80", "32"])
-@pytest.mark.parametrize("cipher", ["AES_CM_128", "AES_256_CM"])
+@pytest.mark.parametrize("cipher", ["AES_CM_128", "AES_192_CM", "AES_256_CM"])
 def test_32_bit_tags_on_rtp_and_80_bit_tags_on_rtcp(cipher: str, tag: str) -> None:
     name = f"{cipher}_HMAC_SHA1_{tag}"
     key = key_for(name, 4)
@@ -236,7 +251,7 @@ def test_32_bit_tags_on_rtp_and_80_bit_tags_on_rtcp(cipher: str, tag: str) -> No
         assert len(s.protect_rtcp(receiver_report()) or b"") == len(receiver_report()) + 4 + 10
 
 
-@pytest.mark.parametrize("cipher", ["AES_CM_128", "AES_256_CM"])
+@pytest.mark.parametrize("cipher", ["AES_CM_128", "AES_192_CM", "AES_256_CM"])
 def test_the_32_bit_tag_is_the_80_bit_tag_truncated(cipher: str) -> None:
     # RFC 3711 §4.2.1: HMAC-SHA1 truncated to the suite's tag length; same keys, same key stream.
     key = key_for(f"{cipher}_HMAC_SHA1_80", 5)
@@ -308,8 +323,8 @@ def test_plain_rtp_never_passes_as_srtp(name: str) -> None:
     assert stats(gateway).unprotected == 0
 
 
-def test_a_packet_under_another_key_fails_authentication() -> None:
-    name = "AES_CM_128_HMAC_SHA1_80"
+@pytest.mark.parametrize("name", BOTH_PATHS)
+def test_a_packet_under_another_key_fails_authentication(name: str) -> None:
     gateway, _ = pair(name)
     stranger = SrtpSession(SrtpKeys(name, local_key=key_for(name, 9), remote_key=key_for(name, 9)))
     assert gateway.unprotect_rtp(stranger.protect_rtp(rtp(1)) or b"") is None
@@ -342,9 +357,10 @@ def test_a_replayed_srtcp_packet_is_dropped_and_counted(name: str) -> None:
     assert stats(gateway).replays == 1
 
 
+@pytest.mark.parametrize("name", BOTH_PATHS)
 @pytest.mark.parametrize(("window", "accepted"), [(64, False), (DEFAULT_REPLAY_WINDOW, True)])
-def test_the_replay_window_is_configurable(window: int, accepted: bool) -> None:
-    gateway, phone = pair("AES_CM_128_HMAC_SHA1_80", replay_window=window)
+def test_the_replay_window_is_configurable(name: str, window: int, accepted: bool) -> None:
+    gateway, phone = pair(name, replay_window=window)
     assert gateway.replay_window == window
     late = phone.protect_rtp(rtp(1000))
     for sequence in range(1001, 1081):  # the late packet ends 80 behind the newest
@@ -353,9 +369,10 @@ def test_the_replay_window_is_configurable(window: int, accepted: bool) -> None:
     assert stats(gateway).replays == (0 if accepted else 1)
 
 
-def test_a_duplicate_is_never_protected_twice() -> None:
+@pytest.mark.parametrize("name", BOTH_PATHS)
+def test_a_duplicate_is_never_protected_twice(name: str) -> None:
     # A duplicate from the other leg would reuse the SRTP index (and key stream): dropped.
-    gateway, _ = pair("AES_CM_128_HMAC_SHA1_80")
+    gateway, _ = pair(name)
     assert gateway.protect_rtp(rtp(7)) is not None
     assert gateway.protect_rtp(rtp(7)) is None
     assert gateway.protect_rtp(rtp(7, payload=b"other")) is None
@@ -382,8 +399,9 @@ def test_the_roll_over_counter_follows_the_sequence_wrap(name: str) -> None:
     assert stats(late_joiner).auth_failures == 1
 
 
-def test_the_roll_over_counter_keeps_counting_over_many_wraps() -> None:
-    gateway, phone = pair("AEAD_AES_128_GCM")
+@pytest.mark.parametrize("name", ["AEAD_AES_128_GCM", *AES192_SUITES])
+def test_the_roll_over_counter_keeps_counting_over_many_wraps(name: str) -> None:
+    gateway, phone = pair(name)
     for step in range(3 * 65536 // 4000 + 1):
         sequence = step * 4000
         packet = phone.protect_rtp(rtp(sequence)) or b""
@@ -424,21 +442,25 @@ def test_new_ssrcs_are_accepted_under_the_same_key(name: str) -> None:
     assert stats(gateway).unprotected == 6
 
 
-def test_ssrcs_beyond_the_limit_are_dropped_and_counted() -> None:
-    gateway, phone = pair("AES_CM_128_HMAC_SHA1_80", max_ssrcs=2)
+@pytest.mark.parametrize("name", BOTH_PATHS)
+def test_ssrcs_beyond_the_limit_are_dropped_and_counted(name: str) -> None:
+    gateway, _ = pair(name, max_ssrcs=2)
+    _, phone = pair(name)  # the same keys; the phone itself has room for a third SSRC
     for ssrc in (1, 2):
         assert gateway.unprotect_rtp(phone.protect_rtp(rtp(1, ssrc=ssrc)) or b"") is not None
         assert gateway.protect_rtp(rtp(1, ssrc=ssrc)) is not None
     third = phone.protect_rtp(rtp(1, ssrc=3))
-    assert gateway.unprotect_rtp(third or b"") is None
+    assert third is not None
+    assert gateway.unprotect_rtp(third) is None
     assert gateway.protect_rtp(rtp(1, ssrc=3)) is None
     assert gateway.protect_rtcp(receiver_report(ssrc=3)) is None
     assert gateway.protect_rtcp(receiver_report(ssrc=2)) is not None  # a known SSRC
     assert stats(gateway).ssrc_limit == 3
 
 
-def test_forged_packets_do_not_use_up_ssrc_slots() -> None:
-    gateway, phone = pair("AES_CM_128_HMAC_SHA1_80", max_ssrcs=1)
+@pytest.mark.parametrize("name", BOTH_PATHS)
+def test_forged_packets_do_not_use_up_ssrc_slots(name: str) -> None:
+    gateway, phone = pair(name, max_ssrcs=1)
     for ssrc in range(10, 20):
         assert gateway.unprotect_rtp(rtp(1, ssrc=ssrc) + bytes(10)) is None
     assert stats(gateway).auth_failures == 10
@@ -448,8 +470,9 @@ def test_forged_packets_do_not_use_up_ssrc_slots() -> None:
 # -- malformed packets, closing, errors, repr ------------------------------------------------------
 
 
-def test_short_and_oversized_packets_are_other_errors() -> None:
-    gateway, _ = pair("AES_CM_128_HMAC_SHA1_80")
+@pytest.mark.parametrize("name", BOTH_PATHS)
+def test_short_and_oversized_packets_are_other_errors(name: str) -> None:
+    gateway, _ = pair(name)
     assert gateway.unprotect_rtp(b"\x80\x00\x00") is None
     assert gateway.protect_rtp(b"\x80\x00\x00\x01") is None
     assert gateway.protect_rtp(rtp(1, payload=bytes(MAX_PACKET_LENGTH))) is None
@@ -457,8 +480,9 @@ def test_short_and_oversized_packets_are_other_errors() -> None:
     assert stats(gateway).dropped == 3
 
 
-def test_after_close_every_packet_is_dropped() -> None:
-    gateway, phone = pair("AEAD_AES_256_GCM")
+@pytest.mark.parametrize("name", ["AEAD_AES_256_GCM", *AES192_SUITES])
+def test_after_close_every_packet_is_dropped(name: str) -> None:
+    gateway, phone = pair(name)
     packet = phone.protect_rtp(rtp(1))
     assert not gateway.closed
     gateway.close()
@@ -471,8 +495,9 @@ def test_after_close_every_packet_is_dropped() -> None:
     assert stats(gateway).other_errors == 4
 
 
-def test_a_session_is_a_context_manager() -> None:
-    with pair("AES_CM_128_HMAC_SHA1_32")[0] as session:
+@pytest.mark.parametrize("name", ["AES_CM_128_HMAC_SHA1_32", "AES_192_CM_HMAC_SHA1_32"])
+def test_a_session_is_a_context_manager(name: str) -> None:
+    with pair(name)[0] as session:
         assert not session.closed
     assert session.closed
 
@@ -483,6 +508,9 @@ def test_a_session_is_a_context_manager() -> None:
         ("AES_CM_128_HMAC_SHA1_99", 30, 30, {}, "unknown SRTP suite"),
         ("AES_CM_128_HMAC_SHA1_80", 29, 30, {}, "30-octet local key and salt, got 29"),
         ("AEAD_AES_256_GCM", 44, 46, {}, "44-octet remote key and salt, got 46"),
+        ("AES_192_CM_HMAC_SHA1_32", 38, 30, {}, "38-octet remote key and salt, got 30"),
+        ("AES_192_CM_HMAC_SHA1_80", 38, 38, {"replay_window": 63}, "replay window 63"),
+        ("AES_192_CM_HMAC_SHA1_80", 38, 38, {"max_ssrcs": 0}, "max_ssrcs"),
         ("AES_CM_128_HMAC_SHA1_80", 30, 30, {"replay_window": 63}, "replay window 63"),
         ("AES_CM_128_HMAC_SHA1_80", 30, 30, {"replay_window": 32768}, "replay window"),
         ("AES_CM_128_HMAC_SHA1_80", 30, 30, {"max_ssrcs": 0}, "max_ssrcs"),
@@ -498,17 +526,18 @@ def test_misuse_is_a_local_error_without_key_material(
     assert "\\xa5" not in str(error.value)
 
 
+@pytest.mark.parametrize("name", BOTH_PATHS)
 @pytest.mark.parametrize("window", [64, 32767])
-def test_replay_window_bounds_are_libsrtps(window: int) -> None:
-    assert pair("AES_CM_128_HMAC_SHA1_80", replay_window=window)[0].replay_window == window
+def test_replay_window_bounds_are_libsrtps(name: str, window: int) -> None:
+    assert pair(name, replay_window=window)[0].replay_window == window
 
 
-def test_repr_shows_no_key_material() -> None:
-    name = "AES_256_CM_HMAC_SHA1_80"
-    key = bytes(range(46))
+@pytest.mark.parametrize("name", ["AES_256_CM_HMAC_SHA1_80", *AES192_SUITES])
+def test_repr_shows_no_key_material(name: str) -> None:
+    key = bytes(range(SUITES[name].key_salt_length))
     session = SrtpSession(SrtpKeys(name, local_key=key, remote_key=key))
     text = repr(session)
-    assert "AES_256_CM_HMAC_SHA1_80" in text
+    assert name in text
     assert key.hex() not in text and repr(key) not in text and "\\x00\\x01" not in text
     assert not any(isinstance(v, bytes) for v in vars_of(session))
 

@@ -12,9 +12,10 @@ Two kinds of evidence:
    reference's, byte for byte, for every suite, with CSRCs and a header extension, across the
    sequence wrap (ROC 1), and for consecutive SRTCP indexes.
 
-AES-192 is the exception: libsrtp 2.7.0 (bundled with pylibsrtp 1.0.0) derives its session keys
-with the AES-256 PRF (cisco/libsrtp issue 763). The last tests pin that diagnosis down exactly and
-check that the module refuses those suites while the bundled libsrtp has the bug.
+AES-192: libsrtp 2.7.0 (bundled with pylibsrtp 1.0.0) derives its session keys with the AES-256
+PRF (cisco/libsrtp issue 763), so SrtpSession protects those suites with srtp_python. Every suite
+test above runs them too (through Python); the last tests add exact AES-192 packets for the RFC
+6188 §7.4 key, pin the libsrtp diagnosis down and check which implementation is chosen.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media import srtp
-from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.srtp import (
+    PYTHON_SUITES,
     SUITES,
     SUPPORTED_SUITES,
     UNSUPPORTED_SUITES,
@@ -392,11 +393,47 @@ def test_every_suite_carries_the_roll_over_counter_across_the_wrap(name: str) ->
             assert session.unprotect_rtp(protected) == packet
 
 
-# -- AES-192 and libsrtp 2.7.0 ------------------------------------------------------------------
+# -- AES-192: libsrtp 2.7.0 gets it wrong, srtp_python gets it right ---------------------------
 
 RFC6188_AES192_KEY_SALT = h(
     "73edc66c4fa15776fb57f9505c17136550ffda71f3e8e5f1 c8522f3acd4ce86d5add78edbb11"
 )
+
+# Whole packets under RFC 6188 §7.4's master key and salt (libsrtp's driver packets above, first
+# packet: ROC 0, SRTCP index 1). No published counterpart: computed with the reference above,
+# whose AES-192 key derivation and keystream match RFC 6188 §7.3 and §7.4 exactly (tests above).
+AES192_VECTORS = [
+    pytest.param(
+        "AES_192_CM_HMAC_SHA1_80",
+        "800f1234decafbadcafebabe 1e84e1395a55cc6cd7b80db939a83a78 e3e7e10bf579c261e5c6",
+        "81c8000bcafebabe 3a8b5fbd5eabc9949eec92043a9a4b58 80000001 2fd0d52db8f8be3d1e48",
+        id="AES_192_CM_HMAC_SHA1_80",
+    ),
+    pytest.param(
+        "AES_192_CM_HMAC_SHA1_32",
+        "800f1234decafbadcafebabe 1e84e1395a55cc6cd7b80db939a83a78 e3e7e10b",
+        # RFC 3711 §5.2: SRTCP keeps the 80-bit tag, so this is the _80 packet.
+        "81c8000bcafebabe 3a8b5fbd5eabc9949eec92043a9a4b58 80000001 2fd0d52db8f8be3d1e48",
+        id="AES_192_CM_HMAC_SHA1_32",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "srtp", "srtcp"), AES192_VECTORS)
+def test_reference_gives_the_aes192_packets(name: str, srtp: str, srtcp: str) -> None:
+    suite = SUITES[name]
+    assert reference_srtp(suite, RFC6188_AES192_KEY_SALT, PLAIN_RTP) == h(srtp)
+    assert reference_srtcp(suite, RFC6188_AES192_KEY_SALT, PLAIN_RTCP, index=1) == h(srtcp)
+
+
+@pytest.mark.parametrize(("name", "srtp", "srtcp"), AES192_VECTORS)
+def test_session_protects_the_aes192_packets_exactly(name: str, srtp: str, srtcp: str) -> None:
+    key = RFC6188_AES192_KEY_SALT
+    with SrtpSession(SrtpKeys(name, local_key=key, remote_key=key)) as session:
+        assert session.protect_rtp(PLAIN_RTP) == h(srtp)
+        assert session.protect_rtcp(PLAIN_RTCP) == h(srtcp)
+        assert session.unprotect_rtp(h(srtp)) == PLAIN_RTP
+        assert session.unprotect_rtcp(h(srtcp)) == PLAIN_RTCP
 
 
 def libsrtp_270_aes192_srtp(key_salt: bytes, packet: bytes, tag_length: int) -> bytes:
@@ -419,26 +456,60 @@ def test_the_import_time_aes192_check_expects_rfc6188_keys() -> None:
     assert reference_srtp(suite, RFC6188_AES192_KEY_SALT, PLAIN_RTP) == srtp._AES192_CHECK_SRTP
 
 
-@pytest.mark.parametrize("name", ["AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32"])
-def test_aes192_follows_rfc6188_or_is_refused(name: str) -> None:
-    suite = SUITES[name]
-    key = RFC6188_AES192_KEY_SALT
-    context = srtp._create_context(suite, key, srtp._lib.ssrc_any_outbound, 128)
+def libsrtp_protect(name: str, key: bytes, packet: bytes) -> bytes:
+    """One packet through a bare libsrtp context of the suite (bypassing SrtpSession)."""
+    context = srtp._create_context(SUITES[name], key, srtp._lib.ssrc_any_outbound, 128)
     try:
-        buffer = srtp._ffi.new("unsigned char[]", 64)
-        srtp._ffi.memmove(buffer, PLAIN_RTP, len(PLAIN_RTP))
-        length = srtp._ffi.new("int *", len(PLAIN_RTP))
+        buffer = srtp._ffi.new("unsigned char[]", len(packet) + 16)
+        srtp._ffi.memmove(buffer, packet, len(packet))
+        length = srtp._ffi.new("int *", len(packet))
         assert srtp._protect(context, buffer, length) == 0
-        libsrtp_output = srtp._ffi.buffer(buffer, length[0])[:]
+        result: bytes = srtp._ffi.buffer(buffer, length[0])[:]
+        return result
     finally:
         srtp._ffi.release(context)
+
+
+def libsrtp_unprotect_status(name: str, key: bytes, packet: bytes) -> int:
+    context = srtp._create_context(SUITES[name], key, srtp._lib.ssrc_any_inbound, 128)
+    try:
+        buffer = srtp._ffi.new("unsigned char[]", len(packet))
+        srtp._ffi.memmove(buffer, packet, len(packet))
+        status: int = srtp._unprotect(context, buffer, srtp._ffi.new("int *", len(packet)))
+        return status
+    finally:
+        srtp._ffi.release(context)
+
+
+@pytest.mark.parametrize("name", ["AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32"])
+def test_aes192_goes_to_libsrtp_only_when_libsrtp_follows_rfc6188(name: str) -> None:
+    suite = SUITES[name]
+    key = RFC6188_AES192_KEY_SALT
+    libsrtp_output = libsrtp_protect(name, key, PLAIN_RTP)
     rfc_output = reference_srtp(suite, key, PLAIN_RTP)
-    if name in SUPPORTED_SUITES:
-        assert libsrtp_output == rfc_output
-        return
-    # The bundled libsrtp has the bug: its output is exactly the AES-256-PRF model, not RFC 6188.
-    assert libsrtp_output == libsrtp_270_aes192_srtp(key, PLAIN_RTP, suite.rtp_tag_length)
-    assert libsrtp_output != rfc_output
-    assert "issue 763" in UNSUPPORTED_SUITES[name]
-    with pytest.raises(LocalMediaError, match=f"{name} is not available"):
-        SrtpSession(SrtpKeys(name, local_key=key, remote_key=key))
+    with SrtpSession(SrtpKeys(name, local_key=key, remote_key=key)) as session:
+        assert session.protect_rtp(PLAIN_RTP) == rfc_output
+        if name not in PYTHON_SUITES:  # a fixed libsrtp: it does the work again
+            assert libsrtp_output == rfc_output
+            assert session.implementation == "libsrtp"
+            return
+        # The bundled libsrtp has the bug: its output is exactly the AES-256-PRF model, not
+        # RFC 6188, and the session does not use it.
+        assert libsrtp_output == libsrtp_270_aes192_srtp(key, PLAIN_RTP, suite.rtp_tag_length)
+        assert libsrtp_output != rfc_output
+        assert "issue 763" in PYTHON_SUITES[name]
+        assert session.implementation == "python"
+        assert name in SUPPORTED_SUITES and name not in UNSUPPORTED_SUITES
+
+
+@pytest.mark.parametrize("name", ["AES_192_CM_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_32"])
+def test_the_buggy_libsrtp_cannot_read_a_conforming_aes192_packet(name: str) -> None:
+    # Why the Python path exists: what an RFC 6188 peer sends fails authentication in libsrtp
+    # 2.7.0 (status 7), and what the session sends (the same bytes) would too.
+    if name not in PYTHON_SUITES:
+        pytest.skip("this libsrtp derives AES-192 keys correctly")
+    key = RFC6188_AES192_KEY_SALT
+    conforming = reference_srtp(SUITES[name], key, PLAIN_RTP)
+    assert libsrtp_unprotect_status(name, key, conforming) == srtp._ERR_AUTH_FAIL
+    with SrtpSession(SrtpKeys(name, local_key=key, remote_key=key)) as session:
+        assert session.unprotect_rtp(conforming) == PLAIN_RTP
