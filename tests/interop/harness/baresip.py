@@ -35,6 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import attrs
+
 from tests.conftest import require_peer
 from tests.interop.harness.ports import LOOPBACK, free_port, free_port_block
 from tests.interop.harness.processes import start_process, stop_process, tail
@@ -48,6 +50,21 @@ MODULES = ("g711.so", "alsa.so", "aufile.so", "sndfile.so", "srtp.so", "dtls_srt
 MAX_CTRL_MESSAGE = 1 << 20
 
 
+# baresip -s writes each message in colour: ESC[36;1m "#", "TRANSPORT SRC -> DST", the message,
+# ESC[;m (libre's sip_trace handler).
+_TRACE_ENTRY = re.compile(r"\x1b\[36;1m#\n(\S+) (\S+) -> (\S+)\n(.*?)\x1b\[;m", re.DOTALL)
+
+
+@attrs.frozen
+class SipTraceEntry:
+    """One SIP message in baresip's ``-s`` trace: ``source`` -> ``destination`` ("IP:PORT")."""
+
+    transport: str
+    source: str
+    destination: str
+    message: str
+
+
 class BaresipError(RuntimeError):
     """baresip refused a command, reported a failure, or did not answer in time."""
 
@@ -59,7 +76,9 @@ class Baresip:
     the file does), or None for 60 s of silence. ``mediaenc`` is the local account's media
     encryption (srtp, srtp-mand, srtp-mandf, dtls_srtp). ``tls_certificate`` (key and
     certificate in one PEM) turns on the TLS listener on ``sip_port + 1``. ``extra_config``
-    lines are appended to the generated config.
+    lines are appended to the generated config. ``sip_trace`` adds baresip's ``-s``: every SIP
+    message it sends and receives, SDP included, goes to ``log_path`` (see ``sip_messages``);
+    the only way to read the SDP of a call over TLS.
     """
 
     def __init__(
@@ -71,6 +90,7 @@ class Baresip:
         mediaenc: str | None = None,
         tls_certificate: Path | None = None,
         extra_config: str = "",
+        sip_trace: bool = False,
         rtp_port_count: int = 20,
         start_timeout: float = 10.0,
     ) -> None:
@@ -88,6 +108,7 @@ class Baresip:
         self.mediaenc = mediaenc
         self.tls_certificate = tls_certificate
         self.extra_config = extra_config
+        self.sip_trace = sip_trace
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         #: Every ctrl_tcp event so far, oldest first.
@@ -150,9 +171,10 @@ class Baresip:
             f"<{self.local_aor}>;regint=0{self._account_params(self.mediaenc)}\n"
         )
         (self.dir / "contacts").write_text("")
-        self.process = start_process(
-            [require_peer("baresip"), "-f", str(self.dir)], log=self.log_path
-        )
+        args = [require_peer("baresip"), "-f", str(self.dir)]
+        if self.sip_trace:
+            args.append("-s")
+        self.process = start_process(args, log=self.log_path)
         deadline = time.monotonic() + self.start_timeout
         while self._sock is None:
             if self.process.poll() is not None:
@@ -300,6 +322,17 @@ class Baresip:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def sip_messages(self, start: str = "") -> list[SipTraceEntry]:
+        """The SIP messages of the ``sip_trace`` so far whose first line starts with ``start``
+        (e.g. ``"SIP/2.0 200"``), oldest first, each with CRLF made LF."""
+        entries = []
+        for match in _TRACE_ENTRY.finditer(self.output()):
+            transport, source, destination, message = match.groups()
+            message = message.replace("\r\n", "\n")
+            if message.startswith(start):
+                entries.append(SipTraceEntry(transport, source, destination, message))
+        return entries
 
     def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """Poll baresip's output until ``pattern`` (a regex) matches; the match."""

@@ -214,3 +214,24 @@ def sip_requests(
         else:
             counts["tcp", (src, int(tcp_sport)), (dst, int(tcp_dport))] += 1
     return dict(counts)
+
+
+def rtp_payloads_by_seq(
+    pcap: Path, ports: Iterable[int]
+) -> dict[tuple[Address, Address], dict[int, bytes]]:
+    """The payload of every RTP packet per (source, destination) and sequence number.
+
+    For SRTP (RFC 3711 §3.1) the header is in clear, so tshark decodes it as RTP and the
+    "payload" is the encrypted payload followed by the authentication tag: compare it with the
+    same sequence numbers on the plain side of a relay to see what the encryption did. A
+    sequence number seen twice in one flow (a retransmission, a replay) keeps the first.
+    ``ports`` as for ``rtp_streams``; what is not RTP version 2 there (STUN keep-alives that
+    linphone sends from its RTP port, RFC 7983) is left out.
+    """
+    fields = ["ip.src", "udp.srcport", "ip.dst", "udp.dstport", "rtp.seq", "rtp.payload"]
+    flows: dict[tuple[Address, Address], dict[int, bytes]] = {}
+    rows = _tshark_fields(pcap, ports, fields, "rtp.version == 2 && !stun")
+    for src, sport, dst, dport, seq, payload in rows:
+        flow = flows.setdefault(((src, int(sport)), (dst, int(dport))), {})
+        flow.setdefault(int(seq), bytes.fromhex(payload.replace(":", "")))
+    return flows

@@ -5,13 +5,14 @@
         gw.tls_address       # "127.0.0.1:PORT"
 
 ``tls`` is the ``[plugins.tls]`` table (scalars and lists; tables such as ``peers`` as inline
-tables of strings). Readiness is the usual OPTIONS over UDP, which the gateway answers only once
-every listener, the TLS one included, is bound.
+tables of strings). ``plugins`` is ``[plugins] enable`` (add ``"sdes"`` for SDES-SRTP).
+Readiness is the usual OPTIONS over UDP, which the gateway answers only once every listener, the
+TLS one included, is bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ def _inline_table(mapping: Mapping[str, str]) -> str:
 
 class TlsGatewayProcess(GatewayProcess):
     """A :class:`GatewayProcess` that also listens on TLS (``tls_port``), with the ``udp``,
-    ``tcp`` and ``tls`` plugins enabled and ``tls`` as its ``[plugins.tls]`` table."""
+    ``tcp`` and ``tls`` plugins enabled (or ``plugins``, which must include them) and ``tls``
+    as its ``[plugins.tls]`` table."""
 
     def __init__(
         self,
@@ -38,6 +40,7 @@ class TlsGatewayProcess(GatewayProcess):
         settings: Mapping[str, Mapping[str, TomlValue]] | None = None,
         extra_toml: str = "",
         port: int | None = None,
+        plugins: Sequence[str] = ("udp", "tcp", "tls"),
         **kwargs: Any,
     ) -> None:
         port = free_port_pair() if port is None else port
@@ -50,7 +53,7 @@ class TlsGatewayProcess(GatewayProcess):
             f"tcp:{LOOPBACK}:{port}",
             f"tls:{LOOPBACK}:{self.tls_port}",
         ]
-        merged.setdefault("plugins", {})["enable"] = ["udp", "tcp", "tls"]
+        merged.setdefault("plugins", {})["enable"] = list(plugins)
         scalars = {k: v for k, v in (tls or {}).items() if not isinstance(v, Mapping)}
         tables = {k: v for k, v in (tls or {}).items() if isinstance(v, Mapping)}
         tls_toml = toml_tables({"plugins.tls": scalars})  # type: ignore[dict-item]
