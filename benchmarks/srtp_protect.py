@@ -5,14 +5,19 @@ Run from the repository root::
     python benchmarks/srtp_protect.py
     python benchmarks/srtp_protect.py --packets 50000 --repeats 7
 
-For every suite of gateway.core.media.srtp.SUITES that the bundled libsrtp supports, one
-:class:`SrtpSession` protects (RTP -> SRTP) and another unprotects (SRTP -> RTP) a run of
-172-octet RTP packets (12-octet header, 20 ms of G.711) with consecutive sequence numbers; the
-figure is the best of ``--repeats`` runs (fresh sessions each run, so no replay), divided by the
-number of packets. These are the calls the relay makes per packet (``Transforms``), without the
-sockets. For the four profiles pylibsrtp names, its own ``Session.protect``/``unprotect`` are
-measured the same way, to show what the session's reused buffer saves. SRTCP: one compound-free
-receiver report per call, protect and unprotect.
+For every suite of gateway.core.media.srtp.SUPPORTED_SUITES, one :class:`SrtpSession` protects
+(RTP -> SRTP) and another unprotects (SRTP -> RTP) a run of 172-octet RTP packets (12-octet
+header, 20 ms of G.711) with consecutive sequence numbers; the figure is the best of
+``--repeats`` runs (fresh sessions each run, so no replay), divided by the number of packets.
+These are the calls the relay makes per packet (``Transforms``), without the sockets. The
+"impl" column says who does the cryptography: libsrtp, or gateway.core.media.srtp_python for
+the AES-192 suites the bundled libsrtp gets wrong (srtp.PYTHON_SUITES). For the four profiles
+pylibsrtp names, its own ``Session.protect``/``unprotect`` are measured the same way, to show
+what the session's reused buffer saves. SRTCP: one compound-free receiver report per call,
+protect and unprotect.
+
+The rows marked "(python)" run srtp_python's SrtpSender/SrtpReceiver directly for AES-128 and
+AES-256 (which libsrtp does right), to compare the Python path with libsrtp on the same suite.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.srtp import (
+    PYTHON_SUITES,
     SUITES,
     SUPPORTED_SUITES,
     UNSUPPORTED_SUITES,
     SrtpSession,
     libsrtp_version,
 )
+from gateway.core.media.srtp_python import SrtpReceiver, SrtpSender
 
 PAYLOAD = b"\xd5" * 160
 PYLIBSRTP_PROFILES = {
@@ -127,6 +134,33 @@ def measure_suite(name: str, count: int, repeats: int) -> list[float | None]:
     return row
 
 
+def measure_python_path(name: str, count: int, repeats: int) -> list[float | None]:
+    """srtp_python's contexts on their own, for a suite libsrtp also provides."""
+    suite = SUITES[name]
+    options = {"master_key_length": suite.master_key_length, "rtp_tag_length": suite.rtp_tag_length}
+    ours, theirs = keys(name).local_key, keys(name).remote_key
+
+    def checked(transform: Callable[[bytes], object], packets: list[bytes]) -> list[bytes]:
+        out = [transform(packet) for packet in packets]
+        if not all(isinstance(packet, bytes) for packet in out):
+            raise SystemExit("a packet was dropped while preparing the benchmark")
+        return [packet for packet in out if isinstance(packet, bytes)]
+
+    plain, reports = rtp_packets(count), receiver_reports(count)
+    protected = checked(SrtpSender(theirs, **options).protect_rtp, plain)
+    protected_reports = checked(SrtpSender(theirs, **options).protect_rtcp, reports)
+    return [
+        per_packet(lambda: SrtpSender(ours, **options).protect_rtp, plain, repeats),
+        per_packet(lambda: SrtpReceiver(theirs, **options).unprotect_rtp, protected, repeats),
+        per_packet(lambda: SrtpSender(ours, **options).protect_rtcp, reports, repeats),
+        per_packet(
+            lambda: SrtpReceiver(theirs, **options).unprotect_rtcp, protected_reports, repeats
+        ),
+        None,
+        None,
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=20000, help="packets per run (<= 65536)")
@@ -140,11 +174,18 @@ def main() -> None:
     print(f"{count} packets x {args.repeats} runs, best run; RTP 172 octets, RTCP RR 32 octets")
     print("microseconds per packet")
     columns = ["protect", "unprotect", "SRTCP prot", "SRTCP unpr", "pylibsrtp p", "pylibsrtp u"]
-    print(f"{'suite':<26}" + "".join(f"{c:>12}" for c in columns))
-    for name in SUPPORTED_SUITES:
-        row = measure_suite(name, count, args.repeats)
+    print(f"{'suite':<35}{'impl':>8}" + "".join(f"{c:>12}" for c in columns))
+
+    def show(label: str, implementation: str, row: list[float | None]) -> None:
         cells = "".join(f"{'-':>12}" if v is None else f"{v:>12.2f}" for v in row)
-        print(f"{name:<26}{cells}")
+        print(f"{label:<35}{implementation:>8}{cells}")
+
+    for name in SUPPORTED_SUITES:
+        implementation = "python" if name in PYTHON_SUITES else "libsrtp"
+        show(name, implementation, measure_suite(name, count, args.repeats))
+    for name in ("AES_CM_128_HMAC_SHA1_80", "AES_256_CM_HMAC_SHA1_80"):
+        if name not in PYTHON_SUITES:
+            show(f"{name} (python)", "python", measure_python_path(name, count, args.repeats))
     for name, reason in UNSUPPORTED_SUITES.items():
         print(f"{name:<26}  not available: {reason}")
 
