@@ -10,9 +10,10 @@ Theory of operation
 -------------------
 A master key (and salt) gives six session keys (RFC 3711 §4.3.1, key derivation rate 0):
 encryption key, authentication key and salt for SRTP (labels 0, 1, 2) and for SRTCP (3, 4, 5).
-The PRF is AES in counter mode under the master key (RFC 3711 §4.3.3); RFC 6188 §3 keeps that
-PRF for 192- and 256-bit master keys (AES_192_CM_PRF, AES_256_CM_PRF), the keystream simply runs
-the counter past one block for a 24- or 32-octet session key. RFC 6188 §7.3/§7.4 give the
+The PRF is AES in counter mode under the master key (RFC 3711 §4.3.3, which already allows
+128-, 192- and 256-bit master keys); RFC 6188 §3 names it AES_192_CM_PRF and AES_256_CM_PRF for
+the longer keys. The keystream simply runs the counter past one block for a 24- or 32-octet
+session key. RFC 6188 §7.3/§7.4 give the
 AES-192 known answers the tests check.
 
 Packets (RFC 3711 §3.1, §3.4, §4.1.1, §4.2)::
@@ -51,10 +52,12 @@ forged packets costs the HMAC, nothing more). Bounds: at most ``max_ssrcs`` SSRC
 Not implemented (the SDES plugin refuses them): MKI, key derivation rate other than 0,
 UNENCRYPTED_SRTP, UNENCRYPTED_SRTCP, UNAUTHENTICATED_SRTP; SRTCP packets with E = 0 are dropped.
 
-Keys: the derived session keys exist as Python bytes only while the contexts are made, in
-bytearrays that are zeroed afterwards; from then on they live in the AES and HMAC contexts of
-``cryptography`` (OpenSSL memory), which :meth:`SrtpSender.close`/:meth:`SrtpReceiver.close`
-release. Nothing here has key material in a repr or an error message.
+Keys: the contexts derive the session encryption and authentication keys into bytearrays and
+zero them once ``cryptography``'s AES and HMAC contexts (OpenSSL memory) hold them; the master
+key is only read through a view of the caller's bytes. ``close()`` releases the contexts. The
+session salt stays a Python int (RFC 3711 §9.2: the salt must be random but may be public).
+:func:`derive_session_key` returns bytes and is meant for known-answer tests. Nothing here has
+key material in a repr or an error message.
 """
 
 from __future__ import annotations
@@ -81,10 +84,10 @@ MAX_PACKET_LENGTH = 65536
 """Longest packet (octets) a context takes; longer ones are dropped as :attr:`Drop.MALFORMED`."""
 
 MASTER_SALT_LENGTH = 14
-"""Octets of an AES-CM master salt (RFC 3711 §8.2: 112 bits; RFC 6188 §3.1)."""
+"""Octets of an AES-CM master salt (RFC 3711 §8.2: 112 bits; the same for RFC 6188)."""
 
 SRTCP_TAG_LENGTH = 10
-"""SRTCP always carries the 80-bit HMAC-SHA1 tag (RFC 3711 §5.2)."""
+"""SRTCP always carries the 80-bit HMAC-SHA1 tag (RFC 3711 §5.2, RFC 4568 §6.2.2)."""
 
 _AES_KEY_LENGTHS = (16, 24, 32)
 _RTP_TAG_LENGTHS = (4, 10)  # HMAC_SHA1_32 and HMAC_SHA1_80
@@ -92,9 +95,9 @@ _AUTH_KEY_LENGTH = 20  # RFC 3711 §8.2: n_a = 160 bits for HMAC-SHA1
 _MIN_REPLAY_WINDOW = 64  # RFC 3711 §3.3.2: at least 64
 _MAX_REPLAY_WINDOW = 0x7FFF  # as libsrtp, so every suite takes the same windows
 
-# RFC 3711 §4.3.1 key derivation labels.
-_LABEL_RTP_ENCRYPTION, _LABEL_RTP_AUTH, _LABEL_RTP_SALT = 0, 1, 2
-_LABEL_RTCP_ENCRYPTION, _LABEL_RTCP_AUTH, _LABEL_RTCP_SALT = 3, 4, 5
+# RFC 3711 §4.3.1, §4.3.2 key derivation labels: encryption key, then + 1 the authentication
+# key and + 2 the salt.
+_SRTP_LABELS, _SRTCP_LABELS = 0, 3
 
 _MAX_SRTP_INDEX = (1 << 48) - 1  # RFC 3711 §3.3.1: 48-bit index (32-bit ROC, 16-bit SEQ)
 _MAX_SRTCP_INDEX = (1 << 31) - 1  # RFC 3711 §3.4: 31-bit index; §9.2: re-key before it wraps
@@ -171,9 +174,9 @@ class _SessionKeys:
 
     __slots__ = ("_ecb", "_hmac", "_salt")
 
-    def __init__(self, master_key: memoryview, master_salt: bytes, first_label: int) -> None:
-        encryption_key = _derive(master_key, master_salt, first_label, len(master_key))
-        auth_key = _derive(master_key, master_salt, first_label + 1, _AUTH_KEY_LENGTH)
+    def __init__(self, master_key: memoryview, master_salt: bytes, labels: int) -> None:
+        encryption_key = _derive(master_key, master_salt, labels, len(master_key))
+        auth_key = _derive(master_key, master_salt, labels + 1, _AUTH_KEY_LENGTH)
         try:
             self._ecb = Cipher(algorithms.AES(encryption_key), modes.ECB()).encryptor()
             self._hmac = crypto_hmac.HMAC(auth_key, hashes.SHA1())
@@ -183,12 +186,13 @@ class _SessionKeys:
             _wipe(auth_key)
         # The session salt is no secret (RFC 3711 §9.2 allows a public master salt); it stays
         # an int for the IV arithmetic.
-        salt = _derive(master_key, master_salt, first_label + 2, MASTER_SALT_LENGTH)
+        salt = _derive(master_key, master_salt, labels + 2, MASTER_SALT_LENGTH)
         self._salt = int.from_bytes(salt, "big")
         _wipe(salt)
 
     def crypt(self, ssrc: int, index: int, data: bytes) -> bytes:
-        """Encrypt or decrypt ``data`` for this SSRC and index (RFC 3711 §4.1.1)."""
+        """Encrypt or decrypt ``data`` (at most MAX_PACKET_LENGTH octets) for this SSRC and
+        index (RFC 3711 §4.1.1)."""
         # The 14 high octets of IV = (k_s * 2^16) XOR (SSRC * 2^64) XOR (i * 2^16); the low two
         # are the block counter.
         prefix = (self._salt ^ (ssrc << 48) ^ index).to_bytes(14, "big")
@@ -225,7 +229,7 @@ class _ReplayWindow:
     def add(self, index: int, size: int) -> None:
         ahead = index - self.highest
         if ahead > 0:
-            # Never shift by more than the window: an index may jump by up to 2^48.
+            # Never shift by more than the window (an index may jump far ahead).
             self.mask = 1 if ahead >= size else (self.mask << ahead | 1) & ((1 << size) - 1)
             self.highest = index
         else:
@@ -305,12 +309,8 @@ class _Context:
         # A view, not a copy: no second Python object holds the master key.
         master_key = memoryview(key_salt)[:master_key_length]
         master_salt = key_salt[master_key_length:]
-        self._rtp_keys: _SessionKeys | None = _SessionKeys(
-            master_key, master_salt, _LABEL_RTP_ENCRYPTION
-        )
-        self._rtcp_keys: _SessionKeys | None = _SessionKeys(
-            master_key, master_salt, _LABEL_RTCP_ENCRYPTION
-        )
+        self._rtp_keys: _SessionKeys | None = _SessionKeys(master_key, master_salt, _SRTP_LABELS)
+        self._rtcp_keys: _SessionKeys | None = _SessionKeys(master_key, master_salt, _SRTCP_LABELS)
         self._streams: dict[bytes, _Stream] = {}
         self.tag_length = rtp_tag_length  # SRTP; SRTCP always has SRTCP_TAG_LENGTH
         self.replay_window = replay_window
