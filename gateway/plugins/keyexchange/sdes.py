@@ -128,8 +128,10 @@ DEFAULT_SUITES: tuple[str, ...] = tuple(
         "AEAD_AES_256_GCM",
         "AEAD_AES_128_GCM",
         "AES_256_CM_HMAC_SHA1_80",
+        "AES_192_CM_HMAC_SHA1_80",
         "AES_CM_128_HMAC_SHA1_80",
         "AES_256_CM_HMAC_SHA1_32",
+        "AES_192_CM_HMAC_SHA1_32",
         "AES_CM_128_HMAC_SHA1_32",
     )
     if name in SUPPORTED_SUITES
