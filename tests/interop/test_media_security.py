@@ -37,6 +37,7 @@ from tests.interop.harness import (
     SippUas,
     analyse_tone,
     run_sipp_uac,
+    tone_ulaw,
     tone_wav,
     udp_filter,
     udp_flows,
@@ -45,7 +46,10 @@ from tests.interop.harness.audio import ToneReport, g711_wav
 from tests.interop.harness.baresip import SipTraceEntry
 from tests.interop.harness.capture import Address, rtp_payloads_by_seq
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
-from tests.interop.harness.stunnel import StunnelClient
+from tests.interop.harness.pki import TestPki
+from tests.interop.harness.ports import free_port
+from tests.interop.harness.sipp import RTP_STREAM_FILE
+from tests.interop.harness.stunnel import StunnelClient, StunnelServer
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
 
 pytestmark = pytest.mark.interop
@@ -520,3 +524,80 @@ def test_caller_with_only_unusable_crypto_lines_gets_488_and_no_media(tmp_path: 
     assert "488 Not Acceptable Here" in log
     # No packet at all to or from the gateway's media ports, nor the trunk's.
     assert udp_flows(capture.path) == {}
+
+
+@pytest.mark.parametrize("caller_policy", ["sdes", "best-effort"])
+def test_callee_whose_keys_fail_after_early_media_gets_no_media_through(
+    tmp_path: Path, caller_policy: str
+) -> None:
+    """A TLS trunk (policy sdes) sends RTP as soon as it has the gateway's offer, then answers
+    with an a=crypto line the gateway cannot use. Its leg never gets keys, so the gateway must
+    forward none of that media (ARCHITECTURE.md: no media is forwarded on a leg whose policy
+    requires encryption until its keys are ready; issue #5 item 6), and alice, who offered
+    RTP/SAVP, must not receive cleartext: not one packet leaves the gateway's media ports.
+    The caller gets 488 and the trunk a BYE."""
+    pki = TestPki(tmp_path / "pki")
+    ca = pki.ca("Carrier CA")
+    trunk_certificate = ca.issue("trunk.carrier.test")  # names 127.0.0.1
+    tunnel_port = free_port("tcp")
+    trunk = SippUas(
+        "calls/uas_early_rtp_unusable_crypto.xml",
+        workdir=tmp_path,
+        transport="tcp",
+        call_duration_ms=1000,  # the media it sends before answering
+        keys={"contact_port": str(tunnel_port)},
+    )
+    tone_ulaw(trunk.rundir / RTP_STREAM_FILE, TONES["carol"], seconds=2.0)
+    trunk_toml = (
+        "[[trunks]]\n"
+        'name = "carrier"\n'
+        f'address = "tls:{LOOPBACK}:{tunnel_port}"\n'
+        'prefixes = ["+49"]\n'
+        "allowed_sources = []\n"
+        'media_policy = "sdes"\n'
+    )
+    gateway = TlsGatewayProcess(
+        tmp_path / "gw",
+        plugins=("udp", "tcp", "tls", "sdes"),
+        tls={"ca_bundles": [str(ca.certificate)]},
+        accounts={"alice": PASSWORDS["alice"]},
+        digest_algorithms=("MD5",),
+        settings={"gateway": {"log_level": "debug", "domains": [LOOPBACK]}},
+        extra_toml=trunk_toml,
+    )
+    with (
+        trunk,
+        StunnelServer(
+            trunk.address, workdir=tmp_path, certificate=trunk_certificate, port=tunnel_port
+        ),
+        gateway as gw,
+        _baresip(tmp_path, "alice", "srtp-mand") as alice,
+    ):
+        gw.cli("accounts", "set", "alice", "--media-policy", caller_policy)
+        _register_over_tls(alice, gw, "srtp-mand")
+        trunk_media = (trunk.media_port, trunk.media_port + 1)
+        media = udp_filter(gw.media_ports, alice.rtp_ports, trunk_media)
+        with Capture(tmp_path / "media.pcap", media) as capture:
+            alice.dial(_tls_uri(gw, TRUNK_NUMBER))
+            closed = alice.wait_closed(timeout=15)
+            result = trunk.wait(timeout=10)
+        log = gw.log_text()
+    result.check()  # it got its ACK and its BYE
+    assert "488" in closed.get("param", ""), closed
+    assert not [e for e in alice.events if e.get("type") == "CALL_ESTABLISHED"]
+    assert re.search(r"488 .*the answer's keys are unusable.* tag 99 was not offered", log), log
+
+    flows = udp_flows(capture.path)
+    # The trunk did send its early media to the gateway (the test is not vacuous) ...
+    early = sum(n for (src, dst), n in flows.items() if _inside(src, trunk_media))
+    assert early >= MIN_PACKETS, flows
+    # ... and none of it, nor anything else, left the gateway's media ports.
+    sent = {flow: n for flow, n in flows.items() if _inside(flow[0], gw.media_ports)}
+    payload_sizes = {
+        flow: sorted({len(payload) for payload in packets.values()})
+        for flow, packets in rtp_payloads_by_seq(
+            capture.path, _even_ports(gw.media_ports, alice.rtp_ports)
+        ).items()
+        if _inside(flow[0], gw.media_ports)
+    }
+    assert sent == {}, f"{sent}; RTP payload sizes {payload_sizes} (160: plain PCMU)"

@@ -10,6 +10,9 @@ each TCP connection, verifying that the gateway's certificate chains to ``trust`
 127.0.0.1, and presents ``certificate`` when given. SIP inside still says ``SIP/2.0/TCP``; the
 gateway answers over the connection the request came on, so that is fine for requests sipp
 sends (and a gateway-initiated connection would bypass stunnel).
+
+``StunnelServer`` is the other way round: a TLS listener in front of a sipp UAS, so that the
+gateway can call it as a TLS trunk.
 """
 
 from __future__ import annotations
@@ -92,4 +95,69 @@ class StunnelClient:
             stop_process(self.process, timeout=3.0)
         if exc is not None:
             print(f"--- stunnel ({self.log}) ---")
+            print(tail(self.log, 60))
+
+
+class StunnelServer:
+    """stunnel in server mode: TLS on 127.0.0.1:``port`` -> TCP to ``connect`` (a sipp UAS as a
+    TLS trunk, ../shared/peers.md §1.5).
+
+    It presents ``certificate`` and asks for no client certificate. ``port`` (default: a free
+    one) can be chosen before the UAS starts, so that the UAS's Contact can name it: SIP inside
+    says ``TCP`` otherwise, and in-dialog requests sent to that Contact would bypass stunnel.
+    """
+
+    def __init__(
+        self, connect: str, *, workdir: Path, certificate: Issued, port: int | None = None
+    ) -> None:
+        self.port = free_port("tcp") if port is None else port
+        self.rundir = workdir / f"stunnel-{next(_runs)}"
+        self.rundir.mkdir(parents=True)
+        self.log = self.rundir / "stunnel.log"
+        self.config = self.rundir / "stunnel.conf"
+        lines = [
+            "foreground = yes",
+            "pid =",
+            "debug = info",
+            "[sip-tls-in]",
+            f"accept = {LOOPBACK}:{self.port}",
+            f"connect = {connect}",
+            f"cert = {certificate.certificate}",
+            f"key = {certificate.key}",
+            "sslVersionMin = TLSv1.2",
+        ]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT`` where TLS is accepted."""
+        return f"{LOOPBACK}:{self.port}"
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> StunnelServer:
+        binary = require_peer("stunnel4")
+        self.process = start_process([binary, str(self.config)], log=self.log, cwd=self.rundir)
+        try:
+            wait_listening(self.port, "tcp", timeout=10, process=self.process)
+        except RuntimeError:
+            stop_process(self.process, timeout=2.0)
+            raise RuntimeError(f"stunnel did not start:\n{tail(self.log)}") from None
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=3.0)
+        if exc is not None:
+            print(f"--- stunnel server ({self.log}) ---")
             print(tail(self.log, 60))
