@@ -944,7 +944,8 @@ def _warning(text: str | None) -> str:
 
 
 def _quoted(text: str) -> str:
-    return " ".join(text.replace("\\", "").replace('"', "'").split())[:200]
+    cleaned = " ".join(text.replace("\\", "").replace('"', "'").split())
+    return cleaned if len(cleaned) <= 300 else cleaned[:297] + "..."
 
 
 _ = RouteDecision, CallEvent  # re-exported types used by the manager

@@ -30,9 +30,16 @@ class CallKeying:
                 continue
             a_srtp = self._srtp_for("a", index, a.keys(index) if a else None)
             b_srtp = self._srtp_for("b", index, b.keys(index) if b else None)
-            a_blocked = a is not None and a.requires_encryption and a_srtp is None
-            b_blocked = b is not None and b.requires_encryption and b_srtp is None
-            blocked = a_blocked or b_blocked
+            # Nothing flows until both legs have settled their media (no B leg has answered:
+            # media from a ringing leg is not forwarded; early media comes with its answer).
+            # A leg is blocked without keys when its policy needs them or its peer asked for
+            # SRTP: such a peer must never receive cleartext.
+            blocked = (
+                a is None
+                or b is None
+                or (a_srtp is None and (a.requires_encryption or a.expects_srtp(index)))
+                or (b_srtp is None and (b.requires_encryption or b.expects_srtp(index)))
+            )
             stream.a_to_b.transforms = Transforms(
                 rtp_in=a_srtp.unprotect_rtp if a_srtp else None,
                 rtcp_in=a_srtp.unprotect_rtcp if a_srtp else None,

@@ -245,6 +245,16 @@ class LegSecurity:
     def requires_encryption(self) -> bool:
         return not self.policy.allow_cleartext
 
+    def expects_srtp(self, index: int) -> bool:
+        """Whether the peer uses (or was offered and may use) SRTP on stream ``index``: an SRTP
+        profile, or keys being negotiated. Such a stream never carries cleartext to the peer."""
+        for streams in (self.streams, self._offered):
+            if index < len(streams):
+                stream = streams[index]
+                if stream.peer_proto.upper() in _PLAIN_OF or stream.negotiation is not None:
+                    return True
+        return False
+
     def record(self) -> dict[str, Any]:
         """This leg's security record (derived from what was negotiated)."""
         return {
