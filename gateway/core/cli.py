@@ -262,7 +262,14 @@ def describe_leg(leg: dict[str, Any]) -> str:
             media.append(f"SRTP {stream.get('suite')} keyed by {stream.get('key_exchange')}")
         else:
             media.append("RTP, not encrypted")
-    return f"signalling {signalling}; media " + (", ".join(media) or "none")
+    line = f"signalling {signalling}; media " + (", ".join(media) or "none")
+    srtp = leg.get("srtp") or {}
+    if srtp.get("auth_failures") or srtp.get("replays"):
+        line += (
+            f" ({srtp.get('auth_failures', 0)} packets failed SRTP authentication, "
+            f"{srtp.get('replays', 0)} replays dropped)"
+        )
+    return line
 
 
 def cmd_calls(args: argparse.Namespace) -> int:

@@ -255,6 +255,7 @@ def test_calls_lists_live_calls_with_each_legs_protection(tmp_path: Path) -> Non
                     "streams": [
                         {"encrypted": True, "suite": "AEAD_AES_256_GCM", "key_exchange": "sdes"}
                     ],
+                    "srtp": {"auth_failures": 2, "replays": 1},
                 },
                 "b": {"signalling": "udp", "streams": [{"encrypted": False}]},
             },
@@ -268,7 +269,8 @@ def test_calls_lists_live_calls_with_each_legs_protection(tmp_path: Path) -> Non
     assert "live-1" in live.stdout and "old-1" not in live.stdout
     assert (
         "caller leg: signalling TLS (peer certificate verified); "
-        "media SRTP AEAD_AES_256_GCM keyed by sdes"
+        "media SRTP AEAD_AES_256_GCM keyed by sdes "
+        "(2 packets failed SRTP authentication, 1 replays dropped)"
     ) in live.stdout
     assert "callee leg: signalling UDP; media RTP, not encrypted" in live.stdout
     recent = voipgw("calls", "--recent", "5", "--state-dir", state)

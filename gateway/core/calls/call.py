@@ -186,12 +186,14 @@ class Call:
         finally:
             if self.keying is not None:
                 self.keying.block_all()
+            # Recorded before the streams close, so the record keeps their final counters.
+            self.manager.event(self, "ended", self.end_reason)
+            if self.keying is not None:
                 self.keying.close()
             if self.media is not None:
                 self.media.close()
             self.manager.forget(self)
             self._events_send.close()
-            self.manager.event(self, "ended", self.end_reason)
             # A digest challenge is not a call yet: keep it out of the INFO log.
             level = logging.DEBUG if self.caller is None else logging.INFO
             log.log(level, "call %s ended: %s", self.id, self.end_reason or "normal clearing")
@@ -745,6 +747,14 @@ class Call:
                 f"{leg.transport}:{leg.address[0]}:{leg.address[1]}" if leg.address else None
             )
             record[label] = entry
+        if self.keying is not None:
+            srtp = self.keying.statistics()
+            for label, counters in srtp.items():
+                leg_record = record.get(label)
+                if isinstance(leg_record, dict):
+                    leg_record["srtp"] = counters
+        if self.media is not None:
+            record["media"] = self.media.statistics()
         return record
 
     def _leg(self, side: Side) -> Leg:

@@ -193,7 +193,10 @@ class CallManager:
                 )
             elif kind == "ended":
                 store.call_record_update(
-                    call.record_id, ended_at=now, end_reason=reason or "normal clearing"
+                    call.record_id,
+                    ended_at=now,
+                    end_reason=reason or "normal clearing",
+                    security=call.security_record(),
                 )
         except StoreError as exc:
             log.warning("call %s: call record not kept: %s", call.id, exc)

@@ -76,6 +76,22 @@ class CallKeying:
         self._srtp[(side, index)] = (keys, session)
         return session
 
+    def statistics(self) -> dict[str, dict[str, int]]:
+        """SRTP counters per leg ("a", "b"), summed over its streams (current keys only)."""
+        totals: dict[str, dict[str, int]] = {}
+        for (side, _), (_, session) in self._srtp.items():
+            stats = session.statistics()
+            leg = totals.setdefault(
+                side,
+                {"protected": 0, "unprotected": 0, "auth_failures": 0, "replays": 0, "dropped": 0},
+            )
+            leg["protected"] += stats.protected
+            leg["unprotected"] += stats.unprotected
+            leg["auth_failures"] += stats.auth_failures
+            leg["replays"] += stats.replays
+            leg["dropped"] += stats.dropped
+        return totals
+
     def close(self) -> None:
         for _, session in self._srtp.values():
             session.close()
