@@ -126,19 +126,29 @@ def test_freed_pairs_are_reused_least_recently_freed_first() -> None:
             assert (a.rtp_port, b.rtp_port) == (second.rtp_port, first.rtp_port)
 
 
+def _free_block(size: int = 4) -> int:
+    """An even port starting ``size`` consecutive ports free right now (other processes on the
+    machine may hold any fixed port, the kernel's ephemeral range included)."""
+    for low in range(41040, 41996, 4):
+        if all(can_bind(port) for port in range(low, low + size)):
+            return low
+    pytest.fail("no 4 consecutive free UDP ports in 41040-41999")
+
+
 def test_a_pair_held_by_another_socket_is_skipped_and_nothing_leaks() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(41040, 41043))
+    low = _free_block()
+    allocator = PortAllocator(ADDRESS, PortRange(low, low + 3))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
-        squatter.bind((ADDRESS, 41041))  # the RTCP port of the first pair
+        squatter.bind((ADDRESS, low + 1))  # the RTCP port of the first pair
         with allocator.allocate() as pair:
-            assert pair.rtp_port == 41042
+            assert pair.rtp_port == low + 2
             # The first pair's RTP port was bound, then released when its RTCP port failed.
-            assert can_bind(41040)
+            assert can_bind(low)
         with pytest.raises(PortsExhausted), allocator.allocate(), allocator.allocate():
             pass
         assert allocator.in_use == 0
     with allocator.allocate() as pair:
-        assert pair.rtp_port == 41040  # the squatter is gone: the skipped pair is usable again
+        assert pair.rtp_port == low  # the squatter is gone: the skipped pair is usable again
 
 
 def test_an_address_that_is_not_local_is_a_configuration_error() -> None:
