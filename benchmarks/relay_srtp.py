@@ -1,6 +1,6 @@
 """Benchmark SRTP bridging in the media relay, beside rtpengine doing the same in the same run.
 
-Run from the repository root (about 3 minutes with the defaults)::
+Run from the repository root (about 3.5 minutes with the defaults)::
 
     python benchmarks/relay_srtp.py
     python benchmarks/relay_srtp.py --calls 1000 --seconds 10 --scenarios srtp-srtp
@@ -14,7 +14,8 @@ Scenarios (``--scenarios``; leg A is the offerer's phone, leg B the answerer's):
   one leg's keys and protected with the other's.
 - ``rtp-rtp`` (not run by default): plain forwarding, the baseline of benchmarks/relay_rtp.py.
 
-For each scenario and each ``--calls`` count, two runs back to back, with the same load:
+For each scenario and each ``--calls`` count, the two relays back to back with the same load,
+``--repeats`` times in A B B A order (a drift in the machine's other load hits both alike):
 
 1. **voipgw**: this process runs gateway.core.media.relay.MediaRelay.serve under trio with one
    stream per call, the SRTP transforms built per direction as gateway/core/media/keying.py
@@ -41,13 +42,17 @@ Figures per run (over the measuring window, after ``--warmup``):
 - loss %: 1 - received / sent over the whole run, after a drain (0.5 s of silence);
 - CPU us/packet: the relay process's CPU time (all threads, user + system, from
   ``clock_getcpuclockid``) divided by the packets relayed in the window;
-- relay / generator / others: CPU load in % of one core; "others" is the machine's busy time
-  (/proc/stat) minus relay and generators: other processes and kernel softirq work not charged
-  to a process.
+- load: relay / generator / others in % of one core; "others" is the CPU time of every other
+  task on the machine (/proc/PID/task/TID/schedstat; a lower bound: tasks that end within the
+  window are missed). This kernel charges softirq work (loopback delivery into the receiving
+  socket) to whichever task runs, mostly the sender: relay and generator;
+- waits: % of the window the relay (generator) was runnable but had no CPU (schedstat): the
+  direct measure of contention on a 2-CPU machine.
 
 The generator is not the bottleneck when offered kpps reaches the target (calls x 2 x rate) and
 its load stays below 100 % of a core per generator process; the line says when it does not.
-Run it on an otherwise idle machine: the load average is printed before each run.
+Run it on an otherwise idle machine: the load average is printed before each run, and the
+summary table takes, of the repeats, the run in which the relay waited least for a CPU.
 """
 
 from __future__ import annotations
@@ -634,9 +639,9 @@ def print_result(r: Result) -> None:
         notes.append("a generator process is near 100 % of a core")
     if r.others_load > 30.0 or r.relay_wait > 10.0:
         notes.append(
-            f"MACHINE BUSY: other work took {r.others_load:.0f} % of a core and the relay waited "
-            f"{r.relay_wait:.0f} % of the time for a CPU; kpps and loss show the machine, "
-            "CPU us/packet is still the relay's"
+            f"CPU CONTENTION: the relay waited {r.relay_wait:.0f} % of the window for a CPU, "
+            f"other processes took at least {r.others_load:.0f} % of a core; kpps and loss show "
+            "the machine more than the relay"
         )
     if r.mismatched or r.verified == 0:
         notes.append(f"PAYLOAD CHECK: {r.mismatched} wrong, {r.verified} right")
@@ -657,9 +662,9 @@ def print_result(r: Result) -> None:
 def print_table(results: list[Result]) -> None:
     """One Markdown row per scenario and call count, voipgw beside rtpengine."""
     by_key: dict[tuple[str, int, str], Result] = {}
-    for r in results:  # of the repeats, the run with the least other load on the machine
+    for r in results:  # of the repeats, the run in which the relay waited least for a CPU
         key = (r.scenario.name, r.calls, r.relay)
-        if key not in by_key or r.others_load < by_key[key].others_load:
+        if key not in by_key or r.relay_wait < by_key[key].relay_wait:
             by_key[key] = r
     rows = sorted(
         {(r.scenario.name, r.calls) for r in results},
@@ -679,7 +684,9 @@ def print_table(results: list[Result]) -> None:
     print()
     print("Summary. ratio = voipgw's CPU time per packet / rtpengine's; its inverse (1/x) is")
     print("voipgw's per-core throughput relative to rtpengine's (the figure issue 7 sets targets")
-    print("for). Of the repeats of a run, each cell shows the one with the least other load.")
+    print(
+        "for). Of the repeats, each cell shows the run in which the relay waited least for a CPU."
+    )
     print("| " + " | ".join(f"{name:>{width}s}" for name, width in columns) + " |")
     print("|" + "|".join("-" * (width + 2) for _, width in columns) + "|")
     for name, calls in rows:
