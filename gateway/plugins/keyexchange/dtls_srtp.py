@@ -1,0 +1,1378 @@
+"""The ``dtls`` key exchange: DTLS-SRTP (RFC 5763, RFC 5764, RFC 8842), keys agreed on the media
+path by a DTLS 1.2 handshake whose certificates are pinned by a=fingerprint in the SDP.
+
+Theory of operation
+-------------------
+SDP carries no keys here, only who we are and who shakes hands with whom (§ "SDP" below). Once
+both sides know the other's description, the side with ``a=setup:active`` is the DTLS client and
+sends a ClientHello to the other's media port; the ``passive`` side is the DTLS server (RFC 5763
+§5, RFC 4145 §4). The handshake negotiates one SRTP protection profile through the use_srtp
+extension (RFC 5764 §4.1), and each side then exports ``2 * (key + salt)`` octets with the label
+``EXTRACTOR-dtls_srtp`` (RFC 5764 §4.2, RFC 5705)::
+
+    client_write_key | server_write_key | client_write_salt | server_write_salt
+
+The client protects what it sends with the client key and salt, the server with the server's; so
+``SrtpKeys.local_key`` (what the gateway sends to the leg) is our write key then our write salt,
+and ``remote_key`` the peer's: the same key-then-salt layout an SDES ``inline:`` carries. Only
+then is ``KeysReady`` queued. Before any key is released, the certificate the peer presented is
+checked against the peer's a=fingerprint values (RFC 8122 §5, RFC 5763 §5): a mismatch aborts
+the handshake (OpenSSL sends the peer a fatal alert) and queues
+``NegotiationFailed(FINGERPRINT_MISMATCH_REASON)``. No media can be keyed from this association
+then.
+
+One :class:`DtlsNegotiation` is one stream's exchange on one leg; :class:`DtlsKeyExchange` (the
+registered ``interfaces.KeyExchange``) creates them. The DTLS work itself is OpenSSL's, through
+pyOpenSSL over memory BIOs: datagrams go in with :meth:`~DtlsNegotiation.receive_packet` and
+come out of :meth:`~DtlsNegotiation.packets_to_send`; the core moves them between the leg's
+media port and the peer (RFC 5764 §5.1.2: DTLS shares the 5-tuple with RTP and RTCP).
+
+SDP (RFC 8122, RFC 4145, RFC 5763 §5, RFC 8842)
+-----------------------------------------------
+We write ``a=fingerprint:sha-256 <our certificate>``, ``a=setup`` and ``a=tls-id``:
+
+========================  ===========================  ========================
+offer ``a=setup``         our answer                   so we are
+========================  ===========================  ========================
+actpass                   active (RFC 5763 §5)         DTLS client
+active                    passive                      DTLS server
+passive                   active                       DTLS client
+holdconn                  (refused, 488)               --
+(absent)                  passive (RFC 4145 §4:        DTLS server
+                          absent means active)
+========================  ===========================  ========================
+
+As offerer we offer ``actpass``, and the answer's ``active`` makes us the server, ``passive``
+the client; ``actpass`` or ``holdconn`` in an answer is refused. ``a=tls-id`` (RFC 8842 §4) is
+24 random characters naming the association: a re-offer or re-answer that keeps the association
+repeats it (and the fingerprint, and our established role instead of ``actpass``), a new
+association gets a new one. The peer's association is "the same" when its tls-id (or, from a
+peer without tls-id, its fingerprints) and the roles are unchanged; anything else starts a new
+handshake with new keys, the old keys staying in force until the new ones are ready.
+
+The engine reads the attributes it is given as one list: the core passes the m= section's
+attributes followed by the session-level ones (RFC 8122 §5 and RFC 4145 allow a=fingerprint and
+a=setup at either level). Fingerprints of both levels are accepted (the union: both come from the
+same peer's SDP), for ``setup`` and ``tls-id`` the first one wins, so the media-level value when
+both exist. A peer may list several fingerprints; the certificate must match one of those with a
+hash function we accept (SHA-1, SHA-224, SHA-256, SHA-384, SHA-512; never MD5/MD2), and an SDP
+without any such fingerprint is refused.
+
+The m= profile is ``UDP/TLS/RTP/SAVP`` or ``UDP/TLS/RTP/SAVPF`` (RFC 5764 §8, RFC 5124); the
+core chooses and writes it, the engine neither reads nor needs it.
+
+Signalling security: unlike SDES, no key ever travels in the SDP, so a negotiation is made (and
+works) on a leg whose signalling is not TLS: ``secure_signalling`` is only recorded
+(:attr:`DtlsNegotiation.signalling_protected`). The SDP's *integrity* still matters: whoever can
+rewrite it can put their own fingerprint in and sit in the middle. The leg's security record
+should say so for a leg without TLS.
+
+Media path and time (RFC 7983, RFC 6347 §4.2.4)
+----------------------------------------------
+:meth:`~DtlsNegotiation.claims_packet` claims first bytes 20..63 (RFC 7983 §7): STUN (0..3) and
+ZRTP (16..19) stay with their plugins, RTP/RTCP (128..191) with the relay.
+
+Retransmission is driven by the clock the core passes in (``now``), never by OpenSSL's: the
+handshake's first flight starts a timer of 1 s, doubled on every retransmission up to 60 s
+(RFC 6347 §4.2.4.1), and a new flight from the peer stops it. On the timer we first let OpenSSL
+retransmit (``DTLSv1_handle_timeout``): its retransmissions carry fresh record sequence numbers,
+which a peer that already finished the handshake needs in order to answer with its own last
+flight again (OpenSSL's replay window drops a byte-identical copy). OpenSSL only does so when
+its own wall-clock timer has run out too, which under a real clock it has; under a virtual clock
+(tests) or a few milliseconds early we resend our copy of the last flight, byte for byte. A
+finished DTLS server keeps its last flight and sends it again whenever the peer's handshake
+records reach it, so a lost final flight is recovered either way. ``handshake_timeout``
+(default 20 s) after the handshake could start without keys gives
+``NegotiationFailed(HANDSHAKE_TIMEOUT_REASON)``.
+
+The clock starts at the first call that passes ``now`` once our role is known (the offerer
+learns it from the answer); until then :meth:`~DtlsNegotiation.get_timer` returns 0.0, "due at
+once", so a core that only runs the timer loop starts the handshake too.
+
+Failures and their SIP status: SDP problems are found in ``answer``/``remote_sdp_attributes``
+and are answered 488 (:class:`DtlsError`). Handshake failures (timeout, fingerprint mismatch,
+handshake errors) happen on the media path, normally after the call was answered: they also
+carry 488, which the core sends as the final response while the call is being set up and
+otherwise puts in the BYE (``Reason: SIP;cause=488;text="..."``, RFC 3326).
+
+Keys and randomness: the only value we draw is the tls-id, from the injected ``random_bytes``
+(OpenSSL draws the handshake's randomness from its own CSPRNG, which cannot be injected, so
+handshake bytes differ from run to run while every observable outcome does not). Key material
+never appears in a ``repr``, a log line or a reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import enum
+import hmac
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import attrs
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import (
+    KeyNegotiationEvent,
+    KeysReady,
+    NegotiationFailed,
+    SrtpKeys,
+)
+from gateway.core.media.srtp import SUITES, SUPPORTED_SUITES
+from gateway.core.sdp.errors import SdpError
+from gateway.plugins.keyexchange.dtls_certificates import (
+    DIRECTORY,
+    HASH_FUNCTIONS,
+    CertificateStore,
+    DtlsIdentity,
+    certificate_digest,
+)
+
+if TYPE_CHECKING:
+    from gateway.core.interfaces import KeyExchange, KeyNegotiation
+    from gateway.core.plugins import Registry
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_MTU",
+    "DEFAULT_PROFILES",
+    "EXPORTER_LABEL",
+    "FINGERPRINT_MISMATCH_REASON",
+    "HANDSHAKE_TIMEOUT_REASON",
+    "MAX_DATAGRAM_LENGTH",
+    "MAX_EARLY_DATAGRAMS",
+    "MAX_FINGERPRINTS",
+    "MAX_FINGERPRINT_LENGTH",
+    "PROFILES",
+    "DtlsConfig",
+    "DtlsError",
+    "DtlsKeyExchange",
+    "DtlsNegotiation",
+    "DtlsProfile",
+    "DtlsStatistics",
+    "DtlsTiming",
+    "Fingerprint",
+    "LocalDtlsError",
+    "PeerDtlsParameters",
+    "Role",
+    "Setup",
+    "answerer_role",
+    "is_dtls_first_byte",
+    "offerer_role",
+    "parse_dtls_attributes_untrusted",
+    "parse_fingerprint_untrusted",
+    "parse_setup_untrusted",
+    "parse_tls_id_untrusted",
+    "serialize_fingerprint",
+    "split_keying_material",
+]
+
+RandomBytes = Callable[[int], bytes]
+IdentitySource = Callable[[], DtlsIdentity]
+
+EXPORTER_LABEL = b"EXTRACTOR-dtls_srtp"
+"""RFC 5764 §4.2: the TLS exporter label (used without a context value)."""
+
+FINGERPRINT_MISMATCH_REASON = "DTLS fingerprint mismatch"
+"""The reason of the ``NegotiationFailed`` when the peer's certificate does not match its SDP."""
+HANDSHAKE_TIMEOUT_REASON = "DTLS handshake timed out"
+"""The reason of the ``NegotiationFailed`` when no keys were agreed within the timeout."""
+
+DEFAULT_HANDSHAKE_TIMEOUT = 20.0
+"""Seconds from the start of the handshake to its failure: 1+2+4+8 s of retransmissions."""
+DEFAULT_MTU = 1200
+"""Largest datagram we send (RFC 8261 and WebRTC use 1200 too: it fits every sane path)."""
+MAX_DATAGRAM_LENGTH = 65535
+"""Longest datagram we hand to OpenSSL; longer ones are dropped and counted."""
+MAX_EARLY_DATAGRAMS = 16
+"""Datagrams kept while our offer waits for its answer (the peer answering active may start
+before its answer reaches us, RFC 5763 §5); more are dropped and counted."""
+MAX_FINGERPRINTS = 8
+"""Most a=fingerprint lines we read for one stream."""
+MAX_FINGERPRINT_LENGTH = 256
+"""Longest a=fingerprint value (SHA-512 needs 199 characters)."""
+MAX_FINAL_FLIGHT_RESENDS = 32
+"""Times a finished DTLS server sends its last flight again on the peer's retransmissions."""
+
+_DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no constant for it
+_RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (48 bits), length
+_HANDSHAKE_HEADER = 12  # RFC 6347 §4.2.2: msg_type, length, message_seq, fragment offset+length
+_CHANGE_CIPHER_SPEC, _ALERT, _HANDSHAKE = 20, 21, 22  # RFC 5246 §6.2.1 ContentType
+_READ_CHUNK = 1 << 16
+_MAX_REASON_DETAIL = 120
+
+# RFC 9325 §4.2 (as for SIP over TLS): ECDHE and AEAD only. Our certificate is ECDSA; a peer's
+# may be RSA, which only matters when we are the client.
+_CIPHERS = b":".join(
+    [
+        b"ECDHE-ECDSA-AES128-GCM-SHA256",
+        b"ECDHE-ECDSA-AES256-GCM-SHA384",
+        b"ECDHE-ECDSA-CHACHA20-POLY1305",
+        b"ECDHE-RSA-AES128-GCM-SHA256",
+        b"ECDHE-RSA-AES256-GCM-SHA384",
+        b"ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+
+# --------------------------------------------------------------------------------------------
+# SRTP protection profiles (RFC 5764 §4.1.2, RFC 7714 §14.2)
+
+
+@attrs.frozen
+class DtlsProfile:
+    """One use_srtp protection profile and the SRTP suite (``srtp.SUITES`` name) it keys."""
+
+    name: str
+    """OpenSSL's name, used in ``[plugins.dtls] profiles``."""
+    rfc_name: str
+    profile_id: int
+    suite: str
+
+
+# fmt: off
+PROFILES: Mapping[str, DtlsProfile] = MappingProxyType({
+    profile.name: profile
+    for profile in (
+        DtlsProfile("SRTP_AES128_CM_SHA1_80", "SRTP_AES128_CM_HMAC_SHA1_80", 0x0001,
+                    "AES_CM_128_HMAC_SHA1_80"),
+        DtlsProfile("SRTP_AES128_CM_SHA1_32", "SRTP_AES128_CM_HMAC_SHA1_32", 0x0002,
+                    "AES_CM_128_HMAC_SHA1_32"),
+        DtlsProfile("SRTP_AEAD_AES_128_GCM", "SRTP_AEAD_AES_128_GCM", 0x0007, "AEAD_AES_128_GCM"),
+        DtlsProfile("SRTP_AEAD_AES_256_GCM", "SRTP_AEAD_AES_256_GCM", 0x0008, "AEAD_AES_256_GCM"),
+    )
+    if profile.suite in SUPPORTED_SUITES
+})
+# fmt: on
+"""The profiles this gateway negotiates, by OpenSSL name. There is no AES-192/256-CM profile:
+those suites are SDES-only."""
+
+DEFAULT_PROFILES: tuple[str, ...] = tuple(
+    name
+    for name in (
+        "SRTP_AEAD_AES_256_GCM",
+        "SRTP_AEAD_AES_128_GCM",
+        "SRTP_AES128_CM_SHA1_80",
+        "SRTP_AES128_CM_SHA1_32",
+    )
+    if name in PROFILES
+)
+"""Offered, and preferred as DTLS server (OpenSSL's server picks by its own order), when neither
+the leg's policy nor the configuration says otherwise: strongest first, the 32-bit tag last."""
+
+_PROFILE_BY_SUITE = {profile.suite: profile for profile in PROFILES.values()}
+
+
+def split_keying_material(material: bytes, suite: str) -> tuple[bytes, bytes]:
+    """RFC 5764 §4.2: the exporter output for ``suite`` as (client key‖salt, server key‖salt).
+
+    ``material`` is ``client_key | server_key | client_salt | server_salt``, each key the
+    suite's master key length and each salt its master salt length."""
+    srtp_suite = SUITES[suite]
+    key_length, salt_length = srtp_suite.master_key_length, srtp_suite.master_salt_length
+    if len(material) != 2 * (key_length + salt_length):
+        raise LocalDtlsError(f"{suite} needs {2 * (key_length + salt_length)} exported octets")
+    client_key = material[:key_length]
+    server_key = material[key_length : 2 * key_length]
+    salts = material[2 * key_length :]
+    return client_key + salts[:salt_length], server_key + salts[salt_length:]
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class DtlsError(SdpError):
+    """The peer's DTLS-SRTP SDP attributes are malformed or unacceptable: answer ``sip_status``
+    488 with ``reason`` as the Warning text."""
+
+
+class LocalDtlsError(Exception):
+    """The gateway misused this module (a bug, never the peer's fault)."""
+
+
+# --------------------------------------------------------------------------------------------
+# SDP values
+
+
+class Setup(enum.Enum):
+    """``a=setup`` values (RFC 4145 §4)."""
+
+    ACTIVE = "active"
+    PASSIVE = "passive"
+    ACTPASS = "actpass"
+    HOLDCONN = "holdconn"
+
+
+class Role(enum.Enum):
+    """Our side of the DTLS handshake. ``active`` is the client (RFC 5763 §5)."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+    @property
+    def setup(self) -> Setup:
+        """The a=setup value that announces this role."""
+        return Setup.ACTIVE if self is Role.CLIENT else Setup.PASSIVE
+
+
+@attrs.frozen
+class Fingerprint:
+    """One ``a=fingerprint`` (RFC 8122 §5): a hash function name (lowercase) and the hash of
+    the DER certificate."""
+
+    algorithm: str
+    digest: bytes = attrs.field(repr=lambda digest: digest.hex())
+
+    @property
+    def usable(self) -> bool:
+        """Whether we compute this hash function (:data:`dtls_certificates.HASH_FUNCTIONS`)."""
+        return self.algorithm in HASH_FUNCTIONS
+
+    def matches(self, der: bytes) -> bool:
+        """Whether the DER certificate hashes to this fingerprint (never for unusable ones)."""
+        if not self.usable:
+            return False
+        return hmac.compare_digest(certificate_digest(der, self.algorithm), self.digest)
+
+
+_HASH_FUNC = re.compile(r"[!#$%&'*+\-.^_`{|}~0-9A-Za-z]{1,32}")  # RFC 8122 §5: token
+_FINGERPRINT_HEX = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*")
+_DIGEST_LENGTHS = {"md2": 16, "md5": 16, "sha-1": 20, "sha-224": 28, "sha-256": 32}
+_DIGEST_LENGTHS |= {"sha-384": 48, "sha-512": 64}
+_TLS_ID = re.compile(r"[A-Za-z0-9+/\-_]{20,255}")  # RFC 8842 §4
+
+
+def parse_fingerprint_untrusted(
+    value: str, *, max_length: int = MAX_FINGERPRINT_LENGTH
+) -> Fingerprint:
+    """Parse an ``a=fingerprint`` value: ``hash-func SP 2HEX *(":" 2HEX)`` (RFC 8122 §5).
+
+    The hash function is case-insensitive; the hex is upper case in the grammar, lower case is
+    accepted too. For a known hash function the digest must have its length. Raises
+    :class:`DtlsError`."""
+    if len(value) > max_length:
+        raise DtlsError(f"a=fingerprint is longer than {max_length} characters")
+    algorithm, space, hex_text = value.strip(" \t").partition(" ")
+    hex_text = hex_text.strip(" \t")
+    if not space or not _HASH_FUNC.fullmatch(algorithm):
+        raise DtlsError("a=fingerprint needs a hash function and a fingerprint")
+    if not _FINGERPRINT_HEX.fullmatch(hex_text):
+        raise DtlsError("a=fingerprint is not colon-separated hex pairs")
+    algorithm = algorithm.lower()
+    digest = bytes.fromhex(hex_text.replace(":", ""))
+    expected = _DIGEST_LENGTHS.get(algorithm)
+    if expected is not None and len(digest) != expected:
+        raise DtlsError(f"a=fingerprint {algorithm} has {len(digest)} octets, not {expected}")
+    return Fingerprint(algorithm, digest)
+
+
+def serialize_fingerprint(fingerprint: Fingerprint) -> str:
+    """The ``a=fingerprint`` value: hash function, space, upper-case hex pairs with colons."""
+    return f"{fingerprint.algorithm} " + ":".join(f"{octet:02X}" for octet in fingerprint.digest)
+
+
+def parse_setup_untrusted(value: str | None) -> Setup:
+    """Parse an ``a=setup`` value (RFC 4145 §4, case-insensitive). Raises :class:`DtlsError`."""
+    text = (value or "").strip(" \t").lower()
+    for setup in Setup:
+        if setup.value == text:
+            return setup
+    raise DtlsError("a=setup is not active, passive, actpass or holdconn")
+
+
+def parse_tls_id_untrusted(value: str | None) -> str:
+    """Parse an ``a=tls-id`` value: 20 to 255 of ALPHA, DIGIT, ``+ / - _`` (RFC 8842 §4).
+    Raises :class:`DtlsError`."""
+    text = (value or "").strip(" \t")
+    if not _TLS_ID.fullmatch(text):
+        raise DtlsError("a=tls-id is not 20 to 255 characters of letters, digits, + / - _")
+    return text
+
+
+@attrs.frozen
+class PeerDtlsParameters:
+    """What a peer's SDP says about its side of the DTLS association of one stream."""
+
+    fingerprints: tuple[Fingerprint, ...]
+    setup: Setup | None
+    """None when the SDP has no a=setup (RFC 4145 §4: that means ``active``)."""
+    tls_id: str | None
+
+    @property
+    def effective_setup(self) -> Setup:
+        return Setup.ACTIVE if self.setup is None else self.setup
+
+    def matches(self, der: bytes) -> bool:
+        """Whether a certificate (DER) matches one of the usable fingerprints."""
+        return any(fingerprint.matches(der) for fingerprint in self.fingerprints)
+
+    def same_identity(self, other: PeerDtlsParameters) -> bool:
+        """Same tls-id and fingerprints: the peer speaks of the same association (RFC 8842 §5)."""
+        return self.tls_id == other.tls_id and set(self.fingerprints) == set(other.fingerprints)
+
+
+def fingerprint_values(attributes: Iterable[tuple[str, str | None]]) -> list[str]:
+    """The values of the a=fingerprint lines among the attributes, in order."""
+    return [value or "" for name, value in attributes if name.lower() == "fingerprint"]
+
+
+def parse_dtls_attributes_untrusted(
+    attributes: Iterable[tuple[str, str | None]],
+    *,
+    max_fingerprints: int = MAX_FINGERPRINTS,
+) -> PeerDtlsParameters:
+    """The peer's fingerprints, a=setup and a=tls-id from one stream's attributes (media level
+    first, then session level; see the module docstring).
+
+    Fingerprints with a hash function we do not use are skipped; at least one usable one is
+    required. Raises :class:`DtlsError` (488)."""
+    attributes = list(attributes)
+    values = fingerprint_values(attributes)
+    if not values:
+        raise DtlsError("no a=fingerprint (RFC 5763 §5 requires one)")
+    if len(values) > max_fingerprints:
+        raise DtlsError(f"more than {max_fingerprints} a=fingerprint lines")
+    fingerprints = tuple(parse_fingerprint_untrusted(value) for value in values)
+    usable = tuple(fingerprint for fingerprint in fingerprints if fingerprint.usable)
+    if not usable:
+        names = "/".join(name.upper() for name in HASH_FUNCTIONS)
+        raise DtlsError(f"no a=fingerprint with a hash function we accept ({names})")
+    setup: Setup | None = None
+    tls_id: str | None = None
+    for name, value in attributes:
+        lowered = name.lower()
+        if lowered == "setup" and setup is None:
+            setup = parse_setup_untrusted(value)
+        elif lowered == "tls-id" and tls_id is None:
+            tls_id = parse_tls_id_untrusted(value)
+    return PeerDtlsParameters(usable, setup, tls_id)
+
+
+def answerer_role(offered: Setup | None) -> Role:
+    """Our DTLS role answering an offer with this a=setup (None: absent, which RFC 4145 §4
+    reads as ``active``). ``actpass`` makes us active, the client (RFC 5763 §5: the answerer
+    SHOULD be active, so the handshake starts while the answer travels)."""
+    if offered is None or offered is Setup.ACTIVE:
+        return Role.SERVER
+    if offered in (Setup.ACTPASS, Setup.PASSIVE):
+        return Role.CLIENT
+    raise DtlsError("the offer's a=setup:holdconn asks for no DTLS association (RFC 4145 §4)")
+
+
+def offerer_role(offered: Setup, answered: Setup | None) -> Role:
+    """Our DTLS role after our offer with ``offered`` got an answer with ``answered`` (None:
+    absent, meaning ``active``). RFC 4145 §4.1: the answer takes the role we left open."""
+    answered = Setup.ACTIVE if answered is None else answered
+    if answered is Setup.ACTIVE and offered in (Setup.ACTPASS, Setup.PASSIVE):
+        return Role.SERVER
+    if answered is Setup.PASSIVE and offered in (Setup.ACTPASS, Setup.ACTIVE):
+        return Role.CLIENT
+    raise DtlsError(
+        f"the answer's a=setup:{answered.value} does not fit our a=setup:{offered.value} "
+        "(RFC 5763 §5: an answer is active or passive)"
+    )
+
+
+def is_dtls_first_byte(first_byte: int) -> bool:
+    """RFC 7983 §7: a datagram whose first byte is 20..63 is DTLS."""
+    return 20 <= first_byte <= 63
+
+
+# --------------------------------------------------------------------------------------------
+# Datagrams and records
+
+
+def _records(data: bytes) -> Iterator[bytes]:
+    """Split our own output into DTLS records (RFC 6347 §4.1). Trusted input (OpenSSL wrote
+    it); a record running past the end is kept whole as what is left."""
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < _RECORD_HEADER:
+            yield data[offset:]
+            return
+        length = int.from_bytes(data[offset + 11 : offset + 13], "big")
+        end = min(offset + _RECORD_HEADER + length, len(data))
+        yield data[offset:end]
+        offset = end
+
+
+def _pack(data: bytes, mtu: int) -> list[bytes]:
+    """Our output as datagrams of at most ``mtu`` octets, records never split.
+
+    A memory BIO is a byte stream: what OpenSSL wrote as several datagrams comes out joined, so
+    the records are packed again, in order, as OpenSSL itself packs them."""
+    datagrams: list[bytes] = []
+    current = b""
+    for record in _records(data):
+        if current and len(current) + len(record) > mtu:
+            datagrams.append(current)
+            current = b""
+        current += record
+    if current:
+        datagrams.append(current)
+    return datagrams
+
+
+def _first_message_seq(datagrams: Sequence[bytes]) -> int | None:
+    """The handshake message_seq (RFC 6347 §4.2.2) that our flight starts with, when it starts
+    with a plaintext handshake record; None for alerts, ChangeCipherSpec and encrypted records."""
+    if not datagrams or len(datagrams[0]) < _RECORD_HEADER + _HANDSHAKE_HEADER:
+        return None
+    record = datagrams[0]
+    epoch = int.from_bytes(record[3:5], "big")
+    if record[0] != _HANDSHAKE or epoch != 0:
+        return None
+    return int.from_bytes(record[_RECORD_HEADER + 4 : _RECORD_HEADER + 6], "big")
+
+
+def _is_handshake_datagram_untrusted(packet: bytes) -> bool:
+    """Whether the peer's datagram starts with a handshake or ChangeCipherSpec record: a
+    retransmission of its last flight, once our handshake is done."""
+    return len(packet) >= _RECORD_HEADER and packet[0] in (_HANDSHAKE, _CHANGE_CIPHER_SPEC)
+
+
+def _openssl_reason(exc: SSL.Error) -> str:
+    """A short reason from an OpenSSL error: its fixed reason text (never peer data)."""
+    detail = ""
+    errors = exc.args[0] if exc.args else None
+    if isinstance(errors, list) and errors and isinstance(errors[-1], tuple):
+        detail = str(errors[-1][-1])
+    elif isinstance(exc, SSL.ZeroReturnError):
+        detail = "the peer closed the association"
+    elif exc.args:
+        detail = str(exc.args[-1])
+    detail = "".join(c for c in detail if c.isprintable())[:_MAX_REASON_DETAIL]
+    return f"DTLS handshake failed: {detail or type(exc).__name__}"
+
+
+# --------------------------------------------------------------------------------------------
+# One DTLS association (the media-path half)
+
+
+@attrs.frozen
+class DtlsTiming:
+    """Handshake timers (RFC 6347 §4.2.4.1): initial and largest retransmission interval, and
+    the time a handshake may take before the negotiation fails."""
+
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    initial_retransmit: float = 1.0
+    max_retransmit: float = 60.0
+
+
+@attrs.define
+class DtlsStatistics:
+    """Counters of one negotiation's association (``statistics()`` returns a copy)."""
+
+    datagrams_received: int = 0
+    datagrams_sent: int = 0
+    retransmissions: int = 0
+    """Timer-driven resends of our last flight."""
+    final_flight_resends: int = 0
+    dropped_oversize: int = 0
+    dropped_early: int = 0
+    """Datagrams dropped while waiting for the answer, beyond :data:`MAX_EARLY_DATAGRAMS`."""
+    ignored: int = 0
+    """Datagrams that arrived after the negotiation failed."""
+
+
+class _Phase(enum.Enum):
+    OFFERED = "offered"  # our offer is out; our role waits for the answer
+    HANDSHAKING = "handshaking"  # role known; the DTLS handshake is under way (or about to be)
+    ESTABLISHED = "established"  # keys agreed and checked; KeysReady queued
+    FAILED = "failed"  # terminal
+
+
+class _Association:
+    """One DTLS association: an OpenSSL connection over memory BIOs, its flights and timers.
+
+    Shared by the negotiations of one stream while re-offers keep it. Its methods return the
+    events they cause; the negotiation that drove it queues them."""
+
+    def __init__(
+        self,
+        *,
+        role: Role,
+        identity: DtlsIdentity,
+        local_tls_id: str,
+        peer: PeerDtlsParameters,
+        profiles: Sequence[DtlsProfile],
+        timing: DtlsTiming,
+        mtu: int,
+    ) -> None:
+        self.role = role
+        self.identity = identity
+        self.local_tls_id = local_tls_id
+        self.peer = peer
+        self.profiles = tuple(profiles)
+        self.timing = timing
+        self.mtu = mtu
+        self.phase = _Phase.HANDSHAKING
+        self.keys: SrtpKeys | None = None
+        self.failure: NegotiationFailed | None = None
+        self.peer_certificate_sha256: str | None = None
+        self.statistics = DtlsStatistics()
+        self._fingerprint_mismatch = False
+        self._started = False
+        self._deadline: float | None = None
+        self._flight: list[bytes] = []
+        self._last_message_seq = -1
+        self._retransmit_at: float | None = None
+        self._interval = timing.initial_retransmit
+        self._flight_resends = 0
+        self._final_flight: list[bytes] = []
+        self._outgoing: list[bytes] = []
+        self._connection = self._new_connection()
+
+    def __repr__(self) -> str:
+        return f"<DTLS association {self.role.value} {self.phase.value}>"
+
+    def _new_connection(self) -> SSL.Connection:
+        context = SSL.Context(SSL.DTLS_METHOD)
+        context.set_min_proto_version(_DTLS1_2_VERSION)
+        context.set_max_proto_version(_DTLS1_2_VERSION)
+        # No renegotiation, no tickets (each association is a full handshake that checks the
+        # certificate), no compression; OpenSSL must not ask a memory BIO for the path MTU.
+        context.set_options(
+            SSL.OP_NO_QUERY_MTU
+            | SSL.OP_NO_TICKET
+            | SSL.OP_NO_RENEGOTIATION
+            | SSL.OP_NO_COMPRESSION
+            | SSL.OP_CIPHER_SERVER_PREFERENCE
+        )
+        context.set_cipher_list(_CIPHERS)
+        context.use_certificate(self.identity.certificate)
+        context.use_privatekey(self.identity.private_key)
+        context.check_privatekey()
+        # RFC 5763 §5: both sides present a certificate, self-signed, and trust comes from the
+        # SDP fingerprint, checked here (depth 0 is the peer's own certificate).
+        context.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE,
+            self._verify,
+        )
+        context.set_tlsext_use_srtp(b":".join(p.name.encode("ascii") for p in self.profiles))
+        connection = SSL.Connection(context, None)
+        connection.set_ciphertext_mtu(self.mtu)
+        if self.role is Role.CLIENT:
+            connection.set_connect_state()
+        else:
+            connection.set_accept_state()
+        return connection
+
+    def _verify(
+        self, _connection: Any, certificate: Any, _error: int, depth: int, _ok: int
+    ) -> bool:
+        if depth != 0:
+            return True  # a chain above the peer's certificate proves nothing here; ignore it
+        der = certificate.to_cryptography().public_bytes(serialization.Encoding.DER)
+        if self.peer.matches(der):
+            return True
+        self._fingerprint_mismatch = True
+        return False
+
+    # -- driven by the negotiation ------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def start(self, now: float) -> list[KeyNegotiationEvent]:
+        """Start the clock (and, as client, the handshake) at the first ``now`` we get."""
+        if self._started or self.phase is not _Phase.HANDSHAKING:
+            return []
+        self._started = True
+        self._deadline = now + self.timing.handshake_timeout
+        if self.role is Role.CLIENT:
+            return self._drive(now)
+        return []
+
+    def receive(self, packet: bytes, now: float) -> list[KeyNegotiationEvent]:
+        events = self.start(now)
+        if self.phase is _Phase.FAILED:
+            self.statistics.ignored += 1
+            return events
+        if len(packet) > MAX_DATAGRAM_LENGTH:
+            self.statistics.dropped_oversize += 1
+            return events
+        self.statistics.datagrams_received += 1
+        self._connection.bio_write(packet)
+        if self.phase is _Phase.ESTABLISHED:
+            self._after_handshake(packet)
+            return events
+        return events + self._drive(now)
+
+    def get_timer(self) -> float | None:
+        if self.phase is not _Phase.HANDSHAKING:
+            return None
+        if not self._started:
+            return 0.0  # due at once: the first handle_timer starts the clock
+        assert self._deadline is not None
+        if self._retransmit_at is None:
+            return self._deadline
+        return min(self._deadline, self._retransmit_at)
+
+    def handle_timer(self, now: float) -> list[KeyNegotiationEvent]:
+        events = self.start(now)
+        if self.phase is not _Phase.HANDSHAKING:
+            return events
+        assert self._deadline is not None
+        if now >= self._deadline:
+            return events + self._fail(HANDSHAKE_TIMEOUT_REASON)
+        if self._retransmit_at is not None and now >= self._retransmit_at:
+            events += self._retransmit(now)
+        return events
+
+    def take_outgoing(self) -> list[bytes]:
+        outgoing, self._outgoing = self._outgoing, []
+        self.statistics.datagrams_sent += len(outgoing)
+        return outgoing
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _read_output(self) -> list[bytes]:
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._connection.bio_read(_READ_CHUNK))
+            except SSL.WantReadError:
+                break
+        return _pack(b"".join(chunks), self.mtu)
+
+    def _drive(self, now: float) -> list[KeyNegotiationEvent]:
+        try:
+            self._connection.do_handshake()
+        except SSL.WantReadError:
+            done = False
+        except SSL.Error as exc:
+            self._outgoing += self._read_output()  # the alert telling the peer why
+            if self._fingerprint_mismatch:
+                return self._fail(FINGERPRINT_MISMATCH_REASON)
+            return self._fail(_openssl_reason(exc))
+        else:
+            done = True
+        output = self._read_output()
+        if done:
+            # The side that finishes by writing (the server, in a full handshake) keeps that
+            # last flight for the peer's retransmissions (RFC 6347 §4.2.4, "FINISHED").
+            self._outgoing += output
+            self._final_flight = output
+            self._retransmit_at = None
+            return self._complete()
+        if output:
+            self._new_output(output, now)
+        return []
+
+    def _new_output(self, output: list[bytes], now: float) -> None:
+        self._outgoing += output
+        if output[0][:1] == bytes([_ALERT]):
+            return  # an alert goes once and is not part of the flight
+        seq = _first_message_seq(output)
+        if seq is not None and seq <= self._last_message_seq:
+            # OpenSSL retransmitted on its own clock (while reading): a fresher copy of the
+            # flight in force; the timer keeps its course.
+            self._flight = output
+            return
+        if seq is not None:
+            self._last_message_seq = seq
+        # RFC 6347 §4.2.4.1: keep the timer value until a flight goes through without loss.
+        if self._flight_resends == 0:
+            self._interval = self.timing.initial_retransmit
+        self._flight, self._flight_resends = output, 0
+        self._retransmit_at = now + self._interval
+
+    def _retransmit(self, now: float) -> list[KeyNegotiationEvent]:
+        try:
+            native = self._connection.DTLSv1_handle_timeout()
+        except SSL.Error as exc:
+            return self._fail(_openssl_reason(exc))
+        output = self._read_output() if native else []
+        if output:
+            self._flight = output  # fresh record numbers (see the module docstring)
+        self._outgoing += self._flight
+        self._flight_resends += 1
+        self.statistics.retransmissions += 1
+        self._interval = min(self._interval * 2, self.timing.max_retransmit)
+        self._retransmit_at = now + self._interval
+        return []
+
+    def _after_handshake(self, packet: bytes) -> None:
+        # Let OpenSSL read what came: a retransmitted Finished makes it resend its last flight
+        # with fresh record numbers. Data or alerts after the handshake change nothing here.
+        for _ in range(8):
+            try:
+                self._connection.recv(_READ_CHUNK)
+            except SSL.Error:  # WantReadError when done; close_notify and alerts are ignored
+                break
+        output = self._read_output()
+        if output:
+            self._outgoing += output
+        elif (
+            self._final_flight
+            and _is_handshake_datagram_untrusted(packet)
+            and self.statistics.final_flight_resends < MAX_FINAL_FLIGHT_RESENDS
+        ):
+            self._outgoing += self._final_flight
+            self.statistics.final_flight_resends += 1
+
+    def _complete(self) -> list[KeyNegotiationEvent]:
+        certificate = self._connection.get_peer_certificate(as_cryptography=True)
+        if certificate is None:
+            return self._fail("DTLS handshake failed: the peer presented no certificate")
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        if not self.peer.matches(der):  # the verify callback already did; never release keys
+            return self._fail(FINGERPRINT_MISMATCH_REASON)
+        self.peer_certificate_sha256 = certificate_digest(der, "sha-256").hex()
+        selected = self._connection.get_selected_srtp_profile().decode("ascii", "replace")
+        profile = next((p for p in self.profiles if p.name == selected), None)
+        if profile is None:
+            return self._fail(
+                "DTLS handshake agreed no SRTP protection profile (use_srtp, RFC 5764 §4.1.2)"
+            )
+        suite = SUITES[profile.suite]
+        material = self._connection.export_keying_material(
+            EXPORTER_LABEL, 2 * suite.key_salt_length
+        )
+        client, server = split_keying_material(material, profile.suite)
+        local, remote = (client, server) if self.role is Role.CLIENT else (server, client)
+        self.keys = SrtpKeys(profile.suite, local_key=local, remote_key=remote)
+        self.phase = _Phase.ESTABLISHED
+        self._deadline = None
+        return [KeysReady(self.keys)]
+
+    def _fail(self, reason: str) -> list[KeyNegotiationEvent]:
+        if self.phase is _Phase.FAILED:
+            return []
+        self.phase = _Phase.FAILED
+        self.keys = None
+        self._retransmit_at = self._deadline = None
+        self._flight, self._final_flight = [], []
+        self.failure = NegotiationFailed(reason, DtlsError.sip_status)
+        return [self.failure]
+
+
+# --------------------------------------------------------------------------------------------
+# The negotiation of one stream on one leg
+
+
+@attrs.frozen
+class _Settings:
+    identity: DtlsIdentity
+    profiles: tuple[DtlsProfile, ...]
+    timing: DtlsTiming
+    mtu: int
+    random_bytes: RandomBytes
+
+
+@attrs.define(eq=False, repr=False)
+class DtlsNegotiation:
+    """DTLS-SRTP for one media stream on one leg (``interfaces.KeyNegotiation``), created by
+    :class:`DtlsKeyExchange`. ``role`` is the SDP role, "offerer" or "answerer"; the DTLS role
+    is :attr:`dtls_role`."""
+
+    role: str
+    _settings: _Settings
+    _phase: _Phase
+    _setup: Setup
+    """What our SDP says: actpass in a first offer, our role otherwise."""
+    _tls_id: str
+    signalling_protected: bool = False
+    """Whether the SDP travelled over TLS (integrity of the fingerprints; recorded only)."""
+    _association: _Association | None = None
+    _candidate: _Association | None = None
+    """A re-offer's association in force, kept if the answer agrees (RFC 8842 §5)."""
+    _keys_before: SrtpKeys | None = None
+    """Keys of the association this one replaces, in force until ours are ready."""
+    _early: list[bytes] = attrs.Factory(list)
+    _early_dropped: int = 0
+    _failure: NegotiationFailed | None = None
+    _events: deque[KeyNegotiationEvent] = attrs.Factory(deque)
+
+    def __repr__(self) -> str:
+        role = self.dtls_role or "role?"
+        return f"<DtlsNegotiation {self.role} {role} {self.state} suite={self.suite}>"
+
+    # -- what the core reads --------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``offered``, ``handshaking``, ``established`` or ``failed``."""
+        if self._phase is _Phase.FAILED or self._association is None:
+            return self._phase.value
+        return self._association.phase.value
+
+    @property
+    def dtls_role(self) -> str | None:
+        """``client`` (a=setup:active) or ``server``; None while our offer waits."""
+        association = self._association or self._candidate
+        return association.role.value if association is not None else None
+
+    @property
+    def setup(self) -> str:
+        """The a=setup value in our SDP."""
+        return self._setup.value
+
+    @property
+    def tls_id(self) -> str:
+        """Our a=tls-id."""
+        return self._tls_id
+
+    @property
+    def local_fingerprint(self) -> Fingerprint:
+        """Our a=fingerprint (SHA-256 of the certificate this stream's association uses)."""
+        return Fingerprint("sha-256", self._settings.identity.digest("sha-256"))
+
+    @property
+    def keys(self) -> SrtpKeys | None:
+        """The keys in force: those agreed, else while a new association is under way those of
+        the one it replaces. None before any agreement and after a failure."""
+        if self._phase is _Phase.FAILED:
+            return None
+        association = self._association or self._candidate
+        if association is not None and association.keys is not None:
+            return association.keys
+        return self._keys_before
+
+    @property
+    def suite(self) -> str | None:
+        keys = self.keys
+        return keys.suite if keys is not None else None
+
+    @property
+    def failure(self) -> NegotiationFailed | None:
+        return self._failure
+
+    @property
+    def peer_certificate_sha256(self) -> str | None:
+        """SHA-256 of the certificate the peer presented (lowercase hex), once checked."""
+        association = self._association or self._candidate
+        return association.peer_certificate_sha256 if association is not None else None
+
+    def statistics(self) -> DtlsStatistics:
+        association = self._association or self._candidate
+        stats = attrs.evolve(association.statistics) if association else DtlsStatistics()
+        stats.dropped_early += self._early_dropped
+        return stats
+
+    # -- interfaces.KeyNegotiation --------------------------------------------------------------
+
+    def local_sdp_attributes(self) -> list[tuple[str, str | None]]:
+        """a=fingerprint, a=setup and a=tls-id for this stream; none once failed."""
+        if self._phase is _Phase.FAILED:
+            return []
+        return [
+            ("fingerprint", serialize_fingerprint(self.local_fingerprint)),
+            ("setup", self._setup.value),
+            ("tls-id", self._tls_id),
+        ]
+
+    def remote_sdp_attributes(self, attributes: Iterable[tuple[str, str | None]]) -> None:
+        """The peer's answer to our offer (media-level then session-level attributes). Decides
+        our DTLS role (or keeps the association a re-offer proposed to keep) and feeds any
+        datagrams that arrived before it. Raises :class:`DtlsError` when the answer is
+        unacceptable, after queuing the same reason as ``NegotiationFailed``. The same answer
+        again (a 183 then a 200) changes nothing; a different one after the first is refused.
+
+        An answering negotiation took its offer in :meth:`DtlsKeyExchange.answer`; calling this
+        on it is a :class:`LocalDtlsError`. On a failed negotiation it does nothing."""
+        if self.role != "offerer":
+            raise LocalDtlsError(
+                "an answering DTLS negotiation takes the offer in DtlsKeyExchange.answer()"
+            )
+        if self._phase is _Phase.FAILED:
+            return
+        try:
+            peer = parse_dtls_attributes_untrusted(attributes)
+            role = offerer_role(self._setup, peer.setup)
+        except DtlsError as exc:
+            self._fail_and_raise(f"the answer: {exc.reason}")
+        if self._association is not None:
+            if self._association.peer.same_identity(peer) and self._association.role is role:
+                return  # the same answer again
+            self._fail_and_raise("a second answer changes the DTLS parameters")
+        candidate, self._candidate = self._candidate, None
+        if candidate is not None and candidate.peer.same_identity(peer) and candidate.role is role:
+            self._association = candidate  # RFC 8842 §5: the association goes on
+        else:
+            if candidate is not None:
+                self._keys_before = candidate.keys
+            self._association = self._new_association(role, peer)
+        self._phase = _Phase.HANDSHAKING
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        """DTLS datagrams: first byte 20..63 (RFC 7983 §7). STUN (0..3), ZRTP (16..19) and
+        RTP/RTCP (128..191) are left to others."""
+        return is_dtls_first_byte(first_byte)
+
+    def receive_packet(self, packet: bytes, *, now: float) -> None:
+        """A DTLS datagram from the peer. Before our role is known (our offer waits for its
+        answer) it is kept, up to :data:`MAX_EARLY_DATAGRAMS`; after a failure it is ignored."""
+        association = self._driven()
+        if association is None:
+            if self._phase is _Phase.OFFERED and len(self._early) < MAX_EARLY_DATAGRAMS:
+                self._early.append(packet)
+            else:
+                self._early_dropped += 1
+            return
+        self._queue(self._feed_early(association, now))
+        self._queue(association.receive(packet, now))
+
+    def packets_to_send(self, *, now: float) -> list[bytes]:
+        """Datagrams for the peer, sent from this stream's media port. The first call after our
+        role is known starts the handshake clock (and, as DTLS client, the handshake)."""
+        association = self._driven()
+        if association is None:
+            return []
+        self._queue(self._feed_early(association, now))
+        self._queue(association.start(now))
+        return association.take_outgoing()
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` is due: a retransmission or the handshake timeout; 0.0 when
+        the handshake can start but has not seen the clock yet; None when nothing is pending."""
+        association = self._driven()
+        return association.get_timer() if association is not None else None
+
+    def handle_timer(self, *, now: float) -> None:
+        """Retransmit the last flight or fail the handshake, as due; then read
+        :meth:`packets_to_send` and :meth:`next_event`."""
+        association = self._driven()
+        if association is None:
+            return
+        self._queue(self._feed_early(association, now))
+        self._queue(association.handle_timer(now))
+
+    def next_event(self) -> KeyNegotiationEvent | None:
+        """The next ``KeysReady`` or ``NegotiationFailed``, or None."""
+        return self._events.popleft() if self._events else None
+
+    # -- separate RTCP (no rtcp-mux) ------------------------------------------------------------
+
+    def rtcp_component(self) -> DtlsNegotiation:
+        """A second negotiation for the stream's separate RTCP port, when rtcp-mux was not
+        agreed: RFC 5764 §4.1 runs a DTLS handshake on each port, with the same SDP roles and
+        certificates, and keys SRTCP on that port from that handshake. It has no SDP attributes
+        of its own. Raises :class:`LocalDtlsError` before our role is known."""
+        association = self._association
+        if association is None or self._phase is _Phase.FAILED:
+            raise LocalDtlsError("the RTCP component needs the stream's DTLS role: call it later")
+        component = DtlsNegotiation(
+            self.role,
+            self._settings,
+            _Phase.HANDSHAKING,
+            self._setup,
+            self._tls_id,
+            signalling_protected=self.signalling_protected,
+        )
+        component._association = self._new_association(association.role, association.peer)
+        return component
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _driven(self) -> _Association | None:
+        if self._phase is _Phase.FAILED:
+            return None
+        return self._association or self._candidate
+
+    def _new_association(self, role: Role, peer: PeerDtlsParameters) -> _Association:
+        return _Association(
+            role=role,
+            identity=self._settings.identity,
+            local_tls_id=self._tls_id,
+            peer=peer,
+            profiles=self._settings.profiles,
+            timing=self._settings.timing,
+            mtu=self._settings.mtu,
+        )
+
+    def _feed_early(self, association: _Association, now: float) -> list[KeyNegotiationEvent]:
+        if not self._early or association is not self._association:
+            return []
+        early, self._early = self._early, []
+        events: list[KeyNegotiationEvent] = []
+        for packet in early:
+            events += association.receive(packet, now)
+        return events
+
+    def _queue(self, events: list[KeyNegotiationEvent]) -> None:
+        for event in events:
+            if isinstance(event, NegotiationFailed):
+                self._fail(event.reason)
+            else:
+                self._events.append(event)
+
+    def _fail(self, reason: str) -> None:
+        if self._phase is _Phase.FAILED:
+            return
+        self._phase = _Phase.FAILED
+        self._early = []
+        self._failure = NegotiationFailed(reason, DtlsError.sip_status)
+        self._events.append(self._failure)
+
+    def _fail_and_raise(self, reason: str) -> NoReturn:
+        self._fail(reason)
+        raise DtlsError(reason) from None
+
+
+def _in_force(previous: KeyNegotiation | None) -> _Association | None:
+    """The association a previous DTLS negotiation of the stream has (or proposed), if alive."""
+    if not isinstance(previous, DtlsNegotiation) or previous._phase is _Phase.FAILED:
+        return None
+    association = previous._association or previous._candidate
+    if association is None or association.phase is _Phase.FAILED:
+        return None
+    return association
+
+
+# --------------------------------------------------------------------------------------------
+# The key exchange the core calls
+
+
+class DtlsKeyExchange:
+    """The ``dtls`` key exchange (``interfaces.KeyExchange``): one :class:`DtlsNegotiation` per
+    stream and leg, for the first offer/answer and every re-offer (pass ``previous``).
+
+    ``identity`` returns the certificate for a new association (:class:`CertificateStore`'s
+    ``current``: loaded or made at first use, rotated by age); ``random_bytes`` (a CSPRNG) makes
+    tls-ids. ``profiles`` are the use_srtp profiles in preference order (OpenSSL names, see
+    :data:`PROFILES`); a leg's policy suites narrow and order them."""
+
+    name = "dtls"
+    media_path = True
+
+    def __init__(
+        self,
+        *,
+        identity: IdentitySource,
+        random_bytes: RandomBytes = os.urandom,
+        profiles: Sequence[str] = DEFAULT_PROFILES,
+        timing: DtlsTiming | None = None,
+        mtu: int = DEFAULT_MTU,
+    ) -> None:
+        unknown = [name for name in profiles if name not in PROFILES]
+        if unknown or not profiles:
+            raise LocalDtlsError(f"unknown or no DTLS-SRTP profiles: {unknown}")
+        self._identity = identity
+        self._random_bytes = random_bytes
+        self.profiles = tuple(PROFILES[name] for name in dict.fromkeys(profiles))
+        self.timing = timing if timing is not None else DtlsTiming()
+        self.mtu = mtu
+
+    def __repr__(self) -> str:
+        names = ",".join(profile.name for profile in self.profiles)
+        return f"<DtlsKeyExchange profiles={names} mtu={self.mtu}>"
+
+    def offer(
+        self,
+        *,
+        suites: Sequence[str],
+        secure_signalling: bool,
+        previous: KeyNegotiation | None = None,
+        rekey: bool = False,
+    ) -> DtlsNegotiation:
+        """Our offer for one stream: a=setup:actpass, a new tls-id, our fingerprint. With
+        ``previous`` whose association is alive and ``rekey`` False, a re-offer that keeps it:
+        the same tls-id and fingerprint and our established role as a=setup. Fails at once
+        (488) when no profile of the leg's policy is available. ``secure_signalling`` is only
+        recorded: DTLS-SRTP carries no key in the SDP."""
+        kept = None if rekey else _in_force(previous)
+        if kept is not None:
+            negotiation = self._negotiation(
+                "offerer", kept.identity, kept.profiles, kept.role.setup, kept.local_tls_id
+            )
+            negotiation._candidate = kept
+            negotiation.signalling_protected = secure_signalling
+            return negotiation
+        profiles = self._profiles_for(suites)
+        negotiation = self._negotiation(
+            "offerer", self._identity(), profiles, Setup.ACTPASS, self._fresh_tls_id()
+        )
+        negotiation.signalling_protected = secure_signalling
+        if previous is not None:
+            negotiation._keys_before = previous_keys(previous)
+        if not profiles:
+            negotiation._fail(_NO_PROFILE_REASON)
+        return negotiation
+
+    def answer(
+        self,
+        remote_attributes: Iterable[tuple[str, str | None]],
+        *,
+        suites: Sequence[str],
+        secure_signalling: bool,
+        previous: KeyNegotiation | None = None,
+    ) -> DtlsNegotiation | None:
+        """Our answer to the peer's offer of one stream (media-level then session-level
+        attributes), or None when the offer has no a=fingerprint (DTLS-SRTP does not apply).
+
+        Our a=setup follows the table in the module docstring. With ``previous`` whose
+        association is alive, an offer with the same tls-id and fingerprints whose a=setup
+        leaves us our role keeps the association (no new handshake, no event). The result has
+        failed (488) when the attributes are malformed, a=setup is holdconn, or no profile of
+        the leg's policy is available."""
+        attributes = list(remote_attributes)
+        if not fingerprint_values(attributes):
+            return None
+        kept = _in_force(previous)
+        try:
+            peer = parse_dtls_attributes_untrusted(attributes)
+            role = answerer_role(peer.setup)
+        except DtlsError as exc:
+            failed = self._negotiation(
+                "answerer", self._identity(), (), Setup.ACTIVE, self._fresh_tls_id()
+            )
+            failed._fail(f"the offer: {exc.reason}")
+            return failed
+        if kept is not None and _keeps(kept, peer):
+            negotiation = self._negotiation(
+                "answerer", kept.identity, kept.profiles, kept.role.setup, kept.local_tls_id
+            )
+            negotiation._association = kept
+        else:
+            profiles = self._profiles_for(suites)
+            negotiation = self._negotiation(
+                "answerer", self._identity(), profiles, role.setup, self._fresh_tls_id()
+            )
+            negotiation._keys_before = previous_keys(previous)
+            if not profiles:
+                negotiation._fail(_NO_PROFILE_REASON)
+                return negotiation
+            negotiation._association = negotiation._new_association(role, peer)
+        negotiation._phase = _Phase.HANDSHAKING
+        negotiation.signalling_protected = secure_signalling
+        return negotiation
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _negotiation(
+        self,
+        role: str,
+        identity: DtlsIdentity,
+        profiles: Sequence[DtlsProfile],
+        setup: Setup,
+        tls_id: str,
+    ) -> DtlsNegotiation:
+        settings = _Settings(identity, tuple(profiles), self.timing, self.mtu, self._random_bytes)
+        return DtlsNegotiation(role, settings, _Phase.OFFERED, setup, tls_id)
+
+    def _profiles_for(self, suites: Sequence[str]) -> tuple[DtlsProfile, ...]:
+        """The configured profiles narrowed to the policy's suites, in the policy's order."""
+        if not suites:
+            return self.profiles
+        configured = {profile.suite: profile for profile in self.profiles}
+        chosen = [configured[suite] for suite in dict.fromkeys(suites) if suite in configured]
+        return tuple(chosen)
+
+    def _fresh_tls_id(self) -> str:
+        # RFC 8842 §4: 20..255 characters; 18 random octets are 24 base64url characters.
+        octets = self._random_bytes(18)
+        if not isinstance(octets, bytes) or len(octets) != 18:
+            raise LocalDtlsError("the random source did not return 18 octets")
+        return base64.urlsafe_b64encode(octets).decode("ascii")
+
+
+_NO_PROFILE_REASON = "no SRTP suite of the leg's policy has a DTLS-SRTP profile here"
+
+
+def _keeps(association: _Association, peer: PeerDtlsParameters) -> bool:
+    """Whether an offer keeps our association: same peer identity (RFC 8842 §5) and an a=setup
+    that leaves us our role."""
+    if not association.peer.same_identity(peer):
+        return False
+    return peer.effective_setup in _SETUPS_KEEPING[association.role]
+
+
+# The offered a=setup values that leave an answerer its DTLS role (RFC 4145 §4.1).
+_SETUPS_KEEPING = {
+    Role.CLIENT: frozenset({Setup.ACTPASS, Setup.PASSIVE}),
+    Role.SERVER: frozenset({Setup.ACTPASS, Setup.ACTIVE}),
+}
+
+
+def previous_keys(previous: KeyNegotiation | None) -> SrtpKeys | None:
+    """The keys in force of a stream's previous negotiation (any key exchange that exposes a
+    ``keys`` property, as SDES and DTLS do), kept until the new ones are ready."""
+    keys = getattr(previous, "keys", None)
+    return keys if isinstance(keys, SrtpKeys) else None
+
+
+# --------------------------------------------------------------------------------------------
+# Plugin configuration and registration (entry point ``dtls`` in the group ``voipgw.plugins``)
+
+
+@attrs.frozen
+class DtlsConfig:
+    """``[plugins.dtls]``. See docs/configuration.md."""
+
+    state_dir: str = "./voipgw-state"
+    certificate_max_age_days: int = 30
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    profiles: tuple[str, ...] = DEFAULT_PROFILES
+    mtu: int = DEFAULT_MTU
+
+    def __attrs_post_init__(self) -> None:
+        # structure() reports a ValueError as a config error of this table; say which key.
+        if self.certificate_max_age_days < 1:
+            raise ValueError("certificate_max_age_days: expected 1 or more")
+        if self.handshake_timeout <= 0:
+            raise ValueError("handshake_timeout: expected a positive number")
+        if not 256 <= self.mtu <= 65507:
+            raise ValueError("mtu: expected 256 to 65507 octets")
+        if not self.profiles:
+            raise ValueError("profiles: expected at least one profile")
+        for name in self.profiles:
+            if name not in PROFILES:
+                known = ", ".join(PROFILES)
+                raise ValueError(f"profiles: unknown profile {name!r}; known profiles: {known}")
+        if len(set(self.profiles)) != len(self.profiles):
+            raise ValueError("profiles: a profile is listed twice")
+
+    def certificate_store(
+        self, *, clock: Callable[[], datetime.datetime] | None = None
+    ) -> CertificateStore:
+        """The store of the gateway's DTLS certificate, ``<state_dir>/dtls``."""
+        max_age = datetime.timedelta(days=self.certificate_max_age_days)
+        directory = Path(self.state_dir) / DIRECTORY
+        if clock is None:
+            return CertificateStore(directory, max_age=max_age)
+        return CertificateStore(directory, max_age=max_age, clock=clock)
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return DtlsConfig
+
+
+@hookimpl
+def gateway_register_key_exchanges(registry: Registry[Any], config: DtlsConfig | None) -> None:
+    """Register the ``dtls`` key exchange. The certificate is loaded (or made) at its first use,
+    not here, so ``voipgw check-config`` writes nothing."""
+    config = config if config is not None else DtlsConfig()
+    store = config.certificate_store()
+    exchange = DtlsKeyExchange(
+        identity=store.current,
+        random_bytes=os.urandom,
+        profiles=config.profiles,
+        timing=DtlsTiming(handshake_timeout=config.handshake_timeout),
+        mtu=config.mtu,
+    )
+    registry.add(DtlsKeyExchange.name, exchange)
+
+
+@hookimpl
+def gateway_register_media_policies(registry: Registry[Any], config: DtlsConfig | None) -> None:
+    """Nothing: the built-in policies (``dtls``, ``best-effort`` ...) belong to the core."""
+
+
+if TYPE_CHECKING:
+    # mypy checks that the classes satisfy the interfaces they are registered as.
+    def _conforms(exchange: DtlsKeyExchange, negotiation: DtlsNegotiation) -> None:
+        _exchange: KeyExchange = exchange
+        _negotiation: KeyNegotiation = negotiation
