@@ -104,6 +104,7 @@ never appears in a ``repr``, a log line or a reason.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import enum
 import hmac
@@ -149,8 +150,11 @@ __all__ = [
     "HANDSHAKE_TIMEOUT_REASON",
     "MAX_DATAGRAM_LENGTH",
     "MAX_EARLY_DATAGRAMS",
+    "MAX_FINAL_FLIGHT_RESENDS",
     "MAX_FINGERPRINTS",
     "MAX_FINGERPRINT_LENGTH",
+    "MAX_RECORDS",
+    "NO_COMMON_PROFILE_REASON",
     "PROFILES",
     "DtlsConfig",
     "DtlsError",
@@ -165,12 +169,15 @@ __all__ = [
     "Role",
     "Setup",
     "answerer_role",
+    "dtls_records_valid_untrusted",
+    "fingerprint_values",
     "is_dtls_first_byte",
     "offerer_role",
     "parse_dtls_attributes_untrusted",
     "parse_fingerprint_untrusted",
     "parse_setup_untrusted",
     "parse_tls_id_untrusted",
+    "previous_keys",
     "serialize_fingerprint",
     "split_keying_material",
 ]
@@ -185,6 +192,8 @@ FINGERPRINT_MISMATCH_REASON = "DTLS fingerprint mismatch"
 """The reason of the ``NegotiationFailed`` when the peer's certificate does not match its SDP."""
 HANDSHAKE_TIMEOUT_REASON = "DTLS handshake timed out"
 """The reason of the ``NegotiationFailed`` when no keys were agreed within the timeout."""
+NO_COMMON_PROFILE_REASON = "DTLS handshake agreed no SRTP protection profile (RFC 5764 §4.1.1)"
+"""The reason when the handshake completed without a use_srtp profile both sides accept."""
 
 DEFAULT_HANDSHAKE_TIMEOUT = 20.0
 """Seconds from the start of the handshake to its failure: 1+2+4+8 s of retransmissions."""
@@ -199,6 +208,8 @@ MAX_FINGERPRINTS = 8
 """Most a=fingerprint lines we read for one stream."""
 MAX_FINGERPRINT_LENGTH = 256
 """Longest a=fingerprint value (SHA-512 needs 199 characters)."""
+MAX_RECORDS = 64
+"""Most DTLS records we accept in one datagram."""
 MAX_FINAL_FLIGHT_RESENDS = 32
 """Times a finished DTLS server sends its last flight again on the peer's retransmissions."""
 
@@ -206,6 +217,7 @@ _DTLS1_2_VERSION = 0xFEFD  # RFC 6347 §4.1: {254, 253}; pyOpenSSL has no consta
 _RECORD_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (48 bits), length
 _HANDSHAKE_HEADER = 12  # RFC 6347 §4.2.2: msg_type, length, message_seq, fragment offset+length
 _CHANGE_CIPHER_SPEC, _ALERT, _HANDSHAKE = 20, 21, 22  # RFC 5246 §6.2.1 ContentType
+_MAX_RECORD = (1 << 14) + 2048  # RFC 6347 §4.1 / RFC 5246 §6.2.3: longest ciphertext fragment
 _READ_CHUNK = 1 << 16
 _MAX_REASON_DETAIL = 120
 
@@ -534,6 +546,44 @@ def _first_message_seq(datagrams: Sequence[bytes]) -> int | None:
     return int.from_bytes(record[_RECORD_HEADER + 4 : _RECORD_HEADER + 6], "big")
 
 
+def dtls_records_valid_untrusted(packet: bytes, *, max_records: int = MAX_RECORDS) -> bool:
+    """Whether a peer's datagram is a well-formed sequence of DTLS 1.x records (RFC 6347 §4.1)
+    whose plaintext handshake fragments have consistent headers (§4.2.2).
+
+    RFC 6347 §4.1.2.7: invalid records are discarded silently, preserving the association. OpenSSL
+    does so for bad MACs, but aborts the handshake on a malformed handshake header; checking
+    here first keeps a stray or forged datagram from ending a handshake."""
+    offset, count = 0, 0
+    while offset < len(packet):
+        count += 1
+        if count > max_records or len(packet) - offset < _RECORD_HEADER:
+            return False
+        content_type, major = packet[offset], packet[offset + 1]
+        epoch = int.from_bytes(packet[offset + 3 : offset + 5], "big")
+        length = int.from_bytes(packet[offset + 11 : offset + 13], "big")
+        end = offset + _RECORD_HEADER + length
+        if (
+            not 20 <= content_type <= 23
+            or major != 0xFE
+            or length > _MAX_RECORD
+            or end > len(packet)
+        ):
+            return False
+        if content_type == _HANDSHAKE and epoch == 0:
+            fragment = packet[offset + _RECORD_HEADER : end]
+            if len(fragment) < _HANDSHAKE_HEADER:
+                return False
+            message_length = int.from_bytes(fragment[1:4], "big")
+            fragment_offset = int.from_bytes(fragment[6:9], "big")
+            fragment_length = int.from_bytes(fragment[9:12], "big")
+            if fragment_length != len(fragment) - _HANDSHAKE_HEADER:
+                return False
+            if fragment_offset + fragment_length > message_length:
+                return False
+        offset = end
+    return count > 0
+
+
 def _is_handshake_datagram_untrusted(packet: bytes) -> bool:
     """Whether the peer's datagram starts with a handshake or ChangeCipherSpec record: a
     retransmission of its last flight, once our handshake is done."""
@@ -578,6 +628,8 @@ class DtlsStatistics:
     """Timer-driven resends of our last flight."""
     final_flight_resends: int = 0
     dropped_oversize: int = 0
+    dropped_malformed: int = 0
+    """Datagrams that are not well-formed DTLS records (discarded, RFC 6347 §4.1.2.7)."""
     dropped_early: int = 0
     """Datagrams dropped while waiting for the answer, beyond :data:`MAX_EARLY_DATAGRAMS`."""
     ignored: int = 0
@@ -702,6 +754,9 @@ class _Association:
         if len(packet) > MAX_DATAGRAM_LENGTH:
             self.statistics.dropped_oversize += 1
             return events
+        if not dtls_records_valid_untrusted(packet):
+            self.statistics.dropped_malformed += 1
+            return events
         self.statistics.datagrams_received += 1
         self._connection.bio_write(packet)
         if self.phase is _Phase.ESTABLISHED:
@@ -825,17 +880,17 @@ class _Association:
     def _complete(self) -> list[KeyNegotiationEvent]:
         certificate = self._connection.get_peer_certificate(as_cryptography=True)
         if certificate is None:
-            return self._fail("DTLS handshake failed: the peer presented no certificate")
+            return self._close_and_fail("DTLS handshake failed: the peer presented no certificate")
         der = certificate.public_bytes(serialization.Encoding.DER)
         if not self.peer.matches(der):  # the verify callback already did; never release keys
-            return self._fail(FINGERPRINT_MISMATCH_REASON)
+            return self._close_and_fail(FINGERPRINT_MISMATCH_REASON)
         self.peer_certificate_sha256 = certificate_digest(der, "sha-256").hex()
         selected = self._connection.get_selected_srtp_profile().decode("ascii", "replace")
         profile = next((p for p in self.profiles if p.name == selected), None)
         if profile is None:
-            return self._fail(
-                "DTLS handshake agreed no SRTP protection profile (use_srtp, RFC 5764 §4.1.2)"
-            )
+            # RFC 5764 §4.1.1: a server without a common profile leaves use_srtp out and the
+            # handshake completes; there is nothing to key SRTP with.
+            return self._close_and_fail(NO_COMMON_PROFILE_REASON)
         suite = SUITES[profile.suite]
         material = self._connection.export_keying_material(
             EXPORTER_LABEL, 2 * suite.key_salt_length
@@ -846,6 +901,14 @@ class _Association:
         self.phase = _Phase.ESTABLISHED
         self._deadline = None
         return [KeysReady(self.keys)]
+
+    def _close_and_fail(self, reason: str) -> list[KeyNegotiationEvent]:
+        # The handshake finished on our side, so tell the peer we are closing (close_notify,
+        # RFC 5246 §7.2.1) rather than leave it sending SRTP nobody can read.
+        with contextlib.suppress(SSL.Error):
+            self._connection.shutdown()
+        self._outgoing += self._read_output()
+        return self._fail(reason)
 
     def _fail(self, reason: str) -> list[KeyNegotiationEvent]:
         if self.phase is _Phase.FAILED:
@@ -1026,9 +1089,12 @@ class DtlsNegotiation:
 
     def packets_to_send(self, *, now: float) -> list[bytes]:
         """Datagrams for the peer, sent from this stream's media port. The first call after our
-        role is known starts the handshake clock (and, as DTLS client, the handshake)."""
+        role is known starts the handshake clock (and, as DTLS client, the handshake). After a
+        failure: the alert telling the peer, once."""
         association = self._driven()
         if association is None:
+            if self._phase is _Phase.FAILED and self._association is not None:
+                return self._association.take_outgoing()
             return []
         self._queue(self._feed_early(association, now))
         self._queue(association.start(now))

@@ -8,6 +8,7 @@ import attrs
 import pytest
 
 from gateway.core import config as cfg
+from gateway.plugins.keyexchange import dtls_srtp
 from gateway.plugins.transports import tcp, tls, udp
 
 DOC = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
@@ -19,6 +20,7 @@ TABLES = {
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
     "plugins.tls": tls.TlsConfig,
+    "plugins.dtls": dtls_srtp.DtlsConfig,
     "[trunks]": cfg.TrunkConfig,  # an array of tables: ## `[[trunks]]`
 }
 CASES = [(table, field.name) for table, cls in TABLES.items() for field in attrs.fields(cls)]
