@@ -12,6 +12,8 @@ import struct
 from collections.abc import Callable, Iterable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
 from gateway.core.media.srtp import SrtpSession
@@ -29,6 +31,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DtlsTiming,
     Fingerprint,
     LocalDtlsError,
+    dtls_records_valid_untrusted,
     serialize_fingerprint,
 )
 
@@ -510,3 +513,63 @@ def test_separate_rtcp_gets_its_own_handshake_and_keys() -> None:
     assert rtcp_keys.local_key != rtp_keys.local_key
     with pytest.raises(LocalDtlsError):
         exchange(IDENTITY_A).offer(suites=[], secure_signalling=True).rtcp_component()
+
+
+# -- untrusted datagrams, any order -------------------------------------------------------------
+
+dtls_datagrams = st.one_of(
+    st.binary(max_size=64).map(lambda tail: b"\x16\xfe\xfd" + tail),
+    st.binary(max_size=64).map(lambda tail: bytes([20 + len(tail) % 44]) + tail),
+    st.builds(
+        lambda kind, epoch, body: (
+            bytes([kind, 0xFE, 0xFD])
+            + epoch.to_bytes(2, "big")
+            + bytes(6)
+            + len(body).to_bytes(2, "big")
+            + body
+        ),
+        st.sampled_from([20, 21, 22, 23]),
+        st.integers(0, 2),
+        st.binary(max_size=40),
+    ),
+)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("receive"), dtls_datagrams),
+        st.tuples(st.just("timer"), st.floats(0.0, 5.0)),
+        st.tuples(st.just("send"), st.none()),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(operations, st.booleans())
+def test_untrusted_datagrams_never_raise_and_never_make_keys(
+    steps: list[tuple[str, object]], as_client: bool
+) -> None:
+    offerer, answerer = offer_answer()
+    negotiation = answerer if as_client else offerer
+    now = 0.0
+    for operation, argument in steps:
+        if operation == "receive":
+            assert isinstance(argument, bytes)
+            negotiation.receive_packet(argument, now=now)
+        elif operation == "timer":
+            assert isinstance(argument, float)
+            now += argument
+            negotiation.handle_timer(now=now)
+        else:
+            for datagram in negotiation.packets_to_send(now=now):
+                assert len(datagram) <= 1200 and 20 <= datagram[0] <= 63
+    assert negotiation.state in ("handshaking", "failed")
+    assert negotiation.keys is None
+    assert all(isinstance(e, NegotiationFailed) for e in events(negotiation))
+
+
+@given(st.binary(max_size=200))
+def test_the_record_check_accepts_or_refuses_any_bytes(packet: bytes) -> None:
+    verdict = dtls_records_valid_untrusted(packet)
+    assert verdict in (True, False)
+    if verdict:
+        assert len(packet) >= 13 and 20 <= packet[0] <= 23
