@@ -931,7 +931,6 @@ class _Settings:
     profiles: tuple[DtlsProfile, ...]
     timing: DtlsTiming
     mtu: int
-    random_bytes: RandomBytes
 
 
 @attrs.define(eq=False, repr=False)
@@ -1325,7 +1324,7 @@ class DtlsKeyExchange:
         setup: Setup,
         tls_id: str,
     ) -> DtlsNegotiation:
-        settings = _Settings(identity, tuple(profiles), self.timing, self.mtu, self._random_bytes)
+        settings = _Settings(identity, tuple(profiles), self.timing, self.mtu)
         return DtlsNegotiation(role, settings, _Phase.OFFERED, setup, tls_id)
 
     def _profiles_for(self, suites: Sequence[str]) -> tuple[DtlsProfile, ...]:
