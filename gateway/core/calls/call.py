@@ -41,8 +41,9 @@ from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.routing import UnroutableTarget, destination_for
 from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
 from gateway.core.media.errors import PortsExhausted
+from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
-from gateway.core.media.security import MediaSecurityRefused
+from gateway.core.media.security import LegSecurity, MediaSecurityRefused
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -100,7 +101,16 @@ class ResponseEvent:
     response: Response
 
 
-CallEventInput = RequestEvent | AckEvent | CancelEvent | ResponseEvent
+@attrs.frozen
+class KeyFailureEvent:
+    """A key exchange on the media path (DTLS-SRTP) failed on leg ``side`` (from the handshake
+    task): the call ends with ``reason`` (issue #6: no media, a stated reason)."""
+
+    side: str
+    reason: str
+
+
+CallEventInput = RequestEvent | AckEvent | CancelEvent | ResponseEvent | KeyFailureEvent
 
 
 class CallEnded(Exception):
@@ -141,6 +151,8 @@ class Call:
         self.caller: Caller | None = None
         self.media: MediaSession | None = None
         self.keying: CallKeying | None = None
+        self.handshakes: CallHandshakes | None = None  # started with the first DTLS stream
+        self._keyed_b: BLeg | None = None  # the B leg whose keys are applied
         self.state = "new"
         self.answered_at = 0.0
         self.end_reason: str | None = None
@@ -247,6 +259,7 @@ class Call:
             refusal = await self._call_target(target, offer_b)
             if refusal is not None:
                 refusals.append(refusal)
+        self._drive_handshakes()  # a B leg answering DTLS may shake hands before its answer
         if not any(leg.final is None for leg in self.b_legs):
             if refusals and not self.b_legs:
                 await self._reject_a(488, "Not Acceptable Here", refusals[0])
@@ -369,6 +382,8 @@ class Call:
                 await self._cancelled_by_a()
             elif isinstance(event, RequestEvent):
                 await self._early_request(event)
+            elif isinstance(event, KeyFailureEvent):
+                await self._key_exchange_failed(event)
             elif isinstance(event, ResponseEvent):
                 pass  # a response to a BYE/CANCEL we sent: nothing to do
 
@@ -450,7 +465,55 @@ class Call:
 
     def _apply_keys(self, b_leg: BLeg | None) -> None:
         assert self.keying is not None
+        self._keyed_b = b_leg
         self.keying.apply(self.a.security, b_leg.security if b_leg is not None else None)
+        self._drive_handshakes()
+
+    def _drive_handshakes(self) -> None:
+        """Start the handshake task at the first stream keyed on the media path (DTLS-SRTP),
+        and tell it when the SDP changed."""
+        if self.handshakes is None:
+            legs = [self.a.security, *(leg.security for leg in self.b_legs)]
+            if not any(s is not None and s.media_path_streams() for s in legs):
+                return
+            assert self.media is not None and self._nursery is not None
+            self.handshakes = CallHandshakes(
+                self.media,
+                self._handshake_legs,
+                on_keys=self._handshake_keys,
+                on_failure=self._handshake_failed,
+            )
+            self._nursery.start_soon(self.handshakes.run)
+        self.handshakes.poke()
+
+    def _handshake_legs(self) -> dict[str, LegSecurity | None]:
+        b_leg = self.b or self._keyed_b
+        if b_leg is None and len(self.b_legs) == 1:
+            b_leg = self.b_legs[0]  # our offer's answerer may start the handshake early
+        return {"a": self.a.security, "b": b_leg.security if b_leg is not None else None}
+
+    def _handshake_keys(self) -> None:
+        """A handshake gave a stream its keys: re-apply them (unblocks the stream)."""
+        assert self.keying is not None
+        b_leg = self.b or self._keyed_b
+        self.keying.apply(self.a.security, b_leg.security if b_leg is not None else None)
+
+    def _handshake_failed(self, side: str, reason: str) -> None:
+        """A handshake failed: nothing flows any more; the call task ends the call."""
+        assert self.keying is not None
+        self.keying.block_all()
+        log.info("call %s: key exchange on leg %s failed: %s", self.id, side, reason)
+        self.post(KeyFailureEvent(side, reason))
+
+    async def _key_exchange_failed(self, event: KeyFailureEvent) -> None:
+        """End the call for a failed media-path key exchange: 488 with the reason as Warning
+        before the answer, else BYE on both legs with ``Reason: SIP;cause=488`` (RFC 3326)."""
+        if self.state == "answered":
+            await self._hang_up(event.reason, cause=488)
+        for leg in self.b_legs:
+            if leg.final is None:
+                await self._cancel_b(leg)
+        await self._reject_a(488, "Not Acceptable Here", event.reason)
 
     async def _ack_b(self, leg: BLeg, dialog: Dialog, response: Response) -> None:
         flow = leg.flow
@@ -550,6 +613,8 @@ class Call:
                 await self._relayed_response(event)
             elif isinstance(event, CancelEvent):
                 pass  # too late: the INVITE was answered (RFC 3261 §9.2)
+            elif isinstance(event, KeyFailureEvent):
+                await self._key_exchange_failed(event)
 
     async def _in_dialog(self, event: RequestEvent) -> None:
         leg = self._leg(event.side)
@@ -842,22 +907,22 @@ class Call:
         self._forward(client, tag)
         return client
 
-    async def _bye(self, leg: Leg, reason: str) -> None:
+    async def _bye(self, leg: Leg, reason: str, *, cause: int = 200) -> None:
         if leg.dialog is None or leg.dialog.state.value == "terminated":
             return
         await self._send_in_dialog(
             leg,
             "BYE",
             tag="bye",
-            extra=[("Reason", f'SIP;cause=200;text="{_quoted(reason)}"')],
+            extra=[("Reason", f'SIP;cause={cause};text="{_quoted(reason)}"')],
         )
         leg.dialog.terminate()
 
-    async def _hang_up(self, reason: str) -> None:
+    async def _hang_up(self, reason: str, *, cause: int = 200) -> None:
         self.end_reason = reason
-        await self._bye(self.a, reason)
+        await self._bye(self.a, reason, cause=cause)
         if self.b is not None:
-            await self._bye(self.b, reason)
+            await self._bye(self.b, reason, cause=cause)
         raise CallEnded(reason)
 
     async def _abort(self, status: int, reason: str) -> None:

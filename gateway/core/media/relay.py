@@ -22,6 +22,10 @@ address (direction ``a_to_b``), and the reverse.
   :class:`DirectionControl` sets a ``blocked`` flag (no media before keys), :class:`Transforms`
   (SRTP unprotect on arrival, protect before sending; ``None`` from a transform drops the packet)
   and taps (called between the two transforms, so they see plain RTP).
+- DTLS on the media port (RFC 5764 §5.1.2, demultiplexed by the first byte, RFC 7983): what is
+  not RTP/RTCP is dropped as malformed, except first bytes 20..63 on a side's RTP socket when the
+  side has a handler (:meth:`StreamSide.set_non_rtp_handler`, the call's DTLS handshake task);
+  the handshake's answers leave with :meth:`StreamSide.send`. Only that branch costs anything.
 - Every drop is counted per direction and reason; :meth:`DirectionControl.statistics`.
 - Each stream records when it last received media (:attr:`MediaStream.last_activity`); the B2BUA
   polls :meth:`MediaRelay.idle_streams` and ends calls whose media stopped.
@@ -79,6 +83,14 @@ Transform = Callable[[bytes], bytes | None]
 
 Address = tuple[Any, ...]
 """A socket address as ``recvfrom`` returns it: (host, port) for IPv4, 4 items for IPv6."""
+
+NonRtpHandler = Callable[[bytes, Address], None]
+"""Takes a DTLS datagram (RFC 7983 first byte 20..63) that arrived on a side's RTP socket from the
+side's peer, and its source. Called on the relay's hot path: it must not block nor raise (hand
+the packet on, e.g. with a memory channel's ``send_nowait``)."""
+
+# RFC 7983 §7: a first byte of 20..63 is DTLS; STUN (0..3) and ZRTP (16..19) are not handed on.
+_DTLS_FIRST_BYTE = range(20, 64)
 
 _RECEIVE_BUFFER_SIZE = 65536  # the largest UDP payload: never truncate a datagram
 _NEVER_RTCP = bytes(256)  # RTP port of a side without rtcp-mux: everything is RTP
@@ -225,6 +237,7 @@ class _Endpoint:
         "dropped_unlatched_source",
         "fd",
         "last_received",
+        "non_rtp",
         "receive_errors",
         "recv_into",
         "rtcp",
@@ -250,6 +263,7 @@ class _Endpoint:
         self.last_received = now
         self.blocked = False
         self.taps: tuple[Tap, ...] = ()
+        self.non_rtp: NonRtpHandler | None = None
         self.dropped_malformed = 0
         self.dropped_unlatched_source = 0
         self.dropped_blocked = 0
@@ -320,6 +334,28 @@ class StreamSide:
     @property
     def rtcp_mux(self) -> bool:
         return self._rtcp_mux
+
+    def set_non_rtp_handler(self, handler: NonRtpHandler | None) -> None:
+        """Hand DTLS datagrams (RFC 7983: first byte 20..63) arriving on this side's RTP socket
+        to ``handler`` instead of dropping them as malformed (None: drop them again). They pass
+        the same source check as RTP: the latched source, or (nothing latched yet) they latch
+        it, since the handshake comes from the peer's media address (RFC 5764 §5.1.2).
+
+        Only the RTP socket: a DTLS-SRTP leg is expected to use rtcp-mux. Without rtcp-mux the
+        RTCP port's own handshake (RFC 5764 §4.1) is not run, so SRTCP is not keyed there."""
+        self._rtp.non_rtp = handler
+
+    def send(self, packet: bytes) -> bool:
+        """Send ``packet`` (a DTLS datagram) from this side's RTP socket to where this leg's RTP
+        goes (:attr:`rtp_destination`). False when there is no destination or the send failed."""
+        destination = self.rtp_destination
+        if destination is None:
+            return False
+        try:
+            self.ports.rtp_socket.sendto(packet, destination)
+        except OSError:
+            return False
+        return True
 
     @property
     def rtp_source(self) -> Address | None:
@@ -678,7 +714,11 @@ class MediaRelay:
                     continue
                 route = ep.rtcp if ep.rtcp_octets[buffer[1]] else ep.rtp
                 if size < route.min_length or buffer[0] & VERSION_MASK != VERSION_BITS:
-                    ep.dropped_malformed += 1
+                    # Not RTP/RTCP: a DTLS datagram goes to the side's handler, if any.
+                    if ep.non_rtp is not None and size and buffer[0] in _DTLS_FIRST_BYTE:
+                        self._hand_on(ep, bytes(view[:size]), source, now)
+                    else:
+                        ep.dropped_malformed += 1
                     continue
                 if source != ep.source and not self._latch(ep, source, now):
                     continue
@@ -703,6 +743,21 @@ class MediaRelay:
                     continue
                 route.packets += 1
                 route.bytes += len(packet)
+
+    def _hand_on(self, ep: _Endpoint, packet: bytes, source: Address, now: float) -> None:
+        """A DTLS datagram: to the side's handler, if it comes from the side's peer."""
+        if source != ep.source and not self._latch(ep, source, now):
+            return
+        handler = ep.non_rtp
+        if handler is None:  # the latch's rebuild cannot clear it, but stay safe
+            return
+        try:
+            handler(packet, source)
+        except Exception:
+            # Must not stop the relay for every other call; counted like a failing tap.
+            if not ep.tap_errors:
+                logger.exception("a non-RTP packet handler failed (logged once per socket)")
+            ep.tap_errors += 1
 
     def _latch(self, ep: _Endpoint, source: Address, now: float) -> bool:
         """A packet from ``source`` is not from the latched source: latch it, or drop it."""

@@ -18,6 +18,15 @@ encrypts with the other's. :class:`LegSecurity` sits between a leg's SDP and the
 - the peer's answer: :meth:`take_answer` completes the negotiations, or accepts cleartext where the
   policy allows it, or refuses.
 
+DTLS-SRTP (issue #6) goes through the same steps: its m= profile is UDP/TLS/RTP/SAVP(F) (RFC
+5764 §8), only the ``media_path`` key exchanges answer such a stream and only they are offered
+with it (never under a policy that allows cleartext: that profile has no fallback to RTP), and
+a=fingerprint, a=setup and a=tls-id are stripped at media and session level like a=crypto. Its
+keys come later, from the handshake on the media port: :meth:`media_path_streams` lists those
+streams for the call's handshake task (gateway.core.media.handshakes), which sets each stream's
+``keys``; until then the stream "expects SRTP" and
+:class:`~gateway.core.media.keying.CallKeying` blocks it.
+
 SDES keys travel in SDP, so the gateway never sends nor accepts them on a leg whose signalling is
 not TLS (the briefing paper's rule; RFC 4568 §8.1 requires a secure channel). :meth:`record`
 gives the leg's security record, derived from what was negotiated, never written by hand.
@@ -26,7 +35,7 @@ gives the leg's security record, derived from what was negotiated, never written
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -42,11 +51,20 @@ from gateway.core.interfaces import (
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription, SessionDescription
 
-# RTP profiles with SRTP and the plain profile each maps to (RFC 3711 §12, RFC 5124).
-_PLAIN_OF = {"RTP/SAVP": "RTP/AVP", "RTP/SAVPF": "RTP/AVPF"}
+# RTP profiles with SRTP and the plain profile each maps to (RFC 3711 §12, RFC 5124, and
+# DTLS-SRTP's RFC 5764 §8).
+_PLAIN_OF = {
+    "RTP/SAVP": "RTP/AVP",
+    "RTP/SAVPF": "RTP/AVPF",
+    "UDP/TLS/RTP/SAVP": "RTP/AVP",
+    "UDP/TLS/RTP/SAVPF": "RTP/AVPF",
+}
 _SECURE_OF = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
-# Attributes that carry a leg's own keys and never cross to the other leg.
-_KEY_ATTRIBUTES = frozenset({"crypto"})
+# The profile a key exchange on the media path (DTLS-SRTP) is offered with (RFC 5764 §8).
+_DTLS_OF = {"RTP/AVP": "UDP/TLS/RTP/SAVP", "RTP/AVPF": "UDP/TLS/RTP/SAVPF"}
+# Attributes that carry a leg's own keys or key-exchange identity and never cross to the other
+# leg: SDES keys (RFC 4568), DTLS fingerprints and roles (RFC 8122, RFC 4145, RFC 8842).
+_KEY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id"})
 
 
 class MediaSecurityRefused(SdpError):
@@ -59,6 +77,9 @@ class StreamSecurity:
 
     negotiation: KeyNegotiation | None = None
     key_exchange: str | None = None
+    media_path: bool = False
+    """The negotiation runs on the media port (DTLS-SRTP): the call's handshake task drives it
+    and sets :attr:`keys` on ``KeysReady``."""
     peer_proto: str = "RTP/AVP"
     keys: SrtpKeys | None = None
     failure: str | None = None
@@ -85,6 +106,7 @@ class LegSecurity:
         self._enabled = frozenset(key_exchanges)
         self.streams: list[StreamSecurity] = []
         self._offered: list[StreamSecurity] = []
+        self._answer_pending = False  # the peer offered; our answer is not made yet
 
     # -- the peer offers ------------------------------------------------------------------------
 
@@ -93,25 +115,36 @@ class LegSecurity:
         it (plain profile, no keys). Raises :class:`MediaSecurityRefused`."""
         streams: list[StreamSecurity] = []
         media_out: list[MediaDescription] = []
+        session_attributes = _pairs(offer.attributes)
         for index, media in enumerate(offer.media):
             previous = self._stream(index)
             stream = StreamSecurity(peer_proto=media.proto)
             if media.port != 0 and media.proto.upper() in _PLAIN_OF | _SECURE_OF:
-                self._answer_stream(media, stream, previous)
+                self._answer_stream(media, stream, previous, session_attributes)
             streams.append(stream)
             media_out.append(_plain(media))
         self._offered = streams
-        return attrs.evolve(offer, media=tuple(media_out))
+        self._answer_pending = True
+        return _without_session_keys(attrs.evolve(offer, media=tuple(media_out)))
 
     def _answer_stream(
-        self, media: MediaDescription, stream: StreamSecurity, previous: StreamSecurity | None
+        self,
+        media: MediaDescription,
+        stream: StreamSecurity,
+        previous: StreamSecurity | None,
+        session_attributes: list[tuple[str, str | None]],
     ) -> None:
         encrypted = media.proto.upper() in _PLAIN_OF
+        over_dtls = media.proto.upper().startswith("UDP/TLS/")
         reasons: list[str] = []
         for name, exchange in self._exchanges:
+            # DTLS-SRTP only under UDP/TLS/RTP/SAVP(F) (RFC 5764 §8), SDES never there.
+            if bool(getattr(exchange, "media_path", False)) != over_dtls:
+                continue
             same = previous is not None and previous.key_exchange == name
             negotiation = exchange.answer(
-                list(media.attributes),
+                # The media-level attributes, then the session-level ones (RFC 8122 §5).
+                _pairs(media.attributes) + session_attributes,
                 suites=self.policy.suites,
                 secure_signalling=self.secure_signalling,
                 previous=previous.negotiation if same and previous is not None else None,
@@ -121,6 +154,7 @@ class LegSecurity:
             failed = _drain(negotiation, stream)
             if failed is None:
                 stream.negotiation, stream.key_exchange = negotiation, name
+                stream.media_path = over_dtls
                 if stream.keys is None and previous is not None and previous.key_exchange == name:
                     stream.keys = previous.keys  # keys unchanged (RFC 4568 §7.1.4)
                 return
@@ -158,6 +192,7 @@ class LegSecurity:
                 proto = _PLAIN_OF.get(stream.peer_proto.upper(), stream.peer_proto)
             media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
         self.streams = self._offered
+        self._answer_pending = False
         return attrs.evolve(answer, media=tuple(media_out))
 
     # -- we offer -------------------------------------------------------------------------------
@@ -176,6 +211,12 @@ class LegSecurity:
             previous = self._stream(index)
             reasons: list[str] = []
             for name, exchange in self._exchanges:
+                media_path = bool(getattr(exchange, "media_path", False))
+                if media_path and self.policy.allow_cleartext:
+                    # UDP/TLS/RTP/SAVP cannot fall back to RTP (only SDP capability
+                    # negotiation, RFC 5939, could offer both): a best-effort offer would be
+                    # refused by every device without DTLS-SRTP. So best effort offers SDES.
+                    continue
                 same = previous is not None and previous.key_exchange == name
                 negotiation = exchange.offer(
                     suites=self.policy.suites,
@@ -185,6 +226,7 @@ class LegSecurity:
                 failed = _drain(negotiation, stream)
                 if failed is None:
                     stream.negotiation, stream.key_exchange = negotiation, name
+                    stream.media_path = media_path
                     if previous is not None and previous.key_exchange == name:
                         stream.keys = previous.keys
                     break
@@ -200,26 +242,35 @@ class LegSecurity:
                 media_out.append(media)
                 continue
             # RFC 4568 over RTP/AVP is best effort: a device without SRTP ignores a=crypto.
-            proto = media.proto if self.policy.allow_cleartext else _SECURE_OF[media.proto.upper()]
+            if stream.media_path:
+                proto = _DTLS_OF[media.proto.upper()]
+            elif self.policy.allow_cleartext:
+                proto = media.proto
+            else:
+                proto = _SECURE_OF[media.proto.upper()]
             stream.peer_proto = proto
             attributes: list[tuple[str, str | None]] = list(media.attributes)
             attributes += stream.negotiation.local_sdp_attributes()
             media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
             streams.append(stream)
         self._offered = streams
+        self._answer_pending = False
         return attrs.evolve(offer, media=tuple(media_out))
 
     def take_answer(self, answer: SessionDescription) -> SessionDescription:
         """The peer's answer to our offer: complete each negotiation; the answer as the session
         must see it. Raises :class:`MediaSecurityRefused`."""
         media_out: list[MediaDescription] = []
+        session_attributes = _pairs(answer.attributes)
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
             if media.port != 0 and stream.negotiation is not None:
                 if media.crypto or media.proto.upper() in _PLAIN_OF:
                     # A failure is queued as NegotiationFailed too, which _drain reports.
                     with contextlib.suppress(SdpError):
-                        stream.negotiation.remote_sdp_attributes(list(media.attributes))
+                        stream.negotiation.remote_sdp_attributes(
+                            _pairs(media.attributes) + session_attributes
+                        )
                     failed = _drain(stream.negotiation, stream)
                     if failed is not None:
                         raise MediaSecurityRefused(f"the answer's keys are unusable: {failed}")
@@ -233,13 +284,25 @@ class LegSecurity:
             stream.peer_proto = media.proto
             media_out.append(_plain(media))
         self.streams = self._offered
-        return attrs.evolve(answer, media=tuple(media_out))
+        return _without_session_keys(attrs.evolve(answer, media=tuple(media_out)))
 
     # -- reading --------------------------------------------------------------------------------
 
     def keys(self, index: int) -> SrtpKeys | None:
         stream = self._stream(index)
         return stream.keys if stream is not None else None
+
+    def media_path_streams(self) -> dict[int, StreamSecurity]:
+        """The streams whose keys are agreed on the media path (DTLS-SRTP), by m= line index,
+        for the call's handshake task: of the latest offer/answer, those of an offer from the
+        peer only once our answer is made (the peer needs our fingerprint first). The task sets
+        :attr:`StreamSecurity.keys` from ``KeysReady``."""
+        streams = self.streams if self._answer_pending else self._offered
+        return {
+            index: stream
+            for index, stream in enumerate(streams)
+            if stream.media_path and stream.negotiation is not None
+        }
 
     @property
     def requires_encryption(self) -> bool:
@@ -261,17 +324,7 @@ class LegSecurity:
             "policy": self.policy.name,
             "signalling": self.signalling,
             "signalling_secure": self.secure_signalling,
-            "streams": [
-                {
-                    "key_exchange": stream.key_exchange or "none",
-                    "suite": stream.keys.suite if stream.keys else None,
-                    "encrypted": stream.keys is not None,
-                    # SDES: the gateway generated one key and received the other; media is
-                    # decrypted here and re-encrypted per leg.
-                    "keys_held_by": "gateway" if stream.keys else None,
-                }
-                for stream in self.streams
-            ],
+            "streams": [_stream_record(stream) for stream in self.streams],
         }
 
     def _stream(self, index: int) -> StreamSecurity | None:
@@ -287,6 +340,35 @@ def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:
         elif isinstance(event, NegotiationFailed):
             failure = event.reason
     return failure
+
+
+def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "key_exchange": stream.key_exchange or "none",
+        "suite": stream.keys.suite if stream.keys else None,
+        "encrypted": stream.keys is not None,
+        # SDES and DTLS-SRTP alike: the gateway holds this leg's keys; media is decrypted here
+        # and re-encrypted per leg.
+        "keys_held_by": "gateway" if stream.keys else None,
+    }
+    # DTLS-SRTP (the engine exposes these): our DTLS role and the certificate the peer proved.
+    for name in ("dtls_role", "peer_certificate_sha256"):
+        value = getattr(stream.negotiation, name, None)
+        if isinstance(value, str):
+            entry[name] = value
+    return entry
+
+
+def _pairs(attributes: Iterable[Any]) -> list[tuple[str, str | None]]:
+    """SDP attributes as (name, value) pairs, the form key exchanges read."""
+    return [(attribute[0], attribute[1]) for attribute in attributes]
+
+
+def _without_session_keys(sd: SessionDescription) -> SessionDescription:
+    """``sd`` without session-level key attributes (a=fingerprint and a=setup may sit there,
+    RFC 8122 §5): the other leg must never see this leg's."""
+    kept = [a for a in _pairs(sd.attributes) if a[0].lower() not in _KEY_ATTRIBUTES]
+    return sd.with_attributes(kept)
 
 
 def _plain(media: MediaDescription) -> MediaDescription:

@@ -1,0 +1,273 @@
+"""A DTLS-SRTP leg bridged to a plain RTP leg on real 127.0.0.1 sockets (issue #6): the leg's
+security, the media session, the relay, the call's handshake task and its keying, against an
+in-process DTLS phone built from the same engine. Media flows after the handshake and nothing
+before; a wrong fingerprint fails with the stated reason and no media (ports 47400-47599)."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import attrs
+import pytest
+import trio
+
+from gateway.core.config import PortRange
+from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
+from gateway.core.media.handshakes import CallHandshakes
+from gateway.core.media.keying import CallKeying
+from gateway.core.media.policy import BUILTIN_POLICIES
+from gateway.core.media.ports import PortAllocator
+from gateway.core.media.relay import MediaRelay
+from gateway.core.media.security import LegSecurity
+from gateway.core.media.session import MediaSession
+from gateway.core.media.srtp import SrtpSession
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.keyexchange.dtls_certificates import generate_identity
+from gateway.plugins.keyexchange.dtls_srtp import (
+    FINGERPRINT_MISMATCH_REASON,
+    DtlsKeyExchange,
+    DtlsNegotiation,
+)
+
+ADDRESS = "127.0.0.1"
+A_PHONE, B_PHONE = 47500, 47502
+NOW = datetime.datetime.now(datetime.UTC)
+GATEWAY_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
+PHONE_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
+OTHER_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
+
+
+def rtp(sequence: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, 0x1234ABCD) + b"\xd5" * 160
+
+
+def exchange(identity: object) -> DtlsKeyExchange:
+    return DtlsKeyExchange(identity=lambda: identity, random_bytes=lambda n: b"\x05" * n)  # type: ignore[arg-type,return-value]
+
+
+def dtls_offer(negotiation: DtlsNegotiation, *, fingerprint: str | None = None) -> bytes:
+    """The phone's offer: a=fingerprint at session level (RFC 8122 §5 allows it), the rest in
+    the m= section; ``fingerprint`` replaces the true one."""
+    ours = dict(negotiation.local_sdp_attributes())
+    return (
+        f"v=0\r\no=- 1 1 IN IP4 {ADDRESS}\r\ns=-\r\nc=IN IP4 {ADDRESS}\r\nt=0 0\r\n"
+        f"a=fingerprint:{fingerprint or ours['fingerprint']}\r\n"
+        f"m=audio {A_PHONE} UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
+        f"a=setup:{ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
+    ).encode()
+
+
+def rtp_answer() -> bytes:
+    return (
+        f"v=0\r\no=- 2 1 IN IP4 {ADDRESS}\r\ns=-\r\nc=IN IP4 {ADDRESS}\r\nt=0 0\r\n"
+        f"m=audio {B_PHONE} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
+    ).encode()
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[MediaRelay]:
+    media = MediaRelay(PortAllocator(ADDRESS, PortRange(47400, 47499)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(media.serve)
+        yield media
+        nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class Call:
+    """The pieces of a call the B2BUA wires together, with its handshake task's callbacks."""
+
+    session: MediaSession
+    a: LegSecurity
+    b: LegSecurity
+    keying: CallKeying
+    a_port: int
+    b_port: int
+    failures: list[str] = attrs.Factory(list)
+    keyed: trio.Event = attrs.Factory(trio.Event)
+    failed: trio.Event = attrs.Factory(trio.Event)
+
+    def handshakes(self) -> CallHandshakes:
+        def on_keys() -> None:
+            self.keying.apply(self.a, self.b)
+            self.keyed.set()
+
+        def on_failure(side: str, reason: str) -> None:
+            self.keying.block_all()
+            self.failures.append(f"{side}: {reason}")
+            self.failed.set()
+
+        return CallHandshakes(
+            self.session, lambda: {"a": self.a, "b": self.b}, on_keys=on_keys, on_failure=on_failure
+        )
+
+
+def set_up(relay: MediaRelay, phone: DtlsNegotiation, offer: bytes) -> Call:
+    session = MediaSession(relay, media_address=ADDRESS)
+    a = LegSecurity(
+        side="a",
+        policy=BUILTIN_POLICIES["dtls"],
+        secure_signalling=False,
+        key_exchanges={"dtls": exchange(GATEWAY_ID)},
+        signalling="udp",
+    )
+    b = LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["rtp-only"],
+        secure_signalling=False,
+        key_exchanges={},
+        signalling="udp",
+    )
+    plain = a.take_offer(parse_sdp_untrusted(offer))
+    # The session (and leg B) never see the DTLS profile nor A's fingerprint, setup, tls-id.
+    assert plain.media[0].proto == "RTP/AVP"
+    assert not plain.attributes.has("fingerprint")
+    assert not any(plain.media[0].attributes.has(n) for n in ("fingerprint", "setup", "tls-id"))
+    offer_b = b.make_offer(session.offer_from("a", plain))
+    assert offer_b.media[0].proto == "RTP/AVP"
+    answer_a = a.make_answer(
+        session.answer_from("b", b.take_answer(parse_sdp_untrusted(rtp_answer())))
+    )
+    session.settle()
+    media = answer_a.media[0]
+    assert media.proto == "UDP/TLS/RTP/SAVP"
+    assert media.attributes.get("setup") == "active"  # we answer actpass as the client
+    phone.remote_sdp_attributes([(x[0], x[1]) for x in media.attributes])
+    keying = CallKeying(session)
+    keying.apply(a, b)
+    return Call(session, a, b, keying, media.port, offer_b.media[0].port)
+
+
+@attrs.define
+class Phone:
+    """The DTLS phone's media loop on its real socket: DTLS into its engine, RTP recorded."""
+
+    negotiation: DtlsNegotiation
+    sock: trio.socket.SocketType
+    gateway: tuple[str, int]
+    keys: SrtpKeys | None = None
+    failure: str | None = None
+    rtp_received: list[bytes] = attrs.Factory(list)
+    first_dtls: trio.Event = attrs.Factory(trio.Event)
+    first_rtp: trio.Event = attrs.Factory(trio.Event)
+
+    async def run(self) -> None:
+        while True:
+            now = trio.current_time()
+            for datagram in self.negotiation.packets_to_send(now=now):
+                await self.sock.sendto(datagram, self.gateway)
+            while (event := self.negotiation.next_event()) is not None:
+                if isinstance(event, KeysReady):
+                    self.keys = event.keys
+                elif isinstance(event, NegotiationFailed):
+                    self.failure = event.reason
+            timer = self.negotiation.get_timer()
+            with trio.move_on_at(math.inf if timer is None else timer):
+                data, _ = await self.sock.recvfrom(2048)
+                if data and self.negotiation.claims_packet(data[0], data):
+                    self.first_dtls.set()
+                    self.negotiation.receive_packet(data, now=trio.current_time())
+                else:
+                    self.rtp_received.append(data)
+                    self.first_rtp.set()
+                continue
+            self.negotiation.handle_timer(now=trio.current_time())
+
+
+def udp(port: int) -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
+async def receive(sock: trio.socket.SocketType, within: float) -> bytes | None:
+    with trio.move_on_after(within):
+        data, _ = await sock.recvfrom(2048)
+        return data
+    return None
+
+
+async def test_dtls_leg_relays_media_after_the_handshake_and_nothing_before(
+    relay: MediaRelay,
+) -> None:
+    phone_negotiation = exchange(PHONE_ID).offer(suites=[], secure_signalling=False)
+    call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation))
+    a_sock, b_sock = udp(A_PHONE), udp(B_PHONE)
+    with a_sock, b_sock:
+        await a_sock.bind((ADDRESS, A_PHONE))
+        await b_sock.bind((ADDRESS, B_PHONE))
+        phone = Phone(phone_negotiation, a_sock, (ADDRESS, call.a_port))
+        async with trio.open_nursery() as nursery:
+            # Before any handshake: B's RTP reaches nobody, A's RTP neither.
+            await b_sock.sendto(rtp(1), (ADDRESS, call.b_port))
+            await a_sock.sendto(rtp(1), (ADDRESS, call.a_port))
+            assert await receive(b_sock, 0.2) is None
+            assert call.session.streams[0].b_to_a.statistics().dropped_blocked == 1
+            assert call.a.expects_srtp(0) and call.a.keys(0) is None
+
+            nursery.start_soon(call.handshakes().run)
+            nursery.start_soon(phone.run)
+            # Mid-handshake (the gateway's ClientHello reached the phone): still nothing.
+            with trio.fail_after(5):
+                await phone.first_dtls.wait()
+            await b_sock.sendto(rtp(2), (ADDRESS, call.b_port))
+            with trio.fail_after(10):
+                await call.keyed.wait()
+            assert phone.keys is not None and phone.failure is None
+            assert phone.rtp_received == []  # rtp(2) was not relayed: no keys then
+
+            # Keys agreed: B's RTP reaches A as SRTP under the phone's keys, and back.
+            phone_srtp = SrtpSession(phone.keys)
+            await b_sock.sendto(rtp(3), (ADDRESS, call.b_port))
+            with trio.fail_after(5):
+                await phone.first_rtp.wait()
+            protected = phone.rtp_received[0]
+            assert protected != rtp(3)
+            assert phone_srtp.unprotect_rtp(protected) == rtp(3)
+            sent = phone_srtp.protect_rtp(rtp(4))
+            assert sent is not None
+            await a_sock.sendto(sent, (ADDRESS, call.a_port))
+            with trio.fail_after(5):
+                plain, _ = await b_sock.recvfrom(2048)
+            assert plain == rtp(4)
+
+            record = call.a.record()["streams"][0]
+            assert record["key_exchange"] == "dtls"
+            assert record["dtls_role"] == "client"
+            assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
+            assert call.failures == []
+            nursery.cancel_scope.cancel()
+        call.keying.close()
+        call.session.close()
+
+
+async def test_wrong_fingerprint_fails_the_call_and_no_media_flows(relay: MediaRelay) -> None:
+    phone_negotiation = exchange(PHONE_ID).offer(suites=[], secure_signalling=False)
+    # The SDP names another certificate than the one the phone presents.
+    wrong = "sha-256 " + ":".join(f"{octet:02X}" for octet in OTHER_ID.digest("sha-256"))
+    call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation, fingerprint=wrong))
+    a_sock, b_sock = udp(A_PHONE), udp(B_PHONE)
+    with a_sock, b_sock:
+        await a_sock.bind((ADDRESS, A_PHONE))
+        await b_sock.bind((ADDRESS, B_PHONE))
+        phone = Phone(phone_negotiation, a_sock, (ADDRESS, call.a_port))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.handshakes().run)
+            nursery.start_soon(phone.run)
+            with trio.fail_after(10):
+                await call.failed.wait()
+            assert call.failures == [f"a: {FINGERPRINT_MISMATCH_REASON}"]
+            assert call.a.keys(0) is None
+            assert not call.keyed.is_set()
+            # No media either way after the failure.
+            await b_sock.sendto(rtp(5), (ADDRESS, call.b_port))
+            await a_sock.sendto(rtp(5), (ADDRESS, call.a_port))
+            assert await receive(b_sock, 0.3) is None
+            assert phone.rtp_received == []
+            nursery.cancel_scope.cancel()
+        call.keying.close()
+        call.session.close()
