@@ -30,7 +30,7 @@ import attrs
 
 T = TypeVar("T")
 
-DEFAULT_PLUGINS: tuple[str, ...] = ("udp", "tcp", "tls", "sdes")
+DEFAULT_PLUGINS: tuple[str, ...] = ("udp", "tcp", "tls", "sdes", "dtls")
 DEFAULT_LISTEN: tuple[str, ...] = (
     "udp:127.0.0.1:5060",
     "tcp:127.0.0.1:5060",

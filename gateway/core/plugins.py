@@ -260,7 +260,11 @@ def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str
         if not isinstance(cls, type) or not attrs.has(cls):
             raise PluginError(f"plugin {name!r}: gateway_plugin_config must return an attrs class")
         declared.add(name)
-        table = config.plugin_tables.get(name, {})
+        table = dict(config.plugin_tables.get(name, {}))
+        if "state_dir" in attrs.fields_dict(cls) and "state_dir" not in table:
+            # A plugin that keeps state (the dtls certificate) keeps it in the gateway's state
+            # directory unless its own table says otherwise.
+            table["state_dir"] = config.gateway.state_dir
         configs[name] = structure(cls, table, file=config.source, table_name=f"plugins.{name}")
     for name in config.plugin_tables:
         if name not in declared:

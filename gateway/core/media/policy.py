@@ -36,6 +36,12 @@ BUILTIN_POLICIES: Mapping[str, MediaPolicy] = {
             description="SDES-SRTP (RFC 4568) over TLS signalling; never cleartext",
         ),
         MediaPolicy(
+            name="dtls",
+            key_exchanges=("dtls",),
+            allow_cleartext=False,
+            description="DTLS-SRTP (RFC 5763/5764) only; never cleartext",
+        ),
+        MediaPolicy(
             name="encrypted-only",
             key_exchanges=ALL_KEY_EXCHANGES,
             allow_cleartext=False,

@@ -24,7 +24,7 @@ def test_embedded_defaults_match_the_documented_ones() -> None:
     assert config.media_ports == PortRange(30000, 30999)
     assert config.gateway.state_dir == "./voipgw-state"
     assert config.gateway.realm == "voipgw.local"
-    assert config.plugins.enable == ("udp", "tcp", "tls", "sdes")
+    assert config.plugins.enable == ("udp", "tcp", "tls", "sdes", "dtls")
 
 
 def test_full_file_is_structured(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def test_builtins_come_from_entry_points_of_the_voipgw_distribution() -> None:
 def test_default_config_loads_the_builtin_transports() -> None:
     plugins = load_plugins(from_mapping({}))
     assert sorted(plugins.transports.names()) == ["tcp", "tls", "udp"]
-    assert plugins.key_exchanges.names() == ["sdes"]
+    assert plugins.key_exchanges.names() == ["sdes", "dtls"]
     assert plugins.transports.owner("udp") == "udp"
     assert plugins.registered_by("tcp") == {"transports": ["tcp"]}
 

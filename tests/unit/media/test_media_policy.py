@@ -13,7 +13,9 @@ from gateway.core.media.policy import (
 
 
 def test_builtin_policy_names_are_the_documented_contract() -> None:
-    assert set(BUILTIN_POLICIES) == {"rtp-only", "sdes", "encrypted-only", "best-effort"}
+    assert set(BUILTIN_POLICIES) == {"rtp-only", "sdes", "dtls", "encrypted-only", "best-effort"}
+    assert BUILTIN_POLICIES["dtls"].key_exchanges == ("dtls",)
+    assert not BUILTIN_POLICIES["dtls"].allow_cleartext
     assert BUILTIN_POLICIES["rtp-only"].key_exchanges == ()
     assert BUILTIN_POLICIES["rtp-only"].allow_cleartext
     assert BUILTIN_POLICIES["sdes"].key_exchanges == ("sdes",)
