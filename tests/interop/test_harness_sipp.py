@@ -74,6 +74,7 @@ def test_every_scenario_file_is_exercised_here() -> None:
 
 PAIRS = [
     ("uac_call.xml", "uas_answer.xml"),
+    ("uac_call.xml", "uas_answer_avpf.xml"),
     ("uac_call_rtp.xml", "uas_answer.xml"),
     ("uac_call_auth.xml", "uas_auth_answer.xml"),
     ("uac_cancel.xml", "uas_ring_forever.xml"),
