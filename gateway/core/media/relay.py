@@ -23,9 +23,10 @@ address (direction ``a_to_b``), and the reverse.
   (SRTP unprotect on arrival, protect before sending; ``None`` from a transform drops the packet)
   and taps (called between the two transforms, so they see plain RTP).
 - DTLS on the media port (RFC 5764 §5.1.2, demultiplexed by the first byte, RFC 7983): what is
-  not RTP/RTCP is dropped as malformed, except first bytes 20..63 on a side's RTP socket when the
-  side has a handler (:meth:`StreamSide.set_non_rtp_handler`, the call's DTLS handshake task);
-  the handshake's answers leave with :meth:`StreamSide.send`. Only that branch costs anything.
+  not RTP/RTCP is dropped as malformed, except first bytes 20..63 on a side's RTP socket (or its
+  RTCP socket, whose own handshake keys SRTCP without rtcp-mux) when the socket has a handler
+  (:meth:`StreamSide.set_non_rtp_handler`, the call's DTLS handshake task); the handshake's
+  answers leave with :meth:`StreamSide.send`. Only that branch costs anything.
 - Every drop is counted per direction and reason; :meth:`DirectionControl.statistics`.
 - Each stream records when it last received media (:attr:`MediaStream.last_activity`); the B2BUA
   polls :meth:`MediaRelay.idle_streams` and ends calls whose media stopped.
@@ -85,9 +86,9 @@ Address = tuple[Any, ...]
 """A socket address as ``recvfrom`` returns it: (host, port) for IPv4, 4 items for IPv6."""
 
 NonRtpHandler = Callable[[bytes, Address], None]
-"""Takes a DTLS datagram (RFC 7983 first byte 20..63) that arrived on a side's RTP socket from the
-side's peer, and its source. Called on the relay's hot path: it must not block nor raise (hand
-the packet on, e.g. with a memory channel's ``send_nowait``)."""
+"""Takes a DTLS datagram (RFC 7983 first byte 20..63) that arrived on a side's RTP or RTCP socket
+from the side's peer, and its source. Called on the relay's hot path: it must not block nor raise
+(hand the packet on, e.g. with a memory channel's ``send_nowait``)."""
 
 # RFC 7983 §7: a first byte of 20..63 is DTLS; STUN (0..3) and ZRTP (16..19) are not handed on.
 _DTLS_FIRST_BYTE = range(20, 64)
@@ -335,24 +336,30 @@ class StreamSide:
     def rtcp_mux(self) -> bool:
         return self._rtcp_mux
 
-    def set_non_rtp_handler(self, handler: NonRtpHandler | None) -> None:
+    def set_non_rtp_handler(self, handler: NonRtpHandler | None, *, rtcp: bool = False) -> None:
         """Hand DTLS datagrams (RFC 7983: first byte 20..63) arriving on this side's RTP socket
-        to ``handler`` instead of dropping them as malformed (None: drop them again). They pass
-        the same source check as RTP: the latched source, or (nothing latched yet) they latch
-        it, since the handshake comes from the peer's media address (RFC 5764 §5.1.2).
+        (``rtcp``: its RTCP socket) to ``handler`` instead of dropping them as malformed (None:
+        drop them again). They pass the same source check as RTP: the latched source, or
+        (nothing latched yet) they latch it, since the handshake comes from the peer's media
+        address (RFC 5764 §5.1.2).
 
-        Only the RTP socket: a DTLS-SRTP leg is expected to use rtcp-mux. Without rtcp-mux the
-        RTCP port's own handshake (RFC 5764 §4.1) is not run, so SRTCP is not keyed there."""
-        self._rtp.non_rtp = handler
+        The RTCP socket has its own handshake when the leg does not use rtcp-mux: RFC 5764 §4.1
+        keys SRTCP on that port from a DTLS association of its own."""
+        (self._rtcp if rtcp else self._rtp).non_rtp = handler
 
-    def send(self, packet: bytes) -> bool:
+    def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
         """Send ``packet`` (a DTLS datagram) from this side's RTP socket to where this leg's RTP
-        goes (:attr:`rtp_destination`). False when there is no destination or the send failed."""
-        destination = self.rtp_destination
+        goes (:attr:`rtp_destination`); with ``rtcp`` from its RTCP socket to where its RTCP
+        goes (:attr:`rtcp_destination`). False when there is no destination or the send
+        failed."""
+        if rtcp:
+            destination, sock = self.rtcp_destination, self.ports.rtcp_socket
+        else:
+            destination, sock = self.rtp_destination, self.ports.rtp_socket
         if destination is None:
             return False
         try:
-            self.ports.rtp_socket.sendto(packet, destination)
+            sock.sendto(packet, destination)
         except OSError:
             return False
         return True
