@@ -11,6 +11,8 @@
 - linphonec with mandatory ``media_encryption=dtls`` calls a sipp trunk that speaks plain RTP
   and echoes it: the call connects, a capture shows SRTP between the gateway and linphone and
   the plain PCMU tone between the gateway and the trunk, and linphone hears its own tone.
+  linphone does not use rtcp-mux, so its RTCP port runs a DTLS handshake of its own with the
+  gateway's (RFC 5764 §4.1), and `voipgw calls` says the RTCP port is keyed by it.
 
 baresip 1.0.0 answers only MD5 digest challenges, so the gateway offers MD5 alone; ``[gateway]
 domains`` makes 127.0.0.1 ours on every port (linphonec registers its identity without one).
@@ -255,6 +257,7 @@ def test_linphone_with_mandatory_dtls_calls_a_plain_rtp_trunk(tmp_path: Path) ->
                     alice.wait_audio(AUDIO_SECONDS, timeout=20)
                     alice.terminate()
                     alice.wait_ended()
+            calls = gw.cli("calls", "--recent", "1").stdout
         result = trunk.wait()
     result.check()
 
@@ -270,6 +273,11 @@ def test_linphone_with_mandatory_dtls_calls_a_plain_rtp_trunk(tmp_path: Path) ->
     fingerprints = re.findall(r"a=fingerprint:sha-256 (\S+)", alice_log, re.IGNORECASE)
     assert len({value.upper() for value in fingerprints}) == 2, fingerprints
     assert "Negotiated media encryption is LinphoneMediaEncryptionDTLS" in alice_log
+    # linphone does not mux RTCP: its RTCP port ran a DTLS handshake of its own with the
+    # gateway's RTCP port (RFC 5764 §4.1), and both ends keyed SRTCP from it.
+    assert "RTCP mux is disabled" in alice_log
+    assert "DTLS RTCP Handshake successful" in alice_log
+    assert "RTCP on its own port, keyed by its own handshake" in calls, calls
 
     # The same packets on both sides of the relay: SRTP on linphone's, the plain tone on the
     # trunk's, in both directions (the trunk echoes what it gets). Only even ports are decoded

@@ -83,6 +83,11 @@ class StreamSecurity:
     peer_proto: str = "RTP/AVP"
     keys: SrtpKeys | None = None
     failure: str | None = None
+    rtcp_negotiation: KeyNegotiation | None = None
+    """The separate RTCP port's own negotiation (RFC 5764 §4.1: DTLS-SRTP without rtcp-mux),
+    set by the call's handshake task; None when RTCP shares the RTP port or its keys."""
+    rtcp_keys: SrtpKeys | None = None
+    """SRTCP keys from :attr:`rtcp_negotiation`, once agreed."""
 
 
 class LegSecurity:
@@ -292,6 +297,22 @@ class LegSecurity:
         stream = self._stream(index)
         return stream.keys if stream is not None else None
 
+    def rtcp_keys(self, index: int) -> SrtpKeys | None:
+        """The SRTCP keys of stream ``index``: those of the RTCP port's own handshake when it
+        has one (None until it is done), else the stream's keys (SDES, and DTLS with
+        rtcp-mux: RFC 3711 §4.3 derives SRTCP keys from the same master key)."""
+        stream = self._stream(index)
+        if stream is None:
+            return None
+        if stream.rtcp_negotiation is not None:
+            return stream.rtcp_keys
+        return stream.keys
+
+    def separate_rtcp(self, index: int) -> bool:
+        """Whether stream ``index``'s RTCP is keyed by a handshake of its own."""
+        stream = self._stream(index)
+        return stream is not None and stream.rtcp_negotiation is not None
+
     def media_path_streams(self) -> dict[int, StreamSecurity]:
         """The streams whose keys are agreed on the media path (DTLS-SRTP), by m= line index,
         for the call's handshake task: of the latest offer/answer, those of an offer from the
@@ -351,6 +372,9 @@ def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
         # and re-encrypted per leg.
         "keys_held_by": "gateway" if stream.keys else None,
     }
+    if stream.rtcp_negotiation is not None:
+        # RFC 5764 §4.1: RTCP on its own port, keyed by its own DTLS handshake.
+        entry["rtcp_port_keyed"] = stream.rtcp_keys is not None
     # DTLS-SRTP (the engine exposes these): our DTLS role and the certificate the peer proved.
     for name in ("dtls_role", "peer_certificate_sha256"):
         value = getattr(stream.negotiation, name, None)
