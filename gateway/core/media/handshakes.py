@@ -42,6 +42,8 @@ from gateway.core.media.session import MediaSession
 
 log = logging.getLogger(__name__)
 
+INTERNAL_ERROR_REASON = "internal error in the media-path key exchange"
+
 QUEUE = 64
 """Datagrams waiting for the task; more are dropped (a handshake flight is a few datagrams)."""
 
@@ -107,9 +109,19 @@ class CallHandshakes:
             item: _Item = None
             while True:
                 now = trio.current_time()
-                self._round(item, now)
+                try:
+                    self._round(item, now)
+                    deadline = self._next_timer(now)
+                except Exception:
+                    # A bug in a key-exchange plugin or in keying, maybe set off by a datagram
+                    # from the network: it ends this call with a stated reason, never the
+                    # gateway nor another call (the exception would otherwise leave the call's
+                    # nursery and stop the gateway). Engines keep secrets out of exceptions.
+                    log.exception("media-path key exchange failed")
+                    self._on_failure("a/b", INTERNAL_ERROR_REASON)
+                    return
                 item = None
-                with trio.move_on_at(self._next_timer(now)):
+                with trio.move_on_at(deadline):
                     item = await self._receive.receive()
         finally:
             self._unhook()
