@@ -62,6 +62,9 @@ _PLAIN_OF = {
 _SECURE_OF = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
 # The profile a key exchange on the media path (DTLS-SRTP) is offered with (RFC 5764 §8).
 _DTLS_OF = {"RTP/AVP": "UDP/TLS/RTP/SAVP", "RTP/AVPF": "UDP/TLS/RTP/SAVPF"}
+# RFC 4585 feedback profile -> the plain one: what we offer a leg that is not known to take
+# feedback profiles (see LegSecurity's ``offer_feedback``).
+_WITHOUT_FEEDBACK = {"RTP/AVPF": "RTP/AVP"}
 # Attributes that carry a leg's own keys or key-exchange identity and never cross to the other
 # leg: SDES keys (RFC 4568), DTLS fingerprints and roles (RFC 8122, RFC 4145, RFC 8842).
 _KEY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id"})
@@ -88,6 +91,9 @@ class StreamSecurity:
     set by the call's handshake task; None when RTCP shares the RTP port or its keys."""
     rtcp_keys: SrtpKeys | None = None
     """SRTCP keys from :attr:`rtcp_negotiation`, once agreed."""
+    session_proto: str | None = None
+    """The session's plain profile when this leg was offered another one (a feedback profile
+    taken off, see ``LegSecurity.offer_feedback``): the answer goes back to the session in it."""
 
 
 class LegSecurity:
@@ -99,8 +105,15 @@ class LegSecurity:
         secure_signalling: bool,
         key_exchanges: Mapping[str, KeyExchange],
         signalling: str,
+        offer_feedback: bool = False,
     ) -> None:
         self.side = side
+        self.offer_feedback = offer_feedback
+        """Offer this leg an RFC 4585 feedback profile (RTP/AVPF, RTP/SAVPF,
+        UDP/TLS/RTP/SAVPF) when the other leg offered one. False: the plain profile without
+        a=rtcp-fb, which every SIP device takes; a device that knows only RTP/SAVP (baresip's
+        srtp-mand, many desk phones) answers a feedback profile with 488. Our answers always
+        mirror the profile the peer offered (RFC 3264 §6)."""
         self.policy = policy
         self.secure_signalling = secure_signalling
         self.signalling = signalling
@@ -207,8 +220,11 @@ class LegSecurity:
         :class:`MediaSecurityRefused` when the policy needs encryption this leg cannot get."""
         streams: list[StreamSecurity] = []
         media_out: list[MediaDescription] = []
-        for index, media in enumerate(offer.media):
+        for index, offered in enumerate(offer.media):
+            media = offered if self.offer_feedback else _without_feedback(offered)
             stream = StreamSecurity(peer_proto=media.proto)
+            if media.proto != offered.proto:
+                stream.session_proto = offered.proto
             if media.port == 0 or media.proto.upper() not in _SECURE_OF:
                 streams.append(stream)
                 media_out.append(media)
@@ -287,7 +303,10 @@ class LegSecurity:
                         f"declined it ({media.proto})"
                     )
             stream.peer_proto = media.proto
-            media_out.append(_plain(media))
+            plain = _plain(media)
+            if stream.session_proto is not None:
+                plain = attrs.evolve(plain, proto=stream.session_proto)
+            media_out.append(plain)
         self.streams = self._offered
         return _without_session_keys(attrs.evolve(answer, media=tuple(media_out)))
 
@@ -393,6 +412,16 @@ def _without_session_keys(sd: SessionDescription) -> SessionDescription:
     RFC 8122 §5): the other leg must never see this leg's."""
     kept = [a for a in _pairs(sd.attributes) if a[0].lower() not in _KEY_ATTRIBUTES]
     return sd.with_attributes(kept)
+
+
+def _without_feedback(media: MediaDescription) -> MediaDescription:
+    """``media`` with the plain profile instead of RFC 4585's feedback one, and without
+    a=rtcp-fb, which RFC 4585 §4.2 allows only with a feedback profile."""
+    plain = _WITHOUT_FEEDBACK.get(media.proto.upper())
+    if plain is None:
+        return media
+    attributes = [a for a in media.attributes if a[0].lower() != "rtcp-fb"]
+    return attrs.evolve(media.with_attributes(attributes), proto=plain)
 
 
 def _plain(media: MediaDescription) -> MediaDescription:
