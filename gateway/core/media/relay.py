@@ -80,7 +80,16 @@ from gateway.core.media.rtp import (
 logger = logging.getLogger(__name__)
 
 Transform = Callable[[bytes], bytes | None]
-"""Takes one packet and returns the packet to go on with, or None to drop it (counted)."""
+"""Takes one packet and returns the packet to go on with, or None to drop it (counted).
+
+A transform may also offer ``in_buffer(buffer: bytearray) -> BufferStep | None`` (as
+:class:`~gateway.core.media.srtp.SrtpTransform` does): the relay then runs that step on its
+receive buffer instead of calling the transform with a ``bytes`` copy of the packet."""
+
+BufferStep = Callable[[int], int]
+"""A transform working in place on the relay's receive buffer: takes the length of the packet at
+the start of the buffer, leaves its result there and returns its length, or -1 to drop it
+(counted). The buffer has at least :data:`TRANSFORM_ROOM` octets free after any packet."""
 
 Address = tuple[Any, ...]
 """A socket address as ``recvfrom`` returns it: (host, port) for IPv4, 4 items for IPv6."""
@@ -94,6 +103,9 @@ from the side's peer, and its source. Called on the relay's hot path: it must no
 _DTLS_FIRST_BYTE = range(20, 64)
 
 _RECEIVE_BUFFER_SIZE = 65536  # the largest UDP payload: never truncate a datagram
+TRANSFORM_ROOM = 256
+"""Octets of the receive buffer beyond the largest datagram, for what an in-place transform
+appends (an SRTCP index and tag take at most 148, pylibsrtp's SRTP_MAX_SRTCP_TRAILER_LEN)."""
 _NEVER_RTCP = bytes(256)  # RTP port of a side without rtcp-mux: everything is RTP
 _ALWAYS_RTCP = bytes([1]) * 256  # RTCP port: everything is RTCP
 
@@ -203,10 +215,13 @@ class _Route:
         "dropped_no_destination",
         "dropped_send_error",
         "dropped_transform",
+        "in_place",
         "min_length",
         "packets",
         "plain",
         "sendto",
+        "step_in",
+        "step_out",
         "transform_errors",
         "transform_in",
         "transform_out",
@@ -219,6 +234,10 @@ class _Route:
         self.transform_in: Transform | None = None
         self.transform_out: Transform | None = None
         self.plain = True  # no transform and no tap: forward straight from the receive buffer
+        # No tap and every transform works in the receive buffer: run step_in/step_out there.
+        self.in_place = False
+        self.step_in: BufferStep | None = None
+        self.step_out: BufferStep | None = None
         self.packets = 0
         self.bytes = 0
         self.dropped_no_destination = 0
@@ -533,6 +552,7 @@ class MediaStream:
             rtp_sendto = dst.ports.rtp_socket.sendto
             rtcp_sendto = rtp_sendto if dst.rtcp_mux else dst.ports.rtcp_socket.sendto
             transforms = control.transforms
+            buffer = None if self._relay is None else self._relay._buffer
             for ep in (src._rtp, src._rtcp):
                 ep.direction = control.direction
                 ep.blocked = control.blocked
@@ -544,6 +564,7 @@ class MediaStream:
                     transforms.rtp_in,
                     transforms.rtp_out,
                     ep.taps,
+                    buffer,
                 )
                 _configure(
                     ep.rtcp,
@@ -552,6 +573,7 @@ class MediaStream:
                     transforms.rtcp_in,
                     transforms.rtcp_out,
                     ep.taps,
+                    buffer,
                 )
             src._rtp.rtcp_octets = RTCP_BY_SECOND_OCTET if src.rtcp_mux else _NEVER_RTCP
 
@@ -563,12 +585,31 @@ def _configure(
     transform_in: Transform | None,
     transform_out: Transform | None,
     taps: tuple[Tap, ...],
+    buffer: bytearray | None,
 ) -> None:
     route.sendto = sendto
     route.destination = destination
     route.transform_in = transform_in
     route.transform_out = transform_out
     route.plain = transform_in is None and transform_out is None and not taps
+    route.step_in = _buffer_step(transform_in, buffer)
+    route.step_out = _buffer_step(transform_out, buffer)
+    # Taps get bytes, so a tapped route takes the bytes path (taps are rare: recording).
+    route.in_place = (
+        not route.plain
+        and not taps
+        and (transform_in is None or route.step_in is not None)
+        and (transform_out is None or route.step_out is not None)
+    )
+
+
+def _buffer_step(transform: Transform | None, buffer: bytearray | None) -> BufferStep | None:
+    """The transform's in-place form on ``buffer``, if it offers one (see :data:`Transform`)."""
+    in_buffer = getattr(transform, "in_buffer", None)
+    if in_buffer is None or buffer is None:
+        return None
+    step: BufferStep | None = in_buffer(buffer)
+    return step
 
 
 class MediaRelay:
@@ -599,7 +640,8 @@ class MediaRelay:
         self._epoll = select.epoll()
         self._endpoints: dict[int, _Endpoint] = {}
         self._streams: set[MediaStream] = set()
-        self._buffer = bytearray(_RECEIVE_BUFFER_SIZE)
+        # Never resized: in-place transforms hold C pointers into it.
+        self._buffer = bytearray(_RECEIVE_BUFFER_SIZE + TRANSFORM_ROOM)
         self._view = memoryview(self._buffer)
         self._wakeups = 0
         self._serving = False
@@ -739,6 +781,24 @@ class MediaRelay:
                     continue
                 if route.plain:
                     packet: Any = view[:size]
+                elif route.in_place:
+                    # Receive, unprotect, protect and send from the same memory: no copies.
+                    step = route.step_in
+                    if step is not None:
+                        try:
+                            size = step(size)
+                        except Exception:
+                            size = _step_failed(route, route.transform_in)
+                    step = route.step_out
+                    if step is not None and size >= 0:
+                        try:
+                            size = step(size)
+                        except Exception:
+                            size = _step_failed(route, route.transform_out)
+                    if size < 0:
+                        route.dropped_transform += 1
+                        continue
+                    packet = view[:size]
                 else:
                     packet = _transform(ep, route, bytes(view[:size]))
                     if packet is None:
@@ -805,6 +865,14 @@ def _transform(ep: _Endpoint, route: _Route, packet: bytes) -> bytes | None:
     if route.transform_out is not None:
         return _apply(route, route.transform_out, packet)
     return packet
+
+
+def _step_failed(route: _Route, transform: Transform | None) -> int:
+    """An in-place step raised: counted and logged as :func:`_apply` does; the packet is dropped."""
+    route.transform_errors += 1
+    if route.transform_errors == 1:
+        logger.exception("media transform %r failed (further ones only counted)", transform)
+    return -1
 
 
 def _apply(route: _Route, transform: Transform, packet: bytes) -> bytes | None:
