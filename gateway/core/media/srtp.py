@@ -214,7 +214,7 @@ TRAILER_ROOM = pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
 packet it will hold: protection appends a tag (SRTCP also its index)."""
 _MIN_COPY_BUFFER = 2048  # the bytes path's first buffer: any RTP packet of a voice call
 
-_SSRC = struct.Struct("!I")
+_unpack_ssrc = struct.Struct("!I").unpack_from
 _NO_SSRC = -1  # the key of packets too short to carry one (libsrtp refuses them anyway)
 
 # srtp_err_status_t of libsrtp 2.7.0 (srtp.h); pylibsrtp.ERRORS lists the messages in this
@@ -397,31 +397,78 @@ def _count_failure(context: _Context, status: int) -> None:
         context.other_errors += 1
 
 
-def _libsrtp_step(
-    context: _Context, function: Any, buffer: bytearray, ssrc_at: int, max_ssrcs: int
-) -> _Step:
-    """libsrtp's ``function`` (srtp_protect & co.) in place on ``buffer``: takes the length of
-    the packet at its start, leaves the result there and returns its length, or -1 when the
-    packet is dropped (counted on ``context``). The per-packet path of every libsrtp suite."""
-    cdata = _ffi.from_buffer("unsigned char[]", buffer, require_writable=True)
-    length = _ffi.new("int *")
-    limit = min(MAX_PACKET_LENGTH, len(buffer) - TRAILER_ROOM)
-    has_ssrc = ssrc_at + 4  # the SSRC sits at octet 8 in RTP (RFC 3550 §5.1), 4 in RTCP (§6.4.1)
-    ssrcs = context.ssrcs
-    unpack_ssrc = _SSRC.unpack_from
+class _BufferCells:
+    """A buffer's C view and one length cell: shared by every step on that buffer (all of a
+    relay's transforms), so the hot path touches one of each, not one per transform."""
 
-    def step(size: int) -> int:
+    __slots__ = ("buffer", "cdata", "length")
+
+    def __init__(self, buffer: bytearray) -> None:
+        self.buffer = buffer
+        self.cdata = _ffi.from_buffer("unsigned char[]", buffer, require_writable=True)
+        self.length = _ffi.new("int *")
+
+
+_last_cells: _BufferCells | None = None  # the relay's buffer: every in_buffer() call names it
+
+
+def _cells_for(buffer: bytearray) -> _BufferCells:
+    global _last_cells
+    if _last_cells is None or _last_cells.buffer is not buffer:
+        _last_cells = _BufferCells(buffer)
+    return _last_cells
+
+
+class _LibsrtpStep:
+    """libsrtp's ``function`` (srtp_protect & co.) in place on a buffer; :meth:`run` takes the
+    length of the packet at its start, leaves the result there and returns its length, or -1
+    when the packet is dropped (counted on ``context``). The per-packet path of every libsrtp
+    suite; one object, so the hot path finds all it needs in a cache line or two."""
+
+    __slots__ = (
+        "buffer",
+        "cdata",
+        "context",
+        "function",
+        "has_ssrc",
+        "length",
+        "limit",
+        "max_ssrcs",
+        "ssrc_at",
+        "ssrcs",
+    )
+
+    def __init__(
+        self, context: _Context, function: Any, buffer: bytearray, ssrc_at: int, max_ssrcs: int
+    ) -> None:
+        cells = _cells_for(buffer)
+        self.buffer = buffer
+        self.cdata = cells.cdata
+        self.length = cells.length
+        self.context = context
+        self.function = function
+        self.limit = min(MAX_PACKET_LENGTH, len(buffer) - TRAILER_ROOM)
+        self.ssrc_at = ssrc_at
+        # The SSRC sits at octet 8 in RTP (RFC 3550 §5.1), 4 in RTCP (§6.4.1).
+        self.has_ssrc = ssrc_at + 4
+        self.ssrcs = context.ssrcs
+        self.max_ssrcs = max_ssrcs
+
+    def run(self, size: int) -> int:
+        context = self.context
         ctx = context.ctx
-        if ctx is None or size > limit:
+        if ctx is None or size > self.limit:
             context.other_errors += 1
             return -1
-        ssrc = unpack_ssrc(buffer, ssrc_at)[0] if size >= has_ssrc else _NO_SSRC
+        ssrcs = self.ssrcs
+        ssrc = _unpack_ssrc(self.buffer, self.ssrc_at)[0] if size >= self.has_ssrc else _NO_SSRC
         known = ssrc in ssrcs
-        if not known and len(ssrcs) >= max_ssrcs:
+        if not known and len(ssrcs) >= self.max_ssrcs:
             context.ssrc_limit += 1
             return -1
+        length = self.length
         length[0] = size
-        status = function(ctx, cdata, length)
+        status = self.function(ctx, self.cdata, length)
         if status:
             _count_failure(context, status)
             return -1
@@ -431,7 +478,11 @@ def _libsrtp_step(
         result: int = length[0]
         return result
 
-    return step
+
+def _libsrtp_step(
+    context: _Context, function: Any, buffer: bytearray, ssrc_at: int, max_ssrcs: int
+) -> _Step:
+    return _LibsrtpStep(context, function, buffer, ssrc_at, max_ssrcs).run
 
 
 class SrtpTransform:
