@@ -393,15 +393,17 @@ def print_table(results: list[LatencyResult]) -> None:
             continue
         cells = [SCENARIOS[name].title]
         for path in PATHS:
-            r = best.get((name, path))
-            cells.append(f"{r.percentiles['p50']:.1f} / {r.percentiles['p99']:.1f}" if r else "-")
+            found = best.get((name, path))
+            cells.append(
+                f"{found.percentiles['p50']:.1f} / {found.percentiles['p99']:.1f}" if found else "-"
+            )
         for path in PATHS[1:]:
-            r = best.get((name, path))
-            if r is None:
+            found = best.get((name, path))
+            if found is None:
                 cells.append("-")
                 continue
-            added50 = r.percentiles["p50"] - direct.percentiles["p50"]
-            added99 = r.percentiles["p99"] - direct.percentiles["p99"]
+            added50 = found.percentiles["p50"] - direct.percentiles["p50"]
+            added99 = found.percentiles["p99"] - direct.percentiles["p99"]
             cells.append(f"{added50:.1f} / {added99:.1f}")
         print("| " + " | ".join(cells) + " |", flush=True)
 
@@ -426,6 +428,7 @@ async def run_all(args: argparse.Namespace) -> list[LatencyResult]:
                 for path in (args.paths if repeat % 2 == 0 else args.paths[::-1])
             ]
             for path in order:
+                result: LatencyResult
                 try:
                     if path == "direct":
                         result = await run_direct(scenario, args)

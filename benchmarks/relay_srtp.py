@@ -304,7 +304,7 @@ def cpu_seconds(pid: int) -> float:
     spec = _Timespec()
     if _libc.clock_gettime(clock, ctypes.byref(spec)):
         raise OSError(ctypes.get_errno(), f"clock_gettime for pid {pid} failed")
-    return spec.tv_sec + spec.tv_nsec * 1e-9
+    return float(spec.tv_sec + spec.tv_nsec * 1e-9)
 
 
 def task_schedstats() -> dict[tuple[int, int], tuple[int, int]]:
@@ -729,12 +729,10 @@ def print_table(results: list[Result]) -> None:
         v = by_key.get((name, calls, "voipgw"))
         e = by_key.get((name, calls, "rtpengine"))
         cells = [SCENARIOS[name].title, str(calls)]
-        for r in (v, e):
-            cells.append(f"{r.relayed_kpps:.2f}/{r.offered_kpps:.2f}" if r else "-")
-        for r in (v, e):
-            cells.append(f"{r.loss:.3f}" if r else "-")
-        for r in (v, e):
-            cells.append(f"{r.cpu_us:.2f}" if r else "-")
+        pair = (v, e)
+        cells += [f"{r.relayed_kpps:.2f}/{r.offered_kpps:.2f}" if r else "-" for r in pair]
+        cells += [f"{r.loss:.3f}" if r else "-" for r in pair]
+        cells += [f"{r.cpu_us:.2f}" if r else "-" for r in pair]
         cells.append(
             f"{v.cpu_us / e.cpu_us:.2f} (1/x {e.cpu_us / v.cpu_us:.2f})" if v and e else "-"
         )
