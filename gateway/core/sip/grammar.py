@@ -53,8 +53,9 @@ __all__ = [
     "unquote",
 ]
 
-PARSE_CACHE_ENTRIES = 4096
-"""Results each memoized parser keeps (several seconds of traffic at hundreds of calls/s)."""
+PARSE_CACHE_ENTRIES = 1024
+"""Results each memoized parser keeps: the values a transaction reads again arrive within
+milliseconds, and every entry is an object the cyclic garbage collector walks, so no more."""
 PARSE_CACHE_MAX_TEXT = 512
 """Longer texts are parsed every time and never held by a cache."""
 
