@@ -4,9 +4,10 @@ Theory of operation. A key exchange with ``media_path`` (the ``dtls`` plugin) is
 it never touches a socket nor a clock. :class:`CallHandshakes` is the call's task that moves its
 datagrams and time (RFC 5764 §5.1.2: DTLS shares the 5-tuple of RTP):
 
-- the relay hands every DTLS datagram (RFC 7983: first byte 20..63) arriving on a leg's RTP
-  socket (or RTCP socket) to :meth:`CallHandshakes.deliver`, which puts it on a bounded memory
-  channel (full: dropped and counted; DTLS retransmits);
+- the relay hands every datagram that is not RTP/RTCP arriving on a leg's RTP socket (or RTCP
+  socket) to :meth:`CallHandshakes.deliver`, which puts it on a bounded memory channel (full:
+  dropped and counted; DTLS retransmits); the stream's negotiation takes it if it claims the
+  first byte's range (RFC 7983: DTLS 20..63), else it is counted as unclaimed;
 - the task waits until the earliest ``get_timer()`` of the streams or a datagram, then for every
   stream: ``handle_timer(now=)`` when due, the datagram to its stream with ``receive_packet``,
   ``packets_to_send(now=)`` out of the leg's RTP socket to the leg's media address, and the
@@ -84,6 +85,8 @@ class CallHandshakes:
         its keys, whose KeysReady the earlier StreamSecurity took."""
         self.dropped = 0
         """Datagrams dropped because the queue was full."""
+        self.unclaimed = 0
+        """Datagrams no negotiation of their stream and port claimed (RFC 7983 demux)."""
 
     # -- from the relay and the call --------------------------------------------------------------
 
@@ -138,7 +141,12 @@ class CallHandshakes:
                     if timer is not None and timer <= now:
                         negotiation.handle_timer(now=now)
                     if item is not None and item[:3] == (side, index, rtcp):
-                        negotiation.receive_packet(item[3], now=now)
+                        packet = item[3]
+                        # RFC 7983: each engine claims its range of first bytes (DTLS 20..63).
+                        if negotiation.claims_packet(packet[0], packet):
+                            negotiation.receive_packet(packet, now=now)
+                        else:
+                            self.unclaimed += 1
                     relay_side = self._side(side, index)
                     for packet in negotiation.packets_to_send(now=now):
                         if relay_side is None or not relay_side.send(packet, rtcp=rtcp):

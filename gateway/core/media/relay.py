@@ -22,11 +22,13 @@ address (direction ``a_to_b``), and the reverse.
   :class:`DirectionControl` sets a ``blocked`` flag (no media before keys), :class:`Transforms`
   (SRTP unprotect on arrival, protect before sending; ``None`` from a transform drops the packet)
   and taps (called between the two transforms, so they see plain RTP).
-- DTLS on the media port (RFC 5764 §5.1.2, demultiplexed by the first byte, RFC 7983): what is
-  not RTP/RTCP is dropped as malformed, except first bytes 20..63 on a side's RTP socket (or its
-  RTCP socket, whose own handshake keys SRTCP without rtcp-mux) when the socket has a handler
-  (:meth:`StreamSide.set_non_rtp_handler`, the call's DTLS handshake task); the handshake's
-  answers leave with :meth:`StreamSide.send`. Only that branch costs anything.
+- Key exchanges on the media port (DTLS, RFC 5764 §5.1.2; ZRTP; STUN), demultiplexed by the
+  first byte (RFC 7983): what is not RTP/RTCP (first byte outside 128..191) is dropped as
+  malformed, unless the socket has a handler (:meth:`StreamSide.set_non_rtp_handler`, the call's
+  handshake task, which gives each datagram to the negotiation that claims its range). A side's
+  RTP socket has one, and its RTCP socket too when the leg does not mux RTCP (RFC 5764 §4.1
+  keys SRTCP from a handshake of its own). Answers leave with :meth:`StreamSide.send`. Only that
+  branch costs anything.
 - Every drop is counted per direction and reason; :meth:`DirectionControl.statistics`.
 - Each stream records when it last received media (:attr:`MediaStream.last_activity`); the B2BUA
   polls :meth:`MediaRelay.idle_streams` and ends calls whose media stopped.
@@ -95,12 +97,10 @@ Address = tuple[Any, ...]
 """A socket address as ``recvfrom`` returns it: (host, port) for IPv4, 4 items for IPv6."""
 
 NonRtpHandler = Callable[[bytes, Address], None]
-"""Takes a DTLS datagram (RFC 7983 first byte 20..63) that arrived on a side's RTP or RTCP socket
-from the side's peer, and its source. Called on the relay's hot path: it must not block nor raise
-(hand the packet on, e.g. with a memory channel's ``send_nowait``)."""
+"""Takes a datagram that is not RTP/RTCP (RFC 7983: DTLS, ZRTP, STUN, ...) that arrived on a
+side's RTP or RTCP socket from the side's peer, and its source. Called on the relay's hot path:
+it must not block nor raise (hand the packet on, e.g. with a memory channel's ``send_nowait``)."""
 
-# RFC 7983 §7: a first byte of 20..63 is DTLS; STUN (0..3) and ZRTP (16..19) are not handed on.
-_DTLS_FIRST_BYTE = range(20, 64)
 
 _RECEIVE_BUFFER_SIZE = 65536  # the largest UDP payload: never truncate a datagram
 TRANSFORM_ROOM = 256
@@ -356,9 +356,10 @@ class StreamSide:
         return self._rtcp_mux
 
     def set_non_rtp_handler(self, handler: NonRtpHandler | None, *, rtcp: bool = False) -> None:
-        """Hand DTLS datagrams (RFC 7983: first byte 20..63) arriving on this side's RTP socket
-        (``rtcp``: its RTCP socket) to ``handler`` instead of dropping them as malformed (None:
-        drop them again). They pass the same source check as RTP: the latched source, or
+        """Hand datagrams that are not RTP/RTCP (RFC 7983: first byte outside 128..191, e.g.
+        DTLS 20..63, ZRTP 16..19, STUN 0..3) arriving on this side's RTP socket (``rtcp``: its
+        RTCP socket) to ``handler`` instead of dropping them as malformed (None: drop them
+        again). They pass the same source check as RTP: the latched source, or
         (nothing latched yet) they latch it, since the handshake comes from the peer's media
         address (RFC 5764 §5.1.2).
 
@@ -367,9 +368,9 @@ class StreamSide:
         (self._rtcp if rtcp else self._rtp).non_rtp = handler
 
     def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
-        """Send ``packet`` (a DTLS datagram) from this side's RTP socket to where this leg's RTP
-        goes (:attr:`rtp_destination`); with ``rtcp`` from its RTCP socket to where its RTCP
-        goes (:attr:`rtcp_destination`). False when there is no destination or the send
+        """Send ``packet`` (a key exchange's datagram) from this side's RTP socket to where this
+        leg's RTP goes (:attr:`rtp_destination`); with ``rtcp`` from its RTCP socket to where its
+        RTCP goes (:attr:`rtcp_destination`). False when there is no destination or the send
         failed."""
         if rtcp:
             destination, sock = self.rtcp_destination, self.ports.rtcp_socket
@@ -763,8 +764,8 @@ class MediaRelay:
                     continue
                 route = ep.rtcp if ep.rtcp_octets[buffer[1]] else ep.rtp
                 if size < route.min_length or buffer[0] & VERSION_MASK != VERSION_BITS:
-                    # Not RTP/RTCP: a DTLS datagram goes to the side's handler, if any.
-                    if ep.non_rtp is not None and size and buffer[0] in _DTLS_FIRST_BYTE:
+                    # Not RTP/RTCP: to the socket's handler (the call's handshakes), if any.
+                    if ep.non_rtp is not None and size and buffer[0] & VERSION_MASK != VERSION_BITS:
                         self._hand_on(ep, bytes(view[:size]), source, now)
                     else:
                         ep.dropped_malformed += 1
@@ -812,7 +813,7 @@ class MediaRelay:
                 route.bytes += len(packet)
 
     def _hand_on(self, ep: _Endpoint, packet: bytes, source: Address, now: float) -> None:
-        """A DTLS datagram: to the side's handler, if it comes from the side's peer."""
+        """A datagram for a key exchange: to the socket's handler, if from the side's peer."""
         if source != ep.source and not self._latch(ep, source, now):
             return
         handler = ep.non_rtp

@@ -220,7 +220,8 @@ async def test_dtls_leg_relays_media_after_the_handshake_and_nothing_before(
             assert call.session.streams[0].b_to_a.statistics().dropped_blocked == 1
             assert call.a.expects_srtp(0) and call.a.keys(0) is None
 
-            nursery.start_soon(call.handshakes().run)
+            handshakes = call.handshakes()
+            nursery.start_soon(handshakes.run)
             nursery.start_soon(phone.run)
             # Mid-handshake (the gateway's ClientHello reached the phone): still nothing.
             with trio.fail_after(5):
@@ -245,6 +246,15 @@ async def test_dtls_leg_relays_media_after_the_handshake_and_nothing_before(
             with trio.fail_after(5):
                 plain, _ = await b_sock.recvfrom(2048)
             assert plain == rtp(4)
+            # A STUN or ZRTP datagram (RFC 7983: 0..3, 16..19) is not DTLS's: counted, not
+            # relayed, not fed to the DTLS engine.
+            await a_sock.sendto(b"\x10" + bytes(20), (ADDRESS, call.a_port))
+            await a_sock.sendto(b"\x00\x01" + bytes(18), (ADDRESS, call.a_port))
+            with trio.fail_after(5):
+                while handshakes.unclaimed < 2:
+                    await trio.sleep(0.01)
+            assert await receive(b_sock, 0.1) is None
+            assert call.a.media_path_streams()[0].negotiation.state == "established"  # type: ignore[union-attr]
 
             record = call.a.record()["streams"][0]
             assert record["key_exchange"] == "dtls"

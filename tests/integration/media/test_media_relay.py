@@ -539,11 +539,14 @@ async def test_dtls_datagrams_go_to_the_handler_of_the_socket_they_arrive_on(
     stream.a.set_non_rtp_handler(lambda packet, source: on_rtp.append((packet, source)))
     stream.a.set_non_rtp_handler(lambda packet, source: on_rtcp.append((packet, source)), rtcp=True)
     hello = b"\x16\xfe\xfd" + bytes(10)
+    stun = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)  # RFC 5389 Binding request
+    # Everything that is not RTP/RTCP (RFC 7983) goes to the handler, which picks its range.
+    await alice.send(stun, stream.a.ports.rtp_port)
     await alice.send(hello + b"rtp", stream.a.ports.rtp_port)
     await alice.send(hello + b"rtcp", stream.a.ports.rtcp_port, from_rtcp=True)
     await stranger.send(hello + b"stranger", stream.a.ports.rtcp_port, from_rtcp=True)
     await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
-    assert on_rtp == [(hello + b"rtp", alice.rtp_address)]
+    assert on_rtp == [(stun, alice.rtp_address), (hello + b"rtp", alice.rtp_address)]
     assert on_rtcp == [(hello + b"rtcp", alice.rtcp_address)]
 
     assert stream.a.send(b"to-rtcp", rtcp=True)
