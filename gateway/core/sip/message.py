@@ -78,7 +78,7 @@ class Headers:
         return isinstance(name, str) and self.get(name) is not None
 
     def count(self, name: str) -> int:
-        return len(self.get_all(name))
+        return self._names().count(_lookup_key(name))
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.fields)
