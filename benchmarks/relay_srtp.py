@@ -178,9 +178,17 @@ def generator(
     rate: float,
     max_packets: int,
     verify: int,
+    wait_in_epoll: bool = False,
 ) -> None:
     """The phones of ``calls`` calls: bind and report ports; take the relay's ports and keys;
     send at ``rate`` pps per phone until told to stop (or ``max_packets`` per phone); count.
+
+    Between send slots the phones sleep and then read what arrived meanwhile without waiting
+    (``wait_in_epoll``: they wait in ``epoll`` instead, and each arriving packet may wake them).
+    On loopback the relay's ``sendto`` delivers into the phone's socket in the relay's own
+    system call, waking the phone if it waits there: that wake-up (an inter-processor interrupt
+    in a VM) was charged to the relay per packet, a cost the receiving host pays with real
+    phones. Sleeping phones never wait on their sockets, so no relay pays it.
 
     Messages from the parent: ``("targets", [(relay_port, Srtp | None), ...])`` one per phone in
     the order of the reported ports; ``"start"``; ``"mark"`` (take a snapshot of counters);
@@ -276,7 +284,10 @@ def generator(
             remaining = next_slot - time.monotonic()
             if remaining <= 0:
                 break
-            received += receive(remaining)
+            if wait_in_epoll:
+                received += receive(remaining)
+            else:
+                time.sleep(remaining)
     deadline = time.monotonic() + 5.0
     while (count := receive(DRAIN_SILENCE)) and time.monotonic() < deadline:
         received += count
@@ -398,7 +409,7 @@ class Generators:
         """``count`` processes running ``target(conn, calls, roles, rate, max_packets,
         *options)`` (default: :func:`generator` with ``args.verify``)."""
         if target is None:
-            target, options = generator, (args.verify,)
+            target, options = generator, (args.verify, args.phones_wait_in_epoll)
         ctx = multiprocessing.get_context("spawn")
         a_key, b_key = phone_keys(scenario)
         roles = (Role(a_key, 0xA0A0A0A0, b"\xd5" * 160), Role(b_key, 0xB0B0B0B0, b"\x55" * 160))
@@ -837,6 +848,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="packets/s per direction per call")
     parser.add_argument("--generators", type=int, default=1, help="generator processes per run")
     parser.add_argument("--verify", type=int, default=3, help="packets checked per phone")
+    parser.add_argument(
+        "--phones-wait-in-epoll",
+        action="store_true",
+        help="phones wait for packets in epoll between send slots (the harness before "
+        "2026-11-28: each relayed packet may wake the generator, charged to the relay)",
+    )
     parser.add_argument("--rtpengine-threads", type=int, default=1, help="rtpengine --num-threads")
     parser.add_argument("--rtpengine-log", default=os.devnull, help="rtpengine's stderr goes here")
     args = parser.parse_args()
