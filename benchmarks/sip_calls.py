@@ -7,9 +7,11 @@ sippy, sipp comes from the distribution: ``apt-get install sip-tester``)::
     python benchmarks/sip_calls.py --modes noauth --rates 200 400 600 800 --step-seconds 10
     python benchmarks/sip_calls.py --systems voipgw --rates 600     # one system, one rate
 
-Every call is INVITE (SDP offer) - 100 - 200 (SDP answer) - ACK - BYE - 200, held for 0 ms,
-over UDP on 127.0.0.1. The caller is a sipp UAC (benchmarks/scenarios/uac_call*.xml), the
-callee a sipp UAS (uas_answer*.xml). Systems (``--systems``), each run at the same rates:
+Every call is INVITE (SDP offer) - 100 - 200 (SDP answer) - ACK - BYE - 200 over UDP on
+127.0.0.1, held ``--hold-ms`` (200 ms) between ACK and BYE: with no hold at all sippy's B2BUA
+leaves a BYE that arrives right behind the ACK unanswered until sipp retransmits it. The caller
+is a sipp UAC (benchmarks/scenarios/uac_call*.xml), the callee a sipp UAS (uas_answer*.xml).
+Systems (``--systems``), each run at the same rates:
 
 - ``floor``: the UAC calls the UAS directly: what sipp and the loopback cost, the ceiling any
   B2BUA can reach on this machine.
@@ -49,6 +51,13 @@ Figures per step:
 - load (% of one core): B2BUA, UAC and UAS (sipp's own rusage from wait4), over the step;
 - wait (%): the share of the step the B2BUA was runnable but had no CPU (schedstat): contention.
 
+voipgw keeps every transaction 64*T1 = 32 s after its call (RFC 3261 Timers J, RFC 6026 L and
+M), so the higher the rate, the more objects Python's cyclic garbage collector walks on each full
+collection, and the longer each such pause (hundreds of ms at a few hundred calls/s: they set
+the p99). ``--gateway-gc G0,G1,G2`` runs voipgw with ``gc.set_threshold(G0, G1, G2)`` and
+``gc.freeze()`` after its imports, to show what a collector policy would change; it is an
+experiment, not how voipgw runs.
+
 The machine has 2 vCPUs and sipp needs CPU too: the UAC, the UAS and the B2BUA share them, and
 loopback delivery is charged to the sending process. The load generator is not the bottleneck
 when the floor passes a higher rate than a B2BUA and the UAC's load stays below ~80 % of a core
@@ -80,13 +89,14 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 LOOPBACK = "127.0.0.1"
 TRUNK_IP = "127.0.0.2"  # the calling trunk's source address (voipgw noauth)
-# SIP ports, away from the tests' (which bind port 0) and from the media range.
-B2BUA_PORT = 35060  # voipgw
-SIPPY_PORT = 35090
-UAC_PORT = 35062
-UAS_PORT = 35070  # the trunk "carrier" (auth) and the floor's UAS
-PHONE_PORT = 35072  # alice's registered phone (voipgw noauth)
-UAC_MEDIA, UAS_MEDIA = 36000, 36010  # sipp binds these (and +2) but sends no RTP
+# SIP ports below the kernel's ephemeral range (32768-60999 here), where no other program's
+# outgoing sockets land; each step checks they are free first and says so when they are not.
+B2BUA_PORT = 31060  # voipgw
+SIPPY_PORT = 31090
+UAC_PORT = 31062
+UAS_PORT = 31070  # the trunk "carrier" (auth) and the floor's UAS
+PHONE_PORT = 31072  # alice's registered phone (voipgw noauth)
+UAC_MEDIA, UAS_MEDIA = 31100, 31110  # sipp binds these (and +2) but sends no RTP
 ACCOUNT, PASSWORD = "alice", "wonderland"
 TRUNK_NUMBER = "+4989555"
 MODES = ("noauth", "auth")
@@ -179,6 +189,17 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
         process.wait(5.0)
 
 
+def require_free(*ports: int) -> None:
+    """RuntimeError naming the first of ``ports`` that another process holds on 127.0.0.1 (a
+    clash would otherwise look like a failed call)."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                raise RuntimeError(f"UDP port {port} is taken by another process") from None
+
+
 def wait_udp_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """Until something binds UDP 127.0.0.1:``port`` (the peer is up) or ``process`` exits."""
     deadline = time.monotonic() + timeout
@@ -204,6 +225,7 @@ def sipp_command(
     calls: int,
     timeout: float,
     rundir: Path,
+    hold_ms: int = 0,
 ) -> list[str]:
     return [
         "sipp",
@@ -223,7 +245,7 @@ def sipp_command(
         "-m",
         str(calls),
         "-d",
-        "0",
+        str(hold_ms),
         "-nostdin",
         "-buff_size",
         str(4 * 1024 * 1024),
@@ -263,6 +285,7 @@ class System:
     def _start_voipgw(self, args: argparse.Namespace) -> None:
         state = self.workdir / "state"
         config = self.workdir / "voipgw.toml"
+        require_free(B2BUA_PORT, PHONE_PORT)
         config.write_text(gateway_config(state, args.media_ports))
         command = [sys.executable, "-m", "gateway"]
         subprocess.run(
@@ -325,6 +348,7 @@ class System:
             raise RuntimeError(f"REGISTER failed ({register.returncode}), see {rundir}")
 
     def _start_sippy(self) -> None:
+        require_free(SIPPY_PORT)
         b2bua = shutil.which("b2bua")
         if b2bua is None:
             raise RuntimeError("sippy's b2bua is not installed (pip install sippy)")
@@ -450,6 +474,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
             calls=calls,
             timeout=timeout,
             rundir=uac_dir,
+            hold_ms=args.hold_ms,
         ),
         target,
         "-s",
@@ -472,6 +497,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
     ]
     if mode == "auth":
         uac_cmd += ["-au", ACCOUNT, "-ap", PASSWORD, "-auth_uri", f"{callee}@{target}"]
+    require_free(uas_port, UAS_MEDIA, UAS_MEDIA + 2, UAC_PORT, UAC_MEDIA, UAC_MEDIA + 2)
     with open(uas_dir / "screen.log", "wb") as screen:
         uas = subprocess.Popen(
             uas_cmd, cwd=uas_dir, stdin=subprocess.DEVNULL, stdout=screen, stderr=screen
@@ -702,6 +728,12 @@ def main() -> None:
     )
     parser.add_argument("--step-seconds", type=float, default=5.0, help="calls = rate x this")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between steps")
+    parser.add_argument(
+        "--hold-ms",
+        type=int,
+        default=200,
+        help="how long the UAC holds each answered call before its BYE (sipp -d)",
+    )
     parser.add_argument("--media-ports", default="40000-47999", help="voipgw's [media] ports")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
@@ -717,8 +749,9 @@ def main() -> None:
     started = time.monotonic()
     print(f"SIP call rate benchmark: {versions()}", flush=True)
     print(
-        f"UDP on {LOOPBACK}, INVITE-100-200-ACK-BYE-200 held 0 ms, {args.step_seconds:g} s "
-        f"per step, rates {' '.join(f'{r:g}' for r in args.rates)} calls/s",
+        f"UDP on {LOOPBACK}, INVITE-100-200-ACK-BYE-200 held {args.hold_ms} ms, "
+        f"{args.step_seconds:g} s per step, rates {' '.join(f'{r:g}' for r in args.rates)} "
+        f"calls/s" + (f", voipgw GC {args.gateway_gc}" if args.gateway_gc else ""),
         flush=True,
     )
     steps = run(args)
