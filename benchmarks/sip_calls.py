@@ -723,7 +723,7 @@ def main() -> None:
         "--rates",
         nargs="+",
         type=float,
-        default=[100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 2000],
+        default=[100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000, 1500, 2000],
         help="calls/s to step through, ascending",
     )
     parser.add_argument("--step-seconds", type=float, default=5.0, help="calls = rate x this")
