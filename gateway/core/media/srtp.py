@@ -499,7 +499,6 @@ class SrtpTransform:
         "_context",
         "_copy",
         "_copy_step",
-        "_copy_view",
         "_function",
         "_max_ssrcs",
         "_python",
@@ -521,8 +520,7 @@ class SrtpTransform:
         self._python = python if use_python else None  # srtp_python's, for PYTHON_SUITES
         self._ssrc_at = ssrc_at
         self._max_ssrcs = max_ssrcs
-        self._copy = bytearray()  # the bytes path's buffer, grown on use
-        self._copy_view = memoryview(self._copy)
+        self._copy: bytearray | None = None  # the bytes path's buffer, made on first use
         self._copy_step: _Step | None = None
         self._bound: bytearray | None = None  # the buffer of the last in_buffer() call
         self._bound_step: _Step | None = None
@@ -535,17 +533,18 @@ class SrtpTransform:
         if context.ctx is None or size > MAX_PACKET_LENGTH:
             context.other_errors += 1
             return None
-        step = self._copy_step
-        if step is None or len(self._copy) < size + TRAILER_ROOM:
-            self._copy_view.release()
-            self._copy = bytearray(max(_MIN_COPY_BUFFER, size + TRAILER_ROOM))
-            self._copy_view = memoryview(self._copy)
+        copy, step = self._copy, self._copy_step
+        if copy is None or step is None or len(copy) < size + TRAILER_ROOM:
+            copy = self._copy = bytearray(max(_MIN_COPY_BUFFER, size + TRAILER_ROOM))
             step = self._copy_step = _libsrtp_step(
-                context, self._function, self._copy, self._ssrc_at, self._max_ssrcs
+                context, self._function, copy, self._ssrc_at, self._max_ssrcs
             )
-        self._copy[:size] = packet
+        copy[:size] = packet
         size = step(size)
-        return self._copy_view[:size].tobytes() if size >= 0 else None
+        if size < 0:
+            return None
+        with memoryview(copy) as view:
+            return view[:size].tobytes()
 
     def in_buffer(self, buffer: bytearray) -> Callable[[int], int] | None:
         """This transform working in place on ``buffer`` (the relay's receive buffer, never
