@@ -93,10 +93,25 @@ TRUNK_IP = "127.0.0.2"  # the calling trunk's source address (voipgw noauth)
 # outgoing sockets land; each step checks they are free first and says so when they are not.
 B2BUA_PORT = 31060  # voipgw
 SIPPY_PORT = 31090
-UAC_PORT = 31062
-UAS_PORT = 31070  # the trunk "carrier" (auth) and the floor's UAS
-PHONE_PORT = 31072  # alice's registered phone (voipgw noauth)
-UAC_MEDIA, UAS_MEDIA = 31100, 31110  # sipp binds these (and +2) but sends no RTP
+
+
+@attrs.frozen
+class Ports:
+    """The sipp ports of one system's runs. Every system has its own, so that a late
+    retransmission from one B2BUA never reaches the peers of the next system's run."""
+
+    uac: int
+    uas: int  # the callee: the floor's UAS, voipgw's trunk "carrier", sippy's static route
+    phone: int  # voipgw noauth: alice's registered phone
+    uac_media: int  # sipp binds these (and +2) but sends no RTP
+    uas_media: int
+
+
+PORTS = {
+    "floor": Ports(uac=31062, uas=31070, phone=31070, uac_media=31100, uas_media=31110),
+    "voipgw": Ports(uac=31064, uas=31074, phone=31072, uac_media=31120, uas_media=31130),
+    "sippy": Ports(uac=31066, uas=31076, phone=31076, uac_media=31140, uas_media=31150),
+}
 ACCOUNT, PASSWORD = "alice", "wonderland"
 TRUNK_NUMBER = "+4989555"
 MODES = ("noauth", "auth")
@@ -130,7 +145,7 @@ ports = "{media_ports}"
 
 [[trunks]]
 name = "carrier"
-address = "udp:{LOOPBACK}:{UAS_PORT}"
+address = "udp:{LOOPBACK}:{PORTS["voipgw"].uas}"
 prefixes = ["+49"]
 allowed_sources = []
 
@@ -285,7 +300,7 @@ class System:
     def _start_voipgw(self, args: argparse.Namespace) -> None:
         state = self.workdir / "state"
         config = self.workdir / "voipgw.toml"
-        require_free(B2BUA_PORT, PHONE_PORT)
+        require_free(B2BUA_PORT, PORTS["voipgw"].phone)
         config.write_text(gateway_config(state, args.media_ports))
         command = [sys.executable, "-m", "gateway"]
         subprocess.run(
@@ -325,8 +340,8 @@ class System:
                 *sipp_command(
                     "register.xml",
                     local_ip=LOOPBACK,
-                    port=PHONE_PORT,
-                    media_port=UAS_MEDIA,
+                    port=PORTS["voipgw"].phone,
+                    media_port=PORTS["voipgw"].uas_media,
                     calls=1,
                     timeout=10,
                     rundir=rundir,
@@ -365,7 +380,7 @@ class System:
                     "-p",
                     str(SIPPY_PORT),
                     "-s",
-                    f"{LOOPBACK}:{UAS_PORT}",  # static route: every call to the UAS
+                    f"{LOOPBACK}:{PORTS['sippy'].uas}",  # static route: every call to the UAS
                     "-c",
                     str(self.workdir / "b2bua.sock"),
                     "-L",
@@ -387,12 +402,13 @@ class System:
 
     def route(self, mode: str) -> tuple[str, int, str, str]:
         """(UAC's local IP, UAS port, callee user, UAS scenario) for ``mode``."""
+        ports = PORTS[self.name]
         if self.name == "floor":
             scenario = "uas_answer_auth.xml" if mode == "auth" else "uas_answer.xml"
-            return LOOPBACK, UAS_PORT, TRUNK_NUMBER, scenario
+            return LOOPBACK, ports.uas, TRUNK_NUMBER, scenario
         if self.name == "voipgw" and mode == "noauth":
-            return TRUNK_IP, PHONE_PORT, ACCOUNT, "uas_answer.xml"
-        return LOOPBACK, UAS_PORT, TRUNK_NUMBER, "uas_answer.xml"
+            return TRUNK_IP, ports.phone, ACCOUNT, "uas_answer.xml"
+        return LOOPBACK, ports.uas, TRUNK_NUMBER, "uas_answer.xml"
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -448,6 +464,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
     calls = max(1, round(rate * args.step_seconds))
     rundir = Path(tempfile.mkdtemp(prefix=f"{system.name}-{mode}-{rate:g}-", dir=system.workdir))
     local_ip, uas_port, callee, uas_scenario = system.route(mode)
+    ports = PORTS[system.name]
     timeout = calls / rate + SIPP_TIMEOUT_SLACK
     uas_dir, uac_dir = rundir / "uas", rundir / "uac"
     uas_dir.mkdir()
@@ -456,21 +473,21 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         uas_scenario,
         local_ip=LOOPBACK,
         port=uas_port,
-        media_port=UAS_MEDIA,
+        media_port=ports.uas_media,
         calls=calls,
         timeout=timeout,
         rundir=uas_dir,
     )
     if uas_scenario == "uas_answer_auth.xml":
         uas_cmd += ["-key", "user", ACCOUNT, "-key", "password", PASSWORD]
-    target_port = {"floor": UAS_PORT, "voipgw": B2BUA_PORT, "sippy": SIPPY_PORT}[system.name]
+    target_port = {"floor": ports.uas, "voipgw": B2BUA_PORT, "sippy": SIPPY_PORT}[system.name]
     target = f"{LOOPBACK}:{target_port}"
     uac_cmd = [
         *sipp_command(
             "uac_call_auth.xml" if mode == "auth" else "uac_call.xml",
             local_ip=local_ip,
-            port=UAC_PORT,
-            media_port=UAC_MEDIA,
+            port=ports.uac,
+            media_port=ports.uac_media,
             calls=calls,
             timeout=timeout,
             rundir=uac_dir,
@@ -497,7 +514,14 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
     ]
     if mode == "auth":
         uac_cmd += ["-au", ACCOUNT, "-ap", PASSWORD, "-auth_uri", f"{callee}@{target}"]
-    require_free(uas_port, UAS_MEDIA, UAS_MEDIA + 2, UAC_PORT, UAC_MEDIA, UAC_MEDIA + 2)
+    require_free(
+        uas_port,
+        ports.uas_media,
+        ports.uas_media + 2,
+        ports.uac,
+        ports.uac_media,
+        ports.uac_media + 2,
+    )
     with open(uas_dir / "screen.log", "wb") as screen:
         uas = subprocess.Popen(
             uas_cmd, cwd=uas_dir, stdin=subprocess.DEVNULL, stdout=screen, stderr=screen
@@ -708,8 +732,10 @@ def run(args: argparse.Namespace) -> list[Step]:
     finally:
         for system in systems.values():
             system.stop()
-    if not args.keep:
+    if args.clean:
         shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"logs and traces kept in {workdir}", flush=True)
     return steps
 
 
@@ -735,7 +761,9 @@ def main() -> None:
         help="how long the UAC holds each answered call before its BYE (sipp -d)",
     )
     parser.add_argument("--media-ports", default="40000-47999", help="voipgw's [media] ports")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--clean", action="store_true", help="remove the work directory (logs, traces) at the end"
+    )
     parser.add_argument(
         "--gateway-gc",
         metavar="G0,G1,G2",
