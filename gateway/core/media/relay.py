@@ -639,7 +639,9 @@ class MediaRelay:
         self._max_sockets = max_sockets_per_round
         self._max_rounds = max_rounds_per_wakeup
         self._epoll = select.epoll()
-        self._endpoints: dict[int, _Endpoint] = {}
+        # Indexed by descriptor: one array load per packet where a dict costs a probe of its
+        # index and its entries (two cache misses at thousands of sockets).
+        self._endpoints: list[_Endpoint | None] = []
         self._streams: set[MediaStream] = set()
         # Never resized: in-place transforms hold C pointers into it.
         self._buffer = bytearray(_RECEIVE_BUFFER_SIZE + TRANSFORM_ROOM)
@@ -666,6 +668,8 @@ class MediaRelay:
         self._streams.add(stream)
         try:
             for ep in stream._all_endpoints():
+                if ep.fd >= len(self._endpoints):
+                    self._endpoints.extend([None] * (ep.fd + 1 - len(self._endpoints)))
                 self._epoll.register(ep.fd, select.EPOLLIN)
                 self._endpoints[ep.fd] = ep
         except BaseException:
@@ -752,7 +756,7 @@ class MediaRelay:
             if not events:
                 return
             for fd, _mask in events:
-                ep = endpoints.get(fd)
+                ep = endpoints[fd]
                 if ep is None:  # closed by a tap or transform earlier in this round
                     continue
                 try:
@@ -843,8 +847,8 @@ class MediaRelay:
         for ep in stream._all_endpoints():
             # The identity check keeps a reused descriptor number of another stream registered
             # (should someone have closed this stream's PortPair directly).
-            if self._endpoints.get(ep.fd) is ep:
-                del self._endpoints[ep.fd]
+            if ep.fd < len(self._endpoints) and self._endpoints[ep.fd] is ep:
+                self._endpoints[ep.fd] = None
                 with contextlib.suppress(OSError, ValueError):  # the epoll is closed already
                     self._epoll.unregister(ep.fd)
 
