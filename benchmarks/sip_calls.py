@@ -89,10 +89,11 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 LOOPBACK = "127.0.0.1"
 TRUNK_IP = "127.0.0.2"  # the calling trunk's source address (voipgw noauth)
-# SIP ports below the kernel's ephemeral range (32768-60999 here), where no other program's
-# outgoing sockets land; each step checks they are free first and says so when they are not.
-B2BUA_PORT = 31060  # voipgw
-SIPPY_PORT = 31090
+# SIP ports above the kernel's ephemeral range (32768-60999 here), where no other program's
+# outgoing sockets land and the tests and the other benchmarks pick none (they stay below
+# 32768); each step checks they are free first and says so when they are not.
+B2BUA_PORT = 62060  # voipgw
+SIPPY_PORT = 62090
 
 
 @attrs.frozen
@@ -108,9 +109,9 @@ class Ports:
 
 
 PORTS = {
-    "floor": Ports(uac=31062, uas=31070, phone=31070, uac_media=31100, uas_media=31110),
-    "voipgw": Ports(uac=31064, uas=31074, phone=31072, uac_media=31120, uas_media=31130),
-    "sippy": Ports(uac=31066, uas=31076, phone=31076, uac_media=31140, uas_media=31150),
+    "floor": Ports(uac=62062, uas=62070, phone=62070, uac_media=62100, uas_media=62110),
+    "voipgw": Ports(uac=62064, uas=62074, phone=62072, uac_media=62120, uas_media=62130),
+    "sippy": Ports(uac=62066, uas=62076, phone=62076, uac_media=62140, uas_media=62150),
 }
 ACCOUNT, PASSWORD = "alice", "wonderland"
 TRUNK_NUMBER = "+4989555"
@@ -760,7 +761,11 @@ def main() -> None:
         default=200,
         help="how long the UAC holds each answered call before its BYE (sipp -d)",
     )
-    parser.add_argument("--media-ports", default="40000-47999", help="voipgw's [media] ports")
+    parser.add_argument(
+        "--media-ports",
+        default="63000-64999",
+        help="voipgw's [media] ports: 1000 RTP/RTCP pairs, two per call, 500 calls at once",
+    )
     parser.add_argument(
         "--clean", action="store_true", help="remove the work directory (logs, traces) at the end"
     )
