@@ -64,6 +64,13 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = ()
 # RFC 3261 §18.1.1: requests larger than this go over TCP when the path MTU is unknown.
 UDP_SIZE_LIMIT = 1300
 
+# Server transactions alive at once; past it new requests get a stateless 503. A server
+# transaction outlives its request by 64*T1 = 32 s (Timer J for BYE, RFC 6026 Timer L for an
+# answered INVITE; a challenged INVITE by Timer I, T4 = 5 s, after its ACK): 600 calls/s keeps
+# about 600 * (32 + 32 + 5) = 41,400 alive. The table's own default (10,000) capped a steady load
+# near 150 calls/s.
+MAX_SERVER_TRANSACTIONS = 65_536
+
 # Responses one client transaction may queue for its owner; a transaction sees a handful.
 CLIENT_RESPONSE_QUEUE = 32
 
@@ -178,7 +185,8 @@ class SipEndpoint:
         self.statistics = EndpointStatistics()
         sip = gateway.config.sip
         self.transactions = TransactionTable(
-            timers=TransactionTimers(t1=sip.t1, t2=sip.t2, t4=sip.t4)
+            timers=TransactionTimers(t1=sip.t1, t2=sip.t2, t4=sip.t4),
+            max_server_transactions=MAX_SERVER_TRANSACTIONS,
         )
         # The flow each server transaction's request arrived over: its responses go back there.
         self._server_flows: dict[Transaction, Flow] = {}
