@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 import trio
 
 from gateway.core.interfaces import KeysReady, NegotiationFailed
-from gateway.core.media.relay import Address, MediaStream, StreamSide
+from gateway.core.media.relay_api import Address, RelaySide, RelayStream
 from gateway.core.media.security import LegSecurity, StreamSecurity
 from gateway.core.media.session import MediaSession
 
@@ -61,7 +61,7 @@ class CallHandshakes:
         self._on_keys = on_keys
         self._on_failure = on_failure
         self._send, self._receive = trio.open_memory_channel[_Item](QUEUE)
-        self._hooked: dict[tuple[str, int], MediaStream] = {}
+        self._hooked: dict[tuple[str, int], RelayStream] = {}
         self.dropped = 0
         """Datagrams dropped because the queue was full."""
 
@@ -149,7 +149,7 @@ class CallHandshakes:
 
     # -- the relay's hooks ----------------------------------------------------------------------
 
-    def _side(self, side: str, index: int) -> StreamSide | None:
+    def _side(self, side: str, index: int) -> RelaySide | None:
         stream = self._session.stream_at(index)
         if stream is None:
             return None

@@ -5,31 +5,111 @@ B's keys (what B will receive); B→A the other way round. A direction is *block
 forwarded, not even in clear — while a leg whose policy requires encryption has no keys yet, and
 after its key exchange failed (no media before keys; the bug to avoid is Asterisk issue #1260).
 
+What a stream should do is a value, :class:`StreamKeys` (each leg's keys and the block flag),
+because Python callables cannot cross to a media worker process. :class:`StreamSrtp` turns it
+into SRTP contexts and relay transforms: in this process for the in-process relay, in the worker
+(gateway/core/media/worker.py) for a worker's stream, which receives the value over its control
+channel (:meth:`~gateway.core.media.remote_relay.RemoteStream.apply_keys`).
+
 SRTP sessions are kept while a leg's keys do not change (a re-INVITE that keeps the keys keeps
 the crypto context, RFC 4568 §7.1.4) and closed when they do or when the call ends.
 """
 
 from __future__ import annotations
 
+import attrs
+
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.relay import Transforms
+from gateway.core.media.relay import MediaStream, Transforms
+from gateway.core.media.remote_relay import RemoteStream
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
-from gateway.core.media.srtp import SrtpSession
+from gateway.core.media.srtp import SrtpSession, SrtpStatistics
+
+
+@attrs.frozen
+class StreamKeys:
+    """What one relay stream applies: leg A's and leg B's SRTP keys (None: that leg is plain
+    RTP) and whether both directions are blocked. ``repr`` shows no key material."""
+
+    a: SrtpKeys | None
+    b: SrtpKeys | None
+    blocked: bool
+
+
+class StreamSrtp:
+    """The SRTP sessions of one relay stream, kept while the keys stay the same.
+
+    Raises :class:`~gateway.core.media.errors.LocalMediaError` from :meth:`apply` when a key
+    cannot be used (unknown suite, wrong length); the stream is blocked then.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, tuple[SrtpKeys, SrtpSession]] = {}
+
+    def apply(self, stream: MediaStream, keys: StreamKeys) -> None:
+        """Set ``stream``'s transforms and block flags from ``keys``."""
+        try:
+            a = self._session("a", keys.a)
+            b = self._session("b", keys.b)
+        except BaseException:
+            stream.a_to_b.blocked = True
+            stream.b_to_a.blocked = True
+            raise
+        stream.a_to_b.transforms = Transforms(
+            rtp_in=a.unprotect_rtp if a else None,
+            rtcp_in=a.unprotect_rtcp if a else None,
+            rtp_out=b.protect_rtp if b else None,
+            rtcp_out=b.protect_rtcp if b else None,
+        )
+        stream.b_to_a.transforms = Transforms(
+            rtp_in=b.unprotect_rtp if b else None,
+            rtcp_in=b.unprotect_rtcp if b else None,
+            rtp_out=a.protect_rtp if a else None,
+            rtcp_out=a.protect_rtcp if a else None,
+        )
+        stream.a_to_b.blocked = keys.blocked
+        stream.b_to_a.blocked = keys.blocked
+
+    def statistics(self) -> dict[str, SrtpStatistics]:
+        """SRTP counters of each leg ("a", "b") that has a session."""
+        return {side: session.statistics() for side, (_, session) in self._sessions.items()}
+
+    def close(self) -> None:
+        for _, session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
+
+    def _session(self, side: str, keys: SrtpKeys | None) -> SrtpSession | None:
+        current = self._sessions.get(side)
+        if current is not None and current[0] == keys:
+            return current[1]
+        if current is not None:
+            current[1].close()
+            del self._sessions[side]
+        if keys is None:
+            return None
+        session = SrtpSession(keys)
+        self._sessions[side] = (keys, session)
+        return session
+
+
+_SRTP_TOTALS = ("protected", "unprotected", "auth_failures", "replays", "dropped")
 
 
 class CallKeying:
     def __init__(self, session: MediaSession) -> None:
         self._session = session
-        self._srtp: dict[tuple[str, int], tuple[SrtpKeys, SrtpSession]] = {}
+        self._srtp: dict[int, StreamSrtp] = {}  # in-process streams, by m= line
+        self._remote: dict[int, RemoteStream] = {}  # worker streams (their worker keeps SRTP)
 
     def apply(self, a: LegSecurity | None, b: LegSecurity | None) -> None:
         """Set transforms and block flags on every open stream from the legs' current keys."""
         for index, stream in enumerate(self._session.streams_by_index()):
             if stream is None:
                 continue
-            a_srtp = self._srtp_for("a", index, a.keys(index) if a else None)
-            b_srtp = self._srtp_for("b", index, b.keys(index) if b else None)
+            a_keys = a.keys(index) if a else None
+            b_keys = b.keys(index) if b else None
             # Nothing flows until both legs have settled their media (no B leg has answered:
             # media from a ringing leg is not forwarded; early media comes with its answer).
             # A leg is blocked without keys when its policy needs them or its peer asked for
@@ -37,23 +117,17 @@ class CallKeying:
             blocked = (
                 a is None
                 or b is None
-                or (a_srtp is None and (a.requires_encryption or a.expects_srtp(index)))
-                or (b_srtp is None and (b.requires_encryption or b.expects_srtp(index)))
+                or (a_keys is None and (a.requires_encryption or a.expects_srtp(index)))
+                or (b_keys is None and (b.requires_encryption or b.expects_srtp(index)))
             )
-            stream.a_to_b.transforms = Transforms(
-                rtp_in=a_srtp.unprotect_rtp if a_srtp else None,
-                rtcp_in=a_srtp.unprotect_rtcp if a_srtp else None,
-                rtp_out=b_srtp.protect_rtp if b_srtp else None,
-                rtcp_out=b_srtp.protect_rtcp if b_srtp else None,
-            )
-            stream.b_to_a.transforms = Transforms(
-                rtp_in=b_srtp.unprotect_rtp if b_srtp else None,
-                rtcp_in=b_srtp.unprotect_rtcp if b_srtp else None,
-                rtp_out=a_srtp.protect_rtp if a_srtp else None,
-                rtcp_out=a_srtp.protect_rtcp if a_srtp else None,
-            )
-            stream.a_to_b.blocked = blocked
-            stream.b_to_a.blocked = blocked
+            keys = StreamKeys(a_keys, b_keys, blocked)
+            if isinstance(stream, MediaStream):
+                self._srtp.setdefault(index, StreamSrtp()).apply(stream, keys)
+            elif isinstance(stream, RemoteStream):
+                stream.apply_keys(keys)  # the worker builds the SRTP contexts
+                self._remote[index] = stream
+            else:
+                raise TypeError(f"cannot key a {type(stream).__name__}")
 
     def block_all(self) -> None:
         """Forward nothing at all (a key exchange failed; the call is ending)."""
@@ -61,38 +135,23 @@ class CallKeying:
             stream.a_to_b.blocked = True
             stream.b_to_a.blocked = True
 
-    def _srtp_for(self, side: str, index: int, keys: SrtpKeys | None) -> SrtpSession | None:
-        current = self._srtp.get((side, index))
-        if keys is None:
-            if current is not None:
-                current[1].close()
-                del self._srtp[(side, index)]
-            return None
-        if current is not None and current[0] == keys:
-            return current[1]
-        if current is not None:
-            current[1].close()
-        session = SrtpSession(keys)
-        self._srtp[(side, index)] = (keys, session)
-        return session
-
     def statistics(self) -> dict[str, dict[str, int]]:
         """SRTP counters per leg ("a", "b"), summed over its streams (current keys only)."""
+        per_stream = [srtp.statistics() for srtp in self._srtp.values()]
+        per_stream += [stream.srtp_statistics() for stream in self._remote.values()]
         totals: dict[str, dict[str, int]] = {}
-        for (side, _), (_, session) in self._srtp.items():
-            stats = session.statistics()
-            leg = totals.setdefault(
-                side,
-                {"protected": 0, "unprotected": 0, "auth_failures": 0, "replays": 0, "dropped": 0},
-            )
-            leg["protected"] += stats.protected
-            leg["unprotected"] += stats.unprotected
-            leg["auth_failures"] += stats.auth_failures
-            leg["replays"] += stats.replays
-            leg["dropped"] += stats.dropped
+        for sides in per_stream:
+            for side, stats in sides.items():
+                leg = totals.setdefault(side, dict.fromkeys(_SRTP_TOTALS, 0))
+                leg["protected"] += stats.protected
+                leg["unprotected"] += stats.unprotected
+                leg["auth_failures"] += stats.auth_failures
+                leg["replays"] += stats.replays
+                leg["dropped"] += stats.dropped
         return totals
 
     def close(self) -> None:
-        for _, session in self._srtp.values():
-            session.close()
+        for srtp in self._srtp.values():
+            srtp.close()
         self._srtp.clear()
+        self._remote.clear()
