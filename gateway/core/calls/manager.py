@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -158,8 +159,8 @@ class CallManager:
             signalling=flow.transport if flow is not None else (transport or "udp"),
         )
 
-    def new_media_session(self) -> MediaSession:
-        return self.gateway.new_media_session()
+    def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:
+        return self.gateway.new_media_session(on_lost)
 
     def event(self, call: Call, kind: str, reason: str | None) -> None:
         self._record(call, kind, reason)
