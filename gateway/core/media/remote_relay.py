@@ -63,6 +63,8 @@ from gateway.core.media.worker_protocol import (
     Message,
     Open,
     PairsReady,
+    Ping,
+    Pong,
     SendDatagram,
     SetBlocked,
     SetDtls,
@@ -176,13 +178,21 @@ class _Channel:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            sent = await self._sock.send(self._out)
+            try:
+                sent = await self._sock.send(self._out)
+            except (OSError, trio.ClosedResourceError) as exc:
+                log.debug("media worker channel closed while writing: %s", exc)
+                self.close()
+                return
             del self._out[:sent]
 
     async def messages(self) -> list[Message]:
-        """The next messages; an empty list at end of file."""
+        """The next messages; an empty list at end of file (or once closed here)."""
         while True:
-            data = await self._sock.recv(262144)
+            try:
+                data = await self._sock.recv(262144)
+            except trio.ClosedResourceError:
+                return []
             if not data:
                 return []
             messages = self._reader.feed(data)
@@ -207,6 +217,7 @@ class _Worker:
     ready: deque[int] = attrs.Factory(deque)
     """RTP ports of pairs the worker has bound and not yet been asked to use."""
     streams: dict[int, RemoteStream] = attrs.Factory(dict)
+    pongs: dict[int, trio.Event] = attrs.Factory(dict)
     starts: int = 0
     """Processes started for this slot (1 + restarts)."""
 
@@ -270,7 +281,7 @@ class RemoteDirection:
 
     direction: Direction
     _stream: RemoteStream = attrs.field(repr=False)
-    _blocked: bool = False
+    _blocked: bool = True  # see WorkerPool.open_stream
     _counts: DirectionStatistics = attrs.field(default=_NO_COUNTS, repr=False)
 
     @property
@@ -462,7 +473,11 @@ class WorkerPool:
     ) -> RemoteStream:
         """A new stream on worker ``prefer`` if it has two bound pairs ready, else on the ready
         worker with the fewest open streams. Raises :class:`PortsExhausted` (503) when no
-        worker has two pairs ready."""
+        worker has two pairs ready.
+
+        Unlike an in-process stream, it starts blocked in both directions until ``blocked`` is
+        set or keys are applied: the call's keying runs right after opening, but the worker
+        might see a packet before that message."""
         ready = [w for w in self._workers if w.channel is not None and len(w.ready) >= 2]
         if not ready:
             raise PortsExhausted(
@@ -494,6 +509,10 @@ class WorkerPool:
         """Open streams per worker, by worker index."""
         return [len(w.streams) for w in self._workers]
 
+    def worker_ready(self) -> list[int]:
+        """Bound port pairs ready for new streams, by worker index."""
+        return [len(w.ready) if w.channel is not None else 0 for w in self._workers]
+
     def worker_pids(self) -> list[int | None]:
         """The process id serving each worker slot now (None while it is being restarted)."""
         return [w.pid for w in self._workers]
@@ -501,6 +520,20 @@ class WorkerPool:
     def worker_starts(self) -> list[int]:
         """Processes started per worker slot (1 + its restarts)."""
         return [w.starts for w in self._workers]
+
+    async def sync(self, worker: int) -> None:
+        """Return once worker ``worker`` has applied every message sent to it so far (a
+        :class:`~gateway.core.media.worker_protocol.Ping` round trip). Raises
+        :class:`LocalMediaError` when the worker is not running or exits meanwhile."""
+        slot = self._workers[worker]
+        if slot.channel is None:
+            raise LocalMediaError(f"media worker {worker} is not running")
+        token = next(self._ids)
+        done = slot.pongs[token] = trio.Event()
+        slot.channel.send(Ping(token))
+        await done.wait()
+        if slot.pongs.pop(token, None) is None:
+            raise LocalMediaError(f"media worker {worker} exited")
 
     def _forget(self, stream: RemoteStream) -> None:
         self._workers[stream.worker].streams.pop(stream.id, None)
@@ -514,10 +547,20 @@ class WorkerPool:
         if self._serving:
             raise LocalMediaError("the worker pool is already serving")
         self._serving = True
-        async with trio.open_nursery() as nursery:
-            for worker in self._workers:
-                await nursery.start(self._supervise, worker)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                for worker in self._workers:
+                    await nursery.start(self._supervise, worker)
+                task_status.started()
+        except BaseExceptionGroup as group:
+            # A worker that could not start: say so plainly, not as a nursery's group.
+            failed = group.subgroup(LocalMediaError)
+            if failed is not None and failed.exceptions and len(group.exceptions) == 1:
+                first = failed.exceptions[0]
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from None
+            raise
 
     async def _supervise(
         self, worker: _Worker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -528,6 +571,9 @@ class WorkerPool:
             first = False
             streams = list(worker.streams.values())
             worker.streams.clear()
+            for event in worker.pongs.values():
+                event.set()  # sync() sees its token gone: the worker exited
+            worker.pongs.clear()
             worker.ready.clear()
             log.error(
                 "media worker %d (ports %s) exited (%s): ending its %d stream(s) with %r; "
@@ -618,6 +664,11 @@ class WorkerPool:
     def _handle(self, worker: _Worker, message: Message) -> None:
         if isinstance(message, PairsReady):
             worker.ready.extend(message.ports)
+            return
+        if isinstance(message, Pong):
+            pong = worker.pongs.get(message.token)
+            if pong is not None:
+                pong.set()
             return
         if isinstance(message, Stats | Datagram | StreamFailed):
             stream = worker.streams.get(message.stream)

@@ -27,10 +27,12 @@ SIGINT is ignored, so a Ctrl-C in a terminal stops the SIP process, which then s
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -47,6 +49,8 @@ from gateway.core.media.worker_protocol import (
     Message,
     Open,
     PairsReady,
+    Ping,
+    Pong,
     SendDatagram,
     SetBlocked,
     SetDtls,
@@ -62,6 +66,10 @@ log = logging.getLogger(__name__)
 RESERVE_PAIRS = 32
 """Port pairs kept bound ahead of time (16 streams): enough for a burst of new calls between two
 ``PairsReady`` reports, which follow every ``Open`` within one control round."""
+
+FULL_EVERY = 5
+"""Every this many statistics intervals, streams without activity are checked for changed
+counters too (a full pass costs a statistics() per stream, so it is not done every time)."""
 
 OUT_BUFFER_LIMIT = 4 * 1024 * 1024
 """Octets queued towards the SIP process; past this, DTLS datagrams and statistics are dropped
@@ -128,12 +136,17 @@ class _Outbox:
         self._wake.set()
 
     async def write_loop(self) -> None:
+        """Flush until the channel fails (the SIP process is gone: returns)."""
         while True:
             if not self._out:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            sent = await self._sock.send(self._out)
+            try:
+                sent = await self._sock.send(self._out)
+            except OSError as exc:
+                log.debug("control channel closed while writing: %s", exc)
+                return
             del self._out[:sent]
 
 
@@ -149,14 +162,16 @@ class Worker:
         self.outbox = _Outbox(sock)
         self._stats_interval = stats_interval
         self._streams: dict[int, tuple[MediaStream, StreamSrtp]] = {}
-        self._pushed: dict[int, float] = {}  # stream id -> last_activity last reported
+        # What was last reported per stream id: its last activity, and its counters.
+        self._activity: dict[int, float] = {}
+        self._counters: dict[int, tuple[object, ...]] = {}
 
     async def run(self) -> None:
         """Serve until the channel ends."""
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.relay.serve)
-                nursery.start_soon(self.outbox.write_loop)
+                nursery.start_soon(self._until_done, self.outbox.write_loop, nursery.cancel_scope)
                 self.outbox.send(PairsReady(self.ports.refill()))
                 nursery.start_soon(self._push_statistics)
                 await self._control()
@@ -166,6 +181,11 @@ class Worker:
                 srtp.close()
             self.relay.close()
             self.ports.close()
+
+    @staticmethod
+    async def _until_done(task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+        await task()
+        scope.cancel()
 
     async def _control(self) -> None:
         reader = FrameReader()
@@ -190,6 +210,9 @@ class Worker:
         """Apply one message from the SIP process."""
         if isinstance(message, Open):
             self._open(message)
+            return
+        if isinstance(message, Ping):
+            self.outbox.send(Pong(message.token))
             return
         if not isinstance(message, _STREAM_REQUESTS):
             log.error("the SIP process does not send %s; ignored", type(message).__name__)
@@ -227,12 +250,17 @@ class Worker:
         except LocalMediaError as exc:
             self.outbox.send(StreamFailed(message.stream, str(exc)))
             return
+        # Blocked until the call's keying says otherwise (SetKeys or SetBlocked): in-process,
+        # keying runs in the same step as the opening; here packets could come in between.
+        stream.a_to_b.blocked = True
+        stream.b_to_a.blocked = True
         self._streams[message.stream] = (stream, StreamSrtp())
         self._report_new_pairs()
 
     def _close(self, stream_id: int) -> None:
         stream, srtp = self._streams.pop(stream_id)
-        self._pushed.pop(stream_id, None)
+        self._activity.pop(stream_id, None)
+        self._counters.pop(stream_id, None)
         srtp.close()
         stream.close()
         self._report_new_pairs()
@@ -253,25 +281,31 @@ class Worker:
         return handler
 
     async def _push_statistics(self) -> None:
-        while True:
+        """Every interval, report the streams that received something; every
+        :data:`FULL_EVERY` intervals also those whose counters changed without activity (drops
+        of packets that do not count as activity: malformed, from an unlatched source)."""
+        for round_number in itertools.count(1):
             await trio.sleep(self._stats_interval)
+            full = round_number % FULL_EVERY == 0
             now = trio.current_time()
             for stream_id, (stream, srtp) in list(self._streams.items()):
                 activity = stream.last_activity
-                if self._pushed.get(stream_id) == activity:
-                    continue  # nothing received since the last report
-                self._pushed[stream_id] = activity
+                active = self._activity.get(stream_id) != activity
+                if not active and not full:
+                    continue
                 sides = srtp.statistics()
+                counters = (
+                    stream.a_to_b.statistics(),
+                    stream.b_to_a.statistics(),
+                    sides.get("a"),
+                    sides.get("b"),
+                )
+                if not active and self._counters.get(stream_id) == counters:
+                    continue
+                self._activity[stream_id] = activity
+                self._counters[stream_id] = counters
                 self.outbox.send(
-                    Stats(
-                        stream_id,
-                        max(0.0, now - activity),
-                        stream.a_to_b.statistics(),
-                        stream.b_to_a.statistics(),
-                        sides.get("a"),
-                        sides.get("b"),
-                    ),
-                    droppable=True,
+                    Stats(stream_id, max(0.0, now - activity), *counters), droppable=True
                 )
 
 

@@ -21,9 +21,9 @@ of the same user, never a network socket. No ``repr`` shows them (``SrtpKeys`` r
 and no error message quotes a frame's bytes.
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
-:class:`SetDtls`, :class:`SendDatagram`, :class:`Close`.
+:class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
-:class:`StreamFailed`.
+:class:`StreamFailed`, :class:`Pong`.
 
 Sans-IO: bytes in, messages out (:class:`FrameReader`), messages in, bytes out (:func:`encode`).
 """
@@ -120,7 +120,21 @@ class Close:
     stream: int
 
 
+@attrs.frozen
+class Ping:
+    """Answer with :class:`Pong` once every message sent before this one is applied."""
+
+    token: int
+
+
 # -- worker -> SIP process ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Pong:
+    """The answer to :class:`Ping`: everything sent before it has been applied."""
+
+    token: int
 
 
 @attrs.frozen
@@ -171,6 +185,8 @@ Message = (
     | SetDtls
     | SendDatagram
     | Close
+    | Ping
+    | Pong
     | PairsReady
     | Datagram
     | Stats
@@ -347,10 +363,12 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     5: (SetDtls, (_STREAM, _SIDE, _BOOL)),
     6: (SendDatagram, (_STREAM, _SIDE, _BYTES)),
     7: (Close, (_STREAM,)),
+    8: (Ping, (_STREAM,)),
     20: (PairsReady, ((_put_ports, _get_ports),)),
     21: (Datagram, (_STREAM, _SIDE, _ADDRESS, _BYTES)),
     22: (Stats, (_STREAM, _SECONDS, _STATS, _STATS, _SRTP, _SRTP)),
     23: (StreamFailed, (_STREAM, _STR)),
+    24: (Pong, (_STREAM,)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 
