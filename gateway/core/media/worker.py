@@ -192,6 +192,8 @@ class Worker:
         while True:
             try:
                 data = await self._sock.recv(262144)
+            except ConnectionResetError:
+                data = b""  # the SIP process closed with messages unread: the same as EOF
             except OSError as exc:
                 log.error("control channel failed: %s", exc)
                 return
