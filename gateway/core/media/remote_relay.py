@@ -620,7 +620,9 @@ class WorkerPool:
                             break
                         for message in messages:
                             self._handle(worker, message)
-                        if not was_ready and worker.ready:
+                        if not was_ready and any(isinstance(m, PairsReady) for m in messages):
+                            # Ready even with no pair: ports held by other processes make
+                            # calls fail with 503 (PortsExhausted), not the gateway hang.
                             was_ready = True
                             worker.channel = channel
                             if task_status is not None:

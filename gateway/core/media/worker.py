@@ -63,8 +63,8 @@ from gateway.core.media.worker_protocol import (
 
 log = logging.getLogger(__name__)
 
-RESERVE_PAIRS = 32
-"""Port pairs kept bound ahead of time (16 streams): enough for a burst of new calls between two
+RESERVE_PAIRS = 64
+"""Port pairs kept bound ahead of time (32 streams): enough for a burst of new calls between two
 ``PairsReady`` reports, which follow every ``Open`` within one control round."""
 
 FULL_EVERY = 5
@@ -172,7 +172,10 @@ class Worker:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.relay.serve)
                 nursery.start_soon(self._until_done, self.outbox.write_loop, nursery.cancel_scope)
-                self.outbox.send(PairsReady(self.ports.refill()))
+                ports = self.ports.refill()
+                if not ports:
+                    log.warning("no port pair of %s can be bound now", self.ports.ports)
+                self.outbox.send(PairsReady(ports))
                 nursery.start_soon(self._push_statistics)
                 await self._control()
                 nursery.cancel_scope.cancel()
@@ -288,6 +291,7 @@ class Worker:
         of packets that do not count as activity: malformed, from an unlatched source)."""
         for round_number in itertools.count(1):
             await trio.sleep(self._stats_interval)
+            self._report_new_pairs()  # pairs other processes held may be free again
             full = round_number % FULL_EVERY == 0
             now = trio.current_time()
             for stream_id, (stream, srtp) in list(self._streams.items()):
