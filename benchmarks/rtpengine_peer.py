@@ -118,7 +118,7 @@ def _decode(data: bytes, at: int, depth: int) -> tuple[object, int]:
         keys = items[0::2]
         if not all(isinstance(k, bytes) for k in keys):
             raise ValueError("dict key is not a string")
-        return {k.decode(): v for k, v in zip(keys, items[1::2], strict=True)}, at + 1  # type: ignore[union-attr]
+        return {k.decode(): v for k, v in zip(keys, items[1::2], strict=True)}, at + 1  # type: ignore[attr-defined]
     colon = data.index(b":", at)
     length = int(data[at:colon])
     if length < 0 or colon + 1 + length > len(data):

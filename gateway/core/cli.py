@@ -259,7 +259,14 @@ def describe_leg(leg: dict[str, Any]) -> str:
     media = []
     for stream in streams:
         if stream.get("encrypted"):
-            media.append(f"SRTP {stream.get('suite')} keyed by {stream.get('key_exchange')}")
+            words = f"SRTP {stream.get('suite')} keyed by {stream.get('key_exchange')}"
+            if "rtcp_port_keyed" in stream:
+                words += (
+                    " (RTCP on its own port, keyed by its own handshake)"
+                    if stream["rtcp_port_keyed"]
+                    else " (RTCP on its own port, not keyed yet: RTCP dropped)"
+                )
+            media.append(words)
         else:
             media.append("RTP, not encrypted")
     line = f"signalling {signalling}; media " + (", ".join(media) or "none")

@@ -136,6 +136,7 @@ class MediaSection:
     ports: str = "30000-30999"
     inactivity_timeout: float = 60.0
     workers: int = 1
+    offer_rtcp_feedback: bool = False
 
 
 MAX_MEDIA_WORKERS = 64
@@ -172,6 +173,7 @@ class TrunkConfig:
     trunk, without digest authentication when ``auth_by_source``. ``username``/``password`` are
     what we answer the trunk's own challenges with; the password never appears in a repr.
     ``dids`` maps a number the trunk delivers to the account that takes the call.
+    ``offer_rtcp_feedback`` overrides ``[media] offer_rtcp_feedback`` for calls to the trunk.
     """
 
     name: str
@@ -186,6 +188,7 @@ class TrunkConfig:
     # Read-only, and hash=False: a mapping is not hashable (it still takes part in ==).
     dids: Mapping[str, str] = attrs.field(factory=dict, converter=_read_only, hash=False)
     media_policy: str = "best-effort"
+    offer_rtcp_feedback: bool | None = None
     enabled: bool = True
 
     @property

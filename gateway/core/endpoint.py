@@ -92,6 +92,8 @@ class ClientRequest:
     when the transaction terminates.
     """
 
+    __slots__ = ("_send", "flow", "responses", "transaction")
+
     def __init__(self, transaction: ClientTransaction, flow: Flow) -> None:
         self.transaction = transaction
         self.flow = flow

@@ -281,6 +281,20 @@ def test_calls_lists_live_calls_with_each_legs_protection(tmp_path: Path) -> Non
     assert [c["call_id"] for c in json.loads(as_json.stdout)] == ["live-1"]
 
 
+def test_a_dtls_leg_without_rtcp_mux_says_how_its_rtcp_port_is_keyed() -> None:
+    from gateway.core.cli import describe_leg
+
+    def leg(keyed: bool) -> dict[str, object]:
+        stream = {"encrypted": True, "suite": "AES_CM_128_HMAC_SHA1_80", "key_exchange": "dtls"}
+        return {"signalling": "udp", "streams": [{**stream, "rtcp_port_keyed": keyed}]}
+
+    assert describe_leg(leg(True)) == (
+        "signalling UDP; media SRTP AES_CM_128_HMAC_SHA1_80 keyed by dtls "
+        "(RTCP on its own port, keyed by its own handshake)"
+    )
+    assert describe_leg(leg(False)).endswith("(RTCP on its own port, not keyed yet: RTCP dropped)")
+
+
 def test_media_policy_names_are_checked(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     bad = voipgw(

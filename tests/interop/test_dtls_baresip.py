@@ -27,8 +27,19 @@ TONE = 1000.0
 TRUNK_NUMBER = "+4989555"
 
 
-def test_dtls_phone_over_udp_calls_a_plain_rtp_trunk(tmp_path: Path) -> None:
-    with SippUas("uas_answer_avpf.xml", workdir=tmp_path, rtp_echo=True) as trunk:
+@pytest.mark.parametrize(
+    ("feedback", "scenario", "trunk_profile"),
+    [
+        # Default: the trunk is offered the plain profile, which every SIP device takes.
+        (None, "uas_answer.xml", "RTP/AVP"),
+        # A trunk configured with offer_rtcp_feedback gets the caller's feedback profile.
+        (True, "uas_answer_avpf.xml", "RTP/AVPF"),
+    ],
+)
+def test_dtls_phone_over_udp_calls_a_plain_rtp_trunk(
+    tmp_path: Path, feedback: bool | None, scenario: str, trunk_profile: str
+) -> None:
+    with SippUas(scenario, workdir=tmp_path, rtp_echo=True) as trunk:
         trunks = (
             "[[trunks]]\n"
             'name = "carrier"\n'
@@ -37,6 +48,8 @@ def test_dtls_phone_over_udp_calls_a_plain_rtp_trunk(tmp_path: Path) -> None:
             "allowed_sources = []\n"
             'media_policy = "rtp-only"\n'
         )
+        if feedback is not None:
+            trunks += f"offer_rtcp_feedback = {str(feedback).lower()}\n"
         with (
             GatewayProcess(
                 tmp_path / "gw",
@@ -64,7 +77,9 @@ def test_dtls_phone_over_udp_calls_a_plain_rtp_trunk(tmp_path: Path) -> None:
 
     (invite,) = result.received("INVITE ")
     media_line = re.search(r"^m=audio .*$", invite, re.MULTILINE)
-    assert media_line is not None and media_line[0].split()[2] == "RTP/AVPF"
+    # baresip offered UDP/TLS/RTP/SAVPF; baresip's answer keeps that profile (RFC 3264 §6)
+    # whatever the trunk was offered.
+    assert media_line is not None and media_line[0].split()[2] == trunk_profile
     for attribute in ("a=fingerprint", "a=setup", "a=tls-id", "a=crypto"):
         assert attribute not in invite
     answers = [
@@ -73,7 +88,7 @@ def test_dtls_phone_over_udp_calls_a_plain_rtp_trunk(tmp_path: Path) -> None:
         if re.search(r"^CSeq: \d+ INVITE$", entry.message, re.MULTILINE)
     ]
     assert len(answers) == 1, answers
-    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF? ", answers[0], re.MULTILINE)
+    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answers[0], re.MULTILINE)
     assert re.search(r"^a=fingerprint:sha-256 ", answers[0], re.MULTILINE)
     assert re.search(r"^a=setup:(active|passive)", answers[0], re.MULTILINE)
     # The phone decrypted what came back: its own tone, echoed by the trunk.

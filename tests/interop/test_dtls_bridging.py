@@ -1,16 +1,17 @@
 """DTLS-SRTP legs bridged to other kinds of leg, with real peers (issue #6).
 
 - baresip with ``mediaenc=dtls_srtp`` over UDP (account policy ``dtls``) calls baresip
-  registered over TLS with ``mediaenc=srtp-mandf`` (account policy ``sdes``): the caller's leg is
+  registered over TLS with ``mediaenc=srtp-mand`` (account policy ``sdes``): the caller's leg is
   keyed by a DTLS handshake on the media port, the callee's by a=crypto over TLS; the relay
   decrypts with one leg's keys and encrypts with the other's, and each phone hears the other's
-  tone (alice 1000 Hz, bob 440 Hz). baresip's dtls_srtp offers UDP/TLS/RTP/SAVPF and the
-  gateway keeps the feedback profile on the other leg (RTP/SAVPF, RFC 5124); baresip's
-  ``srtp-mand`` accepts only RTP/SAVP and answers that offer 488, so bob runs ``srtp-mandf``
-  (mandatory SDES-SRTP with RTP/SAVPF).
+  tone (alice 1000 Hz, bob 440 Hz). baresip's dtls_srtp offers UDP/TLS/RTP/SAVPF; the gateway
+  offers bob the plain profile RTP/SAVP (``[media] offer_rtcp_feedback`` is false by default),
+  which ``srtp-mand`` requires (it answers RTP/SAVPF with 488).
 - linphonec with mandatory ``media_encryption=dtls`` calls a sipp trunk that speaks plain RTP
   and echoes it: the call connects, a capture shows SRTP between the gateway and linphone and
   the plain PCMU tone between the gateway and the trunk, and linphone hears its own tone.
+  linphone does not use rtcp-mux, so its RTCP port runs a DTLS handshake of its own with the
+  gateway's (RFC 5764 §4.1), and `voipgw calls` says the RTCP port is keyed by it.
 
 baresip 1.0.0 answers only MD5 digest challenges, so the gateway offers MD5 alone; ``[gateway]
 domains`` makes 127.0.0.1 ours on every port (linphonec registers its identity without one).
@@ -183,14 +184,14 @@ def test_dtls_phone_over_udp_calls_an_sdes_phone_over_tls(tmp_path: Path) -> Non
             tmp_path,
             "bob",
             source=tone_wav(tmp_path / "bob.wav", TONES["bob"]),
-            mediaenc="srtp-mandf",
+            mediaenc="srtp-mand",
             sip_trace=True,
         ) as bob,
     ):
         gw.cli("accounts", "set", "alice", "--media-policy", "dtls")
         gw.cli("accounts", "set", "bob", "--media-policy", "sdes")
         alice.register(gw.uri("alice"), PASSWORDS["alice"], mediaenc="dtls_srtp")
-        _register_over_tls(bob, gw, "srtp-mandf")
+        _register_over_tls(bob, gw, "srtp-mand")
 
         alice.dial(gw.uri("bob"))
         alice.wait_established()
@@ -204,14 +205,16 @@ def test_dtls_phone_over_udp_calls_an_sdes_phone_over_tls(tmp_path: Path) -> Non
     # alice's leg: the gateway answered her DTLS offer with its own fingerprint.
     answer = _invite_answer(alice)
     assert answer.transport == "UDP"
-    assert re.match(r"m=audio \d+ UDP/TLS/RTP/SAVPF? ", _sdp_media(answer.message))
+    assert re.match(r"m=audio \d+ UDP/TLS/RTP/SAVPF ", _sdp_media(answer.message))
     assert re.search(r"^a=fingerprint:sha-256 ", answer.message, re.MULTILINE)
     assert re.search(r"^a=setup:(active|passive)", answer.message, re.MULTILINE)
     assert "a=crypto" not in answer.message
-    # bob's leg: offered over TLS as RTP/SAVPF with a=crypto and nothing of DTLS.
+    # bob's leg: offered over TLS as RTP/SAVP (no feedback profile, no a=rtcp-fb) with
+    # a=crypto and nothing of DTLS.
     (offer,) = bob.sip_messages("INVITE ")
     assert offer.transport == "TLS"
-    assert _sdp_media(offer.message).split()[2] == "RTP/SAVPF"
+    assert _sdp_media(offer.message).split()[2] == "RTP/SAVP"
+    assert "a=rtcp-fb" not in offer.message
     assert re.search(r"^a=crypto:\d+ \S+ inline:", offer.message, re.MULTILINE)
     assert "a=fingerprint" not in offer.message
     bob.wait_for(r"srtp: audio: SRTP is Enabled")
@@ -255,6 +258,7 @@ def test_linphone_with_mandatory_dtls_calls_a_plain_rtp_trunk(tmp_path: Path) ->
                     alice.wait_audio(AUDIO_SECONDS, timeout=20)
                     alice.terminate()
                     alice.wait_ended()
+            calls = gw.cli("calls", "--recent", "1").stdout
         result = trunk.wait()
     result.check()
 
@@ -270,6 +274,11 @@ def test_linphone_with_mandatory_dtls_calls_a_plain_rtp_trunk(tmp_path: Path) ->
     fingerprints = re.findall(r"a=fingerprint:sha-256 (\S+)", alice_log, re.IGNORECASE)
     assert len({value.upper() for value in fingerprints}) == 2, fingerprints
     assert "Negotiated media encryption is LinphoneMediaEncryptionDTLS" in alice_log
+    # linphone does not mux RTCP: its RTCP port ran a DTLS handshake of its own with the
+    # gateway's RTCP port (RFC 5764 §4.1), and both ends keyed SRTCP from it.
+    assert "RTCP mux is disabled" in alice_log
+    assert "DTLS RTCP Handshake successful" in alice_log
+    assert "RTCP on its own port, keyed by its own handshake" in calls, calls
 
     # The same packets on both sides of the relay: SRTP on linphone's, the plain tone on the
     # trunk's, in both directions (the trunk echoes what it gets). Only even ports are decoded

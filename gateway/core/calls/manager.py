@@ -128,12 +128,15 @@ class CallManager:
         configured one) limited to the enabled key exchanges."""
         gateway = self.gateway
         configured: str | None = None
+        offer_feedback = gateway.config.media.offer_rtcp_feedback
         if kind == "account" and name is not None and gateway.store is not None:
             account = gateway.store.get_account(name)
             configured = account.media_policy if account is not None else None
         elif kind == "trunk" and name is not None:
             trunk = gateway.config.trunk(name)
             configured = trunk.media_policy if trunk is not None else None
+            if trunk is not None and trunk.offer_rtcp_feedback is not None:
+                offer_feedback = trunk.offer_rtcp_feedback
         secure = flow.secure if flow is not None else transport == "tls"
         leg = LegInfo(
             call_id=call.id,
@@ -157,6 +160,7 @@ class CallManager:
             secure_signalling=secure,
             key_exchanges=exchanges,
             signalling=flow.transport if flow is not None else (transport or "udp"),
+            offer_feedback=offer_feedback,
         )
 
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:

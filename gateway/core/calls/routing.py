@@ -326,6 +326,10 @@ class GatewayDirectory:
         flow the binding registered over while it is open."""
         if not self.account_exists(account):
             return ()
+        return self._contacts_of(account)
+
+    def _contacts_of(self, account: str) -> tuple[ContactTarget, ...]:
+        """:meth:`contacts` of an account the caller has just found enabled."""
         bindings = self.store.bindings_for_account(account, now=self.now())
         return tuple(
             ContactTarget(
@@ -439,7 +443,8 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
 
 
 def _ring_account(directory: GatewayDirectory, account: str) -> RouteDecision:
-    targets = tuple(directory.contacts(account))
+    # Every caller of this checked account_exists(account) a moment ago: one look-up is enough.
+    targets = directory._contacts_of(account)
     if not targets:
         return RouteDecision.reject(
             480, f"Temporarily Unavailable: {_shown(account)} has no registered device"

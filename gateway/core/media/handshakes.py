@@ -4,15 +4,20 @@ Theory of operation. A key exchange with ``media_path`` (the ``dtls`` plugin) is
 it never touches a socket nor a clock. :class:`CallHandshakes` is the call's task that moves its
 datagrams and time (RFC 5764 §5.1.2: DTLS shares the 5-tuple of RTP):
 
-- the relay hands every DTLS datagram (RFC 7983: first byte 20..63) arriving on a leg's RTP
-  socket to :meth:`CallHandshakes.deliver`, which puts it on a bounded memory channel (full:
-  dropped and counted; DTLS retransmits);
+- the relay hands every datagram that is not RTP/RTCP arriving on a leg's RTP socket (or RTCP
+  socket) to :meth:`CallHandshakes.deliver`, which puts it on a bounded memory channel (full:
+  dropped and counted; DTLS retransmits); the stream's negotiation takes it if it claims the
+  first byte's range (RFC 7983: DTLS 20..63), else it is counted as unclaimed;
 - the task waits until the earliest ``get_timer()`` of the streams or a datagram, then for every
   stream: ``handle_timer(now=)`` when due, the datagram to its stream with ``receive_packet``,
   ``packets_to_send(now=)`` out of the leg's RTP socket to the leg's media address, and the
   events: ``KeysReady`` sets the stream's keys and calls ``on_keys`` (the call re-applies
   :class:`~gateway.core.media.keying.CallKeying`, which unblocks the stream);
   ``NegotiationFailed`` calls ``on_failure`` (the call ends: 488, or BYE with a Reason);
+- a leg without rtcp-mux runs a second handshake on its RTCP port (RFC 5764 §4.1): the stream's
+  negotiation gives it (``rtcp_component()``), its datagrams go in and out of the RTCP socket,
+  its ``KeysReady`` sets the stream's SRTCP keys (RTCP is dropped until then) and its failure
+  ends the call like the RTP port's;
 - which streams are driven is read afresh from each leg's
   :meth:`~gateway.core.media.security.LegSecurity.media_path_streams` on every round, so a
   re-INVITE's new negotiation is picked up; the call calls :meth:`poke` after SDP changes.
@@ -27,20 +32,32 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
 
 import trio
 
-from gateway.core.interfaces import KeysReady, NegotiationFailed
+from gateway.core.interfaces import KeyNegotiation, KeysReady, NegotiationFailed, SrtpKeys
 from gateway.core.media.relay_api import Address, RelaySide, RelayStream
 from gateway.core.media.security import LegSecurity, StreamSecurity
 from gateway.core.media.session import MediaSession
 
 log = logging.getLogger(__name__)
 
+INTERNAL_ERROR_REASON = "internal error in the media-path key exchange"
+
 QUEUE = 64
 """Datagrams waiting for the task; more are dropped (a handshake flight is a few datagrams)."""
 
-_Item = tuple[str, int, bytes] | None  # (side, stream index, datagram), or None: look again
+_Item = tuple[str, int, bool, bytes] | None
+"""(side, stream index, on the RTCP port, datagram), or None: look again."""
+
+
+@runtime_checkable
+class HasRtcpComponent(Protocol):
+    """A media-path negotiation that keys a separate RTCP port with a handshake of its own (RFC
+    5764 §4.1; the ``dtls`` engine): None while it cannot start yet (our role not known)."""
+
+    def rtcp_component(self) -> KeyNegotiation | None: ...
 
 
 class CallHandshakes:
@@ -61,16 +78,23 @@ class CallHandshakes:
         self._on_keys = on_keys
         self._on_failure = on_failure
         self._send, self._receive = trio.open_memory_channel[_Item](QUEUE)
-        self._hooked: dict[tuple[str, int], RelayStream] = {}
+        self._hooked: dict[tuple[str, int, bool], RelayStream] = {}
+        self._rtcp_keys: dict[tuple[str, int], tuple[KeyNegotiation, SrtpKeys | None]] = {}
+        """The RTCP component last driven per (side, stream) and the keys it agreed: a
+        re-INVITE's new StreamSecurity gets the same component (the association goes on) and
+        its keys, whose KeysReady the earlier StreamSecurity took."""
         self.dropped = 0
         """Datagrams dropped because the queue was full."""
+        self.unclaimed = 0
+        """Datagrams no negotiation of their stream and port claimed (RFC 7983 demux)."""
 
     # -- from the relay and the call --------------------------------------------------------------
 
-    def deliver(self, side: str, index: int, packet: bytes) -> None:
-        """A DTLS datagram from leg ``side``'s peer on stream ``index`` (the relay's hook)."""
+    def deliver(self, side: str, index: int, packet: bytes, *, rtcp: bool = False) -> None:
+        """A DTLS datagram from leg ``side``'s peer on stream ``index``'s RTP port (``rtcp``:
+        its RTCP port); the relay's hook."""
         try:
-            self._send.send_nowait((side, index, packet))
+            self._send.send_nowait((side, index, rtcp, packet))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self.dropped += 1
 
@@ -88,9 +112,19 @@ class CallHandshakes:
             item: _Item = None
             while True:
                 now = trio.current_time()
-                self._round(item, now)
+                try:
+                    self._round(item, now)
+                    deadline = self._next_timer(now)
+                except Exception:
+                    # A bug in a key-exchange plugin or in keying, maybe set off by a datagram
+                    # from the network: it ends this call with a stated reason, never the
+                    # gateway nor another call (the exception would otherwise leave the call's
+                    # nursery and stop the gateway). Engines keep secrets out of exceptions.
+                    log.exception("media-path key exchange failed")
+                    self._on_failure("a/b", INTERNAL_ERROR_REASON)
+                    return
                 item = None
-                with trio.move_on_at(self._next_timer(now)):
+                with trio.move_on_at(deadline):
                     item = await self._receive.receive()
         finally:
             self._unhook()
@@ -100,43 +134,97 @@ class CallHandshakes:
         keys_changed = False
         for side, streams in self._streams().items():
             for index, stream in streams.items():
-                self._hook(side, index)
-                negotiation = stream.negotiation
-                if negotiation is None:
-                    continue
-                timer = negotiation.get_timer()
-                if timer is not None and timer <= now:
-                    negotiation.handle_timer(now=now)
-                if item is not None and item[0] == side and item[1] == index:
-                    negotiation.receive_packet(item[2], now=now)
-                relay_side = self._side(side, index)
-                for packet in negotiation.packets_to_send(now=now):
-                    if relay_side is None or not relay_side.send(packet):
-                        log.debug("DTLS datagram for leg %s stream %d not sent", side, index)
-                keys_changed |= self._events(side, index, stream)
+                keys_changed |= self._attach_rtcp(side, index, stream)
+                for rtcp, negotiation in self._negotiations(stream):
+                    self._hook(side, index, rtcp)
+                    timer = negotiation.get_timer()
+                    if timer is not None and timer <= now:
+                        negotiation.handle_timer(now=now)
+                    if item is not None and item[:3] == (side, index, rtcp):
+                        packet = item[3]
+                        # RFC 7983: each engine claims its range of first bytes (DTLS 20..63).
+                        if negotiation.claims_packet(packet[0], packet):
+                            negotiation.receive_packet(packet, now=now)
+                        else:
+                            self.unclaimed += 1
+                    relay_side = self._side(side, index)
+                    for packet in negotiation.packets_to_send(now=now):
+                        if relay_side is None or not relay_side.send(packet, rtcp=rtcp):
+                            port = "RTCP" if rtcp else "RTP"
+                            log.debug(
+                                "DTLS datagram for leg %s stream %d %s port not sent",
+                                side,
+                                index,
+                                port,
+                            )
+                    keys_changed |= self._events(side, index, stream, negotiation, rtcp)
         if keys_changed:
             self._on_keys()
 
-    def _events(self, side: str, index: int, stream: StreamSecurity) -> bool:
-        assert stream.negotiation is not None
+    @staticmethod
+    def _negotiations(stream: StreamSecurity) -> list[tuple[bool, KeyNegotiation]]:
+        found: list[tuple[bool, KeyNegotiation]] = []
+        if stream.negotiation is not None:
+            found.append((False, stream.negotiation))
+        if stream.rtcp_negotiation is not None:
+            found.append((True, stream.rtcp_negotiation))
+        return found
+
+    def _attach_rtcp(self, side: str, index: int, stream: StreamSecurity) -> bool:
+        """Give the stream its RTCP port's negotiation when the leg does not use rtcp-mux (RFC
+        5764 §4.1), or take it away when it does; True when the stream's SRTCP keys changed."""
+        relay_side = self._side(side, index)
+        separate = relay_side is not None and not relay_side.rtcp_mux
+        component: KeyNegotiation | None = None
+        if separate and isinstance(stream.negotiation, HasRtcpComponent):
+            component = stream.negotiation.rtcp_component()
+        if component is stream.rtcp_negotiation:
+            return False
+        stream.rtcp_negotiation = component
+        if component is None:
+            stream.rtcp_keys = None
+            self._rtcp_keys.pop((side, index), None)
+            return True
+        previous = self._rtcp_keys.get((side, index))
+        stream.rtcp_keys = previous[1] if previous and previous[0] is component else None
+        self._rtcp_keys[(side, index)] = (component, stream.rtcp_keys)
+        return True
+
+    def _events(
+        self,
+        side: str,
+        index: int,
+        stream: StreamSecurity,
+        negotiation: KeyNegotiation,
+        rtcp: bool,
+    ) -> bool:
         changed = False
-        while (event := stream.negotiation.next_event()) is not None:
+        while (event := negotiation.next_event()) is not None:
             if isinstance(event, KeysReady):
-                stream.keys = event.keys
+                if rtcp:
+                    stream.rtcp_keys = event.keys
+                    self._rtcp_keys[(side, index)] = (negotiation, event.keys)
+                else:
+                    stream.keys = event.keys
                 changed = True
             elif isinstance(event, NegotiationFailed):
-                stream.keys = None
-                stream.failure = event.reason
-                self._on_failure(side, event.reason)
+                reason = f"{event.reason} (RTCP port)" if rtcp else event.reason
+                if rtcp:
+                    stream.rtcp_keys = None
+                else:
+                    stream.keys = None
+                stream.failure = reason
+                self._on_failure(side, reason)
         return changed
 
     def _next_timer(self, now: float) -> float:
         deadline = math.inf
         for streams in self._streams().values():
             for stream in streams.values():
-                timer = stream.negotiation.get_timer() if stream.negotiation else None
-                if timer is not None:
-                    deadline = min(deadline, timer)
+                for _, negotiation in self._negotiations(stream):
+                    timer = negotiation.get_timer()
+                    if timer is not None:
+                        deadline = min(deadline, timer)
         # A timer already due was handled in this round; never spin on one that stays due.
         return deadline if deadline > now else now + 0.001
 
@@ -155,20 +243,20 @@ class CallHandshakes:
             return None
         return stream.a if side == "a" else stream.b
 
-    def _hook(self, side: str, index: int) -> None:
+    def _hook(self, side: str, index: int, rtcp: bool) -> None:
         stream = self._session.stream_at(index)
-        if stream is None or self._hooked.get((side, index)) is stream:
+        if stream is None or self._hooked.get((side, index, rtcp)) is stream:
             return
         relay_side = stream.a if side == "a" else stream.b
 
         def handler(packet: bytes, source: Address) -> None:
-            self.deliver(side, index, packet)
+            self.deliver(side, index, packet, rtcp=rtcp)
 
-        relay_side.set_non_rtp_handler(handler)
-        self._hooked[(side, index)] = stream
+        relay_side.set_non_rtp_handler(handler, rtcp=rtcp)
+        self._hooked[(side, index, rtcp)] = stream
 
     def _unhook(self) -> None:
-        for (side, _), stream in self._hooked.items():
+        for (side, _, rtcp), stream in self._hooked.items():
             if not stream.closed:
-                (stream.a if side == "a" else stream.b).set_non_rtp_handler(None)
+                (stream.a if side == "a" else stream.b).set_non_rtp_handler(None, rtcp=rtcp)
         self._hooked.clear()

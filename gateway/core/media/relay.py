@@ -22,10 +22,13 @@ address (direction ``a_to_b``), and the reverse.
   :class:`DirectionControl` sets a ``blocked`` flag (no media before keys), :class:`Transforms`
   (SRTP unprotect on arrival, protect before sending; ``None`` from a transform drops the packet)
   and taps (called between the two transforms, so they see plain RTP).
-- DTLS on the media port (RFC 5764 §5.1.2, demultiplexed by the first byte, RFC 7983): what is
-  not RTP/RTCP is dropped as malformed, except first bytes 20..63 on a side's RTP socket when the
-  side has a handler (:meth:`StreamSide.set_non_rtp_handler`, the call's DTLS handshake task);
-  the handshake's answers leave with :meth:`StreamSide.send`. Only that branch costs anything.
+- Key exchanges on the media port (DTLS, RFC 5764 §5.1.2; ZRTP; STUN), demultiplexed by the
+  first byte (RFC 7983): what is not RTP/RTCP (first byte outside 128..191) is dropped as
+  malformed, unless the socket has a handler (:meth:`StreamSide.set_non_rtp_handler`, the call's
+  handshake task, which gives each datagram to the negotiation that claims its range). A side's
+  RTP socket has one, and its RTCP socket too when the leg does not mux RTCP (RFC 5764 §4.1
+  keys SRTCP from a handshake of its own). Answers leave with :meth:`StreamSide.send`. Only that
+  branch costs anything.
 - Every drop is counted per direction and reason; :meth:`DirectionControl.statistics`.
 - Each stream records when it last received media (:attr:`MediaStream.last_activity`); the B2BUA
   polls :meth:`MediaRelay.idle_streams` and ends calls whose media stopped.
@@ -79,20 +82,30 @@ from gateway.core.media.rtp import (
 logger = logging.getLogger(__name__)
 
 Transform = Callable[[bytes], bytes | None]
-"""Takes one packet and returns the packet to go on with, or None to drop it (counted)."""
+"""Takes one packet and returns the packet to go on with, or None to drop it (counted).
+
+A transform may also offer ``in_buffer(buffer: bytearray) -> BufferStep | None`` (as
+:class:`~gateway.core.media.srtp.SrtpTransform` does): the relay then runs that step on its
+receive buffer instead of calling the transform with a ``bytes`` copy of the packet."""
+
+BufferStep = Callable[[int], int]
+"""A transform working in place on the relay's receive buffer: takes the length of the packet at
+the start of the buffer, leaves its result there and returns its length, or -1 to drop it
+(counted). The buffer has at least :data:`TRANSFORM_ROOM` octets free after any packet."""
 
 Address = tuple[Any, ...]
 """A socket address as ``recvfrom`` returns it: (host, port) for IPv4, 4 items for IPv6."""
 
 NonRtpHandler = Callable[[bytes, Address], None]
-"""Takes a DTLS datagram (RFC 7983 first byte 20..63) that arrived on a side's RTP socket from the
-side's peer, and its source. Called on the relay's hot path: it must not block nor raise (hand
-the packet on, e.g. with a memory channel's ``send_nowait``)."""
+"""Takes a datagram that is not RTP/RTCP (RFC 7983: DTLS, ZRTP, STUN, ...) that arrived on a
+side's RTP or RTCP socket from the side's peer, and its source. Called on the relay's hot path:
+it must not block nor raise (hand the packet on, e.g. with a memory channel's ``send_nowait``)."""
 
-# RFC 7983 §7: a first byte of 20..63 is DTLS; STUN (0..3) and ZRTP (16..19) are not handed on.
-_DTLS_FIRST_BYTE = range(20, 64)
 
 _RECEIVE_BUFFER_SIZE = 65536  # the largest UDP payload: never truncate a datagram
+TRANSFORM_ROOM = 256
+"""Octets of the receive buffer beyond the largest datagram, for what an in-place transform
+appends (an SRTCP index and tag take at most 148, pylibsrtp's SRTP_MAX_SRTCP_TRAILER_LEN)."""
 _NEVER_RTCP = bytes(256)  # RTP port of a side without rtcp-mux: everything is RTP
 _ALWAYS_RTCP = bytes([1]) * 256  # RTCP port: everything is RTCP
 
@@ -202,10 +215,13 @@ class _Route:
         "dropped_no_destination",
         "dropped_send_error",
         "dropped_transform",
+        "in_place",
         "min_length",
         "packets",
         "plain",
         "sendto",
+        "step_in",
+        "step_out",
         "transform_errors",
         "transform_in",
         "transform_out",
@@ -218,6 +234,10 @@ class _Route:
         self.transform_in: Transform | None = None
         self.transform_out: Transform | None = None
         self.plain = True  # no transform and no tap: forward straight from the receive buffer
+        # No tap and every transform works in the receive buffer: run step_in/step_out there.
+        self.in_place = False
+        self.step_in: BufferStep | None = None
+        self.step_out: BufferStep | None = None
         self.packets = 0
         self.bytes = 0
         self.dropped_no_destination = 0
@@ -335,24 +355,31 @@ class StreamSide:
     def rtcp_mux(self) -> bool:
         return self._rtcp_mux
 
-    def set_non_rtp_handler(self, handler: NonRtpHandler | None) -> None:
-        """Hand DTLS datagrams (RFC 7983: first byte 20..63) arriving on this side's RTP socket
-        to ``handler`` instead of dropping them as malformed (None: drop them again). They pass
-        the same source check as RTP: the latched source, or (nothing latched yet) they latch
-        it, since the handshake comes from the peer's media address (RFC 5764 §5.1.2).
+    def set_non_rtp_handler(self, handler: NonRtpHandler | None, *, rtcp: bool = False) -> None:
+        """Hand datagrams that are not RTP/RTCP (RFC 7983: first byte outside 128..191, e.g.
+        DTLS 20..63, ZRTP 16..19, STUN 0..3) arriving on this side's RTP socket (``rtcp``: its
+        RTCP socket) to ``handler`` instead of dropping them as malformed (None: drop them
+        again). They pass the same source check as RTP: the latched source, or
+        (nothing latched yet) they latch it, since the handshake comes from the peer's media
+        address (RFC 5764 §5.1.2).
 
-        Only the RTP socket: a DTLS-SRTP leg is expected to use rtcp-mux. Without rtcp-mux the
-        RTCP port's own handshake (RFC 5764 §4.1) is not run, so SRTCP is not keyed there."""
-        self._rtp.non_rtp = handler
+        The RTCP socket has its own handshake when the leg does not use rtcp-mux: RFC 5764 §4.1
+        keys SRTCP on that port from a DTLS association of its own."""
+        (self._rtcp if rtcp else self._rtp).non_rtp = handler
 
-    def send(self, packet: bytes) -> bool:
-        """Send ``packet`` (a DTLS datagram) from this side's RTP socket to where this leg's RTP
-        goes (:attr:`rtp_destination`). False when there is no destination or the send failed."""
-        destination = self.rtp_destination
+    def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
+        """Send ``packet`` (a key exchange's datagram) from this side's RTP socket to where this
+        leg's RTP goes (:attr:`rtp_destination`); with ``rtcp`` from its RTCP socket to where its
+        RTCP goes (:attr:`rtcp_destination`). False when there is no destination or the send
+        failed."""
+        if rtcp:
+            destination, sock = self.rtcp_destination, self.ports.rtcp_socket
+        else:
+            destination, sock = self.rtp_destination, self.ports.rtp_socket
         if destination is None:
             return False
         try:
-            self.ports.rtp_socket.sendto(packet, destination)
+            sock.sendto(packet, destination)
         except OSError:
             return False
         return True
@@ -526,6 +553,7 @@ class MediaStream:
             rtp_sendto = dst.ports.rtp_socket.sendto
             rtcp_sendto = rtp_sendto if dst.rtcp_mux else dst.ports.rtcp_socket.sendto
             transforms = control.transforms
+            buffer = None if self._relay is None else self._relay._buffer
             for ep in (src._rtp, src._rtcp):
                 ep.direction = control.direction
                 ep.blocked = control.blocked
@@ -537,6 +565,7 @@ class MediaStream:
                     transforms.rtp_in,
                     transforms.rtp_out,
                     ep.taps,
+                    buffer,
                 )
                 _configure(
                     ep.rtcp,
@@ -545,6 +574,7 @@ class MediaStream:
                     transforms.rtcp_in,
                     transforms.rtcp_out,
                     ep.taps,
+                    buffer,
                 )
             src._rtp.rtcp_octets = RTCP_BY_SECOND_OCTET if src.rtcp_mux else _NEVER_RTCP
 
@@ -556,12 +586,31 @@ def _configure(
     transform_in: Transform | None,
     transform_out: Transform | None,
     taps: tuple[Tap, ...],
+    buffer: bytearray | None,
 ) -> None:
     route.sendto = sendto
     route.destination = destination
     route.transform_in = transform_in
     route.transform_out = transform_out
     route.plain = transform_in is None and transform_out is None and not taps
+    route.step_in = _buffer_step(transform_in, buffer)
+    route.step_out = _buffer_step(transform_out, buffer)
+    # Taps get bytes, so a tapped route takes the bytes path (taps are rare: recording).
+    route.in_place = (
+        not route.plain
+        and not taps
+        and (transform_in is None or route.step_in is not None)
+        and (transform_out is None or route.step_out is not None)
+    )
+
+
+def _buffer_step(transform: Transform | None, buffer: bytearray | None) -> BufferStep | None:
+    """The transform's in-place form on ``buffer``, if it offers one (see :data:`Transform`)."""
+    in_buffer = getattr(transform, "in_buffer", None)
+    if in_buffer is None or buffer is None:
+        return None
+    step: BufferStep | None = in_buffer(buffer)
+    return step
 
 
 class MediaRelay:
@@ -592,7 +641,8 @@ class MediaRelay:
         self._epoll = select.epoll()
         self._endpoints: dict[int, _Endpoint] = {}
         self._streams: set[MediaStream] = set()
-        self._buffer = bytearray(_RECEIVE_BUFFER_SIZE)
+        # Never resized: in-place transforms hold C pointers into it.
+        self._buffer = bytearray(_RECEIVE_BUFFER_SIZE + TRANSFORM_ROOM)
         self._view = memoryview(self._buffer)
         self._wakeups = 0
         self._serving = False
@@ -714,8 +764,8 @@ class MediaRelay:
                     continue
                 route = ep.rtcp if ep.rtcp_octets[buffer[1]] else ep.rtp
                 if size < route.min_length or buffer[0] & VERSION_MASK != VERSION_BITS:
-                    # Not RTP/RTCP: a DTLS datagram goes to the side's handler, if any.
-                    if ep.non_rtp is not None and size and buffer[0] in _DTLS_FIRST_BYTE:
+                    # Not RTP/RTCP: to the socket's handler (the call's handshakes), if any.
+                    if ep.non_rtp is not None and size and buffer[0] & VERSION_MASK != VERSION_BITS:
                         self._hand_on(ep, bytes(view[:size]), source, now)
                     else:
                         ep.dropped_malformed += 1
@@ -732,6 +782,24 @@ class MediaRelay:
                     continue
                 if route.plain:
                     packet: Any = view[:size]
+                elif route.in_place:
+                    # Receive, unprotect, protect and send from the same memory: no copies.
+                    step = route.step_in
+                    if step is not None:
+                        try:
+                            size = step(size)
+                        except Exception:
+                            size = _step_failed(route, route.transform_in)
+                    step = route.step_out
+                    if step is not None and size >= 0:
+                        try:
+                            size = step(size)
+                        except Exception:
+                            size = _step_failed(route, route.transform_out)
+                    if size < 0:
+                        route.dropped_transform += 1
+                        continue
+                    packet = view[:size]
                 else:
                     packet = _transform(ep, route, bytes(view[:size]))
                     if packet is None:
@@ -745,7 +813,7 @@ class MediaRelay:
                 route.bytes += len(packet)
 
     def _hand_on(self, ep: _Endpoint, packet: bytes, source: Address, now: float) -> None:
-        """A DTLS datagram: to the side's handler, if it comes from the side's peer."""
+        """A datagram for a key exchange: to the socket's handler, if from the side's peer."""
         if source != ep.source and not self._latch(ep, source, now):
             return
         handler = ep.non_rtp
@@ -798,6 +866,14 @@ def _transform(ep: _Endpoint, route: _Route, packet: bytes) -> bytes | None:
     if route.transform_out is not None:
         return _apply(route, route.transform_out, packet)
     return packet
+
+
+def _step_failed(route: _Route, transform: Transform | None) -> int:
+    """An in-place step raised: counted and logged as :func:`_apply` does; the packet is dropped."""
+    route.transform_errors += 1
+    if route.transform_errors == 1:
+        logger.exception("media transform %r failed (further ones only counted)", transform)
+    return -1
 
 
 def _apply(route: _Route, transform: Transform, packet: bytes) -> bytes | None:

@@ -234,7 +234,7 @@ class RemoteSide:
     _stream: RemoteStream = attrs.field(repr=False)
     _name: str = attrs.field(repr=False)
     _rtcp_mux: bool = False
-    _handler: NonRtpHandler | None = attrs.field(default=None, repr=False)
+    _handlers: dict[bool, NonRtpHandler | None] = attrs.field(factory=dict, repr=False)
 
     def set_remote(
         self,
@@ -256,17 +256,19 @@ class RemoteSide:
     def rtcp_mux(self) -> bool:
         return self._rtcp_mux
 
-    def set_non_rtp_handler(self, handler: NonRtpHandler | None) -> None:
-        """DTLS datagrams from this leg's peer go to ``handler`` (forwarded by the worker)."""
-        self._handler = handler
-        self._stream._send(SetDtls(self._stream.id, self._name, handler is not None))
+    def set_non_rtp_handler(self, handler: NonRtpHandler | None, *, rtcp: bool = False) -> None:
+        """Datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) from this leg's peer on the RTP
+        socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker."""
+        self._handlers[rtcp] = handler
+        self._stream._send(SetDtls(self._stream.id, self._name, rtcp, handler is not None))
 
-    def send(self, packet: bytes) -> bool:
-        """A DTLS datagram to this leg's peer, from the worker's socket. True when queued."""
-        return self._stream._send(SendDatagram(self._stream.id, self._name, packet))
+    def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
+        """A key exchange's datagram to this leg's peer from the worker's RTP socket (``rtcp``:
+        RTCP socket). True when queued (the worker sends it if the leg has an address)."""
+        return self._stream._send(SendDatagram(self._stream.id, self._name, rtcp, packet))
 
-    def _deliver(self, packet: bytes, source: tuple[str, int] | None) -> None:
-        handler = self._handler
+    def _deliver(self, packet: bytes, source: tuple[str, int] | None, rtcp: bool) -> None:
+        handler = self._handlers.get(rtcp)
         if handler is None:
             return
         try:
@@ -354,7 +356,18 @@ class RemoteStream:
         contexts (:class:`gateway.core.media.keying.StreamSrtp`)."""
         self.a_to_b._blocked = keys.blocked
         self.b_to_a._blocked = keys.blocked
-        self._send(SetKeys(self.id, keys.blocked, keys.a, keys.b))
+        self._send(
+            SetKeys(
+                self.id,
+                keys.blocked,
+                keys.a,
+                keys.b,
+                keys.a_separate_rtcp,
+                keys.a_rtcp,
+                keys.b_separate_rtcp,
+                keys.b_rtcp,
+            )
+        )
 
     def srtp_statistics(self) -> dict[str, SrtpStatistics]:
         """SRTP counters per leg with keys, as last pushed by the worker."""
@@ -680,7 +693,7 @@ class WorkerPool:
                 stream._update(message, trio.current_time())
             elif isinstance(message, Datagram):
                 (stream.a if message.side == "a" else stream.b)._deliver(
-                    message.packet, message.source
+                    message.packet, message.source, message.rtcp
                 )
             else:
                 log.warning("media worker %d: %s", worker.index, message.reason)

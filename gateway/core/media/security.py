@@ -62,6 +62,9 @@ _PLAIN_OF = {
 _SECURE_OF = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
 # The profile a key exchange on the media path (DTLS-SRTP) is offered with (RFC 5764 §8).
 _DTLS_OF = {"RTP/AVP": "UDP/TLS/RTP/SAVP", "RTP/AVPF": "UDP/TLS/RTP/SAVPF"}
+# RFC 4585 feedback profile -> the plain one: what we offer a leg that is not known to take
+# feedback profiles (see LegSecurity's ``offer_feedback``).
+_WITHOUT_FEEDBACK = {"RTP/AVPF": "RTP/AVP"}
 # Attributes that carry a leg's own keys or key-exchange identity and never cross to the other
 # leg: SDES keys (RFC 4568), DTLS fingerprints and roles (RFC 8122, RFC 4145, RFC 8842).
 _KEY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id"})
@@ -83,6 +86,14 @@ class StreamSecurity:
     peer_proto: str = "RTP/AVP"
     keys: SrtpKeys | None = None
     failure: str | None = None
+    rtcp_negotiation: KeyNegotiation | None = None
+    """The separate RTCP port's own negotiation (RFC 5764 §4.1: DTLS-SRTP without rtcp-mux),
+    set by the call's handshake task; None when RTCP shares the RTP port or its keys."""
+    rtcp_keys: SrtpKeys | None = None
+    """SRTCP keys from :attr:`rtcp_negotiation`, once agreed."""
+    session_proto: str | None = None
+    """The session's plain profile when this leg was offered another one (a feedback profile
+    taken off, see ``LegSecurity.offer_feedback``): the answer goes back to the session in it."""
 
 
 class LegSecurity:
@@ -94,8 +105,15 @@ class LegSecurity:
         secure_signalling: bool,
         key_exchanges: Mapping[str, KeyExchange],
         signalling: str,
+        offer_feedback: bool = False,
     ) -> None:
         self.side = side
+        self.offer_feedback = offer_feedback
+        """Offer this leg an RFC 4585 feedback profile (RTP/AVPF, RTP/SAVPF,
+        UDP/TLS/RTP/SAVPF) when the other leg offered one. False: the plain profile without
+        a=rtcp-fb, which every SIP device takes; a device that knows only RTP/SAVP (baresip's
+        srtp-mand, many desk phones) answers a feedback profile with 488. Our answers always
+        mirror the profile the peer offered (RFC 3264 §6)."""
         self.policy = policy
         self.secure_signalling = secure_signalling
         self.signalling = signalling
@@ -202,8 +220,11 @@ class LegSecurity:
         :class:`MediaSecurityRefused` when the policy needs encryption this leg cannot get."""
         streams: list[StreamSecurity] = []
         media_out: list[MediaDescription] = []
-        for index, media in enumerate(offer.media):
+        for index, offered in enumerate(offer.media):
+            media = offered if self.offer_feedback else _without_feedback(offered)
             stream = StreamSecurity(peer_proto=media.proto)
+            if media.proto != offered.proto:
+                stream.session_proto = offered.proto
             if media.port == 0 or media.proto.upper() not in _SECURE_OF:
                 streams.append(stream)
                 media_out.append(media)
@@ -282,7 +303,10 @@ class LegSecurity:
                         f"declined it ({media.proto})"
                     )
             stream.peer_proto = media.proto
-            media_out.append(_plain(media))
+            plain = _plain(media)
+            if stream.session_proto is not None:
+                plain = attrs.evolve(plain, proto=stream.session_proto)
+            media_out.append(plain)
         self.streams = self._offered
         return _without_session_keys(attrs.evolve(answer, media=tuple(media_out)))
 
@@ -291,6 +315,22 @@ class LegSecurity:
     def keys(self, index: int) -> SrtpKeys | None:
         stream = self._stream(index)
         return stream.keys if stream is not None else None
+
+    def rtcp_keys(self, index: int) -> SrtpKeys | None:
+        """The SRTCP keys of stream ``index``: those of the RTCP port's own handshake when it
+        has one (None until it is done), else the stream's keys (SDES, and DTLS with
+        rtcp-mux: RFC 3711 §4.3 derives SRTCP keys from the same master key)."""
+        stream = self._stream(index)
+        if stream is None:
+            return None
+        if stream.rtcp_negotiation is not None:
+            return stream.rtcp_keys
+        return stream.keys
+
+    def separate_rtcp(self, index: int) -> bool:
+        """Whether stream ``index``'s RTCP is keyed by a handshake of its own."""
+        stream = self._stream(index)
+        return stream is not None and stream.rtcp_negotiation is not None
 
     def media_path_streams(self) -> dict[int, StreamSecurity]:
         """The streams whose keys are agreed on the media path (DTLS-SRTP), by m= line index,
@@ -351,6 +391,9 @@ def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
         # and re-encrypted per leg.
         "keys_held_by": "gateway" if stream.keys else None,
     }
+    if stream.rtcp_negotiation is not None:
+        # RFC 5764 §4.1: RTCP on its own port, keyed by its own DTLS handshake.
+        entry["rtcp_port_keyed"] = stream.rtcp_keys is not None
     # DTLS-SRTP (the engine exposes these): our DTLS role and the certificate the peer proved.
     for name in ("dtls_role", "peer_certificate_sha256"):
         value = getattr(stream.negotiation, name, None)
@@ -369,6 +412,16 @@ def _without_session_keys(sd: SessionDescription) -> SessionDescription:
     RFC 8122 §5): the other leg must never see this leg's."""
     kept = [a for a in _pairs(sd.attributes) if a[0].lower() not in _KEY_ATTRIBUTES]
     return sd.with_attributes(kept)
+
+
+def _without_feedback(media: MediaDescription) -> MediaDescription:
+    """``media`` with the plain profile instead of RFC 4585's feedback one, and without
+    a=rtcp-fb, which RFC 4585 §4.2 allows only with a feedback profile."""
+    plain = _WITHOUT_FEEDBACK.get(media.proto.upper())
+    if plain is None:
+        return media
+    attributes = [a for a in media.attributes if a[0].lower() != "rtcp-fb"]
+    return attrs.evolve(media.with_attributes(attributes), proto=plain)
 
 
 def _plain(media: MediaDescription) -> MediaDescription:

@@ -85,11 +85,19 @@ Every suite is provided one way or the other: :data:`UNSUPPORTED_SUITES` is empt
 
 Speed
 -----
-pylibsrtp's ``Session.protect`` allocates an ``int *`` and raises an exception carrying a
-message on every failure. Here each session owns one buffer and one length cell, reused for every
-packet, and failures are a status number, so a drop costs no exception. The copy in and the
-``bytes`` copy out remain (the relay hands us ``bytes``). ``benchmarks/srtp_protect.py`` prints
-the cost per packet and suite.
+The four transforms are :class:`SrtpTransform` objects. Called with ``bytes`` (the relay's
+``Transform`` contract) they copy the packet into a buffer of their own, let libsrtp work there
+in place and return a ``bytes`` copy. The relay does better: :meth:`SrtpTransform.in_buffer`
+gives it a function that runs libsrtp directly on the relay's receive buffer, so a packet is
+received, unprotected, protected and sent from the same memory, with no copy made in Python.
+Either way libsrtp is called through pylibsrtp's cffi ``lib`` with a reused length cell (not
+``pylibsrtp.Session``, which allocates per packet and raises an exception with a message on
+every failure): a drop is a status number, counted, and costs no exception.
+``benchmarks/srtp_protect.py`` prints the cost per packet and suite.
+
+Memory: a session holds its two libsrtp contexts (plus libsrtp's per-SSRC state). The copy
+buffer of the ``bytes`` path is allocated on first use, as long as the largest packet so far:
+sessions used only by the relay never allocate it.
 
 Keys are copied into C memory only for ``srtp_create``, which derives the session keys; the copy
 is then zeroed. No key material is kept in Python objects, logged or shown in a repr. (The
@@ -99,6 +107,7 @@ Python path keeps its session keys in ``cryptography``'s OpenSSL contexts; see i
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -126,6 +135,7 @@ __all__ = [
     "SrtpSession",
     "SrtpStatistics",
     "SrtpSuite",
+    "SrtpTransform",
     "libsrtp_version",
 ]
 
@@ -199,7 +209,13 @@ MAX_PACKET_LENGTH = 65536
 
 # SRTCP adds the E flag and index word, then the tag (and MKI, unused here): libsrtp needs room
 # after the packet (pylibsrtp's SRTP_MAX_SRTCP_TRAILER_LEN: index + 16 tag + 128 MKI).
-_BUFFER_LENGTH = MAX_PACKET_LENGTH + pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
+TRAILER_ROOM = pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
+"""Octets a buffer given to :meth:`SrtpTransform.in_buffer` must have free after the longest
+packet it will hold: protection appends a tag (SRTCP also its index)."""
+_MIN_COPY_BUFFER = 2048  # the bytes path's first buffer: any RTP packet of a voice call
+
+_unpack_ssrc = struct.Struct("!I").unpack_from
+_NO_SSRC = -1  # the key of packets too short to carry one (libsrtp refuses them anyway)
 
 # srtp_err_status_t of libsrtp 2.7.0 (srtp.h); pylibsrtp.ERRORS lists the messages in this
 # order, which a test checks.
@@ -284,7 +300,7 @@ class _Context:
 
     def __init__(self, ctx: Any) -> None:
         self.ctx: Any = ctx  # None once closed
-        self.ssrcs: set[bytes] = set()  # SSRCs libsrtp holds state for (network byte order)
+        self.ssrcs: set[int] = set()  # SSRCs libsrtp holds state for
         self.passed = 0
         self.auth_failures = 0
         self.replays = 0
@@ -369,6 +385,208 @@ SUPPORTED_SUITES: tuple[str, ...] = tuple(n for n in SUITES if n not in UNSUPPOR
 """Names of the suites :class:`SrtpSession` provides, in :data:`SUITES` order."""
 
 
+_Step = Callable[[int], int]
+
+
+def _count_failure(context: _Context, status: int) -> None:
+    if status == _ERR_AUTH_FAIL:
+        context.auth_failures += 1
+    elif status in _REPLAY_ERRORS:
+        context.replays += 1
+    else:
+        context.other_errors += 1
+
+
+class _BufferCells:
+    """A buffer's C view and one length cell: shared by every step on that buffer (all of a
+    relay's transforms), so the hot path touches one of each, not one per transform."""
+
+    __slots__ = ("buffer", "cdata", "length")
+
+    def __init__(self, buffer: bytearray) -> None:
+        self.buffer = buffer
+        self.cdata = _ffi.from_buffer("unsigned char[]", buffer, require_writable=True)
+        self.length = _ffi.new("int *")
+
+
+_last_cells: _BufferCells | None = None  # the relay's buffer: every in_buffer() call names it
+
+
+def _cells_for(buffer: bytearray) -> _BufferCells:
+    global _last_cells
+    if _last_cells is None or _last_cells.buffer is not buffer:
+        _last_cells = _BufferCells(buffer)
+    return _last_cells
+
+
+class _LibsrtpStep:
+    """libsrtp's ``function`` (srtp_protect & co.) in place on a buffer; :meth:`run` takes the
+    length of the packet at its start, leaves the result there and returns its length, or -1
+    when the packet is dropped (counted on ``context``). The per-packet path of every libsrtp
+    suite; one object, so the hot path finds all it needs in a cache line or two."""
+
+    __slots__ = (
+        "buffer",
+        "cdata",
+        "context",
+        "function",
+        "has_ssrc",
+        "length",
+        "limit",
+        "max_ssrcs",
+        "ssrc_at",
+        "ssrcs",
+    )
+
+    def __init__(
+        self, context: _Context, function: Any, buffer: bytearray, ssrc_at: int, max_ssrcs: int
+    ) -> None:
+        cells = _cells_for(buffer)
+        self.buffer = buffer
+        self.cdata = cells.cdata
+        self.length = cells.length
+        self.context = context
+        self.function = function
+        self.limit = min(MAX_PACKET_LENGTH, len(buffer) - TRAILER_ROOM)
+        self.ssrc_at = ssrc_at
+        # The SSRC sits at octet 8 in RTP (RFC 3550 §5.1), 4 in RTCP (§6.4.1).
+        self.has_ssrc = ssrc_at + 4
+        self.ssrcs = context.ssrcs
+        self.max_ssrcs = max_ssrcs
+
+    def run(self, size: int) -> int:
+        context = self.context
+        ctx = context.ctx
+        if ctx is None or size > self.limit:
+            context.other_errors += 1
+            return -1
+        ssrcs = self.ssrcs
+        ssrc = _unpack_ssrc(self.buffer, self.ssrc_at)[0] if size >= self.has_ssrc else _NO_SSRC
+        known = ssrc in ssrcs
+        if not known and len(ssrcs) >= self.max_ssrcs:
+            context.ssrc_limit += 1
+            return -1
+        length = self.length
+        length[0] = size
+        status = self.function(ctx, self.cdata, length)
+        if status:
+            _count_failure(context, status)
+            return -1
+        if not known:
+            ssrcs.add(ssrc)
+        context.passed += 1
+        result: int = length[0]
+        return result
+
+
+def _libsrtp_step(
+    context: _Context, function: Any, buffer: bytearray, ssrc_at: int, max_ssrcs: int
+) -> _Step:
+    return _LibsrtpStep(context, function, buffer, ssrc_at, max_ssrcs).run
+
+
+class SrtpTransform:
+    """One of the four transforms of an :class:`SrtpSession` (a relay ``Transform``).
+
+    Call it with a packet: it returns the protected (unprotected) packet, or None when the
+    packet is dropped (counted by reason in :meth:`SrtpSession.statistics`). The relay runs it
+    in its own receive buffer instead (:meth:`in_buffer`).
+    """
+
+    __slots__ = (
+        "_bound",
+        "_bound_step",
+        "_context",
+        "_copy",
+        "_copy_step",
+        "_copy_view",
+        "_function",
+        "_max_ssrcs",
+        "_python",
+        "_ssrc_at",
+    )
+
+    def __init__(
+        self,
+        context: _Context,
+        function: Any,
+        python: Callable[[Any, bytes], bytes | Drop],
+        ssrc_at: int,
+        max_ssrcs: int,
+        *,
+        use_python: bool,
+    ) -> None:
+        self._context = context
+        self._function = function  # libsrtp's srtp_protect & co.
+        self._python = python if use_python else None  # srtp_python's, for PYTHON_SUITES
+        self._ssrc_at = ssrc_at
+        self._max_ssrcs = max_ssrcs
+        self._copy = bytearray()  # the bytes path's buffer, grown on use
+        self._copy_view = memoryview(self._copy)
+        self._copy_step: _Step | None = None
+        self._bound: bytearray | None = None  # the buffer of the last in_buffer() call
+        self._bound_step: _Step | None = None
+
+    def __call__(self, packet: bytes) -> bytes | None:
+        context = self._context
+        size = len(packet)
+        if self._python is not None:
+            return _process_python(context, self._python, packet)
+        if context.ctx is None or size > MAX_PACKET_LENGTH:
+            context.other_errors += 1
+            return None
+        step = self._copy_step
+        if step is None or len(self._copy) < size + TRAILER_ROOM:
+            self._copy_view.release()
+            self._copy = bytearray(max(_MIN_COPY_BUFFER, size + TRAILER_ROOM))
+            self._copy_view = memoryview(self._copy)
+            step = self._copy_step = _libsrtp_step(
+                context, self._function, self._copy, self._ssrc_at, self._max_ssrcs
+            )
+        self._copy[:size] = packet
+        size = step(size)
+        return self._copy_view[:size].tobytes() if size >= 0 else None
+
+    def in_buffer(self, buffer: bytearray) -> Callable[[int], int] | None:
+        """This transform working in place on ``buffer`` (the relay's receive buffer, never
+        resized): the returned function takes the length of the packet at the start of
+        ``buffer``, leaves the result there and returns its length, or -1 when the packet is
+        dropped (counted as by a call). ``buffer`` must keep :data:`TRAILER_ROOM` octets free
+        after the longest packet; longer ones are dropped. None for the :data:`PYTHON_SUITES`,
+        which only work on ``bytes``."""
+        if self._python is not None:
+            return None
+        if self._bound is not buffer:
+            self._bound_step = _libsrtp_step(
+                self._context, self._function, buffer, self._ssrc_at, self._max_ssrcs
+            )
+            self._bound = buffer
+        return self._bound_step
+
+
+def _process_python(
+    context: _Context, function: Callable[[Any, bytes], bytes | Drop], packet: bytes
+) -> bytes | None:
+    # The same counting for the Python path; srtp_python bounds the SSRCs itself.
+    ctx = context.ctx
+    if ctx is None or len(packet) > MAX_PACKET_LENGTH:
+        context.other_errors += 1
+        return None
+    result = function(ctx, packet)
+    if isinstance(result, bytes):
+        context.passed += 1
+        return result
+    if result is Drop.AUTH_FAILURE:
+        context.auth_failures += 1
+    elif result is Drop.REPLAY:
+        context.replays += 1
+    elif result is Drop.SSRC_LIMIT:
+        context.ssrc_limit += 1
+    else:
+        context.other_errors += 1
+    return None
+
+
 @attrs.define(eq=False, init=False)
 class SrtpSession:
     """SRTP/SRTCP protection of one media stream on one leg: the four relay transforms.
@@ -390,11 +608,17 @@ class SrtpSession:
     implementation: str
     replay_window: int
     max_ssrcs: int
+    protect_rtp: SrtpTransform = attrs.field(repr=False)
+    """RTP -> SRTP with the local key (RFC 3711 §3.3), or None when dropped (counted)."""
+    protect_rtcp: SrtpTransform = attrs.field(repr=False)
+    """RTCP -> SRTCP with the local key (RFC 3711 §3.4), or None when dropped (counted)."""
+    unprotect_rtp: SrtpTransform = attrs.field(repr=False)
+    """SRTP from the leg -> RTP with the remote key, or None when it fails authentication, is a
+    replay, or is otherwise refused (counted by reason)."""
+    unprotect_rtcp: SrtpTransform = attrs.field(repr=False)
+    """SRTCP from the leg -> RTCP with the remote key, or None (counted by reason)."""
     _inbound: _Context = attrs.field(repr=False)
     _outbound: _Context = attrs.field(repr=False)
-    _cdata: Any = attrs.field(repr=False)
-    _buffer: Any = attrs.field(repr=False)
-    _length: Any = attrs.field(repr=False)
 
     def __init__(
         self,
@@ -426,7 +650,8 @@ class SrtpSession:
         self.suite = suite
         self.replay_window = replay_window
         self.max_ssrcs = max_ssrcs
-        if suite.name in PYTHON_SUITES:
+        python = suite.name in PYTHON_SUITES
+        if python:
             self.implementation = "python"
             options = {
                 "master_key_length": suite.master_key_length,
@@ -436,100 +661,27 @@ class SrtpSession:
             }
             self._inbound = _Context(SrtpReceiver(keys.remote_key, **options))
             self._outbound = _Context(SrtpSender(keys.local_key, **options))
-            self._cdata = self._buffer = self._length = None
-            return
-        self.implementation = "libsrtp"
-        self._inbound = _Context(
-            _create_context(suite, keys.remote_key, _lib.ssrc_any_inbound, replay_window)
-        )
-        self._outbound = _Context(
-            _create_context(suite, keys.local_key, _lib.ssrc_any_outbound, replay_window)
-        )
-        self._cdata = _ffi.new("unsigned char[]", _BUFFER_LENGTH)
-        self._buffer = _ffi.buffer(self._cdata)
-        self._length = _ffi.new("int *")
-
-    # -- the four transforms (relay.Transform: bytes -> bytes | None) -------------------------
-
-    def protect_rtp(self, packet: bytes) -> bytes | None:
-        """RTP -> SRTP with the local key (RFC 3711 §3.3), or None when dropped (counted)."""
-        if self._cdata is None:
-            return self._process_python(self._outbound, SrtpSender.protect_rtp, packet)
-        return self._process(self._outbound, _protect, packet, 8)
-
-    def protect_rtcp(self, packet: bytes) -> bytes | None:
-        """RTCP -> SRTCP with the local key (RFC 3711 §3.4), or None when dropped (counted)."""
-        if self._cdata is None:
-            return self._process_python(self._outbound, SrtpSender.protect_rtcp, packet)
-        return self._process(self._outbound, _protect_rtcp, packet, 4)
-
-    def unprotect_rtp(self, packet: bytes) -> bytes | None:
-        """SRTP from the leg -> RTP with the remote key, or None when it fails authentication,
-        is a replay, or is otherwise refused (counted by reason)."""
-        if self._cdata is None:
-            return self._process_python(self._inbound, SrtpReceiver.unprotect_rtp, packet)
-        return self._process(self._inbound, _unprotect, packet, 8)
-
-    def unprotect_rtcp(self, packet: bytes) -> bytes | None:
-        """SRTCP from the leg -> RTCP with the remote key, or None (counted by reason)."""
-        if self._cdata is None:
-            return self._process_python(self._inbound, SrtpReceiver.unprotect_rtcp, packet)
-        return self._process(self._inbound, _unprotect_rtcp, packet, 4)
-
-    def _process(
-        self, context: _Context, function: Any, packet: bytes, ssrc_at: int
-    ) -> bytes | None:
-        # The per-packet path: one copy into the session's C buffer, libsrtp in place, one
-        # copy out. The SSRC sits at octet 8 in RTP (RFC 3550 §5.1), 4 in RTCP (§6.4.1).
-        ctx = context.ctx
-        size = len(packet)
-        if ctx is None or size > MAX_PACKET_LENGTH:
-            context.other_errors += 1
-            return None
-        ssrc = packet[ssrc_at : ssrc_at + 4]
-        ssrcs = context.ssrcs
-        if ssrc not in ssrcs and len(ssrcs) >= self.max_ssrcs:
-            context.ssrc_limit += 1
-            return None
-        self._buffer[0:size] = packet
-        length = self._length
-        length[0] = size
-        status = function(ctx, self._cdata, length)
-        if status:
-            if status == _ERR_AUTH_FAIL:
-                context.auth_failures += 1
-            elif status in _REPLAY_ERRORS:
-                context.replays += 1
-            else:
-                context.other_errors += 1
-            return None
-        ssrcs.add(ssrc)
-        context.passed += 1
-        result: bytes = self._buffer[0 : length[0]]
-        return result
-
-    @staticmethod
-    def _process_python(
-        context: _Context, function: Callable[[Any, bytes], bytes | Drop], packet: bytes
-    ) -> bytes | None:
-        # The same counting for the Python path; srtp_python bounds the SSRCs itself.
-        ctx = context.ctx
-        if ctx is None or len(packet) > MAX_PACKET_LENGTH:
-            context.other_errors += 1
-            return None
-        result = function(ctx, packet)
-        if isinstance(result, bytes):
-            context.passed += 1
-            return result
-        if result is Drop.AUTH_FAILURE:
-            context.auth_failures += 1
-        elif result is Drop.REPLAY:
-            context.replays += 1
-        elif result is Drop.SSRC_LIMIT:
-            context.ssrc_limit += 1
         else:
-            context.other_errors += 1
-        return None
+            self.implementation = "libsrtp"
+            self._inbound = _Context(
+                _create_context(suite, keys.remote_key, _lib.ssrc_any_inbound, replay_window)
+            )
+            self._outbound = _Context(
+                _create_context(suite, keys.local_key, _lib.ssrc_any_outbound, replay_window)
+            )
+        inbound, outbound = self._inbound, self._outbound
+        self.protect_rtp = SrtpTransform(
+            outbound, _protect, SrtpSender.protect_rtp, 8, max_ssrcs, use_python=python
+        )
+        self.protect_rtcp = SrtpTransform(
+            outbound, _protect_rtcp, SrtpSender.protect_rtcp, 4, max_ssrcs, use_python=python
+        )
+        self.unprotect_rtp = SrtpTransform(
+            inbound, _unprotect, SrtpReceiver.unprotect_rtp, 8, max_ssrcs, use_python=python
+        )
+        self.unprotect_rtcp = SrtpTransform(
+            inbound, _unprotect_rtcp, SrtpReceiver.unprotect_rtcp, 4, max_ssrcs, use_python=python
+        )
 
     # -- state -----------------------------------------------------------------------------------
 

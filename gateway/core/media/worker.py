@@ -234,14 +234,29 @@ class Worker:
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.blocked = message.blocked
             elif isinstance(message, SetKeys):
-                srtp.apply(stream, StreamKeys(message.a, message.b, message.blocked))
+                srtp.apply(
+                    stream,
+                    StreamKeys(
+                        message.a,
+                        message.b,
+                        message.blocked,
+                        message.a_separate_rtcp,
+                        message.a_rtcp,
+                        message.b_separate_rtcp,
+                        message.b_rtcp,
+                    ),
+                )
             elif isinstance(message, SetDtls):
                 side = stream.a if message.side == "a" else stream.b
-                side.set_non_rtp_handler(
-                    self._dtls_handler(message.stream, message.side) if message.enabled else None
+                handler = (
+                    self._dtls_handler(message.stream, message.side, message.rtcp)
+                    if message.enabled
+                    else None
                 )
+                side.set_non_rtp_handler(handler, rtcp=message.rtcp)
             elif isinstance(message, SendDatagram):
-                (stream.a if message.side == "a" else stream.b).send(message.packet)
+                side = stream.a if message.side == "a" else stream.b
+                side.send(message.packet, rtcp=message.rtcp)
             else:
                 self._close(message.stream)
         except LocalMediaError as exc:
@@ -275,13 +290,12 @@ class Worker:
         if ports:
             self.outbox.send(PairsReady(ports))
 
-    def _dtls_handler(self, stream_id: int, side: str) -> NonRtpHandler:
+    def _dtls_handler(self, stream_id: int, side: str, rtcp: bool) -> NonRtpHandler:
         outbox = self.outbox
 
         def handler(packet: bytes, source: Address) -> None:
-            outbox.send(
-                Datagram(stream_id, side, (str(source[0]), int(source[1])), packet), droppable=True
-            )
+            address = (str(source[0]), int(source[1]))
+            outbox.send(Datagram(stream_id, side, rtcp, address, packet), droppable=True)
 
         return handler
 

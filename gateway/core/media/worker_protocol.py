@@ -86,30 +86,39 @@ class SetBlocked:
 
 @attrs.frozen
 class SetKeys:
-    """Each leg's SRTP keys (None: plain RTP on that leg) and the block flag of both directions;
-    the worker builds the contexts (:class:`gateway.core.media.keying.StreamSrtp`)."""
+    """A :class:`gateway.core.media.keying.StreamKeys`: each leg's SRTP keys (None: plain RTP on
+    that leg), its separate SRTCP keys if it has them, and the block flag of both directions;
+    the worker builds the sessions (:class:`gateway.core.media.keying.StreamSrtp`)."""
 
     stream: int
     blocked: bool
     a: SrtpKeys | None
     b: SrtpKeys | None
+    a_separate_rtcp: bool
+    a_rtcp: SrtpKeys | None
+    b_separate_rtcp: bool
+    b_rtcp: SrtpKeys | None
 
 
 @attrs.frozen
 class SetDtls:
-    """Hand DTLS datagrams arriving on ``side``'s RTP socket to the SIP process (or stop)."""
+    """Hand datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) arriving on ``side``'s RTP
+    socket (``rtcp``: its RTCP socket) to the SIP process (or stop)."""
 
     stream: int
     side: str
+    rtcp: bool
     enabled: bool
 
 
 @attrs.frozen
 class SendDatagram:
-    """``StreamSide.send``: a DTLS datagram out of ``side``'s RTP socket."""
+    """``StreamSide.send``: a key exchange's datagram out of ``side``'s RTP socket (``rtcp``:
+    its RTCP socket)."""
 
     stream: int
     side: str
+    rtcp: bool
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
 
 
@@ -147,10 +156,12 @@ class PairsReady:
 
 @attrs.frozen
 class Datagram:
-    """A DTLS datagram from ``side``'s peer at ``source`` (the relay's non-RTP handler)."""
+    """A datagram that is not RTP/RTCP from ``side``'s peer at ``source``, on its RTP socket
+    (``rtcp``: its RTCP socket): the relay's non-RTP handler."""
 
     stream: int
     side: str
+    rtcp: bool
     source: tuple[str, int] | None
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
 
@@ -359,13 +370,13 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     1: (Open, (_STREAM, _PORT, _PORT)),
     2: (SetRemote, (_STREAM, _SIDE, _ADDRESS, _ADDRESS, _BOOL)),
     3: (SetBlocked, (_STREAM, _DIRECTION, _BOOL)),
-    4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS)),
-    5: (SetDtls, (_STREAM, _SIDE, _BOOL)),
-    6: (SendDatagram, (_STREAM, _SIDE, _BYTES)),
+    4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS, _BOOL, _KEYS, _BOOL, _KEYS)),
+    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL)),
+    6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES)),
     7: (Close, (_STREAM,)),
     8: (Ping, (_STREAM,)),
     20: (PairsReady, ((_put_ports, _get_ports),)),
-    21: (Datagram, (_STREAM, _SIDE, _ADDRESS, _BYTES)),
+    21: (Datagram, (_STREAM, _SIDE, _BOOL, _ADDRESS, _BYTES)),
     22: (Stats, (_STREAM, _SECONDS, _STATS, _STATS, _SRTP, _SRTP)),
     23: (StreamFailed, (_STREAM, _STR)),
     24: (Pong, (_STREAM,)),

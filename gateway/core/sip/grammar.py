@@ -13,15 +13,24 @@ Linear white space: header values handed to this module have normally been unfol
 (RFC 3261 §7.3.1); :func:`unfold` is applied again on entry so that hand-built values with folding
 are accepted too. After unfolding, LWS is SP or HTAB.
 
+Memoized parsing: a message's From, To, Via and CSeq values are parsed by the parser's checks,
+then again by every layer that reads them (transactions, dialogs, the B2BUA). The values are
+frozen, so each ``parse_*_untrusted`` below keeps its most recent results in a bounded LRU cache
+keyed by the text (:data:`PARSE_CACHE_ENTRIES` values each, only for texts up to
+:data:`PARSE_CACHE_MAX_TEXT` characters, so a peer sending long values cannot make it hold more
+than a few MB). Failures are not cached: a bad value raises the same error every time.
+
 This module does not depend on :mod:`gateway.core.sip.message` (which imports it).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import string
-from typing import NoReturn
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.headers import CSeq, NameAddr, Via
@@ -43,6 +52,29 @@ __all__ = [
     "unfold",
     "unquote",
 ]
+
+PARSE_CACHE_ENTRIES = 1024
+"""Results each memoized parser keeps: the values a transaction reads again arrive within
+milliseconds, and every entry is an object the cyclic garbage collector walks, so no more."""
+PARSE_CACHE_MAX_TEXT = 512
+"""Longer texts are parsed every time and never held by a cache."""
+
+_T = TypeVar("_T")
+
+
+def _memoized(parse: Callable[[str], _T]) -> Callable[[str], _T]:
+    """``parse`` with a bounded LRU cache for short texts (see the module docstring)."""
+    cached = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(parse)
+
+    def parse_memoized(text: str) -> _T:
+        if len(text) > PARSE_CACHE_MAX_TEXT:
+            return parse(text)
+        return cached(text)
+
+    parse_memoized.__doc__ = parse.__doc__
+    parse_memoized.__name__ = parse.__name__
+    return parse_memoized
+
 
 # RFC 3261 §25.1 character classes.
 _ALPHA = frozenset(string.ascii_letters)
@@ -296,6 +328,7 @@ def _port(cur: _Cursor) -> int:
 # --- URIs ------------------------------------------------------------------------------------
 
 
+@_memoized
 def parse_uri_untrusted(text: str) -> Uri:
     """Parse a SIP/SIPS (RFC 3261 §19.1), TEL (RFC 3966) or other absolute URI.
 
@@ -413,6 +446,7 @@ def _tel_uri(text: str, start: int) -> TelUri:
 # --- Via -------------------------------------------------------------------------------------
 
 
+@_memoized
 def parse_via_untrusted(text: str) -> Via:
     """Parse one via-parm (RFC 3261 §20.42, §25.1; RFC 3581 rport).
 
@@ -482,6 +516,7 @@ def _check_via_param(cur: _Cursor, name: str, value: str | None) -> None:
 # --- name-addr -------------------------------------------------------------------------------
 
 
+@_memoized
 def parse_name_addr_untrusted(text: str) -> NameAddr:
     """Parse ``(name-addr / addr-spec) *(SEMI generic-param)`` (RFC 3261 §20.10, §25.1).
 
@@ -558,6 +593,7 @@ def _uri_in(cur: _Cursor, text: str) -> Uri:
 # --- scalars ---------------------------------------------------------------------------------
 
 
+@_memoized
 def parse_cseq_untrusted(text: str) -> CSeq:
     """Parse CSeq = 1*DIGIT LWS Method (RFC 3261 §20.16); the number must be below 2**31."""
     cur = _Cursor(unfold(text), "CSeq")

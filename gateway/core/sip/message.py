@@ -23,33 +23,62 @@ from gateway.core.sip.uri import Uri
 SIP_VERSION = "SIP/2.0"
 
 
+# Header names as code spells them ("Call-ID", "call-id", "i") -> the lower-case canonical name
+# a lookup compares with. Bounded: a name taken from the network is looked up, never kept past it.
+_LOOKUP_KEYS: dict[str, str] = {}
+_LOOKUP_KEYS_MAX = 1024
+
+
+def _lookup_key(name: str) -> str:
+    key = _LOOKUP_KEYS.get(name)
+    if key is None:
+        key = canonical_name(name).lower()
+        if len(_LOOKUP_KEYS) < _LOOKUP_KEYS_MAX:
+            _LOOKUP_KEYS[name] = key
+    return key
+
+
 @attrs.frozen
 class Headers:
     """Ordered, case-insensitive, multi-valued header fields."""
 
     fields: tuple[tuple[str, str], ...] = ()
+    # The lower-case field names, made on the first lookup: a message is read many times.
+    _lowered: tuple[str, ...] | None = attrs.field(
+        default=None, init=False, repr=False, eq=False, hash=False
+    )
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
         return cls(tuple((canonical_name(n), v) for n, v in pairs))
 
+    def _names(self) -> tuple[str, ...]:
+        lowered = self._lowered
+        if lowered is None:
+            lowered = tuple(n.lower() for n, _ in self.fields)
+            object.__setattr__(self, "_lowered", lowered)
+        return lowered
+
     def get(self, name: str) -> str | None:
         """First value of ``name``, or None."""
-        key = canonical_name(name).lower()
-        for n, v in self.fields:
-            if n.lower() == key:
-                return v
-        return None
+        names = self._names()
+        key = _lookup_key(name)
+        if key not in names:
+            return None
+        return self.fields[names.index(key)][1]
 
     def get_all(self, name: str) -> tuple[str, ...]:
-        key = canonical_name(name).lower()
-        return tuple(v for n, v in self.fields if n.lower() == key)
+        names = self._names()
+        key = _lookup_key(name)
+        if key not in names:
+            return ()
+        return tuple(v for (_, v), n in zip(self.fields, names, strict=True) if n == key)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
     def count(self, name: str) -> int:
-        return len(self.get_all(name))
+        return self._names().count(_lookup_key(name))
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.fields)

@@ -200,9 +200,7 @@ def _headers(lines: list[str], max_headers: int) -> Headers:
         name = name.rstrip(" \t")
         if not colon:
             raise SipParseError("header line without ':'")
-        if not is_token(name):
-            raise SipParseError("invalid header field name")
-        cname = canonical_name(name)
+        cname = _header_name(name)
         value = value.strip(" \t")
         if cname in LIST_HEADERS and value:
             try:
@@ -216,6 +214,24 @@ def _headers(lines: list[str], max_headers: int) -> Headers:
         if len(fields) > max_headers:
             raise MessageTooLarge("too many header fields")
     return Headers(tuple(fields))
+
+
+# Header field names seen before -> their canonical form: the same two dozen names arrive in every
+# message. Bounded, so names a peer makes up are checked every time but never pile up.
+_HEADER_NAMES: dict[str, str] = {}
+_HEADER_NAMES_MAX = 512
+
+
+def _header_name(name: str) -> str:
+    """The canonical name of a header field name from the wire; SipParseError unless a token."""
+    cname = _HEADER_NAMES.get(name)
+    if cname is None:
+        if not is_token(name):
+            raise SipParseError("invalid header field name")
+        cname = canonical_name(name)
+        if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
+            _HEADER_NAMES[name] = cname
+    return cname
 
 
 def _unfold_lines(lines: list[str], *, strict: bool) -> list[str]:

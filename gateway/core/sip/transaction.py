@@ -509,6 +509,20 @@ class Transaction:
     that tests can drive every (state, input) pair.
     """
 
+    # Slots: a transaction outlives its call by up to 64*T1 (Timers J, L, M) and the cyclic GC
+    # walks every live one on each full collection; a __dict__ each would double that work.
+    __slots__ = (
+        "_deadlines",
+        "_intervals",
+        "_zero_timers",
+        "key",
+        "peer",
+        "reliable",
+        "request",
+        "state",
+        "timers",
+    )
+
     TABLE: ClassVar[_Table]
     INITIAL_STATE: ClassVar[State]
     STATE_TIMERS: ClassVar[Mapping[State, frozenset[Input]]]
@@ -652,6 +666,8 @@ class Transaction:
 class ClientTransaction(Transaction):
     """The client side: sends the request, passes responses up (RFC 3261 §17.1)."""
 
+    __slots__ = ("_ack",)
+
     def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
         super().__init__(request, peer=peer, timers=timers)
         self._ack: Request | None = None
@@ -713,6 +729,8 @@ class ClientTransaction(Transaction):
 class ClientInviteTransaction(ClientTransaction):
     """INVITE client transaction (RFC 3261 §17.1.1 as amended by RFC 6026)."""
 
+    __slots__ = ()
+
     TABLE = _CLIENT_INVITE
     INITIAL_STATE = State.CALLING
     STATE_TIMERS = {
@@ -736,6 +754,8 @@ class ClientInviteTransaction(ClientTransaction):
 class ClientNonInviteTransaction(ClientTransaction):
     """Non-INVITE client transaction (RFC 3261 §17.1.2)."""
 
+    __slots__ = ()
+
     TABLE = _CLIENT_NON_INVITE
     INITIAL_STATE = State.TRYING
     STATE_TIMERS = {
@@ -756,6 +776,8 @@ class ClientNonInviteTransaction(ClientTransaction):
 
 class ServerTransaction(Transaction):
     """The server side: passes the request up, sends the TU's responses (RFC 3261 §17.2)."""
+
+    __slots__ = ("_last_response",)
 
     def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
         super().__init__(request, peer=peer, timers=timers)
@@ -816,6 +838,8 @@ class ServerTransaction(Transaction):
 class ServerInviteTransaction(ServerTransaction):
     """INVITE server transaction (RFC 3261 §17.2.1 as amended by RFC 6026)."""
 
+    __slots__ = ()
+
     TABLE = _SERVER_INVITE
     INITIAL_STATE = State.PROCEEDING
     STATE_TIMERS = {
@@ -856,6 +880,8 @@ class ServerInviteTransaction(ServerTransaction):
 
 class ServerNonInviteTransaction(ServerTransaction):
     """Non-INVITE server transaction (RFC 3261 §17.2.2), CANCEL included (§9.2)."""
+
+    __slots__ = ()
 
     TABLE = _SERVER_NON_INVITE
     INITIAL_STATE = State.TRYING

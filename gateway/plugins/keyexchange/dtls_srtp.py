@@ -672,6 +672,8 @@ class _Association:
         self.failure: NegotiationFailed | None = None
         self.peer_certificate_sha256: str | None = None
         self.statistics = DtlsStatistics()
+        self.rtcp_component: DtlsNegotiation | None = None
+        """The separate RTCP port's negotiation of this stream, once asked for."""
         self._fingerprint_mismatch = False
         self._started = False
         self._deadline: float | None = None
@@ -1120,24 +1122,31 @@ class DtlsNegotiation:
 
     # -- separate RTCP (no rtcp-mux) ------------------------------------------------------------
 
-    def rtcp_component(self) -> DtlsNegotiation:
-        """A second negotiation for the stream's separate RTCP port, when rtcp-mux was not
-        agreed: RFC 5764 §4.1 runs a DTLS handshake on each port, with the same SDP roles and
+    def rtcp_component(self) -> DtlsNegotiation | None:
+        """The negotiation for the stream's separate RTCP port, when rtcp-mux was not agreed:
+        RFC 5764 §4.1 runs a DTLS handshake on each port, with the same SDP roles and
         certificates, and keys SRTCP on that port from that handshake. It has no SDP attributes
-        of its own. Raises :class:`LocalDtlsError` before our role is known."""
+        of its own. None while our role is not known yet (our offer waits for its answer) and
+        after a failure.
+
+        The component belongs to the association: a re-offer that keeps the association (RFC
+        8842 §5) returns the same component, so the RTCP port is not handshaken again; a new
+        association gets a new one."""
         association = self._association
         if association is None or self._phase is _Phase.FAILED:
-            raise LocalDtlsError("the RTCP component needs the stream's DTLS role: call it later")
-        component = DtlsNegotiation(
-            self.role,
-            self._settings,
-            _Phase.HANDSHAKING,
-            self._setup,
-            self._tls_id,
-            signalling_protected=self.signalling_protected,
-        )
-        component._association = self._new_association(association.role, association.peer)
-        return component
+            return None
+        if association.rtcp_component is None:
+            component = DtlsNegotiation(
+                self.role,
+                self._settings,
+                _Phase.HANDSHAKING,
+                self._setup,
+                self._tls_id,
+                signalling_protected=self.signalling_protected,
+            )
+            component._association = self._new_association(association.role, association.peer)
+            association.rtcp_component = component
+        return association.rtcp_component
 
     # -- internals ------------------------------------------------------------------------------
 

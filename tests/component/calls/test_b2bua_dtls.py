@@ -1,129 +1,184 @@
-"""A DTLS-SRTP caller through the B2BUA to a plain-RTP callee (issue #6): signalling on the
-in-memory network, the DTLS handshake on real 127.0.0.1 sockets between the gateway's relay and
-an in-process phone built from the same engine, in virtual time. Keys come from the handshake and
-the call goes on; a wrong fingerprint ends the answered call with BYE, Reason cause 488 and the
-stated reason on both legs."""
+"""DTLS-SRTP through the B2BUA (issue #6): signalling on the in-memory network, handshakes on
+real 127.0.0.1 sockets between the gateway's relay and in-process phones built from the same
+engine, in virtual time.
+
+- a DTLS caller gets keys from the handshake and the call goes on;
+- a wrong fingerprint, and a handshake that never completes, end the answered call with BYE,
+  Reason cause 488 and the stated reason on both legs;
+- a re-INVITE that keeps the association keeps the keys (no new handshake, RFC 8842 §5); one
+  with a new tls-id runs a new handshake and the leg is re-keyed;
+- a B leg we offer DTLS to (the account's policy is ``dtls``) and one of two forked B legs.
+"""
 
 from __future__ import annotations
 
-import datetime
-import math
-import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
+import pytest
 import trio
 
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
-from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
+from gateway.core.ids import SeededIds
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.handshakes import INTERNAL_ERROR_REASON
+from gateway.core.sdp.model import MediaDescription, SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.plugins.keyexchange.dtls_certificates import generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
     FINGERPRINT_MISMATCH_REASON,
+    HANDSHAKE_TIMEOUT_REASON,
     DtlsKeyExchange,
     DtlsNegotiation,
 )
-from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from gateway.testing.network import Address
+from gateway.testing.sip_agent import Call, SipAgent
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    ALICE_PASSWORD,
+    GW,
+    B2bua,
+    eventually,
+    start_b2bua,
+)
+from tests.component.calls.dtls_phone import (
+    PHONE_ID,
+    PHONE_PORT,
+    Phone,
+    bind,
+    dtls_sdp,
+    wrong_fingerprint,
+)
 
-PHONE_PORT = 44500  # a real socket, outside the relay's MEDIA_PORTS
-NOW = datetime.datetime.now(datetime.UTC)
-PHONE_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
-OTHER_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
+ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
 
 
-def dtls_offer(negotiation: DtlsNegotiation, fingerprint: str | None = None) -> bytes:
-    ours = dict(negotiation.local_sdp_attributes())
-    return (
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        f"m=audio {PHONE_PORT} UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
-        f"a=fingerprint:{fingerprint or ours['fingerprint']}\r\n"
-        f"a=setup:{ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
-    ).encode()
+def pairs(sd: SessionDescription, media: MediaDescription) -> list[tuple[str, str | None]]:
+    """The media-level then the session-level attributes, as key exchanges read them."""
+    return [(a[0], a[1]) for a in media.attributes] + [(a[0], a[1]) for a in sd.attributes]
+
+
+def mirrored(keys: SrtpKeys) -> SrtpKeys:
+    """The keys as the other end of the association holds them."""
+    return attrs.evolve(keys, local_key=keys.remote_key, remote_key=keys.local_key)
 
 
 @attrs.define
-class Phone:
-    negotiation: DtlsNegotiation
-    sock: trio.socket.SocketType
-    gateway: tuple[str, int]
-    keys: SrtpKeys | None = None
-    failure: str | None = None
-    media: list[bytes] = attrs.Factory(list)
-    keyed: trio.Event = attrs.Factory(trio.Event)
-
-    async def run(self) -> None:
-        with self.sock:  # closed when the test's nursery is cancelled
-            await self._loop()
-
-    async def _loop(self) -> None:
-        while True:
-            now = trio.current_time()
-            for datagram in self.negotiation.packets_to_send(now=now):
-                await self.sock.sendto(datagram, self.gateway)
-            while (event := self.negotiation.next_event()) is not None:
-                if isinstance(event, KeysReady):
-                    self.keys = event.keys
-                    self.keyed.set()
-                elif isinstance(event, NegotiationFailed):
-                    self.failure = event.reason
-            timer = self.negotiation.get_timer()
-            with trio.move_on_at(math.inf if timer is None else timer):
-                data, _ = await self.sock.recvfrom(2048)
-                if data and self.negotiation.claims_packet(data[0], data):
-                    self.negotiation.receive_packet(data, now=trio.current_time())
-                else:
-                    self.media.append(data)
-                continue
-            self.negotiation.handle_timer(now=trio.current_time())
+class DtlsCaller:
+    env: B2bua
+    exchange: DtlsKeyExchange
+    phone: Phone
+    call: Call
+    answered_at: float
+    answer: MediaDescription
+    """The gateway's answer to the phone (a=fingerprint, a=setup, a=tls-id)."""
 
 
-async def call_with(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, *, wrong_fingerprint: bool
-) -> tuple[B2bua, Phone]:
-    env = await start_b2bua(nursery, tmp_path, seed, plugins=[("dtls", dtls_plugin)])
-    phone_exchange = DtlsKeyExchange(identity=lambda: PHONE_ID)
-    negotiation = phone_exchange.offer(suites=[], secure_signalling=False)
-    wrong = None
-    if wrong_fingerprint:
-        wrong = "sha-256 " + ":".join(f"{b:02X}" for b in OTHER_ID.digest("sha-256"))
-    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=dtls_offer(negotiation, wrong))
+async def dtls_caller(
+    nursery: trio.Nursery,
+    env: B2bua,
+    *,
+    fingerprint: str | None = None,
+    run_phone: bool = True,
+) -> DtlsCaller:
+    """The trunk calls alice from a DTLS phone; the call is answered (alice answers at once)."""
+    exchange = DtlsKeyExchange(identity=lambda: PHONE_ID)
+    negotiation = exchange.offer(suites=[], secure_signalling=False)
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, fingerprint=fingerprint)
+    )
     final = await call.final()
     assert final.status == 200, final.reason
+    answered_at = trio.current_time()
     answer = parse_sdp_untrusted(final.body)
     media = answer.media[0]
     assert media.proto == "UDP/TLS/RTP/SAVP"
     assert media.attributes.get("setup") == "active"
-    negotiation.remote_sdp_attributes([(a[0], a[1]) for a in media.attributes])
+    negotiation.remote_sdp_attributes(pairs(answer, media))
     # The callee got plain RTP and none of the caller's DTLS attributes.
     leg_b = await env.alice.next_call()
     assert leg_b.incoming is not None
     offer_b = leg_b.incoming.request.body
     assert b"RTP/AVP" in offer_b
     assert b"fingerprint" not in offer_b and b"setup" not in offer_b and b"SAVP" not in offer_b
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    await sock.bind(("127.0.0.1", PHONE_PORT))
-    phone = Phone(negotiation, sock, ("127.0.0.1", media.port))
+    phone = Phone(negotiation, await bind(), ("127.0.0.1", media.port))
+    if run_phone:
+        nursery.start_soon(phone.run)
+    return DtlsCaller(env, exchange, phone, call, answered_at, media)
+
+
+async def with_dtls(nursery: trio.Nursery, tmp_path: Path, seed: int, **kwargs: object) -> B2bua:
+    return await start_b2bua(
+        nursery,
+        tmp_path,
+        seed,
+        plugins=[("dtls", dtls_plugin)],
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def a_leg_keys(env: B2bua) -> SrtpKeys | None:
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.a.security is not None
+    return gateway_call.a.security.keys(0)
+
+
+async def phones(
+    nursery: trio.Nursery, negotiation: DtlsNegotiation, port: int, gateway_port: int
+) -> tuple[Phone, Phone]:
+    """A callee's DTLS phone on ``port`` and the handshake of its RTCP port on ``port`` + 1,
+    both running, towards the gateway's RTP and RTCP ports (RFC 3605 default: RTP + 1)."""
+    rtcp = negotiation.rtcp_component()
+    assert rtcp is not None  # the answerer knows its role at once
+    phone = Phone(negotiation, await bind(port), ("127.0.0.1", gateway_port))
+    rtcp_phone = Phone(rtcp, await bind(port + 1), ("127.0.0.1", gateway_port + 1))
     nursery.start_soon(phone.run)
-    return env, phone
+    nursery.start_soon(rtcp_phone.run)
+    return phone, rtcp_phone
+
+
+async def assert_b_leg_keyed(env: B2bua, phone: Phone, rtcp_phone: Phone) -> None:
+    """The answering B leg holds the keys of both its handshakes, mirrored."""
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.keys is not None and rtcp_phone.keys is not None
+    assert phone.failure is None and rtcp_phone.failure is None
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.b.security if gateway_call.b is not None else None
+    assert security is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    assert security.keys(0) == mirrored(phone.keys)
+    assert security.rtcp_keys(0) == mirrored(rtcp_phone.keys)
+
+
+def assert_ended_with(reason: str, byes: Sequence[object]) -> None:
+    for bye in byes:
+        header = bye.request.headers.get("Reason") or ""  # type: ignore[attr-defined]
+        assert "cause=488" in header
+        assert reason in header
 
 
 async def test_a_dtls_caller_gets_keys_from_the_handshake_and_the_call_goes_on(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    env, phone = await call_with(nursery, tmp_path, voipgw_seed, wrong_fingerprint=False)
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env)
+    phone = caller.phone
     with trio.fail_after(30):
         await phone.keyed.wait()
-    assert phone.failure is None
+    assert phone.failure is None and phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) is not None)
+    assert a_leg_keys(env) == mirrored(phone.keys)
     assert env.gateway.calls is not None
     (gateway_call,) = env.gateway.calls.calls
-    await eventually(lambda: gateway_call.a.security.keys(0) is not None)
-    assert gateway_call.a.security.keys(0) == attrs.evolve(
-        phone.keys, local_key=phone.keys.remote_key, remote_key=phone.keys.local_key
-    )
     record = gateway_call.security_record()["a"]["streams"][0]
     assert record["key_exchange"] == "dtls"
     assert record["peer_certificate_sha256"] == PHONE_ID.sha256_hex()
+    assert "rtcp_port_keyed" not in record  # rtcp-mux: SRTCP shares the RTP port's keys
     # Still up well after the handshake timeout would have struck.
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == []
@@ -132,12 +187,183 @@ async def test_a_dtls_caller_gets_keys_from_the_handshake_and_the_call_goes_on(
 async def test_a_wrong_fingerprint_ends_the_call_with_the_reason_and_no_media(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    env, phone = await call_with(nursery, tmp_path, voipgw_seed, wrong_fingerprint=True)
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env, fingerprint=wrong_fingerprint())
     bye_a = await env.trunk.next_request("BYE", timeout=30)
     bye_b = await env.alice.next_request("BYE", timeout=5)
-    for bye in (bye_a, bye_b):
-        reason = bye.request.headers.get("Reason") or ""
-        assert "cause=488" in reason
-        assert FINGERPRINT_MISMATCH_REASON in reason
-    assert phone.keys is None
-    assert phone.media == []
+    assert_ended_with(FINGERPRINT_MISMATCH_REASON, [bye_a, bye_b])
+    assert caller.phone.keys is None
+    assert caller.phone.media == []
+
+
+async def test_a_handshake_that_never_completes_ends_the_call_after_the_timeout(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    # The phone's socket is there but nobody answers the gateway's ClientHello.
+    caller = await dtls_caller(nursery, env, run_phone=False)
+    with caller.phone.sock:
+        bye_a = await env.trunk.next_request("BYE", timeout=DEFAULT_HANDSHAKE_TIMEOUT + 10)
+        bye_b = await env.alice.next_request("BYE", timeout=5)
+    assert_ended_with(HANDSHAKE_TIMEOUT_REASON, [bye_a, bye_b])
+    # The timer runs from the answer (when our DTLS role became known), not from the INVITE.
+    waited = bye_a.at - caller.answered_at
+    assert DEFAULT_HANDSHAKE_TIMEOUT <= waited < DEFAULT_HANDSHAKE_TIMEOUT + 2
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_re_invites_keep_the_association_or_rekey_with_a_new_tls_id(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    caller = await dtls_caller(nursery, env)
+    phone = caller.phone
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    await eventually(lambda: a_leg_keys(env) is not None)
+    first_keys = a_leg_keys(env)
+    handshake_datagrams = phone.dtls_received
+
+    # Same tls-id and fingerprint (the phone keeps its role): RFC 8842 §5, no new handshake.
+    kept = caller.exchange.offer(suites=[], secure_signalling=False, previous=phone.negotiation)
+    ok = await caller.call.reinvite(dtls_sdp(kept))
+    assert ok.status == 200
+    answer = parse_sdp_untrusted(ok.body)
+    media = answer.media[0]
+    for name in ("fingerprint", "tls-id"):
+        assert media.attributes.get(name) == caller.answer.attributes.get(name)
+    assert media.attributes.get("setup") == "active"  # our role stays client
+    kept.remote_sdp_attributes(pairs(answer, media))
+    phone.negotiation = kept
+    await trio.sleep(5)
+    assert phone.dtls_received == handshake_datagrams
+    assert a_leg_keys(env) == first_keys
+
+    # A new tls-id (and a=setup:actpass): a new association, a new handshake, new keys.
+    fresh = caller.exchange.offer(
+        suites=[], secure_signalling=False, previous=phone.negotiation, rekey=True
+    )
+    phone.negotiation = fresh
+    ok = await caller.call.reinvite(dtls_sdp(fresh))
+    assert ok.status == 200
+    answer = parse_sdp_untrusted(ok.body)
+    media = answer.media[0]
+    assert media.attributes.get("tls-id") != caller.answer.attributes.get("tls-id")
+    fresh.remote_sdp_attributes(pairs(answer, media))
+    await eventually(lambda: phone.keys is not None and phone.keys != mirrored(first_keys))
+    assert phone.keys is not None
+    await eventually(lambda: a_leg_keys(env) == mirrored(phone.keys))
+    assert phone.dtls_received > handshake_datagrams
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_callee_whose_policy_is_dtls_is_offered_dtls_and_keyed_by_its_handshake(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_dtls(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))  # plain RTP from the trunk
+    leg_b = await env.alice.next_call()
+    offer = parse_sdp_untrusted(leg_b.invite.body)
+    offered = offer.media[0]
+    # Our offer (RFC 5763 §5): UDP/TLS/RTP/SAVP, a=setup:actpass, our fingerprint, no a=crypto.
+    assert offered.proto == "UDP/TLS/RTP/SAVP"
+    assert offered.attributes.get("setup") == "actpass"
+    assert offered.attributes.has("fingerprint") and offered.attributes.has("tls-id")
+    assert not offered.crypto
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        pairs(offer, offered), suites=[], secure_signalling=False
+    )
+    assert negotiation is not None and negotiation.dtls_role == "client"
+    # The trunk offered no rtcp-mux, so neither do we (RFC 5761 §5.1.1): the RTCP ports run
+    # a handshake of their own (RFC 5764 §4.1).
+    assert not offered.rtcp_mux
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, offered.port)
+    await leg_b.answer(200, sdp=dtls_sdp(negotiation, rtcp_mux=False))
+    final = await call.final()
+    assert final.status == 200
+    trunk_media = parse_sdp_untrusted(final.body).media[0]
+    assert trunk_media.proto == "RTP/AVP" and not trunk_media.attributes.has("fingerprint")
+
+    await assert_b_leg_keyed(env, phone, rtcp_phone)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    record = gateway_call.security_record()["b"]["streams"][0]
+    assert record["key_exchange"] == "dtls" and record["dtls_role"] == "server"
+    assert record["rtcp_port_keyed"] is True
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_of_two_forked_dtls_callees_the_one_that_answers_is_keyed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_dtls(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    alice2 = SipAgent(
+        env.network,
+        ALICE2,
+        ids=SeededIds(voipgw_seed + 3),
+        user="alice",
+        password=ALICE_PASSWORD,
+        proxy=GW,
+        auto=None,
+        media_port=30010,
+    )
+    await nursery.start(alice2.serve)
+    assert (await alice2.register()).status == 200
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg1 = await env.alice.next_call()
+    leg2 = await alice2.next_call()
+    offers = [parse_sdp_untrusted(leg.invite.body) for leg in (leg1, leg2)]
+    # Each fork is a leg of its own with a DTLS offer of its own (RFC 8842: its own tls-id).
+    tls_ids = {sd.media[0].attributes.get("tls-id") for sd in offers}
+    assert len(tls_ids) == 2 and None not in tls_ids
+
+    # The first phone rings, the second answers; the first is CANCELled (RFC 3261 §9.1: once
+    # it has sent a provisional response) and never shakes hands.
+    await leg1.ring()
+    offer = offers[1]
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        pairs(offer, offer.media[0]), suites=[], secure_signalling=False
+    )
+    assert negotiation is not None
+    port = PHONE_PORT + 2
+    phone, rtcp_phone = await phones(nursery, negotiation, port, offer.media[0].port)
+    await leg2.answer(200, sdp=dtls_sdp(negotiation, port=port, rtcp_mux=False))
+    assert (await call.final()).status == 200
+    await env.alice.next_request("CANCEL", timeout=5)
+    await assert_b_leg_keyed(env, phone, rtcp_phone)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and alice2.requests("BYE") == []
+
+
+async def test_a_key_exchange_that_raises_ends_only_its_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bug in a key-exchange engine, set off by a datagram from the network: the gateway's
+    # negotiations (it answers the phone's offer) raise on every datagram; the phone's do not.
+    original = DtlsNegotiation.receive_packet
+
+    def buggy(self: DtlsNegotiation, packet: bytes, *, now: float) -> None:
+        if self.role == "answerer":
+            raise RuntimeError("engine bug")
+        original(self, packet, now=now)
+
+    monkeypatch.setattr(DtlsNegotiation, "receive_packet", buggy)
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    await dtls_caller(nursery, env)
+    bye_a = await env.trunk.next_request("BYE", timeout=30)
+    bye_b = await env.alice.next_request("BYE", timeout=5)
+    assert_ended_with(INTERNAL_ERROR_REASON, [bye_a, bye_b])
+    await eventually(lambda: env.calls == 0)
+    # The gateway goes on: the next call is answered.
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final()).status == 200

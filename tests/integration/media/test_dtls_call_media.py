@@ -49,23 +49,32 @@ def exchange(identity: object) -> DtlsKeyExchange:
     return DtlsKeyExchange(identity=lambda: identity, random_bytes=lambda n: b"\x05" * n)  # type: ignore[arg-type,return-value]
 
 
-def dtls_offer(negotiation: DtlsNegotiation, *, fingerprint: str | None = None) -> bytes:
+def dtls_offer(
+    negotiation: DtlsNegotiation, *, fingerprint: str | None = None, rtcp_mux: bool = True
+) -> bytes:
     """The phone's offer: a=fingerprint at session level (RFC 8122 §5 allows it), the rest in
     the m= section; ``fingerprint`` replaces the true one."""
     ours = dict(negotiation.local_sdp_attributes())
+    mux = "a=rtcp-mux\r\n" if rtcp_mux else ""
     return (
         f"v=0\r\no=- 1 1 IN IP4 {ADDRESS}\r\ns=-\r\nc=IN IP4 {ADDRESS}\r\nt=0 0\r\n"
         f"a=fingerprint:{fingerprint or ours['fingerprint']}\r\n"
-        f"m=audio {A_PHONE} UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
+        f"m=audio {A_PHONE} UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{mux}"
         f"a=setup:{ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
     ).encode()
 
 
-def rtp_answer() -> bytes:
+def rtp_answer(*, rtcp_mux: bool = True) -> bytes:
+    mux = "a=rtcp-mux\r\n" if rtcp_mux else ""
     return (
         f"v=0\r\no=- 2 1 IN IP4 {ADDRESS}\r\ns=-\r\nc=IN IP4 {ADDRESS}\r\nt=0 0\r\n"
-        f"m=audio {B_PHONE} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
+        f"m=audio {B_PHONE} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n{mux}"
     ).encode()
+
+
+def receiver_report(ssrc: int) -> bytes:
+    """RTCP RR without report blocks (RFC 3550 §6.4.2)."""
+    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
 
 
 @pytest.fixture
@@ -106,7 +115,9 @@ class Call:
         )
 
 
-def set_up(relay: MediaRelay, phone: DtlsNegotiation, offer: bytes) -> Call:
+def set_up(
+    relay: MediaRelay, phone: DtlsNegotiation, offer: bytes, *, rtcp_mux: bool = True
+) -> Call:
     session = MediaSession(relay, media_address=ADDRESS)
     a = LegSecurity(
         side="a",
@@ -130,7 +141,7 @@ def set_up(relay: MediaRelay, phone: DtlsNegotiation, offer: bytes) -> Call:
     offer_b = b.make_offer(session.offer_from("a", plain))
     assert offer_b.media[0].proto == "RTP/AVP"
     answer_a = a.make_answer(
-        session.answer_from("b", b.take_answer(parse_sdp_untrusted(rtp_answer())))
+        session.answer_from("b", b.take_answer(parse_sdp_untrusted(rtp_answer(rtcp_mux=rtcp_mux))))
     )
     session.settle()
     media = answer_a.media[0]
@@ -209,7 +220,8 @@ async def test_dtls_leg_relays_media_after_the_handshake_and_nothing_before(
             assert call.session.streams[0].b_to_a.statistics().dropped_blocked == 1
             assert call.a.expects_srtp(0) and call.a.keys(0) is None
 
-            nursery.start_soon(call.handshakes().run)
+            handshakes = call.handshakes()
+            nursery.start_soon(handshakes.run)
             nursery.start_soon(phone.run)
             # Mid-handshake (the gateway's ClientHello reached the phone): still nothing.
             with trio.fail_after(5):
@@ -234,6 +246,15 @@ async def test_dtls_leg_relays_media_after_the_handshake_and_nothing_before(
             with trio.fail_after(5):
                 plain, _ = await b_sock.recvfrom(2048)
             assert plain == rtp(4)
+            # A STUN or ZRTP datagram (RFC 7983: 0..3, 16..19) is not DTLS's: counted, not
+            # relayed, not fed to the DTLS engine.
+            await a_sock.sendto(b"\x10" + bytes(20), (ADDRESS, call.a_port))
+            await a_sock.sendto(b"\x00\x01" + bytes(18), (ADDRESS, call.a_port))
+            with trio.fail_after(5):
+                while handshakes.unclaimed < 2:
+                    await trio.sleep(0.01)
+            assert await receive(b_sock, 0.1) is None
+            assert call.a.media_path_streams()[0].negotiation.state == "established"  # type: ignore[union-attr]
 
             record = call.a.record()["streams"][0]
             assert record["key_exchange"] == "dtls"
@@ -268,6 +289,79 @@ async def test_wrong_fingerprint_fails_the_call_and_no_media_flows(relay: MediaR
             await a_sock.sendto(rtp(5), (ADDRESS, call.a_port))
             assert await receive(b_sock, 0.3) is None
             assert phone.rtp_received == []
+            nursery.cancel_scope.cancel()
+        call.keying.close()
+        call.session.close()
+
+
+async def test_separate_rtcp_port_runs_its_own_handshake_and_keys_srtcp(
+    relay: MediaRelay,
+) -> None:
+    """RFC 5764 §4.1: without rtcp-mux the RTCP port has a DTLS association of its own, and
+    SRTCP there is keyed from it. Until it is done, RTCP is dropped both ways."""
+    phone_negotiation = exchange(PHONE_ID).offer(suites=[], secure_signalling=False)
+    offer = dtls_offer(phone_negotiation, rtcp_mux=False)
+    call = set_up(relay, phone_negotiation, offer, rtcp_mux=False)
+    assert not call.session.streams[0].a.rtcp_mux
+    phone_rtcp = phone_negotiation.rtcp_component()
+    assert phone_rtcp is not None
+    sockets = [udp(port) for port in (A_PHONE, A_PHONE + 1, B_PHONE, B_PHONE + 1)]
+    a_rtp, a_rtcp, b_rtp, b_rtcp = sockets
+    with a_rtp, a_rtcp, b_rtp, b_rtcp:
+        for sock, port in zip(sockets, (A_PHONE, A_PHONE + 1, B_PHONE, B_PHONE + 1), strict=True):
+            await sock.bind((ADDRESS, port))
+        gateway_a_rtcp = (ADDRESS, call.a_port + 1)
+        gateway_b_rtcp = (ADDRESS, call.b_port + 1)
+        phone = Phone(phone_negotiation, a_rtp, (ADDRESS, call.a_port))
+        rtcp_phone = Phone(phone_rtcp, a_rtcp, gateway_a_rtcp)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call.handshakes().run)
+            nursery.start_soon(phone.run)
+            with trio.fail_after(10):
+                await call.keyed.wait()
+                while phone.keys is None:
+                    await trio.sleep(0.01)
+            # The RTP port is keyed, the RTCP port not yet (the phone has not answered there):
+            # RTP flows, RTCP is dropped, not sent in clear nor under the RTP port's keys.
+            assert call.a.keys(0) is not None and call.a.rtcp_keys(0) is None
+            assert call.a.record()["streams"][0]["rtcp_port_keyed"] is False
+            await b_rtcp.sendto(receiver_report(0xB0B), gateway_b_rtcp)
+            with trio.fail_after(5):
+                while call.session.streams[0].b_to_a.statistics().dropped_transform < 1:
+                    await trio.sleep(0.01)
+            # What reached the phone's RTCP port is the gateway's DTLS handshake only (our role
+            # is client), never RTCP; the phone's engine takes it when it starts.
+            waiting: list[bytes] = []
+            while (datagram := await receive(a_rtcp, 0.2)) is not None:
+                waiting.append(datagram)
+            assert waiting and all(phone_rtcp.claims_packet(d[0], d) for d in waiting)
+            for datagram in waiting:
+                phone_rtcp.receive_packet(datagram, now=trio.current_time())
+
+            nursery.start_soon(rtcp_phone.run)
+            with trio.fail_after(10):
+                while call.a.rtcp_keys(0) is None or rtcp_phone.keys is None:
+                    await trio.sleep(0.01)
+            rtcp_keys = call.a.rtcp_keys(0)
+            assert rtcp_keys is not None and rtcp_keys != call.a.keys(0)
+            assert call.a.record()["streams"][0]["rtcp_port_keyed"] is True
+            assert call.failures == []
+
+            # B's RTCP reaches the phone's RTCP port as SRTCP under that port's keys only.
+            await b_rtcp.sendto(receiver_report(0xB0B), gateway_b_rtcp)
+            with trio.fail_after(5):
+                while not rtcp_phone.rtp_received:
+                    await trio.sleep(0.01)
+            srtcp = rtcp_phone.rtp_received[0]
+            assert SrtpSession(rtcp_phone.keys).unprotect_rtcp(srtcp) == receiver_report(0xB0B)
+            assert SrtpSession(phone.keys).unprotect_rtcp(srtcp) is None
+            # And the phone's SRTCP from its RTCP port reaches B in clear.
+            sent = SrtpSession(rtcp_phone.keys).protect_rtcp(receiver_report(0xA11CE))
+            assert sent is not None
+            await a_rtcp.sendto(sent, gateway_a_rtcp)
+            with trio.fail_after(5):
+                plain, _ = await b_rtcp.recvfrom(2048)
+            assert plain == receiver_report(0xA11CE)
             nursery.cancel_scope.cancel()
         call.keying.close()
         call.session.close()

@@ -528,6 +528,39 @@ async def test_malformed_packets_are_dropped_and_do_not_latch(
     assert stream.a.rtp_source == alice.rtp_address
 
 
+async def test_dtls_datagrams_go_to_the_handler_of_the_socket_they_arrive_on(
+    connected: MediaStream, alice: Phone, make_phone: Callable[[], Phone]
+):
+    # RFC 5764 §4.1: without rtcp-mux the RTCP port runs its own handshake, so each socket of a
+    # side hands DTLS (RFC 7983: first byte 20..63) to its own handler and answers from itself.
+    stream, stranger = connected, make_phone()
+    on_rtp: list[tuple[bytes, Any]] = []
+    on_rtcp: list[tuple[bytes, Any]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: on_rtp.append((packet, source)))
+    stream.a.set_non_rtp_handler(lambda packet, source: on_rtcp.append((packet, source)), rtcp=True)
+    hello = b"\x16\xfe\xfd" + bytes(10)
+    stun = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)  # RFC 5389 Binding request
+    # Everything that is not RTP/RTCP (RFC 7983) goes to the handler, which picks its range.
+    await alice.send(stun, stream.a.ports.rtp_port)
+    await alice.send(hello + b"rtp", stream.a.ports.rtp_port)
+    await alice.send(hello + b"rtcp", stream.a.ports.rtcp_port, from_rtcp=True)
+    await stranger.send(hello + b"stranger", stream.a.ports.rtcp_port, from_rtcp=True)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    assert on_rtp == [(stun, alice.rtp_address), (hello + b"rtp", alice.rtp_address)]
+    assert on_rtcp == [(hello + b"rtcp", alice.rtcp_address)]
+
+    assert stream.a.send(b"to-rtcp", rtcp=True)
+    assert await alice.receive(on_rtcp=True) == (b"to-rtcp", (ADDRESS, stream.a.ports.rtcp_port))
+    assert stream.a.send(b"to-rtp")
+    assert await alice.receive() == (b"to-rtp", (ADDRESS, stream.a.ports.rtp_port))
+
+    # Without a handler the RTCP socket drops DTLS as malformed again.
+    stream.a.set_non_rtp_handler(None, rtcp=True)
+    await alice.send(hello + b"late", stream.a.ports.rtcp_port, from_rtcp=True)
+    await until(lambda: stream.a_to_b.statistics().dropped_malformed == 1)
+    assert len(on_rtcp) == 1
+
+
 async def test_short_rtcp_is_accepted_down_to_eight_octets(
     connected: MediaStream, alice: Phone, bob: Phone
 ):

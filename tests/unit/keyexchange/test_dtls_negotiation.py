@@ -504,6 +504,7 @@ def test_a_kept_association_keeps_its_certificate_after_rotation() -> None:
 def test_separate_rtcp_gets_its_own_handshake_and_keys() -> None:
     offerer, answerer = offer_answer()
     rtcp_offerer, rtcp_answerer = offerer.rtcp_component(), answerer.rtcp_component()
+    assert rtcp_offerer is not None and rtcp_answerer is not None
     assert rtcp_offerer.local_sdp_attributes() == offerer.local_sdp_attributes()
     assert rtcp_offerer.dtls_role == "server" and rtcp_answerer.dtls_role == "client"
     pump(offerer, answerer)
@@ -511,8 +512,28 @@ def test_separate_rtcp_gets_its_own_handshake_and_keys() -> None:
     rtp_keys, rtcp_keys = keys_of(offerer), keys_of(rtcp_offerer)
     assert rtcp_keys.local_key == keys_of(rtcp_answerer).remote_key
     assert rtcp_keys.local_key != rtp_keys.local_key
-    with pytest.raises(LocalDtlsError):
-        exchange(IDENTITY_A).offer(suites=[], secure_signalling=True).rtcp_component()
+    # Before the answer our DTLS role is not known: no component yet.
+    assert exchange(IDENTITY_A).offer(suites=[], secure_signalling=True).rtcp_component() is None
+
+
+def test_a_re_offer_that_keeps_the_association_keeps_the_rtcp_component() -> None:
+    a_exchange = exchange(IDENTITY_A)
+    offerer = a_exchange.offer(suites=[], secure_signalling=True)
+    answerer = exchange(IDENTITY_B).answer(
+        offerer.local_sdp_attributes(), suites=[], secure_signalling=True
+    )
+    assert answerer is not None
+    offerer.remote_sdp_attributes(answerer.local_sdp_attributes())
+    pump(offerer, answerer)
+    component = offerer.rtcp_component()
+    assert component is not None
+    kept = a_exchange.offer(suites=[], secure_signalling=True, previous=offerer)
+    kept.remote_sdp_attributes(answerer.local_sdp_attributes())
+    assert kept.rtcp_component() is component
+    rekeyed = a_exchange.offer(suites=[], secure_signalling=True, previous=offerer, rekey=True)
+    rekeyed.remote_sdp_attributes(answerer.local_sdp_attributes())
+    fresh = rekeyed.rtcp_component()
+    assert fresh is not None and fresh is not component
 
 
 # -- untrusted datagrams, any order -------------------------------------------------------------

@@ -140,3 +140,57 @@ def test_reoffer_keeps_keys_in_force() -> None:
     before = ours.keys(0)
     offer_between(ours, peer)
     assert ours.keys(0) == before
+
+
+FEEDBACK = PLAIN.replace("RTP/AVP 0", "RTP/AVPF 0") + "a=rtcp-fb:* nack\n"
+
+
+@pytest.mark.parametrize(
+    ("policy", "tls", "plain_profile", "feedback_profile"),
+    [
+        ("sdes", True, "RTP/SAVP", "RTP/SAVPF"),
+        ("rtp-only", False, "RTP/AVP", "RTP/AVPF"),
+        ("best-effort", True, "RTP/AVP", "RTP/AVPF"),
+    ],
+)
+def test_a_feedback_profile_reaches_the_called_leg_only_when_configured(
+    policy: str, tls: bool, plain_profile: str, feedback_profile: str
+) -> None:
+    # RFC 4585: a device that knows only the plain profile answers RTP/(S)AVPF with 488, so by
+    # default the called leg gets the plain profile and no a=rtcp-fb (RFC 4585 §4.2).
+    called = leg(policy, tls=tls)
+    offered = called.make_offer(sdp(FEEDBACK))
+    plain = offered.media[0]
+    assert plain.proto == plain_profile
+    assert not plain.attributes.has("rtcp-fb")
+    assert plain.attributes.get("rtpmap") == "0 PCMU/8000"
+    # The called leg answers in the profile it was offered; the session gets the answer back
+    # in the profile it offered (it checks that an answer keeps the offer's, RFC 3264 §6).
+    answerer = leg(policy, tls=tls, side="a")
+    answerer.take_offer(offered)
+    answer = answerer.make_answer(sdp(PLAIN))
+    assert answer.media[0].proto == plain_profile
+    assert called.take_answer(answer).media[0].proto == "RTP/AVPF"
+    chosen = BUILTIN_POLICIES[policy]
+    with_feedback = LegSecurity(
+        side="b",
+        policy=chosen,
+        secure_signalling=tls,
+        key_exchanges={"sdes": SdesKeyExchange(random_bytes=os.urandom)},
+        signalling="tls" if tls else "udp",
+        offer_feedback=True,
+    )
+    kept = with_feedback.make_offer(sdp(FEEDBACK)).media[0]
+    assert kept.proto == feedback_profile
+    assert kept.attributes.get("rtcp-fb") == "* nack"
+
+
+def test_our_answer_keeps_the_feedback_profile_the_peer_offered() -> None:
+    phone_offer = serialize_sdp(leg("sdes", tls=True).make_offer(sdp(PLAIN))).decode()
+    caller = leg("sdes", tls=True, side="a")
+    caller.take_offer(sdp(phone_offer.replace("RTP/SAVP", "RTP/SAVPF").replace("\r\n", "\n")))
+    # The session's plain answer (the called leg answered RTP/AVP) goes back to the caller in
+    # the profile it offered (RFC 3264 §6), whatever the called leg was offered.
+    answer = caller.make_answer(sdp(PLAIN)).media[0]
+    assert answer.proto == "RTP/SAVPF"
+    assert answer.crypto

@@ -38,6 +38,8 @@ from gateway.core.media.worker_protocol import (
 
 KEY = bytes(range(30))
 OTHER_KEY = bytes(range(100, 130))
+CM_KEYS = SrtpKeys("AES_CM_128_HMAC_SHA1_80", KEY, OTHER_KEY)
+GCM_KEYS = SrtpKeys("AEAD_AES_256_GCM", KEY + KEY[:14], OTHER_KEY + KEY[:14])
 
 
 def direction(seed: int) -> DirectionStatistics:
@@ -55,16 +57,19 @@ EVERY_MESSAGE: list[Message] = [
     SetRemote(2, "b", None, None, True),
     SetRemote(2, "b", ("2001:db8::1", 65535), None, True),
     SetBlocked(3, "b_to_a", True),
-    SetKeys(4, False, SrtpKeys("AES_CM_128_HMAC_SHA1_80", KEY, OTHER_KEY), None),
-    SetKeys(4, True, None, SrtpKeys("AEAD_AES_256_GCM", KEY + KEY[:14], OTHER_KEY + KEY[:14])),
-    SetDtls(5, "a", True),
-    SendDatagram(6, "b", b"\x16\xfe\xfd" + bytes(200)),
+    SetKeys(4, False, CM_KEYS, None, False, None, False, None),
+    SetKeys(4, True, None, GCM_KEYS, False, None, True, None),
+    SetKeys(4, False, CM_KEYS, GCM_KEYS, True, CM_KEYS, True, GCM_KEYS),
+    SetDtls(5, "a", False, True),
+    SetDtls(5, "b", True, False),
+    SendDatagram(6, "b", True, b"\x16\xfe\xfd" + bytes(200)),
     Close(2**32 - 1),
     Ping(17),
     Pong(17),
     PairsReady((30000, 30002, 30004)),
     PairsReady(()),
-    Datagram(7, "a", ("127.0.0.1", 5004), b"\x16" * 65535),
+    Datagram(7, "a", False, ("127.0.0.1", 5004), b"\x16" * 65535),
+    Datagram(7, "b", True, None, b"\x00\x01"),
     Stats(8, 0.25, direction(1), direction(2), srtp(3), None),
     Stats(8, 0.0, direction(0), direction(0), None, srtp(9)),
     StreamFailed(9, "unknown SRTP suite 'ROT13'"),
@@ -113,18 +118,18 @@ def test_round_trip_property(
 ) -> None:
     for message in (
         SetRemote(stream, side, (host, port), None, mux),
-        Datagram(stream, side, (host, port), packet),
-        SendDatagram(stream, side, packet),
+        Datagram(stream, side, mux, (host, port), packet),
+        SendDatagram(stream, side, mux, packet),
     ):
         assert parse_message_untrusted(encode(message)[4:]) == message
 
 
 def test_keys_never_appear_in_reprs() -> None:
-    message = SetKeys(4, False, SrtpKeys("AES_CM_128_HMAC_SHA1_80", KEY, OTHER_KEY), None)
+    message = SetKeys(4, False, CM_KEYS, None, True, CM_KEYS, False, None)
     text = repr(message) + str(message)
     assert KEY.hex() not in text and repr(KEY) not in text
     assert "redacted" in text
-    assert "200 octets" in repr(SendDatagram(1, "a", bytes(200)))
+    assert "200 octets" in repr(SendDatagram(1, "a", False, bytes(200)))
 
 
 @pytest.mark.parametrize(
@@ -135,9 +140,9 @@ def test_keys_never_appear_in_reprs() -> None:
         (b"\x07\x00\x00", "truncated frame"),  # Close needs a 4-octet stream id
         (b"\x07\x00\x00\x00\x01\x00", "1 octets after the last field"),
         (b"\x03\x00\x00\x00\x01\x02\x01", "value 2 is not one of a_to_b, b_to_a"),
-        (b"\x05\x00\x00\x00\x01\x00\x02", "boolean field holds 2"),
+        (b"\x05\x00\x00\x00\x01\x00\x00\x02", "boolean field holds 2"),
         (b"\x17\x00\x00\x00\x01\x00\x02\xff\xfe", "string field is not UTF-8"),
-        (b"\x06\x00\x00\x00\x01\x00\xff\xff\xff\xff", "truncated frame"),  # datagram of 4 GiB
+        (b"\x06\x00\x00\x00\x01\x00\x00\xff\xff\xff\xff", "truncated frame"),  # 4 GiB
         (b"\x14\x00\x03\x75\x30", "truncated frame"),  # 3 ports announced, 1 sent
     ],
 )
@@ -148,7 +153,7 @@ def test_malformed_frames_are_clear_errors(frame: bytes, problem: str) -> None:
 
 
 def test_a_truncated_key_is_an_error_that_quotes_no_key() -> None:
-    frame = encode(SetKeys(4, False, SrtpKeys("AES_CM_128_HMAC_SHA1_80", KEY, OTHER_KEY), None))
+    frame = encode(SetKeys(4, False, CM_KEYS, None, False, None, False, None))
     with pytest.raises(ChannelError) as caught:
         parse_message_untrusted(frame[4:-10])
     assert str(caught.value) == "truncated frame"
@@ -173,4 +178,4 @@ def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
     with pytest.raises(ValueError, match="out of range"):
         encode(Open(1, 70000, 30002))
     with pytest.raises(ValueError, match="over"):
-        encode(SendDatagram(1, "a", bytes(MAX_FRAME)))
+        encode(SendDatagram(1, "a", False, bytes(MAX_FRAME)))

@@ -1,0 +1,730 @@
+"""Benchmark SIP calls per second through voipgw, beside sipp direct and sippy's B2BUA in one run.
+
+Run from the repository root (about 4 minutes with the defaults; ``pip install .[bench]`` brings
+sippy, sipp comes from the distribution: ``apt-get install sip-tester``)::
+
+    python benchmarks/sip_calls.py
+    python benchmarks/sip_calls.py --modes noauth --rates 200 400 600 800 --step-seconds 10
+    python benchmarks/sip_calls.py --systems voipgw --rates 600     # one system, one rate
+
+Every call is INVITE (SDP offer) - 100 - 200 (SDP answer) - ACK - BYE - 200, held for 0 ms,
+over UDP on 127.0.0.1. The caller is a sipp UAC (benchmarks/scenarios/uac_call*.xml), the
+callee a sipp UAS (uas_answer*.xml). Systems (``--systems``), each run at the same rates:
+
+- ``floor``: the UAC calls the UAS directly: what sipp and the loopback cost, the ceiling any
+  B2BUA can reach on this machine.
+- ``voipgw``: ``python -m gateway run`` (log level info, to a file, as an operator runs it)
+  between them, with a media session per call (two port pairs from ``--media-ports``; the
+  relay forwards nothing since sipp sends no RTP).
+- ``sippy``: sippy's B2BUA (``b2bua -u -A 0 -s UAS``: no RADIUS, no accounting, a static route
+  to the UAS), signalling only (no rtpproxy: it sets up no media).
+
+Modes (``--modes``):
+
+- ``noauth``: nobody is challenged. For voipgw the caller is a trunk recognised by its source
+  address (the UAC binds 127.0.0.2, ``allowed_sources``) calling the account ``alice``, whose
+  phone (the UAS) registered its Contact with a REGISTER before the first step; so every INVITE
+  costs an account look-up and a registration look-up, as a real inbound call does. (A trunk
+  never reaches another trunk, so trunk-to-trunk is no honest route.)
+- ``auth``: the caller is the account ``alice`` on 127.0.0.1, challenged with 407 (MD5,
+  qop=auth) and calling +4989555, which the ``carrier`` trunk (the UAS) serves. Floor: the UAS
+  itself challenges with 401 and verifies the digest (sipp's verifyauth). sippy: not run, its
+  B2BUA checks digest credentials only through a RADIUS server (``-u`` turns that off).
+
+For each rate in ``--rates`` (ascending) and each system still passing, one step: a UAS for the
+step's calls, then the UAC with ``-r RATE -m RATE*STEP_SECONDS``. A step passes when every call
+succeeded at both ends, no request or response was retransmitted (a retransmission means a reply
+took over 500 ms: T1, RFC 3261 §17.1.1.2) and set-ups completed at >= 90 % of the rate. A system
+stops climbing at its first failed step; its figure is the highest passing rate.
+
+Figures per step:
+
+- cps: completed set-ups per second (sipp's response-time timestamps, first to last);
+- set-up p50/p99 (ms): from the (first) INVITE sent to the 200 received, as the UAC saw it
+  (sipp's response time 1, ``-trace_rtt``); for ``auth`` it includes the challenge round trip.
+  sipp measures in whole milliseconds on its own clock tick: 0-1 ms values mean "less than
+  about a millisecond";
+- CPU/call (us): the B2BUA process's CPU time (user + system, every thread, from
+  /proc/PID/task/TID/schedstat) over the step divided by the calls; for ``floor`` the UAS's;
+- load (% of one core): B2BUA, UAC and UAS (sipp's own rusage from wait4), over the step;
+- wait (%): the share of the step the B2BUA was runnable but had no CPU (schedstat): contention.
+
+The machine has 2 vCPUs and sipp needs CPU too: the UAC, the UAS and the B2BUA share them, and
+loopback delivery is charged to the sending process. The load generator is not the bottleneck
+when the floor passes a higher rate than a B2BUA and the UAC's load stays below ~80 % of a core
+at that B2BUA's failing rate; the summary prints both. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+LOOPBACK = "127.0.0.1"
+TRUNK_IP = "127.0.0.2"  # the calling trunk's source address (voipgw noauth)
+# SIP ports, away from the tests' (which bind port 0) and from the media range.
+B2BUA_PORT = 35060  # voipgw
+SIPPY_PORT = 35090
+UAC_PORT = 35062
+UAS_PORT = 35070  # the trunk "carrier" (auth) and the floor's UAS
+PHONE_PORT = 35072  # alice's registered phone (voipgw noauth)
+UAC_MEDIA, UAS_MEDIA = 36000, 36010  # sipp binds these (and +2) but sends no RTP
+ACCOUNT, PASSWORD = "alice", "wonderland"
+TRUNK_NUMBER = "+4989555"
+MODES = ("noauth", "auth")
+SYSTEMS = ("floor", "voipgw", "sippy")
+SIPP_TIMEOUT_SLACK = 20.0
+# --gateway-gc: run voipgw with the cyclic garbage collector's thresholds set and the objects of
+# start-up frozen out of its scans.
+GC_WRAPPER = """\
+import gc, runpy, sys
+gc.set_threshold(*{thresholds})
+gc.freeze()
+sys.argv[0] = "voipgw"
+runpy.run_module("gateway", run_name="__main__")
+"""  # seconds a step may run past its nominal length before it is stopped
+
+
+def gateway_config(state_dir: Path, media_ports: str) -> str:
+    """voipgw's configuration: UDP only, MD5 first (sipp 3.6 answers only the first challenge
+    and knows only MD5), the outbound trunk ``carrier`` for +49 and the calling trunk ``pbx``."""
+    return f"""\
+[gateway]
+state_dir = "{state_dir}"
+digest_algorithms = ["MD5"]
+
+[sip]
+listen = ["udp:{LOOPBACK}:{B2BUA_PORT}"]
+
+[media]
+address = "{LOOPBACK}"
+ports = "{media_ports}"
+
+[[trunks]]
+name = "carrier"
+address = "udp:{LOOPBACK}:{UAS_PORT}"
+prefixes = ["+49"]
+allowed_sources = []
+
+[[trunks]]
+name = "pbx"
+address = "udp:{TRUNK_IP}:5060"
+allowed_sources = ["{TRUNK_IP}"]
+"""
+
+
+# -- processes and their CPU ----------------------------------------------------------------
+
+
+def schedstat(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) summed over the threads of
+    ``pid``, from /proc/PID/task/TID/schedstat (the scheduler's nanosecond clocks)."""
+    run = wait = 0
+    for task in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(task) as f:
+                fields = f.read().split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        run += int(fields[0])
+        wait += int(fields[1])
+    return run / 1e9, wait / 1e9
+
+
+def wait_child(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+    """Wait for a child we started (SIGTERM at ``timeout``, SIGKILL 3 s later); (exit code,
+    its CPU seconds, user + system, from wait4's rusage)."""
+    deadline = time.monotonic() + timeout
+    signals = [signal.SIGTERM, signal.SIGKILL]
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            if not signals:
+                raise RuntimeError(f"pid {process.pid} survived SIGKILL")
+            process.send_signal(signals.pop(0))
+            deadline = time.monotonic() + 3.0
+        time.sleep(0.02)
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s; a process already gone is fine."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(5.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5.0)
+
+
+def wait_udp_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Until something binds UDP 127.0.0.1:``port`` (the peer is up) or ``process`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                return  # taken: the peer listens
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} at start-up")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on UDP {port} after {timeout:g} s")
+        time.sleep(0.05)
+
+
+def sipp_command(
+    scenario: str,
+    *,
+    local_ip: str,
+    port: int,
+    media_port: int,
+    calls: int,
+    timeout: float,
+    rundir: Path,
+) -> list[str]:
+    return [
+        "sipp",
+        "-sf",
+        str(SCENARIOS / scenario),
+        "-t",
+        "u1",
+        "-i",
+        local_ip,
+        "-p",
+        str(port),
+        "-bind_local",
+        "-mi",
+        local_ip,
+        "-mp",
+        str(media_port),
+        "-m",
+        str(calls),
+        "-d",
+        "0",
+        "-nostdin",
+        "-buff_size",
+        str(4 * 1024 * 1024),
+        "-timeout",
+        f"{timeout:g}s",
+        "-timeout_error",
+        "-trace_err",
+        "-error_file",
+        str(rundir / "errors.log"),
+    ]
+
+
+# -- the systems under test -------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class System:
+    """A B2BUA between the UAC and the UAS (or none, for the floor)."""
+
+    name: str
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def supports(self, mode: str) -> bool:
+        return not (self.name == "sippy" and mode == "auth")
+
+    def start(self, args: argparse.Namespace) -> None:
+        if self.name == "voipgw":
+            self._start_voipgw(args)
+        elif self.name == "sippy":
+            self._start_sippy()
+
+    def _start_voipgw(self, args: argparse.Namespace) -> None:
+        state = self.workdir / "state"
+        config = self.workdir / "voipgw.toml"
+        config.write_text(gateway_config(state, args.media_ports))
+        command = [sys.executable, "-m", "gateway"]
+        subprocess.run(
+            [*command, "accounts", "add", ACCOUNT, "--password", PASSWORD, "--config", str(config)],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        run = [*command, "run", "--config", str(config)]
+        if args.gateway_gc is not None:
+            # An experiment, not how voipgw runs: the same command with the collector tuned.
+            thresholds = [int(t) for t in args.gateway_gc.split(",")]
+            run = [
+                sys.executable,
+                "-c",
+                GC_WRAPPER.format(thresholds=thresholds),
+                "run",
+                "--config",
+                str(config),
+            ]
+        with open(self.workdir / "gateway.log", "wb") as log:
+            self.process = subprocess.Popen(
+                run,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_udp_port(B2BUA_PORT, self.process)
+        # alice's phone: REGISTER from the port its UAS answers on (the gateway reaches a
+        # registered contact over the flow its REGISTER came from).
+        rundir = self.workdir / "register"
+        rundir.mkdir()
+        register = subprocess.run(
+            [
+                *sipp_command(
+                    "register.xml",
+                    local_ip=LOOPBACK,
+                    port=PHONE_PORT,
+                    media_port=UAS_MEDIA,
+                    calls=1,
+                    timeout=10,
+                    rundir=rundir,
+                ),
+                f"{LOOPBACK}:{B2BUA_PORT}",
+                "-s",
+                ACCOUNT,
+                "-au",
+                ACCOUNT,
+                "-ap",
+                PASSWORD,
+            ],
+            cwd=rundir,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if register.returncode != 0:
+            raise RuntimeError(f"REGISTER failed ({register.returncode}), see {rundir}")
+
+    def _start_sippy(self) -> None:
+        b2bua = shutil.which("b2bua")
+        if b2bua is None:
+            raise RuntimeError("sippy's b2bua is not installed (pip install sippy)")
+        with open(self.workdir / "sippy.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    b2bua,
+                    "-f",  # foreground
+                    "-u",  # no RADIUS authentication
+                    "-A",
+                    "0",  # no accounting
+                    "-l",
+                    LOOPBACK,
+                    "-p",
+                    str(SIPPY_PORT),
+                    "-s",
+                    f"{LOOPBACK}:{UAS_PORT}",  # static route: every call to the UAS
+                    "-c",
+                    str(self.workdir / "b2bua.sock"),
+                    "-L",
+                    str(self.workdir / "b2bua.log"),
+                ],
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Warnings and errors only: at INFO sippy logs every message it sends and
+                # receives (voipgw, at its default info, logs a line per call).
+                env={**os.environ, "SIPLOG_LVL": "WARN"},
+            )
+        wait_udp_port(SIPPY_PORT, self.process)
+
+    def stop(self) -> None:
+        stop(self.process)
+        self.process = None
+
+    def route(self, mode: str) -> tuple[str, int, str, str]:
+        """(UAC's local IP, UAS port, callee user, UAS scenario) for ``mode``."""
+        if self.name == "floor":
+            scenario = "uas_answer_auth.xml" if mode == "auth" else "uas_answer.xml"
+            return LOOPBACK, UAS_PORT, TRUNK_NUMBER, scenario
+        if self.name == "voipgw" and mode == "noauth":
+            return TRUNK_IP, PHONE_PORT, ACCOUNT, "uas_answer.xml"
+        return LOOPBACK, UAS_PORT, TRUNK_NUMBER, "uas_answer.xml"
+
+
+# -- one step ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Step:
+    system: str
+    mode: str
+    rate: float
+    calls: int
+    ok_calls: int
+    failed: int
+    retransmissions: int
+    cps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    cpu_us: float
+    b2bua_load: float
+    uac_load: float
+    uas_load: float
+    b2bua_wait: float
+    window: float
+    note: str
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.failed == 0
+            and self.ok_calls == self.calls
+            and self.retransmissions == 0
+            and self.cps >= 0.9 * self.rate
+        )
+
+
+def _last_stats(path: Path) -> dict[str, str]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    if len(rows) < 2:
+        return {}
+    return dict(zip(rows[0], rows[-1], strict=False))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -> Step:
+    calls = max(1, round(rate * args.step_seconds))
+    rundir = Path(tempfile.mkdtemp(prefix=f"{system.name}-{mode}-{rate:g}-", dir=system.workdir))
+    local_ip, uas_port, callee, uas_scenario = system.route(mode)
+    timeout = calls / rate + SIPP_TIMEOUT_SLACK
+    uas_dir, uac_dir = rundir / "uas", rundir / "uac"
+    uas_dir.mkdir()
+    uac_dir.mkdir()
+    uas_cmd = sipp_command(
+        uas_scenario,
+        local_ip=LOOPBACK,
+        port=uas_port,
+        media_port=UAS_MEDIA,
+        calls=calls,
+        timeout=timeout,
+        rundir=uas_dir,
+    )
+    if uas_scenario == "uas_answer_auth.xml":
+        uas_cmd += ["-key", "user", ACCOUNT, "-key", "password", PASSWORD]
+    target_port = {"floor": UAS_PORT, "voipgw": B2BUA_PORT, "sippy": SIPPY_PORT}[system.name]
+    target = f"{LOOPBACK}:{target_port}"
+    uac_cmd = [
+        *sipp_command(
+            "uac_call_auth.xml" if mode == "auth" else "uac_call.xml",
+            local_ip=local_ip,
+            port=UAC_PORT,
+            media_port=UAC_MEDIA,
+            calls=calls,
+            timeout=timeout,
+            rundir=uac_dir,
+        ),
+        target,
+        "-s",
+        callee,
+        "-key",
+        "caller",
+        ACCOUNT if mode == "auth" else "+4940777",
+        "-r",
+        f"{rate:g}",
+        "-l",
+        str(max(1000, calls)),  # open loop: concurrency never limits the offered rate
+        "-recv_timeout",
+        "10000",
+        "-trace_rtt",
+        "-rtt_freq",
+        "1",  # sipp writes the response times every N calls and drops the remainder at exit
+        "-trace_stat",
+        "-stf",
+        str(uac_dir / "stats.csv"),
+    ]
+    if mode == "auth":
+        uac_cmd += ["-au", ACCOUNT, "-ap", PASSWORD, "-auth_uri", f"{callee}@{target}"]
+    with open(uas_dir / "screen.log", "wb") as screen:
+        uas = subprocess.Popen(
+            uas_cmd, cwd=uas_dir, stdin=subprocess.DEVNULL, stdout=screen, stderr=screen
+        )
+    uac: subprocess.Popen[bytes] | None = None
+    try:
+        wait_udp_port(uas_port, uas)
+        b2bua_pid = system.pid if system.pid is not None else uas.pid
+        cpu0, wait0 = schedstat(b2bua_pid)
+        started = time.monotonic()
+        with open(uac_dir / "screen.log", "wb") as screen:
+            uac = subprocess.Popen(
+                uac_cmd, cwd=uac_dir, stdin=subprocess.DEVNULL, stdout=screen, stderr=screen
+            )
+        uac_rc, uac_cpu = wait_child(uac, timeout + 5)
+        window = time.monotonic() - started
+        # The UAS has the final BYE's 200 in flight; it ends once it sent it.
+        if system.pid is not None:
+            uas_rc, uas_cpu = wait_child(uas, 5.0)
+            cpu1, wait1 = schedstat(b2bua_pid)
+        else:
+            cpu1, wait1 = schedstat(b2bua_pid)  # the floor's "B2BUA" figure is the UAS itself
+            uas_rc, uas_cpu = wait_child(uas, 5.0)
+    finally:
+        for process in (uac, uas):
+            if process is not None and process.returncode is None:
+                stop(process)
+    stats = _last_stats(uac_dir / "stats.csv") if (uac_dir / "stats.csv").exists() else {}
+    setups: list[float] = []
+    stamps: list[float] = []
+    for path in glob.glob(str(uac_dir / "*_rtt.csv")):
+        with open(path, newline="") as f:
+            for row in csv.reader(f, delimiter=";"):
+                if len(row) >= 3 and row[2] == "1":
+                    stamps.append(float(row[0]))
+                    setups.append(float(row[1]))
+    span = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else 0.0
+    cps = (len(stamps) - 1) / span if span > 0 else 0.0
+    notes = []
+    if uac_rc != 0:
+        notes.append(f"UAC exit {uac_rc}")
+    if uas_rc != 0:
+        notes.append(f"UAS exit {uas_rc}")
+    cpu = cpu1 - cpu0
+    return Step(
+        system=system.name,
+        mode=mode,
+        rate=rate,
+        calls=calls,
+        ok_calls=int(stats.get("SuccessfulCall(C)", 0)),
+        failed=int(stats.get("FailedCall(C)", calls)) + (1 if uas_rc != 0 else 0),
+        retransmissions=int(stats.get("Retransmissions(C)", 0)),
+        cps=cps,
+        p50_ms=statistics.median(setups) if setups else float("nan"),
+        p99_ms=_percentile(setups, 0.99),
+        max_ms=max(setups, default=float("nan")),
+        cpu_us=cpu / calls * 1e6,
+        b2bua_load=100 * cpu / window,
+        uac_load=100 * uac_cpu / window,
+        uas_load=100 * uas_cpu / window,
+        b2bua_wait=100 * (wait1 - wait0) / window,
+        window=window,
+        note="; ".join(notes) + (f" (logs: {rundir})" if notes else ""),
+    )
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def print_step(s: Step) -> None:
+    verdict = "pass" if s.passed else "FAIL"
+    print(
+        f"  {s.system:6s} {s.mode:6s} rate {s.rate:5g}  {verdict}  ok {s.ok_calls}/{s.calls} "
+        f"failed {s.failed} retrans {s.retransmissions}  cps {s.cps:6.1f}  "
+        f"set-up p50 {s.p50_ms:4.0f} p99 {s.p99_ms:4.0f} max {s.max_ms:5.0f} ms  "
+        f"CPU {s.cpu_us:5.0f} us/call  load: b2bua {s.b2bua_load:5.1f} % "
+        f"uac {s.uac_load:5.1f} % uas {s.uas_load:5.1f} %  b2bua wait {s.b2bua_wait:4.1f} %"
+        + (f"  {s.note}" if s.note else ""),
+        flush=True,
+    )
+
+
+def print_summary(steps: list[Step], args: argparse.Namespace) -> None:
+    print()
+    print(
+        "Summary. max cps = the highest rate at which every call succeeded with no "
+        "retransmission; the other columns are that step's. 'UAC at fail' = the UAC's load at "
+        "the system's first failing rate (under ~80 % of a core: sipp was not the limit). "
+        f"'@{args.rates[0]:g}' columns: the first rate, the same load for every system."
+    )
+    columns = [
+        ("mode", 6),
+        ("system", 6),
+        ("max cps", 7),
+        ("p50 ms", 6),
+        ("p99 ms", 6),
+        ("CPU us/call", 11),
+        ("b2bua %", 7),
+        ("uac %", 5),
+        ("uas %", 5),
+        ("wait %", 6),
+        ("UAC at fail", 11),
+        (f"p50/p99 @{args.rates[0]:g}", 13),
+        (f"CPU @{args.rates[0]:g}", 9),
+    ]
+    print("| " + " | ".join(f"{name:>{width}s}" for name, width in columns) + " |")
+    print("|" + "|".join("-" * (width + 2) for _, width in columns) + "|")
+    for mode in args.modes:
+        for name in args.systems:
+            mine = [s for s in steps if s.system == name and s.mode == mode]
+            if not mine:
+                continue
+            passed = [s for s in mine if s.passed]
+            failed = [s for s in mine if not s.passed]
+            best = max(passed, key=lambda s: s.rate) if passed else None
+            first = mine[0]
+            fail_text = f"{failed[0].uac_load:.0f} % @{failed[0].rate:g}" if failed else "none"
+            if best is None:
+                cells = [mode, name, "<" + f"{args.rates[0]:g}"] + ["-"] * 7
+            else:
+                cells = [
+                    mode,
+                    name,
+                    f"{best.rate:g}" + ("+" if not failed else ""),
+                    f"{best.p50_ms:.0f}",
+                    f"{best.p99_ms:.0f}",
+                    f"{best.cpu_us:.0f}",
+                    f"{best.b2bua_load:.0f}",
+                    f"{best.uac_load:.0f}",
+                    f"{best.uas_load:.0f}",
+                    f"{best.b2bua_wait:.0f}",
+                ]
+            cells += [fail_text, f"{first.p50_ms:.0f}/{first.p99_ms:.0f}", f"{first.cpu_us:.0f}"]
+            print(
+                "| "
+                + " | ".join(
+                    f"{cell:{'<' if i < 2 else '>'}{width}s}"
+                    for i, (cell, (_, width)) in enumerate(zip(cells, columns, strict=True))
+                )
+                + " |",
+                flush=True,
+            )
+    print("('max cps' ending in + : passed every rate tried; floor's CPU is the UAS's)")
+
+
+def versions() -> str:
+    sipp = subprocess.run(["sipp", "-v"], capture_output=True, text=True, check=False)
+    sipp_version = next(
+        (line.strip() for line in (sipp.stdout + sipp.stderr).splitlines() if "SIPp v" in line),
+        "?",
+    )
+    try:
+        from importlib.metadata import version
+
+        sippy = version("sippy")
+    except Exception:
+        sippy = "not installed"
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
+        f"Python {sys.version.split()[0]}, {sipp_version}, sippy {sippy}"
+    )
+
+
+def run(args: argparse.Namespace) -> list[Step]:
+    steps: list[Step] = []
+    workdir = Path(tempfile.mkdtemp(prefix="sip-calls-"))
+    print(f"work directory (logs, sipp traces): {workdir}", flush=True)
+    systems = {name: System(name, workdir / name) for name in args.systems}
+    for system in systems.values():
+        system.workdir.mkdir()
+    try:
+        for mode in args.modes:
+            climbing = [s for s in systems.values() if s.supports(mode)]
+            for name in args.systems:
+                if not systems[name].supports(mode):
+                    print(f"{mode}: {name} not run (its B2BUA checks digest only via RADIUS)")
+            for system in climbing:
+                if system.process is None:
+                    system.start(args)
+            for rate in args.rates:
+                if not climbing:
+                    break
+                print(
+                    f"{mode}, {rate:g} calls/s, load average {os.getloadavg()[0]:.2f}:", flush=True
+                )
+                for system in list(climbing):
+                    if system.process is not None and system.process.poll() is not None:
+                        print(f"  {system.name} exited ({system.process.returncode})")
+                        climbing.remove(system)
+                        continue
+                    try:
+                        step = run_step(system, mode, rate, args)
+                    except (RuntimeError, OSError) as exc:  # report, go on with the others
+                        print(f"  {system.name:6s} {mode:6s} rate {rate:5g}  STEP FAILED: {exc}")
+                        climbing.remove(system)
+                        continue
+                    print_step(step)
+                    steps.append(step)
+                    if not step.passed:
+                        climbing.remove(system)
+                    time.sleep(args.pause)  # let the B2BUA drain its transaction timers
+    finally:
+        for system in systems.values():
+            system.stop()
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument(
+        "--rates",
+        nargs="+",
+        type=float,
+        default=[100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 2000],
+        help="calls/s to step through, ascending",
+    )
+    parser.add_argument("--step-seconds", type=float, default=5.0, help="calls = rate x this")
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between steps")
+    parser.add_argument("--media-ports", default="40000-47999", help="voipgw's [media] ports")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--gateway-gc",
+        metavar="G0,G1,G2",
+        help="experiment: run voipgw with gc.set_threshold(G0, G1, G2) and gc.freeze() after "
+        "imports (default: as shipped, Python's 700,10,10)",
+    )
+    args = parser.parse_args()
+    args.rates = sorted(args.rates)
+    if shutil.which("sipp") is None:
+        parser.error("sipp is not installed (apt-get install sip-tester)")
+    started = time.monotonic()
+    print(f"SIP call rate benchmark: {versions()}", flush=True)
+    print(
+        f"UDP on {LOOPBACK}, INVITE-100-200-ACK-BYE-200 held 0 ms, {args.step_seconds:g} s "
+        f"per step, rates {' '.join(f'{r:g}' for r in args.rates)} calls/s",
+        flush=True,
+    )
+    steps = run(args)
+    print_summary(steps, args)
+    print(f"\ntotal time {time.monotonic() - started:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

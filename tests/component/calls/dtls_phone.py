@@ -1,0 +1,92 @@
+"""An in-process DTLS-SRTP phone for the component tests of the call core: the gateway's own
+sans-IO engine on a real 127.0.0.1 socket, driven in trio's (virtual) time."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import socket
+
+import attrs
+import trio
+
+from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
+from gateway.plugins.keyexchange.dtls_certificates import generate_identity
+from gateway.plugins.keyexchange.dtls_srtp import DtlsNegotiation
+
+PHONE_PORT = 44500  # real sockets, outside the relay's MEDIA_PORTS (b2bua_env)
+NOW = datetime.datetime.now(datetime.UTC)
+PHONE_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
+OTHER_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
+
+
+def dtls_sdp(
+    negotiation: DtlsNegotiation,
+    *,
+    port: int = PHONE_PORT,
+    fingerprint: str | None = None,
+    rtcp_mux: bool = True,
+) -> bytes:
+    """An offer or answer for ``negotiation``'s stream at ``port`` (RTCP on ``port`` + 1
+    without ``rtcp_mux``); ``fingerprint`` replaces the true one."""
+    ours = dict(negotiation.local_sdp_attributes())
+    mux = "a=rtcp-mux\r\n" if rtcp_mux else ""
+    return (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} UDP/TLS/RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n{mux}"
+        f"a=fingerprint:{fingerprint or ours['fingerprint']}\r\n"
+        f"a=setup:{ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
+    ).encode()
+
+
+def wrong_fingerprint() -> str:
+    """A well-formed a=fingerprint of another certificate than the phone presents."""
+    return "sha-256 " + ":".join(f"{b:02X}" for b in OTHER_ID.digest("sha-256"))
+
+
+async def bind(port: int = PHONE_PORT) -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    await sock.bind(("127.0.0.1", port))
+    return sock
+
+
+@attrs.define
+class Phone:
+    """The phone's media loop: DTLS into its engine (``negotiation`` may be replaced, e.g. by a
+    re-offer's), everything else recorded in ``media``."""
+
+    negotiation: DtlsNegotiation
+    sock: trio.socket.SocketType
+    gateway: tuple[str, int]
+    keys: SrtpKeys | None = None
+    failure: str | None = None
+    media: list[bytes] = attrs.Factory(list)
+    dtls_received: int = 0
+    keyed: trio.Event = attrs.Factory(trio.Event)
+
+    async def run(self) -> None:
+        with self.sock:  # closed when the test's nursery is cancelled
+            await self._loop()
+
+    async def _loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            for datagram in self.negotiation.packets_to_send(now=now):
+                await self.sock.sendto(datagram, self.gateway)
+            while (event := self.negotiation.next_event()) is not None:
+                if isinstance(event, KeysReady):
+                    self.keys = event.keys
+                    self.keyed.set()
+                elif isinstance(event, NegotiationFailed):
+                    self.failure = event.reason
+            timer = self.negotiation.get_timer()
+            with trio.move_on_at(math.inf if timer is None else timer):
+                data, _ = await self.sock.recvfrom(2048)
+                if data and self.negotiation.claims_packet(data[0], data):
+                    self.dtls_received += 1
+                    self.negotiation.receive_packet(data, now=trio.current_time())
+                else:
+                    self.media.append(data)
+                continue
+            self.negotiation.handle_timer(now=trio.current_time())
