@@ -266,6 +266,49 @@ async def test_dtls_datagrams_cross_the_channel_both_ways(pool: WorkerPool) -> N
     assert len(received) == 1
 
 
+async def test_dtls_and_separate_srtcp_keys_on_the_rtcp_port(pool: WorkerPool) -> None:
+    """A DTLS leg without rtcp-mux (RFC 5764 §4.1): datagrams on its RTCP port cross the
+    channel, and its RTCP is dropped until the RTCP port's own keys arrive, then unprotected
+    with them (not with the RTP keys)."""
+    a, a_rtcp, b, b_rtcp = await phones(4)
+    stream = pool.open_stream()
+    stream.a.set_remote(a.address, rtcp=a_rtcp.address)
+    stream.b.set_remote(b.address, rtcp=b_rtcp.address)
+    received: list[tuple[str, bytes, tuple[str, int]]] = []
+    stream.a.set_non_rtp_handler(lambda p, s: received.append(("rtp", p, s)))
+    stream.a.set_non_rtp_handler(lambda p, s: received.append(("rtcp", p, s)), rtcp=True)
+    a_keys = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B, remote_key=PHONE_B_KEY)
+    rtcp_keys = SrtpKeys(SUITE, local_key=PHONE_B_KEY, remote_key=GATEWAY_KEY_TO_B)
+    stream.apply_keys(StreamKeys(a_keys, None, False, a_separate_rtcp=True, a_rtcp=None))
+    await pool.sync(stream.worker)
+
+    hello = b"\x16\xfe\xfd" + bytes(range(40))
+    await a_rtcp.send(hello, stream.a.ports.rtcp_port)
+    await eventually(lambda: bool(received), "datagram forwarded")
+    assert received == [("rtcp", hello, a_rtcp.address)]
+    assert stream.a.send(b"\x16 answer", rtcp=True)
+    assert await a_rtcp.receive() == (b"\x16 answer", (ADDRESS, stream.a.ports.rtcp_port))
+
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    report = struct.pack("!BBHI", 0x81, 201, 7, 0x1234ABCD) + struct.pack("!6I", 9, 0, 1, 2, 3, 4)
+    # Under the RTP port's keys, before the RTCP port has its own: dropped, never forwarded.
+    rtp_sender = pylibsrtp.Session(
+        pylibsrtp.Policy(PHONE_B_KEY, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+    await a_rtcp.send(rtp_sender.protect_rtcp(report), stream.a.ports.rtcp_port)
+    await eventually(lambda: stream.a_to_b.statistics().dropped_transform == 1, "dropped")
+
+    stream.apply_keys(StreamKeys(a_keys, None, False, a_separate_rtcp=True, a_rtcp=rtcp_keys))
+    await pool.sync(stream.worker)
+    rtcp_sender = pylibsrtp.Session(
+        pylibsrtp.Policy(GATEWAY_KEY_TO_B, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+    await a_rtcp.send(rtcp_sender.protect_rtcp(report), stream.a.ports.rtcp_port)
+    data, source = await b_rtcp.receive()
+    assert (data, source) == (report, (ADDRESS, stream.b.ports.rtcp_port))  # plain RTCP to B
+    assert len(received) == 1
+
+
 async def test_a_killed_worker_ends_its_calls_and_is_restarted(
     pool: WorkerPool, caplog: pytest.LogCaptureFixture
 ) -> None:
