@@ -338,6 +338,11 @@ def main() -> None:
     parser.add_argument("--generators", type=int, default=1, help="generator processes per run")
     parser.add_argument("--verify", type=int, default=3, help="packets checked per phone")
     parser.add_argument("--log-level", default="warning", help="the workers' log level")
+    parser.add_argument(
+        "--phones-wait-in-epoll",
+        action="store_true",
+        help="as relay_srtp.py: phones wait in epoll between send slots (the old harness)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper())
     if max(args.calls) > 1000 or min(args.calls) < 1:
