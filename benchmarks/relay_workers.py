@@ -54,7 +54,6 @@ from relay_srtp import (
     SCENARIOS,
     Generators,
     Scenario,
-    Srtp,
     _voipgw_keys,
     cpu_seconds,
     machine_description,
@@ -62,6 +61,7 @@ from relay_srtp import (
     schedstat_delta,
     task_schedstats,
 )
+from rtpengine_peer import Srtp
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
@@ -283,15 +283,15 @@ def print_table(runs: list[Run], modes: list[str]) -> None:
     )
     for name, calls in keys:
         for mode in modes:
-            r = best.get((name, calls, mode))
-            if r is None:
+            cell = best.get((name, calls, mode))
+            if cell is None:
                 continue
-            processes = "/".join(f"{load:.0f}" for load in r.per_process)
+            processes = "/".join(f"{load:.0f}" for load in cell.per_process)
             print(
-                f"| {r.scenario.title} | {calls} | {mode} | "
-                f"{r.relayed_kpps:.2f}/{r.offered_kpps:.2f} | {r.loss:.3f} | {r.cpu_us:.2f} | "
-                f"{r.relay_load:.0f} ({processes}) | {r.generator_load:.0f} | "
-                f"{r.relay_wait:.1f} |",
+                f"| {cell.scenario.title} | {calls} | {mode} | "
+                f"{cell.relayed_kpps:.2f}/{cell.offered_kpps:.2f} | {cell.loss:.3f} | "
+                f"{cell.cpu_us:.2f} | {cell.relay_load:.0f} ({processes}) | "
+                f"{cell.generator_load:.0f} | {cell.relay_wait:.1f} |",
                 flush=True,
             )
 
