@@ -1,5 +1,5 @@
 """The gateway with ``[media] workers = 2``: calls on the in-memory SIP network, media relayed by
-two real worker processes on 127.0.0.1 (ports 31100-31199), in real time (the workers are real
+two real worker processes on 127.0.0.1 (ports 31200-31299), in real time (the workers are real
 processes, so no virtual clock): every wait is bounded by ``trio.fail_after``.
 
 Killing the worker that carries one call ends that call with BYE and a Reason on both legs; the
@@ -31,7 +31,7 @@ ALICE: Address = ("127.0.0.3", 5060)
 REALM = "voipgw.local"
 PASSWORD = "wonderland-42"
 DID = "+4930123456"
-MEDIA_PORTS = range(31100, 31200)
+MEDIA_PORTS = range(31200, 31300)
 TIMEOUT = 15.0
 
 
