@@ -501,7 +501,7 @@ class WorkerPool:
         if chosen is None:
             chosen = min(ready, key=lambda w: len(w.streams))
         assert chosen.channel is not None
-        stream_id = next(self._ids)
+        stream_id = self._next_id()
         a_port, b_port = chosen.ready.popleft(), chosen.ready.popleft()
         stream = RemoteStream(
             self,
@@ -541,12 +541,17 @@ class WorkerPool:
         slot = self._workers[worker]
         if slot.channel is None:
             raise LocalMediaError(f"media worker {worker} is not running")
-        token = next(self._ids)
+        token = self._next_id()
         done = slot.pongs[token] = trio.Event()
         slot.channel.send(Ping(token))
         await done.wait()
         if slot.pongs.pop(token, None) is None:
             raise LocalMediaError(f"media worker {worker} exited")
+
+    def _next_id(self) -> int:
+        # Stream ids and ping tokens are u32 on the channel; after 2**32 they wrap around, long
+        # after the stream that had the number closed.
+        return next(self._ids) & 0xFFFFFFFF
 
     def _forget(self, stream: RemoteStream) -> None:
         self._workers[stream.worker].streams.pop(stream.id, None)
