@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.keying import StreamKeys
 from gateway.core.media.relay import DirectionStatistics
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
@@ -130,6 +131,8 @@ def test_keys_never_appear_in_reprs() -> None:
     assert KEY.hex() not in text and repr(KEY) not in text
     assert "redacted" in text
     assert "200 octets" in repr(SendDatagram(1, "a", False, bytes(200)))
+    keys = StreamKeys(CM_KEYS, GCM_KEYS, False, True, CM_KEYS)
+    assert KEY.hex() not in repr(keys) and repr(KEY) not in repr(keys)
 
 
 @pytest.mark.parametrize(
