@@ -64,7 +64,9 @@ from gateway.core.media.relay import MediaRelay
 from gateway.core.media.srtp import SrtpSession, libsrtp_version
 
 SCENARIO = SCENARIOS["srtp-srtp"]
-PORTS = (10000, 26999)  # 4 ports per call; both relays use it in turn, never at the same time
+# 4 ports per call; both relays use the range in turn, never at the same time. Ports another
+# process holds are skipped (PortAllocator; rtpengine likewise).
+PORTS = (15000, 31999)
 SETTLE = 1.0  # seconds after the packets, before reading RSS
 
 
@@ -143,8 +145,10 @@ def run_voipgw(steps: list[int], trace: bool) -> list[tuple[int, int, int, int]]
     process = ctx.Process(target=voipgw_child, args=(child, steps, trace), daemon=True)
     process.start()
     try:
-        if not parent.poll(600):
-            raise RuntimeError("the voipgw process did not answer")
+        deadline = time.monotonic() + 600
+        while not parent.poll(1.0):
+            if not process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the voipgw process ended or hung (exit {process.exitcode})")
         points: list[tuple[int, int, int, int]] = parent.recv()
         return points
     finally:

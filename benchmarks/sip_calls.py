@@ -7,9 +7,11 @@ sippy, sipp comes from the distribution: ``apt-get install sip-tester``)::
     python benchmarks/sip_calls.py --modes noauth --rates 200 400 600 800 --step-seconds 10
     python benchmarks/sip_calls.py --systems voipgw --rates 600     # one system, one rate
 
-Every call is INVITE (SDP offer) - 100 - 200 (SDP answer) - ACK - BYE - 200, held for 0 ms,
-over UDP on 127.0.0.1. The caller is a sipp UAC (benchmarks/scenarios/uac_call*.xml), the
-callee a sipp UAS (uas_answer*.xml). Systems (``--systems``), each run at the same rates:
+Every call is INVITE (SDP offer) - 100 - 200 (SDP answer) - ACK - BYE - 200 over UDP on
+127.0.0.1, held ``--hold-ms`` (200 ms) between ACK and BYE: with no hold at all sippy's B2BUA
+leaves a BYE that arrives right behind the ACK unanswered until sipp retransmits it. The caller
+is a sipp UAC (benchmarks/scenarios/uac_call*.xml), the callee a sipp UAS (uas_answer*.xml).
+Systems (``--systems``), each run at the same rates:
 
 - ``floor``: the UAC calls the UAS directly: what sipp and the loopback cost, the ceiling any
   B2BUA can reach on this machine.
@@ -49,6 +51,13 @@ Figures per step:
 - load (% of one core): B2BUA, UAC and UAS (sipp's own rusage from wait4), over the step;
 - wait (%): the share of the step the B2BUA was runnable but had no CPU (schedstat): contention.
 
+voipgw keeps every transaction 64*T1 = 32 s after its call (RFC 3261 Timers J, RFC 6026 L and
+M), so the higher the rate, the more objects Python's cyclic garbage collector walks on each full
+collection, and the longer each such pause (hundreds of ms at a few hundred calls/s: they set
+the p99). ``--gateway-gc G0,G1,G2`` runs voipgw with ``gc.set_threshold(G0, G1, G2)`` and
+``gc.freeze()`` after its imports, to show what a collector policy would change; it is an
+experiment, not how voipgw runs.
+
 The machine has 2 vCPUs and sipp needs CPU too: the UAC, the UAS and the B2BUA share them, and
 loopback delivery is charged to the sending process. The load generator is not the bottleneck
 when the floor passes a higher rate than a B2BUA and the UAC's load stays below ~80 % of a core
@@ -80,13 +89,29 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 LOOPBACK = "127.0.0.1"
 TRUNK_IP = "127.0.0.2"  # the calling trunk's source address (voipgw noauth)
-# SIP ports, away from the tests' (which bind port 0) and from the media range.
-B2BUA_PORT = 35060  # voipgw
-SIPPY_PORT = 35090
-UAC_PORT = 35062
-UAS_PORT = 35070  # the trunk "carrier" (auth) and the floor's UAS
-PHONE_PORT = 35072  # alice's registered phone (voipgw noauth)
-UAC_MEDIA, UAS_MEDIA = 36000, 36010  # sipp binds these (and +2) but sends no RTP
+# SIP ports below the kernel's ephemeral range (32768-60999 here), where no other program's
+# outgoing sockets land; each step checks they are free first and says so when they are not.
+B2BUA_PORT = 31060  # voipgw
+SIPPY_PORT = 31090
+
+
+@attrs.frozen
+class Ports:
+    """The sipp ports of one system's runs. Every system has its own, so that a late
+    retransmission from one B2BUA never reaches the peers of the next system's run."""
+
+    uac: int
+    uas: int  # the callee: the floor's UAS, voipgw's trunk "carrier", sippy's static route
+    phone: int  # voipgw noauth: alice's registered phone
+    uac_media: int  # sipp binds these (and +2) but sends no RTP
+    uas_media: int
+
+
+PORTS = {
+    "floor": Ports(uac=31062, uas=31070, phone=31070, uac_media=31100, uas_media=31110),
+    "voipgw": Ports(uac=31064, uas=31074, phone=31072, uac_media=31120, uas_media=31130),
+    "sippy": Ports(uac=31066, uas=31076, phone=31076, uac_media=31140, uas_media=31150),
+}
 ACCOUNT, PASSWORD = "alice", "wonderland"
 TRUNK_NUMBER = "+4989555"
 MODES = ("noauth", "auth")
@@ -120,7 +145,7 @@ ports = "{media_ports}"
 
 [[trunks]]
 name = "carrier"
-address = "udp:{LOOPBACK}:{UAS_PORT}"
+address = "udp:{LOOPBACK}:{PORTS["voipgw"].uas}"
 prefixes = ["+49"]
 allowed_sources = []
 
@@ -179,6 +204,17 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
         process.wait(5.0)
 
 
+def require_free(*ports: int) -> None:
+    """RuntimeError naming the first of ``ports`` that another process holds on 127.0.0.1 (a
+    clash would otherwise look like a failed call)."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                raise RuntimeError(f"UDP port {port} is taken by another process") from None
+
+
 def wait_udp_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """Until something binds UDP 127.0.0.1:``port`` (the peer is up) or ``process`` exits."""
     deadline = time.monotonic() + timeout
@@ -204,6 +240,7 @@ def sipp_command(
     calls: int,
     timeout: float,
     rundir: Path,
+    hold_ms: int = 0,
 ) -> list[str]:
     return [
         "sipp",
@@ -223,7 +260,7 @@ def sipp_command(
         "-m",
         str(calls),
         "-d",
-        "0",
+        str(hold_ms),
         "-nostdin",
         "-buff_size",
         str(4 * 1024 * 1024),
@@ -263,6 +300,7 @@ class System:
     def _start_voipgw(self, args: argparse.Namespace) -> None:
         state = self.workdir / "state"
         config = self.workdir / "voipgw.toml"
+        require_free(B2BUA_PORT, PORTS["voipgw"].phone)
         config.write_text(gateway_config(state, args.media_ports))
         command = [sys.executable, "-m", "gateway"]
         subprocess.run(
@@ -302,8 +340,8 @@ class System:
                 *sipp_command(
                     "register.xml",
                     local_ip=LOOPBACK,
-                    port=PHONE_PORT,
-                    media_port=UAS_MEDIA,
+                    port=PORTS["voipgw"].phone,
+                    media_port=PORTS["voipgw"].uas_media,
                     calls=1,
                     timeout=10,
                     rundir=rundir,
@@ -325,6 +363,7 @@ class System:
             raise RuntimeError(f"REGISTER failed ({register.returncode}), see {rundir}")
 
     def _start_sippy(self) -> None:
+        require_free(SIPPY_PORT)
         b2bua = shutil.which("b2bua")
         if b2bua is None:
             raise RuntimeError("sippy's b2bua is not installed (pip install sippy)")
@@ -341,7 +380,7 @@ class System:
                     "-p",
                     str(SIPPY_PORT),
                     "-s",
-                    f"{LOOPBACK}:{UAS_PORT}",  # static route: every call to the UAS
+                    f"{LOOPBACK}:{PORTS['sippy'].uas}",  # static route: every call to the UAS
                     "-c",
                     str(self.workdir / "b2bua.sock"),
                     "-L",
@@ -363,12 +402,13 @@ class System:
 
     def route(self, mode: str) -> tuple[str, int, str, str]:
         """(UAC's local IP, UAS port, callee user, UAS scenario) for ``mode``."""
+        ports = PORTS[self.name]
         if self.name == "floor":
             scenario = "uas_answer_auth.xml" if mode == "auth" else "uas_answer.xml"
-            return LOOPBACK, UAS_PORT, TRUNK_NUMBER, scenario
+            return LOOPBACK, ports.uas, TRUNK_NUMBER, scenario
         if self.name == "voipgw" and mode == "noauth":
-            return TRUNK_IP, PHONE_PORT, ACCOUNT, "uas_answer.xml"
-        return LOOPBACK, UAS_PORT, TRUNK_NUMBER, "uas_answer.xml"
+            return TRUNK_IP, ports.phone, ACCOUNT, "uas_answer.xml"
+        return LOOPBACK, ports.uas, TRUNK_NUMBER, "uas_answer.xml"
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -424,6 +464,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
     calls = max(1, round(rate * args.step_seconds))
     rundir = Path(tempfile.mkdtemp(prefix=f"{system.name}-{mode}-{rate:g}-", dir=system.workdir))
     local_ip, uas_port, callee, uas_scenario = system.route(mode)
+    ports = PORTS[system.name]
     timeout = calls / rate + SIPP_TIMEOUT_SLACK
     uas_dir, uac_dir = rundir / "uas", rundir / "uac"
     uas_dir.mkdir()
@@ -432,24 +473,25 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         uas_scenario,
         local_ip=LOOPBACK,
         port=uas_port,
-        media_port=UAS_MEDIA,
+        media_port=ports.uas_media,
         calls=calls,
         timeout=timeout,
         rundir=uas_dir,
     )
     if uas_scenario == "uas_answer_auth.xml":
         uas_cmd += ["-key", "user", ACCOUNT, "-key", "password", PASSWORD]
-    target_port = {"floor": UAS_PORT, "voipgw": B2BUA_PORT, "sippy": SIPPY_PORT}[system.name]
+    target_port = {"floor": ports.uas, "voipgw": B2BUA_PORT, "sippy": SIPPY_PORT}[system.name]
     target = f"{LOOPBACK}:{target_port}"
     uac_cmd = [
         *sipp_command(
             "uac_call_auth.xml" if mode == "auth" else "uac_call.xml",
             local_ip=local_ip,
-            port=UAC_PORT,
-            media_port=UAC_MEDIA,
+            port=ports.uac,
+            media_port=ports.uac_media,
             calls=calls,
             timeout=timeout,
             rundir=uac_dir,
+            hold_ms=args.hold_ms,
         ),
         target,
         "-s",
@@ -472,6 +514,14 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
     ]
     if mode == "auth":
         uac_cmd += ["-au", ACCOUNT, "-ap", PASSWORD, "-auth_uri", f"{callee}@{target}"]
+    require_free(
+        uas_port,
+        ports.uas_media,
+        ports.uas_media + 2,
+        ports.uac,
+        ports.uac_media,
+        ports.uac_media + 2,
+    )
     with open(uas_dir / "screen.log", "wb") as screen:
         uas = subprocess.Popen(
             uas_cmd, cwd=uas_dir, stdin=subprocess.DEVNULL, stdout=screen, stderr=screen
@@ -682,8 +732,10 @@ def run(args: argparse.Namespace) -> list[Step]:
     finally:
         for system in systems.values():
             system.stop()
-    if not args.keep:
+    if args.clean:
         shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"logs and traces kept in {workdir}", flush=True)
     return steps
 
 
@@ -697,13 +749,21 @@ def main() -> None:
         "--rates",
         nargs="+",
         type=float,
-        default=[100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 2000],
+        default=[100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000, 1500, 2000],
         help="calls/s to step through, ascending",
     )
     parser.add_argument("--step-seconds", type=float, default=5.0, help="calls = rate x this")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between steps")
+    parser.add_argument(
+        "--hold-ms",
+        type=int,
+        default=200,
+        help="how long the UAC holds each answered call before its BYE (sipp -d)",
+    )
     parser.add_argument("--media-ports", default="40000-47999", help="voipgw's [media] ports")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--clean", action="store_true", help="remove the work directory (logs, traces) at the end"
+    )
     parser.add_argument(
         "--gateway-gc",
         metavar="G0,G1,G2",
@@ -717,8 +777,9 @@ def main() -> None:
     started = time.monotonic()
     print(f"SIP call rate benchmark: {versions()}", flush=True)
     print(
-        f"UDP on {LOOPBACK}, INVITE-100-200-ACK-BYE-200 held 0 ms, {args.step_seconds:g} s "
-        f"per step, rates {' '.join(f'{r:g}' for r in args.rates)} calls/s",
+        f"UDP on {LOOPBACK}, INVITE-100-200-ACK-BYE-200 held {args.hold_ms} ms, "
+        f"{args.step_seconds:g} s per step, rates {' '.join(f'{r:g}' for r in args.rates)} "
+        f"calls/s" + (f", voipgw GC {args.gateway_gc}" if args.gateway_gc else ""),
         flush=True,
     )
     steps = run(args)

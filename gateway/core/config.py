@@ -101,8 +101,10 @@ class PortRange:
         lo, hi = int(low), int(high)
         if not 1024 <= lo < hi <= 65535:
             raise ValueError(f"expected 1024 <= LOW < HIGH <= 65535, got {text!r}")
-        if hi - lo < 3:
-            raise ValueError(f"range {text!r} holds no RTP/RTCP port pair for two legs")
+        # RTP on an even port, RTCP on the next one (RFC 3550 §11): a call needs a pair per leg.
+        first_even = lo + lo % 2
+        if (hi - first_even + 1) // 2 < 2:
+            raise ValueError(f"range {text!r} holds fewer than two RTP/RTCP port pairs (one call)")
         return cls(lo, hi)
 
     def __str__(self) -> str:

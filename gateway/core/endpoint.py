@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -85,33 +85,80 @@ class CallLayer(Protocol):
 
 
 class ClientRequest:
-    """A request we sent through a client transaction: its responses arrive on ``responses``.
+    """A request we sent through a client transaction: its responses arrive on ``responses``,
+    or, once the owner calls :meth:`forward_to`, in calls of its sink.
 
     Transaction timeout (Timer B/F) and transport failure arrive as locally made 408 and 503
     responses (RFC 3261 §8.1.3.1), so the owner has one thing to wait for. The channel closes
-    when the transaction terminates.
+    when the transaction terminates; a sink is then no longer called.
+
+    The channel is made on first use: an owner with a sink (a call forwarding responses into
+    its own event queue) needs neither the channel nor a task reading it, and the client
+    transaction of an answered INVITE lives 64*T1 after the call (Timer M, RFC 6026).
     """
 
-    __slots__ = ("_send", "flow", "responses", "transaction")
+    __slots__ = ("_closed", "_receive", "_send", "_sink", "flow", "transaction")
 
     def __init__(self, transaction: ClientTransaction, flow: Flow) -> None:
         self.transaction = transaction
         self.flow = flow
-        self._send, self.responses = trio.open_memory_channel[Response](CLIENT_RESPONSE_QUEUE)
+        self._send: trio.MemorySendChannel[Response] | None = None
+        self._receive: trio.MemoryReceiveChannel[Response] | None = None
+        self._sink: Callable[[Response], None] | None = None
+        self._closed = False
 
     @property
     def request(self) -> Request:
         return self.transaction.request
 
+    @property
+    def responses(self) -> trio.MemoryReceiveChannel[Response]:
+        """The responses, in order; the channel ends when the transaction terminates."""
+        return self._channel()[1]
+
+    def forward_to(self, sink: Callable[[Response], None] | None) -> None:
+        """Call ``sink`` with every response from now on (those already queued first, in
+        order), from the endpoint's task; it must not block. None stops forwarding: later
+        responses are dropped."""
+        if self._receive is not None:
+            while sink is not None:
+                try:
+                    sink(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self._receive.close()
+        self._sink = sink if not self._closed else None
+        if sink is None:
+            self._closed = True
+
+    def _channel(
+        self,
+    ) -> tuple[trio.MemorySendChannel[Response], trio.MemoryReceiveChannel[Response]]:
+        if self._send is None or self._receive is None:
+            self._send, self._receive = trio.open_memory_channel[Response](CLIENT_RESPONSE_QUEUE)
+            if self._closed:
+                self._send.close()
+        return self._send, self._receive
+
     def _deliver(self, response: Response) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink(response)
+            return
+        if self._closed:
+            log.debug("dropping response %d: its owner is not reading", response.status)
+            return
         try:
-            self._send.send_nowait(response)
+            self._channel()[0].send_nowait(response)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             # The owner stopped listening (its call ended) or is flooded: nothing to deliver to.
             log.debug("dropping response %d: its owner is not reading", response.status)
 
     def _close(self) -> None:
-        self._send.close()
+        self._closed = True
+        self._sink = None
+        if self._send is not None:
+            self._send.close()
 
 
 @attrs.define

@@ -168,6 +168,8 @@ class Call:
         self.end_reason: str | None = None
         self._events_send, self._events = trio.open_memory_channel[CallEventInput](EVENT_QUEUE)
         self._nursery: trio.Nursery | None = None
+        # Client requests whose responses come into the event queue; detached at the end.
+        self._forwarded: list[ClientRequest] = []
         self._pending_reinvite: tuple[Side, ServerTransaction, Request] | None = None
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
         self._reinvite_acks: dict[Side, Request] = {}
@@ -206,6 +208,10 @@ class Call:
                     await self._drain_b_legs()
                 nursery.cancel_scope.cancel()
         finally:
+            # Later responses (2xx retransmissions while Timer M runs) find nobody: dropped.
+            for client in self._forwarded:
+                client.forward_to(None)
+            self._forwarded.clear()
             if self.keying is not None:
                 self.keying.block_all()
             # Recorded before the streams close, so the record keeps their final counters.
@@ -373,15 +379,14 @@ class Call:
         return NameAddr(uri)
 
     def _forward(self, client: ClientRequest, tag: object) -> None:
-        """Pass every response of ``client`` into this call's event channel."""
-        assert self._nursery is not None
+        """Pass every response of ``client`` into this call's event channel until the call
+        ends (straight from the endpoint's task: no channel and task per request)."""
 
-        async def forward() -> None:
-            async with client.responses:
-                async for response in client.responses:
-                    self.post(ResponseEvent(tag, response))
+        def forward(response: Response) -> None:
+            self.post(ResponseEvent(tag, response))
 
-        self._nursery.start_soon(forward)
+        client.forward_to(forward)
+        self._forwarded.append(client)
 
     async def _ringing(self) -> None:
         while self.state == "ringing":

@@ -86,7 +86,9 @@ Transform = Callable[[bytes], bytes | None]
 
 A transform may also offer ``in_buffer(buffer: bytearray) -> BufferStep | None`` (as
 :class:`~gateway.core.media.srtp.SrtpTransform` does): the relay then runs that step on its
-receive buffer instead of calling the transform with a ``bytes`` copy of the packet."""
+receive buffer instead of calling the transform with a ``bytes`` copy of the packet. An inbound
+transform may offer ``in_buffer_then(transform_out, buffer) -> BufferStep | None`` too: one step
+for both (SRTP->SRTP in one call)."""
 
 BufferStep = Callable[[int], int]
 """A transform working in place on the relay's receive buffer: takes the length of the packet at
@@ -220,6 +222,7 @@ class _Route:
         "packets",
         "plain",
         "sendto",
+        "step_fused",
         "step_in",
         "step_out",
         "transform_errors",
@@ -238,6 +241,7 @@ class _Route:
         self.in_place = False
         self.step_in: BufferStep | None = None
         self.step_out: BufferStep | None = None
+        self.step_fused = False  # step_in runs transform_in and transform_out (step_out None)
         self.packets = 0
         self.bytes = 0
         self.dropped_no_destination = 0
@@ -595,6 +599,7 @@ def _configure(
     route.plain = transform_in is None and transform_out is None and not taps
     route.step_in = _buffer_step(transform_in, buffer)
     route.step_out = _buffer_step(transform_out, buffer)
+    route.step_fused = False
     # Taps get bytes, so a tapped route takes the bytes path (taps are rare: recording).
     route.in_place = (
         not route.plain
@@ -602,6 +607,12 @@ def _configure(
         and (transform_in is None or route.step_in is not None)
         and (transform_out is None or route.step_out is not None)
     )
+    if route.in_place and route.step_in is not None and route.step_out is not None:
+        # Both in place (SRTP->SRTP): one call for the two, if the first can run the second.
+        then = getattr(transform_in, "in_buffer_then", None)
+        fused: BufferStep | None = then(transform_out, buffer) if then is not None else None
+        if fused is not None:
+            route.step_in, route.step_out, route.step_fused = fused, None, True
 
 
 def _buffer_step(transform: Transform | None, buffer: bytearray | None) -> BufferStep | None:
@@ -639,7 +650,9 @@ class MediaRelay:
         self._max_sockets = max_sockets_per_round
         self._max_rounds = max_rounds_per_wakeup
         self._epoll = select.epoll()
-        self._endpoints: dict[int, _Endpoint] = {}
+        # Indexed by descriptor: one array load per packet where a dict costs a probe of its
+        # index and its entries (two cache misses at thousands of sockets).
+        self._endpoints: list[_Endpoint | None] = []
         self._streams: set[MediaStream] = set()
         # Never resized: in-place transforms hold C pointers into it.
         self._buffer = bytearray(_RECEIVE_BUFFER_SIZE + TRANSFORM_ROOM)
@@ -666,6 +679,8 @@ class MediaRelay:
         self._streams.add(stream)
         try:
             for ep in stream._all_endpoints():
+                if ep.fd >= len(self._endpoints):
+                    self._endpoints.extend([None] * (ep.fd + 1 - len(self._endpoints)))
                 self._epoll.register(ep.fd, select.EPOLLIN)
                 self._endpoints[ep.fd] = ep
         except BaseException:
@@ -752,7 +767,7 @@ class MediaRelay:
             if not events:
                 return
             for fd, _mask in events:
-                ep = endpoints.get(fd)
+                ep = endpoints[fd]
                 if ep is None:  # closed by a tap or transform earlier in this round
                     continue
                 try:
@@ -789,7 +804,7 @@ class MediaRelay:
                         try:
                             size = step(size)
                         except Exception:
-                            size = _step_failed(route, route.transform_in)
+                            size = _step_failed(route, _blame_in(route))
                     step = route.step_out
                     if step is not None and size >= 0:
                         try:
@@ -843,8 +858,8 @@ class MediaRelay:
         for ep in stream._all_endpoints():
             # The identity check keeps a reused descriptor number of another stream registered
             # (should someone have closed this stream's PortPair directly).
-            if self._endpoints.get(ep.fd) is ep:
-                del self._endpoints[ep.fd]
+            if ep.fd < len(self._endpoints) and self._endpoints[ep.fd] is ep:
+                self._endpoints[ep.fd] = None
                 with contextlib.suppress(OSError, ValueError):  # the epoll is closed already
                     self._epoll.unregister(ep.fd)
 
@@ -868,7 +883,14 @@ def _transform(ep: _Endpoint, route: _Route, packet: bytes) -> bytes | None:
     return packet
 
 
-def _step_failed(route: _Route, transform: Transform | None) -> int:
+def _blame_in(route: _Route) -> object:
+    """What to name when step_in raises: its transform, or both when it runs both."""
+    if route.step_fused:
+        return (route.transform_in, route.transform_out)
+    return route.transform_in
+
+
+def _step_failed(route: _Route, transform: object) -> int:
     """An in-place step raised: counted and logged as :func:`_apply` does; the packet is dropped."""
     route.transform_errors += 1
     if route.transform_errors == 1:

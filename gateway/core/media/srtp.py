@@ -479,6 +479,66 @@ class _LibsrtpStep:
         return result
 
 
+class _LibsrtpPairStep:
+    """Two libsrtp steps on the same buffer in one call: SRTP->SRTP bridging, unprotect with
+    one leg's key then protect with the other's. The same as calling ``first.run`` then
+    ``second.run`` (same checks, same counters), minus a Python call, and the SSRC is read once:
+    unprotecting leaves the header, so the second step sees the same SSRC at the same offset."""
+
+    __slots__ = ("first", "second")
+
+    def __init__(self, first: _LibsrtpStep, second: _LibsrtpStep) -> None:
+        self.first = first
+        self.second = second
+
+    def run(self, size: int) -> int:
+        step = self.first
+        context = step.context
+        ctx = context.ctx
+        if ctx is None or size > step.limit:
+            context.other_errors += 1
+            return -1
+        ssrc = _unpack_ssrc(step.buffer, step.ssrc_at)[0] if size >= step.has_ssrc else _NO_SSRC
+        ssrcs = step.ssrcs
+        known = ssrc in ssrcs
+        if not known and len(ssrcs) >= step.max_ssrcs:
+            context.ssrc_limit += 1
+            return -1
+        length = step.length
+        length[0] = size
+        status = step.function(ctx, step.cdata, length)
+        if status:
+            _count_failure(context, status)
+            return -1
+        if not known:
+            ssrcs.add(ssrc)
+        context.passed += 1
+        # The second step, on what the first left in the buffer and in the shared length cell.
+        step = self.second
+        size = length[0]
+        context = step.context
+        ctx = context.ctx
+        if ctx is None or size > step.limit:
+            context.other_errors += 1
+            return -1
+        if size < step.has_ssrc:
+            ssrc = _NO_SSRC
+        ssrcs = step.ssrcs
+        known = ssrc in ssrcs
+        if not known and len(ssrcs) >= step.max_ssrcs:
+            context.ssrc_limit += 1
+            return -1
+        status = step.function(ctx, step.cdata, length)
+        if status:
+            _count_failure(context, status)
+            return -1
+        if not known:
+            ssrcs.add(ssrc)
+        context.passed += 1
+        result: int = length[0]
+        return result
+
+
 def _libsrtp_step(
     context: _Context, function: Any, buffer: bytearray, ssrc_at: int, max_ssrcs: int
 ) -> _Step:
@@ -499,7 +559,6 @@ class SrtpTransform:
         "_context",
         "_copy",
         "_copy_step",
-        "_copy_view",
         "_function",
         "_max_ssrcs",
         "_python",
@@ -521,11 +580,10 @@ class SrtpTransform:
         self._python = python if use_python else None  # srtp_python's, for PYTHON_SUITES
         self._ssrc_at = ssrc_at
         self._max_ssrcs = max_ssrcs
-        self._copy = bytearray()  # the bytes path's buffer, grown on use
-        self._copy_view = memoryview(self._copy)
+        self._copy: bytearray | None = None  # the bytes path's buffer, made on first use
         self._copy_step: _Step | None = None
         self._bound: bytearray | None = None  # the buffer of the last in_buffer() call
-        self._bound_step: _Step | None = None
+        self._bound_step: _LibsrtpStep | None = None
 
     def __call__(self, packet: bytes) -> bytes | None:
         context = self._context
@@ -535,17 +593,18 @@ class SrtpTransform:
         if context.ctx is None or size > MAX_PACKET_LENGTH:
             context.other_errors += 1
             return None
-        step = self._copy_step
-        if step is None or len(self._copy) < size + TRAILER_ROOM:
-            self._copy_view.release()
-            self._copy = bytearray(max(_MIN_COPY_BUFFER, size + TRAILER_ROOM))
-            self._copy_view = memoryview(self._copy)
+        copy, step = self._copy, self._copy_step
+        if copy is None or step is None or len(copy) < size + TRAILER_ROOM:
+            copy = self._copy = bytearray(max(_MIN_COPY_BUFFER, size + TRAILER_ROOM))
             step = self._copy_step = _libsrtp_step(
-                context, self._function, self._copy, self._ssrc_at, self._max_ssrcs
+                context, self._function, copy, self._ssrc_at, self._max_ssrcs
             )
-        self._copy[:size] = packet
+        copy[:size] = packet
         size = step(size)
-        return self._copy_view[:size].tobytes() if size >= 0 else None
+        if size < 0:
+            return None
+        with memoryview(copy) as view:
+            return view[:size].tobytes()
 
     def in_buffer(self, buffer: bytearray) -> Callable[[int], int] | None:
         """This transform working in place on ``buffer`` (the relay's receive buffer, never
@@ -554,10 +613,26 @@ class SrtpTransform:
         dropped (counted as by a call). ``buffer`` must keep :data:`TRAILER_ROOM` octets free
         after the longest packet; longer ones are dropped. None for the :data:`PYTHON_SUITES`,
         which only work on ``bytes``."""
+        step = self._step_on(buffer)
+        return None if step is None else step.run
+
+    def in_buffer_then(self, then: object, buffer: bytearray) -> Callable[[int], int] | None:
+        """This transform and then ``then`` (another :class:`SrtpTransform` of the same packet
+        kind, RTP or RTCP) in place on ``buffer``, in one call: what the relay runs for an
+        SRTP->SRTP direction. It counts and drops exactly as :meth:`in_buffer` of each, one
+        after the other. None when either cannot work in place."""
+        if not isinstance(then, SrtpTransform) or then._ssrc_at != self._ssrc_at:
+            return None
+        first, second = self._step_on(buffer), then._step_on(buffer)
+        if first is None or second is None:
+            return None
+        return _LibsrtpPairStep(first, second).run
+
+    def _step_on(self, buffer: bytearray) -> _LibsrtpStep | None:
         if self._python is not None:
             return None
-        if self._bound is not buffer:
-            self._bound_step = _libsrtp_step(
+        if self._bound is not buffer or self._bound_step is None:
+            self._bound_step = _LibsrtpStep(
                 self._context, self._function, buffer, self._ssrc_at, self._max_ssrcs
             )
             self._bound = buffer

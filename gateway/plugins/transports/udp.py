@@ -5,11 +5,10 @@ where replies and later requests go (symmetric response routing, RFC 3581). Outb
 new address use the listener socket of the same address family, so requests leave from the
 address and port peers know us by.
 
-The socket is served the way the media relay serves its ports: one wake-up reads every datagram
-queued on it (up to :data:`_BATCH`, then it lets other tasks run), and a send goes straight to the
-non-blocking socket, waiting for it to become writable only when the kernel's buffer is full.
-trio's socket methods would pass through the scheduler twice per datagram (a checkpoint before
-and after the system call), which at hundreds of calls per second costs more than parsing.
+The socket is used directly, non-blocking: a receive waits for readability only when nothing is
+queued, and a send waits only when the kernel's buffer is full. trio's socket methods pass
+through the scheduler twice per datagram (a checkpoint before and after the system call) and
+re-arm epoll for every receive, which at hundreds of calls per second costs more than parsing.
 """
 
 from __future__ import annotations
@@ -32,9 +31,6 @@ log = logging.getLogger(__name__)
 
 # Largest UDP payload; a bigger SIP message cannot arrive in one datagram anyway.
 _RECV_SIZE = 65535
-# Datagrams read per wake-up before other tasks get a turn; well below the gateway's inbound
-# queue (1024), so one burst cannot fill it on its own.
-_BATCH = 64
 
 
 @attrs.frozen
@@ -86,27 +82,25 @@ class UdpTransport:
     ) -> None:
         flows = host.flows
         while True:
-            await trio.lowlevel.wait_readable(raw)
-            now = trio.current_time()
-            for _ in range(_BATCH):
-                try:
-                    data, remote = raw.recvfrom(_RECV_SIZE)
-                except BlockingIOError:
-                    break  # drained: wait for the next wake-up
-                except ConnectionResetError:
-                    # ICMP port unreachable from an earlier send surfaces here on some systems.
-                    continue
-                remote = remote[:2]
-                if not data.strip(b"\r\n"):
-                    continue  # RFC 5626 §3.5.1 keep-alive / stray CRLF: nothing to deliver
+            try:
+                data, remote = raw.recvfrom(_RECV_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(raw)
+                continue
+            except ConnectionResetError:
+                # ICMP port unreachable from an earlier send surfaces here on some systems.
+                continue
+            remote = remote[:2]
+            if data.strip(b"\r\n"):  # else RFC 5626 §3.5.1 keep-alive / stray CRLF: nothing to do
                 flow = flows.get(FlowKey(self.name, local, remote))
                 if flow is None:
                     flow = self._make_flow(sock, raw, local, remote)
                     flows.add(flow)
-                flow.last_activity = now
+                flow.last_activity = trio.current_time()
                 host.deliver(data, flow)
-            else:
-                await trio.lowlevel.checkpoint()  # a full batch: let the endpoint catch up
+            # One datagram per turn: the endpoint takes each before the next is read, so a
+            # backlog waits in the socket's receive buffer, not in the gateway's bounded queue.
+            await trio.lowlevel.checkpoint()
 
     def _make_flow(
         self, sock: trio.socket.SocketType, raw: socket.socket, local: Address, remote: Address

@@ -9,7 +9,7 @@ import datetime
 import math
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import attrs
 import pytest
@@ -165,6 +165,9 @@ class Phone:
     rtp_received: list[bytes] = attrs.Factory(list)
     first_dtls: trio.Event = attrs.Factory(trio.Event)
     first_rtp: trio.Event = attrs.Factory(trio.Event)
+    proceed: trio.Event | None = None
+    """If set: after the first DTLS datagram the phone waits for it before answering, so a test
+    can act mid-handshake without racing the handshake."""
 
     async def run(self) -> None:
         while True:
@@ -181,6 +184,8 @@ class Phone:
                 data, _ = await self.sock.recvfrom(2048)
                 if data and self.negotiation.claims_packet(data[0], data):
                     self.first_dtls.set()
+                    if self.proceed is not None:
+                        await self.proceed.wait()
                     self.negotiation.receive_packet(data, now=trio.current_time())
                 else:
                     self.rtp_received.append(data)
@@ -193,6 +198,12 @@ def udp(port: int) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     return sock
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with trio.fail_after(5):
+        while not condition():
+            await trio.sleep(0.005)
 
 
 async def receive(sock: trio.socket.SocketType, within: float) -> bytes | None:
@@ -211,22 +222,29 @@ async def test_dtls_leg_relays_media_after_the_handshake_and_nothing_before(
     with a_sock, b_sock:
         await a_sock.bind((ADDRESS, A_PHONE))
         await b_sock.bind((ADDRESS, B_PHONE))
-        phone = Phone(phone_negotiation, a_sock, (ADDRESS, call.a_port))
+        phone = Phone(phone_negotiation, a_sock, (ADDRESS, call.a_port), proceed=trio.Event())
         async with trio.open_nursery() as nursery:
-            # Before any handshake: B's RTP reaches nobody, A's RTP neither.
+            # Before any handshake: B's RTP reaches nobody, A's RTP neither (waiting for the
+            # relay to count both drops, not a fixed time, so a loaded machine cannot reorder).
+            stream = call.session.streams[0]
             await b_sock.sendto(rtp(1), (ADDRESS, call.b_port))
             await a_sock.sendto(rtp(1), (ADDRESS, call.a_port))
-            assert await receive(b_sock, 0.2) is None
-            assert call.session.streams[0].b_to_a.statistics().dropped_blocked == 1
+            await until(lambda: stream.b_to_a.statistics().dropped_blocked == 1)
+            await until(lambda: stream.a_to_b.statistics().dropped_blocked == 1)
+            assert await receive(b_sock, 0.1) is None
             assert call.a.expects_srtp(0) and call.a.keys(0) is None
 
             handshakes = call.handshakes()
             nursery.start_soon(handshakes.run)
             nursery.start_soon(phone.run)
-            # Mid-handshake (the gateway's ClientHello reached the phone): still nothing.
+            # Mid-handshake (the gateway's ClientHello reached the phone, which holds its answer
+            # until the relay has dealt with rtp(2)): still nothing.
             with trio.fail_after(5):
                 await phone.first_dtls.wait()
             await b_sock.sendto(rtp(2), (ADDRESS, call.b_port))
+            await until(lambda: stream.b_to_a.statistics().dropped_blocked == 2)
+            assert phone.proceed is not None
+            phone.proceed.set()
             with trio.fail_after(10):
                 await call.keyed.wait()
             assert phone.keys is not None and phone.failure is None
@@ -285,9 +303,12 @@ async def test_wrong_fingerprint_fails_the_call_and_no_media_flows(relay: MediaR
             assert call.a.keys(0) is None
             assert not call.keyed.is_set()
             # No media either way after the failure.
+            stream = call.session.streams[0]
             await b_sock.sendto(rtp(5), (ADDRESS, call.b_port))
             await a_sock.sendto(rtp(5), (ADDRESS, call.a_port))
-            assert await receive(b_sock, 0.3) is None
+            await until(lambda: stream.b_to_a.statistics().dropped_blocked == 1)
+            await until(lambda: stream.a_to_b.statistics().dropped_blocked == 1)
+            assert await receive(b_sock, 0.1) is None
             assert phone.rtp_received == []
             nursery.cancel_scope.cancel()
         call.keying.close()

@@ -62,6 +62,8 @@ receive_buffer = 4096
         ("[sip]\nlisten = ['udp:127.0.0.1:70000']\n", "sip", "listen", "0-65535"),
         ("[sip]\nlisten = ['udp:example.com:5060']\n", "sip", "listen", "IP address"),
         ("[media]\nports = '5-6'\n", "media", "ports", "LOW < HIGH"),
+        # Even RTP ports 40002 and 40004, but 40005 for the second RTCP is outside.
+        ("[media]\nports = '40001-40004'\n", "media", "ports", "fewer than two"),
         ("[media]\naddress = 'localhost'\n", "media", "address", "IP address"),
         ("[gateway]\nlog_level = 'loud'\n", "gateway", "log_level", "one of"),
         ("[plugins]\nenable = ['udp', 'udp']\n", "plugins", "enable", "more than once"),
@@ -121,3 +123,8 @@ def test_listen_spec_round_trip(text: str, expected: ListenSpec) -> None:
 def test_listen_spec_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         ListenSpec.parse(text)
+
+
+@pytest.mark.parametrize("text", ["40000-40003", "40001-40005"])
+def test_a_port_range_with_two_rtp_rtcp_pairs_is_enough(text: str) -> None:
+    assert str(PortRange.parse(text)) == text
