@@ -21,7 +21,11 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
 - needs no round trip to open a stream: each worker keeps a reserve of port pairs it has already
   bound and reports them (``PairsReady``); opening a stream takes two of them here and tells the
   worker which (``Open``). So the ports written into the SDP are already bound, and a worker out
-  of reserve (or of ports) is skipped; none left anywhere is ``PortsExhausted`` (503);
+  of reserve (or of ports) is skipped; none left anywhere is ``PortsExhausted`` (503). The
+  reserve (64 pairs, 32 streams per worker) is topped up within a round trip, so only a burst of
+  more new streams than that within about a millisecond (several at a busy worker) meets a 503;
+- opens each stream blocked in both directions: in-process, a call's keying runs in the same
+  synchronous step as the opening, but a worker could see a packet between the two messages;
 - watches each worker: end of file on its channel (it exited, crashed or was killed) ends the
   calls it carried with the reason ``media worker exited`` (the call sends BYE with that Reason),
   logs it and starts a new worker on the same slice; the other workers' calls go on;
@@ -29,8 +33,11 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
   that has not exited within :data:`STOP_GRACE` seconds: no worker outlives the gateway. A worker
   also exits when the SIP process dies, since its channel then reads end of file.
 
-Counters and activity are pushed by the workers (``Stats``, once per second for a stream that
-received something), so ``statistics()`` and ``last_activity`` are at most about a second old.
+Counters and activity are pushed by the workers (``Stats``: once per second for a stream that
+received something, every 5 s for one whose counters changed otherwise), so ``last_activity``
+is at most about a second old and ``statistics()`` a few seconds; a call's record, written as
+the call ends, can miss the last second of its packets. ``sync(worker)`` is a barrier (a
+``Ping``/``Pong`` round trip) for tests and benchmarks.
 """
 
 from __future__ import annotations
