@@ -38,14 +38,12 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 import trio
 
-from gateway.core.auth.algorithms import DigestAlgorithm, compute_ha1, compute_response
-from gateway.core.auth.credentials import quote
+from gateway.core.auth.client import authorize
 from gateway.core.ids import IdSource
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import Direction
@@ -81,10 +79,6 @@ log = logging.getLogger(__name__)
 SDP = "application/sdp"
 #: Default ``timeout`` of every wait, in seconds of trio's clock: longer than Timer B/F (32 s).
 DEFAULT_TIMEOUT = 64.0
-#: Bound on a challenge header value we parse (it comes from the network).
-MAX_CHALLENGE_LENGTH = 4096
-
-_CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]+)\s*(?:,|$)')
 
 
 # -- SDP ---------------------------------------------------------------------------------------
@@ -128,34 +122,6 @@ def sdp_connection(body: bytes) -> tuple[str, int]:
     connection = sd.effective_connection(sd.media[0])
     assert connection is not None, "SDP without c= line"
     return connection.address, sd.media[0].port
-
-
-# -- digest (client side) ----------------------------------------------------------------------
-
-
-def parse_challenge_untrusted(value: str) -> dict[str, str]:
-    """The parameters of a ``Digest`` WWW-/Proxy-Authenticate value (RFC 7616 §3.3), names
-    lower-case, quoted strings unescaped. Raises ValueError for anything else."""
-    if len(value) > MAX_CHALLENGE_LENGTH:
-        raise ValueError("challenge too long")
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme.lower() != "digest":
-        raise ValueError("not a Digest challenge")
-    params: dict[str, str] = {}
-    pos = 0
-    rest = rest.strip()
-    while pos < len(rest):
-        match = _CHALLENGE_PARAM.match(rest, pos)
-        if match is None:
-            raise ValueError("malformed challenge")
-        name, raw = match.group(1).lower(), match.group(2)
-        if raw.startswith('"'):
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
-        params[name] = raw
-        pos = match.end()
-    if "realm" not in params or "nonce" not in params:
-        raise ValueError("challenge without realm or nonce")
-    return params
 
 
 # -- what the agent keeps ----------------------------------------------------------------------
@@ -610,41 +576,20 @@ class SipAgent:
             return response
 
     def authorize(self, request: Request, challenge: Response) -> Request:
-        """``request`` with digest credentials answering ``challenge`` (a 401 or 407) with
-        qop=auth (RFC 7616 §3.4): the first offered algorithm we know wins."""
+        """``request`` with digest credentials answering ``challenge`` (a 401 or 407), the
+        gateway's own client side (:func:`gateway.core.auth.client.authorize`)."""
         if self.password is None:
             raise LocalSipError("the agent has no password")
-        proxy = challenge.status == 407
-        offered = challenge.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate")
-        for value in offered:
-            params = parse_challenge_untrusted(value)
-            algorithm = DigestAlgorithm.from_token(params.get("algorithm", "MD5"))
-            if algorithm is not None:
-                break
-        else:
-            raise LocalSipError("no challenge with an algorithm we know")
-        uri, realm, nonce = str(request.uri), params["realm"], params["nonce"]
-        nc, cnonce = "00000001", self.ids.token_hex(8)
-        ha1 = compute_ha1(algorithm, self.user, realm, self.password)
-        digest = compute_response(
-            algorithm,
-            ha1,
-            method=request.method,
-            uri=uri,
-            nonce=nonce,
-            qop="auth",
-            nc=nc,
-            cnonce=cnonce,
+        answered = authorize(
+            request,
+            challenge,
+            username=self.user,
+            password=self.password,
+            cnonce=self.ids.token_hex(8),
         )
-        value = (
-            f"Digest username={quote(self.user)}, realm={quote(realm)}, nonce={quote(nonce)}, "
-            f"uri={quote(uri)}, response={quote(digest)}, algorithm={algorithm.value}, "
-            f"qop=auth, nc={nc}, cnonce={quote(cnonce)}"
-        )
-        if "opaque" in params:
-            value += f", opaque={quote(params['opaque'])}"
-        header = "Proxy-Authorization" if proxy else "Authorization"
-        return request.with_headers(request.headers.set(header, value))
+        if answered is None:
+            raise LocalSipError("no challenge the agent can answer")
+        return answered
 
     # -- answering ----------------------------------------------------------------------------
 

@@ -252,6 +252,32 @@ def test_account_calls_a_trunk_and_rtp_goes_through_the_relay(
     assert hop_in == hop_out
 
 
+# -- 1b. a trunk that challenges our INVITE --------------------------------------------------
+
+
+def test_a_trunk_that_challenges_gets_the_trunks_credentials(tmp_path: Path) -> None:
+    """The trunk (sipp) answers our INVITE with 401 and checks the digest of the next one with
+    sipp's verifyauth (RFC 3261 §22.2): the gateway answers with the trunk's configured
+    username and password, and the call connects; a wrong password would get 403."""
+    keys = {"user": "voipgw-1", "password": "carrier-secret-7"}
+    with SippUas("uas_auth_answer.xml", workdir=tmp_path, keys=keys) as trunk:
+        trunks = outbound_trunk(trunk) + ('username = "voipgw-1"\npassword = "carrier-secret-7"\n')
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=trunks) as gw:
+            caller = account_call("uac_call_auth.xml", gw, tmp_path, service=TRUNK_NUMBER)
+            caller.check()
+            callee = trunk.wait(timeout=10)
+            callee.check()
+            log = gw.log_text()
+    first, second = callee.received("INVITE ")
+    assert not re.search(r"^Authorization:", first, re.MULTILINE | re.IGNORECASE)
+    assert 'username="voipgw-1"' in header(second, "Authorization")
+    assert header(first, "Call-ID") == header(second, "Call-ID")
+    assert header(second, "CSeq") == "2 INVITE"
+    # The password is in no log line (only that the challenge was answered).
+    assert "carrier-secret-7" not in log
+    assert "answered trunk carrier's 401 challenge" in log
+
+
 # -- 2. trunk -> registered account, no digest -----------------------------------------------
 
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from gateway.core.auth.client import authorize
 from gateway.core.auth.digest import AuthKind
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.routing import UnroutableTarget, destination_for
@@ -418,12 +419,65 @@ class Call:
                 return
             await self._relay_provisional(leg, response)
             return
+        if response.status in (401, 407) and await self._answer_challenge(leg, response):
+            return
         leg.final = response
         if response.is_success:
             await self._b_answered(leg, response)
             return
         if all(b.final is not None for b in self.b_legs) and self.state == "ringing":
             await self._fail_a()
+
+    async def _answer_challenge(self, leg: BLeg, response: Response) -> bool:
+        """A trunk challenged our INVITE: send it again with the trunk's ``username`` and
+        ``password`` (RFC 3261 §22.2: same Call-ID, From and To, CSeq + 1, a new transaction).
+        Once per leg: a second challenge means the credentials are wrong, and that final
+        response goes to the caller like any other. False when we do not answer it."""
+        target, invite = leg.target, leg.invite
+        trunk_name = target.trunk if target is not None else None
+        trunk = self.config.trunk(trunk_name) if trunk_name is not None else None
+        if (
+            trunk is None
+            or trunk.username is None
+            or trunk.password is None
+            or invite is None
+            or leg.credentials_sent
+            or leg.cancel_wanted
+            or self.state != "ringing"
+        ):
+            return False
+        retry = invite.with_headers(
+            invite.headers.remove("Via").set("CSeq", f"{invite.cseq.number + 1} INVITE")
+        )
+        answered = authorize(
+            retry,
+            response,
+            username=trunk.username,
+            password=trunk.password,
+            cnonce=self.manager.gateway.ids.token_hex(8),
+        )
+        if answered is None:
+            log.info(
+                "call %s: trunk %s sent %d with no challenge we can answer",
+                self.id,
+                trunk.name,
+                response.status,
+            )
+            return False
+        leg.credentials_sent = True
+        try:
+            client = await self.endpoint.send_request(
+                answered, transport=leg.transport, address=leg.address, flow=leg.flow
+            )
+        except OSError as exc:
+            log.warning("call %s: cannot reach trunk %s again: %s", self.id, trunk.name, exc)
+            return False
+        log.info("call %s: answered trunk %s's %d challenge", self.id, trunk.name, response.status)
+        leg.flow = client.flow
+        leg.invite = client.request
+        leg.provisional_seen = False  # CANCEL waits for a provisional of the new INVITE
+        self._forward(client, leg)
+        return True
 
     async def _relay_provisional(self, leg: BLeg, response: Response) -> None:
         assert self.media is not None

@@ -71,3 +71,4 @@ class BLeg(Leg):
     cancelled: bool = False
     early_dialogs: dict[str, Dialog] = attrs.field(factory=dict)
     ack: Request | None = None  # our ACK for its 2xx, resent for every 2xx retransmission
+    credentials_sent: bool = False  # a trunk's 401/407 was answered (once, RFC 3261 §22.2)

@@ -8,12 +8,13 @@ import pytest
 import trio
 
 from gateway.core.auth.algorithms import DigestAlgorithm, compute_ha1
+from gateway.core.auth.client import parse_challenge_untrusted
 from gateway.core.auth.digest import Authenticated, AuthKind, DigestAuthenticator, DigestConfig
 from gateway.core.ids import SeededIds
 from gateway.core.sip.dialog import DialogState
 from gateway.core.sip.message import make_response
 from gateway.testing.network import Address, MemoryNetwork
-from gateway.testing.sip_agent import AutoAnswer, SipAgent, parse_challenge_untrusted
+from gateway.testing.sip_agent import AutoAnswer, SipAgent
 
 A: Address = ("127.0.0.10", 5060)
 B: Address = ("127.0.0.11", 5060)
@@ -99,8 +100,9 @@ async def test_the_digest_answer_verifies_with_the_gateway_authenticator() -> No
     )
     invite = alice.new_request("INVITE", "sip:+15551234@127.0.0.11:5060")
     challenge = authenticator.challenge(AuthKind.PROXY, now=100.0)
-    params = parse_challenge_untrusted(challenge.challenges[0])
-    assert params["realm"] == "example.test" and params["algorithm"] == "SHA-256"
+    parsed = parse_challenge_untrusted(challenge.challenges[0])
+    assert parsed is not None
+    assert parsed.realm == "example.test" and parsed.algorithm.value == "SHA-256"
 
     answered = alice.authorize(
         invite, make_response(invite, 407, extra=challenge.response_headers())
