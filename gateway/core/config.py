@@ -10,7 +10,7 @@ The file layout::
 
     [gateway]   state_dir, realm, domains, log_level
     [sip]       listen, user_agent, timers, message limits
-    [media]     address, ports, inactivity_timeout
+    [media]     address, ports, inactivity_timeout, workers
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
 """
@@ -137,7 +137,11 @@ class MediaSection:
     address: str = "127.0.0.1"
     ports: str = "30000-30999"
     inactivity_timeout: float = 60.0
+    workers: int = 1
     offer_rtcp_feedback: bool = False
+
+
+MAX_MEDIA_WORKERS = 64
 
 
 @attrs.frozen
@@ -378,6 +382,22 @@ def _validate(config: GatewayConfig, file: str) -> None:
         ) from None
     if config.media.inactivity_timeout <= 0:
         raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")
+    if not 1 <= config.media.workers <= MAX_MEDIA_WORKERS:
+        raise ConfigError(
+            file, "media", "workers", f"expected an integer from 1 to {MAX_MEDIA_WORKERS}"
+        )
+    # Each worker relays on its own slice of the range: at least two pairs (one stream) each.
+    pairs = len(
+        range(config.media_ports.low + config.media_ports.low % 2, config.media_ports.high, 2)
+    )
+    if config.media.workers > 1 and pairs < 2 * config.media.workers:
+        raise ConfigError(
+            file,
+            "media",
+            "workers",
+            f"{config.media.workers} workers need at least {2 * config.media.workers} RTP/RTCP "
+            f"port pairs; ports {config.media_ports} hold {pairs}",
+        )
     if not config.gateway.digest_algorithms:
         raise ConfigError(file, "gateway", "digest_algorithms", "expected at least one algorithm")
     if len(set(config.plugins.enable)) != len(config.plugins.enable):

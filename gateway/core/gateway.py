@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -25,6 +26,8 @@ from gateway.core.interfaces import Caller, Listener, RouteDecision, Transport, 
 from gateway.core.media.policy import all_policies
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import MediaRelay
+from gateway.core.media.relay_api import Relay
+from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.session import MediaSession
 from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
@@ -70,7 +73,8 @@ class Gateway:
         )
         self.registration: RegistrationService | None = None
         self.store: SqliteStore | None = None
-        self.relay: MediaRelay | None = None
+        self.relay: MediaRelay | None = None  # [media] workers = 1
+        self.media_workers: WorkerPool | None = None  # [media] workers >= 2
         self.directory: GatewayDirectory | None = None
         self.calls: CallManager | None = None
         self._trunks = TrunkMatcher(config.trunks)
@@ -150,9 +154,16 @@ class Gateway:
         assert self.directory is not None
         return route_call(self.plugins.hook, request, caller, self.directory)
 
-    def new_media_session(self) -> MediaSession:
-        assert self.relay is not None
-        return MediaSession(self.relay, media_address=self.config.media.address)
+    def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:
+        """A call's media. ``on_lost(reason)`` is called when its streams stop being relayed
+        (only with media workers: the worker exited)."""
+        relay: Relay
+        if self.media_workers is not None:
+            relay = self.media_workers.for_call(on_lost)
+        else:
+            assert self.relay is not None
+            relay = self.relay
+        return MediaSession(relay, media_address=self.config.media.address)
 
     # -- TransportHost ----------------------------------------------------------------------
 
@@ -216,8 +227,18 @@ class Gateway:
         self.directory = GatewayDirectory(
             self.store, self.flows, self.config.trunks, domains, now=time.time
         )
-        self.relay = MediaRelay(PortAllocator(self.config.media.address, self.config.media_ports))
-        await nursery.start(self.relay.serve)
+        media = self.config.media
+        if media.workers > 1:
+            self.media_workers = WorkerPool(
+                media.address,
+                self.config.media_ports,
+                media.workers,
+                log_level=self.config.gateway.log_level,
+            )
+            await nursery.start(self.media_workers.serve)
+        else:
+            self.relay = MediaRelay(PortAllocator(media.address, self.config.media_ports))
+            await nursery.start(self.relay.serve)
         nursery.start_soon(self._housekeeping)
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls

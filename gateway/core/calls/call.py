@@ -111,7 +111,17 @@ class KeyFailureEvent:
     reason: str
 
 
-CallEventInput = RequestEvent | AckEvent | CancelEvent | ResponseEvent | KeyFailureEvent
+@attrs.frozen
+class MediaLostEvent:
+    """The call's media stopped being relayed (its media worker process exited): the call ends
+    with ``reason`` (BYE with a Reason once answered, 503 before)."""
+
+    reason: str
+
+
+CallEventInput = (
+    RequestEvent | AckEvent | CancelEvent | ResponseEvent | KeyFailureEvent | MediaLostEvent
+)
 
 
 class CallEnded(Exception):
@@ -252,7 +262,7 @@ class Call:
         self.a.security = self.manager.leg_security(
             self, Side.A, kind=caller.kind, name=caller.name, flow=self.a.flow
         )
-        self.media = self.manager.new_media_session()
+        self.media = self.manager.new_media_session(self._media_lost)
         self.keying = CallKeying(self.media)
         try:
             offer_b = self.media.offer_from(Side.A.value, self.a.security.take_offer(offer))
@@ -390,6 +400,8 @@ class Call:
                 await self._early_request(event)
             elif isinstance(event, KeyFailureEvent):
                 await self._key_exchange_failed(event)
+            elif isinstance(event, MediaLostEvent):
+                await self._end_for_lost_media(event)
             elif isinstance(event, ResponseEvent):
                 pass  # a response to a BYE/CANCEL we sent: nothing to do
 
@@ -574,6 +586,21 @@ class Call:
                 await self._cancel_b(leg)
         await self._reject_a(488, "Not Acceptable Here", event.reason)
 
+    def _media_lost(self, reason: str) -> None:
+        """The media session's streams stopped (a media worker exited): the call task ends it."""
+        log.warning("call %s: media lost: %s", self.id, reason)
+        self.post(MediaLostEvent(reason))
+
+    async def _end_for_lost_media(self, event: MediaLostEvent) -> None:
+        """End the call whose media is gone: BYE on both legs with ``Reason: SIP;cause=503``
+        (RFC 3326) once answered, else CANCEL the B legs and answer A 503 with the reason."""
+        if self.state == "answered":
+            await self._hang_up(event.reason, cause=503)
+        for leg in self.b_legs:
+            if leg.final is None:
+                await self._cancel_b(leg)
+        await self._reject_a(503, "Service Unavailable", event.reason)
+
     async def _ack_b(self, leg: BLeg, dialog: Dialog, response: Response) -> None:
         flow = leg.flow
         if flow is None or flow.closed:
@@ -674,6 +701,8 @@ class Call:
                 pass  # too late: the INVITE was answered (RFC 3261 §9.2)
             elif isinstance(event, KeyFailureEvent):
                 await self._key_exchange_failed(event)
+            elif isinstance(event, MediaLostEvent):
+                await self._end_for_lost_media(event)
 
     async def _in_dialog(self, event: RequestEvent) -> None:
         leg = self._leg(event.side)

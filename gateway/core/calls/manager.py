@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -162,8 +163,8 @@ class CallManager:
             offer_feedback=offer_feedback,
         )
 
-    def new_media_session(self) -> MediaSession:
-        return self.gateway.new_media_session()
+    def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:
+        return self.gateway.new_media_session(on_lost)
 
     def event(self, call: Call, kind: str, reason: str | None) -> None:
         self._record(call, kind, reason)

@@ -37,7 +37,7 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from gateway.core.interfaces import KeyNegotiation, KeysReady, NegotiationFailed, SrtpKeys
-from gateway.core.media.relay import Address, MediaStream, StreamSide
+from gateway.core.media.relay_api import Address, RelaySide, RelayStream
 from gateway.core.media.security import LegSecurity, StreamSecurity
 from gateway.core.media.session import MediaSession
 
@@ -78,7 +78,7 @@ class CallHandshakes:
         self._on_keys = on_keys
         self._on_failure = on_failure
         self._send, self._receive = trio.open_memory_channel[_Item](QUEUE)
-        self._hooked: dict[tuple[str, int, bool], MediaStream] = {}
+        self._hooked: dict[tuple[str, int, bool], RelayStream] = {}
         self._rtcp_keys: dict[tuple[str, int], tuple[KeyNegotiation, SrtpKeys | None]] = {}
         """The RTCP component last driven per (side, stream) and the keys it agreed: a
         re-INVITE's new StreamSecurity gets the same component (the association goes on) and
@@ -237,7 +237,7 @@ class CallHandshakes:
 
     # -- the relay's hooks ----------------------------------------------------------------------
 
-    def _side(self, side: str, index: int) -> StreamSide | None:
+    def _side(self, side: str, index: int) -> RelaySide | None:
         stream = self._session.stream_at(index)
         if stream is None:
             return None

@@ -8,17 +8,26 @@ after its key exchange failed (no media before keys; the bug to avoid is Asteris
 A DTLS-SRTP leg without rtcp-mux has a second SRTP session for its RTCP port, keyed by that
 port's own handshake (RFC 5764 §4.1); its RTCP is dropped until then.
 
+What a stream should do is a value, :class:`StreamKeys` (each leg's keys and the block flag),
+because Python callables cannot cross to a media worker process. :class:`StreamSrtp` turns it
+into SRTP sessions and relay transforms: in this process for the in-process relay, in the worker
+(gateway/core/media/worker.py) for a worker's stream, which receives the value over its control
+channel (:meth:`~gateway.core.media.remote_relay.RemoteStream.apply_keys`).
+
 SRTP sessions are kept while a leg's keys do not change (a re-INVITE that keeps the keys keeps
 the crypto context, RFC 4568 §7.1.4) and closed when they do or when the call ends.
 """
 
 from __future__ import annotations
 
+import attrs
+
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.relay import Transform, Transforms
+from gateway.core.media.relay import MediaStream, Transform, Transforms
+from gateway.core.media.remote_relay import RemoteStream
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
-from gateway.core.media.srtp import SrtpSession
+from gateway.core.media.srtp import SrtpSession, SrtpStatistics
 
 
 def _drop(packet: bytes) -> None:
@@ -26,63 +35,165 @@ def _drop(packet: bytes) -> None:
     return None
 
 
+@attrs.frozen
+class StreamKeys:
+    """What one relay stream applies: leg A's and leg B's SRTP keys (None: that leg is plain
+    RTP) and whether both directions are blocked. ``repr`` shows no key material.
+
+    ``a_separate_rtcp`` (``b_…``): the leg keys its RTCP port with a handshake of its own (DTLS
+    without rtcp-mux, RFC 5764 §4.1), whose keys are ``a_rtcp`` (None: not yet, RTCP dropped);
+    otherwise SRTCP uses the leg's RTP keys (RFC 3711 §4.3)."""
+
+    a: SrtpKeys | None
+    b: SrtpKeys | None
+    blocked: bool
+    a_separate_rtcp: bool = False
+    a_rtcp: SrtpKeys | None = None
+    b_separate_rtcp: bool = False
+    b_rtcp: SrtpKeys | None = None
+
+    @classmethod
+    def of_legs(cls, a: LegSecurity | None, b: LegSecurity | None, index: int) -> StreamKeys:
+        """Stream ``index``'s keys from the legs' negotiations (None: the leg has not settled)."""
+        a_keys = a.keys(index) if a else None
+        b_keys = b.keys(index) if b else None
+        # Nothing flows until both legs have settled their media (no B leg has answered:
+        # media from a ringing leg is not forwarded; early media comes with its answer).
+        # A leg is blocked without keys when its policy needs them or its peer asked for
+        # SRTP: such a peer must never receive cleartext.
+        blocked = (
+            a is None
+            or b is None
+            or (a_keys is None and (a.requires_encryption or a.expects_srtp(index)))
+            or (b_keys is None and (b.requires_encryption or b.expects_srtp(index)))
+        )
+        a_separate = a is not None and a.separate_rtcp(index)
+        b_separate = b is not None and b.separate_rtcp(index)
+        return cls(
+            a_keys,
+            b_keys,
+            blocked,
+            a_separate,
+            a.rtcp_keys(index) if a is not None and a_separate else None,
+            b_separate,
+            b.rtcp_keys(index) if b is not None and b_separate else None,
+        )
+
+
+class StreamSrtp:
+    """The SRTP sessions of one relay stream, kept while the keys stay the same.
+
+    Raises :class:`~gateway.core.media.errors.LocalMediaError` from :meth:`apply` when a key
+    cannot be used (unknown suite, wrong length); the stream is blocked then.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, str], tuple[SrtpKeys, SrtpSession]] = {}
+
+    def apply(self, stream: MediaStream, keys: StreamKeys) -> None:
+        """Set ``stream``'s transforms and block flags from ``keys``."""
+        try:
+            a = self._session(("a", "rtp"), keys.a)
+            b = self._session(("b", "rtp"), keys.b)
+            a_rtcp = self._rtcp("a", keys.a_separate_rtcp, keys.a_rtcp, a)
+            b_rtcp = self._rtcp("b", keys.b_separate_rtcp, keys.b_rtcp, b)
+        except BaseException:
+            stream.a_to_b.blocked = True
+            stream.b_to_a.blocked = True
+            raise
+        stream.a_to_b.transforms = Transforms(
+            rtp_in=a.unprotect_rtp if a else None,
+            rtcp_in=a_rtcp[0],
+            rtp_out=b.protect_rtp if b else None,
+            rtcp_out=b_rtcp[1],
+        )
+        stream.b_to_a.transforms = Transforms(
+            rtp_in=b.unprotect_rtp if b else None,
+            rtcp_in=b_rtcp[0],
+            rtp_out=a.protect_rtp if a else None,
+            rtcp_out=a_rtcp[1],
+        )
+        stream.a_to_b.blocked = keys.blocked
+        stream.b_to_a.blocked = keys.blocked
+
+    def statistics(self) -> dict[str, SrtpStatistics]:
+        """SRTP counters of each leg ("a", "b") that has a session (RTP and RTCP ports summed)."""
+        totals: dict[str, SrtpStatistics] = {}
+        for (side, _), (_, session) in self._sessions.items():
+            stats = session.statistics()
+            before = totals.get(side)
+            if before is not None:
+                stats = SrtpStatistics(
+                    *(
+                        getattr(before, f.name) + getattr(stats, f.name)
+                        for f in attrs.fields(SrtpStatistics)
+                    )
+                )
+            totals[side] = stats
+        return totals
+
+    def close(self) -> None:
+        for _, session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
+
+    def _rtcp(
+        self, side: str, separate: bool, keys: SrtpKeys | None, rtp: SrtpSession | None
+    ) -> tuple[Transform | None, Transform | None]:
+        """(unprotect, protect) for leg ``side``'s SRTCP.
+
+        Without a handshake of its own, SRTCP uses the stream's SRTP session (one master key,
+        RFC 3711 §4.3). A DTLS-SRTP leg without rtcp-mux keys its RTCP port separately (RFC
+        5764 §4.1): until that handshake is done its RTCP is dropped both ways, never sent in
+        clear nor under the RTP port's keys."""
+        if not separate:
+            self._session((side, "rtcp"), None)
+            if rtp is None:
+                return None, None
+            return rtp.unprotect_rtcp, rtp.protect_rtcp
+        session = self._session((side, "rtcp"), keys)
+        if session is None:
+            return _drop, _drop
+        return session.unprotect_rtcp, session.protect_rtcp
+
+    def _session(self, slot: tuple[str, str], keys: SrtpKeys | None) -> SrtpSession | None:
+        """The SRTP session of ``slot`` (side, "rtp" or "rtcp") for ``keys``: kept while the
+        keys stay the same, replaced when they change, closed when None."""
+        current = self._sessions.get(slot)
+        if current is not None and current[0] == keys:
+            return current[1]
+        if current is not None:
+            current[1].close()
+            del self._sessions[slot]
+        if keys is None:
+            return None
+        session = SrtpSession(keys)
+        self._sessions[slot] = (keys, session)
+        return session
+
+
+_SRTP_TOTALS = ("protected", "unprotected", "auth_failures", "replays", "dropped")
+
+
 class CallKeying:
     def __init__(self, session: MediaSession) -> None:
         self._session = session
-        self._srtp: dict[tuple[str, int, str], tuple[SrtpKeys, SrtpSession]] = {}
+        self._srtp: dict[int, StreamSrtp] = {}  # in-process streams, by m= line
+        self._remote: dict[int, RemoteStream] = {}  # worker streams (their worker keeps SRTP)
 
     def apply(self, a: LegSecurity | None, b: LegSecurity | None) -> None:
         """Set transforms and block flags on every open stream from the legs' current keys."""
         for index, stream in enumerate(self._session.streams_by_index()):
             if stream is None:
                 continue
-            a_srtp = self._srtp_for(("a", index, "rtp"), a.keys(index) if a else None)
-            b_srtp = self._srtp_for(("b", index, "rtp"), b.keys(index) if b else None)
-            a_rtcp = self._rtcp_for("a", index, a, a_srtp)
-            b_rtcp = self._rtcp_for("b", index, b, b_srtp)
-            # Nothing flows until both legs have settled their media (no B leg has answered:
-            # media from a ringing leg is not forwarded; early media comes with its answer).
-            # A leg is blocked without keys when its policy needs them or its peer asked for
-            # SRTP: such a peer must never receive cleartext.
-            blocked = (
-                a is None
-                or b is None
-                or (a_srtp is None and (a.requires_encryption or a.expects_srtp(index)))
-                or (b_srtp is None and (b.requires_encryption or b.expects_srtp(index)))
-            )
-            stream.a_to_b.transforms = Transforms(
-                rtp_in=a_srtp.unprotect_rtp if a_srtp else None,
-                rtcp_in=a_rtcp[0],
-                rtp_out=b_srtp.protect_rtp if b_srtp else None,
-                rtcp_out=b_rtcp[1],
-            )
-            stream.b_to_a.transforms = Transforms(
-                rtp_in=b_srtp.unprotect_rtp if b_srtp else None,
-                rtcp_in=b_rtcp[0],
-                rtp_out=a_srtp.protect_rtp if a_srtp else None,
-                rtcp_out=a_rtcp[1],
-            )
-            stream.a_to_b.blocked = blocked
-            stream.b_to_a.blocked = blocked
-
-    def _rtcp_for(
-        self, side: str, index: int, leg: LegSecurity | None, rtp: SrtpSession | None
-    ) -> tuple[Transform | None, Transform | None]:
-        """(unprotect, protect) for leg ``side``'s SRTCP on stream ``index``.
-
-        Without a handshake of its own, SRTCP uses the stream's SRTP session (one master key,
-        RFC 3711 §4.3). A DTLS-SRTP leg without rtcp-mux keys its RTCP port separately (RFC
-        5764 §4.1): until that handshake is done its RTCP is dropped both ways, never sent in
-        clear nor under the RTP port's keys."""
-        if leg is None or not leg.separate_rtcp(index):
-            self._srtp_for((side, index, "rtcp"), None)
-            if rtp is None:
-                return None, None
-            return rtp.unprotect_rtcp, rtp.protect_rtcp
-        session = self._srtp_for((side, index, "rtcp"), leg.rtcp_keys(index))
-        if session is None:
-            return _drop, _drop
-        return session.unprotect_rtcp, session.protect_rtcp
+            keys = StreamKeys.of_legs(a, b, index)
+            if isinstance(stream, MediaStream):
+                self._srtp.setdefault(index, StreamSrtp()).apply(stream, keys)
+            elif isinstance(stream, RemoteStream):
+                stream.apply_keys(keys)  # the worker builds the SRTP sessions
+                self._remote[index] = stream
+            else:
+                raise TypeError(f"cannot key a {type(stream).__name__}")
 
     def block_all(self) -> None:
         """Forward nothing at all (a key exchange failed; the call is ending)."""
@@ -90,40 +201,23 @@ class CallKeying:
             stream.a_to_b.blocked = True
             stream.b_to_a.blocked = True
 
-    def _srtp_for(self, slot: tuple[str, int, str], keys: SrtpKeys | None) -> SrtpSession | None:
-        """The SRTP session of ``slot`` (side, stream index, "rtp" or "rtcp") for ``keys``:
-        kept while the keys stay the same, replaced when they change, closed when None."""
-        current = self._srtp.get(slot)
-        if keys is None:
-            if current is not None:
-                current[1].close()
-                del self._srtp[slot]
-            return None
-        if current is not None and current[0] == keys:
-            return current[1]
-        if current is not None:
-            current[1].close()
-        session = SrtpSession(keys)
-        self._srtp[slot] = (keys, session)
-        return session
-
     def statistics(self) -> dict[str, dict[str, int]]:
         """SRTP counters per leg ("a", "b"), summed over its streams (current keys only)."""
+        per_stream = [srtp.statistics() for srtp in self._srtp.values()]
+        per_stream += [stream.srtp_statistics() for stream in self._remote.values()]
         totals: dict[str, dict[str, int]] = {}
-        for (side, _, _), (_, session) in self._srtp.items():
-            stats = session.statistics()
-            leg = totals.setdefault(
-                side,
-                {"protected": 0, "unprotected": 0, "auth_failures": 0, "replays": 0, "dropped": 0},
-            )
-            leg["protected"] += stats.protected
-            leg["unprotected"] += stats.unprotected
-            leg["auth_failures"] += stats.auth_failures
-            leg["replays"] += stats.replays
-            leg["dropped"] += stats.dropped
+        for sides in per_stream:
+            for side, stats in sides.items():
+                leg = totals.setdefault(side, dict.fromkeys(_SRTP_TOTALS, 0))
+                leg["protected"] += stats.protected
+                leg["unprotected"] += stats.unprotected
+                leg["auth_failures"] += stats.auth_failures
+                leg["replays"] += stats.replays
+                leg["dropped"] += stats.dropped
         return totals
 
     def close(self) -> None:
-        for _, session in self._srtp.values():
-            session.close()
+        for srtp in self._srtp.values():
+            srtp.close()
         self._srtp.clear()
+        self._remote.clear()

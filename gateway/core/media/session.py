@@ -49,7 +49,7 @@ import attrs
 
 from gateway.core.ids import RandomIds
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.relay import MediaRelay, MediaStream, StreamSide
+from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import (
     RTP_PROTOS,
@@ -129,7 +129,7 @@ class _Remote:
     rtcp: tuple[str, int] | None = None
     rtcp_mux: bool = False
 
-    def apply(self, side: StreamSide) -> None:
+    def apply(self, side: RelaySide) -> None:
         side.set_remote(self.rtp, rtcp=self.rtcp, rtcp_mux=self.rtcp_mux)
 
 
@@ -182,7 +182,7 @@ class MediaSession:
 
     def __init__(
         self,
-        relay: MediaRelay,
+        relay: Relay,
         *,
         media_address: str,
         session_id_source: Callable[[], int] | None = None,
@@ -196,7 +196,7 @@ class MediaSession:
         self._connection = Connection.for_address(self._media_address)
         self._ip_version = ipaddress.ip_address(relay.allocator.address).version
         self._session_id_source = session_id_source or _random_session_id
-        self._slots: list[MediaStream | None] = []
+        self._slots: list[RelayStream | None] = []
         self._remotes: dict[tuple[int, Side], _Remote] = {}
         self._sent: dict[Side, SessionDescription] = {}
         self._exchange: _Exchange | None = None
@@ -213,15 +213,15 @@ class MediaSession:
     # -- reading -------------------------------------------------------------------------------
 
     @property
-    def streams(self) -> tuple[MediaStream, ...]:
+    def streams(self) -> tuple[RelayStream, ...]:
         """The open relay streams, in m= line order."""
         return tuple(s for s in self._slots if s is not None)
 
-    def streams_by_index(self) -> tuple[MediaStream | None, ...]:
+    def streams_by_index(self) -> tuple[RelayStream | None, ...]:
         """The stream of every m= line index (None where that line has no stream)."""
         return tuple(self._slots)
 
-    def stream_at(self, index: int) -> MediaStream | None:
+    def stream_at(self, index: int) -> RelayStream | None:
         """The stream of m= line ``index`` (from 0), or None when that line has none."""
         if 0 <= index < len(self._slots):
             return self._slots[index]
@@ -618,11 +618,11 @@ def _other(side: Side) -> Side:
     return "b" if side == "a" else "a"
 
 
-def _side(stream: MediaStream, side: Side) -> StreamSide:
+def _side(stream: RelayStream, side: Side) -> RelaySide:
     return stream.a if side == "a" else stream.b
 
 
-def _direction_statistics(stream: MediaStream) -> list[tuple[str, tuple[int, int, int]]]:
+def _direction_statistics(stream: RelayStream) -> list[tuple[str, tuple[int, int, int]]]:
     found = []
     for name, control in (("a_to_b", stream.a_to_b), ("b_to_a", stream.b_to_a)):
         stats = control.statistics()
@@ -645,7 +645,7 @@ def _unrelayable(sd: SessionDescription, media: MediaDescription) -> str | None:
 
 
 def _rewritten_media(
-    source: SessionDescription, media: MediaDescription, ours: StreamSide, *, rtcp_mux: bool
+    source: SessionDescription, media: MediaDescription, ours: RelaySide, *, rtcp_mux: bool
 ) -> MediaDescription:
     """``media`` as we describe it to a leg: our port, our RTCP port or rtcp-mux, the direction
     written out, the other peer's transport and key attributes removed."""

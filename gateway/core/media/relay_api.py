@@ -1,0 +1,109 @@
+"""What a call needs from the media relay, whether its streams live in this process or in a worker.
+
+:class:`~gateway.core.media.session.MediaSession`, :class:`~gateway.core.media.keying.CallKeying`
+and :class:`~gateway.core.media.handshakes.CallHandshakes` drive streams through these
+Protocols. Two implementations: the in-process relay (:mod:`gateway.core.media.relay`,
+``[media] workers = 1``) and the proxies of a media worker's streams
+(:mod:`gateway.core.media.remote_relay`, ``workers >= 2``). Keys are the one difference: an
+in-process stream takes transform callables, a worker's stream takes the keys themselves (see
+:mod:`gateway.core.media.keying`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.core.media.relay import Address, DirectionStatistics, NonRtpHandler
+
+
+class LocalPorts(Protocol):
+    """The local port pair of a stream side, as advertised in that leg's SDP."""
+
+    @property
+    def rtp_port(self) -> int: ...
+
+    @property
+    def rtcp_port(self) -> int: ...
+
+
+class HasAddress(Protocol):
+    @property
+    def address(self) -> str: ...
+
+
+class RelaySide(Protocol):
+    """The half of a stream facing one leg (:class:`gateway.core.media.relay.StreamSide`)."""
+
+    @property
+    def ports(self) -> LocalPorts: ...
+
+    def set_remote(
+        self,
+        rtp: tuple[str, int] | None,
+        *,
+        rtcp: tuple[str, int] | None = None,
+        rtcp_mux: bool = False,
+    ) -> None: ...
+
+    @property
+    def rtcp_mux(self) -> bool: ...
+
+    def set_non_rtp_handler(self, handler: NonRtpHandler | None, *, rtcp: bool = False) -> None: ...
+
+    def send(self, packet: bytes, *, rtcp: bool = False) -> bool: ...
+
+
+class RelayDirection(Protocol):
+    """One direction of a stream (:class:`gateway.core.media.relay.DirectionControl`)."""
+
+    @property
+    def blocked(self) -> bool: ...
+
+    @blocked.setter
+    def blocked(self, value: bool) -> None: ...
+
+    def statistics(self) -> DirectionStatistics: ...
+
+
+class RelayStream(Protocol):
+    """One relayed media stream (:class:`gateway.core.media.relay.MediaStream`)."""
+
+    @property
+    def a(self) -> RelaySide: ...
+
+    @property
+    def b(self) -> RelaySide: ...
+
+    @property
+    def a_to_b(self) -> RelayDirection: ...
+
+    @property
+    def b_to_a(self) -> RelayDirection: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def last_activity(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
+class Relay(Protocol):
+    """Opens streams (:class:`gateway.core.media.relay.MediaRelay`)."""
+
+    @property
+    def allocator(self) -> HasAddress: ...
+
+    def open_stream(self) -> RelayStream: ...
+
+
+__all__ = [
+    "Address",
+    "HasAddress",
+    "LocalPorts",
+    "Relay",
+    "RelayDirection",
+    "RelaySide",
+    "RelayStream",
+]

@@ -1,0 +1,737 @@
+"""Media worker processes seen from the SIP process: their supervision and their streams' proxies.
+
+Theory of operation
+-------------------
+With ``[media] workers = N`` (N >= 2) the media relay runs in N worker processes
+(:mod:`gateway.core.media.worker`), the way rtpengine splits its control thread from its media
+threads, but as processes so that each has its own interpreter lock. :class:`WorkerPool`:
+
+- splits ``[media] ports`` into N disjoint slices (:func:`split_ports`) and starts one worker per
+  slice (``python -m gateway.core.media.worker``), each with one end of a Unix socketpair as its
+  control channel (:mod:`gateway.core.media.worker_protocol`); a worker binds only its slice;
+- hands out :class:`RemoteStream` proxies with the interface the in-process relay gives a call
+  (:mod:`gateway.core.media.relay_api`): ``set_remote``, ``blocked``, ``statistics()``,
+  ``last_activity``, DTLS datagrams in (``set_non_rtp_handler``) and out (``send``), ``close``;
+  keys go as values (:meth:`RemoteStream.apply_keys`) and the worker builds the SRTP contexts.
+  Every call on a proxy is synchronous and only queues a message: a call never waits for a worker;
+- picks the worker of a call when its first stream opens: the one with the fewest open streams.
+  Every stream costs about the same (one call's RTP at a codec's packet rate), the count is known
+  here without asking the workers, and it never lags behind a burst of new calls the way a CPU
+  reading would. The call's later streams go to the same worker while it has ports;
+- needs no round trip to open a stream: each worker keeps a reserve of port pairs it has already
+  bound and reports them (``PairsReady``); opening a stream takes two of them here and tells the
+  worker which (``Open``). So the ports written into the SDP are already bound, and a worker out
+  of reserve (or of ports) is skipped; none left anywhere is ``PortsExhausted`` (503). The
+  reserve (64 pairs, 32 streams per worker) is topped up within a round trip, so only a burst of
+  more new streams than that within about a millisecond (several at a busy worker) meets a 503;
+- opens each stream blocked in both directions: in-process, a call's keying runs in the same
+  synchronous step as the opening, but a worker could see a packet between the two messages;
+- watches each worker: end of file on its channel (it exited, crashed or was killed) ends the
+  calls it carried with the reason ``media worker exited`` (the call sends BYE with that Reason),
+  logs it and starts a new worker on the same slice; the other workers' calls go on;
+- on shutdown (cancellation) closes every channel, on which the workers exit, and kills any
+  that has not exited within :data:`STOP_GRACE` seconds: no worker outlives the gateway. A worker
+  also exits when the SIP process dies, since its channel then reads end of file.
+
+Counters and activity are pushed by the workers (``Stats``: once per second for a stream that
+received something, every 5 s for one whose counters changed otherwise), so ``last_activity``
+is at most about a second old and ``statistics()`` a few seconds; a call's record, written as
+the call ends, can miss the last second of its packets. ``sync(worker)`` is a barrier (a
+``Ping``/``Pong`` round trip) for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import os
+import socket
+import sys
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+import gateway
+from gateway.core.config import PortRange
+from gateway.core.media.errors import LocalMediaError, PortsExhausted
+from gateway.core.media.ports import rtp_ports
+from gateway.core.media.relay import Direction, DirectionStatistics, NonRtpHandler
+from gateway.core.media.srtp import SrtpStatistics
+from gateway.core.media.worker_protocol import (
+    ChannelError,
+    Close,
+    Datagram,
+    FrameReader,
+    Message,
+    Open,
+    PairsReady,
+    Ping,
+    Pong,
+    SendDatagram,
+    SetBlocked,
+    SetDtls,
+    SetKeys,
+    SetRemote,
+    Stats,
+    StreamFailed,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from gateway.core.media.keying import StreamKeys
+
+log = logging.getLogger(__name__)
+
+WORKER_EXITED = "media worker exited"
+"""The reason given to the calls of a worker that exited."""
+
+STOP_GRACE = 2.0
+"""Seconds a worker gets to exit after its channel closed, before it is killed."""
+
+RESTART_DELAY = 0.5
+"""Seconds between a worker's exit and its replacement (no busy loop if it keeps crashing)."""
+
+SEND_BUFFER_LIMIT = 16 * 1024 * 1024
+"""Octets queued towards a worker that does not read; past this it is declared dead."""
+
+_NO_COUNTS = DirectionStatistics(*(0 for _ in attrs.fields(DirectionStatistics)))
+
+
+def split_ports(ports: PortRange, workers: int) -> list[PortRange]:
+    """``ports`` as ``workers`` disjoint slices of whole RTP/RTCP pairs, as even as can be.
+
+    Raises :class:`LocalMediaError` when a slice would hold fewer than two pairs (one stream)."""
+    pairs = list(rtp_ports(ports))
+    if workers < 1 or len(pairs) < 2 * workers:
+        raise LocalMediaError(
+            f"media ports {ports} hold {len(pairs)} pairs: too few for {workers} workers "
+            "(each needs at least 2)"
+        )
+    slices = []
+    start = 0
+    for index in range(workers):
+        size = len(pairs) // workers + (1 if index < len(pairs) % workers else 0)
+        first, last = pairs[start], pairs[start + size - 1]
+        slices.append(PortRange(first, last + 1))
+        start += size
+    return slices
+
+
+@attrs.frozen
+class RemotePorts:
+    """A worker's port pair as the SIP side knows it: numbers only (the sockets are there)."""
+
+    address: str
+    rtp_port: int
+
+    @property
+    def rtcp_port(self) -> int:
+        return self.rtp_port + 1
+
+
+@attrs.frozen
+class _Address:
+    address: str
+
+
+def _checked_remote(address: tuple[str, int] | None, version: int) -> tuple[str, int] | None:
+    """What ``StreamSide.set_remote`` refuses, refused here already (its caller is in this
+    process): host names, ports out of range, the other address family."""
+    if address is None:
+        return None
+    host, port = address
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise LocalMediaError(f"remote media host {host!r} is not an IP address") from None
+    if not 0 < port < 65536:
+        raise LocalMediaError(f"remote media port {port} is out of range")
+    if ip.version != version:
+        raise LocalMediaError(f"remote media address {host} is not of the relay's address family")
+    return (str(ip), port)
+
+
+class _Channel:
+    """One worker's control channel: messages out through a bounded buffer flushed by a task,
+    messages in through :class:`FrameReader`."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+        self._out = bytearray()
+        self._wake = trio.Event()
+        self._reader = FrameReader()
+        self.closed = False
+
+    def send(self, message: Message) -> bool:
+        """Queue ``message``; False when the channel is closed (the worker is gone)."""
+        if self.closed:
+            return False
+        self._out += encode(message)
+        if len(self._out) > SEND_BUFFER_LIMIT:
+            log.error("media worker channel: %d octets unread; closing it", len(self._out))
+            self.close()
+            return False
+        self._wake.set()
+        return True
+
+    async def write_loop(self) -> None:
+        while not self.closed:
+            if not self._out:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            try:
+                sent = await self._sock.send(self._out)
+            except (OSError, trio.ClosedResourceError) as exc:
+                log.debug("media worker channel closed while writing: %s", exc)
+                self.close()
+                return
+            del self._out[:sent]
+
+    async def messages(self) -> list[Message]:
+        """The next messages; an empty list at end of file (or once closed here)."""
+        while True:
+            try:
+                data = await self._sock.recv(262144)
+            except trio.ClosedResourceError:
+                return []
+            if not data:
+                return []
+            messages = self._reader.feed(data)
+            if messages:
+                return messages
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._sock.close()
+            self._wake.set()
+
+
+@attrs.define(eq=False)
+class _Worker:
+    """One worker slot: its port slice, and the process now serving it."""
+
+    index: int
+    ports: PortRange
+    process: trio.Process | None = None
+    channel: _Channel | None = None
+    ready: deque[int] = attrs.Factory(deque)
+    """RTP ports of pairs the worker has bound and not yet been asked to use."""
+    streams: dict[int, RemoteStream] = attrs.Factory(dict)
+    pongs: dict[int, trio.Event] = attrs.Factory(dict)
+    starts: int = 0
+    """Processes started for this slot (1 + restarts)."""
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+
+@attrs.define(eq=False)
+class RemoteSide:
+    """A worker stream's side facing one leg (as :class:`~gateway.core.media.relay.StreamSide`)."""
+
+    ports: RemotePorts
+    _stream: RemoteStream = attrs.field(repr=False)
+    _name: str = attrs.field(repr=False)
+    _rtcp_mux: bool = False
+    _handlers: dict[bool, NonRtpHandler | None] = attrs.field(factory=dict, repr=False)
+
+    def set_remote(
+        self,
+        rtp: tuple[str, int] | None,
+        *,
+        rtcp: tuple[str, int] | None = None,
+        rtcp_mux: bool = False,
+    ) -> None:
+        """As :meth:`gateway.core.media.relay.StreamSide.set_remote`; the worker applies it."""
+        version = ipaddress.ip_address(self.ports.address).version
+        remote_rtp = _checked_remote(rtp, version)
+        remote_rtcp = _checked_remote(rtcp, version)
+        self._rtcp_mux = rtcp_mux
+        self._stream._send(
+            SetRemote(self._stream.id, self._name, remote_rtp, remote_rtcp, rtcp_mux)
+        )
+
+    @property
+    def rtcp_mux(self) -> bool:
+        return self._rtcp_mux
+
+    def set_non_rtp_handler(self, handler: NonRtpHandler | None, *, rtcp: bool = False) -> None:
+        """Datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) from this leg's peer on the RTP
+        socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker."""
+        self._handlers[rtcp] = handler
+        self._stream._send(SetDtls(self._stream.id, self._name, rtcp, handler is not None))
+
+    def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
+        """A key exchange's datagram to this leg's peer from the worker's RTP socket (``rtcp``:
+        RTCP socket). True when queued (the worker sends it if the leg has an address)."""
+        return self._stream._send(SendDatagram(self._stream.id, self._name, rtcp, packet))
+
+    def _deliver(self, packet: bytes, source: tuple[str, int] | None, rtcp: bool) -> None:
+        handler = self._handlers.get(rtcp)
+        if handler is None:
+            return
+        try:
+            handler(packet, source or ("", 0))
+        except Exception:
+            log.exception("a non-RTP packet handler failed")
+
+
+@attrs.define(eq=False)
+class RemoteDirection:
+    """One direction of a worker stream (as :class:`~gateway.core.media.relay.DirectionControl`)."""
+
+    direction: Direction
+    _stream: RemoteStream = attrs.field(repr=False)
+    _blocked: bool = True  # see WorkerPool.open_stream
+    _counts: DirectionStatistics = attrs.field(default=_NO_COUNTS, repr=False)
+
+    @property
+    def blocked(self) -> bool:
+        return self._blocked
+
+    @blocked.setter
+    def blocked(self, value: bool) -> None:
+        self._blocked = value
+        self._stream._send(SetBlocked(self._stream.id, self.direction.value, value))
+
+    def statistics(self) -> DirectionStatistics:
+        """The counters the worker last pushed (at most about a second old)."""
+        return self._counts
+
+
+@attrs.define(eq=False, init=False)
+class RemoteStream:
+    """A media stream relayed by a worker process, as :class:`~gateway.core.media.relay.MediaStream`
+    is by the in-process relay. Made by :meth:`WorkerPool.open_stream`."""
+
+    id: int
+    worker: int
+    """Index of the worker slot relaying it."""
+    a: RemoteSide
+    b: RemoteSide
+    a_to_b: RemoteDirection
+    b_to_a: RemoteDirection
+    failure: str | None
+    """Why the stream stopped relaying (its worker exited, the worker refused a request)."""
+    _channel: _Channel | None = attrs.field(repr=False)
+    _pool: WorkerPool = attrs.field(repr=False)
+    _on_lost: Callable[[str], None] | None = attrs.field(repr=False)
+    _last_activity: float = attrs.field(repr=False)
+    _srtp: dict[str, SrtpStatistics] = attrs.field(repr=False)
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        worker: _Worker,
+        stream_id: int,
+        ports: tuple[RemotePorts, RemotePorts],
+        on_lost: Callable[[str], None] | None,
+    ) -> None:
+        self.id = stream_id
+        self.worker = worker.index
+        self.a = RemoteSide(ports[0], self, "a")
+        self.b = RemoteSide(ports[1], self, "b")
+        self.a_to_b = RemoteDirection(Direction.A_TO_B, self)
+        self.b_to_a = RemoteDirection(Direction.B_TO_A, self)
+        self.failure = None
+        self._channel = worker.channel
+        self._pool = pool
+        self._on_lost = on_lost
+        self._last_activity = trio.current_time()
+        self._srtp = {}
+
+    @property
+    def closed(self) -> bool:
+        return self._channel is None
+
+    @property
+    def last_activity(self) -> float:
+        """When a packet last arrived from either leg (or when the stream was opened), as the
+        worker last reported it."""
+        return self._last_activity
+
+    def apply_keys(self, keys: StreamKeys) -> None:
+        """Each leg's SRTP keys and the block flag, to the worker, which builds the SRTP
+        contexts (:class:`gateway.core.media.keying.StreamSrtp`)."""
+        self.a_to_b._blocked = keys.blocked
+        self.b_to_a._blocked = keys.blocked
+        self._send(
+            SetKeys(
+                self.id,
+                keys.blocked,
+                keys.a,
+                keys.b,
+                keys.a_separate_rtcp,
+                keys.a_rtcp,
+                keys.b_separate_rtcp,
+                keys.b_rtcp,
+            )
+        )
+
+    def srtp_statistics(self) -> dict[str, SrtpStatistics]:
+        """SRTP counters per leg with keys, as last pushed by the worker."""
+        return dict(self._srtp)
+
+    def close(self) -> None:
+        """Stop relaying and release the ports (in the worker). Closing twice is harmless."""
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        channel.send(Close(self.id))
+        self._pool._forget(self)
+
+    def __enter__(self) -> RemoteStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send(self, message: Message) -> bool:
+        if self._channel is None:
+            return False
+        return self._channel.send(message)
+
+    def _update(self, stats: Stats, now: float) -> None:
+        self.a_to_b._counts = stats.a_to_b
+        self.b_to_a._counts = stats.b_to_a
+        self._last_activity = max(self._last_activity, now - stats.idle)
+        self._srtp = {
+            side: srtp
+            for side, srtp in (("a", stats.srtp_a), ("b", stats.srtp_b))
+            if srtp is not None
+        }
+
+    def _lost(self, reason: str) -> None:
+        """The worker stopped relaying this stream: tell the call (once)."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        if self._on_lost is not None:
+            try:
+                self._on_lost(reason)
+            except Exception:
+                log.exception("media stream %d: the call's failure callback failed", self.id)
+
+
+class CallRelay:
+    """The pool as one call sees it (a :class:`~gateway.core.media.relay_api.Relay`): its
+    streams stay on the worker of its first stream while that worker has ports, and
+    ``on_lost(reason)`` is called once when one of them stops relaying."""
+
+    def __init__(self, pool: WorkerPool, on_lost: Callable[[str], None] | None) -> None:
+        self._pool = pool
+        self._on_lost = on_lost
+        self._told = False
+        self._worker: int | None = None
+
+    @property
+    def allocator(self) -> _Address:
+        return self._pool.allocator
+
+    def open_stream(self) -> RemoteStream:
+        stream = self._pool.open_stream(prefer=self._worker, on_lost=self._lost)
+        self._worker = stream.worker
+        return stream
+
+    def _lost(self, reason: str) -> None:
+        if not self._told:
+            self._told = True
+            if self._on_lost is not None:
+                self._on_lost(reason)
+
+
+class WorkerPool:
+    """``workers`` media worker processes relaying on ``address``, each on its slice of
+    ``ports``. Run :meth:`serve` (``await nursery.start(pool.serve)``: returns once every worker
+    is ready); open streams with :meth:`open_stream` or per call with :meth:`for_call`.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        ports: PortRange,
+        workers: int,
+        *,
+        log_level: str = "info",
+        restart_delay: float = RESTART_DELAY,
+        stats_interval: float = 1.0,
+    ) -> None:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise LocalMediaError(f"media address {address!r} is not an IP address") from None
+        self.address = str(ip)
+        self.slices = split_ports(ports, workers)
+        self._workers = [_Worker(index, ports) for index, ports in enumerate(self.slices)]
+        self._log_level = log_level
+        self._restart_delay = restart_delay
+        self._stats_interval = stats_interval
+        self._ids = itertools.count(1)
+        self._serving = False
+
+    @property
+    def allocator(self) -> _Address:
+        """The address the workers bind (for :class:`~gateway.core.media.session.MediaSession`)."""
+        return _Address(self.address)
+
+    # -- what calls use ---------------------------------------------------------------------
+
+    def for_call(self, on_lost: Callable[[str], None] | None = None) -> CallRelay:
+        """The relay one call's :class:`~gateway.core.media.session.MediaSession` uses."""
+        return CallRelay(self, on_lost)
+
+    def open_stream(
+        self, *, prefer: int | None = None, on_lost: Callable[[str], None] | None = None
+    ) -> RemoteStream:
+        """A new stream on worker ``prefer`` if it has two bound pairs ready, else on the ready
+        worker with the fewest open streams. Raises :class:`PortsExhausted` (503) when no
+        worker has two pairs ready.
+
+        Unlike an in-process stream, it starts blocked in both directions until ``blocked`` is
+        set or keys are applied: the call's keying runs right after opening, but the worker
+        might see a packet before that message."""
+        ready = [w for w in self._workers if w.channel is not None and len(w.ready) >= 2]
+        if not ready:
+            raise PortsExhausted(
+                f"no free media port pair in any of the {len(self._workers)} media workers "
+                f"({sum(len(w.streams) for w in self._workers)} streams open)"
+            )
+        chosen = next((w for w in ready if w.index == prefer), None)
+        if chosen is None:
+            chosen = min(ready, key=lambda w: len(w.streams))
+        assert chosen.channel is not None
+        stream_id = self._next_id()
+        a_port, b_port = chosen.ready.popleft(), chosen.ready.popleft()
+        stream = RemoteStream(
+            self,
+            chosen,
+            stream_id,
+            (RemotePorts(self.address, a_port), RemotePorts(self.address, b_port)),
+            on_lost,
+        )
+        chosen.streams[stream_id] = stream
+        chosen.channel.send(Open(stream_id, a_port, b_port))
+        return stream
+
+    @property
+    def streams(self) -> frozenset[RemoteStream]:
+        return frozenset(s for w in self._workers for s in w.streams.values())
+
+    def worker_streams(self) -> list[int]:
+        """Open streams per worker, by worker index."""
+        return [len(w.streams) for w in self._workers]
+
+    def worker_ready(self) -> list[int]:
+        """Bound port pairs ready for new streams, by worker index."""
+        return [len(w.ready) if w.channel is not None else 0 for w in self._workers]
+
+    def worker_pids(self) -> list[int | None]:
+        """The process id serving each worker slot now (None while it is being restarted)."""
+        return [w.pid for w in self._workers]
+
+    def worker_starts(self) -> list[int]:
+        """Processes started per worker slot (1 + its restarts)."""
+        return [w.starts for w in self._workers]
+
+    async def sync(self, worker: int) -> None:
+        """Return once worker ``worker`` has applied every message sent to it so far (a
+        :class:`~gateway.core.media.worker_protocol.Ping` round trip). Raises
+        :class:`LocalMediaError` when the worker is not running or exits meanwhile."""
+        slot = self._workers[worker]
+        if slot.channel is None:
+            raise LocalMediaError(f"media worker {worker} is not running")
+        token = self._next_id()
+        done = slot.pongs[token] = trio.Event()
+        slot.channel.send(Ping(token))
+        await done.wait()
+        if slot.pongs.pop(token, None) is None:
+            raise LocalMediaError(f"media worker {worker} exited")
+
+    def _next_id(self) -> int:
+        # Stream ids and ping tokens are u32 on the channel; after 2**32 they wrap around, long
+        # after the stream that had the number closed.
+        return next(self._ids) & 0xFFFFFFFF
+
+    def _forget(self, stream: RemoteStream) -> None:
+        self._workers[stream.worker].streams.pop(stream.id, None)
+
+    # -- supervision --------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every worker, report ready once all are, and keep them running until cancelled;
+        then stop them all. A worker that exits before it was first ready is a start-up error
+        (:class:`LocalMediaError`, e.g. the media address is not local)."""
+        if self._serving:
+            raise LocalMediaError("the worker pool is already serving")
+        self._serving = True
+        try:
+            async with trio.open_nursery() as nursery:
+                for worker in self._workers:
+                    await nursery.start(self._supervise, worker)
+                task_status.started()
+        except BaseExceptionGroup as group:
+            # A worker that could not start: say so plainly, not as a nursery's group.
+            failed = group.subgroup(LocalMediaError)
+            if failed is not None and failed.exceptions and len(group.exceptions) == 1:
+                first = failed.exceptions[0]
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from None
+            raise
+
+    async def _supervise(
+        self, worker: _Worker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        first = True
+        while True:
+            returncode = await self._run_once(worker, task_status if first else None)
+            first = False
+            streams = list(worker.streams.values())
+            worker.streams.clear()
+            for event in worker.pongs.values():
+                event.set()  # sync() sees its token gone: the worker exited
+            worker.pongs.clear()
+            worker.ready.clear()
+            log.error(
+                "media worker %d (ports %s) exited (%s): ending its %d stream(s) with %r; "
+                "restarting it",
+                worker.index,
+                worker.ports,
+                f"exit code {returncode}" if returncode is not None else "channel closed",
+                len(streams),
+                WORKER_EXITED,
+            )
+            for stream in streams:
+                stream._channel = None
+                stream._lost(WORKER_EXITED)
+            await trio.sleep(self._restart_delay)
+
+    async def _run_once(
+        self, worker: _Worker, task_status: trio.TaskStatus[None] | None
+    ) -> int | None:
+        """Run one worker process until its channel ends; returns its exit code (None if it
+        had to be killed). Raises LocalMediaError when it ends before its first ``PairsReady``
+        and ``task_status`` is given (start-up)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            worker.process = await trio.lowlevel.open_process(
+                self._command(worker, theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                env=_worker_environment(),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        worker.starts += 1
+        channel = _Channel(trio.socket.from_stdlib_socket(ours))
+        was_ready = False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(channel.write_loop)
+                try:
+                    while True:
+                        messages = await channel.messages()
+                        if not messages:
+                            break
+                        for message in messages:
+                            self._handle(worker, message)
+                        if not was_ready and any(isinstance(m, PairsReady) for m in messages):
+                            # Ready even with no pair: ports held by other processes make
+                            # calls fail with 503 (PortsExhausted), not the gateway hang.
+                            was_ready = True
+                            worker.channel = channel
+                            if task_status is not None:
+                                task_status.started()
+                except ChannelError as exc:
+                    log.error("media worker %d sent a bad frame: %s", worker.index, exc)
+                except OSError as exc:
+                    log.error("media worker %d channel failed: %s", worker.index, exc)
+                nursery.cancel_scope.cancel()
+        finally:
+            worker.channel = None
+            channel.close()
+            returncode = await _stop(worker.process)
+            worker.process = None
+        if not was_ready and task_status is not None:
+            raise LocalMediaError(
+                f"media worker {worker.index} (ports {worker.ports}) exited before it was ready "
+                f"(exit code {returncode}); its error is in the log above"
+            )
+        return returncode
+
+    def _command(self, worker: _Worker, fd: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "gateway.core.media.worker",
+            "--fd",
+            str(fd),
+            "--index",
+            str(worker.index),
+            "--address",
+            self.address,
+            "--ports",
+            str(worker.ports),
+            "--log-level",
+            self._log_level,
+            "--stats-interval",
+            str(self._stats_interval),
+        ]
+
+    def _handle(self, worker: _Worker, message: Message) -> None:
+        if isinstance(message, PairsReady):
+            worker.ready.extend(message.ports)
+            return
+        if isinstance(message, Pong):
+            pong = worker.pongs.get(message.token)
+            if pong is not None:
+                pong.set()
+            return
+        if isinstance(message, Stats | Datagram | StreamFailed):
+            stream = worker.streams.get(message.stream)
+            if stream is None:
+                return  # closed here meanwhile
+            if isinstance(message, Stats):
+                stream._update(message, trio.current_time())
+            elif isinstance(message, Datagram):
+                (stream.a if message.side == "a" else stream.b)._deliver(
+                    message.packet, message.source, message.rtcp
+                )
+            else:
+                log.warning("media worker %d: %s", worker.index, message.reason)
+                stream._lost(message.reason)
+            return
+        raise ChannelError(f"a worker does not send {type(message).__name__}")
+
+
+async def _stop(process: trio.Process | None) -> int | None:
+    """Wait for ``process`` (its channel is closed, so it is exiting), killing it after
+    :data:`STOP_GRACE` seconds. Shielded: runs while the gateway shuts down."""
+    if process is None:
+        return None
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(STOP_GRACE):
+            return await process.wait()
+        log.warning("media worker pid %d did not exit: killing it", process.pid)
+        process.kill()
+        await process.wait()
+    return None
+
+
+def _worker_environment() -> dict[str, str]:
+    """The environment of a worker: ours, with this ``gateway`` package importable (also when
+    it runs from a source tree rather than an installed distribution)."""
+    env = dict(os.environ)
+    root = str(Path(gateway.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env

@@ -1,0 +1,362 @@
+"""A media worker process: one in-process relay on a slice of the port range, driven over a channel.
+
+Started by :class:`gateway.core.media.remote_relay.WorkerPool` as
+``python -m gateway.core.media.worker --fd N --address IP --ports LOW-HIGH ...`` with one end of
+a Unix socketpair as descriptor N (the control channel, :mod:`gateway.core.media.worker_protocol`).
+
+Theory of operation
+-------------------
+The worker runs the same :class:`~gateway.core.media.relay.MediaRelay` as a single-process
+gateway (one trio task owning an epoll; its hot path is unchanged), plus:
+
+- a reserve of port pairs bound ahead of time (:class:`ReservedPorts`), reported to the SIP
+  process with ``PairsReady`` and topped up after every ``Open`` and ``Close``: the SIP process
+  writes those ports into SDP before the worker has even heard of the stream;
+- the control task, which applies each message to its stream: ``SetRemote``, ``SetBlocked``,
+  ``SetKeys`` (SRTP contexts built here by :class:`~gateway.core.media.keying.StreamSrtp`, the
+  same code the in-process relay uses), ``SetDtls`` (DTLS datagrams from a leg's peer go back as
+  ``Datagram``), ``SendDatagram``, ``Close``. A request it cannot honour ends the stream's call
+  (``StreamFailed`` with the reason); keys never appear in that reason;
+- a statistics task that pushes each stream's counters and idle time once per
+  ``--stats-interval`` while the stream receives (``Stats``).
+
+It exits when its channel reaches end of file: the SIP process closed it (shutdown) or died.
+SIGINT is ignored, so a Ctrl-C in a terminal stops the SIP process, which then stops its workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from gateway.core.config import PortRange
+from gateway.core.media.errors import LocalMediaError, PortsExhausted
+from gateway.core.media.keying import StreamKeys, StreamSrtp
+from gateway.core.media.ports import PortAllocator, PortPair
+from gateway.core.media.relay import Address, MediaRelay, MediaStream, NonRtpHandler
+from gateway.core.media.worker_protocol import (
+    ChannelError,
+    Close,
+    Datagram,
+    FrameReader,
+    Message,
+    Open,
+    PairsReady,
+    Ping,
+    Pong,
+    SendDatagram,
+    SetBlocked,
+    SetDtls,
+    SetKeys,
+    SetRemote,
+    Stats,
+    StreamFailed,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+RESERVE_PAIRS = 64
+"""Port pairs kept bound ahead of time (32 streams): enough for a burst of new calls between two
+``PairsReady`` reports, which follow every ``Open`` within one control round."""
+
+FULL_EVERY = 5
+"""Every this many statistics intervals, streams without activity are checked for changed
+counters too (a full pass costs a statistics() per stream, so it is not done every time)."""
+
+OUT_BUFFER_LIMIT = 4 * 1024 * 1024
+"""Octets queued towards the SIP process; past this, DTLS datagrams and statistics are dropped
+(and counted) instead of queued: the SIP process is not reading."""
+
+
+_STREAM_REQUESTS = (SetRemote, SetBlocked, SetKeys, SetDtls, SendDatagram, Close)
+
+
+class ReservedPorts(PortAllocator):
+    """A :class:`PortAllocator` that binds pairs ahead of time (:meth:`refill`) and hands the
+    relay exactly the pairs the SIP process named (:meth:`claim`, then ``allocate``)."""
+
+    def __init__(self, address: str, ports: PortRange) -> None:
+        super().__init__(address, ports)
+        self._reserve: dict[int, PortPair] = {}
+        self._claimed: list[PortPair] = []
+
+    def refill(self, target: int = RESERVE_PAIRS) -> tuple[int, ...]:
+        """Bind pairs until ``target`` are in reserve or the slice is used up; returns the RTP
+        ports of the pairs bound now."""
+        bound: list[int] = []
+        while len(self._reserve) < target and self.available:
+            try:
+                pair = super().allocate()
+            except PortsExhausted:  # the rest is held by other processes
+                break
+            self._reserve[pair.rtp_port] = pair
+            bound.append(pair.rtp_port)
+        return tuple(bound)
+
+    def claim(self, *rtp_ports: int) -> None:
+        """The next ``allocate`` calls return these reserved pairs, in this order."""
+        missing = [port for port in rtp_ports if port not in self._reserve]
+        if missing:
+            raise LocalMediaError(f"port pair(s) {missing} are not in the worker's reserve")
+        self._claimed = [self._reserve.pop(port) for port in rtp_ports]
+
+    def allocate(self) -> PortPair:
+        if not self._claimed:
+            raise LocalMediaError("no claimed port pair (the SIP process names every pair)")
+        return self._claimed.pop(0)
+
+    def close(self) -> None:
+        for pair in self._reserve.values():
+            pair.close()
+        self._reserve.clear()
+
+
+class _Outbox:
+    """Messages to the SIP process: a bounded buffer flushed by one task."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+        self._out = bytearray()
+        self._wake = trio.Event()
+        self.dropped = 0
+
+    def send(self, message: Message, *, droppable: bool = False) -> None:
+        if droppable and len(self._out) > OUT_BUFFER_LIMIT:
+            self.dropped += 1
+            return
+        self._out += encode(message)
+        self._wake.set()
+
+    async def write_loop(self) -> None:
+        """Flush until the channel fails (the SIP process is gone: returns)."""
+        while True:
+            if not self._out:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            try:
+                sent = await self._sock.send(self._out)
+            except OSError as exc:
+                log.debug("control channel closed while writing: %s", exc)
+                return
+            del self._out[:sent]
+
+
+class Worker:
+    """The worker's state: the relay, the reserve, the streams by the SIP process's ids."""
+
+    def __init__(
+        self, sock: trio.socket.SocketType, address: str, ports: PortRange, stats_interval: float
+    ) -> None:
+        self._sock = sock
+        self.ports = ReservedPorts(address, ports)
+        self.relay = MediaRelay(self.ports)
+        self.outbox = _Outbox(sock)
+        self._stats_interval = stats_interval
+        self._streams: dict[int, tuple[MediaStream, StreamSrtp]] = {}
+        # What was last reported per stream id: its last activity, and its counters.
+        self._activity: dict[int, float] = {}
+        self._counters: dict[int, tuple[object, ...]] = {}
+
+    async def run(self) -> None:
+        """Serve until the channel ends."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.relay.serve)
+                nursery.start_soon(self._until_done, self.outbox.write_loop, nursery.cancel_scope)
+                ports = self.ports.refill()
+                if not ports:
+                    log.warning("no port pair of %s can be bound now", self.ports.ports)
+                self.outbox.send(PairsReady(ports))
+                nursery.start_soon(self._push_statistics)
+                await self._control()
+                nursery.cancel_scope.cancel()
+        finally:
+            for _, srtp in self._streams.values():
+                srtp.close()
+            self.relay.close()
+            self.ports.close()
+
+    @staticmethod
+    async def _until_done(task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+        await task()
+        scope.cancel()
+
+    async def _control(self) -> None:
+        reader = FrameReader()
+        while True:
+            try:
+                data = await self._sock.recv(262144)
+            except ConnectionResetError:
+                data = b""  # the SIP process closed with messages unread: the same as EOF
+            except OSError as exc:
+                log.error("control channel failed: %s", exc)
+                return
+            if not data:
+                log.debug("control channel closed: exiting")
+                return
+            try:
+                messages = reader.feed(data)
+            except ChannelError as exc:
+                log.error("bad frame from the SIP process: %s; exiting", exc)
+                return
+            for message in messages:
+                self.handle(message)
+
+    def handle(self, message: Message) -> None:
+        """Apply one message from the SIP process."""
+        if isinstance(message, Open):
+            self._open(message)
+            return
+        if isinstance(message, Ping):
+            self.outbox.send(Pong(message.token))
+            return
+        if not isinstance(message, _STREAM_REQUESTS):
+            log.error("the SIP process does not send %s; ignored", type(message).__name__)
+            return
+        entry = self._streams.get(message.stream)
+        if entry is None:
+            return  # failed to open, or already closed
+        stream, srtp = entry
+        try:
+            if isinstance(message, SetRemote):
+                side = stream.a if message.side == "a" else stream.b
+                side.set_remote(message.rtp, rtcp=message.rtcp, rtcp_mux=message.rtcp_mux)
+            elif isinstance(message, SetBlocked):
+                control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
+                control.blocked = message.blocked
+            elif isinstance(message, SetKeys):
+                srtp.apply(
+                    stream,
+                    StreamKeys(
+                        message.a,
+                        message.b,
+                        message.blocked,
+                        message.a_separate_rtcp,
+                        message.a_rtcp,
+                        message.b_separate_rtcp,
+                        message.b_rtcp,
+                    ),
+                )
+            elif isinstance(message, SetDtls):
+                side = stream.a if message.side == "a" else stream.b
+                handler = (
+                    self._dtls_handler(message.stream, message.side, message.rtcp)
+                    if message.enabled
+                    else None
+                )
+                side.set_non_rtp_handler(handler, rtcp=message.rtcp)
+            elif isinstance(message, SendDatagram):
+                side = stream.a if message.side == "a" else stream.b
+                side.send(message.packet, rtcp=message.rtcp)
+            else:
+                self._close(message.stream)
+        except LocalMediaError as exc:
+            # Our messages never contain key material (srtp.py's rule), so this can be sent.
+            self.outbox.send(StreamFailed(message.stream, str(exc)))
+
+    def _open(self, message: Open) -> None:
+        try:
+            self.ports.claim(message.a_port, message.b_port)
+            stream = self.relay.open_stream()
+        except LocalMediaError as exc:
+            self.outbox.send(StreamFailed(message.stream, str(exc)))
+            return
+        # Blocked until the call's keying says otherwise (SetKeys or SetBlocked): in-process,
+        # keying runs in the same step as the opening; here packets could come in between.
+        stream.a_to_b.blocked = True
+        stream.b_to_a.blocked = True
+        self._streams[message.stream] = (stream, StreamSrtp())
+        self._report_new_pairs()
+
+    def _close(self, stream_id: int) -> None:
+        stream, srtp = self._streams.pop(stream_id)
+        self._activity.pop(stream_id, None)
+        self._counters.pop(stream_id, None)
+        srtp.close()
+        stream.close()
+        self._report_new_pairs()
+
+    def _report_new_pairs(self) -> None:
+        ports = self.ports.refill()
+        if ports:
+            self.outbox.send(PairsReady(ports))
+
+    def _dtls_handler(self, stream_id: int, side: str, rtcp: bool) -> NonRtpHandler:
+        outbox = self.outbox
+
+        def handler(packet: bytes, source: Address) -> None:
+            address = (str(source[0]), int(source[1]))
+            outbox.send(Datagram(stream_id, side, rtcp, address, packet), droppable=True)
+
+        return handler
+
+    async def _push_statistics(self) -> None:
+        """Every interval, report the streams that received something; every
+        :data:`FULL_EVERY` intervals also those whose counters changed without activity (drops
+        of packets that do not count as activity: malformed, from an unlatched source)."""
+        for round_number in itertools.count(1):
+            await trio.sleep(self._stats_interval)
+            self._report_new_pairs()  # pairs other processes held may be free again
+            full = round_number % FULL_EVERY == 0
+            now = trio.current_time()
+            for stream_id, (stream, srtp) in list(self._streams.items()):
+                activity = stream.last_activity
+                active = self._activity.get(stream_id) != activity
+                if not active and not full:
+                    continue
+                sides = srtp.statistics()
+                counters = (
+                    stream.a_to_b.statistics(),
+                    stream.b_to_a.statistics(),
+                    sides.get("a"),
+                    sides.get("b"),
+                )
+                if not active and self._counters.get(stream_id) == counters:
+                    continue
+                self._activity[stream_id] = activity
+                self._counters[stream_id] = counters
+                self.outbox.send(
+                    Stats(stream_id, max(0.0, now - activity), *counters), droppable=True
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.core.media.worker")
+    parser.add_argument("--fd", type=int, required=True, help="the control channel's descriptor")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--ports", required=True, help="LOW-HIGH: this worker's slice")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--stats-interval", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s media-worker-{args.index} %(name)s: %(message)s",
+    )
+    sock = socket.socket(fileno=args.fd)
+
+    async def serve() -> None:
+        worker = Worker(
+            trio.socket.from_stdlib_socket(sock),
+            args.address,
+            PortRange.parse(args.ports),
+            args.stats_interval,
+        )
+        await worker.run()
+
+    trio.run(serve)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""The control channel between the SIP process and a media worker process: messages and framing.
+
+Theory of operation
+-------------------
+With ``[media] workers = N`` (N >= 2) each media worker (:mod:`gateway.core.media.worker`) relays
+the streams of the calls the SIP process gives it, on its own slice of the media port range. The
+two processes talk over one local Unix stream socket (a socketpair made by the SIP process), in
+frames::
+
+    frame   = length:u32 (big-endian, of what follows) type:u8 fields...
+
+Every message type is an ``@attrs.frozen`` class below with an explicit field layout
+(:data:`_LAYOUTS`); nothing is pickled, so a frame can only ever become one of these values.
+The channel is local and trusted, but a worker that crashed half-way through a write or a bug
+must still end in a clear :class:`ChannelError`, never in an odd object: frames are decoded by
+:func:`parse_message_untrusted`, which checks every length against what is left and the frame
+against :data:`MAX_FRAME`.
+
+SRTP master keys cross this channel (:class:`SetKeys`): it is a socketpair between two processes
+of the same user, never a network socket. No ``repr`` shows them (``SrtpKeys`` redacts itself)
+and no error message quotes a frame's bytes.
+
+SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
+:class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`.
+Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
+:class:`StreamFailed`, :class:`Pong`.
+
+Sans-IO: bytes in, messages out (:class:`FrameReader`), messages in, bytes out (:func:`encode`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.relay import DirectionStatistics
+from gateway.core.media.srtp import SrtpStatistics
+
+MAX_FRAME = 128 * 1024
+"""The largest frame (type and fields): a 64 KiB datagram and its header fit with room."""
+
+SIDES = ("a", "b")
+DIRECTIONS = ("a_to_b", "b_to_a")
+
+
+class ChannelError(Exception):
+    """A frame that is not one of the messages below (the peer process is broken): the channel
+    is closed and the worker treated as dead. The text names the problem, never the bytes."""
+
+
+# -- SIP process -> worker ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Open:
+    """Relay a new stream between two port pairs the worker reported in :class:`PairsReady`."""
+
+    stream: int
+    a_port: int
+    b_port: int
+
+
+@attrs.frozen
+class SetRemote:
+    """``StreamSide.set_remote`` of ``side`` ("a" or "b")."""
+
+    stream: int
+    side: str
+    rtp: tuple[str, int] | None
+    rtcp: tuple[str, int] | None
+    rtcp_mux: bool
+
+
+@attrs.frozen
+class SetBlocked:
+    """``DirectionControl.blocked`` of ``direction`` ("a_to_b" or "b_to_a")."""
+
+    stream: int
+    direction: str
+    blocked: bool
+
+
+@attrs.frozen
+class SetKeys:
+    """A :class:`gateway.core.media.keying.StreamKeys`: each leg's SRTP keys (None: plain RTP on
+    that leg), its separate SRTCP keys if it has them, and the block flag of both directions;
+    the worker builds the sessions (:class:`gateway.core.media.keying.StreamSrtp`)."""
+
+    stream: int
+    blocked: bool
+    a: SrtpKeys | None
+    b: SrtpKeys | None
+    a_separate_rtcp: bool
+    a_rtcp: SrtpKeys | None
+    b_separate_rtcp: bool
+    b_rtcp: SrtpKeys | None
+
+
+@attrs.frozen
+class SetDtls:
+    """Hand datagrams that are not RTP/RTCP (RFC 7983: DTLS, ...) arriving on ``side``'s RTP
+    socket (``rtcp``: its RTCP socket) to the SIP process (or stop)."""
+
+    stream: int
+    side: str
+    rtcp: bool
+    enabled: bool
+
+
+@attrs.frozen
+class SendDatagram:
+    """``StreamSide.send``: a key exchange's datagram out of ``side``'s RTP socket (``rtcp``:
+    its RTCP socket)."""
+
+    stream: int
+    side: str
+    rtcp: bool
+    packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
+
+
+@attrs.frozen
+class Close:
+    """Stop relaying the stream and release its ports."""
+
+    stream: int
+
+
+@attrs.frozen
+class Ping:
+    """Answer with :class:`Pong` once every message sent before this one is applied."""
+
+    token: int
+
+
+# -- worker -> SIP process ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Pong:
+    """The answer to :class:`Ping`: everything sent before it has been applied."""
+
+    token: int
+
+
+@attrs.frozen
+class PairsReady:
+    """Port pairs (their RTP ports) the worker has bound and keeps for future :class:`Open`s.
+    The first one after start-up says the worker is ready."""
+
+    ports: tuple[int, ...]
+
+
+@attrs.frozen
+class Datagram:
+    """A datagram that is not RTP/RTCP from ``side``'s peer at ``source``, on its RTP socket
+    (``rtcp``: its RTCP socket): the relay's non-RTP handler."""
+
+    stream: int
+    side: str
+    rtcp: bool
+    source: tuple[str, int] | None
+    packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
+
+
+@attrs.frozen
+class Stats:
+    """A stream's counters, pushed periodically while it receives. ``idle`` is the seconds since
+    it last received a packet (the processes' clocks differ, so no timestamps cross)."""
+
+    stream: int
+    idle: float
+    a_to_b: DirectionStatistics
+    b_to_a: DirectionStatistics
+    srtp_a: SrtpStatistics | None
+    srtp_b: SrtpStatistics | None
+
+
+@attrs.frozen
+class StreamFailed:
+    """The worker could not do what a message asked for this stream (e.g. keys for a suite it
+    cannot build): the call ends with ``reason``."""
+
+    stream: int
+    reason: str
+
+
+Message = (
+    Open
+    | SetRemote
+    | SetBlocked
+    | SetKeys
+    | SetDtls
+    | SendDatagram
+    | Close
+    | Ping
+    | Pong
+    | PairsReady
+    | Datagram
+    | Stats
+    | StreamFailed
+)
+
+# -- field codecs -------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads fields from one frame; every read checks what is left."""
+
+    def __init__(self, frame: bytes) -> None:
+        self._frame = frame
+        self._offset = 1  # after the type octet
+
+    def take(self, size: int) -> bytes:
+        end = self._offset + size
+        if end > len(self._frame):
+            raise ChannelError("truncated frame")
+        chunk = self._frame[self._offset : end]
+        self._offset = end
+        return chunk
+
+    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        return fmt.unpack(self.take(fmt.size))
+
+    def finish(self) -> None:
+        if self._offset != len(self._frame):
+            raise ChannelError(f"{len(self._frame) - self._offset} octets after the last field")
+
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_F64 = struct.Struct(">d")
+_DIRECTION_FIELDS = tuple(f.name for f in attrs.fields(DirectionStatistics))
+_SRTP_FIELDS = tuple(f.name for f in attrs.fields(SrtpStatistics))
+_DIRECTION_COUNTERS = struct.Struct(f">{len(_DIRECTION_FIELDS)}Q")
+_SRTP_COUNTERS = struct.Struct(f">{len(_SRTP_FIELDS)}Q")
+
+
+def _put_bytes(value: bytes) -> bytes:
+    return _U32.pack(len(value)) + value
+
+
+def _get_bytes(reader: _Reader) -> bytes:
+    (size,) = reader.unpack(_U32)
+    return reader.take(size)
+
+
+def _put_str(value: str) -> bytes:
+    data = value.encode()
+    if len(data) > 0xFFFF:
+        raise ValueError("string field longer than 65535 octets")
+    return _U16.pack(len(data)) + data
+
+
+def _get_str(reader: _Reader) -> str:
+    (size,) = reader.unpack(_U16)
+    try:
+        return reader.take(size).decode()
+    except UnicodeDecodeError:
+        raise ChannelError("string field is not UTF-8") from None
+
+
+def _put_choice(choices: tuple[str, ...]) -> Callable[[str], bytes]:
+    def put(value: str) -> bytes:
+        return _U8.pack(choices.index(value))
+
+    return put
+
+
+def _get_choice(choices: tuple[str, ...]) -> Callable[[_Reader], str]:
+    def get(reader: _Reader) -> str:
+        index = int(reader.unpack(_U8)[0])
+        if index >= len(choices):
+            raise ChannelError(f"value {index} is not one of {', '.join(choices)}")
+        return choices[index]
+
+    return get
+
+
+def _put_bool(value: bool) -> bytes:
+    return _U8.pack(1 if value else 0)
+
+
+def _get_bool(reader: _Reader) -> bool:
+    (value,) = reader.unpack(_U8)
+    if value > 1:
+        raise ChannelError(f"boolean field holds {value}")
+    return bool(value)
+
+
+def _optional(
+    put: Callable[[Any], bytes], get: Callable[[_Reader], Any]
+) -> tuple[Callable[[Any], bytes], Callable[[_Reader], Any]]:
+    def put_optional(value: Any) -> bytes:
+        return b"\x00" if value is None else b"\x01" + put(value)
+
+    def get_optional(reader: _Reader) -> Any:
+        return get(reader) if _get_bool(reader) else None
+
+    return put_optional, get_optional
+
+
+def _put_address(value: tuple[str, int]) -> bytes:
+    return _put_str(value[0]) + _U16.pack(value[1])
+
+
+def _get_address(reader: _Reader) -> tuple[str, int]:
+    host = _get_str(reader)
+    (port,) = reader.unpack(_U16)
+    return (host, port)
+
+
+def _put_keys(value: SrtpKeys) -> bytes:
+    return _put_str(value.suite) + _put_bytes(value.local_key) + _put_bytes(value.remote_key)
+
+
+def _get_keys(reader: _Reader) -> SrtpKeys:
+    return SrtpKeys(_get_str(reader), _get_bytes(reader), _get_bytes(reader))
+
+
+def _put_ports(value: tuple[int, ...]) -> bytes:
+    return _U16.pack(len(value)) + struct.pack(f">{len(value)}H", *value)
+
+
+def _get_ports(reader: _Reader) -> tuple[int, ...]:
+    (count,) = reader.unpack(_U16)
+    return tuple(struct.unpack(f">{count}H", reader.take(2 * count)))
+
+
+def _put_direction(value: DirectionStatistics) -> bytes:
+    return _DIRECTION_COUNTERS.pack(*(getattr(value, name) for name in _DIRECTION_FIELDS))
+
+
+def _get_direction(reader: _Reader) -> DirectionStatistics:
+    return DirectionStatistics(*reader.unpack(_DIRECTION_COUNTERS))
+
+
+def _put_srtp(value: SrtpStatistics) -> bytes:
+    return _SRTP_COUNTERS.pack(*(getattr(value, name) for name in _SRTP_FIELDS))
+
+
+def _get_srtp(reader: _Reader) -> SrtpStatistics:
+    return SrtpStatistics(*reader.unpack(_SRTP_COUNTERS))
+
+
+def _struct(fmt: struct.Struct) -> tuple[Callable[[Any], bytes], Callable[[_Reader], Any]]:
+    return (lambda value: fmt.pack(value)), (lambda reader: reader.unpack(fmt)[0])
+
+
+_Codec = tuple[Callable[[Any], bytes], Callable[[_Reader], Any]]
+_STREAM: _Codec = _struct(_U32)
+_PORT: _Codec = _struct(_U16)
+_BOOL: _Codec = (_put_bool, _get_bool)
+_SIDE: _Codec = (_put_choice(SIDES), _get_choice(SIDES))
+_DIRECTION: _Codec = (_put_choice(DIRECTIONS), _get_choice(DIRECTIONS))
+_BYTES: _Codec = (_put_bytes, _get_bytes)
+_STR: _Codec = (_put_str, _get_str)
+_ADDRESS: _Codec = _optional(_put_address, _get_address)
+_KEYS: _Codec = _optional(_put_keys, _get_keys)
+_STATS: _Codec = (_put_direction, _get_direction)
+_SRTP: _Codec = _optional(_put_srtp, _get_srtp)
+_SECONDS: _Codec = _struct(_F64)
+
+# type octet -> (class, the codec of each field in attrs order). Append only: never renumber.
+_LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
+    1: (Open, (_STREAM, _PORT, _PORT)),
+    2: (SetRemote, (_STREAM, _SIDE, _ADDRESS, _ADDRESS, _BOOL)),
+    3: (SetBlocked, (_STREAM, _DIRECTION, _BOOL)),
+    4: (SetKeys, (_STREAM, _BOOL, _KEYS, _KEYS, _BOOL, _KEYS, _BOOL, _KEYS)),
+    5: (SetDtls, (_STREAM, _SIDE, _BOOL, _BOOL)),
+    6: (SendDatagram, (_STREAM, _SIDE, _BOOL, _BYTES)),
+    7: (Close, (_STREAM,)),
+    8: (Ping, (_STREAM,)),
+    20: (PairsReady, ((_put_ports, _get_ports),)),
+    21: (Datagram, (_STREAM, _SIDE, _BOOL, _ADDRESS, _BYTES)),
+    22: (Stats, (_STREAM, _SECONDS, _STATS, _STATS, _SRTP, _SRTP)),
+    23: (StreamFailed, (_STREAM, _STR)),
+    24: (Pong, (_STREAM,)),
+}
+_TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
+
+
+def encode(message: Message) -> bytes:
+    """``message`` as one frame, length prefix included. Raises ValueError for a value that
+    does not fit its field (our bug, never the peer's)."""
+    code, codecs = _TYPES[type(message)]
+    values = attrs.astuple(message, recurse=False)
+    try:
+        body = bytes([code]) + b"".join(put(v) for (put, _), v in zip(codecs, values, strict=True))
+    except struct.error as exc:
+        raise ValueError(f"{type(message).__name__}: a field is out of range ({exc})") from None
+    if len(body) > MAX_FRAME:
+        raise ValueError(f"{type(message).__name__} needs {len(body)} octets, over {MAX_FRAME}")
+    return _U32.pack(len(body)) + body
+
+
+def parse_message_untrusted(frame: bytes) -> Message:
+    """One frame (type octet and fields, without the length prefix) as its message.
+
+    Raises :class:`ChannelError` for an unknown type, a field that does not fit or octets left
+    over."""
+    if not frame:
+        raise ChannelError("empty frame")
+    layout = _LAYOUTS.get(frame[0])
+    if layout is None:
+        raise ChannelError(f"unknown message type {frame[0]}")
+    cls, codecs = layout
+    reader = _Reader(frame)
+    values = [get(reader) for _, get in codecs]
+    reader.finish()
+    message: Message = cls(*values)
+    return message
+
+
+class FrameReader:
+    """Splits the bytes of the channel into messages. Bounded: a frame longer than
+    :data:`MAX_FRAME` is a :class:`ChannelError` before any of it is buffered."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Add what was read; returns the messages completed by it, in order."""
+        self._buffer += data
+        messages: list[Message] = []
+        buffer = self._buffer
+        offset = 0
+        while len(buffer) - offset >= 4:
+            (length,) = _U32.unpack_from(buffer, offset)
+            if length > MAX_FRAME:
+                raise ChannelError(f"frame of {length} octets is over the {MAX_FRAME} limit")
+            if len(buffer) - offset - 4 < length:
+                break
+            frame = bytes(buffer[offset + 4 : offset + 4 + length])
+            offset += 4 + length
+            messages.append(parse_message_untrusted(frame))
+        del buffer[:offset]
+        return messages
+
+    @property
+    def pending(self) -> int:
+        """Octets of an incomplete frame held."""
+        return len(self._buffer)

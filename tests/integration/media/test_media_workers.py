@@ -1,0 +1,448 @@
+"""Media worker processes (``[media] workers >= 2``) on real loopback sockets.
+
+A WorkerPool with two real worker processes relays on 127.0.0.1, ports 31000-31039 (worker 0:
+31000-31019, worker 1: 31020-31039: below Linux's ephemeral range, so no other socket takes one
+and the counts of bound pairs are exact); the phones bind ephemeral ports. SRTP keys are set through
+the control channel and checked with pylibsrtp on the receiving phone. Nothing sleeps a fixed
+time: every wait polls under a ``trio.fail_after`` bound. Every process started is stopped by
+the end of its test (checked).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pylibsrtp
+import pytest
+import trio
+
+from gateway.core.config import PortRange
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.errors import LocalMediaError, PortsExhausted
+from gateway.core.media.keying import StreamKeys
+from gateway.core.media.ports import rtp_ports
+from gateway.core.media.remote_relay import WORKER_EXITED, RemoteStream, WorkerPool
+
+ADDRESS = "127.0.0.1"
+PORTS = PortRange(31000, 31039)
+TIMEOUT = 10.0
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+GATEWAY_KEY_TO_B = bytes(range(30))  # what the relay protects towards phone B with
+PHONE_B_KEY = bytes(range(50, 80))  # what phone B protects with
+ROOT = Path(__file__).parents[3]
+
+
+def rtp(sequence: int, *, ssrc: int = 0x1234ABCD, payload: bytes = b"\xd5" * 160) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, ssrc) + payload
+
+
+class Phone:
+    """A UDP socket on an ephemeral port."""
+
+    def __init__(self) -> None:
+        self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    async def bind(self) -> Phone:
+        await self.sock.bind((ADDRESS, 0))
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()
+        return (host, port)
+
+    async def send(self, packet: bytes, port: int) -> None:
+        await self.sock.sendto(packet, (ADDRESS, port))
+
+    async def receive(self) -> tuple[bytes, tuple[str, int]]:
+        with trio.fail_after(TIMEOUT):
+            data, source = await self.sock.recvfrom(65536)
+        return bytes(data), source
+
+
+async def phones(count: int) -> list[Phone]:
+    return [await Phone().bind() for _ in range(count)]
+
+
+async def eventually(predicate: Callable[[], bool], what: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        while not predicate():
+            await trio.sleep(0.01)
+    assert predicate(), what
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` has exited (reaped, or a zombie waiting for a parent that died)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[WorkerPool]:
+    """Two workers, stopped after the test (checked: no process left)."""
+    pool = WorkerPool(ADDRESS, PORTS, 2, stats_interval=0.05, restart_delay=0.05)
+    pids: set[int | None] = set()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.serve)
+        assert None not in pool.worker_pids()
+        yield pool
+        pids.update(pool.worker_pids())
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None, None]
+    assert all(process_gone(pid) for pid in pids if pid is not None)
+
+
+async def connected(
+    pool: WorkerPool, stream: RemoteStream, a: Phone, b: Phone, *, blocked: bool = False
+) -> None:
+    """Point the stream at the phones (and unblock it: a worker stream starts blocked)."""
+    stream.a.set_remote(a.address)
+    stream.b.set_remote(b.address)
+    stream.a_to_b.blocked = blocked
+    stream.b_to_a.blocked = blocked
+    await pool.sync(stream.worker)
+
+
+async def relayed(stream: RemoteStream, a: Phone, b: Phone, sequence: int) -> None:
+    """One RTP packet each way arrives unchanged (SSRC, sequence number, payload)."""
+    await a.send(rtp(sequence), stream.a.ports.rtp_port)
+    data, source = await b.receive()
+    assert data == rtp(sequence)
+    assert source == (ADDRESS, stream.b.ports.rtp_port)
+    await b.send(rtp(sequence, ssrc=0x99), stream.b.ports.rtp_port)
+    data, source = await a.receive()
+    assert data == rtp(sequence, ssrc=0x99)
+    assert source == (ADDRESS, stream.a.ports.rtp_port)
+
+
+async def test_streams_go_to_the_least_loaded_worker_with_ports_of_its_slice(
+    pool: WorkerPool,
+) -> None:
+    slices = [set(rtp_ports(part)) for part in pool.slices]
+    assert pool.slices == [PortRange(31000, 31019), PortRange(31020, 31039)]
+    streams = [pool.open_stream() for _ in range(4)]
+    assert [s.worker for s in streams] == [0, 1, 0, 1]
+    for stream in streams:
+        for side in (stream.a, stream.b):
+            assert side.ports.rtp_port in slices[stream.worker]
+            assert side.ports.rtcp_port == side.ports.rtp_port + 1
+    assert pool.worker_ready() == [6, 6]  # of 10 pairs each
+    streams[0].close()
+    streams[2].close()
+    assert pool.worker_streams() == [0, 2]
+    # The worker binds the released pairs again and reports them.
+    await eventually(lambda: pool.worker_ready() == [10, 6], "pairs back in reserve")
+    assert pool.open_stream().worker == 0  # [1, 2]
+    # A call's later streams stay on its first stream's worker.
+    call = pool.for_call()
+    assert call.open_stream().worker == 0  # [2, 2]
+    assert pool.open_stream().worker == 0  # a tie goes to the first: [3, 2]
+    assert call.open_stream().worker == 0  # pinned, though worker 1 has fewer: [4, 2]
+    assert pool.worker_streams() == [4, 2]
+
+
+async def test_each_worker_relays_rtp_and_pushes_its_counters(pool: WorkerPool) -> None:
+    a0, b0, a1, b1 = await phones(4)
+    s0, s1 = pool.open_stream(), pool.open_stream()
+    assert (s0.worker, s1.worker) == (0, 1)
+    # A new worker stream forwards nothing until the call's keying unblocks it.
+    await connected(pool, s0, a0, b0, blocked=True)
+    await a0.send(rtp(0), s0.a.ports.rtp_port)
+    await eventually(lambda: s0.a_to_b.statistics().dropped_blocked == 1, "blocked at first")
+    await connected(pool, s0, a0, b0)
+    await connected(pool, s1, a1, b1)
+    for sequence in range(1, 4):
+        await relayed(s0, a0, b0, sequence)
+        await relayed(s1, a1, b1, sequence)
+    for stream in (s0, s1):
+        await eventually(
+            lambda s=stream: (
+                s.a_to_b.statistics().rtp_packets == 3  # type: ignore[misc]
+                and s.b_to_a.statistics().rtp_packets == 3
+            ),
+            "counters pushed",
+        )
+        assert stream.a_to_b.statistics().rtp_bytes == 3 * len(rtp(1))
+        assert stream.last_activity > 0
+    s0.close()
+    assert s0.closed
+    await eventually(lambda: len(pool.worker_streams()) == 2, "")
+    assert pool.worker_streams() == [0, 1]
+
+
+async def test_rtp_to_srtp_with_keys_sent_over_the_channel(pool: WorkerPool) -> None:
+    """Leg A plain RTP, leg B SDES-SRTP: the worker protects A->B and unprotects B->A with
+    contexts it built from the keys the SIP side sent."""
+    a, b = await phones(2)
+    pool.open_stream()  # worker 0 busy: the SRTP stream goes to worker 1
+    stream = pool.open_stream()
+    assert stream.worker == 1
+    await connected(pool, stream, a, b, blocked=True)
+    assert stream.a_to_b.blocked and stream.b_to_a.blocked
+    b_keys = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B, remote_key=PHONE_B_KEY)
+
+    # No media before keys: blocked, counted, nothing reaches B.
+    stream.apply_keys(StreamKeys(None, b_keys, blocked=True))
+    await pool.sync(stream.worker)
+    await a.send(rtp(1), stream.a.ports.rtp_port)
+    await eventually(lambda: stream.a_to_b.statistics().dropped_blocked == 1, "blocked drop")
+
+    stream.apply_keys(StreamKeys(None, b_keys, blocked=False))
+    assert not stream.a_to_b.blocked and not stream.b_to_a.blocked
+    await pool.sync(stream.worker)  # applied before the next packet arrives
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    b_receives = pylibsrtp.Session(
+        pylibsrtp.Policy(GATEWAY_KEY_TO_B, pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile)
+    )
+    b_sends = pylibsrtp.Session(
+        pylibsrtp.Policy(PHONE_B_KEY, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+    payload = bytes(range(160))
+    for sequence in range(2, 6):
+        await a.send(rtp(sequence, payload=payload), stream.a.ports.rtp_port)
+        wire, _ = await b.receive()
+        assert wire != rtp(sequence, payload=payload)  # encrypted and tagged
+        assert len(wire) == len(rtp(sequence)) + 10  # 80-bit tag (RFC 3711 §4.2)
+        assert b_receives.unprotect(wire) == rtp(sequence, payload=payload)
+        await b.send(
+            b_sends.protect(rtp(sequence, ssrc=7, payload=payload)), stream.b.ports.rtp_port
+        )
+        plain, _ = await a.receive()
+        assert plain == rtp(sequence, ssrc=7, payload=payload)
+
+    await eventually(
+        lambda: (
+            stream.srtp_statistics().get("b") is not None
+            and stream.srtp_statistics()["b"].protected == 4
+            and stream.srtp_statistics()["b"].unprotected == 4
+        ),
+        "SRTP counters pushed",
+    )
+    assert "a" not in stream.srtp_statistics()  # leg A is plain RTP
+
+
+async def test_unusable_keys_end_the_stream_with_a_reason_that_names_no_key(
+    pool: WorkerPool,
+) -> None:
+    lost: list[str] = []
+    stream = pool.for_call(lost.append).open_stream()
+    bad = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B[:7], remote_key=PHONE_B_KEY)
+    stream.apply_keys(StreamKeys(bad, None, blocked=False))
+    await eventually(lambda: bool(lost), "failure reported")
+    assert "needs a 30-octet local key and salt, got 7 octets" in lost[0]
+    assert GATEWAY_KEY_TO_B[:7].hex() not in lost[0]
+
+
+async def test_dtls_datagrams_cross_the_channel_both_ways(pool: WorkerPool) -> None:
+    a, b = await phones(2)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    received: list[tuple[bytes, tuple[str, int]]] = []
+    stream.a.set_non_rtp_handler(lambda packet, source: received.append((packet, source)))
+    await pool.sync(stream.worker)
+    hello = b"\x16\xfe\xfd" + bytes(range(60))  # RFC 7983: first byte 20..63 is DTLS
+    await a.send(hello, stream.a.ports.rtp_port)
+    await eventually(lambda: bool(received), "datagram forwarded")
+    assert received == [(hello, a.address)]
+    assert stream.a.send(b"\x16\xfe\xfd answer")
+    data, source = await a.receive()
+    assert (data, source) == (b"\x16\xfe\xfd answer", (ADDRESS, stream.a.ports.rtp_port))
+    stream.a.set_non_rtp_handler(None)
+    await pool.sync(stream.worker)
+    await a.send(hello, stream.a.ports.rtp_port)
+    await eventually(lambda: stream.a_to_b.statistics().dropped_malformed == 1, "dropped again")
+    assert len(received) == 1
+
+
+async def test_dtls_and_separate_srtcp_keys_on_the_rtcp_port(pool: WorkerPool) -> None:
+    """A DTLS leg without rtcp-mux (RFC 5764 §4.1): datagrams on its RTCP port cross the
+    channel, and its RTCP is dropped until the RTCP port's own keys arrive, then unprotected
+    with them (not with the RTP keys)."""
+    a, a_rtcp, b, b_rtcp = await phones(4)
+    stream = pool.open_stream()
+    stream.a.set_remote(a.address, rtcp=a_rtcp.address)
+    stream.b.set_remote(b.address, rtcp=b_rtcp.address)
+    received: list[tuple[str, bytes, tuple[str, int]]] = []
+    stream.a.set_non_rtp_handler(lambda p, s: received.append(("rtp", p, s)))
+    stream.a.set_non_rtp_handler(lambda p, s: received.append(("rtcp", p, s)), rtcp=True)
+    a_keys = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B, remote_key=PHONE_B_KEY)
+    rtcp_keys = SrtpKeys(SUITE, local_key=PHONE_B_KEY, remote_key=GATEWAY_KEY_TO_B)
+    stream.apply_keys(StreamKeys(a_keys, None, False, a_separate_rtcp=True, a_rtcp=None))
+    await pool.sync(stream.worker)
+
+    hello = b"\x16\xfe\xfd" + bytes(range(40))
+    await a_rtcp.send(hello, stream.a.ports.rtcp_port)
+    await eventually(lambda: bool(received), "datagram forwarded")
+    assert received == [("rtcp", hello, a_rtcp.address)]
+    assert stream.a.send(b"\x16 answer", rtcp=True)
+    assert await a_rtcp.receive() == (b"\x16 answer", (ADDRESS, stream.a.ports.rtcp_port))
+
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    report = struct.pack("!BBHI", 0x81, 201, 7, 0x1234ABCD) + struct.pack("!6I", 9, 0, 1, 2, 3, 4)
+    # Under the RTP port's keys, before the RTCP port has its own: dropped, never forwarded.
+    rtp_sender = pylibsrtp.Session(
+        pylibsrtp.Policy(PHONE_B_KEY, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+    await a_rtcp.send(rtp_sender.protect_rtcp(report), stream.a.ports.rtcp_port)
+    await eventually(lambda: stream.a_to_b.statistics().dropped_transform == 1, "dropped")
+
+    stream.apply_keys(StreamKeys(a_keys, None, False, a_separate_rtcp=True, a_rtcp=rtcp_keys))
+    await pool.sync(stream.worker)
+    rtcp_sender = pylibsrtp.Session(
+        pylibsrtp.Policy(GATEWAY_KEY_TO_B, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+    await a_rtcp.send(rtcp_sender.protect_rtcp(report), stream.a.ports.rtcp_port)
+    data, source = await b_rtcp.receive()
+    assert (data, source) == (report, (ADDRESS, stream.b.ports.rtcp_port))  # plain RTCP to B
+    assert len(received) == 1
+
+
+async def test_a_killed_worker_ends_its_calls_and_is_restarted(
+    pool: WorkerPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    a0, b0, a1, b1, a2, b2 = await phones(6)
+    lost: dict[int, list[str]] = {0: [], 1: []}
+    s0 = pool.for_call(lost[0].append).open_stream()
+    s1 = pool.for_call(lost[1].append).open_stream()
+    assert (s0.worker, s1.worker) == (0, 1)
+    await connected(pool, s0, a0, b0)
+    await connected(pool, s1, a1, b1)
+    await relayed(s0, a0, b0, 1)
+    await relayed(s1, a1, b1, 1)
+    pid0, pid1 = pool.worker_pids()
+    assert pid0 is not None and pid1 is not None
+
+    with caplog.at_level(logging.ERROR, logger="gateway.core.media.remote_relay"):
+        os.kill(pid0, signal.SIGKILL)
+        await eventually(lambda: bool(lost[0]), "the dead worker's call told")
+    assert lost == {0: [WORKER_EXITED], 1: []}
+    assert s0.failure == WORKER_EXITED and s0.closed
+    assert s1.failure is None and not s1.closed
+    assert any(
+        "media worker 0" in r.message and "exited" in r.message and "1 stream" in r.message
+        for r in caplog.records
+    )
+    # The other worker's call goes on.
+    await relayed(s1, a1, b1, 2)
+
+    await eventually(lambda: pool.worker_starts() == [2, 1], "worker 0 restarted")
+    await eventually(lambda: pool.worker_pids()[0] not in (None, pid0), "new process")
+    assert pool.worker_pids()[1] == pid1
+    assert process_gone(pid0)
+    await eventually(lambda: pool.worker_ready()[0] == 10, "worker 0 ready again")
+    s2 = pool.open_stream(prefer=0)
+    assert s2.worker == 0
+    await connected(pool, s2, a2, b2)
+    await relayed(s2, a2, b2, 1)
+    s0.close()  # closing a lost stream is harmless
+    assert pool.worker_streams() == [1, 1]
+
+
+async def test_ports_exhausted_when_no_worker_has_pairs() -> None:
+    pool = WorkerPool(ADDRESS, PortRange(31000, 31007), 2)  # 2 pairs per worker: 1 stream each
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.serve)
+        assert {pool.open_stream().worker, pool.open_stream().worker} == {0, 1}
+        with pytest.raises(PortsExhausted, match="no free media port pair in any of the 2"):
+            pool.open_stream()
+        nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_stops_every_worker() -> None:
+    pool = WorkerPool(ADDRESS, PORTS, 3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.serve)
+        pids = pool.worker_pids()
+        pool.open_stream()
+        assert len(set(pids)) == 3 and None not in pids
+        nursery.cancel_scope.cancel()
+    assert pool.worker_pids() == [None, None, None]
+    assert all(process_gone(pid) for pid in pids if pid is not None)
+
+
+async def test_a_worker_that_cannot_bind_fails_start_up() -> None:
+    pool = WorkerPool("192.0.2.1", PORTS, 2)  # TEST-NET-1: not an address of this host
+    with pytest.raises(ExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(TIMEOUT):
+                await nursery.start(pool.serve)
+    assert caught.group_contains(
+        LocalMediaError, match=r"^media worker 0 .* exited before it was ready", depth=1
+    )
+    assert pool.worker_pids() == [None, None]
+
+
+def test_workers_exit_when_the_sip_process_is_killed(tmp_path: Path) -> None:
+    """No orphans even when the SIP process cannot stop its workers: they read end of file on
+    their channel and exit."""
+    script = tmp_path / "sip_process.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, trio
+            sys.path.insert(0, {str(ROOT)!r})
+            from gateway.core.config import PortRange
+            from gateway.core.media.remote_relay import WorkerPool
+
+            async def main():
+                pool = WorkerPool("127.0.0.1", PortRange(31000, 31039), 2)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(pool.serve)
+                    print(*pool.worker_pids(), flush=True)
+                    await trio.sleep_forever()
+
+            trio.run(main)
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(not process_gone(pid) for pid in pids)
+    finally:
+        parent.kill()
+        parent.wait(TIMEOUT)
+
+    async def wait_gone() -> None:
+        await eventually(lambda: all(process_gone(pid) for pid in pids), "workers exited")
+
+    trio.run(wait_gone)
+
+
+async def test_ports_held_by_another_process_mean_503_until_they_are_free() -> None:
+    """A worker that can bind none of its slice still starts (the gateway must not hang); calls
+    get PortsExhausted (503) until the ports are free, then the worker binds them."""
+    held = []
+    for port in range(31000, 31008):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((ADDRESS, port))
+        held.append(sock)
+    pool = WorkerPool(ADDRESS, PortRange(31000, 31007), 2, stats_interval=0.05)
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(TIMEOUT):
+                await nursery.start(pool.serve)
+            assert pool.worker_ready() == [0, 0]
+            with pytest.raises(PortsExhausted):
+                pool.open_stream()
+            for sock in held:
+                sock.close()
+            await eventually(lambda: pool.worker_ready() == [2, 2], "bound once free")
+            assert {pool.open_stream().worker, pool.open_stream().worker} == {0, 1}
+            nursery.cancel_scope.cancel()
+    finally:
+        for sock in held:
+            sock.close()

@@ -1,0 +1,165 @@
+"""The gateway with ``[media] workers = 2``: calls on the in-memory SIP network, media relayed by
+two real worker processes on 127.0.0.1 (ports 31200-31299), in real time (the workers are real
+processes, so no virtual clock): every wait is bounded by ``trio.fail_after``.
+
+Killing the worker that carries one call ends that call with BYE and a Reason on both legs; the
+call on the other worker goes on; the worker is restarted and carries new calls; stopping the
+gateway stops every worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from gateway.core.config import from_mapping
+from gateway.core.gateway import Gateway
+from gateway.core.ids import SeededIds
+from gateway.core.media.remote_relay import WORKER_EXITED, WorkerPool
+from gateway.core.store.sqlite import SqliteStore
+from gateway.testing.memory_transport import memory_plugins
+from gateway.testing.network import Address, MemoryNetwork
+from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, sdp_connection
+
+GW: Address = ("127.0.0.1", 5060)
+TRUNK: Address = ("127.0.0.2", 5060)
+ALICE: Address = ("127.0.0.3", 5060)
+REALM = "voipgw.local"
+PASSWORD = "wonderland-42"
+DID = "+4930123456"
+MEDIA_PORTS = range(31200, 31300)
+TIMEOUT = 15.0
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def eventually(predicate: Callable[[], bool]) -> None:
+    with trio.fail_after(TIMEOUT):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def answered_call(trunk: SipAgent, alice: SipAgent) -> tuple[Call, Call]:
+    call = await trunk.invite(f"sip:{DID}@127.0.0.1:5060")
+    final = await call.final(timeout=TIMEOUT)
+    assert final.status == 200, final.reason
+    leg_b = await alice.next_call(timeout=TIMEOUT)
+    await alice.next_request("ACK", timeout=TIMEOUT)
+    return call, leg_b
+
+
+async def test_a_worker_exit_ends_its_calls_only_and_the_worker_comes_back(
+    tmp_path: Path, voipgw_seed: int
+) -> None:
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    store.accounts_add("alice", PASSWORD, REALM)
+    store.close()
+    config = from_mapping(
+        {
+            "gateway": {"state_dir": str(state), "realm": REALM},
+            "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": 0.5},
+            "media": {
+                "address": "127.0.0.1",
+                "ports": f"{MEDIA_PORTS.start}-{MEDIA_PORTS.stop - 1}",
+                "workers": 2,
+            },
+            "plugins": {"enable": []},
+            "trunks": [
+                {
+                    "name": "carrier",
+                    "address": "udp:127.0.0.2:5060",
+                    "prefixes": ["+1"],
+                    "dids": {DID: "alice"},
+                }
+            ],
+        }
+    )
+    pids: list[int | None] = []
+    async with trio.open_nursery() as nursery:
+        network = MemoryNetwork(voipgw_seed, delay=0.001)
+        await nursery.start(network.serve)
+        gateway = Gateway(config, memory_plugins(config, network), ids=SeededIds(voipgw_seed))
+        await nursery.start(gateway.serve)
+        assert gateway.relay is None
+        pool = gateway.media_workers
+        assert isinstance(pool, WorkerPool)
+        alice = SipAgent(
+            network,
+            ALICE,
+            ids=SeededIds(voipgw_seed + 1),
+            user="alice",
+            password=PASSWORD,
+            proxy=GW,
+            auto=AutoAnswer(),
+            media_port=30000,
+        )
+        trunk = SipAgent(
+            network,
+            TRUNK,
+            ids=SeededIds(voipgw_seed + 2),
+            user="+15550100",
+            domain="127.0.0.2:5060",
+            proxy=GW,
+            media_port=40000,
+        )
+        await nursery.start(alice.serve)
+        await nursery.start(trunk.serve)
+        assert (await alice.register()).status == 200
+
+        call_1, leg_b_1 = await answered_call(trunk, alice)
+        call_2, _ = await answered_call(trunk, alice)
+        # One call per worker, on ports of that worker's slice (as each leg's SDP says).
+        assert pool.worker_streams() == [1, 1]
+        slice_0 = range(pool.slices[0].low, pool.slices[0].high + 1)
+        slice_1 = range(pool.slices[1].low, pool.slices[1].high + 1)
+        first, second = (c.exchange.responses[-1].body for c in (call_1, call_2))
+        assert sdp_connection(first)[1] in slice_0
+        assert sdp_connection(second)[1] in slice_1
+
+        pid_0, pid_1 = pool.worker_pids()
+        assert pid_0 is not None and pid_1 is not None
+        os.kill(pid_0, signal.SIGKILL)
+
+        bye_a = await trunk.next_request("BYE", timeout=TIMEOUT)
+        bye_b = await alice.next_request("BYE", timeout=TIMEOUT)
+        assert bye_a.request.call_id == call_1.call_id
+        assert bye_b.request.call_id == leg_b_1.call_id
+        for bye in (bye_a, bye_b):
+            reason = bye.request.headers.get("Reason")
+            assert reason == f'SIP;cause=503;text="{WORKER_EXITED}"'
+
+        # The call on worker 1 goes on: it still hangs up normally.
+        await eventually(lambda: pool.worker_streams() == [0, 1])
+        assert (await call_2.bye()).status == 200
+        await eventually(lambda: pool.worker_streams() == [0, 0])
+
+        # Worker 0 comes back and carries new calls.
+        await eventually(lambda: pool.worker_starts() == [2, 1] and pool.worker_ready()[0] > 2)
+        assert pool.worker_pids()[0] not in (None, pid_0)
+        assert pool.worker_pids()[1] == pid_1
+        call_3, _ = await answered_call(trunk, alice)
+        assert pool.worker_streams() == [1, 0]
+        assert (await call_3.bye()).status == 200
+
+        assert gateway.store is not None
+        await eventually(lambda: gateway.calls is not None and not gateway.calls.calls)
+        records = {r.call_id.split(";")[0]: r for r in gateway.store.call_records_recent()}
+        assert records[call_1.call_id].end_reason == WORKER_EXITED
+        assert records[call_2.call_id].end_reason != WORKER_EXITED
+        pids = pool.worker_pids()
+        nursery.cancel_scope.cancel()
+
+    # Stopping the gateway stopped its workers.
+    assert pool.worker_pids() == [None, None]
+    assert all(pid is not None and process_gone(pid) for pid in pids)

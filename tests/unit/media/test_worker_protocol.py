@@ -1,0 +1,184 @@
+"""The media worker control channel's codec (gateway/core/media/worker_protocol.py): every message
+round-trips through a frame, frames split anywhere reassemble, and malformed frames end in a
+ChannelError that names the problem without quoting key material."""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.keying import StreamKeys
+from gateway.core.media.relay import DirectionStatistics
+from gateway.core.media.srtp import SrtpStatistics
+from gateway.core.media.worker_protocol import (
+    MAX_FRAME,
+    ChannelError,
+    Close,
+    Datagram,
+    FrameReader,
+    Message,
+    Open,
+    PairsReady,
+    Ping,
+    Pong,
+    SendDatagram,
+    SetBlocked,
+    SetDtls,
+    SetKeys,
+    SetRemote,
+    Stats,
+    StreamFailed,
+    encode,
+    parse_message_untrusted,
+)
+
+KEY = bytes(range(30))
+OTHER_KEY = bytes(range(100, 130))
+CM_KEYS = SrtpKeys("AES_CM_128_HMAC_SHA1_80", KEY, OTHER_KEY)
+GCM_KEYS = SrtpKeys("AEAD_AES_256_GCM", KEY + KEY[:14], OTHER_KEY + KEY[:14])
+
+
+def direction(seed: int) -> DirectionStatistics:
+    count = len(attrs.fields(DirectionStatistics))
+    return DirectionStatistics(*(seed * 1000 + i for i in range(count)))
+
+
+def srtp(seed: int) -> SrtpStatistics:
+    return SrtpStatistics(*(seed + i for i in range(len(attrs.fields(SrtpStatistics)))))
+
+
+EVERY_MESSAGE: list[Message] = [
+    Open(1, 30000, 30002),
+    SetRemote(2, "a", ("192.0.2.10", 4000), ("192.0.2.10", 4007), False),
+    SetRemote(2, "b", None, None, True),
+    SetRemote(2, "b", ("2001:db8::1", 65535), None, True),
+    SetBlocked(3, "b_to_a", True),
+    SetKeys(4, False, CM_KEYS, None, False, None, False, None),
+    SetKeys(4, True, None, GCM_KEYS, False, None, True, None),
+    SetKeys(4, False, CM_KEYS, GCM_KEYS, True, CM_KEYS, True, GCM_KEYS),
+    SetDtls(5, "a", False, True),
+    SetDtls(5, "b", True, False),
+    SendDatagram(6, "b", True, b"\x16\xfe\xfd" + bytes(200)),
+    Close(2**32 - 1),
+    Ping(17),
+    Pong(17),
+    PairsReady((30000, 30002, 30004)),
+    PairsReady(()),
+    Datagram(7, "a", False, ("127.0.0.1", 5004), b"\x16" * 65535),
+    Datagram(7, "b", True, None, b"\x00\x01"),
+    Stats(8, 0.25, direction(1), direction(2), srtp(3), None),
+    Stats(8, 0.0, direction(0), direction(0), None, srtp(9)),
+    StreamFailed(9, "unknown SRTP suite 'ROT13'"),
+]
+
+
+@pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips(message: Message) -> None:
+    frame = encode(message)
+    (length,) = struct.unpack(">I", frame[:4])
+    assert length == len(frame) - 4
+    assert parse_message_untrusted(frame[4:]) == message
+    assert FrameReader().feed(frame) == [message]
+
+
+def test_every_message_type_is_covered() -> None:
+    assert {type(m) for m in EVERY_MESSAGE} == set(Message.__args__)  # type: ignore[attr-defined]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=40))
+def test_frames_split_anywhere_reassemble_in_order(cuts: list[int]) -> None:
+    data = b"".join(encode(m) for m in EVERY_MESSAGE)
+    reader = FrameReader()
+    received: list[Message] = []
+    offset = 0
+    for cut in cuts * 1000:
+        if offset >= len(data):
+            break
+        received += reader.feed(data[offset : offset + cut * 97])
+        offset += cut * 97
+    received += reader.feed(data[offset:])
+    assert received == EVERY_MESSAGE
+    assert reader.pending == 0
+
+
+@given(
+    stream=st.integers(min_value=0, max_value=2**32 - 1),
+    side=st.sampled_from(["a", "b"]),
+    host=st.ip_addresses().map(str),
+    port=st.integers(min_value=0, max_value=65535),
+    mux=st.booleans(),
+    packet=st.binary(max_size=2000),
+)
+def test_round_trip_property(
+    stream: int, side: str, host: str, port: int, mux: bool, packet: bytes
+) -> None:
+    for message in (
+        SetRemote(stream, side, (host, port), None, mux),
+        Datagram(stream, side, mux, (host, port), packet),
+        SendDatagram(stream, side, mux, packet),
+    ):
+        assert parse_message_untrusted(encode(message)[4:]) == message
+
+
+def test_keys_never_appear_in_reprs() -> None:
+    message = SetKeys(4, False, CM_KEYS, None, True, CM_KEYS, False, None)
+    text = repr(message) + str(message)
+    assert KEY.hex() not in text and repr(KEY) not in text
+    assert "redacted" in text
+    assert "200 octets" in repr(SendDatagram(1, "a", False, bytes(200)))
+    keys = StreamKeys(CM_KEYS, GCM_KEYS, False, True, CM_KEYS)
+    assert KEY.hex() not in repr(keys) and repr(KEY) not in repr(keys)
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        (b"", "empty frame"),
+        (b"\xff", "unknown message type 255"),
+        (b"\x07\x00\x00", "truncated frame"),  # Close needs a 4-octet stream id
+        (b"\x07\x00\x00\x00\x01\x00", "1 octets after the last field"),
+        (b"\x03\x00\x00\x00\x01\x02\x01", "value 2 is not one of a_to_b, b_to_a"),
+        (b"\x05\x00\x00\x00\x01\x00\x00\x02", "boolean field holds 2"),
+        (b"\x17\x00\x00\x00\x01\x00\x02\xff\xfe", "string field is not UTF-8"),
+        (b"\x06\x00\x00\x00\x01\x00\x00\xff\xff\xff\xff", "truncated frame"),  # 4 GiB
+        (b"\x14\x00\x03\x75\x30", "truncated frame"),  # 3 ports announced, 1 sent
+    ],
+)
+def test_malformed_frames_are_clear_errors(frame: bytes, problem: str) -> None:
+    with pytest.raises(ChannelError) as caught:
+        parse_message_untrusted(frame)
+    assert str(caught.value) == problem
+
+
+def test_a_truncated_key_is_an_error_that_quotes_no_key() -> None:
+    frame = encode(SetKeys(4, False, CM_KEYS, None, False, None, False, None))
+    with pytest.raises(ChannelError) as caught:
+        parse_message_untrusted(frame[4:-10])
+    assert str(caught.value) == "truncated frame"
+
+
+def test_an_oversized_frame_is_refused_before_it_is_buffered() -> None:
+    reader = FrameReader()
+    with pytest.raises(ChannelError, match=f"over the {MAX_FRAME} limit"):
+        reader.feed(struct.pack(">I", MAX_FRAME + 1) + b"\x07")
+
+
+def test_a_partial_frame_waits_for_the_rest() -> None:
+    frame = encode(Open(1, 30000, 30002))
+    reader = FrameReader()
+    assert reader.feed(frame[:6]) == []
+    assert reader.pending == 6
+    assert reader.feed(frame[6:] + frame[:2]) == [Open(1, 30000, 30002)]
+    assert reader.pending == 2
+
+
+def test_values_that_do_not_fit_their_field_are_our_bug() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        encode(Open(1, 70000, 30002))
+    with pytest.raises(ValueError, match="over"):
+        encode(SendDatagram(1, "a", False, bytes(MAX_FRAME)))
