@@ -17,6 +17,7 @@ SANS_IO_MODULES = [
     "core/media/rtp.py",
     "core/media/srtp.py",
     "core/media/srtp_python.py",
+    "core/media/worker_protocol.py",
     "core/registrar.py",
 ]
 FORBIDDEN = {"trio", "socket", "time", "random", "asyncio", "threading", "select", "os", "secrets"}
