@@ -40,7 +40,11 @@ media socket is registered once. It waits for the epoll descriptor to become rea
 which sockets are ready, and reads each with ``recvfrom_into`` into one preallocated buffer. All a
 packet needs is precomputed on a per-socket ``_Endpoint`` and per-kind ``_Route`` (outgoing
 ``sendto``, destination, transforms, counters as plain ints), so the hot loop does no allocation
-beyond what CPython's socket calls make, and no attribute chains. Work per wake-up is bounded:
+beyond what CPython's socket calls make, and no attribute chains. Transforms that work in place
+(SRTP: :meth:`~gateway.core.media.srtp.SrtpTransform.in_buffer`) run on that same buffer, so an
+SRTP packet is received, unprotected, protected and sent without a copy made in Python; an
+SRTP->SRTP direction runs both in one call. Other transforms, and any direction with a tap, get
+``bytes``. Sockets are found by descriptor in a list. Work per wake-up is bounded:
 at most ``max_rounds_per_wakeup`` rounds of one datagram from each of at most
 ``max_sockets_per_round`` ready sockets (about 5 ms of work with the defaults at full load), so
 signalling tasks keep running. Level-triggered epoll reports what is left on the next round or
