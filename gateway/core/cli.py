@@ -6,6 +6,7 @@ Exit codes (issue #2): 0 ok, 2 usage or configuration error, 1 runtime failure.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -194,7 +195,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     plugins = load_plugins(config)
     gateway = Gateway(config, plugins)
+    _tune_garbage_collector(config.gateway.gc_thresholds)
     return run_until_signal(gateway)
+
+
+def _tune_garbage_collector(thresholds: Sequence[int]) -> None:
+    """Freeze what start-up made and collect the young generation less often.
+
+    A gateway under load holds tens of thousands of long-lived objects (every transaction lives
+    32 s after its call: RFC 3261 Timers J, L and M), and each full pass of the cyclic collector
+    walks all of them while the process stands still. Frozen start-up objects (modules, config,
+    plugins) are never walked again, and fewer young collections mean fewer promotions into the
+    generations that full passes walk. Measured with benchmarks/sip_calls.py at 200 calls/s,
+    interleaved with the defaults: set-up p99 92 -> 12 ms without digest and 280 -> 28 ms with
+    it, about 10 % less CPU per call (``[gateway] gc_thresholds``, default 10000, 10, 10). Only
+    the ``run`` command does this: the process is ours.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

@@ -118,6 +118,7 @@ class GatewaySection:
     domains: tuple[str, ...] = ()
     digest_algorithms: tuple[Literal["SHA-256", "SHA-512-256", "MD5"], ...] = ("SHA-256", "MD5")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    gc_thresholds: tuple[int, ...] = (10_000, 10, 10)
 
 
 @attrs.frozen
@@ -380,6 +381,14 @@ def _validate(config: GatewayConfig, file: str) -> None:
         raise ConfigError(
             file, "media", "address", f"expected an IP address, got {config.media.address!r}"
         ) from None
+    thresholds = config.gateway.gc_thresholds
+    if len(thresholds) != 3 or thresholds[0] < 1 or min(thresholds) < 0:
+        raise ConfigError(
+            file,
+            "gateway",
+            "gc_thresholds",
+            f"expected three integers, the first positive, got {list(thresholds)}",
+        )
     if config.media.inactivity_timeout <= 0:
         raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")
     if not 1 <= config.media.workers <= MAX_MEDIA_WORKERS:

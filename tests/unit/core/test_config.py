@@ -65,6 +65,7 @@ receive_buffer = 4096
         # Even RTP ports 40002 and 40004, but 40005 for the second RTCP is outside.
         ("[media]\nports = '40001-40004'\n", "media", "ports", "fewer than two"),
         ("[media]\naddress = 'localhost'\n", "media", "address", "IP address"),
+        ("[gateway]\ngc_thresholds = [700, 10]\n", "gateway", "gc_thresholds", "three integers"),
         ("[gateway]\nlog_level = 'loud'\n", "gateway", "log_level", "one of"),
         ("[plugins]\nenable = ['udp', 'udp']\n", "plugins", "enable", "more than once"),
         ("[plugins]\nenable = ['udp']\n[plugins.tcp]\n", "plugins.tcp", None, "not in"),
