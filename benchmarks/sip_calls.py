@@ -80,7 +80,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -169,12 +169,30 @@ def schedstat(pid: int) -> tuple[float, float]:
     return run / 1e9, wait / 1e9
 
 
-def wait_child(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (VmRSS of /proc/PID/status), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def wait_child(
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    on_poll: Callable[[], None] | None = None,
+) -> tuple[int, float]:
     """Wait for a child we started (SIGTERM at ``timeout``, SIGKILL 3 s later); (exit code,
-    its CPU seconds, user + system, from wait4's rusage)."""
+    its CPU seconds, user + system, from wait4's rusage). ``on_poll`` runs every 20 ms meanwhile."""
     deadline = time.monotonic() + timeout
     signals = [signal.SIGTERM, signal.SIGKILL]
     while True:
+        if on_poll is not None:
+            on_poll()
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             process.returncode = os.waitstatus_to_exitcode(status)
@@ -418,6 +436,8 @@ class Step:
     b2bua_wait: float
     window: float
     note: str
+    rss_idle_kib: int = 0
+    rss_peak_kib: int = 0
 
     @property
     def passed(self) -> bool:
@@ -515,12 +535,20 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         wait_udp_port(uas_port, uas)
         b2bua_pid = system.pid if system.pid is not None else uas.pid
         cpu0, wait0 = schedstat(b2bua_pid)
+        # Memory: the B2BUA's RSS before the step and its peak while the UAC runs. With
+        # --hold-ms longer than the step every call of the step is up at the end of sending,
+        # so (peak - idle) / calls is the memory of an active call, SIP and media state alike.
+        rss = [rss_kib(b2bua_pid)] * 2
+
+        def sample_rss() -> None:
+            rss[1] = max(rss[1], rss_kib(b2bua_pid))
+
         started = time.monotonic()
         with open(uac_dir / "screen.log", "wb") as screen:
             uac = subprocess.Popen(
                 uac_cmd, cwd=uac_dir, stdin=subprocess.DEVNULL, stdout=screen, stderr=screen
             )
-        uac_rc, uac_cpu = wait_child(uac, timeout + 5)
+        uac_rc, uac_cpu = wait_child(uac, timeout + 5, sample_rss)
         window = time.monotonic() - started
         # The UAS has the final BYE's 200 in flight; it ends once it sent it.
         if system.pid is not None:
@@ -569,6 +597,8 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         b2bua_wait=100 * (wait1 - wait0) / window,
         window=window,
         note="; ".join(notes) + (f" (logs: {rundir})" if notes else ""),
+        rss_idle_kib=rss[0],
+        rss_peak_kib=rss[1],
     )
 
 
@@ -582,7 +612,9 @@ def print_step(s: Step) -> None:
         f"failed {s.failed} retrans {s.retransmissions}  cps {s.cps:6.1f}  "
         f"set-up p50 {s.p50_ms:4.0f} p99 {s.p99_ms:4.0f} max {s.max_ms:5.0f} ms  "
         f"CPU {s.cpu_us:5.0f} us/call  load: b2bua {s.b2bua_load:5.1f} % "
-        f"uac {s.uac_load:5.1f} % uas {s.uas_load:5.1f} %  b2bua wait {s.b2bua_wait:4.1f} %"
+        f"uac {s.uac_load:5.1f} % uas {s.uas_load:5.1f} %  b2bua wait {s.b2bua_wait:4.1f} %  "
+        f"RSS {s.rss_idle_kib / 1024:.1f} -> {s.rss_peak_kib / 1024:.1f} MiB "
+        f"({(s.rss_peak_kib - s.rss_idle_kib) / s.calls:.1f} KiB/call)"
         + (f"  {s.note}" if s.note else ""),
         flush=True,
     )
