@@ -37,7 +37,6 @@ import attrs
 import trio
 
 from gateway.core.auth.client import authorize
-from gateway.core.auth.digest import AuthKind
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.routing import UnroutableTarget, destination_for
 from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
@@ -138,6 +137,7 @@ class Call:
         transaction: ServerTransaction,
         invite: Request,
         flow: Flow,
+        caller: Caller,
     ) -> None:
         self.manager = manager
         self.endpoint = manager.endpoint
@@ -159,7 +159,7 @@ class Call:
         self.record_id = f"{self.id};{self.a.local_tag}"
         self.b_legs: list[BLeg] = []
         self.b: BLeg | None = None  # the leg that answered
-        self.caller: Caller | None = None
+        self.caller = caller  # identified before the call exists (CallManager.invite)
         self.media: MediaSession | None = None
         self.keying: CallKeying | None = None
         self.handshakes: CallHandshakes | None = None  # started with the first DTLS stream
@@ -223,9 +223,7 @@ class Call:
                 self.media.close()
             self.manager.forget(self)
             self._events_send.close()
-            # A digest challenge is not a call yet: keep it out of the INFO log.
-            level = logging.DEBUG if self.caller is None else logging.INFO
-            log.log(level, "call %s ended: %s", self.id, self.end_reason or "normal clearing")
+            log.info("call %s ended: %s", self.id, self.end_reason or "normal clearing")
 
     async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
         with trio.move_on_at(min(deadline, self._next_retransmission())):
@@ -238,11 +236,7 @@ class Call:
     async def _setup(self) -> None:
         invite = self.a.invite
         assert invite is not None and self.a.flow is not None
-        caller = self._identify_caller(invite, self.a.flow)
-        if isinstance(caller, Response):
-            await self._respond_a(caller)
-            raise CallEnded(f"caller not authenticated ({caller.status})")
-        self.caller = caller
+        caller = self.caller
         self.manager.event(self, "started", None)
         if invite.content_type is None or not invite.body:
             await self._reject_a(
@@ -283,15 +277,6 @@ class Call:
             await self._fail_a()
         self.state = "ringing"
         await self._ringing()
-
-    def _identify_caller(self, invite: Request, flow: Flow) -> Caller | Response:
-        trunk = self.manager.trunk_for_source(flow.remote[0])
-        if trunk is not None:
-            return Caller(kind="trunk", name=trunk, flow=flow)
-        outcome = self.manager.authenticate(invite, flow, AuthKind.PROXY)
-        if isinstance(outcome, Response):
-            return outcome.with_headers(outcome.headers)
-        return Caller(kind="account", name=outcome.username, flow=flow)
 
     async def _call_target(self, target: RouteTarget, offer: SessionDescription) -> str | None:
         """Send an INVITE to ``target``; the reason when its media policy refuses the call."""
