@@ -96,6 +96,25 @@ STOP_GRACE = 2.0
 RESTART_DELAY = 0.5
 """Seconds between a worker's exit and its replacement (no busy loop if it keeps crashing)."""
 
+MAX_RESTART_DELAY = 30.0
+"""The longest wait before a restart: the delay doubles while a worker keeps dying young."""
+
+STABLE_RUN = 60.0
+"""A worker that ran this long was healthy: its next restart waits only ``RESTART_DELAY``."""
+
+
+def next_restart_delay(previous: float | None, ran_for: float, first: float) -> float:
+    """Seconds to wait before restarting a worker that exited after ``ran_for`` seconds.
+
+    A worker that keeps dying soon after its start (a bad port slice, a crash on every packet)
+    is restarted after ``first``, then twice as long each time, up to :data:`MAX_RESTART_DELAY`,
+    so a crash loop neither burns a core nor floods the log; one that ran for
+    :data:`STABLE_RUN` seconds starts over from ``first``."""
+    if previous is None or ran_for >= STABLE_RUN:
+        return first
+    return min(previous * 2, MAX_RESTART_DELAY)
+
+
 SEND_BUFFER_LIMIT = 16 * 1024 * 1024
 """Octets queued towards a worker that does not read; past this it is declared dead."""
 
@@ -591,9 +610,12 @@ class WorkerPool:
         self, worker: _Worker, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         first = True
+        delay: float | None = None
         while True:
+            started = trio.current_time()
             returncode = await self._run_once(worker, task_status if first else None)
             first = False
+            delay = next_restart_delay(delay, trio.current_time() - started, self._restart_delay)
             streams = list(worker.streams.values())
             worker.streams.clear()
             for event in worker.pongs.values():
@@ -602,17 +624,18 @@ class WorkerPool:
             worker.ready.clear()
             log.error(
                 "media worker %d (ports %s) exited (%s): ending its %d stream(s) with %r; "
-                "restarting it",
+                "restarting it in %g s",
                 worker.index,
                 worker.ports,
                 f"exit code {returncode}" if returncode is not None else "channel closed",
                 len(streams),
                 WORKER_EXITED,
+                delay,
             )
             for stream in streams:
                 stream._channel = None
                 stream._lost(WORKER_EXITED)
-            await trio.sleep(self._restart_delay)
+            await trio.sleep(delay)
 
     async def _run_once(
         self, worker: _Worker, task_status: trio.TaskStatus[None] | None

@@ -9,7 +9,12 @@ import pytest
 from gateway.core.config import ConfigError, PortRange, from_mapping
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.ports import rtp_ports
-from gateway.core.media.remote_relay import split_ports
+from gateway.core.media.remote_relay import (
+    MAX_RESTART_DELAY,
+    STABLE_RUN,
+    next_restart_delay,
+    split_ports,
+)
 
 
 @pytest.mark.parametrize(
@@ -59,3 +64,15 @@ def test_workers_need_two_pairs_each() -> None:
     with pytest.raises(ConfigError, match="3 workers need at least 6 RTP/RTCP port pairs"):
         config(workers=3, ports="40000-40009")
     assert config(workers=2, ports="40000-40007").media.workers == 2  # type: ignore[attr-defined]
+
+
+def test_a_worker_that_keeps_dying_young_waits_longer_each_time_up_to_a_cap() -> None:
+    delays: list[float] = []
+    delay: float | None = None
+    for _ in range(10):
+        delay = next_restart_delay(delay, ran_for=1.0, first=0.5)
+        delays.append(delay)
+    assert delays[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert delays[-1] == MAX_RESTART_DELAY == max(delays)
+    # A worker that ran a healthy while starts over from the first delay.
+    assert next_restart_delay(MAX_RESTART_DELAY, ran_for=STABLE_RUN, first=0.5) == 0.5
