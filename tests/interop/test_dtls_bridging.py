@@ -68,24 +68,6 @@ def _gateway(workdir: Path, accounts: dict[str, str], extra_toml: str = "") -> T
     )
 
 
-def _register_over_tls(phone: Baresip, gw: TlsGatewayProcess, mediaenc: str) -> None:
-    """Register ``phone`` over TLS with ``mediaenc`` and make that account the one that dials
-    (baresip reports the address of record without its ``;transport=tls``)."""
-    aor = f"sip:{phone.name}@{LOOPBACK}:{gw.tls_port}"
-    phone.command(
-        "uanew",
-        f"<{aor};transport=tls>;auth_pass={PASSWORDS[phone.name]};regint=600"
-        f";answermode=auto;mediaenc={mediaenc}",
-    )
-    phone.wait_event(
-        "REGISTER_OK",
-        10,
-        match=lambda event: event.get("accountaor") == aor,
-        fail_on=("REGISTER_FAIL",),
-    )
-    phone.use_account(aor)
-
-
 def _assert_tone(report: ToneReport, frequency: float, *, share: float = 0.9) -> None:
     assert report.dominant_frequency == pytest.approx(frequency, abs=3)
     assert report.power_share > share
@@ -191,7 +173,7 @@ def test_dtls_phone_over_udp_calls_an_sdes_phone_over_tls(tmp_path: Path) -> Non
         gw.cli("accounts", "set", "alice", "--media-policy", "dtls")
         gw.cli("accounts", "set", "bob", "--media-policy", "sdes")
         alice.register(gw.uri("alice"), PASSWORDS["alice"], mediaenc="dtls_srtp")
-        _register_over_tls(bob, gw, "srtp-mand")
+        bob.register_over_tls(LOOPBACK, gw.tls_port, PASSWORDS[bob.name], mediaenc="srtp-mand")
 
         alice.dial(gw.uri("bob"))
         alice.wait_established()

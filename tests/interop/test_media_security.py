@@ -107,24 +107,6 @@ def _baresip(workdir: Path, name: str, mediaenc: str) -> Baresip:
     return Baresip(workdir, name, source=source, mediaenc=mediaenc, sip_trace=True)
 
 
-def _register_over_tls(phone: Baresip, gw: TlsGatewayProcess, mediaenc: str) -> None:
-    """Register ``phone`` over TLS with ``mediaenc`` and make that account the one that dials
-    (baresip reports the address of record without its ``;transport=tls``)."""
-    aor = f"sip:{phone.name}@{LOOPBACK}:{gw.tls_port}"
-    phone.command(
-        "uanew",
-        f"<{aor};transport=tls>;auth_pass={PASSWORDS[phone.name]};regint=600"
-        f";answermode=auto;mediaenc={mediaenc}",
-    )
-    phone.wait_event(
-        "REGISTER_OK",
-        10,
-        match=lambda event: event.get("accountaor") == aor,
-        fail_on=("REGISTER_FAIL",),
-    )
-    phone.use_account(aor)
-
-
 def _tls_uri(gw: TlsGatewayProcess, user: str) -> str:
     return f"sip:{user}@{LOOPBACK}:{gw.tls_port};transport=tls"
 
@@ -245,7 +227,7 @@ def _srtp_phone_calling_rtp_trunk(
         ) as gw,
         _baresip(tmp_path, "alice", "srtp-mand") as alice,
     ):
-        _register_over_tls(alice, gw, "srtp-mand")
+        alice.register_over_tls(LOOPBACK, gw.tls_port, PASSWORDS[alice.name], mediaenc="srtp-mand")
         yield gw, alice, trunk
 
 
@@ -367,7 +349,9 @@ def test_linphone_aes256_cm_to_baresip_aead_gcm_carries_audio_both_ways(tmp_path
             _baresip(tmp_path, "carol", "srtp-mand") as carol,
         ):
             bob.wait_registered()
-            _register_over_tls(carol, gw, "srtp-mand")
+            carol.register_over_tls(
+                LOOPBACK, gw.tls_port, PASSWORDS[carol.name], mediaenc="srtp-mand"
+            )
             media = udp_filter(gw.media_ports, bob.rtp_ports, carol.rtp_ports)
             with Capture(tmp_path / "media.pcap", media) as capture:
                 bob.call(_tls_uri(gw, "carol"))
@@ -574,7 +558,7 @@ def test_callee_whose_keys_fail_after_early_media_gets_no_media_through(
         _baresip(tmp_path, "alice", "srtp-mand") as alice,
     ):
         gw.cli("accounts", "set", "alice", "--media-policy", caller_policy)
-        _register_over_tls(alice, gw, "srtp-mand")
+        alice.register_over_tls(LOOPBACK, gw.tls_port, PASSWORDS[alice.name], mediaenc="srtp-mand")
         trunk_media = (trunk.media_port, trunk.media_port + 1)
         media = udp_filter(gw.media_ports, alice.rtp_ports, trunk_media)
         with Capture(tmp_path / "media.pcap", media) as capture:

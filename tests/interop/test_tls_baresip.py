@@ -62,21 +62,6 @@ def tls_records_from(pcap: Path, port: int) -> int:
     return len(result.stdout.split())
 
 
-def register_over_tls(phone: Baresip, gateway: TlsGatewayProcess) -> str:
-    """Register ``phone`` over TLS; its address of record (baresip drops the URI parameter)."""
-    aor = f"sip:{phone.name}@127.0.0.1:{gateway.tls_port}"
-    line = f"<{aor};transport=tls>;auth_pass={PASSWORDS[phone.name]};regint=600;answermode=auto"
-    phone.command("uanew", line)
-    phone.wait_event(
-        "REGISTER_OK",
-        10,
-        match=lambda event: event.get("accountaor") == aor,
-        fail_on=("REGISTER_FAIL",),
-    )
-    phone.use_account(aor)
-    return aor
-
-
 def test_tls_phone_calls_a_udp_phone_and_is_called_back_over_its_connection(
     tmp_path: Path,
 ) -> None:
@@ -96,7 +81,7 @@ def test_tls_phone_calls_a_udp_phone_and_is_called_back_over_its_connection(
         ) as alice,
         Baresip(tmp_path, "bob", source=tone_wav(tmp_path / "bob.wav", TONES["bob"])) as bob,
     ):
-        register_over_tls(alice, gateway)
+        alice.register_over_tls("127.0.0.1", gateway.tls_port, PASSWORDS[alice.name])
         gateway.wait_for_log(r"registered: 1 binding\(s\) for sip:alice@\S+ via tls:")
         bob.register(gateway.uri("bob"), PASSWORDS["bob"])
 

@@ -377,6 +377,24 @@ class Baresip:
             fail_on=("REGISTER_FAIL",),
         )
 
+    def register_over_tls(
+        self, host: str, tls_port: int, password: str, *, mediaenc: str | None = None
+    ) -> str:
+        """Add an account that registers over TLS at ``host:tls_port`` and make it the one that
+        dials; its address of record. baresip reports that address without the URI's
+        ``;transport=tls``, so the REGISTER_OK is matched (and the account found) by it."""
+        aor = f"sip:{self.name}@{host}:{tls_port}"
+        line = f"<{aor};transport=tls>;auth_pass={password};regint=600"
+        self.command("uanew", line + self._account_params(mediaenc))
+        self.wait_event(
+            "REGISTER_OK",
+            10,
+            match=lambda event: event.get("accountaor") == aor,
+            fail_on=("REGISTER_FAIL",),
+        )
+        self.use_account(aor)
+        return aor
+
     def use_account(self, account_uri: str) -> None:
         """Make the account with this address of record the one that dials."""
         self.command("uafind", account_uri.strip("<>"))
