@@ -202,6 +202,9 @@ class Gateway:
                 await self._start(nursery)
                 task_status.started(list(self.listeners))
         finally:
+            # Every call has ended by now (their tasks were in the nursery): the last records.
+            if self.calls is not None and self.calls.records is not None:
+                self.calls.records.flush()
             self.store.close()
 
     async def _start(self, nursery: trio.Nursery) -> None:

@@ -20,6 +20,7 @@ from gateway.core.config import from_mapping
 from gateway.core.gateway import Gateway
 from gateway.core.ids import SeededIds
 from gateway.core.media.remote_relay import WORKER_EXITED, WorkerPool
+from gateway.core.store.interface import CallRecord
 from gateway.core.store.sqlite import SqliteStore
 from gateway.testing.memory_transport import memory_plugins
 from gateway.testing.network import Address, MemoryNetwork
@@ -154,7 +155,17 @@ async def test_a_worker_exit_ends_its_calls_only_and_the_worker_comes_back(
 
         assert gateway.store is not None
         await eventually(lambda: gateway.calls is not None and not gateway.calls.calls)
-        records = {r.call_id.split(";")[0]: r for r in gateway.store.call_records_recent()}
+        store = gateway.store
+
+        def ended_records() -> dict[str, CallRecord]:
+            return {
+                r.call_id.split(";")[0]: r
+                for r in store.call_records_recent()
+                if r.ended_at is not None
+            }
+
+        await eventually(lambda: len(ended_records()) == 3)  # saved in batches
+        records = ended_records()
         assert records[call_1.call_id].end_reason == WORKER_EXITED
         assert records[call_2.call_id].end_reason != WORKER_EXITED
         pids = pool.worker_pids()

@@ -240,7 +240,7 @@ def test_linphone_with_mandatory_dtls_calls_a_plain_rtp_trunk(tmp_path: Path) ->
                     alice.wait_audio(AUDIO_SECONDS, timeout=20)
                     alice.terminate()
                     alice.wait_ended()
-            calls = gw.cli("calls", "--recent", "1").stdout
+            calls = gw.cli_until(lambda out: "ended (" in out, "calls", "--recent", "1")
         result = trunk.wait()
     result.check()
 

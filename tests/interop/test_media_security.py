@@ -201,10 +201,6 @@ def _answer_to_invite(phone: Baresip) -> SipTraceEntry:
     return answers[0]
 
 
-def _calls(gw: TlsGatewayProcess, *args: str) -> str:
-    return gw.cli("calls", *args).stdout
-
-
 def _leg_lines(text: str) -> dict[str, str]:
     """``voipgw calls`` output: the description of the caller's and the callee's leg."""
     lines = dict(re.findall(r"^\s+(caller leg|callee leg): (.*)$", text, re.MULTILINE))
@@ -286,13 +282,13 @@ def test_voipgw_calls_says_how_each_leg_of_an_sdes_to_rtp_call_is_protected(
     with _srtp_phone_calling_rtp_trunk(tmp_path, "rtp-only") as (gw, alice, trunk):
         alice.dial(_tls_uri(gw, TRUNK_NUMBER))
         call = alice.wait_established()
-        live = _calls(gw)
-        live_json = json.loads(_calls(gw, "--json"))
+        live = gw.cli_until(lambda out: "callee leg" in out, "calls")
+        live_json = json.loads(gw.cli_until(lambda out: '"b"' in out, "calls", "--json"))
         alice.hangup()
         alice.wait_closed()
         gw.wait_for_log(rf"call {re.escape(call['id'])}\S* ended")
-        after = _calls(gw)
-        recent = _calls(gw, "--recent", "1")
+        after = gw.cli_until(lambda out: out.strip() == "no live calls", "calls")
+        recent = gw.cli_until(lambda out: "ended (" in out, "calls", "--recent", "1")
         trunk.wait().check()
 
     assert "[live]" in live, live
@@ -359,7 +355,7 @@ def test_linphone_aes256_cm_to_baresip_aead_gcm_carries_audio_both_ways(tmp_path
                 bob.wait_connected()
                 carol.wait_audio(AUDIO_SECONDS)
                 bob.wait_audio(AUDIO_SECONDS)
-                live = _calls(gw)
+                live = gw.cli_until(lambda out: "callee leg" in out, "calls")
                 bob.terminate()
                 carol.wait_closed()
                 bob.wait_ended()

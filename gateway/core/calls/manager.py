@@ -8,7 +8,6 @@ calls what they need from the rest of the gateway (routing, authentication, medi
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,13 +16,12 @@ import trio
 from gateway.core.auth.digest import Authenticated, AuthKind
 from gateway.core.calls.call import AckEvent, Call, CancelEvent, RequestEvent
 from gateway.core.calls.leg import Side
+from gateway.core.calls.records import CallRecordBook
 from gateway.core.interfaces import Caller, CallEvent, LegInfo, RouteDecision
 from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
 from gateway.core.media.security import LegSecurity
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
-from gateway.core.store.errors import StoreError
-from gateway.core.store.interface import CallRecord
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
@@ -44,6 +42,11 @@ class CallManager:
         self.calls: set[Call] = set()
         self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
+        store = gateway.store
+        self.records = None if store is None else CallRecordBook(store)
+        """Call detail records; the gateway saves what is left when it stops."""
+        if self.records is not None:
+            nursery.start_soon(self.records.run)
 
     # -- CallLayer (called from the endpoint's task) --------------------------------------------
 
@@ -193,33 +196,15 @@ class CallManager:
             log.exception("a gateway_call_event observer failed (call %s)", call.id)
 
     def _record(self, call: Call, kind: str, reason: str | None) -> None:
-        """Keep the call detail record in the store (wall-clock times: CDRs outlive us)."""
-        store = self.gateway.store
-        if store is None or call.caller is None:
+        """Keep the call detail record (saved in batches by :attr:`records`)."""
+        records = self.records
+        if records is None or call.caller is None:
             return  # a digest challenge is not a call
-        now = time.time()
-        try:
-            if kind == "started":
-                invite = call.a.invite
-                assert invite is not None
-                store.call_record_insert(
-                    CallRecord(
-                        call_id=call.record_id,
-                        from_uri=str(invite.from_.uri),
-                        to_uri=str(invite.uri),
-                        started_at=now,
-                    )
-                )
-            elif kind == "answered":
-                store.call_record_update(
-                    call.record_id, answered_at=now, security=call.security_record()
-                )
-            elif kind == "ended":
-                store.call_record_update(
-                    call.record_id,
-                    ended_at=now,
-                    end_reason=reason or "normal clearing",
-                    security=call.security_record(),
-                )
-        except StoreError as exc:
-            log.warning("call %s: call record not kept: %s", call.id, exc)
+        if kind == "started":
+            invite = call.a.invite
+            assert invite is not None
+            records.started(call.record_id, str(invite.from_.uri), str(invite.uri))
+        elif kind == "answered":
+            records.answered(call.record_id, call)
+        elif kind == "ended":
+            records.ended(call.record_id, reason or "normal clearing", call.security_record())

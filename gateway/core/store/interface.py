@@ -233,6 +233,11 @@ class Store(Protocol):
         CallRecordNotFound."""
         ...
 
+    def call_records_save(self, records: Sequence[CallRecord]) -> None:
+        """Insert each record, or replace the record with its ``call_id``, all in one
+        transaction (the call manager saves its changed records in batches)."""
+        ...
+
     def call_record_get(self, call_id: str) -> CallRecord | None: ...
 
     def call_records_recent(self, limit: int = 100) -> tuple[CallRecord, ...]:

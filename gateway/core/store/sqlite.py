@@ -401,6 +401,32 @@ class SqliteStore:
             raise CallRecordNotFound(f"no record for call {call_id!r}")
         return record
 
+    def call_records_save(self, records: Sequence[CallRecord]) -> None:
+        for record in records:
+            _check_json(record.security_json)
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO call_records (call_id, from_uri, to_uri, started_at, answered_at,"
+                " ended_at, end_reason, security) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (call_id) DO UPDATE SET from_uri = excluded.from_uri,"
+                " to_uri = excluded.to_uri, started_at = excluded.started_at,"
+                " answered_at = excluded.answered_at, ended_at = excluded.ended_at,"
+                " end_reason = excluded.end_reason, security = excluded.security",
+                [
+                    (
+                        record.call_id,
+                        record.from_uri,
+                        record.to_uri,
+                        record.started_at,
+                        record.answered_at,
+                        record.ended_at,
+                        record.end_reason,
+                        record.security_json,
+                    )
+                    for record in records
+                ],
+            )
+
     def call_record_get(self, call_id: str) -> CallRecord | None:
         with self._read() as db:
             return _load_call_record(db, call_id)

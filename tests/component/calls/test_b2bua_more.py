@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.core.calls import records
 from gateway.core.hookspecs import hookimpl
 from gateway.core.ids import SeededIds
 from gateway.core.interfaces import Caller, Directory, RouteDecision
@@ -23,6 +24,7 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.dialog import DialogState
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
+from gateway.core.store.sqlite import SqliteStore
 from gateway.testing.network import Address
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, sdp_connection, simple_sdp
 from tests.component.calls.b2bua_env import (
@@ -282,6 +284,33 @@ async def test_an_offer_the_gateway_cannot_relay_is_488_with_a_warning(
     assert_no_media_ports_held(env)
 
 
+async def test_call_records_left_unsaved_are_saved_when_the_gateway_stops(
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No periodic save during this test: only the one at stop can keep the record.
+    monkeypatch.setattr(records, "FLUSH_INTERVAL", 3600.0)
+    async with trio.open_nursery() as gateway_nursery:
+        env = await start_b2bua(gateway_nursery, tmp_path, voipgw_seed)
+        call, _ = await answered_call(env)
+        assert (await call.bye()).status == 200
+        await eventually(lambda: env.calls == 0)
+        assert env.gateway.calls is not None and env.gateway.calls.records is not None
+        assert env.gateway.calls.records.pending == 1
+        gateway_nursery.cancel_scope.cancel()
+
+    store = SqliteStore.open(tmp_path / "state")
+    try:
+        [record] = store.call_records_recent()
+    finally:
+        store.close()
+    assert record.call_id.startswith(call.call_id + ";")
+    assert record.answered_at is not None and record.ended_at is not None
+    assert record.end_reason == "BYE from A leg"
+
+
 # -- 4. media inactivity ------------------------------------------------------------------------
 
 
@@ -306,8 +335,11 @@ async def test_a_call_without_media_is_ended_after_the_inactivity_timeout(
 
     await eventually(lambda: env.calls == 0)
     assert_no_media_ports_held(env)
-    assert env.gateway.store is not None
-    [record] = env.gateway.store.call_records_recent()
+    store = env.gateway.store
+    assert store is not None
+    # Call records reach the store in batches (gateway.core.calls.records).
+    await eventually(lambda: [r.ended_at for r in store.call_records_recent()] != [None])
+    [record] = store.call_records_recent()
     assert record.to_uri == env.did_uri(ALICE_DID)
     assert record.answered_at is not None and record.ended_at is not None
     assert record.end_reason is not None

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -145,6 +145,16 @@ class GatewayProcess:
                 f"voipgw {args[0]} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
             )
         return result
+
+    def cli_until(self, done: Callable[[str], bool], *args: str, timeout: float = 15.0) -> str:
+        """``voipgw ARGS`` again until ``done(stdout)`` holds; its last output. For ``voipgw
+        calls``: call records reach the store in batches, a moment after the call changed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.cli(*args).stdout
+            if done(out) or time.monotonic() > deadline:
+                return out
+            time.sleep(0.05)
 
     def add_account(self, name: str, password: str) -> None:
         """``voipgw accounts add NAME --password PW`` against this gateway's store."""

@@ -423,6 +423,28 @@ def test_call_record_errors(store: SqliteStore) -> None:
     assert store.call_record_get("nope") is None
 
 
+def test_call_records_save_inserts_and_replaces_in_one_transaction(store: SqliteStore) -> None:
+    store.call_record_insert(CallRecord("c1", "sip:a@x", "sip:b@y", started_at=10.0))
+    ended = CallRecord(
+        "c1", "sip:a@x", "sip:b@y", 10.0, 12.0, 70.0, "BYE from A leg", '{"a": {"suite": "x"}}'
+    )
+    new = CallRecord("c2", "sip:c@x", "sip:d@y", started_at=11.0)
+    store.call_records_save([ended, new])
+    assert store.call_record_get("c1") == ended
+    assert store.call_record_get("c2") == new
+    # All or nothing: one bad record keeps the others out too.
+    with pytest.raises(InvalidValue):
+        store.call_records_save(
+            [
+                CallRecord("c3", "a", "b", started_at=1.0),
+                CallRecord("c4", "a", "b", started_at=1.0, security_json="{"),
+            ]
+        )
+    assert store.call_record_get("c3") is None
+    store.call_records_save([])
+    assert [r.call_id for r in store.call_records_recent()] == ["c2", "c1"]
+
+
 def test_recent_call_records(store: SqliteStore) -> None:
     for i in range(5):
         store.call_record_insert(CallRecord(f"c{i}", "a", "b", started_at=float(i)))

@@ -1,0 +1,160 @@
+"""The call record book: the records of live calls, saved to the store in batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.core.calls.records import FLUSH_INTERVAL, CallRecordBook
+from gateway.core.store.errors import StoreError
+from gateway.core.store.interface import CallRecord
+from gateway.core.store.sqlite import SqliteStore
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Call:
+    """What the book asks a call for: its security record as it stands."""
+
+    def __init__(self) -> None:
+        self.security: dict[str, object] = {"a": {"key_exchange": "sdes"}}
+        self.asked = 0
+
+    def security_record(self) -> Mapping[str, object]:
+        self.asked += 1
+        return self.security
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    store = SqliteStore.open(tmp_path)
+    yield store
+    store.close()
+
+
+def test_nothing_reaches_the_store_before_a_flush(store: SqliteStore) -> None:
+    book = CallRecordBook(store, clock=FakeClock())
+    book.started("c1", "sip:a@x", "sip:b@y")
+    assert book.pending == 1
+    assert store.call_record_get("c1") is None
+    book.flush()
+    assert book.pending == 0
+    assert store.call_record_get("c1") == CallRecord("c1", "sip:a@x", "sip:b@y", 1000.0)
+
+
+def test_a_whole_call_within_one_interval_is_one_row_with_every_field(
+    store: SqliteStore,
+) -> None:
+    clock = FakeClock()
+    book = CallRecordBook(store, clock=clock)
+    call = Call()
+    book.started("c1", "sip:a@x", "sip:b@y")
+    clock.now = 1002.0
+    book.answered("c1", call)
+    clock.now = 1060.0
+    book.ended("c1", "BYE from A leg", {"a": {"key_exchange": "dtls"}})
+    book.flush()
+    record = store.call_record_get("c1")
+    assert record == CallRecord(
+        "c1", "sip:a@x", "sip:b@y", 1000.0, 1002.0, 1060.0, "BYE from A leg", record.security_json
+    )
+    assert record.security == {"a": {"key_exchange": "dtls"}}
+    assert call.asked == 0  # ended: the security given then, not the call's later state
+
+
+def test_a_live_call_is_saved_with_its_security_at_the_flush(store: SqliteStore) -> None:
+    book = CallRecordBook(store, clock=FakeClock())
+    call = Call()
+    book.started("c1", "sip:a@x", "sip:b@y")
+    book.answered("c1", call)
+    call.security = {"a": {"key_exchange": "zrtp"}}
+    book.flush()
+    record = store.call_record_get("c1")
+    assert record is not None and record.answered_at == 1000.0 and record.ended_at is None
+    assert record.security == {"a": {"key_exchange": "zrtp"}}
+    book.flush()  # nothing changed: nothing saved, the call is not asked again
+    assert call.asked == 1
+
+
+def test_changes_after_a_flush_replace_the_saved_row(store: SqliteStore) -> None:
+    clock = FakeClock()
+    book = CallRecordBook(store, clock=clock)
+    book.started("c1", "sip:a@x", "sip:b@y")
+    book.flush()
+    clock.now = 1030.0
+    book.ended("c1", "CANCEL from A leg", {})
+    book.flush()
+    assert store.call_record_get("c1") == CallRecord(
+        "c1", "sip:a@x", "sip:b@y", 1000.0, None, 1030.0, "CANCEL from A leg", "{}"
+    )
+    assert [r.call_id for r in store.call_records_recent()] == ["c1"]
+
+
+def test_events_for_unknown_or_ended_calls_are_ignored(store: SqliteStore) -> None:
+    book = CallRecordBook(store, clock=FakeClock())
+    book.answered("nope", Call())
+    book.ended("nope", "x", {})
+    book.started("c1", "sip:a@x", "sip:b@y")
+    book.ended("c1", "done", {})
+    book.ended("c1", "again", {})
+    book.flush()
+    assert store.call_records_recent() == (
+        CallRecord("c1", "sip:a@x", "sip:b@y", 1000.0, None, 1000.0, "done", "{}"),
+    )
+
+
+def test_a_security_record_that_is_not_json_is_kept_empty(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    book = CallRecordBook(store, clock=FakeClock())
+    book.started("c1", "sip:a@x", "sip:b@y")
+    book.ended("c1", "done", {"x": object()})
+    with caplog.at_level(logging.ERROR):
+        book.flush()
+    record = store.call_record_get("c1")
+    assert record is not None and record.security_json == "{}" and record.end_reason == "done"
+    assert "not JSON-serializable" in caplog.text
+
+
+def test_a_failing_store_loses_that_batch_only(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = CallRecordBook(store, clock=FakeClock())
+    book.started("c1", "sip:a@x", "sip:b@y")
+
+    def refuse(records: object) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "call_records_save", refuse)
+    with caplog.at_level(logging.WARNING):
+        book.flush()
+    assert "1 call record change(s) not kept: disk full" in caplog.text
+    monkeypatch.undo()
+    book.started("c2", "sip:c@x", "sip:d@y")
+    book.flush()
+    assert [r.call_id for r in store.call_records_recent()] == ["c2"]
+
+
+async def test_run_saves_every_interval(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    book = CallRecordBook(store, clock=FakeClock())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(book.run)
+        book.started("c1", "sip:a@x", "sip:b@y")
+        await trio.sleep(FLUSH_INTERVAL / 2)
+        assert store.call_record_get("c1") is None
+        await trio.sleep(FLUSH_INTERVAL)
+        assert store.call_record_get("c1") is not None
+        nursery.cancel_scope.cancel()
