@@ -508,10 +508,10 @@ class MediaStream:
         for ports in (a_ports, b_ports):
             rtp = _Endpoint(ports.rtp_socket, _NEVER_RTCP, self, now)
             rtcp = _Endpoint(ports.rtcp_socket, _ALWAYS_RTCP, self, now)
-            sides.append(StreamSide(ports, family, rtp, rtcp, self._rebuild))
+            sides.append(StreamSide(ports, family, rtp, rtcp, self._changed))
         self.a, self.b = sides
-        self.a_to_b = DirectionControl(Direction.A_TO_B, (self.a._rtp, self.a._rtcp), self._rebuild)
-        self.b_to_a = DirectionControl(Direction.B_TO_A, (self.b._rtp, self.b._rtcp), self._rebuild)
+        self.a_to_b = DirectionControl(Direction.A_TO_B, (self.a._rtp, self.a._rtcp), self._changed)
+        self.b_to_a = DirectionControl(Direction.B_TO_A, (self.b._rtp, self.b._rtcp), self._changed)
         self.created = now
         self._relay = relay
         self._rebuild()
@@ -552,11 +552,16 @@ class MediaStream:
     def _all_endpoints(self) -> tuple[_Endpoint, ...]:
         return (self.a._rtp, self.a._rtcp, self.b._rtp, self.b._rtcp)
 
-    def _rebuild(self) -> None:
-        """Recompute the hot-path state of all four sockets from the sides and controls.
+    def _changed(self) -> None:
+        """A side or control changed (SDP, block, transforms, taps): the relay rebuilds this
+        stream's hot-path state before it next reads a packet. A call makes several changes in
+        a row (keys: transforms and block flags of both directions); they cost one rebuild."""
+        relay = self._relay
+        if relay is not None:
+            relay._stale.add(self)
 
-        Runs on every change (SDP, latching, block, transforms, taps): rare next to packets.
-        """
+    def _rebuild(self) -> None:
+        """Recompute the hot-path state of all four sockets from the sides and controls."""
         for src, dst, control in ((self.a, self.b, self.a_to_b), (self.b, self.a, self.b_to_a)):
             rtp_sendto = dst.ports.rtp_socket.sendto
             rtcp_sendto = rtp_sendto if dst.rtcp_mux else dst.ports.rtcp_socket.sendto
@@ -658,6 +663,7 @@ class MediaRelay:
         # index and its entries (two cache misses at thousands of sockets).
         self._endpoints: list[_Endpoint | None] = []
         self._streams: set[MediaStream] = set()
+        self._stale: set[MediaStream] = set()  # changed since their last rebuild
         # Never resized: in-place transforms hold C pointers into it.
         self._buffer = bytearray(_RECEIVE_BUFFER_SIZE + TRANSFORM_ROOM)
         self._view = memoryview(self._buffer)
@@ -767,6 +773,8 @@ class MediaRelay:
         for _ in repeat(None, self._max_rounds):
             if self._closed:  # by a tap or transform
                 return
+            if self._stale:
+                self._rebuild_stale()
             events = poll(0, max_sockets)
             if not events:
                 return
@@ -831,6 +839,11 @@ class MediaRelay:
                 route.packets += 1
                 route.bytes += len(packet)
 
+    def _rebuild_stale(self) -> None:
+        stale, self._stale = self._stale, set()
+        for stream in stale:
+            stream._rebuild()
+
     def _hand_on(self, ep: _Endpoint, packet: bytes, source: Address, now: float) -> None:
         """A datagram for a key exchange: to the socket's handler, if from the side's peer."""
         if source != ep.source and not self._latch(ep, source, now):
@@ -859,6 +872,7 @@ class MediaRelay:
 
     def _forget(self, stream: MediaStream) -> None:
         self._streams.discard(stream)
+        self._stale.discard(stream)
         for ep in stream._all_endpoints():
             # The identity check keeps a reused descriptor number of another stream registered
             # (should someone have closed this stream's PortPair directly).

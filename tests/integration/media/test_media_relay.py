@@ -409,6 +409,34 @@ async def test_a_blocked_direction_forwards_nothing(
     assert (stats.rtp_packets, stats.rtcp_packets, stats.dropped) == (1, 0, 2)
 
 
+async def test_changes_in_a_row_cost_one_rebuild_and_all_hold_for_the_next_packet(
+    connected: MediaStream, alice: Phone, bob: Phone, monkeypatch: pytest.MonkeyPatch
+):
+    stream = connected
+    rebuilds: list[MediaStream] = []
+    rebuild = MediaStream._rebuild
+
+    def counting_rebuild(self: MediaStream) -> None:
+        rebuilds.append(self)
+        rebuild(self)
+
+    monkeypatch.setattr(MediaStream, "_rebuild", counting_rebuild)
+    # What keying does when keys arrive: transforms and block flags of both directions.
+    stream.a_to_b.blocked = True
+    stream.a_to_b.transforms = Transforms(rtp_in=lambda p: p + b"<a>")
+    stream.b_to_a.transforms = Transforms(rtp_in=lambda p: p + b"<b>")
+    stream.a_to_b.blocked = False
+    stream.b_to_a.blocked = False
+    assert rebuilds == []  # nothing read a packet yet
+    await alice.send(rtp(1), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(1) + b"<a>"
+    # One for the five changes (and the SDP addresses before them), one for latching alice.
+    assert rebuilds == [stream, stream]
+    await bob.send(rtp(2), stream.b.ports.rtp_port)
+    assert (await alice.receive())[0] == rtp(2) + b"<b>"
+    assert rebuilds == [stream] * 3  # latching bob's source
+
+
 async def test_transforms_apply_per_kind_and_none_drops(
     stream: MediaStream, alice: Phone, bob: Phone
 ):
