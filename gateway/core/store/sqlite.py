@@ -120,6 +120,10 @@ def _check_migrations(migrations: Sequence[Migration]) -> None:
         raise ValueError("migrations must be numbered 1, 2, 3 ... in order")
 
 
+ACCOUNT_CACHE_ENTRIES = 4096
+"""Accounts (and unknown names) :meth:`SqliteStore.get_account` keeps in memory."""
+
+
 class SqliteStore:
     """The default :class:`~gateway.core.store.interface.Store`. Use :meth:`open`."""
 
@@ -130,6 +134,11 @@ class SqliteStore:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
+        # Accounts as last read, valid while PRAGMA data_version (which changes when another
+        # connection commits, e.g. ``voipgw accounts`` in another process) stays the same and
+        # this connection writes nothing. Unknown names are kept too (None).
+        self._accounts: dict[str, Account | None] = {}
+        self._accounts_version: int | None = None
 
     @classmethod
     def open(
@@ -181,6 +190,7 @@ class SqliteStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self._accounts.clear()  # any write of ours may change an account
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -251,8 +261,22 @@ class SqliteStore:
         return tuple(account for account in loaded if account is not None)
 
     def get_account(self, name: str) -> Account | None:
+        """The account, from memory while nobody wrote to the store since it was read: every
+        call looks up one or two accounts, three queries each."""
         with self._read() as db:
-            return _load_account(db, name)
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._accounts_version:
+                self._accounts.clear()
+                self._accounts_version = version
+            try:
+                return self._accounts[name]
+            except KeyError:
+                pass
+            account = _load_account(db, name)
+            if len(self._accounts) >= ACCOUNT_CACHE_ENTRIES:  # names from the network
+                self._accounts.clear()
+            self._accounts[name] = account
+            return account
 
     def accounts_set(self, name: str, **fields: Any) -> Account:
         """Change account fields; see :meth:`Store.accounts_set`."""

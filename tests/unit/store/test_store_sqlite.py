@@ -26,6 +26,7 @@ from gateway.core.store.interface import (
     CertificateMatch,
     Store,
 )
+from gateway.core.store import sqlite as sqlite_module
 from gateway.core.store.sqlite import DB_FILENAME, SqliteStore
 
 PASSWORD = "s3cret-Pa55word"
@@ -449,3 +450,44 @@ def test_recent_call_records(store: SqliteStore) -> None:
     for i in range(5):
         store.call_record_insert(CallRecord(f"c{i}", "a", "b", started_at=float(i)))
     assert [r.call_id for r in store.call_records_recent(3)] == ["c4", "c3", "c2"]
+
+
+# -- the account cache ----------------------------------------------------------------------
+
+
+def test_an_account_changed_by_another_process_is_read_again(tmp_path: Path) -> None:
+    gateway = SqliteStore.open(tmp_path / "state")
+    cli = SqliteStore.open(tmp_path / "state")  # voipgw accounts, another connection
+    try:
+        assert gateway.get_account("alice") is None
+        cli.accounts_add("alice", "secret-password-1", "gw.example")
+        alice = gateway.get_account("alice")
+        assert alice is not None and alice.enabled
+        cli.accounts_set("alice", enabled=False)
+        changed = gateway.get_account("alice")
+        assert changed is not None and not changed.enabled
+        cli.accounts_remove("alice")
+        assert gateway.get_account("alice") is None
+    finally:
+        gateway.close()
+        cli.close()
+
+
+def test_an_account_changed_through_the_same_store_is_read_again(store: SqliteStore) -> None:
+    assert store.get_account("alice") is None
+    store.accounts_add("alice", "secret-password-1", "gw.example")
+    first = store.get_account("alice")
+    assert first is not None and first.media_policy == "best-effort"
+    assert store.get_account("alice") is first  # from memory
+    store.accounts_set("alice", media_policy="sdes")
+    again = store.get_account("alice")
+    assert again is not None and again.media_policy == "sdes"
+
+
+def test_the_account_cache_is_bounded(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "ACCOUNT_CACHE_ENTRIES", 3)
+    for i in range(10):  # unknown names from the network
+        assert store.get_account(f"nobody{i}") is None
+        assert len(store._accounts) <= 3
