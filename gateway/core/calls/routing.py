@@ -39,6 +39,7 @@ import attrs
 
 from gateway.core.config import DEFAULT_ROUTE_PREFIXES, IPNetwork, TrunkConfig
 from gateway.core.interfaces import Caller, RouteDecision, RouteTarget
+from gateway.core.ip import ip_literal
 from gateway.core.registrar import RegistrarPolicy
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
@@ -121,7 +122,7 @@ def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     try:
-        address = ipaddress.ip_address(text)
+        address = ip_literal(text)
     except ValueError:
         return None
     # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; match them as IPv4.

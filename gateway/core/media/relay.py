@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import ipaddress
 import logging
 import select
 import socket
@@ -73,6 +72,7 @@ from typing import Any
 import attrs
 import trio
 
+from gateway.core.ip import ip_literal
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.ports import PortAllocator, PortPair
 from gateway.core.media.rtp import (
@@ -306,7 +306,7 @@ def _remote_address(family: int, address: tuple[str, int] | None) -> Address | N
         return None
     host, port = address
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ip_literal(host)
     except ValueError:
         raise LocalMediaError(f"remote media host {host!r} is not an IP address") from None
     if not 0 < port < 65536:

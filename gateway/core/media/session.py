@@ -41,13 +41,13 @@ the offer opened and restores the remote addresses of before, so the call goes o
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from typing import Literal
 
 import attrs
 
 from gateway.core.ids import RandomIds
+from gateway.core.ip import ip_literal
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
 from gateway.core.sdp.errors import SdpError
@@ -188,13 +188,13 @@ class MediaSession:
         session_id_source: Callable[[], int] | None = None,
     ) -> None:
         try:
-            address = ipaddress.ip_address(media_address)
+            address = ip_literal(media_address)
         except ValueError:
             raise LocalMediaError(f"media address {media_address!r} is not an IP address") from None
         self._relay = relay
         self._media_address = str(address)
         self._connection = Connection.for_address(self._media_address)
-        self._ip_version = ipaddress.ip_address(relay.allocator.address).version
+        self._ip_version = ip_literal(relay.allocator.address).version
         self._session_id_source = session_id_source or _random_session_id
         self._slots: list[RelayStream | None] = []
         self._remotes: dict[tuple[int, Side], _Remote] = {}
@@ -509,7 +509,7 @@ class MediaSession:
         if connection.nettype.upper() != "IN" or connection.addrtype.upper() not in ("IP4", "IP6"):
             raise SdpError(f"{where}: not an Internet address (RFC 8866 §5.7)")
         try:
-            ip = ipaddress.ip_address(connection.address)
+            ip = ip_literal(connection.address)
         except ValueError:
             # RFC 8866 allows a host name; the relay resolves nothing per packet or per call.
             raise SdpError(f"{where}: media address is not an IP address") from None
@@ -673,6 +673,6 @@ def _rewritten_media(
 
 def _is_unspecified(address: str) -> bool:
     try:
-        return ipaddress.ip_address(address).is_unspecified
+        return ip_literal(address).is_unspecified
     except ValueError:
         return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from gateway.core.ip import ip_literal
 from gateway.core.sdp.errors import SdpError
 
 # RFC 8866 §9: token-char = ALPHA / DIGIT / "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" /
@@ -82,6 +83,6 @@ def check_address_untrusted(addrtype: str, address: str, what: str) -> None:
 def is_multicast(address: str) -> bool:
     """True for an IPv4/IPv6 multicast literal (host names are taken as unicast)."""
     try:
-        return ipaddress.ip_address(address).is_multicast
+        return ip_literal(address).is_multicast
     except ValueError:
         return False

@@ -114,9 +114,12 @@ def unfold(text: str) -> str:
     return _FOLD.sub("", text)
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+
+
 def is_token(text: str) -> bool:
     """True when ``text`` is a non-empty RFC 3261 ``token``."""
-    return bool(text) and all(c in TOKEN_CHARS for c in text)
+    return _TOKEN.fullmatch(text) is not None
 
 
 def quote(text: str) -> str:
@@ -293,6 +296,7 @@ def _is_hostname(text: str) -> bool:
     return labels[-1][0] in _ALPHA
 
 
+@functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)
 def is_valid_host(text: str) -> bool:
     """True for a hostname, an IPv4 address or an IPv6 reference in brackets (RFC 3261 §25.1)."""
     if text.startswith("["):

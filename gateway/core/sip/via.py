@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import attrs
 
+from gateway.core.ip import ip_literal
 from gateway.core.sip.errors import LocalSipError
 from gateway.core.sip.grammar import is_token
 from gateway.core.sip.headers import MAGIC_COOKIE, Via
@@ -196,7 +197,7 @@ def _plain(host: str) -> str:
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(_plain(host))
+        return ip_literal(_plain(host))
     except ValueError:
         return None
 
