@@ -651,6 +651,18 @@ def split_list_untrusted(text: str) -> list[str]:
     text = unfold(text)
     if not text.strip(" \t"):
         return []
+    if '"' not in text and ("," not in text or "<" not in text):
+        # Nothing that protects a comma (most Via, Allow, Supported values): plain split.
+        elements = [element.strip(" \t") for element in text.split(",")]
+    else:
+        elements = _split_protected(text)
+    if any(not element for element in elements):
+        raise SipParseError("bad header list: empty element")
+    return elements
+
+
+def _split_protected(text: str) -> list[str]:
+    """:func:`split_list_untrusted`'s split when quoted strings or ``<...>`` may hold commas."""
     elements: list[str] = []
     start = 0
     in_quote = False
@@ -676,6 +688,4 @@ def split_list_untrusted(text: str) -> list[str]:
     if in_quote:
         raise SipParseError("bad header list: unterminated quoted string")
     elements.append(text[start:].strip(" \t"))
-    if any(not element for element in elements):
-        raise SipParseError("bad header list: empty element")
     return elements

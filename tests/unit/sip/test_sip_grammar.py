@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.grammar import (
+    _split_protected,
     is_call_id,
     is_valid_host,
     parse_cseq_untrusted,
@@ -390,6 +395,28 @@ def test_split_list_respects_quotes_and_angle_brackets() -> None:
     ]
     assert split_list_untrusted("INVITE,\r\n ACK , BYE") == ["INVITE", "ACK", "BYE"]
     assert split_list_untrusted("  ") == []
+
+
+@given(st.text(alphabet=' \t,<>"\\ab;=', max_size=24))
+def test_split_list_plain_split_agrees_with_the_protected_split(text: str) -> None:
+    # The plain split is taken only where nothing protects a comma: it must give what the
+    # character-by-character split gives, errors included.
+    def outcome(split: Callable[[str], list[str]]) -> object:
+        try:
+            return split(text)
+        except SipParseError as err:
+            return err.reason
+
+    def protected_only(value: str) -> list[str]:
+        value = unfold(value)
+        if not value.strip(" \t"):
+            return []
+        elements = _split_protected(value)
+        if any(not element for element in elements):
+            raise SipParseError("bad header list: empty element")
+        return elements
+
+    assert outcome(split_list_untrusted) == outcome(protected_only)
 
 
 @pytest.mark.parametrize(

@@ -484,9 +484,7 @@ def test_an_account_changed_through_the_same_store_is_read_again(store: SqliteSt
     assert again is not None and again.media_policy == "sdes"
 
 
-def test_the_account_cache_is_bounded(
-    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_account_cache_is_bounded(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_module, "ACCOUNT_CACHE_ENTRIES", 3)
     for i in range(10):  # unknown names from the network
         assert store.get_account(f"nobody{i}") is None
