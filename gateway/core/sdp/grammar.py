@@ -6,7 +6,7 @@ that names the field, never its content (an a=crypto line must not end up in a l
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 
 from gateway.core.ip import ip_literal
 from gateway.core.sdp.errors import SdpError
@@ -64,22 +64,27 @@ def check_address_untrusted(addrtype: str, address: str, what: str) -> None:
         if kind != "IP6":
             raise SdpError(f"{what}: IPv6 address with address type IP4")
         try:
-            ipaddress.IPv6Address(address)
+            ip = ip_literal(address)
         except ValueError:
-            raise SdpError(f"{what}: bad IPv6 address") from None
+            ip = None
+        if ip is None or ip.version != 6:
+            raise SdpError(f"{what}: bad IPv6 address")
         return
     if all(ch in _DIGITS or ch == "." for ch in address):
         if kind != "IP4":
             raise SdpError(f"{what}: IPv4 address with address type IP6")
         try:
-            ipaddress.IPv4Address(address)
+            ip = ip_literal(address)
         except ValueError:
-            raise SdpError(f"{what}: bad IPv4 address") from None
+            ip = None
+        if ip is None or ip.version != 4:
+            raise SdpError(f"{what}: bad IPv4 address")
         return
     if not all(ch in _HOST_CHARS for ch in address) or address.startswith((".", "-")):
         raise SdpError(f"{what}: bad host name")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_multicast(address: str) -> bool:
     """True for an IPv4/IPv6 multicast literal (host names are taken as unicast)."""
     try:
