@@ -147,6 +147,21 @@ def unquote(text: str) -> str:
     return "".join(out)
 
 
+# A character class as a compiled run: the cursor's loops ran per character in Python, over
+# every new branch, tag and Call-ID of every message. Keyed by the (hashable) character sets of
+# this module, so it holds a dozen entries.
+_RUNS: dict[frozenset[str], re.Pattern[str]] = {}
+_WSP_RUN = re.compile("[ \t]*")
+
+
+def _run_of(allowed: frozenset[str]) -> re.Pattern[str]:
+    pattern = _RUNS.get(allowed)
+    if pattern is None:
+        pattern = re.compile("[" + "".join(re.escape(c) for c in sorted(allowed)) + "]*")
+        _RUNS[allowed] = pattern
+    return pattern
+
+
 class _Cursor:
     """A position in a header value, with the small steps the §25 grammar needs."""
 
@@ -170,8 +185,9 @@ class _Cursor:
     def skip_ws(self) -> bool:
         """Skip SP/HTAB; True when at least one was skipped."""
         start = self.pos
-        while self.pos < len(self.text) and self.text[self.pos] in _WSP:
-            self.pos += 1
+        match = _WSP_RUN.match(self.text, start)
+        assert match is not None  # a ``*`` run always matches
+        self.pos = match.end()
         return self.pos > start
 
     def expect(self, char: str, detail: str) -> None:
@@ -180,11 +196,12 @@ class _Cursor:
         self.pos += 1
 
     def take(self, allowed: frozenset[str]) -> str:
+        """The longest run of ``allowed`` characters at the cursor (may be empty)."""
         start = self.pos
-        text = self.text
-        while self.pos < len(text) and text[self.pos] in allowed:
-            self.pos += 1
-        return text[start : self.pos]
+        match = _run_of(allowed).match(self.text, start)
+        assert match is not None  # a ``*`` run always matches
+        self.pos = match.end()
+        return self.text[start : self.pos]
 
     def take_escaped(self, allowed: frozenset[str]) -> str:
         """Characters from ``allowed`` and ``%`` HEX HEX escapes (RFC 3261 §25.1 ``escaped``)."""

@@ -43,8 +43,9 @@ class Headers:
     """Ordered, case-insensitive, multi-valued header fields."""
 
     fields: tuple[tuple[str, str], ...] = ()
-    # The lower-case field names, made on the first lookup: a message is read many times.
-    _lowered: tuple[str, ...] | None = attrs.field(
+    # Lower-case name -> its values in order, made on the first lookup: a message is read about
+    # twenty times (parser checks, transactions, dialogs, the B2BUA).
+    _index: dict[str, tuple[str, ...]] | None = attrs.field(
         default=None, init=False, repr=False, eq=False, hash=False
     )
 
@@ -52,33 +53,34 @@ class Headers:
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
         return cls(tuple((canonical_name(n), v) for n, v in pairs))
 
-    def _names(self) -> tuple[str, ...]:
-        lowered = self._lowered
-        if lowered is None:
-            lowered = tuple(n.lower() for n, _ in self.fields)
-            object.__setattr__(self, "_lowered", lowered)
-        return lowered
+    def _values(self) -> dict[str, tuple[str, ...]]:
+        index = self._index
+        if index is None:
+            lists: dict[str, list[str]] = {}
+            for name, value in self.fields:
+                key = name.lower()
+                values = lists.get(key)
+                if values is None:
+                    lists[key] = [value]
+                else:
+                    values.append(value)
+            index = {key: tuple(values) for key, values in lists.items()}
+            object.__setattr__(self, "_index", index)
+        return index
 
     def get(self, name: str) -> str | None:
         """First value of ``name``, or None."""
-        names = self._names()
-        key = _lookup_key(name)
-        if key not in names:
-            return None
-        return self.fields[names.index(key)][1]
+        values = self._values().get(_lookup_key(name))
+        return None if values is None else values[0]
 
     def get_all(self, name: str) -> tuple[str, ...]:
-        names = self._names()
-        key = _lookup_key(name)
-        if key not in names:
-            return ()
-        return tuple(v for (_, v), n in zip(self.fields, names, strict=True) if n == key)
+        return self._values().get(_lookup_key(name), ())
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
     def count(self, name: str) -> int:
-        return self._names().count(_lookup_key(name))
+        return len(self._values().get(_lookup_key(name), ()))
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.fields)
