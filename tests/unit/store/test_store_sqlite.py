@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.auth.algorithms import DigestAlgorithm, compute_ha1
+from gateway.core.store import sqlite as sqlite_module
 from gateway.core.store.errors import (
     AccountExists,
     AccountNotFound,
@@ -26,7 +27,6 @@ from gateway.core.store.interface import (
     CertificateMatch,
     Store,
 )
-from gateway.core.store import sqlite as sqlite_module
 from gateway.core.store.sqlite import DB_FILENAME, SqliteStore
 
 PASSWORD = "s3cret-Pa55word"
