@@ -29,6 +29,11 @@ _LOOKUP_KEYS: dict[str, str] = {}
 _LOOKUP_KEYS_MAX = 1024
 
 
+# Field names as stored (canonical) -> lower case: one shared string per name, not one per
+# message (messages live on in transactions for 32 s). Bounded like _LOOKUP_KEYS.
+_LOWER_NAMES: dict[str, str] = {}
+
+
 def _lookup_key(name: str) -> str:
     key = _LOOKUP_KEYS.get(name)
     if key is None:
@@ -58,7 +63,11 @@ class Headers:
         if index is None:
             lists: dict[str, list[str]] = {}
             for name, value in self.fields:
-                key = name.lower()
+                key = _LOWER_NAMES.get(name)
+                if key is None:
+                    key = name.lower()
+                    if len(_LOWER_NAMES) < _LOOKUP_KEYS_MAX:
+                        _LOWER_NAMES[name] = key
                 values = lists.get(key)
                 if values is None:
                     lists[key] = [value]
