@@ -87,20 +87,23 @@ class CallRecordBook:
 
     def flush(self) -> None:
         """Save every record changed since the last save, in one transaction. A store that
-        fails loses this batch (logged), as a failed single write did."""
+        fails loses this batch (logged), as a failed single write did; it never raises, since
+        it runs in a task of the gateway's top nursery."""
         if not self._changed:
             return
         batch = []
         for record_id, record in self._changed.items():
             call = self._security_of.get(record_id)
             if call is not None:
-                record = attrs.evolve(record, security_json=_security_json(call.security_record()))
+                record = attrs.evolve(record, security_json=_security_of_call(call, record_id))
             batch.append(record)
         self._changed = {}
         try:
             self._store.call_records_save(batch)
         except StoreError as exc:
             log.warning("%d call record change(s) not kept: %s", len(batch), exc)
+        except Exception:
+            log.exception("%d call record change(s) not kept", len(batch))
 
     async def run(self) -> None:
         """Save changes every :data:`FLUSH_INTERVAL` seconds until cancelled. The owner calls
@@ -108,6 +111,15 @@ class CallRecordBook:
         while True:
             await trio.sleep(FLUSH_INTERVAL)
             self.flush()
+
+
+def _security_of_call(call: SecuritySource, record_id: str) -> str:
+    try:
+        security = call.security_record()
+    except Exception:
+        log.exception("call %s: security record failed; kept empty", record_id)
+        return "{}"
+    return _security_json(security)
 
 
 def _security_json(security: Mapping[str, object]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -144,6 +145,42 @@ def test_a_failing_store_loses_that_batch_only(
     book.started("c2", "sip:c@x", "sip:d@y")
     book.flush()
     assert [r.call_id for r in store.call_records_recent()] == ["c2"]
+
+
+def test_a_store_that_raises_anything_does_not_stop_the_book(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # E.g. SQLite's "database is locked" after its busy timeout: the gateway must go on.
+    book = CallRecordBook(store, clock=FakeClock())
+    book.started("c1", "sip:a@x", "sip:b@y")
+
+    def locked(records: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "call_records_save", locked)
+    with caplog.at_level(logging.ERROR):
+        book.flush()
+    assert "1 call record change(s) not kept" in caplog.text
+    assert book.pending == 0
+
+
+def test_a_failing_security_record_keeps_the_rest_of_the_record(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(Call):
+        def security_record(self) -> Mapping[str, object]:
+            raise RuntimeError("plugin bug")
+
+    book = CallRecordBook(store, clock=FakeClock())
+    book.started("c1", "sip:a@x", "sip:b@y")
+    book.answered("c1", Broken())
+    book.started("c2", "sip:c@x", "sip:d@y")
+    with caplog.at_level(logging.ERROR):
+        book.flush()
+    record = store.call_record_get("c1")
+    assert record is not None and record.answered_at == 1000.0 and record.security_json == "{}"
+    assert store.call_record_get("c2") is not None
+    assert "call c1: security record failed" in caplog.text
 
 
 async def test_run_saves_every_interval(
