@@ -53,7 +53,10 @@ wake-up; the kernel re-queues a reported socket at the tail of its ready list, s
 Linux only: ``select.epoll``.
 
 Streams may be opened and closed at any time from the trio thread, also while :meth:`serve` runs
-(and even from a tap or transform). Ports are released on every path: :meth:`MediaStream.close`
+(and even from a tap or transform). Changes to a stream (SDP addresses, block flags, transforms,
+taps) mark it stale; the relay recomputes its ``_Endpoint``/``_Route`` state at the start of its
+next poll round, so a burst of changes (keying sets four) costs one rebuild and every change is in
+force for the next packet read. Latching rebuilds at once, inside the round. Ports are released on every path: :meth:`MediaStream.close`
 (or its ``with`` block), a failed :meth:`MediaRelay.open_stream`, and :meth:`MediaRelay.close`,
 which :meth:`MediaRelay.serve` calls when it ends.
 """
