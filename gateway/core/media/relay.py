@@ -56,9 +56,11 @@ Streams may be opened and closed at any time from the trio thread, also while :m
 (and even from a tap or transform). Changes to a stream (SDP addresses, block flags, transforms,
 taps) mark it stale; the relay recomputes its ``_Endpoint``/``_Route`` state at the start of its
 next poll round, so a burst of changes (keying sets four) costs one rebuild and every change is in
-force for the next packet read. Latching rebuilds at once, inside the round. Ports are released on every path: :meth:`MediaStream.close`
-(or its ``with`` block), a failed :meth:`MediaRelay.open_stream`, and :meth:`MediaRelay.close`,
-which :meth:`MediaRelay.serve` calls when it ends.
+force for the next packet read. Latching rebuilds at once, inside the round.
+
+Ports are released on every path: :meth:`MediaStream.close` (or its ``with`` block), a failed
+:meth:`MediaRelay.open_stream`, and :meth:`MediaRelay.close`, which :meth:`MediaRelay.serve` calls
+when it ends.
 """
 
 from __future__ import annotations
