@@ -374,21 +374,7 @@ class SqliteStore:
         _check_json(record.security_json)
         with self._transaction() as db:
             try:
-                db.execute(
-                    "INSERT INTO call_records (call_id, from_uri, to_uri, started_at,"
-                    " answered_at, ended_at, end_reason, security)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.call_id,
-                        record.from_uri,
-                        record.to_uri,
-                        record.started_at,
-                        record.answered_at,
-                        record.ended_at,
-                        record.end_reason,
-                        record.security_json,
-                    ),
-                )
+                db.execute(_INSERT_CALL_RECORD, _call_record_values(record))
             except sqlite3.IntegrityError as exc:
                 raise CallRecordExists(f"call {record.call_id!r} already has a record") from exc
 
@@ -430,25 +416,12 @@ class SqliteStore:
             _check_json(record.security_json)
         with self._transaction() as db:
             db.executemany(
-                "INSERT INTO call_records (call_id, from_uri, to_uri, started_at, answered_at,"
-                " ended_at, end_reason, security) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (call_id) DO UPDATE SET from_uri = excluded.from_uri,"
+                _INSERT_CALL_RECORD
+                + " ON CONFLICT (call_id) DO UPDATE SET from_uri = excluded.from_uri,"
                 " to_uri = excluded.to_uri, started_at = excluded.started_at,"
                 " answered_at = excluded.answered_at, ended_at = excluded.ended_at,"
                 " end_reason = excluded.end_reason, security = excluded.security",
-                [
-                    (
-                        record.call_id,
-                        record.from_uri,
-                        record.to_uri,
-                        record.started_at,
-                        record.answered_at,
-                        record.ended_at,
-                        record.end_reason,
-                        record.security_json,
-                    )
-                    for record in records
-                ],
+                [_call_record_values(record) for record in records],
             )
 
     def call_record_get(self, call_id: str) -> CallRecord | None:
@@ -631,6 +604,26 @@ def _upsert(db: sqlite3.Connection, binding: Binding, account_id: int) -> None:
 
 
 _CALL_COLUMNS = "call_id, from_uri, to_uri, started_at, answered_at, ended_at, end_reason, security"
+
+
+_INSERT_CALL_RECORD = (
+    "INSERT INTO call_records (call_id, from_uri, to_uri, started_at, answered_at, ended_at,"
+    " end_reason, security) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _call_record_values(record: CallRecord) -> tuple[Any, ...]:
+    """The values of :data:`_INSERT_CALL_RECORD` for ``record``."""
+    return (
+        record.call_id,
+        record.from_uri,
+        record.to_uri,
+        record.started_at,
+        record.answered_at,
+        record.ended_at,
+        record.end_reason,
+        record.security_json,
+    )
 
 
 def _load_call_record(db: sqlite3.Connection, call_id: str) -> CallRecord | None:
