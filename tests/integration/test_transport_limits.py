@@ -20,7 +20,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         {
             "gateway": {"state_dir": str(tmp_path / "state")},
             "sip": {"listen": ["tcp:127.0.0.1:0"]},
-            "media": {"ports": "46000-46019"},
+            "media": {"ports": "26000-26019"},
             "plugins": {
                 "enable": ["tcp"],
                 "tcp": {"max_connections_per_source": 2, "idle_timeout": 0.5},

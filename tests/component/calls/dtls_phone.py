@@ -14,7 +14,7 @@ from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
 from gateway.plugins.keyexchange.dtls_certificates import generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import DtlsNegotiation
 
-PHONE_PORT = 44500  # real sockets, outside the relay's MEDIA_PORTS (b2bua_env)
+PHONE_PORT = 24500  # real sockets, outside the relay's MEDIA_PORTS (b2bua_env)
 NOW = datetime.datetime.now(datetime.UTC)
 PHONE_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
 OTHER_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))

@@ -1,7 +1,7 @@
 """A DTLS-SRTP leg bridged to a plain RTP leg on real 127.0.0.1 sockets (issue #6): the leg's
 security, the media session, the relay, the call's handshake task and its keying, against an
 in-process DTLS phone built from the same engine. Media flows after the handshake and nothing
-before; a wrong fingerprint fails with the stated reason and no media (ports 47400-47599)."""
+before; a wrong fingerprint fails with the stated reason and no media (ports 27400-27599)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
 )
 
 ADDRESS = "127.0.0.1"
-A_PHONE, B_PHONE = 47500, 47502
+A_PHONE, B_PHONE = 27500, 27502
 NOW = datetime.datetime.now(datetime.UTC)
 GATEWAY_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
 PHONE_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
@@ -79,7 +79,7 @@ def receiver_report(ssrc: int) -> bytes:
 
 @pytest.fixture
 async def relay() -> AsyncIterator[MediaRelay]:
-    media = MediaRelay(PortAllocator(ADDRESS, PortRange(47400, 47499)))
+    media = MediaRelay(PortAllocator(ADDRESS, PortRange(27400, 27499)))
     async with trio.open_nursery() as nursery:
         await nursery.start(media.serve)
         yield media

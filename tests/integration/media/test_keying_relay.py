@@ -1,5 +1,5 @@
 """No media before keys, on real sockets: a leg whose policy needs SRTP gets nothing forwarded
-until its keys exist, then only SRTP; a cleartext leg gets RTP (ports 47000-47299)."""
+until its keys exist, then only SRTP; a cleartext leg gets RTP (ports 27000-27299)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class FakeLeg(LegSecurity):
 
 @pytest.fixture
 async def relay() -> AsyncIterator[MediaRelay]:
-    media = MediaRelay(PortAllocator(ADDRESS, PortRange(47000, 47099)))
+    media = MediaRelay(PortAllocator(ADDRESS, PortRange(27000, 27099)))
     async with trio.open_nursery() as nursery:
         await nursery.start(media.serve)
         yield media
@@ -85,12 +85,12 @@ async def test_srtp_leg_gets_nothing_before_keys_then_only_srtp(relay: MediaRela
     session = MediaSession(relay, media_address=ADDRESS)
     keying = CallKeying(session)
     srtp_leg, plain_leg = FakeLeg("sdes"), FakeLeg("best-effort")
-    a_phone, b_phone = phone(47200), phone(47202)
+    a_phone, b_phone = phone(27200), phone(27202)
     with a_phone, b_phone:
-        await a_phone.bind((ADDRESS, 47200))
-        await b_phone.bind((ADDRESS, 47202))
-        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(47200)))
-        answer_a = session.answer_from("b", parse_sdp_untrusted(sdp_for(47202)))
+        await a_phone.bind((ADDRESS, 27200))
+        await b_phone.bind((ADDRESS, 27202))
+        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(27200)))
+        answer_a = session.answer_from("b", parse_sdp_untrusted(sdp_for(27202)))
         session.settle()
         a_port, b_port = answer_a.media[0].port, offer_b.media[0].port
         keying.apply(srtp_leg, plain_leg)

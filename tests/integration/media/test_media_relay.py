@@ -1,10 +1,11 @@
 """The media relay on real UDP sockets on 127.0.0.1: two "phones" talk through one stream.
 
-The relay allocates from 41200-41599 (tests of one small range use 41600-41609) and the phones
-from 41800-41999, so these never meet the ports of other tests. Nothing waits a fixed time: a test
-waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``. To show
-that a packet was *not* forwarded, a test sends it, waits until the relay has counted the drop,
-then sends a marker on the same path: the marker must be the first thing to arrive.
+The relay allocates from 21200-21599 (tests of one small range use 21600-21609) and the phones
+from 21800-21999: below the kernel's ephemeral range (Linux: 32768-60999), so neither other
+tests nor the ports the kernel picks for outgoing sockets meet them. Nothing waits a fixed time:
+a test waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``.
+To show that a packet was *not* forwarded, a test sends it, waits until the relay has counted the
+drop, then sends a marker on the same path: the marker must be the first thing to arrive.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from gateway.core.media.relay import (
 )
 
 ADDRESS = "127.0.0.1"
-RELAY_PORTS = PortRange(41200, 41599)
-PHONE_PORTS = PortRange(41800, 41999)
+RELAY_PORTS = PortRange(21200, 21599)
+PHONE_PORTS = PortRange(21800, 21999)
 TIMEOUT = 5.0
 
 
@@ -663,7 +664,7 @@ async def test_close_while_serving_ends_serve_quietly() -> None:
 
 
 async def test_exhausted_range_raises_503_and_keeps_nothing(start_relay: StartRelay) -> None:
-    relay = await start_relay(ports=PortRange(41600, 41605))  # three pairs: one stream and a half
+    relay = await start_relay(ports=PortRange(21600, 21605))  # three pairs: one stream and a half
     first = relay.open_stream()
     in_use = relay.allocator.in_use
     with pytest.raises(PortsExhausted) as info:

@@ -1,8 +1,8 @@
 """Phones on real UDP sockets talk through the relay after MediaSession rewrote their SDP.
 
 Each phone learns where to send only from the SDP the session produced for its leg, as a real
-peer would. The relay allocates from 42200-42599 and the phones from 42800-42999 (the unit tests
-of the session use 42000-42199, the relay's own tests 41000-41999). Nothing waits a fixed time: a
+peer would. The relay allocates from 22200-22599 and the phones from 22800-22999 (the unit tests
+of the session use 22000-22199, the relay's own tests 21000-21999). Nothing waits a fixed time: a
 test waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``; a
 packet that must not arrive is shown by a counted drop followed by a marker that arrives first.
 """
@@ -27,8 +27,8 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 
 ADDRESS = "127.0.0.1"
-RELAY_PORTS = PortRange(42200, 42599)
-PHONE_PORTS = PortRange(42800, 42999)
+RELAY_PORTS = PortRange(22200, 22599)
+PHONE_PORTS = PortRange(22800, 22999)
 TIMEOUT = 5.0
 
 

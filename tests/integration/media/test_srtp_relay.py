@@ -1,7 +1,7 @@
 """The relay bridges RTP<->SRTP and SRTP<->SRTP between legs, with SrtpSession transforms.
 
-Real UDP sockets on 127.0.0.1: the relay allocates from 45000-45099, the phones from
-45100-45199. The phone on an SRTP leg protects and checks with pylibsrtp's own ``Session`` where
+Real UDP sockets on 127.0.0.1: the relay allocates from 25000-25099, the phones from
+25100-25199. The phone on an SRTP leg protects and checks with pylibsrtp's own ``Session`` where
 pylibsrtp names the suite (independent of gateway.core.media.srtp), else with an SrtpSession of
 its own. Nothing waits a fixed time: a test waits for a packet (``fail_after`` bounds it) or polls
 a counter with ``trio.sleep(0)``; a packet that must not arrive is shown by a counted drop
@@ -24,8 +24,8 @@ from gateway.core.media.relay import MediaRelay, MediaStream, Transforms
 from gateway.core.media.srtp import SUITES, SrtpSession
 
 ADDRESS = "127.0.0.1"
-RELAY_PORTS = PortRange(45000, 45099)
-PHONE_PORTS = PortRange(45100, 45199)
+RELAY_PORTS = PortRange(25000, 25099)
+PHONE_PORTS = PortRange(25100, 25199)
 TIMEOUT = 5.0
 
 PROFILES = {

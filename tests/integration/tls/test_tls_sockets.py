@@ -70,7 +70,7 @@ async def running_gateway(state: Path, tls: Mapping[str, Any]) -> AsyncIterator[
         {
             "gateway": {"state_dir": str(state)},
             "sip": {"listen": ["tls:127.0.0.1:0"]},
-            "media": {"ports": "46100-46119"},
+            "media": {"ports": "26100-26119"},
             "plugins": {"enable": ["udp", "tcp", "tls"], "tls": dict(tls)},
         }
     )

@@ -1,7 +1,7 @@
 """Media port pair allocation: even RTP port, RTCP on the next, reuse, exhaustion, release.
 
-These bind real UDP sockets on 127.0.0.1 in 41000-41099 (the integration tests of the relay use
-41200-41999). A port that another process happens to hold is skipped by the allocator, so the
+These bind real UDP sockets on 127.0.0.1 in 21000-21099 (the integration tests of the relay use
+21200-21999). A port that another process happens to hold is skipped by the allocator, so the
 tests assert properties, not exact port numbers, except where they control the whole range.
 """
 
@@ -18,7 +18,7 @@ from gateway.core.media.errors import LocalMediaError, MediaError, PortsExhauste
 from gateway.core.media.ports import PortAllocator, PortPair, rtp_ports
 
 ADDRESS = "127.0.0.1"
-RANGE = PortRange(41000, 41099)
+RANGE = PortRange(21000, 21099)
 
 
 def can_bind(port: int) -> bool:
@@ -45,9 +45,9 @@ def all_pairs(allocator: PortAllocator) -> Iterator[list[PortPair]]:
 
 
 def test_rtp_ports_are_even_with_rtcp_inside_the_range() -> None:
-    assert list(rtp_ports(PortRange(41000, 41007))) == [41000, 41002, 41004, 41006]
-    assert list(rtp_ports(PortRange(41001, 41008))) == [41002, 41004, 41006]
-    assert list(rtp_ports(PortRange(41001, 41006))) == [41002, 41004]
+    assert list(rtp_ports(PortRange(21000, 21007))) == [21000, 21002, 21004, 21006]
+    assert list(rtp_ports(PortRange(21001, 21008))) == [21002, 21004, 21006]
+    assert list(rtp_ports(PortRange(21001, 21006))) == [21002, 21004]
 
 
 def test_pair_is_even_rtp_and_next_rtcp_bound_non_blocking() -> None:
@@ -85,7 +85,7 @@ def test_closing_releases_both_ports_and_the_pair() -> None:
 
 
 def test_closing_twice_releases_once() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(41000, 41003))
+    allocator = PortAllocator(ADDRESS, PortRange(21000, 21003))
     pair = allocator.allocate()
     available = allocator.available
     pair.close()
@@ -95,17 +95,17 @@ def test_closing_twice_releases_once() -> None:
 
 
 def test_exhaustion_raises_a_503_error_naming_the_range() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(41010, 41017))
+    allocator = PortAllocator(ADDRESS, PortRange(21010, 21017))
     with all_pairs(allocator) as pairs, pytest.raises(PortsExhausted) as info:
         allocator.allocate()
     assert 1 <= len(pairs) <= 4
     assert info.value.sip_status == 503
     assert isinstance(info.value, MediaError)
-    assert "41010-41017" in str(info.value)
+    assert "21010-21017" in str(info.value)
 
 
 def test_a_freed_pair_is_reused() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(41020, 41027))
+    allocator = PortAllocator(ADDRESS, PortRange(21020, 21027))
     with all_pairs(allocator) as pairs:
         freed = pairs.pop(1 if len(pairs) > 1 else 0)
         freed.close()
@@ -115,10 +115,10 @@ def test_a_freed_pair_is_reused() -> None:
 
 
 def test_freed_pairs_are_reused_least_recently_freed_first() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(41030, 41037))
+    allocator = PortAllocator(ADDRESS, PortRange(21030, 21037))
     with all_pairs(allocator) as pairs:
         if len(pairs) < 2:
-            pytest.fail("another process holds most of 41030-41037")
+            pytest.fail("another process holds most of 21030-21037")
         first, second = pairs[0], pairs[1]
         second.close()
         first.close()
@@ -129,10 +129,10 @@ def test_freed_pairs_are_reused_least_recently_freed_first() -> None:
 def _free_block(size: int = 4) -> int:
     """An even port starting ``size`` consecutive ports free right now (other processes on the
     machine may hold any fixed port, the kernel's ephemeral range included)."""
-    for low in range(41040, 41996, 4):
+    for low in range(21040, 21996, 4):
         if all(can_bind(port) for port in range(low, low + size)):
             return low
-    pytest.fail("no 4 consecutive free UDP ports in 41040-41999")
+    pytest.fail("no 4 consecutive free UDP ports in 21040-21999")
 
 
 def test_a_pair_held_by_another_socket_is_skipped_and_nothing_leaks() -> None:

@@ -1,7 +1,7 @@
 """MediaSession: the SDP each leg sees and the relay remotes behind it (no packets here).
 
-A real MediaRelay binds its port pairs on 127.0.0.1 in 42000-42199 (the integration test of the
-session uses 42200-42999), but nothing is served: these tests read the rewritten SDP text and the
+A real MediaRelay binds its port pairs on 127.0.0.1 in 22000-22199 (the integration test of the
+session uses 22200-22999), but nothing is served: these tests read the rewritten SDP text and the
 relay sides' destinations. Leg SDPs are the peer samples of tests/unit/sdp/sdp_samples.py or
 written out here in the same shapes.
 """
@@ -52,7 +52,7 @@ from tests.unit.sdp.sdp_samples import (
 
 ADDRESS = "127.0.0.1"
 MEDIA_ADDRESS = "203.0.113.5"
-RANGE = PortRange(42000, 42199)
+RANGE = PortRange(22000, 22199)
 
 
 class FakeClock:
@@ -753,7 +753,7 @@ def test_new_offer_settles_an_answered_exchange(session: MediaSession, relay: Me
 
 
 def test_ports_exhausted_leaves_nothing_allocated(clock: FakeClock):
-    relay = MediaRelay(PortAllocator(ADDRESS, PortRange(42190, 42193)), clock=clock)
+    relay = MediaRelay(PortAllocator(ADDRESS, PortRange(22190, 22193)), clock=clock)
     try:
         session = MediaSession(relay, media_address=MEDIA_ADDRESS)
         with pytest.raises(PortsExhausted) as info:
