@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import datetime
 import math
-import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
@@ -32,6 +31,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DtlsKeyExchange,
     DtlsNegotiation,
 )
+from tests.integration.media.phone_sockets import receive, udp_socket, until
 
 ADDRESS = "127.0.0.1"
 A_PHONE, B_PHONE = 27500, 27502
@@ -194,31 +194,12 @@ class Phone:
             self.negotiation.handle_timer(now=trio.current_time())
 
 
-def udp(port: int) -> trio.socket.SocketType:
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    return sock
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(5):
-        while not condition():
-            await trio.sleep(0.005)
-
-
-async def receive(sock: trio.socket.SocketType, within: float) -> bytes | None:
-    with trio.move_on_after(within):
-        data, _ = await sock.recvfrom(2048)
-        return data
-    return None
-
-
 async def test_dtls_leg_relays_media_after_the_handshake_and_nothing_before(
     relay: MediaRelay,
 ) -> None:
     phone_negotiation = exchange(PHONE_ID).offer(suites=[], secure_signalling=False)
     call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation))
-    a_sock, b_sock = udp(A_PHONE), udp(B_PHONE)
+    a_sock, b_sock = udp_socket(), udp_socket()
     with a_sock, b_sock:
         await a_sock.bind((ADDRESS, A_PHONE))
         await b_sock.bind((ADDRESS, B_PHONE))
@@ -289,7 +270,7 @@ async def test_wrong_fingerprint_fails_the_call_and_no_media_flows(relay: MediaR
     # The SDP names another certificate than the one the phone presents.
     wrong = "sha-256 " + ":".join(f"{octet:02X}" for octet in OTHER_ID.digest("sha-256"))
     call = set_up(relay, phone_negotiation, dtls_offer(phone_negotiation, fingerprint=wrong))
-    a_sock, b_sock = udp(A_PHONE), udp(B_PHONE)
+    a_sock, b_sock = udp_socket(), udp_socket()
     with a_sock, b_sock:
         await a_sock.bind((ADDRESS, A_PHONE))
         await b_sock.bind((ADDRESS, B_PHONE))
@@ -326,7 +307,7 @@ async def test_separate_rtcp_port_runs_its_own_handshake_and_keys_srtcp(
     assert not call.session.streams[0].a.rtcp_mux
     phone_rtcp = phone_negotiation.rtcp_component()
     assert phone_rtcp is not None
-    sockets = [udp(port) for port in (A_PHONE, A_PHONE + 1, B_PHONE, B_PHONE + 1)]
+    sockets = [udp_socket() for _ in range(4)]  # A RTP, A RTCP, B RTP, B RTCP
     a_rtp, a_rtcp, b_rtp, b_rtcp = sockets
     with a_rtp, a_rtcp, b_rtp, b_rtcp:
         for sock, port in zip(sockets, (A_PHONE, A_PHONE + 1, B_PHONE, B_PHONE + 1), strict=True):

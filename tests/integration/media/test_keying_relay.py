@@ -4,9 +4,8 @@ until its keys exist, then only SRTP; a cleartext leg gets RTP (ports 27000-2729
 from __future__ import annotations
 
 import os
-import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -21,6 +20,7 @@ from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.integration.media.phone_sockets import receive, udp_socket, until
 
 ADDRESS = "127.0.0.1"
 
@@ -62,30 +62,11 @@ async def relay() -> AsyncIterator[MediaRelay]:
         nursery.cancel_scope.cancel()
 
 
-def phone(port: int) -> trio.socket.SocketType:
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    return sock
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(5):
-        while not condition():
-            await trio.sleep(0.005)
-
-
-async def receive(sock: trio.socket.SocketType, within: float) -> bytes | None:
-    with trio.move_on_after(within):
-        data, _ = await sock.recvfrom(2048)
-        return data
-    return None
-
-
 async def test_srtp_leg_gets_nothing_before_keys_then_only_srtp(relay: MediaRelay) -> None:
     session = MediaSession(relay, media_address=ADDRESS)
     keying = CallKeying(session)
     srtp_leg, plain_leg = FakeLeg("sdes"), FakeLeg("best-effort")
-    a_phone, b_phone = phone(27200), phone(27202)
+    a_phone, b_phone = udp_socket(), udp_socket()
     with a_phone, b_phone:
         await a_phone.bind((ADDRESS, 27200))
         await b_phone.bind((ADDRESS, 27202))
