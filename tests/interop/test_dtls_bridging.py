@@ -34,9 +34,9 @@ from tests.interop.harness import (
     udp_filter,
 )
 from tests.interop.harness.audio import ToneReport, g711_wav
-from tests.interop.harness.baresip import SipTraceEntry
 from tests.interop.harness.capture import Address, _tshark_fields
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
+from tests.interop.harness.sip_text import audio_media_line
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
 
 pytestmark = pytest.mark.interop
@@ -72,24 +72,6 @@ def _assert_tone(report: ToneReport, frequency: float, *, share: float = 0.9) ->
     assert report.dominant_frequency == pytest.approx(frequency, abs=3)
     assert report.power_share > share
     assert report.seconds >= 0.8 * AUDIO_SECONDS
-
-
-def _sdp_media(message: str) -> str:
-    """The m=audio line of a SIP message's SDP."""
-    match = re.search(r"^m=audio .*$", message, re.MULTILINE)
-    assert match is not None, f"no m=audio in:\n{message}"
-    return match[0]
-
-
-def _invite_answer(phone: Baresip) -> SipTraceEntry:
-    """The one 200 answering an INVITE that ``phone`` received."""
-    answers = [
-        entry
-        for entry in phone.sip_messages("SIP/2.0 200 ")
-        if re.search(r"^CSeq: \d+ INVITE$", entry.message, re.MULTILINE)
-    ]
-    assert len(answers) == 1, answers
-    return answers[0]
 
 
 def _inside(address: Address, ports: tuple[int, int]) -> bool:
@@ -185,9 +167,9 @@ def test_dtls_phone_over_udp_calls_an_sdes_phone_over_tls(tmp_path: Path) -> Non
         bob.wait_closed()
 
     # alice's leg: the gateway answered her DTLS offer with its own fingerprint.
-    answer = _invite_answer(alice)
+    answer = alice.answer_to_invite()
     assert answer.transport == "UDP"
-    assert re.match(r"m=audio \d+ UDP/TLS/RTP/SAVPF ", _sdp_media(answer.message))
+    assert re.match(r"m=audio \d+ UDP/TLS/RTP/SAVPF ", audio_media_line(answer.message))
     assert re.search(r"^a=fingerprint:sha-256 ", answer.message, re.MULTILINE)
     assert re.search(r"^a=setup:(active|passive)", answer.message, re.MULTILINE)
     assert "a=crypto" not in answer.message
@@ -195,7 +177,7 @@ def test_dtls_phone_over_udp_calls_an_sdes_phone_over_tls(tmp_path: Path) -> Non
     # a=crypto and nothing of DTLS.
     (offer,) = bob.sip_messages("INVITE ")
     assert offer.transport == "TLS"
-    assert _sdp_media(offer.message).split()[2] == "RTP/SAVP"
+    assert audio_media_line(offer.message).split()[2] == "RTP/SAVP"
     assert "a=rtcp-fb" not in offer.message
     assert re.search(r"^a=crypto:\d+ \S+ inline:", offer.message, re.MULTILINE)
     assert "a=fingerprint" not in offer.message
@@ -246,7 +228,7 @@ def test_linphone_with_mandatory_dtls_calls_a_plain_rtp_trunk(tmp_path: Path) ->
 
     # The trunk's leg: plain RTP/AVP, nothing of DTLS or SDES.
     (invite,) = result.received("INVITE ")
-    assert _sdp_media(invite).split()[2] == "RTP/AVP"
+    assert audio_media_line(invite).split()[2] == "RTP/AVP"
     for attribute in ("a=fingerprint", "a=setup", "a=tls-id", "a=crypto"):
         assert attribute not in invite
     # linphone's leg: it negotiated DTLS-SRTP with the gateway (its log holds both SDPs).

@@ -43,11 +43,11 @@ from tests.interop.harness import (
     udp_flows,
 )
 from tests.interop.harness.audio import ToneReport, g711_wav
-from tests.interop.harness.baresip import SipTraceEntry
 from tests.interop.harness.capture import Address, rtp_payloads_by_seq
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
 from tests.interop.harness.pki import TestPki
 from tests.interop.harness.ports import free_port
+from tests.interop.harness.sip_text import audio_media_line
 from tests.interop.harness.sipp import RTP_STREAM_FILE
 from tests.interop.harness.stunnel import StunnelClient, StunnelServer
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
@@ -183,24 +183,6 @@ def _assert_plain_tone(
     _assert_tone(analyse_tone(g711_wav(payload, tmp_path / f"{name}.wav")), frequency)
 
 
-def _sdp_media(message: str) -> str:
-    """The m=audio line of a SIP message's SDP."""
-    match = re.search(r"^m=audio .*$", message, re.MULTILINE)
-    assert match is not None, f"no m=audio in:\n{message}"
-    return match[0]
-
-
-def _answer_to_invite(phone: Baresip) -> SipTraceEntry:
-    """The 200 answering the INVITE the phone sent (the one with credentials)."""
-    answers = [
-        entry
-        for entry in phone.sip_messages("SIP/2.0 200 ")
-        if re.search(r"^CSeq: \d+ INVITE$", entry.message, re.MULTILINE)
-    ]
-    assert len(answers) == 1, answers
-    return answers[0]
-
-
 def _leg_lines(text: str) -> dict[str, str]:
     """``voipgw calls`` output: the description of the caller's and the callee's leg."""
     lines = dict(re.findall(r"^\s+(caller leg|callee leg): (.*)$", text, re.MULTILINE))
@@ -245,14 +227,14 @@ def test_srtp_phone_over_tls_calls_a_plain_rtp_trunk(tmp_path: Path, trunk_polic
 
     # The trunk's leg: plain RTP/AVP, and no key of any leg reached it (UDP signalling).
     (invite,) = result.received("INVITE ")
-    assert _sdp_media(invite).split()[2] == "RTP/AVP"
+    assert audio_media_line(invite).split()[2] == "RTP/AVP"
     assert "a=crypto" not in invite
     assert "inline:" not in invite
     # The phone's leg: the gateway answered its RTP/SAVP offer with its own a=crypto line, and
     # the phone switched SRTP on with that suite.
-    answer = _answer_to_invite(alice)
+    answer = alice.answer_to_invite()
     assert answer.transport == "TLS"
-    assert _sdp_media(answer.message).split()[2] == "RTP/SAVP"
+    assert audio_media_line(answer.message).split()[2] == "RTP/SAVP"
     assert re.search(r"^a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:", answer.message, re.M)
     alice.wait_for(r"srtp: audio: SRTP is Enabled \(cryptosuite=AES_CM_128_HMAC_SHA1_80\)")
 
@@ -366,7 +348,7 @@ def test_linphone_aes256_cm_to_baresip_aead_gcm_carries_audio_both_ways(tmp_path
     # Each phone saw only its own leg's suite: linphone offered AES-256-CM alone, carol was
     # offered the gateway's list (GCM first) and answered AEAD_AES_256_GCM.
     (offer,) = carol.sip_messages("INVITE ")
-    assert _sdp_media(offer.message).split()[2] == "RTP/SAVP"
+    assert audio_media_line(offer.message).split()[2] == "RTP/SAVP"
     assert re.search(r"^a=crypto:1 AEAD_AES_256_GCM inline:", offer.message, re.M)
     carol.wait_for(r"srtp: audio: SRTP is Enabled \(cryptosuite=AEAD_AES_256_GCM\)")
     # linphone's log holds its offer and the gateway's answer: one suite, two different keys
@@ -452,11 +434,11 @@ def test_best_effort_over_udp_goes_on_in_plain_rtp_when_the_phone_allows_it(
     # baresip's best effort offers RTP/AVP with a=crypto; over UDP the gateway ignores the key
     # and answers RTP/AVP without one, so both sides send plain RTP.
     (invite, *_) = alice.sip_messages("INVITE ")
-    assert _sdp_media(invite.message).split()[2] == "RTP/AVP"
+    assert audio_media_line(invite.message).split()[2] == "RTP/AVP"
     assert "a=crypto" in invite.message
-    answer = _answer_to_invite(alice)
+    answer = alice.answer_to_invite()
     assert answer.transport == "UDP"
-    assert _sdp_media(answer.message).split()[2] == "RTP/AVP"
+    assert audio_media_line(answer.message).split()[2] == "RTP/AVP"
     assert "a=crypto" not in answer.message
     assert "SRTP is Enabled" not in alice.output()
     flows = rtp_payloads_by_seq(capture.path, _even_ports(gw.media_ports, alice.rtp_ports))

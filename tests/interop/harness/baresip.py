@@ -334,6 +334,16 @@ class Baresip:
                 entries.append(SipTraceEntry(transport, source, destination, message))
         return entries
 
+    def answer_to_invite(self) -> SipTraceEntry:
+        """The one 200 answering an INVITE in the trace (sent or received by this phone)."""
+        answers = [
+            entry
+            for entry in self.sip_messages("SIP/2.0 200 ")
+            if re.search(r"^CSeq: \d+ INVITE$", entry.message, re.MULTILINE)
+        ]
+        assert len(answers) == 1, answers
+        return answers[0]
+
     def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """Poll baresip's output until ``pattern`` (a regex) matches; the match."""
         regex = re.compile(pattern)
