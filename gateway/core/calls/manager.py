@@ -42,6 +42,9 @@ class CallManager:
         self.calls: set[Call] = set()
         self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
+        # What each call put in the two maps, so forgetting a call costs its own entries, not a
+        # scan of every live call's (ten thousand calls, hundreds ending per second).
+        self._keys_of: dict[Call, tuple[ServerTransaction, list[DialogKey]]] = {}
         store = gateway.store
         self.records = None if store is None else CallRecordBook(store)
         """Call detail records; the gateway saves what is left when it stops."""
@@ -68,8 +71,15 @@ class CallManager:
         call = Call(self, transaction, request, flow, caller)
         self.calls.add(call)
         self._by_invite[transaction] = call
-        self._by_dialog[(request.call_id, call.a.local_tag)] = (call, Side.A)
+        key = (request.call_id, call.a.local_tag)
+        self._by_dialog[key] = (call, Side.A)
+        self._keys_of[call] = (transaction, [key])
         self._nursery.start_soon(call.run, name=f"call {request.call_id}")
+
+    @property
+    def lookup_entries(self) -> int:
+        """Entries in the maps that find a request's call: zero once every call has ended."""
+        return len(self._by_dialog) + len(self._by_invite) + len(self._keys_of)
 
     def _identify_caller(self, invite: Request, flow: Flow) -> Caller | Response:
         """Who calls: a trunk recognised by its source address, else an account by its digest
@@ -113,14 +123,20 @@ class CallManager:
     # -- for calls ------------------------------------------------------------------------------
 
     def register_b_leg(self, call: Call, call_id: str, local_tag: str) -> None:
-        self._by_dialog[(call_id, local_tag)] = (call, Side.B)
+        key = (call_id, local_tag)
+        self._by_dialog[key] = (call, Side.B)
+        self._keys_of[call][1].append(key)
 
     def forget(self, call: Call) -> None:
         self.calls.discard(call)
-        for key in [k for k, (c, _) in self._by_dialog.items() if c is call]:
-            del self._by_dialog[key]
-        for txn in [t for t, c in self._by_invite.items() if c is call]:
-            del self._by_invite[txn]
+        keys = self._keys_of.pop(call, None)
+        if keys is None:
+            return
+        transaction, dialog_keys = keys
+        self._by_invite.pop(transaction, None)
+        for key in dialog_keys:
+            if self._by_dialog.get(key, (None,))[0] is call:
+                del self._by_dialog[key]
 
     def authenticate(
         self, request: Request, flow: Flow, kind: AuthKind

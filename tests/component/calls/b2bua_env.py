@@ -54,6 +54,11 @@ class B2bua:
         assert self.gateway.calls is not None
         return len(self.gateway.calls.calls)
 
+    @property
+    def call_lookups(self) -> int:
+        assert self.gateway.calls is not None
+        return self.gateway.calls.lookup_entries
+
 
 def gateway_config(
     state_dir: Path,

@@ -71,6 +71,7 @@ async def test_trunk_calls_alice_by_did_and_the_trunk_hangs_up(
     assert bye.at - bye_sent_at < 0.1  # relayed at once (one hop each way of 10 ms)
     assert leg_b.dialog is not None and leg_b.dialog.state is DialogState.TERMINATED
     await eventually(lambda: env.calls == 0)
+    assert env.call_lookups == 0
 
 
 async def test_trunk_calls_alice_and_alice_hangs_up(

@@ -136,6 +136,7 @@ async def test_parallel_ringing_the_first_200_wins_and_the_other_phone_is_cancel
     bye = await phone2.next_request("BYE", timeout=1)
     assert bye.request.call_id == leg2.call_id
     await eventually(lambda: env.calls == 0)
+    assert env.call_lookups == 0  # both B legs' dialogs forgotten with the call
     assert env.alice.requests("BYE") == []  # the cancelled phone never had a dialog
     assert leg1.dialog is None
     assert leg2.dialog is not None and leg2.dialog.state is DialogState.TERMINATED
