@@ -185,6 +185,8 @@ class _Cursor:
     def skip_ws(self) -> bool:
         """Skip SP/HTAB; True when at least one was skipped."""
         start = self.pos
+        if start >= len(self.text) or self.text[start] not in " \t":
+            return False  # the usual case, without a regex call
         match = _WSP_RUN.match(self.text, start)
         assert match is not None  # a ``*`` run always matches
         self.pos = match.end()
@@ -467,6 +469,48 @@ def _tel_uri(text: str, start: int) -> TelUri:
 # --- Via -------------------------------------------------------------------------------------
 
 
+# The form nearly every Via takes on the wire, as one regular expression: "SIP/2.0/UDP", one
+# space, a host without brackets or an IPv6 reference, an optional port, then ";name" or
+# ";name=token" parameters, with no other white space. A value in this form is parsed by the
+# expression and the same host, port and parameter checks as the general parser below (a
+# property test holds the two to the same result); any other form, and every error, goes through
+# the general parser, which names the defect. Every new branch makes a cache miss, so this runs
+# for about half the messages of a call.
+_TOKEN_RUN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_PLAIN_PARAMS = rf"(?:;{_TOKEN_RUN}(?:={_TOKEN_RUN})?)*"
+_PLAIN_VIA = re.compile(
+    rf"SIP/2\.0/({_TOKEN_RUN}) ([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{{1,5}}))?"
+    rf"({_PLAIN_PARAMS})"
+)
+
+
+def _plain_params(text: str) -> Params:
+    """``;a=1;b`` (already matched by ``_PLAIN_PARAMS``) as ``(("a", "1"), ("b", None))``."""
+    params: list[tuple[str, str | None]] = []
+    for param in text.split(";")[1:]:
+        name, equals, value = param.partition("=")
+        params.append((name, value if equals else None))
+    return tuple(params)
+
+
+def _plain_via(text: str) -> Via | None:
+    """The Via in ``text`` when it has the plain form (see ``_PLAIN_VIA``) and is valid, else
+    None (the general parser decides)."""
+    match = _PLAIN_VIA.fullmatch(text)
+    if match is None:
+        return None
+    transport, host, port_text, params_text = match.groups()
+    if not is_valid_host(host):
+        return None
+    port = None if port_text is None else int(port_text)
+    if port is not None and port > 65535:
+        return None
+    params = _plain_params(params_text)
+    if any(_via_param_problem(name.lower(), value) for name, value in params):
+        return None
+    return Via(transport=transport, host=host, port=port, params=params, protocol="SIP/2.0")
+
+
 @_memoized
 def parse_via_untrusted(text: str) -> Via:
     """Parse one via-parm (RFC 3261 §20.42, §25.1; RFC 3581 rport).
@@ -474,6 +518,11 @@ def parse_via_untrusted(text: str) -> Via:
     Whitespace is allowed around the ``/`` of sent-protocol and around ``:``, ``;`` and ``=``
     (RFC 3261 §25.1 SLASH, COLON, SEMI, EQUAL). ``protocol`` is normalized to ``name/version``.
     """
+    plain = _plain_via(text)
+    return plain if plain is not None else _general_via(text)
+
+
+def _general_via(text: str) -> Via:
     cur = _Cursor(unfold(text), "Via")
     cur.skip_ws()
     name = cur.take(TOKEN_CHARS)
@@ -506,35 +555,61 @@ def parse_via_untrusted(text: str) -> Via:
     params = cur.params()
     cur.end()
     for pname, value in params:
-        _check_via_param(cur, pname.lower(), value)
+        problem = _via_param_problem(pname.lower(), value)
+        if problem is not None:
+            cur.fail(problem)
     return Via(
         transport=transport, host=host, port=port, params=params, protocol=f"{name}/{version}"
     )
 
 
-def _check_via_param(cur: _Cursor, name: str, value: str | None) -> None:
-    # RFC 3261 §25.1 via-params; RFC 3581 §3 rport.
+def _via_param_problem(name: str, value: str | None) -> str | None:
+    """What is wrong with via-param ``name`` (lower case) = ``value``, or None.
+    RFC 3261 §25.1 via-params; RFC 3581 §3 rport."""
     if name == "branch" and (value is None or not is_token(value)):
-        cur.fail("branch must be a token")
-    elif name == "received" and (
+        return "branch must be a token"
+    if name == "received" and (
         value is None or not (_is_ipv4(value) or _is_ipv6(value.strip("[]")))
     ):
-        cur.fail("received must be an IP address")
-    elif name == "ttl" and (
+        return "received must be an IP address"
+    if name == "ttl" and (
         value is None or not value.isdigit() or len(value) > 3 or int(value) > 255
     ):
-        cur.fail("ttl must be 0..255")
-    elif name == "maddr" and (value is None or not is_valid_host(value)):
-        cur.fail("maddr must be a host")
-    elif (
+        return "ttl must be 0..255"
+    if name == "maddr" and (value is None or not is_valid_host(value)):
+        return "maddr must be a host"
+    if (
         name == "rport"
         and value is not None
         and (not value.isdigit() or len(value) > 5 or int(value) > 65535)
     ):
-        cur.fail("rport must be a port number")
+        return "rport must be a port number"
+    return None
 
 
 # --- name-addr -------------------------------------------------------------------------------
+
+
+# The forms From, To, Contact and Route values nearly always take: an optional display name
+# (tokens separated by single spaces, or a quoted string without backslashes) and one space, the
+# URI in <>, then plain parameters, with no other white space. Held to the general parser's
+# result by a property test, like _PLAIN_VIA; any other form, and every error, goes through it.
+_PLAIN_NAME_ADDR = re.compile(
+    rf'(?:({_TOKEN_RUN}(?: {_TOKEN_RUN})*|"[^"\\\x00-\x08\x0a-\x1f\x7f]*") ?)?'
+    rf"<([^>\s]*)>({_PLAIN_PARAMS})"
+)
+
+
+def _plain_name_addr(text: str) -> NameAddr | None:
+    match = _PLAIN_NAME_ADDR.fullmatch(text)
+    if match is None:
+        return None
+    display, uri_text, params_text = match.groups()
+    try:
+        uri = parse_uri_untrusted(uri_text)
+    except SipParseError:
+        return None
+    return NameAddr(uri=uri, display_name=display, params=_plain_params(params_text))
 
 
 @_memoized
@@ -547,6 +622,11 @@ def parse_name_addr_untrusted(text: str) -> NameAddr:
     written (quotes included). ``*`` (with optional parameters) is the Contact wildcard
     (RFC 3261 §10.2.2); callers reject it where it is not allowed.
     """
+    plain = _plain_name_addr(text)
+    return plain if plain is not None else _general_name_addr(text)
+
+
+def _general_name_addr(text: str) -> NameAddr:
     text = unfold(text)
     cur = _Cursor(text, "name-addr")
     cur.skip_ws()

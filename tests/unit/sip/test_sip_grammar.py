@@ -10,6 +10,10 @@ from hypothesis import strategies as st
 
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.grammar import (
+    _general_name_addr,
+    _general_via,
+    _plain_name_addr,
+    _plain_via,
     _split_protected,
     is_call_id,
     is_valid_host,
@@ -429,3 +433,125 @@ def test_split_list_plain_split_agrees_with_the_protected_split(text: str) -> No
 )
 def test_bad_lists(text: str, reason: str) -> None:
     assert reason_of(lambda: split_list_untrusted(text)) == reason
+
+
+# --- the plain-form fast paths ---------------------------------------------------------------
+# Via and name-addr values in their common form are parsed by one regular expression; the
+# general parser must give the same value for every text the fast path accepts (and the fast
+# path must accept the forms real peers send, or it is dead code).
+
+
+def _params(names: list[str], values: list[str]) -> st.SearchStrategy[str]:
+    separators = st.sampled_from([";", ";", ";", " ;", "; ", ""])
+    param = st.tuples(separators, st.sampled_from(names), st.sampled_from(values))
+    return st.lists(param.map("".join), max_size=4).map("".join)
+
+
+# Each value built from pieces that are mostly valid, with the near misses a fast path could get
+# wrong: bad hosts and ports, white space where the plain form has none, odd parameters.
+_VIAS = st.tuples(
+    st.sampled_from(
+        ["SIP/2.0/UDP ", "SIP/2.0/TLS ", "SIP/2.0/UDP  ", "SIP / 2.0/UDP ", "sip/2.0/udp "]
+    ),
+    st.sampled_from(
+        ["127.0.0.1", "1.2.3.999", "[::1]", "[::g]", "host.example.com", "-bad-.com", "9", "é"]
+    ),
+    st.sampled_from(["", ":5060", ":65536", ":00080", ": 5060", ":"]),
+    _params(
+        ["branch", "Branch", "rport", "RPORT", "received", "ttl", "maddr", "x"],
+        ["", "=z9hG4bK-1.x", "=127.0.0.1", "=[::1]", "=host", "=255", "=256", "=", '="q"', "=a,b"],
+    ),
+).map("".join)
+_NAME_ADDRS = st.tuples(
+    st.sampled_from(
+        [
+            "",
+            "alice ",
+            "Al Ice ",
+            "alice",
+            "Al  Ice ",
+            '"Al Ice" ',
+            '"A\\"B" ',
+            '"\x01" ',
+            '"" ',
+            "* ",
+        ]
+    ),
+    st.sampled_from(
+        [
+            "<sip:alice@127.0.0.1:5060>",
+            "<sip:x@-bad>",
+            "<sip:a@h?x=1>",
+            "sip:alice@h",
+            "<tel:+1555>",
+            "< sip:a@h>",
+            "<sips:b@[::1];lr>",
+            "<sip:a@h>>",
+            "<>",
+        ]
+    ),
+    _params(
+        ["tag", "q", "expires", "+sip.instance", "é"], ["", "=abc-1", "=0.5", "=", '="<x>"', "=a:b"]
+    ),
+).map("".join)
+
+
+def _outcome(parse: Callable[[str], object], text: str) -> object:
+    try:
+        return parse(text)
+    except SipParseError as err:
+        return err.reason
+
+
+@given(_VIAS)
+def test_plain_via_agrees_with_the_general_parser(text: str) -> None:
+    plain = _plain_via(text)
+    if plain is not None:
+        assert _outcome(_general_via, text) == plain
+
+
+@given(_NAME_ADDRS)
+def test_plain_name_addr_agrees_with_the_general_parser(text: str) -> None:
+    plain = _plain_name_addr(text)
+    if plain is not None:
+        assert _outcome(_general_name_addr, text) == plain
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-9117-1-0",  # sipp
+        "SIP/2.0/UDP 127.0.0.1:5060;rport=5061;received=127.0.0.1;branch=z9hG4bKa1b2",
+        "SIP/2.0/TLS [2001:db8::1]:5061;branch=z9hG4bK1;rport",
+        "SIP/2.0/UDP pbx.example.com;branch=z9hG4bK1",
+    ],
+)
+def test_common_vias_take_the_plain_path(text: str) -> None:
+    assert _plain_via(text) == _general_via(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sipp <sip:sipp@127.0.0.1:5061>;tag=9117SIPpTag001",
+        "<sip:service@127.0.0.1:5060>",
+        '"Alice Smith" <sips:alice@example.com>;tag=1928301774',
+        "<sip:alice@192.0.2.4:5060;transport=udp;ob>;expires=3600;+sip.instance=x",
+    ],
+)
+def test_common_name_addrs_take_the_plain_path(text: str) -> None:
+    assert _plain_name_addr(text) == _general_name_addr(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("SIP/2.0/UDP 127.0.0.1:70000;branch=z", "bad Via: invalid port"),
+        ("SIP/2.0/UDP 1.2.3.999;branch=z", "bad Via: invalid host"),
+        ("SIP/2.0/UDP h;received=host", "bad Via: received must be an IP address"),
+        ("<sip:a@-bad>;tag=1", "bad name-addr: bad SIP URI: invalid host"),
+    ],
+)
+def test_values_the_plain_path_declines_get_the_general_reason(text: str, reason: str) -> None:
+    parse = parse_via_untrusted if text.startswith("SIP/") else parse_name_addr_untrusted
+    assert reason_of(lambda: parse(text)) == reason
