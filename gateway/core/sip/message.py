@@ -34,6 +34,16 @@ _LOOKUP_KEYS_MAX = 1024
 _LOWER_NAMES: dict[str, str] = {}
 
 
+def _lower(name: str) -> str:
+    """A stored (canonical) field name in lower case, shared (see _LOWER_NAMES)."""
+    key = _LOWER_NAMES.get(name)
+    if key is None:
+        key = name.lower()
+        if len(_LOWER_NAMES) < _LOOKUP_KEYS_MAX:
+            _LOWER_NAMES[name] = key
+    return key
+
+
 def _lookup_key(name: str) -> str:
     key = _LOOKUP_KEYS.get(name)
     if key is None:
@@ -63,11 +73,7 @@ class Headers:
         if index is None:
             lists: dict[str, list[str]] = {}
             for name, value in self.fields:
-                key = _LOWER_NAMES.get(name)
-                if key is None:
-                    key = name.lower()
-                    if len(_LOWER_NAMES) < _LOOKUP_KEYS_MAX:
-                        _LOWER_NAMES[name] = key
+                key = _LOWER_NAMES.get(name) or _lower(name)
                 values = lists.get(key)
                 if values is None:
                     lists[key] = [value]
@@ -79,11 +85,14 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """First value of ``name``, or None."""
-        values = self._values().get(_lookup_key(name))
+        # Read some twenty times per message: the index and the key from their dicts first.
+        index = self._index or self._values()
+        values = index.get(_LOOKUP_KEYS.get(name) or _lookup_key(name))
         return None if values is None else values[0]
 
     def get_all(self, name: str) -> tuple[str, ...]:
-        return self._values().get(_lookup_key(name), ())
+        index = self._index or self._values()
+        return index.get(_LOOKUP_KEYS.get(name) or _lookup_key(name), ())
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -104,20 +113,20 @@ class Headers:
         key = cname.lower()
         out = list(self.fields)
         for i, (n, _) in enumerate(out):
-            if n.lower() == key:
+            if _lower(n) == key:
                 out.insert(i, (cname, value))
                 return Headers(tuple(out))
         return Headers(((cname, value), *out))
 
     def remove(self, name: str) -> Headers:
         key = canonical_name(name).lower()
-        return Headers(tuple((n, v) for n, v in self.fields if n.lower() != key))
+        return Headers(tuple((n, v) for n, v in self.fields if _lower(n) != key))
 
     def remove_first(self, name: str) -> Headers:
         key = canonical_name(name).lower()
         out = list(self.fields)
         for i, (n, _) in enumerate(out):
-            if n.lower() == key:
+            if _lower(n) == key:
                 del out[i]
                 break
         return Headers(tuple(out))
@@ -129,7 +138,7 @@ class Headers:
         out: list[tuple[str, str]] = []
         placed = False
         for n, v in self.fields:
-            if n.lower() == key:
+            if _lower(n) == key:
                 if not placed:
                     out.extend((cname, value) for value in values)
                     placed = True

@@ -32,6 +32,22 @@ def serialize_uri(uri: Uri) -> str:
     return text
 
 
+# Header names already checked -> whether the name is Content-Length. A message has a dozen
+# fields and the same names recur in every message; bounded, as names can come from the network.
+_CHECKED_NAMES: dict[str, bool] = {}
+_CHECKED_NAMES_MAX = 1024
+
+
+def _check_name(name: str) -> bool:
+    """Raise LocalSipError unless ``name`` is a token; True when it is Content-Length."""
+    if not is_token(name):
+        raise LocalSipError("header name is not a token")
+    is_length = canonical_name(name) == "Content-Length"
+    if len(_CHECKED_NAMES) < _CHECKED_NAMES_MAX:
+        _CHECKED_NAMES[name] = is_length
+    return is_length
+
+
 def serialize_message(msg: Request | Response) -> bytes:
     """Bytes of ``msg``: start line, header fields, empty line, body."""
     if isinstance(msg, Request):
@@ -47,15 +63,16 @@ def serialize_message(msg: Request | Response) -> bytes:
     lines = [start]
     length_written = False
     for name, value in msg.headers.fields:
-        if not is_token(name):
-            raise LocalSipError("header name is not a token")
-        if canonical_name(name) == "Content-Length":
+        is_length = _CHECKED_NAMES.get(name)
+        if is_length is None:
+            is_length = _check_name(name)
+        if is_length:
             if length_written:
                 continue  # a second Content-Length would make the message invalid (RFC 4475 §3.3.9)
             lines.append(f"{name}: {len(msg.body)}")
             length_written = True
             continue
-        if any(c in value for c in _FORBIDDEN):
+        if "\r" in value or "\n" in value:  # _FORBIDDEN, without a generator per field
             raise LocalSipError(f"value of {name} contains CR or LF")
         lines.append(f"{name}: {value}")
     if not length_written:

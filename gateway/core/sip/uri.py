@@ -18,7 +18,8 @@ def get_param(params: Params, name: str) -> str | None:
     """Value of the first parameter called ``name`` (case-insensitive); None if absent or a flag."""
     lname = name.lower()
     for key, value in params:
-        if key.lower() == lname:
+        # Parameter names are nearly always written in lower case: compare before lowering.
+        if key == lname or key.lower() == lname:
             return value
     return None
 

@@ -415,6 +415,8 @@ def test_serializer_response() -> None:
     "msg",
     [
         Request("INVITE", SipUri("sip", "h.example.com"), Headers((("Subject", "a\r\nVia: x"),))),
+        Request("INVITE", SipUri("sip", "h.example.com"), Headers((("Subject", "a\nVia: x"),))),
+        Request("INVITE", SipUri("sip", "h.example.com"), Headers((("Subject", "a\rVia: x"),))),
         Request("INVITE", SipUri("sip", "h.example.com"), Headers((("Bad Name", "x"),))),
         Request("IN VITE", SipUri("sip", "h.example.com")),
         Request("INVITE", SipUri("sip", "h.example.com", user="a b")),
