@@ -205,17 +205,25 @@ class SipEndpoint:
         """Serve inbound messages and transaction timers from one task, so the sans-IO
         transaction table is never touched concurrently."""
         task_status.started()
+        taken_without_yield = 0
+        item: tuple[bytes, Flow] | None
         while True:
-            deadline = self.transactions.get_timer()
-            item: tuple[bytes, Flow] | None = None
-            with trio.move_on_at(math.inf if deadline is None else deadline) as wait:
-                self._wait = wait
+            try:
+                item = inbound.receive_nowait()
+            except trio.WouldBlock:
+                taken_without_yield = 0
                 try:
-                    item = await inbound.receive()
+                    item = await self._next_inbound(inbound)
                 except trio.EndOfChannel:
                     return
-                finally:
-                    self._wait = None
+            except trio.EndOfChannel:
+                return
+            else:
+                # A message already queued is taken without a wait and its cancel scope; every
+                # 16th lets the call tasks run, so a burst does not hold them up.
+                taken_without_yield += 1
+                if taken_without_yield % 16 == 0:
+                    await trio.lowlevel.checkpoint()
             if item is not None:
                 data, flow = item
                 self.statistics.received += 1
@@ -224,6 +232,19 @@ class SipEndpoint:
             deadline = self.transactions.get_timer()
             if deadline is not None and deadline <= now:
                 await self._guarded(self._act(self.transactions.handle_timer(now=now)), None)
+
+    async def _next_inbound(
+        self, inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow]]
+    ) -> tuple[bytes, Flow] | None:
+        """Wait for the next message; None when a transaction timer falls due first."""
+        deadline = self.transactions.get_timer()
+        with trio.move_on_at(math.inf if deadline is None else deadline) as wait:
+            self._wait = wait
+            try:
+                return await inbound.receive()
+            finally:
+                self._wait = None
+        return None
 
     async def _guarded(self, work: Awaitable[None], flow: Flow | None) -> None:
         try:

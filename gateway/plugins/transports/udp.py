@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 # Largest UDP payload; a bigger SIP message cannot arrive in one datagram anyway.
 _RECV_SIZE = 65535
+# Datagrams read in one turn of the receive task before it lets the endpoint take them: a turn
+# per datagram cost two task switches each; a backlog past this waits in the socket's receive
+# buffer, not in the gateway's bounded inbound queue.
+DATAGRAMS_PER_TURN = 16
 
 
 @attrs.frozen
@@ -81,15 +85,22 @@ class UdpTransport:
         self, sock: trio.socket.SocketType, raw: socket.socket, local: Address, host: TransportHost
     ) -> None:
         flows = host.flows
+        read_this_turn = 0
         while True:
+            if read_this_turn >= DATAGRAMS_PER_TURN:
+                read_this_turn = 0
+                await trio.lowlevel.checkpoint()
             try:
                 data, remote = raw.recvfrom(_RECV_SIZE)
             except BlockingIOError:
+                read_this_turn = 0
                 await trio.lowlevel.wait_readable(raw)
                 continue
             except ConnectionResetError:
                 # ICMP port unreachable from an earlier send surfaces here on some systems.
+                read_this_turn += 1
                 continue
+            read_this_turn += 1
             remote = remote[:2]
             if data.strip(b"\r\n"):  # else RFC 5626 §3.5.1 keep-alive / stray CRLF: nothing to do
                 flow = flows.get(FlowKey(self.name, local, remote))
@@ -98,9 +109,6 @@ class UdpTransport:
                     flows.add(flow)
                 flow.last_activity = trio.current_time()
                 host.deliver(data, flow)
-            # One datagram per turn: the endpoint takes each before the next is read, so a
-            # backlog waits in the socket's receive buffer, not in the gateway's bounded queue.
-            await trio.lowlevel.checkpoint()
 
     def _make_flow(
         self, sock: trio.socket.SocketType, raw: socket.socket, local: Address, remote: Address
