@@ -2,7 +2,7 @@
 other tasks (calls, timers) run between batches instead of draining the whole queue first.
 
 The endpoint takes a message that is already queued without waiting (no cancel scope, no task
-switch) and yields every 16th; these tests hold it to both halves of that.
+switch) and yields every 16th; this test holds it to both halves of that.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from gateway.core.transport.flows import Flow, FlowKey
 from tests.component.calls.b2bua_env import GW, eventually, start_b2bua
 
 PEER = ("127.0.0.9", 5099)
-BURST = 64
+BURST = 128
 
 
 def options(n: int) -> bytes:
@@ -66,5 +66,8 @@ async def test_a_queued_burst_is_all_answered_with_other_tasks_run_in_between(
     }
     assert statuses == {200}
     assert env.gateway.statistics.dropped_queue_full == 0
+    # The endpoint yields every 16 messages. Trio runs the tasks ready at one moment in an
+    # order of its choosing, so the endpoint may take its next 16 before the other task runs:
+    # at most 32 between two turns of another task (without the yield: all 128).
     steps = [later - earlier for earlier, later in itertools.pairwise(seen)]
-    assert seen[0] < BURST and max(steps) <= 16
+    assert seen[0] < BURST and max(steps) <= 32
