@@ -177,12 +177,12 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
 
 
 def _decode_lines(head: bytes, max_line: int) -> list[str]:
-    raw_lines = head.split(b"\r\n")
-    for raw in raw_lines:
-        if len(raw) > max_line:
-            raise MessageTooLarge("header line longer than the line limit")
-        if b"\r" in raw or b"\n" in raw:
-            raise SipParseError("bare CR or LF in the header section")
+    crlfs = head.count(b"\r\n")
+    if head.count(b"\r") != crlfs or head.count(b"\n") != crlfs:
+        # Every CR and LF is part of a CRLF line end, or one of them stands alone.
+        raise SipParseError("bare CR or LF in the header section")
+    if len(head) > max_line and any(len(raw) > max_line for raw in head.split(b"\r\n")):
+        raise MessageTooLarge("header line longer than the line limit")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
@@ -237,6 +237,8 @@ def _header_name(name: str) -> str:
 def _unfold_lines(lines: list[str], *, strict: bool) -> list[str]:
     """Join continuation lines (RFC 3261 §7.3.1: a line starting with SP/HTAB continues the
     previous header field; the CRLF and leading white space become one SP)."""
+    if not any(line.startswith((" ", "\t")) for line in lines):
+        return lines  # nothing folded: the usual case
     fields: list[list[str]] = []
     for line in lines:
         if line[:1] in (" ", "\t"):

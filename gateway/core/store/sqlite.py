@@ -121,7 +121,8 @@ def _check_migrations(migrations: Sequence[Migration]) -> None:
 
 
 ACCOUNT_CACHE_ENTRIES = 4096
-"""Accounts (and unknown names) :meth:`SqliteStore.get_account` keeps in memory."""
+"""Accounts (and unknown names) :meth:`SqliteStore.get_account` keeps in memory, and as many
+accounts' bindings for :meth:`SqliteStore.bindings_for_account`."""
 
 
 class SqliteStore:
@@ -134,11 +135,13 @@ class SqliteStore:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
-        # Accounts as last read, valid while PRAGMA data_version (which changes when another
-        # connection commits, e.g. ``voipgw accounts`` in another process) stays the same and
-        # this connection writes nothing. Unknown names are kept too (None).
+        # Accounts and their bindings as last read, valid while PRAGMA data_version (which
+        # changes when another connection commits, e.g. ``voipgw accounts`` in another
+        # process) stays the same and this connection changes no account or registration.
+        # Unknown names are kept too (None; no bindings). Every call reads both.
         self._accounts: dict[str, Account | None] = {}
-        self._accounts_version: int | None = None
+        self._bindings: dict[str, tuple[Binding, ...]] = {}
+        self._cache_version: int | None = None
 
     @classmethod
     def open(
@@ -188,9 +191,12 @@ class SqliteStore:
         return int(row[0] or 0)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, changes_accounts: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction; ``changes_accounts=False`` for writes that touch neither
+        accounts nor registrations (call records), which keep the cache."""
         with self._lock:
-            self._accounts.clear()  # any write of ours may change an account
+            if changes_accounts:
+                self._forget_cached()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -203,6 +209,17 @@ class SqliteStore:
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             yield self._db
+
+    def _forget_cached(self) -> None:
+        self._accounts.clear()
+        self._bindings.clear()
+
+    def _check_cache(self, db: sqlite3.Connection) -> None:
+        """Drop the cache when another connection has committed since it was filled."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._cache_version:
+            self._forget_cached()
+            self._cache_version = version
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -264,10 +281,7 @@ class SqliteStore:
         """The account, from memory while nobody wrote to the store since it was read: every
         call looks up one or two accounts, three queries each."""
         with self._read() as db:
-            version = db.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._accounts_version:
-                self._accounts.clear()
-                self._accounts_version = version
+            self._check_cache(db)
             try:
                 return self._accounts[name]
             except KeyError:
@@ -334,8 +348,21 @@ class SqliteStore:
     def bindings_for_account(
         self, account: str, *, now: float | None = None
     ) -> tuple[Binding, ...]:
+        """The account's bindings (unexpired at ``now`` if given), best first; from memory
+        under the same rule as :meth:`get_account`."""
         with self._read() as db:
-            return _select_bindings(db, "a.name = ?", (account,), now)
+            self._check_cache(db)
+            bindings = self._bindings.get(account)
+            if bindings is None:
+                bindings = _select_bindings(db, "a.name = ?", (account,), None)
+                if len(self._bindings) >= ACCOUNT_CACHE_ENTRIES:
+                    self._bindings.clear()
+                self._bindings[account] = bindings
+        if now is None:
+            return bindings
+        # Filtering keeps the order: expiry is not the first sort key, but dropping rows
+        # from an ordered list leaves the rest in order.
+        return tuple(binding for binding in bindings if binding.expires_at > now)
 
     def upsert_binding(self, binding: Binding) -> None:
         self.apply_binding_changes(binding.aor, [binding], ())
@@ -372,7 +399,7 @@ class SqliteStore:
 
     def call_record_insert(self, record: CallRecord) -> None:
         _check_json(record.security_json)
-        with self._transaction() as db:
+        with self._transaction(changes_accounts=False) as db:
             try:
                 db.execute(_INSERT_CALL_RECORD, _call_record_values(record))
             except sqlite3.IntegrityError as exc:
@@ -399,7 +426,7 @@ class SqliteStore:
                 columns["security"] = json.dumps(security, sort_keys=True)
             except (TypeError, ValueError) as exc:
                 raise InvalidValue("security record is not JSON-serializable") from exc
-        with self._transaction() as db:
+        with self._transaction(changes_accounts=False) as db:
             if columns:
                 assignments = ", ".join(f"{column} = ?" for column in columns)
                 db.execute(
@@ -414,7 +441,7 @@ class SqliteStore:
     def call_records_save(self, records: Sequence[CallRecord]) -> None:
         for record in records:
             _check_json(record.security_json)
-        with self._transaction() as db:
+        with self._transaction(changes_accounts=False) as db:
             db.executemany(
                 _INSERT_CALL_RECORD
                 + " ON CONFLICT (call_id) DO UPDATE SET from_uri = excluded.from_uri,"

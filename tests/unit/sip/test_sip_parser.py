@@ -171,8 +171,9 @@ def test_bad_content_length(value: str, reason: str) -> None:
     assert (err.status, err.reason) == (400, reason)
 
 
-def test_bare_lf_in_header_section() -> None:
-    data = invite("X-Thing: a\nb")
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\r", "a\n\r"])
+def test_bare_cr_or_lf_in_header_section(value: str) -> None:
+    data = invite(f"X-Thing: {value}")
     assert rejected(data).reason == "bare CR or LF in the header section"
 
 

@@ -484,8 +484,46 @@ def test_an_account_changed_through_the_same_store_is_read_again(store: SqliteSt
     assert again is not None and again.media_policy == "sdes"
 
 
+def test_bindings_changed_by_another_process_are_read_again(tmp_path: Path) -> None:
+    gateway = SqliteStore.open(tmp_path / "state")
+    cli = SqliteStore.open(tmp_path / "state")  # another connection (another gateway, a tool)
+    try:
+        gateway.accounts_add("alice", PASSWORD, REALM)
+        assert gateway.bindings_for_account("alice") == ()
+        cli.upsert_binding(binding())
+        assert [b.key for b in gateway.bindings_for_account("alice")] == [binding().key]
+        cli.remove_binding(binding().aor, binding().key)
+        assert gateway.bindings_for_account("alice") == ()
+    finally:
+        gateway.close()
+        cli.close()
+
+
+def test_bindings_from_memory_follow_own_writes_and_expiry(store: SqliteStore) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    store.upsert_binding(binding(expires_at=100.0))
+    first = store.bindings_for_account("alice")
+    assert store.bindings_for_account("alice") is first  # from memory
+    # Expiry is applied to the cached list: best first, expired ones left out.
+    store.upsert_binding(binding("sip:alice@192.0.2.2:5062", expires_at=200.0, q=0.5))
+    keys = [b.key for b in store.bindings_for_account("alice", now=50.0)]
+    assert keys == ["sip:alice@192.0.2.1:5062", "sip:alice@192.0.2.2:5062"]
+    assert [b.key for b in store.bindings_for_account("alice", now=150.0)] == [
+        "sip:alice@192.0.2.2:5062"
+    ]
+    assert store.bindings_for_account("alice", now=250.0) == ()
+    # A call record written by the same store keeps the cache; a registration change does not.
+    cached = store.bindings_for_account("alice")
+    store.call_records_save([CallRecord("c1", "a", "b", started_at=1.0)])
+    assert store.bindings_for_account("alice") is cached
+    store.remove_binding(binding().aor, "sip:alice@192.0.2.1:5062")
+    assert [b.key for b in store.bindings_for_account("alice")] == ["sip:alice@192.0.2.2:5062"]
+
+
 def test_the_account_cache_is_bounded(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_module, "ACCOUNT_CACHE_ENTRIES", 3)
     for i in range(10):  # unknown names from the network
         assert store.get_account(f"nobody{i}") is None
         assert len(store._accounts) <= 3
+        assert store.bindings_for_account(f"nobody{i}") == ()
+        assert len(store._bindings) <= 3
