@@ -63,6 +63,9 @@ class Headers:
     _index: dict[str, tuple[str, ...]] | None = attrs.field(
         default=None, init=False, repr=False, eq=False, hash=False
     )
+    # The top Via, parsed, once read (or given by with_top_via): every request is read by the
+    # parser's checks, the transaction layer and the Via stamping.
+    _top_via: Via | None = attrs.field(default=None, init=False, repr=False, eq=False, hash=False)
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
@@ -99,6 +102,31 @@ class Headers:
 
     def count(self, name: str) -> int:
         return len(self._values().get(_lookup_key(name), ()))
+
+    def top_via(self) -> Via:
+        """The first Via value, parsed (SipParseError when there is none or it is malformed)."""
+        via = self._top_via
+        if via is None:
+            value = self.get("Via")
+            if value is None:
+                raise grammar.SipParseError("missing Via header")
+            via = grammar.parse_via_untrusted(value)
+            object.__setattr__(self, "_top_via", via)
+        return via
+
+    def with_top_via(self, via: Via) -> Headers:
+        """The first Via value replaced by ``via`` (the Via stamped with received/rport); the
+        result knows its top Via without parsing what it wrote."""
+        fields = list(self.fields)
+        for i, (name, _) in enumerate(fields):
+            if name == "Via":
+                fields[i] = (name, str(via))
+                break
+        else:
+            raise ValueError("no Via to replace")
+        headers = Headers(tuple(fields))
+        object.__setattr__(headers, "_top_via", via)
+        return headers
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.fields)
@@ -174,10 +202,7 @@ class _Common:
 
     @property
     def top_via(self) -> Via:
-        value = self.headers.get("Via")
-        if value is None:
-            raise grammar.SipParseError("missing Via header")
-        return grammar.parse_via_untrusted(value)
+        return self.headers.top_via()
 
     @property
     def from_(self) -> NameAddr:
@@ -298,10 +323,13 @@ def make_response(
     fields.extend((canonical_name(n), v) for n, v in extra)
     if content_type is not None:
         fields.append(("Content-Type", content_type))
+    headers = Headers(tuple(fields))
+    # The Via stack is copied as written, so the request's parsed top Via is the response's.
+    object.__setattr__(headers, "_top_via", request.headers._top_via)
     return Response(
         status=status,
         reason=reason if reason is not None else default_reason(status),
-        headers=Headers(tuple(fields)),
+        headers=headers,
         body=body,
     )
 

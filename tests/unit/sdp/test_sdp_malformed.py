@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gateway.core.sdp import grammar as sdp_grammar
 from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.grammar import is_digits, is_token
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.unit.sdp.sdp_samples import BARESIP_SDES, SDES_KEY_80, crlf
 
@@ -167,3 +171,19 @@ def test_reasons_never_echo_key_material() -> None:
     ):
         reason = reason_of(bad, **limits)
         assert SDES_KEY_80 not in reason and "inline" not in reason
+
+
+# --- the lexical checks ----------------------------------------------------------------------
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x2FF), max_size=6))
+def test_token_and_digit_checks_match_their_character_sets(text: str) -> None:
+    # The checks are compiled regexes; the RFC 8866 §9 character sets are the definition.
+    assert is_token(text) == (bool(text) and all(ch in sdp_grammar._TOKEN_CHARS for ch in text))
+    assert is_digits(text) == (bool(text) and all(ch in "0123456789" for ch in text))
+
+
+@pytest.mark.parametrize("text", ["0", "²", "1\n", "", "a b", "PCMU", "x-y.z", "é"])
+def test_token_and_digit_checks_on_edge_cases(text: str) -> None:
+    assert is_token(text) == (bool(text) and all(ch in sdp_grammar._TOKEN_CHARS for ch in text))
+    assert is_digits(text) == (text == "0")
