@@ -63,8 +63,9 @@ class Headers:
     _index: dict[str, tuple[str, ...]] | None = attrs.field(
         default=None, init=False, repr=False, eq=False, hash=False
     )
-    # The top Via, parsed, once read (or given by with_top_via): every request is read by the
-    # parser's checks, the transaction layer and the Via stamping.
+    # The top Via, parsed, when this Headers was made from one (with_top_via, make_response):
+    # saves parsing the received/rport-stamped Via of every request again. Plain reads use
+    # the grammar's LRU cache instead, which keeps nothing alive with the message.
     _top_via: Via | None = attrs.field(default=None, init=False, repr=False, eq=False, hash=False)
 
     @classmethod
@@ -106,13 +107,12 @@ class Headers:
     def top_via(self) -> Via:
         """The first Via value, parsed (SipParseError when there is none or it is malformed)."""
         via = self._top_via
-        if via is None:
-            value = self.get("Via")
-            if value is None:
-                raise grammar.SipParseError("missing Via header")
-            via = grammar.parse_via_untrusted(value)
-            object.__setattr__(self, "_top_via", via)
-        return via
+        if via is not None:
+            return via
+        value = self.get("Via")
+        if value is None:
+            raise grammar.SipParseError("missing Via header")
+        return grammar.parse_via_untrusted(value)
 
     def with_top_via(self, via: Via) -> Headers:
         """The first Via value replaced by ``via`` (the Via stamped with received/rport); the

@@ -536,8 +536,10 @@ class Transaction:
         self.state = self.INITIAL_STATE
         self.key = self._make_key()
         self._deadlines: dict[Input, float] = {}
-        self._zero_timers: list[Input] = []
-        self._intervals: dict[Input, float] = {}
+        # Empty containers the collector does not track: most transactions spend their life
+        # (up to 64*T1) in a wait state, where these stay empty.
+        self._zero_timers: tuple[Input, ...] = ()
+        self._intervals: dict[Input, float] = {}  # retransmission timers' current intervals
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.request.method} {self.state.value}>"
@@ -589,7 +591,8 @@ class Transaction:
         self._step(event, now, message, outputs)
         # Zero-length timers (D, I, J, K on reliable transports) mean "move on at once".
         while self._zero_timers and not self.terminated:
-            self._step(self._zero_timers.pop(0), now, None, outputs)
+            timer, self._zero_timers = self._zero_timers[0], self._zero_timers[1:]
+            self._step(timer, now, None, outputs)
         return outputs
 
     # -- engine --
@@ -626,16 +629,20 @@ class Transaction:
         self.state = state
         allowed = self.STATE_TIMERS.get(state, frozenset())
         self._deadlines = {t: d for t, d in self._deadlines.items() if t in allowed}
-        self._zero_timers = [t for t in self._zero_timers if t in allowed]
+        if self._zero_timers:
+            self._zero_timers = tuple(t for t in self._zero_timers if t in allowed)
+        if self._intervals and not allowed & _RETRANSMIT_TIMERS:
+            self._intervals = {}
         if state is State.TERMINATED:
             out.append(TransactionTerminated(self))
             return
         self._start_timers(now)
 
     def _arm(self, timer: Input, delay: float, now: float) -> None:
-        self._intervals[timer] = delay
+        if timer in _RETRANSMIT_TIMERS:
+            self._intervals[timer] = delay
         if delay <= 0:
-            self._zero_timers.append(timer)
+            self._zero_timers += (timer,)
         else:
             self._deadlines[timer] = now + delay
 
