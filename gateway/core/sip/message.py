@@ -63,10 +63,6 @@ class Headers:
     _index: dict[str, tuple[str, ...]] | None = attrs.field(
         default=None, init=False, repr=False, eq=False, hash=False
     )
-    # The top Via, parsed, when this Headers was made from one (with_top_via, make_response):
-    # saves parsing the received/rport-stamped Via of every request again. Plain reads use
-    # the grammar's LRU cache instead, which keeps nothing alive with the message.
-    _top_via: Via | None = attrs.field(default=None, init=False, repr=False, eq=False, hash=False)
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
@@ -103,30 +99,6 @@ class Headers:
 
     def count(self, name: str) -> int:
         return len(self._values().get(_lookup_key(name), ()))
-
-    def top_via(self) -> Via:
-        """The first Via value, parsed (SipParseError when there is none or it is malformed)."""
-        via = self._top_via
-        if via is not None:
-            return via
-        value = self.get("Via")
-        if value is None:
-            raise grammar.SipParseError("missing Via header")
-        return grammar.parse_via_untrusted(value)
-
-    def with_top_via(self, via: Via) -> Headers:
-        """The first Via value replaced by ``via`` (the Via stamped with received/rport); the
-        result knows its top Via without parsing what it wrote."""
-        fields = list(self.fields)
-        for i, (name, _) in enumerate(fields):
-            if name == "Via":
-                fields[i] = (name, str(via))
-                break
-        else:
-            raise ValueError("no Via to replace")
-        headers = Headers(tuple(fields))
-        object.__setattr__(headers, "_top_via", via)
-        return headers
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.fields)
@@ -202,7 +174,10 @@ class _Common:
 
     @property
     def top_via(self) -> Via:
-        return self.headers.top_via()
+        value = self.headers.get("Via")
+        if value is None:
+            raise grammar.SipParseError("missing Via header")
+        return grammar.parse_via_untrusted(value)
 
     @property
     def from_(self) -> NameAddr:
@@ -323,13 +298,10 @@ def make_response(
     fields.extend((canonical_name(n), v) for n, v in extra)
     if content_type is not None:
         fields.append(("Content-Type", content_type))
-    headers = Headers(tuple(fields))
-    # The Via stack is copied as written, so the request's parsed top Via is the response's.
-    object.__setattr__(headers, "_top_via", request.headers._top_via)
     return Response(
         status=status,
         reason=reason if reason is not None else default_reason(status),
-        headers=headers,
+        headers=Headers(tuple(fields)),
         body=body,
     )
 
