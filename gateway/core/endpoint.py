@@ -10,6 +10,7 @@ next message is served.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -403,9 +404,7 @@ class SipEndpoint:
         flow = await self.flow_to(transport, address, flow)
         request = self._with_our_via(request, flow)
         now = trio.current_time()
-        txn, outputs = self.transactions.send_request(
-            request, peer=Hop(flow.transport, flow.remote[0], flow.remote[1]), now=now
-        )
+        txn, outputs = self.transactions.send_request(request, peer=_hop(flow), now=now)
         client = ClientRequest(txn, flow)
         self._client_requests[txn] = client
         await self._act(outputs)
@@ -580,7 +579,14 @@ class SipEndpoint:
 
 
 def _hop(flow: Flow) -> Hop:
-    return Hop(flow.transport, flow.remote[0], flow.remote[1])
+    return _shared_hop(flow.transport, flow.remote[0], flow.remote[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_hop(transport: str, host: str, port: int) -> Hop:
+    """One Hop per peer address, shared: every transaction keeps its peer for up to 64*T1, and
+    a trunk or phone sends many (Hop is frozen)."""
+    return Hop(transport, host, port)
 
 
 def _reason_phrase(reason: str) -> str:

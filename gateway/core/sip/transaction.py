@@ -1047,7 +1047,7 @@ class TransactionTable:
             new, outputs = ServerNonInviteTransaction.start(
                 request, peer=source, now=now, timers=self.timers
             )
-        self._server[key] = new
+        self._server[new.key] = new  # equal to key; one object kept, not two
         return self._after(new, outputs)
 
     # -- timers --
