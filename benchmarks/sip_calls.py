@@ -57,7 +57,10 @@ collection, and the longer each such pause (hundreds of ms at a few hundred call
 the p99). ``voipgw run`` therefore freezes its start-up objects and sets the collector's
 thresholds to ``[gateway] gc_thresholds`` (10000, 10, 10 by default); ``--gateway-gc G0,G1,G2``
 runs it with other thresholds (``--gateway-gc 700,10,10``: Python's own defaults) to show what
-the policy changes.
+the policy changes. ``--gc-stats`` times every collection inside voipgw (benchmarks/gc_stats/,
+loaded through ``PYTHONPATH``) and prints, per step, the collector's share of the gateway's CPU
+and its longest pause; run long steps (``--step-seconds 30``) to see the heap at its size under
+sustained load, since transactions live 32 s.
 
 The machine has 2 vCPUs and sipp needs CPU too: the UAC, the UAS and the B2BUA share them, and
 loopback delivery is charged to the sending process. The load generator is not the bottleneck
@@ -70,6 +73,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import json
 import os
 import platform
 import shutil
@@ -82,10 +86,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+GC_STATS_HOOK = Path(__file__).resolve().parent / "gc_stats"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 LOOPBACK = "127.0.0.1"
@@ -296,6 +302,7 @@ class System:
     name: str
     workdir: Path
     process: subprocess.Popen[bytes] | None = None
+    gc_stats: Path | None = None  # voipgw with --gc-stats: where its collector totals appear
 
     @property
     def pid(self) -> int | None:
@@ -324,6 +331,12 @@ class System:
             timeout=60,
         )
         run = [*command, "run", "--config", str(config)]
+        env = dict(os.environ)
+        if args.gc_stats:
+            self.gc_stats = self.workdir / "gc-stats.json"
+            path = [str(GC_STATS_HOOK), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+            env["VOIPGW_GC_STATS"] = str(self.gc_stats)
         with open(self.workdir / "gateway.log", "wb") as log:
             self.process = subprocess.Popen(
                 run,
@@ -331,6 +344,7 @@ class System:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
         wait_udp_port(B2BUA_PORT, self.process)
         # alice's phone: REGISTER from the port its UAS answers on (the gateway reaches a
@@ -438,6 +452,7 @@ class Step:
     note: str
     rss_idle_kib: int = 0
     rss_peak_kib: int = 0
+    gc: str = ""  # with --gc-stats: the collector's work in the step
 
     @property
     def passed(self) -> bool:
@@ -447,6 +462,37 @@ class Step:
             and self.retransmissions == 0
             and self.cps >= 0.9 * self.rate
         )
+
+
+def _gc_snapshot(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        snapshot: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return snapshot
+
+
+def _gc_note(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, start: float, cpu: float
+) -> str:
+    """The collector's collections and time per generation between two snapshots, its share of
+    the step's CPU, and the longest pause that ended after ``start`` (time.monotonic)."""
+    if after is None:
+        return ""
+    old = before["totals"] if before is not None else [[0, 0.0]] * 3
+    parts = []
+    spent = 0.0
+    for generation, ((n1, t1), (n0, t0)) in enumerate(zip(after["totals"], old, strict=True)):
+        parts.append(f"gen{generation} {n1 - n0}x {1000 * (t1 - t0):.0f} ms")
+        spent += t1 - t0
+    pauses = [took for end, _, took in after["pauses"] if end >= start]
+    share = 100 * spent / cpu if cpu > 0 else float("nan")
+    return (
+        f"GC: {', '.join(parts)} = {share:.1f} % of its CPU, "
+        f"longest pause {1000 * max(pauses, default=0.0):.0f} ms"
+    )
 
 
 def _last_stats(path: Path) -> dict[str, str]:
@@ -543,6 +589,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         def sample_rss() -> None:
             rss[1] = max(rss[1], rss_kib(b2bua_pid))
 
+        gc_before = _gc_snapshot(system.gc_stats)
         started = time.monotonic()
         with open(uac_dir / "screen.log", "wb") as screen:
             uac = subprocess.Popen(
@@ -561,6 +608,10 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         for process in (uac, uas):
             if process is not None and process.returncode is None:
                 stop(process)
+    gc_after = None
+    if system.gc_stats is not None:
+        time.sleep(0.3)  # the hook writes its totals every 0.2 s
+        gc_after = _gc_snapshot(system.gc_stats)
     stats = _last_stats(uac_dir / "stats.csv") if (uac_dir / "stats.csv").exists() else {}
     setups: list[float] = []
     stamps: list[float] = []
@@ -599,6 +650,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         note="; ".join(notes) + (f" (logs: {rundir})" if notes else ""),
         rss_idle_kib=rss[0],
         rss_peak_kib=rss[1],
+        gc=_gc_note(gc_before, gc_after, started, cpu),
     )
 
 
@@ -618,6 +670,8 @@ def print_step(s: Step) -> None:
         + (f"  {s.note}" if s.note else ""),
         flush=True,
     )
+    if s.gc:
+        print(f"         {s.gc}", flush=True)
 
 
 def print_summary(steps: list[Step], args: argparse.Namespace) -> None:
@@ -789,6 +843,11 @@ def main() -> None:
         metavar="G0,G1,G2",
         help="run voipgw with [gateway] gc_thresholds = [G0, G1, G2] (default: as shipped, "
         "10000,10,10; 700,10,10 is Python's own)",
+    )
+    parser.add_argument(
+        "--gc-stats",
+        action="store_true",
+        help="time voipgw's garbage collections and print their share and longest pause per step",
     )
     args = parser.parse_args()
     args.rates = sorted(args.rates)
