@@ -11,6 +11,7 @@ drop, then sends a marker on the same path: the marker must be the first thing t
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import socket
 import struct
@@ -640,6 +641,47 @@ async def test_closing_a_stream_releases_its_four_ports(relay: MediaRelay) -> No
     assert stream.closed
     assert all(can_bind(port) for port in ports)
     assert relay.allocator.in_use == 0
+
+
+async def test_direction_statistics_add_up_every_counter_of_both_sockets(relay: MediaRelay) -> None:
+    with relay.open_stream() as stream:
+        # Distinct values on every counter of leg A's two sockets and their four routes, so a
+        # counter added to the wrong field (or left out) shows.
+        value = itertools.count(1)
+        endpoints = (stream.a._rtp, stream.a._rtcp)
+        for ep in endpoints:
+            for name in ENDPOINT_COUNTERS:
+                setattr(ep, name, next(value) * 1000)
+            for route in (ep.rtp, ep.rtcp):
+                for name in ROUTE_COUNTERS:
+                    setattr(route, name, next(value))
+        got = stream.a_to_b.statistics()
+        routes = [route for ep in endpoints for route in (ep.rtp, ep.rtcp)]
+        assert got.rtp_packets == sum(ep.rtp.packets for ep in endpoints)
+        assert got.rtp_bytes == sum(ep.rtp.bytes for ep in endpoints)
+        assert got.rtcp_packets == sum(ep.rtcp.packets for ep in endpoints)
+        assert got.rtcp_bytes == sum(ep.rtcp.bytes for ep in endpoints)
+        for name in ENDPOINT_COUNTERS:
+            assert getattr(got, name) == sum(getattr(ep, name) for ep in endpoints), name
+        for name in ROUTE_COUNTERS[2:]:
+            assert getattr(got, name) == sum(getattr(r, name) for r in routes), name
+
+
+ENDPOINT_COUNTERS = (
+    "dropped_unlatched_source",
+    "dropped_blocked",
+    "dropped_malformed",
+    "tap_errors",
+    "receive_errors",
+)
+ROUTE_COUNTERS = (
+    "packets",
+    "bytes",
+    "dropped_transform",
+    "dropped_send_error",
+    "dropped_no_destination",
+    "transform_errors",
+)
 
 
 async def test_a_closed_stream_is_freed_without_the_cyclic_collector(
