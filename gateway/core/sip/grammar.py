@@ -476,7 +476,7 @@ def _tel_uri(text: str, start: int) -> TelUri:
 # property test holds the two to the same result); any other form, and every error, goes through
 # the general parser, which names the defect. Every new branch makes a cache miss, so this runs
 # for about half the messages of a call.
-_TOKEN_RUN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN_RUN = _TOKEN.pattern
 _PLAIN_PARAMS = rf"(?:;{_TOKEN_RUN}(?:={_TOKEN_RUN})?)*"
 _PLAIN_VIA = re.compile(
     rf"SIP/2\.0/({_TOKEN_RUN}) ([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{{1,5}}))?"
