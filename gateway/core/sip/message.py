@@ -58,9 +58,12 @@ class Headers:
     """Ordered, case-insensitive, multi-valued header fields."""
 
     fields: tuple[tuple[str, str], ...] = ()
-    # Lower-case name -> its values in order, made on the first lookup: a message is read about
-    # twenty times (parser checks, transactions, dialogs, the B2BUA).
-    _index: dict[str, tuple[str, ...]] | None = attrs.field(
+    # Lower-case name -> its value, or its values in order when there are several; made on the
+    # first lookup: a message is read about twenty times (parser checks, transactions, dialogs,
+    # the B2BUA). Most names have one value, kept as the string itself: no tuple per field, and
+    # an index of strings only is a dict the cyclic garbage collector never tracks (messages live
+    # on in transactions for 64*T1).
+    _index: dict[str, str | tuple[str, ...]] | None = attrs.field(
         default=None, init=False, repr=False, eq=False, hash=False
     )
 
@@ -68,18 +71,19 @@ class Headers:
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
         return cls(tuple((canonical_name(n), v) for n, v in pairs))
 
-    def _values(self) -> dict[str, tuple[str, ...]]:
+    def _values(self) -> dict[str, str | tuple[str, ...]]:
         index = self._index
         if index is None:
-            lists: dict[str, list[str]] = {}
+            index = {}
             for name, value in self.fields:
                 key = _LOWER_NAMES.get(name) or _lower(name)
-                values = lists.get(key)
-                if values is None:
-                    lists[key] = [value]
+                seen = index.get(key)
+                if seen is None:
+                    index[key] = value
+                elif isinstance(seen, str):
+                    index[key] = (seen, value)
                 else:
-                    values.append(value)
-            index = {key: tuple(values) for key, values in lists.items()}
+                    index[key] = (*seen, value)  # bounded by the parser's max_headers
             object.__setattr__(self, "_index", index)
         return index
 
@@ -88,17 +92,24 @@ class Headers:
         # Read some twenty times per message: the index and the key from their dicts first.
         index = self._index or self._values()
         values = index.get(_LOOKUP_KEYS.get(name) or _lookup_key(name))
-        return None if values is None else values[0]
+        if values is None or isinstance(values, str):
+            return values
+        return values[0]
 
     def get_all(self, name: str) -> tuple[str, ...]:
         index = self._index or self._values()
-        return index.get(_LOOKUP_KEYS.get(name) or _lookup_key(name), ())
+        values = index.get(_LOOKUP_KEYS.get(name) or _lookup_key(name))
+        if values is None:
+            return ()
+        if isinstance(values, str):
+            return (values,)
+        return values
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
 
     def count(self, name: str) -> int:
-        return len(self._values().get(_lookup_key(name), ()))
+        return len(self.get_all(name))
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.fields)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from gateway.core.sip.errors import LocalSipError, MessageTooLarge, SipParseError
@@ -233,6 +235,25 @@ def test_non_list_headers_keep_their_commas() -> None:
     msg = parsed_request(invite('WWW-Authenticate: Digest realm="a", nonce="b"', date))
     assert msg.headers.get("WWW-Authenticate") == 'Digest realm="a", nonce="b"'
     assert msg.headers.get("Date") == "Sat, 13 Nov 2010 23:29:00 GMT"
+
+
+def test_header_lookups_with_one_several_or_no_values() -> None:
+    fields = (("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("To", "<sip:b@h>"), ("Via", "v2"))
+    headers = Headers((*fields, ("Via", "v3")))
+    assert headers.get("via") == "SIP/2.0/UDP a;branch=z9hG4bK1"
+    assert headers.get_all("Via") == ("SIP/2.0/UDP a;branch=z9hG4bK1", "v2", "v3")
+    assert (headers.count("Via"), headers.count("t"), headers.count("From")) == (3, 1, 0)
+    assert headers.get_all("To") == ("<sip:b@h>",)
+    assert (headers.get("From"), headers.get_all("From")) == (None, ())
+    assert "To" in headers and "From" not in headers
+
+
+def test_an_index_of_single_values_is_not_tracked_by_the_collector() -> None:
+    # Transactions keep messages for 64*T1; the cyclic collector must not walk their indexes.
+    msg = parsed_request(invite())
+    assert msg.headers.get("Call-ID") is not None  # builds the index
+    assert msg.headers.count("Via") == 1
+    assert not gc.is_tracked(msg.headers._index)
 
 
 def test_empty_list_header_is_kept() -> None:
