@@ -193,6 +193,9 @@ _MESSAGE_INPUTS = frozenset(
     }
 )
 _TIMER_INPUTS = frozenset(i for i in Input if i.name.startswith("TIMER_"))
+# Running timers are kept by name (Input.TIMER_A.name == "TIMER_A"): a dict of strings and floats
+# is one the cyclic garbage collector never tracks, and a transaction keeps one for up to 64*T1.
+_TIMER_BY_NAME = {i.name: i for i in _TIMER_INPUTS}
 _RETRANSMIT_TIMERS = frozenset({Input.TIMER_A, Input.TIMER_E, Input.TIMER_G})
 
 
@@ -535,7 +538,7 @@ class Transaction:
         self.timers = timers
         self.state = self.INITIAL_STATE
         self.key = self._make_key()
-        self._deadlines: dict[Input, float] = {}
+        self._deadlines: dict[str, float] = {}  # timer name -> when it fires
         # Empty containers the collector does not track: most transactions spend their life
         # (up to 64*T1) in a wait state, where these stay empty.
         self._zero_timers: tuple[Input, ...] = ()
@@ -551,7 +554,7 @@ class Transaction:
     @property
     def running_timers(self) -> frozenset[Input]:
         """The timers currently armed (Input.TIMER_A ...)."""
-        return frozenset(self._deadlines)
+        return frozenset(_TIMER_BY_NAME[name] for name in self._deadlines)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
@@ -562,13 +565,13 @@ class Transaction:
         outputs: list[Output] = []
         while not self.terminated:
             due = [
-                (deadline, timer in _RETRANSMIT_TIMERS, timer.name, timer)
-                for timer, deadline in self._deadlines.items()
+                (deadline, _TIMER_BY_NAME[name] in _RETRANSMIT_TIMERS, name)
+                for name, deadline in self._deadlines.items()
                 if deadline <= now
             ]
             if not due:
                 break
-            outputs += self.process_input(min(due)[3], now=now)
+            outputs += self.process_input(_TIMER_BY_NAME[min(due)[2]], now=now)
         return outputs
 
     def transport_error(self, *, now: float) -> list[Output]:
@@ -585,7 +588,7 @@ class Transaction:
         """
         if (event in _MESSAGE_INPUTS) != (message is not None):
             raise LocalSipError(f"{event.value}: message missing or not expected")
-        if event in _TIMER_INPUTS and event not in self._deadlines:
+        if event in _TIMER_INPUTS and event.name not in self._deadlines:
             self._protocol_error(event, now)  # a timer that is not running cannot fire
         outputs: list[Output] = []
         self._step(event, now, message, outputs)
@@ -613,7 +616,7 @@ class Transaction:
         entry = self.TABLE.get((self.state, event))
         if entry is None:
             self._protocol_error(event, now)
-        self._deadlines.pop(event, None)  # a timer input means that timer has fired
+        self._deadlines.pop(event.name, None)  # a timer input means that timer has fired
         next_state, effects = entry
         for effect in effects:
             self._apply(effect, event, message, now, out)
@@ -628,7 +631,9 @@ class Transaction:
     def _enter(self, state: State, now: float, out: list[Output]) -> None:
         self.state = state
         allowed = self.STATE_TIMERS.get(state, frozenset())
-        self._deadlines = {t: d for t, d in self._deadlines.items() if t in allowed}
+        self._deadlines = {
+            name: d for name, d in self._deadlines.items() if _TIMER_BY_NAME[name] in allowed
+        }
         if self._zero_timers:
             self._zero_timers = tuple(t for t in self._zero_timers if t in allowed)
         if self._intervals and not allowed & _RETRANSMIT_TIMERS:
@@ -644,7 +649,7 @@ class Transaction:
         if delay <= 0:
             self._zero_timers += (timer,)
         else:
-            self._deadlines[timer] = now + delay
+            self._deadlines[timer.name] = now + delay
 
     def _wait(self, delay: float) -> float:
         """Timers D, I, J, K: ``delay`` on unreliable transports, zero on reliable ones."""
@@ -667,7 +672,7 @@ class Transaction:
 
     def _back_off(self, timer: Input, interval: float, now: float) -> None:
         self._intervals[timer] = interval
-        self._deadlines[timer] = now + interval
+        self._deadlines[timer.name] = now + interval
 
 
 class ClientTransaction(Transaction):
