@@ -79,12 +79,8 @@ CLIENT_RESPONSE_QUEUE = 32
 class CallLayer(Protocol):
     """The transaction user for calls (the B2BUA): what the endpoint hands it."""
 
-    def invite(
-        self, transaction: ServerTransaction, request: Request, flow: Flow
-    ) -> Response | None:
-        """A new INVITE outside any dialog; the 100 Trying is already sent. Returns the final
-        response to send at once when the INVITE starts no call (a digest challenge, a refusal),
-        else None."""
+    def invite(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
+        """A new INVITE outside any dialog; the 100 Trying is already sent."""
 
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         """A request with a To tag; False when no dialog matches (the endpoint answers 481)."""
@@ -360,9 +356,7 @@ class SipEndpoint:
                 if refusal is not None:
                     await self.respond(txn, refusal)
                 else:
-                    answer = calls.invite(txn, request, flow)
-                    if answer is not None:
-                        await self.respond(txn, answer)
+                    calls.invite(txn, request, flow)
                 return
             if request.method == "CANCEL":
                 target = self.transactions.find_cancel_target(request)

@@ -53,17 +53,21 @@ class CallManager:
 
     # -- CallLayer (called from the endpoint's task) --------------------------------------------
 
-    def invite(
-        self, transaction: ServerTransaction, request: Request, flow: Flow
-    ) -> Response | None:
+    def invite(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
         if len(self.calls) >= self.max_calls:
-            return make_response(request, 503, "Service Unavailable (call limit reached)")
+            self._nursery.start_soon(
+                self.endpoint.respond,
+                transaction,
+                make_response(request, 503, "Service Unavailable (call limit reached)"),
+            )
+            return
         caller = self._identify_caller(request, flow)
         if isinstance(caller, Response):
-            # A digest challenge (or a refusal) is not a call: the endpoint sends it at once,
-            # with no call task. Every account's call starts with one (RFC 3261 §22.3), so at
-            # hundreds of calls per second this is half of all INVITEs.
-            return caller
+            # A digest challenge (or a refusal) is not a call: answered from here, without a
+            # call task. Every account's call starts with one (RFC 3261 §22.3), so at hundreds
+            # of calls per second this is half of all INVITEs.
+            self._nursery.start_soon(self.endpoint.respond, transaction, caller)
+            return
         call = Call(self, transaction, request, flow, caller)
         self.calls.add(call)
         self._by_invite[transaction] = call
@@ -71,7 +75,6 @@ class CallManager:
         self._by_dialog[key] = (call, Side.A)
         self._keys_of[call] = (transaction, [key])
         self._nursery.start_soon(call.run, name=f"call {request.call_id}")
-        return None
 
     @property
     def lookup_entries(self) -> int:
