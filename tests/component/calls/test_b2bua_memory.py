@@ -20,6 +20,8 @@ from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import CallEvent
 from gateway.core.sdp.model import Direction
 from gateway.core.sip.dialog import DialogState
+from gateway.core.sip.message import Response
+from gateway.core.sip.parser import parse_message_untrusted
 from gateway.testing.sip_agent import SDP, AutoAnswer, sdp_connection, sdp_direction
 from tests.component.calls.b2bua_env import (
     ALICE,
@@ -180,6 +182,18 @@ async def test_alice_calls_a_trunk_number_after_a_proxy_challenge(
     assert_media_via_gateway(final.body)
     # The transaction ACKed the 407 (RFC 3261 §17.1.1.3).
     assert sent(env.network.capture, ALICE, GW, b"ACK ")
+    # Each INVITE transaction's responses in order: 100 Trying, then the final one; nothing
+    # provisional after a final response (sipp fails the call on a 100 after the 407).
+    statuses: dict[str | None, list[int]] = {}
+    for datagram in sent(env.network.capture, GW, ALICE, b"SIP/2.0 "):
+        response = parse_message_untrusted(datagram.data)
+        assert isinstance(response, Response)
+        if response.cseq.method == "INVITE":
+            statuses.setdefault(response.top_via.branch, []).append(response.status)
+    assert [s for s in statuses.values() if 407 in s] == [[100, 407]]
+    for sequence in statuses.values():
+        final_at = next(i for i, status in enumerate(sequence) if status >= 200)
+        assert sequence[0] == 100 and min(sequence[final_at:]) >= 200, sequence
     assert (await call.bye()).status == 200
     await env.trunk.next_request("BYE")
     await eventually(lambda: env.calls == 0)

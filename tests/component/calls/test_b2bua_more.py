@@ -477,3 +477,19 @@ async def test_a_trunk_cannot_call_another_trunks_prefix(
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
     assert_no_media_ports_held(env)
+
+
+async def test_an_invite_past_the_call_limit_is_refused_503_and_the_next_call_goes_through(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    manager = env.gateway.calls
+    assert manager is not None
+    manager.max_calls = 0
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    final = await call.final()
+    assert (final.status, final.reason) == (503, "Service Unavailable (call limit reached)")
+    assert env.alice.requests("INVITE") == [] and env.calls == 0
+    manager.max_calls = 1
+    call, _ = await answered_call(env)
+    assert (await call.bye()).status == 200
