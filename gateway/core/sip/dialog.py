@@ -376,7 +376,7 @@ class Dialog:
 
 
 def _without_tag(name_addr: NameAddr) -> NameAddr:
-    return attrs.evolve(name_addr, params=remove_param(name_addr.params, "tag"))
+    return name_addr.with_params(remove_param(name_addr.params, "tag"))
 
 
 def _contact_uri(message: Request | Response) -> Uri | None:

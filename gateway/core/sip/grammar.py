@@ -162,6 +162,12 @@ def _run_of(allowed: frozenset[str]) -> re.Pattern[str]:
     return pattern
 
 
+# 1*DIGIT with the LWS around it (after unfolding); DIGIT is ASCII only, as in RFC 5234.
+_UINT = re.compile("[ \t]*([0-9]+)[ \t]*")
+_WORD = "[" + "".join(re.escape(c) for c in sorted(_WORD_CHARS)) + "]+"
+_CALL_ID = re.compile(f"{_WORD}(?:@{_WORD})?")
+
+
 class _Cursor:
     """A position in a header value, with the small steps the §25 grammar needs."""
 
@@ -286,11 +292,12 @@ class _Cursor:
 # --- hosts -----------------------------------------------------------------------------------
 
 
+_IPV4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
+
+
 def _is_ipv4(text: str) -> bool:
-    parts = text.split(".")
-    return len(parts) == 4 and all(
-        1 <= len(p) <= 3 and all(c in _DIGIT for c in p) and int(p) <= 255 for p in parts
-    )
+    match = _IPV4.fullmatch(text)
+    return match is not None and max(map(int, match.groups())) <= 255
 
 
 def _is_ipv6(text: str) -> bool:
@@ -720,9 +727,10 @@ def parse_uint_untrusted(text: str, name: str, maximum: int) -> int:
     For Max-Forwards (255), Content-Length, Expires (delta-seconds, 2**32-1) and the like.
     ``name`` is the header or parameter name used in the error reason.
     """
-    digits = unfold(text).strip(" \t")
-    if not digits or any(c not in _DIGIT for c in digits):
+    match = _UINT.fullmatch(unfold(text))
+    if match is None:
         raise SipParseError(f"bad {name}: not a decimal number")
+    digits = match[1]
     if len(digits.lstrip("0")) > len(str(maximum)) or int(digits) > maximum:
         raise SipParseError(f"bad {name}: larger than {maximum}")
     return int(digits)
@@ -730,10 +738,7 @@ def parse_uint_untrusted(text: str, name: str, maximum: int) -> int:
 
 def is_call_id(text: str) -> bool:
     """True when ``text`` is ``word ["@" word]`` (RFC 3261 §25.1 callid)."""
-    local, at, host = text.partition("@")
-    if not local or any(c not in _WORD_CHARS for c in local):
-        return False
-    return not at or (bool(host) and all(c in _WORD_CHARS for c in host))
+    return _CALL_ID.fullmatch(text) is not None
 
 
 # --- lists -----------------------------------------------------------------------------------

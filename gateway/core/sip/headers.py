@@ -118,8 +118,12 @@ class Via:
     def sent_by(self) -> str:
         return self.host if self.port is None else f"{self.host}:{self.port}"
 
+    def with_params(self, params: Params) -> Via:
+        # Built directly: attrs.evolve reads every field by name, several times per message.
+        return Via(self.transport, self.host, self.port, params, self.protocol)
+
     def with_param(self, name: str, value: str | None = None) -> Via:
-        return attrs.evolve(self, params=set_param(self.params, name, value))
+        return self.with_params(set_param(self.params, name, value))
 
     def __str__(self) -> str:
         return f"{self.protocol}/{self.transport} {self.sent_by()}{format_params(self.params)}"
@@ -145,8 +149,11 @@ class NameAddr:
     def param(self, name: str) -> str | None:
         return get_param(self.params, name)
 
+    def with_params(self, params: Params) -> NameAddr:
+        return NameAddr(self.uri, self.display_name, params, self.wildcard)
+
     def with_param(self, name: str, value: str | None = None) -> NameAddr:
-        return attrs.evolve(self, params=set_param(self.params, name, value))
+        return self.with_params(set_param(self.params, name, value))
 
     def with_tag(self, tag: str) -> NameAddr:
         return self.with_param("tag", tag)

@@ -237,7 +237,8 @@ class Request(_Common):
         return None if value is None else grammar.parse_uint_untrusted(value, "Max-Forwards", 255)
 
     def with_headers(self, headers: Headers) -> Request:
-        return attrs.evolve(self, headers=headers)
+        # Built directly rather than with attrs.evolve, which reads every field by name.
+        return Request(self.method, self.uri, headers, self.body, self.version)
 
     def with_body(self, body: bytes, content_type: str | None = None) -> Request:
         headers = self.headers
@@ -245,7 +246,7 @@ class Request(_Common):
             headers = headers.set("Content-Type", content_type)
         elif not body:
             headers = headers.remove("Content-Type")
-        return attrs.evolve(self, body=body, headers=headers)
+        return Request(self.method, self.uri, headers, body, self.version)
 
 
 @attrs.frozen
@@ -269,7 +270,7 @@ class Response(_Common):
         return self.status >= 200
 
     def with_headers(self, headers: Headers) -> Response:
-        return attrs.evolve(self, headers=headers)
+        return Response(self.status, self.reason, headers, self.body, self.version)
 
     def with_body(self, body: bytes, content_type: str | None = None) -> Response:
         headers = self.headers
@@ -277,7 +278,7 @@ class Response(_Common):
             headers = headers.set("Content-Type", content_type)
         elif not body:
             headers = headers.remove("Content-Type")
-        return attrs.evolve(self, body=body, headers=headers)
+        return Response(self.status, self.reason, headers, body, self.version)
 
 
 Message = Request | Response

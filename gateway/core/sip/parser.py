@@ -155,16 +155,19 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
     if end < 0:
         raise SipParseError("no empty line after the header fields")
     rest = data[end + 4 :]
-    lines = _decode_lines(data[start:end], max_line)
+    head = data[start:end]
+    lines = _decode_lines(head, max_line)
+    # A line starting with SP or HTAB continues the field before it (RFC 3261 §7.3.1).
+    folded = b"\r\n " in head or b"\r\n\t" in head
     first = lines[0]
     if first[:4].upper() == "SIP/":
         status, reason = parse_status_line_untrusted(first)
-        headers = _headers(lines[1:], max_headers)
+        headers = _headers(lines[1:], max_headers, folded)
         _validate_common(headers)
         body = _body(headers, rest)
         return Response(status=status, reason=reason, headers=headers, body=body)
     method, uri = parse_request_line_untrusted(first)
-    headers = _headers(lines[1:], max_headers)
+    headers = _headers(lines[1:], max_headers, folded)
     _validate_common(headers)
     _validate_request(method, headers)
     body = _body(headers, rest)
@@ -191,10 +194,11 @@ def _decode_lines(head: bytes, max_line: int) -> list[str]:
     return text.split("\r\n")
 
 
-def _headers(lines: list[str], max_headers: int) -> Headers:
-    """Unfold, split into (canonical name, value) entries, split list headers into elements."""
+def _headers(lines: list[str], max_headers: int, folded: bool) -> Headers:
+    """Unfold (when ``folded``), split into (canonical name, value) entries, split list headers
+    into elements."""
     fields: list[tuple[str, str]] = []
-    for line in _unfold_lines(lines, strict=True):
+    for line in _unfold_lines(lines, strict=True) if folded else lines:
         name, colon, value = line.partition(":")
         # HCOLON = *( SP / HTAB ) ":" SWS
         name = name.rstrip(" \t")
@@ -252,6 +256,9 @@ def _unfold_lines(lines: list[str], *, strict: bool) -> list[str]:
     return [" ".join(parts) for parts in fields]
 
 
+_MANDATORY = frozenset(("From", "To", "Call-ID", "CSeq"))
+
+
 def _validate_common(headers: Headers) -> None:
     """Checks shared by requests and responses (RFC 3261 §8.1.1, §20; RFC 4475 §3.1.2, §3.3)."""
     vias = headers.get_all("Via")
@@ -260,10 +267,10 @@ def _validate_common(headers: Headers) -> None:
     for via in vias:
         _check("Via", parse_via_untrusted, via)
     for name in _SINGLE:
-        count = headers.count(name)
-        if count > 1:
+        value = headers.get_all(name)
+        if len(value) > 1:
             raise SipParseError(f"multiple {name} headers")
-        if count == 0 and name in ("From", "To", "Call-ID", "CSeq"):
+        if not value and name in _MANDATORY:
             raise SipParseError(f"missing {name} header")
     for name in ("From", "To"):
         value = headers.get(name)

@@ -51,7 +51,7 @@ import functools
 import heapq
 import itertools
 from collections.abc import Callable, Mapping
-from typing import ClassVar, NoReturn, Self
+from typing import ClassVar, NamedTuple, NoReturn, Self
 
 import attrs
 
@@ -142,6 +142,10 @@ class TransactionLimitReached(RemoteSipError):
 class State(enum.Enum):
     """Transaction states (RFC 3261 §17 figures 5-8; RFC 6026 adds Accepted)."""
 
+    # Members are singletons compared by identity; Enum's own __hash__ is Python code that hashes
+    # the name, and every step hashes a state or input a few times (the table, the timer sets).
+    __hash__ = object.__hash__
+
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
@@ -153,6 +157,10 @@ class State(enum.Enum):
 
 class Input(enum.Enum):
     """What can happen to a transaction."""
+
+    # Members are singletons compared by identity; Enum's own __hash__ is Python code that hashes
+    # the name, and every step hashes a state or input a few times (the table, the timer sets).
+    __hash__ = object.__hash__
 
     # From the transport layer.
     RESPONSE_1XX = "1xx received"
@@ -196,11 +204,16 @@ _TIMER_INPUTS = frozenset(i for i in Input if i.name.startswith("TIMER_"))
 # Running timers are kept by name (Input.TIMER_A.name == "TIMER_A"): a dict of strings and floats
 # is one the cyclic garbage collector never tracks, and a transaction keeps one for up to 64*T1.
 _TIMER_BY_NAME = {i.name: i for i in _TIMER_INPUTS}
+_NAME_OF_TIMER = {i: i.name for i in _TIMER_INPUTS}  # a dict look-up, not Enum's name property
 _RETRANSMIT_TIMERS = frozenset({Input.TIMER_A, Input.TIMER_E, Input.TIMER_G})
 
 
 class Effect(enum.Enum):
     """What a transition does, in the words of the RFC figures."""
+
+    # Members are singletons compared by identity; Enum's own __hash__ is Python code that hashes
+    # the name, and every step hashes a state or input a few times (the table, the timer sets).
+    __hash__ = object.__hash__
 
     RESEND_REQUEST = "request re-sent"
     BACK_OFF_A = "Timer A doubled"  # §17.1.1.2: no cap; Timer B ends it
@@ -422,14 +435,16 @@ Output = (
 # --- transaction keys (RFC 3261 §17.1.3, §17.2.3) ----------------------------------------------
 
 
-@attrs.frozen
-class TransactionKey:
+class TransactionKey(NamedTuple):
     """What identifies a transaction when matching messages to it.
 
     Client side (§17.1.3): the top Via branch and the CSeq method (CANCEL shares the INVITE's
     branch but is its own transaction). Server side (§17.2.3): branch, sent-by and method, with
     ACK counted as INVITE; or, when the branch is not an RFC 3261 one, the RFC 2543 fields in
     ``legacy``. Branches are tokens and compare case-insensitively (§7.3.1).
+
+    A named tuple: every message looks its transaction up by key a few times, and a tuple hashes
+    and compares in C.
     """
 
     method: str
@@ -588,7 +603,7 @@ class Transaction:
         """
         if (event in _MESSAGE_INPUTS) != (message is not None):
             raise LocalSipError(f"{event.value}: message missing or not expected")
-        if event in _TIMER_INPUTS and event.name not in self._deadlines:
+        if event in _TIMER_INPUTS and _NAME_OF_TIMER[event] not in self._deadlines:
             self._protocol_error(event, now)  # a timer that is not running cannot fire
         outputs: list[Output] = []
         self._step(event, now, message, outputs)
@@ -616,7 +631,10 @@ class Transaction:
         entry = self.TABLE.get((self.state, event))
         if entry is None:
             self._protocol_error(event, now)
-        self._deadlines.pop(event.name, None)  # a timer input means that timer has fired
+        # A timer input means that timer has fired.
+        name = _NAME_OF_TIMER.get(event)
+        if name is not None:
+            self._deadlines.pop(name, None)
         next_state, effects = entry
         for effect in effects:
             self._apply(effect, event, message, now, out)
@@ -649,7 +667,7 @@ class Transaction:
         if delay <= 0:
             self._zero_timers += (timer,)
         else:
-            self._deadlines[timer.name] = now + delay
+            self._deadlines[_NAME_OF_TIMER[timer]] = now + delay
 
     def _wait(self, delay: float) -> float:
         """Timers D, I, J, K: ``delay`` on unreliable transports, zero on reliable ones."""
@@ -672,7 +690,7 @@ class Transaction:
 
     def _back_off(self, timer: Input, interval: float, now: float) -> None:
         self._intervals[timer] = interval
-        self._deadlines[timer.name] = now + interval
+        self._deadlines[_NAME_OF_TIMER[timer]] = now + interval
 
 
 class ClientTransaction(Transaction):

@@ -133,7 +133,7 @@ def stamp_received(via: Via, source: Hop) -> Via:
         params = set_param(params, "received", _plain(source.host))
     else:
         params = remove_param(params, "received")
-    return attrs.evolve(via, params=params)
+    return via.with_params(params)
 
 
 def stamp_request(request: Request, source: Hop) -> Request:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 
 import pytest
@@ -388,6 +389,43 @@ def test_hosts() -> None:
         assert is_valid_host(good)
     for bad in ("", "[::1", "::1", "a_b.com", "a.-b.com", "1.2.3.4.5", "example.123"):
         assert not is_valid_host(bad)
+    for bad in ("256.0.0.1", "1.2.3.0256", "1.2.3", "1..2.3", "\u0661.2.3.4"):
+        assert not is_valid_host(bad)
+    assert is_valid_host("255.255.255.255") and is_valid_host("001.02.3.004")
+
+
+# The checks below run as compiled regexes; these are the RFC 3261 §25.1 rules written as sets.
+_WORD_SET = frozenset(string.ascii_letters + string.digits + "-.!%*_+`'~" + '()<>:\\"/[]?{}')
+
+
+def _word(text: str) -> bool:
+    return bool(text) and all(c in _WORD_SET for c in text)
+
+
+@given(st.text(alphabet="a9@-.;: \t\"<>%~`'()[]{}?/\\é\u0661", max_size=16))
+def test_call_id_regex_is_the_word_at_word_rule(text: str) -> None:
+    local, at, host = text.partition("@")
+    assert is_call_id(text) == (_word(local) and (not at or _word(host)))
+
+
+@given(st.text(alphabet="0129 \t\r\n-+.x\u0661", max_size=12))
+def test_uint_regex_is_lws_digits_lws(text: str) -> None:
+    digits = unfold(text).strip(" \t")  # unfolding has its own tests
+    expected = int(digits) if digits and all(c in "0123456789" for c in digits) else None
+    try:
+        got: int | None = parse_uint_untrusted(text, "X", 10**12)
+    except SipParseError:
+        got = None
+    assert got == expected
+
+
+@given(st.lists(st.text(alphabet="0123456789\u0661", max_size=4), min_size=1, max_size=5))
+def test_ipv4_regex_is_four_decimal_octets(parts: list[str]) -> None:
+    text = ".".join(parts)
+    expected = len(parts) == 4 and all(
+        1 <= len(p) <= 3 and all(c in "0123456789" for c in p) and int(p) <= 255 for p in parts
+    )
+    assert is_valid_host(text) == expected
 
 
 def test_split_list_respects_quotes_and_angle_brackets() -> None:
