@@ -226,7 +226,10 @@ class Call:
             log.info("call %s ended: %s", self.id, self.end_reason or "normal clearing")
 
     async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
-        with trio.move_on_at(min(deadline, self._next_retransmission())):
+        wake = min(deadline, self._next_retransmission())
+        if wake == math.inf:
+            return await self._events.receive()  # nothing timed: no cancel scope to set up
+        with trio.move_on_at(wake):
             return await self._events.receive()
         await self._retransmit_2xx()
         return None

@@ -267,10 +267,10 @@ def _validate_common(headers: Headers) -> None:
     for via in vias:
         _check("Via", parse_via_untrusted, via)
     for name in _SINGLE:
-        value = headers.get_all(name)
-        if len(value) > 1:
+        count = headers.count(name)
+        if count > 1:
             raise SipParseError(f"multiple {name} headers")
-        if not value and name in _MANDATORY:
+        if count == 0 and name in _MANDATORY:
             raise SipParseError(f"missing {name} header")
     for name in ("From", "To"):
         value = headers.get(name)

@@ -85,16 +85,22 @@ class UdpTransport:
         self, sock: trio.socket.SocketType, raw: socket.socket, local: Address, host: TransportHost
     ) -> None:
         flows = host.flows
+        clock = trio.lowlevel.current_clock()
         read_this_turn = 0
+        now = clock.current_time()
         while True:
             if read_this_turn >= DATAGRAMS_PER_TURN:
                 read_this_turn = 0
                 await trio.lowlevel.checkpoint()
+                now = clock.current_time()
             try:
                 data, remote = raw.recvfrom(_RECV_SIZE)
             except BlockingIOError:
                 read_this_turn = 0
                 await trio.lowlevel.wait_readable(raw)
+                # One reading of the clock per turn: the datagrams of a turn are read within
+                # microseconds of each other.
+                now = clock.current_time()
                 continue
             except ConnectionResetError:
                 # ICMP port unreachable from an earlier send surfaces here on some systems.
@@ -107,7 +113,7 @@ class UdpTransport:
                 if flow is None:
                     flow = self._make_flow(sock, raw, local, remote)
                     flows.add(flow)
-                flow.last_activity = trio.current_time()
+                flow.last_activity = now
                 host.deliver(data, flow)
 
     def _make_flow(
