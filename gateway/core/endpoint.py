@@ -21,7 +21,7 @@ import trio
 
 from gateway.core.interfaces import OutboundMessage
 from gateway.core.sip import grammar
-from gateway.core.sip.errors import RemoteSipError, SipError
+from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
 from gateway.core.sip.headers import Via
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
@@ -117,7 +117,11 @@ class ClientRequest:
 
     @property
     def request(self) -> Request:
-        return self.transaction.request
+        """The request sent; kept by its transaction until a final response (RFC 3261 §17.1)."""
+        request = self.transaction.request
+        if request is None:
+            raise LocalSipError("the transaction has completed and no longer keeps its request")
+        return request
 
     @property
     def responses(self) -> trio.MemoryReceiveChannel[Response]:
@@ -341,6 +345,11 @@ class SipEndpoint:
     def _fail_client(self, output: TransactionTimeout | TransportFailed) -> None:
         client = self._client_requests.get(output.transaction)
         if client is None:
+            log.info("transaction %s: %s", output.transaction.key, type(output).__name__)
+            return
+        if client.transaction.request is None:
+            # A completed transaction (its ACK could not be re-sent): the TU has its final
+            # response already.
             log.info("transaction %s: %s", output.transaction.key, type(output).__name__)
             return
         # RFC 3261 §8.1.3.1: a timeout is treated as 408, a transport error as 503.

@@ -321,8 +321,7 @@ class Call:
     def answered(self) -> int | None:
         """The final status we sent to the incoming INVITE, or None."""
         txn = self.incoming.transaction if self.incoming is not None else None
-        last = txn.last_response if txn is not None else None
-        return last.status if last is not None and last.is_final else None
+        return txn.final_status if txn is not None else None
 
 
 @attrs.define
@@ -496,7 +495,7 @@ class SipAgent:
         txn, outputs = self.transactions.send_request(
             request, peer=Hop("UDP", *destination), now=trio.current_time()
         )
-        exchange = Exchange(txn.request, destination, call)
+        exchange = Exchange(request, destination, call)
         self._exchanges[txn] = exchange
         await self._act(outputs)
         return exchange

@@ -155,6 +155,14 @@ class State(enum.Enum):
     TERMINATED = "Terminated"
 
 
+# States that only wait for a timer, absorbing or passing up what arrives (a client INVITE's
+# Completed re-sends the ACK it already built): none re-sends the request. (Terminated keeps
+# it: the TU's 408/503 for Timer B/F or a transport error is built from it.)
+_WAIT_STATES = frozenset({State.COMPLETED, State.CONFIRMED, State.ACCEPTED})
+# Server states that re-send nothing: there the last response is let go too.
+_RESPONSE_LET_GO = frozenset({State.CONFIRMED, State.ACCEPTED})
+
+
 class Input(enum.Enum):
     """What can happen to a transaction."""
 
@@ -534,6 +542,7 @@ class Transaction:
         "_intervals",
         "_zero_timers",
         "key",
+        "method",
         "peer",
         "reliable",
         "request",
@@ -547,7 +556,11 @@ class Transaction:
     """Timers allowed to keep running in each state; entering a state cancels all others."""
 
     def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
-        self.request = request
+        # The request, until the transaction reaches a wait state (_WAIT_STATES), where nothing
+        # re-sends it: a transaction outlives its call by up to 64*T1 and need not keep an
+        # INVITE and its SDP alive for that long.
+        self.request: Request | None = request
+        self.method = request.method
         self.peer = peer
         self.reliable = peer.reliable
         self.timers = timers
@@ -560,7 +573,7 @@ class Transaction:
         self._intervals: dict[Input, float] = {}  # retransmission timers' current intervals
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.request.method} {self.state.value}>"
+        return f"<{type(self).__name__} {self.method} {self.state.value}>"
 
     @property
     def terminated(self) -> bool:
@@ -648,6 +661,8 @@ class Transaction:
 
     def _enter(self, state: State, now: float, out: list[Output]) -> None:
         self.state = state
+        if state in _WAIT_STATES:
+            self.request = None
         allowed = self.STATE_TIMERS.get(state, frozenset())
         self._deadlines = {
             name: d for name, d in self._deadlines.items() if _TIMER_BY_NAME[name] in allowed
@@ -722,6 +737,7 @@ class ClientTransaction(Transaction):
         return self.process_input(_received(response.status), now=now, message=response)
 
     def _make_key(self) -> TransactionKey:
+        assert self.request is not None  # made at creation
         key = client_key(self.request)
         if key is None:
             raise LocalSipError("a client transaction needs a Via branch (RFC 3261 §8.1.1.7)")
@@ -737,6 +753,7 @@ class ClientTransaction(Transaction):
     ) -> None:
         t = self.timers
         if effect is Effect.RESEND_REQUEST:
+            assert self.request is not None  # only Calling, Trying and Proceeding re-send it
             out.append(SendRequest(self, self.request, retransmission=True))
         elif effect is Effect.BACK_OFF_A:
             self._back_off(Input.TIMER_A, self._intervals[Input.TIMER_A] * 2, now)
@@ -745,6 +762,7 @@ class ClientTransaction(Transaction):
         elif effect is Effect.E_AT_T2:
             self._back_off(Input.TIMER_E, t.t2, now)
         elif effect is Effect.SEND_ACK:
+            assert self.request is not None  # on the way out of Calling or Proceeding
             self._ack = build_ack(self.request, _response(message))
             out.append(SendRequest(self, self._ack))
         elif effect is Effect.RESEND_ACK:
@@ -807,11 +825,15 @@ class ClientNonInviteTransaction(ClientTransaction):
 class ServerTransaction(Transaction):
     """The server side: passes the request up, sends the TU's responses (RFC 3261 §17.2)."""
 
-    __slots__ = ("_last_response",)
+    __slots__ = ("_final_to_tag", "_last_response", "final_status")
 
     def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
         super().__init__(request, peer=peer, timers=timers)
+        # Kept while a state can re-send it (Proceeding, Completed); Accepted and Confirmed
+        # re-send nothing (the TU re-sends its 2xx), so there it is let go like the request.
         self._last_response: Response | None = None
+        self.final_status: int | None = None  # the status of the final response sent
+        self._final_to_tag: str | None = None  # RFC 2543 ACK matching only (_ack_matches)
 
     @classmethod
     def start(
@@ -824,8 +846,14 @@ class ServerTransaction(Transaction):
 
     @property
     def last_response(self) -> Response | None:
-        """The last response sent; request retransmissions are answered with it."""
+        """The last response sent, while request retransmissions are answered with it (None in
+        Accepted and Confirmed)."""
         return self._last_response
+
+    @property
+    def final_to_tag(self) -> str | None:
+        """The To tag of the final response sent, kept for RFC 2543 ACK matching (§17.2.3)."""
+        return self._final_to_tag
 
     def receive_request(self, request: Request, *, now: float) -> list[Output]:
         """A retransmission of the request, or (INVITE) its ACK, matched by :func:`server_key`."""
@@ -835,12 +863,18 @@ class ServerTransaction(Transaction):
 
     def send_response(self, response: Response, *, now: float) -> list[Output]:
         """The TU's response to the request (built with ``message.make_response``)."""
-        if response.cseq.method != self.request.method:
+        if response.cseq.method != self.method:
             raise LocalSipError("response CSeq method differs from the transaction's request")
         return self.process_input(_sent(response.status), now=now, message=response)
 
     def _make_key(self) -> TransactionKey:
+        assert self.request is not None  # made at creation
         return server_key(self.request)
+
+    def _enter(self, state: State, now: float, out: list[Output]) -> None:
+        super()._enter(state, now, out)
+        if state in _RESPONSE_LET_GO:
+            self._last_response = None
 
     def _apply(
         self,
@@ -851,8 +885,14 @@ class ServerTransaction(Transaction):
         out: list[Output],
     ) -> None:
         if effect is Effect.SEND_RESPONSE:
-            self._last_response = _response(message)
-            out.append(SendResponse(self, self._last_response))
+            response = _response(message)
+            if response.status >= 200 and self.final_status is None:
+                self.final_status = response.status
+                if self.key.legacy is not None:
+                    self._final_to_tag = response.to.tag
+            if self.state is not State.ACCEPTED:
+                self._last_response = response
+            out.append(SendResponse(self, response))
         elif effect is Effect.RESEND_RESPONSE:
             if self._last_response is not None:
                 out.append(SendResponse(self, self._last_response, retransmission=True))
@@ -1135,10 +1175,9 @@ def _ack_matches(txn: ServerTransaction, ack: Request) -> bool:
     (§17.2.3); an RFC 3261 branch is enough on its own."""
     if txn.key.legacy is None:
         return True
-    response = txn.last_response
-    if response is None or not response.is_final:
+    if txn.final_status is None:
         return False
     try:
-        return response.to.tag == ack.to.tag
+        return txn.final_to_tag == ack.to.tag
     except SipParseError:
         return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 from gateway.core.sip.errors import LocalSipError
@@ -433,3 +435,71 @@ def test_message_inputs_need_their_message() -> None:
 def test_timers_must_be_positive() -> None:
     with pytest.raises(ValueError):
         TransactionTimers(t1=0)
+
+
+# -- what a transaction keeps in its wait states ------------------------------------------------
+# A transaction outlives its call by up to 64*T1; in the wait states nothing re-sends the request
+# (or, in Accepted and Confirmed, the last response), so it lets them go. weakref proves the
+# objects are freed by reference counting, not merely unreachable from the transaction.
+
+
+def test_accepted_server_invite_lets_go_of_the_request_and_its_2xx() -> None:
+    invite = request()
+    txn, started = ServerInviteTransaction.start(invite, peer=UDP_PEER, now=0.0)
+    del started  # RequestReceived(txn, invite): the TU's, not the transaction's
+    ok = response(invite, 200, to_tag="ours")
+    assert txn.request is invite
+    txn.send_response(ok, now=1.0)
+    assert txn.state is State.ACCEPTED
+    assert (txn.request, txn.last_response, txn.final_status) == (None, None, 200)
+    # The TU's 2xx retransmissions still go out, and are not kept either.
+    assert txn.send_response(ok, now=1.5) == [SendResponse(txn, ok)]
+    assert txn.last_response is None
+    assert txn.receive_request(invite, now=2.0) == []  # still absorbed (RFC 6026)
+    assert repr(txn) == "<ServerInviteTransaction INVITE Accepted>"
+    invite_ref, ok_ref = weakref.ref(invite), weakref.ref(ok)
+    del invite, ok
+    assert invite_ref() is None and ok_ref() is None
+
+
+def test_completed_server_keeps_the_final_response_it_re_sends_but_not_the_request() -> None:
+    options = request("OPTIONS")
+    txn, _ = ServerNonInviteTransaction.start(options, peer=UDP_PEER, now=0.0)
+    ok = response(options, 200)
+    txn.send_response(ok, now=1.0)
+    assert txn.state is State.COMPLETED
+    assert (txn.request, txn.last_response) == (None, ok)
+    assert txn.receive_request(options, now=2.0) == [SendResponse(txn, ok, True)]
+
+
+def test_confirmed_server_invite_lets_go_of_its_non_2xx() -> None:
+    invite = request()
+    txn, _ = ServerInviteTransaction.start(invite, peer=UDP_PEER, now=0.0)
+    busy = response(invite, 486, to_tag="ours")
+    txn.send_response(busy, now=1.0)
+    assert (txn.state, txn.last_response) == (State.COMPLETED, busy)  # Timer G re-sends it
+    txn.receive_request(ack_for(invite, busy), now=1.2)
+    assert txn.state is State.CONFIRMED
+    assert (txn.request, txn.last_response, txn.final_status) == (None, None, 486)
+
+
+def test_client_invite_lets_go_of_the_request_once_final() -> None:
+    invite = request()
+    txn, _ = ClientInviteTransaction.start(invite, peer=UDP_PEER, now=0.0)
+    busy = response(invite, 486)
+    txn.receive_response(busy, now=1.0)
+    assert (txn.state, txn.request) == (State.COMPLETED, None)
+    ack = txn.ack
+    assert ack is not None  # built on the way into Completed, and re-sent from there
+    assert txn.receive_response(busy, now=2.0) == [SendRequest(txn, ack, retransmission=True)]
+    accepted, _ = ClientInviteTransaction.start(request(), peer=UDP_PEER, now=0.0)
+    accepted.receive_response(response(invite, 200), now=1.0)
+    assert (accepted.state, accepted.request) == (State.ACCEPTED, None)
+
+
+def test_client_transaction_keeps_the_request_for_timer_b_and_f() -> None:
+    # The TU's 408 is built from the request (RFC 3261 §8.1.3.1), after the machine ends.
+    invite = request()
+    txn, _ = ClientInviteTransaction.start(invite, peer=UDP_PEER, now=0.0)
+    run_timers(txn, until=40.0)
+    assert (txn.state, txn.request) == (State.TERMINATED, invite)

@@ -45,19 +45,27 @@ def first_request(machine: type[Transaction], peer: Hop) -> Request:
     return request("INVITE" if invite else "OPTIONS", transport=peer.transport)
 
 
+# Each transaction's request: a transaction lets its own go in the wait states.
+REQUESTS: dict[Transaction, Request] = {}
+
+
 def start(machine: type[Transaction], peer: Hop) -> tuple[Transaction, list[Output]]:
     req = first_request(machine, peer)
+    started: tuple[Transaction, list[Output]]
     if machine is ClientInviteTransaction:
-        return ClientInviteTransaction.start(req, peer=peer, now=0.0)
-    if machine is ClientNonInviteTransaction:
-        return ClientNonInviteTransaction.start(req, peer=peer, now=0.0)
-    if machine is ServerInviteTransaction:
-        return ServerInviteTransaction.start(req, peer=peer, now=0.0)
-    return ServerNonInviteTransaction.start(req, peer=peer, now=0.0)
+        started = ClientInviteTransaction.start(req, peer=peer, now=0.0)
+    elif machine is ClientNonInviteTransaction:
+        started = ClientNonInviteTransaction.start(req, peer=peer, now=0.0)
+    elif machine is ServerInviteTransaction:
+        started = ServerInviteTransaction.start(req, peer=peer, now=0.0)
+    else:
+        started = ServerNonInviteTransaction.start(req, peer=peer, now=0.0)
+    REQUESTS[started[0]] = req
+    return started
 
 
 def message_for(txn: Transaction, event: Input) -> Request | Response | None:
-    req = txn.request
+    req = REQUESTS[txn]
     status = {
         Input.RESPONSE_1XX: 180,
         Input.RESPONSE_2XX: 200,
