@@ -358,6 +358,9 @@ def _port(cur: _Cursor) -> int:
 # --- URIs ------------------------------------------------------------------------------------
 
 
+_URI_SPACE = re.compile("[ \t\r\n]")
+
+
 @_memoized
 def parse_uri_untrusted(text: str) -> Uri:
     """Parse a SIP/SIPS (RFC 3261 §19.1), TEL (RFC 3966) or other absolute URI.
@@ -366,7 +369,7 @@ def parse_uri_untrusted(text: str) -> Uri:
     Any scheme other than sip, sips and tel gives an :class:`AbsoluteUri`.
     """
     cur = _Cursor(text, "URI")
-    if any(c in _WSP or c in "\r\n" for c in text):
+    if _URI_SPACE.search(text) is not None:
         cur.fail("whitespace inside a URI")
     colon = text.find(":")
     scheme = text[:colon] if colon > 0 else ""

@@ -12,7 +12,7 @@ Build edits with the ``with_*`` methods (they return new values); parse network 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -86,6 +86,11 @@ class Headers:
                     index[key] = (*seen, value)  # bounded by the parser's max_headers
             object.__setattr__(self, "_index", index)
         return index
+
+    def by_name(self) -> Mapping[str, str | tuple[str, ...]]:
+        """Every field by lower-case canonical name: the value, or the values in order when
+        there are several (for checks that read many names at once)."""
+        return self._index or self._values()
 
     def get(self, name: str) -> str | None:
         """First value of ``name``, or None."""

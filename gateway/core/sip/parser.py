@@ -206,7 +206,7 @@ def _headers(lines: list[str], max_headers: int, folded: bool) -> Headers:
             raise SipParseError("header line without ':'")
         cname = _header_name(name)
         value = value.strip(" \t")
-        if cname in LIST_HEADERS and value:
+        if cname in LIST_HEADERS and "," in value:
             try:
                 elements = split_list_untrusted(value)
             except SipParseError as err:
@@ -257,6 +257,7 @@ def _unfold_lines(lines: list[str], *, strict: bool) -> list[str]:
 
 
 _MANDATORY = frozenset(("From", "To", "Call-ID", "CSeq"))
+_SINGLE_KEYS = tuple((name, name.lower()) for name in _SINGLE)  # Headers.by_name() keys
 
 
 def _validate_common(headers: Headers) -> None:
@@ -266,12 +267,14 @@ def _validate_common(headers: Headers) -> None:
         raise SipParseError("missing Via header")
     for via in vias:
         _check("Via", parse_via_untrusted, via)
-    for name in _SINGLE:
-        count = headers.count(name)
-        if count > 1:
+    by_name = headers.by_name()
+    for name, key in _SINGLE_KEYS:
+        value = by_name.get(key)
+        if value is None:
+            if name in _MANDATORY:
+                raise SipParseError(f"missing {name} header")
+        elif not isinstance(value, str):  # several values
             raise SipParseError(f"multiple {name} headers")
-        if count == 0 and name in _MANDATORY:
-            raise SipParseError(f"missing {name} header")
     for name in ("From", "To"):
         value = headers.get(name)
         assert value is not None
