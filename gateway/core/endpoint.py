@@ -468,9 +468,12 @@ class SipEndpoint:
     async def _send_on(
         self, message: Request, flow: Flow, transaction: ClientTransaction | None
     ) -> None:
-        outbound = OutboundMessage(message=message, flow=flow)
-        self.gateway.plugins.hook.gateway_outbound_message(outbound=outbound)
-        final = outbound.message
+        final: object = message
+        hook = self.gateway.plugins.implemented("gateway_outbound_message")
+        if hook is not None:
+            outbound = OutboundMessage(message=message, flow=flow)
+            hook(outbound=outbound)
+            final = outbound.message
         if not isinstance(final, Request):
             raise SipError("a gateway_outbound_message hook replaced a request with a non-request")
         try:
@@ -560,9 +563,12 @@ class SipEndpoint:
             self.statistics.send_errors += 1
             log.info("cannot route %d for %s: %s", response.status, flow.key, exc)
             return
-        outbound = OutboundMessage(message=response, flow=flow)
-        self.gateway.plugins.hook.gateway_outbound_message(outbound=outbound)
-        message = outbound.message
+        message: object = response
+        hook = self.gateway.plugins.implemented("gateway_outbound_message")
+        if hook is not None:
+            outbound = OutboundMessage(message=response, flow=flow)
+            hook(outbound=outbound)
+            message = outbound.message
         if not isinstance(message, Request | Response):
             raise SipError(
                 "a gateway_outbound_message hook replaced the message with a non-message"

@@ -128,6 +128,15 @@ class Plugins:
     def hook(self) -> Any:
         return self.pm.hook
 
+    def implemented(self, hook_name: str) -> Any | None:
+        """The hook caller of ``hook_name`` when some plugin implements it, else None.
+
+        For hooks the core calls on every message or call event: a pluggy call costs several
+        Python calls even with no implementation, and most gateways implement none of these.
+        """
+        caller = getattr(self.pm.hook, hook_name)
+        return caller if caller.get_hookimpls() else None
+
     @property
     def names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin() if name is not None]

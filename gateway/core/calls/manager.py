@@ -183,7 +183,8 @@ class CallManager:
             secure_signalling=secure,
             configured_policy=configured,
         )
-        answer = gateway.plugins.hook.gateway_media_security_policy(leg=leg)
+        hook = gateway.plugins.implemented("gateway_media_security_policy")
+        answer = hook(leg=leg) if hook is not None else None
         try:
             policy = resolve(configured, gateway.media_policies, hook_answer=answer)
         except UnknownPolicy as exc:
@@ -205,9 +206,12 @@ class CallManager:
 
     def event(self, call: Call, kind: str, reason: str | None) -> None:
         self._record(call, kind, reason)
+        hook = self.gateway.plugins.implemented("gateway_call_event")
+        if hook is None:
+            return
         event = CallEvent(kind=kind, call_id=call.id, at=trio.current_time(), reason=reason)
         try:
-            self.gateway.plugins.hook.gateway_call_event(event=event)
+            hook(event=event)
         except Exception:
             log.exception("a gateway_call_event observer failed (call %s)", call.id)
 

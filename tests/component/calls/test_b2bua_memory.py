@@ -17,10 +17,10 @@ import pytest
 import trio
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.interfaces import CallEvent
+from gateway.core.interfaces import CallEvent, LegInfo, OutboundMessage
 from gateway.core.sdp.model import Direction
 from gateway.core.sip.dialog import DialogState
-from gateway.core.sip.message import Response
+from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.testing.sip_agent import SDP, AutoAnswer, sdp_connection, sdp_direction
 from tests.component.calls.b2bua_env import (
@@ -461,3 +461,36 @@ async def test_a_failing_call_event_observer_does_not_break_the_call(
     assert observer.kinds == ["started", "ringing", "answered", "ended"]
     failures = [r for r in caplog.records if "gateway_call_event observer failed" in r.message]
     assert len(failures) == 4
+
+
+class OutboundStamp:
+    """A plugin that marks every message the gateway sends and notes each leg it is asked about.
+
+    The core skips these hooks when no plugin implements them (Plugins.implemented); this is the
+    path where one does."""
+
+    def __init__(self) -> None:
+        self.legs: list[tuple[str, str]] = []
+
+    @hookimpl
+    def gateway_outbound_message(self, outbound: OutboundMessage) -> None:
+        message = outbound.message
+        assert isinstance(message, Request | Response)
+        outbound.message = message.with_headers(message.headers.add("X-Stamped", "yes"))
+
+    @hookimpl
+    def gateway_media_security_policy(self, leg: LegInfo) -> None:
+        self.legs.append((leg.side, leg.kind))
+
+
+async def test_outbound_message_and_policy_hooks_run_when_a_plugin_implements_them(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    stamp = OutboundStamp()
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("stamp", stamp)])
+    call, leg_b = await answered_call(env)
+    assert leg_b.invite.headers.get("X-Stamped") == "yes"  # a request the gateway sent
+    assert (await call.final()).headers.get("X-Stamped") == "yes"  # and a response
+    assert sorted(stamp.legs) == [("a", "trunk"), ("b", "account")]
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
