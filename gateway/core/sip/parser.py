@@ -258,6 +258,12 @@ def _unfold_lines(lines: list[str], *, strict: bool) -> list[str]:
 
 _MANDATORY = frozenset(("From", "To", "Call-ID", "CSeq"))
 _SINGLE_KEYS = tuple((name, name.lower()) for name in _SINGLE)  # Headers.by_name() keys
+_UINTS = (
+    ("Max-Forwards", "max-forwards", 255),
+    ("Content-Length", "content-length", _MAX_CONTENT_LENGTH),
+    ("Expires", "expires", _MAX_DELTA_SECONDS),
+    ("Min-Expires", "min-expires", _MAX_DELTA_SECONDS),
+)
 
 
 def _validate_common(headers: Headers) -> None:
@@ -286,10 +292,10 @@ def _validate_common(headers: Headers) -> None:
     cseq = headers.get("CSeq")
     assert cseq is not None
     _check("CSeq", parse_cseq_untrusted, cseq)
-    _uint(headers, "Max-Forwards", 255)
-    _uint(headers, "Content-Length", _MAX_CONTENT_LENGTH)
-    _uint(headers, "Expires", _MAX_DELTA_SECONDS)
-    _uint(headers, "Min-Expires", _MAX_DELTA_SECONDS)
+    for name, key, maximum in _UINTS:
+        value = by_name.get(key)
+        if isinstance(value, str):  # absent is fine; several were refused above
+            parse_uint_untrusted(value, name, maximum)
     contacts = [_check("Contact", parse_name_addr_untrusted, v) for v in headers.get_all("Contact")]
     if len(contacts) > 1 and any(c.wildcard for c in contacts):
         # RFC 3261 §10.2.2: "*" stands alone.
@@ -319,12 +325,6 @@ def _validate_request(method: str, headers: Headers) -> None:
     if parse_cseq_untrusted(cseq_value).method != method:
         # RFC 3261 §8.1.1.5 (RFC 4475 §3.1.2.17, §3.1.2.18): method names are case-sensitive.
         raise SipParseError("CSeq method does not match the Request-Line")
-
-
-def _uint(headers: Headers, name: str, maximum: int) -> None:
-    value = headers.get(name)
-    if value is not None:
-        parse_uint_untrusted(value, name, maximum)
 
 
 def _body(headers: Headers, rest: bytes) -> bytes:
