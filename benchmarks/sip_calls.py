@@ -832,9 +832,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--media-ports",
-        default="61000-64999",
+        default="14000-17999",
         help="voipgw's [media] ports: 2000 RTP/RTCP pairs, two per call, 1000 calls at once "
-        "(above Linux's ephemeral range, which ends at 60999)",
+        "(below Linux's ephemeral range and clear of the sipp ports, 62060-62159)",
     )
     parser.add_argument(
         "--clean", action="store_true", help="remove the work directory (logs, traces) at the end"
