@@ -76,6 +76,7 @@ import glob
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -330,7 +331,8 @@ class System:
             capture_output=True,
             timeout=60,
         )
-        run = [*command, "run", "--config", str(config)]
+        prefix = shlex.split(args.gateway_prefix) if args.gateway_prefix else []
+        run = [*prefix, *command, "run", "--config", str(config)]
         env = dict(os.environ)
         if args.gc_stats:
             self.gc_stats = self.workdir / "gc-stats.json"
@@ -849,6 +851,13 @@ def main() -> None:
         "--gc-stats",
         action="store_true",
         help="time voipgw's garbage collections and print their share and longest pause per step",
+    )
+    parser.add_argument(
+        "--gateway-prefix",
+        metavar="COMMAND",
+        help="run voipgw's `python -m gateway run` under COMMAND (split like a shell would), "
+        "e.g. 'valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%%p' for instructions "
+        "per call (docs/benchmarks.md, the fourth SIP pass)",
     )
     args = parser.parse_args()
     args.rates = sorted(args.rates)
