@@ -468,12 +468,7 @@ class SipEndpoint:
     async def _send_on(
         self, message: Request, flow: Flow, transaction: ClientTransaction | None
     ) -> None:
-        final: object = message
-        hook = self.gateway.plugins.implemented("gateway_outbound_message")
-        if hook is not None:
-            outbound = OutboundMessage(message=message, flow=flow)
-            hook(outbound=outbound)
-            final = outbound.message
+        final = self._outbound(message, flow)
         if not isinstance(final, Request):
             raise SipError("a gateway_outbound_message hook replaced a request with a non-request")
         try:
@@ -563,12 +558,7 @@ class SipEndpoint:
             self.statistics.send_errors += 1
             log.info("cannot route %d for %s: %s", response.status, flow.key, exc)
             return
-        message: object = response
-        hook = self.gateway.plugins.implemented("gateway_outbound_message")
-        if hook is not None:
-            outbound = OutboundMessage(message=response, flow=flow)
-            hook(outbound=outbound)
-            message = outbound.message
+        message = self._outbound(response, flow)
         if not isinstance(message, Request | Response):
             raise SipError(
                 "a gateway_outbound_message hook replaced the message with a non-message"
@@ -579,6 +569,16 @@ class SipEndpoint:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.statistics.send_errors += 1
             log.info("cannot send %d to %s: %s", response.status, flow.key, exc)
+
+    def _outbound(self, message: Request | Response, flow: Flow) -> object:
+        """``message`` as the ``gateway_outbound_message`` hooks leave it (they may replace it);
+        the hook is not called at all when no plugin implements it."""
+        hook = self.gateway.plugins.implemented("gateway_outbound_message")
+        if hook is None:
+            return message
+        outbound = OutboundMessage(message=message, flow=flow)
+        hook(outbound=outbound)
+        return outbound.message
 
     async def _response_flow(self, response: Response, arrival: Flow) -> Flow:
         target = response_target(response.top_via)
