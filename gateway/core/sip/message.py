@@ -114,11 +114,7 @@ class Headers:
         return isinstance(name, str) and self.get(name) is not None
 
     def count(self, name: str) -> int:
-        index = self._index or self._values()
-        values = index.get(_LOOKUP_KEYS.get(name) or _lookup_key(name))
-        if values is None:
-            return 0
-        return 1 if isinstance(values, str) else len(values)
+        return len(self.get_all(name))
 
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.fields)

@@ -166,9 +166,7 @@ _RESPONSE_LET_GO = frozenset({State.CONFIRMED, State.ACCEPTED})
 class Input(enum.Enum):
     """What can happen to a transaction."""
 
-    # Members are singletons compared by identity; Enum's own __hash__ is Python code that hashes
-    # the name, and every step hashes a state or input a few times (the table, the timer sets).
-    __hash__ = object.__hash__
+    __hash__ = object.__hash__  # identity, as State
 
     # From the transport layer.
     RESPONSE_1XX = "1xx received"
@@ -219,9 +217,7 @@ _RETRANSMIT_TIMERS = frozenset({Input.TIMER_A, Input.TIMER_E, Input.TIMER_G})
 class Effect(enum.Enum):
     """What a transition does, in the words of the RFC figures."""
 
-    # Members are singletons compared by identity; Enum's own __hash__ is Python code that hashes
-    # the name, and every step hashes a state or input a few times (the table, the timer sets).
-    __hash__ = object.__hash__
+    __hash__ = object.__hash__  # identity, as State
 
     RESEND_REQUEST = "request re-sent"
     BACK_OFF_A = "Timer A doubled"  # §17.1.1.2: no cap; Timer B ends it
