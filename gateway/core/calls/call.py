@@ -372,7 +372,11 @@ class Call:
         ends (straight from the endpoint's task: no channel and task per request)."""
 
         def forward(response: Response) -> None:
-            self.post(ResponseEvent(tag, response))
+            # A 100 only stops the request's retransmissions (RFC 3261 §17.1.1.2, §17.1.2.2),
+            # which the transaction has done; no state of the call waits for one, so the call
+            # task is not woken for it.
+            if response.status != 100:
+                self.post(ResponseEvent(tag, response))
 
         client.forward_to(forward)
         self._forwarded.append(client)
