@@ -258,11 +258,14 @@ def _unfold_lines(lines: list[str], *, strict: bool) -> list[str]:
 
 _MANDATORY = frozenset(("From", "To", "Call-ID", "CSeq"))
 _SINGLE_KEYS = tuple((name, name.lower()) for name in _SINGLE)  # Headers.by_name() keys
-_UINTS = (
-    ("Max-Forwards", "max-forwards", 255),
-    ("Content-Length", "content-length", _MAX_CONTENT_LENGTH),
-    ("Expires", "expires", _MAX_DELTA_SECONDS),
-    ("Min-Expires", "min-expires", _MAX_DELTA_SECONDS),
+_UINTS = tuple(
+    (name, name.lower(), maximum)  # Headers.by_name() keys, like _SINGLE_KEYS
+    for name, maximum in (
+        ("Max-Forwards", 255),
+        ("Content-Length", _MAX_CONTENT_LENGTH),
+        ("Expires", _MAX_DELTA_SECONDS),
+        ("Min-Expires", _MAX_DELTA_SECONDS),
+    )
 )
 
 
