@@ -166,9 +166,20 @@ class Headers:
 
 
 class _Common:
-    """Accessors shared by requests and responses (they read ``self.headers``)."""
+    """Accessors shared by requests and responses (they read ``self.headers``).
+
+    The top Via, CSeq, From and To are parsed once per message and kept in the message
+    (below): a transaction, a dialog and the B2BUA read each of them about
+    five times per message. The parser fills them in from its own checks.
+    """
 
     headers: Headers
+    # Not attrs fields (not compared, not shown, not constructor arguments): class defaults
+    # until a value is kept in the instance's own dictionary (this base has no __slots__).
+    _top_via: Via | None = None
+    _cseq: CSeq | None = None
+    _from: NameAddr | None = None
+    _to: NameAddr | None = None
 
     @property
     def call_id(self) -> str:
@@ -179,10 +190,14 @@ class _Common:
 
     @property
     def cseq(self) -> CSeq:
-        value = self.headers.get("CSeq")
-        if value is None:
-            raise grammar.SipParseError("missing CSeq header")
-        return grammar.parse_cseq_untrusted(value)
+        cseq = self._cseq
+        if cseq is None:
+            value = self.headers.get("CSeq")
+            if value is None:
+                raise grammar.SipParseError("missing CSeq header")
+            cseq = grammar.parse_cseq_untrusted(value)
+            object.__setattr__(self, "_cseq", cseq)
+        return cseq
 
     @property
     def vias(self) -> tuple[Via, ...]:
@@ -190,18 +205,30 @@ class _Common:
 
     @property
     def top_via(self) -> Via:
-        value = self.headers.get("Via")
-        if value is None:
-            raise grammar.SipParseError("missing Via header")
-        return grammar.parse_via_untrusted(value)
+        via = self._top_via
+        if via is None:
+            value = self.headers.get("Via")
+            if value is None:
+                raise grammar.SipParseError("missing Via header")
+            via = grammar.parse_via_untrusted(value)
+            object.__setattr__(self, "_top_via", via)
+        return via
 
     @property
     def from_(self) -> NameAddr:
-        return self._name_addr("From")
+        value = self._from
+        if value is None:
+            value = self._name_addr("From")
+            object.__setattr__(self, "_from", value)
+        return value
 
     @property
     def to(self) -> NameAddr:
-        return self._name_addr("To")
+        value = self._to
+        if value is None:
+            value = self._name_addr("To")
+            object.__setattr__(self, "_to", value)
+        return value
 
     @property
     def contacts(self) -> tuple[NameAddr, ...]:
@@ -226,6 +253,13 @@ class _Common:
         if value is None:
             raise grammar.SipParseError(f"missing {name} header")
         return grammar.parse_name_addr_untrusted(value)
+
+    def _remember(self, top_via: Via, from_: NameAddr, to: NameAddr, cseq: CSeq) -> None:
+        """Keep values the parser has parsed already (they are the headers' own)."""
+        object.__setattr__(self, "_top_via", top_via)
+        object.__setattr__(self, "_from", from_)
+        object.__setattr__(self, "_to", to)
+        object.__setattr__(self, "_cseq", cseq)
 
 
 @attrs.frozen

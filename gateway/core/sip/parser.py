@@ -32,7 +32,7 @@ from gateway.core.sip.grammar import (
     parse_via_untrusted,
     split_list_untrusted,
 )
-from gateway.core.sip.headers import LIST_HEADERS, canonical_name
+from gateway.core.sip.headers import LIST_HEADERS, CSeq, NameAddr, Via, canonical_name
 from gateway.core.sip.message import SIP_VERSION, Headers, Request, Response
 from gateway.core.sip.uri import SipUri, TelUri, Uri
 
@@ -163,20 +163,26 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
     if first[:4].upper() == "SIP/":
         status, reason = parse_status_line_untrusted(first)
         headers = _headers(lines[1:], max_headers, folded)
-        _validate_common(headers)
+        parsed = _validate_common(headers)
         body = _body(headers, rest)
-        return Response(status=status, reason=reason, headers=headers, body=body)
+        response = Response(status=status, reason=reason, headers=headers, body=body)
+        response._remember(*parsed)
+        return response
     method, uri = parse_request_line_untrusted(first)
     headers = _headers(lines[1:], max_headers, folded)
-    _validate_common(headers)
-    _validate_request(method, headers)
+    parsed = _validate_common(headers)
+    if parsed[3].method != method:
+        # RFC 3261 §8.1.1.5 (RFC 4475 §3.1.2.17, §3.1.2.18): method names are case-sensitive.
+        raise SipParseError("CSeq method does not match the Request-Line")
     body = _body(headers, rest)
     scheme = "tel" if isinstance(uri, TelUri) else uri.scheme
     if scheme.lower() not in SUPPORTED_URI_SCHEMES:
         # RFC 3261 §8.2.2.1: 416 Unsupported URI Scheme (RFC 4475 §3.3.2). Checked last so that a
         # request that is also malformed gets its 400 first.
         raise SipParseError("Unsupported URI Scheme", status=416)
-    return Request(method=method, uri=uri, headers=headers, body=body, version=SIP_VERSION)
+    request = Request(method=method, uri=uri, headers=headers, body=body, version=SIP_VERSION)
+    request._remember(*parsed)
+    return request
 
 
 def _decode_lines(head: bytes, max_line: int) -> list[str]:
@@ -269,12 +275,14 @@ _UINTS = tuple(
 )
 
 
-def _validate_common(headers: Headers) -> None:
-    """Checks shared by requests and responses (RFC 3261 §8.1.1, §20; RFC 4475 §3.1.2, §3.3)."""
+def _validate_common(headers: Headers) -> tuple[Via, NameAddr, NameAddr, CSeq]:
+    """Checks shared by requests and responses (RFC 3261 §8.1.1, §20; RFC 4475 §3.1.2, §3.3).
+    Returns what it parsed that every reader of a message needs: top Via, From, To, CSeq."""
     vias = headers.get_all("Via")
     if not vias:
         raise SipParseError("missing Via header")
-    for via in vias:
+    top_via = _check("Via", parse_via_untrusted, vias[0])
+    for via in vias[1:]:
         _check("Via", parse_via_untrusted, via)
     by_name = headers.by_name()
     for name, key in _SINGLE_KEYS:
@@ -284,17 +292,14 @@ def _validate_common(headers: Headers) -> None:
                 raise SipParseError(f"missing {name} header")
         elif not isinstance(value, str):  # several values
             raise SipParseError(f"multiple {name} headers")
-    for name in ("From", "To"):
-        value = headers.get(name)
-        assert value is not None
-        if _check(name, parse_name_addr_untrusted, value).wildcard:
-            raise SipParseError(f"bad {name}: '*' is only allowed in Contact")
+    from_ = _name_addr_field(headers, "From")
+    to = _name_addr_field(headers, "To")
     call_id = headers.get("Call-ID")
     if call_id is None or not is_call_id(call_id):
         raise SipParseError("bad Call-ID")
-    cseq = headers.get("CSeq")
-    assert cseq is not None
-    _check("CSeq", parse_cseq_untrusted, cseq)
+    cseq_value = headers.get("CSeq")
+    assert cseq_value is not None
+    cseq = _check("CSeq", parse_cseq_untrusted, cseq_value)
     for name, key, maximum in _UINTS:
         value = by_name.get(key)
         if isinstance(value, str):  # absent is fine; several were refused above
@@ -307,6 +312,16 @@ def _validate_common(headers: Headers) -> None:
         for value in headers.get_all(name):
             if _check(name, parse_name_addr_untrusted, value).wildcard:
                 raise SipParseError(f"bad {name}: '*' is not a route")
+    return top_via, from_, to, cseq
+
+
+def _name_addr_field(headers: Headers, name: str) -> NameAddr:
+    value = headers.get(name)
+    assert value is not None  # mandatory: checked before
+    name_addr = _check(name, parse_name_addr_untrusted, value)
+    if name_addr.wildcard:
+        raise SipParseError(f"bad {name}: '*' is only allowed in Contact")
+    return name_addr
 
 
 _T = TypeVar("_T")
@@ -320,14 +335,6 @@ def _check(name: str, parse: Callable[[str], _T], value: str) -> _T:
     except SipParseError as err:
         detail = _BAD_PREFIX.sub("", err.reason)
         raise SipParseError(f"bad {name}: {detail}") from err
-
-
-def _validate_request(method: str, headers: Headers) -> None:
-    cseq_value = headers.get("CSeq")
-    assert cseq_value is not None
-    if parse_cseq_untrusted(cseq_value).method != method:
-        # RFC 3261 §8.1.1.5 (RFC 4475 §3.1.2.17, §3.1.2.18): method names are case-sensitive.
-        raise SipParseError("CSeq method does not match the Request-Line")
 
 
 def _body(headers: Headers, rest: bytes) -> bytes:
