@@ -27,7 +27,7 @@ from gateway.core.store.interface import (
     CertificateMatch,
     Store,
 )
-from gateway.core.store.sqlite import DB_FILENAME, SqliteStore
+from gateway.core.store.sqlite import CACHE_RECHECK_SECONDS, DB_FILENAME, SqliteStore
 
 PASSWORD = "s3cret-Pa55word"
 REALM = "voipgw.local"
@@ -455,19 +455,56 @@ def test_recent_call_records(store: SqliteStore) -> None:
 # -- the account cache ----------------------------------------------------------------------
 
 
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def pass_recheck_interval(self) -> None:
+        self.now += CACHE_RECHECK_SECONDS
+
+
 def test_an_account_changed_by_another_process_is_read_again(tmp_path: Path) -> None:
-    gateway = SqliteStore.open(tmp_path / "state")
+    ticks = Ticks()
+    gateway = SqliteStore.open(tmp_path / "state", monotonic=ticks)
     cli = SqliteStore.open(tmp_path / "state")  # voipgw accounts, another connection
     try:
         assert gateway.get_account("alice") is None
         cli.accounts_add("alice", "secret-password-1", "gw.example")
+        ticks.pass_recheck_interval()
         alice = gateway.get_account("alice")
         assert alice is not None and alice.enabled
         cli.accounts_set("alice", enabled=False)
+        ticks.pass_recheck_interval()
         changed = gateway.get_account("alice")
         assert changed is not None and not changed.enabled
         cli.accounts_remove("alice")
+        ticks.pass_recheck_interval()
         assert gateway.get_account("alice") is None
+    finally:
+        gateway.close()
+        cli.close()
+
+
+def test_another_process_s_change_is_seen_after_the_recheck_interval(tmp_path: Path) -> None:
+    # Within the interval the cache is used without asking SQLite (PRAGMA data_version).
+    ticks = Ticks()
+    gateway = SqliteStore.open(tmp_path / "state", monotonic=ticks)
+    cli = SqliteStore.open(tmp_path / "state")
+    try:
+        cli.accounts_add("alice", "secret-password-1", "gw.example")
+        before = gateway.get_account("alice")
+        assert before is not None and before.enabled
+        cli.accounts_set("alice", enabled=False)
+        ticks.now += CACHE_RECHECK_SECONDS / 2
+        assert gateway.get_account("alice") is before  # not asked yet
+        ticks.now += CACHE_RECHECK_SECONDS / 2
+        after = gateway.get_account("alice")
+        assert after is not None and not after.enabled
     finally:
         gateway.close()
         cli.close()
@@ -485,14 +522,17 @@ def test_an_account_changed_through_the_same_store_is_read_again(store: SqliteSt
 
 
 def test_bindings_changed_by_another_process_are_read_again(tmp_path: Path) -> None:
-    gateway = SqliteStore.open(tmp_path / "state")
+    ticks = Ticks()
+    gateway = SqliteStore.open(tmp_path / "state", monotonic=ticks)
     cli = SqliteStore.open(tmp_path / "state")  # another connection (another gateway, a tool)
     try:
         gateway.accounts_add("alice", PASSWORD, REALM)
         assert gateway.bindings_for_account("alice") == ()
         cli.upsert_binding(binding())
+        ticks.pass_recheck_interval()
         assert [b.key for b in gateway.bindings_for_account("alice")] == [binding().key]
         cli.remove_binding(binding().aor, binding().key)
+        ticks.pass_recheck_interval()
         assert gateway.bindings_for_account("alice") == ()
     finally:
         gateway.close()
