@@ -83,12 +83,6 @@ class RequestEvent:
 
 
 @attrs.frozen
-class AckEvent:
-    side: Side
-    request: Request
-
-
-@attrs.frozen
 class CancelEvent:
     request: Request
 
@@ -118,9 +112,7 @@ class MediaLostEvent:
     reason: str
 
 
-CallEventInput = (
-    RequestEvent | AckEvent | CancelEvent | ResponseEvent | KeyFailureEvent | MediaLostEvent
-)
+CallEventInput = RequestEvent | CancelEvent | ResponseEvent | KeyFailureEvent | MediaLostEvent
 
 
 class CallEnded(Exception):
@@ -173,6 +165,8 @@ class Call:
         self._forwarded: list[ClientRequest] = []
         self._pending_reinvite: tuple[Side, ServerTransaction, Request] | None = None
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
+        # The cancel scope _next_event waits in, and the deadline it was asked for.
+        self._wait: tuple[trio.CancelScope, float] | None = None
         self._reinvite_acks: dict[Side, Request] = {}
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
@@ -229,10 +223,29 @@ class Call:
         wake = min(deadline, self._next_retransmission())
         if wake == math.inf:
             return await self._events.receive()  # nothing timed: no cancel scope to set up
-        with trio.move_on_at(wake):
-            return await self._events.receive()
+        with trio.move_on_at(wake) as wait:
+            self._wait = (wait, deadline)
+            try:
+                return await self._events.receive()
+            finally:
+                self._wait = None
         await self._retransmit_2xx()
         return None
+
+    def ack_received(self, side: Side, ack: Request) -> None:
+        """The ACK for our 2xx on ``side``'s leg: stop re-sending that 2xx (RFC 3261 §13.3.1.4).
+
+        Called from the endpoint's task, not posted as an event: all it does is forget a timer,
+        and waking this call's task for it cost as much as the rest of handling the ACK. An ACK
+        whose CSeq is not the 2xx's (a late copy of an earlier INVITE's) changes nothing.
+        """
+        pending = self._retransmit_at.get(side)
+        if pending is None or pending[2].cseq.number != ack.cseq.number:
+            return
+        del self._retransmit_at[side]
+        if self._wait is not None:
+            wait, deadline = self._wait
+            wait.deadline = min(deadline, self._next_retransmission())
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -509,8 +522,10 @@ class Call:
                 await self._cancel_b(other)
         ok = self._a_response(200, body=serialize_sdp(answer))
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
-        await self._respond_a(ok)
+        # Timed before it is sent: its ACK is taken from the endpoint's task as soon as it
+        # arrives (ack_received), even while this task still waits to send.
         self._start_2xx_retransmission(Side.A, ok)
+        await self._respond_a(ok)
         self.media.settle()
         self.a.answered = True
         self.answered_at = trio.current_time()
@@ -685,8 +700,6 @@ class Call:
                 continue
             if isinstance(event, RequestEvent):
                 await self._in_dialog(event)
-            elif isinstance(event, AckEvent):
-                self._retransmit_at.pop(event.side, None)
             elif isinstance(event, ResponseEvent):
                 await self._relayed_response(event)
             elif isinstance(event, CancelEvent):
@@ -859,8 +872,8 @@ class Call:
                 body=serialize_sdp(answer),
                 content_type=SDP,
             )
+            self._start_2xx_retransmission(side, ok)  # before sending: see _b_answered
             await self.endpoint.respond(transaction, ok)
-            self._start_2xx_retransmission(side, ok)
         else:
             self.media.abandon_offer()
             await self.endpoint.respond(
@@ -1049,18 +1062,22 @@ class Call:
         self._retransmit_at[side] = (now + t1, t1, response, now + 64 * t1)
 
     def _next_retransmission(self) -> float:
-        return min((due for due, _, _, _ in self._retransmit_at.values()), default=math.inf)
+        """When a 2xx is due again, or its 64*T1 without an ACK are over."""
+        return min(
+            (min(due, give_up) for due, _, _, give_up in self._retransmit_at.values()),
+            default=math.inf,
+        )
 
     async def _retransmit_2xx(self) -> None:
         now = trio.current_time()
         for side, (due, interval, response, give_up) in list(self._retransmit_at.items()):
-            if due > now:
-                continue
-            leg = self._leg(side)
             if now >= give_up:
                 del self._retransmit_at[side]
                 # §13.3.1.4: no ACK within 64*T1: the session is not established; end it.
                 await self._hang_up(f"no ACK from {side.value.upper()} leg")
+            if due > now:
+                continue
+            leg = self._leg(side)
             if leg.flow is not None and not leg.flow.reliable:
                 await self.endpoint.send_response(response, leg.flow)
             interval = min(interval * 2, self.config.sip.t2)

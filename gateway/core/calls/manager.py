@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from gateway.core.auth.digest import Authenticated, AuthKind
-from gateway.core.calls.call import AckEvent, Call, CancelEvent, RequestEvent
+from gateway.core.calls.call import Call, CancelEvent, RequestEvent
 from gateway.core.calls.leg import Side
 from gateway.core.calls.records import CallRecordBook
 from gateway.core.interfaces import Caller, CallEvent, LegInfo, RouteDecision
@@ -109,7 +109,7 @@ class CallManager:
         found = self._find(request)
         if found is not None:
             call, side = found
-            call.post(AckEvent(side, request))
+            call.ack_received(side, request)
 
     def _find(self, request: Request) -> tuple[Call, Side] | None:
         tag = request.to.tag

@@ -10,6 +10,7 @@ helpers live in b2bua_env.py.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from gateway.core.sdp.model import Direction
 from gateway.core.sip.dialog import DialogState
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
-from gateway.testing.sip_agent import SDP, AutoAnswer, sdp_connection, sdp_direction
+from gateway.testing.sip_agent import SDP, AutoAnswer, Call, sdp_connection, sdp_direction
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
@@ -30,6 +31,7 @@ from tests.component.calls.b2bua_env import (
     GW,
     T1,
     TRUNK,
+    B2bua,
     answered_call,
     assert_media_via_gateway,
     eventually,
@@ -154,6 +156,76 @@ async def test_a_retransmitted_2xx_from_the_callee_is_acked_again(
     assert env.alice.awaiting_ack == [] and env.alice.never_acked == []
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+def _oks_to_invite(env: B2bua) -> list[float]:
+    """When the gateway sent a 200 to an INVITE to the trunk (leg A): the first and repeats."""
+    times = []
+    for datagram in sent(env.network.capture, GW, TRUNK, b"SIP/2.0 200"):
+        response = parse_message_untrusted(datagram.data)
+        if response.cseq.method == "INVITE":
+            times.append(datagram.time)
+    return times
+
+
+async def _answered_while_the_callers_acks_are_lost(env: B2bua) -> tuple[Call, float]:
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    env.network.set_link(TRUNK, GW, drop=1.0)  # the trunk's ACKs (and nothing else) are lost
+    answered_at = trio.current_time()
+    await leg_b.answer()
+    assert (await call.final()).status == 200
+    return call, answered_at
+
+
+async def test_the_gateway_resends_its_200_until_the_caller_acks_it(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # RFC 3261 §13.3.1.4: the UAS core re-sends a 2xx at T1, 2*T1, ... (capped at T2) until
+    # the ACK arrives, then stops.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, answered_at = await _answered_while_the_callers_acks_are_lost(env)
+    await trio.sleep(2.0)
+    env.network.clear_link(TRUNK, GW)
+    await trio.sleep(20.0)
+    oks = [round(at - answered_at, 1) for at in _oks_to_invite(env)]
+    # Sent at ~0, again at T1 and 3*T1, then 7*T1 (3.5 s, acked: the link is back), no more.
+    assert len(oks) == 4, oks
+    assert [round(b - a, 1) for a, b in itertools.pairwise(oks)] == [T1, 2 * T1, 4 * T1]
+    assert env.calls == 1  # the call goes on
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_an_ack_for_another_cseq_does_not_stop_the_200(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, _ = await _answered_while_the_callers_acks_are_lost(env)
+    await trio.sleep(0.1)  # the trunk's own ACK is sent, and lost
+    env.network.clear_link(TRUNK, GW)
+    assert call.dialog is not None
+    # An ACK in the dialog, but for a CSeq the gateway never answered with a 2xx.
+    stray = call.dialog.create_ack(call.invite.cseq.number + 7, via=env.trunk.new_via())
+    await env.trunk._send_raw(stray, GW)
+    before = len(_oks_to_invite(env))
+    await trio.sleep(2 * T1)
+    assert len(_oks_to_invite(env)) > before, "a stray ACK stopped the 200's retransmissions"
+    assert (await call.bye()).status == 200
+
+
+async def test_a_200_never_acked_ends_the_call_after_64_t1(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # RFC 3261 §13.3.1.4: no ACK within 64*T1: the session is not established; BYE both legs.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    _, answered_at = await _answered_while_the_callers_acks_are_lost(env)
+    bye = await next_within(env.alice, "BYE", 64 * T1 + 5)
+    assert bye is not None, "the call was not ended"
+    assert 64 * T1 <= bye.at - answered_at < 64 * T1 + 1
+    assert "no ACK from A leg" in (bye.request.headers.get("Reason") or "")
+    await eventually(lambda: env.calls == 0, timeout=40)
 
 
 # -- alice calls out over the trunk ------------------------------------------------------------
