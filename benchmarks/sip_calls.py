@@ -382,7 +382,9 @@ class System:
 
     def _start_sippy(self) -> None:
         require_free(SIPPY_PORT)
-        b2bua = shutil.which("b2bua")
+        # The interpreter this script runs on, like voipgw: sippy's script in the same venv first.
+        venv_bin = str(Path(sys.executable).parent)
+        b2bua = shutil.which("b2bua", path=os.pathsep.join([venv_bin, os.environ.get("PATH", "")]))
         if b2bua is None:
             raise RuntimeError("sippy's b2bua is not installed (pip install sippy)")
         with open(self.workdir / "sippy.log", "wb") as log:
@@ -759,7 +761,8 @@ def versions() -> str:
                 break
     return (
         f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
-        f"Python {sys.version.split()[0]}, {sipp_version}, sippy {sippy}"
+        f"Python {sys.version.split()[0]} ({sys.executable}: voipgw and sippy both run on it), "
+        f"{sipp_version}, sippy {sippy}"
     )
 
 
