@@ -166,20 +166,9 @@ class Headers:
 
 
 class _Common:
-    """Accessors shared by requests and responses (they read ``self.headers``).
-
-    The top Via, CSeq, From and To are parsed once per message and kept in the message
-    (below): a transaction, a dialog and the B2BUA read each of them about
-    five times per message. The parser fills them in from its own checks.
-    """
+    """Accessors shared by requests and responses (they read ``self.headers``)."""
 
     headers: Headers
-    # Not attrs fields (not compared, not shown, not constructor arguments): class defaults
-    # until a value is kept in the instance's own dictionary (this base has no __slots__).
-    _top_via: Via | None = None
-    _cseq: CSeq | None = None
-    _from: NameAddr | None = None
-    _to: NameAddr | None = None
 
     @property
     def call_id(self) -> str:
@@ -190,14 +179,10 @@ class _Common:
 
     @property
     def cseq(self) -> CSeq:
-        cseq = self._cseq
-        if cseq is None:
-            value = self.headers.get("CSeq")
-            if value is None:
-                raise grammar.SipParseError("missing CSeq header")
-            cseq = grammar.parse_cseq_untrusted(value)
-            object.__setattr__(self, "_cseq", cseq)
-        return cseq
+        value = self.headers.get("CSeq")
+        if value is None:
+            raise grammar.SipParseError("missing CSeq header")
+        return grammar.parse_cseq_untrusted(value)
 
     @property
     def vias(self) -> tuple[Via, ...]:
@@ -205,30 +190,18 @@ class _Common:
 
     @property
     def top_via(self) -> Via:
-        via = self._top_via
-        if via is None:
-            value = self.headers.get("Via")
-            if value is None:
-                raise grammar.SipParseError("missing Via header")
-            via = grammar.parse_via_untrusted(value)
-            object.__setattr__(self, "_top_via", via)
-        return via
+        value = self.headers.get("Via")
+        if value is None:
+            raise grammar.SipParseError("missing Via header")
+        return grammar.parse_via_untrusted(value)
 
     @property
     def from_(self) -> NameAddr:
-        value = self._from
-        if value is None:
-            value = self._name_addr("From")
-            object.__setattr__(self, "_from", value)
-        return value
+        return self._name_addr("From")
 
     @property
     def to(self) -> NameAddr:
-        value = self._to
-        if value is None:
-            value = self._name_addr("To")
-            object.__setattr__(self, "_to", value)
-        return value
+        return self._name_addr("To")
 
     @property
     def contacts(self) -> tuple[NameAddr, ...]:
@@ -253,13 +226,6 @@ class _Common:
         if value is None:
             raise grammar.SipParseError(f"missing {name} header")
         return grammar.parse_name_addr_untrusted(value)
-
-    def _remember(self, top_via: Via, from_: NameAddr, to: NameAddr, cseq: CSeq) -> None:
-        """Keep values the parser has parsed already (they are the headers' own)."""
-        object.__setattr__(self, "_top_via", top_via)
-        object.__setattr__(self, "_from", from_)
-        object.__setattr__(self, "_to", to)
-        object.__setattr__(self, "_cseq", cseq)
 
 
 @attrs.frozen

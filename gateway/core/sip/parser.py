@@ -32,7 +32,7 @@ from gateway.core.sip.grammar import (
     parse_via_untrusted,
     split_list_untrusted,
 )
-from gateway.core.sip.headers import LIST_HEADERS, CSeq, NameAddr, Via, canonical_name
+from gateway.core.sip.headers import LIST_HEADERS, CSeq, NameAddr, canonical_name
 from gateway.core.sip.message import SIP_VERSION, Headers, Request, Response
 from gateway.core.sip.uri import SipUri, TelUri, Uri
 
@@ -163,15 +163,13 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
     if first[:4].upper() == "SIP/":
         status, reason = parse_status_line_untrusted(first)
         headers = _headers(lines[1:], max_headers, folded)
-        parsed = _validate_common(headers)
+        _validate_common(headers)
         body = _body(headers, rest)
-        response = Response(status=status, reason=reason, headers=headers, body=body)
-        response._remember(*parsed)
-        return response
+        return Response(status=status, reason=reason, headers=headers, body=body)
     method, uri = parse_request_line_untrusted(first)
     headers = _headers(lines[1:], max_headers, folded)
-    parsed = _validate_common(headers)
-    if parsed[3].method != method:
+    cseq = _validate_common(headers)
+    if cseq.method != method:
         # RFC 3261 §8.1.1.5 (RFC 4475 §3.1.2.17, §3.1.2.18): method names are case-sensitive.
         raise SipParseError("CSeq method does not match the Request-Line")
     body = _body(headers, rest)
@@ -180,9 +178,7 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
         # RFC 3261 §8.2.2.1: 416 Unsupported URI Scheme (RFC 4475 §3.3.2). Checked last so that a
         # request that is also malformed gets its 400 first.
         raise SipParseError("Unsupported URI Scheme", status=416)
-    request = Request(method=method, uri=uri, headers=headers, body=body, version=SIP_VERSION)
-    request._remember(*parsed)
-    return request
+    return Request(method=method, uri=uri, headers=headers, body=body, version=SIP_VERSION)
 
 
 def _decode_lines(head: bytes, max_line: int) -> list[str]:
@@ -275,14 +271,13 @@ _UINTS = tuple(
 )
 
 
-def _validate_common(headers: Headers) -> tuple[Via, NameAddr, NameAddr, CSeq]:
+def _validate_common(headers: Headers) -> CSeq:
     """Checks shared by requests and responses (RFC 3261 §8.1.1, §20; RFC 4475 §3.1.2, §3.3).
-    Returns what it parsed that every reader of a message needs: top Via, From, To, CSeq."""
+    Returns the CSeq, which a request's method is checked against."""
     vias = headers.get_all("Via")
     if not vias:
         raise SipParseError("missing Via header")
-    top_via = _check("Via", parse_via_untrusted, vias[0])
-    for via in vias[1:]:
+    for via in vias:
         _check("Via", parse_via_untrusted, via)
     by_name = headers.by_name()
     for name, key in _SINGLE_KEYS:
@@ -292,8 +287,8 @@ def _validate_common(headers: Headers) -> tuple[Via, NameAddr, NameAddr, CSeq]:
                 raise SipParseError(f"missing {name} header")
         elif not isinstance(value, str):  # several values
             raise SipParseError(f"multiple {name} headers")
-    from_ = _name_addr_field(headers, "From")
-    to = _name_addr_field(headers, "To")
+    _name_addr_field(headers, "From")
+    _name_addr_field(headers, "To")
     call_id = headers.get("Call-ID")
     if call_id is None or not is_call_id(call_id):
         raise SipParseError("bad Call-ID")
@@ -312,7 +307,7 @@ def _validate_common(headers: Headers) -> tuple[Via, NameAddr, NameAddr, CSeq]:
         for value in headers.get_all(name):
             if _check(name, parse_name_addr_untrusted, value).wildcard:
                 raise SipParseError(f"bad {name}: '*' is not a route")
-    return top_via, from_, to, cseq
+    return cseq
 
 
 def _name_addr_field(headers: Headers, name: str) -> NameAddr:

@@ -6,7 +6,6 @@ import gc
 
 import pytest
 
-from gateway.core.sip import message as message_module
 from gateway.core.sip.errors import LocalSipError, MessageTooLarge, SipParseError
 from gateway.core.sip.message import Headers, Request, Response
 from gateway.core.sip.parser import (
@@ -255,44 +254,6 @@ def test_an_index_of_single_values_is_not_tracked_by_the_collector() -> None:
     assert msg.headers.get("Call-ID") is not None  # builds the index
     assert msg.headers.count("Via") == 1
     assert not gc.is_tracked(msg.headers._index)
-
-
-def test_the_parsed_top_via_from_to_and_cseq_are_kept_in_the_message(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The parser's own checks parse them; later readers get those values without parsing again.
-    msg = parsed_request(invite())
-
-    def no_parsing(text: str) -> None:
-        raise AssertionError(f"parsed again: {text}")
-
-    for name in ("parse_via_untrusted", "parse_name_addr_untrusted", "parse_cseq_untrusted"):
-        monkeypatch.setattr(message_module.grammar, name, no_parsing)
-    assert (msg.top_via.branch, msg.from_.tag, msg.to.tag) == ("z9hG4bK776asdhds",
-            "1928301774", None)  # fmt: skip
-    assert (msg.cseq.number, msg.cseq.method) == (314159, "INVITE")
-
-
-def test_a_message_with_other_headers_reads_its_own() -> None:
-    msg = parsed_request(invite())
-    assert msg.cseq.number == 314159 and msg.to.tag is None
-    changed = msg.with_headers(
-        msg.headers.set("CSeq", "7 INVITE").set("To", "<sip:bob@example.com>;tag=x")
-        .set("Via", "SIP/2.0/TCP h;branch=z9hG4bKnew").set("From", "<sip:c@d>;tag=y")
-    )  # fmt: skip
-    assert (changed.cseq.number, changed.to.tag) == (7, "x")
-    assert (changed.top_via.branch, changed.from_.tag) == ("z9hG4bKnew", "y")
-    assert msg.cseq.number == 314159  # the original keeps its own
-    assert changed == Request(changed.method, changed.uri, changed.headers)  # not compared
-
-
-def test_a_built_message_parses_its_headers_on_first_read() -> None:
-    built = Request("BYE", SipUri("sip", "h"), Headers((("CSeq", "2 BYE"), ("Via", "bad via"))))
-    assert built.cseq.number == 2
-    with pytest.raises(SipParseError):
-        _ = built.top_via
-    with pytest.raises(SipParseError, match="missing From"):
-        _ = built.from_
 
 
 def test_empty_list_header_is_kept() -> None:
