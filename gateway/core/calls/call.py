@@ -1080,6 +1080,8 @@ class Call:
             leg = self._leg(side)
             if leg.flow is not None and not leg.flow.reliable:
                 await self.endpoint.send_response(response, leg.flow)
+                if side not in self._retransmit_at:
+                    continue  # its ACK arrived while the send waited (ack_received)
             interval = min(interval * 2, self.config.sip.t2)
             self._retransmit_at[side] = (now + interval, interval, response, give_up)
 

@@ -23,6 +23,7 @@ from gateway.core.sdp.model import Direction
 from gateway.core.sip.dialog import DialogState
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
+from gateway.core.transport.flows import Flow
 from gateway.testing.sip_agent import SDP, AutoAnswer, Call, sdp_connection, sdp_direction
 from tests.component.calls.b2bua_env import (
     ALICE,
@@ -212,6 +213,42 @@ async def test_an_ack_for_another_cseq_does_not_stop_the_200(
     before = len(_oks_to_invite(env))
     await trio.sleep(2 * T1)
     assert len(_oks_to_invite(env)) > before, "a stray ACK stopped the 200's retransmissions"
+    assert (await call.bye()).status == 200
+
+
+async def test_an_ack_that_arrives_while_a_retransmission_waits_stops_them(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The ACK is taken from the endpoint's task; a retransmission whose send is waiting (a full
+    # socket buffer) must not bring the stopped 2xx timer back, or the call ends at 64*T1.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, _ = await _answered_while_the_callers_acks_are_lost(env)
+    endpoint = env.gateway.endpoint
+    send_response = endpoint.send_response
+    waiting, go = trio.Event(), trio.Event()
+
+    async def send_when_let(response: Response, flow: Flow) -> None:
+        if response.status == 200 and response.cseq.method == "INVITE" and not go.is_set():
+            waiting.set()
+            await go.wait()
+        await send_response(response, flow)
+
+    monkeypatch.setattr(endpoint, "send_response", send_when_let)
+    await waiting.wait()  # the retransmission at T1 waits to be sent
+    env.network.clear_link(TRUNK, GW)
+    await env.trunk._send_raw(call._acks[call.invite.cseq.number], GW)  # its ACK again
+    await trio.sleep(0.1)
+    env.network.set_link(TRUNK, GW, drop=1.0)  # the ACK to the waiting 200 is lost: none needed
+    go.set()
+    sent = len(_oks_to_invite(env))
+    await trio.sleep(64 * T1 + 5)
+    assert len(_oks_to_invite(env)) == sent + 1  # the waiting one, then no more
+    assert env.calls == 1, "the call was ended for want of an ACK it had"
+    env.network.clear_link(TRUNK, GW)
     assert (await call.bye()).status == 200
 
 
