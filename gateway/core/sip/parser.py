@@ -32,7 +32,7 @@ from gateway.core.sip.grammar import (
     parse_via_untrusted,
     split_list_untrusted,
 )
-from gateway.core.sip.headers import LIST_HEADERS, CSeq, NameAddr, canonical_name
+from gateway.core.sip.headers import LIST_HEADERS, CSeq, canonical_name
 from gateway.core.sip.message import SIP_VERSION, Headers, Request, Response
 from gateway.core.sip.uri import SipUri, TelUri, Uri
 
@@ -287,8 +287,11 @@ def _validate_common(headers: Headers) -> CSeq:
                 raise SipParseError(f"missing {name} header")
         elif not isinstance(value, str):  # several values
             raise SipParseError(f"multiple {name} headers")
-    _name_addr_field(headers, "From")
-    _name_addr_field(headers, "To")
+    for name in ("From", "To"):
+        value = headers.get(name)
+        assert value is not None
+        if _check(name, parse_name_addr_untrusted, value).wildcard:
+            raise SipParseError(f"bad {name}: '*' is only allowed in Contact")
     call_id = headers.get("Call-ID")
     if call_id is None or not is_call_id(call_id):
         raise SipParseError("bad Call-ID")
@@ -308,15 +311,6 @@ def _validate_common(headers: Headers) -> CSeq:
             if _check(name, parse_name_addr_untrusted, value).wildcard:
                 raise SipParseError(f"bad {name}: '*' is not a route")
     return cseq
-
-
-def _name_addr_field(headers: Headers, name: str) -> NameAddr:
-    value = headers.get(name)
-    assert value is not None  # mandatory: checked before
-    name_addr = _check(name, parse_name_addr_untrusted, value)
-    if name_addr.wildcard:
-        raise SipParseError(f"bad {name}: '*' is only allowed in Contact")
-    return name_addr
 
 
 _T = TypeVar("_T")
