@@ -131,6 +131,10 @@ class SipSection:
     t4: float = 5.0
     max_message_size: int = 65535
     max_headers: int = 200
+    # Overload: a new INVITE or REGISTER that waited longer than this (s) to be read gets 503
+    # (gateway/core/sip/overload.py); 0 never refuses.
+    overload_queue_delay: float = 0.3
+    overload_retry_after: int = 0  # seconds in the 503's Retry-After; 0: no Retry-After
 
 
 @attrs.frozen
@@ -143,6 +147,9 @@ class MediaSection:
 
 
 MAX_MEDIA_WORKERS = 64
+# A queue delay longer than T1 (0.5 s) means UACs retransmit before the gateway sees their
+# INVITEs: overload control that waits that long comes too late to help.
+MAX_OVERLOAD_QUEUE_DELAY = 0.5
 
 
 @attrs.frozen
@@ -388,6 +395,17 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "gateway",
             "gc_thresholds",
             f"expected three integers, the first positive, got {list(thresholds)}",
+        )
+    if not 0 <= config.sip.overload_queue_delay <= MAX_OVERLOAD_QUEUE_DELAY:
+        raise ConfigError(
+            file,
+            "sip",
+            "overload_queue_delay",
+            f"expected a number of seconds from 0 (never refuse) to {MAX_OVERLOAD_QUEUE_DELAY}",
+        )
+    if config.sip.overload_retry_after < 0:
+        raise ConfigError(
+            file, "sip", "overload_retry_after", "expected 0 (no Retry-After) or more seconds"
         )
     if config.media.inactivity_timeout <= 0:
         raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")

@@ -24,6 +24,7 @@ from gateway.core.sip import grammar
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
 from gateway.core.sip.headers import Via
 from gateway.core.sip.message import Headers, Request, Response, make_response
+from gateway.core.sip.overload import QueueDelayLimit
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.transaction import (
@@ -74,6 +75,14 @@ MAX_SERVER_TRANSACTIONS = 65_536
 
 # Responses one client transaction may queue for its owner; a transaction sees a handful.
 CLIENT_RESPONSE_QUEUE = 32
+
+# Requests refused when they waited too long (gateway/core/sip/overload.py): those that start
+# new work, a call or a registration. Dialog requests (BYE, re-INVITE), ACK, CANCEL and OPTIONS
+# are always served: they end or keep up calls already accepted, or cost less to answer than to
+# refuse.
+SHED_METHODS = frozenset({"INVITE", "REGISTER"})
+# Overload refusals are logged at most this often (s), with the count since the last line.
+OVERLOAD_LOG_INTERVAL = 1.0
 
 
 class CallLayer(Protocol):
@@ -177,6 +186,7 @@ class ClientRequest:
 class EndpointStatistics:
     received: int = 0
     rejected_malformed: int = 0
+    rejected_overload: int = 0
     dropped_malformed_responses: int = 0
     dropped_unmatched_responses: int = 0
     internal_errors: int = 0
@@ -189,6 +199,9 @@ class SipEndpoint:
         self.gateway = gateway
         self.statistics = EndpointStatistics()
         sip = gateway.config.sip
+        self.overload = QueueDelayLimit(sip.overload_queue_delay)
+        self._overload_logged_at = -math.inf
+        self._refused_since_log = 0
         self.transactions = TransactionTable(
             timers=TransactionTimers(t1=sip.t1, t2=sip.t2, t4=sip.t4),
             max_server_transactions=MAX_SERVER_TRANSACTIONS,
@@ -203,7 +216,7 @@ class SipEndpoint:
 
     async def run(
         self,
-        inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow]],
+        inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow, float]],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -214,7 +227,7 @@ class SipEndpoint:
         # this loop reads the time after every message.
         clock = trio.lowlevel.current_clock()
         taken_without_yield = 0
-        item: tuple[bytes, Flow] | None
+        item: tuple[bytes, Flow, float] | None
         while True:
             try:
                 item = inbound.receive_nowait()
@@ -233,17 +246,18 @@ class SipEndpoint:
                 if taken_without_yield % 16 == 0:
                     await trio.lowlevel.checkpoint()
             if item is not None:
-                data, flow = item
+                data, flow, arrived = item
                 self.statistics.received += 1
-                await self._guarded(self.handle(data, flow), flow)
+                waited = clock.current_time() - arrived
+                await self._guarded(self.handle(data, flow, waited=waited), flow)
             now = clock.current_time()
             deadline = self.transactions.get_timer()
             if deadline is not None and deadline <= now:
                 await self._guarded(self._act(self.transactions.handle_timer(now=now)), None)
 
     async def _next_inbound(
-        self, inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow]]
-    ) -> tuple[bytes, Flow] | None:
+        self, inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow, float]]
+    ) -> tuple[bytes, Flow, float] | None:
         """Wait for the next message; None when a transaction timer falls due first."""
         deadline = self.transactions.get_timer()
         with trio.move_on_at(math.inf if deadline is None else deadline) as wait:
@@ -267,7 +281,8 @@ class SipEndpoint:
 
     # -- inbound ------------------------------------------------------------------------------
 
-    async def handle(self, data: bytes, flow: Flow) -> None:
+    async def handle(self, data: bytes, flow: Flow, *, waited: float = 0.0) -> None:
+        """One message from ``flow``, which waited ``waited`` seconds since it arrived."""
         config = self.gateway.config.sip
         try:
             message = parse_message_untrusted(
@@ -283,6 +298,14 @@ class SipEndpoint:
         # RFC 3261 §18.2.1 / RFC 3581: remember where the request really came from.
         hop = _hop(flow)
         request = stamp_request(message, hop)
+        if (
+            request.method in SHED_METHODS
+            and request.to.tag is None
+            and self.overload.too_late(waited)
+            and not self.transactions.has_server_transaction(request)
+        ):
+            await self._refuse_overloaded(request, flow, waited, now)
+            return
         try:
             outputs = self.transactions.receive_request(request, source=hop, now=now)
         except TransactionLimitReached as err:
@@ -292,6 +315,40 @@ class SipEndpoint:
             )
             return
         await self._act(outputs, flow)
+
+    async def _refuse_overloaded(
+        self, request: Request, flow: Flow, waited: float, now: float
+    ) -> None:
+        """A new INVITE or REGISTER that waited too long: a stateless 503 (RFC 3261 §21.5.4),
+        with no transaction, no call and no authentication, so refusing costs far less than
+        serving. A retransmission of a request already being served is not refused (the caller
+        checks). Without Retry-After (the default) the client treats it as a 500 for this
+        request only; with it, a proxy stops sending anything to the gateway for that long
+        (§21.5.4), which RFC 6357 §5 warns turns a slight overload into all-or-nothing."""
+        self.statistics.rejected_overload += 1
+        self._refused_since_log += 1
+        if now - self._overload_logged_at >= OVERLOAD_LOG_INTERVAL:
+            log.warning(
+                "SIP overloaded: refused %d new INVITE/REGISTER with 503 since the last such "
+                "line (%d in all); this one waited %.0f ms to be read, the limit is %.0f ms "
+                "([sip] overload_queue_delay)",
+                self._refused_since_log,
+                self.statistics.rejected_overload,
+                waited * 1000,
+                self.overload.limit * 1000,
+            )
+            self._overload_logged_at = now
+            self._refused_since_log = 0
+        retry_after = self.gateway.config.sip.overload_retry_after
+        extra = [("Retry-After", str(retry_after))] if retry_after else []
+        response = make_response(
+            request,
+            503,
+            "Service Unavailable (overloaded)",
+            to_tag=self._tag(),
+            extra=extra,
+        )
+        await self.send_response(response, flow)
 
     def _timers_changed(self) -> None:
         deadline = self.transactions.get_timer()

@@ -37,8 +37,9 @@ from gateway.core.transport.flows import Flow, FlowTable, format_address
 
 log = logging.getLogger(__name__)
 
-# Messages waiting for the SIP endpoint. Past this the gateway is overloaded and sheds load by
-# dropping (and counting) new datagrams; UDP peers retransmit, TCP peers see no reply and retry.
+# Messages waiting for the SIP endpoint. Past this new datagrams are dropped (and counted); UDP
+# peers retransmit, TCP peers see no reply and retry. The endpoint's overload guard refuses new
+# calls long before a steady overload fills it (gateway/core/sip/overload.py).
 INBOUND_QUEUE = 1024
 
 HOUSEKEEPING_INTERVAL = 30.0
@@ -68,9 +69,11 @@ class Gateway:
         )
         self.listeners: list[Listener] = []
         self.statistics = TransportStatistics()
-        self._inbound_send, self._inbound_receive = trio.open_memory_channel[tuple[bytes, Flow]](
-            INBOUND_QUEUE
-        )
+        # Each message with the time it arrived (queued, or earlier in a socket buffer): the
+        # endpoint judges overload by how long messages wait.
+        self._inbound_send, self._inbound_receive = trio.open_memory_channel[
+            tuple[bytes, Flow, float]
+        ](INBOUND_QUEUE)
         self.registration: RegistrationService | None = None
         self.store: SqliteStore | None = None
         self.relay: MediaRelay | None = None  # [media] workers = 1
@@ -171,9 +174,9 @@ class Gateway:
     def state_dir(self) -> Path:
         return Path(self.config.gateway.state_dir)
 
-    def deliver(self, data: bytes, flow: Flow) -> None:
+    def deliver(self, data: bytes, flow: Flow, *, waited: float = 0.0) -> None:
         try:
-            self._inbound_send.send_nowait((data, flow))
+            self._inbound_send.send_nowait((data, flow, trio.current_time() - waited))
         except trio.WouldBlock:
             self.statistics.dropped_queue_full += 1
             if self.statistics.dropped_queue_full % 100 == 1:

@@ -52,9 +52,12 @@ class TransportHost(Protocol):
     def state_dir(self) -> Path:
         """The gateway's state directory (generated certificates and keys live here)."""
 
-    def deliver(self, data: bytes, flow: Flow) -> None:
+    def deliver(self, data: bytes, flow: Flow, *, waited: float = 0.0) -> None:
         """Hand one complete SIP message (a datagram, or a frame cut by stream framing) to the
-        SIP core. Never blocks; the core bounds its own queue and drops (with a count) if full."""
+        SIP core. Never blocks; the core bounds its own queue and drops (with a count) if full.
+
+        ``waited``: seconds the message had already waited before the transport read it (in the
+        socket's receive buffer, when the transport can tell): overload control counts it."""
 
     def flow_closed(self, flow: Flow) -> None:
         """Tell the core a connection-oriented flow has ended."""

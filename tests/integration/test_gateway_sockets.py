@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -110,3 +111,55 @@ async def test_options_over_tcp_with_partial_writes_and_keepalive(gateway: Gatew
     assert isinstance(response, Response)
     assert response.status == 200
     assert len(gateway.flows) >= 1
+
+
+def invite(port: int, n: int) -> bytes:
+    return (
+        f"INVITE sip:+15550123@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKinv{n};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:caller@127.0.0.1>;tag=inv{n}\r\n"
+        f"To: <sip:+15550123@127.0.0.1:{port}>\r\n"
+        f"Call-ID: invite-{n}@127.0.0.1\r\n"
+        "CSeq: 1 INVITE\r\n"
+        "Contact: <sip:caller@127.0.0.1:5999>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_a_backlog_in_the_socket_buffer_counts_as_overload(gateway: Gateway) -> None:
+    """Datagrams that waited in the kernel's receive buffer (the gateway too busy to read them)
+    carry the kernel's SO_TIMESTAMPNS stamp: the wait is counted, and a new INVITE that waited
+    past the overload threshold gets 503 while an OPTIONS beside it is still answered."""
+    port = port_of(gateway, "udp")
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind(("127.0.0.1", 0))
+    # Sent without a checkpoint, then the event loop blocked, as if busy: both wait 0.4 s unread
+    # in the gateway's socket buffer, longer than overload_queue_delay (0.3 s).
+    raw.sendto(invite(port, 1), ("127.0.0.1", port))
+    raw.sendto(options("UDP", port), ("127.0.0.1", port))
+    time.sleep(0.4)  # blocking on purpose: the gateway must not run meanwhile
+    sock = trio.socket.from_stdlib_socket(raw)
+    with sock:
+        replies: dict[str, int] = {}
+        with trio.fail_after(5):
+            while len(replies) < 2:
+                data, _ = await sock.recvfrom(65535)
+                reply = parse_message_untrusted(data)
+                assert isinstance(reply, Response)
+                if reply.status >= 200:
+                    replies[reply.call_id] = reply.status
+        assert replies == {"invite-1@127.0.0.1": 503, "options-1@127.0.0.1": 200}
+        assert gateway.endpoint.overload.longest_wait >= 0.4
+        # Read at once: the next INVITE is challenged.
+        await sock.sendto(invite(port, 2), ("127.0.0.1", port))
+        with trio.fail_after(5):
+            while True:
+                data, _ = await sock.recvfrom(65535)
+                reply = parse_message_untrusted(data)
+                assert isinstance(reply, Response)
+                if reply.status >= 200 and reply.call_id == "invite-2@127.0.0.1":
+                    break
+        assert reply.status == 407
+        assert gateway.endpoint.statistics.rejected_overload == 1
+

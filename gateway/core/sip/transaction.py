@@ -1083,6 +1083,10 @@ class TransactionTable:
             return [UnmatchedResponse(response)]
         return self._run(txn, lambda: txn.receive_response(response, now=now))
 
+    def has_server_transaction(self, request: Request) -> bool:
+        """Whether a server transaction already serves ``request`` (it is a retransmission)."""
+        return server_key(request) in self._server
+
     def receive_request(self, request: Request, *, source: Hop, now: float) -> list[Output]:
         """Route a parsed request (top Via already stamped) to its server transaction (§17.2.3),
         creating one for a new request; an ACK that matches none is reported for the TU."""

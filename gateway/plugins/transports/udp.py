@@ -17,6 +17,8 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import struct
+import time
 
 import attrs
 import trio
@@ -31,6 +33,13 @@ log = logging.getLogger(__name__)
 
 # Largest UDP payload; a bigger SIP message cannot arrive in one datagram anyway.
 _RECV_SIZE = 65535
+# Linux's SO_TIMESTAMPNS (asm-generic/socket.h SO_TIMESTAMPNS_OLD; Python does not name it): the
+# kernel stamps each datagram when it is queued to the socket, delivered as a struct timespec in
+# an SCM_TIMESTAMPNS (= the option) control message. A backlog waits in the socket buffer, so
+# this is where overload shows first (gateway/core/sip/overload.py).
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 # Datagrams read in one turn of the receive task before it lets the endpoint take them: a turn
 # per datagram cost two task switches each; a backlog past this waits in the socket's receive
 # buffer, not in the gateway's bounded inbound queue.
@@ -42,6 +51,17 @@ class UdpConfig:
     """``[plugins.udp]``."""
 
     receive_buffer: int = 1 << 20  # SO_RCVBUF bytes: absorbs bursts of REGISTER/INVITE
+
+
+def _time_in_socket(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """How long a datagram waited in the socket's receive buffer, from its kernel stamp."""
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
+            # Both are CLOCK_REALTIME; a step of the clock must not make a wait negative.
+            waited: float = time.time() - seconds - nanoseconds * 1e-9
+            return max(0.0, waited)
+    return 0.0
 
 
 class UdpTransport:
@@ -70,6 +90,9 @@ class UdpTransport:
             # The kernel caps the size (net.core.rmem_max); a refusal is not fatal.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer)
+            # Without it (not Linux) datagrams carry no stamp and count as not having waited.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             await sock.bind((listen.host, listen.port))
             local: Address = sock.getsockname()[:2]
             entry = (local, sock, raw)
@@ -94,7 +117,7 @@ class UdpTransport:
                 await trio.lowlevel.checkpoint()
                 now = clock.current_time()
             try:
-                data, remote = raw.recvfrom(_RECV_SIZE)
+                data, ancillary, _flags, remote = raw.recvmsg(_RECV_SIZE, _ANCILLARY_SIZE)
             except BlockingIOError:
                 read_this_turn = 0
                 await trio.lowlevel.wait_readable(raw)
@@ -114,7 +137,7 @@ class UdpTransport:
                     flow = self._make_flow(sock, raw, local, remote)
                     flows.add(flow)
                 flow.last_activity = now
-                host.deliver(data, flow)
+                host.deliver(data, flow, waited=_time_in_socket(ancillary))
 
     def _make_flow(
         self, sock: trio.socket.SocketType, raw: socket.socket, local: Address, remote: Address

@@ -65,11 +65,12 @@ def gateway_config(
     *,
     inactivity_timeout: float = 3600,
     extra_trunks: Sequence[Mapping[str, Any]] = (),
+    sip: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
             "gateway": {"state_dir": str(state_dir), "realm": REALM},
-            "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": T1},
+            "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": T1, **(sip or {})},
             "media": {
                 "address": "127.0.0.1",
                 "ports": f"{MEDIA_PORTS.start}-{MEDIA_PORTS.stop - 1}",
@@ -102,6 +103,7 @@ async def start_b2bua(
     plugins: Sequence[tuple[str, object]] = (),
     inactivity_timeout: float = 3600,
     extra_trunks: Sequence[Mapping[str, Any]] = (),
+    sip: Mapping[str, Any] | None = None,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -110,7 +112,9 @@ async def start_b2bua(
     store.close()
     network = MemoryNetwork(seed, drop=drop, duplicate=duplicate, reorder=reorder, delay=delay)
     await nursery.start(network.serve)
-    config = gateway_config(state, inactivity_timeout=inactivity_timeout, extra_trunks=extra_trunks)
+    config = gateway_config(
+        state, inactivity_timeout=inactivity_timeout, extra_trunks=extra_trunks, sip=sip
+    )
     gateway = Gateway(config, memory_plugins(config, network, extra=plugins), ids=SeededIds(seed))
     await nursery.start(gateway.serve)
     alice = SipAgent(

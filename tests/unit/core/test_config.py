@@ -71,6 +71,10 @@ receive_buffer = 4096
         ("[plugins]\nenable = ['udp']\n[plugins.tcp]\n", "plugins.tcp", None, "not in"),
         ("[bogus]\n", "bogus", None, "unknown table"),
         ("[sip]\nmax_headers = true\n", "sip", "max_headers", "an integer"),
+        ("[sip]\noverload_queue_delay = 0.6\n", "sip", "overload_queue_delay", "from 0"),
+        ("[sip]\noverload_queue_delay = -1\n", "sip", "overload_queue_delay", "from 0"),
+        ("[sip]\noverload_retry_after = -5\n", "sip", "overload_retry_after", "0 (no"),
+        ("[sip]\noverload_retry_after = 1.5\n", "sip", "overload_retry_after", "an integer"),
     ],
 )
 def test_errors_name_file_table_and_key(
