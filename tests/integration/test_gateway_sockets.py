@@ -163,3 +163,23 @@ async def test_a_backlog_in_the_socket_buffer_counts_as_overload(gateway: Gatewa
         assert reply.status == 407
         assert gateway.endpoint.statistics.rejected_overload == 1
 
+
+async def test_a_receive_buffer_capped_by_the_kernel_is_reported(
+    tmp_path,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 1 GiB: more than any net.core.rmem_max lets a socket have.
+    config = from_mapping(
+        {
+            "gateway": {"state_dir": str(tmp_path / "state")},
+            "sip": {"listen": ["udp:127.0.0.1:0"]},
+            "plugins": {"udp": {"receive_buffer": 1 << 30}},
+        }
+    )
+    gw = Gateway(config, load_plugins(config), ids=SeededIds(1))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gw.serve)
+        nursery.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in caplog.records if "net.core.rmem_max" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "not the 1073741824 of [plugins.udp] receive_buffer" in warnings[0]

@@ -50,7 +50,10 @@ DATAGRAMS_PER_TURN = 16
 class UdpConfig:
     """``[plugins.udp]``."""
 
-    receive_buffer: int = 1 << 20  # SO_RCVBUF bytes: absorbs bursts of REGISTER/INVITE
+    # SO_RCVBUF bytes. Absorbs bursts of REGISTER/INVITE, and must hold [sip]
+    # overload_queue_delay's worth of datagrams (0.3 s at 700 calls/s: ~2,100 datagrams, 3-5 MB
+    # of kernel memory), or the kernel drops the backlog before overload control sees it.
+    receive_buffer: int = 1 << 22
 
 
 def _time_in_socket(ancillary: list[tuple[int, int, bytes]]) -> float:
@@ -90,6 +93,7 @@ class UdpTransport:
             # The kernel caps the size (net.core.rmem_max); a refusal is not fatal.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer)
+            self._check_receive_buffer(sock)
             # Without it (not Linux) datagrams carry no stamp and count as not having waited.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -138,6 +142,20 @@ class UdpTransport:
                     flows.add(flow)
                 flow.last_activity = now
                 host.deliver(data, flow, waited=_time_in_socket(ancillary))
+
+    def _check_receive_buffer(self, sock: trio.socket.SocketType) -> None:
+        # Linux reports twice what it grants (socket(7)); less than asked means rmem_max.
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if granted < self.config.receive_buffer:
+            log.warning(
+                "UDP receive buffer is %d bytes, not the %d of [plugins.udp] receive_buffer: "
+                "the kernel caps it at net.core.rmem_max. Under load the kernel will drop "
+                "datagrams before overload control sees them; raise it, e.g. "
+                "sysctl -w net.core.rmem_max=%d",
+                granted,
+                self.config.receive_buffer,
+                self.config.receive_buffer,
+            )
 
     def _make_flow(
         self, sock: trio.socket.SocketType, raw: socket.socket, local: Address, remote: Address
