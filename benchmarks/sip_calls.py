@@ -37,7 +37,10 @@ For each rate in ``--rates`` (ascending) and each system still passing, one step
 step's calls, then the UAC with ``-r RATE -m RATE*STEP_SECONDS``. A step passes when every call
 succeeded at both ends, no request or response was retransmitted (a retransmission means a reply
 took over 500 ms: T1, RFC 3261 §17.1.1.2) and set-ups completed at >= 90 % of the rate. A system
-stops climbing at its first failed step; its figure is the highest passing rate.
+stops climbing at its first failed step; its figure is the highest passing rate. Past its rate
+voipgw refuses new calls with 503 rather than letting them time out (``[sip]
+overload_queue_delay``): a failing step shows those as ``failed N (refused M)``, M being the calls
+sipp saw end with a reply its scenario does not expect.
 
 Figures per step:
 
@@ -443,6 +446,7 @@ class Step:
     ok_calls: int
     failed: int
     retransmissions: int
+    unexpected: int  # of the failed: ended by a reply the scenario does not expect (a 503)
     cps: float
     p50_ms: float
     p99_ms: float
@@ -641,6 +645,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
         ok_calls=int(stats.get("SuccessfulCall(C)", 0)),
         failed=int(stats.get("FailedCall(C)", calls)) + (1 if uas_rc != 0 else 0),
         retransmissions=int(stats.get("Retransmissions(C)", 0)),
+        unexpected=int(stats.get("FailedUnexpectedMessage(C)", 0)),
         cps=cps,
         p50_ms=statistics.median(setups) if setups else float("nan"),
         p99_ms=_percentile(setups, 0.99),
@@ -663,9 +668,12 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
 
 def print_step(s: Step) -> None:
     verdict = "pass" if s.passed else "FAIL"
+    # voipgw past its call rate refuses new calls with 503 ([sip] overload_queue_delay); sipp
+    # counts a call ended by a reply its scenario does not expect as FailedUnexpectedMessage.
+    refused = f" (refused {s.unexpected})" if s.unexpected else ""
     print(
         f"  {s.system:6s} {s.mode:6s} rate {s.rate:5g}  {verdict}  ok {s.ok_calls}/{s.calls} "
-        f"failed {s.failed} retrans {s.retransmissions}  cps {s.cps:6.1f}  "
+        f"failed {s.failed}{refused} retrans {s.retransmissions}  cps {s.cps:6.1f}  "
         f"set-up p50 {s.p50_ms:4.0f} p99 {s.p99_ms:4.0f} max {s.max_ms:5.0f} ms  "
         f"CPU {s.cpu_us:5.0f} us/call  load: b2bua {s.b2bua_load:5.1f} % "
         f"uac {s.uac_load:5.1f} % uas {s.uas_load:5.1f} %  b2bua wait {s.b2bua_wait:4.1f} %  "
