@@ -199,7 +199,9 @@ class SipEndpoint:
         self.gateway = gateway
         self.statistics = EndpointStatistics()
         sip = gateway.config.sip
-        self.overload = QueueDelayLimit(sip.overload_queue_delay)
+        self.overload = QueueDelayLimit(
+            sip.overload_queue_delay, credentials_limit=max(sip.overload_queue_delay, sip.t1)
+        )
         self._overload_logged_at = -math.inf
         self._refused_since_log = 0
         self.transactions = TransactionTable(
@@ -301,7 +303,7 @@ class SipEndpoint:
         if (
             request.method in SHED_METHODS
             and request.to.tag is None
-            and self.overload.too_late(waited)
+            and self.overload.too_late(waited, credentials=_has_credentials(request))
             and not self.transactions.has_server_transaction(request)
         ):
             await self._refuse_overloaded(request, flow, waited, now)
@@ -331,7 +333,7 @@ class SipEndpoint:
             log.warning(
                 "SIP overloaded: refused %d new INVITE/REGISTER with 503 since the last such "
                 "line (%d in all); this one waited %.0f ms to be read, the limit is %.0f ms "
-                "([sip] overload_queue_delay)",
+                "([sip] overload_queue_delay; T1 for a request with credentials)",
                 self._refused_since_log,
                 self.statistics.rejected_overload,
                 waited * 1000,
@@ -651,6 +653,13 @@ class SipEndpoint:
             raise OSError(f"transport {arrival.transport!r} is not enabled")
         flow: Flow = await transport.open_flow(destination, self.gateway)
         return flow
+
+
+def _has_credentials(request: Request) -> bool:
+    headers = request.headers
+    return (
+        headers.get("Proxy-Authorization") is not None or headers.get("Authorization") is not None
+    )
 
 
 def _hop(flow: Flow) -> Hop:

@@ -14,6 +14,11 @@ then on just enough of them are refused to hold the wait there: the refusals fol
 load without a figure of capacity being configured. A burst or a pause shorter than the limit
 refuses nothing. The limit stays below T1 so that the 503 reaches the UAC before it retransmits.
 
+A request that carries credentials (Authorization, Proxy-Authorization) is the second half of a
+challenged set-up whose first half (INVITE, 407, ACK) was already served: refusing it would throw
+that work away, so it gets until ``credentials_limit`` (T1) and the refusals fall on the first
+halves, which cost only the 503.
+
 Sans-IO: the caller passes each request's wait.
 """
 
@@ -21,19 +26,23 @@ from __future__ import annotations
 
 
 class QueueDelayLimit:
-    """Which new requests to refuse: those that waited longer than ``limit`` seconds (0: none).
+    """Which new requests to refuse: those that waited longer than ``limit`` seconds, or than
+    ``credentials_limit`` when they carry credentials (``limit`` 0: none).
 
     Also keeps the longest wait it was asked about, refused or not.
     """
 
-    def __init__(self, limit: float) -> None:
-        if limit < 0:
-            raise ValueError("limit must be >= 0")
+    def __init__(self, limit: float, credentials_limit: float) -> None:
+        if limit < 0 or credentials_limit < limit:
+            raise ValueError("expected 0 <= limit <= credentials_limit")
         self.limit = limit
+        self.credentials_limit = credentials_limit
         self.longest_wait = 0.0
 
-    def too_late(self, waited: float) -> bool:
+    def too_late(self, waited: float, *, credentials: bool) -> bool:
         """Whether a new request that waited ``waited`` seconds is to be refused."""
         if waited > self.longest_wait:
             self.longest_wait = waited
-        return 0 < self.limit < waited
+        if not self.limit:
+            return False
+        return waited > (self.credentials_limit if credentials else self.limit)

@@ -20,7 +20,7 @@ from tests.component.calls.b2bua_env import GW, B2bua, eventually, start_b2bua
 PEER = ("127.0.0.9", 5099)
 
 
-def request(method: str, n: int, *, to_tag: str = "") -> bytes:
+def request(method: str, n: int, *, to_tag: str = "", credentials: bool = False) -> bytes:
     to = "<sip:+15550123@127.0.0.1:5060>" + (f";tag={to_tag}" if to_tag else "")
     uri = "sip:127.0.0.1:5060" if method == "REGISTER" else "sip:+15550123@127.0.0.1:5060"
     return (
@@ -32,7 +32,13 @@ def request(method: str, n: int, *, to_tag: str = "") -> bytes:
         f"Call-ID: overload-{n}@127.0.0.9\r\n"
         f"CSeq: 1 {method}\r\n"
         f"Contact: <sip:caller@127.0.0.9:5099>\r\n"
-        f"Content-Length: 0\r\n\r\n"
+        + (
+            'Proxy-Authorization: Digest username="caller", realm="voipgw.test", '
+            f'nonce="n{n}", uri="sip:+15550123@127.0.0.1:5060", response="0"\r\n'
+            if credentials
+            else ""
+        )
+        + "Content-Length: 0\r\n\r\n"
     ).encode()
 
 
@@ -182,3 +188,25 @@ async def test_a_wait_within_the_limit_refuses_nothing(
     assert peer.status_of("overload-1@127.0.0.9") == [407]
     assert peer.status_of("overload-2@127.0.0.9") == [401]
     assert env.gateway.endpoint.statistics.rejected_overload == 0
+
+
+async def test_a_request_with_credentials_gets_until_t1(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    voipgw_seed: int,
+) -> None:
+    """The second half of a challenged set-up is not thrown away at the first limit (its
+    credentials are wrong here: it is answered, not refused, which is the point)."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    peer = Peer(env)
+    peer.queue(request("INVITE", 1, credentials=True), request("INVITE", 2))
+    autojump_clock.jump(0.4)  # past the 0.3 s limit, within T1 (0.5 s)
+    await peer.finals(1, 2)
+    assert 503 not in peer.status_of("overload-1@127.0.0.9")
+    assert peer.status_of("overload-2@127.0.0.9") == [503]
+
+    peer.queue(request("INVITE", 3, credentials=True))
+    autojump_clock.jump(0.6)  # past T1
+    await peer.finals(3)
+    assert peer.status_of("overload-3@127.0.0.9") == [503]
