@@ -812,8 +812,12 @@ class MediaRelay:
                 ep = endpoints[fd]
                 if ep is None:  # closed by a tap or transform earlier in this round
                     continue
+                # Bound methods kept in slots: read as attributes (a specialised slot load) and
+                # then called; ``ep.recv_into(...)`` would look them up as methods, which CPython
+                # 3.11 cannot specialise for a slot and resolves through the type each packet.
+                receive = ep.recv_into
                 try:
-                    size, source = ep.recv_into(buffer)
+                    size, source = receive(buffer)
                 except BlockingIOError:
                     continue
                 except OSError:
@@ -861,8 +865,9 @@ class MediaRelay:
                     packet = _transform(ep, route, bytes(view[:size]))
                     if packet is None:
                         continue
+                send = route.sendto
                 try:
-                    route.sendto(packet, destination)
+                    send(packet, destination)
                 except OSError:
                     route.dropped_send_error += 1
                     continue

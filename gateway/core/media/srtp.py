@@ -468,7 +468,8 @@ class _LibsrtpStep:
             return -1
         length = self.length
         length[0] = size
-        status = self.function(ctx, self.cdata, length)
+        function = self.function  # a slot load, not a method lookup (see relay._relay_ready)
+        status = function(ctx, self.cdata, length)
         if status:
             _count_failure(context, status)
             return -1
@@ -506,7 +507,8 @@ class _LibsrtpPairStep:
             return -1
         length = step.length
         length[0] = size
-        status = step.function(ctx, step.cdata, length)
+        function = step.function  # a slot load, not a method lookup (see relay._relay_ready)
+        status = function(ctx, step.cdata, length)
         if status:
             _count_failure(context, status)
             return -1
@@ -528,7 +530,8 @@ class _LibsrtpPairStep:
         if not known and len(ssrcs) >= step.max_ssrcs:
             context.ssrc_limit += 1
             return -1
-        status = step.function(ctx, step.cdata, length)
+        function = step.function  # a slot load, not a method lookup (see relay._relay_ready)
+        status = function(ctx, step.cdata, length)
         if status:
             _count_failure(context, status)
             return -1
