@@ -76,11 +76,9 @@ from gateway.core.config import PortRange
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import MediaRelay
 from gateway.core.media.srtp import SrtpSession, libsrtp_version
+from gateway.plugins.transports.udp import SO_TIMESTAMPNS
 
-# Linux's SO_TIMESTAMPNS (asm-generic/socket.h SO_TIMESTAMPNS_OLD; Python does not name it): the
-# kernel stamps each received datagram, delivered as SCM_TIMESTAMPNS (= the option) with a
-# struct timespec of two longs.
-SO_TIMESTAMPNS = 35
+# SCM_TIMESTAMPNS's payload: a struct timespec of two longs.
 TIMESPEC = struct.Struct("@ll")
 HEADER_OCTETS = 64  # only the RTP header is read back (the rest is truncated away)
 PATHS = ("direct", "voipgw", "rtpengine")
