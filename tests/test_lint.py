@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +17,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _tool(module: str) -> list[str]:
-    if shutil.which(module) is None:
+    # Run as ``python -m`` with this interpreter, so ask this interpreter: the venv's bin
+    # directory need not be on PATH (`.ci/run` calls .venv/bin/python without activating).
+    if importlib.util.find_spec(module) is None:
         pytest.fail(f"{module} is not installed: pip install -e '.[test]'")
     return [sys.executable, "-m", module]
 
