@@ -42,7 +42,10 @@ from collections.abc import Iterator
 import attrs
 
 ADDRESS = "127.0.0.1"
-NG_PORT = 22230
+# Outside every benchmark's media range (relay_srtp 20000-24999, relay_workers 10000-14999,
+# memory_per_call 15000-31999, sip_calls 14000-17999), so two benchmarks run at once cannot
+# take it from each other, and below Linux's ephemeral ports (32768-60999).
+NG_PORT = 32230
 PORT_MIN, PORT_MAX = 25000, 29999  # 1250 calls of 2 RTP/RTCP pairs; outside 32768-60999
 
 # Limits for parsing rtpengine's replies (they are bytes from a socket).
