@@ -6,6 +6,7 @@ Run from the repository root (about 5.5 minutes with the defaults)::
     python benchmarks/relay_srtp.py
     python benchmarks/relay_srtp.py --calls 1000 --seconds 10 --scenarios srtp-srtp
     python benchmarks/relay_srtp.py --relays voipgw          # without rtpengine
+    python benchmarks/relay_srtp.py --capacity --seconds 4   # per-core capacity at 1000 calls
 
 Scenarios (``--scenarios``; leg A is the offerer's phone, leg B the answerer's):
 
@@ -50,6 +51,20 @@ Figures per run (over the measuring window, after ``--warmup``):
 - waits: % of the window the relay (generator) was runnable but had no CPU (schedstat): the
   direct measure of contention on a 2-CPU machine.
 
+**Capacity** (``--capacity``): per-core throughput is what a relay carries when one core is
+its limit, and a relay that keeps up with the offered load says nothing about that: at 100 kpps
+offered rtpengine keeps up and its CPU per packet is that of a half-idle poller (9.5-10 us for
+the SRTP scenarios), while at 130-160 kpps offered it relays 126-160 kpps at 6.3-8 us. So this
+mode finds, for each scenario at the largest ``--calls`` count and for each relay, the highest
+load it carries at < 0.1 % loss (issue 7's "throughput at < 0.1 % loss"): steps of fresh calls
+at ``--rate`` packets/s per call, multiplied by ``--capacity-step`` while a step passes (divided
+while it fails), then one step between the highest pass and the lowest failure. A step passes
+when the loss over the whole run is under 0.1 % and the phones received at least 98 % of what
+they sent in the window (a relay that falls behind only drains its backlog after the window).
+The summary's 1/x is voipgw's capacity over rtpengine's. A step the generator cannot offer
+(offered < 95 % of the target) ends that relay's search: its capacity is then "at least" the
+last pass. ``--seconds 4`` keeps a full run near 5 minutes.
+
 The generator is not the bottleneck when offered kpps reaches the target (calls x 2 x rate) and
 its load stays below 100 % of a core per generator process; the line says when it does not.
 Run it on an otherwise idle machine: the load average is printed before each run, and the
@@ -61,6 +76,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -671,8 +687,13 @@ async def run_rtpengine(
 # -- report -----------------------------------------------------------------------------------
 
 
-def print_result(r: Result) -> None:
+def print_result(r: Result, *, verdict: bool = False) -> None:
     notes = []
+    if verdict:
+        notes.append(
+            f"{r.rate:.1f} pps per phone: "
+            + ("PASS" if step_passes(r) and not generator_short(r) else "FAIL")
+        )
     if r.offered_kpps < 0.95 * r.target_kpps:
         notes.append(
             f"OFFERED < 95 % of target {r.target_kpps:.1f} kpps: generator or machine busy"
@@ -729,11 +750,11 @@ def print_table(results: list[Result]) -> None:
         ("ratio voipgw/rtpengine", 22),
     ]
     print()
-    print("Summary. ratio = voipgw's CPU time per packet / rtpengine's; its inverse (1/x) is")
-    print("voipgw's per-core throughput relative to rtpengine's (the figure issue 7 sets targets")
-    print(
-        "for). Of the repeats, each cell shows the run in which the relay waited least for a CPU."
-    )
+    print("Summary. ratio = voipgw's CPU time per packet / rtpengine's at this load. Its inverse")
+    print("(1/x) is the per-core throughput ratio only where both relays run a core flat out;")
+    print("a relay that keeps up spends more per packet than at its capacity (--capacity finds")
+    print("that). Of the repeats, each cell shows the run in which the relay waited least")
+    print("for a CPU.")
     print("| " + " | ".join(f"{name:>{width}s}" for name, width in columns) + " |")
     print("|" + "|".join("-" * (width + 2) for _, width in columns) + "|")
     for name, calls in rows:
@@ -777,6 +798,158 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}"
+
+
+# -- capacity: the highest load each relay carries at < 0.1 % loss ----------------------------
+
+CAPACITY_LOSS = 0.1  # %
+CAPACITY_RELAYED = 0.98  # of offered, in the window
+GENERATOR_SHORT = 0.95  # of the target: the generator could not offer the step's load
+
+
+@attrs.frozen
+class Capacity:
+    """The outcome of one relay's search in one scenario."""
+
+    scenario: Scenario
+    relay: str
+    passed: Result | None
+    """The highest step with < 0.1 % loss (None: not even the lowest step tried)."""
+    failed: Result | None
+    """The lowest step that failed: what the relay relays once past its capacity."""
+    generator_bound: bool
+    """The search stopped because the generator could not offer more."""
+
+
+def step_passes(r: Result) -> bool:
+    return r.loss < CAPACITY_LOSS and r.relayed_kpps >= CAPACITY_RELAYED * r.offered_kpps
+
+
+def generator_short(r: Result) -> bool:
+    return r.offered_kpps < GENERATOR_SHORT * r.target_kpps
+
+
+async def find_capacity(
+    scenario: Scenario,
+    relay: str,
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], Any],
+) -> Capacity:
+    """Step the per-call rate up (or down) by ``args.capacity_step`` from ``args.rate`` until a
+    pass and a failure bracket the capacity, then try once between them."""
+    rate = args.rate
+    passed: Result | None = None
+    failed: Result | None = None
+    for _ in range(args.capacity_steps):
+        result: Result = await run(argparse.Namespace(**{**vars(args), "rate": rate}))
+        print_result(result, verdict=True)
+        if generator_short(result):
+            return Capacity(scenario, relay, passed, failed, generator_bound=True)
+        if step_passes(result):
+            passed = result
+        else:
+            failed = result
+        if passed is not None and failed is not None:
+            break
+        rate = rate * args.capacity_step if failed is None else rate / args.capacity_step
+    if passed is not None and failed is not None:
+        result = await run(
+            argparse.Namespace(**{**vars(args), "rate": (passed.rate * failed.rate) ** 0.5})
+        )
+        print_result(result, verdict=True)
+        if generator_short(result):
+            return Capacity(scenario, relay, passed, failed, generator_bound=True)
+        if step_passes(result):
+            passed = result
+        else:
+            failed = result
+    return Capacity(scenario, relay, passed, failed, generator_bound=False)
+
+
+def print_capacity_table(capacities: list[Capacity]) -> None:
+    by_key = {(c.scenario.name, c.relay): c for c in capacities}
+    print()
+    print("Capacity: the highest load relayed with < 0.1 % loss (kpps, and CPU us per packet")
+    print("there); 'past it': what the relay relayed at the lowest load it failed. 1/x = voipgw's")
+    print("capacity / rtpengine's, the per-core throughput ratio issue 7 sets targets for.")
+    print(
+        "| scenario | calls | voipgw kpps (us/pkt) | past it | rtpengine kpps (us/pkt) | past it "
+        "| 1/x |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|")
+
+    def cells(c: Capacity | None) -> tuple[str, str, float | None]:
+        if c is None:
+            return "-", "-", None
+        # Not bracketed (the generator's limit, or the steps ran out): at least this much.
+        at_least = ">= " if c.generator_bound or c.failed is None else ""
+        if c.passed is None:
+            shown = "below the lowest step"
+            kpps = None
+        else:
+            shown = f"{at_least}{c.passed.relayed_kpps:.1f} ({c.passed.cpu_us:.2f})"
+            kpps = c.passed.relayed_kpps
+        past = f"{c.failed.relayed_kpps:.1f}" if c.failed is not None else "-"
+        return shown, past, kpps
+
+    for name in [n for n in SCENARIOS if any(c.scenario.name == n for c in capacities)]:
+        v_shown, v_past, v = cells(by_key.get((name, "voipgw")))
+        e_shown, e_past, e = cells(by_key.get((name, "rtpengine")))
+        calls = next(c.passed or c.failed for c in capacities if c.scenario.name == name)
+        ratio = f"{v / e:.2f}" if v is not None and e is not None else "-"
+        print(
+            f"| {SCENARIOS[name].title} | {calls.calls if calls else '-'} | {v_shown} | {v_past} "
+            f"| {e_shown} | {e_past} | {ratio} |",
+            flush=True,
+        )
+
+
+async def _run_step(
+    scenario: Scenario,
+    calls: int,
+    relay: str,
+    engine: Rtpengine | None,
+    client: NgClient | None,
+    step_args: argparse.Namespace,
+) -> Result:
+    print(f"    load average before the run: {os.getloadavg()[0]:.2f}", flush=True)
+    if relay == "voipgw":
+        return await run_voipgw(scenario, calls, step_args)
+    assert engine is not None and client is not None
+    return await run_rtpengine(scenario, calls, step_args, engine, client)
+
+
+async def run_capacity(args: argparse.Namespace) -> list[Capacity]:
+    calls = max(args.calls)
+    capacities: list[Capacity] = []
+    engine = client = None
+    if "rtpengine" in args.relays:
+        engine = Rtpengine(
+            threads=args.rtpengine_threads,
+            lifetime=60
+            + len(args.scenarios) * (args.capacity_steps + 1) * (args.warmup + args.seconds + 40),
+            log_path=args.rtpengine_log,
+        )
+        client = engine.start()
+        print(f"rtpengine started: pid {engine.pid}", flush=True)
+    try:
+        for index, name in enumerate(args.scenarios):
+            scenario = SCENARIOS[name]
+            print(f"{scenario.title}, {calls} calls, capacity:", flush=True)
+            # Alternate which relay goes first, so a drift in the machine hits both alike.
+            for relay in args.relays if index % 2 == 0 else args.relays[::-1]:
+                run = functools.partial(_run_step, scenario, calls, relay, engine, client)
+                try:
+                    capacities.append(await find_capacity(scenario, relay, args, run))
+                except (RuntimeError, OSError, NgError) as exc:
+                    print(f"    {relay:9s} RUN FAILED: {exc}", flush=True)
+    finally:
+        if client is not None:
+            client.close()
+        if engine is not None:
+            engine.stop()
+            print("rtpengine stopped", flush=True)
+    return capacities
 
 
 async def run_all(args: argparse.Namespace) -> list[Result]:
@@ -856,7 +1029,20 @@ def main() -> None:
     )
     parser.add_argument("--rtpengine-threads", type=int, default=1, help="rtpengine --num-threads")
     parser.add_argument("--rtpengine-log", default=os.devnull, help="rtpengine's stderr goes here")
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help="find each relay's capacity at < 0.1 %% loss at the largest --calls count",
+    )
+    parser.add_argument(
+        "--capacity-step", type=float, default=1.1, help="rate factor between capacity steps"
+    )
+    parser.add_argument(
+        "--capacity-steps", type=int, default=10, help="most steps per relay before bracketing"
+    )
     args = parser.parse_args()
+    if args.capacity_step <= 1.0:
+        parser.error("--capacity-step must be above 1")
     if max(args.calls) > 1000 or min(args.calls) < 1:
         parser.error("--calls: 1..1000 (the port ranges hold 1250 calls)")
     for name in args.scenarios:
@@ -875,8 +1061,10 @@ def main() -> None:
         f"{args.seconds:g} s window, {args.generators} generator process(es)",
         flush=True,
     )
-    results = trio.run(run_all, args)
-    print_table(results)
+    if args.capacity:
+        print_capacity_table(trio.run(run_capacity, args))
+    else:
+        print_table(trio.run(run_all, args))
     print(f"\ntotal time {time.monotonic() - started:.0f} s", flush=True)
 
 
