@@ -70,7 +70,7 @@ from relay_srtp import (
     schedstat_delta,
     task_schedstats,
 )
-from rtpengine_peer import NgClient, NgError, Rtpengine, Srtp, delete_call
+from rtpengine_peer import NgClient, NgError, Rtpengine, Srtp, delete_call, running
 
 from gateway.core.config import PortRange
 from gateway.core.media.ports import PortAllocator
@@ -408,15 +408,15 @@ def print_table(results: list[LatencyResult]) -> None:
 
 async def run_all(args: argparse.Namespace) -> list[LatencyResult]:
     results: list[LatencyResult] = []
-    engine = client = None
-    if "rtpengine" in args.paths:
-        runs = len(args.scenarios) * len(args.paths) * args.repeats
-        engine = Rtpengine(
+    runs = len(args.scenarios) * len(args.paths) * args.repeats
+    engine = (
+        Rtpengine(
             threads=args.rtpengine_threads, lifetime=60 + runs * (args.warmup + args.seconds + 30)
         )
-        client = engine.start()
-        print(f"rtpengine started: pid {engine.pid}", flush=True)
-    try:
+        if "rtpengine" in args.paths
+        else None
+    )
+    with running(engine) as client:
         for name in args.scenarios:
             scenario = SCENARIOS[name]
             print(f"{scenario.title}, {args.calls} calls:", flush=True)
@@ -440,12 +440,6 @@ async def run_all(args: argparse.Namespace) -> list[LatencyResult]:
                     continue
                 print_result(result)
                 results.append(result)
-    finally:
-        if client is not None:
-            client.close()
-        if engine is not None:
-            engine.stop()
-            print("rtpengine stopped", flush=True)
     return results
 
 

@@ -98,7 +98,7 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rtpengine_peer import NgClient, NgError, Rtpengine, Srtp, bridge_call, delete_call
+from rtpengine_peer import NgClient, NgError, Rtpengine, Srtp, bridge_call, delete_call, running
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
@@ -840,7 +840,8 @@ async def find_capacity(
     rate = args.rate
     passed: Result | None = None
     failed: Result | None = None
-    for _ in range(args.capacity_steps):
+    bisected = False
+    for _ in range(args.capacity_steps + 1):
         result: Result = await run(argparse.Namespace(**{**vars(args), "rate": rate}))
         print_result(result, verdict=True)
         if generator_short(result):
@@ -849,20 +850,13 @@ async def find_capacity(
             passed = result
         else:
             failed = result
-        if passed is not None and failed is not None:
-            break
-        rate = rate * args.capacity_step if failed is None else rate / args.capacity_step
-    if passed is not None and failed is not None:
-        result = await run(
-            argparse.Namespace(**{**vars(args), "rate": (passed.rate * failed.rate) ** 0.5})
-        )
-        print_result(result, verdict=True)
-        if generator_short(result):
-            return Capacity(scenario, relay, passed, failed, generator_bound=True)
-        if step_passes(result):
-            passed = result
+        if passed is None or failed is None:
+            rate = rate * args.capacity_step if failed is None else rate / args.capacity_step
+        elif not bisected:
+            bisected = True
+            rate = (passed.rate * failed.rate) ** 0.5
         else:
-            failed = result
+            break
     return Capacity(scenario, relay, passed, failed, generator_bound=False)
 
 
@@ -922,17 +916,17 @@ async def _run_step(
 async def run_capacity(args: argparse.Namespace) -> list[Capacity]:
     calls = max(args.calls)
     capacities: list[Capacity] = []
-    engine = client = None
-    if "rtpengine" in args.relays:
-        engine = Rtpengine(
+    steps = len(args.scenarios) * (args.capacity_steps + 1)
+    engine = (
+        Rtpengine(
             threads=args.rtpengine_threads,
-            lifetime=60
-            + len(args.scenarios) * (args.capacity_steps + 1) * (args.warmup + args.seconds + 40),
+            lifetime=60 + steps * (args.warmup + args.seconds + 40),
             log_path=args.rtpengine_log,
         )
-        client = engine.start()
-        print(f"rtpengine started: pid {engine.pid}", flush=True)
-    try:
+        if "rtpengine" in args.relays
+        else None
+    )
+    with running(engine) as client:
         for index, name in enumerate(args.scenarios):
             scenario = SCENARIOS[name]
             print(f"{scenario.title}, {calls} calls, capacity:", flush=True)
@@ -943,32 +937,22 @@ async def run_capacity(args: argparse.Namespace) -> list[Capacity]:
                     capacities.append(await find_capacity(scenario, relay, args, run))
                 except (RuntimeError, OSError, NgError) as exc:
                     print(f"    {relay:9s} RUN FAILED: {exc}", flush=True)
-    finally:
-        if client is not None:
-            client.close()
-        if engine is not None:
-            engine.stop()
-            print("rtpengine stopped", flush=True)
     return capacities
 
 
 async def run_all(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
-    engine = None
-    client = None
-    if "rtpengine" in args.relays:
-        runs = len(args.scenarios) * len(args.calls) * args.repeats
-        engine = Rtpengine(
+    runs = len(args.scenarios) * len(args.calls) * args.repeats
+    engine = (
+        Rtpengine(
             threads=args.rtpengine_threads,
             lifetime=60 + runs * (args.warmup + args.seconds + 40),
             log_path=args.rtpengine_log,
         )
-        client = engine.start()
-        print(
-            f"rtpengine started: pid {engine.pid}, --num-threads={args.rtpengine_threads}",
-            flush=True,
-        )
-    try:
+        if "rtpengine" in args.relays
+        else None
+    )
+    with running(engine) as client:
         for name in args.scenarios:
             scenario = SCENARIOS[name]
             for calls in args.calls:
@@ -980,24 +964,13 @@ async def run_all(args: argparse.Namespace) -> list[Result]:
                     for relay in (args.relays if repeat % 2 == 0 else args.relays[::-1])
                 ]
                 for relay in order:
-                    print(f"    load average before the run: {os.getloadavg()[0]:.2f}", flush=True)
                     try:
-                        if relay == "voipgw":
-                            result = await run_voipgw(scenario, calls, args)
-                        else:
-                            assert engine is not None and client is not None
-                            result = await run_rtpengine(scenario, calls, args, engine, client)
+                        result = await _run_step(scenario, calls, relay, engine, client, args)
                     except (RuntimeError, OSError, NgError) as exc:  # report, go on with the rest
                         print(f"    {relay:9s} RUN FAILED: {exc}", flush=True)
                         continue
                     print_result(result)
                     results.append(result)
-    finally:
-        if client is not None:
-            client.close()
-        if engine is not None:
-            engine.stop()
-            print("rtpengine stopped", flush=True)
     return results
 
 

@@ -29,6 +29,7 @@ re-encrypts, which is the bridging being measured.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import os
 import shutil
@@ -176,6 +177,23 @@ def _check(command: dict[str, object], reply: object) -> dict[str, object]:
 
 
 # -- the process ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(engine: Rtpengine | None) -> Iterator[NgClient | None]:
+    """Start ``engine`` (None: the run wants no rtpengine) and yield its NG client; close the
+    client and stop rtpengine however the block ends."""
+    if engine is None:
+        yield None
+        return
+    client = engine.start()
+    print(f"rtpengine started: pid {engine.pid}, --num-threads={engine.threads}", flush=True)
+    try:
+        yield client
+    finally:
+        client.close()
+        engine.stop()
+        print("rtpengine stopped", flush=True)
 
 
 @attrs.define(eq=False)
