@@ -878,7 +878,7 @@ def print_capacity_table(capacities: list[Capacity]) -> None:
         # Not bracketed (the generator's limit, or the steps ran out): at least this much.
         at_least = ">= " if c.generator_bound or c.failed is None else ""
         if c.passed is None:
-            shown = "below the lowest step"
+            shown = "generator-bound" if c.generator_bound else "below the lowest step"
             kpps = None
         else:
             shown = f"{at_least}{c.passed.relayed_kpps:.1f} ({c.passed.cpu_us:.2f})"
@@ -889,10 +889,11 @@ def print_capacity_table(capacities: list[Capacity]) -> None:
     for name in [n for n in SCENARIOS if any(c.scenario.name == n for c in capacities)]:
         v_shown, v_past, v = cells(by_key.get((name, "voipgw")))
         e_shown, e_past, e = cells(by_key.get((name, "rtpengine")))
-        calls = next(c.passed or c.failed for c in capacities if c.scenario.name == name)
+        runs = [r for c in capacities if c.scenario.name == name for r in (c.passed, c.failed)]
+        calls = next((str(r.calls) for r in runs if r is not None), "-")
         ratio = f"{v / e:.2f}" if v is not None and e is not None else "-"
         print(
-            f"| {SCENARIOS[name].title} | {calls.calls if calls else '-'} | {v_shown} | {v_past} "
+            f"| {SCENARIOS[name].title} | {calls} | {v_shown} | {v_past} "
             f"| {e_shown} | {e_past} | {ratio} |",
             flush=True,
         )
