@@ -914,19 +914,21 @@ async def _run_step(
     return await run_rtpengine(scenario, calls, step_args, engine, client)
 
 
+def _rtpengine(args: argparse.Namespace, *, runs: int) -> Rtpengine | None:
+    """The rtpengine for ``runs`` runs (its lifetime bounds it), or None when not asked for."""
+    if "rtpengine" not in args.relays:
+        return None
+    return Rtpengine(
+        threads=args.rtpengine_threads,
+        lifetime=60 + runs * (args.warmup + args.seconds + 40),
+        log_path=args.rtpengine_log,
+    )
+
+
 async def run_capacity(args: argparse.Namespace) -> list[Capacity]:
     calls = max(args.calls)
     capacities: list[Capacity] = []
-    steps = len(args.scenarios) * (args.capacity_steps + 1)
-    engine = (
-        Rtpengine(
-            threads=args.rtpengine_threads,
-            lifetime=60 + steps * (args.warmup + args.seconds + 40),
-            log_path=args.rtpengine_log,
-        )
-        if "rtpengine" in args.relays
-        else None
-    )
+    engine = _rtpengine(args, runs=len(args.scenarios) * (args.capacity_steps + 1))
     with running(engine) as client:
         for index, name in enumerate(args.scenarios):
             scenario = SCENARIOS[name]
@@ -943,16 +945,7 @@ async def run_capacity(args: argparse.Namespace) -> list[Capacity]:
 
 async def run_all(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
-    runs = len(args.scenarios) * len(args.calls) * args.repeats
-    engine = (
-        Rtpengine(
-            threads=args.rtpengine_threads,
-            lifetime=60 + runs * (args.warmup + args.seconds + 40),
-            log_path=args.rtpengine_log,
-        )
-        if "rtpengine" in args.relays
-        else None
-    )
+    engine = _rtpengine(args, runs=len(args.scenarios) * len(args.calls) * args.repeats)
     with running(engine) as client:
         for name in args.scenarios:
             scenario = SCENARIOS[name]
