@@ -216,15 +216,58 @@ def wait_child(
 
 
 def stop(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM, then SIGKILL after 5 s; a process already gone is fine."""
-    if process is None or process.poll() is not None:
+    """SIGTERM, then SIGKILL after 5 s, to ``process`` and its process group; a process already
+    gone is fine. The B2BUAs start in a group of their own (``start_new_session``), so a
+    ``--gateway-prefix`` command that forks the gateway instead of exec'ing it does not leave
+    the gateway running on the benchmark's ports after the run."""
+    if process is None:
         return
-    process.terminate()
+    group = _own_group(process)
+    if process.poll() is None:
+        _signal(process, group, signal.SIGTERM)
+        try:
+            process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            _signal(process, group, signal.SIGKILL)
+            process.wait(5.0)
+    if group is not None:
+        _wait_group_gone(group)
+
+
+def _own_group(process: subprocess.Popen[bytes]) -> int | None:
+    """``process``'s process group if it leads one (started with ``start_new_session``)."""
     try:
-        process.wait(5.0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5.0)
+        group = os.getpgid(process.pid)
+    except ProcessLookupError:
+        return None
+    return group if group == process.pid else None
+
+
+def _signal(process: subprocess.Popen[bytes], group: int | None, signum: int) -> None:
+    try:
+        if group is None:
+            process.send_signal(signum)
+        else:
+            os.killpg(group, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_group_gone(group: int) -> None:
+    """The rest of the group (a prefix's children) has 5 s after SIGTERM, then SIGKILL."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(group, signum)
+        except ProcessLookupError:
+            return
+    raise RuntimeError(f"process group {group} survived SIGKILL")
 
 
 def require_free(*ports: int) -> None:
@@ -350,6 +393,7 @@ class System:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                start_new_session=True,  # stop() ends whatever a --gateway-prefix forked
             )
         wait_udp_port(B2BUA_PORT, self.process)
         # alice's phone: REGISTER from the port its UAS answers on (the gateway reaches a
@@ -416,6 +460,7 @@ class System:
                 # Warnings and errors only: at INFO sippy logs every message it sends and
                 # receives (voipgw, at its default info, logs a line per call).
                 env={**os.environ, "SIPLOG_LVL": "WARN"},
+                start_new_session=True,
             )
         wait_udp_port(SIPPY_PORT, self.process)
 
@@ -868,7 +913,9 @@ def main() -> None:
         metavar="COMMAND",
         help="run voipgw's `python -m gateway run` under COMMAND (split like a shell would), "
         "e.g. 'valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%%p' for instructions "
-        "per call (docs/benchmarks.md, the fourth SIP pass)",
+        "per call (docs/benchmarks.md, the fourth SIP pass). The CPU figures are the prefix "
+        "process's: a prefix that forks the gateway (py-spy record) measures itself; attach "
+        "py-spy with -p instead",
     )
     args = parser.parse_args()
     args.rates = sorted(args.rates)
