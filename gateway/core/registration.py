@@ -98,7 +98,7 @@ class RegistrationService:
         except RemoteSipError as err:
             return self._reply(request, err.status or 400, err.reason)
         if isinstance(outcome, Authenticated):
-            self.failures.record_success(source)
+            self.failures.record_success(source, user=outcome.username)
             account = self.store.get_account(outcome.username)
             if account is None:  # removed between the HA1 lookup and now
                 return self._reply(request, 403, "Forbidden")
@@ -116,7 +116,7 @@ class RegistrationService:
                 return self._reply(request, 403, f"Forbidden ({refused.reason})")
             return outcome
         if isinstance(outcome, BadCredentials | UnknownUser):
-            blocked = self.failures.record_failure(source, now=now)
+            blocked = self.failures.record_failure(source, user=outcome.username or "", now=now)
             log.warning(
                 "%s from %s: authentication failed for user %r%s",
                 request.method,

@@ -21,16 +21,18 @@ from gateway.core.store.sqlite import SqliteStore
 REALM = "voipgw.local"
 
 
-def register(port: int, *, branch: str, cseq: int, auth: str | None = None) -> bytes:
+def register(
+    port: int, *, branch: str, cseq: int, auth: str | None = None, user: str = "alice"
+) -> bytes:
     lines = [
         f"REGISTER sip:127.0.0.1:{port} SIP/2.0",
         f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch={branch};rport",
         "Max-Forwards: 70",
-        f"From: <sip:alice@127.0.0.1:{port}>;tag=reg1",
-        f"To: <sip:alice@127.0.0.1:{port}>",
-        "Call-ID: register-1@127.0.0.1",
+        f"From: <sip:{user}@127.0.0.1:{port}>;tag=reg1",
+        f"To: <sip:{user}@127.0.0.1:{port}>",
+        f"Call-ID: register-{user}@127.0.0.1",
         f"CSeq: {cseq} REGISTER",
-        "Contact: <sip:alice@127.0.0.1:5999>",
+        f"Contact: <sip:{user}@127.0.0.1:5999>",
         "Expires: 600",
     ]
     if auth:
@@ -38,11 +40,11 @@ def register(port: int, *, branch: str, cseq: int, auth: str | None = None) -> b
     return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-def answer_challenge(challenge: str, port: int, password: str) -> str:
+def answer_challenge(challenge: str, port: int, password: str, user: str = "alice") -> str:
     params = dict(re.findall(r'(\w+)="?([^",]+)"?', challenge))
     algorithm = DigestAlgorithm.from_token(params.get("algorithm", "MD5"))
     uri = f"sip:127.0.0.1:{port}"
-    ha1 = compute_ha1(algorithm, "alice", REALM, password)
+    ha1 = compute_ha1(algorithm, user, REALM, password)
     response = compute_response(
         algorithm,
         ha1,
@@ -54,7 +56,7 @@ def answer_challenge(challenge: str, port: int, password: str) -> str:
         cnonce="c0ffee",
     )
     return (
-        f'Digest username="alice", realm="{REALM}", nonce="{params["nonce"]}", uri="{uri}", '
+        f'Digest username="{user}", realm="{REALM}", nonce="{params["nonce"]}", uri="{uri}", '
         f'response="{response}", algorithm={params.get("algorithm", "MD5")}, qop=auth, '
         f'nc=00000001, cnonce="c0ffee", opaque="{params.get("opaque", "")}"'
     )
@@ -147,6 +149,44 @@ async def test_repeated_bad_passwords_get_403(tmp_path: Path) -> None:
         assert (
             "Too Many Failed"
             in (await exchange(sock, port, register(port, branch="z9hG4bKz", cseq=99))).reason
+        )
+
+    await run_gateway(state, attack)
+
+
+async def test_good_logins_between_guesses_do_not_lift_the_limit(tmp_path: Path) -> None:
+    # Whoever holds the account mallory must not be able to reset the per-source failure count
+    # by logging in as mallory between guesses at alice's password.
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    store.accounts_add("alice", "wonderland", REALM)
+    store.accounts_add("mallory", "own-password", REALM)
+    store.close()
+
+    async def attempt(
+        port: int, sock: trio.socket.SocketType, n: int, user: str, password: str
+    ) -> Response:
+        challenge = await exchange(
+            sock, port, register(port, branch=f"z9hG4bKc{n}", cseq=2 * n, user=user)
+        )
+        if challenge.status != 401:
+            return challenge
+        offered = challenge.headers.get_all("WWW-Authenticate")[0]
+        auth = answer_challenge(offered, port, password, user=user)
+        return await exchange(
+            sock, port, register(port, branch=f"z9hG4bKa{n}", cseq=2 * n + 1, auth=auth, user=user)
+        )
+
+    async def attack(gw: Gateway, port: int, sock: trio.socket.SocketType) -> None:
+        guesses = []
+        for n in range(1, 9):
+            own = await attempt(port, sock, 2 * n, "mallory", "own-password")
+            guess = await attempt(port, sock, 2 * n + 1, "alice", f"guess-{n}")
+            guesses.append((own.status, guess.status))
+        assert guesses[0] == (200, 401)  # a wrong password is challenged again
+        assert "Too Many Failed" in (await attempt(port, sock, 99, "alice", "wonderland")).reason
+        assert (
+            "Too Many Failed" in (await attempt(port, sock, 98, "mallory", "own-password")).reason
         )
 
     await run_gateway(state, attack)
