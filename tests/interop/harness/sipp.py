@@ -342,6 +342,7 @@ class SippUas:
         self.args += list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self._result: SippResult | None = None
+        self._stopped = False  # still running when wait() gave up on it
 
     @property
     def address(self) -> str:
@@ -381,11 +382,17 @@ class SippUas:
         deadline = time.monotonic() + (self.timeout + 5 if timeout is None else timeout)
         while self.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        if self.process.poll() is None:
+            # sipp exits 0 on SIGTERM when no call has failed yet: a call still waiting for
+            # its next message would pass for a finished one.
+            self._stopped = True
         stop_process(self.process, sig=signal.SIGTERM, timeout=3.0)
         return self.result()
 
     def result(self) -> SippResult:
         returncode = -1 if self.process is None else self.process.poll()
+        if self._stopped:
+            returncode = -signal.SIGTERM
         return SippResult(
             self.scenario.name,
             tuple(self.args),
