@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import attrs
 import trio
@@ -343,6 +343,10 @@ class SipAgent:
     address-of-record (default: ``proxy``, else its own address). New requests go to ``proxy``
     unless told otherwise; in-dialog requests follow the dialog. ``auto`` says how new INVITEs
     are answered (None: by the test). ``media_port`` is what its SDP advertises.
+
+    :attr:`in_dialog`, when a test sets it, sees every in-dialog request first (after the
+    dialog's CSeq check) and returns True when it answered the request itself (a trunk that
+    challenges BYE, say); the default answers follow when it returns False.
     """
 
     def __init__(
@@ -375,6 +379,7 @@ class SipAgent:
         self.calls: list[Call] = []
         #: Our 2xx responses to INVITEs that no ACK came for within 64*T1 (RFC 3261 §13.3.1.4).
         self.never_acked: list[Response] = []
+        self.in_dialog: Callable[[Received], Awaitable[bool]] | None = None
         self._by_dialog: dict[tuple[str, str], Call] = {}  # (Call-ID, our tag)
         self._by_invite: dict[ServerTransaction, Call] = {}
         self._exchanges: dict[Transaction, Exchange] = {}
@@ -667,6 +672,8 @@ class SipAgent:
                 call.dialog.receive_request(request)
             except SipError as err:
                 await self.respond(received, getattr(err, "status", None) or 500)
+                return
+            if self.in_dialog is not None and await self.in_dialog(received):
                 return
             if method == "INVITE":
                 if self.auto is not None:

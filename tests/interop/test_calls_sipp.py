@@ -278,6 +278,29 @@ def test_a_trunk_that_challenges_gets_the_trunks_credentials(tmp_path: Path) -> 
     assert "answered trunk carrier's 401 challenge" in log
 
 
+def test_a_trunk_that_challenges_our_bye_gets_the_trunks_credentials(tmp_path: Path) -> None:
+    """The trunk (sipp) answers the call, then challenges the BYE with 401 and checks the next
+    BYE's digest with verifyauth: the gateway sends the BYE again with the dialog's next CSeq and
+    the trunk's credentials, so the trunk ends the call too (it fails the scenario otherwise)."""
+    keys = {"user": "voipgw-1", "password": "carrier-secret-7"}
+    with SippUas("uas_answer_bye_auth.xml", workdir=tmp_path, keys=keys) as trunk:
+        trunks = outbound_trunk(trunk) + ('username = "voipgw-1"\npassword = "carrier-secret-7"\n')
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=trunks) as gw:
+            caller = account_call("uac_call_auth.xml", gw, tmp_path, service=TRUNK_NUMBER)
+            caller.check()
+            callee = trunk.wait(timeout=10)
+            callee.check()
+            gw.wait_for_log(r"answered trunk carrier's challenge to our BYE")
+            log = gw.log_text()
+    first, second = callee.received("BYE ")
+    assert not re.search(r"^Authorization:", first, re.MULTILINE | re.IGNORECASE)
+    assert 'username="voipgw-1"' in header(second, "Authorization")
+    assert header(first, "Call-ID") == header(second, "Call-ID")
+    first_cseq = int(header(first, "CSeq").split()[0])
+    assert header(second, "CSeq") == f"{first_cseq + 1} BYE"
+    assert "carrier-secret-7" not in log
+
+
 # -- 2. trunk -> registered account, no digest -----------------------------------------------
 
 

@@ -77,6 +77,7 @@ PAIRS = [
     ("uac_call.xml", "uas_answer_avpf.xml"),
     ("uac_call_rtp.xml", "uas_answer.xml"),
     ("uac_call_auth.xml", "uas_auth_answer.xml"),
+    ("uac_call_bye_auth.xml", "uas_answer_bye_auth.xml"),
     ("uac_cancel.xml", "uas_ring_forever.xml"),
     ("uac_busy.xml", "uas_busy.xml"),
     ("uac_call_remote_bye.xml", "uas_bye_first.xml"),

@@ -18,6 +18,13 @@ every event in that one task keeps the call a plain sequential state machine, wi
    with its SDP rewritten (hold/resume), one at a time (491 while one is pending, §14.1); other
    in-dialog requests are relayed; the media inactivity timer ends the call with a stated reason.
 
+A trunk with ``username``/``password`` may challenge any request we send it, not only the
+INVITE: a 401/407 to our re-INVITE, relayed request or BYE is answered once, in the same request
+with the dialog's next CSeq and the credentials (RFC 3261 §22.2, §8.1.3.5). For the BYE this
+matters most: a carrier that never gets an accepted BYE keeps the call up, and bills it, until
+its own timers end it. The BYE is seen through after the call has ended, by a task of the call
+manager.
+
 Our 2xx to an INVITE is retransmitted by us until the ACK comes (§13.3.1.4: T1 doubling to T2,
 give up after 64*T1 and send BYE); the INVITE server transaction only absorbs retransmitted
 INVITEs (RFC 6026).
@@ -59,6 +66,7 @@ from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
     from gateway.core.calls.manager import CallManager
+    from gateway.core.config import TrunkConfig
     from gateway.core.endpoint import ClientRequest
     from gateway.core.media.session import MediaSession
 
@@ -93,6 +101,20 @@ class ResponseEvent:
 
     tag: object
     response: Response
+
+
+@attrs.define(eq=False)
+class InDialogRequest:
+    """A request this call sent in an established dialog (the tag its responses come back with):
+    a relayed request (``relayed``: the server transaction and request it answers), our
+    re-INVITE or our BYE. ``sent`` is what went out, for a retry with a trunk's credentials (once:
+    ``challenged``)."""
+
+    purpose: str  # "relay" | "reinvite" | "bye"
+    side: Side  # the leg it was sent on
+    relayed: tuple[ServerTransaction, Request] | None = None
+    sent: Request | None = None
+    challenged: bool = False
 
 
 @attrs.frozen
@@ -758,7 +780,10 @@ class Call:
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
         reinvite = await self._send_in_dialog(
-            other, "INVITE", body=serialize_sdp(offer), tag=("reinvite", event.side.other)
+            other,
+            "INVITE",
+            body=serialize_sdp(offer),
+            tag=InDialogRequest("reinvite", event.side.other),
         )
         if reinvite is None:
             self.media.abandon_offer()
@@ -788,7 +813,7 @@ class Call:
             body=request.body,
             extra=[e for e in extra if e[0] != "Content-Type"],
             content_type=request.content_type,
-            tag=("relay", event.transaction, request),
+            tag=InDialogRequest("relay", other.side, relayed=(event.transaction, request)),
         )
         if sent is None:
             await self.endpoint.respond(event.transaction, make_response(request, 503))
@@ -807,10 +832,15 @@ class Call:
                 if response.is_success and tag is not self.b:
                     await self._b_answered(tag, response)  # a late fork answer: ACK + BYE
             return
-        if not isinstance(tag, tuple) or response.status < 200:
+        if not isinstance(tag, InDialogRequest) or response.status < 200 or tag.purpose == "bye":
             return
-        if tag[0] == "relay":
-            _, transaction, request = tag
+        if response.status in (401, 407):
+            if await self._answer_in_dialog_challenge(tag, response):
+                return
+            # A trunk's challenge is ours to answer, not the other side's (as for INVITE).
+            response = Response(503, "Service Unavailable (trunk authentication)", response.headers)
+        if tag.purpose == "relay" and tag.relayed is not None:
+            transaction, request = tag.relayed
             await self.endpoint.respond(
                 transaction,
                 make_response(
@@ -821,8 +851,8 @@ class Call:
                     content_type=response.content_type,
                 ),
             )
-        elif tag[0] == "reinvite":
-            await self._reinvite_answered(tag[1], response)
+        elif tag.purpose == "reinvite":
+            await self._reinvite_answered(tag.side, response)
 
     async def _reinvite_answered(self, answered_side: Side, response: Response) -> None:
         leg = self._leg(answered_side)
@@ -974,7 +1004,10 @@ class Call:
         tag: object,
         extra: Sequence[tuple[str, str]] = (),
         content_type: str | None = SDP,
+        forward: bool = True,
     ) -> ClientRequest | None:
+        """Send a new request in ``leg``'s dialog; its responses come into this call's events
+        with ``tag`` (unless ``forward`` is false: the caller reads them itself)."""
         assert leg.dialog is not None
         try:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
@@ -990,26 +1023,139 @@ class Call:
             body=body,
             content_type=content_type if body else None,
         )
+        if isinstance(tag, InDialogRequest):
+            tag.sent = request
+        client = await self._send_on(leg, request, flow)
+        if client is not None and forward:
+            self._forward(client, tag)
+        return client
+
+    async def _send_on(
+        self, leg: Leg, request: Request, flow: Flow | None = None
+    ) -> ClientRequest | None:
+        """``request`` through a new client transaction over ``flow`` (by default ``leg``'s);
+        None (logged) when it cannot be sent."""
         try:
+            if flow is None:
+                flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
             client = await self.endpoint.send_request(
                 request, transport=flow.transport, address=flow.remote, flow=flow
             )
         except OSError as exc:
-            log.info("call %s: cannot send %s: %s", self.id, method, exc)
+            log.info("call %s: cannot send %s: %s", self.id, request.method, exc)
             return None
-        self._forward(client, tag)
+        leg.flow = client.flow
         return client
+
+    # -- a trunk's challenges to requests inside a dialog (RFC 3261 §22.2) ---------------------
+
+    def _trunk_credentials(self, leg: Leg) -> TrunkConfig | None:
+        """The trunk at the other end of ``leg`` if it has credentials for us to answer its
+        challenges with: the trunk we called (B leg) or the trunk that called us (A leg)."""
+        if isinstance(leg, BLeg):
+            name = leg.target.trunk if leg.target is not None else None
+        else:
+            name = self.caller.name if self.caller.kind == "trunk" else None
+        trunk = self.config.trunk(name) if name is not None else None
+        if trunk is None or trunk.username is None or trunk.password is None:
+            return None
+        return trunk
+
+    def _with_credentials(
+        self, leg: Leg, sent: Request, challenge: Response, trunk: TrunkConfig
+    ) -> Request | None:
+        """``sent`` as a new transaction with the dialog's next CSeq (the endpoint gives it a
+        Via with a new branch) and credentials answering ``challenge``; None when the challenge
+        holds nothing we can answer (logged)."""
+        assert leg.dialog is not None and trunk.username is not None
+        assert trunk.password is not None
+        number = leg.dialog.take_cseq()
+        retry = sent.with_headers(sent.headers.remove("Via").set("CSeq", f"{number} {sent.method}"))
+        answered = authorize(
+            retry,
+            challenge,
+            username=trunk.username,
+            password=trunk.password,
+            cnonce=self.manager.gateway.ids.token_hex(8),
+        )
+        if answered is None:
+            log.info(
+                "call %s: trunk %s sent %d to our %s with no challenge we can answer",
+                self.id,
+                trunk.name,
+                challenge.status,
+                sent.method,
+            )
+        return answered
+
+    async def _answer_in_dialog_challenge(self, tag: InDialogRequest, challenge: Response) -> bool:
+        """A 401/407 to our re-INVITE or relayed request: send it again with the trunk's
+        credentials, once; its responses come back with the same ``tag``. False when we do not
+        (no credentials, already answered once, a challenge we cannot answer)."""
+        leg = self._leg(tag.side)
+        trunk = self._trunk_credentials(leg)
+        if trunk is None or tag.challenged or tag.sent is None or leg.dialog is None:
+            return False
+        retry = self._with_credentials(leg, tag.sent, challenge, trunk)
+        if retry is None:
+            return False
+        tag.challenged = True
+        client = await self._send_on(leg, retry)
+        if client is None:
+            return False
+        log.info(
+            "call %s: answered trunk %s's %d challenge to %s",
+            self.id,
+            trunk.name,
+            challenge.status,
+            retry.method,
+        )
+        tag.sent = retry
+        self._forward(client, tag)
+        return True
+
+    async def _see_bye_through(
+        self, leg: Leg, client: ClientRequest, sent: Request, trunk: TrunkConfig
+    ) -> None:
+        """Our BYE to a trunk that holds our credentials: wait for its final response (at most
+        Timer F, 64*T1) and answer one 401/407 with the credentials, so that the trunk ends the
+        call too. Runs in the call manager's nursery: the call has ended by now."""
+        final = await _final_response(client)
+        if final is None or final.status not in (401, 407):
+            return
+        retry = self._with_credentials(leg, sent, final, trunk)
+        if retry is None:
+            return
+        again = await self._send_on(leg, retry)
+        if again is None:
+            return
+        final = await _final_response(again)
+        if final is not None and final.is_success:
+            log.info("call %s: answered trunk %s's challenge to our BYE", self.id, trunk.name)
+        else:
+            log.warning(
+                "call %s: trunk %s refused our BYE with credentials (%s); it may still count "
+                "the call as up",
+                self.id,
+                trunk.name,
+                f"{final.status} {final.reason}" if final is not None else "no answer",
+            )
 
     async def _bye(self, leg: Leg, reason: str, *, cause: int = 200) -> None:
         if leg.dialog is None or leg.dialog.state.value == "terminated":
             return
-        await self._send_in_dialog(
+        trunk = self._trunk_credentials(leg)
+        tag = InDialogRequest("bye", leg.side)
+        client = await self._send_in_dialog(
             leg,
             "BYE",
-            tag="bye",
+            tag=tag,
             extra=[("Reason", f'SIP;cause={cause};text="{_quoted(reason)}"')],
+            forward=trunk is None,  # nothing of the call waits for a BYE's response
         )
         leg.dialog.terminate()
+        if client is not None and trunk is not None and tag.sent is not None:
+            self.manager.start_soon(self._see_bye_through, leg, client, tag.sent, trunk)
 
     async def _hang_up(self, reason: str, *, cause: int = 200) -> None:
         self.end_reason = reason
@@ -1110,6 +1256,15 @@ def best_failure(finals: Sequence[Response]) -> tuple[int, str]:
     if timeouts and len(timeouts) == len(finals):
         return 408, "Request Timeout"
     return 503, "Service Unavailable"
+
+
+async def _final_response(client: ClientRequest) -> Response | None:
+    """The final response of ``client``'s transaction (a local 408 on timeout, 503 when the
+    transport failed), or None if the channel ended without one."""
+    async for response in client.responses:
+        if response.is_final:
+            return response
+    return None
 
 
 def _warning(text: str | None) -> str:

@@ -8,7 +8,7 @@ calls what they need from the rest of the gateway (routing, authentication, medi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -50,6 +50,11 @@ class CallManager:
         """Call detail records; the gateway saves what is left when it stops."""
         if self.records is not None:
             nursery.start_soon(self.records.run)
+
+    def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run what a call leaves behind when it ends (seeing its BYE through a trunk's
+        challenge) in the manager's nursery, which lives as long as the gateway."""
+        self._nursery.start_soon(async_fn, *args)
 
     # -- CallLayer (called from the endpoint's task) --------------------------------------------
 

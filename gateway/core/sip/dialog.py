@@ -284,6 +284,16 @@ class Dialog:
         self.local_seq = number
         return self._build(method, number, via, contact, max_forwards, extra, body, content_type)
 
+    def take_cseq(self) -> int:
+        """The next local CSeq number, for a request sent again in this dialog as a new
+        transaction: one retried with credentials after a 401/407 (RFC 3261 §22.2, §8.1.3.5).
+        Allowed once the dialog is terminated too, for the BYE that terminated it."""
+        number = 1 if self.local_seq is None else self.local_seq + 1
+        if number > _MAX_CSEQ:
+            raise LocalSipError("local CSeq exhausted")
+        self.local_seq = number
+        return number
+
     def create_ack(
         self,
         invite_cseq: int,
