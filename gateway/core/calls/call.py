@@ -460,36 +460,18 @@ class Call:
         ``password`` (RFC 3261 §22.2: same Call-ID, From and To, CSeq + 1, a new transaction).
         Once per leg: a second challenge means the credentials are wrong, and that final
         response goes to the caller like any other. False when we do not answer it."""
-        target, invite = leg.target, leg.invite
-        trunk_name = target.trunk if target is not None else None
-        trunk = self.config.trunk(trunk_name) if trunk_name is not None else None
+        invite = leg.invite
+        trunk = self._trunk_credentials(leg)
         if (
             trunk is None
-            or trunk.username is None
-            or trunk.password is None
             or invite is None
             or leg.credentials_sent
             or leg.cancel_wanted
             or self.state != "ringing"
         ):
             return False
-        retry = invite.with_headers(
-            invite.headers.remove("Via").set("CSeq", f"{invite.cseq.number + 1} INVITE")
-        )
-        answered = authorize(
-            retry,
-            response,
-            username=trunk.username,
-            password=trunk.password,
-            cnonce=self.manager.gateway.ids.token_hex(8),
-        )
+        answered = self._with_credentials(invite, invite.cseq.number + 1, response, trunk)
         if answered is None:
-            log.info(
-                "call %s: trunk %s sent %d with no challenge we can answer",
-                self.id,
-                trunk.name,
-                response.status,
-            )
             return False
         leg.credentials_sent = True
         try:
@@ -1062,15 +1044,13 @@ class Call:
         return trunk
 
     def _with_credentials(
-        self, leg: Leg, sent: Request, challenge: Response, trunk: TrunkConfig
+        self, sent: Request, cseq: int, challenge: Response, trunk: TrunkConfig
     ) -> Request | None:
-        """``sent`` as a new transaction with the dialog's next CSeq (the endpoint gives it a
-        Via with a new branch) and credentials answering ``challenge``; None when the challenge
-        holds nothing we can answer (logged)."""
-        assert leg.dialog is not None and trunk.username is not None
-        assert trunk.password is not None
-        number = leg.dialog.take_cseq()
-        retry = sent.with_headers(sent.headers.remove("Via").set("CSeq", f"{number} {sent.method}"))
+        """``sent`` again as a new transaction (RFC 3261 §22.2): CSeq ``cseq``, no Via (the
+        endpoint adds one with a new branch), credentials answering ``challenge``. None when the
+        challenge holds nothing we can answer (logged)."""
+        assert trunk.username is not None and trunk.password is not None
+        retry = sent.with_headers(sent.headers.remove("Via").set("CSeq", f"{cseq} {sent.method}"))
         answered = authorize(
             retry,
             challenge,
@@ -1096,7 +1076,7 @@ class Call:
         trunk = self._trunk_credentials(leg)
         if trunk is None or tag.challenged or tag.sent is None or leg.dialog is None:
             return False
-        retry = self._with_credentials(leg, tag.sent, challenge, trunk)
+        retry = self._with_credentials(tag.sent, leg.dialog.take_cseq(), challenge, trunk)
         if retry is None:
             return False
         tag.challenged = True
@@ -1123,7 +1103,8 @@ class Call:
         final = await _final_response(client)
         if final is None or final.status not in (401, 407):
             return
-        retry = self._with_credentials(leg, sent, final, trunk)
+        assert leg.dialog is not None
+        retry = self._with_credentials(sent, leg.dialog.take_cseq(), final, trunk)
         if retry is None:
             return
         again = await self._send_on(leg, retry)

@@ -264,10 +264,7 @@ async def test_a_trunk_without_credentials_gets_no_answer_in_the_dialog_either(
 ) -> None:
     env, pbx = await start(nursery, tmp_path, voipgw_seed, password=None)
     server = pbx_server()
-    call = await alice_calls(env)
-    leg = await pbx.next_call(timeout=5)
-    await leg.answer()
-    assert (await call.final()).status == 200
+    call = await connected_call(env, pbx)
     challenge_without_credentials(pbx, server)
 
     # The caller gets 503, not the trunk's challenge (as for the first INVITE).
