@@ -819,7 +819,8 @@ class Call:
         if response.status in (401, 407):
             if await self._answer_in_dialog_challenge(tag, response):
                 return
-            # A trunk's challenge is ours to answer, not the other side's (as for INVITE).
+            # A challenge to a request we sent is ours to answer, never the other side's (as
+            # for INVITE, best_failure): relayed without its challenge header it is unanswerable.
             response = Response(503, "Service Unavailable (trunk authentication)", response.headers)
         if tag.purpose == "relay" and tag.relayed is not None:
             transaction, request = tag.relayed
