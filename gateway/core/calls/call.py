@@ -17,6 +17,9 @@ every event in that one task keeps the call a plain sequential state machine, wi
 3. established: BYE from either side ends the call (BYE to the other side); re-INVITE is relayed
    with its SDP rewritten (hold/resume), one at a time (491 while one is pending, §14.1); other
    in-dialog requests are relayed; the media inactivity timer ends the call with a stated reason.
+   A relayed re-INVITE that the other leg answers 408 or 481, or leaves without a final response
+   for 64*T1 (its INVITE transaction has no timer once a provisional came), ends the call: §14.1
+   says a UAC terminates the dialog then, and the requester, answered 408, would do the same.
 
 A trunk with ``username``/``password`` may challenge any request we send it, not only the
 INVITE: a 401/407 to our re-INVITE, relayed request or BYE is answered once, in the same request
@@ -60,7 +63,7 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
-from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.sip.transaction import ServerTransaction, State
 from gateway.core.sip.uri import SipUri, Uri
 from gateway.core.transport.flows import Flow
 
@@ -115,6 +118,7 @@ class InDialogRequest:
     relayed: tuple[ServerTransaction, Request] | None = None
     sent: Request | None = None
     challenged: bool = False
+    client: ClientRequest | None = None  # the client transaction of ``sent``
 
 
 @attrs.frozen
@@ -186,6 +190,9 @@ class Call:
         # Client requests whose responses come into the event queue; detached at the end.
         self._forwarded: list[ClientRequest] = []
         self._pending_reinvite: tuple[Side, ServerTransaction, Request] | None = None
+        # The re-INVITE we relayed for it, and when we stop waiting for its final response.
+        self._reinvite_sent: InDialogRequest | None = None
+        self._reinvite_deadline = math.inf
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
         # The cancel scope _next_event waits in, and the deadline it was asked for.
         self._wait: tuple[trio.CancelScope, float] | None = None
@@ -636,22 +643,7 @@ class Call:
             return
         if not leg.provisional_seen:
             return  # sent when the first 1xx arrives (_b_response)
-        invite = leg.invite
-        cancel = Request(
-            "CANCEL",
-            invite.uri,
-            Headers.of(
-                [
-                    ("Via", invite.headers.get("Via") or ""),
-                    ("Max-Forwards", "70"),
-                    ("From", invite.headers.get("From") or ""),
-                    ("To", invite.headers.get("To") or ""),
-                    ("Call-ID", invite.call_id),
-                    ("CSeq", f"{invite.cseq.number} CANCEL"),
-                    *(("Route", route) for route in invite.headers.get_all("Route")),
-                ]
-            ),
-        )
+        cancel = _cancel_for(leg.invite)
         leg.cancelled = True
         try:
             client = await self.endpoint.send_request(
@@ -693,13 +685,15 @@ class Call:
         check_every = max(0.5, min(5.0, timeout / 4))
         next_check = trio.current_time() + check_every
         while True:
-            event = await self._next_event(next_check)
+            event = await self._next_event(min(next_check, self._reinvite_deadline))
             now = trio.current_time()
             if now >= next_check:
                 next_check = now + check_every
                 last = self.media.last_activity if self.media is not None else None
                 if now - max(last or 0.0, self.answered_at) > timeout:
                     await self._hang_up(f"no media for {timeout:g} s")
+            if now >= self._reinvite_deadline:
+                await self._reinvite_timed_out()
             if event is None:
                 continue
             if isinstance(event, RequestEvent):
@@ -761,16 +755,36 @@ class Call:
             return
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
-        reinvite = await self._send_in_dialog(
-            other,
-            "INVITE",
-            body=serialize_sdp(offer),
-            tag=InDialogRequest("reinvite", event.side.other),
-        )
+        sent = InDialogRequest("reinvite", event.side.other)
+        reinvite = await self._send_in_dialog(other, "INVITE", body=serialize_sdp(offer), tag=sent)
         if reinvite is None:
             self.media.abandon_offer()
             self._pending_reinvite = None
             await self.endpoint.respond(event.transaction, make_response(request, 503))
+            return
+        self._reinvite_sent = sent
+        self._reinvite_deadline = trio.current_time() + 64 * self.config.sip.t1
+
+    async def _reinvite_timed_out(self) -> None:
+        """64*T1 and no final response to the re-INVITE we relayed: CANCEL it if a provisional
+        came (RFC 3261 §9.1; without one its Timer B ends it as 408), answer the requester 408
+        and end the call (§14.1)."""
+        sent, pending = self._reinvite_sent, self._pending_reinvite
+        self._reinvite_sent, self._pending_reinvite = None, None
+        self._reinvite_deadline = math.inf
+        if sent is None or pending is None:
+            return
+        assert self.media is not None
+        self.media.abandon_offer()
+        client = sent.client
+        if client is not None and client.transaction.state is State.PROCEEDING:
+            await self._send_on(self._leg(sent.side), _cancel_for(client.request))
+        _, transaction, request = pending
+        await self.endpoint.respond(transaction, make_response(request, 408))
+        seconds = 64 * self.config.sip.t1
+        await self._hang_up(
+            f"re-INVITE to the {sent.side.value.upper()} leg got no final response in {seconds:g} s"
+        )
 
     def _reoffer(self, side: Side, offer: SessionDescription) -> SessionDescription:
         """A re-offer from ``side``: through its security, the session, the other's security."""
@@ -852,6 +866,7 @@ class Call:
             return
         side, transaction, request = self._pending_reinvite
         self._pending_reinvite = None
+        self._reinvite_sent, self._reinvite_deadline = None, math.inf
         assert leg.dialog is not None and self.media is not None
         if response.is_success:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
@@ -892,6 +907,13 @@ class Call:
             await self.endpoint.respond(
                 transaction, make_response(request, response.status, response.reason)
             )
+            if response.status in (408, 481):
+                # RFC 3261 §14.1: the dialog is gone (481) or the leg did not answer (408, also
+                # our own on Timer B); the requester, answered the same, ends its side too.
+                await self._hang_up(
+                    f"re-INVITE to the {answered_side.value.upper()} leg answered "
+                    f"{response.status} {response.reason}"
+                )
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -1009,6 +1031,8 @@ class Call:
         if isinstance(tag, InDialogRequest):
             tag.sent = request
         client = await self._send_on(leg, request, flow)
+        if isinstance(tag, InDialogRequest):
+            tag.client = client
         if client is not None and forward:
             self._forward(client, tag)
         return client
@@ -1091,7 +1115,7 @@ class Call:
             challenge.status,
             retry.method,
         )
-        tag.sent = retry
+        tag.sent, tag.client = client.request, client
         self._forward(client, tag)
         return True
 
@@ -1238,6 +1262,26 @@ def best_failure(finals: Sequence[Response]) -> tuple[int, str]:
     if timeouts and len(timeouts) == len(finals):
         return 408, "Request Timeout"
     return 503, "Service Unavailable"
+
+
+def _cancel_for(invite: Request) -> Request:
+    """The CANCEL of ``invite`` as sent (RFC 3261 §9.1): its Request-URI, top Via (the same
+    branch), From, To, Call-ID, CSeq number and Route headers."""
+    return Request(
+        "CANCEL",
+        invite.uri,
+        Headers.of(
+            [
+                ("Via", invite.headers.get("Via") or ""),
+                ("Max-Forwards", "70"),
+                ("From", invite.headers.get("From") or ""),
+                ("To", invite.headers.get("To") or ""),
+                ("Call-ID", invite.call_id),
+                ("CSeq", f"{invite.cseq.number} CANCEL"),
+                *(("Route", route) for route in invite.headers.get_all("Route")),
+            ]
+        ),
+    )
 
 
 async def _final_response(client: ClientRequest) -> Response | None:

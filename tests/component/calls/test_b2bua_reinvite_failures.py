@@ -1,0 +1,95 @@
+"""A relayed re-INVITE that the other leg does not complete (RFC 3261 §14.1): no final response
+within 64*T1 ends the call (CANCEL to the silent leg, 408 to the requester, BYE to both), and so
+does a 408 or 481 from that leg; a slow but complete answer does not. Signalling on the
+in-memory network, virtual time (T1 = 0.5 s: 64*T1 = 32 s)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from gateway.testing.sip_agent import SDP, Received
+from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
+
+LIMIT = 32.0  # 64 * T1
+
+
+def alice_answers_reinvites(env, handle) -> None:  # type: ignore[no-untyped-def]
+    """alice's agent hands every in-dialog INVITE to ``handle`` (which answers it, or not)."""
+
+    async def hook(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await handle(received)
+        return True
+
+    env.alice.in_dialog = hook
+
+
+async def test_a_reinvite_with_no_final_response_ends_the_call_after_64_t1(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+
+    async def never_answer(received: Received) -> None:
+        pass  # the agent's INVITE server transaction has sent 100 Trying
+
+    alice_answers_reinvites(env, never_answer)
+    started = trio.current_time()
+    hold = await call.request(
+        "INVITE", body=env.trunk.offer_sdp(direction="sendonly"), content_type=SDP
+    )
+    reinvite = (await env.alice.next_request("INVITE", timeout=5)).request
+    await trio.sleep(LIMIT - 1)
+    assert [s for s in hold.statuses if s >= 200] == []  # still waiting before 64*T1
+
+    final = await hold.final(timeout=5)
+    assert final.status == 408
+    assert LIMIT <= trio.current_time() - started < LIMIT + 1
+    # RFC 3261 §9.1: the CANCEL of that re-INVITE, on its branch, after its provisional.
+    cancel = (await env.alice.next_request("CANCEL", timeout=5)).request
+    assert cancel.cseq.number == reinvite.cseq.number
+    assert cancel.top_via.branch == reinvite.top_via.branch
+    # §14.1: the dialog is over on both legs.
+    await env.trunk.next_request("BYE", timeout=5)
+    await env.alice.next_request("BYE", timeout=5)
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_slow_reinvite_answer_within_64_t1_keeps_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+
+    async def answer_after_20_s(received: Received) -> None:
+        await trio.sleep(20)
+        await env.alice.respond(received, 200, body=env.alice.answer_sdp(received.request.body))
+
+    alice_answers_reinvites(env, answer_after_20_s)
+    hold = await call.reinvite(env.trunk.offer_sdp(direction="sendonly"), timeout=30)
+    assert hold.status == 200
+    await trio.sleep(2 * LIMIT)
+    assert env.calls == 1
+    assert env.alice.requests("CANCEL") == [] and env.alice.requests("BYE") == []
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_reinvite_answered_481_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+
+    async def dialog_gone(received: Received) -> None:
+        await env.alice.respond(received, 481)
+
+    alice_answers_reinvites(env, dialog_gone)
+    hold = await call.reinvite(env.trunk.offer_sdp(direction="sendonly"))
+    assert hold.status == 481  # passed on, so the trunk ends its side too (§14.1)
+    await env.trunk.next_request("BYE", timeout=5)
+    await env.alice.next_request("BYE", timeout=5)
+    await eventually(lambda: env.calls == 0)
