@@ -135,6 +135,8 @@ class SipSection:
     # (gateway/core/sip/overload.py); 0 never refuses.
     overload_queue_delay: float = 0.3
     overload_retry_after: int = 0  # seconds in the 503's Retry-After; 0: no Retry-After
+    # Timer C (RFC 3261 §16.6 step 11): an unanswered call is given up after this long (s).
+    ring_timeout: float = 180.0
 
 
 @attrs.frozen
@@ -407,6 +409,8 @@ def _validate(config: GatewayConfig, file: str) -> None:
         raise ConfigError(
             file, "sip", "overload_retry_after", "expected 0 (no Retry-After) or more seconds"
         )
+    if config.sip.ring_timeout <= 0:
+        raise ConfigError(file, "sip", "ring_timeout", "expected a positive number of seconds")
     if config.media.inactivity_timeout <= 0:
         raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")
     if not 1 <= config.media.workers <= MAX_MEDIA_WORKERS:

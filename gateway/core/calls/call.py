@@ -10,6 +10,9 @@ every event in that one task keeps the call a plain sequential state machine, wi
    each leg rewritten so all media flows through the relay), then an INVITE to every target in
    parallel (RFC 3261 §16.6-style forking done by a UAC core);
 2. ringing: 1xx from B is relayed to A with our own To tag (early media when it carries SDP);
+   no final answer within ``[sip] ring_timeout`` (Timer C, RFC 3261 §16.6 step 11) CANCELs
+   every B leg and answers A 408, so a callee that rings forever, or whose 2xx we cannot read,
+   does not hold the call and its ports until the caller gives up;
    the first 2xx wins: it is ACKed (§13.2.2.4), the other B legs are CANCELled, and A gets its
    200 with the rewritten answer; a 2xx from any other leg is ACKed and BYEd. When every B leg has
    failed, A gets the best final response (§16.7 step 6). CANCEL from A cancels every B leg and
@@ -193,6 +196,7 @@ class Call:
         # The re-INVITE we relayed for it, and when we stop waiting for its final response.
         self._reinvite_sent: InDialogRequest | None = None
         self._reinvite_deadline = math.inf
+        self._ring_deadline = math.inf  # Timer C, set when the B legs are called
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
         # The cancel scope _next_event waits in, and the deadline it was asked for.
         self._wait: tuple[trio.CancelScope, float] | None = None
@@ -321,6 +325,7 @@ class Call:
                 await self._reject_a(488, "Not Acceptable Here", refusals[0])
             await self._fail_a()
         self.state = "ringing"
+        self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
         await self._ringing()
 
     async def _call_target(self, target: RouteTarget, offer: SessionDescription) -> str | None:
@@ -425,7 +430,9 @@ class Call:
 
     async def _ringing(self) -> None:
         while self.state == "ringing":
-            event = await self._next_event()
+            event = await self._next_event(self._ring_deadline)
+            if trio.current_time() >= self._ring_deadline:
+                await self._no_answer()
             if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                 await self._b_response(event.tag, event.response)
             elif isinstance(event, CancelEvent):
@@ -653,6 +660,17 @@ class Call:
             log.info("call %s: cannot send CANCEL: %s", self.id, exc)
             return
         self._forward(client, "cancel")
+
+    async def _no_answer(self) -> None:
+        """Timer C fired (RFC 3261 §16.8: CANCEL the pending branches; 408 to the caller)."""
+        timeout = self.config.sip.ring_timeout
+        self.end_reason = f"no answer within {timeout:g} s"
+        self.state = "cancelled"
+        for leg in self.b_legs:
+            if leg.final is None:
+                await self._cancel_b(leg)
+        await self._respond_a(self._a_response(408, "Request Timeout"))
+        raise CallEnded(self.end_reason)
 
     async def _cancelled_by_a(self) -> None:
         self.end_reason = "cancelled by caller"

@@ -75,6 +75,7 @@ receive_buffer = 4096
         ("[sip]\noverload_queue_delay = -1\n", "sip", "overload_queue_delay", "from 0"),
         ("[sip]\noverload_retry_after = -5\n", "sip", "overload_retry_after", "0 (no"),
         ("[sip]\noverload_retry_after = 1.5\n", "sip", "overload_retry_after", "an integer"),
+        ("[sip]\nring_timeout = 0\n", "sip", "ring_timeout", "positive number of seconds"),
     ],
 )
 def test_errors_name_file_table_and_key(
