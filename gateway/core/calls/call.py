@@ -66,7 +66,7 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
-from gateway.core.sip.transaction import ServerTransaction, State
+from gateway.core.sip.transaction import ServerTransaction, State, TransactionStateError
 from gateway.core.sip.uri import SipUri, Uri
 from gateway.core.transport.flows import Flow
 
@@ -197,6 +197,7 @@ class Call:
         self._reinvite_sent: InDialogRequest | None = None
         self._reinvite_deadline = math.inf
         self._ring_deadline = math.inf  # Timer C, set when the B legs are called
+        self._relaying: set[InDialogRequest] = set()  # relayed requests not answered yet
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
         # The cancel scope _next_event waits in, and the deadline it was asked for.
         self._wait: tuple[trio.CancelScope, float] | None = None
@@ -248,9 +249,37 @@ class Call:
                 self.keying.close()
             if self.media is not None:
                 self.media.close()
-            self.manager.forget(self)
+            self.manager.forget(self)  # from here on the endpoint answers our dialogs 481
             self._events_send.close()
             log.info("call %s ended: %s", self.id, self.end_reason or "normal clearing")
+            with trio.CancelScope(shield=True), trio.move_on_after(self.config.sip.t1):
+                await self._refuse_queued_requests()
+
+    async def _refuse_queued_requests(self) -> None:
+        """Requests the call took but will not answer now that it has ended get 481, as they
+        would a moment later from the endpoint (RFC 3261 §12.2.2): those still queued (a
+        re-INVITE or INFO crossing a BYE), the re-INVITE and the requests relayed to the other
+        leg whose answers will no longer come through. Left unanswered, a re-INVITE's server
+        transaction would keep its requester waiting for ever."""
+        unanswered = [tag.relayed for tag in self._relaying if tag.relayed is not None]
+        self._relaying.clear()
+        if self._pending_reinvite is not None:
+            unanswered.append(self._pending_reinvite[1:])
+            self._pending_reinvite = None
+        while True:
+            try:
+                event = self._events.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if isinstance(event, RequestEvent):
+                unanswered.append((event.transaction, event.request))
+        for transaction, request in unanswered:
+            try:
+                await self.endpoint.respond(
+                    transaction, make_response(request, 481, "Call Has Ended")
+                )
+            except TransactionStateError:  # answered already after all
+                log.debug("call %s: %s answered already", self.id, request.method)
 
     async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
         wake = min(deadline, self._next_retransmission())
@@ -821,16 +850,19 @@ class Call:
             for name, value in request.headers.fields
             if name in ("Content-Type", "Event", "Subscription-State", "Info-Package")
         ]
+        tag = InDialogRequest("relay", other.side, relayed=(event.transaction, request))
         sent = await self._send_in_dialog(
             other,
             request.method,
             body=request.body,
             extra=[e for e in extra if e[0] != "Content-Type"],
             content_type=request.content_type,
-            tag=InDialogRequest("relay", other.side, relayed=(event.transaction, request)),
+            tag=tag,
         )
         if sent is None:
             await self.endpoint.respond(event.transaction, make_response(request, 503))
+            return
+        self._relaying.add(tag)
 
     async def _relayed_response(self, event: ResponseEvent) -> None:
         tag = event.tag
@@ -855,6 +887,7 @@ class Call:
             # for INVITE, best_failure): relayed without its challenge header it is unanswerable.
             response = Response(503, "Service Unavailable (trunk authentication)", response.headers)
         if tag.purpose == "relay" and tag.relayed is not None:
+            self._relaying.discard(tag)
             transaction, request = tag.relayed
             await self.endpoint.respond(
                 transaction,

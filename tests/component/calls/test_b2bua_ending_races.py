@@ -1,0 +1,67 @@
+"""Requests that cross the end of a call (RFC 3261 §12.2.2, §15): whatever the call took and
+can no longer answer gets 481 at once: a re-INVITE or INFO that crossed the other side's BYE, and
+a re-INVITE still waiting for the leg that hung up. Without it an INVITE server transaction keeps
+its requester waiting for ever (no timer runs once 100 Trying went out) and a non-INVITE request
+times out. Signalling on the in-memory network, virtual time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from gateway.testing.sip_agent import SDP, Received
+from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
+
+PROMPTLY = 2.0  # seconds: far below Timer F (32 s), the fallback of a request left unanswered
+
+
+async def test_a_reinvite_crossing_the_callees_bye_gets_481(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, leg_b = await answered_call(env)
+    started = trio.current_time()
+    async with trio.open_nursery() as both:
+        both.start_soon(leg_b.bye)
+        reinvite = await call.request("INVITE", body=env.trunk.offer_sdp(), content_type=SDP)
+    final = await reinvite.final(timeout=PROMPTLY)
+    assert final.status == 481
+    assert trio.current_time() - started < PROMPTLY
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_an_info_crossing_the_callees_bye_gets_481(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, leg_b = await answered_call(env)
+    async with trio.open_nursery() as both:
+        both.start_soon(leg_b.bye)
+        info = await call.request(
+            "INFO", body=b"Signal=1\r\n", content_type="application/dtmf-relay"
+        )
+    assert (await info.final(timeout=PROMPTLY)).status == 481
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_pending_reinvite_gets_481_when_its_leg_hangs_up(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, leg_b = await answered_call(env)
+    held: list[Received] = []
+
+    async def hold_on_to_it(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        held.append(received)  # never answered: alice hangs up instead
+        return True
+
+    env.alice.in_dialog = hold_on_to_it
+    reinvite = await call.request("INVITE", body=env.trunk.offer_sdp(), content_type=SDP)
+    await eventually(lambda: bool(held))
+    assert (await leg_b.bye()).status == 200
+    final = await reinvite.final(timeout=PROMPTLY)
+    assert final.status == 481
+    await eventually(lambda: env.calls == 0)
