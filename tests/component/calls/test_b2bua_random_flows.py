@@ -1,0 +1,211 @@
+"""Seeded random call flows and mutated SDP through the B2BUA (the memory network, virtual time):
+whatever the peers do, the gateway logs no internal error, answers every request it takes (none
+waits for ever), and leaves no call, lookup entry or media stream behind.
+
+These found three bugs when written: a re-INVITE the other leg never completed hung the call, a
+callee whose 200 could not be read kept the call ringing until the caller gave up, and requests
+crossing a BYE were never answered. ``--voipgw-seed`` replays a failing run; the failure message
+names the flow."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.testing.sip_agent import AutoAnswer, Call, Received, SipAgent, simple_sdp
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+
+FLOWS = 120
+OFFERS = 150
+SLOW = 80.0  # seconds: longer than any transaction timer (64*T1 = 32 s)
+RING_TIMEOUT = 30.0
+
+# -- mutated SDP --------------------------------------------------------------------------------
+
+TOKENS = ["", "0", "-1", "65536", "4294967296", "abc", "*", "x" * 3000, "IN IP6 ::1", "::"]
+EXTRA_LINES = [
+    "a=rtcp-mux",
+    "a=rtcp:{port}",
+    "a=sendonly",
+    "a=inactive",
+    "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{text}",
+    "a=fingerprint:sha-256 {text}",
+    "a=setup:{text}",
+    "a=ptime:{number}",
+    "a=rtpmap:{number} {text}/{number}",
+    "m=video {port} RTP/AVP 96",
+    "m=audio 0 RTP/AVP 0",
+    "m=image {port} udptl t38",
+    "c=IN IP4 {text}",
+    "b=AS:{number}",
+]
+
+
+def mutate(sdp: bytes, rng: random.Random) -> bytes:
+    """One to three line edits: drop, repeat, swap, replace a token, insert a line."""
+    lines = sdp.decode().rstrip("\r\n").split("\r\n")
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        i = rng.randrange(len(lines))
+        edit = rng.randrange(5)
+        if edit == 0 and len(lines) > 1:
+            del lines[i]
+        elif edit == 1:
+            lines.insert(i, lines[i])
+        elif edit == 2:
+            j = rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif edit == 3:
+            words = lines[i].split(" ")
+            words[rng.randrange(len(words))] = rng.choice(TOKENS)
+            lines[i] = " ".join(words)
+        else:
+            line = rng.choice(EXTRA_LINES).format(
+                port=rng.choice([0, 1, 40002, 65535, 65536]),
+                number=rng.choice(["0", "127", "-5", "999999999999", "x"]),
+                text=rng.choice([*TOKENS, "actpass", "127.0.0.1", ":".join(["AB"] * 32)]),
+            )
+            lines.insert(rng.randrange(len(lines) + 1), line)
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def no_internal_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name.startswith("gateway")
+    ]
+
+
+async def all_gone(env: B2bua) -> None:
+    await trio.sleep(2 * SLOW)  # every transaction, 2xx retransmission and drain is over
+    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+    assert env.gateway.relay is not None and not env.gateway.relay.streams
+
+
+async def test_mutated_offers_answers_and_reoffers(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = random.Random(voipgw_seed)
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=None, sip={"ring_timeout": RING_TIMEOUT}
+    )
+
+    def answer_to(offer: bytes) -> bytes:
+        try:
+            answer = env.alice.answer_sdp(offer)
+        except Exception:  # the agent's own SDP code gave up on what the gateway sent
+            answer = simple_sdp("127.0.0.3", 30000)
+        return mutate(answer, rng) if rng.random() < 0.5 else answer
+
+    async def alice_answers() -> None:
+        while True:
+            call = await env.alice.next_call(timeout=10**9)
+            assert call.incoming is not None
+            status = 486 if rng.random() < 0.1 else 200
+            await env.alice.respond(call.incoming, status, body=answer_to(call.invite.body))
+
+    async def alice_answers_reoffers(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        status = rng.choice([200] * 8 + [488, 500])
+        await env.alice.respond(received, status, body=answer_to(received.request.body))
+        return True
+
+    nursery.start_soon(alice_answers)
+    env.alice.in_dialog = alice_answers_reoffers
+    with caplog.at_level(logging.INFO):
+        for n in range(OFFERS):
+            offer = env.trunk.offer_sdp()
+            if rng.random() < 0.8:
+                offer = mutate(offer, rng)
+            call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=offer)
+            final = await call.final(timeout=RING_TIMEOUT + SLOW)  # never left ringing
+            if final.status == 200:
+                if rng.random() < 0.5:
+                    reoffer = mutate(env.trunk.offer_sdp(), rng)
+                    assert (await call.reinvite(reoffer, timeout=SLOW)).status >= 200, n
+                await call.bye(timeout=SLOW)
+        await all_gone(env)
+    assert no_internal_errors(caplog) == []
+
+
+async def in_call(rng: random.Random, call: Call, agent: SipAgent, flow: list[str]) -> None:
+    """Up to three things one side does in an answered call: a re-INVITE, an in-dialog request,
+    a pause, or BYE (which ends its part)."""
+    for _ in range(rng.randrange(4)):
+        await trio.sleep(rng.choice([0, 0.001, 0.05, 0.5, 2]))
+        if call.dialog is None or call.dialog.state.value == "terminated":
+            return
+        what = rng.randrange(4)
+        if what == 0:
+            offer = agent.offer_sdp(direction=rng.choice(["sendrecv", "sendonly", "inactive"]))
+            status = (await call.reinvite(offer, timeout=SLOW)).status
+            flow.append(f"{agent.user} re-INVITE {status}")
+        elif what == 1:
+            method = rng.choice(["INFO", "OPTIONS", "MESSAGE", "NOTIFY", "UPDATE", "REFER"])
+            exchange = await call.request(method, body=b"x", content_type="text/plain")
+            flow.append(f"{agent.user} {method} {(await exchange.final(timeout=SLOW)).status}")
+        elif what == 2:
+            flow.append(f"{agent.user} BYE {(await call.bye(timeout=SLOW)).status}")
+            return
+
+
+async def test_random_call_flows(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Either direction, answered, busy or never answered, CANCEL at random moments, then both
+    # sides re-INVITE, send requests and hang up at random, crossing each other.
+    rng = random.Random(voipgw_seed)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, sip={"ring_timeout": RING_TIMEOUT})
+    with caplog.at_level(logging.INFO):
+        for n in range(FLOWS):
+            for agent in (env.alice, env.trunk):
+                for received in agent.received:
+                    received.taken = True  # next_call() below finds this flow's call
+            flow: list[str] = [f"flow {n}"]
+            env.alice.auto = AutoAnswer(
+                ring=rng.random() < 0.8,
+                status=rng.choice([200, 200, 200, 486, None]),
+                delay=rng.choice([0, 0.01, 1]),
+            )
+            env.trunk.auto = AutoAnswer(status=rng.choice([200, 200, 486]))
+            if rng.random() < 0.4:
+                caller_agent, callee_agent = env.alice, env.trunk
+                call = await env.alice.invite("sip:+15550123@127.0.0.1:5060")
+                if (await call.final()).status == 407:
+                    await call.authenticate()
+            else:
+                caller_agent, callee_agent = env.trunk, env.alice
+                call = await env.trunk.invite(env.did_uri(ALICE_DID))
+            if rng.random() < 0.2:
+                await trio.sleep(rng.choice([0, 0.001, 0.02, 0.3, 1.0]))
+                await call.cancel()
+                flow.append("CANCEL")
+            final = await call.final(timeout=RING_TIMEOUT + SLOW)
+            flow.append(f"final {final.status}")
+            if final.status == 200:
+                callee = await callee_agent.next_call(timeout=5)
+                try:
+                    async with trio.open_nursery() as sides:
+                        sides.start_soon(in_call, rng, call, caller_agent, flow)
+                        sides.start_soon(in_call, rng, callee, callee_agent, flow)
+                except trio.TooSlowError:
+                    raise AssertionError(f"a request was never answered: {flow}") from None
+                for leg in (call, callee):
+                    if leg.dialog is not None and leg.dialog.state.value != "terminated":
+                        await leg.bye(timeout=SLOW)
+            await trio.sleep(rng.choice([0, 0.1, 40]))
+        await all_gone(env)
+    assert no_internal_errors(caplog) == []
