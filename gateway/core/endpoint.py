@@ -418,6 +418,15 @@ class SipEndpoint:
     async def _dispatch(self, txn: ServerTransaction, request: Request, flow: Flow) -> None:
         calls = self.calls
         if calls is not None and request.method not in ("REGISTER", "OPTIONS"):
+            if request.method == "CANCEL":
+                # Before the dialog check: a CANCEL of a re-INVITE carries the dialog's To tag
+                # but belongs to the re-INVITE's transaction, not to the dialog (RFC 3261 §9.2).
+                target = self.transactions.find_cancel_target(request)
+                # RFC 3261 §9.2: answer the CANCEL itself at once; 481 when nothing matches.
+                await self.respond(txn, self._response(request, 481 if target is None else 200))
+                if target is not None:
+                    calls.cancel(target, request)
+                return
             if request.to.tag is not None:
                 if not calls.in_dialog(txn, request, flow):
                     await self.respond(txn, self._response(request, 481))
@@ -428,13 +437,6 @@ class SipEndpoint:
                     await self.respond(txn, refusal)
                 else:
                     calls.invite(txn, request, flow)
-                return
-            if request.method == "CANCEL":
-                target = self.transactions.find_cancel_target(request)
-                # RFC 3261 §9.2: answer the CANCEL itself at once; 481 when nothing matches.
-                await self.respond(txn, self._response(request, 481 if target is None else 200))
-                if target is not None:
-                    calls.cancel(target, request)
                 return
         await self.respond(txn, self.respond_locally(request, flow))
 

@@ -243,11 +243,13 @@ class Call:
         self.exchange = await self.agent.send(request, self.exchange.destination, call=self)
         self.invite = self.exchange.request
 
-    async def cancel(self) -> Exchange:
+    async def cancel(self, invite_exchange: Exchange | None = None) -> Exchange:
         """CANCEL the INVITE (RFC 3261 §9.1: same Via branch, From, To, Call-ID and CSeq
-        number); returns the CANCEL's exchange. The INVITE's 487 arrives on :meth:`final`."""
-        assert self.exchange is not None, "not an outgoing call"
-        invite = self.exchange.request
+        number), or the re-INVITE of ``invite_exchange``; returns the CANCEL's exchange. The
+        INVITE's 487 arrives on :meth:`final` (a re-INVITE's on its exchange)."""
+        exchange = invite_exchange or self.exchange
+        assert exchange is not None, "not an outgoing call"
+        invite = exchange.request
         fields = [
             ("Via", invite.headers.get("Via") or ""),
             ("Max-Forwards", "70"),
@@ -258,7 +260,7 @@ class Call:
             ("CSeq", f"{invite.cseq.number} CANCEL"),
         ]
         cancel = Request("CANCEL", invite.uri, Headers.of(fields))
-        return await self.agent.send(cancel, self.exchange.destination)
+        return await self.agent.send(cancel, exchange.destination)
 
     # -- in the dialog ------------------------------------------------------------------------
 

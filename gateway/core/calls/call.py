@@ -98,7 +98,10 @@ class RequestEvent:
 
 @attrs.frozen
 class CancelEvent:
+    """A CANCEL of ``transaction``: the call's INVITE, or a re-INVITE it is relaying."""
+
     request: Request
+    transaction: ServerTransaction | None = None
 
 
 @attrs.frozen
@@ -465,7 +468,8 @@ class Call:
             if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                 await self._b_response(event.tag, event.response)
             elif isinstance(event, CancelEvent):
-                await self._cancelled_by_a()
+                if event.transaction is None or event.transaction is self.a.transaction:
+                    await self._cancelled_by_a()
             elif isinstance(event, RequestEvent):
                 await self._early_request(event)
             elif isinstance(event, KeyFailureEvent):
@@ -748,7 +752,7 @@ class Call:
             elif isinstance(event, ResponseEvent):
                 await self._relayed_response(event)
             elif isinstance(event, CancelEvent):
-                pass  # too late: the INVITE was answered (RFC 3261 §9.2)
+                await self._reinvite_cancelled(event)
             elif isinstance(event, KeyFailureEvent):
                 await self._key_exchange_failed(event)
             elif isinstance(event, MediaLostEvent):
@@ -811,6 +815,19 @@ class Call:
             return
         self._reinvite_sent = sent
         self._reinvite_deadline = trio.current_time() + 64 * self.config.sip.t1
+
+    async def _reinvite_cancelled(self, event: CancelEvent) -> None:
+        """The requester CANCELled the re-INVITE we are relaying (a CANCEL of the call's first
+        INVITE comes too late here, RFC 3261 §9.2): CANCEL ours on the other leg, whose 487
+        (or a 2xx that crossed it) reaches the requester through the usual path. Before a
+        provisional response came there is nothing to CANCEL yet (§9.1): its answer, or 64*T1,
+        decides."""
+        pending, sent = self._pending_reinvite, self._reinvite_sent
+        if pending is None or sent is None or event.transaction is not pending[1]:
+            return
+        client = sent.client
+        if client is not None and client.transaction.state is State.PROCEEDING:
+            await self._send_on(self._leg(sent.side), _cancel_for(client.request))
 
     async def _reinvite_timed_out(self) -> None:
         """64*T1 and no final response to the re-INVITE we relayed: CANCEL it if a provisional

@@ -107,8 +107,12 @@ class CallManager:
 
     def cancel(self, invite: ServerTransaction, request: Request) -> None:
         call = self._by_invite.get(invite)
+        if call is None:
+            # Not a call's first INVITE: perhaps a re-INVITE it is relaying (found by dialog).
+            found = self._find(request)
+            call = found[0] if found is not None else None
         if call is not None:
-            call.post(CancelEvent(request))
+            call.post(CancelEvent(request, invite))
 
     def ack(self, request: Request, flow: Flow) -> None:
         found = self._find(request)

@@ -138,8 +138,8 @@ async def test_mutated_offers_answers_and_reoffers(
 
 
 async def in_call(rng: random.Random, call: Call, agent: SipAgent, flow: list[str]) -> None:
-    """Up to three things one side does in an answered call: a re-INVITE, an in-dialog request,
-    a pause, or BYE (which ends its part)."""
+    """Up to three things one side does in an answered call: a re-INVITE (perhaps CANCELled),
+    an in-dialog request, or BYE (which ends its part)."""
     for _ in range(rng.randrange(4)):
         await trio.sleep(rng.choice([0, 0.001, 0.05, 0.5, 2]))
         if call.dialog is None or call.dialog.state.value == "terminated":
@@ -156,6 +156,13 @@ async def in_call(rng: random.Random, call: Call, agent: SipAgent, flow: list[st
         elif what == 2:
             flow.append(f"{agent.user} BYE {(await call.bye(timeout=SLOW)).status}")
             return
+        else:  # a re-INVITE CANCELled at once (mostly too late: the peers answer at once)
+            offer = agent.offer_sdp(direction="sendonly")
+            exchange = await call.request("INVITE", body=offer, content_type="application/sdp")
+            await call.cancel(exchange)
+            flow.append(
+                f"{agent.user} CANCELled re-INVITE {(await exchange.final(timeout=SLOW)).status}"
+            )
 
 
 async def test_random_call_flows(

@@ -1,6 +1,7 @@
 """A relayed re-INVITE that the other leg does not complete (RFC 3261 §14.1): no final response
 within 64*T1 ends the call (CANCEL to the silent leg, 408 to the requester, BYE to both), and so
-does a 408 or 481 from that leg; a slow but complete answer does not. Signalling on the
+does a 408 or 481 from that leg; a slow but complete answer does not. A re-INVITE its requester
+CANCELs is CANCELled on the other leg, and its 487 keeps the call (§9.2). Signalling on the
 in-memory network, virtual time (T1 = 0.5 s: 64*T1 = 32 s)."""
 
 from __future__ import annotations
@@ -92,4 +93,32 @@ async def test_a_reinvite_answered_481_ends_the_call(
     assert hold.status == 481  # passed on, so the trunk ends its side too (§14.1)
     await env.trunk.next_request("BYE", timeout=5)
     await env.alice.next_request("BYE", timeout=5)
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_cancelled_reinvite_is_cancelled_on_the_other_leg_and_the_call_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+    held: list[Received] = []
+
+    async def hold_on_to_it(received: Received) -> None:
+        held.append(received)
+
+    alice_answers_reinvites(env, hold_on_to_it)
+    hold = await call.request(
+        "INVITE", body=env.trunk.offer_sdp(direction="sendonly"), content_type=SDP
+    )
+    await eventually(lambda: bool(held))
+    await call.cancel(hold)
+    cancel = (await env.alice.next_request("CANCEL", timeout=5)).request
+    assert cancel.cseq.number == held[0].request.cseq.number
+    assert cancel.top_via.branch == held[0].request.top_via.branch
+    await env.alice.respond(held[0], 487)  # RFC 3261 §9.2: the UAS ends its re-INVITE
+    assert (await hold.final(timeout=5)).status == 487
+    await trio.sleep(2 * LIMIT)  # no 408, no BYE: the session stays as it was
+    assert env.calls == 1
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+    assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
