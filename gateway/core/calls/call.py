@@ -10,7 +10,8 @@ every event in that one task keeps the call a plain sequential state machine, wi
    each leg rewritten so all media flows through the relay), then an INVITE to every target in
    parallel (RFC 3261 §16.6-style forking done by a UAC core);
 2. ringing: 1xx from B is relayed to A with our own To tag (early media when it carries SDP);
-   no final answer within ``[sip] ring_timeout`` (Timer C, RFC 3261 §16.6 step 11) CANCELs
+   no final answer within ``[sip] ring_timeout`` of the last provisional response (or of the
+   INVITEs, if none came; Timer C, RFC 3261 §16.6 step 11, §16.7 step 2) CANCELs
    every B leg and answers A 408, so a callee that rings forever, or whose 2xx we cannot read,
    does not hold the call and its ports until the caller gives up;
    the first 2xx wins: it is ACKed (§13.2.2.4), the other B legs are CANCELled, and A gets its
@@ -488,6 +489,9 @@ class Call:
             if response.status == 100:
                 return
             leg.provisional_seen = True
+            # Timer C restarts with every provisional response (RFC 3261 §16.7 step 2): a
+            # queue that keeps sending 183 while it plays its music is not given up.
+            self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
             if leg.cancel_wanted and not leg.cancelled:
                 await self._cancel_b(leg)
                 return

@@ -70,3 +70,26 @@ async def test_a_call_whose_200_cannot_be_read_is_freed_by_the_ring_timeout(
     final = await call.final(timeout=RING_TIMEOUT + 5)
     assert final.status == 408
     await eventually(lambda: env.calls == 0, timeout=40)  # after the drain of the B leg
+
+
+async def test_each_provisional_response_restarts_the_ring_timeout(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # A queue that answers 183 and plays music, sending 183 again every 15 s, rings on.
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        alice_auto=AutoAnswer(ring=False, status=None),
+        sip={"ring_timeout": RING_TIMEOUT},
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    queue = await env.alice.next_call(timeout=5)
+    for _ in range(4):  # 60 s of ringing in all, three times the timeout
+        await queue.ring(183)
+        await trio.sleep(RING_TIMEOUT * 0.75)
+    assert [s for s in call.exchange.statuses if s >= 200] == []
+    await queue.answer()
+    assert (await call.final(timeout=5)).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
