@@ -389,6 +389,28 @@ def test_busy_trunk_gives_the_caller_486(tmp_path: Path) -> None:
     assert len(callee.received("ACK ")) == 1
 
 
+def test_a_trunk_that_rings_forever_is_given_up_after_the_ring_timeout(tmp_path: Path) -> None:
+    """Timer C (RFC 3261 §16.6 step 11, [sip] ring_timeout): the trunk (sipp) rings and never
+    answers; the gateway CANCELs it (the scenario needs the CANCEL to finish) and gives the
+    caller 408."""
+    with (
+        SippUas("uas_ring_forever.xml", workdir=tmp_path) as trunk,
+        GatewayProcess(
+            tmp_path,
+            accounts=ACCOUNTS,
+            settings={"sip": {"ring_timeout": 2}},
+            extra_toml=outbound_trunk(trunk),
+        ) as gw,
+    ):
+        caller = account_call("calls/uac_auth_refused.xml", gw, tmp_path, service=TRUNK_NUMBER)
+        caller.check()
+        callee = trunk.wait(timeout=10)
+        callee.check()  # got the CANCEL, answered 487, got the ACK
+        gw.wait_for_log(r"ended: no answer within 2 s")
+    assert final_status_line(caller).startswith("SIP/2.0 408 ")
+    assert len(callee.received("CANCEL ")) == 1
+
+
 def test_cancel_reaches_the_ringing_trunk(tmp_path: Path) -> None:
     with (
         SippUas("uas_ring_forever.xml", workdir=tmp_path) as trunk,
