@@ -80,7 +80,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SDP = "application/sdp"
+# Requests queued for one call before more get 503 (a flood from a peer), and room for every
+# event: responses to what the call sent come in as well and must not be lost to a flood of
+# requests (a relayed request's answer dropped would leave its requester without one).
 EVENT_QUEUE = 64
+EVENT_ROOM = 1024
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY"
@@ -192,7 +196,8 @@ class Call:
         self.state = "new"
         self.answered_at = 0.0
         self.end_reason: str | None = None
-        self._events_send, self._events = trio.open_memory_channel[CallEventInput](EVENT_QUEUE)
+        self._events_send, self._events = trio.open_memory_channel[CallEventInput](EVENT_ROOM)
+        self._queued_requests = 0
         self._nursery: trio.Nursery | None = None
         # Client requests whose responses come into the event queue; detached at the end.
         self._forwarded: list[ClientRequest] = []
@@ -210,11 +215,21 @@ class Call:
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
     def post(self, event: CallEventInput) -> None:
+        request = isinstance(event, RequestEvent)
         try:
+            if request and self._queued_requests >= EVENT_QUEUE:
+                raise trio.WouldBlock
             self._events_send.send_nowait(event)
         except (trio.WouldBlock, trio.ClosedResourceError):
-            # UDP peers retransmit; a call this flooded is misbehaving anyway.
+            # A call this flooded is misbehaving anyway. A request is answered all the same:
+            # UDP peers retransmit a request, but not once its transaction has seen 100 Trying.
             log.warning("call %s: event queue full, dropping %s", self.id, type(event).__name__)
+            if isinstance(event, RequestEvent):
+                refusal = make_response(event.request, 503, "Service Unavailable (call busy)")
+                self.manager.start_soon(self.endpoint.respond, event.transaction, refusal)
+            return
+        if request:
+            self._queued_requests += 1
 
     # -- the task ------------------------------------------------------------------------------
 
@@ -288,15 +303,20 @@ class Call:
     async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
         wake = min(deadline, self._next_retransmission())
         if wake == math.inf:
-            return await self._events.receive()  # nothing timed: no cancel scope to set up
-        with trio.move_on_at(wake) as wait:
-            self._wait = (wait, deadline)
-            try:
-                return await self._events.receive()
-            finally:
-                self._wait = None
-        await self._retransmit_2xx()
-        return None
+            event = await self._events.receive()  # nothing timed: no cancel scope to set up
+        else:
+            with trio.move_on_at(wake) as wait:
+                self._wait = (wait, deadline)
+                try:
+                    event = await self._events.receive()
+                finally:
+                    self._wait = None
+            if wait.cancelled_caught:
+                await self._retransmit_2xx()
+                return None
+        if isinstance(event, RequestEvent):
+            self._queued_requests -= 1
+        return event
 
     def ack_received(self, side: Side, ack: Request) -> None:
         """The ACK for our 2xx on ``side``'s leg: stop re-sending that 2xx (RFC 3261 §13.3.1.4).

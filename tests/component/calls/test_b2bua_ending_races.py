@@ -1,6 +1,7 @@
 """Requests that cross the end of a call (RFC 3261 §12.2.2, §15): whatever the call took and
 can no longer answer gets 481 at once: a re-INVITE or INFO that crossed the other side's BYE, and
-a re-INVITE still waiting for the leg that hung up. Without it an INVITE server transaction keeps
+a re-INVITE still waiting for the leg that hung up; and a request beyond a flooded call's event
+queue gets 503. Without it an INVITE server transaction keeps
 its requester waiting for ever (no timer runs once 100 Trying went out) and a non-INVITE request
 times out. Signalling on the in-memory network, virtual time."""
 
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
+from gateway.core.calls import call as call_module
 from gateway.testing.sip_agent import SDP, Received
 from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
 
@@ -64,4 +67,27 @@ async def test_a_pending_reinvite_gets_481_when_its_leg_hangs_up(
     assert (await leg_b.bye()).status == 200
     final = await reinvite.final(timeout=PROMPTLY)
     assert final.status == 481
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_requests_beyond_a_full_event_queue_get_503(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A queue of one event: a burst of INFOs overflows it. Each must still get a final response
+    # (dropped, a request whose transaction has sent 100 is never retransmitted).
+    monkeypatch.setattr(call_module, "EVENT_QUEUE", 1)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, _ = await answered_call(env)
+    burst = [
+        await call.request("INFO", body=b"Signal=1\r\n", content_type="application/dtmf-relay")
+        for _ in range(20)
+    ]
+    finals = [(await info.final(timeout=PROMPTLY)).status for info in burst]
+    assert set(finals) <= {200, 503}
+    assert 503 in finals and 200 in finals
+    assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
