@@ -271,8 +271,9 @@ class Call:
             self.manager.forget(self)  # from here on the endpoint answers our dialogs 481
             self._events_send.close()
             log.info("call %s ended: %s", self.id, self.end_reason or "normal clearing")
-            with trio.CancelScope(shield=True), trio.move_on_after(self.config.sip.t1):
-                await self._refuse_queued_requests()
+            if self._relaying or self._pending_reinvite is not None or self._queued_requests:
+                with trio.CancelScope(shield=True), trio.move_on_after(self.config.sip.t1):
+                    await self._refuse_queued_requests()
 
     async def _refuse_queued_requests(self) -> None:
         """Requests the call took but will not answer now that it has ended get 481, as they
