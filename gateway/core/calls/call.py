@@ -62,7 +62,7 @@ from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
-from gateway.core.sip.dialog import Dialog, OutOfOrderRequest
+from gateway.core.sip.dialog import Dialog, OutOfOrderRequest, require_contact
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
@@ -341,6 +341,10 @@ class Call:
         assert invite is not None and self.a.flow is not None
         caller = self.caller
         self.manager.event(self, "started", None)
+        try:
+            require_contact(invite)
+        except RemoteSipError as err:
+            await self._reject_a(400, f"Bad Request ({err.reason})", err.reason)
         if invite.content_type is None or not invite.body:
             await self._reject_a(
                 488, "Not Acceptable Here", "late offer (INVITE without SDP) is not supported"

@@ -169,9 +169,7 @@ class Dialog:
         local_tag = response.to.tag
         if local_tag is None:
             raise LocalSipError("a dialog-creating response needs our To tag")
-        target = _contact_uri(request)
-        if target is None:
-            raise RemoteSipError("missing Contact in a dialog-creating request", status=400)
+        target = require_contact(request)
         return cls(
             call_id=request.call_id,
             local_tag=local_tag,
@@ -387,6 +385,17 @@ class Dialog:
 
 def _without_tag(name_addr: NameAddr) -> NameAddr:
     return name_addr.with_params(remove_param(name_addr.params, "tag"))
+
+
+def require_contact(request: Request) -> Uri:
+    """The remote target of a dialog-creating ``request``: its Contact URI. A request without
+    one raises :class:`RemoteSipError` 400 (RFC 3261 §8.1.1.8: a request that can create a
+    dialog must carry exactly one SIP or SIPS Contact); a B2BUA checks it before calling anyone,
+    not when the callee answers."""
+    target = _contact_uri(request)
+    if target is None:
+        raise RemoteSipError("missing Contact in a dialog-creating request", status=400)
+    return target
 
 
 def _contact_uri(message: Request | Response) -> Uri | None:

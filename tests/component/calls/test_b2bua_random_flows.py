@@ -2,9 +2,10 @@
 whatever the peers do, the gateway logs no internal error, answers every request it takes (none
 waits for ever), and leaves no call, lookup entry or media stream behind.
 
-These found three bugs when written: a re-INVITE the other leg never completed hung the call, a
-callee whose 200 could not be read kept the call ringing until the caller gave up, and requests
-crossing a BYE were never answered. ``--voipgw-seed`` replays a failing run; the failure message
+These found four bugs when written: a re-INVITE the other leg never completed hung the call, a
+callee whose 200 could not be read kept the call ringing until the caller gave up, requests
+crossing a BYE were never answered, and an INVITE without Contact rang the callee and failed
+with 500 only when it answered. ``--voipgw-seed`` replays a failing run; the failure message
 names the flow."""
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.core.sip.errors import SipError
+from gateway.core.sip.message import Response
+from gateway.core.sip.parser import parse_message_untrusted
+from gateway.core.sip.serializer import serialize_message
 from gateway.testing.sip_agent import AutoAnswer, Call, Received, SipAgent, simple_sdp
-from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
 
 FLOWS = 120
 OFFERS = 150
+MESSAGES = 400
 SLOW = 80.0  # seconds: longer than any transaction timer (64*T1 = 32 s)
 RING_TIMEOUT = 30.0
 
@@ -216,3 +222,106 @@ async def test_random_call_flows(
             await trio.sleep(rng.choice([0, 0.1, 40]))
         await all_gone(env)
     assert no_internal_errors(caplog) == []
+
+
+# -- mutated INVITEs, as bytes ---------------------------------------------------------------
+
+JUNK = ["", ";", "<>", "<sip:>", "sip:@", "-1", "4294967296", "x" * 500, "*", "1 FOO", "a,b,c"]
+HEADERS = ["Require", "Proxy-Require", "Route", "Record-Route", "Contact", "Via", "CSeq", "To"]
+
+
+def mutate_message(data: bytes, rng: random.Random) -> bytes:
+    """One to three header edits: drop, repeat, replace a value or a parameter, add a header."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        i = rng.randrange(1, len(lines))
+        name, _, value = lines[i].partition(":")
+        edit = rng.randrange(5)
+        if edit == 0 and len(lines) > 2:
+            del lines[i]
+        elif edit == 1:
+            lines.insert(i, lines[i])
+        elif edit == 2:
+            lines[i] = f"{name}: {rng.choice(JUNK)}"
+        elif edit == 3:
+            params = value.split(";")
+            params[rng.randrange(len(params))] = rng.choice(JUNK)
+            lines[i] = f"{name}:{';'.join(params)}"
+        else:
+            lines.insert(i, f"{rng.choice(HEADERS)}: {rng.choice(JUNK)}")
+    return "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+
+
+async def test_mutated_invites_as_bytes(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # From the trunk's address (trusted by source), so each INVITE that parses makes a call.
+    rng = random.Random(voipgw_seed)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    sock = env.network.bind(("127.0.0.2", 5070))
+    finals: dict[int | None, int] = {}
+    with caplog.at_level(logging.INFO):
+        for n in range(MESSAGES):
+            invite = env.trunk.new_request(
+                "INVITE",
+                env.did_uri(ALICE_DID),
+                call_id=f"mutated-{n}",
+                from_tag=f"m{n}",
+                body=env.trunk.offer_sdp(),
+                content_type="application/sdp",
+            )
+            via = f"SIP/2.0/UDP 127.0.0.2:5070;branch=z9hG4bKm{voipgw_seed}x{n};rport"
+            data = serialize_message(invite.with_headers(invite.headers.prepend("Via", via)))
+            data = data.replace(b"127.0.0.2:5060", b"127.0.0.2:5070")  # Contact: this socket
+            await sock.sendto(mutate_message(data, rng), GW)
+            final = None
+            with trio.move_on_after(SLOW):  # a message without a usable Via gets nothing
+                while final is None:
+                    reply, _ = await sock.recvfrom()
+                    try:
+                        message = parse_message_untrusted(reply)
+                    except SipError:  # a 400 to a request without CSeq has none either
+                        final = int(reply.split(b" ", 2)[1])
+                        continue
+                    if isinstance(message, Response) and message.status >= 200:
+                        final = message.status
+            finals[final] = finals.get(final, 0) + 1
+        await all_gone(env)  # the 200s we never ACK end in BYE after 64*T1
+    assert no_internal_errors(caplog) == []
+    assert 500 not in finals, finals  # 500 is what an exception in a call answers
+    assert finals.get(200) and finals.get(400), finals  # some went through, some were refused
+
+
+async def test_an_invite_without_contact_gets_400_and_nobody_is_called(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # What the byte mutations found: it used to ring alice and fail with 500 when she answered
+    # (the A leg's dialog cannot exist without the caller's Contact, RFC 3261 §8.1.1.8).
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert call.exchange is not None
+    # The agent's INVITE, sent again without its Contact from a second socket.
+    sock = env.network.bind(("127.0.0.2", 5071))
+    original = call.exchange.request
+    without = original.with_headers(
+        original.headers.remove("Contact")
+        .set("Call-ID", "no-contact")
+        .set("Via", "SIP/2.0/UDP 127.0.0.2:5071;branch=z9hG4bKnocontact;rport")
+    )
+    await sock.sendto(serialize_message(without), GW)
+    with trio.fail_after(5):
+        while True:
+            message = parse_message_untrusted((await sock.recvfrom())[0])
+            if isinstance(message, Response) and message.status >= 200:
+                break
+    assert message.status == 400
+    assert "Contact" in message.reason
+    assert (await call.final()).status == 200  # the well-formed call went through
+    assert len(env.alice.requests("INVITE")) == 1  # the one without Contact rang nobody
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
