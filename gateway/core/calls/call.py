@@ -854,6 +854,11 @@ class Call:
         pending, sent = self._pending_reinvite, self._reinvite_sent
         if pending is None or sent is None or event.transaction is not pending[1]:
             return
+        await self._cancel_relayed(sent)
+
+    async def _cancel_relayed(self, sent: InDialogRequest) -> None:
+        """CANCEL the re-INVITE we relayed, if it may be (RFC 3261 §9.1: after a provisional
+        response, before the final one)."""
         client = sent.client
         if client is not None and client.transaction.state is State.PROCEEDING:
             await self._send_on(self._leg(sent.side), _cancel_for(client.request))
@@ -869,9 +874,7 @@ class Call:
             return
         assert self.media is not None
         self.media.abandon_offer()
-        client = sent.client
-        if client is not None and client.transaction.state is State.PROCEEDING:
-            await self._send_on(self._leg(sent.side), _cancel_for(client.request))
+        await self._cancel_relayed(sent)
         _, transaction, request = pending
         await self.endpoint.respond(transaction, make_response(request, 408))
         seconds = 64 * self.config.sip.t1
