@@ -728,10 +728,10 @@ class _Association:
             return True  # a chain above the peer's certificate proves nothing here; ignore it
         try:
             der = certificate.to_cryptography().public_bytes(serialization.Encoding.DER)
-        except ValueError:
+        except Exception:  # ValueError, x509.InvalidVersion, ...: whatever the parser raises
             # OpenSSL took it and the stricter X.509 parser did not (a datagram changed on the
             # way, or a peer probing us): it cannot be the certificate the peer's a=fingerprint
-            # names. Raising here would leave the handshake by an exception, not a failure.
+            # names. Fail closed; raising here would leave the handshake by an exception.
             der = None
         if der is not None and self.peer.matches(der):
             return True
