@@ -275,17 +275,15 @@ class Dialog:
             raise LocalSipError(f"{method} is not built with create_request")
         if self.state is DialogState.TERMINATED:
             raise LocalSipError("the dialog is terminated")
-        # §12.2.1.1: increment by one; an empty local CSeq starts anywhere below 2**31 (§8.1.1.5).
-        number = 1 if self.local_seq is None else self.local_seq + 1
-        if number > _MAX_CSEQ:
-            raise LocalSipError("local CSeq exhausted")
-        self.local_seq = number
+        number = self.take_cseq()
         return self._build(method, number, via, contact, max_forwards, extra, body, content_type)
 
     def take_cseq(self) -> int:
-        """The next local CSeq number, for a request sent again in this dialog as a new
-        transaction: one retried with credentials after a 401/407 (RFC 3261 §22.2, §8.1.3.5).
-        Allowed once the dialog is terminated too, for the BYE that terminated it."""
+        """The next local CSeq number: for :meth:`create_request`, and for a request sent again
+        in this dialog as a new transaction, one retried with credentials after a 401/407 (RFC
+        3261 §22.2, §8.1.3.5). Allowed once the dialog is terminated too, for the BYE that
+        terminated it."""
+        # §12.2.1.1: increment by one; an empty local CSeq starts anywhere below 2**31 (§8.1.1.5).
         number = 1 if self.local_seq is None else self.local_seq + 1
         if number > _MAX_CSEQ:
             raise LocalSipError("local CSeq exhausted")
