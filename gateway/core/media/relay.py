@@ -14,6 +14,10 @@ address (direction ``a_to_b``), and the reverse.
   relay was built with ``relatch_after`` and the latched source has been silent that long.
   RTP and RTCP sockets latch separately. A new SDP address for the side forgets the latch.
   Caveat (shared with rtpengine's default learning mode): whoever sends first latches the socket.
+  Unless re-latching is on, a latched socket is connected to its source (``connect(2)``,
+  :mod:`~gateway.core.media.udp_association`): the kernel then drops other senders' datagrams
+  (answering them with ICMP port unreachable, as for a closed port) instead of the relay
+  reading and counting them, and the relay reads and sends without addresses.
 - rtcp-mux (RFC 5761): on a side that muxes, RTCP arrives on the RTP port and is told apart by the
   second octet (RFC 5761 §4, :data:`~gateway.core.media.rtp.RTCP_BY_SECOND_OCTET`); RTCP towards a
   side that muxes leaves from its RTP socket to its RTP address, otherwise from its RTCP socket to
@@ -37,15 +41,16 @@ Speed
 -----
 One trio task (:meth:`MediaRelay.serve`) owns a level-triggered ``select.epoll`` in which every
 media socket is registered once. It waits for the epoll descriptor to become readable, asks epoll
-which sockets are ready, and reads each with ``recvfrom_into`` into one preallocated buffer. All a
-packet needs is precomputed on a per-socket ``_Endpoint`` and per-kind ``_Route`` (outgoing
-``sendto``, destination, transforms, counters as plain ints), so the hot loop does no allocation
-beyond what CPython's socket calls make, and no attribute chains. Transforms that work in place
-(SRTP: :meth:`~gateway.core.media.srtp.SrtpTransform.in_buffer`) run on that same buffer, so an
-SRTP packet is received, unprotected, protected and sent without a copy made in Python; an
-SRTP->SRTP direction runs both in one call. Other transforms, and any direction with a tap, get
-``bytes``. Sockets are found by descriptor in a list. Work per wake-up is bounded:
-at most ``max_rounds_per_wakeup`` rounds of one datagram from each of at most
+which sockets are ready, and reads each into one preallocated buffer: with ``recv_into`` once the
+socket is connected to its latched source, else with ``recvfrom_into``. All a packet needs is
+precomputed on a per-socket ``_Endpoint`` and per-kind ``_Route`` (outgoing ``send`` on a
+connected socket or ``sendto`` and destination, transforms, counters as plain ints), so the hot
+loop does no allocation beyond what CPython's socket calls make, and no attribute chains.
+Transforms that work in place (SRTP: :meth:`~gateway.core.media.srtp.SrtpTransform.in_buffer`)
+run on that same buffer, so an SRTP packet is received, unprotected, protected and sent without
+a copy made in Python; an SRTP->SRTP direction runs both in one call. Other transforms, and any
+direction with a tap, get ``bytes``. Sockets are found by descriptor in a list. Work per wake-up
+is bounded: at most ``max_rounds_per_wakeup`` rounds of one datagram from each of at most
 ``max_sockets_per_round`` ready sockets (about 5 ms of work with the defaults at full load), so
 signalling tasks keep running. Level-triggered epoll reports what is left on the next round or
 wake-up; the kernel re-queues a reported socket at the tail of its ready list, so no socket starves.
@@ -87,6 +92,7 @@ from gateway.core.media.rtp import (
     VERSION_BITS,
     VERSION_MASK,
 )
+from gateway.core.media.udp_association import dissolve, holds_datagrams
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +165,10 @@ class DirectionStatistics:
     rtcp_packets: int
     rtcp_bytes: int
     dropped_unlatched_source: int
-    """From a source other than the latched one."""
+    """From a source other than the latched one, read by the relay: before the socket was
+    connected to its source, or with re-latching on. A connected socket never sees the others'
+    datagrams: the kernel refuses them (ICMP port unreachable; ``Udp: NoPorts`` in
+    /proc/net/snmp)."""
     dropped_blocked: int
     """While the direction was blocked (no keys yet)."""
     dropped_transform: int
@@ -167,7 +176,8 @@ class DirectionStatistics:
     dropped_malformed: int
     """Not RTP/RTCP version 2, or shorter than a fixed RTP header (RTCP: 8 octets)."""
     dropped_send_error: int
-    """``sendto`` failed (e.g. socket buffer full)."""
+    """The send failed (e.g. socket buffer full; on a socket connected to its peer also once
+    per ICMP error the peer's host returned, e.g. port unreachable)."""
     dropped_no_destination: int
     """Neither SDP nor latching has given the other leg an address yet."""
     transform_errors: int
@@ -175,7 +185,8 @@ class DirectionStatistics:
     tap_errors: int
     """Taps that raised (the packet was still forwarded); the first is logged."""
     receive_errors: int
-    """``recvfrom_into`` failures other than "nothing to read"."""
+    """Receive failures other than "nothing to read" (on a socket connected to its peer also
+    once per ICMP error the peer's host returned)."""
 
     @property
     def packets(self) -> int:
@@ -230,6 +241,7 @@ class _Route:
         "min_length",
         "packets",
         "plain",
+        "send",
         "sendto",
         "step_fused",
         "step_in",
@@ -243,6 +255,8 @@ class _Route:
         self.min_length = min_length
         self.sendto: Callable[[Any, Address], int] = _unconfigured
         self.destination: Address | None = None
+        # The sending socket's ``send`` when that socket is connected to ``destination``.
+        self.send: Callable[[Any], int] | None = None
         self.transform_in: Transform | None = None
         self.transform_out: Transform | None = None
         self.plain = True  # no transform and no tap: forward straight from the receive buffer
@@ -264,6 +278,7 @@ class _Endpoint:
 
     __slots__ = (
         "blocked",
+        "connected",
         "direction",
         "dropped_blocked",
         "dropped_malformed",
@@ -271,11 +286,14 @@ class _Endpoint:
         "fd",
         "last_received",
         "non_rtp",
+        "only_from_source",
         "receive_errors",
-        "recv_into",
+        "recv_connected",
+        "recvfrom_into",
         "rtcp",
         "rtcp_octets",
         "rtp",
+        "sock",
         "source",
         "stream",
         "tap_errors",
@@ -285,8 +303,15 @@ class _Endpoint:
     def __init__(
         self, sock: socket.socket, rtcp_octets: bytes, stream: MediaStream, now: float
     ) -> None:
+        self.sock = sock
         self.fd = sock.fileno()
-        self.recv_into = sock.recvfrom_into
+        self.recvfrom_into = sock.recvfrom_into
+        self.recv_connected = sock.recv_into
+        # The socket is connected to ``source`` (see udp_association); once its queue holds
+        # nothing from before the connect, only the source's datagrams arrive and the relay
+        # reads them with recv_into (only_from_source).
+        self.connected = False
+        self.only_from_source = False
         self.rtcp_octets = rtcp_octets  # second octet -> 1 if the packet is RTCP
         self.rtp = _Route(RTP_HEADER_LENGTH)
         self.rtcp = _Route(RTCP_MIN_LENGTH)
@@ -302,6 +327,19 @@ class _Endpoint:
         self.dropped_blocked = 0
         self.receive_errors = 0
         self.tap_errors = 0
+
+
+def _unlatch(ep: _Endpoint) -> None:
+    """Forget the latched source; the socket takes datagrams from anyone again."""
+    ep.source = None
+    ep.only_from_source = False
+    if ep.connected:
+        ep.connected = False
+        try:
+            dissolve(ep.sock)
+        except OSError:
+            # Not seen on Linux; the socket would keep refusing the new peer's media.
+            logger.exception("could not disconnect media socket %s", ep.sock.getsockname())
 
 
 def _ignore_change() -> None:
@@ -361,8 +399,8 @@ class StreamSide:
         remote_rtp = _remote_address(self._family, rtp)
         remote_rtcp = _remote_address(self._family, rtcp)
         if remote_rtp != self._remote_rtp or remote_rtcp != self._remote_rtcp:
-            self._rtp.source = None
-            self._rtcp.source = None
+            _unlatch(self._rtp)
+            _unlatch(self._rtcp)
         self._remote_rtp = remote_rtp
         self._remote_rtcp = remote_rtcp
         self._rtcp_mux = rtcp_mux
@@ -593,8 +631,7 @@ class MediaStream:
     def _rebuild(self) -> None:
         """Recompute the hot-path state of all four sockets from the sides and controls."""
         for src, dst, control in ((self.a, self.b, self.a_to_b), (self.b, self.a, self.b_to_a)):
-            rtp_sendto = dst.ports.rtp_socket.sendto
-            rtcp_sendto = rtp_sendto if dst.rtcp_mux else dst.ports.rtcp_socket.sendto
+            rtcp_out = dst._rtp if dst.rtcp_mux else dst._rtcp  # RFC 5761 §5.1.3
             transforms = control.transforms
             buffer = None if self._relay is None else self._relay._buffer
             for ep in (src._rtp, src._rtcp):
@@ -603,7 +640,7 @@ class MediaStream:
                 ep.taps = control.taps
                 _configure(
                     ep.rtp,
-                    rtp_sendto,
+                    dst._rtp,
                     dst.rtp_destination,
                     transforms.rtp_in,
                     transforms.rtp_out,
@@ -612,7 +649,7 @@ class MediaStream:
                 )
                 _configure(
                     ep.rtcp,
-                    rtcp_sendto,
+                    rtcp_out,
                     dst.rtcp_destination,
                     transforms.rtcp_in,
                     transforms.rtcp_out,
@@ -624,15 +661,17 @@ class MediaStream:
 
 def _configure(
     route: _Route,
-    sendto: Callable[[Any, Address], int],
+    out: _Endpoint,
     destination: Address | None,
     transform_in: Transform | None,
     transform_out: Transform | None,
     taps: tuple[Tap, ...],
     buffer: bytearray | None,
 ) -> None:
-    route.sendto = sendto
+    """Set ``route`` to send from ``out``'s socket to ``destination``, through the transforms."""
+    route.sendto = out.sock.sendto
     route.destination = destination
+    route.send = out.sock.send if out.connected and out.source == destination else None
     route.transform_in = transform_in
     route.transform_out = transform_out
     route.plain = transform_in is None and transform_out is None and not taps
@@ -694,6 +733,8 @@ class MediaRelay:
         self._endpoints: list[_Endpoint | None] = []
         self._streams: set[MediaStream] = set()
         self._stale: set[MediaStream] = set()  # changed since their last rebuild
+        # Connected sockets whose queue may still hold datagrams from before the connect.
+        self._draining: set[_Endpoint] = set()
         # Never resized: in-place transforms hold C pointers into it.
         self._buffer = bytearray(_RECEIVE_BUFFER_SIZE + TRANSFORM_ROOM)
         self._view = memoryview(self._buffer)
@@ -805,6 +846,8 @@ class MediaRelay:
                 return
             if self._stale:
                 self._rebuild_stale()
+            if self._draining:
+                self._check_draining()
             events = poll(0, max_sockets)
             if not events:
                 return
@@ -813,14 +856,20 @@ class MediaRelay:
                 if ep is None:  # closed by a tap or transform earlier in this round
                     continue
                 # Bound methods kept in slots: read as attributes (a specialised slot load) and
-                # then called; ``ep.recv_into(...)`` would look them up as methods, which CPython
-                # 3.11 cannot specialise for a slot and resolves through the type each packet.
-                receive = ep.recv_into
+                # then called; ``ep.recvfrom_into(...)`` would look them up as methods, which
+                # CPython 3.11 cannot specialise for a slot and resolves through the type.
                 try:
-                    size, source = receive(buffer)
+                    if ep.only_from_source:
+                        # Connected to the latched source: no address to build and check.
+                        receive_connected = ep.recv_connected
+                        size = receive_connected(buffer)
+                        source: Any = ep.source
+                    else:
+                        receive = ep.recvfrom_into
+                        size, source = receive(buffer)
                 except BlockingIOError:
                     continue
-                except OSError:
+                except OSError:  # also the peer's ICMP errors, on a connected socket
                     ep.receive_errors += 1
                     continue
                 route = ep.rtcp if ep.rtcp_octets[buffer[1]] else ep.rtp
@@ -865,9 +914,13 @@ class MediaRelay:
                     packet = _transform(ep, route, bytes(view[:size]))
                     if packet is None:
                         continue
-                send = route.sendto
+                send = route.send
                 try:
-                    send(packet, destination)
+                    if send is not None:
+                        send(packet)
+                    else:
+                        sendto = route.sendto
+                        sendto(packet, destination)
                 except OSError:
                     route.dropped_send_error += 1
                     continue
@@ -878,6 +931,14 @@ class MediaRelay:
         stale, self._stale = self._stale, set()
         for stream in stale:
             stream._rebuild()
+
+    def _check_draining(self) -> None:
+        for ep in list(self._draining):
+            if not ep.connected:  # unlatched meanwhile
+                self._draining.discard(ep)
+            elif not holds_datagrams(ep.sock):
+                ep.only_from_source = True
+                self._draining.discard(ep)
 
     def _hand_on(self, ep: _Endpoint, packet: bytes, source: Address, now: float) -> None:
         """A datagram for a key exchange: to the socket's handler, if from the side's peer."""
@@ -901,15 +962,35 @@ class MediaRelay:
         ):
             ep.dropped_unlatched_source += 1
             return False
+        _unlatch(ep)
         ep.source = source
+        if self._relatch_after is None:
+            self._connect(ep, source)
         if ep.stream is not None:
             ep.stream._rebuild()
         return True
+
+    def _connect(self, ep: _Endpoint, source: Address) -> None:
+        """Connect the socket to its new latched source: only the source can reach it now, and the
+        relay reads and sends without addresses (see udp_association). Not when re-latching is
+        on: the kernel would refuse the datagrams that re-latch. Datagrams queued before come
+        from anyone: until none is left the relay reads with recvfrom_into and checks."""
+        try:
+            ep.sock.connect(source)
+        except OSError:
+            return  # stays unconnected: slower, not wrong
+        ep.connected = True
+        if holds_datagrams(ep.sock):
+            self._draining.add(ep)
+        else:
+            ep.only_from_source = True
 
     def _forget(self, stream: MediaStream) -> None:
         self._streams.discard(stream)
         self._stale.discard(stream)
         for ep in stream._all_endpoints():
+            self._draining.discard(ep)
+            ep.connected = ep.only_from_source = False  # its socket is about to close
             # The identity check keeps a reused descriptor number of another stream registered
             # (should someone have closed this stream's PortPair directly).
             if ep.fd < len(self._endpoints) and self._endpoints[ep.fd] is ep:

@@ -5,7 +5,8 @@ from 21800-21999: below the kernel's ephemeral range (Linux: 32768-60999), so ne
 tests nor the ports the kernel picks for outgoing sockets meet them. Nothing waits a fixed time:
 a test waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``.
 To show that a packet was *not* forwarded, a test sends it, waits until the relay has counted the
-drop, then sends a marker on the same path: the marker must be the first thing to arrive.
+drop (or, on a socket connected to its latched source, until the kernel has refused it), then
+sends a marker on the same path: the marker must be the first thing to arrive.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ async def until(condition: Callable[[], bool]) -> None:
     with trio.fail_after(TIMEOUT):
         while not condition():
             await trio.sleep(0)
+
+
+async def assert_refused_by_the_kernel(packet: bytes, port: int) -> None:
+    """A stranger sends ``packet`` to the relay's ``port``: the socket there is connected to its
+    latched source, so the kernel answers with ICMP port unreachable, which a connected UDP
+    socket reports as ConnectionRefusedError (an unconnected one never would)."""
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        await stranger.bind((ADDRESS, 0))
+        await stranger.connect((ADDRESS, port))
+        await stranger.send(packet)
+        with trio.fail_after(TIMEOUT), pytest.raises(ConnectionRefusedError):
+            await stranger.recv(2048)
 
 
 def can_bind(port: int) -> bool:
@@ -225,19 +238,40 @@ async def test_latches_the_source_behind_a_nat_not_the_sdp_port(
     assert (await behind_nat.receive())[0] == rtp(3)  # after latching: the real source
 
 
-async def test_a_stranger_is_dropped_and_counted(
-    connected: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+async def test_once_latched_a_stranger_is_refused_by_the_kernel(
+    connected: MediaStream, alice: Phone, bob: Phone
 ):
-    stream, stranger = connected, make_phone()
+    stream = connected
     await alice.send(rtp(1), stream.a.ports.rtp_port)
     assert (await bob.receive())[0] == rtp(1)
 
-    await stranger.send(rtp(666, ssrc=666), stream.a.ports.rtp_port)
-    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    await assert_refused_by_the_kernel(rtp(666, ssrc=666), stream.a.ports.rtp_port)
     await alice.send(rtp(2), stream.a.ports.rtp_port)
     assert (await bob.receive())[0] == rtp(2)
     assert stream.a.rtp_source == alice.rtp_address
-    assert stream.a_to_b.statistics().rtp_packets == 2
+    statistics = stream.a_to_b.statistics()
+    assert (statistics.rtp_packets, statistics.dropped) == (2, 0)
+
+
+async def test_a_strangers_datagram_queued_before_the_latch_is_dropped_and_counted(
+    connected: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+):
+    # Connecting a socket does not purge its queue: what arrived before may be anyone's.
+    stream, stranger = connected, make_phone()
+    port = stream.a.ports.rtp_port
+    # Blocking stdlib sends, no checkpoint between them: both wait in the relay's socket when it
+    # reads alice's datagram and latches her.
+    alice.pair.rtp_socket.sendto(rtp(1), (ADDRESS, port))
+    stranger.pair.rtp_socket.sendto(rtp(666, ssrc=666), (ADDRESS, port))
+    assert (await bob.receive())[0] == rtp(1)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    await alice.send(rtp(2), port)
+    assert (await bob.receive())[0] == rtp(2)
+    # The queue is drained: from now on the kernel refuses strangers.
+    await assert_refused_by_the_kernel(rtp(667, ssrc=666), port)
+    await alice.send(rtp(3), port)
+    assert (await bob.receive())[0] == rtp(3)
+    assert stream.a_to_b.statistics().dropped_unlatched_source == 1
 
 
 async def test_relatch_after_the_latched_source_was_silent(
@@ -269,16 +303,17 @@ async def test_without_relatch_a_silent_source_stays_latched(
 ):
     clock = FakeClock()
     relay = await start_relay(clock=clock)
-    alice, moved, bob = make_phone(), make_phone(), make_phone()
+    alice, bob = make_phone(), make_phone()
     with relay.open_stream() as stream:
         stream.a.set_remote(alice.rtp_address)
         stream.b.set_remote(bob.rtp_address)
         await alice.send(rtp(1), stream.a.ports.rtp_port)
         assert (await bob.receive())[0] == rtp(1)
         clock.now = 1e6
-        await moved.send(rtp(2), stream.a.ports.rtp_port)
-        await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+        await assert_refused_by_the_kernel(rtp(2), stream.a.ports.rtp_port)
         assert stream.a.rtp_source == alice.rtp_address
+        await alice.send(rtp(3), stream.a.ports.rtp_port)
+        assert (await bob.receive())[0] == rtp(3)
 
 
 async def test_a_new_sdp_address_forgets_the_latch(
@@ -295,6 +330,12 @@ async def test_a_new_sdp_address_forgets_the_latch(
     assert stream.a.rtp_source is None
     await bob.send(rtp(2), stream.b.ports.rtp_port)
     assert (await moved.receive())[0] == rtp(2)
+    # The socket connected to alice takes the new peer again and latches it.
+    await moved.send(rtp(3), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == rtp(3)
+    assert stream.a.rtp_source == moved.rtp_address
+    await bob.send(rtp(4), stream.b.ports.rtp_port)
+    assert (await moved.receive())[0] == rtp(4)
 
 
 async def test_no_destination_until_sdp_or_latching_gives_one(
@@ -561,11 +602,11 @@ async def test_malformed_packets_are_dropped_and_do_not_latch(
 
 
 async def test_dtls_datagrams_go_to_the_handler_of_the_socket_they_arrive_on(
-    connected: MediaStream, alice: Phone, make_phone: Callable[[], Phone]
+    connected: MediaStream, alice: Phone
 ):
     # RFC 5764 §4.1: without rtcp-mux the RTCP port runs its own handshake, so each socket of a
     # side hands DTLS (RFC 7983: first byte 20..63) to its own handler and answers from itself.
-    stream, stranger = connected, make_phone()
+    stream = connected
     on_rtp: list[tuple[bytes, Any]] = []
     on_rtcp: list[tuple[bytes, Any]] = []
     stream.a.set_non_rtp_handler(lambda packet, source: on_rtp.append((packet, source)))
@@ -576,10 +617,15 @@ async def test_dtls_datagrams_go_to_the_handler_of_the_socket_they_arrive_on(
     await alice.send(stun, stream.a.ports.rtp_port)
     await alice.send(hello + b"rtp", stream.a.ports.rtp_port)
     await alice.send(hello + b"rtcp", stream.a.ports.rtcp_port, from_rtcp=True)
-    await stranger.send(hello + b"stranger", stream.a.ports.rtcp_port, from_rtcp=True)
-    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    await until(lambda: len(on_rtcp) == 1)
+    await assert_refused_by_the_kernel(hello + b"stranger", stream.a.ports.rtcp_port)
+    await alice.send(hello + b"marker", stream.a.ports.rtcp_port, from_rtcp=True)
+    await until(lambda: len(on_rtcp) == 2)
     assert on_rtp == [(stun, alice.rtp_address), (hello + b"rtp", alice.rtp_address)]
-    assert on_rtcp == [(hello + b"rtcp", alice.rtcp_address)]
+    assert on_rtcp == [
+        (hello + b"rtcp", alice.rtcp_address),
+        (hello + b"marker", alice.rtcp_address),
+    ]
 
     assert stream.a.send(b"to-rtcp", rtcp=True)
     assert await alice.receive(on_rtcp=True) == (b"to-rtcp", (ADDRESS, stream.a.ports.rtcp_port))
@@ -590,7 +636,7 @@ async def test_dtls_datagrams_go_to_the_handler_of_the_socket_they_arrive_on(
     stream.a.set_non_rtp_handler(None, rtcp=True)
     await alice.send(hello + b"late", stream.a.ports.rtcp_port, from_rtcp=True)
     await until(lambda: stream.a_to_b.statistics().dropped_malformed == 1)
-    assert len(on_rtcp) == 1
+    assert len(on_rtcp) == 2
 
 
 async def test_short_rtcp_is_accepted_down_to_eight_octets(

@@ -1,0 +1,58 @@
+"""Connected UDP sockets: tie a media socket to the one peer it has latched, and untie it.
+
+Why the relay connects a latched socket (``connect(2)`` on a datagram socket, POSIX): from then on
+the kernel delivers to it only datagrams from that peer and sends to the peer without an address,
+so the relay reads with ``recv_into`` and writes with ``send``. Python's ``recvfrom_into`` builds a
+new address tuple (a ``str`` and an ``int``) for every datagram and ``sendto`` parses one, and the
+kernel looks up a route for every unconnected send; together that was about 1.1 us of the 5.7 us
+the relay spent per forwarded RTP packet (docs/benchmarks.md, "Connected media sockets").
+
+What changes for the socket's other senders: the kernel drops their datagrams and answers them
+with ICMP port unreachable, as it does for a port nobody holds (the relay dropped them too, after
+reading them). ICMP errors from the peer now reach the socket: the next receive or send on it
+fails once with ``ConnectionRefusedError``, which the relay counts as a receive or send error.
+
+Python cannot undo ``connect`` (that needs a ``sockaddr`` of family ``AF_UNSPEC``, which the socket
+module does not build), so :func:`dissolve` calls the C library's ``connect`` through ctypes.
+Linux only, as the relay is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc_connect = _libc.connect
+_libc_connect.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+_libc_connect.restype = ctypes.c_int
+
+# A struct sockaddr whose sa_family is AF_UNSPEC (0): connect(2) with it dissolves a datagram
+# socket's association (POSIX connect(2); Linux: udp_disconnect).
+_AF_UNSPEC_SOCKADDR = bytes(16)
+
+
+def dissolve(sock: socket.socket) -> None:
+    """Undo ``sock.connect(peer)``: ``sock`` receives from anyone again. It keeps its port when
+    it was bound to a given one, as :class:`~gateway.core.media.ports.PortAllocator` binds (bound
+    to port 0, the kernel would unbind it). Raises OSError."""
+    if _libc_connect(sock.fileno(), _AF_UNSPEC_SOCKADDR, len(_AF_UNSPEC_SOCKADDR)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def holds_datagrams(sock: socket.socket) -> bool:
+    """Whether a datagram waits in non-blocking ``sock``'s receive queue (a pending ICMP error
+    counts too). A socket with a Python timeout would wait for one.
+
+    Connecting does not purge the queue: what arrived before came from anyone, so the relay
+    keeps reading with ``recvfrom_into`` (and checking the source) until this is False.
+    """
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # a pending error: the next read takes it
+    return True
