@@ -92,7 +92,7 @@ from gateway.core.media.rtp import (
     VERSION_BITS,
     VERSION_MASK,
 )
-from gateway.core.media.udp_association import dissolve, holds_datagrams
+from gateway.core.media.udp_association import dissolve
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ class _Endpoint:
     """One bound media socket and everything the hot loop needs for what arrives on it."""
 
     __slots__ = (
+        "backlog",
         "blocked",
         "connected",
         "direction",
@@ -307,11 +308,12 @@ class _Endpoint:
         self.fd = sock.fileno()
         self.recvfrom_into = sock.recvfrom_into
         self.recv_connected = sock.recv_into
-        # The socket is connected to ``source`` (see udp_association); once its queue holds
-        # nothing from before the connect, only the source's datagrams arrive and the relay
-        # reads them with recv_into (only_from_source).
+        # The socket is connected to ``source`` (see udp_association). Once the datagrams it
+        # held before the connect are read (into ``backlog``, relayed from there first), only
+        # the source's arrive and the relay reads them with recv_into (only_from_source).
         self.connected = False
         self.only_from_source = False
+        self.backlog: list[tuple[bytes, Address]] | None = None
         self.rtcp_octets = rtcp_octets  # second octet -> 1 if the packet is RTCP
         self.rtp = _Route(RTP_HEADER_LENGTH)
         self.rtcp = _Route(RTCP_MIN_LENGTH)
@@ -733,8 +735,7 @@ class MediaRelay:
         self._endpoints: list[_Endpoint | None] = []
         self._streams: set[MediaStream] = set()
         self._stale: set[MediaStream] = set()  # changed since their last rebuild
-        # Connected sockets whose queue may still hold datagrams from before the connect.
-        self._draining: set[_Endpoint] = set()
+        self._backlogged: list[_Endpoint] = []  # with datagrams read at connect, not yet relayed
         # Never resized: in-place transforms hold C pointers into it.
         self._buffer = bytearray(_RECEIVE_BUFFER_SIZE + TRANSFORM_ROOM)
         self._view = memoryview(self._buffer)
@@ -846,9 +847,9 @@ class MediaRelay:
                 return
             if self._stale:
                 self._rebuild_stale()
-            if self._draining:
-                self._check_draining()
             events = poll(0, max_sockets)
+            if self._backlogged:
+                events += self._backlog_events()
             if not events:
                 return
             for fd, _mask in events:
@@ -864,6 +865,13 @@ class MediaRelay:
                         receive_connected = ep.recv_connected
                         size = receive_connected(buffer)
                         source: Any = ep.source
+                    elif ep.backlog:
+                        # Read at connect, older than anything still queued: anyone's.
+                        data, source = ep.backlog.pop(0)
+                        size = len(data)
+                        buffer[:size] = data
+                        if not ep.backlog:
+                            ep.only_from_source = ep.connected
                     else:
                         receive = ep.recvfrom_into
                         size, source = receive(buffer)
@@ -932,13 +940,10 @@ class MediaRelay:
         for stream in stale:
             stream._rebuild()
 
-    def _check_draining(self) -> None:
-        for ep in list(self._draining):
-            if not ep.connected:  # unlatched meanwhile
-                self._draining.discard(ep)
-            elif not holds_datagrams(ep.sock):
-                ep.only_from_source = True
-                self._draining.discard(ep)
+    def _backlog_events(self) -> list[tuple[int, int]]:
+        """One more datagram from each backlog per round, as if epoll had reported its socket."""
+        self._backlogged = [ep for ep in self._backlogged if ep.backlog]
+        return [(ep.fd, 0) for ep in self._backlogged]
 
     def _hand_on(self, ep: _Endpoint, packet: bytes, source: Address, now: float) -> None:
         """A datagram for a key exchange: to the socket's handler, if from the side's peer."""
@@ -974,14 +979,27 @@ class MediaRelay:
         """Connect the socket to its new latched source: only the source can reach it now, and the
         relay reads and sends without addresses (see udp_association). Not when re-latching is
         on: the kernel would refuse the datagrams that re-latch. Datagrams queued before come
-        from anyone: until none is left the relay reads with recvfrom_into and checks."""
+        from anyone, and the kernel keeps them: they are read now into the endpoint's backlog,
+        relayed from there (source checked) before anything that arrives later. Reading them
+        now rather than when epoll next reports the socket makes the switch to recv_into
+        independent of load: a relay that is behind may not find the queue empty for long."""
         try:
             ep.sock.connect(source)
         except OSError:
             return  # stays unconnected: slower, not wrong
         ep.connected = True
-        if holds_datagrams(ep.sock):
-            self._draining.add(ep)
+        backlog = ep.backlog or []
+        receive = ep.sock.recvfrom
+        while True:  # bounded by the socket's receive buffer
+            try:
+                backlog.append(receive(_RECEIVE_BUFFER_SIZE))
+            except BlockingIOError:
+                break
+            except OSError:  # e.g. an ICMP error the peer's host just sent
+                ep.receive_errors += 1
+        if backlog:
+            ep.backlog = backlog
+            self._backlogged.append(ep)
         else:
             ep.only_from_source = True
 
@@ -989,8 +1007,8 @@ class MediaRelay:
         self._streams.discard(stream)
         self._stale.discard(stream)
         for ep in stream._all_endpoints():
-            self._draining.discard(ep)
             ep.connected = ep.only_from_source = False  # its socket is about to close
+            ep.backlog = None
             # The identity check keeps a reused descriptor number of another stream registered
             # (should someone have closed this stream's PortPair directly).
             if ep.fd < len(self._endpoints) and self._endpoints[ep.fd] is ep:

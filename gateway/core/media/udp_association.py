@@ -40,19 +40,3 @@ def dissolve(sock: socket.socket) -> None:
     if _libc_connect(sock.fileno(), _AF_UNSPEC_SOCKADDR, len(_AF_UNSPEC_SOCKADDR)) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
-
-
-def holds_datagrams(sock: socket.socket) -> bool:
-    """Whether a datagram waits in non-blocking ``sock``'s receive queue (a pending ICMP error
-    counts too). A socket with a Python timeout would wait for one.
-
-    Connecting does not purge the queue: what arrived before came from anyone, so the relay
-    keeps reading with ``recvfrom_into`` (and checking the source) until this is False.
-    """
-    try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True  # a pending error: the next read takes it
-    return True

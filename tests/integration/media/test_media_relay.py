@@ -265,13 +265,29 @@ async def test_a_strangers_datagram_queued_before_the_latch_is_dropped_and_count
     stranger.pair.rtp_socket.sendto(rtp(666, ssrc=666), (ADDRESS, port))
     assert (await bob.receive())[0] == rtp(1)
     await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    # Read into a backlog at the connect and relayed from there, checked; from now on the relay
+    # reads without addresses (observable only in speed).
+    assert stream.a._rtp.only_from_source
     await alice.send(rtp(2), port)
     assert (await bob.receive())[0] == rtp(2)
-    # The queue is drained: from now on the kernel refuses strangers.
     await assert_refused_by_the_kernel(rtp(667, ssrc=666), port)
     await alice.send(rtp(3), port)
     assert (await bob.receive())[0] == rtp(3)
     assert stream.a_to_b.statistics().dropped_unlatched_source == 1
+
+
+async def test_datagrams_queued_behind_the_latching_one_are_relayed_in_order(
+    connected: MediaStream, alice: Phone, bob: Phone
+):
+    stream = connected
+    port = stream.a.ports.rtp_port
+    for sequence in range(1, 5):  # all wait in the relay's socket when it latches alice
+        alice.pair.rtp_socket.sendto(rtp(sequence), (ADDRESS, port))
+    assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
+    await alice.send(rtp(5), port)
+    assert (await bob.receive())[0] == rtp(5)
+    statistics = stream.a_to_b.statistics()
+    assert (statistics.rtp_packets, statistics.dropped) == (5, 0)
 
 
 async def test_relatch_after_the_latched_source_was_silent(

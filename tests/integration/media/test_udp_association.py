@@ -16,7 +16,7 @@ import pytest
 
 from gateway.core.config import PortRange
 from gateway.core.media.ports import PortAllocator, PortPair
-from gateway.core.media.udp_association import dissolve, holds_datagrams
+from gateway.core.media.udp_association import dissolve
 
 ADDRESS = "127.0.0.1"
 MEDIA_PORTS = PortRange(23000, 23099)
@@ -102,20 +102,3 @@ def test_dissolving_a_closed_socket_raises_oserror_naming_the_error(make_socket:
         dissolve(media)
     assert raised.value.errno == errno.EBADF
     assert raised.value.strerror
-
-
-def test_holds_datagrams_reports_the_queue_without_taking_from_it(
-    make_media_socket: MakeSocket, make_socket: MakeSocket
-):
-    media, peer = make_media_socket(), make_socket()
-    port = media.getsockname()[1]
-    assert not holds_datagrams(media)
-    peer.sendto(b"one", (ADDRESS, port))
-    peer.sendto(b"two", (ADDRESS, port))
-    wait_readable(media)
-    assert holds_datagrams(media)
-    assert media.recv(64) == b"one"  # peeking took nothing
-    wait_readable(media)
-    assert holds_datagrams(media)
-    assert media.recv(64) == b"two"
-    assert not holds_datagrams(media)
