@@ -1,11 +1,12 @@
 """Connected UDP sockets: tie a media socket to the one peer it has latched, and untie it.
 
 Why the relay connects a latched socket (``connect(2)`` on a datagram socket, POSIX): from then on
-the kernel delivers to it only datagrams from that peer and sends to the peer without an address,
-so the relay reads with ``recv_into`` and writes with ``send``. Python's ``recvfrom_into`` builds a
-new address tuple (a ``str`` and an ``int``) for every datagram and ``sendto`` parses one, and the
-kernel looks up a route for every unconnected send; together that was about 1.1 us of the 5.7 us
-the relay spent per forwarded RTP packet (docs/benchmarks.md, "Connected media sockets").
+the kernel delivers to it only datagrams from that peer, so the relay reads with ``recv_into``
+instead of ``recvfrom_into``, which builds a new address (a ``str``, an ``int`` and a tuple) for
+every datagram that the relay then compares with the latched one; and it sends with ``send``. At
+1000 calls that took the relay's CPU per forwarded RTP packet at capacity from 5.7 to 4.4-4.8 us
+(docs/benchmarks.md, "Connected media sockets"); connecting but still reading with
+``recvfrom_into`` gained nothing measurable.
 
 What changes for the socket's other senders: the kernel drops their datagrams and answers them
 with ICMP port unreachable, as it does for a port nobody holds (the relay dropped them too, after
