@@ -120,6 +120,9 @@ it must not block nor raise (hand the packet on, e.g. with a memory channel's ``
 
 
 _RECEIVE_BUFFER_SIZE = 65536  # the largest UDP payload: never truncate a datagram
+# A socket's default receive buffer (net.core.rmem_default, 208 KiB) holds a few hundred RTP
+# datagrams; more than this at the moment of latching is a flood.
+_MOST_DATAGRAMS_READ_AT_CONNECT = 4096
 TRANSFORM_ROOM = 256
 """Octets of the receive buffer beyond the largest datagram, for what an in-place transform
 appends (an SRTCP index and tag take at most 148, pylibsrtp's SRTP_MAX_SRTCP_TRAILER_LEN)."""
@@ -735,7 +738,7 @@ class MediaRelay:
         self._endpoints: list[_Endpoint | None] = []
         self._streams: set[MediaStream] = set()
         self._stale: set[MediaStream] = set()  # changed since their last rebuild
-        self._backlogged: list[_Endpoint] = []  # with datagrams read at connect, not yet relayed
+        self._backlogged: set[_Endpoint] = set()  # with datagrams read at connect, not relayed
         # Never resized: in-place transforms hold C pointers into it.
         self._buffer = bytearray(_RECEIVE_BUFFER_SIZE + TRANSFORM_ROOM)
         self._view = memoryview(self._buffer)
@@ -942,7 +945,7 @@ class MediaRelay:
 
     def _backlog_events(self) -> list[tuple[int, int]]:
         """One more datagram from each backlog per round, as if epoll had reported its socket."""
-        self._backlogged = [ep for ep in self._backlogged if ep.backlog]
+        self._backlogged = {ep for ep in self._backlogged if ep.backlog}
         return [(ep.fd, 0) for ep in self._backlogged]
 
     def _hand_on(self, ep: _Endpoint, packet: bytes, source: Address, now: float) -> None:
@@ -990,16 +993,21 @@ class MediaRelay:
         ep.connected = True
         backlog = ep.backlog or []
         receive = ep.sock.recvfrom
-        while True:  # bounded by the socket's receive buffer
+        for _ in range(_MOST_DATAGRAMS_READ_AT_CONNECT):
             try:
                 backlog.append(receive(_RECEIVE_BUFFER_SIZE))
             except BlockingIOError:
                 break
-            except OSError:  # e.g. an ICMP error the peer's host just sent
+            except OSError:  # an ICMP error the peer's host just sent: reported once
                 ep.receive_errors += 1
+        else:
+            # Still not empty (a huge receive buffer, or a flood): give the connection up, this
+            # socket stays on the checked path until it latches again. What was read is relayed.
+            _unlatch(ep)
+            ep.source = source
         if backlog:
             ep.backlog = backlog
-            self._backlogged.append(ep)
+            self._backlogged.add(ep)  # once, also when it had a backlog already
         else:
             ep.only_from_source = True
 

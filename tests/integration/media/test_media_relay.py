@@ -24,6 +24,7 @@ import pytest
 import trio
 
 from gateway.core.config import PortRange
+from gateway.core.media import relay as relay_module
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.ports import PortAllocator, PortPair
 from gateway.core.media.relay import (
@@ -288,6 +289,27 @@ async def test_datagrams_queued_behind_the_latching_one_are_relayed_in_order(
     assert (await bob.receive())[0] == rtp(5)
     statistics = stream.a_to_b.statistics()
     assert (statistics.rtp_packets, statistics.dropped) == (5, 0)
+
+
+async def test_a_socket_that_holds_too_much_at_the_latch_stays_unconnected_and_checked(
+    connected: MediaStream,
+    alice: Phone,
+    bob: Phone,
+    make_phone: Callable[[], Phone],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(relay_module, "_MOST_DATAGRAMS_READ_AT_CONNECT", 2)
+    stream, stranger = connected, make_phone()
+    port = stream.a.ports.rtp_port
+    for sequence in range(1, 5):  # the latching datagram, 2 read at the connect, 1 left over
+        alice.pair.rtp_socket.sendto(rtp(sequence), (ADDRESS, port))
+    assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
+    assert stream.a.rtp_source == alice.rtp_address
+    # Not connected: the relay reads the stranger's datagram, drops and counts it.
+    await stranger.send(rtp(666, ssrc=666), port)
+    await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+    await alice.send(rtp(5), port)
+    assert (await bob.receive())[0] == rtp(5)
 
 
 async def test_relatch_after_the_latched_source_was_silent(
