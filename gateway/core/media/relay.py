@@ -823,7 +823,12 @@ class MediaRelay:
             task_status.started()
             while not self._closed:
                 try:
-                    await trio.lowlevel.wait_readable(epoll_fd)
+                    if self._backlogged:
+                        # Datagrams read at a connect wait for no epoll report: go on serving
+                        # them after letting other tasks run.
+                        await trio.lowlevel.checkpoint()
+                    else:
+                        await trio.lowlevel.wait_readable(epoll_fd)
                 except trio.ClosedResourceError:  # close() was called
                     return
                 self._wakeups += 1
@@ -1017,6 +1022,7 @@ class MediaRelay:
         for ep in stream._all_endpoints():
             ep.connected = ep.only_from_source = False  # its socket is about to close
             ep.backlog = None
+            self._backlogged.discard(ep)
             # The identity check keeps a reused descriptor number of another stream registered
             # (should someone have closed this stream's PortPair directly).
             if ep.fd < len(self._endpoints) and self._endpoints[ep.fd] is ep:

@@ -291,6 +291,21 @@ async def test_datagrams_queued_behind_the_latching_one_are_relayed_in_order(
     assert (statistics.rtp_packets, statistics.dropped) == (5, 0)
 
 
+async def test_a_backlog_longer_than_a_wake_up_is_served_without_more_traffic(
+    start_relay: StartRelay, make_phone: Callable[[], Phone]
+):
+    # One round per wake-up: the relay reads the latching datagram, the connect reads the rest
+    # into the backlog, and nothing else will ever make epoll report a socket.
+    relay = await start_relay(max_rounds_per_wakeup=1)
+    alice, bob = make_phone(), make_phone()
+    with relay.open_stream() as stream:
+        stream.a.set_remote(alice.rtp_address)
+        stream.b.set_remote(bob.rtp_address)
+        for sequence in range(1, 5):
+            alice.pair.rtp_socket.sendto(rtp(sequence), (ADDRESS, stream.a.ports.rtp_port))
+        assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
+
+
 async def test_a_socket_that_holds_too_much_at_the_latch_stays_unconnected_and_checked(
     connected: MediaStream,
     alice: Phone,
