@@ -90,6 +90,26 @@ async def until(condition: Callable[[], bool]) -> None:
             await trio.sleep(0)
 
 
+SO_MEMINFO = 55  # Linux <asm-generic/socket.h>; not in Python's socket module
+
+
+def queued_octets(sock: socket.socket) -> int:
+    """Kernel memory held by ``sock``'s receive queue: the first field of SO_MEMINFO
+    (sk_rmem_alloc), which grows with every datagram queued."""
+    meminfo = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
+    octets: int = struct.unpack("9I", meminfo)[0]
+    return octets
+
+
+async def queue_datagrams(relay_socket: socket.socket, sends: list[tuple[Phone, bytes]]) -> None:
+    """Each phone sends its datagram to ``relay_socket`` of a relay that does not serve yet; each
+    is in the socket's queue before the next is sent, so the relay finds them all, in order."""
+    for phone, packet in sends:
+        before = queued_octets(relay_socket)
+        phone.pair.rtp_socket.sendto(packet, relay_socket.getsockname())
+        await until(lambda before=before: queued_octets(relay_socket) > before)
+
+
 async def assert_refused_by_the_kernel(packet: bytes, port: int) -> None:
     """A stranger sends ``packet`` to the relay's ``port``: the socket there is connected to its
     latched source, so the kernel answers with ICMP port unreachable, which a connected UDP
@@ -122,10 +142,13 @@ StartRelay = Callable[..., Awaitable[MediaRelay]]
 async def start_relay(nursery: trio.Nursery) -> AsyncIterator[StartRelay]:
     relays: list[MediaRelay] = []
 
-    async def start(*, ports: PortRange = RELAY_PORTS, **kwargs: Any) -> MediaRelay:
+    async def start(
+        *, ports: PortRange = RELAY_PORTS, serving: bool = True, **kwargs: Any
+    ) -> MediaRelay:
         relay = MediaRelay(PortAllocator(ADDRESS, ports), **kwargs)
         relays.append(relay)
-        await nursery.start(relay.serve)
+        if serving:
+            await nursery.start(relay.serve)
         return relay
 
     yield start
@@ -255,15 +278,23 @@ async def test_once_latched_a_stranger_is_refused_by_the_kernel(
 
 
 async def test_a_strangers_datagram_queued_before_the_latch_is_dropped_and_counted(
-    connected: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+    start_relay: StartRelay,
+    nursery: trio.Nursery,
+    alice: Phone,
+    bob: Phone,
+    make_phone: Callable[[], Phone],
 ):
     # Connecting a socket does not purge its queue: what arrived before may be anyone's.
-    stream, stranger = connected, make_phone()
+    relay, stranger = await start_relay(serving=False), make_phone()
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    stream.b.set_remote(bob.rtp_address)
     port = stream.a.ports.rtp_port
-    # Blocking stdlib sends, no checkpoint between them: both wait in the relay's socket when it
-    # reads alice's datagram and latches her.
-    alice.pair.rtp_socket.sendto(rtp(1), (ADDRESS, port))
-    stranger.pair.rtp_socket.sendto(rtp(666, ssrc=666), (ADDRESS, port))
+    # Both wait in the relay's socket when it reads alice's datagram and latches her.
+    await queue_datagrams(
+        stream.a.ports.rtp_socket, [(alice, rtp(1)), (stranger, rtp(666, ssrc=666))]
+    )
+    await nursery.start(relay.serve)
     assert (await bob.receive())[0] == rtp(1)
     await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
     # Read into a backlog at the connect and relayed from there, checked; from now on the relay
@@ -278,12 +309,16 @@ async def test_a_strangers_datagram_queued_before_the_latch_is_dropped_and_count
 
 
 async def test_datagrams_queued_behind_the_latching_one_are_relayed_in_order(
-    connected: MediaStream, alice: Phone, bob: Phone
+    start_relay: StartRelay, nursery: trio.Nursery, alice: Phone, bob: Phone
 ):
-    stream = connected
+    relay = await start_relay(serving=False)
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    stream.b.set_remote(bob.rtp_address)
     port = stream.a.ports.rtp_port
-    for sequence in range(1, 5):  # all wait in the relay's socket when it latches alice
-        alice.pair.rtp_socket.sendto(rtp(sequence), (ADDRESS, port))
+    # All wait in the relay's socket when it latches alice.
+    await queue_datagrams(stream.a.ports.rtp_socket, [(alice, rtp(s)) for s in range(1, 5)])
+    await nursery.start(relay.serve)
     assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
     await alice.send(rtp(5), port)
     assert (await bob.receive())[0] == rtp(5)
@@ -292,32 +327,36 @@ async def test_datagrams_queued_behind_the_latching_one_are_relayed_in_order(
 
 
 async def test_a_backlog_longer_than_a_wake_up_is_served_without_more_traffic(
-    start_relay: StartRelay, make_phone: Callable[[], Phone]
+    start_relay: StartRelay, nursery: trio.Nursery, alice: Phone, bob: Phone
 ):
     # One round per wake-up: the relay reads the latching datagram, the connect reads the rest
     # into the backlog, and nothing else will ever make epoll report a socket.
-    relay = await start_relay(max_rounds_per_wakeup=1)
-    alice, bob = make_phone(), make_phone()
-    with relay.open_stream() as stream:
-        stream.a.set_remote(alice.rtp_address)
-        stream.b.set_remote(bob.rtp_address)
-        for sequence in range(1, 5):
-            alice.pair.rtp_socket.sendto(rtp(sequence), (ADDRESS, stream.a.ports.rtp_port))
-        assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
+    relay = await start_relay(serving=False, max_rounds_per_wakeup=1)
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    stream.b.set_remote(bob.rtp_address)
+    await queue_datagrams(stream.a.ports.rtp_socket, [(alice, rtp(s)) for s in range(1, 5)])
+    await nursery.start(relay.serve)
+    assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
 
 
 async def test_a_socket_that_holds_too_much_at_the_latch_stays_unconnected_and_checked(
-    connected: MediaStream,
+    start_relay: StartRelay,
+    nursery: trio.Nursery,
     alice: Phone,
     bob: Phone,
     make_phone: Callable[[], Phone],
     monkeypatch: pytest.MonkeyPatch,
 ):
     monkeypatch.setattr(relay_module, "_MOST_DATAGRAMS_READ_AT_CONNECT", 2)
-    stream, stranger = connected, make_phone()
+    relay, stranger = await start_relay(serving=False), make_phone()
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    stream.b.set_remote(bob.rtp_address)
     port = stream.a.ports.rtp_port
-    for sequence in range(1, 5):  # the latching datagram, 2 read at the connect, 1 left over
-        alice.pair.rtp_socket.sendto(rtp(sequence), (ADDRESS, port))
+    # The latching datagram, 2 read at the connect, 1 left over.
+    await queue_datagrams(stream.a.ports.rtp_socket, [(alice, rtp(s)) for s in range(1, 5)])
+    await nursery.start(relay.serve)
     assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
     assert stream.a.rtp_source == alice.rtp_address
     # Not connected: the relay reads the stranger's datagram, drops and counts it.
