@@ -337,6 +337,11 @@ class _Endpoint:
 def _unlatch(ep: _Endpoint) -> None:
     """Forget the latched source; the socket takes datagrams from anyone again."""
     ep.source = None
+    _disconnect(ep)
+
+
+def _disconnect(ep: _Endpoint) -> None:
+    """Undo the relay's connect, if any: the socket takes datagrams from anyone again."""
     ep.only_from_source = False
     if ep.connected:
         ep.connected = False
@@ -975,7 +980,7 @@ class MediaRelay:
         ):
             ep.dropped_unlatched_source += 1
             return False
-        _unlatch(ep)
+        # Never connected here: without re-latching only an unlatched socket gets this far.
         ep.source = source
         if self._relatch_after is None:
             self._connect(ep, source)
@@ -1008,8 +1013,7 @@ class MediaRelay:
         else:
             # Still not empty (a huge receive buffer, or a flood): give the connection up, this
             # socket stays on the checked path until it latches again. What was read is relayed.
-            _unlatch(ep)
-            ep.source = source
+            _disconnect(ep)
         if backlog:
             ep.backlog = backlog
             self._backlogged.add(ep)  # once, also when it had a backlog already

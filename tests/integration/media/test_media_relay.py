@@ -110,6 +110,23 @@ async def queue_datagrams(relay_socket: socket.socket, sends: list[tuple[Phone, 
         await until(lambda before=before: queued_octets(relay_socket) > before)
 
 
+async def serve_after_queueing(
+    relay: MediaRelay,
+    nursery: trio.Nursery,
+    alice: Phone,
+    bob: Phone,
+    sends: list[tuple[Phone, bytes]],
+) -> MediaStream:
+    """A stream from alice (leg A) to bob on ``relay``, which does not serve yet; ``sends`` wait
+    in the queue of its A-side RTP socket when the relay starts serving."""
+    stream = relay.open_stream()
+    stream.a.set_remote(alice.rtp_address)
+    stream.b.set_remote(bob.rtp_address)
+    await queue_datagrams(stream.a.ports.rtp_socket, sends)
+    await nursery.start(relay.serve)
+    return stream
+
+
 async def assert_refused_by_the_kernel(packet: bytes, port: int) -> None:
     """A stranger sends ``packet`` to the relay's ``port``: the socket there is connected to its
     latched source, so the kernel answers with ICMP port unreachable, which a connected UDP
@@ -286,15 +303,10 @@ async def test_a_strangers_datagram_queued_before_the_latch_is_dropped_and_count
 ):
     # Connecting a socket does not purge its queue: what arrived before may be anyone's.
     relay, stranger = await start_relay(serving=False), make_phone()
-    stream = relay.open_stream()
-    stream.a.set_remote(alice.rtp_address)
-    stream.b.set_remote(bob.rtp_address)
-    port = stream.a.ports.rtp_port
     # Both wait in the relay's socket when it reads alice's datagram and latches her.
-    await queue_datagrams(
-        stream.a.ports.rtp_socket, [(alice, rtp(1)), (stranger, rtp(666, ssrc=666))]
-    )
-    await nursery.start(relay.serve)
+    sends = [(alice, rtp(1)), (stranger, rtp(666, ssrc=666))]
+    stream = await serve_after_queueing(relay, nursery, alice, bob, sends)
+    port = stream.a.ports.rtp_port
     assert (await bob.receive())[0] == rtp(1)
     await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
     # Read into a backlog at the connect and relayed from there, checked; from now on the relay
@@ -312,13 +324,10 @@ async def test_datagrams_queued_behind_the_latching_one_are_relayed_in_order(
     start_relay: StartRelay, nursery: trio.Nursery, alice: Phone, bob: Phone
 ):
     relay = await start_relay(serving=False)
-    stream = relay.open_stream()
-    stream.a.set_remote(alice.rtp_address)
-    stream.b.set_remote(bob.rtp_address)
-    port = stream.a.ports.rtp_port
     # All wait in the relay's socket when it latches alice.
-    await queue_datagrams(stream.a.ports.rtp_socket, [(alice, rtp(s)) for s in range(1, 5)])
-    await nursery.start(relay.serve)
+    sends = [(alice, rtp(s)) for s in range(1, 5)]
+    stream = await serve_after_queueing(relay, nursery, alice, bob, sends)
+    port = stream.a.ports.rtp_port
     assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
     await alice.send(rtp(5), port)
     assert (await bob.receive())[0] == rtp(5)
@@ -332,11 +341,7 @@ async def test_a_backlog_longer_than_a_wake_up_is_served_without_more_traffic(
     # One round per wake-up: the relay reads the latching datagram, the connect reads the rest
     # into the backlog, and nothing else will ever make epoll report a socket.
     relay = await start_relay(serving=False, max_rounds_per_wakeup=1)
-    stream = relay.open_stream()
-    stream.a.set_remote(alice.rtp_address)
-    stream.b.set_remote(bob.rtp_address)
-    await queue_datagrams(stream.a.ports.rtp_socket, [(alice, rtp(s)) for s in range(1, 5)])
-    await nursery.start(relay.serve)
+    await serve_after_queueing(relay, nursery, alice, bob, [(alice, rtp(s)) for s in range(1, 5)])
     assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
 
 
@@ -350,13 +355,10 @@ async def test_a_socket_that_holds_too_much_at_the_latch_stays_unconnected_and_c
 ):
     monkeypatch.setattr(relay_module, "_MOST_DATAGRAMS_READ_AT_CONNECT", 2)
     relay, stranger = await start_relay(serving=False), make_phone()
-    stream = relay.open_stream()
-    stream.a.set_remote(alice.rtp_address)
-    stream.b.set_remote(bob.rtp_address)
-    port = stream.a.ports.rtp_port
     # The latching datagram, 2 read at the connect, 1 left over.
-    await queue_datagrams(stream.a.ports.rtp_socket, [(alice, rtp(s)) for s in range(1, 5)])
-    await nursery.start(relay.serve)
+    sends = [(alice, rtp(s)) for s in range(1, 5)]
+    stream = await serve_after_queueing(relay, nursery, alice, bob, sends)
+    port = stream.a.ports.rtp_port
     assert [(await bob.receive())[0] for _ in range(4)] == [rtp(s) for s in range(1, 5)]
     assert stream.a.rtp_source == alice.rtp_address
     # Not connected: the relay reads the stranger's datagram, drops and counts it.
