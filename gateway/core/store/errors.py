@@ -28,5 +28,10 @@ class CallRecordNotFound(StoreError, LookupError):
     """``call_record_update`` for a call id without a record."""
 
 
+class StoreBusy(StoreError):
+    """Another process (``voipgw accounts ...``, an operator's ``sqlite3`` shell) held the store's
+    write lock for longer than the store waits for it: nothing was written; try again later."""
+
+
 class SchemaError(StoreError):
     """The database was written by a newer voipgw, or is not a voipgw store."""

@@ -5,13 +5,29 @@ across process crashes; a power cut may lose the last transactions, never corrup
 built by ordered migrations recorded in ``schema_version``; opening a store applies the missing
 ones, each in its own transaction, and refuses a file written by a newer voipgw.
 
-One connection per store, guarded by a lock, so the store may be called from any thread (the trio
-core uses ``trio.to_thread``) but runs one statement sequence at a time.
+One connection per store, guarded by a lock, so the store may be called from any thread but runs
+one statement sequence at a time. The gateway calls it from its event loop, the thread that also
+relays media (without ``[media] workers``), so the gateway opens it with two settings the CLI does
+not need (``SqliteStore.open``):
+
+- ``busy_timeout``: how long a write waits for another process's write lock (``voipgw accounts``
+  holds it for milliseconds; an operator's ``sqlite3`` shell inside ``BEGIN`` for as long as it
+  likes) before it fails with :class:`~gateway.core.store.errors.StoreBusy`. The CLI waits 5 s;
+  the gateway 50 ms, so a lock held for long does not stall every call (call records are kept
+  and saved later, a REGISTER is answered 503 with Retry-After).
+- ``checkpoint_interval``: SQLite copies the write-ahead log into the database file (a
+  checkpoint, https://sqlite.org/wal.html#ckpt) at the commit that finds the log past 1000 pages,
+  and that commit pays for the copy and its ``fsync``: 5-7 ms on a cloud VM's disk, more on a busy
+  one, every second or two at a few hundred calls per second. With an interval the store's own
+  connection never checkpoints; a thread with a second connection does, every ``interval``
+  seconds (``PRAGMA wal_checkpoint(PASSIVE)``: it never waits for, nor blocks, a reader or writer;
+  SQLite releases the interpreter lock while it works).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -31,6 +47,7 @@ from gateway.core.store.errors import (
     CallRecordNotFound,
     InvalidValue,
     SchemaError,
+    StoreBusy,
 )
 from gateway.core.store.interface import (
     DEFAULT_MEDIA_POLICY,
@@ -44,7 +61,12 @@ from gateway.core.store.interface import (
     Store,
 )
 
+log = logging.getLogger(__name__)
+
 DB_FILENAME = "voipgw.sqlite3"
+
+DEFAULT_BUSY_TIMEOUT = 5.0
+"""Seconds a write waits for another process's write lock, unless ``open`` is told otherwise."""
 
 Migration = tuple[int, tuple[str, ...]]
 
@@ -142,9 +164,12 @@ class SqliteStore:
         path: Path,
         clock: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     ) -> None:
         self._db = connection
         self.path = path
+        self._busy_timeout = busy_timeout
+        self._checkpointer: _Checkpointer | None = None
         self._clock = clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -165,10 +190,21 @@ class SqliteStore:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         migrations: Sequence[Migration] = MIGRATIONS,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        checkpoint_interval: float | None = None,
     ) -> SqliteStore:
         """Open (creating if needed) ``<state_dir>/voipgw.sqlite3`` and bring its schema up to
         date. The directory is created 0700 and the file 0600: it holds HA1s. ``clock`` gives
-        the created/updated timestamps, ``monotonic`` times the account cache."""
+        the created/updated timestamps, ``monotonic`` times the account cache.
+
+        ``busy_timeout``: seconds a write waits for another process's write lock before it
+        raises :class:`StoreBusy`. ``checkpoint_interval``: None, SQLite checkpoints at a commit
+        as usual; seconds, a background thread does, that often, and commits never do (see the
+        module's docstring)."""
+        if busy_timeout < 0:
+            raise ValueError("busy_timeout must not be negative")
+        if checkpoint_interval is not None and not checkpoint_interval > 0:
+            raise ValueError("checkpoint_interval must be positive")
         _check_migrations(migrations)
         directory = Path(state_dir)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -178,25 +214,39 @@ class SqliteStore:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            connection.execute("PRAGMA busy_timeout = 5000")
+            # Migrations may wait for a running CLI as long as the CLI would: at start-up the
+            # gateway relays nothing yet.
+            connection.execute(f"PRAGMA busy_timeout = {round(DEFAULT_BUSY_TIMEOUT * 1000)}")
             mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SchemaError(f"{path}: cannot switch to WAL journal mode")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("PRAGMA foreign_keys = ON")
             _migrate(connection, path, migrations, clock)
+            connection.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
+            if checkpoint_interval is not None:
+                connection.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.DatabaseError as exc:
             connection.close()
             raise SchemaError(f"{path}: not a usable voipgw store ({exc})") from exc
         except BaseException:
             connection.close()
             raise
-        return cls(connection, path, clock, monotonic)
+        store = cls(connection, path, clock, monotonic, busy_timeout)
+        if checkpoint_interval is not None:
+            try:
+                store._checkpointer = _Checkpointer(path, checkpoint_interval)
+            except BaseException:
+                connection.close()
+                raise
+        return store
 
     def __repr__(self) -> str:
         return f"<SqliteStore {str(self.path)!r}>"
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             self._db.close()
 
@@ -212,7 +262,17 @@ class SqliteStore:
         with self._lock:
             if changes_accounts:
                 self._forget_cached()
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # In WAL mode only BEGIN IMMEDIATE waits for the write lock: once it has it,
+                # nothing later in the transaction can find the store busy.
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                raise StoreBusy(
+                    f"{self.path}: another process held the write lock for longer than "
+                    f"{self._busy_timeout:g} s; nothing was written"
+                ) from exc
             try:
                 yield self._db
             except BaseException:
@@ -492,6 +552,41 @@ class SqliteStore:
                 (max(0, limit),),
             ).fetchall()
         return tuple(_call_record(row) for row in rows)
+
+
+class _Checkpointer:
+    """Checkpoints the store's write-ahead log every ``interval`` seconds from a thread of its own,
+    with a connection of its own, until stopped. PASSIVE copies what no reader still needs and
+    returns: it takes no lock a commit of the store's connection waits for."""
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._thread = threading.Thread(
+            target=self._run, name=f"sqlite checkpoints of {path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        failing = False
+        try:
+            while not self._stopping.wait(self._interval):
+                try:
+                    self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    # The log keeps growing until a checkpoint succeeds; say so once.
+                    if not failing:
+                        log.warning("checkpointing the store's write-ahead log failed: %s", exc)
+                    failing = True
+                else:
+                    failing = False
+        finally:
+            self._connection.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
 
 
 # -- helpers ---------------------------------------------------------------------------------
