@@ -9,6 +9,14 @@ every call in memory and saves the changed ones together, in one transaction eve
 What that trades: ``voipgw calls`` (another process, reading the store) sees a change up to
 :data:`FLUSH_INTERVAL` later, and a gateway killed with SIGKILL loses the changes of its last
 interval (the next start marks the calls it left live as ended, as before).
+
+A store that is busy (another process holds its write lock past the gateway's short wait:
+:class:`~gateway.core.store.errors.StoreBusy`) loses nothing: the batch is kept and saved with
+the next one, up to :data:`MOST_KEPT` changes (one per call; about three minutes of calls at 600
+calls/s), past which they are given up, logged with their number. Each refused save has waited
+for the lock (the store's busy timeout) on the event loop, so while the store stays busy the
+saves back off, doubling the interval up to :data:`LONGEST_BUSY_INTERVAL`: a lock held for minutes
+costs the event loop one such wait every few seconds, not ten a second.
 """
 
 from __future__ import annotations
@@ -22,13 +30,19 @@ from typing import Protocol
 import attrs
 import trio
 
-from gateway.core.store.errors import StoreError
+from gateway.core.store.errors import StoreBusy, StoreError
 from gateway.core.store.interface import CallRecord, Store
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.1
 """Seconds between two saves of the changed records."""
+
+MOST_KEPT = 100_000
+"""Most call records kept in memory for a store that stays busy (see the module docstring)."""
+
+LONGEST_BUSY_INTERVAL = FLUSH_INTERVAL * 32
+"""Seconds between two saves at most, while the store stays busy (3.2)."""
 
 
 class SecuritySource(Protocol):
@@ -48,6 +62,7 @@ class CallRecordBook:
         self._live: dict[str, CallRecord] = {}
         self._changed: dict[str, CallRecord] = {}
         self._security_of: dict[str, SecuritySource] = {}
+        self._busy_attempts = 0  # saves the busy store refused in a row
 
     @property
     def pending(self) -> int:
@@ -86,9 +101,10 @@ class CallRecordBook:
         self._changed[record_id] = record
 
     def flush(self) -> None:
-        """Save every record changed since the last save, in one transaction. A store that
-        fails loses this batch (logged), as a failed single write did; it never raises, since
-        it runs in a task of the gateway's top nursery."""
+        """Save every record changed since the last save, in one transaction. A busy store
+        keeps the batch for the next save (:data:`MOST_KEPT`); a store that fails otherwise
+        loses it (logged), as a failed single write did. Never raises: it runs in a task of the
+        gateway's top nursery."""
         if not self._changed:
             return
         batch = []
@@ -100,17 +116,45 @@ class CallRecordBook:
         self._changed = {}
         try:
             self._store.call_records_save(batch)
+        except StoreBusy as exc:
+            self._keep(batch, exc)
+            return
         except StoreError as exc:
             log.warning("%d call record change(s) not kept: %s", len(batch), exc)
         except Exception:
             log.exception("%d call record change(s) not kept", len(batch))
+        if self._busy_attempts:
+            log.info("call records saved again after %d busy attempt(s)", self._busy_attempts)
+            self._busy_attempts = 0
+
+    def _keep(self, batch: list[CallRecord], busy: StoreBusy) -> None:
+        """Keep a batch the busy store refused for the next save (nothing has changed since it
+        was taken: :meth:`flush` does not wait)."""
+        self._busy_attempts += 1
+        if len(batch) > MOST_KEPT:
+            log.error(
+                "%d call record change(s) not kept: the store was busy for %d save(s) in a row "
+                "(%s)",
+                len(batch),
+                self._busy_attempts,
+                busy,
+            )
+            return
+        if self._busy_attempts == 1:
+            log.warning("call records kept for the next save: %s", busy)
+        self._changed = {record.call_id: record for record in batch}
 
     async def run(self) -> None:
         """Save changes every :data:`FLUSH_INTERVAL` seconds until cancelled. The owner calls
         :meth:`flush` once more after every call has ended."""
         while True:
-            await trio.sleep(FLUSH_INTERVAL)
+            await trio.sleep(self.next_interval())
             self.flush()
+
+    def next_interval(self) -> float:
+        """Seconds until the next save: :data:`FLUSH_INTERVAL`, doubled for each save the busy
+        store has refused in a row, up to :data:`LONGEST_BUSY_INTERVAL`."""
+        return min(FLUSH_INTERVAL * (1 << min(self._busy_attempts, 5)), LONGEST_BUSY_INTERVAL)
 
 
 def _security_of_call(call: SecuritySource, record_id: str) -> str:

@@ -11,10 +11,15 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.core.calls.records import FLUSH_INTERVAL, CallRecordBook
-from gateway.core.store.errors import StoreError
+from gateway.core.calls import records as records_module
+from gateway.core.calls.records import (
+    FLUSH_INTERVAL,
+    LONGEST_BUSY_INTERVAL,
+    CallRecordBook,
+)
+from gateway.core.store.errors import StoreBusy, StoreError
 from gateway.core.store.interface import CallRecord
-from gateway.core.store.sqlite import SqliteStore
+from gateway.core.store.sqlite import DB_FILENAME, SqliteStore
 
 
 class FakeClock:
@@ -150,7 +155,7 @@ def test_a_failing_store_loses_that_batch_only(
 def test_a_store_that_raises_anything_does_not_stop_the_book(
     store: SqliteStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # E.g. SQLite's "database is locked" after its busy timeout: the gateway must go on.
+    # E.g. an SQLite error the store does not translate: the gateway must go on.
     book = CallRecordBook(store, clock=FakeClock())
     book.started("c1", "sip:a@x", "sip:b@y")
 
@@ -195,3 +200,101 @@ async def test_run_saves_every_interval(
         await trio.sleep(FLUSH_INTERVAL)
         assert store.call_record_get("c1") is not None
         nursery.cancel_scope.cancel()
+
+
+# -- a busy store (another process holds the write lock) -------------------------------------
+
+
+def test_a_busy_store_keeps_the_batch_until_it_can_be_saved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteStore.open(tmp_path, busy_timeout=0.0)
+    other = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+    try:
+        call = Call()
+        book = CallRecordBook(store, clock=FakeClock())
+        book.started("c1", "sip:a@x", "sip:b@y")
+        book.started("c2", "sip:c@x", "sip:d@y")
+        book.answered("c2", call)
+        other.execute("BEGIN IMMEDIATE")
+        with caplog.at_level(logging.INFO):
+            book.flush()
+            assert book.pending == 2
+            book.ended("c1", "caller hung up", {})
+            book.flush()
+            assert book.pending == 2
+            assert store.call_record_get("c1") is None
+            other.execute("ROLLBACK")
+            call.security = {"a": {"key_exchange": "dtls"}}
+            book.flush()
+        assert book.pending == 0
+        ended = store.call_record_get("c1")
+        assert ended is not None and ended.end_reason == "caller hung up"
+        live = store.call_record_get("c2")
+        assert live is not None and "dtls" in live.security_json  # as the call stands now
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1  # once per busy spell, not once per attempt
+        assert warnings[0].startswith("call records kept for the next save: ")
+        assert "call records saved again after 2 busy attempt(s)" in caplog.text
+    finally:
+        other.close()
+        store.close()
+
+
+def refuse_busy(records: object) -> None:
+    raise StoreBusy("voipgw.sqlite3: another process held the write lock")
+
+
+def test_saves_back_off_while_the_store_is_busy_and_recover_after(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = CallRecordBook(store, clock=FakeClock())
+    monkeypatch.setattr(store, "call_records_save", refuse_busy)
+    intervals = [book.next_interval()]
+    for _ in range(8):
+        book.started("c1", "sip:a@x", "sip:b@y")
+        book.flush()
+        intervals.append(book.next_interval())
+    assert intervals == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 3.2, 3.2, 3.2])
+    assert pytest.approx(3.2) == LONGEST_BUSY_INTERVAL
+    monkeypatch.undo()
+    book.flush()
+    assert book.next_interval() == FLUSH_INTERVAL
+
+
+async def test_run_tries_a_busy_store_a_few_times_a_second_at_most(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Each refused save has waited the busy timeout on the event loop: not ten times a second.
+    attempts: list[float] = []
+
+    def busy(records: object) -> None:
+        attempts.append(trio.current_time())
+        refuse_busy(records)
+
+    monkeypatch.setattr(store, "call_records_save", busy)
+    book = CallRecordBook(store, clock=FakeClock())
+    book.started("c1", "sip:a@x", "sip:b@y")
+    start = trio.current_time()
+    with trio.move_on_after(20.0):
+        await book.run()
+    gaps = [round(b - a, 3) for a, b in zip([start, *attempts], attempts, strict=False)]
+    assert gaps[:7] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 3.2]
+    assert len(attempts) == 10  # 20 s: 0.1 + 0.2 + ... + 3.2 = 6.3, then every 3.2 s
+    assert book.pending == 1
+
+
+def test_past_most_kept_a_busy_store_loses_the_batch_and_says_so(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(records_module, "MOST_KEPT", 2)
+    monkeypatch.setattr(store, "call_records_save", refuse_busy)
+    book = CallRecordBook(store, clock=FakeClock())
+    for n in range(3):
+        book.started(f"c{n}", "sip:a@x", "sip:b@y")
+    with caplog.at_level(logging.ERROR):
+        book.flush()
+    assert book.pending == 0
+    assert (
+        "3 call record change(s) not kept: the store was busy for 1 save(s) in a row" in caplog.text
+    )
