@@ -32,7 +32,8 @@ from gateway.core.media.session import MediaSession
 from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
 from gateway.core.sip.message import Request
-from gateway.core.store.sqlite import SqliteStore
+from gateway.core.store.errors import StoreBusy
+from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT, SqliteStore
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 INBOUND_QUEUE = 1024
 
 HOUSEKEEPING_INTERVAL = 30.0
+# The store is used from the event loop, which also relays media: a write waits at most this
+# long for another process's lock (then StoreBusy), and no commit checkpoints the write-ahead
+# log; a thread does, this often (gateway/core/store/sqlite.py).
+STORE_BUSY_TIMEOUT = 0.05
+STORE_CHECKPOINT_INTERVAL = 1.0
 # A UDP flow idle this long is forgotten; NATed phones send a REGISTER or keep-alive well within.
 UDP_FLOW_IDLE = 300.0
 
@@ -137,6 +143,8 @@ class Gateway:
             assert self.store is not None
             try:
                 removed = self.store.expire_bindings(time.time())
+            except StoreBusy as exc:
+                log.warning("expired registrations left for the next round: %s", exc)
             except Exception:
                 log.exception("expiring registrations failed")
             else:
@@ -199,15 +207,29 @@ class Gateway:
     ) -> None:
         """Run until cancelled. ``task_status.started`` reports the bound listeners."""
         self.check()
-        self.store = SqliteStore.open(self.config.gateway.state_dir)
+        self.store = SqliteStore.open(
+            self.config.gateway.state_dir,
+            busy_timeout=STORE_BUSY_TIMEOUT,
+            checkpoint_interval=STORE_CHECKPOINT_INTERVAL,
+        )
         try:
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)
                 task_status.started(list(self.listeners))
         finally:
             # Every call has ended by now (their tasks were in the nursery): the last records.
-            if self.calls is not None and self.calls.records is not None:
-                self.calls.records.flush()
+            records = self.calls.records if self.calls is not None else None
+            if records is not None:
+                # Nothing is relayed any more: wait for a busy store as long as the CLI would.
+                for _ in range(round(DEFAULT_BUSY_TIMEOUT / STORE_BUSY_TIMEOUT)):
+                    records.flush()
+                    if not records.pending:
+                        break
+                else:
+                    log.error(
+                        "%d call record change(s) not saved: the store stayed busy",
+                        records.pending,
+                    )
             self.store.close()
 
     async def _start(self, nursery: trio.Nursery) -> None:

@@ -30,10 +30,14 @@ from gateway.core.interfaces import Listener
 from gateway.core.registrar import Registrar, RegistrarPolicy
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.message import Request, Response, make_response
+from gateway.core.store.errors import StoreBusy
 from gateway.core.store.interface import Store
 from gateway.core.transport.flows import Flow, format_address
 
 log = logging.getLogger(__name__)
+
+STORE_BUSY_RETRY_AFTER = 5
+"""Retry-After (seconds) of the 503 to a REGISTER the busy store could not take."""
 
 
 def local_domains(listeners: list[Listener], domains: tuple[str, ...]) -> frozenset[str]:
@@ -138,9 +142,21 @@ class RegistrationService:
         account = self.store.get_account(outcome.username)
         if account is None:  # removed between lookup and now
             return self._reply(request, 403, "Forbidden")
-        result = self.registrar.handle_register(
-            request, account=account, flow=flow.key, now=self.clock()
-        )
+        try:
+            result = self.registrar.handle_register(
+                request, account=account, flow=flow.key, now=self.clock()
+            )
+        except StoreBusy as exc:
+            # Another process holds the store's write lock: nothing changed, ask the phone to
+            # come back (RFC 3261 §21.5.4) rather than stall every call waiting for it.
+            log.warning("REGISTER for %s refused with 503: %s", account.name, exc)
+            return make_response(
+                request,
+                503,
+                "Service Unavailable (store busy)",
+                to_tag=self._new_tag(),
+                extra=(("Retry-After", str(STORE_BUSY_RETRY_AFTER)),),
+            )
         if result.changed:
             log.info(
                 "%s: %d binding(s) for %s via %s",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import socket
+import sqlite3
+import time
 from pathlib import Path
 
 import trio
@@ -16,7 +18,7 @@ from gateway.core.ids import SeededIds
 from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
-from gateway.core.store.sqlite import SqliteStore
+from gateway.core.store.sqlite import DB_FILENAME, SqliteStore
 
 REALM = "voipgw.local"
 
@@ -211,3 +213,50 @@ async def test_account_bound_to_a_certificate_is_refused_over_udp(tmp_path: Path
         assert gw.store.bindings_for_account("alice") == ()
 
     await run_gateway(state, right_password)
+
+
+async def test_register_while_another_process_holds_the_store_gets_503_at_once(
+    tmp_path: Path,
+) -> None:
+    # An operator's sqlite3 shell inside BEGIN: the gateway, whose event loop also relays every
+    # call's media, waits 50 ms for the lock (not the CLI's 5 s), answers 503 with Retry-After
+    # and changes nothing; once the lock is gone the same phone registers.
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    store.accounts_add("alice", "wonderland", REALM)
+    store.close()
+
+    async def body(gw: Gateway, port: int, sock: trio.socket.SocketType) -> None:
+        challenge = await exchange(sock, port, register(port, branch="z9hG4bKb1", cseq=1))
+        assert challenge.status == 401  # reading accounts is not blocked by a writer (WAL)
+        auth = answer_challenge(
+            challenge.headers.get_all("WWW-Authenticate")[0], port, "wonderland"
+        )
+        shell = sqlite3.connect(state / DB_FILENAME, isolation_level=None)
+        try:
+            shell.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            refused = await exchange(
+                sock, port, register(port, branch="z9hG4bKb2", cseq=2, auth=auth)
+            )
+            waited = time.monotonic() - started
+            shell.execute("ROLLBACK")
+        finally:
+            shell.close()
+        assert refused.status == 503, refused.reason
+        assert refused.reason == "Service Unavailable (store busy)"
+        assert refused.headers.get("Retry-After") == "5"
+        assert waited < 2.0  # the gateway's short wait, not the CLI's 5 s
+        assert gw.store is not None
+        assert gw.store.bindings_for_account("alice") == ()
+        challenge = await exchange(sock, port, register(port, branch="z9hG4bKb3", cseq=3))
+        auth = answer_challenge(
+            challenge.headers.get_all("WWW-Authenticate")[0], port, "wonderland"
+        )
+        ok = await exchange(sock, port, register(port, branch="z9hG4bKb4", cseq=4, auth=auth))
+        assert ok.status == 200, ok.reason
+        assert [b.contact for b in gw.store.bindings_for_account("alice")] == [
+            "sip:alice@127.0.0.1:5999"
+        ]
+
+    await run_gateway(state, body)
