@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -42,7 +43,10 @@ import tracemalloc
 
 import trio
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The installed gateway if there is one (e.g. compiled: VOIPGW_USE_MYPYC=1 pip install .),
+# else this source tree. machine_description() says which relay build runs.
+if importlib.util.find_spec("gateway") is None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from relay_srtp import (

@@ -77,6 +77,7 @@ import argparse
 import ctypes
 import ctypes.util
 import functools
+import importlib.util
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -95,12 +96,16 @@ import attrs
 import pylibsrtp
 import trio
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The installed gateway if there is one (e.g. compiled: VOIPGW_USE_MYPYC=1 pip install .),
+# else this source tree. machine_description() says which relay build runs.
+if importlib.util.find_spec("gateway") is None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from rtpengine_peer import NgClient, NgError, Rtpengine, Srtp, bridge_call, delete_call, running
 
 from gateway.core.config import PortRange
+from gateway.core.gateway import relay_build
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import MediaRelay, MediaStream, Transforms
@@ -797,7 +802,7 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}"
+    return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, relay {relay_build()}"
 
 
 # -- capacity: the highest load each relay carries at < 0.1 % loss ----------------------------

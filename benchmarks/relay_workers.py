@@ -37,6 +37,7 @@ Figures per run (the measuring window, after ``--warmup``):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -46,7 +47,10 @@ import attrs
 import pylibsrtp
 import trio
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The installed gateway if there is one (e.g. compiled: VOIPGW_USE_MYPYC=1 pip install .),
+# else this source tree. machine_description() says which relay build runs.
+if importlib.util.find_spec("gateway") is None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from relay_srtp import (

@@ -23,6 +23,7 @@ AES-256 (which libsrtp does right), to compare the Python path with libsrtp on t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import struct
 import sys
@@ -31,9 +32,13 @@ from collections.abc import Callable
 
 import pylibsrtp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The installed gateway if there is one (e.g. compiled: VOIPGW_USE_MYPYC=1 pip install .),
+# else this source tree. machine_description() says which relay build runs.
+if importlib.util.find_spec("gateway") is None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.srtp import COMPILED as SRTP_COMPILED
 from gateway.core.media.srtp import (
     PYTHON_SUITES,
     SUITES,
@@ -169,7 +174,8 @@ def main() -> None:
     count = min(args.packets, 65536)
 
     print(
-        f"{libsrtp_version()}, pylibsrtp {pylibsrtp.__version__}, Python {sys.version.split()[0]}"
+        f"{libsrtp_version()}, pylibsrtp {pylibsrtp.__version__}, Python {sys.version.split()[0]}, "
+        f"gateway.core.media.srtp {'compiled with mypyc' if SRTP_COMPILED else 'pure Python'}"
     )
     print(f"{count} packets x {args.repeats} runs, best run; RTP 172 octets, RTCP RR 32 octets")
     print("microseconds per packet")

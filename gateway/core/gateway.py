@@ -23,6 +23,8 @@ from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.ids import IdSource, RandomIds
 from gateway.core.interfaces import Caller, Listener, RouteDecision, Transport, TransportLimits
+from gateway.core.media import relay as relay_module
+from gateway.core.media import srtp as srtp_module
 from gateway.core.media.policy import all_policies
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import MediaRelay
@@ -51,6 +53,16 @@ STORE_BUSY_TIMEOUT = 0.05
 STORE_CHECKPOINT_INTERVAL = 1.0
 # A UDP flow idle this long is forgotten; NATed phones send a REGISTER or keep-alive well within.
 UDP_FLOW_IDLE = 300.0
+
+
+def relay_build() -> str:
+    """Whether the relay's per-packet modules run compiled (setup.py, VOIPGW_USE_MYPYC=1)."""
+    compiled = [m.__name__ for m in (relay_module, srtp_module) if m.COMPILED]
+    if len(compiled) == 2:
+        return "compiled with mypyc"
+    if compiled:
+        return f"only {compiled[0]} compiled with mypyc: reinstall"
+    return "pure Python (an install with VOIPGW_USE_MYPYC=1 compiles it, docs/benchmarks.md)"
 
 
 @attrs.define
@@ -275,6 +287,7 @@ class Gateway:
             "voipgw ready: %s",
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),
         )
+        log.info("media relay: %s", relay_build())
 
 
 def run_until_signal(gateway: Gateway) -> int:

@@ -57,6 +57,18 @@ wake-up; the kernel re-queues a reported socket at the tail of its ready list, s
 
 Linux only: ``select.epoll``.
 
+Compiled
+--------
+This module and :mod:`~gateway.core.media.srtp` can be compiled by mypyc from this same source
+(an install with ``VOIPGW_USE_MYPYC=1``, setup.py): the per-packet loop then runs as C, with the
+``_Endpoint``/``_Route`` fields as struct members, and the relay's cost per packet falls to
+about rtpengine's (docs/benchmarks.md, "The compiled relay"). :data:`COMPILED` says which build
+runs. What keeps the module compilable, checked by tests/integration/test_compiled_relay.py:
+annotations that are true at run time (mypyc checks them where a value enters a compiled
+function or attribute), attributes only assigned in ``__init__`` or declared there, no attrs
+class with a property setter (mypyc compiles attrs classes as ordinary Python classes, which
+may not have one), and nothing that patches a compiled class or function from outside.
+
 Streams may be opened and closed at any time from the trio thread, also while :meth:`serve` runs
 (and even from a tap or transform). Changes to a stream (SDP addresses, block flags, transforms,
 taps) mark it stale; the relay recomputes its ``_Endpoint``/``_Route`` state at the start of its
@@ -95,6 +107,9 @@ from gateway.core.media.rtp import (
 from gateway.core.media.udp_association import dissolve
 
 logger = logging.getLogger(__name__)
+
+COMPILED = not __file__.endswith(".py")
+"""True when this module runs compiled by mypyc (see "Compiled" above)."""
 
 Transform = Callable[[bytes], bytes | None]
 """Takes one packet and returns the packet to go on with, or None to drop it (counted).
@@ -478,16 +493,30 @@ class StreamSide:
         return None
 
 
-@attrs.define(eq=False)
 class DirectionControl:
-    """Settings and counters of one direction of a stream (packets arriving on one side)."""
+    """Settings and counters of one direction of a stream (packets arriving on one side).
 
-    direction: Direction
-    _endpoints: tuple[_Endpoint, _Endpoint] = attrs.field(repr=False)
-    _on_change: Callable[[], None] = attrs.field(repr=False)
-    _blocked: bool = False
-    _transforms: Transforms = Transforms()
-    _taps: tuple[Tap, ...] = ()
+    A plain class, not attrs: mypyc compiles the relay (see "Compiled" above) and supports
+    property setters only in classes it compiles natively."""
+
+    def __init__(
+        self,
+        direction: Direction,
+        endpoints: tuple[_Endpoint, _Endpoint],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.direction = direction
+        self._endpoints = endpoints
+        self._on_change = on_change
+        self._blocked = False
+        self._transforms = Transforms()
+        self._taps: tuple[Tap, ...] = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"DirectionControl(direction={self.direction!r}, blocked={self._blocked!r}, "
+            f"transforms={self._transforms!r}, taps={self._taps!r})"
+        )
 
     @property
     def blocked(self) -> bool:

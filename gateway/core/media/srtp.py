@@ -122,6 +122,9 @@ from gateway.core.media.srtp_python import Drop, SrtpReceiver, SrtpSender
 if TYPE_CHECKING:
     from gateway.core.interfaces import SrtpKeys
 
+COMPILED = not __file__.endswith(".py")
+"""True when this module runs compiled by mypyc, with the relay (gateway.core.media.relay)."""
+
 _ffi: Any = _binding.ffi
 _lib: Any = _binding.lib
 

@@ -1,0 +1,29 @@
+"""Build hook: with ``VOIPGW_USE_MYPYC=1``, compile the media relay's per-packet modules with mypyc.
+
+Everything else about the package is in pyproject.toml. Without the variable the package is pure
+Python: what an editable install and the test suite use. With it, the modules below are compiled
+from the same source into C extension modules, which Python imports instead of the ``.py`` files:
+
+    sudo apt-get install -y gcc python3-dev     # a C compiler and Python's headers
+    VOIPGW_USE_MYPYC=1 .venv/bin/pip install .
+
+That is how the relay reaches issue 7's per-core ratios against rtpengine (docs/benchmarks.md,
+"The compiled relay"); ``voipgw run`` logs which build it runs. Do not combine it with an editable
+install (``-e``): the compiled modules would shadow later edits of their ``.py`` files.
+"""
+
+import os
+
+from setuptools import setup
+
+COMPILED_MODULES = [
+    "gateway/core/media/relay.py",  # the per-packet loop
+    "gateway/core/media/srtp.py",  # the libsrtp steps it calls for every SRTP packet
+]
+
+if os.environ.get("VOIPGW_USE_MYPYC") == "1":
+    from mypyc.build import mypycify
+
+    setup(ext_modules=mypycify(COMPILED_MODULES, opt_level="3"))
+else:
+    setup()
