@@ -15,6 +15,7 @@ from gateway.core.ids import SeededIds
 from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
+from gateway.plugins.transports.udp import SO_TIMESTAMPNS, _time_in_socket
 
 
 def options(transport: str, port: int, branch: str = "z9hG4bKopt1") -> bytes:
@@ -127,11 +128,31 @@ def invite(port: int, n: int) -> bytes:
     ).encode()
 
 
+def wait_until_the_kernel_stamps_datagrams_on_arrival() -> None:
+    """Linux stamps datagrams as they arrive only once a workqueue has switched stamping on,
+    after the first socket on the machine asked for it (net_enable_timestamp); until then
+    recvmsg stamps a datagram when it is read, so one that waited looks as if it had not. The
+    gateway's socket asked as it opened: wait for the switch (a gateway that runs keeps it on;
+    with no other socket asking, as on a quiet CI machine, the switch comes a little later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        probe.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        deadline = time.monotonic() + 5.0
+        while True:
+            probe.sendto(b"probe", probe.getsockname())
+            time.sleep(0.01)
+            _, ancillary, _, _ = probe.recvmsg(16, 1024)
+            if _time_in_socket(ancillary) >= 0.005:
+                return
+            assert time.monotonic() < deadline, "the kernel never stamped a datagram on arrival"
+
+
 async def test_a_backlog_in_the_socket_buffer_counts_as_overload(gateway: Gateway) -> None:
     """Datagrams that waited in the kernel's receive buffer (the gateway too busy to read them)
     carry the kernel's SO_TIMESTAMPNS stamp: the wait is counted, and a new INVITE that waited
     past the overload threshold gets 503 while an OPTIONS beside it is still answered."""
     port = port_of(gateway, "udp")
+    wait_until_the_kernel_stamps_datagrams_on_arrival()
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     raw.bind(("127.0.0.1", 0))
     # Sent without a checkpoint, then the event loop blocked, as if busy: both wait 0.4 s unread
