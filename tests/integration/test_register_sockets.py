@@ -75,6 +75,15 @@ async def exchange(sock: trio.socket.SocketType, port: int, data: bytes) -> Resp
                 return message
 
 
+def state_with_alice(tmp_path: Path) -> Path:
+    """A state directory whose store has the account alice (password "wonderland")."""
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    store.accounts_add("alice", "wonderland", REALM)
+    store.close()
+    return state
+
+
 async def run_gateway(state: Path, body) -> None:  # type: ignore[no-untyped-def]
     config = from_mapping(
         {"gateway": {"state_dir": str(state)}, "sip": {"listen": ["udp:127.0.0.1:0"]}}
@@ -91,10 +100,7 @@ async def run_gateway(state: Path, body) -> None:  # type: ignore[no-untyped-def
 
 
 async def test_register_with_digest_then_retransmission_then_restart(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    store = SqliteStore.open(state)
-    store.accounts_add("alice", "wonderland", REALM)
-    store.close()
+    state = state_with_alice(tmp_path)
 
     async def first(gw: Gateway, port: int, sock: trio.socket.SocketType) -> None:
         challenge = await exchange(sock, port, register(port, branch="z9hG4bKr1", cseq=1))
@@ -125,10 +131,7 @@ async def test_register_with_digest_then_retransmission_then_restart(tmp_path: P
 
 
 async def test_repeated_bad_passwords_get_403(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    store = SqliteStore.open(state)
-    store.accounts_add("alice", "wonderland", REALM)
-    store.close()
+    state = state_with_alice(tmp_path)
 
     async def attack(gw: Gateway, port: int, sock: trio.socket.SocketType) -> None:
         statuses = []
@@ -221,10 +224,7 @@ async def test_register_while_another_process_holds_the_store_gets_503_at_once(
     # An operator's sqlite3 shell inside BEGIN: the gateway, whose event loop also relays every
     # call's media, waits 50 ms for the lock (not the CLI's 5 s), answers 503 with Retry-After
     # and changes nothing; once the lock is gone the same phone registers.
-    state = tmp_path / "state"
-    store = SqliteStore.open(state)
-    store.accounts_add("alice", "wonderland", REALM)
-    store.close()
+    state = state_with_alice(tmp_path)
 
     async def body(gw: Gateway, port: int, sock: trio.socket.SocketType) -> None:
         challenge = await exchange(sock, port, register(port, branch="z9hG4bKb1", cseq=1))
