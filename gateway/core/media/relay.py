@@ -88,6 +88,7 @@ import logging
 import select
 import socket
 from collections.abc import Callable
+from importlib.machinery import EXTENSION_SUFFIXES
 from itertools import repeat
 from typing import Any
 
@@ -108,7 +109,7 @@ from gateway.core.media.udp_association import dissolve
 
 logger = logging.getLogger(__name__)
 
-COMPILED = not __file__.endswith(".py")
+COMPILED = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 """True when this module runs compiled by mypyc (see "Compiled" above)."""
 
 Transform = Callable[[bytes], bytes | None]

@@ -109,6 +109,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Callable, Mapping
+from importlib.machinery import EXTENSION_SUFFIXES
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -122,7 +123,7 @@ from gateway.core.media.srtp_python import Drop, SrtpReceiver, SrtpSender
 if TYPE_CHECKING:
     from gateway.core.interfaces import SrtpKeys
 
-COMPILED = not __file__.endswith(".py")
+COMPILED = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 """True when this module runs compiled by mypyc, with the relay (gateway.core.media.relay)."""
 
 _ffi: Any = _binding.ffi
