@@ -32,7 +32,7 @@ if os.environ.get("VOIPGW_USE_MYPYC") == "1":
     except ImportError:
         raise SystemExit(
             "VOIPGW_USE_MYPYC=1 needs mypy in the build environment: pip install . mypy "
-            "setuptools, then pip install --no-build-isolation ."
+            "'setuptools>=70', then pip install --no-build-isolation ."
         ) from None
 
     setup(ext_modules=mypycify(COMPILED_MODULES, opt_level="3"))
