@@ -212,6 +212,9 @@ class Call:
         self.incoming = incoming
         self.dialog: Dialog | None = None
         self._acks: dict[int, Request] = {}
+        # A caller's INVITE without SDP gets the offer in the 2xx and answers it in the ACK
+        # (RFC 3261 §13.2.1): None answers with answer_sdp(offer); bytes send those (b"": none).
+        self.ack_answer: bytes | None = None
 
     @property
     def outgoing(self) -> bool:
@@ -315,8 +318,12 @@ class Call:
         if self.answered is not None:
             raise LocalSipError(f"the INVITE is already answered ({self.answered})")
         body = b""
-        if 200 <= status < 300:
-            body = sdp if sdp is not None else self.agent.answer_sdp(self.invite.body)
+        if 200 <= status < 300 and sdp is not None:
+            body = sdp
+        elif 200 <= status < 300:
+            # An INVITE without SDP is a late offer: our 2xx makes the offer (§13.2.1).
+            invite_body = self.invite.body
+            body = self.agent.answer_sdp(invite_body) if invite_body else self.agent.offer_sdp()
         await self.agent.respond(self.incoming, status, reason=reason, body=body)
 
     @property
@@ -736,7 +743,13 @@ class SipAgent:
         number = response.cseq.number
         ack = call._acks.get(number)
         if ack is None:
-            ack = call.dialog.create_ack(number, via=self.new_via())
+            body = b""
+            if not exchange.request.body and response.body:  # the 2xx offers: answer in the ACK
+                answer = call.ack_answer
+                body = self.answer_sdp(response.body) if answer is None else answer
+            ack = call.dialog.create_ack(
+                number, via=self.new_via(), body=body, content_type=SDP if body else None
+            )
             call._acks[number] = ack
         await self._send_raw(ack, _next_hop(call.dialog))
 
