@@ -326,6 +326,35 @@ def test_trunk_calls_a_registered_account_without_digest(tmp_path: Path, transpo
     assert in_range(port, gw.media_ports) and port != alice.media_port
 
 
+@TRANSPORTS
+def test_a_late_offer_from_a_trunk_is_answered_in_the_acks(tmp_path: Path, transport: str) -> None:
+    """An INVITE without SDP (RFC 3261 §13.2.1), as PBXs and carriers send with "delayed
+    offer": the callee's 200 makes the offer, the caller's ACK answers it, each rewritten."""
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("uas_answer.xml", workdir=tmp_path, transport=transport)
+        register(gw, tmp_path, transport, alice.port)
+        with alice:
+            caller = trunk_call("uac_call_late_offer.xml", gw, tmp_path, transport=transport)
+            caller.check()
+            callee = alice.wait(timeout=10)
+            callee.check()
+
+    (invite,) = callee.received("INVITE ")
+    assert header(invite, "Content-Length") == "0", invite
+    assert "\nv=0" not in invite, invite
+    # The callee's offer reached the caller rewritten to the relay ...
+    ok = caller.received("SIP/2.0 200")[0]  # to the INVITE (the next is to the BYE)
+    address, port = sdp_connection(ok)
+    assert address == LOOPBACK != TRUNK_IP
+    assert in_range(port, gw.media_ports) and port != alice.media_port
+    # ... and the caller's answer reached the callee in its ACK, rewritten the same way.
+    (ack,) = callee.received("ACK ")
+    assert header(ack, "Content-Type") == "application/sdp", ack
+    address, ack_port = sdp_connection(ack)
+    assert address == LOOPBACK
+    assert in_range(ack_port, gw.media_ports) and ack_port not in (port, caller.media_port)
+
+
 # -- 3. refusals: wrong password, unknown user, no binding -----------------------------------
 
 

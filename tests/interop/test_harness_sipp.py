@@ -81,6 +81,7 @@ PAIRS = [
     ("uac_cancel.xml", "uas_ring_forever.xml"),
     ("uac_busy.xml", "uas_busy.xml"),
     ("uac_call_remote_bye.xml", "uas_bye_first.xml"),
+    ("uac_call_late_offer.xml", "uas_answer.xml"),
 ]
 
 

@@ -60,6 +60,7 @@ from gateway.core.media.keying import CallKeying
 from gateway.core.media.security import LegSecurity, MediaSecurityRefused
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
+from gateway.core.sdp.offer_answer import rejected_media
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import Dialog, OutOfOrderRequest, require_contact
@@ -142,6 +143,14 @@ class KeyFailureEvent:
 
 
 @attrs.frozen
+class AckEvent:
+    """A's ACK of our 2xx when that 2xx carried the offer (a late offer): the ACK brings the
+    answer (RFC 3261 §13.2.1), which the call task must relay to B in B's ACK."""
+
+    ack: Request
+
+
+@attrs.frozen
 class MediaLostEvent:
     """The call's media stopped being relayed (its media worker process exited): the call ends
     with ``reason`` (BYE with a Reason once answered, 503 before)."""
@@ -149,7 +158,9 @@ class MediaLostEvent:
     reason: str
 
 
-CallEventInput = RequestEvent | CancelEvent | ResponseEvent | KeyFailureEvent | MediaLostEvent
+CallEventInput = (
+    RequestEvent | CancelEvent | ResponseEvent | KeyFailureEvent | MediaLostEvent | AckEvent
+)
 
 
 class CallEnded(Exception):
@@ -194,6 +205,9 @@ class Call:
         self.handshakes: CallHandshakes | None = None  # started with the first DTLS stream
         self._keyed_b: BLeg | None = None  # the B leg whose keys are applied
         self.state = "new"
+        # A's INVITE had no SDP (RFC 3261 §13.2.1, "late offer"): B's 2xx brings the offer, our
+        # 2xx to A carries it on, and A's ACK brings the answer we put in B's ACK.
+        self.late_offer = False
         self.answered_at = 0.0
         self.end_reason: str | None = None
         self._events_send, self._events = trio.open_memory_channel[CallEventInput](EVENT_ROOM)
@@ -330,6 +344,9 @@ class Call:
         if pending is None or pending[2].cseq.number != ack.cseq.number:
             return
         del self._retransmit_at[side]
+        if self.state == "offered" and side is Side.A:
+            self.post(AckEvent(ack))  # it carries the answer to our offer: the task's work
+            return
         if self._wait is not None:
             wait, deadline = self._wait
             wait.deadline = min(deadline, self._next_retransmission())
@@ -345,16 +362,16 @@ class Call:
             require_contact(invite)
         except RemoteSipError as err:
             await self._reject_a(400, f"Bad Request ({err.reason})", err.reason)
-        if invite.content_type is None or not invite.body:
-            await self._reject_a(
-                488, "Not Acceptable Here", "late offer (INVITE without SDP) is not supported"
-            )
-        try:
-            offer = parse_sdp_untrusted(invite.body)
-            if (invite.content_type or "").split(";")[0].strip().lower() != SDP:
-                raise SdpError(f"unsupported body type {invite.content_type}")
-        except SdpError as err:
-            await self._reject_a(488, "Not Acceptable Here", err.reason)
+        offer: SessionDescription | None = None
+        if not invite.body:
+            self.late_offer = True
+        else:
+            try:
+                offer = parse_sdp_untrusted(invite.body)
+                if (invite.content_type or "").split(";")[0].strip().lower() != SDP:
+                    raise SdpError(f"unsupported body type {invite.content_type}")
+            except SdpError as err:
+                await self._reject_a(488, "Not Acceptable Here", err.reason)
         decision = self.manager.route(invite, caller)
         if not decision.targets:
             status = decision.reject_status or 404
@@ -365,13 +382,15 @@ class Call:
         )
         self.media = self.manager.new_media_session(self._media_lost)
         self.keying = CallKeying(self.media)
-        try:
-            offer_b = self.media.offer_from(Side.A.value, self.a.security.take_offer(offer))
-        except SdpError as err:
-            await self._reject_a(488, "Not Acceptable Here", err.reason)
-        except PortsExhausted:
-            await self._reject_a(503, "Service Unavailable", "no free media ports")
-        self._apply_keys(None)  # no media before keys: block where a policy needs them
+        offer_b: SessionDescription | None = None  # a late offer: each B leg makes the offer
+        if offer is not None:
+            try:
+                offer_b = self.media.offer_from(Side.A.value, self.a.security.take_offer(offer))
+            except SdpError as err:
+                await self._reject_a(488, "Not Acceptable Here", err.reason)
+            except PortsExhausted:
+                await self._reject_a(503, "Service Unavailable", "no free media ports")
+            self._apply_keys(None)  # no media before keys: block where a policy needs them
         refusals: list[str] = []
         for target in decision.targets:
             refusal = await self._call_target(target, offer_b)
@@ -385,9 +404,14 @@ class Call:
         self.state = "ringing"
         self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
         await self._ringing()
+        if self.state == "offered":
+            await self._awaiting_answer()
 
-    async def _call_target(self, target: RouteTarget, offer: SessionDescription) -> str | None:
-        """Send an INVITE to ``target``; the reason when its media policy refuses the call."""
+    async def _call_target(
+        self, target: RouteTarget, offer: SessionDescription | None
+    ) -> str | None:
+        """Send an INVITE to ``target`` (without SDP for a late offer: ``offer`` None); the
+        reason when its media policy refuses the call."""
         invite_a = self.a.invite
         assert invite_a is not None and self.caller is not None
         try:
@@ -409,11 +433,12 @@ class Call:
         leg.security = self.manager.leg_security(
             self, Side.B, kind=kind, name=name, flow=flow, transport=transport
         )
-        try:
-            offer = leg.security.make_offer(offer)
-        except MediaSecurityRefused as err:
-            log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
-            return err.reason
+        if offer is not None:
+            try:
+                offer = leg.security.make_offer(offer)
+            except MediaSecurityRefused as err:
+                log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
+                return err.reason
         request = self._b_invite(uri, leg, offer, invite_a)
         self.b_legs.append(leg)
         from_tag = request.from_.tag
@@ -433,7 +458,7 @@ class Call:
         return None
 
     def _b_invite(
-        self, uri: Uri, leg: BLeg, offer: SessionDescription, invite_a: Request
+        self, uri: Uri, leg: BLeg, offer: SessionDescription | None, invite_a: Request
     ) -> Request:
         assert self.caller is not None
         ids = self.manager.gateway.ids
@@ -458,7 +483,8 @@ class Call:
                 ("User-Agent", self.config.sip.user_agent),
             ]
         )
-        return Request("INVITE", uri, headers).with_body(serialize_sdp(offer), SDP)
+        request = Request("INVITE", uri, headers)
+        return request if offer is None else request.with_body(serialize_sdp(offer), SDP)
 
     def _b_to(self, uri: Uri, leg: BLeg) -> NameAddr:
         """To of a B leg: the callee's address-of-record for a registered user (the
@@ -567,7 +593,11 @@ class Call:
     async def _relay_provisional(self, leg: BLeg, response: Response) -> None:
         assert self.media is not None
         body = b""
-        if response.body and (response.content_type or "").lower().startswith(SDP):
+        if self.late_offer and response.body:
+            # SDP in a 1xx to an INVITE without one would be an offer, which only a reliable
+            # provisional response may carry (RFC 3261 §13.2.1, RFC 3262); we offer no 100rel.
+            log.info("call %s: ignoring SDP in %d from B (late offer)", self.id, response.status)
+        elif response.body and (response.content_type or "").lower().startswith(SDP):
             try:
                 body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(response.body)))
             except SdpError as err:
@@ -577,6 +607,9 @@ class Call:
         self.manager.event(self, "ringing", None)
 
     async def _b_answered(self, leg: BLeg, response: Response) -> None:
+        if self.late_offer:
+            await self._b_offered(leg, response)
+            return
         dialog = Dialog.create_uac(leg.invite, response, over_tls=leg.transport == "tls")  # type: ignore[arg-type]
         await self._ack_b(leg, dialog, response)
         if self.b is not None or self.state != "ringing":
@@ -611,6 +644,108 @@ class Call:
         self.answered_at = trio.current_time()
         self.state = "answered"
         self.manager.event(self, "answered", None)
+
+    # -- late offer (RFC 3261 §13.2.1: an INVITE without SDP) -----------------------------------
+
+    async def _b_offered(self, leg: BLeg, response: Response) -> None:
+        """B leg ``leg`` answered our INVITE without SDP; its 2xx carries the offer. The first
+        such 2xx wins: A gets our 200 with the offer rewritten for its leg, and B's ACK waits
+        for A's answer, which comes in A's ACK (:meth:`_awaiting_answer`)."""
+        leg.dialog = Dialog.create_uac(leg.invite, response, over_tls=leg.transport == "tls")  # type: ignore[arg-type]
+        if self.b is not None or self.state != "ringing":
+            await self._bye(leg, "call completed elsewhere")  # ACKed first, see _bye
+            return
+        assert self.media is not None and leg.security is not None
+        assert self.a.security is not None
+        try:
+            if not response.body:
+                raise SdpError("2xx without SDP offer to our INVITE without SDP")
+            plain = self.media.offer_from(
+                Side.B.value, leg.security.take_offer(parse_sdp_untrusted(response.body))
+            )
+            offer_a = self.a.security.make_offer(plain)
+        except SdpError as err:
+            await self._bye(leg, f"bad SDP offer: {err.reason}")
+            await self._reject_a(488, "Not Acceptable Here", err.reason)
+        except PortsExhausted:
+            await self._bye(leg, "no free media ports")
+            await self._reject_a(503, "Service Unavailable", "no free media ports")
+        self.b = leg
+        self._apply_keys(leg)  # no media before keys: block where a policy needs them
+        for other in self.b_legs:
+            if other is not leg and other.final is None:
+                await self._cancel_b(other)
+        ok = self._a_response(200, body=serialize_sdp(offer_a))
+        self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
+        # Set before the 200 goes out: its ACK may arrive while this task still waits to send.
+        self.state = "offered"
+        self._start_2xx_retransmission(Side.A, ok)
+        await self._respond_a(ok)
+        self.a.answered = True  # a 2xx went to A: from here on the call ends with BYE
+
+    async def _awaiting_answer(self) -> None:
+        """Our 200 to A carries the offer; wait for A's ACK with the answer. Without it within
+        64*T1 (the 2xx retransmissions give up, §13.3.1.4) the call ends with BYE on both legs,
+        B's 2xx ACKed first (:meth:`_bye`)."""
+        while self.state == "offered":
+            event = await self._next_event()
+            if isinstance(event, AckEvent):
+                await self._a_answered(event.ack)
+            elif isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
+                # B's own 2xx again (ACKed once A answers) or another leg's final response.
+                await self._b_response(event.tag, event.response)
+            elif isinstance(event, RequestEvent):
+                if event.request.method == "BYE":
+                    await self._in_dialog(event)
+                else:
+                    await self._early_request(event)
+            elif isinstance(event, KeyFailureEvent):
+                await self._key_exchange_failed(event)
+            elif isinstance(event, MediaLostEvent):
+                await self._end_for_lost_media(event)
+            # A CANCEL now comes after our 2xx: too late (RFC 3261 §9.2), nothing to do.
+
+    async def _a_answered(self, ack: Request) -> None:
+        """A's ACK brought its answer to our offer: B gets its answer in our ACK, and the call
+        is up. An ACK without a usable answer ends the call: §13.2.2.4 has the offerer ACK with
+        a valid answer and then send BYE, which is what B gets (:meth:`_bye`)."""
+        leg = self.b
+        assert leg is not None and leg.dialog is not None and leg.final is not None
+        assert self.media is not None and leg.security is not None
+        assert self.a.security is not None
+        try:
+            if not ack.body:
+                raise SdpError("ACK without the SDP answer to our offer")
+            plain = self.media.answer_from(
+                Side.A.value, self.a.security.take_answer(parse_sdp_untrusted(ack.body))
+            )
+            answer_b = leg.security.make_answer(plain)
+        except SdpError as err:
+            self.media.abandon_offer()
+            self.state = "answered"
+            await self._hang_up(f"bad SDP answer in A's ACK: {err.reason}", cause=488)
+        await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer_b))
+        self._apply_keys(leg)
+        self.media.settle()
+        self.answered_at = trio.current_time()
+        self.state = "answered"
+        self.manager.event(self, "answered", None)
+
+    def _refusing_answer(self, leg: BLeg, offer: Response) -> bytes:
+        """An answer that rejects every stream of the offer in ``offer`` (a 2xx to our INVITE
+        without SDP), for the ACK of a 2xx we will BYE at once (RFC 3261 §13.2.2.4: the ACK
+        must carry a valid answer; RFC 3264 §6: port 0 rejects a stream). Empty when the offer
+        is unreadable: there is no valid answer to it."""
+        try:
+            offered = parse_sdp_untrusted(offer.body)
+        except SdpError:
+            return b""
+        host, _ = self.endpoint.local_address(leg.transport)
+        origin = attrs.evolve(offered.origin, username="voipgw", address=host)
+        answer = attrs.evolve(
+            offered, origin=origin, media=tuple(rejected_media(m) for m in offered.media)
+        )
+        return serialize_sdp(answer)
 
     def _answer_via(self, leg: BLeg, answer: SessionDescription) -> SessionDescription:
         """B leg ``leg`` answered our offer: its keys, the relay, and our answer for A."""
@@ -666,7 +801,7 @@ class Call:
     async def _key_exchange_failed(self, event: KeyFailureEvent) -> None:
         """End the call for a failed media-path key exchange: 488 with the reason as Warning
         before the answer, else BYE on both legs with ``Reason: SIP;cause=488`` (RFC 3326)."""
-        if self.state == "answered":
+        if self.state in ("answered", "offered"):
             await self._hang_up(event.reason, cause=488)
         for leg in self.b_legs:
             if leg.final is None:
@@ -681,18 +816,29 @@ class Call:
     async def _end_for_lost_media(self, event: MediaLostEvent) -> None:
         """End the call whose media is gone: BYE on both legs with ``Reason: SIP;cause=503``
         (RFC 3326) once answered, else CANCEL the B legs and answer A 503 with the reason."""
-        if self.state == "answered":
+        if self.state in ("answered", "offered"):
             await self._hang_up(event.reason, cause=503)
         for leg in self.b_legs:
             if leg.final is None:
                 await self._cancel_b(leg)
         await self._reject_a(503, "Service Unavailable", event.reason)
 
-    async def _ack_b(self, leg: BLeg, dialog: Dialog, response: Response) -> None:
+    async def _ack_b(
+        self, leg: BLeg, dialog: Dialog, response: Response, *, body: bytes | None = None
+    ) -> None:
+        """ACK B's 2xx. In a late-offer call the 2xx carried an offer and the ACK must carry an
+        answer: ``body``, or by default one rejecting every stream (a 2xx we BYE at once)."""
         flow = leg.flow
         if flow is None or flow.closed:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
-        ack = dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
+        if body is None:
+            body = self._refusing_answer(leg, response) if self.late_offer else b""
+        ack = dialog.create_ack(
+            response.cseq.number,
+            via=self.endpoint.new_via(flow),
+            body=body,
+            content_type=SDP if body else None,
+        )
         leg.ack = ack
         await self.endpoint.send_ack(ack, flow)
 
@@ -1250,6 +1396,9 @@ class Call:
     async def _bye(self, leg: Leg, reason: str, *, cause: int = 200) -> None:
         if leg.dialog is None or leg.dialog.state.value == "terminated":
             return
+        if isinstance(leg, BLeg) and leg.ack is None and leg.final is not None:
+            # A late offer's 2xx not ACKed yet: ACK it first, rejecting its offer (§13.2.2.4).
+            await self._ack_b(leg, leg.dialog, leg.final)
         trunk = self._trunk_credentials(leg)
         tag = InDialogRequest("bye", leg.side)
         client = await self._send_in_dialog(

@@ -341,6 +341,52 @@ async def test_of_two_forked_dtls_callees_the_one_that_answers_is_keyed(
     assert env.trunk.requests("BYE") == [] and alice2.requests("BYE") == []
 
 
+async def test_a_late_offer_callee_that_offers_dtls_is_answered_in_our_ack_and_keyed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The trunk's INVITE has no SDP (RFC 3261 §13.2.1); alice's phone, policy ``dtls``, offers
+    DTLS-SRTP in its 200. Our ACK answers it (RFC 5763 §5: a=setup:active to its actpass, our
+    fingerprint) and the handshake keys the B leg; the trunk gets and answers a plain offer."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    leg_b = await env.alice.next_call()
+    assert leg_b.invite.body == b""
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    sock = await bind()
+    await leg_b.answer(200, sdp=dtls_sdp(negotiation))
+    final = await call.final()
+    assert final.status == 200
+    offer_a = parse_sdp_untrusted(final.body).media[0]
+    assert offer_a.proto == "RTP/AVP" and not offer_a.attributes.has("fingerprint")
+
+    ack = (await env.alice.next_request("ACK")).request
+    answer = parse_sdp_untrusted(ack.body)
+    answered = answer.media[0]
+    assert answered.proto == "UDP/TLS/RTP/SAVP"
+    assert answered.attributes.get("setup") == "active"  # we are the DTLS client
+    assert answered.attributes.has("fingerprint") and answered.rtcp_mux
+    negotiation.remote_sdp_attributes(pairs(answer, answered))
+    phone = Phone(negotiation, sock, ("127.0.0.1", answered.port))
+    nursery.start_soon(phone.run)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    assert phone.failure is None and phone.keys is not None
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.b.security if gateway_call.b is not None else None
+    assert security is not None
+    await eventually(lambda: security.keys(0) is not None)
+    assert security.keys(0) == mirrored(phone.keys)
+    record = gateway_call.security_record()["b"]["streams"][0]
+    assert record["key_exchange"] == "dtls" and record["dtls_role"] == "client"
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
 async def test_a_key_exchange_that_raises_ends_only_its_call(
     nursery: trio.Nursery,
     tmp_path: Path,

@@ -251,9 +251,8 @@ SRTP_ONLY_SDP = (
     [
         (MALFORMED_SDP, ["m= port is not a number"]),
         (SRTP_ONLY_SDP, ["encrypted media", "RTP/SAVP", "sdes key exchange is not enabled"]),
-        (b"", ["late offer", "without SDP"]),
     ],
-    ids=["malformed-sdp", "srtp-only", "no-body-late-offer"],
+    ids=["malformed-sdp", "srtp-only"],
 )
 async def test_an_offer_the_gateway_cannot_relay_is_488_with_a_warning(
     nursery: trio.Nursery,
