@@ -276,9 +276,9 @@ class Call:
         return response
 
     async def reinvite(self, sdp: bytes, *, timeout: float = DEFAULT_TIMEOUT) -> Response:
-        """Send a re-INVITE with ``sdp`` (RFC 3261 §14.1) and return its final response; a 2xx
-        is ACKed by the agent."""
-        exchange = await self.request("INVITE", body=sdp, content_type=SDP)
+        """Send a re-INVITE with ``sdp`` (RFC 3261 §14.1; b"": none, a late offer) and return its
+        final response; a 2xx is ACKed by the agent (with an answer if the 2xx offered)."""
+        exchange = await self.request("INVITE", body=sdp, content_type=SDP if sdp else None)
         return await exchange.final(timeout=timeout)
 
     async def request(
@@ -685,8 +685,9 @@ class SipAgent:
             if self.in_dialog is not None and await self.in_dialog(received):
                 return
             if method == "INVITE":
-                if self.auto is not None:
-                    await self.respond(received, 200, body=self.answer_sdp(request.body))
+                if self.auto is not None:  # without SDP (late offer) our 2xx offers
+                    body = self.answer_sdp(request.body) if request.body else self.offer_sdp()
+                    await self.respond(received, 200, body=body)
                 return
             if method == "BYE":
                 call.dialog.terminate()

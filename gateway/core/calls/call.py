@@ -25,6 +25,14 @@ every event in that one task keeps the call a plain sequential state machine, wi
    for 64*T1 (its INVITE transaction has no timer once a provisional came), ends the call: §14.1
    says a UAC terminates the dialog then, and the requester, answered 408, would do the same.
 
+A late offer (an INVITE without SDP, §13.2.1, as PBXs and carriers send with "delayed offer")
+turns the exchange around: the B legs get INVITEs without SDP, the winning 2xx brings the offer,
+our 200 to A carries it (through both legs' security, as any offer), A's ACK brings the answer
+and our ACK to B carries it. B's 2xx is ACKed only then; a 2xx that carries an offer and that we
+BYE (a losing fork, A's ACK missing for 64*T1 or without a usable answer) is ACKed with an answer
+rejecting every stream first (§13.2.2.4). A re-INVITE without SDP is relayed the same way. SDP
+in a 1xx to an INVITE without SDP is ignored: only a reliable 1xx (RFC 3262) may offer.
+
 A trunk with ``username``/``password`` may challenge any request we send it, not only the
 INVITE: a 401/407 to our re-INVITE, relayed request or BYE is answered once, in the same request
 with the dialog's next CSeq and the credentials (RFC 3261 §22.2, §8.1.3.5). For the BYE this
@@ -225,6 +233,11 @@ class Call:
         # The cancel scope _next_event waits in, and the deadline it was asked for.
         self._wait: tuple[trio.CancelScope, float] | None = None
         self._reinvite_acks: dict[Side, Request] = {}
+        # A re-INVITE without SDP (late offer, RFC 3261 §14.1) whose 2xx brought an offer: the
+        # side that answered and its 2xx, not ACKed until the requester's ACK brings the answer.
+        self._late_reinvite: tuple[Side, Response] | None = None
+        # The leg whose ACK carries the answer to an offer we put in our 2xx (late offer).
+        self._answer_in_ack: Side | None = None
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -344,7 +357,8 @@ class Call:
         if pending is None or pending[2].cseq.number != ack.cseq.number:
             return
         del self._retransmit_at[side]
-        if self.state == "offered" and side is Side.A:
+        if side is self._answer_in_ack:
+            self._answer_in_ack = None
             self.post(AckEvent(ack))  # it carries the answer to our offer: the task's work
             return
         if self._wait is not None:
@@ -679,6 +693,7 @@ class Call:
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
         # Set before the 200 goes out: its ACK may arrive while this task still waits to send.
         self.state = "offered"
+        self._answer_in_ack = Side.A
         self._start_2xx_retransmission(Side.A, ok)
         await self._respond_a(ok)
         self.a.answered = True  # a 2xx went to A: from here on the call ends with BYE
@@ -731,7 +746,7 @@ class Call:
         self.state = "answered"
         self.manager.event(self, "answered", None)
 
-    def _refusing_answer(self, leg: BLeg, offer: Response) -> bytes:
+    def _refusing_answer(self, leg: Leg, offer: Response) -> bytes:
         """An answer that rejects every stream of the offer in ``offer`` (a 2xx to our INVITE
         without SDP), for the ACK of a 2xx we will BYE at once (RFC 3261 §13.2.2.4: the ACK
         must carry a valid answer; RFC 3264 §6: port 0 rejects a stream). Empty when the offer
@@ -932,6 +947,8 @@ class Call:
                 await self._key_exchange_failed(event)
             elif isinstance(event, MediaLostEvent):
                 await self._end_for_lost_media(event)
+            elif isinstance(event, AckEvent):
+                await self._late_reinvite_answered(event.ack)
 
     async def _in_dialog(self, event: RequestEvent) -> None:
         leg = self._leg(event.side)
@@ -960,12 +977,17 @@ class Call:
 
     async def _reinvite(self, event: RequestEvent) -> None:
         request = event.request
-        if self._pending_reinvite is not None:
+        if self._pending_reinvite is not None or self._late_reinvite is not None:
             await self.endpoint.respond(event.transaction, make_response(request, 491))
             return
         assert self.media is not None
         try:
-            offer = self._reoffer(event.side, parse_sdp_untrusted(request.body))
+            # Without SDP (a late offer, §14.1) the other leg's 2xx makes the offer.
+            offer = (
+                self._reoffer(event.side, parse_sdp_untrusted(request.body))
+                if request.body
+                else None
+            )
         except SdpError as err:
             self.media.abandon_offer()
             await self.endpoint.respond(
@@ -982,7 +1004,8 @@ class Call:
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
         sent = InDialogRequest("reinvite", event.side.other)
-        reinvite = await self._send_in_dialog(other, "INVITE", body=serialize_sdp(offer), tag=sent)
+        body = serialize_sdp(offer) if offer is not None else b""
+        reinvite = await self._send_in_dialog(other, "INVITE", body=body, tag=sent)
         if reinvite is None:
             self.media.abandon_offer()
             self._pending_reinvite = None
@@ -1099,6 +1122,8 @@ class Call:
 
     async def _reinvite_answered(self, answered_side: Side, response: Response) -> None:
         leg = self._leg(answered_side)
+        if self._late_reinvite is not None and response.is_success:
+            return  # its 2xx again: ACKed once the requester's ACK brings the answer
         if self._pending_reinvite is None:
             last = self._reinvite_acks.get(answered_side)
             if (
@@ -1114,7 +1139,9 @@ class Call:
         self._pending_reinvite = None
         self._reinvite_sent, self._reinvite_deadline = None, math.inf
         assert leg.dialog is not None and self.media is not None
-        if response.is_success:
+        if response.is_success and not request.body:
+            await self._late_reinvite_offered(side, transaction, request, answered_side, response)
+        elif response.is_success:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
             ack = leg.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
             self._reinvite_acks[answered_side] = ack
@@ -1160,6 +1187,92 @@ class Call:
                     f"re-INVITE to the {answered_side.value.upper()} leg answered "
                     f"{response.status} {response.reason}"
                 )
+
+    async def _late_reinvite_offered(
+        self,
+        side: Side,
+        transaction: ServerTransaction,
+        request: Request,
+        answered_side: Side,
+        response: Response,
+    ) -> None:
+        """Our re-INVITE without SDP was answered 2xx with an offer: relay that offer to the
+        requester in our 2xx, and keep the answered 2xx un-ACKed until the requester's ACK
+        brings the answer (:meth:`_late_reinvite_answered`; §13.2.1, §14.1)."""
+        assert self.media is not None
+        answering = self._leg(answered_side).security
+        requester = self._leg(side).security
+        assert answering is not None and requester is not None
+        self._late_reinvite = (answered_side, response)
+        try:
+            if not response.body:
+                raise SdpError("2xx without SDP offer to our re-INVITE without SDP")
+            plain = self.media.offer_from(
+                answered_side.value, answering.take_offer(parse_sdp_untrusted(response.body))
+            )
+            offer = requester.make_offer(plain)
+        except (SdpError, PortsExhausted) as err:
+            self.media.abandon_offer()
+            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
+            await self.endpoint.respond(
+                transaction, make_response(request, 488, extra=[("Warning", _warning(reason))])
+            )
+            await self._hang_up(f"bad SDP offer in the 2xx to a re-INVITE: {reason}", cause=488)
+        ok = make_response(
+            request,
+            200,
+            to_tag=None,
+            extra=[("Contact", str(self._leg(side).contact))],
+            body=serialize_sdp(offer),
+            content_type=SDP,
+        )
+        self._answer_in_ack = side  # set before sending: see _b_answered
+        self._start_2xx_retransmission(side, ok)
+        await self.endpoint.respond(transaction, ok)
+
+    async def _late_reinvite_answered(self, ack: Request) -> None:
+        """The requester's ACK brought its answer to the offer of a late re-INVITE: ACK the
+        leg that offered, with the answer. Without a usable one, §13.2.2.4: that leg's ACK
+        rejects its offer (:meth:`_ack_late_reinvite`) and the call ends."""
+        assert self._late_reinvite is not None and self.media is not None
+        answered_side, _ = self._late_reinvite
+        requester = self._leg(answered_side.other).security
+        answering = self._leg(answered_side).security
+        assert requester is not None and answering is not None
+        try:
+            if not ack.body:
+                raise SdpError("ACK without the SDP answer to our offer")
+            plain = self.media.answer_from(
+                answered_side.other.value, requester.take_answer(parse_sdp_untrusted(ack.body))
+            )
+            answer = answering.make_answer(plain)
+        except SdpError as err:
+            self.media.abandon_offer()
+            side = answered_side.other.value.upper()
+            await self._hang_up(f"bad SDP answer in {side}'s ACK: {err.reason}", cause=488)
+        await self._ack_late_reinvite(serialize_sdp(answer))
+        self.media.settle()
+        self._apply_keys(self.b)
+
+    async def _ack_late_reinvite(self, body: bytes | None = None) -> None:
+        """ACK the 2xx of a late re-INVITE with ``body``, by default an answer rejecting its
+        offer (a 2xx we are about to BYE, §13.2.2.4)."""
+        assert self._late_reinvite is not None
+        answered_side, response = self._late_reinvite
+        self._late_reinvite = None
+        leg = self._leg(answered_side)
+        assert leg.dialog is not None
+        if body is None:
+            body = self._refusing_answer(leg, response)
+        flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+        ack = leg.dialog.create_ack(
+            response.cseq.number,
+            via=self.endpoint.new_via(flow),
+            body=body,
+            content_type=SDP if body else None,
+        )
+        self._reinvite_acks[answered_side] = ack
+        await self.endpoint.send_ack(ack, flow)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -1396,9 +1509,11 @@ class Call:
     async def _bye(self, leg: Leg, reason: str, *, cause: int = 200) -> None:
         if leg.dialog is None or leg.dialog.state.value == "terminated":
             return
+        # A late offer's 2xx not ACKed yet: ACK it first, rejecting its offer (§13.2.2.4).
         if isinstance(leg, BLeg) and leg.ack is None and leg.final is not None:
-            # A late offer's 2xx not ACKed yet: ACK it first, rejecting its offer (§13.2.2.4).
             await self._ack_b(leg, leg.dialog, leg.final)
+        if self._late_reinvite is not None and self._late_reinvite[0] is leg.side:
+            await self._ack_late_reinvite()
         trunk = self._trunk_credentials(leg)
         tag = InDialogRequest("bye", leg.side)
         client = await self._send_in_dialog(

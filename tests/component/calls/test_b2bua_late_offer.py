@@ -4,7 +4,8 @@ carrier trunks send by default ("delayed offer").
 The gateway sends its INVITE to B without SDP too; B's 2xx brings the offer, our 200 to A carries
 it rewritten to the relay, A's ACK brings the answer and our ACK to B carries that answer,
 rewritten. When the answer never comes or is unusable, B's 2xx is still ACKed with a valid
-answer (every stream rejected, RFC 3264 §6) and then BYEd (§13.2.2.4).
+answer (every stream rejected, RFC 3264 §6) and then BYEd (§13.2.2.4). A re-INVITE without SDP
+(§14.1) goes the same way inside the call.
 
 Set-up as b2bua_env.py: trunk "carrier" at 127.0.0.2 calls alice's DID; alice answers by hand.
 """
@@ -23,6 +24,7 @@ from tests.component.calls.b2bua_env import (
     T1,
     TRUNK,
     B2bua,
+    answered_call,
     assert_media_via_gateway,
     eventually,
     sent,
@@ -187,3 +189,52 @@ async def test_an_early_offer_still_acks_without_a_body(
     assert (await env.alice.next_request("ACK")).request.body == b""
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+# -- a re-INVITE without SDP (RFC 3261 §14.1) ---------------------------------------------------
+
+
+async def test_a_reinvite_without_sdp_is_relayed_as_a_late_offer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)  # alice answers by herself
+    call, leg_b = await answered_call(env)
+    # A PBX asks for the other side's current offer, e.g. before a transfer.
+    ok = await call.reinvite(b"")
+    assert ok.status == 200
+    assert_media_via_gateway(ok.body)
+
+    reinvite = (await env.alice.next_request("INVITE")).request
+    assert reinvite.call_id == leg_b.call_id
+    assert reinvite.body == b"" and reinvite.content_type is None
+    # Alice's ACK of her 2xx (which offered) carries the trunk's answer, rewritten.
+    ack = (await env.alice.next_request("ACK")).request
+    assert ack.cseq.number == reinvite.cseq.number
+    assert_media_via_gateway(ack.body)
+    assert [m.port != 0 for m in parse_sdp_untrusted(ack.body).media] == [True]
+    await trio.sleep(10)
+    assert env.calls == 1 and env.alice.requests("BYE") == []
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert_no_media_ports_held(env)
+
+
+async def test_a_late_reinvite_acked_without_the_answer_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, leg_b = await answered_call(env)
+    call.ack_answer = b""  # the trunk owes an answer in its ACK and sends none
+    assert (await call.reinvite(b"")).status == 200
+
+    reinvite = (await env.alice.next_request("INVITE")).request
+    assert reinvite.call_id == leg_b.call_id and reinvite.body == b""
+    ack = (await env.alice.next_request("ACK")).request
+    assert ack.cseq.number == reinvite.cseq.number
+    assert [m.port for m in parse_sdp_untrusted(ack.body).media] == [0]  # §13.2.2.4
+    bye_b = (await env.alice.next_request("BYE")).request
+    reason = bye_b.headers.get("Reason") or ""
+    assert "cause=488" in reason and "ACK without the SDP answer" in reason
+    assert (await env.trunk.next_request("BYE")).request.call_id == call.call_id
+    await eventually(lambda: env.calls == 0)
+    assert_no_media_ports_held(env)
