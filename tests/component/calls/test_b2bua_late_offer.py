@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+import gateway.plugins.keyexchange.sdes as sdes_plugin
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import SipAgent, sdp_connection, simple_sdp
 from tests.component.calls.b2bua_env import (
@@ -236,5 +237,66 @@ async def test_a_late_reinvite_acked_without_the_answer_ends_the_call(
     reason = bye_b.headers.get("Reason") or ""
     assert "cause=488" in reason and "ACK without the SDP answer" in reason
     assert (await env.trunk.next_request("BYE")).request.call_id == call.call_id
+    await eventually(lambda: env.calls == 0)
+    assert_no_media_ports_held(env)
+
+
+# -- a late offer and the callee's media security -----------------------------------------------
+
+SDES_KEY = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"  # RFC 4568 §6.1's shape
+
+
+def sdes_offer(port: int) -> bytes:
+    return (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 {SDES_KEY}\r\n"
+    ).encode()
+
+
+async def sdes_env(nursery: trio.Nursery, tmp_path: Path, seed: int) -> B2bua:
+    env = await start_b2bua(
+        nursery, tmp_path, seed, alice_auto=None, plugins=[("sdes", sdes_plugin)]
+    )
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="sdes")
+    return env
+
+
+async def test_an_sdes_offer_over_udp_signalling_ends_the_call_488_and_no_key_is_sent_back(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await sdes_env(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(sdp=sdes_offer(30000))
+    final = await call.final()
+    # RFC 4568 §8.1: SDES keys only over TLS-protected signalling; alice's leg is UDP. The
+    # refusal is the same as for an early offer, stated to the caller.
+    assert final.status == 488
+    assert "TLS-protected signalling" in (final.headers.get("Warning") or "")
+    ack = (await env.alice.next_request("ACK")).request
+    rejected = parse_sdp_untrusted(ack.body).media
+    assert [m.port for m in rejected] == [0] and not rejected[0].crypto
+    assert b"inline:" not in ack.body
+    assert (await env.alice.next_request("BYE")).request.call_id == leg_b.call_id
+    await eventually(lambda: env.calls == 0)
+    assert_no_media_ports_held(env)
+
+
+async def test_a_plain_offer_from_a_callee_whose_policy_requires_sdes_ends_the_call_488(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await sdes_env(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(sdp=ALICE_OFFER)  # RTP/AVP: the policy refuses it
+    final = await call.final()
+    assert final.status == 488
+    warning = final.headers.get("Warning") or ""
+    assert "policy sdes requires encrypted media" in warning
+    ack = (await env.alice.next_request("ACK")).request
+    assert [m.port for m in parse_sdp_untrusted(ack.body).media] == [0]
+    assert (await env.alice.next_request("BYE")).request.call_id == leg_b.call_id
     await eventually(lambda: env.calls == 0)
     assert_no_media_ports_held(env)
