@@ -529,6 +529,30 @@ def test_hold_and_resume_re_invites_pass_through(tmp_path: Path) -> None:
 # -- 7. registrations survive a restart --------------------------------------------------------
 
 
+def test_a_reinvite_without_sdp_passes_through_as_a_late_offer(tmp_path: Path) -> None:
+    """A PBX's re-INVITE without SDP (RFC 3261 §14.1): the callee's 200 offers, the caller's ACK
+    answers; both reach the other side rewritten to the relay's port of this call."""
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("calls/uas_answer_late_reinvite.xml", workdir=tmp_path)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            caller = trunk_call("calls/uac_late_reinvite.xml", gw, tmp_path, call_duration_ms=200)
+            caller.check()  # the 200 to its re-INVITE offered
+            callee = alice.wait(timeout=10)
+            callee.check()  # the re-INVITE had no SDP, the ACK an answer
+
+    invite, reinvite = callee.received("INVITE ")
+    assert header(reinvite, "Content-Length") == "0", reinvite
+    answers = [m for m in caller.received("SIP/2.0 200") if "INVITE" in header(m, "CSeq")]
+    offer = answers[1]  # the 200 to the re-INVITE
+    assert sdp_connection(offer) == sdp_connection(answers[0])  # the same relay port
+    (ack,) = [m for m in callee.received("ACK ") if header(m, "CSeq") == "2 ACK"]
+    assert header(ack, "Content-Type") == "application/sdp", ack
+    assert sdp_connection(ack) == sdp_connection(invite)  # the callee's side of the relay
+    address, port = sdp_connection(ack)
+    assert address == LOOPBACK and in_range(port, gw.media_ports)
+
+
 @TRANSPORTS
 def test_registration_survives_a_gateway_restart(tmp_path: Path, transport: str) -> None:
     first = GatewayProcess(tmp_path / "first", accounts=ACCOUNTS, extra_toml=inbound_trunk())

@@ -92,6 +92,58 @@ def test_hold_answer_with_another_direction_fails_the_uac(tmp_path: Path) -> Non
     assert "a=recvonly" in caller.error_log.read_text()
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_late_reinvite_pair(tmp_path: Path, transport: str) -> None:
+    with SippUas(
+        "calls/uas_answer_late_reinvite.xml", workdir=tmp_path, transport=transport
+    ) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_late_reinvite.xml",
+            callee.address,
+            workdir=tmp_path,
+            transport=transport,
+            service="bob",
+            call_duration_ms=100,
+        )
+        caller.check()
+        answered = callee.wait(timeout=10)
+        answered.check()
+    reinvite = answered.received("INVITE ")[1]
+    assert "Content-Length: 0" in reinvite and "m=audio" not in reinvite
+    acks = answered.received("ACK ")
+    assert ["m=audio" in ack for ack in acks] == [False, True]
+
+
+def test_a_reinvite_with_sdp_fails_the_late_reinvite_uas(tmp_path: Path) -> None:
+    with SippUas("calls/uas_answer_late_reinvite.xml", workdir=tmp_path, timeout=5) as callee:
+        run_sipp_uac(
+            "calls/uac_hold_resume.xml",
+            callee.address,
+            workdir=tmp_path,
+            call_duration_ms=100,
+            timeout=4,
+        )
+        answered = callee.wait(timeout=10)
+    assert not answered.ok
+    assert "m=" in answered.error_log.read_text()
+
+
+def test_an_ack_without_the_answer_fails_the_late_reinvite_uas(tmp_path: Path) -> None:
+    original = (SCENARIOS / "calls" / "uac_late_reinvite.xml").read_text()
+    head, _, tail = original.partition("CSeq: 2 ACK")
+    no_answer = tmp_path / "uac_late_reinvite_no_answer.xml"
+    body_start = tail.index("Content-Type: application/sdp")
+    body_end = tail.index("]]>")
+    no_answer.write_text(
+        head + "CSeq: 2 ACK" + tail[:body_start] + "Content-Length: 0\n\n    " + tail[body_end:]
+    )
+    with SippUas("calls/uas_answer_late_reinvite.xml", workdir=tmp_path, timeout=5) as callee:
+        run_sipp_uac(no_answer, callee.address, workdir=tmp_path, call_duration_ms=100, timeout=4)
+        answered = callee.wait(timeout=10)
+    assert not answered.ok
+    assert "m=audio" in answered.error_log.read_text()
+
+
 def test_call_with_auth_and_rtp_against_a_challenging_uas(tmp_path: Path) -> None:
     tone = tone_ulaw(tmp_path / "tone.ulaw", 1000, seconds=1)
     with SippUas(
