@@ -1,0 +1,127 @@
+"""The session description in a SIP message body (RFC 3261 §20.15, RFC 5621).
+
+A body is ``application/sdp`` itself, or ``multipart/mixed`` (RFC 2046 §5.1) with one
+``application/sdp`` part beside others. PSTN gateways speaking SIP-I or SIP-T (ITU-T Q.1912.5,
+RFC 3204) put the ISUP message they interwork next to the SDP, marked
+``Content-Disposition: signal;handling=optional``. A B2BUA builds each leg's body anew, so such
+parts are not carried to the other leg; a part marked ``handling=required`` (the default when
+there is no ``handling``, RFC 3261 §20.11) that is not SDP cannot be honoured, and the request
+is refused with 415 listing what we accept (RFC 3261 §21.4.13, RFC 5621 §3.2).
+
+Bounded like everything read from the network: at most ``MAX_PARTS`` parts of at most
+``MAX_PART_HEADERS`` header lines each (the SIP parser bounds the body's size).
+"""
+
+from __future__ import annotations
+
+import re
+
+from gateway.core.sdp.errors import SdpError
+
+SDP = "application/sdp"
+MULTIPART_MIXED = "multipart/mixed"
+MAX_PARTS = 8
+MAX_PART_HEADERS = 16
+# RFC 2046 §5.1.1: 1 to 70 bchars, not ending in a space.
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+
+
+class UnsupportedBody(SdpError):
+    """A body we cannot take the session description from: 415 Unsupported Media Type for a
+    request that must carry one (RFC 3261 §21.4.13), 488 where it arrives in a response."""
+
+
+def sdp_of(content_type: str | None, body: bytes) -> bytes:
+    """The SDP in a message with ``body`` of ``content_type``: the body itself, or the SDP part
+    of a multipart/mixed body; ``b""`` when the message carries none (no body, or only
+    optional parts: a late offer).
+
+    Raises :class:`UnsupportedBody` for a body type we do not read or a required part we cannot
+    honour, and :class:`SdpError` for a malformed multipart body.
+    """
+    if not body:
+        return b""
+    media_type, parameters = _media_type(content_type)
+    if media_type == SDP:
+        return body
+    if media_type == MULTIPART_MIXED:
+        return _sdp_part(body, parameters.get("boundary"))
+    raise UnsupportedBody(f"unsupported body type {content_type or '(none)'}")
+
+
+def _media_type(value: str | None) -> tuple[str, dict[str, str]]:
+    """Type/subtype in lower case and the parameters (names lower-cased, quotes removed)."""
+    if value is None:
+        return "", {}
+    media_type, *pieces = value.split(";")
+    parameters: dict[str, str] = {}
+    for piece in pieces:
+        name, sep, parameter = piece.partition("=")
+        if sep:
+            parameter = parameter.strip()
+            if len(parameter) >= 2 and parameter[0] == parameter[-1] == '"':
+                parameter = parameter[1:-1]
+            parameters[name.strip().lower()] = parameter
+    return media_type.strip().lower(), parameters
+
+
+def _sdp_part(body: bytes, boundary: str | None) -> bytes:
+    if boundary is None or _BOUNDARY.fullmatch(boundary) is None:
+        raise SdpError("multipart body without a valid boundary parameter (RFC 2046 §5.1.1)")
+    # The CRLF before a delimiter line belongs to the delimiter (RFC 2046 §5.1.1); the first
+    # delimiter may open the body.
+    pieces = (b"\r\n" + body).split(b"\r\n--" + boundary.encode("ascii"))
+    if len(pieces) < 2:
+        raise SdpError("multipart body without its boundary delimiter (RFC 2046 §5.1.1)")
+    sdp: bytes | None = None
+    closed = False
+    for count, piece in enumerate(pieces[1:], start=1):
+        if piece.startswith(b"--"):
+            closed = True  # the close delimiter: what follows is the epilogue
+            break
+        if count > MAX_PARTS:
+            raise SdpError(f"multipart body with more than {MAX_PARTS} parts")
+        line_end = piece.find(b"\r\n")
+        if line_end < 0 or piece[:line_end].strip(b" \t"):
+            raise SdpError("multipart delimiter line followed by other text (RFC 2046 §5.1.1)")
+        content_type, disposition, content = _part(piece[line_end + 2 :])
+        media_type, _ = _media_type(content_type or "text/plain")  # RFC 2046 §5.1 default
+        if media_type == SDP:
+            if sdp is not None:
+                raise SdpError("multipart body with more than one application/sdp part")
+            sdp = content
+            continue
+        _, disposition_parameters = _media_type(disposition or "")
+        if disposition_parameters.get("handling", "required").lower() != "optional":
+            raise UnsupportedBody(
+                f"body part {media_type} is required (Content-Disposition handling) and "
+                "not supported"
+            )
+    if not closed:
+        raise SdpError("multipart body without its close delimiter (RFC 2046 §5.1.1)")
+    return sdp or b""
+
+
+def _part(part: bytes) -> tuple[str | None, str | None, bytes]:
+    """A body part's Content-Type, Content-Disposition and content (RFC 2045 §3 headers, folded
+    lines joined)."""
+    if part.startswith(b"\r\n"):
+        return None, None, part[2:]  # no headers
+    head, sep, content = part.partition(b"\r\n\r\n")
+    if not sep:
+        raise SdpError("multipart body part without the blank line after its headers")
+    lines: list[str] = []
+    for raw in head.decode("utf-8", "replace").split("\r\n"):
+        if raw[:1] in (" ", "\t") and lines:
+            lines[-1] += " " + raw.strip()
+        else:
+            lines.append(raw)
+    if len(lines) > MAX_PART_HEADERS:
+        raise SdpError(f"multipart body part with more than {MAX_PART_HEADERS} header lines")
+    fields: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise SdpError("multipart body part with a malformed header line")
+        fields.setdefault(name.strip().lower(), value.strip())
+    return fields.get("content-type"), fields.get("content-disposition"), content
