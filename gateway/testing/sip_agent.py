@@ -45,6 +45,7 @@ import trio
 
 from gateway.core.auth.client import authorize
 from gateway.core.ids import IdSource
+from gateway.core.sdp.body import sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import Direction
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -322,8 +323,8 @@ class Call:
             body = sdp
         elif 200 <= status < 300:
             # An INVITE without SDP is a late offer: our 2xx makes the offer (§13.2.1).
-            invite_body = self.invite.body
-            body = self.agent.answer_sdp(invite_body) if invite_body else self.agent.offer_sdp()
+            offer = _sdp_in(self.invite)
+            body = self.agent.answer_sdp(offer) if offer else self.agent.offer_sdp()
         await self.agent.respond(self.incoming, status, reason=reason, body=body)
 
     @property
@@ -551,13 +552,15 @@ class SipAgent:
         *,
         destination: Address | None = None,
         sdp: bytes | None = None,
+        content_type: str = SDP,
         extra: Iterable[tuple[str, str]] = (),
     ) -> Call:
-        """Send an INVITE for ``uri`` with ``sdp`` (default: our offer) and return the call."""
+        """Send an INVITE for ``uri`` with ``sdp`` (default: our offer; any body of
+        ``content_type``) and return the call."""
         tag = self.ids.new_tag()
         body = sdp if sdp is not None else self.offer_sdp()
         request = self.new_request(
-            "INVITE", uri, from_tag=tag, extra=extra, body=body, content_type=SDP
+            "INVITE", uri, from_tag=tag, extra=extra, body=body, content_type=content_type
         )
         call = Call(self, request, local_tag=tag)
         self._add_call(call)
@@ -613,11 +616,13 @@ class SipAgent:
         *,
         reason: str | None = None,
         body: bytes = b"",
+        content_type: str | None = None,
         extra: Iterable[tuple[str, str]] = (),
     ) -> Response:
-        """Answer a received request through its transaction. A 101-299 response to an INVITE
-        carries our Contact (and our To tag); a 2xx to an INVITE creates or refreshes the
-        dialog and is retransmitted until the ACK comes (RFC 3261 §13.3.1.4)."""
+        """Answer a received request through its transaction (a ``body`` is SDP unless
+        ``content_type`` says otherwise). A 101-299 response to an INVITE carries our Contact
+        (and our To tag); a 2xx to an INVITE creates or refreshes the dialog and is
+        retransmitted until the ACK comes (RFC 3261 §13.3.1.4)."""
         request, txn = received.request, received.transaction
         if txn is None:
             raise LocalSipError("an ACK is not answered")
@@ -632,7 +637,7 @@ class SipAgent:
             to_tag=call.local_tag if call is not None else self.ids.new_tag(),
             extra=fields,
             body=body,
-            content_type=SDP if body else None,
+            content_type=content_type or (SDP if body else None),
         )
         if call is not None and request.method == "INVITE" and 200 <= status < 300:
             if call.dialog is None:
@@ -745,7 +750,7 @@ class SipAgent:
         ack = call._acks.get(number)
         if ack is None:
             body = b""
-            if not exchange.request.body and response.body:  # the 2xx offers: answer in the ACK
+            if response.body and not _sdp_in(exchange.request):  # the 2xx offers: answer it
                 answer = call.ack_answer
                 body = self.answer_sdp(response.body) if answer is None else answer
             ack = call.dialog.create_ack(
@@ -820,6 +825,15 @@ class SipAgent:
     def requests(self, method: str) -> list[Request]:
         """Every received request of ``method``, in arrival order."""
         return [r.request for r in self.received if r.request.method == method]
+
+
+def _sdp_in(message: Request) -> bytes:
+    """The SDP ``message`` carries, alone or as a multipart part (RFC 5621); a body the gateway's
+    reader refuses is returned whole, for the agent to treat as a (bad) offer."""
+    try:
+        return sdp_of(message.content_type, message.body)
+    except SdpError:
+        return message.body
 
 
 def _response_destination(response: Response) -> Address:

@@ -355,6 +355,28 @@ def test_a_late_offer_from_a_trunk_is_answered_in_the_acks(tmp_path: Path, trans
     assert in_range(ack_port, gw.media_ports) and ack_port not in (port, caller.media_port)
 
 
+def test_a_sip_i_trunk_call_reaches_the_phone_with_plain_sdp(tmp_path: Path) -> None:
+    """A PSTN gateway's INVITE with SDP and ISUP in multipart/mixed (RFC 5621): the phone gets
+    the gateway's SDP alone; the ISUP part (handling=optional) stays on the trunk's leg."""
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("uas_answer.xml", workdir=tmp_path)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            caller = trunk_call("calls/uac_call_sip_i.xml", gw, tmp_path)
+            caller.check()
+            callee = alice.wait(timeout=10)
+            callee.check()
+
+    (invite,) = callee.received("INVITE ")
+    assert header(invite, "Content-Type") == "application/sdp", invite
+    assert "ISUP" not in invite and "sip-i-boundary" not in invite
+    assert_relayed_invite(invite, gw, not_ports={caller.media_port})
+    answer = caller.received("SIP/2.0 200")[0]
+    assert header(answer, "Content-Type") == "application/sdp"
+    address, port = sdp_connection(answer)
+    assert address == LOOPBACK and in_range(port, gw.media_ports)
+
+
 # -- 3. refusals: wrong password, unknown user, no binding -----------------------------------
 
 

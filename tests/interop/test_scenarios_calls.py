@@ -144,6 +144,20 @@ def test_an_ack_without_the_answer_fails_the_late_reinvite_uas(tmp_path: Path) -
     assert "m=audio" in answered.error_log.read_text()
 
 
+def test_sip_i_call_against_a_plain_uas(tmp_path: Path) -> None:
+    with SippUas("uas_answer.xml", workdir=tmp_path) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_call_sip_i.xml", callee.address, workdir=tmp_path, service="bob"
+        )
+        caller.check()
+        answered = callee.wait(timeout=10)
+        answered.check()
+    (invite,) = answered.received("INVITE ")
+    assert "Content-Type: multipart/mixed;boundary=sip-i-boundary-7" in invite
+    assert "Content-Disposition: signal;handling=optional" in invite
+    assert invite.rstrip().endswith("--sip-i-boundary-7--")
+
+
 def test_call_with_auth_and_rtp_against_a_challenging_uas(tmp_path: Path) -> None:
     tone = tone_ulaw(tmp_path / "tone.ulaw", 1000, seconds=1)
     with SippUas(

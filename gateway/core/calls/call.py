@@ -33,6 +33,10 @@ BYE (a losing fork, A's ACK missing for 64*T1 or without a usable answer) is ACK
 rejecting every stream first (§13.2.2.4). A re-INVITE without SDP is relayed the same way. SDP
 in a 1xx to an INVITE without SDP is ignored: only a reliable 1xx (RFC 3262) may offer.
 
+Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
+gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
+gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp``.
+
 A trunk with ``username``/``password`` may challenge any request we send it, not only the
 INVITE: a 401/407 to our re-INVITE, relayed request or BYE is answered once, in the same request
 with the dialog's next CSeq and the credentials (RFC 3261 §22.2, §8.1.3.5). For the BYE this
@@ -66,6 +70,7 @@ from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.security import LegSecurity, MediaSecurityRefused
+from gateway.core.sdp.body import UnsupportedBody, sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.offer_answer import rejected_media
@@ -89,6 +94,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SDP = "application/sdp"
+ACCEPT_SDP = ("Accept", SDP)
 # Requests queued for one call before more get 503 (a flood from a peer), and room for every
 # event: responses to what the call sent come in as well and must not be lost to a flood of
 # requests (a relayed request's answer dropped would leave its requester without one).
@@ -377,15 +383,15 @@ class Call:
         except RemoteSipError as err:
             await self._reject_a(400, f"Bad Request ({err.reason})", err.reason)
         offer: SessionDescription | None = None
-        if not invite.body:
-            self.late_offer = True
-        else:
-            try:
-                offer = parse_sdp_untrusted(invite.body)
-                if (invite.content_type or "").split(";")[0].strip().lower() != SDP:
-                    raise SdpError(f"unsupported body type {invite.content_type}")
-            except SdpError as err:
-                await self._reject_a(488, "Not Acceptable Here", err.reason)
+        try:
+            sdp = _sdp(invite)
+            if sdp:
+                offer = parse_sdp_untrusted(sdp)
+        except UnsupportedBody as err:
+            await self._reject_a(415, "Unsupported Media Type", err.reason, accept_sdp=True)
+        except SdpError as err:
+            await self._reject_a(488, "Not Acceptable Here", err.reason)
+        self.late_offer = offer is None
         decision = self.manager.route(invite, caller)
         if not decision.targets:
             status = decision.reject_status or 404
@@ -607,15 +613,18 @@ class Call:
     async def _relay_provisional(self, leg: BLeg, response: Response) -> None:
         assert self.media is not None
         body = b""
-        if self.late_offer and response.body:
-            # SDP in a 1xx to an INVITE without one would be an offer, which only a reliable
-            # provisional response may carry (RFC 3261 §13.2.1, RFC 3262); we offer no 100rel.
-            log.info("call %s: ignoring SDP in %d from B (late offer)", self.id, response.status)
-        elif response.body and (response.content_type or "").lower().startswith(SDP):
-            try:
-                body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(response.body)))
-            except SdpError as err:
-                log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
+        try:
+            sdp = _sdp(response)
+            if sdp and self.late_offer:
+                # SDP in a 1xx to an INVITE without one would be an offer, which only a reliable
+                # provisional response may carry (RFC 3261 §13.2.1, RFC 3262); we offer no 100rel.
+                log.info(
+                    "call %s: ignoring SDP in %d from B (late offer)", self.id, response.status
+                )
+            elif sdp:
+                body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(sdp)))
+        except SdpError as err:
+            log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
         status = 183 if body else 180
         await self._respond_a(self._a_response(status, body=body))
         self.manager.event(self, "ringing", None)
@@ -633,9 +642,10 @@ class Call:
             return
         assert self.media is not None
         try:
-            if not response.body:
+            sdp = _sdp(response)
+            if not sdp:
                 raise SdpError("2xx without SDP answer")
-            answer = self._answer_via(leg, parse_sdp_untrusted(response.body))
+            answer = self._answer_via(leg, parse_sdp_untrusted(sdp))
         except SdpError as err:
             leg.dialog = dialog
             await self._bye(leg, f"bad SDP answer: {err.reason}")
@@ -672,10 +682,11 @@ class Call:
         assert self.media is not None and leg.security is not None
         assert self.a.security is not None
         try:
-            if not response.body:
+            sdp = _sdp(response)
+            if not sdp:
                 raise SdpError("2xx without SDP offer to our INVITE without SDP")
             plain = self.media.offer_from(
-                Side.B.value, leg.security.take_offer(parse_sdp_untrusted(response.body))
+                Side.B.value, leg.security.take_offer(parse_sdp_untrusted(sdp))
             )
             offer_a = self.a.security.make_offer(plain)
         except SdpError as err:
@@ -729,10 +740,11 @@ class Call:
         assert self.media is not None and leg.security is not None
         assert self.a.security is not None
         try:
-            if not ack.body:
+            sdp = _sdp(ack)
+            if not sdp:
                 raise SdpError("ACK without the SDP answer to our offer")
             plain = self.media.answer_from(
-                Side.A.value, self.a.security.take_answer(parse_sdp_untrusted(ack.body))
+                Side.A.value, self.a.security.take_answer(parse_sdp_untrusted(sdp))
             )
             answer_b = leg.security.make_answer(plain)
         except SdpError as err:
@@ -752,7 +764,7 @@ class Call:
         must carry a valid answer; RFC 3264 §6: port 0 rejects a stream). Empty when the offer
         is unreadable: there is no valid answer to it."""
         try:
-            offered = parse_sdp_untrusted(offer.body)
+            offered = parse_sdp_untrusted(_sdp(offer))
         except SdpError:
             return b""
         host, _ = self.endpoint.local_address(leg.transport)
@@ -983,17 +995,17 @@ class Call:
         assert self.media is not None
         try:
             # Without SDP (a late offer, §14.1) the other leg's 2xx makes the offer.
-            offer = (
-                self._reoffer(event.side, parse_sdp_untrusted(request.body))
-                if request.body
-                else None
-            )
+            sdp = _sdp(request)
+            offer = self._reoffer(event.side, parse_sdp_untrusted(sdp)) if sdp else None
         except SdpError as err:
             self.media.abandon_offer()
-            await self.endpoint.respond(
-                event.transaction,
-                make_response(request, 488, extra=[("Warning", _warning(err.reason))]),
+            unsupported = isinstance(err, UnsupportedBody)
+            refusal = make_response(
+                request,
+                415 if unsupported else 488,
+                extra=[("Warning", _warning(err.reason)), *([ACCEPT_SDP] if unsupported else [])],
             )
+            await self.endpoint.respond(event.transaction, refusal)
             return
         except PortsExhausted:
             await self.endpoint.respond(
@@ -1139,7 +1151,7 @@ class Call:
         self._pending_reinvite = None
         self._reinvite_sent, self._reinvite_deadline = None, math.inf
         assert leg.dialog is not None and self.media is not None
-        if response.is_success and not request.body:
+        if response.is_success and not _sdp(request):  # (its body was read in _reinvite)
             await self._late_reinvite_offered(side, transaction, request, answered_side, response)
         elif response.is_success:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
@@ -1151,8 +1163,7 @@ class Call:
                 offering = self._leg(side).security
                 assert answering is not None and offering is not None
                 plain = self.media.answer_from(
-                    answered_side.value,
-                    answering.take_answer(parse_sdp_untrusted(response.body)),
+                    answered_side.value, answering.take_answer(parse_sdp_untrusted(_sdp(response)))
                 )
                 answer = offering.make_answer(plain)
                 self.media.settle()
@@ -1205,10 +1216,11 @@ class Call:
         assert answering is not None and requester is not None
         self._late_reinvite = (answered_side, response)
         try:
-            if not response.body:
+            sdp = _sdp(response)
+            if not sdp:
                 raise SdpError("2xx without SDP offer to our re-INVITE without SDP")
             plain = self.media.offer_from(
-                answered_side.value, answering.take_offer(parse_sdp_untrusted(response.body))
+                answered_side.value, answering.take_offer(parse_sdp_untrusted(sdp))
             )
             offer = requester.make_offer(plain)
         except (SdpError, PortsExhausted) as err:
@@ -1240,10 +1252,11 @@ class Call:
         answering = self._leg(answered_side).security
         assert requester is not None and answering is not None
         try:
-            if not ack.body:
+            sdp = _sdp(ack)
+            if not sdp:
                 raise SdpError("ACK without the SDP answer to our offer")
             plain = self.media.answer_from(
-                answered_side.other.value, requester.take_answer(parse_sdp_untrusted(ack.body))
+                answered_side.other.value, requester.take_answer(parse_sdp_untrusted(sdp))
             )
             answer = answering.make_answer(plain)
         except SdpError as err:
@@ -1353,8 +1366,12 @@ class Call:
         assert self.a.transaction is not None
         await self.endpoint.respond(self.a.transaction, response)
 
-    async def _reject_a(self, status: int, reason: str, warning: str | None) -> None:
+    async def _reject_a(
+        self, status: int, reason: str, warning: str | None, *, accept_sdp: bool = False
+    ) -> None:
         extra = [("Warning", _warning(warning))] if warning else []
+        if accept_sdp:
+            extra.append(ACCEPT_SDP)  # what a 415 must list (RFC 3261 §21.4.13)
         await self._respond_a(self._a_response(status, reason, extra=extra))
         detail = f" ({warning})" if warning and warning != reason else ""
         raise CallEnded(f"{status} {reason}{detail}")
@@ -1655,6 +1672,12 @@ async def _final_response(client: ClientRequest) -> Response | None:
         if response.is_final:
             return response
     return None
+
+
+def _sdp(message: Request | Response) -> bytes:
+    """The SDP a message carries (its body, or the SDP part of a SIP-I/SIP-T multipart body),
+    b"" for none; raises SdpError (UnsupportedBody: 415) for a body we cannot read."""
+    return sdp_of(message.content_type, message.body)
 
 
 def _warning(text: str | None) -> str:
