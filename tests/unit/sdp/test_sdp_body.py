@@ -4,6 +4,8 @@ gateways send it (RFC 5621, RFC 2046 §5.1, RFC 3204), and every way such a body
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.sdp.body import MAX_PARTS, UnsupportedBody, sdp_of
 from gateway.core.sdp.errors import SdpError
@@ -131,3 +133,44 @@ def test_part_headers_fold_and_a_part_without_headers_is_text_plain() -> None:
     bare = ("", b"hello")  # no headers: text/plain (RFC 2046 §5.1), required by default
     with pytest.raises(UnsupportedBody, match="text/plain"):
         sdp_of(MIXED, multipart(SDP_PART, bare))
+
+
+FRAGMENTS = [
+    b"--" + BOUNDARY.encode(),
+    b"--",
+    b"\r\n",
+    b"\n",
+    b"\r\n\r\n",
+    b"Content-Type: application/sdp",
+    b"Content-Type: application/ISUP",
+    b"Content-Disposition: signal;handling=optional",
+    b"Content-Disposition: ;handling",
+    b" ",
+    b":",
+    SDP,
+    IAM,
+    b"\xff\xfe",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    content_type=st.one_of(
+        st.sampled_from([MIXED, "application/sdp", f'multipart/mixed;boundary="{BOUNDARY}"']),
+        st.none(),
+        st.text(max_size=40),
+    ),
+    pieces=st.lists(st.sampled_from(FRAGMENTS), max_size=30),
+    noise=st.binary(max_size=40),
+)
+def test_whatever_arrives_gives_bytes_or_an_sdp_error(
+    content_type: str | None, pieces: list[bytes], noise: bytes
+) -> None:
+    # What the network sends decides only between an SDP (possibly empty) and a stated refusal.
+    body = b"".join(pieces) + noise
+    try:
+        sdp = sdp_of(content_type, body)
+    except SdpError as err:
+        assert err.reason
+    else:
+        assert isinstance(sdp, bytes) and len(sdp) <= len(body)
