@@ -1568,6 +1568,11 @@ class Call:
     async def _drain_b_legs(self) -> None:
         """After the end: keep handling B responses so a 2xx crossing our CANCEL is ACKed and
         BYEd (RFC 3261 §9.1 race) until every B leg has a final response."""
+        # The call is over: no B leg may ring on. Most endings CANCELled theirs already; one that
+        # fails on the first 2xx's SDP had not (RFC 3261 §9.1: sent once a 1xx came).
+        for leg in self.b_legs:
+            if leg.final is None and leg.invite is not None:
+                await self._cancel_b(leg)
         while any(leg.final is None and leg.invite is not None for leg in self.b_legs):
             event = await self._next_event()
             if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):

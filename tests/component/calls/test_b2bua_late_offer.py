@@ -300,3 +300,24 @@ async def test_a_plain_offer_from_a_callee_whose_policy_requires_sdes_ends_the_c
     assert (await env.alice.next_request("BYE")).request.call_id == leg_b.call_id
     await eventually(lambda: env.calls == 0)
     assert_no_media_ports_held(env)
+
+
+async def test_when_the_answering_fork_is_unusable_the_other_fork_stops_ringing(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Early offer and late offer alike: the first 2xx ends the call (its SDP is unusable), so
+    the phone still ringing gets a CANCEL (RFC 3261 §9.1) instead of ringing on alone."""
+    env = await late_offer_env(nursery, tmp_path, voipgw_seed)
+    phone2: SipAgent = await second_phone(env, nursery, voipgw_seed)
+    for late in (False, True):
+        call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"" if late else None)
+        ringing = await env.alice.next_call()
+        answering = await phone2.next_call()
+        await ringing.ring()
+        await call.exchange.wait_for(lambda r: r.status == 180)  # type: ignore[union-attr]
+        await phone2.respond(answering.incoming, 200, body=b"")  # type: ignore[arg-type]
+        assert (await call.final()).status == 488
+        cancel = await env.alice.next_request("CANCEL", timeout=5)
+        assert cancel.request.call_id == ringing.call_id
+        await eventually(lambda: env.calls == 0)
+        assert_no_media_ports_held(env)
