@@ -355,6 +355,51 @@ def test_a_late_offer_from_a_trunk_is_answered_in_the_acks(tmp_path: Path, trans
     assert in_range(ack_port, gw.media_ports) and ack_port not in (port, caller.media_port)
 
 
+def test_rtp_flows_through_the_relay_after_a_late_offer(tmp_path: Path) -> None:
+    """The relay's two sides are set the other way round (the callee's offer, then the caller's
+    answer from its ACK): RTP goes caller -> relay -> callee and back, through the relay only."""
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 1000, seconds=2)  # 100 packets of 20 ms
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            media = udp_filter(gw.media_ports, alice.media_port)
+            with Capture(tmp_path / "call.pcap", media) as capture:
+                caller = run_sipp_uac(
+                    "calls/uac_call_late_offer_rtp.xml",
+                    gw.address,
+                    workdir=tmp_path,
+                    service=DID,
+                    caller="+4940777",
+                    local_ip=TRUNK_IP,
+                    rtp_file=tone,
+                )
+            caller.check()
+            callee = alice.wait(timeout=10)
+            callee.check()
+
+    offer = caller.received("SIP/2.0 200")[0]  # the callee's offer, rewritten for the caller
+    (ack,) = callee.received("ACK ")  # the caller's answer, rewritten for the callee
+    _, a_port = sdp_connection(offer)
+    _, b_port = sdp_connection(ack)
+    caller_media = (TRUNK_IP, caller.media_port)
+    alice_media = (LOOPBACK, alice.media_port)
+    ports = [caller.media_port, alice.media_port, *range(gw.media_ports[0], gw.media_ports[1] + 1)]
+    streams = rtp_streams(capture.path, ports)
+    a_relay, b_relay = (LOOPBACK, a_port), (LOOPBACK, b_port)
+    expected = {
+        (caller_media, a_relay),
+        (b_relay, alice_media),
+        (alice_media, b_relay),
+        (a_relay, caller_media),
+    }
+    assert set(streams) == expected, streams
+    sent = streams[(caller_media, a_relay)]
+    assert 95 <= sent <= 100
+    for flow in expected:
+        assert abs(streams[flow] - sent) <= 3, streams
+
+
 def test_a_sip_i_trunk_call_reaches_the_phone_with_plain_sdp(tmp_path: Path) -> None:
     """A PSTN gateway's INVITE with SDP and ISUP in multipart/mixed (RFC 5621): the phone gets
     the gateway's SDP alone; the ISUP part (handling=optional) stays on the trunk's leg."""

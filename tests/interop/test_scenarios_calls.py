@@ -144,6 +144,23 @@ def test_an_ack_without_the_answer_fails_the_late_reinvite_uas(tmp_path: Path) -
     assert "m=audio" in answered.error_log.read_text()
 
 
+def test_late_offer_call_with_rtp_against_an_echoing_uas(tmp_path: Path) -> None:
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 1000, seconds=1)
+    with SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_call_late_offer_rtp.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="bob",
+            rtp_file=tone,
+        )
+        caller.check()
+        answered = callee.wait(timeout=10)
+        answered.check()
+    (ack,) = answered.received("ACK ")
+    assert f"m=audio {caller.media_port} RTP/AVP 0" in ack  # our answer, in the ACK
+
+
 def test_sip_i_call_against_a_plain_uas(tmp_path: Path) -> None:
     with SippUas("uas_answer.xml", workdir=tmp_path) as callee:
         caller = run_sipp_uac(
