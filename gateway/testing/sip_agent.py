@@ -214,8 +214,9 @@ class Call:
         self.dialog: Dialog | None = None
         self._acks: dict[int, Request] = {}
         # A caller's INVITE without SDP gets the offer in the 2xx and answers it in the ACK
-        # (RFC 3261 §13.2.1): None answers with answer_sdp(offer); bytes send those (b"": none).
-        self.ack_answer: bytes | None = None
+        # (RFC 3261 §13.2.1): None answers with answer_sdp(offer); bytes send those (b"": none);
+        # a function makes the answer from the offer (a DTLS answer needs the offer's keys).
+        self.ack_answer: bytes | Callable[[bytes], bytes] | None = None
 
     @property
     def outgoing(self) -> bool:
@@ -752,7 +753,10 @@ class SipAgent:
             body = b""
             if response.body and not _sdp_in(exchange.request):  # the 2xx offers: answer it
                 answer = call.ack_answer
-                body = self.answer_sdp(response.body) if answer is None else answer
+                if answer is None:
+                    body = self.answer_sdp(response.body)
+                else:
+                    body = answer(response.body) if callable(answer) else answer
             ack = call.dialog.create_ack(
                 number, via=self.new_via(), body=body, content_type=SDP if body else None
             )

@@ -387,6 +387,58 @@ async def test_a_late_offer_callee_that_offers_dtls_is_answered_in_our_ack_and_k
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
 
+async def test_a_late_offer_caller_whose_policy_is_dtls_is_offered_dtls_in_our_200(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Alice (policy ``dtls``) calls the trunk with an INVITE without SDP: the trunk's plain
+    offer reaches her as a DTLS-SRTP offer in our 200 (a=setup:actpass, our fingerprint), she
+    answers in her ACK, shakes hands as the client, and her leg is keyed by it."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy="dtls")
+    offered_to_alice: list[tuple[DtlsNegotiation, int]] = []
+
+    def answer(offer_body: bytes) -> bytes:
+        offer = parse_sdp_untrusted(offer_body)
+        offered = offer.media[0]
+        assert offered.proto == "UDP/TLS/RTP/SAVP"
+        assert offered.attributes.get("setup") == "actpass"
+        negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+            pairs(offer, offered), suites=[], secure_signalling=False
+        )
+        assert negotiation is not None and negotiation.dtls_role == "client"
+        # The trunk offered no rtcp-mux, so neither did we: RTCP has a handshake of its own.
+        assert not offered.rtcp_mux
+        offered_to_alice.append((negotiation, offered.port))
+        return dtls_sdp(negotiation, rtcp_mux=False)
+
+    call = await env.alice.invite("sip:+15550123@127.0.0.1:5060", sdp=b"")
+    call.ack_answer = answer
+    if (await call.final()).status == 407:
+        await call.authenticate()
+    assert (await call.final()).status == 200
+    (trunk_leg,) = [r.request for r in env.trunk.received if r.request.method == "INVITE"]
+    assert trunk_leg.body == b""  # the trunk got no offer either: it made one, plain RTP
+    ((negotiation, gateway_port),) = offered_to_alice
+    phone, rtcp_phone = await phones(nursery, negotiation, PHONE_PORT, gateway_port)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+        await rtcp_phone.keyed.wait()
+    assert phone.keys is not None and rtcp_phone.keys is not None
+    assert phone.failure is None and rtcp_phone.failure is None
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    security = gateway_call.a.security
+    assert security is not None
+    await eventually(lambda: security.rtcp_keys(0) is not None)
+    assert security.keys(0) == mirrored(phone.keys)
+    assert security.rtcp_keys(0) == mirrored(rtcp_phone.keys)
+    record = gateway_call.security_record()["a"]["streams"][0]
+    assert record["key_exchange"] == "dtls" and record["dtls_role"] == "server"
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
 async def test_a_key_exchange_that_raises_ends_only_its_call(
     nursery: trio.Nursery,
     tmp_path: Path,
