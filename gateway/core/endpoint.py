@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
-SUPPORTED_EXTENSIONS: tuple[str, ...] = ()
+# RFC 3262 (100rel): a caller that requires reliable 1xx responses gets them (calls/call.py).
+SUPPORTED_EXTENSIONS: tuple[str, ...] = ("100rel",)
 
 # RFC 3261 §18.1.1: requests larger than this go over TCP when the path MTU is unknown.
 UDP_SIZE_LIMIT = 1300
@@ -591,6 +592,7 @@ class SipEndpoint:
         return [
             ("Allow", ", ".join(ALLOWED_METHODS)),
             ("Accept", "application/sdp"),
+            ("Supported", ", ".join(SUPPORTED_EXTENSIONS)),
             ("Server", self.gateway.config.sip.user_agent),
         ]
 

@@ -217,6 +217,12 @@ class Call:
         # (RFC 3261 §13.2.1): None answers with answer_sdp(offer); bytes send those (b"": none);
         # a function makes the answer from the offer (a DTLS answer needs the offer's keys).
         self.ack_answer: bytes | Callable[[bytes], bytes] | None = None
+        # A caller's reliable provisional responses (RFC 3262): PRACKed unless send_prack is
+        # false; the early dialog they make, the last RSeq seen and the PRACKs sent.
+        self.send_prack = True
+        self.early_dialog: Dialog | None = None
+        self.last_rseq = 0
+        self.pracks: list[Exchange] = []
 
     @property
     def outgoing(self) -> bool:
@@ -740,9 +746,18 @@ class SipAgent:
     async def _on_response(self, exchange: Exchange, response: Response) -> None:
         exchange._add(response)
         call = exchange.call
-        if call is None or exchange.request.method != "INVITE" or not response.is_success:
+        if call is None or exchange.request.method != "INVITE":
             return
-        # RFC 3261 §13.2.2.4: the UA core ACKs every 2xx, retransmissions included.
+        if 100 < response.status < 200 and response.headers.get("RSeq") is not None:
+            await self._prack(call, exchange, response)
+            return
+        if not response.is_success:
+            return
+        # RFC 3261 §13.2.2.4: the UA core ACKs every 2xx, retransmissions included. A dialog
+        # made early by a reliable 1xx is the one the 2xx confirms (its CSeq went on with PRACK).
+        early = call.early_dialog
+        if call.dialog is None and early is not None and early.remote_tag == response.to.tag:
+            call.dialog = early
         if call.dialog is None:
             call.dialog = Dialog.create_uac(exchange.request, response)
         else:
@@ -762,6 +777,28 @@ class SipAgent:
             )
             call._acks[number] = ack
         await self._send_raw(ack, _next_hop(call.dialog))
+
+    async def _prack(self, call: Call, exchange: Exchange, response: Response) -> None:
+        """PRACK a reliable provisional response (RFC 3262 §4) in the early dialog it makes;
+        a retransmission (an RSeq not above the last) is discarded: the PRACK's own client
+        transaction is what makes it reliable."""
+        rseq_text = response.headers.get("RSeq") or ""
+        if not rseq_text.isdigit() or int(rseq_text) <= call.last_rseq:
+            return
+        call.last_rseq = int(rseq_text)
+        if not call.send_prack:
+            return
+        early = call.early_dialog
+        if early is None or early.remote_tag != response.to.tag:
+            early = call.early_dialog = Dialog.create_uac(exchange.request, response)
+        else:
+            early.receive_response(response)
+        prack = early.create_request(
+            "PRACK",
+            via=self.new_via(),
+            extra=[("RAck", f"{rseq_text} {response.cseq.number} INVITE")],
+        )
+        call.pracks.append(await self.send(prack, _next_hop(early), call=call))
 
     # -- SDP ----------------------------------------------------------------------------------
 

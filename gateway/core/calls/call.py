@@ -102,7 +102,9 @@ EVENT_QUEUE = 64
 EVENT_ROOM = 1024
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK"
+# RFC 3262 §3: the first RSeq of a dialog is chosen at random in 1 .. 2**31 - 1.
+RSEQ_FIRST_MAX = 2**31 - 1
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -239,6 +241,13 @@ class Call:
         # The cancel scope _next_event waits in, and the deadline it was asked for.
         self._wait: tuple[trio.CancelScope, float] | None = None
         self._reinvite_acks: dict[Side, Request] = {}
+        # RFC 3262 on the A leg, when the caller requires it (Require: 100rel): our provisional
+        # responses are sent reliably, one unacknowledged at a time, re-sent until its PRACK.
+        self.a_reliable_1xx = False
+        self._rseq = 0  # the RSeq of the last reliable provisional response sent
+        # The unacknowledged reliable 1xx: (response, when due again, interval, when to give up).
+        self._unacked_1xx: tuple[Response, float, float, float] | None = None
+        self._held_1xx: Response | None = None  # a later 1xx, sent once the current one is PRACKed
         # A re-INVITE without SDP (late offer, RFC 3261 §14.1) whose 2xx brought an offer: the
         # side that answered and its 2xx, not ACKed until the requester's ACK brings the answer.
         self._late_reinvite: tuple[Side, Response] | None = None
@@ -392,6 +401,7 @@ class Call:
         except SdpError as err:
             await self._reject_a(488, "Not Acceptable Here", err.reason)
         self.late_offer = offer is None
+        self.a_reliable_1xx = "100rel" in _option_tags(invite, "Require")
         decision = self.manager.route(invite, caller)
         if not decision.targets:
             status = decision.reject_status or 404
@@ -626,8 +636,63 @@ class Call:
         except SdpError as err:
             log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
         status = 183 if body else 180
-        await self._respond_a(self._a_response(status, body=body))
+        await self._provisional_to_a(self._a_response(status, body=body))
         self.manager.event(self, "ringing", None)
+
+    # -- reliable provisional responses to A (RFC 3262), when A requires them -------------------
+
+    async def _provisional_to_a(self, response: Response) -> None:
+        """Send a 1xx to A; reliably (Require: 100rel, RSeq) when A's INVITE required it. One
+        reliable 1xx is unacknowledged at a time (RFC 3262 §3): a later one waits for the PRACK,
+        the newest replacing any older one waiting."""
+        if not self.a_reliable_1xx:
+            await self._respond_a(response)
+            return
+        if self._unacked_1xx is not None:
+            self._held_1xx = response
+            return
+        if self._rseq == 0:
+            self._rseq = int(self.manager.gateway.ids.token_hex(4), 16) % RSEQ_FIRST_MAX + 1
+        else:
+            self._rseq += 1
+        headers = response.headers.add("Require", "100rel").add("RSeq", str(self._rseq))
+        reliable = response.with_headers(headers)
+        t1 = self.config.sip.t1
+        now = trio.current_time()
+        self._unacked_1xx = (reliable, now + t1, t1, now + 64 * t1)
+        if self._wait is not None:  # _next_event is waiting: wake it for the first re-send
+            wait, deadline = self._wait
+            wait.deadline = min(deadline, self._next_retransmission())
+        await self._respond_a(reliable)
+
+    async def _prack(self, event: RequestEvent) -> None:
+        """A's PRACK (RFC 3262 §3): 200 when its RAck names our last reliable 1xx (also once
+        the call is answered), which then is no longer re-sent and lets a waiting 1xx go; 481
+        for any other (§4: it acknowledges nothing we sent), 400 for an unreadable RAck."""
+        request = event.request
+        rack = _parse_rack(request.headers.get("RAck"))
+        invite = self.a.invite
+        assert invite is not None
+        if rack is None:
+            await self.endpoint.respond(
+                event.transaction, make_response(request, 400, "Bad Request (RAck)")
+            )
+            return
+        expected = (self._rseq, invite.cseq.number, "INVITE")
+        if self._rseq == 0 or rack != expected:
+            await self.endpoint.respond(event.transaction, make_response(request, 481))
+            return
+        self._unacked_1xx = None
+        await self.endpoint.respond(event.transaction, make_response(request, 200))
+        held, self._held_1xx = self._held_1xx, None
+        if held is not None and self.state == "ringing":
+            await self._provisional_to_a(held)
+
+    def _stop_reliable_1xx(self) -> None:
+        """A final response goes to A: no 1xx is re-sent or sent after it (RFC 3262 §3 allows
+        a 2xx before the PRACK); a late PRACK still gets its 200 (_prack)."""
+        self._unacked_1xx = None
+        self._held_1xx = None
 
     async def _b_answered(self, leg: BLeg, response: Response) -> None:
         if self.late_offer:
@@ -658,6 +723,7 @@ class Call:
             if other is not leg and other.final is None:
                 await self._cancel_b(other)
         ok = self._a_response(200, body=serialize_sdp(answer))
+        self._stop_reliable_1xx()
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
         # Timed before it is sent: its ACK is taken from the endpoint's task as soon as it
         # arrives (ack_received), even while this task still waits to send.
@@ -701,6 +767,7 @@ class Call:
             if other is not leg and other.final is None:
                 await self._cancel_b(other)
         ok = self._a_response(200, body=serialize_sdp(offer_a))
+        self._stop_reliable_1xx()
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
         # Set before the 200 goes out: its ACK may arrive while this task still waits to send.
         self.state = "offered"
@@ -927,7 +994,10 @@ class Call:
 
     async def _early_request(self, event: RequestEvent) -> None:
         # Before the call is answered only the B side can send in-dialog requests (on its early
-        # dialog); nothing we relay yet.
+        # dialog); nothing we relay yet. A's PRACK is ours to answer.
+        if event.request.method == "PRACK" and event.side is Side.A:
+            await self._prack(event)
+            return
         response = make_response(event.request, 491 if event.request.method == "INVITE" else 501)
         await self.endpoint.respond(event.transaction, response)
 
@@ -979,6 +1049,9 @@ class Call:
             raise CallEnded(f"BYE from {event.side.value.upper()} leg")
         if request.method == "INVITE":
             await self._reinvite(event)
+            return
+        if request.method == "PRACK" and event.side is Side.A:
+            await self._prack(event)  # a late one, after our 2xx (RFC 3262 §3)
             return
         if request.method in RELAYED_IN_DIALOG:
             await self._relay_request(event)
@@ -1372,6 +1445,7 @@ class Call:
         extra = [("Warning", _warning(warning))] if warning else []
         if accept_sdp:
             extra.append(ACCEPT_SDP)  # what a 415 must list (RFC 3261 §21.4.13)
+        self._stop_reliable_1xx()
         await self._respond_a(self._a_response(status, reason, extra=extra))
         detail = f" ({warning})" if warning and warning != reason else ""
         raise CallEnded(f"{status} {reason}{detail}")
@@ -1600,14 +1674,35 @@ class Call:
         self._retransmit_at[side] = (now + t1, t1, response, now + 64 * t1)
 
     def _next_retransmission(self) -> float:
-        """When a 2xx is due again, or its 64*T1 without an ACK are over."""
-        return min(
-            (min(due, give_up) for due, _, _, give_up in self._retransmit_at.values()),
-            default=math.inf,
-        )
+        """When a 2xx or a reliable 1xx is due again, or its 64*T1 without an ACK or a PRACK
+        are over."""
+        times = [min(due, give_up) for due, _, _, give_up in self._retransmit_at.values()]
+        if self._unacked_1xx is not None:
+            _, due, _, give_up = self._unacked_1xx
+            times.append(min(due, give_up))
+        return min(times, default=math.inf)
+
+    async def _retransmit_reliable_1xx(self, now: float) -> None:
+        """Re-send the unacknowledged reliable 1xx at T1, 2*T1, 4*T1 ... (RFC 3262 §3, over
+        UDP); no PRACK within 64*T1: A's INVITE is refused with a 5xx, as §3 asks."""
+        if self._unacked_1xx is None:
+            return
+        response, due, interval, give_up = self._unacked_1xx
+        if now >= give_up:
+            await self._reject_a(
+                500, "Server Internal Error", "no PRACK for our reliable provisional response"
+            )
+        if due > now:
+            return
+        flow = self.a.flow
+        if flow is not None and not flow.reliable:
+            await self.endpoint.send_response(response, flow)
+        if self._unacked_1xx is not None and self._unacked_1xx[0] is response:  # no PRACK yet
+            self._unacked_1xx = (response, now + 2 * interval, 2 * interval, give_up)
 
     async def _retransmit_2xx(self) -> None:
         now = trio.current_time()
+        await self._retransmit_reliable_1xx(now)
         for side, (due, interval, response, give_up) in list(self._retransmit_at.items()):
             if now >= give_up:
                 del self._retransmit_at[side]
@@ -1677,6 +1772,24 @@ async def _final_response(client: ClientRequest) -> Response | None:
         if response.is_final:
             return response
     return None
+
+
+def _option_tags(message: Request, header: str) -> list[str]:
+    """The option tags of every ``header`` field (Require, Supported: RFC 3261 §20.32)."""
+    return [
+        tag.strip().lower()
+        for value in message.headers.get_all(header)
+        for tag in value.split(",")
+        if tag.strip()
+    ]
+
+
+def _parse_rack(value: str | None) -> tuple[int, int, str] | None:
+    """RAck: response-num CSeq-num method (RFC 3262 §7.2); None when absent or malformed."""
+    parts = (value or "").split()
+    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 10 for p in parts[:2]):
+        return None
+    return int(parts[0]), int(parts[1]), parts[2]
 
 
 def _sdp(message: Request | Response) -> bytes:
