@@ -400,6 +400,31 @@ def test_rtp_flows_through_the_relay_after_a_late_offer(tmp_path: Path) -> None:
         assert abs(streams[flow] - sent) <= 3, streams
 
 
+def test_a_trunk_that_requires_100rel_gets_a_reliable_180_and_its_prack_answered(
+    tmp_path: Path,
+) -> None:
+    """RFC 3262 towards a caller that requires it (some carrier and IMS interconnects): the
+    180 carries Require: 100rel and an RSeq, the caller's PRACK gets 200, the call goes on. The
+    phone's leg is not asked for reliable responses."""
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("calls/uas_ring_pause_answer.xml", workdir=tmp_path, call_duration_ms=500)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            caller = trunk_call("calls/uac_call_100rel.xml", gw, tmp_path, call_duration_ms=200)
+            caller.check()  # the 180 had an RSeq; the PRACK's 200 came before the INVITE's
+            callee = alice.wait(timeout=10)
+            callee.check()
+
+    ringing = caller.received("SIP/2.0 180")[0]
+    assert header(ringing, "Require") == "100rel"
+    assert 1 <= int(header(ringing, "RSeq")) <= 2**31 - 1
+    (prack,) = caller.sent("PRACK ")
+    assert header(prack, "RAck") == f"{header(ringing, 'RSeq')} 1 INVITE"
+    (invite,) = callee.received("INVITE ")
+    assert "100rel" not in invite
+    assert not callee.received("PRACK ")
+
+
 def test_a_sip_i_trunk_call_reaches_the_phone_with_plain_sdp(tmp_path: Path) -> None:
     """A PSTN gateway's INVITE with SDP and ISUP in multipart/mixed (RFC 5621): the phone gets
     the gateway's SDP alone; the ISUP part (handling=optional) stays on the trunk's leg."""

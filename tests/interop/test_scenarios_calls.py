@@ -161,6 +161,33 @@ def test_late_offer_call_with_rtp_against_an_echoing_uas(tmp_path: Path) -> None
     assert f"m=audio {caller.media_port} RTP/AVP 0" in ack  # our answer, in the ACK
 
 
+def test_ring_pause_answer_uas_answers_after_its_pause(tmp_path: Path) -> None:
+    with SippUas(
+        "calls/uas_ring_pause_answer.xml", workdir=tmp_path, call_duration_ms=400
+    ) as callee:
+        caller = run_sipp_uac("uac_call.xml", callee.address, workdir=tmp_path, service="bob")
+        caller.check()
+        answered = callee.wait(timeout=10)
+        answered.check()
+    assert [m.split()[1] for m in answered.sent("SIP/2.0 ")][:3] == ["100", "180", "200"]
+
+
+def test_the_100rel_caller_fails_on_a_180_without_rseq(tmp_path: Path) -> None:
+    with SippUas("calls/uas_ring_pause_answer.xml", workdir=tmp_path, timeout=5) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_call_100rel.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="bob",
+            call_duration_ms=100,
+            timeout=4,
+        )
+    assert not caller.ok
+    assert "RSeq" in caller.error_log.read_text()
+    (invite,) = caller.sent("INVITE ")
+    assert "Require: 100rel" in invite
+
+
 def test_sip_i_call_against_a_plain_uas(tmp_path: Path) -> None:
     with SippUas("uas_answer.xml", workdir=tmp_path) as callee:
         caller = run_sipp_uac(

@@ -205,14 +205,18 @@ async def test_random_call_flows(
             sdp = b"" if rng.random() < 0.25 else None  # a late offer, or the agent's offer
             if sdp is not None:
                 flow.append("late offer")
+            # A caller that requires reliable provisional responses (RFC 3262), PRACKing them.
+            extra = [("Require", "100rel"), ("Supported", "100rel")] if rng.random() < 0.25 else []
+            if extra:
+                flow.append("100rel")
             if rng.random() < 0.4:
                 caller_agent, callee_agent = env.alice, env.trunk
-                call = await env.alice.invite("sip:+15550123@127.0.0.1:5060", sdp=sdp)
+                call = await env.alice.invite("sip:+15550123@127.0.0.1:5060", sdp=sdp, extra=extra)
                 if (await call.final()).status == 407:
                     await call.authenticate()
             else:
                 caller_agent, callee_agent = env.trunk, env.alice
-                call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=sdp)
+                call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=sdp, extra=extra)
             if rng.random() < 0.2:
                 await trio.sleep(rng.choice([0, 0.001, 0.02, 0.3, 1.0]))
                 await call.cancel()
