@@ -33,6 +33,10 @@ BYE (a losing fork, A's ACK missing for 64*T1 or without a usable answer) is ACK
 rejecting every stream first (§13.2.2.4). A re-INVITE without SDP is relayed the same way. SDP
 in a 1xx to an INVITE without SDP is ignored: only a reliable 1xx (RFC 3262) may offer.
 
+A caller that requires reliable provisional responses (``Require: 100rel``, RFC 3262) gets each
+1xx with an RSeq, one unacknowledged at a time, re-sent until its PRACK (200; no PRACK for 64*T1:
+500 and the callee CANCELled). Callees are not asked for them: we never send Supported: 100rel.
+
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
 gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp``.
