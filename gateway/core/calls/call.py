@@ -663,10 +663,7 @@ class Call:
         reliable = response.with_headers(headers)
         t1 = self.config.sip.t1
         now = trio.current_time()
-        self._unacked_1xx = (reliable, now + t1, t1, now + 64 * t1)
-        if self._wait is not None:  # _next_event is waiting: wake it for the first re-send
-            wait, deadline = self._wait
-            wait.deadline = min(deadline, self._next_retransmission())
+        self._unacked_1xx = (reliable, now + t1, t1, now + 64 * t1)  # _next_event wakes for it
         await self._respond_a(reliable)
 
     async def _prack(self, event: RequestEvent) -> None:
