@@ -21,6 +21,7 @@ import trio
 
 from gateway.core.interfaces import OutboundMessage
 from gateway.core.sip import grammar
+from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
 from gateway.core.sip.headers import Via
 from gateway.core.sip.message import Headers, Request, Response, make_response
@@ -162,19 +163,22 @@ class ClientRequest:
                 self._send.close()
         return self._send, self._receive
 
-    def _deliver(self, response: Response) -> None:
+    def _deliver(self, response: Response) -> bool:
+        """Hand ``response`` to the owner; False when nobody takes it any more."""
         sink = self._sink
         if sink is not None:
             sink(response)
-            return
+            return True
         if self._closed:
             log.debug("dropping response %d: its owner is not reading", response.status)
-            return
+            return False
         try:
             self._channel()[0].send_nowait(response)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             # The owner stopped listening (its call ended) or is flooded: nothing to deliver to.
             log.debug("dropping response %d: its owner is not reading", response.status)
+            return False
+        return True
 
     def _close(self) -> None:
         self._closed = True
@@ -386,8 +390,8 @@ class SipEndpoint:
                 await self._send_on(output.request, client.flow, output.transaction)
         elif isinstance(output, ResponseReceived):
             client = self._client_requests.get(output.transaction)
-            if client is not None:
-                client._deliver(output.response)
+            if client is not None and not client._deliver(output.response):
+                await self._ack_orphan_2xx(output.response, client.flow)
         elif isinstance(output, AckReceived):
             if self.calls is not None and arrival is not None:
                 self.calls.ack(output.request, arrival)
@@ -489,6 +493,24 @@ class SipEndpoint:
             return False
         # Our Via adds well under 100 bytes; count it so the limit holds for what is sent.
         return len(serialize_message(request)) + 100 > UDP_SIZE_LIMIT
+
+    async def _ack_orphan_2xx(self, response: Response, flow: Flow) -> None:
+        """A 2xx to an INVITE of ours whose owner has gone (a re-INVITE answered after a BYE
+        ended its call, a fork answering after the call's drain): the UAC core still ACKs it
+        (RFC 3261 §13.2.2.4), or the peer re-sends it for 64*T1. The call has ended, so it
+        gets no BYE here; the call sent one, or never had the dialog."""
+        if not response.is_success or response.cseq.method != "INVITE":
+            return
+        dialog = Dialog.from_our_2xx(response)
+        if dialog is None:
+            return
+        try:
+            flow = await self.flow_to(flow.transport, flow.remote, flow)
+            await self.send_ack(
+                dialog.create_ack(response.cseq.number, via=self.new_via(flow)), flow
+            )
+        except OSError as exc:
+            log.info("cannot ACK a 2xx nobody holds: %s", exc)
 
     async def send_ack(self, ack: Request, flow: Flow) -> None:
         """Send the ACK for a 2xx: its own one-message transaction (RFC 3261 §13.2.2.4)."""

@@ -156,6 +156,28 @@ class Dialog:
         )
 
     @classmethod
+    def from_our_2xx(cls, response: Response) -> Dialog | None:
+        """The dialog a 2xx to one of our INVITEs makes, read from the 2xx alone (its From is
+        ours, its To the peer's): for ACKing a 2xx whose owner has gone (§13.2.2.4: every 2xx
+        is ACKed). None without the tags or a Contact to send the ACK to."""
+        local_tag, target = response.from_.tag, _contact_uri(response)
+        if local_tag is None or response.to.tag is None or target is None:
+            return None
+        return cls(
+            call_id=response.call_id,
+            local_tag=local_tag,
+            remote_tag=response.to.tag,
+            local_uri=_without_tag(response.from_),
+            remote_uri=_without_tag(response.to),
+            remote_target=target,
+            route_set=tuple(reversed(response.record_routes)),
+            local_seq=response.cseq.number,
+            remote_seq=None,
+            secure=False,
+            state=DialogState.CONFIRMED,
+        )
+
+    @classmethod
     def create_uas(cls, request: Request, response: Response, *, over_tls: bool = False) -> Dialog:
         """The dialog a received ``request`` and our dialog-creating ``response`` make (§12.1.1).
 

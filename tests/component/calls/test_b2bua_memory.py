@@ -24,7 +24,14 @@ from gateway.core.sip.dialog import DialogState
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.transport.flows import Flow
-from gateway.testing.sip_agent import SDP, AutoAnswer, Call, sdp_connection, sdp_direction
+from gateway.testing.sip_agent import (
+    SDP,
+    AutoAnswer,
+    Call,
+    Received,
+    sdp_connection,
+    sdp_direction,
+)
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
@@ -603,3 +610,34 @@ async def test_outbound_message_and_policy_hooks_run_when_a_plugin_implements_th
     assert sorted(stamp.legs) == [("a", "trunk"), ("b", "account")]
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_2xx_to_a_reinvite_that_comes_after_the_call_ended_is_still_acked(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # RFC 3261 §13.2.2.4: the UAC core ACKs every 2xx. Alice's hold re-INVITE is relayed to the
+    # trunk, alice hangs up before the trunk answers it, and the trunk's 200 comes after the call
+    # has ended: nobody holds that dialog any more, and the 200 is ACKed all the same instead of
+    # being re-sent for 32 s.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, leg_b = await answered_call(env)
+    held: list[Received] = []
+
+    async def trunk_holds_reinvites(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        held.append(received)
+        return True
+
+    env.trunk.in_dialog = trunk_holds_reinvites
+    await leg_b.request("INVITE", body=env.alice.offer_sdp(direction="sendonly"), content_type=SDP)
+    await eventually(lambda: len(held) == 1)
+    assert (await leg_b.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    reinvite = held[0]
+    await env.trunk.respond(reinvite, 200, body=env.trunk.answer_sdp(reinvite.request.body))
+    ack = await next_within(env.trunk, "ACK", 5)
+    assert ack is not None, "the 200 that came after the call was never ACKed"
+    assert ack.request.cseq.number == reinvite.request.cseq.number
+    assert ack.request.call_id == call.call_id
+    await eventually(lambda: env.trunk.awaiting_ack == [])

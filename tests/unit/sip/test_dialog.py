@@ -428,3 +428,19 @@ def test_response_of_another_dialog_is_refused() -> None:
     invite, dialog = uac_dialog()
     with pytest.raises(LocalSipError):
         dialog.receive_response(answer(invite, 200, to_tag="another-fork"))
+
+
+def test_the_ack_for_a_2xx_nobody_holds_is_the_one_its_dialog_would_send() -> None:
+    # §13.2.2.4: a 2xx whose call has gone is ACKed from the 2xx alone, exactly as the dialog
+    # made from our INVITE and that 2xx would ACK it.
+    rr = ("<sip:p2.example.com;lr>", "<sip:p1.example.com;lr>")
+    invite = request(cseq=10, from_tag="caller")
+    ok = answer(invite, 200, record_routes=rr)
+    orphan = Dialog.from_our_2xx(ok)
+    assert orphan is not None
+    expected = Dialog.create_uac(invite, ok).create_ack(10, via=VIA)
+    assert orphan.create_ack(10, via=VIA) == expected
+    assert reparse(expected).uri == parse_uri_untrusted("sip:bob@192.0.2.20:5070")
+    # Nothing to send it to without a Contact, or to match without the tags.
+    assert Dialog.from_our_2xx(answer(invite, 200, contact=None)) is None
+    assert Dialog.from_our_2xx(answer(invite, 200, to_tag=None)) is None
