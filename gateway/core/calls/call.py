@@ -74,6 +74,7 @@ from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.security import LegSecurity, MediaSecurityRefused
+from gateway.core.media.session import ORIGIN_USERNAME
 from gateway.core.sdp.body import UnsupportedBody, sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
@@ -836,7 +837,7 @@ class Call:
         except SdpError:
             return b""
         host, _ = self.endpoint.local_address(leg.transport)
-        origin = attrs.evolve(offered.origin, username="voipgw", address=host)
+        origin = attrs.evolve(offered.origin, username=ORIGIN_USERNAME, address=host)
         answer = attrs.evolve(
             offered, origin=origin, media=tuple(rejected_media(m) for m in offered.media)
         )
