@@ -9,7 +9,7 @@ read the same.
 The file layout::
 
     [gateway]   state_dir, realm, domains, log_level
-    [sip]       listen, user_agent, timers, message limits
+    [sip]       listen, user_agent, timers, message limits, session timers
     [media]     address, ports, inactivity_timeout, workers
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import attrs
+
+from gateway.core.sip import session_timer
 
 T = TypeVar("T")
 
@@ -137,6 +139,10 @@ class SipSection:
     overload_retry_after: int = 0  # seconds in the 503's Retry-After; 0: no Retry-After
     # Timer C (RFC 3261 §16.6 step 11): an unanswered call is given up after this long (s).
     ring_timeout: float = 180.0
+    # Session timers (RFC 4028, gateway/core/sip/session_timer.py): the interval (s) we ask each
+    # leg for (0: ask for none, only honour a caller's own), and the least we accept (Min-SE).
+    session_expires: int = 1800
+    min_se: int = 90
 
 
 @attrs.frozen
@@ -152,6 +158,8 @@ MAX_MEDIA_WORKERS = 64
 # A queue delay longer than T1 (0.5 s) means UACs retransmit before the gateway sees their
 # INVITEs: overload control that waits that long comes too late to help.
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
+MIN_SESSION_INTERVAL = session_timer.MIN_INTERVAL
+MAX_SESSION_INTERVAL = session_timer.MAX_INTERVAL
 
 
 @attrs.frozen
@@ -411,6 +419,23 @@ def _validate(config: GatewayConfig, file: str) -> None:
         )
     if config.sip.ring_timeout <= 0:
         raise ConfigError(file, "sip", "ring_timeout", "expected a positive number of seconds")
+    if not MIN_SESSION_INTERVAL <= config.sip.min_se <= MAX_SESSION_INTERVAL:
+        raise ConfigError(
+            file,
+            "sip",
+            "min_se",
+            f"expected seconds from {MIN_SESSION_INTERVAL} (RFC 4028 §5) to {MAX_SESSION_INTERVAL}",
+        )
+    if config.sip.session_expires != 0 and not (
+        config.sip.min_se <= config.sip.session_expires <= MAX_SESSION_INTERVAL
+    ):
+        raise ConfigError(
+            file,
+            "sip",
+            "session_expires",
+            f"expected 0 (ask for no session timer) or seconds from min_se "
+            f"({config.sip.min_se}) to {MAX_SESSION_INTERVAL}",
+        )
     if config.media.inactivity_timeout <= 0:
         raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")
     if not 1 <= config.media.workers <= MAX_MEDIA_WORKERS:

@@ -62,8 +62,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
-# RFC 3262 (100rel): a caller that requires reliable 1xx responses gets them (calls/call.py).
-SUPPORTED_EXTENSIONS: tuple[str, ...] = ("100rel",)
+# RFC 3262 (100rel): a caller that requires reliable 1xx responses gets them; RFC 4028 (timer):
+# session timers on each leg (calls/call.py).
+SUPPORTED_EXTENSIONS: tuple[str, ...] = ("100rel", "timer")
 
 # RFC 3261 §18.1.1: requests larger than this go over TCP when the path MTU is unknown.
 UDP_SIZE_LIMIT = 1300

@@ -61,7 +61,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import attrs
 import trio
@@ -86,6 +86,21 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
+from gateway.core.sip.session_timer import (
+    UAC,
+    UAS,
+    IntervalTooSmall,
+    LegTimer,
+    SessionExpires,
+    UasAnswer,
+    allows_update,
+    answer_as_uas,
+    expires_in_2xx,
+    leg_timer,
+    min_se_of_422,
+    request_headers,
+    supports_timer,
+)
 from gateway.core.sip.transaction import ServerTransaction, State, TransactionStateError
 from gateway.core.sip.uri import SipUri, Uri
 from gateway.core.transport.flows import Flow
@@ -107,7 +122,7 @@ EVENT_QUEUE = 64
 EVENT_ROOM = 1024
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE"
 # RFC 3262 §3: the first RSeq of a dialog is chosen at random in 1 .. 2**31 - 1.
 RSEQ_FIRST_MAX = 2**31 - 1
 
@@ -146,7 +161,7 @@ class InDialogRequest:
     re-INVITE or our BYE. ``sent`` is what went out, for a retry with a trunk's credentials (once:
     ``challenged``)."""
 
-    purpose: str  # "relay" | "reinvite" | "bye"
+    purpose: str  # "relay" | "reinvite" | "bye" | "refresh" (our UPDATE, RFC 4028)
     side: Side  # the leg it was sent on
     relayed: tuple[ServerTransaction, Request] | None = None
     sent: Request | None = None
@@ -258,6 +273,10 @@ class Call:
         self._late_reinvite: tuple[Side, Response] | None = None
         # The leg whose ACK carries the answer to an offer we put in our 2xx (late offer).
         self._answer_in_ack: Side | None = None
+        # RFC 4028: the session timer our 2xx to A's INVITE states, and our 2xx to the re-INVITE
+        # being relayed (the requester's leg runs it once that 2xx goes out).
+        self._a_timer = UasAnswer(None, require=False)
+        self._reinvite_timer = UasAnswer(None, require=False)
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -407,6 +426,16 @@ class Call:
             await self._reject_a(488, "Not Acceptable Here", err.reason)
         self.late_offer = offer is None
         self.a_reliable_1xx = "100rel" in _option_tags(invite, "Require")
+        self.a.allows_update = allows_update(invite.headers)
+        try:
+            timer = self._timer_of(invite, self.a)
+        except RemoteSipError as err:
+            await self._reject_a(400, f"Bad Request ({err.reason})", err.reason)
+        if isinstance(timer, IntervalTooSmall):
+            await self._reject_a(
+                422, "Session Interval Too Small", None, extra=[("Min-SE", str(timer.min_se))]
+            )
+        self._a_timer = timer
         decision = self.manager.route(invite, caller)
         if not decision.targets:
             status = decision.reject_status or 404
@@ -515,6 +544,7 @@ class Call:
                 ("CSeq", "1 INVITE"),
                 ("Contact", str(leg.contact)),
                 ("Allow", ALLOW),
+                *self._refresh_headers(leg),
                 ("User-Agent", self.config.sip.user_agent),
             ]
         )
@@ -585,6 +615,8 @@ class Call:
             return
         if response.status in (401, 407) and await self._answer_challenge(leg, response):
             return
+        if response.status == 422 and await self._ask_longer_interval(leg, response):
+            return
         leg.final = response
         if response.is_success:
             await self._b_answered(leg, response)
@@ -611,14 +643,46 @@ class Call:
         if answered is None:
             return False
         leg.credentials_sent = True
-        try:
-            client = await self.endpoint.send_request(
-                answered, transport=leg.transport, address=leg.address, flow=leg.flow
-            )
-        except OSError as exc:
-            log.warning("call %s: cannot reach trunk %s again: %s", self.id, trunk.name, exc)
+        if not await self._invite_again(leg, answered):
             return False
         log.info("call %s: answered trunk %s's %d challenge", self.id, trunk.name, response.status)
+        return True
+
+    async def _ask_longer_interval(self, leg: BLeg, response: Response) -> bool:
+        """The callee refused our session interval as too small (422, RFC 4028 §7.3): send the
+        INVITE again asking for its Min-SE (same Call-ID, From and To, CSeq + 1, a new
+        transaction). Once per leg; False when we do not (the 422 then fails this leg)."""
+        invite = leg.invite
+        min_se = min_se_of_422(response.headers)
+        if (
+            invite is None
+            or min_se is None
+            or leg.interval_raised
+            or leg.cancel_wanted
+            or self.state != "ringing"
+        ):
+            return False
+        headers = (
+            invite.headers.remove("Via")
+            .set("CSeq", f"{invite.cseq.number + 1} INVITE")
+            .set("Session-Expires", str(SessionExpires(min_se, UAS)))
+            .set("Min-SE", str(min_se))
+        )
+        leg.interval_raised = True
+        if not await self._invite_again(leg, invite.with_headers(headers)):
+            return False
+        log.info("call %s: callee asked for a session interval of at least %d s", self.id, min_se)
+        return True
+
+    async def _invite_again(self, leg: BLeg, invite: Request) -> bool:
+        """Send ``invite`` (our INVITE to ``leg`` amended) as a new transaction on the leg."""
+        try:
+            client = await self.endpoint.send_request(
+                invite, transport=leg.transport, address=leg.address, flow=leg.flow
+            )
+        except OSError as exc:
+            log.warning("call %s: cannot reach %s again: %s", self.id, invite.uri, exc)
+            return False
         leg.flow = client.flow
         leg.invite = client.request
         leg.provisional_seen = False  # CANCEL waits for a provisional of the new INVITE
@@ -720,11 +784,12 @@ class Call:
             return
         leg.dialog = dialog
         self.b = leg
+        self._start_session_timers(leg, response)
         self._apply_keys(leg)
         for other in self.b_legs:
             if other is not leg and other.final is None:
                 await self._cancel_b(other)
-        ok = self._a_response(200, body=serialize_sdp(answer))
+        ok = self._a_response(200, body=serialize_sdp(answer), extra=self._a_timer.headers())
         self._stop_reliable_1xx()
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
         # Timed before it is sent: its ACK is taken from the endpoint's task as soon as it
@@ -764,11 +829,12 @@ class Call:
             await self._bye(leg, "no free media ports")
             await self._reject_a(503, "Service Unavailable", "no free media ports")
         self.b = leg
+        self._start_session_timers(leg, response)
         self._apply_keys(leg)  # no media before keys: block where a policy needs them
         for other in self.b_legs:
             if other is not leg and other.final is None:
                 await self._cancel_b(other)
-        ok = self._a_response(200, body=serialize_sdp(offer_a))
+        ok = self._a_response(200, body=serialize_sdp(offer_a), extra=self._a_timer.headers())
         self._stop_reliable_1xx()
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
         # Set before the 200 goes out: its ACK may arrive while this task still waits to send.
@@ -1000,6 +1066,9 @@ class Call:
         if event.request.method == "PRACK" and event.side is Side.A:
             await self._prack(event)
             return
+        if event.request.method == "UPDATE":
+            await self._update(event)
+            return
         response = make_response(event.request, 491 if event.request.method == "INVITE" else 501)
         await self.endpoint.respond(event.transaction, response)
 
@@ -1010,7 +1079,8 @@ class Call:
         check_every = max(0.5, min(5.0, timeout / 4))
         next_check = trio.current_time() + check_every
         while True:
-            event = await self._next_event(min(next_check, self._reinvite_deadline))
+            wake = min(next_check, self._reinvite_deadline, self._session_timer_due())
+            event = await self._next_event(wake)
             now = trio.current_time()
             if now >= next_check:
                 next_check = now + check_every
@@ -1019,6 +1089,8 @@ class Call:
                     await self._hang_up(f"no media for {timeout:g} s")
             if now >= self._reinvite_deadline:
                 await self._reinvite_timed_out()
+            if now >= self._session_timer_due():
+                await self._session_timers_due(now)
             if event is None:
                 continue
             if isinstance(event, RequestEvent):
@@ -1055,6 +1127,9 @@ class Call:
         if request.method == "PRACK" and event.side is Side.A:
             await self._prack(event)  # a late one, after our 2xx (RFC 3262 §3)
             return
+        if request.method == "UPDATE":
+            await self._update(event)
+            return
         if request.method in RELAYED_IN_DIALOG:
             await self._relay_request(event)
             return
@@ -1067,6 +1142,10 @@ class Call:
         if self._pending_reinvite is not None or self._late_reinvite is not None:
             await self.endpoint.respond(event.transaction, make_response(request, 491))
             return
+        timer = await self._session_timer_of(event)
+        if timer is None:
+            return  # refused for its session interval
+        self._reinvite_timer = timer
         assert self.media is not None
         try:
             # Without SDP (a late offer, §14.1) the other leg's 2xx makes the offer.
@@ -1092,7 +1171,9 @@ class Call:
         self._pending_reinvite = (event.side, event.transaction, request)
         sent = InDialogRequest("reinvite", event.side.other)
         body = serialize_sdp(offer) if offer is not None else b""
-        reinvite = await self._send_in_dialog(other, "INVITE", body=body, tag=sent)
+        reinvite = await self._send_in_dialog(
+            other, "INVITE", body=body, tag=sent, extra=self._refresh_headers(other)
+        )
         if reinvite is None:
             self.media.abandon_offer()
             self._pending_reinvite = None
@@ -1206,6 +1287,8 @@ class Call:
             )
         elif tag.purpose == "reinvite":
             await self._reinvite_answered(tag.side, response)
+        elif tag.purpose == "refresh":
+            await self._refresh_answered(tag, response)
 
     async def _reinvite_answered(self, answered_side: Side, response: Response) -> None:
         leg = self._leg(answered_side)
@@ -1229,6 +1312,7 @@ class Call:
         if response.is_success and not _sdp(request):  # (its body was read in _reinvite)
             await self._late_reinvite_offered(side, transaction, request, answered_side, response)
         elif response.is_success:
+            leg.session_timer = self._refreshed_by_2xx(leg, response)
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
             ack = leg.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
             self._reinvite_acks[answered_side] = ack
@@ -1255,10 +1339,11 @@ class Call:
                 request,
                 200,
                 to_tag=None,
-                extra=[("Contact", str(self._leg(side).contact))],
+                extra=[("Contact", str(self._leg(side).contact)), *self._reinvite_timer.headers()],
                 body=serialize_sdp(answer),
                 content_type=SDP,
             )
+            self._leg(side).session_timer = self._started(self._reinvite_timer)
             self._start_2xx_retransmission(side, ok)  # before sending: see _b_answered
             await self.endpoint.respond(transaction, ok)
         else:
@@ -1290,6 +1375,8 @@ class Call:
         requester = self._leg(side).security
         assert answering is not None and requester is not None
         self._late_reinvite = (answered_side, response)
+        answering_leg = self._leg(answered_side)
+        answering_leg.session_timer = self._refreshed_by_2xx(answering_leg, response)
         try:
             sdp = _sdp(response)
             if not sdp:
@@ -1309,10 +1396,11 @@ class Call:
             request,
             200,
             to_tag=None,
-            extra=[("Contact", str(self._leg(side).contact))],
+            extra=[("Contact", str(self._leg(side).contact)), *self._reinvite_timer.headers()],
             body=serialize_sdp(offer),
             content_type=SDP,
         )
+        self._leg(side).session_timer = self._started(self._reinvite_timer)
         self._answer_in_ack = side  # set before sending: see _b_answered
         self._start_2xx_retransmission(side, ok)
         await self.endpoint.respond(transaction, ok)
@@ -1361,6 +1449,193 @@ class Call:
         )
         self._reinvite_acks[answered_side] = ack
         await self.endpoint.send_ack(ack, flow)
+
+    # -- session timers (RFC 4028), each leg on its own ------------------------------------------
+
+    def _timer_of(self, request: Request, leg: Leg) -> UasAnswer | IntervalTooSmall:
+        """The session timer our 2xx to ``request`` (an INVITE, re-INVITE or UPDATE from
+        ``leg``) states (§9); raises RemoteSipError for an unreadable one."""
+        sip = self.config.sip
+        can_refresh = leg.allows_update or allows_update(request.headers)
+        return answer_as_uas(
+            request.headers, wanted=sip.session_expires, min_se=sip.min_se, can_refresh=can_refresh
+        )
+
+    async def _session_timer_of(self, event: RequestEvent) -> UasAnswer | None:
+        """:meth:`_timer_of` for a request inside the call; None when it was refused for its
+        session interval (400 unreadable, 422 too small)."""
+        request = event.request
+        try:
+            timer = self._timer_of(request, self._leg(event.side))
+        except RemoteSipError as err:
+            refusal = make_response(request, 400, f"Bad Request ({err.reason})")
+            await self.endpoint.respond(event.transaction, refusal)
+            return None
+        if isinstance(timer, IntervalTooSmall):
+            refusal = make_response(request, 422, extra=[("Min-SE", str(timer.min_se))])
+            await self.endpoint.respond(event.transaction, refusal)
+            return None
+        return timer
+
+    def _refresh_headers(self, leg: Leg) -> list[tuple[str, str]]:
+        """What our INVITE or re-INVITE to ``leg`` says of session timers (§7.1, §7.4): that we
+        support them, and the interval of the leg's timer (or the one we ask for) with its
+        refresher kept. A callee is asked to refresh (refresher=uas): we refresh only with
+        UPDATE, and do not know yet whether it allows that."""
+        fields = [("Supported", "timer")]
+        timer = leg.session_timer
+        seconds = timer.seconds if timer is not None else self.config.sip.session_expires
+        if seconds:
+            refresher = UAC if timer is not None and timer.we_refresh else UAS
+            fields += request_headers(seconds, refresher=refresher, min_se=self.config.sip.min_se)
+        return fields
+
+    def _started(self, answer: UasAnswer) -> LegTimer | None:
+        """The timer our 2xx stating ``answer`` starts on its leg (we are that request's UAS)."""
+        return leg_timer(answer.expires, we_are_uac=False, now=trio.current_time())
+
+    def _start_session_timers(self, b_leg: BLeg, response: Response) -> None:
+        """The call is answered: A's timer from our 2xx, B's from its 2xx."""
+        b_leg.allows_update = allows_update(response.headers)
+        b_leg.session_timer = self._refreshed_by_2xx(b_leg, response)
+        self.a.session_timer = self._started(self._a_timer)
+
+    def _refreshed_by_2xx(self, leg: Leg, response: Response) -> LegTimer | None:
+        """The timer a 2xx to our INVITE, re-INVITE or UPDATE on ``leg`` leaves (§7.2): the one
+        its Session-Expires states, none without one. A peer that knows no session timers
+        (no Supported: timer) says nothing either way: a timer of ours on that leg goes on,
+        refreshed by this 2xx."""
+        now = trio.current_time()
+        expires = expires_in_2xx(response.headers)
+        current = leg.session_timer
+        if expires is None and current is not None and not supports_timer(response.headers):
+            return LegTimer(current.seconds, current.we_refresh, now)
+        timer = leg_timer(expires, we_are_uac=True, now=now)
+        if timer is not None and timer.we_refresh and not leg.allows_update:
+            log.info(
+                "call %s: the %s leg leaves the session refreshes to us but does not allow "
+                "UPDATE: no session timer on that leg",
+                self.id,
+                leg.side.value.upper(),
+            )
+            return None
+        return timer
+
+    def _session_timer_due(self) -> float:
+        return min(
+            (
+                leg.session_timer.due
+                for leg in (self.a, self.b)
+                if leg is not None and leg.session_timer is not None
+            ),
+            default=math.inf,
+        )
+
+    async def _session_timers_due(self, now: float) -> None:
+        """Refresh a leg whose refresh is due (UPDATE at half the interval, §10); end the call
+        when a leg's session has expired: the peer did not refresh it (BYE at the expiry less
+        min(32 s, a third of the interval)) or our refreshes kept failing."""
+        for leg in (self.a, self.b):
+            timer = leg.session_timer if leg is not None else None
+            if leg is None or timer is None or now < timer.due:
+                continue
+            side = leg.side.value.upper()
+            if not timer.we_refresh:
+                await self._hang_up(
+                    f"session timer: the {side} leg did not refresh its session "
+                    f"within {timer.seconds} s (RFC 4028)",
+                    cause=408,
+                )
+            if now >= timer.expires_at:
+                await self._hang_up(
+                    f"session timer: our refreshes of the {side} leg's session failed "
+                    f"for {timer.seconds} s (RFC 4028)",
+                    cause=408,
+                )
+            await self._refresh(leg, timer)
+
+    async def _refresh(self, leg: Leg, timer: LegTimer) -> None:
+        """Refresh ``leg``'s session with an UPDATE without a body (RFC 4028 §7.4, RFC 3311):
+        nothing about the media changes, so nothing needs relaying."""
+        timer.refreshing = True
+        seconds = max(timer.seconds, timer.asked)
+        fields = [
+            ("Supported", "timer"),
+            *request_headers(seconds, refresher=UAC, min_se=self.config.sip.min_se),
+        ]
+        tag = InDialogRequest("refresh", leg.side)
+        client = await self._send_in_dialog(leg, "UPDATE", tag=tag, extra=fields)
+        if client is None:
+            timer.refresh_failed(trio.current_time())
+
+    async def _refresh_answered(self, tag: InDialogRequest, response: Response) -> None:
+        """The answer to our refreshing UPDATE (RFC 4028 §7.2-§7.4, §10): a 2xx sets the leg's
+        new timer, a 422 has us ask again for its Min-SE at once, 408 or 481 (the peer or its
+        dialog is gone) ends the call, any other error is tried again later."""
+        leg = self._leg(tag.side)
+        timer = leg.session_timer
+        if timer is None or not timer.refreshing:
+            return  # the leg's timer was replaced meanwhile (a re-INVITE refreshed it)
+        now = trio.current_time()
+        min_se = min_se_of_422(response.headers) if response.status == 422 else None
+        if response.is_success:
+            leg.session_timer = self._refreshed_by_2xx(leg, response)
+        elif min_se is not None and min_se > max(timer.seconds, timer.asked):
+            timer.asked = min_se
+            timer.refreshing = False
+            timer.refresh_at = now
+        elif response.status in (408, 481):
+            await self._hang_up(
+                f"session refresh of the {tag.side.value.upper()} leg answered "
+                f"{response.status} {response.reason}"
+            )
+        else:
+            log.info(
+                "call %s: session refresh of the %s leg answered %d %s",
+                self.id,
+                tag.side.value.upper(),
+                response.status,
+                response.reason,
+            )
+            timer.refresh_failed(now)
+
+    async def _update(self, event: RequestEvent) -> None:
+        """UPDATE (RFC 3311) is answered on its own leg. Without a body it is a session refresh
+        (RFC 4028 §10): 200 with the leg's new timer. With an offer it would change the media of
+        one leg only, which we do not relay: 488, the session stays as it was (§5.2)."""
+        request = event.request
+        try:
+            offered = bool(_sdp(request))
+        except SdpError as err:
+            unsupported = isinstance(err, UnsupportedBody)
+            refusal = make_response(
+                request,
+                415 if unsupported else 400,
+                None if unsupported else f"Bad Request ({err.reason})",
+                extra=[ACCEPT_SDP] if unsupported else [],
+            )
+            await self.endpoint.respond(event.transaction, refusal)
+            return
+        if offered:
+            warning = _warning("media changes by UPDATE are not relayed; use re-INVITE")
+            refusal = make_response(request, 488, extra=[("Warning", warning)])
+            await self.endpoint.respond(event.transaction, refusal)
+            return
+        if self.state != "answered":
+            # An early dialog's UPDATE (a B leg still ringing, or A before its ACK): there is
+            # no session to refresh yet.
+            contact = self._our_contact(event.flow.transport)
+            await self.endpoint.respond(
+                event.transaction, make_response(request, 200, extra=[("Contact", str(contact))])
+            )
+            return
+        timer = await self._session_timer_of(event)
+        if timer is None:
+            return
+        leg = self._leg(event.side)
+        ok = make_response(request, 200, extra=[("Contact", str(leg.contact)), *timer.headers()])
+        await self.endpoint.respond(event.transaction, ok)
+        leg.session_timer = self._started(timer)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -1442,9 +1717,15 @@ class Call:
         await self.endpoint.respond(self.a.transaction, response)
 
     async def _reject_a(
-        self, status: int, reason: str, warning: str | None, *, accept_sdp: bool = False
-    ) -> None:
-        extra = [("Warning", _warning(warning))] if warning else []
+        self,
+        status: int,
+        reason: str,
+        warning: str | None,
+        *,
+        accept_sdp: bool = False,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> NoReturn:
+        extra = [*extra, *([("Warning", _warning(warning))] if warning else [])]
         if accept_sdp:
             extra.append(ACCEPT_SDP)  # what a 415 must list (RFC 3261 §21.4.13)
         self._stop_reliable_1xx()
@@ -1475,7 +1756,8 @@ class Call:
         request = leg.dialog.create_request(
             method,
             via=self.endpoint.new_via(flow),
-            contact=leg.contact if method == "INVITE" else None,
+            # Target refresh requests carry our Contact (RFC 3261 §12.2.1.1, RFC 3311 §5.1).
+            contact=leg.contact if method in ("INVITE", "UPDATE") else None,
             extra=extra,
             body=body,
             content_type=content_type if body else None,

@@ -17,6 +17,7 @@ from gateway.core.media.security import LegSecurity
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Request, Response
+from gateway.core.sip.session_timer import LegTimer
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.transport.flows import Address, Flow
 
@@ -41,6 +42,10 @@ class Leg:
     contact: NameAddr
     dialog: Dialog | None = None
     security: LegSecurity | None = None
+    # RFC 4028 on this leg's dialog: the running session timer (None: none), and whether the
+    # peer allows UPDATE, the only request we refresh a session with.
+    session_timer: LegTimer | None = None
+    allows_update: bool = False
 
     @property
     def established(self) -> bool:
@@ -72,3 +77,4 @@ class BLeg(Leg):
     early_dialogs: dict[str, Dialog] = attrs.field(factory=dict)
     ack: Request | None = None  # our ACK for its 2xx, resent for every 2xx retransmission
     credentials_sent: bool = False  # a trunk's 401/407 was answered (once, RFC 3261 §22.2)
+    interval_raised: bool = False  # a 422 was answered with a longer interval (once, RFC 4028 §7.3)

@@ -76,6 +76,11 @@ receive_buffer = 4096
         ("[sip]\noverload_retry_after = -5\n", "sip", "overload_retry_after", "0 (no"),
         ("[sip]\noverload_retry_after = 1.5\n", "sip", "overload_retry_after", "an integer"),
         ("[sip]\nring_timeout = 0\n", "sip", "ring_timeout", "positive number of seconds"),
+        ("[sip]\nmin_se = 60\n", "sip", "min_se", "from 90 (RFC 4028"),
+        ("[sip]\nsession_expires = 60\n", "sip", "session_expires", "from min_se (90)"),
+        ("[sip]\nmin_se = 600\nsession_expires = 300\n", "sip", "session_expires", "(600)"),
+        ("[sip]\nsession_expires = 1e9\n", "sip", "session_expires", "an integer"),
+        ("[sip]\nsession_expires = 99999999\n", "sip", "session_expires", "to 604800"),
     ],
 )
 def test_errors_name_file_table_and_key(
