@@ -164,6 +164,7 @@ def trunk_call(
     *,
     transport: str = "udp",
     call_duration_ms: int | None = None,
+    timeout: float = 15.0,
 ) -> SippResult:
     """sipp on 127.0.0.2 (the calling trunk) calling the DID, without credentials."""
     return run_sipp_uac(
@@ -175,6 +176,7 @@ def trunk_call(
         caller="+4940777",
         local_ip=TRUNK_IP,
         call_duration_ms=call_duration_ms,
+        timeout=timeout,
     )
 
 
@@ -423,6 +425,33 @@ def test_a_trunk_that_requires_100rel_gets_a_reliable_180_and_its_prack_answered
     (invite,) = callee.received("INVITE ")
     assert "100rel" not in invite
     assert not callee.received("PRACK ")
+
+
+def test_session_timers_a_trunk_asks_the_gateway_to_refresh_and_it_does_with_update(
+    tmp_path: Path,
+) -> None:
+    """RFC 4028 in real time (about 46 s): a trunk whose INVITE asks the gateway to refresh a
+    90 s session gets that in the 200, refreshes once itself with an UPDATE answered on its own
+    leg, and then gets the gateway's UPDATE at half the interval; the phone's leg has its own
+    timer, asked for in its INVITE."""
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("uas_answer.xml", workdir=tmp_path, timeout=90)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            caller = trunk_call("calls/uac_call_session_timer.xml", gw, tmp_path, timeout=80)
+            caller.check()  # the 200s stated the timer; our UPDATE came within 60 s
+            callee = alice.wait(timeout=10)
+            callee.check()
+
+    (ours,) = caller.received("UPDATE ")
+    assert header(ours, "Session-Expires") == "90;refresher=uac"
+    assert header(ours, "Content-Length") == "0"
+    assert re.search(r"^Contact: ", ours, re.M), ours
+    (invite,) = callee.received("INVITE ")
+    assert header(invite, "Supported") == "timer"
+    assert header(invite, "Session-Expires") == "1800;refresher=uas"
+    # The trunk's UPDATE stayed on its leg.
+    assert not callee.received("UPDATE ")
 
 
 def test_a_sip_i_trunk_call_reaches_the_phone_with_plain_sdp(tmp_path: Path) -> None:

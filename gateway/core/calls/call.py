@@ -37,6 +37,15 @@ A caller that requires reliable provisional responses (``Require: 100rel``, RFC 
 1xx with an RSeq, one unacknowledged at a time, re-sent until its PRACK (200; no PRACK for 64*T1:
 500 and the callee CANCELled). Callees are not asked for them: we never send Supported: 100rel.
 
+Session timers (RFC 4028, ``gateway.core.sip.session_timer``) run on each leg on its own: our
+200 to A states A's (its interval kept or lowered, the refresher by §9 Table 2), every INVITE we
+send asks for ours, and a leg's timer restarts with each 2xx to a re-INVITE or UPDATE on it. A
+leg whose device was to refresh and did not ends the call (BYE on both legs, Reason cause 408);
+a leg we refresh gets an UPDATE without a body at half its interval, only if its device allows
+UPDATE (a re-INVITE's answer could re-key the media). An UPDATE from a device is answered on its
+own leg: a refresh gets 200 with its timer, one with an offer 488 (media changes go by
+re-INVITE, which is relayed).
+
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
 gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp``.
