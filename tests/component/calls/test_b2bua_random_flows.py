@@ -154,10 +154,11 @@ async def in_call(rng: random.Random, call: Call, agent: SipAgent, flow: list[st
     """Up to three things one side does in an answered call: a re-INVITE (perhaps CANCELled),
     an in-dialog request, or BYE (which ends its part)."""
     for _ in range(rng.randrange(4)):
-        await trio.sleep(rng.choice([0, 0.001, 0.05, 0.5, 2]))
+        # 70 s: past the expiry of a 90 s session timer nobody refreshes (RFC 4028).
+        await trio.sleep(rng.choice([0, 0.001, 0.05, 0.5, 2, 70]))
         if call.dialog is None or call.dialog.state.value == "terminated":
             return
-        what = rng.randrange(4)
+        what = rng.randrange(5)
         if what == 0:
             offer = agent.offer_sdp(direction=rng.choice(["sendrecv", "sendonly", "inactive"]))
             late = rng.random() < 0.25  # without SDP: the other side's 200 offers
@@ -170,6 +171,12 @@ async def in_call(rng: random.Random, call: Call, agent: SipAgent, flow: list[st
         elif what == 2:
             flow.append(f"{agent.user} BYE {(await call.bye(timeout=SLOW)).status}")
             return
+        elif what == 3:  # a session refresh by UPDATE, its interval acceptable or not
+            expires = rng.choice(["90", "1800;refresher=uac", "90;refresher=uas", "30", "soon"])
+            timer = [("Supported", "timer"), ("Session-Expires", expires)]
+            exchange = await call.request("UPDATE", extra=timer)
+            status = (await exchange.final(timeout=SLOW)).status
+            flow.append(f"{agent.user} UPDATE {expires} {status}")
         else:  # a re-INVITE CANCELled at once (mostly too late: the peers answer at once)
             offer = agent.offer_sdp(direction="sendonly")
             exchange = await call.request("INVITE", body=offer, content_type="application/sdp")
@@ -209,6 +216,12 @@ async def test_random_call_flows(
             extra = [("Require", "100rel"), ("Supported", "100rel")] if rng.random() < 0.25 else []
             if extra:
                 flow.append("100rel")
+            if rng.random() < 0.25:  # session timers (RFC 4028), asked for in any way
+                expires = rng.choice(["90", "90;refresher=uas", "300;refresher=uac", "60", "x"])
+                extra += [("Supported", "timer"), ("Session-Expires", expires)]
+                if rng.random() < 0.5:
+                    extra.append(("Allow", "INVITE, ACK, CANCEL, BYE, UPDATE"))
+                flow.append(f"session timer {expires}")
             if rng.random() < 0.4:
                 caller_agent, callee_agent = env.alice, env.trunk
                 call = await env.alice.invite("sip:+15550123@127.0.0.1:5060", sdp=sdp, extra=extra)
@@ -242,7 +255,10 @@ async def test_random_call_flows(
 # -- mutated INVITEs, as bytes ---------------------------------------------------------------
 
 JUNK = ["", ";", "<>", "<sip:>", "sip:@", "-1", "4294967296", "x" * 500, "*", "1 FOO", "a,b,c"]
-HEADERS = ["Require", "Proxy-Require", "Route", "Record-Route", "Contact", "Via", "CSeq", "To"]
+HEADERS = [
+    *("Require", "Proxy-Require", "Route", "Record-Route", "Contact", "Via", "CSeq", "To"),
+    *("Session-Expires", "Min-SE", "Supported"),
+]
 
 
 def mutate_message(data: bytes, rng: random.Random) -> bytes:
