@@ -1543,7 +1543,7 @@ class Call:
     async def _session_timers_due(self, now: float) -> None:
         """Refresh a leg whose refresh is due (UPDATE at half the interval, §10); end the call
         when a leg's session has expired: the peer did not refresh it (BYE at the expiry less
-        min(32 s, a third of the interval)) or our refreshes kept failing."""
+        min(32 s, a third of the interval)) or our UPDATE could not be sent to it until then."""
         for leg in (self.a, self.b):
             timer = leg.session_timer if leg is not None else None
             if leg is None or timer is None or now < timer.due:
@@ -1557,8 +1557,8 @@ class Call:
                 )
             if now >= timer.expires_at:
                 await self._hang_up(
-                    f"session timer: our refreshes of the {side} leg's session failed "
-                    f"for {timer.seconds} s (RFC 4028)",
+                    f"session timer: the {side} leg could not be reached to refresh its "
+                    f"session for {timer.seconds} s (RFC 4028)",
                     cause=408,
                 )
             await self._refresh(leg, timer)
@@ -1579,8 +1579,10 @@ class Call:
 
     async def _refresh_answered(self, tag: InDialogRequest, response: Response) -> None:
         """The answer to our refreshing UPDATE (RFC 4028 §7.2-§7.4, §10): a 2xx sets the leg's
-        new timer, a 422 has us ask again for its Min-SE at once, 408 or 481 (the peer or its
-        dialog is gone) ends the call, any other error is tried again later."""
+        new timer; a 422 has us ask again for its Min-SE at once; 408 or 481 (no answer, or the
+        dialog is gone at the device) ends the call. Any other answer (501 from a device that
+        listed UPDATE after all, 491, 500) still shows the device is there: the timer restarts,
+        so a call is never ended for a refresh the device merely declined."""
         leg = self._leg(tag.side)
         timer = leg.session_timer
         if timer is None or not timer.refreshing:
@@ -1600,13 +1602,13 @@ class Call:
             )
         else:
             log.info(
-                "call %s: session refresh of the %s leg answered %d %s",
+                "call %s: session refresh of the %s leg answered %d %s; the device is there",
                 self.id,
                 tag.side.value.upper(),
                 response.status,
                 response.reason,
             )
-            timer.refresh_failed(now)
+            leg.session_timer = LegTimer(timer.seconds, timer.we_refresh, now, asked=timer.asked)
 
     async def _update(self, event: RequestEvent) -> None:
         """UPDATE (RFC 3311) is answered on its own leg. Without a body it is a session refresh

@@ -229,8 +229,8 @@ class LegTimer:
         return min(self.refresh_at, self.expires_at)
 
     def refresh_failed(self, now: float) -> None:
-        """Our refresh got an error that does not end the dialog (§10: only 408 and 481 do):
-        try again halfway to the expiry, while there is time for it."""
+        """Our refresh could not be sent (the device's connection is gone, say): try again
+        halfway to the expiry, while there is time for it."""
         self.refreshing = False
         remaining = self.expires_at - now
         self.refresh_at = now + remaining / 2 if remaining > 8 else self.expires_at

@@ -22,6 +22,7 @@ from gateway.testing.sip_agent import Call, Received, SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
+    T1,
     TRUNK,
     B2bua,
     eventually,
@@ -168,6 +169,62 @@ async def test_the_gateway_refreshes_a_callee_that_asks_it_to_with_update(
     await env.trunk.next_request("BYE", timeout=70)
     assert "session refresh of the B leg answered 481" in await end_reason(env)
     await eventually(lambda: env.calls == 0)
+
+
+async def answered_by_a_callee_we_refresh(env: B2bua) -> Call:
+    """trunk -> alice, whose 200 has the gateway refresh every 60 s (Session-Expires: 120;
+    refresher=uac, UPDATE allowed); returns leg A."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    await env.alice.respond(
+        leg_b.incoming,
+        200,
+        body=env.alice.answer_sdp(leg_b.invite.body),
+        extra=[*SUPPORTS_TIMER, *ALLOWS_UPDATE, ("Session-Expires", "120;refresher=uac")],
+    )
+    assert (await call.final()).status == 200
+    return call
+
+
+async def test_a_refresh_the_callee_declines_keeps_the_call_it_answered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+
+    async def decline_update(received: Received) -> bool:
+        if received.request.method != "UPDATE":
+            return False
+        await env.alice.respond(received, 501)  # it listed UPDATE, but will not take it
+        return True
+
+    env.alice.in_dialog = decline_update
+    call = await answered_by_a_callee_we_refresh(env)
+    # Each 501 shows alice is there: the timer restarts, UPDATEs go on every 60 s and the call
+    # outlives several intervals.
+    for _ in range(5):
+        await env.alice.next_request("UPDATE", timeout=70)
+    assert env.calls == 1
+    assert env.trunk.requests("BYE") == []
+    assert (await call.bye()).status == 200
+
+
+async def test_a_refresh_nobody_answers_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await answered_by_a_callee_we_refresh(env)
+    answered_at = trio.current_time()
+
+    async def vanished(received: Received) -> bool:
+        return received.request.method == "UPDATE"  # never answered: alice is gone
+
+    env.alice.in_dialog = vanished
+    bye = await env.trunk.next_request("BYE", timeout=200)
+    assert bye.request.call_id == call.call_id
+    # The UPDATE at 60 s, then its transaction's 64*T1 without an answer (a local 408).
+    assert 60 < bye.at - answered_at <= 60 + 64 * T1 + 1
+    assert "session refresh of the B leg answered 408" in await end_reason(env)
 
 
 async def test_a_callee_that_allows_no_update_is_not_refreshed_and_keeps_its_call(

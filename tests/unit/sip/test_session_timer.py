@@ -289,7 +289,7 @@ def test_the_other_side_gives_up_before_the_expiry() -> None:
     assert LegTimer(90, we_refresh=False, refreshed_at=0.0).due == 60.0
 
 
-def test_a_failed_refresh_is_tried_again_halfway_to_the_expiry() -> None:
+def test_a_refresh_that_could_not_be_sent_is_tried_again_halfway_to_the_expiry() -> None:
     timer = LegTimer(1800, we_refresh=True, refreshed_at=0.0, refreshing=True)
     timer.refresh_failed(900.0)
     assert timer.due == 1350.0
