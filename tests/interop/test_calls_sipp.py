@@ -407,7 +407,8 @@ def test_a_trunk_that_requires_100rel_gets_a_reliable_180_and_its_prack_answered
 ) -> None:
     """RFC 3262 towards a caller that requires it (some carrier and IMS interconnects): the
     180 carries Require: 100rel and an RSeq, the caller's PRACK gets 200, the call goes on. The
-    phone's leg is not asked for reliable responses."""
+    phone's leg is told we support reliable responses, not required to send them; this phone's
+    180 is an ordinary one, so nothing is PRACKed there."""
     with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
         alice = SippUas("calls/uas_ring_pause_answer.xml", workdir=tmp_path, call_duration_ms=500)
         register(gw, tmp_path, "udp", alice.port)
@@ -423,8 +424,30 @@ def test_a_trunk_that_requires_100rel_gets_a_reliable_180_and_its_prack_answered
     (prack,) = caller.sent("PRACK ")
     assert header(prack, "RAck") == f"{header(ringing, 'RSeq')} 1 INVITE"
     (invite,) = callee.received("INVITE ")
-    assert "100rel" not in invite
+    assert header(invite, "Supported") == "100rel, timer"
+    assert "Require:" not in invite
     assert not callee.received("PRACK ")
+
+
+def test_a_phone_that_sends_reliable_ringing_is_pracked_by_the_gateway(tmp_path: Path) -> None:
+    """RFC 3262 on the callee's leg (specs/sip-robustness.md: the B2BUA PRACKs leg B itself):
+    the phone's reliable 180 gets the gateway's PRACK, the trunk that asked for nothing gets
+    an ordinary 180, and the call goes on; the BYE continues the early dialog's CSeq."""
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("calls/uas_reliable_ringing.xml", workdir=tmp_path)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            caller = trunk_call("uac_call.xml", gw, tmp_path)
+            caller.check()
+            callee = alice.wait(timeout=10)
+            callee.check()  # Supported: 100rel in the INVITE, RAck: 1 1 INVITE in the PRACK
+
+    (prack,) = callee.received("PRACK ")
+    assert header(prack, "CSeq") == "2 PRACK"
+    assert header(callee.received("BYE ")[0], "CSeq") == "3 BYE"
+    ringing = caller.received("SIP/2.0 180")[0]
+    assert "RSeq:" not in ringing and "Require:" not in ringing
+    assert not caller.received("PRACK ") and not caller.sent("PRACK ")
 
 
 def test_session_timers_a_trunk_asks_the_gateway_to_refresh_and_it_does_with_update(
@@ -448,7 +471,7 @@ def test_session_timers_a_trunk_asks_the_gateway_to_refresh_and_it_does_with_upd
     assert header(ours, "Content-Length") == "0"
     assert re.search(r"^Contact: ", ours, re.M), ours
     (invite,) = callee.received("INVITE ")
-    assert header(invite, "Supported") == "timer"
+    assert header(invite, "Supported") == "100rel, timer"
     assert header(invite, "Session-Expires") == "1800;refresher=uas"
     # The trunk's UPDATE stayed on its leg.
     assert not callee.received("UPDATE ")

@@ -35,7 +35,9 @@ in a 1xx to an INVITE without SDP is ignored: only a reliable 1xx (RFC 3262) may
 
 A caller that requires reliable provisional responses (``Require: 100rel``, RFC 3262) gets each
 1xx with an RSeq, one unacknowledged at a time, re-sent until its PRACK (200; no PRACK for 64*T1:
-500 and the callee CANCELled). Callees are not asked for them: we never send Supported: 100rel.
+500 and the callee CANCELled). Each leg negotiates on its own: callees are told we support
+reliable 1xx (not with a late offer, where one could carry an offer), and we PRACK theirs
+ourselves in their early dialog; A gets ordinary 1xx unless it required reliable ones.
 
 Session timers (RFC 4028, ``gateway.core.sip.session_timer``) run on each leg on its own: our
 200 to A states A's (its interval kept or lowered, the refresher by §9 Table 2), every INVITE we
@@ -90,7 +92,7 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.offer_answer import rejected_media
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
-from gateway.core.sip.dialog import Dialog, OutOfOrderRequest, require_contact
+from gateway.core.sip.dialog import Dialog, DialogState, OutOfOrderRequest, require_contact
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
@@ -553,6 +555,9 @@ class Call:
                 ("CSeq", "1 INVITE"),
                 ("Contact", str(leg.contact)),
                 ("Allow", ALLOW),
+                # RFC 3262: reliable 1xx from the callee are PRACKed by us (_prack_b); not with
+                # a late offer, where one could carry an offer for A to answer.
+                ("Supported", "timer" if offer is None else "100rel, timer"),
                 *self._refresh_headers(leg),
                 ("User-Agent", self.config.sip.user_agent),
             ]
@@ -613,6 +618,8 @@ class Call:
         if response.status < 200:
             if response.status == 100:
                 return
+            if not await self._prack_b(leg, response):
+                return  # a reliable 1xx again, or out of order: already PRACKed, or never
             leg.provisional_seen = True
             # Timer C restarts with every provisional response (RFC 3261 §16.7 step 2): a
             # queue that keeps sending 183 while it plays its music is not given up.
@@ -698,6 +705,51 @@ class Call:
         self._forward(client, leg)
         return True
 
+    async def _prack_b(self, leg: BLeg, response: Response) -> bool:
+        """PRACK a callee's reliable 1xx (``Require: 100rel`` with an RSeq, RFC 3262 §4) in its
+        early dialog. We do, whatever A's leg does: A gets its own 1xx, reliable only if A
+        required that. False for one to drop: the same RSeq again (our PRACK's transaction
+        re-sends itself) or one out of order (§4: RSeq must be the last one plus one)."""
+        if "100rel" not in _option_tags(response, "Require"):
+            return True
+        rseq = _parse_rseq(response.headers.get("RSeq"))
+        tag = response.to.tag
+        if rseq is None or tag is None or leg.invite is None:
+            log.info("call %s: a reliable %d without an RSeq or To tag", self.id, response.status)
+            return True  # relayed as an ordinary 1xx; nothing can acknowledge it
+        dialog = leg.early_dialogs.get(tag)
+        last = leg.last_rseq.get(tag)
+        if last is not None and rseq != last + 1:
+            return False
+        if dialog is None:
+            over_tls = leg.transport == "tls"
+            dialog = Dialog.create_uac(leg.invite, response, over_tls=over_tls)
+            leg.early_dialogs[tag] = dialog
+        else:
+            dialog.receive_response(response)  # its Contact may move the remote target
+        leg.last_rseq[tag] = rseq
+        try:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+        except OSError as exc:
+            log.info("call %s: cannot send PRACK: %s", self.id, exc)
+            return True
+        rack = f"{rseq} {response.cseq.number} {response.cseq.method}"
+        prack = dialog.create_request(
+            "PRACK", via=self.endpoint.new_via(flow), extra=[("RAck", rack)]
+        )
+        await self._send_on(leg, prack, flow)  # nothing waits for its 200
+        return True
+
+    def _confirmed_dialog(self, leg: BLeg, response: Response) -> Dialog:
+        """The dialog a callee's 2xx confirms (RFC 3261 §13.2.2.4): the early one we PRACKed
+        in, whose CSeq has moved on with the PRACKs, or a new one."""
+        early = leg.early_dialogs.get(response.to.tag or "")
+        if early is not None and early.state is DialogState.EARLY:
+            early.receive_response(response)
+            return early
+        assert leg.invite is not None
+        return Dialog.create_uac(leg.invite, response, over_tls=leg.transport == "tls")
+
     async def _relay_provisional(self, leg: BLeg, response: Response) -> None:
         assert self.media is not None
         body = b""
@@ -773,7 +825,7 @@ class Call:
         if self.late_offer:
             await self._b_offered(leg, response)
             return
-        dialog = Dialog.create_uac(leg.invite, response, over_tls=leg.transport == "tls")  # type: ignore[arg-type]
+        dialog = self._confirmed_dialog(leg, response)
         await self._ack_b(leg, dialog, response)
         if self.b is not None or self.state != "ringing":
             # Another leg won, or A cancelled: the CANCEL/200 race (RFC 3261 §9.1, §15).
@@ -817,7 +869,7 @@ class Call:
         """B leg ``leg`` answered our INVITE without SDP; its 2xx carries the offer. The first
         such 2xx wins: A gets our 200 with the offer rewritten for its leg, and B's ACK waits
         for A's answer, which comes in A's ACK (:meth:`_awaiting_answer`)."""
-        leg.dialog = Dialog.create_uac(leg.invite, response, over_tls=leg.transport == "tls")  # type: ignore[arg-type]
+        leg.dialog = self._confirmed_dialog(leg, response)
         if self.b is not None or self.state != "ringing":
             await self._bye(leg, "call completed elsewhere")  # ACKed first, see _bye
             return
@@ -1181,7 +1233,11 @@ class Call:
         sent = InDialogRequest("reinvite", event.side.other)
         body = serialize_sdp(offer) if offer is not None else b""
         reinvite = await self._send_in_dialog(
-            other, "INVITE", body=body, tag=sent, extra=self._refresh_headers(other)
+            other,
+            "INVITE",
+            body=body,
+            tag=sent,
+            extra=[("Supported", "timer"), *self._refresh_headers(other)],
         )
         if reinvite is None:
             self.media.abandon_offer()
@@ -1487,17 +1543,16 @@ class Call:
         return timer
 
     def _refresh_headers(self, leg: Leg) -> list[tuple[str, str]]:
-        """What our INVITE or re-INVITE to ``leg`` says of session timers (§7.1, §7.4): that we
-        support them, and the interval of the leg's timer (or the one we ask for) with its
+        """What our INVITE or re-INVITE to ``leg`` asks of session timers (§7.1, §7.4; beside
+        Supported: timer): the interval of the leg's timer (or the one we ask for), with its
         refresher kept. A callee is asked to refresh (refresher=uas): we refresh only with
         UPDATE, and do not know yet whether it allows that."""
-        fields = [("Supported", "timer")]
         timer = leg.session_timer
         seconds = timer.seconds if timer is not None else self.config.sip.session_expires
-        if seconds:
-            refresher = UAC if timer is not None and timer.we_refresh else UAS
-            fields += request_headers(seconds, refresher=refresher, min_se=self.config.sip.min_se)
-        return fields
+        if not seconds:
+            return []
+        refresher = UAC if timer is not None and timer.we_refresh else UAS
+        return request_headers(seconds, refresher=refresher, min_se=self.config.sip.min_se)
 
     def _started(self, answer: UasAnswer) -> LegTimer | None:
         """The timer our 2xx stating ``answer`` starts on its leg (we are that request's UAS)."""
@@ -1951,7 +2006,7 @@ class Call:
                 elif response.status >= 200 and leg.final is None:
                     leg.final = response
                     if response.is_success and leg is not self.b:
-                        dialog = Dialog.create_uac(leg.invite, response)  # type: ignore[arg-type]
+                        dialog = self._confirmed_dialog(leg, response)
                         await self._ack_b(leg, dialog, response)
                         leg.dialog = dialog
                         await self._bye(leg, "call already ended")
@@ -2069,7 +2124,7 @@ async def _final_response(client: ClientRequest) -> Response | None:
     return None
 
 
-def _option_tags(message: Request, header: str) -> list[str]:
+def _option_tags(message: Request | Response, header: str) -> list[str]:
     """The option tags of every ``header`` field (Require, Supported: RFC 3261 §20.32)."""
     return [
         tag.strip().lower()
@@ -2085,6 +2140,15 @@ def _parse_rack(value: str | None) -> tuple[int, int, str] | None:
     if len(parts) != 3 or not all(p.isdigit() and len(p) <= 10 for p in parts[:2]):
         return None
     return int(parts[0]), int(parts[1]), parts[2]
+
+
+def _parse_rseq(value: str | None) -> int | None:
+    """RSeq: response-num, 1..2**32-1 (RFC 3262 §7.1); None when absent or malformed."""
+    text = (value or "").strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        return None
+    number = int(text)
+    return number if 1 <= number < 2**32 else None
 
 
 def _sdp(message: Request | Response) -> bytes:

@@ -74,7 +74,11 @@ class BLeg(Leg):
     provisional_seen: bool = False
     cancel_wanted: bool = False
     cancelled: bool = False
+    # Early dialogs (by the callee's To tag) in which we PRACKed a reliable 1xx (RFC 3262 §4),
+    # and the RSeq of the last one PRACKed in each: the 2xx confirms that dialog, whose CSeq has
+    # moved on by the PRACKs.
     early_dialogs: dict[str, Dialog] = attrs.field(factory=dict)
+    last_rseq: dict[str, int] = attrs.field(factory=dict)
     ack: Request | None = None  # our ACK for its 2xx, resent for every 2xx retransmission
     credentials_sent: bool = False  # a trunk's 401/407 was answered (once, RFC 3261 §22.2)
     interval_raised: bool = False  # a 422 was answered with a longer interval (once, RFC 4028 §7.3)

@@ -4,7 +4,8 @@ as some carrier and IMS interconnects send every INVITE. Before, such a call got
 The gateway sends each 1xx to that caller with ``Require: 100rel`` and an RSeq (the first random
 in 1..2**31-1, then one more each time), one unacknowledged at a time, re-sent at T1, 2*T1 ...
 until its PRACK, which gets 200; without a PRACK for 64*T1 the INVITE is refused with 500 and the
-callee CANCELled. The callee's leg is unchanged: we do not ask it for reliable responses.
+callee CANCELled. The callee's leg negotiates on its own (test_b2bua_100rel_callee.py): it is
+not required to send reliable responses.
 
 Set-up as b2bua_env.py: trunk "carrier" at 127.0.0.2 calls alice's DID; alice answers by hand.
 """

@@ -71,7 +71,7 @@ async def test_a_caller_that_refreshes_keeps_the_call_and_is_hung_up_once_it_sto
     assert ok.headers.get("Require") == "timer"
     # The callee's leg has its own timer: it is asked for ours, and to refresh it.
     invite_b = leg_b.invite.headers
-    assert invite_b.get("Supported") == "timer"
+    assert invite_b.get_all("Supported") == ("100rel", "timer")
     assert invite_b.get("Session-Expires") == "1800;refresher=uas"
     assert invite_b.get("Min-SE") == "90"
 
@@ -329,7 +329,7 @@ async def test_with_session_timers_off_none_is_asked_for_but_a_callers_own_is_se
     _, leg_b, ok = await answered(env, [*SUPPORTS_TIMER, *ALLOWS_UPDATE])
     assert ok.headers.get("Session-Expires") is None
     assert leg_b.invite.headers.get("Session-Expires") is None
-    assert leg_b.invite.headers.get("Supported") == "timer"
+    assert leg_b.invite.headers.get_all("Supported") == ("100rel", "timer")
     await trio.sleep(3000)
     assert env.calls == 1 and env.trunk.requests("UPDATE") == []
     _, _, ok = await answered(env, [*SUPPORTS_TIMER, ("Session-Expires", "900")])
