@@ -10,7 +10,7 @@ The file layout::
 
     [gateway]   state_dir, realm, domains, log_level
     [sip]       listen, user_agent, timers, message limits, session timers
-    [media]     address, ports, inactivity_timeout, workers
+    [media]     address, ports, inactivity_timeout, hold_timeout, workers
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
 """
@@ -150,6 +150,9 @@ class MediaSection:
     address: str = "127.0.0.1"
     ports: str = "30000-30999"
     inactivity_timeout: float = 60.0
+    # A call on hold (no stream sendrecv) may be silent this long instead: held phones often
+    # send no RTCP either (rtpengine's --silent-timeout, one hour there too).
+    hold_timeout: float = 3600.0
     workers: int = 1
     offer_rtcp_feedback: bool = False
 
@@ -438,6 +441,8 @@ def _validate(config: GatewayConfig, file: str) -> None:
         )
     if config.media.inactivity_timeout <= 0:
         raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")
+    if config.media.hold_timeout <= 0:
+        raise ConfigError(file, "media", "hold_timeout", "expected a positive number")
     if not 1 <= config.media.workers <= MAX_MEDIA_WORKERS:
         raise ConfigError(
             file, "media", "workers", f"expected an integer from 1 to {MAX_MEDIA_WORKERS}"

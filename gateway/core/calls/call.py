@@ -1136,18 +1136,24 @@ class Call:
     # -- established ----------------------------------------------------------------------------
 
     async def _established(self) -> None:
-        timeout = self.config.media.inactivity_timeout
-        check_every = max(0.5, min(5.0, timeout / 4))
+        media = self.config.media
+        check_every = max(0.5, min(5.0, min(media.inactivity_timeout, media.hold_timeout) / 4))
         next_check = trio.current_time() + check_every
+        # Silence counts from the last packet, the answer, or the last change into or out of
+        # hold: a call resumed after a long silent hold gets the whole inactivity timeout.
+        held, silent_since = False, self.answered_at
         while True:
             wake = min(next_check, self._reinvite_deadline, self._session_timer_due())
             event = await self._next_event(wake)
             now = trio.current_time()
-            if now >= next_check:
+            if now >= next_check and self.media is not None:
                 next_check = now + check_every
-                last = self.media.last_activity if self.media is not None else None
-                if now - max(last or 0.0, self.answered_at) > timeout:
-                    await self._hang_up(f"no media for {timeout:g} s")
+                if self.media.on_hold != held:
+                    held, silent_since = not held, now
+                timeout = media.hold_timeout if held else media.inactivity_timeout
+                last = self.media.last_activity
+                if now - max(last or 0.0, silent_since) > timeout:
+                    await self._hang_up(f"no media for {timeout:g} s{' on hold' if held else ''}")
             if now >= self._reinvite_deadline:
                 await self._reinvite_timed_out()
             if now >= self._session_timer_due():

@@ -56,6 +56,7 @@ from gateway.core.sdp.model import (
     Attribute,
     Attributes,
     Connection,
+    Direction,
     MediaDescription,
     Origin,
     SessionDescription,
@@ -239,6 +240,18 @@ class MediaSession:
     def last_sent(self, side: Side) -> SessionDescription | None:
         """The SDP we last sent on ``side``'s leg (to repeat it, e.g. in a session refresh)."""
         return self._sent.get(_check_side(side))
+
+    @property
+    def on_hold(self) -> bool:
+        """Whether the call is on hold: in the SDP last sent on each leg no stream is meant to
+        carry media both ways (each is rejected, sendonly, recvonly or inactive; RFC 3264 §8.4).
+        A held phone may send nothing at all, RTCP included (RFC 3264 only says it should)."""
+        sent = list(self._sent.values())
+        return bool(sent) and all(
+            media.port == 0 or sd.effective_direction(media) is not Direction.SENDRECV
+            for sd in sent
+            for media in sd.media
+        )
 
     @property
     def last_activity(self) -> float | None:

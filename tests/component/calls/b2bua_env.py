@@ -64,6 +64,7 @@ def gateway_config(
     state_dir: Path,
     *,
     inactivity_timeout: float = 3600,
+    hold_timeout: float = 3600,
     extra_trunks: Sequence[Mapping[str, Any]] = (),
     sip: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
@@ -75,6 +76,7 @@ def gateway_config(
                 "address": "127.0.0.1",
                 "ports": f"{MEDIA_PORTS.start}-{MEDIA_PORTS.stop - 1}",
                 "inactivity_timeout": inactivity_timeout,
+                "hold_timeout": hold_timeout,
             },
             "plugins": {"enable": []},
             "trunks": [
@@ -102,6 +104,7 @@ async def start_b2bua(
     alice_auto: AutoAnswer | None = RING_AND_ANSWER,
     plugins: Sequence[tuple[str, object]] = (),
     inactivity_timeout: float = 3600,
+    hold_timeout: float = 3600,
     extra_trunks: Sequence[Mapping[str, Any]] = (),
     sip: Mapping[str, Any] | None = None,
 ) -> B2bua:
@@ -113,7 +116,11 @@ async def start_b2bua(
     network = MemoryNetwork(seed, drop=drop, duplicate=duplicate, reorder=reorder, delay=delay)
     await nursery.start(network.serve)
     config = gateway_config(
-        state, inactivity_timeout=inactivity_timeout, extra_trunks=extra_trunks, sip=sip
+        state,
+        inactivity_timeout=inactivity_timeout,
+        hold_timeout=hold_timeout,
+        extra_trunks=extra_trunks,
+        sip=sip,
     )
     gateway = Gateway(config, memory_plugins(config, network, extra=plugins), ids=SeededIds(seed))
     await nursery.start(gateway.serve)
@@ -153,7 +160,7 @@ async def eventually(predicate: Callable[[], bool], *, timeout: float = 10.0) ->
 async def next_within(agent: SipAgent, method: str, seconds: float) -> Received | None:
     """The agent's next ``method`` request if one arrives within ``seconds``, else None."""
     with trio.move_on_after(seconds):
-        return await agent.next_request(method)
+        return await agent.next_request(method, timeout=seconds + 1)
     return None
 
 

@@ -37,6 +37,7 @@ from tests.component.calls.b2bua_env import (
     answered_call,
     assert_media_via_gateway,
     eventually,
+    next_within,
     sent,
     start_b2bua,
 )
@@ -344,6 +345,45 @@ async def test_a_call_without_media_is_ended_after_the_inactivity_timeout(
     assert record.answered_at is not None and record.ended_at is not None
     assert record.end_reason is not None
     assert "no media" in record.end_reason and "10" in record.end_reason
+
+
+@pytest.mark.parametrize("hold", ["inactive", "sendonly"])
+async def test_a_call_on_hold_may_be_silent_for_the_hold_timeout_and_gets_it_again_on_resume(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    hold: str,
+) -> None:
+    # A held phone may send nothing, RTCP included: the inactivity timeout (10 s) would end
+    # the call; on hold it gets hold_timeout (100 s) instead, counted from the hold.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, inactivity_timeout=10, hold_timeout=100)
+    call, _ = await answered_call(env)
+    await trio.sleep(4)
+    held = await call.reinvite(env.trunk.offer_sdp(direction=hold))
+    assert held.status == 200
+    held_at = trio.current_time()
+    assert await next_within(env.trunk, "BYE", 80) is None
+    # Resumed 80 s into the silence: the resume starts the count again, with 10 s.
+    assert (await call.reinvite(env.trunk.offer_sdp())).status == 200
+    resumed_at = trio.current_time()
+    assert trio.current_time() - held_at < 100
+    bye = await env.trunk.next_request("BYE", timeout=20)
+    assert 10 <= bye.at - resumed_at <= 15
+    assert "no media for 10 s" in (bye.request.headers.get("Reason") or "")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_call_on_hold_and_silent_past_the_hold_timeout_is_ended(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, inactivity_timeout=10, hold_timeout=100)
+    call, _ = await answered_call(env)
+    assert (await call.reinvite(env.trunk.offer_sdp(direction="inactive"))).status == 200
+    held_at = trio.current_time()
+    bye = await env.trunk.next_request("BYE", timeout=120)
+    assert 100 <= bye.at - held_at <= 105
+    assert "no media for 100 s on hold" in (bye.request.headers.get("Reason") or "")
 
 
 # -- 5. media ports are released ----------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from gateway.core.sip.message import Response
-from gateway.testing.sip_agent import Call, Received, SipAgent
+from gateway.testing.sip_agent import Call, Received
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
@@ -26,6 +26,7 @@ from tests.component.calls.b2bua_env import (
     TRUNK,
     B2bua,
     eventually,
+    next_within,
     sent,
     start_b2bua,
 )
@@ -43,13 +44,6 @@ async def answered(env: B2bua, extra: list[tuple[str, str]]) -> tuple[Call, Call
     leg_b = await env.alice.next_call()
     await env.alice.next_request("ACK")
     return call, leg_b, ok
-
-
-async def within(agent: SipAgent, method: str, seconds: float) -> Received | None:
-    """The agent's next ``method`` request if one arrives within ``seconds``, else None."""
-    with trio.move_on_after(seconds):
-        return await agent.next_request(method, timeout=seconds + 1)
-    return None
 
 
 async def end_reason(env: B2bua) -> str:
@@ -120,8 +114,8 @@ async def test_a_re_invite_refreshes_the_caller_and_carries_the_callees_timer(
     assert relayed.get("Session-Expires") == "1800;refresher=uas"
     # Refreshed at 200 s: the first expiry (300 - 32 s after the answer) passes, the new one
     # (200 + 268 s) does not.
-    assert await within(env.trunk, "BYE", 260) is None
-    assert await within(env.trunk, "BYE", 20) is not None
+    assert await next_within(env.trunk, "BYE", 260) is None
+    assert await next_within(env.trunk, "BYE", 20) is not None
     assert "did not refresh" in await end_reason(env)
 
 
@@ -242,8 +236,8 @@ async def test_a_callee_that_allows_no_update_is_not_refreshed_and_keeps_its_cal
     )
     assert (await call.final()).status == 200
     # We refresh only with UPDATE: without it that leg runs no timer rather than a re-INVITE.
-    assert await within(env.alice, "UPDATE", 400) is None
-    assert await within(env.alice, "BYE", 1) is None
+    assert await next_within(env.alice, "UPDATE", 400) is None
+    assert await next_within(env.alice, "BYE", 1) is None
     assert env.calls == 1
     assert (await call.bye()).status == 200
 

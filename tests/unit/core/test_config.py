@@ -76,6 +76,7 @@ receive_buffer = 4096
         ("[sip]\noverload_retry_after = -5\n", "sip", "overload_retry_after", "0 (no"),
         ("[sip]\noverload_retry_after = 1.5\n", "sip", "overload_retry_after", "an integer"),
         ("[sip]\nring_timeout = 0\n", "sip", "ring_timeout", "positive number of seconds"),
+        ("[media]\nhold_timeout = 0\n", "media", "hold_timeout", "positive number"),
         ("[sip]\nmin_se = 60\n", "sip", "min_se", "from 90 (RFC 4028"),
         ("[sip]\nsession_expires = 60\n", "sip", "session_expires", "from min_se (90)"),
         ("[sip]\nmin_se = 600\nsession_expires = 300\n", "sip", "session_expires", "(600)"),
