@@ -20,7 +20,8 @@ every event in that one task keeps the call a plain sequential state machine, wi
    answers 487; a 2xx crossing our CANCEL is ACKed and BYEd (the CANCEL/200 race);
 3. established: BYE from either side ends the call (BYE to the other side); re-INVITE is relayed
    with its SDP rewritten (hold/resume), one at a time (491 while one is pending, §14.1); other
-   in-dialog requests are relayed; the media inactivity timer ends the call with a stated reason.
+   in-dialog requests are relayed; the media inactivity timer ends the call with a stated reason
+   (``[media] hold_timeout`` instead of ``inactivity_timeout`` while no stream is sendrecv).
    A relayed re-INVITE that the other leg answers 408 or 481, or leaves without a final response
    for 64*T1 (its INVITE transaction has no timer once a provisional came), ends the call: §14.1
    says a UAC terminates the dialog then, and the requester, answered 408, would do the same.
