@@ -46,8 +46,7 @@ send asks for ours, and a leg's timer restarts with each 2xx to a re-INVITE or U
 leg whose device was to refresh and did not ends the call (BYE on both legs, Reason cause 408);
 a leg we refresh gets an UPDATE without a body at half its interval, only if its device allows
 UPDATE (a re-INVITE's answer could re-key the media). An UPDATE from a device is answered on its
-own leg: a refresh gets 200 with its timer, one with an offer 488 (media changes go by
-re-INVITE, which is relayed).
+own leg when it is a refresh (200 with its timer); one with an offer is relayed as a re-INVITE.
 
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
@@ -1416,7 +1415,8 @@ class Call:
                 content_type=SDP,
             )
             self._leg(side).session_timer = self._started(self._reinvite_timer)
-            self._start_2xx_retransmission(side, ok)  # before sending: see _b_answered
+            if request.method == "INVITE":  # (a 2xx to UPDATE is its transaction's to resend)
+                self._start_2xx_retransmission(side, ok)  # before sending: see _b_answered
             await self.endpoint.respond(transaction, ok)
         else:
             self.media.abandon_offer()
@@ -1673,9 +1673,10 @@ class Call:
             leg.session_timer = LegTimer(timer.seconds, timer.we_refresh, now, asked=timer.asked)
 
     async def _update(self, event: RequestEvent) -> None:
-        """UPDATE (RFC 3311) is answered on its own leg. Without a body it is a session refresh
-        (RFC 4028 §10): 200 with the leg's new timer. With an offer it would change the media of
-        one leg only, which we do not relay: 488, the session stays as it was (§5.2)."""
+        """UPDATE (RFC 3311). Without a body it is a session refresh (RFC 4028 §10), answered on
+        its own leg: 200 with the leg's new timer. With an offer in an established call it is
+        relayed as a re-INVITE is (:meth:`_reinvite`); before the call is answered its offer
+        gets 488 and the early session stays as it was (§5.2)."""
         request = event.request
         try:
             offered = bool(_sdp(request))
@@ -1689,8 +1690,13 @@ class Call:
             )
             await self.endpoint.respond(event.transaction, refusal)
             return
+        if offered and self.state == "answered":
+            # A media change: relayed as a re-INVITE (every device takes one), whose answer
+            # comes back in our 200 to the UPDATE; 491 while another offer is pending (§5.2).
+            await self._reinvite(event)
+            return
         if offered:
-            warning = _warning("media changes by UPDATE are not relayed; use re-INVITE")
+            warning = _warning("an early UPDATE's offer is not relayed")
             refusal = make_response(request, 488, extra=[("Warning", warning)])
             await self.endpoint.respond(event.transaction, refusal)
             return

@@ -17,14 +17,17 @@ from pathlib import Path
 
 import trio
 
+from gateway.core.sdp.model import Direction
+from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Response
-from gateway.testing.sip_agent import Call, Received
+from gateway.testing.sip_agent import Call, Received, sdp_direction
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
     T1,
     TRUNK,
     B2bua,
+    assert_media_via_gateway,
     eventually,
     next_within,
     sent,
@@ -298,20 +301,61 @@ async def test_a_callees_422_is_answered_once_with_its_min_se(
     assert len(env.alice.requests("INVITE")) == 2
 
 
-async def test_an_update_with_sdp_is_refused_and_the_call_goes_on(
+async def test_an_update_with_an_offer_is_relayed_as_a_re_invite(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     call, _, _ = await answered(env, [])
+    # Hold by UPDATE (RFC 3311 §5.1), as a device may once our Allow lists UPDATE: alice gets a
+    # re-INVITE with the offer rewritten, and her answer comes back in the UPDATE's 200.
     update = await call.request(
-        "UPDATE", body=env.trunk.offer_sdp(), content_type="application/sdp"
+        "UPDATE",
+        body=env.trunk.offer_sdp(direction="sendonly"),
+        content_type="application/sdp",
+        extra=[*SUPPORTS_TIMER, ("Session-Expires", "600")],
     )
-    refused = await update.final()
-    assert refused.status == 488
-    assert "re-INVITE" in (refused.headers.get("Warning") or "")
+    ok = await update.final()
+    assert ok.status == 200
+    assert sdp_direction(ok.body) is Direction.RECVONLY
+    assert_media_via_gateway(ok.body)
+    assert ok.headers.get("Session-Expires") == "600;refresher=uac"
+    assert ok.headers.get("Contact") is not None
+    relayed = (await env.alice.next_request("INVITE")).request
+    assert sdp_direction(relayed.body) is Direction.SENDONLY
+    assert env.alice.requests("UPDATE") == []
+    # A 2xx to UPDATE is its transaction's to re-send (a non-INVITE one): not ours every T1.
+    await trio.sleep(5)
+    assert len(sent(env.network.capture, GW, TRUNK, b"SIP/2.0 200")) == 2  # INVITE, UPDATE
+    # A refresh with too small an interval is still refused on the leg.
     too_small = await call.request("UPDATE", extra=[*SUPPORTS_TIMER, ("Session-Expires", "60")])
     assert (await too_small.final()).status == 422
-    assert env.alice.requests("UPDATE") == []
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_an_early_update_with_an_offer_is_refused_and_the_call_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    ringing = await env.alice.respond(leg_b.incoming, 180)
+    # alice changes her early media by UPDATE in her early dialog (RFC 3311 §5.1).
+    early = Dialog.create_uas(leg_b.invite, ringing)
+    update = early.create_request(
+        "UPDATE",
+        via=env.alice.new_via(),
+        contact=env.alice.contact,
+        body=env.alice.offer_sdp(),
+        content_type="application/sdp",
+    )
+    refused = await (await env.alice.send(update, GW)).final()
+    assert refused.status == 488
+    assert "early UPDATE" in (refused.headers.get("Warning") or "")
+    # The call goes on: answered, and ended.
+    await env.alice.respond(leg_b.incoming, 200, body=env.alice.answer_sdp(leg_b.invite.body))
+    assert (await call.final()).status == 200
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
 
