@@ -162,6 +162,11 @@ async def in_call(rng: random.Random, call: Call, agent: SipAgent, flow: list[st
         if what == 0:
             offer = agent.offer_sdp(direction=rng.choice(["sendrecv", "sendonly", "inactive"]))
             late = rng.random() < 0.25  # without SDP: the other side's 200 offers
+            if not late and rng.random() < 0.25:  # the same offer by UPDATE (RFC 3311)
+                exchange = await call.request("UPDATE", body=offer, content_type="application/sdp")
+                status = (await exchange.final(timeout=SLOW)).status
+                flow.append(f"{agent.user} UPDATE with an offer {status}")
+                continue
             status = (await call.reinvite(b"" if late else offer, timeout=SLOW)).status
             flow.append(f"{agent.user} {'late ' if late else ''}re-INVITE {status}")
         elif what == 1:
