@@ -49,6 +49,21 @@ async def answered(env: B2bua, extra: list[tuple[str, str]]) -> tuple[Call, Call
     return call, leg_b, ok
 
 
+async def alice_answers_with(env: B2bua, extra: list[tuple[str, str]]) -> Call:
+    """The trunk calls alice, who answers 200 with ``extra`` headers; returns leg A."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    body = env.alice.answer_sdp(leg_b.invite.body)
+    await env.alice.respond(leg_b.incoming, 200, body=body, extra=extra)
+    assert (await call.final()).status == 200
+    return call
+
+
+# alice's 200 leaves the refreshes to the gateway, every 60 s.
+WE_REFRESH_ALICE = [*SUPPORTS_TIMER, *ALLOWS_UPDATE, ("Session-Expires", "120;refresher=uac")]
+
+
 async def end_reason(env: B2bua) -> str:
     store = env.gateway.store
     assert store is not None
@@ -126,21 +141,7 @@ async def test_the_gateway_refreshes_a_callee_that_asks_it_to_with_update(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
-    call = await env.trunk.invite(env.did_uri(ALICE_DID))
-    leg_b = await env.alice.next_call()
-    assert leg_b.incoming is not None
-    await env.alice.respond(
-        leg_b.incoming,
-        200,
-        body=env.alice.answer_sdp(leg_b.invite.body),
-        extra=[
-            *SUPPORTS_TIMER,
-            *ALLOWS_UPDATE,
-            ("Require", "timer"),
-            ("Session-Expires", "120;refresher=uac"),
-        ],
-    )
-    assert (await call.final()).status == 200
+    call = await alice_answers_with(env, [*WE_REFRESH_ALICE, ("Require", "timer")])
     answered_at = trio.current_time()
     # The caller asked for no timer and allows no UPDATE: its leg runs none.
     # UPDATE to alice every 60 s (half of 120), with no body; alice's plain 200 (it states no
@@ -163,25 +164,10 @@ async def test_the_gateway_refreshes_a_callee_that_asks_it_to_with_update(
         return True
 
     env.alice.in_dialog = refuse_update
-    await env.trunk.next_request("BYE", timeout=70)
+    bye = await env.trunk.next_request("BYE", timeout=70)
+    assert bye.request.call_id == call.call_id
     assert "session refresh of the B leg answered 481" in await end_reason(env)
     await eventually(lambda: env.calls == 0)
-
-
-async def answered_by_a_callee_we_refresh(env: B2bua) -> Call:
-    """trunk -> alice, whose 200 has the gateway refresh every 60 s (Session-Expires: 120;
-    refresher=uac, UPDATE allowed); returns leg A."""
-    call = await env.trunk.invite(env.did_uri(ALICE_DID))
-    leg_b = await env.alice.next_call()
-    assert leg_b.incoming is not None
-    await env.alice.respond(
-        leg_b.incoming,
-        200,
-        body=env.alice.answer_sdp(leg_b.invite.body),
-        extra=[*SUPPORTS_TIMER, *ALLOWS_UPDATE, ("Session-Expires", "120;refresher=uac")],
-    )
-    assert (await call.final()).status == 200
-    return call
 
 
 async def test_a_refresh_the_callee_declines_keeps_the_call_it_answered(
@@ -196,7 +182,7 @@ async def test_a_refresh_the_callee_declines_keeps_the_call_it_answered(
         return True
 
     env.alice.in_dialog = decline_update
-    call = await answered_by_a_callee_we_refresh(env)
+    call = await alice_answers_with(env, WE_REFRESH_ALICE)
     # Each 501 shows alice is there: the timer restarts, UPDATEs go on every 60 s and the call
     # outlives several intervals.
     for _ in range(5):
@@ -210,7 +196,7 @@ async def test_a_refresh_nobody_answers_ends_the_call(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
-    call = await answered_by_a_callee_we_refresh(env)
+    call = await alice_answers_with(env, WE_REFRESH_ALICE)
     answered_at = trio.current_time()
 
     async def vanished(received: Received) -> bool:
@@ -228,16 +214,8 @@ async def test_a_callee_that_allows_no_update_is_not_refreshed_and_keeps_its_cal
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
-    call = await env.trunk.invite(env.did_uri(ALICE_DID))
-    leg_b = await env.alice.next_call()
-    assert leg_b.incoming is not None
-    await env.alice.respond(
-        leg_b.incoming,
-        200,
-        body=env.alice.answer_sdp(leg_b.invite.body),
-        extra=[*SUPPORTS_TIMER, ("Require", "timer"), ("Session-Expires", "120;refresher=uac")],
-    )
-    assert (await call.final()).status == 200
+    no_update = [*SUPPORTS_TIMER, ("Require", "timer"), ("Session-Expires", "120;refresher=uac")]
+    call = await alice_answers_with(env, no_update)
     # We refresh only with UPDATE: without it that leg runs no timer rather than a re-INVITE.
     assert await next_within(env.alice, "UPDATE", 400) is None
     assert await next_within(env.alice, "BYE", 1) is None
