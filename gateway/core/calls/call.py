@@ -815,9 +815,52 @@ class Call:
         if held is not None and self.state == "ringing":
             await self._provisional_to_a(held)
 
+    async def _awaiting_prack(self) -> None:
+        """The callee answered while our reliable 1xx with SDP awaits A's PRACK: RFC 3262 §3
+        says our 2xx MUST NOT go before it. Wait for it (:meth:`_prack`); however the call ends
+        meanwhile (A cancels: 487; the callee hangs up: 480; no PRACK in 64*T1: 500), the
+        callee, who answered, gets BYE."""
+        assert self.b is not None
+        self._held_1xx = None  # no new 1xx once there is a final response
+        try:
+            while self._unacked_1xx is not None:
+                event = await self._next_event()
+                if isinstance(event, CancelEvent):
+                    if event.transaction is None or event.transaction is self.a.transaction:
+                        await self._cancelled_by_a()
+                elif isinstance(event, RequestEvent) and event.request.method == "BYE":
+                    # Either side hung up (A, with no 2xx yet, gets a final error, not a BYE).
+                    bye = make_response(event.request, 200)
+                    await self.endpoint.respond(event.transaction, bye)
+                    self._leg(event.side).dialog.terminate()  # type: ignore[union-attr]
+                    raise CallEnded(f"BYE from {event.side.value.upper()} leg")
+                elif isinstance(event, RequestEvent):
+                    await self._early_request(event)  # A's PRACK among them
+                elif isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
+                    await self._b_response(event.tag, event.response)
+                elif isinstance(event, KeyFailureEvent):
+                    await self._key_exchange_failed(event)
+                elif isinstance(event, MediaLostEvent):
+                    await self._end_for_lost_media(event)
+        except CallEnded as ended:
+            if not self.a.answered and self.a.transaction is not None:
+                with trio.CancelScope(shield=True):
+                    await self._answer_a_failure(str(ended))
+            await self._bye(self.b, str(ended))
+            raise
+
+    async def _answer_a_failure(self, reason: str) -> None:
+        """A final error to A's INVITE if nothing answered it yet (the call ended while our 2xx
+        waited for a PRACK): 480, the callee having gone, unless a 487 or 500 went already."""
+        assert self.a.transaction is not None
+        if self.a.transaction.final_status is None:
+            warning = [("Warning", _warning(reason))]
+            await self._respond_a(self._a_response(480, "Temporarily Unavailable", extra=warning))
+
     def _stop_reliable_1xx(self) -> None:
         """A final response goes to A: no 1xx is re-sent or sent after it (RFC 3262 §3 allows
-        a 2xx before the PRACK); a late PRACK still gets its 200 (_prack)."""
+        any final response before the PRACK but a 2xx after a 1xx with SDP, _awaiting_prack);
+        a late PRACK still gets its 200 (_prack)."""
         self._unacked_1xx = None
         self._held_1xx = None
 
@@ -851,8 +894,10 @@ class Call:
             if other is not leg and other.final is None:
                 await self._cancel_b(other)
         ok = self._a_response(200, body=serialize_sdp(answer), extra=self._a_timer.headers())
-        self._stop_reliable_1xx()
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
+        if self._unacked_1xx is not None and self._unacked_1xx[0].body:
+            await self._awaiting_prack()  # RFC 3262 §3: not before that 1xx's PRACK
+        self._stop_reliable_1xx()
         # Timed before it is sent: its ACK is taken from the endpoint's task as soon as it
         # arrives (ack_received), even while this task still waits to send.
         self._start_2xx_retransmission(Side.A, ok)

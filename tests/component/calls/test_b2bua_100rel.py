@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from gateway.core.sip.dialog import Dialog
-from gateway.testing.sip_agent import simple_sdp
+from gateway.testing.sip_agent import Call, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
@@ -157,4 +157,78 @@ async def test_a_caller_that_only_supports_100rel_gets_ordinary_provisional_resp
     assert (await call.final()).status == 200
     assert call.pracks == []
     assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+# -- RFC 3262 §3: our 2xx waits for the PRACK of a reliable 1xx that carried SDP --------------
+
+
+async def early_media_then_answer(env: B2bua, *, prack: bool = True) -> tuple[Call, Call]:
+    """The trunk (requiring 100rel; PRACKing unless ``prack`` is false) calls alice, who sends
+    a 183 with SDP and at once her 200: (leg A, leg B)."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), extra=REQUIRE_100REL)
+    call.send_prack = prack
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    await env.alice.respond(leg_b.incoming, 183, body=ALICE_ANSWER_SDP)
+    assert call.exchange is not None
+    await call.exchange.wait_for(lambda r: r.status == 183)
+    await leg_b.answer(sdp=ALICE_ANSWER_SDP)
+    return call, leg_b
+
+
+async def test_our_2xx_waits_for_the_prack_of_a_reliable_183_with_sdp(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await env_with_manual_alice(nursery, tmp_path, voipgw_seed)
+    env.network.set_link(TRUNK, GW, delay=1.0)  # the trunk's PRACK takes a second to arrive
+    call, _ = await early_media_then_answer(env)
+    assert (await call.final(timeout=10)).status == 200
+    prack_in = sent(env.network.capture, TRUNK, GW, b"PRACK ")[0].time + 1.0  # its arrival
+    ok_out = [
+        d for d in sent(env.network.capture, GW, TRUNK, b"SIP/2.0 200 ") if b"INVITE" in d.data
+    ]
+    assert ok_out[0].time >= prack_in  # not before the PRACK, although alice answered at once
+    assert (await call.bye(timeout=10)).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_without_that_prack_the_caller_gets_500_and_the_callee_who_answered_bye(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await env_with_manual_alice(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), extra=REQUIRE_100REL)
+    call.send_prack = False
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    await env.alice.respond(leg_b.incoming, 183, body=ALICE_ANSWER_SDP)
+    await leg_b.answer(sdp=ALICE_ANSWER_SDP)
+    final = await call.final(timeout=64 * T1 + 5)
+    assert final.status == 500
+    bye = await env.alice.next_request("BYE", timeout=5)
+    assert bye.request.call_id == leg_b.call_id
+    assert sent(env.network.capture, GW, TRUNK, b"SIP/2.0 200 ") == []
+    await eventually(lambda: env.calls == 0)
+    assert_no_media_ports_held(env)
+
+
+async def test_a_cancel_or_the_callees_bye_while_our_2xx_waits(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await env_with_manual_alice(nursery, tmp_path, voipgw_seed)
+    call, leg_b = await early_media_then_answer(env, prack=False)
+    await call.cancel()
+    assert (await call.final(timeout=10)).status == 487
+    bye = await env.alice.next_request("BYE", timeout=10)
+    assert bye.request.call_id == leg_b.call_id
+    await eventually(lambda: env.calls == 0)
+
+    # The callee hangs up instead: the caller, who never had our 2xx, gets 480, not a BYE.
+    call, leg_b = await early_media_then_answer(env, prack=False)
+    await env.alice.next_request("ACK")
+    assert (await leg_b.bye()).status == 200
+    final = await call.final(timeout=10)
+    assert final.status == 480
+    assert "BYE from B leg" in (final.headers.get("Warning") or "")
+    assert env.trunk.requests("BYE") == []
     await eventually(lambda: env.calls == 0)
