@@ -161,6 +161,8 @@ MAX_MEDIA_WORKERS = 64
 # A queue delay longer than T1 (0.5 s) means UACs retransmit before the gateway sees their
 # INVITEs: overload control that waits that long comes too late to help.
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
+# The user part of a From: a number as carriers take it (E.164 with +, or national digits).
+CALLER_ID = re.compile(r"\+?[0-9*#]{1,32}")
 MIN_SESSION_INTERVAL = session_timer.MIN_INTERVAL
 MAX_SESSION_INTERVAL = session_timer.MAX_INTERVAL
 
@@ -195,7 +197,9 @@ class TrunkConfig:
     in ``allowed_sources`` (default: the host of ``address``; ``[]``: none) is recognised as this
     trunk, without digest authentication when ``auth_by_source``. ``username``/``password`` are
     what we answer the trunk's own challenges with; the password never appears in a repr.
-    ``dids`` maps a number the trunk delivers to the account that takes the call.
+    ``dids`` maps a number the trunk delivers to the account that takes the call; an account
+    calling out through the trunk is presented by the first of its numbers there (From and
+    P-Asserted-Identity), else by ``caller_id``, else by its name.
     ``offer_rtcp_feedback`` overrides ``[media] offer_rtcp_feedback`` for calls to the trunk.
     """
 
@@ -212,6 +216,7 @@ class TrunkConfig:
     dids: Mapping[str, str] = attrs.field(factory=dict, converter=_read_only, hash=False)
     media_policy: str = "best-effort"
     offer_rtcp_feedback: bool | None = None
+    caller_id: str | None = None
     enabled: bool = True
 
     @property
@@ -545,6 +550,8 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
             raise fail("dids", f"entry {number!r}: expected an account name, got {account!r}")
     if not trunk.media_policy:
         raise fail("media_policy", "expected a policy name")
+    if trunk.caller_id is not None and not CALLER_ID.fullmatch(trunk.caller_id):
+        raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 
 
 def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") -> GatewayConfig:

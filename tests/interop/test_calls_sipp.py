@@ -54,6 +54,10 @@ GUESS = "not-the-password"
 # -- configuration --------------------------------------------------------------------------
 
 
+#: The number accounts calling out through ``outbound_trunk`` are presented by.
+CALLER_ID = "+4940123450"
+
+
 def outbound_trunk(trunk: SippUas) -> str:
     """A trunk the gateway calls for +49 numbers over the trunk's transport; it never calls in."""
     return (
@@ -62,6 +66,7 @@ def outbound_trunk(trunk: SippUas) -> str:
         f'address = "{trunk.config_address}"\n'
         'prefixes = ["+49"]\n'
         "allowed_sources = []\n"
+        f'caller_id = "{CALLER_ID}"\n'
     )
 
 
@@ -222,6 +227,9 @@ def test_account_calls_a_trunk_and_rtp_goes_through_the_relay(
     (invite,) = callee.received("INVITE ")
     assert invite.startswith(f"INVITE sip:{TRUNK_NUMBER}@"), invite
     assert f"SIP/2.0/{transport.upper()} " in invite
+    # The account is presented by the trunk's caller_id (it has no DID there), also asserted.
+    assert header(invite, "From").startswith(f"<sip:{CALLER_ID}@"), invite
+    assert header(invite, "P-Asserted-Identity").startswith(f"<sip:{CALLER_ID}@"), invite
     assert_relayed_invite(invite, gw, not_ports={caller.media_port})
     (answer,) = [m for m in caller.received("SIP/2.0 200") if header(m, "CSeq") == "2 INVITE"]
     a_address, a_port = sdp_connection(answer)

@@ -134,6 +134,8 @@ EVENT_ROOM = 1024
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE"
+# RFC 3323 §4.1.1.3: the From of a caller who asked for privacy.
+ANONYMOUS_URI = SipUri("sip", "anonymous.invalid", user="anonymous")
 # RFC 3262 §3: the first RSeq of a dialog is chosen at random in 1 .. 2**31 - 1.
 RSEQ_FIRST_MAX = 2**31 - 1
 
@@ -540,11 +542,19 @@ class Call:
         host, port = self.endpoint.local_address(leg.transport)
         our_host = f"[{host}]" if ":" in host else host
         caller_from = invite_a.from_
-        user = self.caller.name if self.caller.kind == "account" else None
-        if user is None and isinstance(caller_from.uri, SipUri):
-            user = caller_from.uri.user
-        from_uri = SipUri("sip", f"{our_host}:{port}", user=user or "anonymous")
-        from_ = NameAddr(from_uri, display_name=caller_from.display_name).with_tag(ids.new_tag())
+        user = self._calling_user(leg, invite_a)
+        from_uri = SipUri("sip", f"{our_host}:{port}", user=user)
+        identity: list[tuple[str, str]] = []
+        if leg.target is not None and leg.target.trunk is not None:
+            # RFC 3325 §9.1: a trunk is in our trust domain, and carriers want the caller's
+            # number asserted, all the more when the caller asked for privacy.
+            identity.append(("P-Asserted-Identity", str(NameAddr(from_uri))))
+        from_ = NameAddr(from_uri, display_name=caller_from.display_name)
+        if _wants_privacy(invite_a):
+            # RFC 3323 §4.1.1.3: the anonymous From; the trunk keeps the identity, withheld.
+            from_ = NameAddr(ANONYMOUS_URI, display_name='"Anonymous"')
+            identity += [("Privacy", "id")] if identity else []
+        from_ = from_.with_tag(ids.new_tag())
         max_forwards = (invite_a.max_forwards or 70) - 1
         headers = Headers.of(
             [
@@ -554,6 +564,7 @@ class Call:
                 ("Call-ID", ids.new_call_id()),
                 ("CSeq", "1 INVITE"),
                 ("Contact", str(leg.contact)),
+                *identity,
                 ("Allow", ALLOW),
                 # RFC 3262: reliable 1xx from the callee are PRACKed by us (_prack_b); not with
                 # a late offer, where one could carry an offer for A to answer.
@@ -564,6 +575,22 @@ class Call:
         )
         request = Request("INVITE", uri, headers)
         return request if offer is None else request.with_body(serialize_sdp(offer), SDP)
+
+    def _calling_user(self, leg: BLeg, invite_a: Request) -> str:
+        """Who calls, as the user part of the B leg's From: a trunk's caller as the trunk sent
+        it; an account by its name, or towards a trunk by its number there (the first of the
+        trunk's ``dids`` that reaches the account, else the trunk's ``caller_id``), as carriers
+        accept only their own numbers."""
+        caller_from = invite_a.from_
+        if self.caller.kind != "account" or self.caller.name is None:
+            user = caller_from.uri.user if isinstance(caller_from.uri, SipUri) else None
+            return user or "anonymous"
+        trunk_name = leg.target.trunk if leg.target is not None else None
+        trunk = self.config.trunk(trunk_name) if trunk_name is not None else None
+        if trunk is None:
+            return self.caller.name
+        numbers = [number for number, account in trunk.dids.items() if account == self.caller.name]
+        return numbers[0] if numbers else trunk.caller_id or self.caller.name
 
     def _b_to(self, uri: Uri, leg: BLeg) -> NameAddr:
         """To of a B leg: the callee's address-of-record for a registered user (the
@@ -2198,6 +2225,22 @@ def _parse_rack(value: str | None) -> tuple[int, int, str] | None:
     if len(parts) != 3 or not all(p.isdigit() and len(p) <= 10 for p in parts[:2]):
         return None
     return int(parts[0]), int(parts[1]), parts[2]
+
+
+def _wants_privacy(invite: Request) -> bool:
+    """Whether the caller asked not to be identified (RFC 3323: ``Privacy`` other than none, or
+    an anonymous From, as phones send for caller ID restriction)."""
+    values = {
+        token.strip().lower()
+        for value in invite.headers.get_all("Privacy")
+        for token in value.replace(",", ";").split(";")
+    }
+    if values - {"", "none"}:
+        return True
+    uri = invite.from_.uri
+    return isinstance(uri, SipUri) and (
+        (uri.user or "").lower() == "anonymous" or uri.host.lower() == "anonymous.invalid"
+    )
 
 
 def _parse_rseq(value: str | None) -> int | None:
