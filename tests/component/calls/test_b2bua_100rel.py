@@ -197,12 +197,7 @@ async def test_without_that_prack_the_caller_gets_500_and_the_callee_who_answere
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     env = await env_with_manual_alice(nursery, tmp_path, voipgw_seed)
-    call = await env.trunk.invite(env.did_uri(ALICE_DID), extra=REQUIRE_100REL)
-    call.send_prack = False
-    leg_b = await env.alice.next_call()
-    assert leg_b.incoming is not None
-    await env.alice.respond(leg_b.incoming, 183, body=ALICE_ANSWER_SDP)
-    await leg_b.answer(sdp=ALICE_ANSWER_SDP)
+    call, leg_b = await early_media_then_answer(env, prack=False)
     final = await call.final(timeout=64 * T1 + 5)
     assert final.status == 500
     bye = await env.alice.next_request("BYE", timeout=5)
