@@ -1623,15 +1623,18 @@ class Call:
 
     def _refresh_headers(self, leg: Leg) -> list[tuple[str, str]]:
         """What our INVITE or re-INVITE to ``leg`` asks of session timers (§7.1, §7.4; beside
-        Supported: timer): the interval of the leg's timer (or the one we ask for), with its
-        refresher kept. A callee is asked to refresh (refresher=uas): we refresh only with
-        UPDATE, and do not know yet whether it allows that."""
-        timer = leg.session_timer
-        seconds = timer.seconds if timer is not None else self.config.sip.session_expires
+        Supported: timer): the interval of the leg's timer (or a longer one a 422 asked for, or
+        the one we ask for), with its refresher kept. A callee is asked to refresh
+        (refresher=uas): we refresh only with UPDATE, and do not know yet whether it allows
+        that."""
+        timer, sip = leg.session_timer, self.config.sip
+        if timer is None:
+            seconds, refresher = sip.session_expires, UAS
+        else:
+            seconds, refresher = max(timer.seconds, timer.asked), UAC if timer.we_refresh else UAS
         if not seconds:
             return []
-        refresher = UAC if timer is not None and timer.we_refresh else UAS
-        return request_headers(seconds, refresher=refresher, min_se=self.config.sip.min_se)
+        return request_headers(seconds, refresher=refresher, min_se=sip.min_se)
 
     def _started(self, answer: UasAnswer) -> LegTimer | None:
         """The timer our 2xx stating ``answer`` starts on its leg (we are that request's UAS)."""
@@ -1701,11 +1704,7 @@ class Call:
         """Refresh ``leg``'s session with an UPDATE without a body (RFC 4028 §7.4, RFC 3311):
         nothing about the media changes, so nothing needs relaying."""
         timer.refreshing = True
-        seconds = max(timer.seconds, timer.asked)
-        fields = [
-            ("Supported", "timer"),
-            *request_headers(seconds, refresher=UAC, min_se=self.config.sip.min_se),
-        ]
+        fields = [("Supported", "timer"), *self._refresh_headers(leg)]
         tag = InDialogRequest("refresh", leg.side)
         client = await self._send_in_dialog(leg, "UPDATE", tag=tag, extra=fields)
         if client is None:
