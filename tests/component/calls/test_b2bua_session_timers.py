@@ -362,3 +362,25 @@ async def test_a_caller_requiring_timer_is_served_not_refused_420(
     assert ok.headers.get("Session-Expires") == "1800;refresher=uac"
     assert (await call.bye()).status == 200
     assert len(sent(env.network.capture, GW, TRUNK, b"SIP/2.0 420")) == 0
+
+
+async def test_a_422_to_our_refresh_is_answered_at_once_with_the_longer_interval(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+
+    async def too_small_once(received: Received) -> bool:
+        if received.request.method != "UPDATE" or len(env.alice.requests("UPDATE")) > 0:
+            return False  # (requests() lists those recorded: the first is not yet)
+        await env.alice.respond(received, 422, extra=[("Min-SE", "300")])
+        return True
+
+    env.alice.in_dialog = too_small_once
+    call = await alice_answers_with(env, WE_REFRESH_ALICE)
+    first = await env.alice.next_request("UPDATE", timeout=70)
+    again = await env.alice.next_request("UPDATE", timeout=5)
+    assert first.request.headers.get("Session-Expires") == "120;refresher=uac"
+    assert again.request.headers.get("Session-Expires") == "300;refresher=uac"
+    assert again.at - first.at < 1  # at once, not at the next half interval
+    assert again.request.cseq.number > first.request.cseq.number
+    assert (await call.bye()).status == 200
