@@ -48,6 +48,11 @@ a leg we refresh gets an UPDATE without a body at half its interval, only if its
 UPDATE (a re-INVITE's answer could re-key the media). An UPDATE from a device is answered on its
 own leg when it is a refresh (200 with its timer); one with an offer is relayed as a re-INVITE.
 
+Why a call or its ringing ends crosses to the other leg (RFC 3326 ``Reason``): the other side's
+own Reason in our BYE (a carrier's Q.850 cause), the caller's in our CANCEL, the callee's with
+its failure response, and "Call completed elsewhere" in the CANCEL of devices that rang while
+another answered (phones then show no missed call).
+
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
 gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp``.
@@ -134,6 +139,11 @@ EVENT_ROOM = 1024
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE"
+# RFC 3326: why a callee's ringing stops. Phones show no missed call for this one (RFC 3326 §2
+# example; every common desk phone reads it), which is what parallel ringing needs.
+ANSWERED_ELSEWHERE = ('SIP;cause=200;text="Call completed elsewhere"',)
+# A peer's Reason values we carry to the other leg, at most (the parser bounds headers anyway).
+MAX_REASONS = 4
 # RFC 3323 §4.1.1.3: the From of a caller who asked for privacy.
 ANONYMOUS_URI = SipUri("sip", "anonymous.invalid", user="anonymous")
 # RFC 3262 §3: the first RSeq of a dialog is chosen at random in 1 .. 2**31 - 1.
@@ -627,7 +637,7 @@ class Call:
                 await self._b_response(event.tag, event.response)
             elif isinstance(event, CancelEvent):
                 if event.transaction is None or event.transaction is self.a.transaction:
-                    await self._cancelled_by_a()
+                    await self._cancelled_by_a(event.request)
             elif isinstance(event, RequestEvent):
                 await self._early_request(event)
             elif isinstance(event, KeyFailureEvent):
@@ -854,7 +864,7 @@ class Call:
                 event = await self._next_event()
                 if isinstance(event, CancelEvent):
                     if event.transaction is None or event.transaction is self.a.transaction:
-                        await self._cancelled_by_a()
+                        await self._cancelled_by_a(event.request)
                 elif isinstance(event, RequestEvent) and event.request.method == "BYE":
                     # Either side hung up (A, with no 2xx yet, gets a final error, not a BYE).
                     bye = make_response(event.request, 200)
@@ -919,7 +929,7 @@ class Call:
         self._apply_keys(leg)
         for other in self.b_legs:
             if other is not leg and other.final is None:
-                await self._cancel_b(other)
+                await self._cancel_b(other, ANSWERED_ELSEWHERE)
         ok = self._a_response(200, body=serialize_sdp(answer), extra=self._a_timer.headers())
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
         if self._unacked_1xx is not None and self._unacked_1xx[0].body:
@@ -966,7 +976,7 @@ class Call:
         self._apply_keys(leg)  # no media before keys: block where a policy needs them
         for other in self.b_legs:
             if other is not leg and other.final is None:
-                await self._cancel_b(other)
+                await self._cancel_b(other, ANSWERED_ELSEWHERE)
         ok = self._a_response(200, body=serialize_sdp(offer_a), extra=self._a_timer.headers())
         self._stop_reliable_1xx()
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
@@ -1146,14 +1156,18 @@ class Call:
             return
         await self.endpoint.send_ack(leg.ack, flow)
 
-    async def _cancel_b(self, leg: BLeg) -> None:
-        """CANCEL an unanswered B leg (RFC 3261 §9.1): only after a provisional response."""
+    async def _cancel_b(self, leg: BLeg, reasons: Sequence[str] = ()) -> None:
+        """CANCEL an unanswered B leg (RFC 3261 §9.1): only after a provisional response. The
+        CANCEL says why in ``reasons`` (Reason header values, RFC 3326), those of the first
+        call to want it."""
+        if not leg.cancel_wanted:
+            leg.cancel_reasons = tuple(reasons[:MAX_REASONS])
         leg.cancel_wanted = True
         if leg.cancelled or leg.final is not None or leg.invite is None:
             return
         if not leg.provisional_seen:
             return  # sent when the first 1xx arrives (_b_response)
-        cancel = _cancel_for(leg.invite)
+        cancel = _cancel_for(leg.invite, leg.cancel_reasons)
         leg.cancelled = True
         try:
             client = await self.endpoint.send_request(
@@ -1175,12 +1189,12 @@ class Call:
         await self._respond_a(self._a_response(408, "Request Timeout"))
         raise CallEnded(self.end_reason)
 
-    async def _cancelled_by_a(self) -> None:
+    async def _cancelled_by_a(self, cancel: Request) -> None:
         self.end_reason = "cancelled by caller"
         self.state = "cancelled"
         for leg in self.b_legs:
             if leg.final is None:
-                await self._cancel_b(leg)
+                await self._cancel_b(leg, cancel.headers.get_all("Reason"))
         await self._respond_a(self._a_response(487))
         raise CallEnded("cancelled by caller")
 
@@ -1191,7 +1205,10 @@ class Call:
         if to_user and status in (408, 503):
             # A registered device that does not answer at all is "unreachable" (issue #3).
             status, reason = 480, "Temporarily Unavailable (registered device unreachable)"
-        await self._reject_a(status, reason, None)
+        # The callee's own Reason (RFC 3326: a Q.850 cause from the PSTN) goes with its status.
+        chosen = next((f for f in finals if (f.status, f.reason) == (status, reason)), None)
+        reasons = chosen.headers.get_all("Reason")[:MAX_REASONS] if chosen is not None else ()
+        await self._reject_a(status, reason, None, extra=[("Reason", r) for r in reasons])
 
     async def _early_request(self, event: RequestEvent) -> None:
         # Before the call is answered only the B side can send in-dialog requests (on its early
@@ -1258,8 +1275,9 @@ class Call:
             await self.endpoint.respond(event.transaction, make_response(request, 200))
             leg.dialog.terminate()
             other = self._leg(event.side.other)
-            await self._bye(other, f"BYE from {event.side.value.upper()} leg")
-            raise CallEnded(f"BYE from {event.side.value.upper()} leg")
+            why = f"BYE from {event.side.value.upper()} leg"
+            await self._bye(other, why, reasons=request.headers.get_all("Reason"))
+            raise CallEnded(why)
         if request.method == "INVITE":
             await self._reinvite(event)
             return
@@ -2031,7 +2049,11 @@ class Call:
                 f"{final.status} {final.reason}" if final is not None else "no answer",
             )
 
-    async def _bye(self, leg: Leg, reason: str, *, cause: int = 200) -> None:
+    async def _bye(
+        self, leg: Leg, reason: str, *, cause: int = 200, reasons: Sequence[str] = ()
+    ) -> None:
+        """BYE on ``leg`` saying why (RFC 3326): the other side's own Reason values when it hung
+        up with some (``reasons``: a Q.850 cause from the PSTN, say), else ours."""
         if leg.dialog is None or leg.dialog.state.value == "terminated":
             return
         # A late offer's 2xx not ACKed yet: ACK it first, rejecting its offer (§13.2.2.4).
@@ -2045,7 +2067,8 @@ class Call:
             leg,
             "BYE",
             tag=tag,
-            extra=[("Reason", f'SIP;cause={cause};text="{_quoted(reason)}"')],
+            extra=[("Reason", value) for value in reasons[:MAX_REASONS]]
+            or [("Reason", f'SIP;cause={cause};text="{_quoted(reason)}"')],
             forward=trunk is None,  # nothing of the call waits for a BYE's response
         )
         leg.dialog.terminate()
@@ -2179,9 +2202,9 @@ def best_failure(finals: Sequence[Response]) -> tuple[int, str]:
     return 503, "Service Unavailable"
 
 
-def _cancel_for(invite: Request) -> Request:
+def _cancel_for(invite: Request, reasons: Sequence[str] = ()) -> Request:
     """The CANCEL of ``invite`` as sent (RFC 3261 §9.1): its Request-URI, top Via (the same
-    branch), From, To, Call-ID, CSeq number and Route headers."""
+    branch), From, To, Call-ID, CSeq number and Route headers; and why (Reason, RFC 3326)."""
     return Request(
         "CANCEL",
         invite.uri,
@@ -2194,6 +2217,7 @@ def _cancel_for(invite: Request) -> Request:
                 ("Call-ID", invite.call_id),
                 ("CSeq", f"{invite.cseq.number} CANCEL"),
                 *(("Route", route) for route in invite.headers.get_all("Route")),
+                *(("Reason", reason) for reason in reasons),
             ]
         ),
     )

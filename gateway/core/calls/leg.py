@@ -73,6 +73,7 @@ class BLeg(Leg):
     final: Response | None = None
     provisional_seen: bool = False
     cancel_wanted: bool = False
+    cancel_reasons: tuple[str, ...] = ()  # the Reason values its CANCEL carries (RFC 3326)
     cancelled: bool = False
     # Early dialogs (by the callee's To tag) in which we PRACKed a reliable 1xx (RFC 3262 §4),
     # and the RSeq of the last one PRACKed in each: the 2xx confirms that dialog, whose CSeq has

@@ -122,6 +122,8 @@ async def test_parallel_ringing_the_first_200_wins_and_the_other_phone_is_cancel
     # gateway's INVITE client transaction (§17.1.1.3), on the INVITE's branch.
     cancel = await env.alice.next_request("CANCEL", timeout=1)
     assert cancel.request.call_id == leg1.call_id
+    # RFC 3326: it says why, so that the phone shows no missed call.
+    assert cancel.request.headers.get("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
     assert leg1.answered == 487
     await eventually(lambda: bool(sent(env.network.capture, GW, ALICE, b"ACK ")), timeout=2)
     [ack_487] = [parsed(d.data) for d in sent(env.network.capture, GW, ALICE, b"ACK ")]
