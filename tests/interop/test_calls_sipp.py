@@ -566,6 +566,9 @@ def test_busy_trunk_gives_the_caller_486(tmp_path: Path) -> None:
         callee = trunk.wait(timeout=10)
         callee.check()  # the gateway ACKed the 486 (RFC 3261 §17.1.1.3)
     assert final_status_line(caller).startswith("SIP/2.0 486 ")
+    # The trunk's release cause reaches the caller (RFC 3326).
+    busy = caller.received("SIP/2.0 486")[0]
+    assert header(busy, "Reason") == 'Q.850;cause=17;text="User busy"', busy
     assert len(callee.received("INVITE ")) == 1
     assert len(callee.received("ACK ")) == 1
 
