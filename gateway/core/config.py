@@ -199,7 +199,8 @@ class TrunkConfig:
     what we answer the trunk's own challenges with; the password never appears in a repr.
     ``dids`` maps a number the trunk delivers to the account that takes the call; an account
     calling out through the trunk is presented by the first of its numbers there (From and
-    P-Asserted-Identity), else by ``caller_id``, else by its name.
+    P-Asserted-Identity), else by ``caller_id``, else by its name. ``max_calls`` (0: none) bounds
+    the calls in progress through the trunk, both ways together.
     ``offer_rtcp_feedback`` overrides ``[media] offer_rtcp_feedback`` for calls to the trunk.
     """
 
@@ -217,6 +218,7 @@ class TrunkConfig:
     media_policy: str = "best-effort"
     offer_rtcp_feedback: bool | None = None
     caller_id: str | None = None
+    max_calls: int = 0
     enabled: bool = True
 
     @property
@@ -550,6 +552,8 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
             raise fail("dids", f"entry {number!r}: expected an account name, got {account!r}")
     if not trunk.media_policy:
         raise fail("media_policy", "expected a policy name")
+    if trunk.max_calls < 0:
+        raise fail("max_calls", "expected 0 (no limit) or a number of calls")
     if trunk.caller_id is not None and not CALLER_ID.fullmatch(trunk.caller_id):
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 

@@ -464,6 +464,17 @@ class Call:
             status = decision.reject_status or 404
             reason = decision.reject_reason or default_reason(status)
             await self._reject_a(status, reason, reason)
+        # A trunk at its max_calls is not called (a carrier refuses calls past its channels).
+        targets = [
+            target
+            for target in decision.targets
+            if target.trunk is None or self.manager.take_trunk(self, target.trunk)
+        ]
+        if not targets:
+            trunk = decision.targets[0].trunk
+            await self._reject_a(
+                503, "Service Unavailable (trunk call limit)", f"trunk {trunk} is at its call limit"
+            )
         self.a.security = self.manager.leg_security(
             self, Side.A, kind=caller.kind, name=caller.name, flow=self.a.flow
         )
@@ -479,7 +490,7 @@ class Call:
                 await self._reject_a(503, "Service Unavailable", "no free media ports")
             self._apply_keys(None)  # no media before keys: block where a policy needs them
         refusals: list[str] = []
-        for target in decision.targets:
+        for target in targets:
             refusal = await self._call_target(target, offer_b)
             if refusal is not None:
                 refusals.append(refusal)

@@ -7,6 +7,7 @@ calls what they need from the rest of the gateway (routing, authentication, medi
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -40,6 +41,10 @@ class CallManager:
         self._nursery = nursery
         self.max_calls = max_calls
         self.calls: set[Call] = set()
+        # Calls in progress through each trunk, either way, for its ``max_calls``; and the
+        # trunks each call counts against, given back when it ends.
+        self.trunk_calls: collections.Counter[str] = collections.Counter()
+        self._trunks_of: dict[Call, list[str]] = {}
         self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
@@ -73,7 +78,17 @@ class CallManager:
             # of calls per second this is half of all INVITEs.
             self._nursery.start_soon(self.endpoint.respond, transaction, caller)
             return
+        if (
+            caller.kind == "trunk"
+            and caller.name is not None
+            and not self._trunk_has_room(caller.name)
+        ):
+            refusal = make_response(request, 503, "Service Unavailable (trunk call limit)")
+            self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+            return
         call = Call(self, transaction, request, flow, caller)
+        if caller.kind == "trunk" and caller.name is not None:
+            self.take_trunk(call, caller.name)
         self.calls.add(call)
         self._by_invite[transaction] = call
         key = (request.call_id, call.a.local_tag)
@@ -136,7 +151,28 @@ class CallManager:
         self._by_dialog[key] = (call, Side.B)
         self._keys_of[call][1].append(key)
 
+    def take_trunk(self, call: Call, trunk: str) -> bool:
+        """Count ``call`` against ``trunk``'s ``max_calls`` (once per call); False, counting
+        nothing, when the trunk is at its limit."""
+        held = self._trunks_of.setdefault(call, [])
+        if trunk in held:
+            return True
+        if not self._trunk_has_room(trunk):
+            return False
+        held.append(trunk)
+        self.trunk_calls[trunk] += 1
+        return True
+
+    def _trunk_has_room(self, trunk: str) -> bool:
+        config = self.gateway.config.trunk(trunk)
+        limit = config.max_calls if config is not None else 0
+        return not limit or self.trunk_calls[trunk] < limit
+
     def forget(self, call: Call) -> None:
+        for trunk in self._trunks_of.pop(call, ()):
+            self.trunk_calls[trunk] -= 1
+            if not self.trunk_calls[trunk]:
+                del self.trunk_calls[trunk]
         self.calls.discard(call)
         keys = self._keys_of.pop(call, None)
         if keys is None:

@@ -67,6 +67,7 @@ def gateway_config(
     hold_timeout: float = 3600,
     extra_trunks: Sequence[Mapping[str, Any]] = (),
     sip: Mapping[str, Any] | None = None,
+    carrier: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
@@ -85,6 +86,7 @@ def gateway_config(
                     "address": "udp:127.0.0.2:5060",
                     "prefixes": ["+1"],
                     "dids": {ALICE_DID: "alice", BOB_DID: "bob"},
+                    **(carrier or {}),
                 },
                 *(dict(trunk) for trunk in extra_trunks),
             ],
@@ -107,6 +109,7 @@ async def start_b2bua(
     hold_timeout: float = 3600,
     extra_trunks: Sequence[Mapping[str, Any]] = (),
     sip: Mapping[str, Any] | None = None,
+    carrier: Mapping[str, Any] | None = None,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -121,6 +124,7 @@ async def start_b2bua(
         hold_timeout=hold_timeout,
         extra_trunks=extra_trunks,
         sip=sip,
+        carrier=carrier,
     )
     gateway = Gateway(config, memory_plugins(config, network, extra=plugins), ids=SeededIds(seed))
     await nursery.start(gateway.serve)

@@ -1,0 +1,67 @@
+"""A trunk's ``max_calls``: calls in progress through it, both ways together, at most.
+
+Past the limit a call from the trunk gets 503 (its proxy tries its next route) and a call to it
+is not sent (503 to the caller, a Warning naming the trunk); the count falls as calls end, by
+any path. Before, nothing bounded the calls through a trunk: a carrier with 30 channels refused
+the 31st itself, after the gateway had set it up.
+
+Set-up as b2bua_env.py: trunk "carrier" (+1 numbers) at 127.0.0.2 calls alice's DID; here it
+may carry one call at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
+from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
+
+ONE_CALL = {"max_calls": 1}
+
+
+async def test_a_trunk_at_its_limit_gets_503_for_its_next_call_until_one_ends(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier=ONE_CALL)
+    first = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await first.final()).status == 200
+    second = await env.trunk.invite(env.did_uri(ALICE_DID))
+    refused = await second.final()
+    assert (refused.status, refused.reason) == (503, "Service Unavailable (trunk call limit)")
+    assert len(env.alice.requests("INVITE")) == 1  # nothing set up for it
+    assert (await first.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    third = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await third.final()).status == 200
+    assert (await third.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert env.gateway.calls.trunk_calls == {}
+
+
+async def test_a_call_to_a_trunk_at_its_limit_is_not_sent(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier=ONE_CALL)
+    # The trunk's own call in counts against it: alice's call out finds it full.
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await incoming.final()).status == 200
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    refused = await call.final()
+    assert refused.status == 503
+    assert "trunk carrier is at its call limit" in (refused.headers.get("Warning") or "")
+    assert len(env.trunk.requests("INVITE")) == 0  # (the trunk's received INVITEs: none)
+    assert (await incoming.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    # A refused set-up holds nothing: the next one goes out.
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert env.gateway.calls.trunk_calls == {}
+    assert_no_media_ports_held(env)
