@@ -21,6 +21,10 @@ from gateway.core.plugins import PluginError, discover, load_plugins
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+MAX_CALLS_HELP = (
+    "calls in progress from or to the account at once (0: no limit); past it a call from it "
+    "gets 403, a call to it 486"
+)
 
 log = logging.getLogger("gateway")
 
@@ -106,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--password", metavar="PW", required=True)
     add.add_argument("--display-name", metavar="TEXT")
     add.add_argument("--media-policy", metavar="NAME", default="best-effort")
+    add.add_argument("--max-calls", metavar="N", type=int, default=0, help=MAX_CALLS_HELP)
     add.add_argument("--realm", metavar="REALM", help="digest realm (default: [gateway] realm)")
     state_options(add)
 
@@ -125,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_.add_argument("--password", metavar="PW")
     set_.add_argument("--display-name", metavar="TEXT")
     set_.add_argument("--media-policy", metavar="NAME")
+    set_.add_argument("--max-calls", metavar="N", type=int, help=MAX_CALLS_HELP)
     enabled = set_.add_mutually_exclusive_group()
     enabled.add_argument("--enable", dest="enabled", action="store_true", default=None)
     enabled.add_argument("--disable", dest="enabled", action="store_false")
@@ -359,16 +365,21 @@ def cmd_accounts(args: argparse.Namespace) -> int:
                 args.realm or config.gateway.realm,
                 display_name=args.display_name,
                 media_policy=args.media_policy,
+                max_calls=args.max_calls,
             )
             print(f"added {account.name} (realm {', '.join(account.realms)})")
         elif action == "list":
-            print(f"{'NAME':<20} {'ENABLED':<8} {'POLICY':<16} {'TLS':<9} {'DEVICES':<8} REALMS")
+            print(
+                f"{'NAME':<20} {'ENABLED':<8} {'POLICY':<16} {'TLS':<9} {'DEVICES':<8} "
+                f"{'CALLS':<6} REALMS"
+            )
             for account in store.accounts_list():
                 print(
                     f"{account.name:<20} {'yes' if account.enabled else 'no':<8} "
                     f"{account.media_policy:<16} "
                     f"{'required' if account.require_tls else '-':<9} "
                     f"{len(account.certificate_matches) or '-'!s:<8} "
+                    f"{account.max_calls or '-'!s:<6} "
                     f"{', '.join(account.realms)}"
                 )
         elif action == "remove":
@@ -383,6 +394,7 @@ def cmd_accounts(args: argparse.Namespace) -> int:
                     ("media_policy", args.media_policy),
                     ("enabled", args.enabled),
                     ("require_tls", args.require_tls),
+                    ("max_calls", args.max_calls),
                 )
                 if value is not None
             }

@@ -318,3 +318,22 @@ def test_media_policy_names_are_checked(tmp_path: Path) -> None:
     checked = voipgw("check-config", str(config))
     assert checked.returncode == 2
     assert "[trunks.carrier] media_policy" in checked.stderr
+
+
+def test_accounts_max_calls_is_set_listed_and_checked(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    added = voipgw(
+        "accounts", "add", "carol", "--password", "x", "--max-calls", "2", "--state-dir", state
+    )
+    assert added.returncode == 0, added.stderr
+    voipgw("accounts", "add", "dave", "--password", "x", "--state-dir", state)
+    listed = voipgw("accounts", "list", "--state-dir", state)
+    header = listed.stdout.splitlines()[0].split()
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    column = header.index("CALLS")
+    assert (rows["carol"][column], rows["dave"][column]) == ("2", "-")
+    changed = voipgw("accounts", "set", "dave", "--max-calls", "1", "--state-dir", state)
+    assert changed.returncode == 0 and "max_calls" in changed.stdout
+    bad = voipgw("accounts", "set", "dave", "--max-calls", "-1", "--state-dir", state)
+    assert bad.returncode == 2
+    assert "max_calls must be 0 (no limit)" in bad.stderr

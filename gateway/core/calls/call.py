@@ -464,17 +464,16 @@ class Call:
             status = decision.reject_status or 404
             reason = decision.reject_reason or default_reason(status)
             await self._reject_a(status, reason, reason)
-        # A trunk at its max_calls is not called (a carrier refuses calls past its channels).
-        targets = [
-            target
-            for target in decision.targets
-            if target.trunk is None or self.manager.take_trunk(self, target.trunk)
-        ]
+        # A trunk or account at its max_calls is not called: a carrier refuses calls past its
+        # channels; an account with max_calls = 1 is busy while on a call.
+        targets = [target for target in decision.targets if self._count_target(target)]
         if not targets:
-            trunk = decision.targets[0].trunk
-            await self._reject_a(
-                503, "Service Unavailable (trunk call limit)", f"trunk {trunk} is at its call limit"
-            )
+            first = decision.targets[0]
+            if first.trunk is not None:
+                warning = f"trunk {first.trunk} is at its call limit"
+                await self._reject_a(503, "Service Unavailable (trunk call limit)", warning)
+            warning = f"account {first.account} is at its call limit"
+            await self._reject_a(486, "Busy Here (account call limit)", warning)
         self.a.security = self.manager.leg_security(
             self, Side.A, kind=caller.kind, name=caller.name, flow=self.a.flow
         )
@@ -504,6 +503,15 @@ class Call:
         await self._ringing()
         if self.state == "offered":
             await self._awaiting_answer()
+
+    def _count_target(self, target: RouteTarget) -> bool:
+        """Count this call against the trunk or account ``target`` belongs to; False when that
+        is at its ``max_calls``."""
+        if target.trunk is not None:
+            return self.manager.take(self, "trunk", target.trunk)
+        if target.account is not None:
+            return self.manager.take(self, "account", target.account)
+        return True
 
     async def _call_target(
         self, target: RouteTarget, offer: SessionDescription | None

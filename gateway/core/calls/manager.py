@@ -41,10 +41,11 @@ class CallManager:
         self._nursery = nursery
         self.max_calls = max_calls
         self.calls: set[Call] = set()
-        # Calls in progress through each trunk, either way, for its ``max_calls``; and the
-        # trunks each call counts against, given back when it ends.
-        self.trunk_calls: collections.Counter[str] = collections.Counter()
-        self._trunks_of: dict[Call, list[str]] = {}
+        # Calls in progress through each trunk and from or to each account, for their
+        # ``max_calls`` (keys ("trunk" | "account", name)); and what each call counts against,
+        # given back when it ends.
+        self.calls_through: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._counted_in: dict[Call, list[tuple[str, str]]] = {}
         self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
@@ -78,17 +79,21 @@ class CallManager:
             # of calls per second this is half of all INVITEs.
             self._nursery.start_soon(self.endpoint.respond, transaction, caller)
             return
-        if (
-            caller.kind == "trunk"
-            and caller.name is not None
-            and not self._trunk_has_room(caller.name)
-        ):
-            refusal = make_response(request, 503, "Service Unavailable (trunk call limit)")
+        counted = (caller.kind, caller.name) if caller.name is not None else None
+        if counted is not None and not self._has_room(counted):
+            # A trunk past its channels: 503, its proxy tries its next route. An account past
+            # its own limit: 403, nothing else would get it through.
+            status, reason = (
+                (503, "Service Unavailable (trunk call limit)")
+                if caller.kind == "trunk"
+                else (403, "Forbidden (account call limit)")
+            )
+            refusal = make_response(request, status, reason)
             self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
             return
         call = Call(self, transaction, request, flow, caller)
-        if caller.kind == "trunk" and caller.name is not None:
-            self.take_trunk(call, caller.name)
+        if counted is not None:
+            self.take(call, *counted)
         self.calls.add(call)
         self._by_invite[transaction] = call
         key = (request.call_id, call.a.local_tag)
@@ -151,28 +156,35 @@ class CallManager:
         self._by_dialog[key] = (call, Side.B)
         self._keys_of[call][1].append(key)
 
-    def take_trunk(self, call: Call, trunk: str) -> bool:
-        """Count ``call`` against ``trunk``'s ``max_calls`` (once per call); False, counting
-        nothing, when the trunk is at its limit."""
-        held = self._trunks_of.setdefault(call, [])
-        if trunk in held:
+    def take(self, call: Call, kind: str, name: str) -> bool:
+        """Count ``call`` against the ``max_calls`` of the trunk or account ``name`` (``kind``),
+        once per call; False, counting nothing, when that is at its limit."""
+        key = (kind, name)
+        counted = self._counted_in.setdefault(call, [])
+        if key in counted:
             return True
-        if not self._trunk_has_room(trunk):
+        if not self._has_room(key):
             return False
-        held.append(trunk)
-        self.trunk_calls[trunk] += 1
+        counted.append(key)
+        self.calls_through[key] += 1
         return True
 
-    def _trunk_has_room(self, trunk: str) -> bool:
-        config = self.gateway.config.trunk(trunk)
-        limit = config.max_calls if config is not None else 0
-        return not limit or self.trunk_calls[trunk] < limit
+    def _has_room(self, key: tuple[str, str]) -> bool:
+        kind, name = key
+        limit = 0
+        if kind == "trunk":
+            trunk = self.gateway.config.trunk(name)
+            limit = trunk.max_calls if trunk is not None else 0
+        elif kind == "account" and self.gateway.store is not None:
+            account = self.gateway.store.get_account(name)  # cached: no query per call
+            limit = account.max_calls if account is not None else 0
+        return not limit or self.calls_through[key] < limit
 
     def forget(self, call: Call) -> None:
-        for trunk in self._trunks_of.pop(call, ()):
-            self.trunk_calls[trunk] -= 1
-            if not self.trunk_calls[trunk]:
-                del self.trunk_calls[trunk]
+        for key in self._counted_in.pop(call, ()):
+            self.calls_through[key] -= 1
+            if not self.calls_through[key]:
+                del self.calls_through[key]
         self.calls.discard(call)
         keys = self._keys_of.pop(call, None)
         if keys is None:

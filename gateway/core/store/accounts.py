@@ -32,6 +32,7 @@ ACCOUNT_FIELDS = frozenset(
         "enabled",
         "media_policy",
         "require_tls",
+        "max_calls",
         "certificate_matches",
         "password",
         "realm",
@@ -74,6 +75,18 @@ def check_text(field: str, value: object, *, optional: bool) -> str | None:
         raise InvalidValue(f"{field} must not be empty")
     if any(ord(c) < 0x20 or c == "\x7f" for c in value):
         raise InvalidValue(f"{field} must not contain control characters")
+    return value
+
+
+MAX_CALLS_LIMIT = 10_000  # the gateway's own ceiling (CallManager.max_calls)
+
+
+def check_max_calls(value: object) -> int:
+    """Calls in progress from or to an account at once: 0 (no limit) to MAX_CALLS_LIMIT."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValue("max_calls must be a whole number")
+    if not 0 <= value <= MAX_CALLS_LIMIT:
+        raise InvalidValue(f"max_calls must be 0 (no limit) to {MAX_CALLS_LIMIT}")
     return value
 
 
@@ -132,6 +145,8 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
             out[field] = check_text(field, value, optional=False)
         elif field in ("enabled", "require_tls"):
             out[field] = check_bool(field, value)
+        elif field == "max_calls":
+            out[field] = check_max_calls(value)
         elif field == "certificate_matches":
             out[field] = check_certificate_matches(value)
         elif field == "password":

@@ -56,6 +56,7 @@ class Account:
     enabled: bool = True
     media_policy: str = DEFAULT_MEDIA_POLICY
     require_tls: bool = False
+    max_calls: int = 0  # calls in progress from or to the account at once; 0: no limit
     credentials: tuple[Credential, ...] = ()
     certificate_matches: tuple[CertificateMatch, ...] = ()
     created_at: float = 0.0
@@ -159,6 +160,7 @@ class Store(Protocol):
         enabled: bool = True,
         media_policy: str = DEFAULT_MEDIA_POLICY,
         require_tls: bool = False,
+        max_calls: int = 0,
     ) -> Account:
         """Create an account with HA1s for ``realm`` and every algorithm; the password itself is
         not kept. Raises AccountExists or InvalidValue."""
@@ -174,9 +176,10 @@ class Store(Protocol):
 
     def accounts_set(self, name: str, **fields: Any) -> Account:
         """Change fields of an account: ``display_name``, ``enabled``, ``media_policy``,
-        ``require_tls``, ``certificate_matches`` (replaces the set), and ``password`` (recomputes
-        the HA1s for every realm the account has, or for ``realm`` alone if given — then the
-        account's credentials are for that realm only). Raises AccountNotFound or InvalidValue."""
+        ``require_tls``, ``max_calls``, ``certificate_matches`` (replaces the set), and
+        ``password`` (recomputes the HA1s for every realm the account has, or for ``realm`` alone
+        if given — then the account's credentials are for that realm only). Raises
+        AccountNotFound or InvalidValue."""
         ...
 
     def accounts_remove(self, name: str) -> None:

@@ -134,6 +134,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX call_records_started_at ON call_records (started_at)",
         ),
     ),
+    (2, ("ALTER TABLE accounts ADD COLUMN max_calls INTEGER NOT NULL DEFAULT 0",)),
 )
 
 
@@ -313,6 +314,7 @@ class SqliteStore:
         enabled: bool = True,
         media_policy: str = DEFAULT_MEDIA_POLICY,
         require_tls: bool = False,
+        max_calls: int = 0,
     ) -> Account:
         """Create an account with HA1s for ``realm`` and every algorithm."""
         rules.check_name(name)
@@ -324,6 +326,7 @@ class SqliteStore:
                 "enabled": enabled,
                 "media_policy": media_policy,
                 "require_tls": require_tls,
+                "max_calls": max_calls,
             }
         )
         now = self._clock()
@@ -332,13 +335,15 @@ class SqliteStore:
             try:
                 cursor = db.execute(
                     "INSERT INTO accounts (name, display_name, enabled, media_policy,"
-                    " require_tls, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " require_tls, max_calls, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         fields["display_name"],
                         int(fields["enabled"]),
                         fields["media_policy"],
                         int(fields["require_tls"]),
+                        fields["max_calls"],
                         now,
                         now,
                     ),
@@ -381,7 +386,7 @@ class SqliteStore:
             columns = {
                 key: (int(value) if isinstance(value, bool) else value)
                 for key, value in checked.items()
-                if key in ("display_name", "enabled", "media_policy", "require_tls")
+                if key in ("display_name", "enabled", "media_policy", "require_tls", "max_calls")
             }
             columns["updated_at"] = now
             assignments = ", ".join(f"{column} = ?" for column in columns)
@@ -645,7 +650,7 @@ def _insert_credentials(
 def _load_account(db: sqlite3.Connection, name: str) -> Account | None:
     row = db.execute(
         "SELECT id, name, display_name, enabled, media_policy, require_tls, created_at,"
-        " updated_at FROM accounts WHERE name = ?",
+        " updated_at, max_calls FROM accounts WHERE name = ?",
         (name,),
     ).fetchone()
     if row is None:
@@ -674,6 +679,7 @@ def _load_account(db: sqlite3.Connection, name: str) -> Account | None:
         enabled=bool(row[3]),
         media_policy=row[4],
         require_tls=bool(row[5]),
+        max_calls=row[8],
         credentials=tuple(credentials),
         certificate_matches=matches,
         created_at=row[6],

@@ -37,7 +37,7 @@ async def test_a_trunk_at_its_limit_gets_503_for_its_next_call_until_one_ends(
     assert (await third.final()).status == 200
     assert (await third.bye()).status == 200
     await eventually(lambda: env.calls == 0)
-    assert env.gateway.calls.trunk_calls == {}
+    assert env.gateway.calls.calls_through == {}
 
 
 async def test_a_call_to_a_trunk_at_its_limit_is_not_sent(
@@ -63,5 +63,37 @@ async def test_a_call_to_a_trunk_at_its_limit_is_not_sent(
     assert (await call.final()).status == 200
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
-    assert env.gateway.calls.trunk_calls == {}
+    assert env.gateway.calls.calls_through == {}
     assert_no_media_ports_held(env)
+
+
+async def test_an_account_at_its_limit_is_busy_to_callers_and_refused_its_own_calls(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    store = env.gateway.store
+    assert store is not None
+    store.accounts_set("alice", max_calls=1)  # `voipgw accounts set alice --max-calls 1`
+    first = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await first.final()).status == 200
+    # A second call to her: busy (her one call is in progress), and she is not rung.
+    second = await env.trunk.invite(env.did_uri(ALICE_DID))
+    busy = await second.final()
+    assert (busy.status, busy.reason) == (486, "Busy Here (account call limit)")
+    assert "account alice is at its call limit" in (busy.headers.get("Warning") or "")
+    assert len(env.alice.requests("INVITE")) == 1
+    # A call of her own meanwhile: refused once she is identified (after the 407).
+    own = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await own.final()).status == 407
+    await own.authenticate()
+    refused = await own.final()
+    assert (refused.status, refused.reason) == (403, "Forbidden (account call limit)")
+    assert env.trunk.requests("INVITE") == []
+    # Her call ends: both ways are open again.
+    assert (await first.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert env.gateway.calls.calls_through == {}
+    again = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await again.final()).status == 200
+    assert (await again.bye()).status == 200
+    await eventually(lambda: env.calls == 0)

@@ -31,32 +31,54 @@ def test_reopening_applies_nothing_twice(tmp_path: Path) -> None:
     assert versions(tmp_path) == list(range(1, len(MIGRATIONS) + 1))
 
 
+LATEST = len(MIGRATIONS)
+
+
 def test_missing_migrations_are_applied_in_order(tmp_path: Path) -> None:
     SqliteStore.open(tmp_path).close()
     extra = (
         *MIGRATIONS,
-        (2, ("CREATE TABLE probe (step INTEGER)", "INSERT INTO probe VALUES (2)")),
-        (3, ("INSERT INTO probe VALUES (3)",)),
+        (LATEST + 1, ("CREATE TABLE probe (step INTEGER)", "INSERT INTO probe VALUES (1)")),
+        (LATEST + 2, ("INSERT INTO probe VALUES (2)",)),
     )
     store = SqliteStore.open(tmp_path, migrations=extra)
     try:
-        assert store.schema_version() == 3
+        assert store.schema_version() == LATEST + 2
     finally:
         store.close()
     db = sqlite3.connect(tmp_path / DB_FILENAME)
-    assert [row[0] for row in db.execute("SELECT step FROM probe")] == [2, 3]
+    assert [row[0] for row in db.execute("SELECT step FROM probe")] == [1, 2]
     db.close()
-    assert versions(tmp_path) == [1, 2, 3]
+    assert versions(tmp_path) == list(range(1, LATEST + 3))
+
+
+def test_a_version_1_file_gets_the_account_call_limit_column(tmp_path: Path) -> None:
+    # A state directory from before migration 2: its accounts keep working, with no limit.
+    SqliteStore.open(tmp_path, migrations=MIGRATIONS[:1]).close()
+    db = sqlite3.connect(tmp_path / DB_FILENAME)  # as version 1 wrote accounts
+    db.execute(
+        "INSERT INTO accounts (name, enabled, media_policy, require_tls, created_at, updated_at)"
+        " VALUES ('old', 1, 'best-effort', 0, 0, 0)"
+    )
+    db.commit()
+    db.close()
+    store = SqliteStore.open(tmp_path)
+    try:
+        old = store.get_account("old")
+        assert old is not None and old.max_calls == 0
+        assert store.accounts_set("old", max_calls=2).max_calls == 2
+    finally:
+        store.close()
 
 
 def test_failed_migration_rolls_back_and_keeps_earlier_ones(tmp_path: Path) -> None:
     broken = (
         *MIGRATIONS,
-        (2, ("CREATE TABLE probe (step INTEGER)", "THIS IS NOT SQL")),
+        (LATEST + 1, ("CREATE TABLE probe (step INTEGER)", "THIS IS NOT SQL")),
     )
     with pytest.raises(SchemaError):
         SqliteStore.open(tmp_path, migrations=broken)
-    assert versions(tmp_path) == [1]
+    assert versions(tmp_path) == list(range(1, LATEST + 1))
     db = sqlite3.connect(tmp_path / DB_FILENAME)
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     db.close()

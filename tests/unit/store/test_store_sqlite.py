@@ -91,7 +91,7 @@ def test_open_creates_one_private_file_in_wal_mode(tmp_path: Path) -> None:
         assert stat.S_IMODE(state.stat().st_mode) == 0o700
         mode = sqlite3.connect(state / DB_FILENAME).execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
-        assert s.schema_version() == 1
+        assert s.schema_version() == len(sqlite_module.MIGRATIONS)
     finally:
         s.close()
 
@@ -119,7 +119,7 @@ def test_restart_sees_the_same_data(tmp_path: Path) -> None:
         assert second.registrations_for("sip:alice@127.0.0.1:5060") == (binding(),)
         record = second.call_record_get("c1")
         assert record is not None and record.started_at == 5.0
-        assert second.schema_version() == 1
+        assert second.schema_version() == len(sqlite_module.MIGRATIONS)
     finally:
         second.close()
 
@@ -204,6 +204,17 @@ def test_bad_password_error_does_not_echo_it(store: SqliteStore) -> None:
 def test_bad_realm(store: SqliteStore) -> None:
     with pytest.raises(InvalidValue):
         store.accounts_add("alice", PASSWORD, 'bad"realm')
+
+
+@pytest.mark.parametrize("value", [-1, 10_001, True, 1.5, "2"])
+def test_bad_max_calls(store: SqliteStore, value: object) -> None:
+    store.accounts_add("alice", PASSWORD, REALM)
+    with pytest.raises(InvalidValue, match="max_calls"):
+        store.accounts_set("alice", max_calls=value)
+    with pytest.raises(InvalidValue, match="max_calls"):
+        store.accounts_add("bob", PASSWORD, REALM, max_calls=value)  # type: ignore[arg-type]
+    assert store.accounts_add("carol", PASSWORD, REALM, max_calls=3).max_calls == 3
+    assert store.accounts_set("carol", max_calls=0).max_calls == 0
 
 
 def test_list_is_sorted(store: SqliteStore) -> None:
