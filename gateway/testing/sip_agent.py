@@ -254,10 +254,13 @@ class Call:
         self.exchange = await self.agent.send(request, self.exchange.destination, call=self)
         self.invite = self.exchange.request
 
-    async def cancel(self, invite_exchange: Exchange | None = None) -> Exchange:
+    async def cancel(
+        self, invite_exchange: Exchange | None = None, *, extra: Iterable[tuple[str, str]] = ()
+    ) -> Exchange:
         """CANCEL the INVITE (RFC 3261 §9.1: same Via branch, From, To, Call-ID and CSeq
-        number), or the re-INVITE of ``invite_exchange``; returns the CANCEL's exchange. The
-        INVITE's 487 arrives on :meth:`final` (a re-INVITE's on its exchange)."""
+        number), or the re-INVITE of ``invite_exchange``, with ``extra`` headers (a Reason, say);
+        returns the CANCEL's exchange. The INVITE's 487 arrives on :meth:`final` (a
+        re-INVITE's on its exchange)."""
         exchange = invite_exchange or self.exchange
         assert exchange is not None, "not an outgoing call"
         invite = exchange.request
@@ -269,6 +272,7 @@ class Call:
             ("To", invite.headers.get("To") or ""),
             ("Call-ID", invite.call_id),
             ("CSeq", f"{invite.cseq.number} CANCEL"),
+            *extra,
         ]
         cancel = Request("CANCEL", invite.uri, Headers.of(fields))
         return await self.agent.send(cancel, exchange.destination)
