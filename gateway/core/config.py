@@ -161,6 +161,7 @@ MAX_MEDIA_WORKERS = 64
 # A queue delay longer than T1 (0.5 s) means UACs retransmit before the gateway sees their
 # INVITEs: overload control that waits that long comes too late to help.
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
+MAX_TRUNK_CPS = 10_000.0
 # The user part of a From: a number as carriers take it (E.164 with +, or national digits).
 CALLER_ID = re.compile(r"\+?[0-9*#]{1,32}")
 MIN_SESSION_INTERVAL = session_timer.MIN_INTERVAL
@@ -200,7 +201,8 @@ class TrunkConfig:
     ``dids`` maps a number the trunk delivers to the account that takes the call; an account
     calling out through the trunk is presented by the first of its numbers there (From and
     P-Asserted-Identity), else by ``caller_id``, else by its name. ``max_calls`` (0: none) bounds
-    the calls in progress through the trunk, both ways together.
+    the calls in progress through the trunk, both ways together, and ``max_cps`` (0: none) the
+    calls per second sent to it.
     ``offer_rtcp_feedback`` overrides ``[media] offer_rtcp_feedback`` for calls to the trunk.
     """
 
@@ -219,6 +221,7 @@ class TrunkConfig:
     offer_rtcp_feedback: bool | None = None
     caller_id: str | None = None
     max_calls: int = 0
+    max_cps: float = 0.0
     enabled: bool = True
 
     @property
@@ -554,6 +557,8 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         raise fail("media_policy", "expected a policy name")
     if trunk.max_calls < 0:
         raise fail("max_calls", "expected 0 (no limit) or a number of calls")
+    if not 0 <= trunk.max_cps <= MAX_TRUNK_CPS:
+        raise fail("max_cps", f"expected 0 (no limit) to {MAX_TRUNK_CPS} calls per second")
     if trunk.caller_id is not None and not CALLER_ID.fullmatch(trunk.caller_id):
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 

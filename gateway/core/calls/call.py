@@ -464,16 +464,17 @@ class Call:
             status = decision.reject_status or 404
             reason = decision.reject_reason or default_reason(status)
             await self._reject_a(status, reason, reason)
-        # A trunk or account at its max_calls is not called: a carrier refuses calls past its
-        # channels; an account with max_calls = 1 is busy while on a call.
-        targets = [target for target in decision.targets if self._count_target(target)]
+        # A trunk or account past its limits is not called: a carrier refuses calls past its
+        # channels and its calls per second; an account with max_calls = 1 is busy on a call.
+        counted = [(target, self._count_target(target)) for target in decision.targets]
+        targets = [target for target, why in counted if why is None]
         if not targets:
-            first = decision.targets[0]
+            first, why = counted[0]
             if first.trunk is not None:
-                warning = f"trunk {first.trunk} is at its call limit"
-                await self._reject_a(503, "Service Unavailable (trunk call limit)", warning)
-            warning = f"account {first.account} is at its call limit"
-            await self._reject_a(486, "Busy Here (account call limit)", warning)
+                warning = f"trunk {first.trunk} is at its {why}"
+                await self._reject_a(503, f"Service Unavailable (trunk {why})", warning)
+            warning = f"account {first.account} is at its {why}"
+            await self._reject_a(486, f"Busy Here (account {why})", warning)
         self.a.security = self.manager.leg_security(
             self, Side.A, kind=caller.kind, name=caller.name, flow=self.a.flow
         )
@@ -504,14 +505,15 @@ class Call:
         if self.state == "offered":
             await self._awaiting_answer()
 
-    def _count_target(self, target: RouteTarget) -> bool:
-        """Count this call against the trunk or account ``target`` belongs to; False when that
-        is at its ``max_calls``."""
+    def _count_target(self, target: RouteTarget) -> str | None:
+        """Count this call against the trunk or account ``target`` belongs to; why not when
+        that is at its ``max_calls`` or, for a trunk, its ``max_cps`` (CallLimits.take)."""
+        limits = self.manager.limits
         if target.trunk is not None:
-            return self.manager.take(self, "trunk", target.trunk)
+            return limits.take(self, ("trunk", target.trunk), now=trio.current_time())
         if target.account is not None:
-            return self.manager.take(self, "account", target.account)
-        return True
+            return limits.take(self, ("account", target.account))
+        return None
 
     async def _call_target(
         self, target: RouteTarget, offer: SessionDescription | None

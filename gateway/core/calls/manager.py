@@ -7,7 +7,6 @@ calls what they need from the rest of the gateway (routing, authentication, medi
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ import trio
 from gateway.core.auth.digest import Authenticated, AuthKind
 from gateway.core.calls.call import Call, CancelEvent, RequestEvent
 from gateway.core.calls.leg import Side
+from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
 from gateway.core.calls.records import CallRecordBook
 from gateway.core.interfaces import Caller, CallEvent, LegInfo, RouteDecision
 from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
@@ -41,11 +41,8 @@ class CallManager:
         self._nursery = nursery
         self.max_calls = max_calls
         self.calls: set[Call] = set()
-        # Calls in progress through each trunk and from or to each account, for their
-        # ``max_calls`` (keys ("trunk" | "account", name)); and what each call counts against,
-        # given back when it ends.
-        self.calls_through: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._counted_in: dict[Call, list[tuple[str, str]]] = {}
+        # Calls in progress per trunk and account, and the calls sent to each trunk per second.
+        self.limits = CallLimits(self._limit_of)
         self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
@@ -80,7 +77,7 @@ class CallManager:
             self._nursery.start_soon(self.endpoint.respond, transaction, caller)
             return
         counted = (caller.kind, caller.name) if caller.name is not None else None
-        if counted is not None and not self._has_room(counted):
+        if counted is not None and not self.limits.has_room(counted):
             # A trunk past its channels: 503, its proxy tries its next route. An account past
             # its own limit: 403, nothing else would get it through.
             status, reason = (
@@ -93,7 +90,7 @@ class CallManager:
             return
         call = Call(self, transaction, request, flow, caller)
         if counted is not None:
-            self.take(call, *counted)
+            self.limits.take(call, counted)
         self.calls.add(call)
         self._by_invite[transaction] = call
         key = (request.call_id, call.a.local_tag)
@@ -156,35 +153,18 @@ class CallManager:
         self._by_dialog[key] = (call, Side.B)
         self._keys_of[call][1].append(key)
 
-    def take(self, call: Call, kind: str, name: str) -> bool:
-        """Count ``call`` against the ``max_calls`` of the trunk or account ``name`` (``kind``),
-        once per call; False, counting nothing, when that is at its limit."""
-        key = (kind, name)
-        counted = self._counted_in.setdefault(call, [])
-        if key in counted:
-            return True
-        if not self._has_room(key):
-            return False
-        counted.append(key)
-        self.calls_through[key] += 1
-        return True
-
-    def _has_room(self, key: tuple[str, str]) -> bool:
+    def _limit_of(self, key: Key) -> Limit:
         kind, name = key
-        limit = 0
         if kind == "trunk":
             trunk = self.gateway.config.trunk(name)
-            limit = trunk.max_calls if trunk is not None else 0
-        elif kind == "account" and self.gateway.store is not None:
+            return NO_LIMIT if trunk is None else Limit(trunk.max_calls, trunk.max_cps)
+        if kind == "account" and self.gateway.store is not None:
             account = self.gateway.store.get_account(name)  # cached: no query per call
-            limit = account.max_calls if account is not None else 0
-        return not limit or self.calls_through[key] < limit
+            return NO_LIMIT if account is None else Limit(account.max_calls)
+        return NO_LIMIT
 
     def forget(self, call: Call) -> None:
-        for key in self._counted_in.pop(call, ()):
-            self.calls_through[key] -= 1
-            if not self.calls_through[key]:
-                del self.calls_through[key]
+        self.limits.release(call)
         self.calls.discard(call)
         keys = self._keys_of.pop(call, None)
         if keys is None:

@@ -37,7 +37,7 @@ async def test_a_trunk_at_its_limit_gets_503_for_its_next_call_until_one_ends(
     assert (await third.final()).status == 200
     assert (await third.bye()).status == 200
     await eventually(lambda: env.calls == 0)
-    assert env.gateway.calls.calls_through == {}
+    assert env.gateway.calls.limits.in_progress == {}
 
 
 async def test_a_call_to_a_trunk_at_its_limit_is_not_sent(
@@ -63,7 +63,7 @@ async def test_a_call_to_a_trunk_at_its_limit_is_not_sent(
     assert (await call.final()).status == 200
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
-    assert env.gateway.calls.calls_through == {}
+    assert env.gateway.calls.limits.in_progress == {}
     assert_no_media_ports_held(env)
 
 
@@ -92,8 +92,36 @@ async def test_an_account_at_its_limit_is_busy_to_callers_and_refused_its_own_ca
     # Her call ends: both ways are open again.
     assert (await first.bye()).status == 200
     await eventually(lambda: env.calls == 0)
-    assert env.gateway.calls.calls_through == {}
+    assert env.gateway.calls.limits.in_progress == {}
     again = await env.trunk.invite(env.did_uri(ALICE_DID))
     assert (await again.final()).status == 200
     assert (await again.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_calls_to_a_trunk_are_paced_by_its_max_cps(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier={"max_cps": 1})
+    statuses = []
+    for _ in range(2):  # at once: the second is past the trunk's one call a second
+        call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+        assert (await call.final()).status == 407
+        await call.authenticate()
+        final = await call.final()
+        statuses.append(final.status)
+        if final.status == 200:
+            assert (await call.bye()).status == 200
+        else:
+            assert final.reason == "Service Unavailable (trunk call rate)"
+            assert "trunk carrier is at its call rate" in (final.headers.get("Warning") or "")
+    assert statuses == [200, 503]
+    assert len(env.trunk.requests("INVITE")) == 1
+    await trio.sleep(1)  # a second later the trunk takes another
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert env.gateway.calls.limits.in_progress == {}

@@ -188,6 +188,8 @@ T = '[[trunks]]\nname = "t"\naddress = "udp:127.0.0.1:5070"\n'
         (T + "caller_id = ''\n", "trunks.t", "caller_id", "expected a number"),
         (T + "caller_id = 4930\n", "trunks.t", "caller_id", "expected a string"),
         (T + "max_calls = -1\n", "trunks.t", "max_calls", "0 (no limit)"),
+        (T + "max_cps = -1\n", "trunks.t", "max_cps", "calls per second"),
+        (T + "max_cps = 1e9\n", "trunks.t", "max_cps", "calls per second"),
         (T + "media_policy = ''\n", "trunks.t", "media_policy", "policy name"),
         (T + "enabled = 1\n", "trunks.t", "enabled", "true or false"),
         (T + "colour = 'red'\n", "trunks.t", "colour", "unknown key"),
