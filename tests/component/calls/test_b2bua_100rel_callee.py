@@ -129,3 +129,21 @@ async def test_a_late_offer_does_not_tell_the_callee_we_support_reliable_1xx(
     await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
     leg_b = await env.alice.next_call()
     assert leg_b.invite.headers.get("Supported") == "timer"
+
+
+async def test_a_reliable_1xx_without_a_usable_rseq_is_relayed_unpracked(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    for rseq in ([], [("RSeq", "0")], [("RSeq", "4294967296")], [("RSeq", "one")]):
+        await env.alice.respond(leg_b.incoming, 180, extra=[*RELIABLE, *rseq])
+    assert call.exchange is not None
+    await call.exchange.wait_for(lambda r: r.status == 180)
+    await trio.sleep(1)
+    assert pracks(env) == []  # nothing can acknowledge it (RFC 3262 §7.1: RSeq 1..2**32-1)
+    assert call.exchange.statuses.count(180) == 4  # each relayed as an ordinary 180
+    await call.cancel()
+    assert (await call.final()).status == 487
