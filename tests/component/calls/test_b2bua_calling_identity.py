@@ -112,3 +112,39 @@ async def test_an_account_without_a_number_on_the_trunk_gets_its_caller_id_or_it
                 f"<sip:{presented}@127.0.0.1:5060>"
             )
             run.cancel_scope.cancel()
+
+
+async def test_an_anonymous_from_is_a_privacy_request_too(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # A PBX trunk whose caller withheld its number the RFC 3323 §4.1.1.3 way (an anonymous
+    # From, no Privacy header): the device sees no identity either.
+    pbx_trunk = {
+        "name": "pbx",
+        "address": "udp:127.0.0.4:5060",
+        "prefixes": ["+44"],
+        "dids": {"+442071230001": "alice"},
+    }
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, extra_trunks=[pbx_trunk])
+    for n, (user, domain) in enumerate(
+        (("anonymous", "127.0.0.4:5060"), ("x", "anonymous.invalid"))
+    ):
+        pbx = SipAgent(
+            env.network,
+            PBX,
+            ids=SeededIds(voipgw_seed + 4 + n),  # (new Call-IDs and branches each time)
+            user=user,
+            domain=domain,
+            proxy=GW,
+        )
+        async with trio.open_nursery() as run:
+            await run.start(pbx.serve)
+            call = await pbx.invite(env.did_uri("+442071230001"))
+            assert (await call.final()).status == 200, (user, domain)
+            invite = (await env.alice.next_call()).invite
+            assert without_tag(invite.headers.get("From") or "") == ANONYMOUS_FROM, (user, domain)
+            assert invite.headers.get("P-Asserted-Identity") is None
+            assert (await call.bye()).status == 200
+            await eventually(lambda: env.calls == 0)
+            run.cancel_scope.cancel()
+        pbx.socket.close()
