@@ -448,7 +448,7 @@ class Call:
         except SdpError as err:
             await self._reject_a(488, "Not Acceptable Here", err.reason)
         self.late_offer = offer is None
-        self.a_reliable_1xx = "100rel" in _option_tags(invite, "Require")
+        self.a_reliable_1xx = "100rel" in invite.headers.option_tags("Require")
         self.a.allows_update = allows_update(invite.headers)
         try:
             timer = self._timer_of(invite, self.a)
@@ -768,7 +768,7 @@ class Call:
         early dialog. We do, whatever A's leg does: A gets its own 1xx, reliable only if A
         required that. False for one to drop: the same RSeq again (our PRACK's transaction
         re-sends itself) or one out of order (§4: RSeq must be the last one plus one)."""
-        if "100rel" not in _option_tags(response, "Require"):
+        if "100rel" not in response.headers.option_tags("Require"):
             return True
         rseq = _parse_rseq(response.headers.get("RSeq"))
         tag = response.to.tag
@@ -2251,16 +2251,6 @@ async def _final_response(client: ClientRequest) -> Response | None:
         if response.is_final:
             return response
     return None
-
-
-def _option_tags(message: Request | Response, header: str) -> list[str]:
-    """The option tags of every ``header`` field (Require, Supported: RFC 3261 §20.32)."""
-    return [
-        tag.strip().lower()
-        for value in message.headers.get_all(header)
-        for tag in value.split(",")
-        if tag.strip()
-    ]
 
 
 def _parse_rack(value: str | None) -> tuple[int, int, str] | None:

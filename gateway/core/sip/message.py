@@ -116,6 +116,13 @@ class Headers:
     def count(self, name: str) -> int:
         return len(self.get_all(name))
 
+    def option_tags(self, name: str) -> frozenset[str]:
+        """The option tags of every ``name`` field, lower case (Require, Supported: RFC 3261
+        §20.32, §19.2; a list header, one or more fields)."""
+        return frozenset(
+            tag.strip().lower() for value in self.get_all(name) for tag in value.split(",")
+        ) - {""}
+
     def names(self) -> tuple[str, ...]:
         return tuple(n for n, _ in self.fields)
 

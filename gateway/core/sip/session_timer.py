@@ -82,9 +82,7 @@ def _delta_seconds(text: str, header: str) -> int:
 
 def supports_timer(headers: Headers) -> bool:
     """Whether the sender says it supports session timers (Supported or Require: timer)."""
-    return "timer" in _option_tags(headers, "Supported") or "timer" in _option_tags(
-        headers, "Require"
-    )
+    return "timer" in headers.option_tags("Supported") | headers.option_tags("Require")
 
 
 def allows_update(headers: Headers) -> bool:
@@ -243,7 +241,3 @@ def leg_timer(expires: SessionExpires | None, *, we_are_uac: bool, now: float) -
         return None
     we_refresh = (expires.refresher == UAC) == we_are_uac
     return LegTimer(expires.seconds, we_refresh, now)
-
-
-def _option_tags(headers: Headers, name: str) -> set[str]:
-    return {tag.strip().lower() for value in headers.get_all(name) for tag in value.split(",")}
