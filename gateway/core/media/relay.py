@@ -14,6 +14,11 @@ address (direction ``a_to_b``), and the reverse.
   relay was built with ``relatch_after`` and the latched source has been silent that long.
   RTP and RTCP sockets latch separately. A new SDP address for the side forgets the latch.
   Caveat (shared with rtpengine's default learning mode): whoever sends first latches the socket.
+  Except the source it forgot: when a new SDP address replaces a latched source that was still
+  sending, that source may not latch again within :data:`PREVIOUS_SOURCE_QUARANTINE` seconds of
+  its last packet before the change (a transferred call's departing party, still sending music on
+  hold while the target's media starts, would otherwise win the socket back; RFC 3515 transfers,
+  and any re-INVITE that moves a leg's media). Not when the new address is that source itself.
   Unless re-latching is on, a latched socket is connected to its source (``connect(2)``,
   :mod:`~gateway.core.media.udp_association`): the kernel then drops other senders' datagrams
   (answering them with ICMP port unreachable, as for a closed port) instead of the relay
@@ -292,6 +297,13 @@ class _Route:
         self.dropped_send_error = 0
 
 
+# How long after its last packet before the change a latched source that a new SDP address
+# replaced may not latch the socket again (module docstring): long enough for the new peer's
+# first packet, which follows its SDP at once; short enough that a peer that kept its source
+# across a re-INVITE is back soon.
+PREVIOUS_SOURCE_QUARANTINE = 3.0
+
+
 class _Endpoint:
     """One bound media socket and everything the hot loop needs for what arrives on it."""
 
@@ -307,6 +319,8 @@ class _Endpoint:
         "last_received",
         "non_rtp",
         "only_from_source",
+        "previous_source",
+        "previous_until",
         "receive_errors",
         "recv_connected",
         "recvfrom_into",
@@ -340,6 +354,9 @@ class _Endpoint:
         self.direction = Direction.A_TO_B
         self.source: Address | None = None  # latched source address
         self.last_received = now
+        # The source a new SDP address made it forget, kept out until ``previous_until``.
+        self.previous_source: Address | None = None
+        self.previous_until = 0.0
         self.blocked = False
         self.taps: tuple[Tap, ...] = ()
         self.non_rtp: NonRtpHandler | None = None
@@ -425,8 +442,15 @@ class StreamSide:
         remote_rtp = _remote_address(self._family, rtp)
         remote_rtcp = _remote_address(self._family, rtcp)
         if remote_rtp != self._remote_rtp or remote_rtcp != self._remote_rtcp:
-            _unlatch(self._rtp)
-            _unlatch(self._rtcp)
+            for ep in (self._rtp, self._rtcp):
+                # A new peer (not "no destination", and not the latched source itself): the
+                # old one may not take the socket back while it keeps sending. Each change
+                # decides afresh: going back to an earlier peer frees it at once.
+                ep.previous_source = None
+                if remote_rtp is not None and ep.source not in (None, remote_rtp, remote_rtcp):
+                    ep.previous_source = ep.source
+                    ep.previous_until = ep.last_received + PREVIOUS_SOURCE_QUARANTINE
+                _unlatch(ep)
         self._remote_rtp = remote_rtp
         self._remote_rtcp = remote_rtcp
         self._rtcp_mux = rtcp_mux
@@ -1008,6 +1032,9 @@ class MediaRelay:
         if ep.source is not None and (
             self._relatch_after is None or now - ep.last_received < self._relatch_after
         ):
+            ep.dropped_unlatched_source += 1
+            return False
+        if source == ep.previous_source and now < ep.previous_until:
             ep.dropped_unlatched_source += 1
             return False
         # Never connected here: without re-latching only an unlatched socket gets this far.

@@ -432,6 +432,51 @@ async def test_a_new_sdp_address_forgets_the_latch(
     assert (await moved.receive())[0] == rtp(4)
 
 
+async def test_a_replaced_source_still_sending_cannot_take_the_socket_back_for_a_while(
+    start_relay: StartRelay, make_phone: Callable[[], Phone]
+):
+    # A transfer: the leg's peer changes from alice to carol while alice, who is leaving, still
+    # sends (music on hold). Without the quarantine her next packet latched the socket again
+    # and carol's media was refused for the rest of the call.
+    clock = FakeClock()
+    relay = await start_relay(clock=clock)
+    alice, carol, bob = make_phone(), make_phone(), make_phone()
+    with relay.open_stream() as stream:
+        stream.a.set_remote(alice.rtp_address)
+        stream.b.set_remote(bob.rtp_address)
+        await alice.send(rtp(1), stream.a.ports.rtp_port)
+        assert (await bob.receive())[0] == rtp(1)
+
+        clock.now = 1.0
+        stream.a.set_remote(carol.rtp_address)  # carol takes over leg A
+        await alice.send(rtp(2), stream.a.ports.rtp_port)
+        await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 1)
+        assert stream.a.rtp_source is None
+        await carol.send(rtp(3), stream.a.ports.rtp_port)
+        assert (await bob.receive())[0] == rtp(3)
+        assert stream.a.rtp_source == carol.rtp_address
+        await bob.send(rtp(4), stream.b.ports.rtp_port)
+        assert (await carol.receive())[0] == rtp(4)
+
+        # A peer that keeps its source across a re-INVITE to a new address is kept out for
+        # the quarantine only, not for good.
+        clock.now = 2.0
+        stream.a.set_remote(alice.rtp_address)
+        await carol.send(rtp(5), stream.a.ports.rtp_port)
+        await until(lambda: stream.a_to_b.statistics().dropped_unlatched_source == 2)
+        clock.now = 1.0 + relay_module.PREVIOUS_SOURCE_QUARANTINE  # 3 s after carol's rtp(3)
+        await carol.send(rtp(6), stream.a.ports.rtp_port)
+        assert (await bob.receive())[0] == rtp(6)
+        assert stream.a.rtp_source == carol.rtp_address
+
+        # Going back (a transfer that failed after the new peer's SDP) frees the old peer at
+        # once: each change decides afresh.
+        stream.a.set_remote(alice.rtp_address)  # carol latched: she is kept out now
+        stream.a.set_remote(carol.rtp_address)  # back to carol, before alice sent anything
+        await carol.send(rtp(7), stream.a.ports.rtp_port)
+        assert (await bob.receive())[0] == rtp(7)
+
+
 async def test_no_destination_until_sdp_or_latching_gives_one(
     stream: MediaStream, alice: Phone, bob: Phone
 ):
