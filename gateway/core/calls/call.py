@@ -53,6 +53,14 @@ own Reason in our BYE (a carrier's Q.850 cause), the caller's in our CANCEL, the
 its failure response, and "Call completed elsewhere" in the CANCEL of devices that rang while
 another answered (phones then show no missed call).
 
+Transfers (RFC 3515 REFER from an account's device, ``gateway.core.calls.transfer``) are
+carried out here rather than passed on: 202 and NOTIFYs to the transferor, the target called
+without SDP as a call the transferor places (or, attended, its device in the consultation call
+with a Replaces, RFC 3891), its offer taken to the transferee in a re-INVITE, and the target's
+leg taking over the transferor's side, media ports and all. The dialogs of a call are told apart
+by their Call-ID: a departed transferor's requests (its BYE) are answered apart from its side's
+current leg. A REFER from a trunk's leg gets 403.
+
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
 gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp``.
@@ -85,6 +93,7 @@ import trio
 from gateway.core.auth.client import authorize
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.routing import UnroutableTarget, destination_for
+from gateway.core.calls.transfer import Transfer
 from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.handshakes import CallHandshakes
@@ -102,6 +111,14 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
+from gateway.core.sip.refer import (
+    SIPFRAG,
+    Replaces,
+    parse_refer,
+    sipfrag,
+    subscription_state,
+    wants_subscription,
+)
 from gateway.core.sip.session_timer import (
     UAC,
     UAS,
@@ -138,7 +155,7 @@ EVENT_QUEUE = 64
 EVENT_ROOM = 1024
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE, REFER"
 # RFC 3326: why a callee's ringing stops. Phones show no missed call for this one (RFC 3326 §2
 # example; every common desk phone reads it), which is what parallel ringing needs.
 ANSWERED_ELSEWHERE = ('SIP;cause=200;text="Call completed elsewhere"',)
@@ -184,7 +201,9 @@ class InDialogRequest:
     re-INVITE or our BYE. ``sent`` is what went out, for a retry with a trunk's credentials (once:
     ``challenged``)."""
 
-    purpose: str  # "relay" | "reinvite" | "bye" | "refresh" (our UPDATE, RFC 4028)
+    # "relay" | "reinvite" | "bye" | "refresh" (our UPDATE, RFC 4028) | "transfer" (our
+    # re-INVITE to a transferee with its target's offer) | "notify" (a transfer's progress)
+    purpose: str
     side: Side  # the leg it was sent on
     relayed: tuple[ServerTransaction, Request] | None = None
     sent: Request | None = None
@@ -253,6 +272,10 @@ class Call:
             invite=invite,
             transaction=transaction,
             local_tag=gateway.ids.new_tag(),
+            peer_kind=caller.kind,
+            peer_name=caller.name,
+            shown_as=_shown_caller(invite, caller),
+            private=_wants_privacy(invite),
         )
         # Call-ID alone is not unique: a caller retries with the same one after a failure.
         self.record_id = f"{self.id};{self.a.local_tag}"
@@ -300,6 +323,14 @@ class Call:
         # being relayed (the requester's leg runs it once that 2xx goes out).
         self._a_timer = UasAnswer(None, require=False)
         self._reinvite_timer = UasAnswer(None, require=False)
+        # Transfers (RFC 3515, transfer.py): the one in progress; the B legs of every transfer's
+        # INVITEs (their responses are the transfer's business); the dialogs of transferors that
+        # left the call, each with when we BYE it if it has not hung up by then; and what each
+        # transfer came to, for the call record.
+        self._transfer: Transfer | None = None
+        self._transfer_legs: set[BLeg] = set()
+        self._departed: list[tuple[Leg, float]] = []
+        self.transfers: list[dict[str, object]] = []
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -342,6 +373,7 @@ class Call:
                 # that crosses it needs ACK and BYE: wait for every B leg's final response, at
                 # most as long as an INVITE transaction lives (64*T1, Timer B).
                 with trio.move_on_after(self.config.sip.t1 * 64):
+                    await self._bye_transfer_leftovers()
                     await self._drain_b_legs()
                 nursery.cancel_scope.cancel()
         finally:
@@ -522,80 +554,126 @@ class Call:
         reason when its media policy refuses the call."""
         invite_a = self.a.invite
         assert invite_a is not None and self.caller is not None
-        try:
-            uri = parse_uri_untrusted(target.uri)
-            destination = destination_for(target)
-        except (RemoteSipError, UnroutableTarget) as err:
-            log.warning("call %s: cannot call %s: %s", self.id, target.uri, err)
+        made = self._new_b_leg(target, Side.B, late_offer=offer is None)
+        if made is None:
             return None
-        transport, address, flow = destination.transport, destination.address, destination.flow
-        leg = BLeg(
-            side=Side.B,
-            flow=flow,
-            transport=transport,
-            address=address,
-            contact=self._our_contact(transport),
-            target=target,
-        )
-        kind, name = ("account", target.account) if target.account else ("trunk", target.trunk)
-        leg.security = self.manager.leg_security(
-            self, Side.B, kind=kind, name=name, flow=flow, transport=transport
-        )
+        leg, uri = made
+        assert leg.security is not None
         if offer is not None:
             try:
                 offer = leg.security.make_offer(offer)
             except MediaSecurityRefused as err:
                 log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
                 return err.reason
-        request = self._b_invite(uri, leg, offer, invite_a)
+        await self._send_b_invite(leg, self._b_invite(uri, leg, offer, invite_a))
+        return None
+
+    def _new_b_leg(
+        self, target: RouteTarget, side: Side, *, late_offer: bool
+    ) -> tuple[BLeg, Uri] | None:
+        """A leg to call ``target`` on (a callee on side B, or a transfer's target on the
+        transferor's side), with its media security, and the Request-URI; None (logged) when
+        the target is not a usable SIP URI."""
+        try:
+            uri = parse_uri_untrusted(target.uri)
+            destination = destination_for(target)
+        except (RemoteSipError, UnroutableTarget) as err:
+            log.warning("call %s: cannot call %s: %s", self.id, target.uri, err)
+            return None
+        transport, flow = destination.transport, destination.flow
+        kind, name = ("account", target.account) if target.account else ("trunk", target.trunk)
+        dialed = uri.user if isinstance(uri, SipUri) else None
+        leg = BLeg(
+            side=side,
+            flow=flow,
+            transport=transport,
+            address=destination.address,
+            contact=self._our_contact(transport),
+            target=target,
+            peer_kind=kind,
+            peer_name=name,
+            shown_as=target.account or dialed or "anonymous",
+            late_offer=late_offer,
+        )
+        leg.security = self.manager.leg_security(
+            self, side, kind=kind, name=name, flow=flow, transport=transport
+        )
+        return leg, uri
+
+    async def _send_b_invite(self, leg: BLeg, request: Request) -> None:
+        """Send our INVITE to ``leg``; its responses come into this call's events."""
         self.b_legs.append(leg)
         from_tag = request.from_.tag
         assert from_tag is not None
-        self.manager.register_b_leg(self, request.call_id, from_tag)
+        self.manager.register_leg(self, leg.side, request.call_id, from_tag)
         try:
             client = await self.endpoint.send_request(
-                request, transport=transport, address=address, flow=flow
+                request, transport=leg.transport, address=leg.address, flow=leg.flow
             )
         except OSError as exc:
-            log.warning("call %s: cannot reach %s: %s", self.id, target.uri, exc)
+            log.warning("call %s: cannot reach %s: %s", self.id, request.uri, exc)
             leg.final = make_response(request, 503, "Service Unavailable")
-            return None
+            return
         leg.flow = client.flow
         leg.invite = client.request
         self._forward(client, leg)
-        return None
 
     def _b_invite(
         self, uri: Uri, leg: BLeg, offer: SessionDescription | None, invite_a: Request
     ) -> Request:
-        assert self.caller is not None
-        ids = self.manager.gateway.ids
+        user = self._calling_user(leg, invite_a)
+        display = invite_a.from_.display_name
+        return self._new_invite(
+            uri,
+            leg,
+            offer,
+            self._identity(leg, user, display, privacy=_wants_privacy(invite_a)),
+            max_forwards=(invite_a.max_forwards or 70) - 1,
+        )
+
+    def _identity(
+        self, leg: BLeg, user: str, display: str | None, *, privacy: bool
+    ) -> list[tuple[str, str]]:
+        """From (and, towards a trunk, P-Asserted-Identity) of our INVITE to ``leg`` for a
+        caller presented as ``user``: the From that goes first, then the others."""
         host, port = self.endpoint.local_address(leg.transport)
         our_host = f"[{host}]" if ":" in host else host
-        caller_from = invite_a.from_
-        user = self._calling_user(leg, invite_a)
         from_uri = SipUri("sip", f"{our_host}:{port}", user=user)
         identity: list[tuple[str, str]] = []
         if leg.target is not None and leg.target.trunk is not None:
             # RFC 3325 §9.1: a trunk is in our trust domain, and carriers want the caller's
             # number asserted, all the more when the caller asked for privacy.
             identity.append(("P-Asserted-Identity", str(NameAddr(from_uri))))
-        from_ = NameAddr(from_uri, display_name=caller_from.display_name)
-        if _wants_privacy(invite_a):
+        from_ = NameAddr(from_uri, display_name=display)
+        if privacy:
             # RFC 3323 §4.1.1.3: the anonymous From; the trunk keeps the identity, withheld.
             from_ = NameAddr(ANONYMOUS_URI, display_name='"Anonymous"')
             identity += [("Privacy", "id")] if identity else []
-        from_ = from_.with_tag(ids.new_tag())
-        max_forwards = (invite_a.max_forwards or 70) - 1
+        from_ = from_.with_tag(self.manager.gateway.ids.new_tag())
+        return [("From", str(from_)), *identity]
+
+    def _new_invite(
+        self,
+        uri: Uri,
+        leg: BLeg,
+        offer: SessionDescription | None,
+        identity: Sequence[tuple[str, str]],
+        *,
+        max_forwards: int = 70,
+    ) -> Request:
+        """Our INVITE to ``leg`` (a callee, or a transfer's target): ``identity`` starts with
+        its From; without ``offer``, a late offer."""
+        ids = self.manager.gateway.ids
+        from_, *others = identity
         headers = Headers.of(
             [
                 ("Max-Forwards", str(max_forwards)),
-                ("From", str(from_)),
+                from_,
                 ("To", str(self._b_to(uri, leg))),
                 ("Call-ID", ids.new_call_id()),
                 ("CSeq", "1 INVITE"),
                 ("Contact", str(leg.contact)),
-                *identity,
+                *others,
                 ("Allow", ALLOW),
                 # RFC 3262: reliable 1xx from the callee are PRACKed by us (_prack_b); not with
                 # a late offer, where one could carry an offer for A to answer.
@@ -616,12 +694,17 @@ class Call:
         if self.caller.kind != "account" or self.caller.name is None:
             user = caller_from.uri.user if isinstance(caller_from.uri, SipUri) else None
             return user or "anonymous"
+        return self._account_number(leg, self.caller.name)
+
+    def _account_number(self, leg: BLeg, account: str) -> str:
+        """How ``account`` calls out on ``leg``: towards a trunk by its number there, else by
+        its name."""
         trunk_name = leg.target.trunk if leg.target is not None else None
         trunk = self.config.trunk(trunk_name) if trunk_name is not None else None
         if trunk is None:
-            return self.caller.name
-        numbers = [number for number, account in trunk.dids.items() if account == self.caller.name]
-        return numbers[0] if numbers else trunk.caller_id or self.caller.name
+            return account
+        numbers = [number for number, owner in trunk.dids.items() if owner == account]
+        return numbers[0] if numbers else trunk.caller_id or account
 
     def _b_to(self, uri: Uri, leg: BLeg) -> NameAddr:
         """To of a B leg: the callee's address-of-record for a registered user (the
@@ -710,7 +793,7 @@ class Call:
             or invite is None
             or leg.credentials_sent
             or leg.cancel_wanted
-            or self.state != "ringing"
+            or not self._still_calling(leg)
         ):
             return False
         answered = self._with_credentials(invite, invite.cseq.number + 1, response, trunk)
@@ -733,7 +816,7 @@ class Call:
             or min_se is None
             or leg.interval_raised
             or leg.cancel_wanted
-            or self.state != "ringing"
+            or not self._still_calling(leg)
         ):
             return False
         headers = (
@@ -1158,7 +1241,7 @@ class Call:
         if flow is None or flow.closed:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
         if body is None:
-            body = self._refusing_answer(leg, response) if self.late_offer else b""
+            body = self._refusing_answer(leg, response) if leg.late_offer else b""
         ack = dialog.create_ack(
             response.cseq.number,
             via=self.endpoint.new_via(flow),
@@ -1253,7 +1336,15 @@ class Call:
         # hold: a call resumed after a long silent hold gets the whole inactivity timeout.
         held, silent_since = False, self.answered_at
         while True:
-            wake = min(next_check, self._reinvite_deadline, self._session_timer_due())
+            transfer = self._transfer
+            if transfer is not None and transfer.deferred and not self._offer_in_progress():
+                await self._offer_target_to_transferee()
+            wake = min(
+                next_check,
+                self._reinvite_deadline,
+                self._session_timer_due(),
+                self._transfer_due(),
+            )
             event = await self._next_event(wake)
             now = trio.current_time()
             if now >= next_check and self.media is not None:
@@ -1268,6 +1359,8 @@ class Call:
                 await self._reinvite_timed_out()
             if now >= self._session_timer_due():
                 await self._session_timers_due(now)
+            if now >= self._transfer_due():
+                await self._transfer_timers(now)
             if event is None:
                 continue
             if isinstance(event, RequestEvent):
@@ -1287,6 +1380,9 @@ class Call:
         leg = self._leg(event.side)
         request = event.request
         assert leg.dialog is not None
+        if request.call_id != leg.dialog.call_id:
+            await self._other_dialog_request(event)  # a departed transferor, or a new target
+            return
         try:
             leg.dialog.receive_request(request)
         except OutOfOrderRequest as err:
@@ -1295,6 +1391,12 @@ class Call:
         if request.method == "BYE":
             await self.endpoint.respond(event.transaction, make_response(request, 200))
             leg.dialog.terminate()
+            if self._transfer is not None and self._transfer.transferor is leg:
+                # Phones doing a "blind" transfer hang up right after the 202: the transfer
+                # goes on without them (transfer.py).
+                self._transfer.transferor_left = True
+                log.info("call %s: the transferor hung up; the transfer goes on", self.id)
+                return
             other = self._leg(event.side.other)
             why = f"BYE from {event.side.value.upper()} leg"
             await self._bye(other, why, reasons=request.headers.get_all("Reason"))
@@ -1302,11 +1404,14 @@ class Call:
         if request.method == "INVITE":
             await self._reinvite(event)
             return
-        if request.method == "PRACK" and event.side is Side.A:
+        if request.method == "PRACK" and event.side is Side.A and self.a.invite is not None:
             await self._prack(event)  # a late one, after our 2xx (RFC 3262 §3)
             return
         if request.method == "UPDATE":
             await self._update(event)
+            return
+        if request.method == "REFER":
+            await self._refer(event)
             return
         if request.method in RELAYED_IN_DIALOG:
             await self._relay_request(event)
@@ -1317,7 +1422,8 @@ class Call:
 
     async def _reinvite(self, event: RequestEvent) -> None:
         request = event.request
-        if self._pending_reinvite is not None or self._late_reinvite is not None:
+        transferring = self._transfer is not None and self._transfer.answered is not None
+        if self._pending_reinvite is not None or self._late_reinvite is not None or transferring:
             await self.endpoint.respond(event.transaction, make_response(request, 491))
             return
         timer = await self._session_timer_of(event)
@@ -1435,6 +1541,9 @@ class Call:
     async def _relayed_response(self, event: ResponseEvent) -> None:
         tag = event.tag
         response = event.response
+        if isinstance(tag, BLeg) and tag in self._transfer_legs:
+            await self._target_response(tag, response)
+            return
         if isinstance(tag, BLeg):
             if response.is_success and tag.final is not None and tag.ack is not None:
                 # A retransmitted 2xx: our ACK was lost; the UAC core sends it again
@@ -1471,21 +1580,15 @@ class Call:
             await self._reinvite_answered(tag.side, response)
         elif tag.purpose == "refresh":
             await self._refresh_answered(tag, response)
+        elif tag.purpose == "transfer":
+            await self._transferee_answered(tag, response)
 
     async def _reinvite_answered(self, answered_side: Side, response: Response) -> None:
         leg = self._leg(answered_side)
         if self._late_reinvite is not None and response.is_success:
             return  # its 2xx again: ACKed once the requester's ACK brings the answer
         if self._pending_reinvite is None:
-            last = self._reinvite_acks.get(answered_side)
-            if (
-                response.is_success
-                and last is not None
-                and last.cseq.number == response.cseq.number
-            ):
-                # A retransmitted 2xx to our re-INVITE: our ACK was lost (RFC 3261 §13.2.2.4).
-                flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
-                await self.endpoint.send_ack(last, flow)
+            await self._resend_reinvite_ack(answered_side, response)
             return
         side, transaction, request = self._pending_reinvite
         self._pending_reinvite = None
@@ -1541,6 +1644,15 @@ class Call:
                     f"re-INVITE to the {answered_side.value.upper()} leg answered "
                     f"{response.status} {response.reason}"
                 )
+
+    async def _resend_reinvite_ack(self, side: Side, response: Response) -> None:
+        """A 2xx to a re-INVITE of ours on ``side``'s leg that we ACKed already: our ACK was
+        lost, send it again (RFC 3261 §13.2.2.4)."""
+        last = self._reinvite_acks.get(side)
+        if response.is_success and last is not None and last.cseq.number == response.cseq.number:
+            leg = self._leg(side)
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            await self.endpoint.send_ack(last, flow)
 
     async def _late_reinvite_offered(
         self,
@@ -1632,6 +1744,473 @@ class Call:
         )
         self._reinvite_acks[answered_side] = ack
         await self.endpoint.send_ack(ack, flow)
+
+    # -- transfers (RFC 3515 REFER, RFC 3891 Replaces; transfer.py) ----------------------------
+
+    async def _refer(self, event: RequestEvent) -> None:
+        """A REFER in the established call: 202 and NOTIFYs, the target called, or a refusal
+        that leaves the call as it is (403 from a trunk's leg, 491 while a transfer or a
+        re-INVITE is in progress, 400/416/501 for a Refer-To we cannot follow)."""
+        request = event.request
+        transferor = self._leg(event.side)
+        try:
+            refusal = self._refer_refusal(transferor)
+            refer_to = parse_refer(request.headers)
+        except RemoteSipError as err:
+            refusal = (err.status or 400, err.reason)
+        if refusal is not None:
+            status, why = refusal
+            log.info("call %s: REFER from the %s leg refused: %s", self.id, event.side.value, why)
+            refused = make_response(request, status, extra=[("Warning", _warning(why))])
+            await self.endpoint.respond(event.transaction, refused)
+            return
+        transfer = Transfer(
+            transferor=transferor,
+            refer_cseq=request.cseq.number,
+            notify=wants_subscription(request.headers),
+            target=str(refer_to.uri),
+        )
+        self._transfer = transfer
+        extra = [("Contact", str(transferor.contact))]
+        if not transfer.notify:
+            extra.append(("Refer-Sub", "false"))  # RFC 4488 §4
+        await self.endpoint.respond(event.transaction, make_response(request, 202, extra=extra))
+        kind = "attended" if refer_to.replaces is not None else "blind"
+        log.info(
+            "call %s: the %s leg transfers the call to %s (%s)",
+            self.id,
+            event.side.value.upper(),
+            transfer.target,
+            kind,
+        )
+        await self._notify(transfer, 100, "Trying")
+        if refer_to.replaces is not None:
+            failure = await self._call_replaced_dialog(refer_to.replaces)
+        else:
+            failure = await self._call_transfer_target(refer_to.uri)
+        if failure is not None:
+            await self._end_transfer(*failure)
+
+    def _refer_refusal(self, transferor: Leg) -> tuple[int, str] | None:
+        if transferor.peer_kind != "account":
+            # A carrier's REFER would have us place calls for it; a PBX behind a trunk
+            # transfers by itself when refused.
+            return 403, "transfers are taken from accounts' devices only"
+        if self._transfer is not None:
+            return 491, "a transfer is in progress"
+        if self._offer_in_progress():
+            return 491, "a re-INVITE is in progress"
+        return None
+
+    def _offer_in_progress(self) -> bool:
+        return self._pending_reinvite is not None or self._late_reinvite is not None
+
+    async def _call_transfer_target(self, uri: Uri) -> tuple[int, str] | None:
+        """A blind transfer: route ``uri`` as a call the transferor places and ring every
+        target; the failure to report when none can be rung."""
+        transfer = self._transfer
+        assert transfer is not None
+        transferor = transfer.transferor
+        caller = Caller(kind="account", name=transferor.peer_name, flow=transferor.flow)
+        host, port = self.endpoint.local_address(transferor.transport)
+        our_host = f"[{host}]" if ":" in host else host
+        who = NameAddr(SipUri("sip", f"{our_host}:{port}", user=transferor.shown_as))
+        # What a routing plugin sees: the transferor calling the target.
+        routed = Request(
+            "INVITE",
+            uri,
+            Headers.of(
+                [
+                    ("From", str(who.with_tag(self.manager.gateway.ids.new_tag()))),
+                    ("To", str(NameAddr(uri))),
+                    ("Call-ID", self.id),
+                    ("CSeq", "1 INVITE"),
+                    ("Referred-By", str(who)),
+                ]
+            ),
+        )
+        try:
+            decision = self.manager.route(routed, caller)
+        except Exception:  # a routing plugin's bug fails this transfer, not the call
+            log.exception("call %s: routing the transfer target failed", self.id)
+            return 500, "Server Internal Error"
+        if not decision.targets:
+            status = decision.reject_status or 404
+            return status, decision.reject_reason or default_reason(status)
+        counted = [(target, self._count_target(target)) for target in decision.targets]
+        targets = [target for target, why in counted if why is None]
+        if not targets:
+            first, why = counted[0]
+            if first.trunk is not None:
+                return 503, f"Service Unavailable (trunk {why})"
+            return 486, f"Busy Here (account {why})"
+        for target in targets:
+            await self._invite_transfer_target(target, [("Referred-By", str(who))])
+        return self._transfer_targets_failed()
+
+    async def _call_replaced_dialog(self, replaces: Replaces) -> tuple[int, str] | None:
+        """An attended transfer: the Replaces names the transferor's dialog with us in another
+        call (its consultation call). Its other leg's device is called with a Replaces for our
+        dialog with it (RFC 3891 §3: it drops that call and takes ours). A trunk's call is not
+        replaced: carriers do not take Replaces."""
+        transfer = self._transfer
+        assert transfer is not None
+        found = self.manager.find_dialog(replaces.call_id, replaces.to_tag)
+        other = found[0] if found is not None else None
+        if found is None or other is None or other is self or other.state != "answered":
+            return 481, "Call/Transaction Does Not Exist"
+        consulting = other.a if found[1] is Side.A else other.b
+        target_leg = other.b if found[1] is Side.A else other.a
+        transferor = transfer.transferor
+        if (
+            consulting is None
+            or consulting.dialog is None
+            or consulting.dialog.remote_tag != replaces.from_tag
+            or (consulting.peer_kind, consulting.peer_name)
+            != (transferor.peer_kind, transferor.peer_name)
+        ):
+            # Only a dialog of the transferor's own account may be named.
+            return 481, "Call/Transaction Does Not Exist"
+        dialog = target_leg.dialog if target_leg is not None else None
+        their_tag = dialog.remote_tag if dialog is not None else None
+        if target_leg is None or dialog is None or their_tag is None:
+            return 481, "Call/Transaction Does Not Exist"
+        if target_leg.peer_kind != "account":
+            return 501, "Not Implemented (attended transfer to a trunk's call)"
+        ours = Replaces(dialog.call_id, to_tag=their_tag, from_tag=dialog.local_tag)
+        transfer.replaces = ours
+        target = RouteTarget(
+            uri=str(dialog.remote_target), flow=target_leg.flow, account=target_leg.peer_name
+        )
+        host, port = self.endpoint.local_address(transferor.transport)
+        our_host = f"[{host}]" if ":" in host else host
+        who = NameAddr(SipUri("sip", f"{our_host}:{port}", user=transferor.shown_as))
+        extra = [("Referred-By", str(who)), ("Replaces", str(ours)), ("Require", "replaces")]
+        await self._invite_transfer_target(target, extra)
+        return self._transfer_targets_failed()
+
+    async def _invite_transfer_target(
+        self, target: RouteTarget, extra: Sequence[tuple[str, str]]
+    ) -> None:
+        """Call one of the transfer target's devices, without SDP: its 2xx offers, the
+        transferee answers (transfer.py step 3). It sees the transferee calling, a trunk the
+        transferor's account (carriers take only their own numbers as caller ID)."""
+        transfer = self._transfer
+        assert transfer is not None
+        made = self._new_b_leg(target, transfer.side, late_offer=True)
+        if made is None:
+            return
+        leg, uri = made
+        transferee = self._leg(transfer.side.other)
+        if leg.peer_kind == "trunk":
+            account = transfer.transferor.peer_name or "anonymous"
+            user, private = self._account_number(leg, account), False
+        else:
+            user, private = transferee.shown_as, transferee.private
+        identity = self._identity(leg, user, None, privacy=private)
+        transfer.legs.append(leg)
+        self._transfer_legs.add(leg)
+        await self._send_b_invite(leg, self._new_invite(uri, leg, None, [*identity, *extra]))
+
+    def _transfer_targets_failed(self) -> tuple[int, str] | None:
+        """The failure to report once every device of the target has failed; while some
+        still ring, None (they get ``[sip] ring_timeout``, as Timer C)."""
+        transfer = self._transfer
+        assert transfer is not None
+        if any(leg.final is None for leg in transfer.legs):
+            transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
+            return None
+        return best_failure([leg.final for leg in transfer.legs if leg.final is not None])
+
+    def _still_calling(self, leg: BLeg) -> bool:
+        """Whether our INVITE to ``leg`` is still wanted (a challenge or a 422 is answered):
+        the call rings, or the transfer it belongs to has no answer yet."""
+        if leg in self._transfer_legs:
+            return self._transfer is not None and self._transfer.still_calling(leg)
+        return self.state == "ringing"
+
+    async def _target_response(self, leg: BLeg, response: Response) -> None:
+        """A response to our INVITE to a transfer target's device."""
+        transfer = self._transfer
+        calling = transfer is not None and transfer.still_calling(leg)
+        if leg.final is not None:
+            if response.is_success and leg.ack is not None:
+                await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
+            return  # (its 2xx again before our ACK: ACKed once the transferee answers)
+        if response.status < 200:
+            if response.status == 100 or not await self._prack_b(leg, response):
+                return
+            leg.provisional_seen = True
+            if leg.cancel_wanted and not leg.cancelled:
+                await self._cancel_b(leg)
+            elif calling:
+                assert transfer is not None
+                transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
+                await self._notify(transfer, response.status, response.reason)
+            return
+        if response.status in (401, 407) and await self._answer_challenge(leg, response):
+            return
+        if response.status == 422 and await self._ask_longer_interval(leg, response):
+            return
+        leg.final = response
+        if response.is_success:
+            await self._target_answered(leg, response)
+        elif calling:
+            failure = self._transfer_targets_failed()
+            if failure is not None:
+                await self._end_transfer(*failure)
+
+    async def _target_answered(self, leg: BLeg, response: Response) -> None:
+        """A target's device answered with its offer: the first one is offered to the
+        transferee (now, or once the re-INVITE in progress is over); any other is ACKed and
+        BYEd, as is one that answers a transfer already over."""
+        leg.dialog = self._confirmed_dialog(leg, response)
+        transfer = self._transfer
+        if transfer is None or not transfer.still_calling(leg):
+            await self._bye(leg, "call completed elsewhere")  # ACKed first (§13.2.2.4)
+            return
+        transfer.answered = leg
+        transfer.deadline = math.inf
+        for other in transfer.legs:
+            if other is not leg and other.final is None:
+                await self._cancel_b(other, ANSWERED_ELSEWHERE)
+        if self._offer_in_progress():
+            transfer.deferred = True  # _established offers it once that is over
+            return
+        await self._offer_target_to_transferee()
+
+    async def _offer_target_to_transferee(self) -> None:
+        """The target's offer, through its leg's and the transferee's keys, in a re-INVITE to
+        the transferee: a re-offer from the transferor's side, whose ports the target takes
+        over (the relay sends there as soon as the offer is made, RFC 3264 §8.3.1)."""
+        transfer = self._transfer
+        assert transfer is not None and transfer.answered is not None and self.media is not None
+        transfer.deferred = False
+        leg = transfer.answered
+        transferee = self._leg(transfer.side.other)
+        assert leg.final is not None and leg.security is not None
+        assert transferee.security is not None
+        try:
+            sdp = _sdp(leg.final)
+            if not sdp:
+                raise SdpError("2xx without SDP offer to our INVITE without SDP")
+            plain = self.media.offer_from(
+                transfer.side.value, leg.security.take_offer(parse_sdp_untrusted(sdp))
+            )
+            offer = transferee.security.make_offer(plain)
+        except (SdpError, PortsExhausted) as err:
+            self.media.abandon_offer()
+            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
+            log.info("call %s: the transfer target's offer is unusable: %s", self.id, reason)
+            await self._end_transfer(488, "Not Acceptable Here")
+            return
+        tag = InDialogRequest("transfer", transferee.side)
+        sent = await self._send_in_dialog(
+            transferee,
+            "INVITE",
+            body=serialize_sdp(offer),
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(transferee)],
+        )
+        if sent is None:
+            self.media.abandon_offer()
+            await self._end_transfer(503, "Service Unavailable")
+            return
+        transfer.reinvite = tag
+        transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
+
+    async def _transferee_answered(self, tag: InDialogRequest, response: Response) -> None:
+        """The transferee's final response to the re-INVITE with the target's offer: a 2xx
+        completes the transfer (its answer goes to the target in our ACK); a refusal fails
+        it and the call goes on as before (408 or 481: the transferee is gone, it ends)."""
+        transfer = self._transfer
+        if transfer is None or transfer.reinvite is not tag:
+            await self._resend_reinvite_ack(tag.side, response)
+            return
+        assert self.media is not None and transfer.answered is not None
+        transfer.reinvite, transfer.deadline = None, math.inf
+        leg = transfer.answered
+        transferee = self._leg(tag.side)
+        side = tag.side.value.upper()
+        if not response.is_success:
+            self.media.abandon_offer()
+            await self._end_transfer(response.status, response.reason)
+            if response.status in (408, 481):
+                await self._hang_up(
+                    f"re-INVITE to the {side} leg answered {response.status} {response.reason}"
+                )
+            return
+        assert transferee.dialog is not None and transferee.security is not None
+        assert leg.security is not None and leg.dialog is not None and leg.final is not None
+        flow = await self.endpoint.flow_to(
+            transferee.transport, transferee.address, transferee.flow
+        )
+        ack = transferee.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
+        self._reinvite_acks[tag.side] = ack
+        await self.endpoint.send_ack(ack, flow)
+        transferee.session_timer = self._refreshed_by_2xx(transferee, response)
+        try:
+            plain = self.media.answer_from(
+                tag.side.value, transferee.security.take_answer(parse_sdp_untrusted(_sdp(response)))
+            )
+            answer = leg.security.make_answer(plain)
+        except SdpError as err:
+            # The transferee uses its new SDP already: the legs would disagree (RFC 3264 §8).
+            self.media.abandon_offer()
+            await self._end_transfer(488, "Not Acceptable Here")
+            await self._hang_up(f"bad SDP answer to re-INVITE: {err.reason}")
+        await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer))
+        self.media.settle()
+        await self._complete_transfer()
+
+    async def _complete_transfer(self) -> None:
+        """The target's leg takes the transferor's place in the call; the transferor hears
+        "200 OK" and is left to hang up (BYEd by us after 64*T1 if it does not)."""
+        transfer = self._transfer
+        assert transfer is not None and transfer.answered is not None
+        self._transfer = None
+        leg, departing = transfer.answered, transfer.transferor
+        assert leg.final is not None and leg.dialog is not None
+        leg.allows_update = allows_update(leg.final.headers)
+        leg.session_timer = self._refreshed_by_2xx(leg, leg.final)
+        if transfer.side is Side.B:
+            self.b = leg
+        else:
+            self.a = _as_a_leg(leg)
+        self._apply_keys(self.b)
+        self._retransmit_at.pop(transfer.side, None)  # our 2xx to the transferor: over
+        dialog = departing.dialog
+        if dialog is not None and dialog.state is not DialogState.TERMINATED:
+            self._departed.append((departing, trio.current_time() + 64 * self.config.sip.t1))
+        self._record_transfer(transfer, 200, "OK")
+        await self._notify(transfer, 200, "OK")
+
+    async def _end_transfer(self, status: int, reason: str) -> None:
+        """The transfer failed with ``status``: its devices still ringing are CANCELled, one
+        that answered is BYEd, the transferor hears why; the call goes on, unless the
+        transferor has hung up already."""
+        transfer = self._transfer
+        if transfer is None:
+            return
+        self._transfer = None
+        for leg in transfer.legs:
+            if leg.final is None:
+                await self._cancel_b(leg)
+        if transfer.answered is not None:
+            await self._bye(transfer.answered, f"transfer failed: {status} {reason}")
+        self._record_transfer(transfer, status, reason)
+        if transfer.transferor_left:
+            await self._hang_up(f"transfer to {transfer.target} failed: {status} {reason}")
+        await self._notify(transfer, status, reason)
+
+    def _record_transfer(self, transfer: Transfer, status: int, reason: str) -> None:
+        log.info(
+            "call %s: transfer of the %s leg to %s: %d %s",
+            self.id,
+            transfer.side.value.upper(),
+            transfer.target,
+            status,
+            reason,
+        )
+        self.transfers.append(
+            {
+                "by": transfer.side.value,
+                "to": transfer.target,
+                "attended": transfer.replaces is not None,
+                "status": status,
+            }
+        )
+
+    async def _notify(self, transfer: Transfer, status: int, reason: str) -> None:
+        """Tell the transferor how the transfer fares (RFC 3515 §2.4.4-2.4.5): a NOTIFY in its
+        dialog per new status, the last one (final) ending the implicit subscription. Not when
+        it asked for none (RFC 4488) or has hung up."""
+        leg = transfer.transferor
+        if not transfer.notify or transfer.transferor_left or leg.dialog is None:
+            return
+        if leg.dialog.state is DialogState.TERMINATED or status <= transfer.notified:
+            return
+        transfer.notified = status
+        await self._send_in_dialog(
+            leg,
+            "NOTIFY",
+            body=sipfrag(status, reason),
+            content_type=SIPFRAG,
+            tag=InDialogRequest("notify", leg.side),
+            extra=[
+                ("Event", f"refer;id={transfer.refer_cseq}"),
+                ("Subscription-State", subscription_state(status >= 200)),
+            ],
+            forward=False,  # nothing waits for its answer
+        )
+
+    def _transfer_due(self) -> float:
+        """When a transfer's target has rung or its re-INVITE waited long enough, or a departed
+        transferor is to be BYEd."""
+        due = min((at for _, at in self._departed), default=math.inf)
+        return min(due, self._transfer.deadline) if self._transfer is not None else due
+
+    async def _transfer_timers(self, now: float) -> None:
+        for departed in [d for d in self._departed if d[1] <= now]:
+            self._departed.remove(departed)
+            await self._bye(departed[0], "call transferred")
+        transfer = self._transfer
+        if transfer is None or now < transfer.deadline:
+            return
+        if transfer.reinvite is None:  # the target's devices rang for [sip] ring_timeout
+            await self._end_transfer(408, "Request Timeout")
+            return
+        # As a relayed re-INVITE without a final response (_reinvite_timed_out).
+        assert self.media is not None
+        self.media.abandon_offer()
+        await self._cancel_relayed(transfer.reinvite)
+        side = transfer.reinvite.side.value.upper()
+        await self._end_transfer(408, "Request Timeout")
+        seconds = 64 * self.config.sip.t1
+        await self._hang_up(f"re-INVITE to the {side} leg got no final response in {seconds:g} s")
+
+    async def _other_dialog_request(self, event: RequestEvent) -> None:
+        """A request in a dialog of this call that is not its leg's on that side: a departed
+        transferor's (its BYE gets 200; anything else 481, the call went on without it), or a
+        target's that answered but has not taken over yet (its BYE fails the transfer)."""
+        request = event.request
+        for departed in self._departed:
+            dialog = departed[0].dialog
+            if dialog is not None and dialog.call_id == request.call_id:
+                status = 200 if request.method == "BYE" else 481
+                await self.endpoint.respond(event.transaction, make_response(request, status))
+                if request.method == "BYE":
+                    dialog.terminate()
+                    self._departed.remove(departed)
+                return
+        transfer = self._transfer
+        target = transfer.answered if transfer is not None else None
+        dialog = target.dialog if target is not None else None
+        if transfer is None or dialog is None or dialog.call_id != request.call_id:
+            await self.endpoint.respond(event.transaction, make_response(request, 481))
+            return
+        if request.method != "BYE":
+            busy = make_response(request, 491 if request.method in ("INVITE", "UPDATE") else 500)
+            await self.endpoint.respond(event.transaction, busy)
+            return
+        await self.endpoint.respond(event.transaction, make_response(request, 200))
+        dialog.terminate()
+        if transfer.reinvite is not None:
+            # The transferee is being moved to media that is gone: nobody is left to talk to.
+            await self._end_transfer(487, "Request Terminated")
+            await self._hang_up("the transfer target hung up as it answered")
+        await self._end_transfer(487, "Request Terminated")  # its offer was not made yet
+
+    async def _bye_transfer_leftovers(self) -> None:
+        """The call has ended: BYE a departed transferor that has not hung up, and a target
+        that answered a transfer that did not complete."""
+        reason = self.end_reason or "call ended"
+        for departed, _ in self._departed:
+            await self._bye(departed, reason)
+        self._departed.clear()
+        transfer, self._transfer = self._transfer, None
+        if transfer is not None and transfer.answered is not None:
+            await self._bye(transfer.answered, reason)
 
     # -- session timers (RFC 4028), each leg on its own ------------------------------------------
 
@@ -1859,6 +2438,8 @@ class Call:
                     leg_record["srtp"] = counters
         if self.media is not None:
             record["media"] = self.media.statistics()
+        if self.transfers:
+            record["transfers"] = list(self.transfers)
         return record
 
     def _leg(self, side: Side) -> Leg:
@@ -1946,7 +2527,8 @@ class Call:
             method,
             via=self.endpoint.new_via(flow),
             # Target refresh requests carry our Contact (RFC 3261 §12.2.1.1, RFC 3311 §5.1).
-            contact=leg.contact if method in ("INVITE", "UPDATE") else None,
+            # NOTIFY too: RFC 6665 makes it a target refresh request of its subscription.
+            contact=leg.contact if method in ("INVITE", "UPDATE", "NOTIFY") else None,
             extra=extra,
             body=body,
             content_type=content_type if body else None,
@@ -1982,10 +2564,7 @@ class Call:
     def _trunk_credentials(self, leg: Leg) -> TrunkConfig | None:
         """The trunk at the other end of ``leg`` if it has credentials for us to answer its
         challenges with: the trunk we called (B leg) or the trunk that called us (A leg)."""
-        if isinstance(leg, BLeg):
-            name = leg.target.trunk if leg.target is not None else None
-        else:
-            name = self.caller.name if self.caller.kind == "trunk" else None
+        name = leg.peer_name if leg.peer_kind == "trunk" else None
         trunk = self.config.trunk(name) if name is not None else None
         if trunk is None or trunk.username is None or trunk.password is None:
             return None
@@ -2275,6 +2854,37 @@ def _wants_privacy(invite: Request) -> bool:
     return isinstance(uri, SipUri) and (
         (uri.user or "").lower() == "anonymous" or uri.host.lower() == "anonymous.invalid"
     )
+
+
+def _as_a_leg(leg: BLeg) -> ALeg:
+    """A transfer target's leg taking over side A (its INVITE was ours, but the call's A leg is
+    an ALeg: answered, nothing left of a caller's INVITE transaction)."""
+    assert leg.dialog is not None
+    return ALeg(
+        side=Side.A,
+        flow=leg.flow,
+        transport=leg.transport,
+        address=leg.address,
+        contact=leg.contact,
+        dialog=leg.dialog,
+        security=leg.security,
+        session_timer=leg.session_timer,
+        allows_update=leg.allows_update,
+        peer_kind=leg.peer_kind,
+        peer_name=leg.peer_name,
+        shown_as=leg.shown_as,
+        local_tag=leg.dialog.local_tag,
+        answered=True,
+    )
+
+
+def _shown_caller(invite: Request, caller: Caller) -> str:
+    """How a caller is shown to others: an account by its name, a trunk's caller by the
+    number in its From."""
+    if caller.kind == "account" and caller.name is not None:
+        return caller.name
+    uri = invite.from_.uri
+    return (uri.user if isinstance(uri, SipUri) else None) or "anonymous"
 
 
 def _parse_rseq(value: str | None) -> int | None:

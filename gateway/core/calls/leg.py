@@ -46,6 +46,15 @@ class Leg:
     # peer allows UPDATE, the only request we refresh a session with.
     session_timer: LegTimer | None = None
     allows_update: bool = False
+    # Who is at the other end: "account" or "trunk" and its name ("" and None: unknown). Whose
+    # credentials answer a trunk's challenges, and whether the leg may transfer (REFER).
+    peer_kind: str = ""
+    peer_name: str | None = None
+    # How this party is shown to the others it talks to through us (a number or an account
+    # name), and whether it asked for its identity to be withheld (RFC 3323): what a transfer
+    # target sees calling when this party is transferred to it.
+    shown_as: str = "anonymous"
+    private: bool = False
 
     @property
     def established(self) -> bool:
@@ -83,3 +92,5 @@ class BLeg(Leg):
     ack: Request | None = None  # our ACK for its 2xx, resent for every 2xx retransmission
     credentials_sent: bool = False  # a trunk's 401/407 was answered (once, RFC 3261 §22.2)
     interval_raised: bool = False  # a 422 was answered with a longer interval (once, RFC 4028 §7.3)
+    # Our INVITE had no SDP (RFC 3261 §13.2.1): its 2xx offers and our ACK must answer.
+    late_offer: bool = False

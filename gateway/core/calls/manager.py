@@ -149,9 +149,19 @@ class CallManager:
     # -- for calls ------------------------------------------------------------------------------
 
     def register_b_leg(self, call: Call, call_id: str, local_tag: str) -> None:
+        self.register_leg(call, Side.B, call_id, local_tag)
+
+    def register_leg(self, call: Call, side: Side, call_id: str, local_tag: str) -> None:
+        """Requests in the dialog with ``call_id`` and our ``local_tag`` go to ``call`` as
+        ``side``'s (a B leg; a transfer's new leg on either side)."""
         key = (call_id, local_tag)
-        self._by_dialog[key] = (call, Side.B)
+        self._by_dialog[key] = (call, side)
         self._keys_of[call][1].append(key)
+
+    def find_dialog(self, call_id: str, local_tag: str) -> tuple[Call, Side] | None:
+        """The call and side whose dialog has ``call_id`` and our ``local_tag`` (the dialog a
+        Replaces names, RFC 3891 §3)."""
+        return self._by_dialog.get((call_id, local_tag))
 
     def _limit_of(self, key: Key) -> Limit:
         kind, name = key

@@ -1,0 +1,72 @@
+"""A call transfer the B2BUA carries out for a REFER (RFC 3515): its parties and progress.
+
+The gateway terminates REFER instead of passing it to the other leg (specs/sip-robustness.md:
+"terminate transfers in the B2BUA"): carriers do not take REFER, and the new leg must go
+through the gateway's routing, limits, media relay and keys like any other. Who is who (RFC
+5589 §2): the **transferor** sent the REFER, the **transferee** is the party it talks to (the
+call's other leg), the **target** is whom the transferee talks to afterwards.
+
+How (:class:`gateway.core.calls.call.Call` "transfers"):
+
+1. The REFER is answered 202 and a NOTIFY says ``SIP/2.0 100 Trying`` (RFC 3515 §2.4.4-2.4.5).
+2. The target is routed as a call the transferor places (its routing, its limits, its number
+   towards a trunk), and called with an INVITE **without SDP**; every device it rings gets one
+   (a user's several phones), ``Referred-By`` naming the transferor (RFC 3892). For an
+   attended transfer the target is the peer of the dialog the Replaces names, called with a
+   Replaces for our own dialog with it (RFC 3891), so the target drops that call itself.
+3. The target's 2xx brings its offer. It goes to the transferee in a re-INVITE (which also
+   takes it off hold), through both legs' keys, as a re-offer from the transferor's side: the
+   target takes over the transferor's side of the media session, ports and all.
+4. The transferee's answer goes back in our ACK to the target. The target's leg replaces the
+   transferor's; the last NOTIFY says ``SIP/2.0 200 OK``. The transferor's dialog is left for
+   it to BYE (RFC 5589 §6), and BYEd by us after 64*T1 if it does not.
+
+A failure at any step (no route, the target busy or not answering within ``[sip]
+ring_timeout``, an unusable offer, the transferee refusing the re-INVITE) goes to the transferor
+as the final NOTIFY's status line; the call goes on as before (the transferor takes the
+transferee off hold itself). A transferor that hung up before the end (phones doing "blind"
+transfers BYE right after the 202) leaves the transfer to finish; if it then fails the call
+ends.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import attrs
+
+from gateway.core.calls.leg import BLeg, Leg, Side
+from gateway.core.sip.refer import Replaces
+
+if TYPE_CHECKING:
+    from gateway.core.calls.call import InDialogRequest
+
+
+@attrs.define(eq=False)
+class Transfer:
+    """One REFER being carried out."""
+
+    transferor: Leg  # the leg the REFER came on; leaves the call when the transfer succeeds
+    refer_cseq: int  # the REFER's CSeq: the ``id`` of its NOTIFYs' Event (RFC 3515 §2.4.6)
+    notify: bool  # False: ``Refer-Sub: false`` (RFC 4488), no NOTIFYs
+    target: str  # the Refer-To URI, for the log and the call record
+    replaces: Replaces | None = None  # what our INVITE to the target replaces (attended)
+    legs: list[BLeg] = attrs.Factory(list)  # our INVITEs to the target's devices
+    answered: BLeg | None = None  # the device that answered first
+    # Our re-INVITE to the transferee with the target's offer, once sent; the offer waits
+    # (``deferred``) while another re-INVITE of the call is in progress.
+    reinvite: InDialogRequest | None = None
+    deferred: bool = False
+    deadline: float = math.inf  # while ringing: [sip] ring_timeout; then 64*T1 for the re-INVITE
+    notified: int = 0  # the last status a NOTIFY reported
+    transferor_left: bool = False  # it sent BYE before the transfer ended
+
+    @property
+    def side(self) -> Side:
+        """The side of the call the target takes over."""
+        return self.transferor.side
+
+    def still_calling(self, leg: BLeg) -> bool:
+        """Whether our INVITE to ``leg`` is still wanted: nobody answered yet."""
+        return self.answered is None and leg in self.legs

@@ -1,0 +1,448 @@
+"""Call transfer by REFER (RFC 3515), terminated in the B2BUA (gateway/core/calls/transfer.py):
+202 and NOTIFYs with sipfrag to the transferor, the target called without SDP, its offer taken
+to the transferee in a re-INVITE, the target's leg taking the transferor's place; attended
+transfer with Replaces (RFC 3891); refusals, failures, and a transferor that hangs up early.
+
+Before this, every REFER got 501. Set-up as b2bua_env.py: trunk "carrier" at 127.0.0.2 calls
+alice's DID; bob, another account, registers a phone at 127.0.0.4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from gateway.core.ids import SeededIds
+from gateway.core.sip.message import Request
+from gateway.testing.network import Address
+from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, sdp_connection
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    GW,
+    RING_AND_ANSWER,
+    B2bua,
+    answered_call,
+    assert_media_via_gateway,
+    eventually,
+    next_within,
+    start_b2bua,
+)
+
+BOB: Address = ("127.0.0.4", 5060)
+BOB_URI = "<sip:bob@127.0.0.1:5060>"
+
+
+async def bob_phone(
+    env: B2bua, nursery: trio.Nursery, seed: int, auto: AutoAnswer | None = RING_AND_ANSWER
+) -> SipAgent:
+    bob = SipAgent(
+        env.network,
+        BOB,
+        ids=SeededIds(seed + 3),
+        user="bob",
+        password="bob-password-1",
+        proxy=GW,
+        auto=auto,
+        media_port=50000,
+    )
+    await nursery.start(bob.serve)
+    assert (await bob.register()).status == 200
+    return bob
+
+
+async def refer(leg: Call, refer_to: str, *extra: tuple[str, str]) -> int:
+    exchange = await leg.request("REFER", extra=[("Refer-To", refer_to), *extra])
+    return (await exchange.final()).status
+
+
+def sipfrag_of(notify: Request) -> str:
+    return notify.body.decode().strip()
+
+
+async def test_a_blind_transfer_by_the_callee_puts_the_caller_through_to_the_target(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    port_to_trunk = sdp_connection(call.exchange.responses[-1].body)[1]  # type: ignore[union-attr]
+    port_to_alice = sdp_connection(env.alice.requests("INVITE")[0].body)[1]
+
+    assert await refer(alice_leg, BOB_URI) == 202
+    trying = await env.alice.next_request("NOTIFY")
+    refer_cseq = alice_leg.dialog.local_seq  # type: ignore[union-attr]
+    assert trying.request.headers.get("Event") == f"refer;id={refer_cseq}"
+    assert trying.request.headers.get("Subscription-State") == "active;expires=60"
+    assert trying.request.headers.get("Content-Type") == "message/sipfrag;version=2.0"
+    assert sipfrag_of(trying.request) == "SIP/2.0 100 Trying"
+
+    # bob is called without SDP, as the caller (the party he will talk to), referred by alice.
+    invite = await bob.next_request("INVITE")
+    assert invite.request.body == b""
+    assert invite.request.from_.uri.user == "+15550100"  # type: ignore[union-attr]
+    assert "alice@" in (invite.request.headers.get("Referred-By") or "")
+    ringing = await env.alice.next_request("NOTIFY")
+    assert sipfrag_of(ringing.request) == "SIP/2.0 180 Ringing"
+
+    # The trunk is re-INVITEd with bob's media (through the gateway, its own port kept)...
+    reinvite = await env.trunk.next_request("INVITE")
+    assert reinvite.request.to.tag is not None
+    assert_media_via_gateway(reinvite.request.body)
+    assert sdp_connection(reinvite.request.body)[1] == port_to_trunk
+    # ... and bob gets its answer in our ACK, on the ports that faced alice.
+    ack = await bob.next_request("ACK")
+    assert_media_via_gateway(ack.request.body)
+    assert sdp_connection(ack.request.body)[1] == port_to_alice
+
+    done = await env.alice.next_request("NOTIFY")
+    assert sipfrag_of(done.request) == "SIP/2.0 200 OK"
+    assert done.request.headers.get("Subscription-State") == "terminated;reason=noresource"
+    # alice hangs up, as a transferor does: the call goes on between the trunk and bob.
+    assert (await alice_leg.bye()).status == 200
+    await trio.sleep(5)
+    assert env.calls == 1
+    assert not env.trunk.requests("BYE")
+    bob_leg = bob.calls[0]
+    assert (await bob_leg.bye()).status == 200
+    bye = await env.trunk.next_request("BYE")
+    assert bye.request.call_id == call.call_id
+    await eventually(lambda: env.calls == 0)
+
+    # The call record says who transferred to whom.
+    store = env.gateway.store
+    assert store is not None
+    await eventually(lambda: [r.ended_at for r in store.call_records_recent()] != [None])
+    [record] = store.call_records_recent()
+    assert record.security is not None
+    assert record.security["transfers"] == [
+        {"by": "b", "to": "sip:bob@127.0.0.1:5060", "attended": False, "status": 200}
+    ]
+
+
+async def test_a_blind_transfer_by_the_caller_puts_the_callee_through_to_the_target(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call = await env.alice.invite("sip:+15550123@127.0.0.1:5060")
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    trunk_leg = await env.trunk.next_call()
+
+    assert await refer(call, BOB_URI) == 202
+    invite = await bob.next_request("INVITE")
+    # bob sees the party he will talk to: the number alice called.
+    assert invite.request.from_.uri.user == "+15550123"  # type: ignore[union-attr]
+    reinvite = await env.trunk.next_request("INVITE")
+    assert_media_via_gateway(reinvite.request.body)
+    await bob.next_request("ACK")
+    done = await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert done.headers.get("Subscription-State") == "terminated;reason=noresource"
+    assert (await call.bye()).status == 200
+
+    # bob is now the call's A side: the trunk's BYE reaches him, and his re-INVITE the trunk.
+    bob_leg = bob.calls[0]
+    assert (await bob_leg.reinvite(bob.offer_sdp(direction="sendonly"))).status == 200
+    assert len(env.trunk.requests("INVITE")) == 3  # the call, the transfer, bob's hold
+    assert (await trunk_leg.bye()).status == 200
+    bye = await bob.next_request("BYE")
+    assert bye.request.call_id == bob_leg.call_id
+    await eventually(lambda: env.calls == 0)
+
+
+async def eventually_notify(agent: SipAgent, status_line: str) -> Request:
+    """The agent's NOTIFY whose sipfrag is ``status_line`` (earlier ones skipped)."""
+    while True:
+        notify = await agent.next_request("NOTIFY")
+        if sipfrag_of(notify.request) == status_line:
+            return notify.request
+
+
+async def test_a_busy_target_fails_the_transfer_and_the_call_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(status=486))
+    call, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI) == 202
+    failed = await eventually_notify(env.alice, "SIP/2.0 486 Busy Here")
+    assert failed.headers.get("Subscription-State") == "terminated;reason=noresource"
+    assert len(bob.requests("INVITE")) == 1
+    assert not env.trunk.requests("INVITE")  # the transferee was not re-INVITEd
+    # The transferor takes the call back off hold; the call is as it was.
+    assert (await alice_leg.reinvite(env.alice.offer_sdp())).status == 200
+    assert (await call.bye()).status == 200
+    await env.alice.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_target_that_does_not_answer_is_cancelled_after_the_ring_timeout(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, sip={"ring_timeout": 30})
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(status=None))
+    _, alice_leg = await answered_call(env)
+    started = trio.current_time()
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 180 Ringing")
+    cancel = await bob.next_request("CANCEL", timeout=60)
+    assert 30 <= cancel.at - started < 31
+    await eventually_notify(env.alice, "SIP/2.0 408 Request Timeout")
+    assert env.calls == 1
+    assert (await alice_leg.bye()).status == 200
+
+
+async def test_refer_refusals_leave_the_call_as_it_is(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(status=None))
+    call, alice_leg = await answered_call(env)
+    # A trunk does not transfer through us: it would have us place calls for it.
+    assert await refer(call, BOB_URI) == 403
+    exchange = await alice_leg.request("REFER")  # no Refer-To (RFC 3515 §2.4.1)
+    assert (await exchange.final()).status == 400
+    assert await refer(alice_leg, "<mailto:bob@example.com>") == 416
+    assert await refer(alice_leg, "<sip:bob@127.0.0.1:5060;method=BYE>") == 501
+    assert await refer(alice_leg, "<sip:bob@127.0.0.1:5060?Replaces=abc>") == 400
+    assert not env.alice.requests("NOTIFY")
+    # One transfer at a time.
+    assert await refer(alice_leg, BOB_URI) == 202
+    await bob.next_request("INVITE")
+    assert await refer(alice_leg, BOB_URI) == 491
+    assert len(bob.requests("INVITE")) == 1
+    assert env.calls == 1
+
+
+async def test_a_transferor_that_hangs_up_at_once_leaves_the_transfer_to_finish(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(delay=3))
+    call, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI, ("Refer-Sub", "false")) == 202
+    assert (await alice_leg.bye()).status == 200  # before bob answers
+    await bob.next_request("ACK", timeout=10)
+    reinvite = env.trunk.requests("INVITE")[-1]
+    assert reinvite.to.tag is not None  # the trunk was re-INVITEd
+    assert not env.alice.requests("NOTIFY")  # Refer-Sub: false (RFC 4488)
+    assert not env.trunk.requests("BYE")
+    assert env.calls == 1
+    assert (await call.bye()).status == 200
+    await bob.next_request("BYE")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_failed_transfer_after_the_transferor_left_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(status=486, delay=1))
+    _, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI) == 202
+    assert (await alice_leg.bye()).status == 200
+    bye = await env.trunk.next_request("BYE")
+    assert "486" in (bye.request.headers.get("Reason") or "")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_transferor_that_stays_is_byed_after_64_t1(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI) == 202
+    done = await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert done is not None
+    assert await next_within(env.alice, "BYE", 31) is None
+    bye = await env.alice.next_request("BYE", timeout=5)
+    assert bye.request.call_id == alice_leg.call_id
+    assert env.calls == 1  # the trunk and bob talk on
+    assert (await bob.calls[0].bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_transferee_refusing_the_targets_media_fails_the_transfer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+
+    async def refuse_reinvite(received: object) -> bool:
+        request = received.request  # type: ignore[attr-defined]
+        if request.method != "INVITE":
+            return False
+        await env.trunk.respond(received, 488)  # type: ignore[arg-type]
+        return True
+
+    env.trunk.in_dialog = refuse_reinvite
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 488 Not Acceptable Here")
+    # bob, who answered, is ACKed and BYEd; the trunk and alice talk on.
+    bye = await bob.next_request("BYE")
+    assert bye.request.call_id == bob.calls[0].call_id
+    env.trunk.in_dialog = None
+    assert (await alice_leg.reinvite(env.alice.offer_sdp())).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_an_attended_transfer_replaces_the_consultation_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    # alice consults bob in a second call through the gateway.
+    consult = await env.alice.invite("sip:bob@127.0.0.1:5060")
+    assert (await consult.final()).status == 407
+    await consult.authenticate()
+    assert (await consult.final()).status == 200
+    bob_consult = await bob.next_call()
+    await bob.next_request("ACK")
+    assert consult.dialog is not None and bob_consult.dialog is not None
+    ours = consult.dialog
+    replaces = f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
+    assert await refer(alice_leg, f"<sip:bob@127.0.0.1:5060?Replaces={replaces}>") == 202
+
+    # bob gets an INVITE that replaces his dialog with the gateway in the consultation call.
+    invite = (await bob.next_request("INVITE")).request
+    theirs = bob_consult.dialog
+    assert invite.headers.get("Replaces") == (
+        f"{theirs.call_id};to-tag={theirs.local_tag};from-tag={theirs.remote_tag}"
+    )
+    assert invite.headers.get("Require") == "replaces"
+    await bob.next_request("ACK")
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    # bob drops the replaced dialog (RFC 3891 §3); the consultation call ends at alice.
+    assert (await bob_consult.bye()).status == 200
+    consult_bye = await env.alice.next_request("BYE")
+    assert consult_bye.request.call_id == consult.call_id
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
+    # The trunk's caller talks to bob.
+    assert (await call.bye()).status == 200
+    bye = await bob.next_request("BYE")
+    assert bye.request.call_id == invite.call_id
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_replaces_for_a_dialog_that_is_not_the_transferors_gets_481(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg = await answered_call(env)
+    replaces = "nosuchcall%3Bto-tag%3Dx%3Bfrom-tag%3Dy"
+    assert await refer(alice_leg, f"<sip:bob@127.0.0.1:5060?Replaces={replaces}>") == 202
+    failed = await eventually_notify(env.alice, "SIP/2.0 481 Call/Transaction Does Not Exist")
+    assert failed is not None
+    assert not bob.requests("INVITE")
+    assert env.calls == 1
+
+
+async def test_a_transfer_to_a_number_on_a_trunk_is_placed_as_the_transferors_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    _, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, "<sip:+15550199@127.0.0.1:5060>") == 202
+    invite = await env.trunk.next_request("INVITE")
+    assert invite.request.to.tag is None  # a new call to the carrier, not the re-INVITE
+    assert invite.request.uri.user == "+15550199"  # type: ignore[union-attr]
+    # The carrier sees alice's own number (its DID for her), asserted: carriers take only
+    # their own numbers as caller ID, and alice's account places (and pays for) this call.
+    assert invite.request.from_.uri.user == ALICE_DID  # type: ignore[union-attr]
+    pai = invite.request.headers.get("P-Asserted-Identity") or ""
+    assert f"sip:{ALICE_DID}@" in pai
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert (await alice_leg.bye()).status == 200
+    assert env.calls == 1
+
+
+async def test_a_target_answering_during_another_reinvite_is_offered_after_it(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(delay=1))
+    _, alice_leg = await answered_call(env)
+    answered_at: list[float] = []
+
+    async def slow_reinvite(received: object) -> bool:
+        request = received.request  # type: ignore[attr-defined]
+        if request.method != "INVITE" or answered_at:
+            return False
+        await trio.sleep(3)  # the trunk takes 3 s to answer alice's hold
+        answered_at.append(trio.current_time())
+        body = env.trunk.answer_sdp(request.body)
+        await env.trunk.respond(received, 200, body=body)  # type: ignore[arg-type]
+        return True
+
+    env.trunk.in_dialog = slow_reinvite
+    assert await refer(alice_leg, BOB_URI) == 202
+    hold = await alice_leg.request(
+        "INVITE", body=env.alice.offer_sdp(direction="sendonly"), content_type="application/sdp"
+    )
+    # bob answers at 1 s while the hold is pending: his offer waits for its end.
+    assert (await hold.final()).status == 200
+    transfer_reinvite = None
+    while transfer_reinvite is None or transfer_reinvite.request.body == b"":
+        transfer_reinvite = await env.trunk.next_request("INVITE")
+        if b"sendonly" in transfer_reinvite.request.body:
+            transfer_reinvite = None  # alice's hold, relayed
+    assert transfer_reinvite.at >= answered_at[0]
+    assert b"sendrecv" in transfer_reinvite.request.body
+    await bob.next_request("ACK")
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+
+
+async def test_a_transferred_call_can_be_transferred_again(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert (await alice_leg.bye()).status == 200
+    bob_leg = await bob.next_call()
+    await bob.next_request("ACK")
+
+    # bob sends the caller back to alice: the leg that replaced alice's transfers in turn.
+    assert await refer(bob_leg, "<sip:alice@127.0.0.1:5060>") == 202
+    alice_again = await env.alice.next_call()
+    assert alice_again.invite.from_.uri.user == "+15550100"  # type: ignore[union-attr]
+    assert "bob@" in (alice_again.invite.headers.get("Referred-By") or "")
+    await eventually_notify(bob, "SIP/2.0 200 OK")
+    assert (await bob_leg.bye()).status == 200
+    assert env.calls == 1
+    assert (await call.bye()).status == 200
+    bye = await env.alice.next_request("BYE")
+    assert bye.request.call_id == alice_again.call_id
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_target_hanging_up_while_the_transferee_is_reinvited_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+
+    async def never_answer(received: object) -> bool:
+        return received.request.method == "INVITE"  # type: ignore[attr-defined]
+
+    _, alice_leg = await answered_call(env)
+    env.trunk.in_dialog = never_answer
+    assert await refer(alice_leg, BOB_URI) == 202
+    await env.trunk.next_request("INVITE")  # the re-INVITE with bob's offer, left unanswered
+    bob_leg = await bob.next_call()
+    assert bob_leg.dialog is not None
+    assert (await bob_leg.bye()).status == 200
+    bye = await env.trunk.next_request("BYE")
+    assert "hung up as it answered" in (bye.request.headers.get("Reason") or "")
+    await eventually_notify(env.alice, "SIP/2.0 487 Request Terminated")
+    await eventually(lambda: env.calls == 0)
