@@ -346,7 +346,19 @@ def cmd_calls(args: argparse.Namespace) -> int:
             if leg:
                 name = "caller leg" if label == "a" else "callee leg"
                 print(f"  {name}: {describe_leg(leg)}")
+        for transfer in security.get("transfers", ()):
+            print(f"  {describe_transfer(transfer)}")
     return EXIT_OK
+
+
+def describe_transfer(transfer: dict[str, Any]) -> str:
+    """One transfer of a call record, in words: which side's party moved it where, and how it
+    ended (the final status of the transfer, RFC 3515 NOTIFY)."""
+    side = "caller" if transfer.get("by") == "a" else "callee"
+    kind = "attended" if transfer.get("attended") else "blind"
+    status = transfer.get("status")
+    outcome = "done" if status == 200 else f"failed ({status})"
+    return f"{kind} transfer by the {side} to {transfer.get('to')}: {outcome}"
 
 
 def cmd_accounts(args: argparse.Namespace) -> int:

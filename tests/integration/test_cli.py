@@ -281,6 +281,17 @@ def test_calls_lists_live_calls_with_each_legs_protection(tmp_path: Path) -> Non
     assert [c["call_id"] for c in json.loads(as_json.stdout)] == ["live-1"]
 
 
+def test_a_calls_transfers_are_said_in_words() -> None:
+    from gateway.core.cli import describe_transfer
+
+    done = {"by": "b", "to": "sip:bob@gw", "attended": False, "status": 200}
+    assert describe_transfer(done) == "blind transfer by the callee to sip:bob@gw: done"
+    failed = {"by": "a", "to": "sip:carol@gw", "attended": True, "status": 486}
+    assert (
+        describe_transfer(failed) == "attended transfer by the caller to sip:carol@gw: failed (486)"
+    )
+
+
 def test_a_dtls_leg_without_rtcp_mux_says_how_its_rtcp_port_is_keyed() -> None:
     from gateway.core.cli import describe_leg
 
