@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 
 from gateway.core.ids import SeededIds
@@ -446,3 +447,37 @@ async def test_a_target_hanging_up_while_the_transferee_is_reinvited_ends_the_ca
     assert "hung up as it answered" in (bye.request.headers.get("Reason") or "")
     await eventually_notify(env.alice, "SIP/2.0 487 Request Terminated")
     await eventually(lambda: env.calls == 0)
+
+
+@pytest.mark.parametrize("impairment", [0, 1, 2, 3, 4, 5])
+async def test_a_transfer_over_a_lossy_network_completes(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    impairment: int,
+) -> None:
+    # Retransmissions everywhere: the REFER and its NOTIFYs, the target's 2xx until our ACK
+    # (held back until the transferee answered), the re-INVITE and its 2xx.
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed + impairment,
+        drop=0.15,
+        duplicate=0.1,
+        reorder=0.1,
+        delay=(0.005, 0.2),
+    )
+    bob = await bob_phone(env, nursery, voipgw_seed + impairment)
+    call, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert (await alice_leg.bye()).status == 200
+    bob_leg = await bob.next_call()
+    await eventually(lambda: bob_leg.dialog is not None, timeout=30)
+    assert not bob.never_acked
+    assert (await call.bye()).status == 200
+    bye = await bob.next_request("BYE", timeout=40)
+    assert bye.request.call_id == bob_leg.call_id
+    await eventually(lambda: env.calls == 0, timeout=60)
+    assert not bob.never_acked and not env.trunk.never_acked
