@@ -465,3 +465,62 @@ async def test_a_key_exchange_that_raises_ends_only_its_call(
     # The gateway goes on: the next call is answered.
     call = await env.trunk.invite(env.did_uri(ALICE_DID))
     assert (await call.final()).status == 200
+
+
+async def test_a_call_transferred_to_a_dtls_device_is_keyed_by_its_own_handshake(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """alice (plain RTP) transfers the trunk's call to bob, whose policy is ``dtls``. The
+    transfer calls bob without SDP; his phone offers DTLS-SRTP in its 200, the trunk gets a
+    plain re-offer, and our ACK answers bob with our fingerprint: the handshake keys the leg
+    that took alice's place, and the call goes on (REFER, RFC 3515; RFC 5763 §5)."""
+    env = await with_dtls(nursery, tmp_path, voipgw_seed)
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("bob", media_policy="dtls")
+    bob = SipAgent(
+        env.network,
+        ("127.0.0.4", 5060),
+        ids=SeededIds(voipgw_seed + 3),
+        user="bob",
+        password="bob-password-1",
+        proxy=GW,
+        auto=None,
+    )
+    await nursery.start(bob.serve)
+    assert (await bob.register()).status == 200
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final()).status == 200
+    alice_leg = await env.alice.next_call()
+    refer = await alice_leg.request("REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")])
+    assert (await refer.final()).status == 202
+
+    bob_leg = await bob.next_call()
+    assert bob_leg.invite.body == b""
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(
+        suites=[], secure_signalling=False
+    )
+    sock = await bind()
+    await bob_leg.answer(200, sdp=dtls_sdp(negotiation))
+    reinvite = (await env.trunk.next_request("INVITE")).request
+    offer_to_trunk = parse_sdp_untrusted(reinvite.body).media[0]
+    assert offer_to_trunk.proto == "RTP/AVP" and not offer_to_trunk.attributes.has("fingerprint")
+    ack = (await bob.next_request("ACK")).request
+    answer = parse_sdp_untrusted(ack.body)
+    answered = answer.media[0]
+    assert answered.proto == "UDP/TLS/RTP/SAVP"
+    assert answered.attributes.get("setup") == "active"
+    negotiation.remote_sdp_attributes(pairs(answer, answered))
+    phone = Phone(negotiation, sock, ("127.0.0.1", answered.port))
+    nursery.start_soon(phone.run)
+    with trio.fail_after(30):
+        await phone.keyed.wait()
+    assert phone.failure is None and phone.keys is not None
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.b is not None and gateway_call.b.peer_name == "bob"
+    security = gateway_call.b.security
+    assert security is not None
+    await eventually(lambda: security.keys(0) is not None)
+    assert security.keys(0) == mirrored(phone.keys)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and bob.requests("BYE") == []
