@@ -636,9 +636,7 @@ class Call:
     ) -> list[tuple[str, str]]:
         """From (and, towards a trunk, P-Asserted-Identity) of our INVITE to ``leg`` for a
         caller presented as ``user``: the From that goes first, then the others."""
-        host, port = self.endpoint.local_address(leg.transport)
-        our_host = f"[{host}]" if ":" in host else host
-        from_uri = SipUri("sip", f"{our_host}:{port}", user=user)
+        from_uri = self._our_uri(leg.transport, user)
         identity: list[tuple[str, str]] = []
         if leg.target is not None and leg.target.trunk is not None:
             # RFC 3325 §9.1: a trunk is in our trust domain, and carriers want the caller's
@@ -711,9 +709,7 @@ class Call:
         Request-URI is the contact, RFC 3261 §10.2.1), else the Request-URI itself."""
         account = leg.target.account if leg.target is not None else None
         if account is not None:
-            host, port = self.endpoint.local_address(leg.transport)
-            host = f"[{host}]" if ":" in host else host
-            return NameAddr(SipUri("sip", host, user=account, port=port))
+            return NameAddr(self._our_uri(leg.transport, account))
         if isinstance(uri, SipUri):
             return NameAddr(attrs.evolve(uri, params=(), headers=()))
         return NameAddr(uri)
@@ -770,9 +766,7 @@ class Call:
                 return
             await self._relay_provisional(leg, response)
             return
-        if response.status in (401, 407) and await self._answer_challenge(leg, response):
-            return
-        if response.status == 422 and await self._ask_longer_interval(leg, response):
+        if await self._asked_again(leg, response):
             return
         leg.final = response
         if response.is_success:
@@ -780,6 +774,15 @@ class Call:
             return
         if all(b.final is not None for b in self.b_legs) and self.state == "ringing":
             await self._fail_a()
+
+    async def _asked_again(self, leg: BLeg, response: Response) -> bool:
+        """Whether a final response to our INVITE to ``leg`` is answered by sending the INVITE
+        again, amended: a trunk's challenge, a callee's 422 (once each)."""
+        if response.status in (401, 407):
+            return await self._answer_challenge(leg, response)
+        if response.status == 422:
+            return await self._ask_longer_interval(leg, response)
+        return False
 
     async def _answer_challenge(self, leg: BLeg, response: Response) -> bool:
         """A trunk challenged our INVITE: send it again with the trunk's ``username`` and
@@ -1812,9 +1815,7 @@ class Call:
         assert transfer is not None
         transferor = transfer.transferor
         caller = Caller(kind="account", name=transferor.peer_name, flow=transferor.flow)
-        host, port = self.endpoint.local_address(transferor.transport)
-        our_host = f"[{host}]" if ":" in host else host
-        who = NameAddr(SipUri("sip", f"{our_host}:{port}", user=transferor.shown_as))
+        who = NameAddr(self._our_uri(transferor.transport, transferor.shown_as))
         # What a routing plugin sees: the transferor calling the target.
         routed = Request(
             "INVITE",
@@ -1882,9 +1883,7 @@ class Call:
         target = RouteTarget(
             uri=str(dialog.remote_target), flow=target_leg.flow, account=target_leg.peer_name
         )
-        host, port = self.endpoint.local_address(transferor.transport)
-        our_host = f"[{host}]" if ":" in host else host
-        who = NameAddr(SipUri("sip", f"{our_host}:{port}", user=transferor.shown_as))
+        who = NameAddr(self._our_uri(transferor.transport, transferor.shown_as))
         extra = [("Referred-By", str(who)), ("Replaces", str(ours)), ("Require", "replaces")]
         await self._invite_transfer_target(target, extra)
         return self._transfer_targets_failed()
@@ -1948,9 +1947,7 @@ class Call:
                 transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
                 await self._notify(transfer, response.status, response.reason)
             return
-        if response.status in (401, 407) and await self._answer_challenge(leg, response):
-            return
-        if response.status == 422 and await self._ask_longer_interval(leg, response):
+        if await self._asked_again(leg, response):
             return
         leg.final = response
         if response.is_success:
@@ -2448,10 +2445,13 @@ class Call:
         assert self.b is not None
         return self.b
 
-    def _our_contact(self, transport: str) -> NameAddr:
+    def _our_uri(self, transport: str, user: str) -> SipUri:
+        """``sip:user@`` our address on ``transport``."""
         host, port = self.endpoint.local_address(transport)
-        host = f"[{host}]" if ":" in host else host
-        uri = SipUri("sip", host, user="voipgw", port=port)
+        return SipUri("sip", f"[{host}]" if ":" in host else host, user=user, port=port)
+
+    def _our_contact(self, transport: str) -> NameAddr:
+        uri = self._our_uri(transport, "voipgw")
         if transport != "udp":
             uri = uri.with_param("transport", transport)
         return NameAddr(uri)
