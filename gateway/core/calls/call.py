@@ -363,6 +363,14 @@ class Call:
                         await self._established()
                 except CallEnded as ended:
                     self.end_reason = self.end_reason or str(ended)
+                except OSError as exc:
+                    # A leg could not be reached when we had to send on it (a TCP or TLS peer
+                    # that closed its connection, a transport refusing the send): the network's
+                    # doing, not a bug. The call ends, saying so; the other leg gets BYE.
+                    log.info("call %s: signalling to a leg failed: %s", self.id, exc)
+                    self.end_reason = f"signalling failed: {exc}"
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await self._abort(503, "Service Unavailable (signalling failed)")
                 except Exception as exc:
                     # A bug in the core or a plugin: end this call only (STYLE.md habit 6).
                     log.exception("call %s failed", self.id)
@@ -1242,7 +1250,12 @@ class Call:
         answer: ``body``, or by default one rejecting every stream (a 2xx we BYE at once)."""
         flow = leg.flow
         if flow is None or flow.closed:
-            flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
+            try:
+                flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
+            except OSError as exc:
+                # As an ACK lost on the way: the callee re-sends its 2xx, then gives up.
+                log.info("call %s: cannot send ACK: %s", self.id, exc)
+                return
         if body is None:
             body = self._refusing_answer(leg, response) if leg.late_offer else b""
         ack = dialog.create_ack(
@@ -1601,7 +1614,15 @@ class Call:
             await self._late_reinvite_offered(side, transaction, request, answered_side, response)
         elif response.is_success:
             leg.session_timer = self._refreshed_by_2xx(leg, response)
-            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            try:
+                flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            except OSError as exc:
+                # The leg took the offer but cannot be ACKed: the legs would disagree.
+                self.media.abandon_offer()
+                warning = _warning(f"the {answered_side.value.upper()} leg cannot be reached")
+                refusal = make_response(request, 503, extra=[("Warning", warning)])
+                await self.endpoint.respond(transaction, refusal)
+                await self._hang_up(f"signalling failed: {exc}")
             ack = leg.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
             self._reinvite_acks[answered_side] = ack
             await self.endpoint.send_ack(ack, flow)
@@ -1654,7 +1675,11 @@ class Call:
         last = self._reinvite_acks.get(side)
         if response.is_success and last is not None and last.cseq.number == response.cseq.number:
             leg = self._leg(side)
-            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            try:
+                flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            except OSError as exc:
+                log.info("call %s: cannot resend ACK: %s", self.id, exc)
+                return
             await self.endpoint.send_ack(last, flow)
 
     async def _late_reinvite_offered(
