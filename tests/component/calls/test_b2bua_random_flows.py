@@ -27,6 +27,14 @@ OFFERS = 150
 MESSAGES = 400
 SLOW = 80.0  # seconds: longer than any transaction timer (64*T1 = 32 s)
 RING_TIMEOUT = 30.0
+# Where a random flow transfers its call: a number the trunk serves, alice herself (another
+# call to her phone), nobody, and an attended transfer naming a dialog that does not exist.
+REFER_TARGETS = [
+    "<sip:+15550199@127.0.0.1:5060>",
+    "<sip:alice@127.0.0.1:5060>",
+    "<sip:nobody@127.0.0.1:5060>",
+    "<sip:alice@127.0.0.1:5060?Replaces=gone%3Bto-tag%3Da%3Bfrom-tag%3Db>",
+]
 
 # -- mutated SDP --------------------------------------------------------------------------------
 
@@ -152,14 +160,20 @@ async def test_mutated_offers_answers_and_reoffers(
 
 async def in_call(rng: random.Random, call: Call, agent: SipAgent, flow: list[str]) -> None:
     """Up to three things one side does in an answered call: a re-INVITE (perhaps CANCELled),
-    an in-dialog request, or BYE (which ends its part)."""
+    an in-dialog request, a transfer (REFER), or BYE (which ends its part)."""
     for _ in range(rng.randrange(4)):
         # 70 s: past the expiry of a 90 s session timer nobody refreshes (RFC 4028).
         await trio.sleep(rng.choice([0, 0.001, 0.05, 0.5, 2, 70]))
         if call.dialog is None or call.dialog.state.value == "terminated":
             return
-        what = rng.randrange(5)
-        if what == 0:
+        what = rng.randrange(6)
+        if what == 5:  # a transfer (RFC 3515): alice's may go ahead, the trunk's gets 403
+            target = rng.choice(REFER_TARGETS)
+            extra = [("Refer-To", target), *([("Refer-Sub", "false")] * (rng.random() < 0.2))]
+            exchange = await call.request("REFER", extra=extra)
+            status = (await exchange.final(timeout=SLOW)).status
+            flow.append(f"{agent.user} REFER to {target} {status}")
+        elif what == 0:
             offer = agent.offer_sdp(direction=rng.choice(["sendrecv", "sendonly", "inactive"]))
             late = rng.random() < 0.25  # without SDP: the other side's 200 offers
             if not late and rng.random() < 0.25:  # the same offer by UPDATE (RFC 3311)
