@@ -113,5 +113,5 @@ def gateway_outbound_message(outbound: OutboundMessage) -> None:
 
 @hookspec
 def gateway_call_event(event: CallEvent) -> None:
-    """Observe a call event (started, ringing, answered, ended, leg-secured ...). Must not block;
+    """Observe a call event (started, ringing, answered, transferred, ended ...). Must not block;
     an exception in an observer is logged and never affects the call."""

@@ -327,7 +327,8 @@ class OutboundMessage:
 class CallEvent:
     """Something that happened to a call, for observers (CDR writers, metrics, taps)."""
 
-    kind: str  # "started" | "ringing" | "answered" | "ended" | "leg-secured" | ...
+    # "started" | "ringing" | "answered" | "transferred" | "transfer-failed" | "ended" | ...
+    kind: str
     call_id: str
     at: float
     reason: str | None = None

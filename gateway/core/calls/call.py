@@ -2142,6 +2142,12 @@ class Call:
                 "status": status,
             }
         )
+        # For observers (CDR writers, billing): who left, who came in, or why not.
+        side = transfer.side.value.upper()
+        if status == 200:
+            self.manager.event(self, "transferred", f"{side} leg to {transfer.target}")
+        else:
+            self.manager.event(self, "transfer-failed", f"{side} leg: {status} {reason}")
 
     async def _notify(self, transfer: Transfer, status: int, reason: str) -> None:
         """Tell the transferor how the transfer fares (RFC 3515 §2.4.4-2.4.5): a NOTIFY in its

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.core.hookspecs import hookimpl
 from gateway.core.ids import SeededIds
+from gateway.core.interfaces import CallEvent
 from gateway.core.sip.message import Request
 from gateway.testing.network import Address
 from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, sdp_connection
@@ -481,3 +483,32 @@ async def test_a_transfer_over_a_lossy_network_completes(
     assert bye.request.call_id == bob_leg.call_id
     await eventually(lambda: env.calls == 0, timeout=60)
     assert not bob.never_acked and not env.trunk.never_acked
+
+
+class EventLog:
+    """A plugin that notes every call event."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str | None]] = []
+
+    @hookimpl
+    def gateway_call_event(self, event: CallEvent) -> None:
+        self.events.append((event.kind, event.reason))
+
+
+async def test_observers_hear_of_transfers_done_and_failed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    observer = EventLog()
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, plugins=[("event-log", observer)])
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(status=486))
+    _, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 486 Busy Here")
+    bob.auto = AutoAnswer()
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    kinds = [kind for kind, _ in observer.events]
+    assert kinds == ["started", "ringing", "answered", "transfer-failed", "transferred"]
+    assert observer.events[3][1] == "B leg: 486 Busy Here"
+    assert observer.events[4][1] == "B leg to sip:bob@127.0.0.1:5060"
