@@ -1,11 +1,16 @@
-"""An attended transfer between real phones (RFC 3515 REFER with Replaces, RFC 3891).
+"""Call transfers between real phones through the gateway (RFC 3515 REFER, terminated in the
+gateway; attended with Replaces, RFC 3891).
 
-carol (baresip, 700 Hz) calls alice (linphonec, 1000 Hz); alice puts her on hold by calling bob
-(linphonec, 440 Hz), then transfers carol to bob with linphonec's ``transfer 1 --to-call 2``:
-a REFER whose Refer-To names alice's consultation call in a Replaces. The gateway calls bob's
-phone with a Replaces for its own dialog with bob, bob's phone swaps the consultation call for
-it and hangs that one up, and carol, re-INVITEd with bob's media, is heard by bob: what the
-gateway sends bob's phone after the transfer is carol's tone.
+1. Blind: alice (baresip, 1000 Hz) calls bob (baresip, 440 Hz); bob transfers her to carol
+   (baresip, 700 Hz) with baresip's ``transfer`` command. The gateway answers bob's REFER 202,
+   calls carol, re-INVITEs alice with carol's media and tells bob how it went in NOTIFYs; bob
+   leaves. Passes when carol hears alice's tone and alice, on the same call as before, hears
+   carol's: both through the relay, measured in a capture of what the gateway sends each phone.
+2. Attended: carol (baresip, 700 Hz) calls alice (linphonec, 1000 Hz); alice holds her, consults
+   bob (linphonec, 440 Hz) and transfers with linphonec's ``transfer 1 --to-call 2``: a REFER
+   whose Refer-To names the consultation call in a Replaces. The gateway calls bob's phone with a
+   Replaces for its own dialog with bob, bob's phone swaps the consultation call for it and hangs
+   that one up, and what the gateway sends bob's new call is carol's tone.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ import pytest
 
 from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, analyse_tone, tone_wav
 from tests.interop.harness.audio import g711_wav
-from tests.interop.harness.capture import Address, rtp_payloads, rtp_streams, udp_filter
+from tests.interop.harness.capture import (
+    Address,
+    rtp_payloads,
+    rtp_streams,
+    sip_requests,
+    udp_filter,
+)
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
 
 REALM = "interop.voipgw.test"
@@ -29,6 +40,70 @@ PCMU = 0
 
 def _inside(address: Address, ports: tuple[int, int]) -> bool:
     return ports[0] <= address[1] <= ports[1]
+
+
+@pytest.mark.interop
+def test_a_blind_transfer_puts_the_caller_through_to_the_target_with_media_both_ways(
+    tmp_path: Path,
+) -> None:
+    tones = {name: tone_wav(tmp_path / f"{name}.wav", hz) for name, hz in TONES.items()}
+    with (
+        GatewayProcess(
+            tmp_path,
+            accounts=PASSWORDS,
+            digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
+            settings={"gateway": {"realm": REALM, "log_level": "debug"}},
+        ) as gw,
+        Baresip(tmp_path, "alice", source=tones["alice"]) as alice,
+        Baresip(tmp_path, "bob", source=tones["bob"]) as bob,
+        Baresip(tmp_path, "carol", source=tones["carol"]) as carol,
+    ):
+        for phone in (alice, bob, carol):
+            phone.register(gw.uri(phone.name), PASSWORDS[phone.name])
+        ports = [gw.media_ports, alice.rtp_ports, bob.rtp_ports, carol.rtp_ports]
+        media = udp_filter(*ports)
+        with Capture(tmp_path / "signalling.pcap", f"port {gw.port}") as signalling:
+            alice.dial(gw.uri("bob"))
+            call = alice.wait_established()
+            bob.wait_established()
+            alice.wait_audio(AUDIO_SECONDS)
+
+            bob.command("transfer", gw.uri("carol"))
+            incoming = carol.wait_established()
+            gw.wait_for_log(rf"call {re.escape(call['id'])}: transfer of the B leg to .*: 200 OK")
+            bob.wait_closed(timeout=40)  # it hangs up on the final NOTIFY (or our BYE, 64*T1)
+            with Capture(tmp_path / "transferred.pcap", media) as transferred:
+                carol.wait_audio(AUDIO_SECONDS)
+            alice.hangup()
+            alice.wait_closed()
+            carol.wait_closed()
+        gw.wait_for_log(rf"call {re.escape(call['id'])} ended: BYE from A leg")
+        # carol sees the party she talks to calling: alice's account.
+        assert incoming["peeruri"].startswith("sip:alice@")
+        heard_by_carol = analyse_tone(carol.received_audio())
+        assert heard_by_carol.dominant_frequency == pytest.approx(TONES["alice"], abs=3)
+
+    # The REFER got 202, and bob heard of the outcome in NOTIFYs with sipfrag bodies.
+    refers = sip_requests(signalling.path, [gw.port], "REFER")
+    notifies = sip_requests(signalling.path, [gw.port], "NOTIFY")
+    assert sum(refers.values()) == 1, refers
+    assert sum(notifies.values()) >= 2, notifies  # 100 Trying ... 200 OK
+
+    # After the transfer, what the gateway sends alice is carol's tone, and carol's alice's.
+    even = [p for low, high in ports for p in range(low, high + 1) if p % 2 == 0]
+    streams = rtp_streams(transferred.path, even)
+    for phone, far_end in ((alice, "carol"), (carol, "alice")):
+        [(source, destination)] = [
+            (src, dst)
+            for src, dst in streams
+            if _inside(src, gw.media_ports) and _inside(dst, phone.rtp_ports)
+        ]
+        payload = rtp_payloads(transferred.path, even, source, destination)[PCMU]
+        heard = analyse_tone(g711_wav(payload, tmp_path / f"{phone.name}-transferred.wav"))
+        assert heard.dominant_frequency == pytest.approx(TONES[far_end], abs=3)
+        assert heard.power_share > 0.9
+    # bob is out of the media path: nothing went to him in that window.
+    assert not [s for s in streams if _inside(s[1], bob.rtp_ports)], streams
 
 
 @pytest.mark.interop
