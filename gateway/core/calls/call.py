@@ -364,13 +364,14 @@ class Call:
                 except CallEnded as ended:
                     self.end_reason = self.end_reason or str(ended)
                 except OSError as exc:
-                    # A leg could not be reached when we had to send on it (a TCP or TLS peer
-                    # that closed its connection, a transport refusing the send): the network's
-                    # doing, not a bug. The call ends, saying so; the other leg gets BYE.
-                    log.info("call %s: signalling to a leg failed: %s", self.id, exc)
-                    self.end_reason = f"signalling failed: {exc}"
+                    # Most likely a leg that could not be reached when we had to send on it (a
+                    # TCP or TLS peer that closed its connection, a transport refusing the
+                    # send): the network's doing. The call ends, saying so; the other leg gets
+                    # BYE. The traceback stays in the log for an OSError of another origin.
+                    log.warning("call %s: network error: %s", self.id, exc, exc_info=True)
+                    self.end_reason = f"network error: {exc}"
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
-                        await self._abort(503, "Service Unavailable (signalling failed)")
+                        await self._abort(503, "Service Unavailable (network error)")
                 except Exception as exc:
                     # A bug in the core or a plugin: end this call only (STYLE.md habit 6).
                     log.exception("call %s failed", self.id)

@@ -148,9 +148,6 @@ class CallManager:
 
     # -- for calls ------------------------------------------------------------------------------
 
-    def register_b_leg(self, call: Call, call_id: str, local_tag: str) -> None:
-        self.register_leg(call, Side.B, call_id, local_tag)
-
     def register_leg(self, call: Call, side: Side, call_id: str, local_tag: str) -> None:
         """Requests in the dialog with ``call_id`` and our ``local_tag`` go to ``call`` as
         ``side``'s (a B leg; a transfer's new leg on either side)."""

@@ -512,3 +512,33 @@ async def test_observers_hear_of_transfers_done_and_failed(
     assert kinds == ["started", "ringing", "answered", "transfer-failed", "transferred"]
     assert observer.events[3][1] == "B leg: 486 Busy Here"
     assert observer.events[4][1] == "B leg to sip:bob@127.0.0.1:5060"
+
+
+async def test_a_network_error_while_transferring_ends_the_call_and_frees_every_leg(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The ACK of the transferee's 2xx cannot be sent (its connection gone, a new one refused):
+    # an OSError in the middle of the transfer. The call ends as a network error, not an
+    # internal one, and every leg it had (the transferor, the target that answered) gets BYE.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    _, alice_leg = await answered_call(env)
+    endpoint = env.gateway.endpoint
+    assert endpoint is not None
+    real_flow_to = endpoint.flow_to
+
+    async def refuse_the_trunk(transport, address, flow=None):  # type: ignore[no-untyped-def]
+        if tuple(address) == ("127.0.0.2", 5060) and env.trunk.requests("INVITE"):
+            raise ConnectionRefusedError(111, "Connection refused")
+        return await real_flow_to(transport, address, flow)
+
+    endpoint.flow_to = refuse_the_trunk  # type: ignore[method-assign]
+    assert await refer(alice_leg, BOB_URI) == 202
+    assert (await bob.next_request("BYE")).request.call_id == bob.calls[0].call_id
+    assert (await env.alice.next_request("BYE")).request.call_id == alice_leg.call_id
+    await eventually(lambda: env.calls == 0)
+    store = env.gateway.store
+    assert store is not None
+    await eventually(lambda: [r.ended_at for r in store.call_records_recent()] != [None])
+    [record] = store.call_records_recent()
+    assert record.end_reason == "network error: [Errno 111] Connection refused"
