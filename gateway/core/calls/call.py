@@ -1412,6 +1412,7 @@ class Call:
                 # Phones doing a "blind" transfer hang up right after the 202: the transfer
                 # goes on without them (transfer.py).
                 self._transfer.transferor_left = True
+                leg.session_timer = None  # nothing to refresh or watch on its ended dialog
                 log.info("call %s: the transferor hung up; the transfer goes on", self.id)
                 return
             other = self._leg(event.side.other)
@@ -1841,7 +1842,7 @@ class Call:
         assert transfer is not None
         transferor = transfer.transferor
         caller = Caller(kind="account", name=transferor.peer_name, flow=transferor.flow)
-        who = NameAddr(self._our_uri(transferor.transport, transferor.shown_as))
+        who = self._referred_by(transferor)
         # What a routing plugin sees: the transferor calling the target.
         routed = Request(
             "INVITE",
@@ -1909,10 +1910,15 @@ class Call:
         target = RouteTarget(
             uri=str(dialog.remote_target), flow=target_leg.flow, account=target_leg.peer_name
         )
-        who = NameAddr(self._our_uri(transferor.transport, transferor.shown_as))
+        who = self._referred_by(transferor)
         extra = [("Referred-By", str(who)), ("Replaces", str(ours)), ("Require", "replaces")]
         await self._invite_transfer_target(target, extra)
         return self._transfer_targets_failed()
+
+    def _referred_by(self, transferor: Leg) -> NameAddr:
+        """Who asked for the transfer (RFC 3892 Referred-By), as we know it: the transferor's
+        party at our address, not what its device wrote."""
+        return NameAddr(self._our_uri(transferor.transport, transferor.shown_as))
 
     async def _invite_transfer_target(
         self, target: RouteTarget, extra: Sequence[tuple[str, str]]
@@ -2101,7 +2107,10 @@ class Call:
         else:
             self.a = _as_a_leg(leg)
         self._apply_keys(self.b)
-        self._retransmit_at.pop(transfer.side, None)  # our 2xx to the transferor: over
+        # What we keep per side for the transferor's dialog is over: our 2xx to it, our ACK.
+        self._retransmit_at.pop(transfer.side, None)
+        self._reinvite_acks.pop(transfer.side, None)
+        departing.session_timer = None
         dialog = departing.dialog
         if dialog is not None and dialog.state is not DialogState.TERMINATED:
             self._departed.append((departing, trio.current_time() + 64 * self.config.sip.t1))
