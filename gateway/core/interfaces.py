@@ -244,7 +244,9 @@ class Interworking(Protocol):
 
     def sip_status_for_q850(self, cause: int) -> int: ...
 
-    def q850_for_sip_status(self, status: int) -> int: ...
+    def q850_for_sip_status(self, status: int) -> int | None:
+        """The cause for a final status; None where none applies (2xx, 3xx, 487)."""
+        ...
 
 
 # --------------------------------------------------------------------------------------------
