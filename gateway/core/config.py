@@ -203,6 +203,9 @@ class TrunkConfig:
     P-Asserted-Identity), else by ``caller_id``, else by its name. ``max_calls`` (0: none) bounds
     the calls in progress through the trunk, both ways together, and ``max_cps`` (0: none) the
     calls per second sent to it.
+    ``interworking`` names a PSTN interworking (``gateway_register_interworking``, e.g. the
+    ``pstn`` plugin's ``rfc3398``) that adds Q.850 release causes to what we send the trunk;
+    ``""``: none.
     ``offer_rtcp_feedback`` overrides ``[media] offer_rtcp_feedback`` for calls to the trunk.
     """
 
@@ -222,6 +225,7 @@ class TrunkConfig:
     caller_id: str | None = None
     max_calls: int = 0
     max_cps: float = 0.0
+    interworking: str = ""
     enabled: bool = True
 
     @property

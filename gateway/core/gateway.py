@@ -133,6 +133,14 @@ class Gateway:
                     "media_policy",
                     f"unknown media policy {trunk.media_policy!r}; known: {known}",
                 )
+            if trunk.interworking and trunk.interworking not in self.plugins.interworking:
+                known = ", ".join(self.plugins.interworking.names()) or "(none: enable pstn)"
+                raise ConfigError(
+                    self.config.source,
+                    f"trunks.{trunk.name or index}",
+                    "interworking",
+                    f"unknown interworking {trunk.interworking!r}; known: {known}",
+                )
             transport = trunk.address_spec.transport
             if transport not in self.plugins.transports:
                 raise ConfigError(

@@ -72,6 +72,21 @@ def test_check_config_listener_without_transport_plugin(tmp_path: Path) -> None:
     assert "[sip] listen" in result.stderr and "'tcp'" in result.stderr
 
 
+def test_check_config_trunk_interworking_must_be_registered(tmp_path: Path) -> None:
+    trunk = '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.10:5060"\n'
+    path = tmp_path / "pstn.toml"
+    path.write_text(trunk + 'interworking = "rfc3398"\n')  # the pstn plugin is not enabled
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 2
+    assert f"{path}: [trunks.carrier] interworking: unknown interworking 'rfc3398'" in (
+        result.stderr
+    )
+    enabled = '[plugins]\nenable = ["udp", "pstn"]\n'
+    path.write_text(enabled + trunk + 'interworking = "rfc3398"\n')
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+
+
 def test_check_config_bad_key_names_file_table_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[media]\nports = 'all of them'\n")

@@ -161,6 +161,9 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE
 ANSWERED_ELSEWHERE = ('SIP;cause=200;text="Call completed elsewhere"',)
 # A peer's Reason values we carry to the other leg, at most (the parser bounds headers anyway).
 MAX_REASONS = 4
+# The ISUP release cause of a hang-up (Q.850 16, "normal call clearing": RFC 3398 §7.2.4.1 turns
+# a release with it into BYE), in the BYEs we send a trunk with a PSTN interworking.
+Q850_NORMAL_CLEARING = 16
 # RFC 3323 §4.1.1.3: the From of a caller who asked for privacy.
 ANONYMOUS_URI = SipUri("sip", "anonymous.invalid", user="anonymous")
 # RFC 3262 §3: the first RSeq of a dialog is chosen at random in 1 .. 2**31 - 1.
@@ -2508,6 +2511,9 @@ class Call:
         invite = self.a.invite
         assert invite is not None
         fields = list(extra)
+        if status >= 300:
+            given = [value for name, value in fields if name == "Reason"]
+            fields += [("Reason", v) for v in self._with_q850(self.a, given, status)[len(given) :]]
         if 100 < status < 300:
             fields.append(("Contact", str(self.a.contact)))
             # RFC 3261 §12.1.1: a UAS copies Record-Route into dialog-creating responses.
@@ -2601,6 +2607,23 @@ class Call:
         return client
 
     # -- a trunk's challenges to requests inside a dialog (RFC 3261 §22.2) ---------------------
+
+    def _with_q850(self, leg: Leg, reasons: Sequence[str], status: int) -> list[str]:
+        """``reasons`` (Reason values) for what we send ``leg``, with a Q.850 cause added when
+        its trunk has a PSTN interworking (``[[trunks]] interworking``) and none is there: the
+        cause the interworking maps ``status`` to (a failure response, RFC 6432; a BYE we send
+        for a reason of ours), 16 "normal call clearing" for a hang-up (``status`` 200)."""
+        name = leg.peer_name if leg.peer_kind == "trunk" else None
+        trunk = self.config.trunk(name) if name is not None else None
+        if trunk is None or not trunk.interworking:
+            return list(reasons)
+        if any(value.lstrip().upper().startswith("Q.850") for value in reasons):
+            return list(reasons)  # the other side's own cause goes on as it came
+        interworking = self.manager.gateway.plugins.interworking.get(trunk.interworking)
+        if interworking is None:
+            return list(reasons)
+        cause = Q850_NORMAL_CLEARING if status == 200 else interworking.q850_for_sip_status(status)
+        return list(reasons) if cause is None else [*reasons, f"Q.850;cause={cause}"]
 
     def _trunk_credentials(self, leg: Leg) -> TrunkConfig | None:
         """The trunk at the other end of ``leg`` if it has credentials for us to answer its
@@ -2704,12 +2727,12 @@ class Call:
             await self._ack_late_reinvite()
         trunk = self._trunk_credentials(leg)
         tag = InDialogRequest("bye", leg.side)
+        values = list(reasons[:MAX_REASONS]) or [f'SIP;cause={cause};text="{_quoted(reason)}"']
         client = await self._send_in_dialog(
             leg,
             "BYE",
             tag=tag,
-            extra=[("Reason", value) for value in reasons[:MAX_REASONS]]
-            or [("Reason", f'SIP;cause={cause};text="{_quoted(reason)}"')],
+            extra=[("Reason", value) for value in self._with_q850(leg, values, cause)],
             forward=trunk is None,  # nothing of the call waits for a BYE's response
         )
         leg.dialog.terminate()

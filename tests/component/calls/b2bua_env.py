@@ -68,6 +68,7 @@ def gateway_config(
     extra_trunks: Sequence[Mapping[str, Any]] = (),
     sip: Mapping[str, Any] | None = None,
     carrier: Mapping[str, Any] | None = None,
+    plugin_tables: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
@@ -79,7 +80,7 @@ def gateway_config(
                 "inactivity_timeout": inactivity_timeout,
                 "hold_timeout": hold_timeout,
             },
-            "plugins": {"enable": []},
+            "plugins": {"enable": [], **(plugin_tables or {})},
             "trunks": [
                 {
                     "name": "carrier",
@@ -110,6 +111,7 @@ async def start_b2bua(
     extra_trunks: Sequence[Mapping[str, Any]] = (),
     sip: Mapping[str, Any] | None = None,
     carrier: Mapping[str, Any] | None = None,
+    plugin_tables: Mapping[str, Any] | None = None,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -125,6 +127,7 @@ async def start_b2bua(
         extra_trunks=extra_trunks,
         sip=sip,
         carrier=carrier,
+        plugin_tables=plugin_tables,
     )
     gateway = Gateway(config, memory_plugins(config, network, extra=plugins), ids=SeededIds(seed))
     await nursery.start(gateway.serve)
