@@ -553,6 +553,24 @@ def test_account_without_binding_gets_480(tmp_path: Path) -> None:
     assert "alice" in status, status
 
 
+def test_a_trunk_with_interworking_gets_the_release_cause_of_its_refused_call(
+    tmp_path: Path,
+) -> None:
+    # [[trunks]] interworking = "rfc3398" (the pstn plugin): the DID's account has no phone
+    # registered; the carrier's 480 carries the ISUP cause RFC 3398 maps it to (RFC 6432).
+    interworking = inbound_trunk() + 'interworking = "rfc3398"\n'
+    with GatewayProcess(
+        tmp_path,
+        accounts=ACCOUNTS,
+        settings={"plugins": {"enable": ["udp", "tcp", "pstn"]}},
+        extra_toml=interworking,
+    ) as gw:
+        caller = trunk_call("calls/uac_refused.xml", gw, tmp_path)
+    caller.check()
+    refused = caller.received("SIP/2.0 480")[0]
+    assert header(refused, "Reason") == "Q.850;cause=18", refused
+
+
 # -- 4. busy and CANCEL ----------------------------------------------------------------------
 
 
