@@ -43,16 +43,22 @@ def _inside(address: Address, ports: tuple[int, int]) -> bool:
 
 
 @pytest.mark.interop
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process-relay", "two-media-workers"])
 def test_a_blind_transfer_puts_the_caller_through_to_the_target_with_media_both_ways(
-    tmp_path: Path,
+    tmp_path: Path, workers: int
 ) -> None:
+    # With [media] workers = 2 the call's streams live in a worker process: the transfer's
+    # re-pointing of the transferor's side crosses the process boundary (worker_protocol).
     tones = {name: tone_wav(tmp_path / f"{name}.wav", hz) for name, hz in TONES.items()}
     with (
         GatewayProcess(
             tmp_path,
             accounts=PASSWORDS,
             digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
-            settings={"gateway": {"realm": REALM, "log_level": "debug"}},
+            settings={
+                "gateway": {"realm": REALM, "log_level": "debug"},
+                "media": {"workers": workers},
+            },
         ) as gw,
         Baresip(tmp_path, "alice", source=tones["alice"]) as alice,
         Baresip(tmp_path, "bob", source=tones["bob"]) as bob,
