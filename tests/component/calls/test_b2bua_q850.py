@@ -93,14 +93,8 @@ async def test_a_hang_up_is_normal_call_clearing_and_an_expired_session_timer_10
 async def test_the_operators_override_replaces_one_entry(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    env = await start_b2bua(
-        nursery,
-        tmp_path,
-        voipgw_seed,
-        plugins=[("pstn", rfc3398)],
-        carrier={"interworking": "rfc3398"},
-        plugin_tables={"enable": ["pstn"], "pstn": {"q850_for_status": {"480": 20}}},
-    )
+    tables = {"enable": ["pstn"], "pstn": {"q850_for_status": {"480": 20}}}
+    env = await with_interworking(nursery, tmp_path, voipgw_seed, plugin_tables=tables)
     call = await env.trunk.invite(env.did_uri(BOB_DID))
     refused = await call.final()
     assert refused.headers.get_all("Reason") == ("Q.850;cause=20",)  # "subscriber absent"
