@@ -239,8 +239,21 @@ class MediaLostEvent:
     reason: str
 
 
+@attrs.frozen
+class ReplacedEvent:
+    """Another call's transfer took over this call's ringing target (a semi-attended transfer:
+    the transferor transferred while its consultation call still rang): stop ringing it
+    ("Call completed elsewhere") and answer our caller, the transferor, 487."""
+
+
 CallEventInput = (
-    RequestEvent | CancelEvent | ResponseEvent | KeyFailureEvent | MediaLostEvent | AckEvent
+    RequestEvent
+    | CancelEvent
+    | ResponseEvent
+    | KeyFailureEvent
+    | MediaLostEvent
+    | AckEvent
+    | ReplacedEvent
 )
 
 
@@ -756,6 +769,8 @@ class Call:
                 await self._key_exchange_failed(event)
             elif isinstance(event, MediaLostEvent):
                 await self._end_for_lost_media(event)
+            elif isinstance(event, ReplacedEvent):
+                await self._replaced_by_transfer()
             elif isinstance(event, ResponseEvent):
                 pass  # a response to a BYE/CANCEL we sent: nothing to do
 
@@ -1313,6 +1328,15 @@ class Call:
         await self._respond_a(self._a_response(408, "Request Timeout"))
         raise CallEnded(self.end_reason)
 
+    async def _replaced_by_transfer(self) -> None:
+        self.end_reason = "replaced by a transfer"
+        self.state = "cancelled"
+        for leg in self.b_legs:
+            if leg.final is None:
+                await self._cancel_b(leg, ANSWERED_ELSEWHERE)
+        await self._respond_a(self._a_response(487))
+        raise CallEnded(self.end_reason)
+
     async def _cancelled_by_a(self, cancel: Request) -> None:
         self.end_reason = "cancelled by caller"
         self.state = "cancelled"
@@ -1395,6 +1419,9 @@ class Call:
                 await self._end_for_lost_media(event)
             elif isinstance(event, AckEvent):
                 await self._late_reinvite_answered(event.ack)
+            elif isinstance(event, ReplacedEvent):
+                # Answered before the transfer's word came: the transfer rings the target too.
+                await self._hang_up("replaced by a transfer")
 
     async def _in_dialog(self, event: RequestEvent) -> None:
         leg = self._leg(event.side)
@@ -1888,6 +1915,9 @@ class Call:
         assert transfer is not None
         found = self.manager.find_dialog(replaces.call_id, replaces.to_tag)
         other = found[0] if found is not None else None
+        ringing = other is not None and other is not self and other.state == "ringing"
+        if found is not None and other is not None and ringing and found[1] is Side.A:
+            return await self._take_over_ringing(other, replaces)
         if found is None or other is None or other is self or other.state != "answered":
             return 481, "Call/Transaction Does Not Exist"
         consulting = other.a if found[1] is Side.A else other.b
@@ -1917,6 +1947,26 @@ class Call:
         extra = [("Referred-By", str(who)), ("Replaces", str(ours)), ("Require", "replaces")]
         await self._invite_transfer_target(target, extra)
         return self._transfer_targets_failed()
+
+    async def _take_over_ringing(self, other: Call, replaces: Replaces) -> tuple[int, str] | None:
+        """A semi-attended transfer: the transferor's consultation call, ``other``, still
+        rings, and a device does not replace a dialog it has not answered (RFC 3891 §3). The
+        target is called as in a blind transfer, at the address the transferor dialled, and
+        the consultation call stops ringing it ("Call completed elsewhere": no missed call)
+        and ends."""
+        transfer = self._transfer
+        assert transfer is not None
+        consulting, transferor = other.a, transfer.transferor
+        invite = consulting.invite
+        if (
+            invite is None
+            or invite.from_.tag != replaces.from_tag
+            or (consulting.peer_kind, consulting.peer_name)
+            != (transferor.peer_kind, transferor.peer_name)
+        ):
+            return 481, "Call/Transaction Does Not Exist"  # not the transferor's own call
+        other.post(ReplacedEvent())
+        return await self._call_transfer_target(invite.uri)
 
     def _referred_by(self, transferor: Leg) -> NameAddr:
         """Who asked for the transfer (RFC 3892 Referred-By), as we know it: the transferor's

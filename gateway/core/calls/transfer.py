@@ -13,7 +13,9 @@ How (:class:`gateway.core.calls.call.Call` "transfers"):
    towards a trunk), and called with an INVITE **without SDP**; every device it rings gets one
    (a user's several phones), ``Referred-By`` naming the transferor (RFC 3892). For an
    attended transfer the target is the peer of the dialog the Replaces names, called with a
-   Replaces for our own dialog with it (RFC 3891), so the target drops that call itself.
+   Replaces for our own dialog with it (RFC 3891), so the target drops that call itself; if
+   that call still rings (a semi-attended transfer), its ringing is stopped and the target is
+   called as in a blind transfer.
 3. The target's 2xx brings its offer. It goes to the transferee in a re-INVITE (which also
    takes it off hold), through both legs' keys, as a re-offer from the transferor's side: the
    target takes over the transferor's side of the media session, ports and all.

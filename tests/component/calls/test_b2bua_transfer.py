@@ -542,3 +542,37 @@ async def test_a_network_error_while_transferring_ends_the_call_and_frees_every_
     await eventually(lambda: [r.ended_at for r in store.call_records_recent()] != [None])
     [record] = store.call_records_recent()
     assert record.end_reason == "network error: [Errno 111] Connection refused"
+
+
+async def test_a_transfer_while_the_consultation_call_rings_calls_the_target_afresh(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # A semi-attended transfer: alice transfers the trunk's caller to bob while her call to bob
+    # still rings. bob's phone cannot replace a dialog it has not answered (RFC 3891 §3), so
+    # the gateway stops that ringing ("Call completed elsewhere") and calls bob for the caller.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(status=None))
+    call, alice_leg = await answered_call(env)
+    consult = await env.alice.invite("sip:bob@127.0.0.1:5060")
+    assert (await consult.final()).status == 407
+    await consult.authenticate()
+    assert consult.exchange is not None
+    ringing = await consult.exchange.wait_for(lambda r: r.status == 180)
+    consult_invite = await bob.next_call()
+    replaces = f"{consult.call_id}%3Bto-tag%3D{ringing.to.tag}%3Bfrom-tag%3D{consult.local_tag}"
+    assert await refer(alice_leg, f"<sip:bob@127.0.0.1:5060?Replaces={replaces}>") == 202
+    cancel = await bob.next_request("CANCEL")
+    assert cancel.request.call_id == consult_invite.call_id
+    assert cancel.request.headers.get("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
+    assert (await consult.final()).status == 487
+    transfer_invite = await bob.next_call()
+    assert transfer_invite.invite.headers.get("Replaces") is None
+    assert transfer_invite.invite.from_.uri.user == "+15550100"  # type: ignore[union-attr]
+    await transfer_invite.answer()
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    reinvite = (await env.trunk.next_request("INVITE")).request
+    assert reinvite.call_id == call.call_id
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
