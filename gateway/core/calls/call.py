@@ -161,6 +161,9 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE
 ANSWERED_ELSEWHERE = ('SIP;cause=200;text="Call completed elsewhere"',)
 # A peer's Reason values we carry to the other leg, at most (the parser bounds headers anyway).
 MAX_REASONS = 4
+# How long an attended transfer to a trunk's call waits for the consultation call to hand its
+# trunk leg over (one turn of that call's task; it answers at once unless it is ending).
+HAND_OVER_WAIT = 2.0
 # The ISUP release cause of a hang-up (Q.850 16, "normal call clearing": RFC 3398 §7.2.4.1 turns
 # a release with it into BYE), in the BYEs we send a trunk with a PSTN interworking.
 Q850_NORMAL_CLEARING = 16
@@ -205,7 +208,8 @@ class InDialogRequest:
     ``challenged``)."""
 
     # "relay" | "reinvite" | "bye" | "refresh" (our UPDATE, RFC 4028) | "transfer" (our
-    # re-INVITE to a transferee with its target's offer) | "notify" (a transfer's progress)
+    # re-INVITE to a transferee with its target's offer) | "notify" (a transfer's progress) |
+    # "join" (our re-INVITE without SDP to a trunk leg taken over by an attended transfer)
     purpose: str
     side: Side  # the leg it was sent on
     relayed: tuple[ServerTransaction, Request] | None = None
@@ -246,6 +250,19 @@ class ReplacedEvent:
     ("Call completed elsewhere") and answer our caller, the transferor, 487."""
 
 
+@attrs.define(eq=False)
+class HandOverEvent:
+    """Another call's attended transfer takes over this call's B leg, a trunk's (carriers take
+    no Replaces): this call gives the leg to ``taker`` on its ``side`` and ends, BYE to its A
+    leg (the transferor) only. ``leg`` is set and ``done`` fired once handed over; ``done``
+    without a leg: not now (the call is not simply established)."""
+
+    taker: Call
+    side: Side
+    done: trio.Event = attrs.Factory(trio.Event)
+    leg: BLeg | None = None
+
+
 CallEventInput = (
     RequestEvent
     | CancelEvent
@@ -254,6 +271,7 @@ CallEventInput = (
     | MediaLostEvent
     | AckEvent
     | ReplacedEvent
+    | HandOverEvent
 )
 
 
@@ -1422,6 +1440,8 @@ class Call:
             elif isinstance(event, ReplacedEvent):
                 # Answered before the transfer's word came: the transfer rings the target too.
                 await self._hang_up("replaced by a transfer")
+            elif isinstance(event, HandOverEvent):
+                await self._hand_over(event)
 
     async def _in_dialog(self, event: RequestEvent) -> None:
         leg = self._leg(event.side)
@@ -1630,6 +1650,8 @@ class Call:
             await self._refresh_answered(tag, response)
         elif tag.purpose == "transfer":
             await self._transferee_answered(tag, response)
+        elif tag.purpose == "join":
+            await self._joined_leg_answered(tag, response)
 
     async def _reinvite_answered(self, answered_side: Side, response: Response) -> None:
         leg = self._leg(answered_side)
@@ -1937,7 +1959,9 @@ class Call:
         if target_leg is None or dialog is None or their_tag is None:
             return 481, "Call/Transaction Does Not Exist"
         if target_leg.peer_kind != "account":
-            return 501, "Not Implemented (attended transfer to a trunk's call)"
+            if found[1] is not Side.A or not isinstance(target_leg, BLeg):
+                return 501, "Not Implemented (attended transfer to a trunk that called)"
+            return await self._join_consulted_leg(other, replaces)
         ours = Replaces(dialog.call_id, to_tag=their_tag, from_tag=dialog.local_tag)
         transfer.replaces = ours
         target = RouteTarget(
@@ -1967,6 +1991,84 @@ class Call:
             return 481, "Call/Transaction Does Not Exist"  # not the transferor's own call
         other.post(ReplacedEvent())
         return await self._call_transfer_target(invite.uri)
+
+    async def _join_consulted_leg(self, other: Call, replaces: Replaces) -> tuple[int, str] | None:
+        """An attended transfer to a trunk's call: take the consultation call's trunk leg over
+        (:meth:`_hand_over` there), then re-INVITE it without SDP: its 2xx brings the offer the
+        transferee gets (:meth:`_joined_leg_answered`), as a target's 2xx does."""
+        transfer = self._transfer
+        assert transfer is not None
+        event = HandOverEvent(taker=self, side=transfer.side)
+        other.post(event)
+        with trio.move_on_after(HAND_OVER_WAIT):
+            await event.done.wait()
+        leg = event.leg
+        if leg is None or leg.dialog is None:
+            return 481, "Call/Transaction Does Not Exist"
+        transfer.replaces = replaces
+        transfer.answered = leg
+        self.b_legs.append(leg)  # BYEd with the call's other leftovers if the transfer fails
+        if leg.peer_name is not None:
+            # The consultation call gave its count back: the carrier's channel is ours now.
+            self.manager.limits.take(self, ("trunk", leg.peer_name))
+        tag = InDialogRequest("join", leg.side)
+        sent = await self._send_in_dialog(
+            leg,
+            "INVITE",
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(leg)],
+        )
+        if sent is None:
+            return 503, "Service Unavailable"
+        transfer.join = tag
+        transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
+        return None
+
+    async def _joined_leg_answered(self, tag: InDialogRequest, response: Response) -> None:
+        """The final response to our re-INVITE without SDP to a taken-over trunk leg: a 2xx
+        brings its offer for the transferee; a refusal fails the transfer (and ends that leg:
+        its consultation call is over already)."""
+        transfer = self._transfer
+        if transfer is None or transfer.join is not tag:
+            current = self._leg(tag.side)  # its 2xx again, once the leg took its place
+            if (
+                isinstance(current, BLeg)
+                and current.ack is not None
+                and response.is_success
+                and current.ack.cseq.number == response.cseq.number
+            ):
+                await self._resend_ack(current)
+            return
+        leg = transfer.answered
+        assert leg is not None
+        transfer.join, transfer.deadline = None, math.inf
+        if not response.is_success:
+            await self._end_transfer(response.status, response.reason)
+            return
+        leg.final, leg.ack = response, None  # ACKed with the transferee's answer
+        if self._offer_in_progress():
+            transfer.deferred = True
+            return
+        await self._offer_target_to_transferee()
+
+    async def _hand_over(self, event: HandOverEvent) -> None:
+        """Give our B leg (a trunk's) to another call's attended transfer and end: BYE to our A
+        leg, the transferor, whose consultation this was; none to the leg handed over."""
+        leg = self.b
+        if leg is None or leg.dialog is None or self._offer_in_progress() or self._transfer:
+            event.done.set()  # not now: the taker's transfer fails 481
+            return
+        leg.side = event.side
+        # Its requests go to the taker from now on (before we forget our dialogs at our end).
+        self.manager.register_leg(event.taker, event.side, leg.dialog.call_id, leg.dialog.local_tag)
+        self.b_legs.remove(leg)
+        self._retransmit_at.pop(Side.B, None)
+        self._reinvite_acks.pop(Side.B, None)
+        event.leg = leg
+        event.done.set()
+        self.end_reason = "transferred: the callee joined the transferred call"
+        await self._bye(self.a, "call transferred")
+        raise CallEnded(self.end_reason)
 
     def _referred_by(self, transferor: Leg) -> NameAddr:
         """Who asked for the transfer (RFC 3892 Referred-By), as we know it: the transferor's

@@ -15,7 +15,9 @@ How (:class:`gateway.core.calls.call.Call` "transfers"):
    attended transfer the target is the peer of the dialog the Replaces names, called with a
    Replaces for our own dialog with it (RFC 3891), so the target drops that call itself; if
    that call still rings (a semi-attended transfer), its ringing is stopped and the target is
-   called as in a blind transfer.
+   called as in a blind transfer. A trunk takes no Replaces: when the consultation call went
+   to a trunk, its trunk leg is taken over into this call (the consultation call ends, BYE to
+   the transferor only) and re-INVITEd without SDP, whose 2xx brings its offer.
 3. The target's 2xx brings its offer. It goes to the transferee in a re-INVITE (which also
    takes it off hold), through both legs' keys, as a re-offer from the transferor's side: the
    target takes over the transferor's side of the media session, ports and all.
@@ -60,6 +62,9 @@ class Transfer:
     # (``deferred``) while another re-INVITE of the call is in progress.
     reinvite: InDialogRequest | None = None
     deferred: bool = False
+    # An attended transfer to a trunk's call: our re-INVITE without SDP to the target's leg,
+    # taken over from the consultation call (its 2xx brings the offer, as a target's 2xx does).
+    join: InDialogRequest | None = None
     deadline: float = math.inf  # while ringing: [sip] ring_timeout; then 64*T1 for the re-INVITE
     notified: int = 0  # the last status a NOTIFY reported
     transferor_left: bool = False  # it sent BYE before the transfer ended

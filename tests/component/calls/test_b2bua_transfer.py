@@ -576,3 +576,87 @@ async def test_a_transfer_while_the_consultation_call_rings_calls_the_target_afr
     await eventually(lambda: env.calls == 1)
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_an_attended_transfer_to_a_trunks_call_joins_its_leg_to_the_transferred_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # A receptionist (alice) consults an outside number through the carrier, then transfers
+    # the caller to it. A carrier takes no Replaces: the gateway takes the consultation's
+    # trunk leg over into the transferred call and re-INVITEs it without SDP; its offer goes to
+    # the caller, the caller's answer back in our ACK. The consultation call ends at alice.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    consult = await env.alice.invite("sip:+15550199@127.0.0.1:5060")
+    assert (await consult.final()).status == 407
+    await consult.authenticate()
+    assert (await consult.final()).status == 200
+    trunk_consult = await env.trunk.next_call()
+    await env.trunk.next_request("ACK")
+    assert consult.dialog is not None
+    ours = consult.dialog
+    replaces = f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
+    assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
+
+    # alice's consultation call ends; the carrier's leg of it gets no BYE but a re-INVITE.
+    consult_bye = await env.alice.next_request("BYE")
+    assert consult_bye.request.call_id == consult.call_id
+    join = (await env.trunk.next_request("INVITE")).request
+    assert join.call_id == trunk_consult.call_id and join.body == b""
+    reoffer = (await env.trunk.next_request("INVITE")).request
+    assert reoffer.call_id == call.call_id  # the transferee gets the carrier leg's offer
+    ack = (await env.trunk.next_request("ACK")).request
+    while ack.call_id != trunk_consult.call_id:
+        ack = (await env.trunk.next_request("ACK")).request
+    assert b"m=audio" in ack.body  # the transferee's answer
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert not [r for r in env.trunk.requests("BYE") if r.call_id == trunk_consult.call_id]
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
+
+    # The two carrier legs talk through the gateway; one hangs up, the other gets BYE.
+    assert (await call.bye()).status == 200
+    bye = await env.trunk.next_request("BYE")
+    assert bye.request.call_id == trunk_consult.call_id
+    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+
+
+@pytest.mark.parametrize("impairment", [0, 1, 2, 3])
+async def test_a_join_over_a_lossy_network_completes(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    impairment: int,
+) -> None:
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed + impairment,
+        drop=0.15,
+        duplicate=0.1,
+        reorder=0.1,
+        delay=(0.005, 0.2),
+    )
+    call, alice_leg = await answered_call(env)
+    consult = await env.alice.invite("sip:+15550199@127.0.0.1:5060")
+    assert (await consult.final()).status == 407
+    await consult.authenticate()
+    assert (await consult.final(timeout=30)).status == 200
+    trunk_consult = await env.trunk.next_call()
+    assert consult.dialog is not None
+    ours = consult.dialog
+    replaces = f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
+    refer_to = f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>"
+    exchange = await alice_leg.request("REFER", extra=[("Refer-To", refer_to)])
+    assert (await exchange.final(timeout=30)).status == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    await eventually(lambda: env.calls == 1, timeout=60)
+    assert (await call.bye(timeout=30)).status == 200
+    await eventually(
+        lambda: any(r.call_id == trunk_consult.call_id for r in env.trunk.requests("BYE")),
+        timeout=40,
+    )
+    await eventually(lambda: env.calls == 0, timeout=120)
+    await trio.sleep(40)  # past every 2xx retransmission: each one was ACKed
+    assert not env.trunk.never_acked and not env.alice.never_acked
