@@ -11,11 +11,17 @@ gateway; attended with Replaces, RFC 3891).
    whose Refer-To names the consultation call in a Replaces. The gateway calls bob's phone with a
    Replaces for its own dialog with bob, bob's phone swaps the consultation call for it and hangs
    that one up, and what the gateway sends bob's new call is carol's tone.
+3. Attended, to a carrier's call: a sipp trunk calls alice (linphonec); alice holds it, calls an
+   outside number through a second sipp trunk and transfers. Carriers take no Replaces: the
+   gateway joins the consultation's trunk leg to the first call (a re-INVITE without SDP to the
+   carrier, its offer in a re-INVITE to the caller, the answer in the ACK), and the calling
+   trunk's BYE reaches the carrier on the consultation's dialog.
 """
 
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -30,6 +36,7 @@ from tests.interop.harness.capture import (
     udp_filter,
 )
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
+from tests.interop.harness.sipp import SippUas, run_sipp_uac
 
 REALM = "interop.voipgw.test"
 PASSWORDS = {"alice": "wonderland-7f3a", "bob": "builder-c29e", "carol": "carolling-81d0"}
@@ -186,3 +193,63 @@ def test_an_attended_transfer_replaces_the_consultation_call_at_the_target(
     assert heard.power_share > 0.9
     # alice is out of the media path.
     assert not [s for s in streams if _inside(s[1], alice.rtp_ports)], streams
+
+
+@pytest.mark.interop
+def test_an_attended_transfer_to_a_carriers_call_joins_the_carrier_leg(tmp_path: Path) -> None:
+    did, outside = "+4930123456", "+4989555"
+    with SippUas("calls/uas_answer_late_reinvite.xml", workdir=tmp_path) as carrier:
+        trunks = (
+            "[[trunks]]\n"
+            'name = "pbx"\n'
+            'address = "udp:127.0.0.2:5060"\n'
+            'allowed_sources = ["127.0.0.2"]\n'
+            f'dids = {{"{did}" = "alice"}}\n'
+            "[[trunks]]\n"
+            'name = "carrier"\n'
+            f'address = "{carrier.config_address}"\n'
+            'prefixes = ["+49"]\n'
+            "allowed_sources = []\n"
+        )
+        with GatewayProcess(
+            tmp_path,
+            accounts={"alice": PASSWORDS["alice"]},
+            digest_algorithms=("MD5",),
+            settings={"gateway": {"realm": REALM, "log_level": "debug", "domains": [LOOPBACK]}},
+            extra_toml=trunks,
+        ) as gw:
+            account = LinphoneAccount(
+                f"sip:{LOOPBACK}:{gw.port}", f"sip:alice@{LOOPBACK}", PASSWORDS["alice"]
+            )
+            with (
+                Linphone(tmp_path, "alice", account=account, auto_answer=True) as alice,
+                ThreadPoolExecutor(1) as pool,
+            ):
+                caller = pool.submit(
+                    run_sipp_uac,
+                    "calls/uac_call_reinvited.xml",
+                    gw.address,
+                    workdir=tmp_path,
+                    service=did,
+                    caller="+4940777",
+                    local_ip="127.0.0.2",
+                    call_duration_ms=1000,
+                    timeout=40,
+                )
+                alice.wait_connected(timeout=15)
+                alice.command("pause 1", expect=r"is now paused")
+                alice.command(f"call sip:{outside}@{LOOPBACK}:{gw.port}", expect=r"assigned id 2")
+                alice.wait_output(r"Media streams established with \S+ for call 2", timeout=15)
+                alice.command("transfer 1 --to-call 2", expect=r"attended transfer of call 1")
+                gw.wait_for_log(r"transfer of the B leg to .*: 200 OK", timeout=15)
+                transferee = caller.result(timeout=60)
+            transferee.check()
+            joined = carrier.wait(timeout=15)
+            joined.check()
+        assert "transferred: the callee joined the transferred call" in gw.log_text()
+    # The carrier saw one call: its INVITE, the join's re-INVITE without SDP (checked by its
+    # scenario), the ACK with the transferee's answer, and the transferee's BYE.
+    assert len(joined.received("INVITE ")) == 2
+    assert len(joined.received("BYE ")) == 1
+    (reoffer,) = [m for m in transferee.received("INVITE ") if "a=sendrecv" in m]
+    assert "m=audio" in reoffer
