@@ -59,6 +59,26 @@ async def refer(leg: Call, refer_to: str, *extra: tuple[str, str]) -> int:
     return (await exchange.final()).status
 
 
+async def lossy_b2bua(nursery: trio.Nursery, tmp_path: Path, seed: int) -> B2bua:
+    """The gateway on a network that drops, duplicates and reorders: retransmissions
+    everywhere."""
+    return await start_b2bua(
+        nursery, tmp_path, seed, drop=0.15, duplicate=0.1, reorder=0.1, delay=(0.005, 0.2)
+    )
+
+
+async def consultation(env: B2bua, uri: str) -> tuple[Call, str]:
+    """alice's consultation call to ``uri``, answered, and the escaped Replaces naming it in
+    a Refer-To (alice's view of the dialog, RFC 3891 §3)."""
+    consult = await env.alice.invite(uri)
+    assert (await consult.final()).status == 407
+    await consult.authenticate()
+    assert (await consult.final(timeout=30)).status == 200
+    assert consult.dialog is not None
+    ours = consult.dialog
+    return consult, f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
+
+
 def sipfrag_of(notify: Request) -> str:
     return notify.body.decode().strip()
 
@@ -301,15 +321,10 @@ async def test_an_attended_transfer_replaces_the_consultation_call(
     bob = await bob_phone(env, nursery, voipgw_seed)
     call, alice_leg = await answered_call(env)
     # alice consults bob in a second call through the gateway.
-    consult = await env.alice.invite("sip:bob@127.0.0.1:5060")
-    assert (await consult.final()).status == 407
-    await consult.authenticate()
-    assert (await consult.final()).status == 200
+    consult, replaces = await consultation(env, "sip:bob@127.0.0.1:5060")
     bob_consult = await bob.next_call()
     await bob.next_request("ACK")
-    assert consult.dialog is not None and bob_consult.dialog is not None
-    ours = consult.dialog
-    replaces = f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
+    assert bob_consult.dialog is not None
     assert await refer(alice_leg, f"<sip:bob@127.0.0.1:5060?Replaces={replaces}>") == 202
 
     # bob gets an INVITE that replaces his dialog with the gateway in the consultation call.
@@ -461,15 +476,7 @@ async def test_a_transfer_over_a_lossy_network_completes(
 ) -> None:
     # Retransmissions everywhere: the REFER and its NOTIFYs, the target's 2xx until our ACK
     # (held back until the transferee answered), the re-INVITE and its 2xx.
-    env = await start_b2bua(
-        nursery,
-        tmp_path,
-        voipgw_seed + impairment,
-        drop=0.15,
-        duplicate=0.1,
-        reorder=0.1,
-        delay=(0.005, 0.2),
-    )
+    env = await lossy_b2bua(nursery, tmp_path, voipgw_seed + impairment)
     bob = await bob_phone(env, nursery, voipgw_seed + impairment)
     call, alice_leg = await answered_call(env)
     assert await refer(alice_leg, BOB_URI) == 202
@@ -587,15 +594,9 @@ async def test_an_attended_transfer_to_a_trunks_call_joins_its_leg_to_the_transf
     # the caller, the caller's answer back in our ACK. The consultation call ends at alice.
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     call, alice_leg = await answered_call(env)
-    consult = await env.alice.invite("sip:+15550199@127.0.0.1:5060")
-    assert (await consult.final()).status == 407
-    await consult.authenticate()
-    assert (await consult.final()).status == 200
+    consult, replaces = await consultation(env, "sip:+15550199@127.0.0.1:5060")
     trunk_consult = await env.trunk.next_call()
     await env.trunk.next_request("ACK")
-    assert consult.dialog is not None
-    ours = consult.dialog
-    replaces = f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
     assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
 
     # alice's consultation call ends; the carrier's leg of it gets no BYE but a re-INVITE.
@@ -629,24 +630,10 @@ async def test_a_join_over_a_lossy_network_completes(
     voipgw_seed: int,
     impairment: int,
 ) -> None:
-    env = await start_b2bua(
-        nursery,
-        tmp_path,
-        voipgw_seed + impairment,
-        drop=0.15,
-        duplicate=0.1,
-        reorder=0.1,
-        delay=(0.005, 0.2),
-    )
+    env = await lossy_b2bua(nursery, tmp_path, voipgw_seed + impairment)
     call, alice_leg = await answered_call(env)
-    consult = await env.alice.invite("sip:+15550199@127.0.0.1:5060")
-    assert (await consult.final()).status == 407
-    await consult.authenticate()
-    assert (await consult.final(timeout=30)).status == 200
+    _, replaces = await consultation(env, "sip:+15550199@127.0.0.1:5060")
     trunk_consult = await env.trunk.next_call()
-    assert consult.dialog is not None
-    ours = consult.dialog
-    replaces = f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
     refer_to = f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>"
     exchange = await alice_leg.request("REFER", extra=[("Refer-To", refer_to)])
     assert (await exchange.final(timeout=30)).status == 202
