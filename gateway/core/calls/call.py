@@ -252,13 +252,14 @@ class ReplacedEvent:
 
 @attrs.define(eq=False)
 class HandOverEvent:
-    """Another call's attended transfer takes over this call's B leg, a trunk's (carriers take
-    no Replaces): this call gives the leg to ``taker`` on its ``side`` and ends, BYE to its A
-    leg (the transferor) only. ``leg`` is set and ``done`` fired once handed over; ``done``
-    without a leg: not now (the call is not simply established)."""
+    """Another call's attended transfer takes over this call's leg on side ``give`` (a
+    trunk's: carriers take no Replaces): this call hands it to ``taker`` for its ``side`` and
+    ends, BYE to its other leg (the transferor) only. ``leg`` is set and ``done`` fired once
+    handed over; ``done`` without a leg: not now (the call is not simply established)."""
 
     taker: Call
     side: Side
+    give: Side
     done: trio.Event = attrs.Factory(trio.Event)
     leg: BLeg | None = None
 
@@ -1959,9 +1960,7 @@ class Call:
         if target_leg is None or dialog is None or their_tag is None:
             return 481, "Call/Transaction Does Not Exist"
         if target_leg.peer_kind != "account":
-            if found[1] is not Side.A or not isinstance(target_leg, BLeg):
-                return 501, "Not Implemented (attended transfer to a trunk that called)"
-            return await self._join_consulted_leg(other, replaces)
+            return await self._join_consulted_leg(other, found[1].other, replaces)
         ours = Replaces(dialog.call_id, to_tag=their_tag, from_tag=dialog.local_tag)
         transfer.replaces = ours
         target = RouteTarget(
@@ -1992,13 +1991,15 @@ class Call:
         other.post(ReplacedEvent())
         return await self._call_transfer_target(invite.uri)
 
-    async def _join_consulted_leg(self, other: Call, replaces: Replaces) -> tuple[int, str] | None:
+    async def _join_consulted_leg(
+        self, other: Call, give: Side, replaces: Replaces
+    ) -> tuple[int, str] | None:
         """An attended transfer to a trunk's call: take the consultation call's trunk leg over
         (:meth:`_hand_over` there), then re-INVITE it without SDP: its 2xx brings the offer the
         transferee gets (:meth:`_joined_leg_answered`), as a target's 2xx does."""
         transfer = self._transfer
         assert transfer is not None
-        event = HandOverEvent(taker=self, side=transfer.side)
+        event = HandOverEvent(taker=self, side=transfer.side, give=give)
         other.post(event)
         with trio.move_on_after(HAND_OVER_WAIT):
             await event.done.wait()
@@ -2052,22 +2053,28 @@ class Call:
         await self._offer_target_to_transferee()
 
     async def _hand_over(self, event: HandOverEvent) -> None:
-        """Give our B leg (a trunk's) to another call's attended transfer and end: BYE to our A
-        leg, the transferor, whose consultation this was; none to the leg handed over."""
-        leg = self.b
-        if leg is None or leg.dialog is None or self._offer_in_progress() or self._transfer:
+        """Give our leg on side ``event.give`` (a trunk's) to another call's attended transfer
+        and end: BYE to our other leg, the transferor, whose consultation this was; none to the
+        leg handed over. A caller's leg (we answered its INVITE) goes as a :class:`BLeg` like
+        any leg the taker calls: the dialog is what matters from now on."""
+        given = self._leg(event.give) if self.b is not None else None
+        if given is None or given.dialog is None or self._offer_in_progress() or self._transfer:
             event.done.set()  # not now: the taker's transfer fails 481
             return
+        leg = given if isinstance(given, BLeg) else _as_b_leg(given)
         leg.side = event.side
         # Its requests go to the taker from now on (before we forget our dialogs at our end).
-        self.manager.register_leg(event.taker, event.side, leg.dialog.call_id, leg.dialog.local_tag)
-        self.b_legs.remove(leg)
-        self._retransmit_at.pop(Side.B, None)
-        self._reinvite_acks.pop(Side.B, None)
+        dialog = given.dialog
+        self.manager.register_leg(event.taker, event.side, dialog.call_id, dialog.local_tag)
+        if given in self.b_legs:
+            self.b_legs.remove(given)
+        self._retransmit_at.pop(event.give, None)
+        self._reinvite_acks.pop(event.give, None)
         event.leg = leg
         event.done.set()
-        self.end_reason = "transferred: the callee joined the transferred call"
-        await self._bye(self.a, "call transferred")
+        who = "callee" if event.give is Side.B else "caller"
+        self.end_reason = f"transferred: the {who} joined the transferred call"
+        await self._bye(self._leg(event.give.other), "call transferred")
         raise CallEnded(self.end_reason)
 
     def _referred_by(self, transferor: Leg) -> NameAddr:
@@ -3091,6 +3098,29 @@ def _as_a_leg(leg: BLeg) -> ALeg:
         shown_as=leg.shown_as,
         local_tag=leg.dialog.local_tag,
         answered=True,
+    )
+
+
+def _as_b_leg(leg: Leg) -> BLeg:
+    """A caller's leg handed to another call (attended transfer to a trunk's call): the same
+    dialog, flow, keys and timer, as a leg that call sends its requests on."""
+    assert leg.dialog is not None
+    return BLeg(
+        side=leg.side,
+        flow=leg.flow,
+        transport=leg.transport,
+        address=leg.address,
+        contact=leg.contact,
+        dialog=leg.dialog,
+        security=leg.security,
+        session_timer=leg.session_timer,
+        allows_update=leg.allows_update,
+        peer_kind=leg.peer_kind,
+        peer_name=leg.peer_name,
+        shown_as=leg.shown_as,
+        private=leg.private,
+        target=RouteTarget(uri=str(leg.dialog.remote_target), trunk=leg.peer_name),
+        late_offer=True,
     )
 
 

@@ -16,8 +16,9 @@ How (:class:`gateway.core.calls.call.Call` "transfers"):
    Replaces for our own dialog with it (RFC 3891), so the target drops that call itself; if
    that call still rings (a semi-attended transfer), its ringing is stopped and the target is
    called as in a blind transfer. A trunk takes no Replaces: when the consultation call went
-   to a trunk, its trunk leg is taken over into this call (the consultation call ends, BYE to
-   the transferor only) and re-INVITEd without SDP, whose 2xx brings its offer.
+   to a trunk (or came from one), its trunk leg is taken over into this call (the consultation
+   call ends, BYE to the transferor only) and re-INVITEd without SDP, whose 2xx brings its
+   offer.
 3. The target's 2xx brings its offer. It goes to the transferee in a re-INVITE (which also
    takes it off hold), through both legs' keys, as a re-offer from the transferor's side: the
    target takes over the transferor's side of the media session, ports and all.

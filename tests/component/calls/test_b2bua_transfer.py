@@ -647,3 +647,37 @@ async def test_a_join_over_a_lossy_network_completes(
     await eventually(lambda: env.calls == 0, timeout=120)
     await trio.sleep(40)  # past every 2xx retransmission: each one was ACKed
     assert not env.trunk.never_acked and not env.alice.never_acked
+
+
+async def test_an_attended_transfer_joins_a_carrier_that_called_the_transferor(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # alice holds a call she made to bob (the transferee), takes a call from the carrier, and
+    # transfers bob to it: the carrier's leg (the consultation's caller) joins bob's call.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    to_bob = await env.alice.invite("sip:bob@127.0.0.1:5060")
+    assert (await to_bob.final()).status == 407
+    await to_bob.authenticate()
+    assert (await to_bob.final()).status == 200
+    bob_leg = await bob.next_call()
+    from_carrier, alice_consult = await answered_call(env)
+    assert alice_consult.dialog is not None
+    theirs = alice_consult.dialog  # alice's view: the gateway's tag is the remote one
+    replaces = f"{theirs.call_id}%3Bto-tag%3D{theirs.remote_tag}%3Bfrom-tag%3D{theirs.local_tag}"
+    assert await refer(to_bob, f"<sip:+15550100@127.0.0.1:5060?Replaces={replaces}>") == 202
+    bye = await env.alice.next_request("BYE")
+    assert bye.request.call_id == alice_consult.call_id  # the consultation ends at alice
+    join = (await env.trunk.next_request("INVITE")).request
+    assert join.call_id == from_carrier.call_id and join.body == b""
+    reoffer = (await bob.next_request("INVITE")).request
+    assert reoffer.call_id == bob_leg.call_id
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert (await to_bob.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
+    # The carrier, the consultation's caller, now talks to bob: its BYE reaches him.
+    assert (await from_carrier.bye()).status == 200
+    assert (await bob.next_request("BYE")).request.call_id == bob_leg.call_id
+    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+    await trio.sleep(40)  # past every 2xx retransmission: the carrier's was ACKed
+    assert not env.trunk.never_acked and not bob.never_acked
