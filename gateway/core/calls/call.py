@@ -85,7 +85,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -3083,45 +3083,20 @@ def _as_a_leg(leg: BLeg) -> ALeg:
     """A transfer target's leg taking over side A (its INVITE was ours, but the call's A leg is
     an ALeg: answered, nothing left of a caller's INVITE transaction)."""
     assert leg.dialog is not None
-    return ALeg(
-        side=Side.A,
-        flow=leg.flow,
-        transport=leg.transport,
-        address=leg.address,
-        contact=leg.contact,
-        dialog=leg.dialog,
-        security=leg.security,
-        session_timer=leg.session_timer,
-        allows_update=leg.allows_update,
-        peer_kind=leg.peer_kind,
-        peer_name=leg.peer_name,
-        shown_as=leg.shown_as,
-        local_tag=leg.dialog.local_tag,
-        answered=True,
-    )
+    return ALeg(**_leg_state(leg), local_tag=leg.dialog.local_tag, answered=True)
 
 
 def _as_b_leg(leg: Leg) -> BLeg:
     """A caller's leg handed to another call (attended transfer to a trunk's call): the same
     dialog, flow, keys and timer, as a leg that call sends its requests on."""
     assert leg.dialog is not None
-    return BLeg(
-        side=leg.side,
-        flow=leg.flow,
-        transport=leg.transport,
-        address=leg.address,
-        contact=leg.contact,
-        dialog=leg.dialog,
-        security=leg.security,
-        session_timer=leg.session_timer,
-        allows_update=leg.allows_update,
-        peer_kind=leg.peer_kind,
-        peer_name=leg.peer_name,
-        shown_as=leg.shown_as,
-        private=leg.private,
-        target=RouteTarget(uri=str(leg.dialog.remote_target), trunk=leg.peer_name),
-        late_offer=True,
-    )
+    target = RouteTarget(uri=str(leg.dialog.remote_target), trunk=leg.peer_name)
+    return BLeg(**_leg_state(leg), target=target, late_offer=True)
+
+
+def _leg_state(leg: Leg) -> dict[str, Any]:
+    """What every leg has (:class:`Leg`'s fields), to carry a leg over into another kind."""
+    return {field.name: getattr(leg, field.name) for field in attrs.fields(Leg)}
 
 
 def _shown_caller(invite: Request, caller: Caller) -> str:

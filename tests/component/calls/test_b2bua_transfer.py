@@ -67,16 +67,27 @@ async def lossy_b2bua(nursery: trio.Nursery, tmp_path: Path, seed: int) -> B2bua
     )
 
 
+async def alice_calls(env: B2bua, uri: str) -> Call:
+    """alice's call to ``uri``, through the digest challenge, answered."""
+    call = await env.alice.invite(uri)
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final(timeout=30)).status == 200
+    return call
+
+
+def replaces_of(call: Call) -> str:
+    """The escaped Replaces naming ``call``'s dialog in a Refer-To, as its agent sees it: the
+    gateway's tag is the to-tag (RFC 3891 §3)."""
+    assert call.dialog is not None
+    ours = call.dialog
+    return f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
+
+
 async def consultation(env: B2bua, uri: str) -> tuple[Call, str]:
-    """alice's consultation call to ``uri``, answered, and the escaped Replaces naming it in
-    a Refer-To (alice's view of the dialog, RFC 3891 §3)."""
-    consult = await env.alice.invite(uri)
-    assert (await consult.final()).status == 407
-    await consult.authenticate()
-    assert (await consult.final(timeout=30)).status == 200
-    assert consult.dialog is not None
-    ours = consult.dialog
-    return consult, f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
+    """alice's consultation call to ``uri``, answered, and the Replaces naming it."""
+    consult = await alice_calls(env, uri)
+    return consult, replaces_of(consult)
 
 
 def sipfrag_of(notify: Request) -> str:
@@ -148,10 +159,7 @@ async def test_a_blind_transfer_by_the_caller_puts_the_callee_through_to_the_tar
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     bob = await bob_phone(env, nursery, voipgw_seed)
-    call = await env.alice.invite("sip:+15550123@127.0.0.1:5060")
-    assert (await call.final()).status == 407
-    await call.authenticate()
-    assert (await call.final()).status == 200
+    call = await alice_calls(env, "sip:+15550123@127.0.0.1:5060")
     trunk_leg = await env.trunk.next_call()
 
     assert await refer(call, BOB_URI) == 202
@@ -656,15 +664,10 @@ async def test_an_attended_transfer_joins_a_carrier_that_called_the_transferor(
     # transfers bob to it: the carrier's leg (the consultation's caller) joins bob's call.
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     bob = await bob_phone(env, nursery, voipgw_seed)
-    to_bob = await env.alice.invite("sip:bob@127.0.0.1:5060")
-    assert (await to_bob.final()).status == 407
-    await to_bob.authenticate()
-    assert (await to_bob.final()).status == 200
+    to_bob = await alice_calls(env, "sip:bob@127.0.0.1:5060")
     bob_leg = await bob.next_call()
     from_carrier, alice_consult = await answered_call(env)
-    assert alice_consult.dialog is not None
-    theirs = alice_consult.dialog  # alice's view: the gateway's tag is the remote one
-    replaces = f"{theirs.call_id}%3Bto-tag%3D{theirs.remote_tag}%3Bfrom-tag%3D{theirs.local_tag}"
+    replaces = replaces_of(alice_consult)
     assert await refer(to_bob, f"<sip:+15550100@127.0.0.1:5060?Replaces={replaces}>") == 202
     bye = await env.alice.next_request("BYE")
     assert bye.request.call_id == alice_consult.call_id  # the consultation ends at alice
