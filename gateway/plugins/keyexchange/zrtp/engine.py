@@ -1,0 +1,865 @@
+"""One ZRTP key agreement on one stream of one leg (RFC 6189), sans-IO.
+
+Theory of operation
+-------------------
+The gateway is a ZRTP endpoint towards a phone that speaks ZRTP, on behalf of whatever is on the
+call's other leg (RFC 6189 §10, the second of its three choices for intermediaries): it has its
+own ZID, runs the whole exchange with the phone, and hands the core SRTP keys for this leg only.
+The phone's SAS is therefore the SAS of the phone-to-gateway link; the other leg is protected by
+its own means (or not), which the call's security record says.
+
+Both sides send Hello (answered with HelloACK) until they have each other's; then either may send
+Commit and so become the initiator (§4.1, §4.2). We commit as soon as we hold the peer's Hello and
+its HelloACK, as phones do; when both Commits cross, the one with the lower hvi is discarded
+(§4.2) and its sender becomes the responder. A DH exchange then runs::
+
+    initiator                          responder
+    Commit (H2, algorithms, hvi)  -->
+                                  <--  DHPart1 (H1, pvr)
+    DHPart2 (H1, pvi)             -->
+                                  <--  Confirm1 (encrypted H0)
+    Confirm2 (encrypted H0)       -->
+                                  <--  Conf2ACK
+
+Every message is authenticated late, by the hash chain (§9): H3 comes in the Hello, H2 in the
+Commit (initiator), H1 in the DHPart, H0 inside the Confirm, and each revealed H checks the MAC of
+the message before it. The initiator commits to its DH value in hvi, which the responder checks
+against the DHPart2 (§4.4.1.1). The keys are derived from the DH result and the hash of the four
+messages (§4.4.1.4); the Confirm messages prove both sides derived the same (§4.5). Only then are
+SRTP keys released (``KeysReady``) and the SAS rendered (``SasReady``): the responder once
+Confirm2 is verified, the initiator once Conf2ACK arrives (§4.6: it must not send SRTP before).
+
+What we offer (:class:`ZrtpSettings`): hash S256; ciphers AES3, AES1; auth tags HS80, HS32 (only
+those whose SRTP suite the leg's policy allows); key agreements X255 and DH3k (DH2k and EC25 by
+configuration); SAS B32 and B256. No retained-secret cache: we keep no secrets between calls
+(§4.9.1 allows it: cache expiration 0 in our Confirm, the V flag never set), so the phone cannot
+tell a later call from a first one and its user is asked to compare the SAS every time. No
+Preshared or Multistream mode: a second stream (video) runs a DH exchange of its own. We are no
+trusted MiTM (no M flag, no SASrelay, no enrollment) and never allow GoClear (A flag clear; a
+GoClear gets Error 0x100).
+
+Retransmission (§6): Hello every 50 ms, doubling to 200 ms, until the peer's HelloACK or Commit;
+as initiator, Commit, DHPart2 and Confirm2 every 150 ms, doubling to 1.2 s, 10 times at most; as
+responder we resend our last message when the peer repeats its own (a repeated Commit gets the
+same DHPart1, and so on). Each retransmission is the same message in a packet with the next
+sequence number. The whole exchange must finish within ``handshake_timeout`` of our first Hello.
+
+Failures end the call (``NegotiationFailed``, 488 while it is set up, a BYE with the reason after):
+the peer's Error message, a protocol error we detect (we send Error first, §5.9), a timeout. A
+packet that fails its CRC or does not parse is dropped and counted; so is a Hello that does not
+match the peer's a=zrtp-hash (§8.1: a forged or stale Hello) and anything a stranger could send
+without knowing the exchange. Key material never appears in a ``repr``, a log line or a reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+import attrs
+
+from gateway.core.interfaces import (
+    KeyNegotiationEvent,
+    KeysReady,
+    NegotiationFailed,
+    SasReady,
+    SrtpKeys,
+)
+from gateway.plugins.keyexchange.zrtp import packets as p
+from gateway.plugins.keyexchange.zrtp.crypto import (
+    CIPHER_KEY_BITS,
+    KEY_AGREEMENTS,
+    SRTP_SALT_BITS,
+    SRTP_SUITES,
+    KeyAgreementError,
+    PrivateValue,
+    cfb_decrypt,
+    cfb_encrypt,
+    kdf,
+    mac64,
+    message_mac_valid,
+    render_sas,
+    s0_dh_mode,
+    sha256,
+    with_mac,
+)
+
+RandomBytes = Callable[[int], bytes]
+
+# §5.1.2-§5.1.6: what every endpoint must implement; a Hello implies them when it lists fewer.
+MANDATORY = {
+    "hashes": ("S256",),
+    "ciphers": ("AES1",),
+    "auth_tags": ("HS32", "HS80"),
+    "key_agreements": ("DH3k",),
+    "sas_types": ("B32 ",),
+}
+
+CLIENT_ID = b"voipgw"
+"""Our Hello's client identifier (§5.2). Never "LINPHONE-ZRTPCPP" nor "BZRTP": bzrtp falls back
+to non-RFC behaviour for those."""
+
+
+@attrs.frozen
+class ZrtpTiming:
+    """Retransmission (§6) and the overall bound. T1 for Hello, T2 for the initiator's Commit,
+    DHPart2 and Confirm2."""
+
+    t1_first: float = 0.05
+    t1_cap: float = 0.2
+    t2_first: float = 0.15
+    t2_cap: float = 1.2
+    t2_tries: int = 10
+    handshake_timeout: float = 20.0
+
+
+@attrs.frozen
+class ZrtpSettings:
+    """What one gateway offers; algorithm names as in the messages (4 characters, "B32 ")."""
+
+    zid: bytes = attrs.field(repr=False)
+    ciphers: tuple[str, ...] = ("AES3", "AES1")
+    auth_tags: tuple[str, ...] = ("HS80", "HS32")
+    key_agreements: tuple[str, ...] = ("X255", "DH3k")
+    sas_types: tuple[str, ...] = ("B32 ", "B256")
+    timing: ZrtpTiming = ZrtpTiming()
+
+
+def hello_hash_attribute(hello: bytes) -> str:
+    """The a=zrtp-hash value for our Hello (§8.1): version, then SHA-256 of the message."""
+    return f"{p.VERSION.decode()} {sha256(hello).hex()}"
+
+
+def parse_hello_hashes_untrusted(attributes: Iterable[tuple[str, str | None]]) -> set[bytes]:
+    """The SHA-256 Hello hashes of version 1.1x in the peer's a=zrtp-hash attributes. Malformed
+    values are skipped: the attribute is a binding, not a requirement (§8.1)."""
+    hashes: set[bytes] = set()
+    for name, value in attributes:
+        if name.lower() != "zrtp-hash" or not value:
+            continue
+        version, _, digest = value.strip().partition(" ")
+        digest = digest.strip()
+        if not version.startswith("1.1") or len(digest) != 64:
+            continue
+        try:
+            hashes.add(bytes.fromhex(digest))
+        except ValueError:
+            continue
+    return hashes
+
+
+def has_zrtp_hash(attributes: Iterable[tuple[str, str | None]]) -> bool:
+    return any(name.lower() == "zrtp-hash" for name, _ in attributes)
+
+
+class _State(enum.Enum):
+    WAITING = "waiting for the answer"  # our offer, before the peer's answer
+    DISCOVERY = "discovery"  # Hello / HelloACK
+    COMMITTED = "committed"  # initiator: Commit sent
+    DH_PART1_SENT = "responded"  # responder: DHPart1 sent
+    DH_PART2_SENT = "dh-part2 sent"  # initiator
+    CONFIRM1_SENT = "confirm1 sent"  # responder
+    CONFIRM2_SENT = "confirm2 sent"  # initiator
+    SECURE = "secure"
+    FAILED = "failed"
+
+
+class _Abort(Exception):
+    """A protocol error: send Error ``code`` (None: send nothing) and fail with ``reason``."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class _Ignore(Exception):
+    """Drop the packet (counted): not from the exchange in progress, or out of order."""
+
+
+@attrs.define(repr=False)
+class _Keys:
+    """What one exchange derived (§4.5.3), by role. Never shown."""
+
+    srtp_key_i: bytes
+    srtp_salt_i: bytes
+    srtp_key_r: bytes
+    srtp_salt_r: bytes
+    mac_key_i: bytes
+    mac_key_r: bytes
+    zrtp_key_i: bytes
+    zrtp_key_r: bytes
+    sashash: bytes
+
+    def __repr__(self) -> str:
+        return "<ZRTP keys: redacted>"
+
+
+@attrs.frozen
+class ZrtpStatistics:
+    discarded: int
+    """Packets dropped: bad CRC, malformed, out of place."""
+    hello_mismatches: int
+    """Peer Hellos that did not match its a=zrtp-hash (§8.1)."""
+    retransmissions: int
+
+
+@attrs.define
+class _Retransmission:
+    message: bytes = attrs.field(repr=False)
+    due: float
+    interval: float
+    cap: float
+    tries: int  # 0: unlimited (Hello, bounded by the handshake timeout)
+    sent: int = 1
+
+
+class ZrtpNegotiation:
+    """One stream's ZRTP exchange on one leg (``interfaces.KeyNegotiation``)."""
+
+    def __init__(
+        self,
+        sdp_role: str,
+        settings: ZrtpSettings,
+        *,
+        random_bytes: RandomBytes,
+        suites: Sequence[str] = (),
+        secure_signalling: bool = False,
+    ) -> None:
+        self.sdp_role = sdp_role  # "offerer" | "answerer"
+        self.signalling_protected = secure_signalling
+        self._settings = settings
+        self._random = random_bytes
+        allowed = set(suites)
+        self._ciphers = tuple(
+            c for c in settings.ciphers if _suites_of(c, settings.auth_tags, allowed)
+        )
+        self._auth_tags = tuple(
+            a for a in settings.auth_tags if _suites_of(self._ciphers, (a,), allowed)
+        )
+        self._allowed_suites = allowed
+        self._h0 = _random(random_bytes, 32)
+        self._h1 = sha256(self._h0)
+        self._h2 = sha256(self._h1)
+        self._h3 = sha256(self._h2)
+        self._ssrc = int.from_bytes(_random(random_bytes, 4), "big")
+        self._sequence = int.from_bytes(_random(random_bytes, 2), "big")
+        self._hello = with_mac(
+            p.encode_hello(
+                client_id=CLIENT_ID,
+                h3=self._h3,
+                zid=settings.zid,
+                flags=0,
+                hashes=MANDATORY["hashes"],
+                ciphers=self._ciphers,
+                auth_tags=self._auth_tags,
+                key_agreements=settings.key_agreements,
+                sas_types=settings.sas_types,
+            ),
+            self._h2,
+        )
+        self._state = _State.WAITING
+        self._peer_hello_hashes: set[bytes] = set()
+        self._peer_hello: p.Hello | None = None
+        self._hello_acked = False
+        self.initiator: bool | None = None
+        # The messages of the exchange, as sent and received (the key derivation hashes them).
+        self._commit: bytes | None = None  # ours or the peer's, whichever won
+        self._commit_algorithms: tuple[str, str, str, str, str] | None = None
+        self._hvi: bytes | None = None  # of our own Commit
+        self._private: PrivateValue | None = None
+        self._dh_part1: bytes | None = None
+        self._dh_part2: bytes | None = None
+        self._peer_h1: bytes | None = None
+        self._peer_h2: bytes | None = None
+        self._keys: _Keys | None = None
+        self._last_answer: tuple[bytes, bytes] | None = None  # (peer message, our answer)
+        self._confirm: bytes | None = None  # ours
+        self._retransmission: _Retransmission | None = None
+        self._hello_pending = False  # started; the first Hello is not sent yet
+        self._deadline: float | None = None
+        self._outgoing: list[bytes] = []
+        self._events: deque[KeyNegotiationEvent] = deque()
+        self.srtp_keys: SrtpKeys | None = None
+        self.sas: str | None = None
+        self.failure: NegotiationFailed | None = None
+        self.peer_client_id: str | None = None
+        self._discarded = 0
+        self._hello_mismatches = 0
+        self._retransmissions = 0
+        if not self._ciphers or not self._auth_tags:
+            self._fail("no SRTP suite of the leg's policy can be keyed by ZRTP")
+
+    def __repr__(self) -> str:
+        return f"<ZrtpNegotiation {self.sdp_role} {self._state.value}>"
+
+    # -- what the core reads --------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    @property
+    def keys(self) -> SrtpKeys | None:
+        """The keys in force (the core keeps them over a re-INVITE that keeps this exchange)."""
+        return self.srtp_keys
+
+    @property
+    def zrtp_sas(self) -> str | None:
+        return self.sas
+
+    @property
+    def zrtp_key_agreement(self) -> str | None:
+        if self._commit_algorithms is None or self._state is not _State.SECURE:
+            return None
+        return self._commit_algorithms[3].strip()
+
+    @property
+    def zrtp_peer_client(self) -> str | None:
+        return self.peer_client_id
+
+    def statistics(self) -> ZrtpStatistics:
+        return ZrtpStatistics(self._discarded, self._hello_mismatches, self._retransmissions)
+
+    # -- interfaces.KeyNegotiation --------------------------------------------------------------
+
+    def local_sdp_attributes(self) -> list[tuple[str, str | None]]:
+        return [("zrtp-hash", hello_hash_attribute(self._hello))]
+
+    def remote_sdp_attributes(self, attributes: Iterable[tuple[str, str | None]]) -> None:
+        """The peer's answer chose ZRTP: bind its Hello hash and start."""
+        if self._state is not _State.WAITING:
+            return  # a repeated answer (a re-INVITE kept this exchange)
+        self.bind_peer_hello(attributes)
+        self.start()
+
+    def same_peer(self, hello_hashes: set[bytes]) -> bool:
+        """Whether a new offer's a=zrtp-hash values name the peer Hello this exchange is bound
+        to (or name none: the peer does not bind its Hello)."""
+        if not hello_hashes or hello_hashes == self._peer_hello_hashes:
+            return True
+        return self._peer_hello is not None and sha256(self._peer_hello.raw) in hello_hashes
+
+    def bind_peer_hello(self, attributes: Iterable[tuple[str, str | None]]) -> None:
+        self._peer_hello_hashes = parse_hello_hashes_untrusted(attributes)
+
+    def start(self) -> None:
+        """Begin sending Hello at the next ``packets_to_send``/``handle_timer``."""
+        if self._state is _State.WAITING:
+            self._state = _State.DISCOVERY
+            self._hello_pending = True
+
+    def claims_packet(self, first_byte: int, packet: bytes) -> bool:
+        return p.is_zrtp_packet(packet)
+
+    def receive_packet(self, packet: bytes, *, now: float) -> None:
+        if self._state in (_State.WAITING, _State.FAILED):
+            return
+        try:
+            received = p.parse_packet_untrusted(packet)
+            self._receive(received, now)
+        except (p.ZrtpParseError, _Ignore):
+            self._discarded += 1
+        except _Abort as abort:
+            if abort.code is not None:
+                self._send(p.encode_error(abort.code))
+            self._fail(abort.reason)
+
+    def packets_to_send(self, *, now: float) -> list[bytes]:
+        self._send_first_hello(now)
+        outgoing, self._outgoing = self._outgoing, []
+        return outgoing
+
+    def get_timer(self) -> float | None:
+        if self._state in (_State.WAITING, _State.FAILED):
+            return None
+        if self._hello_pending:
+            return 0.0  # due at once: start the exchange
+        timers = [t for t in (self._deadline,) if t is not None]
+        if self._retransmission is not None:
+            timers.append(self._retransmission.due)
+        return min(timers) if timers else None
+
+    def handle_timer(self, *, now: float) -> None:
+        if self._state in (_State.WAITING, _State.FAILED, _State.SECURE):
+            return
+        if self._send_first_hello(now):
+            return
+        if self._deadline is not None and now >= self._deadline:
+            self._timed_out()
+            return
+        again = self._retransmission
+        if again is None or now < again.due:
+            return
+        if again.tries and again.sent >= again.tries:
+            kind = again.message[4:12].decode("ascii").strip()
+            self._send(p.encode_error(0xB0))
+            self._fail(f"the peer stopped answering (our {kind} sent {again.sent} times)")
+            return
+        self._send(again.message)
+        again.sent += 1
+        self._retransmissions += 1
+        again.interval = min(again.interval * 2, again.cap)
+        again.due = now + again.interval
+
+    def next_event(self) -> KeyNegotiationEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _send_first_hello(self, now: float) -> bool:
+        if not self._hello_pending:
+            return False
+        self._hello_pending = False
+        timing = self._settings.timing
+        self._deadline = now + timing.handshake_timeout
+        self._send(self._hello)
+        self._retransmission = _Retransmission(
+            self._hello, now + timing.t1_first, timing.t1_first, timing.t1_cap, 0
+        )
+        return True
+
+    def _send(self, message: bytes) -> None:
+        self._sequence = (self._sequence + 1) & 0xFFFF
+        self._outgoing.append(p.frame(self._sequence, self._ssrc, message))
+
+    def _send_retransmitted(self, message: bytes, now: float) -> None:
+        """Send one of the initiator's messages and keep resending it until answered (T2)."""
+        timing = self._settings.timing
+        self._send(message)
+        self._retransmission = _Retransmission(
+            message, now + timing.t2_first, timing.t2_first, timing.t2_cap, timing.t2_tries
+        )
+
+    def _timed_out(self) -> None:
+        timeout = self._settings.timing.handshake_timeout
+        if self._peer_hello is None:
+            reason = f"no ZRTP Hello from the peer within {timeout:g} s"
+        else:
+            reason = f"the ZRTP exchange did not finish within {timeout:g} s ({self.state})"
+        self._send(p.encode_error(0xB0))
+        self._fail(reason)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def _receive(self, packet: p.Packet, now: float) -> None:
+        kind = packet.message_type
+        if kind == p.HELLO:
+            self._on_hello(packet, now)
+        elif kind == p.HELLO_ACK:
+            self._on_hello_ack(now)
+        elif kind == p.COMMIT:
+            self._on_commit(packet.message, now)
+        elif kind == p.DH_PART1:
+            self._on_dh_part1(packet.message, now)
+        elif kind == p.DH_PART2:
+            self._on_dh_part2(packet.message)
+        elif kind == p.CONFIRM1:
+            self._on_confirm1(packet.message, now)
+        elif kind == p.CONFIRM2:
+            self._on_confirm2(packet.message)
+        elif kind == p.CONF2_ACK:
+            self._on_conf2_ack()
+        elif kind == p.ERROR:
+            self._on_error(packet.message)
+        elif kind == p.PING:
+            # §5.16: every endpoint answers Ping; our endpoint hash is our truncated ZID.
+            received_hash = p.parse_ping_untrusted(packet.message)
+            self._send(
+                p.encode_ping_ack(
+                    endpoint_hash=self._settings.zid[:8],
+                    received_hash=received_hash,
+                    ssrc=packet.ssrc,
+                )
+            )
+        elif kind == p.GO_CLEAR and self._state is _State.SECURE:
+            self._send(p.encode_error(0x100))  # §4.7.2: we never allow clear media
+        elif kind == p.SAS_RELAY and self._state is _State.SECURE:
+            # §7.3: acknowledged, never rendered: we are no endpoint that trusts a MiTM.
+            self._send(p.message(p.RELAY_ACK))
+        else:
+            raise _Ignore  # acknowledgements of things we never send, unknown types
+
+    def _on_hello(self, packet: p.Packet, now: float) -> None:
+        hello = p.parse_hello_untrusted(packet.message)
+        if hello.version[:3] != p.VERSION[:3]:
+            raise _Ignore  # §4.1.1: a peer with a higher version sends 1.10 once it sees ours
+        if self._peer_hello_hashes and sha256(hello.raw) not in self._peer_hello_hashes:
+            self._hello_mismatches += 1
+            raise _Ignore
+        if self._peer_hello is None:
+            if hello.zid == self._settings.zid:
+                raise _Abort(0x90, "the peer's ZID is ours (a loop through the gateway?)")
+            self._peer_hello = hello
+            self.peer_client_id = (
+                hello.client_id.decode("ascii", "replace").strip().strip("\x00") or None
+            )
+        elif hello.raw != self._peer_hello.raw:
+            raise _Ignore  # the first Hello we accepted binds the exchange
+        self._send(p.message(p.HELLO_ACK))
+        self._maybe_commit(now)
+
+    def _on_hello_ack(self, now: float) -> None:
+        if self._state is not _State.DISCOVERY:
+            return  # one per Hello we sent: the later ones change nothing
+        self._hello_acked = True
+        self._retransmission = None  # our Hello arrived
+        self._maybe_commit(now)
+
+    def _maybe_commit(self, now: float) -> None:
+        """§4.1: once we hold the peer's Hello and it has ours, commit as initiator."""
+        peer = self._peer_hello
+        if self._state is not _State.DISCOVERY or peer is None or not self._hello_acked:
+            return
+        algorithms = self._choose(peer)
+        agreement = KEY_AGREEMENTS[algorithms[3].strip()]
+        self._private = agreement.generate(self._random)
+        self._dh_part2 = with_mac(
+            p.encode_dh_part(
+                p.DH_PART2,
+                h1=self._h1,
+                secret_ids=self._unknown_secret_ids(),
+                pv=self._private.public_value,
+            ),
+            self._h0,
+        )
+        # §4.4.1.1: hvi = hash(initiator's DHPart2 || responder's Hello).
+        self._hvi = sha256(self._dh_part2 + peer.raw)
+        commit = with_mac(
+            p.encode_commit(
+                h2=self._h2, zid=self._settings.zid, algorithms=algorithms, hvi=self._hvi
+            ),
+            self._h1,
+        )
+        self._commit, self._commit_algorithms = commit, algorithms
+        self.initiator = True
+        self._state = _State.COMMITTED
+        self._send_retransmitted(commit, now)
+
+    def _choose(self, peer: p.Hello) -> tuple[str, str, str, str, str]:
+        """The initiator's choice (§4.1.2): ours in our order among the peer's (with the
+        mandatory ones it implies); for the key agreement the faster of both first choices."""
+        cipher = _first_common(self._ciphers, _with_mandatory(peer.ciphers, "ciphers"))
+        auth = None
+        if cipher is not None:
+            peer_auth = _with_mandatory(peer.auth_tags, "auth_tags")
+            usable = [a for a in self._auth_tags if SRTP_SUITES[(cipher, a)] in self._suites()]
+            auth = _first_common(tuple(usable), peer_auth)
+        peer_agreements = _with_mandatory(peer.key_agreements, "key_agreements")
+        ours = tuple(k for k in self._settings.key_agreements if k in peer_agreements)
+        theirs = tuple(k for k in peer_agreements if k in self._settings.key_agreements)
+        agreement = None
+        if ours and theirs:
+            agreement = min((ours[0], theirs[0]), key=lambda k: KEY_AGREEMENTS[k].speed_rank)
+        sas = _first_common(self._settings.sas_types, _with_mandatory(peer.sas_types, "sas_types"))
+        for value, code, what in (
+            (cipher, 0x52, "cipher"),
+            (auth, 0x54, "SRTP auth tag"),
+            (agreement, 0x53, "key agreement"),
+            (sas, 0x55, "SAS type"),
+        ):
+            if value is None:
+                raise _Abort(code, f"the peer's Hello has no {what} we can use")
+        assert cipher and auth and agreement and sas
+        return ("S256", cipher, auth, agreement, sas)
+
+    def _suites(self) -> set[str]:
+        return self._allowed_suites or set(SRTP_SUITES.values())
+
+    def _on_commit(self, raw: bytes, now: float) -> None:
+        if self._last_answer is not None and self._last_answer[0] == raw:
+            self._send(self._last_answer[1])  # our DHPart1 was lost (§6)
+            return
+        if self._state not in (_State.DISCOVERY, _State.COMMITTED) or self._peer_hello is None:
+            raise _Ignore
+        commit = p.parse_commit_untrusted(raw)
+        peer = self._peer_hello
+        if commit.zid != peer.zid or sha256(commit.h2) != peer.h3:
+            raise _Ignore  # not from the peer whose Hello we hold
+        if not message_mac_valid(peer.raw, commit.h2):
+            raise _Abort(0x10, "the peer's Hello failed its MAC check (H2 from its Commit)")
+        if not commit.dh_mode:
+            raise _Abort(0x53, f"the peer chose {commit.key_agreement.strip()}, not offered")
+        self._check_chosen(commit)
+        if self._state is _State.COMMITTED:
+            # §4.2: both committed; the Commit with the lower hvi is discarded.
+            assert self._hvi is not None
+            if int.from_bytes(self._hvi, "big") > int.from_bytes(commit.hvi, "big"):
+                raise _Ignore  # ours wins: the peer becomes the responder
+        self.initiator = False
+        self._retransmission = None
+        self._peer_h2 = commit.h2
+        self._commit = raw
+        self._commit_algorithms = (
+            commit.hash, commit.cipher, commit.auth_tag, commit.key_agreement, commit.sas_type,
+        )  # fmt: skip
+        self._hvi = commit.hvi
+        agreement = KEY_AGREEMENTS[commit.key_agreement.strip()]
+        self._private = agreement.generate(self._random)
+        self._dh_part1 = with_mac(
+            p.encode_dh_part(
+                p.DH_PART1,
+                h1=self._h1,
+                secret_ids=self._unknown_secret_ids(),
+                pv=self._private.public_value,
+            ),
+            self._h0,
+        )
+        self._state = _State.DH_PART1_SENT
+        self._answer(raw, self._dh_part1)
+
+    def _check_chosen(self, commit: p.Commit) -> None:
+        """§4.1.2: the initiator's choices must be among those of our Hello (or mandatory)."""
+        if commit.hash != "S256":
+            raise _Abort(0x51, f"the peer chose hash {commit.hash.strip()!r}, not offered")
+        if commit.cipher not in self._ciphers + MANDATORY["ciphers"]:
+            raise _Abort(0x52, f"the peer chose cipher {commit.cipher.strip()!r}, not offered")
+        if commit.auth_tag not in self._auth_tags + MANDATORY["auth_tags"]:
+            raise _Abort(0x54, f"the peer chose auth tag {commit.auth_tag.strip()!r}")
+        suite = SRTP_SUITES.get((commit.cipher, commit.auth_tag))
+        if suite is None or suite not in self._suites():
+            raise _Abort(0x54, f"the peer chose {suite or 'an SRTP suite'}, not allowed here")
+        agreements = self._settings.key_agreements + MANDATORY["key_agreements"]
+        if commit.key_agreement not in agreements:
+            name = commit.key_agreement.strip()
+            raise _Abort(0x53, f"the peer chose key agreement {name!r}, not offered")
+        if commit.sas_type not in self._settings.sas_types + MANDATORY["sas_types"]:
+            raise _Abort(0x55, f"the peer chose SAS type {commit.sas_type.strip()!r}")
+
+    def _on_dh_part1(self, raw: bytes, now: float) -> None:
+        if self._state is not _State.COMMITTED or self._peer_hello is None:
+            raise _Ignore  # a repeat: our DHPart2 is being retransmitted anyway
+        dh_part = p.parse_dh_part_untrusted(raw, p.DH_PART1)
+        peer_h2 = sha256(dh_part.h1)
+        if sha256(peer_h2) != self._peer_hello.h3:
+            raise _Ignore
+        if not message_mac_valid(self._peer_hello.raw, peer_h2):
+            raise _Abort(0x10, "the peer's Hello failed its MAC check (H2 from its DHPart1)")
+        assert self._private is not None and self._commit is not None
+        assert self._dh_part2 is not None
+        dh_result = self._agree(dh_part.public_value)
+        self._peer_h1, self._peer_h2, self._dh_part1 = dh_part.h1, peer_h2, raw
+        self._derive(
+            dh_result,
+            zid_i=self._settings.zid,
+            zid_r=self._peer_hello.zid,
+            messages=(self._peer_hello.raw, self._commit, raw, self._dh_part2),
+        )
+        self._state = _State.DH_PART2_SENT
+        self._send_retransmitted(self._dh_part2, now)
+
+    def _on_dh_part2(self, raw: bytes) -> None:
+        if self._last_answer is not None and self._last_answer[0] == raw:
+            self._send(self._last_answer[1])  # our Confirm1 was lost
+            return
+        if self._state is not _State.DH_PART1_SENT:
+            raise _Ignore
+        assert self._peer_hello is not None and self._commit is not None
+        assert self._dh_part1 is not None and self._hvi is not None
+        dh_part = p.parse_dh_part_untrusted(raw, p.DH_PART2)
+        if sha256(raw + self._hello) != self._hvi:
+            raise _Abort(0x62, "the peer's DHPart2 does not match the hvi of its Commit")
+        if sha256(dh_part.h1) != self._peer_h2:
+            raise _Abort(0x10, "the peer's H1 does not hash to its H2")
+        if not message_mac_valid(self._commit, dh_part.h1):
+            raise _Abort(0x10, "the peer's Commit failed its MAC check")
+        dh_result = self._agree(dh_part.public_value)
+        self._peer_h1, self._dh_part2 = dh_part.h1, raw
+        self._derive(
+            dh_result,
+            zid_i=self._peer_hello.zid,
+            zid_r=self._settings.zid,
+            messages=(self._hello, self._commit, self._dh_part1, raw),
+        )
+        self._confirm = self._make_confirm(p.CONFIRM1)
+        self._state = _State.CONFIRM1_SENT
+        self._answer(raw, self._confirm)
+
+    def _on_confirm1(self, raw: bytes, now: float) -> None:
+        if self._state is not _State.DH_PART2_SENT:
+            raise _Ignore
+        assert self._dh_part1 is not None
+        self._open_confirm(raw, p.CONFIRM1, self._dh_part1)
+        self._confirm = self._make_confirm(p.CONFIRM2)
+        self._state = _State.CONFIRM2_SENT
+        self._send_retransmitted(self._confirm, now)
+
+    def _on_confirm2(self, raw: bytes) -> None:
+        if self._last_answer is not None and self._last_answer[0] == raw:
+            self._send(self._last_answer[1])  # our Conf2ACK was lost
+            return
+        if self._state is not _State.CONFIRM1_SENT:
+            raise _Ignore
+        assert self._dh_part2 is not None
+        self._open_confirm(raw, p.CONFIRM2, self._dh_part2)
+        self._answer(raw, p.message(p.CONF2_ACK))
+        self._secure()  # §4.6: the responder may send SRTP once Confirm2 is verified
+
+    def _on_conf2_ack(self) -> None:
+        if self._state is not _State.CONFIRM2_SENT:
+            raise _Ignore
+        self._retransmission = None
+        self._secure()
+
+    def _on_error(self, raw: bytes) -> None:
+        code = p.parse_error_untrusted(raw)
+        if self._state is _State.SECURE:
+            raise _Ignore  # an Error after the exchange is over changes nothing (§5.9)
+        self._send(p.message(p.ERROR_ACK))
+        raise _Abort(None, f"the peer's ZRTP endpoint sent Error {p.describe_error(code)}")
+
+    # -- the exchange's cryptography -------------------------------------------------------------
+
+    def _answer(self, peer_message: bytes, answer: bytes) -> None:
+        """Send ``answer`` and keep it for a repeat of ``peer_message`` (§6)."""
+        self._last_answer = (peer_message, answer)
+        self._send(answer)
+
+    def _unknown_secret_ids(self) -> tuple[bytes, bytes, bytes, bytes]:
+        """rs1ID, rs2ID, auxsecretID, pbxsecretID for secrets we do not have: random values,
+        never zeros (§4.3)."""
+        return (
+            _random(self._random, 8),
+            _random(self._random, 8),
+            _random(self._random, 8),
+            _random(self._random, 8),
+        )
+
+    def _agree(self, public_value: bytes) -> bytes:
+        assert self._private is not None and self._commit_algorithms is not None
+        expected = KEY_AGREEMENTS[self._commit_algorithms[3].strip()].public_value_size
+        if len(public_value) != expected:
+            raise _Abort(0x61, "the peer's public value has the wrong length")
+        try:
+            result = self._private.agree(public_value)
+        except KeyAgreementError as exc:
+            raise _Abort(0x61, f"the peer's public value is unusable ({exc})") from None
+        self._private = None  # used once
+        return result
+
+    def _derive(
+        self, dh_result: bytes, *, zid_i: bytes, zid_r: bytes, messages: tuple[bytes, ...]
+    ) -> None:
+        """§4.4.1.4 and §4.5.3: s0 from the DH result and the exchange's messages, then every
+        key from s0. No retained secrets: s1, s2 and s3 are null."""
+        assert self._commit_algorithms is not None
+        total_hash = sha256(*messages)
+        context = zid_i + zid_r + total_hash
+        s0 = s0_dh_mode(
+            dh_result, zid_i=zid_i, zid_r=zid_r, total_hash=total_hash, secrets=(b"", b"", b"")
+        )
+        key_bits = CIPHER_KEY_BITS[self._commit_algorithms[1]]
+        self._keys = _Keys(
+            srtp_key_i=kdf(s0, b"Initiator SRTP master key", context, key_bits),
+            srtp_salt_i=kdf(s0, b"Initiator SRTP master salt", context, SRTP_SALT_BITS),
+            srtp_key_r=kdf(s0, b"Responder SRTP master key", context, key_bits),
+            srtp_salt_r=kdf(s0, b"Responder SRTP master salt", context, SRTP_SALT_BITS),
+            mac_key_i=kdf(s0, b"Initiator HMAC key", context, 256),
+            mac_key_r=kdf(s0, b"Responder HMAC key", context, 256),
+            zrtp_key_i=kdf(s0, b"Initiator ZRTP key", context, key_bits),
+            zrtp_key_r=kdf(s0, b"Responder ZRTP key", context, key_bits),
+            sashash=kdf(s0, b"SAS", context, 256),
+        )
+
+    def _make_confirm(self, message_type: bytes) -> bytes:
+        """Our Confirm (§5.7): H0, no flags (no enrollment, SAS not verified, no GoClear, no
+        disclosure), cache expiration 0 (keep no secret of ours), encrypted then MACed with our
+        role's keys."""
+        keys = self._keys
+        assert keys is not None
+        zrtp_key, mac_key = (
+            (keys.zrtp_key_i, keys.mac_key_i)
+            if self.initiator
+            else (keys.zrtp_key_r, keys.mac_key_r)
+        )
+        iv = _random(self._random, 16)
+        encrypted = cfb_encrypt(
+            zrtp_key, iv, p.confirm_plaintext(self._h0, flags=0, cache_expiration=0)
+        )
+        return p.encode_confirm(
+            message_type, confirm_mac=mac64(mac_key, encrypted), iv=iv, encrypted=encrypted
+        )
+
+    def _open_confirm(self, raw: bytes, message_type: bytes, peer_dh_part: bytes) -> bytes:
+        """Check the peer's Confirm (§4.5.4, §5.7): its MAC, then that its H0 hashes to the
+        peer's H1 and checks the MAC of the peer's DHPart. The peer's H0."""
+        keys = self._keys
+        assert keys is not None and self._peer_h1 is not None
+        zrtp_key, mac_key = (
+            (keys.zrtp_key_r, keys.mac_key_r)
+            if self.initiator
+            else (keys.zrtp_key_i, keys.mac_key_i)
+        )
+        confirm = p.parse_confirm_untrusted(raw, message_type)
+        if not hmac.compare_digest(mac64(mac_key, confirm.encrypted), confirm.confirm_mac):
+            # Both sides derived different keys: a man in the middle, or a broken peer.
+            raise _Abort(0x70, "the peer's Confirm failed its MAC check (different keys)")
+        content = p.parse_confirm_plaintext_untrusted(
+            cfb_decrypt(zrtp_key, confirm.iv, confirm.encrypted)
+        )
+        if sha256(content.h0) != self._peer_h1:
+            raise _Abort(0x70, "the peer's H0 does not hash to its H1")
+        if not message_mac_valid(peer_dh_part, content.h0):
+            raise _Abort(0x70, "the peer's DHPart failed its MAC check")
+        return content.h0
+
+    def _secure(self) -> None:
+        keys = self._keys
+        assert keys is not None and self._commit_algorithms is not None
+        _, cipher, auth, _, sas_type = self._commit_algorithms
+        initiator_key = keys.srtp_key_i + keys.srtp_salt_i
+        responder_key = keys.srtp_key_r + keys.srtp_salt_r
+        # §4.6: each side protects what it sends with its role's key.
+        local, remote = (
+            (initiator_key, responder_key) if self.initiator else (responder_key, initiator_key)
+        )
+        self.srtp_keys = SrtpKeys(SRTP_SUITES[(cipher, auth)], local, remote)
+        self.sas = render_sas(sas_type, keys.sashash)
+        self._state = _State.SECURE
+        self._retransmission = None
+        self._deadline = None
+        self._events.append(KeysReady(self.srtp_keys))
+        self._events.append(SasReady(self.sas, verified=False))
+
+    def _fail(self, reason: str) -> None:
+        if self._state is _State.FAILED:
+            return
+        self._state = _State.FAILED
+        self._retransmission = None
+        self._deadline = None
+        self._hello_pending = False
+        self._private = None
+        self.failure = NegotiationFailed(f"ZRTP: {reason}")
+        self._events.append(self.failure)
+
+
+def _random(random_bytes: RandomBytes, size: int) -> bytes:
+    value = random_bytes(size)
+    if not isinstance(value, bytes) or len(value) != size:
+        raise ValueError(f"the random source did not return {size} octets")
+    return value
+
+
+def _with_mandatory(names: tuple[str, ...], kind: str) -> tuple[str, ...]:
+    """A Hello's list with the mandatory algorithms it implies appended (§5.2)."""
+    return names + tuple(name for name in MANDATORY[kind] if name not in names)
+
+
+def _first_common(ours: tuple[str, ...], theirs: tuple[str, ...]) -> str | None:
+    return next((name for name in ours if name in theirs), None)
+
+
+def _suites_of(
+    ciphers: str | tuple[str, ...], auth_tags: tuple[str, ...], allowed: set[str]
+) -> bool:
+    """Whether some cipher x auth tag combination makes an SRTP suite ``allowed`` (all when
+    the policy names none)."""
+    cipher_list = (ciphers,) if isinstance(ciphers, str) else ciphers
+    for cipher in cipher_list:
+        for auth in auth_tags:
+            suite = SRTP_SUITES.get((cipher, auth))
+            if suite is not None and (not allowed or suite in allowed):
+                return True
+    return False
