@@ -291,6 +291,12 @@ def describe_leg(leg: dict[str, Any]) -> str:
                     if stream["rtcp_port_keyed"]
                     else " (RTCP on its own port, not keyed yet: RTCP dropped)"
                 )
+            if stream.get("zrtp_sas"):
+                # RFC 6189 §10: the gateway is the phone's ZRTP peer; the SAS proves that link.
+                words += (
+                    f" (ZRTP SAS {stream['zrtp_sas']!r}: the phone shows it for its link to "
+                    "this gateway, not to the other party)"
+                )
             media.append(words)
         else:
             media.append("RTP, not encrypted")

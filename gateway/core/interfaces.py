@@ -155,7 +155,19 @@ class KeyNegotiation(Protocol):
 
 
 class KeyExchange(Protocol):
-    """A key-exchange method registered under ``name`` (``sdes``, ``dtls``, ``zrtp``, ``mikey``)."""
+    """A key-exchange method registered under ``name`` (``sdes``, ``dtls``, ``zrtp``, ``mikey``).
+
+    Two optional class attributes tell the core how the method appears in SDP (read with
+    ``getattr``, so plugins written before them keep working):
+
+    - ``profile``: ``"sdp"`` (keys in SDP: RTP/SAVP(F), or RTP/AVP(F) offered best effort;
+      the default when ``media_path`` is False), ``"dtls"`` (UDP/TLS/RTP/SAVP(F), RFC 5764 §8;
+      the default when it is True) or ``"rtp"`` (plain RTP/AVP(F), keys agreed in the media:
+      ZRTP, RFC 6189 §8);
+    - ``sdp_attribute``: the attribute an answer carries when it took this method (``crypto``,
+      ``fingerprint``, ``zrtp-hash``): when an offer's m= line carries several methods, the
+      answer's attributes say which one the peer chose.
+    """
 
     name: str
     media_path: bool  # True: handshakes on the media port (DTLS, ZRTP); False: keys in SDP

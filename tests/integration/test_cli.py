@@ -321,6 +321,21 @@ def test_a_dtls_leg_without_rtcp_mux_says_how_its_rtcp_port_is_keyed() -> None:
     assert describe_leg(leg(False)).endswith("(RTCP on its own port, not keyed yet: RTCP dropped)")
 
 
+def test_a_zrtp_leg_says_its_sas_and_what_it_authenticates() -> None:
+    from gateway.core.cli import describe_leg
+
+    stream = {
+        "encrypted": True,
+        "suite": "AES_CM_128_HMAC_SHA1_80",
+        "key_exchange": "zrtp",
+        "zrtp_sas": "k4ab",
+    }
+    assert describe_leg({"signalling": "udp", "streams": [stream]}) == (
+        "signalling UDP; media SRTP AES_CM_128_HMAC_SHA1_80 keyed by zrtp (ZRTP SAS 'k4ab': the "
+        "phone shows it for its link to this gateway, not to the other party)"
+    )
+
+
 def test_media_policy_names_are_checked(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     bad = voipgw(

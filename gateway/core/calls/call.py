@@ -1248,6 +1248,7 @@ class Call:
         assert self.keying is not None
         b_leg = self.b or self._keyed_b
         self.keying.apply(self.a.security, b_leg.security if b_leg is not None else None)
+        self.manager.security_changed(self)
 
     def _handshake_failed(self, side: str, reason: str) -> None:
         """A handshake failed: nothing flows any more; the call task ends the call."""

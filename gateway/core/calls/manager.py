@@ -259,6 +259,11 @@ class CallManager:
         except Exception:
             log.exception("a gateway_call_event observer failed (call %s)", call.id)
 
+    def security_changed(self, call: Call) -> None:
+        """The call's media got keys after its answer: ``voipgw calls`` should show them."""
+        if self.records is not None and call.caller is not None:
+            self.records.security_changed(call.record_id)
+
     def _record(self, call: Call, kind: str, reason: str | None) -> None:
         """Keep the call detail record (saved in batches by :attr:`records`)."""
         records = self.records

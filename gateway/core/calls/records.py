@@ -85,6 +85,13 @@ class CallRecordBook:
         self._changed[record_id] = record
         self._security_of[record_id] = call
 
+    def security_changed(self, record_id: str) -> None:
+        """A live call's protection changed after its answer (keys from a handshake on the media
+        path, a ZRTP SAS): save its security record again with the next batch."""
+        record = self._live.get(record_id)
+        if record is not None and record_id in self._security_of:
+            self._changed[record_id] = record
+
     def ended(self, record_id: str, reason: str, security: Mapping[str, object]) -> None:
         """The call is over: its final record, with ``security`` as it stands now (the streams
         close right after, and their counters with them)."""

@@ -1,18 +1,20 @@
-"""The key handshakes of one call that run on the media path (DTLS-SRTP), driven from one task.
+"""The key handshakes of one call that run on the media path (DTLS-SRTP, ZRTP), driven from one
+task.
 
-Theory of operation. A key exchange with ``media_path`` (the ``dtls`` plugin) is a sans-IO engine:
+Theory of operation. A key exchange with ``media_path`` (``dtls``, ``zrtp``) is a sans-IO engine:
 it never touches a socket nor a clock. :class:`CallHandshakes` is the call's task that moves its
-datagrams and time (RFC 5764 §5.1.2: DTLS shares the 5-tuple of RTP):
+datagrams and time (RFC 5764 §5.1.2 and RFC 6189 §5: both share the 5-tuple of RTP):
 
 - the relay hands every datagram that is not RTP/RTCP arriving on a leg's RTP socket (or RTCP
   socket) to :meth:`CallHandshakes.deliver`, which puts it on a bounded memory channel (full:
-  dropped and counted; DTLS retransmits); the stream's negotiation takes it if it claims the
-  first byte's range (RFC 7983: DTLS 20..63), else it is counted as unclaimed;
+  dropped and counted; handshakes retransmit); the stream's negotiation takes it if it claims the
+  first byte's range (RFC 7983: DTLS 20..63, ZRTP 16..19), else it is counted as unclaimed;
 - the task waits until the earliest ``get_timer()`` of the streams or a datagram, then for every
   stream: ``handle_timer(now=)`` when due, the datagram to its stream with ``receive_packet``,
   ``packets_to_send(now=)`` out of the leg's RTP socket to the leg's media address, and the
   events: ``KeysReady`` sets the stream's keys and calls ``on_keys`` (the call re-applies
   :class:`~gateway.core.media.keying.CallKeying`, which unblocks the stream);
+  ``SasReady`` (ZRTP) is logged, the SAS itself is in the stream's record;
   ``NegotiationFailed`` calls ``on_failure`` (the call ends: 488, or BYE with a Reason);
 - a leg without rtcp-mux runs a second handshake on its RTCP port (RFC 5764 §4.1): the stream's
   negotiation gives it (``rtcp_component()``), its datagrams go in and out of the RTCP socket,
@@ -36,7 +38,13 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
-from gateway.core.interfaces import KeyNegotiation, KeysReady, NegotiationFailed, SrtpKeys
+from gateway.core.interfaces import (
+    KeyNegotiation,
+    KeysReady,
+    NegotiationFailed,
+    SasReady,
+    SrtpKeys,
+)
 from gateway.core.media.relay_api import Address, RelaySide, RelayStream
 from gateway.core.media.security import LegSecurity, StreamSecurity
 from gateway.core.media.session import MediaSession
@@ -91,7 +99,8 @@ class CallHandshakes:
     # -- from the relay and the call --------------------------------------------------------------
 
     def deliver(self, side: str, index: int, packet: bytes, *, rtcp: bool = False) -> None:
-        """A DTLS datagram from leg ``side``'s peer on stream ``index``'s RTP port (``rtcp``:
+        """A key-exchange datagram (DTLS, ZRTP) from leg ``side``'s peer on stream ``index``'s
+        RTP port (``rtcp``:
         its RTCP port); the relay's hook."""
         try:
             self._send.send_nowait((side, index, rtcp, packet))
@@ -142,7 +151,8 @@ class CallHandshakes:
                         negotiation.handle_timer(now=now)
                     if item is not None and item[:3] == (side, index, rtcp):
                         packet = item[3]
-                        # RFC 7983: each engine claims its range of first bytes (DTLS 20..63).
+                        # RFC 7983: each engine claims its range of first bytes (DTLS 20..63,
+                        # ZRTP 16..19).
                         if negotiation.claims_packet(packet[0], packet):
                             negotiation.receive_packet(packet, now=now)
                         else:
@@ -152,7 +162,7 @@ class CallHandshakes:
                         if relay_side is None or not relay_side.send(packet, rtcp=rtcp):
                             port = "RTCP" if rtcp else "RTP"
                             log.debug(
-                                "DTLS datagram for leg %s stream %d %s port not sent",
+                                "key-exchange datagram for leg %s stream %d %s port not sent",
                                 side,
                                 index,
                                 port,
@@ -206,6 +216,10 @@ class CallHandshakes:
                     self._rtcp_keys[(side, index)] = (negotiation, event.keys)
                 else:
                     stream.keys = event.keys
+                changed = True
+            elif isinstance(event, SasReady):
+                # Not a secret: the SAS is read aloud by the users (RFC 6189 §7).
+                log.info("leg %s stream %d: ZRTP SAS %s", side, index, event.sas)
                 changed = True
             elif isinstance(event, NegotiationFailed):
                 reason = f"{event.reason} (RTCP port)" if rtcp else event.reason

@@ -27,6 +27,14 @@ streams for the call's handshake task (gateway.core.media.handshakes), which set
 ``keys``; until then the stream "expects SRTP" and
 :class:`~gateway.core.media.keying.CallKeying` blocks it.
 
+ZRTP (the ``zrtp`` plugin) is a ``media_path`` key exchange too, but in plain RTP/AVP(F) with
+a=zrtp-hash (RFC 6189 §8): it answers a stream whose offer carries a=zrtp-hash, and our offer
+may carry it *next to* SDES's a=crypto in one RTP/AVP line (a device ignores the attributes it
+does not know): the answer's a=crypto or a=zrtp-hash picks the method (each key exchange names
+its attribute, ``sdp_attribute``), neither means cleartext where the policy allows it. A
+re-offer keeps the method in force on the stream and offers no other; an answer to a re-offer
+prefers it too, so a call never switches methods (and loses its keys) on a hold.
+
 SDES keys travel in SDP, so the gateway never sends nor accepts them on a leg whose signalling is
 not TLS (the briefing paper's rule; RFC 4568 §8.1 requires a secure channel). :meth:`record`
 gives the leg's security record, derived from what was negotiated, never written by hand.
@@ -66,8 +74,9 @@ _DTLS_OF = {"RTP/AVP": "UDP/TLS/RTP/SAVP", "RTP/AVPF": "UDP/TLS/RTP/SAVPF"}
 # feedback profiles (see LegSecurity's ``offer_feedback``).
 _WITHOUT_FEEDBACK = {"RTP/AVPF": "RTP/AVP"}
 # Attributes that carry a leg's own keys or key-exchange identity and never cross to the other
-# leg: SDES keys (RFC 4568), DTLS fingerprints and roles (RFC 8122, RFC 4145, RFC 8842).
-_KEY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id"})
+# leg: SDES keys (RFC 4568), DTLS fingerprints and roles (RFC 8122, RFC 4145, RFC 8842), ZRTP
+# Hello hashes (RFC 6189 §8).
+_KEY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id", "zrtp-hash"})
 
 
 class MediaSecurityRefused(SdpError):
@@ -94,6 +103,9 @@ class StreamSecurity:
     session_proto: str | None = None
     """The session's plain profile when this leg was offered another one (a feedback profile
     taken off, see ``LegSecurity.offer_feedback``): the answer goes back to the session in it."""
+    alternatives: list[tuple[str, KeyNegotiation]] = attrs.Factory(list)
+    """Further key exchanges our offer carries in the same m= line (SDES's a=crypto next to
+    ZRTP's a=zrtp-hash in RTP/AVP), by name: the peer's answer picks one (``take_answer``)."""
 
 
 class LegSecurity:
@@ -122,6 +134,7 @@ class LegSecurity:
             (name, key_exchanges[name]) for name in policy.key_exchanges if name in key_exchanges
         ]
         self._enabled = frozenset(key_exchanges)
+        self._by_name = dict(self._exchanges)
         self.streams: list[StreamSecurity] = []
         self._offered: list[StreamSecurity] = []
         self._answer_pending = False  # the peer offered; our answer is not made yet
@@ -155,9 +168,11 @@ class LegSecurity:
         encrypted = media.proto.upper() in _PLAIN_OF
         over_dtls = media.proto.upper().startswith("UDP/TLS/")
         reasons: list[str] = []
-        for name, exchange in self._exchanges:
-            # DTLS-SRTP only under UDP/TLS/RTP/SAVP(F) (RFC 5764 §8), SDES never there.
-            if bool(getattr(exchange, "media_path", False)) != over_dtls:
+        for name, exchange in self._in_force_first(previous):
+            # DTLS-SRTP only under UDP/TLS/RTP/SAVP(F) (RFC 5764 §8), SDES never there; ZRTP
+            # only in plain RTP/AVP(F) (RFC 6189 §8: its keys are agreed in the media).
+            profile = _profile(exchange)
+            if (profile == "dtls") != over_dtls or (profile == "rtp" and encrypted):
                 continue
             same = previous is not None and previous.key_exchange == name
             negotiation = exchange.answer(
@@ -172,7 +187,7 @@ class LegSecurity:
             failed = _drain(negotiation, stream)
             if failed is None:
                 stream.negotiation, stream.key_exchange = negotiation, name
-                stream.media_path = over_dtls
+                stream.media_path = bool(getattr(exchange, "media_path", False))
                 if stream.keys is None and previous is not None and previous.key_exchange == name:
                     stream.keys = previous.keys  # keys unchanged (RFC 4568 §7.1.4)
                 return
@@ -231,27 +246,37 @@ class LegSecurity:
                 continue
             previous = self._stream(index)
             reasons: list[str] = []
-            for name, exchange in self._exchanges:
-                media_path = bool(getattr(exchange, "media_path", False))
-                if media_path and self.policy.allow_cleartext:
+            in_force = previous is not None and previous.negotiation is not None
+            for name, exchange in self._in_force_first(previous):
+                profile = _profile(exchange)
+                if profile == "dtls" and self.policy.allow_cleartext:
                     # UDP/TLS/RTP/SAVP cannot fall back to RTP (only SDP capability
                     # negotiation, RFC 5939, could offer both): a best-effort offer would be
                     # refused by every device without DTLS-SRTP. So best effort offers SDES.
                     continue
-                same = previous is not None and previous.key_exchange == name
+                if stream.negotiation is not None and not self._shares_line(stream, profile):
+                    continue
                 negotiation = exchange.offer(
                     suites=self.policy.suites,
                     secure_signalling=self.secure_signalling,
-                    previous=previous.negotiation if same and previous is not None else None,
+                    previous=_previous_negotiation(previous, name),
                 )
-                failed = _drain(negotiation, stream)
-                if failed is None:
+                drained = StreamSecurity()
+                failed = _drain(negotiation, drained)
+                if failed is not None:
+                    reasons.append(f"{name}: {failed}")
+                elif stream.negotiation is None:
                     stream.negotiation, stream.key_exchange = negotiation, name
-                    stream.media_path = media_path
+                    stream.media_path = bool(getattr(exchange, "media_path", False))
                     if previous is not None and previous.key_exchange == name:
                         stream.keys = previous.keys
-                    break
-                reasons.append(f"{name}: {failed}")
+                    stream.keys = drained.keys or stream.keys
+                    if profile == "dtls" or in_force:
+                        # UDP/TLS/RTP/SAVP carries DTLS-SRTP alone; a re-offer keeps the
+                        # method in force and offers no other (RFC 3264 §8).
+                        break
+                else:
+                    stream.alternatives.append((name, negotiation))
             if stream.negotiation is None:
                 if not self.policy.allow_cleartext:
                     detail = "; ".join(reasons) or "no key exchange is enabled"
@@ -262,21 +287,63 @@ class LegSecurity:
                 streams.append(stream)
                 media_out.append(media)
                 continue
-            # RFC 4568 over RTP/AVP is best effort: a device without SRTP ignores a=crypto.
-            if stream.media_path:
-                proto = _DTLS_OF[media.proto.upper()]
-            elif self.policy.allow_cleartext:
-                proto = media.proto
-            else:
-                proto = _SECURE_OF[media.proto.upper()]
+            proto = self._offer_proto(stream, media.proto)
             stream.peer_proto = proto
             attributes: list[tuple[str, str | None]] = list(media.attributes)
             attributes += stream.negotiation.local_sdp_attributes()
+            for _, alternative in stream.alternatives:
+                attributes += alternative.local_sdp_attributes()
             media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
             streams.append(stream)
         self._offered = streams
         self._answer_pending = False
         return attrs.evolve(offer, media=tuple(media_out))
+
+    def _in_force_first(self, previous: StreamSecurity | None) -> list[tuple[str, KeyExchange]]:
+        """The leg's key exchanges in the policy's order, the one in force on the stream first:
+        a re-offer or re-answer keeps the method and its keys where the other side allows."""
+        if previous is None or previous.key_exchange not in self._by_name:
+            return self._exchanges
+        name = previous.key_exchange
+        return [(name, self._by_name[name])] + [e for e in self._exchanges if e[0] != name]
+
+    def _offer_proto(self, stream: StreamSecurity, proto: str) -> str:
+        """The profile our offer of ``stream`` goes out with, from its first key exchange."""
+        profile = _profile(self._by_name[stream.key_exchange or ""])
+        if profile == "dtls":
+            return _DTLS_OF[proto.upper()]
+        if profile == "rtp" or self.policy.allow_cleartext:
+            # ZRTP runs in RTP/AVP; RFC 4568 over RTP/AVP is best effort: a device without
+            # SRTP ignores a=crypto.
+            return proto
+        return _SECURE_OF[proto.upper()]
+
+    def _shares_line(self, stream: StreamSecurity, profile: str) -> bool:
+        """Whether a key exchange of ``profile`` can join the offer's m= line with the ones
+        already in it: only in plain RTP/AVP(F), where SDES's a=crypto and ZRTP's a=zrtp-hash
+        sit side by side and a device ignores what it does not know."""
+        if profile == "dtls":
+            return False
+        return self._offer_proto(stream, "RTP/AVP") == "RTP/AVP"
+
+    def _picked(
+        self, stream: StreamSecurity, media: MediaDescription, names: set[str]
+    ) -> tuple[str, KeyNegotiation] | None:
+        """Which of our offered key exchanges the answer took: the first whose attribute it
+        carries (a=crypto, a=fingerprint, a=zrtp-hash), or, for methods with keys in SDP or
+        DTLS, an SRTP profile answered without it (which then fails with the reason why)."""
+        assert stream.negotiation is not None and stream.key_exchange is not None
+        offered = [(stream.key_exchange, stream.negotiation), *stream.alternatives]
+        for name, negotiation in offered:
+            exchange = self._by_name.get(name)
+            attribute = getattr(exchange, "sdp_attribute", None)
+            if isinstance(attribute, str) and attribute in names:
+                return name, negotiation
+        if media.crypto or media.proto.upper() in _PLAIN_OF:
+            for name, negotiation in offered:
+                if _profile(self._by_name.get(name)) != "rtp":
+                    return name, negotiation
+        return None
 
     def take_answer(self, answer: SessionDescription) -> SessionDescription:
         """The peer's answer to our offer: complete each negotiation; the answer as the session
@@ -286,17 +353,24 @@ class LegSecurity:
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
             if media.port != 0 and stream.negotiation is not None:
-                if media.crypto or media.proto.upper() in _PLAIN_OF:
+                attributes = _pairs(media.attributes) + session_attributes
+                picked = self._picked(stream, media, {name.lower() for name, _ in attributes})
+                stream.alternatives = []
+                if picked is not None:
+                    name, negotiation = picked
+                    if name != stream.key_exchange:
+                        stream.negotiation, stream.key_exchange = negotiation, name
+                        stream.media_path = bool(getattr(self._by_name[name], "media_path", False))
+                        stream.keys = None
                     # A failure is queued as NegotiationFailed too, which _drain reports.
                     with contextlib.suppress(SdpError):
-                        stream.negotiation.remote_sdp_attributes(
-                            _pairs(media.attributes) + session_attributes
-                        )
-                    failed = _drain(stream.negotiation, stream)
+                        negotiation.remote_sdp_attributes(attributes)
+                    failed = _drain(negotiation, stream)
                     if failed is not None:
                         raise MediaSecurityRefused(f"the answer's keys are unusable: {failed}")
                 elif self.policy.allow_cleartext:
                     stream.negotiation, stream.key_exchange = None, None  # declined: cleartext
+                    stream.media_path = False
                 else:
                     raise MediaSecurityRefused(
                         f"policy {self.policy.name} requires encrypted media; the answer "
@@ -382,6 +456,25 @@ def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:
     return failure
 
 
+def _profile(exchange: object) -> str:
+    """How a key exchange appears in SDP (``KeyExchange``'s optional ``profile``): "sdp",
+    "dtls" or "rtp"; plugins without it: "dtls" for a media-path one, else "sdp"."""
+    profile = getattr(exchange, "profile", None)
+    if profile in ("sdp", "dtls", "rtp"):
+        return str(profile)
+    return "dtls" if getattr(exchange, "media_path", False) else "sdp"
+
+
+def _previous_negotiation(previous: StreamSecurity | None, name: str) -> KeyNegotiation | None:
+    """The stream's negotiation of key exchange ``name`` before this re-offer: the one in force,
+    or one our unanswered offer carried beside it."""
+    if previous is None:
+        return None
+    if previous.key_exchange == name:
+        return previous.negotiation
+    return next((n for key, n in previous.alternatives if key == name), None)
+
+
 def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "key_exchange": stream.key_exchange or "none",
@@ -394,8 +487,15 @@ def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
     if stream.rtcp_negotiation is not None:
         # RFC 5764 §4.1: RTCP on its own port, keyed by its own DTLS handshake.
         entry["rtcp_port_keyed"] = stream.rtcp_keys is not None
-    # DTLS-SRTP (the engine exposes these): our DTLS role and the certificate the peer proved.
-    for name in ("dtls_role", "peer_certificate_sha256"):
+    # DTLS-SRTP (the engine exposes these): our DTLS role and the certificate the peer proved;
+    # ZRTP: the SAS the phone shows, the key agreement and the phone's ZRTP client.
+    for name in (
+        "dtls_role",
+        "peer_certificate_sha256",
+        "zrtp_sas",
+        "zrtp_key_agreement",
+        "zrtp_peer_client",
+    ):
         value = getattr(stream.negotiation, name, None)
         if isinstance(value, str):
             entry[name] = value

@@ -1226,6 +1226,8 @@ class DtlsKeyExchange:
 
     name = "dtls"
     media_path = True
+    profile = "dtls"
+    sdp_attribute = "fingerprint"
 
     def __init__(
         self,

@@ -670,6 +670,8 @@ class SdesKeyExchange:
 
     name = "sdes"
     media_path = False
+    profile = "sdp"
+    sdp_attribute = "crypto"
 
     def __init__(
         self,

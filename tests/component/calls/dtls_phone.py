@@ -1,5 +1,5 @@
-"""An in-process DTLS-SRTP phone for the component tests of the call core: the gateway's own
-sans-IO engine on a real 127.0.0.1 socket, driven in trio's (virtual) time."""
+"""An in-process DTLS-SRTP (or ZRTP) phone for the component tests of the call core: the
+gateway's own sans-IO engine on a real 127.0.0.1 socket, driven in trio's (virtual) time."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import socket
 import attrs
 import trio
 
-from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
+from gateway.core.interfaces import KeyNegotiation, KeysReady, NegotiationFailed, SrtpKeys
 from gateway.plugins.keyexchange.dtls_certificates import generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import DtlsNegotiation
 
@@ -53,10 +53,10 @@ async def bind(port: int = PHONE_PORT) -> trio.socket.SocketType:
 
 @attrs.define
 class Phone:
-    """The phone's media loop: DTLS into its engine (``negotiation`` may be replaced, e.g. by a
-    re-offer's), everything else recorded in ``media``."""
+    """The phone's media loop: DTLS (or ZRTP) into its engine (``negotiation`` may be replaced,
+    e.g. by a re-offer's), everything else recorded in ``media``."""
 
-    negotiation: DtlsNegotiation
+    negotiation: KeyNegotiation
     sock: trio.socket.SocketType
     gateway: tuple[str, int]
     keys: SrtpKeys | None = None

@@ -1,0 +1,241 @@
+"""ZRTP through the B2BUA: signalling on the in-memory network, the ZRTP exchange on real
+127.0.0.1 sockets between the gateway's relay and an in-process phone built from the same
+engine (with a ZID of its own), in virtual time.
+
+- a ZRTP caller: answered in RTP/AVP with our a=zrtp-hash, keyed by the exchange, the SAS in
+  the call record; the callee sees nothing of ZRTP;
+- a callee offered ZRTP next to nothing else (UDP signalling: no SDES), who answers with
+  a=zrtp-hash, and one who answers without it (cleartext, no ZRTP packet sent to it);
+- a phone that never speaks ZRTP ends the answered call with the stated reason;
+- a re-INVITE from the same phone keeps the exchange and its keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+import gateway.plugins.keyexchange.zrtp as zrtp_plugin
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.sdp.model import MediaDescription, SessionDescription
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.keyexchange.zrtp import ZrtpKeyExchange
+from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
+from gateway.plugins.keyexchange.zrtp.packets import is_zrtp_packet
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind
+
+PHONE_ZID = bytes.fromhex("0123456789abcdef01234567")
+
+
+def zrtp_sdp(negotiation: ZrtpNegotiation | None, *, port: int = PHONE_PORT) -> bytes:
+    """A phone's offer or answer at ``port``: plain RTP/AVP with its a=zrtp-hash (none without
+    ``negotiation``: a phone without ZRTP)."""
+    hashes = "".join(
+        f"a={name}:{value}\r\n"
+        for name, value in (negotiation.local_sdp_attributes() if negotiation else ())
+    )
+    return (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n{hashes}"
+    ).encode()
+
+
+def pairs(sd: SessionDescription, media: MediaDescription) -> list[tuple[str, str | None]]:
+    return [(a[0], a[1]) for a in media.attributes] + [(a[0], a[1]) for a in sd.attributes]
+
+
+def mirrored(keys: SrtpKeys) -> SrtpKeys:
+    return attrs.evolve(keys, local_key=keys.remote_key, remote_key=keys.local_key)
+
+
+def phone_exchange() -> ZrtpKeyExchange:
+    return ZrtpKeyExchange(zid=lambda: PHONE_ZID)
+
+
+async def with_zrtp(nursery: trio.Nursery, tmp_path: Path, seed: int, **kwargs: object) -> B2bua:
+    return await start_b2bua(
+        nursery,
+        tmp_path,
+        seed,
+        plugins=[("zrtp", zrtp_plugin)],
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def gateway_stream(env: B2bua, side: str) -> dict[str, object]:
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    streams = gateway_call.security_record()[side]["streams"]
+    assert isinstance(streams, list)
+    return dict(streams[0])
+
+
+def leg_keys(env: B2bua, side: str) -> SrtpKeys | None:
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    leg = gateway_call.a if side == "a" else gateway_call.b
+    assert leg is not None and leg.security is not None
+    return leg.security.keys(0)
+
+
+@attrs.define
+class ZrtpCaller:
+    phone: Phone
+    negotiation: ZrtpNegotiation
+    answer: MediaDescription
+    call: object
+
+
+async def zrtp_caller(nursery: trio.Nursery, env: B2bua, *, run_phone: bool = True) -> ZrtpCaller:
+    """The trunk calls alice from a ZRTP phone; alice answers at once."""
+    negotiation = phone_exchange().offer(suites=[], secure_signalling=False)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=zrtp_sdp(negotiation))
+    final = await call.final()
+    assert final.status == 200, final.reason
+    answer = parse_sdp_untrusted(final.body)
+    media = answer.media[0]
+    assert media.proto == "RTP/AVP"
+    assert (media.attributes.get("zrtp-hash") or "").startswith("1.10 ")
+    assert not media.crypto
+    negotiation.remote_sdp_attributes(pairs(answer, media))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    # The callee's leg is keyed on its own: the phone's Hello hash is not forwarded (the
+    # gateway offers the callee ZRTP with a Hello of its own).
+    (phone_hash,) = (v for n, v in negotiation.local_sdp_attributes() if n == "zrtp-hash")
+    assert phone_hash is not None and phone_hash.encode() not in leg_b.incoming.request.body
+    phone = Phone(negotiation, await bind(), ("127.0.0.1", media.port))
+    if run_phone:
+        nursery.start_soon(phone.run)
+    return ZrtpCaller(phone, negotiation, media, call)
+
+
+async def test_a_zrtp_caller_is_keyed_by_the_exchange_and_its_sas_is_in_the_record(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env)
+    with trio.fail_after(10):
+        await caller.phone.keyed.wait()
+    assert caller.phone.failure is None and caller.phone.keys is not None
+    await eventually(lambda: leg_keys(env, "a") is not None)
+    assert leg_keys(env, "a") == mirrored(caller.phone.keys)
+    record = gateway_stream(env, "a")
+    assert record["key_exchange"] == "zrtp" and record["encrypted"] is True
+    assert record["zrtp_sas"] == caller.negotiation.sas and len(str(record["zrtp_sas"])) == 4
+    assert record["zrtp_key_agreement"] == "X255"
+    assert record["zrtp_peer_client"] == "voipgw"
+    # Our ZID is kept for good: the same on the next run of the gateway.
+    zid_file = tmp_path / "state" / "zrtp" / "zid"
+    assert len(zid_file.read_text().strip()) == 24
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_callee_offered_zrtp_answers_with_it_and_is_keyed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))  # plain RTP from the trunk
+    leg_b = await env.alice.next_call()
+    offer = parse_sdp_untrusted(leg_b.invite.body)
+    offered = offer.media[0]
+    # Best effort over UDP signalling: ZRTP in RTP/AVP, no SDES key in clear.
+    assert offered.proto == "RTP/AVP" and not offered.crypto
+    assert (offered.attributes.get("zrtp-hash") or "").startswith("1.10 ")
+    negotiation = phone_exchange().answer(pairs(offer, offered), suites=[], secure_signalling=False)
+    assert negotiation is not None
+    phone = Phone(negotiation, await bind(), ("127.0.0.1", offered.port))
+    nursery.start_soon(phone.run)
+    await leg_b.answer(200, sdp=zrtp_sdp(negotiation))
+    final = await call.final()
+    assert final.status == 200
+    # The trunk's leg is keyed on its own: the phone's Hello hash is not forwarded.
+    (phone_hash,) = (v for n, v in negotiation.local_sdp_attributes() if n == "zrtp-hash")
+    assert phone_hash is not None and phone_hash.encode() not in final.body
+    with trio.fail_after(10):
+        await phone.keyed.wait()
+    assert phone.keys is not None
+    await eventually(lambda: leg_keys(env, "b") is not None)
+    assert leg_keys(env, "b") == mirrored(phone.keys)
+    record = gateway_stream(env, "b")
+    assert record["key_exchange"] == "zrtp" and record["zrtp_sas"] == negotiation.sas
+    assert gateway_stream(env, "a")["key_exchange"] == "none"
+
+
+async def test_a_callee_answering_without_zrtp_hash_gets_cleartext_and_no_zrtp_packet(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
+    assert offered.attributes.has("zrtp-hash")
+    sock = await bind()
+    await leg_b.answer(200, sdp=zrtp_sdp(None))
+    assert (await call.final()).status == 200
+    record = gateway_stream(env, "b")
+    assert record["key_exchange"] == "none" and record["encrypted"] is False
+    # Nothing of ZRTP reaches the phone (the trunk sends no RTP either).
+    with sock, trio.move_on_after(5):
+        data, _ = await sock.recvfrom(2048)
+        assert not is_zrtp_packet(data)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
+
+
+async def test_a_zrtp_phone_that_never_answers_ends_the_call_with_the_reason(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env, run_phone=False)
+    with caller.phone.sock:
+        bye_a = await env.trunk.next_request("BYE", timeout=40)
+        bye_b = await env.alice.next_request("BYE", timeout=5)
+        # The gateway did send Hellos (first byte 0x10, "ZRTP" cookie) to the silent phone.
+        data, _ = await caller.phone.sock.recvfrom(2048)
+        assert is_zrtp_packet(data)
+    for bye in (bye_a, bye_b):
+        reason = bye.request.headers.get("Reason") or ""
+        assert "cause=488" in reason and "no ZRTP Hello from the peer within 20 s" in reason
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_re_invite_from_the_same_phone_keeps_the_exchange_and_the_keys(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed)
+    caller = await zrtp_caller(nursery, env)
+    with trio.fail_after(10):
+        await caller.phone.keyed.wait()
+    await eventually(lambda: leg_keys(env, "a") is not None)
+    keys = leg_keys(env, "a")
+    sent = caller.phone.dtls_received
+    response = await caller.call.reinvite(zrtp_sdp(caller.negotiation))  # type: ignore[attr-defined]
+    assert response.status == 200
+    media = parse_sdp_untrusted(response.body).media[0]
+    assert media.attributes.get("zrtp-hash") == caller.answer.attributes.get("zrtp-hash")
+    await trio.sleep(10)
+    assert leg_keys(env, "a") == keys
+    assert caller.phone.dtls_received == sent  # no second exchange
+    assert env.trunk.requests("BYE") == []
+
+
+@pytest.mark.parametrize("policy", ["rtp-only"])
+async def test_a_leg_whose_policy_has_no_zrtp_answers_in_clear(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    policy: str,
+) -> None:
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", media_policy=policy)
+    await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
+    assert not offered.attributes.has("zrtp-hash") and not offered.crypto
