@@ -226,12 +226,16 @@ def rtp_payloads_by_seq(
     same sequence numbers on the plain side of a relay to see what the encryption did. A
     sequence number seen twice in one flow (a retransmission, a replay) keeps the first.
     ``ports`` as for ``rtp_streams``; what is not RTP version 2 there (STUN keep-alives that
-    linphone sends from its RTP port, RFC 7983) is left out.
+    linphone sends from its RTP port, RFC 7983) is left out. Once tshark has seen a ZRTP
+    exchange on a flow it decodes the flow's packets as SRTP (encrypted payload and tag in
+    fields of their own): they are joined the same way.
     """
     fields = ["ip.src", "udp.srcport", "ip.dst", "udp.dstport", "rtp.seq", "rtp.payload"]
+    fields += ["srtp.enc_payload", "srtp.auth_tag"]
     flows: dict[tuple[Address, Address], dict[int, bytes]] = {}
     rows = _tshark_fields(pcap, ports, fields, "rtp.version == 2 && !stun")
-    for src, sport, dst, dport, seq, payload in rows:
+    for src, sport, dst, dport, seq, payload, *srtp in rows:
         flow = flows.setdefault(((src, int(sport)), (dst, int(dport))), {})
-        flow.setdefault(int(seq), bytes.fromhex(payload.replace(":", "")))
+        octets = payload or "".join(srtp)
+        flow.setdefault(int(seq), bytes.fromhex(octets.replace(":", "")))
     return flows

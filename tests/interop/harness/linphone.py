@@ -81,8 +81,10 @@ class Linphone:
     ``media_encryption`` is linphone's ([sip] media_encryption: none, srtp, zrtp, dtls), made
     mandatory unless ``mandatory`` is False. ``srtp_suites`` lists the SDES suites it offers and
     accepts, in order ([sip] srtp_crypto_suites); empty means linphone's default four.
-    ``auto_answer`` answers incoming calls (``-a``). Only PCMU is enabled, so the tone survives
-    every hop unchanged in shape.
+    ``zrtp_key_agreements`` lists the ZRTP key agreements it offers ([sip]
+    zrtp_key_agreements_suites: "X255", "DH3k", "DH2k"...); empty means linphone's default
+    (DH3k). ``auto_answer`` answers incoming calls (``-a``). Only PCMU is enabled, so the tone
+    survives every hop unchanged in shape.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Linphone:
         media_encryption: str = "none",
         mandatory: bool = True,
         srtp_suites: Sequence[str] = (),
+        zrtp_key_agreements: Sequence[str] = (),
         auto_answer: bool = False,
         start_timeout: float = 10.0,
     ) -> None:
@@ -112,6 +115,7 @@ class Linphone:
         self.media_encryption = media_encryption
         self.mandatory = mandatory
         self.srtp_suites = tuple(srtp_suites)
+        self.zrtp_key_agreements = tuple(zrtp_key_agreements)
         self.auto_answer = auto_answer
         self.start_timeout = start_timeout
         # RTP on the first port, RTCP on the next (RFC 3550 §11).
@@ -141,6 +145,10 @@ class Linphone:
         }
         if self.srtp_suites:
             sip["srtp_crypto_suites"] = ",".join(self.srtp_suites)
+        if self.zrtp_key_agreements:
+            sip["zrtp_key_agreements_suites"] = ",".join(
+                f"MS_ZRTP_KEY_AGREEMENT_{name.upper()}" for name in self.zrtp_key_agreements
+            )
         sections: dict[str, dict[str, str]] = {
             "sip": sip,
             "rtp": {

@@ -1,0 +1,210 @@
+"""ZRTP with a real ZRTP phone: linphonec 5.1 (bzrtp) and the gateway's ``zrtp`` plugin.
+
+The gateway is the phone's ZRTP peer (RFC 6189 §10): it answers the phone's a=zrtp-hash with its
+own, runs the exchange on the media port, and relays the media decrypted to the other leg,
+which is keyed on its own (here: none, a plain-RTP trunk; or ZRTP again, another phone).
+
+1. bob (linphonec, ZRTP mandatory, default algorithms: DH3k; then X25519) calls a sipp trunk
+   that answers in plain RTP and echoes the media. bob's phone says "fully encrypted" with a
+   SAS, and ``voipgw calls`` shows the same SAS for bob's leg; a capture shows the ZRTP
+   exchange and then SRTP between bob and the gateway, the plain tone between the gateway and
+   the trunk, and bob hears his own tone come back.
+2. alice and bob (both linphonec with ZRTP) call each other through the gateway: each phone
+   shows the SAS of its own link to the gateway; the two differ (two exchanges, RFC 6189 §10:
+   the gateway is no trusted MiTM), both match what ``voipgw calls`` shows, and each phone
+   hears the other's tone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import LOOPBACK, Capture, GatewayProcess, analyse_tone, tone_wav
+from tests.interop.harness.audio import g711_wav
+from tests.interop.harness.capture import Address, rtp_payloads_by_seq, udp_filter
+from tests.interop.harness.linphone import Linphone, LinphoneAccount
+from tests.interop.harness.sipp import SippUas
+
+pytestmark = pytest.mark.interop
+
+REALM = "interop.voipgw.test"
+PASSWORDS = {"alice": "wonderland-3c41", "bob": "builder-e85a"}
+TONES = {"alice": 1000.0, "bob": 440.0}
+TRUNK_NUMBER = "+4989555"
+AUDIO_SECONDS = 1.0
+PCMU_PAYLOAD = 160
+# What SRTP adds after the payload (RFC 3711 §3.1): an HMAC-SHA1 tag of 10 (HS80) or 4 (HS32).
+TAG_LENGTHS = {10, 4}
+SAS_LINE = r"Call \d+ is fully encrypted and auth token is (\S+?)\.?\s*$"
+
+
+def _gateway(workdir: Path, *, trunk: SippUas | None = None) -> GatewayProcess:
+    extra = ""
+    if trunk is not None:
+        extra = (
+            "[[trunks]]\n"
+            'name = "carrier"\n'
+            f'address = "{trunk.config_address}"\n'
+            'prefixes = ["+49"]\n'
+            "allowed_sources = []\n"
+        )
+    return GatewayProcess(
+        workdir,
+        accounts=PASSWORDS,
+        settings={
+            "gateway": {"realm": REALM, "log_level": "debug", "domains": [LOOPBACK]},
+            "plugins": {"enable": ["udp", "tcp", "zrtp"]},
+        },
+        extra_toml=extra,
+    )
+
+
+def _phone(workdir: Path, gw: GatewayProcess, name: str, **kwargs: object) -> Linphone:
+    account = LinphoneAccount(
+        f"sip:{LOOPBACK}:{gw.port}", f"sip:{name}@{LOOPBACK}", PASSWORDS[name]
+    )
+    return Linphone(
+        workdir,
+        name,
+        account=account,
+        source=tone_wav(workdir / f"{name}.wav", TONES[name]),
+        media_encryption="zrtp",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _inside(address: Address, ports: tuple[int, int]) -> bool:
+    return ports[0] <= address[1] <= ports[1]
+
+
+def _zrtp_messages(pcap: Path, ports: list[int]) -> list[str]:
+    """The ZRTP message types in a capture, in order (tshark decodes ZRTP only when the ports
+    are decoded as RTP, see peers.md)."""
+    command = ["tshark", "-r", str(pcap), "-Y", "zrtp", "-T", "fields", "-e", "zrtp.type"]
+    for port in ports:
+        command[3:3] = ["-d", f"udp.port=={port},rtp"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def _calls_json(gw: GatewayProcess, legs: str) -> dict[str, object]:
+    """The live call's record once the legs named in ``legs`` ("a", "ab") show a SAS."""
+
+    def done(out: str) -> bool:
+        records = json.loads(out or "[]")
+        return bool(records) and all(
+            (records[0]["security"].get(leg) or {}).get("streams", [{}])[0].get("zrtp_sas")
+            for leg in legs
+        )
+
+    (record,) = json.loads(gw.cli_until(done, "calls", "--json"))
+    return dict(record["security"])
+
+
+@pytest.mark.parametrize("key_agreements", [(), ("X255", "DH3k")], ids=["DH3k", "X25519"])
+def test_a_zrtp_phone_calls_a_plain_trunk_and_shows_the_gateways_sas(
+    tmp_path: Path, key_agreements: tuple[str, ...]
+) -> None:
+    with (
+        SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True) as trunk,
+        _gateway(tmp_path / "gw", trunk=trunk) as gw,
+        _phone(tmp_path, gw, "bob", zrtp_key_agreements=key_agreements) as bob,
+    ):
+        bob.wait_registered()
+        trunk_ports = (trunk.media_port, trunk.media_port + 1)
+        media = udp_filter(gw.media_ports, bob.rtp_ports, trunk_ports)
+        with Capture(tmp_path / "media.pcap", media) as capture:
+            bob.call(gw.uri(TRUNK_NUMBER))
+            bob.wait_connected()
+            sas = bob.wait_output(SAS_LINE, timeout=10).group(1)
+            security = _calls_json(gw, "a")
+            bob.wait_audio(AUDIO_SECONDS)
+            bob.terminate()
+            bob.wait_ended()
+        trunk.wait().check()
+
+    caller, callee = security["a"], security["b"]
+    assert isinstance(caller, dict) and isinstance(callee, dict)
+    (stream,) = caller["streams"]
+    assert stream["key_exchange"] == "zrtp" and stream["encrypted"] is True
+    assert stream["zrtp_sas"] == sas  # what bob reads is what the operator sees
+    assert stream["zrtp_key_agreement"] == ("X255" if key_agreements else "DH3k")
+    assert stream["zrtp_peer_client"].startswith("BZRTP")
+    assert callee["streams"][0]["key_exchange"] == "none"
+    # The exchange ran between bob and the gateway, Hello to Conf2ACK.
+    messages = _zrtp_messages(capture.path, [bob.rtp_port, *range(*gw.media_ports)])
+    for message in ("Hello", "HelloACK", "Commit", "DHPart1", "DHPart2", "Confirm1", "Confirm2"):
+        assert any(m.startswith(message) for m in messages), messages
+    # SRTP between bob and the gateway, the plain tone between the gateway and the trunk: the
+    # same packets (sequence numbers) on both sides of the relay.
+    even = [p for low, high in (gw.media_ports, bob.rtp_ports) for p in range(low, high + 1)]
+    flows = rtp_payloads_by_seq(capture.path, [*[p for p in even if p % 2 == 0], trunk_ports[0]])
+    phone_to_gw = _one(flows, bob.rtp_ports, gw.media_ports)
+    gw_to_trunk = _one(flows, gw.media_ports, trunk_ports)
+    common = sorted(phone_to_gw.keys() & gw_to_trunk.keys())
+    assert len(common) >= 40, (len(phone_to_gw), len(gw_to_trunk))
+    for seq in common:
+        assert len(gw_to_trunk[seq]) == PCMU_PAYLOAD
+        assert len(phone_to_gw[seq]) - PCMU_PAYLOAD in TAG_LENGTHS
+        assert gw_to_trunk[seq][40:80] not in phone_to_gw[seq]
+    plain = b"".join(gw_to_trunk[seq] for seq in sorted(gw_to_trunk))
+    sent = analyse_tone(g711_wav(plain, tmp_path / "to-trunk.wav"))
+    assert sent.dominant_frequency == pytest.approx(TONES["bob"], abs=3)
+    # bob decrypted what came back: his own tone, echoed by the trunk.
+    heard = analyse_tone(bob.received_audio())
+    assert heard.dominant_frequency == pytest.approx(TONES["bob"], abs=3)
+
+
+def _one(
+    flows: dict[tuple[Address, Address], dict[int, bytes]],
+    source: tuple[int, int],
+    destination: tuple[int, int],
+) -> dict[int, bytes]:
+    found = [
+        packets
+        for (src, dst), packets in flows.items()
+        if _inside(src, source) and _inside(dst, destination)
+    ]
+    assert len(found) == 1, (source, destination, list(flows))
+    return found[0]
+
+
+def test_two_zrtp_phones_each_see_the_sas_of_their_own_link(tmp_path: Path) -> None:
+    with (
+        _gateway(tmp_path / "gw") as gw,
+        _phone(tmp_path, gw, "alice") as alice,
+        _phone(tmp_path, gw, "bob", auto_answer=True) as bob,
+    ):
+        alice.wait_registered()
+        bob.wait_registered()
+        alice.call(gw.uri("bob"))
+        alice.wait_connected()
+        bob.wait_connected()
+        alice_sas = alice.wait_output(SAS_LINE, timeout=10).group(1)
+        bob_sas = bob.wait_output(SAS_LINE, timeout=10).group(1)
+        security = _calls_json(gw, "ab")
+        alice.wait_audio(AUDIO_SECONDS)
+        bob.wait_audio(AUDIO_SECONDS)
+        alice.terminate()
+        alice.wait_ended()
+        bob.wait_ended()
+        calls = re.findall(
+            r"ZRTP SAS '(\w+)'",
+            gw.cli_until(lambda out: "ended" in out, "calls", "--recent", "1").replace('"', "'"),
+        )
+
+    caller, callee = security["a"], security["b"]
+    assert isinstance(caller, dict) and isinstance(callee, dict)
+    assert caller["streams"][0]["zrtp_sas"] == alice_sas
+    assert callee["streams"][0]["zrtp_sas"] == bob_sas
+    # Two exchanges, two SASes: each is the phone's link to the gateway.
+    assert alice_sas != bob_sas
+    assert calls == [alice_sas, bob_sas]
+    for phone, far_end in ((alice, "bob"), (bob, "alice")):
+        heard = analyse_tone(phone.received_audio())
+        assert heard.dominant_frequency == pytest.approx(TONES[far_end], abs=3)
