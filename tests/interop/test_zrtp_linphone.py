@@ -12,7 +12,11 @@ which is keyed on its own (here: none, a plain-RTP trunk; or ZRTP again, another
 2. alice and bob (both linphonec with ZRTP) call each other through the gateway: each phone
    shows the SAS of its own link to the gateway; the two differ (two exchanges, RFC 6189 §10:
    the gateway is no trusted MiTM), both match what ``voipgw calls`` shows, and each phone
-   hears the other's tone.
+   hears the other's tone. Also with the media in a worker process (``[media] workers = 2``):
+   the ZRTP packets cross the process boundary to the call's handshake task and back.
+3. Over TLS, a ZRTP phone calls an SDES phone: the gateway offers the callee SDES and ZRTP in
+   one RTP/AVP line, the callee's answer (a=crypto from a phone set to SRTP, a=zrtp-hash from
+   one set to ZRTP) picks the method, and the tones cross between the two kinds of keys.
 """
 
 from __future__ import annotations
@@ -20,15 +24,25 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.interop.harness import LOOPBACK, Capture, GatewayProcess, analyse_tone, tone_wav
+from tests.interop.harness import (
+    LOOPBACK,
+    Baresip,
+    Capture,
+    GatewayProcess,
+    analyse_tone,
+    tone_wav,
+)
 from tests.interop.harness.audio import g711_wav
 from tests.interop.harness.capture import Address, rtp_payloads_by_seq, udp_filter
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
 from tests.interop.harness.sipp import SippUas
+from tests.interop.harness.tls_gateway import TlsGatewayProcess
 
 pytestmark = pytest.mark.interop
 
@@ -43,7 +57,7 @@ TAG_LENGTHS = {10, 4}
 SAS_LINE = r"Call \d+ is fully encrypted and auth token is (\S+?)\.?\s*$"
 
 
-def _gateway(workdir: Path, *, trunk: SippUas | None = None) -> GatewayProcess:
+def _gateway(workdir: Path, *, trunk: SippUas | None = None, workers: int = 1) -> GatewayProcess:
     extra = ""
     if trunk is not None:
         extra = (
@@ -59,6 +73,7 @@ def _gateway(workdir: Path, *, trunk: SippUas | None = None) -> GatewayProcess:
         settings={
             "gateway": {"realm": REALM, "log_level": "debug", "domains": [LOOPBACK]},
             "plugins": {"enable": ["udp", "tcp", "zrtp"]},
+            "media": {"workers": workers},
         },
         extra_toml=extra,
     )
@@ -174,9 +189,10 @@ def _one(
     return found[0]
 
 
-def test_two_zrtp_phones_each_see_the_sas_of_their_own_link(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process-relay", "two-media-workers"])
+def test_two_zrtp_phones_each_see_the_sas_of_their_own_link(tmp_path: Path, workers: int) -> None:
     with (
-        _gateway(tmp_path / "gw") as gw,
+        _gateway(tmp_path / "gw", workers=workers) as gw,
         _phone(tmp_path, gw, "alice") as alice,
         _phone(tmp_path, gw, "bob", auto_answer=True) as bob,
     ):
@@ -208,3 +224,97 @@ def test_two_zrtp_phones_each_see_the_sas_of_their_own_link(tmp_path: Path) -> N
     for phone, far_end in ((alice, "bob"), (bob, "alice")):
         heard = analyse_tone(phone.received_audio())
         assert heard.dominant_frequency == pytest.approx(TONES[far_end], abs=3)
+
+
+class _TlsCallee:
+    """bob over TLS, answering at once: baresip or linphonec, seen the same way by the test."""
+
+    def __init__(self, phone: Baresip | Linphone) -> None:
+        self.phone = phone
+
+    def wait_audio(self, seconds: float) -> None:
+        self.phone.wait_audio(seconds)
+
+    def received_audio(self) -> Path:
+        return self.phone.received_audio()
+
+    def offer_received(self) -> str:
+        """The SDP offer of the INVITE the gateway sent."""
+        if isinstance(self.phone, Baresip):
+            (invite, *_) = self.phone.sip_messages("INVITE ")
+            return invite.message
+        log = self.phone.log_path.read_text(errors="replace")
+        return log[log.index("INVITE sip:bob") :]
+
+
+@contextmanager
+def _tls_callee(
+    workdir: Path, gw: TlsGatewayProcess, kind: str, source: Path
+) -> Iterator[_TlsCallee]:
+    if kind == "baresip-sdes":
+        with Baresip(workdir, "bob", source=source, mediaenc="srtp", sip_trace=True) as baresip:
+            baresip.register_over_tls(LOOPBACK, gw.tls_port, PASSWORDS["bob"], mediaenc="srtp")
+            yield _TlsCallee(baresip)
+        return
+    account = LinphoneAccount(
+        f"sip:{LOOPBACK}:{gw.tls_port};transport=tls", f"sip:bob@{LOOPBACK}", PASSWORDS["bob"]
+    )
+    with Linphone(
+        workdir, "bob", account=account, source=source, media_encryption="zrtp", auto_answer=True
+    ) as linphone:
+        linphone.wait_registered()
+        yield _TlsCallee(linphone)
+
+
+@pytest.mark.parametrize("callee", ["baresip-sdes", "linphone-zrtp"])
+def test_over_tls_the_callees_answer_picks_sdes_or_zrtp_from_one_offer(
+    tmp_path: Path, callee: str
+) -> None:
+    """alice (linphonec, ZRTP) calls bob over TLS. bob is baresip with ``mediaenc=srtp`` (SDES
+    where offered, no ZRTP: it answers a=crypto), or linphonec, which answers a=zrtp-hash (even
+    set to SRTP: it prefers ZRTP when offered both)."""
+    with TlsGatewayProcess(
+        tmp_path / "gw",
+        plugins=("udp", "tcp", "tls", "sdes", "zrtp"),
+        accounts=PASSWORDS,
+        digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
+        settings={"gateway": {"realm": REALM, "log_level": "debug", "domains": [LOOPBACK]}},
+    ) as gw:
+        alice_account = LinphoneAccount(
+            f"sip:{LOOPBACK}:{gw.tls_port};transport=tls",
+            f"sip:alice@{LOOPBACK}",
+            PASSWORDS["alice"],
+        )
+        tones = {name: tone_wav(tmp_path / f"{name}.wav", hz) for name, hz in TONES.items()}
+        with (
+            Linphone(
+                tmp_path,
+                "alice",
+                account=alice_account,
+                source=tones["alice"],
+                media_encryption="zrtp",
+            ) as alice,
+            _tls_callee(tmp_path, gw, callee, tones["bob"]) as bob,
+        ):
+            alice.wait_registered()
+            alice.call(f"sip:bob@{LOOPBACK}:{gw.tls_port};transport=tls")
+            alice.wait_connected()
+            security = _calls_json(gw, "a")
+            alice.wait_audio(AUDIO_SECONDS)
+            bob.wait_audio(AUDIO_SECONDS)
+            alice.terminate()
+            alice.wait_ended()
+            offer = bob.offer_received()
+
+    caller, callee_leg = security["a"], security["b"]
+    assert isinstance(caller, dict) and isinstance(callee_leg, dict)
+    assert caller["streams"][0]["key_exchange"] == "zrtp"
+    (stream,) = callee_leg["streams"]
+    assert stream["key_exchange"] == callee.split("-")[1] and stream["encrypted"] is True
+    # The gateway's offer to bob carried both methods in one RTP/AVP line.
+    assert re.search(r"m=audio \d+ RTP/AVP ", offer), offer
+    assert "a=zrtp-hash:1.10 " in offer and "a=crypto:" in offer, offer
+    heard_by_alice = analyse_tone(alice.received_audio())
+    assert heard_by_alice.dominant_frequency == pytest.approx(TONES["bob"], abs=3)
+    heard_by_bob = analyse_tone(bob.received_audio())
+    assert heard_by_bob.dominant_frequency == pytest.approx(TONES["alice"], abs=3)
