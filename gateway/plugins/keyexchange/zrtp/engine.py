@@ -29,7 +29,7 @@ messages (§4.4.1.4); the Confirm messages prove both sides derived the same (§
 SRTP keys released (``KeysReady``) and the SAS rendered (``SasReady``): the responder once
 Confirm2 is verified, the initiator once Conf2ACK arrives (§4.6: it must not send SRTP before).
 
-What we offer (:class:`ZrtpSettings`): hash S256; ciphers AES3, AES1; auth tags HS80, HS32 (only
+What we offer (:class:`ZrtpSettings`): hash S256; ciphers AES1, AES3; auth tags HS80, HS32 (only
 those whose SRTP suite the leg's policy allows); key agreements X255 and DH3k (DH2k and EC25 by
 configuration); SAS B32 and B256. No retained-secret cache: we keep no secrets between calls
 (§4.9.1 allows it: cache expiration 0 in our Confirm, the V flag never set), so the phone cannot
@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
@@ -120,7 +121,7 @@ class ZrtpSettings:
     """What one gateway offers; algorithm names as in the messages (4 characters, "B32 ")."""
 
     zid: bytes = attrs.field(repr=False)
-    ciphers: tuple[str, ...] = ("AES3", "AES1")
+    ciphers: tuple[str, ...] = ("AES1", "AES3")
     auth_tags: tuple[str, ...] = ("HS80", "HS32")
     key_agreements: tuple[str, ...] = ("X255", "DH3k")
     sas_types: tuple[str, ...] = ("B32 ", "B256")
@@ -363,9 +364,11 @@ class ZrtpNegotiation:
         except (p.ZrtpParseError, _Ignore):
             self._discarded += 1
         except _Abort as abort:
-            if abort.code is not None:
-                self._send(p.encode_error(abort.code))
-            self._fail(abort.reason)
+            if abort.code is None:
+                self._fail(abort.reason)
+                return
+            self._send(p.encode_error(abort.code))
+            self._fail(f"{abort.reason} (we sent Error {p.describe_error(abort.code)})")
 
     def packets_to_send(self, *, now: float) -> list[bytes]:
         self._send_first_hello(now)
@@ -541,19 +544,30 @@ class ZrtpNegotiation:
     def _choose(self, peer: p.Hello) -> tuple[str, str, str, str, str]:
         """The initiator's choice (§4.1.2): ours in our order among the peer's (with the
         mandatory ones it implies); for the key agreement the faster of both first choices."""
-        cipher = _first_common(self._ciphers, _with_mandatory(peer.ciphers, "ciphers"))
+        # Our Hello implies the mandatory algorithms as well (§5.2): they are ours to choose too.
+        cipher = _first_common(
+            _with_mandatory(self._ciphers, "ciphers"), _with_mandatory(peer.ciphers, "ciphers")
+        )
         auth = None
         if cipher is not None:
             peer_auth = _with_mandatory(peer.auth_tags, "auth_tags")
-            usable = [a for a in self._auth_tags if SRTP_SUITES[(cipher, a)] in self._suites()]
+            usable = [
+                a
+                for a in _with_mandatory(self._auth_tags, "auth_tags")
+                if SRTP_SUITES[(cipher, a)] in self._suites()
+            ]
             auth = _first_common(tuple(usable), peer_auth)
         peer_agreements = _with_mandatory(peer.key_agreements, "key_agreements")
-        ours = tuple(k for k in self._settings.key_agreements if k in peer_agreements)
-        theirs = tuple(k for k in peer_agreements if k in self._settings.key_agreements)
+        our_agreements = _with_mandatory(self._settings.key_agreements, "key_agreements")
+        ours = tuple(k for k in our_agreements if k in peer_agreements)
+        theirs = tuple(k for k in peer_agreements if k in our_agreements)
         agreement = None
         if ours and theirs:
             agreement = min((ours[0], theirs[0]), key=lambda k: KEY_AGREEMENTS[k].speed_rank)
-        sas = _first_common(self._settings.sas_types, _with_mandatory(peer.sas_types, "sas_types"))
+        sas = _first_common(
+            _with_mandatory(self._settings.sas_types, "sas_types"),
+            _with_mandatory(peer.sas_types, "sas_types"),
+        )
         for value, code, what in (
             (cipher, 0x52, "cipher"),
             (auth, 0x54, "SRTP auth tag"),
@@ -580,14 +594,18 @@ class ZrtpNegotiation:
             raise _Ignore  # not from the peer whose Hello we hold
         if not message_mac_valid(peer.raw, commit.h2):
             raise _Abort(0x10, "the peer's Hello failed its MAC check (H2 from its Commit)")
-        if not commit.dh_mode:
-            raise _Abort(0x53, f"the peer chose {commit.key_agreement.strip()}, not offered")
-        self._check_chosen(commit)
-        if self._state is _State.COMMITTED:
-            # §4.2: both committed; the Commit with the lower hvi is discarded.
+        if self._state is _State.COMMITTED and commit.key_agreement != "Mult":
+            # §4.2: both committed. Ours (DH) beats a Preshared one; of two DH Commits the one
+            # with the lower hvi is discarded, before anything in it is judged.
             assert self._hvi is not None
-            if int.from_bytes(self._hvi, "big") > int.from_bytes(commit.hvi, "big"):
+            if not commit.dh_mode or int.from_bytes(self._hvi, "big") > int.from_bytes(
+                commit.hvi, "big"
+            ):
                 raise _Ignore  # ours wins: the peer becomes the responder
+        if not commit.dh_mode:
+            name = _shown(commit.key_agreement)
+            raise _Abort(0x53, f"the peer chose key agreement {name}, not offered")
+        self._check_chosen(commit)
         self.initiator = False
         self._retransmission = None
         self._peer_h2 = commit.h2
@@ -613,20 +631,20 @@ class ZrtpNegotiation:
     def _check_chosen(self, commit: p.Commit) -> None:
         """§4.1.2: the initiator's choices must be among those of our Hello (or mandatory)."""
         if commit.hash != "S256":
-            raise _Abort(0x51, f"the peer chose hash {commit.hash.strip()!r}, not offered")
+            raise _Abort(0x51, f"the peer chose hash {_shown(commit.hash)}, not offered")
         if commit.cipher not in self._ciphers + MANDATORY["ciphers"]:
-            raise _Abort(0x52, f"the peer chose cipher {commit.cipher.strip()!r}, not offered")
+            raise _Abort(0x52, f"the peer chose cipher {_shown(commit.cipher)}, not offered")
         if commit.auth_tag not in self._auth_tags + MANDATORY["auth_tags"]:
-            raise _Abort(0x54, f"the peer chose auth tag {commit.auth_tag.strip()!r}")
+            raise _Abort(0x54, f"the peer chose auth tag {_shown(commit.auth_tag)}, not offered")
         suite = SRTP_SUITES.get((commit.cipher, commit.auth_tag))
         if suite is None or suite not in self._suites():
             raise _Abort(0x54, f"the peer chose {suite or 'an SRTP suite'}, not allowed here")
         agreements = self._settings.key_agreements + MANDATORY["key_agreements"]
         if commit.key_agreement not in agreements:
-            name = commit.key_agreement.strip()
-            raise _Abort(0x53, f"the peer chose key agreement {name!r}, not offered")
+            name = _shown(commit.key_agreement)
+            raise _Abort(0x53, f"the peer chose key agreement {name}, not offered")
         if commit.sas_type not in self._settings.sas_types + MANDATORY["sas_types"]:
-            raise _Abort(0x55, f"the peer chose SAS type {commit.sas_type.strip()!r}")
+            raise _Abort(0x55, f"the peer chose SAS type {_shown(commit.sas_type)}, not offered")
 
     def _on_dh_part1(self, raw: bytes, now: float) -> None:
         if self._state is not _State.COMMITTED or self._peer_hello is None:
@@ -840,6 +858,14 @@ def _random(random_bytes: RandomBytes, size: int) -> bytes:
     if not isinstance(value, bytes) or len(value) != size:
         raise ValueError(f"the random source did not return {size} octets")
     return value
+
+
+def _shown(name: str) -> str:
+    """An algorithm name from the peer, fit for a reason: quoted if it is a plain 4-character
+    block, else not shown (it is the peer's bytes)."""
+    if re.fullmatch(r"[A-Za-z0-9 ]{4}", name):
+        return repr(name.strip())
+    return "(an unreadable name)"
 
 
 def _with_mandatory(names: tuple[str, ...], kind: str) -> tuple[str, ...]:

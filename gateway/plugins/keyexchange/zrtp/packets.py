@@ -267,7 +267,7 @@ def parse_commit_untrusted(raw: bytes) -> Commit:
     # DH: hvi (32); Mult: nonce (16); Prsh: nonce (16) and keyID (8) (§5.4).
     expected = {"Mult": 16, "Prsh": 24}.get(key_agreement, HASH_SIZE)
     if tail != expected:
-        raise ZrtpParseError(f"Commit for {key_agreement!r} with a {tail}-octet tail")
+        raise ZrtpParseError(f"Commit with a {tail}-octet tail after its algorithms")
     return Commit(
         body[0:32], body[32:44], hash_, cipher, auth_tag, key_agreement, sas_type,
         body[64 : 64 + tail], raw=raw,
