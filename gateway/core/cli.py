@@ -273,6 +273,18 @@ def _open_store(args: argparse.Namespace) -> tuple[Any, GatewayConfig]:
     return SqliteStore.open(state_dir), config
 
 
+# Key continuity with a ZRTP phone (RFC 6189 §4.3, §4.9), in words.
+_ZRTP_CACHE_WORDS = {
+    "new": "; first ZRTP call with this phone",
+    "match": "; key continuity with its earlier calls (ZRTP cache matched)",
+    "mismatch": (
+        "; ZRTP CACHE MISMATCH: the secret kept from this phone's earlier calls did not "
+        "match: a possible man in the middle, or the phone lost its cache; have the user "
+        "compare the SAS"
+    ),
+}
+
+
 def describe_leg(leg: dict[str, Any]) -> str:
     """One line, in plain words, of how a leg is protected."""
     signalling = str(leg.get("signalling", "?")).upper()
@@ -297,6 +309,7 @@ def describe_leg(leg: dict[str, Any]) -> str:
                     f" (ZRTP SAS {stream['zrtp_sas']!r}: the phone shows it for its link to "
                     "this gateway, not to the other party)"
                 )
+                words += _ZRTP_CACHE_WORDS.get(str(stream.get("zrtp_cache")), "")
             media.append(words)
         else:
             media.append("RTP, not encrypted")

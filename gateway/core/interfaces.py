@@ -111,10 +111,12 @@ class KeysReady:
 
 @attrs.frozen
 class SasReady:
-    """ZRTP short authentication string for the user to compare (RFC 6189 §7)."""
+    """ZRTP short authentication string for the user to compare (RFC 6189 §7). ``alarm``: a
+    reason to doubt it that the operator must hear of (a ZRTP cache mismatch, §4.3.2)."""
 
     sas: str
     verified: bool
+    alarm: str | None = None
 
 
 @attrs.frozen

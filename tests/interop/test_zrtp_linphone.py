@@ -318,3 +318,36 @@ def test_over_tls_the_callees_answer_picks_sdes_or_zrtp_from_one_offer(
     assert heard_by_alice.dominant_frequency == pytest.approx(TONES["bob"], abs=3)
     heard_by_bob = analyse_tone(bob.received_audio())
     assert heard_by_bob.dominant_frequency == pytest.approx(TONES["alice"], abs=3)
+
+
+def test_the_second_call_of_each_phone_has_key_continuity_with_its_first(tmp_path: Path) -> None:
+    """RFC 6189 §4.9: both ends keep a secret after the first call and mix it into the second's
+    keys. bzrtp keeps its cache in linphone's database in the phone's HOME; the gateway in
+    ``<state_dir>/zrtp/cache.sqlite``. A wrong s0 on either side would fail the Confirm MACs."""
+    caches: list[tuple[object, object]] = []
+    with (
+        _gateway(tmp_path / "gw") as gw,
+        _phone(tmp_path, gw, "alice") as alice,
+        _phone(tmp_path, gw, "bob", auto_answer=True) as bob,
+    ):
+        alice.wait_registered()
+        bob.wait_registered()
+        for number in (1, 2):
+            alice.call(gw.uri("bob"))
+            alice.wait_output(rf"Media streams established with \S+ for call {number}")
+            bob.wait_output(rf"Media streams established with \S+ for call {number}")
+            security = _calls_json(gw, "ab")
+            caches.append(
+                (
+                    security["a"]["streams"][0]["zrtp_cache"],
+                    security["b"]["streams"][0]["zrtp_cache"],
+                )  # type: ignore[index]
+            )
+            alice.terminate()
+            alice.wait_output(rf"Call {number} with \S+ ended")
+            gw.cli_until(lambda out: out.strip() == "no live calls", "calls")
+        live = gw.log_text()
+
+    assert caches == [("new", "new"), ("match", "match")], caches
+    assert "ZRTP cache mismatch" not in live
+    assert (tmp_path / "gw" / "state" / "zrtp" / "cache.sqlite").exists()

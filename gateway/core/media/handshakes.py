@@ -220,6 +220,8 @@ class CallHandshakes:
             elif isinstance(event, SasReady):
                 # Not a secret: the SAS is read aloud by the users (RFC 6189 §7).
                 log.info("leg %s stream %d: ZRTP SAS %s", side, index, event.sas)
+                if event.alarm is not None:
+                    log.warning("leg %s stream %d: %s", side, index, event.alarm)
                 changed = True
             elif isinstance(event, NegotiationFailed):
                 reason = f"{event.reason} (RTCP port)" if rtcp else event.reason

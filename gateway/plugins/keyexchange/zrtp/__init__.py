@@ -14,7 +14,9 @@ the leg can take that too, and the answer's a=zrtp-hash picks it. A ZRTP phone t
 a=zrtp-hash in its SDP is treated as one without ZRTP.
 
 Our ZID (§4.9) is one per installation, made at first use in ``<state_dir>/zrtp/zid`` (24 hex
-digits). Configuration: ``[plugins.zrtp]``, see docs/configuration.md.
+digits); the secrets retained with each phone (key continuity, §4.9) are in
+``<state_dir>/zrtp/cache.sqlite`` (:mod:`~gateway.plugins.keyexchange.zrtp.cache`).
+Configuration: ``[plugins.zrtp]``, see docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from gateway.core.hookspecs import hookimpl
+from gateway.plugins.keyexchange.zrtp.cache import FILE as CACHE_FILE
+from gateway.plugins.keyexchange.zrtp.cache import SecretCache
 from gateway.plugins.keyexchange.zrtp.crypto import CIPHER_KEY_BITS, KEY_AGREEMENTS
 from gateway.plugins.keyexchange.zrtp.engine import (
     ZrtpNegotiation,
@@ -125,6 +129,7 @@ class ZrtpKeyExchange:
         key_agreements: Sequence[str] = ("X255", "DH3k"),
         sas_types: Sequence[str] = SAS_TYPES,
         timing: ZrtpTiming | None = None,
+        cache: SecretCache | None = None,
     ) -> None:
         self._zid = zid
         self._random_bytes = random_bytes
@@ -133,6 +138,7 @@ class ZrtpKeyExchange:
         self.key_agreements = tuple(key_agreements)
         self.sas_types = tuple(name.ljust(4) for name in sas_types)
         self.timing = timing if timing is not None else ZrtpTiming()
+        self.cache = cache
 
     def __repr__(self) -> str:
         return f"<ZrtpKeyExchange key agreements={','.join(self.key_agreements)}>"
@@ -186,6 +192,7 @@ class ZrtpKeyExchange:
             key_agreements=self.key_agreements,
             sas_types=self.sas_types,
             timing=self.timing,
+            cache=self.cache,
         )
         return ZrtpNegotiation(
             sdp_role,
@@ -221,6 +228,7 @@ class ZrtpConfig:
     auth_tags: tuple[str, ...] = AUTH_TAGS
     sas_types: tuple[str, ...] = SAS_TYPES
     handshake_timeout: float = 20.0
+    cache: bool = True
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -233,6 +241,13 @@ class ZrtpConfig:
 
     def zid_store(self) -> ZidStore:
         return ZidStore(Path(self.state_dir) / DIRECTORY)
+
+    def secret_cache(self) -> SecretCache | None:
+        """The retained-secret cache, ``<state_dir>/zrtp/cache.sqlite`` (opened at first use),
+        or None when ``cache = false``."""
+        if not self.cache:
+            return None
+        return SecretCache(Path(self.state_dir) / DIRECTORY / CACHE_FILE)
 
 
 @hookimpl
@@ -252,6 +267,7 @@ def gateway_register_key_exchanges(registry: Registry[Any], config: ZrtpConfig |
         auth_tags=config.auth_tags,
         sas_types=config.sas_types,
         timing=ZrtpTiming(handshake_timeout=config.handshake_timeout),
+        cache=config.secret_cache(),
     )
     registry.add(ZrtpKeyExchange.name, exchange)
 

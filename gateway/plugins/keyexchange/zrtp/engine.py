@@ -31,10 +31,12 @@ Confirm2 is verified, the initiator once Conf2ACK arrives (§4.6: it must not se
 
 What we offer (:class:`ZrtpSettings`): hash S256; ciphers AES1, AES3; auth tags HS80, HS32 (only
 those whose SRTP suite the leg's policy allows); key agreements X255 and DH3k (DH2k and EC25 by
-configuration); SAS B32 and B256. No retained-secret cache: we keep no secrets between calls
-(§4.9.1 allows it: cache expiration 0 in our Confirm, the V flag never set), so the phone cannot
-tell a later call from a first one and its user is asked to compare the SAS every time. No
-Preshared or Multistream mode: a second stream (video) runs a DH exchange of its own. We are no
+configuration); SAS B32 and B256. With a :class:`~gateway.plugins.keyexchange.zrtp.cache.
+SecretCache` we keep the retained secrets of each phone (§4.9: key continuity; cache expiration
+"forever" in our Confirm) and say whether they matched (:attr:`ZrtpNegotiation.cache_state`);
+without one, none (§4.9.1: expiration 0), so the phone cannot tell a later call from a first.
+The V flag is never set: the gateway has no user who could compare the SAS. No Preshared or
+Multistream mode: a second stream (video) runs a DH exchange of its own. We are no
 trusted MiTM (no M flag, no SASrelay, no enrollment) and never allow GoClear (A flag clear; a
 GoClear gets Error 0x100).
 
@@ -69,6 +71,7 @@ from gateway.core.interfaces import (
     SrtpKeys,
 )
 from gateway.plugins.keyexchange.zrtp import packets as p
+from gateway.plugins.keyexchange.zrtp.cache import FOREVER, CachedSecrets, SecretCache
 from gateway.plugins.keyexchange.zrtp.crypto import (
     CIPHER_KEY_BITS,
     KEY_AGREEMENTS,
@@ -126,6 +129,8 @@ class ZrtpSettings:
     key_agreements: tuple[str, ...] = ("X255", "DH3k")
     sas_types: tuple[str, ...] = ("B32 ", "B256")
     timing: ZrtpTiming = ZrtpTiming()
+    cache: SecretCache | None = attrs.field(default=None, eq=False)
+    """Retained secrets by phone ZID (None: cacheless, RFC 6189 §4.9.1)."""
 
 
 def hello_hash_attribute(hello: bytes) -> str:
@@ -193,6 +198,8 @@ class _Keys:
     zrtp_key_i: bytes
     zrtp_key_r: bytes
     sashash: bytes
+    retained: bytes
+    """The next rs1 (§4.6.1)."""
 
     def __repr__(self) -> str:
         return "<ZRTP keys: redacted>"
@@ -276,6 +283,12 @@ class ZrtpNegotiation:
         self._peer_h1: bytes | None = None
         self._peer_h2: bytes | None = None
         self._keys: _Keys | None = None
+        self._cached: CachedSecrets | None = None  # of the peer's ZID, read with its Hello
+        self._peer_cache_expiration = 0
+        self.cache_state: str | None = None
+        """"new" (nothing kept of this phone), "match" (a secret kept from an earlier call went
+        into the keys: key continuity) or "mismatch" (we kept one the phone does not share:
+        a possible man in the middle, §4.3.2); None before the keys or without a cache."""
         self._last_answer: tuple[bytes, bytes] | None = None  # (peer message, our answer)
         self._confirm: bytes | None = None  # ours
         self._retransmission: _Retransmission | None = None
@@ -320,6 +333,11 @@ class ZrtpNegotiation:
     @property
     def zrtp_peer_client(self) -> str | None:
         return self.peer_client_id
+
+    @property
+    def zrtp_cache(self) -> str | None:
+        """Key continuity with this phone, once keyed: see :attr:`cache_state`."""
+        return self.cache_state if self._state is _State.SECURE else None
 
     def statistics(self) -> ZrtpStatistics:
         return ZrtpStatistics(self._discarded, self._hello_mismatches, self._retransmissions)
@@ -496,6 +514,8 @@ class ZrtpNegotiation:
             if hello.zid == self._settings.zid:
                 raise _Abort(0x90, "the peer's ZID is ours (a loop through the gateway?)")
             self._peer_hello = hello
+            if self._settings.cache is not None:
+                self._cached = self._settings.cache.lookup(hello.zid)
             self.peer_client_id = (
                 hello.client_id.decode("ascii", "replace").strip().strip("\x00") or None
             )
@@ -523,7 +543,7 @@ class ZrtpNegotiation:
             p.encode_dh_part(
                 p.DH_PART2,
                 h1=self._h1,
-                secret_ids=self._unknown_secret_ids(),
+                secret_ids=self._secret_ids(b"Initiator"),
                 pv=self._private.public_value,
             ),
             self._h0,
@@ -620,7 +640,7 @@ class ZrtpNegotiation:
             p.encode_dh_part(
                 p.DH_PART1,
                 h1=self._h1,
-                secret_ids=self._unknown_secret_ids(),
+                secret_ids=self._secret_ids(b"Responder"),
                 pv=self._private.public_value,
             ),
             self._h0,
@@ -664,6 +684,7 @@ class ZrtpNegotiation:
             zid_i=self._settings.zid,
             zid_r=self._peer_hello.zid,
             messages=(self._peer_hello.raw, self._commit, raw, self._dh_part2),
+            s1=self._shared_secret(dh_part),
         )
         self._state = _State.DH_PART2_SENT
         self._send_retransmitted(self._dh_part2, now)
@@ -690,6 +711,7 @@ class ZrtpNegotiation:
             zid_i=self._peer_hello.zid,
             zid_r=self._settings.zid,
             messages=(self._hello, self._commit, self._dh_part1, raw),
+            s1=self._shared_secret(dh_part),
         )
         self._confirm = self._make_confirm(p.CONFIRM1)
         self._state = _State.CONFIRM1_SENT
@@ -735,15 +757,44 @@ class ZrtpNegotiation:
         self._last_answer = (peer_message, answer)
         self._send(answer)
 
-    def _unknown_secret_ids(self) -> tuple[bytes, bytes, bytes, bytes]:
-        """rs1ID, rs2ID, auxsecretID, pbxsecretID for secrets we do not have: random values,
-        never zeros (§4.3)."""
-        return (
-            _random(self._random, 8),
-            _random(self._random, 8),
-            _random(self._random, 8),
-            _random(self._random, 8),
+    def _secret_ids(self, role: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        """rs1ID, rs2ID, auxsecretID, pbxsecretID of our DHPart (§4.3.1): MACs of the retained
+        secrets kept for this phone under our role's name; random values, never zeros, for the
+        secrets we do not have (no auxsecret, no pbxsecret: we are no trusted MiTM)."""
+        cached = self._cached
+        rs1 = mac64(cached.rs1, role) if cached is not None else _random(self._random, 8)
+        rs2 = (
+            mac64(cached.rs2, role)
+            if cached is not None and cached.rs2 is not None
+            else _random(self._random, 8)
         )
+        return (rs1, rs2, _random(self._random, 8), _random(self._random, 8))
+
+    def _shared_secret(self, peer: p.DhPart) -> bytes:
+        """s1 (§4.3): the retained secret both sides hold, or b"" (null). The initiator's rs1
+        if it matches the responder's rs1 or rs2, else the initiator's rs2 if it does; the IDs
+        the peer sent are MACs under its role's name. Sets :attr:`cache_state`."""
+        cached = self._cached
+        if self._settings.cache is None:
+            return b""
+        if cached is None:
+            self.cache_state = "new"
+            return b""
+        peer_role = b"Responder" if self.initiator else b"Initiator"
+        ours = [cached.rs1] + ([cached.rs2] if cached.rs2 is not None else [])
+        candidates = (
+            # We initiate: our rs1 first, then our rs2, against the responder's two IDs.
+            [(secret, peer_id) for secret in ours for peer_id in (peer.rs1_id, peer.rs2_id)]
+            if self.initiator
+            # We respond: the initiator's rs1 first, then its rs2, against our two secrets.
+            else [(secret, peer_id) for peer_id in (peer.rs1_id, peer.rs2_id) for secret in ours]
+        )
+        for secret, peer_id in candidates:
+            if hmac.compare_digest(mac64(secret, peer_role), peer_id):
+                self.cache_state = "match"
+                return secret
+        self.cache_state = "mismatch"  # we kept an rs1 and share nothing with the phone
+        return b""
 
     def _agree(self, public_value: bytes) -> bytes:
         assert self._private is not None and self._commit_algorithms is not None
@@ -758,15 +809,22 @@ class ZrtpNegotiation:
         return result
 
     def _derive(
-        self, dh_result: bytes, *, zid_i: bytes, zid_r: bytes, messages: tuple[bytes, ...]
+        self,
+        dh_result: bytes,
+        *,
+        zid_i: bytes,
+        zid_r: bytes,
+        messages: tuple[bytes, ...],
+        s1: bytes,
     ) -> None:
-        """§4.4.1.4 and §4.5.3: s0 from the DH result and the exchange's messages, then every
-        key from s0. No retained secrets: s1, s2 and s3 are null."""
+        """§4.4.1.4 and §4.5.3: s0 from the DH result, the exchange's messages and the shared
+        retained secret ``s1``, then every key from s0 (s2 and s3 are null: no auxsecret, no
+        pbxsecret)."""
         assert self._commit_algorithms is not None
         total_hash = sha256(*messages)
         context = zid_i + zid_r + total_hash
         s0 = s0_dh_mode(
-            dh_result, zid_i=zid_i, zid_r=zid_r, total_hash=total_hash, secrets=(b"", b"", b"")
+            dh_result, zid_i=zid_i, zid_r=zid_r, total_hash=total_hash, secrets=(s1, b"", b"")
         )
         key_bits = CIPHER_KEY_BITS[self._commit_algorithms[1]]
         self._keys = _Keys(
@@ -779,12 +837,13 @@ class ZrtpNegotiation:
             zrtp_key_i=kdf(s0, b"Initiator ZRTP key", context, key_bits),
             zrtp_key_r=kdf(s0, b"Responder ZRTP key", context, key_bits),
             sashash=kdf(s0, b"SAS", context, 256),
+            retained=kdf(s0, b"retained secret", context, 256),
         )
 
     def _make_confirm(self, message_type: bytes) -> bytes:
-        """Our Confirm (§5.7): H0, no flags (no enrollment, SAS not verified, no GoClear, no
-        disclosure), cache expiration 0 (keep no secret of ours), encrypted then MACed with our
-        role's keys."""
+        """Our Confirm (§5.7): H0, no flags (no enrollment, SAS not verified: we have no user to
+        verify it, no GoClear, no disclosure), cache expiration "forever" with a cache and 0
+        (keep no secret of ours) without, encrypted then MACed with our role's keys."""
         keys = self._keys
         assert keys is not None
         zrtp_key, mac_key = (
@@ -794,7 +853,9 @@ class ZrtpNegotiation:
         )
         iv = _random(self._random, 16)
         encrypted = cfb_encrypt(
-            zrtp_key, iv, p.confirm_plaintext(self._h0, flags=0, cache_expiration=0)
+            zrtp_key,
+            iv,
+            p.confirm_plaintext(self._h0, flags=0, cache_expiration=self._our_cache_expiration),
         )
         return p.encode_confirm(
             message_type, confirm_mac=mac64(mac_key, encrypted), iv=iv, encrypted=encrypted
@@ -821,6 +882,7 @@ class ZrtpNegotiation:
             raise _Abort(0x70, "the peer's H0 does not hash to its H1")
         if not message_mac_valid(peer_dh_part, content.h0):
             raise _Abort(0x70, "the peer's DHPart failed its MAC check")
+        self._peer_cache_expiration = content.cache_expiration
         return content.h0
 
     def _secure(self) -> None:
@@ -839,7 +901,35 @@ class ZrtpNegotiation:
         self._retransmission = None
         self._deadline = None
         self._events.append(KeysReady(self.srtp_keys))
-        self._events.append(SasReady(self.sas, verified=False))
+        alarm = None
+        if self.cache_state == "mismatch":
+            alarm = (
+                "ZRTP cache mismatch: the secret kept from this phone's earlier calls did not "
+                "match (a possible man in the middle, or the phone lost its cache)"
+            )
+        self._events.append(SasReady(self.sas, verified=False, alarm=alarm))
+        self._update_cache(keys.retained)
+
+    @property
+    def _our_cache_expiration(self) -> int:
+        return FOREVER if self._settings.cache is not None else 0
+
+    def _update_cache(self, retained: bytes) -> None:
+        """§4.6.1: after a good exchange in DH mode, rs2 = the old rs1 and rs1 = the new
+        retained secret, kept for the shorter of both sides' expiration intervals (0 on either
+        side: nothing kept, and what was kept is forgotten).
+
+        On a cache mismatch RFC 6189 §4.6.1.1 delays the update until the user has compared
+        the SAS. The gateway has no user to do that, so it raises the alarm in the call's
+        record and then keeps the new secret: a phone that lost its cache alarms once, not on
+        every later call; an attacker in the middle of one call is found on the next call that
+        is not."""
+        cache, peer = self._settings.cache, self._peer_hello
+        if cache is None or peer is None:
+            return
+        expires_in = min(self._our_cache_expiration, self._peer_cache_expiration)
+        old_rs1 = self._cached.rs1 if self._cached is not None else None
+        cache.store(peer.zid, retained, rs2=old_rs1, expires_in=expires_in)
 
     def _fail(self, reason: str) -> None:
         if self._state is _State.FAILED:
