@@ -367,7 +367,19 @@ def cmd_calls(args: argparse.Namespace) -> int:
                 print(f"  {name}: {describe_leg(leg)}")
         for transfer in security.get("transfers", ()):
             print(f"  {describe_transfer(transfer)}")
+        if security.get("taps"):
+            print(f"  {describe_taps(security['taps'])}")
     return EXIT_OK
+
+
+def describe_taps(taps: dict[str, Any]) -> str:
+    """Who gets a copy of the call's media (recording, interception), and what they miss."""
+    line = "media copied to: " + ", ".join(str(name) for name in taps.get("names", ()))
+    untapped = taps.get("untapped_streams") or []
+    if untapped:
+        streams = ", ".join(str(index) for index in untapped)
+        line += f" (NOT stream {streams}: in a media worker, which taps cannot reach)"
+    return line
 
 
 def describe_transfer(transfer: dict[str, Any]) -> str:

@@ -213,22 +213,44 @@ class MediaPolicy:
 # Media taps (recording, SIPREC, lawful intercept)
 
 
-class TapSink(Protocol):
-    """Receives copies of decrypted media. ``packet`` must never block: a sink drops and counts
-    when it cannot keep up (STYLE.md habit 7)."""
+@attrs.frozen
+class TappedCall:
+    """What a tap is told of a call when its media starts (its answer): the gateway's call id
+    (the call record's), the caller's From and request URIs, and who is on each side: "account"
+    or "trunk" and its name ("" and None: unknown)."""
 
-    def packet(self, stream_id: str, direction: str, payload: bytes, *, now: float) -> None: ...
+    call_id: str
+    from_uri: str
+    to_uri: str
+    caller_kind: str
+    caller_name: str | None
+    callee_kind: str
+    callee_name: str | None
+
+
+class TapSink(Protocol):
+    """Receives copies of one call's decrypted media. ``packet`` must never block: a sink drops
+    and counts when it cannot keep up (STYLE.md habit 7).
+
+    ``packet`` gets every packet the relay forwards on stream ``stream_id`` (the m= line index,
+    "0", "1", ...) in ``direction`` ("a_to_b": what the caller sent, "b_to_a": what the callee
+    sent), RTP and RTCP alike, as plain (decrypted) packets, header included; ``now`` is the
+    gateway's monotonic clock (trio's)."""
+
+    def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None: ...
 
     async def run(self) -> None:
-        """The sink's own task (writing files, sending to a recorder)."""
+        """The sink's own task (writing files, sending to a recorder), started in a nursery that
+        outlives the call; it returns once ``close`` was called and its work is done."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """The call ended: no more packets; ``run`` finishes what it has and returns."""
 
 
 class MediaTap(Protocol):
     name: str
 
-    def sink_for_call(self, call_id: str) -> TapSink | None:
+    def sink_for_call(self, call: TappedCall) -> TapSink | None:
         """A sink for this call, or None when the tap does not apply to it."""
 
 

@@ -336,6 +336,17 @@ def test_a_zrtp_leg_says_its_sas_and_what_it_authenticates() -> None:
     )
 
 
+def test_a_calls_taps_are_said_with_what_they_miss() -> None:
+    from gateway.core.cli import describe_taps
+
+    assert describe_taps({"names": ["recorder"], "untapped_streams": []}) == (
+        "media copied to: recorder"
+    )
+    assert describe_taps({"names": ["recorder"], "untapped_streams": [0, 1]}) == (
+        "media copied to: recorder (NOT stream 0, 1: in a media worker, which taps cannot reach)"
+    )
+
+
 def test_media_policy_names_are_checked(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
     bad = voipgw(

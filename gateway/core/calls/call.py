@@ -100,6 +100,7 @@ from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.security import LegSecurity, MediaSecurityRefused
 from gateway.core.media.session import ORIGIN_USERNAME
+from gateway.core.media.taps import CallTaps
 from gateway.core.sdp.body import UnsupportedBody, sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
@@ -319,6 +320,7 @@ class Call:
         self.caller = caller  # identified before the call exists (CallManager.invite)
         self.media: MediaSession | None = None
         self.keying: CallKeying | None = None
+        self.taps: CallTaps | None = None
         self.handshakes: CallHandshakes | None = None  # started with the first DTLS stream
         self._keyed_b: BLeg | None = None  # the B leg whose keys are applied
         self.state = "new"
@@ -429,6 +431,8 @@ class Call:
                 self.keying.block_all()
             # Recorded before the streams close, so the record keeps their final counters.
             self.manager.event(self, "ended", self.end_reason)
+            if self.taps is not None:
+                self.taps.close()
             if self.keying is not None:
                 self.keying.close()
             if self.media is not None:
@@ -1097,6 +1101,7 @@ class Call:
         self.answered_at = trio.current_time()
         self.state = "answered"
         self.manager.event(self, "answered", None)
+        self._start_taps()
 
     # -- late offer (RFC 3261 §13.2.1: an INVITE without SDP) -----------------------------------
 
@@ -1188,6 +1193,7 @@ class Call:
         self.answered_at = trio.current_time()
         self.state = "answered"
         self.manager.event(self, "answered", None)
+        self._start_taps()
 
     def _refusing_answer(self, leg: Leg, offer: Response) -> bytes:
         """An answer that rejects every stream of the offer in ``offer`` (a 2xx to our INVITE
@@ -1218,7 +1224,18 @@ class Call:
         assert self.keying is not None
         self._keyed_b = b_leg
         self.keying.apply(self.a.security, b_leg.security if b_leg is not None else None)
+        if self.taps is not None:
+            self.taps.attach()  # streams a re-INVITE added
         self._drive_handshakes()
+
+    def _start_taps(self) -> None:
+        """The call is answered: the media taps (recording, interception) that want it get
+        copies of its media from now on (gateway/core/media/taps.py)."""
+        assert self.media is not None
+        sinks = self.manager.tap_sinks(self)
+        if sinks:
+            self.taps = CallTaps(self.id, self.media, sinks, clock=trio.current_time)
+            self.taps.attach()
 
     def _drive_handshakes(self) -> None:
         """Start the handshake task at the first stream keyed on the media path (DTLS-SRTP),
@@ -2641,6 +2658,8 @@ class Call:
             record["media"] = self.media.statistics()
         if self.transfers:
             record["transfers"] = list(self.transfers)
+        if self.taps is not None and self.taps.names:
+            record["taps"] = self.taps.record()
         return record
 
     def _leg(self, side: Side) -> Leg:

@@ -18,7 +18,14 @@ from gateway.core.calls.call import Call, CancelEvent, RequestEvent
 from gateway.core.calls.leg import Side
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
 from gateway.core.calls.records import CallRecordBook
-from gateway.core.interfaces import Caller, CallEvent, LegInfo, RouteDecision
+from gateway.core.interfaces import (
+    Caller,
+    CallEvent,
+    LegInfo,
+    RouteDecision,
+    TappedCall,
+    TapSink,
+)
 from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
 from gateway.core.media.security import LegSecurity
 from gateway.core.sip.message import Request, Response, make_response
@@ -259,6 +266,34 @@ class CallManager:
         except Exception:
             log.exception("a gateway_call_event observer failed (call %s)", call.id)
 
+    def tap_sinks(self, call: Call) -> list[tuple[str, TapSink]]:
+        """The sinks the registered media taps want for ``call`` (now answered); each sink's
+        task is started here, in the manager's nursery, which outlives the call."""
+        invite = call.a.invite
+        if invite is None or call.caller is None:
+            return []
+        b_leg = call.b
+        tapped = TappedCall(
+            call_id=call.record_id,
+            from_uri=str(invite.from_.uri),
+            to_uri=str(invite.uri),
+            caller_kind=call.caller.kind,
+            caller_name=call.caller.name,
+            callee_kind=b_leg.peer_kind if b_leg is not None else "",
+            callee_name=b_leg.peer_name if b_leg is not None else None,
+        )
+        sinks: list[tuple[str, TapSink]] = []
+        for name, tap in self.gateway.plugins.media_taps.items():
+            try:
+                sink = tap.sink_for_call(tapped)
+            except Exception:
+                log.exception("media tap %s failed to decide on call %s", name, call.id)
+                continue
+            if sink is not None:
+                self.start_soon(_run_sink, name, sink)
+                sinks.append((name, sink))
+        return sinks
+
     def security_changed(self, call: Call) -> None:
         """The call's media got keys after its answer: ``voipgw calls`` should show them."""
         if self.records is not None and call.caller is not None:
@@ -277,3 +312,11 @@ class CallManager:
             records.answered(call.record_id, call)
         elif kind == "ended":
             records.ended(call.record_id, reason or "normal clearing", call.security_record())
+
+
+async def _run_sink(name: str, sink: TapSink) -> None:
+    """A tap sink's task: its failure is logged, never the gateway's end."""
+    try:
+        await sink.run()
+    except Exception:
+        log.exception("media tap %s stopped with an error", name)

@@ -1,0 +1,126 @@
+"""The media taps of one call: copies of its decrypted media for tap plugins (recording, lawful
+intercept), ARCHITECTURE.md "Media path": receive -> unprotect -> taps -> protect -> send.
+
+Theory of operation. When a call is answered, the call asks every registered
+:class:`~gateway.core.interfaces.MediaTap` for a sink (``sink_for_call``); each sink's ``run``
+goes to a nursery that outlives the call, so a recording is finished after the call's task is
+gone. :class:`CallTaps` then puts one relay tap (:data:`gateway.core.media.relay.Tap`) on each
+direction of each of the call's streams; the relay calls it with every packet it forwards, after
+the sending leg's SRTP was removed and before the receiving leg's is applied, and the tap hands
+the packet to every sink (``TapSink.packet`` never blocks: a sink that cannot keep up drops and
+counts). Streams that appear later (a re-INVITE adding one) are tapped when the call applies its
+keys again (:meth:`attach`). When the call ends, :meth:`close` takes the taps off and closes the
+sinks.
+
+What is forwarded is what is tapped: a direction blocked for want of keys forwards, and so taps,
+nothing. Streams in a media worker process (``[media] workers``) cannot be tapped from here: their
+packets never reach this process. Such a stream is listed in the call's record (``taps``:
+``untapped_streams``) and logged, so a recording known to be incomplete never looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from gateway.core.interfaces import TapSink
+from gateway.core.media.relay import Direction, MediaStream, Tap
+from gateway.core.media.session import MediaSession
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class _Tapped:
+    stream: MediaStream
+    taps: tuple[Tap, Tap]
+
+
+class CallTaps:
+    """The sinks of one call (``(tap name, sink)``) and the relay taps feeding them."""
+
+    def __init__(
+        self,
+        call_id: str,
+        session: MediaSession,
+        sinks: Sequence[tuple[str, TapSink]],
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self._call_id = call_id
+        self._session = session
+        self._sinks = tuple(sinks)
+        self._clock = clock
+        self._tapped: dict[int, _Tapped] = {}
+        self._untapped: set[int] = set()
+        self._closed = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._sinks)
+
+    def attach(self) -> None:
+        """Tap every stream of the call not tapped yet (idempotent)."""
+        if self._closed or not self._sinks:
+            return
+        for index, stream in enumerate(self._session.streams_by_index()):
+            if stream is None:
+                continue
+            tapped = self._tapped.get(index)
+            if tapped is not None and tapped.stream is stream:
+                continue
+            if not isinstance(stream, MediaStream):
+                if index not in self._untapped:
+                    self._untapped.add(index)
+                    log.warning(
+                        "call %s: stream %d is in a media worker and cannot be tapped by %s",
+                        self._call_id,
+                        index,
+                        ", ".join(self.names),
+                    )
+                continue
+            taps = (self._tap(str(index)), self._tap(str(index)))
+            stream.a_to_b.add_tap(taps[0])
+            stream.b_to_a.add_tap(taps[1])
+            self._tapped[index] = _Tapped(stream, taps)
+
+    def close(self) -> None:
+        """The call ended: take the taps off its streams and close every sink."""
+        if self._closed:
+            return
+        self._closed = True
+        for tapped in self._tapped.values():
+            if not tapped.stream.closed:
+                tapped.stream.a_to_b.remove_tap(tapped.taps[0])
+                tapped.stream.b_to_a.remove_tap(tapped.taps[1])
+        self._tapped.clear()
+        for name, sink in self._sinks:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("call %s: media tap %s failed to close", self._call_id, name)
+
+    def record(self) -> dict[str, object]:
+        """What the call's security record says of its taps."""
+        return {"names": list(self.names), "untapped_streams": sorted(self._untapped)}
+
+    def _tap(self, stream_id: str) -> Tap:
+        sinks, clock = self._sinks, self._clock
+
+        failed: set[str] = set()
+
+        def tap(direction: Direction, packet: bytes) -> None:
+            now = clock()
+            for name, sink in sinks:
+                # One sink failing (a bug in a plugin) must not cost another its packets: a
+                # recording and an interception are independent.
+                try:
+                    sink.packet(stream_id, direction.value, packet, now=now)
+                except Exception:
+                    if name not in failed:
+                        failed.add(name)
+                        log.exception("media tap %s failed (logged once per stream)", name)
+
+        return tap
