@@ -1,0 +1,423 @@
+"""The ``recorder`` media tap: records calls to files, decrypted, one file per speaker.
+
+Theory of operation. For each answered call it is configured to record (``[plugins.recorder]``:
+every call, or those of listed accounts and trunks), the core hands the sink a copy of every
+packet the relay forwards, after SRTP was removed (gateway/core/media/taps.py). The sink queues
+it (bounded: a full queue drops and counts, the relay never waits) and its own task writes it:
+
+- ``format = "wav"``: for each stream, what the caller sent and what the callee sent, each into
+  a mono 8 kHz 16-bit WAV file (``<call>-<stream>-caller.wav``, ``...-callee.wav``), G.711
+  (PCMU, PCMA: static payload types 0 and 8, RFC 3551) decoded to linear PCM. Each packet is
+  placed by its RTP timestamp; a gap (silence suppression, hold, loss) is written as silence, so
+  both files run on the call's clock from its answer and play side by side (``sox -M``). A new
+  SSRC or a timestamp far from the clock (a transfer, a re-INVITE) re-bases on the clock. Late
+  packets (behind what is written) are dropped and counted; RTCP, comfort noise and events are
+  not audio; other codecs are counted, not written (use ``pcap`` for them).
+- ``format = "pcap"``: every packet of the call as it was forwarded, in one pcap file
+  (``<call>.pcap``) with made-up IPv4/UDP headers (caller 192.0.2.1, callee 192.0.2.2, ports
+  40000 + 2 * stream): any codec, for Wireshark's RTP player or ``tshark``.
+
+Files go to ``<directory>/<YYYY-MM-DD>/`` (the UTC date the call was answered), with mode
+0600: they hold the conversation. When the call ends the files are completed (WAV sizes written
+into their headers) and a line is logged with what was written and what was dropped. Writes go
+through Python's buffered files from the sink's task; a disk that fails ends that recording
+(logged), never the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import TappedCall
+
+if TYPE_CHECKING:
+    from gateway.core.interfaces import MediaTap, TapSink
+    from gateway.core.plugins import Registry
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 8000
+PCMU, PCMA, COMFORT_NOISE = 0, 8, 13  # RFC 3551 static payload types
+REBASE_AFTER = 5.0
+"""Seconds between where a packet's timestamp puts it and where the clock says it belongs
+beyond which the direction is re-based on the clock (a new source behind the same SSRC)."""
+
+
+# -- G.711 (ITU-T G.711) to 16-bit linear ---------------------------------------------------------
+
+
+def _ulaw(byte: int) -> int:
+    u = ~byte & 0xFF
+    exponent, mantissa = (u >> 4) & 0x07, u & 0x0F
+    sample = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return -sample if u & 0x80 else sample
+
+
+def _alaw(byte: int) -> int:
+    a = byte ^ 0x55
+    exponent, mantissa = (a >> 4) & 0x07, a & 0x0F
+    # Segment 0 is linear; the others double per segment (G.711 table 2).
+    sample = (mantissa << 4) + 8 if exponent == 0 else ((mantissa << 4) + 0x108) << (exponent - 1)
+    return sample if a & 0x80 else -sample
+
+
+def _table(decode: Any) -> tuple[bytes, ...]:
+    return tuple(struct.pack("<h", decode(byte)) for byte in range(256))
+
+
+_LINEAR = {PCMU: _table(_ulaw), PCMA: _table(_alaw)}
+
+
+def g711_to_linear(payload_type: int, payload: bytes) -> bytes:
+    """16-bit little-endian PCM for a PCMU or PCMA payload."""
+    table = _LINEAR[payload_type]
+    return b"".join([table[byte] for byte in payload])
+
+
+# -- RTP (RFC 3550 §5.1) --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RtpFields:
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+
+def rtp_fields(packet: bytes) -> RtpFields | None:
+    """The fields of a plain RTP packet; None for RTCP (RFC 5761 §4) or a malformed packet."""
+    if len(packet) < 12 or packet[0] >> 6 != 2 or 192 <= packet[1] <= 223:
+        return None
+    offset = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:  # header extension
+        if len(packet) < offset + 4:
+            return None
+        offset += 4 + 4 * int.from_bytes(packet[offset + 2 : offset + 4], "big")
+    end = len(packet)
+    if packet[0] & 0x20 and end > offset:  # padding: the last octet says how much
+        end -= packet[-1]
+    if end < offset:
+        return None
+    sequence, timestamp, ssrc = struct.unpack_from("!HII", packet, 2)
+    return RtpFields(packet[1] & 0x7F, sequence, timestamp, ssrc, packet[offset:end])
+
+
+# -- WAV ------------------------------------------------------------------------------------------
+
+
+class WavTrack:
+    """A mono 16-bit WAV file written front to back; ``close`` writes the sizes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._file: IO[bytes] = os.fdopen(fd, "wb")
+        self._file.write(self._header(0))
+        self.samples = 0
+
+    @staticmethod
+    def _header(data_bytes: int) -> bytes:
+        return (
+            b"RIFF"
+            + struct.pack("<I", 36 + data_bytes)
+            + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16)
+            + b"data"
+            + struct.pack("<I", data_bytes)
+        )
+
+    def silence(self, samples: int) -> None:
+        chunk = bytes(2 * SAMPLE_RATE)
+        while samples > 0:
+            count = min(samples, SAMPLE_RATE)
+            self._file.write(chunk[: 2 * count])
+            self.samples += count
+            samples -= count
+
+    def write(self, pcm: bytes) -> None:
+        self._file.write(pcm)
+        self.samples += len(pcm) // 2
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.seek(0)
+        self._file.write(self._header(2 * self.samples))
+        self._file.close()
+
+
+@attrs.define
+class _Speaker:
+    """One direction of one stream: where its next samples go in its file."""
+
+    track: WavTrack
+    ssrc: int = -1
+    base_timestamp: int = 0
+    base_position: int = 0
+
+
+@attrs.define
+class RecordingCounts:
+    packets: int = 0
+    dropped: int = 0
+    """Packets the queue had no room for."""
+    late: int = 0
+    """Packets behind what was already written (reordered, duplicated)."""
+    not_g711: int = 0
+    """Audio in another codec (WAV only: not written)."""
+
+
+class WavRecording:
+    """The WAV files of one call: one per stream and direction, made at their first packet."""
+
+    def __init__(self, directory: Path, call_id: str) -> None:
+        self._directory = directory
+        self._call_id = call_id
+        self._speakers: dict[tuple[str, str], _Speaker] = {}
+        self._zero: float | None = None
+        self.counts = RecordingCounts()
+
+    @property
+    def files(self) -> list[Path]:
+        return [speaker.track.path for speaker in self._speakers.values()]
+
+    def add(self, stream_id: str, direction: str, packet: bytes, now: float) -> None:
+        self.counts.packets += 1
+        fields = rtp_fields(packet)
+        if fields is None or fields.payload_type == COMFORT_NOISE:
+            return  # RTCP, or silence the gap will write
+        if fields.payload_type not in _LINEAR:
+            self.counts.not_g711 += 1
+            return
+        if self._zero is None:
+            self._zero = now
+        speaker = self._speakers.get((stream_id, direction))
+        if speaker is None:
+            who = "caller" if direction == "a_to_b" else "callee"
+            path = self._directory / f"{self._call_id}-{stream_id}-{who}.wav"
+            speaker = self._speakers[(stream_id, direction)] = _Speaker(WavTrack(path))
+        by_clock = round((now - self._zero) * SAMPLE_RATE)
+        offset = (fields.timestamp - speaker.base_timestamp + 2**31) % 2**32 - 2**31
+        position = speaker.base_position + offset
+        if fields.ssrc != speaker.ssrc or abs(position - by_clock) > REBASE_AFTER * SAMPLE_RATE:
+            speaker.ssrc, speaker.base_timestamp = fields.ssrc, fields.timestamp
+            speaker.base_position = position = max(by_clock, speaker.track.samples)
+        track = speaker.track
+        if position < track.samples:
+            self.counts.late += 1
+            return
+        track.silence(position - track.samples)
+        track.write(g711_to_linear(fields.payload_type, fields.payload))
+
+    def close(self) -> None:
+        for speaker in self._speakers.values():
+            speaker.track.close()
+
+
+# -- pcap -----------------------------------------------------------------------------------------
+
+_LINKTYPE_RAW = 101  # raw IPv4/IPv6 packets
+
+
+class PcapRecording:
+    """Every packet of one call in a pcap file, as the caller -> callee conversation between
+    192.0.2.1 and 192.0.2.2 (documentation addresses, RFC 5737), UDP port 40000 + 2 * stream."""
+
+    def __init__(self, directory: Path, call_id: str) -> None:
+        self.path = directory / f"{call_id}.pcap"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._file: IO[bytes] = os.fdopen(fd, "wb")
+        # Global header (microsecond timestamps), snap length 65535.
+        self._file.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, _LINKTYPE_RAW))
+        self._started = time.time()
+        self._zero: float | None = None
+        self.counts = RecordingCounts()
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    def add(self, stream_id: str, direction: str, packet: bytes, now: float) -> None:
+        self.counts.packets += 1
+        if self._zero is None:
+            self._zero = now
+        caller, callee = b"\xc0\x00\x02\x01", b"\xc0\x00\x02\x02"
+        source, destination = (caller, callee) if direction == "a_to_b" else (callee, caller)
+        port = 40000 + 2 * int(stream_id)
+        udp = struct.pack("!HHHH", port, port, 8 + len(packet), 0) + packet
+        header = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0)
+        header += source + destination
+        checksum = _ip_checksum(header)
+        header = header[:10] + struct.pack("!H", checksum) + header[12:]
+        at = self._started + (now - self._zero)
+        seconds = int(at)
+        frame = header + udp
+        self._file.write(
+            struct.pack("<IIII", seconds, int((at - seconds) * 1e6), len(frame), len(frame))
+        )
+        self._file.write(frame)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(int.from_bytes(header[i : i + 2], "big") for i in range(0, len(header), 2))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+# -- the sink -------------------------------------------------------------------------------------
+
+_Item = tuple[str, str, bytes, float]
+
+
+class RecordingSink:
+    """``interfaces.TapSink`` of one call: a bounded queue and the task that writes it."""
+
+    def __init__(self, call: TappedCall, directory: Path, file_format: str, queue: int) -> None:
+        self.call = call
+        self._directory = directory
+        self._format = file_format
+        self._send, self._receive = trio.open_memory_channel[_Item](queue)
+        self.dropped = 0
+        self.recording: WavRecording | PcapRecording | None = None
+
+    def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
+        try:
+            self._send.send_nowait((stream_id, direction, rtp, now))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.dropped += 1
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def run(self) -> None:
+        recording: WavRecording | PcapRecording | None = None
+        try:
+            async with self._receive:
+                async for stream_id, direction, rtp, now in self._receive:
+                    if recording is None:
+                        self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                        recording = self._open()
+                        self.recording = recording
+                    recording.add(stream_id, direction, rtp, now)
+        except OSError as exc:
+            log.error("recording of call %s stopped: %s", self.call.call_id, exc)
+        finally:
+            if recording is not None:
+                recording.counts.dropped = self.dropped
+                recording.close()
+                self._report(recording)
+
+    def _open(self) -> WavRecording | PcapRecording:
+        if self._format == "pcap":
+            return PcapRecording(self._directory, self.call.call_id)
+        return WavRecording(self._directory, self.call.call_id)
+
+    def _report(self, recording: WavRecording | PcapRecording) -> None:
+        counts = recording.counts
+        names = ", ".join(str(path) for path in recording.files) or "no file (no audio)"
+        log.info(
+            "recording of call %s: %s (%d packets; %d dropped, %d late, %d not G.711)",
+            self.call.call_id,
+            names,
+            counts.packets,
+            counts.dropped,
+            counts.late,
+            counts.not_g711,
+        )
+
+
+class Recorder:
+    """The ``recorder`` media tap (``interfaces.MediaTap``)."""
+
+    name = "recorder"
+
+    def __init__(self, config: RecorderConfig) -> None:
+        self.config = config
+
+    def wants(self, call: TappedCall) -> bool:
+        config = self.config
+        if config.all_calls:
+            return True
+        for kind, name in (
+            (call.caller_kind, call.caller_name),
+            (call.callee_kind, call.callee_name),
+        ):
+            if kind == "account" and name in config.accounts:
+                return True
+            if kind == "trunk" and name in config.trunks:
+                return True
+        return False
+
+    def sink_for_call(self, call: TappedCall) -> RecordingSink | None:
+        if not self.wants(call):
+            return None
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        return RecordingSink(call, self.config.root / day, self.config.format, self.config.queue)
+
+
+# -- plugin configuration and registration (entry point ``recorder``) -----------------------------
+
+
+@attrs.frozen
+class RecorderConfig:
+    """``[plugins.recorder]``. See docs/configuration.md."""
+
+    state_dir: str = "./voipgw-state"
+    directory: str = ""
+    all_calls: bool = False
+    accounts: tuple[str, ...] = ()
+    trunks: tuple[str, ...] = ()
+    format: str = "wav"
+    queue: int = 2000
+
+    def __attrs_post_init__(self) -> None:
+        # structure() reports a ValueError as a config error of this table; say which key.
+        if self.format not in ("wav", "pcap"):
+            raise ValueError(f'format: expected "wav" or "pcap", not {self.format!r}')
+        if not 10 <= self.queue <= 1_000_000:
+            raise ValueError("queue: expected 10 to 1000000 packets")
+        if not (self.all_calls or self.accounts or self.trunks):
+            raise ValueError(
+                "all_calls, accounts, trunks: name the calls to record (all_calls = true, or "
+                "accounts and trunks whose calls are recorded)"
+            )
+
+    @property
+    def root(self) -> Path:
+        return Path(self.directory) if self.directory else Path(self.state_dir) / "recordings"
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return RecorderConfig
+
+
+@hookimpl
+def gateway_register_media_taps(registry: Registry[Any], config: RecorderConfig | None) -> None:
+    """Register the ``recorder`` tap (its table names the calls to record: there is no
+    default, so an enabled recorder without one is a configuration error)."""
+    if config is not None:
+        registry.add(Recorder.name, Recorder(config))
+
+
+if TYPE_CHECKING:
+
+    def _conforms(tap: Recorder, sink: RecordingSink) -> None:
+        _tap: MediaTap = tap
+        _sink: TapSink = sink

@@ -1,0 +1,177 @@
+"""Recording through the B2BUA (the ``recorder`` tap): signalling on the in-memory network, RTP
+on real 127.0.0.1 sockets through the gateway's relay, in virtual time.
+
+- a plain call whose caller is a recorded trunk: each speaker's file holds what it sent, on the
+  call's clock, and is complete (WAV sizes written) once the call is over; the call record names
+  the tap;
+- a ZRTP caller: its SRTP is decrypted by the relay before the tap, so the recording is the
+  plain audio;
+- a call of accounts and trunks the recorder is not told to record leaves no file.
+"""
+
+from __future__ import annotations
+
+import struct
+import wave
+from pathlib import Path
+
+import attrs
+import trio
+
+import gateway.plugins.keyexchange.zrtp as zrtp_plugin
+import gateway.plugins.taps.recorder as recorder_plugin
+from gateway.core.media.srtp import SrtpSession
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.testing.sip_agent import simple_sdp
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.dtls_phone import Phone, bind
+from tests.component.calls.test_b2bua_zrtp import pairs, phone_exchange, zrtp_sdp
+
+CALLER_PORT, CALLEE_PORT = 24600, 24610  # outside the relay's MEDIA_PORTS
+CALLER_BYTE, CALLEE_BYTE = 0x00, 0x80  # PCMU -32124 and +32124
+PACKETS = 50
+
+
+def rtp(seq: int, byte: int, ssrc: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq, 160 * seq, ssrc) + bytes([byte]) * 160
+
+
+async def recording_env(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, table: dict[str, object], **kwargs: object
+) -> B2bua:
+    plugins: list[tuple[str, object]] = [("recorder", recorder_plugin)]
+    if kwargs.pop("zrtp", False):
+        plugins.append(("zrtp", zrtp_plugin))
+    return await start_b2bua(
+        nursery,
+        tmp_path,
+        seed,
+        plugins=plugins,
+        plugin_tables={
+            "enable": ["recorder"],
+            "recorder": {"directory": str(tmp_path / "rec"), **table},
+        },
+        alice_auto=None,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def recordings(tmp_path: Path) -> dict[str, list[int]]:
+    """Every WAV file under the recording directory, by name: its samples."""
+    found = {}
+    for path in sorted((tmp_path / "rec").glob("*/*.wav")):
+        with wave.open(str(path)) as wav:
+            frames = wav.readframes(wav.getnframes())
+        found[path.name] = list(struct.unpack(f"<{len(frames) // 2}h", frames))
+    return found
+
+
+@attrs.define
+class Media:
+    caller: trio.socket.SocketType
+    callee: trio.socket.SocketType
+    caller_to: tuple[str, int]
+    callee_to: tuple[str, int]
+
+
+async def plain_call(env: B2bua) -> tuple[object, Media]:
+    """The trunk calls alice, both in plain RTP on real sockets; alice answers."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    answered = parse_sdp_untrusted(final.body).media[0]
+    media = Media(
+        await bind(CALLER_PORT),
+        await bind(CALLEE_PORT),
+        ("127.0.0.1", answered.port),
+        ("127.0.0.1", offered.port),
+    )
+    return call, media
+
+
+async def talk(media: Media) -> None:
+    """50 packets each way, 20 ms apart; the callee starts 0.5 s after the caller."""
+    for seq in range(PACKETS + 25):
+        if seq < PACKETS:
+            await media.caller.sendto(rtp(seq, CALLER_BYTE, 0x1111), media.caller_to)
+        if seq >= 25:
+            await media.callee.sendto(rtp(seq - 25, CALLEE_BYTE, 0x2222), media.callee_to)
+        await trio.sleep(0.02)
+
+
+async def test_a_recorded_trunks_call_gives_one_file_per_speaker_on_the_calls_clock(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await recording_env(nursery, tmp_path, voipgw_seed, {"trunks": ["carrier"]})
+    call, media = await plain_call(env)
+    with media.caller, media.callee:
+        await talk(media)
+        assert env.gateway.calls is not None
+        (gateway_call,) = env.gateway.calls.calls
+        record = gateway_call.security_record()
+        assert record["taps"] == {"names": ["recorder"], "untapped_streams": []}
+        await call.bye()  # type: ignore[attr-defined]
+        await eventually(lambda: env.calls == 0)
+    await eventually(lambda: len(recordings(tmp_path)) == 2)
+    files = recordings(tmp_path)
+    caller = next(samples for name, samples in files.items() if name.endswith("-0-caller.wav"))
+    callee = next(samples for name, samples in files.items() if name.endswith("-0-callee.wav"))
+    assert caller == [-32124] * (PACKETS * 160)
+    # The callee spoke 0.5 s later: its file starts with that much silence, then its audio.
+    assert callee[:4000] == [0] * 4000
+    assert callee[4000:] == [32124] * (PACKETS * 160)
+
+
+async def test_a_zrtp_callers_recording_is_the_decrypted_audio(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await recording_env(nursery, tmp_path, voipgw_seed, {"accounts": ["alice"]}, zrtp=True)
+    negotiation = phone_exchange().offer(suites=[], secure_signalling=False)
+    call = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=zrtp_sdp(negotiation, port=CALLER_PORT)
+    )
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    answer = parse_sdp_untrusted(final.body)
+    negotiation.remote_sdp_attributes(pairs(answer, answer.media[0]))
+    phone = Phone(negotiation, await bind(CALLER_PORT), ("127.0.0.1", answer.media[0].port))
+    nursery.start_soon(phone.run)
+    with trio.fail_after(10):
+        await phone.keyed.wait()
+    assert phone.keys is not None
+    srtp = SrtpSession(phone.keys)
+    wire: list[bytes] = []
+    for seq in range(PACKETS):
+        protected = srtp.protect_rtp(rtp(seq, CALLER_BYTE, 0x3333))
+        assert protected is not None
+        wire.append(protected)
+        await phone.sock.sendto(protected, phone.gateway)
+        await trio.sleep(0.02)
+    await call.bye()
+    await eventually(lambda: env.calls == 0)
+    srtp.close()
+    await eventually(lambda: len(recordings(tmp_path)) == 1)
+    ((name, caller),) = recordings(tmp_path).items()
+    assert name.endswith("-0-caller.wav")
+    assert caller == [-32124] * (PACKETS * 160)
+    assert all(packet[12:172] != bytes([CALLER_BYTE]) * 160 for packet in wire)  # was encrypted
+
+
+async def test_calls_nobody_asked_to_record_leave_no_file(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await recording_env(nursery, tmp_path, voipgw_seed, {"accounts": ["bob"]})
+    call, media = await plain_call(env)
+    with media.caller, media.callee:
+        await talk(media)
+        assert env.gateway.calls is not None
+        (gateway_call,) = env.gateway.calls.calls
+        assert "taps" not in gateway_call.security_record()
+        await call.bye()  # type: ignore[attr-defined]
+        await eventually(lambda: env.calls == 0)
+    await trio.sleep(1)
+    assert not (tmp_path / "rec").exists()
