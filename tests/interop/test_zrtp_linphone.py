@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -351,3 +352,52 @@ def test_the_second_call_of_each_phone_has_key_continuity_with_its_first(tmp_pat
     assert caches == [("new", "new"), ("match", "match")], caches
     assert "ZRTP cache mismatch" not in live
     assert (tmp_path / "gw" / "state" / "zrtp" / "cache.sqlite").exists()
+
+
+def test_a_zrtp_call_held_and_resumed_keeps_its_exchange_and_audio(tmp_path: Path) -> None:
+    """linphonec's pause/resume re-INVITEs (a=sendonly, then sendrecv) keep the phone's Hello:
+    the gateway keeps the exchange, its keys and its SAS (no new ZRTP exchange), and audio
+    comes back after the resume."""
+    with (
+        _gateway(tmp_path / "gw") as gw,
+        _phone(tmp_path, gw, "alice") as alice,
+        _phone(tmp_path, gw, "bob", auto_answer=True) as bob,
+    ):
+        alice.wait_registered()
+        bob.wait_registered()
+        alice.call(gw.uri("bob"))
+        alice.wait_connected()
+        bob.wait_connected()
+        before = _calls_json(gw, "ab")
+        alice.command("pause 1", expect=r"is now paused")
+        mark = len(alice.output())
+        alice.command("resume 1")
+        alice.wait_output(r"Media streams established with \S+ for call 1", after=mark)
+        heard_before = bob.recorded_seconds()
+        bob.wait_audio(heard_before + AUDIO_SECONDS)
+        after = _calls_json(gw, "ab")
+        alice.terminate()
+        alice.wait_ended()
+        log = gw.log_text()
+
+    for leg in ("a", "b"):
+        assert after[leg]["streams"][0]["zrtp_sas"] == before[leg]["streams"][0]["zrtp_sas"]  # type: ignore[index]
+    # What bob heard after the resume is alice's tone (decrypted with the same keys).
+    resumed = _tail(bob.received_audio(), heard_before, tmp_path / "bob-resumed.wav")
+    assert analyse_tone(resumed).dominant_frequency == pytest.approx(TONES["alice"], abs=3)
+    # One exchange per leg for the whole call: two SAS lines in the log, not four.
+    assert len(re.findall(r"ZRTP SAS \S+", log)) == 2, re.findall(r"ZRTP SAS \S+", log)
+
+
+def _tail(path: Path, seconds: float, out: Path) -> Path:
+    """The part of a 16-bit mono WAV after its first ``seconds``, as a file of its own."""
+    with wave.open(str(path)) as wav:
+        rate = wav.getframerate()
+        wav.setpos(min(wav.getnframes(), int(seconds * rate)))
+        frames = wav.readframes(wav.getnframes())
+    with wave.open(str(out), "wb") as tail_wav:
+        tail_wav.setnchannels(1)
+        tail_wav.setsampwidth(2)
+        tail_wav.setframerate(rate)
+        tail_wav.writeframes(frames)
+    return out
