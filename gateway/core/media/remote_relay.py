@@ -60,7 +60,7 @@ import gateway
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.ports import rtp_ports
-from gateway.core.media.relay import Direction, DirectionStatistics, NonRtpHandler
+from gateway.core.media.relay import Direction, DirectionStatistics, NonRtpHandler, Tap
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
     ChannelError,
@@ -77,8 +77,10 @@ from gateway.core.media.worker_protocol import (
     SetDtls,
     SetKeys,
     SetRemote,
+    SetTap,
     Stats,
     StreamFailed,
+    Tapped,
     encode,
 )
 
@@ -345,6 +347,7 @@ class RemoteStream:
     _on_lost: Callable[[str], None] | None = attrs.field(repr=False)
     _last_activity: float = attrs.field(repr=False)
     _srtp: dict[str, SrtpStatistics] = attrs.field(repr=False)
+    _tap: Tap | None = attrs.field(repr=False)
 
     def __init__(
         self,
@@ -366,6 +369,7 @@ class RemoteStream:
         self._on_lost = on_lost
         self._last_activity = trio.current_time()
         self._srtp = {}
+        self._tap = None
 
     @property
     def closed(self) -> bool:
@@ -394,6 +398,23 @@ class RemoteStream:
                 keys.b_rtcp,
             )
         )
+
+    def set_tap(self, tap: Tap | None) -> None:
+        """Call ``tap`` with every packet the worker forwards on this stream, decrypted (as the
+        in-process relay's taps, :data:`gateway.core.media.relay.Tap`; the worker sends copies
+        over the control channel and drops them, counted, when the channel is flooded); None
+        stops it."""
+        self._tap = tap
+        self._send(SetTap(self.id, tap is not None))
+
+    def _tapped(self, message: Tapped) -> None:
+        tap = self._tap
+        if tap is None:
+            return  # stopped; copies still in the channel
+        try:
+            tap(Direction(message.direction), message.packet)
+        except Exception:
+            log.exception("a media tap failed on a worker stream")
 
     def srtp_statistics(self) -> dict[str, SrtpStatistics]:
         """SRTP counters per leg with keys, as last pushed by the worker."""
@@ -720,11 +741,13 @@ class WorkerPool:
             if pong is not None:
                 pong.set()
             return
-        if isinstance(message, Stats | Datagram | StreamFailed):
+        if isinstance(message, Stats | Datagram | StreamFailed | Tapped):
             stream = worker.streams.get(message.stream)
             if stream is None:
                 return  # closed here meanwhile
-            if isinstance(message, Stats):
+            if isinstance(message, Tapped):
+                stream._tapped(message)
+            elif isinstance(message, Stats):
                 stream._update(message, trio.current_time())
             elif isinstance(message, Datagram):
                 (stream.a if message.side == "a" else stream.b)._deliver(

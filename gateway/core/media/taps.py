@@ -13,9 +13,11 @@ keys again (:meth:`attach`). When the call ends, :meth:`close` takes the taps of
 sinks.
 
 What is forwarded is what is tapped: a direction blocked for want of keys forwards, and so taps,
-nothing. Streams in a media worker process (``[media] workers``) cannot be tapped from here: their
-packets never reach this process. Such a stream is listed in the call's record (``taps``:
-``untapped_streams``) and logged, so a recording known to be incomplete never looks complete.
+nothing. A stream in a media worker process (``[media] workers``) is tapped by its worker, which
+sends the copies over its control channel (worker_protocol ``SetTap``/``Tapped``); a worker whose
+channel is flooded drops copies (counted there) rather than slow its relay. A stream that cannot
+be tapped at all would be listed in the call's record (``taps``: ``untapped_streams``) and
+logged, so a recording known to be incomplete never looks complete.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import attrs
 
 from gateway.core.interfaces import TapSink
 from gateway.core.media.relay import Direction, MediaStream, Tap
+from gateway.core.media.remote_relay import RemoteStream
 from gateway.core.media.session import MediaSession
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 
 @attrs.define
 class _Tapped:
-    stream: MediaStream
+    stream: MediaStream | RemoteStream
     taps: tuple[Tap, Tap]
 
 
@@ -71,20 +74,24 @@ class CallTaps:
             tapped = self._tapped.get(index)
             if tapped is not None and tapped.stream is stream:
                 continue
-            if not isinstance(stream, MediaStream):
+            tap = self._tap(str(index))
+            if isinstance(stream, MediaStream):
+                stream.a_to_b.add_tap(tap)
+                stream.b_to_a.add_tap(tap)
+            elif isinstance(stream, RemoteStream):
+                stream.set_tap(tap)  # its worker sends the copies
+            else:
                 if index not in self._untapped:
                     self._untapped.add(index)
                     log.warning(
-                        "call %s: stream %d is in a media worker and cannot be tapped by %s",
+                        "call %s: stream %d (%s) cannot be tapped by %s",
                         self._call_id,
                         index,
+                        type(stream).__name__,
                         ", ".join(self.names),
                     )
                 continue
-            taps = (self._tap(str(index)), self._tap(str(index)))
-            stream.a_to_b.add_tap(taps[0])
-            stream.b_to_a.add_tap(taps[1])
-            self._tapped[index] = _Tapped(stream, taps)
+            self._tapped[index] = _Tapped(stream, (tap, tap))
 
     def close(self) -> None:
         """The call ended: take the taps off its streams and close every sink."""
@@ -92,9 +99,14 @@ class CallTaps:
             return
         self._closed = True
         for tapped in self._tapped.values():
-            if not tapped.stream.closed:
-                tapped.stream.a_to_b.remove_tap(tapped.taps[0])
-                tapped.stream.b_to_a.remove_tap(tapped.taps[1])
+            stream = tapped.stream
+            if stream.closed:
+                continue
+            if isinstance(stream, MediaStream):
+                stream.a_to_b.remove_tap(tapped.taps[0])
+                stream.b_to_a.remove_tap(tapped.taps[1])
+            else:
+                stream.set_tap(None)
         self._tapped.clear()
         for name, sink in self._sinks:
             try:

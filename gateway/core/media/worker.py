@@ -40,7 +40,15 @@ from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.keying import StreamKeys, StreamSrtp
 from gateway.core.media.ports import PortAllocator, PortPair
-from gateway.core.media.relay import Address, MediaRelay, MediaStream, NonRtpHandler
+from gateway.core.media.relay import (
+    Address,
+    Direction,
+    DirectionControl,
+    MediaRelay,
+    MediaStream,
+    NonRtpHandler,
+    Tap,
+)
 from gateway.core.media.worker_protocol import (
     ChannelError,
     Close,
@@ -56,8 +64,10 @@ from gateway.core.media.worker_protocol import (
     SetDtls,
     SetKeys,
     SetRemote,
+    SetTap,
     Stats,
     StreamFailed,
+    Tapped,
     encode,
 )
 
@@ -76,7 +86,7 @@ OUT_BUFFER_LIMIT = 4 * 1024 * 1024
 (and counted) instead of queued: the SIP process is not reading."""
 
 
-_STREAM_REQUESTS = (SetRemote, SetBlocked, SetKeys, SetDtls, SendDatagram, Close)
+_STREAM_REQUESTS = (SetRemote, SetBlocked, SetKeys, SetDtls, SendDatagram, SetTap, Close)
 
 
 class ReservedPorts(PortAllocator):
@@ -162,6 +172,7 @@ class Worker:
         self.outbox = _Outbox(sock)
         self._stats_interval = stats_interval
         self._streams: dict[int, tuple[MediaStream, StreamSrtp]] = {}
+        self._taps: dict[int, list[tuple[DirectionControl, Tap]]] = {}
         # What was last reported per stream id: its last activity, and its counters.
         self._activity: dict[int, float] = {}
         self._counters: dict[int, tuple[object, ...]] = {}
@@ -257,6 +268,8 @@ class Worker:
             elif isinstance(message, SendDatagram):
                 side = stream.a if message.side == "a" else stream.b
                 side.send(message.packet, rtcp=message.rtcp)
+            elif isinstance(message, SetTap):
+                self._set_tap(message.stream, stream, message.enabled)
             else:
                 self._close(message.stream)
         except LocalMediaError as exc:
@@ -279,6 +292,7 @@ class Worker:
 
     def _close(self, stream_id: int) -> None:
         stream, srtp = self._streams.pop(stream_id)
+        self._taps.pop(stream_id, None)
         self._activity.pop(stream_id, None)
         self._counters.pop(stream_id, None)
         srtp.close()
@@ -289,6 +303,23 @@ class Worker:
         ports = self.ports.refill()
         if ports:
             self.outbox.send(PairsReady(ports))
+
+    def _set_tap(self, stream_id: int, stream: MediaStream, enabled: bool) -> None:
+        """Copies of what ``stream`` forwards to the SIP process (its call's media taps), or
+        none. Droppable like the handshake datagrams: a flooded channel loses copies, never
+        the relay's time."""
+        for control, attached in self._taps.pop(stream_id, ()):
+            control.remove_tap(attached)
+        if not enabled:
+            return
+        outbox = self.outbox
+
+        def copy(direction: Direction, packet: bytes) -> None:
+            outbox.send(Tapped(stream_id, direction.value, packet), droppable=True)
+
+        stream.a_to_b.add_tap(copy)
+        stream.b_to_a.add_tap(copy)
+        self._taps[stream_id] = [(stream.a_to_b, copy), (stream.b_to_a, copy)]
 
     def _dtls_handler(self, stream_id: int, side: str, rtcp: bool) -> NonRtpHandler:
         outbox = self.outbox

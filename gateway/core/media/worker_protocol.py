@@ -21,9 +21,12 @@ of the same user, never a network socket. No ``repr`` shows them (``SrtpKeys`` r
 and no error message quotes a frame's bytes.
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
-:class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`.
+:class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
-:class:`StreamFailed`, :class:`Pong`.
+:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`.
+
+Decrypted media crosses this channel too (:class:`Tapped`, for a call's media taps: recording,
+interception), under the same rule: it is a socketpair between two processes of one user.
 
 Sans-IO: bytes in, messages out (:class:`FrameReader`), messages in, bytes out (:func:`encode`).
 """
@@ -130,6 +133,15 @@ class Close:
 
 
 @attrs.frozen
+class SetTap:
+    """Send every packet the stream forwards, after the sending leg's SRTP was removed, to the
+    SIP process as :class:`Tapped` (the call's media taps), or stop."""
+
+    stream: int
+    enabled: bool
+
+
+@attrs.frozen
 class Ping:
     """Answer with :class:`Pong` once every message sent before this one is applied."""
 
@@ -188,6 +200,15 @@ class StreamFailed:
     reason: str
 
 
+@attrs.frozen
+class Tapped:
+    """A packet the stream forwarded in ``direction``, as the relay's taps see it (plain)."""
+
+    stream: int
+    direction: str
+    packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
+
+
 Message = (
     Open
     | SetRemote
@@ -202,6 +223,8 @@ Message = (
     | Datagram
     | Stats
     | StreamFailed
+    | SetTap
+    | Tapped
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -380,6 +403,8 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     22: (Stats, (_STREAM, _SECONDS, _STATS, _STATS, _SRTP, _SRTP)),
     23: (StreamFailed, (_STREAM, _STR)),
     24: (Pong, (_STREAM,)),
+    9: (SetTap, (_STREAM, _BOOL)),
+    25: (Tapped, (_STREAM, _DIRECTION, _BYTES)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

@@ -266,6 +266,38 @@ async def test_dtls_datagrams_cross_the_channel_both_ways(pool: WorkerPool) -> N
     assert len(received) == 1
 
 
+async def test_a_tapped_stream_sends_decrypted_copies_over_the_channel(pool: WorkerPool) -> None:
+    """A call's media taps (recording) on a worker stream: leg B is SDES-SRTP; the copies the
+    SIP process gets are the plain packets, both directions, until the tap is removed."""
+    a, b = await phones(2)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b, blocked=True)
+    b_keys = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B, remote_key=PHONE_B_KEY)
+    stream.apply_keys(StreamKeys(None, b_keys, blocked=False))
+    copies: list[tuple[str, bytes]] = []
+    stream.set_tap(lambda direction, packet: copies.append((direction.value, packet)))
+    await pool.sync(stream.worker)
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    b_sends = pylibsrtp.Session(
+        pylibsrtp.Policy(PHONE_B_KEY, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+    await a.send(rtp(1, payload=b"\x11" * 160), stream.a.ports.rtp_port)
+    await b.receive()
+    await b.send(b_sends.protect(rtp(1, ssrc=7, payload=b"\x22" * 160)), stream.b.ports.rtp_port)
+    await a.receive()
+    await eventually(lambda: len(copies) == 2, "both copies")
+    assert sorted(copies) == [
+        ("a_to_b", rtp(1, payload=b"\x11" * 160)),
+        ("b_to_a", rtp(1, ssrc=7, payload=b"\x22" * 160)),  # decrypted
+    ]
+    stream.set_tap(None)
+    await pool.sync(stream.worker)
+    await a.send(rtp(2), stream.a.ports.rtp_port)
+    await b.receive()
+    await pool.sync(stream.worker)
+    assert len(copies) == 2
+
+
 async def test_dtls_and_separate_srtcp_keys_on_the_rtcp_port(pool: WorkerPool) -> None:
     """A DTLS leg without rtcp-mux (RFC 5764 §4.1): datagrams on its RTCP port cross the
     channel, and its RTCP is dropped until the RTCP port's own keys arrive, then unprotected

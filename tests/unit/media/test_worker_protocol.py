@@ -31,8 +31,10 @@ from gateway.core.media.worker_protocol import (
     SetDtls,
     SetKeys,
     SetRemote,
+    SetTap,
     Stats,
     StreamFailed,
+    Tapped,
     encode,
     parse_message_untrusted,
 )
@@ -74,6 +76,10 @@ EVERY_MESSAGE: list[Message] = [
     Stats(8, 0.25, direction(1), direction(2), srtp(3), None),
     Stats(8, 0.0, direction(0), direction(0), None, srtp(9)),
     StreamFailed(9, "unknown SRTP suite 'ROT13'"),
+    SetTap(10, True),
+    SetTap(10, False),
+    Tapped(11, "a_to_b", b"\x80\x00" + bytes(170)),
+    Tapped(11, "b_to_a", b""),
 ]
 
 
