@@ -214,10 +214,52 @@ class MediaPolicy:
 
 
 @attrs.frozen
+class TappedMedia:
+    """One stream of a tapped call as negotiated at its answer: the m= line's media type, its
+    payload formats, and their a=rtpmap / a=fmtp values (what a recorder must declare)."""
+
+    index: int
+    media: str
+    formats: tuple[str, ...]
+    rtpmaps: tuple[str, ...] = ()
+    fmtps: tuple[str, ...] = ()
+
+
+class OutboundSession(Protocol):
+    """An INVITE session the gateway opened for a plugin (``OutboundSessionHost``)."""
+
+    answer_body: bytes
+    answer_type: str | None
+    ended: trio.Event
+    """Set when the far end ended the session (its BYE)."""
+
+    async def close(self) -> None:
+        """End the session (BYE) unless the far end did."""
+
+
+class OutboundSessionHost(Protocol):
+    """What the core lends a plugin to open an INVITE session of its own (a SIPREC recording
+    session to a recorder): the core runs the transactions and the dialog."""
+
+    async def open_session(
+        self,
+        target: str,
+        *,
+        body: bytes,
+        content_type: str,
+        headers: Sequence[tuple[str, str]] = (),
+        contact_parameters: Sequence[str] = (),
+    ) -> OutboundSession:
+        """INVITE ``target`` with ``body``; the session once answered 2xx. Raises an exception
+        whose text says why when it is refused or unreachable."""
+
+
+@attrs.frozen
 class TappedCall:
     """What a tap is told of a call when its media starts (its answer): the gateway's call id
-    (the call record's), the caller's From and request URIs, and who is on each side: "account"
-    or "trunk" and its name ("" and None: unknown)."""
+    (the call record's), the caller's From and request URIs, who is on each side ("account" or
+    "trunk" and its name; "" and None: unknown), its streams, and the sessions host for a tap
+    that sends the media on over SIP (None where there is none, e.g. in unit tests)."""
 
     call_id: str
     from_uri: str
@@ -226,6 +268,8 @@ class TappedCall:
     caller_name: str | None
     callee_kind: str
     callee_name: str | None
+    media: tuple[TappedMedia, ...] = ()
+    sessions: OutboundSessionHost | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class TapSink(Protocol):

@@ -17,6 +17,7 @@ from gateway.core.auth.digest import Authenticated, AuthKind
 from gateway.core.calls.call import Call, CancelEvent, RequestEvent
 from gateway.core.calls.leg import Side
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
+from gateway.core.calls.outbound import OutboundSessions
 from gateway.core.calls.records import CallRecordBook
 from gateway.core.interfaces import (
     Caller,
@@ -24,10 +25,12 @@ from gateway.core.interfaces import (
     LegInfo,
     RouteDecision,
     TappedCall,
+    TappedMedia,
     TapSink,
 )
 from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
 from gateway.core.media.security import LegSecurity
+from gateway.core.sdp.model import SessionDescription
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.transport.flows import Flow
@@ -55,6 +58,10 @@ class CallManager:
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
         # scan of every live call's (ten thousand calls, hundreds ending per second).
         self._keys_of: dict[Call, tuple[ServerTransaction, list[DialogKey]]] = {}
+        self.outbound = OutboundSessions(
+            gateway.endpoint, gateway.ids, gateway.config.sip.user_agent
+        )
+        """Sessions plugins open (SIPREC recording sessions): their in-dialog requests."""
         store = gateway.store
         self.records = None if store is None else CallRecordBook(store)
         """Call detail records; the gateway saves what is left when it stops."""
@@ -124,7 +131,11 @@ class CallManager:
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         found = self._find(request)
         if found is None:
-            return False
+            answer = self.outbound.in_dialog(request)
+            if answer is None:
+                return False
+            self._nursery.start_soon(self.endpoint.respond, transaction, answer)
+            return True
         call, side = found
         call.post(RequestEvent(side, transaction, request, flow))
         return True
@@ -281,6 +292,10 @@ class CallManager:
             caller_name=call.caller.name,
             callee_kind=b_leg.peer_kind if b_leg is not None else "",
             callee_name=b_leg.peer_name if b_leg is not None else None,
+            media=_tapped_media(
+                call.media.last_sent(Side.A.value) if call.media is not None else None
+            ),
+            sessions=self.outbound,
         )
         sinks: list[tuple[str, TapSink]] = []
         for name, tap in self.gateway.plugins.media_taps.items():
@@ -320,3 +335,20 @@ async def _run_sink(name: str, sink: TapSink) -> None:
         await sink.run()
     except Exception:
         log.exception("media tap %s stopped with an error", name)
+
+
+def _tapped_media(sdp: SessionDescription | None) -> tuple[TappedMedia, ...]:
+    """The call's streams as the plain session negotiated them (what we sent the caller)."""
+    if sdp is None:
+        return ()
+    return tuple(
+        TappedMedia(
+            index,
+            media.media,
+            tuple(media.formats),
+            tuple(v for v in media.attributes.values("rtpmap")),
+            tuple(v for v in media.attributes.values("fmtp")),
+        )
+        for index, media in enumerate(sdp.media)
+        if media.port != 0
+    )

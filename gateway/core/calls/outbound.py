@@ -1,0 +1,200 @@
+"""INVITE sessions the gateway opens for a plugin (a SIPREC recording session, RFC 7866).
+
+Theory of operation. A tap that sends a call's media somewhere over SIP (an SRS) must not speak
+SIP by itself: it asks :class:`OutboundSessions` (``interfaces.OutboundSessionHost``, lent to it
+with the call) to open one. :meth:`OutboundSessions.open_session` sends the INVITE with the
+plugin's body through the endpoint's client transactions (retransmission, Timer B), waits for the
+final response (1xx are passed over), ACKs a 2xx (RFC 3261 §13.2.2.4) and returns the session,
+whose dialog is registered so the far end's in-dialog requests reach it: its BYE is answered
+200 and sets ``ended``; any other request gets 501 (no re-INVITE from the far end is
+understood). :meth:`OutboundSession.close` sends BYE (once). A failure response, a timeout or an
+unreachable target raise :class:`SessionRefused` with a reason to log.
+
+The far end is trusted by address: a 401/407 challenge is a refusal (no credentials are kept
+for it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import trio
+
+from gateway.core.calls.routing import UnroutableTarget, destination_for
+from gateway.core.interfaces import RouteTarget
+from gateway.core.sip.dialog import Dialog
+from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.message import Headers, Request, Response, make_response
+from gateway.core.sip.uri import SipUri
+from gateway.core.transport.flows import Flow
+
+if TYPE_CHECKING:
+    from gateway.core.endpoint import SipEndpoint
+    from gateway.core.ids import IdSource
+
+log = logging.getLogger(__name__)
+
+
+class SessionRefused(Exception):
+    """The session could not be opened; ``str`` says why (status and reason, or the error)."""
+
+
+class OutboundSession:
+    """One INVITE dialog we opened: the far end's answer, and its end."""
+
+    def __init__(
+        self, owner: OutboundSessions, dialog: Dialog, flow: Flow, answer: Response
+    ) -> None:
+        self._owner = owner
+        self._dialog = dialog
+        self._flow = flow
+        self.answer_body = answer.body
+        self.answer_type = answer.headers.get("Content-Type")
+        self.ended = trio.Event()
+        """Set when the far end sent BYE (or our BYE went out)."""
+        self._closed = False
+
+    @property
+    def call_id(self) -> str:
+        return self._dialog.id.call_id
+
+    async def close(self) -> None:
+        """BYE, unless the far end ended the session already; waits for its final response
+        (at most Timer F)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._owner._forget(self)
+        if self.ended.is_set():
+            return
+        self.ended.set()
+        endpoint = self._owner.endpoint
+        try:
+            flow = await endpoint.flow_to(self._flow.transport, self._flow.remote, self._flow)
+            bye = self._dialog.create_request("BYE", via=endpoint.new_via(flow))
+            self._dialog.terminate()
+            client = await endpoint.send_request(
+                bye, transport=flow.transport, address=flow.remote, flow=flow
+            )
+            async for response in client.responses:
+                if response.status >= 200:
+                    break
+        except OSError as exc:
+            log.info("session %s: BYE not sent: %s", self.call_id, exc)
+
+    def _far_end_request(self, request: Request) -> Response:
+        if request.method == "BYE":
+            self._closed = True
+            self._dialog.terminate()
+            self.ended.set()
+            self._owner._forget(self)
+            return make_response(request, 200)
+        return make_response(request, 501, "Not Implemented")
+
+
+class OutboundSessions:
+    """Opens sessions for plugins and routes their in-dialog requests."""
+
+    def __init__(self, endpoint: SipEndpoint, ids: IdSource, user_agent: str) -> None:
+        self.endpoint = endpoint
+        self._ids = ids
+        self._user_agent = user_agent
+        self._by_dialog: dict[tuple[str, str], OutboundSession] = {}
+
+    async def open_session(
+        self,
+        target: str,
+        *,
+        body: bytes,
+        content_type: str,
+        headers: Sequence[tuple[str, str]] = (),
+        contact_parameters: Sequence[str] = (),
+    ) -> OutboundSession:
+        """INVITE ``target`` (a SIP URI; its ``transport`` parameter and port say how) with
+        ``body``; the session once the far end answered 2xx. ``headers`` are added (e.g.
+        ``Require: siprec``), ``contact_parameters`` go on our Contact (``+sip.src``, RFC 7866
+        §6.1.1). Raises :class:`SessionRefused`."""
+        try:
+            uri = parse_uri_untrusted(target)
+            destination = destination_for(RouteTarget(target))
+        except (RemoteSipError, UnroutableTarget) as exc:
+            raise SessionRefused(f"{target} is not a usable SIP URI ({exc})") from None
+        endpoint = self.endpoint
+        try:
+            flow = await endpoint.flow_to(
+                destination.transport, (destination.host, destination.port), destination.flow
+            )
+        except OSError as exc:
+            raise SessionRefused(f"cannot reach {target}: {exc}") from None
+        host, port = endpoint.local_address(flow.transport)
+        our_uri = SipUri("sip", f"[{host}]" if ":" in host else host, user="voipgw", port=port)
+        contact = str(
+            NameAddr(
+                our_uri.with_param("transport", flow.transport)
+                if flow.transport != "udp"
+                else our_uri
+            )
+        )
+        contact += "".join(f";{parameter}" for parameter in contact_parameters)
+        request = Request(
+            "INVITE",
+            uri,
+            Headers.of(
+                [
+                    ("Max-Forwards", "70"),
+                    ("From", f"{NameAddr(our_uri)};tag={self._ids.new_tag()}"),
+                    ("To", str(NameAddr(uri))),
+                    ("Call-ID", self._ids.new_call_id()),
+                    ("CSeq", "1 INVITE"),
+                    ("Contact", contact),
+                    *headers,
+                    ("User-Agent", self._user_agent),
+                ]
+            ),
+        ).with_body(body, content_type)
+        try:
+            client = await endpoint.send_request(
+                request, transport=flow.transport, address=flow.remote, flow=flow
+            )
+        except OSError as exc:
+            raise SessionRefused(f"cannot send to {target}: {exc}") from None
+        sent = client.request
+        final: Response | None = None
+        async for response in client.responses:
+            if response.status >= 200:
+                final = response
+                break
+        if final is None:
+            raise SessionRefused(f"no answer from {target}")
+        if not final.is_success:
+            raise SessionRefused(f"{target} answered {final.status} {final.reason}")
+        dialog = Dialog.create_uac(sent, final, over_tls=flow.transport == "tls")
+        # Registered before the ACK goes: the far end may BYE as soon as it has it.
+        session = OutboundSession(self, dialog, client.flow, final)
+        self._by_dialog[(dialog.id.call_id, dialog.id.local_tag)] = session
+        try:
+            ack = dialog.create_ack(final.cseq.number, via=endpoint.new_via(client.flow))
+            await endpoint.send_ack(ack, client.flow)
+        except OSError as exc:
+            self._forget(session)
+            raise SessionRefused(f"cannot ACK {target}'s answer: {exc}") from None
+        return session
+
+    def in_dialog(self, request: Request) -> Response | None:
+        """The answer to a far end's request in one of our sessions; None when it is not one."""
+        tag = request.to.tag
+        if tag is None:
+            return None
+        session = self._by_dialog.get((request.call_id, tag))
+        if session is None:
+            return None
+        return session._far_end_request(request)
+
+    def _forget(self, session: OutboundSession) -> None:
+        key = (session._dialog.id.call_id, session._dialog.id.local_tag)
+        if self._by_dialog.get(key) is session:
+            del self._by_dialog[key]
