@@ -38,6 +38,7 @@ import trio
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TappedCall
+from gateway.plugins.taps.selection import NOTHING_SELECTED, CallSelection
 
 if TYPE_CHECKING:
     from gateway.core.interfaces import MediaTap, TapSink
@@ -350,22 +351,8 @@ class Recorder:
     def __init__(self, config: RecorderConfig) -> None:
         self.config = config
 
-    def wants(self, call: TappedCall) -> bool:
-        config = self.config
-        if config.all_calls:
-            return True
-        for kind, name in (
-            (call.caller_kind, call.caller_name),
-            (call.callee_kind, call.callee_name),
-        ):
-            if kind == "account" and name in config.accounts:
-                return True
-            if kind == "trunk" and name in config.trunks:
-                return True
-        return False
-
     def sink_for_call(self, call: TappedCall) -> RecordingSink | None:
-        if not self.wants(call):
+        if not self.config.selection.wants(call):
             return None
         day = time.strftime("%Y-%m-%d", time.gmtime())
         return RecordingSink(call, self.config.root / day, self.config.format, self.config.queue)
@@ -392,11 +379,12 @@ class RecorderConfig:
             raise ValueError(f'format: expected "wav" or "pcap", not {self.format!r}')
         if not 10 <= self.queue <= 1_000_000:
             raise ValueError("queue: expected 10 to 1000000 packets")
-        if not (self.all_calls or self.accounts or self.trunks):
-            raise ValueError(
-                "all_calls, accounts, trunks: name the calls to record (all_calls = true, or "
-                "accounts and trunks whose calls are recorded)"
-            )
+        if self.selection.empty:
+            raise ValueError(NOTHING_SELECTED)
+
+    @property
+    def selection(self) -> CallSelection:
+        return CallSelection(self.all_calls, self.accounts, self.trunks)
 
     @property
     def root(self) -> Path:

@@ -1,0 +1,161 @@
+"""The ``siprec`` tap's pieces, without sockets: the recording streams and their labels, the SDP
+offer, the RFC 7865 metadata (well-formed XML in the recording namespace, escaped), the
+multipart body, the SRS answer's destinations, and the configuration."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from gateway.core.config import ConfigError, from_mapping
+from gateway.core.interfaces import TappedCall, TappedMedia
+from gateway.core.plugins import load_plugins
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.taps import siprec as siprec_plugin
+from gateway.plugins.taps.siprec import (
+    NAMESPACE,
+    SiprecClient,
+    SiprecConfig,
+    metadata_xml,
+    multipart,
+    offer_sdp,
+    recorded_streams,
+    srs_destinations,
+    srs_sdp,
+)
+
+AUDIO = TappedMedia(
+    0, "audio", ("0", "101"), ("0 PCMU/8000", "101 telephone-event/8000"), ("101 0-16",)
+)
+VIDEO = TappedMedia(1, "video", ("96",), ("96 H264/90000",))
+AUDIO2 = TappedMedia(2, "audio", ("8",), ("8 PCMA/8000",))
+CALL = TappedCall(
+    "rec-1",
+    'sip:"o\'neil"&<co>@gw',
+    "sip:+4930@gw",
+    "trunk",
+    "carrier",
+    "account",
+    "alice",
+    (AUDIO, VIDEO, AUDIO2),
+)
+NS = {"r": NAMESPACE}
+
+
+def test_two_labelled_streams_per_audio_stream_and_none_for_video() -> None:
+    streams = recorded_streams(CALL.media)
+    assert [(s.index, s.direction, s.label) for s in streams] == [
+        (0, "a_to_b", "1"),
+        (0, "b_to_a", "2"),
+        (2, "a_to_b", "3"),
+        (2, "b_to_a", "4"),
+    ]
+    assert len({s.stream_id for s in streams}) == 4
+
+
+def test_the_offer_is_sendonly_with_the_calls_codecs_and_labels() -> None:
+    streams = recorded_streams(CALL.media)
+    sdp = parse_sdp_untrusted(offer_sdp(streams, "192.0.2.10", [4000, 4002, 4004, 4006]))
+    assert [m.port for m in sdp.media] == [4000, 4002, 4004, 4006]
+    assert [m.attributes.get("label") for m in sdp.media] == ["1", "2", "3", "4"]
+    assert all(m.attributes.has("sendonly") for m in sdp.media)
+    assert sdp.media[0].formats == ("0", "101")
+    assert sdp.media[0].attributes.values("fmtp") == ("101 0-16",)
+    assert sdp.media[2].attributes.values("rtpmap") == ("8 PCMA/8000",)
+
+
+def test_the_metadata_is_well_formed_and_says_who_sends_what() -> None:
+    streams = recorded_streams(CALL.media)
+    root = ET.fromstring(metadata_xml(CALL, streams, 1_700_000_000.0))
+    assert root.tag == f"{{{NAMESPACE}}}recording"
+    assert root.findtext("r:datamode", namespaces=NS) == "complete"
+    aors = [n.get("aor") for n in root.findall("r:participant/r:nameID", NS)]
+    assert aors == [CALL.from_uri, CALL.to_uri]  # escaped in the XML, intact when read
+    assert root.findtext("r:session/r:sipSessionID", namespaces=NS) == "rec-1"
+    labels = {
+        s.get("stream_id"): s.findtext("r:label", namespaces=NS)
+        for s in root.findall("r:stream", NS)
+    }
+    assert sorted(labels.values()) == ["1", "2", "3", "4"]
+    caller, callee = root.findall("r:participantstreamassoc", NS)
+    assert sorted(labels[e.text] for e in caller.findall("r:send", NS)) == ["1", "3"]
+    assert sorted(labels[e.text] for e in caller.findall("r:recv", NS)) == ["2", "4"]
+    assert sorted(labels[e.text] for e in callee.findall("r:send", NS)) == ["2", "4"]
+    assert root.findtext("r:sessionrecordingassoc/r:associate-time", namespaces=NS) == (
+        "2023-11-14T22:13:20Z"
+    )
+
+
+def test_the_multipart_body_carries_both_parts_and_the_sdp_is_found_again() -> None:
+    content_type, body = multipart(
+        [
+            ([("Content-Type", "application/sdp")], b"v=0\r\n"),
+            (
+                [
+                    ("Content-Type", "application/rs-metadata+xml"),
+                    ("Content-Disposition", "recording-session"),
+                ],
+                b"<x/>",
+            ),
+        ]
+    )
+    boundary = content_type.split("boundary=")[1]
+    assert body.startswith(f"--{boundary}\r\n".encode())
+    assert body.endswith(f"--{boundary}--\r\n".encode())
+    assert b"Content-Disposition: recording-session\r\n\r\n<x/>" in body
+    assert srs_sdp(content_type, body) == b"v=0\r\n"
+    with pytest.raises(SdpError):
+        srs_sdp("multipart/mixed", body)
+
+
+def test_the_srs_answer_is_matched_by_label_then_order_and_port_0_declines() -> None:
+    streams = recorded_streams((AUDIO,))
+    by_label = (
+        b"v=0\r\no=s 1 1 IN IP4 192.0.2.50\r\ns=-\r\nc=IN IP4 192.0.2.50\r\nt=0 0\r\n"
+        b"m=audio 6002 RTP/AVP 0\r\na=label:2\r\nm=audio 6000 RTP/AVP 0\r\na=label:1\r\n"
+    )
+    assert srs_destinations("application/sdp", by_label, streams) == {
+        (0, "a_to_b"): ("192.0.2.50", 6000),
+        (0, "b_to_a"): ("192.0.2.50", 6002),
+    }
+    by_order = (
+        b"v=0\r\no=s 1 1 IN IP4 192.0.2.50\r\ns=-\r\nt=0 0\r\n"
+        b"m=audio 7000 RTP/AVP 0\r\nc=IN IP4 192.0.2.51\r\nm=audio 0 RTP/AVP 0\r\n"
+    )
+    assert srs_destinations("application/sdp", by_order, streams) == {
+        (0, "a_to_b"): ("192.0.2.51", 7000)
+    }
+    no_address = b"v=0\r\no=s 1 1 IN IP4 192.0.2.50\r\ns=-\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n"
+    with pytest.raises(SdpError, match="c= line"):
+        srs_destinations("application/sdp", no_address, streams)
+
+
+def test_calls_are_selected_as_configured() -> None:
+    def client(**keys: object) -> SiprecClient:
+        return SiprecClient(SiprecConfig(srs="sip:srs@192.0.2.50", **keys))  # type: ignore[arg-type]
+
+    assert client(trunks=("carrier",)).sink_for_call(CALL) is not None
+    assert client(accounts=("alice",)).sink_for_call(CALL) is not None
+    assert client(accounts=("bob",)).sink_for_call(CALL) is None
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"trunks": ["carrier"]}, "srs"),
+        ({"srs": "http://recorder", "trunks": ["carrier"]}, "srs"),
+        ({"srs": "sip:srs@192.0.2.50"}, "all_calls, accounts, trunks"),
+        (
+            {"srs": "sip:srs@192.0.2.50", "all_calls": True, "media_address": "recorder"},
+            "media_address",
+        ),
+        ({"srs": "sip:srs@192.0.2.50", "all_calls": True, "queue": 1}, "queue"),
+    ],
+)
+def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
+    config = from_mapping({"plugins": {"enable": ["siprec"], "siprec": table}})
+    with pytest.raises(ConfigError, match=r"plugins.siprec") as refused:
+        load_plugins(config, extra=[("siprec", siprec_plugin)], installed={})
+    assert key in str(refused.value)
