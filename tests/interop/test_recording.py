@@ -31,15 +31,8 @@ AUDIO_SECONDS = 2.0
 
 
 def _gateway(workdir: Path, trunk: SippUas, *, workers: int = 1) -> TlsGatewayProcess:
-    extra = (
-        "[[trunks]]\n"
-        'name = "carrier"\n'
-        f'address = "{trunk.config_address}"\n'
-        'prefixes = ["+49"]\n'
-        "allowed_sources = []\n"
-        "[plugins.recorder]\n"
-        f'directory = "{workdir / "recordings"}"\n'
-        'trunks = ["carrier"]\n'
+    extra = trunk.trunk_toml() + (
+        f'[plugins.recorder]\ndirectory = "{workdir / "recordings"}"\ntrunks = ["carrier"]\n'
     )
     return TlsGatewayProcess(
         workdir,

@@ -32,12 +32,7 @@ def test_an_srtp_call_to_a_recorded_trunk_is_sent_to_the_srs_in_clear(tmp_path: 
         SippUas("uas_answer.xml", workdir=tmp_path / "trunk", rtp_echo=True) as trunk,
         SippUas("uas_siprec_srs.xml", workdir=tmp_path / "srs") as srs,
     ):
-        extra = (
-            "[[trunks]]\n"
-            'name = "carrier"\n'
-            f'address = "{trunk.config_address}"\n'
-            'prefixes = ["+49"]\n'
-            "allowed_sources = []\n"
+        extra = trunk.trunk_toml() + (
             "[plugins.siprec]\n"
             f'srs = "sip:srs@{srs.address}"\n'
             'trunks = ["carrier"]\n'

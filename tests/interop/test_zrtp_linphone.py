@@ -59,15 +59,7 @@ SAS_LINE = r"Call \d+ is fully encrypted and auth token is (\S+?)\.?\s*$"
 
 
 def _gateway(workdir: Path, *, trunk: SippUas | None = None, workers: int = 1) -> GatewayProcess:
-    extra = ""
-    if trunk is not None:
-        extra = (
-            "[[trunks]]\n"
-            'name = "carrier"\n'
-            f'address = "{trunk.config_address}"\n'
-            'prefixes = ["+49"]\n'
-            "allowed_sources = []\n"
-        )
+    extra = trunk.trunk_toml() if trunk is not None else ""
     return GatewayProcess(
         workdir,
         accounts=PASSWORDS,

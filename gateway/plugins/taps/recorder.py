@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import attrs
-import trio
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TappedCall
+from gateway.plugins.taps.queue import CopyQueue
 from gateway.plugins.taps.selection import NOTHING_SELECTED, CallSelection
 
 if TYPE_CHECKING:
@@ -283,8 +283,6 @@ def _ip_checksum(header: bytes) -> int:
 
 # -- the sink -------------------------------------------------------------------------------------
 
-_Item = tuple[str, str, bytes, float]
-
 
 class RecordingSink:
     """``interfaces.TapSink`` of one call: a bounded queue and the task that writes it."""
@@ -293,24 +291,24 @@ class RecordingSink:
         self.call = call
         self._directory = directory
         self._format = file_format
-        self._send, self._receive = trio.open_memory_channel[_Item](queue)
-        self.dropped = 0
+        self._queue = CopyQueue(queue)
         self.recording: WavRecording | PcapRecording | None = None
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
-        try:
-            self._send.send_nowait((stream_id, direction, rtp, now))
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            self.dropped += 1
+        self._queue.put(stream_id, direction, rtp, now)
 
     def close(self) -> None:
-        self._send.close()
+        self._queue.close()
+
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
 
     async def run(self) -> None:
         recording: WavRecording | PcapRecording | None = None
         try:
-            async with self._receive:
-                async for stream_id, direction, rtp, now in self._receive:
+            async with self._queue.receive:
+                async for stream_id, direction, rtp, now in self._queue.receive:
                     if recording is None:
                         self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
                         recording = self._open()

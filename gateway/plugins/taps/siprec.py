@@ -48,6 +48,7 @@ from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.plugins.taps.queue import CopyQueue
 from gateway.plugins.taps.recorder import rtp_fields
 from gateway.plugins.taps.selection import NOTHING_SELECTED, CallSelection
 
@@ -212,8 +213,6 @@ def srs_sdp(content_type: str | None, body: bytes) -> bytes:
 
 # -- the sink -------------------------------------------------------------------------------------
 
-_Item = tuple[str, str, bytes]
-
 
 @attrs.define
 class SiprecCounts:
@@ -230,25 +229,22 @@ class SiprecSink:
     def __init__(self, call: TappedCall, config: SiprecConfig) -> None:
         self.call = call
         self._config = config
-        self._send, self._receive = trio.open_memory_channel[_Item](config.queue)
+        self._queue = CopyQueue(config.queue)
         self.counts = SiprecCounts()
         self.session: OutboundSession | None = None
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
-        try:
-            self._send.send_nowait((stream_id, direction, rtp))
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            self.counts.dropped += 1
+        self._queue.put(stream_id, direction, rtp, now)
 
     def close(self) -> None:
-        self._send.close()
+        self._queue.close()
 
     async def run(self) -> None:
         streams = recorded_streams(self.call.media)
         sockets: list[trio.socket.SocketType] = []
         session: OutboundSession | None = None
         try:
-            async with self._receive:
+            async with self._queue.receive:
                 if streams and self.call.sessions is not None:
                     sockets = [await self._bind() for _ in streams]
                     session, destinations = await self._open(streams, sockets)
@@ -258,7 +254,7 @@ class SiprecSink:
                 by_stream = {
                     (s.index, s.direction): sock for s, sock in zip(streams, sockets, strict=False)
                 }
-                async for stream_id, direction, rtp in self._receive:
+                async for stream_id, direction, rtp, _ in self._queue.receive:
                     await self._forward(session, destinations, by_stream, stream_id, direction, rtp)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self._config.bye_timeout):
@@ -267,6 +263,7 @@ class SiprecSink:
             for sock in sockets:
                 sock.close()
             counts = self.counts
+            counts.dropped = self._queue.dropped
             log.info(
                 "SIPREC: call %s: %d packets, %d sent to the SRS, %d dropped, %d not sent",
                 self.call.call_id,

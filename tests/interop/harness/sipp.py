@@ -354,6 +354,18 @@ class SippUas:
         """``udp:127.0.0.1:PORT`` (or tcp:), as a trunk ``address`` in the gateway config."""
         return f"{_PROTOCOL[self.mode]}:{self.local_ip}:{self.port}"
 
+    def trunk_toml(self, name: str = "carrier", prefixes: tuple[str, ...] = ("+49",)) -> str:
+        """A ``[[trunks]]`` table for this sipp as a carrier serving ``prefixes``, calling from
+        nowhere (it only answers)."""
+        listed = ", ".join(f'"{prefix}"' for prefix in prefixes)
+        return (
+            "[[trunks]]\n"
+            f'name = "{name}"\n'
+            f'address = "{self.config_address}"\n'
+            f"prefixes = [{listed}]\n"
+            "allowed_sources = []\n"
+        )
+
     def uri(self, user: str) -> str:
         """``sip:user@LOCAL_IP:PORT``."""
         return f"sip:{user}@{self.local_ip}:{self.port}"
