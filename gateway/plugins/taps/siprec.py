@@ -19,12 +19,13 @@ plain RTP (the copy is taken after SRTP was removed; the recording network is tr
 socket of its own per m= line to the SRS's address for it. RTCP is not forwarded. Packets that
 arrive before the answer wait in the sink's bounded queue (a full queue drops and counts). When
 the call ends the sink sends BYE; an SRS that ends the session (its BYE) stops the copies and the
-call goes on. An SRS that refuses or does not answer leaves the call unrecorded, logged as a
+call goes on. An SRS that refuses or does not answer (Timer B: 32 s over UDP) is followed by the
+next of ``fallbacks``, in order; when none takes the call it goes on unrecorded, logged as a
 warning (recording is not mandatory here: the call is never ended for it).
 
 Not done: re-INVITEs of the recording session when the call changes (hold, a new stream, a
-transfer): the streams keep flowing as they are; pause/resume; SRTP towards the SRS; failover to a
-second SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7).
+transfer): the streams keep flowing as they are; pause/resume; SRTP towards the SRS; the
+``a=record`` indication to recording-aware phones (RFC 7866 §7).
 """
 
 from __future__ import annotations
@@ -295,16 +296,24 @@ class SiprecSink:
                 ),
             ]
         )
-        try:
-            session = await self.call.sessions.open_session(
-                self._config.srs,
-                body=body,
-                content_type=content_type,
-                headers=[("Require", "siprec"), ("Accept", f"application/sdp, {METADATA_TYPE}")],
-                contact_parameters=("+sip.src",),
-            )
-        except Exception as exc:
-            log.warning("SIPREC: call %s not recorded: %s", self.call.call_id, exc)
+        session = None
+        for target in (self._config.srs, *self._config.fallbacks):
+            try:
+                session = await self.call.sessions.open_session(
+                    target,
+                    body=body,
+                    content_type=content_type,
+                    headers=[
+                        ("Require", "siprec"),
+                        ("Accept", f"application/sdp, {METADATA_TYPE}"),
+                    ],
+                    contact_parameters=("+sip.src",),
+                )
+                break
+            except Exception as exc:
+                log.warning("SIPREC: call %s: %s", self.call.call_id, exc)
+        if session is None:
+            log.warning("SIPREC: call %s not recorded: no SRS took it", self.call.call_id)
             return None, {}
         try:
             destinations = srs_destinations(session.answer_type, session.answer_body, streams)
@@ -364,6 +373,7 @@ class SiprecConfig:
     """``[plugins.siprec]``. See docs/configuration.md."""
 
     srs: str = ""
+    fallbacks: tuple[str, ...] = ()
     all_calls: bool = False
     accounts: tuple[str, ...] = ()
     trunks: tuple[str, ...] = ()
@@ -373,15 +383,9 @@ class SiprecConfig:
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
-        try:
-            parse_uri_untrusted(self.srs)
-        except RemoteSipError:
-            raise ValueError(
-                f"srs: expected the recorder's SIP URI (e.g. sip:srs@192.0.2.50:5060), "
-                f"not {self.srs!r}"
-            ) from None
-        if not self.srs.lower().startswith(("sip:", "sips:")):
-            raise ValueError(f"srs: expected a sip: or sips: URI, not {self.srs!r}")
+        _check_srs("srs", self.srs)
+        for fallback in self.fallbacks:
+            _check_srs("fallbacks", fallback)
         try:
             socket.inet_aton(self.media_address)
         except OSError:
@@ -396,6 +400,17 @@ class SiprecConfig:
     @property
     def selection(self) -> CallSelection:
         return CallSelection(self.all_calls, self.accounts, self.trunks)
+
+
+def _check_srs(key: str, uri: str) -> None:
+    try:
+        parse_uri_untrusted(uri)
+    except RemoteSipError:
+        raise ValueError(
+            f"{key}: expected a recorder's SIP URI (e.g. sip:srs@192.0.2.50:5060), not {uri!r}"
+        ) from None
+    if not uri.lower().startswith(("sip:", "sips:")):
+        raise ValueError(f"{key}: expected a sip: or sips: URI, not {uri!r}")
 
 
 @hookimpl

@@ -43,7 +43,9 @@ def srs_answer(
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-async def siprec_env(nursery: trio.Nursery, tmp_path: Path, seed: int) -> tuple[B2bua, SipAgent]:
+async def siprec_env(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, **table: object
+) -> tuple[B2bua, SipAgent]:
     env = await start_b2bua(
         nursery,
         tmp_path,
@@ -51,7 +53,7 @@ async def siprec_env(nursery: trio.Nursery, tmp_path: Path, seed: int) -> tuple[
         plugins=[("siprec", siprec_plugin)],
         plugin_tables={
             "enable": ["siprec"],
-            "siprec": {"srs": "sip:srs@127.0.0.9:5060", "trunks": ["carrier"]},
+            "siprec": {"srs": "sip:srs@127.0.0.9:5060", "trunks": ["carrier"], **table},
         },
         alice_auto=None,
     )
@@ -153,3 +155,24 @@ async def test_an_srs_that_hangs_up_stops_the_copies_and_the_call_goes_on(
     await call.bye()  # type: ignore[attr-defined]
     await eventually(lambda: env.calls == 0)
     assert len(srs.requests("BYE")) == 0  # no second BYE from us
+
+
+async def test_a_refusing_srs_is_followed_by_the_next_one(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, fallbacks=["sip:srs@127.0.0.10:5060"]
+    )
+    spare = SipAgent(
+        env.network, ("127.0.0.10", 5060), ids=SeededIds(voipgw_seed + 10), user="srs", proxy=GW
+    )
+    await nursery.start(spare.serve)
+    call, _, _ = await answered_call(env)
+    await (await srs.next_call()).answer(503)
+    recording = await spare.next_call()
+    assert recording.invite.headers.get("Require") == "siprec"
+    await recording.answer(200, sdp=srs_answer())
+    await call.bye()  # type: ignore[attr-defined]
+    bye = await spare.next_request("BYE", timeout=10)
+    assert bye.request.call_id == recording.invite.call_id
+    assert srs.requests("BYE") == []

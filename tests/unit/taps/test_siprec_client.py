@@ -152,6 +152,7 @@ def test_calls_are_selected_as_configured() -> None:
             "media_address",
         ),
         ({"srs": "sip:srs@192.0.2.50", "all_calls": True, "queue": 1}, "queue"),
+        ({"srs": "sip:srs@192.0.2.50", "all_calls": True, "fallbacks": ["tel:+1"]}, "fallbacks"),
     ],
 )
 def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
