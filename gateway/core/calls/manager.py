@@ -281,8 +281,9 @@ class CallManager:
         """The sinks the registered media taps want for ``call`` (now answered); each sink's
         task is started here, in the manager's nursery, which outlives the call."""
         invite = call.a.invite
-        if invite is None or call.caller is None:
-            return []
+        taps = self.gateway.plugins.media_taps.items()
+        if not taps or invite is None or call.caller is None:
+            return []  # the usual case: nothing to build per call
         b_leg = call.b
         tapped = TappedCall(
             call_id=call.record_id,
@@ -298,7 +299,7 @@ class CallManager:
             sessions=self.outbound,
         )
         sinks: list[tuple[str, TapSink]] = []
-        for name, tap in self.gateway.plugins.media_taps.items():
+        for name, tap in taps:
             try:
                 sink = tap.sink_for_call(tapped)
             except Exception:
