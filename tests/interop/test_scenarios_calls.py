@@ -266,3 +266,14 @@ def _via_branch(message: str) -> str:
         if line.startswith("Via:"):
             return line.split("branch=")[1].split(";")[0]
     raise AssertionError(f"no Via in:\n{message}")
+
+
+def test_the_srs_fails_an_invite_that_is_no_recording_session(tmp_path: Path) -> None:
+    """calls/uas_siprec_srs.xml (test_siprec.py's recorder) checks what makes an INVITE a
+    SIPREC recording session: a plain call's INVITE (no Require: siprec, no +sip.src, no
+    metadata) fails it."""
+    with SippUas("calls/uas_siprec_srs.xml", workdir=tmp_path, timeout=5) as srs:
+        run_sipp_uac("uac_call.xml", srs.address, workdir=tmp_path, service="srs", timeout=4)
+        answered = srs.wait(timeout=10)
+    assert not answered.ok
+    assert "Failed regexp match: header Require:" in answered.error_log.read_text()

@@ -2,7 +2,7 @@
 
 baresip, SRTP mandatory over TLS (SDES), calls a sipp trunk that answers in plain RTP and echoes
 the media; the trunk's calls are recorded to a second sipp acting as the SRS
-(``scenarios/uas_siprec_srs.xml``: it checks ``Require: siprec``, the ``+sip.src`` Contact and
+(``scenarios/calls/uas_siprec_srs.xml``: it checks ``Require: siprec``, the ``+sip.src`` Contact and
 the metadata, answers the two streams in reverse label order and expects the BYE at the end).
 The copies the gateway sends the SRS, captured on its two ports, are the phone's decrypted
 1000 Hz tone (label 1, the caller) and the trunk's echo of it (label 2).
@@ -30,7 +30,7 @@ PCMU_PAYLOAD = 160
 def test_an_srtp_call_to_a_recorded_trunk_is_sent_to_the_srs_in_clear(tmp_path: Path) -> None:
     with (
         SippUas("uas_answer.xml", workdir=tmp_path / "trunk", rtp_echo=True) as trunk,
-        SippUas("uas_siprec_srs.xml", workdir=tmp_path / "srs") as srs,
+        SippUas("calls/uas_siprec_srs.xml", workdir=tmp_path / "srs") as srs,
     ):
         extra = trunk.trunk_toml() + (
             "[plugins.siprec]\n"
