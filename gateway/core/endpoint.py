@@ -13,13 +13,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
 
-from gateway.core.interfaces import OutboundMessage
+from gateway.core.interfaces import OutboundMessage, SipCapture
 from gateway.core.sip import grammar
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
@@ -221,6 +222,10 @@ class SipEndpoint:
         # their own tasks pull its deadline in so the new transaction's timers fire on time.
         self._wait: trio.CancelScope | None = None
         self.calls: CallLayer | None = None
+        self.captures: tuple[SipCapture, ...] = tuple(
+            capture for _, capture in gateway.plugins.sip_captures.items()
+        )
+        """Capture agents (HEP): a copy of every message in and out (empty: no cost)."""
 
     async def run(
         self,
@@ -291,6 +296,8 @@ class SipEndpoint:
 
     async def handle(self, data: bytes, flow: Flow, *, waited: float = 0.0) -> None:
         """One message from ``flow``, which waited ``waited`` seconds since it arrived."""
+        if self.captures:
+            self._capture(data, flow.transport, flow.remote, flow.local)
         config = self.gateway.config.sip
         try:
             message = parse_message_untrusted(
@@ -557,7 +564,7 @@ class SipEndpoint:
         if not isinstance(final, Request):
             raise SipError("a gateway_outbound_message hook replaced a request with a non-request")
         try:
-            await flow.send(serialize_message(final))
+            await self._send_bytes(serialize_message(final), flow)
             self.statistics.sent += 1
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.statistics.send_errors += 1
@@ -650,11 +657,27 @@ class SipEndpoint:
                 "a gateway_outbound_message hook replaced the message with a non-message"
             )
         try:
-            await flow.send(serialize_message(message))
+            await self._send_bytes(serialize_message(message), flow)
             self.statistics.sent += 1
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.statistics.send_errors += 1
             log.info("cannot send %d to %s: %s", response.status, flow.key, exc)
+
+    async def _send_bytes(self, data: bytes, flow: Flow) -> None:
+        await flow.send(data)
+        if self.captures:
+            self._capture(data, flow.transport, flow.local, flow.remote)
+
+    def _capture(self, data: bytes, transport: str, source: Address, destination: Address) -> None:
+        """A copy for each capture agent; one that fails (a plugin bug) never fails SIP."""
+        at = time.time()
+        for capture in self.captures:
+            try:
+                capture.message(
+                    data, transport=transport, source=source, destination=destination, at=at
+                )
+            except Exception:
+                log.exception("SIP capture %s failed", getattr(capture, "name", capture))
 
     def _outbound(self, message: Request | Response, flow: Flow) -> object:
         """``message`` as the ``gateway_outbound_message`` hooks leave it (they may replace it);

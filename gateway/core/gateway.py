@@ -22,7 +22,14 @@ from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_cal
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.ids import IdSource, RandomIds
-from gateway.core.interfaces import Caller, Listener, RouteDecision, Transport, TransportLimits
+from gateway.core.interfaces import (
+    Caller,
+    Listener,
+    RouteDecision,
+    SipCapture,
+    Transport,
+    TransportLimits,
+)
 from gateway.core.media import relay as relay_module
 from gateway.core.media import srtp as srtp_module
 from gateway.core.media.policy import all_policies
@@ -288,6 +295,8 @@ class Gateway:
             self.relay = MediaRelay(PortAllocator(media.address, self.config.media_ports))
             await nursery.start(self.relay.serve)
         nursery.start_soon(self._housekeeping)
+        for capture in self.endpoint.captures:
+            nursery.start_soon(_run_capture, capture)
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls
         await nursery.start(self.endpoint.run, self._inbound_receive)
@@ -316,3 +325,11 @@ def run_until_signal(gateway: Gateway) -> int:
         log.error("cannot run: %s", exc)
         return 1
     return 0
+
+
+async def _run_capture(capture: SipCapture) -> None:
+    """A SIP capture agent's task: its failure is logged, never the gateway's end."""
+    try:
+        await capture.run()
+    except Exception:
+        log.exception("SIP capture %s stopped with an error", getattr(capture, "name", capture))

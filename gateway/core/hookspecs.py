@@ -75,6 +75,12 @@ def gateway_register_media_taps(registry: Registry[Any], config: Any) -> None:
 
 
 @hookspec
+def gateway_register_sip_captures(registry: Registry[Any], config: Any) -> None:
+    """Add SIP capture agents (``interfaces.SipCapture``: HEP to Homer) that get a copy of every
+    SIP message the gateway sends or receives."""
+
+
+@hookspec
 def gateway_register_device_profiles(registry: Registry[Any], config: Any) -> None:
     """Add phone-model profiles (``interfaces.DeviceProfile``) under their name."""
 

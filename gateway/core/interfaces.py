@@ -298,6 +298,23 @@ class MediaTap(Protocol):
         """A sink for this call, or None when the tap does not apply to it."""
 
 
+class SipCapture(Protocol):
+    """A capture agent (HEP to a Homer collector): a copy of every SIP message the gateway
+    receives or sends, as bytes on the wire (after ``gateway_outbound_message`` hooks), with the
+    transport and the addresses, and the wall-clock time ``at`` (Unix seconds). ``message`` is
+    called from the SIP stack's task and must never block: queue, drop and count past a bound.
+    ``run`` is the agent's own task, started with the gateway's listeners and cancelled when the
+    gateway stops."""
+
+    name: str
+
+    def message(
+        self, data: bytes, *, transport: str, source: Address, destination: Address, at: float
+    ) -> None: ...
+
+    async def run(self) -> None: ...
+
+
 # --------------------------------------------------------------------------------------------
 # Devices and PSTN interworking
 
