@@ -24,6 +24,7 @@ PEER_PACKAGES = {
     "socat": "socat",
     "stunnel4": "stunnel4",
     "openssl": "openssl",
+    "sngrep": "sngrep",
 }
 
 

@@ -1,0 +1,212 @@
+"""The ``hep`` SIP capture agent: a copy of every SIP message the gateway sends or receives, in
+HEP version 3, to a Homer collector (heplify-server, sipcapture) or ``sngrep -L``.
+
+Theory of operation. The SIP stack hands the agent each message as bytes on the wire, with its
+transport and addresses (``interfaces.SipCapture``); the agent encodes one HEP3 packet per message
+(HEP3 rev. 37: the "HEP3" id, the total length, then chunks of vendor id, type id, length
+including the chunk's 6-octet header, value) and queues it. Its own task sends the queue to the
+collector, one packet per UDP datagram. The queue is bounded: a collector that cannot keep up
+loses copies, counted, never the SIP stack's time.
+
+Chunks sent (generic vendor 0), in this order: 1 IP family (2 IPv4, 10 IPv6), 2 IP protocol (17
+UDP; 6 for TCP and TLS: the payload is the decrypted message), 3/4 or 5/6 the addresses, 7/8 the
+ports, 9/10 the time (seconds and microseconds), 11 protocol type 1 (SIP), 12 capture agent id,
+14 the collector's password (if configured; never logged), 15 the message, 17 the correlation id
+(the message's Call-ID: Homer ties a call's messages with it), 19 the agent's name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from gateway.core.hookspecs import hookimpl
+from gateway.core.transport.flows import Address
+
+if TYPE_CHECKING:
+    from gateway.core.interfaces import SipCapture
+    from gateway.core.plugins import Registry
+
+log = logging.getLogger(__name__)
+
+SIP = 1  # HEP protocol type (chunk 0x0b)
+DEFAULT_PORT = 9060
+_CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
+
+
+def _chunk(kind: int, value: bytes) -> bytes:
+    return struct.pack("!HHH", 0, kind, 6 + len(value)) + value
+
+
+@attrs.frozen
+class HepAgent:
+    """Who the packets say captured them."""
+
+    capture_id: int = 0
+    name: str = ""
+    password: str = attrs.field(default="", repr=False)
+
+
+def encode_hep3(
+    payload: bytes,
+    *,
+    source: Address,
+    destination: Address,
+    transport: str,
+    at: float,
+    agent: HepAgent,
+    correlation: bytes = b"",
+) -> bytes:
+    """One HEP3 packet carrying the SIP message ``payload``."""
+    src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
+    if src.version != dst.version:
+        raise ValueError("source and destination of different IP versions")
+    v4 = src.version == 4
+    seconds = int(at)
+    chunks = [
+        _chunk(0x01, bytes([2 if v4 else 10])),
+        _chunk(0x02, bytes([17 if transport == "udp" else 6])),
+        _chunk(0x03 if v4 else 0x05, src.packed),
+        _chunk(0x04 if v4 else 0x06, dst.packed),
+        _chunk(0x07, struct.pack("!H", source[1])),
+        _chunk(0x08, struct.pack("!H", destination[1])),
+        _chunk(0x09, struct.pack("!I", seconds)),
+        _chunk(0x0A, struct.pack("!I", min(999_999, round((at - seconds) * 1_000_000)))),
+        _chunk(0x0B, bytes([SIP])),
+        _chunk(0x0C, struct.pack("!I", agent.capture_id)),
+    ]
+    if agent.password:
+        chunks.append(_chunk(0x0E, agent.password.encode()))
+    chunks.append(_chunk(0x0F, payload))
+    if correlation:
+        chunks.append(_chunk(0x11, correlation))
+    if agent.name:
+        chunks.append(_chunk(0x13, agent.name.encode()))
+    body = b"".join(chunks)
+    if 6 + len(body) > 0xFFFF:
+        raise ValueError("message too large for one HEP packet")
+    return b"HEP3" + struct.pack("!H", 6 + len(body)) + body
+
+
+def call_id_of(message: bytes) -> bytes:
+    """The Call-ID of a SIP message's bytes (b"" when there is none): its correlation id."""
+    found = _CALL_ID.search(message)
+    return found.group(1).strip() if found else b""
+
+
+class HepCapture:
+    """``interfaces.SipCapture``: encodes each message, queues it, and sends it from its task."""
+
+    name = "hep"
+
+    def __init__(self, config: HepConfig) -> None:
+        self.config = config
+        self._agent = HepAgent(config.capture_id, config.agent_name, config.password)
+        self._send, self._receive = trio.open_memory_channel[bytes](config.queue)
+        self.dropped = 0
+        """Messages not sent: the queue was full, or one did not fit a HEP packet."""
+        self.sent = 0
+
+    def message(
+        self, data: bytes, *, transport: str, source: Address, destination: Address, at: float
+    ) -> None:
+        try:
+            packet = encode_hep3(
+                data,
+                source=source,
+                destination=destination,
+                transport=transport,
+                at=at,
+                agent=self._agent,
+                correlation=call_id_of(data),
+            )
+            self._send.send_nowait(packet)
+        except (ValueError, trio.WouldBlock, trio.ClosedResourceError):
+            self.dropped += 1
+
+    async def run(self) -> None:
+        host, port = self.config.collector_address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+            async with self._receive:
+                async for packet in self._receive:
+                    try:
+                        await sock.sendto(packet, (host, port))
+                        self.sent += 1
+                    except OSError as exc:
+                        self.dropped += 1
+                        if self.dropped == 1:
+                            log.warning("HEP: cannot send to %s:%d: %s", host, port, exc)
+
+
+# -- plugin configuration and registration (entry point ``hep``) ---------------------------------
+
+
+@attrs.frozen
+class HepConfig:
+    """``[plugins.hep]``. See docs/configuration.md."""
+
+    collector: str = ""
+    capture_id: int = 0
+    agent_name: str = "voipgw"
+    password: str = attrs.field(default="", repr=False)
+    queue: int = 10_000
+
+    def __attrs_post_init__(self) -> None:
+        # structure() reports a ValueError as a config error of this table; say which key.
+        self.collector_address  # noqa: B018 - checks it
+        if not 0 <= self.capture_id <= 0xFFFFFFFF:
+            raise ValueError("capture_id: expected 0 to 4294967295")
+        if not 10 <= self.queue <= 1_000_000:
+            raise ValueError("queue: expected 10 to 1000000 messages")
+
+    @property
+    def collector_address(self) -> tuple[str, int]:
+        """``udp:HOST[:PORT]`` (an IP literal, IPv6 in brackets; port 9060 by default) as
+        (host, port)."""
+        transport, _, rest = self.collector.partition(":")
+        if rest.startswith("["):
+            host, _, after = rest[1:].partition("]")
+            port_text = after.removeprefix(":")
+        elif rest.count(":") == 1:
+            host, _, port_text = rest.partition(":")
+        else:
+            host, port_text = rest, ""
+        try:
+            if transport != "udp":
+                raise ValueError
+            ipaddress.ip_address(host)
+            port = int(port_text or DEFAULT_PORT)
+            if not 0 < port < 65536:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"collector: expected udp:ADDRESS:PORT (e.g. udp:192.0.2.30:9060), "
+                f"not {self.collector!r}"
+            ) from None
+        return host, port
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return HepConfig
+
+
+@hookimpl
+def gateway_register_sip_captures(registry: Registry[Any], config: HepConfig | None) -> None:
+    """Register the ``hep`` agent (its table names the collector: there is no default)."""
+    if config is not None:
+        registry.add(HepCapture.name, HepCapture(config))
+
+
+if TYPE_CHECKING:
+
+    def _conforms(capture: HepCapture) -> None:
+        _capture: SipCapture = capture

@@ -1,0 +1,131 @@
+"""The ``hep`` capture agent: HEP3 encoding against the specification's example packet (HEP3
+rev. 37), IPv6, the optional chunks, the Call-ID correlation, the bounded queue, and the
+configuration."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from gateway.core.config import ConfigError, from_mapping
+from gateway.core.plugins import load_plugins
+from gateway.plugins.taps import hep as hep_plugin
+from gateway.plugins.taps.hep import HepAgent, HepCapture, HepConfig, call_id_of, encode_hep3
+
+# The specification's example (113 octets, its SIP payload shortened to "INVITE sip:bob").
+SPEC_EXAMPLE = bytes.fromhex(
+    "48455033 0071"
+    "0000 0001 0007 02"
+    "0000 0002 0007 11"
+    "0000 0003 000a d4ca0001"
+    "0000 0004 000a 527400d3"
+    "0000 0007 0008 2eea"
+    "0000 0008 0008 13c4"
+    "0000 0009 000a 4e4982cb"
+    "0000 000a 000a 0001d4c0"
+    "0000 000b 0007 01"
+    "0000 000c 000a 000000e4"
+    "0000 000f 0014 494e5649544520736970 3a626f62"
+)
+
+
+def chunks(packet: bytes) -> dict[int, bytes]:
+    assert packet[:4] == b"HEP3"
+    (total,) = struct.unpack_from("!H", packet, 4)
+    assert total == len(packet)
+    found: dict[int, bytes] = {}
+    offset = 6
+    while offset < len(packet):
+        vendor, kind, length = struct.unpack_from("!HHH", packet, offset)
+        assert vendor == 0 and length >= 6
+        found[kind] = packet[offset + 6 : offset + length]
+        offset += length
+    assert offset == len(packet)
+    return found
+
+
+def test_the_specifications_example_packet_is_reproduced() -> None:
+    packet = encode_hep3(
+        b"INVITE sip:bob",
+        source=("212.202.0.1", 12010),
+        destination=("82.116.0.211", 5060),
+        transport="udp",
+        at=1313440459.12,
+        agent=HepAgent(capture_id=228),
+    )
+    assert len(SPEC_EXAMPLE) == 113
+    assert packet == SPEC_EXAMPLE
+
+
+def test_ipv6_tcp_password_correlation_and_name() -> None:
+    packet = encode_hep3(
+        b"BYE sip:a SIP/2.0\r\n",
+        source=("2001:db8::1", 5061),
+        destination=("2001:db8::2", 40000),
+        transport="tls",
+        at=10.5,
+        agent=HepAgent(capture_id=7, name="gw-1", password="s3cret"),
+        correlation=b"abc@host",
+    )
+    found = chunks(packet)
+    assert found[0x01] == b"\x0a" and found[0x02] == b"\x06"  # IPv6, TCP (TLS decrypted)
+    assert found[0x05] == bytes.fromhex("20010db8000000000000000000000001")
+    assert found[0x06][-1] == 2
+    assert found[0x07] == struct.pack("!H", 5061) and found[0x08] == struct.pack("!H", 40000)
+    assert found[0x09] == struct.pack("!I", 10) and found[0x0A] == struct.pack("!I", 500000)
+    assert found[0x0E] == b"s3cret" and found[0x11] == b"abc@host" and found[0x13] == b"gw-1"
+    assert found[0x0F] == b"BYE sip:a SIP/2.0\r\n"
+    with pytest.raises(ValueError, match="IP versions"):
+        encode_hep3(
+            b"x",
+            source=("2001:db8::1", 1),
+            destination=("192.0.2.1", 2),
+            transport="udp",
+            at=0,
+            agent=HepAgent(),
+        )
+
+
+def test_the_call_id_in_long_or_compact_form_is_the_correlation() -> None:
+    assert call_id_of(b"INVITE sip:b SIP/2.0\r\nVia: x\r\nCall-ID: a84b4c76e66710\r\n\r\n") == (
+        b"a84b4c76e66710"
+    )
+    assert call_id_of(b"SIP/2.0 200 OK\r\ni:  xyz@h \r\n\r\n") == b"xyz@h"
+    assert call_id_of(b"SIP/2.0 200 OK\r\n\r\n") == b""
+
+
+def test_the_agent_queues_and_drops_when_full_never_blocking() -> None:
+    capture = HepCapture(HepConfig(collector="udp:127.0.0.1:9060", queue=10))
+    for _ in range(12):
+        capture.message(
+            b"OPTIONS sip:gw SIP/2.0\r\nCall-ID: c1\r\n\r\n",
+            transport="udp",
+            source=("127.0.0.1", 5060),
+            destination=("127.0.0.2", 5070),
+            at=1.0,
+        )
+    assert capture.dropped == 2
+    assert "s3cret" not in repr(HepConfig(collector="udp:127.0.0.1:9060", password="s3cret"))
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({}, "collector"),
+        ({"collector": "tcp:127.0.0.1:9060"}, "collector"),
+        ({"collector": "udp:homer.example:9060"}, "collector"),
+        ({"collector": "udp:127.0.0.1:9060", "capture_id": -1}, "capture_id"),
+        ({"collector": "udp:127.0.0.1:9060", "queue": 1}, "queue"),
+    ],
+)
+def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
+    config = from_mapping({"plugins": {"enable": ["hep"], "hep": table}})
+    with pytest.raises(ConfigError, match=r"plugins.hep") as refused:
+        load_plugins(config, extra=[("hep", hep_plugin)], installed={})
+    assert key in str(refused.value)
+
+
+def test_a_collector_in_brackets_and_the_default_port() -> None:
+    assert HepConfig(collector="udp:[2001:db8::5]:9061").collector_address == ("2001:db8::5", 9061)
+    assert HepConfig(collector="udp:192.0.2.30").collector_address == ("192.0.2.30", 9060)
