@@ -74,7 +74,7 @@ class OutboundSession:
         self.ended.set()
         endpoint = self._owner.endpoint
         try:
-            flow = await endpoint.flow_to(self._flow.transport, self._flow.remote, self._flow)
+            flow = await self._owner._dialog_flow(self._dialog, self._flow)
             bye = self._dialog.create_request("BYE", via=endpoint.new_via(flow))
             self._dialog.terminate()
             client = await endpoint.send_request(
@@ -177,8 +177,10 @@ class OutboundSessions:
         session = OutboundSession(self, dialog, client.flow, final)
         self._by_dialog[(dialog.id.call_id, dialog.id.local_tag)] = session
         try:
-            ack = dialog.create_ack(final.cseq.number, via=endpoint.new_via(client.flow))
-            await endpoint.send_ack(ack, client.flow)
+            ack_flow = await self._dialog_flow(dialog, client.flow)
+            session._flow = ack_flow
+            ack = dialog.create_ack(final.cseq.number, via=endpoint.new_via(ack_flow))
+            await endpoint.send_ack(ack, ack_flow)
         except OSError as exc:
             self._forget(session)
             raise SessionRefused(f"cannot ACK {target}'s answer: {exc}") from None
@@ -193,6 +195,23 @@ class OutboundSessions:
         if session is None:
             return None
         return session._far_end_request(request)
+
+    async def _dialog_flow(self, dialog: Dialog, opened: Flow) -> Flow:
+        """Where the dialog's requests (the 2xx's ACK, BYE) go: its remote target or first
+        route (RFC 3261 §12.2.1.1), over ``opened`` when that is where it leads."""
+        try:
+            destination = destination_for(RouteTarget(str(dialog.next_hop_uri())))
+        except UnroutableTarget:
+            return opened
+        address = (destination.host, destination.port)
+        if destination.transport != opened.transport or address != opened.remote:
+            try:
+                return await self.endpoint.flow_to(destination.transport, address)
+            except OSError as exc:
+                # A Contact we cannot reach (a host name, another transport): where the
+                # INVITE went is where the session was answered from.
+                log.info("session %s: its remote target is unreachable (%s)", dialog.id, exc)
+        return await self.endpoint.flow_to(opened.transport, opened.remote, opened)
 
     def _forget(self, session: OutboundSession) -> None:
         key = (session._dialog.id.call_id, session._dialog.id.local_tag)
