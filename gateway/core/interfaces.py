@@ -223,6 +223,9 @@ class TappedMedia:
     formats: tuple[str, ...]
     rtpmaps: tuple[str, ...] = ()
     fmtps: tuple[str, ...] = ()
+    direction: str = "sendrecv"
+    """As the gateway last offered or answered it to the caller: anything but "sendrecv" means
+    the call is on hold one way or both (RFC 3264 §8.4)."""
 
 
 class OutboundSession(Protocol):
@@ -232,6 +235,10 @@ class OutboundSession(Protocol):
     answer_type: str | None
     ended: trio.Event
     """Set when the far end ended the session (its BYE)."""
+
+    async def update(self, body: bytes, content_type: str) -> int | None:
+        """A re-INVITE with a new offer: the far end's final status (its 2xx ACKed), None when
+        the session is over or the request could not be sent."""
 
     async def close(self) -> None:
         """End the session (BYE) unless the far end did."""
@@ -289,6 +296,10 @@ class TapSink(Protocol):
 
     def close(self) -> None:
         """The call ended: no more packets; ``run`` finishes what it has and returns."""
+
+    # Optional: ``streams_changed(media: tuple[TappedMedia, ...]) -> None``, called (from the
+    # call's task, must not block) when the call's streams change after the answer: a hold or
+    # resume, a codec change, a stream added (a SIPREC client re-INVITEs its recorder).
 
 
 class MediaTap(Protocol):

@@ -100,7 +100,7 @@ from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.security import LegSecurity, MediaSecurityRefused
 from gateway.core.media.session import ORIGIN_USERNAME
-from gateway.core.media.taps import CallTaps
+from gateway.core.media.taps import CallTaps, tapped_media
 from gateway.core.sdp.body import UnsupportedBody, sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
@@ -1234,7 +1234,8 @@ class Call:
         assert self.media is not None
         sinks = self.manager.tap_sinks(self)
         if sinks:
-            self.taps = CallTaps(self.id, self.media, sinks, clock=trio.current_time)
+            media = tapped_media(self.media.last_sent(Side.A.value))
+            self.taps = CallTaps(self.id, self.media, sinks, clock=trio.current_time, media=media)
             self.taps.attach()
 
     def _drive_handshakes(self) -> None:

@@ -25,12 +25,11 @@ from gateway.core.interfaces import (
     LegInfo,
     RouteDecision,
     TappedCall,
-    TappedMedia,
     TapSink,
 )
 from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
 from gateway.core.media.security import LegSecurity
-from gateway.core.sdp.model import SessionDescription
+from gateway.core.media.taps import tapped_media
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.transport.flows import Flow
@@ -293,7 +292,7 @@ class CallManager:
             caller_name=call.caller.name,
             callee_kind=b_leg.peer_kind if b_leg is not None else "",
             callee_name=b_leg.peer_name if b_leg is not None else None,
-            media=_tapped_media(
+            media=tapped_media(
                 call.media.last_sent(Side.A.value) if call.media is not None else None
             ),
             sessions=self.outbound,
@@ -336,20 +335,3 @@ async def _run_sink(name: str, sink: TapSink) -> None:
         await sink.run()
     except Exception:
         log.exception("media tap %s stopped with an error", name)
-
-
-def _tapped_media(sdp: SessionDescription | None) -> tuple[TappedMedia, ...]:
-    """The call's streams as the plain session negotiated them (what we sent the caller)."""
-    if sdp is None:
-        return ()
-    return tuple(
-        TappedMedia(
-            index,
-            media.media,
-            tuple(media.formats),
-            tuple(v for v in media.attributes.values("rtpmap")),
-            tuple(v for v in media.attributes.values("fmtp")),
-        )
-        for index, media in enumerate(sdp.media)
-        if media.port != 0
-    )

@@ -47,11 +47,17 @@ class OutboundSession:
     """One INVITE dialog we opened: the far end's answer, and its end."""
 
     def __init__(
-        self, owner: OutboundSessions, dialog: Dialog, flow: Flow, answer: Response
+        self,
+        owner: OutboundSessions,
+        dialog: Dialog,
+        flow: Flow,
+        answer: Response,
+        contact: NameAddr,
     ) -> None:
         self._owner = owner
         self._dialog = dialog
         self._flow = flow
+        self._contact = contact
         self.answer_body = answer.body
         self.answer_type = answer.headers.get("Content-Type")
         self.ended = trio.Event()
@@ -85,6 +91,39 @@ class OutboundSession:
                     break
         except OSError as exc:
             log.info("session %s: BYE not sent: %s", self.call_id, exc)
+
+    async def update(self, body: bytes, content_type: str) -> int | None:
+        """A re-INVITE with a new offer (RFC 3261 §14.1); the far end's final status (its 2xx
+        ACKed), or None when the session is over or the request could not be sent."""
+        if self._closed or self.ended.is_set():
+            return None
+        endpoint = self._owner.endpoint
+        try:
+            flow = await self._owner._dialog_flow(self._dialog, self._flow)
+            reinvite = self._dialog.create_request(
+                "INVITE",
+                via=endpoint.new_via(flow),
+                contact=self._contact,
+                body=body,
+                content_type=content_type,
+            )
+            client = await endpoint.send_request(
+                reinvite, transport=flow.transport, address=flow.remote, flow=flow
+            )
+            final: Response | None = None
+            async for response in client.responses:
+                if response.status >= 200:
+                    final = response
+                    break
+            if final is None:
+                return None
+            if final.is_success:
+                ack = self._dialog.create_ack(final.cseq.number, via=endpoint.new_via(flow))
+                await endpoint.send_ack(ack, flow)
+            return final.status
+        except OSError as exc:
+            log.info("session %s: re-INVITE not sent: %s", self.call_id, exc)
+            return None
 
     def _far_end_request(self, request: Request) -> Response:
         if request.method == "BYE":
@@ -132,14 +171,11 @@ class OutboundSessions:
             raise SessionRefused(f"cannot reach {target}: {exc}") from None
         host, port = endpoint.local_address(flow.transport)
         our_uri = SipUri("sip", f"[{host}]" if ":" in host else host, user="voipgw", port=port)
-        contact = str(
-            NameAddr(
-                our_uri.with_param("transport", flow.transport)
-                if flow.transport != "udp"
-                else our_uri
-            )
+        contact = NameAddr(
+            our_uri.with_param("transport", flow.transport) if flow.transport != "udp" else our_uri
         )
-        contact += "".join(f";{parameter}" for parameter in contact_parameters)
+        for parameter in contact_parameters:
+            contact = contact.with_param(parameter)
         request = Request(
             "INVITE",
             uri,
@@ -150,7 +186,7 @@ class OutboundSessions:
                     ("To", str(NameAddr(uri))),
                     ("Call-ID", self._ids.new_call_id()),
                     ("CSeq", "1 INVITE"),
-                    ("Contact", contact),
+                    ("Contact", str(contact)),
                     *headers,
                     ("User-Agent", self._user_agent),
                 ]
@@ -174,7 +210,7 @@ class OutboundSessions:
             raise SessionRefused(f"{target} answered {final.status} {final.reason}")
         dialog = Dialog.create_uac(sent, final, over_tls=flow.transport == "tls")
         # Registered before the ACK goes: the far end may BYE as soon as it has it.
-        session = OutboundSession(self, dialog, client.flow, final)
+        session = OutboundSession(self, dialog, client.flow, final, contact)
         self._by_dialog[(dialog.id.call_id, dialog.id.local_tag)] = session
         try:
             ack_flow = await self._dialog_flow(dialog, client.flow)

@@ -27,10 +27,11 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from gateway.core.interfaces import TapSink
+from gateway.core.interfaces import TappedMedia, TapSink
 from gateway.core.media.relay import Direction, MediaStream, Tap
 from gateway.core.media.remote_relay import RemoteStream
 from gateway.core.media.session import MediaSession
+from gateway.core.sdp.model import SessionDescription
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,13 @@ class CallTaps:
         sinks: Sequence[tuple[str, TapSink]],
         *,
         clock: Callable[[], float],
+        media: tuple[TappedMedia, ...] = (),
     ) -> None:
         self._call_id = call_id
         self._session = session
         self._sinks = tuple(sinks)
         self._clock = clock
+        self._media = media  # as the sinks were last told (TappedCall.media at first)
         self._tapped: dict[int, _Tapped] = {}
         self._untapped: set[int] = set()
         self._closed = False
@@ -65,9 +68,11 @@ class CallTaps:
         return tuple(name for name, _ in self._sinks)
 
     def attach(self) -> None:
-        """Tap every stream of the call not tapped yet (idempotent)."""
+        """Tap every stream of the call not tapped yet (idempotent), and tell the sinks that
+        want to know when the streams changed (``streams_changed``: a hold, a resume)."""
         if self._closed or not self._sinks:
             return
+        self._tell_changes()
         for index, stream in enumerate(self._session.streams_by_index()):
             if stream is None:
                 continue
@@ -114,6 +119,20 @@ class CallTaps:
             except Exception:
                 log.exception("call %s: media tap %s failed to close", self._call_id, name)
 
+    def _tell_changes(self) -> None:
+        media = tapped_media(self._session.last_sent("a"))
+        if media == self._media:
+            return
+        self._media = media
+        for name, sink in self._sinks:
+            changed = getattr(sink, "streams_changed", None)
+            if changed is None:
+                continue
+            try:
+                changed(media)
+            except Exception:
+                log.exception("call %s: media tap %s failed on a change", self._call_id, name)
+
     def record(self) -> dict[str, object]:
         """What the call's security record says of its taps."""
         return {"names": list(self.names), "untapped_streams": sorted(self._untapped)}
@@ -136,3 +155,22 @@ class CallTaps:
                         log.exception("media tap %s failed (logged once per stream)", name)
 
         return tap
+
+
+def tapped_media(sdp: SessionDescription | None) -> tuple[TappedMedia, ...]:
+    """The call's streams as the plain session negotiated them (what we last sent the caller):
+    what a tap is told of them."""
+    if sdp is None:
+        return ()
+    return tuple(
+        TappedMedia(
+            index,
+            media.media,
+            tuple(media.formats),
+            tuple(media.attributes.values("rtpmap")),
+            tuple(media.attributes.values("fmtp")),
+            sdp.effective_direction(media).value,
+        )
+        for index, media in enumerate(sdp.media)
+        if media.port != 0
+    )

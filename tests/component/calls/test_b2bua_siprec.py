@@ -21,7 +21,7 @@ import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.siprec import srs_sdp
-from gateway.testing.sip_agent import SipAgent, simple_sdp
+from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
 
@@ -44,7 +44,12 @@ def srs_answer(
 
 
 async def siprec_env(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, **table: object
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    *,
+    alice_auto: AutoAnswer | None = None,
+    **table: object,
 ) -> tuple[B2bua, SipAgent]:
     env = await start_b2bua(
         nursery,
@@ -55,9 +60,10 @@ async def siprec_env(
             "enable": ["siprec"],
             "siprec": {"srs": "sip:srs@127.0.0.9:5060", "trunks": ["carrier"], **table},
         },
-        alice_auto=None,
+        alice_auto=alice_auto,
     )
-    srs = SipAgent(env.network, SRS, ids=SeededIds(seed + 9), user="srs", proxy=GW)
+    # The recorder answers as each test says (auto=None), never by itself.
+    srs = SipAgent(env.network, SRS, ids=SeededIds(seed + 9), user="srs", proxy=GW, auto=None)
     await nursery.start(srs.serve)
     return env, srs
 
@@ -164,7 +170,12 @@ async def test_a_refusing_srs_is_followed_by_the_next_one(
         nursery, tmp_path, voipgw_seed, fallbacks=["sip:srs@127.0.0.10:5060"]
     )
     spare = SipAgent(
-        env.network, ("127.0.0.10", 5060), ids=SeededIds(voipgw_seed + 10), user="srs", proxy=GW
+        env.network,
+        ("127.0.0.10", 5060),
+        ids=SeededIds(voipgw_seed + 10),
+        user="srs",
+        proxy=GW,
+        auto=None,
     )
     await nursery.start(spare.serve)
     call, _, _ = await answered_call(env)
@@ -176,3 +187,31 @@ async def test_a_refusing_srs_is_followed_by_the_next_one(
     bye = await spare.next_request("BYE", timeout=10)
     assert bye.request.call_id == recording.invite.call_id
     assert srs.requests("BYE") == []
+
+
+async def test_a_hold_and_a_resume_re_invite_the_srs(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # alice's phone answers by itself: the call, and the re-INVITEs the holds relay to it.
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    assert (await call.final()).status == 200
+    recording = await srs.next_call()
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+
+    async def srs_directions() -> list[str]:
+        update = await srs.next_request("INVITE", timeout=10)
+        assert update.request.call_id == recording.invite.call_id  # in the recording dialog
+        await srs.respond(update, 200, body=srs_answer(), content_type="application/sdp")
+        offer = parse_sdp_untrusted(update.request.body)
+        return [m.attributes.direction().value for m in offer.media]  # type: ignore[union-attr]
+
+    held = simple_sdp("127.0.0.1", CALLER_PORT, direction="sendonly")
+    assert (await call.reinvite(held)).status == 200  # type: ignore[attr-defined]
+    assert await srs_directions() == ["inactive", "inactive"]
+    resumed = simple_sdp("127.0.0.1", CALLER_PORT, direction="sendrecv", version=3)
+    assert (await call.reinvite(resumed)).status == 200  # type: ignore[attr-defined]
+    assert await srs_directions() == ["sendonly", "sendonly"]
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("BYE", timeout=10)
