@@ -19,12 +19,14 @@ plain RTP (the copy is taken after SRTP was removed; the recording network is tr
 socket of its own per m= line to the SRS's address for it. RTCP is not forwarded. Packets that
 arrive before the answer wait in the sink's bounded queue (a full queue drops and counts). When
 the call ends the sink sends BYE; an SRS that ends the session (its BYE) stops the copies and the
-call goes on. An SRS that refuses or does not answer (Timer B: 32 s over UDP) is followed by the
+call goes on. When the call is held or resumed, or its codecs change, the sink re-INVITEs the SRS
+with the streams' new state (held: ``a=inactive``, RFC 7866 §8.1.2). An SRS that refuses or does
+not answer (Timer B: 32 s over UDP) is followed by the
 next of ``fallbacks``, in order; when none takes the call it goes on unrecorded, logged as a
 warning (recording is not mandatory here: the call is never ended for it).
 
-Not done: re-INVITEs of the recording session when the call changes (hold, a new stream, a
-transfer): the streams keep flowing as they are; pause/resume; SRTP towards the SRS; the
+Not done: streams the call adds after its answer, and a transfer's new party in the metadata (the
+copies go on as they are); pause/resume on the operator's request; SRTP towards the SRS; the
 ``a=record`` indication to recording-aware phones (RFC 7866 §7).
 """
 
@@ -91,12 +93,19 @@ def recorded_streams(media: Sequence[TappedMedia]) -> list[RecordedStream]:
     return streams
 
 
-def offer_sdp(streams: Sequence[RecordedStream], address: str, ports: Sequence[int]) -> bytes:
-    """The recording session's SDP offer (RFC 7866 §8.1.1): one sendonly m= line per stream."""
-    version = int(time.time())
+def offer_sdp(
+    streams: Sequence[RecordedStream],
+    address: str,
+    ports: Sequence[int],
+    *,
+    session_id: int,
+    version: int,
+) -> bytes:
+    """The recording session's SDP offer (RFC 7866 §8.1.1): one m= line per stream, sendonly,
+    or inactive while the call's stream is on hold (RFC 7866 §8.1.2: the SRC tells the SRS)."""
     lines = [
         "v=0",
-        f"o=voipgw {version} {version} IN IP4 {address}",
+        f"o=voipgw {session_id} {version} IN IP4 {address}",
         "s=-",
         f"c=IN IP4 {address}",
         "t=0 0",
@@ -105,7 +114,8 @@ def offer_sdp(streams: Sequence[RecordedStream], address: str, ports: Sequence[i
         lines.append(f"m=audio {port} RTP/AVP {' '.join(stream.media.formats)}")
         lines += [f"a=rtpmap:{value}" for value in stream.media.rtpmaps]
         lines += [f"a=fmtp:{value}" for value in stream.media.fmtps]
-        lines += [f"a=label:{stream.label}", "a=sendonly"]
+        direction = "sendonly" if stream.media.direction == "sendrecv" else "inactive"
+        lines += [f"a=label:{stream.label}", f"a={direction}"]
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
@@ -233,6 +243,10 @@ class SiprecSink:
         self._queue = CopyQueue(config.queue)
         self.counts = SiprecCounts()
         self.session: OutboundSession | None = None
+        self._media = call.media
+        self._changed = trio.Event()
+        self._sdp_session_id = int(time.time())
+        self._sdp_version = self._sdp_session_id
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
         self._queue.put(stream_id, direction, rtp, now)
@@ -240,23 +254,31 @@ class SiprecSink:
     def close(self) -> None:
         self._queue.close()
 
+    def streams_changed(self, media: tuple[TappedMedia, ...]) -> None:
+        """The call was held, resumed or its codecs changed: re-INVITE the SRS (its task)."""
+        self._media = media
+        self._changed.set()
+
     async def run(self) -> None:
         streams = recorded_streams(self.call.media)
         sockets: list[trio.socket.SocketType] = []
         session: OutboundSession | None = None
         try:
-            async with self._queue.receive:
+            async with self._queue.receive, trio.open_nursery() as nursery:
                 if streams and self.call.sessions is not None:
                     sockets = [await self._bind() for _ in streams]
                     session, destinations = await self._open(streams, sockets)
                 else:
                     destinations = {}
                     log.warning("SIPREC: call %s has no audio to record", self.call.call_id)
+                if session is not None:
+                    nursery.start_soon(self._follow_changes, session, streams, sockets)
                 by_stream = {
                     (s.index, s.direction): sock for s, sock in zip(streams, sockets, strict=False)
                 }
                 async for stream_id, direction, rtp, _ in self._queue.receive:
                     await self._forward(session, destinations, by_stream, stream_id, direction, rtp)
+                nursery.cancel_scope.cancel()  # the call is over: no more re-INVITEs
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self._config.bye_timeout):
                 if session is not None:
@@ -274,6 +296,38 @@ class SiprecSink:
                 counts.not_sent,
             )
 
+    async def _follow_changes(
+        self,
+        session: OutboundSession,
+        streams: list[RecordedStream],
+        sockets: list[trio.socket.SocketType],
+    ) -> None:
+        """Re-INVITE the SRS after each change of the call's streams (RFC 7866 §8.1.2): held
+        streams inactive, resumed ones sendonly again, new codecs declared. Streams the call
+        adds later are not recorded."""
+        ports = [sock.getsockname()[1] for sock in sockets]
+        while not session.ended.is_set():
+            await self._changed.wait()
+            self._changed = trio.Event()
+            latest = {media.index: media for media in self._media}
+            current = [
+                attrs.evolve(stream, media=latest.get(stream.index, stream.media))
+                for stream in streams
+            ]
+            self._sdp_version += 1
+            offer = offer_sdp(
+                current,
+                self._address,
+                ports,
+                session_id=self._sdp_session_id,
+                version=self._sdp_version,
+            )
+            status = await session.update(offer, "application/sdp")
+            if status is None or not 200 <= status < 300:
+                log.warning(
+                    "SIPREC: call %s: the SRS refused an update (%s)", self.call.call_id, status
+                )
+
     async def _bind(self) -> trio.socket.SocketType:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         await sock.bind((self._config.media_address, 0))
@@ -286,7 +340,16 @@ class SiprecSink:
         ports = [sock.getsockname()[1] for sock in sockets]
         content_type, body = multipart(
             [
-                ([("Content-Type", "application/sdp")], offer_sdp(streams, self._address, ports)),
+                (
+                    [("Content-Type", "application/sdp")],
+                    offer_sdp(
+                        streams,
+                        self._address,
+                        ports,
+                        session_id=self._sdp_session_id,
+                        version=self._sdp_version,
+                    ),
+                ),
                 (
                     [
                         ("Content-Type", METADATA_TYPE),

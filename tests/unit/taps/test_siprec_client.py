@@ -57,7 +57,10 @@ def test_two_labelled_streams_per_audio_stream_and_none_for_video() -> None:
 
 def test_the_offer_is_sendonly_with_the_calls_codecs_and_labels() -> None:
     streams = recorded_streams(CALL.media)
-    sdp = parse_sdp_untrusted(offer_sdp(streams, "192.0.2.10", [4000, 4002, 4004, 4006]))
+    sdp = parse_sdp_untrusted(
+        offer_sdp(streams, "192.0.2.10", [4000, 4002, 4004, 4006], session_id=7, version=9)
+    )
+    assert (sdp.origin.session_id, sdp.origin.session_version) == (7, 9)
     assert [m.port for m in sdp.media] == [4000, 4002, 4004, 4006]
     assert [m.attributes.get("label") for m in sdp.media] == ["1", "2", "3", "4"]
     assert all(m.attributes.has("sendonly") for m in sdp.media)
@@ -160,3 +163,17 @@ def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=r"plugins.siprec") as refused:
         load_plugins(config, extra=[("siprec", siprec_plugin)], installed={})
     assert key in str(refused.value)
+
+
+def test_a_held_stream_is_offered_inactive() -> None:
+    held = TappedMedia(0, "audio", ("0",), ("0 PCMU/8000",), (), "sendonly")
+    streams = recorded_streams((held, AUDIO2))
+    sdp = parse_sdp_untrusted(
+        offer_sdp(streams, "192.0.2.10", [1, 3, 5, 7], session_id=1, version=2)
+    )
+    assert [m.attributes.direction().value for m in sdp.media] == [  # type: ignore[union-attr]
+        "inactive",
+        "inactive",
+        "sendonly",
+        "sendonly",
+    ]
