@@ -265,12 +265,15 @@ class SiprecSink:
         session: OutboundSession | None = None
         try:
             async with self._queue.receive, trio.open_nursery() as nursery:
-                if streams and self.call.sessions is not None:
+                destinations: dict[tuple[int, str], tuple[str, int]] = {}
+                if not streams:
+                    log.warning("SIPREC: call %s has no audio to record", self.call.call_id)
+                elif self.call.sessions is None:
+                    log.error("SIPREC: call %s: the core lent no SIP sessions", self.call.call_id)
+                else:
                     sockets = [await self._bind() for _ in streams]
                     session, destinations = await self._open(streams, sockets)
-                else:
-                    destinations = {}
-                    log.warning("SIPREC: call %s has no audio to record", self.call.call_id)
+                    self.session = session
                 if session is not None:
                     nursery.start_soon(self._follow_changes, session, streams, sockets)
                 by_stream = {
