@@ -23,7 +23,8 @@ class CopyQueue:
     def put(self, stream_id: str, direction: str, packet: bytes, now: float) -> None:
         try:
             self._send.send_nowait((stream_id, direction, packet, now))
-        except (trio.WouldBlock, trio.ClosedResourceError):
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            # Full, closed by the call's end, or the task stopped taking copies (a failed disk).
             self.dropped += 1
 
     def close(self) -> None:

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -284,14 +286,33 @@ def _ip_checksum(header: bytes) -> int:
 # -- the sink -------------------------------------------------------------------------------------
 
 
+FREE_SPACE_EVERY = 500
+"""Packets written between two looks at the disk's free space (about 5 s of one stream)."""
+
+
+class _DiskLow(Exception):
+    """The recordings' disk is nearly full: the recording stops."""
+
+
 class RecordingSink:
     """``interfaces.TapSink`` of one call: a bounded queue and the task that writes it."""
 
-    def __init__(self, call: TappedCall, directory: Path, file_format: str, queue: int) -> None:
+    def __init__(
+        self,
+        call: TappedCall,
+        directory: Path,
+        file_format: str,
+        queue: int,
+        *,
+        min_free: int = 0,
+        free_space: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
+    ) -> None:
         self.call = call
         self._directory = directory
         self._format = file_format
         self._queue = CopyQueue(queue)
+        self._min_free = min_free
+        self._free_space = free_space
         self.recording: WavRecording | PcapRecording | None = None
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
@@ -311,16 +332,31 @@ class RecordingSink:
                 async for stream_id, direction, rtp, now in self._queue.receive:
                     if recording is None:
                         self._directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                        self._check_free_space()
                         recording = self._open()
                         self.recording = recording
+                    elif recording.counts.packets % FREE_SPACE_EVERY == 0:
+                        self._check_free_space()
                     recording.add(stream_id, direction, rtp, now)
-        except OSError as exc:
+        except (OSError, _DiskLow) as exc:
             log.error("recording of call %s stopped: %s", self.call.call_id, exc)
         finally:
             if recording is not None:
                 recording.counts.dropped = self.dropped
                 recording.close()
                 self._report(recording)
+
+    def _check_free_space(self) -> None:
+        """Keep ``min_free_mb`` free on the recordings' disk: a full disk stops the gateway's
+        own state (call records, the registrar) from being written."""
+        if not self._min_free:
+            return
+        free = self._free_space(self._directory)
+        if free < self._min_free:
+            raise _DiskLow(
+                f"{free // 2**20} MiB free on {self._directory}, under [plugins.recorder] "
+                f"min_free_mb ({self._min_free // 2**20})"
+            )
 
     def _open(self) -> WavRecording | PcapRecording:
         if self._format == "pcap":
@@ -353,7 +389,13 @@ class Recorder:
         if not self.config.selection.wants(call):
             return None
         day = time.strftime("%Y-%m-%d", time.gmtime())
-        return RecordingSink(call, self.config.root / day, self.config.format, self.config.queue)
+        return RecordingSink(
+            call,
+            self.config.root / day,
+            self.config.format,
+            self.config.queue,
+            min_free=self.config.min_free_mb * 2**20,
+        )
 
 
 # -- plugin configuration and registration (entry point ``recorder``) -----------------------------
@@ -370,6 +412,7 @@ class RecorderConfig:
     trunks: tuple[str, ...] = ()
     format: str = "wav"
     queue: int = 2000
+    min_free_mb: int = 1024
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -377,6 +420,8 @@ class RecorderConfig:
             raise ValueError(f'format: expected "wav" or "pcap", not {self.format!r}')
         if not 10 <= self.queue <= 1_000_000:
             raise ValueError("queue: expected 10 to 1000000 packets")
+        if self.min_free_mb < 0:
+            raise ValueError("min_free_mb: expected 0 (no limit) or more")
         if self.selection.empty:
             raise ValueError(NOTHING_SELECTED)
 

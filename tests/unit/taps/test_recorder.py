@@ -244,6 +244,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load({"all_calls": True, "format": "mp3"})
     with pytest.raises(ConfigError, match=r"plugins.recorder.*queue"):
         load({"all_calls": True, "queue": 1})
+    with pytest.raises(ConfigError, match=r"plugins.recorder.*min_free_mb"):
+        load({"all_calls": True, "min_free_mb": -1})
     load({"accounts": ["alice"], "directory": str(tmp_path / "rec")})
 
 
@@ -260,3 +262,42 @@ def test_random_packets_never_raise(tmp_path: Path) -> None:
         recording.add(str(rng.randrange(2)), rng.choice(["a_to_b", "b_to_a"]), packet, i * 0.02)
     recording.close()
     assert recording.counts.packets == 2000
+
+
+async def test_a_nearly_full_disk_stops_the_recording_and_later_copies_are_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    looks: list[int] = []
+
+    def free_space(path: Path) -> int:
+        # Plenty when the recording starts; the disk has filled up by the next look.
+        looks.append(1)
+        return 2 * 2**30 if len(looks) == 1 else 512 * 2**20
+
+    sink = RecordingSink(
+        CALL, tmp_path / "day", "wav", queue=2000, min_free=2**30, free_space=free_space
+    )
+    for seq in range(600):
+        sink.packet("0", "a_to_b", rtp(seq, 160 * seq, b"\x00" * 160), now=0.02 * seq)
+    sink.close()
+    with caplog.at_level(logging.ERROR):
+        await sink.run()
+    assert "512 MiB free" in caplog.text and "min_free_mb (1024)" in caplog.text
+    # What was written before the check at packet 500 is kept, in a well-formed file.
+    assert len(samples(tmp_path / "day" / "rec-1-0-caller.wav")) == 500 * 160
+    sink.packet("0", "a_to_b", rtp(999, 0, b"\x00" * 160), now=20.0)  # no error: counted
+    assert sink.dropped == 1
+
+
+async def test_no_recording_starts_on_a_nearly_full_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = RecordingSink(
+        CALL, tmp_path / "day", "wav", queue=10, min_free=2**30, free_space=lambda _: 0
+    )
+    sink.packet("0", "a_to_b", rtp(1, 0, b"\x00" * 160), now=0.0)
+    sink.close()
+    with caplog.at_level(logging.ERROR):
+        await sink.run()
+    assert "recording of call rec-1 stopped: 0 MiB free" in caplog.text
+    assert list((tmp_path / "day").iterdir()) == []
