@@ -49,7 +49,8 @@ async def recording_env(
         plugins=plugins,
         plugin_tables={
             "enable": ["recorder"],
-            "recorder": {"directory": str(tmp_path / "rec"), **table},
+            # min_free_mb = 0: whatever the test machine's free disk (unit-tested apart).
+            "recorder": {"directory": str(tmp_path / "rec"), "min_free_mb": 0, **table},
         },
         alice_auto=None,
         **kwargs,  # type: ignore[arg-type]
