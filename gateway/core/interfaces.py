@@ -155,6 +155,11 @@ class KeyNegotiation(Protocol):
 
     def next_event(self) -> KeyNegotiationEvent | None: ...
 
+    # Optional: ``security_record() -> Mapping[str, str | None]``, what the leg's security record
+    # (the call record, ``voipgw calls``) should say of this exchange beyond its name and suite:
+    # ``dtls_role`` and ``peer_certificate_sha256`` (dtls), ``zrtp_sas``, ``zrtp_cache`` ... (zrtp).
+    # Values that are None are left out.
+
 
 class KeyExchange(Protocol):
     """A key-exchange method registered under ``name`` (``sdes``, ``dtls``, ``zrtp``, ``mikey``).

@@ -487,20 +487,11 @@ def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
     if stream.rtcp_negotiation is not None:
         # RFC 5764 §4.1: RTCP on its own port, keyed by its own DTLS handshake.
         entry["rtcp_port_keyed"] = stream.rtcp_keys is not None
-    # DTLS-SRTP (the engine exposes these): our DTLS role and the certificate the peer proved;
-    # ZRTP: the SAS the phone shows, the key agreement, the phone's ZRTP client and whether the
-    # secret kept from earlier calls with it matched (key continuity).
-    for name in (
-        "dtls_role",
-        "peer_certificate_sha256",
-        "zrtp_sas",
-        "zrtp_key_agreement",
-        "zrtp_peer_client",
-        "zrtp_cache",
-    ):
-        value = getattr(stream.negotiation, name, None)
-        if isinstance(value, str):
-            entry[name] = value
+    # What the key exchange itself has to say (``KeyNegotiation.security_record``, optional):
+    # DTLS-SRTP its role and the certificate the peer proved, ZRTP the SAS the phone shows...
+    details = getattr(stream.negotiation, "security_record", None)
+    if callable(details):
+        entry.update((name, value) for name, value in details().items() if isinstance(value, str))
     return entry
 
 

@@ -1025,6 +1025,13 @@ class DtlsNegotiation:
         association = self._association or self._candidate
         return association.peer_certificate_sha256 if association is not None else None
 
+    def security_record(self) -> dict[str, str | None]:
+        """For the leg's security record: our DTLS role, the certificate the peer proved."""
+        return {
+            "dtls_role": self.dtls_role,
+            "peer_certificate_sha256": self.peer_certificate_sha256,
+        }
+
     def statistics(self) -> DtlsStatistics:
         association = self._association or self._candidate
         stats = attrs.evolve(association.statistics) if association else DtlsStatistics()

@@ -339,6 +339,16 @@ class ZrtpNegotiation:
         """Key continuity with this phone, once keyed: see :attr:`cache_state`."""
         return self.cache_state if self._state is _State.SECURE else None
 
+    def security_record(self) -> dict[str, str | None]:
+        """For the leg's security record: the SAS the phone shows, the key agreement, the
+        phone's ZRTP client and whether the secret kept from earlier calls matched."""
+        return {
+            "zrtp_sas": self.zrtp_sas,
+            "zrtp_key_agreement": self.zrtp_key_agreement,
+            "zrtp_peer_client": self.zrtp_peer_client,
+            "zrtp_cache": self.zrtp_cache,
+        }
+
     def statistics(self) -> ZrtpStatistics:
         return ZrtpStatistics(self._discarded, self._hello_mismatches, self._retransmissions)
 
