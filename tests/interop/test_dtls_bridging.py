@@ -34,7 +34,7 @@ from tests.interop.harness import (
     udp_filter,
 )
 from tests.interop.harness.audio import ToneReport, g711_wav
-from tests.interop.harness.capture import Address, _tshark_fields
+from tests.interop.harness.capture import Address, _tshark_fields, one_flow
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
 from tests.interop.harness.sip_text import audio_media_line
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
@@ -72,25 +72,6 @@ def _assert_tone(report: ToneReport, frequency: float, *, share: float = 0.9) ->
     assert report.dominant_frequency == pytest.approx(frequency, abs=3)
     assert report.power_share > share
     assert report.seconds >= 0.8 * AUDIO_SECONDS
-
-
-def _inside(address: Address, ports: tuple[int, int]) -> bool:
-    return ports[0] <= address[1] <= ports[1]
-
-
-def _flow(
-    flows: dict[tuple[Address, Address], dict[int, bytes]],
-    source: tuple[int, int],
-    destination: tuple[int, int],
-) -> dict[int, bytes]:
-    """The one RTP flow from a port in ``source`` to a port in ``destination``."""
-    found = [
-        packets
-        for (src, dst), packets in flows.items()
-        if _inside(src, source) and _inside(dst, destination)
-    ]
-    assert len(found) == 1, (source, destination, list(flows))
-    return found[0]
 
 
 def _payloads_by_seq(
@@ -254,10 +235,10 @@ def test_linphone_with_mandatory_dtls_calls_a_plain_rtp_trunk(tmp_path: Path) ->
     ]
     flows = _payloads_by_seq(capture.path, ports)
     alice_rtp = (alice.rtp_port, alice.rtp_port)
-    phone_to_gw = _flow(flows, alice_rtp, gw.media_ports)
-    gw_to_trunk = _flow(flows, gw.media_ports, trunk_media)
-    trunk_to_gw = _flow(flows, trunk_media, gw.media_ports)
-    gw_to_phone = _flow(flows, gw.media_ports, alice_rtp)
+    phone_to_gw = one_flow(flows, alice_rtp, gw.media_ports)
+    gw_to_trunk = one_flow(flows, gw.media_ports, trunk_media)
+    trunk_to_gw = one_flow(flows, trunk_media, gw.media_ports)
+    gw_to_phone = one_flow(flows, gw.media_ports, alice_rtp)
     _assert_srtp_of(phone_to_gw, gw_to_trunk)
     _assert_srtp_of(gw_to_phone, trunk_to_gw)
     for name, plain in (("to-trunk", gw_to_trunk), ("from-trunk", trunk_to_gw)):

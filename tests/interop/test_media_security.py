@@ -43,7 +43,7 @@ from tests.interop.harness import (
     udp_flows,
 )
 from tests.interop.harness.audio import ToneReport, g711_wav
-from tests.interop.harness.capture import Address, rtp_payloads_by_seq
+from tests.interop.harness.capture import inside, one_flow, rtp_payloads_by_seq
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
 from tests.interop.harness.pki import TestPki
 from tests.interop.harness.ports import free_port
@@ -114,29 +114,10 @@ def _tls_uri(gw: TlsGatewayProcess, user: str) -> str:
 # -- reading what happened -------------------------------------------------------------------
 
 
-def _inside(address: Address, ports: tuple[int, int]) -> bool:
-    return ports[0] <= address[1] <= ports[1]
-
-
 def _even_ports(*ranges: tuple[int, int]) -> list[int]:
     # RTP on even ports, RTCP on the next odd one (RFC 3550 §11): decoding only the even ones as
     # RTP keeps (S)RTCP out.
     return [port for low, high in ranges for port in range(low, high + 1) if port % 2 == 0]
-
-
-def _flow(
-    flows: dict[tuple[Address, Address], dict[int, bytes]],
-    source: tuple[int, int],
-    destination: tuple[int, int],
-) -> dict[int, bytes]:
-    """The one RTP flow from a port in ``source`` to a port in ``destination``."""
-    found = [
-        packets
-        for (src, dst), packets in flows.items()
-        if _inside(src, source) and _inside(dst, destination)
-    ]
-    assert len(found) == 1, (source, destination, list(flows))
-    return found[0]
 
 
 def _assert_tone(report: ToneReport, frequency: float, *, share: float = 0.9) -> None:
@@ -243,10 +224,10 @@ def test_srtp_phone_over_tls_calls_a_plain_rtp_trunk(tmp_path: Path, trunk_polic
     flows = rtp_payloads_by_seq(
         capture.path, [*_even_ports(gw.media_ports, alice.rtp_ports), trunk.media_port]
     )
-    phone_to_gw = _flow(flows, alice.rtp_ports, gw.media_ports)
-    gw_to_trunk = _flow(flows, gw.media_ports, trunk_media)
-    trunk_to_gw = _flow(flows, trunk_media, gw.media_ports)
-    gw_to_phone = _flow(flows, gw.media_ports, alice.rtp_ports)
+    phone_to_gw = one_flow(flows, alice.rtp_ports, gw.media_ports)
+    gw_to_trunk = one_flow(flows, gw.media_ports, trunk_media)
+    trunk_to_gw = one_flow(flows, trunk_media, gw.media_ports)
+    gw_to_phone = one_flow(flows, gw.media_ports, alice.rtp_ports)
     _assert_srtp_of(phone_to_gw, gw_to_trunk, "AES_CM_128_HMAC_SHA1_80")
     _assert_srtp_of(gw_to_phone, trunk_to_gw, "AES_CM_128_HMAC_SHA1_80")
     _assert_plain_tone(tmp_path, "to-trunk", gw_to_trunk, TONES["alice"])
@@ -366,10 +347,10 @@ def test_linphone_aes256_cm_to_baresip_aead_gcm_carries_audio_both_ways(tmp_path
     flows = rtp_payloads_by_seq(
         capture.path, _even_ports(gw.media_ports, bob.rtp_ports, carol.rtp_ports)
     )
-    bob_to_gw = _flow(flows, bob.rtp_ports, gw.media_ports)
-    gw_to_carol = _flow(flows, gw.media_ports, carol.rtp_ports)
-    carol_to_gw = _flow(flows, carol.rtp_ports, gw.media_ports)
-    gw_to_bob = _flow(flows, gw.media_ports, bob.rtp_ports)
+    bob_to_gw = one_flow(flows, bob.rtp_ports, gw.media_ports)
+    gw_to_carol = one_flow(flows, gw.media_ports, carol.rtp_ports)
+    carol_to_gw = one_flow(flows, carol.rtp_ports, gw.media_ports)
+    gw_to_bob = one_flow(flows, gw.media_ports, bob.rtp_ports)
     _assert_rekeyed(bob_to_gw, "AES_256_CM_HMAC_SHA1_80", gw_to_carol, "AEAD_AES_256_GCM")
     _assert_rekeyed(carol_to_gw, "AEAD_AES_256_GCM", gw_to_bob, "AES_256_CM_HMAC_SHA1_80")
 
@@ -442,7 +423,7 @@ def test_best_effort_over_udp_goes_on_in_plain_rtp_when_the_phone_allows_it(
     assert "a=crypto" not in answer.message
     assert "SRTP is Enabled" not in alice.output()
     flows = rtp_payloads_by_seq(capture.path, _even_ports(gw.media_ports, alice.rtp_ports))
-    to_phone = _flow(flows, gw.media_ports, alice.rtp_ports)
+    to_phone = one_flow(flows, gw.media_ports, alice.rtp_ports)
     assert len(to_phone) >= MIN_PACKETS
     assert {len(payload) for payload in to_phone.values()} == {PCMU_PAYLOAD}
     _assert_plain_tone(tmp_path, "to-phone", to_phone, TONES["alice"])
@@ -551,15 +532,15 @@ def test_callee_whose_keys_fail_after_early_media_gets_no_media_through(
 
     flows = udp_flows(capture.path)
     # The trunk did send its early media to the gateway (the test is not vacuous) ...
-    early = sum(n for (src, dst), n in flows.items() if _inside(src, trunk_media))
+    early = sum(n for (src, dst), n in flows.items() if inside(src, trunk_media))
     assert early >= MIN_PACKETS, flows
     # ... and none of it, nor anything else, left the gateway's media ports.
-    sent = {flow: n for flow, n in flows.items() if _inside(flow[0], gw.media_ports)}
+    sent = {flow: n for flow, n in flows.items() if inside(flow[0], gw.media_ports)}
     payload_sizes = {
         flow: sorted({len(payload) for payload in packets.values()})
         for flow, packets in rtp_payloads_by_seq(
             capture.path, _even_ports(gw.media_ports, alice.rtp_ports)
         ).items()
-        if _inside(flow[0], gw.media_ports)
+        if inside(flow[0], gw.media_ports)
     }
     assert sent == {}, f"{sent}; RTP payload sizes {payload_sizes} (160: plain PCMU)"

@@ -29,7 +29,7 @@ import pytest
 from tests.interop.harness import LOOPBACK, Baresip, Capture, GatewayProcess, analyse_tone, tone_wav
 from tests.interop.harness.audio import g711_wav
 from tests.interop.harness.capture import (
-    Address,
+    inside,
     rtp_payloads,
     rtp_streams,
     sip_requests,
@@ -43,10 +43,6 @@ PASSWORDS = {"alice": "wonderland-7f3a", "bob": "builder-c29e", "carol": "caroll
 TONES = {"alice": 1000.0, "bob": 440.0, "carol": 700.0}
 AUDIO_SECONDS = 1.0
 PCMU = 0
-
-
-def _inside(address: Address, ports: tuple[int, int]) -> bool:
-    return ports[0] <= address[1] <= ports[1]
 
 
 @pytest.mark.interop
@@ -109,14 +105,14 @@ def test_a_blind_transfer_puts_the_caller_through_to_the_target_with_media_both_
         [(source, destination)] = [
             (src, dst)
             for src, dst in streams
-            if _inside(src, gw.media_ports) and _inside(dst, phone.rtp_ports)
+            if inside(src, gw.media_ports) and inside(dst, phone.rtp_ports)
         ]
         payload = rtp_payloads(transferred.path, even, source, destination)[PCMU]
         heard = analyse_tone(g711_wav(payload, tmp_path / f"{phone.name}-transferred.wav"))
         assert heard.dominant_frequency == pytest.approx(TONES[far_end], abs=3)
         assert heard.power_share > 0.9
     # bob is out of the media path: nothing went to him in that window.
-    assert not [s for s in streams if _inside(s[1], bob.rtp_ports)], streams
+    assert not [s for s in streams if inside(s[1], bob.rtp_ports)], streams
 
 
 @pytest.mark.interop
@@ -183,16 +179,16 @@ def test_an_attended_transfer_replaces_the_consultation_call_at_the_target(
     [(source, destination)] = [
         (src, dst)
         for src, dst in streams
-        if _inside(src, gw.media_ports)
-        and not _inside(dst, gw.media_ports)
-        and not _inside(dst, carol.rtp_ports)
+        if inside(src, gw.media_ports)
+        and not inside(dst, gw.media_ports)
+        and not inside(dst, carol.rtp_ports)
     ]
     payload = rtp_payloads(transferred.path, even, source, destination)[PCMU]
     heard = analyse_tone(g711_wav(payload, tmp_path / "to-bob-transferred.wav"))
     assert heard.dominant_frequency == pytest.approx(TONES["carol"], abs=3)
     assert heard.power_share > 0.9
     # alice is out of the media path.
-    assert not [s for s in streams if _inside(s[1], alice.rtp_ports)], streams
+    assert not [s for s in streams if inside(s[1], alice.rtp_ports)], streams
 
 
 @pytest.mark.interop

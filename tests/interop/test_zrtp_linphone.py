@@ -40,7 +40,7 @@ from tests.interop.harness import (
     tone_wav,
 )
 from tests.interop.harness.audio import g711_wav
-from tests.interop.harness.capture import Address, rtp_payloads_by_seq, udp_filter
+from tests.interop.harness.capture import one_flow, rtp_payloads_by_seq, udp_filter
 from tests.interop.harness.linphone import Linphone, LinphoneAccount
 from tests.interop.harness.sipp import SippUas
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
@@ -84,10 +84,6 @@ def _phone(workdir: Path, gw: GatewayProcess, name: str, **kwargs: object) -> Li
         media_encryption="zrtp",
         **kwargs,  # type: ignore[arg-type]
     )
-
-
-def _inside(address: Address, ports: tuple[int, int]) -> bool:
-    return ports[0] <= address[1] <= ports[1]
 
 
 def _zrtp_messages(pcap: Path, ports: list[int]) -> list[str]:
@@ -152,8 +148,8 @@ def test_a_zrtp_phone_calls_a_plain_trunk_and_shows_the_gateways_sas(
     # same packets (sequence numbers) on both sides of the relay.
     even = [p for low, high in (gw.media_ports, bob.rtp_ports) for p in range(low, high + 1)]
     flows = rtp_payloads_by_seq(capture.path, [*[p for p in even if p % 2 == 0], trunk_ports[0]])
-    phone_to_gw = _one(flows, bob.rtp_ports, gw.media_ports)
-    gw_to_trunk = _one(flows, gw.media_ports, trunk_ports)
+    phone_to_gw = one_flow(flows, bob.rtp_ports, gw.media_ports)
+    gw_to_trunk = one_flow(flows, gw.media_ports, trunk_ports)
     common = sorted(phone_to_gw.keys() & gw_to_trunk.keys())
     assert len(common) >= 40, (len(phone_to_gw), len(gw_to_trunk))
     for seq in common:
@@ -166,20 +162,6 @@ def test_a_zrtp_phone_calls_a_plain_trunk_and_shows_the_gateways_sas(
     # bob decrypted what came back: his own tone, echoed by the trunk.
     heard = analyse_tone(bob.received_audio())
     assert heard.dominant_frequency == pytest.approx(TONES["bob"], abs=3)
-
-
-def _one(
-    flows: dict[tuple[Address, Address], dict[int, bytes]],
-    source: tuple[int, int],
-    destination: tuple[int, int],
-) -> dict[int, bytes]:
-    found = [
-        packets
-        for (src, dst), packets in flows.items()
-        if _inside(src, source) and _inside(dst, destination)
-    ]
-    assert len(found) == 1, (source, destination, list(flows))
-    return found[0]
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process-relay", "two-media-workers"])

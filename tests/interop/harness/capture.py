@@ -239,3 +239,24 @@ def rtp_payloads_by_seq(
         octets = payload or "".join(srtp)
         flow.setdefault(int(seq), bytes.fromhex(octets.replace(":", "")))
     return flows
+
+
+def inside(address: Address, ports: tuple[int, int]) -> bool:
+    """Whether ``address``'s port is in the inclusive range ``ports`` (a party's media ports)."""
+    return ports[0] <= address[1] <= ports[1]
+
+
+def one_flow(
+    flows: dict[tuple[Address, Address], dict[int, bytes]],
+    source: tuple[int, int],
+    destination: tuple[int, int],
+) -> dict[int, bytes]:
+    """Of ``rtp_payloads_by_seq``'s flows, the one from a port in ``source`` to a port in
+    ``destination`` (there must be exactly one)."""
+    found = [
+        packets
+        for (src, dst), packets in flows.items()
+        if inside(src, source) and inside(dst, destination)
+    ]
+    assert len(found) == 1, (source, destination, list(flows))
+    return found[0]
