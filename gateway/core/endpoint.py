@@ -59,6 +59,7 @@ from gateway.core.transport.flows import Address, Flow, format_address
 
 if TYPE_CHECKING:
     from gateway.core.gateway import Gateway
+    from gateway.core.media.taps import CallTaps
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,9 @@ class SipEndpoint:
             capture for _, capture in gateway.plugins.sip_captures.items()
         )
         """Capture agents (HEP): a copy of every message in and out (empty: no cost)."""
+        self.sip_taps: dict[str, tuple[CallTaps, str]] = {}
+        """Call-ID -> the call's taps that want its SIP (an interception) and the leg ("a",
+        "b") of that dialog: each message in and out is copied to them (empty: no cost)."""
 
     async def run(
         self,
@@ -309,6 +313,8 @@ class SipEndpoint:
         now = trio.current_time()
         if isinstance(message, Response):
             await self._act(self.transactions.receive_response(message, now=now))
+            if self.sip_taps:
+                self._copy_to_call(message, data, flow.transport, flow.remote, flow.local, True)
             return
         # RFC 3261 §18.2.1 / RFC 3581: remember where the request really came from.
         hop = _hop(flow)
@@ -330,6 +336,9 @@ class SipEndpoint:
             )
             return
         await self._act(outputs, flow)
+        if self.sip_taps:
+            # After dispatch: a new call's INVITE registered the call's Call-ID just now.
+            self._copy_to_call(request, data, flow.transport, flow.remote, flow.local, True)
 
     async def _refuse_overloaded(
         self, request: Request, flow: Flow, waited: float, now: float
@@ -564,7 +573,8 @@ class SipEndpoint:
         if not isinstance(final, Request):
             raise SipError("a gateway_outbound_message hook replaced a request with a non-request")
         try:
-            await self._send_bytes(serialize_message(final), flow)
+            data = serialize_message(final)
+            await self._send_bytes(data, flow)
             self.statistics.sent += 1
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.statistics.send_errors += 1
@@ -573,6 +583,9 @@ class SipEndpoint:
                 await self._act(
                     self.transactions.transport_error(transaction, now=trio.current_time())
                 )
+            return
+        if self.sip_taps:
+            self._copy_to_call(final, data, flow.transport, flow.local, flow.remote, False)
 
     async def _reject_unparsable(self, data: bytes, flow: Flow, err: RemoteSipError) -> None:
         source = format_address(flow.remote)
@@ -657,11 +670,15 @@ class SipEndpoint:
                 "a gateway_outbound_message hook replaced the message with a non-message"
             )
         try:
-            await self._send_bytes(serialize_message(message), flow)
+            data = serialize_message(message)
+            await self._send_bytes(data, flow)
             self.statistics.sent += 1
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.statistics.send_errors += 1
             log.info("cannot send %d to %s: %s", response.status, flow.key, exc)
+        else:
+            if self.sip_taps:
+                self._copy_to_call(message, data, flow.transport, flow.local, flow.remote, False)
 
     async def _send_bytes(self, data: bytes, flow: Flow) -> None:
         await flow.send(data)
@@ -678,6 +695,30 @@ class SipEndpoint:
                 )
             except Exception:
                 log.exception("SIP capture %s failed", getattr(capture, "name", capture))
+
+    def _copy_to_call(
+        self,
+        message: Request | Response,
+        data: bytes,
+        transport: str,
+        source: Address,
+        destination: Address,
+        inbound: bool,
+    ) -> None:
+        """A copy of a message on a tapped call's dialog for its taps (an interception)."""
+        found = self.sip_taps.get(message.call_id)
+        if found is None:
+            return
+        taps, leg = found
+        taps.sip_message(
+            data,
+            leg=leg,
+            inbound=inbound,
+            transport=transport,
+            source=source,
+            destination=destination,
+            at=time.time(),
+        )
 
     def _outbound(self, message: Request | Response, flow: Flow) -> object:
         """``message`` as the ``gateway_outbound_message`` hooks leave it (they may replace it);

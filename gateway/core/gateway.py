@@ -26,6 +26,7 @@ from gateway.core.interfaces import (
     Caller,
     Listener,
     RouteDecision,
+    Service,
     SipCapture,
     Transport,
     TransportLimits,
@@ -297,6 +298,8 @@ class Gateway:
         nursery.start_soon(self._housekeeping)
         for capture in self.endpoint.captures:
             nursery.start_soon(_run_capture, capture)
+        for _, service in self.plugins.services.items():
+            nursery.start_soon(_run_service, service)
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls
         await nursery.start(self.endpoint.run, self._inbound_receive)
@@ -325,6 +328,15 @@ def run_until_signal(gateway: Gateway) -> int:
         log.error("cannot run: %s", exc)
         return 1
     return 0
+
+
+async def _run_service(service: Service) -> None:
+    """A plugin service's task (the X1 server): its failure is logged, never the gateway's
+    end."""
+    try:
+        await service.run()
+    except Exception:
+        log.exception("service %s stopped with an error", getattr(service, "name", service))
 
 
 async def _run_capture(capture: SipCapture) -> None:

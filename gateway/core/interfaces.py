@@ -268,10 +268,13 @@ class OutboundSessionHost(Protocol):
 
 @attrs.frozen
 class TappedCall:
-    """What a tap is told of a call when its media starts (its answer): the gateway's call id
-    (the call record's), the caller's From and request URIs, who is on each side ("account" or
-    "trunk" and its name; "" and None: unknown), its streams, and the sessions host for a tap
-    that sends the media on over SIP (None where there is none, e.g. in unit tests)."""
+    """What a tap is told of a call when its media starts (its answer), or when its INVITE
+    arrives for a tap that decides then (``MediaTap.sink_for_call_start``): the gateway's call
+    id (the call record's), the caller's From and request URIs, the To URI and the
+    P-Asserted-Identity URIs of the caller's INVITE, who is on each side ("account" or "trunk"
+    and its name; "" and None: unknown, as the callee always is at the start), its streams, and
+    the sessions host for a tap that sends the media on over SIP (None where there is none, e.g.
+    in unit tests)."""
 
     call_id: str
     from_uri: str
@@ -282,6 +285,8 @@ class TappedCall:
     callee_name: str | None
     media: tuple[TappedMedia, ...] = ()
     sessions: OutboundSessionHost | None = attrs.field(default=None, eq=False, repr=False)
+    to_header_uri: str = ""
+    asserted_uris: tuple[str, ...] = ()
 
 
 class TapSink(Protocol):
@@ -305,6 +310,15 @@ class TapSink(Protocol):
     # Optional: ``streams_changed(media: tuple[TappedMedia, ...]) -> None``, called (from the
     # call's task, must not block) when the call's streams change after the answer: a hold or
     # resume, a codec change, a stream added (a SIPREC client re-INVITEs its recorder).
+    #
+    # Optional, for sinks made at the call's start (lawful intercept): ``sip_message(data, *,
+    # leg, inbound, transport, source, destination, at) -> None`` gets a copy of every SIP
+    # message of the call on any of its legs as bytes on the wire (``leg`` "a": the caller's
+    # dialog, "b": a callee's; ``inbound``: received by the gateway; ``at``: Unix time), from
+    # the SIP stack's task, so it must never block.
+    #
+    # Optional: ``covert = True``: the sink is never named in the call's record, in ``voipgw
+    # calls`` or in the core's log lines (an interception must not show to whoever reads them).
 
 
 class MediaTap(Protocol):
@@ -312,6 +326,11 @@ class MediaTap(Protocol):
 
     def sink_for_call(self, call: TappedCall) -> TapSink | None:
         """A sink for this call, or None when the tap does not apply to it."""
+
+    # Optional: ``sink_for_call_start(call: TappedCall) -> TapSink | None``. A tap that has it
+    # is asked when the caller's INVITE is accepted as a call (before routing, before any
+    # answer), not at the answer: its sink sees the whole call, call attempts that fail
+    # included, early media, and (with ``sip_message``) its signalling on every leg.
 
 
 class SipCapture(Protocol):
@@ -327,6 +346,17 @@ class SipCapture(Protocol):
     def message(
         self, data: bytes, *, transport: str, source: Address, destination: Address, at: float
     ) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+class Service(Protocol):
+    """A plugin's long-running task that is no transport, tap or capture of its own: a
+    provisioning interface (the lawful-intercept X1 server). ``run`` is started once the
+    gateway's listeners are up and cancelled when the gateway stops; its failure is logged and
+    never stops the gateway."""
+
+    name: str
 
     async def run(self) -> None: ...
 

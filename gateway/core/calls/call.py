@@ -560,6 +560,8 @@ class Call:
         )
         self.media = self.manager.new_media_session(self._media_lost)
         self.keying = CallKeying(self.media)
+        if self.taps is not None:
+            self.taps.use_session(self.media)  # taps from the start see early media too
         offer_b: SessionDescription | None = None  # a late offer: each B leg makes the offer
         if offer is not None:
             try:
@@ -1233,10 +1235,14 @@ class Call:
         copies of its media from now on (gateway/core/media/taps.py)."""
         assert self.media is not None
         sinks = self.manager.tap_sinks(self)
-        if sinks:
+        if not sinks:
+            return
+        if self.taps is not None:  # taps that decided at the start are there already
+            self.taps.add(sinks)
+        else:
             media = tapped_media(self.media.last_sent(Side.A.value))
             self.taps = CallTaps(self.id, self.media, sinks, clock=trio.current_time, media=media)
-            self.taps.attach()
+        self.taps.attach()
 
     def _drive_handshakes(self) -> None:
         """Start the handshake task at the first stream keyed on the media path (DTLS-SRTP),

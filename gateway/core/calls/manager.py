@@ -29,7 +29,9 @@ from gateway.core.interfaces import (
 )
 from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
 from gateway.core.media.security import LegSecurity
-from gateway.core.media.taps import tapped_media
+from gateway.core.media.taps import CallTaps, tapped_media
+from gateway.core.sip.errors import SipError
+from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.transport.flows import Flow
@@ -61,6 +63,12 @@ class CallManager:
             gateway.endpoint, gateway.ids, gateway.config.sip.user_agent
         )
         """Sessions plugins open (SIPREC recording sessions): their in-dialog requests."""
+        self._start_taps = [
+            (name, tap)
+            for name, tap in gateway.plugins.media_taps.items()
+            if callable(getattr(tap, "sink_for_call_start", None))
+        ]
+        """Taps that decide when a call starts (lawful intercept): asked for every new call."""
         store = gateway.store
         self.records = None if store is None else CallRecordBook(store)
         """Call detail records; the gateway saves what is left when it stops."""
@@ -109,6 +117,8 @@ class CallManager:
         key = (request.call_id, call.a.local_tag)
         self._by_dialog[key] = (call, Side.A)
         self._keys_of[call] = (transaction, [key])
+        if self._start_taps:
+            self._tap_from_start(call, request, caller)
         self._nursery.start_soon(call.run, name=f"call {request.call_id}")
 
     @property
@@ -171,6 +181,8 @@ class CallManager:
         key = (call_id, local_tag)
         self._by_dialog[key] = (call, side)
         self._keys_of[call][1].append(key)
+        if call.taps is not None and call.taps.wants_sip:
+            self._copy_sip(call.taps, call_id, side)
 
     def find_dialog(self, call_id: str, local_tag: str) -> tuple[Call, Side] | None:
         """The call and side whose dialog has ``call_id`` and our ``local_tag`` (the dialog a
@@ -190,6 +202,9 @@ class CallManager:
     def forget(self, call: Call) -> None:
         self.limits.release(call)
         self.calls.discard(call)
+        if call.taps is not None:
+            for call_id in call.taps.sip_call_ids:
+                self.endpoint.sip_taps.pop(call_id, None)
         keys = self._keys_of.pop(call, None)
         if keys is None:
             return
@@ -276,9 +291,40 @@ class CallManager:
         except Exception:
             log.exception("a gateway_call_event observer failed (call %s)", call.id)
 
+    def _tap_from_start(self, call: Call, invite: Request, caller: Caller) -> None:
+        """Ask the taps that decide at a call's start (lawful intercept) for sinks; with any,
+        the call has its :class:`CallTaps` from now on and the endpoint copies the SIP of its
+        dialogs to them, this INVITE first."""
+        tapped = TappedCall(
+            call_id=call.record_id,
+            from_uri=str(invite.from_.uri),
+            to_uri=str(invite.uri),
+            caller_kind=caller.kind,
+            caller_name=caller.name,
+            callee_kind="",
+            callee_name=None,
+            sessions=self.outbound,
+            to_header_uri=str(invite.to.uri),
+            asserted_uris=_asserted_uris(invite),
+        )
+        sinks = self._sinks_for(
+            [(name, tap.sink_for_call_start) for name, tap in self._start_taps], tapped, call
+        )
+        if not sinks:
+            return
+        call.taps = CallTaps(call.id, None, sinks, clock=trio.current_time)
+        if call.taps.wants_sip:
+            self._copy_sip(call.taps, invite.call_id, Side.A)
+
+    def _copy_sip(self, taps: CallTaps, call_id: str, side: Side) -> None:
+        """The endpoint copies every SIP message with ``call_id`` to ``taps``."""
+        taps.sip_call_ids.add(call_id)
+        self.endpoint.sip_taps[call_id] = (taps, side.value)
+
     def tap_sinks(self, call: Call) -> list[tuple[str, TapSink]]:
         """The sinks the registered media taps want for ``call`` (now answered); each sink's
-        task is started here, in the manager's nursery, which outlives the call."""
+        task is started here, in the manager's nursery, which outlives the call. Taps that
+        decided at the call's start are not asked again."""
         invite = call.a.invite
         taps = self.gateway.plugins.media_taps.items()
         if not taps or invite is None or call.caller is None:
@@ -297,12 +343,25 @@ class CallManager:
             ),
             sessions=self.outbound,
         )
+        deciders = [
+            (name, tap.sink_for_call)
+            for name, tap in taps
+            if not callable(getattr(tap, "sink_for_call_start", None))
+        ]
+        return self._sinks_for(deciders, tapped, call)
+
+    def _sinks_for(
+        self,
+        deciders: list[tuple[str, Callable[[TappedCall], TapSink | None]]],
+        tapped: TappedCall,
+        call: Call,
+    ) -> list[tuple[str, TapSink]]:
         sinks: list[tuple[str, TapSink]] = []
-        for name, tap in taps:
+        for name, decide in deciders:
             try:
-                sink = tap.sink_for_call(tapped)
+                sink = decide(tapped)
             except Exception:
-                log.exception("media tap %s failed to decide on call %s", name, call.id)
+                log.exception("media tap %s failed to decide on a call", name)
                 continue
             if sink is not None:
                 self.start_soon(_run_sink, name, sink)
@@ -335,3 +394,16 @@ async def _run_sink(name: str, sink: TapSink) -> None:
         await sink.run()
     except Exception:
         log.exception("media tap %s stopped with an error", name)
+
+
+def _asserted_uris(invite: Request) -> tuple[str, ...]:
+    """The URIs of the INVITE's P-Asserted-Identity headers (RFC 3325 §9.1); a value that does
+    not parse is left out (it identifies nobody)."""
+    uris: list[str] = []
+    for value in invite.headers.get_all("P-Asserted-Identity"):
+        try:
+            for item in split_list_untrusted(value):
+                uris.append(str(parse_name_addr_untrusted(item).uri))
+        except SipError:
+            continue
+    return tuple(uris)

@@ -1,16 +1,21 @@
-"""The media taps of one call: copies of its decrypted media for tap plugins (recording, lawful
-intercept), ARCHITECTURE.md "Media path": receive -> unprotect -> taps -> protect -> send.
+"""The taps of one call: copies of its decrypted media (and, for taps that ask, of its SIP) for
+tap plugins (recording, lawful intercept), ARCHITECTURE.md "Media path": receive -> unprotect ->
+taps -> protect -> send.
 
-Theory of operation. When a call is answered, the call asks every registered
-:class:`~gateway.core.interfaces.MediaTap` for a sink (``sink_for_call``); each sink's ``run``
-goes to a nursery that outlives the call, so a recording is finished after the call's task is
-gone. :class:`CallTaps` then puts one relay tap (:data:`gateway.core.media.relay.Tap`) on each
-direction of each of the call's streams; the relay calls it with every packet it forwards, after
-the sending leg's SRTP was removed and before the receiving leg's is applied, and the tap hands
-the packet to every sink (``TapSink.packet`` never blocks: a sink that cannot keep up drops and
-counts). Streams that appear later (a re-INVITE adding one) are tapped when the call applies its
-keys again (:meth:`attach`). When the call ends, :meth:`close` takes the taps off and closes the
-sinks.
+Theory of operation. Most taps decide when a call is answered: the call asks every registered
+:class:`~gateway.core.interfaces.MediaTap` for a sink (``sink_for_call``). A tap with
+``sink_for_call_start`` (lawful intercept) decides when the caller's INVITE becomes a call, so
+its sink sees call attempts that never connect, early media and the signalling: the endpoint
+hands :meth:`CallTaps.sip_message` a copy of every SIP message on a dialog of the call (the
+call's Call-IDs are registered with it as its legs are made). Each sink's ``run`` goes to a
+nursery that outlives the call, so a recording is finished after the call's task is gone.
+:class:`CallTaps` puts one relay tap (:data:`gateway.core.media.relay.Tap`) on each direction of
+each of the call's streams once it has any; the relay calls it with every packet it forwards,
+after the sending leg's SRTP was removed and before the receiving leg's is applied, and the tap
+hands the packet to every sink (``TapSink.packet`` never blocks: a sink that cannot keep up drops
+and counts). Streams that appear later (a re-INVITE adding one) are tapped when the call applies
+its keys again (:meth:`attach`). When the call ends, :meth:`close` takes the taps off and closes
+the sinks.
 
 What is forwarded is what is tapped: a direction blocked for want of keys forwards, and so taps,
 nothing. A stream in a media worker process (``[media] workers``) is tapped by its worker, which
@@ -18,6 +23,9 @@ sends the copies over its control channel (worker_protocol ``SetTap``/``Tapped``
 channel is flooded drops copies (counted there) rather than slow its relay. A stream that cannot
 be tapped at all would be listed in the call's record (``taps``: ``untapped_streams``) and
 logged, so a recording known to be incomplete never looks complete.
+
+A covert sink (``covert = True``: an interception) is never named in the call's record or in
+these log lines: whoever reads them must not learn of it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from gateway.core.media.relay import Direction, MediaStream, Tap
 from gateway.core.media.remote_relay import RemoteStream
 from gateway.core.media.session import MediaSession
 from gateway.core.sdp.model import SessionDescription
+from gateway.core.transport.flows import Address
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +57,7 @@ class CallTaps:
     def __init__(
         self,
         call_id: str,
-        session: MediaSession,
+        session: MediaSession | None,
         sinks: Sequence[tuple[str, TapSink]],
         *,
         clock: Callable[[], float],
@@ -56,24 +65,79 @@ class CallTaps:
     ) -> None:
         self._call_id = call_id
         self._session = session
-        self._sinks = tuple(sinks)
+        # One list for the life of the call: the relay taps iterate it, so sinks added at the
+        # answer (a recorder) join those made at the start (an interception).
+        self._sinks: list[tuple[str, TapSink]] = list(sinks)
+        self._sip_sinks = [(name, sink) for name, sink in sinks if _wants_sip(sink)]
         self._clock = clock
         self._media = media  # as the sinks were last told (TappedCall.media at first)
         self._tapped: dict[int, _Tapped] = {}
         self._untapped: set[int] = set()
         self._closed = False
+        self.sip_call_ids: set[str] = set()
+        """The Call-IDs the endpoint copies SIP messages of to this call's sinks."""
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self._sinks)
+        """The taps that may be named (in the record, in logs): covert ones are left out."""
+        return tuple(name for name, sink in self._sinks if not getattr(sink, "covert", False))
+
+    @property
+    def wants_sip(self) -> bool:
+        return bool(self._sip_sinks) and not self._closed
+
+    def use_session(self, session: MediaSession) -> None:
+        """The call's media session, once it has one (taps made at the call's start come
+        first)."""
+        self._session = session
+
+    def add(self, sinks: Sequence[tuple[str, TapSink]]) -> None:
+        """Sinks made at the answer, next to those made at the start."""
+        if self._closed:
+            for name, sink in sinks:
+                _close(self._call_id, name, sink)
+            return
+        if self._session is not None:
+            # The sinks there already hear of the streams as they are now; the new ones were
+            # just told them (TappedCall.media), so attach() has no change to announce.
+            self._tell_changes(self._session)
+        self._sinks.extend(sinks)
+        self._sip_sinks.extend((name, sink) for name, sink in sinks if _wants_sip(sink))
+
+    def sip_message(
+        self,
+        data: bytes,
+        *,
+        leg: str,
+        inbound: bool,
+        transport: str,
+        source: Address,
+        destination: Address,
+        at: float,
+    ) -> None:
+        """A SIP message on one of the call's dialogs, for the sinks that want them."""
+        for name, sink in self._sip_sinks:
+            try:
+                sink.sip_message(  # type: ignore[attr-defined]
+                    data,
+                    leg=leg,
+                    inbound=inbound,
+                    transport=transport,
+                    source=source,
+                    destination=destination,
+                    at=at,
+                )
+            except Exception:
+                log.exception("tap %s failed on a SIP message", _shown(name, sink))
 
     def attach(self) -> None:
         """Tap every stream of the call not tapped yet (idempotent), and tell the sinks that
         want to know when the streams changed (``streams_changed``: a hold, a resume)."""
-        if self._closed or not self._sinks:
+        session = self._session
+        if self._closed or not self._sinks or session is None:
             return
-        self._tell_changes()
-        for index, stream in enumerate(self._session.streams_by_index()):
+        self._tell_changes(session)
+        for index, stream in enumerate(session.streams_by_index()):
             if stream is None:
                 continue
             tapped = self._tapped.get(index)
@@ -86,7 +150,7 @@ class CallTaps:
             elif isinstance(stream, RemoteStream):
                 stream.set_tap(tap)  # its worker sends the copies
             else:
-                if index not in self._untapped:
+                if index not in self._untapped and self.names:
                     self._untapped.add(index)
                     log.warning(
                         "call %s: stream %d (%s) cannot be tapped by %s",
@@ -113,14 +177,12 @@ class CallTaps:
             else:
                 stream.set_tap(None)
         self._tapped.clear()
+        self._sip_sinks.clear()
         for name, sink in self._sinks:
-            try:
-                sink.close()
-            except Exception:
-                log.exception("call %s: media tap %s failed to close", self._call_id, name)
+            _close(self._call_id, name, sink)
 
-    def _tell_changes(self) -> None:
-        media = tapped_media(self._session.last_sent("a"))
+    def _tell_changes(self, session: MediaSession) -> None:
+        media = tapped_media(session.last_sent("a"))
         if media == self._media:
             return
         self._media = media
@@ -131,7 +193,7 @@ class CallTaps:
             try:
                 changed(media)
             except Exception:
-                log.exception("call %s: media tap %s failed on a change", self._call_id, name)
+                log.exception("a media tap failed on a change: %s", _shown(name, sink))
 
     def record(self) -> dict[str, object]:
         """What the call's security record says of its taps."""
@@ -152,9 +214,27 @@ class CallTaps:
                 except Exception:
                     if name not in failed:
                         failed.add(name)
-                        log.exception("media tap %s failed (logged once per stream)", name)
+                        log.exception(
+                            "media tap %s failed (logged once per stream)", _shown(name, sink)
+                        )
 
         return tap
+
+
+def _wants_sip(sink: TapSink) -> bool:
+    return callable(getattr(sink, "sip_message", None))
+
+
+def _close(call_id: str, name: str, sink: TapSink) -> None:
+    try:
+        sink.close()
+    except Exception:
+        log.exception("media tap %s failed to close", _shown(name, sink))
+
+
+def _shown(name: str, sink: TapSink) -> str:
+    """How a log line names a tap: a covert one is not named (and no call id goes with it)."""
+    return "(unnamed)" if getattr(sink, "covert", False) else name
 
 
 def tapped_media(sdp: SessionDescription | None) -> tuple[TappedMedia, ...]:
