@@ -25,8 +25,8 @@ from gateway.core.ids import IdSource, RandomIds
 from gateway.core.interfaces import (
     Caller,
     Listener,
+    MediaTap,
     RouteDecision,
-    Service,
     SipCapture,
     Transport,
     TransportLimits,
@@ -298,8 +298,9 @@ class Gateway:
         nursery.start_soon(self._housekeeping)
         for capture in self.endpoint.captures:
             nursery.start_soon(_run_capture, capture)
-        for _, service in self.plugins.services.items():
-            nursery.start_soon(_run_service, service)
+        for name, tap in self.plugins.media_taps.items():
+            if callable(getattr(tap, "run", None)):
+                nursery.start_soon(_run_tap, name, tap)
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls
         await nursery.start(self.endpoint.run, self._inbound_receive)
@@ -330,13 +331,13 @@ def run_until_signal(gateway: Gateway) -> int:
     return 0
 
 
-async def _run_service(service: Service) -> None:
-    """A plugin service's task (the X1 server): its failure is logged, never the gateway's
-    end."""
+async def _run_tap(name: str, tap: MediaTap) -> None:
+    """A media tap's own task (lawful intercept's X1 server): its failure is logged, never the
+    gateway's end."""
     try:
-        await service.run()
+        await tap.run()  # type: ignore[attr-defined]
     except Exception:
-        log.exception("service %s stopped with an error", getattr(service, "name", service))
+        log.exception("media tap %s stopped with an error", name)
 
 
 async def _run_capture(capture: SipCapture) -> None:

@@ -81,12 +81,6 @@ def gateway_register_sip_captures(registry: Registry[Any], config: Any) -> None:
 
 
 @hookspec
-def gateway_register_services(registry: Registry[Any], config: Any) -> None:
-    """Add long-running plugin tasks (``interfaces.Service``: the lawful-intercept X1 server),
-    started with the gateway and cancelled when it stops."""
-
-
-@hookspec
 def gateway_register_device_profiles(registry: Registry[Any], config: Any) -> None:
     """Add phone-model profiles (``interfaces.DeviceProfile``) under their name."""
 

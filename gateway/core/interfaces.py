@@ -331,6 +331,10 @@ class MediaTap(Protocol):
     # is asked when the caller's INVITE is accepted as a call (before routing, before any
     # answer), not at the answer: its sink sees the whole call, call attempts that fail
     # included, early media, and (with ``sip_message``) its signalling on every leg.
+    #
+    # Optional: ``async run() -> None``, the tap's own long-running task (lawful intercept: its
+    # X1 provisioning server and its delivery connections), started once the gateway's
+    # listeners are up and cancelled when it stops; its failure is logged, never the gateway's.
 
 
 class SipCapture(Protocol):
@@ -346,17 +350,6 @@ class SipCapture(Protocol):
     def message(
         self, data: bytes, *, transport: str, source: Address, destination: Address, at: float
     ) -> None: ...
-
-    async def run(self) -> None: ...
-
-
-class Service(Protocol):
-    """A plugin's long-running task that is no transport, tap or capture of its own: a
-    provisioning interface (the lawful-intercept X1 server). ``run`` is started once the
-    gateway's listeners are up and cancelled when the gateway stops; its failure is logged and
-    never stops the gateway."""
-
-    name: str
 
     async def run(self) -> None: ...
 

@@ -31,7 +31,6 @@ REGISTRY_HOOKS: dict[str, str] = {
     "gateway_register_media_policies": "media_policies",
     "gateway_register_media_taps": "media_taps",
     "gateway_register_sip_captures": "sip_captures",
-    "gateway_register_services": "services",
     "gateway_register_device_profiles": "device_profiles",
     "gateway_register_interworking": "interworking",
 }
@@ -124,7 +123,6 @@ class Plugins:
         self.media_policies: Registry[Any] = Registry("media policy")
         self.media_taps: Registry[Any] = Registry("media tap")
         self.sip_captures: Registry[Any] = Registry("SIP capture")
-        self.services: Registry[Any] = Registry("service")
         self.device_profiles: Registry[Any] = Registry("device profile")
         self.interworking: Registry[Any] = Registry("interworking")
 
