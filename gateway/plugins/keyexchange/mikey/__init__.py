@@ -1,0 +1,281 @@
+"""The ``mikey`` key exchange: MIKEY (RFC 3830) in SDP ``a=key-mgmt`` (RFC 4567), for phones
+and media servers that key SRTP that way.
+
+Modes (see :mod:`~gateway.plugins.keyexchange.mikey.engine` for the messages):
+
+- ``null``: PSK_INIT with NULL KEMAC encryption and NULL MAC, MIKEY as a mere container whose
+  confidentiality is the TLS signalling, exactly like SDES: only ever sent or accepted on a leg
+  whose signalling is TLS. GStreamer's GstMIKEY speaks this mode only.
+- ``psk``: the KEMAC encrypted (AES-CM-128 or AES-KW-128) and authenticated (HMAC-SHA-1) with
+  keys derived from a pre-shared key per account or trunk; T within the clock skew and not
+  replayed; the answer verifies itself (V payload) when the offer asks.
+- ``dh-hmac``: Diffie-Hellman (RFC 4650) authenticated by the pre-shared key's HMAC: the keys
+  come from the DH secret (forward secrecy); the pre-shared key only authenticates.
+
+Public-key (PK), DH-sign and RSA-R modes are refused (488, saying so). Which modes we offer, in
+which order, and which we accept is configuration (``[plugins.mikey]``, docs/configuration.md):
+by default we offer only ``null``, on TLS legs, and accept every mode enabled. The pre-shared
+keys are in ``psk_file`` (see :mod:`~gateway.plugins.keyexchange.mikey.psk`); the exchange learns
+which account or trunk a leg belongs to through the core's ``leg=`` argument (``wants_leg``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from gateway.core.hookspecs import hookimpl
+from gateway.plugins.keyexchange.mikey.engine import (
+    DEFAULT_OFFER_SUITES,
+    MODES,
+    TLS_REQUIRED_REASON,
+    MikeyNegotiation,
+    MikeySettings,
+    allowed_suites,
+    mikey_message_of,
+)
+from gateway.plugins.keyexchange.mikey.payloads import (
+    ENCR_AES_CM_128,
+    ENCR_AES_KW_128,
+    MikeyError,
+)
+from gateway.plugins.keyexchange.mikey.policy import POLICY_STYLES
+from gateway.plugins.keyexchange.mikey.psk import PskError, PskStore
+from gateway.plugins.keyexchange.mikey.replay import ReplayCache
+
+if TYPE_CHECKING:
+    from gateway.core.interfaces import KeyExchange, KeyNegotiation, LegInfo
+    from gateway.core.plugins import Registry
+
+__all__ = ["MikeyConfig", "MikeyKeyExchange", "MikeyNegotiation"]
+
+RandomBytes = Callable[[int], bytes]
+KEMAC_ENCRYPTIONS = {"aes-cm": ENCR_AES_CM_128, "aes-kw": ENCR_AES_KW_128}
+DH_GROUPS = {"OAKLEY5": 0, "OAKLEY1": 1, "OAKLEY2": 2}
+
+
+class MikeyKeyExchange:
+    """The ``mikey`` key exchange (``interfaces.KeyExchange``): one :class:`MikeyNegotiation`
+    per stream and leg. ``clock`` is the wall clock (Unix seconds: MIKEY's T is NTP-UTC);
+    ``random_bytes`` a CSPRNG; ``psks`` the pre-shared keys (psk and dh-hmac modes)."""
+
+    name = "mikey"
+    media_path = False
+    profile = "sdp"
+    sdp_attribute = "key-mgmt"
+    wants_leg = True
+    """The core passes ``leg=LegInfo`` to offer() and answer(): the pre-shared key is the
+    leg's account's or trunk's."""
+
+    def __init__(
+        self,
+        *,
+        settings: MikeySettings | None = None,
+        psks: PskStore | None = None,
+        clock: Callable[[], float] = time.time,
+        random_bytes: RandomBytes = os.urandom,
+        replay: ReplayCache | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else MikeySettings()
+        self.psks = psks if psks is not None else PskStore({})
+        self._clock = clock
+        self._random_bytes = random_bytes
+        self.replay = replay if replay is not None else ReplayCache()
+
+    def __repr__(self) -> str:
+        return f"<MikeyKeyExchange offer={','.join(self.settings.offer_modes)} {self.psks!r}>"
+
+    def _new(self, role: str) -> MikeyNegotiation:
+        return MikeyNegotiation(role, self.settings, self._random_bytes, self._clock, self.replay)
+
+    def _psk_lookup(self, leg: LegInfo | None) -> Callable[[], tuple[bytes | None, str]]:
+        def lookup() -> tuple[bytes | None, str]:
+            if leg is None:
+                return None, "this leg (the core did not say whose it is)"
+            who = f"{leg.kind} {leg.name}" if leg.name else f"this {leg.kind or 'unknown'} leg"
+            return self.psks.key_for(leg.kind, leg.name), who
+
+        return lookup
+
+    def offer(
+        self,
+        *,
+        suites: Sequence[str],
+        secure_signalling: bool,
+        previous: KeyNegotiation | None = None,
+        rekey: bool = False,
+        leg: LegInfo | None = None,
+    ) -> MikeyNegotiation:
+        """Our offer for one stream, in the first configured offer mode this leg can take
+        (``null``: TLS signalling; ``psk``/``dh-hmac``: a pre-shared key for the leg), for the
+        first suite of the leg's policy. A re-offer keeps a ``previous`` exchange in force
+        (the same I_MSG) unless ``rekey``. Fails at once (no key made) when no mode applies."""
+        negotiation = self._new("offerer")
+        offerable = allowed_suites(suites) if suites else DEFAULT_OFFER_SUITES
+        if not offerable:
+            negotiation._fail("no suite of the leg's policy is supported by MIKEY here")
+            return negotiation
+        if (
+            not rekey
+            and isinstance(previous, MikeyNegotiation)
+            and previous.role == "offerer"
+            and previous.failure is None
+            and previous.keys is not None
+            and previous.suite in offerable
+            and previous.mode in self.settings.offer_modes
+            and (previous.mode != "null" or secure_signalling)
+        ):
+            negotiation.repeat_offer(previous)
+            return negotiation
+        if isinstance(previous, MikeyNegotiation) and previous.keys is not None:
+            negotiation._keys = previous.keys  # in force until the answer says otherwise
+        reasons: list[str] = []
+        lookup = self._psk_lookup(leg)
+        for mode in self.settings.offer_modes:
+            psk: bytes | None = None
+            if mode == "null":
+                if not secure_signalling:
+                    reasons.append(TLS_REQUIRED_REASON)
+                    continue
+            else:
+                psk, who = lookup()
+                if psk is None:
+                    reasons.append(f"{mode}: no pre-shared key for {who}")
+                    continue
+            negotiation.start_offer(mode, offerable[0], psk)
+            return negotiation
+        negotiation._fail("; ".join(reasons) or "no MIKEY mode is configured to offer")
+        return negotiation
+
+    def answer(
+        self,
+        remote_attributes: Iterable[tuple[str, str | None]],
+        *,
+        suites: Sequence[str],
+        secure_signalling: bool,
+        previous: KeyNegotiation | None = None,
+        leg: LegInfo | None = None,
+    ) -> MikeyNegotiation | None:
+        """Our answer to an offered stream with ``a=key-mgmt:mikey`` (None without one: MIKEY
+        does not apply). The result has ``KeysReady`` queued, or has failed (488) with the
+        reason: a mode not accepted, NULL mode without TLS, no pre-shared key for the leg, a
+        wrong MAC, a stale or replayed T, a policy outside the leg's suites."""
+        try:
+            received = mikey_message_of(remote_attributes)
+        except MikeyError as exc:
+            negotiation = self._new("answerer")
+            negotiation._fail(exc.reason)
+            return negotiation
+        if received is None:
+            return None
+        negotiation = self._new("answerer")
+        negotiation.take_offer(
+            received,
+            secure_signalling=secure_signalling,
+            allowed=allowed_suites(suites),
+            psk_for_leg=self._psk_lookup(leg),
+            previous=previous if isinstance(previous, MikeyNegotiation) else None,
+        )
+        return negotiation
+
+
+# --------------------------------------------------------------------------------------------
+# Plugin configuration and registration (entry point ``mikey`` in the group ``voipgw.plugins``)
+
+
+def _modes(key: str, names: Sequence[str], *, empty_ok: bool) -> None:
+    if not names and not empty_ok:
+        raise ValueError(f"{key}: expected at least one of {', '.join(MODES)}")
+    for name in names:
+        if name not in MODES:
+            raise ValueError(f"{key}: unknown mode {name!r}; known: {', '.join(MODES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{key}: a mode is listed twice")
+
+
+@attrs.frozen
+class MikeyConfig:
+    """``[plugins.mikey]``. See docs/configuration.md."""
+
+    offer_modes: tuple[str, ...] = ("null",)
+    accept_modes: tuple[str, ...] = MODES
+    psk_file: str = ""
+    kemac_encryption: str = "aes-cm"
+    request_verification: bool = True
+    dh_group: str = "OAKLEY5"
+    style: str = "standard"
+    max_clock_skew: float = 120.0
+    replay_cache_size: int = 10_000
+
+    def __attrs_post_init__(self) -> None:
+        # structure() reports a ValueError as a config error of this table; say which key.
+        _modes("offer_modes", self.offer_modes, empty_ok=True)
+        _modes("accept_modes", self.accept_modes, empty_ok=False)
+        if self.kemac_encryption not in KEMAC_ENCRYPTIONS:
+            raise ValueError(f"kemac_encryption: expected one of {', '.join(KEMAC_ENCRYPTIONS)}")
+        if self.dh_group not in DH_GROUPS:
+            raise ValueError(f"dh_group: expected one of {', '.join(DH_GROUPS)}")
+        if self.style not in POLICY_STYLES:
+            raise ValueError(f"style: expected one of {', '.join(POLICY_STYLES)}")
+        if not (math.isfinite(self.max_clock_skew) and self.max_clock_skew > 0):
+            raise ValueError("max_clock_skew: expected a positive number of seconds")
+        if self.replay_cache_size < 1:
+            raise ValueError("replay_cache_size: expected a positive number")
+        needs_keys = {"psk", "dh-hmac"} & set(self.offer_modes)
+        if needs_keys and not self.psk_file:
+            raise ValueError(
+                f"psk_file: offer_modes lists {', '.join(sorted(needs_keys))}, which needs "
+                "pre-shared keys"
+            )
+        if self.psk_file:
+            try:
+                self.psk_store()
+            except PskError as exc:
+                raise ValueError(str(exc)) from None
+
+    def psk_store(self) -> PskStore:
+        """The pre-shared keys (an empty store without ``psk_file``). Raises
+        :class:`~gateway.plugins.keyexchange.mikey.psk.PskError`."""
+        return PskStore.from_file(self.psk_file) if self.psk_file else PskStore({})
+
+    def settings(self) -> MikeySettings:
+        return MikeySettings(
+            offer_modes=self.offer_modes,
+            accept_modes=self.accept_modes,
+            kemac_encryption=KEMAC_ENCRYPTIONS[self.kemac_encryption],
+            request_verification=self.request_verification,
+            dh_group=DH_GROUPS[self.dh_group],
+            style=self.style,
+        )
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return MikeyConfig
+
+
+@hookimpl
+def gateway_register_key_exchanges(registry: Registry[Any], config: MikeyConfig | None) -> None:
+    """Register the ``mikey`` key exchange with the wall clock and the OS CSPRNG. The
+    pre-shared key file is read (and its permissions checked) here: a bad one stops start-up."""
+    config = config if config is not None else MikeyConfig()
+    exchange = MikeyKeyExchange(
+        settings=config.settings(),
+        psks=config.psk_store(),
+        clock=time.time,
+        random_bytes=os.urandom,
+        replay=ReplayCache(max_skew=config.max_clock_skew, max_entries=config.replay_cache_size),
+    )
+    registry.add(MikeyKeyExchange.name, exchange)
+
+
+if TYPE_CHECKING:
+    # mypy checks that the classes satisfy the interfaces they are registered as.
+    def _conforms(exchange: MikeyKeyExchange, negotiation: MikeyNegotiation) -> None:
+        _exchange: KeyExchange = exchange
+        _negotiation: KeyNegotiation = negotiation

@@ -1,0 +1,60 @@
+"""The timestamp check and replay cache of MIKEY responders (RFC 3830 §5.4).
+
+A message is fresh when its T (NTP time) is within ``max_skew`` seconds of our clock and it was
+not seen before. The cache remembers each accepted message (by digest) until its T leaves the
+window, and holds at most ``max_entries``: when full, the oldest entry is dropped and every
+message not newer than it is refused from then on as possibly replayed (the floor), so the bound
+never lets a replay through; it only makes a burst past the bound refuse old-but-valid messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+
+__all__ = ["ReplayCache"]
+
+
+class ReplayCache:
+    """Seen MIKEY messages, bounded (STYLE.md habit 7). ``check`` is sans-IO: it takes the
+    message's T as Unix time and ``now``."""
+
+    def __init__(self, *, max_skew: float = 120.0, max_entries: int = 10_000) -> None:
+        if max_skew <= 0 or max_entries < 1:
+            raise ValueError("a replay cache needs a positive skew and at least one entry")
+        self.max_skew = max_skew
+        self.max_entries = max_entries
+        self._seen: dict[bytes, float] = {}
+        self._expiry: list[tuple[float, bytes]] = []  # heap of (T, digest)
+        self._floor = float("-inf")
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def check(self, message: bytes, timestamp: float, *, now: float) -> str | None:
+        """Why ``message`` (with T = ``timestamp``) is not fresh, or None after remembering it."""
+        self._expire(now)
+        if abs(timestamp - now) > self.max_skew:
+            self.refused += 1
+            off = timestamp - now
+            return f"its timestamp is {off:+.0f} s off our clock (more than {self.max_skew:g} s)"
+        digest = hashlib.sha256(message).digest()
+        if digest in self._seen or timestamp <= self._floor:
+            self.refused += 1
+            return "it is a replay of an earlier message"
+        if len(self._seen) >= self.max_entries:
+            oldest, old_digest = heapq.heappop(self._expiry)
+            del self._seen[old_digest]
+            self._floor = max(self._floor, oldest)
+            if timestamp <= self._floor:
+                self.refused += 1
+                return "it is a replay of an earlier message"
+        self._seen[digest] = timestamp
+        heapq.heappush(self._expiry, (timestamp, digest))
+        return None
+
+    def _expire(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] < now - self.max_skew:
+            _, digest = heapq.heappop(self._expiry)
+            self._seen.pop(digest, None)
