@@ -173,7 +173,10 @@ class KeyExchange(Protocol):
       ZRTP, RFC 6189 §8);
     - ``sdp_attribute``: the attribute an answer carries when it took this method (``crypto``,
       ``fingerprint``, ``zrtp-hash``): when an offer's m= line carries several methods, the
-      answer's attributes say which one the peer chose.
+      answer's attributes say which one the peer chose;
+    - ``wants_leg``: True when ``offer()`` and ``answer()`` take a keyword ``leg: LegInfo | None``
+      (whose leg it is: MIKEY picks the account's or trunk's pre-shared key by it). The core
+      passes ``leg=`` only to exchanges that declare it, so the others keep their signatures.
     """
 
     name: str

@@ -35,6 +35,11 @@ its attribute, ``sdp_attribute``), neither means cleartext where the policy allo
 re-offer keeps the method in force on the stream and offers no other; an answer to a re-offer
 prefers it too, so a call never switches methods (and loses its keys) on a hold.
 
+MIKEY (the ``mikey`` plugin, RFC 4567) is an "sdp" key exchange like SDES, its message in
+a=key-mgmt (stripped at media and session level like a=crypto). Its pre-shared keys are per
+account or trunk, so a key exchange that declares ``wants_leg`` gets ``leg=`` (this leg's
+``LegInfo``, when the caller gave one) in ``offer()`` and ``answer()``.
+
 SDES keys travel in SDP, so the gateway never sends nor accepts them on a leg whose signalling is
 not TLS (the briefing paper's rule; RFC 4568 §8.1 requires a secure channel). :meth:`record`
 gives the leg's security record, derived from what was negotiated, never written by hand.
@@ -52,6 +57,7 @@ from gateway.core.interfaces import (
     KeyExchange,
     KeyNegotiation,
     KeysReady,
+    LegInfo,
     MediaPolicy,
     NegotiationFailed,
     SrtpKeys,
@@ -75,8 +81,8 @@ _DTLS_OF = {"RTP/AVP": "UDP/TLS/RTP/SAVP", "RTP/AVPF": "UDP/TLS/RTP/SAVPF"}
 _WITHOUT_FEEDBACK = {"RTP/AVPF": "RTP/AVP"}
 # Attributes that carry a leg's own keys or key-exchange identity and never cross to the other
 # leg: SDES keys (RFC 4568), DTLS fingerprints and roles (RFC 8122, RFC 4145, RFC 8842), ZRTP
-# Hello hashes (RFC 6189 §8).
-_KEY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id", "zrtp-hash"})
+# Hello hashes (RFC 6189 §8), MIKEY messages (RFC 4567 §3: a=key-mgmt, session or media level).
+_KEY_ATTRIBUTES = frozenset({"crypto", "fingerprint", "setup", "tls-id", "zrtp-hash", "key-mgmt"})
 
 
 class MediaSecurityRefused(SdpError):
@@ -118,8 +124,12 @@ class LegSecurity:
         key_exchanges: Mapping[str, KeyExchange],
         signalling: str,
         offer_feedback: bool = False,
+        leg: LegInfo | None = None,
     ) -> None:
         self.side = side
+        self.leg = leg
+        """Whose leg this is (account or trunk), for key exchanges that declare ``wants_leg``
+        (MIKEY's pre-shared keys are per account or trunk); None where the caller does not say."""
         self.offer_feedback = offer_feedback
         """Offer this leg an RFC 4585 feedback profile (RTP/AVPF, RTP/SAVPF,
         UDP/TLS/RTP/SAVPF) when the other leg offered one. False: the plain profile without
@@ -176,11 +186,13 @@ class LegSecurity:
                 continue
             same = previous is not None and previous.key_exchange == name
             negotiation = exchange.answer(
-                # The media-level attributes, then the session-level ones (RFC 8122 §5).
+                # The media-level attributes, then the session-level ones (RFC 8122 §5, RFC 4567
+                # §4: a session-level a=key-mgmt applies to the m= lines without their own).
                 _pairs(media.attributes) + session_attributes,
                 suites=self.policy.suites,
                 secure_signalling=self.secure_signalling,
                 previous=previous.negotiation if same and previous is not None else None,
+                **self._leg_argument(exchange),
             )
             if negotiation is None:
                 continue  # this method is not in the offer
@@ -260,6 +272,7 @@ class LegSecurity:
                     suites=self.policy.suites,
                     secure_signalling=self.secure_signalling,
                     previous=_previous_negotiation(previous, name),
+                    **self._leg_argument(exchange),
                 )
                 drained = StreamSecurity()
                 failed = _drain(negotiation, drained)
@@ -298,6 +311,11 @@ class LegSecurity:
         self._offered = streams
         self._answer_pending = False
         return attrs.evolve(offer, media=tuple(media_out))
+
+    def _leg_argument(self, exchange: KeyExchange) -> dict[str, Any]:
+        """``leg=`` for a key exchange that declares ``wants_leg`` (KeyExchange's optional
+        attribute); nothing for the others, whose offer() and answer() do not take it."""
+        return {"leg": self.leg} if getattr(exchange, "wants_leg", False) is True else {}
 
     def _in_force_first(self, previous: StreamSecurity | None) -> list[tuple[str, KeyExchange]]:
         """The leg's key exchanges in the policy's order, the one in force on the stream first:
