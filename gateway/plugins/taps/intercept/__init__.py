@@ -1,0 +1,372 @@
+"""The ``intercept`` tap: lawful interception as a point of interception (POI) in the ETSI shape.
+
+Theory of operation (../shared/specs/lawful-intercept.md). The operator's administration function
+(ADMF) provisions us over **X1** (TS 103 221-1, :mod:`.x1`, served by :mod:`.x1_server` over
+mutually authenticated HTTPS): *destinations* (a mediation function's address) and *tasks* (an
+XID, target identifiers, X2 and/or X3, destination ids), kept across restarts (:mod:`.tasks`).
+When a caller's INVITE becomes a call, the core asks this tap (``sink_for_call_start``) and every
+task whose target the INVITE names (:mod:`.targets`: From and P-Asserted-Identity for the caller,
+Request-URI and To for the callee) gets, for as long as the call lives:
+
+- **X2** (xIRI, TS 103 221-2): one PDU per SIP message on any leg of the call, the bytes as on
+  the wire, payload format 9, with timestamp, sequence number, addresses, ports, IP protocol and
+  the matched target identifier; the call attempt that fails is delivered as much as the one
+  that connects;
+- **X3** (xCC): one PDU per RTP packet of the call, decrypted (the gateway terminates every
+  leg's SRTP, so SDES, DTLS-SRTP and ZRTP legs are delivered in clear; RTCP is not delivered),
+  payload format 8, early media included;
+
+with one correlation ID for every PDU of the call, and the direction relative to the target (sent
+by it, or to it) on each. PDUs go to the task's destinations through :mod:`.delivery` links
+(TLS with client certificates by default, keepalives, reconnects, a bounded queue: a slow
+mediation function costs PDUs, counted, never a call's time).
+
+Confidentiality: the sinks are ``covert``: no call record, ``voipgw calls`` line or core log
+line names the interception, and nothing in what the parties see changes (no header, no SDP
+change, no timing: PDUs are queued, never awaited). The plugin's own log lines name XIDs and
+DIDs, never targets. Deployments where even that is too much run the gateway's log at WARNING.
+
+Not done here (say so to the ADMF's operator): POI-to-ADMF reports (ReportTaskIssue and the
+like), target identifier types other than SIP URI, tel URI and E.164 number, REGISTER events as
+X2, RTCP in X3, and national handover profiles (the mediation function's business).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import ssl
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import TappedCall
+from gateway.core.transport.flows import Address
+from gateway.plugins.taps.intercept import pdu
+from gateway.plugins.taps.intercept.delivery import DeliveryLink
+from gateway.plugins.taps.intercept.tasks import Match, Provisioning
+from gateway.plugins.taps.intercept.x1 import X1Handler
+from gateway.plugins.taps.intercept.x1_server import X1Server
+
+if TYPE_CHECKING:
+    from gateway.core.interfaces import MediaTap, TapSink
+    from gateway.core.plugins import Registry
+
+log = logging.getLogger(__name__)
+
+DIRECTORY = "intercept"
+STATE_FILE = "tasks.sqlite"
+
+
+@attrs.frozen
+class InterceptConfig:
+    """``[plugins.intercept]``. See docs/configuration.md."""
+
+    x1_listen: str = "127.0.0.1:8443"
+    x1_certificate: str = ""
+    x1_private_key: str = ""
+    x1_ca: str = ""
+    ne_identifier: str = "voipgw"
+    admf_identifiers: tuple[str, ...] = ()
+    delivery_tls: bool = True
+    delivery_certificate: str = ""
+    delivery_private_key: str = ""
+    delivery_ca: str = ""
+    pdu_version: int = 5
+    keepalive_interval: float = 30.0
+    queue: int = 10_000
+    state_dir: str = "./voipgw-state"
+
+    def __attrs_post_init__(self) -> None:
+        # structure() reports a ValueError as a config error of this table; say which key.
+        self.x1_address  # noqa: B018 - checks it
+        for key in ("x1_certificate", "x1_private_key", "x1_ca"):
+            if not getattr(self, key):
+                raise ValueError(
+                    f"{key}: required (X1 is served over TLS with client certificates only)"
+                )
+        if self.delivery_tls:
+            for key in ("delivery_certificate", "delivery_private_key", "delivery_ca"):
+                if not getattr(self, key):
+                    raise ValueError(
+                        f"{key}: required while delivery_tls is true (X2/X3 go over mutual TLS)"
+                    )
+        if not self.ne_identifier:
+            raise ValueError("ne_identifier: must not be empty")
+        if not 0 <= self.pdu_version <= 0xFFFF:
+            raise ValueError("pdu_version: expected 0 to 65535")
+        if not 1.0 <= self.keepalive_interval <= 3600.0:
+            raise ValueError("keepalive_interval: expected 1 to 3600 seconds")
+        if not 10 <= self.queue <= 1_000_000:
+            raise ValueError("queue: expected 10 to 1000000 PDUs per destination")
+
+    @property
+    def x1_address(self) -> tuple[str, int]:
+        host, _, port_text = self.x1_listen.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.ip_address(host)
+            port = int(port_text)
+            if not 0 <= port < 65536:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"x1_listen: expected ADDRESS:PORT (e.g. 192.0.2.10:8443), not {self.x1_listen!r}"
+            ) from None
+        return host, port
+
+    def x1_ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.x1_ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.x1_certificate, self.x1_private_key)
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def delivery_ssl_context(self) -> ssl.SSLContext | None:
+        if not self.delivery_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.delivery_ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.delivery_certificate, self.delivery_private_key)
+        return context
+
+
+class Interception:
+    """``interfaces.MediaTap`` with ``sink_for_call_start`` and ``run`` (X1 and the links)."""
+
+    name = "intercept"
+
+    def __init__(
+        self,
+        config: InterceptConfig,
+        *,
+        provisioning: Provisioning | None = None,
+        wall_clock: Any = time.time,
+    ) -> None:
+        self.config = config
+        self.provisioning = provisioning or Provisioning(
+            Path(config.state_dir) / DIRECTORY / STATE_FILE
+        )
+        self.links: dict[uuid.UUID, DeliveryLink] = {}
+        self._wall_clock = wall_clock
+        self.x1 = X1Handler(
+            self.provisioning,
+            ne_identifier=config.ne_identifier,
+            admf_identifiers=config.admf_identifiers,
+            wall_clock=wall_clock,
+            destination_status=self._link_state,
+        )
+        self._changed = trio.Event()
+        self._link_generation = -1
+        self.x1_server: X1Server | None = None
+        self.intercepted_calls = 0
+
+    # -- MediaTap -------------------------------------------------------------------------------
+
+    def sink_for_call(self, call: TappedCall) -> TapSink | None:
+        return None  # decided at the start (sink_for_call_start)
+
+    def sink_for_call_start(self, call: TappedCall) -> InterceptSink | None:
+        matches = self.provisioning.matches(call)
+        if not matches:
+            return None
+        deliveries = []
+        for match in matches:
+            links = [self.links[did] for did in match.task.dids if did in self.links]
+            deliveries.append((match, links))
+        self.intercepted_calls += 1
+        log.info(
+            "intercept: call matched task(s) %s",
+            ", ".join(str(match.task.xid) for match in matches),
+        )
+        return InterceptSink(deliveries, correlation_id(call.call_id), self._wall_clock)
+
+    # -- the tap's task -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.config.delivery_tls is False:
+            log.warning(
+                "intercept: X2/X3 go to mediation functions over plain TCP (delivery_tls = "
+                "false): for a lab only"
+            )
+        delivery_context = self.config.delivery_ssl_context()
+        async with trio.open_nursery() as nursery:
+            server = X1Server(self.config.x1_ssl_context(), self._handle_x1, server="voipgw")
+            self.x1_server = server
+            host, port = self.config.x1_address
+            await nursery.start(server.serve, host, port)
+            while True:
+                self._reconcile(nursery, delivery_context)
+                await self._changed.wait()
+                self._changed = trio.Event()
+
+    def _handle_x1(self, body: bytes) -> bytes:
+        answer = self.x1.handle(body)
+        if self.provisioning.generation != self._link_generation:
+            self._changed.set()
+        return answer
+
+    def _reconcile(self, nursery: trio.Nursery, context: ssl.SSLContext | None) -> None:
+        """One link per provisioned destination: new ones started, removed or changed ones
+        closed (a changed one is started again with its new address)."""
+        self._link_generation = self.provisioning.generation
+        wanted = self.provisioning.destinations
+        for did, link in list(self.links.items()):
+            if wanted.get(did) != link.destination:
+                link.close()
+                del self.links[did]
+        for did, destination in wanted.items():
+            if did not in self.links:
+                link = DeliveryLink(
+                    destination,
+                    ssl_context=context,
+                    queue=self.config.queue,
+                    keepalive_interval=self.config.keepalive_interval,
+                    version=self.config.pdu_version,
+                )
+                self.links[did] = link
+                nursery.start_soon(link.run)
+
+    def _link_state(self, did: uuid.UUID) -> str:
+        link = self.links.get(did)
+        return link.state if link is not None else "notConnected"
+
+
+def correlation_id(call_id: str) -> int:
+    """One 64-bit value for every PDU of a call: from the gateway's call id, which reveals
+    nothing of either leg's Call-ID."""
+    return int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+
+
+class InterceptSink:
+    """``interfaces.TapSink`` of one intercepted call: X2 from its SIP, X3 from its media."""
+
+    covert = True
+
+    def __init__(
+        self,
+        deliveries: list[tuple[Match, list[DeliveryLink]]],
+        correlation: int,
+        wall_clock: Any,
+    ) -> None:
+        self._x2 = [
+            (match, [link for link in links if link.destination.carries("X2")])
+            for match, links in deliveries
+            if match.task.delivers("X2")
+        ]
+        self._x3 = [
+            (match, [link for link in links if link.destination.carries("X3")])
+            for match, links in deliveries
+            if match.task.delivers("X3")
+        ]
+        self._correlation = correlation
+        self._wall_clock = wall_clock
+        self._closed = trio.Event()
+
+    def sip_message(
+        self,
+        data: bytes,
+        *,
+        leg: str,
+        inbound: bool,
+        transport: str,
+        source: Address,
+        destination: Address,
+        at: float,
+    ) -> None:
+        if self._closed.is_set():
+            return
+        try:
+            addresses = pdu.address_attributes(source, destination, 17 if transport == "udp" else 6)
+        except ValueError:
+            addresses = ()
+        for match, links in self._x2:
+            # On the target's own leg, what it sent arrives; on the other leg, what we send on
+            # is what the target sent (and what arrives is on its way to the target).
+            sent_by_target = inbound if leg == match.side else not inbound
+            direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
+            for link in links:
+                link.send(
+                    pdu.Pdu(
+                        pdu.X2,
+                        pdu.FORMAT_SIP,
+                        direction,
+                        match.task.xid,
+                        self._correlation,
+                        (
+                            pdu.sequence_attribute(link.next_sequence(match.task.xid)),
+                            pdu.timestamp_attribute(at),
+                            *addresses,
+                            (pdu.MATCHED_TARGET, match.target.value.encode()),
+                        ),
+                        data,
+                        link.version,
+                    )
+                )
+
+    def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
+        if not self._x3 or self._closed.is_set() or _is_rtcp(rtp):
+            return
+        at = self._wall_clock()
+        for match, links in self._x3:
+            sent_by_target = (direction == "a_to_b") == (match.side == "a")
+            pdu_direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
+            for link in links:
+                link.send(
+                    pdu.Pdu(
+                        pdu.X3,
+                        pdu.FORMAT_RTP,
+                        pdu_direction,
+                        match.task.xid,
+                        self._correlation,
+                        (
+                            pdu.sequence_attribute(link.next_sequence(match.task.xid)),
+                            pdu.timestamp_attribute(at),
+                            (pdu.MATCHED_TARGET, match.target.value.encode()),
+                        ),
+                        rtp,
+                        link.version,
+                    )
+                )
+
+    async def run(self) -> None:
+        await self._closed.wait()
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def _is_rtcp(packet: bytes) -> bool:
+    """RFC 5761 §4: RTCP packet types 192-223 sit where RTP has marker and payload type."""
+    return len(packet) > 1 and 192 <= packet[1] <= 223
+
+
+# -- plugin configuration and registration (entry point ``intercept``) ---------------------------
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return InterceptConfig
+
+
+@hookimpl
+def gateway_register_media_taps(registry: Registry[Any], config: InterceptConfig | None) -> None:
+    """Register the ``intercept`` tap (its table is required: X1 needs certificates)."""
+    if config is None:
+        raise ValueError(
+            "the intercept plugin needs its [plugins.intercept] table (X1 certificates)"
+        )
+    registry.add(Interception.name, Interception(config))
+
+
+if TYPE_CHECKING:
+
+    def _conforms(tap: Interception, sink: InterceptSink) -> None:
+        _tap: MediaTap = tap
+        _sink: TapSink = sink

@@ -1,0 +1,211 @@
+"""Delivery links: X2/X3 PDUs to one mediation function (an X1 destination) over TCP or TLS.
+
+Theory of operation. Each destination has one :class:`DeliveryLink`: a bounded queue that call
+sinks put whole PDUs into without ever waiting (a call, and the SIP stack's task that copies
+its signalling, must not slow down for a mediation function: STYLE.md habit 7), and a task that
+keeps one connection open and writes the queue to it. While the link is down the queue keeps
+what fits (``queue`` PDUs) and the rest is dropped and counted; the sequence numbers of the PDUs
+(per task, per destination) let the mediation function see the gap.
+
+TLS (the default; TS 103 221-2 expects a mutually authenticated channel): we present our
+certificate and check the mediation function's against the configured CA, and its name against
+the destination's address (the ADMF gives an address, not a name, so the certificate must carry
+that IP address as a subjectAltName). Plain TCP exists for lab use only and is logged as such.
+
+Keepalives (§5.2.2 types 3/4): after ``keepalive_interval`` seconds without a PDU to send we
+send a keepalive; if the acknowledgement (which echoes its sequence number) has not come after
+another interval the connection is taken as dead and is made again. The mediation function's own
+keepalives are acknowledged. A link that cannot connect tries again after 1, 2, 4 ... up to 30
+seconds; each failure after the first is logged at most once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+import uuid
+
+import trio
+
+from gateway.plugins.taps.intercept.pdu import (
+    KEEPALIVE,
+    KEEPALIVE_ACK,
+    Pdu,
+    PduError,
+    PduReader,
+    encode_pdu,
+    keepalive,
+)
+from gateway.plugins.taps.intercept.tasks import Destination
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+CONNECT_TIMEOUT = 10.0
+
+
+class DeliveryLink:
+    def __init__(
+        self,
+        destination: Destination,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        queue: int,
+        keepalive_interval: float,
+        version: int,
+    ) -> None:
+        self.destination = destination
+        self._ssl_context = ssl_context
+        self._keepalive_interval = keepalive_interval
+        self.version = version
+        self._send, self._receive = trio.open_memory_channel[bytes](queue)
+        self._sequences: dict[uuid.UUID, int] = {}
+        self.state = "connecting"
+        self.sent = 0
+        self.dropped = 0
+        self.connections = 0
+        self._keepalive_sequence = 0
+        self._awaiting_ack: int | None = None
+        self._closed = False
+
+    def next_sequence(self, xid: uuid.UUID) -> int:
+        """The sequence number of the next PDU of task ``xid`` on this link."""
+        sequence = self._sequences.get(xid, 0)
+        self._sequences[xid] = (sequence + 1) & 0xFFFFFFFF
+        return sequence
+
+    def send(self, pdu: Pdu) -> None:
+        """Queue ``pdu``; never waits (a full queue or a closed link drops it, counted)."""
+        try:
+            self._send.send_nowait(encode_pdu(pdu))
+        except (trio.WouldBlock, trio.ClosedResourceError, ValueError):
+            self.dropped += 1
+
+    def close(self) -> None:
+        """The destination was removed or changed: no more PDUs; :meth:`run` returns."""
+        self._closed = True
+        self._send.close()
+
+    async def run(self) -> None:
+        backoff = 1.0
+        failures = 0
+        last_logged = -math.inf
+        host, port = self.destination.address
+        while not self._closed:
+            self.state = "connecting"
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream = await self._connect(host, port)
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError) as exc:
+                failures += 1
+                self.state = "notConnected"
+                now = trio.current_time()
+                if failures == 1 or now - last_logged >= 60:
+                    log.warning(
+                        "intercept: cannot reach destination %s (%s:%d): %s",
+                        self.destination.did,
+                        host,
+                        port,
+                        exc or type(exc).__name__,
+                    )
+                    last_logged = now
+                await trio.sleep(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+                continue
+            backoff, failures = 1.0, 0
+            self.connections += 1
+            self.state = "connected"
+            log.info("intercept: connected to destination %s", self.destination.did)
+            try:
+                await self._serve(stream)
+            except _EndOfQueue:
+                await trio.aclose_forcefully(stream)
+                return
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, PduError) as exc:
+                log.warning(
+                    "intercept: destination %s lost: %s", self.destination.did, exc or "closed"
+                )
+            await trio.aclose_forcefully(stream)
+            self.state = "notConnected"
+
+    async def _connect(self, host: str, port: int) -> trio.abc.Stream:
+        tcp = await trio.open_tcp_stream(host, port)
+        if self._ssl_context is None:
+            return tcp
+        tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=host)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tcp)
+            raise
+        return tls
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
+        """Write the queue and read acknowledgements until either side fails; raises what
+        ended it (exception groups kept out: one link, one cause)."""
+        self._awaiting_ack = None
+        lock = trio.Lock()  # the writer and the reader's acknowledgements share the stream
+        failures: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, stream, lock, failures, nursery.cancel_scope)
+            try:
+                await self._write(stream, lock)
+            except (
+                OSError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                PduError,
+                _EndOfQueue,
+            ) as exc:
+                failures.append(exc)
+            nursery.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+
+    async def _write(self, stream: trio.abc.Stream, lock: trio.Lock) -> None:
+        interval = self._keepalive_interval
+        while True:
+            with trio.move_on_after(interval) as idle:
+                try:
+                    data = await self._receive.receive()
+                except trio.EndOfChannel:
+                    raise _EndOfQueue from None
+            if idle.cancelled_caught:
+                if self._awaiting_ack is not None:
+                    raise PduError("no keepalive acknowledgement")
+                self._keepalive_sequence = (self._keepalive_sequence + 1) & 0xFFFFFFFF
+                self._awaiting_ack = self._keepalive_sequence
+                data = keepalive(self._keepalive_sequence, version=self.version)
+            else:
+                self.sent += 1
+            async with lock:
+                await stream.send_all(data)
+
+    async def _read(
+        self,
+        stream: trio.abc.Stream,
+        lock: trio.Lock,
+        failures: list[Exception],
+        scope: trio.CancelScope,
+    ) -> None:
+        reader = PduReader(max_payload_length=0)  # the peer sends us keepalives only
+        try:
+            while True:
+                data = await stream.receive_some(4096)
+                if not data:
+                    raise trio.BrokenResourceError("the mediation function closed the connection")
+                for pdu in reader.feed(bytes(data)):
+                    if pdu.pdu_type == KEEPALIVE_ACK and pdu.sequence == self._awaiting_ack:
+                        self._awaiting_ack = None
+                    elif pdu.pdu_type == KEEPALIVE and pdu.sequence is not None:
+                        ack = keepalive(pdu.sequence, version=self.version, acknowledgement=True)
+                        async with lock:
+                            await stream.send_all(ack)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, PduError) as exc:
+            failures.append(exc)
+            scope.cancel()
+
+
+class _EndOfQueue(Exception):
+    """The link was closed: its queue has ended."""
