@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import MediaPolicy
 from gateway.plugins.keyexchange.mikey.engine import (
     DEFAULT_OFFER_SUITES,
     MODES,
@@ -272,6 +273,21 @@ def gateway_register_key_exchanges(registry: Registry[Any], config: MikeyConfig 
         replay=ReplayCache(max_skew=config.max_clock_skew, max_entries=config.replay_cache_size),
     )
     registry.add(MikeyKeyExchange.name, exchange)
+
+
+@hookimpl
+def gateway_register_media_policies(registry: Registry[Any], config: MikeyConfig | None) -> None:
+    """The ``mikey`` policy: MIKEY only, never cleartext (for accounts and trunks of phones
+    that key SRTP with MIKEY)."""
+    registry.add(
+        "mikey",
+        MediaPolicy(
+            name="mikey",
+            key_exchanges=("mikey",),
+            allow_cleartext=False,
+            description="MIKEY (RFC 3830/4567) only; never cleartext",
+        ),
+    )
 
 
 if TYPE_CHECKING:

@@ -234,6 +234,8 @@ class MikeyNegotiation:
     _answer_message: bytes | None = None
     """The R_MSG (ours or the peer's), None when the mode has none."""
     _keys: SrtpKeys | None = None
+    _verified_answer: tuple[bytes | None, SrtpKeys] | None = None
+    """The peer's answer (None: no a=key-mgmt) to our I_MSG once checked, and its keys."""
     _failure: NegotiationFailed | None = None
     _events: deque[KeyNegotiationEvent] = attrs.Factory(deque)
 
@@ -287,10 +289,17 @@ class MikeyNegotiation:
         assert context is not None
         try:
             received = mikey_message_of(attributes)
+            if self._verified_answer is not None and received == self._verified_answer[0]:
+                # The answer to our repeated I_MSG, checked before: the keys go on (its T
+                # would now look like a replay).
+                self._answer_message = received
+                self._establish(self._verified_answer[1])
+                return
             self._answer_message = received
             keys = self._complete(context, received)
         except MikeyError as exc:
-            self._fail_and_raise(f"the answer's {exc.reason}" if exc.reason else "")
+            self._fail_and_raise(f"the answer's {exc.reason}")
+        self._verified_answer = (received, keys)
         self._establish(keys)
 
     def claims_packet(self, first_byte: int, packet: bytes) -> bool:
@@ -376,6 +385,7 @@ class MikeyNegotiation:
         self._offer_message = previous._offer_message
         self.mode, self.suite = previous.mode, previous.suite
         self._keys = previous._keys
+        self._verified_answer = previous._verified_answer
 
     def _complete(self, context: _Context, received: bytes | None) -> SrtpKeys:
         """Check the peer's R_MSG (None: no a=key-mgmt) and return the keys."""
