@@ -310,6 +310,9 @@ def describe_leg(leg: dict[str, Any]) -> str:
                     "this gateway, not to the other party)"
                 )
                 words += _ZRTP_CACHE_WORDS.get(str(stream.get("zrtp_cache")), "")
+            if stream.get("mikey_mode"):
+                # The MIKEY mode says what protected the keys: TLS, a pre-shared key, DH.
+                words += f" ({stream['mikey_mode']})"
             media.append(words)
         else:
             media.append("RTP, not encrypted")
