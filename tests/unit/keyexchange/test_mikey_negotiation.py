@@ -524,3 +524,18 @@ def test_the_answerer_cannot_take_an_answer() -> None:
     _, answer = run(exchange(1), exchange(2))
     with pytest.raises(Exception, match="takes its offer in answer"):
         answer.remote_sdp_attributes([])
+
+
+def test_a_psk_offer_with_keys_in_clear_needs_tls_even_with_a_mac() -> None:
+    csb, rand, stamp = 7, bytes(range(16)), Timestamp.ntp_utc(NOW)
+    plain = encode_key_data([KeyData(0, bytes(range(32)))])
+    header = Header(DataType.PSK_INIT, csb, (SrtpCs(0), SrtpCs(0)))
+    _, auth_key, _ = kemac_keys(PSK, csb, rand)
+    unsigned = encode_message(header, [stamp, Rand(rand), Kemac(0, plain, 1, bytes(20))])
+    signed = unsigned[:-20] + mac(1, auth_key, unsigned[:-20])
+    attributes: Attrs = [("key-mgmt", keymgmt_value(signed))]
+    answer = exchange(2).answer(attributes, suites=[], secure_signalling=False, leg=CARRIER)
+    assert answer is not None and failure_of(answer) == TLS_REQUIRED_REASON
+    over_tls = exchange(3).answer(attributes, suites=[], secure_signalling=True, leg=CARRIER)
+    assert over_tls is not None and keys_of(over_tls).suite == CM80
+    assert over_tls.mode == "psk"

@@ -511,6 +511,10 @@ class MikeyNegotiation:
             raise MikeyError(f"MIKEY {MODE_RECORD[mode]} is not accepted here")
         if mode == "null" and not secure_signalling:
             raise MikeyError(TLS_REQUIRED_REASON)
+        clear = mode == "psk" and kemac is not None and kemac.encr_alg == ENCR_NULL
+        if clear and not secure_signalling:
+            # Authenticated but not encrypted: the keys are in clear in the SDP, as in null mode.
+            raise MikeyError(TLS_REQUIRED_REASON)
         stamp = message.first(Timestamp)
         rand = message.first(Rand)
         if stamp is None or rand is None:
