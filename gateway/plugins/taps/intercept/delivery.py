@@ -83,7 +83,8 @@ class DeliveryLink:
             self.dropped += 1
 
     def close(self) -> None:
-        """The destination was removed or changed: no more PDUs; :meth:`run` returns."""
+        """The destination was removed or changed: no more PDUs. :meth:`run` sends what the
+        queue holds (trying once more to connect if it must) and returns."""
         self._closed = True
         self._send.close()
 
@@ -92,7 +93,7 @@ class DeliveryLink:
         failures = 0
         last_logged = -math.inf
         host, port = self.destination.address
-        while not self._closed:
+        while True:
             self.state = "connecting"
             try:
                 with trio.fail_after(CONNECT_TIMEOUT):
@@ -110,6 +111,10 @@ class DeliveryLink:
                         exc or type(exc).__name__,
                     )
                     last_logged = now
+                if self._closed:
+                    # Removed while unreachable: what it still holds is lost, and counted.
+                    self.dropped += self._receive.statistics().current_buffer_used
+                    return
                 await trio.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue

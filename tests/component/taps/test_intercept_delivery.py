@@ -1,0 +1,171 @@
+"""Delivery links (intercept/delivery.py) against a mediation function on 127.0.0.1, in virtual
+time: PDUs queued while it is down arrive once it is up, a full queue drops and counts, idle
+links send keepalives and make the connection again when one goes unanswered, TLS is mutual."""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+from pathlib import Path
+
+import trio
+
+from gateway.plugins.taps.intercept import pdu
+from gateway.plugins.taps.intercept.delivery import DeliveryLink
+from gateway.plugins.taps.intercept.tasks import Destination
+from tests.component.taps.mediation import Mediation
+from tests.interop.harness.pki import TestPki
+
+XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
+
+
+def x2(n: int) -> pdu.Pdu:
+    return pdu.Pdu(
+        pdu.X2, pdu.FORMAT_SIP, pdu.TO_TARGET, XID, 7, (pdu.sequence_attribute(n),), b"SIP %d" % n
+    )
+
+
+def link_to(
+    port: int, *, queue: int = 100, keepalive: float = 30.0, context: ssl.SSLContext | None = None
+) -> DeliveryLink:
+    return DeliveryLink(
+        Destination(uuid.uuid4(), ("127.0.0.1", port)),
+        ssl_context=context,
+        queue=queue,
+        keepalive_interval=keepalive,
+        version=5,
+    )
+
+
+async def free_port(nursery: trio.Nursery) -> int:
+    """A port nobody listens on now (a mediation function started and stopped)."""
+    mediation = Mediation()
+    port: int = await nursery.start(mediation.serve)
+    mediation.stop()
+    await trio.sleep(0)
+    return port
+
+
+async def test_pdus_queued_while_the_mediation_function_is_down_arrive_in_order_once_it_is_up(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    port = await free_port(nursery)
+    link = link_to(port)
+    nursery.start_soon(link.run)
+    for n in range(5):
+        link.send(x2(n))
+    await trio.sleep(10)  # tries at 0, 1, 3, 7 s: all refused
+    assert link.state == "notConnected"
+    mediation = Mediation(port=port)
+    await nursery.start(mediation.serve)
+    await trio.sleep(20)  # the next try (15 s) connects
+    assert link.state == "connected"
+    assert [p.sequence for p in mediation.received] == [0, 1, 2, 3, 4]
+    assert mediation.received[0].payload == b"SIP 0"
+    assert link.sent == 5 and link.dropped == 0
+
+
+async def test_a_full_queue_drops_and_counts_and_never_waits(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    port = await free_port(nursery)
+    link = link_to(port, queue=10)
+    nursery.start_soon(link.run)
+    for n in range(25):
+        link.send(x2(n))  # returns at once whatever the queue holds
+    assert link.dropped == 15
+    mediation = Mediation(port=port)
+    await nursery.start(mediation.serve)
+    await trio.sleep(40)
+    assert [p.sequence for p in mediation.of_type(pdu.X2)] == list(range(10))
+
+
+async def test_an_idle_link_sends_keepalives_and_reconnects_when_one_is_not_acknowledged(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    link = link_to(port, keepalive=5.0)
+    nursery.start_soon(link.run)
+    await trio.sleep(12)
+    keepalives = mediation.of_type(pdu.KEEPALIVE)
+    assert [k.sequence for k in keepalives] == [1, 2]  # at 5 s and 10 s, both acknowledged
+    assert mediation.connections == 1
+    mediation.acknowledge = False
+    await trio.sleep(11)  # 15 s: sent, unacknowledged; 20 s: the link gives the connection up
+    assert mediation.connections == 2
+    assert link.connections == 2
+
+
+async def test_the_mediation_functions_keepalive_is_acknowledged(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    acknowledged: list[pdu.Pdu] = []
+    done = trio.Event()
+
+    async def mediation_that_pings(stream: trio.SocketStream) -> None:
+        await stream.send_all(pdu.keepalive(41, version=5))
+        reader = pdu.PduReader()
+        while data := await stream.receive_some(4096):
+            acknowledged.extend(reader.feed(bytes(data)))
+            if acknowledged:
+                done.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, mediation_that_pings, listeners)
+    link = link_to(listeners[0].socket.getsockname()[1])
+    nursery.start_soon(link.run)
+    with trio.fail_after(5):
+        await done.wait()
+    (ack,) = acknowledged
+    assert (ack.pdu_type, ack.sequence) == (pdu.KEEPALIVE_ACK, 41)
+
+
+async def test_closing_a_link_sends_what_it_holds_then_ends(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    link = link_to(port)
+    for n in range(3):
+        link.send(x2(n))
+    link.close()
+    link.send(x2(3))  # after the close: dropped
+    with trio.fail_after(5):
+        await link.run()
+    await trio.sleep(1)
+    assert [p.sequence for p in mediation.received] == [0, 1, 2]
+    assert link.dropped == 1
+
+
+async def test_tls_links_are_mutually_authenticated(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    pki = TestPki(tmp_path)
+    ca, other = pki.ca("Mediation CA"), pki.ca("Some Other CA")
+    mdf, gateway = ca.issue("mdf.example.net"), ca.issue("gateway.example.net")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca.certificate)
+    server.load_cert_chain(mdf.certificate, mdf.key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    mediation = Mediation(ssl_context=server)
+    port = await nursery.start(mediation.serve)
+
+    def client(trusted: Path) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=trusted)
+        context.load_cert_chain(gateway.certificate, gateway.key)
+        return context
+
+    good = link_to(port, context=client(ca.certificate))
+    nursery.start_soon(good.run)
+    good.send(x2(0))
+    await trio.sleep(1)
+    assert [p.payload for p in mediation.received] == [b"SIP 0"]
+    subject = dict(item for rdn in mediation.peer_certificates[0]["subject"] for item in rdn)  # type: ignore[attr-defined]
+    assert subject["commonName"] == "gateway.example.net"
+    # A mediation function whose certificate our CA did not sign gets nothing.
+    wrong_ca = link_to(port, context=client(other.certificate))
+    nursery.start_soon(wrong_ca.run)
+    wrong_ca.send(x2(1))
+    await trio.sleep(5)
+    assert wrong_ca.state == "notConnected"
+    assert len(mediation.received) == 1
