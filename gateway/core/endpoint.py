@@ -227,6 +227,7 @@ class SipEndpoint:
             capture for _, capture in gateway.plugins.sip_captures.items()
         )
         """Capture agents (HEP): a copy of every message in and out (empty: no cost)."""
+        self._new_call_bytes: bytes | None = None  # the request being handled
         self.sip_taps: dict[str, tuple[CallTaps, str]] = {}
         """Call-ID -> the call's taps that want its SIP (an interception) and the leg ("a",
         "b") of that dialog: each message in and out is copied to them (empty: no cost)."""
@@ -335,10 +336,15 @@ class SipEndpoint:
                 make_response(request, err.status or 503, err.reason, to_tag=self._tag()), flow
             )
             return
-        await self._act(outputs, flow)
-        if self.sip_taps:
-            # After dispatch: a new call's INVITE registered the call's Call-ID just now.
+        if self.sip_taps and request.call_id in self.sip_taps:
             self._copy_to_call(request, data, flow.transport, flow.remote, flow.local, True)
+        # A new call's INVITE is copied once dispatch has made the call (and its taps), before
+        # anything is sent for it: _dispatch reads this.
+        self._new_call_bytes = data
+        try:
+            await self._act(outputs, flow)
+        finally:
+            self._new_call_bytes = None
 
     async def _refuse_overloaded(
         self, request: Request, flow: Flow, waited: float, now: float
@@ -459,6 +465,11 @@ class SipEndpoint:
                     await self.respond(txn, refusal)
                 else:
                     calls.invite(txn, request, flow)
+                    data = self._new_call_bytes
+                    if data is not None and request.call_id in self.sip_taps:
+                        self._copy_to_call(
+                            request, data, flow.transport, flow.remote, flow.local, True
+                        )
                 return
         await self.respond(txn, self.respond_locally(request, flow))
 

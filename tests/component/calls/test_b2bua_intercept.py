@@ -1,0 +1,321 @@
+"""Lawful interception through the B2BUA (the ``intercept`` tap): X1 over real HTTPS with client
+certificates on 127.0.0.1, signalling on the in-memory network, RTP on real sockets through the
+relay, X2/X3 to a mediation function on 127.0.0.1, in virtual time.
+
+- a trunk's call to a target: every SIP message of both legs as X2 (direction relative to the
+  target, one correlation ID, sequence numbers without a gap), every RTP packet as X3, early
+  and answered alike; the call's record and its log lines do not name the tap;
+- a call attempt the target refuses is delivered too;
+- a call to somebody else, and a task for X2 only, deliver what they should and nothing else;
+- X1 without a client certificate is refused at the TLS handshake.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import uuid
+from pathlib import Path
+
+import h11
+import pytest
+import trio
+
+import gateway.plugins.taps.intercept as intercept_plugin
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.taps.intercept import Interception, pdu
+from gateway.testing.sip_agent import simple_sdp
+from tests.component.calls.b2bua_env import ALICE_DID, BOB_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.dtls_phone import bind
+from tests.component.calls.test_b2bua_recorder import rtp
+from tests.component.taps.mediation import Mediation
+from tests.interop.harness.pki import Issued, TestCa, TestPki
+
+CALLER_PORT, CALLEE_PORT = 24620, 24630  # outside the relay's MEDIA_PORTS
+XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
+DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
+NS = "http://uri.etsi.org/03221/X1/2017/10"
+
+
+class Admf:
+    """The operator's administration function: POSTs X1 documents over mutual TLS."""
+
+    def __init__(self, ca: TestCa, client: Issued | None) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca.certificate)
+        if client is not None:
+            self.context.load_cert_chain(client.certificate, client.key)
+
+    async def post(self, address: tuple[str, int], *messages: str) -> str:
+        body = (
+            f'<X1Request xmlns="{NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+            + "".join(messages)
+            + "</X1Request>"
+        ).encode()
+        stream = await trio.open_ssl_over_tcp_stream(*address, ssl_context=self.context)
+        async with stream:
+            client = h11.Connection(h11.CLIENT)
+            request = h11.Request(
+                method="POST",
+                target="/X1",
+                headers=[
+                    ("host", "gw"),
+                    ("content-type", "application/xml"),
+                    ("content-length", str(len(body))),
+                ],
+            )
+            await stream.send_all(
+                client.send(request)
+                + client.send(h11.Data(data=body))
+                + client.send(h11.EndOfMessage())
+            )
+            answer = b""
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    assert event.status_code == 200
+                elif isinstance(event, h11.Data):
+                    answer += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    return answer.decode()
+
+
+def message(kind: str, body: str) -> str:
+    return (
+        f'<x1RequestMessage xsi:type="{kind}"><admfIdentifier>admf-1</admfIdentifier>'
+        "<neIdentifier>gw-test</neIdentifier><messageTimestamp>2026-11-29T10:00:00.000000Z"
+        "</messageTimestamp><version>v1.13.1</version>"
+        f"<x1TransactionId>{uuid.uuid4()}</x1TransactionId>{body}</x1RequestMessage>"
+    )
+
+
+def create_destination(port: int) -> str:
+    return message(
+        "CreateDestinationRequest",
+        f"<destinationDetails><dId>{DID}</dId><friendlyName>mdf</friendlyName>"
+        "<deliveryType>X2andX3</deliveryType><deliveryAddress><ipAddressAndPort><address>"
+        f"<IPv4Address>127.0.0.1</IPv4Address></address><port><TCPPort>{port}</TCPPort></port>"
+        "</ipAddressAndPort></deliveryAddress></destinationDetails>",
+    )
+
+
+def activate(target: str, *, delivery: str = "X2andX3", xid: uuid.UUID = XID) -> str:
+    return message(
+        "ActivateTaskRequest",
+        f"<taskDetails><xId>{xid}</xId><targetIdentifiers><targetIdentifier>{target}"
+        f"</targetIdentifier></targetIdentifiers><deliveryType>{delivery}</deliveryType>"
+        f"<listOfDIDs><dId>{DID}</dId></listOfDIDs></taskDetails>",
+    )
+
+
+class Env:
+    def __init__(self, b2bua: B2bua, mediation: Mediation, admf: Admf, tap: Interception) -> None:
+        self.b2bua, self.mediation, self.admf, self.tap = b2bua, mediation, admf, tap
+
+    async def x1(self, *messages: str) -> str:
+        assert self.tap.x1_server is not None and self.tap.x1_server.address is not None
+        answer = await self.admf.post(self.tap.x1_server.address, *messages)
+        assert "ErrorResponse" not in answer, answer
+        return answer
+
+    async def provision(self, *tasks: str) -> None:
+        await self.x1(create_destination(self.mediation.port), *tasks)
+        await eventually(
+            lambda: self.tap.links.get(DID) is not None and self.tap.links[DID].state == "connected"
+        )
+
+    def x2(self) -> list[pdu.Pdu]:
+        return self.mediation.of_type(pdu.X2)
+
+    def x3(self) -> list[pdu.Pdu]:
+        return self.mediation.of_type(pdu.X3)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> tuple[TestCa, Issued, Issued]:
+    test_pki = TestPki(tmp_path / "pki")
+    ca = test_pki.ca("X1 CA")
+    return ca, ca.issue("gw-test"), ca.issue("admf-1")
+
+
+async def intercept_env(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, pki: tuple[TestCa, Issued, Issued]
+) -> Env:
+    ca, server, client = pki
+    mediation = Mediation()
+    await nursery.start(mediation.serve)
+    b2bua = await start_b2bua(
+        nursery,
+        tmp_path,
+        seed,
+        plugins=[("intercept", intercept_plugin)],
+        plugin_tables={
+            "enable": ["intercept"],
+            "intercept": {
+                "x1_listen": "127.0.0.1:0",
+                "x1_certificate": str(server.certificate),
+                "x1_private_key": str(server.key),
+                "x1_ca": str(ca.certificate),
+                "ne_identifier": "gw-test",
+                "delivery_tls": False,
+                "keepalive_interval": 600.0,
+            },
+        },
+        alice_auto=None,
+    )
+    tap = b2bua.gateway.plugins.media_taps.get("intercept")
+    assert isinstance(tap, Interception)
+    await eventually(lambda: tap.x1_server is not None and tap.x1_server.address is not None)
+    return Env(b2bua, mediation, Admf(ca, client), tap)
+
+
+async def test_a_call_to_a_target_delivers_its_signalling_as_x2_and_its_media_as_x3(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    b2bua = env.b2bua
+    call = await b2bua.trunk.invite(
+        b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
+    )
+    leg_b = await b2bua.alice.next_call()
+    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
+    await leg_b.ring()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    answered = parse_sdp_untrusted(final.body).media[0]
+    caller, callee = await bind(CALLER_PORT), await bind(CALLEE_PORT)
+    with caller, callee:
+        for seq in range(20):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), ("127.0.0.1", answered.port))
+            await callee.sendto(rtp(seq, 0x80, 0x2222), ("127.0.0.1", offered.port))
+            await trio.sleep(0.02)
+        assert b2bua.gateway.calls is not None
+        (gateway_call,) = b2bua.gateway.calls.calls
+        assert "taps" not in gateway_call.security_record()  # covert: not in the record
+        await call.bye()  # type: ignore[attr-defined]
+        await eventually(lambda: b2bua.calls == 0)
+    await eventually(
+        lambda: any(
+            p.payload.startswith(b"SIP/2.0 200") and b"BYE" in p.payload.split(b"CSeq:")[1][:20]
+            for p in env.x2()
+        )
+    )
+
+    x2 = env.x2()
+    starts = [p.payload.split(b"\r\n", 1)[0] for p in x2]
+    # Both legs: the trunk's INVITE to us and ours to alice, her answers, the BYEs.
+    assert starts[0].startswith(b"INVITE sip:+4930123456@")  # the trunk's, first of all
+    invites = [p for p in x2 if p.payload.startswith(b"INVITE ")]
+    assert len(invites) == 2
+    assert {p.direction for p in invites} == {pdu.TO_TARGET}  # towards the callee, alice
+    # Answers to the INVITEs come from the target's side: alice's, and ours relaying them.
+    answers = [p for p in x2 if p.payload.startswith(b"SIP/2.0 1") or b" INVITE\r\n" in p.payload]
+    answers = [p for p in answers if p.payload.startswith(b"SIP/2.0")]
+    assert len(answers) >= 4 and {p.direction for p in answers} == {pdu.FROM_TARGET}
+    byes = [p for p in x2 if p.payload.startswith(b"BYE ")]
+    assert len(byes) == 2  # the trunk's, and ours to alice
+    # One call: one correlation ID, the task's XID, the matched identifier, no gaps.
+    assert len({p.correlation for p in x2 + env.x3()}) == 1
+    assert {p.xid for p in x2} == {XID}
+    assert {p.attribute(pdu.MATCHED_TARGET) for p in x2} == {ALICE_DID.encode()}
+    sequences = sorted(p.sequence for p in x2 + env.x3())  # type: ignore[type-var]
+    assert sequences == list(range(len(sequences)))
+    assert all(p.attribute(pdu.IP_PROTOCOL) == b"\x11" for p in x2)
+
+    x3 = env.x3()
+    from_trunk = [p.payload for p in x3 if p.direction == pdu.TO_TARGET]
+    from_target = [p.payload for p in x3 if p.direction == pdu.FROM_TARGET]
+    assert from_trunk == [rtp(seq, 0x00, 0x1111) for seq in range(20)]
+    assert from_target == [rtp(seq, 0x80, 0x2222) for seq in range(20)]
+    assert {p.payload_format for p in x3} == {pdu.FORMAT_RTP}
+    # The core's log lines never name the tap (the plugin's own name XIDs only).
+    core_lines = [
+        r.getMessage() for r in caplog.records if not r.name.startswith("gateway.plugins.taps")
+    ]
+    assert core_lines and not [line for line in core_lines if "intercept" in line]
+    plugin_lines = " ".join(
+        r.getMessage() for r in caplog.records if r.name.startswith("gateway.plugins.taps")
+    )
+    assert str(XID) in plugin_lines and ALICE_DID not in plugin_lines
+
+
+async def test_a_call_attempt_the_target_refuses_is_delivered_too(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    b2bua = env.b2bua
+    call = await b2bua.trunk.invite(
+        b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
+    )
+    leg_b = await b2bua.alice.next_call()
+    await leg_b.answer(486)
+    assert (await call.final()).status == 486
+    await eventually(lambda: b2bua.calls == 0)
+    await eventually(lambda: sum(p.payload.startswith(b"SIP/2.0 486") for p in env.x2()) == 2)
+    refusals = [p for p in env.x2() if p.payload.startswith(b"SIP/2.0 486")]
+    # alice's 486 to us, and ours relaying it to the trunk: both the target's answer.
+    assert [p.direction for p in refusals] == [pdu.FROM_TARGET, pdu.FROM_TARGET]
+    assert env.x3() == []
+
+
+async def test_calls_of_others_deliver_nothing_and_an_x2_only_task_no_media(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{BOB_DID}</e164Number>", delivery="X2Only"))
+    b2bua = env.b2bua
+    # alice is no target: her call delivers nothing.
+    call = await b2bua.trunk.invite(
+        b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
+    )
+    leg_b = await b2bua.alice.next_call()
+    await leg_b.answer(486)
+    await call.final()
+    await eventually(lambda: b2bua.calls == 0)
+    # bob (who never registers) is: X2 of the attempt, no X3 whatever happens.
+    attempt = await b2bua.trunk.invite(
+        b2bua.did_uri(BOB_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
+    )
+    assert (await attempt.final()).status >= 400
+    await eventually(lambda: b2bua.calls == 0)
+    await trio.sleep(1)
+    x2 = env.x2()
+    assert x2 and all(b"+4930123456" not in p.payload.split(b"\r\n", 1)[0] for p in x2)
+    assert x2[0].payload.startswith(b"INVITE sip:+4930999@")
+    assert env.x3() == []
+
+
+async def test_x1_without_a_client_certificate_is_refused_at_the_handshake(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    anonymous = Admf(pki[0], None)
+    assert env.tap.x1_server is not None and env.tap.x1_server.address is not None
+    with pytest.raises((trio.BrokenResourceError, ssl.SSLError, OSError)):
+        await anonymous.post(env.tap.x1_server.address, create_destination(env.mediation.port))
+    await eventually(
+        lambda: env.tap.x1_server is not None and env.tap.x1_server.refused_handshakes == 1
+    )
+    assert env.tap.provisioning.destinations == {}
