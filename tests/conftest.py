@@ -25,6 +25,7 @@ PEER_PACKAGES = {
     "stunnel4": "stunnel4",
     "openssl": "openssl",
     "sngrep": "sngrep",
+    "curl": "curl",
 }
 
 
