@@ -39,6 +39,7 @@ import logging
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +98,7 @@ class InterceptConfig:
                     raise ValueError(
                         f"{key}: required while delivery_tls is true (X2/X3 go over mutual TLS)"
                     )
+        self._check_credentials()
         if not self.ne_identifier:
             raise ValueError("ne_identifier: must not be empty")
         if not 0 <= self.pdu_version <= 0xFFFF:
@@ -105,6 +107,32 @@ class InterceptConfig:
             raise ValueError("keepalive_interval: expected 1 to 3600 seconds")
         if not 10 <= self.queue <= 1_000_000:
             raise ValueError("queue: expected 10 to 1000000 PDUs per destination")
+
+    def _check_credentials(self) -> None:
+        """Certificates, keys and CAs load now, so a mistake stops the gateway at start-up
+        naming the key, instead of leaving it running without interception."""
+        groups: list[tuple[str, str, str, Callable[[], object]]] = [
+            ("x1_certificate", "x1_private_key", "x1_ca", self.x1_ssl_context)
+        ]
+        if self.delivery_tls:
+            groups.append(
+                (
+                    "delivery_certificate",
+                    "delivery_private_key",
+                    "delivery_ca",
+                    self.delivery_ssl_context,
+                )
+            )
+        for certificate, private_key, ca, load in groups:
+            for key in (certificate, private_key, ca):
+                if not Path(getattr(self, key)).is_file():
+                    raise ValueError(f"{key}: no such file: {getattr(self, key)}")
+            try:
+                load()
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"{certificate}, {private_key}, {ca}: cannot be loaded ({exc})"
+                ) from None
 
     @property
     def x1_address(self) -> tuple[str, int]:
@@ -356,12 +384,9 @@ def gateway_plugin_config() -> type:
 
 
 @hookimpl
-def gateway_register_media_taps(registry: Registry[Any], config: InterceptConfig | None) -> None:
-    """Register the ``intercept`` tap (its table is required: X1 needs certificates)."""
-    if config is None:
-        raise ValueError(
-            "the intercept plugin needs its [plugins.intercept] table (X1 certificates)"
-        )
+def gateway_register_media_taps(registry: Registry[Any], config: InterceptConfig) -> None:
+    """Register the ``intercept`` tap. Its table always exists once the plugin is enabled (the
+    core structures it, and a missing certificate is a config error naming the key)."""
     registry.add(Interception.name, Interception(config))
 
 

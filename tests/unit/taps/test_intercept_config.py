@@ -1,0 +1,83 @@
+"""``[plugins.intercept]``: what a bad table is told, and what a good one registers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import gateway.plugins.taps.intercept as intercept_plugin
+from gateway.core.config import ConfigError, from_mapping
+from gateway.core.plugins import load_plugins
+from tests.interop.harness.pki import TestPki
+
+
+@pytest.fixture
+def credentials(tmp_path: Path) -> dict[str, object]:
+    pki = TestPki(tmp_path / "pki")
+    ca = pki.ca("X1 CA")
+    server = ca.issue("gw")
+    return {
+        "x1_certificate": str(server.certificate),
+        "x1_private_key": str(server.key),
+        "x1_ca": str(ca.certificate),
+        "delivery_certificate": str(server.certificate),
+        "delivery_private_key": str(server.key),
+        "delivery_ca": str(ca.certificate),
+        "state_dir": str(tmp_path / "state"),
+    }
+
+
+def load(table: dict[str, object]) -> object:
+    config = from_mapping({"plugins": {"enable": ["intercept"], "intercept": table}})
+    return load_plugins(config, extra=[("intercept", intercept_plugin)], installed={})
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "reason"),
+    [
+        ({"x1_listen": "localhost:8443"}, "x1_listen", "ADDRESS:PORT"),
+        ({"x1_ca": ""}, "x1_ca", "required"),
+        ({"delivery_private_key": ""}, "delivery_private_key", "required while delivery_tls"),
+        ({"x1_certificate": "/nonexistent/gw.crt"}, "x1_certificate", "no such file"),
+        ({"pdu_version": 70000}, "pdu_version", "0 to 65535"),
+        ({"keepalive_interval": 0.1}, "keepalive_interval", "1 to 3600"),
+        ({"queue": 5}, "queue", "10 to 1000000"),
+        ({"ne_identifier": ""}, "ne_identifier", "must not be empty"),
+    ],
+)
+def test_a_bad_table_names_the_key(
+    credentials: dict[str, object], change: dict[str, object], key: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=r"plugins.intercept") as refused:
+        load({**credentials, **change})
+    assert key in str(refused.value) and reason in str(refused.value)
+
+
+def test_a_key_that_does_not_match_its_certificate_is_refused_at_start(
+    credentials: dict[str, object], tmp_path: Path
+) -> None:
+    other = TestPki(tmp_path / "other").ca("Other").issue("other")
+    with pytest.raises(
+        ConfigError, match="x1_certificate, x1_private_key, x1_ca: cannot be loaded"
+    ):
+        load({**credentials, "x1_private_key": str(other.key)})
+
+
+def test_plain_tcp_delivery_needs_no_delivery_credentials(credentials: dict[str, object]) -> None:
+    table = {k: v for k, v in credentials.items() if not k.startswith("delivery_")}
+    plugins = load({**table, "delivery_tls": False})
+    tap = plugins.media_taps.get("intercept")  # type: ignore[attr-defined]
+    assert isinstance(tap, intercept_plugin.Interception)
+    assert (
+        tap.provisioning.path == Path(str(credentials["state_dir"])) / "intercept" / "tasks.sqlite"
+    )
+
+
+def test_enabling_it_without_a_table_is_an_error_that_says_so() -> None:
+    with pytest.raises(ConfigError, match=r"\[plugins.intercept\]: x1_certificate: required"):
+        load_plugins(
+            from_mapping({"plugins": {"enable": ["intercept"]}}),
+            extra=[("intercept", intercept_plugin)],
+            installed={},
+        )
