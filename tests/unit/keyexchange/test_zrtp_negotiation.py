@@ -394,6 +394,16 @@ def test_b256_sas_is_two_words_joined_by_a_colon() -> None:
     assert first.isalpha() and second.isalpha()
 
 
+def test_the_disclosure_flag_is_sent_as_configured_and_the_peers_is_recorded() -> None:
+    """RFC 6189 §11: an endpoint that may disclose keys (lawful interception behind the
+    gateway) sets D in its Confirm; the other side's record says whether the peer did."""
+    a, b = offer_answer(exchange(ZID_A, 1, disclosure=True), exchange(ZID_B, 2))
+    Link(a, b).run()
+    assert_completed(a, b)
+    assert b.security_record()["zrtp_peer_disclosure"] == "yes"
+    assert a.security_record()["zrtp_peer_disclosure"] == "no"
+
+
 def test_the_exchange_is_deterministic_with_seeded_sources_and_dh() -> None:
     results = []
     for _ in range(2):

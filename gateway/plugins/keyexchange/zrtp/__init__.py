@@ -130,6 +130,7 @@ class ZrtpKeyExchange:
         sas_types: Sequence[str] = SAS_TYPES,
         timing: ZrtpTiming | None = None,
         cache: SecretCache | None = None,
+        disclosure: bool = False,
     ) -> None:
         self._zid = zid
         self._random_bytes = random_bytes
@@ -139,6 +140,7 @@ class ZrtpKeyExchange:
         self.sas_types = tuple(name.ljust(4) for name in sas_types)
         self.timing = timing if timing is not None else ZrtpTiming()
         self.cache = cache
+        self.disclosure = disclosure
 
     def __repr__(self) -> str:
         return f"<ZrtpKeyExchange key agreements={','.join(self.key_agreements)}>"
@@ -193,6 +195,7 @@ class ZrtpKeyExchange:
             sas_types=self.sas_types,
             timing=self.timing,
             cache=self.cache,
+            disclosure=self.disclosure,
         )
         return ZrtpNegotiation(
             sdp_role,
@@ -229,6 +232,7 @@ class ZrtpConfig:
     sas_types: tuple[str, ...] = SAS_TYPES
     handshake_timeout: float = 20.0
     cache: bool = True
+    disclosure: bool = False
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -268,6 +272,7 @@ def gateway_register_key_exchanges(registry: Registry[Any], config: ZrtpConfig |
         sas_types=config.sas_types,
         timing=ZrtpTiming(handshake_timeout=config.handshake_timeout),
         cache=config.secret_cache(),
+        disclosure=config.disclosure,
     )
     registry.add(ZrtpKeyExchange.name, exchange)
 

@@ -131,6 +131,9 @@ class ZrtpSettings:
     timing: ZrtpTiming = ZrtpTiming()
     cache: SecretCache | None = attrs.field(default=None, eq=False)
     """Retained secrets by phone ZID (None: cacheless, RFC 6189 §4.9.1)."""
+    disclosure: bool = False
+    """Set the Disclosure flag in our Confirm (§11: this endpoint may disclose the session's
+    keys or plaintext, e.g. to lawful interception). A product setting: every call or none."""
 
 
 def hello_hash_attribute(hello: bytes) -> str:
@@ -285,6 +288,9 @@ class ZrtpNegotiation:
         self._keys: _Keys | None = None
         self._cached: CachedSecrets | None = None  # of the peer's ZID, read with its Hello
         self._peer_cache_expiration = 0
+        self.zrtp_peer_disclosure: str | None = None
+        """"yes" when the phone's Confirm set the Disclosure flag (§11: it may disclose the
+        session's keys or plaintext), "no" when it did not; None before its Confirm."""
         self.cache_state: str | None = None
         """"new" (nothing kept of this phone), "match" (a secret kept from an earlier call went
         into the keys: key continuity) or "mismatch" (we kept one the phone does not share:
@@ -347,6 +353,7 @@ class ZrtpNegotiation:
             "zrtp_key_agreement": self.zrtp_key_agreement,
             "zrtp_peer_client": self.zrtp_peer_client,
             "zrtp_cache": self.zrtp_cache,
+            "zrtp_peer_disclosure": self.zrtp_peer_disclosure,
         }
 
     def statistics(self) -> ZrtpStatistics:
@@ -851,9 +858,10 @@ class ZrtpNegotiation:
         )
 
     def _make_confirm(self, message_type: bytes) -> bytes:
-        """Our Confirm (§5.7): H0, no flags (no enrollment, SAS not verified: we have no user to
-        verify it, no GoClear, no disclosure), cache expiration "forever" with a cache and 0
-        (keep no secret of ours) without, encrypted then MACed with our role's keys."""
+        """Our Confirm (§5.7): H0, flags (no enrollment, SAS not verified: we have no user to
+        verify it, no GoClear; Disclosure as configured, §11), cache expiration "forever" with
+        a cache and 0 (keep no secret of ours) without, encrypted then MACed with our role's
+        keys."""
         keys = self._keys
         assert keys is not None
         zrtp_key, mac_key = (
@@ -865,7 +873,11 @@ class ZrtpNegotiation:
         encrypted = cfb_encrypt(
             zrtp_key,
             iv,
-            p.confirm_plaintext(self._h0, flags=0, cache_expiration=self._our_cache_expiration),
+            p.confirm_plaintext(
+                self._h0,
+                flags=p.CONFIRM_D if self._settings.disclosure else 0,
+                cache_expiration=self._our_cache_expiration,
+            ),
         )
         return p.encode_confirm(
             message_type, confirm_mac=mac64(mac_key, encrypted), iv=iv, encrypted=encrypted
@@ -893,6 +905,7 @@ class ZrtpNegotiation:
         if not message_mac_valid(peer_dh_part, content.h0):
             raise _Abort(0x70, "the peer's DHPart failed its MAC check")
         self._peer_cache_expiration = content.cache_expiration
+        self.zrtp_peer_disclosure = "yes" if content.flags & p.CONFIRM_D else "no"
         return content.h0
 
     def _secure(self) -> None:
