@@ -225,6 +225,11 @@ class SipEndpoint:
         self.calls: CallLayer | None = None
         self.captures: tuple[SipCapture, ...] = tuple(
             capture for _, capture in gateway.plugins.sip_captures.items()
+        ) + tuple(
+            # A media tap may be a capture agent too (interception reports REGISTERs).
+            tap
+            for _, tap in gateway.plugins.media_taps.items()
+            if callable(getattr(tap, "message", None))
         )
         """Capture agents (HEP): a copy of every message in and out (empty: no cost)."""
         self._new_call_bytes: bytes | None = None  # the request being handled

@@ -299,7 +299,7 @@ class Gateway:
         for capture in self.endpoint.captures:
             nursery.start_soon(_run_capture, capture)
         for name, tap in self.plugins.media_taps.items():
-            if callable(getattr(tap, "run", None)):
+            if callable(getattr(tap, "run", None)) and tap not in self.endpoint.captures:
                 nursery.start_soon(_run_tap, name, tap)
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls

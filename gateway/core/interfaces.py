@@ -338,6 +338,10 @@ class MediaTap(Protocol):
     # Optional: ``async run() -> None``, the tap's own long-running task (lawful intercept: its
     # X1 provisioning server and its delivery connections), started once the gateway's
     # listeners are up and cancelled when it stops; its failure is logged, never the gateway's.
+    #
+    # Optional: ``message(data, *, transport, source, destination, at)``: the tap is a
+    # ``SipCapture`` too and gets every SIP message the gateway sends or receives (interception
+    # reports a target's REGISTERs, which belong to no call).
 
 
 class SipCapture(Protocol):

@@ -319,3 +319,31 @@ async def test_x1_without_a_client_certificate_is_refused_at_the_handshake(
         lambda: env.tap.x1_server is not None and env.tap.x1_server.refused_handshakes == 1
     )
     assert env.tap.provisioning.destinations == {}
+
+
+async def test_a_targets_registration_is_delivered_as_x2_with_the_answers(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate("<sipUri>sip:alice@127.0.0.1</sipUri>"))
+    assert (await env.b2bua.alice.register()).status == 200
+    await eventually(lambda: any(p.payload.startswith(b"SIP/2.0 200") for p in env.x2()))
+    x2 = env.x2()
+    lines = [(p.payload.split(b"\r\n", 1)[0].split(b" ")[0:2], p.direction) for p in x2]
+    assert lines == [
+        ([b"REGISTER", b"sip:127.0.0.1:5060"], pdu.FROM_TARGET),
+        ([b"SIP/2.0", b"401"], pdu.TO_TARGET),
+        ([b"REGISTER", b"sip:127.0.0.1:5060"], pdu.FROM_TARGET),
+        ([b"SIP/2.0", b"200"], pdu.TO_TARGET),
+    ]
+    assert len({p.correlation for p in x2}) == 1  # one registration's transactions
+    assert {p.attribute(pdu.MATCHED_TARGET) for p in x2} == {b"sip:alice@127.0.0.1"}
+    # Once the task is gone, her registrations are not delivered.
+    await env.x1(message("DeactivateTaskRequest", f"<xId>{XID}</xId>"))
+    assert (await env.b2bua.alice.register()).status == 200
+    await trio.sleep(1)
+    assert len(env.x2()) == 4

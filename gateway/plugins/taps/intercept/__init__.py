@@ -17,7 +17,8 @@ Request-URI and To for the callee) gets, for as long as the call lives:
   payload format 8, early media included;
 
 with one correlation ID for every PDU of the call, and the direction relative to the target (sent
-by it, or to it) on each. PDUs go to the task's destinations through :mod:`.delivery` links
+by it, or to it) on each. A target's REGISTERs (its address of record a target) and our answers
+to them, which belong to no call, are X2 too: the tap is also a SIP capture agent (``message``). PDUs go to the task's destinations through :mod:`.delivery` links
 (TLS with client certificates by default, keepalives, reconnects, a bounded queue: a slow
 mediation function costs PDUs, counted, never a call's time).
 
@@ -27,8 +28,9 @@ change, no timing: PDUs are queued, never awaited). The plugin's own log lines n
 DIDs, never targets. Deployments where even that is too much run the gateway's log at WARNING.
 
 Not done here (say so to the ADMF's operator): POI-to-ADMF reports (ReportTaskIssue and the
-like), target identifier types other than SIP URI, tel URI and E.164 number, REGISTER events as
-X2, RTCP in X3, and national handover profiles (the mediation function's business).
+like), target identifier types other than SIP URI, tel URI and E.164 number, RTCP in X3, calls
+already in progress when a task is activated, and national handover profiles (the mediation
+function's business).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import re
 import ssl
 import time
 import uuid
@@ -48,6 +51,8 @@ import trio
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TappedCall
+from gateway.core.sip.errors import SipError
+from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.transport.flows import Address
 from gateway.plugins.taps.intercept import pdu
 from gateway.plugins.taps.intercept.delivery import DeliveryLink
@@ -63,6 +68,8 @@ log = logging.getLogger(__name__)
 
 DIRECTORY = "intercept"
 STATE_FILE = "tasks.sqlite"
+MAX_PENDING_REGISTRATIONS = 10_000  # REGISTER transactions of targets awaiting their answer
+_CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 
 
 @attrs.frozen
@@ -194,6 +201,7 @@ class Interception:
         self._link_generation = -1
         self.x1_server: X1Server | None = None
         self.intercepted_calls = 0
+        self._registrations: dict[str, list[Match]] = {}
 
     # -- MediaTap -------------------------------------------------------------------------------
 
@@ -214,6 +222,61 @@ class Interception:
             ", ".join(str(match.task.xid) for match in matches),
         )
         return InterceptSink(deliveries, correlation_id(call.call_id), self._wall_clock)
+
+    # -- SipCapture: a target's REGISTERs ------------------------------------------------------
+
+    def message(
+        self, data: bytes, *, transport: str, source: Address, destination: Address, at: float
+    ) -> None:
+        """Every SIP message the gateway sends or receives: a REGISTER whose address of record
+        is a target, and the answers to it, go out as X2 (they belong to no call, so no call's
+        sink sees them: the target's location is in them)."""
+        if not self.provisioning.tasks:
+            return
+        if data.startswith(b"REGISTER "):
+            try:
+                request = parse_message_untrusted(data)
+            except SipError:
+                return  # the endpoint answers it 400; nothing registered
+            matches = self.provisioning.matches_uri(str(request.to.uri))
+            if not matches:
+                return
+            self._registrations[request.call_id] = matches
+            while len(self._registrations) > MAX_PENDING_REGISTRATIONS:
+                del self._registrations[next(iter(self._registrations))]
+            self._report(
+                matches, request.call_id, data, pdu.FROM_TARGET, transport, source, destination, at
+            )
+        elif self._registrations and data.startswith(b"SIP/2.0 "):
+            found = _CALL_ID.search(data)
+            call_id = found.group(1).strip().decode(errors="replace") if found else ""
+            pending = self._registrations.get(call_id)
+            if pending is None:
+                return
+            if not data.startswith(b"SIP/2.0 1"):
+                del self._registrations[call_id]  # a final answer ends the transaction
+            self._report(pending, call_id, data, pdu.TO_TARGET, transport, source, destination, at)
+
+    def _report(
+        self,
+        matches: list[Match],
+        call_id: str,
+        data: bytes,
+        direction: int,
+        transport: str,
+        source: Address,
+        destination: Address,
+        at: float,
+    ) -> None:
+        correlation = correlation_id("REGISTER " + call_id)
+        addresses = _addresses(source, destination, transport)
+        for match in matches:
+            if not match.task.delivers("X2"):
+                continue
+            for did in match.task.dids:
+                link = self.links.get(did)
+                if link is not None and link.destination.carries("X2"):
+                    link.send(_x2(link, match, correlation, direction, data, addresses, at))
 
     # -- the tap's task -------------------------------------------------------------------------
 
@@ -310,33 +373,14 @@ class InterceptSink:
     ) -> None:
         if self._closed.is_set():
             return
-        try:
-            addresses = pdu.address_attributes(source, destination, 17 if transport == "udp" else 6)
-        except ValueError:
-            addresses = ()
+        addresses = _addresses(source, destination, transport)
         for match, links in self._x2:
             # On the target's own leg, what it sent arrives; on the other leg, what we send on
             # is what the target sent (and what arrives is on its way to the target).
             sent_by_target = inbound if leg == match.side else not inbound
             direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
             for link in links:
-                link.send(
-                    pdu.Pdu(
-                        pdu.X2,
-                        pdu.FORMAT_SIP,
-                        direction,
-                        match.task.xid,
-                        self._correlation,
-                        (
-                            pdu.sequence_attribute(link.next_sequence(match.task.xid)),
-                            pdu.timestamp_attribute(at),
-                            *addresses,
-                            (pdu.MATCHED_TARGET, match.target.value.encode()),
-                        ),
-                        data,
-                        link.version,
-                    )
-                )
+                link.send(_x2(link, match, self._correlation, direction, data, addresses, at))
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
         if not self._x3 or self._closed.is_set() or _is_rtcp(rtp):
@@ -368,6 +412,42 @@ class InterceptSink:
 
     def close(self) -> None:
         self._closed.set()
+
+
+def _addresses(
+    source: Address, destination: Address, transport: str
+) -> tuple[tuple[int, bytes], ...]:
+    try:
+        return pdu.address_attributes(source, destination, 17 if transport == "udp" else 6)
+    except ValueError:
+        return ()  # not IP literals (an in-memory test network): no address attributes
+
+
+def _x2(
+    link: DeliveryLink,
+    match: Match,
+    correlation: int,
+    direction: int,
+    data: bytes,
+    addresses: tuple[tuple[int, bytes], ...],
+    at: float,
+) -> pdu.Pdu:
+    """An X2 PDU carrying the SIP message ``data`` for ``match``'s task on ``link``."""
+    return pdu.Pdu(
+        pdu.X2,
+        pdu.FORMAT_SIP,
+        direction,
+        match.task.xid,
+        correlation,
+        (
+            pdu.sequence_attribute(link.next_sequence(match.task.xid)),
+            pdu.timestamp_attribute(at),
+            *addresses,
+            (pdu.MATCHED_TARGET, match.target.value.encode()),
+        ),
+        data,
+        link.version,
+    )
 
 
 def _is_rtcp(packet: bytes) -> bool:

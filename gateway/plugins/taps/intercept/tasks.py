@@ -28,7 +28,7 @@ from pathlib import Path
 import attrs
 
 from gateway.core.interfaces import TappedCall
-from gateway.plugins.taps.intercept.targets import TargetIdentifier, party_keys
+from gateway.plugins.taps.intercept.targets import TargetIdentifier, party_keys, uri_keys
 
 DELIVERY_TYPES = ("X2Only", "X3Only", "X2andX3")
 
@@ -98,6 +98,19 @@ class Provisioning:
                     target = next(t for t in task.targets if t.key == key)
                     if not any(m.task.xid == xid and m.side == side for m in found):
                         found.append(Match(task, side, target))
+        return found
+
+    def matches_uri(self, uri: str) -> list[Match]:
+        """The tasks whose target ``uri`` names (a REGISTER's address of record): side "a",
+        the target being the one who sends it."""
+        if not self._by_key:
+            return []
+        found: list[Match] = []
+        for key in uri_keys(uri):
+            for xid in self._by_key.get(key, ()):
+                task = self.tasks[xid]
+                if not any(m.task.xid == xid for m in found):
+                    found.append(Match(task, "a", next(t for t in task.targets if t.key == key)))
         return found
 
     # -- X1 operations --------------------------------------------------------------------------
