@@ -5,10 +5,11 @@ takes the X2/X3 PDUs. baresip, SRTP mandatory over TLS (SDES) and the target, ca
 that answers in plain RTP and echoes the media.
 
 1. Delivery over mutual TLS to ``openssl s_server -Verify 1`` (it requires and checks our
-   client certificate): the PDUs it wrote hold the call's SIP on both legs, the INVITE baresip
-   sent first, and the phone's audio decrypted (its 1000 Hz tone) though the phone's leg is
-   SRTP on the wire; ``voipgw calls`` does not name the tap. X1 without a client certificate
-   is refused at the TLS handshake.
+   client certificate): the PDUs it wrote hold baresip's registration (REGISTER, 401, REGISTER,
+   200), then the call's SIP on both legs, the INVITE baresip sent first, and the phone's
+   audio decrypted (its 1000 Hz tone) though the phone's leg is SRTP on the wire; ``voipgw
+   calls`` does not name the tap. X1 without a client certificate is refused at the TLS
+   handshake.
 2. Delivery over plain TCP (a lab set-up) to socat: tshark's "5G Lawful Interception"
    dissector (TS 103 221-2, Wireshark 4.0) reads every PDU socat received, each as one TCP
    segment of a pcap made with text2pcap (the 4.0 dissector reads one PDU per segment, and
@@ -255,6 +256,17 @@ def test_a_targets_call_is_delivered_over_mutual_tls_with_its_media_decrypted(
     assert "taps" not in security  # covert: the record does not name it
     assert "alice@" not in "".join(line for line in log.splitlines() if "intercept" in line)
     delivered = pdus(received)
+    # First her registration (over TLS, challenged, then accepted), under its own correlation.
+    registering = [p for p in delivered if p.correlation == delivered[0].correlation]
+    first_words = [
+        p.payload.split(b" ", 2)[1 if p.payload.startswith(b"SIP/") else 0] for p in registering
+    ]
+    assert first_words[:4] == [b"REGISTER", b"401", b"REGISTER", b"200"]
+    assert set(first_words) <= {b"REGISTER", b"401", b"200"}  # baresip may register again
+    assert {p.direction for p in registering if p.payload.startswith(b"REGISTER")} == {3}
+    assert {p.direction for p in registering if p.payload.startswith(b"SIP/")} == {2}
+    # Then the call.
+    delivered = [p for p in delivered if p not in registering]
     x2 = [p for p in delivered if p.pdu_type == pdu.X2]
     x3 = [p for p in delivered if p.pdu_type == pdu.X3]
     assert x2[0].payload.startswith(b"INVITE sip:+4989555@")  # baresip's, over TLS
