@@ -347,3 +347,34 @@ async def test_a_targets_registration_is_delivered_as_x2_with_the_answers(
     assert (await env.b2bua.alice.register()).status == 200
     await trio.sleep(1)
     assert len(env.x2()) == 4
+
+
+async def test_a_destination_moved_during_a_call_gets_the_rest_of_it(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    b2bua = env.b2bua
+    call = await b2bua.trunk.invite(
+        b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
+    )
+    leg_b = await b2bua.alice.next_call()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    await eventually(lambda: any(p.payload.startswith(b"ACK ") for p in env.x2()))
+    second = Mediation()
+    await nursery.start(second.serve)
+    moved = create_destination(second.port).replace("CreateDestination", "ModifyDestination")
+    await env.x1(moved)
+    await eventually(lambda: env.tap.links[DID].destination.address[1] == second.port)
+    await call.bye()  # type: ignore[attr-defined]
+    await eventually(lambda: b2bua.calls == 0)
+    await eventually(
+        lambda: sum(p.payload.startswith(b"BYE ") for p in second.of_type(pdu.X2)) == 2
+    )
+    assert not any(p.payload.startswith(b"BYE ") for p in env.x2())  # none went to the first
+    assert {p.correlation for p in second.of_type(pdu.X2)} == {env.x2()[0].correlation}

@@ -18,9 +18,11 @@ Request-URI and To for the callee) gets, for as long as the call lives:
 
 with one correlation ID for every PDU of the call, and the direction relative to the target (sent
 by it, or to it) on each. A target's REGISTERs (its address of record a target) and our answers
-to them, which belong to no call, are X2 too: the tap is also a SIP capture agent (``message``). PDUs go to the task's destinations through :mod:`.delivery` links
-(TLS with client certificates by default, keepalives, reconnects, a bounded queue: a slow
-mediation function costs PDUs, counted, never a call's time).
+to them, which belong to no call, are X2 too: the tap is also a SIP capture agent
+(``message``). PDUs go to the task's destinations through :mod:`.delivery` links (TLS with
+client certificates by default, keepalives, reconnects, a bounded queue: a slow mediation
+function costs PDUs, counted, never a call's time); a sink looks its links up for each PDU, so
+a destination created or changed during a call is used at once.
 
 Confidentiality: the sinks are ``covert``: no call record, ``voipgw calls`` line or core log
 line names the interception, and nothing in what the parties see changes (no header, no SDP
@@ -182,7 +184,7 @@ class Interception:
         config: InterceptConfig,
         *,
         provisioning: Provisioning | None = None,
-        wall_clock: Any = time.time,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.provisioning = provisioning or Provisioning(
@@ -212,16 +214,27 @@ class Interception:
         matches = self.provisioning.matches(call)
         if not matches:
             return None
-        deliveries = []
-        for match in matches:
-            links = [self.links[did] for did in match.task.dids if did in self.links]
-            deliveries.append((match, links))
         self.intercepted_calls += 1
         log.info(
             "intercept: call matched task(s) %s",
             ", ".join(str(match.task.xid) for match in matches),
         )
-        return InterceptSink(deliveries, correlation_id(call.call_id), self._wall_clock)
+        return InterceptSink(
+            matches, self.links_for, correlation_id(call.call_id), self._wall_clock
+        )
+
+    def links_for(self, match: Match, kind: str) -> list[DeliveryLink]:
+        """The links of ``match``'s task's destinations that take ``kind`` ("X2", "X3") now:
+        looked up per PDU, so a destination X1 created or changed a moment ago is used at once
+        (its link is made when X1 answers), also by calls already under way."""
+        if not match.task.delivers(kind):
+            return []
+        links = self.links
+        return [
+            link
+            for did in match.task.dids
+            if (link := links.get(did)) is not None and link.destination.carries(kind)
+        ]
 
     # -- SipCapture: a target's REGISTERs ------------------------------------------------------
 
@@ -271,12 +284,8 @@ class Interception:
         correlation = correlation_id("REGISTER " + call_id)
         addresses = _addresses(source, destination, transport)
         for match in matches:
-            if not match.task.delivers("X2"):
-                continue
-            for did in match.task.dids:
-                link = self.links.get(did)
-                if link is not None and link.destination.carries("X2"):
-                    link.send(_x2(link, match, correlation, direction, data, addresses, at))
+            for link in self.links_for(match, "X2"):
+                link.send(_x2(link, match, correlation, direction, data, addresses, at))
 
     # -- the tap's task -------------------------------------------------------------------------
 
@@ -342,20 +351,13 @@ class InterceptSink:
 
     def __init__(
         self,
-        deliveries: list[tuple[Match, list[DeliveryLink]]],
+        matches: list[Match],
+        links_for: Callable[[Match, str], list[DeliveryLink]],
         correlation: int,
-        wall_clock: Any,
+        wall_clock: Callable[[], float],
     ) -> None:
-        self._x2 = [
-            (match, [link for link in links if link.destination.carries("X2")])
-            for match, links in deliveries
-            if match.task.delivers("X2")
-        ]
-        self._x3 = [
-            (match, [link for link in links if link.destination.carries("X3")])
-            for match, links in deliveries
-            if match.task.delivers("X3")
-        ]
+        self._matches = matches
+        self._links_for = links_for
         self._correlation = correlation
         self._wall_clock = wall_clock
         self._closed = trio.Event()
@@ -374,22 +376,22 @@ class InterceptSink:
         if self._closed.is_set():
             return
         addresses = _addresses(source, destination, transport)
-        for match, links in self._x2:
+        for match in self._matches:
             # On the target's own leg, what it sent arrives; on the other leg, what we send on
             # is what the target sent (and what arrives is on its way to the target).
             sent_by_target = inbound if leg == match.side else not inbound
             direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
-            for link in links:
+            for link in self._links_for(match, "X2"):
                 link.send(_x2(link, match, self._correlation, direction, data, addresses, at))
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
-        if not self._x3 or self._closed.is_set() or _is_rtcp(rtp):
+        if self._closed.is_set() or _is_rtcp(rtp):
             return
         at = self._wall_clock()
-        for match, links in self._x3:
+        for match in self._matches:
             sent_by_target = (direction == "a_to_b") == (match.side == "a")
             pdu_direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
-            for link in links:
+            for link in self._links_for(match, "X3"):
                 link.send(
                     pdu.Pdu(
                         pdu.X3,
