@@ -5,6 +5,7 @@ offers, re-offers keeping keys, and no key material in reasons or reprs."""
 from __future__ import annotations
 
 import base64
+import random
 from collections.abc import Sequence
 
 import attrs
@@ -503,6 +504,8 @@ def test_the_answer_attribute_and_a_bad_base64_or_unrelated_key_mgmt() -> None:
     )
     answer = exchange(2).answer([("key-mgmt", "mikey !!!")], suites=[], secure_signalling=True)
     assert answer is not None and failure_of(answer) == "a=key-mgmt:mikey data is not valid base64"
+    with pytest.raises(MikeyError, match="longer than 8 characters"):
+        mikey_message_of([("key-mgmt", "mikey " + "A" * 12)], max_length=8)
     # RFC 4567 §4: the media-level one comes first in the pairs the core passes, and wins.
     media = base64.b64encode(b"media").decode()
     assert (
@@ -539,3 +542,43 @@ def test_a_psk_offer_with_keys_in_clear_needs_tls_even_with_a_mac() -> None:
     over_tls = exchange(3).answer(attributes, suites=[], secure_signalling=True, leg=CARRIER)
     assert over_tls is not None and keys_of(over_tls).suite == CM80
     assert over_tls.mode == "psk"
+
+
+@pytest.mark.parametrize("mode", ["null", "psk", "dh-hmac"])
+def test_mangled_offers_and_answers_end_in_an_event_never_an_exception(mode: str) -> None:
+    """Bounded untrusted parsing: any byte flipped, inserted or cut gives KeysReady or a
+    NegotiationFailed (a MikeyError from remote_sdp_attributes), nothing else."""
+    rng = random.Random(f"mikey-{mode}")
+    offerer = exchange(1, offer_modes=(mode,))
+    offer = offerer.offer(suites=[], secure_signalling=True, leg=ALICE)
+    original = message(offer)
+    answer = exchange(2).answer(
+        offer.local_sdp_attributes(), suites=[], secure_signalling=True, leg=CARRIER
+    )
+    assert answer is not None
+    reply = message(answer) if answer.local_sdp_attributes() else b""
+    for round_ in range(300):
+        data = bytearray(original if round_ % 2 else (reply or original))
+        position = rng.randrange(len(data))
+        action = rng.randrange(3)
+        if action == 0:
+            data[position] ^= 1 << rng.randrange(8)
+        elif action == 1:
+            del data[position:]
+        else:
+            data[position:position] = bytes([rng.randrange(256)])
+        attributes: Attrs = [("key-mgmt", keymgmt_value(bytes(data)))]
+        if round_ % 2:
+            replay = ReplayCache(max_skew=120, max_entries=1000)
+            peer = exchange(3, replay=replay)
+            result = peer.answer(attributes, suites=[], secure_signalling=True, leg=CARRIER)
+            assert result is not None
+            kinds = {type(event) for event in events(result)}
+            assert kinds <= {KeysReady, NegotiationFailed} and len(kinds) == 1
+        else:
+            fresh = offerer._new("offerer")
+            fresh.repeat_offer(offer)  # the same I_MSG and context: the answer is checked
+            try:
+                fresh.remote_sdp_attributes(attributes)
+            except MikeyError:
+                assert isinstance(fresh.failure, NegotiationFailed)
