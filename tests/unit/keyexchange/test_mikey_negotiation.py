@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import base64
 import random
+import struct
 from collections.abc import Sequence
 
 import attrs
 import pytest
 
 from gateway.core.interfaces import KeysReady, LegInfo, NegotiationFailed, SrtpKeys
-from gateway.core.media.srtp import SUITES
+from gateway.core.media.srtp import SUITES, SUPPORTED_SUITES, SrtpSession
 from gateway.plugins.keyexchange.mikey import MikeyKeyExchange
 from gateway.plugins.keyexchange.mikey.crypto import kemac_keys, mac
 from gateway.plugins.keyexchange.mikey.engine import (
@@ -582,3 +583,23 @@ def test_mangled_offers_and_answers_end_in_an_event_never_an_exception(mode: str
                 fresh.remote_sdp_attributes(attributes)
             except MikeyError:
                 assert isinstance(fresh.failure, NegotiationFailed)
+
+
+def rtp_packet(sequence: int, ssrc: int) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, ssrc) + bytes(160)
+
+
+@pytest.mark.parametrize("suite", list(SUPPORTED_SUITES))
+@pytest.mark.parametrize("mode", ["psk", "dh-hmac"])
+def test_the_agreed_keys_protect_srtp_both_ways_for_every_suite(suite: str, mode: str) -> None:
+    offer, answer = run(exchange(1, offer_modes=(mode,)), exchange(2), suites=[suite])
+    offer.remote_sdp_attributes(answer.local_sdp_attributes())
+    a_keys, b_keys = keys_of(offer), keys_of(answer)
+    with SrtpSession(a_keys) as a_srtp, SrtpSession(b_keys) as b_srtp:
+        for sequence in (1, 2):
+            protected = a_srtp.protect_rtp(rtp_packet(sequence, 0xA11CE))
+            assert protected is not None and protected != rtp_packet(sequence, 0xA11CE)
+            assert b_srtp.unprotect_rtp(protected) == rtp_packet(sequence, 0xA11CE)
+            back = b_srtp.protect_rtp(rtp_packet(sequence, 0xB0B))
+            assert back is not None
+            assert a_srtp.unprotect_rtp(back) == rtp_packet(sequence, 0xB0B)
