@@ -22,24 +22,25 @@ The KEMAC keys (encr_key, auth_key, salt) come from the account's or trunk's pre
 refused with a 488 saying so.
 
 Crypto sessions: our I_MSG has two, in an SRTP-ID map with SSRC 0 and ROC 0 (the gateway relays
-the other leg's SSRCs and cannot know them in advance): cs_id 1 keys what the offerer sends, cs_id
-2 what the answerer sends; their SRTP master key and salt come from one TGK through the PRF
-(§4.1.3), or (``"gstreamer"`` style) travel as two TEK key data, each master key || salt in one
-field as GStreamer writes them. An offer with one crypto session (GStreamer, most RTSP-style
-peers) keys both directions with its one key: SRTP allows one master key for several SSRCs
-(RFC 3711 §8.1) as long as their SSRCs differ. An offer with no crypto session at all (GStreamer's
-``new_from_caps`` before ``add_cs_srtp``) is read as one. More than two are refused: which of
-them belong to this m= line cannot be told.
+the other leg's SSRCs and cannot know them in advance): cs_id 1 keys what the offerer sends,
+cs_id 2 what the answerer sends (a cs_id is a crypto session's 1-based place in the map:
+minisip's numbering, unverified against RFC 3830 §4.1.3). Their SRTP master key and salt come
+from one TGK through the PRF (§4.1.3), or (``"gstreamer"`` style) travel as two TEK key data,
+each master key || salt in one field as GStreamer writes them. An offer with one crypto session
+(GStreamer, most RTSP-style peers) keys both directions with its one key: SRTP allows one
+master key for several SSRCs (RFC 3711 §8.1) as long as their SSRCs differ. An offer with no
+crypto session at all (GStreamer's ``new_from_caps`` before ``add_cs_srtp``) is read as one.
+More than two are refused: which of them belong to this m= line cannot be told.
 
 Every received message is bounded-parsed (``payloads``); in psk and dh-hmac modes the MAC is
 checked before anything else is believed, then its T must be within the clock skew and not seen
 before (``replay``). Failures are ``NegotiationFailed(reason, 488)`` (and a raised
 :class:`MikeyError` from ``remote_sdp_attributes``); no reason or ``repr`` contains key material.
 
-Re-offers (RFC 4567 §6 reads as "the same data keeps the session"): a re-offer that keeps the
-stream repeats our I_MSG byte for byte and an answer to a repeated I_MSG repeats our R_MSG, so
-the keys and the SRTP contexts (with their packet indices) go on; anything else is a new exchange
-with fresh keys, so a key never sees its packet index restart.
+Re-offers (our choice: RFC 4567's text on re-INVITEs was not available; unverified): a
+re-offer that keeps the stream repeats our I_MSG byte for byte and an answer to a repeated I_MSG
+repeats our R_MSG, so the keys and the SRTP contexts (with their packet indices) go on; anything
+else is a new exchange with fresh keys, so a key never sees its packet index restart.
 """
 
 from __future__ import annotations
