@@ -275,6 +275,7 @@ class CallManager:
             key_exchanges=exchanges,
             signalling=flow.transport if flow is not None else (transport or "udp"),
             offer_feedback=offer_feedback,
+            leg=leg,  # for key exchanges keyed per account or trunk (mikey's PSK modes)
         )
 
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:

@@ -7,9 +7,8 @@ marked secure (the NULL container only travels over TLS; the memory transport st
 - a callee answering with a MIKEY error message ends the call, both sides told why;
 - a MIKEY caller on a leg without TLS is refused with a 488 saying so;
 - a re-INVITE with the same I_MSG keeps the keys;
-- PSK and DH-HMAC callers over UDP keyed with their trunk's pre-shared key (the manager's
-  LegInfo handed to LegSecurity by a fixture until the manager does it), and a wrong key
-  refused with the reason.
+- PSK and DH-HMAC callers over UDP keyed with their trunk's pre-shared key (the call manager
+  tells the leg's LegSecurity whose leg it is), and a wrong key refused with the reason.
 """
 
 from __future__ import annotations
@@ -287,37 +286,12 @@ async def test_a_re_invite_with_the_same_message_keeps_the_keys(
 KEY_HEX = "3f" * 32
 
 
-@pytest.fixture
-def legs_named(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Stand in for the missing ``LegSecurity(..., leg=leg)`` of the call manager (its file is
-    another change's; docs/media_security.md "Which account or trunk"): the LegInfo the manager
-    builds for a leg goes to that leg's LegSecurity. Once the manager passes it itself, this
-    changes nothing (``setdefault``)."""
-    import gateway.core.calls.manager as manager
-
-    built: list[LegInfo] = []
-    real_info, real_security = manager.LegInfo, manager.LegSecurity
-
-    def info(*args: object, **kwargs: object) -> LegInfo:
-        built.append(real_info(*args, **kwargs))  # type: ignore[arg-type]
-        return built[-1]
-
-    def security(*args: object, **kwargs: object) -> object:
-        kwargs.setdefault("leg", built[-1] if built else None)
-        return real_security(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(manager, "LegInfo", info)
-    monkeypatch.setattr(manager, "LegSecurity", security)
-    yield
-
-
 @pytest.mark.parametrize("mode", ["psk", "dh-hmac"])
 async def test_a_psk_caller_over_udp_is_keyed_with_its_trunks_key(
     nursery: trio.Nursery,
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    legs_named: None,
     mode: str,
 ) -> None:
     keys_file = tmp_path / "mikey-keys.toml"
@@ -349,7 +323,6 @@ async def test_a_psk_caller_with_the_wrong_key_is_refused_with_the_reason(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    legs_named: None,
 ) -> None:
     keys_file = tmp_path / "mikey-keys.toml"
     keys_file.write_text(f'[trunks]\ncarrier = "{KEY_HEX}"\n')
