@@ -288,6 +288,7 @@ def test_a_document_we_cannot_read_gets_a_top_level_error(body: bytes, descripti
 def test_tasks_and_destinations_survive_a_restart_in_a_private_file(tmp_path: Path) -> None:
     path = tmp_path / "intercept" / "tasks.sqlite"
     first = Provisioning(path)
+    assert not path.parent.exists()  # nothing written before the first change (check-config)
     x1 = handler(first)
     x1.handle(
         document(

@@ -81,8 +81,8 @@ class Provisioning:
         self._db: sqlite3.Connection | None = None
         self.generation = 0
         """Counts changes to the destinations: the delivery links follow it."""
-        if path is not None:
-            self._load()
+        if path is not None and path.exists():
+            self._load()  # a missing file is made at the first change: check-config writes nothing
 
     # -- matching -------------------------------------------------------------------------------
 
