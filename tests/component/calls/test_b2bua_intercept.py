@@ -16,6 +16,7 @@ import logging
 import ssl
 import uuid
 from pathlib import Path
+from typing import Any
 
 import h11
 import pytest
@@ -125,6 +126,14 @@ class Env:
             lambda: self.tap.links.get(DID) is not None and self.tap.links[DID].state == "connected"
         )
 
+    async def trunk_calls_alice(self) -> tuple[Any, Any]:
+        """The trunk calls alice's number (RTP from CALLER_PORT); alice's leg, unanswered."""
+        b2bua = self.b2bua
+        call = await b2bua.trunk.invite(
+            b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
+        )
+        return call, await b2bua.alice.next_call()
+
     def x2(self) -> list[pdu.Pdu]:
         return self.mediation.of_type(pdu.X2)
 
@@ -182,10 +191,7 @@ async def test_a_call_to_a_target_delivers_its_signalling_as_x2_and_its_media_as
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
     b2bua = env.b2bua
-    call = await b2bua.trunk.invite(
-        b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
-    )
-    leg_b = await b2bua.alice.next_call()
+    call, leg_b = await env.trunk_calls_alice()
     offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
     await leg_b.ring()
     await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
@@ -258,10 +264,7 @@ async def test_a_call_attempt_the_target_refuses_is_delivered_too(
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
     b2bua = env.b2bua
-    call = await b2bua.trunk.invite(
-        b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
-    )
-    leg_b = await b2bua.alice.next_call()
+    call, leg_b = await env.trunk_calls_alice()
     await leg_b.answer(486)
     assert (await call.final()).status == 486
     await eventually(lambda: b2bua.calls == 0)
@@ -283,10 +286,7 @@ async def test_calls_of_others_deliver_nothing_and_an_x2_only_task_no_media(
     await env.provision(activate(f"<e164Number>{BOB_DID}</e164Number>", delivery="X2Only"))
     b2bua = env.b2bua
     # alice is no target: her call delivers nothing.
-    call = await b2bua.trunk.invite(
-        b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
-    )
-    leg_b = await b2bua.alice.next_call()
+    call, leg_b = await env.trunk_calls_alice()
     await leg_b.answer(486)
     await call.final()
     await eventually(lambda: b2bua.calls == 0)
@@ -359,10 +359,7 @@ async def test_a_destination_moved_during_a_call_gets_the_rest_of_it(
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
     b2bua = env.b2bua
-    call = await b2bua.trunk.invite(
-        b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
-    )
-    leg_b = await b2bua.alice.next_call()
+    call, leg_b = await env.trunk_calls_alice()
     await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
     assert (await call.final()).status == 200
     await eventually(lambda: any(p.payload.startswith(b"ACK ") for p in env.x2()))
