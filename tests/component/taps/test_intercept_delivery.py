@@ -19,9 +19,17 @@ from tests.interop.harness.pki import TestPki
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 
 
-def x2(n: int) -> pdu.Pdu:
-    return pdu.Pdu(
-        pdu.X2, pdu.FORMAT_SIP, pdu.TO_TARGET, XID, 7, (pdu.sequence_attribute(n),), b"SIP %d" % n
+def x2(n: int) -> bytes:
+    return pdu.encode_pdu(
+        pdu.Pdu(
+            pdu.X2,
+            pdu.FORMAT_SIP,
+            pdu.TO_TARGET,
+            XID,
+            7,
+            (pdu.sequence_attribute(n),),
+            b"SIP %d" % n,
+        )
     )
 
 

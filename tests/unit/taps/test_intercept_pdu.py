@@ -119,3 +119,41 @@ def test_a_payload_larger_than_the_limit_cannot_be_encoded() -> None:
         pdu.encode_pdu(
             pdu.Pdu(pdu.X3, pdu.FORMAT_RTP, 1, XID, 0, (), bytes(pdu.MAX_PAYLOAD_LENGTH + 1))
         )
+
+
+def test_the_per_packet_encoder_makes_the_same_octets_as_the_general_one() -> None:
+    """encode_copy (every intercepted packet and message) against encode_pdu (the tested
+    layout): the same PDU, byte for byte, and the reader gives it back."""
+    more = (
+        *pdu.address_attributes(("192.0.2.1", 5060), ("198.51.100.7", 5080), 6),
+        (pdu.MATCHED_TARGET, b"sip:alice@example.com"),
+    )
+    packet = bytes(range(172))
+    fast = pdu.encode_copy(
+        pdu.X3,
+        pdu.FORMAT_RTP,
+        pdu.TO_TARGET,
+        XID.bytes,
+        99,
+        0x1_0000_0005,  # wraps to 5, as sequence_attribute does
+        1700000000.123456789,
+        pdu.encode_attributes(more),
+        packet,
+        5,
+    )
+    general = pdu.encode_pdu(
+        pdu.Pdu(
+            pdu.X3,
+            pdu.FORMAT_RTP,
+            pdu.TO_TARGET,
+            XID,
+            99,
+            (pdu.sequence_attribute(5), pdu.timestamp_attribute(1700000000.123456789), *more),
+            packet,
+            version=5,
+        )
+    )
+    assert fast == general
+    decoded = pdu.decode_pdu(fast)
+    assert decoded.sequence == 5 and decoded.payload == packet
+    assert decoded.attribute(pdu.MATCHED_TARGET) == b"sip:alice@example.com"

@@ -285,7 +285,8 @@ class Interception:
         addresses = _addresses(source, destination, transport)
         for match in matches:
             for link in self.links_for(match, "X2"):
-                link.send(_x2(link, match, correlation, direction, data, addresses, at))
+                more = addresses + _matched_target(match)
+                link.send(_x2(link, match, correlation, direction, data, more, at))
 
     # -- the tap's task -------------------------------------------------------------------------
 
@@ -356,7 +357,8 @@ class InterceptSink:
         correlation: int,
         wall_clock: Callable[[], float],
     ) -> None:
-        self._matches = matches
+        # Each match with its Matched Target Identifier attribute, encoded once per call.
+        self._matches = [(match, _matched_target(match)) for match in matches]
         self._links_for = links_for
         self._correlation = correlation
         self._wall_clock = wall_clock
@@ -376,34 +378,35 @@ class InterceptSink:
         if self._closed.is_set():
             return
         addresses = _addresses(source, destination, transport)
-        for match in self._matches:
+        for match, target in self._matches:
             # On the target's own leg, what it sent arrives; on the other leg, what we send on
             # is what the target sent (and what arrives is on its way to the target).
             sent_by_target = inbound if leg == match.side else not inbound
             direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
             for link in self._links_for(match, "X2"):
-                link.send(_x2(link, match, self._correlation, direction, data, addresses, at))
+                link.send(
+                    _x2(link, match, self._correlation, direction, data, addresses + target, at)
+                )
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
         if self._closed.is_set() or _is_rtcp(rtp):
             return
         at = self._wall_clock()
-        for match in self._matches:
+        for match, target in self._matches:
             sent_by_target = (direction == "a_to_b") == (match.side == "a")
             pdu_direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
+            xid = match.task.xid
             for link in self._links_for(match, "X3"):
                 link.send(
-                    pdu.Pdu(
+                    pdu.encode_copy(
                         pdu.X3,
                         pdu.FORMAT_RTP,
                         pdu_direction,
-                        match.task.xid,
+                        xid.bytes,
                         self._correlation,
-                        (
-                            pdu.sequence_attribute(link.next_sequence(match.task.xid)),
-                            pdu.timestamp_attribute(at),
-                            (pdu.MATCHED_TARGET, match.target.value.encode()),
-                        ),
+                        link.next_sequence(xid),
+                        at,
+                        target,
                         rtp,
                         link.version,
                     )
@@ -416,13 +419,18 @@ class InterceptSink:
         self._closed.set()
 
 
-def _addresses(
-    source: Address, destination: Address, transport: str
-) -> tuple[tuple[int, bytes], ...]:
+def _addresses(source: Address, destination: Address, transport: str) -> bytes:
+    """The address, port and protocol attributes of a SIP message, encoded."""
     try:
-        return pdu.address_attributes(source, destination, 17 if transport == "udp" else 6)
+        attributes = pdu.address_attributes(source, destination, 17 if transport == "udp" else 6)
     except ValueError:
-        return ()  # not IP literals (an in-memory test network): no address attributes
+        return b""  # not IP literals (an in-memory test network): no address attributes
+    return pdu.encode_attributes(attributes)
+
+
+def _matched_target(match: Match) -> bytes:
+    """The Matched Target Identifier attribute of ``match``, encoded."""
+    return pdu.encode_attributes(((pdu.MATCHED_TARGET, match.target.value.encode()),))
 
 
 def _x2(
@@ -431,22 +439,21 @@ def _x2(
     correlation: int,
     direction: int,
     data: bytes,
-    addresses: tuple[tuple[int, bytes], ...],
+    more_attributes: bytes,
     at: float,
-) -> pdu.Pdu:
-    """An X2 PDU carrying the SIP message ``data`` for ``match``'s task on ``link``."""
-    return pdu.Pdu(
+) -> bytes:
+    """An X2 PDU carrying the SIP message ``data`` for ``match``'s task on ``link``, its
+    attributes after the sequence number and timestamp ``more_attributes`` (addresses, target)."""
+    xid = match.task.xid
+    return pdu.encode_copy(
         pdu.X2,
         pdu.FORMAT_SIP,
         direction,
-        match.task.xid,
+        xid.bytes,
         correlation,
-        (
-            pdu.sequence_attribute(link.next_sequence(match.task.xid)),
-            pdu.timestamp_attribute(at),
-            *addresses,
-            (pdu.MATCHED_TARGET, match.target.value.encode()),
-        ),
+        link.next_sequence(xid),
+        at,
+        more_attributes,
         data,
         link.version,
     )

@@ -31,10 +31,8 @@ import trio
 from gateway.plugins.taps.intercept.pdu import (
     KEEPALIVE,
     KEEPALIVE_ACK,
-    Pdu,
     PduError,
     PduReader,
-    encode_pdu,
     keepalive,
 )
 from gateway.plugins.taps.intercept.tasks import Destination
@@ -75,11 +73,12 @@ class DeliveryLink:
         self._sequences[xid] = (sequence + 1) & 0xFFFFFFFF
         return sequence
 
-    def send(self, pdu: Pdu) -> None:
-        """Queue ``pdu``; never waits (a full queue or a closed link drops it, counted)."""
+    def send(self, pdu: bytes) -> None:
+        """Queue an encoded PDU; never waits (a full queue or a closed link drops it,
+        counted)."""
         try:
-            self._send.send_nowait(encode_pdu(pdu))
-        except (trio.WouldBlock, trio.ClosedResourceError, ValueError):
+            self._send.send_nowait(pdu)
+        except (trio.WouldBlock, trio.ClosedResourceError):
             self.dropped += 1
 
     def close(self) -> None:

@@ -101,9 +101,7 @@ class Pdu:
 
 
 def encode_pdu(pdu: Pdu) -> bytes:
-    attributes = b"".join(
-        struct.pack("!HH", kind, len(value)) + value for kind, value in pdu.attributes
-    )
+    attributes = encode_attributes(pdu.attributes)
     header_length = FIXED_HEADER + len(attributes)
     if header_length > MAX_HEADER_LENGTH or len(pdu.payload) > MAX_PAYLOAD_LENGTH:
         raise ValueError("PDU too large")
@@ -118,6 +116,54 @@ def encode_pdu(pdu: Pdu) -> bytes:
         pdu.correlation,
     )
     return fixed + attributes + pdu.payload
+
+
+_SEQUENCE_AND_TIME = struct.Struct("!HHIHHII")  # attribute 8 (4 octets), attribute 9 (8)
+
+
+def encode_copy(
+    pdu_type: int,
+    payload_format: int,
+    direction: int,
+    xid: bytes,
+    correlation: int,
+    sequence: int,
+    at: float,
+    more_attributes: bytes,
+    payload: bytes,
+    version: int,
+) -> bytes:
+    """What :func:`encode_pdu` makes of an X2 or X3 PDU whose attributes are its sequence
+    number, its timestamp, then ``more_attributes`` (already encoded: the matched target, the
+    addresses), without the objects: this runs for every intercepted packet."""
+    seconds = int(at)
+    attributes = (
+        _SEQUENCE_AND_TIME.pack(
+            SEQUENCE_NUMBER,
+            4,
+            sequence & 0xFFFFFFFF,
+            TIMESTAMP,
+            8,
+            seconds,
+            min(999_999_999, round((at - seconds) * 1e9)),
+        )
+        + more_attributes
+    )
+    fixed = _FIXED.pack(
+        version,
+        pdu_type,
+        FIXED_HEADER + len(attributes),
+        len(payload),
+        payload_format,
+        direction,
+        xid,
+        correlation,
+    )
+    return fixed + attributes + payload
+
+
+def encode_attributes(attributes: tuple[tuple[int, bytes], ...]) -> bytes:
+    return b"".join(struct.pack("!HH", kind, len(value)) + value for kind, value in attributes)
 
 
 def keepalive(sequence: int, *, version: int, acknowledgement: bool = False) -> bytes:
