@@ -8,11 +8,13 @@ own failures (ARCHITECTURE.md, STYLE.md habit 6).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -25,9 +27,7 @@ from gateway.core.ids import IdSource, RandomIds
 from gateway.core.interfaces import (
     Caller,
     Listener,
-    MediaTap,
     RouteDecision,
-    SipCapture,
     Transport,
     TransportLimits,
 )
@@ -296,11 +296,7 @@ class Gateway:
             self.relay = MediaRelay(PortAllocator(media.address, self.config.media_ports))
             await nursery.start(self.relay.serve)
         nursery.start_soon(self._housekeeping)
-        for capture in self.endpoint.captures:
-            nursery.start_soon(_run_capture, capture)
-        for name, tap in self.plugins.media_taps.items():
-            if callable(getattr(tap, "run", None)) and tap not in self.endpoint.captures:
-                nursery.start_soon(_run_tap, name, tap)
+        await self._start_plugin_tasks(nursery)
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls
         await nursery.start(self.endpoint.run, self._inbound_receive)
@@ -309,6 +305,23 @@ class Gateway:
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),
         )
         log.info("media relay: %s", relay_build())
+
+    async def _start_plugin_tasks(self, nursery: trio.Nursery) -> None:
+        """The tasks of capture agents and media taps (HEP's sender, interception's X1 server
+        and delivery links), each object's once. A ``run`` that takes ``task_status`` is waited
+        for: until it says it started, a failure (the X1 port taken) stops the gateway's
+        start-up like a listener's would; after, a failure is logged and the gateway goes on."""
+        runners: dict[int, tuple[str, Any]] = {}
+        for capture in self.endpoint.captures:
+            runners[id(capture)] = (str(getattr(capture, "name", capture)), capture)
+        for name, tap in self.plugins.media_taps.items():
+            if callable(getattr(tap, "run", None)):
+                runners.setdefault(id(tap), (name, tap))
+        for name, runner in runners.values():
+            if "task_status" in inspect.signature(runner.run).parameters:
+                await nursery.start(_run_plugin_task, name, runner)
+            else:
+                nursery.start_soon(_run_plugin_task, name, runner)
 
 
 def run_until_signal(gateway: Gateway) -> int:
@@ -325,24 +338,51 @@ def run_until_signal(gateway: Gateway) -> int:
 
     try:
         trio.run(main)
-    except OSError as exc:
-        log.error("cannot run: %s", exc)
+    except (OSError, ExceptionGroup) as exc:
+        # A port taken, an address not ours: said in one line, whichever nursery it came
+        # through (trio groups what a nursery's tasks raise); anything else is a bug's traceback.
+        if isinstance(exc, OSError):
+            errors: list[OSError] = [exc]
+        else:
+            matched, rest = exc.split(OSError)
+            if matched is None or rest is not None:
+                raise
+            errors = _leaves(matched)
+        for error in errors:
+            log.error("cannot run: %s", error)
         return 1
     return 0
 
 
-async def _run_tap(name: str, tap: MediaTap) -> None:
-    """A media tap's own task (lawful intercept's X1 server): its failure is logged, never the
-    gateway's end."""
-    try:
-        await tap.run()  # type: ignore[attr-defined]
-    except Exception:
-        log.exception("media tap %s stopped with an error", name)
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    found: list[OSError] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
 
 
-async def _run_capture(capture: SipCapture) -> None:
-    """A SIP capture agent's task: its failure is logged, never the gateway's end."""
+async def _run_plugin_task(
+    name: str, runner: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A plugin's own task (a capture agent's sender, a tap's X1 server). Started with
+    ``task_status`` when its ``run`` takes one: a failure before it started is the start-up's;
+    any other failure is logged, never the gateway's end."""
+    started = False
+
+    class _Started:
+        def started(self, value: object = None) -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+
     try:
-        await capture.run()
+        if "task_status" in inspect.signature(runner.run).parameters:
+            await runner.run(task_status=_Started())
+        else:
+            task_status.started()
+            started = True
+            await runner.run()
     except Exception:
-        log.exception("SIP capture %s stopped with an error", getattr(capture, "name", capture))
+        if not started:
+            raise
+        log.exception("plugin task %s stopped with an error", name)

@@ -338,6 +338,8 @@ class MediaTap(Protocol):
     # Optional: ``async run() -> None``, the tap's own long-running task (lawful intercept: its
     # X1 provisioning server and its delivery connections), started once the gateway's
     # listeners are up and cancelled when it stops; its failure is logged, never the gateway's.
+    # A ``run(*, task_status)`` is waited for until it calls ``task_status.started()``: a
+    # failure before that (its port taken) stops the gateway's start-up, as a listener's does.
     #
     # Optional: ``message(data, *, transport, source, destination, at)``: the tap is a
     # ``SipCapture`` too and gets every SIP message the gateway sends or receives (interception

@@ -46,7 +46,8 @@ class Admf:
         if client is not None:
             self.context.load_cert_chain(client.certificate, client.key)
 
-    async def post(self, address: tuple[str, int], *messages: str) -> str:
+    async def post(self, address: tuple[str, int], *messages: str) -> tuple[int, str]:
+        """POST an X1Request of ``messages``: the HTTP status and the body."""
         body = (
             f'<X1Request xmlns="{NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
             + "".join(messages)
@@ -69,17 +70,17 @@ class Admf:
                 + client.send(h11.Data(data=body))
                 + client.send(h11.EndOfMessage())
             )
-            answer = b""
+            answer, status = b"", 0
             while True:
                 event = client.next_event()
                 if event is h11.NEED_DATA:
                     client.receive_data(await stream.receive_some(65536))
                 elif isinstance(event, h11.Response):
-                    assert event.status_code == 200
+                    status = event.status_code
                 elif isinstance(event, h11.Data):
                     answer += event.data
                 elif isinstance(event, h11.EndOfMessage):
-                    return answer.decode()
+                    return status, answer.decode()
 
 
 def message(kind: str, body: str) -> str:
@@ -116,8 +117,8 @@ class Env:
 
     async def x1(self, *messages: str) -> str:
         assert self.tap.x1_server is not None and self.tap.x1_server.address is not None
-        answer = await self.admf.post(self.tap.x1_server.address, *messages)
-        assert "ErrorResponse" not in answer, answer
+        status, answer = await self.admf.post(self.tap.x1_server.address, *messages)
+        assert status == 200 and "ErrorResponse" not in answer, answer
         return answer
 
     async def provision(self, *tasks: str) -> None:
@@ -375,3 +376,25 @@ async def test_a_destination_moved_during_a_call_gets_the_rest_of_it(
     )
     assert not any(p.payload.startswith(b"BYE ") for p in env.x2())  # none went to the first
     assert {p.correlation for p in second.of_type(pdu.X2)} == {env.x2()[0].correlation}
+
+
+async def test_a_bug_answering_one_x1_request_is_a_500_and_x1_goes_on(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    assert env.tap.x1_server is not None and env.tap.x1_server.address is not None
+    real = env.tap.x1.handle
+
+    def broken(body: bytes) -> bytes:
+        raise RuntimeError("a bug")
+
+    env.tap.x1.handle = broken  # type: ignore[method-assign]
+    status, _ = await env.admf.post(env.tap.x1_server.address, create_destination(9))
+    assert status == 500
+    env.tap.x1.handle = real  # type: ignore[method-assign]
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))  # X1 still serves
+    assert set(env.tap.provisioning.tasks) == {XID}

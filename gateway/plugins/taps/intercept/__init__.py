@@ -290,7 +290,9 @@ class Interception:
 
     # -- the tap's task -------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve X1 and keep a delivery link per destination. Started once X1 listens: the
+        gateway does not start without it (an interception the ADMF cannot reach is none)."""
         if self.config.delivery_tls is False:
             log.warning(
                 "intercept: X2/X3 go to mediation functions over plain TCP (delivery_tls = "
@@ -302,6 +304,7 @@ class Interception:
             self.x1_server = server
             host, port = self.config.x1_address
             await nursery.start(server.serve, host, port)
+            task_status.started()
             while True:
                 self._reconcile(nursery, delivery_context)
                 await self._changed.wait()

@@ -1,0 +1,65 @@
+"""``voipgw run`` refusing to start, as an operator sees it: exit status 1 and one line that says
+why, no traceback, and nothing left listening."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness.pki import TestPki
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 somebody else listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def run(config: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "voipgw.toml"
+    path.write_text(f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n' + config)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_sip_port_in_use_is_one_line_and_exit_1(taken_port: int, tmp_path: Path) -> None:
+    result = run(
+        f'[sip]\nlisten = ["tcp:127.0.0.1:{taken_port}"]\n[plugins]\nenable = ["tcp"]\n', tmp_path
+    )
+    assert result.returncode == 1
+    assert "cannot run: [Errno 98] Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_x1_port_in_use_stops_the_start_instead_of_running_without_interception(
+    taken_port: int, tmp_path: Path
+) -> None:
+    pki = TestPki(tmp_path / "pki")
+    ca = pki.ca("X1 CA")
+    server = ca.issue("gw")
+    result = run(
+        '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        '[plugins]\nenable = ["udp", "intercept"]\n'
+        "[plugins.intercept]\n"
+        f'x1_listen = "127.0.0.1:{taken_port}"\n'
+        f'x1_certificate = "{server.certificate}"\n'
+        f'x1_private_key = "{server.key}"\n'
+        f'x1_ca = "{ca.certificate}"\n'
+        "delivery_tls = false\n",
+        tmp_path,
+    )
+    assert result.returncode == 1
+    assert "cannot run: [Errno 98] Address already in use" in result.stderr
+    assert "voipgw ready" not in result.stderr and "Traceback" not in result.stderr
