@@ -9,7 +9,8 @@ that answers in plain RTP and echoes the media.
    200), then the call's SIP on both legs, the INVITE baresip sent first, and the phone's
    audio decrypted (its 1000 Hz tone) though the phone's leg is SRTP on the wire; ``voipgw
    calls`` does not name the tap. X1 without a client certificate is refused at the TLS
-   handshake.
+   handshake. The same with ``[media] workers = 2``: the media is decrypted in a worker process,
+   which sends the copies to the SIP process.
 2. Delivery over plain TCP (a lab set-up) to socat: tshark's "5G Lawful Interception"
    dissector (TS 103 221-2, Wireshark 4.0) reads every PDU socat received, each as one TCP
    segment of a pcap made with text2pcap (the 4.0 dissector reads one PDU per segment, and
@@ -128,7 +129,7 @@ def curl_x1(
 
 
 def gateway(
-    workdir: Path, trunk: SippUas, pki: Pki, x1_port: int, *, tls_delivery: bool
+    workdir: Path, trunk: SippUas, pki: Pki, x1_port: int, *, tls_delivery: bool, workers: int = 1
 ) -> TlsGatewayProcess:
     table = (
         "[plugins.intercept]\n"
@@ -151,7 +152,10 @@ def gateway(
         plugins=("udp", "tcp", "tls", "sdes", "intercept"),
         accounts={"alice": PASSWORD},
         digest_algorithms=("MD5",),  # baresip 1.0.0 answers MD5 only
-        settings={"gateway": {"log_level": "debug", "domains": [LOOPBACK]}},
+        settings={
+            "gateway": {"log_level": "debug", "domains": [LOOPBACK]},
+            "media": {"workers": workers},
+        },
         extra_toml=trunk.trunk_toml() + table,
     )
 
@@ -230,15 +234,16 @@ def call_through(gw: TlsGatewayProcess, tmp_path: Path) -> dict[str, object]:
     return dict(record["security"])
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process-relay", "two-media-workers"])
 def test_a_targets_call_is_delivered_over_mutual_tls_with_its_media_decrypted(
-    tmp_path: Path,
+    tmp_path: Path, workers: int
 ) -> None:
     pki = Pki(tmp_path / "pki")
     x1_port = free_port("tcp")
     with (
         mediation(tmp_path, pki, tls=True) as (mdf_port, received),
         SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True) as trunk,
-        gateway(tmp_path / "gw", trunk, pki, x1_port, tls_delivery=True) as gw,
+        gateway(tmp_path / "gw", trunk, pki, x1_port, tls_delivery=True, workers=workers) as gw,
     ):
         wait_listening(x1_port, "tcp", timeout=10)
         refused = curl_x1(pki, x1_port, provisioning(mdf_port), certificate=False)
