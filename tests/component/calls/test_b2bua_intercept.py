@@ -398,3 +398,37 @@ async def test_a_bug_answering_one_x1_request_is_a_500_and_x1_goes_on(
     env.tap.x1.handle = real  # type: ignore[method-assign]
     await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))  # X1 still serves
     assert set(env.tap.provisioning.tasks) == {XID}
+
+
+async def test_a_task_deactivated_during_a_call_delivers_nothing_more_of_it(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    call, leg_b = await env.trunk_calls_alice()
+    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    answered = parse_sdp_untrusted(final.body).media[0]
+    caller, callee = await bind(CALLER_PORT), await bind(CALLEE_PORT)
+
+    async def talk(first: int) -> None:
+        for seq in range(first, first + 10):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), ("127.0.0.1", answered.port))
+            await callee.sendto(rtp(seq, 0x80, 0x2222), ("127.0.0.1", offered.port))
+            await trio.sleep(0.02)
+
+    with caller, callee:
+        await talk(0)
+        await eventually(lambda: len(env.x3()) == 20)
+        await env.x1(message("DeactivateTaskRequest", f"<xId>{XID}</xId>"))
+        await talk(10)
+        await call.bye()  # type: ignore[attr-defined]
+        await eventually(lambda: env.b2bua.calls == 0)
+    await trio.sleep(1)
+    assert len(env.x3()) == 20  # nothing after the deactivation
+    assert not any(p.payload.startswith(b"BYE ") for p in env.x2())

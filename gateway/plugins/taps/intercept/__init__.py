@@ -224,15 +224,21 @@ class Interception:
         )
 
     def links_for(self, match: Match, kind: str) -> list[DeliveryLink]:
-        """The links of ``match``'s task's destinations that take ``kind`` ("X2", "X3") now:
-        looked up per PDU, so a destination X1 created or changed a moment ago is used at once
-        (its link is made when X1 answers), also by calls already under way."""
-        if not match.task.delivers(kind):
+        """Where ``match``'s PDUs of ``kind`` ("X2", "X3") go now, looked up per PDU: the task
+        as X1 last left it. A task deactivated, or modified so that its targets no longer
+        include the one this call matched, delivers nothing more from that moment (a warrant
+        that ended must not go on being served); a changed delivery type or list of
+        destinations applies at once, and so does a destination created or moved a moment ago
+        (its link is made when X1 answers)."""
+        task = self.provisioning.tasks.get(match.task.xid)
+        if task is None or not task.delivers(kind):
+            return []
+        if task is not match.task and match.target not in task.targets:
             return []
         links = self.links
         return [
             link
-            for did in match.task.dids
+            for did in task.dids
             if (link := links.get(did)) is not None and link.destination.carries(kind)
         ]
 
