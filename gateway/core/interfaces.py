@@ -335,6 +335,11 @@ class MediaTap(Protocol):
     # answer), not at the answer: its sink sees the whole call, call attempts that fail
     # included, early media, and (with ``sip_message``) its signalling on every leg.
     #
+    # Optional, with ``sink_for_call_start``: ``bind_calls_in_progress(ask_again)``: the core
+    # hands the tap a function that asks it again about every call in progress (its targets
+    # changed); a call it then returns a sink for gets it from that moment on (its SIP and
+    # media from then, nothing before). Called from the tap's own task, never blocking.
+    #
     # Optional: ``async run() -> None``, the tap's own long-running task (lawful intercept: its
     # X1 provisioning server and its delivery connections), started once the gateway's
     # listeners are up and cancelled when it stops; its failure is logged, never the gateway's.

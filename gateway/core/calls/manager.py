@@ -7,6 +7,7 @@ calls what they need from the rest of the gateway (routing, authentication, medi
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from gateway.core.interfaces import (
     Caller,
     CallEvent,
     LegInfo,
+    MediaTap,
     RouteDecision,
     TappedCall,
     TapSink,
@@ -69,6 +71,10 @@ class CallManager:
             if callable(getattr(tap, "sink_for_call_start", None))
         ]
         """Taps that decide when a call starts (lawful intercept): asked for every new call."""
+        for name, tap in self._start_taps:
+            bind = getattr(tap, "bind_calls_in_progress", None)
+            if callable(bind):
+                bind(functools.partial(self._ask_again, name, tap))
         store = gateway.store
         self.records = None if store is None else CallRecordBook(store)
         """Call detail records; the gateway saves what is left when it stops."""
@@ -296,7 +302,20 @@ class CallManager:
         """Ask the taps that decide at a call's start (lawful intercept) for sinks; with any,
         the call has its :class:`CallTaps` from now on and the endpoint copies the SIP of its
         dialogs to them, this INVITE first."""
-        tapped = TappedCall(
+        sinks = self._sinks_for(
+            [(name, tap.sink_for_call_start) for name, tap in self._start_taps],
+            self._tapped_at_start(call, invite, caller),
+            call,
+        )
+        if not sinks:
+            return
+        call.taps = CallTaps(call.id, None, sinks, clock=trio.current_time)
+        if call.taps.wants_sip:
+            self._copy_sip(call.taps, invite.call_id, Side.A)
+
+    def _tapped_at_start(self, call: Call, invite: Request, caller: Caller) -> TappedCall:
+        """What a tap deciding at a call's start is told: its caller's INVITE's identities."""
+        return TappedCall(
             call_id=call.record_id,
             from_uri=str(invite.from_.uri),
             to_uri=str(invite.uri),
@@ -308,14 +327,30 @@ class CallManager:
             to_header_uri=str(invite.to.uri),
             asserted_uris=_asserted_uris(invite),
         )
-        sinks = self._sinks_for(
-            [(name, tap.sink_for_call_start) for name, tap in self._start_taps], tapped, call
-        )
-        if not sinks:
-            return
-        call.taps = CallTaps(call.id, None, sinks, clock=trio.current_time)
-        if call.taps.wants_sip:
-            self._copy_sip(call.taps, invite.call_id, Side.A)
+
+    def _ask_again(self, name: str, tap: MediaTap) -> None:
+        """A tap deciding at a call's start has new targets (a task activated): ask it again
+        about every call in progress. A call it now wants gets the sink from this moment on,
+        with the SIP of all its dialogs and its media (nothing of what went before)."""
+        decide = tap.sink_for_call_start  # type: ignore[attr-defined]
+        for call in list(self.calls):
+            invite, caller = call.a.invite, call.caller
+            if invite is None or caller is None or call not in self._keys_of:
+                continue
+            tapped = self._tapped_at_start(call, invite, caller)
+            sinks = self._sinks_for([(name, decide)], tapped, call)
+            if not sinks:
+                continue
+            if call.taps is None:
+                call.taps = CallTaps(call.id, call.media, sinks, clock=trio.current_time)
+            else:
+                call.taps.add(sinks)
+            if call.taps.wants_sip:
+                for key in self._keys_of[call][1]:
+                    found = self._by_dialog.get(key)
+                    if found is not None and found[0] is call:
+                        self._copy_sip(call.taps, key[0], found[1])
+            call.taps.attach()
 
     def _copy_sip(self, taps: CallTaps, call_id: str, side: Side) -> None:
         """The endpoint copies every SIP message with ``call_id`` to ``taps``."""

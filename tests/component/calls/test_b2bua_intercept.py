@@ -432,3 +432,50 @@ async def test_a_task_deactivated_during_a_call_delivers_nothing_more_of_it(
     await trio.sleep(1)
     assert len(env.x3()) == 20  # nothing after the deactivation
     assert not any(p.payload.startswith(b"BYE ") for p in env.x2())
+
+
+async def test_a_task_activated_during_a_call_intercepts_the_rest_of_it(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision()  # a destination, no task yet
+    call, leg_b = await env.trunk_calls_alice()
+    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    answered = parse_sdp_untrusted(final.body).media[0]
+    caller, callee = await bind(CALLER_PORT), await bind(CALLEE_PORT)
+
+    async def talk(first: int) -> None:
+        for seq in range(first, first + 10):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), ("127.0.0.1", answered.port))
+            await callee.sendto(rtp(seq, 0x80, 0x2222), ("127.0.0.1", offered.port))
+            await trio.sleep(0.02)
+
+    with caller, callee:
+        await talk(0)
+        assert env.mediation.received == []  # nobody is a target yet
+        await env.x1(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+        await talk(10)
+        await eventually(lambda: len(env.x3()) == 20)
+        # A second task for the caller's number joins the same sink: its own XID from now on.
+        second = uuid.UUID("22222222-2222-4333-8444-555555555555")
+        await env.x1(activate("<e164Number>+15550100</e164Number>", xid=second))
+        await talk(20)
+        await eventually(lambda: len(env.x3()) == 60)
+        await call.bye()  # type: ignore[attr-defined]
+        await eventually(lambda: env.b2bua.calls == 0)
+    await eventually(lambda: sum(p.payload.startswith(b"BYE ") for p in env.x2()) == 4)
+    x3 = env.x3()
+    assert [p.payload for p in x3[:20] if p.direction == pdu.TO_TARGET] == [
+        rtp(seq, 0x00, 0x1111) for seq in range(10, 20)
+    ]
+    assert {p.xid for p in x3[20:]} == {XID, second}
+    # The caller is the second task's target: what the trunk sent is "from" it there.
+    from_trunk = [p for p in x3[20:] if p.xid == second and p.payload[8:12] == b"\x00\x00\x11\x11"]
+    assert from_trunk and {p.direction for p in from_trunk} == {pdu.FROM_TARGET}
+    assert len({p.correlation for p in env.x2() + x3}) == 1

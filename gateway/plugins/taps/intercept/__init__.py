@@ -30,9 +30,9 @@ change, no timing: PDUs are queued, never awaited). The plugin's own log lines n
 DIDs, never targets. Deployments where even that is too much run the gateway's log at WARNING.
 
 Not done here (say so to the ADMF's operator): POI-to-ADMF reports (ReportTaskIssue and the
-like), target identifier types other than SIP URI, tel URI and E.164 number, RTCP in X3, calls
-already in progress when a task is activated, and national handover profiles (the mediation
-function's business).
+like), target identifier types other than SIP URI, tel URI and E.164 number, RTCP in X3, and
+national handover profiles (the mediation function's business). A task activated during calls
+intercepts those in progress that match from then on (``bind_calls_in_progress``).
 """
 
 from __future__ import annotations
@@ -204,6 +204,8 @@ class Interception:
         self.x1_server: X1Server | None = None
         self.intercepted_calls = 0
         self._registrations: dict[str, list[Match]] = {}
+        self._sinks: dict[str, InterceptSink] = {}  # the calls intercepted now, by call id
+        self._ask_again: Callable[[], None] | None = None
 
     # -- MediaTap -------------------------------------------------------------------------------
 
@@ -211,17 +213,31 @@ class Interception:
         return None  # decided at the start (sink_for_call_start)
 
     def sink_for_call_start(self, call: TappedCall) -> InterceptSink | None:
+        """A sink for a call whose INVITE names a target. Asked again about a call that has
+        one already (a task activated during the call), the tasks it matches now are added to
+        that sink and no second one is made."""
         matches = self.provisioning.matches(call)
         if not matches:
+            return None
+        live = self._sinks.get(call.call_id)
+        if live is not None:
+            live.add_matches(matches)
             return None
         self.intercepted_calls += 1
         log.info(
             "intercept: call matched task(s) %s",
             ", ".join(str(match.task.xid) for match in matches),
         )
-        return InterceptSink(
-            matches, self.links_for, correlation_id(call.call_id), self._wall_clock
+        correlation = correlation_id(call.call_id)
+        sink = InterceptSink(
+            matches,
+            self.links_for,
+            correlation,
+            self._wall_clock,
+            on_close=lambda: self._sinks.pop(call.call_id, None),
         )
+        self._sinks[call.call_id] = sink
+        return sink
 
     def links_for(self, match: Match, kind: str) -> list[DeliveryLink]:
         """Where ``match``'s PDUs of ``kind`` ("X2", "X3") go now, looked up per PDU: the task
@@ -317,10 +333,20 @@ class Interception:
                 self._changed = trio.Event()
 
     def _handle_x1(self, body: bytes) -> bytes:
+        tasks_before = self.provisioning.task_generation
         answer = self.x1.handle(body)
         if self.provisioning.generation != self._link_generation:
             self._changed.set()
+        if self.provisioning.task_generation != tasks_before and self._ask_again is not None:
+            # A task activated or modified: calls already in progress to or from a new
+            # target are intercepted from now on (they were not when they started).
+            self._ask_again()
         return answer
+
+    def bind_calls_in_progress(self, ask_again: Callable[[], None]) -> None:
+        """The core's way to have this tap asked again about every call in progress
+        (``sink_for_call_start`` for each): used when X1 activates or modifies a task."""
+        self._ask_again = ask_again
 
     def _reconcile(self, nursery: trio.Nursery, context: ssl.SSLContext | None) -> None:
         """One link per provisioned destination: new ones started, removed or changed ones
@@ -365,9 +391,12 @@ class InterceptSink:
         links_for: Callable[[Match, str], list[DeliveryLink]],
         correlation: int,
         wall_clock: Callable[[], float],
+        *,
+        on_close: Callable[[], object] = lambda: None,
     ) -> None:
         # Each match with its Matched Target Identifier attribute, encoded once per call.
         self._matches = [(match, _matched_target(match)) for match in matches]
+        self._on_close = on_close
         self._links_for = links_for
         self._correlation = correlation
         self._wall_clock = wall_clock
@@ -424,8 +453,16 @@ class InterceptSink:
     async def run(self) -> None:
         await self._closed.wait()
 
+    def add_matches(self, matches: list[Match]) -> None:
+        """Tasks activated during the call that it matches too (their PDUs from now on)."""
+        known = {(match.task.xid, match.side) for match, _ in self._matches}
+        for match in matches:
+            if (match.task.xid, match.side) not in known:
+                self._matches.append((match, _matched_target(match)))
+
     def close(self) -> None:
         self._closed.set()
+        self._on_close()
 
 
 def _addresses(source: Address, destination: Address, transport: str) -> bytes:

@@ -81,6 +81,10 @@ class Provisioning:
         self._db: sqlite3.Connection | None = None
         self.generation = 0
         """Counts changes to the destinations: the delivery links follow it."""
+        self.task_generation = 0
+        """Counts tasks activated or modified: calls in progress are matched again."""
+        self.task_generation = 0
+        """Counts tasks activated or modified: calls in progress are matched again."""
         if path is not None and path.exists():
             self._load()  # a missing file is made at the first change: check-config writes nothing
 
@@ -176,6 +180,8 @@ class Provisioning:
 
     def _put_task(self, task: Task) -> None:
         self._save("tasks", "xid", task.xid, _task_json(task))
+        self.task_generation += 1
+        self.task_generation += 1
         self.tasks[task.xid] = task
         for target in task.targets:
             self._by_key.setdefault(target.key, set()).add(task.xid)
