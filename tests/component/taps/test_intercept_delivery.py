@@ -177,3 +177,40 @@ async def test_tls_links_are_mutually_authenticated(
     await trio.sleep(5)
     assert wrong_ca.state == "notConnected"
     assert len(mediation.received) == 1
+
+
+async def test_a_mediation_function_that_stops_reading_loses_the_connection_not_the_link(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    accepted: list[trio.SocketStream] = []
+
+    async def never_reads(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        await trio.sleep_forever()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, never_reads, listeners)
+    link = link_to(listeners[0].socket.getsockname()[1], queue=400, keepalive=2.0)
+    nursery.start_soon(link.run)
+    big = pdu.encode_pdu(pdu.Pdu(pdu.X3, pdu.FORMAT_RTP, 2, XID, 1, (), bytes(60_000)))
+    for _ in range(400):  # 24 MB: more than the socket buffers on both ends hold
+        link.send(big)
+    with trio.fail_after(30):
+        while link.connections < 2:
+            await trio.sleep(0.5)
+    assert len(accepted) >= 2  # it gave the stuck connection up and made a new one
+
+
+async def test_an_address_no_socket_takes_fails_that_link_only(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    link = DeliveryLink(
+        Destination(uuid.uuid4(), ("fe80::1%\u2488", 5500)),
+        ssl_context=None,
+        queue=10,
+        keepalive_interval=30.0,
+        version=5,
+    )
+    nursery.start_soon(link.run)  # a ValueError from the resolver must not escape the link
+    await trio.sleep(5)
+    assert link.state == "notConnected"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.interfaces import TappedCall
-from gateway.plugins.taps.intercept.tasks import Provisioning
+from gateway.plugins.taps.intercept.tasks import Provisioning, ProvisioningError
 from gateway.plugins.taps.intercept.x1 import ERROR_CODES, X1Handler
 
 NS = "http://uri.etsi.org/03221/X1/2017/10"
@@ -186,6 +186,21 @@ def test_modify_and_deactivate_change_what_matches() -> None:
             "TCPPort between 1 and 65535",
         ),
         (message("PingRequest", txn=""), "syntax", "x1TransactionId is missing"),
+        (
+            message("CreateDestinationRequest", destination().replace("127.0.0.1", "fe80::1%eth0")),
+            "syntax",
+            "with a zone is not accepted",
+        ),
+        (
+            message("CreateDestinationRequest", destination().replace("5500", "\u00b2")),
+            "syntax",
+            "TCPPort between 1 and 65535",
+        ),
+        (
+            message("ActivateTaskRequest", task(targets=f"<sipUri>sip:{'a' * 300}@x</sipUri>")),
+            "syntax",
+            "longer than 256 characters",
+        ),
     ],
 )
 def test_a_refused_request_gets_an_error_response_and_changes_nothing(
@@ -306,3 +321,25 @@ def test_tasks_and_destinations_survive_a_restart_in_a_private_file(tmp_path: Pa
     handler(again).handle(document(message("DeactivateTaskRequest", f"<xId>{XID}</xId>")))
     again.close()
     assert Provisioning(path).tasks == {}
+
+
+def test_a_change_the_store_refuses_is_refused_and_the_old_task_stays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x1 = handler()
+    x1.handle(
+        document(
+            message("CreateDestinationRequest", destination()),
+            message("ActivateTaskRequest", task()),
+        )
+    )
+
+    def full_disk(*args: object) -> None:
+        raise ProvisioningError("cannot store it: database or disk is full")
+
+    monkeypatch.setattr(x1.provisioning, "_save", full_disk)
+    modified = task(targets="<e164Number>+4930123456</e164Number>")
+    (answer,) = responses(x1.handle(document(message("ModifyTaskRequest", modified))))
+    assert response_type(answer) == "ErrorResponse"
+    assert "disk is full" in text(answer, "errorInformation/errorDescription")
+    assert len(x1.provisioning.matches(call())) == 1  # still the task as it was

@@ -58,7 +58,7 @@ from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.transport.flows import Address
 from gateway.plugins.taps.intercept import pdu
 from gateway.plugins.taps.intercept.delivery import DeliveryLink
-from gateway.plugins.taps.intercept.tasks import Match, Provisioning
+from gateway.plugins.taps.intercept.tasks import Destination, Match, Provisioning
 from gateway.plugins.taps.intercept.x1 import X1Handler
 from gateway.plugins.taps.intercept.x1_server import X1Server
 
@@ -199,8 +199,9 @@ class Interception:
             wall_clock=wall_clock,
             destination_status=self._link_state,
         )
-        self._changed = trio.Event()
         self._link_generation = -1
+        self._nursery: trio.Nursery | None = None
+        self._delivery_context: ssl.SSLContext | None = None
         self.x1_server: X1Server | None = None
         self.intercepted_calls = 0
         self._registrations: dict[str, list[Match]] = {}
@@ -320,54 +321,76 @@ class Interception:
                 "intercept: X2/X3 go to mediation functions over plain TCP (delivery_tls = "
                 "false): for a lab only"
             )
-        delivery_context = self.config.delivery_ssl_context()
+        self._delivery_context = self.config.delivery_ssl_context()
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._reconcile()  # the destinations kept from before the restart
             server = X1Server(self.config.x1_ssl_context(), self._handle_x1, server="voipgw")
             self.x1_server = server
             host, port = self.config.x1_address
             await nursery.start(server.serve, host, port)
             task_status.started()
-            while True:
-                self._reconcile(nursery, delivery_context)
-                await self._changed.wait()
-                self._changed = trio.Event()
 
     def _handle_x1(self, body: bytes) -> bytes:
         tasks_before = self.provisioning.task_generation
-        answer = self.x1.handle(body)
-        if self.provisioning.generation != self._link_generation:
-            self._changed.set()
-        if self.provisioning.task_generation != tasks_before and self._ask_again is not None:
-            # A task activated or modified: calls already in progress to or from a new
-            # target are intercepted from now on (they were not when they started).
-            self._ask_again()
-        return answer
+        try:
+            return self.x1.handle(body)
+        finally:
+            # Whatever the document did, even half of it before a bug: the links follow the
+            # destinations now, before any call's next PDU looks for them.
+            if self.provisioning.generation != self._link_generation:
+                self._reconcile()
+            if self.provisioning.task_generation != tasks_before and self._ask_again is not None:
+                # A task activated or modified: calls already in progress to or from a new
+                # target are intercepted from now on (they were not when they started).
+                self._ask_again()
 
     def bind_calls_in_progress(self, ask_again: Callable[[], None]) -> None:
         """The core's way to have this tap asked again about every call in progress
         (``sink_for_call_start`` for each): used when X1 activates or modifies a task."""
         self._ask_again = ask_again
 
-    def _reconcile(self, nursery: trio.Nursery, context: ssl.SSLContext | None) -> None:
-        """One link per provisioned destination: new ones started, removed or changed ones
-        closed (a changed one is started again with its new address)."""
+    def _reconcile(self) -> None:
+        """One link per provisioned destination: new ones started, removed ones closed (they
+        send what they hold first); one whose address changed is replaced, its sequence
+        numbers carried over; any other change (its name, its delivery type) applies to the
+        link in place, without a new connection."""
+        nursery = self._nursery
+        if nursery is None:
+            return  # before run(): it reconciles when it starts
         self._link_generation = self.provisioning.generation
         wanted = self.provisioning.destinations
         for did, link in list(self.links.items()):
-            if wanted.get(did) != link.destination:
+            destination = wanted.get(did)
+            if destination is None or destination.address != link.destination.address:
                 link.close()
                 del self.links[did]
+                if destination is not None:
+                    self._start_link(nursery, destination, sequences=link.sequences)
+            else:
+                link.destination = destination
         for did, destination in wanted.items():
             if did not in self.links:
-                link = DeliveryLink(
-                    destination,
-                    ssl_context=context,
-                    queue=self.config.queue,
-                    keepalive_interval=self.config.keepalive_interval,
-                    version=self.config.pdu_version,
-                )
-                self.links[did] = link
-                nursery.start_soon(link.run)
+                self._start_link(nursery, destination)
+
+    def _start_link(
+        self,
+        nursery: trio.Nursery,
+        destination: Destination,
+        *,
+        sequences: dict[uuid.UUID, int] | None = None,
+    ) -> None:
+        link = DeliveryLink(
+            destination,
+            ssl_context=self._delivery_context,
+            queue=self.config.queue,
+            keepalive_interval=self.config.keepalive_interval,
+            version=self.config.pdu_version,
+        )
+        if sequences is not None:
+            link.sequences.update(sequences)
+        self.links[destination.did] = link
+        nursery.start_soon(link.run)
 
     def _link_state(self, did: uuid.UUID) -> str:
         link = self.links.get(did)

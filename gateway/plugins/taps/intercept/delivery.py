@@ -58,7 +58,8 @@ class DeliveryLink:
         self._keepalive_interval = keepalive_interval
         self.version = version
         self._send, self._receive = trio.open_memory_channel[bytes](queue)
-        self._sequences: dict[uuid.UUID, int] = {}
+        self.sequences: dict[uuid.UUID, int] = {}
+        """The next sequence number of each task's PDUs on this destination."""
         self.state = "connecting"
         self.sent = 0
         self.dropped = 0
@@ -69,8 +70,8 @@ class DeliveryLink:
 
     def next_sequence(self, xid: uuid.UUID) -> int:
         """The sequence number of the next PDU of task ``xid`` on this link."""
-        sequence = self._sequences.get(xid, 0)
-        self._sequences[xid] = (sequence + 1) & 0xFFFFFFFF
+        sequence = self.sequences.get(xid, 0)
+        self.sequences[xid] = (sequence + 1) & 0xFFFFFFFF
         return sequence
 
     def send(self, pdu: bytes) -> None:
@@ -97,7 +98,10 @@ class DeliveryLink:
             try:
                 with trio.fail_after(CONNECT_TIMEOUT):
                     stream = await self._connect(host, port)
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            except Exception as exc:
+                # Whatever the destination's address or peer does (refused, a certificate we
+                # do not trust, an address no socket takes), this link fails and tries again;
+                # the X1 server and the other links go on (each link its own boundary).
                 failures += 1
                 self.state = "notConnected"
                 now = trio.current_time()
@@ -126,10 +130,20 @@ class DeliveryLink:
             except _EndOfQueue:
                 await trio.aclose_forcefully(stream)
                 return
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, PduError) as exc:
+            except (
+                OSError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                trio.TooSlowError,
+                PduError,
+            ) as exc:
                 log.warning(
-                    "intercept: destination %s lost: %s", self.destination.did, exc or "closed"
+                    "intercept: destination %s lost: %s",
+                    self.destination.did,
+                    str(exc) or type(exc).__name__,
                 )
+            except Exception:
+                log.exception("intercept: destination %s failed", self.destination.did)
             await trio.aclose_forcefully(stream)
             self.state = "notConnected"
 
@@ -159,6 +173,7 @@ class DeliveryLink:
                 OSError,
                 trio.BrokenResourceError,
                 trio.ClosedResourceError,
+                trio.TooSlowError,
                 PduError,
                 _EndOfQueue,
             ) as exc:
@@ -183,8 +198,7 @@ class DeliveryLink:
                 data = keepalive(self._keepalive_sequence, version=self.version)
             else:
                 self.sent += 1
-            async with lock:
-                await stream.send_all(data)
+            await self._send_within(stream, lock, data)
 
     async def _read(
         self,
@@ -204,11 +218,24 @@ class DeliveryLink:
                         self._awaiting_ack = None
                     elif pdu.pdu_type == KEEPALIVE and pdu.sequence is not None:
                         ack = keepalive(pdu.sequence, version=self.version, acknowledgement=True)
-                        async with lock:
-                            await stream.send_all(ack)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, PduError) as exc:
+                        await self._send_within(stream, lock, ack)
+        except (
+            OSError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            trio.TooSlowError,
+            PduError,
+        ) as exc:
             failures.append(exc)
             scope.cancel()
+
+    async def _send_within(self, stream: trio.abc.Stream, lock: trio.Lock, data: bytes) -> None:
+        """Send ``data``, or give the connection up (TooSlowError) when the mediation function
+        has not taken it within a keepalive interval: one that stopped reading would otherwise
+        hold the link "connected" for ever while its queue overflows."""
+        with trio.fail_after(self._keepalive_interval):
+            async with lock:
+                await stream.send_all(data)
 
 
 class _EndOfQueue(Exception):

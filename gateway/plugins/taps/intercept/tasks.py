@@ -83,8 +83,6 @@ class Provisioning:
         """Counts changes to the destinations: the delivery links follow it."""
         self.task_generation = 0
         """Counts tasks activated or modified: calls in progress are matched again."""
-        self.task_generation = 0
-        """Counts tasks activated or modified: calls in progress are matched again."""
         if path is not None and path.exists():
             self._load()  # a missing file is made at the first change: check-config writes nothing
 
@@ -129,8 +127,7 @@ class Provisioning:
         if task.xid not in self.tasks:
             raise ProvisioningError(f"no task {task.xid}")
         self._check_task(task)
-        self._drop_task(task.xid)
-        self._put_task(task)
+        self._put_task(task)  # one row replaced: the old task stays if the store refuses
 
     def deactivate(self, xid: uuid.UUID) -> None:
         if xid not in self.tasks:
@@ -157,8 +154,8 @@ class Provisioning:
         users = [str(task.xid) for task in self.tasks.values() if did in task.dids]
         if users:
             raise ProvisioningError(f"destination {did} is in use by task {users[0]}")
-        del self.destinations[did]
         self._delete("destinations", "did", did)
+        del self.destinations[did]
         self.generation += 1
 
     def remove_all_destinations(self) -> None:
@@ -178,23 +175,29 @@ class Provisioning:
         if task.delivery_type not in DELIVERY_TYPES:
             raise ProvisioningError(f"task {task.xid}: delivery type {task.delivery_type!r}")
 
+    # The store first, then memory: a change the store refused (a full disk) is refused to the
+    # ADMF and changes nothing here either.
+
     def _put_task(self, task: Task) -> None:
         self._save("tasks", "xid", task.xid, _task_json(task))
-        self.task_generation += 1
+        if task.xid in self.tasks:
+            self._unindex(self.tasks[task.xid])
         self.task_generation += 1
         self.tasks[task.xid] = task
         for target in task.targets:
             self._by_key.setdefault(target.key, set()).add(task.xid)
 
     def _drop_task(self, xid: uuid.UUID) -> None:
-        task = self.tasks.pop(xid)
+        self._delete("tasks", "xid", xid)
+        self._unindex(self.tasks.pop(xid))
+
+    def _unindex(self, task: Task) -> None:
         for target in task.targets:
             xids = self._by_key.get(target.key)
             if xids is not None:
-                xids.discard(xid)
+                xids.discard(task.xid)
                 if not xids:
                     del self._by_key[target.key]
-        self._delete("tasks", "xid", xid)
 
     def _put_destination(self, destination: Destination) -> None:
         self._save("destinations", "did", destination.did, _destination_json(destination))

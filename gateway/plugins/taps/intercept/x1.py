@@ -50,6 +50,7 @@ XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
 MAX_DOCUMENT = 1_048_576
 MAX_MESSAGES = 100
 MAX_TARGETS = 100
+MAX_NAME = 256  # a target identifier, a friendlyName (a PDU attribute holds at most 65535)
 
 # errorCode values we send (ours; see the module docstring).
 ERROR_CODES = {
@@ -164,6 +165,10 @@ class X1Handler:
             return self._error(kind, header, err)
         except ProvisioningError as err:
             return self._error(kind, header, X1Error("refused", str(err)))
+        except (ValueError, OSError) as err:
+            # A value our checks let through and the store or a parser did not take: this
+            # message fails on its own, the document's others keep their answers.
+            return self._error(kind, header, X1Error("refused", f"cannot apply it: {err}"))
         response_type = kind.removesuffix("Request") + "Response"
         return self._message(response_type, header, body)
 
@@ -336,7 +341,10 @@ def _task(details: ET.Element) -> Task:
                 f"target identifier type {kind[:40]!r} is not supported "
                 f"(supported: {', '.join(KINDS)})",
             )
-        target = TargetIdentifier(kind, (identifier[0].text or "").strip())
+        value = (identifier[0].text or "").strip()
+        if len(value) > MAX_NAME:
+            raise X1Error("syntax", f"a target identifier longer than {MAX_NAME} characters")
+        target = TargetIdentifier(kind, value)
         try:
             target.key  # noqa: B018 - refuses a value we could never match
         except TargetError as err:
@@ -365,14 +373,19 @@ def _destination(details: ET.Element) -> Destination:
         elif name in ("TCPPort", "port") and (element.text or "").strip():
             port = (element.text or "").strip()
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         raise X1Error("syntax", "deliveryAddress needs an IPv4Address or IPv6Address") from None
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if getattr(address, "scope_id", None):
+        # A zone ("fe80::1%eth0") names an interface of the ADMF's choosing and can hold text
+        # no socket or certificate check takes: an address is all a destination needs.
+        raise X1Error("syntax", "deliveryAddress: an IPv6 address with a zone is not accepted")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise X1Error("syntax", "deliveryAddress needs a TCPPort between 1 and 65535")
-    return Destination(
-        did, (host, int(port)), delivery_type, _text(details, "friendlyName", required=False)
-    )
+    name = _text(details, "friendlyName", required=False)
+    if len(name) > MAX_NAME:
+        raise X1Error("syntax", f"friendlyName longer than {MAX_NAME} characters")
+    return Destination(did, (str(address), int(port)), delivery_type, name)
 
 
 def _delivery_type(details: ET.Element) -> str:
@@ -419,7 +432,7 @@ def _destination_xml(destination: Destination) -> str:
         f"<friendlyName>{escape(destination.friendly_name)}</friendlyName>"
         f"<deliveryType>{destination.delivery_type}</deliveryType>"
         "<deliveryAddress><ipAddressAndPort>"
-        f"<address><{family}>{host}</{family}></address>"
+        f"<address><{family}>{escape(host)}</{family}></address>"
         f"<port><TCPPort>{port}</TCPPort></port>"
         "</ipAddressAndPort></deliveryAddress></destinationDetails>"
     )
