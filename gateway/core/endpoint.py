@@ -233,9 +233,13 @@ class SipEndpoint:
         )
         """Capture agents (HEP): a copy of every message in and out (empty: no cost)."""
         self._new_call_bytes: bytes | None = None  # the request being handled
-        self.sip_taps: dict[str, tuple[CallTaps, str]] = {}
-        """Call-ID -> the call's taps that want its SIP (an interception) and the leg ("a",
-        "b") of that dialog: each message in and out is copied to them (empty: no cost)."""
+        self.sip_taps: dict[tuple[str, str | None], tuple[CallTaps, str]] = {}
+        """(Call-ID, tag) -> the call's taps that want its SIP (an interception) and the leg
+        ("a", "b") of that dialog: each message in and out is copied to them (empty: no cost).
+        The tag is ours in the dialog (a message carries it as From or To tag), or the caller's
+        From tag for the A leg's INVITE transaction: a Call-ID alone is not a dialog (a fork
+        reaching us twice, a phone reusing one), and another call's messages must not reach
+        these taps."""
 
     async def run(
         self,
@@ -341,7 +345,7 @@ class SipEndpoint:
                 make_response(request, err.status or 503, err.reason, to_tag=self._tag()), flow
             )
             return
-        if self.sip_taps and request.call_id in self.sip_taps:
+        if self.sip_taps:
             self._copy_to_call(request, data, flow.transport, flow.remote, flow.local, True)
         # A new call's INVITE is copied once dispatch has made the call (and its taps), before
         # anything is sent for it: _dispatch reads this.
@@ -471,7 +475,7 @@ class SipEndpoint:
                 else:
                     calls.invite(txn, request, flow)
                     data = self._new_call_bytes
-                    if data is not None and request.call_id in self.sip_taps:
+                    if data is not None and self.sip_taps:
                         self._copy_to_call(
                             request, data, flow.transport, flow.remote, flow.local, True
                         )
@@ -722,7 +726,11 @@ class SipEndpoint:
         inbound: bool,
     ) -> None:
         """A copy of a message on a tapped call's dialog for its taps (an interception)."""
-        found = self.sip_taps.get(message.call_id)
+        dialogs, call_id = self.sip_taps, message.call_id
+        to_tag = message.to.tag
+        found = dialogs.get((call_id, to_tag)) if to_tag is not None else None
+        if found is None:
+            found = dialogs.get((call_id, message.from_.tag))
         if found is None:
             return
         taps, leg = found

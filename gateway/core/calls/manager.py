@@ -188,7 +188,7 @@ class CallManager:
         self._by_dialog[key] = (call, side)
         self._keys_of[call][1].append(key)
         if call.taps is not None and call.taps.wants_sip:
-            self._copy_sip(call.taps, call_id, side)
+            self._copy_sip(call.taps, (call_id, local_tag), side)
 
     def find_dialog(self, call_id: str, local_tag: str) -> tuple[Call, Side] | None:
         """The call and side whose dialog has ``call_id`` and our ``local_tag`` (the dialog a
@@ -209,8 +209,11 @@ class CallManager:
         self.limits.release(call)
         self.calls.discard(call)
         if call.taps is not None:
-            for call_id in call.taps.sip_call_ids:
-                self.endpoint.sip_taps.pop(call_id, None)
+            sip_taps = self.endpoint.sip_taps
+            for key in call.taps.sip_dialogs:
+                found = sip_taps.get(key)
+                if found is not None and found[0] is call.taps:  # not a later call's
+                    del sip_taps[key]
         keys = self._keys_of.pop(call, None)
         if keys is None:
             return
@@ -311,7 +314,7 @@ class CallManager:
             return
         call.taps = CallTaps(call.id, None, sinks, clock=trio.current_time)
         if call.taps.wants_sip:
-            self._copy_sip(call.taps, invite.call_id, Side.A)
+            self._copy_a_leg(call.taps, call, invite)
 
     def _tapped_at_start(self, call: Call, invite: Request, caller: Caller) -> TappedCall:
         """What a tap deciding at a call's start is told: its caller's INVITE's identities."""
@@ -346,16 +349,24 @@ class CallManager:
             else:
                 call.taps.add(sinks)
             if call.taps.wants_sip:
+                self._copy_a_leg(call.taps, call, invite)
                 for key in self._keys_of[call][1]:
                     found = self._by_dialog.get(key)
                     if found is not None and found[0] is call:
-                        self._copy_sip(call.taps, key[0], found[1])
+                        self._copy_sip(call.taps, key, found[1])
             call.taps.attach()
 
-    def _copy_sip(self, taps: CallTaps, call_id: str, side: Side) -> None:
-        """The endpoint copies every SIP message with ``call_id`` to ``taps``."""
-        taps.sip_call_ids.add(call_id)
-        self.endpoint.sip_taps[call_id] = (taps, side.value)
+    def _copy_a_leg(self, taps: CallTaps, call: Call, invite: Request) -> None:
+        """The caller's dialog: by our tag, and by the caller's From tag for the messages of
+        its INVITE transaction that carry no tag of ours (the INVITE, 100 Trying, CANCEL)."""
+        self._copy_sip(taps, (invite.call_id, call.a.local_tag), Side.A)
+        self._copy_sip(taps, (invite.call_id, invite.from_.tag), Side.A)
+
+    def _copy_sip(self, taps: CallTaps, key: tuple[str, str | None], side: Side) -> None:
+        """The endpoint copies every SIP message of the dialog ``key`` (Call-ID, tag) to
+        ``taps``."""
+        taps.sip_dialogs.add(key)
+        self.endpoint.sip_taps[key] = (taps, side.value)
 
     def tap_sinks(self, call: Call) -> list[tuple[str, TapSink]]:
         """The sinks the registered media taps want for ``call`` (now answered); each sink's

@@ -74,8 +74,8 @@ class CallTaps:
         self._tapped: dict[int, _Tapped] = {}
         self._untapped: set[int] = set()
         self._closed = False
-        self.sip_call_ids: set[str] = set()
-        """The Call-IDs the endpoint copies SIP messages of to this call's sinks."""
+        self.sip_dialogs: set[tuple[str, str | None]] = set()
+        """The (Call-ID, tag) keys the endpoint copies SIP messages of to this call's sinks."""
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -479,3 +479,30 @@ async def test_a_task_activated_during_a_call_intercepts_the_rest_of_it(
     from_trunk = [p for p in x3[20:] if p.xid == second and p.payload[8:12] == b"\x00\x00\x11\x11"]
     assert from_trunk and {p.direction for p in from_trunk} == {pdu.FROM_TARGET}
     assert len({p.correlation for p in env.x2() + x3}) == 1
+
+
+async def test_another_call_reusing_a_tapped_calls_call_id_is_not_delivered_nor_untaps_it(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Call-ID is not a dialog: a proxy's fork reaching us twice, or a peer reusing one,
+    makes a second call with the same Call-ID and another From tag."""
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    call, leg_b = await env.trunk_calls_alice()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    reused = call.invite.call_id  # type: ignore[attr-defined]
+    monkeypatch.setattr(env.b2bua.trunk.ids, "new_call_id", lambda: reused)
+    other = await env.b2bua.trunk.invite(env.b2bua.did_uri(BOB_DID))  # bob: no target
+    assert (await other.final()).status >= 400
+    await eventually(lambda: env.b2bua.calls == 1)
+    assert not any(b"+4930999" in p.payload.split(b"\r\n", 1)[0] for p in env.x2())
+    await call.bye()  # type: ignore[attr-defined]
+    await eventually(lambda: env.b2bua.calls == 0)
+    # alice's call is still tapped after the other one ended: its BYEs are delivered.
+    await eventually(lambda: sum(p.payload.startswith(b"BYE ") for p in env.x2()) == 2)
