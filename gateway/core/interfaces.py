@@ -290,6 +290,11 @@ class TappedCall:
     sessions: OutboundSessionHost | None = attrs.field(default=None, eq=False, repr=False)
     to_header_uri: str = ""
     asserted_uris: tuple[str, ...] = ()
+    caller_uris: tuple[str, ...] = ()
+    """Who the gateway itself knows the caller to be, whatever its INVITE claims: for an
+    account its address of record in each of our domains and, as tel URIs, the numbers that
+    reach it (the trunks' ``dids``); empty for a trunk (its From and P-Asserted-Identity are
+    the identities then, RFC 3325 trust)."""
 
 
 class TapSink(Protocol):

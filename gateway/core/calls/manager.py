@@ -329,7 +329,20 @@ class CallManager:
             sessions=self.outbound,
             to_header_uri=str(invite.to.uri),
             asserted_uris=_asserted_uris(invite),
+            caller_uris=self._account_uris(caller.name) if caller.kind == "account" else (),
         )
+
+    def _account_uris(self, account: str | None) -> tuple[str, ...]:
+        """An account's identities as the gateway knows them: its address of record in each
+        local domain, and the numbers the trunks deliver to it."""
+        if account is None:
+            return ()
+        directory = self.gateway.directory
+        domains = directory.local_domains if directory is not None else frozenset()
+        uris = [f"sip:{account}@{domain}" for domain in sorted(domains)]
+        for trunk in self.gateway.config.trunks:
+            uris += [f"tel:{number}" for number, owner in trunk.dids.items() if owner == account]
+        return tuple(uris)
 
     def _ask_again(self, name: str, tap: MediaTap) -> None:
         """A tap deciding at a call's start has new targets (a task activated): ask it again

@@ -293,6 +293,7 @@ class GatewayDirectory:
         self.flows = flows
         self.trunks = tuple(trunks)
         self.now = now
+        self.local_domains = local_domains
         self._domains = RegistrarPolicy(local_domains=local_domains)
 
     def is_local_domain(self, host: str) -> bool:

@@ -506,3 +506,30 @@ async def test_another_call_reusing_a_tapped_calls_call_id_is_not_delivered_nor_
     await eventually(lambda: env.b2bua.calls == 0)
     # alice's call is still tapped after the other one ended: its BYEs are delivered.
     await eventually(lambda: sum(p.payload.startswith(b"BYE ") for p in env.x2()) == 2)
+
+
+async def test_a_targets_outgoing_call_is_matched_on_who_it_is_not_on_what_its_phone_says(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    """alice's account is the target by its number (the DID that reaches her); her phone
+    withholds its identity and asserts somebody else's. The gateway knows it is alice."""
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    call = await env.b2bua.alice.invite(
+        "sip:+15551234@127.0.0.1:5060",
+        extra=[("Privacy", "id"), ("P-Asserted-Identity", "<sip:+15550199@127.0.0.1>")],
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.b2bua.calls == 0)
+    await eventually(lambda: sum(p.payload.startswith(b"BYE ") for p in env.x2()) == 2)
+    invites = [p for p in env.x2() if p.payload.startswith(b"INVITE ")]
+    assert len(invites) == 2  # hers (authenticated) and ours to the carrier
+    assert {p.direction for p in invites} == {pdu.FROM_TARGET}
+    assert {p.attribute(pdu.MATCHED_TARGET) for p in invites} == {ALICE_DID.encode()}

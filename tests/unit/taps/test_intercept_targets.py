@@ -60,13 +60,13 @@ def test_a_sip_uri_whose_user_is_a_number_also_matches_that_number() -> None:
     assert uri_keys("urn:service:sos") == set()
 
 
-def test_the_caller_is_from_and_asserted_identity_the_callee_request_uri_and_to() -> None:
+def test_a_trunks_caller_is_its_from_and_asserted_identity_the_callee_request_uri_and_to() -> None:
     call = TappedCall(
         call_id="c1",
         from_uri="sip:alice@example.com",
         to_uri="sip:+4989555@gw.example.com",
-        caller_kind="account",
-        caller_name="alice",
+        caller_kind="trunk",
+        caller_name="carrier",
         callee_kind="",
         callee_name=None,
         to_header_uri="sip:bob@example.com",
@@ -75,3 +75,19 @@ def test_the_caller_is_from_and_asserted_identity_the_callee_request_uri_and_to(
     caller, callee = party_keys(call)
     assert caller == {"sip:alice@example.com", "tel:4930123456"}
     assert callee == {"sip:+4989555@gw.example.com", "tel:4989555", "sip:bob@example.com"}
+
+
+def test_an_accounts_caller_is_who_the_gateway_authenticated_not_what_its_phone_wrote() -> None:
+    call = TappedCall(
+        call_id="c2",
+        from_uri="sip:anonymous@anonymous.invalid",  # Privacy: id
+        to_uri="sip:+4989555@gw.example.com",
+        caller_kind="account",
+        caller_name="alice",
+        callee_kind="",
+        callee_name=None,
+        asserted_uris=("sip:bob@example.com",),  # an untrusted phone's claim: ignored
+        caller_uris=("sip:alice@example.com", "tel:+4930123456"),
+    )
+    caller, _ = party_keys(call)
+    assert caller == {"sip:alice@example.com", "tel:4930123456"}

@@ -15,8 +15,10 @@ call starts, so matching a call is a few set lookups whatever the number of task
 What this does not do: national or private numbering plans are not turned into E.164 (a target
 ``4930123456`` does not match a call to ``030123456``); provision the forms the network signals.
 
-The caller's identities are the From URI and every P-Asserted-Identity URI (RFC 3325); the
-callee's are the Request-URI and the To URI of the caller's INVITE. Which side matched decides the
+The caller's identities are, for an account, who the gateway authenticated (its address of
+record in our domains and the numbers that reach it, ``TappedCall.caller_uris``), and for a
+trunk the From and every P-Asserted-Identity URI (RFC 3325); the callee's are the Request-URI
+and the To URI of the caller's INVITE. Which side matched decides the
 direction of every PDU (what the target sent and what it was sent).
 """
 
@@ -109,9 +111,17 @@ def uri_keys(uri: str) -> set[str]:
 
 
 def party_keys(call: TappedCall) -> tuple[set[str], set[str]]:
-    """The match keys of the caller and of the callee of ``call``."""
+    """The match keys of the caller and of the callee of ``call``. An account's call is
+    matched on who the gateway authenticated (``caller_uris``: its address of record, its
+    numbers), never on the From or P-Asserted-Identity its phone wrote: a phone can withhold
+    its identity (Privacy: id, an anonymous From) or claim somebody else's (RFC 3325 §9.1:
+    an asserted identity from an untrusted peer means nothing). A trunk's call is matched on
+    the From and P-Asserted-Identity the trusted network sent."""
     caller: set[str] = set()
-    for uri in (call.from_uri, *call.asserted_uris):
+    claimed = (
+        call.caller_uris if call.caller_kind == "account" else (call.from_uri, *call.asserted_uris)
+    )
+    for uri in claimed:
         caller |= uri_keys(uri)
     callee: set[str] = set()
     for uri in (call.to_uri, call.to_header_uri):
