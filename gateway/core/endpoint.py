@@ -322,9 +322,9 @@ class SipEndpoint:
             return
         now = trio.current_time()
         if isinstance(message, Response):
-            await self._act(self.transactions.receive_response(message, now=now))
-            if self.sip_taps:
+            if self.sip_taps:  # before what it causes (the ACK of a non-2xx final response)
                 self._copy_to_call(message, data, flow.transport, flow.remote, flow.local, True)
+            await self._act(self.transactions.receive_response(message, now=now))
             return
         # RFC 3261 §18.2.1 / RFC 3581: remember where the request really came from.
         hop = _hop(flow)

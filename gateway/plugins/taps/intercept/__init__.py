@@ -204,7 +204,7 @@ class Interception:
         self._delivery_context: ssl.SSLContext | None = None
         self.x1_server: X1Server | None = None
         self.intercepted_calls = 0
-        self._registrations: dict[str, list[Match]] = {}
+        self._registrations: dict[str, tuple[list[Match], _Copy]] = {}
         self._sinks: dict[str, InterceptSink] = {}  # the calls intercepted now, by call id
         self._ask_again: Callable[[], None] | None = None
 
@@ -225,7 +225,7 @@ class Interception:
             live.add_matches(matches)
             return None
         self.intercepted_calls += 1
-        log.info(
+        log.debug(  # not at INFO: beside the core's line for the call, it would name the call
             "intercept: call matched task(s) %s",
             ", ".join(str(match.task.xid) for match in matches),
         )
@@ -265,10 +265,13 @@ class Interception:
         self, data: bytes, *, transport: str, source: Address, destination: Address, at: float
     ) -> None:
         """Every SIP message the gateway sends or receives: a REGISTER whose address of record
-        is a target, and the answers to it, go out as X2 (they belong to no call, so no call's
-        sink sees them: the target's location is in them)."""
+        is a target, with our 2xx accepting it, goes out as X2 (it belongs to no call, so no
+        call's sink sees it: the target's location is in it). A REGISTER is held until it is
+        answered: one we refuse (a challenge, a wrong password, anybody's REGISTER naming the
+        target) says nothing about the target and is not delivered."""
         if not self.provisioning.tasks:
             return
+        where = _Copy(data, transport, source, destination, at)
         if data.startswith(b"REGISTER "):
             try:
                 request = parse_message_untrusted(data)
@@ -277,39 +280,28 @@ class Interception:
             matches = self.provisioning.matches_uri(str(request.to.uri))
             if not matches:
                 return
-            self._registrations[request.call_id] = matches
+            self._registrations[request.call_id] = (matches, where)
             while len(self._registrations) > MAX_PENDING_REGISTRATIONS:
                 del self._registrations[next(iter(self._registrations))]
-            self._report(
-                matches, request.call_id, data, pdu.FROM_TARGET, transport, source, destination, at
-            )
         elif self._registrations and data.startswith(b"SIP/2.0 "):
             found = _CALL_ID.search(data)
             call_id = found.group(1).strip().decode(errors="replace") if found else ""
             pending = self._registrations.get(call_id)
-            if pending is None:
+            if pending is None or data.startswith(b"SIP/2.0 1"):
                 return
-            if not data.startswith(b"SIP/2.0 1"):
-                del self._registrations[call_id]  # a final answer ends the transaction
-            self._report(pending, call_id, data, pdu.TO_TARGET, transport, source, destination, at)
+            del self._registrations[call_id]  # a final answer ends the transaction
+            if data.startswith(b"SIP/2.0 2"):
+                matches, register = pending
+                self._report(matches, call_id, register, pdu.FROM_TARGET)
+                self._report(matches, call_id, where, pdu.TO_TARGET)
 
-    def _report(
-        self,
-        matches: list[Match],
-        call_id: str,
-        data: bytes,
-        direction: int,
-        transport: str,
-        source: Address,
-        destination: Address,
-        at: float,
-    ) -> None:
+    def _report(self, matches: list[Match], call_id: str, copy: _Copy, direction: int) -> None:
         correlation = correlation_id("REGISTER " + call_id)
-        addresses = _addresses(source, destination, transport)
+        addresses = _addresses(copy.source, copy.destination, copy.transport)
         for match in matches:
+            more = addresses + _matched_target(match)
             for link in self.links_for(match, "X2"):
-                more = addresses + _matched_target(match)
-                link.send(_x2(link, match, correlation, direction, data, more, at))
+                link.send(_x2(link, match, correlation, direction, copy.data, more, copy.at))
 
     # -- the tap's task -------------------------------------------------------------------------
 
@@ -401,6 +393,17 @@ def correlation_id(call_id: str) -> int:
     """One 64-bit value for every PDU of a call: from the gateway's call id, which reveals
     nothing of either leg's Call-ID."""
     return int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big")
+
+
+@attrs.frozen
+class _Copy:
+    """A SIP message as the capture seam gave it: bytes, transport, addresses, time."""
+
+    data: bytes = attrs.field(repr=False)
+    transport: str
+    source: Address
+    destination: Address
+    at: float
 
 
 class InterceptSink:
