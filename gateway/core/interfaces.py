@@ -340,6 +340,9 @@ class MediaTap(Protocol):
     # answer), not at the answer: its sink sees the whole call, call attempts that fail
     # included, early media, and (with ``sip_message``) its signalling on every leg.
     #
+    # Optional, with ``sink_for_call_start``: ``wants_calls`` (a bool, read per new call):
+    # False spares building what the tap would be told (an interception with no task).
+    #
     # Optional, with ``sink_for_call_start``: ``bind_calls_in_progress(ask_again)``: the core
     # hands the tap a function that asks it again about every call in progress (its targets
     # changed); a call it then returns a sink for gets it from that moment on (its SIP and

@@ -71,6 +71,7 @@ class CallManager:
             if callable(getattr(tap, "sink_for_call_start", None))
         ]
         """Taps that decide when a call starts (lawful intercept): asked for every new call."""
+        self._numbers_of: dict[str, list[str]] | None = None
         for name, tap in self._start_taps:
             bind = getattr(tap, "bind_calls_in_progress", None)
             if callable(bind):
@@ -305,11 +306,14 @@ class CallManager:
         """Ask the taps that decide at a call's start (lawful intercept) for sinks; with any,
         the call has its :class:`CallTaps` from now on and the endpoint copies the SIP of its
         dialogs to them, this INVITE first."""
-        sinks = self._sinks_for(
-            [(name, tap.sink_for_call_start) for name, tap in self._start_taps],
-            self._tapped_at_start(call, invite, caller),
-            call,
-        )
+        deciders = [
+            (name, tap.sink_for_call_start)
+            for name, tap in self._start_taps
+            if getattr(tap, "wants_calls", True)
+        ]
+        if not deciders:
+            return  # an interception tap with no task: nothing to build per call
+        sinks = self._sinks_for(deciders, self._tapped_at_start(call, invite, caller), call)
         if not sinks:
             return
         call.taps = CallTaps(call.id, None, sinks, clock=trio.current_time)
@@ -340,8 +344,12 @@ class CallManager:
         directory = self.gateway.directory
         domains = directory.local_domains if directory is not None else frozenset()
         uris = [f"sip:{account}@{domain}" for domain in sorted(domains)]
-        for trunk in self.gateway.config.trunks:
-            uris += [f"tel:{number}" for number, owner in trunk.dids.items() if owner == account]
+        if self._numbers_of is None:  # the trunks' dids by account, once (config is fixed)
+            self._numbers_of = {}
+            for trunk in self.gateway.config.trunks:
+                for number, owner in trunk.dids.items():
+                    self._numbers_of.setdefault(owner, []).append(number)
+        uris += [f"tel:{number}" for number in self._numbers_of.get(account, ())]
         return tuple(uris)
 
     def _ask_again(self, name: str, tap: MediaTap) -> None:

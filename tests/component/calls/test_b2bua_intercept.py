@@ -534,3 +534,19 @@ async def test_a_targets_outgoing_call_is_matched_on_who_it_is_not_on_what_its_p
     assert len(invites) == 2  # hers (authenticated) and ours to the carrier
     assert {p.direction for p in invites} == {pdu.FROM_TARGET}
     assert {p.attribute(pdu.MATCHED_TARGET) for p in invites} == {ALICE_DID.encode()}
+
+
+async def test_connections_that_never_finish_a_handshake_do_not_keep_the_admf_out(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    assert env.tap.x1_server is not None and env.tap.x1_server.address is not None
+    silent = [await trio.open_tcp_stream(*env.tap.x1_server.address) for _ in range(20)]
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))  # still served
+    assert set(env.tap.provisioning.tasks) == {XID}
+    for stream in silent:
+        await stream.aclose()

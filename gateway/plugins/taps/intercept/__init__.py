@@ -213,6 +213,11 @@ class Interception:
     def sink_for_call(self, call: TappedCall) -> TapSink | None:
         return None  # decided at the start (sink_for_call_start)
 
+    @property
+    def wants_calls(self) -> bool:
+        """Whether any task is active: without one the core builds nothing per call for us."""
+        return bool(self.provisioning.tasks)
+
     def sink_for_call_start(self, call: TappedCall) -> InterceptSink | None:
         """A sink for a call whose INVITE names a target. Asked again about a call that has
         one already (a task activated during the call), the tasks it matches now are added to

@@ -5,8 +5,10 @@ signed, or the handshake fails before a byte of X1 is read (an unauthenticated X
 anyone on the network start an interception). HTTP framing is h11's (sans-IO); each request is a
 POST of an ``application/xml`` document of at most ``x1.MAX_DOCUMENT`` octets, answered 200 with
 the X1 response document (X1 errors are X1 documents too); anything else gets 405, 411, 413 or 400
-and the connection closes. At most :data:`MAX_CONNECTIONS` connections at once, each idle for at
-most :data:`IDLE_TIMEOUT` seconds.
+and the connection closes. At most :data:`MAX_HANDSHAKES` TLS handshakes at once, each done within
+:data:`HANDSHAKE_TIMEOUT` seconds, and apart from them :data:`MAX_CONNECTIONS` authenticated
+connections, each idle for at most :data:`IDLE_TIMEOUT` seconds between requests and given
+:data:`REQUEST_TIMEOUT` to send a whole request and to take its answer.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from gateway.plugins.taps.intercept.x1 import MAX_DOCUMENT
 
 log = logging.getLogger(__name__)
 
-MAX_CONNECTIONS = 16
-IDLE_TIMEOUT = 60.0
-HANDSHAKE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 16  # authenticated ADMF connections
+MAX_HANDSHAKES = 64  # TLS handshakes in progress: anybody can start one
+IDLE_TIMEOUT = 60.0  # between requests on a kept-alive connection
+HANDSHAKE_TIMEOUT = 3.0
+REQUEST_TIMEOUT = 30.0  # to read one whole request, and to send its answer
 
 
 class X1Server:
@@ -35,6 +39,7 @@ class X1Server:
         self._handle = handle
         self._server = server.encode()
         self._slots = trio.Semaphore(MAX_CONNECTIONS)
+        self._handshakes = trio.Semaphore(MAX_HANDSHAKES)
         self.address: tuple[str, int] | None = None
         self.requests = 0
         self.refused_handshakes = 0
@@ -52,10 +57,12 @@ class X1Server:
         await trio.serve_listeners(self._connection, listeners)
 
     async def _connection(self, tcp: trio.SocketStream) -> None:
-        if self._slots.value == 0:
+        # Handshakes and authenticated connections are counted apart: connections that never
+        # finish a handshake (anybody's) must not keep the ADMF's requests out.
+        if self._handshakes.value == 0:
             await trio.aclose_forcefully(tcp)
             return
-        async with self._slots:
+        async with self._handshakes:
             tls = trio.SSLStream(tcp, self._ssl_context, server_side=True)
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
@@ -67,6 +74,10 @@ class X1Server:
                 )
                 await trio.aclose_forcefully(tcp)
                 return
+        if self._slots.value == 0:
+            await trio.aclose_forcefully(tls)
+            return
+        async with self._slots:
             try:
                 await self._serve_http(tls)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
@@ -77,7 +88,10 @@ class X1Server:
     async def _serve_http(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=16_384)
         while True:
-            request, body, refusal = await self._read_request(stream, connection)
+            with trio.fail_after(IDLE_TIMEOUT):  # the next request's first bytes
+                await self._wait_readable(stream, connection)
+            with trio.fail_after(REQUEST_TIMEOUT):  # and all of it: no byte-a-minute request
+                request, body, refusal = await self._read_request(stream, connection)
             if refusal is not None:
                 status, reason = refusal
                 await self._send(
@@ -114,9 +128,7 @@ class X1Server:
             except h11.RemoteProtocolError as exc:
                 return None, b"", (400, f"Bad Request: {exc}")
             if event is h11.NEED_DATA:
-                with trio.fail_after(IDLE_TIMEOUT):
-                    data = await stream.receive_some(65_536)
-                connection.receive_data(bytes(data))
+                connection.receive_data(bytes(await stream.receive_some(65_536)))
                 continue
             if isinstance(event, h11.Request):
                 request = event
@@ -135,6 +147,14 @@ class X1Server:
                 return request, bytes(body), None
             elif isinstance(event, h11.ConnectionClosed):
                 raise trio.ClosedResourceError("the ADMF closed the connection")
+
+    async def _wait_readable(
+        self, stream: trio.SSLStream[trio.SocketStream], connection: h11.Connection
+    ) -> None:
+        """Until the next request has begun: data already buffered, or some arriving."""
+        if connection.trailing_data[0] or connection.their_state is not h11.IDLE:
+            return
+        connection.receive_data(bytes(await stream.receive_some(65_536)))
 
     async def _send(
         self,
@@ -159,7 +179,8 @@ class X1Server:
             data += connection.send(h11.EndOfMessage()) or b""
         except h11.LocalProtocolError:
             return  # the request was too broken to answer in HTTP: just close
-        await stream.send_all(data)
+        with trio.fail_after(REQUEST_TIMEOUT):
+            await stream.send_all(data)
 
 
 def _peer(tcp: trio.SocketStream) -> str:
