@@ -157,6 +157,7 @@ class LegSecurity:
         streams: list[StreamSecurity] = []
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(offer.attributes)
+        _one_session_level_mikey_stream(offer)
         for index, media in enumerate(offer.media):
             previous = self._stream(index)
             stream = StreamSecurity(peer_proto=media.proto)
@@ -511,6 +512,27 @@ def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
     if callable(details):
         entry.update((name, value) for name, value in details().items() if isinstance(value, str))
     return entry
+
+
+def _one_session_level_mikey_stream(offer: SessionDescription) -> None:
+    """A session-level a=key-mgmt is one MIKEY exchange for the whole session, its crypto
+    sessions told apart only by SSRC (RFC 4567 §4), which the gateway cannot know in advance:
+    it keys one stream. Applied to several (each checked and keyed on its own) it would be
+    refused as a replay, or key them all alike, so such an offer is refused saying why."""
+    if offer.attributes.get("key-mgmt") is None:
+        return
+    streams = [
+        media
+        for media in offer.media
+        if media.port != 0
+        and media.proto.upper() in _PLAIN_OF | _SECURE_OF
+        and media.attributes.get("key-mgmt") is None
+    ]
+    if len(streams) > 1:
+        raise MediaSecurityRefused(
+            "a session-level MIKEY message for several streams is not supported: the gateway "
+            "cannot tell their crypto sessions apart (give each m= line its own a=key-mgmt)"
+        )
 
 
 def _pairs(attributes: Iterable[Any]) -> list[tuple[str, str | None]]:

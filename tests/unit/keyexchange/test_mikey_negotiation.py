@@ -577,7 +577,7 @@ def test_mangled_offers_and_answers_end_in_an_event_never_an_exception(mode: str
             kinds = {type(event) for event in events(result)}
             assert kinds <= {KeysReady, NegotiationFailed} and len(kinds) == 1
         else:
-            fresh = offerer._new("offerer")
+            fresh = offerer._new("offerer", None)
             fresh.repeat_offer(offer)  # the same I_MSG and context: the answer is checked
             try:
                 fresh.remote_sdp_attributes(attributes)
@@ -603,3 +603,27 @@ def test_the_agreed_keys_protect_srtp_both_ways_for_every_suite(suite: str, mode
             back = b_srtp.protect_rtp(rtp_packet(sequence, 0xB0B))
             assert back is not None
             assert a_srtp.unprotect_rtp(back) == rtp_packet(sequence, 0xB0B)
+
+
+def test_each_account_and_trunk_has_its_own_replay_cache() -> None:
+    """A peer holding one pre-shared key that fills its replay cache (and so raises its floor
+    of refused timestamps) refuses its own messages only, never another account's."""
+    answerer = exchange(2, replay=ReplayCache(max_skew=60, max_entries=1))
+    offers = [
+        exchange(10 + n, offer_modes=("psk",)).offer(suites=[], secure_signalling=False, leg=ALICE)
+        for n in range(3)
+    ]
+    first = answerer.answer(
+        offers[0].local_sdp_attributes(), suites=[], secure_signalling=False, leg=CARRIER
+    )
+    assert first is not None and isinstance(first.next_event(), KeysReady)
+    # The carrier's cache is full: its next message at the same T is refused (the floor)...
+    crowded = answerer.answer(
+        offers[1].local_sdp_attributes(), suites=[], secure_signalling=False, leg=CARRIER
+    )
+    assert crowded is not None and "replay" in failure_of(crowded)
+    # ...and alice's, checked in her own cache, is not.
+    other = answerer.answer(
+        offers[2].local_sdp_attributes(), suites=[], secure_signalling=False, leg=ALICE
+    )
+    assert other is not None and isinstance(other.next_event(), KeysReady)

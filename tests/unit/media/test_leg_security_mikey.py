@@ -167,3 +167,19 @@ def test_a_hold_keeps_the_keys_and_the_message() -> None:
     answerer.take_offer(hold)
     offerer.take_answer(answerer.make_answer(sdp(PLAIN.replace("sendrecv", "recvonly"))))
     assert (offerer.keys(0), answerer.keys(0)) == keys
+
+
+def test_a_session_level_key_mgmt_over_two_streams_is_refused_saying_why() -> None:
+    """RFC 4567 §4: one session-level exchange for audio and video, its crypto sessions told
+    apart by SSRCs the gateway cannot know. Checked per stream, psk mode failed the offer as a
+    "replay" and null mode keyed both streams alike; now it is refused with the reason."""
+    for mode, tls in (("null", True), ("psk", False)):
+        peer = leg(MIKEY_ONLY, tls=tls, exchange=mikey(offer_modes=(mode,)), info=CARRIER)
+        offered = peer.make_offer(sdp(PLAIN))
+        (value,) = [v for n, v in offered.media[0].attributes if n == "key-mgmt"]
+        text = serialize_sdp(offered).decode().replace(f"a=key-mgmt:{value}\r\n", "")
+        text = text.replace("t=0 0\r\n", f"t=0 0\r\na=key-mgmt:{value}\r\n")
+        text += "m=video 20002 RTP/SAVP 96\r\na=rtpmap:96 H264/90000\r\na=sendrecv\r\n"
+        gateway_leg = leg(MIKEY_ONLY, tls=tls, side="a", info=attrs.evolve(CARRIER, side="a"))
+        with pytest.raises(MediaSecurityRefused, match="session-level MIKEY message for several"):
+            gateway_leg.take_offer(parse_sdp_untrusted(text.encode()))

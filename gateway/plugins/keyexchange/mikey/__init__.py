@@ -87,12 +87,28 @@ class MikeyKeyExchange:
         self._clock = clock
         self._random_bytes = random_bytes
         self.replay = replay if replay is not None else ReplayCache()
+        self._replays: dict[tuple[str, str], ReplayCache] = {}
 
     def __repr__(self) -> str:
         return f"<MikeyKeyExchange offer={','.join(self.settings.offer_modes)} {self.psks!r}>"
 
-    def _new(self, role: str) -> MikeyNegotiation:
-        return MikeyNegotiation(role, self.settings, self._random_bytes, self._clock, self.replay)
+    def _new(self, role: str, leg: LegInfo | None) -> MikeyNegotiation:
+        return MikeyNegotiation(
+            role, self.settings, self._random_bytes, self._clock, self._replay_for(leg)
+        )
+
+    def _replay_for(self, leg: LegInfo | None) -> ReplayCache:
+        """The replay cache of the leg's account or trunk: a peer holding one pre-shared key
+        that fills its cache (and raises its floor) refuses only its own messages, never
+        another account's (``replay``, the shared one, serves legs nobody named)."""
+        if leg is None or leg.name is None:
+            return self.replay
+        key = (leg.kind, leg.name)
+        cache = self._replays.get(key)
+        if cache is None:
+            cache = ReplayCache(max_skew=self.replay.max_skew, max_entries=self.replay.max_entries)
+            self._replays[key] = cache
+        return cache
 
     def _psk_lookup(self, leg: LegInfo | None) -> Callable[[], tuple[bytes | None, str]]:
         def lookup() -> tuple[bytes | None, str]:
@@ -116,7 +132,7 @@ class MikeyKeyExchange:
         (``null``: TLS signalling; ``psk``/``dh-hmac``: a pre-shared key for the leg), for the
         first suite of the leg's policy. A re-offer keeps a ``previous`` exchange in force
         (the same I_MSG) unless ``rekey``. Fails at once (no key made) when no mode applies."""
-        negotiation = self._new("offerer")
+        negotiation = self._new("offerer", leg)
         offerable = allowed_suites(suites) if suites else DEFAULT_OFFER_SUITES
         if not offerable:
             negotiation._fail("no suite of the leg's policy is supported by MIKEY here")
@@ -169,12 +185,12 @@ class MikeyKeyExchange:
         try:
             received = mikey_message_of(remote_attributes)
         except MikeyError as exc:
-            negotiation = self._new("answerer")
+            negotiation = self._new("answerer", leg)
             negotiation._fail(exc.reason)
             return negotiation
         if received is None:
             return None
-        negotiation = self._new("answerer")
+        negotiation = self._new("answerer", leg)
         negotiation.take_offer(
             received,
             secure_signalling=secure_signalling,
