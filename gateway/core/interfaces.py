@@ -325,6 +325,9 @@ class TapSink(Protocol):
     # dialog, "b": a callee's; ``inbound``: received by the gateway; ``at``: Unix time), from
     # the SIP stack's task, so it must never block.
     #
+    # Optional: ``leg_replaced(side) -> None``: a transfer put another party on ``side``
+    # ("a": the caller's, "b": the callee's) of the call; whoever was there has left it.
+    #
     # Optional: ``covert = True``: the sink is never named in the call's record, in ``voipgw
     # calls`` or in the core's log lines (an interception must not show to whoever reads them).
 

@@ -2293,6 +2293,8 @@ class Call:
             self.b = leg
         else:
             self.a = _as_a_leg(leg)
+        if self.taps is not None:
+            self.taps.leg_replaced(transfer.side.value)  # another party on that side now
         self._apply_keys(self.b)
         # What we keep per side for the transferor's dialog is over: our 2xx to it, our ACK.
         self._retransmit_at.pop(transfer.side, None)

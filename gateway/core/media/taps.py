@@ -104,6 +104,18 @@ class CallTaps:
         self._sinks.extend(sinks)
         self._sip_sinks.extend((name, sink) for name, sink in sinks if _wants_sip(sink))
 
+    def leg_replaced(self, side: str) -> None:
+        """A transfer put another party on ``side`` ("a", "b"): sinks that care (an
+        interception of the party who left) hear of it."""
+        for name, sink in self._sinks:
+            replaced = getattr(sink, "leg_replaced", None)
+            if replaced is None:
+                continue
+            try:
+                replaced(side)
+            except Exception:
+                log.exception("tap %s failed on a transfer", _shown(name, sink))
+
     def sip_message(
         self,
         data: bytes,

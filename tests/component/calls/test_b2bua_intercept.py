@@ -29,6 +29,7 @@ from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, BOB_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_recorder import rtp
+from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 
@@ -550,3 +551,34 @@ async def test_connections_that_never_finish_a_handshake_do_not_keep_the_admf_ou
     assert set(env.tap.provisioning.tasks) == {XID}
     for stream in silent:
         await stream.aclose()
+
+
+async def test_a_target_that_transfers_its_call_away_leaves_the_rest_unintercepted(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    """alice (the target) takes a trunk's call and transfers it to bob: once bob takes her
+    place, the call is between two people who are not targets and nothing more of it goes out."""
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    bob = await bob_phone(env.b2bua, nursery, voipgw_seed)
+    call, leg_b = await env.trunk_calls_alice()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    assert await refer(leg_b, BOB_URI) == 202
+    while True:
+        notify = await env.b2bua.alice.next_request("NOTIFY")
+        if notify.request.body.strip() == b"SIP/2.0 200 OK":
+            break
+    refers = [p for p in env.x2() if p.payload.startswith(b"REFER ")]
+    assert [p.direction for p in refers] == [pdu.FROM_TARGET]  # hers, while she was in it
+    delivered = len(env.x2())
+    assert (await leg_b.bye()).status == 200  # alice leaves, as a transferor does
+    assert (await bob.calls[0].bye()).status == 200
+    await eventually(lambda: env.b2bua.calls == 0)
+    await trio.sleep(1)
+    assert len(env.x2()) == delivered  # trunk and bob: nobody's target
+    assert not any(p.payload.startswith(b"BYE ") for p in env.x2())

@@ -484,6 +484,12 @@ class InterceptSink:
     async def run(self) -> None:
         await self._closed.wait()
 
+    def leg_replaced(self, side: str) -> None:
+        """The party on ``side`` left the call (a transfer): a target that was there is no
+        longer in it, so its tasks deliver nothing more of this call (the people now talking
+        are not its targets); a task whose target is on the other side goes on."""
+        self._matches = [(match, target) for match, target in self._matches if match.side != side]
+
     def add_matches(self, matches: list[Match]) -> None:
         """Tasks activated during the call that it matches too (their PDUs from now on)."""
         known = {(match.task.xid, match.side) for match, _ in self._matches}
