@@ -290,6 +290,10 @@ def test_details_list_what_was_provisioned_and_each_links_state() -> None:
         ("<X1Request>é</X1Request>".encode("latin-1"), "not UTF-8"),
         (b"<Other/>", "'Other' is not X1Request"),
         (b"<X1Request/>", "no x1RequestMessage"),
+        (
+            b"<X1Request>" + b"<x1RequestMessage/>" * 101 + b"</X1Request>",
+            "more than 100 x1RequestMessages",
+        ),
         (b"<X1Request>" + b" " * 1_048_577 + b"</X1Request>", "larger than"),
     ],
 )

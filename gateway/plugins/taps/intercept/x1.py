@@ -136,11 +136,14 @@ class X1Handler:
             root = _parse(body)
         except X1Error as err:
             return self._top_level_error(err)
-        responses = []
-        for message in _children(root, "x1RequestMessage")[:MAX_MESSAGES]:
-            responses.append(self._one(message))
-        if not responses:
+        messages = _children(root, "x1RequestMessage")
+        if not messages:
             return self._top_level_error(X1Error("syntax", "no x1RequestMessage"))
+        if len(messages) > MAX_MESSAGES:  # all refused, none half-done: the ADMF splits it
+            return self._top_level_error(
+                X1Error("syntax", f"more than {MAX_MESSAGES} x1RequestMessages in one document")
+            )
+        responses = [self._one(message) for message in messages]
         return _document("X1Response", "".join(responses))
 
     def _one(self, message: ET.Element) -> str:
