@@ -63,3 +63,41 @@ def test_an_x1_port_in_use_stops_the_start_instead_of_running_without_intercepti
     assert result.returncode == 1
     assert "cannot run: [Errno 98] Address already in use" in result.stderr
     assert "voipgw ready" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_config_of_an_interception_table_loads_its_certificates_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    pki = TestPki(tmp_path / "pki")
+    ca = pki.ca("X1 CA")
+    server = ca.issue("gw")
+    table = (
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[plugins]\nenable = ["udp", "intercept"]\n'
+        "[plugins.intercept]\n"
+        f'x1_certificate = "{server.certificate}"\n'
+        f'x1_private_key = "{server.key}"\n'
+        f'x1_ca = "{ca.certificate}"\n'
+        "delivery_tls = false\n"
+    )
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(table)
+    bad.write_text(table.replace(str(server.key), str(tmp_path / "missing.key")))
+    checked = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert not (tmp_path / "state" / "intercept").exists()
+    refused = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert (
+        "[plugins.intercept]" in refused.stderr and "x1_private_key: no such file" in refused.stderr
+    )
