@@ -232,7 +232,8 @@ class SipEndpoint:
             if callable(getattr(tap, "message", None))
         )
         """Capture agents (HEP): a copy of every message in and out (empty: no cost)."""
-        self._new_call_bytes: bytes | None = None  # the request being handled
+        self.handling_bytes: bytes | None = None
+        """The bytes of the request being handled (a new call's INVITE, while it is made)."""
         self.sip_taps: dict[tuple[str, str | None], tuple[CallTaps, str]] = {}
         """(Call-ID, tag) -> the call's taps that want its SIP (an interception) and the leg
         ("a", "b") of that dialog: each message in and out is copied to them (empty: no cost).
@@ -349,11 +350,11 @@ class SipEndpoint:
             self._copy_to_call(request, data, flow.transport, flow.remote, flow.local, True)
         # A new call's INVITE is copied once dispatch has made the call (and its taps), before
         # anything is sent for it: _dispatch reads this.
-        self._new_call_bytes = data
+        self.handling_bytes = data
         try:
             await self._act(outputs, flow)
         finally:
-            self._new_call_bytes = None
+            self.handling_bytes = None
 
     async def _refuse_overloaded(
         self, request: Request, flow: Flow, waited: float, now: float
@@ -474,7 +475,7 @@ class SipEndpoint:
                     await self.respond(txn, refusal)
                 else:
                     calls.invite(txn, request, flow)
-                    data = self._new_call_bytes
+                    data = self.handling_bytes
                     if data is not None and self.sip_taps:
                         self._copy_to_call(
                             request, data, flow.transport, flow.remote, flow.local, True

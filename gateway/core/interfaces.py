@@ -295,6 +295,10 @@ class TappedCall:
     account its address of record in each of our domains and, as tel URIs, the numbers that
     reach it (the trunks' ``dids``); empty for a trunk (its From and P-Asserted-Identity are
     the identities then, RFC 3325 trust)."""
+    callee_uris: tuple[str, ...] = ()
+    """The same for the accounts the call was routed to, once routed (a tap deciding at the
+    start is asked again then, when the routing named accounts: a call to a DID reaches an
+    account whose address of record the INVITE does not carry)."""
 
 
 class TapSink(Protocol):

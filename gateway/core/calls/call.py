@@ -137,7 +137,7 @@ from gateway.core.sip.session_timer import (
 )
 from gateway.core.sip.transaction import ServerTransaction, State, TransactionStateError
 from gateway.core.sip.uri import SipUri, Uri
-from gateway.core.transport.flows import Flow
+from gateway.core.transport.flows import Address, Flow
 
 if TYPE_CHECKING:
     from gateway.core.calls.manager import CallManager
@@ -321,6 +321,9 @@ class Call:
         self.media: MediaSession | None = None
         self.keying: CallKeying | None = None
         self.taps: CallTaps | None = None
+        self.invite_copy: tuple[bytes, str, Address, Address, float] | None = None
+        """The caller's INVITE as received (bytes, transport, source, destination, Unix time),
+        kept only while taps decide at the start (lawful intercept)."""
         self.handshakes: CallHandshakes | None = None  # started with the first DTLS stream
         self._keyed_b: BLeg | None = None  # the B leg whose keys are applied
         self.state = "new"
@@ -555,6 +558,7 @@ class Call:
                 await self._reject_a(503, f"Service Unavailable (trunk {why})", warning)
             warning = f"account {first.account} is at its {why}"
             await self._reject_a(486, f"Busy Here (account {why})", warning)
+        self.manager.routed(self, targets)  # taps deciding at the start: whom it reaches
         self.a.security = self.manager.leg_security(
             self, Side.A, kind=caller.kind, name=caller.name, flow=self.a.flow
         )

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from gateway.core.auth.digest import Authenticated, AuthKind
@@ -26,6 +28,7 @@ from gateway.core.interfaces import (
     LegInfo,
     MediaTap,
     RouteDecision,
+    RouteTarget,
     TappedCall,
     TapSink,
 )
@@ -125,6 +128,10 @@ class CallManager:
         self._by_dialog[key] = (call, Side.A)
         self._keys_of[call] = (transaction, [key])
         if self._start_taps:
+            # Kept for a tap that decides once the call is routed (it gets this INVITE first).
+            data = self.endpoint.handling_bytes
+            if data is not None:
+                call.invite_copy = (data, flow.transport, flow.remote, flow.local, time.time())
             self._tap_from_start(call, request, caller)
         self._nursery.start_soon(call.run, name=f"call {request.call_id}")
 
@@ -351,6 +358,53 @@ class CallManager:
                     self._numbers_of.setdefault(owner, []).append(number)
         uris += [f"tel:{number}" for number in self._numbers_of.get(account, ())]
         return tuple(uris)
+
+    def routed(self, call: Call, targets: Sequence[RouteTarget]) -> None:
+        """The call is routed: taps deciding at the start that have not taken it are asked
+        again with the accounts it goes to (a DID reaching an account whose address of record
+        the INVITE does not carry). A sink made now gets the caller's INVITE first."""
+        invite, caller = call.a.invite, call.caller
+        accounts = [target.account for target in targets if target.account is not None]
+        if not accounts or invite is None or caller is None:
+            return
+        deciders = [
+            (name, tap.sink_for_call_start)
+            for name, tap in self._start_taps
+            if getattr(tap, "wants_calls", True)
+        ]
+        if not deciders:
+            return
+        callee_uris = tuple(uri for account in accounts for uri in self._account_uris(account))
+        tapped = attrs.evolve(
+            self._tapped_at_start(call, invite, caller),
+            callee_kind="account",
+            callee_name=accounts[0],
+            callee_uris=callee_uris,
+        )
+        sinks = self._sinks_for(deciders, tapped, call)
+        if not sinks:
+            return
+        if call.taps is None:
+            call.taps = CallTaps(call.id, call.media, sinks, clock=trio.current_time)
+        else:
+            call.taps.add(sinks)
+        copy = call.invite_copy
+        for _, sink in sinks:
+            deliver = getattr(sink, "sip_message", None)
+            if deliver is not None and copy is not None:
+                data, transport, source, destination, at = copy
+                deliver(
+                    data,
+                    leg="a",
+                    inbound=True,
+                    transport=transport,
+                    source=source,
+                    destination=destination,
+                    at=at,
+                )
+        if call.taps.wants_sip:
+            self._copy_a_leg(call.taps, call, invite)
+        call.taps.attach()
 
     def _ask_again(self, name: str, tap: MediaTap) -> None:
         """A tap deciding at a call's start has new targets (a task activated): ask it again

@@ -582,3 +582,30 @@ async def test_a_target_that_transfers_its_call_away_leaves_the_rest_unintercept
     await trio.sleep(1)
     assert len(env.x2()) == delivered  # trunk and bob: nobody's target
     assert not any(p.payload.startswith(b"BYE ") for p in env.x2())
+
+
+async def test_a_target_named_by_its_sip_uri_is_intercepted_when_called_on_its_number(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    """The task names alice's address of record; the trunk calls her DID, which the INVITE
+    carries instead. Routing reveals the account: the call is intercepted from then, the
+    trunk's INVITE (kept for it) delivered first."""
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate("<sipUri>sip:alice@127.0.0.1</sipUri>"))
+    call, leg_b = await env.trunk_calls_alice()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    await call.bye()  # type: ignore[attr-defined]
+    await eventually(lambda: env.b2bua.calls == 0)
+    await eventually(lambda: sum(p.payload.startswith(b"BYE ") for p in env.x2()) == 2)
+    x2 = env.x2()
+    assert x2[0].payload.startswith(b"INVITE sip:+4930123456@")  # the trunk's, first
+    assert x2[0].direction == pdu.TO_TARGET
+    assert any(p.payload.startswith(b"INVITE sip:alice@") for p in x2)
+    assert {p.attribute(pdu.MATCHED_TARGET) for p in x2} == {b"sip:alice@127.0.0.1"}
+    sequences = [p.sequence for p in x2]
+    assert sequences == list(range(len(x2)))

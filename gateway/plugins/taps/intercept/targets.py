@@ -18,7 +18,8 @@ What this does not do: national or private numbering plans are not turned into E
 The caller's identities are, for an account, who the gateway authenticated (its address of
 record in our domains and the numbers that reach it, ``TappedCall.caller_uris``), and for a
 trunk the From and every P-Asserted-Identity URI (RFC 3325); the callee's are the Request-URI
-and the To URI of the caller's INVITE. Which side matched decides the
+and the To URI of the caller's INVITE and, once the call is routed, the accounts it reaches
+(``TappedCall.callee_uris``). Which side matched decides the
 direction of every PDU (what the target sent and what it was sent).
 """
 
@@ -124,7 +125,7 @@ def party_keys(call: TappedCall) -> tuple[set[str], set[str]]:
     for uri in claimed:
         caller |= uri_keys(uri)
     callee: set[str] = set()
-    for uri in (call.to_uri, call.to_header_uri):
+    for uri in (call.to_uri, call.to_header_uri, *call.callee_uris):
         if uri:
             callee |= uri_keys(uri)
     return caller, callee
