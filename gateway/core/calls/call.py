@@ -323,7 +323,8 @@ class Call:
         self.taps: CallTaps | None = None
         self.invite_copy: tuple[bytes, str, Address, Address, float] | None = None
         """The caller's INVITE as received (bytes, transport, source, destination, Unix time),
-        kept only while taps decide at the start (lawful intercept)."""
+        kept from its arrival to its routing, only while taps decide at the start (lawful
+        intercept)."""
         self.handshakes: CallHandshakes | None = None  # started with the first DTLS stream
         self._keyed_b: BLeg | None = None  # the B leg whose keys are applied
         self.state = "new"

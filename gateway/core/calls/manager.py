@@ -364,6 +364,7 @@ class CallManager:
         again with the accounts it goes to (a DID reaching an account whose address of record
         the INVITE does not carry). A sink made now gets the caller's INVITE first."""
         invite, caller = call.a.invite, call.caller
+        copy, call.invite_copy = call.invite_copy, None  # kept until now, not for the call
         accounts = [target.account for target in targets if target.account is not None]
         if not accounts or invite is None or caller is None:
             return
@@ -388,7 +389,6 @@ class CallManager:
             call.taps = CallTaps(call.id, call.media, sinks, clock=trio.current_time)
         else:
             call.taps.add(sinks)
-        copy = call.invite_copy
         for _, sink in sinks:
             deliver = getattr(sink, "sip_message", None)
             if deliver is not None and copy is not None:
