@@ -34,7 +34,7 @@ from gateway.core.interfaces import (
 )
 from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
 from gateway.core.media.security import LegSecurity
-from gateway.core.media.taps import CallTaps, tapped_media
+from gateway.core.media.taps import CallTaps, copy_sip, tapped_media
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
 from gateway.core.sip.message import Request, Response, make_response
@@ -389,19 +389,18 @@ class CallManager:
             call.taps = CallTaps(call.id, call.media, sinks, clock=trio.current_time)
         else:
             call.taps.add(sinks)
-        for _, sink in sinks:
-            deliver = getattr(sink, "sip_message", None)
-            if deliver is not None and copy is not None:
-                data, transport, source, destination, at = copy
-                deliver(
-                    data,
-                    leg="a",
-                    inbound=True,
-                    transport=transport,
-                    source=source,
-                    destination=destination,
-                    at=at,
-                )
+        if copy is not None:  # to the new sinks only (earlier ones had it as it came)
+            data, transport, source, destination, at = copy
+            copy_sip(
+                sinks,
+                data,
+                leg="a",
+                inbound=True,
+                transport=transport,
+                source=source,
+                destination=destination,
+                at=at,
+            )
         if call.taps.wants_sip:
             self._copy_a_leg(call.taps, call, invite)
         call.taps.attach()

@@ -128,19 +128,16 @@ class CallTaps:
         at: float,
     ) -> None:
         """A SIP message on one of the call's dialogs, for the sinks that want them."""
-        for name, sink in self._sip_sinks:
-            try:
-                sink.sip_message(  # type: ignore[attr-defined]
-                    data,
-                    leg=leg,
-                    inbound=inbound,
-                    transport=transport,
-                    source=source,
-                    destination=destination,
-                    at=at,
-                )
-            except Exception:
-                log.exception("tap %s failed on a SIP message", _shown(name, sink))
+        copy_sip(
+            self._sip_sinks,
+            data,
+            leg=leg,
+            inbound=inbound,
+            transport=transport,
+            source=source,
+            destination=destination,
+            at=at,
+        )
 
     def attach(self) -> None:
         """Tap every stream of the call not tapped yet (idempotent), and tell the sinks that
@@ -231,6 +228,36 @@ class CallTaps:
                         )
 
         return tap
+
+
+def copy_sip(
+    sinks: Sequence[tuple[str, TapSink]],
+    data: bytes,
+    *,
+    leg: str,
+    inbound: bool,
+    transport: str,
+    source: Address,
+    destination: Address,
+    at: float,
+) -> None:
+    """A SIP message for each of ``sinks`` that takes SIP; one that fails (a plugin's bug) is
+    logged and costs the others nothing, nor the call."""
+    for name, sink in sinks:
+        if not _wants_sip(sink):
+            continue
+        try:
+            sink.sip_message(  # type: ignore[attr-defined]
+                data,
+                leg=leg,
+                inbound=inbound,
+                transport=transport,
+                source=source,
+                destination=destination,
+                at=at,
+            )
+        except Exception:
+            log.exception("tap %s failed on a SIP message", _shown(name, sink))
 
 
 def _wants_sip(sink: TapSink) -> bool:
