@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import attrs
 import h11
 import pytest
 import trio
@@ -143,6 +144,48 @@ class Env:
         return self.mediation.of_type(pdu.X3)
 
 
+@attrs.define
+class Talk:
+    """The two ends of an answered call's media on real sockets: the trunk's (CALLER_PORT)
+    and alice's (CALLEE_PORT), each sending to its side of the gateway's relay."""
+
+    caller: trio.socket.SocketType
+    callee: trio.socket.SocketType
+    caller_to: tuple[str, int]
+    callee_to: tuple[str, int]
+
+    async def packets(self, first: int, count: int = 10) -> None:
+        """``count`` packets each way, 20 ms apart, sequence numbers from ``first``."""
+        for seq in range(first, first + count):
+            await self.caller.sendto(rtp(seq, 0x00, 0x1111), self.caller_to)
+            await self.callee.sendto(rtp(seq, 0x80, 0x2222), self.callee_to)
+            await trio.sleep(0.02)  # the pace of 20 ms packets, in virtual time
+
+    def close(self) -> None:
+        self.caller.close()
+        self.callee.close()
+
+
+async def answered_with_media(env: Env, *, ring: bool = False) -> tuple[Any, Talk]:
+    """The trunk calls alice, she answers (ringing first if ``ring``); the call and its
+    media ends."""
+    call, leg_b = await env.trunk_calls_alice()
+    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
+    if ring:
+        await leg_b.ring()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    answered = parse_sdp_untrusted(final.body).media[0]
+    talk = Talk(
+        await bind(CALLER_PORT),
+        await bind(CALLEE_PORT),
+        ("127.0.0.1", answered.port),
+        ("127.0.0.1", offered.port),
+    )
+    return call, talk
+
+
 @pytest.fixture
 def pki(tmp_path: Path) -> tuple[TestCa, Issued, Issued]:
     test_pki = TestPki(tmp_path / "pki")
@@ -193,24 +236,16 @@ async def test_a_call_to_a_target_delivers_its_signalling_as_x2_and_its_media_as
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
     b2bua = env.b2bua
-    call, leg_b = await env.trunk_calls_alice()
-    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
-    await leg_b.ring()
-    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
-    final = await call.final()
-    assert final.status == 200
-    answered = parse_sdp_untrusted(final.body).media[0]
-    caller, callee = await bind(CALLER_PORT), await bind(CALLEE_PORT)
-    with caller, callee:
-        for seq in range(20):
-            await caller.sendto(rtp(seq, 0x00, 0x1111), ("127.0.0.1", answered.port))
-            await callee.sendto(rtp(seq, 0x80, 0x2222), ("127.0.0.1", offered.port))
-            await trio.sleep(0.02)
+    call, talk = await answered_with_media(env, ring=True)
+    try:
+        await talk.packets(0, 20)
         assert b2bua.gateway.calls is not None
         (gateway_call,) = b2bua.gateway.calls.calls
         assert "taps" not in gateway_call.security_record()  # covert: not in the record
-        await call.bye()  # type: ignore[attr-defined]
+        await call.bye()
         await eventually(lambda: b2bua.calls == 0)
+    finally:
+        talk.close()
     await eventually(
         lambda: any(
             p.payload.startswith(b"SIP/2.0 200") and b"BYE" in p.payload.split(b"CSeq:")[1][:20]
@@ -371,7 +406,7 @@ async def test_a_destination_moved_during_a_call_gets_the_rest_of_it(
     moved = create_destination(second.port).replace("CreateDestination", "ModifyDestination")
     await env.x1(moved)
     await eventually(lambda: env.tap.links[DID].destination.address[1] == second.port)
-    await call.bye()  # type: ignore[attr-defined]
+    await call.bye()
     await eventually(lambda: b2bua.calls == 0)
     await eventually(
         lambda: sum(p.payload.startswith(b"BYE ") for p in second.of_type(pdu.X2)) == 2
@@ -411,27 +446,17 @@ async def test_a_task_deactivated_during_a_call_delivers_nothing_more_of_it(
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
-    call, leg_b = await env.trunk_calls_alice()
-    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
-    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
-    final = await call.final()
-    answered = parse_sdp_untrusted(final.body).media[0]
-    caller, callee = await bind(CALLER_PORT), await bind(CALLEE_PORT)
-
-    async def talk(first: int) -> None:
-        for seq in range(first, first + 10):
-            await caller.sendto(rtp(seq, 0x00, 0x1111), ("127.0.0.1", answered.port))
-            await callee.sendto(rtp(seq, 0x80, 0x2222), ("127.0.0.1", offered.port))
-            await trio.sleep(0.02)
-
-    with caller, callee:
-        await talk(0)
+    call, talk = await answered_with_media(env)
+    try:
+        await talk.packets(0)
         await eventually(lambda: len(env.x3()) == 20)
         await env.x1(message("DeactivateTaskRequest", f"<xId>{XID}</xId>"))
-        await talk(10)
-        await call.bye()  # type: ignore[attr-defined]
+        await talk.packets(10)
+        await call.bye()
         await eventually(lambda: env.b2bua.calls == 0)
-    await trio.sleep(1)
+    finally:
+        talk.close()
+    await trio.sleep(1)  # virtual time: room for a PDU that should not come
     assert len(env.x3()) == 20  # nothing after the deactivation
     assert not any(p.payload.startswith(b"BYE ") for p in env.x2())
 
@@ -445,32 +470,22 @@ async def test_a_task_activated_during_a_call_intercepts_the_rest_of_it(
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision()  # a destination, no task yet
-    call, leg_b = await env.trunk_calls_alice()
-    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
-    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
-    final = await call.final()
-    answered = parse_sdp_untrusted(final.body).media[0]
-    caller, callee = await bind(CALLER_PORT), await bind(CALLEE_PORT)
-
-    async def talk(first: int) -> None:
-        for seq in range(first, first + 10):
-            await caller.sendto(rtp(seq, 0x00, 0x1111), ("127.0.0.1", answered.port))
-            await callee.sendto(rtp(seq, 0x80, 0x2222), ("127.0.0.1", offered.port))
-            await trio.sleep(0.02)
-
-    with caller, callee:
-        await talk(0)
+    call, talk = await answered_with_media(env)
+    try:
+        await talk.packets(0)
         assert env.mediation.received == []  # nobody is a target yet
         await env.x1(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
-        await talk(10)
+        await talk.packets(10)
         await eventually(lambda: len(env.x3()) == 20)
         # A second task for the caller's number joins the same sink: its own XID from now on.
         second = uuid.UUID("22222222-2222-4333-8444-555555555555")
         await env.x1(activate("<e164Number>+15550100</e164Number>", xid=second))
-        await talk(20)
+        await talk.packets(20)
         await eventually(lambda: len(env.x3()) == 60)
-        await call.bye()  # type: ignore[attr-defined]
+        await call.bye()
         await eventually(lambda: env.b2bua.calls == 0)
+    finally:
+        talk.close()
     await eventually(lambda: sum(p.payload.startswith(b"BYE ") for p in env.x2()) == 4)
     x3 = env.x3()
     assert [p.payload for p in x3[:20] if p.direction == pdu.TO_TARGET] == [
@@ -504,7 +519,7 @@ async def test_another_call_reusing_a_tapped_calls_call_id_is_not_delivered_nor_
     assert (await other.final()).status >= 400
     await eventually(lambda: env.b2bua.calls == 1)
     assert not any(b"+4930999" in p.payload.split(b"\r\n", 1)[0] for p in env.x2())
-    await call.bye()  # type: ignore[attr-defined]
+    await call.bye()
     await eventually(lambda: env.b2bua.calls == 0)
     # alice's call is still tapped after the other one ended: its BYEs are delivered.
     await eventually(lambda: sum(p.payload.startswith(b"BYE ") for p in env.x2()) == 2)
@@ -599,7 +614,7 @@ async def test_a_target_named_by_its_sip_uri_is_intercepted_when_called_on_its_n
     call, leg_b = await env.trunk_calls_alice()
     await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
     assert (await call.final()).status == 200
-    await call.bye()  # type: ignore[attr-defined]
+    await call.bye()
     await eventually(lambda: env.b2bua.calls == 0)
     await eventually(lambda: sum(p.payload.startswith(b"BYE ") for p in env.x2()) == 2)
     x2 = env.x2()
