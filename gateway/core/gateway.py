@@ -281,7 +281,12 @@ class Gateway:
             new_tag=self.ids.new_tag,
         )
         self.directory = GatewayDirectory(
-            self.store, self.flows, self.config.trunks, domains, now=time.time
+            self.store,
+            self.flows,
+            self.config.trunks,
+            domains,
+            now=time.time,
+            numbering=self.config.numbering,
         )
         media = self.config.media
         if media.workers > 1:

@@ -328,7 +328,16 @@ class CallManager:
             self._copy_a_leg(call.taps, call, invite)
 
     def _tapped_at_start(self, call: Call, invite: Request, caller: Caller) -> TappedCall:
-        """What a tap deciding at a call's start is told: its caller's INVITE's identities."""
+        """What a tap deciding at a call's start is told: its caller's INVITE's identities,
+        and their numbers read as E.164 (a carrier's national ``030123456`` is the target
+        ``+4930123456``): a trunk's From and P-Asserted-Identity by the trunk's numbering plan,
+        the number called by the caller's."""
+        asserted = _asserted_uris(invite)
+        trunk = caller.name if caller.kind == "trunk" else None
+        if caller.kind == "account":
+            caller_uris = self._account_uris(caller.name)
+        else:
+            caller_uris = self._e164_uris((str(invite.from_.uri), *asserted), trunk)
         return TappedCall(
             call_id=call.record_id,
             from_uri=str(invite.from_.uri),
@@ -339,9 +348,27 @@ class CallManager:
             callee_name=None,
             sessions=self.outbound,
             to_header_uri=str(invite.to.uri),
-            asserted_uris=_asserted_uris(invite),
-            caller_uris=self._account_uris(caller.name) if caller.kind == "account" else (),
+            asserted_uris=asserted,
+            caller_uris=caller_uris,
+            callee_uris=self._e164_uris((str(invite.uri), str(invite.to.uri)), trunk),
         )
+
+    def _e164_uris(self, uris: Sequence[str], trunk: str | None) -> tuple[str, ...]:
+        """``tel:`` URIs of the numbers in ``uris`` (SIP user parts, tel numbers) that the
+        numbering plan of ``trunk`` (None: ``[numbering]``) reads as E.164 differently from
+        how they are written; the rest add nothing."""
+        directory = self.gateway.directory
+        if directory is None:
+            return ()
+        found: list[str] = []
+        for text in uris:
+            written = _number_of(text)
+            if written is None:
+                continue
+            number = directory.to_e164(written, trunk=trunk)
+            if number.startswith("+") and number != written and f"tel:{number}" not in found:
+                found.append(f"tel:{number}")
+        return tuple(found)
 
     def _account_uris(self, account: str | None) -> tuple[str, ...]:
         """An account's identities as the gateway knows them: its address of record in each
@@ -355,7 +382,11 @@ class CallManager:
             self._numbers_of = {}
             for trunk in self.gateway.config.trunks:
                 for number, owner in trunk.dids.items():
-                    self._numbers_of.setdefault(owner, []).append(number)
+                    # As E.164 too where the trunk's plan reads the DID so: a target
+                    # "+4930123456" is the account a carrier reaches as "030123456".
+                    numbers = self._numbers_of.setdefault(owner, [])
+                    e164 = directory.to_e164(number, trunk=trunk.name) if directory else number
+                    numbers += [n for n in dict.fromkeys((number, e164)) if n not in numbers]
         uris += [f"tel:{number}" for number in self._numbers_of.get(account, ())]
         return tuple(uris)
 
@@ -375,12 +406,13 @@ class CallManager:
         ]
         if not deciders:
             return
+        at_start = self._tapped_at_start(call, invite, caller)
         callee_uris = tuple(uri for account in accounts for uri in self._account_uris(account))
         tapped = attrs.evolve(
-            self._tapped_at_start(call, invite, caller),
+            at_start,
             callee_kind="account",
             callee_name=accounts[0],
-            callee_uris=callee_uris,
+            callee_uris=at_start.callee_uris + callee_uris,
         )
         sinks = self._sinks_for(deciders, tapped, call)
         if not sinks:
@@ -515,6 +547,21 @@ async def _run_sink(name: str, sink: TapSink) -> None:
         await sink.run()
     except Exception:
         log.exception("media tap %s stopped with an error", name)
+
+
+def _number_of(uri: str) -> str | None:
+    """The user part of a ``sip:``/``sips:`` URI or the number of a ``tel:`` URI (text as it
+    is, with its parameters), or None."""
+    scheme, colon, rest = uri.partition(":")
+    if not colon:
+        return None
+    scheme = scheme.lower()
+    if scheme == "tel":
+        return rest or None
+    if scheme in ("sip", "sips"):
+        user, at, _ = rest.rpartition("@")
+        return user if at and user else None
+    return None
 
 
 def _asserted_uris(invite: Request) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ TABLES = {
     "sip": cfg.SipSection,
     "media": cfg.MediaSection,
     "plugins": cfg.PluginsSection,
+    "numbering": cfg.NumberingPlan,
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
     "plugins.tls": tls.TlsConfig,
