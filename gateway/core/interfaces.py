@@ -393,12 +393,20 @@ class SipCapture(Protocol):
 
 @attrs.frozen
 class DeviceProfile:
-    """A phone model's known capabilities and quirks, matched on User-Agent."""
+    """A phone model's known capabilities and quirks, matched on User-Agent (the longest of
+    ``user_agent_prefixes`` among registered profiles wins) or named by a plugin's
+    ``gateway_identify_device``. On that device's legs (gateway/core/devices.py):
+    ``media_policy`` replaces the default policy (never one the operator set for the account or
+    trunk); ``key_exchanges`` and ``suites`` narrow the leg's policy to the key exchanges
+    (``"sdes"``, ``"dtls"``, ``"zrtp"``, ``"mikey"``) and SRTP suites (SDES names) the model
+    takes; None: no limit. ``notes`` is for people (``voipgw plugins`` lists profiles)."""
 
     name: str
     user_agent_prefixes: tuple[str, ...] = ()
     media_policy: str | None = None
     notes: str = ""
+    key_exchanges: tuple[str, ...] | None = None
+    suites: tuple[str, ...] | None = None
 
     def matches(self, user_agent: str) -> bool:
         return any(user_agent.startswith(prefix) for prefix in self.user_agent_prefixes)

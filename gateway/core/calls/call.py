@@ -93,7 +93,7 @@ import trio
 from gateway.core.auth.client import authorize
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.numbering import read_number
-from gateway.core.calls.routing import UnroutableTarget, destination_for
+from gateway.core.calls.routing import ContactTarget, UnroutableTarget, destination_for
 from gateway.core.calls.transfer import Transfer
 from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
 from gateway.core.media.errors import PortsExhausted
@@ -562,7 +562,12 @@ class Call:
             await self._reject_a(486, f"Busy Here (account {why})", warning)
         self.manager.routed(self, targets)  # taps deciding at the start: whom it reaches
         self.a.security = self.manager.leg_security(
-            self, Side.A, kind=caller.kind, name=caller.name, flow=self.a.flow
+            self,
+            Side.A,
+            kind=caller.kind,
+            name=caller.name,
+            flow=self.a.flow,
+            device=caller.device,
         )
         self.media = self.manager.new_media_session(self._media_lost)
         self.keying = CallKeying(self.media)
@@ -651,8 +656,16 @@ class Call:
             shown_as=target.account or dialed or "anonymous",
             late_offer=late_offer,
         )
+        # A registered phone is known by the User-Agent its REGISTER carried (devices.py).
+        binding = target.binding if isinstance(target, ContactTarget) else None
         leg.security = self.manager.leg_security(
-            self, side, kind=kind, name=name, flow=flow, transport=transport
+            self,
+            side,
+            kind=kind,
+            name=name,
+            flow=flow,
+            transport=transport,
+            device=self.manager.device_of_binding(binding) if binding is not None else None,
         )
         return leg, uri
 

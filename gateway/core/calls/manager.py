@@ -22,9 +22,11 @@ from gateway.core.calls.leg import Side
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
 from gateway.core.calls.outbound import OutboundSessions
 from gateway.core.calls.records import CallRecordBook
+from gateway.core.devices import narrowed_for_device
 from gateway.core.interfaces import (
     Caller,
     CallEvent,
+    DeviceProfile,
     LegInfo,
     MediaTap,
     RouteDecision,
@@ -32,7 +34,13 @@ from gateway.core.interfaces import (
     TappedCall,
     TapSink,
 )
-from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
+from gateway.core.media.policy import (
+    BUILTIN_POLICIES,
+    DEFAULT_POLICY,
+    UnknownPolicy,
+    effective,
+    resolve,
+)
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.taps import CallTaps, copy_sip, tapped_media
 from gateway.core.sip.errors import SipError
@@ -44,6 +52,7 @@ from gateway.core.transport.flows import Flow
 if TYPE_CHECKING:
     from gateway.core.gateway import Gateway
     from gateway.core.media.session import MediaSession
+    from gateway.core.store.interface import Binding
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +152,21 @@ class CallManager:
     def _identify_caller(self, invite: Request, flow: Flow) -> Caller | Response:
         """Who calls: a trunk recognised by its source address, else an account by its digest
         credentials; else the 407 challenge (or 403) to answer the INVITE with."""
+        devices = self.gateway.devices
         trunk = self.trunk_for_source(flow.remote[0])
         if trunk is not None:
-            return Caller(kind="trunk", name=trunk, flow=flow)
+            device = devices.of_request(invite, flow) if devices.active else None
+            return Caller(kind="trunk", name=trunk, flow=flow, device=device)
         outcome = self.authenticate(invite, flow, AuthKind.PROXY)
         if isinstance(outcome, Response):
             return outcome
-        return Caller(kind="account", name=outcome.username, flow=flow)
+        device = devices.of_request(invite, flow) if devices.active else None
+        return Caller(kind="account", name=outcome.username, flow=flow, device=device)
+
+    def device_of_binding(self, binding: Binding) -> DeviceProfile | None:
+        """The profile of a registered phone, by the User-Agent of its REGISTER."""
+        devices = self.gateway.devices
+        return devices.of_user_agent(binding.user_agent) if devices.active else None
 
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         found = self._find(request)
@@ -253,9 +270,11 @@ class CallManager:
         name: str | None,
         flow: Flow | None,
         transport: str | None = None,
+        device: DeviceProfile | None = None,
     ) -> LegSecurity:
         """The media security of one leg: its policy (hook, else the account's or trunk's
-        configured one) limited to the enabled key exchanges."""
+        configured one, or for one left at the default the device profile's) limited to what
+        ``device`` takes and to the enabled key exchanges (gateway/core/devices.py)."""
         gateway = self.gateway
         configured: str | None = None
         offer_feedback = gateway.config.media.offer_rtcp_feedback
@@ -267,6 +286,8 @@ class CallManager:
             configured = trunk.media_policy if trunk is not None else None
             if trunk is not None and trunk.offer_rtcp_feedback is not None:
                 offer_feedback = trunk.offer_rtcp_feedback
+        if device is not None and device.media_policy and configured in (None, DEFAULT_POLICY):
+            configured = device.media_policy  # never one the operator chose for the account
         secure = flow.secure if flow is not None else transport == "tls"
         leg = LegInfo(
             call_id=call.id,
@@ -274,6 +295,7 @@ class CallManager:
             kind=kind,
             name=name,
             secure_signalling=secure,
+            device=device,
             configured_policy=configured,
         )
         hook = gateway.plugins.implemented("gateway_media_security_policy")
@@ -287,7 +309,7 @@ class CallManager:
         exchanges = dict(gateway.plugins.key_exchanges.items())
         return LegSecurity(
             side=side.value,
-            policy=effective(policy, exchanges),
+            policy=effective(narrowed_for_device(policy, device), exchanges),
             secure_signalling=secure,
             key_exchanges=exchanges,
             signalling=flow.transport if flow is not None else (transport or "udp"),
