@@ -21,6 +21,7 @@ import trio
 
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_call
+from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
 from gateway.core.devices import DeviceIdentifier, check_profiles
 from gateway.core.endpoint import SipEndpoint
@@ -108,6 +109,9 @@ class Gateway:
         self.directory: GatewayDirectory | None = None
         self.calls: CallManager | None = None
         self._trunks = TrunkMatcher(config.trunks)
+        self.trunk_health = TrunkHealth(
+            t.name for t in config.trunks if t.enabled and t.options_interval > 0
+        )
         try:
             self.media_policies = all_policies(plugins.media_policies.items())
         except ValueError as exc:
@@ -299,6 +303,7 @@ class Gateway:
             domains,
             now=time.time,
             numbering=self.config.numbering,
+            trunk_up=self.trunk_health.is_up,
         )
         media = self.config.media
         if media.workers > 1:
@@ -317,6 +322,16 @@ class Gateway:
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls
         await nursery.start(self.endpoint.run, self._inbound_receive)
+        prober = TrunkProber(
+            self.config.trunks,
+            self.trunk_health,
+            self.endpoint,
+            self.ids,
+            t1=self.config.sip.t1,
+            user_agent=self.config.sip.user_agent,
+        )
+        if prober.trunks:
+            nursery.start_soon(prober.run)
         log.info(
             "voipgw ready: %s",
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),
