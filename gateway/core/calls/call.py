@@ -927,11 +927,18 @@ class Call:
                 target.trunk,
             )
             before = len(self.b_legs)
-            refusal = await self._call_target(target, self._offer_b)
-            self._attempt = self.b_legs[before:]
-            if refusal is None and any(not leg.finished for leg in self._attempt):
+            await self._call_target(target, self._offer_b)
+            called = self.b_legs[before:]
+            if any(not leg.finished for leg in called):
+                self._attempt = called
                 self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
                 return
+            if called:
+                self._attempt = called  # failed at once (unreachable): its 503 decides
+            elif target.trunk is not None:
+                # Not called at all (its media policy refuses the offer, a bad URI): the
+                # failure before it still stands, and the next alternate is tried.
+                self.manager.limits.release_one(self, ("trunk", target.trunk))
         await self._fail_a()
 
     async def _no_response(self) -> None:
