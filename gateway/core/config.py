@@ -148,6 +148,9 @@ class SipSection:
     # serves the number (gateway/core/calls/routing.py). Not the callee's own answers (404,
     # 486, 6xx): another carrier reaches the same callee.
     failover_statuses: tuple[int, ...] = (408, 500, 502, 503, 504)
+    # Seconds between OPTIONS to each phone registered from behind a NAT (0: none), which keep
+    # its NAT mapping open and find phones that are gone (gateway/core/nat_keepalive.py).
+    nat_keepalive_interval: float = 0.0
 
 
 @attrs.frozen
@@ -506,6 +509,15 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "session_expires",
             f"expected 0 (ask for no session timer) or seconds from min_se "
             f"({config.sip.min_se}) to {MAX_SESSION_INTERVAL}",
+        )
+    keepalive = config.sip.nat_keepalive_interval
+    if keepalive != 0 and not MIN_OPTIONS_INTERVAL <= keepalive <= MAX_OPTIONS_INTERVAL:
+        raise ConfigError(
+            file,
+            "sip",
+            "nat_keepalive_interval",
+            f"expected 0 (no keepalives) or {MIN_OPTIONS_INTERVAL:g} to "
+            f"{MAX_OPTIONS_INTERVAL:g} seconds",
         )
     for status in config.sip.failover_statuses:
         if not 400 <= status <= 599 or status in (401, 407):

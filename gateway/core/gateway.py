@@ -41,10 +41,12 @@ from gateway.core.media.relay import MediaRelay
 from gateway.core.media.relay_api import Relay
 from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.session import MediaSession
+from gateway.core.nat_keepalive import NatKeepalive
 from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
 from gateway.core.sip.message import Request
 from gateway.core.store.errors import StoreBusy
+from gateway.core.store.interface import Binding
 from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT, SqliteStore
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 
@@ -107,6 +109,7 @@ class Gateway:
         self.relay: MediaRelay | None = None  # [media] workers = 1
         self.media_workers: WorkerPool | None = None  # [media] workers >= 2
         self.directory: GatewayDirectory | None = None
+        self.nat_keepalive: NatKeepalive | None = None  # [sip] nat_keepalive_interval
         self.calls: CallManager | None = None
         self._trunks = TrunkMatcher(config.trunks)
         self.trunk_health = TrunkHealth(
@@ -178,6 +181,19 @@ class Gateway:
             raise ConfigError(
                 self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
             )
+
+    def _bindings_on_our_listeners(self) -> list[Binding]:
+        """The unexpired bindings registered over one of our listeners (a store shared by
+        several gateways holds the others' too, whose NATs only they reach)."""
+        assert self.store is not None
+        ours = {format_address(listener.address) for listener in self.listeners}
+        now = time.time()
+        return [
+            binding
+            for account in self.store.accounts_list()
+            for binding in self.store.bindings_for_account(account.name, now=now)
+            if binding.flow.local in ours
+        ]
 
     async def _housekeeping(self) -> None:
         """Periodic clean-up: expired registrations out of the store, idle UDP flows out of
@@ -289,12 +305,25 @@ class Gateway:
             listener: Listener = await nursery.start(transport.serve, spec, self)
             self.listeners.append(listener)
         domains = local_domains(self.listeners, self.config.gateway.domains)
+        sip = self.config.sip
+        if sip.nat_keepalive_interval > 0:
+            self.nat_keepalive = NatKeepalive(
+                self.endpoint,
+                self.store,
+                self.ids,
+                interval=sip.nat_keepalive_interval,
+                t1=sip.t1,
+                user_agent=sip.user_agent,
+                clock=time.time,
+            )
+            self.nat_keepalive.load(self._bindings_on_our_listeners())
         self.registration = RegistrationService(
             self.store,
             realm=self.config.gateway.realm,
             algorithms=self.config.gateway.digest_algorithms,
             domains=domains,
             new_tag=self.ids.new_tag,
+            on_registered=self.nat_keepalive.registered if self.nat_keepalive else None,
         )
         self.directory = GatewayDirectory(
             self.store,
@@ -332,6 +361,8 @@ class Gateway:
         )
         if prober.trunks:
             nursery.start_soon(prober.run)
+        if self.nat_keepalive is not None:
+            nursery.start_soon(self.nat_keepalive.run)
         log.info(
             "voipgw ready: %s",
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),
