@@ -30,6 +30,9 @@ import attrs
 
 from gateway.core.calls.numbering import NumberFormat, NumberingPlan
 from gateway.core.sip import session_timer
+from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.uri import SipUri
 
 T = TypeVar("T")
 
@@ -170,6 +173,12 @@ MAX_MEDIA_WORKERS = 64
 # INVITEs: overload control that waits that long comes too late to help.
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
 MAX_TRUNK_CPS = 10_000.0
+# Registrations with trunks: RFC 3261 §10.2.1 suggests no less than a minute (registrars ask
+# for more with 423); a day is as long as a carrier would keep one.
+MIN_REGISTER_EXPIRES = 60
+MAX_REGISTER_EXPIRES = 86400
+# RFC 3261 §25.1 user (unreserved and user-unreserved characters, no escapes).
+_CONTACT_USER = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,]+")
 # OPTIONS probes: more often than every few seconds is a flood towards a carrier; less often
 # than an hour finds a dead trunk too late to matter.
 MIN_OPTIONS_INTERVAL = 5.0
@@ -226,7 +235,9 @@ class TrunkConfig:
     (:meth:`GatewayConfig.numbering_of`). ``options_interval`` (s, 0: none) probes the trunk
     with OPTIONS, and routing skips it while it does not answer; ``response_timeout`` (s, 0:
     Timer B) gives up an INVITE the trunk has not responded to at all, for the next trunk
-    serving the number (gateway/core/calls/trunk_health.py).
+    serving the number (gateway/core/calls/trunk_health.py). ``register`` keeps a
+    registration with the trunk (``register_domain``, ``register_expires``, ``contact_user``;
+    gateway/core/calls/trunk_registration.py).
     """
 
     name: str
@@ -253,11 +264,23 @@ class TrunkConfig:
     # Seconds an INVITE to the trunk may go without any response before the next trunk is
     # tried (0: Timer B, 64*T1).
     response_timeout: float = 0.0
+    # Keep a registration with the trunk (gateway/core/calls/trunk_registration.py): the
+    # registrar's domain (host[:port], default: the address's), the expiry asked for, and the
+    # user part of our Contact, where its calls come to (default: username).
+    register: bool = False
+    register_domain: str | None = None
+    register_expires: int = 600
+    contact_user: str | None = None
     country_code: str | None = None
     area_code: str | None = None
     international_prefix: str | None = None
     national_prefix: str | None = None
     national_number_length: int | None = None
+
+    @property
+    def registered_contact_user(self) -> str:
+        """The user part of our Contact in the registration with this trunk."""
+        return self.contact_user or self.username or "voipgw"
 
     @property
     def address_spec(self) -> ListenSpec:
@@ -648,6 +671,26 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         )
     if trunk.response_timeout < 0:
         raise fail("response_timeout", "expected 0 (Timer B) or a number of seconds")
+    if trunk.register and (trunk.username is None or trunk.password is None):
+        raise fail("register", "a registration needs the trunk's username and password")
+    if not MIN_REGISTER_EXPIRES <= trunk.register_expires <= MAX_REGISTER_EXPIRES:
+        raise fail(
+            "register_expires",
+            f"expected {MIN_REGISTER_EXPIRES} to {MAX_REGISTER_EXPIRES} seconds",
+        )
+    if trunk.register_domain is not None:
+        try:
+            registrar = parse_uri_untrusted(f"sip:{trunk.register_domain}")
+        except RemoteSipError:
+            registrar = None
+        if not isinstance(registrar, SipUri) or registrar.user or registrar.params:
+            raise fail(
+                "register_domain",
+                f"expected a host name or address with an optional :port, "
+                f"got {trunk.register_domain!r}",
+            )
+    if trunk.contact_user is not None and not _CONTACT_USER.fullmatch(trunk.contact_user):
+        raise fail("contact_user", "expected letters, digits and -_.!~*'()+ (a SIP user part)")
     if trunk.caller_id is not None and not CALLER_ID.fullmatch(trunk.caller_id):
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 

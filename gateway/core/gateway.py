@@ -22,6 +22,7 @@ import trio
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_call
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
+from gateway.core.calls.trunk_registration import TrunkRegistration, registering
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
 from gateway.core.devices import DeviceIdentifier, check_profiles
 from gateway.core.endpoint import SipEndpoint
@@ -110,6 +111,7 @@ class Gateway:
         self.media_workers: WorkerPool | None = None  # [media] workers >= 2
         self.directory: GatewayDirectory | None = None
         self.nat_keepalive: NatKeepalive | None = None  # [sip] nat_keepalive_interval
+        self.trunk_registrations: dict[str, TrunkRegistration] = {}  # [[trunks]] register
         self.calls: CallManager | None = None
         self._trunks = TrunkMatcher(config.trunks)
         self.trunk_health = TrunkHealth(
@@ -363,6 +365,16 @@ class Gateway:
             nursery.start_soon(prober.run)
         if self.nat_keepalive is not None:
             nursery.start_soon(self.nat_keepalive.run)
+        for trunk in registering(self.config.trunks):
+            registration = TrunkRegistration(
+                trunk,
+                self.endpoint,
+                self.ids,
+                t1=self.config.sip.t1,
+                user_agent=self.config.sip.user_agent,
+            )
+            self.trunk_registrations[trunk.name] = registration
+            nursery.start_soon(registration.run, name=f"registration with {trunk.name}")
         log.info(
             "voipgw ready: %s",
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),

@@ -370,6 +370,8 @@ class SipAgent:
     :attr:`in_dialog`, when a test sets it, sees every in-dialog request first (after the
     dialog's CSeq check) and returns True when it answered the request itself (a trunk that
     challenges BYE, say); the default answers follow when it returns False.
+    :attr:`out_of_dialog` does the same for requests outside a dialog other than INVITE and
+    CANCEL (a registrar answering REGISTER, say); by default OPTIONS gets 200, the rest 501.
     """
 
     def __init__(
@@ -406,6 +408,7 @@ class SipAgent:
         #: Our 2xx responses to INVITEs that no ACK came for within 64*T1 (RFC 3261 §13.3.1.4).
         self.never_acked: list[Response] = []
         self.in_dialog: Callable[[Received], Awaitable[bool]] | None = None
+        self.out_of_dialog: Callable[[Received], Awaitable[bool]] | None = None
         self._by_dialog: dict[tuple[str, str], Call] = {}  # (Call-ID, our tag)
         self._by_invite: dict[ServerTransaction, Call] = {}
         self._exchanges: dict[Transaction, Exchange] = {}
@@ -570,13 +573,15 @@ class SipAgent:
         sdp: bytes | None = None,
         content_type: str = SDP,
         extra: Iterable[tuple[str, str]] = (),
+        to: NameAddr | None = None,
     ) -> Call:
         """Send an INVITE for ``uri`` with ``sdp`` (default: our offer; any body of
-        ``content_type``) and return the call."""
+        ``content_type``) and return the call. ``to``: a To other than ``uri`` (a carrier
+        calling a registered Contact names the number called there)."""
         tag = self.ids.new_tag()
         body = sdp if sdp is not None else self.offer_sdp()
         request = self.new_request(
-            "INVITE", uri, from_tag=tag, extra=extra, body=body, content_type=content_type
+            "INVITE", uri, to=to, from_tag=tag, extra=extra, body=body, content_type=content_type
         )
         call = Call(self, request, local_tag=tag)
         self._add_call(call)
@@ -722,6 +727,8 @@ class SipAgent:
             if self.auto is not None:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._auto_answer, call, self.auto)
+            return
+        if self.out_of_dialog is not None and await self.out_of_dialog(received):
             return
         await self.respond(received, 200 if method == "OPTIONS" else 501)
 

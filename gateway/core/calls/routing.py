@@ -484,6 +484,11 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
     number = dial_string(user)
 
     if caller.kind == "trunk":
+        trunk = directory.trunk(caller.name)
+        if trunk is not None and trunk.register and user == trunk.registered_contact_user:
+            # A call to the Contact we registered with the trunk: the number is in
+            # P-Called-Party-ID (RFC 3455 §4.2) or To (trunk_registration.py).
+            user = called_number_of(request) or user
         account = directory.did_account(caller.name, user)
         if account is not None and not directory.account_exists(account):
             log.warning(
@@ -520,6 +525,20 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
                 f"(trunk {_shown(trunk.name)} is {why})",
             )
     return RouteDecision.reject(404, f"Not Found: no user or trunk route for {_shown(user)}")
+
+
+def called_number_of(request: Request) -> str | None:
+    """The user called, as a registering trunk's INVITE to our Contact says it: the user of
+    P-Called-Party-ID (RFC 3455 §4.2), else of To; None when neither has one."""
+    values = request.headers.get_all("P-Called-Party-ID")
+    for value in values[:1]:
+        try:
+            named = parse_name_addr_untrusted(value)
+        except RemoteSipError:
+            continue
+        if named.uri is not None and (user := called_user(named.uri)):
+            return user
+    return called_user(request.to.uri) if request.to.uri is not None else None
 
 
 def _with_phone_context(uri: Uri, user: str) -> str:

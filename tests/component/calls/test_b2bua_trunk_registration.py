@@ -1,0 +1,180 @@
+"""Registering with a trunk (``[[trunks]] register = true``, calls/trunk_registration.py): a
+carrier that delivers calls only to a registered customer. The carrier (127.0.0.2) is a
+SipAgent acting as a digest-challenging registrar, answering REGISTER through its
+``out_of_dialog`` hook.
+
+- the gateway registers (answering the challenge with the trunk's credentials), keeps one
+  Call-ID with increasing CSeq, and refreshes before the granted expiry runs out;
+- a 423 is answered with its Min-Expires; a refusal is logged, retried after 30 s, and the
+  recovery logged;
+- the carrier's calls to our Contact reach the account whose DID is in To, or in
+  P-Called-Party-ID.
+
+Signalling on the in-memory network, in virtual time. Set-up as b2bua_env.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from gateway.core.auth.algorithms import DigestAlgorithm, compute_ha1, compute_response
+from gateway.core.auth.credentials import parse_credentials_untrusted
+from gateway.core.sip.grammar import parse_name_addr_untrusted
+from gateway.core.sip.message import Request
+from gateway.testing.sip_agent import Received, SipAgent
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+
+USERNAME, PASSWORD, REALM = "customer-17", "carrier-secret", "carrier.example"
+REGISTERING = {
+    "register": True,
+    "username": USERNAME,
+    "password": PASSWORD,
+    "register_domain": "carrier.example",
+    "register_expires": 120,
+}
+
+
+class Registrar:
+    """A carrier's registrar: challenges every REGISTER without valid credentials (MD5,
+    qop=auth) and answers a valid one with ``answer`` (200 granting ``grant`` seconds by
+    default)."""
+
+    def __init__(self, agent: SipAgent, *, grant: int = 120) -> None:
+        self.agent = agent
+        self.grant = grant
+        self.answer: tuple[int, list[tuple[str, str]]] | None = None  # instead of the 200
+        self.registers: list[tuple[float, Request]] = []
+        self.accepted: list[Request] = []
+        agent.out_of_dialog = self
+
+    async def __call__(self, received: Received) -> bool:
+        request = received.request
+        if request.method != "REGISTER":
+            return False
+        self.registers.append((trio.current_time(), request))
+        value = request.headers.get("Authorization")
+        if value is None or not self._valid(request, value):
+            challenge = f'Digest realm="{REALM}", nonce="n{len(self.registers)}", qop="auth"'
+            await self.agent.respond(received, 401, extra=[("WWW-Authenticate", challenge)])
+            return True
+        if self.answer is not None:
+            status, extra = self.answer
+            await self.agent.respond(received, status, extra=extra)
+            return True
+        self.accepted.append(request)
+        contact = request.headers.get("Contact") or ""
+        expires = request.headers.get("Expires")
+        granted = 0 if expires == "0" else self.grant
+        await self.agent.respond(received, 200, extra=[("Contact", f"{contact};expires={granted}")])
+        return True
+
+    def _valid(self, request: Request, value: str) -> bool:
+        credentials = parse_credentials_untrusted(value)
+        assert credentials is not None and credentials.username == USERNAME
+        ha1 = compute_ha1(DigestAlgorithm.MD5, USERNAME, REALM, PASSWORD)
+        expected = compute_response(
+            DigestAlgorithm.MD5,
+            ha1,
+            method="REGISTER",
+            uri=credentials.uri,
+            nonce=credentials.nonce,
+            qop=credentials.qop,
+            nc=credentials.nc,
+            cnonce=credentials.cnonce,
+        )
+        return credentials.response == expected and credentials.nonce.startswith("n")
+
+
+async def registering_carrier(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, **carrier: Any
+) -> tuple[B2bua, Registrar]:
+    env = await start_b2bua(nursery, tmp_path, seed, carrier={**REGISTERING, **carrier})
+    registrar = Registrar(env.trunk)
+    # The first REGISTER went out as the gateway started, before the agent was a registrar
+    # (answered 501): registered at the retry, 30 s later.
+    registration = env.gateway.trunk_registrations["carrier"]
+    await eventually(lambda: registration.registered, timeout=40)
+    return env, registrar
+
+
+async def test_the_gateway_registers_and_refreshes_before_the_expiry(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    _env, registrar = await registering_carrier(nursery, tmp_path, voipgw_seed)
+    first = registrar.accepted[0]
+    assert str(first.uri) == "sip:carrier.example"
+    assert first.headers.get("To") == f"<sip:{USERNAME}@carrier.example>"
+    assert first.headers.get("Contact") == f"<sip:{USERNAME}@127.0.0.1:5060>"
+    assert first.headers.get("Expires") == "120"
+    registered_at = registrar.registers[-1][0]
+    # 120 s granted: refreshed at half of it (two margins of a minute would leave nothing).
+    await eventually(lambda: len(registrar.accepted) == 2, timeout=120)
+    assert 59 <= registrar.registers[-1][0] - registered_at <= 62
+    second = registrar.accepted[1]
+    assert second.call_id == first.call_id
+    assert second.cseq.number > first.cseq.number
+
+
+async def test_a_423_is_answered_with_its_min_expires(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    _env, registrar = await registering_carrier(nursery, tmp_path, voipgw_seed)
+    registrar.answer = (423, [("Min-Expires", "3600")])
+    # At the refresh, 60 s on: the 423, then the REGISTER again asking for 3600 s.
+    await eventually(
+        lambda: any(r.headers.get("Expires") == "3600" for _, r in registrar.registers),
+        timeout=70,
+    )
+    first_ask = next(r for _, r in registrar.registers if r.headers.get("Expires") == "3600")
+    refused = [r for _, r in registrar.registers if r.cseq.number == first_ask.cseq.number - 1]
+    assert refused and refused[0].headers.get("Expires") == "120"
+
+
+async def test_a_refusal_is_logged_retried_and_the_recovery_logged(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.core.calls.trunk_registration")
+    env, registrar = await registering_carrier(nursery, tmp_path, voipgw_seed)
+    registrar.answer = (403, [])
+    registration = env.gateway.trunk_registrations["carrier"]
+    await eventually(lambda: registration.failure == "403 Forbidden", timeout=120)
+    failed_at = trio.current_time()
+    assert "registration with trunk carrier failed: 403 Forbidden" in caplog.text
+    assert "retrying in 30 s" in caplog.text
+    assert PASSWORD not in caplog.text
+    registrar.answer = None
+    await eventually(lambda: registration.registered, timeout=60)
+    assert 29 <= trio.current_time() - failed_at <= 32
+    assert "registered with trunk carrier for 120 s (it had failed: 403 Forbidden)" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["To", "P-Called-Party-ID"])
+async def test_the_carriers_calls_to_our_contact_reach_the_did_it_names(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    where: str,
+) -> None:
+    env, _registrar = await registering_carrier(nursery, tmp_path, voipgw_seed)
+    contact = f"sip:{USERNAME}@127.0.0.1:5060"
+    did = parse_name_addr_untrusted(f"<sip:{ALICE_DID}@carrier.example>")
+    if where == "To":
+        call = await env.trunk.invite(contact, to=did)
+    else:
+        call = await env.trunk.invite(contact, extra=[(where, str(did))])
+    leg_b = await env.alice.next_call(timeout=5)
+    assert leg_b.invite.uri.user == "alice"  # type: ignore[union-attr]
+    final = await call.final()
+    assert final.status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
