@@ -16,6 +16,7 @@ TABLES = {
     "gateway": cfg.GatewaySection,
     "sip": cfg.SipSection,
     "media": cfg.MediaSection,
+    "store": cfg.StoreSection,
     "plugins": cfg.PluginsSection,
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
