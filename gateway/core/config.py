@@ -170,6 +170,9 @@ class StoreSection:
     password_file: str = ""
     connect_timeout: int = 5
     statement_timeout: float = 0.5
+    # The name this node's call records carry (PostgreSQL), so that a node ending the calls
+    # its killed previous run left up ends only its own; "": the host name and first listener.
+    node: str = ""
 
 
 # libpq's least connect_timeout (PostgreSQL docs §34.1.2); a statement_timeout past this would
@@ -515,7 +518,7 @@ def _validate_store(store: StoreSection, file: str) -> None:
             file, "store", "dsn", 'expected a libpq connection string with backend = "postgresql"'
         )
     if store.backend == "sqlite":
-        for key in ("dsn", "password_file"):
+        for key in ("dsn", "password_file", "node"):
             if getattr(store, key):
                 raise ConfigError(
                     file, "store", key, 'only used with backend = "postgresql" (SQLite is a file)'

@@ -245,12 +245,14 @@ class Gateway:
             # Every call has ended by now (their tasks were in the nursery): the last records.
             records = self.calls.records if self.calls is not None else None
             if records is not None:
-                # Nothing is relayed any more: wait for a busy store as long as the CLI would.
-                for _ in range(round(DEFAULT_BUSY_TIMEOUT / STORE_BUSY_TIMEOUT)):
+                # Nothing is relayed any more: wait for a busy store as long as the CLI would
+                # (a PostgreSQL store out of reach fails at once, and may reconnect meanwhile).
+                deadline = time.monotonic() + DEFAULT_BUSY_TIMEOUT
+                records.flush()
+                while records.pending and time.monotonic() < deadline:
+                    time.sleep(STORE_BUSY_TIMEOUT)
                     records.flush()
-                    if not records.pending:
-                        break
-                else:
+                if records.pending:
                     log.error(
                         "%d call record change(s) not saved: the store stayed busy",
                         records.pending,
@@ -260,11 +262,9 @@ class Gateway:
     async def _start(self, nursery: trio.Nursery) -> None:
         assert self.store is not None
         # Calls a previous run left "live" (it was killed) ended when it did.
-        for record in self.store.call_records_recent(10_000):
-            if record.ended_at is None:
-                self.store.call_record_update(
-                    record.call_id, ended_at=time.time(), end_reason="gateway stopped"
-                )
+        ended = self.store.call_records_end_unfinished(time.time(), "gateway stopped")
+        if ended:
+            log.info("%d call(s) left up by the previous run marked ended", ended)
         for spec in self.config.listen_specs:
             transport = self.transport_for(spec)
             listener: Listener = await nursery.start(transport.serve, spec, self)

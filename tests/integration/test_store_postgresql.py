@@ -72,9 +72,8 @@ def test_two_nodes_see_each_other_s_accounts_and_bindings(
 ) -> None:
     a, b = open_node(), open_node()
     a.accounts_add("alice", PASSWORD, REALM)
-    wait_until(lambda: b.get_account("alice") is not None)
-    cached = b.get_account("alice")
-    assert b.get_account("alice") is cached  # from memory until a notification says otherwise
+    # From memory once A's notification has come in (until the next one says otherwise).
+    wait_until(lambda: b.get_account("alice") is b.get_account("alice") is not None)
     assert b.bindings_for_account("alice") == ()
     assert b.registrations_for(AOR) == ()
 
@@ -116,7 +115,7 @@ def test_a_killed_listener_turns_the_cache_off_until_it_is_back(
     monkeypatch.setattr(pg_module, "RECONNECT_INTERVAL", 2.0)  # a window to look into
     a, b = open_node(), open_node()
     a.accounts_add("alice", PASSWORD, REALM)
-    assert b.get_account("alice") is b.get_account("alice")  # cached
+    wait_until(lambda: b.get_account("alice") is b.get_account("alice") is not None)  # cached
 
     assert postgres_cluster.terminate(postgres_database, "voipgw listener") == 2
     wait_until(lambda: not b.listening)
@@ -244,6 +243,20 @@ def test_call_records_are_not_cached_and_a_bad_batch_rolls_back(
     a.call_records_save([CallRecord("c1", "sip:a@x", "sip:b@y", 1.0, security_json='{"b": 1}')])
     record = b.call_record_get("c1")
     assert record is not None and record.security_json == '{"b": 1}'  # the text as written
+
+
+def test_a_starting_node_ends_only_its_own_unfinished_calls(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    a, b = open_node(node="edge-a"), open_node(node="edge-b")
+    a.call_record_insert(CallRecord("on-a", "sip:a@x", "sip:b@y", 1.0))
+    b.call_records_save([CallRecord("on-b", "sip:c@x", "sip:d@y", 2.0)])
+    # Node B restarts after being killed: its call ended, A's call is still up.
+    assert b.call_records_end_unfinished(50.0, "gateway stopped") == 1
+    on_a, on_b = a.call_record_get("on-a"), a.call_record_get("on-b")
+    assert on_a is not None and on_a.ended_at is None
+    assert on_b is not None and (on_b.ended_at, on_b.end_reason) == (50.0, "gateway stopped")
+    assert a.call_records_end_unfinished(60.0, "gateway stopped") == 1
 
 
 # -- the CLI and check-config against PostgreSQL ----------------------------------------------

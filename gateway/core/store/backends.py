@@ -8,6 +8,7 @@ mistakes are :class:`~gateway.core.config.ConfigError` naming the file, ``[store
 from __future__ import annotations
 
 import importlib.util
+import socket
 import stat
 from pathlib import Path
 
@@ -77,6 +78,15 @@ def _read_password(config: GatewayConfig) -> str | None:
     return lines[0]
 
 
+def node_name(config: GatewayConfig) -> str:
+    """``[store] node``, else this host's name and the first SIP listener: stable across
+    restarts, distinct for two nodes on one host."""
+    if config.store.node:
+        return config.store.node
+    first = config.listen[0] if config.listen else ""
+    return f"{socket.gethostname()} {first}".strip()
+
+
 def open_store(config: GatewayConfig, *, gateway: bool, state_dir: str | None = None) -> Store:
     """Open the configured store. ``gateway``: for the event loop of ``voipgw run`` (short
     waits; PostgreSQL keeps a cache and a listener thread), else for one CLI command.
@@ -107,6 +117,7 @@ def open_store(config: GatewayConfig, *, gateway: bool, state_dir: str | None = 
                 else max(store.statement_timeout, CLI_STATEMENT_TIMEOUT)
             ),
             listen=gateway,
+            node=node_name(config),
         )
     except InvalidValue as exc:
         raise ConfigError(config.source, "store", "dsn", str(exc)) from None

@@ -247,4 +247,10 @@ class Store(Protocol):
         """The most recently started records, newest first."""
         ...
 
+    def call_records_end_unfinished(self, ended_at: float, reason: str) -> int:
+        """End the records of calls a previous run of this node left without an end (it was
+        killed): they ended when it did. How many. Nodes sharing a store (PostgreSQL) each end
+        only their own, never calls another node has up."""
+        ...
+
     def close(self) -> None: ...

@@ -171,9 +171,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                 answered_at DOUBLE PRECISION,
                 ended_at DOUBLE PRECISION,
                 end_reason TEXT,
-                security JSON NOT NULL DEFAULT '{}'
+                security JSON NOT NULL DEFAULT '{}',
+                node TEXT NOT NULL DEFAULT ''
             )""",
             "CREATE INDEX call_records_started_at ON call_records (started_at)",
+            # A starting node ends the calls its previous run left up, and only those.
+            "CREATE INDEX call_records_unfinished ON call_records (node) WHERE ended_at IS NULL",
             # Notifications (see the module's docstring). A payload is at most 8000 bytes
             # (PostgreSQL docs, NOTIFY): a longer one would fail the writer's transaction, so it
             # becomes "*", which drops every node's whole cache.
@@ -362,8 +365,10 @@ class PostgresStore:
         clock: Callable[[], float],
         *,
         listen: bool,
+        node: str,
     ) -> None:
         self._pg = _import_psycopg()
+        self.node = node
         self._server = server
         self._db: psycopg.Connection[Any] | None = connection
         self._own_pid = connection.info.backend_pid  # its notifications are its own writes
@@ -394,6 +399,7 @@ class PostgresStore:
         connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
         statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
         listen: bool = True,
+        node: str = "",
         clock: Callable[[], float] = time.time,
         migrations: Sequence[Migration] = MIGRATIONS,
     ) -> PostgresStore:
@@ -405,6 +411,8 @@ class PostgresStore:
         is cancelled and the call raises :class:`StoreBusy`. ``listen``: keep the cache
         coherent through LISTEN/NOTIFY with a background thread, which also reopens a lost
         connection (the gateway); False: no thread, no cache, reconnect when called (the CLI).
+        ``node``: the name call records this store writes carry, so a node ends only its own
+        unfinished calls at start-up (:meth:`call_records_end_unfinished`).
         Raises :class:`StoreUnavailable` when the server cannot be reached,
         :class:`SchemaError` for a database of a newer voipgw or one we may not change."""
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int):
@@ -421,7 +429,7 @@ class PostgresStore:
         except BaseException:
             connection.close()
             raise
-        return cls(server, connection, clock, listen=listen)
+        return cls(server, connection, clock, listen=listen, node=node)
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self._server.description}>"
@@ -880,7 +888,7 @@ class PostgresStore:
         _check_json(record.security_json)
         with self._session(transaction=True) as db:
             try:
-                db.execute(_INSERT_CALL_RECORD, _call_record_values(record))
+                db.execute(_INSERT_CALL_RECORD, _call_record_values(record, self.node))
             except self._pg.errors.UniqueViolation:
                 raise CallRecordExists(f"call {record.call_id!r} already has a record") from None
 
@@ -928,11 +936,20 @@ class PostgresStore:
                     " to_uri = excluded.to_uri, started_at = excluded.started_at,"
                     " answered_at = excluded.answered_at, ended_at = excluded.ended_at,"
                     " end_reason = excluded.end_reason, security = excluded.security",
-                    [_call_record_values(record) for record in records],
+                    [_call_record_values(record, self.node) for record in records],
                 )
             except self._pg.errors.InvalidTextRepresentation:
                 # The json column refuses a record that is not JSON: the batch rolls back.
                 raise InvalidValue("security_json is not valid JSON") from None
+
+    def call_records_end_unfinished(self, ended_at: float, reason: str) -> int:
+        with self._session() as db:
+            cursor = db.execute(
+                "UPDATE call_records SET ended_at = %s, end_reason = %s"
+                " WHERE ended_at IS NULL AND node = %s",
+                (ended_at, reason, self.node),
+            )
+            return cursor.rowcount
 
     def call_record_get(self, call_id: str) -> CallRecord | None:
         with self._session() as db:
@@ -1135,11 +1152,11 @@ _CALL_COLUMNS = (
 
 _INSERT_CALL_RECORD = (
     "INSERT INTO call_records (call_id, from_uri, to_uri, started_at, answered_at, ended_at,"
-    " end_reason, security) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " end_reason, security, node) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 
-def _call_record_values(record: CallRecord) -> tuple[Any, ...]:
+def _call_record_values(record: CallRecord, node: str) -> tuple[Any, ...]:
     return (
         record.call_id,
         record.from_uri,
@@ -1149,6 +1166,7 @@ def _call_record_values(record: CallRecord) -> tuple[Any, ...]:
         record.ended_at,
         record.end_reason,
         record.security_json,
+        node,
     )
 
 

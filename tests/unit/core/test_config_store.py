@@ -32,6 +32,7 @@ def test_the_dsn_is_not_in_the_config_repr() -> None:
         ({"backend": "mysql"}, "backend", "one of 'sqlite', 'postgresql'"),
         ({"dsn": DSN}, "dsn", 'only used with backend = "postgresql"'),
         ({"password_file": "/x"}, "password_file", 'only used with backend = "postgresql"'),
+        ({"node": "edge-1"}, "node", 'only used with backend = "postgresql"'),
         ({"connect_timeout": 1}, "connect_timeout", "at least 2"),
         ({"connect_timeout": 2.5}, "connect_timeout", "expected an integer"),
         ({"statement_timeout": 0}, "statement_timeout", "more than 0"),

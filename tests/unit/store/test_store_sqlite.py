@@ -509,6 +509,18 @@ def test_call_records_save_inserts_and_replaces_in_one_transaction(store: Store)
     assert [r.call_id for r in store.call_records_recent()] == ["c2", "c1"]
 
 
+def test_unfinished_calls_of_a_killed_run_are_ended(store: Store) -> None:
+    store.call_record_insert(CallRecord("up", "a", "b", started_at=1.0))
+    store.call_record_insert(CallRecord("done", "a", "b", 1.0, 2.0, 3.0, "caller-bye"))
+    assert store.call_records_end_unfinished(9.0, "gateway stopped") == 1
+    assert store.call_record_get("up") == CallRecord(
+        "up", "a", "b", 1.0, None, 9.0, "gateway stopped"
+    )
+    done = store.call_record_get("done")
+    assert done is not None and (done.ended_at, done.end_reason) == (3.0, "caller-bye")
+    assert store.call_records_end_unfinished(10.0, "gateway stopped") == 0
+
+
 def test_recent_call_records(store: Store) -> None:
     for i in range(5):
         store.call_record_insert(CallRecord(f"c{i}", "a", "b", started_at=float(i)))
