@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +182,42 @@ def ack_for(response: Response, uri: str) -> bytes:
         f"CSeq: {response.cseq.number} ACK",
     ]
     return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def register_status(node: GatewayProcess, phone: socket.socket, cseq: int) -> int:
+    """The final status of one REGISTER of alice's (answering the challenge, if any)."""
+    registrar = f"sip:127.0.0.1:{node.port}"
+    phone.sendto(request("REGISTER", registrar, phone, "alice", cseq), address_of(node))
+    challenge = final_response(phone)
+    if challenge.status != 401:
+        return challenge.status
+    auth = digest(challenge.headers.get_all("WWW-Authenticate")[0], "alice", "REGISTER", registrar)
+    phone.sendto(
+        request("REGISTER", registrar, phone, "alice", cseq + 1, f"Authorization: {auth}"),
+        address_of(node),
+    )
+    return final_response(phone).status
+
+
+def test_a_register_while_the_database_is_down_gets_503_and_works_once_it_is_back(
+    two_nodes: tuple[GatewayProcess, GatewayProcess], postgres_cluster: Cluster
+) -> None:
+    node, _ = two_nodes
+    with udp_socket() as phone:
+        assert register_status(node, phone, 1) == 200
+        postgres_cluster.stop()
+        try:
+            started = time.monotonic()
+            assert register_status(node, phone, 3) == 503
+            assert time.monotonic() - started < 2.0  # answered, not stalled
+        finally:
+            postgres_cluster.start()
+        deadline = time.monotonic() + 15.0
+        cseq = 5
+        while (status := register_status(node, phone, cseq)) != 200:
+            assert status == 503 and time.monotonic() < deadline, status
+            cseq += 2
+            time.sleep(0.1)
+    log = node.log_text()
+    assert "REGISTER refused with 503" in log
+    assert postgres_cluster.password not in log

@@ -317,3 +317,9 @@ def test_cli_says_when_the_database_cannot_be_reached(tmp_path: Path) -> None:
     assert "voipgw: store: PostgreSQL host=127.0.0.1" in result.stderr
     assert "cannot connect" in result.stderr
     assert "hunter2-db" not in result.stderr + result.stdout
+    # A node that cannot reach its database does not start, and says why in one line.
+    run = voipgw("run", "--config", str(config), "--listen", "udp:127.0.0.1:0")
+    assert run.returncode == 1
+    assert "cannot run: PostgreSQL host=127.0.0.1" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "hunter2-db" not in run.stderr + run.stdout

@@ -590,6 +590,13 @@ class PostgresStore:
     # -- the listener thread ----------------------------------------------------------------
 
     def _listen(self) -> None:
+        try:
+            self._listen_until_stopped()
+        except Exception:
+            # A bug: the cache stays off (correct, slower) and lost connections stay lost.
+            log.exception("store listener thread failed: cache off, no reconnection")
+
+    def _listen_until_stopped(self) -> None:
         pg = self._pg
         listener: psycopg.Connection[Any] | None = None
         retry_at = 0.0
