@@ -200,6 +200,13 @@ def test_no_secret_in_logs_errors_or_reprs(
         except StoreError as exc:
             errors.append(str(exc))
     wait_until(lambda: node.listening)
+    cluster, database = postgres_cluster, postgres_database
+    uri = f"postgresql://voipgw:{db_password}@127.0.0.1:{cluster.port}/{database}"
+    by_uri = PostgresStore.open(uri, listen=False)
+    errors.append(repr(by_uri))
+    shown = f"host=127.0.0.1 port={cluster.port} dbname={database} user=voipgw"
+    assert repr(by_uri) == f"<PostgresStore {shown}>"
+    by_uri.close()
     wrong = postgres_cluster.dsn(postgres_database, with_password=False) + " password=wrong-pw"
     with pytest.raises(StoreUnavailable) as refused:
         PostgresStore.open(wrong)

@@ -326,6 +326,12 @@ class _Server:
             text = text.replace(secret, "********")
         return text
 
+    def say(self, exc: BaseException) -> str:
+        """What may be said of a psycopg error: its first line, without the password. The
+        lines after it (DETAIL, CONTEXT) may quote a row, and a row may hold an HA1."""
+        lines = str(exc).strip().splitlines()
+        return self.scrub(lines[0].strip() if lines else type(exc).__name__)
+
     def connect(self, *, listener: bool = False) -> psycopg.Connection[Any]:
         """A new autocommit connection with ``statement_timeout`` set. Raises
         :class:`StoreUnavailable` (message without the password)."""
@@ -337,7 +343,7 @@ class _Server:
             connection: psycopg.Connection[Any] = pg.connect(autocommit=True, **params)
         except pg.Error as exc:
             raise StoreUnavailable(
-                f"PostgreSQL {self.description}: cannot connect: {self.scrub(str(exc).strip())}"
+                f"PostgreSQL {self.description}: cannot connect: {self.say(exc)}"
             ) from None
         try:
             connection.execute(
@@ -346,9 +352,7 @@ class _Server:
             )
         except pg.Error as exc:
             connection.close()
-            raise StoreUnavailable(
-                f"PostgreSQL {self.description}: {self.scrub(str(exc).strip())}"
-            ) from None
+            raise StoreUnavailable(f"PostgreSQL {self.description}: {self.say(exc)}") from None
         return connection
 
 
@@ -491,7 +495,7 @@ class PostgresStore:
 
     def _store_error(self, db: psycopg.Connection[Any], exc: Exception) -> StoreError:
         errors = self._pg.errors
-        message = self._server.scrub(str(exc).strip().splitlines()[0] if str(exc) else "")
+        message = self._server.say(exc)
         where = f"PostgreSQL {self._server.description}"
         if isinstance(exc, errors.QueryCanceled | errors.LockNotAvailable):
             return StoreBusy(
@@ -615,8 +619,10 @@ class PostgresStore:
                             listener.close()
                             listener = None
                         if lost_reason is None:
-                            lost_reason = self._server.scrub(str(exc))
-                            log.warning("store cache off until the listener is back: %s", exc)
+                            lost_reason = self._server.say(exc)
+                            log.warning(
+                                "store cache off until the listener is back: %s", lost_reason
+                            )
                     else:
                         self._set_listening(True)
                         checked_at = now
@@ -636,7 +642,7 @@ class PostgresStore:
                         checked_at = time.monotonic()
                 except pg.Error as exc:
                     self._set_listening(False)
-                    lost_reason = self._server.scrub(str(exc).strip())
+                    lost_reason = self._server.say(exc)
                     log.warning(
                         "store listener connection lost, cache off until it is back: %s",
                         lost_reason,
@@ -1009,7 +1015,7 @@ def _migrate(
                         (version, clock()),
                     )
     except pg.Error as exc:
-        message = server.scrub(str(exc).strip().splitlines()[0] if str(exc) else "")
+        message = server.say(exc)
         if db.broken or db.closed:
             raise StoreUnavailable(f"{where}: connection lost while migrating: {message}") from None
         raise SchemaError(f"{where}: cannot bring the schema up to date: {message}") from None
