@@ -962,7 +962,7 @@ class PostgresStore:
                 " WHERE ended_at IS NULL AND node = %s",
                 (ended_at, reason, self.node),
             )
-            return cursor.rowcount
+            return int(cursor.rowcount)
 
     def call_record_get(self, call_id: str) -> CallRecord | None:
         with self._session() as db:
