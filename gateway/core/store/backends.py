@@ -1,5 +1,7 @@
 """Opening the store that ``[store]`` names: SQLite (the default) or PostgreSQL.
 
+Only :mod:`gateway.core.store.postgresql` imports psycopg, and only once PostgreSQL is chosen.
+
 The gateway opens it to be called from its event loop (short waits, a cache kept coherent by a
 listener thread); the CLI opens it for one command (longer waits, no thread). Configuration
 mistakes are :class:`~gateway.core.config.ConfigError` naming the file, ``[store]`` and the key.
@@ -39,11 +41,11 @@ def check_store(config: GatewayConfig) -> None:
             '"postgresql" needs psycopg, which is not installed: '
             "pip install 'voipgw[postgresql]'",
         )
-    import psycopg
+    from gateway.core.store.postgresql import check_dsn
 
     try:
-        psycopg.conninfo.conninfo_to_dict(config.store.dsn)
-    except psycopg.ProgrammingError:
+        check_dsn(config.store.dsn)
+    except InvalidValue:
         # libpq's message quotes the string, password and all: name the key only.
         raise ConfigError(
             config.source, "store", "dsn", "not a libpq connection string or URI"

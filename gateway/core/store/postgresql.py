@@ -283,6 +283,11 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
+def check_dsn(dsn: str) -> None:
+    """Raise :class:`InvalidValue` unless libpq can parse ``dsn`` (it is not connected to)."""
+    _Server(dsn, None, DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT)
+
+
 class _Server:
     """How to reach the server: the DSN with our connection settings, and what may be said
     about it. The password (in the DSN or from ``password``) never leaves this object except

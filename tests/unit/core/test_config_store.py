@@ -4,6 +4,8 @@ never echo the connection string (it may hold the password)."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +99,22 @@ def test_a_dsn_libpq_cannot_parse_is_named_not_quoted() -> None:
     with pytest.raises(ConfigError) as raised:
         backends.check_store(config)
     assert str(raised.value) == "gw.toml: [store] dsn: not a libpq connection string or URI"
+
+
+def test_a_sqlite_gateway_never_imports_psycopg(tmp_path: Path) -> None:
+    # Importing every module that opens a store, and opening SQLite, leaves psycopg unloaded:
+    # a SQLite-only install never needs it.
+    code = (
+        "import sys\n"
+        "import gateway.core.cli, gateway.core.gateway, gateway.core.store.postgresql\n"
+        "from gateway.core.config import from_mapping\n"
+        "from gateway.core.store.backends import check_store, open_store\n"
+        f"config = from_mapping({{'gateway': {{'state_dir': {str(tmp_path)!r}}}}})\n"
+        "check_store(config)\n"
+        "open_store(config, gateway=False).close()\n"
+        "assert 'psycopg' not in sys.modules, 'psycopg was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
