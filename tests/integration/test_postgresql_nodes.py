@@ -209,7 +209,8 @@ def test_a_register_while_the_database_is_down_gets_503_and_works_once_it_is_bac
         try:
             started = time.monotonic()
             assert register_status(node, phone, 3) == 503
-            assert time.monotonic() - started < 2.0  # answered, not stalled
+            # Answered at once: nothing waited for a connection (connect_timeout is 5 s).
+            assert time.monotonic() - started < 4.0
         finally:
             postgres_cluster.start()
         deadline = time.monotonic() + 15.0
