@@ -318,6 +318,8 @@ def describe_leg(leg: dict[str, Any]) -> str:
         else:
             media.append("RTP, not encrypted")
     line = f"signalling {signalling}; media " + (", ".join(media) or "none")
+    if leg.get("device"):
+        line = f"device {leg['device']}; {line}"
     srtp = leg.get("srtp") or {}
     if srtp.get("auth_failures") or srtp.get("replays"):
         line += (

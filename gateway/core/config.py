@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
+from gateway.core.calls.numbering import NumberFormat, NumberingPlan
 from gateway.core.sip import session_timer
 
 T = TypeVar("T")
@@ -230,6 +231,11 @@ class TrunkConfig:
     ``pstn`` plugin's ``rfc3398``) that adds Q.850 release causes to what we send the trunk;
     ``""``: none.
     ``offer_rtcp_feedback`` overrides ``[media] offer_rtcp_feedback`` for calls to the trunk.
+    ``number_format`` is how E.164 numbers are written towards the trunk (the called number
+    before ``strip_prefix``/``add_prefix``, our calling number); ``country_code`` ...
+    ``national_number_length`` replace ``[numbering]``'s for numbers the trunk sends and for
+    writing numbers to it (a carrier in another country); None: ``[numbering]``'s
+    (:meth:`GatewayConfig.numbering_of`).
     """
 
     name: str
@@ -250,6 +256,12 @@ class TrunkConfig:
     max_cps: float = 0.0
     interworking: str = ""
     enabled: bool = True
+    number_format: NumberFormat = "e164"
+    country_code: str | None = None
+    area_code: str | None = None
+    international_prefix: str | None = None
+    national_prefix: str | None = None
+    national_number_length: int | None = None
 
     @property
     def address_spec(self) -> ListenSpec:
@@ -283,6 +295,7 @@ class GatewayConfig:
     media: MediaSection = MediaSection()
     store: StoreSection = StoreSection()
     plugins: PluginsSection = PluginsSection()
+    numbering: NumberingPlan = attrs.field(factory=NumberingPlan)
     trunks: tuple[TrunkConfig, ...] = ()
     plugin_tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "<embedded defaults>"
@@ -309,6 +322,31 @@ class GatewayConfig:
             if trunk.name == name:
                 return trunk
         return None
+
+    def numbering_of(self, trunk: TrunkConfig) -> NumberingPlan:
+        """The numbering plan of ``trunk``: ``[numbering]`` with the keys the trunk sets."""
+        return trunk_numbering(self.numbering, trunk)
+
+
+_PLAN_OVERRIDES = (
+    "country_code",
+    "area_code",
+    "international_prefix",
+    "national_prefix",
+    "national_number_length",
+)
+
+
+def trunk_numbering(numbering: NumberingPlan, trunk: TrunkConfig) -> NumberingPlan:
+    """``numbering`` with the numbering keys ``trunk`` sets (a trunk that names another
+    country's code has no area code unless it names one too)."""
+    changes = {key: getattr(trunk, key) for key in _PLAN_OVERRIDES}
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if not changes:
+        return numbering
+    if "country_code" in changes and "area_code" not in changes:
+        changes["area_code"] = ""  # another country's plan: our area code is not its own
+    return attrs.evolve(numbering, **changes)
 
 
 def _describe(tp: Any) -> str:
@@ -619,12 +657,25 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 
 
+def _validate_trunk_plan(numbering: NumberingPlan, trunk: TrunkConfig, file: str) -> None:
+    """The trunk's own numbering keys, on top of ``[numbering]``, must make a plan: the
+    error names the trunk's key (``NumberingPlan`` starts its messages with the key)."""
+    try:
+        trunk_numbering(numbering, trunk)
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        if key not in _PLAN_OVERRIDES:
+            key, message = "country_code", str(exc)
+        raise ConfigError(file, f"trunks.{trunk.name}", key, message) from None
+
+
 def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") -> GatewayConfig:
     """Structure an already-parsed TOML document."""
     sections: dict[str, type[Any]] = {
         "gateway": GatewaySection,
         "sip": SipSection,
         "media": MediaSection,
+        "numbering": NumberingPlan,
         "store": StoreSection,
     }
     unknown = sorted(set(data) - set(sections) - {"plugins", "trunks"})
@@ -633,19 +684,28 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
             file,
             unknown[0],
             None,
-            "unknown table; known tables: gateway, sip, media, store, plugins, trunks",
+            "unknown table; known tables: gateway, sip, media, numbering, store, plugins, trunks",
         )
     values: dict[str, Any] = {}
     for name, cls in sections.items():
         table = data.get(name, {})
         if not isinstance(table, dict):
             raise ConfigError(file, name, None, "expected a table")
-        values[name] = structure(cls, table, file=file, table_name=name)
+        try:
+            values[name] = structure(cls, table, file=file, table_name=name)
+        except ConfigError as exc:
+            # NumberingPlan's own checks start their message with the key: name it as such.
+            key, _, message = exc.message.partition(": ")
+            if exc.key is not None or key not in table:
+                raise
+            raise ConfigError(file, name, key, message) from None
     plugins_table = dict(data.get("plugins", {}))
     plugin_tables = {k: v for k, v in plugins_table.items() if isinstance(v, dict)}
     plain = {k: v for k, v in plugins_table.items() if not isinstance(v, dict)}
     values["plugins"] = structure(PluginsSection, plain, file=file, table_name="plugins")
     values["trunks"] = _structure_trunks(data.get("trunks", []), file)
+    for trunk in values["trunks"]:
+        _validate_trunk_plan(values["numbering"], trunk, file)
     config = GatewayConfig(**values, plugin_tables=plugin_tables, source=file)
     _validate(config, file)
     return config

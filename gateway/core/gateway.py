@@ -22,6 +22,7 @@ import trio
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_call
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
+from gateway.core.devices import DeviceIdentifier, check_profiles
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.ids import IdSource, RandomIds
 from gateway.core.interfaces import (
@@ -111,6 +112,17 @@ class Gateway:
             self.media_policies = all_policies(plugins.media_policies.items())
         except ValueError as exc:
             raise PluginError(str(exc)) from None
+        profiles = plugins.device_profiles
+        check_profiles(
+            ((name, profile, profiles.owner(name)) for name, profile in profiles.items()),
+            self.media_policies,
+            plugins.key_exchanges.names(),
+        )
+        self.devices = DeviceIdentifier(
+            profiles.items(),
+            plugins.implemented("gateway_identify_device"),
+            clock=time.monotonic,
+        )
         self.endpoint = SipEndpoint(self)
 
     # -- validation (no sockets) -----------------------------------------------------------
@@ -278,7 +290,12 @@ class Gateway:
             new_tag=self.ids.new_tag,
         )
         self.directory = GatewayDirectory(
-            self.store, self.flows, self.config.trunks, domains, now=time.time
+            self.store,
+            self.flows,
+            self.config.trunks,
+            domains,
+            now=time.time,
+            numbering=self.config.numbering,
         )
         media = self.config.media
         if media.workers > 1:

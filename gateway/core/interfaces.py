@@ -293,12 +293,16 @@ class TappedCall:
     caller_uris: tuple[str, ...] = ()
     """Who the gateway itself knows the caller to be, whatever its INVITE claims: for an
     account its address of record in each of our domains and, as tel URIs, the numbers that
-    reach it (the trunks' ``dids``); empty for a trunk (its From and P-Asserted-Identity are
-    the identities then, RFC 3325 trust)."""
+    reach it (the trunks' ``dids``, also as E.164 where the trunk's numbering plan reads them
+    so); for a trunk (whose From and P-Asserted-Identity are the identities, RFC 3325 trust)
+    the numbers of those as E.164 by the trunk's numbering plan, where that differs from how
+    they are written."""
     callee_uris: tuple[str, ...] = ()
-    """The same for the accounts the call was routed to, once routed (a tap deciding at the
-    start is asked again then, when the routing named accounts: a call to a DID reaches an
-    account whose address of record the INVITE does not carry)."""
+    """The number called (Request-URI and To) as E.164 by the caller's numbering plan, where
+    that differs from how it is written; once routed, also the identities of the accounts the
+    call was routed to (a tap deciding at the start is asked again then, when the routing named
+    accounts: a call to a DID reaches an account whose address of record the INVITE does not
+    carry)."""
 
 
 class TapSink(Protocol):
@@ -389,12 +393,20 @@ class SipCapture(Protocol):
 
 @attrs.frozen
 class DeviceProfile:
-    """A phone model's known capabilities and quirks, matched on User-Agent."""
+    """A phone model's known capabilities and quirks, matched on User-Agent (the longest of
+    ``user_agent_prefixes`` among registered profiles wins) or named by a plugin's
+    ``gateway_identify_device``. On that device's legs (gateway/core/devices.py):
+    ``media_policy`` replaces the default policy (never one the operator set for the account or
+    trunk); ``key_exchanges`` and ``suites`` narrow the leg's policy to the key exchanges
+    (``"sdes"``, ``"dtls"``, ``"zrtp"``, ``"mikey"``) and SRTP suites (SDES names) the model
+    takes; None: no limit. ``notes`` is for people (``voipgw plugins`` lists profiles)."""
 
     name: str
     user_agent_prefixes: tuple[str, ...] = ()
     media_policy: str | None = None
     notes: str = ""
+    key_exchanges: tuple[str, ...] | None = None
+    suites: tuple[str, ...] | None = None
 
     def matches(self, user_agent: str) -> bool:
         return any(user_agent.startswith(prefix) for prefix in self.user_agent_prefixes)
@@ -466,6 +478,15 @@ class Directory(Protocol):
     def trunk_for_number(self, number: str) -> str | None: ...
 
     def trunk_target(self, trunk: str, number: str) -> RouteTarget | None: ...
+
+    def to_e164(self, number: str, *, trunk: str | None = None) -> str:
+        """``number`` as E.164 by the numbering plan of ``trunk`` (None: how accounts dial),
+        or as it is where the plan cannot read it (docs/configuration.md ``[numbering]``)."""
+        ...
+
+    def written_for(self, trunk: str, number: str) -> str:
+        """An E.164 ``number`` in the ``number_format`` of ``trunk``."""
+        ...
 
 
 @attrs.frozen

@@ -58,7 +58,7 @@ GUESS = "not-the-password"
 CALLER_ID = "+4940123450"
 
 
-def outbound_trunk(trunk: SippUas) -> str:
+def outbound_trunk(trunk: SippUas, *, number_format: str = "e164") -> str:
     """A trunk the gateway calls for +49 numbers over the trunk's transport; it never calls in."""
     return (
         "[[trunks]]\n"
@@ -67,6 +67,7 @@ def outbound_trunk(trunk: SippUas) -> str:
         'prefixes = ["+49"]\n'
         "allowed_sources = []\n"
         f'caller_id = "{CALLER_ID}"\n'
+        f'number_format = "{number_format}"\n'
     )
 
 
@@ -260,6 +261,49 @@ def test_account_calls_a_trunk_and_rtp_goes_through_the_relay(
     hop_in = [(p["ssrc"], p["seq"]) for p in packets if int(p["srcport"]) == caller.media_port]
     hop_out = [(p["ssrc"], p["seq"]) for p in packets if int(p["dstport"]) == trunk.media_port]
     assert hop_in == hop_out
+
+
+# -- 1a. a numbering plan: national numbers both ways ---------------------------------------
+
+
+def test_a_numbering_plan_reads_and_writes_national_numbers(tmp_path: Path) -> None:
+    """With ``[numbering]`` for Berlin, alice dials a national number and the carrier, which
+    takes national numbers, gets it and her number that way; a PBX trunk delivering national
+    numbers reaches her DID (written E.164) and her phone sees the caller in E.164."""
+    numbering = '[numbering]\ncountry_code = "49"\narea_code = "30"\n\n'
+    alice = SippUas("uas_answer.xml", workdir=tmp_path)
+    with (
+        SippUas("uas_answer.xml", workdir=tmp_path) as carrier,
+        GatewayProcess(
+            tmp_path,
+            accounts=ACCOUNTS,
+            extra_toml=numbering
+            + outbound_trunk(carrier, number_format="national")
+            + inbound_trunk(),
+        ) as gw,
+    ):
+        caller = account_call("uac_call_auth.xml", gw, tmp_path, service="089555")
+        caller.check()
+        callee = carrier.wait(timeout=10)
+        callee.check()
+        (invite,) = callee.received("INVITE ")
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            run_sipp_uac(
+                "uac_call.xml",
+                gw.address,
+                workdir=tmp_path,
+                service="030123456",  # alice's DID, +4930123456, as the PBX writes it
+                caller="0301111111",
+                local_ip=TRUNK_IP,
+            ).check()
+            (phone_invite,) = alice.wait(timeout=10).received("INVITE ")
+
+    assert invite.startswith("INVITE sip:089555@"), invite
+    assert header(invite, "From").startswith("<sip:040123450@"), invite  # CALLER_ID, national
+    assert header(invite, "P-Asserted-Identity").startswith("<sip:040123450@"), invite
+    assert phone_invite.startswith(f"INVITE sip:alice@{LOOPBACK}:{alice.port}"), phone_invite
+    assert "<sip:+49301111111@" in header(phone_invite, "From"), phone_invite
 
 
 # -- 1b. a trunk that challenges our INVITE --------------------------------------------------

@@ -92,7 +92,8 @@ import trio
 
 from gateway.core.auth.client import authorize
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
-from gateway.core.calls.routing import UnroutableTarget, destination_for
+from gateway.core.calls.numbering import read_number
+from gateway.core.calls.routing import ContactTarget, UnroutableTarget, destination_for
 from gateway.core.calls.transfer import Transfer
 from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
 from gateway.core.media.errors import PortsExhausted
@@ -561,7 +562,12 @@ class Call:
             await self._reject_a(486, f"Busy Here (account {why})", warning)
         self.manager.routed(self, targets)  # taps deciding at the start: whom it reaches
         self.a.security = self.manager.leg_security(
-            self, Side.A, kind=caller.kind, name=caller.name, flow=self.a.flow
+            self,
+            Side.A,
+            kind=caller.kind,
+            name=caller.name,
+            flow=self.a.flow,
+            device=caller.device,
         )
         self.media = self.manager.new_media_session(self._media_lost)
         self.keying = CallKeying(self.media)
@@ -650,8 +656,16 @@ class Call:
             shown_as=target.account or dialed or "anonymous",
             late_offer=late_offer,
         )
+        # A registered phone is known by the User-Agent its REGISTER carried (devices.py).
+        binding = target.binding if isinstance(target, ContactTarget) else None
         leg.security = self.manager.leg_security(
-            self, side, kind=kind, name=name, flow=flow, transport=transport
+            self,
+            side,
+            kind=kind,
+            name=name,
+            flow=flow,
+            transport=transport,
+            device=self.manager.device_of_binding(binding) if binding is not None else None,
         )
         return leg, uri
 
@@ -740,24 +754,46 @@ class Call:
 
     def _calling_user(self, leg: BLeg, invite_a: Request) -> str:
         """Who calls, as the user part of the B leg's From: a trunk's caller as the trunk sent
-        it; an account by its name, or towards a trunk by its number there (the first of the
-        trunk's ``dids`` that reaches the account, else the trunk's ``caller_id``), as carriers
-        accept only their own numbers."""
+        it, its number read as E.164 by the trunk's numbering plan (a carrier's national
+        ``0301234567`` reaches a phone as ``+49301234567``, which it can call back from
+        anywhere); an account by its name, or towards a trunk by its number there (the first
+        of the trunk's ``dids`` that reaches the account, else the trunk's ``caller_id``), as
+        carriers accept only their own numbers. A number towards a trunk is written in the
+        trunk's ``number_format``."""
         caller_from = invite_a.from_
         if self.caller.kind != "account" or self.caller.name is None:
             user = caller_from.uri.user if isinstance(caller_from.uri, SipUri) else None
-            return user or "anonymous"
+            if not user:
+                return "anonymous"
+            caller_trunk = self.config.trunk(self.caller.name or "")
+            if self.caller.kind == "trunk" and caller_trunk is not None:
+                user = read_number(self.config.numbering_of(caller_trunk), user)
+            return self._written_for_leg(leg, user)
         return self._account_number(leg, self.caller.name)
 
     def _account_number(self, leg: BLeg, account: str) -> str:
         """How ``account`` calls out on ``leg``: towards a trunk by its number there, else by
         its name."""
-        trunk_name = leg.target.trunk if leg.target is not None else None
-        trunk = self.config.trunk(trunk_name) if trunk_name is not None else None
+        trunk = self._leg_trunk(leg)
         if trunk is None:
             return account
         numbers = [number for number, owner in trunk.dids.items() if owner == account]
-        return numbers[0] if numbers else trunk.caller_id or account
+        number = numbers[0] if numbers else trunk.caller_id
+        if number is None:
+            return account
+        return self._written_for_leg(leg, read_number(self.config.numbering_of(trunk), number))
+
+    def _leg_trunk(self, leg: BLeg) -> TrunkConfig | None:
+        trunk_name = leg.target.trunk if leg.target is not None else None
+        return self.config.trunk(trunk_name) if trunk_name is not None else None
+
+    def _written_for_leg(self, leg: BLeg, number: str) -> str:
+        """``number`` as ``leg`` takes it: for a trunk, an E.164 number in its
+        ``number_format``; anything else as it is."""
+        trunk = self._leg_trunk(leg)
+        if trunk is None:
+            return number
+        return self.config.numbering_of(trunk).written_as(number, trunk.number_format)
 
     def _b_to(self, uri: Uri, leg: BLeg) -> NameAddr:
         """To of a B leg: the callee's address-of-record for a registered user (the

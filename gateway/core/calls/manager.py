@@ -22,9 +22,11 @@ from gateway.core.calls.leg import Side
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
 from gateway.core.calls.outbound import OutboundSessions
 from gateway.core.calls.records import CallRecordBook
+from gateway.core.devices import narrowed_for_device
 from gateway.core.interfaces import (
     Caller,
     CallEvent,
+    DeviceProfile,
     LegInfo,
     MediaTap,
     RouteDecision,
@@ -32,7 +34,13 @@ from gateway.core.interfaces import (
     TappedCall,
     TapSink,
 )
-from gateway.core.media.policy import BUILTIN_POLICIES, UnknownPolicy, effective, resolve
+from gateway.core.media.policy import (
+    BUILTIN_POLICIES,
+    DEFAULT_POLICY,
+    UnknownPolicy,
+    effective,
+    resolve,
+)
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.taps import CallTaps, copy_sip, tapped_media
 from gateway.core.sip.errors import SipError
@@ -44,6 +52,7 @@ from gateway.core.transport.flows import Flow
 if TYPE_CHECKING:
     from gateway.core.gateway import Gateway
     from gateway.core.media.session import MediaSession
+    from gateway.core.store.interface import Binding
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +152,21 @@ class CallManager:
     def _identify_caller(self, invite: Request, flow: Flow) -> Caller | Response:
         """Who calls: a trunk recognised by its source address, else an account by its digest
         credentials; else the 407 challenge (or 403) to answer the INVITE with."""
+        devices = self.gateway.devices
         trunk = self.trunk_for_source(flow.remote[0])
         if trunk is not None:
-            return Caller(kind="trunk", name=trunk, flow=flow)
+            device = devices.of_request(invite, flow) if devices.active else None
+            return Caller(kind="trunk", name=trunk, flow=flow, device=device)
         outcome = self.authenticate(invite, flow, AuthKind.PROXY)
         if isinstance(outcome, Response):
             return outcome
-        return Caller(kind="account", name=outcome.username, flow=flow)
+        device = devices.of_request(invite, flow) if devices.active else None
+        return Caller(kind="account", name=outcome.username, flow=flow, device=device)
+
+    def device_of_binding(self, binding: Binding) -> DeviceProfile | None:
+        """The profile of a registered phone, by the User-Agent of its REGISTER."""
+        devices = self.gateway.devices
+        return devices.of_user_agent(binding.user_agent) if devices.active else None
 
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         found = self._find(request)
@@ -253,9 +270,11 @@ class CallManager:
         name: str | None,
         flow: Flow | None,
         transport: str | None = None,
+        device: DeviceProfile | None = None,
     ) -> LegSecurity:
         """The media security of one leg: its policy (hook, else the account's or trunk's
-        configured one) limited to the enabled key exchanges."""
+        configured one, or for one left at the default the device profile's) limited to what
+        ``device`` takes and to the enabled key exchanges (gateway/core/devices.py)."""
         gateway = self.gateway
         configured: str | None = None
         offer_feedback = gateway.config.media.offer_rtcp_feedback
@@ -267,6 +286,8 @@ class CallManager:
             configured = trunk.media_policy if trunk is not None else None
             if trunk is not None and trunk.offer_rtcp_feedback is not None:
                 offer_feedback = trunk.offer_rtcp_feedback
+        if device is not None and device.media_policy and configured in (None, DEFAULT_POLICY):
+            configured = device.media_policy  # never one the operator chose for the account
         secure = flow.secure if flow is not None else transport == "tls"
         leg = LegInfo(
             call_id=call.id,
@@ -274,6 +295,7 @@ class CallManager:
             kind=kind,
             name=name,
             secure_signalling=secure,
+            device=device,
             configured_policy=configured,
         )
         hook = gateway.plugins.implemented("gateway_media_security_policy")
@@ -287,7 +309,7 @@ class CallManager:
         exchanges = dict(gateway.plugins.key_exchanges.items())
         return LegSecurity(
             side=side.value,
-            policy=effective(policy, exchanges),
+            policy=effective(narrowed_for_device(policy, device), exchanges),
             secure_signalling=secure,
             key_exchanges=exchanges,
             signalling=flow.transport if flow is not None else (transport or "udp"),
@@ -328,7 +350,16 @@ class CallManager:
             self._copy_a_leg(call.taps, call, invite)
 
     def _tapped_at_start(self, call: Call, invite: Request, caller: Caller) -> TappedCall:
-        """What a tap deciding at a call's start is told: its caller's INVITE's identities."""
+        """What a tap deciding at a call's start is told: its caller's INVITE's identities,
+        and their numbers read as E.164 (a carrier's national ``030123456`` is the target
+        ``+4930123456``): a trunk's From and P-Asserted-Identity by the trunk's numbering plan,
+        the number called by the caller's."""
+        asserted = _asserted_uris(invite)
+        trunk = caller.name if caller.kind == "trunk" else None
+        if caller.kind == "account":
+            caller_uris = self._account_uris(caller.name)
+        else:
+            caller_uris = self._e164_uris((str(invite.from_.uri), *asserted), trunk)
         return TappedCall(
             call_id=call.record_id,
             from_uri=str(invite.from_.uri),
@@ -339,9 +370,27 @@ class CallManager:
             callee_name=None,
             sessions=self.outbound,
             to_header_uri=str(invite.to.uri),
-            asserted_uris=_asserted_uris(invite),
-            caller_uris=self._account_uris(caller.name) if caller.kind == "account" else (),
+            asserted_uris=asserted,
+            caller_uris=caller_uris,
+            callee_uris=self._e164_uris((str(invite.uri), str(invite.to.uri)), trunk),
         )
+
+    def _e164_uris(self, uris: Sequence[str], trunk: str | None) -> tuple[str, ...]:
+        """``tel:`` URIs of the numbers in ``uris`` (SIP user parts, tel numbers) that the
+        numbering plan of ``trunk`` (None: ``[numbering]``) reads as E.164 differently from
+        how they are written; the rest add nothing."""
+        directory = self.gateway.directory
+        if directory is None:
+            return ()
+        found: list[str] = []
+        for text in uris:
+            written = _number_of(text)
+            if written is None:
+                continue
+            number = directory.to_e164(written, trunk=trunk)
+            if number.startswith("+") and number != written and f"tel:{number}" not in found:
+                found.append(f"tel:{number}")
+        return tuple(found)
 
     def _account_uris(self, account: str | None) -> tuple[str, ...]:
         """An account's identities as the gateway knows them: its address of record in each
@@ -355,7 +404,11 @@ class CallManager:
             self._numbers_of = {}
             for trunk in self.gateway.config.trunks:
                 for number, owner in trunk.dids.items():
-                    self._numbers_of.setdefault(owner, []).append(number)
+                    # As E.164 too where the trunk's plan reads the DID so: a target
+                    # "+4930123456" is the account a carrier reaches as "030123456".
+                    numbers = self._numbers_of.setdefault(owner, [])
+                    e164 = directory.to_e164(number, trunk=trunk.name) if directory else number
+                    numbers += [n for n in dict.fromkeys((number, e164)) if n not in numbers]
         uris += [f"tel:{number}" for number in self._numbers_of.get(account, ())]
         return tuple(uris)
 
@@ -375,12 +428,13 @@ class CallManager:
         ]
         if not deciders:
             return
+        at_start = self._tapped_at_start(call, invite, caller)
         callee_uris = tuple(uri for account in accounts for uri in self._account_uris(account))
         tapped = attrs.evolve(
-            self._tapped_at_start(call, invite, caller),
+            at_start,
             callee_kind="account",
             callee_name=accounts[0],
-            callee_uris=callee_uris,
+            callee_uris=at_start.callee_uris + callee_uris,
         )
         sinks = self._sinks_for(deciders, tapped, call)
         if not sinks:
@@ -515,6 +569,21 @@ async def _run_sink(name: str, sink: TapSink) -> None:
         await sink.run()
     except Exception:
         log.exception("media tap %s stopped with an error", name)
+
+
+def _number_of(uri: str) -> str | None:
+    """The user part of a ``sip:``/``sips:`` URI or the number of a ``tel:`` URI (text as it
+    is, with its parameters), or None."""
+    scheme, colon, rest = uri.partition(":")
+    if not colon:
+        return None
+    scheme = scheme.lower()
+    if scheme == "tel":
+        return rest or None
+    if scheme in ("sip", "sips"):
+        user, at, _ = rest.rpartition("@")
+        return user if at and user else None
+    return None
 
 
 def _asserted_uris(invite: Request) -> tuple[str, ...]:

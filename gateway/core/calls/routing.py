@@ -6,12 +6,15 @@ recognised by source address, an account authenticated by digest, or nobody yet)
 when every plugin defers, :func:`default_route` decides from the Request-URI's user part (or the
 number of a ``tel:`` URI):
 
-* from a trunk: the trunk's ``dids`` map, else an account named like the user. A trunk never
+* from a trunk: the trunk's ``dids`` map (the called number and the map's numbers compared as
+  E.164 where the trunk's numbering plan reads them so), else an account named like the user.
+  A trunk never
   reaches another trunk (no transit: it would let anyone who can reach one trunk call out over
   another at our cost);
 * from an account: an account named like the user, else the enabled trunk with the longest
-  matching number prefix (only dial strings go to trunks, so a mistyped user name is a 404 rather
-  than a call to the carrier);
+  number prefix matching the number read as E.164 by ``[numbering]``
+  (:mod:`~gateway.core.calls.numbering`; only dial strings go to trunks, so a mistyped user
+  name is a 404 rather than a call to the carrier), written as the trunk wants numbers;
 * from nobody: 403. The B2BUA challenges before it routes, so this is a bug guard.
 
 An account is rung on every unexpired registered contact at once (RFC 3261 §16.6-style forking by
@@ -37,14 +40,15 @@ from urllib.parse import unquote
 
 import attrs
 
-from gateway.core.config import DEFAULT_ROUTE_PREFIXES, IPNetwork, TrunkConfig
+from gateway.core.calls.numbering import NumberingPlan, read_number
+from gateway.core.config import DEFAULT_ROUTE_PREFIXES, IPNetwork, TrunkConfig, trunk_numbering
 from gateway.core.interfaces import Caller, RouteDecision, RouteTarget
 from gateway.core.ip import ip_literal
 from gateway.core.registrar import RegistrarPolicy
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
 from gateway.core.sip.message import Request
-from gateway.core.sip.uri import SipUri, TelUri, Uri
+from gateway.core.sip.uri import SipUri, TelUri, Uri, get_param
 from gateway.core.store.interface import Binding, Store
 from gateway.core.transport.flows import Address, Flow, FlowKey, FlowTable
 
@@ -279,6 +283,8 @@ class GatewayDirectory:
 
     ``local_domains`` are the names that count as ours (as for the registrar: ``host`` or
     ``host:port``, IPv6 in brackets); ``now`` is the wall clock the registrar stamps bindings with.
+    ``numbering`` is ``[numbering]``: how accounts dial, and each trunk's plan unless it sets
+    its own keys.
     """
 
     def __init__(
@@ -288,6 +294,7 @@ class GatewayDirectory:
         trunks: Sequence[TrunkConfig],
         local_domains: frozenset[str],
         now: Callable[[], float],
+        numbering: NumberingPlan | None = None,
     ) -> None:
         self.store = store
         self.flows = flows
@@ -295,6 +302,14 @@ class GatewayDirectory:
         self.now = now
         self.local_domains = local_domains
         self._domains = RegistrarPolicy(local_domains=local_domains)
+        self.numbering = numbering if numbering is not None else NumberingPlan()
+        self._trunk_plans = {t.name: trunk_numbering(self.numbering, t) for t in self.trunks}
+        # Each trunk's dids with their numbers read as E.164 by its plan, so "030 123456" from
+        # the carrier finds a DID written "+4930123456" and the other way round.
+        self._e164_dids = {
+            t.name: {self.to_e164(number, trunk=t.name): owner for number, owner in t.dids.items()}
+            for t in self.trunks
+        }
 
     def is_local_domain(self, host: str) -> bool:
         """Whether ``host`` (``name``, ``name:port``, ``[v6]:port``) is one of our domains; a name
@@ -363,15 +378,39 @@ class GatewayDirectory:
         trunk = longest_prefix_trunk((t for t in self.trunks if t.enabled), number)
         return None if trunk is None else trunk.name
 
+    def plan_of(self, trunk: str | None) -> NumberingPlan:
+        """The numbering plan of the trunk called ``trunk``; ``[numbering]`` for None (how our
+        accounts dial) or a trunk we do not know."""
+        if trunk is None:
+            return self.numbering
+        return self._trunk_plans.get(trunk, self.numbering)
+
+    def to_e164(self, number: str, *, trunk: str | None = None) -> str:
+        """``number`` (a user part or tel number: separators and a ``phone-context`` are read)
+        as E.164 by the numbering plan of ``trunk`` (None: ``[numbering]``, how our accounts
+        dial), or as a dial string where the plan cannot read it (a short code, no plan), or
+        unchanged when it is not a number at all (a user name)."""
+        return read_number(self.plan_of(trunk), number)
+
+    def written_for(self, trunk: str, number: str) -> str:
+        """An E.164 ``number`` as the trunk called ``trunk`` wants it (its ``number_format``,
+        by its numbering plan); anything else, or for a trunk we do not know, unchanged."""
+        config = self.trunk(trunk)
+        if config is None:
+            return number
+        return self.plan_of(trunk).written_as(number, config.number_format)
+
     def trunk_target(self, trunk: str, number: str) -> RouteTarget | None:
         """The target for calling ``number`` over the enabled trunk ``trunk``:
-        ``sip:NUMBER@HOST:PORT;transport=T`` after ``strip_prefix`` and ``add_prefix``. None for
-        an unknown or disabled trunk, or a number that is not a dial string or is empty after
-        stripping."""
+        ``sip:NUMBER@HOST:PORT;transport=T``, an E.164 number written in the trunk's
+        ``number_format`` (by its numbering plan), then ``strip_prefix`` and ``add_prefix``.
+        None for an unknown or disabled trunk, or a number that is not a dial string or is
+        empty after stripping."""
         config = self.trunk(trunk)
         number_text = dial_string(number)
         if config is None or not config.enabled or number_text is None:
             return None
+        number_text = self.written_for(trunk, number_text)
         sent = config.add_prefix + number_text[config.strip_prefix :]
         if not sent or sent == "+":
             return None
@@ -384,13 +423,16 @@ class GatewayDirectory:
 
     def did_account(self, trunk: str, number: str) -> str | None:
         """The account the trunk's ``dids`` map ``number`` to (compared as a dial string, so
-        ``+49-30-123`` finds ``+4930123``), or None."""
+        ``+49-30-123`` finds ``+4930123``, and as E.164 by the trunk's numbering plan, so
+        ``030123`` finds ``+4930123``), or None."""
         config = self.trunk(trunk)
         if config is None:
             return None
         account = config.dids.get(number)
         if account is None and (normalized := dial_string(number)) is not None:
             account = config.dids.get(normalized)
+        if account is None:
+            account = self._e164_dids[trunk].get(self.to_e164(number, trunk=trunk))
         return account
 
 
@@ -428,6 +470,7 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
     if directory.account_exists(user):
         return _ring_account(directory, user)
     if number is not None:
+        number = directory.to_e164(_with_phone_context(request.uri, user))
         trunk = directory.trunk_for_number(number)
         if trunk is not None:
             target = directory.trunk_target(trunk, number)
@@ -442,6 +485,16 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
                     f"(trunk {_shown(disabled.name)} is disabled)",
                 )
     return RouteDecision.reject(404, f"Not Found: no user or trunk route for {_shown(user)}")
+
+
+def _with_phone_context(uri: Uri, user: str) -> str:
+    """``user`` with the ``phone-context`` of a tel URI, which keeps it among the URI's
+    parameters rather than in the number (a SIP URI's user part carries its own)."""
+    if isinstance(uri, TelUri):
+        context = get_param(uri.params, "phone-context")
+        if context:
+            return f"{user};phone-context={context}"
+    return user
 
 
 def _ring_account(directory: GatewayDirectory, account: str) -> RouteDecision:

@@ -453,12 +453,16 @@ class LegSecurity:
 
     def record(self) -> dict[str, Any]:
         """This leg's security record (derived from what was negotiated)."""
-        return {
+        record: dict[str, Any] = {
             "policy": self.policy.name,
             "signalling": self.signalling,
             "signalling_secure": self.secure_signalling,
             "streams": [_stream_record(stream) for stream in self.streams],
         }
+        device = self.leg.device if self.leg is not None else None
+        if device is not None:
+            record["device"] = device.name  # its profile may have narrowed the policy
+        return record
 
     def _stream(self, index: int) -> StreamSecurity | None:
         return self.streams[index] if index < len(self.streams) else None

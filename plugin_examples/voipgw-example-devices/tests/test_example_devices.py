@@ -20,6 +20,7 @@ def test_registers_a_profile_per_configured_model() -> None:
     profile = plugins.device_profiles.get("acme-x9")
     assert profile is not None
     assert profile.media_policy == "sdes"
+    assert profile.key_exchanges == ("sdes", "dtls")  # the default: no ZRTP for Acme phones
     assert profile.matches("Acme-X9 firmware 1.2")
     assert not profile.matches("Linphone/5.0")
 

@@ -69,9 +69,11 @@ def gateway_config(
     sip: Mapping[str, Any] | None = None,
     carrier: Mapping[str, Any] | None = None,
     plugin_tables: Mapping[str, Any] | None = None,
+    numbering: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
+            "numbering": dict(numbering or {}),
             "gateway": {"state_dir": str(state_dir), "realm": REALM},
             "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": T1, **(sip or {})},
             "media": {
@@ -112,6 +114,7 @@ async def start_b2bua(
     sip: Mapping[str, Any] | None = None,
     carrier: Mapping[str, Any] | None = None,
     plugin_tables: Mapping[str, Any] | None = None,
+    numbering: Mapping[str, Any] | None = None,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -128,6 +131,7 @@ async def start_b2bua(
         sip=sip,
         carrier=carrier,
         plugin_tables=plugin_tables,
+        numbering=numbering,
     )
     gateway = Gateway(config, memory_plugins(config, network, extra=plugins), ids=SeededIds(seed))
     await nursery.start(gateway.serve)

@@ -194,7 +194,12 @@ def pki(tmp_path: Path) -> tuple[TestCa, Issued, Issued]:
 
 
 async def intercept_env(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, pki: tuple[TestCa, Issued, Issued]
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+    *,
+    numbering: dict[str, Any] | None = None,
 ) -> Env:
     ca, server, client = pki
     mediation = Mediation()
@@ -217,6 +222,7 @@ async def intercept_env(
             },
         },
         alice_auto=None,
+        numbering=numbering,
     )
     tap = b2bua.gateway.plugins.media_taps.get("intercept")
     assert isinstance(tap, Interception)

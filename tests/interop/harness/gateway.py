@@ -12,6 +12,7 @@ failing test's report shows it.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -84,6 +85,8 @@ class GatewayProcess:
     ``port`` and ``state_dir`` (default: a free port, ``workdir/state``) let a second gateway
     take over from a stopped one, as after a restart: same SIP port, same store of accounts
     and registrations. Its ``accounts`` are then usually empty (they are in the store already).
+    ``env`` adds to the gateway process's environment (``PYTHONPATH`` of a plugin installed for
+    the test).
     """
 
     def __init__(
@@ -98,8 +101,10 @@ class GatewayProcess:
         start_timeout: float = 20.0,
         port: int | None = None,
         state_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.env = dict(env or {})
         self.accounts = dict(accounts or {})
         self.port = free_port_pair() if port is None else port
         media_low = free_port_block(media_port_count)
@@ -138,7 +143,13 @@ class GatewayProcess:
         """Run ``voipgw ARGS --config FILE``; raises with the output when it fails."""
         command = [sys.executable, "-m", "gateway", *args, "--config", str(self.config_path)]
         result = subprocess.run(
-            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+            command,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, **self.env},
         )
         if result.returncode != 0:
             raise RuntimeError(
@@ -170,7 +181,7 @@ class GatewayProcess:
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             log=self.log_path,
             cwd=REPO_ROOT,
-            env={"PYTHONUNBUFFERED": "1"},
+            env={"PYTHONUNBUFFERED": "1", **self.env},
         )
         deadline = time.monotonic() + self.start_timeout
         while not options_ok(self.port):

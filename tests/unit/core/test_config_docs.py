@@ -18,6 +18,7 @@ TABLES = {
     "media": cfg.MediaSection,
     "store": cfg.StoreSection,
     "plugins": cfg.PluginsSection,
+    "numbering": cfg.NumberingPlan,
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
     "plugins.tls": tls.TlsConfig,

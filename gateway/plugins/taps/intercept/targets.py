@@ -117,10 +117,14 @@ def party_keys(call: TappedCall) -> tuple[set[str], set[str]]:
     numbers), never on the From or P-Asserted-Identity its phone wrote: a phone can withhold
     its identity (Privacy: id, an anonymous From) or claim somebody else's (RFC 3325 §9.1:
     an asserted identity from an untrusted peer means nothing). A trunk's call is matched on
-    the From and P-Asserted-Identity the trusted network sent."""
+    the From and P-Asserted-Identity the trusted network sent, and on their numbers as the
+    trunk's numbering plan reads them (``caller_uris``: ``030123456`` from a German carrier is
+    also ``+4930123456``)."""
     caller: set[str] = set()
     claimed = (
-        call.caller_uris if call.caller_kind == "account" else (call.from_uri, *call.asserted_uris)
+        call.caller_uris
+        if call.caller_kind == "account"
+        else (call.from_uri, *call.asserted_uris, *call.caller_uris)
     )
     for uri in claimed:
         caller |= uri_keys(uri)

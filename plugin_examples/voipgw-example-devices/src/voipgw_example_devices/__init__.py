@@ -22,6 +22,9 @@ class ExampleDevicesConfig:
 
     models: tuple[str, ...] = ("Acme-T1",)
     media_policy: str = "best-effort"
+    # The key exchanges the Acme firmware handles; None: whatever the leg's policy allows.
+    # Acme phones reject an offer that carries an a=zrtp-hash they do not know, hence the list.
+    key_exchanges: tuple[str, ...] | None = ("sdes", "dtls")
 
 
 # Call events seen by this plugin, by kind (a real plugin would export metrics).
@@ -44,6 +47,7 @@ def gateway_register_device_profiles(
                 name=model.lower(),
                 user_agent_prefixes=(model,),
                 media_policy=config.media_policy,
+                key_exchanges=config.key_exchanges,
                 notes="example profile",
             ),
         )

@@ -1,0 +1,176 @@
+"""Phone models: which registered device profile a peer is, and what its profile changes.
+
+Theory of operation. Device plugins register :class:`~gateway.core.interfaces.DeviceProfile`
+values under a name (``gateway_register_device_profiles``): what a phone model takes and what it
+chokes on. A request the device itself sends (its INVITE) is identified by the
+``gateway_identify_device`` hook (``firstresult``: a plugin may look at anything, a certificate,
+a header) and, where no plugin decides, by its ``User-Agent`` against the registered profiles'
+``user_agent_prefixes``: the longest matching prefix wins, on a tie the profile registered first
+(so ``Yealink SIP-T46U`` finds a "Yealink SIP-T4" profile before a "Yealink" one). A call *to* a
+registered phone is identified by the ``User-Agent`` its REGISTER carried, which the store keeps
+with the binding: the hook needs a request from the device, and the INVITE to it is ours.
+
+What a profile changes, on that device's legs only (``narrowed_for_device`` and the manager's
+``leg_security``):
+
+- ``media_policy`` replaces the leg's policy where its account or trunk has the default one
+  (``best-effort``): a model known not to encrypt gets ``rtp-only`` instead of offers it would
+  refuse. A policy the operator chose for the account is never replaced: a profile must not
+  weaken what was set for somebody.
+- ``key_exchanges`` narrows the policy's key exchanges to those the model handles (a phone that
+  rejects an offer carrying ``a=zrtp-hash`` or ``a=fingerprint`` it does not know: ``("sdes",)``).
+- ``suites`` narrows the SRTP suites to those it accepts (a phone that refuses AEAD or 256-bit
+  suites). Narrowing never adds cleartext: a leg whose policy forbids it and whose device takes
+  none of what is left is refused with the reason, as any leg that cannot get keys.
+
+The call's security record names the profile (``voipgw calls``: "device yealink-t4").
+
+Everything here is synchronous and quick: it runs on the event loop for every INVITE when any
+profile or identification hook is registered, and not at all when none is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from gateway.core.interfaces import DeviceProfile, MediaPolicy
+from gateway.core.media.policy import ALL_KEY_EXCHANGES
+from gateway.core.media.srtp import SUITES
+from gateway.core.plugins import PluginError
+from gateway.core.sip.message import Request
+from gateway.core.transport.flows import Flow
+
+log = logging.getLogger(__name__)
+
+# A plugin's identify hook that keeps failing is logged once a minute, not per INVITE.
+_HOOK_ERROR_LOG_INTERVAL = 60.0
+
+
+class DeviceIdentifier:
+    """Which registered profile a device is (see the module docstring). ``profiles`` are the
+    registered ``(name, profile)`` pairs in registration order; ``identify_hook`` is the
+    plugin manager's ``gateway_identify_device`` caller, or None when no plugin implements it."""
+
+    def __init__(
+        self,
+        profiles: Sequence[tuple[str, DeviceProfile]],
+        identify_hook: Callable[..., Any] | None,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self._prefixes = sorted(
+            (
+                (prefix, order, profile)
+                for order, (_, profile) in enumerate(profiles)
+                for prefix in profile.user_agent_prefixes
+                if prefix
+            ),
+            key=lambda entry: (-len(entry[0]), entry[1]),
+        )
+        self._hook = identify_hook
+        self._clock = clock
+        self._hook_error_logged_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether anything can identify a device: without profiles or a hook, nothing is
+        looked at per INVITE."""
+        return bool(self._prefixes) or self._hook is not None
+
+    def of_request(self, request: Request, flow: Flow) -> DeviceProfile | None:
+        """The profile of the device that sent ``request`` over ``flow``: the plugins' answer,
+        else the ``User-Agent`` match; None for a device nobody knows. A plugin that fails or
+        answers something else is logged and passed over (a call never fails for it)."""
+        if self._hook is not None:
+            try:
+                answer = self._hook(request=request, flow=flow)
+            except Exception:
+                self._log_hook_error("gateway_identify_device failed", exc_info=True)
+                answer = None
+            if isinstance(answer, DeviceProfile):
+                return answer
+            if answer is not None:
+                self._log_hook_error(
+                    f"gateway_identify_device returned {type(answer).__name__}, "
+                    "expected a DeviceProfile or None"
+                )
+        return self.of_user_agent(request.headers.get("User-Agent"))
+
+    def of_user_agent(self, user_agent: str | None) -> DeviceProfile | None:
+        """The registered profile with the longest prefix of ``user_agent``, or None."""
+        if not user_agent:
+            return None
+        for prefix, _, profile in self._prefixes:
+            if user_agent.startswith(prefix):
+                return profile
+        return None
+
+    def _log_hook_error(self, message: str, *, exc_info: bool = False) -> None:
+        now = self._clock()
+        last = self._hook_error_logged_at
+        if last is not None and now - last < _HOOK_ERROR_LOG_INTERVAL:
+            return
+        self._hook_error_logged_at = now
+        log.error("%s (devices are identified by User-Agent meanwhile)", message, exc_info=exc_info)
+
+
+def narrowed_for_device(policy: MediaPolicy, device: DeviceProfile | None) -> MediaPolicy:
+    """``policy`` limited to the key exchanges and SRTP suites ``device`` takes (its name and
+    cleartext rule unchanged). A device that takes none of the policy's suites leaves no key
+    exchange: an empty ``suites`` would mean "every suite"."""
+    if device is None or (device.key_exchanges is None and device.suites is None):
+        return policy
+    exchanges = policy.key_exchanges
+    if device.key_exchanges is not None:
+        exchanges = tuple(name for name in exchanges if name in device.key_exchanges)
+    suites = policy.suites
+    if device.suites is not None:
+        suites = (
+            tuple(suite for suite in policy.suites if suite in device.suites)
+            if policy.suites
+            else device.suites
+        )
+        if not suites:
+            exchanges = ()
+    return MediaPolicy(
+        name=policy.name,
+        key_exchanges=exchanges,
+        allow_cleartext=policy.allow_cleartext,
+        suites=suites,
+        description=policy.description,
+    )
+
+
+def check_profiles(
+    profiles: Iterable[tuple[str, DeviceProfile, str]],
+    policies: Mapping[str, MediaPolicy],
+    key_exchanges: Iterable[str],
+) -> None:
+    """Refuse, at start-up, registered profiles that name what does not exist: a policy no
+    plugin registered, a key exchange or an SRTP suite the gateway does not know. Each entry is
+    ``(name, profile, plugin)``; the error names the profile, its plugin and the field."""
+    known_exchanges = set(ALL_KEY_EXCHANGES) | set(key_exchanges)
+    for name, profile, plugin in profiles:
+        where = f"device profile {name!r} (plugin {plugin!r})"
+        if not isinstance(profile, DeviceProfile):
+            raise PluginError(f"{where} is a {type(profile).__name__}, not a DeviceProfile")
+        if profile.media_policy is not None and profile.media_policy not in policies:
+            known = ", ".join(sorted(policies))
+            raise PluginError(
+                f"{where}: media_policy {profile.media_policy!r} is not registered "
+                f"(known: {known})"
+            )
+        for exchange in profile.key_exchanges or ():
+            if exchange not in known_exchanges:
+                known = ", ".join(sorted(known_exchanges))
+                raise PluginError(
+                    f"{where}: key_exchanges: unknown key exchange {exchange!r} (known: {known})"
+                )
+        for suite in profile.suites or ():
+            if suite not in SUITES:
+                raise PluginError(
+                    f"{where}: suites: unknown SRTP suite {suite!r} "
+                    f"(known: {', '.join(SUITES)})"
+                )

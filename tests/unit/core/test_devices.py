@@ -1,0 +1,156 @@
+"""Device identification and what a profile does to a leg's policy (gateway/core/devices.py),
+without a gateway: the User-Agent match, the identify hook's precedence and failures, the
+policy narrowing, and the start-up checks of registered profiles."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from gateway.core.devices import DeviceIdentifier, check_profiles, narrowed_for_device
+from gateway.core.interfaces import DeviceProfile, MediaPolicy
+from gateway.core.media.policy import BUILTIN_POLICIES
+from gateway.core.plugins import PluginError
+from gateway.core.sip.message import Headers, Request
+from gateway.core.sip.uri import SipUri
+from gateway.core.transport.flows import Flow, FlowKey
+
+YEALINK = DeviceProfile(name="yealink", user_agent_prefixes=("Yealink",))
+YEALINK_T4 = DeviceProfile(name="yealink-t4", user_agent_prefixes=("Yealink SIP-T4",))
+ALSO_T4 = DeviceProfile(name="also-t4", user_agent_prefixes=("Yealink SIP-T4",))
+SNOM = DeviceProfile(name="snom", user_agent_prefixes=("snom", "Snom"))
+BEST_EFFORT = BUILTIN_POLICIES["best-effort"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def identifier(*profiles: DeviceProfile, hook: Any = None, clock: Clock | None = None) -> Any:
+    return DeviceIdentifier(
+        [(p.name, p) for p in profiles], hook, clock=clock if clock is not None else Clock()
+    )
+
+
+def invite(user_agent: str | None) -> Request:
+    headers = [("User-Agent", user_agent)] if user_agent is not None else []
+    return Request("INVITE", SipUri("sip", "example.com", user="bob"), Headers.of(headers))
+
+
+async def _send(data: bytes) -> None:
+    raise AssertionError("never sends")
+
+
+FLOW = Flow(FlowKey("udp", ("127.0.0.1", 5060), ("192.0.2.7", 5060)), _send, reliable=False)
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "expected"),
+    [
+        ("Yealink SIP-T46U 108.86.0.20", "yealink-t4"),  # the longest prefix
+        ("Yealink SIP-T54W 96.86.0.100", "yealink"),
+        ("Yealink W60B", "yealink"),
+        ("snomD785/10.1.159.12", "snom"),
+        ("Snom D120", "snom"),
+        ("Grandstream GXP2170", None),
+        ("yealink lower case", None),  # prefixes are compared as written
+        ("", None),
+        (None, None),
+    ],
+)
+def test_the_longest_user_agent_prefix_wins(user_agent: str | None, expected: str | None) -> None:
+    found = identifier(YEALINK, YEALINK_T4, SNOM).of_request(invite(user_agent), FLOW)
+    assert (found.name if found else None) == expected
+
+
+def test_equal_prefixes_go_to_the_profile_registered_first() -> None:
+    assert identifier(YEALINK_T4, ALSO_T4).of_user_agent("Yealink SIP-T46U").name == "yealink-t4"
+    assert identifier(ALSO_T4, YEALINK_T4).of_user_agent("Yealink SIP-T46U").name == "also-t4"
+
+
+def test_nothing_to_identify_with_is_inactive() -> None:
+    assert not identifier().active
+    assert identifier(YEALINK).active
+    assert identifier(hook=lambda **kwargs: None).active
+
+
+def test_the_hook_decides_first_and_none_falls_back_to_the_user_agent() -> None:
+    custom = DeviceProfile(name="custom")
+    answers: list[Any] = [custom, None]
+    devices = identifier(YEALINK, hook=lambda request, flow: answers.pop(0))
+    assert devices.of_request(invite("Yealink SIP-T46U"), FLOW) is custom
+    assert devices.of_request(invite("Yealink SIP-T46U"), FLOW) is YEALINK
+
+
+def test_a_failing_or_wrong_hook_is_logged_once_a_minute_and_passed_over(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    answers: list[Any] = ["yealink", RuntimeError("bug"), 42]
+
+    def hook(request: Request, flow: Flow) -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    devices = identifier(YEALINK, hook=hook, clock=clock)
+    with caplog.at_level(logging.ERROR, logger="gateway.core.devices"):
+        assert devices.of_request(invite("Yealink"), FLOW) is YEALINK  # a str: passed over
+        clock.now = 30.0
+        assert devices.of_request(invite("Yealink"), FLOW) is YEALINK  # raised: passed over
+        clock.now = 61.0
+        assert devices.of_request(invite("Yealink"), FLOW) is YEALINK
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages  # the first, then the one a minute later
+    assert "returned str, expected a DeviceProfile" in messages[0]
+    assert "returned int" in messages[1]
+
+
+def test_a_profile_narrows_key_exchanges_and_suites_but_never_adds_cleartext() -> None:
+    sdes_only = DeviceProfile(name="d", key_exchanges=("sdes", "mikey"))
+    narrowed = narrowed_for_device(BEST_EFFORT, sdes_only)
+    assert narrowed.key_exchanges == ("sdes", "mikey")  # the policy's order
+    assert narrowed.allow_cleartext and narrowed.name == "best-effort"
+
+    strict = MediaPolicy(
+        name="strict",
+        key_exchanges=("dtls", "sdes"),
+        allow_cleartext=False,
+        suites=("AEAD_AES_128_GCM", "AES_CM_128_HMAC_SHA1_80"),
+    )
+    old_phone = DeviceProfile(
+        name="old", suites=("AES_CM_128_HMAC_SHA1_80", "AES_256_CM_HMAC_SHA1_80")
+    )
+    assert narrowed_for_device(strict, old_phone).suites == ("AES_CM_128_HMAC_SHA1_80",)
+    # A policy without suites (every suite) takes the device's list.
+    assert narrowed_for_device(BEST_EFFORT, old_phone).suites == old_phone.suites
+    # No suite in common: no key exchange is left (an empty suites would mean "any").
+    gcm_only = DeviceProfile(name="gcm", suites=("AEAD_AES_256_GCM",))
+    nothing = narrowed_for_device(strict, gcm_only)
+    assert nothing.key_exchanges == () and not nothing.allow_cleartext
+    # No profile, or one without limits: the policy itself.
+    assert narrowed_for_device(strict, None) is strict
+    assert narrowed_for_device(strict, YEALINK) is strict
+
+
+def test_profiles_naming_what_does_not_exist_are_refused_with_their_plugin() -> None:
+    good = DeviceProfile(
+        name="ok",
+        media_policy="sdes",
+        key_exchanges=("sdes", "zrtp", "custom-kx"),
+        suites=("AES_CM_128_HMAC_SHA1_32",),
+    )
+    check_profiles([("ok", good, "acme")], BUILTIN_POLICIES, ["custom-kx"])
+    with pytest.raises(PluginError, match=r"device profile 'bad' \(plugin 'acme'\): media_policy"):
+        check_profiles(
+            [("bad", DeviceProfile(name="bad", media_policy="nope"), "acme")], BUILTIN_POLICIES, []
+        )
+    with pytest.raises(PluginError, match="not a DeviceProfile"):
+        check_profiles([("bad", "a string", "acme")], BUILTIN_POLICIES, [])  # type: ignore[list-item]
