@@ -25,7 +25,7 @@ from gateway.testing.sip_agent import simple_sdp
 from tests.interop.harness import GatewayProcess
 
 REALM = "voipgw.local"
-ACCOUNTS = {"alice": "alice-wonderland", "bob": "bob-builder"}
+ACCOUNTS = {"alice": "alice-wonderland", "bob": "bob-builder", "carol": "carol-singer"}
 
 
 def udp_socket() -> socket.socket:
@@ -107,8 +107,9 @@ def two_nodes(
         "password_file": str(password_file),
     }
     settings = {"store": store, "gateway": {"log_level": "debug"}}
+    accounts = {name: ACCOUNTS[name] for name in ("alice", "bob")}
     node_a = GatewayProcess(
-        tmp_path / "a", accounts=ACCOUNTS, settings=settings, digest_algorithms=("MD5",)
+        tmp_path / "a", accounts=accounts, settings=settings, digest_algorithms=("MD5",)
     )
     node_b = GatewayProcess(tmp_path / "b", settings=settings, digest_algorithms=("MD5",))
     with node_a, node_b:
@@ -184,19 +185,39 @@ def ack_for(response: Response, uri: str) -> bytes:
     return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-def register_status(node: GatewayProcess, phone: socket.socket, cseq: int) -> int:
-    """The final status of one REGISTER of alice's (answering the challenge, if any)."""
+def register_status(
+    node: GatewayProcess, phone: socket.socket, cseq: int, user: str = "alice"
+) -> int:
+    """The final status of one REGISTER of ``user``'s (answering the challenge, if any)."""
     registrar = f"sip:127.0.0.1:{node.port}"
-    phone.sendto(request("REGISTER", registrar, phone, "alice", cseq), address_of(node))
+    phone.sendto(request("REGISTER", registrar, phone, user, cseq), address_of(node))
     challenge = final_response(phone)
     if challenge.status != 401:
         return challenge.status
-    auth = digest(challenge.headers.get_all("WWW-Authenticate")[0], "alice", "REGISTER", registrar)
+    auth = digest(challenge.headers.get_all("WWW-Authenticate")[0], user, "REGISTER", registrar)
     phone.sendto(
-        request("REGISTER", registrar, phone, "alice", cseq + 1, f"Authorization: {auth}"),
+        request("REGISTER", registrar, phone, user, cseq + 1, f"Authorization: {auth}"),
         address_of(node),
     )
     return final_response(phone).status
+
+
+def test_an_account_added_with_the_cli_is_taken_by_a_running_node(
+    two_nodes: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    node_a, node_b = two_nodes
+    with udp_socket() as phone:
+        # Node A looks carol up and finds no account (and remembers that)...
+        assert register_status(node_a, phone, 1, user="carol") == 401
+        # ...until `voipgw accounts add`, run against node B's config, tells it otherwise.
+        node_b.add_account("carol", ACCOUNTS["carol"])
+        deadline = time.monotonic() + 10.0
+        cseq = 3
+        while (status := register_status(node_a, phone, cseq, user="carol")) != 200:
+            # Each 401 counts as a failed login; five in 60 s would block the phone (403).
+            assert status == 401 and time.monotonic() < deadline, status
+            cseq += 2
+            time.sleep(0.2)
 
 
 def test_a_register_while_the_database_is_down_gets_503_and_works_once_it_is_back(

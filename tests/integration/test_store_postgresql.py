@@ -105,6 +105,38 @@ def test_a_change_made_by_hand_in_sql_reaches_the_cache(
     wait_until(lambda: node.get_account("alice") is None)
 
 
+def test_a_read_that_raced_a_notification_is_not_kept(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    # The window cannot be hit on purpose through the public calls: a read from the database,
+    # a notification for it while the read is on its way back, then the read's result.
+    node = open_node()
+    node.accounts_add("alice", PASSWORD, REALM)
+    stale = node.get_account("alice")
+    node._forget_all()
+    missing, epoch = node._cached(node._accounts, "alice")
+    assert missing is pg_module._MISSING
+    node._notified("aalice")  # another node changed alice meanwhile
+    node._fill(node._accounts, "alice", stale, epoch)
+    assert "alice" not in node._accounts
+    node._fill(node._accounts, "alice", stale, node._cached(node._accounts, "alice")[1])
+    assert node._accounts["alice"] is stale  # without a notification in between it is kept
+
+
+def test_a_change_too_long_to_name_drops_every_cache_instead_of_failing(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    # NOTIFY payloads are at most 8000 bytes; the trigger sends "*" for a longer one rather
+    # than fail the REGISTER that made it.
+    a, b = open_node(), open_node()
+    a.accounts_add("alice", PASSWORD, REALM)
+    wait_until(lambda: b.get_account("alice") is b.get_account("alice") is not None)
+    long_aor = "sip:alice@" + "x" * 9000 + ".example"
+    a.upsert_binding(binding(aor=long_aor))
+    wait_until(lambda: "alice" not in b._accounts)  # dropped with everything else
+    assert [x.aor for x in b.registrations_for(long_aor)] == [long_aor]
+
+
 def test_a_killed_listener_turns_the_cache_off_until_it_is_back(
     open_node: Callable[..., PostgresStore],
     postgres_cluster: Cluster,
