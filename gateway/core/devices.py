@@ -159,8 +159,7 @@ def check_profiles(
         if profile.media_policy is not None and profile.media_policy not in policies:
             known = ", ".join(sorted(policies))
             raise PluginError(
-                f"{where}: media_policy {profile.media_policy!r} is not registered "
-                f"(known: {known})"
+                f"{where}: media_policy {profile.media_policy!r} is not registered (known: {known})"
             )
         for exchange in profile.key_exchanges or ():
             if exchange not in known_exchanges:
@@ -171,6 +170,5 @@ def check_profiles(
         for suite in profile.suites or ():
             if suite not in SUITES:
                 raise PluginError(
-                    f"{where}: suites: unknown SRTP suite {suite!r} "
-                    f"(known: {', '.join(SUITES)})"
+                    f"{where}: suites: unknown SRTP suite {suite!r} (known: {', '.join(SUITES)})"
                 )
