@@ -15,7 +15,8 @@ round trip. Theory of operation:
 - A read that raced a notification is not kept: each drop advances an epoch, and an entry read
   from the database is cached only if the epoch is what it was before the read.
 - No listener, no cache. While the listening connection is down (the server restarted, a
-  ``pg_terminate_backend``, a network fault found by the liveness query) the cache is emptied
+  ``pg_terminate_backend``, a server gone from the network, which TCP keepalives find within
+  about eight seconds) the cache is emptied
   and every read goes to the database, until the thread is listening again (it retries every
   second) and has emptied the cache once more: changes made in between were never notified.
 - Bounded waits. Every statement runs under ``statement_timeout`` (server side: a lock wait or a
@@ -86,10 +87,6 @@ RECONNECT_INTERVAL = 1.0
 LISTENER_POLL = 0.25
 """Longest the listener thread waits for a notification before it looks at its other work."""
 
-LISTENER_CHECK_INTERVAL = 5.0
-"""How often the listener asks its server ``SELECT 1``: a connection whose server vanished from
-the network without closing it is found then, not only when the kernel gives up on it."""
-
 MIGRATION_STATEMENT_TIMEOUT = "60s"
 """Migrations run at start-up, before anything is relayed, and may wait for another node's."""
 
@@ -100,7 +97,9 @@ ACCOUNT_CACHE_ENTRIES = 4096
 _MIGRATION_LOCK = 0x766F6970
 
 # TCP settings libpq applies unless the DSN sets them (PostgreSQL docs §34.1.2): a server that
-# stops answering is found within seconds rather than the kernel's two hours.
+# stops answering is found within seconds (5 + 3 x 1) rather than the kernel's two hours. The
+# listener's connection relies on them: it runs no query once it listens, because only recent
+# psycopg releases keep a notification that arrives during a query for notifies() to return.
 _KEEPALIVES = {
     "keepalives": "1",
     "keepalives_idle": "5",
@@ -609,7 +608,6 @@ class PostgresStore:
         pg = self._pg
         listener: psycopg.Connection[Any] | None = None
         retry_at = 0.0
-        checked_at = 0.0
         lost_reason: str | None = None
         try:
             while not self._stopping.is_set():
@@ -630,7 +628,6 @@ class PostgresStore:
                             )
                     else:
                         self._set_listening(True)
-                        checked_at = now
                         if lost_reason is not None:
                             log.info("store listener connected again: cache on")
                         lost_reason = None
@@ -642,9 +639,6 @@ class PostgresStore:
                     for notification in listener.notifies(timeout=LISTENER_POLL):
                         if notification.pid != self._own_pid:
                             self._notified(notification.payload)
-                    if time.monotonic() - checked_at >= LISTENER_CHECK_INTERVAL:
-                        listener.execute("SELECT 1")
-                        checked_at = time.monotonic()
                 except pg.Error as exc:
                     self._set_listening(False)
                     lost_reason = self._server.say(exc)
