@@ -145,6 +145,13 @@ class SipSection:
     # leg for (0: ask for none, only honour a caller's own), and the least we accept (Min-SE).
     session_expires: int = 1800
     min_se: int = 90
+    # A call that got one of these from every trunk it was sent to tries the next trunk that
+    # serves the number (gateway/core/calls/routing.py). Not the callee's own answers (404,
+    # 486, 6xx): another carrier reaches the same callee.
+    failover_statuses: tuple[int, ...] = (408, 500, 502, 503, 504)
+    # Seconds between OPTIONS to each phone registered from behind a NAT (0: none), which keep
+    # its NAT mapping open and find phones that are gone (gateway/core/nat_keepalive.py).
+    nat_keepalive_interval: float = 0.0
 
 
 @attrs.frozen
@@ -186,6 +193,10 @@ MAX_MEDIA_WORKERS = 64
 # INVITEs: overload control that waits that long comes too late to help.
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
 MAX_TRUNK_CPS = 10_000.0
+# OPTIONS probes: more often than every few seconds is a flood towards a carrier; less often
+# than an hour finds a dead trunk too late to matter.
+MIN_OPTIONS_INTERVAL = 5.0
+MAX_OPTIONS_INTERVAL = 3600.0
 # The user part of a From: a number as carriers take it (E.164 with +, or national digits).
 CALLER_ID = re.compile(r"\+?[0-9*#]{1,32}")
 MIN_SESSION_INTERVAL = session_timer.MIN_INTERVAL
@@ -235,7 +246,10 @@ class TrunkConfig:
     before ``strip_prefix``/``add_prefix``, our calling number); ``country_code`` ...
     ``national_number_length`` replace ``[numbering]``'s for numbers the trunk sends and for
     writing numbers to it (a carrier in another country); None: ``[numbering]``'s
-    (:meth:`GatewayConfig.numbering_of`).
+    (:meth:`GatewayConfig.numbering_of`). ``options_interval`` (s, 0: none) probes the trunk
+    with OPTIONS, and routing skips it while it does not answer; ``response_timeout`` (s, 0:
+    Timer B) gives up an INVITE the trunk has not responded to at all, for the next trunk
+    serving the number (gateway/core/calls/trunk_health.py).
     """
 
     name: str
@@ -257,6 +271,11 @@ class TrunkConfig:
     interworking: str = ""
     enabled: bool = True
     number_format: NumberFormat = "e164"
+    # Seconds between OPTIONS probes (0: none); a trunk that stops answering is skipped.
+    options_interval: float = 0.0
+    # Seconds an INVITE to the trunk may go without any response before the next trunk is
+    # tried (0: Timer B, 64*T1).
+    response_timeout: float = 0.0
     country_code: str | None = None
     area_code: str | None = None
     international_prefix: str | None = None
@@ -515,6 +534,24 @@ def _validate(config: GatewayConfig, file: str) -> None:
             f"expected 0 (ask for no session timer) or seconds from min_se "
             f"({config.sip.min_se}) to {MAX_SESSION_INTERVAL}",
         )
+    keepalive = config.sip.nat_keepalive_interval
+    if keepalive != 0 and not MIN_OPTIONS_INTERVAL <= keepalive <= MAX_OPTIONS_INTERVAL:
+        raise ConfigError(
+            file,
+            "sip",
+            "nat_keepalive_interval",
+            f"expected 0 (no keepalives) or {MIN_OPTIONS_INTERVAL:g} to "
+            f"{MAX_OPTIONS_INTERVAL:g} seconds",
+        )
+    for status in config.sip.failover_statuses:
+        if not 400 <= status <= 599 or status in (401, 407):
+            raise ConfigError(
+                file,
+                "sip",
+                "failover_statuses",
+                f"expected 4xx and 5xx statuses but 401 and 407 (answered with credentials), "
+                f"got {status}",
+            )
     if config.media.inactivity_timeout <= 0:
         raise ConfigError(file, "media", "inactivity_timeout", "expected a positive number")
     if config.media.hold_timeout <= 0:
@@ -653,6 +690,16 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         raise fail("max_calls", "expected 0 (no limit) or a number of calls")
     if not 0 <= trunk.max_cps <= MAX_TRUNK_CPS:
         raise fail("max_cps", f"expected 0 (no limit) to {MAX_TRUNK_CPS} calls per second")
+    if trunk.options_interval != 0 and not (
+        MIN_OPTIONS_INTERVAL <= trunk.options_interval <= MAX_OPTIONS_INTERVAL
+    ):
+        raise fail(
+            "options_interval",
+            f"expected 0 (no probing) or {MIN_OPTIONS_INTERVAL:g} to "
+            f"{MAX_OPTIONS_INTERVAL:g} seconds",
+        )
+    if trunk.response_timeout < 0:
+        raise fail("response_timeout", "expected 0 (Timer B) or a number of seconds")
     if trunk.caller_id is not None and not CALLER_ID.fullmatch(trunk.caller_id):
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 

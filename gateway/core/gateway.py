@@ -21,6 +21,7 @@ import trio
 
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_call
+from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
 from gateway.core.devices import DeviceIdentifier, check_profiles
 from gateway.core.endpoint import SipEndpoint
@@ -40,12 +41,13 @@ from gateway.core.media.relay import MediaRelay
 from gateway.core.media.relay_api import Relay
 from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.session import MediaSession
+from gateway.core.nat_keepalive import NatKeepalive
 from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
 from gateway.core.sip.message import Request
 from gateway.core.store.backends import SQLITE_GATEWAY_BUSY_TIMEOUT, check_store, open_store
 from gateway.core.store.errors import StoreBusy, StoreError
-from gateway.core.store.interface import Store
+from gateway.core.store.interface import Binding, Store
 from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 
@@ -106,8 +108,12 @@ class Gateway:
         self.relay: MediaRelay | None = None  # [media] workers = 1
         self.media_workers: WorkerPool | None = None  # [media] workers >= 2
         self.directory: GatewayDirectory | None = None
+        self.nat_keepalive: NatKeepalive | None = None  # [sip] nat_keepalive_interval
         self.calls: CallManager | None = None
         self._trunks = TrunkMatcher(config.trunks)
+        self.trunk_health = TrunkHealth(
+            t.name for t in config.trunks if t.enabled and t.options_interval > 0
+        )
         try:
             self.media_policies = all_policies(plugins.media_policies.items())
         except ValueError as exc:
@@ -175,6 +181,19 @@ class Gateway:
             raise ConfigError(
                 self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
             )
+
+    def _bindings_on_our_listeners(self) -> list[Binding]:
+        """The unexpired bindings registered over one of our listeners (a store shared by
+        several gateways holds the others' too, whose NATs only they reach)."""
+        assert self.store is not None
+        ours = {format_address(listener.address) for listener in self.listeners}
+        now = time.time()
+        return [
+            binding
+            for account in self.store.accounts_list()
+            for binding in self.store.bindings_for_account(account.name, now=now)
+            if binding.flow.local in ours
+        ]
 
     async def _housekeeping(self) -> None:
         """Periodic clean-up: expired registrations out of the store, idle UDP flows out of
@@ -282,12 +301,25 @@ class Gateway:
             listener: Listener = await nursery.start(transport.serve, spec, self)
             self.listeners.append(listener)
         domains = local_domains(self.listeners, self.config.gateway.domains)
+        sip = self.config.sip
+        if sip.nat_keepalive_interval > 0:
+            self.nat_keepalive = NatKeepalive(
+                self.endpoint,
+                self.store,
+                self.ids,
+                interval=sip.nat_keepalive_interval,
+                t1=sip.t1,
+                user_agent=sip.user_agent,
+                clock=time.time,
+            )
+            self.nat_keepalive.load(self._bindings_on_our_listeners())
         self.registration = RegistrationService(
             self.store,
             realm=self.config.gateway.realm,
             algorithms=self.config.gateway.digest_algorithms,
             domains=domains,
             new_tag=self.ids.new_tag,
+            on_registered=self.nat_keepalive.registered if self.nat_keepalive else None,
         )
         self.directory = GatewayDirectory(
             self.store,
@@ -296,6 +328,7 @@ class Gateway:
             domains,
             now=time.time,
             numbering=self.config.numbering,
+            trunk_up=self.trunk_health.is_up,
         )
         media = self.config.media
         if media.workers > 1:
@@ -314,6 +347,18 @@ class Gateway:
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls
         await nursery.start(self.endpoint.run, self._inbound_receive)
+        prober = TrunkProber(
+            self.config.trunks,
+            self.trunk_health,
+            self.endpoint,
+            self.ids,
+            t1=self.config.sip.t1,
+            user_agent=self.config.sip.user_agent,
+        )
+        if prober.trunks:
+            nursery.start_soon(prober.run)
+        if self.nat_keepalive is not None:
+            nursery.start_soon(self.nat_keepalive.run)
         log.info(
             "voipgw ready: %s",
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),

@@ -455,11 +455,15 @@ class RouteTarget:
 @attrs.frozen
 class RouteDecision:
     """Where a call goes: every target is rung in parallel (RFC 3261 §16.6 style forking by the
-    B2BUA), or the call is rejected with ``reject_status`` and a reason phrase saying why."""
+    B2BUA), or the call is rejected with ``reject_status`` and a reason phrase saying why.
+    ``alternates`` are tried one after another, in order, when every target failed with one of
+    ``[sip] failover_statuses`` (a carrier's 503, a trunk that did not answer): serial failover
+    between trunks, never ringing two at once."""
 
     targets: tuple[RouteTarget, ...] = ()
     reject_status: int | None = None
     reject_reason: str | None = None
+    alternates: tuple[RouteTarget, ...] = ()
 
     @classmethod
     def reject(cls, status: int, reason: str) -> RouteDecision:
@@ -476,6 +480,11 @@ class Directory(Protocol):
     def contacts(self, account: str) -> Sequence[RouteTarget]: ...
 
     def trunk_for_number(self, number: str) -> str | None: ...
+
+    def trunks_for_number(self, number: str) -> tuple[str, ...]:
+        """Every enabled trunk that serves ``number`` and is not down (``options_interval``
+        probing), longest prefix first, then as listed: the first and its failover order."""
+        ...
 
     def trunk_target(self, trunk: str, number: str) -> RouteTarget | None: ...
 

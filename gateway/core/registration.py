@@ -31,7 +31,7 @@ from gateway.core.registrar import Registrar, RegistrarPolicy
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.store.errors import StoreBusy
-from gateway.core.store.interface import Store
+from gateway.core.store.interface import Binding, Store
 from gateway.core.transport.flows import Flow, format_address
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,10 @@ class RegistrationService:
         domains: frozenset[str],
         new_tag: Callable[[], str],
         clock: Callable[[], float] = time.time,
+        on_registered: Callable[[str, tuple[Binding, ...]], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_registered = on_registered  # told each accepted REGISTER's AOR and bindings
         self.clock = clock
         # A fresh nonce secret per start: clients holding an old nonce get one stale=true round
         # trip (RFC 7616 §3.3), which is cheaper than persisting a secret.
@@ -157,6 +159,12 @@ class RegistrationService:
             )
         except StoreBusy as exc:
             return self._store_busy(request, exc)
+        if (
+            self.on_registered is not None
+            and result.aor is not None
+            and result.response.status == 200
+        ):
+            self.on_registered(result.aor, result.bindings)
         if result.changed:
             log.info(
                 "%s: %d binding(s) for %s via %s",

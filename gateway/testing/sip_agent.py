@@ -364,6 +364,8 @@ class SipAgent:
     address-of-record (default: ``proxy``, else its own address). New requests go to ``proxy``
     unless told otherwise; in-dialog requests follow the dialog. ``auto`` says how new INVITEs
     are answered (None: by the test). ``media_port`` is what its SDP advertises.
+    ``contact_address`` is what its Contact says instead of its own address (a phone behind a
+    NAT writes its private address there; its requests come from ``address``, the NAT's).
 
     :attr:`in_dialog`, when a test sets it, sees every in-dialog request first (after the
     dialog's CSeq check) and returns True when it answered the request itself (a trunk that
@@ -383,9 +385,12 @@ class SipAgent:
         auto: AutoAnswer | None = AutoAnswer(),
         media_port: int = 20000,
         timers: TransactionTimers | None = None,
+        contact_address: Address | None = None,
     ) -> None:
         self.network = network
         self.address = address
+        # What our Contact says: our address, or (a phone behind NAT) the private one.
+        self.contact_address = contact_address or address
         self.ids = ids
         self.user = user
         self.password = password
@@ -417,7 +422,7 @@ class SipAgent:
 
     @property
     def contact(self) -> NameAddr:
-        host, port = self.address
+        host, port = self.contact_address
         return NameAddr(SipUri("sip", host, user=self.user, port=port))
 
     @property

@@ -306,6 +306,36 @@ def test_a_numbering_plan_reads_and_writes_national_numbers(tmp_path: Path) -> N
     assert "<sip:+49301111111@" in header(phone_invite, "From"), phone_invite
 
 
+# -- 1a'. failover between trunks --------------------------------------------------------------
+
+
+def test_a_carriers_503_sends_the_call_to_the_next_trunk(tmp_path: Path) -> None:
+    """Two trunks serve +49: the first (sipp answering 503) is tried, then the second (sipp
+    answering 200) gets the same call, and alice's call is connected through it."""
+    first = SippUas("calls/uas_unavailable.xml", workdir=tmp_path)
+    second = SippUas("uas_answer.xml", workdir=tmp_path)
+    with first, second:
+        toml = outbound_trunk(first) + outbound_trunk(second).replace(
+            'name = "carrier"', 'name = "backup"'
+        )
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=toml) as gw:
+            caller = account_call("uac_call_auth.xml", gw, tmp_path, service=TRUNK_NUMBER)
+            caller.check()
+            refused, answered = first.wait(timeout=10), second.wait(timeout=10)
+            refused.check()
+            answered.check()
+            log = gw.log_text()
+
+    (refused_invite,) = refused.received("INVITE ")
+    (answered_invite,) = answered.received("INVITE ")
+    assert refused_invite.startswith(f"INVITE sip:{TRUNK_NUMBER}@"), refused_invite
+    assert answered_invite.startswith(f"INVITE sip:{TRUNK_NUMBER}@"), answered_invite
+    # One call: the same caller, a new dialog towards the second trunk.
+    assert header(refused_invite, "Call-ID") != header(answered_invite, "Call-ID")
+    assert len(caller.received("SIP/2.0 200")) >= 2  # the INVITE's and the BYE's
+    assert "carrier answered 503; failing over to trunk backup" in log
+
+
 # -- 1b. a trunk that challenges our INVITE --------------------------------------------------
 
 

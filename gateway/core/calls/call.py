@@ -344,6 +344,11 @@ class Call:
         self._reinvite_sent: InDialogRequest | None = None
         self._reinvite_deadline = math.inf
         self._ring_deadline = math.inf  # Timer C, set when the B legs are called
+        # Serial failover (RouteDecision.alternates): the trunks still to try, the offer each
+        # gets, and the legs of the attempt in progress (the routed targets, then one each).
+        self._alternates: list[RouteTarget] = []
+        self._offer_b: SessionDescription | None = None
+        self._attempt: list[BLeg] = []
         self._relaying: set[InDialogRequest] = set()  # relayed requests not answered yet
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
         # The cancel scope _next_event waits in, and the deadline it was asked for.
@@ -553,6 +558,9 @@ class Call:
         # channels and its calls per second; an account with max_calls = 1 is busy on a call.
         counted = [(target, self._count_target(target)) for target in decision.targets]
         targets = [target for target, why in counted if why is None]
+        self._alternates = list(decision.alternates)
+        if not targets and (alternate := self._next_alternate()) is not None:
+            targets = [alternate]  # the first trunk is at its limits: the next one
         if not targets:
             first, why = counted[0]
             if first.trunk is not None:
@@ -582,13 +590,15 @@ class Call:
             except PortsExhausted:
                 await self._reject_a(503, "Service Unavailable", "no free media ports")
             self._apply_keys(None)  # no media before keys: block where a policy needs them
+        self._offer_b = offer_b
         refusals: list[str] = []
         for target in targets:
             refusal = await self._call_target(target, offer_b)
             if refusal is not None:
                 refusals.append(refusal)
+        self._attempt = list(self.b_legs)
         self._drive_handshakes()  # a B leg answering DTLS may shake hands before its answer
-        if not any(leg.final is None for leg in self.b_legs):
+        if all(leg.finished for leg in self.b_legs):
             if refusals and not self.b_legs:
                 await self._reject_a(488, "Not Acceptable Here", refusals[0])
             await self._fail_a()
@@ -606,6 +616,17 @@ class Call:
             return limits.take(self, ("trunk", target.trunk), now=trio.current_time())
         if target.account is not None:
             return limits.take(self, ("account", target.account))
+        return None
+
+    def _next_alternate(self) -> RouteTarget | None:
+        """The next alternate whose trunk or account has room for the call (counted), or
+        None when none is left."""
+        while self._alternates:
+            target = self._alternates.pop(0)
+            why = self._count_target(target)
+            if why is None:
+                return target
+            log.info("call %s: not failing over to %s: at its %s", self.id, target.uri, why)
         return None
 
     async def _call_target(
@@ -627,6 +648,9 @@ class Call:
                 log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
                 return err.reason
         await self._send_b_invite(leg, self._b_invite(uri, leg, offer, invite_a))
+        trunk = self._leg_trunk(leg)
+        if trunk is not None and trunk.response_timeout > 0 and leg.final is None:
+            leg.response_deadline = trio.current_time() + trunk.response_timeout
         return None
 
     def _new_b_leg(
@@ -682,6 +706,8 @@ class Call:
         except OSError as exc:
             log.warning("call %s: cannot reach %s: %s", self.id, request.uri, exc)
             leg.final = make_response(request, 503, "Service Unavailable")
+            if leg.target is not None and leg.target.trunk is not None:
+                self.manager.trunk_failed(leg.target.trunk, f"cannot send to it: {exc}")
             return
         leg.flow = client.flow
         leg.invite = client.request
@@ -811,8 +837,10 @@ class Call:
 
         def forward(response: Response) -> None:
             # A 100 only stops the request's retransmissions (RFC 3261 §17.1.1.2, §17.1.2.2),
-            # which the transaction has done; no state of the call waits for one, so the call
-            # task is not woken for it.
+            # which the transaction has done, and shows a trunk is there (response_timeout);
+            # no other state of the call waits for one, so the call task is not woken for it.
+            if isinstance(tag, BLeg):
+                tag.response_deadline = math.inf
             if response.status != 100:
                 self.post(ResponseEvent(tag, response))
 
@@ -821,9 +849,14 @@ class Call:
 
     async def _ringing(self) -> None:
         while self.state == "ringing":
-            event = await self._next_event(self._ring_deadline)
+            overdue = min((leg.response_deadline for leg in self._attempt), default=math.inf)
+            event = await self._next_event(min(self._ring_deadline, overdue))
             if trio.current_time() >= self._ring_deadline:
                 await self._no_answer()
+            if trio.current_time() >= overdue:
+                await self._no_response()
+                if self.state != "ringing":
+                    return
             if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                 await self._b_response(event.tag, event.response)
             elif isinstance(event, CancelEvent):
@@ -865,8 +898,69 @@ class Call:
         if response.is_success:
             await self._b_answered(leg, response)
             return
-        if all(b.final is not None for b in self.b_legs) and self.state == "ringing":
-            await self._fail_a()
+        if all(b.finished for b in self.b_legs) and self.state == "ringing":
+            await self._fail_over_or_fail_a()
+
+    async def _fail_over_or_fail_a(self) -> None:
+        """Every B leg has failed: when each leg of the last attempt failed with one of
+        ``[sip] failover_statuses`` (the trunk's trouble, not the callee's answer), call the
+        next alternate (RouteDecision.alternates), one at a time; else, or with none left,
+        give A the best failure."""
+        failover = self.config.sip.failover_statuses
+        while self._attempt and all(
+            (outcome := leg.final or leg.given_up) is not None and outcome.status in failover
+            for leg in self._attempt
+        ):
+            for leg in self._attempt:  # the call no longer occupies the failed trunk
+                if leg.target is not None and leg.target.trunk is not None:
+                    self.manager.limits.release_one(self, ("trunk", leg.target.trunk))
+            target = self._next_alternate()
+            if target is None:
+                break
+            failed = self._attempt[-1]
+            outcome = failed.final or failed.given_up
+            log.info(
+                "call %s: %s answered %d; failing over to trunk %s",
+                self.id,
+                failed.target.trunk if failed.target is not None else "the callee",
+                outcome.status if outcome is not None else 0,
+                target.trunk,
+            )
+            before = len(self.b_legs)
+            await self._call_target(target, self._offer_b)
+            called = self.b_legs[before:]
+            if any(not leg.finished for leg in called):
+                self._attempt = called
+                self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
+                return
+            if called:
+                self._attempt = called  # failed at once (unreachable): its 503 decides
+            elif target.trunk is not None:
+                # Not called at all (its media policy refuses the offer, a bad URI): the
+                # failure before it still stands, and the next alternate is tried.
+                self.manager.limits.release_one(self, ("trunk", target.trunk))
+        await self._fail_a()
+
+    async def _no_response(self) -> None:
+        """A leg of the attempt in progress has had no response at all (not even 100) for its
+        trunk's ``response_timeout``: give it up as a 408 (RFC 3261 §9.1 allows no CANCEL
+        before a provisional response; one comes later, it is CANCELled then) and let the
+        call fail over."""
+        now = trio.current_time()
+        for leg in self._attempt:
+            if leg.response_deadline > now or leg.finished:
+                continue
+            leg.response_deadline = math.inf
+            trunk = leg.target.trunk if leg.target is not None else None
+            assert leg.invite is not None
+            leg.given_up = make_response(leg.invite, 408, "Request Timeout (no response)")
+            log.info("call %s: no response from %s; giving it up", self.id, trunk or leg.address)
+            if trunk is not None:
+                timeout = self._leg_trunk(leg).response_timeout  # type: ignore[union-attr]
+                self.manager.trunk_failed(trunk, f"no response to an INVITE within {timeout:g} s")
+            await self._cancel_b(leg)  # sent if a provisional response ever comes
+        if all(b.finished for b in self.b_legs) and self.state == "ringing":
+            await self._fail_over_or_fail_a()
 
     async def _asked_again(self, leg: BLeg, response: Response) -> bool:
         """Whether a final response to our INVITE to ``leg`` is answered by sending the INVITE
@@ -1107,8 +1201,9 @@ class Call:
             return
         dialog = self._confirmed_dialog(leg, response)
         await self._ack_b(leg, dialog, response)
-        if self.b is not None or self.state != "ringing":
-            # Another leg won, or A cancelled: the CANCEL/200 race (RFC 3261 §9.1, §15).
+        if self.b is not None or self.state != "ringing" or leg.given_up is not None:
+            # Another leg won, or A cancelled: the CANCEL/200 race (RFC 3261 §9.1, §15); or
+            # this leg was given up for want of a response and the call went to another trunk.
             leg.dialog = dialog
             await self._bye(leg, "call completed elsewhere")
             return
@@ -1432,7 +1527,7 @@ class Call:
         raise CallEnded("cancelled by caller")
 
     async def _fail_a(self) -> None:
-        finals = [leg.final for leg in self.b_legs if leg.final is not None]
+        finals = [outcome for leg in self.b_legs if (outcome := leg.final or leg.given_up)]
         status, reason = best_failure(finals)
         to_user = any(leg.target is not None and leg.target.account for leg in self.b_legs)
         if to_user and status in (408, 503):
@@ -1680,6 +1775,10 @@ class Call:
             await self._target_response(tag, response)
             return
         if isinstance(tag, BLeg):
+            if 100 < response.status < 200 and tag.cancel_wanted and not tag.cancelled:
+                tag.provisional_seen = True  # a leg given up, ringing late: CANCEL it now
+                await self._cancel_b(tag)
+                return
             if response.is_success and tag.final is not None and tag.ack is not None:
                 # A retransmitted 2xx: our ACK was lost; the UAC core sends it again
                 # (RFC 3261 §13.2.2.4).
@@ -1986,6 +2085,9 @@ class Call:
             return status, decision.reject_reason or default_reason(status)
         counted = [(target, self._count_target(target)) for target in decision.targets]
         targets = [target for target, why in counted if why is None]
+        self._alternates = list(decision.alternates)
+        if not targets and (alternate := self._next_alternate()) is not None:
+            targets = [alternate]  # the first trunk is at its limits: the next one
         if not targets:
             first, why = counted[0]
             if first.trunk is not None:

@@ -9,6 +9,7 @@ over the flow it was set up on, so a phone behind NAT is reached the way it reac
 from __future__ import annotations
 
 import enum
+import math
 
 import attrs
 
@@ -94,3 +95,14 @@ class BLeg(Leg):
     interval_raised: bool = False  # a 422 was answered with a longer interval (once, RFC 4028 §7.3)
     # Our INVITE had no SDP (RFC 3261 §13.2.1): its 2xx offers and our ACK must answer.
     late_offer: bool = False
+    # When the leg is given up for want of any response (its trunk's response_timeout; inf:
+    # never, or a response came), and the 408 it counts as once it was: the call went on to
+    # another trunk, and the leg's real final response, if one comes, is only cleaned up after
+    # (a 1xx CANCELled, a 2xx ACKed and BYEd).
+    response_deadline: float = math.inf
+    given_up: Response | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the leg has its outcome: a final response, or given up."""
+        return self.final is not None or self.given_up is not None

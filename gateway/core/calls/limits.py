@@ -92,6 +92,17 @@ class CallLimits:
         self.in_progress[key] += 1
         return None
 
+    def release_one(self, holder: object, key: Key) -> None:
+        """``holder`` no longer occupies ``key`` (a trunk that failed, which the call left for
+        another): give that one back, if it was counted."""
+        counted = self._counted.get(holder)
+        if counted is None or key not in counted:
+            return
+        counted.remove(key)
+        self.in_progress[key] -= 1
+        if not self.in_progress[key]:
+            del self.in_progress[key]
+
     def release(self, holder: object) -> None:
         """``holder`` has ended: give back everything it counted against."""
         for key in self._counted.pop(holder, ()):

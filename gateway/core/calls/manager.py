@@ -163,6 +163,11 @@ class CallManager:
         device = devices.of_request(invite, flow) if devices.active else None
         return Caller(kind="account", name=outcome.username, flow=flow, device=device)
 
+    def trunk_failed(self, trunk: str, why: str) -> None:
+        """A call got nothing from ``trunk``: down until its probes are answered again
+        (a trunk without probes is never marked down)."""
+        self.gateway.trunk_health.failed(trunk, why)
+
     def device_of_binding(self, binding: Binding) -> DeviceProfile | None:
         """The profile of a registered phone, by the User-Agent of its REGISTER."""
         devices = self.gateway.devices

@@ -11,16 +11,19 @@ number of a ``tel:`` URI):
   A trunk never
   reaches another trunk (no transit: it would let anyone who can reach one trunk call out over
   another at our cost);
-* from an account: an account named like the user, else the enabled trunk with the longest
-  number prefix matching the number read as E.164 by ``[numbering]``
-  (:mod:`~gateway.core.calls.numbering`; only dial strings go to trunks, so a mistyped user
-  name is a 404 rather than a call to the carrier), written as the trunk wants numbers;
+* from an account: an account named like the user, else the enabled trunk (not down: OPTIONS
+  probing, :mod:`~gateway.core.calls.trunk_health`) with the longest number prefix matching
+  the number read as E.164 by ``[numbering]`` (:mod:`~gateway.core.calls.numbering`; only dial
+  strings go to trunks, so a mistyped user name is a 404 rather than a call to the carrier),
+  written as the trunk wants numbers; the other trunks serving the number (longest prefix
+  first, then as listed) are its alternates, tried one by one when a trunk fails with one of
+  ``[sip] failover_statuses``;
 * from nobody: 403. The B2BUA challenges before it routes, so this is a bug guard.
 
 An account is rung on every unexpired registered contact at once (RFC 3261 §16.6-style forking by
-the B2BUA); an account without one answers 480 (RFC 3261 §21.4.18), nothing matching 404, and a
-number only a disabled trunk serves 503. The host part of the Request-URI is not consulted: the
-gateway forwards to no other domain, so the user part alone decides.
+the B2BUA); an account without one answers 480 (RFC 3261 §21.4.18), nothing matching 404, and
+a number only disabled or down trunks serve 503. The host part of the Request-URI is not
+consulted: the gateway forwards to no other domain, so the user part alone decides.
 
 A registered contact is reached over the flow its REGISTER arrived on while that flow is open:
 that is the only way through a NAT (RFC 5626 §5.3 idea; RFC 3261 §18.2.2 for the reverse
@@ -159,6 +162,22 @@ def longest_prefix_trunk(trunks: Iterable[TrunkConfig], number: str) -> TrunkCon
     return None if best is None else best[1]
 
 
+def trunks_by_prefix(trunks: Iterable[TrunkConfig], number: str) -> list[TrunkConfig]:
+    """The trunks among ``trunks`` with a prefix that ``number`` starts with, each once at its
+    longest such prefix, longest first; ties in the order listed (the sort is stable)."""
+    matched: list[tuple[int, TrunkConfig]] = []
+    for trunk in trunks:
+        lengths = [
+            0 if prefix in DEFAULT_ROUTE_PREFIXES else len(prefix)
+            for prefix in trunk.prefixes
+            if prefix in DEFAULT_ROUTE_PREFIXES or number.startswith(prefix)
+        ]
+        if lengths:
+            matched.append((max(lengths), trunk))
+    matched.sort(key=lambda entry: -entry[0])
+    return [trunk for _, trunk in matched]
+
+
 def called_user(uri: Uri) -> str | None:
     """The user a Request-URI calls: a SIP URI's user part with escapes decoded (RFC 3261
     §19.1.2), a tel URI's number; None when there is none."""
@@ -295,6 +314,7 @@ class GatewayDirectory:
         local_domains: frozenset[str],
         now: Callable[[], float],
         numbering: NumberingPlan | None = None,
+        trunk_up: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
         self.flows = flows
@@ -302,6 +322,7 @@ class GatewayDirectory:
         self.now = now
         self.local_domains = local_domains
         self._domains = RegistrarPolicy(local_domains=local_domains)
+        self.trunk_up = trunk_up if trunk_up is not None else (lambda name: True)
         self.numbering = numbering if numbering is not None else NumberingPlan()
         self._trunk_plans = {t.name: trunk_numbering(self.numbering, t) for t in self.trunks}
         # Each trunk's dids with their numbers read as E.164 by its plan, so "030 123456" from
@@ -374,9 +395,20 @@ class GatewayDirectory:
         return None
 
     def trunk_for_number(self, number: str) -> str | None:
-        """The enabled trunk with the longest prefix matching ``number``, by name."""
-        trunk = longest_prefix_trunk((t for t in self.trunks if t.enabled), number)
-        return None if trunk is None else trunk.name
+        """The enabled trunk, not down, with the longest prefix matching ``number``, by name
+        (the first of :meth:`trunks_for_number`)."""
+        trunks = self.trunks_for_number(number)
+        return trunks[0] if trunks else None
+
+    def trunks_for_number(self, number: str) -> tuple[str, ...]:
+        """Every enabled trunk that serves ``number`` and is not down, by name: longest
+        matching prefix first, then as listed; the first takes the call, the others are its
+        failover order."""
+        return tuple(
+            trunk.name
+            for trunk in trunks_by_prefix((t for t in self.trunks if t.enabled), number)
+            if self.trunk_up(trunk.name)
+        )
 
     def plan_of(self, trunk: str | None) -> NumberingPlan:
         """The numbering plan of the trunk called ``trunk``; ``[numbering]`` for None (how our
@@ -471,19 +503,22 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
         return _ring_account(directory, user)
     if number is not None:
         number = directory.to_e164(_with_phone_context(request.uri, user))
-        trunk = directory.trunk_for_number(number)
-        if trunk is not None:
-            target = directory.trunk_target(trunk, number)
-            if target is not None:
-                return RouteDecision(targets=(target,))
-        else:
-            disabled = longest_prefix_trunk((t for t in directory.trunks if not t.enabled), number)
-            if disabled is not None:
-                return RouteDecision.reject(
-                    503,
-                    f"Service Unavailable: no trunk serves {_shown(number)} "
-                    f"(trunk {_shown(disabled.name)} is disabled)",
-                )
+        targets = [
+            target
+            for trunk in directory.trunks_for_number(number)
+            if (target := directory.trunk_target(trunk, number)) is not None
+        ]
+        if targets:
+            return RouteDecision(targets=(targets[0],), alternates=tuple(targets[1:]))
+        for trunk in trunks_by_prefix(directory.trunks, number):
+            if trunk.enabled and directory.trunk_up(trunk.name):
+                continue  # it serves the number, which it cannot be sent (stripped to nothing)
+            why = "disabled" if not trunk.enabled else "down (not answering OPTIONS)"
+            return RouteDecision.reject(
+                503,
+                f"Service Unavailable: no trunk serves {_shown(number)} "
+                f"(trunk {_shown(trunk.name)} is {why})",
+            )
     return RouteDecision.reject(404, f"Not Found: no user or trunk route for {_shown(user)}")
 
 
@@ -529,6 +564,8 @@ def route_call(
             )
     elif not decision.targets:
         raise RoutingError("gateway_route_call returned a decision with no targets and no reject")
+    if decision.alternates and not decision.targets:
+        raise RoutingError("gateway_route_call returned alternates without targets")
     return decision
 
 

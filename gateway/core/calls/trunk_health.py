@@ -1,0 +1,158 @@
+"""Which trunks are up: OPTIONS probes (RFC 3261 §11) to the trunks with an
+``options_interval``, and what their calls show, decide whether routing offers a trunk at all.
+
+Theory of operation. A trunk with ``options_interval`` is sent an OPTIONS that often (a new
+transaction each time, the next one ``options_interval`` after the last was sent). Any final
+response but 408 and 503 says its SIP stack is alive, even 404 or 405 from a carrier that does
+not implement OPTIONS: the trunk is up. No final response within the interval (or 64*T1, the
+transaction's own limit), a 408, a 503 (RFC 3261 §21.5.4: overloaded or in maintenance) or a
+transport failure (our locally made 408 and 503) marks it down: routing skips it (the next trunk
+serving the number gets its calls) until a probe is answered again. A call that gets no response
+at all from a probed trunk (its ``response_timeout`` passed, or we could not send to it) marks
+it down too, so the calls after it do not wait out the same timeout; the probes bring it back.
+A trunk without probes is never marked down: nothing would bring it back. Every change is
+logged once, with the reason.
+
+This is Kamailio dispatcher's probing (``ds_ping_interval``, inactive destinations skipped) for
+the B2BUA's trunks. :class:`TrunkHealth` is the state (synchronous, no I/O), :class:`TrunkProber`
+the task that sends the probes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+import trio
+
+from gateway.core.ids import IdSource
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.message import Headers, Request
+from gateway.core.sip.uri import SipUri
+
+if TYPE_CHECKING:
+    from gateway.core.config import TrunkConfig
+    from gateway.core.endpoint import SipEndpoint
+
+log = logging.getLogger(__name__)
+
+# Finals that say the trunk cannot take calls now: a timeout (ours or a proxy's) and 503.
+DOWN_STATUSES = frozenset({408, 503})
+
+
+class TrunkHealth:
+    """Up or down, per trunk. Only ``probed`` trunks can be down."""
+
+    def __init__(self, probed: Iterable[str]) -> None:
+        self._probed = frozenset(probed)
+        self._down: dict[str, str] = {}
+
+    def is_up(self, trunk: str) -> bool:
+        return trunk not in self._down
+
+    @property
+    def down(self) -> Mapping[str, str]:
+        """The trunks that are down, with why."""
+        return dict(self._down)
+
+    def answered(self, trunk: str) -> None:
+        """A probe of ``trunk`` was answered: up (logged when it was down)."""
+        why = self._down.pop(trunk, None)
+        if why is not None:
+            log.warning("trunk %s is up again (it answered OPTIONS)", trunk)
+
+    def failed(self, trunk: str, why: str) -> None:
+        """``trunk`` did not answer a probe or a call: down (logged when it was up). Ignored
+        for a trunk without probes, which nothing would bring back."""
+        if trunk not in self._probed or trunk in self._down:
+            return
+        self._down[trunk] = why
+        log.warning("trunk %s is down: %s; its calls go to the next trunk", trunk, why)
+
+
+class TrunkProber:
+    """Sends each probed trunk its OPTIONS, ``options_interval`` apart, and tells ``health``
+    what came back. ``endpoint`` sends them through client transactions."""
+
+    def __init__(
+        self,
+        trunks: Iterable[TrunkConfig],
+        health: TrunkHealth,
+        endpoint: SipEndpoint,
+        ids: IdSource,
+        *,
+        t1: float,
+        user_agent: str,
+    ) -> None:
+        self.trunks = tuple(t for t in trunks if t.enabled and t.options_interval > 0)
+        self.health = health
+        self.endpoint = endpoint
+        self.ids = ids
+        self.transaction_limit = 64 * t1  # Timer F: the OPTIONS transaction gives up by then
+        self.user_agent = user_agent
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for trunk in self.trunks:
+                nursery.start_soon(self._probe_forever, trunk, name=f"OPTIONS to {trunk.name}")
+
+    async def _probe_forever(self, trunk: TrunkConfig) -> None:
+        while True:
+            sent_at = trio.current_time()
+            try:
+                why = await self.probe(trunk)
+            except Exception:
+                # A bug here must not stop the gateway or leave a trunk unprobed for good.
+                log.exception("OPTIONS probe of trunk %s failed", trunk.name)
+                why = None
+            if why is None:
+                self.health.answered(trunk.name)
+            else:
+                self.health.failed(trunk.name, why)
+            await trio.sleep_until(sent_at + trunk.options_interval)
+
+    async def probe(self, trunk: TrunkConfig) -> str | None:
+        """One OPTIONS to ``trunk``: None when it answered, else why it counts as down."""
+        spec = trunk.address_spec
+        timeout = min(trunk.options_interval, self.transaction_limit)
+        try:
+            request = self._options(trunk)  # no listener for the transport: OSError too
+            client = await self.endpoint.send_request(
+                request, transport=spec.transport, address=(spec.host, spec.port)
+            )
+        except OSError as exc:
+            return f"cannot send OPTIONS: {exc.strerror or exc}"
+        try:
+            with trio.move_on_after(timeout):
+                async for response in client.responses:
+                    if response.status < 200:
+                        continue
+                    if response.status in DOWN_STATUSES:
+                        return f"OPTIONS answered {response.status} {response.reason}"
+                    return None
+            return f"no answer to OPTIONS within {timeout:g} s"
+        finally:
+            client.forward_to(None)  # later responses (retransmissions) are not ours to read
+
+    def _options(self, trunk: TrunkConfig) -> Request:
+        spec = trunk.address_spec
+        host = f"[{spec.host}]" if ":" in spec.host else spec.host
+        target = SipUri("sip", host, port=spec.port)
+        if spec.transport != "udp":
+            target = target.with_param("transport", spec.transport)
+        our_host, our_port = self.endpoint.local_address(spec.transport)
+        ours = SipUri(
+            "sip", f"[{our_host}]" if ":" in our_host else our_host, user="voipgw", port=our_port
+        )
+        headers = Headers.of(
+            [
+                ("Max-Forwards", "70"),
+                ("From", str(NameAddr(ours).with_tag(self.ids.new_tag()))),
+                ("To", str(NameAddr(target))),
+                ("Call-ID", self.ids.new_call_id()),
+                ("CSeq", "1 OPTIONS"),
+                ("User-Agent", self.user_agent),
+            ]
+        )
+        return Request("OPTIONS", target, headers)

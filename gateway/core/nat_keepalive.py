@@ -1,0 +1,209 @@
+"""Keeping registered phones behind NAT reachable: OPTIONS to their contacts, and contacts that
+stopped answering taken out.
+
+Theory of operation. A phone behind NAT registers over UDP from the NAT's public address; the
+gateway reaches it for a call through that address (``routing.destination_for``), which works
+only while the NAT keeps the phone's mapping. NATs drop idle UDP mappings after 30 s to a few
+minutes (RFC 4787 §4.3 asks for at least 2 minutes, many keep less), much sooner than a phone
+re-registers, and a call to it then never arrives. Many NATs refresh a mapping only on traffic
+from the inside (RFC 4787 REQ-6), so the gateway sends an OPTIONS (RFC 3261 §11): the phone's
+answer is that traffic. This is Kamailio nathelper's SIP pings (``natping_interval``,
+``sipping_method = "OPTIONS"``) and FreeSWITCH's ``nat-options-ping``.
+
+Which contacts: UDP bindings whose REGISTER came from an address other than the contact's own
+host and port (the NAT rewrote it), kept here as REGISTERs are accepted (and read from the store
+at start-up for those registered over our own listeners). Every ``interval`` each is sent one
+OPTIONS, spread evenly over the interval. Any final response counts as alive, even 404 or 405
+from a phone that does not implement OPTIONS; our own 408 (no answer within 64*T1, after the
+transaction's retransmissions) or 503 (could not send) does not. After ``MAX_FAILURES`` in a
+row the binding is removed from the store (logged): a call to the account then fails at once
+with 480 instead of ringing a phone that is gone for Timer B's 32 s.
+
+The store is written only for such a removal; the list of contacts lives in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import trio
+
+from gateway.core.calls.routing import ContactTarget, UnroutableTarget, destination_for
+from gateway.core.ids import IdSource
+from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.message import Headers, Request
+from gateway.core.sip.uri import SipUri
+from gateway.core.store.errors import StoreBusy
+from gateway.core.store.interface import Binding, Store
+
+if TYPE_CHECKING:
+    from gateway.core.endpoint import SipEndpoint
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURES = 3
+"""Keepalives in a row without an answer after which a contact is taken out."""
+
+MAX_CONCURRENT = 256
+"""OPTIONS waiting for their answer at once; more contacts just take longer to go round."""
+
+# Our own answers for a request that got none (RFC 3261 §8.1.3.1): a timeout, a transport error.
+_NO_ANSWER = frozenset({408, 503})
+
+BindingKey = tuple[str, str]  # (AOR, binding key)
+
+
+def is_behind_nat(binding: Binding) -> bool:
+    """Whether ``binding`` is a UDP contact registered from another address than its own: a
+    NAT rewrote the source (RFC 3581's case), so only the NAT's mapping leads back to it."""
+    if binding.flow.transport != "udp" or binding.path:
+        return False  # a stream keeps its own connection; a Path leads through a proxy
+    try:
+        uri = parse_uri_untrusted(binding.contact)
+    except RemoteSipError:
+        return False
+    if not isinstance(uri, SipUri):
+        return False
+    host = uri.host[1:-1] if uri.host.startswith("[") else uri.host
+    contact = f"[{host}]:{uri.port or 5060}" if ":" in host else f"{host}:{uri.port or 5060}"
+    return contact != binding.flow.remote
+
+
+class NatKeepalive:
+    """Sends the OPTIONS (see the module docstring). ``interval`` seconds between two OPTIONS
+    to one contact; ``endpoint`` sends them; ``store`` is where a dead contact is removed."""
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        store: Store,
+        ids: IdSource,
+        *,
+        interval: float,
+        t1: float,
+        user_agent: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self.endpoint = endpoint
+        self.store = store
+        self.ids = ids
+        self.interval = interval
+        self.answer_limit = min(interval, 64 * t1)
+        self.user_agent = user_agent
+        self.clock = clock
+        self.contacts: dict[BindingKey, Binding] = {}
+        self.failures: dict[BindingKey, int] = {}
+        self.removed = 0  # contacts taken out since start
+
+    def registered(self, aor: str, bindings: Iterable[Binding]) -> None:
+        """A REGISTER for ``aor`` was accepted: ``bindings`` are all its bindings now."""
+        for key in [key for key in self.contacts if key[0] == aor]:
+            del self.contacts[key]
+        for binding in bindings:
+            if is_behind_nat(binding):
+                self.contacts[(aor, binding.key)] = binding
+
+    def load(self, bindings: Iterable[Binding]) -> None:
+        """Contacts registered before a restart (from the store)."""
+        for binding in bindings:
+            if is_behind_nat(binding):
+                self.contacts[(binding.aor, binding.key)] = binding
+
+    async def run(self) -> None:
+        limit = trio.Semaphore(MAX_CONCURRENT)
+        async with trio.open_nursery() as nursery:
+            while True:
+                round_start = trio.current_time()
+                now = self.clock()
+                for key in [k for k, b in self.contacts.items() if b.expires_at <= now]:
+                    del self.contacts[key]  # expired (the store's housekeeping removes them)
+                    self.failures.pop(key, None)
+                due = list(self.contacts.items())
+                gap = self.interval / max(len(due), 1)
+                for index, (key, binding) in enumerate(due):
+                    await trio.sleep_until(round_start + index * gap)
+                    if self.contacts.get(key) is not binding:
+                        continue  # re-registered or gone meanwhile
+                    await limit.acquire()
+                    nursery.start_soon(self._ping_and_release, limit, key, binding)
+                await trio.sleep_until(round_start + self.interval)
+
+    async def _ping_and_release(
+        self, limit: trio.Semaphore, key: BindingKey, binding: Binding
+    ) -> None:
+        try:
+            answered = await self.ping(binding)
+        except Exception:
+            log.exception("keepalive to %s failed", binding.contact)
+            answered = True  # a bug of ours is no reason to take the phone out
+        finally:
+            limit.release()
+        self._count(key, binding, answered)
+
+    async def ping(self, binding: Binding) -> bool:
+        """One OPTIONS to ``binding``'s contact through its NAT: whether it was answered."""
+        try:
+            destination = destination_for(
+                ContactTarget(uri=binding.contact, account=binding.account, binding=binding)
+            )
+            request = self._options(binding, destination.transport)
+            client = await self.endpoint.send_request(
+                request, transport=destination.transport, address=destination.address
+            )
+        except (OSError, UnroutableTarget):
+            return False
+        try:
+            with trio.move_on_after(self.answer_limit):
+                async for response in client.responses:
+                    if response.status >= 200:
+                        return response.status not in _NO_ANSWER
+            return False
+        finally:
+            client.forward_to(None)
+
+    def _count(self, key: BindingKey, binding: Binding, answered: bool) -> None:
+        if answered:
+            self.failures.pop(key, None)
+            return
+        failures = self.failures.get(key, 0) + 1
+        if failures < MAX_FAILURES:
+            self.failures[key] = failures
+            return
+        try:
+            self.store.remove_binding(binding.aor, binding.key)
+        except StoreBusy as exc:
+            self.failures[key] = failures  # tried again after the next failure
+            log.warning("dead contact %s kept for now: %s", binding.contact, exc)
+            return
+        self.failures.pop(key, None)
+        if self.contacts.get(key) is binding:
+            del self.contacts[key]
+        self.removed += 1
+        log.warning(
+            "registration of %s at %s removed: no answer to %d keepalives (OPTIONS) in a row",
+            binding.aor,
+            binding.contact,
+            failures,
+        )
+
+    def _options(self, binding: Binding, transport: str) -> Request:
+        target = parse_uri_untrusted(binding.contact)
+        our_host, our_port = self.endpoint.local_address(transport)
+        ours = SipUri(
+            "sip", f"[{our_host}]" if ":" in our_host else our_host, user="voipgw", port=our_port
+        )
+        headers = Headers.of(
+            [
+                ("Max-Forwards", "70"),
+                ("From", str(NameAddr(ours).with_tag(self.ids.new_tag()))),
+                ("To", binding.aor if binding.aor.startswith("<") else f"<{binding.aor}>"),
+                ("Call-ID", self.ids.new_call_id()),
+                ("CSeq", "1 OPTIONS"),
+                ("User-Agent", self.user_agent),
+            ]
+        )
+        return Request("OPTIONS", target, headers)

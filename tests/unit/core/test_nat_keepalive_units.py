@@ -1,0 +1,67 @@
+"""Which registered contacts are behind a NAT (gateway/core/nat_keepalive.py is_behind_nat) and
+how the keepalive list follows REGISTERs, without a network."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.nat_keepalive import NatKeepalive, is_behind_nat
+from gateway.core.store.interface import Binding, BindingFlow
+
+
+def binding(
+    contact: str, remote: str, *, transport: str = "udp", path: tuple[str, ...] = ()
+) -> Binding:
+    return Binding(
+        aor="sip:bob@example.com",
+        key=contact,
+        account="bob",
+        contact=contact,
+        expires_at=1e12,
+        call_id="c",
+        cseq=1,
+        flow=BindingFlow(transport, "192.0.2.1:5060", remote),
+        path=path,
+    )
+
+
+@pytest.mark.parametrize(
+    ("contact", "remote", "transport", "path", "behind"),
+    [
+        ("sip:bob@10.0.0.7:5060", "203.0.113.9:40112", "udp", (), True),  # NAT rewrote the source
+        ("sip:bob@10.0.0.7", "203.0.113.9:5060", "udp", (), True),  # host differs, default port
+        ("sip:bob@203.0.113.9:5062", "203.0.113.9:5062", "udp", (), False),  # public phone
+        ("sip:bob@203.0.113.9", "203.0.113.9:5060", "udp", (), False),  # 5060 implied
+        ("sip:bob@[2001:db8::7]:5060", "[2001:db8::7]:5060", "udp", (), False),
+        ("sip:bob@[2001:db8::7]", "[2001:db8::9]:5060", "udp", (), True),
+        ("sip:bob@10.0.0.7:5060", "203.0.113.9:40112", "tcp", (), False),  # its connection
+        ("sip:bob@10.0.0.7:5060", "203.0.113.9:40112", "udp", ("<sip:edge;lr>",), False),
+        ("tel:+4930123", "203.0.113.9:40112", "udp", (), False),
+        ("sip:bob@10.0.0.7:notaport", "203.0.113.9:40112", "udp", (), False),
+    ],
+)
+def test_behind_nat(
+    contact: str, remote: str, transport: str, path: tuple[str, ...], behind: bool
+) -> None:
+    assert is_behind_nat(binding(contact, remote, transport=transport, path=path)) is behind
+
+
+def test_the_list_follows_each_register_of_an_aor() -> None:
+    keepalive = NatKeepalive(
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        interval=30,
+        t1=0.5,
+        user_agent="voipgw",
+        clock=lambda: 0.0,
+    )
+    natted = binding("sip:bob@10.0.0.7:5060", "203.0.113.9:40112")
+    public = binding("sip:bob@203.0.113.9:5062", "203.0.113.9:5062")
+    keepalive.registered("sip:bob@example.com", [natted, public])
+    assert list(keepalive.contacts.values()) == [natted]
+    keepalive.registered("sip:bob@example.com", [])  # unregistered
+    assert keepalive.contacts == {}
+    keepalive.load([natted, public])
+    assert list(keepalive.contacts) == [("sip:bob@example.com", natted.key)]
+    assert keepalive.answer_limit == 30  # below 64*T1 = 32 s
