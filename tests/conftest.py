@@ -1,15 +1,19 @@
 """Suite-wide settings.
 
-Interop tests drive real third-party peers (sipp, baresip, linphonec, tshark ...). Locally a
-missing peer skips those tests with the apt package to install; with VOIPGW_REQUIRE_PEERS=1 (set
-by .ci/run) a missing peer is a failure, never a skip.
+Interop tests drive real third-party peers (sipp, baresip, linphonec, tshark ...), and the
+PostgreSQL store's tests a real PostgreSQL server. Locally a missing peer skips those tests with
+the apt package to install; with VOIPGW_REQUIRE_PEERS=1 (set by .ci/run) a missing peer is a
+failure, never a skip.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from typing import NoReturn
 
+import pgcluster
 import pytest
 
 pytest_plugins = ["gateway.testing.fixtures"]
@@ -26,6 +30,8 @@ PEER_PACKAGES = {
     "openssl": "openssl",
     "sngrep": "sngrep",
     "curl": "curl",
+    # Not on PATH: /usr/lib/postgresql/VERSION/bin (tests/pgcluster.py).
+    "initdb": "postgresql",
 }
 
 
@@ -35,7 +41,40 @@ def require_peer(binary: str) -> str:
     if path is not None:
         return path
     package = PEER_PACKAGES.get(binary, binary)
-    message = f"peer {binary!r} is not installed (apt-get install {package})"
+    missing(f"peer {binary!r} is not installed (apt-get install {package})")
+
+
+def missing(message: str) -> NoReturn:
+    """Skip (locally) or fail (CI) for a peer that is not there."""
     if os.environ.get("VOIPGW_REQUIRE_PEERS") == "1":
         pytest.fail(message + "; VOIPGW_REQUIRE_PEERS=1 requires every peer")
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[pgcluster.Cluster]:
+    """A PostgreSQL server of this test session, on 127.0.0.1 (a free port), deleted at the
+    end. Needs Debian's ``postgresql`` and the ``postgresql`` extra (psycopg)."""
+    bindir = pgcluster.postgres_bindir()
+    if bindir is None:
+        missing(f"peer 'initdb' is not installed (apt-get install {PEER_PACKAGES['initdb']})")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing("psycopg is not installed (pip install -e '.[test,postgresql]')")
+    cluster = pgcluster.Cluster(bindir)
+    try:
+        cluster.initdb()
+        cluster.start()
+        cluster.create_role()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def postgres_database(postgres_cluster: pgcluster.Cluster) -> Iterator[str]:
+    """A fresh, empty database (its name) owned by the role the store connects as."""
+    name = postgres_cluster.create_database()
+    yield name
+    postgres_cluster.drop_database(name)

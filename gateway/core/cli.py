@@ -17,6 +17,7 @@ from gateway import __version__
 from gateway.core import config as config_mod
 from gateway.core.config import ConfigError, GatewayConfig
 from gateway.core.plugins import PluginError, discover, load_plugins
+from gateway.core.store.errors import StoreError
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -266,11 +267,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace) -> tuple[Any, GatewayConfig]:
-    from gateway.core.store.sqlite import SqliteStore
+    """The store ``[store]`` names (SQLite in the state directory, or PostgreSQL)."""
+    from gateway.core.store.backends import open_store
 
     config = _load_config(args.config)
-    state_dir = args.state_dir or config.gateway.state_dir
-    return SqliteStore.open(state_dir), config
+    return open_store(config, gateway=False, state_dir=args.state_dir), config
 
 
 # Key continuity with a ZRTP phone (RFC 6189 §4.3, §4.9), in words.
@@ -530,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as exc:
         print(f"voipgw: plugin error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as exc:  # the store could not be opened (a database down, a newer schema)
+        print(f"voipgw: store: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_OK
     except OSError as exc:

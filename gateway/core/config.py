@@ -11,6 +11,7 @@ The file layout::
     [gateway]   state_dir, realm, domains, log_level
     [sip]       listen, user_agent, timers, message limits, session timers
     [media]     address, ports, inactivity_timeout, hold_timeout, workers
+    [store]     backend (sqlite, postgresql), dsn, password_file, timeouts
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
 """
@@ -168,6 +169,28 @@ class MediaSection:
     offer_rtcp_feedback: bool = False
 
 
+@attrs.frozen
+class StoreSection:
+    """Where accounts, registrations and call records live: SQLite in ``[gateway] state_dir``
+    (one node), or a PostgreSQL database several nodes share (docs/architecture.md "Scale")."""
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    # A libpq connection string or URI, which may hold the password: never shown.
+    dsn: str = attrs.field(default="", repr=False)
+    # A file holding only the password (first line), so the TOML need not.
+    password_file: str = ""
+    connect_timeout: int = 5
+    statement_timeout: float = 0.5
+    # The name this node's call records carry (PostgreSQL), so that a node ending the calls
+    # its killed previous run left up ends only its own; "": the host name and first listener.
+    node: str = ""
+
+
+# libpq's least connect_timeout (PostgreSQL docs §34.1.2); a statement_timeout past this would
+# let one write hold the event loop, which relays media, for longer than any phone waits.
+MIN_CONNECT_TIMEOUT = 2
+MAX_STATEMENT_TIMEOUT = 10.0
+
 MAX_MEDIA_WORKERS = 64
 # A queue delay longer than T1 (0.5 s) means UACs retransmit before the gateway sees their
 # INVITEs: overload control that waits that long comes too late to help.
@@ -312,6 +335,7 @@ class GatewayConfig:
     gateway: GatewaySection = GatewaySection()
     sip: SipSection = SipSection()
     media: MediaSection = MediaSection()
+    store: StoreSection = StoreSection()
     plugins: PluginsSection = PluginsSection()
     numbering: NumberingPlan = attrs.field(factory=NumberingPlan)
     trunks: tuple[TrunkConfig, ...] = ()
@@ -571,6 +595,7 @@ def _validate(config: GatewayConfig, file: str) -> None:
             f"{config.media.workers} workers need at least {2 * config.media.workers} RTP/RTCP "
             f"port pairs; ports {config.media_ports} hold {pairs}",
         )
+    _validate_store(config.store, file)
     if not config.gateway.digest_algorithms:
         raise ConfigError(file, "gateway", "digest_algorithms", "expected at least one algorithm")
     if len(set(config.plugins.enable)) != len(config.plugins.enable):
@@ -583,6 +608,33 @@ def _validate(config: GatewayConfig, file: str) -> None:
                 None,
                 f"table for plugin {name!r}, which is not in [plugins] enable",
             )
+
+
+def _validate_store(store: StoreSection, file: str) -> None:
+    if store.backend == "postgresql" and not store.dsn.strip():
+        raise ConfigError(
+            file, "store", "dsn", 'expected a libpq connection string with backend = "postgresql"'
+        )
+    if store.backend == "sqlite":
+        for key in ("dsn", "password_file", "node"):
+            if getattr(store, key):
+                raise ConfigError(
+                    file, "store", key, 'only used with backend = "postgresql" (SQLite is a file)'
+                )
+    if store.connect_timeout < MIN_CONNECT_TIMEOUT:
+        raise ConfigError(
+            file,
+            "store",
+            "connect_timeout",
+            f"expected whole seconds, at least {MIN_CONNECT_TIMEOUT} (libpq's least)",
+        )
+    if not 0 < store.statement_timeout <= MAX_STATEMENT_TIMEOUT:
+        raise ConfigError(
+            file,
+            "store",
+            "statement_timeout",
+            f"expected seconds, more than 0 and at most {MAX_STATEMENT_TIMEOUT}",
+        )
 
 
 def _structure_trunks(value: Any, file: str) -> tuple[TrunkConfig, ...]:
@@ -714,6 +766,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         "sip": SipSection,
         "media": MediaSection,
         "numbering": NumberingPlan,
+        "store": StoreSection,
     }
     unknown = sorted(set(data) - set(sections) - {"plugins", "trunks"})
     if unknown:
@@ -721,7 +774,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
             file,
             unknown[0],
             None,
-            "unknown table; known tables: gateway, sip, media, numbering, plugins, trunks",
+            "unknown table; known tables: gateway, sip, media, numbering, store, plugins, trunks",
         )
     values: dict[str, Any] = {}
     for name, cls in sections.items():
@@ -777,7 +830,12 @@ def with_overrides(
     Errors name ``origin`` instead of a file."""
     if not data:
         return config
-    sections = {"gateway": GatewaySection, "sip": SipSection, "media": MediaSection}
+    sections = {
+        "gateway": GatewaySection,
+        "sip": SipSection,
+        "media": MediaSection,
+        "store": StoreSection,
+    }
     changes: dict[str, Any] = {}
     for name, overrides in data.items():
         current = getattr(config, name)

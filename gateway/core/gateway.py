@@ -46,9 +46,10 @@ from gateway.core.nat_keepalive import NatKeepalive
 from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
 from gateway.core.sip.message import Request
-from gateway.core.store.errors import StoreBusy
-from gateway.core.store.interface import Binding
-from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT, SqliteStore
+from gateway.core.store.backends import SQLITE_GATEWAY_BUSY_TIMEOUT, check_store, open_store
+from gateway.core.store.errors import StoreBusy, StoreError
+from gateway.core.store.interface import Binding, Store
+from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,9 @@ log = logging.getLogger(__name__)
 INBOUND_QUEUE = 1024
 
 HOUSEKEEPING_INTERVAL = 30.0
-# The store is used from the event loop, which also relays media: a write waits at most this
-# long for another process's lock (then StoreBusy), and no commit checkpoints the write-ahead
-# log; a thread does, this often (gateway/core/store/sqlite.py).
-STORE_BUSY_TIMEOUT = 0.05
-STORE_CHECKPOINT_INTERVAL = 1.0
+# The store is used from the event loop, which also relays media: how it is opened for that is
+# in gateway/core/store/backends.py.
+STORE_BUSY_TIMEOUT = SQLITE_GATEWAY_BUSY_TIMEOUT
 # A UDP flow idle this long is forgotten; NATed phones send a REGISTER or keep-alive well within.
 UDP_FLOW_IDLE = 300.0
 
@@ -106,7 +105,7 @@ class Gateway:
             tuple[bytes, Flow, float]
         ](INBOUND_QUEUE)
         self.registration: RegistrationService | None = None
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.relay: MediaRelay | None = None  # [media] workers = 1
         self.media_workers: WorkerPool | None = None  # [media] workers >= 2
         self.directory: GatewayDirectory | None = None
@@ -178,6 +177,7 @@ class Gateway:
                     "address",
                     f"transport {transport!r} is not provided by an enabled plugin",
                 )
+        check_store(self.config)
         state_dir = Path(self.config.gateway.state_dir)
         if state_dir.exists() and not state_dir.is_dir():
             raise ConfigError(
@@ -269,11 +269,7 @@ class Gateway:
     ) -> None:
         """Run until cancelled. ``task_status.started`` reports the bound listeners."""
         self.check()
-        self.store = SqliteStore.open(
-            self.config.gateway.state_dir,
-            busy_timeout=STORE_BUSY_TIMEOUT,
-            checkpoint_interval=STORE_CHECKPOINT_INTERVAL,
-        )
+        self.store = open_store(self.config, gateway=True)
         try:
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)
@@ -282,12 +278,14 @@ class Gateway:
             # Every call has ended by now (their tasks were in the nursery): the last records.
             records = self.calls.records if self.calls is not None else None
             if records is not None:
-                # Nothing is relayed any more: wait for a busy store as long as the CLI would.
-                for _ in range(round(DEFAULT_BUSY_TIMEOUT / STORE_BUSY_TIMEOUT)):
+                # Nothing is relayed any more: wait for a busy store as long as the CLI would
+                # (a PostgreSQL store out of reach fails at once, and may reconnect meanwhile).
+                deadline = time.monotonic() + DEFAULT_BUSY_TIMEOUT
+                records.flush()
+                while records.pending and time.monotonic() < deadline:
+                    time.sleep(STORE_BUSY_TIMEOUT)
                     records.flush()
-                    if not records.pending:
-                        break
-                else:
+                if records.pending:
                     log.error(
                         "%d call record change(s) not saved: the store stayed busy",
                         records.pending,
@@ -297,11 +295,9 @@ class Gateway:
     async def _start(self, nursery: trio.Nursery) -> None:
         assert self.store is not None
         # Calls a previous run left "live" (it was killed) ended when it did.
-        for record in self.store.call_records_recent(10_000):
-            if record.ended_at is None:
-                self.store.call_record_update(
-                    record.call_id, ended_at=time.time(), end_reason="gateway stopped"
-                )
+        ended = self.store.call_records_end_unfinished(time.time(), "gateway stopped")
+        if ended:
+            log.info("%d call(s) left up by the previous run marked ended", ended)
         for spec in self.config.listen_specs:
             transport = self.transport_for(spec)
             listener: Listener = await nursery.start(transport.serve, spec, self)
@@ -413,13 +409,14 @@ def run_until_signal(gateway: Gateway) -> int:
 
     try:
         trio.run(main)
-    except (OSError, ExceptionGroup) as exc:
-        # A port taken, an address not ours: said in one line, whichever nursery it came
-        # through (trio groups what a nursery's tasks raise); anything else is a bug's traceback.
-        if isinstance(exc, OSError):
-            errors: list[OSError] = [exc]
+    except (OSError, StoreError, ExceptionGroup) as exc:
+        # A port taken, an address not ours, a database that cannot be reached: said in one
+        # line, whichever nursery it came through (trio groups what a nursery's tasks raise);
+        # anything else is a bug's traceback.
+        if isinstance(exc, OSError | StoreError):
+            errors: list[BaseException] = [exc]
         else:
-            matched, rest = exc.split(OSError)
+            matched, rest = exc.split((OSError, StoreError))
             if matched is None or rest is not None:
                 raise
             errors = _leaves(matched)
@@ -429,8 +426,8 @@ def run_until_signal(gateway: Gateway) -> int:
     return 0
 
 
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
-    found: list[OSError] = []
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    found: list[BaseException] = []
     for exc in group.exceptions:
         found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
     return found

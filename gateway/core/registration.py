@@ -84,7 +84,16 @@ class RegistrationService:
     ) -> Authenticated | Response:
         """Check the request's digest credentials (``Authorization`` for REGISTER, 401;
         ``Proxy-Authorization`` for INVITE, 407). Returns who it is, or the response to send:
-        a challenge, stale=true, 403 for a source with too many failures, 400 for garbage."""
+        a challenge, stale=true, 403 for a source with too many failures, 400 for garbage,
+        503 when the store cannot be read (a PostgreSQL server out of reach)."""
+        try:
+            return self._authenticate(request, flow, kind)
+        except StoreBusy as exc:
+            return self._store_busy(request, exc)
+
+    def _authenticate(
+        self, request: Request, flow: Flow, kind: AuthKind
+    ) -> Authenticated | Response:
         now = self.clock()
         source = flow.remote[0]
         if self.failures.is_blocked(source, now=now):
@@ -141,24 +150,15 @@ class RegistrationService:
         outcome = self.authenticate(request, flow, AuthKind.WWW)
         if isinstance(outcome, Response):
             return outcome
-        account = self.store.get_account(outcome.username)
-        if account is None:  # removed between lookup and now
-            return self._reply(request, 403, "Forbidden")
         try:
+            account = self.store.get_account(outcome.username)
+            if account is None:  # removed between lookup and now
+                return self._reply(request, 403, "Forbidden")
             result = self.registrar.handle_register(
                 request, account=account, flow=flow.key, now=self.clock()
             )
         except StoreBusy as exc:
-            # Another process holds the store's write lock: nothing changed, ask the phone to
-            # come back (RFC 3261 §21.5.4) rather than stall every call waiting for it.
-            log.warning("REGISTER for %s refused with 503: %s", account.name, exc)
-            return make_response(
-                request,
-                503,
-                "Service Unavailable (store busy)",
-                to_tag=self._new_tag(),
-                extra=(("Retry-After", str(STORE_BUSY_RETRY_AFTER)),),
-            )
+            return self._store_busy(request, exc)
         if (
             self.on_registered is not None
             and result.aor is not None
@@ -174,6 +174,19 @@ class RegistrationService:
                 flow.key,
             )
         return result.response
+
+    def _store_busy(self, request: Request, exc: StoreBusy) -> Response:
+        # Another process holds the store's write lock, or the database is out of reach:
+        # nothing changed; ask the phone to come back (RFC 3261 §21.5.4) rather than stall
+        # every call waiting for it.
+        log.warning("%s refused with 503: %s", request.method, exc)
+        return make_response(
+            request,
+            503,
+            "Service Unavailable (store busy)",
+            to_tag=self._new_tag(),
+            extra=(("Retry-After", str(STORE_BUSY_RETRY_AFTER)),),
+        )
 
     def _reply(self, request: Request, status: int, reason: str) -> Response:
         return make_response(request, status, reason, to_tag=self._new_tag())

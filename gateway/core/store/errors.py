@@ -30,7 +30,15 @@ class CallRecordNotFound(StoreError, LookupError):
 
 class StoreBusy(StoreError):
     """Another process (``voipgw accounts ...``, an operator's ``sqlite3`` shell) held the store's
-    write lock for longer than the store waits for it: nothing was written; try again later."""
+    write lock for longer than the store waits for it, or a PostgreSQL statement ran past its
+    ``statement_timeout``: nothing was written; try again later."""
+
+
+class StoreUnavailable(StoreBusy):
+    """The PostgreSQL server cannot be reached, or the connection was lost: try again later
+    (the store reconnects). A write whose connection was lost while it committed may have been
+    made; every store write is safe to repeat. A :class:`StoreBusy`, so what answers a busy
+    store (a REGISTER's 503, call records kept for the next save) answers this too."""
 
 
 class SchemaError(StoreError):

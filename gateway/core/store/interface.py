@@ -1,12 +1,15 @@
 """The store interface: accounts, registrations (bindings) and call records.
 
 Values are frozen attrs classes; the :class:`Store` protocol is what the core calls. SQLite
-(:mod:`gateway.core.store.sqlite`) is the default; a PostgreSQL backend implements the same
-protocol so several nodes can share accounts and registrations (ARCHITECTURE.md "Scale").
+(:mod:`gateway.core.store.sqlite`) is the default; PostgreSQL
+(:mod:`gateway.core.store.postgresql`) implements the same protocol so several nodes can share
+accounts and registrations (ARCHITECTURE.md "Scale"); ``[store]`` chooses
+(:mod:`gateway.core.store.backends`).
 
-The API is synchronous: SQLite answers in microseconds, and the trio core may call it directly or
-through ``trio.to_thread.run_sync``. Implementations must be safe to call from one thread at a
-time in any thread.
+The API is synchronous: SQLite answers in microseconds, PostgreSQL serves the reads every call
+makes from memory and bounds every statement, and the trio core may call it directly or through
+``trio.to_thread.run_sync``. Implementations must be safe to call from one thread at a time in
+any thread.
 
 Secrets: accounts hold no password, only per-(realm, algorithm) HA1 values (RFC 7616 §3.4.2,
 RFC 8760 §3), which are password-equivalent and therefore kept out of every repr and message.
@@ -245,6 +248,12 @@ class Store(Protocol):
 
     def call_records_recent(self, limit: int = 100) -> tuple[CallRecord, ...]:
         """The most recently started records, newest first."""
+        ...
+
+    def call_records_end_unfinished(self, ended_at: float, reason: str) -> int:
+        """End the records of calls a previous run of this node left without an end (it was
+        killed): they ended when it did. How many. Nodes sharing a store (PostgreSQL) each end
+        only their own, never calls another node has up."""
         ...
 
     def close(self) -> None: ...

@@ -558,6 +558,14 @@ class SqliteStore:
             ).fetchall()
         return tuple(_call_record(row) for row in rows)
 
+    def call_records_end_unfinished(self, ended_at: float, reason: str) -> int:
+        with self._transaction(changes_accounts=False) as db:
+            cursor = db.execute(
+                "UPDATE call_records SET ended_at = ?, end_reason = ? WHERE ended_at IS NULL",
+                (ended_at, reason),
+            )
+            return cursor.rowcount
+
 
 class _Checkpointer:
     """Checkpoints the store's write-ahead log every ``interval`` seconds from a thread of its own,

@@ -16,6 +16,7 @@ TABLES = {
     "gateway": cfg.GatewaySection,
     "sip": cfg.SipSection,
     "media": cfg.MediaSection,
+    "store": cfg.StoreSection,
     "plugins": cfg.PluginsSection,
     "numbering": cfg.NumberingPlan,
     "plugins.udp": udp.UdpConfig,

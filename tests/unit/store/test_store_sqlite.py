@@ -1,12 +1,17 @@
-"""SqliteStore: accounts without passwords, bindings, call records, restart persistence."""
+"""The store's behaviour, on both backends where it is meant to be the same (the ``store``
+fixture is SQLite and PostgreSQL, tests/pgcluster.py): accounts without passwords, bindings,
+call records; and SQLite's own: its file, restart persistence, its cache across processes."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,11 +53,54 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[SqliteStore]:
-    s = SqliteStore.open(tmp_path / "state", clock=clock)
+def store(
+    request: pytest.FixtureRequest, backend: str, tmp_path: Path, clock: Clock
+) -> Iterator[Store]:
+    s: Store
+    if backend == "sqlite":
+        s = SqliteStore.open(tmp_path / "state", clock=clock)
+    else:
+        from gateway.core.store.postgresql import PostgresStore
+
+        cluster = request.getfixturevalue("postgres_cluster")
+        database = request.getfixturevalue("postgres_database")
+        s = PostgresStore.open(cluster.dsn(database), clock=clock)
+        wait_until(lambda: s.listening)  # its cache is used from then on
     yield s
     s.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def stored_text(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Callable[[], str]:
+    """Everything the store keeps, as text, for "the password is not in there" checks."""
+    if backend == "sqlite":
+        return lambda: all_db_text(tmp_path / "state")
+    cluster = request.getfixturevalue("postgres_cluster")
+    database = request.getfixturevalue("postgres_database")
+
+    def every_row() -> str:
+        tables = cluster.admin(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+            database,
+        )
+        return " ".join(
+            str(row) for (table,) in tables for row in cluster.admin(f"TABLE {table}", database)
+        )
+
+    return every_row
 
 
 def binding(key: str = "sip:alice@192.0.2.1:5062", **changes: object) -> Binding:
@@ -96,7 +144,7 @@ def test_open_creates_one_private_file_in_wal_mode(tmp_path: Path) -> None:
         s.close()
 
 
-def test_satisfies_the_store_protocol(store: SqliteStore) -> None:
+def test_satisfies_the_store_protocol(store: Store) -> None:
     as_protocol: Store = store
     assert as_protocol.accounts_list() == ()
 
@@ -136,7 +184,7 @@ def test_garbage_file_is_a_store_error(tmp_path: Path) -> None:
 
 
 def test_add_keeps_ha1_per_realm_and_algorithm_and_no_password(
-    store: SqliteStore, clock: Clock
+    store: Store, clock: Clock, stored_text: Callable[[], str]
 ) -> None:
     account = store.accounts_add("alice", PASSWORD, REALM)
     assert account.name == "alice"
@@ -150,10 +198,12 @@ def test_add_keeps_ha1_per_realm_and_algorithm_and_no_password(
     for algorithm in DigestAlgorithm:
         assert account.ha1_for(REALM, algorithm) == compute_ha1(algorithm, "alice", REALM, PASSWORD)
     assert account.ha1_for("other", DigestAlgorithm.MD5) is None
-    assert PASSWORD not in all_db_text(store.path.parent)
+    text = stored_text()
+    assert account.ha1_for(REALM, DigestAlgorithm.MD5) in text  # it does look at the HA1s
+    assert PASSWORD not in text
 
 
-def test_reprs_hide_ha1(store: SqliteStore) -> None:
+def test_reprs_hide_ha1(store: Store) -> None:
     account = store.accounts_add("alice", PASSWORD, REALM)
     ha1 = account.ha1_for(REALM, DigestAlgorithm.MD5)
     assert ha1 is not None
@@ -161,7 +211,7 @@ def test_reprs_hide_ha1(store: SqliteStore) -> None:
     assert PASSWORD not in repr(account)
 
 
-def test_add_options(store: SqliteStore) -> None:
+def test_add_options(store: Store) -> None:
     account = store.accounts_add(
         "bob",
         PASSWORD,
@@ -180,19 +230,19 @@ def test_add_options(store: SqliteStore) -> None:
     assert store.get_account("bob") == account
 
 
-def test_duplicate_name(store: SqliteStore) -> None:
+def test_duplicate_name(store: Store) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     with pytest.raises(AccountExists, match="alice"):
         store.accounts_add("alice", "other-password", REALM)
 
 
 @pytest.mark.parametrize("name", ["", "al ice", "alice@host", "alice:x", 'a"b', "x" * 65])
-def test_bad_names(store: SqliteStore, name: str) -> None:
+def test_bad_names(store: Store, name: str) -> None:
     with pytest.raises(InvalidValue):
         store.accounts_add(name, PASSWORD, REALM)
 
 
-def test_bad_password_error_does_not_echo_it(store: SqliteStore) -> None:
+def test_bad_password_error_does_not_echo_it(store: Store) -> None:
     long_secret = "Z" * 300
     with pytest.raises(InvalidValue) as info:
         store.accounts_add("alice", long_secret, REALM)
@@ -201,13 +251,13 @@ def test_bad_password_error_does_not_echo_it(store: SqliteStore) -> None:
         store.accounts_add("alice", "", REALM)
 
 
-def test_bad_realm(store: SqliteStore) -> None:
+def test_bad_realm(store: Store) -> None:
     with pytest.raises(InvalidValue):
         store.accounts_add("alice", PASSWORD, 'bad"realm')
 
 
 @pytest.mark.parametrize("value", [-1, 10_001, True, 1.5, "2"])
-def test_bad_max_calls(store: SqliteStore, value: object) -> None:
+def test_bad_max_calls(store: Store, value: object) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     with pytest.raises(InvalidValue, match="max_calls"):
         store.accounts_set("alice", max_calls=value)
@@ -217,13 +267,13 @@ def test_bad_max_calls(store: SqliteStore, value: object) -> None:
     assert store.accounts_set("carol", max_calls=0).max_calls == 0
 
 
-def test_list_is_sorted(store: SqliteStore) -> None:
+def test_list_is_sorted(store: Store) -> None:
     for name in ("carol", "alice", "bob"):
         store.accounts_add(name, PASSWORD, REALM)
     assert [a.name for a in store.accounts_list()] == ["alice", "bob", "carol"]
 
 
-def test_set_plain_fields(store: SqliteStore, clock: Clock) -> None:
+def test_set_plain_fields(store: Store, clock: Clock) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     clock.now = 2000.0
     account = store.accounts_set(
@@ -240,7 +290,9 @@ def test_set_plain_fields(store: SqliteStore, clock: Clock) -> None:
     assert store.accounts_set("alice", display_name=None).display_name is None
 
 
-def test_password_change_recomputes_every_realm(store: SqliteStore) -> None:
+def test_password_change_recomputes_every_realm(
+    store: Store, stored_text: Callable[[], str]
+) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     before = store.get_account("alice")
     assert before is not None
@@ -251,10 +303,10 @@ def test_password_change_recomputes_every_realm(store: SqliteStore) -> None:
             algorithm, "alice", REALM, "new-password"
         )
         assert after.ha1_for(REALM, algorithm) != before.ha1_for(REALM, algorithm)
-    assert "new-password" not in all_db_text(store.path.parent)
+    assert "new-password" not in stored_text()
 
 
-def test_password_with_realm_moves_the_account(store: SqliteStore) -> None:
+def test_password_with_realm_moves_the_account(store: Store) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     after = store.accounts_set("alice", password="pw2", realm="example.com")
     assert after.realms == ("example.com",)
@@ -265,7 +317,7 @@ def test_password_with_realm_moves_the_account(store: SqliteStore) -> None:
         store.accounts_set("alice", realm="elsewhere")
 
 
-def test_set_rejects_unknown_fields_and_bad_values(store: SqliteStore) -> None:
+def test_set_rejects_unknown_fields_and_bad_values(store: Store) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     with pytest.raises(InvalidValue, match="colour"):
         store.accounts_set("alice", colour="blue")
@@ -280,7 +332,7 @@ def test_set_rejects_unknown_fields_and_bad_values(store: SqliteStore) -> None:
         store.accounts_set("nobody", enabled=False)
 
 
-def test_certificate_matches(store: SqliteStore) -> None:
+def test_certificate_matches(store: Store) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     account = store.accounts_set(
         "alice",
@@ -302,7 +354,7 @@ def test_certificate_matches(store: SqliteStore) -> None:
         store.accounts_set("alice", certificate_matches="fingerprint")
 
 
-def test_failed_set_changes_nothing(store: SqliteStore) -> None:
+def test_failed_set_changes_nothing(store: Store) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     before = store.get_account("alice")
     with pytest.raises(InvalidValue):
@@ -310,7 +362,7 @@ def test_failed_set_changes_nothing(store: SqliteStore) -> None:
     assert store.get_account("alice") == before
 
 
-def test_remove_cascades_to_bindings(store: SqliteStore) -> None:
+def test_remove_cascades_to_bindings(store: Store) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     store.upsert_binding(binding())
     store.accounts_remove("alice")
@@ -324,12 +376,12 @@ def test_remove_cascades_to_bindings(store: SqliteStore) -> None:
 
 
 @pytest.fixture
-def alice(store: SqliteStore) -> SqliteStore:
+def alice(store: Store) -> Store:
     store.accounts_add("alice", PASSWORD, REALM)
     return store
 
 
-def test_binding_round_trip_with_every_field(alice: SqliteStore) -> None:
+def test_binding_round_trip_with_every_field(alice: Store) -> None:
     full = binding(
         q=0.7,
         instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>",
@@ -343,19 +395,19 @@ def test_binding_round_trip_with_every_field(alice: SqliteStore) -> None:
     assert alice.bindings_for_account("alice") == (full,)
 
 
-def test_upsert_replaces_by_aor_and_key(alice: SqliteStore) -> None:
+def test_upsert_replaces_by_aor_and_key(alice: Store) -> None:
     alice.upsert_binding(binding())
     alice.upsert_binding(binding(expires_at=9999.0, cseq=2, contact="sip:alice@192.0.2.1:5062;x"))
     (only,) = alice.registrations_for("sip:alice@127.0.0.1:5060")
     assert (only.expires_at, only.cseq, only.contact) == (9999.0, 2, "sip:alice@192.0.2.1:5062;x")
 
 
-def test_upsert_for_unknown_account(alice: SqliteStore) -> None:
+def test_upsert_for_unknown_account(alice: Store) -> None:
     with pytest.raises(AccountNotFound):
         alice.upsert_binding(binding(account="nobody"))
 
 
-def test_order_and_expiry_filter(alice: SqliteStore) -> None:
+def test_order_and_expiry_filter(alice: Store) -> None:
     alice.upsert_binding(binding("k-low", q=0.1))
     alice.upsert_binding(binding("k-none"))
     alice.upsert_binding(binding("k-mid", q=0.5, expires_at=2000.0))
@@ -365,7 +417,7 @@ def test_order_and_expiry_filter(alice: SqliteStore) -> None:
     assert alice.registrations_for("sip:bob@127.0.0.1:5060") == ()
 
 
-def test_remove_binding(alice: SqliteStore) -> None:
+def test_remove_binding(alice: Store) -> None:
     alice.upsert_binding(binding("a"))
     alice.upsert_binding(binding("b"))
     assert alice.remove_binding("sip:alice@127.0.0.1:5060", "a") is True
@@ -373,7 +425,7 @@ def test_remove_binding(alice: SqliteStore) -> None:
     assert [b.key for b in alice.registrations_for("sip:alice@127.0.0.1:5060")] == ["b"]
 
 
-def test_apply_changes_is_all_or_nothing(alice: SqliteStore) -> None:
+def test_apply_changes_is_all_or_nothing(alice: Store) -> None:
     aor = "sip:alice@127.0.0.1:5060"
     alice.upsert_binding(binding("a"))
     with pytest.raises(AccountNotFound):
@@ -385,7 +437,7 @@ def test_apply_changes_is_all_or_nothing(alice: SqliteStore) -> None:
         alice.apply_binding_changes("sip:other@x", [binding("b")], [])
 
 
-def test_expire_bindings(alice: SqliteStore) -> None:
+def test_expire_bindings(alice: Store) -> None:
     alice.upsert_binding(binding("old", expires_at=100.0))
     alice.upsert_binding(binding("edge", expires_at=200.0))
     alice.upsert_binding(binding("new", expires_at=300.0))
@@ -405,7 +457,7 @@ def test_binding_remaining() -> None:
 # -- call records -------------------------------------------------------------------------
 
 
-def test_call_record_life(store: SqliteStore) -> None:
+def test_call_record_life(store: Store) -> None:
     store.call_record_insert(CallRecord("c1", "sip:a@x", "sip:b@y", started_at=10.0))
     updated = store.call_record_update("c1", answered_at=12.0)
     assert updated.answered_at == 12.0 and updated.ended_at is None
@@ -422,7 +474,7 @@ def test_call_record_life(store: SqliteStore) -> None:
     assert store.call_record_update("c1") == store.call_record_get("c1")
 
 
-def test_call_record_errors(store: SqliteStore) -> None:
+def test_call_record_errors(store: Store) -> None:
     store.call_record_insert(CallRecord("c1", "sip:a@x", "sip:b@y", started_at=10.0))
     with pytest.raises(CallRecordExists):
         store.call_record_insert(CallRecord("c1", "sip:a@x", "sip:b@y", started_at=11.0))
@@ -435,7 +487,7 @@ def test_call_record_errors(store: SqliteStore) -> None:
     assert store.call_record_get("nope") is None
 
 
-def test_call_records_save_inserts_and_replaces_in_one_transaction(store: SqliteStore) -> None:
+def test_call_records_save_inserts_and_replaces_in_one_transaction(store: Store) -> None:
     store.call_record_insert(CallRecord("c1", "sip:a@x", "sip:b@y", started_at=10.0))
     ended = CallRecord(
         "c1", "sip:a@x", "sip:b@y", 10.0, 12.0, 70.0, "BYE from A leg", '{"a": {"suite": "x"}}'
@@ -457,7 +509,19 @@ def test_call_records_save_inserts_and_replaces_in_one_transaction(store: Sqlite
     assert [r.call_id for r in store.call_records_recent()] == ["c2", "c1"]
 
 
-def test_recent_call_records(store: SqliteStore) -> None:
+def test_unfinished_calls_of_a_killed_run_are_ended(store: Store) -> None:
+    store.call_record_insert(CallRecord("up", "a", "b", started_at=1.0))
+    store.call_record_insert(CallRecord("done", "a", "b", 1.0, 2.0, 3.0, "caller-bye"))
+    assert store.call_records_end_unfinished(9.0, "gateway stopped") == 1
+    assert store.call_record_get("up") == CallRecord(
+        "up", "a", "b", 1.0, None, 9.0, "gateway stopped"
+    )
+    done = store.call_record_get("done")
+    assert done is not None and (done.ended_at, done.end_reason) == (3.0, "caller-bye")
+    assert store.call_records_end_unfinished(10.0, "gateway stopped") == 0
+
+
+def test_recent_call_records(store: Store) -> None:
     for i in range(5):
         store.call_record_insert(CallRecord(f"c{i}", "a", "b", started_at=float(i)))
     assert [r.call_id for r in store.call_records_recent(3)] == ["c4", "c3", "c2"]
@@ -521,7 +585,7 @@ def test_another_process_s_change_is_seen_after_the_recheck_interval(tmp_path: P
         cli.close()
 
 
-def test_an_account_changed_through_the_same_store_is_read_again(store: SqliteStore) -> None:
+def test_an_account_changed_through_the_same_store_is_read_again(store: Store) -> None:
     assert store.get_account("alice") is None
     store.accounts_add("alice", "secret-password-1", "gw.example")
     first = store.get_account("alice")
@@ -550,7 +614,7 @@ def test_bindings_changed_by_another_process_are_read_again(tmp_path: Path) -> N
         cli.close()
 
 
-def test_bindings_from_memory_follow_own_writes_and_expiry(store: SqliteStore) -> None:
+def test_bindings_from_memory_follow_own_writes_and_expiry(store: Store) -> None:
     store.accounts_add("alice", PASSWORD, REALM)
     store.upsert_binding(binding(expires_at=100.0))
     first = store.bindings_for_account("alice")
@@ -571,10 +635,11 @@ def test_bindings_from_memory_follow_own_writes_and_expiry(store: SqliteStore) -
     assert [b.key for b in store.bindings_for_account("alice")] == ["sip:alice@192.0.2.2:5062"]
 
 
-def test_the_account_cache_is_bounded(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite_module, "ACCOUNT_CACHE_ENTRIES", 3)
+def test_the_account_cache_is_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[type(store).__module__], "ACCOUNT_CACHE_ENTRIES", 3)
+    cache: Any = store
     for i in range(10):  # unknown names from the network
         assert store.get_account(f"nobody{i}") is None
-        assert len(store._accounts) <= 3
+        assert 1 <= len(cache._accounts) <= 3
         assert store.bindings_for_account(f"nobody{i}") == ()
-        assert len(store._bindings) <= 3
+        assert 1 <= len(cache._bindings) <= 3

@@ -1,0 +1,1213 @@
+"""PostgreSQL store: the accounts and registrations several gateway nodes share.
+
+Several nodes behind a SIP load balancer (ARCHITECTURE.md "Scale") read and write one database;
+each keeps what every call reads (accounts, an account's bindings, an AOR's bindings) in memory,
+because the store is called from the event loop that also relays media and a query is a network
+round trip. Theory of operation:
+
+- Coherence. Triggers on ``accounts``, ``account_credentials``, ``account_certificates`` and
+  ``registrations`` send ``NOTIFY voipgw_store`` with what changed (PostgreSQL docs, NOTIFY:
+  delivered after the transaction commits, to every listening session, the writer's included).
+  A background thread with a connection of its own LISTENs and drops the cached entries a
+  notification names. A store's own writes drop theirs at once, so the node that took a REGISTER
+  reads its own bindings back (the notifications of its own connection, told by the sender's
+  process id, are then skipped); other nodes see the change within the notification's latency.
+- A read that raced a notification is not kept: each drop advances an epoch, and an entry read
+  from the database is cached only if the epoch is what it was before the read.
+- No listener, no cache. While the listening connection is down (the server restarted, a
+  ``pg_terminate_backend``, a server gone from the network, which TCP keepalives find within
+  about eight seconds) the cache is emptied
+  and every read goes to the database, until the thread is listening again (it retries every
+  second) and has emptied the cache once more: changes made in between were never notified.
+- Bounded waits. Every statement runs under ``statement_timeout`` (server side: a lock wait or a
+  slow query is cancelled and rolled back), TCP keepalives and ``tcp_user_timeout`` bound a
+  wait on a server that vanished from the network, and a lost connection is not reopened on the
+  caller's thread: the call fails at once with :class:`StoreUnavailable` (a REGISTER is answered
+  503, as for a busy SQLite store) and the background thread reconnects. The CLI, which has no
+  thread, connects when it is called.
+- Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
+  nodes starting together migrate once; a database written by a newer voipgw is refused.
+
+psycopg (3.2 or later, ``pip install 'voipgw[postgresql]'``) is imported here only, when a
+PostgreSQL store is opened: a SQLite install never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+from gateway.core.auth.algorithms import DigestAlgorithm
+from gateway.core.store import accounts as rules
+from gateway.core.store.errors import (
+    AccountExists,
+    AccountNotFound,
+    CallRecordExists,
+    CallRecordNotFound,
+    InvalidValue,
+    SchemaError,
+    StoreBusy,
+    StoreError,
+    StoreUnavailable,
+)
+from gateway.core.store.interface import (
+    DEFAULT_MEDIA_POLICY,
+    UNSET,
+    Account,
+    Binding,
+    BindingFlow,
+    CallRecord,
+    CertificateMatch,
+    Credential,
+    Store,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "voipgw_store"
+
+DEFAULT_CONNECT_TIMEOUT = 5
+"""Seconds to open a connection (libpq ``connect_timeout``: whole seconds, at least 2)."""
+
+DEFAULT_STATEMENT_TIMEOUT = 5.0
+"""Seconds a statement may run or wait for a lock, unless ``open`` is told otherwise (the CLI's
+wait; the gateway uses ``[store] statement_timeout``)."""
+
+RECONNECT_INTERVAL = 1.0
+"""Seconds between attempts to reopen a lost connection (the listener's and the store's)."""
+
+LISTENER_POLL = 0.25
+"""Longest the listener thread waits for a notification before it looks at its other work."""
+
+MIGRATION_STATEMENT_TIMEOUT = "60s"
+"""Migrations run at start-up, before anything is relayed, and may wait for another node's."""
+
+ACCOUNT_CACHE_ENTRIES = 4096
+"""Accounts (and unknown names) kept in memory, and as many accounts' and AORs' bindings."""
+
+# pg_advisory_xact_lock key of schema migrations: "voip" in ASCII.
+_MIGRATION_LOCK = 0x766F6970
+
+# TCP settings libpq applies unless the DSN sets them (PostgreSQL docs §34.1.2): a server that
+# stops answering is found within seconds (5 + 3 x 1) rather than the kernel's two hours. The
+# listener's connection relies on them: it runs no query once it listens, because only recent
+# psycopg releases keep a notification that arrives during a query for notifies() to return.
+_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "1",
+    "keepalives_count": "3",
+}
+
+Migration = tuple[int, tuple[str, ...]]
+
+MIGRATIONS: tuple[Migration, ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE accounts (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                display_name TEXT,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE,
+                media_policy TEXT NOT NULL DEFAULT 'best-effort',
+                require_tls BOOLEAN NOT NULL DEFAULT FALSE,
+                max_calls INTEGER NOT NULL DEFAULT 0,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+            # HA1 per (realm, algorithm), RFC 8760 §3. No password column, ever.
+            """CREATE TABLE account_credentials (
+                account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                realm TEXT NOT NULL,
+                algorithm TEXT NOT NULL,
+                ha1 TEXT NOT NULL,
+                PRIMARY KEY (account_id, realm, algorithm)
+            )""",
+            """CREATE TABLE account_certificates (
+                account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                kind TEXT NOT NULL CHECK (kind IN ('fingerprint', 'subject')),
+                value TEXT NOT NULL,
+                PRIMARY KEY (account_id, kind, value)
+            )""",
+            """CREATE TABLE registrations (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                account_id BIGINT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                aor TEXT NOT NULL,
+                binding_key TEXT NOT NULL,
+                contact TEXT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                q DOUBLE PRECISION,
+                call_id TEXT NOT NULL,
+                cseq BIGINT NOT NULL,
+                instance TEXT,
+                reg_id BIGINT,
+                transport TEXT NOT NULL,
+                local_addr TEXT NOT NULL,
+                remote_addr TEXT NOT NULL,
+                user_agent TEXT,
+                path TEXT NOT NULL DEFAULT '[]',
+                updated_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (aor, binding_key)
+            )""",
+            "CREATE INDEX registrations_expires_at ON registrations (expires_at)",
+            "CREATE INDEX registrations_account ON registrations (account_id)",
+            # json (not jsonb) keeps the text as written and refuses text that is not JSON.
+            """CREATE TABLE call_records (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                call_id TEXT NOT NULL UNIQUE,
+                from_uri TEXT NOT NULL,
+                to_uri TEXT NOT NULL,
+                started_at DOUBLE PRECISION NOT NULL,
+                answered_at DOUBLE PRECISION,
+                ended_at DOUBLE PRECISION,
+                end_reason TEXT,
+                security JSON NOT NULL DEFAULT '{}',
+                node TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX call_records_started_at ON call_records (started_at)",
+            # A starting node ends the calls its previous run left up, and only those.
+            "CREATE INDEX call_records_unfinished ON call_records (node) WHERE ended_at IS NULL",
+            # Notifications (see the module's docstring). A payload is at most 8000 bytes
+            # (PostgreSQL docs, NOTIFY): a longer one would fail the writer's transaction, so it
+            # becomes "*", which drops every node's whole cache.
+            """CREATE FUNCTION voipgw_notify(payload TEXT) RETURNS VOID LANGUAGE plpgsql AS $$
+            BEGIN
+                IF octet_length(payload) > 7900 THEN
+                    payload := '*';
+                END IF;
+                PERFORM pg_notify('voipgw_store', payload);
+            END $$""",
+            # "a" + account name: the account, its credentials or certificates changed.
+            """CREATE FUNCTION voipgw_account_changed() RETURNS TRIGGER LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                    PERFORM voipgw_notify('a' || OLD.name);
+                END IF;
+                IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                    PERFORM voipgw_notify('a' || NEW.name);
+                END IF;
+                RETURN NULL;
+            END $$""",
+            # A deleted account's rows go by ON DELETE CASCADE after the account row: the
+            # lookup finds nothing, and the account's own notification covers them.
+            """CREATE FUNCTION voipgw_account_detail_changed() RETURNS TRIGGER
+            LANGUAGE plpgsql AS $$
+            DECLARE
+                found TEXT;
+            BEGIN
+                IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                    SELECT name INTO found FROM accounts WHERE id = OLD.account_id;
+                    IF found IS NOT NULL THEN
+                        PERFORM voipgw_notify('a' || found);
+                    END IF;
+                END IF;
+                IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                    SELECT name INTO found FROM accounts WHERE id = NEW.account_id;
+                    IF found IS NOT NULL THEN
+                        PERFORM voipgw_notify('a' || found);
+                    END IF;
+                END IF;
+                RETURN NULL;
+            END $$""",
+            # "b" + account name (empty once the account is gone) + newline + AOR. Account
+            # names hold no newline (accounts.check_name).
+            """CREATE FUNCTION voipgw_registration_changed() RETURNS TRIGGER
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                    PERFORM voipgw_notify('b' || COALESCE(
+                        (SELECT name FROM accounts WHERE id = OLD.account_id), '')
+                        || E'\\n' || OLD.aor);
+                END IF;
+                IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                    PERFORM voipgw_notify('b' || COALESCE(
+                        (SELECT name FROM accounts WHERE id = NEW.account_id), '')
+                        || E'\\n' || NEW.aor);
+                END IF;
+                RETURN NULL;
+            END $$""",
+            """CREATE FUNCTION voipgw_table_truncated() RETURNS TRIGGER LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM voipgw_notify('*');
+                RETURN NULL;
+            END $$""",
+            """CREATE TRIGGER accounts_notify AFTER INSERT OR UPDATE OR DELETE ON accounts
+            FOR EACH ROW EXECUTE FUNCTION voipgw_account_changed()""",
+            """CREATE TRIGGER account_credentials_notify
+            AFTER INSERT OR UPDATE OR DELETE ON account_credentials
+            FOR EACH ROW EXECUTE FUNCTION voipgw_account_detail_changed()""",
+            """CREATE TRIGGER account_certificates_notify
+            AFTER INSERT OR UPDATE OR DELETE ON account_certificates
+            FOR EACH ROW EXECUTE FUNCTION voipgw_account_detail_changed()""",
+            """CREATE TRIGGER registrations_notify
+            AFTER INSERT OR UPDATE OR DELETE ON registrations
+            FOR EACH ROW EXECUTE FUNCTION voipgw_registration_changed()""",
+            *(
+                f"""CREATE TRIGGER {table}_truncate_notify AFTER TRUNCATE ON {table}
+                FOR EACH STATEMENT EXECUTE FUNCTION voipgw_table_truncated()"""
+                for table in (
+                    "accounts",
+                    "account_credentials",
+                    "account_certificates",
+                    "registrations",
+                )
+            ),
+        ),
+    ),
+)
+
+
+def _check_migrations(migrations: Sequence[Migration]) -> None:
+    versions = [version for version, _ in migrations]
+    if not versions or versions != list(range(1, len(versions) + 1)):
+        raise ValueError("migrations must be numbered 1, 2, 3 ... in order")
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise StoreError(
+            "the PostgreSQL store needs psycopg: pip install 'voipgw[postgresql]'"
+        ) from exc
+    return psycopg
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise :class:`InvalidValue` unless libpq can parse ``dsn`` (it is not connected to)."""
+    _Server(dsn, None, DEFAULT_CONNECT_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT)
+
+
+class _Server:
+    """How to reach the server: the DSN with our connection settings, and what may be said
+    about it. The password (in the DSN or from ``password``) never leaves this object except
+    to libpq."""
+
+    def __init__(
+        self,
+        dsn: str,
+        password: str | None,
+        connect_timeout: int,
+        statement_timeout: float,
+    ) -> None:
+        pg = _import_psycopg()
+        try:
+            params = pg.conninfo.conninfo_to_dict(dsn)
+        except pg.ProgrammingError:
+            # libpq's message quotes the DSN, password included: say only that it is bad.
+            raise InvalidValue("dsn is not a libpq connection string or URI") from None
+        self._secrets = [s for s in (params.get("password"), password) if s]
+        if password is not None:
+            params["password"] = password
+        for key, value in _KEEPALIVES.items():
+            params.setdefault(key, value)
+        # A request sent to a server that does not acknowledge it (gone from the network) is
+        # given up after this long: TCP_USER_TIMEOUT, libpq tcp_user_timeout in milliseconds.
+        params.setdefault("tcp_user_timeout", str(round((statement_timeout + 1.0) * 1000)))
+        params["connect_timeout"] = str(connect_timeout)
+        params.setdefault("application_name", "voipgw")
+        self._params = params
+        self.statement_timeout = statement_timeout
+        shown = [
+            f"{key}={params[key]}"
+            for key in ("host", "hostaddr", "port", "dbname", "user")
+            if params.get(key)
+        ]
+        self.description = " ".join(shown) or "(libpq defaults)"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the password replaced (libpq does not quote it, but a DSN might)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
+
+    def say(self, exc: BaseException) -> str:
+        """What may be said of a psycopg error: its first line, without the password. The
+        lines after it (DETAIL, CONTEXT) may quote a row, and a row may hold an HA1."""
+        lines = str(exc).strip().splitlines()
+        return self.scrub(lines[0].strip() if lines else type(exc).__name__)
+
+    def connect(self, *, listener: bool = False) -> psycopg.Connection[Any]:
+        """A new autocommit connection with ``statement_timeout`` set. Raises
+        :class:`StoreUnavailable` (message without the password)."""
+        pg = _import_psycopg()
+        params = dict(self._params)
+        if listener:
+            params["application_name"] = f"{params['application_name']} listener"[:63]
+        try:
+            connection: psycopg.Connection[Any] = pg.connect(autocommit=True, **params)
+        except pg.Error as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL {self.description}: cannot connect: {self.say(exc)}"
+            ) from None
+        try:
+            connection.execute(
+                "SELECT set_config('statement_timeout', %s, false)",
+                (f"{round(self.statement_timeout * 1000)}ms",),
+            )
+        except pg.Error as exc:
+            connection.close()
+            raise StoreUnavailable(f"PostgreSQL {self.description}: {self.say(exc)}") from None
+        return connection
+
+
+_MISSING: Any = object()
+
+
+class PostgresStore:
+    """A :class:`~gateway.core.store.interface.Store` in PostgreSQL. Use :meth:`open`."""
+
+    def __init__(
+        self,
+        server: _Server,
+        connection: psycopg.Connection[Any],
+        clock: Callable[[], float],
+        *,
+        listen: bool,
+        node: str,
+    ) -> None:
+        self._pg = _import_psycopg()
+        self.node = node
+        self._server = server
+        self._db: psycopg.Connection[Any] | None = connection
+        self._own_pid = connection.info.backend_pid  # its notifications are its own writes
+        self._clock = clock
+        self._lock = threading.Lock()  # the store's connection: one statement sequence at once
+        self._reconnect_at = 0.0  # monotonic; the CLI's next connection attempt
+        # The cache, guarded by its own lock so the listener never waits for a query.
+        self._cache_lock = threading.Lock()
+        self._listening = False
+        self._epoch = 0
+        self._accounts: dict[str, Account | None] = {}
+        self._bindings: dict[str, tuple[Binding, ...]] = {}  # by account name
+        self._registrations: dict[str, tuple[Binding, ...]] = {}  # by AOR
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        if listen:
+            self._thread = threading.Thread(
+                target=self._listen, name="postgresql store listener", daemon=True
+            )
+            self._thread.start()
+
+    @classmethod
+    def open(
+        cls,
+        dsn: str,
+        *,
+        password: str | None = None,
+        connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+        listen: bool = True,
+        node: str = "",
+        clock: Callable[[], float] = time.time,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> PostgresStore:
+        """Connect to the database ``dsn`` (a libpq connection string or URI; ``password``,
+        if given, replaces one in it) and bring its schema up to date.
+
+        ``connect_timeout``: whole seconds to open a connection (libpq: at least 2).
+        ``statement_timeout``: seconds any statement may take, lock waits included, before it
+        is cancelled and the call raises :class:`StoreBusy`. ``listen``: keep the cache
+        coherent through LISTEN/NOTIFY with a background thread, which also reopens a lost
+        connection (the gateway); False: no thread, no cache, reconnect when called (the CLI).
+        ``node``: the name call records this store writes carry, so a node ends only its own
+        unfinished calls at start-up (:meth:`call_records_end_unfinished`).
+        Raises :class:`StoreUnavailable` when the server cannot be reached,
+        :class:`SchemaError` for a database of a newer voipgw or one we may not change."""
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int):
+            raise ValueError("connect_timeout must be whole seconds")
+        if connect_timeout < 2:
+            raise ValueError("connect_timeout must be at least 2 s (libpq's least)")
+        if not statement_timeout > 0:
+            raise ValueError("statement_timeout must be positive")
+        _check_migrations(migrations)
+        server = _Server(dsn, password, connect_timeout, statement_timeout)
+        connection = server.connect()
+        try:
+            _migrate(connection, server, migrations, clock)
+        except BaseException:
+            connection.close()
+            raise
+        return cls(server, connection, clock, listen=listen, node=node)
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self._server.description}>"
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def schema_version(self) -> int:
+        with self._session() as db:
+            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0) if row else 0
+
+    @property
+    def listening(self) -> bool:
+        """Whether the cache is in use (the listener connection is up)."""
+        return self._listening
+
+    # -- the connection ---------------------------------------------------------------------
+
+    @contextmanager
+    def _session(self, *, transaction: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """The store's connection, in a transaction if asked. psycopg's errors become store
+        errors; a broken connection is dropped (and reopened: see :meth:`_connection`)."""
+        with self._lock:
+            db = self._connection()
+            try:
+                if transaction:
+                    with db.transaction():
+                        yield db
+                else:
+                    yield db
+            except self._pg.Error as exc:
+                raise self._store_error(db, exc) from None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._db is not None:
+            return self._db
+        if self._thread is not None:
+            # The event loop must not wait for a connect: the listener thread reconnects.
+            raise StoreUnavailable(
+                f"PostgreSQL {self._server.description}: not connected (reconnecting); "
+                "nothing was read or written"
+            )
+        now = time.monotonic()
+        if now < self._reconnect_at:
+            raise StoreUnavailable(
+                f"PostgreSQL {self._server.description}: not connected; nothing was read or written"
+            )
+        self._reconnect_at = now + RECONNECT_INTERVAL
+        self._db = self._server.connect()
+        self._own_pid = self._db.info.backend_pid
+        return self._db
+
+    def _store_error(self, db: psycopg.Connection[Any], exc: Exception) -> StoreError:
+        errors = self._pg.errors
+        message = self._server.say(exc)
+        where = f"PostgreSQL {self._server.description}"
+        if isinstance(exc, errors.QueryCanceled | errors.LockNotAvailable):
+            return StoreBusy(
+                f"{where}: no answer within statement_timeout "
+                f"({self._server.statement_timeout:g} s); nothing was written"
+            )
+        if isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected):
+            return StoreBusy(f"{where}: {message}; nothing was written")
+        if db.broken or db.closed:
+            self._drop_connection(db)
+            log.warning("%s: connection lost: %s", where, message)
+            return StoreUnavailable(
+                f"{where}: connection lost ({message}); the change may not have been made"
+            )
+        if isinstance(exc, self._pg.OperationalError):
+            return StoreUnavailable(f"{where}: {message}")
+        return StoreError(f"{where}: {message}")
+
+    def _drop_connection(self, db: psycopg.Connection[Any]) -> None:
+        if self._db is db:
+            self._db = None
+        db.close()
+
+    # -- the cache --------------------------------------------------------------------------
+
+    def _cached(self, table: dict[str, Any], key: str) -> tuple[Any, int]:
+        """The cached value (or :data:`_MISSING`) and the epoch to fill it under."""
+        with self._cache_lock:
+            if not self._listening:
+                return _MISSING, -1
+            return table.get(key, _MISSING), self._epoch
+
+    def _fill(self, table: dict[str, Any], key: str, value: Any, epoch: int) -> None:
+        with self._cache_lock:
+            if not self._listening or epoch != self._epoch:
+                return  # a notification came in while it was read: it may be stale
+            if len(table) >= ACCOUNT_CACHE_ENTRIES:  # names from the network
+                table.clear()
+            table[key] = value
+
+    def _forget_account(self, name: str) -> None:
+        with self._cache_lock:
+            self._epoch += 1
+            self._accounts.pop(name, None)
+            self._bindings.pop(name, None)
+            # Its registrations by AOR (gone with the account, if it was removed).
+            stale = [
+                aor
+                for aor, bindings in self._registrations.items()
+                if any(b.account == name for b in bindings)
+            ]
+            for aor in stale:
+                del self._registrations[aor]
+
+    def _forget_bindings(self, aor: str, accounts: Iterable[str]) -> None:
+        with self._cache_lock:
+            self._epoch += 1
+            self._registrations.pop(aor, None)
+            for name in accounts:
+                self._bindings.pop(name, None)
+
+    def _forget_all(self) -> None:
+        with self._cache_lock:
+            self._epoch += 1
+            self._accounts.clear()
+            self._bindings.clear()
+            self._registrations.clear()
+
+    def _notified(self, payload: str) -> None:
+        """Drop what a notification names (payloads: the triggers of migration 1)."""
+        kind, body = payload[:1], payload[1:]
+        if kind == "a" and body:
+            self._forget_account(body)
+        elif kind == "b" and "\n" in body:
+            name, _, aor = body.partition("\n")
+            if name:
+                self._forget_bindings(aor, [name])
+            else:  # the account went first (ON DELETE CASCADE): whose, we cannot tell
+                with self._cache_lock:
+                    self._epoch += 1
+                    self._registrations.pop(aor, None)
+                    self._bindings.clear()
+        else:
+            self._forget_all()
+
+    def _set_listening(self, listening: bool) -> None:
+        # Either way the cache starts empty: going down, nothing more will be notified; coming
+        # up, changes made while down never were.
+        with self._cache_lock:
+            self._listening = listening
+            self._epoch += 1
+            self._accounts.clear()
+            self._bindings.clear()
+            self._registrations.clear()
+
+    # -- the listener thread ----------------------------------------------------------------
+
+    def _listen(self) -> None:
+        try:
+            self._listen_until_stopped()
+        except Exception:
+            # A bug: the cache stays off (correct, slower) and lost connections stay lost.
+            log.exception("store listener thread failed: cache off, no reconnection")
+
+    def _listen_until_stopped(self) -> None:
+        pg = self._pg
+        listener: psycopg.Connection[Any] | None = None
+        retry_at = 0.0
+        lost_reason: str | None = None
+        try:
+            while not self._stopping.is_set():
+                now = time.monotonic()
+                if listener is None and now >= retry_at:
+                    retry_at = now + RECONNECT_INTERVAL
+                    try:
+                        listener = self._server.connect(listener=True)
+                        listener.execute(f"LISTEN {CHANNEL}")
+                    except (StoreError, pg.Error) as exc:
+                        if listener is not None:
+                            listener.close()
+                            listener = None
+                        if lost_reason is None:
+                            lost_reason = self._server.say(exc)
+                            log.warning(
+                                "store cache off until the listener is back: %s", lost_reason
+                            )
+                    else:
+                        self._set_listening(True)
+                        if lost_reason is not None:
+                            log.info("store listener connected again: cache on")
+                        lost_reason = None
+                self._reconnect_store()
+                if listener is None:
+                    self._stopping.wait(LISTENER_POLL)
+                    continue
+                try:
+                    for notification in listener.notifies(timeout=LISTENER_POLL):
+                        if notification.pid != self._own_pid:
+                            self._notified(notification.payload)
+                except pg.Error as exc:
+                    self._set_listening(False)
+                    lost_reason = self._server.say(exc)
+                    log.warning(
+                        "store listener connection lost, cache off until it is back: %s",
+                        lost_reason,
+                    )
+                    listener.close()
+                    listener = None
+                    retry_at = time.monotonic() + RECONNECT_INTERVAL
+        finally:
+            self._set_listening(False)
+            if listener is not None:
+                listener.close()
+
+    def _reconnect_store(self) -> None:
+        """Reopen the store's connection if a call found it lost, at most once a second."""
+        if self._db is not None or time.monotonic() < self._reconnect_at:
+            return
+        self._reconnect_at = time.monotonic() + RECONNECT_INTERVAL
+        try:
+            connection = self._server.connect()
+        except StoreUnavailable:
+            return  # said when the connection was lost; tried again in a second
+        with self._lock:
+            if self._db is None:
+                self._db = connection
+                self._own_pid = connection.info.backend_pid
+                log.info("PostgreSQL %s: connected again", self._server.description)
+                return
+        connection.close()
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    def accounts_add(
+        self,
+        name: str,
+        password: str,
+        realm: str,
+        *,
+        display_name: str | None = None,
+        enabled: bool = True,
+        media_policy: str = DEFAULT_MEDIA_POLICY,
+        require_tls: bool = False,
+        max_calls: int = 0,
+    ) -> Account:
+        """Create an account with HA1s for ``realm`` and every algorithm."""
+        rules.check_name(name)
+        rules.check_password(password)
+        rules.check_realm(realm)
+        fields = rules.check_fields(
+            {
+                "display_name": display_name,
+                "enabled": enabled,
+                "media_policy": media_policy,
+                "require_tls": require_tls,
+                "max_calls": max_calls,
+            }
+        )
+        now = self._clock()
+        credentials = rules.derive_credentials(name, password, [realm])
+        try:
+            with self._session(transaction=True) as db:
+                try:
+                    row = db.execute(
+                        "INSERT INTO accounts (name, display_name, enabled, media_policy,"
+                        " require_tls, max_calls, created_at, updated_at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                        (
+                            name,
+                            fields["display_name"],
+                            fields["enabled"],
+                            fields["media_policy"],
+                            fields["require_tls"],
+                            fields["max_calls"],
+                            now,
+                            now,
+                        ),
+                    ).fetchone()
+                except self._pg.errors.UniqueViolation:
+                    raise AccountExists(f"account {name!r} already exists") from None
+                assert row is not None
+                _insert_credentials(db, row[0], credentials)
+                account = _load_account(db, name)
+        finally:
+            self._forget_account(name)
+        assert account is not None
+        return account
+
+    def accounts_list(self) -> tuple[Account, ...]:
+        with self._session() as db:
+            names = [row[0] for row in db.execute("SELECT name FROM accounts ORDER BY name")]
+            loaded = [_load_account(db, name) for name in names]
+        return tuple(account for account in loaded if account is not None)
+
+    def get_account(self, name: str) -> Account | None:
+        """The account, from memory while the listener is up (see the module's docstring)."""
+        cached, epoch = self._cached(self._accounts, name)
+        if cached is not _MISSING:
+            return cast(Account | None, cached)
+        with self._session() as db:
+            account = _load_account(db, name)
+        self._fill(self._accounts, name, account, epoch)
+        return account
+
+    def accounts_set(self, name: str, **fields: Any) -> Account:
+        """Change account fields; see :meth:`Store.accounts_set`."""
+        checked = rules.check_fields(fields)
+        now = self._clock()
+        try:
+            with self._session(transaction=True) as db:
+                account_id = _account_id(db, name)
+                columns = {
+                    key: value
+                    for key, value in checked.items()
+                    if key
+                    in ("display_name", "enabled", "media_policy", "require_tls", "max_calls")
+                }
+                columns["updated_at"] = now
+                assignments = ", ".join(f"{column} = %s" for column in columns)
+                db.execute(
+                    f"UPDATE accounts SET {assignments} WHERE id = %s",
+                    (*columns.values(), account_id),
+                )
+                if "password" in checked:
+                    if "realm" in checked:
+                        realms = [checked["realm"]]
+                    else:
+                        realms = [
+                            row[0]
+                            for row in db.execute(
+                                "SELECT DISTINCT realm FROM account_credentials"
+                                " WHERE account_id = %s ORDER BY realm",
+                                (account_id,),
+                            )
+                        ]
+                    db.execute(
+                        "DELETE FROM account_credentials WHERE account_id = %s", (account_id,)
+                    )
+                    credentials = rules.derive_credentials(name, checked["password"], realms)
+                    _insert_credentials(db, account_id, credentials)
+                if "certificate_matches" in checked:
+                    db.execute(
+                        "DELETE FROM account_certificates WHERE account_id = %s", (account_id,)
+                    )
+                    with db.cursor() as cursor:
+                        cursor.executemany(
+                            "INSERT INTO account_certificates (account_id, kind, value)"
+                            " VALUES (%s, %s, %s)",
+                            [(account_id, m.kind, m.value) for m in checked["certificate_matches"]],
+                        )
+                account = _load_account(db, name)
+        finally:
+            self._forget_account(name)
+        assert account is not None
+        return account
+
+    def accounts_remove(self, name: str) -> None:
+        try:
+            with self._session(transaction=True) as db:
+                account_id = _account_id(db, name)
+                db.execute("DELETE FROM accounts WHERE id = %s", (account_id,))
+        finally:
+            self._forget_account(name)
+
+    # -- registrations ----------------------------------------------------------------------
+
+    def registrations_for(self, aor: str, *, now: float | None = None) -> tuple[Binding, ...]:
+        """Bindings of ``aor``, best first, from memory under the rule of :meth:`get_account`."""
+        cached, epoch = self._cached(self._registrations, aor)
+        if cached is not _MISSING:
+            return _unexpired(cached, now)
+        with self._session() as db:
+            bindings = _select_bindings(db, "r.aor = %s", (aor,))
+        self._fill(self._registrations, aor, bindings, epoch)
+        return _unexpired(bindings, now)
+
+    def bindings_for_account(
+        self, account: str, *, now: float | None = None
+    ) -> tuple[Binding, ...]:
+        """The account's bindings (unexpired at ``now`` if given), best first; from memory
+        under the rule of :meth:`get_account`."""
+        cached, epoch = self._cached(self._bindings, account)
+        if cached is not _MISSING:
+            return _unexpired(cached, now)
+        with self._session() as db:
+            bindings = _select_bindings(db, "a.name = %s", (account,))
+        self._fill(self._bindings, account, bindings, epoch)
+        return _unexpired(bindings, now)
+
+    def upsert_binding(self, binding: Binding) -> None:
+        self.apply_binding_changes(binding.aor, [binding], ())
+
+    def remove_binding(self, aor: str, key: str) -> bool:
+        removed: list[str] = []
+        try:
+            with self._session(transaction=True) as db:
+                rows = db.execute(
+                    "DELETE FROM registrations r USING accounts a"
+                    " WHERE a.id = r.account_id AND r.aor = %s AND r.binding_key = %s"
+                    " RETURNING a.name",
+                    (aor, key),
+                ).fetchall()
+                removed = [row[0] for row in rows]
+        finally:
+            self._forget_bindings(aor, removed)
+        return bool(removed)
+
+    def apply_binding_changes(
+        self, aor: str, upserts: Sequence[Binding], removals: Iterable[str]
+    ) -> None:
+        for binding in upserts:
+            if binding.aor != aor:
+                raise InvalidValue("every upserted binding must belong to the given AOR")
+        keys = list(removals)
+        touched = {binding.account for binding in upserts}
+        try:
+            with self._session(transaction=True) as db:
+                # Whose bindings of this AOR there were: their cached lists change too.
+                touched.update(
+                    row[0]
+                    for row in db.execute(
+                        "SELECT DISTINCT a.name FROM registrations r"
+                        " JOIN accounts a ON a.id = r.account_id WHERE r.aor = %s",
+                        (aor,),
+                    )
+                )
+                if keys:
+                    db.execute(
+                        "DELETE FROM registrations WHERE aor = %s AND binding_key = ANY(%s)",
+                        (aor, keys),
+                    )
+                for binding in upserts:
+                    _upsert(db, binding)
+        finally:
+            self._forget_bindings(aor, touched)
+
+    def expire_bindings(self, now: float) -> tuple[Binding, ...]:
+        expired: tuple[Binding, ...] = ()
+        try:
+            with self._session() as db:
+                # Every node expires: each row is deleted by the first node to lock it, and
+                # the others skip it rather than wait for that node's clean-up (SKIP LOCKED).
+                rows = db.execute(
+                    "DELETE FROM registrations r USING accounts a WHERE a.id = r.account_id"
+                    " AND r.id IN (SELECT id FROM registrations WHERE expires_at <= %s"
+                    f" FOR UPDATE SKIP LOCKED) RETURNING {_BINDING_COLUMNS}",
+                    (now,),
+                ).fetchall()
+                expired = tuple(_binding(row) for row in rows)
+        finally:
+            for binding in expired:
+                self._forget_bindings(binding.aor, [binding.account])
+        return expired
+
+    # -- call records -----------------------------------------------------------------------
+
+    def call_record_insert(self, record: CallRecord) -> None:
+        _check_json(record.security_json)
+        with self._session(transaction=True) as db:
+            try:
+                db.execute(_INSERT_CALL_RECORD, _call_record_values(record, self.node))
+            except self._pg.errors.UniqueViolation:
+                raise CallRecordExists(f"call {record.call_id!r} already has a record") from None
+
+    def call_record_update(
+        self,
+        call_id: str,
+        *,
+        answered_at: float | None = UNSET,
+        ended_at: float | None = UNSET,
+        end_reason: str | None = UNSET,
+        security: Mapping[str, Any] = UNSET,
+    ) -> CallRecord:
+        columns: dict[str, Any] = {}
+        if answered_at is not UNSET:
+            columns["answered_at"] = answered_at
+        if ended_at is not UNSET:
+            columns["ended_at"] = ended_at
+        if end_reason is not UNSET:
+            columns["end_reason"] = end_reason
+        if security is not UNSET:
+            try:
+                columns["security"] = json.dumps(security, sort_keys=True)
+            except (TypeError, ValueError) as exc:
+                raise InvalidValue("security record is not JSON-serializable") from exc
+        with self._session(transaction=True) as db:
+            if columns:
+                assignments = ", ".join(f"{column} = %s" for column in columns)
+                db.execute(
+                    f"UPDATE call_records SET {assignments} WHERE call_id = %s",
+                    (*columns.values(), call_id),
+                )
+            record = _load_call_record(db, call_id)
+        if record is None:
+            raise CallRecordNotFound(f"no record for call {call_id!r}")
+        return record
+
+    def call_records_save(self, records: Sequence[CallRecord]) -> None:
+        if not records:
+            return
+        with self._session(transaction=True) as db, db.cursor() as cursor:
+            try:
+                cursor.executemany(
+                    _INSERT_CALL_RECORD
+                    + " ON CONFLICT (call_id) DO UPDATE SET from_uri = excluded.from_uri,"
+                    " to_uri = excluded.to_uri, started_at = excluded.started_at,"
+                    " answered_at = excluded.answered_at, ended_at = excluded.ended_at,"
+                    " end_reason = excluded.end_reason, security = excluded.security",
+                    [_call_record_values(record, self.node) for record in records],
+                )
+            except self._pg.errors.InvalidTextRepresentation:
+                # The json column refuses a record that is not JSON: the batch rolls back.
+                raise InvalidValue("security_json is not valid JSON") from None
+
+    def call_records_end_unfinished(self, ended_at: float, reason: str) -> int:
+        with self._session() as db:
+            cursor = db.execute(
+                "UPDATE call_records SET ended_at = %s, end_reason = %s"
+                " WHERE ended_at IS NULL AND node = %s",
+                (ended_at, reason, self.node),
+            )
+            return int(cursor.rowcount)
+
+    def call_record_get(self, call_id: str) -> CallRecord | None:
+        with self._session() as db:
+            return _load_call_record(db, call_id)
+
+    def call_records_recent(self, limit: int = 100) -> tuple[CallRecord, ...]:
+        with self._session() as db:
+            rows = db.execute(
+                f"SELECT {_CALL_COLUMNS} FROM call_records ORDER BY started_at DESC, id DESC"
+                " LIMIT %s",
+                (max(0, limit),),
+            ).fetchall()
+        return tuple(_call_record(row) for row in rows)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _migrate(
+    db: psycopg.Connection[Any],
+    server: _Server,
+    migrations: Sequence[Migration],
+    clock: Callable[[], float],
+) -> None:
+    pg = _import_psycopg()
+    latest = len(migrations)
+    where = f"PostgreSQL {server.description}"
+    try:
+        for version, statements in migrations:
+            with db.transaction():
+                db.execute(f"SET LOCAL statement_timeout = '{MIGRATION_STATEMENT_TIMEOUT}'")
+                # Nodes starting together: one migrates, the others wait and find it done.
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version"
+                    " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+                current = int(row[0] or 0) if row else 0
+                if current > latest:
+                    raise SchemaError(
+                        f"{where}: schema version {current} is newer than this voipgw knows "
+                        f"({latest})"
+                    )
+                if version > current:
+                    for statement in statements:
+                        db.execute(statement)
+                    db.execute(
+                        "INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)",
+                        (version, clock()),
+                    )
+    except pg.Error as exc:
+        message = server.say(exc)
+        if db.broken or db.closed:
+            raise StoreUnavailable(f"{where}: connection lost while migrating: {message}") from None
+        raise SchemaError(f"{where}: cannot bring the schema up to date: {message}") from None
+
+
+def _account_id(db: psycopg.Connection[Any], name: str) -> int:
+    row = db.execute("SELECT id FROM accounts WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        raise AccountNotFound(f"no account {name!r}")
+    return int(row[0])
+
+
+def _insert_credentials(
+    db: psycopg.Connection[Any], account_id: int, credentials: Iterable[Credential]
+) -> None:
+    with db.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO account_credentials (account_id, realm, algorithm, ha1)"
+            " VALUES (%s, %s, %s, %s)",
+            [(account_id, c.realm, c.algorithm.value, c.ha1) for c in credentials],
+        )
+
+
+def _load_account(db: psycopg.Connection[Any], name: str) -> Account | None:
+    row = db.execute(
+        "SELECT id, name, display_name, enabled, media_policy, require_tls, created_at,"
+        " updated_at, max_calls FROM accounts WHERE name = %s",
+        (name,),
+    ).fetchone()
+    if row is None:
+        return None
+    account_id = row[0]
+    credentials = []
+    for realm, token, ha1 in db.execute(
+        "SELECT realm, algorithm, ha1 FROM account_credentials WHERE account_id = %s"
+        ' ORDER BY realm COLLATE "C", algorithm COLLATE "C"',
+        (account_id,),
+    ):
+        algorithm = DigestAlgorithm.from_token(token)
+        if algorithm is not None:  # an algorithm a newer voipgw added: not usable here
+            credentials.append(Credential(realm, algorithm, ha1))
+    matches = tuple(
+        CertificateMatch(kind, value)
+        for kind, value in db.execute(
+            "SELECT kind, value FROM account_certificates WHERE account_id = %s"
+            ' ORDER BY kind COLLATE "C", value COLLATE "C"',
+            (account_id,),
+        )
+    )
+    return Account(
+        name=row[1],
+        display_name=row[2],
+        enabled=row[3],
+        media_policy=row[4],
+        require_tls=row[5],
+        max_calls=row[8],
+        credentials=tuple(credentials),
+        certificate_matches=matches,
+        created_at=row[6],
+        updated_at=row[7],
+    )
+
+
+_BINDING_COLUMNS = (
+    "r.aor, r.binding_key, a.name, r.contact, r.expires_at, r.call_id, r.cseq, r.transport,"
+    " r.local_addr, r.remote_addr, r.q, r.instance, r.reg_id, r.user_agent, r.path, r.updated_at"
+)
+
+
+def _select_bindings(
+    db: psycopg.Connection[Any], where: str, args: tuple[Any, ...]
+) -> tuple[Binding, ...]:
+    # RFC 3261 §10.2.1.2 / §16.6: contacts are tried in decreasing q (no q counts as 1.0).
+    query = (
+        f"SELECT {_BINDING_COLUMNS} FROM registrations r JOIN accounts a ON a.id = r.account_id"
+        f" WHERE {where} ORDER BY COALESCE(r.q, 1.0) DESC, r.expires_at DESC, r.id"
+    )
+    return tuple(_binding(row) for row in db.execute(query, args))
+
+
+def _unexpired(bindings: tuple[Binding, ...], now: float | None) -> tuple[Binding, ...]:
+    if now is None:
+        return bindings
+    # Dropping rows from an ordered list leaves the rest in order.
+    return tuple(binding for binding in bindings if binding.expires_at > now)
+
+
+def _binding(row: tuple[Any, ...]) -> Binding:
+    return Binding(
+        aor=row[0],
+        key=row[1],
+        account=row[2],
+        contact=row[3],
+        expires_at=row[4],
+        call_id=row[5],
+        cseq=row[6],
+        flow=BindingFlow(row[7], row[8], row[9]),
+        q=row[10],
+        instance=row[11],
+        reg_id=row[12],
+        user_agent=row[13],
+        path=tuple(json.loads(row[14])),
+        updated_at=row[15],
+    )
+
+
+def _upsert(db: psycopg.Connection[Any], binding: Binding) -> None:
+    """Insert or replace the binding, looking its account up in the same statement."""
+    cursor = db.execute(
+        "INSERT INTO registrations (account_id, aor, binding_key, contact, expires_at, q,"
+        " call_id, cseq, instance, reg_id, transport, local_addr, remote_addr, user_agent, path,"
+        " updated_at) SELECT id, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+        " FROM accounts WHERE name = %s"
+        " ON CONFLICT (aor, binding_key) DO UPDATE SET account_id = excluded.account_id,"
+        " contact = excluded.contact, expires_at = excluded.expires_at, q = excluded.q,"
+        " call_id = excluded.call_id, cseq = excluded.cseq, instance = excluded.instance,"
+        " reg_id = excluded.reg_id, transport = excluded.transport,"
+        " local_addr = excluded.local_addr, remote_addr = excluded.remote_addr,"
+        " user_agent = excluded.user_agent, path = excluded.path,"
+        " updated_at = excluded.updated_at",
+        (
+            binding.aor,
+            binding.key,
+            binding.contact,
+            binding.expires_at,
+            binding.q,
+            binding.call_id,
+            binding.cseq,
+            binding.instance,
+            binding.reg_id,
+            binding.flow.transport,
+            binding.flow.local,
+            binding.flow.remote,
+            binding.user_agent,
+            json.dumps(list(binding.path)),
+            binding.updated_at,
+            binding.account,
+        ),
+    )
+    if cursor.rowcount == 0:
+        raise AccountNotFound(f"no account {binding.account!r}")
+
+
+_CALL_COLUMNS = (
+    "call_id, from_uri, to_uri, started_at, answered_at, ended_at, end_reason, security::text"
+)
+
+_INSERT_CALL_RECORD = (
+    "INSERT INTO call_records (call_id, from_uri, to_uri, started_at, answered_at, ended_at,"
+    " end_reason, security, node) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def _call_record_values(record: CallRecord, node: str) -> tuple[Any, ...]:
+    return (
+        record.call_id,
+        record.from_uri,
+        record.to_uri,
+        record.started_at,
+        record.answered_at,
+        record.ended_at,
+        record.end_reason,
+        record.security_json,
+        node,
+    )
+
+
+def _load_call_record(db: psycopg.Connection[Any], call_id: str) -> CallRecord | None:
+    row = db.execute(
+        f"SELECT {_CALL_COLUMNS} FROM call_records WHERE call_id = %s", (call_id,)
+    ).fetchone()
+    return None if row is None else _call_record(row)
+
+
+def _call_record(row: tuple[Any, ...]) -> CallRecord:
+    return CallRecord(
+        call_id=row[0],
+        from_uri=row[1],
+        to_uri=row[2],
+        started_at=row[3],
+        answered_at=row[4],
+        ended_at=row[5],
+        end_reason=row[6],
+        security_json=row[7],
+    )
+
+
+def _check_json(text: str) -> None:
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise InvalidValue("security_json is not valid JSON") from exc
+
+
+if TYPE_CHECKING:  # mypy checks that PostgresStore implements the Store protocol
+    _conforms: type[Store] = PostgresStore

@@ -1,0 +1,245 @@
+"""Two ``voipgw run`` nodes sharing one PostgreSQL store, as behind a load balancer hashing on
+Call-ID: a phone registers through node A, and a call that reaches node B rings it.
+
+Node B has no flow of the phone's (the REGISTER came over A's socket), so it sends the INVITE to
+the registered contact itself, which a phone on 127.0.0.1 is reachable at over UDP. Phones behind
+NAT would need the load balancer's Path (RFC 3327; docs/architecture.md "Scale").
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pgcluster import Cluster
+
+from gateway.core.auth.algorithms import DigestAlgorithm, compute_ha1, compute_response
+from gateway.core.sip.message import Request, Response, make_response
+from gateway.core.sip.parser import parse_message_untrusted
+from gateway.core.sip.serializer import serialize_message
+from gateway.testing.sip_agent import simple_sdp
+from tests.interop.harness import GatewayProcess
+
+REALM = "voipgw.local"
+ACCOUNTS = {"alice": "alice-wonderland", "bob": "bob-builder", "carol": "carol-singer"}
+
+
+def udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5.0)
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
+def receive(sock: socket.socket) -> tuple[Request | Response, tuple[str, int]]:
+    data, source = sock.recvfrom(65535)
+    return parse_message_untrusted(data), source
+
+
+def final_response(sock: socket.socket) -> Response:
+    while True:
+        message, _ = receive(sock)
+        if isinstance(message, Response) and message.status >= 200:
+            return message
+
+
+def digest(challenge: str, user: str, method: str, uri: str) -> str:
+    params = dict(re.findall(r'(\w+)="?([^",]+)"?', challenge))
+    algorithm = DigestAlgorithm.from_token(params.get("algorithm", "MD5"))
+    assert algorithm is not None
+    ha1 = compute_ha1(algorithm, user, REALM, ACCOUNTS[user])
+    response = compute_response(
+        algorithm,
+        ha1,
+        method=method,
+        uri=uri,
+        nonce=params["nonce"],
+        qop="auth",
+        nc="00000001",
+        cnonce="c0ffee",
+    )
+    return (
+        f'Digest username="{user}", realm="{REALM}", nonce="{params["nonce"]}", uri="{uri}", '
+        f'response="{response}", algorithm={params.get("algorithm", "MD5")}, qop=auth, '
+        f'nc=00000001, cnonce="c0ffee", opaque="{params.get("opaque", "")}"'
+    )
+
+
+def request(
+    method: str, uri: str, sock: socket.socket, user: str, cseq: int, *extra: str, body: bytes = b""
+) -> bytes:
+    here = f"127.0.0.1:{port_of(sock)}"
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bK{method.lower()}{cseq};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:{user}@127.0.0.1>;tag={user}-tag",
+        # A REGISTER's To is the address-of-record, in a domain of the node (RFC 3261 §10.2).
+        f"To: <{uri}>" if method != "REGISTER" else f"To: <{uri.replace('sip:', f'sip:{user}@')}>",
+        f"Call-ID: {method.lower()}-{user}@127.0.0.1",
+        f"CSeq: {cseq} {method}",
+        f"Contact: <sip:{user}@{here}>",
+        *extra,
+    ]
+    if body:
+        lines.append("Content-Type: application/sdp")
+    return ("\r\n".join(lines) + f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+@pytest.fixture
+def two_nodes(
+    tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
+) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    password_file = tmp_path / "db-password"
+    password_file.write_text(postgres_cluster.password + "\n")
+    password_file.chmod(0o600)
+    store = {
+        "backend": "postgresql",
+        "dsn": postgres_cluster.dsn(postgres_database, with_password=False),
+        "password_file": str(password_file),
+    }
+    settings = {"store": store, "gateway": {"log_level": "debug"}}
+    accounts = {name: ACCOUNTS[name] for name in ("alice", "bob")}
+    node_a = GatewayProcess(
+        tmp_path / "a", accounts=accounts, settings=settings, digest_algorithms=("MD5",)
+    )
+    node_b = GatewayProcess(tmp_path / "b", settings=settings, digest_algorithms=("MD5",))
+    with node_a, node_b:
+        yield node_a, node_b
+
+
+def test_a_call_through_node_b_rings_the_phone_registered_through_node_a(
+    two_nodes: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    node_a, node_b = two_nodes
+    with udp_socket() as phone, udp_socket() as caller:
+        # alice's phone registers through node A (digest: the account is in PostgreSQL).
+        registrar = f"sip:127.0.0.1:{node_a.port}"
+        phone.sendto(request("REGISTER", registrar, phone, "alice", 1), address_of(node_a))
+        challenge = final_response(phone)
+        assert challenge.status == 401
+        auth = digest(
+            challenge.headers.get_all("WWW-Authenticate")[0], "alice", "REGISTER", registrar
+        )
+        phone.sendto(
+            request(
+                "REGISTER", registrar, phone, "alice", 2, f"Authorization: {auth}", "Expires: 600"
+            ),
+            address_of(node_a),
+        )
+        assert final_response(phone).status == 200
+
+        # bob calls alice through node B, which has never seen her phone.
+        target = f"sip:alice@127.0.0.1:{node_b.port}"
+        sdp = simple_sdp("127.0.0.1", 40000)
+        caller.sendto(request("INVITE", target, caller, "bob", 1, body=sdp), address_of(node_b))
+        challenge = final_response(caller)
+        assert challenge.status == 407
+        caller.sendto(ack_for(challenge, target), address_of(node_b))
+        auth = digest(challenge.headers.get_all("Proxy-Authenticate")[0], "bob", "INVITE", target)
+        caller.sendto(
+            request("INVITE", target, caller, "bob", 2, f"Proxy-Authorization: {auth}", body=sdp),
+            address_of(node_b),
+        )
+
+        # The phone is rung by node B, at the contact it registered through node A.
+        invite, source = receive(phone)
+        while not (isinstance(invite, Request) and invite.method == "INVITE"):
+            invite, source = receive(phone)
+        assert source == ("127.0.0.1", node_b.port)
+        assert str(invite.uri) == f"sip:alice@127.0.0.1:{port_of(phone)}"
+        busy = make_response(invite, 486, "Busy Here", to_tag="phone-tag")
+        phone.sendto(serialize_message(busy), source)
+        final = final_response(caller)
+        assert final.status == 486
+        caller.sendto(ack_for(final, target), address_of(node_b))
+
+    assert "registered: 1 binding(s) for sip:alice@" in node_a.log_text()
+    assert "binding(s) for" not in node_b.log_text()  # B took no REGISTER
+
+
+def address_of(node: GatewayProcess) -> tuple[str, int]:
+    return ("127.0.0.1", node.port)
+
+
+def ack_for(response: Response, uri: str) -> bytes:
+    """The ACK of a non-2xx final response to our INVITE (RFC 3261 §17.1.1.3)."""
+    headers = response.headers
+    lines = [
+        f"ACK {uri} SIP/2.0",
+        f"Via: {headers.get('Via')}",
+        "Max-Forwards: 70",
+        f"From: {headers.get('From')}",
+        f"To: {headers.get('To')}",
+        f"Call-ID: {headers.get('Call-ID')}",
+        f"CSeq: {response.cseq.number} ACK",
+    ]
+    return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def register_status(
+    node: GatewayProcess, phone: socket.socket, cseq: int, user: str = "alice"
+) -> int:
+    """The final status of one REGISTER of ``user``'s (answering the challenge, if any)."""
+    registrar = f"sip:127.0.0.1:{node.port}"
+    phone.sendto(request("REGISTER", registrar, phone, user, cseq), address_of(node))
+    challenge = final_response(phone)
+    if challenge.status != 401:
+        return challenge.status
+    auth = digest(challenge.headers.get_all("WWW-Authenticate")[0], user, "REGISTER", registrar)
+    phone.sendto(
+        request("REGISTER", registrar, phone, user, cseq + 1, f"Authorization: {auth}"),
+        address_of(node),
+    )
+    return final_response(phone).status
+
+
+def test_an_account_added_with_the_cli_is_taken_by_a_running_node(
+    two_nodes: tuple[GatewayProcess, GatewayProcess],
+) -> None:
+    node_a, node_b = two_nodes
+    with udp_socket() as phone:
+        # Node A looks carol up and finds no account (and remembers that)...
+        assert register_status(node_a, phone, 1, user="carol") == 401
+        # ...until `voipgw accounts add`, run against node B's config, tells it otherwise.
+        node_b.add_account("carol", ACCOUNTS["carol"])
+        deadline = time.monotonic() + 10.0
+        cseq = 3
+        while (status := register_status(node_a, phone, cseq, user="carol")) != 200:
+            # Each 401 counts as a failed login; five in 60 s would block the phone (403).
+            assert status == 401 and time.monotonic() < deadline, status
+            cseq += 2
+            time.sleep(0.2)
+
+
+def test_a_register_while_the_database_is_down_gets_503_and_works_once_it_is_back(
+    two_nodes: tuple[GatewayProcess, GatewayProcess], postgres_cluster: Cluster
+) -> None:
+    node, _ = two_nodes
+    with udp_socket() as phone:
+        assert register_status(node, phone, 1) == 200
+        postgres_cluster.stop()
+        try:
+            started = time.monotonic()
+            assert register_status(node, phone, 3) == 503
+            # Answered at once: nothing waited for a connection (connect_timeout is 5 s).
+            assert time.monotonic() - started < 4.0
+        finally:
+            postgres_cluster.start()
+        deadline = time.monotonic() + 15.0
+        cseq = 5
+        while (status := register_status(node, phone, cseq)) != 200:
+            assert status == 503 and time.monotonic() < deadline, status
+            cseq += 2
+            time.sleep(0.1)
+    log = node.log_text()
+    assert "REGISTER refused with 503" in log
+    assert postgres_cluster.password not in log

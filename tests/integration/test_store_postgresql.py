@@ -1,0 +1,365 @@
+"""The PostgreSQL store against a real server (tests/pgcluster.py): two nodes on one database
+see each other's changes, a lost listener turns the cache off and back on, a stopped server
+fails calls quickly and is reconnected to, and no secret reaches a log, an error or a repr."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pgcluster import Cluster
+
+from gateway.core.auth.algorithms import DigestAlgorithm
+from gateway.core.store import postgresql as pg_module
+from gateway.core.store.errors import SchemaError, StoreBusy, StoreError, StoreUnavailable
+from gateway.core.store.interface import Binding, BindingFlow, CallRecord
+from gateway.core.store.postgresql import MIGRATIONS, PostgresStore
+
+PASSWORD = "s3cret-Pa55word"
+REALM = "voipgw.local"
+AOR = "sip:alice@127.0.0.1:5060"
+REPO = Path(__file__).parents[2]
+
+
+def binding(key: str = "sip:alice@192.0.2.1:5062", **changes: object) -> Binding:
+    values: dict[str, object] = {
+        "aor": AOR,
+        "key": key,
+        "account": "alice",
+        "contact": key,
+        "expires_at": time.time() + 3600,
+        "call_id": "call-1",
+        "cseq": 1,
+        "flow": BindingFlow("udp", "127.0.0.1:5060", "127.0.0.1:40000"),
+    }
+    values.update(changes)
+    return Binding(**values)  # type: ignore[arg-type]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def open_node(
+    postgres_cluster: Cluster, postgres_database: str
+) -> Iterator[Callable[..., PostgresStore]]:
+    """Opens stores ("nodes") on the test's database, listening, and closes them after."""
+    opened: list[PostgresStore] = []
+
+    def open_one(**options: object) -> PostgresStore:
+        store = PostgresStore.open(postgres_cluster.dsn(postgres_database), **options)  # type: ignore[arg-type]
+        opened.append(store)
+        if options.get("listen", True):
+            wait_until(lambda: store.listening)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+def test_two_nodes_see_each_other_s_accounts_and_bindings(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    a, b = open_node(), open_node()
+    a.accounts_add("alice", PASSWORD, REALM)
+    # From memory once A's notification has come in (until the next one says otherwise).
+    wait_until(lambda: b.get_account("alice") is b.get_account("alice") is not None)
+    assert b.bindings_for_account("alice") == ()
+    assert b.registrations_for(AOR) == ()
+
+    a.upsert_binding(binding())  # a REGISTER taken by node A
+    wait_until(lambda: [x.key for x in b.bindings_for_account("alice")] == [binding().key])
+    wait_until(lambda: len(b.registrations_for(AOR)) == 1)
+
+    b.accounts_set("alice", enabled=False)  # voipgw accounts set, against node B
+    wait_until(lambda: getattr(a.get_account("alice"), "enabled", True) is False)
+
+    a.remove_binding(AOR, binding().key)
+    wait_until(lambda: b.bindings_for_account("alice") == () and b.registrations_for(AOR) == ())
+
+    b.upsert_binding(binding("sip:alice@192.0.2.9:5062"))
+    a.accounts_remove("alice")  # cascades to the bindings B wrote
+    wait_until(lambda: b.get_account("alice") is None)
+    wait_until(lambda: b.bindings_for_account("alice") == () and b.registrations_for(AOR) == ())
+
+
+def test_a_change_made_by_hand_in_sql_reaches_the_cache(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    node = open_node()
+    node.accounts_add("alice", PASSWORD, REALM)
+    assert node.get_account("alice") is node.get_account("alice")
+    postgres_cluster.admin("UPDATE accounts SET max_calls = 7", postgres_database)
+    wait_until(lambda: getattr(node.get_account("alice"), "max_calls", 0) == 7)
+    postgres_cluster.admin("TRUNCATE accounts CASCADE", postgres_database)
+    wait_until(lambda: node.get_account("alice") is None)
+
+
+def test_a_read_that_raced_a_notification_is_not_kept(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    # The window cannot be hit on purpose through the public calls: a read from the database,
+    # a notification for it while the read is on its way back, then the read's result.
+    node = open_node()
+    node.accounts_add("alice", PASSWORD, REALM)
+    stale = node.get_account("alice")
+    node._forget_all()
+    missing, epoch = node._cached(node._accounts, "alice")
+    assert missing is pg_module._MISSING
+    node._notified("aalice")  # another node changed alice meanwhile
+    node._fill(node._accounts, "alice", stale, epoch)
+    assert "alice" not in node._accounts
+    node._fill(node._accounts, "alice", stale, node._cached(node._accounts, "alice")[1])
+    assert node._accounts["alice"] is stale  # without a notification in between it is kept
+
+
+def test_a_change_too_long_to_name_drops_every_cache_instead_of_failing(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    # NOTIFY payloads are at most 8000 bytes; the trigger sends "*" for a longer one rather
+    # than fail the REGISTER that made it.
+    a, b = open_node(), open_node()
+    a.accounts_add("alice", PASSWORD, REALM)
+    wait_until(lambda: b.get_account("alice") is b.get_account("alice") is not None)
+    long_aor = "sip:alice@" + "x" * 9000 + ".example"
+    a.upsert_binding(binding(aor=long_aor))
+    wait_until(lambda: "alice" not in b._accounts)  # dropped with everything else
+    assert [x.aor for x in b.registrations_for(long_aor)] == [long_aor]
+
+
+def test_a_killed_listener_turns_the_cache_off_until_it_is_back(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(pg_module, "RECONNECT_INTERVAL", 2.0)  # a window to look into
+    a, b = open_node(), open_node()
+    a.accounts_add("alice", PASSWORD, REALM)
+    wait_until(lambda: b.get_account("alice") is b.get_account("alice") is not None)  # cached
+
+    assert postgres_cluster.terminate(postgres_database, "voipgw listener") == 2
+    wait_until(lambda: not b.listening)
+    assert "store listener connection lost" in caplog.text
+    # While it is down no notification can arrive: every read goes to the database.
+    a.accounts_set("alice", media_policy="sdes")
+    changed = b.get_account("alice")
+    assert changed is not None and changed.media_policy == "sdes"
+    assert b.get_account("alice") is not changed  # read again, not kept
+
+    wait_until(lambda: b.listening)
+    assert b.get_account("alice") is b.get_account("alice")  # cached again
+    a.accounts_set("alice", media_policy="dtls")
+    wait_until(lambda: getattr(b.get_account("alice"), "media_policy", "") == "dtls")
+
+
+def test_a_stopped_server_fails_calls_at_once_and_is_reconnected_to(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster
+) -> None:
+    node = open_node(statement_timeout=0.5)
+    node.accounts_add("alice", PASSWORD, REALM)
+    postgres_cluster.stop()
+    try:
+        for attempt in range(3):
+            started = time.monotonic()
+            with pytest.raises(StoreBusy) as failed:
+                node.upsert_binding(binding(cseq=attempt + 1))
+            # At once: the caller's thread never waits for a connection (connect_timeout 5 s).
+            assert time.monotonic() - started < 2.0
+            assert isinstance(failed.value, StoreUnavailable)
+        wait_until(lambda: not node.listening)
+        with pytest.raises(StoreUnavailable):
+            node.get_account("alice")  # no cache without a listener
+    finally:
+        postgres_cluster.start()
+
+    def works() -> bool:
+        try:
+            node.upsert_binding(binding(cseq=9))
+        except StoreUnavailable:
+            return False
+        return True
+
+    wait_until(works)
+    wait_until(lambda: node.listening)
+    assert [b.cseq for b in node.bindings_for_account("alice")] == [9]
+
+
+def test_a_lock_held_past_the_statement_timeout_is_store_busy(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    import psycopg
+
+    node = open_node(statement_timeout=0.2)
+    node.accounts_add("alice", PASSWORD, REALM)
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database)) as holder:
+        holder.execute("SELECT * FROM accounts FOR UPDATE")  # an operator's open transaction
+        started = time.monotonic()
+        with pytest.raises(StoreBusy, match="statement_timeout"):
+            node.accounts_set("alice", max_calls=3)
+        assert time.monotonic() - started < 1.5
+        holder.rollback()
+    assert node.accounts_set("alice", max_calls=3).max_calls == 3
+
+
+def test_no_secret_in_logs_errors_or_reprs(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    db_password = postgres_cluster.password
+    node = open_node()
+    account = node.accounts_add("alice", PASSWORD, REALM)
+    ha1 = account.ha1_for(REALM, DigestAlgorithm.SHA_256)
+    assert ha1 is not None
+    errors: list[str] = [repr(node), str(node), repr(account)]
+    postgres_cluster.terminate(postgres_database)  # lost connections get logged
+    for _ in range(2):
+        try:
+            node.get_account("alice")
+        except StoreError as exc:
+            errors.append(str(exc))
+    wait_until(lambda: node.listening)
+    cluster, database = postgres_cluster, postgres_database
+    uri = f"postgresql://voipgw:{db_password}@127.0.0.1:{cluster.port}/{database}"
+    by_uri = PostgresStore.open(uri, listen=False)
+    errors.append(repr(by_uri))
+    shown = f"host=127.0.0.1 port={cluster.port} dbname={database} user=voipgw"
+    assert repr(by_uri) == f"<PostgresStore {shown}>"
+    by_uri.close()
+    wrong = postgres_cluster.dsn(postgres_database, with_password=False) + " password=wrong-pw"
+    with pytest.raises(StoreUnavailable) as refused:
+        PostgresStore.open(wrong)
+    errors.append(str(refused.value))
+    assert "password authentication failed" in str(refused.value)
+    with pytest.raises(StoreError) as bad:
+        PostgresStore.open(f"host=127.0.0.1 password={db_password} =broken")
+    errors.append(str(bad.value))
+    text = caplog.text + "\n".join(errors)
+    assert "connection lost" in text
+    for secret in (db_password, "wrong-pw", PASSWORD, ha1):
+        assert secret not in text
+
+
+def test_the_schema_is_migrated_once_and_a_newer_one_refused(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    first = open_node(listen=False)
+    assert first.schema_version() == len(MIGRATIONS)
+    open_node(listen=False)  # a second node: nothing applied twice
+    rows = postgres_cluster.admin("SELECT version FROM schema_version", postgres_database)
+    assert rows == [(version,) for version, _ in MIGRATIONS]
+
+    broken = (*MIGRATIONS, (len(MIGRATIONS) + 1, ("CREATE TABLE probe (x int)", "NOT SQL")))
+    with pytest.raises(SchemaError, match="cannot bring the schema up to date"):
+        open_node(migrations=broken)
+    tables = postgres_cluster.admin(
+        "SELECT 1 FROM pg_tables WHERE tablename = 'probe'", postgres_database
+    )
+    assert tables == []
+
+    postgres_cluster.admin("INSERT INTO schema_version VALUES (99, 0)", postgres_database)
+    with pytest.raises(SchemaError, match="newer than this voipgw knows"):
+        open_node()
+
+
+def test_call_records_are_not_cached_and_a_bad_batch_rolls_back(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    a, b = open_node(), open_node()
+    a.call_records_save([CallRecord("c1", "sip:a@x", "sip:b@y", 1.0, security_json='{"b": 1}')])
+    record = b.call_record_get("c1")
+    assert record is not None and record.security_json == '{"b": 1}'  # the text as written
+
+
+def test_a_starting_node_ends_only_its_own_unfinished_calls(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    a, b = open_node(node="edge-a"), open_node(node="edge-b")
+    a.call_record_insert(CallRecord("on-a", "sip:a@x", "sip:b@y", 1.0))
+    b.call_records_save([CallRecord("on-b", "sip:c@x", "sip:d@y", 2.0)])
+    # Node B restarts after being killed: its call ended, A's call is still up.
+    assert b.call_records_end_unfinished(50.0, "gateway stopped") == 1
+    on_a, on_b = a.call_record_get("on-a"), a.call_record_get("on-b")
+    assert on_a is not None and on_a.ended_at is None
+    assert on_b is not None and (on_b.ended_at, on_b.end_reason) == (50.0, "gateway stopped")
+    assert a.call_records_end_unfinished(60.0, "gateway stopped") == 1
+
+
+# -- the CLI and check-config against PostgreSQL ----------------------------------------------
+
+
+def voipgw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_and_check_config_use_the_configured_database(
+    tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    secret = tmp_path / "db-password"
+    secret.write_text(postgres_cluster.password + "\n")
+    secret.chmod(0o600)
+    config = tmp_path / "voipgw.toml"
+    dsn = postgres_cluster.dsn(postgres_database, with_password=False)
+    config.write_text(
+        f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\npassword_file = "{secret}"\n'
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+    )
+    checked = voipgw("check-config", str(config))
+    assert checked.returncode == 0, checked.stderr
+    added = voipgw("accounts", "add", "alice", "--password", PASSWORD, "--config", str(config))
+    assert added.returncode == 0, added.stderr
+    listed = voipgw("accounts", "list", "--config", str(config))
+    assert listed.returncode == 0 and "alice" in listed.stdout
+    again = voipgw("accounts", "add", "alice", "--password", PASSWORD, "--config", str(config))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    calls = voipgw("calls", "--recent", "5", "--config", str(config))
+    assert calls.returncode == 0 and "no calls" in calls.stdout
+    assert not (tmp_path / "state").exists()  # nothing went to SQLite
+    rows = postgres_cluster.admin("SELECT name FROM accounts", postgres_database)
+    assert rows == [("alice",)]
+
+    secret.chmod(0o644)
+    refused = voipgw("check-config", str(config))
+    assert refused.returncode == 2
+    assert f"{config}: [store] password_file" in refused.stderr and "chmod 600" in refused.stderr
+
+
+def test_cli_says_when_the_database_cannot_be_reached(tmp_path: Path) -> None:
+    config = tmp_path / "voipgw.toml"
+    port = __import__("pgcluster").free_port()  # nothing listens there
+    config.write_text(
+        f'[store]\nbackend = "postgresql"\n'
+        f'dsn = "host=127.0.0.1 port={port} dbname=x user=x password=hunter2-db"\n'
+    )
+    result = voipgw("accounts", "list", "--config", str(config))
+    assert result.returncode == 1
+    assert "voipgw: store: PostgreSQL host=127.0.0.1" in result.stderr
+    assert "cannot connect" in result.stderr
+    assert "hunter2-db" not in result.stderr + result.stdout
+    # A node that cannot reach its database does not start, and says why in one line.
+    run = voipgw("run", "--config", str(config), "--listen", "udp:127.0.0.1:0")
+    assert run.returncode == 1
+    assert "cannot run: PostgreSQL host=127.0.0.1" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "hunter2-db" not in run.stderr + run.stdout

@@ -1,0 +1,160 @@
+"""A throwaway PostgreSQL cluster for the store tests, from the distribution's binaries.
+
+Debian's ``postgresql`` package puts ``initdb`` and ``pg_ctl`` in /usr/lib/postgresql/VERSION/bin
+(not on PATH). PostgreSQL refuses to run as root, so as root (CI) the cluster is made and run as
+the ``postgres`` user the package creates; as anyone else, as that user. It listens on 127.0.0.1
+on a free port (password authentication, as a gateway node would connect) and on a Unix socket
+in its own directory (trust, for the tests' administrative connection). Durability is switched
+off: the cluster is deleted at the end of the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+SUPERUSER = "postgres"
+STORE_USER = "voipgw"
+# Settings for speed only: nothing in a test cluster needs to survive a crash.
+FAST = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+
+
+def postgres_bindir() -> Path | None:
+    """The newest installed server's binaries, or None."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=_version)
+    return found[-1].parent if found else None
+
+
+def _version(initdb: Path) -> float:
+    try:
+        return float(initdb.parent.parent.name)
+    except ValueError:
+        return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Cluster:
+    """One cluster: :meth:`start`, :meth:`stop`, :meth:`destroy`; :meth:`create_database`
+    gives each test a database of its own, owned by the unprivileged role ``voipgw``."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="voipgw-pg-"))
+        self.data = self.root / "data"
+        self.socket_dir = self.root / "socket"
+        self.port = free_port()
+        self.password = secrets.token_urlsafe(18)
+        self._as_user: list[str] = []
+        if os.getuid() == 0:
+            # initdb and postgres refuse root (PostgreSQL docs §19.1): run them as postgres.
+            account = pwd.getpwnam(SUPERUSER)
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+            self._as_user = ["runuser", "-u", SUPERUSER, "--"]
+        self.socket_dir.mkdir()
+        if self._as_user:
+            shutil.chown(self.socket_dir, SUPERUSER, SUPERUSER)
+        self._databases = 0
+
+    def _run(self, *command: str | Path) -> None:
+        subprocess.run(
+            [*self._as_user, *map(str, command)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.root,
+        )
+
+    def initdb(self) -> None:
+        password_file = self.root / "pw"
+        password_file.write_text(self.password + "\n")
+        if self._as_user:
+            shutil.chown(password_file, SUPERUSER, SUPERUSER)
+        self._run(
+            self.bindir / "initdb",
+            "-D",
+            self.data,
+            "-U",
+            SUPERUSER,
+            "--pwfile",
+            password_file,
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
+        password_file.unlink()
+
+    def start(self) -> None:
+        """Start and wait until it accepts connections (``pg_ctl -w`` polls for that)."""
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir} {FAST}"
+        self._run(
+            self.bindir / "pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.root / "server.log",
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
+
+    def dsn(self, dbname: str, *, with_password: bool = True) -> str:
+        """What a gateway node would be configured with: TCP, role ``voipgw``, password."""
+        dsn = f"host=127.0.0.1 port={self.port} user={STORE_USER} dbname={dbname}"
+        return f"{dsn} password={self.password}" if with_password else dsn
+
+    def admin(self, sql: str, dbname: str = "postgres") -> list[tuple[object, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn(dbname), autocommit=True) as conn:
+            cursor = conn.execute(sql.encode())
+            return cursor.fetchall() if cursor.description else []
+
+    def create_role(self) -> None:
+        self.admin(f"CREATE ROLE {STORE_USER} LOGIN PASSWORD '{self.password}'")
+
+    def create_database(self) -> str:
+        self._databases += 1
+        name = f"store_{self._databases}"
+        self.admin(f"CREATE DATABASE {name} OWNER {STORE_USER}")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def terminate(self, dbname: str, application_name: str | None = None) -> int:
+        """``pg_terminate_backend`` the store's sessions on ``dbname``; how many."""
+        where = f"datname = '{dbname}' AND usename = '{STORE_USER}'"
+        if application_name is not None:
+            where += f" AND application_name = '{application_name}'"
+        rows = self.admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {where}")
+        return len(rows)
