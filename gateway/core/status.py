@@ -57,36 +57,31 @@ def end_outcome(reason: str | None, *, answered: bool) -> str:
     return "rejected"
 
 
-@attrs.frozen
+@attrs.define
 class MediaTotals:
+    """Running sums of calls' media counters, added to in place (no allocation per call)."""
+
     packets: int = 0
     bytes: int = 0
     dropped: int = 0
     srtp_auth_failures: int = 0
     srtp_replays: int = 0
 
-    def __add__(self, other: MediaTotals) -> MediaTotals:
-        return MediaTotals(
-            *(a + b for a, b in zip(attrs.astuple(self), attrs.astuple(other), strict=True))
-        )
-
-
-def media_of(call: Call) -> tuple[int, MediaTotals]:
-    """A call's open streams and its media counters so far (closed streams and replaced SRTP
-    sessions included)."""
-    streams = 0
-    packets = octets = dropped = failures = replays = 0
-    if call.media is not None:
-        stats = call.media.statistics()
-        streams = int(stats["streams"] or 0)
-        packets = int(stats["a_to_b_packets"] or 0) + int(stats["b_to_a_packets"] or 0)
-        octets = int(stats["a_to_b_bytes"] or 0) + int(stats["b_to_a_bytes"] or 0)
-        dropped = int(stats["a_to_b_dropped"] or 0) + int(stats["b_to_a_dropped"] or 0)
-    if call.keying is not None:
-        for leg in call.keying.statistics().values():
-            failures += leg["auth_failures"]
-            replays += leg["replays"]
-    return streams, MediaTotals(packets, octets, dropped, failures, replays)
+    def add_call(self, call: Call) -> int:
+        """Add ``call``'s counters so far (closed streams and replaced SRTP sessions
+        included); how many streams it has open."""
+        streams = 0
+        if call.media is not None:
+            stats = call.media.statistics()
+            streams = int(stats["streams"] or 0)
+            self.packets += int(stats["a_to_b_packets"] or 0) + int(stats["b_to_a_packets"] or 0)
+            self.bytes += int(stats["a_to_b_bytes"] or 0) + int(stats["b_to_a_bytes"] or 0)
+            self.dropped += int(stats["a_to_b_dropped"] or 0) + int(stats["b_to_a_dropped"] or 0)
+        if call.keying is not None:
+            for leg in call.keying.statistics().values():
+                self.srtp_auth_failures += leg["auth_failures"]
+                self.srtp_replays += leg["replays"]
+        return streams
 
 
 class CallStatistics:
@@ -121,7 +116,7 @@ class CallStatistics:
             answered = call in self._live and self._live.pop(call) is None
             self.ended[end_outcome(reason, answered=answered)] += 1
             # Called before the call's streams close: their final counters.
-            self.ended_media += media_of(call)[1]
+            self.ended_media.add_call(call)
 
     def _observe_setup(self, seconds: float) -> None:
         index = bisect.bisect_left(SETUP_BUCKETS, seconds)  # le: a bound is inclusive
@@ -160,13 +155,11 @@ class StatusView:
         )
 
     def media(self) -> MediaCounts:
-        totals = self._statistics.ended_media
+        totals = attrs.evolve(self._statistics.ended_media)  # a copy, the live calls added
         streams = 0
         manager = self._gateway.calls
         for call in list(manager.calls) if manager is not None else ():
-            open_streams, counters = media_of(call)
-            streams += open_streams
-            totals += counters
+            streams += totals.add_call(call)
         return MediaCounts(
             streams=streams,
             packets=totals.packets,
