@@ -29,6 +29,7 @@ from gateway.core.endpoint import SipEndpoint
 from gateway.core.ids import IdSource, RandomIds
 from gateway.core.interfaces import (
     Caller,
+    GatewayStatus,
     Listener,
     RouteDecision,
     Transport,
@@ -46,6 +47,7 @@ from gateway.core.nat_keepalive import NatKeepalive
 from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
 from gateway.core.sip.message import Request
+from gateway.core.status import CallStatistics, StatusView
 from gateway.core.store.backends import SQLITE_GATEWAY_BUSY_TIMEOUT, check_store, open_store
 from gateway.core.store.errors import StoreBusy, StoreError
 from gateway.core.store.interface import Binding, Store
@@ -112,6 +114,11 @@ class Gateway:
         self.nat_keepalive: NatKeepalive | None = None  # [sip] nat_keepalive_interval
         self.trunk_registrations: dict[str, TrunkRegistration] = {}  # [[trunks]] register
         self.calls: CallManager | None = None
+        # Only a gateway with a monitoring service counts calls for one (gateway/core/status.py).
+        self.call_statistics = CallStatistics() if len(plugins.services) else None
+        self.status: GatewayStatus | None = (
+            StatusView(self, self.call_statistics) if self.call_statistics is not None else None
+        )
         self._trunks = TrunkMatcher(config.trunks)
         self.trunk_health = TrunkHealth(
             t.name for t in config.trunks if t.enabled and t.options_interval > 0
@@ -378,21 +385,24 @@ class Gateway:
         log.info("media relay: %s", relay_build())
 
     async def _start_plugin_tasks(self, nursery: trio.Nursery) -> None:
-        """The tasks of capture agents and media taps (HEP's sender, interception's X1 server
-        and delivery links), each object's once. A ``run`` that takes ``task_status`` is waited
-        for: until it says it started, a failure (the X1 port taken) stops the gateway's
-        start-up like a listener's would; after, a failure is logged and the gateway goes on."""
-        runners: dict[int, tuple[str, Any]] = {}
+        """The tasks of capture agents, media taps (HEP's sender, interception's X1 server
+        and delivery links) and monitoring services (the metrics exporter), each object's once.
+        A ``run`` that takes ``task_status`` is waited for: until it says it started, a failure
+        (the X1 or metrics port taken) stops the gateway's start-up like a listener's would;
+        after, a failure is logged and the gateway goes on. Services get the status view."""
+        runners: dict[int, tuple[str, Any, tuple[object, ...]]] = {}
         for capture in self.endpoint.captures:
-            runners[id(capture)] = (str(getattr(capture, "name", capture)), capture)
+            runners[id(capture)] = (str(getattr(capture, "name", capture)), capture, ())
         for name, tap in self.plugins.media_taps.items():
             if callable(getattr(tap, "run", None)):
-                runners.setdefault(id(tap), (name, tap))
-        for name, runner in runners.values():
+                runners.setdefault(id(tap), (name, tap, ()))
+        for name, service in self.plugins.services.items():
+            runners.setdefault(id(service), (name, service, (self.status,)))
+        for name, runner, args in runners.values():
             if "task_status" in inspect.signature(runner.run).parameters:
-                await nursery.start(_run_plugin_task, name, runner)
+                await nursery.start(_run_plugin_task, name, runner, args)
             else:
-                nursery.start_soon(_run_plugin_task, name, runner)
+                nursery.start_soon(_run_plugin_task, name, runner, args)
 
 
 def run_until_signal(gateway: Gateway) -> int:
@@ -434,11 +444,16 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 
 
 async def _run_plugin_task(
-    name: str, runner: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    name: str,
+    runner: Any,
+    args: tuple[object, ...],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """A plugin's own task (a capture agent's sender, a tap's X1 server). Started with
-    ``task_status`` when its ``run`` takes one: a failure before it started is the start-up's;
-    any other failure is logged, never the gateway's end."""
+    """A plugin's own task (a capture agent's sender, a tap's X1 server, a service), ``run``
+    called with ``args``. Started with ``task_status`` when its ``run`` takes one: a failure
+    before it started is the start-up's; any other failure is logged, never the gateway's
+    end."""
     started = False
 
     class _Started:
@@ -449,11 +464,11 @@ async def _run_plugin_task(
 
     try:
         if "task_status" in inspect.signature(runner.run).parameters:
-            await runner.run(task_status=_Started())
+            await runner.run(*args, task_status=_Started())
         else:
             task_status.started()
             started = True
-            await runner.run()
+            await runner.run(*args)
     except Exception:
         if not started:
             raise

@@ -90,6 +90,13 @@ def gateway_register_interworking(registry: Registry[Any], config: Any) -> None:
     """Add PSTN interworking functions (``interfaces.Interworking``) under their name."""
 
 
+@hookspec
+def gateway_register_services(registry: Registry[Any], config: Any) -> None:
+    """Add monitoring services (``interfaces.Service``: a Prometheus exporter, an SNMP agent).
+    The core runs each one's ``run(status, *, task_status)`` from start-up to the stop, handing
+    it ``status``, the read-only ``interfaces.GatewayStatus`` view of the gateway."""
+
+
 @hookspec(firstresult=True)
 def gateway_identify_device(request: Request, flow: Flow) -> DeviceProfile | None:
     """Say which phone model sent ``request`` over ``flow``, or None to let the next plugin (and

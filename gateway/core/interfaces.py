@@ -530,3 +530,124 @@ class CallEvent:
     at: float
     reason: str | None = None
     detail: tuple[tuple[str, str], ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Monitoring (a Prometheus exporter, an SNMP agent)
+
+
+@attrs.frozen
+class Histogram:
+    """Observations counted into buckets, the way Prometheus exposes a histogram: ``counts[i]``
+    is how many were at most ``bounds[i]`` (cumulative), ``count`` how many there were in all
+    (the ``+Inf`` bucket) and ``total`` their sum."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    count: int
+    total: float
+
+
+@attrs.frozen
+class CallCounts:
+    """Calls since the gateway started. ``ended`` counts them by outcome: "answered" (ended
+    after an answer), "cancelled" (the caller gave up), "no_answer" (the ring timeout),
+    "rejected" (a final failure status to the caller: refused, busy, unreachable),
+    "transferred" (replaced by a transfer before an answer), "error" (a network error or a bug
+    ended it). ``setup_seconds``: from the caller's INVITE becoming a call to its answer."""
+
+    in_progress: int
+    started: int
+    answered: int
+    ended: tuple[tuple[str, int], ...]
+    setup_seconds: Histogram
+
+
+@attrs.frozen
+class MediaCounts:
+    """Media relayed since the gateway started, ended calls and live ones together, both
+    directions summed: packets (RTP and RTCP) and bytes forwarded, packets dropped for any
+    reason, SRTP/SRTCP packets that failed authentication and replays refused (RFC 3711
+    §3.3.2, §3.3.3). ``streams``: relay streams open now."""
+
+    streams: int
+    packets: int
+    bytes: int
+    dropped: int
+    srtp_auth_failures: int
+    srtp_replays: int
+
+
+@attrs.frozen
+class TrunkCounts:
+    """One configured trunk: its calls in progress, its ``max_calls`` (0: none) and the calls
+    refused since the start because it was at its ``max_calls`` or its ``max_cps``."""
+
+    name: str
+    calls_in_progress: int
+    max_calls: int
+    refused_call_limit: int
+    refused_call_rate: int
+
+
+@attrs.frozen
+class SipCounts:
+    """SIP messages since the start: received (parsed, from any transport), sent, new
+    INVITEs and REGISTERs refused with 503 for overload (gateway/core/sip/overload.py),
+    requests refused as malformed (400), and messages dropped because the inbound queue was
+    full."""
+
+    received: int
+    sent: int
+    rejected_overload: int
+    rejected_malformed: int
+    dropped_queue_full: int
+
+
+class GatewayStatus(Protocol):
+    """A read-only view of a running gateway, for monitoring services
+    (``gateway_register_services``). Every method reads the counters when called, walking the
+    live calls and streams, so ask it when a monitor asks (a scrape), not per packet or per
+    call. Counters never go backwards while the gateway runs."""
+
+    @property
+    def version(self) -> str:
+        """voipgw's version."""
+
+    @property
+    def started_at(self) -> float:
+        """When the gateway started, Unix time."""
+
+    def calls(self) -> CallCounts: ...
+
+    def media(self) -> MediaCounts: ...
+
+    def sip(self) -> SipCounts: ...
+
+    def trunks(self) -> tuple[TrunkCounts, ...]: ...
+
+    def registrations(self) -> int:
+        """Unexpired registration bindings in the store (with a shared store: of every node)."""
+
+    def key_exchange_failures(self) -> tuple[tuple[str, int], ...]:
+        """Key negotiations that failed since the start, by key exchange (``sdes``, ``dtls``,
+        ``zrtp``, ``mikey``): an answer or offer whose keys could not be used, a failed
+        DTLS or ZRTP handshake."""
+
+
+class Service(Protocol):
+    """A plugin's long-running service that watches the gateway (a metrics exporter, an SNMP
+    agent), registered by ``gateway_register_services``. The core starts ``run`` once the
+    listeners are up and cancels it when the gateway stops. ``run`` calls
+    ``task_status.started()`` once it serves (its port bound): a failure before that stops the
+    gateway's start-up, as a listener's does; a failure after is logged, never the gateway's
+    end."""
+
+    name: str
+
+    async def run(
+        self,
+        status: GatewayStatus,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None: ...

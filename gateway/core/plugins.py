@@ -33,6 +33,7 @@ REGISTRY_HOOKS: dict[str, str] = {
     "gateway_register_sip_captures": "sip_captures",
     "gateway_register_device_profiles": "device_profiles",
     "gateway_register_interworking": "interworking",
+    "gateway_register_services": "services",
 }
 
 
@@ -125,6 +126,7 @@ class Plugins:
         self.sip_captures: Registry[Any] = Registry("SIP capture")
         self.device_profiles: Registry[Any] = Registry("device profile")
         self.interworking: Registry[Any] = Registry("interworking")
+        self.services: Registry[Any] = Registry("service")
 
     @property
     def hook(self) -> Any:

@@ -63,6 +63,9 @@ class CallLimits:
     def __init__(self, limit_of: Callable[[Key], Limit]) -> None:
         self._limit_of = limit_of
         self.in_progress: collections.Counter[Key] = collections.Counter()
+        # Calls refused since the start, by key and why ("call limit", "call rate"): counted
+        # on refusals only, for monitoring (gateway/core/status.py).
+        self.refused: collections.Counter[tuple[Key, str]] = collections.Counter()
         self._counted: dict[object, list[Key]] = {}
         self._rates: dict[Key, CallRate] = {}
 
@@ -70,6 +73,11 @@ class CallLimits:
         """Whether one more call fits ``key``'s ``max_calls``."""
         limit = self._limit_of(key).max_calls
         return not limit or self.in_progress[key] < limit
+
+    def refuse(self, key: Key, why: str) -> str:
+        """Count a call refused for ``key`` (``why``: "call limit" or "call rate"); ``why``."""
+        self.refused[(key, why)] += 1
+        return why
 
     def take(self, holder: object, key: Key, *, now: float | None = None) -> str | None:
         """Count ``holder`` (a call) against ``key``, once; None when it fits, else why not
@@ -80,14 +88,14 @@ class CallLimits:
         if key in counted:
             return None
         if not self.has_room(key):
-            return "call limit"
+            return self.refuse(key, "call limit")
         per_second = self._limit_of(key).max_cps
         if per_second and now is not None:
             rate = self._rates.get(key)
             if rate is None or rate.per_second != per_second:
                 rate = self._rates[key] = CallRate(per_second)
             if not rate.allow(now):
-                return "call rate"
+                return self.refuse(key, "call rate")
         counted.append(key)
         self.in_progress[key] += 1
         return None

@@ -68,6 +68,8 @@ class CallManager:
         self.calls: set[Call] = set()
         # Calls in progress per trunk and account, and the calls sent to each trunk per second.
         self.limits = CallLimits(self._limit_of)
+        self.statistics = gateway.call_statistics
+        """Call counters for monitoring services; None (nothing counted) without one."""
         self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
@@ -118,6 +120,7 @@ class CallManager:
             return
         counted = (caller.kind, caller.name) if caller.name is not None else None
         if counted is not None and not self.limits.has_room(counted):
+            self.limits.refuse(counted, "call limit")
             # A trunk past its channels: 503, its proxy tries its next route. An account past
             # its own limit: 403, nothing else would get it through.
             status, reason = (
@@ -320,6 +323,7 @@ class CallManager:
             signalling=flow.transport if flow is not None else (transport or "udp"),
             offer_feedback=offer_feedback,
             leg=leg,  # for key exchanges keyed per account or trunk (mikey's PSK modes)
+            failures=None if self.statistics is None else self.statistics.key_exchange_failures,
         )
 
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:
@@ -327,6 +331,9 @@ class CallManager:
 
     def event(self, call: Call, kind: str, reason: str | None) -> None:
         self._record(call, kind, reason)
+        statistics = self.statistics
+        if statistics is not None:
+            statistics.event(call, kind, reason, trio.current_time())
         hook = self.gateway.plugins.implemented("gateway_call_event")
         if hook is None:
             return

@@ -230,6 +230,9 @@ class CallHandshakes:
                 else:
                     stream.keys = None
                 stream.failure = reason
+                leg = self._legs().get(side)
+                if leg is not None:
+                    leg.failed(stream.key_exchange)
                 self._on_failure(side, reason)
         return changed
 

@@ -89,6 +89,9 @@ class StreamSrtp:
 
     def __init__(self) -> None:
         self._sessions: dict[tuple[str, str], tuple[SrtpKeys, SrtpSession]] = {}
+        # Counters of sessions replaced by new keys, per leg, so that the stream's totals never
+        # go backwards on a re-key (monitoring sums them, gateway/core/status.py).
+        self._retired: dict[str, SrtpStatistics] = {}
 
     def apply(self, stream: MediaStream, keys: StreamKeys) -> None:
         """Set ``stream``'s transforms and block flags from ``keys``."""
@@ -117,19 +120,13 @@ class StreamSrtp:
         stream.b_to_a.blocked = keys.blocked
 
     def statistics(self) -> dict[str, SrtpStatistics]:
-        """SRTP counters of each leg ("a", "b") that has a session (RTP and RTCP ports summed)."""
-        totals: dict[str, SrtpStatistics] = {}
+        """SRTP counters of each leg ("a", "b") that has had a session (RTP and RTCP ports
+        summed, sessions its earlier keys had included)."""
+        totals = dict(self._retired)
         for (side, _), (_, session) in self._sessions.items():
             stats = session.statistics()
             before = totals.get(side)
-            if before is not None:
-                stats = SrtpStatistics(
-                    *(
-                        getattr(before, f.name) + getattr(stats, f.name)
-                        for f in attrs.fields(SrtpStatistics)
-                    )
-                )
-            totals[side] = stats
+            totals[side] = stats if before is None else _sum(before, stats)
         return totals
 
     def close(self) -> None:
@@ -163,6 +160,10 @@ class StreamSrtp:
         if current is not None and current[0] == keys:
             return current[1]
         if current is not None:
+            side = slot[0]
+            stats = current[1].statistics()
+            before = self._retired.get(side)
+            self._retired[side] = stats if before is None else _sum(before, stats)
             current[1].close()
             del self._sessions[slot]
         if keys is None:
@@ -170,6 +171,12 @@ class StreamSrtp:
         session = SrtpSession(keys)
         self._sessions[slot] = (keys, session)
         return session
+
+
+def _sum(a: SrtpStatistics, b: SrtpStatistics) -> SrtpStatistics:
+    return SrtpStatistics(
+        *(getattr(a, f.name) + getattr(b, f.name) for f in attrs.fields(SrtpStatistics))
+    )
 
 
 _SRTP_TOTALS = ("protected", "unprotected", "auth_failures", "replays", "dropped")
@@ -202,7 +209,7 @@ class CallKeying:
             stream.b_to_a.blocked = True
 
     def statistics(self) -> dict[str, dict[str, int]]:
-        """SRTP counters per leg ("a", "b"), summed over its streams (current keys only)."""
+        """SRTP counters per leg ("a", "b"), summed over its streams and its keys so far."""
         per_stream = [srtp.statistics() for srtp in self._srtp.values()]
         per_stream += [stream.srtp_statistics() for stream in self._remote.values()]
         totals: dict[str, dict[str, int]] = {}

@@ -47,6 +47,7 @@ gives the leg's security record, derived from what was negotiated, never written
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -125,8 +126,12 @@ class LegSecurity:
         signalling: str,
         offer_feedback: bool = False,
         leg: LegInfo | None = None,
+        failures: collections.Counter[str] | None = None,
     ) -> None:
         self.side = side
+        self.failures = failures
+        """Failed negotiations by key exchange, for monitoring (gateway/core/status.py); None:
+        not counted."""
         self.leg = leg
         """Whose leg this is (account or trunk), for key exchanges that declare ``wants_leg``
         (MIKEY's pre-shared keys are per account or trunk); None where the caller does not say."""
@@ -205,6 +210,7 @@ class LegSecurity:
                     stream.keys = previous.keys  # keys unchanged (RFC 4568 §7.1.4)
                 return
             reasons.append(f"{name}: {failed}")
+            self.failed(name)
         if media.crypto and not any(name == "sdes" for name, _ in self._exchanges):
             if "sdes" not in self._enabled:
                 reasons.append("the sdes key exchange is not enabled ([plugins] enable)")
@@ -279,6 +285,7 @@ class LegSecurity:
                 failed = _drain(negotiation, drained)
                 if failed is not None:
                     reasons.append(f"{name}: {failed}")
+                    self.failed(name)
                 elif stream.negotiation is None:
                     stream.negotiation, stream.key_exchange = negotiation, name
                     stream.media_path = bool(getattr(exchange, "media_path", False))
@@ -386,6 +393,7 @@ class LegSecurity:
                         negotiation.remote_sdp_attributes(attributes)
                     failed = _drain(negotiation, stream)
                     if failed is not None:
+                        self.failed(name)
                         raise MediaSecurityRefused(f"the answer's keys are unusable: {failed}")
                 elif self.policy.allow_cleartext:
                     stream.negotiation, stream.key_exchange = None, None  # declined: cleartext
@@ -466,6 +474,12 @@ class LegSecurity:
 
     def _stream(self, index: int) -> StreamSecurity | None:
         return self.streams[index] if index < len(self.streams) else None
+
+    def failed(self, key_exchange: str | None) -> None:
+        """Count a failed negotiation of ``key_exchange`` (from SDP here, from the media path
+        by the call's handshakes)."""
+        if self.failures is not None:
+            self.failures[key_exchange or "unknown"] += 1
 
 
 def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:

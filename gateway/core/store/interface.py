@@ -220,6 +220,10 @@ class Store(Protocol):
         """Delete every binding with ``expires_at <= now`` and return them."""
         ...
 
+    def count_bindings(self, now: float) -> int:
+        """How many bindings are unexpired at ``now`` (monitoring: asked at a scrape)."""
+        ...
+
     # -- call records -----------------------------------------------------------------------
 
     def call_record_insert(self, record: CallRecord) -> None:

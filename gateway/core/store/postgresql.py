@@ -894,6 +894,14 @@ class PostgresStore:
                 self._forget_bindings(binding.aor, [binding.account])
         return expired
 
+    def count_bindings(self, now: float) -> int:
+        """Unexpired bindings of every node (what a monitoring scrape asks; not cached)."""
+        with self._session() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM registrations WHERE expires_at > %s", (now,)
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
     # -- call records -----------------------------------------------------------------------
 
     def call_record_insert(self, record: CallRecord) -> None:

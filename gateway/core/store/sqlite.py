@@ -480,6 +480,14 @@ class SqliteStore:
             db.execute("DELETE FROM registrations WHERE expires_at <= ?", (now,))
         return expired
 
+    def count_bindings(self, now: float) -> int:
+        with self._read() as db:
+            # The index on expires_at answers it without reading the rows.
+            row = db.execute(
+                "SELECT COUNT(*) FROM registrations WHERE expires_at > ?", (now,)
+            ).fetchone()
+        return int(row[0])
+
     # -- call records -----------------------------------------------------------------------
 
     def call_record_insert(self, record: CallRecord) -> None:

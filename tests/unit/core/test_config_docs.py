@@ -8,6 +8,7 @@ import attrs
 import pytest
 
 from gateway.core import config as cfg
+from gateway.plugins import metrics
 from gateway.plugins.keyexchange import dtls_srtp
 from gateway.plugins.transports import tcp, tls, udp
 
@@ -23,6 +24,7 @@ TABLES = {
     "plugins.tcp": tcp.TcpConfig,
     "plugins.tls": tls.TlsConfig,
     "plugins.dtls": dtls_srtp.DtlsConfig,
+    "plugins.metrics": metrics.MetricsConfig,
     "[trunks]": cfg.TrunkConfig,  # an array of tables: ## `[[trunks]]`
 }
 CASES = [(table, field.name) for table, cls in TABLES.items() for field in attrs.fields(cls)]

@@ -1,0 +1,206 @@
+"""What a running gateway tells monitoring services (``interfaces.GatewayStatus``).
+
+Two parts. :class:`CallStatistics` is counted by the call manager as calls start, are answered
+and end; it exists only while a service watches (``gateway_register_services``), so a gateway
+without one does no per-call work for it. :class:`StatusView` answers a service's questions by
+reading the counters the core keeps anyway (the endpoint's, the call limits', the relay
+streams') when asked: the walk over live calls happens at a scrape, never per packet.
+
+Media and SRTP totals must not go backwards when calls end (a Prometheus counter that drops is
+read as a restart): ended calls' final counters are added to a running sum, and a scrape adds
+the live calls' counters to it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import time
+from typing import TYPE_CHECKING
+
+import attrs
+
+from gateway import __version__
+from gateway.core.interfaces import (
+    CallCounts,
+    Histogram,
+    MediaCounts,
+    SipCounts,
+    TrunkCounts,
+)
+
+if TYPE_CHECKING:
+    from gateway.core.calls.call import Call
+    from gateway.core.gateway import Gateway
+
+# From the INVITE to the answer: a human answers within seconds to a minute (the default ring
+# timeout is 180 s), an IVR or voicemail in under a second.
+SETUP_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+OUTCOMES = ("answered", "cancelled", "no_answer", "rejected", "transferred", "error")
+
+
+def end_outcome(reason: str | None, *, answered: bool) -> str:
+    """The bounded class of a call's end reason (``Call.end_reason``), one of
+    :data:`OUTCOMES`: the reason itself carries addresses and free text (cardinality)."""
+    text = reason or ""
+    if text.startswith(("network error", "internal error")):
+        return "error"
+    if answered:
+        return "answered"
+    if text.startswith("cancelled by caller"):
+        return "cancelled"
+    if text.startswith("no answer within"):
+        return "no_answer"
+    if text.startswith(("replaced by a transfer", "transferred")):
+        return "transferred"
+    return "rejected"
+
+
+@attrs.define
+class MediaTotals:
+    """Running sums of calls' media counters, added to in place (no allocation per call)."""
+
+    packets: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    srtp_auth_failures: int = 0
+    srtp_replays: int = 0
+
+    def add_call(self, call: Call) -> int:
+        """Add ``call``'s counters so far (closed streams and replaced SRTP sessions
+        included); how many streams it has open."""
+        streams = 0
+        if call.media is not None:
+            stats = call.media.statistics()
+            streams = int(stats["streams"] or 0)
+            self.packets += int(stats["a_to_b_packets"] or 0) + int(stats["b_to_a_packets"] or 0)
+            self.bytes += int(stats["a_to_b_bytes"] or 0) + int(stats["b_to_a_bytes"] or 0)
+            self.dropped += int(stats["a_to_b_dropped"] or 0) + int(stats["b_to_a_dropped"] or 0)
+        if call.keying is not None:
+            for leg in call.keying.statistics().values():
+                self.srtp_auth_failures += leg["auth_failures"]
+                self.srtp_replays += leg["replays"]
+        return streams
+
+
+class CallStatistics:
+    """Call counters kept by the call manager while a monitoring service runs."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.answered = 0
+        self.ended: collections.Counter[str] = collections.Counter()
+        self.setup_counts = [0] * len(SETUP_BUCKETS)  # per bucket, not yet cumulative
+        self.setup_count = 0
+        self.setup_total = 0.0
+        self.ended_media = MediaTotals()
+        self.key_exchange_failures: collections.Counter[str] = collections.Counter()
+        # Live calls: when each started, None once answered. Entries leave when calls end, so
+        # this holds at most the calls in progress.
+        self._live: dict[object, float | None] = {}
+
+    def event(self, call: Call, kind: str, reason: str | None, now: float) -> None:
+        """A call event (``CallManager.event``), ``now`` on trio's clock."""
+        if kind == "started":
+            self.started += 1
+            self._live[call] = now
+        elif kind == "answered":
+            started = self._live.get(call)
+            if started is None:
+                return  # answered again (a transfer's new leg) or never seen starting
+            self._live[call] = None
+            self.answered += 1
+            self._observe_setup(now - started)
+        elif kind == "ended":
+            answered = call in self._live and self._live.pop(call) is None
+            self.ended[end_outcome(reason, answered=answered)] += 1
+            # Called before the call's streams close: their final counters.
+            self.ended_media.add_call(call)
+
+    def _observe_setup(self, seconds: float) -> None:
+        index = bisect.bisect_left(SETUP_BUCKETS, seconds)  # le: a bound is inclusive
+        if index < len(SETUP_BUCKETS):
+            self.setup_counts[index] += 1
+        self.setup_count += 1
+        self.setup_total += seconds
+
+    def setup_histogram(self) -> Histogram:
+        cumulative: list[int] = []
+        running = 0
+        for count in self.setup_counts:
+            running += count
+            cumulative.append(running)
+        return Histogram(SETUP_BUCKETS, tuple(cumulative), self.setup_count, self.setup_total)
+
+
+class StatusView:
+    """``interfaces.GatewayStatus`` over one gateway: what services are handed."""
+
+    def __init__(self, gateway: Gateway, statistics: CallStatistics) -> None:
+        self._gateway = gateway
+        self._statistics = statistics
+        self.version = __version__
+        self.started_at = time.time()
+
+    def calls(self) -> CallCounts:
+        stats = self._statistics
+        manager = self._gateway.calls
+        return CallCounts(
+            in_progress=len(manager.calls) if manager is not None else 0,
+            started=stats.started,
+            answered=stats.answered,
+            ended=tuple((outcome, stats.ended[outcome]) for outcome in OUTCOMES),
+            setup_seconds=stats.setup_histogram(),
+        )
+
+    def media(self) -> MediaCounts:
+        totals = attrs.evolve(self._statistics.ended_media)  # a copy, the live calls added
+        streams = 0
+        manager = self._gateway.calls
+        for call in list(manager.calls) if manager is not None else ():
+            streams += totals.add_call(call)
+        return MediaCounts(
+            streams=streams,
+            packets=totals.packets,
+            bytes=totals.bytes,
+            dropped=totals.dropped,
+            srtp_auth_failures=totals.srtp_auth_failures,
+            srtp_replays=totals.srtp_replays,
+        )
+
+    def sip(self) -> SipCounts:
+        endpoint = self._gateway.endpoint.statistics
+        return SipCounts(
+            received=endpoint.received,
+            sent=endpoint.sent,
+            rejected_overload=endpoint.rejected_overload,
+            rejected_malformed=endpoint.rejected_malformed,
+            dropped_queue_full=self._gateway.statistics.dropped_queue_full,
+        )
+
+    def trunks(self) -> tuple[TrunkCounts, ...]:
+        manager = self._gateway.calls
+        found: list[TrunkCounts] = []
+        for trunk in self._gateway.config.trunks:
+            key = ("trunk", trunk.name)
+            if manager is None:
+                in_progress = refused_limit = refused_rate = 0
+            else:
+                limits = manager.limits
+                in_progress = limits.in_progress[key]
+                refused_limit = limits.refused[(key, "call limit")]
+                refused_rate = limits.refused[(key, "call rate")]
+            found.append(
+                TrunkCounts(trunk.name, in_progress, trunk.max_calls, refused_limit, refused_rate)
+            )
+        return tuple(found)
+
+    def registrations(self) -> int:
+        store = self._gateway.store
+        return 0 if store is None else store.count_bindings(time.time())
+
+    def key_exchange_failures(self) -> tuple[tuple[str, int], ...]:
+        failures = self._statistics.key_exchange_failures
+        names = sorted(set(self._gateway.plugins.key_exchanges.names()) | set(failures))
+        return tuple((name, failures[name]) for name in names)

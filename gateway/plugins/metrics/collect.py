@@ -1,0 +1,165 @@
+"""What a scrape shows: the gateway's status view (``interfaces.GatewayStatus``) as Prometheus
+metric families. docs/metrics.md lists each one.
+
+Names follow Prometheus' naming practices (prometheus.io, "Metric and label naming"): the
+``voipgw_`` prefix, base units in the name (``_seconds``, ``_bytes``), ``_total`` on counters,
+``_info`` for a constant 1 carrying labels. Labels take values from small fixed sets (an
+outcome, a key exchange's name, a configured trunk's name): never a call's id, a user or an
+address, which would make a new time series per call.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.core.interfaces import GatewayStatus
+from gateway.plugins.metrics.exposition import Exposition
+
+log = logging.getLogger(__name__)
+
+
+def render(status: GatewayStatus) -> bytes:
+    """One scrape's exposition. Reads the view once per family group; a store that cannot
+    answer leaves its family out (logged) rather than failing the whole scrape."""
+    out = Exposition()
+    _process(out, status)
+    _calls(out, status)
+    _registrations(out, status)
+    _sip(out, status)
+    _media(out, status)
+    _key_exchanges(out, status)
+    _trunks(out, status)
+    return out.render()
+
+
+def _process(out: Exposition, status: GatewayStatus) -> None:
+    out.family("voipgw_build_info", "gauge", "The running voipgw's version, as a label; always 1.")
+    out.sample(1, [("version", status.version)])
+    out.family(
+        "voipgw_start_time_seconds", "gauge", "When the gateway started, seconds since the epoch."
+    )
+    out.sample(status.started_at)
+
+
+def _calls(out: Exposition, status: GatewayStatus) -> None:
+    calls = status.calls()
+    out.family("voipgw_calls_in_progress", "gauge", "Calls in progress (set up or being set up).")
+    out.sample(calls.in_progress)
+    out.family("voipgw_calls_started_total", "counter", "Calls started: INVITEs accepted as calls.")
+    out.sample(calls.started)
+    out.family("voipgw_calls_answered_total", "counter", "Calls answered (a 2xx to the caller).")
+    out.sample(calls.answered)
+    out.family(
+        "voipgw_calls_ended_total",
+        "counter",
+        "Calls ended, by outcome: answered, cancelled, no_answer, rejected, transferred, error.",
+    )
+    for outcome, count in calls.ended:
+        out.sample(count, [("outcome", outcome)])
+    out.family(
+        "voipgw_call_setup_seconds",
+        "histogram",
+        "Time from a call's INVITE to its answer, of answered calls.",
+    )
+    out.histogram(calls.setup_seconds)
+
+
+def _registrations(out: Exposition, status: GatewayStatus) -> None:
+    try:
+        bindings = status.registrations()
+    except Exception as exc:
+        log.warning("metrics: registrations left out of this scrape: %s", exc)
+        return
+    out.family(
+        "voipgw_registration_bindings", "gauge", "Unexpired registration bindings (contacts)."
+    )
+    out.sample(bindings)
+
+
+def _sip(out: Exposition, status: GatewayStatus) -> None:
+    sip = status.sip()
+    out.family("voipgw_sip_messages_received_total", "counter", "SIP messages received.")
+    out.sample(sip.received)
+    out.family("voipgw_sip_messages_sent_total", "counter", "SIP messages sent.")
+    out.sample(sip.sent)
+    out.family(
+        "voipgw_sip_requests_rejected_total",
+        "counter",
+        "SIP requests refused statelessly: overload (503 to a new INVITE or REGISTER that "
+        "waited too long) or malformed (400).",
+    )
+    out.sample(sip.rejected_overload, [("reason", "overload")])
+    out.sample(sip.rejected_malformed, [("reason", "malformed")])
+    out.family(
+        "voipgw_sip_inbound_dropped_total",
+        "counter",
+        "SIP messages dropped because the inbound queue was full.",
+    )
+    out.sample(sip.dropped_queue_full)
+
+
+def _media(out: Exposition, status: GatewayStatus) -> None:
+    media = status.media()
+    out.family("voipgw_media_streams", "gauge", "Media relay streams open.")
+    out.sample(media.streams)
+    out.family(
+        "voipgw_media_relayed_packets_total",
+        "counter",
+        "RTP and RTCP packets relayed, both directions.",
+    )
+    out.sample(media.packets)
+    out.family(
+        "voipgw_media_relayed_bytes_total",
+        "counter",
+        "RTP and RTCP bytes relayed (UDP payload), both directions.",
+    )
+    out.sample(media.bytes)
+    out.family(
+        "voipgw_media_dropped_packets_total",
+        "counter",
+        "Media packets dropped: unlatched source, blocked (no keys), SRTP failure, malformed, "
+        "no destination, send error.",
+    )
+    out.sample(media.dropped)
+    out.family(
+        "voipgw_srtp_auth_failures_total",
+        "counter",
+        "SRTP and SRTCP packets whose authentication tag did not verify (RFC 3711 3.3.2).",
+    )
+    out.sample(media.srtp_auth_failures)
+    out.family(
+        "voipgw_srtp_replays_total",
+        "counter",
+        "SRTP and SRTCP packets refused as replays (RFC 3711 3.3.2).",
+    )
+    out.sample(media.srtp_replays)
+
+
+def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:
+    out.family(
+        "voipgw_key_exchange_failures_total",
+        "counter",
+        "Key negotiations that failed, by key exchange (SDP keys unusable, DTLS or ZRTP "
+        "handshake failed).",
+    )
+    for name, count in status.key_exchange_failures():
+        out.sample(count, [("key_exchange", name)])
+
+
+def _trunks(out: Exposition, status: GatewayStatus) -> None:
+    trunks = status.trunks()
+    out.family("voipgw_trunk_calls_in_progress", "gauge", "Calls in progress through a trunk.")
+    for trunk in trunks:
+        out.sample(trunk.calls_in_progress, [("trunk", trunk.name)])
+    out.family("voipgw_trunk_max_calls", "gauge", "A trunk's max_calls, for trunks that have one.")
+    for trunk in trunks:
+        if trunk.max_calls:
+            out.sample(trunk.max_calls, [("trunk", trunk.name)])
+    out.family(
+        "voipgw_trunk_calls_refused_total",
+        "counter",
+        "Calls to or from a trunk refused at its max_calls or (calls to it) its max_cps.",
+    )
+    for trunk in trunks:
+        out.sample(trunk.refused_call_limit, [("trunk", trunk.name), ("limit", "max_calls")])
+        out.sample(trunk.refused_call_rate, [("trunk", trunk.name), ("limit", "max_cps")])

@@ -1,0 +1,286 @@
+"""The ``metrics`` plugin on a running B2BUA: real HTTP scrapes on 127.0.0.1 (port 0), calls on
+the in-memory network, RTP on real sockets through the relay, in virtual time.
+
+- the counters move as calls start, are answered, carry media and end (each outcome), and the
+  media totals stay when the call has ended;
+- a trunk's max_calls refusals and a failed key exchange are counted;
+- bad HTTP (another path, another method, garbage, an oversized head, a silent client, too
+  many connections) is answered or cut off, and the next scrape still works;
+- a port already taken stops the start-up with a line naming the plugin;
+- without the plugin the core counts nothing for it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+import gateway.plugins.keyexchange.sdes as sdes_plugin
+import gateway.plugins.metrics as metrics_plugin
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.metrics.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST
+from gateway.testing.sip_agent import simple_sdp
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.dtls_phone import bind
+from tests.component.calls.test_b2bua_recorder import rtp
+
+CALLER_PORT, CALLEE_PORT = 24640, 24650  # outside the relay's MEDIA_PORTS and other tests'
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
+
+
+async def metrics_env(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, **kwargs: object
+) -> tuple[B2bua, tuple[str, int]]:
+    plugins = [("metrics", metrics_plugin), *kwargs.pop("plugins", [])]  # type: ignore[misc]
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        seed,
+        plugins=plugins,
+        plugin_tables={"enable": ["metrics"], "metrics": {"listen": "127.0.0.1:0"}},
+        alice_auto=None,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    exporter = env.gateway.plugins.services.get("metrics")
+    assert exporter is not None and exporter.server is not None
+    assert exporter.server.address is not None
+    return env, exporter.server.address
+
+
+async def http(address: tuple[str, int], request: bytes) -> bytes:
+    """Send ``request`` on a new connection; everything the server answers until it closes."""
+    stream = await trio.open_tcp_stream(*address)
+    async with stream:
+        await stream.send_all(request)
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    return answer
+
+
+async def scrape(address: tuple[str, int]) -> dict[str, float]:
+    """GET /metrics: each sample by its name and labels as written."""
+    answer = await http(address, b"GET /metrics HTTP/1.1\r\nHost: gw\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert b"content-type: text/plain; version=0.0.4; charset=utf-8" in head.lower()
+    samples: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        assert match is not None, line
+        samples[match[1] + (match[2] or "")] = float(match[3])
+    return samples
+
+
+async def test_scrapes_follow_a_call_from_start_to_end_and_keep_its_media(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed)
+    before = await scrape(address)
+    assert before["voipgw_calls_started_total"] == 0
+    assert before["voipgw_calls_in_progress"] == 0
+    assert before["voipgw_registration_bindings"] == 1  # alice registered
+    assert before['voipgw_build_info{version="0.1.0"}'] == 1
+
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
+    await leg_b.ring()
+    await trio.sleep(3)  # she answers after 3 s of ringing
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    answered = parse_sdp_untrusted(final.body).media[0]
+    caller, callee = await bind(CALLER_PORT), await bind(CALLEE_PORT)
+    with caller, callee:
+        for seq in range(10):
+            await caller.sendto(rtp(seq, 0x00, 0x1111), ("127.0.0.1", answered.port))
+            await callee.sendto(rtp(seq, 0x80, 0x2222), ("127.0.0.1", offered.port))
+            await trio.sleep(0.02)
+        await caller.sendto(b"\x80\x00\x00", ("127.0.0.1", answered.port))  # not even a header
+        await trio.sleep(0.1)
+
+        during = await scrape(address)
+        assert during["voipgw_calls_started_total"] == 1
+        assert during["voipgw_calls_answered_total"] == 1
+        assert during["voipgw_calls_in_progress"] == 1
+        assert during['voipgw_trunk_calls_in_progress{trunk="carrier"}'] == 1
+        assert during["voipgw_media_streams"] == 1
+        assert during["voipgw_media_relayed_packets_total"] == 20
+        assert during["voipgw_media_relayed_bytes_total"] == 20 * (12 + 160)
+        assert during["voipgw_media_dropped_packets_total"] == 1
+        # Answered after about 3 s: in the 5 s bucket, not the 2 s one.
+        assert during['voipgw_call_setup_seconds_bucket{le="2.0"}'] == 0
+        assert during['voipgw_call_setup_seconds_bucket{le="5.0"}'] == 1
+        assert during['voipgw_call_setup_seconds_bucket{le="+Inf"}'] == 1
+        assert during["voipgw_call_setup_seconds_count"] == 1
+        assert 3.0 <= during["voipgw_call_setup_seconds_sum"] < 3.5
+
+        assert (await call.bye()).status == 200
+        await eventually(lambda: env.calls == 0)
+
+    after = await scrape(address)
+    assert after["voipgw_calls_in_progress"] == 0
+    assert after['voipgw_calls_ended_total{outcome="answered"}'] == 1
+    assert after['voipgw_trunk_calls_in_progress{trunk="carrier"}'] == 0
+    assert after["voipgw_media_streams"] == 0
+    # The ended call's media stays counted: counters never go backwards.
+    assert after["voipgw_media_relayed_packets_total"] == 20
+    assert after["voipgw_media_relayed_bytes_total"] == 20 * (12 + 160)
+    assert after["voipgw_media_dropped_packets_total"] == 1
+    assert (
+        after["voipgw_sip_messages_received_total"] > before["voipgw_sip_messages_received_total"]
+    )
+
+
+async def test_each_way_a_call_ends_is_counted_under_its_outcome(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed, sip={"ring_timeout": 5.0})
+    # Rejected: alice is busy.
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(486)
+    assert (await call.final()).status == 486
+    # Cancelled by the caller while it rings.
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    await trio.sleep(1)
+    await call.cancel()
+    assert (await call.final()).status == 487
+    # Nobody answers within the ring timeout.
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    assert (await call.final(timeout=10)).status in (408, 480)
+    await eventually(lambda: env.calls == 0)
+
+    samples = await scrape(address)
+    assert samples["voipgw_calls_started_total"] == 3
+    assert samples["voipgw_calls_answered_total"] == 0
+    assert samples['voipgw_calls_ended_total{outcome="rejected"}'] == 1
+    assert samples['voipgw_calls_ended_total{outcome="cancelled"}'] == 1
+    assert samples['voipgw_calls_ended_total{outcome="no_answer"}'] == 1
+    assert samples['voipgw_calls_ended_total{outcome="answered"}'] == 0
+    assert samples["voipgw_call_setup_seconds_count"] == 0
+
+
+async def test_a_trunks_max_calls_refusals_are_counted(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed, carrier={"max_calls": 1})
+    first = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.ring()
+    second = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await second.final()).status == 503
+
+    samples = await scrape(address)
+    assert samples['voipgw_trunk_max_calls{trunk="carrier"}'] == 1
+    assert samples['voipgw_trunk_calls_in_progress{trunk="carrier"}'] == 1
+    assert samples['voipgw_trunk_calls_refused_total{trunk="carrier",limit="max_calls"}'] == 1
+    assert samples['voipgw_trunk_calls_refused_total{trunk="carrier",limit="max_cps"}'] == 0
+    await first.cancel()
+    assert (await first.final()).status == 487
+
+
+async def test_a_failed_key_exchange_is_counted_by_its_name(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, plugins=[("sdes", sdes_plugin)]
+    )
+    # SDES keys over UDP signalling: anyone on the path could read them (RFC 4568 §8.3).
+    offer = simple_sdp("127.0.0.1", CALLER_PORT).replace(b"RTP/AVP", b"RTP/SAVP") + (
+        b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n"
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=offer)
+    assert (await call.final()).status == 488
+
+    samples = await scrape(address)
+    failures = {
+        name: value
+        for name, value in samples.items()
+        if name.startswith("voipgw_key_exchange_failures_total")
+    }
+    assert failures == {'voipgw_key_exchange_failures_total{key_exchange="sdes"}': 1}
+
+
+async def test_bad_requests_get_their_status_and_the_exporter_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    _, address = await metrics_env(nursery, tmp_path, voipgw_seed)
+    answer = await http(address, b"GET /other HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    answer = await http(address, b"POST /metrics HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    assert b"\r\nallow: GET, HEAD\r\n" in answer
+    answer = await http(address, b"this is not HTTP\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    huge = b"GET /metrics HTTP/1.1\r\nHost: gw\r\nX-Pad: " + b"a" * (2 * MAX_REQUEST) + b"\r\n\r\n"
+    answer = await http(address, huge)
+    assert answer.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 413 ")), answer[:40]
+    answer = await http(address, b"HEAD /metrics HTTP/1.1\r\nHost: gw\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b""
+
+    # A client that says nothing is cut off at the deadline; meanwhile scrapes go on.
+    silent = await trio.open_tcp_stream(*address)
+    async with silent:
+        assert (await scrape(address))["voipgw_calls_started_total"] == 0
+        with trio.fail_after(CONNECTION_TIMEOUT + 1):
+            assert await silent.receive_some(100) == b""
+
+    # Past MAX_CONNECTIONS at once, a new connection is closed unanswered.
+    held = [await trio.open_tcp_stream(*address) for _ in range(MAX_CONNECTIONS)]
+    await trio.sleep(0.1)
+    assert await http(address, b"GET /metrics HTTP/1.1\r\nHost: gw\r\n\r\n") == b""
+    for stream in held:
+        await stream.aclose()
+    await trio.sleep(0.1)
+    assert (await scrape(address))["voipgw_calls_in_progress"] == 0
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    found: list[OSError] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+async def test_a_taken_port_stops_the_start_up_naming_the_plugin(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with taken, pytest.raises(BaseExceptionGroup) as raised:
+        async with trio.open_nursery() as nursery:
+            await start_b2bua(
+                nursery,
+                tmp_path,
+                voipgw_seed,
+                plugins=[("metrics", metrics_plugin)],
+                plugin_tables={"enable": ["metrics"], "metrics": {"listen": f"127.0.0.1:{port}"}},
+            )
+    matched, rest = raised.value.split(OSError)
+    assert matched is not None and rest is None, raised.value
+    text = " ".join(str(error) for error in _leaves(matched))
+    assert f"metrics: cannot listen on 127.0.0.1:{port}" in text
+
+
+async def test_without_the_plugin_the_core_counts_nothing_for_it(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    assert env.gateway.status is None
+    assert env.gateway.call_statistics is None
+    assert env.gateway.calls is not None and env.gateway.calls.statistics is None
