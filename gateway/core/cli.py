@@ -9,6 +9,7 @@ import argparse
 import gc
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
     calls.add_argument("--recent", type=int, metavar="N", help="show the last N calls, ended too")
     calls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    route = sub.add_parser(
+        "route",
+        help="show where a call to a number would go",
+        description="Show how a call to NUMBER (or a user name) would be routed, without "
+        "placing it: the number as the numbering plan reads it, the account it rings or the "
+        "trunks it goes to in failover order with the number as each is sent it, or the "
+        "refusal. Uses the configuration, the store's accounts and registrations and the "
+        "routing plugins the configuration enables; a running gateway may also skip trunks "
+        "its OPTIONS probes found down.",
+    )
+    route.add_argument("number", metavar="NUMBER", help="what is dialled (a number or a user)")
+    caller = route.add_mutually_exclusive_group()
+    caller.add_argument(
+        "--from-account", metavar="NAME", help="an account dials it (the default: any account)"
+    )
+    caller.add_argument("--from-trunk", metavar="NAME", help="the trunk NAME delivers it")
+    route.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    route.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
 
     accounts = sub.add_parser(
         "accounts",
@@ -511,8 +531,60 @@ def _fingerprint_of(item: str) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from gateway.core.calls.routing import GatewayDirectory, route_call
+    from gateway.core.interfaces import Caller
+    from gateway.core.sip.grammar import parse_uri_untrusted
+    from gateway.core.sip.message import Request
+    from gateway.core.transport.flows import FlowTable
+
+    store, config = _open_store(args)
+    try:
+        plugins = load_plugins(config)
+        if args.from_trunk is not None:
+            if config.trunk(args.from_trunk) is None:
+                known = ", ".join(t.name for t in config.trunks) or "(none)"
+                print(f"voipgw: no trunk {args.from_trunk!r}; trunks: {known}", file=sys.stderr)
+                return EXIT_USAGE
+            caller = Caller(kind="trunk", name=args.from_trunk)
+            who = f"delivered by trunk {args.from_trunk}"
+        else:
+            caller = Caller(kind="account", name=args.from_account or "(any account)")
+            who = f"dialled by account {args.from_account}" if args.from_account else "dialled"
+        directory = GatewayDirectory(
+            store,
+            FlowTable(),
+            config.trunks,
+            frozenset(config.gateway.domains),
+            now=time.time,
+            numbering=config.numbering,
+        )
+        user = quote(args.number, safe="+*;=-.()")
+        request = Request("INVITE", parse_uri_untrusted(f"sip:{user}@voipgw.invalid"))
+        number = directory.to_e164(args.number, trunk=args.from_trunk)
+        print(f"{args.number} {who}", end="")
+        print(f": read as {number}" if number != args.number else "")
+        decision = route_call(plugins.hook, request, caller, directory)
+        if decision.reject_status is not None:
+            print(f"refused: {decision.reject_status} {decision.reject_reason}")
+            return EXIT_OK
+        for index, target in enumerate((*decision.targets, *decision.alternates)):
+            if index == len(decision.targets):
+                print("if that fails (a failover status), one at a time:")
+            if target.trunk is not None:
+                print(f"  trunk {target.trunk}: {target.uri}")
+            else:
+                print(f"  account {target.account}: {target.uri}")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
 COMMANDS = {
     "accounts": cmd_accounts,
+    "route": cmd_route,
     "calls": cmd_calls,
     "run": cmd_run,
     "plugins": cmd_plugins,

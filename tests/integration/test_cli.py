@@ -24,7 +24,7 @@ def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["plugins"], ["check-config"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["plugins"], ["check-config"], ["route"]])
 def test_help_for_each_command(command: list[str]) -> None:
     result = voipgw(*command, "--help")
     assert result.returncode == 0
@@ -389,3 +389,40 @@ def test_accounts_max_calls_is_set_listed_and_checked(tmp_path: Path) -> None:
     bad = voipgw("accounts", "set", "dave", "--max-calls", "-1", "--state-dir", state)
     assert bad.returncode == 2
     assert "max_calls must be 0 (no limit)" in bad.stderr
+
+
+def test_route_shows_the_reading_the_trunks_in_failover_order_and_refusals(tmp_path: Path) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n\n'
+        '[numbering]\ncountry_code = "49"\narea_code = "30"\n\n'
+        '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.10:5060"\n'
+        'prefixes = ["+49", "112"]\nnumber_format = "national"\n'
+        'dids = {"+4930123456" = "alice"}\n\n'
+        '[[trunks]]\nname = "world"\naddress = "udp:192.0.2.20:5060"\nprefixes = ["*"]\n'
+        'number_format = "international"\n'
+    )
+    added = voipgw("accounts", "add", "alice", "--password", "pw", "--config", str(config))
+    assert added.returncode == 0, added.stderr
+
+    national = voipgw("route", "987654", "--from-account", "alice", "--config", str(config))
+    assert national.returncode == 0, national.stderr
+    assert national.stdout.splitlines() == [
+        "987654 dialled by account alice: read as +4930987654",
+        "  trunk carrier: sip:030987654@192.0.2.10:5060;transport=udp",
+        "if that fails (a failover status), one at a time:",
+        "  trunk world: sip:004930987654@192.0.2.20:5060;transport=udp",
+    ]
+    emergency = voipgw("route", "112", "--config", str(config))
+    assert emergency.stdout.splitlines()[:2] == [
+        "112 dialled",
+        "  trunk carrier: sip:112@192.0.2.10:5060;transport=udp",
+    ]
+    did = voipgw("route", "030123456", "--from-trunk", "carrier", "--config", str(config))
+    assert did.stdout.splitlines() == [
+        "030123456 delivered by trunk carrier: read as +4930123456",
+        "refused: 480 Temporarily Unavailable: alice has no registered device",
+    ]
+    unknown = voipgw("route", "1", "--from-trunk", "nope", "--config", str(config))
+    assert unknown.returncode == 2
+    assert "no trunk 'nope'; trunks: carrier, world" in unknown.stderr
