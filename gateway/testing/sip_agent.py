@@ -589,9 +589,16 @@ class SipAgent:
         call.invite = call.exchange.request
         return call
 
-    async def register(self, registrar: Address | None = None, *, expires: int = 600) -> Response:
+    async def register(
+        self,
+        registrar: Address | None = None,
+        *,
+        expires: int = 600,
+        extra: Iterable[tuple[str, str]] = (),
+    ) -> Response:
         """REGISTER our contact for our address-of-record, answering one digest challenge
-        (RFC 3261 §10.2, §22.2); returns the final response."""
+        (RFC 3261 §10.2, §22.2); returns the final response. ``extra`` headers go in too (a
+        Path an edge proxy added, RFC 3327)."""
         challenge: Response | None = None
         while True:
             self._register_cseq += 1
@@ -602,7 +609,7 @@ class SipAgent:
                 to=aor,
                 call_id=self._register_call_id,
                 cseq=self._register_cseq,
-                extra=[("Expires", str(expires))],
+                extra=[("Expires", str(expires)), *extra],
             )
             if challenge is not None:
                 request = self.authorize(request, challenge)

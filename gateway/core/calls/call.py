@@ -758,9 +758,16 @@ class Call:
         its From; without ``offer``, a late offer."""
         ids = self.manager.gateway.ids
         from_, *others = identity
+        # RFC 3327 §5.3: a contact registered with a Path is reached through it, the Path
+        # values as Route headers in their order (the first is where the INVITE is sent,
+        # routing.destination_for): a load balancer in front of several nodes finds the
+        # phone's flow from them.
+        binding = leg.target.binding if isinstance(leg.target, ContactTarget) else None
+        route = [("Route", hop) for hop in binding.path] if binding is not None else []
         headers = Headers.of(
             [
                 ("Max-Forwards", str(max_forwards)),
+                *route,
                 from_,
                 ("To", str(self._b_to(uri, leg))),
                 ("Call-ID", ids.new_call_id()),

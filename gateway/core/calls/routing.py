@@ -218,9 +218,9 @@ class Destination:
 def destination_for(target: RouteTarget) -> Destination:
     """Where a request to ``target`` goes:
 
-    1. the target's flow while it is open (a registered contact behind NAT);
-    2. for a registered contact with a Path, the first Path hop (RFC 3327 §5.3: the Path is the
-       route set of requests to the contact);
+    1. for a registered contact with a Path, the first Path hop (RFC 3327 §5.3: the Path is the
+       route set of requests to the contact), over the REGISTER's flow when that leads there;
+    2. the target's flow while it is open (a registered contact behind NAT);
     3. for a contact registered over a datagram transport from an address other than the
        contact's own host:port (a NAT rewrote it), that source address, over that transport:
        the NAT binding the REGISTERs keep open leads back to the UA (RFC 3581 idea);
@@ -230,14 +230,20 @@ def destination_for(target: RouteTarget) -> Destination:
     Raises :class:`UnroutableTarget` when the URI is not a usable SIP URI.
     """
     flow = target.flow
-    if flow is not None and not flow.closed:
-        host, port = flow.remote
-        return Destination(flow.transport, host, port, flow)
+    live = flow if flow is not None and not flow.closed else None
+    if isinstance(target, ContactTarget) and target.binding.path:
+        # RFC 3327 §5.3: the Path is the way to the contact, whatever flow the REGISTER came
+        # over; that flow still carries the request when it leads to the first hop.
+        hop = _destination_of_path(target.binding.path[0])
+        if live is not None and (live.transport, live.remote) == (hop.transport, hop.address):
+            return Destination(live.transport, hop.host, hop.port, live)
+        return hop
+    if live is not None:
+        host, port = live.remote
+        return Destination(live.transport, host, port, live)
     uri_destination = _destination_of_uri(target.uri)
     if isinstance(target, ContactTarget):
         binding = target.binding
-        if binding.path:
-            return _destination_of_path(binding.path[0])
         transport = binding.flow.transport
         remote = _parse_address(binding.flow.remote)
         if (
