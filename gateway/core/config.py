@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
-from gateway.core.calls.numbering import NumberFormat, NumberingPlan
+from gateway.core.calls.numbering import NumberFormat, NumberingPlan, read_number
 from gateway.core.sip import session_timer
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
@@ -751,12 +751,26 @@ def _validate_trunk_plan(numbering: NumberingPlan, trunk: TrunkConfig, file: str
     """The trunk's own numbering keys, on top of ``[numbering]``, must make a plan: the
     error names the trunk's key (``NumberingPlan`` starts its messages with the key)."""
     try:
-        trunk_numbering(numbering, trunk)
+        plan = trunk_numbering(numbering, trunk)
     except ValueError as exc:
         key, _, message = str(exc).partition(": ")
         if key not in _PLAN_OVERRIDES:
             key, message = "country_code", str(exc)
         raise ConfigError(file, f"trunks.{trunk.name}", key, message) from None
+    # Two DIDs that the plan reads as one number must not name two accounts: which one a call
+    # to it reaches would depend on the order of the table.
+    owners: dict[str, tuple[str, str]] = {}
+    for number, account in trunk.dids.items():
+        e164 = read_number(plan, number)
+        first = owners.setdefault(e164, (number, account))
+        if first[1] != account:
+            raise ConfigError(
+                file,
+                f"trunks.{trunk.name}",
+                "dids",
+                f"{first[0]!r} ({first[1]}) and {number!r} ({account}) are the same number, "
+                f"{e164}, by the numbering plan",
+            )
 
 
 def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") -> GatewayConfig:

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.core.calls.numbering import NumberingPlan
 from gateway.core.calls.routing import GatewayDirectory, default_route
-from gateway.core.config import TrunkConfig, from_mapping
+from gateway.core.config import ConfigError, TrunkConfig, from_mapping
 from gateway.core.interfaces import Caller, Directory
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.message import Request
@@ -198,3 +198,20 @@ def test_config_gives_each_trunk_its_plan() -> None:
     assert config.numbering_of(uk).area_code == ""  # Berlin's area is not the UK's
     assert config.numbering_of(uk).short_codes == ("112",)
     assert config.numbering_of(muc).to_e164("123456") == "+4989123456"
+
+
+def test_two_dids_that_are_one_number_for_two_accounts_are_refused() -> None:
+    data = {
+        "numbering": {"country_code": "49", "area_code": "30"},
+        "trunks": [
+            {
+                "name": "carrier",
+                "address": "udp:192.0.2.1:5060",
+                "dids": {"+4930123456": "alice", "030123456": "bob", "0301234567": "bob"},
+            }
+        ],
+    }
+    with pytest.raises(ConfigError, match=r"\[trunks.carrier\] dids: '\+4930123456' \(alice\)"):
+        from_mapping(data, file="f.toml")
+    data["trunks"][0]["dids"] = {"+4930123456": "alice", "030123456": "alice"}  # type: ignore[index]
+    from_mapping(data, file="f.toml")  # the same account twice is only redundant
