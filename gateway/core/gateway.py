@@ -184,6 +184,15 @@ class Gateway:
                     "address",
                     f"transport {transport!r} is not provided by an enabled plugin",
                 )
+            if transport not in {spec.transport for spec in self.config.listen_specs}:
+                # Our requests to it carry a Via and Contact of our listener on its transport.
+                raise ConfigError(
+                    self.config.source,
+                    f"trunks.{trunk.name or index}",
+                    "address",
+                    f"no [sip] listen entry for {transport}, which requests to the trunk need "
+                    "(their Via and Contact name our listener on its transport)",
+                )
         check_store(self.config)
         state_dir = Path(self.config.gateway.state_dir)
         if state_dir.exists() and not state_dir.is_dir():

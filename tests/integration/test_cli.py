@@ -87,6 +87,17 @@ def test_check_config_trunk_interworking_must_be_registered(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
 
 
+def test_check_config_trunk_transport_needs_a_listener(tmp_path: Path) -> None:
+    path = tmp_path / "tcp-trunk.toml"
+    path.write_text(
+        '[plugins]\nenable = ["udp", "tcp"]\n[sip]\nlisten = ["udp:127.0.0.1:5060"]\n'
+        '[[trunks]]\nname = "carrier"\naddress = "tcp:192.0.2.10:5060"\n'
+    )
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 2
+    assert f"{path}: [trunks.carrier] address: no [sip] listen entry for tcp" in result.stderr
+
+
 def test_check_config_bad_key_names_file_table_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[media]\nports = 'all of them'\n")

@@ -349,6 +349,7 @@ class Call:
         self._alternates: list[RouteTarget] = []
         self._offer_b: SessionDescription | None = None
         self._attempt: list[BLeg] = []
+        self._refusals: list[str] = []  # why targets' media policies refused the offer
         self._relaying: set[InDialogRequest] = set()  # relayed requests not answered yet
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
         # The cancel scope _next_event waits in, and the deadline it was asked for.
@@ -597,11 +598,12 @@ class Call:
             if refusal is not None:
                 refusals.append(refusal)
         self._attempt = list(self.b_legs)
+        self._refusals = refusals
         self._drive_handshakes()  # a B leg answering DTLS may shake hands before its answer
         if all(leg.finished for leg in self.b_legs):
-            if refusals and not self.b_legs:
-                await self._reject_a(488, "Not Acceptable Here", refusals[0])
-            await self._fail_a()
+            # Nothing rings: the targets could not be sent to (a 503 of ours) or their media
+            # policies refused the offer; the alternates may still take the call.
+            await self._fail_over_or_fail_a()
         self.state = "ringing"
         self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
         await self._ringing()
@@ -647,10 +649,12 @@ class Call:
             except MediaSecurityRefused as err:
                 log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
                 return err.reason
-        await self._send_b_invite(leg, self._b_invite(uri, leg, offer, invite_a))
         trunk = self._leg_trunk(leg)
-        if trunk is not None and trunk.response_timeout > 0 and leg.final is None:
+        if trunk is not None and trunk.response_timeout > 0:
+            # Armed before the INVITE goes: its first response may be handled (and disarm it,
+            # _forward) before the send returns.
             leg.response_deadline = trio.current_time() + trunk.response_timeout
+        await self._send_b_invite(leg, self._b_invite(uri, leg, offer, invite_a))
         return None
 
     def _new_b_leg(
@@ -891,12 +895,12 @@ class Call:
             if not await self._prack_b(leg, response):
                 return  # a reliable 1xx again, or out of order: already PRACKed, or never
             leg.provisional_seen = True
-            # Timer C restarts with every provisional response (RFC 3261 §16.7 step 2): a
-            # queue that keeps sending 183 while it plays its music is not given up.
-            self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
             if leg.cancel_wanted and not leg.cancelled:
                 await self._cancel_b(leg)
                 return
+            # Timer C restarts with every provisional response (RFC 3261 §16.7 step 2): a
+            # queue that keeps sending 183 while it plays its music is not given up.
+            self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
             await self._relay_provisional(leg, response)
             return
         if await self._asked_again(leg, response):
@@ -914,9 +918,10 @@ class Call:
         next alternate (RouteDecision.alternates), one at a time; else, or with none left,
         give A the best failure."""
         failover = self.config.sip.failover_statuses
-        while self._attempt and all(
-            (outcome := leg.final or leg.given_up) is not None and outcome.status in failover
-            for leg in self._attempt
+        while all(
+            leg.given_up is not None  # our own timeout: always the trunk's trouble
+            or (leg.final is not None and leg.final.status in failover)
+            for leg in self._attempt  # none at all: every target refused the offer
         ):
             for leg in self._attempt:  # the call no longer occupies the failed trunk
                 if leg.target is not None and leg.target.trunk is not None:
@@ -924,17 +929,20 @@ class Call:
             target = self._next_alternate()
             if target is None:
                 break
-            failed = self._attempt[-1]
-            outcome = failed.final or failed.given_up
-            log.info(
-                "call %s: %s answered %d; failing over to trunk %s",
-                self.id,
-                failed.target.trunk if failed.target is not None else "the callee",
-                outcome.status if outcome is not None else 0,
-                target.trunk,
-            )
+            if self._attempt:
+                failed = self._attempt[-1]
+                outcome = failed.final or failed.given_up
+                log.info(
+                    "call %s: %s answered %d; failing over to trunk %s",
+                    self.id,
+                    failed.target.trunk if failed.target is not None else "the callee",
+                    outcome.status if outcome is not None else 0,
+                    target.trunk,
+                )
             before = len(self.b_legs)
-            await self._call_target(target, self._offer_b)
+            refusal = await self._call_target(target, self._offer_b)
+            if refusal is not None:
+                self._refusals.append(refusal)
             called = self.b_legs[before:]
             if any(not leg.finished for leg in called):
                 self._attempt = called
@@ -1255,7 +1263,7 @@ class Call:
         such 2xx wins: A gets our 200 with the offer rewritten for its leg, and B's ACK waits
         for A's answer, which comes in A's ACK (:meth:`_awaiting_answer`)."""
         leg.dialog = self._confirmed_dialog(leg, response)
-        if self.b is not None or self.state != "ringing":
+        if self.b is not None or self.state != "ringing" or leg.given_up is not None:
             await self._bye(leg, "call completed elsewhere")  # ACKed first, see _bye
             return
         assert self.media is not None and leg.security is not None
@@ -1535,6 +1543,9 @@ class Call:
 
     async def _fail_a(self) -> None:
         finals = [outcome for leg in self.b_legs if (outcome := leg.final or leg.given_up)]
+        if not finals and self._refusals:
+            # No target could be offered the call: their media policies refused it.
+            await self._reject_a(488, "Not Acceptable Here", self._refusals[0])
         status, reason = best_failure(finals)
         to_user = any(leg.target is not None and leg.target.account for leg in self.b_legs)
         if to_user and status in (408, 503):
@@ -2090,11 +2101,9 @@ class Call:
         if not decision.targets:
             status = decision.reject_status or 404
             return status, decision.reject_reason or default_reason(status)
+        # The routed targets only: a transfer's target is not failed over to alternates.
         counted = [(target, self._count_target(target)) for target in decision.targets]
         targets = [target for target, why in counted if why is None]
-        self._alternates = list(decision.alternates)
-        if not targets and (alternate := self._next_alternate()) is not None:
-            targets = [alternate]  # the first trunk is at its limits: the next one
         if not targets:
             first, why = counted[0]
             if first.trunk is not None:

@@ -81,13 +81,21 @@ class TrunkRegistration:
         self.registered = False
         self.expires_at = 0.0
         self.failure: str | None = None
+        # What we ask for: the configured expiry, or the registrar's Min-Expires once it asked
+        # for more (RFC 3261 §10.2.8), so a refresh does not take a 423 first every time.
+        self.expires = trunk.register_expires
 
     async def run(self) -> None:
-        """Keep the registration until cancelled, then remove it."""
+        """Keep the registration until cancelled, then remove it. Nothing the carrier sends,
+        nor a bug here, ends the gateway: a failure is logged and retried."""
         retry = FIRST_RETRY
         try:
             while True:
-                granted, why = await self.register(self.trunk.register_expires)
+                try:
+                    granted, why = await self.register(self.expires)
+                except Exception:
+                    log.exception("registration with trunk %s failed", self.trunk.name)
+                    granted, why = None, "internal error (logged)"
                 if granted is not None:
                     retry = FIRST_RETRY
                     self._succeeded(granted)
@@ -138,7 +146,10 @@ class TrunkRegistration:
     async def register(self, expires: int) -> tuple[int | None, str | None]:
         """One REGISTER asking for ``expires`` seconds (0: remove), with the challenge and a
         423 answered: the expiry granted, or None and why not."""
-        request = self._register(expires)
+        try:
+            request = self._register(expires)
+        except OSError as exc:  # no listener for the trunk's transport
+            return None, f"cannot register: {exc}"
         challenged = interval_raised = False
         while True:
             response = await self._send(request)
@@ -162,11 +173,19 @@ class TrunkRegistration:
                 if minimum is None or expires <= 0:
                     return None, "423 Interval Too Brief without a usable Min-Expires"
                 interval_raised, expires = True, minimum
+                self.expires = max(self.expires, minimum)
                 retry = self._next(request)
                 request = retry.with_headers(retry.headers.set("Expires", str(expires)))
                 continue
             if 200 <= response.status < 300:
-                return (self._granted(response, expires) if expires else 0), None
+                if not expires:
+                    return 0, None
+                granted = self._granted(response, expires)
+                if not granted:
+                    # RFC 3261 §10.3: a 200 lists our binding with its expiry; without it, or
+                    # with 0, the registrar did not keep us.
+                    return None, "200 without our Contact (or with expires=0)"
+                return granted, None
             return None, f"{response.status} {response.reason}"
 
     async def _send(self, request: Request) -> Response | None:
@@ -233,8 +252,11 @@ class TrunkRegistration:
 
     def _granted(self, response: Response, asked: int) -> int:
         """The expiry the registrar gave our Contact (RFC 3261 §10.2.4: the ``expires`` of our
-        Contact in the 200, else the Expires header, else what we asked)."""
+        Contact in the 200, else the Expires header), at most what we asked (§10.3 step 7: a
+        registrar may shorten it, not lengthen it); 0 when the 200 does not list our Contact
+        with an expiry of its own and has no Expires header either: then what we asked."""
         ours = self.contact()
+        listed = False
         for value in response.headers.get_all("Contact"):
             try:
                 contacts = [parse_name_addr_untrusted(item) for item in split_list_untrusted(value)]
@@ -248,13 +270,17 @@ class TrunkRegistration:
                     and uri.host.lower() == ours.host.lower()
                     and (uri.port or 5060) == (ours.port or 5060)
                 ):
+                    listed = True
                     expires = get_param(contact.params, "expires")
-                    if expires is not None and expires.isdigit():
-                        return int(expires)
+                    if expires is not None and expires.isdigit() and len(expires) <= 10:
+                        return min(int(expires), asked)
         header = response.headers.get("Expires")
-        if header is not None and header.strip().isdigit():
-            return int(header.strip())
-        return asked
+        if header is not None and header.strip().isdigit() and len(header.strip()) <= 10:
+            return min(int(header.strip()), asked)
+        # Registrars that list no Contact at all are common enough to take the 200 for what
+        # we asked; one that lists other contacts but not ours did not register us.
+        any_contact = bool(response.headers.get_all("Contact"))
+        return asked if listed or not any_contact else 0
 
 
 def _refresh_after(granted: int) -> float:

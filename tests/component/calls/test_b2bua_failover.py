@@ -232,3 +232,81 @@ async def test_with_every_trunk_down_the_caller_is_told(
     assert final.status == 503
     assert "trunk carrier is down" in final.reason
     assert backup.requests("INVITE") == [] and env.trunk.requests("INVITE") == []
+
+
+async def test_a_trunk_that_cannot_be_sent_to_fails_over_at_once(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, backup = await with_backup(nursery, tmp_path, voipgw_seed)
+    endpoint = env.gateway.endpoint
+    send_request = endpoint.send_request
+
+    async def carrier_down(request: Any, *, address: Any = None, **kwargs: Any) -> Any:
+        if request.method == "INVITE" and tuple(address) == TRUNK:
+            raise ConnectionRefusedError(111, "Connection refused")  # a TCP/TLS trunk that is down
+        return await send_request(request, address=address, **kwargs)
+
+    endpoint.send_request = carrier_down  # type: ignore[method-assign]
+    call = await alice_calls(env)
+    assert (await call.final()).status == 200
+    assert len(backup.requests("INVITE")) == 1
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_silent_carriers_late_answer_to_a_late_offer_is_hung_up_too(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, backup = await with_backup(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"response_timeout": 1.0},
+        carrier_answers=AutoAnswer(ring=False, status=200),
+    )
+    backup.auto = AutoAnswer(
+        ring=True, status=200, delay=10.0
+    )  # rings while the carrier's 200 comes
+    env.network.set_link(TRUNK, GW, delay=3.0)
+    call = await env.alice.invite(f"sip:{NUMBER}@127.0.0.1:5060", sdp=b"")  # a late offer
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    assert gateway_call.b is not None and gateway_call.b.target.trunk == "backup"  # type: ignore[union-attr]
+    assert backup.requests("CANCEL") == []
+    await eventually(lambda: len(env.trunk.requests("BYE")) == 1)
+    assert dict(env.gateway.calls.limits.in_progress) == {
+        ("account", "alice"): 1,
+        ("trunk", "backup"): 1,
+    }
+
+
+async def test_a_trunk_answering_at_once_is_not_given_up(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Its 100 may be handled before the INVITE's send returns: the response_timeout must not
+    be armed after it (the carrier then rings for longer than the timeout)."""
+    env, backup = await with_backup(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"response_timeout": 1.0},
+        carrier_answers=AutoAnswer(ring=True, status=200, delay=5.0),
+    )
+    endpoint = env.gateway.endpoint
+    send_request = endpoint.send_request
+
+    async def slow_return(request: Any, **kwargs: Any) -> Any:
+        client = await send_request(request, **kwargs)
+        if request.method == "INVITE":
+            await trio.sleep(0.05)  # the 100 arrives meanwhile
+        return client
+
+    endpoint.send_request = slow_return  # type: ignore[method-assign]
+    call = await alice_calls(env)
+    assert (await call.final()).status == 200
+    assert env.trunk.requests("CANCEL") == [] and backup.requests("INVITE") == []
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)

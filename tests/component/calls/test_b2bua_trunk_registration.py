@@ -48,6 +48,7 @@ class Registrar:
         self.agent = agent
         self.grant = grant
         self.answer: tuple[int, list[tuple[str, str]]] | None = None  # instead of the 200
+        self.contact_params: str | None = None  # instead of ";expires=GRANT" in the 200
         self.registers: list[tuple[float, Request]] = []
         self.accepted: list[Request] = []
         agent.out_of_dialog = self
@@ -70,7 +71,8 @@ class Registrar:
         contact = request.headers.get("Contact") or ""
         expires = request.headers.get("Expires")
         granted = 0 if expires == "0" else self.grant
-        await self.agent.respond(received, 200, extra=[("Contact", f"{contact};expires={granted}")])
+        params = self.contact_params if self.contact_params is not None else f";expires={granted}"
+        await self.agent.respond(received, 200, extra=[("Contact", f"{contact}{params}")])
         return True
 
     def _valid(self, request: Request, value: str) -> bool:
@@ -178,3 +180,35 @@ async def test_the_carriers_calls_to_our_contact_reach_the_did_it_names(
     assert final.status == 200
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+@pytest.mark.parametrize(
+    ("params", "registered", "refresh_after"),
+    [
+        (";expires=" + "9" * 400, True, 60),  # absurd: what we asked (120), refreshed at half
+        (";expires=99999", True, 60),  # longer than asked: clamped to what we asked
+        (";expires=0", False, None),  # not kept: a failure, retried
+    ],
+)
+async def test_the_registrars_grant_is_bounded_by_what_we_asked(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    params: str,
+    registered: bool,
+    refresh_after: float | None,
+) -> None:
+    env, registrar = await registering_carrier(nursery, tmp_path, voipgw_seed)
+    registration = env.gateway.trunk_registrations["carrier"]
+    registrar.contact_params = params
+    accepted = len(registrar.accepted)
+    await eventually(lambda: len(registrar.accepted) == accepted + 1, timeout=70)  # the refresh
+    at = registrar.registers[-1][0]
+    await trio.sleep(1)
+    assert registration.registered is registered
+    if refresh_after is not None:
+        await eventually(lambda: len(registrar.accepted) == accepted + 2, timeout=130)
+        assert refresh_after - 1 <= registrar.registers[-1][0] - at <= refresh_after + 2
+    else:
+        assert registration.failure == "200 without our Contact (or with expires=0)"
