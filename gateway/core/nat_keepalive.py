@@ -95,23 +95,42 @@ class NatKeepalive:
         self.answer_limit = min(interval, 64 * t1)
         self.user_agent = user_agent
         self.clock = clock
-        self.contacts: dict[BindingKey, Binding] = {}
+        # By AOR, then binding key: a REGISTER replaces one AOR's entries without a scan.
+        self.by_aor: dict[str, dict[str, Binding]] = {}
         self.failures: dict[BindingKey, int] = {}
         self.removed = 0  # contacts taken out since start
 
+    @property
+    def contacts(self) -> dict[BindingKey, Binding]:
+        """Every contact kept alive, by (AOR, binding key)."""
+        return {(aor, key): b for aor, found in self.by_aor.items() for key, b in found.items()}
+
     def registered(self, aor: str, bindings: Iterable[Binding]) -> None:
-        """A REGISTER for ``aor`` was accepted: ``bindings`` are all its bindings now."""
-        for key in [key for key in self.contacts if key[0] == aor]:
-            del self.contacts[key]
-        for binding in bindings:
-            if is_behind_nat(binding):
-                self.contacts[(aor, binding.key)] = binding
+        """A REGISTER for ``aor`` was accepted: ``bindings`` are all its bindings now. Their
+        count of unanswered keepalives starts again (a phone behind a NAT that lost its
+        mapping registers again from a new one)."""
+        for key in self.by_aor.pop(aor, {}):
+            self.failures.pop((aor, key), None)
+        natted = {b.key: b for b in bindings if is_behind_nat(b)}
+        if natted:
+            self.by_aor[aor] = natted
 
     def load(self, bindings: Iterable[Binding]) -> None:
         """Contacts registered before a restart (from the store)."""
         for binding in bindings:
             if is_behind_nat(binding):
-                self.contacts[(binding.aor, binding.key)] = binding
+                self.by_aor.setdefault(binding.aor, {})[binding.key] = binding
+
+    def _current(self, key: BindingKey) -> Binding | None:
+        return self.by_aor.get(key[0], {}).get(key[1])
+
+    def _forget(self, key: BindingKey) -> None:
+        found = self.by_aor.get(key[0])
+        if found is not None:
+            found.pop(key[1], None)
+            if not found:
+                del self.by_aor[key[0]]
+        self.failures.pop(key, None)
 
     async def run(self) -> None:
         limit = trio.Semaphore(MAX_CONCURRENT)
@@ -119,14 +138,15 @@ class NatKeepalive:
             while True:
                 round_start = trio.current_time()
                 now = self.clock()
-                for key in [k for k, b in self.contacts.items() if b.expires_at <= now]:
-                    del self.contacts[key]  # expired (the store's housekeeping removes them)
-                    self.failures.pop(key, None)
                 due = list(self.contacts.items())
+                for key, binding in due:
+                    if binding.expires_at <= now:
+                        self._forget(key)  # expired (the store's housekeeping removes it)
+                due = [(key, binding) for key, binding in due if binding.expires_at > now]
                 gap = self.interval / max(len(due), 1)
                 for index, (key, binding) in enumerate(due):
                     await trio.sleep_until(round_start + index * gap)
-                    if self.contacts.get(key) is not binding:
+                    if self._current(key) is not binding:
                         continue  # re-registered or gone meanwhile
                     await limit.acquire()
                     nursery.start_soon(self._ping_and_release, limit, key, binding)
@@ -166,6 +186,8 @@ class NatKeepalive:
             client.forward_to(None)
 
     def _count(self, key: BindingKey, binding: Binding, answered: bool) -> None:
+        if self._current(key) is not binding:
+            return  # registered again while the OPTIONS was out: that one counts afresh
         if answered:
             self.failures.pop(key, None)
             return
@@ -174,14 +196,22 @@ class NatKeepalive:
             self.failures[key] = failures
             return
         try:
-            self.store.remove_binding(binding.aor, binding.key)
+            # Only the registration we pinged: a newer REGISTER (through another node of a
+            # shared store, say) replaced it with another Call-ID or CSeq, and is not ours to
+            # remove.
+            stored = {b.key: b for b in self.store.registrations_for(binding.aor)}.get(binding.key)
+            if stored is not None and (stored.call_id, stored.cseq) == (
+                binding.call_id,
+                binding.cseq,
+            ):
+                self.store.remove_binding(binding.aor, binding.key)
         except StoreBusy as exc:
             self.failures[key] = failures  # tried again after the next failure
             log.warning("dead contact %s kept for now: %s", binding.contact, exc)
             return
-        self.failures.pop(key, None)
-        if self.contacts.get(key) is binding:
-            del self.contacts[key]
+        self._forget(key)
+        if stored is None or (stored.call_id, stored.cseq) != (binding.call_id, binding.cseq):
+            return  # registered anew elsewhere: nothing of ours to remove
         self.removed += 1
         log.warning(
             "registration of %s at %s removed: no answer to %d keepalives (OPTIONS) in a row",
