@@ -23,7 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.interop.harness.ports import LOOPBACK, free_port_block, free_port_pair
+from tests.interop.harness.ports import (
+    LOOPBACK,
+    free_port_block,
+    free_port_pair,
+    release_port_block,
+)
 from tests.interop.harness.processes import start_process, stop_process, tail
 
 #: The repository root: ``python -m gateway`` runs from here.
@@ -200,6 +205,8 @@ class GatewayProcess:
             raise RuntimeError("gateway was not started")
         if self.returncode is None:
             self.returncode = stop_process(self.process, sig=signal.SIGTERM, timeout=timeout)
+            low, high = self.media_ports
+            release_port_block(low, high - low + 1)  # the process is gone, its sockets too
         return self.returncode
 
     def log_text(self) -> str:

@@ -90,6 +90,12 @@ def free_port_block(count: int, kind: Kind = "udp", *, align: int = 2) -> int:
     raise RuntimeError(f"no block of {count} free {kind} ports on {LOOPBACK}")
 
 
+def release_port_block(first: int, count: int) -> None:
+    """Ports of a block whose user has exited may be handed out again: a session of hundreds
+    of gateways, each with its own block of media ports, would otherwise run out of them."""
+    _handed_out.difference_update(range(first, first + count))
+
+
 def _listening(port: int, kind: Literal["udp", "tcp"]) -> bool:
     # /proc/net/{udp,tcp}: "sl local_address rem_address st ...", addresses as HEXIP:HEXPORT.
     # A bound UDP socket is state 07 (unconnected), a listening TCP socket 0A (LISTEN).
