@@ -804,7 +804,7 @@ class Call:
                 return "anonymous"
             caller_trunk = self.config.trunk(self.caller.name or "")
             if self.caller.kind == "trunk" and caller_trunk is not None:
-                user = read_number(self.config.numbering_of(caller_trunk), user)
+                user = read_number(self.manager.plan_of(caller_trunk), user)
             return self._written_for_leg(leg, user)
         return self._account_number(leg, self.caller.name)
 
@@ -818,7 +818,7 @@ class Call:
         number = numbers[0] if numbers else trunk.caller_id
         if number is None:
             return account
-        return self._written_for_leg(leg, read_number(self.config.numbering_of(trunk), number))
+        return self._written_for_leg(leg, read_number(self.manager.plan_of(trunk), number))
 
     def _leg_trunk(self, leg: BLeg) -> TrunkConfig | None:
         trunk_name = leg.target.trunk if leg.target is not None else None
@@ -830,7 +830,7 @@ class Call:
         trunk = self._leg_trunk(leg)
         if trunk is None:
             return number
-        return self.config.numbering_of(trunk).written_as(number, trunk.number_format)
+        return self.manager.plan_of(trunk).written_as(number, trunk.number_format)
 
     def _b_to(self, uri: Uri, leg: BLeg) -> NameAddr:
         """To of a B leg: the callee's address-of-record for a registered user (the

@@ -50,6 +50,8 @@ from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
+    from gateway.core.calls.numbering import NumberingPlan
+    from gateway.core.config import TrunkConfig
     from gateway.core.gateway import Gateway
     from gateway.core.media.session import MediaSession
     from gateway.core.store.interface import Binding
@@ -165,6 +167,13 @@ class CallManager:
             return outcome
         device = devices.of_request(invite, flow) if devices.active else None
         return Caller(kind="account", name=outcome.username, flow=flow, device=device)
+
+    def plan_of(self, trunk: TrunkConfig) -> NumberingPlan:
+        """``trunk``'s numbering plan, made once (the directory keeps them)."""
+        directory = self.gateway.directory
+        if directory is not None:
+            return directory.plan_of(trunk.name)
+        return self.gateway.config.numbering_of(trunk)
 
     def trunk_failed(self, trunk: str, why: str) -> None:
         """A call got nothing from ``trunk``: down until its probes are answered again

@@ -41,6 +41,10 @@ specs/pstn.md §3 (112 in Europe and GSM, 110 police in Germany, 911 NANP, 999 U
 harmonised 116xxx services. An operator adds their country's others (115, 118xx, N11 ...)."""
 
 E164_MAX_DIGITS = 15  # ITU-T E.164 §6: country code and national significant number together
+# Fewer digits than this is no subscriber's number anywhere (Niue's +683 and four digits is the
+# shortest there is): "1" dialled is not +49301, "12" in the NANP not +12.
+MIN_E164_DIGITS = 7
+MIN_SUBSCRIBER_DIGITS = 3
 MAX_COUNTRY_CODE_DIGITS = 3
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -149,7 +153,7 @@ class NumberingPlan:
             # A closed plan (no national prefix: Italy, Spain, Denmark ...) dials every number
             # in full, so a number without the international prefix is a national one.
             return _checked("+" + self.country_code + number, number)
-        if self.area_code:
+        if self.area_code and len(number) >= MIN_SUBSCRIBER_DIGITS:
             return _checked("+" + self.country_code + self.area_code + number, number)
         return number
 
@@ -182,9 +186,12 @@ def _matches_short_code(number: str, code: str) -> bool:
 
 def _checked(e164: str, original: str) -> str:
     """``e164`` when it is a plausible E.164 number, else ``original`` (a number read with the
-    wrong plan must not be sent on as a longer, wrong one)."""
+    wrong plan must not be sent on as a longer, wrong one): at most 15 digits, a country code
+    not starting with 0 (E.164 §6.2.1), and more than a country code's worth of digits."""
     digits = len(e164) - 1
-    return e164 if 2 <= digits <= E164_MAX_DIGITS else original
+    if not MIN_E164_DIGITS <= digits <= E164_MAX_DIGITS or e164.startswith("+0"):
+        return original
+    return e164
 
 
 def read_number(plan: NumberingPlan, text: str) -> str:

@@ -63,8 +63,9 @@ DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # its NAT binding. For stream transports the peer's source port is ephemeral and nothing listens
 # on it: only the open connection reaches it.
 DATAGRAM_TRANSPORTS = frozenset({"udp"})
-# RFC 3966 §5.1.1 visual separators, ignored when a user part is read as a number.
-_VISUAL_SEPARATORS = re.compile(r"[-.()]")
+# RFC 3966 §5.1.1 visual separators, ignored when a user part is read as a number (and the
+# blanks some peers put there, as the numbering plans read them too).
+_VISUAL_SEPARATORS = re.compile(r"[-.()\s]")
 _DIAL_STRING = re.compile(r"\+?[0-9*#]+")
 _SHOWN_MAX = 40
 
@@ -325,6 +326,7 @@ class GatewayDirectory:
         self.store = store
         self.flows = flows
         self.trunks = tuple(trunks)
+        self._by_name = {trunk.name: trunk for trunk in self.trunks}
         self.now = now
         self.local_domains = local_domains
         self._domains = RegistrarPolicy(local_domains=local_domains)
@@ -395,10 +397,7 @@ class GatewayDirectory:
 
     def trunk(self, name: str) -> TrunkConfig | None:
         """The trunk called ``name`` (enabled or not)."""
-        for trunk in self.trunks:
-            if trunk.name == name:
-                return trunk
-        return None
+        return self._by_name.get(name)
 
     def trunk_for_number(self, number: str) -> str | None:
         """The enabled trunk, not down, with the longest prefix matching ``number``, by name
@@ -448,8 +447,13 @@ class GatewayDirectory:
         number_text = dial_string(number)
         if config is None or not config.enabled or number_text is None:
             return None
-        number_text = self.written_for(trunk, number_text)
-        sent = config.add_prefix + number_text[config.strip_prefix :]
+        if self.plan_of(trunk).is_short_code(number_text):
+            # An emergency or service number goes as dialled: strip_prefix and add_prefix
+            # are for subscriber numbers (a prefix meant for +49... would turn 112 into 12).
+            sent = number_text
+        else:
+            number_text = self.written_for(trunk, number_text)
+            sent = config.add_prefix + number_text[config.strip_prefix :]
         if not sent or sent == "+":
             return None
         spec = config.address_spec

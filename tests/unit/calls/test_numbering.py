@@ -172,3 +172,11 @@ def test_the_default_short_codes_are_the_emergency_numbers_of_the_spec() -> None
     for number in ("110", "112", "911", "999", "116006"):
         assert NumberingPlan(country_code="49", area_code="30").is_short_code(number)
     assert "116xxx" in DEFAULT_SHORT_CODES
+
+
+def test_readings_that_cannot_be_a_number_are_not_made() -> None:
+    assert BERLIN.to_e164("0000123") == "0000123"  # not +00123: no country code starts with 0
+    assert BERLIN.to_e164("1") == "1"  # not +49301
+    assert BERLIN.to_e164("11") == "11"
+    assert NEW_YORK.to_e164("12") == "12"  # not +12
+    assert BERLIN.to_e164("0123") == "0123"  # +49123: too short for anyone's number

@@ -205,7 +205,7 @@ def test_empty_allowed_sources_match_nothing() -> None:
         ("john.doe", None),
         ("+", None),
         ("", None),
-        ("49 30", None),
+        ("49 30", "4930"),  # blanks, as some peers write them (%20): ignored like separators
     ],
 )
 def test_dial_string(text: str, expected: str | None) -> None:

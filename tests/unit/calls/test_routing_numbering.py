@@ -215,3 +215,23 @@ def test_two_dids_that_are_one_number_for_two_accounts_are_refused() -> None:
         from_mapping(data, file="f.toml")
     data["trunks"][0]["dids"] = {"+4930123456": "alice", "030123456": "alice"}  # type: ignore[index]
     from_mapping(data, file="f.toml")  # the same account twice is only redundant
+
+
+def test_a_short_code_goes_to_a_trunk_as_dialled_whatever_its_prefixes(tmp_path: Path) -> None:
+    trunk = TrunkConfig(
+        name="pbx",
+        address="udp:192.0.2.50:5060",
+        prefixes=("+49", "112"),
+        number_format="national",
+        strip_prefix=3,
+        add_prefix="0",
+    )
+    store = SqliteStore.open(tmp_path)
+    try:
+        directory = GatewayDirectory(store, FlowTable(), (trunk,), frozenset(), lambda: NOW, BERLIN)
+        emergency = directory.trunk_target("pbx", "112")
+        assert emergency is not None and emergency.uri.startswith("sip:112@")
+        number = directory.trunk_target("pbx", "+4930987654")
+        assert number is not None and number.uri.startswith("sip:0987654@")  # strip 3, add 0
+    finally:
+        store.close()
