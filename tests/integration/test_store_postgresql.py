@@ -364,3 +364,16 @@ def test_cli_says_when_the_database_cannot_be_reached(tmp_path: Path) -> None:
     assert "cannot run: PostgreSQL host=127.0.0.1" in run.stderr
     assert "Traceback" not in run.stderr
     assert "hunter2-db" not in run.stderr + run.stdout
+
+
+def test_names_nobody_has_do_not_push_real_accounts_out_of_the_cache(
+    open_node: Callable[..., PostgresStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg_module, "ACCOUNT_CACHE_ENTRIES", 8)
+    node = open_node()
+    node.accounts_add("alice", PASSWORD, REALM)
+    wait_until(lambda: node.get_account("alice") is node.get_account("alice") is not None)
+    cached = node.get_account("alice")
+    for i in range(100):  # REGISTERs with made-up usernames
+        assert node.get_account(f"guess{i}") is None
+    assert node.get_account("alice") is cached  # still from memory

@@ -388,6 +388,7 @@ class PostgresStore:
         self._listening = False
         self._epoch = 0
         self._accounts: dict[str, Account | None] = {}
+        self._absent: dict[str, None] = {}  # names looked up that no account has
         self._bindings: dict[str, tuple[Binding, ...]] = {}  # by account name
         self._registrations: dict[str, tuple[Binding, ...]] = {}  # by AOR
         self._stopping = threading.Event()
@@ -536,7 +537,11 @@ class PostgresStore:
         with self._cache_lock:
             if not self._listening or epoch != self._epoch:
                 return  # a notification came in while it was read: it may be stale
-            if len(table) >= ACCOUNT_CACHE_ENTRIES:  # names from the network
+            if table is self._accounts and value is None:
+                # A name nobody has: kept apart, so names sent from the network (a REGISTER's
+                # username) fill only this table, not push real accounts out of the other.
+                table = self._absent
+            if len(table) >= ACCOUNT_CACHE_ENTRIES:
                 table.clear()
             table[key] = value
 
@@ -544,6 +549,7 @@ class PostgresStore:
         with self._cache_lock:
             self._epoch += 1
             self._accounts.pop(name, None)
+            self._absent.pop(name, None)
             self._bindings.pop(name, None)
             # Its registrations by AOR (gone with the account, if it was removed).
             stale = [
@@ -565,6 +571,7 @@ class PostgresStore:
         with self._cache_lock:
             self._epoch += 1
             self._accounts.clear()
+            self._absent.clear()
             self._bindings.clear()
             self._registrations.clear()
 
@@ -592,6 +599,7 @@ class PostgresStore:
             self._listening = listening
             self._epoch += 1
             self._accounts.clear()
+            self._absent.clear()
             self._bindings.clear()
             self._registrations.clear()
 
@@ -737,6 +745,8 @@ class PostgresStore:
     def get_account(self, name: str) -> Account | None:
         """The account, from memory while the listener is up (see the module's docstring)."""
         cached, epoch = self._cached(self._accounts, name)
+        if cached is _MISSING:
+            cached, epoch = self._cached(self._absent, name)
         if cached is not _MISSING:
             return cast(Account | None, cached)
         with self._session() as db:

@@ -638,8 +638,10 @@ def test_bindings_from_memory_follow_own_writes_and_expiry(store: Store) -> None
 def test_the_account_cache_is_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys.modules[type(store).__module__], "ACCOUNT_CACHE_ENTRIES", 3)
     cache: Any = store
+    # PostgreSQL keeps names no account has apart, so they never push real accounts out.
+    unknown = getattr(cache, "_absent", cache._accounts)
     for i in range(10):  # unknown names from the network
         assert store.get_account(f"nobody{i}") is None
-        assert 1 <= len(cache._accounts) <= 3
+        assert 1 <= len(unknown) <= 3
         assert store.bindings_for_account(f"nobody{i}") == ()
         assert 1 <= len(cache._bindings) <= 3
