@@ -5,9 +5,12 @@ close``: a scraper asks once every few seconds, so a kept-alive connection saves
 the state. ``GET`` (and ``HEAD``) of the configured path gets 200 and the exposition; another
 path 404, another method 405, a request whose head or body passes :data:`MAX_REQUEST` octets
 413 (head: 431), a request h11 cannot parse 400. Every connection has
-:data:`CONNECTION_TIMEOUT` seconds for all of it, and at most :data:`MAX_CONNECTIONS` are served
-at once; past that a new one is closed at once. Nothing a client sends can end the gateway: a
-failure ends that connection, logged when it is ours (rendering).
+:data:`CONNECTION_TIMEOUT` seconds for all of it and :data:`HEAD_TIMEOUT` for its request head,
+and at most :data:`MAX_CONNECTIONS` are served at once; a new one when all are taken makes the
+oldest that has not finished its request head give way (a client that connects and says
+nothing must not shut Prometheus out), and waits up to :data:`SLOT_WAIT` for a slot, else it
+is closed. Nothing a client sends can end the gateway: a failure ends that connection, logged
+when it is ours (rendering).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 8  # a Prometheus pair and a few people's curl
 CONNECTION_TIMEOUT = 10.0  # Prometheus' default scrape timeout
+HEAD_TIMEOUT = 2.0  # a scraper sends its few hundred octets at once
+SLOT_WAIT = 1.0
 MAX_REQUEST = 8192  # a scrape's request head is a few hundred octets and has no body
 LINGER_TIMEOUT = 2.0  # reading what a refused client still sends (_linger)
 LINGER_BYTES = 65536
@@ -37,6 +42,7 @@ class MetricsServer:
         self._path = path.encode()
         self._server = server.encode()
         self._slots = trio.Semaphore(MAX_CONNECTIONS)
+        self._reading_heads: list[trio.CancelScope] = []  # oldest first
         self.address: tuple[str, int] | None = None
         self.scrapes = 0
         self.refused_connections = 0
@@ -56,22 +62,38 @@ class MetricsServer:
         await trio.serve_listeners(self._connection, listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        if self._slots.value == 0:
+        if self._slots.value == 0 and self._reading_heads:
+            self._reading_heads.pop(0).cancel()  # it has not asked anything yet: it gives way
+        acquired = False
+        with trio.move_on_after(SLOT_WAIT):
+            await self._slots.acquire()
+            acquired = True
+        if not acquired:
             self.refused_connections += 1
             await trio.aclose_forcefully(stream)
             return
-        async with self._slots:
-            try:
-                with trio.move_on_after(CONNECTION_TIMEOUT):
-                    await self._exchange(stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass  # the client went away
-            finally:
-                await trio.aclose_forcefully(stream)
+        try:
+            with trio.move_on_after(CONNECTION_TIMEOUT):
+                await self._exchange(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away
+        finally:
+            self._slots.release()
+            await trio.aclose_forcefully(stream)
 
     async def _exchange(self, stream: trio.SocketStream) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
-        request, refusal = await self._read_request(stream, connection)
+        request: h11.Request | None = None
+        refusal: tuple[int, str] | None = None
+        with trio.move_on_after(HEAD_TIMEOUT) as reading:
+            self._reading_heads.append(reading)
+            try:
+                request, refusal = await self._read_request(stream, connection)
+            finally:
+                if reading in self._reading_heads:
+                    self._reading_heads.remove(reading)
+        if reading.cancelled_caught:
+            return  # too slow, or made way for another: closed without an answer
         if refusal is not None:
             status, reason = refusal
             await self._send(stream, connection, status, reason.encode() + b"\n", "text/plain")
