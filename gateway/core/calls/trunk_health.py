@@ -6,8 +6,8 @@ transaction each time, the next one ``options_interval`` after the last was sent
 response but 408 and 503 says its SIP stack is alive, even 404 or 405 from a carrier that does
 not implement OPTIONS: the trunk is up. No final response within the interval (or 64*T1, the
 transaction's own limit), a 408, a 503 (RFC 3261 §21.5.4: overloaded or in maintenance) or a
-transport failure (our locally made 408 and 503) marks it down: routing skips it (the next trunk
-serving the number gets its calls) until a probe is answered again. A call that gets no response
+transport failure (our locally made 408 and 503), twice in a row, marks it down: routing skips
+it (the next trunk serving the number gets its calls) until a probe is answered again. A call that gets no response
 at all from a probed trunk (its ``response_timeout`` passed, or we could not send to it) marks
 it down too, so the calls after it do not wait out the same timeout; the probes bring it back.
 A trunk without probes is never marked down: nothing would bring it back. Every change is
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # Finals that say the trunk cannot take calls now: a timeout (ours or a proxy's) and 503.
 DOWN_STATUSES = frozenset({408, 503})
+PROBES_MISSED = 2  # unanswered probes in a row that make a trunk down
 
 
 class TrunkHealth:
@@ -47,6 +48,7 @@ class TrunkHealth:
     def __init__(self, probed: Iterable[str]) -> None:
         self._probed = frozenset(probed)
         self._down: dict[str, str] = {}
+        self._missed: dict[str, int] = {}  # probes in a row without an answer
 
     def is_up(self, trunk: str) -> bool:
         return trunk not in self._down
@@ -58,13 +60,22 @@ class TrunkHealth:
 
     def answered(self, trunk: str) -> None:
         """A probe of ``trunk`` was answered: up (logged when it was down)."""
+        self._missed.pop(trunk, None)
         why = self._down.pop(trunk, None)
         if why is not None:
             log.warning("trunk %s is up again (it answered OPTIONS)", trunk)
 
+    def probe_failed(self, trunk: str, why: str) -> None:
+        """A probe of ``trunk`` went unanswered: down at the :data:`PROBES_MISSED`-th in a
+        row (one lost UDP exchange is no dead trunk; Kamailio's ``ds_probing_threshold``)."""
+        missed = self._missed.get(trunk, 0) + 1
+        self._missed[trunk] = missed
+        if missed >= PROBES_MISSED:
+            self.failed(trunk, f"{why} ({missed} probes in a row)")
+
     def failed(self, trunk: str, why: str) -> None:
-        """``trunk`` did not answer a probe or a call: down (logged when it was up). Ignored
-        for a trunk without probes, which nothing would bring back."""
+        """``trunk`` did not answer a call (or enough probes): down (logged when it was up).
+        Ignored for a trunk without probes, which nothing would bring back."""
         if trunk not in self._probed or trunk in self._down:
             return
         self._down[trunk] = why
@@ -109,7 +120,7 @@ class TrunkProber:
             if why is None:
                 self.health.answered(trunk.name)
             else:
-                self.health.failed(trunk.name, why)
+                self.health.probe_failed(trunk.name, why)
             await trio.sleep_until(sent_at + trunk.options_interval)
 
     async def probe(self, trunk: TrunkConfig) -> str | None:

@@ -165,3 +165,15 @@ def test_a_failed_trunks_channel_is_given_back() -> None:
 def test_bad_failover_settings_name_their_key(data: dict[str, object], where: str) -> None:
     with pytest.raises(ConfigError, match=rf"^f\.toml: {re.escape(where)}: "):
         from_mapping(data, file="f.toml")
+
+
+def test_one_unanswered_probe_is_no_dead_trunk(caplog: pytest.LogCaptureFixture) -> None:
+    health = TrunkHealth(["carrier"])
+    health.probe_failed("carrier", "no answer to OPTIONS within 5 s")
+    assert health.is_up("carrier")
+    health.answered("carrier")  # the count starts again
+    health.probe_failed("carrier", "no answer to OPTIONS within 5 s")
+    assert health.is_up("carrier")
+    health.probe_failed("carrier", "no answer to OPTIONS within 5 s")
+    assert not health.is_up("carrier")
+    assert health.down == {"carrier": "no answer to OPTIONS within 5 s (2 probes in a row)"}
