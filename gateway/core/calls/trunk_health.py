@@ -7,9 +7,10 @@ response but 408 and 503 says its SIP stack is alive, even 404 or 405 from a car
 not implement OPTIONS: the trunk is up. No final response within the interval (or 64*T1, the
 transaction's own limit), a 408, a 503 (RFC 3261 §21.5.4: overloaded or in maintenance) or a
 transport failure (our locally made 408 and 503), twice in a row, marks it down: routing skips
-it (the next trunk serving the number gets its calls) until a probe is answered again. A call that gets no response
-at all from a probed trunk (its ``response_timeout`` passed, or we could not send to it) marks
-it down too, so the calls after it do not wait out the same timeout; the probes bring it back.
+it (the next trunk serving the number gets its calls) until a probe is answered again. A call
+that gets no response at all from a probed trunk (its ``response_timeout`` passed, or we could
+not send to it) marks it down at once, so the calls after it do not wait out the same timeout;
+the probes bring it back.
 A trunk without probes is never marked down: nothing would bring it back. Every change is
 logged once, with the reason.
 
