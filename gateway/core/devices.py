@@ -13,10 +13,10 @@ with the binding: the hook needs a request from the device, and the INVITE to it
 What a profile changes, on that device's legs only (``narrowed_for_device`` and the manager's
 ``leg_security``):
 
-- ``media_policy`` replaces the leg's policy where its account or trunk has the default one
-  (``best-effort``): a model known not to encrypt gets ``rtp-only`` instead of offers it would
-  refuse. A policy the operator chose for the account is never replaced: a profile must not
-  weaken what was set for somebody.
+- ``media_policy`` replaces the leg's policy where its account or trunk has ``best-effort``,
+  the default (the store cannot tell "set to best-effort" from "left so"): a model known not to
+  encrypt gets ``rtp-only`` instead of offers it would refuse. Any other policy is kept: a
+  profile cannot weaken an account set to ``sdes`` or ``encrypted-only``.
 - ``key_exchanges`` narrows the policy's key exchanges to those the model handles (a phone that
   rejects an offer carrying ``a=zrtp-hash`` or ``a=fingerprint`` it does not know: ``("sdes",)``).
 - ``suites`` narrows the SRTP suites to those it accepts (a phone that refuses AEAD or 256-bit

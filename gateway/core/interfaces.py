@@ -396,8 +396,8 @@ class DeviceProfile:
     """A phone model's known capabilities and quirks, matched on User-Agent (the longest of
     ``user_agent_prefixes`` among registered profiles wins) or named by a plugin's
     ``gateway_identify_device``. On that device's legs (gateway/core/devices.py):
-    ``media_policy`` replaces the default policy (never one the operator set for the account or
-    trunk); ``key_exchanges`` and ``suites`` narrow the leg's policy to the key exchanges
+    ``media_policy`` replaces the policy of an account or trunk at ``best-effort`` (the default,
+    set or not; any other is kept); ``key_exchanges`` and ``suites`` narrow the leg's policy to the key exchanges
     (``"sdes"``, ``"dtls"``, ``"zrtp"``, ``"mikey"``) and SRTP suites (SDES names) the model
     takes; None: no limit. ``notes`` is for people (``voipgw plugins`` lists profiles)."""
 

@@ -304,7 +304,7 @@ class CallManager:
             if trunk is not None and trunk.offer_rtcp_feedback is not None:
                 offer_feedback = trunk.offer_rtcp_feedback
         if device is not None and device.media_policy and configured in (None, DEFAULT_POLICY):
-            configured = device.media_policy  # never one the operator chose for the account
+            configured = device.media_policy  # only over best-effort: never weakens another
         secure = flow.secure if flow is not None else transport == "tls"
         leg = LegInfo(
             call_id=call.id,
