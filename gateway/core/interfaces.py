@@ -397,9 +397,10 @@ class DeviceProfile:
     ``user_agent_prefixes`` among registered profiles wins) or named by a plugin's
     ``gateway_identify_device``. On that device's legs (gateway/core/devices.py):
     ``media_policy`` replaces the policy of an account or trunk at ``best-effort`` (the default,
-    set or not; any other is kept); ``key_exchanges`` and ``suites`` narrow the leg's policy to the key exchanges
-    (``"sdes"``, ``"dtls"``, ``"zrtp"``, ``"mikey"``) and SRTP suites (SDES names) the model
-    takes; None: no limit. ``notes`` is for people (``voipgw plugins`` lists profiles)."""
+    set or not; any other is kept); ``key_exchanges`` and ``suites`` narrow the leg's policy to
+    the key exchanges (``"sdes"``, ``"dtls"``, ``"zrtp"``, ``"mikey"``) and SRTP suites (SDES
+    names) the model takes; None: no limit. ``notes`` is for people (``voipgw plugins`` lists
+    profiles)."""
 
     name: str
     user_agent_prefixes: tuple[str, ...] = ()
