@@ -582,13 +582,18 @@ class MediaCounts:
 @attrs.frozen
 class TrunkCounts:
     """One configured trunk: its calls in progress, its ``max_calls`` (0: none) and the calls
-    refused since the start because it was at its ``max_calls`` or its ``max_cps``."""
+    refused since the start because it was at its ``max_calls`` or its ``max_cps``; whether its
+    OPTIONS probes find it up (None: not probed), whether the gateway is registered with it
+    (None: it does not register), and the calls that failed on it and went to the next trunk."""
 
     name: str
     calls_in_progress: int
     max_calls: int
     refused_call_limit: int
     refused_call_rate: int
+    up: bool | None = None
+    registered: bool | None = None
+    failovers: int = 0
 
 
 @attrs.frozen

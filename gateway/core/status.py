@@ -191,8 +191,19 @@ class StatusView:
                 in_progress = limits.in_progress[key]
                 refused_limit = limits.refused[(key, "call limit")]
                 refused_rate = limits.refused[(key, "call rate")]
+            probed = trunk.enabled and trunk.options_interval > 0
+            registration = self._gateway.trunk_registrations.get(trunk.name)
             found.append(
-                TrunkCounts(trunk.name, in_progress, trunk.max_calls, refused_limit, refused_rate)
+                TrunkCounts(
+                    trunk.name,
+                    in_progress,
+                    trunk.max_calls,
+                    refused_limit,
+                    refused_rate,
+                    up=self._gateway.trunk_health.is_up(trunk.name) if probed else None,
+                    registered=registration.registered if registration is not None else None,
+                    failovers=manager.failovers[trunk.name] if manager is not None else 0,
+                )
             )
         return tuple(found)
 

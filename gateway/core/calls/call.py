@@ -931,6 +931,8 @@ class Call:
                 break
             if self._attempt:
                 failed = self._attempt[-1]
+                if failed.target is not None and failed.target.trunk is not None:
+                    self.manager.failovers[failed.target.trunk] += 1
                 outcome = failed.final or failed.given_up
                 log.info(
                     "call %s: %s answered %d; failing over to trunk %s",

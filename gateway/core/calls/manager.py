@@ -7,6 +7,7 @@ calls what they need from the rest of the gateway (routing, authentication, medi
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import time
@@ -88,6 +89,8 @@ class CallManager:
         ]
         """Taps that decide when a call starts (lawful intercept): asked for every new call."""
         self._numbers_of: dict[str, list[str]] | None = None
+        # Calls that failed on a trunk and went on to the next one serving the number.
+        self.failovers: collections.Counter[str] = collections.Counter()
         for name, tap in self._start_taps:
             bind = getattr(tap, "bind_calls_in_progress", None)
             if callable(bind):

@@ -163,3 +163,26 @@ def _trunks(out: Exposition, status: GatewayStatus) -> None:
     for trunk in trunks:
         out.sample(trunk.refused_call_limit, [("trunk", trunk.name), ("limit", "max_calls")])
         out.sample(trunk.refused_call_rate, [("trunk", trunk.name), ("limit", "max_cps")])
+    out.family(
+        "voipgw_trunk_up",
+        "gauge",
+        "1 while a probed trunk answers its OPTIONS, 0 while routing skips it (options_interval).",
+    )
+    for trunk in trunks:
+        if trunk.up is not None:
+            out.sample(int(trunk.up), [("trunk", trunk.name)])
+    out.family(
+        "voipgw_trunk_registered",
+        "gauge",
+        "1 while the gateway is registered with a trunk that takes a registration, else 0.",
+    )
+    for trunk in trunks:
+        if trunk.registered is not None:
+            out.sample(int(trunk.registered), [("trunk", trunk.name)])
+    out.family(
+        "voipgw_trunk_failovers_total",
+        "counter",
+        "Calls that failed on a trunk (a failover status, no response) and went to the next.",
+    )
+    for trunk in trunks:
+        out.sample(trunk.failovers, [("trunk", trunk.name)])

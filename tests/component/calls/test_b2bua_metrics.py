@@ -21,6 +21,7 @@ import trio
 
 import gateway.plugins.keyexchange.sdes as sdes_plugin
 import gateway.plugins.metrics as metrics_plugin
+from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.metrics.server import (
     CONNECTION_TIMEOUT,
@@ -28,8 +29,15 @@ from gateway.plugins.metrics.server import (
     MAX_CONNECTIONS,
     MAX_REQUEST,
 )
-from gateway.testing.sip_agent import simple_sdp
-from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    GW,
+    TRUNK,
+    B2bua,
+    eventually,
+    start_b2bua,
+)
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_recorder import rtp
 
@@ -291,3 +299,48 @@ async def test_without_the_plugin_the_core_counts_nothing_for_it(
     assert env.gateway.status is None
     assert env.gateway.call_statistics is None
     assert env.gateway.calls is not None and env.gateway.calls.statistics is None
+
+
+async def test_trunk_health_registration_and_failovers_are_exposed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A carrier answering 503 fails its call over to the backup (counted), its probes stop
+    being answered (down), and a registering trunk whose registrar does not answer REGISTER
+    (the agent answers 501) is not registered."""
+    env, address = await metrics_env(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"options_interval": 5.0},
+        extra_trunks=[
+            {
+                "name": "backup",
+                "address": "udp:127.0.0.5:5060",
+                "prefixes": ["+1"],
+                "allowed_sources": [],
+                "register": True,
+                "username": "customer",
+                "password": "secret",
+            }
+        ],
+    )
+    backup = SipAgent(env.network, ("127.0.0.5", 5060), ids=SeededIds(voipgw_seed + 5), proxy=GW)
+    await nursery.start(backup.serve)
+    env.trunk.auto = AutoAnswer(ring=True, status=503)
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    samples = await scrape(address)
+    assert samples['voipgw_trunk_failovers_total{trunk="carrier"}'] == 1
+    assert samples['voipgw_trunk_failovers_total{trunk="backup"}'] == 0
+    assert samples['voipgw_trunk_up{trunk="carrier"}'] == 1
+    assert 'voipgw_trunk_up{trunk="backup"}' not in samples  # not probed
+    assert samples['voipgw_trunk_registered{trunk="backup"}'] == 0  # its REGISTER got 501
+    assert 'voipgw_trunk_registered{trunk="carrier"}' not in samples
+
+    env.network.set_link(TRUNK, GW, drop=1.0)
+    await eventually(lambda: not env.gateway.trunk_health.is_up("carrier"), timeout=30)
+    assert (await scrape(address))['voipgw_trunk_up{trunk="carrier"}'] == 0
