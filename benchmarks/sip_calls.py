@@ -395,7 +395,8 @@ class System:
                 env=env,
                 start_new_session=True,  # stop() ends whatever a --gateway-prefix forked
             )
-        wait_udp_port(B2BUA_PORT, self.process)
+        # Under a --gateway-prefix such as valgrind, start-up takes minutes, not a second.
+        wait_udp_port(B2BUA_PORT, self.process, timeout=300.0 if prefix else 20.0)
         # alice's phone: REGISTER from the port its UAS answers on (the gateway reaches a
         # registered contact over the flow its REGISTER came from).
         rundir = self.workdir / "register"

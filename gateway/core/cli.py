@@ -393,6 +393,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
                 print(f"  {name}: {describe_leg(leg)}")
         for transfer in security.get("transfers", ()):
             print(f"  {describe_transfer(transfer)}")
+        for failover in security.get("failovers", ()):
+            print(f"  {describe_failover(failover)}")
         if security.get("taps"):
             print(f"  {describe_taps(security['taps'])}")
     return EXIT_OK
@@ -406,6 +408,14 @@ def describe_taps(taps: dict[str, Any]) -> str:
         streams = ", ".join(str(index) for index in untapped)
         line += f" (NOT stream {streams}: in a media worker, which taps cannot reach)"
     return line
+
+
+def describe_failover(failover: dict[str, Any]) -> str:
+    """One trunk a call left for the next, in words."""
+    return (
+        f"trunk {failover.get('trunk')} answered {failover.get('status')} "
+        f"{failover.get('reason')}: failed over to trunk {failover.get('to')}"
+    )
 
 
 def describe_transfer(transfer: dict[str, Any]) -> str:

@@ -325,6 +325,7 @@ def test_a_carriers_503_sends_the_call_to_the_next_trunk(tmp_path: Path) -> None
             refused.check()
             answered.check()
             log = gw.log_text()
+            calls = gw.cli_until(lambda out: "failed over" in out, "calls", "--recent", "5")
 
     (refused_invite,) = refused.received("INVITE ")
     (answered_invite,) = answered.received("INVITE ")
@@ -334,6 +335,7 @@ def test_a_carriers_503_sends_the_call_to_the_next_trunk(tmp_path: Path) -> None
     assert header(refused_invite, "Call-ID") != header(answered_invite, "Call-ID")
     assert len(caller.received("SIP/2.0 200")) >= 2  # the INVITE's and the BYE's
     assert "carrier answered 503; failing over to trunk backup" in log
+    assert "trunk carrier answered 503 Service Unavailable: failed over to trunk backup" in calls
 
 
 # -- 1b. a trunk that challenges our INVITE --------------------------------------------------

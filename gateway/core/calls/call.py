@@ -379,6 +379,9 @@ class Call:
         self._transfer_legs: set[BLeg] = set()
         self._departed: list[tuple[Leg, float]] = []
         self.transfers: list[dict[str, object]] = []
+        # Trunks the call left for the next one serving the number, with the answer that made
+        # it (the call record's "failovers": which carrier failed, for the operator's records).
+        self.failovers: list[dict[str, object]] = []
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -931,9 +934,17 @@ class Call:
                 break
             if self._attempt:
                 failed = self._attempt[-1]
+                outcome = failed.final or failed.given_up
                 if failed.target is not None and failed.target.trunk is not None:
                     self.manager.failovers[failed.target.trunk] += 1
-                outcome = failed.final or failed.given_up
+                    self.failovers.append(
+                        {
+                            "trunk": failed.target.trunk,
+                            "status": outcome.status if outcome is not None else 0,
+                            "reason": outcome.reason if outcome is not None else "",
+                            "to": target.trunk,
+                        }
+                    )
                 log.info(
                     "call %s: %s answered %d; failing over to trunk %s",
                     self.id,
@@ -2828,6 +2839,8 @@ class Call:
             record["media"] = self.media.statistics()
         if self.transfers:
             record["transfers"] = list(self.transfers)
+        if self.failovers:
+            record["failovers"] = list(self.failovers)
         if self.taps is not None and self.taps.names:
             record["taps"] = self.taps.record()
         return record

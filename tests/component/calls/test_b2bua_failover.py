@@ -85,6 +85,10 @@ async def test_a_carriers_503_fails_over_to_the_next_trunk(
     assert env.gateway.calls is not None
     (gateway_call,) = env.gateway.calls.calls
     assert gateway_call.b is not None and gateway_call.b.target.trunk == "backup"  # type: ignore[union-attr]
+    # The call record says which carrier failed, with what, and where the call went.
+    assert gateway_call.security_record()["failovers"] == [
+        {"trunk": "carrier", "status": 503, "reason": "Service Unavailable", "to": "backup"}
+    ]
     # The carrier's channel was given back; the backup's is held by the call.
     assert dict(env.gateway.calls.limits.in_progress) == {
         ("account", "alice"): 1,
