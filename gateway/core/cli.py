@@ -282,6 +282,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.core.gateway import Gateway
 
     Gateway(config, plugins).check()
+    for warning in config_mod.did_warnings(config):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK ({len(plugins.names)} plugins: {', '.join(plugins.names)})")
     return EXIT_OK
 

@@ -747,6 +747,26 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         raise fail("caller_id", "expected a number: an optional + and 1 to 32 digits, * or #")
 
 
+def did_warnings(config: GatewayConfig) -> list[str]:
+    """One number, by the numbering plans, that different trunks deliver to different
+    accounts: allowed (each trunk's calls find their own), but which account "the number" is
+    becomes ambiguous wherever numbers are compared across trunks (lawful interception matches
+    a target's number against every account it reaches)."""
+    owners: dict[str, dict[str, str]] = {}  # E.164 -> account -> "trunk NAME"
+    for trunk in config.trunks:
+        plan = config.numbering_of(trunk)
+        for number, account in trunk.dids.items():
+            owners.setdefault(read_number(plan, number), {}).setdefault(
+                account, f"trunk {trunk.name}"
+            )
+    return [
+        f"DID {number} reaches "
+        + " and ".join(f"{account} through {where}" for account, where in accounts.items())
+        for number, accounts in owners.items()
+        if len(accounts) > 1
+    ]
+
+
 def _validate_trunk_plan(numbering: NumberingPlan, trunk: TrunkConfig, file: str) -> None:
     """The trunk's own numbering keys, on top of ``[numbering]``, must make a plan: the
     error names the trunk's key (``NumberingPlan`` starts its messages with the key)."""

@@ -23,7 +23,7 @@ from gateway.core.calls.manager import CallManager
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_call
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.calls.trunk_registration import TrunkRegistration, registering
-from gateway.core.config import ConfigError, GatewayConfig, ListenSpec
+from gateway.core.config import ConfigError, GatewayConfig, ListenSpec, did_warnings
 from gateway.core.devices import DeviceIdentifier, check_profiles
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.ids import IdSource, RandomIds
@@ -285,6 +285,8 @@ class Gateway:
     ) -> None:
         """Run until cancelled. ``task_status.started`` reports the bound listeners."""
         self.check()
+        for warning in did_warnings(self.config):
+            log.warning("configuration: %s", warning)
         self.store = open_store(self.config, gateway=True)
         try:
             async with trio.open_nursery() as nursery:

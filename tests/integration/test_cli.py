@@ -98,6 +98,24 @@ def test_check_config_trunk_transport_needs_a_listener(tmp_path: Path) -> None:
     assert f"{path}: [trunks.carrier] address: no [sip] listen entry for tcp" in result.stderr
 
 
+def test_check_config_warns_of_one_did_reaching_two_accounts_through_two_trunks(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "dids.toml"
+    path.write_text(
+        '[numbering]\ncountry_code = "49"\n'
+        '[[trunks]]\nname = "a"\naddress = "udp:192.0.2.10:5060"\n'
+        'dids = {"030123456" = "alice"}\n'
+        '[[trunks]]\nname = "b"\naddress = "udp:192.0.2.11:5060"\n'
+        'dids = {"+4930123456" = "bob", "+4930999" = "bob"}\n'
+    )
+    result = voipgw("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}: warning: DID +4930123456 reaches alice through trunk a and bob through trunk b"
+    ]
+
+
 def test_check_config_bad_key_names_file_table_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text("[media]\nports = 'all of them'\n")
