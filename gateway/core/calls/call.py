@@ -2114,17 +2114,51 @@ class Call:
         if not decision.targets:
             status = decision.reject_status or 404
             return status, decision.reject_reason or default_reason(status)
-        # The routed targets only: a transfer's target is not failed over to alternates.
         counted = [(target, self._count_target(target)) for target in decision.targets]
         targets = [target for target, why in counted if why is None]
+        transfer.alternates = list(decision.alternates)
+        transfer.target_headers = (("Referred-By", str(who)),)
+        if not targets and (alternate := self._next_transfer_alternate(transfer)) is not None:
+            targets = [alternate]  # the first trunk is at its limits: the next one
         if not targets:
             first, why = counted[0]
             if first.trunk is not None:
                 return 503, f"Service Unavailable (trunk {why})"
             return 486, f"Busy Here (account {why})"
         for target in targets:
-            await self._invite_transfer_target(target, [("Referred-By", str(who))])
+            await self._invite_transfer_target(target, transfer.target_headers)
         return self._transfer_targets_failed()
+
+    def _next_transfer_alternate(self, transfer: Transfer) -> RouteTarget | None:
+        """The transfer's next alternate with room for the call (counted), or None."""
+        while transfer.alternates:
+            target = transfer.alternates.pop(0)
+            if self._count_target(target) is None:
+                return target
+        return None
+
+    async def _fail_over_transfer(self, transfer: Transfer) -> bool:
+        """Every device of a blind transfer's target failed: when each failed with one of
+        ``[sip] failover_statuses`` (a carrier's trouble), call the next trunk serving the
+        number, as a call does (:meth:`_fail_over_or_fail_a`). Whether one now rings."""
+        failover = self.config.sip.failover_statuses
+        while all(leg.final is not None and leg.final.status in failover for leg in transfer.legs):
+            for leg in transfer.legs:
+                if leg.target is not None and leg.target.trunk is not None:
+                    self.manager.limits.release_one(self, ("trunk", leg.target.trunk))
+            target = self._next_transfer_alternate(transfer)
+            if target is None:
+                return False
+            failed = transfer.legs[-1] if transfer.legs else None
+            if failed is not None and failed.target is not None and failed.target.trunk:
+                self.manager.failovers[failed.target.trunk] += 1
+            log.info("call %s: transfer target failed; trying trunk %s", self.id, target.trunk)
+            before = len(transfer.legs)
+            await self._invite_transfer_target(target, transfer.target_headers)
+            if any(leg.final is None for leg in transfer.legs[before:]):
+                transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
+                return True
+        return False
 
     async def _call_replaced_dialog(self, replaces: Replaces) -> tuple[int, str] | None:
         """An attended transfer: the Replaces names the transferor's dialog with us in another
@@ -2346,7 +2380,9 @@ class Call:
         elif calling:
             failure = self._transfer_targets_failed()
             if failure is not None:
-                await self._end_transfer(*failure)
+                assert transfer is not None
+                if not await self._fail_over_transfer(transfer):
+                    await self._end_transfer(*(self._transfer_targets_failed() or failure))
 
     async def _target_answered(self, leg: BLeg, response: Response) -> None:
         """A target's device answered with its offer: the first one is offered to the

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from gateway.core.calls.leg import BLeg, Leg, Side
+from gateway.core.interfaces import RouteTarget
 from gateway.core.sip.refer import Replaces
 
 if TYPE_CHECKING:
@@ -69,6 +70,11 @@ class Transfer:
     deadline: float = math.inf  # while ringing: [sip] ring_timeout; then 64*T1 for the re-INVITE
     notified: int = 0  # the last status a NOTIFY reported
     transferor_left: bool = False  # it sent BYE before the transfer ended
+    # A blind transfer to a number several trunks serve: the trunks still to try, one at a
+    # time, when the one called fails with a failover status (RouteDecision.alternates), and
+    # the headers each of our INVITEs to the target carries (Referred-By).
+    alternates: list[RouteTarget] = attrs.Factory(list)
+    target_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def side(self) -> Side:

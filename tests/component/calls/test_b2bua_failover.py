@@ -25,7 +25,15 @@ import trio
 
 from gateway.core.ids import SeededIds
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
-from tests.component.calls.b2bua_env import GW, TRUNK, B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_env import (
+    GW,
+    TRUNK,
+    B2bua,
+    answered_call,
+    eventually,
+    start_b2bua,
+)
+from tests.component.calls.test_b2bua_transfer import eventually_notify, refer
 
 BACKUP = ("127.0.0.5", 5060)
 NUMBER = "+15551234"
@@ -316,3 +324,19 @@ async def test_a_trunk_answering_at_once_is_not_given_up(
     assert env.trunk.requests("CANCEL") == [] and backup.requests("INVITE") == []
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_blind_transfer_to_a_number_fails_over_as_a_call_does(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The carrier calls alice, who transfers it to +15551234: the carrier's own INVITE for
+    that number gets 503, the backup's gets an answer, and the transfer completes."""
+    env, backup = await with_backup(nursery, tmp_path, voipgw_seed)
+    _, alice_leg = await answered_call(env)
+    env.trunk.auto = AutoAnswer(ring=True, status=503)  # new calls; re-INVITEs still answered
+    assert await refer(alice_leg, f"<sip:{NUMBER}@127.0.0.1:5060>") == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    (invite,) = backup.requests("INVITE")
+    assert invite.uri.user == NUMBER  # type: ignore[union-attr]
+    assert env.gateway.calls is not None
+    assert env.gateway.calls.failovers["carrier"] == 1
