@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
-EXAMPLE = ROOT / "plugin_examples" / "voipgw-example-devices"
+from tests.example_plugin import install_example_plugin
 
 
 def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -130,24 +129,7 @@ def test_installed_plugin_is_listed_and_enabling_runs_its_hooks(tmp_path: Path) 
     if shutil.which("pip") is None and not (Path(sys.executable).parent / "pip").exists():
         pytest.fail("pip is needed to install the example plugin")
     target = tmp_path / "site"
-    install = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(EXAMPLE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    install_example_plugin(target)
     env = {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
 
     disabled = voipgw("plugins", env=env)

@@ -10,18 +10,15 @@ Peers: sipp on 127.0.0.2 as the trunk calling alice's DID, sipp as alice's regis
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.example_plugin import install_example_plugin
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
 from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
 
 pytestmark = pytest.mark.interop
-
-EXAMPLE = Path(__file__).parents[2] / "plugin_examples" / "voipgw-example-devices"
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +26,7 @@ def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example device plugin installed into a directory of its own (not the test
     environment), for the gateway's PYTHONPATH."""
     target = tmp_path_factory.mktemp("site")
-    install = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(EXAMPLE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    install_example_plugin(target)
     return target
 
 

@@ -229,7 +229,7 @@ async def test_a_failed_key_exchange_is_counted_by_its_name(
 async def test_bad_requests_get_their_status_and_the_exporter_goes_on(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    _, address = await metrics_env(nursery, tmp_path, voipgw_seed)
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed)
     answer = await http(address, b"GET /other HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 404 ")
     answer = await http(address, b"POST /metrics HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n")
@@ -256,7 +256,8 @@ async def test_bad_requests_get_their_status_and_the_exporter_goes_on(
     # Every connection taken by clients that say nothing: a scrape still gets through, the
     # oldest of them making way for it (they cannot shut Prometheus out).
     held = [await trio.open_tcp_stream(*address) for _ in range(MAX_CONNECTIONS)]
-    await trio.sleep(0.1)
+    exporter = env.gateway.plugins.services.get("metrics")
+    await eventually(lambda: len(exporter.server._reading_heads) == MAX_CONNECTIONS)
     assert (await scrape(address))["voipgw_calls_in_progress"] == 0
     assert await held[0].receive_some(100) == b""  # the one that gave way: closed
     for stream in held:
