@@ -608,6 +608,10 @@ class SipCounts:
     rejected_overload: int
     rejected_malformed: int
     dropped_queue_full: int
+    # NAT keepalives ([sip] nat_keepalive_interval; None: off): the registered contacts they
+    # keep alive, and those removed for not answering, since the start.
+    nat_keepalive_contacts: int | None = None
+    nat_keepalive_removed: int = 0
 
 
 class GatewayStatus(Protocol):

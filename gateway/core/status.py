@@ -177,6 +177,12 @@ class StatusView:
             rejected_overload=endpoint.rejected_overload,
             rejected_malformed=endpoint.rejected_malformed,
             dropped_queue_full=self._gateway.statistics.dropped_queue_full,
+            nat_keepalive_contacts=(
+                sum(len(found) for found in keepalive.by_aor.values())
+                if (keepalive := self._gateway.nat_keepalive) is not None
+                else None
+            ),
+            nat_keepalive_removed=keepalive.removed if keepalive is not None else 0,
         )
 
     def trunks(self) -> tuple[TrunkCounts, ...]:

@@ -96,6 +96,19 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
         "SIP messages dropped because the inbound queue was full.",
     )
     out.sample(sip.dropped_queue_full)
+    if sip.nat_keepalive_contacts is not None:
+        out.family(
+            "voipgw_nat_keepalive_contacts",
+            "gauge",
+            "Phones registered from behind a NAT that get keepalive OPTIONS.",
+        )
+        out.sample(sip.nat_keepalive_contacts)
+        out.family(
+            "voipgw_nat_keepalive_removed_total",
+            "counter",
+            "Registrations removed because their phone stopped answering keepalives.",
+        )
+        out.sample(sip.nat_keepalive_removed)
 
 
 def _media(out: Exposition, status: GatewayStatus) -> None:

@@ -345,3 +345,33 @@ async def test_trunk_health_registration_and_failovers_are_exposed(
     env.network.set_link(TRUNK, GW, drop=1.0)
     await eventually(lambda: not env.gateway.trunk_health.is_up("carrier"), timeout=30)
     assert (await scrape(address))['voipgw_trunk_up{trunk="carrier"}'] == 0
+
+
+async def test_nat_keepalives_are_exposed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, sip={"nat_keepalive_interval": 10.0}
+    )
+    bob_address = ("127.0.0.7", 5060)
+    bob = SipAgent(
+        env.network,
+        bob_address,
+        ids=SeededIds(voipgw_seed + 7),
+        user="bob",
+        password="bob-password-1",
+        proxy=GW,
+        contact_address=("10.0.0.7", 5060),  # behind a NAT
+    )
+    await nursery.start(bob.serve)
+    assert (await bob.register()).status == 200
+    samples = await scrape(address)
+    assert samples["voipgw_nat_keepalive_contacts"] == 1  # bob; alice is not behind a NAT
+    assert samples["voipgw_nat_keepalive_removed_total"] == 0
+    env.network.set_link(bob_address, GW, drop=1.0)
+    keepalive = env.gateway.nat_keepalive
+    assert keepalive is not None
+    await eventually(lambda: keepalive.removed == 1, timeout=60)
+    samples = await scrape(address)
+    assert samples["voipgw_nat_keepalive_contacts"] == 0
+    assert samples["voipgw_nat_keepalive_removed_total"] == 1
