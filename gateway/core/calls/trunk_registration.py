@@ -123,7 +123,9 @@ class TrunkRegistration:
 
     def _succeeded(self, granted: int) -> None:
         if not self.registered:
-            log.warning(
+            # A recovery pairs with the warning of the failure; the first success is news only.
+            log.log(
+                logging.WARNING if self.failure else logging.INFO,
                 "registered with trunk %s for %d s%s",
                 self.trunk.name,
                 granted,
