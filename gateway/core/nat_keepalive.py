@@ -162,7 +162,10 @@ class NatKeepalive:
             answered = True  # a bug of ours is no reason to take the phone out
         finally:
             limit.release()
-        self._count(key, binding, answered)
+        try:
+            self._count(key, binding, answered)
+        except Exception:  # the store failing otherwise than busy: the gateway goes on
+            log.exception("keepalive bookkeeping for %s failed", binding.contact)
 
     async def ping(self, binding: Binding) -> bool:
         """One OPTIONS to ``binding``'s contact through its NAT: whether it was answered."""
