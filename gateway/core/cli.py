@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     calls.add_argument("--recent", type=int, metavar="N", help="show the last N calls, ended too")
     calls.add_argument("--json", action="store_true", help="machine-readable output")
 
+    registrations = sub.add_parser(
+        "registrations",
+        help="list registered devices",
+        description="List the unexpired registrations (bindings) in the store, of every "
+        "account or of ACCOUNT: the contact, the transport and address the REGISTER came from, "
+        "the seconds left, the User-Agent and the device profile it matches, and whether the "
+        "phone is behind a NAT (its REGISTER came from another address than its Contact).",
+    )
+    registrations.add_argument("account", metavar="ACCOUNT", nargs="?", help="only this one")
+    registrations.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    registrations.add_argument(
+        "--state-dir", metavar="DIR", help="state directory (default: as run)"
+    )
+    registrations.add_argument("--json", action="store_true", help="machine-readable output")
+
     route = sub.add_parser(
         "route",
         help="show where a call to a number would go",
@@ -543,6 +558,52 @@ def _fingerprint_of(item: str) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+def cmd_registrations(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.core.devices import DeviceIdentifier
+    from gateway.core.nat_keepalive import is_behind_nat
+
+    store, config = _open_store(args)
+    try:
+        plugins = load_plugins(config)
+        devices = DeviceIdentifier(plugins.device_profiles.items(), None, clock=time.monotonic)
+        now = time.time()
+        names = [args.account] if args.account else [a.name for a in store.accounts_list()]
+        rows = []
+        for name in names:
+            for binding in store.bindings_for_account(name, now=now):
+                device = devices.of_user_agent(binding.user_agent)
+                rows.append(
+                    {
+                        "account": name,
+                        "contact": binding.contact,
+                        "transport": binding.flow.transport,
+                        "source": binding.flow.remote,
+                        "expires_in": binding.remaining(now),
+                        "user_agent": binding.user_agent,
+                        "device": device.name if device is not None else None,
+                        "behind_nat": is_behind_nat(binding),
+                    }
+                )
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no registrations")
+        return EXIT_OK
+    for row in rows:
+        extra = f"  device {row['device']}" if row["device"] else ""
+        nat = "  behind NAT" if row["behind_nat"] else ""
+        print(
+            f"{row['account']}  {row['contact']}  from {row['transport']} {row['source']}  "
+            f"{row['expires_in']} s left  {row['user_agent'] or '(no User-Agent)'}{extra}{nat}"
+        )
+    return EXIT_OK
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
@@ -597,6 +658,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 COMMANDS = {
     "accounts": cmd_accounts,
     "route": cmd_route,
+    "registrations": cmd_registrations,
     "calls": cmd_calls,
     "run": cmd_run,
     "plugins": cmd_plugins,

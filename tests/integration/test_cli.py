@@ -23,7 +23,9 @@ def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["plugins"], ["check-config"], ["route"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["plugins"], ["check-config"], ["route"], ["registrations"]]
+)
 def test_help_for_each_command(command: list[str]) -> None:
     result = voipgw(*command, "--help")
     assert result.returncode == 0
@@ -437,3 +439,51 @@ def test_route_shows_the_reading_the_trunks_in_failover_order_and_refusals(tmp_p
     unknown = voipgw("route", "1", "--from-trunk", "nope", "--config", str(config))
     assert unknown.returncode == 2
     assert "no trunk 'nope'; trunks: carrier, world" in unknown.stderr
+
+
+def test_registrations_lists_each_binding_with_where_it_came_from(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from gateway.core.store.interface import Binding, BindingFlow
+    from gateway.core.store.sqlite import SqliteStore
+
+    state = tmp_path / "state"
+    store = SqliteStore.open(state)
+    try:
+        store.accounts_add("alice", "pw", "voipgw.local")
+        store.accounts_add("bob", "pw", "voipgw.local")
+        now = time.time()
+        for account, contact, remote, agent in (
+            ("alice", "sip:alice@10.0.0.5:5060", "203.0.113.7:40000", "Yealink SIP-T46U"),
+            ("bob", "sip:bob@198.51.100.9:5062", "198.51.100.9:5062", None),
+        ):
+            store.upsert_binding(
+                Binding(
+                    aor=f"sip:{account}@voipgw.local",
+                    key=contact,
+                    account=account,
+                    contact=contact,
+                    expires_at=now + 600,
+                    call_id=f"reg-{account}",
+                    cseq=1,
+                    flow=BindingFlow("udp", "127.0.0.1:5060", remote),
+                    user_agent=agent,
+                )
+            )
+    finally:
+        store.close()
+    listed = voipgw("registrations", "--state-dir", str(state))
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("alice  sip:alice@10.0.0.5:5060  from udp 203.0.113.7:40000  ")
+    assert lines[0].endswith("s left  Yealink SIP-T46U  behind NAT")
+    assert lines[1].endswith("s left  (no User-Agent)")
+    only_bob = json.loads(
+        voipgw("registrations", "bob", "--json", "--state-dir", str(state)).stdout
+    )
+    assert [(r["account"], r["behind_nat"], r["device"]) for r in only_bob] == [
+        ("bob", False, None)
+    ]
+    assert 590 <= only_bob[0]["expires_in"] <= 600
