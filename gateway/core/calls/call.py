@@ -618,7 +618,17 @@ class Call:
         that is at its ``max_calls`` or, for a trunk, its ``max_cps`` (CallLimits.take)."""
         limits = self.manager.limits
         if target.trunk is not None:
-            return limits.take(self, ("trunk", target.trunk), now=trio.current_time())
+            key = ("trunk", target.trunk)
+            why = limits.take(self, key, now=trio.current_time(), count_refusal=False)
+            if why is None:
+                return None
+            if (
+                self.a.invite is not None
+                and self.caller is not None
+                and self.manager.is_emergency_call(self.a.invite, self.caller)
+            ):
+                return limits.take(self, key, exempt=True)
+            return limits.refuse(key, why)
         if target.account is not None:
             return limits.take(self, ("account", target.account))
         return None

@@ -79,23 +79,34 @@ class CallLimits:
         self.refused[(key, why)] += 1
         return why
 
-    def take(self, holder: object, key: Key, *, now: float | None = None) -> str | None:
+    def take(
+        self,
+        holder: object,
+        key: Key,
+        *,
+        now: float | None = None,
+        exempt: bool = False,
+        count_refusal: bool = True,
+    ) -> str | None:
         """Count ``holder`` (a call) against ``key``, once; None when it fits, else why not
         ("call limit" or "call rate"), with nothing counted. ``now`` is given for a call we
         send to a trunk, which its ``max_cps`` paces; calls from it are not paced here (the
-        gateway's overload control is what guards against a flood)."""
+        gateway's overload control is what guards against a flood). An ``exempt`` call (an
+        emergency call) is counted whatever the limits say: it takes a channel, never waits
+        for one. ``count_refusal`` False: a refusal is not counted yet (the caller may still
+        take it as exempt, or count it with :meth:`refuse`)."""
         counted = self._counted.setdefault(holder, [])
         if key in counted:
             return None
-        if not self.has_room(key):
-            return self.refuse(key, "call limit")
+        if not exempt and not self.has_room(key):
+            return self.refuse(key, "call limit") if count_refusal else "call limit"
         per_second = self._limit_of(key).max_cps
-        if per_second and now is not None:
+        if per_second and now is not None and not exempt:
             rate = self._rates.get(key)
             if rate is None or rate.per_second != per_second:
                 rate = self._rates[key] = CallRate(per_second)
             if not rate.allow(now):
-                return self.refuse(key, "call rate")
+                return self.refuse(key, "call rate") if count_refusal else "call rate"
         counted.append(key)
         self.in_progress[key] += 1
         return None

@@ -23,6 +23,7 @@ from gateway.core.calls.leg import Side
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
 from gateway.core.calls.outbound import OutboundSessions
 from gateway.core.calls.records import CallRecordBook
+from gateway.core.calls.routing import called_user, dial_string
 from gateway.core.devices import narrowed_for_device
 from gateway.core.interfaces import (
     Caller,
@@ -124,7 +125,10 @@ class CallManager:
             self._nursery.start_soon(self.endpoint.respond, transaction, caller)
             return
         counted = (caller.kind, caller.name) if caller.name is not None else None
+        exempt = False
         if counted is not None and not self.limits.has_room(counted):
+            exempt = self.is_emergency_call(request, caller)
+        if counted is not None and not exempt and not self.limits.has_room(counted):
             self.limits.refuse(counted, "call limit")
             # A trunk past its channels: 503, its proxy tries its next route. An account past
             # its own limit: 403, nothing else would get it through.
@@ -138,7 +142,7 @@ class CallManager:
             return
         call = Call(self, transaction, request, flow, caller)
         if counted is not None:
-            self.limits.take(call, counted)
+            self.limits.take(call, counted, exempt=exempt)
         self.calls.add(call)
         self._by_invite[transaction] = call
         key = (request.call_id, call.a.local_tag)
@@ -170,6 +174,21 @@ class CallManager:
             return outcome
         device = devices.of_request(invite, flow) if devices.active else None
         return Caller(kind="account", name=outcome.username, flow=flow, device=device)
+
+    def is_emergency_call(self, invite: Request, caller: Caller) -> bool:
+        """Whether an account's INVITE calls one of ``[numbering] emergency_numbers``: such a
+        call is exempt from call limits (asked only when a limit would refuse it)."""
+        directory = self.gateway.directory
+        user = called_user(invite.uri)
+        number = dial_string(user) if user is not None else None
+        if caller.kind != "account" or directory is None or number is None:
+            return False
+        emergency = directory.plan_of(None).is_emergency(number)
+        if emergency:
+            log.warning(
+                "emergency call from %s to %s: call limits do not apply", caller.name, number
+            )
+        return emergency
 
     def plan_of(self, trunk: TrunkConfig) -> NumberingPlan:
         """``trunk``'s numbering plan, made once (the directory keeps them)."""

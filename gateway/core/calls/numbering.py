@@ -35,6 +35,12 @@ import attrs
 NumberFormat = Literal["e164", "international", "national"]
 NUMBER_FORMATS: tuple[NumberFormat, ...] = ("e164", "international", "national")
 
+DEFAULT_EMERGENCY_NUMBERS: tuple[str, ...] = ("110", "112", "911", "999")
+"""Emergency numbers unless ``emergency_numbers`` says otherwise: 112 (Europe, GSM), 110
+(police, Germany), 911 (NANP), 999 (UK). Calls to them are short codes (never rewritten) and
+are exempt from every call limit (an account's or a trunk's max_calls and max_cps): a service
+restriction must not stand between a caller and the emergency services."""
+
 DEFAULT_SHORT_CODES: tuple[str, ...] = ("110", "112", "116xxx", "911", "999")
 """Short codes left as they are unless ``short_codes`` says otherwise: the emergency numbers of
 specs/pstn.md §3 (112 in Europe and GSM, 110 police in Germany, 911 NANP, 999 UK) and the EU's
@@ -71,6 +77,7 @@ class NumberingPlan:
     national_prefix: str = "0"
     national_number_length: int = 0
     short_codes: tuple[str, ...] = DEFAULT_SHORT_CODES
+    emergency_numbers: tuple[str, ...] = DEFAULT_EMERGENCY_NUMBERS
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of the table; the message names
@@ -111,20 +118,27 @@ class NumberingPlan:
                 f"national_number_length: expected 0 (none) to {E164_MAX_DIGITS}, "
                 f"got {self.national_number_length}"
             )
-        for code in self.short_codes:
-            if not _SHORT_CODE.fullmatch(code):
-                raise ValueError(
-                    f"short_codes: expected digits, x for any digit (116xxx), got {code!r}"
-                )
+        for key in ("short_codes", "emergency_numbers"):
+            for code in getattr(self, key):
+                if not _SHORT_CODE.fullmatch(code):
+                    raise ValueError(
+                        f"{key}: expected digits, x for any digit (116xxx), got {code!r}"
+                    )
 
     @property
     def enabled(self) -> bool:
         return bool(self.country_code)
 
     def is_short_code(self, number: str) -> bool:
-        """Whether ``number`` (digits) is one of ``short_codes`` (``x`` matches any digit, the
-        length must be the same)."""
-        return any(_matches_short_code(number, code) for code in self.short_codes)
+        """Whether ``number`` (digits) is one of ``short_codes`` or ``emergency_numbers``
+        (``x`` matches any digit, the length must be the same)."""
+        return self.is_emergency(number) or any(
+            _matches_short_code(number, code) for code in self.short_codes
+        )
+
+    def is_emergency(self, number: str) -> bool:
+        """Whether ``number`` (digits, separators removed) is one of ``emergency_numbers``."""
+        return any(_matches_short_code(number, code) for code in self.emergency_numbers)
 
     def to_e164(self, number: str, *, context: str | None = None) -> str:
         """``number`` (a dial string: ``+``, digits, ``*``, ``#``, separators already removed)

@@ -118,3 +118,38 @@ def pki(tmp_path: Path) -> tuple[TestCa, Issued, Issued]:
     test_pki = TestPki(tmp_path / "pki")
     ca = test_pki.ca("X1 CA")
     return ca, ca.issue("gw-test"), ca.issue("admf-1")
+
+
+async def test_an_emergency_call_gets_through_whatever_the_limits(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """alice may have one call at a time and the carrier one channel: on a call already, she
+    still reaches 112 (an emergency number); any other second call is refused."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"prefixes": ["+1", "112"], "max_calls": 1},
+    )
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_set("alice", max_calls=1)
+    first = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await first.final()).status == 407
+    await first.authenticate()
+    assert (await first.final()).status == 200
+
+    other = await env.alice.invite("sip:+15559999@127.0.0.1:5060")
+    assert (await other.final()).status == 407
+    await other.authenticate()
+    assert (await other.final()).status == 403  # her limit
+
+    emergency = await env.alice.invite("sip:112@127.0.0.1:5060")
+    assert (await emergency.final()).status == 407
+    await emergency.authenticate()
+    assert (await emergency.final()).status == 200
+    invites = env.trunk.requests("INVITE")
+    assert [getattr(i.uri, "user", "") for i in invites] == ["+15551234", "112"]
+    assert env.gateway.calls is not None
+    refused = env.gateway.calls.limits.refused
+    assert refused[(("account", "alice"), "call limit")] == 1  # the other call only
+    assert refused[(("trunk", "carrier"), "call limit")] == 0

@@ -180,3 +180,13 @@ def test_readings_that_cannot_be_a_number_are_not_made() -> None:
     assert BERLIN.to_e164("11") == "11"
     assert NEW_YORK.to_e164("12") == "12"  # not +12
     assert BERLIN.to_e164("0123") == "0123"  # +49123: too short for anyone's number
+
+
+def test_emergency_numbers_are_short_codes_and_can_be_set() -> None:
+    assert BERLIN.is_emergency("112") and BERLIN.is_emergency("110")
+    assert not BERLIN.is_emergency("116117")  # a service number, not an emergency one
+    plan = NumberingPlan(country_code="49", short_codes=(), emergency_numbers=("112", "115"))
+    assert plan.is_short_code("115") and plan.to_e164("115") == "115"
+    assert not plan.is_emergency("110")
+    with pytest.raises(ValueError, match="emergency_numbers: expected digits"):
+        NumberingPlan(emergency_numbers=("11a",))
