@@ -56,6 +56,8 @@ from gateway.core.transport.flows import Flow, FlowTable, format_address
 
 log = logging.getLogger(__name__)
 
+STOP_TIMEOUT = 2.0  # what before_stop may take: a carrier's answer to our REGISTER removal
+
 # Messages waiting for the SIP endpoint. Past this new datagrams are dropped (and counted); UDP
 # peers retransmit, TCP peers see no reply and retry. The endpoint's overload guard refuses new
 # calls long before a steady overload fills it (gateway/core/sip/overload.py).
@@ -395,6 +397,16 @@ class Gateway:
         )
         log.info("media relay: %s", relay_build())
 
+    async def before_stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """What must happen while everything still runs, before the gateway is cancelled: the
+        registrations with carriers are removed (their REGISTER with Expires: 0 answered,
+        challenge included), so a carrier stops sending calls at once instead of when the
+        registration runs out. At most ``timeout`` seconds."""
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for registration in self.trunk_registrations.values():
+                    nursery.start_soon(registration.remove)
+
     async def _start_plugin_tasks(self, nursery: trio.Nursery) -> None:
         """The tasks of capture agents, media taps (HEP's sender, interception's X1 server
         and delivery links) and monitoring services (the metrics exporter), each object's once.
@@ -425,6 +437,7 @@ def run_until_signal(gateway: Gateway) -> int:
                 await nursery.start(gateway.serve)
                 async for signum in signals:
                     log.info("received %s: shutting down", signal.Signals(signum).name)
+                    await gateway.before_stop()
                     nursery.cancel_scope.cancel()
                     break
 

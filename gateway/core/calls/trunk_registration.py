@@ -13,9 +13,11 @@ Contact's ``expires`` in the 200, else its Expires header, else what we asked) d
 refresh: a minute before it runs out, or at half of it when it is short. A 423 (Interval Too
 Brief) is answered once with its Min-Expires (§10.2.8). A failure (a refusal, no answer within
 64*T1, a transport error) is logged and retried after 30 s, doubling to at most 10 minutes, as
-RFC 5626 §4.5 backs off; registered again, the log says so. When the gateway stops, it asks for
-the registration's removal (Expires: 0), without waiting: a carrier that challenges that keeps
-the registration until it runs out.
+RFC 5626 §4.5 backs off; registered again, the log says so. When the gateway stops
+(Gateway.before_stop, before anything is cancelled), the registration is removed (Expires: 0,
+the challenge answered), so the carrier stops sending calls at once; a gateway cancelled
+without that (an embedding that does not call before_stop) still sends the removal on its way
+out, unanswered.
 
 The carrier's calls then come to our Contact: their Request-URI is
 ``sip:<contact_user>@<our address>``, and the number called is in the To header (or in
@@ -84,13 +86,14 @@ class TrunkRegistration:
         # What we ask for: the configured expiry, or the registrar's Min-Expires once it asked
         # for more (RFC 3261 §10.2.8), so a refresh does not take a 423 first every time.
         self.expires = trunk.register_expires
+        self.removed = False  # remove() was called: no registering any more
 
     async def run(self) -> None:
         """Keep the registration until cancelled, then remove it. Nothing the carrier sends,
         nor a bug here, ends the gateway: a failure is logged and retried."""
         retry = FIRST_RETRY
         try:
-            while True:
+            while not self.removed:
                 try:
                     granted, why = await self.register(self.expires)
                 except Exception:
@@ -108,6 +111,24 @@ class TrunkRegistration:
             if self.registered:
                 with trio.CancelScope(shield=True), trio.move_on_after(UNREGISTER_TIMEOUT):
                     await self._unregister()
+
+    async def remove(self) -> None:
+        """Remove the registration while the gateway still runs (its stop: Gateway.before_stop):
+        REGISTER with Expires: 0, the carrier's challenge answered. Nothing more is sent
+        after it."""
+        self.removed = True
+        if not self.registered:
+            return
+        self.registered = False
+        try:
+            granted, why = await self.register(0)
+        except Exception:
+            log.exception("removing the registration with trunk %s failed", self.trunk.name)
+            return
+        if granted is None:
+            log.warning("the registration with trunk %s was not removed: %s", self.trunk.name, why)
+        else:
+            log.info("registration with trunk %s removed", self.trunk.name)
 
     async def _unregister(self) -> None:
         """Expires: 0, sent and not waited for: the gateway is stopping and no longer reads

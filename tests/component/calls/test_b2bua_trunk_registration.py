@@ -215,3 +215,19 @@ async def test_the_registrars_grant_is_bounded_by_what_we_asked(
         assert refresh_after - 1 <= registrar.registers[-1][0] - at <= refresh_after + 2
     else:
         assert registration.failure == "200 without our Contact (or with expires=0)"
+
+
+async def test_stopping_removes_the_registration_answering_the_challenge(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, registrar = await registering_carrier(nursery, tmp_path, voipgw_seed)
+    accepted = len(registrar.accepted)
+    await env.gateway.before_stop()
+    assert len(registrar.accepted) == accepted + 1  # challenged first, then accepted
+    removal = registrar.accepted[-1]
+    assert removal.headers.get("Expires") == "0"
+    assert removal.headers.get("Authorization") is not None
+    registration = env.gateway.trunk_registrations["carrier"]
+    assert registration.removed and not registration.registered
+    await trio.sleep(700)  # long past any refresh: nothing more is sent
+    assert len(registrar.accepted) == accepted + 1
