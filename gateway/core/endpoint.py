@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import trio
 
+from gateway.core.calls.limits import CallRate
 from gateway.core.interfaces import OutboundMessage, SipCapture
 from gateway.core.sip import grammar
 from gateway.core.sip.dialog import Dialog
@@ -88,6 +89,11 @@ CLIENT_RESPONSE_QUEUE = 32
 SHED_METHODS = frozenset({"INVITE", "REGISTER"})
 # Overload refusals are logged at most this often (s), with the count since the last line.
 OVERLOAD_LOG_INTERVAL = 1.0
+# New INVITEs to an emergency number that overload control lets through regardless, per second
+# (a token bucket with a second's burst). Overload refuses whoever comes late; a call to 112 must
+# not be one of them, while the bound keeps a flood of INVITEs to 112 from switching the
+# protection off. Far above what a provider's subscribers dial at once.
+EMERGENCY_PASSES_PER_SECOND = 10.0
 
 
 class CallLayer(Protocol):
@@ -104,6 +110,9 @@ class CallLayer(Protocol):
 
     def ack(self, request: Request, flow: Flow) -> None:
         """An ACK for a 2xx (its own transaction, RFC 3261 §17.1.1.3)."""
+
+    def calls_emergency_number(self, invite: Request) -> bool:
+        """Whether a new INVITE dials an emergency number (``[numbering] emergency_numbers``)."""
 
 
 class ClientRequest:
@@ -195,6 +204,7 @@ class EndpointStatistics:
     received: int = 0
     rejected_malformed: int = 0
     rejected_overload: int = 0
+    emergency_overload_passes: int = 0
     dropped_malformed_responses: int = 0
     dropped_unmatched_responses: int = 0
     internal_errors: int = 0
@@ -211,6 +221,7 @@ class SipEndpoint:
             sip.overload_queue_delay, credentials_limit=max(sip.overload_queue_delay, sip.t1)
         )
         self._overload_logged_at = -math.inf
+        self._emergency_passes = CallRate(EMERGENCY_PASSES_PER_SECOND)
         self._refused_since_log = 0
         self.transactions = TransactionTable(
             timers=TransactionTimers(t1=sip.t1, t2=sip.t2, t4=sip.t4),
@@ -335,6 +346,7 @@ class SipEndpoint:
             and request.to.tag is None
             and self.overload.too_late(waited, credentials=_has_credentials(request))
             and not self.transactions.has_server_transaction(request)
+            and not self._emergency_passes_overload(request, flow, now)
         ):
             await self._refuse_overloaded(request, flow, waited, now)
             return
@@ -355,6 +367,24 @@ class SipEndpoint:
             await self._act(outputs, flow)
         finally:
             self.handling_bytes = None
+
+    def _emergency_passes_overload(self, request: Request, flow: Flow, now: float) -> bool:
+        """Whether a late new ``request`` is served all the same: an INVITE to an emergency
+        number, within :data:`EMERGENCY_PASSES_PER_SECOND`. It is still authenticated and
+        routed like any call (a 407 first for an account, as for any INVITE)."""
+        calls = self.calls
+        if request.method != "INVITE" or calls is None:
+            return False
+        if not calls.calls_emergency_number(request):
+            return False
+        if not self._emergency_passes.allow(now):
+            return False
+        self.statistics.emergency_overload_passes += 1
+        log.warning(
+            "SIP overloaded: serving a late INVITE to an emergency number from %s all the same",
+            format_address(flow.remote),
+        )
+        return True
 
     async def _refuse_overloaded(
         self, request: Request, flow: Flow, waited: float, now: float

@@ -608,6 +608,8 @@ class SipCounts:
     rejected_overload: int
     rejected_malformed: int
     dropped_queue_full: int
+    # Late INVITEs to an emergency number served all the same (gateway/core/endpoint.py).
+    emergency_overload_passes: int = 0
     # NAT keepalives ([sip] nat_keepalive_interval; None: off): the registered contacts they
     # keep alive, and those removed for not answering, since the start.
     nat_keepalive_contacts: int | None = None

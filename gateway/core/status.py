@@ -177,6 +177,7 @@ class StatusView:
             rejected_overload=endpoint.rejected_overload,
             rejected_malformed=endpoint.rejected_malformed,
             dropped_queue_full=self._gateway.statistics.dropped_queue_full,
+            emergency_overload_passes=endpoint.emergency_overload_passes,
             nat_keepalive_contacts=(
                 sum(len(found) for found in keepalive.by_aor.values())
                 if (keepalive := self._gateway.nat_keepalive) is not None

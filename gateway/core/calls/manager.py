@@ -110,7 +110,7 @@ class CallManager:
     # -- CallLayer (called from the endpoint's task) --------------------------------------------
 
     def invite(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
-        if len(self.calls) >= self.max_calls:
+        if len(self.calls) >= self.max_calls and not self.calls_emergency_number(request):
             self._nursery.start_soon(
                 self.endpoint.respond,
                 transaction,
@@ -175,18 +175,28 @@ class CallManager:
         device = devices.of_request(invite, flow) if devices.active else None
         return Caller(kind="account", name=outcome.username, flow=flow, device=device)
 
-    def is_emergency_call(self, invite: Request, caller: Caller) -> bool:
-        """Whether an account's INVITE calls one of ``[numbering] emergency_numbers``: such a
-        call is exempt from call limits (asked only when a limit would refuse it)."""
+    def calls_emergency_number(self, invite: Request) -> bool:
+        """Whether ``invite``'s Request-URI dials one of ``[numbering] emergency_numbers``,
+        whoever sends it (asked only when something would refuse it: the gateway's own call
+        cap here, its overload control in the endpoint)."""
         directory = self.gateway.directory
         user = called_user(invite.uri)
         number = dial_string(user) if user is not None else None
-        if caller.kind != "account" or directory is None or number is None:
+        if directory is None or number is None:
             return False
-        emergency = directory.plan_of(None).is_emergency(number)
+        return directory.plan_of(None).is_emergency(number)
+
+    def is_emergency_call(self, invite: Request, caller: Caller) -> bool:
+        """Whether an account's INVITE calls one of ``[numbering] emergency_numbers``: such a
+        call is exempt from call limits (asked only when a limit would refuse it)."""
+        if caller.kind != "account":
+            return False
+        emergency = self.calls_emergency_number(invite)
         if emergency:
             log.warning(
-                "emergency call from %s to %s: call limits do not apply", caller.name, number
+                "emergency call from %s to %s: call limits do not apply",
+                caller.name,
+                invite.uri,
             )
         return emergency
 

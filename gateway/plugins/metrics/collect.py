@@ -91,6 +91,13 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
     out.sample(sip.rejected_overload, [("reason", "overload")])
     out.sample(sip.rejected_malformed, [("reason", "malformed")])
     out.family(
+        "voipgw_sip_emergency_overload_passes_total",
+        "counter",
+        "New INVITEs to an emergency number that overload control served although they waited "
+        "too long (at most 10 a second).",
+    )
+    out.sample(sip.emergency_overload_passes)
+    out.family(
         "voipgw_sip_inbound_dropped_total",
         "counter",
         "SIP messages dropped because the inbound queue was full.",

@@ -153,3 +153,24 @@ async def test_an_emergency_call_gets_through_whatever_the_limits(
     refused = env.gateway.calls.limits.refused
     assert refused[(("account", "alice"), "call limit")] == 1  # the other call only
     assert refused[(("trunk", "carrier"), "call limit")] == 0
+
+
+async def test_an_emergency_call_gets_past_the_gateways_own_call_cap(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The gateway-wide cap on calls in progress refuses a new call with 503; a call to 112 is
+    still served (challenged, routed, answered)."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier={"prefixes": ["+1", "112"]})
+    manager = env.gateway.calls
+    assert manager is not None
+    manager.max_calls = 0
+
+    other = await env.alice.invite("sip:+15559999@127.0.0.1:5060")
+    final = await other.final()
+    assert (final.status, final.reason) == (503, "Service Unavailable (call limit reached)")
+
+    emergency = await env.alice.invite("sip:112@127.0.0.1:5060")
+    assert (await emergency.final()).status == 407
+    await emergency.authenticate()
+    assert (await emergency.final()).status == 200
+    assert [getattr(i.uri, "user", "") for i in env.trunk.requests("INVITE")] == ["112"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from gateway.core.endpoint import EMERGENCY_PASSES_PER_SECOND
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.transport.flows import Flow, FlowKey
@@ -210,3 +211,41 @@ async def test_a_request_with_credentials_gets_until_t1(
     autojump_clock.jump(0.6)  # past T1
     await peer.finals(3)
     assert peer.status_of("overload-3@127.0.0.9") == [503]
+
+
+def emergency_invite(n: int, number: str = "112") -> bytes:
+    return request("INVITE", n).replace(b"sip:+15550123@", f"sip:{number}@".encode())
+
+
+async def test_a_late_invite_to_an_emergency_number_is_served_within_a_bound(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    voipgw_seed: int,
+) -> None:
+    """Overload refuses whoever comes late; an emergency call is served all the same (here the
+    account's challenge, as for any INVITE), up to EMERGENCY_PASSES_PER_SECOND, so a flood of
+    INVITEs to 112 cannot switch overload control off."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    endpoint = env.gateway.endpoint
+    peer = Peer(env)
+    bound = int(EMERGENCY_PASSES_PER_SECOND)
+    flood = range(1, bound + 4)
+    peer.queue(*(emergency_invite(n) for n in flood), request("INVITE", 100))
+    autojump_clock.jump(0.35)
+    await peer.finals(*flood, 100)
+
+    statuses = [peer.status_of(f"overload-{n}@127.0.0.9") for n in flood]
+    assert statuses[:bound] == [[407]] * bound
+    assert statuses[bound:] == [[503]] * 3
+    assert peer.status_of("overload-100@127.0.0.9") == [503]  # not an emergency number
+    assert endpoint.statistics.emergency_overload_passes == bound
+    assert endpoint.statistics.rejected_overload == 4
+
+    # The bucket refills: a second later another late emergency INVITE is served.
+    autojump_clock.jump(1.0)
+    peer.queue(emergency_invite(200, "911"))
+    autojump_clock.jump(0.35)
+    await peer.finals(200)
+    assert peer.status_of("overload-200@127.0.0.9") == [407]
+    assert endpoint.statistics.emergency_overload_passes == bound + 1
