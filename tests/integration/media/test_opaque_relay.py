@@ -6,6 +6,7 @@ fixed time; a drop is shown by a counter and a marker sent after it.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -20,6 +21,9 @@ from gateway.core.media.relay import (
     MediaStream,
     Transforms,
 )
+from gateway.core.media.session import MediaSession
+from gateway.core.media.taps import CallTaps
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.integration.media.test_media_relay import (
     ADDRESS,
     PHONE_PORTS,
@@ -157,3 +161,83 @@ async def test_closing_an_opaque_stream_releases_its_sockets(
     stream.close()
     assert relay._opaque_endpoints[fd] is None
     await trio.sleep(0)
+
+
+class AudioSink:
+    """A recorder's sink: RTP only."""
+
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
+        self.packets.append(rtp)
+
+    async def run(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FaxSink(AudioSink):
+    """An interception's sink: takes datagrams too."""
+
+    covert = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datagrams: list[tuple[str, str, bytes, object, object]] = []
+
+    def datagram(
+        self,
+        stream_id: str,
+        direction: str,
+        data: bytes,
+        *,
+        now: float,
+        source: object,
+        destination: object,
+    ) -> None:
+        self.datagrams.append((stream_id, direction, data, source, destination))
+
+
+async def test_call_taps_give_fax_datagrams_only_to_sinks_that_take_them(
+    relay: MediaRelay, make_phone: Callable[[], Phone], caplog: pytest.LogCaptureFixture
+):
+    alice, bob = make_phone(), make_phone()
+    session = MediaSession(relay, media_address=ADDRESS)
+    fax = "m=image {} udptl t38\r\na=T38FaxVersion:0\r\n"
+    head = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    session.offer_from("a", parse_sdp_untrusted((head + fax.format(alice.pair.rtp_port)).encode()))
+    session.answer_from("b", parse_sdp_untrusted((head + fax.format(bob.pair.rtp_port)).encode()))
+    session.settle()
+    (stream,) = session.streams
+    assert isinstance(stream, MediaStream) and stream.opaque
+    recorder, interception = AudioSink(), FaxSink()
+    taps = CallTaps(
+        "call-1", session, [("recorder", recorder), ("intercept", interception)], clock=lambda: 0.0
+    )
+    taps.attach()
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.core.media.taps"):
+            for sequence in (0x8001, 0x8002):
+                await alice.send(udptl(sequence, b"\x06"), stream.a.ports.rtp_port)
+                received, _ = await bob.receive()
+                assert received == udptl(sequence, b"\x06")
+        assert interception.datagrams == [
+            (
+                "0",
+                "a_to_b",
+                udptl(sequence, b"\x06"),
+                alice.rtp_address,
+                ("127.0.0.1", stream.a.ports.rtp_port),
+            )
+            for sequence in (0x8001, 0x8002)
+        ]
+        assert recorder.packets == [] and interception.packets == []
+        # Logged once per call, naming the recorder, never the covert interception.
+        assert caplog.text.count("T.38 fax is not recorded by recorder") == 1
+        assert "intercept" not in caplog.text
+    finally:
+        taps.close()
+        session.close()
