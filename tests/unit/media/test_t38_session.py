@@ -314,3 +314,11 @@ def test_plain_words_report_names_the_unencrypted_fax():
     assert after.endswith("; its fax (T.38) was passed through NOT encrypted")
     refused = dict(fax, refused="policy sdes requires encrypted media")
     assert "fax (T.38) refused: policy sdes" in describe_leg({"streams": [refused]})
+
+
+def test_media_workers_say_they_have_no_opaque_mode() -> None:
+    from gateway.core.media.remote_relay import WorkerPool
+
+    pool = WorkerPool(ADDRESS, PortRange(22200, 22299), 2)  # not started: no process, no port
+    assert pool.carries_opaque is False
+    assert pool.for_call().carries_opaque is False

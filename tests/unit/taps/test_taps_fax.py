@@ -1,4 +1,5 @@
-"""X3 of T.38 fax: each UDPTL datagram as the IP packet that carried it (payload format 5/6)."""
+"""Taps and T.38 fax: X3 of each UDPTL datagram as the IP packet that carried it (payload
+format 5/6), and SIPREC telling its SRS that a line turned to fax carries no audio."""
 
 from __future__ import annotations
 
@@ -102,3 +103,17 @@ def test_a_fax_datagram_of_an_intercepted_call_is_x3_with_an_ip_packet() -> None
         "0", "a_to_b", DATAGRAM, now=0.0, source=("192.0.2.1", 1), destination=("192.0.2.2", 2)
     )
     assert len(link.sent) == 1
+
+
+def test_siprec_tells_the_srs_a_line_that_turned_to_fax_is_inactive_audio() -> None:
+    from gateway.core.interfaces import TappedMedia
+    from gateway.plugins.taps.siprec import _recorded_now
+
+    audio = TappedMedia(0, "audio", ("0",), ("0 PCMU/8000",))
+    fax = TappedMedia(0, "image", ("t38",))
+    assert _recorded_now(audio, fax) == TappedMedia(
+        0, "audio", ("0",), ("0 PCMU/8000",), direction="inactive"
+    )
+    held = TappedMedia(0, "audio", ("0",), ("0 PCMU/8000",), direction="sendonly")
+    assert _recorded_now(audio, held) == held
+    assert _recorded_now(audio, None) == audio
