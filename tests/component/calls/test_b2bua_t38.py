@@ -9,7 +9,9 @@
   says, and the re-INVITE back to audio offers the ZRTP leg fresh keys;
 - a carrier whose policy requires encryption: T.38 offered beside audio is refused on that leg
   with port 0 (the devices fall back to G.711 fax over the SRTP audio), alone with 488, and the
-  call goes on.
+  call goes on;
+- an intercepted call: its fax datagrams reach the mediation function as X3 IP packets (payload
+  format 5) with the sender's address, while the parties see the same as without interception.
 """
 
 from __future__ import annotations
@@ -23,10 +25,23 @@ import trio
 
 import gateway.plugins.keyexchange.zrtp as zrtp_plugin
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.taps.intercept import pdu
 from gateway.testing.sip_agent import Received, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import Phone, bind
+from tests.component.calls.test_b2bua_intercept import (
+    CALLEE_PORT as INTERCEPTED_CALLEE_PORT,
+)
+from tests.component.calls.test_b2bua_intercept import (
+    CALLER_PORT as INTERCEPTED_CALLER_PORT,
+)
+from tests.component.calls.test_b2bua_intercept import (
+    activate,
+    answered_with_media,
+    intercept_env,
+)
 from tests.component.calls.test_b2bua_zrtp import pairs, phone_exchange, zrtp_sdp
+from tests.interop.harness.pki import TestPki
 
 CALLER_PORT, CALLEE_PORT = 24660, 24670  # outside the relay's MEDIA_PORTS and other tests'
 
@@ -195,7 +210,10 @@ async def test_a_zrtp_leg_and_a_plain_leg_relay_the_fax_in_clear(
     call, ata, phone = await zrtp_caller(env, nursery)
     assert env.gateway.calls is not None
     (gateway_call,) = env.gateway.calls.calls
-    assert gateway_call.security_record()["a"]["streams"][0]["encrypted"]  # type: ignore[index]
+    # The phone may have its keys before the gateway's side of the exchange has recorded its.
+    await eventually(
+        lambda: gateway_call.security_record()["a"]["streams"][0]["encrypted"]  # type: ignore[index]
+    )
     offers: list[bytes] = []
     answer_invites(
         env.trunk,
@@ -276,3 +294,51 @@ async def test_a_leg_whose_policy_requires_encryption_refuses_t38(
     assert env.calls == 1
     await call.bye()  # type: ignore[attr-defined]
     await eventually(lambda: env.calls == 0)
+
+
+async def test_an_intercepted_calls_fax_is_delivered_as_x3_ip_packets(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    test_pki = TestPki(tmp_path / "pki")
+    ca = test_pki.ca("X1 CA")
+    pki = (ca, ca.issue("gw-test"), ca.issue("admf-1"))
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    b2bua = env.b2bua
+    call, talk = await answered_with_media(env)
+    ata = b2bua.alice.calls[-1]
+    offers: list[bytes] = []
+    answer_invites(
+        b2bua.trunk,
+        simple_sdp("127.0.0.1", INTERCEPTED_CALLER_PORT, version=3),
+        t38_sdp(INTERCEPTED_CALLER_PORT, version=2),
+        offers,
+    )
+    try:
+        response = await ata.reinvite(t38_sdp(INTERCEPTED_CALLEE_PORT, version=2))
+        assert response.status == 200
+        # What the parties see is what they see without interception (test 1's checks).
+        assert [f"a={n}:{v}" for n, v in parse_sdp_untrusted(offers[0]).media[0].attributes] == (
+            T38_LINES
+        )
+        await fax_both_ways(talk.caller, talk.caller_to, talk.callee, talk.callee_to)
+        await call.bye()
+        await eventually(lambda: b2bua.calls == 0)
+    finally:
+        talk.close()
+    await eventually(lambda: len([p for p in env.x3() if p.payload_format == 5]) == 10)
+
+    fax = [p for p in env.x3() if p.payload_format == pdu.FORMAT_IPV4]
+    to_target = [p.payload for p in fax if p.direction == pdu.TO_TARGET]
+    from_target = [p.payload for p in fax if p.direction == pdu.FROM_TARGET]
+    # The IP packet as it reached the gateway: the sender's address and port, the relay's port.
+    assert [packet[28:] for packet in to_target] == [d[::-1] for d in DATAGRAMS]
+    assert {struct.unpack("!HH", packet[20:24]) for packet in to_target} == {
+        (INTERCEPTED_CALLER_PORT, talk.caller_to[1])
+    }
+    assert [packet[28:] for packet in from_target] == DATAGRAMS
+    assert {struct.unpack("!HH", packet[20:24]) for packet in from_target} == {
+        (INTERCEPTED_CALLEE_PORT, talk.callee_to[1])
+    }
+    assert all(packet[12:20] == bytes([127, 0, 0, 1]) * 2 for packet in to_target + from_target)
+    assert {p.correlation for p in env.x3()} == {env.x3()[0].correlation}
