@@ -661,7 +661,8 @@ class MediaStream:
         over UDPTL, ITU-T T.38 Annex D), or as RTP/RTCP again (``False``: a re-INVITE back to
         audio). Ports, remote addresses and latched sources stay. An opaque stream never runs
         transforms (UDPTL is never encrypted by us) nor non-RTP handlers, and relays nothing on
-        the RTCP sockets."""
+        the RTCP sockets. Its datagrams count as ``rtp_packets``/``rtp_bytes`` in
+        :meth:`DirectionControl.statistics`."""
         relay = self._relay
         if relay is None or opaque == self._opaque:
             return

@@ -356,11 +356,11 @@ class LegSecurity:
             "passed through unencrypted"
         )
         log.info(
-            "%s leg: T.38 stream (m= line %d) of the %s the %s leg refused: %s",
+            "leg %s (%s): T.38 stream at m= line %d refused in the %s this leg: %s",
             self.side,
+            self.signalling,
             index + 1,
             what,
-            self.signalling,
             stream.refused,
         )
         return rejected_media(_plain(media))

@@ -342,3 +342,27 @@ async def test_an_intercepted_calls_fax_is_delivered_as_x3_ip_packets(
     }
     assert all(packet[12:20] == bytes([127, 0, 0, 1]) * 2 for packet in to_target + from_target)
     assert {p.correlation for p in env.x3()} == {env.x3()[0].correlation}
+
+
+async def test_a_fax_only_call_relays_t38_from_its_first_invite(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=t38_sdp(CALLER_PORT, version=1))
+    ata = await env.alice.next_call()
+    offered = parse_sdp_untrusted(ata.invite.body).media
+    assert [(m.media, m.proto) for m in offered] == [("image", "udptl")]
+    assert [f"a={n}:{v}" for n, v in offered[0].attributes] == T38_LINES
+    await ata.answer(200, sdp=t38_sdp(CALLEE_PORT, version=1))
+    final = await call.final()
+    assert final.status == 200
+    caller, callee = await bind(CALLER_PORT), await bind(CALLEE_PORT)
+    with caller, callee:
+        await fax_both_ways(
+            caller,
+            ("127.0.0.1", image_port(final.body)),
+            callee,
+            ("127.0.0.1", offered[0].port),
+        )
+    await call.bye()
+    await eventually(lambda: env.calls == 0)
