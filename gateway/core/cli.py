@@ -333,7 +333,12 @@ def describe_leg(leg: dict[str, Any]) -> str:
     streams = leg.get("streams") or []
     media = []
     for stream in streams:
-        if stream.get("encrypted"):
+        if stream.get("media") == "t38":
+            refused = stream.get("refused")
+            media.append(
+                f"fax (T.38) refused: {refused}" if refused else "fax (T.38 UDPTL), NOT encrypted"
+            )
+        elif stream.get("encrypted"):
             words = f"SRTP {stream.get('suite')} keyed by {stream.get('key_exchange')}"
             if "rtcp_port_keyed" in stream:
                 words += (
@@ -355,6 +360,9 @@ def describe_leg(leg: dict[str, Any]) -> str:
         else:
             media.append("RTP, not encrypted")
     line = f"signalling {signalling}; media " + (", ".join(media) or "none")
+    if leg.get("fax_t38") and not any(s.get("media") == "t38" for s in streams):
+        # The call went back to audio after a fax: its fax was still not encrypted.
+        line += "; its fax (T.38) was passed through NOT encrypted"
     if leg.get("device"):
         line = f"device {leg['device']}; {line}"
     srtp = leg.get("srtp") or {}

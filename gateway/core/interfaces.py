@@ -338,6 +338,13 @@ class TapSink(Protocol):
     #
     # Optional: ``covert = True``: the sink is never named in the call's record, in ``voipgw
     # calls`` or in the core's log lines (an interception must not show to whoever reads them).
+    #
+    # Optional: ``datagram(stream_id, direction, data, *, now, source, destination) -> None``
+    # gets every datagram the relay forwards on a T.38 fax stream (UDPTL, ITU-T T.38 Annex D:
+    # not RTP, never encrypted), as it arrived: ``source`` the sending peer's (host, port),
+    # ``destination`` the gateway's. Must never block. A sink without it (a recorder) gets no
+    # fax: ``packet`` only ever sees RTP and RTCP, and the core logs once per call that the
+    # fax period is not copied to it.
 
 
 class MediaTap(Protocol):

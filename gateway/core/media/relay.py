@@ -38,6 +38,13 @@ address (direction ``a_to_b``), and the reverse.
   RTP socket has one, and its RTCP socket too when the leg does not mux RTCP (RFC 5764 §4.1
   keys SRTCP from a handshake of its own). Answers leave with :meth:`StreamSide.send`. Only that
   branch costs anything.
+- Opaque streams (T.38 fax over UDPTL, ITU-T T.38 Annex D: :meth:`MediaStream.set_opaque`):
+  what arrives on a side's RTP socket is relayed as it is, never parsed as RTP (a UDPTL packet's
+  first octet, the high byte of its sequence number, may look like RTP version 2), transformed
+  (UDPTL is never encrypted by us) nor handed to a key exchange; latching works as for RTP; taps
+  see each datagram; datagrams longer than :data:`MAX_OPAQUE_DATAGRAM` are dropped as malformed.
+  The RTCP socket relays nothing then. The mode is decided at setup: an opaque socket is kept in
+  a table of its own, looked up only where the RTP table has no endpoint, so RTP pays nothing.
 - Every drop is counted per direction and reason; :meth:`DirectionControl.statistics`.
 - Each stream records when it last received media (:attr:`MediaStream.last_activity`); the B2BUA
   polls :meth:`MediaRelay.idle_streams` and ends calls whose media stopped.
@@ -147,6 +154,10 @@ _MOST_DATAGRAMS_READ_AT_CONNECT = 4096
 TRANSFORM_ROOM = 256
 """Octets of the receive buffer beyond the largest datagram, for what an in-place transform
 appends (an SRTCP index and tag take at most 148, pylibsrtp's SRTP_MAX_SRTCP_TRAILER_LEN)."""
+MAX_OPAQUE_DATAGRAM = 2048
+"""The longest datagram an opaque (T.38 UDPTL) stream relays. T.38 datagrams are a few hundred
+octets even with redundancy (T38FaxMaxDatagram is typically 72..1400); anything longer is not fax
+and is dropped as malformed rather than relayed."""
 _NEVER_RTCP = bytes(256)  # RTP port of a side without rtcp-mux: everything is RTP
 _ALWAYS_RTCP = bytes([1]) * 256  # RTCP port: everything is RTCP
 
@@ -198,7 +209,8 @@ class DirectionStatistics:
     dropped_transform: int
     """A transform returned None or raised."""
     dropped_malformed: int
-    """Not RTP/RTCP version 2, or shorter than a fixed RTP header (RTCP: 8 octets)."""
+    """Not RTP/RTCP version 2, or shorter than a fixed RTP header (RTCP: 8 octets); on an opaque
+    stream, empty or longer than :data:`MAX_OPAQUE_DATAGRAM`."""
     dropped_send_error: int
     """The send failed (e.g. socket buffer full; on a socket connected to its peer also once
     per ICMP error the peer's host returned, e.g. port unreachable)."""
@@ -622,6 +634,7 @@ class MediaStream:
     b_to_a: DirectionControl
     created: float
     _relay: MediaRelay | None = attrs.field(repr=False)
+    _opaque: bool = False
 
     def __init__(self, relay: MediaRelay, a_ports: PortPair, b_ports: PortPair, now: float) -> None:
         family = a_ports.rtp_socket.family
@@ -635,7 +648,27 @@ class MediaStream:
         self.b_to_a = DirectionControl(Direction.B_TO_A, (self.b._rtp, self.b._rtcp), self._changed)
         self.created = now
         self._relay = relay
+        self._opaque = False
         self._rebuild()
+
+    @property
+    def opaque(self) -> bool:
+        """Whether the stream relays datagrams as they are (T.38 UDPTL), not RTP/RTCP."""
+        return self._opaque
+
+    def set_opaque(self, opaque: bool) -> None:
+        """Relay what arrives on each side's RTP socket as opaque datagrams (``True``: T.38 fax
+        over UDPTL, ITU-T T.38 Annex D), or as RTP/RTCP again (``False``: a re-INVITE back to
+        audio). Ports, remote addresses and latched sources stay. An opaque stream never runs
+        transforms (UDPTL is never encrypted by us) nor non-RTP handlers, and relays nothing on
+        the RTCP sockets. Its datagrams count as ``rtp_packets``/``rtp_bytes`` in
+        :meth:`DirectionControl.statistics`."""
+        relay = self._relay
+        if relay is None or opaque == self._opaque:
+            return
+        self._opaque = opaque
+        relay._set_opaque(self, opaque)
+        self._changed()
 
     @property
     def closed(self) -> bool:
@@ -702,6 +735,12 @@ class MediaStream:
                 ep.direction = control.direction
                 ep.blocked = control.blocked
                 ep.taps = control.taps
+                if self._opaque:
+                    # T.38 UDPTL: one port, no transforms; the RTCP socket relays nothing.
+                    rtp_destination = dst.rtp_destination if ep is src._rtp else None
+                    _configure(ep.rtp, dst._rtp, rtp_destination, None, None, ep.taps, buffer)
+                    _configure(ep.rtcp, rtcp_out, None, None, None, ep.taps, buffer)
+                    continue
                 _configure(
                     ep.rtp,
                     dst._rtp,
@@ -795,6 +834,8 @@ class MediaRelay:
         # Indexed by descriptor: one array load per packet where a dict costs a probe of its
         # index and its entries (two cache misses at thousands of sockets).
         self._endpoints: list[_Endpoint | None] = []
+        # The RTP sockets of opaque streams (T.38 UDPTL), by descriptor: None in _endpoints.
+        self._opaque_endpoints: list[_Endpoint | None] = []
         self._streams: set[MediaStream] = set()
         self._stale: set[MediaStream] = set()  # changed since their last rebuild
         self._backlogged: set[_Endpoint] = set()  # with datagrams read at connect, not relayed
@@ -804,6 +845,11 @@ class MediaRelay:
         self._wakeups = 0
         self._serving = False
         self._closed = False
+
+    @property
+    def carries_opaque(self) -> bool:
+        """True: streams can relay opaque datagrams (T.38 UDPTL, :meth:`MediaStream.set_opaque`)."""
+        return True
 
     def open_stream(self) -> MediaStream:
         """Allocate a port pair for each leg and start relaying between them.
@@ -907,6 +953,7 @@ class MediaRelay:
         poll = self._epoll.poll
         max_sockets = self._max_sockets
         endpoints = self._endpoints
+        opaque_endpoints = self._opaque_endpoints
         buffer = self._buffer
         view = self._view
         for _ in repeat(None, self._max_rounds):
@@ -921,7 +968,12 @@ class MediaRelay:
                 return
             for fd, _mask in events:
                 ep = endpoints[fd]
-                if ep is None:  # closed by a tap or transform earlier in this round
+                if ep is None:
+                    # An opaque stream's socket (T.38), kept apart so that RTP pays nothing for
+                    # it; or one closed by a tap or transform earlier in this round.
+                    opaque = opaque_endpoints[fd] if fd < len(opaque_endpoints) else None
+                    if opaque is not None:
+                        self._relay_opaque(opaque, now)
                     continue
                 # Bound methods kept in slots: read as attributes (a specialised slot load) and
                 # then called; ``ep.recvfrom_into(...)`` would look them up as methods, which
@@ -1001,6 +1053,73 @@ class MediaRelay:
                     continue
                 route.packets += 1
                 route.bytes += len(packet)
+
+    def _relay_opaque(self, ep: _Endpoint, now: float) -> None:
+        """Relay one datagram of an opaque stream (T.38 UDPTL): latched like RTP, never parsed,
+        transformed nor handed to a key exchange; taps get a copy."""
+        buffer = self._buffer
+        try:
+            if ep.only_from_source:
+                receive_connected = ep.recv_connected
+                size = receive_connected(buffer)
+                source: Any = ep.source
+            elif ep.backlog:
+                data, source = ep.backlog.pop(0)
+                size = len(data)
+                buffer[:size] = data
+                if not ep.backlog:
+                    ep.only_from_source = ep.connected
+            else:
+                receive = ep.recvfrom_into
+                size, source = receive(buffer)
+        except BlockingIOError:
+            return
+        except OSError:
+            ep.receive_errors += 1
+            return
+        if size == 0 or size > MAX_OPAQUE_DATAGRAM:
+            ep.dropped_malformed += 1
+            return
+        if source != ep.source and not self._latch(ep, source, now):
+            return
+        ep.last_received = now
+        if ep.blocked:
+            ep.dropped_blocked += 1
+            return
+        route = ep.rtp
+        destination = route.destination
+        if destination is None:
+            route.dropped_no_destination += 1
+            return
+        packet = self._view[:size]
+        if ep.taps:
+            _tap_all(ep, bytes(packet))
+        send = route.send
+        try:
+            if send is not None:
+                send(packet)
+            else:
+                sendto = route.sendto
+                sendto(packet, destination)
+        except OSError:
+            route.dropped_send_error += 1
+            return
+        route.packets += 1
+        route.bytes += size
+
+    def _set_opaque(self, stream: MediaStream, opaque: bool) -> None:
+        """Move ``stream``'s RTP sockets to the opaque table (``opaque``) or back."""
+        source, target = (
+            (self._endpoints, self._opaque_endpoints)
+            if opaque
+            else (self._opaque_endpoints, self._endpoints)
+        )
+        for ep in (stream.a._rtp, stream.b._rtp):
+            if ep.fd >= len(target):
+                target.extend([None] * (ep.fd + 1 - len(target)))
+            if ep.fd < len(source) and source[ep.fd] is ep:
+                source[ep.fd] = None
+            target[ep.fd] = ep
 
     def _rebuild_stale(self) -> None:
         stale, self._stale = self._stale, set()
@@ -1086,10 +1205,11 @@ class MediaRelay:
             self._backlogged.discard(ep)
             # The identity check keeps a reused descriptor number of another stream registered
             # (should someone have closed this stream's PortPair directly).
-            if ep.fd < len(self._endpoints) and self._endpoints[ep.fd] is ep:
-                self._endpoints[ep.fd] = None
-                with contextlib.suppress(OSError, ValueError):  # the epoll is closed already
-                    self._epoll.unregister(ep.fd)
+            for table in (self._endpoints, self._opaque_endpoints):
+                if ep.fd < len(table) and table[ep.fd] is ep:
+                    table[ep.fd] = None
+                    with contextlib.suppress(OSError, ValueError):  # the epoll is closed already
+                        self._epoll.unregister(ep.fd)
 
 
 def _transform(ep: _Endpoint, route: _Route, packet: bytes) -> bytes | None:
@@ -1099,6 +1219,14 @@ def _transform(ep: _Endpoint, route: _Route, packet: bytes) -> bytes | None:
         if packet_in is None:
             return None
         packet = packet_in
+    _tap_all(ep, packet)
+    if route.transform_out is not None:
+        return _apply(route, route.transform_out, packet)
+    return packet
+
+
+def _tap_all(ep: _Endpoint, packet: bytes) -> None:
+    """Every tap of the socket's direction gets ``packet``; one that raises is counted."""
     for tap in ep.taps:
         try:
             tap(ep.direction, packet)
@@ -1106,9 +1234,6 @@ def _transform(ep: _Endpoint, route: _Route, packet: bytes) -> bytes | None:
             ep.tap_errors += 1
             if ep.tap_errors == 1:
                 logger.exception("media tap %r failed (further ones only counted)", tap)
-    if route.transform_out is not None:
-        return _apply(route, route.transform_out, packet)
-    return packet
 
 
 def _blame_in(route: _Route) -> object:

@@ -11,7 +11,7 @@ in-process stream takes transform callables, a worker's stream takes the keys th
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.core.media.relay import Address, DirectionStatistics, NonRtpHandler
 
@@ -89,11 +89,27 @@ class RelayStream(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class OpaqueStream(RelayStream, Protocol):
+    """A stream of a relay that :attr:`Relay.carries_opaque`: it can relay T.38 UDPTL
+    datagrams as they are (:meth:`gateway.core.media.relay.MediaStream.set_opaque`)."""
+
+    @property
+    def opaque(self) -> bool: ...
+
+    def set_opaque(self, opaque: bool) -> None: ...
+
+
 class Relay(Protocol):
     """Opens streams (:class:`gateway.core.media.relay.MediaRelay`)."""
 
     @property
     def allocator(self) -> HasAddress: ...
+
+    @property
+    def carries_opaque(self) -> bool:
+        """Whether its streams can relay T.38 UDPTL datagrams (:class:`OpaqueStream`)."""
+        ...
 
     def open_stream(self) -> RelayStream: ...
 
@@ -102,6 +118,7 @@ __all__ = [
     "Address",
     "HasAddress",
     "LocalPorts",
+    "OpaqueStream",
     "Relay",
     "RelayDirection",
     "RelaySide",

@@ -476,6 +476,12 @@ class CallRelay:
     def allocator(self) -> _Address:
         return self._pool.allocator
 
+    @property
+    def carries_opaque(self) -> bool:
+        """False: a worker's relay has no opaque (T.38 UDPTL) mode yet; the call's media
+        session offers and answers such streams with port 0 and logs why."""
+        return False
+
     def open_stream(self) -> RemoteStream:
         stream = self._pool.open_stream(prefer=self._worker, on_lost=self._lost)
         self._worker = stream.worker
@@ -521,6 +527,11 @@ class WorkerPool:
     def allocator(self) -> _Address:
         """The address the workers bind (for :class:`~gateway.core.media.session.MediaSession`)."""
         return _Address(self.address)
+
+    @property
+    def carries_opaque(self) -> bool:
+        """False: see :attr:`CallRelay.carries_opaque`."""
+        return False
 
     # -- what calls use ---------------------------------------------------------------------
 

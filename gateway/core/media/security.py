@@ -40,6 +40,14 @@ a=key-mgmt (stripped at media and session level like a=crypto). Its pre-shared k
 account or trunk, so a key exchange that declares ``wants_leg`` gets ``leg=`` (this leg's
 ``LegInfo``, when the caller gave one) in ``offer()`` and ``answer()``.
 
+T.38 fax over UDPTL (``m=image ... udptl t38``, :mod:`gateway.core.media.t38`) has no key
+exchange: the gateway passes it through unencrypted. On a leg whose policy requires encryption
+(``allow_cleartext = False``) such a stream is refused, in the peer's offer as in ours: that m=
+line goes at port 0 (logged), so the devices fall back to G.711 fax over the encrypted audio; an
+offer left with no stream at all by that is refused (488) and the call goes on as before (RFC
+3261 §14.2). Where it is allowed, the leg's record says that its fax was not encrypted
+(``fax_t38``), for the rest of the call.
+
 SDES keys travel in SDP, so the gateway never sends nor accepts them on a leg whose signalling is
 not TLS (the briefing paper's rule; RFC 4568 §8.1 requires a secure channel). :meth:`record`
 gives the leg's security record, derived from what was negotiated, never written by hand.
@@ -49,6 +57,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -63,8 +72,12 @@ from gateway.core.interfaces import (
     NegotiationFailed,
     SrtpKeys,
 )
+from gateway.core.media.t38 import is_udptl_t38
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription, SessionDescription
+from gateway.core.sdp.offer_answer import rejected_media
+
+log = logging.getLogger(__name__)
 
 # RTP profiles with SRTP and the plain profile each maps to (RFC 3711 §12, RFC 5124, and
 # DTLS-SRTP's RFC 5764 §8).
@@ -113,6 +126,13 @@ class StreamSecurity:
     alternatives: list[tuple[str, KeyNegotiation]] = attrs.Factory(list)
     """Further key exchanges our offer carries in the same m= line (SDES's a=crypto next to
     ZRTP's a=zrtp-hash in RTP/AVP), by name: the peer's answer picks one (``take_answer``)."""
+    refused: str | None = None
+    """Why this leg's policy refused the stream (T.38 in cleartext): it went at port 0."""
+
+    @property
+    def fax(self) -> bool:
+        """A T.38 fax stream over UDPTL: passed through, never encrypted."""
+        return self.peer_proto.upper() == "UDPTL"
 
 
 class LegSecurity:
@@ -153,6 +173,7 @@ class LegSecurity:
         self.streams: list[StreamSecurity] = []
         self._offered: list[StreamSecurity] = []
         self._answer_pending = False  # the peer offered; our answer is not made yet
+        self._fax_passed = False  # a T.38 stream was accepted on this leg (record: fax_t38)
 
     # -- the peer offers ------------------------------------------------------------------------
 
@@ -169,7 +190,8 @@ class LegSecurity:
             if media.port != 0 and media.proto.upper() in _PLAIN_OF | _SECURE_OF:
                 self._answer_stream(media, stream, previous, session_attributes)
             streams.append(stream)
-            media_out.append(_plain(media))
+            media_out.append(self._fax_checked(index, media, stream, "offer from"))
+        self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
         self._answer_pending = True
         return _without_session_keys(attrs.evolve(offer, media=tuple(media_out)))
@@ -236,6 +258,7 @@ class LegSecurity:
             if media.port == 0:
                 media_out.append(attrs.evolve(media, proto=stream.peer_proto))
                 continue
+            self._fax_passed = self._fax_passed or stream.fax
             attributes: list[tuple[str, str | None]] = list(media.attributes)
             if stream.negotiation is not None:
                 attributes += stream.negotiation.local_sdp_attributes()
@@ -261,7 +284,7 @@ class LegSecurity:
                 stream.session_proto = offered.proto
             if media.port == 0 or media.proto.upper() not in _SECURE_OF:
                 streams.append(stream)
-                media_out.append(media)
+                media_out.append(self._fax_checked(index, media, stream, "offer to"))
                 continue
             previous = self._stream(index)
             reasons: list[str] = []
@@ -316,9 +339,42 @@ class LegSecurity:
                 attributes += alternative.local_sdp_attributes()
             media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
             streams.append(stream)
+        self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
         self._answer_pending = False
         return attrs.evolve(offer, media=tuple(media_out))
+
+    def _fax_checked(
+        self, index: int, media: MediaDescription, stream: StreamSecurity, what: str
+    ) -> MediaDescription:
+        """``media`` as it may go on (``_plain``), or at port 0 when it is T.38 over UDPTL and
+        the leg's policy requires encryption: UDPTL is never encrypted by us."""
+        if media.port == 0 or not is_udptl_t38(media) or self.policy.allow_cleartext:
+            return _plain(media)
+        stream.refused = (
+            f"policy {self.policy.name} requires encrypted media and T.38 fax (UDPTL) is "
+            "passed through unencrypted"
+        )
+        log.info(
+            "leg %s (%s): T.38 stream at m= line %d refused in the %s this leg: %s",
+            self.side,
+            self.signalling,
+            index + 1,
+            what,
+            stream.refused,
+        )
+        return rejected_media(_plain(media))
+
+    def _refuse_if_nothing_left(
+        self, before: tuple[MediaDescription, ...], after: list[MediaDescription]
+    ) -> None:
+        """An offer whose only streams the policy refused (T.38 alone) is refused as a whole
+        (488): the call keeps the media it had (RFC 3261 §14.2) instead of losing it all."""
+        if any(m.port != 0 for m in before) and not any(m.port != 0 for m in after):
+            raise MediaSecurityRefused(
+                f"policy {self.policy.name} requires encrypted media; T.38 fax (UDPTL) is "
+                "never encrypted by the gateway"
+            )
 
     def _leg_argument(self, exchange: KeyExchange) -> dict[str, Any]:
         """``leg=`` for a key exchange that declares ``wants_leg`` (KeyExchange's optional
@@ -404,6 +460,7 @@ class LegSecurity:
                         f"declined it ({media.proto})"
                     )
             stream.peer_proto = media.proto
+            self._fax_passed = self._fax_passed or (media.port != 0 and stream.fax)
             plain = _plain(media)
             if stream.session_proto is not None:
                 plain = attrs.evolve(plain, proto=stream.session_proto)
@@ -467,6 +524,9 @@ class LegSecurity:
             "signalling_secure": self.secure_signalling,
             "streams": [_stream_record(stream) for stream in self.streams],
         }
+        if self._fax_passed:
+            # Said for the rest of the call, also once the call went back to audio.
+            record["fax_t38"] = "passed through, not encrypted"
         device = self.leg.device if self.leg is not None else None
         if device is not None:
             record["device"] = device.name  # its profile may have narrowed the policy
@@ -513,6 +573,18 @@ def _previous_negotiation(previous: StreamSecurity | None, name: str) -> KeyNego
 
 
 def _stream_record(stream: StreamSecurity) -> dict[str, Any]:
+    if stream.fax:
+        # T.38 passthrough: no key exchange, never encrypted (refused where the policy says so).
+        fax: dict[str, Any] = {
+            "media": "t38",
+            "key_exchange": "none",
+            "suite": None,
+            "encrypted": False,
+            "keys_held_by": None,
+        }
+        if stream.refused is not None:
+            fax["refused"] = stream.refused
+        return fax
     entry: dict[str, Any] = {
         "key_exchange": stream.key_exchange or "none",
         "suite": stream.keys.suite if stream.keys else None,

@@ -19,8 +19,16 @@ What each leg sees is ours, never the other peer's transport:
   a=key-mgmt, BUNDLE grouping). Keys are per leg: until a leg negotiates its own, legs are plain
   RTP/AVP(F), and an offer with only encrypted streams is refused
   (:class:`EncryptedMediaNotSupported`, 488).
-- Streams the relay cannot carry (encrypted, non-RTP such as T.38 UDPTL, RTP over TCP,
-  multicast) are offered to the other leg with port 0 and answered with port 0 (RFC 3264 §6, §8.2).
+- Streams the relay cannot carry (encrypted, non-RTP such as MSRP, RTP over TCP, T.38 over TCP
+  or DTLS, multicast) are offered to the other leg with port 0 and answered with port 0 (RFC
+  3264 §6, §8.2).
+- T.38 fax over UDPTL (``m=image <port> udptl t38``, :mod:`gateway.core.media.t38`) is passed
+  through: its attributes go to the other leg unchanged (no a=rtcp, no rtcp-mux: UDPTL has one
+  port), and its stream relays opaque datagrams (:meth:`OpaqueStream.set_opaque`). A re-INVITE
+  that turns an audio line into T.38 (or back) keeps the line's stream and ports and switches the
+  stream's mode when the answer accepts it, so RTP in flight until then is still relayed as RTP.
+  A malformed T.38 line, or a relay without an opaque mode (``[media] workers >= 2``), gets port
+  0 for that line (488 when nothing else is relayable), logged.
 - Hold passes through: a=sendonly/inactive as written, and c=0.0.0.0 (RFC 3264 §8.4) as a
   media-level c= line; the relay then has no destination for that leg.
 - rtcp-mux is settled per leg (the relay demultiplexes per side): the offerer gets a=rtcp-mux in
@@ -41,6 +49,7 @@ the offer opened and restores the remote addresses of before, so the call goes o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -49,7 +58,8 @@ import attrs
 from gateway.core.ids import RandomIds
 from gateway.core.ip import ip_literal
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
+from gateway.core.media.relay_api import OpaqueStream, Relay, RelaySide, RelayStream
+from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import (
     RTP_PROTOS,
@@ -63,6 +73,8 @@ from gateway.core.sdp.model import (
     TimeDescription,
 )
 from gateway.core.sdp.offer_answer import apply_version_rule, rejected_media, validate_answer
+
+log = logging.getLogger(__name__)
 
 Side = Literal["a", "b"]
 """A leg of the call: ``"a"`` faces the caller (stream side A), ``"b"`` the callee."""
@@ -152,6 +164,8 @@ class _Exchange:
     """m= lines whose stream this offer opened."""
     slot_count_before: int
     remotes_before: dict[tuple[int, Side], _Remote]
+    opaque_before: dict[int, bool]
+    """Whether each stream open before the offer relayed opaque datagrams (T.38)."""
     answer: SessionDescription | None = None
     """The latest answer received."""
 
@@ -327,13 +341,20 @@ class MediaSession:
         relayed: dict[int, _Remote] = {}
         active = 0
         encrypted: str | None = None
+        fax_refusals: list[str] = []
         for index, media in enumerate(offer.media):
             if media.is_rejected:
                 continue
             active += 1
             problem = _unrelayable(offer, media)
+            if problem is None and is_udptl_t38(media):
+                refusal = self._t38_refusal(media)
+                if refusal is not None:
+                    fax_refusals.append(f"m= line {index + 1}: {refusal}")
+                    log.info("T.38 stream (m= line %d) not relayed: %s", index + 1, refusal)
+                    problem = "transport"
             if problem is None:
-                relayed[index] = self._remote_of(offer, media, index, rtcp_mux=media.rtcp_mux)
+                relayed[index] = self._remote_of(offer, media, index, rtcp_mux=_rtcp_mux(media))
             elif problem != "transport" and encrypted is None:
                 encrypted = problem
         if active and not relayed:
@@ -341,11 +362,25 @@ class MediaSession:
                 raise EncryptedMediaNotSupported(
                     f"encrypted media ({encrypted}) is not supported on this leg yet"
                 )
-            raise SdpError("no media stream the gateway can relay (RTP/AVP or RTP/AVPF over UDP)")
+            if fax_refusals:
+                raise SdpError("; ".join(fax_refusals))
+            raise SdpError(
+                "no media stream the gateway can relay (RTP/AVP or RTP/AVPF over UDP, "
+                "T.38 over UDPTL)"
+            )
 
         slot_count_before = len(self._slots)
         remotes_before = dict(self._remotes)
+        opaque_before = {
+            index: _is_opaque(stream)
+            for index, stream in enumerate(self._slots)
+            if stream is not None
+        }
         opened = self._open_streams(len(offer.media), relayed)
+        for index in opened:
+            # A new line's stream starts in its own mode; an existing one switches with the
+            # answer (answer_from).
+            self._set_opaque(index, is_udptl_t38(offer.media[index]))
         for index, stream in enumerate(self._slots):
             if stream is not None:
                 self._set_remote(index, offerer, relayed.get(index, _NO_REMOTE))
@@ -359,7 +394,7 @@ class MediaSession:
                         offer,
                         media,
                         _side(stream, answerer),
-                        rtcp_mux=media.rtcp_mux,
+                        rtcp_mux=_rtcp_mux(media),
                     )
                 )
             else:
@@ -373,6 +408,7 @@ class MediaSession:
             opened=opened,
             slot_count_before=slot_count_before,
             remotes_before=remotes_before,
+            opaque_before=opaque_before,
         )
         return sent
 
@@ -404,13 +440,15 @@ class MediaSession:
             if offered.is_rejected or answered.is_rejected:
                 continue
             accepted[index] = self._remote_of(
-                answer, answered, index, rtcp_mux=offered.rtcp_mux and answered.rtcp_mux
+                answer, answered, index, rtcp_mux=_rtcp_mux(offered) and _rtcp_mux(answered)
             )
 
         for index, stream in enumerate(self._slots):
             if stream is None:
                 continue
             if index in accepted:
+                # The answer settles what the line carries: RTP, or T.38 datagrams.
+                self._set_opaque(index, is_udptl_t38(exchange.sent_offer.media[index]))
                 self._set_remote(index, answerer, accepted[index])
                 self._set_remote(index, offerer, exchange.offerer_remotes[index])
             else:
@@ -428,7 +466,7 @@ class MediaSession:
                         answer,
                         answered,
                         _side(stream, offerer),
-                        rtcp_mux=offered.rtcp_mux,  # RFC 5761 §5.1.1: we can always mux
+                        rtcp_mux=_rtcp_mux(offered),  # RFC 5761 §5.1.1: we can always mux
                     )
                 )
             else:
@@ -473,6 +511,7 @@ class MediaSession:
         del self._slots[exchange.slot_count_before :]
         for index, stream in enumerate(self._slots):
             if stream is not None:
+                self._set_opaque(index, exchange.opaque_before.get(index, False))
                 for side in _SIDES:
                     self._set_remote(
                         index, side, exchange.remotes_before.get((index, side), _NO_REMOTE)
@@ -493,6 +532,25 @@ class MediaSession:
         if self._closed:
             raise LocalMediaError("the media session is closed")
 
+    def _t38_refusal(self, media: MediaDescription) -> str | None:
+        """Why a T.38 UDPTL line cannot be relayed here, or None when it can."""
+        if not self._relay.carries_opaque:
+            return (
+                "T.38 passthrough needs the in-process relay ([media] workers = 1); "
+                "media workers relay RTP only"
+            )
+        problem = t38_problem_untrusted(media)
+        return None if problem is None else f"malformed T.38 attributes: {problem}"
+
+    def _set_opaque(self, index: int, opaque: bool) -> None:
+        """Put stream ``index`` in T.38 datagram mode (``opaque``) or RTP mode."""
+        stream = self._slots[index]
+        if stream is None or _is_opaque(stream) == opaque:
+            return
+        if not isinstance(stream, OpaqueStream):  # only when carries_opaque is False
+            raise LocalMediaError("this relay's streams have no opaque (T.38) mode")
+        stream.set_opaque(opaque)
+
     def _remote_of(
         self, sd: SessionDescription, media: MediaDescription, index: int, *, rtcp_mux: bool
     ) -> _Remote:
@@ -504,6 +562,8 @@ class MediaSession:
         host = self._ip_literal(connection, where)
         if host is None:  # RFC 3264 §8.4: c=0.0.0.0, send nothing there
             return _Remote(rtcp_mux=rtcp_mux)
+        if is_udptl_t38(media):  # T.38 Annex D: one port, no RTCP
+            return _Remote((host, media.port))
         rtcp = None
         attribute = media.rtcp  # raises SdpError when malformed
         if attribute is not None and not rtcp_mux:
@@ -643,11 +703,21 @@ def _direction_statistics(stream: RelayStream) -> list[tuple[str, tuple[int, int
     return found
 
 
+def _rtcp_mux(media: MediaDescription) -> bool:
+    """Whether ``media`` muxes RTCP (RFC 5761); never a T.38 UDPTL line, which has no RTCP."""
+    return media.rtcp_mux and not is_udptl_t38(media)
+
+
+def _is_opaque(stream: RelayStream) -> bool:
+    return isinstance(stream, OpaqueStream) and stream.opaque
+
+
 def _unrelayable(sd: SessionDescription, media: MediaDescription) -> str | None:
-    """Why the relay cannot carry this stream: the SRTP profile's name, "transport" (not RTP over
-    UDP: T.38 UDPTL, RTP over TCP, MSRP ...; or multicast), or None when it can."""
+    """Why the relay cannot carry this stream: the SRTP profile's name, "transport" (not RTP or
+    T.38 over UDP: RTP over TCP, T.38 over TCP or DTLS, MSRP ...; or multicast), or None when it
+    can."""
     proto = media.proto.upper()
-    if proto in PLAIN_RTP_PROTOS:
+    if proto in PLAIN_RTP_PROTOS or is_udptl_t38(media):
         connection = sd.effective_connection(media)
         if connection is not None and connection.is_multicast:
             return "transport"
@@ -661,13 +731,20 @@ def _rewritten_media(
     source: SessionDescription, media: MediaDescription, ours: RelaySide, *, rtcp_mux: bool
 ) -> MediaDescription:
     """``media`` as we describe it to a leg: our port, our RTCP port or rtcp-mux, the direction
-    written out, the other peer's transport and key attributes removed."""
+    written out, the other peer's transport and key attributes removed. A T.38 UDPTL line keeps
+    its attributes (T38Fax*, unknown ones) as they are; it has no RTCP, and its direction is
+    written only when it is not the default sendrecv (fax devices rarely expect one)."""
     attributes: Attributes = media.attributes.remove_if(is_leg_specific)
-    attributes = attributes.with_direction(source.effective_direction(media))
-    if rtcp_mux:
-        attributes = attributes.add("rtcp-mux")  # RFC 5761 §5.1.1
+    direction = source.effective_direction(media)
+    if is_udptl_t38(media):
+        fax_direction = None if direction is Direction.SENDRECV else direction
+        attributes = attributes.with_direction(fax_direction)
     else:
-        attributes = attributes.add("rtcp", str(ours.ports.rtcp_port))  # RFC 3605 §2.1
+        attributes = attributes.with_direction(direction)
+        if rtcp_mux:
+            attributes = attributes.add("rtcp-mux")  # RFC 5761 §5.1.1
+        else:
+            attributes = attributes.add("rtcp", str(ours.ports.rtcp_port))  # RFC 3605 §2.1
     connection = source.effective_connection(media)
     connections: tuple[Connection, ...] = ()
     if connection is not None and _is_unspecified(connection.address):

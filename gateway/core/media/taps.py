@@ -26,6 +26,12 @@ logged, so a recording known to be incomplete never looks complete.
 
 A covert sink (``covert = True``: an interception) is never named in the call's record or in
 these log lines: whoever reads them must not learn of it.
+
+T.38 fax (a stream in the relay's opaque mode, :mod:`gateway.core.media.t38`) is not RTP: its
+UDPTL datagrams go only to sinks that take them (``datagram``, with the addresses they came from
+and to: an interception delivers them as IP packets), never to ``packet``. A recording is of
+audio: a sink without ``datagram`` does not get the fax period, and the call logs that once,
+naming the (not covert) sinks that miss it.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class CallTaps:
         self._tapped: dict[int, _Tapped] = {}
         self._untapped: set[int] = set()
         self._closed = False
+        self._fax_logged = False
         self.sip_dialogs: set[tuple[str, str | None]] = set()
         """The (Call-ID, tag) keys the endpoint copies SIP messages of to this call's sinks."""
 
@@ -152,7 +159,7 @@ class CallTaps:
             tapped = self._tapped.get(index)
             if tapped is not None and tapped.stream is stream:
                 continue
-            tap = self._tap(str(index))
+            tap = self._tap(str(index), stream if isinstance(stream, MediaStream) else None)
             if isinstance(stream, MediaStream):
                 stream.a_to_b.add_tap(tap)
                 stream.b_to_a.add_tap(tap)
@@ -208,13 +215,24 @@ class CallTaps:
         """What the call's security record says of its taps."""
         return {"names": list(self.names), "untapped_streams": sorted(self._untapped)}
 
-    def _tap(self, stream_id: str) -> Tap:
+    def _tap(self, stream_id: str, stream: MediaStream | None) -> Tap:
+        """The relay tap of stream ``stream_id``; ``stream`` when it is in this process (it may
+        turn to T.38, whose datagrams go to ``_fax``; a worker's stream never does)."""
         sinks, clock = self._sinks, self._clock
 
         failed: set[str] = set()
+        # Where each direction's datagrams arrive: the relay's port facing the sending leg.
+        ours = (
+            (stream.a.ports.rtp_socket.getsockname(), stream.b.ports.rtp_socket.getsockname())
+            if stream is not None
+            else None
+        )
 
         def tap(direction: Direction, packet: bytes) -> None:
             now = clock()
+            if stream is not None and ours is not None and stream.opaque:
+                self._fax(stream_id, stream, ours, direction, packet, now, failed)
+                return
             for name, sink in sinks:
                 # One sink failing (a bug in a plugin) must not cost another its packets: a
                 # recording and an interception are independent.
@@ -228,6 +246,52 @@ class CallTaps:
                         )
 
         return tap
+
+    def _fax(
+        self,
+        stream_id: str,
+        stream: MediaStream,
+        ours: tuple[Address, Address],
+        direction: Direction,
+        datagram: bytes,
+        now: float,
+        failed: set[str],
+    ) -> None:
+        """A T.38 UDPTL datagram: to the sinks that take datagrams, with its addresses."""
+        a_to_b = direction is Direction.A_TO_B
+        source = (stream.a if a_to_b else stream.b).rtp_source
+        destination = ours[0] if a_to_b else ours[1]
+        missing: list[str] = []
+        for name, sink in self._sinks:
+            take = getattr(sink, "datagram", None)
+            if take is None:
+                missing.append(name)
+                continue
+            try:
+                take(
+                    stream_id,
+                    direction.value,
+                    datagram,
+                    now=now,
+                    source=source,
+                    destination=destination,
+                )
+            except Exception:
+                if name not in failed:
+                    failed.add(name)
+                    log.exception("media tap %s failed on a T.38 datagram", _shown(name, sink))
+        named = [
+            name
+            for name, sink in self._sinks
+            if name in missing and not getattr(sink, "covert", False)
+        ]
+        if named and not self._fax_logged:
+            self._fax_logged = True
+            log.info(
+                "call %s: its T.38 fax is not recorded by %s (they record audio only)",
+                self._call_id,
+                ", ".join(named),
+            )
 
 
 def copy_sip(

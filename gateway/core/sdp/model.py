@@ -410,6 +410,7 @@ OTHER_PROTOS = frozenset(
     {
         "UDP",  # RFC 8866 §5.14: "udp"
         "UDPTL",  # ITU-T T.38 fax
+        "UDP/TLS/UDPTL",  # RFC 7345: T.38 over DTLS (parsed, not relayed)
         "TCP",  # RFC 4145
         "TCP/TLS",  # RFC 4572
         "TCP/MSRP",  # RFC 4975

@@ -20,7 +20,9 @@ socket of its own per m= line to the SRS's address for it. RTCP is not forwarded
 arrive before the answer wait in the sink's bounded queue (a full queue drops and counts). When
 the call ends the sink sends BYE; an SRS that ends the session (its BYE) stops the copies and the
 call goes on. When the call is held or resumed, or its codecs change, the sink re-INVITEs the SRS
-with the streams' new state (held: ``a=inactive``, RFC 7866 §8.1.2). An SRS that refuses or does
+with the streams' new state (held: ``a=inactive``, RFC 7866 §8.1.2; a line that turned to T.38
+fax, which is passed through and never recorded: ``a=inactive`` too, its m= line still audio,
+until the call goes back to audio). An SRS that refuses or does
 not answer (Timer B: 32 s over UDP) is followed by the
 next of ``fallbacks``, in order; when none takes the call it goes on unrecorded, logged as a
 warning (recording is not mandatory here: the call is never ended for it).
@@ -91,6 +93,17 @@ def recorded_streams(media: Sequence[TappedMedia]) -> list[RecordedStream]:
         for direction in DIRECTIONS:
             streams.append(RecordedStream(stream.index, direction, str(len(streams) + 1), stream))
     return streams
+
+
+def _recorded_now(recorded: TappedMedia, now: TappedMedia | None) -> TappedMedia:
+    """What a recorded audio stream is now: the call's stream at its index, or, while that line
+    carries something else (T.38 fax after a re-INVITE, passed through, never recorded), the
+    audio as it was, inactive: the SRS is told no audio flows, and its m= line stays audio."""
+    if now is None:
+        return recorded
+    if now.media != "audio":
+        return attrs.evolve(recorded, direction="inactive")
+    return now
 
 
 def offer_sdp(
@@ -314,7 +327,7 @@ class SiprecSink:
             self._changed = trio.Event()
             latest = {media.index: media for media in self._media}
             current = [
-                attrs.evolve(stream, media=latest.get(stream.index, stream.media))
+                attrs.evolve(stream, media=_recorded_now(stream.media, latest.get(stream.index)))
                 for stream in streams
             ]
             self._sdp_version += 1

@@ -235,6 +235,7 @@ def run_sipp_uac(
     extra_args: Sequence[str] = (),
     local_ip: str = LOOPBACK,
     port: int | None = None,
+    files: Mapping[str, bytes] | None = None,
 ) -> SippResult:
     """Run a UAC scenario against ``target`` ("127.0.0.1:PORT") until it ends; never raises.
 
@@ -247,7 +248,9 @@ def run_sipp_uac(
     (-timeout with -timeout_error). ``local_ip`` is the loopback address sipp binds and puts in
     its messages and SDP (-i, -mi), e.g. 127.0.0.2 for a trunk recognised by source address;
     ``port`` its SIP port (-p, default a free one), e.g. a ``SippUas``'s port not yet started,
-    to REGISTER the Contact that UAS will answer on.
+    to REGISTER the Contact that UAS will answer on. ``files`` are written to the run
+    directory, sipp's working directory, by name (a pcap for ``play_pcap_image``, which sipp
+    reads when it loads the scenario).
     """
     path = _scenario_path(scenario)
     mode = _TRANSPORTS[transport]
@@ -258,6 +261,8 @@ def run_sipp_uac(
             call_duration_ms = int(_ulaw_seconds(rtp_file) * 1000) + 500
     if rtp_file is not None:
         shutil.copyfile(rtp_file, rundir / RTP_STREAM_FILE)
+    for name, data in (files or {}).items():
+        (rundir / name).write_bytes(data)
     if port is None:
         port = free_port_pair()
     media_port = free_port_block(4)

@@ -446,12 +446,13 @@ def test_srtp_stream_beside_a_plain_one_is_offered_with_port_0(session: MediaSes
     ]
 
 
-def test_t38_beside_audio_is_offered_with_port_0_and_alone_is_refused(
+def test_t38_over_tcp_beside_audio_is_offered_with_port_0_and_alone_is_refused(
     session: MediaSession, relay: MediaRelay
 ):
-    t38 = "m=image 20020 udptl t38\na=T38FaxVersion:0\n"
+    # T.38 over UDPTL is passed through (test_t38_session.py); over TCP it is not relayed.
+    t38 = "m=image 20020 TCP t38\na=T38FaxVersion:0\n"
     to_b = session.offer_to_b(offer(AUDIO, t38))
-    assert media_lines(to_b)[1] == "m=image 0 udptl t38"
+    assert media_lines(to_b)[1] == "m=image 0 TCP t38"
     assert len(session.streams) == 1
     session.abandon_offer()
     with pytest.raises(SdpError, match="no media stream the gateway can relay"):

@@ -14,7 +14,12 @@ Request-URI and To for the callee) gets, for as long as the call lives:
   that connects;
 - **X3** (xCC): one PDU per RTP packet of the call, decrypted (the gateway terminates every
   leg's SRTP, so SDES, DTLS-SRTP and ZRTP legs are delivered in clear; RTCP is not delivered),
-  payload format 8, early media included;
+  payload format 8, early media included; and one PDU per T.38 fax datagram (UDPTL, passed
+  through and never encrypted, :mod:`gateway.core.media.t38`) as the IP packet that carried it,
+  with its addresses and ports: payload format 5 (IPv4) or 6 (IPv6), which TS 103 221-2 §5.2.4
+  offers for content that has no format of its own (lawful-intercept.md "What a VoIP POI
+  sends": "Alternatively format 5/6 (whole IP packet)"); format 8 would tell the mediation
+  function it is RTP, which it is not;
 
 with one correlation ID for every PDU of the call, and the direction relative to the target (sent
 by it, or to it) on each. A target's REGISTERs (its address of record a target) and our answers
@@ -477,6 +482,45 @@ class InterceptSink:
                         at,
                         target,
                         rtp,
+                        link.version,
+                    )
+                )
+
+    def datagram(
+        self,
+        stream_id: str,
+        direction: str,
+        data: bytes,
+        *,
+        now: float,
+        source: Address | None,
+        destination: Address,
+    ) -> None:
+        """A T.38 fax datagram (UDPTL): X3 with payload format 5/6, the IP packet as it arrived
+        at the gateway (see the module docstring)."""
+        if self._closed.is_set() or source is None:
+            return
+        try:
+            payload_format, packet = pdu.udp_packet(source, destination, data)
+        except ValueError:
+            return  # not IP literals (an in-memory network): nothing to build a packet from
+        at = self._wall_clock()
+        for match, target in self._matches:
+            sent_by_target = (direction == "a_to_b") == (match.side == "a")
+            pdu_direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
+            xid = match.task.xid
+            for link in self._links_for(match, "X3"):
+                link.send(
+                    pdu.encode_copy(
+                        pdu.X3,
+                        payload_format,
+                        pdu_direction,
+                        xid.bytes,
+                        self._correlation,
+                        link.next_sequence(xid),
+                        at,
+                        target,
+                        packet,
                         link.version,
                     )
                 )
