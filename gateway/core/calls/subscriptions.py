@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -183,19 +183,24 @@ class Subscriptions:
         return True
 
     async def _guarded(
-        self, transaction: ServerTransaction, request: Request, work: object
+        self, transaction: ServerTransaction, request: Request, work: Awaitable[Response]
     ) -> None:
-        """Answer ``request`` with what ``work`` returns; a bug is a 500 (STYLE.md habit 6)."""
+        """Answer ``request`` with what ``work`` returns; a bug is a 500 (STYLE.md habit 6).
+        A new subscription's NOTIFYs to the phone wait until its 2xx is out (``answered``):
+        the phone could not place a NOTIFY that overtook it."""
         try:
-            response = await work  # type: ignore[misc]
+            response = await work
         except Exception:
             log.exception("internal error on %s %s", request.method, request.call_id)
             response = make_response(request, 500, "Server Internal Error")
-        assert isinstance(response, Response)
         if response.to.tag is None:  # RFC 3261 §8.2.6.2
             to = response.to.with_tag(self.gateway.ids.new_tag())
             response = response.with_headers(response.headers.set("To", str(to)))
         await self.endpoint.respond(transaction, response)
+        if request.method == "SUBSCRIBE" and request.to.tag is None:
+            answered = self._by_phone.get((request.call_id, response.to.tag or ""))
+            if answered is not None:
+                answered.answered.set()
 
     # -- a new subscription --------------------------------------------------------------------
 
@@ -366,7 +371,6 @@ class Subscriptions:
             ],
         )
         subscription.phone_dialog = Dialog.create_uas(request, response)
-        subscription.answered.set()
         self._timer_changed.set()
         log.info(
             "subscription of %s to message-summary on trunk %s: %d s",

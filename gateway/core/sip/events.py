@@ -77,17 +77,18 @@ class SubscriptionStateHeader:
     retry_after: int | None = None
 
 
-def _params(text: str) -> tuple[str, dict[str, str]]:
-    """``value;name=v;flag`` as the value and its parameters (names lower case)."""
+def _params(text: str, what: str) -> tuple[str, dict[str, str]]:
+    """``value;name=v;flag`` as the value and its parameters (names lower case); ``what``
+    names the header in the reason of a 400."""
     if len(text) > _MAX_HEADER:
-        raise RemoteSipError("header value too long", status=400)
+        raise RemoteSipError(f"Bad Request ({what} header too long)", status=400)
     first, *rest = text.split(";")
     params: dict[str, str] = {}
     for item in rest[:16]:
         name, _, value = item.partition("=")
         name = name.strip().lower()
         if not _TOKEN.fullmatch(name):
-            raise RemoteSipError("malformed header parameter", status=400)
+            raise RemoteSipError(f"Bad Request (malformed {what} parameter)", status=400)
         params[name] = value.strip().strip('"')
     return first.strip(), params
 
@@ -97,7 +98,7 @@ def parse_event_untrusted(value: str | None) -> EventHeader:
     (RFC 6665 §8.2.1: ``event-type = event-package *( "." event-template )``)."""
     if value is None:
         raise RemoteSipError("Bad Request (missing Event header)", status=400)
-    package, params = _params(value)
+    package, params = _params(value, "Event")
     if not _TOKEN.fullmatch(package):
         raise RemoteSipError("Bad Request (malformed Event header)", status=400)
     return EventHeader(package.lower(), params.get("id") or None)
@@ -108,7 +109,7 @@ def parse_subscription_state_untrusted(value: str | None) -> SubscriptionStateHe
     §4.1.3: a NOTIFY must carry one)."""
     if value is None:
         raise RemoteSipError("Bad Request (missing Subscription-State header)", status=400)
-    state, params = _params(value)
+    state, params = _params(value, "Subscription-State")
     if not _TOKEN.fullmatch(state):
         raise RemoteSipError("Bad Request (malformed Subscription-State header)", status=400)
     reason = params.get("reason")
