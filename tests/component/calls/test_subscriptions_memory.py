@@ -10,8 +10,10 @@ from typing import Any
 
 import trio
 
+from gateway.core.calls.subscriptions import MAX_PER_ACCOUNT
 from gateway.core.sip.dialog import Dialog
-from gateway.core.sip.message import Request, Response
+from gateway.core.sip.message import Request, Response, make_response
+from gateway.core.status import CallStatistics, StatusView
 from gateway.testing.sip_agent import Received, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
 
@@ -253,3 +255,94 @@ async def test_gateway_stop_unsubscribes_at_the_trunk(
     notify = (await env.alice.next_request("NOTIFY")).request
     assert notify.headers.get("Subscription-State") == "terminated;reason=timeout"
     assert subscriptions(env) == 0
+
+
+async def test_notify_before_the_2xx_and_a_challenging_trunk(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The trunk challenges our SUBSCRIBE (answered with its credentials), then NOTIFYs before
+    its 2xx (RFC 6665 §4.1.2.4): alice still gets her 2xx first, then the NOTIFY."""
+    env = await start(nursery, tmp_path, voipgw_seed, username="gw", password="vm-secret")
+    trunk = env.trunk
+    challenged: list[Request] = []
+
+    async def answer(received: Received) -> bool:
+        request = received.request
+        if request.headers.get("Authorization") is None:
+            challenged.append(request)
+            challenge = 'Digest realm="vm", nonce="n1", algorithm=MD5, qop="auth"'
+            await trunk.respond(received, 401, extra=[("WWW-Authenticate", challenge)])
+            return True
+        challenged.append(request)
+        response = make_response(request, 200, to_tag="vm-tag", extra=[("Expires", "600")])
+        dialog = Dialog.create_uas(request, response)
+        trunk.add_dialog(dialog)
+        notify = dialog.create_request(
+            "NOTIFY",
+            via=trunk.new_via(),
+            contact=trunk.contact,
+            extra=[("Event", "message-summary"), ("Subscription-State", "active")],
+            body=SUMMARY,
+            content_type=SUMMARY_TYPE,
+        )
+        notified = await trunk.send(notify, GW)
+        await trio.sleep(0.5)
+        await trunk.respond(received, 200, extra=[("Expires", "600")])
+        assert (await notified.final()).status == 200
+        return True
+
+    trunk.out_of_dialog = answer
+    # The response's To tag must be the one the NOTIFY's From carried.
+    trunk.ids = _FixedTag(trunk.ids, "vm-tag")  # type: ignore[assignment]
+    await subscribed(env, Voicemail.__new__(Voicemail))
+    first, retried = challenged
+    assert 'Digest username="gw"' in (retried.headers.get("Authorization") or "")
+    assert retried.cseq.number == first.cseq.number + 1 and retried.call_id == first.call_id
+    notify = (await env.alice.next_request("NOTIFY")).request
+    assert notify.body == SUMMARY
+    assert subscriptions(env) == 1
+
+
+class _FixedTag:
+    """An id source whose tags are always ``tag`` (the trunk's dialog tag, known in advance)."""
+
+    def __init__(self, ids: Any, tag: str) -> None:
+        self._ids, self._tag = ids, tag
+
+    def new_tag(self) -> str:
+        return self._tag
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ids, name)
+
+
+async def test_limits_and_a_rebooted_phone_replacing_its_subscription(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    alice = env.alice
+
+    async def subscribe_from(contact: str) -> Response:
+        request = subscribe_request(alice)
+        request = request.with_headers(request.headers.set("Contact", contact))
+        return (await alice.send_authenticated(request))[1]
+
+    assert (await subscribe_from("<sip:alice@127.0.0.3:5060>")).status == 200
+    # The same Contact again (the phone rebooted): the old one is unsubscribed and replaced.
+    assert (await subscribe_from("<sip:alice@127.0.0.3:5060>")).status == 200
+    await eventually(lambda: voicemail.subscribes[-1].headers.get("Expires") == "0")
+    assert subscriptions(env) == 1
+    for line in range(2, MAX_PER_ACCOUNT + 1):
+        assert (await subscribe_from(f"<sip:alice@127.0.0.3:5060;line={line}>")).status == 200
+    assert subscriptions(env) == MAX_PER_ACCOUNT
+    refused = await subscribe_from("<sip:alice@127.0.0.3:5060;line=99>")
+    assert refused.status == 403 and "limit" in refused.reason
+    assert subscriptions(env) == MAX_PER_ACCOUNT
+    # What monitoring sees.
+    assert env.gateway.subscriptions is not None
+    status = StatusView(env.gateway, CallStatistics()).sip()
+    assert status.subscriptions == MAX_PER_ACCOUNT and status.subscriptions_refused == 1
+    listed = env.gateway.subscriptions.listing()
+    assert {info.account for info in listed} == {"alice"}
+    assert all(info.state == "active" and 0 < info.expires_in <= 600 for info in listed)
