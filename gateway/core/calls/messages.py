@@ -15,8 +15,9 @@ one at a time on a ``[sip] failover_statuses`` failure. A non-INVITE cannot be c
 Size (RFC 3428 §7): the page-mode body is at most :data:`MAX_BODY`, and a request we would have
 to send over UDP must stay under the path limit the endpoint keeps (``UDP_SIZE_LIMIT``, RFC 3261
 §18.1.1): a contact registered over UDP (its flow is fixed, no TCP to switch to) or a UDP trunk
-when TCP is not enabled get no such request, the sender gets 513 Message Too Large. ``[sip]
-max_message_size`` is something else: the largest message the gateway reads at all.
+when TCP is not enabled get no such request; a sender whose request fits none of its targets
+gets 513 Message Too Large (:func:`best_answer`). ``[sip] max_message_size`` is something else:
+the largest message the gateway reads at all (65535 bytes by default), whatever the transport.
 
 An unsolicited NOTIFY (``Event: message-summary`` without a subscription, as Asterisk, FreeSWITCH
 and carrier voicemail send it) is accepted from a trunk only (``allowed_sources`` with
@@ -28,9 +29,10 @@ accepts. Anyone else gets 403, an unknown number 404, nothing is forwarded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -222,25 +224,24 @@ class Messages:
             return make_response(request, 500, "Server Internal Error (routing)")
         if decision.reject_status is not None:
             return make_response(request, decision.reject_status, decision.reject_reason)
-        try:
-            made = [self._message_to(request, caller, target) for target in decision.targets]
-        except TooLargeForUdp:
-            return make_response(request, 513, "Message Too Large (for UDP to the target)")
-        winner, finals = await self.first_success([a for a in made if a is not None])
+        made, finals = _usable(
+            functools.partial(self._message_to, request, caller), decision.targets, request
+        )
+        winner, answered = await self.first_success(made)
+        finals += answered
         failover = self.gateway.config.sip.failover_statuses
         alternates = list(decision.alternates)
-        while winner is None and alternates and finals and best_failure(finals)[0] in failover:
-            try:
-                attempt = self._message_to(request, caller, alternates.pop(0))
-            except TooLargeForUdp:
-                continue
-            if attempt is not None:
-                winner, more = await self.first_success([attempt])
-                finals += more
+        while winner is None and alternates and finals and best_answer(finals)[0] in failover:
+            made, refused = _usable(
+                functools.partial(self._message_to, request, caller), alternates[:1], request
+            )
+            del alternates[0]
+            winner, more = await self.first_success(made)
+            finals += refused + more
         if winner is not None:
             self.relayed += 1
             return make_response(request, winner.status, winner.reason)
-        status, reason = best_failure(finals)
+        status, reason = best_answer(finals)
         return make_response(request, status, reason)
 
     def _message_to(self, request: Request, caller: Caller, target: RouteTarget) -> Attempt | None:
@@ -326,15 +327,15 @@ class Messages:
         contacts = directory.contacts(account)
         if not contacts:
             return make_response(request, 480, "Temporarily Unavailable (no registered device)")
-        try:
-            attempts = [self._notify_to(request, account, target) for target in contacts]
-        except TooLargeForUdp:
-            return make_response(request, 513, "Message Too Large (for UDP to the phone)")
-        winner, finals = await self.first_success([a for a in attempts if a is not None])
+        made, finals = _usable(
+            functools.partial(self._notify_to, request, account), contacts, request
+        )
+        winner, answered = await self.first_success(made)
+        finals += answered
         if winner is not None:
             self.relayed += 1
             return make_response(request, 200)
-        status, reason = best_failure(finals)
+        status, reason = best_answer(finals)
         return make_response(request, status, reason)
 
     def _notified_account(self, request: Request, trunk: str) -> str | None:
@@ -413,6 +414,34 @@ class Messages:
             # After a 2xx was answered nobody waits for this one: the channel is closed.
             with contextlib.suppress(trio.BrokenResourceError, trio.WouldBlock):
                 results.send_nowait(final)
+
+
+def _usable(
+    make: Callable[[Any], Attempt | None], targets: Sequence[RouteTarget], request: Request
+) -> tuple[list[Attempt], list[Response]]:
+    """The attempts ``make`` makes for ``targets``, and a 513 for each target the request
+    would not fit over UDP (RFC 3428 §7; :func:`best_answer` picks among them). A target that
+    is not usable at all is left out."""
+    attempts: list[Attempt] = []
+    too_large: list[Response] = []
+    for target in targets:
+        try:
+            attempt = make(target)
+        except TooLargeForUdp:
+            too_large.append(make_response(request, 513, "Message Too Large (for UDP)"))
+            continue
+        if attempt is not None:
+            attempts.append(attempt)
+    return attempts, too_large
+
+
+def best_answer(finals: Sequence[Response]) -> tuple[int, str]:
+    """The failure to answer a sender whose request no target accepted: 513 when it fitted
+    none of them, else the best failure among those it was sent to (as for a call)."""
+    sent = [final for final in finals if final.status != 513]
+    if finals and not sent:
+        return 513, "Message Too Large (for UDP to the target)"
+    return best_failure(sent)
 
 
 def _path_routes(target: RouteTarget) -> list[tuple[str, str]]:
