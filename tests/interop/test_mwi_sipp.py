@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, ALICE, DID, TRUNK_IP
+from tests.interop.test_calls_sipp import ACCOUNTS, ALICE, DID, TRUNK_IP, inbound_trunk, register
 
 pytestmark = pytest.mark.interop
 
@@ -50,3 +50,28 @@ def test_a_phone_subscribes_to_its_mailbox_on_the_voicemail_trunk(tmp_path: Path
     assert "Messages-Waiting: yes" in first and "Voice-Message: 2/8 (0/2)" in first
     assert "Content-Type: application/simple-message-summary" in first
     assert "Subscription-State: terminated;reason=timeout" in last
+
+
+def test_a_carrier_message_and_unsolicited_notify_reach_the_registered_phone(
+    tmp_path: Path,
+) -> None:
+    alice = SippUas("calls/uas_message_or_notify.xml", workdir=tmp_path, calls=2)
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            run_sipp_uac(
+                "calls/uac_message_and_notify.xml",
+                gw.address,
+                workdir=tmp_path,
+                local_ip=TRUNK_IP,
+                caller="+15550100",
+                keys={"did": DID},
+            ).check()
+            received = alice.wait(timeout=10)
+    received.check()
+    (message,) = received.received("MESSAGE ")
+    assert message.startswith(f"MESSAGE sip:alice@127.0.0.1:{alice.port}"), message
+    assert "Hello from the carrier" in message and "Content-Type: text/plain" in message
+    assert "From: <sip:+15550100@127.0.0.1:" in message
+    (notify,) = received.received("NOTIFY ")
+    assert "Messages-Waiting: yes" in notify and "Event: message-summary" in notify
