@@ -174,6 +174,8 @@ class Subscriptions:
         key = (request.call_id, request.to.tag or "")
         found = self._by_phone.get(key)
         if found is not None:
+            # The phone's latest flow is the way back to it (a new connection, a NAT rebinding).
+            found.phone_flow = flow
             work = self._from_phone(found, request)
         elif (found := self._by_trunk.get(key)) is not None:
             work = self._from_trunk(found, request)
@@ -368,6 +370,8 @@ class Subscriptions:
             extra=[
                 ("Expires", str(granted)),
                 ("Contact", str(our_contact(self.endpoint, subscription.phone_flow.transport))),
+                # RFC 3261 §12.1.1: the phone's route set is the Record-Route we echo.
+                *[("Record-Route", rr) for rr in request.headers.get_all("Record-Route")],
             ],
         )
         subscription.phone_dialog = Dialog.create_uas(request, response)

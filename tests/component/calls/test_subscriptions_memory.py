@@ -346,3 +346,30 @@ async def test_limits_and_a_rebooted_phone_replacing_its_subscription(
     listed = env.gateway.subscriptions.listing()
     assert {info.account for info in listed} == {"alice"}
     assert all(info.state == "active" and 0 < info.expires_in <= 600 for info in listed)
+
+
+async def test_subscribe_and_notify_over_a_lossy_network(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Loss, duplication and reordering: the transactions' retransmissions carry it through,
+    each NOTIFY reaches the phone once (a duplicate is absorbed by its transaction)."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"voicemail": True},
+        alice_auto=None,
+        drop=0.15,
+        duplicate=0.15,
+        reorder=0.15,
+    )
+    voicemail = Voicemail(env.trunk)
+    await subscribed(env, voicemail)
+    for waiting in (b"Messages-Waiting: yes\r\n", b"Messages-Waiting: no\r\n"):
+        assert (await voicemail.notify(body=waiting)).status == 200
+        assert (await env.alice.next_request("NOTIFY")).request.body == waiting
+    assert [r.body for r in env.alice.requests("NOTIFY")] == [
+        b"Messages-Waiting: yes\r\n",
+        b"Messages-Waiting: no\r\n",
+    ]
+    assert subscriptions(env) == 1
