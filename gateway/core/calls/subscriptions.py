@@ -50,7 +50,13 @@ from gateway.core.calls.messages import (
     our_uri,
     send_and_wait,
 )
-from gateway.core.calls.routing import Destination, called_user, destination_for, trunk_uri
+from gateway.core.calls.routing import (
+    Destination,
+    UnroutableTarget,
+    called_user,
+    destination_for,
+    trunk_uri,
+)
 from gateway.core.interfaces import RouteTarget
 from gateway.core.sip.dialog import Dialog, DialogState, require_contact
 from gateway.core.sip.errors import LocalSipError, RemoteSipError
@@ -245,7 +251,7 @@ class Subscriptions:
         if self._per_account.get(account, 0) >= MAX_PER_ACCOUNT:
             self.refused += 1
             return make_response(request, 403, "Forbidden (account subscription limit)")
-        subscription = self._to_trunk(request, flow, account, trunk, mailbox, asked, event)
+        subscription = self._to_trunk(request, flow, account, trunk, mailbox, asked)
         if subscription is None:
             return make_response(request, 503, "Service Unavailable (voicemail unreachable)")
         return await self._subscribe_trunk(subscription, asked)
@@ -284,7 +290,6 @@ class Subscriptions:
         trunk: TrunkConfig,
         mailbox: str,
         expires: int,
-        event: object,
     ) -> Subscription | None:
         """Our SUBSCRIBE to the voicemail trunk for ``account``'s ``mailbox``, registered so
         that the trunk's NOTIFYs find it even before its 2xx."""
@@ -294,7 +299,7 @@ class Subscriptions:
         try:
             uri = parse_uri_untrusted(target)
             destination = destination_for(RouteTarget(target, trunk=trunk.name))
-        except Exception as exc:
+        except (RemoteSipError, UnroutableTarget) as exc:
             log.warning("voicemail trunk %s: cannot send to %s: %s", trunk.name, target, exc)
             return None
         presented = directory.account_number(trunk, account) or account
@@ -346,7 +351,9 @@ class Subscriptions:
             on_sent=sent,
         )
         now = trio.current_time()
-        if not final.is_success or subscription.state.ended:
+        # A 2xx after the subscription already ended (a fetch's terminated NOTIFY overtook
+        # it, §4.4.3) still goes to the phone: that NOTIFY waits for it to be relayed.
+        if not final.is_success:
             subscription.state.handle(Input.REFUSED, now=now)
             self._forget(subscription)
             subscription.answered.set()

@@ -373,3 +373,43 @@ async def test_subscribe_and_notify_over_a_lossy_network(
         b"Messages-Waiting: no\r\n",
     ]
     assert subscriptions(env) == 1
+
+
+async def test_a_fetch_whose_terminated_notify_overtakes_the_2xx(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Expires: 0 out of a dialog is a fetch (RFC 6665 §4.4.3): the trunk's one NOTIFY,
+    terminated, may come before its 2xx; the phone gets the 2xx, then the NOTIFY."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    trunk = env.trunk
+
+    async def answer(received: Received) -> bool:
+        request = received.request
+        response = make_response(request, 200, to_tag="vm-tag", extra=[("Expires", "0")])
+        dialog = Dialog.create_uas(request, response)
+        notify = dialog.create_request(
+            "NOTIFY",
+            via=trunk.new_via(),
+            contact=trunk.contact,
+            extra=[
+                ("Event", "message-summary"),
+                ("Subscription-State", "terminated;reason=timeout"),
+            ],
+            body=SUMMARY,
+            content_type=SUMMARY_TYPE,
+        )
+        notified = await trunk.send(notify, GW)
+        await trio.sleep(0.5)
+        await trunk.respond(received, 200, extra=[("Expires", "0")])
+        assert (await notified.final()).status == 200
+        return True
+
+    trunk.out_of_dialog = answer
+    trunk.ids = _FixedTag(trunk.ids, "vm-tag")  # type: ignore[assignment]
+    sent, final = await env.alice.send_authenticated(subscribe_request(env.alice, expires=0))
+    assert final.status == 200 and final.headers.get("Expires") == "0"
+    env.alice.add_dialog(Dialog.create_uac(sent, final))
+    notify = (await env.alice.next_request("NOTIFY")).request
+    assert notify.body == SUMMARY
+    assert notify.headers.get("Subscription-State") == "terminated;reason=timeout"
+    await eventually(lambda: subscriptions(env) == 0)
