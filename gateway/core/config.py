@@ -260,7 +260,9 @@ class TrunkConfig:
     Timer B) gives up an INVITE the trunk has not responded to at all, for the next trunk
     serving the number (gateway/core/calls/trunk_health.py). ``register`` keeps a
     registration with the trunk (``register_domain``, ``register_expires``, ``contact_user``;
-    gateway/core/calls/trunk_registration.py).
+    gateway/core/calls/trunk_registration.py). ``voicemail`` makes the trunk the voicemail
+    service of the accounts it has DIDs for: their message-summary subscriptions go to it
+    (gateway/core/calls/subscriptions.py); at most one trunk sets it.
     """
 
     name: str
@@ -299,6 +301,7 @@ class TrunkConfig:
     international_prefix: str | None = None
     national_prefix: str | None = None
     national_number_length: int | None = None
+    voicemail: bool = False
 
     @property
     def registered_contact_user(self) -> str:
@@ -362,6 +365,14 @@ class GatewayConfig:
         """The trunk called ``name`` (enabled or not), or None."""
         for trunk in self.trunks:
             if trunk.name == name:
+                return trunk
+        return None
+
+    @property
+    def voicemail_trunk(self) -> TrunkConfig | None:
+        """The trunk with ``voicemail = true`` (at most one), or None."""
+        for trunk in self.trunks:
+            if trunk.voicemail:
                 return trunk
         return None
 
@@ -644,6 +655,7 @@ def _structure_trunks(value: Any, file: str) -> tuple[TrunkConfig, ...]:
         raise ConfigError(file, "trunks", None, "expected an array of tables: [[trunks]]")
     trunks: list[TrunkConfig] = []
     seen: set[str] = set()
+    voicemail: str | None = None
     for index, table in enumerate(value):
         table_name = f"trunks[{index}]"
         if not isinstance(table, dict):
@@ -658,6 +670,15 @@ def _structure_trunks(value: Any, file: str) -> tuple[TrunkConfig, ...]:
                 file, table_name, "name", f"another trunk is already called {trunk.name!r}"
             )
         seen.add(trunk.name)
+        if trunk.voicemail:
+            if voicemail is not None:
+                raise ConfigError(
+                    file,
+                    table_name,
+                    "voicemail",
+                    f"trunk {voicemail!r} is the voicemail service already (at most one trunk)",
+                )
+            voicemail = trunk.name
         trunks.append(trunk)
     return tuple(trunks)
 

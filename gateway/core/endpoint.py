@@ -64,7 +64,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER")
+ALLOWED_METHODS = (
+    "INVITE",
+    "ACK",
+    "CANCEL",
+    "BYE",
+    "OPTIONS",
+    "REGISTER",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "MESSAGE",
+)
+# RFC 6665 §8.2.2: the one event package the gateway relays (calls/subscriptions.py).
+ALLOW_EVENTS = "message-summary"
 # RFC 3262 (100rel): a caller that requires reliable 1xx responses gets them; RFC 4028 (timer):
 # session timers on each leg (calls/call.py).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = ("100rel", "timer")
@@ -83,10 +95,10 @@ MAX_SERVER_TRANSACTIONS = 65_536
 CLIENT_RESPONSE_QUEUE = 32
 
 # Requests refused when they waited too long (gateway/core/sip/overload.py): those that start
-# new work, a call or a registration. Dialog requests (BYE, re-INVITE), ACK, CANCEL and OPTIONS
-# are always served: they end or keep up calls already accepted, or cost less to answer than to
-# refuse.
-SHED_METHODS = frozenset({"INVITE", "REGISTER"})
+# new work, a call, a registration, a subscription or a relayed message. Dialog requests (BYE,
+# re-INVITE), ACK, CANCEL and OPTIONS are always served: they end or keep up calls already
+# accepted, or cost less to answer than to refuse.
+SHED_METHODS = frozenset({"INVITE", "REGISTER", "SUBSCRIBE", "MESSAGE"})
 # Overload refusals are logged at most this often (s), with the count since the last line.
 OVERLOAD_LOG_INTERVAL = 1.0
 # New INVITEs to an emergency number that overload control lets through regardless, per second
@@ -113,6 +125,24 @@ class CallLayer(Protocol):
 
     def calls_emergency_number(self, invite: Request) -> bool:
         """Whether a new INVITE dials an emergency number (``[numbering] emergency_numbers``)."""
+
+
+class SubscriptionLayer(Protocol):
+    """The transaction user for message-summary subscriptions (calls/subscriptions.py)."""
+
+    def subscribe(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
+        """A SUBSCRIBE outside any dialog."""
+
+    def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
+        """A request with a To tag no call took; False when no subscription has it either."""
+
+
+class MessageLayer(Protocol):
+    """The transaction user for out-of-dialog MESSAGE and NOTIFY (calls/messages.py)."""
+
+    def message(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None: ...
+
+    def notify(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None: ...
 
 
 class ClientRequest:
@@ -234,6 +264,8 @@ class SipEndpoint:
         # their own tasks pull its deadline in so the new transaction's timers fire on time.
         self._wait: trio.CancelScope | None = None
         self.calls: CallLayer | None = None
+        self.subscriptions: SubscriptionLayer | None = None
+        self.messages: MessageLayer | None = None
         self.captures: tuple[SipCapture, ...] = tuple(
             capture for _, capture in gateway.plugins.sip_captures.items()
         ) + tuple(
@@ -496,8 +528,24 @@ class SipEndpoint:
                     calls.cancel(target, request)
                 return
             if request.to.tag is not None:
-                if not calls.in_dialog(txn, request, flow):
+                if not calls.in_dialog(txn, request, flow) and not (
+                    self.subscriptions is not None
+                    and self.subscriptions.in_dialog(txn, request, flow)
+                ):
                     await self.respond(txn, self._response(request, 481))
+                return
+            if request.method in ("SUBSCRIBE", "NOTIFY", "MESSAGE"):
+                refusal = self._precheck(request)
+                if refusal is not None:
+                    await self.respond(txn, refusal)
+                elif request.method == "SUBSCRIBE" and self.subscriptions is not None:
+                    self.subscriptions.subscribe(txn, request, flow)
+                elif request.method == "NOTIFY" and self.messages is not None:
+                    self.messages.notify(txn, request, flow)
+                elif request.method == "MESSAGE" and self.messages is not None:
+                    self.messages.message(txn, request, flow)
+                else:
+                    await self.respond(txn, self._response(request, 503))
                 return
             if request.method == "INVITE":
                 refusal = self._precheck(request)
@@ -602,9 +650,14 @@ class SipEndpoint:
 
     def new_via(self, flow: Flow) -> Via:
         """Our Via for a new request over ``flow``: listener address, fresh branch, rport."""
-        host, port = self.local_address(flow.transport)
+        return self.new_via_for(flow.transport)
+
+    def new_via_for(self, transport: str) -> Via:
+        """Our Via for a new request over ``transport``: listener address, fresh branch,
+        rport."""
+        host, port = self.local_address(transport)
         return make_via(
-            flow.transport.upper(),
+            transport.upper(),
             f"[{host}]" if ":" in host else host,
             port,
             branch=new_branch(lambda: self.gateway.ids.token_hex(10)),
@@ -685,6 +738,7 @@ class SipEndpoint:
     def _capabilities(self) -> list[tuple[str, str]]:
         return [
             ("Allow", ", ".join(ALLOWED_METHODS)),
+            ("Allow-Events", ALLOW_EVENTS),
             ("Accept", "application/sdp"),
             ("Supported", ", ".join(SUPPORTED_EXTENSIONS)),
             ("Server", self.gateway.config.sip.user_agent),

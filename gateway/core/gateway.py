@@ -20,7 +20,9 @@ import attrs
 import trio
 
 from gateway.core.calls.manager import CallManager
+from gateway.core.calls.messages import Messages
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_call
+from gateway.core.calls.subscriptions import Subscriptions
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.calls.trunk_registration import TrunkRegistration, registering
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec, did_warnings
@@ -116,6 +118,8 @@ class Gateway:
         self.nat_keepalive: NatKeepalive | None = None  # [sip] nat_keepalive_interval
         self.trunk_registrations: dict[str, TrunkRegistration] = {}  # [[trunks]] register
         self.calls: CallManager | None = None
+        self.subscriptions: Subscriptions | None = None  # message-summary, to the voicemail trunk
+        self.messages: Messages | None = None  # out-of-dialog MESSAGE, unsolicited NOTIFY
         # Only a gateway with a monitoring service counts calls for one (gateway/core/status.py).
         self.call_statistics = CallStatistics() if len(plugins.services) else None
         self.status: GatewayStatus | None = (
@@ -368,6 +372,11 @@ class Gateway:
         await self._start_plugin_tasks(nursery)
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls
+        self.subscriptions = Subscriptions(self, nursery)
+        self.endpoint.subscriptions = self.subscriptions
+        nursery.start_soon(self.subscriptions.run)
+        self.messages = Messages(self, nursery)
+        self.endpoint.messages = self.messages
         await nursery.start(self.endpoint.run, self._inbound_receive)
         prober = TrunkProber(
             self.config.trunks,
@@ -401,11 +410,15 @@ class Gateway:
         """What must happen while everything still runs, before the gateway is cancelled: the
         registrations with carriers are removed (their REGISTER with Expires: 0 answered,
         challenge included), so a carrier stops sending calls at once instead of when the
-        registration runs out. At most ``timeout`` seconds."""
+        registration runs out; message-summary subscriptions are unsubscribed at the voicemail
+        trunk (RFC 6665 §4.1.2.3), whose final NOTIFYs still reach the phones. At most
+        ``timeout`` seconds."""
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
                 for registration in self.trunk_registrations.values():
                     nursery.start_soon(registration.remove)
+                if self.subscriptions is not None:
+                    nursery.start_soon(self.subscriptions.stop)
 
     async def _start_plugin_tasks(self, nursery: trio.Nursery) -> None:
         """The tasks of capture agents, media taps (HEP's sender, interception's X1 server

@@ -109,7 +109,8 @@ def gateway_route_call(
 ) -> RouteDecision | None:
     """Decide where a new call goes: ``RouteDecision(targets=...)`` to ring targets in parallel,
     ``RouteDecision.reject(status, reason)`` to refuse it, or None to defer to the next plugin and
-    finally the core's routing (user by registration, trunk by number prefix)."""
+    finally the core's routing (user by registration, trunk by number prefix). An out-of-dialog
+    MESSAGE (``request.method``) is routed through this hook too, exactly as a call."""
 
 
 @hookspec(firstresult=True)

@@ -621,6 +621,11 @@ class SipCounts:
     # keep alive, and those removed for not answering, since the start.
     nat_keepalive_contacts: int | None = None
     nat_keepalive_removed: int = 0
+    # message-summary subscriptions relayed to the voicemail trunk now, those refused for a
+    # limit, and out-of-dialog MESSAGE/NOTIFY relayed (calls/subscriptions.py, messages.py).
+    subscriptions: int = 0
+    subscriptions_refused: int = 0
+    messages_relayed: int = 0
 
 
 class GatewayStatus(Protocol):

@@ -184,6 +184,9 @@ class StatusView:
                 else None
             ),
             nat_keepalive_removed=keepalive.removed if keepalive is not None else 0,
+            subscriptions=len(subs) if (subs := self._gateway.subscriptions) is not None else 0,
+            subscriptions_refused=subs.refused if subs is not None else 0,
+            messages_relayed=msgs.relayed if (msgs := self._gateway.messages) is not None else 0,
         )
 
     def trunks(self) -> tuple[TrunkCounts, ...]:

@@ -410,6 +410,9 @@ class SipAgent:
         self.in_dialog: Callable[[Received], Awaitable[bool]] | None = None
         self.out_of_dialog: Callable[[Received], Awaitable[bool]] | None = None
         self._by_dialog: dict[tuple[str, str], Call] = {}  # (Call-ID, our tag)
+        #: Dialogs other than calls' (subscriptions, RFC 6665), by (Call-ID, our tag): their
+        #: requests pass the CSeq check, then :attr:`in_dialog`, else get 200.
+        self.dialogs: dict[tuple[str, str], Dialog] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         self._exchanges: dict[Transaction, Exchange] = {}
         self._pending_2xx: dict[tuple[str, str, int], _Pending2xx] = {}
@@ -619,6 +622,27 @@ class SipAgent:
                 continue
             return response
 
+    def add_dialog(self, dialog: Dialog) -> None:
+        """Take the requests of ``dialog`` (a subscription's, made by the test)."""
+        self.dialogs[(dialog.call_id, dialog.local_tag)] = dialog
+
+    async def send_authenticated(
+        self, request: Request, destination: Address | None = None
+    ) -> tuple[Request, Response]:
+        """Send ``request`` outside a dialog and answer one 401/407 challenge with our
+        credentials (RFC 3261 §22.2: the same request with CSeq + 1 and a new branch);
+        returns the request as last sent and its final response."""
+        response = await (await self.send(request, destination)).final()
+        if response.status in (401, 407) and self.password is not None:
+            retry = request.with_headers(
+                request.headers.remove("Via").set(
+                    "CSeq", f"{request.cseq.number + 1} {request.method}"
+                )
+            )
+            request = self.authorize(retry, response)
+            response = await (await self.send(request, destination)).final()
+        return request, response
+
     def authorize(self, request: Request, challenge: Response) -> Request:
         """``request`` with digest credentials answering ``challenge`` (a 401 or 407), the
         gateway's own client side (:func:`gateway.core.auth.client.authorize`)."""
@@ -706,6 +730,17 @@ class SipAgent:
             return
         if request.to.tag is not None:
             call = self._by_dialog.get((request.call_id, request.to.tag))
+            other = self.dialogs.get((request.call_id, request.to.tag))
+            if (call is None or call.dialog is None) and other is not None:
+                try:
+                    other.receive_request(request)
+                except SipError as err:
+                    await self.respond(received, getattr(err, "status", None) or 500)
+                    return
+                if self.in_dialog is not None and await self.in_dialog(received):
+                    return
+                await self.respond(received, 200)
+                return
             if call is None or call.dialog is None:
                 await self.respond(received, 481)
                 return

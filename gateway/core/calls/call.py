@@ -93,7 +93,12 @@ import trio
 from gateway.core.auth.client import authorize
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.numbering import read_number
-from gateway.core.calls.routing import ContactTarget, UnroutableTarget, destination_for
+from gateway.core.calls.routing import (
+    ContactTarget,
+    UnroutableTarget,
+    account_number_on_trunk,
+    destination_for,
+)
 from gateway.core.calls.transfer import Transfer
 from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
 from gateway.core.media.errors import PortsExhausted
@@ -827,11 +832,8 @@ class Call:
         trunk = self._leg_trunk(leg)
         if trunk is None:
             return account
-        numbers = [number for number, owner in trunk.dids.items() if owner == account]
-        number = numbers[0] if numbers else trunk.caller_id
-        if number is None:
-            return account
-        return self._written_for_leg(leg, read_number(self.manager.plan_of(trunk), number))
+        number = account_number_on_trunk(trunk, account, self.manager.plan_of(trunk))
+        return account if number is None else number
 
     def _leg_trunk(self, leg: BLeg) -> TrunkConfig | None:
         trunk_name = leg.target.trunk if leg.target is not None else None

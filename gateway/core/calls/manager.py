@@ -117,7 +117,7 @@ class CallManager:
                 make_response(request, 503, "Service Unavailable (call limit reached)"),
             )
             return
-        caller = self._identify_caller(request, flow)
+        caller = self.identify_caller(request, flow)
         if isinstance(caller, Response):
             # A digest challenge (or a refusal) is not a call: answered from here, without a
             # call task. Every account's call starts with one (RFC 3261 §22.3), so at hundreds
@@ -161,7 +161,7 @@ class CallManager:
         """Entries in the maps that find a request's call: zero once every call has ended."""
         return len(self._by_dialog) + len(self._by_invite) + len(self._keys_of)
 
-    def _identify_caller(self, invite: Request, flow: Flow) -> Caller | Response:
+    def identify_caller(self, invite: Request, flow: Flow) -> Caller | Response:
         """Who calls: a trunk recognised by its source address, else an account by its digest
         credentials; else the 407 challenge (or 403) to answer the INVITE with."""
         devices = self.gateway.devices

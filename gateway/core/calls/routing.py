@@ -456,12 +456,13 @@ class GatewayDirectory:
             sent = config.add_prefix + number_text[config.strip_prefix :]
         if not sent or sent == "+":
             return None
-        spec = config.address_spec
-        host = f"[{spec.host}]" if ":" in spec.host else spec.host
-        # "#" is not allowed unescaped in a SIP user part (RFC 3261 §25.1 user-unreserved).
-        user = sent.replace("#", "%23")
-        uri = f"sip:{user}@{host}:{spec.port};transport={spec.transport}"
-        return RouteTarget(uri=uri, trunk=config.name)
+        return RouteTarget(uri=trunk_uri(config, sent), trunk=config.name)
+
+    def account_number(
+        self, trunk: TrunkConfig, account: str, *, caller_id: bool = True
+    ) -> str | None:
+        """How ``account`` is known on ``trunk`` (see :func:`account_number_on_trunk`)."""
+        return account_number_on_trunk(trunk, account, self.plan_of(trunk.name), caller_id)
 
     def did_account(self, trunk: str, number: str) -> str | None:
         """The account the trunk's ``dids`` map ``number`` to (compared as a dial string, so
@@ -476,6 +477,29 @@ class GatewayDirectory:
         if account is None:
             account = self._e164_dids[trunk].get(self.to_e164(number, trunk=trunk))
         return account
+
+
+def trunk_uri(trunk: TrunkConfig, user: str) -> str:
+    """``sip:USER@HOST:PORT;transport=T`` at ``trunk``'s address."""
+    spec = trunk.address_spec
+    host = f"[{spec.host}]" if ":" in spec.host else spec.host
+    # "#" is not allowed unescaped in a SIP user part (RFC 3261 §25.1 user-unreserved).
+    return f"sip:{user.replace('#', '%23')}@{host}:{spec.port};transport={spec.transport}"
+
+
+def account_number_on_trunk(
+    trunk: TrunkConfig, account: str, plan: NumberingPlan, caller_id: bool = True
+) -> str | None:
+    """How ``account`` is known on ``trunk``: the first of the trunk's ``dids`` that reaches
+    it (else, with ``caller_id``, the trunk's ``caller_id``), read as E.164 by the trunk's
+    numbering ``plan`` and written in its ``number_format``; None when there is neither. What
+    a call from the account to the trunk presents (From, P-Asserted-Identity), and the
+    mailbox a voicemail trunk knows it by."""
+    numbers = [number for number, owner in trunk.dids.items() if owner == account]
+    number = numbers[0] if numbers else (trunk.caller_id if caller_id else None)
+    if number is None:
+        return None
+    return plan.written_as(read_number(plan, number), trunk.number_format)
 
 
 # -- decisions ----------------------------------------------------------------------------------

@@ -103,6 +103,24 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
         "SIP messages dropped because the inbound queue was full.",
     )
     out.sample(sip.dropped_queue_full)
+    out.family(
+        "voipgw_subscriptions",
+        "gauge",
+        "message-summary subscriptions relayed to the voicemail trunk.",
+    )
+    out.sample(sip.subscriptions)
+    out.family(
+        "voipgw_subscriptions_refused_total",
+        "counter",
+        "New subscriptions refused for the per-account or total limit.",
+    )
+    out.sample(sip.subscriptions_refused)
+    out.family(
+        "voipgw_sip_messages_relayed_total",
+        "counter",
+        "Out-of-dialog MESSAGE and unsolicited NOTIFY requests a target accepted.",
+    )
+    out.sample(sip.messages_relayed)
     if sip.nat_keepalive_contacts is not None:
         out.family(
             "voipgw_nat_keepalive_contacts",

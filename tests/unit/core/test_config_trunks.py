@@ -194,6 +194,13 @@ T = '[[trunks]]\nname = "t"\naddress = "udp:127.0.0.1:5070"\n'
         (T + "enabled = 1\n", "trunks.t", "enabled", "true or false"),
         (T + "colour = 'red'\n", "trunks.t", "colour", "unknown key"),
         (T + T, "trunks.t", "name", "already called 't'"),
+        (T + "voicemail = 'yes'\n", "trunks.t", "voicemail", "true or false"),
+        (
+            T + "voicemail = true\n" + T.replace('"t"', '"u"') + "voicemail = true\n",
+            "trunks.u",
+            "voicemail",
+            "trunk 't' is the voicemail service already",
+        ),
     ],
 )
 def test_errors_name_file_table_and_key(
@@ -210,3 +217,11 @@ def test_unknown_table_message_lists_trunks(tmp_path: Path) -> None:
     err = load_error(tmp_path, "[trunk]\n")
     assert err.table == "trunk"
     assert "trunks" in str(err)
+
+
+def test_voicemail_trunk(tmp_path: Path) -> None:
+    text = T + T.replace('"t"', '"vm"') + "voicemail = true\n"
+    config = cfg.from_toml(write(tmp_path, text))
+    assert config.voicemail_trunk is not None and config.voicemail_trunk.name == "vm"
+    assert not config.trunks[0].voicemail
+    assert cfg.from_toml(write(tmp_path, T)).voicemail_trunk is None

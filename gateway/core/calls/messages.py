@@ -1,0 +1,451 @@
+"""Out-of-dialog MESSAGE (RFC 3428) and unsolicited message-summary NOTIFY, relayed B2BUA-style.
+
+Theory of operation. A MESSAGE is routed exactly like an INVITE: the caller is identified as for
+a call (a trunk by source address, else an account by its digest credentials: 407, RFC 3261
+§22.3), then the routing hook and :func:`~gateway.core.calls.routing.default_route` decide
+(accounts to accounts, accounts to trunks by number, trunks' DIDs to accounts; never trunk to
+trunk). Each target gets a new request of ours (new Call-ID and From tag, the caller presented
+as a call would present it, the body and Content-Type unchanged). An account's registered
+contacts get it in parallel, through the flow or Path of their registration, and the first 2xx
+goes back to the sender (RFC 3428 §7 allows 200 and 202); when none accepts, the best failure
+does (:func:`~gateway.core.calls.call.best_failure`), after the route's alternates were tried
+one at a time on a ``[sip] failover_statuses`` failure. A non-INVITE cannot be cancelled
+(RFC 3261 §9.1): the other contacts' answers are awaited and dropped.
+
+Size (RFC 3428 §7): the page-mode body is at most :data:`MAX_BODY`, and a request we would have
+to send over UDP must stay under the path limit the endpoint keeps (``UDP_SIZE_LIMIT``, RFC 3261
+§18.1.1): a contact registered over UDP (its flow is fixed, no TCP to switch to) or a UDP trunk
+when TCP is not enabled get no such request; a sender whose request fits none of its targets
+gets 513 Message Too Large (:func:`best_answer`). ``[sip] max_message_size`` is something else:
+the largest message the gateway reads at all (65535 bytes by default), whatever the transport.
+
+An unsolicited NOTIFY (``Event: message-summary`` without a subscription, as Asterisk, FreeSWITCH
+and carrier voicemail send it) is accepted from a trunk only (``allowed_sources`` with
+``auth_by_source``, as its INVITEs), for a number of the trunk's ``dids`` in the Request-URI or
+To; it goes to every registered contact of that account as a MESSAGE goes, 200 back when one
+accepts. Anyone else gets 403, an unknown number 404, nothing is forwarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from gateway.core.auth.client import authorize
+from gateway.core.calls.call import best_failure
+from gateway.core.calls.numbering import read_number
+from gateway.core.calls.routing import (
+    ContactTarget,
+    Destination,
+    RoutingError,
+    UnroutableTarget,
+    called_user,
+    destination_for,
+)
+from gateway.core.interfaces import Caller, RouteTarget
+from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.events import (
+    MESSAGE_SUMMARY,
+    parse_event_untrusted,
+    parse_subscription_state_untrusted,
+)
+from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.message import Headers, Request, Response, make_response
+from gateway.core.sip.serializer import serialize_message
+from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.sip.uri import SipUri
+from gateway.core.transport.flows import Flow
+
+if TYPE_CHECKING:
+    from gateway.core.config import TrunkConfig
+    from gateway.core.endpoint import SipEndpoint
+    from gateway.core.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 16_384
+"""The largest MESSAGE or NOTIFY body relayed (bytes); larger gets 513 (RFC 3428 §7: page mode
+is for short messages; a session, MSRP, carries the rest)."""
+MAX_NOTIFY_BODY = 4_096
+"""The largest message-summary body relayed (RFC 3842 §5: a few lines of counts)."""
+# What our Via adds to a request, counted when judging whether it fits a UDP datagram.
+_VIA_ALLOWANCE = 100
+ALLOW_EVENTS = MESSAGE_SUMMARY
+
+
+class TooLargeForUdp(Exception):
+    """The request would go over UDP and does not fit the path limit: 513."""
+
+
+def our_uri(endpoint: SipEndpoint, transport: str, user: str) -> SipUri:
+    """``sip:user@`` our listener address on ``transport``."""
+    host, port = endpoint.local_address(transport)
+    return SipUri("sip", f"[{host}]" if ":" in host else host, user=user, port=port)
+
+
+def our_contact(endpoint: SipEndpoint, transport: str) -> NameAddr:
+    uri = our_uri(endpoint, transport, "voipgw")
+    return NameAddr(uri.with_param("transport", transport) if transport != "udp" else uri)
+
+
+def check_udp_size(endpoint: SipEndpoint, request: Request, destination: Destination) -> None:
+    """Raise :class:`TooLargeForUdp` when ``request`` would be sent over UDP (a fixed UDP flow,
+    or a UDP destination with no TCP to switch to) above the endpoint's UDP size limit
+    (RFC 3261 §18.1.1, RFC 3428 §7)."""
+    from gateway.core.endpoint import UDP_SIZE_LIMIT
+
+    if destination.transport != "udp":
+        return
+    can_switch = destination.flow is None and "tcp" in endpoint.gateway.plugins.transports
+    if can_switch:
+        return
+    if len(serialize_message(request)) + _VIA_ALLOWANCE > UDP_SIZE_LIMIT:
+        raise TooLargeForUdp()
+
+
+async def send_and_wait(
+    endpoint: SipEndpoint,
+    request: Request,
+    destination: Destination,
+    *,
+    trunk: TrunkConfig | None,
+    cnonce: Callable[[], str],
+    next_cseq: Callable[[], int] | None = None,
+    on_sent: Callable[[Request], None] | None = None,
+) -> tuple[Request, Response]:
+    """Send ``request`` (no Via: the endpoint adds ours) to ``destination`` and wait for its
+    final response. A 401/407 is answered once with ``trunk``'s credentials (RFC 3261 §22.2) in
+    a new transaction with CSeq ``next_cseq()`` (default: one more). Returns the request as last
+    sent and its final response; one that cannot be sent ends in a 503 of ours, a timeout in a
+    408 (RFC 3261 §8.1.3.1)."""
+    answered_challenge = False
+    while True:
+        try:
+            client = await endpoint.send_request(
+                request,
+                transport=destination.transport,
+                address=destination.address,
+                flow=destination.flow,
+            )
+        except OSError as exc:
+            log.info("cannot send %s to %s: %s", request.method, request.uri, exc)
+            return request, make_response(request, 503, "Service Unavailable")
+        sent = client.request
+        if on_sent is not None:
+            on_sent(sent)
+        final: Response | None = None
+        async for response in client.responses:
+            if response.status >= 200:
+                final = response
+                break
+        if final is None:
+            return sent, make_response(request, 408, "Request Timeout")
+        usable = trunk is not None and trunk.username is not None and trunk.password is not None
+        if final.status not in (401, 407) or answered_challenge or not usable:
+            return sent, final
+        assert trunk is not None and trunk.username is not None and trunk.password is not None
+        answered_challenge = True
+        cseq = next_cseq() if next_cseq is not None else sent.cseq.number + 1
+        retry = sent.with_headers(sent.headers.remove("Via").set("CSeq", f"{cseq} {sent.method}"))
+        authorized = authorize(
+            retry, final, username=trunk.username, password=trunk.password, cnonce=cnonce()
+        )
+        if authorized is None:
+            log.info("trunk %s challenged our %s with nothing we answer", trunk.name, sent.method)
+            return sent, final
+        request = authorized
+
+
+@attrs.frozen
+class Attempt:
+    """One request to send to one target, with the trunk whose challenges it answers."""
+
+    request: Request
+    destination: Destination
+    trunk: TrunkConfig | None = None
+
+
+class Messages:
+    """The endpoint's transaction user for out-of-dialog MESSAGE and unsolicited NOTIFY."""
+
+    def __init__(self, gateway: Gateway, nursery: trio.Nursery) -> None:
+        self.gateway = gateway
+        self.endpoint = gateway.endpoint
+        self._nursery = nursery
+        self.relayed = 0
+        """MESSAGE and NOTIFY requests relayed to at least one target, since the start."""
+
+    # -- the endpoint's entry points -----------------------------------------------------------
+
+    def message(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
+        self._nursery.start_soon(self._answered, transaction, request, self._message(request, flow))
+
+    def notify(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
+        self._nursery.start_soon(self._answered, transaction, request, self._notify(request, flow))
+
+    async def _answered(
+        self, transaction: ServerTransaction, request: Request, work: Awaitable[Response]
+    ) -> None:
+        """Run ``work`` and answer with what it returns; a bug is a 500, never the gateway's
+        end (STYLE.md habit 6)."""
+        try:
+            response = await work
+        except Exception:
+            log.exception("internal error relaying %s %s", request.method, request.call_id)
+            response = make_response(request, 500, "Server Internal Error")
+        if response.to.tag is None:  # RFC 3261 §8.2.6.2: a final response carries our tag
+            to = response.to.with_tag(self.gateway.ids.new_tag())
+            response = response.with_headers(response.headers.set("To", str(to)))
+        await self.endpoint.respond(transaction, response)
+
+    # -- MESSAGE -------------------------------------------------------------------------------
+
+    async def _message(self, request: Request, flow: Flow) -> Response:
+        if len(request.body) > MAX_BODY:
+            return make_response(request, 513, f"Message Too Large (body over {MAX_BODY} bytes)")
+        if request.body and request.content_type is None:
+            return make_response(request, 400, "Bad Request (a body without Content-Type)")
+        calls = self.gateway.calls
+        assert calls is not None
+        caller = calls.identify_caller(request, flow)
+        if isinstance(caller, Response):
+            return caller
+        try:
+            decision = calls.route(request, caller)
+        except RoutingError as exc:
+            log.error("MESSAGE %s: %s", request.call_id, exc)
+            return make_response(request, 500, "Server Internal Error (routing)")
+        if decision.reject_status is not None:
+            return make_response(request, decision.reject_status, decision.reject_reason)
+        made, finals = _usable(
+            functools.partial(self._message_to, request, caller), decision.targets, request
+        )
+        winner, answered = await self.first_success(made)
+        finals += answered
+        failover = self.gateway.config.sip.failover_statuses
+        alternates = list(decision.alternates)
+        while winner is None and alternates and finals and best_answer(finals)[0] in failover:
+            made, refused = _usable(
+                functools.partial(self._message_to, request, caller), alternates[:1], request
+            )
+            del alternates[0]
+            winner, more = await self.first_success(made)
+            finals += refused + more
+        if winner is not None:
+            self.relayed += 1
+            return make_response(request, winner.status, winner.reason)
+        status, reason = best_answer(finals)
+        return make_response(request, status, reason)
+
+    def _message_to(self, request: Request, caller: Caller, target: RouteTarget) -> Attempt | None:
+        """Our MESSAGE to ``target``; None (logged) when the target is not usable."""
+        try:
+            uri = parse_uri_untrusted(target.uri)
+            destination = destination_for(target)
+        except (RemoteSipError, UnroutableTarget) as exc:
+            log.warning("MESSAGE %s: cannot send to %s: %s", request.call_id, target.uri, exc)
+            return None
+        config = self.gateway.config
+        trunk = config.trunk(target.trunk) if target.trunk is not None else None
+        from_uri = our_uri(
+            self.endpoint, destination.transport, self._presented(caller, request, trunk)
+        )
+        identity: list[tuple[str, str]] = []
+        if trunk is not None:
+            identity.append(("P-Asserted-Identity", str(NameAddr(from_uri))))  # RFC 3325 §9.1
+        display = request.from_.display_name
+        from_ = NameAddr(from_uri, display_name=display).with_tag(self.gateway.ids.new_tag())
+        if target.account is not None:
+            to = NameAddr(our_uri(self.endpoint, destination.transport, target.account))
+        elif isinstance(uri, SipUri):
+            to = NameAddr(attrs.evolve(uri, params=(), headers=()))
+        else:
+            to = NameAddr(uri)
+        fields = [
+            ("Max-Forwards", str(max((request.max_forwards or 70) - 1, 1))),
+            *_path_routes(target),
+            ("From", str(from_)),
+            ("To", str(to)),
+            ("Call-ID", self.gateway.ids.new_call_id()),
+            ("CSeq", "1 MESSAGE"),
+            *identity,
+            ("User-Agent", config.sip.user_agent),
+        ]
+        relayed = Request("MESSAGE", uri, Headers.of(fields))
+        if request.body or request.content_type:
+            relayed = relayed.with_body(request.body, request.content_type)
+        check_udp_size(self.endpoint, relayed, destination)
+        return Attempt(relayed, destination, trunk)
+
+    def _presented(self, caller: Caller, request: Request, trunk: TrunkConfig | None) -> str:
+        """Who sends, as our From's user part, as a call presents its caller: an account by
+        its name, towards a trunk by its number there; a trunk's sender by the number it sent,
+        read as E.164 by the trunk's plan (calls.call.Call._calling_user)."""
+        calls = self.gateway.calls
+        assert calls is not None and caller.name is not None
+        if caller.kind == "account":
+            if trunk is None or self.gateway.directory is None:
+                return caller.name
+            number = self.gateway.directory.account_number(trunk, caller.name)
+            return caller.name if number is None else number
+        user = request.from_.uri.user if isinstance(request.from_.uri, SipUri) else None
+        caller_trunk = self.gateway.config.trunk(caller.name)
+        if not user or caller_trunk is None:
+            return "anonymous"
+        return read_number(calls.plan_of(caller_trunk), user)
+
+    # -- unsolicited NOTIFY --------------------------------------------------------------------
+
+    async def _notify(self, request: Request, flow: Flow) -> Response:
+        try:
+            event = parse_event_untrusted(request.headers.get("Event"))
+            state = request.headers.get("Subscription-State")
+            if state is not None:
+                parse_subscription_state_untrusted(state)
+        except RemoteSipError as err:
+            return make_response(request, err.status or 400, err.reason)
+        if event.package != MESSAGE_SUMMARY:
+            return make_response(
+                request, 489, "Bad Event", to_tag=None, extra=[("Allow-Events", ALLOW_EVENTS)]
+            )
+        trunk_name = self.gateway.trunk_for_source(flow.remote[0])
+        directory = self.gateway.directory
+        if trunk_name is None or directory is None:
+            return make_response(request, 403, "Forbidden (NOTIFY without a subscription)")
+        if len(request.body) > MAX_NOTIFY_BODY:
+            return make_response(request, 513, "Message Too Large (message-summary body)")
+        account = self._notified_account(request, trunk_name)
+        if account is None:
+            return make_response(request, 404, "Not Found (no account for that number)")
+        contacts = directory.contacts(account)
+        if not contacts:
+            return make_response(request, 480, "Temporarily Unavailable (no registered device)")
+        made, finals = _usable(
+            functools.partial(self._notify_to, request, account), contacts, request
+        )
+        winner, answered = await self.first_success(made)
+        finals += answered
+        if winner is not None:
+            self.relayed += 1
+            return make_response(request, 200)
+        status, reason = best_answer(finals)
+        return make_response(request, status, reason)
+
+    def _notified_account(self, request: Request, trunk: str) -> str | None:
+        """The account whose DID the Request-URI (else To) names, among ``trunk``'s ``dids``
+        (compared as dial strings and as E.164, as calls from the trunk are)."""
+        directory = self.gateway.directory
+        assert directory is not None
+        for uri in (request.uri, request.to.uri):
+            user = called_user(uri) if uri is not None else None
+            account = directory.did_account(trunk, user) if user else None
+            if account is not None and directory.account_exists(account):
+                return account
+        return None
+
+    def _notify_to(self, request: Request, account: str, target: ContactTarget) -> Attempt | None:
+        try:
+            uri = parse_uri_untrusted(target.uri)
+            destination = destination_for(target)
+        except (RemoteSipError, UnroutableTarget) as exc:
+            log.warning("NOTIFY for %s: cannot send to %s: %s", account, target.uri, exc)
+            return None
+        aor = NameAddr(our_uri(self.endpoint, destination.transport, account))
+        fields = [
+            ("Max-Forwards", "70"),
+            *_path_routes(target),
+            ("From", str(aor.with_tag(self.gateway.ids.new_tag()))),
+            ("To", str(aor)),
+            ("Call-ID", self.gateway.ids.new_call_id()),
+            ("CSeq", "1 NOTIFY"),
+            ("Contact", str(our_contact(self.endpoint, destination.transport))),
+            ("Event", MESSAGE_SUMMARY),
+            *[("Subscription-State", v) for v in request.headers.get_all("Subscription-State")],
+            ("User-Agent", self.gateway.config.sip.user_agent),
+        ]
+        relayed = Request("NOTIFY", uri, Headers.of(fields))
+        if request.body:
+            relayed = relayed.with_body(request.body, request.content_type)
+        check_udp_size(self.endpoint, relayed, destination)
+        return Attempt(relayed, destination)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def first_success(
+        self, attempts: Sequence[Attempt]
+    ) -> tuple[Response | None, list[Response]]:
+        """Send every attempt at once; the first 2xx, else None and every final response.
+        Those still running when a 2xx came finish in the background (a non-INVITE is not
+        cancelled, RFC 3261 §9.1)."""
+        if not attempts:
+            return None, []
+        send, receive = trio.open_memory_channel[Response](len(attempts))
+        for attempt in attempts:
+            self._nursery.start_soon(self._one, attempt, send.clone())
+        send.close()
+        finals: list[Response] = []
+        async with receive:
+            async for final in receive:
+                if final.is_success:
+                    return final, finals
+                finals.append(final)
+        return None, finals
+
+    async def _one(self, attempt: Attempt, results: trio.MemorySendChannel[Response]) -> None:
+        async with results:
+            try:
+                _, final = await send_and_wait(
+                    self.endpoint,
+                    attempt.request,
+                    attempt.destination,
+                    trunk=attempt.trunk,
+                    cnonce=lambda: self.gateway.ids.token_hex(8),
+                )
+            except Exception:
+                log.exception("internal error sending %s", attempt.request.method)
+                final = make_response(attempt.request, 500, "Server Internal Error")
+            # After a 2xx was answered nobody waits for this one: the channel is closed.
+            with contextlib.suppress(trio.BrokenResourceError, trio.WouldBlock):
+                results.send_nowait(final)
+
+
+def _usable(
+    make: Callable[[Any], Attempt | None], targets: Sequence[RouteTarget], request: Request
+) -> tuple[list[Attempt], list[Response]]:
+    """The attempts ``make`` makes for ``targets``, and a 513 for each target the request
+    would not fit over UDP (RFC 3428 §7; :func:`best_answer` picks among them). A target that
+    is not usable at all is left out."""
+    attempts: list[Attempt] = []
+    too_large: list[Response] = []
+    for target in targets:
+        try:
+            attempt = make(target)
+        except TooLargeForUdp:
+            too_large.append(make_response(request, 513, "Message Too Large (for UDP)"))
+            continue
+        if attempt is not None:
+            attempts.append(attempt)
+    return attempts, too_large
+
+
+def best_answer(finals: Sequence[Response]) -> tuple[int, str]:
+    """The failure to answer a sender whose request no target accepted: 513 when it fitted
+    none of them, else the best failure among those it was sent to (as for a call)."""
+    sent = [final for final in finals if final.status != 513]
+    if finals and not sent:
+        return 513, "Message Too Large (for UDP to the target)"
+    return best_failure(sent)
+
+
+def _path_routes(target: RouteTarget) -> list[tuple[str, str]]:
+    """RFC 3327 §5.3: a contact registered with a Path is reached through it."""
+    if isinstance(target, ContactTarget):
+        return [("Route", hop) for hop in target.binding.path]
+    return []

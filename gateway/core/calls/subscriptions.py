@@ -1,0 +1,684 @@
+"""Message-waiting subscriptions (RFC 3842 ``message-summary``, RFC 6665) relayed to the
+voicemail trunk, B2BUA-style.
+
+Theory of operation. A registered phone subscribes to its own mailbox (``SUBSCRIBE`` with
+``Event: message-summary``, its address of record or any URI in our domains as the target). The
+gateway authenticates the account as for a call (407, RFC 3261 §22.3) and sends its own
+SUBSCRIBE to the trunk with ``voicemail = true``: new Call-ID and tags, the Request-URI and To
+user the account's number on that trunk (the first of the trunk's ``dids`` reaching the account,
+in the trunk's ``number_format``: how the trunk's calls reach the account, the other way
+round), the From as a call of the account to that trunk presents it, the trunk's digest
+challenges answered with its credentials. Expires is bounded (:mod:`gateway.core.sip.events`:
+423 below a minute, at most an hour). The trunk's final response goes back to the phone; with a
+2xx both dialogs exist (RFC 6665 §4.1.2.1, RFC 3261 §12.1):
+
+* the trunk's NOTIFYs (in its dialog, possibly before its 2xx, §4.1.2.4) go to the phone in
+  the phone's dialog, over the flow its SUBSCRIBE came on (the way through its NAT), with
+  Subscription-State and the ``application/simple-message-summary`` body as they came (at
+  most ``messages.MAX_NOTIFY_BODY`` bytes); the phone's answer goes back to the trunk;
+* the phone's refreshes and ``Expires: 0`` unsubscribes go to the trunk in the trunk's dialog,
+  the answer back to the phone (§4.1.2.2, §4.1.2.3);
+* the subscription ends (both sides forgotten) on ``Subscription-State: terminated`` (§4.1.3),
+  on expiry without a refresh (the phone then gets ``terminated;reason=timeout``, §4.2.2), on a
+  481 or a timeout of either dialog's requests (§4.1.2.2, §4.2.2), and when the gateway stops
+  (an unsubscribe to the trunk, whose final NOTIFY reaches the phone while the gateway still
+  runs).
+
+Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503 past it) and :data:`MAX_PER_ACCOUNT` per
+account (403 past it); a phone that subscribes again from the same Contact (it rebooted)
+replaces its old subscription. Other event packages get 489 with ``Allow-Events:
+message-summary``: the gateway is no presence server. The state of each subscription is the
+sans-IO table of :class:`gateway.core.sip.events.SubscriptionState`; this module is its trio
+adapter (sending, timers).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from gateway.core.calls.messages import (
+    ALLOW_EVENTS,
+    MAX_NOTIFY_BODY,
+    our_contact,
+    our_uri,
+    send_and_wait,
+)
+from gateway.core.calls.routing import (
+    Destination,
+    UnroutableTarget,
+    called_user,
+    destination_for,
+    trunk_uri,
+)
+from gateway.core.interfaces import RouteTarget
+from gateway.core.sip.dialog import Dialog, DialogState, require_contact
+from gateway.core.sip.errors import LocalSipError, RemoteSipError
+from gateway.core.sip.events import (
+    FINAL_NOTIFY_WAIT,
+    MESSAGE_SUMMARY,
+    Input,
+    IntervalTooBrief,
+    SubscriptionState,
+    bounded_expires,
+    parse_event_untrusted,
+    parse_expires_untrusted,
+    parse_subscription_state_untrusted,
+    terminated_value,
+)
+from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.message import Headers, Request, Response, make_response
+from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.sip.uri import SipUri, remove_param
+from gateway.core.transport.flows import Flow
+
+if TYPE_CHECKING:
+    from gateway.core.config import TrunkConfig
+    from gateway.core.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+MAX_SUBSCRIPTIONS = 10_000
+"""Relayed subscriptions at once; a new one past it gets 503."""
+MAX_PER_ACCOUNT = 8
+"""Relayed subscriptions of one account at once (a phone or two, a line each); past it 403."""
+ACCEPT = "application/simple-message-summary"  # RFC 3842 §4.1
+
+DialogKey = tuple[str, str]  # (Call-ID, our tag)
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """One relayed subscription: the phone's dialog (we are its notifier) and the trunk's
+    (we are its subscriber)."""
+
+    account: str
+    trunk: TrunkConfig
+    state: SubscriptionState
+    event: str
+    """The phone's Event value, which our NOTIFYs to it repeat (RFC 6665 §8.2.1, id included)."""
+    phone_subscribe: Request
+    phone_flow: Flow
+    phone_tag: str
+    trunk_request: Request
+    trunk_destination: Destination
+    phone_dialog: Dialog | None = None
+    trunk_dialog: Dialog | None = None
+    answered: trio.Event = attrs.field(factory=trio.Event)
+    """Set once the phone has its final response (its dialog exists when that was a 2xx)."""
+    since: float = attrs.field(factory=time.time)
+
+    @property
+    def phone_key(self) -> DialogKey:
+        return (self.phone_subscribe.call_id, self.phone_tag)
+
+    @property
+    def trunk_key(self) -> DialogKey:
+        tag = self.trunk_request.from_.tag
+        assert tag is not None
+        return (self.trunk_request.call_id, tag)
+
+    @property
+    def contact(self) -> str:
+        contacts = self.phone_subscribe.contacts
+        return str(contacts[0].uri) if contacts else ""
+
+
+@attrs.frozen
+class SubscriptionInfo:
+    """One subscription as ``status``/metrics show it."""
+
+    account: str
+    trunk: str
+    state: str
+    contact: str
+    expires_in: float
+
+
+class Subscriptions:
+    """The endpoint's transaction user for SUBSCRIBE and in-dialog NOTIFY of subscriptions."""
+
+    def __init__(self, gateway: Gateway, nursery: trio.Nursery) -> None:
+        self.gateway = gateway
+        self.endpoint = gateway.endpoint
+        self._nursery = nursery
+        self._by_phone: dict[DialogKey, Subscription] = {}
+        self._by_trunk: dict[DialogKey, Subscription] = {}
+        self._per_account: dict[str, int] = {}
+        self._timer_changed = trio.Event()
+        self.refused = 0
+        """New subscriptions refused for a limit, since the start."""
+
+    def __len__(self) -> int:
+        return len(self._by_trunk)
+
+    def listing(self) -> list[SubscriptionInfo]:
+        """Every subscription, for an operator."""
+        now = trio.current_time()
+        return [
+            SubscriptionInfo(
+                s.account, s.trunk.name, s.state.state.value, s.contact, s.state.expires_at - now
+            )
+            for s in self._by_trunk.values()
+        ]
+
+    # -- the endpoint's entry points -----------------------------------------------------------
+
+    def subscribe(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
+        """A SUBSCRIBE outside any dialog."""
+        self._nursery.start_soon(self._guarded, transaction, request, self._new(request, flow))
+
+    def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
+        """A request with a To tag; False when it is in none of our subscriptions."""
+        key = (request.call_id, request.to.tag or "")
+        found = self._by_phone.get(key)
+        if found is not None:
+            # The phone's latest flow is the way back to it (a new connection, a NAT rebinding).
+            found.phone_flow = flow
+            work = self._from_phone(found, request)
+        elif (found := self._by_trunk.get(key)) is not None:
+            work = self._from_trunk(found, request)
+        else:
+            return False
+        self._nursery.start_soon(self._guarded, transaction, request, work)
+        return True
+
+    async def _guarded(
+        self, transaction: ServerTransaction, request: Request, work: Awaitable[Response]
+    ) -> None:
+        """Answer ``request`` with what ``work`` returns; a bug is a 500 (STYLE.md habit 6).
+        A new subscription's NOTIFYs to the phone wait until its 2xx is out (``answered``):
+        the phone could not place a NOTIFY that overtook it."""
+        try:
+            response = await work
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.call_id)
+            response = make_response(request, 500, "Server Internal Error")
+        if response.to.tag is None:  # RFC 3261 §8.2.6.2
+            to = response.to.with_tag(self.gateway.ids.new_tag())
+            response = response.with_headers(response.headers.set("To", str(to)))
+        await self.endpoint.respond(transaction, response)
+        if request.method == "SUBSCRIBE" and request.to.tag is None:
+            answered = self._by_phone.get((request.call_id, response.to.tag or ""))
+            if answered is not None:
+                answered.answered.set()
+
+    # -- a new subscription --------------------------------------------------------------------
+
+    async def _new(self, request: Request, flow: Flow) -> Response:
+        try:
+            event = parse_event_untrusted(request.headers.get("Event"))
+            expires = parse_expires_untrusted(request.headers.get("Expires"))
+            require_contact(request)
+        except RemoteSipError as err:
+            return make_response(request, err.status or 400, err.reason)
+        if event.package != MESSAGE_SUMMARY:
+            # RFC 6665 §4.2.1.1, §8.2.2: what we accept goes in Allow-Events.
+            return make_response(request, 489, extra=[("Allow-Events", ALLOW_EVENTS)])
+        asked = bounded_expires(expires)
+        if isinstance(asked, IntervalTooBrief):
+            return make_response(request, 423, extra=[("Min-Expires", str(asked.min_expires))])
+        calls, directory = self.gateway.calls, self.gateway.directory
+        assert calls is not None and directory is not None
+        caller = calls.identify_caller(request, flow)
+        if isinstance(caller, Response):
+            return caller
+        if caller.kind != "account" or caller.name is None:
+            return make_response(request, 403, "Forbidden (subscriptions are for accounts)")
+        account = caller.name
+        trunk = self.gateway.config.voicemail_trunk
+        if not self._own_mailbox(request, account, trunk):
+            return make_response(request, 403, "Forbidden (only the account's own mailbox)")
+        if trunk is None or not trunk.enabled:
+            return make_response(request, 404, "Not Found (no voicemail service configured)")
+        mailbox = directory.account_number(trunk, account, caller_id=False)
+        if mailbox is None:
+            return make_response(
+                request, 404, f"Not Found (no mailbox number on trunk {trunk.name})"
+            )
+        self._replace_same_contact(account, request)
+        if len(self._by_trunk) >= MAX_SUBSCRIPTIONS:
+            self.refused += 1
+            log.warning("subscription limit (%d) reached: refusing %s", MAX_SUBSCRIPTIONS, account)
+            return make_response(request, 503, "Service Unavailable (subscription limit)")
+        if self._per_account.get(account, 0) >= MAX_PER_ACCOUNT:
+            self.refused += 1
+            return make_response(request, 403, "Forbidden (account subscription limit)")
+        subscription = self._to_trunk(request, flow, account, trunk, mailbox, asked)
+        if subscription is None:
+            return make_response(request, 503, "Service Unavailable (voicemail unreachable)")
+        return await self._subscribe_trunk(subscription, asked)
+
+    def _own_mailbox(self, request: Request, account: str, trunk: TrunkConfig | None) -> bool:
+        """Whether the SUBSCRIBE's target is in our domains and names the account (its
+        name, or a number of the voicemail trunk's reaching it) or nobody in particular."""
+        uri, directory = request.uri, self.gateway.directory
+        assert directory is not None
+        if not isinstance(uri, SipUri):
+            return False
+        host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
+        if not directory.is_local_domain(host):
+            return False
+        user = called_user(uri)
+        if user is None or user == account:
+            return True
+        return trunk is not None and directory.did_account(trunk.name, user) == account
+
+    def _replace_same_contact(self, account: str, request: Request) -> None:
+        """A phone subscribing again from the Contact of a subscription it still has (it
+        rebooted and forgot the old one): the old one ends, unsubscribed at the trunk."""
+        contacts = request.contacts
+        contact = str(contacts[0].uri) if contacts else None
+        for old in list(self._by_trunk.values()):
+            if old.account == account and old.contact == contact:
+                log.info("subscription of %s from %s replaced by a new one", account, contact)
+                self._end(old, "replaced")
+                self._nursery.start_soon(self._unsubscribe_trunk, old)
+
+    def _to_trunk(
+        self,
+        request: Request,
+        flow: Flow,
+        account: str,
+        trunk: TrunkConfig,
+        mailbox: str,
+        expires: int,
+    ) -> Subscription | None:
+        """Our SUBSCRIBE to the voicemail trunk for ``account``'s ``mailbox``, registered so
+        that the trunk's NOTIFYs find it even before its 2xx."""
+        directory, ids = self.gateway.directory, self.gateway.ids
+        assert directory is not None
+        target = trunk_uri(trunk, mailbox)
+        try:
+            uri = parse_uri_untrusted(target)
+            destination = destination_for(RouteTarget(target, trunk=trunk.name))
+        except (RemoteSipError, UnroutableTarget) as exc:
+            log.warning("voicemail trunk %s: cannot send to %s: %s", trunk.name, target, exc)
+            return None
+        presented = directory.account_number(trunk, account) or account
+        from_ = NameAddr(our_uri(self.endpoint, destination.transport, presented))
+        assert isinstance(uri, SipUri)
+        to = NameAddr(attrs.evolve(uri, params=remove_param(uri.params, "transport")))
+        fields = [
+            ("Max-Forwards", str(max((request.max_forwards or 70) - 1, 1))),
+            ("From", str(from_.with_tag(ids.new_tag()))),
+            ("To", str(to)),
+            ("Call-ID", ids.new_call_id()),
+            ("CSeq", "1 SUBSCRIBE"),
+            ("Contact", str(our_contact(self.endpoint, destination.transport))),
+            ("Event", MESSAGE_SUMMARY),
+            ("Expires", str(expires)),
+            ("Accept", request.headers.get("Accept") or ACCEPT),
+            ("User-Agent", self.gateway.config.sip.user_agent),
+        ]
+        sent = Request("SUBSCRIBE", uri, Headers.of(fields))
+        subscription = Subscription(
+            account=account,
+            trunk=trunk,
+            state=SubscriptionState.started(now=trio.current_time()),
+            event=request.headers.get("Event") or MESSAGE_SUMMARY,
+            phone_subscribe=request,
+            phone_flow=flow,
+            phone_tag=ids.new_tag(),
+            trunk_request=sent,
+            trunk_destination=destination,
+        )
+        self._by_trunk[subscription.trunk_key] = subscription
+        self._by_phone[subscription.phone_key] = subscription
+        self._per_account[account] = self._per_account.get(account, 0) + 1
+        self._timer_changed.set()
+        return subscription
+
+    async def _subscribe_trunk(self, subscription: Subscription, expires: int) -> Response:
+        request = subscription.phone_subscribe
+
+        def sent(request: Request) -> None:
+            subscription.trunk_request = request
+
+        _, final = await send_and_wait(
+            self.endpoint,
+            subscription.trunk_request,
+            subscription.trunk_destination,
+            trunk=subscription.trunk,
+            cnonce=lambda: self.gateway.ids.token_hex(8),
+            on_sent=sent,
+        )
+        now = trio.current_time()
+        # A 2xx after the subscription already ended (a fetch's terminated NOTIFY overtook
+        # it, §4.4.3) still goes to the phone: that NOTIFY waits for it to be relayed.
+        if not final.is_success:
+            subscription.state.handle(Input.REFUSED, now=now)
+            self._forget(subscription)
+            subscription.answered.set()
+            log.info(
+                "subscription of %s refused by trunk %s: %d %s",
+                subscription.account,
+                subscription.trunk.name,
+                final.status,
+                final.reason,
+            )
+            return self._relayed_failure(request, final, subscription.phone_tag)
+        granted = _expires_of(final, expires)
+        subscription.state.handle(Input.ACCEPTED, now=now, expires=granted)
+        if subscription.trunk_dialog is None:
+            subscription.trunk_dialog = Dialog.create_uac(subscription.trunk_request, final)
+        response = make_response(
+            request,
+            final.status,
+            final.reason,
+            to_tag=subscription.phone_tag,
+            extra=[
+                ("Expires", str(granted)),
+                ("Contact", str(our_contact(self.endpoint, subscription.phone_flow.transport))),
+                # RFC 3261 §12.1.1: the phone's route set is the Record-Route we echo.
+                *[("Record-Route", rr) for rr in request.headers.get_all("Record-Route")],
+            ],
+        )
+        subscription.phone_dialog = Dialog.create_uas(request, response)
+        self._timer_changed.set()
+        log.info(
+            "subscription of %s to message-summary on trunk %s: %d s",
+            subscription.account,
+            subscription.trunk.name,
+            granted,
+        )
+        return response
+
+    def _relayed_failure(self, request: Request, final: Response, tag: str) -> Response:
+        """The phone's answer for the trunk's failure: the same status and reason (a
+        challenge is ours to answer: 503), with Min-Expires or Allow-Events where they say
+        what to do next (RFC 6665 §4.1.2.1)."""
+        if final.status in (401, 407):
+            return make_response(
+                request, 503, "Service Unavailable (trunk asked us to authenticate)", to_tag=tag
+            )
+        kept = [
+            (name, value)
+            for name in ("Min-Expires", "Allow-Events", "Retry-After")
+            for value in final.headers.get_all(name)
+        ]
+        return make_response(request, final.status, final.reason, to_tag=tag, extra=kept)
+
+    # -- the phone's requests in its dialog ----------------------------------------------------
+
+    async def _from_phone(self, subscription: Subscription, request: Request) -> Response:
+        if request.method != "SUBSCRIBE":
+            return make_response(request, 405, extra=[("Allow", "SUBSCRIBE, NOTIFY")])
+        phone, trunk = subscription.phone_dialog, subscription.trunk_dialog
+        if phone is None or trunk is None or subscription.state.ended:
+            return make_response(request, 481)
+        try:
+            phone.receive_request(request)
+            event = parse_event_untrusted(request.headers.get("Event"))
+            expires = parse_expires_untrusted(request.headers.get("Expires"))
+        except RemoteSipError as err:
+            return make_response(request, err.status or 400, err.reason)
+        except LocalSipError:
+            return make_response(request, 481)
+        if event.package != MESSAGE_SUMMARY:
+            return make_response(request, 489, extra=[("Allow-Events", ALLOW_EVENTS)])
+        asked = bounded_expires(expires)
+        if isinstance(asked, IntervalTooBrief):
+            return make_response(request, 423, extra=[("Min-Expires", str(asked.min_expires))])
+        final = await self._in_trunk_dialog(
+            subscription,
+            "SUBSCRIBE",
+            [("Event", MESSAGE_SUMMARY), ("Expires", str(asked)), ("Accept", ACCEPT)],
+        )
+        now = trio.current_time()
+        if final.is_success:
+            granted = _expires_of(final, asked)
+            if granted == 0:
+                subscription.state.handle(Input.UNSUBSCRIBED, now=now)
+            else:
+                subscription.state.handle(Input.ACCEPTED, now=now, expires=granted)
+            self._timer_changed.set()
+            return make_response(
+                request, final.status, final.reason, extra=[("Expires", str(granted))]
+            )
+        if final.status in (408, 481):
+            self._end(subscription, f"trunk answered {final.status} to a refresh")
+        else:
+            subscription.state.handle(Input.REFRESH_REFUSED, now=now)
+        return self._relayed_failure(request, final, subscription.phone_tag)
+
+    async def _in_trunk_dialog(
+        self,
+        subscription: Subscription,
+        method: str,
+        extra: Sequence[tuple[str, str]],
+    ) -> Response:
+        dialog = subscription.trunk_dialog
+        assert dialog is not None
+        destination = subscription.trunk_destination
+        request = dialog.create_request(
+            method,
+            via=self.endpoint.new_via_for(destination.transport),
+            contact=our_contact(self.endpoint, destination.transport),
+            extra=extra,
+        )
+        _, final = await send_and_wait(
+            self.endpoint,
+            request.with_headers(request.headers.remove("Via")),
+            destination,
+            trunk=subscription.trunk,
+            cnonce=lambda: self.gateway.ids.token_hex(8),
+            next_cseq=dialog.take_cseq,
+        )
+        if final.from_.tag == dialog.local_tag and final.to.tag == dialog.remote_tag:
+            dialog.receive_response(final)
+        return final
+
+    # -- the trunk's requests in its dialog ----------------------------------------------------
+
+    async def _from_trunk(self, subscription: Subscription, request: Request) -> Response:
+        if request.method != "NOTIFY":
+            return make_response(request, 405, extra=[("Allow", "NOTIFY")])
+        try:
+            event = parse_event_untrusted(request.headers.get("Event"))
+            state = parse_subscription_state_untrusted(request.headers.get("Subscription-State"))
+            self._trunk_dialog_for(subscription, request).receive_request(request)
+        except RemoteSipError as err:
+            return make_response(request, err.status or 400, err.reason)
+        except LocalSipError:
+            return make_response(request, 481)  # a second fork's NOTIFY: not our dialog
+        if event.package != MESSAGE_SUMMARY:
+            return make_response(request, 489, extra=[("Allow-Events", ALLOW_EVENTS)])
+        if len(request.body) > MAX_NOTIFY_BODY:
+            return make_response(request, 513, "Message Too Large (message-summary body)")
+        now = trio.current_time()
+        terminated = state.state == "terminated"
+        if terminated:
+            subscription.state.handle(Input.NOTIFY_TERMINATED, now=now)
+        else:
+            subscription.state.handle(Input.NOTIFY_ACTIVE, now=now, expires=state.expires)
+        self._timer_changed.set()
+        with trio.move_on_after(FINAL_NOTIFY_WAIT):
+            await subscription.answered.wait()
+        phone = subscription.phone_dialog
+        if phone is None or phone.state is DialogState.TERMINATED:
+            if terminated or subscription.state.ended:
+                self._forget(subscription)
+            return make_response(request, 481)
+        final = await self._notify_phone(
+            subscription,
+            request.headers.get("Subscription-State") or "active",
+            request.body,
+            request.content_type,
+        )
+        if terminated or subscription.state.ended:
+            self._forget(subscription)
+            log.info(
+                "subscription of %s ended: the trunk sent %s",
+                subscription.account,
+                request.headers.get("Subscription-State"),
+            )
+        elif final.status in (408, 481):
+            # RFC 6665 §4.2.2: a NOTIFY that fails so ends the subscription; the trunk, told
+            # the same status, removes its side.
+            self._end(subscription, f"the phone answered NOTIFY with {final.status}")
+        return make_response(request, final.status, final.reason)
+
+    def _trunk_dialog_for(self, subscription: Subscription, notify: Request) -> Dialog:
+        """The trunk's dialog; a NOTIFY before the 2xx creates it (RFC 6665 §4.1.2.4): the
+        NOTIFY's From tag, Contact and Record-Route (in order: we are its UAS)."""
+        if subscription.trunk_dialog is not None:
+            return subscription.trunk_dialog
+        sent = subscription.trunk_request
+        our_tag = sent.from_.tag
+        assert our_tag is not None
+        dialog = Dialog(
+            call_id=sent.call_id,
+            local_tag=our_tag,
+            remote_tag=notify.from_.tag,
+            local_uri=sent.from_.with_params(remove_param(sent.from_.params, "tag")),
+            remote_uri=sent.to,
+            remote_target=require_contact(notify),
+            route_set=notify.record_routes,
+            local_seq=sent.cseq.number,
+            remote_seq=None,
+            secure=False,
+            state=DialogState.CONFIRMED,
+        )
+        subscription.trunk_dialog = dialog
+        return dialog
+
+    async def _notify_phone(
+        self,
+        subscription: Subscription,
+        state: str,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> Response:
+        """A NOTIFY to the phone in its dialog, over the flow its SUBSCRIBE came on."""
+        dialog = subscription.phone_dialog
+        assert dialog is not None
+        flow = subscription.phone_flow
+        request = dialog.create_request(
+            "NOTIFY",
+            via=self.endpoint.new_via_for(flow.transport),
+            contact=our_contact(self.endpoint, flow.transport),
+            extra=[("Event", subscription.event), ("Subscription-State", state)],
+            body=body,
+            content_type=content_type if body else None,
+        )
+        _, final = await send_and_wait(
+            self.endpoint,
+            request.with_headers(request.headers.remove("Via")),
+            Destination(flow.transport, flow.remote[0], flow.remote[1], flow),
+            trunk=None,
+            cnonce=lambda: self.gateway.ids.token_hex(8),
+            next_cseq=dialog.take_cseq,
+        )
+        if final.status in (408, 481):
+            dialog.terminate()
+        return final
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def _end(self, subscription: Subscription, why: str) -> None:
+        subscription.state.handle(Input.DIALOG_GONE, now=trio.current_time())
+        self._forget(subscription)
+        log.info("subscription of %s ended: %s", subscription.account, why)
+
+    def _forget(self, subscription: Subscription) -> None:
+        if self._by_trunk.get(subscription.trunk_key) is subscription:
+            del self._by_trunk[subscription.trunk_key]
+            left = self._per_account.get(subscription.account, 1) - 1
+            if left > 0:
+                self._per_account[subscription.account] = left
+            else:
+                self._per_account.pop(subscription.account, None)
+        if self._by_phone.get(subscription.phone_key) is subscription:
+            del self._by_phone[subscription.phone_key]
+        for dialog in (subscription.phone_dialog, subscription.trunk_dialog):
+            if dialog is not None:
+                dialog.terminate()
+
+    async def _unsubscribe_trunk(self, subscription: Subscription) -> None:
+        """Expires: 0 to the trunk in its dialog (RFC 6665 §4.1.2.3); its answer is awaited,
+        its final NOTIFY finds nothing (481) when the subscription is forgotten already."""
+        dialog = subscription.trunk_dialog
+        if dialog is None:
+            return
+        dialog.state = DialogState.CONFIRMED  # _forget terminated it; one request more
+        try:
+            await self._in_trunk_dialog(
+                subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
+            )
+        except Exception:
+            log.exception(
+                "unsubscribing %s at trunk %s", subscription.account, subscription.trunk.name
+            )
+        finally:
+            dialog.terminate()
+
+    async def run(self) -> None:
+        """Expire subscriptions nobody refreshed (RFC 6665 §4.2.2): the phone gets
+        ``terminated;reason=timeout``; the trunk's side has run out by itself."""
+        while True:
+            now = trio.current_time()
+            for subscription in list(self._by_trunk.values()):
+                if subscription.state.handle_timer(now=now):
+                    self._forget(subscription)
+                    log.info("subscription of %s expired", subscription.account)
+                    if subscription.phone_dialog is not None:
+                        subscription.phone_dialog.state = DialogState.CONFIRMED
+                        self._nursery.start_soon(self._notify_expired, subscription)
+            deadlines = [
+                deadline
+                for s in self._by_trunk.values()
+                if (deadline := s.state.get_timer()) is not None
+            ]
+            self._timer_changed = trio.Event()
+            with trio.move_on_at(min(deadlines, default=math.inf)):
+                await self._timer_changed.wait()
+
+    async def _notify_expired(self, subscription: Subscription) -> None:
+        try:
+            await self._notify_phone(subscription, terminated_value("timeout"))
+        except Exception:
+            log.exception("notifying %s of its expired subscription", subscription.account)
+        finally:
+            if subscription.phone_dialog is not None:
+                subscription.phone_dialog.terminate()
+
+    async def stop(self) -> None:
+        """Unsubscribe every subscription at the trunk (the gateway stops); returns when
+        every one has ended (the trunk's final NOTIFY relayed to the phone) or the caller's
+        deadline passes."""
+        pending = [s for s in self._by_trunk.values() if s.trunk_dialog is not None]
+        if not pending:
+            return
+        log.info("unsubscribing %d subscription(s) at the voicemail trunk", len(pending))
+        async with trio.open_nursery() as nursery:
+            for subscription in pending:
+                nursery.start_soon(self._stop_one, subscription)
+
+    async def _stop_one(self, subscription: Subscription) -> None:
+        final = await self._in_trunk_dialog(
+            subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
+        )
+        if not final.is_success:
+            self._end(subscription, f"gateway stopping (unsubscribe answered {final.status})")
+            return
+        subscription.state.handle(Input.UNSUBSCRIBED, now=trio.current_time())
+        while subscription in self._by_trunk.values():  # the final NOTIFY ends it
+            await trio.sleep(0.05)
+
+
+def _expires_of(response: Response, asked: int) -> int:
+    """The Expires a 2xx to SUBSCRIBE granted (RFC 6665 §4.2.1.1: it must say); what we asked
+    for when it does not or says nonsense, and never more than that."""
+    try:
+        granted = parse_expires_untrusted(response.headers.get("Expires"), default=asked)
+    except RemoteSipError:
+        return asked
+    return min(granted, asked) if asked else 0

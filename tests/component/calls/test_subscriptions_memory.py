@@ -1,0 +1,415 @@
+"""Message-waiting subscriptions relayed to the voicemail trunk (RFC 3842, RFC 6665) on the
+in-memory network, virtual time: alice (a registered phone) subscribes to her mailbox, the
+carrier (``voicemail = true``, alice's DID +4930123456) answers and notifies; refreshes,
+unsubscribes, expiry, ``terminated``, unknown subscriptions and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gateway.core.calls.subscriptions import MAX_PER_ACCOUNT
+from gateway.core.sip.dialog import Dialog
+from gateway.core.sip.message import Request, Response, make_response
+from gateway.core.status import CallStatistics, StatusView
+from gateway.testing.sip_agent import Received, SipAgent
+from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
+
+SUMMARY = b"Messages-Waiting: yes\r\nVoice-Message: 2/8 (0/2)\r\n"
+SUMMARY_TYPE = "application/simple-message-summary"
+
+
+async def start(nursery: trio.Nursery, tmp_path: Path, seed: int, **carrier: Any) -> B2bua:
+    return await start_b2bua(
+        nursery, tmp_path, seed, carrier={"voicemail": True, **carrier}, alice_auto=None
+    )
+
+
+def subscriptions(env: B2bua) -> int:
+    assert env.gateway.subscriptions is not None
+    return len(env.gateway.subscriptions)
+
+
+def subscribe_request(
+    phone: SipAgent, *, expires: int = 600, event: str = "message-summary", uri: str | None = None
+) -> Request:
+    return phone.new_request(
+        "SUBSCRIBE",
+        uri or f"sip:{phone.user}@127.0.0.1:5060",
+        to=phone.aor,
+        extra=[("Event", event), ("Expires", str(expires)), ("Accept", SUMMARY_TYPE)],
+    )
+
+
+class Voicemail:
+    """The carrier as a voicemail server: answers SUBSCRIBE (new ones and refreshes) with
+    ``status``, keeping the dialog, and NOTIFYs on demand."""
+
+    def __init__(self, agent: SipAgent, status: int = 200) -> None:
+        self.agent = agent
+        self.status = status
+        self.dialog: Dialog | None = None
+        self.subscribes: list[Request] = []
+        agent.out_of_dialog = self._out_of_dialog
+        agent.in_dialog = self._in_dialog
+
+    async def _out_of_dialog(self, received: Received) -> bool:
+        if received.request.method != "SUBSCRIBE":
+            return False
+        self.subscribes.append(received.request)
+        expires = received.request.headers.get("Expires") or "3600"
+        response = await self.agent.respond(received, self.status, extra=[("Expires", expires)])
+        if self.status < 300:
+            self.dialog = Dialog.create_uas(received.request, response)
+            self.agent.add_dialog(self.dialog)
+        return True
+
+    async def _in_dialog(self, received: Received) -> bool:
+        if received.request.method != "SUBSCRIBE":
+            return False
+        self.subscribes.append(received.request)
+        expires = received.request.headers.get("Expires") or "3600"
+        await self.agent.respond(received, 200, extra=[("Expires", expires)])
+        return True
+
+    async def notify(self, state: str = "active;expires=500", body: bytes = SUMMARY) -> Response:
+        assert self.dialog is not None
+        request = self.dialog.create_request(
+            "NOTIFY",
+            via=self.agent.new_via(),
+            contact=self.agent.contact,
+            extra=[("Event", "message-summary"), ("Subscription-State", state)],
+            body=body,
+            content_type=SUMMARY_TYPE if body else None,
+        )
+        return await (await self.agent.send(request, GW)).final()
+
+
+async def subscribed(env: B2bua, voicemail: Voicemail, *, expires: int = 600) -> Dialog:
+    """alice subscribes (answering our 407); her side of the dialog."""
+    sent, final = await env.alice.send_authenticated(subscribe_request(env.alice, expires=expires))
+    assert final.status == 200, final.reason
+    dialog = Dialog.create_uac(sent, final)
+    env.alice.add_dialog(dialog)
+    return dialog
+
+
+async def test_phone_subscribes_trunk_notifies_refresh_and_unsubscribe(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    dialog = await subscribed(env, voicemail)
+
+    # The trunk saw a SUBSCRIBE of ours for alice's number there, new Call-ID and tags.
+    (sent,) = voicemail.subscribes
+    assert str(sent.uri).startswith(f"sip:{ALICE_DID}@127.0.0.2:5060")
+    assert sent.to.uri is not None and f"sip:{ALICE_DID}@" in str(sent.to.uri)
+    assert f"sip:{ALICE_DID}@127.0.0.1" in str(sent.from_.uri)  # as alice's calls present her
+    assert sent.call_id != dialog.call_id
+    assert sent.headers.get("Event") == "message-summary"
+    assert sent.headers.get("Expires") == "600"
+    assert subscriptions(env) == 1
+
+    # The trunk's NOTIFY reaches alice in her dialog, body and state as they came.
+    final = await voicemail.notify()
+    assert final.status == 200
+    notify = (await env.alice.next_request("NOTIFY")).request
+    assert notify.call_id == dialog.call_id and notify.to.tag == dialog.local_tag
+    assert notify.body == SUMMARY and notify.content_type == SUMMARY_TYPE
+    assert notify.headers.get("Subscription-State") == "active;expires=500"
+
+    # A refresh goes to the trunk in its dialog.
+    refresh = dialog.create_request(
+        "SUBSCRIBE",
+        via=env.alice.new_via(),
+        contact=env.alice.contact,
+        extra=[("Event", "message-summary"), ("Expires", "900")],
+    )
+    answer = await (await env.alice.send(refresh, GW)).final()
+    assert answer.status == 200 and answer.headers.get("Expires") == "900"
+    assert voicemail.subscribes[-1].to.tag is not None
+    assert voicemail.subscribes[-1].headers.get("Expires") == "900"
+
+    # Unsubscribe: relayed, then the trunk's terminated NOTIFY ends it at both sides.
+    unsubscribe = dialog.create_request(
+        "SUBSCRIBE",
+        via=env.alice.new_via(),
+        contact=env.alice.contact,
+        extra=[("Event", "message-summary"), ("Expires", "0")],
+    )
+    answer = await (await env.alice.send(unsubscribe, GW)).final()
+    assert answer.status == 200
+    assert voicemail.subscribes[-1].headers.get("Expires") == "0"
+    final = await voicemail.notify("terminated;reason=timeout", b"")
+    assert final.status == 200
+    last = (await env.alice.next_request("NOTIFY")).request
+    assert last.headers.get("Subscription-State") == "terminated;reason=timeout"
+    assert subscriptions(env) == 0
+    # Nothing is left: another NOTIFY in that dialog is 481.
+    assert (await voicemail.notify()).status == 481
+
+
+async def test_subscription_expires_without_refresh(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    await subscribed(env, voicemail, expires=60)
+    start_time = trio.current_time()
+    notify = (await env.alice.next_request("NOTIFY", timeout=120)).request
+    assert notify.headers.get("Subscription-State") == "terminated;reason=timeout"
+    assert 60 <= trio.current_time() - start_time < 62
+    assert subscriptions(env) == 0
+
+
+async def test_trunk_terminates_the_subscription(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    await subscribed(env, voicemail)
+    assert (await voicemail.notify("terminated;reason=noresource", b"")).status == 200
+    notify = (await env.alice.next_request("NOTIFY")).request
+    assert notify.headers.get("Subscription-State") == "terminated;reason=noresource"
+    assert subscriptions(env) == 0
+
+
+async def test_phone_481_to_notify_ends_the_subscription(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    await subscribed(env, voicemail)
+    env.alice.dialogs.clear()  # the phone forgot the subscription (it rebooted)
+    assert (await voicemail.notify()).status == 481
+    assert subscriptions(env) == 0
+
+
+async def test_refusals_bad_input_and_unknown_subscriptions(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    alice = env.alice
+
+    async def status_of(request: Request) -> Response:
+        return (await alice.send_authenticated(request))[1]
+
+    presence = await status_of(subscribe_request(alice, event="presence"))
+    assert presence.status == 489 and presence.headers.get("Allow-Events") == "message-summary"
+    brief = await status_of(subscribe_request(alice, expires=10))
+    assert brief.status == 423 and brief.headers.get("Min-Expires") == "60"
+    bad = subscribe_request(alice)
+    bad = bad.with_headers(bad.headers.set("Expires", "soon"))
+    assert (await status_of(bad)).status == 400
+    no_event = subscribe_request(alice)
+    no_event = no_event.with_headers(no_event.headers.remove("Event"))
+    assert (await status_of(no_event)).status == 400
+    other = await status_of(subscribe_request(alice, uri="sip:bob@127.0.0.1:5060"))
+    assert other.status == 403
+    # A NOTIFY in no subscription: 481.
+    stray = env.trunk.new_request(
+        "NOTIFY",
+        "sip:alice@127.0.0.1:5060",
+        extra=[("Event", "message-summary"), ("Subscription-State", "active")],
+    )
+    stray = stray.with_headers(stray.headers.set("To", "<sip:alice@127.0.0.1>;tag=nosuch"))
+    assert (await (await env.trunk.send(stray, GW)).final()).status == 481
+    assert subscriptions(env) == 0
+
+
+async def test_no_voicemail_trunk_is_a_clear_404(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed, voicemail=False)
+    _, final = await env.alice.send_authenticated(subscribe_request(env.alice))
+    assert final.status == 404 and "voicemail" in final.reason
+
+
+async def test_trunk_refusal_reaches_the_phone(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    Voicemail(env.trunk, status=404)
+    _, final = await env.alice.send_authenticated(subscribe_request(env.alice))
+    assert final.status == 404
+    assert subscriptions(env) == 0
+
+
+async def test_gateway_stop_unsubscribes_at_the_trunk(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    await subscribed(env, voicemail)
+
+    async def final_notify() -> None:
+        await eventually(lambda: voicemail.subscribes[-1].headers.get("Expires") == "0")
+        await voicemail.notify("terminated;reason=timeout", b"")
+
+    nursery.start_soon(final_notify)
+    await env.gateway.before_stop()
+    assert voicemail.subscribes[-1].headers.get("Expires") == "0"
+    notify = (await env.alice.next_request("NOTIFY")).request
+    assert notify.headers.get("Subscription-State") == "terminated;reason=timeout"
+    assert subscriptions(env) == 0
+
+
+async def test_notify_before_the_2xx_and_a_challenging_trunk(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The trunk challenges our SUBSCRIBE (answered with its credentials), then NOTIFYs before
+    its 2xx (RFC 6665 §4.1.2.4): alice still gets her 2xx first, then the NOTIFY."""
+    env = await start(nursery, tmp_path, voipgw_seed, username="gw", password="vm-secret")
+    trunk = env.trunk
+    challenged: list[Request] = []
+
+    async def answer(received: Received) -> bool:
+        request = received.request
+        if request.headers.get("Authorization") is None:
+            challenged.append(request)
+            challenge = 'Digest realm="vm", nonce="n1", algorithm=MD5, qop="auth"'
+            await trunk.respond(received, 401, extra=[("WWW-Authenticate", challenge)])
+            return True
+        challenged.append(request)
+        response = make_response(request, 200, to_tag="vm-tag", extra=[("Expires", "600")])
+        dialog = Dialog.create_uas(request, response)
+        trunk.add_dialog(dialog)
+        notify = dialog.create_request(
+            "NOTIFY",
+            via=trunk.new_via(),
+            contact=trunk.contact,
+            extra=[("Event", "message-summary"), ("Subscription-State", "active")],
+            body=SUMMARY,
+            content_type=SUMMARY_TYPE,
+        )
+        notified = await trunk.send(notify, GW)
+        await trio.sleep(0.5)
+        await trunk.respond(received, 200, extra=[("Expires", "600")])
+        assert (await notified.final()).status == 200
+        return True
+
+    trunk.out_of_dialog = answer
+    # The response's To tag must be the one the NOTIFY's From carried.
+    trunk.ids = _FixedTag(trunk.ids, "vm-tag")  # type: ignore[assignment]
+    await subscribed(env, Voicemail.__new__(Voicemail))
+    first, retried = challenged
+    assert 'Digest username="gw"' in (retried.headers.get("Authorization") or "")
+    assert retried.cseq.number == first.cseq.number + 1 and retried.call_id == first.call_id
+    notify = (await env.alice.next_request("NOTIFY")).request
+    assert notify.body == SUMMARY
+    assert subscriptions(env) == 1
+
+
+class _FixedTag:
+    """An id source whose tags are always ``tag`` (the trunk's dialog tag, known in advance)."""
+
+    def __init__(self, ids: Any, tag: str) -> None:
+        self._ids, self._tag = ids, tag
+
+    def new_tag(self) -> str:
+        return self._tag
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ids, name)
+
+
+async def test_limits_and_a_rebooted_phone_replacing_its_subscription(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    alice = env.alice
+
+    async def subscribe_from(contact: str) -> Response:
+        request = subscribe_request(alice)
+        request = request.with_headers(request.headers.set("Contact", contact))
+        return (await alice.send_authenticated(request))[1]
+
+    assert (await subscribe_from("<sip:alice@127.0.0.3:5060>")).status == 200
+    # The same Contact again (the phone rebooted): the old one is unsubscribed and replaced.
+    assert (await subscribe_from("<sip:alice@127.0.0.3:5060>")).status == 200
+    await eventually(lambda: voicemail.subscribes[-1].headers.get("Expires") == "0")
+    assert subscriptions(env) == 1
+    for line in range(2, MAX_PER_ACCOUNT + 1):
+        assert (await subscribe_from(f"<sip:alice@127.0.0.3:5060;line={line}>")).status == 200
+    assert subscriptions(env) == MAX_PER_ACCOUNT
+    refused = await subscribe_from("<sip:alice@127.0.0.3:5060;line=99>")
+    assert refused.status == 403 and "limit" in refused.reason
+    assert subscriptions(env) == MAX_PER_ACCOUNT
+    # What monitoring sees.
+    assert env.gateway.subscriptions is not None
+    status = StatusView(env.gateway, CallStatistics()).sip()
+    assert status.subscriptions == MAX_PER_ACCOUNT and status.subscriptions_refused == 1
+    listed = env.gateway.subscriptions.listing()
+    assert {info.account for info in listed} == {"alice"}
+    assert all(info.state == "active" and 0 < info.expires_in <= 600 for info in listed)
+
+
+async def test_subscribe_and_notify_over_a_lossy_network(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Loss, duplication and reordering: the transactions' retransmissions carry it through,
+    each NOTIFY reaches the phone once (a duplicate is absorbed by its transaction)."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"voicemail": True},
+        alice_auto=None,
+        drop=0.15,
+        duplicate=0.15,
+        reorder=0.15,
+    )
+    voicemail = Voicemail(env.trunk)
+    await subscribed(env, voicemail)
+    for waiting in (b"Messages-Waiting: yes\r\n", b"Messages-Waiting: no\r\n"):
+        assert (await voicemail.notify(body=waiting)).status == 200
+        assert (await env.alice.next_request("NOTIFY")).request.body == waiting
+    assert [r.body for r in env.alice.requests("NOTIFY")] == [
+        b"Messages-Waiting: yes\r\n",
+        b"Messages-Waiting: no\r\n",
+    ]
+    assert subscriptions(env) == 1
+
+
+async def test_a_fetch_whose_terminated_notify_overtakes_the_2xx(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Expires: 0 out of a dialog is a fetch (RFC 6665 §4.4.3): the trunk's one NOTIFY,
+    terminated, may come before its 2xx; the phone gets the 2xx, then the NOTIFY."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    trunk = env.trunk
+
+    async def answer(received: Received) -> bool:
+        request = received.request
+        response = make_response(request, 200, to_tag="vm-tag", extra=[("Expires", "0")])
+        dialog = Dialog.create_uas(request, response)
+        notify = dialog.create_request(
+            "NOTIFY",
+            via=trunk.new_via(),
+            contact=trunk.contact,
+            extra=[
+                ("Event", "message-summary"),
+                ("Subscription-State", "terminated;reason=timeout"),
+            ],
+            body=SUMMARY,
+            content_type=SUMMARY_TYPE,
+        )
+        notified = await trunk.send(notify, GW)
+        await trio.sleep(0.5)
+        await trunk.respond(received, 200, extra=[("Expires", "0")])
+        assert (await notified.final()).status == 200
+        return True
+
+    trunk.out_of_dialog = answer
+    trunk.ids = _FixedTag(trunk.ids, "vm-tag")  # type: ignore[assignment]
+    sent, final = await env.alice.send_authenticated(subscribe_request(env.alice, expires=0))
+    assert final.status == 200 and final.headers.get("Expires") == "0"
+    env.alice.add_dialog(Dialog.create_uac(sent, final))
+    notify = (await env.alice.next_request("NOTIFY")).request
+    assert notify.body == SUMMARY
+    assert notify.headers.get("Subscription-State") == "terminated;reason=timeout"
+    await eventually(lambda: subscriptions(env) == 0)

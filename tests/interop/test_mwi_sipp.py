@@ -1,0 +1,77 @@
+"""Message waiting through the gateway against sipp (RFC 3842, RFC 6665): one sipp is the
+phone (alice, digest-authenticated), another on 127.0.0.2 the voicemail platform of a trunk
+with ``voicemail = true``. The phone's SUBSCRIBE reaches the platform as the gateway's own, for
+alice's DID there; the platform's NOTIFY reaches the phone with its summary; the phone's
+unsubscribe reaches the platform, whose terminated NOTIFY reaches the phone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
+from tests.interop.test_calls_sipp import ACCOUNTS, ALICE, DID, TRUNK_IP, inbound_trunk, register
+
+pytestmark = pytest.mark.interop
+
+
+def test_a_phone_subscribes_to_its_mailbox_on_the_voicemail_trunk(tmp_path: Path) -> None:
+    platform = SippUas("calls/uas_voicemail.xml", workdir=tmp_path, local_ip=TRUNK_IP)
+    trunk = (
+        "[[trunks]]\n"
+        'name = "voicemail"\n'
+        f'address = "udp:{TRUNK_IP}:{platform.port}"\n'
+        f'allowed_sources = ["{TRUNK_IP}"]\n'
+        "voicemail = true\n"
+        f'dids = {{"{DID}" = "alice"}}\n'
+    )
+    with platform:
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=trunk) as gw:
+            phone = run_sipp_uac(
+                "calls/uac_subscribe_mwi.xml",
+                gw.address,
+                workdir=tmp_path,
+                service="alice",
+                auth=ALICE,
+            )
+            phone.check()
+            gw.wait_for_log(r"subscription of alice to message-summary on trunk voicemail")
+        served = platform.wait(timeout=10)
+    served.check()
+    subscribe, unsubscribe = served.received("SUBSCRIBE ")
+    assert subscribe.startswith(f"SUBSCRIBE sip:{DID}@{TRUNK_IP}:{platform.port}"), subscribe
+    assert "Event: message-summary" in subscribe and "Expires: 600" in subscribe
+    assert "alice" not in subscribe.split("\n", 1)[0]
+    assert "Expires: 0" in unsubscribe
+    first, last = phone.received("NOTIFY ")
+    assert first.startswith("NOTIFY sip:alice@127.0.0.1:"), first
+    assert "Messages-Waiting: yes" in first and "Voice-Message: 2/8 (0/2)" in first
+    assert "Content-Type: application/simple-message-summary" in first
+    assert "Subscription-State: terminated;reason=timeout" in last
+
+
+def test_a_carrier_message_and_unsolicited_notify_reach_the_registered_phone(
+    tmp_path: Path,
+) -> None:
+    alice = SippUas("calls/uas_message_or_notify.xml", workdir=tmp_path, calls=2)
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            run_sipp_uac(
+                "calls/uac_message_and_notify.xml",
+                gw.address,
+                workdir=tmp_path,
+                local_ip=TRUNK_IP,
+                caller="+15550100",
+                keys={"did": DID},
+            ).check()
+            received = alice.wait(timeout=10)
+    received.check()
+    (message,) = received.received("MESSAGE ")
+    assert message.startswith(f"MESSAGE sip:alice@127.0.0.1:{alice.port}"), message
+    assert "Hello from the carrier" in message and "Content-Type: text/plain" in message
+    assert "From: <sip:+15550100@127.0.0.1:" in message
+    (notify,) = received.received("NOTIFY ")
+    assert "Messages-Waiting: yes" in notify and "Event: message-summary" in notify
