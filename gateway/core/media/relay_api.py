@@ -11,7 +11,7 @@ in-process stream takes transform callables, a worker's stream takes the keys th
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from gateway.core.media.relay import Address, DirectionStatistics, NonRtpHandler
 
@@ -86,18 +86,17 @@ class RelayStream(Protocol):
     @property
     def last_activity(self) -> float: ...
 
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class OpaqueStream(RelayStream, Protocol):
-    """A stream of a relay that :attr:`Relay.carries_opaque`: it can relay T.38 UDPTL
-    datagrams as they are (:meth:`gateway.core.media.relay.MediaStream.set_opaque`)."""
-
     @property
-    def opaque(self) -> bool: ...
+    def opaque(self) -> bool:
+        """Whether the stream relays T.38 UDPTL datagrams as they are, not RTP."""
+        ...
 
-    def set_opaque(self, opaque: bool) -> None: ...
+    def set_opaque(self, opaque: bool) -> None:
+        """Relay opaque datagrams (T.38) or RTP (:meth:`gateway.core.media.relay.MediaStream.
+        set_opaque`); only a relay that :attr:`Relay.carries_opaque` can turn it on."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Relay(Protocol):
@@ -108,7 +107,7 @@ class Relay(Protocol):
 
     @property
     def carries_opaque(self) -> bool:
-        """Whether its streams can relay T.38 UDPTL datagrams (:class:`OpaqueStream`)."""
+        """Whether its streams can relay T.38 UDPTL datagrams (:meth:`RelayStream.set_opaque`)."""
         ...
 
     def open_stream(self) -> RelayStream: ...
@@ -118,7 +117,6 @@ __all__ = [
     "Address",
     "HasAddress",
     "LocalPorts",
-    "OpaqueStream",
     "Relay",
     "RelayDirection",
     "RelaySide",

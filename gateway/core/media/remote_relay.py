@@ -381,6 +381,15 @@ class RemoteStream:
         worker last reported it."""
         return self._last_activity
 
+    @property
+    def opaque(self) -> bool:
+        """False: workers relay RTP only (:attr:`CallRelay.carries_opaque`)."""
+        return False
+
+    def set_opaque(self, opaque: bool) -> None:
+        if opaque:
+            raise LocalMediaError("media workers relay RTP only, not T.38 datagrams")
+
     def apply_keys(self, keys: StreamKeys) -> None:
         """Each leg's SRTP keys and the block flag, to the worker, which builds the SRTP
         contexts (:class:`gateway.core.media.keying.StreamSrtp`)."""

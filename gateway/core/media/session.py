@@ -24,7 +24,7 @@ What each leg sees is ours, never the other peer's transport:
   3264 §6, §8.2).
 - T.38 fax over UDPTL (``m=image <port> udptl t38``, :mod:`gateway.core.media.t38`) is passed
   through: its attributes go to the other leg unchanged (no a=rtcp, no rtcp-mux: UDPTL has one
-  port), and its stream relays opaque datagrams (:meth:`OpaqueStream.set_opaque`). A re-INVITE
+  port), and its stream relays opaque datagrams (:meth:`RelayStream.set_opaque`). A re-INVITE
   that turns an audio line into T.38 (or back) keeps the line's stream and ports and switches the
   stream's mode when the answer accepts it, so RTP in flight until then is still relayed as RTP.
   A malformed T.38 line, or a relay without an opaque mode (``[media] workers >= 2``), gets port
@@ -58,7 +58,7 @@ import attrs
 from gateway.core.ids import RandomIds
 from gateway.core.ip import ip_literal
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.relay_api import OpaqueStream, Relay, RelaySide, RelayStream
+from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import (
@@ -372,9 +372,7 @@ class MediaSession:
         slot_count_before = len(self._slots)
         remotes_before = dict(self._remotes)
         opaque_before = {
-            index: _is_opaque(stream)
-            for index, stream in enumerate(self._slots)
-            if stream is not None
+            index: stream.opaque for index, stream in enumerate(self._slots) if stream is not None
         }
         opened = self._open_streams(len(offer.media), relayed)
         for index in opened:
@@ -545,11 +543,9 @@ class MediaSession:
     def _set_opaque(self, index: int, opaque: bool) -> None:
         """Put stream ``index`` in T.38 datagram mode (``opaque``) or RTP mode."""
         stream = self._slots[index]
-        if stream is None or _is_opaque(stream) == opaque:
+        if stream is None or stream.opaque == opaque:
             return
-        if not isinstance(stream, OpaqueStream):  # only when carries_opaque is False
-            raise LocalMediaError("this relay's streams have no opaque (T.38) mode")
-        stream.set_opaque(opaque)
+        stream.set_opaque(opaque)  # LocalMediaError where the relay has no opaque mode
 
     def _remote_of(
         self, sd: SessionDescription, media: MediaDescription, index: int, *, rtcp_mux: bool
@@ -706,10 +702,6 @@ def _direction_statistics(stream: RelayStream) -> list[tuple[str, tuple[int, int
 def _rtcp_mux(media: MediaDescription) -> bool:
     """Whether ``media`` muxes RTCP (RFC 5761); never a T.38 UDPTL line, which has no RTCP."""
     return media.rtcp_mux and not is_udptl_t38(media)
-
-
-def _is_opaque(stream: RelayStream) -> bool:
-    return isinstance(stream, OpaqueStream) and stream.opaque
 
 
 def _unrelayable(sd: SessionDescription, media: MediaDescription) -> str | None:
