@@ -230,3 +230,40 @@ async def test_a_call_without_location_is_unchanged(
     assert "Geolocation" not in invite.headers
     await eventually(lambda: env.gateway.store.call_records_recent() != [])  # type: ignore[union-attr]
     assert location_record(env) is None
+
+
+async def test_a_reinvite_with_a_location_part_carries_its_sdp_only(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Location in a re-INVITE is accepted (even handling=required: no 415) and not passed on:
+    the trunk's re-INVITE has our SDP alone (docs/configuration.md, ``location``)."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060",
+        sdp=located_body(env.alice.offer_sdp()),
+        content_type=MIXED,
+        extra=BY_VALUE,
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    required = LOCATION_PART.replace(b"handling=optional", b"handling=required")
+    exchange = await call.request(
+        "INVITE",
+        body=located_body(env.alice.offer_sdp(direction="sendonly"), required),
+        content_type=MIXED,
+        extra=BY_VALUE,
+    )
+    assert (await exchange.final()).status == 200
+    reinvite = env.trunk.requests("INVITE")[-1]
+    assert reinvite.headers.get("To") != trunk_invite_to(env)  # the re-INVITE, in the dialog
+    assert reinvite.content_type == "application/sdp"
+    assert b"a=sendonly" in reinvite.body
+    assert b"presence" not in reinvite.body
+    assert "Geolocation" not in reinvite.headers
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+def trunk_invite_to(env: B2bua) -> str | None:
+    return env.trunk.requests("INVITE")[0].headers.get("To")

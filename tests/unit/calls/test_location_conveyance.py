@@ -261,3 +261,15 @@ def test_a_location_part_is_read_not_refused_whatever_its_handling(disposition: 
     assert sdp == SDP == sdp_of("multipart/mixed;boundary=b1", body)
     assert parts == (BodyPart("application/pidf+xml", "loc1@example.com", raw, PIDF),)
     assert read_body("application/sdp", SDP) == (SDP, ())
+
+
+def test_the_call_record_line_says_how_and_where_never_where_the_caller_is() -> None:
+    from gateway.core.cli import describe_location
+
+    record = {"conveyed": "by value", "passed_to": ["carrier"], "dropped_for": ["backup"]}
+    assert describe_location(record) == (
+        "caller location conveyed by value, passed to carrier, not passed to backup (policy)"
+    )
+    assert describe_location({"conveyed": "by reference", "passed_to": [], "dropped_for": []}) == (
+        "caller location conveyed by reference"
+    )
