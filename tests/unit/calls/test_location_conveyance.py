@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core import config as cfg
 from gateway.core.calls.location import (
@@ -273,3 +275,23 @@ def test_the_call_record_line_says_how_and_where_never_where_the_caller_is() -> 
     assert describe_location({"conveyed": "by reference", "passed_to": [], "dropped_for": []}) == (
         "caller location conveyed by reference"
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    geolocation=st.lists(st.text(alphabet='<>cid:@;=," ab%40x/', max_size=40), max_size=3),
+    routing=st.lists(st.text(max_size=10), max_size=2),
+)
+def test_any_geolocation_is_read_or_refused_with_a_status(
+    geolocation: list[str], routing: list[str]
+) -> None:
+    """Whatever a caller sends: a Location, or a LocationError saying 400 or 424."""
+    headers = [("Geolocation", g) for g in geolocation]
+    headers += [("Geolocation-Routing", r) for r in routing]
+    try:
+        location = offered_location(invite(*headers), [part("a@x"), part("ab@x")])
+    except LocationError as err:
+        assert err.status in (400, 424)
+    else:
+        assert len(location.values) <= MAX_LOCATIONS
+        assert all(p.content_id in ("a@x", "ab@x") for p in location.parts)
