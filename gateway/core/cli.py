@@ -422,7 +422,21 @@ def cmd_calls(args: argparse.Namespace) -> int:
             print(f"  {describe_failover(failover)}")
         if security.get("taps"):
             print(f"  {describe_taps(security['taps'])}")
+        if security.get("location"):
+            print(f"  {describe_location(security['location'])}")
     return EXIT_OK
+
+
+def describe_location(location: dict[str, Any]) -> str:
+    """How the caller's location (RFC 6442) was conveyed and where it went; never where the
+    caller is (the record does not hold it)."""
+    line = f"caller location conveyed {location.get('conveyed')}"
+    passed, dropped = location.get("passed_to") or [], location.get("dropped_for") or []
+    if passed:
+        line += ", passed to " + ", ".join(str(name) for name in passed)
+    if dropped:
+        line += ", not passed to " + ", ".join(str(name) for name in dropped) + " (policy)"
+    return line
 
 
 def describe_taps(taps: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
+from gateway.core.calls.location import LocationPolicy
 from gateway.core.calls.numbering import NumberFormat, NumberingPlan, read_number
 from gateway.core.sip import session_timer
 from gateway.core.sip.errors import RemoteSipError
@@ -262,7 +263,9 @@ class TrunkConfig:
     registration with the trunk (``register_domain``, ``register_expires``, ``contact_user``;
     gateway/core/calls/trunk_registration.py). ``voicemail`` makes the trunk the voicemail
     service of the accounts it has DIDs for: their message-summary subscriptions go to it
-    (gateway/core/calls/subscriptions.py); at most one trunk sets it.
+    (gateway/core/calls/subscriptions.py); at most one trunk sets it. ``location`` is when a
+    caller's location (RFC 6442) goes to the trunk: ``"emergency"`` only on calls to
+    ``[numbering] emergency_numbers``, ``"all"``, ``"never"`` (gateway/core/calls/location.py).
     """
 
     name: str
@@ -302,6 +305,7 @@ class TrunkConfig:
     national_prefix: str | None = None
     national_number_length: int | None = None
     voicemail: bool = False
+    location: LocationPolicy = "emergency"
 
     @property
     def registered_contact_user(self) -> str:

@@ -64,6 +64,9 @@ current leg. A REFER from a trunk's leg gets 403.
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
 gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp``.
+A caller's location (RFC 6442: Geolocation, a PIDF-LO part) goes on to a trunk whose policy
+allows it, in a multipart body of ours (``gateway.core.calls.location``); re-INVITEs and UPDATEs
+carry their SDP only.
 
 A trunk with ``username``/``password`` may challenge any request we send it, not only the
 INVITE: a 401/407 to our re-INVITE, relayed request or BYE is answered once, in the same request
@@ -92,6 +95,15 @@ import trio
 
 from gateway.core.auth.client import authorize
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
+from gateway.core.calls.location import (
+    Location,
+    LocationError,
+    carries_location,
+    geolocation_errors,
+    offered_location,
+    passes,
+    with_location,
+)
 from gateway.core.calls.numbering import read_number
 from gateway.core.calls.routing import (
     ContactTarget,
@@ -107,7 +119,7 @@ from gateway.core.media.keying import CallKeying
 from gateway.core.media.security import LegSecurity, MediaSecurityRefused
 from gateway.core.media.session import ORIGIN_USERNAME
 from gateway.core.media.taps import CallTaps, tapped_media
-from gateway.core.sdp.body import UnsupportedBody, sdp_of
+from gateway.core.sdp.body import BodyPart, UnsupportedBody, read_body, sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.offer_answer import rejected_media
@@ -387,6 +399,12 @@ class Call:
         # Trunks the call left for the next one serving the number, with the answer that made
         # it (the call record's "failovers": which carrier failed, for the operator's records).
         self.failovers: list[dict[str, object]] = []
+        # RFC 6442: the location A's INVITE conveys (location.py), whether the call is to an
+        # emergency number (the trunks' default policy), and where it went, for the record.
+        self.location: Location | None = None
+        self._location_emergency = False
+        self._location_to: list[str] = []  # trunks it went to
+        self._location_dropped: list[str] = []  # where policy kept it from going
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -539,13 +557,15 @@ class Call:
             await self._reject_a(400, f"Bad Request ({err.reason})", err.reason)
         offer: SessionDescription | None = None
         try:
-            sdp = _sdp(invite)
+            sdp, location_parts = read_body(invite.content_type, invite.body)
             if sdp:
                 offer = parse_sdp_untrusted(sdp)
         except UnsupportedBody as err:
             await self._reject_a(415, "Unsupported Media Type", err.reason, accept_sdp=True)
         except SdpError as err:
             await self._reject_a(488, "Not Acceptable Here", err.reason)
+        if carries_location(invite, location_parts):
+            await self._take_location(invite, location_parts)
         self.late_offer = offer is None
         self.a_reliable_1xx = "100rel" in invite.headers.option_tags("Require")
         self.a.allows_update = allows_update(invite.headers)
@@ -672,8 +692,43 @@ class Call:
             # Armed before the INVITE goes: its first response may be handled (and disarm it,
             # _forward) before the send returns.
             leg.response_deadline = trio.current_time() + trunk.response_timeout
-        await self._send_b_invite(leg, self._b_invite(uri, leg, offer, invite_a))
+        request = self._b_invite(uri, leg, offer, invite_a)
+        if self.location is not None:
+            request = self._with_location(leg, request, self.location)
+        await self._send_b_invite(leg, request)
         return None
+
+    async def _take_location(self, invite: Request, parts: Sequence[BodyPart]) -> None:
+        """Check the location ``invite`` conveys (RFC 6442, location.py): 400 or 424 for one we
+        cannot pass on; else keep it for the B legs."""
+        try:
+            self.location = offered_location(invite, parts)
+        except LocationError as err:
+            phrase = "Bad Location Information" if err.status == 424 else "Bad Request"
+            reason = f"{phrase} ({err.reason})"
+            await self._reject_a(err.status, reason, err.reason, extra=err.extra_headers())
+        if self.location.conveyed == "none":
+            log.info("call %s: location part not named by Geolocation left out", self.id)
+            self.location = None  # RFC 6442 §4.1: no location conveyed
+            return
+        self._location_emergency = (
+            self.caller.kind == "account" and self.manager.calls_emergency_number(invite)
+        )
+
+    def _with_location(self, leg: BLeg, request: Request, location: Location) -> Request:
+        """``request`` to ``leg`` with the caller's location where the policy passes it (a
+        trunk's ``location``; never to a phone), else as it is (the location dropped)."""
+        trunk = self._leg_trunk(leg)
+        to = trunk.name if trunk is not None else leg.shown_as
+        if not passes(trunk.location if trunk else None, emergency=self._location_emergency):
+            log.info("call %s: location (%s) not passed to %s", self.id, location.described(), to)
+            self._location_dropped.append(to)
+            return request
+        log.info("call %s: location (%s) passed to %s", self.id, location.described(), to)
+        self._location_to.append(to)
+        leg.location_passed = True
+        ids = self.manager.gateway.ids
+        return with_location(request, location, request.body, lambda: ids.token_hex(8))
 
     def _new_b_leg(
         self, target: RouteTarget, side: Side, *, late_offer: bool
@@ -1137,7 +1192,8 @@ class Call:
         except SdpError as err:
             log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
         status = 183 if body else 180
-        await self._provisional_to_a(self._a_response(status, body=body))
+        extra = geolocation_errors(response) if leg.location_passed else []
+        await self._provisional_to_a(self._a_response(status, body=body, extra=extra))
         self.manager.event(self, "ringing", None)
 
     # -- reliable provisional responses to A (RFC 3262), when A requires them -------------------
@@ -1265,7 +1321,10 @@ class Call:
         for other in self.b_legs:
             if other is not leg and other.final is None:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
-        ok = self._a_response(200, body=serialize_sdp(answer), extra=self._a_timer.headers())
+        extra = self._a_timer.headers()
+        if leg.location_passed:
+            extra = [*extra, *geolocation_errors(response)]  # RFC 6442 §4.3
+        ok = self._a_response(200, body=serialize_sdp(answer), extra=extra)
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
         if self._unacked_1xx is not None and self._unacked_1xx[0].body:
             await self._awaiting_prack()  # RFC 3262 §3: not before that 1xx's PRACK
@@ -1579,7 +1638,12 @@ class Call:
         # The callee's own Reason (RFC 3326: a Q.850 cause from the PSTN) goes with its status.
         chosen = next((f for f in finals if (f.status, f.reason) == (status, reason)), None)
         reasons = chosen.headers.get_all("Reason")[:MAX_REASONS] if chosen is not None else ()
-        await self._reject_a(status, reason, None, extra=[("Reason", r) for r in reasons])
+        extra = [("Reason", r) for r in reasons]
+        if chosen is not None and self.location is not None:
+            # RFC 6442 §4.3: the trunk's verdict on the location (a 424's above all) is the
+            # phone's to act on.
+            extra += geolocation_errors(chosen)
+        await self._reject_a(status, reason, None, extra=extra)
 
     async def _early_request(self, event: RequestEvent) -> None:
         # Before the call is answered only the B side can send in-dialog requests (on its early
@@ -2891,6 +2955,12 @@ class Call:
             record["failovers"] = list(self.failovers)
         if self.taps is not None and self.taps.names:
             record["taps"] = self.taps.record()
+        if self.location is not None:  # how and where to; never the contents (RFC 6442 §7)
+            record["location"] = {
+                "conveyed": self.location.conveyed,
+                "passed_to": list(self._location_to),
+                "dropped_for": list(self._location_dropped),
+            }
         return record
 
     def _leg(self, side: Side) -> Leg:

@@ -101,6 +101,9 @@ class BLeg(Leg):
     # (a 1xx CANCELled, a 2xx ACKed and BYEd).
     response_deadline: float = math.inf
     given_up: Response | None = None
+    # The caller's location went in our INVITE (RFC 6442, location.py): a Geolocation-Error
+    # in its responses is relayed to the caller (§4.3).
+    location_passed: bool = False
 
     @property
     def finished(self) -> bool:

@@ -8,6 +8,11 @@ parts are not carried to the other leg; a part marked ``handling=required`` (the
 there is no ``handling``, RFC 3261 §20.11) that is not SDP cannot be honoured, and the request
 is refused with 415 listing what we accept (RFC 3261 §21.4.13, RFC 5621 §3.2).
 
+Location parts (``application/pidf+xml``, RFC 6442 §4.1) are the exception: the B2BUA honours
+them, passing them on to the trunk or dropping them by its location policy
+(``gateway.core.calls.location``), so they are never refused, whatever their ``handling``;
+:func:`read_body` hands them over as received.
+
 Bounded like everything read from the network: at most ``MAX_PARTS`` parts of at most
 ``MAX_PART_HEADERS`` header lines each (the SIP parser bounds the body's size).
 """
@@ -16,10 +21,13 @@ from __future__ import annotations
 
 import re
 
+import attrs
+
 from gateway.core.sdp.errors import SdpError
 
 SDP = "application/sdp"
 MULTIPART_MIXED = "multipart/mixed"
+PIDF = "application/pidf+xml"
 MAX_PARTS = 8
 MAX_PART_HEADERS = 16
 # RFC 2046 §5.1.1: 1 to 70 bchars, not ending in a space.
@@ -29,6 +37,17 @@ _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]
 class UnsupportedBody(SdpError):
     """A body we cannot take the session description from: 415 Unsupported Media Type for a
     request that must carry one (RFC 3261 §21.4.13), 488 where it arrives in a response."""
+
+
+@attrs.frozen
+class BodyPart:
+    """A location part of a multipart body as received: ``raw`` is the part byte for byte (its
+    header lines, the blank line, its content), ``content`` its content alone."""
+
+    media_type: str
+    content_id: str | None  # Content-ID without its angle brackets (RFC 2392)
+    raw: bytes
+    content: bytes
 
 
 def sdp_of(content_type: str | None, body: bytes) -> bytes:
@@ -45,7 +64,20 @@ def sdp_of(content_type: str | None, body: bytes) -> bytes:
     if media_type == SDP:
         return body
     if media_type == MULTIPART_MIXED:
-        return _sdp_part(body, parameters.get("boundary"))
+        return _multipart(body, parameters.get("boundary"))[0]
+    raise UnsupportedBody(f"unsupported body type {content_type or '(none)'}")
+
+
+def read_body(content_type: str | None, body: bytes) -> tuple[bytes, tuple[BodyPart, ...]]:
+    """:func:`sdp_of`, and the location parts (``application/pidf+xml``) of a multipart body
+    beside it (none for any other body). Raises as :func:`sdp_of`."""
+    if not body:
+        return b"", ()
+    media_type, parameters = _media_type(content_type)
+    if media_type == SDP:
+        return body, ()
+    if media_type == MULTIPART_MIXED:
+        return _multipart(body, parameters.get("boundary"))
     raise UnsupportedBody(f"unsupported body type {content_type or '(none)'}")
 
 
@@ -65,7 +97,7 @@ def _media_type(value: str | None) -> tuple[str, dict[str, str]]:
     return media_type.strip().lower(), parameters
 
 
-def _sdp_part(body: bytes, boundary: str | None) -> bytes:
+def _multipart(body: bytes, boundary: str | None) -> tuple[bytes, tuple[BodyPart, ...]]:
     if boundary is None or _BOUNDARY.fullmatch(boundary) is None:
         raise SdpError("multipart body without a valid boundary parameter (RFC 2046 §5.1.1)")
     # The CRLF before a delimiter line belongs to the delimiter (RFC 2046 §5.1.1); the first
@@ -74,6 +106,7 @@ def _sdp_part(body: bytes, boundary: str | None) -> bytes:
     if len(pieces) < 2:
         raise SdpError("multipart body without its boundary delimiter (RFC 2046 §5.1.1)")
     sdp: bytes | None = None
+    locations: list[BodyPart] = []
     closed = False
     for count, piece in enumerate(pieces[1:], start=1):
         if piece.startswith(b"--"):
@@ -84,12 +117,20 @@ def _sdp_part(body: bytes, boundary: str | None) -> bytes:
         line_end = piece.find(b"\r\n")
         if line_end < 0 or piece[:line_end].strip(b" \t"):
             raise SdpError("multipart delimiter line followed by other text (RFC 2046 §5.1.1)")
-        content_type, disposition, content = _part(piece[line_end + 2 :])
+        raw = piece[line_end + 2 :]
+        content_type, disposition, content_id, content = _part(raw)
         media_type, _ = _media_type(content_type or "text/plain")  # RFC 2046 §5.1 default
         if media_type == SDP:
             if sdp is not None:
                 raise SdpError("multipart body with more than one application/sdp part")
             sdp = content
+            continue
+        if media_type == PIDF:
+            # RFC 6442 §4.1: a location by value; honoured (passed on or dropped by policy) by
+            # the B2BUA, whatever its handling.
+            if content_id is not None and content_id[:1] == "<" and content_id[-1:] == ">":
+                content_id = content_id[1:-1]
+            locations.append(BodyPart(media_type, content_id or None, raw, content))
             continue
         _, disposition_parameters = _media_type(disposition or "")
         if disposition_parameters.get("handling", "required").lower() != "optional":
@@ -99,14 +140,14 @@ def _sdp_part(body: bytes, boundary: str | None) -> bytes:
             )
     if not closed:
         raise SdpError("multipart body without its close delimiter (RFC 2046 §5.1.1)")
-    return sdp or b""
+    return sdp or b"", tuple(locations)
 
 
-def _part(part: bytes) -> tuple[str | None, str | None, bytes]:
-    """A body part's Content-Type, Content-Disposition and content (RFC 2045 §3 headers, folded
-    lines joined)."""
+def _part(part: bytes) -> tuple[str | None, str | None, str | None, bytes]:
+    """A body part's Content-Type, Content-Disposition, Content-ID and content (RFC 2045 §3
+    headers, folded lines joined)."""
     if part.startswith(b"\r\n"):
-        return None, None, part[2:]  # no headers
+        return None, None, None, part[2:]  # no headers
     head, sep, content = part.partition(b"\r\n\r\n")
     if not sep:
         raise SdpError("multipart body part without the blank line after its headers")
@@ -124,4 +165,9 @@ def _part(part: bytes) -> tuple[str | None, str | None, bytes]:
         if not colon or not name.strip():
             raise SdpError("multipart body part with a malformed header line")
         fields.setdefault(name.strip().lower(), value.strip())
-    return fields.get("content-type"), fields.get("content-disposition"), content
+    return (
+        fields.get("content-type"),
+        fields.get("content-disposition"),
+        fields.get("content-id"),
+        content,
+    )

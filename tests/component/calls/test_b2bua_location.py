@@ -1,0 +1,269 @@
+"""Location conveyance (RFC 6442) through the B2BUA: a phone's Geolocation and its PIDF-LO part
+reach the trunk of an emergency call (docs/configuration.md, ``[[trunks]] location``).
+
+- by value: the trunk's INVITE has Geolocation, Geolocation-Routing and a multipart body of ours
+  with our SDP and the location part byte for byte; by reference: the header alone;
+- dropped where the trunk's policy says so (``never``; the default for a call that is not to an
+  emergency number), header and part both;
+- 424 with Geolocation-Error for a Geolocation naming no part, 400 for one that does not parse;
+- a location part marked handling=required is no longer 415;
+- Geolocation-Error from the trunk comes back to the phone; a call without location is as before.
+
+Set-up as b2bua_env.py: alice registered at 127.0.0.3, trunk "carrier" at 127.0.0.2 serving
++1 and 112 (an emergency number by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gateway.core.sip.message import Request, Response
+from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
+
+BOUNDARY = "phone-boundary-42"
+MIXED = f"multipart/mixed;boundary={BOUNDARY}"
+PIDF = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\r\n'
+    b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="pres:alice@example.com">\r\n'
+    b'<tuple id="t1"><status><geopriv xmlns="urn:ietf:params:xml:ns:pidf:geopriv10">'
+    b'<location-info><civicAddress xmlns="urn:ietf:params:xml:ns:pidf:geopriv10:civicAddr">'
+    b"<country>US</country><A1>NY</A1><RD>Main</RD><HNO>123</HNO><FLR>4</FLR>"
+    b"</civicAddress></location-info></geopriv></status></tuple>\r\n</presence>\r\n"
+)
+LOCATION_PART = (
+    b"Content-Type: application/pidf+xml\r\n"
+    b"Content-ID: <target123@alice.example.com>\r\n"
+    b"Content-Disposition: render;handling=optional\r\n\r\n" + PIDF
+)
+BY_VALUE = [("Geolocation", "<cid:target123@alice.example.com>"), ("Geolocation-Routing", "yes")]
+BY_REFERENCE = [("Geolocation", "<https://lis.example.com/loc/8f3a>;inserted-by=alice")]
+
+
+def located_body(sdp: bytes, part: bytes = LOCATION_PART) -> bytes:
+    return (
+        f"--{BOUNDARY}\r\nContent-Type: application/sdp\r\n\r\n".encode()
+        + sdp
+        + f"\r\n--{BOUNDARY}\r\n".encode()
+        + part
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+async def alice_dials(
+    env: B2bua,
+    dialled: str,
+    *,
+    extra: Sequence[tuple[str, str]] = (),
+    part: bytes | None = LOCATION_PART,
+) -> Response:
+    """alice calls ``dialled`` with ``extra`` headers and, unless ``part`` is None, a
+    multipart body with that location part; the final response after the digest."""
+    sdp = env.alice.offer_sdp()
+    body, content_type = (
+        (sdp, "application/sdp") if part is None else (located_body(sdp, part), MIXED)
+    )
+    call = await env.alice.invite(
+        f"sip:{dialled}@127.0.0.1:5060", sdp=body, content_type=content_type, extra=extra
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    final = await call.final()
+    if final.status == 200:
+        assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    return final
+
+
+def trunk_invite(env: B2bua) -> Request:
+    [invite] = env.trunk.requests("INVITE")
+    return invite
+
+
+def location_record(env: B2bua) -> Any:
+    store = env.gateway.store
+    assert store is not None
+    [record] = store.call_records_recent()
+    return record.security.get("location")
+
+
+async def started(nursery: trio.Nursery, tmp_path: Path, seed: int, **carrier: Any) -> B2bua:
+    return await start_b2bua(
+        nursery, tmp_path, seed, carrier={"prefixes": ["+1", "112"], **carrier}
+    )
+
+
+async def test_an_emergency_call_passes_the_location_by_value_byte_for_byte(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await started(nursery, tmp_path, voipgw_seed)
+    assert (await alice_dials(env, "112", extra=BY_VALUE)).status == 200
+    invite = trunk_invite(env)
+    assert invite.headers.get("Geolocation") == "<cid:target123@alice.example.com>"
+    assert invite.headers.get("Geolocation-Routing") == "yes"
+    content_type = invite.content_type or ""
+    assert content_type.startswith("multipart/mixed;boundary=voipgw-")
+    boundary = content_type.partition("boundary=")[2].encode()
+    assert BOUNDARY.encode() not in invite.body  # our own boundary, not the phone's
+    parts = invite.body.split(b"--" + boundary)
+    # Our SDP first (through the gateway), then the phone's location part as it came.
+    assert parts[1].startswith(b"\r\nContent-Type: application/sdp\r\n\r\nv=0")
+    assert b"c=IN IP4 127.0.0.1" in parts[1]
+    assert parts[2] == b"\r\n" + LOCATION_PART + b"\r\n"
+    assert parts[3] == b"--\r\n"
+    await eventually(lambda: location_record(env) is not None)
+    assert location_record(env) == {
+        "conveyed": "by value",
+        "passed_to": ["carrier"],
+        "dropped_for": [],
+    }
+    assert "civicAddress" not in str(location_record(env))
+
+
+async def test_location_by_reference_passes_as_a_header_only(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await started(nursery, tmp_path, voipgw_seed)
+    assert (await alice_dials(env, "112", extra=BY_REFERENCE, part=None)).status == 200
+    invite = trunk_invite(env)
+    assert invite.headers.get("Geolocation") == BY_REFERENCE[0][1]
+    assert invite.headers.get("Geolocation-Routing") is None
+    assert invite.content_type == "application/sdp"
+    await eventually(lambda: location_record(env) is not None)
+    assert location_record(env)["conveyed"] == "by reference"
+
+
+async def test_the_location_is_dropped_where_the_trunk_policy_says_so(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``never`` keeps it from an emergency call; the default ``emergency`` from any other."""
+    for policy, dialled in (("never", "112"), ("emergency", "+15551234")):
+        env = await started(nursery, tmp_path / policy, voipgw_seed, location=policy)
+        assert (await alice_dials(env, dialled, extra=BY_VALUE)).status == 200
+        invite = trunk_invite(env)
+        assert invite.headers.get("Geolocation") is None, policy
+        assert invite.headers.get("Geolocation-Routing") is None
+        assert invite.content_type == "application/sdp"
+        assert b"presence" not in invite.body
+        await eventually(lambda env=env: location_record(env) is not None)  # type: ignore[misc]
+        assert location_record(env)["dropped_for"] == ["carrier"]
+
+
+async def test_all_passes_the_location_on_any_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await started(nursery, tmp_path, voipgw_seed, location="all")
+    assert (await alice_dials(env, "+15551234", extra=BY_VALUE)).status == 200
+    invite = trunk_invite(env)
+    assert invite.headers.get("Geolocation") == BY_VALUE[0][1]
+    assert PIDF in invite.body
+
+
+async def test_a_dangling_cid_is_424_and_a_malformed_geolocation_400(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await started(nursery, tmp_path, voipgw_seed)
+    dangling = [("Geolocation", "<cid:elsewhere@alice.example.com>")]
+    final = await alice_dials(env, "112", extra=dangling)
+    assert final.status == 424
+    assert final.reason.startswith("Bad Location Information")
+    assert final.headers.get("Geolocation-Error") == '100 ;code="Cannot Process Location"'
+    final = await alice_dials(env, "112", extra=[("Geolocation", "cid:no-brackets@x")])
+    assert final.status == 400
+    assert "malformed Geolocation" in final.reason
+    not_pidf = LOCATION_PART.replace(PIDF, b"just some text\r\n")
+    final = await alice_dials(env, "112", extra=BY_VALUE, part=not_pidf)
+    assert final.status == 424
+    assert "not a PIDF-LO" in final.reason
+    assert env.trunk.requests("INVITE") == []
+
+
+async def test_a_required_location_part_is_not_415(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """handling=required (also its default, no Content-Disposition): passed where the policy
+    passes it, dropped (and the call made all the same) where it does not."""
+    required = LOCATION_PART.replace(b"render;handling=optional", b"render;handling=required")
+    bare = LOCATION_PART.replace(b"Content-Disposition: render;handling=optional\r\n", b"")
+    env = await started(nursery, tmp_path, voipgw_seed)
+    assert (await alice_dials(env, "112", extra=BY_VALUE, part=required)).status == 200
+    assert b"handling=required" in trunk_invite(env).body
+    assert (await alice_dials(env, "+15551234", extra=BY_VALUE, part=bare)).status == 200
+    assert b"presence" not in env.trunk.requests("INVITE")[1].body
+
+
+async def test_geolocation_error_from_the_trunk_reaches_the_phone(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await started(nursery, tmp_path, voipgw_seed)
+    env.trunk.auto = None
+    sdp = env.alice.offer_sdp()
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060", sdp=located_body(sdp), content_type=MIXED, extra=BY_VALUE
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    leg_b = await env.trunk.next_call()
+    error = '300 ;code="Dereference Failure"'
+    await env.trunk.respond(
+        leg_b.incoming,  # type: ignore[arg-type]
+        424,
+        reason="Bad Location Information",
+        extra=[("Geolocation-Error", error)],
+    )
+    final = await call.final()
+    assert final.status == 424
+    assert final.headers.get("Geolocation-Error") == error
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_call_without_location_is_unchanged(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await started(nursery, tmp_path, voipgw_seed, location="all")
+    assert (await alice_dials(env, "112", part=None)).status == 200
+    invite = trunk_invite(env)
+    assert invite.content_type == "application/sdp"
+    assert "Geolocation" not in invite.headers
+    await eventually(lambda: env.gateway.store.call_records_recent() != [])  # type: ignore[union-attr]
+    assert location_record(env) is None
+
+
+async def test_a_reinvite_with_a_location_part_carries_its_sdp_only(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Location in a re-INVITE is accepted (even handling=required: no 415) and not passed on:
+    the trunk's re-INVITE has our SDP alone (docs/configuration.md, ``location``)."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060",
+        sdp=located_body(env.alice.offer_sdp()),
+        content_type=MIXED,
+        extra=BY_VALUE,
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    assert (await call.final()).status == 200
+    required = LOCATION_PART.replace(b"handling=optional", b"handling=required")
+    exchange = await call.request(
+        "INVITE",
+        body=located_body(env.alice.offer_sdp(direction="sendonly"), required),
+        content_type=MIXED,
+        extra=BY_VALUE,
+    )
+    assert (await exchange.final()).status == 200
+    reinvite = env.trunk.requests("INVITE")[-1]
+    assert reinvite.headers.get("To") != trunk_invite_to(env)  # the re-INVITE, in the dialog
+    assert reinvite.content_type == "application/sdp"
+    assert b"a=sendonly" in reinvite.body
+    assert b"presence" not in reinvite.body
+    assert "Geolocation" not in reinvite.headers
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+def trunk_invite_to(env: B2bua) -> str | None:
+    return env.trunk.requests("INVITE")[0].headers.get("To")

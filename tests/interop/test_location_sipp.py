@@ -1,0 +1,96 @@
+"""Location conveyance (RFC 6442) through ``voipgw run`` between sipp peers: a phone's emergency
+call with its PIDF-LO reaches the emergency trunk with Geolocation and the part as it was sent.
+
+The phone (sipp, account alice) calls 112 with ``Geolocation: <cid:...>``,
+``Geolocation-Routing: yes`` and a multipart/mixed body of its SDP and a PIDF-LO part marked
+handling=required (calls/uac_call_location_auth.xml); the trunk serving 112 (sipp,
+calls/uas_answer_location.xml) fails its run unless its INVITE has the header, the routing
+header, and a multipart body of the gateway's with the SDP first and the PIDF-LO part with its
+Content-Type, Content-ID, Content-Disposition and position. Each scenario is also run against a
+plain counterpart without the gateway, so that both are shown to work and the trunk's checks to
+fail when location is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
+from tests.interop.test_calls_sipp import ACCOUNTS, account_call
+from tests.interop.test_scenarios_calls import CREDENTIALS
+
+pytestmark = pytest.mark.interop
+
+POSITION = "52.5200 13.4050"  # in the phone's PIDF-LO: must never reach the gateway's log
+
+
+def emergency_trunk(trunk: SippUas) -> str:
+    """The trunk the gateway sends emergency calls to (``location`` left at its default)."""
+    return (
+        "[[trunks]]\n"
+        'name = "emergency"\n'
+        f'address = "{trunk.config_address}"\n'
+        'prefixes = ["112"]\n'
+        "allowed_sources = []\n"
+    )
+
+
+def test_a_phones_emergency_call_brings_its_location_to_the_trunk(tmp_path: Path) -> None:
+    with SippUas("calls/uas_answer_location.xml", workdir=tmp_path) as trunk:
+        toml = emergency_trunk(trunk)
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=toml) as gw:
+            caller = account_call("calls/uac_call_location_auth.xml", gw, tmp_path, service="112")
+            caller.check()  # no 415: the location part is handling=required
+            answered = trunk.wait(timeout=10)
+            answered.check()  # Geolocation, Geolocation-Routing and the part arrived
+            calls = gw.cli_until(
+                lambda out: "caller location conveyed" in out, "calls", "--recent", "5"
+            )
+            log = gw.log_text()
+
+    (invite,) = answered.received("INVITE ")
+    assert "Geolocation: <cid:target123@sipp.example.com>" in invite
+    assert "caller location conveyed by value, passed to emergency" in calls
+    assert "location (by value (<target123@sipp.example.com>" in log
+    assert "passed to emergency" in log
+    # A caller's location is personal data: neither the log nor the record holds it.
+    assert POSITION not in log and POSITION not in calls
+    assert "Traceback" not in log
+
+
+def test_the_location_phone_against_a_challenging_uas(tmp_path: Path) -> None:
+    with SippUas("uas_auth_answer.xml", workdir=tmp_path, keys=CREDENTIALS) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_call_location_auth.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="112",
+            caller="alice",
+            auth=("alice", "s3cret"),
+        )
+        caller.check()
+        callee.wait(timeout=10).check()
+    first, second = caller.sent("INVITE ")
+    for invite in (first, second):
+        assert "Geolocation: <cid:target123@sipp.example.com>" in invite
+        assert "Content-ID: <target123@sipp.example.com>" in invite
+        assert POSITION in invite
+    assert 'Authorization: Digest username="alice"' in second
+
+
+def test_the_location_trunk_fails_without_location(tmp_path: Path) -> None:
+    """A multipart INVITE without Geolocation or PIDF-LO (a SIP-I call) fails the trunk."""
+    with SippUas("calls/uas_answer_location.xml", workdir=tmp_path, timeout=5) as callee:
+        run_sipp_uac(
+            "calls/uac_call_sip_i.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="112",
+            call_duration_ms=100,
+            timeout=4,
+        )
+        answered = callee.wait(timeout=10)
+    assert not answered.ok
+    assert "Geolocation" in answered.error_log.read_text()
