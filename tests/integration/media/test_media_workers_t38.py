@@ -2,9 +2,10 @@
 real loopback sockets: what test_opaque_relay.py shows of the in-process relay, through the
 control channel (``SetOpaque``, ``TappedDatagram``).
 
-Two real workers relay on 127.0.0.1, ports 31600-31639 (below Linux's ephemeral range); the
-phones bind ephemeral ports. Nothing sleeps a fixed time: every wait polls under a bound, and a
-drop is shown by a counter the worker pushes. Every process started is stopped (checked).
+Two real workers relay on 127.0.0.1, ports 31600-31639 (below Linux's ephemeral range; a worker
+without its process, for its outbox, 31640-31659); the phones bind ephemeral ports. Nothing
+sleeps a fixed time: every wait polls under a bound, and a drop is shown by a counter the worker
+pushes. Every process started is stopped (checked).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 
 import pylibsrtp
@@ -21,10 +23,19 @@ import trio
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.keying import StreamKeys
-from gateway.core.media.relay import MAX_OPAQUE_DATAGRAM
+from gateway.core.media.relay import MAX_OPAQUE_DATAGRAM, Direction
 from gateway.core.media.remote_relay import WORKER_EXITED, RemoteStream, WorkerPool
 from gateway.core.media.session import MediaSession
 from gateway.core.media.taps import CallTaps
+from gateway.core.media.worker import OUT_BUFFER_LIMIT, Worker
+from gateway.core.media.worker_protocol import (
+    FrameReader,
+    Open,
+    SetOpaque,
+    SetTap,
+    Tapped,
+    TappedDatagram,
+)
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.integration.media.test_media_workers import (
     ADDRESS,
@@ -241,3 +252,35 @@ async def test_a_worker_killed_mid_fax_ends_the_call_as_for_rtp(
     assert stream.opaque
     stream.close()
     await eventually(lambda: pool.worker_starts()[stream.worker] == 2, "restarted")
+
+
+async def test_a_workers_fax_copies_are_dropped_and_counted_when_its_channel_is_flooded() -> None:
+    """The worker's side of a tapped opaque stream, without a process: its copies are
+    ``TappedDatagram`` messages, queued like RTP copies and, past the outbox's bound, dropped
+    and counted instead (the relay never waits for the SIP process)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        worker = Worker(trio.socket.from_stdlib_socket(ours), ADDRESS, PortRange(31640, 31659), 1.0)
+        try:
+            a_port, b_port = worker.ports.refill()[:2]
+            for message in (Open(1, a_port, b_port), SetOpaque(1, True), SetTap(1, True)):
+                worker.handle(message)
+            stream, _ = worker._streams[1]
+            assert stream.opaque
+            (copy,) = stream.a_to_b.taps
+            outbox = worker.outbox
+            outbox._out.clear()  # PairsReady
+            copy(Direction.A_TO_B, udptl(0x8001, b"\x06"))
+            assert FrameReader().feed(bytes(outbox._out)) == [
+                TappedDatagram(1, "a_to_b", None, udptl(0x8001, b"\x06"))  # nothing latched yet
+            ]
+            outbox._out[:] = bytes(OUT_BUFFER_LIMIT + 1)
+            copy(Direction.A_TO_B, udptl(0x8002, b"\x06"))
+            assert (len(outbox._out), outbox.dropped) == (OUT_BUFFER_LIMIT + 1, 1)
+            worker.handle(SetOpaque(1, False))  # back to audio: copies are RTP's again
+            outbox._out.clear()
+            copy(Direction.B_TO_A, rtp(1))
+            assert FrameReader().feed(bytes(outbox._out)) == [Tapped(1, "b_to_a", rtp(1))]
+        finally:
+            worker.relay.close()
+            worker.ports.close()
