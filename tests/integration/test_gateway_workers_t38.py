@@ -1,106 +1,86 @@
-"""T.38 with ``[media] workers = 2``: the workers relay RTP only, so a re-INVITE to T.38 is
-refused (488, the reason as Warning, logged) and the call goes on with its audio. Calls on the
-in-memory SIP network, media in two real worker processes on 127.0.0.1 (ports 31300-31399), in
-real time, every wait bounded (as test_gateway_workers.py).
+"""T.38 fax passthrough with ``[media] workers = 2``: the same as in-process.
+
+The in-process tests of tests/component/calls/test_b2bua_t38.py run here unchanged against a
+gateway whose media relay is two real worker processes on 127.0.0.1 (ports 31300-31399), in
+real time (every wait there is bounded): an ATA's re-INVITE to T.38 is relayed, UDPTL datagrams
+go both ways byte for byte (those whose first octet is 0x80 included), and a re-INVITE back to
+audio makes the stream RTP again; a ZRTP (SRTP) leg relays the fax in clear and is offered ZRTP
+afresh back to audio; an intercepted call's fax reaches the mediation function as X3 IP packets
+with the sender's address and the relay's port. Signalling runs on the in-memory SIP network, as
+in the component tests.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
 
-from gateway.core.config import from_mapping
-from gateway.core.gateway import Gateway
-from gateway.core.ids import SeededIds
-from gateway.core.store.sqlite import SqliteStore
-from gateway.testing.memory_transport import memory_plugins
-from gateway.testing.network import MemoryNetwork
-from gateway.testing.sip_agent import AutoAnswer, SipAgent
-from tests.integration.test_gateway_workers import (
-    ALICE,
-    DID,
-    GW,
-    PASSWORD,
-    REALM,
-    TIMEOUT,
-    TRUNK,
-    answered_call,
-)
+from tests.component.calls import b2bua_env, test_b2bua_intercept, test_b2bua_t38
 
-MEDIA_PORTS = range(31300, 31400)
-T38_ONLY = (
-    b"v=0\r\no=- 1 2 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
-    b"m=image 40002 udptl t38\r\na=T38FaxVersion:0\r\na=T38FaxMaxDatagram:400\r\n"
-)
+MEDIA_PORTS = "31300-31399"  # below Linux's ephemeral range; test_gateway_workers uses 31200s
 
 
-async def test_media_workers_refuse_t38_saying_why_and_the_call_goes_on(
-    tmp_path: Path, voipgw_seed: int, caplog: pytest.LogCaptureFixture
+@pytest.fixture(autouse=True)
+def media_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """Every gateway the component helpers start runs ``[media] workers = 2`` (checked: it has
+    a worker pool and no in-process relay); the gateways made are listed."""
+    made = b2bua_env.gateway_config
+    gateways: list[Any] = []
+
+    def with_workers(*args: Any, **kwargs: Any) -> Any:
+        config = made(*args, **kwargs)
+        return attrs.evolve(config, media=attrs.evolve(config.media, workers=2, ports=MEDIA_PORTS))
+
+    monkeypatch.setattr(b2bua_env, "gateway_config", with_workers)
+    real_start = b2bua_env.start_b2bua
+
+    async def start(*args: Any, **kwargs: Any) -> b2bua_env.B2bua:
+        env = await real_start(*args, **kwargs)
+        assert env.gateway.media_workers is not None and env.gateway.relay is None
+        gateways.append(env.gateway)
+        return env
+
+    # Bound by name in the modules that call it.
+    for module in (test_b2bua_t38, test_b2bua_intercept):
+        monkeypatch.setattr(module, "start_b2bua", start)
+    yield gateways
+    assert gateways, "no gateway was started"
+
+
+async def test_an_atas_reinvite_to_t38_is_relayed_by_a_worker_and_back_to_audio(
+    nursery: trio.Nursery, tmp_path: Path, voipgw_seed: int, media_workers: list[Any]
 ) -> None:
-    state = tmp_path / "state"
-    store = SqliteStore.open(state)
-    store.accounts_add("alice", PASSWORD, REALM)
-    store.close()
-    config = from_mapping(
-        {
-            "gateway": {"state_dir": str(state), "realm": REALM},
-            "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": 0.5},
-            "media": {
-                "address": "127.0.0.1",
-                "ports": f"{MEDIA_PORTS.start}-{MEDIA_PORTS.stop - 1}",
-                "workers": 2,
-            },
-            "plugins": {"enable": []},
-            "trunks": [
-                {
-                    "name": "carrier",
-                    "address": "udp:127.0.0.2:5060",
-                    "prefixes": ["+1"],
-                    "dids": {DID: "alice"},
-                }
-            ],
-        }
+    await test_b2bua_t38.test_an_atas_reinvite_to_t38_is_relayed_and_back_to_audio(
+        nursery,
+        tmp_path,
+        None,  # type: ignore[arg-type]  # real time: no autojump clock with real processes
+        voipgw_seed,
     )
-    caplog.set_level(logging.INFO, logger="gateway.core.media.session")
-    async with trio.open_nursery() as nursery:
-        network = MemoryNetwork(voipgw_seed, delay=0.001)
-        await nursery.start(network.serve)
-        gateway = Gateway(config, memory_plugins(config, network), ids=SeededIds(voipgw_seed))
-        await nursery.start(gateway.serve)
-        assert gateway.media_workers is not None
-        alice = SipAgent(
-            network,
-            ALICE,
-            ids=SeededIds(voipgw_seed + 1),
-            user="alice",
-            password=PASSWORD,
-            proxy=GW,
-            auto=AutoAnswer(),
-            media_port=30000,
-        )
-        trunk = SipAgent(
-            network,
-            TRUNK,
-            ids=SeededIds(voipgw_seed + 2),
-            user="+15550100",
-            domain="127.0.0.2:5060",
-            proxy=GW,
-            media_port=40000,
-        )
-        await nursery.start(alice.serve)
-        await nursery.start(trunk.serve)
-        assert (await alice.register()).status == 200
+    assert len(media_workers) == 1
 
-        call, _ = await answered_call(trunk, alice)
-        refused = await call.reinvite(T38_ONLY, timeout=TIMEOUT)
-        assert refused.status == 488
-        assert "[media] workers = 1" in (refused.headers.get("Warning") or "")
-        assert "T.38 stream (m= line 1) not relayed" in caplog.text
-        assert not [r for r in alice.received if r.request.method == "INVITE"][1:]
-        # The call goes on with its audio.
-        assert (await call.reinvite(trunk.offer_sdp(), timeout=TIMEOUT)).status == 200
-        assert (await call.bye(timeout=TIMEOUT)).status == 200
-        nursery.cancel_scope.cancel()
+
+async def test_a_zrtp_leg_and_a_plain_leg_relay_the_fax_in_clear_through_a_worker(
+    nursery: trio.Nursery, tmp_path: Path, voipgw_seed: int, media_workers: list[Any]
+) -> None:
+    await test_b2bua_t38.test_a_zrtp_leg_and_a_plain_leg_relay_the_fax_in_clear(
+        nursery,
+        tmp_path,
+        None,  # type: ignore[arg-type]
+        voipgw_seed,
+    )
+
+
+async def test_an_intercepted_calls_fax_reaches_x3_as_ip_packets_from_a_worker(
+    nursery: trio.Nursery, tmp_path: Path, voipgw_seed: int, media_workers: list[Any]
+) -> None:
+    await test_b2bua_t38.test_an_intercepted_calls_fax_is_delivered_as_x3_ip_packets(
+        nursery,
+        tmp_path,
+        None,  # type: ignore[arg-type]
+        voipgw_seed,
+    )

@@ -12,7 +12,9 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
 - hands out :class:`RemoteStream` proxies with the interface the in-process relay gives a call
   (:mod:`gateway.core.media.relay_api`): ``set_remote``, ``blocked``, ``statistics()``,
   ``last_activity``, DTLS datagrams in (``set_non_rtp_handler``) and out (``send``), ``close``;
-  keys go as values (:meth:`RemoteStream.apply_keys`) and the worker builds the SRTP contexts.
+  keys go as values (:meth:`RemoteStream.apply_keys`) and the worker builds the SRTP contexts;
+  T.38 fax (``set_opaque``) and taps (``set_tap``: the worker sends copies of what it forwards,
+  T.38 datagrams with the source they came from) run in the worker's relay as in-process.
   Every call on a proxy is synchronous and only queues a message: a call never waits for a worker;
 - picks the worker of a call when its first stream opens: the one with the fewest open streams.
   Every stream costs about the same (one call's RTP at a codec's packet rate), the count is known
@@ -76,11 +78,13 @@ from gateway.core.media.worker_protocol import (
     SetBlocked,
     SetDtls,
     SetKeys,
+    SetOpaque,
     SetRemote,
     SetTap,
     Stats,
     StreamFailed,
     Tapped,
+    TappedDatagram,
     encode,
 )
 
@@ -121,6 +125,11 @@ SEND_BUFFER_LIMIT = 16 * 1024 * 1024
 """Octets queued towards a worker that does not read; past this it is declared dead."""
 
 _NO_COUNTS = DirectionStatistics(*(0 for _ in attrs.fields(DirectionStatistics)))
+
+DatagramTap = Callable[[Direction, bytes, tuple[str, int] | None], None]
+"""Called with every datagram a worker's opaque stream (T.38 UDPTL) forwarded in a direction,
+and the source latched on the sending leg's socket (None before one is): a copy the worker sent
+(``TappedDatagram``), as :data:`gateway.core.media.relay.Tap` is for RTP."""
 
 
 def split_ports(ports: PortRange, workers: int) -> list[PortRange]:
@@ -348,6 +357,8 @@ class RemoteStream:
     _last_activity: float = attrs.field(repr=False)
     _srtp: dict[str, SrtpStatistics] = attrs.field(repr=False)
     _tap: Tap | None = attrs.field(repr=False)
+    _datagram_tap: DatagramTap | None = attrs.field(repr=False)
+    _opaque: bool = attrs.field(repr=False)
 
     def __init__(
         self,
@@ -370,6 +381,8 @@ class RemoteStream:
         self._last_activity = trio.current_time()
         self._srtp = {}
         self._tap = None
+        self._datagram_tap = None
+        self._opaque = False
 
     @property
     def closed(self) -> bool:
@@ -383,12 +396,18 @@ class RemoteStream:
 
     @property
     def opaque(self) -> bool:
-        """False: workers relay RTP only (:attr:`CallRelay.carries_opaque`)."""
-        return False
+        """Whether the stream relays datagrams as they are (T.38 UDPTL), not RTP/RTCP: the mode
+        last set here (the worker applies it in the order it was set)."""
+        return self._opaque
 
     def set_opaque(self, opaque: bool) -> None:
-        if opaque:
-            raise LocalMediaError("media workers relay RTP only, not T.38 datagrams")
+        """As :meth:`gateway.core.media.relay.MediaStream.set_opaque`; the worker applies it
+        after every message queued before it (remote addresses, keys, taps), as the in-process
+        relay would have. A closed stream or no change: nothing is sent."""
+        if self._channel is None or opaque == self._opaque:
+            return
+        self._opaque = opaque
+        self._send(SetOpaque(self.id, opaque))
 
     def apply_keys(self, keys: StreamKeys) -> None:
         """Each leg's SRTP keys and the block flag, to the worker, which builds the SRTP
@@ -408,12 +427,14 @@ class RemoteStream:
             )
         )
 
-    def set_tap(self, tap: Tap | None) -> None:
+    def set_tap(self, tap: Tap | None, datagrams: DatagramTap | None = None) -> None:
         """Call ``tap`` with every packet the worker forwards on this stream, decrypted (as the
         in-process relay's taps, :data:`gateway.core.media.relay.Tap`; the worker sends copies
-        over the control channel and drops them, counted, when the channel is flooded); None
-        stops it."""
+        over the control channel and drops them, counted, when the channel is flooded), and
+        ``datagrams`` with every T.38 datagram it forwards while the stream is opaque (with its
+        source; without ``datagrams`` they go to ``tap``); None stops both."""
         self._tap = tap
+        self._datagram_tap = datagrams if tap is not None else None
         self._send(SetTap(self.id, tap is not None))
 
     def _tapped(self, message: Tapped) -> None:
@@ -424,6 +445,18 @@ class RemoteStream:
             tap(Direction(message.direction), message.packet)
         except Exception:
             log.exception("a media tap failed on a worker stream")
+
+    def _tapped_datagram(self, message: TappedDatagram) -> None:
+        # Which message it came in says what it is: a copy sent before a re-INVITE switched
+        # the mode is still what it was when the worker forwarded it.
+        datagrams, tap = self._datagram_tap, self._tap
+        try:
+            if datagrams is not None:
+                datagrams(Direction(message.direction), message.packet, message.source)
+            elif tap is not None:
+                tap(Direction(message.direction), message.packet)
+        except Exception:
+            log.exception("a media tap failed on a worker stream's T.38 datagram")
 
     def srtp_statistics(self) -> dict[str, SrtpStatistics]:
         """SRTP counters per leg with keys, as last pushed by the worker."""
@@ -487,9 +520,9 @@ class CallRelay:
 
     @property
     def carries_opaque(self) -> bool:
-        """False: a worker's relay has no opaque (T.38 UDPTL) mode yet; the call's media
-        session offers and answers such streams with port 0 and logs why."""
-        return False
+        """True: a worker's streams relay T.38 UDPTL datagrams (:meth:`RemoteStream.set_opaque`,
+        the worker's in-process relay does it)."""
+        return True
 
     def open_stream(self) -> RemoteStream:
         stream = self._pool.open_stream(prefer=self._worker, on_lost=self._lost)
@@ -539,8 +572,8 @@ class WorkerPool:
 
     @property
     def carries_opaque(self) -> bool:
-        """False: see :attr:`CallRelay.carries_opaque`."""
-        return False
+        """True: see :attr:`CallRelay.carries_opaque`."""
+        return True
 
     # -- what calls use ---------------------------------------------------------------------
 
@@ -761,12 +794,14 @@ class WorkerPool:
             if pong is not None:
                 pong.set()
             return
-        if isinstance(message, Stats | Datagram | StreamFailed | Tapped):
+        if isinstance(message, Stats | Datagram | StreamFailed | Tapped | TappedDatagram):
             stream = worker.streams.get(message.stream)
             if stream is None:
                 return  # closed here meanwhile
             if isinstance(message, Tapped):
                 stream._tapped(message)
+            elif isinstance(message, TappedDatagram):
+                stream._tapped_datagram(message)
             elif isinstance(message, Stats):
                 stream._update(message, trio.current_time())
             elif isinstance(message, Datagram):

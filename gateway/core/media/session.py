@@ -27,8 +27,9 @@ What each leg sees is ours, never the other peer's transport:
   port), and its stream relays opaque datagrams (:meth:`RelayStream.set_opaque`). A re-INVITE
   that turns an audio line into T.38 (or back) keeps the line's stream and ports and switches the
   stream's mode when the answer accepts it, so RTP in flight until then is still relayed as RTP.
-  A malformed T.38 line, or a relay without an opaque mode (``[media] workers >= 2``), gets port
-  0 for that line (488 when nothing else is relayable), logged.
+  A malformed T.38 line gets port 0 for that line (488 when nothing else is relayable),
+  logged; so would a T.38 line on a relay without an opaque mode (``Relay.carries_opaque``:
+  the in-process relay and the media workers both have one).
 - Hold passes through: a=sendonly/inactive as written, and c=0.0.0.0 (RFC 3264 §8.4) as a
   media-level c= line; the relay then has no destination for that leg.
 - rtcp-mux is settled per leg (the relay demultiplexes per side): the offerer gets a=rtcp-mux in
@@ -533,10 +534,7 @@ class MediaSession:
     def _t38_refusal(self, media: MediaDescription) -> str | None:
         """Why a T.38 UDPTL line cannot be relayed here, or None when it can."""
         if not self._relay.carries_opaque:
-            return (
-                "T.38 passthrough needs the in-process relay ([media] workers = 1); "
-                "media workers relay RTP only"
-            )
+            return "the media relay has no opaque (T.38 datagram) mode"
         problem = t38_problem_untrusted(media)
         return None if problem is None else f"malformed T.38 attributes: {problem}"
 
@@ -545,7 +543,7 @@ class MediaSession:
         stream = self._slots[index]
         if stream is None or stream.opaque == opaque:
             return
-        stream.set_opaque(opaque)  # LocalMediaError where the relay has no opaque mode
+        stream.set_opaque(opaque)
 
     def _remote_of(
         self, sd: SessionDescription, media: MediaDescription, index: int, *, rtcp_mux: bool

@@ -19,8 +19,9 @@ the sinks.
 
 What is forwarded is what is tapped: a direction blocked for want of keys forwards, and so taps,
 nothing. A stream in a media worker process (``[media] workers``) is tapped by its worker, which
-sends the copies over its control channel (worker_protocol ``SetTap``/``Tapped``); a worker whose
-channel is flooded drops copies (counted there) rather than slow its relay. A stream that cannot
+sends the copies over its control channel (worker_protocol ``SetTap``/``Tapped``; a T.38
+datagram as ``TappedDatagram``, with the source it came from); a worker whose channel is flooded
+drops copies (counted there) rather than slow its relay. A stream that cannot
 be tapped at all would be listed in the call's record (``taps``: ``untapped_streams``) and
 logged, so a recording known to be incomplete never looks complete.
 
@@ -43,7 +44,7 @@ import attrs
 
 from gateway.core.interfaces import TappedMedia, TapSink
 from gateway.core.media.relay import Direction, MediaStream, Tap
-from gateway.core.media.remote_relay import RemoteStream
+from gateway.core.media.remote_relay import DatagramTap, RemoteStream
 from gateway.core.media.session import MediaSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.transport.flows import Address
@@ -159,12 +160,15 @@ class CallTaps:
             tapped = self._tapped.get(index)
             if tapped is not None and tapped.stream is stream:
                 continue
-            tap = self._tap(str(index), stream if isinstance(stream, MediaStream) else None)
             if isinstance(stream, MediaStream):
+                tap = self._tap(str(index), stream, set())
                 stream.a_to_b.add_tap(tap)
                 stream.b_to_a.add_tap(tap)
             elif isinstance(stream, RemoteStream):
-                stream.set_tap(tap)  # its worker sends the copies
+                failed: set[str] = set()
+                tap = self._tap(str(index), None, failed)
+                # Its worker sends the copies; T.38 datagrams with the source they came from.
+                stream.set_tap(tap, self._worker_fax(str(index), stream, failed))
             else:
                 if index not in self._untapped and self.names:
                     self._untapped.add(index)
@@ -215,12 +219,12 @@ class CallTaps:
         """What the call's security record says of its taps."""
         return {"names": list(self.names), "untapped_streams": sorted(self._untapped)}
 
-    def _tap(self, stream_id: str, stream: MediaStream | None) -> Tap:
+    def _tap(self, stream_id: str, stream: MediaStream | None, failed: set[str]) -> Tap:
         """The relay tap of stream ``stream_id``; ``stream`` when it is in this process (it may
-        turn to T.38, whose datagrams go to ``_fax``; a worker's stream never does)."""
+        turn to T.38, whose datagrams go to ``_fax``; a worker sends those apart, see
+        :meth:`_worker_fax`). ``failed``: the sinks already logged as failing on it."""
         sinks, clock = self._sinks, self._clock
 
-        failed: set[str] = set()
         # Where each direction's datagrams arrive: the relay's port facing the sending leg.
         ours = (
             (stream.a.ports.rtp_socket.getsockname(), stream.b.ports.rtp_socket.getsockname())
@@ -231,7 +235,10 @@ class CallTaps:
         def tap(direction: Direction, packet: bytes) -> None:
             now = clock()
             if stream is not None and ours is not None and stream.opaque:
-                self._fax(stream_id, stream, ours, direction, packet, now, failed)
+                a_to_b = direction is Direction.A_TO_B
+                source = (stream.a if a_to_b else stream.b).rtp_source
+                destination = ours[0] if a_to_b else ours[1]
+                self._fax(stream_id, direction, packet, now, failed, source, destination)
                 return
             for name, sink in sinks:
                 # One sink failing (a bug in a plugin) must not cost another its packets: a
@@ -247,20 +254,34 @@ class CallTaps:
 
         return tap
 
+    def _worker_fax(self, stream_id: str, stream: RemoteStream, failed: set[str]) -> DatagramTap:
+        """Where a worker's copies of stream ``stream_id``'s T.38 datagrams go: ``_fax``, with
+        the source the worker latched and our port that received them (the worker binds the
+        address and ports the SIP process wrote into the SDP)."""
+        clock = self._clock
+        ours = (
+            (stream.a.ports.address, stream.a.ports.rtp_port),
+            (stream.b.ports.address, stream.b.ports.rtp_port),
+        )
+
+        def fax(direction: Direction, datagram: bytes, source: Address | None) -> None:
+            destination = ours[0] if direction is Direction.A_TO_B else ours[1]
+            self._fax(stream_id, direction, datagram, clock(), failed, source, destination)
+
+        return fax
+
     def _fax(
         self,
         stream_id: str,
-        stream: MediaStream,
-        ours: tuple[Address, Address],
         direction: Direction,
         datagram: bytes,
         now: float,
         failed: set[str],
+        source: Address | None,
+        destination: Address,
     ) -> None:
-        """A T.38 UDPTL datagram: to the sinks that take datagrams, with its addresses."""
-        a_to_b = direction is Direction.A_TO_B
-        source = (stream.a if a_to_b else stream.b).rtp_source
-        destination = ours[0] if a_to_b else ours[1]
+        """A T.38 UDPTL datagram: to the sinks that take datagrams, with its addresses
+        (``source``: the sending leg's latched source; ``destination``: our port facing it)."""
         missing: list[str] = []
         for name, sink in self._sinks:
             take = getattr(sink, "datagram", None)

@@ -15,7 +15,9 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
 - the control task, which applies each message to its stream: ``SetRemote``, ``SetBlocked``,
   ``SetKeys`` (SRTP contexts built here by :class:`~gateway.core.media.keying.StreamSrtp`, the
   same code the in-process relay uses), ``SetDtls`` (DTLS datagrams from a leg's peer go back as
-  ``Datagram``), ``SendDatagram``, ``Close``. A request it cannot honour ends the stream's call
+  ``Datagram``), ``SendDatagram``, ``SetTap``, ``SetOpaque`` (T.38 fax: the stream relays UDPTL
+  datagrams as they are, :meth:`~gateway.core.media.relay.MediaStream.set_opaque`), ``Close``.
+  A request it cannot honour ends the stream's call
   (``StreamFailed`` with the reason); keys never appear in that reason;
 - a statistics task that pushes each stream's counters and idle time once per
   ``--stats-interval`` while the stream receives (``Stats``).
@@ -63,11 +65,13 @@ from gateway.core.media.worker_protocol import (
     SetBlocked,
     SetDtls,
     SetKeys,
+    SetOpaque,
     SetRemote,
     SetTap,
     Stats,
     StreamFailed,
     Tapped,
+    TappedDatagram,
     encode,
 )
 
@@ -86,7 +90,16 @@ OUT_BUFFER_LIMIT = 4 * 1024 * 1024
 (and counted) instead of queued: the SIP process is not reading."""
 
 
-_STREAM_REQUESTS = (SetRemote, SetBlocked, SetKeys, SetDtls, SendDatagram, SetTap, Close)
+_STREAM_REQUESTS = (
+    SetRemote,
+    SetBlocked,
+    SetKeys,
+    SetDtls,
+    SendDatagram,
+    SetTap,
+    SetOpaque,
+    Close,
+)
 
 
 class ReservedPorts(PortAllocator):
@@ -270,6 +283,8 @@ class Worker:
                 side.send(message.packet, rtcp=message.rtcp)
             elif isinstance(message, SetTap):
                 self._set_tap(message.stream, stream, message.enabled)
+            elif isinstance(message, SetOpaque):
+                stream.set_opaque(message.opaque)
             else:
                 self._close(message.stream)
         except LocalMediaError as exc:
@@ -307,7 +322,9 @@ class Worker:
     def _set_tap(self, stream_id: int, stream: MediaStream, enabled: bool) -> None:
         """Copies of what ``stream`` forwards to the SIP process (its call's media taps), or
         none. Droppable like the handshake datagrams: a flooded channel loses copies, never
-        the relay's time."""
+        the relay's time. A T.38 datagram of an opaque stream goes as ``TappedDatagram`` with
+        the source latched on the sending leg's socket (the SIP process's taps give it to
+        interception as an IP packet, taps.py ``_fax``)."""
         for control, attached in self._taps.pop(stream_id, ()):
             control.remove_tap(attached)
         if not enabled:
@@ -315,7 +332,15 @@ class Worker:
         outbox = self.outbox
 
         def copy(direction: Direction, packet: bytes) -> None:
-            outbox.send(Tapped(stream_id, direction.value, packet), droppable=True)
+            if stream.opaque:
+                # The relay latched this source before it called the tap.
+                side = stream.a if direction is Direction.A_TO_B else stream.b
+                source = side.rtp_source
+                address = None if source is None else (str(source[0]), int(source[1]))
+                message: Message = TappedDatagram(stream_id, direction.value, address, packet)
+            else:
+                message = Tapped(stream_id, direction.value, packet)
+            outbox.send(message, droppable=True)
 
         stream.a_to_b.add_tap(copy)
         stream.b_to_a.add_tap(copy)

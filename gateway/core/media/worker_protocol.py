@@ -21,12 +21,14 @@ of the same user, never a network socket. No ``repr`` shows them (``SrtpKeys`` r
 and no error message quotes a frame's bytes.
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
-:class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`.
+:class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
+:class:`SetOpaque`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
-:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`.
+:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`.
 
-Decrypted media crosses this channel too (:class:`Tapped`, for a call's media taps: recording,
-interception), under the same rule: it is a socketpair between two processes of one user.
+Decrypted media crosses this channel too (:class:`Tapped`, :class:`TappedDatagram`, for a call's
+media taps: recording, interception), under the same rule: it is a socketpair between two
+processes of one user.
 
 Sans-IO: bytes in, messages out (:class:`FrameReader`), messages in, bytes out (:func:`encode`).
 """
@@ -142,6 +144,16 @@ class SetTap:
 
 
 @attrs.frozen
+class SetOpaque:
+    """``MediaStream.set_opaque``: relay the stream's datagrams as they are (``opaque``: T.38
+    UDPTL, ITU-T T.38 Annex D) or as RTP/RTCP again. Sent in the order the call switches the
+    mode relative to its other messages (the session switches before setting remotes)."""
+
+    stream: int
+    opaque: bool
+
+
+@attrs.frozen
 class Ping:
     """Answer with :class:`Pong` once every message sent before this one is applied."""
 
@@ -209,6 +221,18 @@ class Tapped:
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
 
 
+@attrs.frozen
+class TappedDatagram:
+    """A datagram an opaque stream (T.38 UDPTL) forwarded in ``direction``, for the call's taps,
+    with the source latched on the sending leg's socket (None before any latched): what an
+    interception needs to deliver it as an IP packet (the SIP process knows our port)."""
+
+    stream: int
+    direction: str
+    source: tuple[str, int] | None
+    packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
+
+
 Message = (
     Open
     | SetRemote
@@ -225,6 +249,8 @@ Message = (
     | StreamFailed
     | SetTap
     | Tapped
+    | SetOpaque
+    | TappedDatagram
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -405,6 +431,8 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     24: (Pong, (_STREAM,)),
     9: (SetTap, (_STREAM, _BOOL)),
     25: (Tapped, (_STREAM, _DIRECTION, _BYTES)),
+    10: (SetOpaque, (_STREAM, _BOOL)),
+    26: (TappedDatagram, (_STREAM, _DIRECTION, _ADDRESS, _BYTES)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

@@ -215,7 +215,7 @@ def test_t38_attribute_checks() -> None:
 
 
 class RtpOnlyRelay:
-    """A relay without an opaque mode, as the media workers' (``[media] workers >= 2``)."""
+    """A relay without an opaque mode (``Relay.carries_opaque`` False: neither of ours)."""
 
     def __init__(self, relay: MediaRelay) -> None:
         self._relay = relay
@@ -234,9 +234,9 @@ def test_relay_without_opaque_mode_refuses_t38_saying_why(
         with caplog.at_level(logging.INFO, logger="gateway.core.media.session"):
             to_b = session.offer_from("a", sdp(AUDIO, T38))
         assert section(to_b, 1) == ["m=image 0 udptl t38"]
-        assert "workers" in caplog.text and "T.38" in caplog.text
+        assert "no opaque (T.38 datagram) mode" in caplog.text and "T.38" in caplog.text
         session.abandon_offer()
-        with pytest.raises(SdpError, match=r"\[media\] workers = 1"):
+        with pytest.raises(SdpError, match=r"no opaque \(T\.38 datagram\) mode"):
             session.offer_from("a", sdp(T38))
     finally:
         session.close()
@@ -316,9 +316,9 @@ def test_plain_words_report_names_the_unencrypted_fax():
     assert "fax (T.38) refused: policy sdes" in describe_leg({"streams": [refused]})
 
 
-def test_media_workers_say_they_have_no_opaque_mode() -> None:
+def test_media_workers_say_they_have_an_opaque_mode() -> None:
     from gateway.core.media.remote_relay import WorkerPool
 
     pool = WorkerPool(ADDRESS, PortRange(22200, 22299), 2)  # not started: no process, no port
-    assert pool.carries_opaque is False
-    assert pool.for_call().carries_opaque is False
+    assert pool.carries_opaque is True
+    assert pool.for_call().carries_opaque is True

@@ -30,11 +30,13 @@ from gateway.core.media.worker_protocol import (
     SetBlocked,
     SetDtls,
     SetKeys,
+    SetOpaque,
     SetRemote,
     SetTap,
     Stats,
     StreamFailed,
     Tapped,
+    TappedDatagram,
     encode,
     parse_message_untrusted,
 )
@@ -80,6 +82,12 @@ EVERY_MESSAGE: list[Message] = [
     SetTap(10, False),
     Tapped(11, "a_to_b", b"\x80\x00" + bytes(170)),
     Tapped(11, "b_to_a", b""),
+    SetOpaque(12, True),
+    SetOpaque(12, False),
+    # A UDPTL datagram whose first octet looks like RTP version 2 (T.38 Annex D seq 0x80xx).
+    TappedDatagram(13, "a_to_b", ("192.0.2.7", 4002), b"\x80\x01" + bytes(300)),
+    TappedDatagram(13, "b_to_a", ("2001:db8::7", 1), b"\x00"),
+    TappedDatagram(13, "b_to_a", None, bytes(2048)),
 ]
 
 
@@ -127,6 +135,8 @@ def test_round_trip_property(
         SetRemote(stream, side, (host, port), None, mux),
         Datagram(stream, side, mux, (host, port), packet),
         SendDatagram(stream, side, mux, packet),
+        TappedDatagram(stream, "a_to_b" if mux else "b_to_a", (host, port), packet),
+        SetOpaque(stream, mux),
     ):
         assert parse_message_untrusted(encode(message)[4:]) == message
 
@@ -153,6 +163,13 @@ def test_keys_never_appear_in_reprs() -> None:
         (b"\x17\x00\x00\x00\x01\x00\x02\xff\xfe", "string field is not UTF-8"),
         (b"\x06\x00\x00\x00\x01\x00\x00\xff\xff\xff\xff", "truncated frame"),  # 4 GiB
         (b"\x14\x00\x03\x75\x30", "truncated frame"),  # 3 ports announced, 1 sent
+        (b"\x0a\x00\x00\x00\x01\x02", "boolean field holds 2"),  # SetOpaque
+        (b"\x0a\x00\x00\x00\x01", "truncated frame"),  # SetOpaque without its flag
+        (b"\x0a\x00\x00\x00\x01\x01\x00", "1 octets after the last field"),
+        (b"\x1a\x00\x00\x00\x01\x02\x00", "value 2 is not one of a_to_b, b_to_a"),
+        (b"\x1a\x00\x00\x00\x01\x00\x02", "boolean field holds 2"),  # source present?
+        (b"\x1a\x00\x00\x00\x01\x00\x01\x00\x03abc", "truncated frame"),  # no port
+        (b"\x1a\x00\x00\x00\x01\x00\x00\x00\x00\x00\x09\x80", "truncated frame"),
     ],
 )
 def test_malformed_frames_are_clear_errors(frame: bytes, problem: str) -> None:
