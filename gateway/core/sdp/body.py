@@ -58,14 +58,7 @@ def sdp_of(content_type: str | None, body: bytes) -> bytes:
     Raises :class:`UnsupportedBody` for a body type we do not read or a required part we cannot
     honour, and :class:`SdpError` for a malformed multipart body.
     """
-    if not body:
-        return b""
-    media_type, parameters = _media_type(content_type)
-    if media_type == SDP:
-        return body
-    if media_type == MULTIPART_MIXED:
-        return _multipart(body, parameters.get("boundary"))[0]
-    raise UnsupportedBody(f"unsupported body type {content_type or '(none)'}")
+    return read_body(content_type, body)[0]
 
 
 def read_body(content_type: str | None, body: bytes) -> tuple[bytes, tuple[BodyPart, ...]]:
