@@ -25,7 +25,7 @@ from gateway.core.interfaces import OutboundMessage, SipCapture
 from gateway.core.sip import grammar
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
-from gateway.core.sip.headers import Via
+from gateway.core.sip.headers import NameAddr, Via
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.overload import QueueDelayLimit
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
@@ -48,6 +48,7 @@ from gateway.core.sip.transaction import (
     TransportFailed,
     UnmatchedResponse,
 )
+from gateway.core.sip.uri import SipUri
 from gateway.core.sip.via import (
     Hop,
     make_via,
@@ -647,6 +648,16 @@ class SipEndpoint:
             if listener.transport == transport:
                 return listener.address
         raise OSError(f"no {transport} listener")
+
+    def our_uri(self, transport: str, user: str) -> SipUri:
+        """``sip:user@`` our listener address on ``transport``."""
+        host, port = self.local_address(transport)
+        return SipUri("sip", f"[{host}]" if ":" in host else host, user=user, port=port)
+
+    def our_contact(self, transport: str) -> NameAddr:
+        """Our Contact on ``transport`` (``;transport=`` where it is not UDP)."""
+        uri = self.our_uri(transport, "voipgw")
+        return NameAddr(uri.with_param("transport", transport) if transport != "udp" else uri)
 
     def new_via(self, flow: Flow) -> Via:
         """Our Via for a new request over ``flow``: listener address, fresh branch, rport."""

@@ -322,7 +322,7 @@ class Call:
             flow=flow,
             transport=flow.transport,
             address=flow.remote,
-            contact=self._our_contact(flow.transport),
+            contact=self.endpoint.our_contact(flow.transport),
             invite=invite,
             transaction=transaction,
             local_tag=gateway.ids.new_tag(),
@@ -750,7 +750,7 @@ class Call:
             flow=flow,
             transport=transport,
             address=destination.address,
-            contact=self._our_contact(transport),
+            contact=self.endpoint.our_contact(transport),
             target=target,
             peer_kind=kind,
             peer_name=name,
@@ -808,7 +808,7 @@ class Call:
     ) -> list[tuple[str, str]]:
         """From (and, towards a trunk, P-Asserted-Identity) of our INVITE to ``leg`` for a
         caller presented as ``user``: the From that goes first, then the others."""
-        from_uri = self._our_uri(leg.transport, user)
+        from_uri = self.endpoint.our_uri(leg.transport, user)
         identity: list[tuple[str, str]] = []
         if leg.target is not None and leg.target.trunk is not None:
             # RFC 3325 §9.1: a trunk is in our trust domain, and carriers want the caller's
@@ -907,7 +907,7 @@ class Call:
         Request-URI is the contact, RFC 3261 §10.2.1), else the Request-URI itself."""
         account = leg.target.account if leg.target is not None else None
         if account is not None:
-            return NameAddr(self._our_uri(leg.transport, account))
+            return NameAddr(self.endpoint.our_uri(leg.transport, account))
         if isinstance(uri, SipUri):
             return NameAddr(attrs.evolve(uri, params=(), headers=()))
         return NameAddr(uri)
@@ -2387,7 +2387,7 @@ class Call:
     def _referred_by(self, transferor: Leg) -> NameAddr:
         """Who asked for the transfer (RFC 3892 Referred-By), as we know it: the transferor's
         party at our address, not what its device wrote."""
-        return NameAddr(self._our_uri(transferor.transport, transferor.shown_as))
+        return NameAddr(self.endpoint.our_uri(transferor.transport, transferor.shown_as))
 
     async def _invite_transfer_target(
         self, target: RouteTarget, extra: Sequence[tuple[str, str]]
@@ -2903,7 +2903,7 @@ class Call:
         if self.state != "answered":
             # An early dialog's UPDATE (a B leg still ringing, or A before its ACK): there is
             # no session to refresh yet.
-            contact = self._our_contact(event.flow.transport)
+            contact = self.endpoint.our_contact(event.flow.transport)
             await self.endpoint.respond(
                 event.transaction, make_response(request, 200, extra=[("Contact", str(contact))])
             )
@@ -2968,17 +2968,6 @@ class Call:
             return self.a
         assert self.b is not None
         return self.b
-
-    def _our_uri(self, transport: str, user: str) -> SipUri:
-        """``sip:user@`` our address on ``transport``."""
-        host, port = self.endpoint.local_address(transport)
-        return SipUri("sip", f"[{host}]" if ":" in host else host, user=user, port=port)
-
-    def _our_contact(self, transport: str) -> NameAddr:
-        uri = self._our_uri(transport, "voipgw")
-        if transport != "udp":
-            uri = uri.with_param("transport", transport)
-        return NameAddr(uri)
 
     def _a_response(
         self,

@@ -84,17 +84,6 @@ class TooLargeForUdp(Exception):
     """The request would go over UDP and does not fit the path limit: 513."""
 
 
-def our_uri(endpoint: SipEndpoint, transport: str, user: str) -> SipUri:
-    """``sip:user@`` our listener address on ``transport``."""
-    host, port = endpoint.local_address(transport)
-    return SipUri("sip", f"[{host}]" if ":" in host else host, user=user, port=port)
-
-
-def our_contact(endpoint: SipEndpoint, transport: str) -> NameAddr:
-    uri = our_uri(endpoint, transport, "voipgw")
-    return NameAddr(uri.with_param("transport", transport) if transport != "udp" else uri)
-
-
 def check_udp_size(endpoint: SipEndpoint, request: Request, destination: Destination) -> None:
     """Raise :class:`TooLargeForUdp` when ``request`` would be sent over UDP (a fixed UDP flow,
     or a UDP destination with no TCP to switch to) above the endpoint's UDP size limit
@@ -254,8 +243,8 @@ class Messages:
             return None
         config = self.gateway.config
         trunk = config.trunk(target.trunk) if target.trunk is not None else None
-        from_uri = our_uri(
-            self.endpoint, destination.transport, self._presented(caller, request, trunk)
+        from_uri = self.endpoint.our_uri(
+            destination.transport, self._presented(caller, request, trunk)
         )
         identity: list[tuple[str, str]] = []
         if trunk is not None:
@@ -263,7 +252,7 @@ class Messages:
         display = request.from_.display_name
         from_ = NameAddr(from_uri, display_name=display).with_tag(self.gateway.ids.new_tag())
         if target.account is not None:
-            to = NameAddr(our_uri(self.endpoint, destination.transport, target.account))
+            to = NameAddr(self.endpoint.our_uri(destination.transport, target.account))
         elif isinstance(uri, SipUri):
             to = NameAddr(attrs.evolve(uri, params=(), headers=()))
         else:
@@ -357,7 +346,7 @@ class Messages:
         except (RemoteSipError, UnroutableTarget) as exc:
             log.warning("NOTIFY for %s: cannot send to %s: %s", account, target.uri, exc)
             return None
-        aor = NameAddr(our_uri(self.endpoint, destination.transport, account))
+        aor = NameAddr(self.endpoint.our_uri(destination.transport, account))
         fields = [
             ("Max-Forwards", "70"),
             *_path_routes(target),
@@ -365,7 +354,7 @@ class Messages:
             ("To", str(aor)),
             ("Call-ID", self.gateway.ids.new_call_id()),
             ("CSeq", "1 NOTIFY"),
-            ("Contact", str(our_contact(self.endpoint, destination.transport))),
+            ("Contact", str(self.endpoint.our_contact(destination.transport))),
             ("Event", MESSAGE_SUMMARY),
             *[("Subscription-State", v) for v in request.headers.get_all("Subscription-State")],
             ("User-Agent", self.gateway.config.sip.user_agent),

@@ -29,7 +29,6 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, make_response
-from gateway.core.sip.uri import SipUri
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
@@ -169,11 +168,8 @@ class OutboundSessions:
             )
         except OSError as exc:
             raise SessionRefused(f"cannot reach {target}: {exc}") from None
-        host, port = endpoint.local_address(flow.transport)
-        our_uri = SipUri("sip", f"[{host}]" if ":" in host else host, user="voipgw", port=port)
-        contact = NameAddr(
-            our_uri.with_param("transport", flow.transport) if flow.transport != "udp" else our_uri
-        )
+        our_uri = endpoint.our_uri(flow.transport, "voipgw")
+        contact = endpoint.our_contact(flow.transport)
         for parameter in contact_parameters:
             contact = contact.with_param(parameter)
         request = Request(

@@ -46,8 +46,6 @@ import trio
 from gateway.core.calls.messages import (
     ALLOW_EVENTS,
     MAX_NOTIFY_BODY,
-    our_contact,
-    our_uri,
     send_and_wait,
 )
 from gateway.core.calls.routing import (
@@ -303,7 +301,7 @@ class Subscriptions:
             log.warning("voicemail trunk %s: cannot send to %s: %s", trunk.name, target, exc)
             return None
         presented = directory.account_number(trunk, account) or account
-        from_ = NameAddr(our_uri(self.endpoint, destination.transport, presented))
+        from_ = NameAddr(self.endpoint.our_uri(destination.transport, presented))
         assert isinstance(uri, SipUri)
         to = NameAddr(attrs.evolve(uri, params=remove_param(uri.params, "transport")))
         fields = [
@@ -312,7 +310,7 @@ class Subscriptions:
             ("To", str(to)),
             ("Call-ID", ids.new_call_id()),
             ("CSeq", "1 SUBSCRIBE"),
-            ("Contact", str(our_contact(self.endpoint, destination.transport))),
+            ("Contact", str(self.endpoint.our_contact(destination.transport))),
             ("Event", MESSAGE_SUMMARY),
             ("Expires", str(expires)),
             ("Accept", request.headers.get("Accept") or ACCEPT),
@@ -376,7 +374,7 @@ class Subscriptions:
             to_tag=subscription.phone_tag,
             extra=[
                 ("Expires", str(granted)),
-                ("Contact", str(our_contact(self.endpoint, subscription.phone_flow.transport))),
+                ("Contact", str(self.endpoint.our_contact(subscription.phone_flow.transport))),
                 # RFC 3261 §12.1.1: the phone's route set is the Record-Route we echo.
                 *[("Record-Route", rr) for rr in request.headers.get_all("Record-Route")],
             ],
@@ -461,7 +459,7 @@ class Subscriptions:
         request = dialog.create_request(
             method,
             via=self.endpoint.new_via_for(destination.transport),
-            contact=our_contact(self.endpoint, destination.transport),
+            contact=self.endpoint.our_contact(destination.transport),
             extra=extra,
         )
         _, final = await send_and_wait(
@@ -564,7 +562,7 @@ class Subscriptions:
         request = dialog.create_request(
             "NOTIFY",
             via=self.endpoint.new_via_for(flow.transport),
-            contact=our_contact(self.endpoint, flow.transport),
+            contact=self.endpoint.our_contact(flow.transport),
             extra=[("Event", subscription.event), ("Subscription-State", state)],
             body=body,
             content_type=content_type if body else None,
