@@ -111,6 +111,8 @@ class Subscription:
     trunk_dialog: Dialog | None = None
     answered: trio.Event = attrs.field(factory=trio.Event)
     """Set once the phone has its final response (its dialog exists when that was a 2xx)."""
+    ended: trio.Event = attrs.field(factory=trio.Event)
+    """Set once the subscription is forgotten (ended, expired, unsubscribed)."""
     since: float = attrs.field(factory=time.time)
 
     @property
@@ -589,6 +591,7 @@ class Subscriptions:
     def _forget(self, subscription: Subscription) -> None:
         if self._by_trunk.get(subscription.trunk_key) is subscription:
             del self._by_trunk[subscription.trunk_key]
+            subscription.ended.set()
             left = self._per_account.get(subscription.account, 1) - 1
             if left > 0:
                 self._per_account[subscription.account] = left
@@ -668,8 +671,7 @@ class Subscriptions:
             self._end(subscription, f"gateway stopping (unsubscribe answered {final.status})")
             return
         subscription.state.handle(Input.UNSUBSCRIBED, now=trio.current_time())
-        while subscription in self._by_trunk.values():  # the final NOTIFY ends it
-            await trio.sleep(0.05)
+        await subscription.ended.wait()  # the final NOTIFY ends it
 
 
 def _expires_of(response: Response, asked: int) -> int:
