@@ -14,20 +14,14 @@ import pytest
 from tests.interop.harness import GatewayProcess, SippUas
 from tests.interop.harness.baresip import Baresip
 from tests.interop.test_calls_sipp import DID, TRUNK_IP
+from tests.interop.test_mwi_sipp import voicemail_trunk
 
 pytestmark = pytest.mark.interop
 
 
 def test_baresip_shows_the_voicemail_platforms_summary(tmp_path: Path) -> None:
     platform = SippUas("calls/uas_voicemail.xml", workdir=tmp_path, local_ip=TRUNK_IP)
-    trunk = (
-        "[[trunks]]\n"
-        'name = "voicemail"\n'
-        f'address = "udp:{TRUNK_IP}:{platform.port}"\n'
-        f'allowed_sources = ["{TRUNK_IP}"]\n'
-        "voicemail = true\n"
-        f'dids = {{"{DID}" = "alice"}}\n'
-    )
+    trunk = voicemail_trunk(platform.port)
     with platform:
         with GatewayProcess(
             tmp_path,

@@ -17,16 +17,21 @@ from tests.interop.test_calls_sipp import ACCOUNTS, ALICE, DID, TRUNK_IP, inboun
 pytestmark = pytest.mark.interop
 
 
-def test_a_phone_subscribes_to_its_mailbox_on_the_voicemail_trunk(tmp_path: Path) -> None:
-    platform = SippUas("calls/uas_voicemail.xml", workdir=tmp_path, local_ip=TRUNK_IP)
-    trunk = (
+def voicemail_trunk(port: int) -> str:
+    """The voicemail platform's trunk (sipp on TRUNK_IP at ``port``), alice's DID on it."""
+    return (
         "[[trunks]]\n"
         'name = "voicemail"\n'
-        f'address = "udp:{TRUNK_IP}:{platform.port}"\n'
+        f'address = "udp:{TRUNK_IP}:{port}"\n'
         f'allowed_sources = ["{TRUNK_IP}"]\n'
         "voicemail = true\n"
         f'dids = {{"{DID}" = "alice"}}\n'
     )
+
+
+def test_a_phone_subscribes_to_its_mailbox_on_the_voicemail_trunk(tmp_path: Path) -> None:
+    platform = SippUas("calls/uas_voicemail.xml", workdir=tmp_path, local_ip=TRUNK_IP)
+    trunk = voicemail_trunk(platform.port)
     with platform:
         with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=trunk) as gw:
             phone = run_sipp_uac(

@@ -160,7 +160,6 @@ async def test_closing_an_opaque_stream_releases_its_sockets(
     fd = stream.a.ports.rtp_socket.fileno()
     stream.close()
     assert relay._opaque_endpoints[fd] is None
-    await trio.sleep(0)
 
 
 class AudioSink:
