@@ -107,6 +107,9 @@ OVERLOAD_LOG_INTERVAL = 1.0
 # not be one of them, while the bound keeps a flood of INVITEs to 112 from switching the
 # protection off. Far above what a provider's subscribers dial at once.
 EMERGENCY_PASSES_PER_SECOND = 10.0
+# Server transactions an emergency call's requests may still create past MAX_SERVER_TRANSACTIONS:
+# the passes above, each challenged (two INVITEs) and ended (a BYE), alive 64*T1 = 32 s each.
+EMERGENCY_TRANSACTIONS = 1024
 
 
 class CallLayer(Protocol):
@@ -126,6 +129,9 @@ class CallLayer(Protocol):
 
     def calls_emergency_number(self, invite: Request) -> bool:
         """Whether a new INVITE dials an emergency number (``[numbering] emergency_numbers``)."""
+
+    def in_emergency_dialog(self, request: Request) -> bool:
+        """Whether a request with a To tag belongs to a call to an emergency number."""
 
 
 class SubscriptionLayer(Protocol):
@@ -386,11 +392,16 @@ class SipEndpoint:
         try:
             outputs = self.transactions.receive_request(request, source=hop, now=now)
         except TransactionLimitReached as err:
-            log.warning("transaction limit reached: answering %s statelessly", flow.key)
-            await self.send_response(
-                make_response(request, err.status or 503, err.reason, to_tag=self._tag()), flow
+            if not self._emergency_passes_limit(request, flow, now):
+                log.warning("transaction limit reached: answering %s statelessly", flow.key)
+                await self.send_response(
+                    make_response(request, err.status or 503, err.reason, to_tag=self._tag()),
+                    flow,
+                )
+                return
+            outputs = self.transactions.receive_request(
+                request, source=hop, now=now, beyond_limit=EMERGENCY_TRANSACTIONS
             )
-            return
         if self.sip_taps:
             self._copy_to_call(request, data, flow.transport, flow.remote, flow.local, True)
         # A new call's INVITE is copied once dispatch has made the call (and its taps), before
@@ -400,6 +411,21 @@ class SipEndpoint:
             await self._act(outputs, flow)
         finally:
             self.handling_bytes = None
+
+    def _emergency_passes_limit(self, request: Request, flow: Flow, now: float) -> bool:
+        """Whether a request past ``MAX_SERVER_TRANSACTIONS`` is served all the same, within
+        :data:`EMERGENCY_TRANSACTIONS` more: a new INVITE to an emergency number (within
+        :data:`EMERGENCY_PASSES_PER_SECOND`, as past overload control), or a request in the
+        dialog of an emergency call already up (its BYE must reach the other side)."""
+        calls = self.calls
+        if calls is None or request.method == "ACK":
+            return False
+        if request.to.tag is not None:
+            if not calls.in_emergency_dialog(request):
+                return False
+            self.statistics.emergency_overload_passes += 1
+            return True
+        return self._emergency_passes_overload(request, flow, now)
 
     def _emergency_passes_overload(self, request: Request, flow: Flow, now: float) -> bool:
         """Whether a late new ``request`` is served all the same: an INVITE to an emergency

@@ -186,6 +186,15 @@ class CallManager:
             return False
         return directory.plan_of(None).is_emergency(number)
 
+    def in_emergency_dialog(self, request: Request) -> bool:
+        """Whether ``request`` (with a To tag) is in a dialog of a call whose caller dialed an
+        emergency number. Asked only past the transaction limit, so not kept per call."""
+        found = self._find(request)
+        if found is None:
+            return False
+        invite = found[0].a.invite  # the caller's (the transferee's after a transfer)
+        return invite is not None and self.calls_emergency_number(invite)
+
     def is_emergency_call(self, invite: Request, caller: Caller) -> bool:
         """Whether an account's INVITE calls one of ``[numbering] emergency_numbers``: such a
         call is exempt from call limits (asked only when a limit would refuse it)."""

@@ -1024,7 +1024,7 @@ class TransactionTable:
     ) -> None:
         self.timers = timers or TransactionTimers()
         self._send_trying = send_trying
-        self._max_server = max_server_transactions
+        self.max_server_transactions = max_server_transactions
         self._client: dict[TransactionKey, ClientTransaction] = {}
         self._server: dict[TransactionKey, ServerTransaction] = {}
         # (deadline, tie-breaker, transaction); entries not matching _scheduled are stale.
@@ -1087,9 +1087,14 @@ class TransactionTable:
         """Whether a server transaction already serves ``request`` (it is a retransmission)."""
         return server_key(request) in self._server
 
-    def receive_request(self, request: Request, *, source: Hop, now: float) -> list[Output]:
+    def receive_request(
+        self, request: Request, *, source: Hop, now: float, beyond_limit: int = 0
+    ) -> list[Output]:
         """Route a parsed request (top Via already stamped) to its server transaction (§17.2.3),
-        creating one for a new request; an ACK that matches none is reported for the TU."""
+        creating one for a new request; an ACK that matches none is reported for the TU.
+
+        ``beyond_limit``: how many transactions past ``max_server_transactions`` a new request
+        the TU must serve all the same may still create (an emergency call's INVITE)."""
         key = server_key(request)
         txn = self._server.get(key)
         if request.method == "ACK":
@@ -1098,7 +1103,7 @@ class TransactionTable:
             return [AckReceived(None, request)]
         if txn is not None:
             return self._run(txn, lambda: txn.receive_request(request, now=now))
-        if len(self._server) >= self._max_server:
+        if len(self._server) >= self.max_server_transactions + beyond_limit:
             raise TransactionLimitReached()
         outputs: list[Output]
         new: ServerTransaction

@@ -174,3 +174,33 @@ async def test_an_emergency_call_gets_past_the_gateways_own_call_cap(
     await emergency.authenticate()
     assert (await emergency.final()).status == 200
     assert [getattr(i.uri, "user", "") for i in env.trunk.requests("INVITE")] == ["112"]
+
+
+async def test_an_emergency_call_gets_past_the_transaction_limit(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Past the table of server transactions (a flood filled it), new requests get a stateless
+    503; a call to 112 is still served, and so is the BYE that ends it, while another call's
+    BYE is not."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier={"prefixes": ["+1", "112"]})
+    endpoint = env.gateway.endpoint
+    assert endpoint is not None
+    ordinary = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await ordinary.final()).status == 407
+    await ordinary.authenticate()
+    assert (await ordinary.final()).status == 200
+    endpoint.transactions.max_server_transactions = 0  # full: nothing new fits
+
+    other = await env.alice.invite("sip:+15559999@127.0.0.1:5060")
+    final = await other.final()
+    assert (final.status, final.reason) == (503, "too many transactions")
+    assert (await ordinary.bye()).status == 503
+
+    emergency = await env.alice.invite("sip:112@127.0.0.1:5060")
+    assert (await emergency.final()).status == 407
+    await emergency.authenticate()
+    assert (await emergency.final()).status == 200
+    assert (await emergency.bye()).status == 200
+    called = [getattr(i.uri, "user", "") for i in env.trunk.requests("INVITE")]
+    assert called == ["+15551234", "112"]
+    assert endpoint.statistics.emergency_overload_passes == 3  # two INVITEs and the BYE

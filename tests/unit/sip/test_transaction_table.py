@@ -316,6 +316,22 @@ def test_server_transaction_limit() -> None:
     assert table.receive_request(ack, source=SOURCE, now=0.1) == [AckReceived(None, ack)]
 
 
+def test_a_request_the_tu_must_serve_may_go_past_the_limit_by_what_it_is_allowed() -> None:
+    table = TransactionTable(max_server_transactions=1)
+    table.receive_request(request("OPTIONS", branch="z9hG4bK1"), source=SOURCE, now=0.0)
+    with pytest.raises(TransactionLimitReached):
+        table.receive_request(request("INVITE", branch="z9hG4bK2"), source=SOURCE, now=0.0)
+    out = table.receive_request(
+        request("INVITE", branch="z9hG4bK2"), source=SOURCE, now=0.0, beyond_limit=1
+    )
+    assert new_server_txn(out).method == "INVITE"
+    with pytest.raises(TransactionLimitReached):  # the allowance is used up
+        table.receive_request(
+            request("INVITE", branch="z9hG4bK3"), source=SOURCE, now=0.0, beyond_limit=1
+        )
+    assert len(table) == 2
+
+
 def test_reliable_final_response_ends_the_transaction_at_once() -> None:
     table = TransactionTable()
     tcp_source = attrs.evolve(SOURCE, transport="TCP")
