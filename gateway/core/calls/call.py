@@ -1043,19 +1043,23 @@ class Call:
         call fail over."""
         now = trio.current_time()
         for leg in self._attempt:
-            if leg.response_deadline > now or leg.finished:
-                continue
-            leg.response_deadline = math.inf
-            trunk = leg.target.trunk if leg.target is not None else None
-            assert leg.invite is not None
-            leg.given_up = make_response(leg.invite, 408, "Request Timeout (no response)")
-            log.info("call %s: no response from %s; giving it up", self.id, trunk or leg.address)
-            if trunk is not None:
-                timeout = self._leg_trunk(leg).response_timeout  # type: ignore[union-attr]
-                self.manager.trunk_failed(trunk, f"no response to an INVITE within {timeout:g} s")
-            await self._cancel_b(leg)  # sent if a provisional response ever comes
+            if leg.response_deadline <= now and not leg.finished:
+                await self._give_up(leg)
         if all(b.finished for b in self.b_legs) and self.state == "ringing":
             await self._fail_over_or_fail_a()
+
+    async def _give_up(self, leg: BLeg) -> None:
+        """Our INVITE to ``leg`` had no response within its trunk's ``response_timeout``: it
+        counts as a 408 from now on, and the trunk as failing."""
+        leg.response_deadline = math.inf
+        trunk = leg.target.trunk if leg.target is not None else None
+        assert leg.invite is not None
+        leg.given_up = make_response(leg.invite, 408, "Request Timeout (no response)")
+        log.info("call %s: no response from %s; giving it up", self.id, trunk or leg.address)
+        if trunk is not None:
+            timeout = self._leg_trunk(leg).response_timeout  # type: ignore[union-attr]
+            self.manager.trunk_failed(trunk, f"no response to an INVITE within {timeout:g} s")
+        await self._cancel_b(leg)  # sent if a provisional response ever comes
 
     async def _asked_again(self, leg: BLeg, response: Response) -> bool:
         """Whether a final response to our INVITE to ``leg`` is answered by sending the INVITE
@@ -2218,7 +2222,10 @@ class Call:
         ``[sip] failover_statuses`` (a carrier's trouble), call the next trunk serving the
         number, as a call does (:meth:`_fail_over_or_fail_a`). Whether one now rings."""
         failover = self.config.sip.failover_statuses
-        while all(leg.final is not None and leg.final.status in failover for leg in transfer.legs):
+        while all(
+            leg.given_up is not None or (leg.final is not None and leg.final.status in failover)
+            for leg in transfer.legs
+        ):
             for leg in transfer.legs:
                 if leg.target is not None and leg.target.trunk is not None:
                     self.manager.limits.release_one(self, ("trunk", leg.target.trunk))
@@ -2231,7 +2238,7 @@ class Call:
             log.info("call %s: transfer target failed; trying trunk %s", self.id, target.trunk)
             before = len(transfer.legs)
             await self._invite_transfer_target(target, transfer.target_headers)
-            if any(leg.final is None for leg in transfer.legs[before:]):
+            if any(not leg.finished for leg in transfer.legs[before:]):
                 transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
                 return True
         return False
@@ -2410,6 +2417,9 @@ class Call:
         identity = self._identity(leg, user, None, privacy=private)
         transfer.legs.append(leg)
         self._transfer_legs.add(leg)
+        trunk = self._leg_trunk(leg)
+        if trunk is not None and trunk.response_timeout > 0:  # armed before the send, as in _call_b
+            leg.response_deadline = trio.current_time() + trunk.response_timeout
         await self._send_b_invite(leg, self._new_invite(uri, leg, None, [*identity, *extra]))
 
     def _transfer_targets_failed(self) -> tuple[int, str] | None:
@@ -2417,10 +2427,12 @@ class Call:
         still ring, None (they get ``[sip] ring_timeout``, as Timer C)."""
         transfer = self._transfer
         assert transfer is not None
-        if any(leg.final is None for leg in transfer.legs):
+        if any(not leg.finished for leg in transfer.legs):
             transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
             return None
-        return best_failure([leg.final for leg in transfer.legs if leg.final is not None])
+        return best_failure(
+            [outcome for leg in transfer.legs if (outcome := leg.final or leg.given_up)]
+        )
 
     def _still_calling(self, leg: BLeg) -> bool:
         """Whether our INVITE to ``leg`` is still wanted (a challenge or a 422 is answered):
@@ -2656,16 +2668,32 @@ class Call:
         )
 
     def _transfer_due(self) -> float:
-        """When a transfer's target has rung or its re-INVITE waited long enough, or a departed
-        transferor is to be BYEd."""
+        """When a transfer's target has rung or its re-INVITE waited long enough, one of its
+        devices behind a trunk has not responded for the trunk's ``response_timeout``, or a
+        departed transferor is to be BYEd."""
         due = min((at for _, at in self._departed), default=math.inf)
-        return min(due, self._transfer.deadline) if self._transfer is not None else due
+        transfer = self._transfer
+        if transfer is None:
+            return due
+        if transfer.answered is None:
+            due = min(due, min((leg.response_deadline for leg in transfer.legs), default=due))
+        return min(due, transfer.deadline)
 
     async def _transfer_timers(self, now: float) -> None:
         for departed in [d for d in self._departed if d[1] <= now]:
             self._departed.remove(departed)
             await self._bye(departed[0], "call transferred")
         transfer = self._transfer
+        if transfer is not None and transfer.answered is None:
+            silent = [leg for leg in transfer.legs if leg.response_deadline <= now]
+            for leg in silent:
+                await self._give_up(leg)
+            if silent and all(leg.finished for leg in transfer.legs):
+                failure = self._transfer_targets_failed()
+                assert failure is not None
+                if not await self._fail_over_transfer(transfer):
+                    await self._end_transfer(*(self._transfer_targets_failed() or failure))
+                return
         if transfer is None or now < transfer.deadline:
             return
         if transfer.reinvite is None:  # the target's devices rang for [sip] ring_timeout

@@ -26,6 +26,10 @@ How (:class:`gateway.core.calls.call.Call` "transfers"):
    transferor's; the last NOTIFY says ``SIP/2.0 200 OK``. The transferor's dialog is left for
    it to BYE (RFC 5589 §6), and BYEd by us after 64*T1 if it does not.
 
+A blind transfer to a number fails over to the next trunk serving it as a call does: on a
+``[sip] failover_statuses`` failure, or when the trunk has not responded at all within its
+``response_timeout``.
+
 A failure at any step (no route, the target busy or not answering within ``[sip]
 ring_timeout``, an unusable offer, the transferee refusing the re-INVITE) goes to the transferor
 as the final NOTIFY's status line; the call goes on as before (the transferor takes the
@@ -82,5 +86,6 @@ class Transfer:
         return self.transferor.side
 
     def still_calling(self, leg: BLeg) -> bool:
-        """Whether our INVITE to ``leg`` is still wanted: nobody answered yet."""
-        return self.answered is None and leg in self.legs
+        """Whether our INVITE to ``leg`` is still wanted: nobody answered yet, and it was not
+        given up for want of any response (its late 2xx is hung up, its 1xx CANCELled)."""
+        return self.answered is None and leg in self.legs and leg.given_up is None

@@ -340,3 +340,26 @@ async def test_a_blind_transfer_to_a_number_fails_over_as_a_call_does(
     assert invite.uri.user == NUMBER  # type: ignore[union-attr]
     assert env.gateway.calls is not None
     assert env.gateway.calls.failovers["carrier"] == 1
+
+
+async def test_a_silent_carrier_is_given_up_in_a_blind_transfer_too(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """alice transfers the carrier's call to +15551234: the carrier says nothing to that
+    INVITE within its response_timeout, so the backup is called, answers, and the transfer
+    completes long before [sip] ring_timeout; the carrier's late 200 is ACKed and BYEd."""
+    env, backup = await with_backup(
+        nursery, tmp_path, voipgw_seed, carrier={"response_timeout": 1.0}
+    )
+    _, alice_leg = await answered_call(env)
+    env.trunk.auto = AutoAnswer(ring=True, status=200)
+    env.network.set_link(TRUNK, GW, delay=3.0)  # everything the carrier says comes 3 s late
+    started = trio.current_time()
+    assert await refer(alice_leg, f"<sip:{NUMBER}@127.0.0.1:5060>") == 202
+    await eventually(lambda: len(backup.requests("INVITE")) == 1)
+    assert 1.0 <= trio.current_time() - started < 2.0
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert env.gateway.calls is not None
+    assert env.gateway.calls.failovers["carrier"] == 1
+    await eventually(lambda: len(env.trunk.requests("BYE")) == 1)  # its late 200's dialog
+    assert env.calls == 1
