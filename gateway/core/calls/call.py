@@ -63,7 +63,8 @@ current leg. A REFER from a trunk's leg gets 403.
 
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
-gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp``.
+gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp,
+multipart/mixed, application/pidf+xml``.
 A caller's location (RFC 6442: Geolocation, a PIDF-LO part) goes on to a trunk whose policy
 allows it, in a multipart body of ours (``gateway.core.calls.location``); re-INVITEs and UPDATEs
 carry their SDP only.
@@ -119,7 +120,13 @@ from gateway.core.media.keying import CallKeying
 from gateway.core.media.security import LegSecurity, MediaSecurityRefused
 from gateway.core.media.session import ORIGIN_USERNAME
 from gateway.core.media.taps import CallTaps, tapped_media
-from gateway.core.sdp.body import BodyPart, UnsupportedBody, read_body, sdp_of
+from gateway.core.sdp.body import (
+    ACCEPTED_BODY_TYPES,
+    BodyPart,
+    UnsupportedBody,
+    read_body,
+    sdp_of,
+)
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.offer_answer import rejected_media
@@ -166,7 +173,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SDP = "application/sdp"
-ACCEPT_SDP = ("Accept", SDP)
+# What a 415 lists (RFC 3261 §21.4.13): SDP alone, or in a multipart/mixed body beside location
+# parts (RFC 5621 §3.2 asks for multipart/mixed to be listed when it is taken).
+ACCEPT_BODIES = ("Accept", ACCEPTED_BODY_TYPES)
 # Requests queued for one call before more get 503 (a flood from a peer), and room for every
 # event: responses to what the call sent come in as well and must not be lost to a flood of
 # requests (a relayed request's answer dropped would leave its requester without one).
@@ -561,7 +570,7 @@ class Call:
             if sdp:
                 offer = parse_sdp_untrusted(sdp)
         except UnsupportedBody as err:
-            await self._reject_a(415, "Unsupported Media Type", err.reason, accept_sdp=True)
+            await self._reject_a(415, "Unsupported Media Type", err.reason, accept_bodies=True)
         except SdpError as err:
             await self._reject_a(488, "Not Acceptable Here", err.reason)
         if carries_location(invite, location_parts):
@@ -1782,7 +1791,10 @@ class Call:
             refusal = make_response(
                 request,
                 415 if unsupported else 488,
-                extra=[("Warning", _warning(err.reason)), *([ACCEPT_SDP] if unsupported else [])],
+                extra=[
+                    ("Warning", _warning(err.reason)),
+                    *([ACCEPT_BODIES] if unsupported else []),
+                ],
             )
             await self.endpoint.respond(event.transaction, refusal)
             return
@@ -2914,7 +2926,7 @@ class Call:
                 request,
                 415 if unsupported else 400,
                 None if unsupported else f"Bad Request ({err.reason})",
-                extra=[ACCEPT_SDP] if unsupported else [],
+                extra=[ACCEPT_BODIES] if unsupported else [],
             )
             await self.endpoint.respond(event.transaction, refusal)
             return
@@ -3036,12 +3048,12 @@ class Call:
         reason: str,
         warning: str | None,
         *,
-        accept_sdp: bool = False,
+        accept_bodies: bool = False,
         extra: Sequence[tuple[str, str]] = (),
     ) -> NoReturn:
         extra = [*extra, *([("Warning", _warning(warning))] if warning else [])]
-        if accept_sdp:
-            extra.append(ACCEPT_SDP)  # what a 415 must list (RFC 3261 §21.4.13)
+        if accept_bodies:
+            extra.append(ACCEPT_BODIES)  # what a 415 must list (RFC 3261 §21.4.13)
         self._stop_reliable_1xx()
         await self._respond_a(self._a_response(status, reason, extra=extra))
         detail = f" ({warning})" if warning and warning != reason else ""

@@ -28,6 +28,7 @@ from gateway.core.sdp.errors import SdpError
 SDP = "application/sdp"
 MULTIPART_MIXED = "multipart/mixed"
 PIDF = "application/pidf+xml"
+ACCEPTED_BODY_TYPES = f"{SDP}, {MULTIPART_MIXED}, {PIDF}"  # a 415's Accept (RFC 3261 §21.4.13)
 MAX_PARTS = 8
 MAX_PART_HEADERS = 16
 # RFC 2046 §5.1.1: 1 to 70 bchars, not ending in a space.

@@ -2,8 +2,9 @@
 multipart/mixed body beside the ISUP message it interworks (ITU-T Q.1912.5, RFC 3204, RFC 5621).
 
 The gateway takes the SDP part, builds each leg's body anew (plain application/sdp: ISUP means
-nothing to a SIP phone), and refuses with 415 and ``Accept: application/sdp`` a body it cannot
-honour: a part marked required that is not SDP, or another body type (RFC 3261 §21.4.13).
+nothing to a SIP phone), and refuses with 415 and ``Accept`` (application/sdp, multipart/mixed,
+PIDF-LO) a body it cannot honour: a part marked required that is not SDP, or another body type
+(RFC 3261 §21.4.13).
 
 Set-up as b2bua_env.py: trunk "carrier" at 127.0.0.2 calls alice's DID.
 """
@@ -86,7 +87,9 @@ async def test_a_required_isup_part_or_a_body_we_do_not_read_is_415_with_accept(
         call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=body, content_type=content_type)
         final = await call.final()
         assert final.status == 415
-        assert final.headers.get("Accept") == "application/sdp"  # RFC 3261 §21.4.13
+        # RFC 3261 §21.4.13: what we take, multipart/mixed too (RFC 5621 §3.2).
+        accepted = final.headers.get_all("Accept")
+        assert accepted == ("application/sdp", "multipart/mixed", "application/pidf+xml")
         assert says in (final.headers.get("Warning") or "")
     await eventually(lambda: env.calls == 0)
     assert env.alice.requests("INVITE") == []
