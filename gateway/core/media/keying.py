@@ -182,6 +182,18 @@ def _sum(a: SrtpStatistics, b: SrtpStatistics) -> SrtpStatistics:
 _SRTP_TOTALS = ("protected", "unprotected", "auth_failures", "replays", "dropped")
 
 
+def _apply_ice(
+    stream: MediaStream, a: LegSecurity | None, b: LegSecurity | None, index: int
+) -> None:
+    """Put each leg's ICE-lite responders (gateway/core/media/ice.py) on its side's sockets;
+    none on a leg that does no ICE. Legs on media workers never do ICE (``LegSecurity(ice=
+    False)``), so only the in-process relay's streams get here."""
+    for leg, side in ((a, stream.a), (b, stream.b)):
+        rtp, rtcp = leg.ice.responders(index) if leg is not None else (None, None)
+        side.set_ice_handler(rtp)
+        side.set_ice_handler(rtcp, rtcp=True)
+
+
 class CallKeying:
     def __init__(self, session: MediaSession) -> None:
         self._session = session
@@ -196,6 +208,7 @@ class CallKeying:
             keys = StreamKeys.of_legs(a, b, index)
             if isinstance(stream, MediaStream):
                 self._srtp.setdefault(index, StreamSrtp()).apply(stream, keys)
+                _apply_ice(stream, a, b, index)
             elif isinstance(stream, RemoteStream):
                 stream.apply_keys(keys)  # the worker builds the SRTP sessions
                 self._remote[index] = stream
