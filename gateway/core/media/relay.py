@@ -567,7 +567,10 @@ class StreamSide:
 
     @property
     def rtp_destination(self) -> Address | None:
-        """Where RTP for this leg goes: the latched source, else the SDP address."""
+        """Where RTP for this leg goes: the latched source, else the SDP address. On an ICE
+        leg only the source a check selected: nothing goes anywhere before (RFC 8445 §12)."""
+        if self._rtp.ice is not None:
+            return self._rtp.source
         return self._rtp.source or self._remote_rtp
 
     @property
@@ -575,7 +578,7 @@ class StreamSide:
         """Where RTCP for this leg goes (RFC 5761 §5.1.3: the RTP address when muxing)."""
         if self._rtcp_mux:
             return self.rtp_destination
-        if self._rtcp.source is not None:
+        if self._rtcp.source is not None or self._rtcp.ice is not None:
             return self._rtcp.source
         if self._remote_rtcp is not None:
             return self._remote_rtcp

@@ -28,7 +28,7 @@ from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, start_b2bua
 
 CALLER_HOST = "127.0.0.2"
 CALLER_PORTS = (24610, 24611, 24612)  # real sockets, outside the relay's MEDIA_PORTS
-SDP_PORT = 24619  # the caller's m= port: nobody listens there (media goes where ICE says)
+SDP_PORT = CALLER_PORTS[2]  # the caller's m= port: media goes there only if ICE says so
 ALICE_MEDIA = 30000  # alice's answer (b2bua_env): RTP 30000, RTCP 30001, no rtcp-mux
 PEER_UFRAG = "brwsr1"
 PEER_PWD = "browserpassword0123456789"
@@ -166,7 +166,9 @@ async def test_an_ice_caller_gets_ice_lite_and_its_nominated_source_gets_the_med
     assert error(await ask(first, gateway_a, check(media, pwd="x" * 24))) == 401
     assert error(await ask(first, gateway_a, check(media, role=stun.ICE_CONTROLLED))) == 487
     await alice_rtp.sendto(rtp(1), gateway_b)
-    assert await receive(first) is None  # no source selected: SDP address, nobody listens
+    # No source selected: nothing goes to the caller, not even to its SDP address (RFC 8445 §12).
+    assert await receive(stranger) is None
+    assert await receive(first, 0.2) is None
     # Nobody takes the leg by sending first: the stranger's RTP is not relayed.
     await stranger.sendto(rtp(2), gateway_a)
     assert await receive(alice_rtp) is None
