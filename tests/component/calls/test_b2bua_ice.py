@@ -20,11 +20,14 @@ from pathlib import Path
 
 import trio
 
+import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.media import stun
 from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
 from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, start_b2bua
+from tests.component.calls.dtls_phone import PHONE_ID
 
 CALLER_HOST = "127.0.0.2"
 CALLER_PORTS = (24610, 24611, 24612)  # real sockets, outside the relay's MEDIA_PORTS
@@ -263,4 +266,60 @@ async def test_a_caller_without_ice_gets_no_ice(
     )
     await sock.sendto(request, ("127.0.0.1", media.port))
     assert await receive(sock) is None
+    sock.close()
+
+
+AVPF_OFFER = (
+    b"v=0\r\no=- 3 1 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\n"
+    b"m=audio 30000 RTP/AVPF 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\na=sendrecv\r\n"
+)
+
+
+async def test_a_savpf_callee_is_offered_ice_and_its_checks_are_answered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Our offer carries ICE when its line goes out UDP/TLS/RTP/SAVPF (the WebRTC profile):
+    here a trunk set to DTLS with the caller's feedback profile passed on."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[("dtls", dtls_plugin)],
+        carrier={"media_policy": "dtls", "offer_rtcp_feedback": True},
+    )
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060", sdp=AVPF_OFFER)
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    leg_b = await env.trunk.next_call(timeout=5)
+    offer = parse_sdp_untrusted(leg_b.invite.body)
+    offered = offer.media[0]
+    assert offered.proto == "UDP/TLS/RTP/SAVPF"
+    assert offer.attributes.has("ice-lite")
+    ufrag = offered.attributes.get("ice-ufrag")
+    pwd = offered.attributes.get("ice-pwd")
+    assert ufrag is not None and pwd is not None
+    assert offered.attributes.values("candidate") == (
+        f"1 1 UDP 2130706431 127.0.0.1 {offered.port} typ host",
+    )
+    # The callee answers with ICE and DTLS (its handshake is not run here: checks are).
+    negotiation = DtlsKeyExchange(identity=lambda: PHONE_ID).answer(
+        [(a[0], a[1]) for a in offered.attributes], suites=[], secure_signalling=False
+    )
+    assert negotiation is not None
+    theirs = dict(negotiation.local_sdp_attributes())
+    answer = (
+        "v=0\r\no=- 9 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\n"
+        f"m=audio {SDP_PORT} UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
+        f"a=ice-ufrag:{PEER_UFRAG}\r\na=ice-pwd:{PEER_PWD}\r\n"
+        f"a=candidate:1 1 UDP 2130706431 {CALLER_HOST} {CALLER_PORTS[0]} typ host\r\n"
+        f"a=fingerprint:{theirs['fingerprint']}\r\na=setup:{theirs['setup']}\r\n"
+        f"a=tls-id:{theirs['tls-id']}\r\n"
+    ).encode()
+    await leg_b.answer(200, sdp=answer)
+    final = await call.final()
+    assert final.status == 200, final.reason
+    assert b"ice" not in final.body  # alice, the caller, did not offer ICE
+    sock = await bind(CALLER_HOST, CALLER_PORTS[0])
+    response = await ask(sock, ("127.0.0.1", offered.port), check(offered, use_candidate=True))
+    assert success_address(response, pwd) == (CALLER_HOST, CALLER_PORTS[0])
     sock.close()
