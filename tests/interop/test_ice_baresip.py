@@ -59,7 +59,10 @@ def _inside(address: Address, ports: tuple[int, int]) -> bool:
 
 
 @pytest.mark.skipif(not ICE_MODULE.exists(), reason="baresip's ice module is not installed")
-def test_baresip_with_ice_and_dtls_gets_media_through_an_ice_lite_gateway(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rtcp_mux", [True, False], ids=["rtcp-mux", "rtcp-port"])
+def test_baresip_with_ice_and_dtls_gets_media_through_an_ice_lite_gateway(
+    tmp_path: Path, rtcp_mux: bool
+) -> None:
     with SippUas("calls/uas_answer_one_reinvite.xml", workdir=tmp_path, rtp_echo=True) as trunk:
         trunks = (
             "[[trunks]]\n"
@@ -84,6 +87,7 @@ def test_baresip_with_ice_and_dtls_gets_media_through_an_ice_lite_gateway(tmp_pa
                 mediaenc="dtls_srtp",
                 extra_config="module\t\tice.so\n",
                 sip_trace=True,
+                rtcp_mux=rtcp_mux,
             ) as alice,
         ):
             alice.register(gw.uri("alice"), PASSWORD, mediaenc="dtls_srtp", params=";medianat=ice")
@@ -119,6 +123,9 @@ def test_baresip_with_ice_and_dtls_gets_media_through_an_ice_lite_gateway(tmp_pa
     assert ufrag is not None and len(ufrag[1]) >= 4
     assert pwd is not None and len(pwd[1]) >= 22
     assert re.search(r"^a=candidate:1 1 UDP 2130706431 127\.0\.0\.1 \d+ typ host", answer, re.M)
+    # One component with rtcp-mux (RFC 5761 §5.1.3), the RTCP port as component 2 without.
+    assert bool(re.search(r"^a=rtcp-mux\r?$", answer, re.M)) == rtcp_mux
+    assert bool(re.search(r"^a=candidate:1 2 UDP ", answer, re.M)) != rtcp_mux
     assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answer, re.MULTILINE)
     # The ice-pwd is a credential: never in the gateway's log.
     assert pwd[1] not in gw.log_text()
