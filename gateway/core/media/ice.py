@@ -233,8 +233,10 @@ class LegIce:
         self.enabled = enabled
         self.local: IceCredentials | None = None
         self._streams: dict[int, _StreamIce] = {}
-        self._pending: dict[int, IceCredentials] = {}
-        """The peer's credentials per stream from its latest SDP, until our SDP settles."""
+        self._offered: tuple[IceCredentials | None, dict[int, IceCredentials]] | None = None
+        """A peer's offer not answered yet: our credentials for the answer and its per stream.
+        They come into force with our answer (:meth:`add_to_answer`), so an offer refused
+        (488) changes nothing."""
         self._peer_does_ice = False
 
     def __repr__(self) -> str:
@@ -260,19 +262,21 @@ class LegIce:
             credentials = remote_credentials_untrusted(sd, media)
             if credentials is not None:
                 found[index] = credentials
-        restart = offer and any(
-            index in self._streams and self._streams[index].remote != credentials
-            for index, credentials in found.items()
-        )
-        if offer and found and (self.local is None or restart):
-            self.local = self._mint()
-            if restart:
-                log.info("ICE restart by the peer: new local ufrag %s", self.local.ufrag)
+        if offer:
+            restart = any(
+                index in self._streams and self._streams[index].remote != credentials
+                for index, credentials in found.items()
+            )
+            local = self.local
+            if found and (local is None or restart):
+                local = self._mint()
+                if restart:
+                    log.info("ICE restart by the peer: new local ufrag %s", local.ufrag)
+            self._offered = (local, found)
+            return
         if self.local is None:
             found = {}  # ICE in an answer to an offer without it: not ours to start
-        self._pending = found
-        self._peer_does_ice = bool(found)
-        self._settle()
+        self._settle(self.local, found)
 
     def wants_offer(self, offer: SessionDescription) -> bool:
         """Whether our offer on this leg carries ICE: the peer did ICE in its latest SDP (a
@@ -295,7 +299,12 @@ class LegIce:
         return self._with_attributes(offer, range(len(offer.media)))
 
     def add_to_answer(self, answer: SessionDescription) -> SessionDescription:
-        """Our answer with ICE attributes on the streams whose offer had them."""
+        """Our answer with ICE attributes on the streams whose offer had them; the offer's
+        credentials (and a restart's new ones of ours) come into force now."""
+        if self._offered is not None:
+            local, found = self._offered
+            self._offered = None
+            self._settle(local, found)
         if not self._streams or self.local is None:
             return answer
         return self._with_attributes(answer, self._streams)
@@ -318,12 +327,14 @@ class LegIce:
     def _mint(self) -> IceCredentials:
         return IceCredentials(self._token_hex(UFRAG_OCTETS), self._token_hex(PWD_OCTETS))
 
-    def _settle(self) -> None:
-        """Responders for the streams whose peer does ICE, kept while nothing changed."""
-        local = self.local
+    def _settle(self, local: IceCredentials | None, found: dict[int, IceCredentials]) -> None:
+        """Put ``local`` and the peer's ``found`` credentials in force: responders for the
+        streams whose peer does ICE, the same objects while nothing changed."""
+        self.local = local
+        self._peer_does_ice = bool(found)
         streams: dict[int, _StreamIce] = {}
         if local is not None:
-            for index, remote in self._pending.items():
+            for index, remote in found.items():
                 current = self._streams.get(index)
                 if current is not None and current.remote == remote and current.rtp.local == local:
                     streams[index] = current

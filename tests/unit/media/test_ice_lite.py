@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from gateway.core.cli import describe_leg
 from gateway.core.ids import SeededIds
 from gateway.core.media import stun
 from gateway.core.media.ice import (
@@ -233,8 +234,10 @@ def test_a_peer_without_ice_sees_none() -> None:
 def test_malformed_credentials_mean_no_ice() -> None:
     ice = leg_ice()
     ice.take_remote(ice_offer(IceCredentials("ab", "short")), offer=True)
+    assert ice.add_to_answer(ours()) == ours()
     assert not ice.active
     ice.take_remote(ice_offer(IceCredentials("good", "bad password with spaces!!")), offer=True)
+    assert ice.add_to_answer(ours()) == ours()
     assert not ice.active
 
 
@@ -311,3 +314,31 @@ def test_leg_security_answers_an_ice_offer_with_ours() -> None:
     assert answer.media[0].attributes.get("ice-ufrag") not in (None, "peer")
     assert security.record()["ice"] == "lite"
     assert "ice_pwd" not in str(security.record())
+
+
+def test_a_refused_restart_offer_changes_nothing() -> None:
+    """A re-offer with new credentials that is refused (488, no answer of ours) leaves ICE as
+    it was: the peer's checks with the credentials in force still pass."""
+    ice = leg_ice()
+    ice.take_remote(ice_offer(), offer=True)
+    first = ice.add_to_answer(ours()).media[0]
+    rtp, _ = ice.responders(0)
+    ice.take_remote(ice_offer(IceCredentials("peer2", "anotherpeerpassword12345")), offer=True)
+    # ... refused: no add_to_answer. The next offer keeps the old credentials.
+    assert ice.responders(0)[0] is rtp
+    ice.take_remote(ice_offer(), offer=True)
+    again = ice.add_to_answer(ours()).media[0]
+    assert again.attributes.get("ice-pwd") == first.attributes.get("ice-pwd")
+    assert ice.responders(0)[0] is rtp
+
+
+def test_voipgw_calls_says_a_leg_runs_ice_lite() -> None:
+    ice = leg_ice()
+    ice.take_remote(ice_offer(), offer=True)
+    ice.add_to_answer(ours())
+    assert ice.local is not None
+    leg = {"signalling": "udp", "streams": [], **ice.record()}
+    line = describe_leg(leg)
+    assert f"ICE-lite (our ufrag {ice.local.ufrag}, peer's peer)" in line
+    assert ice.local.pwd not in line
+    assert "ICE" not in describe_leg({"signalling": "udp", "streams": []})
