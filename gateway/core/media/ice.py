@@ -252,16 +252,22 @@ class LegIce:
         """The peer's ``offer`` (else answer) on this leg: note its credentials per m= line.
         New ones in an offer on a stream we already run ICE on are an ICE restart (RFC 8445
         §9): ours change too (the old ones stop working). An answer never changes ours: our
-        offer has gone out with them."""
+        offer has gone out with them.
+
+        A peer that is ICE-lite itself (a=ice-lite) is treated as one without ICE: between two
+        lite agents nobody checks and media goes to the default candidates (RFC 8445 §6.1.1),
+        which is plain latching."""
         if not self.enabled:
             return
         found: dict[int, IceCredentials] = {}
-        for index, media in enumerate(sd.media):
-            if media.port == 0:
-                continue
-            credentials = remote_credentials_untrusted(sd, media)
-            if credentials is not None:
-                found[index] = credentials
+        session_ice = sd.attributes.has("ice-ufrag") or sd.attributes.has("ice-pwd")
+        if not sd.attributes.has("ice-lite"):
+            for index, media in enumerate(sd.media):
+                if media.port == 0 or not (session_ice or media.attributes.has("ice-ufrag")):
+                    continue  # the common case, a phone without ICE: two lookups per line
+                credentials = remote_credentials_untrusted(sd, media)
+                if credentials is not None:
+                    found[index] = credentials
         if offer:
             restart = any(
                 index in self._streams and self._streams[index].remote != credentials

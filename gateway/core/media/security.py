@@ -81,6 +81,8 @@ from gateway.core.sdp.offer_answer import rejected_media
 
 log = logging.getLogger(__name__)
 
+_IDS = RandomIds()  # the OS CSPRNG, for ICE credentials
+
 # RTP profiles with SRTP and the plain profile each maps to (RFC 3711 §12, RFC 5124, and
 # DTLS-SRTP's RFC 5764 §8).
 _PLAIN_OF = {
@@ -152,7 +154,7 @@ class LegSecurity:
         ice: bool = True,
     ) -> None:
         self.side = side
-        self.ice = LegIce(RandomIds().token_hex, enabled=ice)
+        self.ice = LegIce(_IDS.token_hex, enabled=ice)
         """ICE-lite on this leg (gateway/core/media/ice.py): a transport matter, not a key
         exchange, but it rides on the same four SDP steps. ``ice`` False: never (a relay that
         cannot answer checks, media workers)."""

@@ -342,3 +342,27 @@ def test_voipgw_calls_says_a_leg_runs_ice_lite() -> None:
     assert f"ICE-lite (our ufrag {ice.local.ufrag}, peer's peer)" in line
     assert ice.local.pwd not in line
     assert "ICE" not in describe_leg({"signalling": "udp", "streams": []})
+
+
+def test_a_peer_that_is_ice_lite_itself_gets_no_ice() -> None:
+    ice = leg_ice()
+    lite = ice_offer().with_attributes([("ice-lite", None), *ice_offer().attributes])
+    ice.take_remote(lite, offer=True)
+    assert ice.add_to_answer(ours()) == ours()
+    assert not ice.active
+
+
+def test_media_level_credentials_win_over_session_level() -> None:
+    ice = leg_ice()
+    offer = ice_offer()
+    media = offer.media[0].with_attributes(
+        [
+            *offer.media[0].attributes,
+            ("ice-ufrag", "mline"),
+            ("ice-pwd", "medialevelpassword012345"),
+        ]
+    )
+    ice.take_remote(offer.with_media([media]), offer=True)
+    ice.add_to_answer(ours())
+    rtp, _ = ice.responders(0)
+    assert rtp is not None and rtp.remote == IceCredentials("mline", "medialevelpassword012345")
