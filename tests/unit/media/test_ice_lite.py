@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.cli import describe_leg
 from gateway.core.ids import SeededIds
@@ -366,3 +368,21 @@ def test_media_level_credentials_win_over_session_level() -> None:
     ice.add_to_answer(ours())
     rtp, _ = ice.responders(0)
     assert rtp is not None and rtp.remote == IceCredentials("mline", "medialevelpassword012345")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(min_value=0, max_value=40))
+def test_any_datagram_is_answered_or_dropped_never_raises(data: bytes, cut: int) -> None:
+    """Nothing from the network may crash the relay: random bytes, and real checks cut short
+    or with an octet changed, give a response or None, never an exception."""
+    responder = IceLiteResponder(LOCAL, REMOTE)
+    for datagram in (data, check()[: len(check()) - cut], _flipped(check(), cut, data)):
+        response, result = responder(datagram, SOURCE)
+        assert response is None or stun.looks_like_stun(response)
+        assert result in (CheckResult.NONE, CheckResult.VALID)
+
+
+def _flipped(message: bytes, at: int, noise: bytes) -> bytes:
+    changed = bytearray(message)
+    changed[at % len(changed)] ^= (noise[0] if noise else 0) or 1
+    return bytes(changed)
