@@ -1,6 +1,7 @@
 """ICE-lite with a real full ICE agent: baresip 1.0.0 with its ``ice`` module
 (``;medianat=ice``) and DTLS-SRTP (``;mediaenc=dtls_srtp``, UDP/TLS/RTP/SAVPF) calls a sipp
-trunk that speaks plain RTP and echoes it.
+trunk that speaks plain RTP and echoes it. With rtcp-mux (WebRTC's way) and without (RTCP
+is ICE component 2), and with the relay in media worker processes (a worker answers the checks).
 
 baresip is the controlling agent: it runs connectivity checks against the host candidates of
 our ice-lite answer, nominates a pair, then runs DTLS on it; the gateway answers the checks,
@@ -59,9 +60,13 @@ def _inside(address: Address, ports: tuple[int, int]) -> bool:
 
 
 @pytest.mark.skipif(not ICE_MODULE.exists(), reason="baresip's ice module is not installed")
-@pytest.mark.parametrize("rtcp_mux", [True, False], ids=["rtcp-mux", "rtcp-port"])
+@pytest.mark.parametrize(
+    ("rtcp_mux", "workers"),
+    [(True, 1), (False, 1), (True, 2)],
+    ids=["rtcp-mux", "rtcp-port", "rtcp-mux-media-workers"],
+)
 def test_baresip_with_ice_and_dtls_gets_media_through_an_ice_lite_gateway(
-    tmp_path: Path, rtcp_mux: bool
+    tmp_path: Path, rtcp_mux: bool, workers: int
 ) -> None:
     with SippUas("calls/uas_answer_one_reinvite.xml", workdir=tmp_path, rtp_echo=True) as trunk:
         trunks = (
@@ -77,7 +82,7 @@ def test_baresip_with_ice_and_dtls_gets_media_through_an_ice_lite_gateway(
                 tmp_path / "gw",
                 accounts={"alice": PASSWORD},
                 digest_algorithms=("MD5",),
-                settings={"gateway": {"log_level": "debug"}},
+                settings={"gateway": {"log_level": "debug"}, "media": {"workers": workers}},
                 extra_toml=trunks,
             ) as gw,
             Baresip(

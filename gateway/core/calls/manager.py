@@ -374,7 +374,6 @@ class CallManager:
             offer_feedback=offer_feedback,
             leg=leg,  # for key exchanges keyed per account or trunk (mikey's PSK modes)
             failures=None if self.statistics is None else self.statistics.key_exchange_failures,
-            ice=gateway.media_workers is None,  # media workers do not answer ICE checks yet
         )
 
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:

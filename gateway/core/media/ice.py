@@ -226,7 +226,8 @@ class LegIce:
     """The ICE state of one leg: our credentials, the peer's per stream, and the responders the
     relay runs on the leg's sockets. ``token_hex(n)`` gives n random octets as hex (the OS
     CSPRNG in production, :class:`~gateway.core.ids.RandomIds`). ``enabled`` False (a relay
-    without ICE support, media workers) makes the leg behave as if no peer did ICE."""
+    without ICE support) makes the leg behave as if no peer did ICE. The in-process relay and
+    the media workers both answer checks (a worker gets the credentials as values)."""
 
     def __init__(self, token_hex: Callable[[int], str], *, enabled: bool = True) -> None:
         self._token_hex = token_hex

@@ -23,8 +23,8 @@ from __future__ import annotations
 import attrs
 
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.relay import MediaStream, Transform, Transforms
-from gateway.core.media.remote_relay import RemoteStream
+from gateway.core.media.relay import MediaStream, StreamSide, Transform, Transforms
+from gateway.core.media.remote_relay import RemoteSide, RemoteStream
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession, SrtpStatistics
@@ -183,12 +183,16 @@ _SRTP_TOTALS = ("protected", "unprotected", "auth_failures", "replays", "dropped
 
 
 def _apply_ice(
-    stream: MediaStream, a: LegSecurity | None, b: LegSecurity | None, index: int
+    stream: MediaStream | RemoteStream, a: LegSecurity | None, b: LegSecurity | None, index: int
 ) -> None:
     """Put each leg's ICE-lite responders (gateway/core/media/ice.py) on its side's sockets;
-    none on a leg that does no ICE. Legs on media workers never do ICE (``LegSecurity(ice=
-    False)``), so only the in-process relay's streams get here."""
-    for leg, side in ((a, stream.a), (b, stream.b)):
+    none on a leg that does no ICE. A worker's stream gets their credentials over its channel
+    and runs responders of its own."""
+    sides: tuple[tuple[LegSecurity | None, StreamSide | RemoteSide], ...] = (
+        (a, stream.a),
+        (b, stream.b),
+    )
+    for leg, side in sides:
         rtp, rtcp = leg.ice.responders(index) if leg is not None else (None, None)
         side.set_ice_handler(rtp)
         side.set_ice_handler(rtcp, rtcp=True)
@@ -211,6 +215,7 @@ class CallKeying:
                 _apply_ice(stream, a, b, index)
             elif isinstance(stream, RemoteStream):
                 stream.apply_keys(keys)  # the worker builds the SRTP sessions
+                _apply_ice(stream, a, b, index)
                 self._remote[index] = stream
             else:
                 raise TypeError(f"cannot key a {type(stream).__name__}")

@@ -156,8 +156,8 @@ class LegSecurity:
         self.side = side
         self.ice = LegIce(_IDS.token_hex, enabled=ice)
         """ICE-lite on this leg (gateway/core/media/ice.py): a transport matter, not a key
-        exchange, but it rides on the same four SDP steps. ``ice`` False: never (a relay that
-        cannot answer checks, media workers)."""
+        exchange, but it rides on the same four SDP steps. ``ice`` False: never (for a relay
+        that cannot answer checks)."""
         self.failures = failures
         """Failed negotiations by key exchange, for monitoring (gateway/core/status.py); None:
         not counted."""
