@@ -180,21 +180,31 @@ class MetricsExporter:
                 config.path,
                 _protection(config),
             )
-            if not config.loopback:
-                if ssl_context is None and auth is None:
-                    log.warning(
-                        "metrics: serving %s without TLS or authentication: anyone who reaches "
-                        "it sees the traffic; set tls_certificate and basic_auth_users in "
-                        "[plugins.metrics], or listen on the loopback",
-                        config.listen,
-                    )
-                elif ssl_context is None:
-                    log.warning(
-                        "metrics: basic auth without TLS on %s: passwords cross the network "
-                        "in clear; set tls_certificate and tls_private_key",
-                        config.listen,
-                    )
+            warning = exposure_warning(config)
+            if warning is not None:
+                log.warning("metrics: %s", warning)
             task_status.started()
+
+
+def exposure_warning(config: MetricsConfig) -> str | None:
+    """What start-up warns of when ``listen`` is reachable from other hosts with nothing
+    protecting it: no TLS and no authentication, or passwords sent in clear (a warning, not an
+    error: such configs worked before these keys existed)."""
+    if config.loopback:
+        return None
+    tls, auth = config.tls_certificate is not None, bool(config.basic_auth_users)
+    if not tls and not auth:
+        return (
+            f"serving {config.listen} without TLS or authentication: whoever reaches it sees "
+            "the traffic; set tls_certificate, tls_private_key and basic_auth_users in "
+            "[plugins.metrics], or listen on the loopback"
+        )
+    if not tls:
+        return (
+            f"basic auth without TLS on {config.listen}: passwords cross the network in "
+            "clear; set tls_certificate and tls_private_key in [plugins.metrics]"
+        )
+    return None
 
 
 def _protection(config: MetricsConfig) -> str:

@@ -34,6 +34,7 @@ import trio
 
 from gateway.plugins.metrics.auth import BasicAuth, parse_basic_credentials_untrusted
 from gateway.plugins.metrics.exposition import CONTENT_TYPE
+from gateway.plugins.metrics.tls import describe_ssl_error
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class MetricsServer:
             self.tls_handshake_failures += 1
             cause = exc.__cause__
             if isinstance(cause, ssl.SSLError):
-                reason = cause.reason or cause.strerror or type(cause).__name__
+                reason = describe_ssl_error(cause)
             else:
                 reason = "connection closed during the handshake"
             log.info("metrics: TLS handshake from %s failed: %s", remote, reason)

@@ -30,6 +30,13 @@ class TlsFileError(CertificateError):
         self.key = key
 
 
+def describe_ssl_error(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason in words ("key values mismatch", "unsupported protocol"): never key
+    bytes, and the same wording the SIP transport's log lines use."""
+    reason = exc.reason or exc.strerror or type(exc).__name__
+    return str(reason).lower().replace("_", " ")
+
+
 def _refuse_passphrase() -> bytes:
     # Without this, OpenSSL would prompt for a passphrase on the terminal and hang start-up.
     raise CertificateError("the key is encrypted; give an unencrypted key file (mode 600)")
@@ -63,10 +70,9 @@ def server_context(certificate: str, private_key: str, client_ca: str | None) ->
     except CertificateError as exc:
         raise TlsFileError("tls_private_key", f"{key_path}: {exc}") from None
     except ssl.SSLError as exc:
-        # OpenSSL's reason ("key values mismatch", "PEM lib"), never key bytes.
-        reason = exc.reason or exc.strerror or type(exc).__name__
         raise TlsFileError(
-            "tls_private_key", f"{key_path}: not the private key of {certificate} ({reason})"
+            "tls_private_key",
+            f"{key_path}: not the private key of {certificate} ({describe_ssl_error(exc)})",
         ) from None
     if client_ca is not None:
         try:
@@ -75,7 +81,7 @@ def server_context(certificate: str, private_key: str, client_ca: str | None) ->
         except CertificateError as exc:
             raise TlsFileError("tls_client_ca", str(exc)) from None
         except ssl.SSLError as exc:
-            raise TlsFileError("tls_client_ca", f"{client_ca}: {exc.reason or exc}") from None
+            raise TlsFileError("tls_client_ca", f"{client_ca}: {describe_ssl_error(exc)}") from None
         context.verify_mode = ssl.CERT_REQUIRED
     else:
         context.verify_mode = ssl.CERT_NONE
