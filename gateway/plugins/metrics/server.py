@@ -163,7 +163,8 @@ class MetricsServer:
         if refusal is not None:
             status, reason = refusal
             await self._send(stream, connection, status, reason.encode() + b"\n", "text/plain")
-            await _linger(stream)
+            if not _request_received(connection):
+                await _linger(stream)
             return
         assert request is not None
         body = b""
@@ -312,6 +313,20 @@ def _shown(text: str) -> str:
     """A client's text made safe for one log line."""
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in text[:_LOG_TEXT_LIMIT])
     return repr(cleaned) + ("..." if len(text) > _LOG_TEXT_LIMIT else "")
+
+
+def _request_received(connection: h11.Connection) -> bool:
+    """Whether the refused request's end is in what we already read (a GET's head), so that
+    closing now leaves nothing unread and needs no :func:`_linger`."""
+    try:
+        while True:
+            event = connection.next_event()
+            if isinstance(event, h11.EndOfMessage):
+                return True
+            if not isinstance(event, h11.Data):
+                return False  # NEED_DATA, PAUSED or the connection closed
+    except h11.ProtocolError:
+        return False
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
