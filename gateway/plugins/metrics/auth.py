@@ -13,8 +13,9 @@ it in a worker thread, one at a time, so it stalls neither SIP nor the other scr
 An unknown user costs the same scrypt as a known one (against a fixed dummy hash), so the time of
 an answer does not tell which user names exist.
 
-Sans-IO: no sockets, no trio; the server (:mod:`.server`) calls :meth:`BasicAuth.cached` in
-its task and :meth:`BasicAuth.verify` in a thread.
+Sans-IO: no sockets, no trio; the server (:mod:`.server`) calls :meth:`BasicAuth.cached` and
+:meth:`BasicAuth.remember` in its task and only :meth:`BasicAuth.matches`, which changes nothing,
+in a worker thread, so the cache is never touched by two threads.
 """
 
 from __future__ import annotations
@@ -212,16 +213,23 @@ class BasicAuth:
         self.cache = VerifiedCache(cache_size)
 
     def cached(self, user: str, password: str) -> bool:
-        """Whether this pair was verified lately (fast; call it before :meth:`verify`)."""
+        """Whether this pair was verified lately (fast; call it before :meth:`matches`)."""
         stored = self.users.get(user)
         return stored is not None and (user, password, stored) in self.cache
 
-    def verify(self, user: str, password: str) -> bool:
-        """The slow check (scrypt); a pair that passes is remembered. Thread-safe enough for
-        one worker thread at a time, which is how the server calls it."""
+    def matches(self, user: str, password: str) -> bool:
+        """The slow check (scrypt), touching no state: the server runs it in a worker thread
+        and then :meth:`remember` s a pair that passed, in its own thread."""
         stored = self.users.get(user)
-        ok = (stored or _DUMMY).matches(password.encode()) and stored is not None
+        return (stored or _DUMMY).matches(password.encode()) and stored is not None
+
+    def remember(self, user: str, password: str) -> None:
+        """Cache a pair :meth:`matches` accepted."""
+        self.cache.add(user, password, self.users[user])
+
+    def verify(self, user: str, password: str) -> bool:
+        """:meth:`matches`, then :meth:`remember` when it does (one thread)."""
+        ok = self.matches(user, password)
         if ok:
-            assert stored is not None
-            self.cache.add(user, password, stored)
+            self.remember(user, password)
         return ok

@@ -113,13 +113,13 @@ async def test_only_valid_credentials_get_the_exposition_and_scrypt_runs_once(
     caplog.set_level(logging.INFO, logger=LOG)
     auth = BasicAuth({"prometheus": PasswordHash.make(PASSWORD, n=2**10, r=1)})
     verified: list[str] = []
-    slow_check = auth.verify
+    slow_check = auth.matches
 
     def counting(user: str, password: str) -> bool:
         verified.append(user)
         return slow_check(user, password)
 
-    auth.verify = counting  # type: ignore[method-assign]
+    auth.matches = counting  # type: ignore[method-assign]
     server = await start(nursery, cert, auth=auth)
     context = client(ca)
 
