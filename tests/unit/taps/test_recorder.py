@@ -152,7 +152,7 @@ def test_rtcp_comfort_noise_and_other_codecs_write_nothing(tmp_path: Path) -> No
     recording.add("0", "a_to_b", rtp(2, 0, b"\x01" * 40, pt=111), 0.0)  # opus
     recording.close()
     assert recording.files == [] and list(tmp_path.iterdir()) == []
-    assert recording.counts.not_g711 == 1 and recording.counts.packets == 3
+    assert recording.counts.other == {"pt111": 1} and recording.counts.packets == 3
 
 
 def test_pcma_is_decoded_too_and_streams_get_files_of_their_own(tmp_path: Path) -> None:
