@@ -23,9 +23,9 @@ packets back to back (the gap is lost, and the two speakers' files drift apart),
 filled.
 
 The header says one channel: an Opus decoder set to mono decodes stereo packets too (RFC 7587
-§3.4 lets a sender send either), and a call's recording is one speaker. Pre-skip is 0: the
-packets come from a stream already running, not from an encoder's start, and the file's time 0
-is the call's answer.
+§3.4 lets a sender send either), and a call's recording is one speaker. The packets come from
+a stream already running, not from an encoder's start: the pre-skip (RFC 7845 §4.2) discards
+concealment written for it, so the file's time 0 is the recording's (:data:`PRE_SKIP`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ VENDOR = b"voipgw recorder"
 FLUSH_SAMPLES = 48000
 """48 kHz samples of audio (1 s) after which a page is written, so a file cut short (the process
 killed) loses at most that much."""
+PRE_SKIP = 960
+"""Samples the decoder discards at the start (RFC 7845 §4.2), 48 kHz: 20 ms of concealment
+written first (so the file's audio starts at its time 0). Not 0: opusinfo warns of an
+"implausibly low preskip" under 2.5 ms; and a multiple of 2.5 ms, as concealment is."""
 MAX_SAMPLES = 5760
 """120 ms at 48 kHz: the longest an Opus packet may last (RFC 6716 §3.2.5, R5)."""
 
@@ -178,19 +182,23 @@ class OggOpusWriter:
         self._file: IO[bytes] = os.fdopen(fd, "wb")
         self._serial = serial
         self._sequence = 0
-        self.samples = 0
-        """48 kHz samples written (the granule position of the last packet)."""
+        self.samples = -PRE_SKIP
+        """48 kHz samples of audio written (after the pre-skip): the granule position of the
+        last packet is this plus PRE_SKIP (RFC 7845 §4)."""
         self._lacing: list[int] = []
         self._data: list[bytes] = []
         self._granule = -1  # of the last packet completed on the page being filled
         self._page_samples = 0
         self._continued = False
         # RFC 7845 §5.1: version 1, 1 channel, pre-skip 0, 48 kHz input, gain 0, family 0.
-        head = b"OpusHead" + struct.pack("<BBHIhB", 1, 1, 0, 48000, 0, 0)
+        head = b"OpusHead" + struct.pack("<BBHIhB", 1, 1, PRE_SKIP, 48000, 0, 0)
         self._page([len(head)], head, granule=0, flags=0x02)
         # RFC 7845 §5.2: the vendor string and no user comments; alone on its page (§3).
         tags = b"OpusTags" + struct.pack("<I", len(VENDOR)) + VENDOR + struct.pack("<I", 0)
         self._page(_lacing_values(len(tags)), tags, granule=0, flags=0)
+        # What the pre-skip discards: concealment, so the file's audio starts at its time 0.
+        for packet, samples in concealment(PRE_SKIP, None):
+            self.write(packet, samples)
 
     def write(self, packet: bytes, samples: int) -> None:
         """Add one packet lasting ``samples`` (48 kHz)."""
@@ -213,7 +221,7 @@ class OggOpusWriter:
             if not values:
                 break
             self._flush(continues=True)  # the packet goes on on the next page
-        self._granule = self.samples
+        self._granule = self.samples + PRE_SKIP
         self._page_samples += samples
 
     def close(self) -> None:
@@ -226,7 +234,7 @@ class OggOpusWriter:
         if not self._lacing and not last:
             return
         flags = (0x01 if self._continued else 0) | (0x04 if last else 0)
-        granule = self._granule if self._granule >= 0 or not last else self.samples
+        granule = self._granule if self._granule >= 0 or not last else self.samples + PRE_SKIP
         self._page(self._lacing, b"".join(self._data), granule=granule, flags=flags)
         self._lacing, self._data = [], []
         self._granule, self._page_samples = -1, 0
