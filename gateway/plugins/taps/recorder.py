@@ -228,11 +228,16 @@ class _Track:
         source's first packet, or by the call's clock (``seconds`` since its first packet) for
         a new source, or one whose timestamps left the clock (a new source behind the same SSRC,
         a re-INVITE): a re-base, which also resets the G.722 decoder (it must follow one
-        encoder)."""
+        encoder). -1 (late) when a re-base would put it more than REBASE_AFTER ahead of the
+        clock: a source sending faster than real time (a flood of new SSRCs) is not written, so
+        neither a file nor the decoding (G.722's costs CPU) outruns the call."""
         by_clock = round(seconds * self.rate)
         offset = (fields.timestamp - self.base_timestamp + 2**31) % 2**32 - 2**31
         position = self.base_position + offset * self.per_tick
-        if fields.ssrc != self.ssrc or abs(position - by_clock) > REBASE_AFTER * self.rate:
+        limit = REBASE_AFTER * self.rate
+        if fields.ssrc != self.ssrc or abs(position - by_clock) > limit:
+            if self.written - by_clock > limit:
+                return -1
             self.ssrc, self.base_timestamp = fields.ssrc, fields.timestamp
             self.base_position = position = max(by_clock, self.written)
             if self.g722 is not None:

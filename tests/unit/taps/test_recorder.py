@@ -474,3 +474,15 @@ def test_random_packets_of_every_codec_never_raise(tmp_path: Path) -> None:
         else:
             with wave.open(str(path)) as wav:
                 assert wav.getnframes() * 2 == path.stat().st_size - 44
+
+
+def test_a_source_faster_than_real_time_is_not_written_beyond_the_clock(tmp_path: Path) -> None:
+    """A new SSRC in every packet re-bases each onto the end of the file: without a bound a
+    flood would be decoded (G.722 costs CPU) and written as fast as it comes."""
+    recording = WavRecording(tmp_path, "rec-13")
+    for i in range(2000):  # 40 s of G.722 in 0.2 s
+        recording.add("0", "a_to_b", rtp(i, 0, b"\x11" * 160, pt=9, ssrc=i), i * 0.0001)
+    recording.close()
+    written = len(samples16(tmp_path / "rec-13-0-caller.wav"))
+    assert written <= (5.0 + 0.2 + 0.02) * 16000  # REBASE_AFTER ahead of the clock at most
+    assert recording.counts.late == 2000 - written // 320
