@@ -48,12 +48,17 @@ class Spandsp:
         return list(out[:count])
 
 
-@pytest.fixture(scope="module")
-def spandsp() -> Iterator[Spandsp]:
+def load_spandsp() -> Spandsp:
+    """spandsp's G.722 codec; skips (locally) or fails (CI) without libspandsp2."""
     name = ctypes.util.find_library("spandsp")
     if name is None:
         missing("libspandsp is not installed (apt-get install libspandsp2)")
-    yield Spandsp(ctypes.CDLL(name))
+    return Spandsp(ctypes.CDLL(name))
+
+
+@pytest.fixture(scope="module")
+def spandsp() -> Iterator[Spandsp]:
+    yield load_spandsp()
 
 
 def ours(octets: bytes, decoder: G722Decoder | None = None) -> list[int]:
