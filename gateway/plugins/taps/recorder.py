@@ -6,20 +6,38 @@ packet the relay forwards, after SRTP was removed (gateway/core/media/taps.py). 
 it (bounded: a full queue drops and counts, the relay never waits) and its own task writes it:
 
 - ``format = "wav"``: for each stream, what the caller sent and what the callee sent, each into
-  a mono 8 kHz 16-bit WAV file (``<call>-<stream>-caller.wav``, ``...-callee.wav``), G.711
-  (PCMU, PCMA: static payload types 0 and 8, RFC 3551) decoded to linear PCM. Each packet is
-  placed by its RTP timestamp; a gap (silence suppression, hold, loss) is written as silence, so
-  both files run on the call's clock from its answer and play side by side (``sox -M``). A new
-  SSRC or a timestamp far from the clock (a transfer, a re-INVITE) re-bases on the clock. Late
-  packets (behind what is written) are dropped and counted; RTCP, comfort noise and events are
-  not audio; other codecs are counted, not written (use ``pcap`` for them).
+  a file of its own (``<call>-<stream>-caller.<ext>``, ``...-callee.<ext>``), by codec:
+
+  * G.711 (PCMU, PCMA: static payload types 0 and 8, RFC 3551) decoded to linear PCM, a mono
+    8 kHz 16-bit WAV file;
+  * G.722 (payload type 9, or a dynamic one named G722) decoded by g722.py (pure Python, one
+    decoder per source, reset on a new SSRC or a re-base), a mono 16 kHz 16-bit WAV file: the
+    audio is 16 kHz although its RTP clock is 8 kHz (RFC 3551 §4.5.2);
+  * Opus (a dynamic payload type, named ``opus/48000/2`` by the SDP: the sink reads the call's
+    rtpmap attributes from ``TappedCall.media`` and ``streams_changed``) not decoded: its packets
+    go into an Ogg Opus file (``.opus``, RFC 7845, oggopus.py) as they came.
+
+  Each packet is placed by its RTP timestamp; a gap (silence suppression, hold, loss) is written
+  as silence (WAV) or as Opus packets of empty frames that the player conceals (RFC 7845 §4.1),
+  so every file runs on the call's clock from its first packet and a call's files play side by
+  side (``sox -M``). A new SSRC or a timestamp far from the clock (a transfer, a re-INVITE)
+  re-bases on the clock; a source faster than real time is not written more than
+  ``REBASE_AFTER`` ahead of it. A re-INVITE that switches a direction to a codec of another
+  kind moves it to its file of that kind (``...-caller-2.wav``: see :class:`WavRecording`).
+  Late packets (behind what is written) are dropped and counted, and so are Opus packets whose
+  framing is broken (a decoder would stop there); RTCP, comfort noise and telephone events are
+  not audio; other codecs (G.729, iLBC ...) are counted by name in the end-of-call log line, not
+  written (use ``pcap`` for them). Decoding runs in the sink's task, not the relay's: G.722
+  costs about 0.8 ms of CPU per 20 ms packet (benchmarks/recorder_decode.py), G.711 and Opus a
+  few microseconds.
 - ``format = "pcap"``: every packet of the call as it was forwarded, in one pcap file
   (``<call>.pcap``) with made-up IPv4/UDP headers (caller 192.0.2.1, callee 192.0.2.2, ports
   40000 + 2 * stream): any codec, for Wireshark's RTP player or ``tshark``.
 
 Files go to ``<directory>/<YYYY-MM-DD>/`` (the UTC date the call was answered), with mode
 0600: they hold the conversation. When the call ends the files are completed (WAV sizes written
-into their headers) and a line is logged with what was written and what was dropped. Writes go
+into their headers, the Ogg stream's last page flagged) and a line is logged with what was
+written, what was dropped and which other codecs were not written. Writes go
 through Python's buffered files from the sink's task; a disk that fails ends that recording
 (logged), never the call.
 """
