@@ -12,15 +12,18 @@ RTP (RFC 7587 §4.2: one Opus packet per RTP payload); the last page is flagged 
 
 A packet's duration comes from its TOC byte and frame count (RFC 6716 §3.1-§3.2), read by
 :func:`opus_samples_untrusted`, which also refuses a packet that breaks RFC 6716 §3.4's framing
-rules (R1-R7): a decoder meeting one reports an error, and ``opusdec`` stops the whole file there,
-so such a packet is never written (its bytes inside well-framed frames may be anything: the
-decoder decodes any bits). A gap (silence suppression, loss, hold) is filled as RFC 7845 §4.1
+rules (R1-R7): a decoder cannot decode one (``opusinfo`` warns of an invalid packet, ``opusdec``
+skips it, and the file's time shifts by its duration), so such a packet is never written and its
+time is concealed like a gap (the bits inside well-framed frames may be anything: the decoder
+decodes any bits). A gap (silence suppression, loss, hold) is filled as RFC 7845 §4.1
 says a muxer of a real-time stream should: with packets whose frames are empty (zero octets: RFC
 6716 §3.2.1, the decoder conceals the loss, fading to silence, as the receiving phone did), of
 the previous packet's mode and bandwidth, so the file stays on the call's clock. A granule
-position that jumps would be shorter, but players do not agree on it: opusdec and ffmpeg play the
-packets back to back (the gap is lost, and the two speakers' files drift apart), so gaps are
-filled.
+position that jumps over the gap would be shorter, but tools do not take it as silence: opus-tools
+0.2's ``opusinfo`` warns "sample count behind granule" and its ``opusdec`` plays the packets back
+to back (tried: a 2 s stream with a 0.4 s gap decodes to 1.6 s), so the speakers' files would
+drift apart. Filled, both accept the file without a warning and decode it to its full length
+(tests/unit/taps/test_oggopus.py). A filler costs 2 octets per 120 ms.
 
 The header says one channel: an Opus decoder set to mono decodes stereo packets too (RFC 7587
 §3.4 lets a sender send either), and a call's recording is one speaker. The packets come from
