@@ -25,7 +25,7 @@ it (bounded: a full queue drops and counts, the relay never waits) and its own t
   ``REBASE_AFTER`` ahead of it. A re-INVITE that switches a direction to a codec of another
   kind moves it to its file of that kind (``...-caller-2.wav``: see :class:`WavRecording`).
   Late packets (behind what is written) are dropped and counted, and so are Opus packets whose
-  framing is broken (a decoder would stop there); RTCP, comfort noise and telephone events are
+  framing is broken (no decoder can decode them); RTCP, comfort noise and telephone events are
   not audio; other codecs (G.729, iLBC ...) are counted by name in the end-of-call log line, not
   written (use ``pcap`` for them). Decoding runs in the sink's task, not the relay's: G.722
   costs about 0.8 ms of CPU per 20 ms packet (benchmarks/recorder_decode.py), G.711 and Opus a
@@ -80,7 +80,7 @@ STATIC_CODECS = {
     3: "gsm",
     18: "g729",
 }
-"""RFC 3551 §6's static payload types the recorder names (lower case, as in the files' table)."""
+"""RFC 3551 §6's static payload types the recorder names (lower case, as codecs_of does)."""
 NOT_AUDIO = frozenset({"cn", "telephone-event"})
 """Comfort noise (RFC 3389: the gap it stands for is written as silence) and DTMF events (RFC
 4733): not audio to write, nor to count as another codec."""
@@ -304,7 +304,8 @@ class RecordingCounts:
     late: int = 0
     """Packets behind what was already written (reordered, duplicated)."""
     malformed: int = 0
-    """Opus packets whose framing breaks RFC 6716 §3.4 (a decoder would stop there)."""
+    """Opus packets whose framing breaks RFC 6716 §3.4: no decoder can decode them, so they
+    are left out (their time is concealed like a gap)."""
     other: dict[str, int] = attrs.Factory(dict)
     """Audio in codecs the WAV format does not write, by name (WAV only)."""
 

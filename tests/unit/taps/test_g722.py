@@ -84,8 +84,8 @@ def test_a_signal_encoded_by_spandsp_decodes_to_spandsps_samples(spandsp: Spands
     assert len(octets) == 8000  # one octet per sample pair: 64 kbit/s
     decoded = ours(octets)
     assert decoded == spandsp.decode(octets)
-    # And it is the signal (a codec's delay later), not just the same noise: G.722's QMF pair
-    # delays by 22 samples (G.722 §1.4.3); the error is small against the signal's power.
+    # And it is the signal (a codec's delay later), not just the same noise: the transmit and
+    # receive QMFs together delay by 22 samples; the error is small against the signal's power.
     delay = 22
     error = sum((d - s) ** 2 for d, s in zip(decoded[delay:], signal, strict=False))
     power = sum(s * s for s in signal)
