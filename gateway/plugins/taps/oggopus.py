@@ -25,8 +25,9 @@ to back (tried: a 2 s stream with a 0.4 s gap decodes to 1.6 s), so the speakers
 drift apart. Filled, both accept the file without a warning and decode it to its full length
 (tests/unit/taps/test_oggopus.py). A filler costs 2 octets per 120 ms.
 
-The header says one channel: an Opus decoder set to mono decodes stereo packets too (RFC 7587
-§3.4 lets a sender send either), and a call's recording is one speaker. The packets come from
+The header says one channel: an Opus decoder set to mono decodes stereo packets too (each
+packet's TOC says which it is, RFC 6716 §3.1, and RFC 7587 lets one stream carry both), and a
+call's recording is one speaker. The packets come from
 a stream already running, not from an encoder's start: the pre-skip (RFC 7845 §4.2) discards
 concealment written for it, so the file's time 0 is the recording's (:data:`PRE_SKIP`).
 """
