@@ -9,7 +9,8 @@ on real 127.0.0.1 sockets through the gateway's relay, in virtual time.
 - a call of accounts and trunks the recorder is not told to record leaves no file;
 - a wideband call: the caller sends Opus (a dynamic payload type, known from the SDP the tap is
   told), the callee G.722: an Ogg Opus file of the packets as sent and a 16 kHz WAV file of the
-  decoded G.722, each on the call's clock.
+  decoded G.722, each on the call's clock;
+- a re-INVITE from G.711 to Opus: the caller's Opus goes to a second file, on the call's clock.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import gateway.plugins.taps.recorder as recorder_plugin
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.g722 import G722Decoder
-from gateway.plugins.taps.oggopus import PRE_SKIP
+from gateway.plugins.taps.oggopus import PRE_SKIP, opus_samples_untrusted
 from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import Phone, bind
@@ -222,3 +223,47 @@ async def test_an_opus_and_g722_call_is_recorded_in_ogg_opus_and_16_khz_wav(
     pcm = b"".join(decoder.decode(payload) for payload in g722)
     # The callee spoke 0.5 s later: 8000 samples of silence at 16 kHz, then its audio.
     assert decoded == [0] * 8000 + list(struct.unpack(f"<{len(pcm) // 2}h", pcm))
+
+
+async def test_a_reinvite_to_opus_moves_the_caller_to_a_second_file_on_the_calls_clock(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """PCMU first; a re-INVITE offers only Opus (a dynamic payload type the recording did not
+    know: the core tells the sink, streams_changed); the caller's Opus goes to ``-2.opus``."""
+    env = await recording_env(nursery, tmp_path, voipgw_seed, {"trunks": ["carrier"]})
+    call, media = await plain_call(env)
+    rng = random.Random(voipgw_seed)
+    opus = [b"\xf8" + rng.randbytes(40) for _ in range(10)]
+    with media.caller, media.callee:
+        for seq in range(10):
+            await media.caller.sendto(rtp(seq, CALLER_BYTE, 0x1111), media.caller_to)
+            await trio.sleep(0.02)
+        offer = simple_sdp("127.0.0.1", CALLER_PORT, formats=("111",), version=2)
+        reinvite = call.reinvite(offer)  # type: ignore[attr-defined]
+        async with trio.open_nursery() as answering:
+
+            async def answer() -> None:
+                relayed = await env.alice.next_request("INVITE", timeout=10)
+                assert b"opus/48000/2" in relayed.request.body
+                answer = simple_sdp("127.0.0.1", CALLEE_PORT, formats=("111",), version=2)
+                await env.alice.respond(relayed, 200, body=answer, content_type="application/sdp")
+
+            answering.start_soon(answer)
+            assert (await reinvite).status == 200
+        for seq in range(10):
+            header = struct.pack("!BBHII", 0x80, 111, 10 + seq, 50_000 + 960 * seq, 0x1111)
+            await media.caller.sendto(header + opus[seq], media.caller_to)
+            await trio.sleep(0.02)
+        await call.bye()  # type: ignore[attr-defined]
+        await eventually(lambda: env.calls == 0)
+    await eventually(lambda: len(list((tmp_path / "rec").glob("*/*"))) == 2)
+    (g711,) = (tmp_path / "rec").glob("*/*-0-caller.wav")
+    (second,) = (tmp_path / "rec").glob("*/*-0-caller-2.opus")
+    with wave.open(str(g711)) as wav:
+        assert wav.readframes(wav.getnframes()) == struct.pack("<h", -32124) * 1600
+    _, packets = read_ogg(second.read_bytes())
+    assert packets[-10:] == opus
+    # Before them, concealment from the call's start: the pre-skip, then at least the 0.2 s of
+    # PCMU (and the re-INVITE's round trip).
+    lead = sum(opus_samples_untrusted(packet) or 0 for packet in packets[2:-10]) - PRE_SKIP
+    assert 0.2 * 48000 <= lead <= 1.0 * 48000
