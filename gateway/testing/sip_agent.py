@@ -96,7 +96,13 @@ def simple_sdp(
 ) -> bytes:
     """One audio stream at ``address``:``port`` (PCMU, PCMA, telephone-event), as a phone
     offers or answers it (RFC 3264 §5)."""
-    names = {"0": "PCMU/8000", "8": "PCMA/8000", "101": "telephone-event/8000"}
+    names = {
+        "0": "PCMU/8000",
+        "8": "PCMA/8000",
+        "9": "G722/8000",
+        "101": "telephone-event/8000",
+        "111": "opus/48000/2",
+    }
     lines = [
         "v=0",
         f"o=- {session_id} {version} IN IP4 {address}",
