@@ -36,6 +36,7 @@ if importlib.util.find_spec("gateway") is None:
 
 from gateway.plugins.taps import g722 as g722_module
 from gateway.plugins.taps.g722 import G722Decoder
+from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder, load_spandsp
 from gateway.plugins.taps.oggopus import OggOpusWriter
 from gateway.plugins.taps.recorder import PCMU, g711_to_linear
 
@@ -88,9 +89,11 @@ def main() -> None:
     noise = [bytes(rng.randrange(256) for _ in range(OCTETS)) for _ in range(packets)]
     speech = _speech_like_g722(packets)
 
-    def decode_g722(payloads: list[bytes]) -> Callable[[], None]:
+    spandsp = load_spandsp()
+
+    def decode_g722(payloads: list[bytes], *, in_c: bool = False) -> Callable[[], None]:
         def run() -> None:
-            decoder = G722Decoder()
+            decoder = SpandspG722Decoder(spandsp) if spandsp and in_c else G722Decoder()
             for payload in payloads:
                 decoder.decode(payload)
 
@@ -118,6 +121,10 @@ def main() -> None:
     else:
         print("(no libspandsp2: G.722 on speech-like input not measured)")
     rows.append(("G.722 -> 16 kHz PCM, random octets", decode_g722(noise)))
+    if spandsp is not None:
+        if speech is not None:
+            rows.append(("G.722 by spandsp (ctypes), two tones", decode_g722(speech, in_c=True)))
+        rows.append(("G.722 by spandsp (ctypes), random", decode_g722(noise, in_c=True)))
     rows.append(("Opus -> Ogg pages (not decoded)", opus_run))
     for label, run in rows:
         micros = _best(run, packets, repeats)

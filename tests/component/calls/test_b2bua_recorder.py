@@ -193,7 +193,9 @@ async def test_calls_nobody_asked_to_record_leave_no_file(
 async def test_an_opus_and_g722_call_is_recorded_in_ogg_opus_and_16_khz_wav(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    env = await recording_env(nursery, tmp_path, voipgw_seed, {"trunks": ["carrier"]})
+    # Random G.722 octets reach full scale, where spandsp wraps: compared with our decoder.
+    recorder = {"trunks": ["carrier"], "g722_decoder": "python"}
+    env = await recording_env(nursery, tmp_path, voipgw_seed, recorder)
     call, media = await plain_call(env, formats=("111", "9", "101"))
     rng = random.Random(voipgw_seed)
     opus = [b"\xf8" + rng.randbytes(60) for _ in range(PACKETS)]  # CELT FB 20 ms, code 0

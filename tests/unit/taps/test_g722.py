@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.plugins.taps import g722_spandsp
 from gateway.plugins.taps.g722 import G722Decoder
 from tests.conftest import missing
 
@@ -119,3 +120,19 @@ def test_the_state_carries_across_payloads_and_reset_starts_afresh(spandsp: Span
     decoder.reset()
     assert ours(octets[:160], decoder) == whole[:320]
     assert ours(b"", decoder) == []
+
+
+def test_the_recorders_spandsp_decoder_gives_the_python_decoders_samples(
+    spandsp: Spandsp,
+) -> None:
+    """The decoder the recorder uses when libspandsp2 is there: the same samples as ours below
+    full scale, the state carried across payloads, reset for a new source."""
+    library = g722_spandsp.load_spandsp()
+    assert library is not None  # the fixture found it
+    octets = spandsp.encode(tones(0.5))
+    in_c = g722_spandsp.SpandspG722Decoder(library)
+    pcm = b"".join(in_c.decode(octets[i : i + 160]) for i in range(0, len(octets), 160))
+    assert pcm == G722Decoder().decode(octets)
+    in_c.reset()
+    assert in_c.decode(octets[:160]) == G722Decoder().decode(octets[:160])
+    assert in_c.decode(b"") == b""

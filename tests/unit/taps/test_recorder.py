@@ -33,6 +33,7 @@ from gateway.plugins.taps.recorder import (
     g711_to_linear,
     rtp_fields,
 )
+from tests.conftest import missing
 from tests.unit.taps.test_oggopus import read_ogg
 
 CALL = TappedCall("rec-1", "sip:alice@gw", "sip:+4930@gw", "account", "alice", "trunk", "carrier")
@@ -251,6 +252,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load({"all_calls": True, "queue": 1})
     with pytest.raises(ConfigError, match=r"plugins.recorder.*min_free_mb"):
         load({"all_calls": True, "min_free_mb": -1})
+    with pytest.raises(ConfigError, match=r"plugins.recorder.*g722_decoder"):
+        load({"all_calls": True, "g722_decoder": "ffmpeg"})
     load({"accounts": ["alice"], "directory": str(tmp_path / "rec")})
 
 
@@ -486,3 +489,22 @@ def test_a_source_faster_than_real_time_is_not_written_beyond_the_clock(tmp_path
     written = len(samples16(tmp_path / "rec-13-0-caller.wav"))
     assert written <= (5.0 + 0.2 + 0.02) * 16000  # REBASE_AFTER ahead of the clock at most
     assert recording.counts.late == 2000 - written // 320
+
+
+def test_g722_is_decoded_by_spandsp_when_it_loads_and_by_python_when_told(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.plugins.taps import recorder
+    from gateway.plugins.taps.g722 import G722Decoder
+    from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder
+
+    assert recorder.g722_decoder_factory("python") is G722Decoder
+    if recorder.load_spandsp() is None:
+        missing("libspandsp is not installed (apt-get install libspandsp2)")
+    assert isinstance(recorder.g722_decoder_factory("auto")(), SpandspG722Decoder)
+    monkeypatch.setattr(recorder, "load_spandsp", lambda: None)
+    with caplog.at_level(logging.WARNING, logger=recorder.__name__):
+        assert recorder.g722_decoder_factory("auto") is G722Decoder
+    assert "libspandsp not found (apt-get install libspandsp2)" in caplog.text
+    with pytest.raises(ValueError, match='g722_decoder: "spandsp", but libspandsp cannot'):
+        RecorderConfig(all_calls=True, g722_decoder="spandsp")
