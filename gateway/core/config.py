@@ -14,6 +14,7 @@ The file layout::
     [store]     backend (sqlite, postgresql), dsn, password_file, timeouts
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
+    [[dialog_watch_groups]]  accounts whose phones may watch each other's calls (BLF)
 """
 
 from __future__ import annotations

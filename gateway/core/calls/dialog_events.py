@@ -58,6 +58,7 @@ from gateway.core.sip.dialog_info import (
     Snapshot,
     WatchRules,
     dialog_info_body,
+    full_state,
 )
 from gateway.core.sip.errors import LocalSipError, RemoteSipError
 from gateway.core.sip.events import (
@@ -154,7 +155,7 @@ class Watched:
     calls: dict[tuple[Call, Direction], Tracked] = attrs.field(factory=dict)
 
     def snapshot(self) -> Snapshot:
-        return tuple(tracked.entry() for tracked in self.calls.values())
+        return full_state([tracked.entry() for tracked in self.calls.values()])
 
 
 @attrs.frozen
@@ -186,6 +187,7 @@ class DialogEvents:
         """The watched accounts each tracked call involves, and how."""
         self.refused = 0
         """New subscriptions refused for a limit, since the start."""
+        self._stopping = False
 
     def __len__(self) -> int:
         return len(self._by_dialog)
@@ -255,6 +257,11 @@ class DialogEvents:
         store = self.gateway.store
         if store is None or store.get_account(user) is None:
             return make_response(request, 404, "Not Found (no such account)"), None
+        if self._stopping:
+            stopping = make_response(
+                request, 503, "Service Unavailable (stopping)", extra=[("Retry-After", "30")]
+            )
+            return stopping, None
         self._replace_same_contact(watcher, user, request)
         if len(self._by_dialog) >= MAX_SUBSCRIPTIONS:
             self.refused += 1
@@ -490,6 +497,7 @@ class DialogEvents:
     async def stop(self) -> None:
         """End every subscription (the gateway stops): each gets its final NOTIFY; returns
         when they have been answered or the caller's deadline passes."""
+        self._stopping = True  # new subscriptions get 503 from now on
         watches = list(self._by_dialog.values())
         if not watches:
             return

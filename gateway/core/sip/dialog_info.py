@@ -39,6 +39,10 @@ CONTENT_TYPE = "application/dialog-info+xml"  # RFC 4235 §4
 NAMESPACE = "urn:ietf:params:xml:ns:dialog-info"
 MAX_WAITING = 8
 """Documents one subscription keeps waiting while its NOTIFY is out."""
+MAX_DIALOGS = 8
+"""Dialogs in one document at most: a lamp shows one state, and eight dialogs with identities
+still fit a UDP datagram (RFC 3261 §18.1.1). Past it the ringing ones are kept first (what a
+watcher acts on), then the newest (:func:`full_state`)."""
 
 # XML 1.0 §2.2 Char: tab, newline, carriage return and everything from U+0020 but the
 # surrogates and U+FFFE/U+FFFF.
@@ -118,6 +122,22 @@ def _text(value: str) -> str:
 # -- one subscription's NOTIFYs ----------------------------------------------------------------
 
 Snapshot = tuple[DialogEntry, ...]
+
+_KEPT_FIRST = {Phase.EARLY: 0, Phase.PROCEEDING: 1, Phase.TRYING: 2, Phase.CONFIRMED: 3}
+
+
+def full_state(entries: Sequence[DialogEntry]) -> Snapshot:
+    """The dialogs of one document, oldest first: all of them, or past :data:`MAX_DIALOGS`
+    those ringing, then the newest others. A dialog left out of a full document has ended as
+    far as the watcher knows (RFC 4235 §4.1), which for a lamp is the least harm."""
+    if len(entries) <= MAX_DIALOGS:
+        return tuple(entries)
+    order = sorted(
+        range(len(entries)),
+        key=lambda i: (_KEPT_FIRST.get(entries[i].phase, 4), -i),
+    )
+    kept = sorted(order[:MAX_DIALOGS])
+    return tuple(entries[i] for i in kept)
 
 
 def _phases(snapshot: Snapshot) -> dict[str, Phase]:

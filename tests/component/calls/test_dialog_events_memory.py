@@ -17,6 +17,7 @@ from gateway.core.ids import SeededIds
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Request, Response
 from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import render
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
@@ -324,8 +325,14 @@ async def test_limits_replacement_and_status(
     refused = await subscribe_from("<sip:bob@127.0.0.4:5060;line=3>")
     assert refused.status == 403 and "limit" in refused.reason
     assert count(env) == 3
-    status = StatusView(env.gateway, CallStatistics()).sip()
+    view = StatusView(env.gateway, CallStatistics())
+    status = view.sip()
     assert status.dialog_subscriptions == 3 and status.dialog_subscriptions_refused == 1
+    assert status.subscriptions == 0 and status.subscriptions_refused == 0
+    scraped = render(view).decode()
+    assert 'voipgw_subscriptions{package="dialog"} 3\n' in scraped
+    assert 'voipgw_subscriptions{package="message-summary"} 0\n' in scraped
+    assert 'voipgw_subscriptions_refused_total{package="dialog"} 1\n' in scraped
     assert env.gateway.dialog_events is not None
     listed = env.gateway.dialog_events.listing()
     assert sorted(info.watched for info in listed) == ["alice", "alice", "bob"]
