@@ -356,45 +356,57 @@ class DialogEvents:
         if watch is None:
             return False
         watch.flow = flow  # its latest flow is the way back to it (a NAT rebinding)
+        self._nursery.start_soon(self._answer_in_dialog, transaction, request, watch)
+        return True
+
+    async def _answer_in_dialog(
+        self, transaction: ServerTransaction, request: Request, watch: Watch
+    ) -> None:
+        """Answer a refresh or unsubscribe, then tell the notifier task: the NOTIFY it sends
+        (RFC 6665 §4.2.1.2, §4.2.1.4) follows our 2xx rather than overtaking it."""
+        granted: int | None = None
         try:
-            response = self._refresh(watch, request)
+            response, granted = self._refresh(watch, request)
         except Exception:
             log.exception("internal error on %s %s", request.method, request.call_id)
             response = make_response(request, 500, "Server Internal Error")
-        self._nursery.start_soon(self.endpoint.respond, transaction, response)
-        return True
+        try:
+            await self.endpoint.respond(transaction, response)
+        finally:
+            if granted == 0:
+                watch.final = watch.final or terminated_value("timeout")
+            elif granted is not None and (watched := self.watched.get(watch.watched)):
+                watch.notifications.push(watched.snapshot())
+            watch.wake()
 
-    def _refresh(self, watch: Watch, request: Request) -> Response:
+    def _refresh(self, watch: Watch, request: Request) -> tuple[Response, int | None]:
+        """The answer to a request in the subscription's dialog, and the Expires a refresh
+        granted (0: unsubscribed; None: refused)."""
         if request.method != "SUBSCRIBE":
-            return make_response(request, 405, extra=[("Allow", "SUBSCRIBE")])
+            return make_response(request, 405, extra=[("Allow", "SUBSCRIBE")]), None
         if watch.final is not None:
-            return make_response(request, 481)
+            return make_response(request, 481), None
         try:
             watch.dialog.receive_request(request)
             event = parse_event_untrusted(request.headers.get("Event"))
             expires = parse_expires_untrusted(request.headers.get("Expires"))
         except RemoteSipError as err:
-            return make_response(request, err.status or 400, err.reason)
+            return make_response(request, err.status or 400, err.reason), None
         except LocalSipError:
-            return make_response(request, 481)
+            return make_response(request, 481), None
         if event.package != DIALOG:
-            return make_response(request, 489, extra=[("Allow-Events", ALLOW_EVENTS)])
+            return make_response(request, 489, extra=[("Allow-Events", ALLOW_EVENTS)]), None
         asked = bounded_expires(expires)
         if isinstance(asked, IntervalTooBrief):
-            return make_response(request, 423, extra=[("Min-Expires", str(asked.min_expires))])
+            brief = make_response(request, 423, extra=[("Min-Expires", str(asked.min_expires))])
+            return brief, None
         now = trio.current_time()
         if asked == 0:
             # RFC 6665 §4.2.1.4 (§4.1.2.3): an unsubscribe; a final NOTIFY with the state.
             watch.state.handle(Input.UNSUBSCRIBED, now=now)
-            watch.final = terminated_value("timeout")
         else:
             watch.state.handle(Input.ACCEPTED, now=now, expires=asked)
-            # RFC 6665 §4.2.1.2: a refresh is answered with the current state as well.
-            watched = self.watched.get(watch.watched)
-            if watched is not None:
-                watch.notifications.push(watched.snapshot())
-        watch.wake()
-        return make_response(request, 200, extra=[("Expires", str(asked))])
+        return make_response(request, 200, extra=[("Expires", str(asked))]), asked
 
     # -- NOTIFY -------------------------------------------------------------------------------
 
