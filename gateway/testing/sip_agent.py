@@ -413,9 +413,9 @@ class SipAgent:
         #: Dialogs other than calls' (subscriptions, RFC 6665), by (Call-ID, our tag): their
         #: requests pass the CSeq check, then :attr:`in_dialog`, else get 200.
         self.dialogs: dict[tuple[str, str], Dialog] = {}
-        #: SUBSCRIBEs we sent outside a dialog, by (Call-ID, our tag): a NOTIFY that overtakes
-        #: the 2xx creates the dialog (RFC 6665 §4.1.2.4), which the test then replaces with
-        #: its own from the 2xx (:meth:`add_dialog`).
+        #: SUBSCRIBEs we sent outside a dialog, by (Call-ID, our tag), until their dialog is
+        #: added: a NOTIFY that overtakes the 2xx (or the test's :meth:`add_dialog` after it)
+        #: creates the dialog (RFC 6665 §4.1.2.4), which the test then replaces with its own.
         self.subscribing: dict[tuple[str, str], Request] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         self._exchanges: dict[Transaction, Exchange] = {}
@@ -630,7 +630,9 @@ class SipAgent:
 
     def add_dialog(self, dialog: Dialog) -> None:
         """Take the requests of ``dialog`` (a subscription's, made by the test)."""
-        self.dialogs[(dialog.call_id, dialog.local_tag)] = dialog
+        key = (dialog.call_id, dialog.local_tag)
+        self.dialogs[key] = dialog
+        self.subscribing.pop(key, None)  # its dialog exists: a NOTIFY no longer creates one
 
     async def send_authenticated(
         self, request: Request, destination: Address | None = None

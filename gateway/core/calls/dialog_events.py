@@ -527,6 +527,13 @@ class DialogEvents:
     def call_changed(self, call: Call, kind: str) -> None:
         """A call event: the watched accounts it involves get a NOTIFY with the new state."""
         before = self._involved.get(call)
+        watched_names = self.watched
+        if (
+            before is None
+            and call.a.peer_name not in watched_names
+            and not any(leg.peer_name in watched_names for leg in call.b_legs)
+        ):
+            return  # a call of accounts nobody watches: a lookup per party, nothing kept
         now_involved = _involved(call) if kind != "ended" else []
         changed: set[str] = set()
         for involved in now_involved:

@@ -283,7 +283,6 @@ async def test_notify_481_ends_it_and_stop_terminates(
     await watch(bob)
     await next_doc(bob)
     bob.dialogs.clear()  # the phone forgot it (rebooted): it answers 481
-    bob.subscribing.clear()
     call = await env.trunk.invite(env.did_uri(ALICE_DID))
     assert (await call.final()).status == 200
     await eventually(lambda: count(env) == 0)
@@ -357,3 +356,25 @@ async def test_unwatched_calls_are_not_tracked(
     await to_bob.cancel()
     await docs_until(bob, "terminated")
     assert not notifier._involved
+
+
+async def test_over_a_lossy_network_every_state_arrives_in_order(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Loss, duplication and reordering: one NOTIFY at a time, each retransmitted until
+    answered, so the versions arrive in order, once each, and the phone sees early then
+    confirmed then terminated."""
+    env, bob = await start(nursery, tmp_path, voipgw_seed, drop=0.15, duplicate=0.15, reorder=0.15)
+    await watch(bob)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final(timeout=60)).status == 200
+    seen = await docs_until(bob, "confirmed")
+    await eventually(lambda: env.alice.requests("ACK") != [], timeout=60)
+    assert (await call.bye(timeout=60)).status == 200
+    seen += await docs_until(bob, "terminated")
+    assert [d.version for d in seen] == list(range(len(seen)))
+    states = [d.dialogs[0][2] if d.dialogs else "idle" for d in seen]
+    assert states[0] == "idle" and states[-1] == "terminated"
+    assert states.index("confirmed") < states.index("terminated")
+    if 180 in call.exchange.statuses:  # unless alice's 180 was lost (a 1xx is never resent)
+        assert states.index("early") < states.index("confirmed")
