@@ -13,14 +13,16 @@ minute, at most an hour); the 200 is followed by a NOTIFY with the account's ful
 6665 §4.2.1.1), and one more on every change of its calls and on every refresh (§4.2.1.2).
 
 Bodies (gateway/core/sip/dialog_info.py): one <dialog> per call of the watched account, its
-state (``trying`` once the call is routed to it or it called, ``early`` while it rings,
-``confirmed`` once answered, ``terminated`` when it ends or is answered elsewhere) and its
-direction, identities only with ``show_parties``.
+state (``trying`` from the account's INVITE to the first 1xx it gets, ``early`` while it or its
+callee rings, ``confirmed`` once answered, ``terminated`` when it ends, fails or is answered
+elsewhere) and its direction, identities only with ``show_parties``. A call to the account is
+first reported ringing: the call layer reports nothing between routing and the first 1xx.
 
-Calls: the call manager passes each call event (started, routed, ringing, answered, ended,
-transferred) here only while some account is watched (:attr:`DialogEvents.watched` is not empty:
-a truth test per event otherwise), and then costs one dict lookup per account in the call. The
-calls of a newly watched account are found once, by a walk of the calls in progress.
+Calls: the call manager passes each call event (started, ringing, answered, ended, transferred)
+here only while some account is watched (:attr:`DialogEvents.watched` is not empty: a truth test
+per event otherwise), and a call of accounts nobody watches then costs a dict lookup per party.
+A transfer that takes an account out of a call ends its dialog there. The calls of a newly
+watched account are found once, by a walk of the calls in progress.
 
 NOTIFYs go in the subscription's dialog over the flow its latest request came on (the way back
 through the phone's NAT), one at a time per subscription (a task each): changes made while one
