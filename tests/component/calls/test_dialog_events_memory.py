@@ -378,3 +378,25 @@ async def test_over_a_lossy_network_every_state_arrives_in_order(
     assert states.index("confirmed") < states.index("terminated")
     if 180 in call.exchange.statuses:  # unless alice's 180 was lost (a 1xx is never resent)
         assert states.index("early") < states.index("confirmed")
+
+
+async def test_a_transfer_ends_the_transferors_dialog(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """alice answers the carrier's call and transfers it to bob (REFER, RFC 3515): bob, who
+    watches her, sees her dialog confirmed, then terminated once the call is his."""
+    env, bob = await start(nursery, tmp_path, voipgw_seed)
+    bob.auto = AutoAnswer()
+    await watch(bob)
+    await next_doc(bob)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final()).status == 200
+    alice_leg = await env.alice.next_call()
+    confirmed = (await docs_until(bob, "confirmed"))[-1]
+    await env.alice.next_request("ACK")
+    referred = await alice_leg.request("REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")])
+    assert (await referred.final()).status == 202
+    await bob.next_request("INVITE")
+    ended = (await docs_until(bob, "terminated"))[-1]
+    assert ended.dialogs == ((confirmed.dialogs[0][0], "recipient", "terminated"),)
+    assert env.calls == 1  # the call goes on, between the carrier and bob
