@@ -52,6 +52,7 @@ from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
+    from gateway.core.calls.dialog_events import DialogEvents
     from gateway.core.calls.numbering import NumberingPlan
     from gateway.core.config import TrunkConfig
     from gateway.core.gateway import Gateway
@@ -79,6 +80,8 @@ class CallManager:
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
         # scan of every live call's (ten thousand calls, hundreds ending per second).
         self._keys_of: dict[Call, tuple[ServerTransaction, list[DialogKey]]] = {}
+        self.dialog_events: DialogEvents | None = None
+        """The dialog (BLF) notifier, told of call events while it watches any account."""
         self.outbound = OutboundSessions(
             gateway.endpoint, gateway.ids, gateway.config.sip.user_agent
         )
@@ -381,6 +384,12 @@ class CallManager:
 
     def event(self, call: Call, kind: str, reason: str | None) -> None:
         self._record(call, kind, reason)
+        watching = self.dialog_events
+        if watching is not None and watching.watched:  # nobody watched: a truth test per event
+            try:
+                watching.call_changed(call, kind)
+            except Exception:
+                log.exception("dialog notifier failed (call %s)", call.id)
         statistics = self.statistics
         if statistics is not None:
             statistics.event(call, kind, reason, trio.current_time())

@@ -133,15 +133,18 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
     out.family(
         "voipgw_subscriptions",
         "gauge",
-        "message-summary subscriptions relayed to the voicemail trunk.",
+        "Subscriptions by event package: message-summary relayed to the voicemail trunk, "
+        "dialog (busy lamp fields) notified by the gateway.",
     )
-    out.sample(sip.subscriptions)
+    out.sample(sip.subscriptions, [("package", "message-summary")])
+    out.sample(sip.dialog_subscriptions, [("package", "dialog")])
     out.family(
         "voipgw_subscriptions_refused_total",
         "counter",
-        "New subscriptions refused for the per-account or total limit.",
+        "New subscriptions refused for the per-account or total limit, by event package.",
     )
-    out.sample(sip.subscriptions_refused)
+    out.sample(sip.subscriptions_refused, [("package", "message-summary")])
+    out.sample(sip.dialog_subscriptions_refused, [("package", "dialog")])
     out.family(
         "voipgw_sip_messages_relayed_total",
         "counter",

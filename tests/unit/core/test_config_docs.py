@@ -26,6 +26,7 @@ TABLES = {
     "plugins.dtls": dtls_srtp.DtlsConfig,
     "plugins.metrics": metrics.MetricsConfig,
     "[trunks]": cfg.TrunkConfig,  # an array of tables: ## `[[trunks]]`
+    "[dialog_watch_groups]": cfg.DialogWatchGroup,
 }
 CASES = [(table, field.name) for table, cls in TABLES.items() for field in attrs.fields(cls)]
 
