@@ -277,8 +277,9 @@ class WebSocketConnections(StreamTransport):
             with trio.move_on_after(min(limits.ping_interval, quiet_until - now)) as quiet:
                 data = await stream.receive_some(_READ_SIZE)
             if quiet.cancelled_caught:
-                # RFC 6455 §5.5.2: a browser answers by itself; the pong is activity.
-                ws.ping()
+                if trio.current_time() < quiet_until:
+                    # RFC 6455 §5.5.2: a browser answers by itself; the pong is activity.
+                    ws.ping()
                 continue
             if data:
                 flow.last_activity = trio.current_time()
