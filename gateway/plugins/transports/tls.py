@@ -714,7 +714,9 @@ class TlsTransport(StreamTransport):
 
         def note(listener: Listener) -> None:
             self._listeners.append(_ListenerSide(listener.address, mode, context))
-            log.info("tls: listener %s in %s mode", format_address(listener.address), mode)
+            log.info(
+                "%s: listener %s in %s mode", self.name, format_address(listener.address), mode
+            )
 
         # _ReportStarted has the one started() signature serve uses, not TaskStatus's overloads.
         reporting = _ReportStarted(task_status, note)
