@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,3 +70,15 @@ def test_wss_certificate_needs_its_key() -> None:
 def test_ws_takes_no_certificate() -> None:
     with pytest.raises(ConfigError, match=r"\[plugins.ws\] certificate: unknown key"):
         load("ws", {"certificate": "a.crt"})
+
+
+def test_entry_points_are_declared() -> None:
+    project = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
+    entry_points = project["project"]["entry-points"]["voipgw.plugins"]
+    assert entry_points["ws"] == "gateway.plugins.transports.ws"
+    assert entry_points["wss"] == "gateway.plugins.transports.wss"
+    assert any(dep.startswith("wsproto>=") for dep in project["project"]["dependencies"])
+    assert any(
+        dep.startswith("websockets>=")
+        for dep in project["project"]["optional-dependencies"]["test"]
+    )
