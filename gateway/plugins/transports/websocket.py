@@ -188,15 +188,16 @@ class SipWebSocket:
             # A malformed opening handshake: wsproto says which HTTP answer fits.
             hint = exc.event_hint
             status = hint.status_code if isinstance(hint, RejectConnection) else 400
-            self._refuse(status, str(exc), hint if isinstance(hint, RejectConnection) else None)
+            reason = printable(str(exc))
+            self._refuse(status, reason, hint if isinstance(hint, RejectConnection) else None)
         except (ValueError, LocalProtocolError, h11.ProtocolError) as exc:
             # Bytes wsproto or h11 could not even decode (a Host that is not IDNA, a target
             # that is not ASCII ...): the peer's fault all the same.
             if self._opened:
                 self.close(1002, "protocol error")
-                self._finish(Closed(1002, f"protocol error: {exc}"))
+                self._finish(Closed(1002, f"protocol error: {printable(str(exc))}"))
             else:
-                self._refuse(400, f"bad HTTP request: {exc}", None)
+                self._refuse(400, f"bad HTTP request: {printable(str(exc))}", None)
 
     def next_event(self) -> WsEvent | None:
         return self._events.popleft() if self._events else None
@@ -245,7 +246,9 @@ class SipWebSocket:
             # (a ParseFailed: 1002, or 1007 for invalid UTF-8), which we send as our close.
             by_peer = self._ws.state is ConnectionState.REMOTE_CLOSING
             self._outgoing += self._ws.send(event.response())
-            reason = "closed by the peer" if by_peer else f"bad frame: {event.reason}"
+            reason = (
+                "closed by the peer" if by_peer else f"bad frame: {printable(event.reason or '')}"
+            )
             self._finish(Closed(event.code, reason, by_peer=by_peer))
         # Pong: nothing to do; the transport counts every received byte as life.
 
@@ -288,7 +291,11 @@ class SipWebSocket:
     def _refuse(self, status: int, reason: str, hint: RejectConnection | None) -> None:
         reject = hint or RejectConnection(
             status_code=status,
-            headers=[(b"content-type", b"text/plain; charset=utf-8")],
+            # The body quotes the client's request (made printable): plain text, never sniffed.
+            headers=[
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"x-content-type-options", b"nosniff"),
+            ],
             has_body=True,
         )
         try:

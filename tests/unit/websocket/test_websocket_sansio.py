@@ -7,6 +7,8 @@ library would refuse to send them.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -310,3 +312,56 @@ def test_refusal_body_says_why() -> None:
     assert isinstance(seen[0], Refused)
     body = b"".join(e.data for e in seen if isinstance(e, RejectData))
     assert b"sip" in body
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=200), max_size=8))
+def test_any_bytes_before_the_handshake_never_raise(chunks: list[bytes]) -> None:
+    server = new_server()
+    for chunk in chunks:
+        server.receive_data(chunk)
+    seen = events(server)
+    assert all(isinstance(event, Opened | Refused | Closed) for event in seen)
+    server.data_to_send()
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=300), max_size=8))
+def test_any_bytes_after_the_handshake_never_raise(chunks: list[bytes]) -> None:
+    server, _, _ = open_pair(max_message_size=512)
+    for chunk in chunks:
+        server.receive_data(chunk)
+        server.send_message(REGISTER)  # our sends between the peer's bytes are fine too
+    seen = events(server)
+    assert all(isinstance(event, SipMessage | Closed) for event in seen)
+    # Nothing comes after the end of the connection.
+    closes = [i for i, event in enumerate(seen) if isinstance(event, Closed)]
+    assert closes in ([], [len(seen) - 1])
+    server.data_to_send()
+
+
+@st.composite
+def client_frames(draw: st.DrawFn) -> bytes:
+    """A masked frame with any first byte (FIN, RSV bits, opcode) and payload: well formed
+    enough to get past masking, so the opcode, fragmentation and UTF-8 rules are exercised."""
+    first = draw(st.integers(0, 255))
+    payload = draw(st.binary(max_size=130))
+    mask = draw(st.binary(min_size=4, max_size=4))
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    if len(payload) < 126:
+        length = bytes([0x80 | len(payload)])
+    else:
+        length = bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+    return bytes([first]) + length + mask + masked
+
+
+@settings(max_examples=400, deadline=None)
+@given(frames=st.lists(client_frames(), max_size=10))
+def test_any_masked_frames_never_raise(frames: list[bytes]) -> None:
+    server, _, _ = open_pair(max_message_size=256)
+    for frame in frames:
+        server.receive_data(frame)
+    seen = events(server)
+    assert all(isinstance(event, SipMessage | Closed) for event in seen)
+    assert all(len(event.data) <= 256 for event in seen if isinstance(event, SipMessage))
+    server.data_to_send()
