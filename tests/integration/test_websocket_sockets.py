@@ -274,3 +274,21 @@ async def test_register_over_wss(tmp_path: Path) -> None:
         body,
         wss={"certificate": str(server.certificate), "private_key": str(server.key)},
     )
+
+
+async def test_wss_without_a_certificate_serves_the_generated_one(tmp_path: Path) -> None:
+    async def body(gw: Gateway, ports: dict[str, int]) -> None:
+        generated = Path(gw.config.gateway.state_dir) / "tls" / "gateway.crt"
+        # The generated certificate is its own CA; pinning it is how a client trusts it.
+        context = ssl.create_default_context(cafile=str(generated))
+
+        def work() -> int | None:
+            url = f"wss://127.0.0.1:{ports['wss']}/"
+            with WsSipClient.connect(url, ssl_context=context) as alice:
+                return alice.register(
+                    "alice", "wonderland", domain=f"127.0.0.1:{ports['udp']}"
+                ).status
+
+        assert await in_thread(work) == 200
+
+    await run_gateway(tmp_path, body, wss={})
