@@ -44,6 +44,10 @@ DEFAULT_LISTEN: tuple[str, ...] = (
     "udp:127.0.0.1:5060",
     "tcp:127.0.0.1:5060",
     "tls:127.0.0.1:5061",
+    # SIP over WebSocket (RFC 7118 sets no port): FreeSWITCH's and the JsSIP examples' 5066
+    # and 7443, which no web server on the same host is likely to hold already.
+    "ws:127.0.0.1:5066",
+    "wss:127.0.0.1:7443",
 )
 
 
