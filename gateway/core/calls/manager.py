@@ -49,7 +49,7 @@ from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
-from gateway.core.transport.flows import Flow
+from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 
 if TYPE_CHECKING:
     from gateway.core.calls.dialog_events import DialogEvents
@@ -349,7 +349,7 @@ class CallManager:
                 offer_feedback = trunk.offer_rtcp_feedback
         if device is not None and device.media_policy and configured in (None, DEFAULT_POLICY):
             configured = device.media_policy  # only over best-effort: never weakens another
-        secure = flow.secure if flow is not None else transport == "tls"
+        secure = flow.secure if flow is not None else transport in TLS_TRANSPORTS
         leg = LegInfo(
             call_id=call.id,
             side=side.value,
