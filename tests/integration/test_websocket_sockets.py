@@ -9,6 +9,8 @@ too many connections) close only the offending connection.
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import ssl
 import threading
@@ -292,3 +294,26 @@ async def test_wss_without_a_certificate_serves_the_generated_one(tmp_path: Path
         assert await in_thread(work) == 200
 
     await run_gateway(tmp_path, body, wss={})
+
+
+async def test_a_failed_wss_handshake_is_logged_as_wss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wss shares the tls transport's handshake; its log lines name wss, not tls."""
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.transports.tls")
+
+    async def body(gw: Gateway, ports: dict[str, int]) -> None:
+        def plain_http() -> None:  # no TLS at all on the wss port
+            with socket.create_connection(("127.0.0.1", ports["wss"]), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                while sock.recv(4096):
+                    pass
+
+        await in_thread(plain_http)
+        with trio.fail_after(5):
+            while "handshake from" not in caplog.text:
+                await trio.sleep(0.01)
+
+    await run_gateway(tmp_path, body, wss={})
+    assert re.search(r"wss: handshake from 127\.0\.0\.1:\d+ failed", caplog.text)
+    assert "tls: handshake" not in caplog.text

@@ -825,7 +825,8 @@ class TlsTransport(StreamTransport):
             if record.errors:
                 reason += " [" + "; ".join(record.errors) + "]"
             log.warning(
-                "tls: handshake %s %s failed (%s mode): %s; peer certificate: %s",
+                "%s: handshake %s %s failed (%s mode): %s; peer certificate: %s",
+                self.name,  # wss shares this handshake
                 direction,
                 format_address(remote),
                 mode,
@@ -835,7 +836,8 @@ class TlsTransport(StreamTransport):
             await trio.aclose_forcefully(tls)
             raise TlsHandshakeError(f"TLS handshake {direction} {format_address(remote)}: {reason}")
         log.debug(
-            "tls: %s %s: %s %s, peer certificate %s",
+            "%s: %s %s: %s %s, peer certificate %s",
+            self.name,
             direction,
             format_address(remote),
             connection.get_protocol_version_name(),
