@@ -30,6 +30,8 @@ PEER_PACKAGES = {
     "openssl": "openssl",
     "sngrep": "sngrep",
     "curl": "curl",
+    "opusinfo": "opus-tools",
+    "opusdec": "opus-tools",
     # Not on PATH: /usr/lib/postgresql/VERSION/bin (tests/pgcluster.py).
     "initdb": "postgresql",
 }

@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
 
+    sub.add_parser(
+        "metrics-password",
+        help="hash a password for [plugins.metrics] basic_auth_users",
+        description="Print the scrypt hash (scrypt$N$r$p$SALT$HASH) of a password, to put in "
+        "[plugins.metrics] basic_auth_users: the gateway stores and reads only the hash. The "
+        "password is the first line of standard input, or asked twice without echo when "
+        "standard input is a terminal.",
+    )
+
     calls = sub.add_parser(
         "calls",
         help="list calls and how each leg is protected",
@@ -300,6 +309,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for warning in config_mod.did_warnings(config):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK ({len(plugins.names)} plugins: {', '.join(plugins.names)})")
+    return EXIT_OK
+
+
+def cmd_metrics_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.plugins.metrics.auth import PasswordHash
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("voipgw: the two passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("voipgw: the password is empty", file=sys.stderr)
+        return EXIT_USAGE
+    print(PasswordHash.make(password).encode())
     return EXIT_OK
 
 
@@ -688,6 +716,7 @@ COMMANDS = {
     "run": cmd_run,
     "plugins": cmd_plugins,
     "check-config": cmd_check_config,
+    "metrics-password": cmd_metrics_password,
 }
 
 

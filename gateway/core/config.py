@@ -14,6 +14,7 @@ The file layout::
     [store]     backend (sqlite, postgresql), dsn, password_file, timeouts
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
+    [[dialog_watch_groups]]  accounts whose phones may watch each other's calls (BLF)
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ DEFAULT_LISTEN: tuple[str, ...] = (
     "udp:127.0.0.1:5060",
     "tcp:127.0.0.1:5060",
     "tls:127.0.0.1:5061",
+    # SIP over WebSocket (RFC 7118 sets no port): FreeSWITCH's and the JsSIP examples' 5066
+    # and 7443, which no web server on the same host is likely to hold already.
+    "ws:127.0.0.1:5066",
+    "wss:127.0.0.1:7443",
 )
 
 
@@ -335,6 +340,20 @@ class TrunkConfig:
 
 
 @attrs.frozen
+class DialogWatchGroup:
+    """One ``[[dialog_watch_groups]]`` table: accounts whose phones may watch each other's
+    calls (busy lamp fields: ``SUBSCRIBE`` with ``Event: dialog``, RFC 4235;
+    gateway/core/calls/dialog_events.py). Nobody else may: an account is watched only by the
+    members of its groups (and itself). ``show_parties`` lets the members see who an account
+    talks to (RFC 4235 §4.1.6 identities); without it they see only that it is ringing or busy,
+    and which way the call goes."""
+
+    name: str
+    accounts: tuple[str, ...]
+    show_parties: bool = False
+
+
+@attrs.frozen
 class GatewayConfig:
     """The whole configuration. ``plugin_tables`` holds the raw ``[plugins.NAME]`` tables until
     the plugin manager structures them with each plugin's declared class."""
@@ -346,6 +365,7 @@ class GatewayConfig:
     plugins: PluginsSection = PluginsSection()
     numbering: NumberingPlan = attrs.field(factory=NumberingPlan)
     trunks: tuple[TrunkConfig, ...] = ()
+    dialog_watch_groups: tuple[DialogWatchGroup, ...] = ()
     plugin_tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "<embedded defaults>"
 
@@ -687,6 +707,51 @@ def _structure_trunks(value: Any, file: str) -> tuple[TrunkConfig, ...]:
     return tuple(trunks)
 
 
+def _structure_watch_groups(value: Any, file: str) -> tuple[DialogWatchGroup, ...]:
+    """Structure the ``[[dialog_watch_groups]]`` array of tables. Errors name the table
+    ``dialog_watch_groups[INDEX]``, or ``dialog_watch_groups.NAME`` once it has a name."""
+    what = "dialog_watch_groups"
+    if not isinstance(value, list):
+        raise ConfigError(file, what, None, f"expected an array of tables: [[{what}]]")
+    groups: list[DialogWatchGroup] = []
+    seen: set[str] = set()
+    for index, table in enumerate(value):
+        table_name = f"{what}[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(file, table_name, None, f"expected a table, got {table!r}")
+        name = table.get("name")
+        if isinstance(name, str) and name.strip():
+            table_name = f"{what}.{name}"
+        group = structure(DialogWatchGroup, table, file=file, table_name=table_name)
+        if not group.name.strip() or group.name != group.name.strip():
+            raise ConfigError(
+                file,
+                table_name,
+                "name",
+                f"expected a non-empty name without surrounding spaces, got {group.name!r}",
+            )
+        if group.name in seen:
+            raise ConfigError(
+                file, table_name, "name", f"another group is already called {group.name!r}"
+            )
+        seen.add(group.name)
+        if not group.accounts:
+            raise ConfigError(file, table_name, "accounts", "expected at least one account name")
+        for account in group.accounts:
+            if not account.strip() or account != account.strip():
+                raise ConfigError(
+                    file,
+                    table_name,
+                    "accounts",
+                    f"expected account names without surrounding spaces, got {account!r}",
+                )
+        if len(set(group.accounts)) != len(group.accounts):
+            twice = next(a for a in group.accounts if group.accounts.count(a) > 1)
+            raise ConfigError(file, table_name, "accounts", f"{twice!r} is listed twice")
+        groups.append(group)
+    return tuple(groups)
+
+
 def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(file, table, key, message)
@@ -827,13 +892,14 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         "numbering": NumberingPlan,
         "store": StoreSection,
     }
-    unknown = sorted(set(data) - set(sections) - {"plugins", "trunks"})
+    unknown = sorted(set(data) - set(sections) - {"plugins", "trunks", "dialog_watch_groups"})
     if unknown:
         raise ConfigError(
             file,
             unknown[0],
             None,
-            "unknown table; known tables: gateway, sip, media, numbering, store, plugins, trunks",
+            "unknown table; known tables: gateway, sip, media, numbering, store, plugins, "
+            "trunks, dialog_watch_groups",
         )
     values: dict[str, Any] = {}
     for name, cls in sections.items():
@@ -855,6 +921,9 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
     values["trunks"] = _structure_trunks(data.get("trunks", []), file)
     for trunk in values["trunks"]:
         _validate_trunk_plan(values["numbering"], trunk, file)
+    values["dialog_watch_groups"] = _structure_watch_groups(
+        data.get("dialog_watch_groups", []), file
+    )
     config = GatewayConfig(**values, plugin_tables=plugin_tables, source=file)
     _validate(config, file)
     return config

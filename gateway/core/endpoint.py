@@ -25,6 +25,7 @@ from gateway.core.interfaces import OutboundMessage, SipCapture
 from gateway.core.sip import grammar
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
+from gateway.core.sip.events import ALLOW_EVENTS
 from gateway.core.sip.headers import NameAddr, Via
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.overload import QueueDelayLimit
@@ -76,8 +77,6 @@ ALLOWED_METHODS = (
     "NOTIFY",
     "MESSAGE",
 )
-# RFC 6665 §8.2.2: the one event package the gateway relays (calls/subscriptions.py).
-ALLOW_EVENTS = "message-summary"
 # RFC 3262 (100rel): a caller that requires reliable 1xx responses gets them; RFC 4028 (timer):
 # session timers on each leg (calls/call.py).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = ("100rel", "timer")

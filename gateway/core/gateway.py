@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import trio
 
+from gateway.core.calls.dialog_events import DialogEvents
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_call
@@ -119,6 +120,7 @@ class Gateway:
         self.trunk_registrations: dict[str, TrunkRegistration] = {}  # [[trunks]] register
         self.calls: CallManager | None = None
         self.subscriptions: Subscriptions | None = None  # message-summary, to the voicemail trunk
+        self.dialog_events: DialogEvents | None = None  # dialog (BLF), our accounts' calls
         self.messages: Messages | None = None  # out-of-dialog MESSAGE, unsolicited NOTIFY
         # Only a gateway with a monitoring service counts calls for one (gateway/core/status.py).
         self.call_statistics = CallStatistics() if len(plugins.services) else None
@@ -372,6 +374,8 @@ class Gateway:
         await self._start_plugin_tasks(nursery)
         self.calls = CallManager(self, nursery)
         self.endpoint.calls = self.calls
+        self.dialog_events = DialogEvents(self, nursery)
+        self.calls.dialog_events = self.dialog_events
         self.subscriptions = Subscriptions(self, nursery)
         self.endpoint.subscriptions = self.subscriptions
         nursery.start_soon(self.subscriptions.run)
@@ -411,7 +415,8 @@ class Gateway:
         registrations with carriers are removed (their REGISTER with Expires: 0 answered,
         challenge included), so a carrier stops sending calls at once instead of when the
         registration runs out; message-summary subscriptions are unsubscribed at the voicemail
-        trunk (RFC 6665 §4.1.2.3), whose final NOTIFYs still reach the phones. At most
+        trunk (RFC 6665 §4.1.2.3), whose final NOTIFYs still reach the phones, and dialog (BLF)
+        subscriptions get their final NOTIFY (``terminated``). At most
         ``timeout`` seconds."""
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
@@ -419,6 +424,8 @@ class Gateway:
                     nursery.start_soon(registration.remove)
                 if self.subscriptions is not None:
                     nursery.start_soon(self.subscriptions.stop)
+                if self.dialog_events is not None:
+                    nursery.start_soon(self.dialog_events.stop)
 
     async def _start_plugin_tasks(self, nursery: trio.Nursery) -> None:
         """The tasks of capture agents, media taps (HEP's sender, interception's X1 server

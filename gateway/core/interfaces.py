@@ -626,6 +626,10 @@ class SipCounts:
     subscriptions: int = 0
     subscriptions_refused: int = 0
     messages_relayed: int = 0
+    # dialog (busy lamp field) subscriptions the gateway notifies itself now, and those refused
+    # for a limit (calls/dialog_events.py).
+    dialog_subscriptions: int = 0
+    dialog_subscriptions_refused: int = 0
 
 
 class GatewayStatus(Protocol):

@@ -187,6 +187,10 @@ class StatusView:
             subscriptions=len(subs) if (subs := self._gateway.subscriptions) is not None else 0,
             subscriptions_refused=subs.refused if subs is not None else 0,
             messages_relayed=msgs.relayed if (msgs := self._gateway.messages) is not None else 0,
+            dialog_subscriptions=(
+                len(blf) if (blf := self._gateway.dialog_events) is not None else 0
+            ),
+            dialog_subscriptions_refused=blf.refused if blf is not None else 0,
         )
 
     def trunks(self) -> tuple[TrunkCounts, ...]:

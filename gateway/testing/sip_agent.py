@@ -49,7 +49,7 @@ from gateway.core.sdp.body import sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import Direction
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.core.sip.dialog import Dialog
+from gateway.core.sip.dialog import Dialog, DialogState, require_contact
 from gateway.core.sip.errors import LocalSipError, SipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr, Via
@@ -96,7 +96,13 @@ def simple_sdp(
 ) -> bytes:
     """One audio stream at ``address``:``port`` (PCMU, PCMA, telephone-event), as a phone
     offers or answers it (RFC 3264 §5)."""
-    names = {"0": "PCMU/8000", "8": "PCMA/8000", "101": "telephone-event/8000"}
+    names = {
+        "0": "PCMU/8000",
+        "8": "PCMA/8000",
+        "9": "G722/8000",
+        "101": "telephone-event/8000",
+        "111": "opus/48000/2",
+    }
     lines = [
         "v=0",
         f"o=- {session_id} {version} IN IP4 {address}",
@@ -413,6 +419,10 @@ class SipAgent:
         #: Dialogs other than calls' (subscriptions, RFC 6665), by (Call-ID, our tag): their
         #: requests pass the CSeq check, then :attr:`in_dialog`, else get 200.
         self.dialogs: dict[tuple[str, str], Dialog] = {}
+        #: SUBSCRIBEs we sent outside a dialog, by (Call-ID, our tag), until their dialog is
+        #: added: a NOTIFY that overtakes the 2xx (or the test's :meth:`add_dialog` after it)
+        #: creates the dialog (RFC 6665 §4.1.2.4), which the test then replaces with its own.
+        self.subscribing: dict[tuple[str, str], Request] = {}
         self._by_invite: dict[ServerTransaction, Call] = {}
         self._exchanges: dict[Transaction, Exchange] = {}
         self._pending_2xx: dict[tuple[str, str, int], _Pending2xx] = {}
@@ -534,6 +544,8 @@ class SipAgent:
         )
         exchange = Exchange(request, destination, call)
         self._exchanges[txn] = exchange
+        if request.method == "SUBSCRIBE" and request.to.tag is None and request.from_.tag:
+            self.subscribing[(request.call_id, request.from_.tag)] = request
         await self._act(outputs)
         return exchange
 
@@ -624,7 +636,9 @@ class SipAgent:
 
     def add_dialog(self, dialog: Dialog) -> None:
         """Take the requests of ``dialog`` (a subscription's, made by the test)."""
-        self.dialogs[(dialog.call_id, dialog.local_tag)] = dialog
+        key = (dialog.call_id, dialog.local_tag)
+        self.dialogs[key] = dialog
+        self.subscribing.pop(key, None)  # its dialog exists: a NOTIFY no longer creates one
 
     async def send_authenticated(
         self, request: Request, destination: Address | None = None
@@ -731,6 +745,8 @@ class SipAgent:
         if request.to.tag is not None:
             call = self._by_dialog.get((request.call_id, request.to.tag))
             other = self.dialogs.get((request.call_id, request.to.tag))
+            if call is None and other is None and method == "NOTIFY":
+                other = self._notified_early(request)
             if (call is None or call.dialog is None) and other is not None:
                 try:
                     other.receive_request(request)
@@ -773,6 +789,32 @@ class SipAgent:
         if self.out_of_dialog is not None and await self.out_of_dialog(received):
             return
         await self.respond(received, 200 if method == "OPTIONS" else 501)
+
+    def _notified_early(self, notify: Request) -> Dialog | None:
+        """The subscription dialog a NOTIFY before the SUBSCRIBE's 2xx creates (RFC 6665
+        §4.1.2.4): its From tag, Contact and Record-Route; None when we sent no such SUBSCRIBE."""
+        sent = self.subscribing.get((notify.call_id, notify.to.tag or ""))
+        if sent is None or notify.from_.tag is None:
+            return None
+        try:
+            target = require_contact(notify)
+        except SipError:
+            return None
+        dialog = Dialog(
+            call_id=sent.call_id,
+            local_tag=notify.to.tag or "",
+            remote_tag=notify.from_.tag,
+            local_uri=sent.from_.with_params(()),
+            remote_uri=sent.to,
+            remote_target=target,
+            route_set=notify.record_routes,
+            local_seq=sent.cseq.number,
+            remote_seq=None,
+            secure=False,
+            state=DialogState.CONFIRMED,
+        )
+        self.add_dialog(dialog)
+        return dialog
 
     async def _auto_answer(self, call: Call, auto: AutoAnswer) -> None:
         if auto.ring and call.answered is None:

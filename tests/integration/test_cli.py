@@ -24,12 +24,46 @@ def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["run"], ["plugins"], ["check-config"], ["route"], ["registrations"]]
+    "command",
+    [
+        [],
+        ["run"],
+        ["plugins"],
+        ["check-config"],
+        ["route"],
+        ["registrations"],
+        ["metrics-password"],
+    ],
 )
 def test_help_for_each_command(command: list[str]) -> None:
     result = voipgw(*command, "--help")
     assert result.returncode == 0
     assert "usage: voipgw" in result.stdout
+
+
+def test_metrics_password_prints_a_hash_of_stdins_first_line_and_refuses_an_empty_one() -> None:
+    from gateway.plugins.metrics.auth import PasswordHash
+
+    made = subprocess.run(
+        [sys.executable, "-m", "gateway", "metrics-password"],
+        input="s3cret pass\nsecond line\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "s3cret" not in made.stdout
+    printed = PasswordHash.parse(made.stdout.strip())
+    assert printed.matches(b"s3cret pass") and not printed.matches(b"s3cret pass\n")
+    empty = subprocess.run(
+        [sys.executable, "-m", "gateway", "metrics-password"],
+        input="\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert empty.returncode == 2 and "the password is empty" in empty.stderr
+    assert empty.stdout == ""
 
 
 def test_usage_error_exits_2() -> None:

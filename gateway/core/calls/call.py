@@ -162,7 +162,7 @@ from gateway.core.sip.session_timer import (
 )
 from gateway.core.sip.transaction import ServerTransaction, State, TransactionStateError
 from gateway.core.sip.uri import SipUri, Uri
-from gateway.core.transport.flows import Address, Flow
+from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow
 
 if TYPE_CHECKING:
     from gateway.core.calls.manager import CallManager
@@ -1161,7 +1161,7 @@ class Call:
         if last is not None and rseq != last + 1:
             return False
         if dialog is None:
-            over_tls = leg.transport == "tls"
+            over_tls = leg.transport in TLS_TRANSPORTS
             dialog = Dialog.create_uac(leg.invite, response, over_tls=over_tls)
             leg.early_dialogs[tag] = dialog
         else:
@@ -1187,7 +1187,7 @@ class Call:
             early.receive_response(response)
             return early
         assert leg.invite is not None
-        return Dialog.create_uac(leg.invite, response, over_tls=leg.transport == "tls")
+        return Dialog.create_uac(leg.invite, response, over_tls=leg.transport in TLS_TRANSPORTS)
 
     async def _relay_provisional(self, leg: BLeg, response: Response) -> None:
         assert self.media is not None
@@ -1338,7 +1338,8 @@ class Call:
         if leg.location_passed:
             extra = [*extra, *geolocation_errors(response)]  # RFC 6442 §4.3
         ok = self._a_response(200, body=serialize_sdp(answer), extra=extra)
-        self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
+        over_tls = self.a.transport in TLS_TRANSPORTS
+        self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=over_tls)  # type: ignore[arg-type]
         if self._unacked_1xx is not None and self._unacked_1xx[0].body:
             await self._awaiting_prack()  # RFC 3262 §3: not before that 1xx's PRACK
         self._stop_reliable_1xx()
@@ -1387,7 +1388,8 @@ class Call:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
         ok = self._a_response(200, body=serialize_sdp(offer_a), extra=self._a_timer.headers())
         self._stop_reliable_1xx()
-        self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=self.a.transport == "tls")  # type: ignore[arg-type]
+        over_tls = self.a.transport in TLS_TRANSPORTS
+        self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=over_tls)  # type: ignore[arg-type]
         # Set before the 200 goes out: its ACK may arrive while this task still waits to send.
         self.state = "offered"
         self._answer_in_ack = Side.A

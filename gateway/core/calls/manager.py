@@ -49,9 +49,10 @@ from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
-from gateway.core.transport.flows import Flow
+from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 
 if TYPE_CHECKING:
+    from gateway.core.calls.dialog_events import DialogEvents
     from gateway.core.calls.numbering import NumberingPlan
     from gateway.core.config import TrunkConfig
     from gateway.core.gateway import Gateway
@@ -79,6 +80,8 @@ class CallManager:
         # What each call put in the two maps, so forgetting a call costs its own entries, not a
         # scan of every live call's (ten thousand calls, hundreds ending per second).
         self._keys_of: dict[Call, tuple[ServerTransaction, list[DialogKey]]] = {}
+        self.dialog_events: DialogEvents | None = None
+        """The dialog (BLF) notifier, told of call events while it watches any account."""
         self.outbound = OutboundSessions(
             gateway.endpoint, gateway.ids, gateway.config.sip.user_agent
         )
@@ -346,7 +349,7 @@ class CallManager:
                 offer_feedback = trunk.offer_rtcp_feedback
         if device is not None and device.media_policy and configured in (None, DEFAULT_POLICY):
             configured = device.media_policy  # only over best-effort: never weakens another
-        secure = flow.secure if flow is not None else transport == "tls"
+        secure = flow.secure if flow is not None else transport in TLS_TRANSPORTS
         leg = LegInfo(
             call_id=call.id,
             side=side.value,
@@ -381,6 +384,12 @@ class CallManager:
 
     def event(self, call: Call, kind: str, reason: str | None) -> None:
         self._record(call, kind, reason)
+        watching = self.dialog_events
+        if watching is not None and watching.watched:  # nobody watched: a truth test per event
+            try:
+                watching.call_changed(call, kind)
+            except Exception:
+                log.exception("dialog notifier failed (call %s)", call.id)
         statistics = self.statistics
         if statistics is not None:
             statistics.event(call, kind, reason, trio.current_time())

@@ -51,6 +51,7 @@ from gateway.core.calls.routing import (
 from gateway.core.interfaces import Caller, RouteTarget
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.events import (
+    ALLOW_EVENTS,
     MESSAGE_SUMMARY,
     parse_event_untrusted,
     parse_subscription_state_untrusted,
@@ -77,7 +78,6 @@ MAX_NOTIFY_BODY = 4_096
 """The largest message-summary body relayed (RFC 3842 §5: a few lines of counts)."""
 # What our Via adds to a request, counted when judging whether it fits a UDP datagram.
 _VIA_ALLOWANCE = 100
-ALLOW_EVENTS = MESSAGE_SUMMARY
 
 
 class TooLargeForUdp(Exception):

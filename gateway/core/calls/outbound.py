@@ -29,7 +29,7 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, make_response
-from gateway.core.transport.flows import Flow
+from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 
 if TYPE_CHECKING:
     from gateway.core.endpoint import SipEndpoint
@@ -204,7 +204,7 @@ class OutboundSessions:
             raise SessionRefused(f"no answer from {target}")
         if not final.is_success:
             raise SessionRefused(f"{target} answered {final.status} {final.reason}")
-        dialog = Dialog.create_uac(sent, final, over_tls=flow.transport == "tls")
+        dialog = Dialog.create_uac(sent, final, over_tls=flow.transport in TLS_TRANSPORTS)
         # Registered before the ACK goes: the far end may BYE as soon as it has it.
         session = OutboundSession(self, dialog, client.flow, final, contact)
         self._by_dialog[(dialog.id.call_id, dialog.id.local_tag)] = session

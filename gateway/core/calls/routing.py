@@ -63,6 +63,10 @@ DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # its NAT binding. For stream transports the peer's source port is ephemeral and nothing listens
 # on it: only the open connection reaches it.
 DATAGRAM_TRANSPORTS = frozenset({"udp"})
+# Transports whose clients can be reached only over the connection they opened: a WebSocket
+# client's Contact names a random ".invalid" host (RFC 7118 §5, RFC 6761 §6.4) and it listens
+# nowhere. A binding registered over one is unusable once its connection is gone.
+CONNECTION_ONLY_TRANSPORTS = frozenset({"ws", "wss"})
 # RFC 3966 §5.1.1 visual separators, ignored when a user part is read as a number (and the
 # blanks some peers put there, as the numbering plans read them too).
 _VISUAL_SEPARATORS = re.compile(r"[-.()\s]")
@@ -266,9 +270,10 @@ def _destination_of_uri(text: str) -> Destination:
     transport = uri.transport or ("tls" if uri.secure else "udp")
     if uri.secure:
         # RFC 5630 §3.1.3: sips with transport=tcp means TLS over TCP; sips over UDP is not TLS.
-        if transport not in ("tcp", "tls"):
+        # RFC 7118 §5: sips goes with WSS, which is TLS all the way too.
+        if transport not in ("tcp", "tls", "wss"):
             raise UnroutableTarget(f"sips URI over {transport}", 416)
-        transport = "tls"
+        transport = "wss" if transport == "wss" else "tls"
     host = uri.host[1:-1] if uri.host.startswith("[") else uri.host
     port = uri.port if uri.port is not None else DEFAULT_PORTS.get(transport, 5060)
     return Destination(transport, host, port)
@@ -377,15 +382,17 @@ class GatewayDirectory:
     def _contacts_of(self, account: str) -> tuple[ContactTarget, ...]:
         """:meth:`contacts` of an account the caller has just found enabled."""
         bindings = self.store.bindings_for_account(account, now=self.now())
-        return tuple(
-            ContactTarget(
-                uri=binding.contact,
-                flow=self._live_flow(binding),
-                account=account,
-                binding=binding,
+        targets = []
+        for binding in bindings:
+            flow = self._live_flow(binding)
+            if flow is None and binding.flow.transport in CONNECTION_ONLY_TRANSPORTS:
+                # Its WebSocket is closed: nothing reaches that contact until it registers
+                # again over a new one (the next contact rings, or the caller gets 480).
+                continue
+            targets.append(
+                ContactTarget(uri=binding.contact, flow=flow, account=account, binding=binding)
             )
-            for binding in bindings
-        )
+        return tuple(targets)
 
     def _live_flow(self, binding: Binding) -> Flow | None:
         local = _parse_address(binding.flow.local)

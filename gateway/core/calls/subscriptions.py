@@ -27,8 +27,10 @@ challenges answered with its credentials. Expires is bounded (:mod:`gateway.core
 Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503 past it) and :data:`MAX_PER_ACCOUNT` per
 account (403 past it); a phone that subscribes again from the same Contact (it rebooted)
 replaces its old subscription. Other event packages get 489 with ``Allow-Events:
-message-summary``: the gateway is no presence server. The state of each subscription is the
-sans-IO table of :class:`gateway.core.sip.events.SubscriptionState`; this module is its trio
+message-summary, dialog``: the gateway is no presence server. ``Event: dialog`` SUBSCRIBEs
+and their dialogs go to the gateway's own notifier (gateway/core/calls/dialog_events.py). The
+state of each subscription is the sans-IO table of
+:class:`gateway.core.sip.events.SubscriptionState`; this module is its trio
 adapter (sending, timers).
 """
 
@@ -43,11 +45,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from gateway.core.calls.messages import (
-    ALLOW_EVENTS,
-    MAX_NOTIFY_BODY,
-    send_and_wait,
-)
+from gateway.core.calls.messages import MAX_NOTIFY_BODY, send_and_wait
 from gateway.core.calls.routing import (
     Destination,
     UnroutableTarget,
@@ -59,6 +57,8 @@ from gateway.core.interfaces import RouteTarget
 from gateway.core.sip.dialog import Dialog, DialogState, require_contact
 from gateway.core.sip.errors import LocalSipError, RemoteSipError
 from gateway.core.sip.events import (
+    ALLOW_EVENTS,
+    DIALOG,
     FINAL_NOTIFY_WAIT,
     MESSAGE_SUMMARY,
     Input,
@@ -172,7 +172,11 @@ class Subscriptions:
     # -- the endpoint's entry points -----------------------------------------------------------
 
     def subscribe(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
-        """A SUBSCRIBE outside any dialog."""
+        """A SUBSCRIBE outside any dialog; ``Event: dialog`` goes to the dialog notifier."""
+        dialogs = self.gateway.dialog_events
+        if dialogs is not None and _names_package(request.headers.get("Event"), DIALOG):
+            dialogs.subscribe(transaction, request, flow)
+            return
         self._nursery.start_soon(self._guarded, transaction, request, self._new(request, flow))
 
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
@@ -186,7 +190,8 @@ class Subscriptions:
         elif (found := self._by_trunk.get(key)) is not None:
             work = self._from_trunk(found, request)
         else:
-            return False
+            dialogs = self.gateway.dialog_events
+            return dialogs is not None and dialogs.in_dialog(transaction, request, flow)
         self._nursery.start_soon(self._guarded, transaction, request, work)
         return True
 
@@ -672,6 +677,14 @@ class Subscriptions:
             return
         subscription.state.handle(Input.UNSUBSCRIBED, now=trio.current_time())
         await subscription.ended.wait()  # the final NOTIFY ends it
+
+
+def _names_package(event: str | None, package: str) -> bool:
+    """Whether an Event header names ``package`` (a malformed one is ours to refuse)."""
+    try:
+        return parse_event_untrusted(event).package == package
+    except RemoteSipError:
+        return False
 
 
 def _expires_of(response: Response, asked: int) -> int:

@@ -19,8 +19,10 @@ per relayed subscription, as each side's RFC 6665 state machine would:
   dialog (§4.1.2.2, §4.2.2: the dialog is gone), the gateway stopping.
 
 Anything not in :data:`TRANSITIONS` is a protocol error: the subscription ends. Only the
-``message-summary`` package is relayed; the gateway is no presence server, so any other event
-package gets 489 Bad Event with ``Allow-Events: message-summary`` (§4.2.2.2 ... §7.2).
+``message-summary`` package is relayed; ``dialog`` (RFC 4235) the gateway notifies itself, with
+the same table (its ``ACCEPTED`` is our own 2xx); the gateway is no presence server, so any
+other event package gets 489 Bad Event with ``Allow-Events: message-summary, dialog``
+(§4.2.2.2 ... §7.2).
 
 Sans-IO: strings and ``now`` in, states out. Header values come from the network: the parsers
 are named ``*_untrusted``, bounded, and raise :class:`RemoteSipError` 400 with a reason.
@@ -36,7 +38,12 @@ import attrs
 from gateway.core.sip.errors import RemoteSipError
 
 MESSAGE_SUMMARY = "message-summary"
-"""The one event package relayed (RFC 3842 §3)."""
+"""The event package relayed to the voicemail trunk (RFC 3842 §3)."""
+DIALOG = "dialog"
+"""The event package the gateway notifies itself for its accounts' calls (RFC 4235 §3,
+gateway/core/calls/dialog_events.py)."""
+ALLOW_EVENTS = f"{MESSAGE_SUMMARY}, {DIALOG}"
+"""What ``Allow-Events`` lists (RFC 6665 §8.2.2): the packages a SUBSCRIBE may name."""
 
 MIN_EXPIRES = 60
 """The shortest subscription accepted: a shorter Expires (other than 0) gets 423 Interval Too

@@ -11,6 +11,10 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 
+TLS_TRANSPORTS = frozenset({"tls", "wss"})
+"""Transports that run over TLS (WSS is a WebSocket over TLS, RFC 7118 §5): what makes a
+dialog over a SIPS Request-URI secure (RFC 3261 §12.1.1)."""
+
 Address = tuple[str, int]
 
 

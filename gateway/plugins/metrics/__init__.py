@@ -8,9 +8,13 @@ the text exposition format 0.0.4 (:mod:`.collect`, :mod:`.exposition`). All the 
 at a scrape: the core keeps its counters anyway, and counts calls for the view only while a
 service such as this one is registered.
 
-No TLS and no authentication: the exposition holds no secret and no call's identity, but it
-shows the traffic. Bind it to the loopback (the default) or a management network, and let the
-scraper's network reach it, nobody else's (docs/metrics.md).
+The exposition holds no secret and no call's identity, but it shows the traffic. By default it
+is served in plain HTTP without authentication on the loopback. For a Prometheus on another host,
+``tls_certificate`` and ``tls_private_key`` serve HTTPS (:mod:`.tls`), ``tls_client_ca`` also
+requires a client certificate, and ``basic_auth_users`` requires a user and password (:mod:`.auth`),
+as Prometheus' own exporters do with exporter-toolkit's web config. Files and password hashes
+are checked when the config is read, so a mistake is a config error of this table, at start-up
+and in ``voipgw check-config``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import ssl
+import types
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -25,6 +32,8 @@ import trio
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import GatewayStatus
+from gateway.plugins.metrics import tls
+from gateway.plugins.metrics.auth import BasicAuth, PasswordHash, PasswordHashError
 from gateway.plugins.metrics.collect import render
 from gateway.plugins.metrics.server import MetricsServer
 
@@ -38,12 +47,23 @@ DEFAULT_PORT = 9464  # the default port allocations of Prometheus exporters (its
 _PATH = re.compile(r"/[A-Za-z0-9._~/-]*\Z")
 
 
+def _read_only(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return types.MappingProxyType(dict(mapping))
+
+
 @attrs.frozen
 class MetricsConfig:
     """``[plugins.metrics]``. See docs/configuration.md."""
 
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     path: str = "/metrics"
+    tls_certificate: str | None = None
+    tls_private_key: str | None = None
+    tls_client_ca: str | None = None
+    # repr=False: a secret. structure() then never echoes a mistyped value, and neither may we.
+    basic_auth_users: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_read_only, hash=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -53,6 +73,47 @@ class MetricsConfig:
                 f"path: expected an absolute path of letters, digits and ._~/- "
                 f"(e.g. /metrics), not {self.path!r}"
             )
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            missing = "tls_certificate" if self.tls_certificate is None else "tls_private_key"
+            raise ValueError(f"{missing}: tls_certificate and tls_private_key go together")
+        if self.tls_client_ca is not None and self.tls_certificate is None:
+            raise ValueError(
+                "tls_client_ca: client certificates need TLS: set tls_certificate and "
+                "tls_private_key too"
+            )
+        self.password_hashes  # noqa: B018 - checks them
+        self.ssl_context()  # the files load now, not at the first scrape
+
+    @property
+    def password_hashes(self) -> dict[str, PasswordHash]:
+        """``basic_auth_users`` parsed; a ValueError names the user, never the hash."""
+        hashes: dict[str, PasswordHash] = {}
+        for user, text in self.basic_auth_users.items():
+            # RFC 7617 §2: a user-id holds no colon (the password follows the first one).
+            if not user or ":" in user or not user.isprintable():
+                raise ValueError(f"basic_auth_users: user {user!r}: expected a name without colons")
+            try:
+                hashes[user] = PasswordHash.parse(text)
+            except PasswordHashError as exc:
+                raise ValueError(f"basic_auth_users: user {user!r}: {exc}") from None
+        return hashes
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS server context, or None for plain HTTP; a ValueError names the key and
+        file that cannot be used."""
+        if self.tls_certificate is None or self.tls_private_key is None:
+            return None
+        try:
+            return tls.server_context(
+                self.tls_certificate, self.tls_private_key, self.tls_client_ca
+            )
+        except tls.TlsFileError as exc:
+            raise ValueError(f"{exc.key}: {exc}") from None
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``listen`` is a loopback address (only this host can scrape)."""
+        return ipaddress.ip_address(self.address[0]).is_loopback
 
     @property
     def address(self) -> tuple[str, int]:
@@ -92,21 +153,68 @@ class MetricsExporter:
     ) -> None:
         """Serve scrapes until cancelled; started once the port is bound (a port taken stops
         the gateway's start-up, saying so)."""
+        config = self.config
+        auth = BasicAuth(config.password_hashes) if config.basic_auth_users else None
+        ssl_context = config.ssl_context()
+
+        def scrape() -> bytes:
+            return render(status, server.statistics())
+
         server = MetricsServer(
-            lambda: render(status), path=self.config.path, server=f"voipgw/{status.version}"
+            scrape,
+            path=config.path,
+            server=f"voipgw/{status.version}",
+            ssl_context=ssl_context,
+            auth=auth,
         )
         self.server = server
-        host, port = self.config.address
+        host, port = config.address
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(server.serve, host, port)
             shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
             log.info(
-                "metrics: Prometheus exposition on http://%s:%d%s",
+                "metrics: Prometheus exposition on %s://%s:%d%s (%s)",
+                "https" if ssl_context is not None else "http",
                 shown,
                 bound[1],
-                self.config.path,
+                config.path,
+                _protection(config),
             )
+            warning = exposure_warning(config)
+            if warning is not None:
+                log.warning("metrics: %s", warning)
             task_status.started()
+
+
+def exposure_warning(config: MetricsConfig) -> str | None:
+    """What start-up warns of when ``listen`` is reachable from other hosts with nothing
+    protecting it: no TLS and no authentication, or passwords sent in clear (a warning, not an
+    error: such configs worked before these keys existed)."""
+    if config.loopback:
+        return None
+    tls, auth = config.tls_certificate is not None, bool(config.basic_auth_users)
+    if not tls and not auth:
+        return (
+            f"serving {config.listen} without TLS or authentication: whoever reaches it sees "
+            "the traffic; set tls_certificate, tls_private_key and basic_auth_users in "
+            "[plugins.metrics], or listen on the loopback"
+        )
+    if not tls:
+        return (
+            f"basic auth without TLS on {config.listen}: passwords cross the network in "
+            "clear; set tls_certificate and tls_private_key in [plugins.metrics]"
+        )
+    return None
+
+
+def _protection(config: MetricsConfig) -> str:
+    parts = []
+    if config.tls_certificate is not None:
+        parts.append("TLS, client certificates required" if config.tls_client_ca else "TLS")
+    if config.basic_auth_users:
+        users = len(config.basic_auth_users)
+        parts.append(f"basic auth, {users} user{'s' if users != 1 else ''}")
+    return "; ".join(parts) or "no TLS, no authentication"
 
 
 @hookimpl

@@ -11,16 +11,21 @@ address, which would make a new time series per call.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from gateway.core.interfaces import GatewayStatus
 from gateway.plugins.metrics.exposition import Exposition
 
+if TYPE_CHECKING:
+    from gateway.plugins.metrics.server import ServerStatistics
+
 log = logging.getLogger(__name__)
 
 
-def render(status: GatewayStatus) -> bytes:
+def render(status: GatewayStatus, server: ServerStatistics | None = None) -> bytes:
     """One scrape's exposition. Reads the view once per family group; a store that cannot
-    answer leaves its family out (logged) rather than failing the whole scrape."""
+    answer leaves its family out (logged) rather than failing the whole scrape. ``server``
+    adds the exporter's own TLS and authentication failures, when it has them configured."""
     out = Exposition()
     _process(out, status)
     _calls(out, status)
@@ -29,7 +34,29 @@ def render(status: GatewayStatus) -> bytes:
     _media(out, status)
     _key_exchanges(out, status)
     _trunks(out, status)
+    if server is not None:
+        _exporter(out, server)
     return out.render()
+
+
+def _exporter(out: Exposition, server: ServerStatistics) -> None:
+    if server.tls:
+        out.family(
+            "voipgw_metrics_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes with the metrics exporter that failed (old TLS version, no client "
+            "certificate or one the CA did not sign, plain HTTP, a client gone).",
+        )
+        out.sample(server.tls_handshake_failures)
+    if server.auth:
+        out.family(
+            "voipgw_metrics_auth_failures_total",
+            "counter",
+            "Requests to the metrics exporter refused with 401, by reason: missing (no "
+            "credentials), malformed (not Basic), invalid (unknown user or wrong password).",
+        )
+        for reason, count in server.auth_failures:
+            out.sample(count, [("reason", reason)])
 
 
 def _process(out: Exposition, status: GatewayStatus) -> None:
@@ -106,15 +133,18 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
     out.family(
         "voipgw_subscriptions",
         "gauge",
-        "message-summary subscriptions relayed to the voicemail trunk.",
+        "Subscriptions by event package: message-summary relayed to the voicemail trunk, "
+        "dialog (busy lamp fields) notified by the gateway.",
     )
-    out.sample(sip.subscriptions)
+    out.sample(sip.subscriptions, [("package", "message-summary")])
+    out.sample(sip.dialog_subscriptions, [("package", "dialog")])
     out.family(
         "voipgw_subscriptions_refused_total",
         "counter",
-        "New subscriptions refused for the per-account or total limit.",
+        "New subscriptions refused for the per-account or total limit, by event package.",
     )
-    out.sample(sip.subscriptions_refused)
+    out.sample(sip.subscriptions_refused, [("package", "message-summary")])
+    out.sample(sip.dialog_subscriptions_refused, [("package", "dialog")])
     out.family(
         "voipgw_sip_messages_relayed_total",
         "counter",

@@ -547,16 +547,23 @@ def _load_ca_bundles(context: SSL.Context, bundles: tuple[Path, ...], *, name_th
 
 
 def server_context(
-    paths: CertificatePaths, mode: Mode, ca_bundles: tuple[Path, ...]
+    paths: CertificatePaths,
+    mode: Mode,
+    ca_bundles: tuple[Path, ...],
+    *,
+    request_certificate: bool = True,
 ) -> SSL.Context:
-    """The context of a listener in ``mode``. It always asks for a client certificate
-    (VERIFY_PEER); only ``mutual`` requires one and fails the handshake when it does not chain
-    to ``ca_bundles``."""
+    """The context of a listener in ``mode``. It asks for a client certificate (VERIFY_PEER)
+    unless ``request_certificate`` is False (``wss``: a browser asked for one may prompt its
+    user to pick one); only ``mutual`` requires one and fails the handshake when it does not
+    chain to ``ca_bundles``."""
     context = _new_context(SSL.TLS_SERVER_METHOD)
     _use_certificate(context, paths)
     _load_ca_bundles(context, ca_bundles, name_them=mode == "mutual")
     context.set_session_id(b"voipgw-tls")
-    if mode == "mutual":
+    if not request_certificate:
+        context.set_verify(SSL.VERIFY_NONE)
+    elif mode == "mutual":
         context.set_verify(
             SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback(enforce=True)
         )
@@ -703,15 +710,21 @@ class TlsTransport(StreamTransport):
     ) -> None:
         paths = self.certificate_paths(listen, host)
         mode = self.tls.listener_mode(listen)
-        context = server_context(paths, mode, self._ca_bundles)
+        context = self._server_context(paths, mode)
 
         def note(listener: Listener) -> None:
             self._listeners.append(_ListenerSide(listener.address, mode, context))
-            log.info("tls: listener %s in %s mode", format_address(listener.address), mode)
+            log.info(
+                "%s: listener %s in %s mode", self.name, format_address(listener.address), mode
+            )
 
         # _ReportStarted has the one started() signature serve uses, not TaskStatus's overloads.
         reporting = _ReportStarted(task_status, note)
         await super().serve(listen, host, task_status=reporting)  # type: ignore[arg-type]
+
+    def _server_context(self, paths: CertificatePaths, mode: Mode) -> SSL.Context:
+        """The OpenSSL context of a listener in ``mode`` (``wss`` asks for no certificate)."""
+        return server_context(paths, mode, self._ca_bundles)
 
     def _listener_for(self, local: Address) -> _ListenerSide:
         for side in self._listeners:
@@ -812,7 +825,8 @@ class TlsTransport(StreamTransport):
             if record.errors:
                 reason += " [" + "; ".join(record.errors) + "]"
             log.warning(
-                "tls: handshake %s %s failed (%s mode): %s; peer certificate: %s",
+                "%s: handshake %s %s failed (%s mode): %s; peer certificate: %s",
+                self.name,  # wss shares this handshake
                 direction,
                 format_address(remote),
                 mode,
@@ -822,7 +836,8 @@ class TlsTransport(StreamTransport):
             await trio.aclose_forcefully(tls)
             raise TlsHandshakeError(f"TLS handshake {direction} {format_address(remote)}: {reason}")
         log.debug(
-            "tls: %s %s: %s %s, peer certificate %s",
+            "%s: %s %s: %s %s, peer certificate %s",
+            self.name,
             direction,
             format_address(remote),
             connection.get_protocol_version_name(),

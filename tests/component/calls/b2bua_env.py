@@ -70,9 +70,11 @@ def gateway_config(
     carrier: Mapping[str, Any] | None = None,
     plugin_tables: Mapping[str, Any] | None = None,
     numbering: Mapping[str, Any] | None = None,
+    dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
 ) -> GatewayConfig:
     return from_mapping(
         {
+            "dialog_watch_groups": [dict(group) for group in dialog_watch_groups],
             "numbering": dict(numbering or {}),
             "gateway": {"state_dir": str(state_dir), "realm": REALM},
             "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": T1, **(sip or {})},
@@ -115,6 +117,7 @@ async def start_b2bua(
     carrier: Mapping[str, Any] | None = None,
     plugin_tables: Mapping[str, Any] | None = None,
     numbering: Mapping[str, Any] | None = None,
+    dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -132,6 +135,7 @@ async def start_b2bua(
         carrier=carrier,
         plugin_tables=plugin_tables,
         numbering=numbering,
+        dialog_watch_groups=dialog_watch_groups,
     )
     gateway = Gateway(config, memory_plugins(config, network, extra=plugins), ids=SeededIds(seed))
     await nursery.start(gateway.serve)

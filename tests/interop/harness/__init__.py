@@ -16,6 +16,8 @@ pytest process. Missing peers skip locally and fail in CI (``require_peer``).
 - tls_gateway: ``TlsGatewayProcess`` (``GatewayProcess`` with a TLS listener too)
 - openssl: ``s_client(...)``, ``SClientResult``, ``SServer`` (a TLS trunk)
 - stunnel: ``StunnelClient`` (TLS for sipp, which has none)
+- ws_client: ``WsSipClient`` (a SIP-over-WebSocket softphone on the ``websockets`` package;
+  imported from its module, so tests without that package still import the harness)
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 from gateway.core import config as cfg
 from gateway.plugins import metrics
 from gateway.plugins.keyexchange import dtls_srtp
-from gateway.plugins.transports import tcp, tls, udp
+from gateway.plugins.transports import tcp, tls, udp, ws, wss
 
 DOC = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
 TABLES = {
@@ -23,9 +23,12 @@ TABLES = {
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
     "plugins.tls": tls.TlsConfig,
+    "plugins.ws": ws.WsConfig,
+    "plugins.wss": wss.WssConfig,
     "plugins.dtls": dtls_srtp.DtlsConfig,
     "plugins.metrics": metrics.MetricsConfig,
     "[trunks]": cfg.TrunkConfig,  # an array of tables: ## `[[trunks]]`
+    "[dialog_watch_groups]": cfg.DialogWatchGroup,
 }
 CASES = [(table, field.name) for table, cls in TABLES.items() for field in attrs.fields(cls)]
 

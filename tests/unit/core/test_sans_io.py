@@ -21,6 +21,7 @@ SANS_IO_MODULES = [
     "core/media/stun.py",
     "core/media/ice.py",
     "core/registrar.py",
+    "plugins/taps/g722.py",
 ]
 FORBIDDEN = {"trio", "socket", "time", "random", "asyncio", "threading", "select", "os", "secrets"}
 

@@ -12,12 +12,16 @@ import subprocess
 import wave
 from pathlib import Path
 
+import attrs
 import pytest
+import trio
 
 from gateway.core.config import ConfigError, from_mapping
-from gateway.core.interfaces import TappedCall
+from gateway.core.interfaces import TappedCall, TappedMedia
 from gateway.core.plugins import load_plugins
 from gateway.plugins.taps import recorder as recorder_plugin
+from gateway.plugins.taps.g722 import G722Decoder
+from gateway.plugins.taps.oggopus import PRE_SKIP, opus_samples_untrusted
 from gateway.plugins.taps.recorder import (
     PCMA,
     PCMU,
@@ -29,6 +33,8 @@ from gateway.plugins.taps.recorder import (
     g711_to_linear,
     rtp_fields,
 )
+from tests.conftest import missing
+from tests.unit.taps.test_oggopus import read_ogg
 
 CALL = TappedCall("rec-1", "sip:alice@gw", "sip:+4930@gw", "account", "alice", "trunk", "carrier")
 
@@ -152,7 +158,7 @@ def test_rtcp_comfort_noise_and_other_codecs_write_nothing(tmp_path: Path) -> No
     recording.add("0", "a_to_b", rtp(2, 0, b"\x01" * 40, pt=111), 0.0)  # opus
     recording.close()
     assert recording.files == [] and list(tmp_path.iterdir()) == []
-    assert recording.counts.not_g711 == 1 and recording.counts.packets == 3
+    assert recording.counts.other == {"pt111": 1} and recording.counts.packets == 3
 
 
 def test_pcma_is_decoded_too_and_streams_get_files_of_their_own(tmp_path: Path) -> None:
@@ -246,6 +252,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load({"all_calls": True, "queue": 1})
     with pytest.raises(ConfigError, match=r"plugins.recorder.*min_free_mb"):
         load({"all_calls": True, "min_free_mb": -1})
+    with pytest.raises(ConfigError, match=r"plugins.recorder.*g722_decoder"):
+        load({"all_calls": True, "g722_decoder": "ffmpeg"})
     load({"accounts": ["alice"], "directory": str(tmp_path / "rec")})
 
 
@@ -301,3 +309,202 @@ async def test_no_recording_starts_on_a_nearly_full_disk(
         await sink.run()
     assert "recording of call rec-1 stopped: 0 MiB free" in caplog.text
     assert list((tmp_path / "day").iterdir()) == []
+
+
+# -- G.722, Opus, codec switches ----------------------------------------------------------------
+
+
+def wav_rate(path: Path) -> int:
+    with wave.open(str(path)) as wav:
+        return wav.getframerate()
+
+
+def samples16(path: Path) -> list[int]:
+    with wave.open(str(path)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 16000)
+        frames = wav.readframes(wav.getnframes())
+    return list(struct.unpack(f"<{len(frames) // 2}h", frames))
+
+
+def test_g722_is_decoded_into_a_16_khz_file_placed_by_its_8_khz_timestamps(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(9)
+    payloads = [rng.randbytes(160) for _ in range(6)]
+    recording = WavRecording(tmp_path, "rec-8")
+    for seq in (0, 1, 2, 4, 5):  # 3 lost: 20 ms of silence, 320 samples at 16 kHz
+        # RFC 3551 §4.5.2: the timestamp advances 160 per 20 ms although the audio is 16 kHz.
+        recording.add("0", "a_to_b", rtp(seq, 3000 + 160 * seq, payloads[seq], pt=9), 0.02 * seq)
+    recording.close()
+    decoder = G722Decoder()
+    expected: list[int] = []
+    for seq in range(6):
+        if seq == 3:
+            expected += [0] * 320
+            continue
+        pcm = decoder.decode(payloads[seq])  # one decoder: its state runs across the gap
+        expected += struct.unpack(f"<{len(pcm) // 2}h", pcm)
+    assert samples16(tmp_path / "rec-8-0-caller.wav") == expected
+
+
+def test_a_new_g722_source_gets_a_fresh_decoder(tmp_path: Path) -> None:
+    payload = random.Random(3).randbytes(160)
+    recording = WavRecording(tmp_path, "rec-9")
+    recording.add("0", "a_to_b", rtp(0, 0, payload, pt=9), 0.0)
+    recording.add("0", "a_to_b", rtp(7, 5555, payload, pt=9, ssrc=99), 0.02)  # a transfer
+    recording.close()
+    written = samples16(tmp_path / "rec-9-0-caller.wav")
+    assert written[:320] == written[320:]  # the same octets from a reset decoder
+    assert written[:320] != samples16_of(G722Decoder(), payload, payload)[320:]
+
+
+def samples16_of(decoder: G722Decoder, *payloads: bytes) -> list[int]:
+    pcm = b"".join(decoder.decode(payload) for payload in payloads)
+    return list(struct.unpack(f"<{len(pcm) // 2}h", pcm))
+
+
+def opus_packet(rng: random.Random) -> bytes:
+    """A 20 ms CELT fullband packet (TOC 0xF8, code 0) of arbitrary bits: well framed."""
+    return b"\xf8" + rng.randbytes(60)
+
+
+def test_opus_packets_go_into_an_ogg_opus_file_with_gaps_concealed(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    codecs = {"0": {111: "opus", 101: "telephone-event"}}
+    recording = WavRecording(tmp_path, "rec-10", codecs)
+    sent = []
+    for seq in (0, 1, 2, 5, 6):  # 3 and 4 missing: 40 ms concealed
+        packet = opus_packet(rng)
+        sent.append(packet)
+        # RFC 7587 §4.1: a 48 kHz RTP clock: 960 per 20 ms.
+        recording.add("0", "b_to_a", rtp(seq, 960 * seq, packet, pt=111), 0.02 * seq)
+    recording.add("0", "b_to_a", rtp(7, 960 * 7, b"\x01\x00\x00\xa0", pt=101), 0.14)  # DTMF
+    recording.add("0", "b_to_a", rtp(8, 960 * 8, b"\xfb\x00", pt=111), 0.16)  # 0 frames: R5
+    recording.close()
+    path = tmp_path / "rec-10-0-callee.opus"
+    assert recording.files == [path]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    pages, packets = read_ogg(path.read_bytes())
+    audio = packets[3:]  # OpusHead, OpusTags, the pre-skip's concealment
+    assert audio == [*sent[:3], b"\xfb\x02", *sent[3:]]  # two empty 20 ms frames of the same mode
+    assert pages[-1].granule == PRE_SKIP + 7 * 960
+    assert recording.counts.malformed == 1
+    assert recording.counts.other == {}  # telephone-event is not audio, not another codec
+
+
+def test_a_codec_switch_moves_to_the_speakers_file_of_that_kind_on_the_calls_clock(
+    tmp_path: Path,
+) -> None:
+    """PCMU for 0.2 s, a re-INVITE to G.722 for 0.2 s, then PCMA (G.711 again: the first
+    file goes on), then Opus: three files, each on the call's clock."""
+    rng = random.Random(5)
+    recording = WavRecording(tmp_path, "rec-11", {"0": {111: "opus"}})
+    now, seq = 0.0, 0
+    for pt, clock in ((PCMU, 160), (9, 160), (PCMA, 160), (111, 960)):
+        for i in range(10):
+            payload = opus_packet(rng) if pt == 111 else bytes([0x55]) * 160
+            # The source keeps its SSRC; timestamps jump at each switch, as phones do.
+            recording.add("0", "a_to_b", rtp(seq, 1000 * pt + clock * i, payload, pt=pt), now)
+            now, seq = now + 0.02, seq + 1
+    recording.close()
+    assert [path.name for path in recording.files] == [
+        "rec-11-0-caller.wav",
+        "rec-11-0-caller-2.wav",
+        "rec-11-0-caller-3.opus",
+    ]
+    g711 = samples(tmp_path / "rec-11-0-caller.wav")
+    ulaw = struct.unpack("<h", g711_to_linear(PCMU, b"\x55"))[0]
+    alaw = struct.unpack("<h", g711_to_linear(PCMA, b"\x55"))[0]
+    # 0-0.2 s PCMU, 0.2-0.4 s silence (G.722 went to the other file), 0.4-0.6 s PCMA.
+    assert g711 == [ulaw] * 1600 + [0] * 1600 + [alaw] * 1600
+    g722 = samples16(tmp_path / "rec-11-0-caller-2.wav")
+    assert wav_rate(tmp_path / "rec-11-0-caller-2.wav") == 16000
+    assert len(g722) == 6400 and g722[:3200] == [0] * 3200  # from 0.2 s on the call's clock
+    _, packets = read_ogg((tmp_path / "rec-11-0-caller-3.opus").read_bytes())
+    # From 0.6 s: concealment (the pre-skip's 20 ms and 600 ms of gap), then 10 packets.
+    assert len(packets[-10:]) == 10 and all(packet[0] == 0xF8 for packet in packets[-10:])
+    assert sum(opus_samples_untrusted(packet) or 0 for packet in packets[2:-10]) == (
+        PRE_SKIP + 28800
+    )
+
+
+def test_other_codecs_are_counted_by_name_and_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = attrs.evolve(
+        CALL,
+        media=(
+            TappedMedia(
+                0, "audio", ("18", "96", "101"), ("96 iLBC/8000", "101 telephone-event/8000")
+            ),
+        ),
+    )
+    sink = RecordingSink(call, tmp_path / "day", "wav", queue=20)
+    for seq in range(3):
+        sink.packet("0", "a_to_b", rtp(seq, 160 * seq, b"\x01" * 20, pt=18), now=0.02 * seq)
+    sink.packet("0", "a_to_b", rtp(3, 480, b"\x01" * 38, pt=96), now=0.06)
+    sink.packet("0", "a_to_b", rtp(4, 480, b"\x01\x00\x00\xa0", pt=101), now=0.06)
+    sink.packet("0", "a_to_b", rtp(5, 480, b"\x01" * 20, pt=122), now=0.06)
+    sink.close()
+    with caplog.at_level(logging.INFO):
+        trio.run(sink.run)
+    assert "not written, other codecs: 3 g729, 1 ilbc, 1 pt122" in caplog.text
+
+
+def test_a_reinvite_teaches_the_sink_a_new_dynamic_payload_type(tmp_path: Path) -> None:
+    sink = RecordingSink(CALL, tmp_path / "day", "wav", queue=20)  # told no streams at first
+    sink.streams_changed((TappedMedia(0, "audio", ("107",), ("107 opus/48000/2",)),))
+    sink.packet("0", "b_to_a", rtp(0, 0, opus_packet(random.Random(1)), pt=107), now=0.0)
+    sink.close()
+    trio.run(sink.run)
+    assert [path.name for path in (tmp_path / "day").iterdir()] == ["rec-1-0-callee.opus"]
+
+
+def test_random_packets_of_every_codec_never_raise(tmp_path: Path) -> None:
+    rng = random.Random(17)
+    recording = WavRecording(tmp_path, "rec-12", {"0": {111: "opus"}, "1": {111: "opus"}})
+    for i in range(3000):
+        payload = rng.randbytes(rng.randrange(0, 300))
+        pt = rng.choice([0, 8, 9, 13, 111, 18])
+        ts = rng.choice([160 * i, rng.randrange(2**32)])
+        packet = rtp(i, ts, payload, pt=pt, ssrc=rng.choice([1, 2]))
+        recording.add(str(rng.randrange(2)), rng.choice(["a_to_b", "b_to_a"]), packet, i * 0.02)
+    recording.close()
+    assert recording.counts.packets == 3000
+    for path in recording.files:
+        if path.suffix == ".opus":
+            read_ogg(path.read_bytes())  # well-formed pages, CRCs right
+        else:
+            with wave.open(str(path)) as wav:
+                assert wav.getnframes() * 2 == path.stat().st_size - 44
+
+
+def test_a_source_faster_than_real_time_is_not_written_beyond_the_clock(tmp_path: Path) -> None:
+    """A new SSRC in every packet re-bases each onto the end of the file: without a bound a
+    flood would be decoded (G.722 costs CPU) and written as fast as it comes."""
+    recording = WavRecording(tmp_path, "rec-13")
+    for i in range(2000):  # 40 s of G.722 in 0.2 s
+        recording.add("0", "a_to_b", rtp(i, 0, b"\x11" * 160, pt=9, ssrc=i), i * 0.0001)
+    recording.close()
+    written = len(samples16(tmp_path / "rec-13-0-caller.wav"))
+    assert written <= (5.0 + 0.2 + 0.02) * 16000  # REBASE_AFTER ahead of the clock at most
+    assert recording.counts.late == 2000 - written // 320
+
+
+def test_g722_is_decoded_by_spandsp_when_it_loads_and_by_python_when_told(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.plugins.taps import recorder
+    from gateway.plugins.taps.g722 import G722Decoder
+    from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder
+
+    assert recorder.g722_decoder_factory("python") is G722Decoder
+    if recorder.load_spandsp() is None:
+        missing("libspandsp is not installed (apt-get install libspandsp2)")
+    assert isinstance(recorder.g722_decoder_factory("auto")(), SpandspG722Decoder)
+    monkeypatch.setattr(recorder, "load_spandsp", lambda: None)
+    with caplog.at_level(logging.WARNING, logger=recorder.__name__):
+        assert recorder.g722_decoder_factory("auto") is G722Decoder
+    assert "libspandsp not found (apt-get install libspandsp2)" in caplog.text
+    with pytest.raises(ValueError, match='g722_decoder: "spandsp", but libspandsp cannot'):
+        RecorderConfig(all_calls=True, g722_decoder="spandsp")

@@ -1,0 +1,138 @@
+"""Benchmark the recorder's decoding: microseconds per 20 ms RTP payload, per codec.
+
+Run from the repository root::
+
+    python benchmarks/recorder_decode.py
+    python benchmarks/recorder_decode.py --packets 2000 --repeats 7
+
+The ``recorder`` tap (``format = "wav"``) decodes what it records in its own task, not the
+relay's, but one process records many calls: each recorded G.722 direction costs this figure 50
+times a second. Rows: G.711 (PCMU, a table look-up per octet), G.722 (the pure-Python sub-band
+ADPCM decoder, gateway/plugins/taps/g722.py) on speech-like input (a 1 kHz tone with a
+300 Hz one, encoded by Debian's libspandsp2 when it is installed) and on random octets (every
+code, the worst case for the saturating paths), and Opus (not decoded: the Ogg page writer's
+cost per packet). The figure is the best of ``--repeats`` runs of ``--packets`` payloads, one
+decoder across the run (as for one call), divided by the number of payloads; the last column is
+how many recorded directions would fill one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import importlib.util
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+if importlib.util.find_spec("gateway") is None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gateway.plugins.taps import g722 as g722_module
+from gateway.plugins.taps.g722 import G722Decoder
+from gateway.plugins.taps.g722_spandsp import SpandspG722Decoder, load_spandsp
+from gateway.plugins.taps.oggopus import OggOpusWriter
+from gateway.plugins.taps.recorder import PCMU, g711_to_linear
+
+OCTETS = 160  # 20 ms of G.711 or G.722 (one octet per 8 kHz tick)
+
+
+def _speech_like_g722(packets: int) -> list[bytes] | None:
+    """G.722 payloads of a two-tone signal, from spandsp's encoder; None without libspandsp2."""
+    name = ctypes.util.find_library("spandsp")
+    if name is None:
+        return None
+    lib = ctypes.CDLL(name)
+    lib.g722_encode_init.restype = ctypes.c_void_p
+    lib.g722_encode_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.g722_encode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+    lib.g722_encode_free.argtypes = [ctypes.c_void_p]
+    count = 2 * OCTETS * packets
+    pcm = (ctypes.c_int16 * count)(
+        *(
+            int(9000 * math.sin(2 * math.pi * 1000 * i / 16000))
+            + int(6000 * math.sin(2 * math.pi * 300 * i / 16000))
+            for i in range(count)
+        )
+    )
+    state = lib.g722_encode_init(None, 64000, 0)
+    out = ctypes.create_string_buffer(count)
+    written = lib.g722_encode(state, out, pcm, count)
+    lib.g722_encode_free(state)
+    data = out.raw[:written]
+    return [data[i : i + OCTETS] for i in range(0, written, OCTETS)]
+
+
+def _best(run: Callable[[], None], packets: int, repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best / packets * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--packets", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    packets, repeats = args.packets, args.repeats
+    rng = random.Random(7)
+    g711 = [bytes(rng.randrange(256) for _ in range(OCTETS)) for _ in range(packets)]
+    noise = [bytes(rng.randrange(256) for _ in range(OCTETS)) for _ in range(packets)]
+    speech = _speech_like_g722(packets)
+
+    spandsp = load_spandsp()
+
+    def decode_g722(payloads: list[bytes], *, in_c: bool = False) -> Callable[[], None]:
+        def run() -> None:
+            decoder = SpandspG722Decoder(spandsp) if spandsp and in_c else G722Decoder()
+            for payload in payloads:
+                decoder.decode(payload)
+
+        return run
+
+    def g711_run() -> None:
+        for payload in g711:
+            g711_to_linear(PCMU, payload)
+
+    opus = [b"\xfc" + bytes(rng.randrange(256) for _ in range(79)) for _ in range(packets)]
+    directory = Path(tempfile.mkdtemp())
+
+    def opus_run() -> None:
+        writer = OggOpusWriter(directory / "bench.opus", serial=1)
+        for payload in opus:
+            writer.write(payload, 960)
+        writer.close()
+
+    compiled = not str(g722_module.__file__).endswith(".py")
+    print(f"G.722 decoder: {'compiled (mypyc)' if compiled else 'pure Python'}")
+    print(f"{'codec, input':<40} {'us/20 ms':>9} {'directions/core':>16}")
+    rows: list[tuple[str, Callable[[], None]]] = [("G.711 PCMU -> 8 kHz PCM", g711_run)]
+    if speech is not None:
+        rows.append(("G.722 -> 16 kHz PCM, two tones", decode_g722(speech)))
+    else:
+        print("(no libspandsp2: G.722 on speech-like input not measured)")
+    rows.append(("G.722 -> 16 kHz PCM, random octets", decode_g722(noise)))
+    if spandsp is not None:
+        if speech is not None:
+            rows.append(("G.722 by spandsp (ctypes), two tones", decode_g722(speech, in_c=True)))
+        rows.append(("G.722 by spandsp (ctypes), random", decode_g722(noise, in_c=True)))
+    rows.append(("Opus -> Ogg pages (not decoded)", opus_run))
+    for label, run in rows:
+        micros = _best(run, packets, repeats)
+        print(f"{label:<40} {micros:>9.1f} {20_000 / micros:>16.0f}")
+    for path in directory.iterdir():
+        path.unlink()
+    directory.rmdir()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The ``wss`` signalling transport: SIP over secure WebSocket (RFC 7118, RFC 6455 §11.1.2).
+
+What a browser softphone on an https page connects to (``wss://host:port``). It is the ``ws``
+transport on connections that first run the ``tls`` transport's handshake: the same TLS
+settings (TLS 1.2/1.3, AEAD suites, no resumption, RFC 9325), the same certificate loading and
+errors, and, without ``certificate``, the same generated certificate in ``<state_dir>/tls/``.
+One difference: a ``wss`` listener asks for no client certificate, because a browser asked for
+one may interrupt its user with a certificate picker; browsers authenticate with SIP digest.
+
+A browser checks our certificate against its own CA store and the host name in the
+``wss://`` URL, and gives no prompt to accept a self-signed one for a WebSocket: configure a
+certificate from a CA the browsers trust, or, for a test, open ``https://host:port/`` once and
+accept the certificate there (the listener answers that page with a short HTTP 400).
+"""
+
+from __future__ import annotations
+
+import attrs
+from OpenSSL import SSL
+
+from gateway.core.hookspecs import hookimpl
+from gateway.core.plugins import Registry
+from gateway.plugins.transports.certificates import CertificatePaths
+from gateway.plugins.transports.tls import Mode, TlsConfig, TlsTransport, server_context
+from gateway.plugins.transports.ws import (
+    WebSocketConnections,
+    WebSocketLimits,
+    WsConfig,
+    check_limits,
+    check_origins,
+)
+
+
+@attrs.frozen
+class WssConfig:
+    """``[plugins.wss]``. See docs/configuration.md."""
+
+    certificate: str | None = None
+    private_key: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    max_connections: int = 1024
+    max_connections_per_source: int = 32
+    handshake_timeout: float = 10.0
+    ping_interval: float = 30.0
+    idle_timeout: float = 90.0
+
+    def __attrs_post_init__(self) -> None:
+        check_origins(self.allowed_origins)
+        check_limits(self)
+        _ = self.tls  # the tls transport's own checks (certificate and private_key go together)
+
+    @property
+    def tls(self) -> TlsConfig:
+        """The settings the TLS handshake reads (the ``tls`` transport's code runs it)."""
+        return TlsConfig(
+            certificate=self.certificate,
+            private_key=self.private_key,
+            mode="encryption-only",
+            handshake_timeout=self.handshake_timeout,
+            max_connections_per_source=self.max_connections_per_source,
+            idle_timeout=self.idle_timeout,
+        )
+
+    @property
+    def websocket(self) -> WebSocketLimits:
+        return WsConfig(
+            allowed_origins=self.allowed_origins,
+            max_connections=self.max_connections,
+            max_connections_per_source=self.max_connections_per_source,
+            handshake_timeout=self.handshake_timeout,
+            ping_interval=self.ping_interval,
+            idle_timeout=self.idle_timeout,
+        ).websocket
+
+
+class WssTransport(WebSocketConnections, TlsTransport):
+    """SIP over WebSocket over TLS: :class:`TlsTransport` accepts and runs the TLS handshake,
+    :class:`WebSocketConnections` runs the connection."""
+
+    name = "wss"
+    secure = True
+
+    def __init__(self, config: WssConfig | None = None) -> None:
+        self.wss_config = config or WssConfig()
+        self.websocket = self.wss_config.websocket
+        TlsTransport.__init__(self, self.wss_config.tls)
+        self._connections = 0
+
+    def _server_context(self, paths: CertificatePaths, mode: Mode) -> SSL.Context:
+        return server_context(paths, mode, (), request_certificate=False)
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return WssConfig
+
+
+@hookimpl
+def gateway_register_transports(registry: Registry[WssTransport], config: WssConfig) -> None:
+    registry.add(WssTransport.name, WssTransport(config))

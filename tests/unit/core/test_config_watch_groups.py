@@ -1,0 +1,92 @@
+"""``[[dialog_watch_groups]]``: who may watch whose calls (busy lamp fields); errors name the
+file, the table and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.core import config as cfg
+from gateway.core.config import ConfigError, DialogWatchGroup
+
+
+def load(tmp_path: Path, text: str) -> cfg.GatewayConfig:
+    path = tmp_path / "voipgw.toml"
+    path.write_text(text)
+    return cfg.from_toml(path)
+
+
+def test_groups_are_structured(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+[[dialog_watch_groups]]
+name = "reception"
+accounts = ["alice", "bob", "201"]
+show_parties = true
+
+[[dialog_watch_groups]]
+name = "sales"
+accounts = ["carol"]
+""",
+    )
+    assert config.dialog_watch_groups == (
+        DialogWatchGroup("reception", ("alice", "bob", "201"), show_parties=True),
+        DialogWatchGroup("sales", ("carol",)),
+    )
+    assert cfg.embedded_defaults().dialog_watch_groups == ()  # default: nobody watches
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "message", "where"),
+    [
+        (
+            'name = "g"\naccounts = "alice"',
+            "accounts",
+            "a list of strings",
+            "dialog_watch_groups.g",
+        ),
+        ('name = "g"', "accounts", "missing", "dialog_watch_groups.g"),
+        ('name = "g"\naccounts = []', "accounts", "at least one", "dialog_watch_groups.g"),
+        ('name = "g"\naccounts = ["a", "a"]', "accounts", "twice", "dialog_watch_groups.g"),
+        ('name = "g"\naccounts = [" a"]', "accounts", "surrounding", "dialog_watch_groups.g"),
+        (
+            'name = "g"\naccounts = ["a"]\nshow_parties = "yes"',
+            "show_parties",
+            "true or false",
+            "dialog_watch_groups.g",
+        ),
+        (
+            'name = "g"\naccounts = ["a"]\nshow_party = true',
+            "show_party",
+            "unknown key",
+            "dialog_watch_groups.g",
+        ),
+        ('accounts = ["a"]', "name", "missing", "dialog_watch_groups[0]"),
+        ('name = " "\naccounts = ["a"]', "name", "non-empty", "dialog_watch_groups[0]"),
+    ],
+)
+def test_bad_groups_name_table_and_key(
+    tmp_path: Path, table: str, key: str, message: str, where: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f"[[dialog_watch_groups]]\n{table}\n")
+    assert info.value.table == where and info.value.key == key
+    assert message in info.value.message
+    assert info.value.file == str(tmp_path / "voipgw.toml")
+
+
+def test_two_groups_with_one_name_and_a_plain_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(
+            tmp_path,
+            '[[dialog_watch_groups]]\nname = "g"\naccounts = ["a"]\n'
+            '[[dialog_watch_groups]]\nname = "g"\naccounts = ["b"]\n',
+        )
+    assert info.value.key == "name" and "already" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, '[dialog_watch_groups]\nname = "g"\n')
+    assert info.value.table == "dialog_watch_groups" and "[[dialog_watch_groups]]" in str(
+        info.value
+    )
