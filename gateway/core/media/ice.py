@@ -229,9 +229,14 @@ class LegIce:
     without ICE support) makes the leg behave as if no peer did ICE. The in-process relay and
     the media workers both answer checks (a worker gets the credentials as values)."""
 
-    def __init__(self, token_hex: Callable[[int], str], *, enabled: bool = True) -> None:
+    def __init__(
+        self, token_hex: Callable[[int], str], *, enabled: bool = True, browser: bool = False
+    ) -> None:
         self._token_hex = token_hex
         self.enabled = enabled
+        self.browser = browser
+        """The leg's signalling is SIP over WebSocket (RFC 7118): a browser, which takes no
+        offer without ICE (JSEP, RFC 8829, has no mode without it), so our offers carry it."""
         self.local: IceCredentials | None = None
         self._streams: dict[int, _StreamIce] = {}
         self._offered: tuple[IceCredentials | None, dict[int, IceCredentials]] | None = None
@@ -287,12 +292,13 @@ class LegIce:
 
     def wants_offer(self, offer: SessionDescription) -> bool:
         """Whether our offer on this leg carries ICE: the peer did ICE in its latest SDP (a
-        re-offer to a WebRTC peer), or an m= line goes out UDP/TLS/RTP/SAVPF, the profile every
-        WebRTC endpoint speaks and SIP phones hardly ever ask for (RFC 8827 §6.5 makes ICE
-        mandatory with it). Phones and trunks offered anything else see no ICE."""
+        re-offer to a WebRTC peer), the leg is a browser's (SIP over WebSocket), or an m= line
+        goes out UDP/TLS/RTP/SAVPF, the profile every WebRTC endpoint speaks and SIP phones
+        hardly ever ask for (RFC 8827 §6.5 makes ICE mandatory with it). Phones and trunks
+        offered anything else see no ICE."""
         if not self.enabled:
             return False
-        if self._peer_does_ice:
+        if self._peer_does_ice or self.browser:
             return True
         return any(m.port != 0 and m.proto.upper() == "UDP/TLS/RTP/SAVPF" for m in offer.media)
 

@@ -82,6 +82,7 @@ from gateway.core.sdp.offer_answer import rejected_media
 log = logging.getLogger(__name__)
 
 _IDS = RandomIds()  # the OS CSPRNG, for ICE credentials
+_WEBSOCKET_TRANSPORTS = frozenset({"ws", "wss"})  # RFC 7118: browsers, which require ICE
 
 # RTP profiles with SRTP and the plain profile each maps to (RFC 3711 §12, RFC 5124, and
 # DTLS-SRTP's RFC 5764 §8).
@@ -154,7 +155,9 @@ class LegSecurity:
         ice: bool = True,
     ) -> None:
         self.side = side
-        self.ice = LegIce(_IDS.token_hex, enabled=ice)
+        self.ice = LegIce(
+            _IDS.token_hex, enabled=ice, browser=signalling.lower() in _WEBSOCKET_TRANSPORTS
+        )
         """ICE-lite on this leg (gateway/core/media/ice.py): a transport matter, not a key
         exchange, but it rides on the same four SDP steps. ``ice`` False: never (for a relay
         that cannot answer checks)."""

@@ -386,3 +386,25 @@ def _flipped(message: bytes, at: int, noise: bytes) -> bytes:
     changed = bytearray(message)
     changed[at % len(changed)] ^= (noise[0] if noise else 0) or 1
     return bytes(changed)
+
+
+def test_a_browsers_leg_is_offered_ice_whatever_the_profile() -> None:
+    """SIP over WebSocket means a browser (RFC 7118), which takes no offer without ICE."""
+    browser = LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=True,
+        key_exchanges={},
+        signalling="wss",
+    )
+    offered = browser.make_offer(ours())
+    assert offered.attributes.has("ice-lite")
+    assert offered.media[0].attributes.has("ice-ufrag")
+    phone = LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=True,
+        key_exchanges={},
+        signalling="tls",
+    )
+    assert not phone.make_offer(ours()).attributes.has("ice-lite")
