@@ -1227,9 +1227,11 @@ class MediaRelay:
                 ep.sock.sendto(response, source)
             except OSError:
                 ep.receive_errors += 1
+        if not result:
+            return  # answered with an error, or dropped: media does not move
         if source == ep.source:
-            ep.last_received = now
-        elif result == ICE_NOMINATED or (result == ICE_VALID and ep.source is None):
+            ep.last_received = now  # consent checks (RFC 7675) keep a quiet leg alive
+        elif result == ICE_NOMINATED or ep.source is None:
             _select(ep, source, now)
 
     def _latch(self, ep: _Endpoint, source: Address, now: float) -> bool:
