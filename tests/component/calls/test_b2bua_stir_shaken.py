@@ -25,6 +25,8 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.core.hookspecs import hookimpl
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import render
 from gateway.plugins.stir_shaken import StirShaken, StirShakenConfig
 from gateway.plugins.stir_shaken.fetch import Fetched
 from gateway.testing.sti_pki import StiPki, make_identity, make_pki, read_identity
@@ -148,6 +150,9 @@ async def test_forged_stale_and_missing_identities(
     outcomes = env.gateway.calls.identity_outcomes
     assert (outcomes["bad_signature"], outcomes["stale"], outcomes["wrong_number"]) == (1, 1, 1)
     assert outcomes["no_identity"] == 1
+    scraped = render(StatusView(env.gateway, CallStatistics())).decode()
+    assert 'voipgw_caller_identity_total{outcome="bad_signature"} 1\n' in scraped
+    assert 'voipgw_caller_identity_total{outcome="no_identity"} 1\n' in scraped
 
 
 async def test_on_failure_reject_refuses_with_the_rfc_8224_status(
@@ -208,6 +213,8 @@ async def test_without_the_plugin_nothing_is_signed_or_marked(
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     assert env.gateway.calls is not None and env.gateway.calls.caller_identity == []
+    # No family in a scrape of a gateway without the plugin.
+    assert b"caller_identity" not in render(StatusView(env.gateway, CallStatistics()))
     user, _ = await call_alice(env, [identity(make_pki().signer_key)])
     assert user == CALLER
     call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
