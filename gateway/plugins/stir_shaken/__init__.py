@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
 from gateway.plugins.stir_shaken.certificates import (
+    SignerCertificate,
     load_pem_untrusted,
     load_trust_anchors,
     validate_chain,
@@ -238,31 +239,33 @@ class StirShaken:
 
     async def signer_key(self, url: str) -> ec.EllipticCurvePublicKey:
         """The public key of the certificate at ``url`` once it chains to a trust anchor;
-        fetched within ``fetch_timeout`` unless cached."""
+        fetched within ``fetch_timeout`` unless cached. What is cached is the checked key, kept
+        for the answer's max-age and never past the chain's first expiry, so a call with a
+        cached signer costs one ECDSA verification; a certificate that did not chain is not
+        kept (the next call fetches it again)."""
         now = self._clock()
-        certificates = self.cache.get(url, now)
-        if certificates is None:
-            assert self._fetch is not None
-            fetched = None
-            with trio.move_on_after(self.config.fetch_timeout):
-                try:
-                    fetched = await self._fetch(url)
-                except FetchError as exc:
-                    raise PassportError(
-                        f"certificate not fetched: {exc}", outcome="bad_info", status=436
-                    ) from None
-            if fetched is None:
-                raise PassportError("certificate fetch timed out", outcome="bad_info", status=436)
-            certificates = load_pem_untrusted(fetched.body)
-            max_age = fetched.max_age or self.config.certificate_cache
-            self.cache.put(url, certificates, max_age=max_age, now=now)
-        assert isinstance(certificates, list)
+        cached = self.cache.get(url, now)
+        if isinstance(cached, SignerCertificate):
+            return cached.key
+        assert self._fetch is not None
+        fetched = None
+        with trio.move_on_after(self.config.fetch_timeout):
+            try:
+                fetched = await self._fetch(url)
+            except FetchError as exc:
+                raise PassportError(
+                    f"certificate not fetched: {exc}", outcome="bad_info", status=436
+                ) from None
+        if fetched is None:
+            raise PassportError("certificate fetch timed out", outcome="bad_info", status=436)
         signer = validate_chain(
-            certificates,
+            load_pem_untrusted(fetched.body),
             self._anchors,
             now=now,
             require_tn_auth_list=self.config.require_tn_auth_list,
         )
+        max_age = min(fetched.max_age or self.config.certificate_cache, signer.valid_until - now)
+        self.cache.put(url, signer, max_age=max_age, now=now)
         return signer.key
 
     def outcome(self, outcome: str, described: str, status: int | None = None) -> IdentityOutcome:

@@ -35,6 +35,7 @@ class SignerCertificate:
 
     key: ec.EllipticCurvePublicKey
     subject: str
+    valid_until: float  # Unix time: the first of the chain's certificates to expire
 
 
 def load_pem_untrusted(data: bytes) -> list[x509.Certificate]:
@@ -81,12 +82,18 @@ def validate_chain(
         raise _untrusted("certificate key is not P-256")
     pool = certificates[1:]
     current = leaf
+    valid_until = leaf.not_valid_after_utc
     for _ in range(MAX_CHAIN + 1):
         _check_period(current, at)
+        valid_until = min(valid_until, current.not_valid_after_utc)
         anchor = _issuer_among(current, anchors)
         if anchor is not None:
             _check_period(anchor, at)
-            return SignerCertificate(key=public_key, subject=leaf.subject.rfc4514_string())
+            return SignerCertificate(
+                key=public_key,
+                subject=leaf.subject.rfc4514_string(),
+                valid_until=min(valid_until, anchor.not_valid_after_utc).timestamp(),
+            )
         issuer = _issuer_among(current, pool)
         if issuer is None or not _is_ca(issuer):
             raise _untrusted("certificate does not chain to a trust anchor")
