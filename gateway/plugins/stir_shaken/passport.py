@@ -52,6 +52,7 @@ SIGNATURE_BYTES = 64  # ES256: r || s, 32 bytes each (RFC 7518 §3.4)
 P256_BYTES = 32
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*\Z")
+_INFO = re.compile(r";\s*info\s*=\s*<([^<>]*)>", re.IGNORECASE)
 _TN = re.compile(rf"[0-9*#]{{1,{MAX_NUMBER_DIGITS}}}\Z")
 
 
@@ -164,8 +165,14 @@ def parse_identity_untrusted(value: str) -> Passport:
     the outcome and the SIP status to refuse it with."""
     if len(value) > MAX_IDENTITY_HEADER:
         raise PassportError("Identity header too long")
-    jws, *params = (part.strip() for part in value.split(";"))
+    # RFC 8224 §4.1: ident-info is a URI in angle brackets, which may itself hold ";": taken
+    # out first, the other parameters are split on ";".
     info: str | None = None
+    found = _INFO.search(value)
+    if found is not None:
+        info = found[1]
+        value = value[: found.start()] + value[found.end() :]
+    jws, *params = (part.strip() for part in value.split(";"))
     for param in params:
         name, _, text = param.partition("=")
         name = name.strip().lower()

@@ -142,6 +142,8 @@ def test_parser_bounds_and_refusals() -> None:
     assert refused(f"{jws};info=<{X5U}>;ppt=div").outcome == "unsupported"
     assert refused(f"{jws};info={X5U}").outcome == "malformed"
     assert refused(f"{jws};info=<https://other.example/x.pem>").outcome == "malformed"
+    # An info URL holding ";" is read whole (and must still be the x5u).
+    assert refused(f"{jws};info=<{X5U};v=1>;alg=ES256").reason == "info and x5u differ"
     # A payload past its ceiling is refused before it is decoded.
     header_b64 = jws.split(".")[0]
     assert refused(f"{header_b64}.{'A' * 4000}.{'A' * 86}").outcome == "invalid"
