@@ -538,6 +538,8 @@ class TrunkCall:
     called: str | None  # the Request-URI's number
     own_number: bool = False  # an account presents one of its own DIDs on this trunk
     at: float = 0.0  # Unix time
+    # Signing a call passed on from a trunk: the Identity headers (RFC 8224) its INVITE had.
+    received_identity: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -60,6 +60,11 @@ def signed(call: Call, trunk: TrunkConfig, request: Request) -> Request:
         called=_called(request.uri, lambda user: read_number(plan, user)),
         own_number=own,
         at=time.time(),
+        received_identity=(
+            call.a.invite.headers.get_all("Identity")
+            if caller.kind == "trunk" and call.a.invite is not None
+            else ()
+        ),
     )
     headers: list[tuple[str, str]] = []
     for service in call.manager.caller_identity:

@@ -10,7 +10,8 @@ while it is registered, so a gateway without the plugin does nothing per call fo
   certificate is at ``certificate_url``. Attestation (RFC 8588 §4, ATIS-1000074 §5.2.3): A
   when an account presents one of its own numbers (its DID on that trunk), B when it is
   authenticated but presents another number (the trunk's ``caller_id``); calls from trunks
-  passed on are not ours to vouch for and go unsigned, or with C when ``sign_transit`` is set.
+  passed on are not ours to vouch for: their own Identity goes on unchanged, and one without
+  goes unsigned, or with C when ``sign_transit`` is set.
   ``account_attestation`` overrides A/B per account (a PBX customer whose numbers are ported).
   ``origid`` is a UUID per call, the same on every INVITE of the call (failover to another
   trunk), made from the Call-ID and a per-gateway random namespace.
@@ -58,6 +59,7 @@ from gateway.plugins.stir_shaken.fetch import (
 )
 from gateway.plugins.stir_shaken.passport import (
     ATTESTATIONS,
+    MAX_IDENTITY_HEADER,
     MAX_IDENTITY_HEADERS,
     Claims,
     PassportError,
@@ -196,12 +198,26 @@ class StirShaken:
         self._clock = clock
         self._namespace = namespace or uuid.uuid4()
         self.cache = CertificateCache(max_cache=config.certificate_cache)
+        self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched, by the first call
 
     # -- signing ----------------------------------------------------------------------------
 
     def sign(self, call: TrunkCall) -> IdentityOutcome | None:
         if call.trunk not in self._sign_trunks or self._key is None:
             return None
+        if call.caller_kind == "trunk" and call.received_identity:
+            # A transit call (ATIS-1000074 §5.3.1): the originating provider's PASSporT goes
+            # on unchanged; its orig and dest are canonical numbers, whatever format the next
+            # trunk is sent them in.
+            return IdentityOutcome(
+                outcome="passed_on",
+                described=f"caller's Identity passed on to trunk {call.trunk}",
+                headers=tuple(
+                    ("Identity", value)
+                    for value in call.received_identity[:MAX_IDENTITY_HEADERS]
+                    if len(value) <= MAX_IDENTITY_HEADER
+                ),
+            )
         attest = self.attestation(call)
         orig = canonical_tn(call.calling[0]) if call.calling else ""
         dest = canonical_tn(call.called or "")
@@ -247,6 +263,30 @@ class StirShaken:
         cached = self.cache.get(url, now)
         if isinstance(cached, SignerCertificate):
             return cached.key
+        running = self._fetching.get(url)
+        if running is not None:
+            # Another call fetches it already (a burst of calls after a carrier's new
+            # certificate): wait for its answer rather than fetch it once per call.
+            with trio.move_on_after(self.config.fetch_timeout):
+                await running.done.wait()
+            if running.error is not None:
+                raise running.error
+            if running.key is None:
+                raise PassportError("certificate fetch timed out", outcome="bad_info", status=436)
+            return running.key
+        fetch = _Fetch()
+        self._fetching[url] = fetch
+        try:
+            fetch.key = await self._fetch_signer(url, now)
+            return fetch.key
+        except PassportError as err:
+            fetch.error = err
+            raise
+        finally:
+            del self._fetching[url]
+            fetch.done.set()
+
+    async def _fetch_signer(self, url: str, now: float) -> ec.EllipticCurvePublicKey:
         assert self._fetch is not None
         fetched = None
         with trio.move_on_after(self.config.fetch_timeout):
@@ -278,6 +318,15 @@ class StirShaken:
             caller_parameters=(("verstat", verstat(outcome)),),
             reject=reject,
         )
+
+
+@attrs.define
+class _Fetch:
+    """One x5u fetch in progress, which later calls for the same URL wait for."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    key: ec.EllipticCurvePublicKey | None = None
+    error: PassportError | None = None
 
 
 class Verification:

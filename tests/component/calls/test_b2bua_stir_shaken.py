@@ -25,6 +25,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import RouteDecision
 from gateway.core.status import CallStatistics, StatusView
 from gateway.plugins.metrics.collect import render
 from gateway.plugins.stir_shaken import StirShaken, StirShakenConfig
@@ -222,3 +223,60 @@ async def test_without_the_plugin_nothing_is_signed_or_marked(
     await call.authenticate()
     invite = (await env.trunk.next_call()).invite
     assert invite.headers.get_all("Identity") == ()
+
+
+async def test_a_burst_of_calls_fetches_a_new_certificate_once(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki, delay=0.5)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin)
+    first = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(pki.signer_key)])
+    second = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(pki.signer_key)])
+    users = [(await env.alice.next_call()).invite.from_.uri.user for _ in range(2)]
+    assert users == [f"{CALLER};verstat=TN-Validation-Passed"] * 2
+    assert plugin.fetched == [X5U]
+    for call in (first, second):
+        assert (await call.final()).status == 200
+
+
+class TransitRouter:
+    """Routes every trunk's call back out to the trunk "carrier" (a transit carrier)."""
+
+    @hookimpl
+    def gateway_route_call(self, request: Any, caller: Any, directory: Any) -> Any:
+        if caller.kind != "trunk":
+            return None
+        target = directory.trunk_target("carrier", "+15559876")
+        return RouteDecision(targets=(target,))
+
+
+async def test_a_transit_call_keeps_the_identity_it_came_with(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    _, key, _ = pki.write(tmp_path)
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[("stir_shaken", plugin), ("transit", TransitRouter())],
+        plugin_tables={
+            "enable": ["stir_shaken", "transit"],
+            "stir_shaken": {
+                "sign_trunks": ["carrier"],
+                "certificate_url": OUR_X5U,
+                "private_key": str(key),
+            },
+        },
+    )
+    header = identity(pki.signer_key, dest="15559876")
+    await env.trunk.invite("sip:+15559876@127.0.0.1:5060", extra=[header])
+    passed_on = (await env.trunk.next_call()).invite
+    assert passed_on.headers.get_all("Identity") == (header[1],)
+    await env.trunk.invite("sip:+15559876@127.0.0.1:5060")
+    unsigned = (await env.trunk.next_call()).invite
+    assert unsigned.headers.get_all("Identity") == ()  # sign_transit is off: not ours to sign
+    assert env.gateway.calls is not None
+    assert env.gateway.calls.identity_outcomes["passed_on"] == 1
