@@ -195,7 +195,7 @@ class StirShaken:
         if fetcher is None and config.verify_trunks:
             fetcher = https_fetcher(config.fetch_context())
         self._fetch = fetcher
-        self._clock = clock
+        self.clock = clock
         self._namespace = namespace or uuid.uuid4()
         self.cache = CertificateCache(max_cache=config.certificate_cache)
         self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched, by the first call
@@ -259,7 +259,7 @@ class StirShaken:
         for the answer's max-age and never past the chain's first expiry, so a call with a
         cached signer costs one ECDSA verification; a certificate that did not chain is not
         kept (the next call fetches it again)."""
-        now = self._clock()
+        now = self.clock()
         cached = self.cache.get(url, now)
         if isinstance(cached, SignerCertificate):
             return cached.key
@@ -350,7 +350,7 @@ class Verification:
                     passport,
                     calling=call.calling,
                     called=call.called,
-                    now=service._clock(),
+                    now=service.clock(),
                     freshness=service.config.freshness,
                 )
                 verify_signature(passport, await service.signer_key(passport.x5u))
