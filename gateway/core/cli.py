@@ -455,6 +455,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
             print(f"  {describe_taps(security['taps'])}")
         if security.get("location"):
             print(f"  {describe_location(security['location'])}")
+        for described in security.get("caller_identity", ()):
+            print(f"  {described}")  # STIR/SHAKEN: "caller number verified (attestation A)"
     return EXIT_OK
 
 

@@ -97,6 +97,13 @@ def gateway_register_services(registry: Registry[Any], config: Any) -> None:
     it ``status``, the read-only ``interfaces.GatewayStatus`` view of the gateway."""
 
 
+@hookspec
+def gateway_register_caller_identity(registry: Registry[Any], config: Any) -> None:
+    """Add caller-identity services (``interfaces.CallerIdentity``: STIR/SHAKEN) that sign our
+    INVITEs to trunks and check the INVITEs trunks send us. Nothing is asked per call while
+    none is registered."""
+
+
 @hookspec(firstresult=True)
 def gateway_identify_device(request: Request, flow: Flow) -> DeviceProfile | None:
     """Say which phone model sent ``request`` over ``flow``, or None to let the next plugin (and

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 import trio
 
 from gateway.core.config import ListenSpec
 from gateway.core.transport.flows import Address, Flow, FlowTable
+
+if TYPE_CHECKING:
+    from gateway.core.sip.message import Request
 
 # --------------------------------------------------------------------------------------------
 # Signalling transports (udp, tcp, tls)
@@ -519,6 +522,61 @@ class LegInfo:
     configured_policy: str | None = None
 
 
+@attrs.frozen
+class TrunkCall:
+    """A call to or from a trunk as a caller-identity plugin sees it (STIR/SHAKEN,
+    ``gateway_register_caller_identity``). Numbers are E.164 (``+`` and digits), read by the
+    trunk's numbering plan; a number the plan cannot read is as the trunk wrote it."""
+
+    call_id: str
+    trunk: str  # the trunk called (signing) or calling (verification)
+    caller_kind: str  # "account" | "trunk"
+    caller_name: str | None
+    # The caller's numbers: the one presented (P-Asserted-Identity, else From) when we call a
+    # trunk; the From's and then each P-Asserted-Identity's when a trunk calls us.
+    calling: tuple[str, ...]
+    called: str | None  # the Request-URI's number
+    own_number: bool = False  # an account presents one of its own DIDs on this trunk
+    at: float = 0.0  # Unix time
+    # Signing a call passed on from a trunk: the Identity headers (RFC 8224) its INVITE had.
+    received_identity: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class IdentityOutcome:
+    """What a caller-identity plugin made of a call (signed it, verified the caller's number),
+    for the call's record, the metrics and the callee."""
+
+    outcome: str  # a label from a small fixed set (metrics): "signed", "passed", "failed", ...
+    described: str  # plain words for ``voipgw calls``: "caller number verified (attestation A)"
+    # Our INVITE to a trunk: headers to add (Identity). A trunk's call to accounts: tel URI
+    # parameters put on the caller's number in the From towards the phones (verstat).
+    headers: tuple[tuple[str, str], ...] = ()
+    caller_parameters: tuple[tuple[str, str], ...] = ()
+    reject: tuple[int, str] | None = None  # refuse the trunk's INVITE with this status
+
+
+class IdentityCheck(Protocol):
+    """A check of an INVITE from a trunk that may need the network (fetching a certificate).
+    The call's task awaits ``run``; it must return within its own configured timeout."""
+
+    async def run(self) -> IdentityOutcome: ...
+
+
+class CallerIdentity(Protocol):
+    """Signs calls to trunks and verifies calls from trunks (STIR/SHAKEN: RFC 8224, 8588),
+    registered by ``gateway_register_caller_identity``. Both are asked only while one is
+    registered; each returns None for a trunk it does not handle."""
+
+    def sign(self, call: TrunkCall) -> IdentityOutcome | None:
+        """Headers for our INVITE to ``call.trunk`` (an account's call, or one passed on)."""
+        ...
+
+    def check(self, call: TrunkCall, request: Request) -> IdentityCheck | None:
+        """A check of ``request``, the INVITE ``call.trunk`` sent us."""
+        ...
+
+
 @attrs.define(eq=False)
 class OutboundMessage:
     """A message about to be sent. ``gateway_outbound_message`` hooks may replace ``message``."""
@@ -661,6 +719,10 @@ class GatewayStatus(Protocol):
         """Key negotiations that failed since the start, by key exchange (``sdes``, ``dtls``,
         ``zrtp``, ``mikey``): an answer or offer whose keys could not be used, a failed
         DTLS or ZRTP handshake."""
+
+    def caller_identity(self) -> tuple[tuple[str, int], ...]:
+        """Calls signed and checked by caller-identity services (STIR/SHAKEN) since the start,
+        by outcome (``signed``, ``passed``, ``failed``, ``no_identity``, ...)."""
 
 
 class Service(Protocol):

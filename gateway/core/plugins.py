@@ -34,6 +34,7 @@ REGISTRY_HOOKS: dict[str, str] = {
     "gateway_register_device_profiles": "device_profiles",
     "gateway_register_interworking": "interworking",
     "gateway_register_services": "services",
+    "gateway_register_caller_identity": "caller_identity",
 }
 
 
@@ -127,6 +128,7 @@ class Plugins:
         self.device_profiles: Registry[Any] = Registry("device profile")
         self.interworking: Registry[Any] = Registry("interworking")
         self.services: Registry[Any] = Registry("service")
+        self.caller_identity: Registry[Any] = Registry("caller identity")
 
     @property
     def hook(self) -> Any:

@@ -225,6 +225,11 @@ class StatusView:
         store = self._gateway.store
         return 0 if store is None else store.count_bindings(time.time())
 
+    def caller_identity(self) -> tuple[tuple[str, int], ...]:
+        manager = self._gateway.calls
+        outcomes = manager.identity_outcomes if manager is not None else {}
+        return tuple(sorted(outcomes.items()))
+
     def key_exchange_failures(self) -> tuple[tuple[str, int], ...]:
         failures = self._statistics.key_exchange_failures
         names = sorted(set(self._gateway.plugins.key_exchanges.names()) | set(failures))

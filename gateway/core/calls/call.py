@@ -95,6 +95,7 @@ import attrs
 import trio
 
 from gateway.core.auth.client import authorize
+from gateway.core.calls import identity
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.location import (
     Location,
@@ -113,7 +114,13 @@ from gateway.core.calls.routing import (
     destination_for,
 )
 from gateway.core.calls.transfer import Transfer
-from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
+from gateway.core.interfaces import (
+    Caller,
+    CallEvent,
+    IdentityOutcome,
+    RouteDecision,
+    RouteTarget,
+)
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
@@ -414,6 +421,10 @@ class Call:
         self._location_emergency = False
         self._location_to: list[str] = []  # trunks it went to
         self._location_dropped: list[str] = []  # where policy kept it from going
+        # Caller identity (STIR/SHAKEN, calls/identity.py): what was signed or verified, and
+        # the parameters (verstat) a verified trunk caller's number carries towards phones.
+        self.identity: list[IdentityOutcome] = []
+        self.caller_parameters: tuple[tuple[str, str], ...] = ()
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -587,6 +598,8 @@ class Call:
                 422, "Session Interval Too Small", None, extra=[("Min-SE", str(timer.min_se))]
             )
         self._a_timer = timer
+        if self.manager.caller_identity and caller.kind == "trunk":
+            await self._check_identity(invite)
         decision = self.manager.route(invite, caller)
         if not decision.targets:
             status = decision.reject_status or 404
@@ -702,10 +715,25 @@ class Call:
             # _forward) before the send returns.
             leg.response_deadline = trio.current_time() + trunk.response_timeout
         request = self._b_invite(uri, leg, offer, invite_a)
+        if trunk is not None and self.manager.caller_identity:
+            request = identity.signed(self, trunk, request)  # RFC 8224 §4.1: Identity
         if self.location is not None:
             request = self._with_location(leg, request, self.location)
         await self._send_b_invite(leg, request)
         return None
+
+    async def _check_identity(self, invite: Request) -> None:
+        """Check the caller's identity on a trunk's INVITE (STIR/SHAKEN, calls/identity.py):
+        refused when the check says so (RFC 8224 §6.2.2), else its verdict goes on to the
+        phones with the caller's number."""
+        trunk = self.config.trunk(self.caller.name or "")
+        outcome = None if trunk is None else await identity.checked(self, trunk, invite)
+        if outcome is None:
+            return
+        if outcome.reject is not None:
+            status, reason = outcome.reject
+            await self._reject_a(status, reason, outcome.described)
+        self.caller_parameters = outcome.caller_parameters
 
     async def _take_location(self, invite: Request, parts: Sequence[BodyPart]) -> None:
         """Check the location ``invite`` conveys (RFC 6442, location.py): 400 or 424 for one we
@@ -887,7 +915,11 @@ class Call:
             caller_trunk = self.config.trunk(self.caller.name or "")
             if self.caller.kind == "trunk" and caller_trunk is not None:
                 user = read_number(self.manager.plan_of(caller_trunk), user)
-            return self._written_for_leg(leg, user)
+            user = self._written_for_leg(leg, user)
+            if self.caller_parameters and leg.target is not None and leg.target.account:
+                # ATIS-1000074 §5.3.1: the verdict as a tel URI parameter of the number.
+                user += "".join(f";{name}={value}" for name, value in self.caller_parameters)
+            return user
         return self._account_number(leg, self.caller.name)
 
     def _account_number(self, leg: BLeg, account: str) -> str:
@@ -2997,6 +3029,8 @@ class Call:
             record["failovers"] = list(self.failovers)
         if self.taps is not None and self.taps.names:
             record["taps"] = self.taps.record()
+        if self.identity:
+            record["caller_identity"] = [outcome.described for outcome in self.identity]
         if self.location is not None:  # how and where to; never the contents (RFC 6442 §7)
             record["location"] = {
                 "conveyed": self.location.conveyed,

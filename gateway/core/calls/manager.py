@@ -27,8 +27,10 @@ from gateway.core.calls.routing import called_user, dial_string
 from gateway.core.devices import narrowed_for_device
 from gateway.core.interfaces import (
     Caller,
+    CallerIdentity,
     CallEvent,
     DeviceProfile,
+    IdentityOutcome,
     LegInfo,
     MediaTap,
     RouteDecision,
@@ -100,6 +102,9 @@ class CallManager:
             if callable(bind):
                 bind(functools.partial(self._ask_again, name, tap))
         store = gateway.store
+        self.caller_identity: list[CallerIdentity] = list(gateway.plugins.caller_identity)
+        """Caller-identity services (STIR/SHAKEN, calls/identity.py); empty: never asked."""
+        self.identity_outcomes: collections.Counter[str] = collections.Counter()
         self.records = None if store is None else CallRecordBook(store)
         """Call detail records; the gateway saves what is left when it stops."""
         if self.records is not None:
@@ -613,6 +618,12 @@ class CallManager:
                 self.start_soon(_run_sink, name, sink)
                 sinks.append((name, sink))
         return sinks
+
+    def identity_outcome(self, call: Call, outcome: IdentityOutcome) -> None:
+        """A caller-identity service signed or checked ``call``: counted by outcome (metrics)
+        and kept for the call's record."""
+        self.identity_outcomes[outcome.outcome] += 1
+        call.identity.append(outcome)
 
     def security_changed(self, call: Call) -> None:
         """The call's media got keys after its answer: ``voipgw calls`` should show them."""

@@ -34,6 +34,7 @@ def render(status: GatewayStatus, server: ServerStatistics | None = None) -> byt
     _media(out, status)
     _key_exchanges(out, status)
     _trunks(out, status)
+    _caller_identity(out, status)
     if server is not None:
         _exporter(out, server)
     return out.render()
@@ -212,6 +213,20 @@ def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:
     )
     for name, count in status.key_exchange_failures():
         out.sample(count, [("key_exchange", name)])
+
+
+def _caller_identity(out: Exposition, status: GatewayStatus) -> None:
+    outcomes = status.caller_identity()
+    if not outcomes:
+        return  # no STIR/SHAKEN: no family
+    out.family(
+        "voipgw_caller_identity_total",
+        "counter",
+        "Calls signed for trunks and trunks' calls whose caller identity was checked "
+        "(STIR/SHAKEN), by outcome.",
+    )
+    for outcome, count in outcomes:
+        out.sample(count, [("outcome", outcome)])
 
 
 def _trunks(out: Exposition, status: GatewayStatus) -> None:

@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 from gateway.core import config as cfg
-from gateway.plugins import metrics
+from gateway.plugins import metrics, stir_shaken
 from gateway.plugins.keyexchange import dtls_srtp
 from gateway.plugins.transports import tcp, tls, udp, ws, wss
 
@@ -27,6 +27,7 @@ TABLES = {
     "plugins.wss": wss.WssConfig,
     "plugins.dtls": dtls_srtp.DtlsConfig,
     "plugins.metrics": metrics.MetricsConfig,
+    "plugins.stir_shaken": stir_shaken.StirShakenConfig,
     "[trunks]": cfg.TrunkConfig,  # an array of tables: ## `[[trunks]]`
     "[dialog_watch_groups]": cfg.DialogWatchGroup,
 }

@@ -1,0 +1,391 @@
+"""The ``stir_shaken`` plugin: caller identity on trunk calls as North American (and French,
+Canadian) carriers require it (STIR: RFC 8224, RFC 8225; SHAKEN: RFC 8588, ATIS-1000074).
+
+Theory of operation. The plugin registers one caller-identity service
+(``gateway_register_caller_identity``, gateway/core/calls/identity.py); the core asks it only
+while it is registered, so a gateway without the plugin does nothing per call for it.
+
+- Signing (we are the originating provider): our INVITE to a trunk named in ``sign_trunks``
+  gets an ``Identity`` header with a PASSporT signed with ``private_key`` (ES256), whose
+  certificate is at ``certificate_url``. Attestation (RFC 8588 §4, ATIS-1000074 §5.2.3): A
+  when an account presents one of its own numbers (its DID on that trunk), B when it is
+  authenticated but presents another number (the trunk's ``caller_id``); calls from trunks
+  passed on are not ours to vouch for: their own Identity goes on unchanged, and one without
+  goes unsigned, or with C when ``sign_transit`` is set.
+  ``account_attestation`` overrides A/B per account (a PBX customer whose numbers are ported).
+  ``origid`` is a UUID per call, the same on every INVITE of the call (failover to another
+  trunk), made from the Call-ID and a per-gateway random namespace.
+- Verification (we are the terminating provider): an INVITE from a trunk named in
+  ``verify_trunks`` has its Identity checked (passport.py, certificates.py, fetch.py): the
+  header's form and bounds, alg ES256 and ppt shaken, iat within ``freshness``, orig the
+  caller's number (From or P-Asserted-Identity), dest the number called, the x5u certificate
+  (HTTPS only, within ``fetch_timeout``, cached) chaining to ``trust_anchors`` with TNAuthList,
+  then the signature. The phone gets the verdict as ``verstat`` on the caller's number in the
+  From (ATIS-1000074 §5.3.1); the call's record says it in words. With ``on_failure =
+  "reject"`` a failed check refuses the call: 403 Stale Date, 436 Bad Identity Info, 437
+  Unsupported Credential or 438 Invalid Identity Header (RFC 8224 §6.2.2); without an Identity
+  header the call goes on (No-TN-Validation).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+import types
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import IdentityOutcome, TrunkCall
+from gateway.plugins.stir_shaken.certificates import (
+    SignerCertificate,
+    load_pem_untrusted,
+    load_trust_anchors,
+    validate_chain,
+)
+from gateway.plugins.stir_shaken.fetch import (
+    CertificateCache,
+    Fetcher,
+    FetchError,
+    https_fetcher,
+)
+from gateway.plugins.stir_shaken.passport import (
+    ATTESTATIONS,
+    MAX_IDENTITY_HEADER,
+    MAX_IDENTITY_HEADERS,
+    Claims,
+    PassportError,
+    canonical_tn,
+    check_claims,
+    identity_header,
+    parse_identity_untrusted,
+    sign_passport,
+    verify_signature,
+    verstat,
+)
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from gateway.core.interfaces import CallerIdentity
+    from gateway.core.plugins import Registry
+    from gateway.core.sip.message import Request
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_FILE = 16384
+# RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
+REFUSALS = {
+    403: "Stale Date",
+    436: "Bad Identity Info",
+    437: "Unsupported Credential",
+    438: "Invalid Identity Header",
+}
+
+
+def _read_only(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return types.MappingProxyType(dict(mapping))
+
+
+@attrs.frozen
+class StirShakenConfig:
+    """``[plugins.stir_shaken]``. See docs/configuration.md."""
+
+    certificate_url: str = ""
+    private_key: str = ""
+    sign_trunks: tuple[str, ...] = ()
+    account_attestation: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_read_only, hash=False
+    )
+    sign_transit: bool = False
+    verify_trunks: tuple[str, ...] = ()
+    trust_anchors: str = ""
+    fetch_ca_file: str = ""
+    fetch_timeout: float = 2.0
+    freshness: float = 60.0
+    certificate_cache: float = 3600.0
+    require_tn_auth_list: bool = True
+    on_failure: Literal["mark", "reject"] = "mark"
+
+    def __attrs_post_init__(self) -> None:
+        # structure() reports a ValueError as a config error of this table; each names its key.
+        if self.sign_trunks:
+            if not self.certificate_url.startswith("https://"):
+                raise ValueError(
+                    "certificate_url: signing (sign_trunks) needs the https URL of the "
+                    f"certificate, not {self.certificate_url!r}"
+                )
+            self.signing_key()  # read now, not at the first call
+        for account, level in self.account_attestation.items():
+            if level not in ATTESTATIONS:
+                raise ValueError(
+                    f"account_attestation: account {account!r}: expected A, B or C, not {level!r}"
+                )
+        if self.verify_trunks:
+            self.anchors()
+            self.fetch_context()
+        for key in ("fetch_timeout", "freshness", "certificate_cache"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key}: expected a positive number of seconds")
+
+    def signing_key(self) -> ec.EllipticCurvePrivateKey:
+        """``private_key`` loaded; a ValueError names the key and the file, never its bytes."""
+        path = Path(self.private_key)
+        if not self.private_key:
+            raise ValueError("private_key: signing (sign_trunks) needs a P-256 key file")
+        try:
+            data = path.read_bytes()[: MAX_KEY_FILE + 1]
+        except OSError as exc:
+            raise ValueError(f"private_key: cannot read {path}: {exc.strerror}") from None
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            raise ValueError(f"private_key: {path}: the key is encrypted") from None
+        except ValueError:
+            raise ValueError(f"private_key: {path}: not a PEM private key") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ValueError(f"private_key: {path}: not a P-256 (prime256v1) EC key")
+        return key
+
+    def anchors(self) -> list[x509.Certificate]:
+        """The STI-PA trust anchors of ``trust_anchors``."""
+        path = Path(self.trust_anchors)
+        if not self.trust_anchors:
+            raise ValueError("trust_anchors: verification (verify_trunks) needs the STI-PA roots")
+        try:
+            return load_trust_anchors(path.read_bytes())
+        except OSError as exc:
+            raise ValueError(f"trust_anchors: cannot read {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ValueError(f"trust_anchors: {path}: not a PEM bundle ({exc})") from None
+
+    def fetch_context(self) -> ssl.SSLContext:
+        """How the HTTPS server of a certificate is checked: the system's trust store, or
+        ``fetch_ca_file``."""
+        try:
+            return ssl.create_default_context(cafile=self.fetch_ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"fetch_ca_file: cannot use {self.fetch_ca_file}: {exc}") from None
+
+
+class StirShaken:
+    """The ``stir_shaken`` caller-identity service (``interfaces.CallerIdentity``)."""
+
+    def __init__(
+        self,
+        config: StirShakenConfig,
+        *,
+        fetcher: Fetcher | None = None,
+        clock: Callable[[], float] = time.time,
+        namespace: uuid.UUID | None = None,
+    ) -> None:
+        self.config = config
+        self._key = config.signing_key() if config.sign_trunks else None
+        self._sign_trunks = frozenset(config.sign_trunks)
+        self._verify_trunks = frozenset(config.verify_trunks)
+        self._anchors = config.anchors() if config.verify_trunks else []
+        if fetcher is None and config.verify_trunks:
+            fetcher = https_fetcher(config.fetch_context())
+        self._fetch = fetcher
+        self.clock = clock
+        self._namespace = namespace or uuid.uuid4()
+        self.cache = CertificateCache(max_cache=config.certificate_cache)
+        self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched, by the first call
+
+    # -- signing ----------------------------------------------------------------------------
+
+    def sign(self, call: TrunkCall) -> IdentityOutcome | None:
+        if call.trunk not in self._sign_trunks or self._key is None:
+            return None
+        if call.caller_kind == "trunk" and call.received_identity:
+            # A transit call (ATIS-1000074 §5.3.1): the originating provider's PASSporT goes
+            # on unchanged; its orig and dest are canonical numbers, whatever format the next
+            # trunk is sent them in.
+            return IdentityOutcome(
+                outcome="passed_on",
+                described=f"caller's Identity passed on to trunk {call.trunk}",
+                headers=tuple(
+                    ("Identity", value)
+                    for value in call.received_identity[:MAX_IDENTITY_HEADERS]
+                    if len(value) <= MAX_IDENTITY_HEADER
+                ),
+            )
+        attest = self.attestation(call)
+        orig = canonical_tn(call.calling[0]) if call.calling else ""
+        dest = canonical_tn(call.called or "")
+        if attest is None or not orig or not dest:
+            return None  # a transit call, or no number to vouch for (anonymous, a user name)
+        claims = Claims(
+            attest=attest,
+            orig=orig,
+            dest=(dest,),
+            iat=int(call.at),
+            origid=str(uuid.uuid5(self._namespace, call.call_id)),
+        )
+        url = self.config.certificate_url
+        header = identity_header(sign_passport(claims, url, self._key), url)
+        return IdentityOutcome(
+            outcome="signed",
+            described=f"caller number signed for trunk {call.trunk} (attestation {attest})",
+            headers=(("Identity", header),),
+        )
+
+    def attestation(self, call: TrunkCall) -> str | None:
+        """RFC 8588 §4: A for an account's own number, B for an account's other number, C
+        for a call passed on from a trunk (only with ``sign_transit``; else None: unsigned)."""
+        if call.caller_kind == "account":
+            override = self.config.account_attestation.get(call.caller_name or "")
+            return override or ("A" if call.own_number else "B")
+        return "C" if self.config.sign_transit else None
+
+    # -- verification -----------------------------------------------------------------------
+
+    def check(self, call: TrunkCall, request: Request) -> Verification | None:
+        if call.trunk not in self._verify_trunks:
+            return None
+        return Verification(self, call, request.headers.get_all("Identity"))
+
+    async def signer_key(self, url: str) -> ec.EllipticCurvePublicKey:
+        """The public key of the certificate at ``url`` once it chains to a trust anchor;
+        fetched within ``fetch_timeout`` unless cached. What is cached is the checked key, kept
+        for the answer's max-age and never past the chain's first expiry, so a call with a
+        cached signer costs one ECDSA verification; a certificate that did not chain is not
+        kept (the next call fetches it again)."""
+        now = self.clock()
+        cached = self.cache.get(url, now)
+        if isinstance(cached, SignerCertificate):
+            return cached.key
+        running = self._fetching.get(url)
+        if running is not None:
+            # Another call fetches it already (a burst of calls after a carrier's new
+            # certificate): wait for its answer rather than fetch it once per call.
+            with trio.move_on_after(self.config.fetch_timeout):
+                await running.done.wait()
+            if running.error is not None:
+                raise running.error
+            if running.key is None:
+                raise PassportError("certificate fetch timed out", outcome="bad_info", status=436)
+            return running.key
+        fetch = _Fetch()
+        self._fetching[url] = fetch
+        try:
+            fetch.key = await self._fetch_signer(url, now)
+            return fetch.key
+        except PassportError as err:
+            fetch.error = err
+            raise
+        finally:
+            del self._fetching[url]
+            fetch.done.set()
+
+    async def _fetch_signer(self, url: str, now: float) -> ec.EllipticCurvePublicKey:
+        assert self._fetch is not None
+        fetched = None
+        with trio.move_on_after(self.config.fetch_timeout):
+            try:
+                fetched = await self._fetch(url)
+            except FetchError as exc:
+                raise PassportError(
+                    f"certificate not fetched: {exc}", outcome="bad_info", status=436
+                ) from None
+        if fetched is None:
+            raise PassportError("certificate fetch timed out", outcome="bad_info", status=436)
+        signer = validate_chain(
+            load_pem_untrusted(fetched.body),
+            self._anchors,
+            now=now,
+            require_tn_auth_list=self.config.require_tn_auth_list,
+        )
+        max_age = min(fetched.max_age or self.config.certificate_cache, signer.valid_until - now)
+        self.cache.put(url, signer, max_age=max_age, now=now)
+        return signer.key
+
+    def outcome(self, outcome: str, described: str, status: int | None = None) -> IdentityOutcome:
+        reject = None
+        if status is not None and self.config.on_failure == "reject":
+            reject = (status, REFUSALS.get(status, "Invalid Identity Header"))
+        return IdentityOutcome(
+            outcome=outcome,
+            described=described,
+            caller_parameters=(("verstat", verstat(outcome)),),
+            reject=reject,
+        )
+
+
+@attrs.define
+class _Fetch:
+    """One x5u fetch in progress, which later calls for the same URL wait for."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    key: ec.EllipticCurvePublicKey | None = None
+    error: PassportError | None = None
+
+
+class Verification:
+    """The check of one trunk's INVITE (``interfaces.IdentityCheck``)."""
+
+    def __init__(self, service: StirShaken, call: TrunkCall, values: Sequence[str]) -> None:
+        self.service = service
+        self.call = call
+        self.values = values
+
+    async def run(self) -> IdentityOutcome:
+        service, call = self.service, self.call
+        if not self.values:
+            return service.outcome("no_identity", "caller number not verified (no Identity)")
+        failure: PassportError | None = None
+        # RFC 8224 §6.2: a request may carry several; one that verifies is enough.
+        for value in self.values[:MAX_IDENTITY_HEADERS]:
+            try:
+                passport = parse_identity_untrusted(value)
+                check_claims(
+                    passport,
+                    calling=call.calling,
+                    called=call.called,
+                    now=service.clock(),
+                    freshness=service.config.freshness,
+                )
+                verify_signature(passport, await service.signer_key(passport.x5u))
+            except PassportError as err:
+                if failure is None or failure.outcome == "unsupported":
+                    failure = err
+                continue
+            attest = passport.claims.attest
+            return service.outcome("passed", f"caller number verified (attestation {attest})")
+        assert failure is not None
+        if failure.outcome == "unsupported":
+            return service.outcome("unsupported", f"caller number not verified ({failure.reason})")
+        log.info("call %s: caller identity failed: %s", call.call_id, failure.reason)
+        return service.outcome(
+            failure.outcome, f"caller number verification failed: {failure.reason}", failure.status
+        )
+
+
+# -- hooks ------------------------------------------------------------------------------------
+
+
+@hookimpl
+def gateway_plugin_config() -> type:
+    return StirShakenConfig
+
+
+@hookimpl
+def gateway_register_caller_identity(
+    registry: Registry[Any], config: StirShakenConfig | None
+) -> None:
+    service = StirShaken(config or StirShakenConfig())
+    registry.add("stir_shaken", service)
+    if not config or not (config.sign_trunks or config.verify_trunks):
+        log.warning("stir_shaken: enabled, but neither sign_trunks nor verify_trunks is set")
+
+
+def _conforms(service: StirShaken) -> CallerIdentity:
+    return service  # mypy checks that the service is a CallerIdentity

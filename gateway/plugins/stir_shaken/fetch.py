@@ -1,0 +1,134 @@
+"""Fetching a PASSporT's x5u certificate: HTTPS only (ATIS-1000074 §5.3.1), h11 over trio's TLS
+stream, bounded in size and time, kept by URL for as long as its Cache-Control max-age says
+(at most ``max_cache``; ATIS-1000074 §5.3.1 asks verifiers to cache certificates).
+
+The fetch runs in the call's task: the caller bounds it with its own timeout (a slow carrier
+repository must not hold the call), and a failure is an outcome of the verification, never the
+call's end.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import attrs
+import h11
+import trio
+
+MAX_BODY = 65536
+MAX_HEADERS = 16384
+MAX_CACHED = 1000  # certificate URLs kept; an operator's peers use a few dozen
+_MAX_AGE = re.compile(rb"max-age\s*=\s*(\d{1,10})")
+
+Fetcher = Callable[[str], Awaitable["Fetched"]]
+
+
+class FetchError(Exception):
+    """The certificate could not be fetched (refused, not found, too large, not HTTPS)."""
+
+
+@attrs.frozen
+class Fetched:
+    """A fetched resource and how long it may be kept (seconds; 0: not at all)."""
+
+    body: bytes
+    max_age: float = 0.0
+
+
+def https_fetcher(ssl_context: ssl.SSLContext, *, user_agent: str = "voipgw") -> Fetcher:
+    """A fetcher that GETs an https URL with ``ssl_context`` (its trust store checks the
+    server)."""
+
+    async def fetch(url: str) -> Fetched:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise FetchError("only https URLs are fetched")
+        host = parts.hostname
+        port = parts.port or 443
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl_context, https_compatible=True
+            )
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise FetchError(f"cannot connect: {exc}") from None
+        async with stream:
+            try:
+                return await _get(stream, host, port, target, user_agent)
+            except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+                raise FetchError(f"connection failed: {exc}") from None
+            except h11.ProtocolError as exc:
+                raise FetchError(f"bad HTTP answer: {exc}") from None
+
+    return fetch
+
+
+async def _get(stream: trio.abc.Stream, host: str, port: int, target: str, agent: str) -> Fetched:
+    connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
+    authority = host if port == 443 else f"{host}:{port}"
+    request = h11.Request(
+        method="GET",
+        target=target,
+        headers=[
+            ("Host", authority),
+            ("User-Agent", agent),
+            ("Accept", "application/pem-certificate-chain, application/pkix-cert"),
+            ("Connection", "close"),
+        ],
+    )
+    await stream.send_all(connection.send(request) + connection.send(h11.EndOfMessage()))
+    body = bytearray()
+    max_age = 0.0
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(16384)
+            connection.receive_data(bytes(data))
+            continue
+        if isinstance(event, h11.Response):
+            if event.status_code != 200:
+                raise FetchError(f"HTTP {event.status_code}")
+            for name, value in event.headers:
+                if name == b"cache-control" and (found := _MAX_AGE.search(value.lower())):
+                    max_age = float(found.group(1))
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_BODY:
+                raise FetchError("certificate too large")
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            if not isinstance(event, h11.EndOfMessage):
+                raise FetchError("connection closed before the end of the answer")
+            return Fetched(bytes(body), max_age)
+
+
+class CertificateCache:
+    """Fetched certificates by URL until their max-age (capped at ``max_cache``) runs out;
+    the oldest dropped past MAX_CACHED. Only good fetches are kept."""
+
+    def __init__(self, *, max_cache: float) -> None:
+        self.max_cache = max_cache
+        self._entries: dict[str, tuple[float, object]] = {}
+
+    def get(self, url: str, now: float) -> object | None:
+        entry = self._entries.get(url)
+        if entry is None:
+            return None
+        expires, value = entry
+        if now >= expires:
+            del self._entries[url]
+            return None
+        return value
+
+    def put(self, url: str, value: object, *, max_age: float, now: float) -> None:
+        seconds = min(max_age, self.max_cache)
+        if seconds <= 0:
+            return
+        if len(self._entries) >= MAX_CACHED and url not in self._entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[url] = (now + seconds, value)
+
+    def __len__(self) -> int:
+        return len(self._entries)

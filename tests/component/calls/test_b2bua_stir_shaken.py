@@ -1,0 +1,282 @@
+"""STIR/SHAKEN through the call core (the ``stir_shaken`` plugin, RFC 8224, RFC 8588,
+ATIS-1000074), with the certificate fetcher injected (no HTTPS here: test_stir_shaken_sipp.py
+fetches for real).
+
+- an account's call to a signing trunk carries an Identity that a verifier written apart from
+  the plugin (gateway.testing.sti_pki.read_identity) accepts, attestation A for the account's
+  DID;
+- a trunk's call with a valid, forged, stale or missing Identity reaches the phone with
+  ``verstat`` on the caller's number in the From; a failed one is refused (438, 403) only with
+  ``on_failure = "reject"``; a certificate server that does not answer delays the call by
+  ``fetch_timeout`` at most; a certificate is fetched once for many calls;
+- the outcome is in the call's record and counted for the metrics.
+
+Set-up as b2bua_env.py: trunk "carrier" at 127.0.0.2 (+1 numbers; the caller is +15550100)
+calls alice's DID.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import RouteDecision
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import render
+from gateway.plugins.stir_shaken import StirShaken, StirShakenConfig
+from gateway.plugins.stir_shaken.fetch import Fetched
+from gateway.testing.sti_pki import StiPki, make_identity, make_pki, read_identity
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+
+X5U = "https://certs.carrier.example/shaken.pem"
+OUR_X5U = "https://certs.voipgw.example/shaken.pem"
+CALLER = "+15550100"  # the trunk agent's From user
+
+
+class InjectedStirShaken:
+    """The stir_shaken plugin with a fetcher of the test's (its hooks, its config class)."""
+
+    def __init__(self, pki: StiPki, *, delay: float = 0.0) -> None:
+        self.pki = pki
+        self.delay = delay
+        self.fetched: list[str] = []
+
+    async def fetch(self, url: str) -> Fetched:
+        self.fetched.append(url)
+        await trio.sleep(self.delay)
+        return Fetched(self.pki.chain_pem(), max_age=600)
+
+    @hookimpl
+    def gateway_plugin_config(self) -> type:
+        return StirShakenConfig
+
+    @hookimpl
+    def gateway_register_caller_identity(self, registry: Any, config: StirShakenConfig) -> None:
+        registry.add("stir_shaken", StirShaken(config, fetcher=self.fetch))
+
+
+async def start(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, plugin: InjectedStirShaken, **table: Any
+) -> B2bua:
+    anchors, key, _ = plugin.pki.write(tmp_path)
+    return await start_b2bua(
+        nursery,
+        tmp_path,
+        seed,
+        plugins=[("stir_shaken", plugin)],
+        plugin_tables={
+            "enable": ["stir_shaken"],
+            "stir_shaken": {
+                "sign_trunks": ["carrier"],
+                "certificate_url": OUR_X5U,
+                "private_key": str(key),
+                "verify_trunks": ["carrier"],
+                "trust_anchors": str(anchors),
+                **table,
+            },
+        },
+    )
+
+
+def identity(key: ec.EllipticCurvePrivateKey, **claims: Any) -> tuple[str, str]:
+    fields: dict[str, Any] = {
+        "orig": CALLER[1:],
+        "dest": ALICE_DID[1:],
+        "iat": int(time.time()),
+        **claims,
+    }
+    return ("Identity", make_identity(key, X5U, **fields))
+
+
+async def call_alice(env: B2bua, extra: list[tuple[str, str]]) -> tuple[str, Any]:
+    """The trunk calls alice's DID with ``extra`` headers: the From user alice's phone sees
+    and the call (ringing at alice, not answered)."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), extra=extra)
+    leg_b = await env.alice.next_call()
+    user = leg_b.invite.from_.uri.user
+    assert isinstance(user, str)
+    return user, call
+
+
+def caller_identity_record(env: B2bua) -> list[str]:
+    assert env.gateway.calls is not None
+    (call,) = env.gateway.calls.calls
+    record = call.security_record()
+    return list(record.get("caller_identity", []))  # type: ignore[call-overload]
+
+
+async def test_a_valid_identity_reaches_the_phone_as_tn_validation_passed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin)
+    user, _ = await call_alice(env, [identity(pki.signer_key, attest="B")])
+    assert user == f"{CALLER};verstat=TN-Validation-Passed"
+    assert caller_identity_record(env) == ["caller number verified (attestation B)"]
+    assert plugin.fetched == [X5U]
+    assert env.gateway.calls is not None
+    assert env.gateway.calls.identity_outcomes["passed"] == 1
+
+
+async def test_forged_stale_and_missing_identities(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin)
+    forger = ec.generate_private_key(ec.SECP256R1())
+    cases = [
+        ([identity(forger)], "TN-Validation-Failed", "signature does not verify"),
+        ([identity(pki.signer_key, iat=int(time.time()) - 120)], "TN-Validation-Failed", "fresh"),
+        ([identity(pki.signer_key, orig="15559999")], "TN-Validation-Failed", "orig"),
+        ([], "No-TN-Validation", "no Identity"),
+    ]
+    for extra, verstat, words in cases:
+        user, call = await call_alice(env, extra)
+        assert user == f"{CALLER};verstat={verstat}"
+        (described,) = caller_identity_record(env)
+        assert words in described
+        await call.cancel()
+        assert (await call.final()).status == 487
+        await eventually(lambda: env.calls == 0)
+    # The certificate was fetched for the first call only (cached for its max-age).
+    assert plugin.fetched == [X5U]
+    assert env.gateway.calls is not None
+    outcomes = env.gateway.calls.identity_outcomes
+    assert (outcomes["bad_signature"], outcomes["stale"], outcomes["wrong_number"]) == (1, 1, 1)
+    assert outcomes["no_identity"] == 1
+    scraped = render(StatusView(env.gateway, CallStatistics())).decode()
+    assert 'voipgw_caller_identity_total{outcome="bad_signature"} 1\n' in scraped
+    assert 'voipgw_caller_identity_total{outcome="no_identity"} 1\n' in scraped
+
+
+async def test_on_failure_reject_refuses_with_the_rfc_8224_status(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    env = await start(nursery, tmp_path, voipgw_seed, InjectedStirShaken(pki), on_failure="reject")
+    forger = ec.generate_private_key(ec.SECP256R1())
+    forged = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(forger)])
+    refused = await forged.final()
+    assert (refused.status, refused.reason) == (438, "Invalid Identity Header")
+    stale = await env.trunk.invite(
+        env.did_uri(ALICE_DID), extra=[identity(pki.signer_key, iat=int(time.time()) - 600)]
+    )
+    assert ((await stale.final()).status, (await stale.final()).reason) == (403, "Stale Date")
+    # Without an Identity the call goes on, marked.
+    user, _ = await call_alice(env, [])
+    assert user == f"{CALLER};verstat=No-TN-Validation"
+
+
+async def test_a_certificate_server_that_does_not_answer_costs_fetch_timeout_at_most(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    env = await start(
+        nursery, tmp_path, voipgw_seed, InjectedStirShaken(pki, delay=3600), fetch_timeout=1.5
+    )
+    started = trio.current_time()
+    user, _ = await call_alice(env, [identity(pki.signer_key)])
+    assert trio.current_time() - started < 2.5
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    (described,) = caller_identity_record(env)
+    assert "timed out" in described
+
+
+async def test_an_accounts_call_to_the_trunk_is_signed_with_attestation_a(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    env = await start(nursery, tmp_path, voipgw_seed, InjectedStirShaken(pki))
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    invite = (await env.trunk.next_call()).invite
+    (value,) = invite.headers.get_all("Identity")
+    assert value.endswith(f";info=<{OUR_X5U}>;alg=ES256;ppt=shaken")
+    header, claims = read_identity(value, pki.signer_key.public_key())
+    assert header == {"alg": "ES256", "ppt": "shaken", "typ": "passport", "x5u": OUR_X5U}
+    assert claims["attest"] == "A"  # alice presents her own DID on the carrier
+    assert claims["orig"] == {"tn": ALICE_DID[1:]}
+    assert claims["dest"] == {"tn": ["15551234"]}
+    assert abs(claims["iat"] - time.time()) < 60
+    assert caller_identity_record(env) == ["caller number signed for trunk carrier (attestation A)"]
+
+
+async def test_without_the_plugin_nothing_is_signed_or_marked(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    assert env.gateway.calls is not None and env.gateway.calls.caller_identity == []
+    # No family in a scrape of a gateway without the plugin.
+    assert b"caller_identity" not in render(StatusView(env.gateway, CallStatistics()))
+    user, _ = await call_alice(env, [identity(make_pki().signer_key)])
+    assert user == CALLER
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    invite = (await env.trunk.next_call()).invite
+    assert invite.headers.get_all("Identity") == ()
+
+
+async def test_a_burst_of_calls_fetches_a_new_certificate_once(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki, delay=0.5)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin)
+    first = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(pki.signer_key)])
+    second = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(pki.signer_key)])
+    users = [(await env.alice.next_call()).invite.from_.uri.user for _ in range(2)]
+    assert users == [f"{CALLER};verstat=TN-Validation-Passed"] * 2
+    assert plugin.fetched == [X5U]
+    for call in (first, second):
+        assert (await call.final()).status == 200
+
+
+class TransitRouter:
+    """Routes every trunk's call back out to the trunk "carrier" (a transit carrier)."""
+
+    @hookimpl
+    def gateway_route_call(self, request: Any, caller: Any, directory: Any) -> Any:
+        if caller.kind != "trunk":
+            return None
+        target = directory.trunk_target("carrier", "+15559876")
+        return RouteDecision(targets=(target,))
+
+
+async def test_a_transit_call_keeps_the_identity_it_came_with(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    _, key, _ = pki.write(tmp_path)
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[("stir_shaken", plugin), ("transit", TransitRouter())],
+        plugin_tables={
+            "enable": ["stir_shaken", "transit"],
+            "stir_shaken": {
+                "sign_trunks": ["carrier"],
+                "certificate_url": OUR_X5U,
+                "private_key": str(key),
+            },
+        },
+    )
+    header = identity(pki.signer_key, dest="15559876")
+    await env.trunk.invite("sip:+15559876@127.0.0.1:5060", extra=[header])
+    passed_on = (await env.trunk.next_call()).invite
+    assert passed_on.headers.get_all("Identity") == (header[1],)
+    await env.trunk.invite("sip:+15559876@127.0.0.1:5060")
+    unsigned = (await env.trunk.next_call()).invite
+    assert unsigned.headers.get_all("Identity") == ()  # sign_transit is off: not ours to sign
+    assert env.gateway.calls is not None
+    assert env.gateway.calls.identity_outcomes["passed_on"] == 1

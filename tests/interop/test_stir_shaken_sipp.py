@@ -1,0 +1,239 @@
+"""STIR/SHAKEN through ``voipgw run`` between sipp peers, the signer's certificate served over
+real HTTPS on 127.0.0.1 (RFC 8224, RFC 8588, ATIS-1000074).
+
+- Verification: a carrier (sipp on 127.0.0.2, calls/uac_call_identity.xml) calls alice's DID
+  with an Identity header this test signed (gateway.testing.sti_pki, not the plugin's code);
+  the x5u URL points at a Python HTTPS server whose certificate a test CA issued
+  (``fetch_ca_file``); the STI chain ends at a test root (``trust_anchors``). Alice's phone
+  (sipp, calls/uas_answer_verstat.xml) fails its run unless the From carries
+  ``verstat=TN-Validation-Passed``; ``voipgw calls`` says "caller number verified".
+- Signing: alice (sipp) calls out through a carrier (sipp, calls/uas_answer_identity.xml) that
+  fails its run without a well-formed SHAKEN Identity; the test then verifies the captured
+  header's signature with the signer's public key and reads its claims.
+
+The scenarios are also run against each other without the gateway, so that the phone's and the
+carrier's checks are shown to fail when what they check is missing.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from gateway.testing.sti_pki import make_identity, make_pki, read_identity
+from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
+from tests.interop.harness.pki import TestPki
+from tests.interop.test_calls_sipp import (
+    ACCOUNTS,
+    CALLER_ID,
+    DID,
+    TRUNK_IP,
+    account_call,
+    inbound_trunk,
+    outbound_trunk,
+    register,
+)
+
+pytestmark = pytest.mark.interop
+
+CARRIER_CALLER = "+4940777"
+OUR_X5U = "https://certs.voipgw.example/shaken.pem"
+
+
+class _Certificates(http.server.BaseHTTPRequestHandler):
+    chain = b""
+    requests: list[str] = []
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        if self.path != "/shaken.pem":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/pem-certificate-chain")
+        self.send_header("Cache-Control", "max-age=600")
+        self.send_header("Content-Length", str(len(self.chain)))
+        self.end_headers()
+        self.wfile.write(self.chain)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def certificate_server(chain: bytes, workdir: Path) -> Iterator[tuple[str, Path, list[str]]]:
+    """An HTTPS server on 127.0.0.1 (port 0) serving ``chain`` at /shaken.pem: (its URL, the
+    CA file that trusts its TLS certificate, the paths it was asked for)."""
+    tls = TestPki(workdir / "https-pki")
+    ca = tls.ca("Certificate Server CA")
+    issued = ca.issue("127.0.0.1", hosts=("127.0.0.1",))
+    handler = type("Handler", (_Certificates,), {"chain": chain, "requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(issued.certificate, issued.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        yield f"https://127.0.0.1:{port}/shaken.pem", ca.certificate, handler.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def plugin_env(workdir: Path) -> dict[str, str]:
+    """The environment of a ``voipgw run`` that finds the ``stir_shaken`` entry point: in a
+    venv installed before the plugin existed, a distribution of one entry point on PYTHONPATH
+    declares it (the module itself is imported from the working tree, like the rest)."""
+    if entry_points(group="voipgw.plugins", name="stir_shaken"):
+        return {}
+    shim = workdir / "entry-points"
+    info = shim / "voipgw_stir_shaken_shim-0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: voipgw-stir-shaken-shim\nVersion: 0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[voipgw.plugins]\nstir_shaken = gateway.plugins.stir_shaken\n"
+    )
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
+
+
+def stir_shaken_toml(table: dict[str, str | list[str]]) -> str:
+    lines = ["[plugins.stir_shaken]"]
+    for key, value in table.items():
+        shown = (
+            "[" + ", ".join(f'"{v}"' for v in value) + "]"
+            if isinstance(value, list)
+            else f'"{value}"'
+        )
+        lines.append(f"{key} = {shown}")
+    return "\n".join(lines) + "\n"
+
+
+ENABLE = {"plugins": {"enable": ["udp", "tcp", "stir_shaken"]}}
+
+
+def test_a_carriers_signed_call_reaches_the_phone_as_tn_validation_passed(tmp_path: Path) -> None:
+    pki = make_pki()
+    anchors, _, _ = pki.write(tmp_path)
+    with certificate_server(pki.chain_pem(), tmp_path) as (x5u, https_ca, requests):
+        toml = inbound_trunk() + stir_shaken_toml(
+            {
+                "verify_trunks": ["pbx"],
+                "trust_anchors": str(anchors),
+                "fetch_ca_file": str(https_ca),
+            }
+        )
+        value = make_identity(
+            pki.signer_key, x5u, orig=CARRIER_CALLER[1:], dest=DID[1:], iat=int(time.time())
+        )
+        with GatewayProcess(
+            tmp_path, accounts=ACCOUNTS, settings=ENABLE, extra_toml=toml, env=plugin_env(tmp_path)
+        ) as gw:
+            alice = SippUas("calls/uas_answer_verstat.xml", workdir=tmp_path)
+            register(gw, tmp_path, "udp", alice.port)
+            with alice:
+                carrier = run_sipp_uac(
+                    "calls/uac_call_identity.xml",
+                    gw.address,
+                    workdir=tmp_path,
+                    service=DID,
+                    caller=CARRIER_CALLER,
+                    local_ip=TRUNK_IP,
+                    keys={"identity": value},
+                )
+                carrier.check()
+                phone = alice.wait(timeout=10)
+                phone.check()  # From carried verstat=TN-Validation-Passed
+            calls = gw.cli_until(
+                lambda out: "caller number verified" in out, "calls", "--recent", "5"
+            )
+            log = gw.log_text()
+    (invite,) = phone.received("INVITE ")
+    assert re.search(
+        rf"^From: .*sip:{re.escape(CARRIER_CALLER)};verstat=TN-Validation-Passed@", invite, re.M
+    ), invite
+    assert "caller number verified (attestation A)" in calls
+    assert requests == ["/shaken.pem"]
+    assert "Traceback" not in log
+
+
+def test_an_accounts_call_to_the_carrier_is_signed(tmp_path: Path) -> None:
+    pki = make_pki()
+    _, key, _ = pki.write(tmp_path)
+    with SippUas("calls/uas_answer_identity.xml", workdir=tmp_path) as carrier:
+        toml = outbound_trunk(carrier) + stir_shaken_toml(
+            {"sign_trunks": ["carrier"], "certificate_url": OUR_X5U, "private_key": str(key)}
+        )
+        with GatewayProcess(
+            tmp_path, accounts=ACCOUNTS, settings=ENABLE, extra_toml=toml, env=plugin_env(tmp_path)
+        ) as gw:
+            caller = account_call("uac_call_auth.xml", gw, tmp_path, service="+4989555")
+            caller.check()
+            answered = carrier.wait(timeout=10)
+            answered.check()  # a well-formed SHAKEN Identity arrived
+            log = gw.log_text()
+    (invite,) = answered.received("INVITE ")
+    match = re.search(r"^Identity:\s*(\S+)\s*$", invite, re.M)
+    assert match is not None, invite
+    header, claims = read_identity(match[1], pki.signer_key.public_key())
+    assert header["x5u"] == OUR_X5U and header["ppt"] == "shaken"
+    # alice has no DID on this carrier: presented by its caller_id, attestation B.
+    assert claims["attest"] == "B"
+    assert claims["orig"] == {"tn": CALLER_ID[1:]}
+    assert claims["dest"] == {"tn": ["4989555"]}
+    assert "BEGIN PRIVATE KEY" not in log and "Traceback" not in log
+
+
+def test_the_verstat_phone_fails_a_call_without_verstat(tmp_path: Path) -> None:
+    """Without the gateway the From has no verstat: the phone's check must fail."""
+    with SippUas("calls/uas_answer_verstat.xml", workdir=tmp_path, timeout=5) as phone:
+        run_sipp_uac(
+            "calls/uac_call_identity.xml",
+            phone.address,
+            workdir=tmp_path,
+            service=DID,
+            caller=CARRIER_CALLER,
+            keys={"identity": "a.b.c;info=<https://x/y>;alg=ES256;ppt=shaken"},
+            timeout=4,
+        )
+        result = phone.wait(timeout=10)
+    assert not result.ok
+    assert "verstat" in result.error_log.read_text()
+
+
+def test_the_identity_carrier_takes_a_shaken_identity_and_fails_without_one(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki()
+    value = make_identity(pki.signer_key, OUR_X5U, orig="1", dest="2", iat=int(time.time()))
+    with SippUas("calls/uas_answer_identity.xml", workdir=tmp_path) as carrier:
+        signed = run_sipp_uac(
+            "calls/uac_call_identity.xml",
+            carrier.address,
+            workdir=tmp_path,
+            service="+4989555",
+            keys={"identity": value},
+        )
+        signed.check()
+        carrier.wait(timeout=10).check()
+    with SippUas("calls/uas_answer_identity.xml", workdir=tmp_path / "plain", timeout=5) as plain:
+        run_sipp_uac(
+            "uac_call.xml", plain.address, workdir=tmp_path / "plain", service="1", timeout=4
+        )
+        unsigned = plain.wait(timeout=10)
+    assert not unsigned.ok
+    assert "Identity" in unsigned.error_log.read_text()
