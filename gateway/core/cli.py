@@ -391,6 +391,9 @@ def describe_leg(leg: dict[str, Any]) -> str:
     if leg.get("fax_t38") and not any(s.get("media") == "t38" for s in streams):
         # The call went back to audio after a fax: its fax was still not encrypted.
         line += "; its fax (T.38) was passed through NOT encrypted"
+    if leg.get("ice"):
+        # ICE-lite towards a WebRTC peer: the ufrags tell its checks apart (never the pwd).
+        line += f"; ICE-lite (our ufrag {leg.get('ice_ufrag')}, peer's {leg.get('ice_peer_ufrag')})"
     if leg.get("device"):
         line = f"device {leg['device']}; {line}"
     srtp = leg.get("srtp") or {}

@@ -23,8 +23,8 @@ from __future__ import annotations
 import attrs
 
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.relay import MediaStream, Transform, Transforms
-from gateway.core.media.remote_relay import RemoteStream
+from gateway.core.media.relay import MediaStream, StreamSide, Transform, Transforms
+from gateway.core.media.remote_relay import RemoteSide, RemoteStream
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession, SrtpStatistics
@@ -182,6 +182,22 @@ def _sum(a: SrtpStatistics, b: SrtpStatistics) -> SrtpStatistics:
 _SRTP_TOTALS = ("protected", "unprotected", "auth_failures", "replays", "dropped")
 
 
+def _apply_ice(
+    stream: MediaStream | RemoteStream, a: LegSecurity | None, b: LegSecurity | None, index: int
+) -> None:
+    """Put each leg's ICE-lite responders (gateway/core/media/ice.py) on its side's sockets;
+    none on a leg that does no ICE. A worker's stream gets their credentials over its channel
+    and runs responders of its own."""
+    sides: tuple[tuple[LegSecurity | None, StreamSide | RemoteSide], ...] = (
+        (a, stream.a),
+        (b, stream.b),
+    )
+    for leg, side in sides:
+        rtp, rtcp = leg.ice.responders(index) if leg is not None else (None, None)
+        side.set_ice_handler(rtp)
+        side.set_ice_handler(rtcp, rtcp=True)
+
+
 class CallKeying:
     def __init__(self, session: MediaSession) -> None:
         self._session = session
@@ -196,8 +212,10 @@ class CallKeying:
             keys = StreamKeys.of_legs(a, b, index)
             if isinstance(stream, MediaStream):
                 self._srtp.setdefault(index, StreamSrtp()).apply(stream, keys)
+                _apply_ice(stream, a, b, index)
             elif isinstance(stream, RemoteStream):
                 stream.apply_keys(keys)  # the worker builds the SRTP sessions
+                _apply_ice(stream, a, b, index)
                 self._remote[index] = stream
             else:
                 raise TypeError(f"cannot key a {type(stream).__name__}")

@@ -38,6 +38,14 @@ address (direction ``a_to_b``), and the reverse.
   RTP socket has one, and its RTCP socket too when the leg does not mux RTCP (RFC 5764 §4.1
   keys SRTCP from a handshake of its own). Answers leave with :meth:`StreamSide.send`. Only that
   branch costs anything.
+- ICE (RFC 8445, the gateway as a lite agent: :mod:`~gateway.core.media.ice`): a side whose
+  leg does ICE has an ICE handler on its sockets (:meth:`StreamSide.set_ice_handler`). STUN
+  (first octet 0..3) goes to it from any source, since checks come from every candidate of the
+  peer, and its answer goes back to that source. Such a socket latches no source by itself: the
+  handler's valid check selects a source when none is, a nomination (USE-CANDIDATE) selects its
+  source, also over an earlier one (the peer moved). It is never connected (a later nomination
+  from another address must reach it), so its packets take the checked path. Sides without ICE
+  pay nothing: the handler is looked at only for datagrams that are not RTP/RTCP.
 - Opaque streams (T.38 fax over UDPTL, ITU-T T.38 Annex D: :meth:`MediaStream.set_opaque`):
   what arrives on a side's RTP socket is relayed as it is, never parsed as RTP (a UDPTL packet's
   first octet, the high byte of its sequence number, may look like RTP version 2), transformed
@@ -140,6 +148,16 @@ the start of the buffer, leaves its result there and returns its length, or -1 t
 
 Address = tuple[Any, ...]
 """A socket address as ``recvfrom`` returns it: (host, port) for IPv4, 4 items for IPv6."""
+
+IceHandler = Callable[[bytes, Address], tuple[bytes | None, int]]
+"""Answers a STUN connectivity check (RFC 8445 §7.3) that arrived on a side's socket from
+``source``: returns the datagram to send back to that source (None: nothing) and 0 (media stays
+where it goes), 1 (a valid check: its source takes the socket if nothing is selected) or 2
+(nominated: its source takes the socket). :class:`~gateway.core.media.ice.IceLiteResponder`.
+Called on the relay's slow path; it must not block."""
+
+ICE_VALID = 1
+ICE_NOMINATED = 2
 
 NonRtpHandler = Callable[[bytes, Address], None]
 """Takes a datagram that is not RTP/RTCP (RFC 7983: DTLS, ZRTP, STUN, ...) that arrived on a
@@ -328,6 +346,8 @@ class _Endpoint:
         "dropped_malformed",
         "dropped_unlatched_source",
         "fd",
+        "hands_on",
+        "ice",
         "last_received",
         "non_rtp",
         "only_from_source",
@@ -372,6 +392,8 @@ class _Endpoint:
         self.blocked = False
         self.taps: tuple[Tap, ...] = ()
         self.non_rtp: NonRtpHandler | None = None
+        self.ice: IceHandler | None = None
+        self.hands_on = False  # non_rtp or ice: datagrams that are not RTP/RTCP have a taker
         self.dropped_malformed = 0
         self.dropped_unlatched_source = 0
         self.dropped_blocked = 0
@@ -395,6 +417,16 @@ def _disconnect(ep: _Endpoint) -> None:
         except OSError:
             # Not seen on Linux; the socket would keep refusing the new peer's media.
             logger.exception("could not disconnect media socket %s", ep.sock.getsockname())
+
+
+def _select(ep: _Endpoint, source: Address, now: float) -> None:
+    """An ICE check selected ``source`` for ``ep``: this leg's media goes there now."""
+    ep.source = source
+    ep.last_received = now
+    ep.previous_source = None
+    stream = ep.stream
+    if stream is not None:
+        stream._rebuild()
 
 
 def _ignore_change() -> None:
@@ -455,6 +487,8 @@ class StreamSide:
         remote_rtcp = _remote_address(self._family, rtcp)
         if remote_rtp != self._remote_rtp or remote_rtcp != self._remote_rtcp:
             for ep in (self._rtp, self._rtcp):
+                if ep.ice is not None:
+                    continue  # ICE selects the source, not SDP (a check moves it)
                 # A new peer (not "no destination", and not the latched source itself): the
                 # old one may not take the socket back while it keeps sending. Each change
                 # decides afresh: going back to an earlier peer frees it at once.
@@ -482,7 +516,27 @@ class StreamSide:
 
         The RTCP socket has its own handshake when the leg does not use rtcp-mux: RFC 5764 §4.1
         keys SRTCP on that port from a DTLS association of its own."""
-        (self._rtcp if rtcp else self._rtp).non_rtp = handler
+        ep = self._rtcp if rtcp else self._rtp
+        ep.non_rtp = handler
+        ep.hands_on = handler is not None or ep.ice is not None
+
+    def set_ice_handler(self, handler: IceHandler | None, *, rtcp: bool = False) -> None:
+        """Answer STUN connectivity checks on this side's RTP socket (``rtcp``: its RTCP socket)
+        with ``handler`` (the leg does ICE; None: it does not, any more). From then on checks
+        decide where this leg's media goes (module docstring): the socket forgets a source it
+        latched before ICE (nobody proved the ICE password) and is not connected. Setting the
+        same handler again changes nothing; a new one (ICE restart) keeps the source the old
+        one selected until a check of the new one moves it (RFC 8445 §9)."""
+        ep = self._rtcp if rtcp else self._rtp
+        if handler is ep.ice:
+            return
+        if ep.ice is None or handler is None:
+            _unlatch(ep)
+        else:
+            _disconnect(ep)
+        ep.ice = handler
+        ep.hands_on = handler is not None or ep.non_rtp is not None
+        self._on_change()
 
     def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
         """Send ``packet`` (a key exchange's datagram) from this side's RTP socket to where this
@@ -513,7 +567,10 @@ class StreamSide:
 
     @property
     def rtp_destination(self) -> Address | None:
-        """Where RTP for this leg goes: the latched source, else the SDP address."""
+        """Where RTP for this leg goes: the latched source, else the SDP address. On an ICE
+        leg only the source a check selected: nothing goes anywhere before (RFC 8445 §12)."""
+        if self._rtp.ice is not None:
+            return self._rtp.source
         return self._rtp.source or self._remote_rtp
 
     @property
@@ -521,7 +578,7 @@ class StreamSide:
         """Where RTCP for this leg goes (RFC 5761 §5.1.3: the RTP address when muxing)."""
         if self._rtcp_mux:
             return self.rtp_destination
-        if self._rtcp.source is not None:
+        if self._rtcp.source is not None or self._rtcp.ice is not None:
             return self._rtcp.source
         if self._remote_rtcp is not None:
             return self._remote_rtcp
@@ -1002,7 +1059,7 @@ class MediaRelay:
                 route = ep.rtcp if ep.rtcp_octets[buffer[1]] else ep.rtp
                 if size < route.min_length or buffer[0] & VERSION_MASK != VERSION_BITS:
                     # Not RTP/RTCP: to the socket's handler (the call's handshakes), if any.
-                    if ep.non_rtp is not None and size and buffer[0] & VERSION_MASK != VERSION_BITS:
+                    if ep.hands_on and size and buffer[0] & VERSION_MASK != VERSION_BITS:
                         self._hand_on(ep, bytes(view[:size]), source, now)
                     else:
                         ep.dropped_malformed += 1
@@ -1132,7 +1189,15 @@ class MediaRelay:
         return [(ep.fd, 0) for ep in self._backlogged]
 
     def _hand_on(self, ep: _Endpoint, packet: bytes, source: Address, now: float) -> None:
-        """A datagram for a key exchange: to the socket's handler, if from the side's peer."""
+        """A datagram for a key exchange: to the socket's handler, if from the side's peer.
+        STUN on a socket with an ICE handler goes there from any source (RFC 7983: 0..3)."""
+        ice = ep.ice
+        if ice is not None and packet[0] < 4:
+            self._ice_check(ep, ice, packet, source, now)
+            return
+        if ep.non_rtp is None:  # an ICE socket without a key exchange: nothing takes it
+            ep.dropped_malformed += 1
+            return
         if source != ep.source and not self._latch(ep, source, now):
             return
         handler = ep.non_rtp
@@ -1146,8 +1211,35 @@ class MediaRelay:
                 logger.exception("a non-RTP packet handler failed (logged once per socket)")
             ep.tap_errors += 1
 
+    def _ice_check(
+        self, ep: _Endpoint, ice: IceHandler, packet: bytes, source: Address, now: float
+    ) -> None:
+        """Answer a connectivity check; a valid one may select its source (module docstring)."""
+        try:
+            response, result = ice(packet, source)
+        except Exception:
+            if not ep.tap_errors:
+                logger.exception("an ICE handler failed (logged once per socket)")
+            ep.tap_errors += 1
+            return
+        if response is not None:
+            try:
+                ep.sock.sendto(response, source)
+            except OSError:
+                ep.receive_errors += 1
+        if not result:
+            return  # answered with an error, or dropped: media does not move
+        if source == ep.source:
+            ep.last_received = now  # consent checks (RFC 7675) keep a quiet leg alive
+        elif result == ICE_NOMINATED or ep.source is None:
+            _select(ep, source, now)
+
     def _latch(self, ep: _Endpoint, source: Address, now: float) -> bool:
         """A packet from ``source`` is not from the latched source: latch it, or drop it."""
+        if ep.ice is not None:
+            # ICE leg: only a check selects a source (an unauthenticated one never does).
+            ep.dropped_unlatched_source += 1
+            return False
         if ep.source is not None and (
             self._relatch_after is None or now - ep.last_received < self._relatch_after
         ):

@@ -61,6 +61,7 @@ import trio
 import gateway
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
+from gateway.core.media.ice import IceLiteResponder
 from gateway.core.media.ports import rtp_ports
 from gateway.core.media.relay import Direction, DirectionStatistics, NonRtpHandler, Tap
 from gateway.core.media.srtp import SrtpStatistics
@@ -77,6 +78,7 @@ from gateway.core.media.worker_protocol import (
     SendDatagram,
     SetBlocked,
     SetDtls,
+    SetIce,
     SetKeys,
     SetOpaque,
     SetRemote,
@@ -272,6 +274,7 @@ class RemoteSide:
     _name: str = attrs.field(repr=False)
     _rtcp_mux: bool = False
     _handlers: dict[bool, NonRtpHandler | None] = attrs.field(factory=dict, repr=False)
+    _ice: dict[bool, IceLiteResponder | None] = attrs.field(factory=dict, repr=False)
 
     def set_remote(
         self,
@@ -298,6 +301,29 @@ class RemoteSide:
         socket (``rtcp``: the RTCP socket) go to ``handler``, forwarded by the worker."""
         self._handlers[rtcp] = handler
         self._stream._send(SetDtls(self._stream.id, self._name, rtcp, handler is not None))
+
+    def set_ice_handler(self, handler: IceLiteResponder | None, *, rtcp: bool = False) -> None:
+        """As :meth:`gateway.core.media.relay.StreamSide.set_ice_handler`: the worker answers
+        the checks with a responder of its own made from ``handler``'s credentials (they cross
+        the channel as values, as SRTP keys do). The same responder again sends nothing."""
+        if rtcp in self._ice and self._ice[rtcp] is handler:
+            return
+        self._ice[rtcp] = handler
+        if handler is None:
+            message = SetIce(self._stream.id, self._name, rtcp, False, "", "", "", "")
+        else:
+            local, remote = handler.local, handler.remote
+            message = SetIce(
+                self._stream.id,
+                self._name,
+                rtcp,
+                True,
+                local.ufrag,
+                local.pwd,
+                remote.ufrag if remote is not None else "",
+                remote.pwd if remote is not None else "",
+            )
+        self._stream._send(message)
 
     def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
         """A key exchange's datagram to this leg's peer from the worker's RTP socket (``rtcp``:

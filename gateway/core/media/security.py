@@ -63,6 +63,7 @@ from typing import Any
 
 import attrs
 
+from gateway.core.ids import RandomIds
 from gateway.core.interfaces import (
     KeyExchange,
     KeyNegotiation,
@@ -72,12 +73,16 @@ from gateway.core.interfaces import (
     NegotiationFailed,
     SrtpKeys,
 )
+from gateway.core.media.ice import LegIce
 from gateway.core.media.t38 import is_udptl_t38
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription, SessionDescription
 from gateway.core.sdp.offer_answer import rejected_media
 
 log = logging.getLogger(__name__)
+
+_IDS = RandomIds()  # the OS CSPRNG, for ICE credentials
+_WEBSOCKET_TRANSPORTS = frozenset({"ws", "wss"})  # RFC 7118: browsers, which require ICE
 
 # RTP profiles with SRTP and the plain profile each maps to (RFC 3711 §12, RFC 5124, and
 # DTLS-SRTP's RFC 5764 §8).
@@ -147,8 +152,15 @@ class LegSecurity:
         offer_feedback: bool = False,
         leg: LegInfo | None = None,
         failures: collections.Counter[str] | None = None,
+        ice: bool = True,
     ) -> None:
         self.side = side
+        self.ice = LegIce(
+            _IDS.token_hex, enabled=ice, browser=signalling.lower() in _WEBSOCKET_TRANSPORTS
+        )
+        """ICE-lite on this leg (gateway/core/media/ice.py): a transport matter, not a key
+        exchange, but it rides on the same four SDP steps. ``ice`` False: never (for a relay
+        that cannot answer checks)."""
         self.failures = failures
         """Failed negotiations by key exchange, for monitoring (gateway/core/status.py); None:
         not counted."""
@@ -194,6 +206,7 @@ class LegSecurity:
         self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
         self._answer_pending = True
+        self.ice.take_remote(offer, offer=True)
         return _without_session_keys(attrs.evolve(offer, media=tuple(media_out)))
 
     def _answer_stream(
@@ -268,7 +281,7 @@ class LegSecurity:
             media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
         self.streams = self._offered
         self._answer_pending = False
-        return attrs.evolve(answer, media=tuple(media_out))
+        return self.ice.add_to_answer(attrs.evolve(answer, media=tuple(media_out)))
 
     # -- we offer -------------------------------------------------------------------------------
 
@@ -342,7 +355,7 @@ class LegSecurity:
         self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
         self._answer_pending = False
-        return attrs.evolve(offer, media=tuple(media_out))
+        return self.ice.add_to_offer(attrs.evolve(offer, media=tuple(media_out)))
 
     def _fax_checked(
         self, index: int, media: MediaDescription, stream: StreamSecurity, what: str
@@ -466,6 +479,7 @@ class LegSecurity:
                 plain = attrs.evolve(plain, proto=stream.session_proto)
             media_out.append(plain)
         self.streams = self._offered
+        self.ice.take_remote(answer, offer=False)
         return _without_session_keys(attrs.evolve(answer, media=tuple(media_out)))
 
     # -- reading --------------------------------------------------------------------------------
@@ -530,6 +544,7 @@ class LegSecurity:
         device = self.leg.device if self.leg is not None else None
         if device is not None:
             record["device"] = device.name  # its profile may have narrowed the policy
+        record.update(self.ice.record())  # ufrags only: never an ice-pwd
         return record
 
     def _stream(self, index: int) -> StreamSecurity | None:

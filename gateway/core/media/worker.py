@@ -15,7 +15,9 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
 - the control task, which applies each message to its stream: ``SetRemote``, ``SetBlocked``,
   ``SetKeys`` (SRTP contexts built here by :class:`~gateway.core.media.keying.StreamSrtp`, the
   same code the in-process relay uses), ``SetDtls`` (DTLS datagrams from a leg's peer go back as
-  ``Datagram``), ``SendDatagram``, ``SetTap``, ``SetOpaque`` (T.38 fax: the stream relays UDPTL
+  ``Datagram``), ``SendDatagram``, ``SetIce`` (ICE-lite: the worker answers the leg's
+  connectivity checks itself, gateway/core/media/ice.py), ``SetTap``, ``SetOpaque`` (T.38 fax:
+  the stream relays UDPTL
   datagrams as they are, :meth:`~gateway.core.media.relay.MediaStream.set_opaque`), ``Close``.
   A request it cannot honour ends the stream's call
   (``StreamFailed`` with the reason); keys never appear in that reason;
@@ -40,6 +42,7 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
+from gateway.core.media.ice import IceCredentials, IceLiteResponder
 from gateway.core.media.keying import StreamKeys, StreamSrtp
 from gateway.core.media.ports import PortAllocator, PortPair
 from gateway.core.media.relay import (
@@ -64,6 +67,7 @@ from gateway.core.media.worker_protocol import (
     SendDatagram,
     SetBlocked,
     SetDtls,
+    SetIce,
     SetKeys,
     SetOpaque,
     SetRemote,
@@ -95,6 +99,7 @@ _STREAM_REQUESTS = (
     SetBlocked,
     SetKeys,
     SetDtls,
+    SetIce,
     SendDatagram,
     SetTap,
     SetOpaque,
@@ -278,6 +283,9 @@ class Worker:
                     else None
                 )
                 side.set_non_rtp_handler(handler, rtcp=message.rtcp)
+            elif isinstance(message, SetIce):
+                side = stream.a if message.side == "a" else stream.b
+                side.set_ice_handler(_responder(message), rtcp=message.rtcp)
             elif isinstance(message, SendDatagram):
                 side = stream.a if message.side == "a" else stream.b
                 side.send(message.packet, rtcp=message.rtcp)
@@ -383,6 +391,16 @@ class Worker:
                 self.outbox.send(
                     Stats(stream_id, max(0.0, now - activity), *counters), droppable=True
                 )
+
+
+def _responder(message: SetIce) -> IceLiteResponder | None:
+    """The worker's own ICE-lite responder for the credentials the SIP process sent."""
+    if not message.enabled:
+        return None
+    remote = (
+        IceCredentials(message.remote_ufrag, message.remote_pwd) if message.remote_ufrag else None
+    )
+    return IceLiteResponder(IceCredentials(message.local_ufrag, message.local_pwd), remote)
 
 
 def main(argv: list[str] | None = None) -> int:

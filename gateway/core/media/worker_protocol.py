@@ -18,11 +18,11 @@ against :data:`MAX_FRAME`.
 
 SRTP master keys cross this channel (:class:`SetKeys`): it is a socketpair between two processes
 of the same user, never a network socket. No ``repr`` shows them (``SrtpKeys`` redacts itself)
-and no error message quotes a frame's bytes.
+and no error message quotes a frame's bytes. The same holds for ICE passwords (:class:`SetIce`).
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
 :class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
-:class:`SetOpaque`.
+:class:`SetOpaque`, :class:`SetIce`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
 :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`.
 
@@ -114,6 +114,23 @@ class SetDtls:
     side: str
     rtcp: bool
     enabled: bool
+
+
+@attrs.frozen
+class SetIce:
+    """Answer ICE connectivity checks on ``side``'s RTP socket (``rtcp``: its RTCP socket) as
+    an ICE-lite agent with these credentials (:class:`~gateway.core.media.ice.IceLiteResponder`),
+    or stop (``enabled`` False, the strings empty). ``remote_ufrag`` empty: not known yet. The
+    passwords are credentials: no ``repr`` shows them."""
+
+    stream: int
+    side: str
+    rtcp: bool
+    enabled: bool
+    local_ufrag: str
+    local_pwd: str = attrs.field(repr=False)
+    remote_ufrag: str
+    remote_pwd: str = attrs.field(repr=False)
 
 
 @attrs.frozen
@@ -251,6 +268,7 @@ Message = (
     | Tapped
     | SetOpaque
     | TappedDatagram
+    | SetIce
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -433,6 +451,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     25: (Tapped, (_STREAM, _DIRECTION, _BYTES)),
     10: (SetOpaque, (_STREAM, _BOOL)),
     26: (TappedDatagram, (_STREAM, _DIRECTION, _ADDRESS, _BYTES)),
+    11: (SetIce, (_STREAM, _SIDE, _BOOL, _BOOL, _STR, _STR, _STR, _STR)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

@@ -27,7 +27,9 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
+from gateway.core.media import stun
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
+from gateway.core.media.ice import IceCredentials, IceLiteResponder
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.ports import rtp_ports
 from gateway.core.media.remote_relay import WORKER_EXITED, RemoteStream, WorkerPool
@@ -264,6 +266,50 @@ async def test_dtls_datagrams_cross_the_channel_both_ways(pool: WorkerPool) -> N
     await a.send(hello, stream.a.ports.rtp_port)
     await eventually(lambda: stream.a_to_b.statistics().dropped_malformed == 1, "dropped again")
     assert len(received) == 1
+
+
+async def test_a_worker_answers_ice_checks_and_sends_media_to_the_nominated_source(
+    pool: WorkerPool,
+) -> None:
+    """ICE-lite on a worker's stream (gateway/core/media/ice.py): the credentials cross the
+    channel; the worker answers the checks and moves leg A's media to the nominated source."""
+    a, b, other = await phones(3)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    local = IceCredentials("gw01", "gatewaypassword0123456789")
+    remote = IceCredentials("peer", "peerpassword0123456789")
+    stream.a.set_ice_handler(IceLiteResponder(local, remote))
+    await pool.sync(stream.worker)
+
+    def check(tid: bytes, *, nominate: bool = False, pwd: str = local.pwd) -> bytes:
+        attributes = [(stun.USERNAME, b"gw01:peer"), (stun.ICE_CONTROLLING, bytes(8))]
+        if nominate:
+            attributes.append((stun.USE_CANDIDATE, b""))
+        return stun.encode_stun(stun.BINDING_REQUEST, tid, attributes, integrity_key=pwd.encode())
+
+    await other.send(check(b"wrong-passwd", pwd="x" * 24), stream.a.ports.rtp_port)
+    data, _ = await other.receive()
+    assert stun.parse_stun_untrusted(data).message_type == stun.BINDING_ERROR
+    await other.send(check(b"nominate-001", nominate=True), stream.a.ports.rtp_port)
+    data, source = await other.receive()
+    response = stun.parse_stun_untrusted(data)
+    assert response.message_type == stun.BINDING_SUCCESS
+    assert stun.integrity_ok(response, local.pwd.encode())
+    assert source == (ADDRESS, stream.a.ports.rtp_port)
+    # B's media now goes to the nominated source, not to A's SDP address.
+    await b.send(rtp(1), stream.b.ports.rtp_port)
+    data, _ = await other.receive()
+    assert data == rtp(1)
+    # ... and A's own SDP address may not take it back by sending (nobody checked it).
+    await a.send(rtp(2), stream.a.ports.rtp_port)
+    await other.send(rtp(3), stream.a.ports.rtp_port)
+    data, _ = await b.receive()
+    assert data == rtp(3)
+    await eventually(
+        lambda: stream.a_to_b.statistics().dropped_unlatched_source >= 1, "a's RTP dropped"
+    )
+    stream.a.set_ice_handler(None)
+    await pool.sync(stream.worker)
 
 
 async def test_a_tapped_stream_sends_decrypted_copies_over_the_channel(pool: WorkerPool) -> None:

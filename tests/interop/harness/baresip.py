@@ -78,7 +78,8 @@ class Baresip:
     certificate in one PEM) turns on the TLS listener on ``sip_port + 1``. ``extra_config``
     lines are appended to the generated config. ``sip_trace`` adds baresip's ``-s``: every SIP
     message it sends and receives, SDP included, goes to ``log_path`` (see ``sip_messages``);
-    the only way to read the SDP of a call over TLS.
+    the only way to read the SDP of a call over TLS. ``rtcp_mux`` offers RFC 5761 rtcp-mux
+    (WebRTC's way); by default RTCP has its own port.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class Baresip:
         sip_trace: bool = False,
         rtp_port_count: int = 20,
         start_timeout: float = 10.0,
+        rtcp_mux: bool = False,
     ) -> None:
         self.name = name
         self.dir = workdir / f"baresip-{name}"
@@ -109,6 +111,7 @@ class Baresip:
         self.tls_certificate = tls_certificate
         self.extra_config = extra_config
         self.sip_trace = sip_trace
+        self.rtcp_mux = rtcp_mux
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         #: Every ctrl_tcp event so far, oldest first.
@@ -133,7 +136,7 @@ class Baresip:
             ("audio_alert", "alsa,null"),
             ("rtp_ports", f"{self.rtp_ports[0]}-{self.rtp_ports[1]}"),
             ("rtp_timeout", "0"),
-            ("rtcp_mux", "no"),
+            ("rtcp_mux", "yes" if self.rtcp_mux else "no"),
             ("rtp_stats", "yes"),
             ("module_path", MODULE_PATH),
             *(("module", module) for module in MODULES),

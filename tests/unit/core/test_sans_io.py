@@ -18,6 +18,8 @@ SANS_IO_MODULES = [
     "core/media/srtp.py",
     "core/media/srtp_python.py",
     "core/media/worker_protocol.py",
+    "core/media/stun.py",
+    "core/media/ice.py",
     "core/registrar.py",
     "plugins/taps/g722.py",
 ]

@@ -29,6 +29,7 @@ from gateway.core.media.worker_protocol import (
     SendDatagram,
     SetBlocked,
     SetDtls,
+    SetIce,
     SetKeys,
     SetOpaque,
     SetRemote,
@@ -88,6 +89,11 @@ EVERY_MESSAGE: list[Message] = [
     TappedDatagram(13, "a_to_b", ("192.0.2.7", 4002), b"\x80\x01" + bytes(300)),
     TappedDatagram(13, "b_to_a", ("2001:db8::7", 1), b"\x00"),
     TappedDatagram(13, "b_to_a", None, bytes(2048)),
+    SetIce(
+        14, "a", False, True, "gw01", "gatewaypassword0123456789", "peer", "peerpassword0123456789"
+    ),
+    SetIce(14, "b", True, True, "gw01", "gatewaypassword0123456789", "", ""),
+    SetIce(14, "b", True, False, "", "", "", ""),
 ]
 
 
@@ -147,6 +153,10 @@ def test_keys_never_appear_in_reprs() -> None:
     assert KEY.hex() not in text and repr(KEY) not in text
     assert "redacted" in text
     assert "200 octets" in repr(SendDatagram(1, "a", False, bytes(200)))
+    ice = SetIce(
+        1, "a", False, True, "gw01", "gatewaysecret0123456789", "peer", "peersecret012345678901"
+    )
+    assert "secret" not in repr(ice) and "gw01" in repr(ice)
     keys = StreamKeys(CM_KEYS, GCM_KEYS, False, True, CM_KEYS)
     assert KEY.hex() not in repr(keys) and repr(KEY) not in repr(keys)
 
