@@ -42,6 +42,7 @@ ints; nothing grows with the length of the call.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from gateway.core.media.rtcp import (
@@ -54,6 +55,10 @@ from gateway.core.media.rtcp import (
     SenderReport,
     parse_compound_untrusted,
 )
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.model import MediaDescription
+
+log = logging.getLogger(__name__)
 
 MAX_PENDING_SRS = 16
 """SRs remembered per leg for the RTT of the report block that answers them (a report answers
@@ -154,14 +159,34 @@ class CallQuality:
         self.legs = {"a": LegQuality(), "b": LegQuality()}
         # Per sending leg: LSR key of its SRs -> when the SR passed through us.
         self._srs: dict[str, dict[int, float]] = {"a": {}, "b": {}}
+        self._media: dict[int, MediaDescription] = {}
         self.listeners: tuple[RtcpListener, ...] = ()
 
-    def observer(self, side: str, clock_rate: Callable[[], int]) -> Callable[[bytes], None]:
-        """The observer of RTCP arriving from ``side``'s leg on one stream; ``clock_rate`` gives
-        that stream's RTP clock rate (it may change with a re-INVITE)."""
+    def set_media(self, index: int, media: MediaDescription) -> None:
+        """The m= line of stream ``index`` (its first format's clock rate converts jitter).
+        Only kept: read when that stream's RTCP arrives, so a call without RTCP parses nothing."""
+        self._media[index] = media
+
+    def clock_rate(self, index: int) -> int:
+        """The RTP clock rate of stream ``index``'s first format (RFC 3551 static payload types,
+        else its a=rtpmap), or :data:`DEFAULT_CLOCK_RATE`."""
+        media = self._media.get(index)
+        if media is None or not media.formats:
+            return DEFAULT_CLOCK_RATE
+        try:
+            rtpmap = media.rtpmap(int(media.formats[0]))
+        except (SdpError, ValueError):
+            return DEFAULT_CLOCK_RATE
+        if rtpmap is None or rtpmap.clock_rate <= 0:
+            return DEFAULT_CLOCK_RATE
+        return rtpmap.clock_rate
+
+    def observer(self, side: str, index: int) -> Callable[[bytes], None]:
+        """The observer (:data:`gateway.core.media.relay.RtcpObserver`) of RTCP arriving from
+        ``side``'s leg on stream ``index``."""
 
         def observe(packet: bytes) -> None:
-            self.observe(side, packet, clock_rate())
+            self.observe(side, packet, self.clock_rate(index))
 
         return observe
 
@@ -192,7 +217,10 @@ class CallQuality:
                     if metrics.mos_lq != UNAVAILABLE and 10 <= metrics.mos_lq <= 50:
                         leg.xr_mos = metrics.mos_lq / 10
         for listener in self.listeners:
-            listener(side, packet, packets)
+            try:
+                listener(side, packet, packets)
+            except Exception:
+                log.exception("an RTCP listener failed")
 
     def _reports(
         self,

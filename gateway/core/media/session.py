@@ -59,6 +59,7 @@ import attrs
 from gateway.core.ids import RandomIds
 from gateway.core.ip import ip_literal
 from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.quality import CallQuality
 from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
 from gateway.core.sdp.errors import SdpError
@@ -202,6 +203,7 @@ class MediaSession:
         *,
         media_address: str,
         session_id_source: Callable[[], int] | None = None,
+        quality: CallQuality | None = None,
     ) -> None:
         try:
             address = ip_literal(media_address)
@@ -218,6 +220,9 @@ class MediaSession:
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
         self._closed = False
+        self.quality = quality
+        """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
+        RTCP observers feed it. None: RTCP is only relayed."""
 
     def __repr__(self) -> str:
         offer = "none" if self._exchange is None else f"from {self._exchange.offerer}"
@@ -376,6 +381,8 @@ class MediaSession:
             index: stream.opaque for index, stream in enumerate(self._slots) if stream is not None
         }
         opened = self._open_streams(len(offer.media), relayed)
+        if self.quality is not None:
+            self._observe_rtcp(self.quality, offer, relayed, opened)
         for index in opened:
             # A new line's stream starts in its own mode; an existing one switches with the
             # answer (answer_from).
@@ -610,6 +617,23 @@ class MediaSession:
             del self._slots[before:]
             raise
         return tuple(opened)
+
+    def _observe_rtcp(
+        self,
+        quality: CallQuality,
+        offer: SessionDescription,
+        relayed: dict[int, _Remote],
+        opened: tuple[int, ...],
+    ) -> None:
+        """Feed the RTCP of the streams just opened to ``quality``; tell it each relayed line's
+        codecs (for the clock rate of its jitter)."""
+        for index in relayed:
+            quality.set_media(index, offer.media[index])
+        for index in opened:
+            stream = self._slots[index]
+            if stream is not None:
+                stream.a_to_b.rtcp_observer = quality.observer("a", index)
+                stream.b_to_a.rtcp_observer = quality.observer("b", index)
 
     def _set_remote(self, index: int, side: Side, remote: _Remote) -> None:
         stream = self._slots[index]

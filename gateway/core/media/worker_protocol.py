@@ -22,9 +22,9 @@ and no error message quotes a frame's bytes.
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
 :class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
-:class:`SetOpaque`.
+:class:`SetOpaque`, :class:`SetRtcpWatch`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
-:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`.
+:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`, :class:`Rtcp`.
 
 Decrypted media crosses this channel too (:class:`Tapped`, :class:`TappedDatagram`, for a call's
 media taps: recording, interception), under the same rule: it is a socketpair between two
@@ -154,6 +154,16 @@ class SetOpaque:
 
 
 @attrs.frozen
+class SetRtcpWatch:
+    """Send the RTCP datagrams of ``direction`` to the SIP process, plain (after SRTCP
+    unprotect), as :class:`Rtcp` (the call's quality, from its legs' reports), or stop."""
+
+    stream: int
+    direction: str
+    enabled: bool
+
+
+@attrs.frozen
 class Ping:
     """Answer with :class:`Pong` once every message sent before this one is applied."""
 
@@ -233,6 +243,26 @@ class TappedDatagram:
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
 
 
+@attrs.frozen
+class Rtcp:
+    """An RTCP datagram the stream forwarded in ``direction``, plain, for the call's quality
+    (:class:`SetRtcpWatch`). At most :data:`MAX_RTCP_COPY` octets, and at most one per direction
+    every :data:`RTCP_COPY_INTERVAL` seconds: the rest are forwarded but not copied."""
+
+    stream: int
+    direction: str
+    packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
+
+
+MAX_RTCP_COPY = 1500
+"""The longest RTCP datagram copied to the SIP process (a phone's compound SR/RR, SDES and XR is
+a few hundred octets)."""
+
+RTCP_COPY_INTERVAL = 0.2
+"""Least seconds between two copies of one direction's RTCP: reports come every few seconds
+(RFC 3550 §6.2); a peer flooding RTCP must not flood the control channel."""
+
+
 Message = (
     Open
     | SetRemote
@@ -251,6 +281,8 @@ Message = (
     | Tapped
     | SetOpaque
     | TappedDatagram
+    | SetRtcpWatch
+    | Rtcp
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -433,6 +465,8 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     25: (Tapped, (_STREAM, _DIRECTION, _BYTES)),
     10: (SetOpaque, (_STREAM, _BOOL)),
     26: (TappedDatagram, (_STREAM, _DIRECTION, _ADDRESS, _BYTES)),
+    12: (SetRtcpWatch, (_STREAM, _DIRECTION, _BOOL)),
+    27: (Rtcp, (_STREAM, _DIRECTION, _BYTES)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

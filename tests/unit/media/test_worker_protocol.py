@@ -26,12 +26,14 @@ from gateway.core.media.worker_protocol import (
     PairsReady,
     Ping,
     Pong,
+    Rtcp,
     SendDatagram,
     SetBlocked,
     SetDtls,
     SetKeys,
     SetOpaque,
     SetRemote,
+    SetRtcpWatch,
     SetTap,
     Stats,
     StreamFailed,
@@ -88,6 +90,9 @@ EVERY_MESSAGE: list[Message] = [
     TappedDatagram(13, "a_to_b", ("192.0.2.7", 4002), b"\x80\x01" + bytes(300)),
     TappedDatagram(13, "b_to_a", ("2001:db8::7", 1), b"\x00"),
     TappedDatagram(13, "b_to_a", None, bytes(2048)),
+    SetRtcpWatch(14, "a_to_b", True),
+    SetRtcpWatch(14, "b_to_a", False),
+    Rtcp(14, "b_to_a", b"\x81\xc9\x00\x07" + bytes(28)),
 ]
 
 
