@@ -584,6 +584,15 @@ class MediaCounts:
     dropped: int
     srtp_auth_failures: int
     srtp_replays: int
+    rtcp_reports: int = 0
+    """RTCP datagrams read for call quality (``[media] rtcp_quality``)."""
+    rtcp_malformed: int = 0
+    """RTCP datagrams that could not be read (relayed unchanged all the same)."""
+    call_mos: Histogram | None = None
+    """At call end, per leg whose phone sent RTCP reports: the lowest estimated MOS it reached
+    (:mod:`gateway.core.media.quality`). None: not counted."""
+    call_jitter_seconds: Histogram | None = None
+    """At call end, per leg whose phone sent RTCP reports: the highest jitter it reported."""
 
 
 @attrs.frozen

@@ -2991,6 +2991,11 @@ class Call:
                     leg_record["srtp"] = counters
         if self.media is not None:
             record["media"] = self.media.statistics()
+            if self.media.quality is not None:
+                # Per leg, what its phone's RTCP reports said (gateway/core/media/quality.py).
+                quality = self.media.quality.record()
+                if quality:
+                    record["quality"] = quality
         if self.transfers:
             record["transfers"] = list(self.transfers)
         if self.failovers:
