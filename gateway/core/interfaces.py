@@ -394,6 +394,27 @@ class SipCapture(Protocol):
     async def run(self) -> None: ...
 
 
+class RtcpCapture(Protocol):
+    """Optional part of a :class:`SipCapture`: when ``rtcp_enabled`` is true (read once, at
+    start-up), ``rtcp_report`` gets every RTCP report a call's leg sends (the JSON of its SR or
+    RR, :func:`gateway.core.media.rtcp.report_json`; HEP protocol type 5), with that leg's RTCP
+    addresses and its Call-ID as ``correlation``. Called from the media relay's task: never
+    block."""
+
+    @property
+    def rtcp_enabled(self) -> bool: ...
+
+    def rtcp_report(
+        self,
+        report: bytes,
+        *,
+        source: Address,
+        destination: Address,
+        at: float,
+        correlation: bytes,
+    ) -> None: ...
+
+
 # --------------------------------------------------------------------------------------------
 # Devices and PSTN interworking
 

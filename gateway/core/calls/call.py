@@ -112,6 +112,7 @@ from gateway.core.calls.routing import (
     account_number_on_trunk,
     destination_for,
 )
+from gateway.core.calls.rtcp_capture import RtcpToCaptures
 from gateway.core.calls.transfer import Transfer
 from gateway.core.interfaces import Caller, CallEvent, RouteDecision, RouteTarget
 from gateway.core.media.errors import PortsExhausted
@@ -616,6 +617,8 @@ class Call:
             device=caller.device,
         )
         self.media = self.manager.new_media_session(self._media_lost)
+        if self.media.quality is not None and self.endpoint.rtcp_captures:
+            self.media.quality.listeners = (RtcpToCaptures(self, self.endpoint.rtcp_captures),)
         self.keying = CallKeying(self.media)
         if self.taps is not None:
             self.taps.use_session(self.media)  # taps from the start see early media too

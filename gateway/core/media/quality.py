@@ -66,9 +66,10 @@ the latest SR it received, so a few suffice even with several streams)."""
 
 DEFAULT_CLOCK_RATE = 8000
 
-RtcpListener = Callable[[str, bytes, list[RtcpPacket]], None]
-"""Takes the side (``"a"``/``"b"``) an RTCP datagram came from, the plain datagram and its parsed
-packets (the HEP capture agent sends it to Homer). Must not block nor raise."""
+RtcpListener = Callable[[str, int, bytes, list[RtcpPacket]], None]
+"""Takes the side (``"a"``/``"b"``) an RTCP datagram came from, the index of its stream (m= line),
+the plain datagram and its parsed packets (the HEP capture agent sends it to Homer). Must not
+block; an exception is logged."""
 
 
 def r_factor(rtt_ms: float, jitter_ms: float, loss_percent: float) -> float:
@@ -186,13 +187,15 @@ class CallQuality:
         ``side``'s leg on stream ``index``."""
 
         def observe(packet: bytes) -> None:
-            self.observe(side, packet, self.clock_rate(index))
+            self.observe(side, packet, self.clock_rate(index), index)
 
         return observe
 
-    def observe(self, side: str, packet: bytes, clock_rate: int = DEFAULT_CLOCK_RATE) -> None:
-        """One plain RTCP datagram from ``side``'s leg. Never raises: a malformed one is
-        counted."""
+    def observe(
+        self, side: str, packet: bytes, clock_rate: int = DEFAULT_CLOCK_RATE, index: int = 0
+    ) -> None:
+        """One plain RTCP datagram from ``side``'s leg on stream ``index``. Never raises: a
+        malformed one is counted."""
         leg = self.legs[side]
         try:
             packets = parse_compound_untrusted(packet)
@@ -218,7 +221,7 @@ class CallQuality:
                         leg.xr_mos = metrics.mos_lq / 10
         for listener in self.listeners:
             try:
-                listener(side, packet, packets)
+                listener(side, index, packet, packets)
             except Exception:
                 log.exception("an RTCP listener failed")
 
@@ -244,7 +247,10 @@ class CallQuality:
             sent = answered.get(block.lsr) if block.lsr else None
             if sent is not None:
                 rtt_ms = (now - sent - block.dlsr / 65536) * 1000
-                if rtt_ms >= 0:
+                # DLSR counts in 1/65536 s and the phone's clock is not ours: a hair below 0
+                # is 0; well below is a report of another SR with the same LSR, ignored.
+                if rtt_ms > -1:
+                    rtt_ms = max(0.0, rtt_ms)
                     leg.rtt_ms = rtt_ms
                     leg.worst_rtt_ms = _most(leg.worst_rtt_ms, rtt_ms)
             mos = mos_from_r(r_factor(leg.rtt_ms or 0.0, jitter_ms, fraction * 100))

@@ -531,6 +531,8 @@ class MediaSession:
         self._exchange = None
         for index in range(len(self._slots)):
             self._close_slot(index)
+        if self.quality is not None:
+            self.quality.listeners = ()  # they may hold the call: no cycle left behind
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -617,6 +619,22 @@ class MediaSession:
             del self._slots[before:]
             raise
         return tuple(opened)
+
+    def rtcp_addresses(
+        self, index: int, side: Side
+    ) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """Where ``side``'s leg sends stream ``index``'s RTCP from and to, as its SDP and ours
+        say (RFC 3605 a=rtcp, else RTP port + 1; RFC 5761 rtcp-mux: the RTP ports); None when
+        not known. For captures (HEP), not for sending."""
+        remote = self._remotes.get((index, side))
+        stream = self.stream_at(index)
+        if remote is None or remote.rtp is None or stream is None:
+            return None
+        ports = _side(stream, side).ports
+        if remote.rtcp_mux:
+            return remote.rtp, (self._media_address, ports.rtp_port)
+        source = remote.rtcp or (remote.rtp[0], remote.rtp[1] + 1)
+        return source, (self._media_address, ports.rtcp_port)
 
     def _observe_rtcp(
         self,

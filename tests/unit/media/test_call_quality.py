@@ -97,7 +97,7 @@ def test_pending_srs_are_bounded():
 def test_malformed_is_counted_and_listeners_get_the_rest():
     quality = CallQuality(Clock())
     heard = []
-    quality.listeners = (lambda side, packet, packets: heard.append((side, packet, packets)),)
+    quality.listeners = (lambda side, index, packet, packets: heard.append((side, packet)),)
     quality.observe("b", b"\x80\xc9\x00\x07short")
     assert quality.legs["b"].malformed == 1
     assert quality.legs["b"].rtcp_packets == 0
@@ -105,4 +105,4 @@ def test_malformed_is_counted_and_listeners_get_the_rest():
     assert heard == []
     good = receiver_report(0xB, 0, 0, 0, 0, 0)
     quality.observe("b", good)
-    assert [(side, packet) for side, packet, _ in heard] == [("b", good)]
+    assert heard == [("b", good)]
