@@ -409,8 +409,7 @@ def describe_quality(figures: dict[str, Any]) -> str:
     if figures.get("fraction_lost") is not None:
         lost = f"{figures['fraction_lost'] * 100:.1f} % lost"
         if figures.get("lost") is not None:
-            lost += f" ({figures['lost']} packets in all"
-            lost += f" of {figures['packets']} sent)" if figures.get("packets") else ")"
+            lost += f" ({figures['lost']} packets in all)"
         worst = figures.get("worst_fraction_lost")
         if worst is not None and worst > figures["fraction_lost"]:
             lost += f", worst {worst * 100:.1f} %"
@@ -433,6 +432,8 @@ def describe_quality(figures: dict[str, Any]) -> str:
         words.append(f"phone's own MOS {figures['xr_mos']:.1f}")
     if not words:
         words.append("no reports in its RTCP")
+    if figures.get("packets") is not None:
+        words.append(f"its phone sent {figures['packets']} packets")
     if figures.get("rtcp_malformed"):
         words.append(f"{figures['rtcp_malformed']} malformed RTCP packets")
     return ", ".join(words)

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from gateway.core.cli import describe_quality
 from gateway.core.media.quality import MAX_PENDING_SRS, CallQuality, mos_from_r, r_factor
 
 
@@ -106,3 +107,17 @@ def test_malformed_is_counted_and_listeners_get_the_rest():
     good = receiver_report(0xB, 0, 0, 0, 0, 0)
     quality.observe("b", good)
     assert heard == [("b", good)]
+
+
+def test_voipgw_calls_words_a_legs_figures():
+    """The line ``voipgw calls`` prints per leg, from the record's figures."""
+    quality = CallQuality(Clock())
+    quality.observe("a", receiver_report(0xA, 1, 40, 400, 0, 0), 8000)  # 50 ms jitter
+    quality.observe("a", receiver_report(0xA, 1, 41, 96, 0, 0), 8000)
+    figures = quality.record()["a"]
+    assert describe_quality(figures) == (
+        "0.4 % lost (41 packets in all), jitter 12 ms (worst 50 ms), MOS 4.4 (worst 4.3)"
+    )
+    assert describe_quality({"rtcp_packets": 1, "packets": 9, "rtcp_malformed": 2}) == (
+        "no reports in its RTCP, its phone sent 9 packets, 2 malformed RTCP packets"
+    )
