@@ -157,9 +157,10 @@ class CallQuality:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self.legs = {"a": LegQuality(), "b": LegQuality()}
+        # Made at a leg's first RTCP: a call without RTCP pays for no more than this object.
+        self.legs: dict[str, LegQuality] = {}
         # Per sending leg: LSR key of its SRs -> when the SR passed through us.
-        self._srs: dict[str, dict[int, float]] = {"a": {}, "b": {}}
+        self._srs: dict[str, dict[int, float]] = {}
         self._media: dict[int, MediaDescription] = {}
         self.listeners: tuple[RtcpListener, ...] = ()
 
@@ -196,7 +197,10 @@ class CallQuality:
     ) -> None:
         """One plain RTCP datagram from ``side``'s leg on stream ``index``. Never raises: a
         malformed one is counted."""
-        leg = self.legs[side]
+        leg = self.legs.get(side)
+        if leg is None:
+            leg = self.legs[side] = LegQuality()
+            self._srs[side] = {}
         try:
             packets = parse_compound_untrusted(packet)
         except RtcpError:
@@ -204,7 +208,7 @@ class CallQuality:
             return
         leg.rtcp_packets += 1
         now = self._clock()
-        other = "b" if side == "a" else "a"
+        answered = self._srs.get("b" if side == "a" else "a", {})
         for rtcp in packets:
             if isinstance(rtcp, SenderReport):
                 leg.packets = rtcp.packet_count
@@ -212,9 +216,9 @@ class CallQuality:
                 if len(pending) >= MAX_PENDING_SRS:
                     del pending[next(iter(pending))]  # the oldest (dicts keep insertion order)
                 pending[rtcp.lsr] = now
-                self._reports(leg, rtcp.reports, self._srs[other], now, clock_rate)
+                self._reports(leg, rtcp.reports, answered, now, clock_rate)
             elif isinstance(rtcp, ReceiverReport):
-                self._reports(leg, rtcp.reports, self._srs[other], now, clock_rate)
+                self._reports(leg, rtcp.reports, answered, now, clock_rate)
             elif isinstance(rtcp, ExtendedReport):
                 for metrics in rtcp.voip_metrics:
                     if metrics.mos_lq != UNAVAILABLE and 10 <= metrics.mos_lq <= 50:
@@ -260,11 +264,7 @@ class CallQuality:
     def record(self) -> dict[str, dict[str, object]]:
         """Per leg, the figures of :meth:`LegQuality.record`; legs whose phone sent no RTCP are
         left out."""
-        return {
-            side: leg.record()
-            for side, leg in self.legs.items()
-            if leg.rtcp_packets or leg.malformed
-        }
+        return {side: self.legs[side].record() for side in ("a", "b") if side in self.legs}
 
 
 def _most(worst: float | None, value: float) -> float:
