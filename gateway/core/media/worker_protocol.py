@@ -22,13 +22,16 @@ and no error message quotes a frame's bytes.
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
 :class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
-:class:`SetOpaque`, :class:`SetRtcpWatch`.
+:class:`SetOpaque`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
-:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`, :class:`Rtcp`.
+:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`.
 
 Decrypted media crosses this channel too (:class:`Tapped`, :class:`TappedDatagram`, for a call's
 media taps: recording, interception), under the same rule: it is a socketpair between two
 processes of one user.
+
+Call quality: :class:`SetRtcpWatch` (SIP process -> worker) asks for copies of a direction's
+plain RTCP, which come back as :class:`Rtcp` (bounded in size and rate).
 
 Sans-IO: bytes in, messages out (:class:`FrameReader`), messages in, bytes out (:func:`encode`).
 """
@@ -278,11 +281,11 @@ Message = (
     | Stats
     | StreamFailed
     | SetTap
+    | SetRtcpWatch
+    | Rtcp
     | Tapped
     | SetOpaque
     | TappedDatagram
-    | SetRtcpWatch
-    | Rtcp
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -462,11 +465,11 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     23: (StreamFailed, (_STREAM, _STR)),
     24: (Pong, (_STREAM,)),
     9: (SetTap, (_STREAM, _BOOL)),
+    12: (SetRtcpWatch, (_STREAM, _DIRECTION, _BOOL)),
+    27: (Rtcp, (_STREAM, _DIRECTION, _BYTES)),
     25: (Tapped, (_STREAM, _DIRECTION, _BYTES)),
     10: (SetOpaque, (_STREAM, _BOOL)),
     26: (TappedDatagram, (_STREAM, _DIRECTION, _ADDRESS, _BYTES)),
-    12: (SetRtcpWatch, (_STREAM, _DIRECTION, _BOOL)),
-    27: (Rtcp, (_STREAM, _DIRECTION, _BYTES)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

@@ -84,15 +84,15 @@ EVERY_MESSAGE: list[Message] = [
     SetTap(10, False),
     Tapped(11, "a_to_b", b"\x80\x00" + bytes(170)),
     Tapped(11, "b_to_a", b""),
+    SetRtcpWatch(14, "a_to_b", True),
+    SetRtcpWatch(14, "b_to_a", False),
+    Rtcp(14, "b_to_a", b"\x81\xc9\x00\x07" + bytes(28)),
     SetOpaque(12, True),
     SetOpaque(12, False),
     # A UDPTL datagram whose first octet looks like RTP version 2 (T.38 Annex D seq 0x80xx).
     TappedDatagram(13, "a_to_b", ("192.0.2.7", 4002), b"\x80\x01" + bytes(300)),
     TappedDatagram(13, "b_to_a", ("2001:db8::7", 1), b"\x00"),
     TappedDatagram(13, "b_to_a", None, bytes(2048)),
-    SetRtcpWatch(14, "a_to_b", True),
-    SetRtcpWatch(14, "b_to_a", False),
-    Rtcp(14, "b_to_a", b"\x81\xc9\x00\x07" + bytes(28)),
 ]
 
 
