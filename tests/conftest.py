@@ -24,6 +24,7 @@ PEER_PACKAGES = {
     "baresip": "baresip",
     "linphonec": "linphone-nogtk",
     "tshark": "tshark",
+    "text2pcap": "wireshark-common",
     "sox": "sox",
     "socat": "socat",
     "stunnel4": "stunnel4",

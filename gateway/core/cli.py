@@ -405,6 +405,43 @@ def describe_leg(leg: dict[str, Any]) -> str:
     return line
 
 
+def describe_quality(figures: dict[str, Any]) -> str:
+    """One line, in plain words, of a leg's call quality from its phone's RTCP reports
+    (gateway/core/media/quality.py): what that leg received."""
+    words = []
+    if figures.get("fraction_lost") is not None:
+        lost = f"{figures['fraction_lost'] * 100:.1f} % lost"
+        if figures.get("lost") is not None:
+            lost += f" ({figures['lost']} packets in all)"
+        worst = figures.get("worst_fraction_lost")
+        if worst is not None and worst > figures["fraction_lost"]:
+            lost += f", worst {worst * 100:.1f} %"
+        words.append(lost)
+    if figures.get("jitter_ms") is not None:
+        jitter = f"jitter {figures['jitter_ms']:.0f} ms"
+        worst = figures.get("worst_jitter_ms")
+        if worst is not None and round(worst) > round(figures["jitter_ms"]):
+            jitter += f" (worst {worst:.0f} ms)"
+        words.append(jitter)
+    if figures.get("rtt_ms") is not None:
+        words.append(f"RTT {figures['rtt_ms']:.0f} ms")
+    if figures.get("mos") is not None:
+        mos = f"MOS {figures['mos']:.1f}"
+        worst = figures.get("worst_mos")
+        if worst is not None and round(worst, 1) < round(figures["mos"], 1):
+            mos += f" (worst {worst:.1f})"
+        words.append(mos)
+    if figures.get("xr_mos") is not None:
+        words.append(f"phone's own MOS {figures['xr_mos']:.1f}")
+    if not words:
+        words.append("no reports in its RTCP")
+    if figures.get("packets") is not None:
+        words.append(f"its phone sent {figures['packets']} packets")
+    if figures.get("rtcp_malformed"):
+        words.append(f"{figures['rtcp_malformed']} malformed RTCP packets")
+    return ", ".join(words)
+
+
 def cmd_calls(args: argparse.Namespace) -> int:
     import json
 
@@ -447,6 +484,9 @@ def cmd_calls(args: argparse.Namespace) -> int:
             if leg:
                 name = "caller leg" if label == "a" else "callee leg"
                 print(f"  {name}: {describe_leg(leg)}")
+        for label, figures in (security.get("quality") or {}).items():
+            name = "caller leg" if label == "a" else "callee leg"
+            print(f"  {name} quality (what it received): {describe_quality(figures)}")
         for transfer in security.get("transfers", ()):
             print(f"  {describe_transfer(transfer)}")
         for failover in security.get("failovers", ()):

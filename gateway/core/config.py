@@ -173,6 +173,8 @@ class MediaSection:
     hold_timeout: float = 3600.0
     workers: int = 1
     offer_rtcp_feedback: bool = False
+    # Read the legs' RTCP for call quality (gateway/core/media/quality.py); RTP is never read.
+    rtcp_quality: bool = True
 
 
 @attrs.frozen

@@ -15,13 +15,13 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import attrs
 import trio
 
 from gateway.core.calls.limits import CallRate
-from gateway.core.interfaces import OutboundMessage, SipCapture
+from gateway.core.interfaces import OutboundMessage, RtcpCapture, SipCapture
 from gateway.core.sip import grammar
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
@@ -281,6 +281,12 @@ class SipEndpoint:
             if callable(getattr(tap, "message", None))
         )
         """Capture agents (HEP): a copy of every message in and out (empty: no cost)."""
+        self.rtcp_captures: tuple[RtcpCapture, ...] = tuple(
+            cast("RtcpCapture", capture)
+            for capture in self.captures
+            if getattr(capture, "rtcp_enabled", False)
+        )
+        """Capture agents that take calls' RTCP reports too (``rtcp_report``: HEP type 5)."""
         self.handling_bytes: bytes | None = None
         """The bytes of the request being handled (a new call's INVITE, while it is made)."""
         self.sip_taps: dict[tuple[str, str | None], tuple[CallTaps, str]] = {}

@@ -42,6 +42,7 @@ from gateway.core.media import relay as relay_module
 from gateway.core.media import srtp as srtp_module
 from gateway.core.media.policy import all_policies
 from gateway.core.media.ports import PortAllocator
+from gateway.core.media.quality import CallQuality
 from gateway.core.media.relay import MediaRelay
 from gateway.core.media.relay_api import Relay
 from gateway.core.media.remote_relay import WorkerPool
@@ -260,7 +261,8 @@ class Gateway:
         else:
             assert self.relay is not None
             relay = self.relay
-        return MediaSession(relay, media_address=self.config.media.address)
+        quality = CallQuality(trio.current_time) if self.config.media.rtcp_quality else None
+        return MediaSession(relay, media_address=self.config.media.address, quality=quality)
 
     # -- TransportHost ----------------------------------------------------------------------
 

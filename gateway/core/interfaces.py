@@ -397,6 +397,27 @@ class SipCapture(Protocol):
     async def run(self) -> None: ...
 
 
+class RtcpCapture(Protocol):
+    """Optional part of a :class:`SipCapture`: when ``rtcp_enabled`` is true (read once, at
+    start-up), ``rtcp_report`` gets every RTCP report a call's leg sends (the JSON of its SR or
+    RR, :func:`gateway.core.media.rtcp.report_json`; HEP protocol type 5), with that leg's RTCP
+    addresses and its Call-ID as ``correlation``. Called from the media relay's task: never
+    block."""
+
+    @property
+    def rtcp_enabled(self) -> bool: ...
+
+    def rtcp_report(
+        self,
+        report: bytes,
+        *,
+        source: Address,
+        destination: Address,
+        at: float,
+        correlation: bytes,
+    ) -> None: ...
+
+
 # --------------------------------------------------------------------------------------------
 # Devices and PSTN interworking
 
@@ -642,6 +663,15 @@ class MediaCounts:
     dropped: int
     srtp_auth_failures: int
     srtp_replays: int
+    rtcp_reports: int = 0
+    """RTCP datagrams read for call quality (``[media] rtcp_quality``)."""
+    rtcp_malformed: int = 0
+    """RTCP datagrams that could not be read (relayed unchanged all the same)."""
+    call_mos: Histogram | None = None
+    """At call end, per leg whose phone sent RTCP reports: the lowest estimated MOS it reached
+    (:mod:`gateway.core.media.quality`). None: not counted."""
+    call_jitter_seconds: Histogram | None = None
+    """At call end, per leg whose phone sent RTCP reports: the highest jitter it reported."""
 
 
 @attrs.frozen

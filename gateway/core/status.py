@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 # timeout is 180 s), an IVR or voicemail in under a second.
 SETUP_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
+# The estimated MOS of a leg (1..4.5, gateway/core/media/quality.py): 4.3 and above is
+# "very satisfied" in G.107 Annex B's table, below 3.6 "many users dissatisfied".
+MOS_BUCKETS = (1.5, 2.0, 2.5, 3.0, 3.3, 3.6, 3.8, 4.0, 4.2, 4.3, 4.4)
+# Interarrival jitter (RFC 3550 §6.4.1): a jitter buffer absorbs tens of ms.
+JITTER_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
+
 OUTCOMES = ("answered", "cancelled", "no_answer", "rejected", "transferred", "error")
 
 
@@ -66,6 +72,8 @@ class MediaTotals:
     dropped: int = 0
     srtp_auth_failures: int = 0
     srtp_replays: int = 0
+    rtcp_reports: int = 0
+    rtcp_malformed: int = 0
 
     def add_call(self, call: Call) -> int:
         """Add ``call``'s counters so far (closed streams and replaced SRTP sessions
@@ -77,6 +85,11 @@ class MediaTotals:
             self.packets += int(stats["a_to_b_packets"] or 0) + int(stats["b_to_a_packets"] or 0)
             self.bytes += int(stats["a_to_b_bytes"] or 0) + int(stats["b_to_a_bytes"] or 0)
             self.dropped += int(stats["a_to_b_dropped"] or 0) + int(stats["b_to_a_dropped"] or 0)
+            quality = call.media.quality
+            if quality is not None:
+                for figures in quality.legs.values():
+                    self.rtcp_reports += figures.rtcp_packets
+                    self.rtcp_malformed += figures.malformed
         if call.keying is not None:
             for leg in call.keying.statistics().values():
                 self.srtp_auth_failures += leg["auth_failures"]
@@ -96,6 +109,8 @@ class CallStatistics:
         self.setup_total = 0.0
         self.ended_media = MediaTotals()
         self.key_exchange_failures: collections.Counter[str] = collections.Counter()
+        self.mos = _Buckets(MOS_BUCKETS)
+        self.jitter = _Buckets(JITTER_BUCKETS)
         # Live calls: when each started, None once answered. Entries leave when calls end, so
         # this holds at most the calls in progress.
         self._live: dict[object, float | None] = {}
@@ -117,6 +132,13 @@ class CallStatistics:
             self.ended[end_outcome(reason, answered=answered)] += 1
             # Called before the call's streams close: their final counters.
             self.ended_media.add_call(call)
+            quality = call.media.quality if call.media is not None else None
+            if quality is not None:
+                for leg in quality.legs.values():
+                    if leg.worst_mos is not None:
+                        self.mos.observe(leg.worst_mos)
+                    if leg.worst_jitter_ms is not None:
+                        self.jitter.observe(leg.worst_jitter_ms / 1000)
 
     def _observe_setup(self, seconds: float) -> None:
         index = bisect.bisect_left(SETUP_BUCKETS, seconds)  # le: a bound is inclusive
@@ -132,6 +154,31 @@ class CallStatistics:
             running += count
             cumulative.append(running)
         return Histogram(SETUP_BUCKETS, tuple(cumulative), self.setup_count, self.setup_total)
+
+
+class _Buckets:
+    """Observations counted into buckets (as :meth:`CallStatistics.setup_histogram`)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)  # per bucket, not yet cumulative
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.bounds, value)  # le: a bound is inclusive
+        if index < len(self.bounds):
+            self.counts[index] += 1
+        self.count += 1
+        self.total += value
+
+    def histogram(self) -> Histogram:
+        cumulative: list[int] = []
+        running = 0
+        for count in self.counts:
+            running += count
+            cumulative.append(running)
+        return Histogram(self.bounds, tuple(cumulative), self.count, self.total)
 
 
 class StatusView:
@@ -167,6 +214,10 @@ class StatusView:
             dropped=totals.dropped,
             srtp_auth_failures=totals.srtp_auth_failures,
             srtp_replays=totals.srtp_replays,
+            rtcp_reports=totals.rtcp_reports,
+            rtcp_malformed=totals.rtcp_malformed,
+            call_mos=self._statistics.mos.histogram(),
+            call_jitter_seconds=self._statistics.jitter.histogram(),
         )
 
     def sip(self) -> SipCounts:

@@ -113,6 +113,7 @@ from gateway.core.calls.routing import (
     account_number_on_trunk,
     destination_for,
 )
+from gateway.core.calls.rtcp_capture import RtcpToCaptures
 from gateway.core.calls.transfer import Transfer
 from gateway.core.interfaces import (
     Caller,
@@ -629,6 +630,8 @@ class Call:
             device=caller.device,
         )
         self.media = self.manager.new_media_session(self._media_lost)
+        if self.media.quality is not None and self.endpoint.rtcp_captures:
+            self.media.quality.listeners = (RtcpToCaptures(self, self.endpoint.rtcp_captures),)
         self.keying = CallKeying(self.media)
         if self.taps is not None:
             self.taps.use_session(self.media)  # taps from the start see early media too
@@ -3023,6 +3026,11 @@ class Call:
                     leg_record["srtp"] = counters
         if self.media is not None:
             record["media"] = self.media.statistics()
+            if self.media.quality is not None:
+                # Per leg, what its phone's RTCP reports said (gateway/core/media/quality.py).
+                quality = self.media.quality.record()
+                if quality:
+                    record["quality"] = quality
         if self.transfers:
             record["transfers"] = list(self.transfers)
         if self.failovers:

@@ -54,6 +54,11 @@ address (direction ``a_to_b``), and the reverse.
   The RTCP socket relays nothing then. The mode is decided at setup: an opaque socket is kept in
   a table of its own, looked up only where the RTP table has no endpoint, so RTP pays nothing.
 - Every drop is counted per direction and reason; :meth:`DirectionControl.statistics`.
+- Reading RTCP (call quality, :mod:`~gateway.core.media.quality`): a direction's
+  :attr:`DirectionControl.rtcp_observer` gets each of its RTCP datagrams, plain (after SRTCP
+  unprotect), and the datagram is forwarded unchanged. The observer rides on the RTCP route's
+  inbound transform, so the RTP routes are built exactly as without it: RTP pays nothing, and
+  RTCP (one datagram every few seconds) takes the bytes path instead of the in-place one.
 - Each stream records when it last received media (:attr:`MediaStream.last_activity`); the B2BUA
   polls :meth:`MediaRelay.idle_streams` and ends calls whose media stopped.
 
@@ -207,6 +212,13 @@ class Transforms:
     rtp_out: Transform | None = None
     rtcp_in: Transform | None = None
     rtcp_out: Transform | None = None
+
+
+RtcpObserver = Callable[[bytes], None]
+"""Takes each RTCP datagram of a direction, as plain RTCP (after ``rtcp_in``, e.g. SRTCP
+unprotect; before ``rtcp_out``), to read it (call quality,
+:class:`~gateway.core.media.quality.CallQuality`). The packet is forwarded unchanged whatever the
+observer does. Runs in the relay's loop, RTCP only (RTP never reaches it): must not block."""
 
 
 @attrs.frozen
@@ -605,6 +617,7 @@ class DirectionControl:
         self._blocked = False
         self._transforms = Transforms()
         self._taps: tuple[Tap, ...] = ()
+        self._rtcp_observer: RtcpObserver | None = None
 
     def __repr__(self) -> str:
         return (
@@ -636,6 +649,17 @@ class DirectionControl:
     @property
     def taps(self) -> tuple[Tap, ...]:
         return self._taps
+
+    @property
+    def rtcp_observer(self) -> RtcpObserver | None:
+        """Gets every RTCP datagram of this direction, plain (see :data:`RtcpObserver`); None:
+        nobody reads RTCP. Only the RTCP routes change: RTP costs the same either way."""
+        return self._rtcp_observer
+
+    @rtcp_observer.setter
+    def rtcp_observer(self, value: RtcpObserver | None) -> None:
+        self._rtcp_observer = value
+        self._on_change()
 
     def add_tap(self, tap: Tap) -> None:
         """Start calling ``tap`` with every packet of this direction (see :data:`Tap`)."""
@@ -807,16 +831,40 @@ class MediaStream:
                     ep.taps,
                     buffer,
                 )
+                rtcp_in = transforms.rtcp_in
+                if control.rtcp_observer is not None:
+                    # Reading RTCP makes its route take the bytes path (no in-place SRTCP):
+                    # one copy per RTCP datagram, about one every five seconds per stream.
+                    rtcp_in = _observed(rtcp_in, control.rtcp_observer)
                 _configure(
                     ep.rtcp,
                     rtcp_out,
                     dst.rtcp_destination,
-                    transforms.rtcp_in,
+                    rtcp_in,
                     transforms.rtcp_out,
                     ep.taps,
                     buffer,
                 )
             src._rtp.rtcp_octets = RTCP_BY_SECOND_OCTET if src.rtcp_mux else _NEVER_RTCP
+
+
+def _observed(transform_in: Transform | None, observer: RtcpObserver) -> Transform:
+    """``transform_in`` (None: none), then ``observer`` on its result; the packet goes on
+    unchanged. An observer that raises is logged, never drops the packet."""
+
+    def observe(packet: bytes) -> bytes | None:
+        if transform_in is not None:
+            result = transform_in(packet)  # raising or None: counted as the transform's drop
+            if result is None:
+                return None
+            packet = result
+        try:
+            observer(packet)
+        except Exception:
+            logger.exception("an RTCP observer failed; the packet is forwarded")
+        return packet
+
+    return observe
 
 
 def _configure(

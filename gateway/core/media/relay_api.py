@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.core.media.relay import Address, DirectionStatistics, NonRtpHandler
+from gateway.core.media.relay import Address, DirectionStatistics, NonRtpHandler, RtcpObserver
 
 
 class LocalPorts(Protocol):
@@ -61,6 +61,12 @@ class RelayDirection(Protocol):
 
     @blocked.setter
     def blocked(self, value: bool) -> None: ...
+
+    @property
+    def rtcp_observer(self) -> RtcpObserver | None: ...
+
+    @rtcp_observer.setter
+    def rtcp_observer(self, value: RtcpObserver | None) -> None: ...
 
     def statistics(self) -> DirectionStatistics: ...
 

@@ -63,7 +63,13 @@ from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.ice import IceLiteResponder
 from gateway.core.media.ports import rtp_ports
-from gateway.core.media.relay import Direction, DirectionStatistics, NonRtpHandler, Tap
+from gateway.core.media.relay import (
+    Direction,
+    DirectionStatistics,
+    NonRtpHandler,
+    RtcpObserver,
+    Tap,
+)
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
     ChannelError,
@@ -75,6 +81,7 @@ from gateway.core.media.worker_protocol import (
     PairsReady,
     Ping,
     Pong,
+    Rtcp,
     SendDatagram,
     SetBlocked,
     SetDtls,
@@ -82,6 +89,7 @@ from gateway.core.media.worker_protocol import (
     SetKeys,
     SetOpaque,
     SetRemote,
+    SetRtcpWatch,
     SetTap,
     Stats,
     StreamFailed,
@@ -348,6 +356,7 @@ class RemoteDirection:
     _stream: RemoteStream = attrs.field(repr=False)
     _blocked: bool = True  # see WorkerPool.open_stream
     _counts: DirectionStatistics = attrs.field(default=_NO_COUNTS, repr=False)
+    _rtcp_observer: RtcpObserver | None = attrs.field(default=None, repr=False)
 
     @property
     def blocked(self) -> bool:
@@ -357,6 +366,27 @@ class RemoteDirection:
     def blocked(self, value: bool) -> None:
         self._blocked = value
         self._stream._send(SetBlocked(self._stream.id, self.direction.value, value))
+
+    @property
+    def rtcp_observer(self) -> RtcpObserver | None:
+        """Gets the direction's RTCP, plain, as the worker copies it (``Rtcp`` messages: at most
+        one every ``RTCP_COPY_INTERVAL`` seconds per direction, droppable when the channel is
+        flooded)."""
+        return self._rtcp_observer
+
+    @rtcp_observer.setter
+    def rtcp_observer(self, value: RtcpObserver | None) -> None:
+        self._rtcp_observer = value
+        self._stream._send(SetRtcpWatch(self._stream.id, self.direction.value, value is not None))
+
+    def _rtcp(self, packet: bytes) -> None:
+        observer = self._rtcp_observer
+        if observer is None:
+            return  # stopped; copies still in the channel
+        try:
+            observer(packet)
+        except Exception:
+            log.exception("an RTCP observer failed on a worker stream")
 
     def statistics(self) -> DirectionStatistics:
         """The counters the worker last pushed (at most about a second old)."""
@@ -820,11 +850,15 @@ class WorkerPool:
             if pong is not None:
                 pong.set()
             return
-        if isinstance(message, Stats | Datagram | StreamFailed | Tapped | TappedDatagram):
+        if isinstance(message, Stats | Datagram | StreamFailed | Tapped | TappedDatagram | Rtcp):
             stream = worker.streams.get(message.stream)
             if stream is None:
                 return  # closed here meanwhile
-            if isinstance(message, Tapped):
+            if isinstance(message, Rtcp):
+                (stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a)._rtcp(
+                    message.packet
+                )
+            elif isinstance(message, Tapped):
                 stream._tapped(message)
             elif isinstance(message, TappedDatagram):
                 stream._tapped_datagram(message)

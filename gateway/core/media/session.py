@@ -59,6 +59,7 @@ import attrs
 from gateway.core.ids import RandomIds
 from gateway.core.ip import ip_literal
 from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.quality import CallQuality
 from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
 from gateway.core.sdp.errors import SdpError
@@ -202,6 +203,7 @@ class MediaSession:
         *,
         media_address: str,
         session_id_source: Callable[[], int] | None = None,
+        quality: CallQuality | None = None,
     ) -> None:
         try:
             address = ip_literal(media_address)
@@ -218,6 +220,9 @@ class MediaSession:
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
         self._closed = False
+        self.quality = quality
+        """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
+        RTCP observers feed it. None: RTCP is only relayed."""
 
     def __repr__(self) -> str:
         offer = "none" if self._exchange is None else f"from {self._exchange.offerer}"
@@ -376,6 +381,8 @@ class MediaSession:
             index: stream.opaque for index, stream in enumerate(self._slots) if stream is not None
         }
         opened = self._open_streams(len(offer.media), relayed)
+        if self.quality is not None:
+            self._observe_rtcp(self.quality, offer, relayed, opened)
         for index in opened:
             # A new line's stream starts in its own mode; an existing one switches with the
             # answer (answer_from).
@@ -524,6 +531,8 @@ class MediaSession:
         self._exchange = None
         for index in range(len(self._slots)):
             self._close_slot(index)
+        if self.quality is not None:
+            self.quality.listeners = ()  # they may hold the call: no cycle left behind
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -610,6 +619,39 @@ class MediaSession:
             del self._slots[before:]
             raise
         return tuple(opened)
+
+    def rtcp_addresses(
+        self, index: int, side: Side
+    ) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """Where ``side``'s leg sends stream ``index``'s RTCP from and to, as its SDP and ours
+        say (RFC 3605 a=rtcp, else RTP port + 1; RFC 5761 rtcp-mux: the RTP ports); None when
+        not known. For captures (HEP), not for sending."""
+        remote = self._remotes.get((index, side))
+        stream = self.stream_at(index)
+        if remote is None or remote.rtp is None or stream is None:
+            return None
+        ports = _side(stream, side).ports
+        if remote.rtcp_mux:
+            return remote.rtp, (self._media_address, ports.rtp_port)
+        source = remote.rtcp or (remote.rtp[0], remote.rtp[1] + 1)
+        return source, (self._media_address, ports.rtcp_port)
+
+    def _observe_rtcp(
+        self,
+        quality: CallQuality,
+        offer: SessionDescription,
+        relayed: dict[int, _Remote],
+        opened: tuple[int, ...],
+    ) -> None:
+        """Feed the RTCP of the streams just opened to ``quality``; tell it each relayed line's
+        codecs (for the clock rate of its jitter)."""
+        for index in relayed:
+            quality.set_media(index, offer.media[index])
+        for index in opened:
+            stream = self._slots[index]
+            if stream is not None:
+                stream.a_to_b.rtcp_observer = quality.observer("a", index)
+                stream.b_to_a.rtcp_observer = quality.observer("b", index)
 
     def _set_remote(self, index: int, side: Side, remote: _Remote) -> None:
         stream = self._slots[index]

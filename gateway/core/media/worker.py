@@ -52,9 +52,12 @@ from gateway.core.media.relay import (
     MediaRelay,
     MediaStream,
     NonRtpHandler,
+    RtcpObserver,
     Tap,
 )
 from gateway.core.media.worker_protocol import (
+    MAX_RTCP_COPY,
+    RTCP_COPY_INTERVAL,
     ChannelError,
     Close,
     Datagram,
@@ -64,6 +67,7 @@ from gateway.core.media.worker_protocol import (
     PairsReady,
     Ping,
     Pong,
+    Rtcp,
     SendDatagram,
     SetBlocked,
     SetDtls,
@@ -71,6 +75,7 @@ from gateway.core.media.worker_protocol import (
     SetKeys,
     SetOpaque,
     SetRemote,
+    SetRtcpWatch,
     SetTap,
     Stats,
     StreamFailed,
@@ -103,6 +108,7 @@ _STREAM_REQUESTS = (
     SendDatagram,
     SetTap,
     SetOpaque,
+    SetRtcpWatch,
     Close,
 )
 
@@ -293,6 +299,13 @@ class Worker:
                 self._set_tap(message.stream, stream, message.enabled)
             elif isinstance(message, SetOpaque):
                 stream.set_opaque(message.opaque)
+            elif isinstance(message, SetRtcpWatch):
+                control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
+                control.rtcp_observer = (
+                    self._rtcp_copier(message.stream, message.direction)
+                    if message.enabled
+                    else None
+                )
             else:
                 self._close(message.stream)
         except LocalMediaError as exc:
@@ -353,6 +366,23 @@ class Worker:
         stream.a_to_b.add_tap(copy)
         stream.b_to_a.add_tap(copy)
         self._taps[stream_id] = [(stream.a_to_b, copy), (stream.b_to_a, copy)]
+
+    def _rtcp_copier(self, stream_id: int, direction: str) -> RtcpObserver:
+        """Copies of a direction's plain RTCP to the SIP process (its call's quality), within
+        the bounds of :class:`~gateway.core.media.worker_protocol.Rtcp`; droppable like the
+        handshake datagrams."""
+        outbox = self.outbox
+        clock = trio.current_time
+        last = [-RTCP_COPY_INTERVAL]
+
+        def copy(packet: bytes) -> None:
+            now = clock()
+            if len(packet) > MAX_RTCP_COPY or now - last[0] < RTCP_COPY_INTERVAL:
+                return
+            last[0] = now
+            outbox.send(Rtcp(stream_id, direction, packet), droppable=True)
+
+        return copy
 
     def _dtls_handler(self, stream_id: int, side: str, rtcp: bool) -> NonRtpHandler:
         outbox = self.outbox

@@ -30,6 +30,9 @@ Decrypted media crosses this channel too (:class:`Tapped`, :class:`TappedDatagra
 media taps: recording, interception), under the same rule: it is a socketpair between two
 processes of one user.
 
+Call quality: :class:`SetRtcpWatch` (SIP process -> worker) asks for copies of a direction's
+plain RTCP, which come back as :class:`Rtcp` (bounded in size and rate).
+
 Sans-IO: bytes in, messages out (:class:`FrameReader`), messages in, bytes out (:func:`encode`).
 """
 
@@ -171,6 +174,16 @@ class SetOpaque:
 
 
 @attrs.frozen
+class SetRtcpWatch:
+    """Send the RTCP datagrams of ``direction`` to the SIP process, plain (after SRTCP
+    unprotect), as :class:`Rtcp` (the call's quality, from its legs' reports), or stop."""
+
+    stream: int
+    direction: str
+    enabled: bool
+
+
+@attrs.frozen
 class Ping:
     """Answer with :class:`Pong` once every message sent before this one is applied."""
 
@@ -250,6 +263,26 @@ class TappedDatagram:
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
 
 
+@attrs.frozen
+class Rtcp:
+    """An RTCP datagram the stream forwarded in ``direction``, plain, for the call's quality
+    (:class:`SetRtcpWatch`). At most :data:`MAX_RTCP_COPY` octets, and at most one per direction
+    every :data:`RTCP_COPY_INTERVAL` seconds: the rest are forwarded but not copied."""
+
+    stream: int
+    direction: str
+    packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
+
+
+MAX_RTCP_COPY = 1500
+"""The longest RTCP datagram copied to the SIP process (a phone's compound SR/RR, SDES and XR is
+a few hundred octets)."""
+
+RTCP_COPY_INTERVAL = 0.2
+"""Least seconds between two copies of one direction's RTCP: reports come every few seconds
+(RFC 3550 §6.2); a peer flooding RTCP must not flood the control channel."""
+
+
 Message = (
     Open
     | SetRemote
@@ -265,6 +298,8 @@ Message = (
     | Stats
     | StreamFailed
     | SetTap
+    | SetRtcpWatch
+    | Rtcp
     | Tapped
     | SetOpaque
     | TappedDatagram
@@ -448,6 +483,8 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     23: (StreamFailed, (_STREAM, _STR)),
     24: (Pong, (_STREAM,)),
     9: (SetTap, (_STREAM, _BOOL)),
+    12: (SetRtcpWatch, (_STREAM, _DIRECTION, _BOOL)),
+    27: (Rtcp, (_STREAM, _DIRECTION, _BYTES)),
     25: (Tapped, (_STREAM, _DIRECTION, _BYTES)),
     10: (SetOpaque, (_STREAM, _BOOL)),
     26: (TappedDatagram, (_STREAM, _DIRECTION, _ADDRESS, _BYTES)),

@@ -202,6 +202,33 @@ def _media(out: Exposition, status: GatewayStatus) -> None:
         "SRTP and SRTCP packets refused as replays (RFC 3711 3.3.2).",
     )
     out.sample(media.srtp_replays)
+    out.family(
+        "voipgw_rtcp_reports_total",
+        "counter",
+        "RTCP datagrams from the legs read for call quality (RFC 3550 6.4), after SRTCP.",
+    )
+    out.sample(media.rtcp_reports)
+    out.family(
+        "voipgw_rtcp_malformed_total",
+        "counter",
+        "RTCP datagrams that could not be read for call quality (relayed unchanged).",
+    )
+    out.sample(media.rtcp_malformed)
+    if media.call_mos is not None:
+        out.family(
+            "voipgw_call_mos",
+            "histogram",
+            "Per leg of an ended call whose phone sent RTCP reports: the lowest estimated MOS.",
+        )
+        out.histogram(media.call_mos)
+    if media.call_jitter_seconds is not None:
+        out.family(
+            "voipgw_call_jitter_seconds",
+            "histogram",
+            "Per leg of an ended call whose phone sent RTCP reports: the highest jitter it "
+            "reported.",
+        )
+        out.histogram(media.call_jitter_seconds)
 
 
 def _key_exchanges(out: Exposition, status: GatewayStatus) -> None:

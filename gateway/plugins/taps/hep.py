@@ -13,6 +13,13 @@ UDP; 6 for TCP and TLS: the payload is the decrypted message), 3/4 or 5/6 the ad
 ports, 9/10 the time (seconds and microseconds), 11 protocol type 1 (SIP), 12 capture agent id,
 14 the collector's password (if configured; never logged), 15 the message, 17 the correlation id
 (the message's Call-ID: Homer ties a call's messages with it), 19 the agent's name.
+
+RTCP (``rtcp = true``, the default): each RTCP datagram a call's leg sends (read for call quality,
+``[media] rtcp_quality``) goes as protocol type 5 with its first SR or RR as the JSON object
+heplify-server and captagent use (``type``, ``ssrc``, ``report_count``, ``sender_information``,
+``report_blocks``), from the leg's RTCP address in its SDP to our RTCP port, correlated with that
+leg's Call-ID: Homer shows it beside the call's SIP. Compounds with neither SR nor RR are not
+sent.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SIP = 1  # HEP protocol type (chunk 0x0b)
+SIP = 1  # HEP protocol types (chunk 0x0b)
+RTCP_JSON = 5  # an RTCP report as JSON (captagent's and heplify's field names: rtcp.report_json)
 DEFAULT_PORT = 9060
 _CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 
@@ -63,8 +71,10 @@ def encode_hep3(
     at: float,
     agent: HepAgent,
     correlation: bytes = b"",
+    protocol: int = SIP,
 ) -> bytes:
-    """One HEP3 packet carrying the SIP message ``payload``."""
+    """One HEP3 packet carrying ``payload``: a SIP message, or (``protocol`` 5) an RTCP report
+    as JSON."""
     src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
     if src.version != dst.version:
         raise ValueError("source and destination of different IP versions")
@@ -79,7 +89,7 @@ def encode_hep3(
         _chunk(0x08, struct.pack("!H", destination[1])),
         _chunk(0x09, struct.pack("!I", seconds)),
         _chunk(0x0A, struct.pack("!I", min(999_999, round((at - seconds) * 1_000_000)))),
-        _chunk(0x0B, bytes([SIP])),
+        _chunk(0x0B, bytes([protocol])),
         _chunk(0x0C, struct.pack("!I", agent.capture_id)),
     ]
     if agent.password:
@@ -131,6 +141,39 @@ class HepCapture:
         except (ValueError, trio.WouldBlock, trio.ClosedResourceError):
             self.dropped += 1
 
+    @property
+    def rtcp_enabled(self) -> bool:
+        """Whether calls hand this agent their RTCP reports (``rtcp`` key): the core looks
+        at it once, at start-up."""
+        return self.config.rtcp
+
+    def rtcp_report(
+        self,
+        report: bytes,
+        *,
+        source: Address,
+        destination: Address,
+        at: float,
+        correlation: bytes,
+    ) -> None:
+        """One RTCP report of a call's leg (its JSON, :func:`gateway.core.media.rtcp.report_json`)
+        as HEP protocol type 5, correlated with the leg's Call-ID as its SIP is. Queued and
+        dropped when full, like SIP."""
+        try:
+            packet = encode_hep3(
+                report,
+                source=source,
+                destination=destination,
+                transport="udp",
+                at=at,
+                agent=self._agent,
+                correlation=correlation,
+                protocol=RTCP_JSON,
+            )
+            self._send.send_nowait(packet)
+        except (ValueError, trio.WouldBlock, trio.ClosedResourceError):
+            self.dropped += 1
+
     async def run(self) -> None:
         host, port = self.config.collector_address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -158,6 +201,7 @@ class HepConfig:
     agent_name: str = "voipgw"
     password: str = attrs.field(default="", repr=False)
     queue: int = 10_000
+    rtcp: bool = True
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.

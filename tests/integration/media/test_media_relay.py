@@ -571,6 +571,46 @@ async def test_rtcp_mux_on_both_sides(stream: MediaStream, alice: Phone, bob: Ph
     assert stream.a_to_b.statistics().rtcp_packets == 1
 
 
+async def test_an_rtcp_observer_sees_rtcp_only_and_rtp_routes_stay_as_they_were(
+    stream: MediaStream, alice: Phone, bob: Phone
+):
+    """Call quality reads RTCP (RFC 5761 §4 muxed on the RTP port, and on its own port), after
+    the inbound transform; RTP never reaches it and its routes are built as without it, and a
+    raising observer never stops the packet."""
+    stream.a.set_remote(alice.rtp_address, rtcp_mux=True)
+    stream.b.set_remote(bob.rtp_address)
+    stream.a_to_b.transforms = Transforms(rtcp_in=lambda p: p + b"<in>")
+    await alice.send(rtp(0), stream.a.ports.rtp_port)  # latch
+    await bob.receive()
+    rtp_route = stream.a._rtp.rtp
+    before = (rtp_route.plain, rtp_route.in_place, rtp_route.transform_in, rtp_route.step_in)
+    seen: list[tuple[str, bytes]] = []
+
+    def observe_b(packet: bytes) -> None:
+        seen.append(("b", packet))
+        raise RuntimeError("a bug in the observer")
+
+    stream.a_to_b.rtcp_observer = lambda packet: seen.append(("a", packet))
+    stream.b_to_a.rtcp_observer = observe_b
+    await alice.send(rtp(1), stream.a.ports.rtp_port)
+    assert await bob.receive() == (rtp(1), (ADDRESS, stream.b.ports.rtp_port))
+    rtp_route = stream.a._rtp.rtp
+    assert (rtp_route.plain, rtp_route.in_place, rtp_route.transform_in, rtp_route.step_in) == (
+        before
+    )
+    await alice.send(receiver_report(), stream.a.ports.rtp_port)  # muxed
+    assert (await bob.receive(on_rtcp=True))[0] == receiver_report() + b"<in>"
+    await bob.send(receiver_report(5), stream.b.ports.rtcp_port, from_rtcp=True)
+    assert (await alice.receive())[0] == receiver_report(5)  # forwarded though it raised
+    assert seen == [("a", receiver_report() + b"<in>"), ("b", receiver_report(5))]
+
+    stream.a_to_b.rtcp_observer = None
+    await alice.send(receiver_report(7), stream.a.ports.rtp_port)
+    assert (await bob.receive(on_rtcp=True))[0] == receiver_report(7) + b"<in>"
+    assert len(seen) == 2
+    assert stream.b_to_a.statistics().dropped == 0
+
+
 # -- blocking, transforms, taps -----------------------------------------------------------------
 
 

@@ -387,6 +387,49 @@ async def test_dtls_and_separate_srtcp_keys_on_the_rtcp_port(pool: WorkerPool) -
     assert len(received) == 1
 
 
+async def test_rtcp_reaches_the_sip_process_plain_and_bounded_in_rate(pool: WorkerPool) -> None:
+    """Call quality with workers: each direction's RTCP is copied to the SIP process's observer,
+    plain (leg B's SRTCP unprotected, on its RTP port with rtcp-mux: RFC 5761 §4), while the
+    packet itself is relayed as before; a second report within RTCP_COPY_INTERVAL is relayed
+    but not copied (a flooding peer cannot flood the channel)."""
+    a, a_rtcp, b = await phones(3)
+    stream = pool.open_stream()
+    stream.a.set_remote(a.address, rtcp=a_rtcp.address)
+    stream.b.set_remote(b.address, rtcp_mux=True)
+    b_keys = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B, remote_key=PHONE_B_KEY)
+    stream.apply_keys(StreamKeys(None, b_keys, blocked=False))
+    seen: list[tuple[str, bytes]] = []
+    stream.a_to_b.rtcp_observer = lambda packet: seen.append(("a", packet))
+    stream.b_to_a.rtcp_observer = lambda packet: seen.append(("b", packet))
+    await pool.sync(stream.worker)
+
+    report = struct.pack("!BBHI", 0x81, 201, 7, 0xB) + struct.pack("!6I", 9, 0, 1, 96, 3, 4)
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    b_sends = pylibsrtp.Session(
+        pylibsrtp.Policy(PHONE_B_KEY, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+    b_receives = pylibsrtp.Session(
+        pylibsrtp.Policy(GATEWAY_KEY_TO_B, pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile)
+    )
+    await b.send(b_sends.protect_rtcp(report), stream.b.ports.rtp_port)
+    assert await a_rtcp.receive() == (report, (ADDRESS, stream.a.ports.rtcp_port))
+    a_report = report.replace(struct.pack("!I", 0xB), struct.pack("!I", 0xA), 1)
+    for _ in range(2):  # back to back: the second is relayed, not copied
+        await a_rtcp.send(a_report, stream.a.ports.rtcp_port)
+        data, _source = await b.receive()
+        assert b_receives.unprotect_rtcp(data) == a_report  # SRTCP to B, on its RTP port
+    await eventually(lambda: len(seen) == 2, "both directions copied")
+    await pool.sync(stream.worker)
+    assert sorted(seen) == [("a", a_report), ("b", report)]
+
+    stream.a_to_b.rtcp_observer = None
+    await trio.sleep(0.25)  # past the copy interval
+    await a_rtcp.send(a_report, stream.a.ports.rtcp_port)
+    await b.receive()
+    await pool.sync(stream.worker)
+    assert len(seen) == 2  # stopped
+
+
 async def test_a_killed_worker_ends_its_calls_and_is_restarted(
     pool: WorkerPool, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -117,6 +117,7 @@ def test_the_agent_queues_and_drops_when_full_never_blocking() -> None:
         ({"collector": "udp:homer.example:9060"}, "collector"),
         ({"collector": "udp:127.0.0.1:9060", "capture_id": -1}, "capture_id"),
         ({"collector": "udp:127.0.0.1:9060", "queue": 1}, "queue"),
+        ({"collector": "udp:127.0.0.1:9060", "rtcp": "yes"}, "rtcp"),
     ],
 )
 def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
@@ -129,3 +130,24 @@ def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
 def test_a_collector_in_brackets_and_the_default_port() -> None:
     assert HepConfig(collector="udp:[2001:db8::5]:9061").collector_address == ("2001:db8::5", 9061)
     assert HepConfig(collector="udp:192.0.2.30").collector_address == ("192.0.2.30", 9060)
+
+
+def test_an_rtcp_report_goes_as_protocol_type_5_with_the_legs_call_id() -> None:
+    capture = HepCapture(HepConfig(collector="udp:127.0.0.1:9060", queue=10))
+    assert capture.rtcp_enabled
+    assert not HepCapture(HepConfig(collector="udp:127.0.0.1:9060", rtcp=False)).rtcp_enabled
+    report = b'{"type": 201, "ssrc": 10, "report_count": 0, "report_blocks": []}'
+    capture.rtcp_report(
+        report,
+        source=("192.0.2.7", 4001),
+        destination=("192.0.2.1", 30001),
+        at=1_700_000_000.25,
+        correlation=b"abc@phone",
+    )
+    found = chunks(capture._receive.receive_nowait())
+    assert found[0x0B] == b"\x05"  # RTCP, JSON (HEP3 protocol types; captagent's rtcp module)
+    assert found[0x02] == b"\x11"  # UDP
+    assert found[0x0F] == report
+    assert found[0x11] == b"abc@phone"
+    assert found[0x07] == struct.pack("!H", 4001) and found[0x08] == struct.pack("!H", 30001)
+    assert capture.dropped == 0
