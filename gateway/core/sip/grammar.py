@@ -516,8 +516,9 @@ def _plain_via(text: str) -> Via | None:
     if port is not None and port > 65535:
         return None
     params = _plain_params(params_text)
-    if any(_via_param_problem(name.lower(), value) for name, value in params):
-        return None
+    for name, value in params:
+        if _via_param_problem(name.lower(), value):
+            return None
     return Via(transport=transport, host=host, port=port, params=params, protocol="SIP/2.0")
 
 

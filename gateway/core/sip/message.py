@@ -69,7 +69,7 @@ class Headers:
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
-        return cls(tuple((canonical_name(n), v) for n, v in pairs))
+        return cls(tuple([(canonical_name(n), v) for n, v in pairs]))
 
     def _values(self) -> dict[str, str | tuple[str, ...]]:
         index = self._index
