@@ -295,8 +295,11 @@ class Response(_Common):
 
 Message = Request | Response
 
-# Headers a UAS copies from a request into a response it builds (RFC 3261 §8.2.6.2).
-_COPIED_INTO_RESPONSE = ("Via", "From", "To", "Call-ID", "CSeq")
+# Headers a UAS copies from a request into a response it builds (RFC 3261 §8.2.6.2), with their
+# keys in Headers.by_name().
+_COPIED_INTO_RESPONSE = tuple(
+    (name, name.lower()) for name in ("Via", "From", "To", "Call-ID", "CSeq")
+)
 
 
 def make_response(
@@ -312,8 +315,12 @@ def make_response(
     """Build a response to ``request`` as RFC 3261 §8.2.6.2 says: same Via stack (in order), From,
     Call-ID, CSeq, and To with ``to_tag`` added when given and not already present."""
     fields: list[tuple[str, str]] = []
-    for name in _COPIED_INTO_RESPONSE:
-        for value in request.headers.get_all(name):
+    by_name = request.headers.by_name()  # read directly: a get_all call per name cost more
+    for name, key in _COPIED_INTO_RESPONSE:
+        values = by_name.get(key)
+        if values is None:
+            continue
+        for value in (values,) if isinstance(values, str) else values:
             if name == "To" and to_tag is not None:
                 to = grammar.parse_name_addr_untrusted(value)
                 if to.tag is None:
