@@ -706,7 +706,8 @@ class SipEndpoint:
         RFC 3261 §9.1; dialog requests are built with one)."""
         if request.headers.get("Via") is not None:
             return request
-        return request.with_headers(request.headers.prepend("Via", str(self.new_via(flow))))
+        via = grammar.via_text(self.new_via(flow))
+        return request.with_headers(request.headers.prepend("Via", via))
 
     async def _send_on(
         self, message: Request, flow: Flow, transaction: ClientTransaction | None
