@@ -796,7 +796,7 @@ def split_list_untrusted(text: str) -> list[str]:
         elements = [element.strip(" \t") for element in text.split(",")]
     else:
         elements = _split_protected(text)
-    if any(not element for element in elements):
+    if "" in elements:
         raise SipParseError("bad header list: empty element")
     return elements
 

@@ -129,7 +129,7 @@ def parse_status_line_untrusted(line: str) -> tuple[int, str]:
     code, _, reason = rest.partition(" ")
     if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
         raise SipParseError("status code must be 100..699")
-    if any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in reason):
+    if _REASON_CONTROL.search(reason) is not None:
         raise SipParseError("control character in the reason phrase")
     return int(code), reason
 
@@ -181,6 +181,10 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
     return Request(method=method, uri=uri, headers=headers, body=body, version=SIP_VERSION)
 
 
+# Control characters a reason phrase may not hold: all below 0x20 but HTAB, and DEL.
+_REASON_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _decode_lines(head: bytes, max_line: int) -> list[str]:
     crlfs = head.count(b"\r\n")
     if head.count(b"\r") != crlfs or head.count(b"\n") != crlfs:
@@ -214,7 +218,7 @@ def _headers(lines: list[str], max_headers: int, folded: bool) -> Headers:
             except SipParseError as err:
                 detail = _BAD_PREFIX.sub("", err.reason)
                 raise SipParseError(f"bad {cname}: {detail}") from err
-            fields.extend((cname, element) for element in elements)
+            fields.extend([(cname, element) for element in elements])
         else:
             fields.append((cname, value))
         if len(fields) > max_headers:
