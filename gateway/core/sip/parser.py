@@ -163,16 +163,16 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
     if first[:4].upper() == "SIP/":
         status, reason = parse_status_line_untrusted(first)
         headers = _headers(lines[1:], max_headers, folded)
-        _validate_common(headers)
-        body = _body(headers, rest)
+        _, content_length = _validate_common(headers)
+        body = _body(content_length, rest)
         return Response(status=status, reason=reason, headers=headers, body=body)
     method, uri = parse_request_line_untrusted(first)
     headers = _headers(lines[1:], max_headers, folded)
-    cseq = _validate_common(headers)
+    cseq, content_length = _validate_common(headers)
     if cseq.method != method:
         # RFC 3261 §8.1.1.5 (RFC 4475 §3.1.2.17, §3.1.2.18): method names are case-sensitive.
         raise SipParseError("CSeq method does not match the Request-Line")
-    body = _body(headers, rest)
+    body = _body(content_length, rest)
     scheme = "tel" if isinstance(uri, TelUri) else uri.scheme
     if scheme.lower() not in SUPPORTED_URI_SCHEMES:
         # RFC 3261 §8.2.2.1: 416 Unsupported URI Scheme (RFC 4475 §3.3.2). Checked last so that a
@@ -275,9 +275,10 @@ _UINTS = tuple(
 )
 
 
-def _validate_common(headers: Headers) -> CSeq:
+def _validate_common(headers: Headers) -> tuple[CSeq, int | None]:
     """Checks shared by requests and responses (RFC 3261 §8.1.1, §20; RFC 4475 §3.1.2, §3.3).
-    Returns the CSeq, which a request's method is checked against."""
+    Returns the CSeq, which a request's method is checked against, and the Content-Length (None
+    without one), which _body applies once the start line's own checks are done."""
     # Read from the name index directly (lower-case names): a value is a string, or a tuple
     # when the field is repeated. Headers.get would cost a Python call per look-up.
     by_name = headers.by_name()
@@ -304,10 +305,13 @@ def _validate_common(headers: Headers) -> CSeq:
     cseq_value = by_name["cseq"]
     assert isinstance(cseq_value, str)
     cseq = _check("CSeq", parse_cseq_untrusted, cseq_value)
+    content_length = None
     for name, key, maximum in _UINTS:
         value = by_name.get(key)
         if isinstance(value, str):  # absent is fine; several were refused above
-            parse_uint_untrusted(value, name, maximum)
+            number = parse_uint_untrusted(value, name, maximum)
+            if key == "content-length":
+                content_length = number
     contact = by_name.get("contact")
     if isinstance(contact, str):
         _check("Contact", parse_name_addr_untrusted, contact)
@@ -323,7 +327,7 @@ def _validate_common(headers: Headers) -> CSeq:
         for value in (routes,) if isinstance(routes, str) else routes:
             if _check(name, parse_name_addr_untrusted, value).wildcard:
                 raise SipParseError(f"bad {name}: '*' is not a route")
-    return cseq
+    return cseq, content_length
 
 
 _T = TypeVar("_T")
@@ -339,11 +343,10 @@ def _check(name: str, parse: Callable[[str], _T], value: str) -> _T:
         raise SipParseError(f"bad {name}: {detail}") from err
 
 
-def _body(headers: Headers, rest: bytes) -> bytes:
-    value = headers.get("Content-Length")
-    if value is None:
+def _body(length: int | None, rest: bytes) -> bytes:
+    """The body: ``rest`` cut to the Content-Length the common checks parsed, if any."""
+    if length is None:
         return rest
-    length = parse_uint_untrusted(value, "Content-Length", _MAX_CONTENT_LENGTH)
     if length > len(rest):
         # RFC 4475 §3.1.2.2: the body is shorter than Content-Length says.
         raise SipParseError("Content-Length larger than the message body")
