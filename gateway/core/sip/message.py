@@ -141,6 +141,27 @@ class Headers:
                 return Headers(tuple(out))
         return Headers(((cname, value), *out))
 
+    def replace_first(self, name: str, value: str) -> Headers:
+        """The same fields with the first ``name`` field's value replaced (a received request's
+        top Via, stamped); unchanged without one. The name index, when made, is carried over
+        rather than made again: only that value differs."""
+        key = _lookup_key(name)
+        fields = list(self.fields)
+        for i, (n, _) in enumerate(fields):
+            if _lower(n) == key:
+                fields[i] = (n, value)
+                break
+        else:
+            return self
+        new = Headers(tuple(fields))
+        index = self._index
+        if index is not None:
+            index = dict(index)
+            old = index[key]
+            index[key] = value if isinstance(old, str) else (value, *old[1:])
+            object.__setattr__(new, "_index", index)
+        return new
+
     def remove(self, name: str) -> Headers:
         key = canonical_name(name).lower()
         return Headers(tuple((n, v) for n, v in self.fields if _lower(n) != key))
