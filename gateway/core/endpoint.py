@@ -206,7 +206,9 @@ class ClientRequest:
         self,
     ) -> tuple[trio.MemorySendChannel[Response], trio.MemoryReceiveChannel[Response]]:
         if self._send is None or self._receive is None:
-            self._send, self._receive = trio.open_memory_channel[Response](CLIENT_RESPONSE_QUEUE)
+            # Not open_memory_channel[Response](...): the subscripted alias's call costs more
+            # (typing's __call__ and a caught AttributeError); the attributes are typed.
+            self._send, self._receive = trio.open_memory_channel(CLIENT_RESPONSE_QUEUE)
             if self._closed:
                 self._send.close()
         return self._send, self._receive
@@ -710,7 +712,8 @@ class SipEndpoint:
         RFC 3261 §9.1; dialog requests are built with one)."""
         if request.headers.get("Via") is not None:
             return request
-        return request.with_headers(request.headers.prepend("Via", str(self.new_via(flow))))
+        via = grammar.via_text(self.new_via(flow))
+        return request.with_headers(request.headers.prepend("Via", via))
 
     async def _send_on(
         self, message: Request, flow: Flow, transaction: ClientTransaction | None

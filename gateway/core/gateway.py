@@ -22,7 +22,7 @@ import trio
 from gateway.core.calls.dialog_events import DialogEvents
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
-from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, route_call
+from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, default_route, route_call
 from gateway.core.calls.subscriptions import Subscriptions
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.calls.trunk_registration import TrunkRegistration, registering
@@ -250,6 +250,9 @@ class Gateway:
 
     def route(self, request: Request, caller: Caller) -> RouteDecision:
         assert self.directory is not None
+        if self.plugins.implemented("gateway_route_call") is None:
+            # No plugin routes: what route_call does then, without pluggy's empty hook call.
+            return default_route(request, caller, self.directory)
         return route_call(self.plugins.hook, request, caller, self.directory)
 
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:

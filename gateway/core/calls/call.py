@@ -368,7 +368,11 @@ class Call:
         self.late_offer = False
         self.answered_at = 0.0
         self.end_reason: str | None = None
-        self._events_send, self._events = trio.open_memory_channel[CallEventInput](EVENT_ROOM)
+        # Typed by annotation, not open_memory_channel[...]: calling the subscripted alias costs
+        # typing's __call__ and a caught AttributeError (it cannot tag the tuple it returns).
+        self._events_send: trio.MemorySendChannel[CallEventInput]
+        self._events: trio.MemoryReceiveChannel[CallEventInput]
+        self._events_send, self._events = trio.open_memory_channel(EVENT_ROOM)
         self._queued_requests = 0
         self._nursery: trio.Nursery | None = None
         # Client requests whose responses come into the event queue; detached at the end.

@@ -18,7 +18,6 @@ _ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _TOKEN_CHARS = frozenset(_ALNUM + "!#$%&'*+-.^_`{|}~")
 # RFC 8866 §9 (FQDN, extn-addr): what a host name in c=/o=/a=rtcp may contain.
 _HOST_CHARS = frozenset(_ALNUM + "-.")
-_DIGITS = frozenset("0123456789")
 
 # Numbers in SDP: NTP times and session ids are 64-bit in practice; 20 digits holds 2**64.
 MAX_DIGITS = 20
@@ -28,6 +27,7 @@ MAX_DIGITS = 20
 # character before). Held to the character sets above by a unit test.
 _TOKEN = re.compile("[" + re.escape("".join(sorted(_TOKEN_CHARS))) + "]+")
 _DIGIT_RUN = re.compile("[0-9]+")
+_DOTTED = re.compile("[0-9.]*")  # only digits and dots (or nothing): an IPv4 literal, if any
 
 
 def is_token(text: str) -> bool:
@@ -77,7 +77,7 @@ def check_address_untrusted(addrtype: str, address: str, what: str) -> None:
         if ip is None or ip.version != 6:
             raise SdpError(f"{what}: bad IPv6 address")
         return
-    if all(ch in _DIGITS or ch == "." for ch in address):
+    if _DOTTED.fullmatch(address) is not None:
         if kind != "IP4":
             raise SdpError(f"{what}: IPv4 address with address type IP6")
         try:

@@ -9,7 +9,7 @@ None for the property form (``a=sendrecv``), unknown names included. Typed acces
 (``rtpmap``, ``direction``, ``rtcp`` ...) read the stored text on demand; a malformed value raises
 :class:`SdpError` then, so an attribute nobody asks about never makes a call fail.
 
-Build edits with the ``with_*`` methods (they return new values through :func:`attrs.evolve`);
+Build edits with the ``with_*`` methods (they return new values);
 parse network bytes with :func:`gateway.core.sdp.parser.parse_sdp_untrusted`; write bytes with
 :func:`gateway.core.sdp.serializer.serialize_sdp`.
 
@@ -73,7 +73,7 @@ class Attributes:
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str | None]]) -> Attributes:
-        return cls(tuple(Attribute(name, value) for name, value in pairs))
+        return cls(tuple([Attribute(name, value) for name, value in pairs]))
 
     def __iter__(self) -> Iterator[Attribute]:
         return iter(self.items)
@@ -86,7 +86,12 @@ class Attributes:
 
     def has(self, name: str) -> bool:
         key = name.lower()
-        return any(a.name.lower() == key for a in self.items)
+        # A loop, not any() over a generator (a frame and a resumption per item): asked a
+        # dozen times per call.
+        for a in self.items:  # noqa: SIM110
+            if a.name.lower() == key:
+                return True
+        return False
 
     def get(self, name: str) -> str | None:
         """Value of the first attribute called ``name``; None if absent or a property attribute."""
@@ -563,7 +568,20 @@ class MediaDescription:
     ) -> MediaDescription:
         if not isinstance(attributes, Attributes):
             attributes = Attributes.of(attributes)
-        return attrs.evolve(self, attributes=attributes)
+        # Built directly rather than with attrs.evolve, which looks up every field by name: the
+        # media security steps rewrite each section's attributes a few times per call.
+        return MediaDescription(
+            self.media,
+            self.port,
+            self.proto,
+            self.formats,
+            self.port_count,
+            self.information,
+            self.connections,
+            self.bandwidths,
+            self.key,
+            attributes,
+        )
 
     def with_direction(self, direction: Direction | None) -> MediaDescription:
         """Replace this section's direction attribute (None removes it)."""
@@ -630,7 +648,22 @@ class SessionDescription:
     ) -> SessionDescription:
         if not isinstance(attributes, Attributes):
             attributes = Attributes.of(attributes)
-        return attrs.evolve(self, attributes=attributes)
+        # Built directly, as MediaDescription.with_attributes.
+        return SessionDescription(
+            self.origin,
+            self.session_name,
+            self.version,
+            self.information,
+            self.uri,
+            self.emails,
+            self.phones,
+            self.connection,
+            self.bandwidths,
+            self.times,
+            self.key,
+            attributes,
+            self.media,
+        )
 
     def with_direction(self, direction: Direction | None) -> SessionDescription:
         """Replace the session-level direction attribute (None removes it)."""

@@ -53,13 +53,19 @@ class _Media:
     attributes: list[Attribute] = attrs.Factory(list)
 
     def build(self) -> MediaDescription:
-        return attrs.evolve(
-            self.line,
-            information=self.information,
-            connections=tuple(self.connections),
-            bandwidths=tuple(self.bandwidths),
-            key=self.key,
-            attributes=Attributes(tuple(self.attributes)),
+        # Built directly rather than with attrs.evolve, which looks up every field by name.
+        line = self.line
+        return MediaDescription(
+            line.media,
+            line.port,
+            line.proto,
+            line.formats,
+            line.port_count,
+            self.information,
+            tuple(self.connections),
+            tuple(self.bandwidths),
+            self.key,
+            Attributes(tuple(self.attributes)),
         )
 
 

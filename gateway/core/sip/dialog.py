@@ -28,6 +28,7 @@ from collections.abc import Iterable
 import attrs
 
 from gateway.core.sip.errors import LocalSipError, RemoteSipError
+from gateway.core.sip.grammar import via_text
 from gateway.core.sip.headers import NameAddr, Via
 from gateway.core.sip.message import Headers, Request, Response
 from gateway.core.sip.uri import SipUri, Uri, remove_param
@@ -374,7 +375,10 @@ class Dialog:
             if self.remote_tag is None
             else self.remote_uri.with_tag(self.remote_tag)
         )
-        fields: list[tuple[str, str]] = [("Via", str(via)), ("Max-Forwards", str(max_forwards))]
+        fields: list[tuple[str, str]] = [
+            ("Via", via_text(via)),
+            ("Max-Forwards", str(max_forwards)),
+        ]
         fields += [("Route", route) for route in routes]
         fields += [
             ("From", str(self.local_uri.with_tag(self.local_tag))),

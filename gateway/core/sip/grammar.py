@@ -62,14 +62,29 @@ PARSE_CACHE_MAX_TEXT = 512
 _T = TypeVar("_T")
 
 
-def _memoized(parse: Callable[[str], _T]) -> Callable[[str], _T]:
-    """``parse`` with a bounded LRU cache for short texts (see the module docstring)."""
+def _memoized(
+    parse: Callable[[str], _T], written: dict[str, _T] | None = None
+) -> Callable[[str], _T]:
+    """``parse`` with a bounded LRU cache for short texts (see the module docstring); with
+    ``written``, the values this gateway wrote itself are looked up there first (via_text)."""
     cached = functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)(parse)
 
     def parse_memoized(text: str) -> _T:
         if len(text) > PARSE_CACHE_MAX_TEXT:
             return parse(text)
         return cached(text)
+
+    if written is not None:
+
+        def parse_memoized_or_written(text: str) -> _T:
+            value = written.get(text)
+            if value is not None:
+                return value
+            if len(text) > PARSE_CACHE_MAX_TEXT:
+                return parse(text)
+            return cached(text)
+
+        parse_memoized = parse_memoized_or_written
 
     parse_memoized.__doc__ = parse.__doc__
     parse_memoized.__name__ = parse.__name__
@@ -516,12 +531,32 @@ def _plain_via(text: str) -> Via | None:
     if port is not None and port > 65535:
         return None
     params = _plain_params(params_text)
-    if any(_via_param_problem(name.lower(), value) for name, value in params):
-        return None
+    for name, value in params:
+        if _via_param_problem(name.lower(), value):
+            return None
     return Via(transport=transport, host=host, port=port, params=params, protocol="SIP/2.0")
 
 
-@_memoized
+# Via texts this gateway wrote from a Via it holds (via_text) -> that Via. Each carries a fresh
+# branch (our own Via on a request we send) or a new stamp (a received request's top Via with
+# received and rport), so the memoized parser missed on every one and parsed again what we had
+# just written: five Via parses per call. Bounded like the caches, and only short texts.
+_WRITTEN_VIAS: dict[str, Via] = {}
+
+
+def via_text(via: Via) -> str:
+    """``str(via)``, for a Via this gateway puts in a message; parse_via_untrusted of that text
+    returns ``via`` itself from then on (the text is written from it: parsing gives an equal
+    value, which tests/unit/sip/test_sip_grammar.py checks)."""
+    text = str(via)
+    if len(text) <= PARSE_CACHE_MAX_TEXT:
+        if len(_WRITTEN_VIAS) >= PARSE_CACHE_ENTRIES:
+            _WRITTEN_VIAS.clear()
+        _WRITTEN_VIAS[text] = via
+    return text
+
+
+@functools.partial(_memoized, written=_WRITTEN_VIAS)
 def parse_via_untrusted(text: str) -> Via:
     """Parse one via-parm (RFC 3261 §20.42, §25.1; RFC 3581 rport).
 
@@ -761,7 +796,7 @@ def split_list_untrusted(text: str) -> list[str]:
         elements = [element.strip(" \t") for element in text.split(",")]
     else:
         elements = _split_protected(text)
-    if any(not element for element in elements):
+    if "" in elements:
         raise SipParseError("bad header list: empty element")
     return elements
 

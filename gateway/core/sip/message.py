@@ -69,7 +69,7 @@ class Headers:
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
-        return cls(tuple((canonical_name(n), v) for n, v in pairs))
+        return cls(tuple([(canonical_name(n), v) for n, v in pairs]))
 
     def _values(self) -> dict[str, str | tuple[str, ...]]:
         index = self._index
@@ -140,6 +140,27 @@ class Headers:
                 out.insert(i, (cname, value))
                 return Headers(tuple(out))
         return Headers(((cname, value), *out))
+
+    def replace_first(self, name: str, value: str) -> Headers:
+        """The same fields with the first ``name`` field's value replaced (a received request's
+        top Via, stamped); unchanged without one. The name index, when made, is carried over
+        rather than made again: only that value differs."""
+        key = _lookup_key(name)
+        fields = list(self.fields)
+        for i, (n, _) in enumerate(fields):
+            if _lower(n) == key:
+                fields[i] = (n, value)
+                break
+        else:
+            return self
+        new = Headers(tuple(fields))
+        index = self._index
+        if index is not None:
+            index = dict(index)
+            old = index[key]
+            index[key] = value if isinstance(old, str) else (value, *old[1:])
+            object.__setattr__(new, "_index", index)
+        return new
 
     def remove(self, name: str) -> Headers:
         key = canonical_name(name).lower()
@@ -295,8 +316,11 @@ class Response(_Common):
 
 Message = Request | Response
 
-# Headers a UAS copies from a request into a response it builds (RFC 3261 §8.2.6.2).
-_COPIED_INTO_RESPONSE = ("Via", "From", "To", "Call-ID", "CSeq")
+# Headers a UAS copies from a request into a response it builds (RFC 3261 §8.2.6.2), with their
+# keys in Headers.by_name().
+_COPIED_INTO_RESPONSE = tuple(
+    (name, name.lower()) for name in ("Via", "From", "To", "Call-ID", "CSeq")
+)
 
 
 def make_response(
@@ -312,8 +336,12 @@ def make_response(
     """Build a response to ``request`` as RFC 3261 §8.2.6.2 says: same Via stack (in order), From,
     Call-ID, CSeq, and To with ``to_tag`` added when given and not already present."""
     fields: list[tuple[str, str]] = []
-    for name in _COPIED_INTO_RESPONSE:
-        for value in request.headers.get_all(name):
+    by_name = request.headers.by_name()  # read directly: a get_all call per name cost more
+    for name, key in _COPIED_INTO_RESPONSE:
+        values = by_name.get(key)
+        if values is None:
+            continue
+        for value in (values,) if isinstance(values, str) else values:
             if name == "To" and to_tag is not None:
                 to = grammar.parse_name_addr_untrusted(value)
                 if to.tag is None:

@@ -129,7 +129,7 @@ def parse_status_line_untrusted(line: str) -> tuple[int, str]:
     code, _, reason = rest.partition(" ")
     if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
         raise SipParseError("status code must be 100..699")
-    if any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in reason):
+    if _REASON_CONTROL.search(reason) is not None:
         raise SipParseError("control character in the reason phrase")
     return int(code), reason
 
@@ -163,22 +163,26 @@ def _parse(data: bytes, *, max_size: int, max_headers: int, max_line: int) -> Re
     if first[:4].upper() == "SIP/":
         status, reason = parse_status_line_untrusted(first)
         headers = _headers(lines[1:], max_headers, folded)
-        _validate_common(headers)
-        body = _body(headers, rest)
+        _, content_length = _validate_common(headers)
+        body = _body(content_length, rest)
         return Response(status=status, reason=reason, headers=headers, body=body)
     method, uri = parse_request_line_untrusted(first)
     headers = _headers(lines[1:], max_headers, folded)
-    cseq = _validate_common(headers)
+    cseq, content_length = _validate_common(headers)
     if cseq.method != method:
         # RFC 3261 §8.1.1.5 (RFC 4475 §3.1.2.17, §3.1.2.18): method names are case-sensitive.
         raise SipParseError("CSeq method does not match the Request-Line")
-    body = _body(headers, rest)
+    body = _body(content_length, rest)
     scheme = "tel" if isinstance(uri, TelUri) else uri.scheme
     if scheme.lower() not in SUPPORTED_URI_SCHEMES:
         # RFC 3261 §8.2.2.1: 416 Unsupported URI Scheme (RFC 4475 §3.3.2). Checked last so that a
         # request that is also malformed gets its 400 first.
         raise SipParseError("Unsupported URI Scheme", status=416)
     return Request(method=method, uri=uri, headers=headers, body=body, version=SIP_VERSION)
+
+
+# Control characters a reason phrase may not hold: all below 0x20 but HTAB, and DEL.
+_REASON_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _decode_lines(head: bytes, max_line: int) -> list[str]:
@@ -206,7 +210,7 @@ def _headers(lines: list[str], max_headers: int, folded: bool) -> Headers:
         name = name.rstrip(" \t")
         if not colon:
             raise SipParseError("header line without ':'")
-        cname = _header_name(name)
+        cname = _HEADER_NAMES.get(name) or _header_name(name)  # the cache first: ~44 per call
         value = value.strip(" \t")
         if cname in LIST_HEADERS and "," in value:
             try:
@@ -214,7 +218,7 @@ def _headers(lines: list[str], max_headers: int, folded: bool) -> Headers:
             except SipParseError as err:
                 detail = _BAD_PREFIX.sub("", err.reason)
                 raise SipParseError(f"bad {cname}: {detail}") from err
-            fields.extend((cname, element) for element in elements)
+            fields.extend([(cname, element) for element in elements])
         else:
             fields.append((cname, value))
         if len(fields) > max_headers:
@@ -271,15 +275,18 @@ _UINTS = tuple(
 )
 
 
-def _validate_common(headers: Headers) -> CSeq:
+def _validate_common(headers: Headers) -> tuple[CSeq, int | None]:
     """Checks shared by requests and responses (RFC 3261 §8.1.1, §20; RFC 4475 §3.1.2, §3.3).
-    Returns the CSeq, which a request's method is checked against."""
-    vias = headers.get_all("Via")
-    if not vias:
-        raise SipParseError("missing Via header")
-    for via in vias:
-        _check("Via", parse_via_untrusted, via)
+    Returns the CSeq, which a request's method is checked against, and the Content-Length (None
+    without one), which _body applies once the start line's own checks are done."""
+    # Read from the name index directly (lower-case names): a value is a string, or a tuple
+    # when the field is repeated. Headers.get would cost a Python call per look-up.
     by_name = headers.by_name()
+    vias = by_name.get("via")
+    if vias is None:
+        raise SipParseError("missing Via header")
+    for via in (vias,) if isinstance(vias, str) else vias:
+        _check("Via", parse_via_untrusted, via)
     for name, key in _SINGLE_KEYS:
         value = by_name.get(key)
         if value is None:
@@ -287,30 +294,40 @@ def _validate_common(headers: Headers) -> CSeq:
                 raise SipParseError(f"missing {name} header")
         elif not isinstance(value, str):  # several values
             raise SipParseError(f"multiple {name} headers")
-    for name in ("From", "To"):
-        value = headers.get(name)
-        assert value is not None
+    for name, key in (("From", "from"), ("To", "to")):
+        value = by_name[key]  # present and single: checked above
+        assert isinstance(value, str)
         if _check(name, parse_name_addr_untrusted, value).wildcard:
             raise SipParseError(f"bad {name}: '*' is only allowed in Contact")
-    call_id = headers.get("Call-ID")
-    if call_id is None or not is_call_id(call_id):
+    call_id = by_name["call-id"]
+    if not isinstance(call_id, str) or not is_call_id(call_id):
         raise SipParseError("bad Call-ID")
-    cseq_value = headers.get("CSeq")
-    assert cseq_value is not None
+    cseq_value = by_name["cseq"]
+    assert isinstance(cseq_value, str)
     cseq = _check("CSeq", parse_cseq_untrusted, cseq_value)
+    content_length = None
     for name, key, maximum in _UINTS:
         value = by_name.get(key)
         if isinstance(value, str):  # absent is fine; several were refused above
-            parse_uint_untrusted(value, name, maximum)
-    contacts = [_check("Contact", parse_name_addr_untrusted, v) for v in headers.get_all("Contact")]
-    if len(contacts) > 1 and any(c.wildcard for c in contacts):
-        # RFC 3261 §10.2.2: "*" stands alone.
-        raise SipParseError("bad Contact: '*' combined with other contacts")
-    for name in ("Route", "Record-Route"):
-        for value in headers.get_all(name):
+            number = parse_uint_untrusted(value, name, maximum)
+            if key == "content-length":
+                content_length = number
+    contact = by_name.get("contact")
+    if isinstance(contact, str):
+        _check("Contact", parse_name_addr_untrusted, contact)
+    elif contact is not None:
+        contacts = [_check("Contact", parse_name_addr_untrusted, v) for v in contact]
+        if any(c.wildcard for c in contacts):
+            # RFC 3261 §10.2.2: "*" stands alone.
+            raise SipParseError("bad Contact: '*' combined with other contacts")
+    for name, key in (("Route", "route"), ("Record-Route", "record-route")):
+        routes = by_name.get(key)
+        if routes is None:
+            continue
+        for value in (routes,) if isinstance(routes, str) else routes:
             if _check(name, parse_name_addr_untrusted, value).wildcard:
                 raise SipParseError(f"bad {name}: '*' is not a route")
-    return cseq
+    return cseq, content_length
 
 
 _T = TypeVar("_T")
@@ -326,11 +343,10 @@ def _check(name: str, parse: Callable[[str], _T], value: str) -> _T:
         raise SipParseError(f"bad {name}: {detail}") from err
 
 
-def _body(headers: Headers, rest: bytes) -> bytes:
-    value = headers.get("Content-Length")
-    if value is None:
+def _body(length: int | None, rest: bytes) -> bytes:
+    """The body: ``rest`` cut to the Content-Length the common checks parsed, if any."""
+    if length is None:
         return rest
-    length = parse_uint_untrusted(value, "Content-Length", _MAX_CONTENT_LENGTH)
     if length > len(rest):
         # RFC 4475 §3.1.2.2: the body is shorter than Content-Length says.
         raise SipParseError("Content-Length larger than the message body")

@@ -27,7 +27,7 @@ _FORBIDDEN = ("\r", "\n")
 def serialize_uri(uri: Uri) -> str:
     """Wire form of a URI (components are stored escaped, so this is ``str(uri)``)."""
     text = str(uri)
-    if any(c in text for c in (" ", "\t", *_FORBIDDEN)):
+    if " " in text or "\t" in text or "\r" in text or "\n" in text:  # _FORBIDDEN and white space
         raise LocalSipError("URI contains whitespace or control characters")
     return text
 
@@ -57,7 +57,7 @@ def serialize_message(msg: Request | Response) -> bytes:
     else:
         if not 100 <= msg.status <= 699:
             raise LocalSipError("status code must be 100..699")
-        if any(c in msg.reason for c in _FORBIDDEN):
+        if "\r" in msg.reason or "\n" in msg.reason:  # _FORBIDDEN
             raise LocalSipError("reason phrase contains CR or LF")
         start = f"{msg.version} {msg.status} {msg.reason}"
     lines = [start]

@@ -551,7 +551,14 @@ class Transaction:
     STATE_TIMERS: ClassVar[Mapping[State, frozenset[Input]]]
     """Timers allowed to keep running in each state; entering a state cancels all others."""
 
-    def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
+    def __init__(
+        self,
+        request: Request,
+        *,
+        peer: Hop,
+        timers: TransactionTimers,
+        key: TransactionKey | None = None,
+    ) -> None:
         # The request, until the transaction reaches a wait state (_WAIT_STATES), where nothing
         # re-sends it: a transaction outlives its call by up to 64*T1 and need not keep an
         # INVITE and its SDP alive for that long.
@@ -561,7 +568,9 @@ class Transaction:
         self.reliable = peer.reliable
         self.timers = timers
         self.state = self.INITIAL_STATE
-        self.key = self._make_key()
+        # The table passes the key it has just computed to look the request up (a Via and a
+        # CSeq read, a few dozen Python calls), rather than have it computed again.
+        self.key = self._make_key() if key is None else key
         self._deadlines: dict[str, float] = {}  # timer name -> when it fires
         # Empty containers the collector does not track: most transactions spend their life
         # (up to 64*T1) in a wait state, where these stay empty.
@@ -709,17 +718,30 @@ class ClientTransaction(Transaction):
 
     __slots__ = ("_ack",)
 
-    def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
-        super().__init__(request, peer=peer, timers=timers)
+    def __init__(
+        self,
+        request: Request,
+        *,
+        peer: Hop,
+        timers: TransactionTimers,
+        key: TransactionKey | None = None,
+    ) -> None:
+        super().__init__(request, peer=peer, timers=timers, key=key)
         self._ack: Request | None = None
 
     @classmethod
     def start(
-        cls, request: Request, *, peer: Hop, now: float, timers: TransactionTimers | None = None
+        cls,
+        request: Request,
+        *,
+        peer: Hop,
+        now: float,
+        timers: TransactionTimers | None = None,
+        key: TransactionKey | None = None,
     ) -> tuple[Self, list[Output]]:
         """Create the transaction for ``request`` (which carries our Via with a fresh branch)
-        and send it to ``peer``."""
-        txn = cls(request, peer=peer, timers=timers or TransactionTimers())
+        and send it to ``peer``. ``key``: its :func:`client_key`, when the caller has it."""
+        txn = cls(request, peer=peer, timers=timers or TransactionTimers(), key=key)
         txn._start_timers(now)
         return txn, [SendRequest(txn, request)]
 
@@ -823,8 +845,15 @@ class ServerTransaction(Transaction):
 
     __slots__ = ("_final_to_tag", "_last_response", "final_status")
 
-    def __init__(self, request: Request, *, peer: Hop, timers: TransactionTimers) -> None:
-        super().__init__(request, peer=peer, timers=timers)
+    def __init__(
+        self,
+        request: Request,
+        *,
+        peer: Hop,
+        timers: TransactionTimers,
+        key: TransactionKey | None = None,
+    ) -> None:
+        super().__init__(request, peer=peer, timers=timers, key=key)
         # Kept while a state can re-send it (Proceeding, Completed); Accepted and Confirmed
         # re-send nothing (the TU re-sends its 2xx), so there it is let go like the request.
         self._last_response: Response | None = None
@@ -833,10 +862,17 @@ class ServerTransaction(Transaction):
 
     @classmethod
     def start(
-        cls, request: Request, *, peer: Hop, now: float, timers: TransactionTimers | None = None
+        cls,
+        request: Request,
+        *,
+        peer: Hop,
+        now: float,
+        timers: TransactionTimers | None = None,
+        key: TransactionKey | None = None,
     ) -> tuple[Self, list[Output]]:
-        """Create the transaction for a new request received from ``peer`` (its source)."""
-        txn = cls(request, peer=peer, timers=timers or TransactionTimers())
+        """Create the transaction for a new request received from ``peer`` (its source).
+        ``key``: its :func:`server_key`, when the caller has it."""
+        txn = cls(request, peer=peer, timers=timers or TransactionTimers(), key=key)
         txn._start_timers(now)
         return txn, [RequestReceived(txn, request)]
 
@@ -923,11 +959,12 @@ class ServerInviteTransaction(ServerTransaction):
         now: float,
         timers: TransactionTimers | None = None,
         send_trying: bool = True,
+        key: TransactionKey | None = None,
     ) -> tuple[Self, list[Output]]:
         """Create the transaction for a new INVITE. With ``send_trying`` it answers 100 Trying at
         once (§17.2.1: unless the TU will respond within 200 ms), which also stops the client's
         Timer A retransmissions."""
-        txn, outputs = super().start(request, peer=peer, now=now, timers=timers)
+        txn, outputs = super().start(request, peer=peer, now=now, timers=timers, key=key)
         if send_trying:
             outputs += txn.send_response(trying(request), now=now)
         return txn, outputs
@@ -1053,7 +1090,7 @@ class TransactionTable:
         key = client_key(request)
         if key is not None and key in self._client:
             raise LocalSipError("a client transaction with this branch and method exists")
-        txn, outputs = cls.start(request, peer=peer, now=now, timers=self.timers)
+        txn, outputs = cls.start(request, peer=peer, now=now, timers=self.timers, key=key)
         self._client[txn.key] = txn
         return txn, self._after(txn, outputs)
 
@@ -1109,11 +1146,16 @@ class TransactionTable:
         new: ServerTransaction
         if request.method == "INVITE":
             new, outputs = ServerInviteTransaction.start(
-                request, peer=source, now=now, timers=self.timers, send_trying=self._send_trying
+                request,
+                peer=source,
+                now=now,
+                timers=self.timers,
+                send_trying=self._send_trying,
+                key=key,
             )
         else:
             new, outputs = ServerNonInviteTransaction.start(
-                request, peer=source, now=now, timers=self.timers
+                request, peer=source, now=now, timers=self.timers, key=key
             )
         self._server[new.key] = new  # equal to key; one object kept, not two
         return self._after(new, outputs)

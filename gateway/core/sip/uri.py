@@ -26,7 +26,12 @@ def get_param(params: Params, name: str) -> str | None:
 
 def has_param(params: Params, name: str) -> bool:
     lname = name.lower()
-    return any(key.lower() == lname for key, _ in params)
+    # A loop, not any() over a generator (a frame and a resumption per item): asked for every
+    # Via and URI.
+    for key, _ in params:  # noqa: SIM110
+        if key.lower() == lname:
+            return True
+    return False
 
 
 def set_param(params: Params, name: str, value: str | None) -> Params:
@@ -47,7 +52,10 @@ def remove_param(params: Params, name: str) -> Params:
 
 
 def format_params(params: Params) -> str:
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+    if not params:
+        return ""
+    # A list, not a generator: join makes one anyway, and this runs ~30 times per call.
+    return "".join([f";{k}" if v is None else f";{k}={v}" for k, v in params])
 
 
 @attrs.frozen

@@ -22,9 +22,9 @@ import attrs
 
 from gateway.core.ip import ip_literal
 from gateway.core.sip.errors import LocalSipError
-from gateway.core.sip.grammar import is_token
+from gateway.core.sip.grammar import is_token, via_text
 from gateway.core.sip.headers import MAGIC_COOKIE, Via
-from gateway.core.sip.message import Headers, Request
+from gateway.core.sip.message import Request
 from gateway.core.sip.uri import remove_param, set_param
 
 __all__ = [
@@ -138,13 +138,8 @@ def stamp_received(via: Via, source: Hop) -> Via:
 
 def stamp_request(request: Request, source: Hop) -> Request:
     """``request`` with its top Via stamped by :func:`stamp_received`; other Vias untouched."""
-    stamped = str(stamp_received(request.top_via, source))
-    fields = list(request.headers.fields)
-    for i, (name, _) in enumerate(fields):
-        if name == "Via":
-            fields[i] = (name, stamped)
-            break
-    return request.with_headers(Headers(tuple(fields)))
+    stamped = via_text(stamp_received(request.top_via, source))
+    return request.with_headers(request.headers.replace_first("Via", stamped))
 
 
 @attrs.frozen

@@ -365,7 +365,8 @@ class SqliteStore:
     def get_account(self, name: str) -> Account | None:
         """The account, from memory while nobody wrote to the store since it was read: every
         call looks up one or two accounts, three queries each."""
-        with self._read() as db:
+        with self._lock:  # what _read() does, without a generator: asked several times a call
+            db = self._db
             self._check_cache(db)
             try:
                 return self._accounts[name]
@@ -435,7 +436,8 @@ class SqliteStore:
     ) -> tuple[Binding, ...]:
         """The account's bindings (unexpired at ``now`` if given), best first; from memory
         under the same rule as :meth:`get_account`."""
-        with self._read() as db:
+        with self._lock:  # as in get_account
+            db = self._db
             self._check_cache(db)
             bindings = self._bindings.get(account)
             if bindings is None:

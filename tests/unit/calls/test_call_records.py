@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -298,3 +299,37 @@ def test_past_most_kept_a_busy_store_loses_the_batch_and_says_so(
     assert (
         "3 call record change(s) not kept: the store was busy for 1 save(s) in a row" in caplog.text
     )
+
+
+def test_record_copies_keep_every_field(store: SqliteStore) -> None:
+    """The book copies records field by field (not through attrs.evolve): each change keeps what
+    the others set, and a field left out of the copy would fall back to its default."""
+    clock = FakeClock()
+    book = CallRecordBook(store, clock=clock)
+    book.started("c1", "sip:a@x", "sip:b@y")
+    clock.now = 1001.0
+    book.answered("c1", Call())
+    book.flush()
+    clock.now = 1002.0
+    book.ended("c1", "BYE from A leg", {"a": {"key_exchange": "none"}})
+    book.flush()
+    assert store.call_record_get("c1") == CallRecord(
+        "c1",
+        "sip:a@x",
+        "sip:b@y",
+        1000.0,
+        answered_at=1001.0,
+        ended_at=1002.0,
+        end_reason="BYE from A leg",
+        security_json='{"a": {"key_exchange": "none"}}',
+    )
+    assert {f.name for f in attrs.fields(CallRecord)} == {
+        "call_id",
+        "from_uri",
+        "to_uri",
+        "started_at",
+        "answered_at",
+        "ended_at",
+        "end_reason",
+        "security_json",
+    }, "a new CallRecord field must be copied by records._copy"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from gateway.core.sdp.errors import LocalSdpError, SdpError
@@ -250,3 +251,44 @@ def test_linphone_payload_types_and_formats() -> None:
     audio = parse_sdp_untrusted(crlf(LINPHONE_SRTP)).media[0]
     assert audio.payload_types == (96, 97, 98, 0, 8, 18, 99, 100, 101)
     assert audio.with_formats([0, "8"]).formats == ("0", "8")
+
+
+def test_with_attributes_keeps_every_other_field() -> None:
+    """with_attributes builds its copy field by field (not through attrs.evolve): a field added to
+    the class later and left out there would silently fall back to its default."""
+    media = MediaDescription(
+        "audio",
+        4000,
+        "RTP/AVP",
+        ("0",),
+        port_count=2,
+        information="i",
+        connections=(Connection("IN", "IP4", "192.0.2.1"),),
+        bandwidths=(),
+        key="prompt",
+        attributes=Attributes.of([("sendonly", None)]),
+    )
+    new = Attributes.of([("recvonly", None)])
+    assert media.with_attributes(new) == MediaDescription(
+        **{**attrs_fields(media), "attributes": new}
+    )
+    session = SessionDescription(
+        ORIGIN,
+        session_name="s",
+        version=0,
+        information="i",
+        uri="http://example.com",
+        emails=("a@example.com",),
+        phones=("+1",),
+        connection=Connection("IN", "IP4", "192.0.2.1"),
+        key="prompt",
+        attributes=Attributes.of([("sendonly", None)]),
+        media=(media,),
+    )
+    assert session.with_attributes(new) == SessionDescription(
+        **{**attrs_fields(session), "attributes": new}
+    )
+
+
+def attrs_fields(value: object) -> dict[str, object]:
+    return {f.alias: getattr(value, f.name) for f in attrs.fields(type(value))}

@@ -27,9 +27,11 @@ from gateway.core.sip.grammar import (
     split_list_untrusted,
     unfold,
     unquote,
+    via_text,
 )
 from gateway.core.sip.headers import CSeq, NameAddr, Via
 from gateway.core.sip.uri import AbsoluteUri, SipUri, TelUri
+from gateway.core.sip.via import Hop, make_via, stamp_received
 
 
 def reason_of(call: object) -> str:
@@ -546,6 +548,30 @@ def test_plain_via_agrees_with_the_general_parser(text: str) -> None:
     plain = _plain_via(text)
     if plain is not None:
         assert _outcome(_general_via, text) == plain
+
+
+@given(_VIAS, st.sampled_from([Hop("UDP", "198.51.100.7", 41000), Hop("TLS", "2001:db8::9", 5061)]))
+def test_a_stamped_via_parses_back_to_itself(text: str, source: Hop) -> None:
+    """via_text hands the parser the Via it wrote from: that text must parse to an equal Via
+    (the general parser, which the plain path is held to above)."""
+    parsed = _outcome(_general_via, text)
+    if isinstance(parsed, Via):
+        stamped = stamp_received(parsed, source)
+        assert _general_via(str(stamped)) == stamped
+
+
+@pytest.mark.parametrize(
+    ("transport", "host", "port"),
+    [("UDP", "127.0.0.1", 5060), ("tls", "[2001:db8::1]", 5061), ("TCP", "gw.example.com", None)],
+)
+def test_our_vias_parse_back_to_themselves(transport: str, host: str, port: int | None) -> None:
+    via = make_via(transport, host, port, branch="z9hG4bK-77a1")
+    text = via_text(via)
+    assert _general_via(text) == via
+    assert parse_via_untrusted(text) is via  # from what was written, not parsed again
+    stamped = stamp_received(via, Hop("UDP", "192.0.2.8", 40000))
+    assert parse_via_untrusted(via_text(stamped)) is stamped
+    assert _general_via(str(stamped)) == stamped
 
 
 @given(_NAME_ADDRS)

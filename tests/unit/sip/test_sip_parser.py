@@ -248,6 +248,23 @@ def test_header_lookups_with_one_several_or_no_values() -> None:
     assert "To" in headers and "From" not in headers
 
 
+@pytest.mark.parametrize("indexed", [False, True])
+def test_replace_first_changes_one_value_and_keeps_the_index_right(indexed: bool) -> None:
+    fields = (("Via", "v1"), ("To", "<sip:b@h>"), ("Via", "v2"), ("Call-ID", "c"))
+    headers = Headers(fields)
+    if indexed:
+        assert headers.get("Via") == "v1"  # builds the index, which is then carried over
+    new = headers.replace_first("v", "stamped")
+    assert new.fields == (("Via", "stamped"), ("To", "<sip:b@h>"), ("Via", "v2"), ("Call-ID", "c"))
+    assert new.by_name() == Headers(new.fields).by_name()
+    assert new.get_all("Via") == ("stamped", "v2") and new.get("To") == "<sip:b@h>"
+    assert headers.get_all("Via") == ("v1", "v2")  # the original is untouched
+    single = Headers((("Via", "v1"),))
+    assert single.get("Via") == "v1"
+    assert single.replace_first("Via", "s").by_name() == {"via": "s"}
+    assert headers.replace_first("Route", "x") is headers
+
+
 def test_an_index_of_single_values_is_not_tracked_by_the_collector() -> None:
     # Transactions keep messages for 64*T1; the cyclic collector must not walk their indexes.
     msg = parsed_request(invite())
