@@ -121,6 +121,7 @@ def test_prometheus_style_scrapes_need_the_ca_a_client_certificate_and_the_passw
     tmp_path: Path, pki: Pki, gateway: tuple[int, Path]
 ) -> None:
     port, log = gateway
+    assert "readable by group or others" not in log.read_text()  # the test PKI's key is 0600
     url = f"https://127.0.0.1:{port}/metrics"
     trust = ("--cacert", str(pki.ca.certificate))
     client = ("--cert", str(pki.client.certificate), "--key", str(pki.client.key))
@@ -209,3 +210,19 @@ def test_check_config_names_the_user_whose_hash_is_not_one(tmp_path: Path, pki: 
         result.stderr
     )
     assert "plain-text-password" not in result.stderr
+
+
+@pytest.fixture
+def key_open_to_group(pki: Pki) -> None:
+    pki.server.key.chmod(0o640)  # made 0600 by the test PKI
+
+
+def test_a_private_key_others_may_read_is_warned_of(
+    key_open_to_group: None, gateway: tuple[int, Path]
+) -> None:
+    """As the SIP tls transport warns of its own key: the start-up log says so."""
+    _, log = gateway
+    assert re.search(
+        r"metrics: private key \S+ is readable by group or others \(mode 640\); chmod 600 it",
+        log.read_text(),
+    )

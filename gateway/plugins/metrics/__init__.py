@@ -25,6 +25,7 @@ import re
 import ssl
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -36,6 +37,7 @@ from gateway.plugins.metrics import tls
 from gateway.plugins.metrics.auth import BasicAuth, PasswordHash, PasswordHashError
 from gateway.plugins.metrics.collect import render
 from gateway.plugins.metrics.server import MetricsServer
+from gateway.plugins.transports.certificates import key_open_to_others
 
 if TYPE_CHECKING:
     from gateway.core.interfaces import Service
@@ -183,6 +185,15 @@ class MetricsExporter:
             warning = exposure_warning(config)
             if warning is not None:
                 log.warning("metrics: %s", warning)
+            if config.tls_private_key is not None:
+                mode = key_open_to_others(Path(config.tls_private_key))
+                if mode is not None:  # as the SIP tls transport warns of its own key
+                    log.warning(
+                        "metrics: private key %s is readable by group or others (mode %o); "
+                        "chmod 600 it",
+                        config.tls_private_key,
+                        mode,
+                    )
             task_status.started()
 
 

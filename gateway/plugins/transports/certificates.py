@@ -296,3 +296,14 @@ def _dns_matches(pattern: str, wanted: str) -> bool:
     if labels[0] != "*" or "*" in "".join(labels[1:]) or len(labels) < 3:
         return False
     return len(wanted_labels) == len(labels) and wanted_labels[1:] == labels[1:]
+
+
+def key_open_to_others(path: Path) -> int | None:
+    """The permission bits of the private key file ``path`` when its group or others may read
+    or write it (a key must be 0600 or 0400), else None (also when it cannot be looked at: the
+    loader says why)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return None
+    return mode if mode & 0o077 else None

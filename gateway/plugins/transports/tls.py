@@ -66,6 +66,7 @@ from gateway.plugins.transports.certificates import (
     default_hosts,
     ensure_self_signed,
     fingerprint,
+    key_open_to_others,
     load_certificates,
     matches_name,
     names_in,
@@ -866,15 +867,12 @@ def _is_ip(text: str) -> bool:
 
 
 def _warn_if_key_readable(path: Path) -> None:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if mode & 0o077:
+    mode = key_open_to_others(path)
+    if mode is not None:
         log.warning(
             "tls: private key %s is readable by group or others (mode %o); chmod 600 it",
             path,
-            mode & 0o777,
+            mode,
         )
 
 
