@@ -82,6 +82,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_KEY_FILE = 16384
+# Seconds a certificate URL that failed (no answer within fetch_timeout, not fetched, not
+# chaining to the anchors) is not fetched again: its calls are marked failed at once meanwhile.
+FAILED_CERTIFICATE_RETRY = 60.0
 # RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
 REFUSALS = {
     403: "Stale Date",
@@ -257,12 +260,19 @@ class StirShaken:
         """The public key of the certificate at ``url`` once it chains to a trust anchor;
         fetched within ``fetch_timeout`` unless cached. What is cached is the checked key, kept
         for the answer's max-age and never past the chain's first expiry, so a call with a
-        cached signer costs one ECDSA verification; a certificate that did not chain is not
-        kept (the next call fetches it again)."""
+        cached signer costs one ECDSA verification. A failure (no answer, not fetched, not
+        chaining) is kept for :data:`FAILED_CERTIFICATE_RETRY`: while a carrier's certificate
+        server is down, each of its calls would otherwise wait ``fetch_timeout`` to ring."""
         now = self.clock()
         cached = self.cache.get(url, now)
         if isinstance(cached, SignerCertificate):
             return cached.key
+        if isinstance(cached, PassportError):
+            raise PassportError(
+                f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)",
+                outcome=cached.outcome,
+                status=cached.status,
+            )
         running = self._fetching.get(url)
         if running is not None:
             # Another call fetches it already (a burst of calls after a carrier's new
@@ -281,6 +291,7 @@ class StirShaken:
             return fetch.key
         except PassportError as err:
             fetch.error = err
+            self.cache.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
             raise
         finally:
             del self._fetching[url]

@@ -106,7 +106,8 @@ async def _get(stream: trio.abc.Stream, host: str, port: int, target: str, agent
 
 class CertificateCache:
     """Fetched certificates by URL until their max-age (capped at ``max_cache``) runs out;
-    the oldest dropped past MAX_CACHED. Only good fetches are kept."""
+    the oldest dropped past MAX_CACHED. A failure is kept too, for a shorter time (the
+    plugin's FAILED_CERTIFICATE_RETRY)."""
 
     def __init__(self, *, max_cache: float) -> None:
         self.max_cache = max_cache

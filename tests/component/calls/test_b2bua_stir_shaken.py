@@ -45,6 +45,7 @@ class InjectedStirShaken:
         self.pki = pki
         self.delay = delay
         self.fetched: list[str] = []
+        self.later = 0.0  # seconds the service's wall clock is ahead of time.time()
 
     async def fetch(self, url: str) -> Fetched:
         self.fetched.append(url)
@@ -57,7 +58,10 @@ class InjectedStirShaken:
 
     @hookimpl
     def gateway_register_caller_identity(self, registry: Any, config: StirShakenConfig) -> None:
-        registry.add("stir_shaken", StirShaken(config, fetcher=self.fetch))
+        registry.add("stir_shaken", StirShaken(config, fetcher=self.fetch, clock=self.clock))
+
+    def clock(self) -> float:
+        return time.time() + self.later
 
 
 async def start(
@@ -187,6 +191,27 @@ async def test_a_certificate_server_that_does_not_answer_costs_fetch_timeout_at_
     assert user == f"{CALLER};verstat=TN-Validation-Failed"
     (described,) = caller_identity_record(env)
     assert "timed out" in described
+
+
+async def test_a_certificate_that_failed_is_not_fetched_again_for_a_minute(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """While a carrier's certificate server does not answer, its next calls are marked failed
+    at once instead of each waiting fetch_timeout; a minute later it is asked again."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki, delay=3600)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=1.5)
+    await call_alice(env, [identity(pki.signer_key)])
+    assert plugin.fetched == [X5U]
+    started = trio.current_time()
+    user, _ = await call_alice(env, [identity(pki.signer_key)])
+    assert trio.current_time() - started < 1.0  # not fetch_timeout again
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    assert plugin.fetched == [X5U]
+    plugin.later = 61.0  # a minute on (the service reads the wall clock: iat, validity)
+    plugin.delay = 0.0  # the server is back
+    user, _ = await call_alice(env, [identity(pki.signer_key, iat=int(time.time()) + 61)])
+    assert plugin.fetched == [X5U, X5U]
 
 
 async def test_an_accounts_call_to_the_trunk_is_signed_with_attestation_a(
