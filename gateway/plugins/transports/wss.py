@@ -24,29 +24,20 @@ from gateway.plugins.transports.certificates import CertificatePaths
 from gateway.plugins.transports.tls import Mode, TlsConfig, TlsTransport, server_context
 from gateway.plugins.transports.ws import (
     WebSocketConnections,
-    WebSocketLimits,
     WsConfig,
-    check_limits,
-    check_origins,
 )
 
 
 @attrs.frozen
-class WssConfig:
-    """``[plugins.wss]``. See docs/configuration.md."""
+class WssConfig(WsConfig):
+    """``[plugins.wss]``: ``[plugins.ws]``'s keys and the TLS certificate. See
+    docs/configuration.md."""
 
     certificate: str | None = None
     private_key: str | None = None
-    allowed_origins: tuple[str, ...] = ()
-    max_connections: int = 1024
-    max_connections_per_source: int = 32
-    handshake_timeout: float = 10.0
-    ping_interval: float = 30.0
-    idle_timeout: float = 90.0
 
     def __attrs_post_init__(self) -> None:
-        check_origins(self.allowed_origins)
-        check_limits(self)
+        super().__attrs_post_init__()
         _ = self.tls  # the tls transport's own checks (certificate and private_key go together)
 
     @property
@@ -60,17 +51,6 @@ class WssConfig:
             max_connections_per_source=self.max_connections_per_source,
             idle_timeout=self.idle_timeout,
         )
-
-    @property
-    def websocket(self) -> WebSocketLimits:
-        return WsConfig(
-            allowed_origins=self.allowed_origins,
-            max_connections=self.max_connections,
-            max_connections_per_source=self.max_connections_per_source,
-            handshake_timeout=self.handshake_timeout,
-            ping_interval=self.ping_interval,
-            idle_timeout=self.idle_timeout,
-        ).websocket
 
 
 class WssTransport(WebSocketConnections, TlsTransport):
