@@ -30,6 +30,7 @@ while it is registered, so a gateway without the plugin does nothing per call fo
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 import types
@@ -55,6 +56,7 @@ from gateway.plugins.stir_shaken.fetch import (
     CertificateCache,
     Fetcher,
     FetchError,
+    host_allowed,
     https_fetcher,
 )
 from gateway.plugins.stir_shaken.passport import (
@@ -94,8 +96,25 @@ REFUSALS = {
 }
 
 
+# A DNS name or an IP address, optionally with a leading dot (the domain's hosts): no scheme,
+# port, path or wildcard.
+_HOST_NAME = re.compile(r"\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
 def _read_only(mapping: Mapping[str, str]) -> Mapping[str, str]:
     return types.MappingProxyType(dict(mapping))
+
+
+def _host_names(hosts: tuple[str, ...]) -> tuple[str, ...]:
+    """``certificate_hosts`` entries, lower case: a host name or ``.domain`` (its hosts)."""
+    names = tuple(host.lower().rstrip(".") for host in hosts)
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise ValueError(
+                f"certificate_hosts: expected a host name (certs.example.net) or a domain "
+                f"(.example.net), not {name!r}"
+            )
+    return names
 
 
 @attrs.frozen
@@ -112,6 +131,7 @@ class StirShakenConfig:
     verify_trunks: tuple[str, ...] = ()
     trust_anchors: str = ""
     fetch_ca_file: str = ""
+    certificate_hosts: tuple[str, ...] = attrs.field(default=(), converter=_host_names)
     fetch_timeout: float = 2.0
     freshness: float = 60.0
     certificate_cache: float = 3600.0
@@ -263,6 +283,10 @@ class StirShaken:
         cached signer costs one ECDSA verification. A failure (no answer, not fetched, not
         chaining) is kept for :data:`FAILED_CERTIFICATE_RETRY`: while a carrier's certificate
         server is down, each of its calls would otherwise wait ``fetch_timeout`` to ring."""
+        if not host_allowed(url, self.config.certificate_hosts):
+            raise PassportError(
+                "certificate URL's host not in certificate_hosts", outcome="bad_info", status=436
+            )
         now = self.clock()
         cached = self.cache.get(url, now)
         if isinstance(cached, SignerCertificate):

@@ -38,6 +38,19 @@ class Fetched:
     max_age: float = 0.0
 
 
+def host_allowed(url: str, hosts: tuple[str, ...]) -> bool:
+    """Whether ``url``'s host is one of ``hosts`` (``certs.example.net``) or under one of its
+    domains (``.example.net``); ``()`` allows every host. The x5u of an Identity header is chosen
+    by whoever signed the call: without a list, a carrier whose calls are verified can make the
+    gateway connect anywhere its HTTPS client reaches (CWE-918)."""
+    if not hosts:
+        return True
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    return any(
+        host == allowed or (allowed[0] == "." and host.endswith(allowed)) for allowed in hosts
+    )
+
+
 def https_fetcher(ssl_context: ssl.SSLContext, *, user_agent: str = "voipgw") -> Fetcher:
     """A fetcher that GETs an https URL with ``ssl_context`` (its trust store checks the
     server)."""

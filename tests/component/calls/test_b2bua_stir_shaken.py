@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -126,6 +127,35 @@ async def test_a_valid_identity_reaches_the_phone_as_tn_validation_passed(
     assert plugin.fetched == [X5U]
     assert env.gateway.calls is not None
     assert env.gateway.calls.identity_outcomes["passed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("hosts", "verstat", "fetched"),
+    [
+        ([".repository.example", "carrier.example"], "TN-Validation-Failed", []),
+        ([".repository.example", ".carrier.example"], "TN-Validation-Passed", [X5U]),
+    ],
+)
+async def test_certificate_hosts_limit_where_certificates_are_fetched_from(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    hosts: list[str],
+    verstat: str,
+    fetched: list[str],
+) -> None:
+    """With certificate_hosts, an Identity whose x5u points anywhere else fails without a
+    connection: the signer picks the URL, and must not make the gateway fetch internal ones."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, certificate_hosts=hosts)
+    user, _ = await call_alice(env, [identity(pki.signer_key, attest="A")])
+    assert user == f"{CALLER};verstat={verstat}"
+    assert plugin.fetched == fetched
+    if not fetched:
+        (described,) = caller_identity_record(env)
+        assert "certificate_hosts" in described
 
 
 async def test_forged_stale_and_missing_identities(

@@ -12,7 +12,7 @@ from gateway.plugins.stir_shaken.certificates import (
     load_trust_anchors,
     validate_chain,
 )
-from gateway.plugins.stir_shaken.fetch import CertificateCache
+from gateway.plugins.stir_shaken.fetch import CertificateCache, host_allowed
 from gateway.plugins.stir_shaken.passport import PassportError
 from gateway.testing.sti_pki import make_pki
 
@@ -75,3 +75,17 @@ def test_certificate_cache_keeps_by_max_age_capped() -> None:
     assert (cache.get("https://a/x", 9.9), cache.get("https://a/x", 10)) == ("A", None)
     assert (cache.get("https://b/x", 99), cache.get("https://b/x", 100)) == ("B", None)
     assert cache.get("https://c/x", 0) is None
+
+
+def test_certificate_hosts_allow_a_host_or_a_domains_hosts() -> None:
+    hosts = ("certs.carrier.example", ".sti.example")
+    assert host_allowed("https://certs.carrier.example/a.pem", hosts)
+    assert host_allowed("https://CERTS.carrier.example.:8443/a.pem", hosts)
+    assert host_allowed("https://cr.sp1.sti.example/a.pem", hosts)
+    assert not host_allowed("https://sti.example/a.pem", hosts)  # the domain's hosts only
+    assert not host_allowed("https://evilsti.example/a.pem", hosts)
+    assert not host_allowed("https://certs.carrier.example.evil.net/a.pem", hosts)
+    assert not host_allowed("https://127.0.0.1/a.pem", hosts)
+    assert not host_allowed("https://user@169.254.169.254/latest", hosts)
+    assert not host_allowed("not a url", hosts)
+    assert host_allowed("https://169.254.169.254/latest", ())  # no list: every host

@@ -141,3 +141,13 @@ def test_attestation_and_origid(files: tuple[Path, Path]) -> None:
     )
     outcome = transit.sign(call(caller_kind="trunk", caller_name="other"))
     assert outcome is not None and "attestation C" in outcome.described
+
+
+def test_certificate_hosts_are_host_names_or_domains() -> None:
+    assert config(certificate_hosts=["Certs.Example.NET.", ".sti.example"]).certificate_hosts == (
+        "certs.example.net",
+        ".sti.example",
+    )
+    for bad in ("https://certs.example.net", "*.example.net", "certs.example.net:443", ""):
+        message = refused(certificate_hosts=[bad])
+        assert "certificate_hosts" in message and repr(bad) in message
