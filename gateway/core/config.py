@@ -132,6 +132,9 @@ class GatewaySection:
     digest_algorithms: tuple[Literal["SHA-256", "SHA-512-256", "MD5"], ...] = ("SHA-256", "MD5")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     gc_thresholds: tuple[int, ...] = (10_000, 10, 10)
+    # Seconds SIGTERM/SIGINT waits for calls in progress to end while refusing new ones
+    # (Gateway.drain); 0 stops at once.
+    drain_timeout: float = 0.0
 
 
 @attrs.frozen
@@ -203,6 +206,8 @@ MAX_MEDIA_WORKERS = 64
 # A queue delay longer than T1 (0.5 s) means UACs retransmit before the gateway sees their
 # INVITEs: overload control that waits that long comes too late to help.
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
+# A day: longer than any call an operator would wait for before an upgrade.
+MAX_DRAIN_TIMEOUT = 86_400.0
 MAX_TRUNK_CPS = 10_000.0
 # Registrations with trunks: RFC 3261 §10.2.1 suggests no less than a minute (registrars ask
 # for more with 423); a day is as long as a carrier would keep one.
@@ -563,6 +568,13 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "gateway",
             "gc_thresholds",
             f"expected three integers, the first positive, got {list(thresholds)}",
+        )
+    if not 0 <= config.gateway.drain_timeout <= MAX_DRAIN_TIMEOUT:
+        raise ConfigError(
+            file,
+            "gateway",
+            "drain_timeout",
+            f"expected 0 (stop at once) to {MAX_DRAIN_TIMEOUT:g} seconds",
         )
     if not 0 <= config.sip.overload_queue_delay <= MAX_OVERLOAD_QUEUE_DELAY:
         raise ConfigError(

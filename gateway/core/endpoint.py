@@ -768,6 +768,9 @@ class SipEndpoint:
             # RFC 3261 §8.2.2.3
             return self._response(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
         if request.method == "OPTIONS":
+            if self.gateway.draining:
+                # RFC 3261 §11.2: the status an INVITE would get now (Gateway.drain).
+                return self._response(request, 503, "Service Unavailable (shutting down)")
             return self._response(request, 200, extra=self._capabilities())
         if request.method == "CANCEL":
             # RFC 3261 §9.2: 481 when no INVITE transaction matches; INVITEs are answered at

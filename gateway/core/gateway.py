@@ -120,6 +120,8 @@ class Gateway:
         self.nat_keepalive: NatKeepalive | None = None  # [sip] nat_keepalive_interval
         self.trunk_registrations: dict[str, TrunkRegistration] = {}  # [[trunks]] register
         self.calls: CallManager | None = None
+        self.draining = False
+        """Stopping gracefully (drain): new calls and OPTIONS are answered 503."""
         self.subscriptions: Subscriptions | None = None  # message-summary, to the voicemail trunk
         self.dialog_events: DialogEvents | None = None  # dialog (BLF), our accounts' calls
         self.messages: Messages | None = None  # out-of-dialog MESSAGE, unsolicited NOTIFY
@@ -415,6 +417,56 @@ class Gateway:
         )
         log.info("media relay: %s", relay_build())
 
+    async def drain(self, timeout: float) -> None:
+        """Stop taking calls and wait, at most ``timeout`` seconds, for those in progress to end
+        (``[gateway] drain_timeout``: a restart for an upgrade without cutting calls). From now
+        on a new INVITE (but to an emergency number) is answered ``503 Service Unavailable``,
+        which a trunk's proxy takes as "try the next gateway" (RFC 3261 §21.5.4, no
+        Retry-After: only that call), and so is an OPTIONS, whose answer must be the one an
+        INVITE would get (§11.2): the proxies' health checks (Kamailio's dispatcher, OpenSIPS'
+        load balancer) take the gateway out of rotation. Registrations with carriers are
+        removed at once, so they stop sending calls. Calls still up when ``timeout`` runs out
+        are ended as the gateway's doing: BYE on both legs with ``Reason: SIP;cause=503``, or
+        503 to a caller still ringing."""
+        self.draining = True
+        calls = self.calls
+        live = len(calls.calls) if calls is not None else 0
+        log.info(
+            "draining: new calls refused (503); waiting up to %g s for %d call(s) in progress "
+            "to end (signal again to stop at once)",
+            timeout,
+            live,
+        )
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._remove_trunk_registrations)
+                if calls is not None:
+                    nursery.start_soon(calls.until_no_calls)
+        if calls is None or not calls.calls:
+            log.info("drained: no calls in progress")
+            return
+        log.warning("drain_timeout reached: ending %d call(s)", len(calls.calls))
+        await self.end_calls()
+
+    async def end_calls(self, timeout: float = STOP_TIMEOUT) -> None:
+        """End every call in progress as the gateway's doing (it stops): BYE on both legs with
+        ``Reason: SIP;cause=503``, or 503 to a caller still ringing, so that phones and
+        carriers do not hold a call whose media is gone until their own timers notice. At most
+        ``timeout`` seconds: a leg that does not answer its BYE is not waited for."""
+        calls = self.calls
+        if calls is None or not calls.calls:
+            return
+        for call in list(calls.calls):
+            call.end_by_gateway("gateway shutting down")
+        with trio.move_on_after(timeout):
+            await calls.until_no_calls()
+
+    async def _remove_trunk_registrations(self) -> None:
+        with trio.move_on_after(STOP_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for registration in self.trunk_registrations.values():
+                    nursery.start_soon(registration.remove)
+
     async def before_stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """What must happen while everything still runs, before the gateway is cancelled: the
         registrations with carriers are removed (their REGISTER with Expires: 0 answered,
@@ -454,17 +506,39 @@ class Gateway:
 
 
 def run_until_signal(gateway: Gateway) -> int:
-    """Run ``gateway`` until SIGINT or SIGTERM; returns the process exit code."""
+    """Run ``gateway`` until SIGINT or SIGTERM; returns the process exit code. With
+    ``[gateway] drain_timeout``, the first signal drains (:meth:`Gateway.drain`) and the gateway
+    stops once no call is left or the time ran out; a second signal stops it at once. Calls
+    still up are ended with BYE (:meth:`Gateway.end_calls`) before the gateway stops."""
+
+    drain_timeout = gateway.config.gateway.drain_timeout
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(gateway.serve)
-                async for signum in signals:
-                    log.info("received %s: shutting down", signal.Signals(signum).name)
-                    await gateway.before_stop()
-                    nursery.cancel_scope.cancel()
-                    break
+                stop = trio.Event()
+
+                async def drain_then_stop() -> None:
+                    await gateway.drain(drain_timeout)
+                    stop.set()
+
+                async def on_signals() -> None:
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        if drain_timeout and not gateway.draining:
+                            log.info("received %s: draining before the stop", name)
+                            nursery.start_soon(drain_then_stop)
+                            continue
+                        log.info("received %s: shutting down", name)
+                        stop.set()
+                        return
+
+                nursery.start_soon(on_signals)
+                await stop.wait()
+                await gateway.end_calls()
+                await gateway.before_stop()
+                nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)

@@ -272,9 +272,9 @@ class AckEvent:
 
 
 @attrs.frozen
-class MediaLostEvent:
-    """The call's media stopped being relayed (its media worker process exited): the call ends
-    with ``reason`` (BYE with a Reason once answered, 503 before)."""
+class EndCallEvent:
+    """The gateway ends the call (its media worker process exited, the gateway's drain ran
+    out): with ``reason`` (BYE with a Reason once answered, 503 before)."""
 
     reason: str
 
@@ -305,7 +305,7 @@ CallEventInput = (
     | CancelEvent
     | ResponseEvent
     | KeyFailureEvent
-    | MediaLostEvent
+    | EndCallEvent
     | AckEvent
     | ReplacedEvent
     | HandOverEvent
@@ -995,8 +995,8 @@ class Call:
                 await self._early_request(event)
             elif isinstance(event, KeyFailureEvent):
                 await self._key_exchange_failed(event)
-            elif isinstance(event, MediaLostEvent):
-                await self._end_for_lost_media(event)
+            elif isinstance(event, EndCallEvent):
+                await self._end_by_gateway(event)
             elif isinstance(event, ReplacedEvent):
                 await self._replaced_by_transfer()
             elif isinstance(event, ResponseEvent):
@@ -1319,8 +1319,8 @@ class Call:
                     await self._b_response(event.tag, event.response)
                 elif isinstance(event, KeyFailureEvent):
                     await self._key_exchange_failed(event)
-                elif isinstance(event, MediaLostEvent):
-                    await self._end_for_lost_media(event)
+                elif isinstance(event, EndCallEvent):
+                    await self._end_by_gateway(event)
         except CallEnded as ended:
             if not self.a.answered and self.a.transaction is not None:
                 with trio.CancelScope(shield=True):
@@ -1454,8 +1454,8 @@ class Call:
                     await self._early_request(event)
             elif isinstance(event, KeyFailureEvent):
                 await self._key_exchange_failed(event)
-            elif isinstance(event, MediaLostEvent):
-                await self._end_for_lost_media(event)
+            elif isinstance(event, EndCallEvent):
+                await self._end_by_gateway(event)
             # A CANCEL now comes after our 2xx: too late (RFC 3261 §9.2), nothing to do.
 
     async def _a_answered(self, ack: Request) -> None:
@@ -1583,11 +1583,17 @@ class Call:
     def _media_lost(self, reason: str) -> None:
         """The media session's streams stopped (a media worker exited): the call task ends it."""
         log.warning("call %s: media lost: %s", self.id, reason)
-        self.post(MediaLostEvent(reason))
+        self.post(EndCallEvent(reason))
 
-    async def _end_for_lost_media(self, event: MediaLostEvent) -> None:
-        """End the call whose media is gone: BYE on both legs with ``Reason: SIP;cause=503``
-        (RFC 3326) once answered, else CANCEL the B legs and answer A 503 with the reason."""
+    def end_by_gateway(self, reason: str) -> None:
+        """End the call, the gateway's doing (its drain ran out): the call task ends it."""
+        log.info("call %s: ended by the gateway: %s", self.id, reason)
+        self.post(EndCallEvent(reason))
+
+    async def _end_by_gateway(self, event: EndCallEvent) -> None:
+        """End the call (its media gone, the gateway stopping): BYE on both legs with
+        ``Reason: SIP;cause=503`` (RFC 3326) once answered, else CANCEL the B legs and answer A
+        503 with the reason."""
         if self.state in ("answered", "offered"):
             await self._hang_up(event.reason, cause=503)
         for leg in self.b_legs:
@@ -1756,8 +1762,8 @@ class Call:
                 await self._reinvite_cancelled(event)
             elif isinstance(event, KeyFailureEvent):
                 await self._key_exchange_failed(event)
-            elif isinstance(event, MediaLostEvent):
-                await self._end_for_lost_media(event)
+            elif isinstance(event, EndCallEvent):
+                await self._end_by_gateway(event)
             elif isinstance(event, AckEvent):
                 await self._late_reinvite_answered(event.ack)
             elif isinstance(event, ReplacedEvent):

@@ -73,6 +73,7 @@ class CallManager:
         self._nursery = nursery
         self.max_calls = max_calls
         self.calls: set[Call] = set()
+        self._no_calls: trio.Event | None = None  # set when the last call ends (until_no_calls)
         # Calls in progress per trunk and account, and the calls sent to each trunk per second.
         self.limits = CallLimits(self._limit_of)
         self.statistics = gateway.call_statistics
@@ -118,11 +119,14 @@ class CallManager:
     # -- CallLayer (called from the endpoint's task) --------------------------------------------
 
     def invite(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
-        if len(self.calls) >= self.max_calls and not self.calls_emergency_number(request):
+        if (
+            len(self.calls) >= self.max_calls or self.gateway.draining
+        ) and not self.calls_emergency_number(request):
+            reason = "shutting down" if self.gateway.draining else "call limit reached"
             self._nursery.start_soon(
                 self.endpoint.respond,
                 transaction,
-                make_response(request, 503, "Service Unavailable (call limit reached)"),
+                make_response(request, 503, f"Service Unavailable ({reason})"),
             )
             return
         caller = self.identify_caller(request, flow)
@@ -163,6 +167,13 @@ class CallManager:
                 call.invite_copy = (data, flow.transport, flow.remote, flow.local, time.time())
             self._tap_from_start(call, request, caller)
         self._nursery.start_soon(call.run, name=f"call {request.call_id}")
+
+    async def until_no_calls(self) -> None:
+        """Return once no call is in progress (the gateway's drain)."""
+        while self.calls:
+            self._no_calls = trio.Event()
+            await self._no_calls.wait()
+        self._no_calls = None
 
     @property
     def lookup_entries(self) -> int:
@@ -299,6 +310,8 @@ class CallManager:
     def forget(self, call: Call) -> None:
         self.limits.release(call)
         self.calls.discard(call)
+        if not self.calls and self._no_calls is not None:
+            self._no_calls.set()
         if call.taps is not None:
             sip_taps = self.endpoint.sip_taps
             for key in call.taps.sip_dialogs:

@@ -1,0 +1,125 @@
+"""The gateway's drain (``[gateway] drain_timeout``, Gateway.drain): a graceful stop for an
+upgrade. New calls and OPTIONS get 503 (a trunk's proxy tries its next gateway; its health
+checks take this one out), an emergency call is still served, calls in progress go on and are
+waited for; those left when the time runs out are ended with BYE and ``Reason: SIP;cause=503``.
+
+Set-up as b2bua_env.py: trunk "carrier" (+1 numbers and 112) at 127.0.0.2, alice registered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from gateway.core.sip.message import Request
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
+from tests.component.calls.test_b2bua_trunk_registration import registering_carrier
+
+CARRIER = {"prefixes": ["+1", "112"]}
+
+
+async def start_drain(nursery: trio.Nursery, env: B2bua, timeout: float) -> trio.Event:
+    """Start the drain as SIGTERM would; the event fires when it returns."""
+    drained = trio.Event()
+
+    async def drain() -> None:
+        await env.gateway.drain(timeout)
+        drained.set()
+
+    nursery.start_soon(drain)
+    await eventually(lambda: env.gateway.draining)
+    return drained
+
+
+def reason_of(bye: Request) -> str:
+    return bye.headers.get("Reason") or ""
+
+
+async def test_a_drain_refuses_new_calls_and_waits_for_those_in_progress(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier=CARRIER)
+    first = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await first.final()).status == 200
+    drained = await start_drain(nursery, env, timeout=3600)
+
+    second = await env.trunk.invite(env.did_uri(ALICE_DID))
+    refused = await second.final()
+    assert (refused.status, refused.reason) == (503, "Service Unavailable (shutting down)")
+    assert refused.headers.get("Retry-After") is None  # this call only: the next gateway
+    assert len(env.alice.requests("INVITE")) == 1  # nothing set up for it
+    probe = await env.trunk.send(env.trunk.new_request("OPTIONS", "sip:127.0.0.1:5060"))
+    assert (await probe.final()).status == 503  # RFC 3261 §11.2: as an INVITE now
+
+    # An emergency call is served all the same, and waited for.
+    emergency = await env.alice.invite("sip:112@127.0.0.1:5060")
+    assert (await emergency.final()).status == 407
+    await emergency.authenticate()
+    assert (await emergency.final()).status == 200
+    # The call in progress goes on: in-dialog requests are served.
+    assert (await first.reinvite(env.trunk.offer_sdp())).status == 200
+    assert (await first.bye()).status == 200
+    await trio.sleep(60)
+    assert not drained.is_set()  # the emergency call is still up
+    assert (await emergency.bye()).status == 200
+    with trio.fail_after(5):
+        await drained.wait()
+    assert env.calls == 0
+    assert_no_media_ports_held(env)
+    # Nothing ended by the gateway: the BYEs that reached either side were relayed ones.
+    byes = env.trunk.requests("BYE") + env.alice.requests("BYE")
+    assert len(byes) == 2 and not any("cause=503" in reason_of(bye) for bye in byes)
+
+
+async def test_calls_left_when_the_drain_runs_out_are_ended_on_both_legs(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier=CARRIER)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final()).status == 200
+    started = trio.current_time()
+    await env.gateway.drain(30)
+    assert 30 <= trio.current_time() - started < 33
+    assert env.calls == 0
+    await eventually(lambda: env.trunk.requests("BYE") and env.alice.requests("BYE"))
+    (to_trunk,) = env.trunk.requests("BYE")
+    (to_alice,) = env.alice.requests("BYE")
+    for bye in (to_trunk, to_alice):
+        assert "cause=503" in reason_of(bye) and "gateway shutting down" in reason_of(bye)
+    [record] = env.gateway.store.call_records_recent()  # type: ignore[union-attr]
+    assert record.end_reason is not None and "gateway shutting down" in record.end_reason
+    assert_no_media_ports_held(env)
+
+
+async def test_a_call_still_ringing_when_the_drain_runs_out_is_refused_503(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier=CARRIER, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    ringing = await env.alice.next_call()
+    await ringing.ring()
+    await call.exchange.wait_for(lambda response: response.status == 180)
+    await env.gateway.drain(10)
+    final = await call.final()
+    assert final.status == 503
+    assert len(env.alice.requests("CANCEL")) == 1
+    assert env.calls == 0
+
+
+async def test_a_drain_removes_the_registrations_with_carriers_at_once(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """So that they stop sending calls, rather than get 503s until the registration expires."""
+    env, registrar = await registering_carrier(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final()).status == 200
+    accepted = len(registrar.accepted)
+    drained = await start_drain(nursery, env, timeout=3600)
+    await eventually(lambda: len(registrar.accepted) == accepted + 1)
+    assert registrar.accepted[-1].headers.get("Expires") == "0"
+    assert not drained.is_set()
+    assert (await call.bye()).status == 200
+    with trio.fail_after(5):
+        await drained.wait()

@@ -1,0 +1,159 @@
+"""A graceful stop through ``voipgw run`` (``[gateway] drain_timeout``): SIGTERM while a sipp
+call is up. The gateway answers OPTIONS 503 at once (a trunk proxy's health check takes it out
+of rotation), keeps the call until its caller hangs up, then exits 0; a call still up when the
+drain runs out gets the gateway's BYE on both legs; a second SIGTERM stops at once.
+
+The caller is a trunk (sipp on 127.0.0.2) calling alice's DID; alice is a registered sipp UAS.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas, run_sipp_uac
+from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
+
+pytestmark = pytest.mark.interop
+
+
+def options_status(port: int, timeout: float = 2.0) -> str:
+    """The status line of the gateway's answer to an OPTIONS over UDP."""
+    probe = (
+        f"OPTIONS sip:{LOOPBACK}:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {LOOPBACK}:9;branch=z9hG4bKdrain{time.monotonic_ns()};rport\r\n"
+        f"From: <sip:probe@{LOOPBACK}>;tag=p\r\nTo: <sip:{LOOPBACK}:{port}>\r\n"
+        f"Call-ID: drain{time.monotonic_ns()}@{LOOPBACK}\r\nCSeq: 1 OPTIONS\r\n"
+        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.bind((LOOPBACK, 0))
+        sock.sendto(probe, (LOOPBACK, port))
+        return sock.recv(65535).split(b"\r\n", 1)[0].decode()
+
+
+def gateway(tmp_path: Path, drain_timeout: float) -> GatewayProcess:
+    return GatewayProcess(
+        tmp_path,
+        accounts=ACCOUNTS,
+        extra_toml=inbound_trunk(),
+        settings={"gateway": {"drain_timeout": drain_timeout}},
+    )
+
+
+def call_alice(
+    pool: ThreadPoolExecutor, gw: GatewayProcess, tmp_path: Path, scenario: str, **options: Any
+) -> Future[SippResult]:
+    """The trunk (sipp on 127.0.0.2) calls alice's DID, in the background."""
+    return pool.submit(
+        run_sipp_uac,
+        scenario,
+        gw.address,
+        workdir=tmp_path,
+        service=DID,
+        caller="+4940777",
+        local_ip=TRUNK_IP,
+        **options,
+    )
+
+
+def call_answered(gw: GatewayProcess) -> None:
+    """Poll ``voipgw calls`` until the one call is answered."""
+    out = gw.cli_until(
+        lambda text: any(c["answered_at"] for c in json.loads(text)), "calls", "--json"
+    )
+    assert any(c["answered_at"] for c in json.loads(out)), out
+
+
+def sigterm(gw: GatewayProcess) -> None:
+    assert gw.process is not None
+    gw.process.send_signal(signal.SIGTERM)
+
+
+def exit_code(gw: GatewayProcess, timeout: float) -> int | None:
+    assert gw.process is not None
+    try:
+        return gw.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_sigterm_waits_for_the_call_in_progress_then_exits(tmp_path: Path) -> None:
+    gw = gateway(tmp_path, drain_timeout=60)
+    with gw:
+        alice = SippUas("uas_answer.xml", workdir=tmp_path, timeout=40)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice, ThreadPoolExecutor(1) as pool:
+            caller = call_alice(pool, gw, tmp_path, "uac_call.xml", call_duration_ms=5000)
+            call_answered(gw)
+            sigterm(gw)
+            gw.wait_for_log(r"draining: new calls refused \(503\); waiting up to 60 s for 1 call")
+            assert options_status(gw.port) == "SIP/2.0 503 Service Unavailable (shutting down)"
+            assert exit_code(gw, timeout=0.5) is None  # still serving the call
+            result = caller.result(timeout=45)
+            result.check()  # its BYE went through and was answered
+            assert exit_code(gw, timeout=15) == 0
+            assert "drained: no calls in progress" in gw.log_text()
+            callee = alice.wait(timeout=10)
+    callee.check()
+    (bye,) = callee.received("BYE ")
+    assert "cause=503" not in bye  # the caller's BYE, relayed: not ended by the gateway
+
+
+def test_a_call_still_up_when_the_drain_runs_out_gets_the_gateways_bye(tmp_path: Path) -> None:
+    gw = gateway(tmp_path, drain_timeout=1)
+    with gw:
+        alice = SippUas("uas_answer.xml", workdir=tmp_path, timeout=40, call_duration_ms=60_000)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice, ThreadPoolExecutor(1) as pool:
+            caller = call_alice(pool, gw, tmp_path, "uac_call_remote_bye.xml", timeout=30)
+            call_answered(gw)
+            sigterm(gw)
+            result = caller.result(timeout=45)
+            result.check()  # the gateway's BYE reached it, and its 200 was taken
+            assert exit_code(gw, timeout=15) == 0
+            assert "drain_timeout reached: ending 1 call(s)" in gw.log_text()
+            callee = alice.wait(timeout=10)
+    callee.check()
+    (bye,) = callee.received("BYE ")
+    assert "cause=503" in bye and "gateway shutting down" in bye, bye
+    (caller_bye,) = result.received("BYE ")
+    assert "cause=503" in caller_bye, caller_bye
+
+
+@pytest.mark.parametrize("drain_timeout", [600, 0])
+def test_a_second_sigterm_or_none_to_drain_stops_at_once_ending_calls(
+    tmp_path: Path, drain_timeout: float
+) -> None:
+    """Without a drain (0), or at a second SIGTERM, the gateway stops at once; the call still
+    up is ended with its BYE rather than left to the phones' timers."""
+    gw = gateway(tmp_path, drain_timeout=drain_timeout)
+    with gw:
+        alice = SippUas("uas_answer.xml", workdir=tmp_path, timeout=40, call_duration_ms=60_000)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice, ThreadPoolExecutor(1) as pool:
+            caller = call_alice(pool, gw, tmp_path, "uac_call_remote_bye.xml", timeout=30)
+            call_answered(gw)
+            sigterm(gw)
+            if drain_timeout:
+                gw.wait_for_log("draining: new calls refused")
+                assert exit_code(gw, timeout=1) is None
+                sigterm(gw)
+            assert exit_code(gw, timeout=10) == 0
+            assert "received SIGTERM: shutting down" in gw.log_text()
+            result = caller.result(timeout=45)
+            result.check()
+            callee = alice.wait(timeout=10)
+    callee.check()
+    for received in (callee, result):
+        (bye,) = received.received("BYE ")
+        assert "cause=503" in bye and "gateway shutting down" in bye, bye
