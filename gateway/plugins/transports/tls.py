@@ -35,6 +35,10 @@ its fingerprint can be bound to an account. The stdlib can only ask and verify
 verify callback; OpenSSL's ``SSL_CTX_set_verify`` callback, reached through pyOpenSSL, can accept
 and still tell us whether the chain verified. :class:`TlsStream` runs a pyOpenSSL connection over
 memory BIOs on top of any trio stream.
+
+Certificate, key and CA bundles are read at start-up and again on SIGHUP
+(:meth:`TlsTransport.reload_certificates`, gateway/core/reload.py): every context is rebuilt
+before any is swapped in, and a connection keeps the context it was made with.
 """
 
 from __future__ import annotations
