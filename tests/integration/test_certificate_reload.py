@@ -17,6 +17,7 @@ listeners and the metrics exporter's HTTPS on 127.0.0.1, port 0.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import signal
@@ -311,3 +312,66 @@ def test_sighup_reloads_every_certificate_and_keeps_connections_and_a_bad_one_ou
         for line in issued.key.read_text().splitlines():
             if "-----" not in line:
                 assert line not in text
+
+
+def test_a_hangup_sent_to_the_whole_process_group_reloads_and_ends_no_media_worker(
+    tmp_path: Path, files: Files, ca: TestCa, certificates: dict[str, Issued]
+) -> None:
+    """``kill -HUP -PGID`` (or a terminal's hangup) reaches the media worker processes too:
+    the SIP process reloads, the workers (which hold no certificate) ignore it and relay on."""
+    config = tmp_path / "workers.toml"
+    config.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[sip]\nlisten = ["udp:127.0.0.1:0", "tls:127.0.0.1:0"]\n'
+        '[media]\naddress = "127.0.0.1"\nports = "31580-31599"\nworkers = 2\n'
+        '[plugins]\nenable = ["udp", "tls"]\n'
+        f'[plugins.tls]\ncertificate = "{files.sip_certificate}"\n'
+        f'private_key = "{files.sip_key}"\n'
+    )
+    log = tmp_path / "workers.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # its own process group, as a service's
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (ready := re.search(r"voipgw ready: .*tls:127\.0\.0\.1:(\d+)", log.read_text())):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
+            time.sleep(0.1)
+        tls_port = int(ready[1])
+        # Children of any of its threads (a subprocess may be spawned from a worker thread).
+        workers = [
+            int(pid)
+            for task in Path(f"/proc/{process.pid}/task").iterdir()
+            for pid in (task / "children").read_text().split()
+        ]
+        assert len(workers) == 2, workers
+
+        install(certificates["sip-b"], files.sip_certificate, files.sip_key)
+        os.killpg(process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "reload: tls loaded" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"no reload logged:\n{log.read_text()}"
+            time.sleep(0.05)
+
+        assert presented(tls_port, ca) == certificates["sip-b"].fingerprint
+        for pid in workers:
+            status = Path(f"/proc/{pid}/status").read_text()  # gone if the signal ended it
+            assert "State:\tZ" not in status
+            # The worker ignores SIGHUP (bit 0 of the ignored-signals mask, proc(5)).
+            ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
+            assert int(ignored.split()[1], 16) & (1 << (signal.SIGHUP - 1))
+        assert "exited" not in log.read_text(), log.read_text()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log.read_text()
