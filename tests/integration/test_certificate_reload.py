@@ -12,6 +12,8 @@ listeners and the metrics exporter's HTTPS on 127.0.0.1, port 0.
    reason for each plugin, and new connections still see B.
 5. The metrics show both reloads per plugin and B's expiry; SIGTERM then stops with 0, and no
    key material was ever logged.
+
+The config has ``drain_timeout``: SIGHUP must not start the graceful stop that SIGTERM starts.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def running(tmp_path: Path, files: Files) -> Iterator[Running]:
     store.close()
     config = tmp_path / "voipgw.toml"
     config.write_text(
-        f'[gateway]\nstate_dir = "{state}"\ndigest_algorithms = ["MD5"]\n'
+        f'[gateway]\nstate_dir = "{state}"\ndigest_algorithms = ["MD5"]\ndrain_timeout = 5\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0", "tls:127.0.0.1:0", "wss:127.0.0.1:0"]\n'
         '[media]\naddress = "127.0.0.1"\nports = "31560-31579"\n'
         '[plugins]\nenable = ["udp", "tls", "wss", "metrics"]\n'
@@ -261,6 +263,7 @@ def test_sighup_reloads_every_certificate_and_keeps_connections_and_a_bad_one_ou
             ) in lines, lines
         assert "ERROR" not in lines
         assert running.process.poll() is None  # SIGHUP never stops the gateway
+        assert "draining" not in lines  # nor starts a graceful stop (drain_timeout is set)
 
         assert presented(running.tls, ca) == sip_b.fingerprint
         assert presented(running.wss, ca) == sip_b.fingerprint
