@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gateway",
         description="Run the gateway. With no --config it runs on the embedded defaults: SIP on "
         "127.0.0.1:5060 over UDP and TCP and 5061 over TLS, media on 127.0.0.1 ports "
-        "30000-30999, state in ./voipgw-state.",
+        "30000-30999, state in ./voipgw-state. SIGINT or SIGTERM stops it; SIGHUP reloads "
+        "the TLS certificates, keys and CA files (not the config file), calls going on.",
     )
     run.add_argument("--config", metavar="FILE", help="TOML configuration file")
     run.add_argument(

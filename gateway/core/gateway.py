@@ -50,6 +50,7 @@ from gateway.core.media.session import MediaSession
 from gateway.core.nat_keepalive import NatKeepalive
 from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
+from gateway.core.reload import CertificateReloads, ReloadReport
 from gateway.core.sip.message import Request
 from gateway.core.status import CallStatistics, StatusView
 from gateway.core.store.backends import SQLITE_GATEWAY_BUSY_TIMEOUT, check_store, open_store
@@ -150,6 +151,8 @@ class Gateway:
             clock=time.monotonic,
         )
         self.endpoint = SipEndpoint(self)
+        # The plugins' objects that hold certificates (tls, wss, metrics), for SIGHUP.
+        self.certificate_reloads = CertificateReloads(plugins)
 
     # -- validation (no sockets) -----------------------------------------------------------
 
@@ -467,6 +470,13 @@ class Gateway:
                 for registration in self.trunk_registrations.values():
                     nursery.start_soon(registration.remove)
 
+    def reload_certificates(self) -> list[ReloadReport]:
+        """Have every plugin that holds certificates read its files again (SIGHUP): new
+        handshakes use what loaded, connections up keep theirs; a plugin whose new files fail
+        keeps its previous ones (logged with the file and the reason). The config file is not
+        read again. Runs on the event loop: plugins read a few files each."""
+        return self.certificate_reloads.reload()
+
     async def before_stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """What must happen while everything still runs, before the gateway is cancelled: the
         registrations with carriers are removed (their REGISTER with Expires: 0 answered,
@@ -509,13 +519,15 @@ def run_until_signal(gateway: Gateway) -> int:
     """Run ``gateway`` until SIGINT or SIGTERM; returns the process exit code. With
     ``[gateway] drain_timeout``, the first signal drains (:meth:`Gateway.drain`) and the gateway
     stops once no call is left or the time ran out; a second signal stops it at once. Calls
-    still up are ended with BYE (:meth:`Gateway.end_calls`) before the gateway stops."""
+    still up are ended with BYE (:meth:`Gateway.end_calls`) before the gateway stops. SIGHUP
+    reloads the plugins' certificates (systemd's ``ExecReload=/bin/kill -HUP $MAINPID``) and
+    never stops the gateway, nor starts or ends a drain."""
 
     drain_timeout = gateway.config.gateway.drain_timeout
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 await nursery.start(gateway.serve)
                 stop = trio.Event()
 
@@ -524,8 +536,15 @@ def run_until_signal(gateway: Gateway) -> int:
                     stop.set()
 
                 async def on_signals() -> None:
+                    # A SIGHUP that came during start-up waited here: it reloads once started.
                     async for signum in signals:
                         name = signal.Signals(signum).name
+                        if signum == signal.SIGHUP:
+                            log.info(
+                                "received SIGHUP: reloading certificates (not the config file)"
+                            )
+                            gateway.reload_certificates()
+                            continue
                         if drain_timeout and not gateway.draining:
                             log.info("received %s: draining before the stop", name)
                             nursery.start_soon(drain_then_stop)
@@ -540,6 +559,9 @@ def run_until_signal(gateway: Gateway) -> int:
                 await gateway.before_stop()
                 nursery.cancel_scope.cancel()
 
+    # SIGHUP's default action ends the process: ignored outside the receiver above too (while
+    # the nursery winds down, the store flushes its last call records).
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         trio.run(main)
     except (OSError, StoreError, ExceptionGroup) as exc:
@@ -556,6 +578,8 @@ def run_until_signal(gateway: Gateway) -> int:
         for error in errors:
             log.error("cannot run: %s", error)
         return 1
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     return 0
 
 

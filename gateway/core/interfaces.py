@@ -6,6 +6,7 @@ hooks); the core hands plugins the host objects defined here. Nothing in this mo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -753,6 +754,57 @@ class GatewayStatus(Protocol):
     def caller_identity(self) -> tuple[tuple[str, int], ...]:
         """Calls signed and checked by caller-identity services (STIR/SHAKEN) since the start,
         by outcome (``signed``, ``passed``, ``failed``, ``no_identity``, ...)."""
+
+    def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
+        """Certificate reloads (SIGHUP) since the start: (plugin, outcome, count) for every
+        plugin that holds certificates, outcomes ``reloaded`` and ``failed``."""
+
+    def tls_certificates(self) -> tuple[tuple[str, LoadedCertificate], ...]:
+        """The certificates plugins serve now: (plugin, certificate), in plugin order."""
+
+
+# --------------------------------------------------------------------------------------------
+# Certificate reload (SIGHUP)
+
+
+@attrs.frozen
+class LoadedCertificate:
+    """A certificate a plugin serves with, as start-up and reload log it and the metrics show
+    it: the leaf of the chain in ``path`` (a PEM file)."""
+
+    path: str
+    subject: str  # RFC 4514
+    sha256_fingerprint: str  # lowercase hex, no colons
+    not_before: float  # Unix time
+    not_after: float  # Unix time
+
+    def describe(self) -> str:
+        """One log line's words: file, subject, fingerprint, expiry (never key material)."""
+        expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.not_after))
+        return (
+            f"{self.path}: subject {self.subject or '(empty)'}, sha256 "
+            f"{self.sha256_fingerprint}, not after {expires}"
+        )
+
+
+class ReloadError(Exception):
+    """A plugin refused new certificate files and kept its previous contexts. The message names
+    the file and the reason, never key bytes."""
+
+
+class ReloadableCertificates(Protocol):
+    """An object a plugin registered (a transport, a service, ...) that serves TLS with
+    certificates read from files. On SIGHUP the core calls ``reload_certificates()`` on each
+    such object, on the event loop; reading and parsing a few files is fine there, anything
+    slower belongs in a worker thread of the plugin's own. All or nothing: it reads and checks
+    every file first and either swaps in new contexts for new handshakes (connections already
+    up keep theirs) and returns what it loaded, or raises :class:`ReloadError` and keeps
+    everything it had. ``loaded_certificates()`` says what it serves now (read at each
+    scrape: return a kept value)."""
+
+    def reload_certificates(self) -> tuple[LoadedCertificate, ...]: ...
+
+    def loaded_certificates(self) -> tuple[LoadedCertificate, ...]: ...
 
 
 class Service(Protocol):

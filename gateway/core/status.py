@@ -24,6 +24,7 @@ from gateway import __version__
 from gateway.core.interfaces import (
     CallCounts,
     Histogram,
+    LoadedCertificate,
     MediaCounts,
     SipCounts,
     TrunkCounts,
@@ -285,3 +286,9 @@ class StatusView:
         failures = self._statistics.key_exchange_failures
         names = sorted(set(self._gateway.plugins.key_exchanges.names()) | set(failures))
         return tuple((name, failures[name]) for name in names)
+
+    def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
+        return self._gateway.certificate_reloads.statistics()
+
+    def tls_certificates(self) -> tuple[tuple[str, LoadedCertificate], ...]:
+        return self._gateway.certificate_reloads.certificates()

@@ -443,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-interval", type=float, default=1.0)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGHUP asks the SIP process to reload its certificates; sent to the whole process group (a
+    # terminal's hangup, kill -HUP -PGID) it must not end a worker and the calls it relays.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s media-worker-{args.index} %(name)s: %(message)s",

@@ -14,7 +14,9 @@ is served in plain HTTP without authentication on the loopback. For a Prometheus
 requires a client certificate, and ``basic_auth_users`` requires a user and password (:mod:`.auth`),
 as Prometheus' own exporters do with exporter-toolkit's web config. Files and password hashes
 are checked when the config is read, so a mistake is a config error of this table, at start-up
-and in ``voipgw check-config``.
+and in ``voipgw check-config``. On SIGHUP the three TLS files are read again
+(:meth:`MetricsExporter.reload_certificates`, gateway/core/reload.py): new connections get the
+new context, or, when any file fails, the exporter keeps the one it had.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import ipaddress
 import logging
 import re
 import ssl
+import time
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,12 +35,17 @@ import attrs
 import trio
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.interfaces import GatewayStatus
+from gateway.core.interfaces import GatewayStatus, LoadedCertificate, ReloadError
 from gateway.plugins.metrics import tls
 from gateway.plugins.metrics.auth import BasicAuth, PasswordHash, PasswordHashError
 from gateway.plugins.metrics.collect import render
 from gateway.plugins.metrics.server import MetricsServer
-from gateway.plugins.transports.certificates import key_open_to_others
+from gateway.plugins.transports.certificates import (
+    CertificateError,
+    key_open_to_others,
+    loaded_certificate,
+    validity_problem,
+)
 
 if TYPE_CHECKING:
     from gateway.core.interfaces import Service
@@ -146,6 +154,36 @@ class MetricsExporter:
     def __init__(self, config: MetricsConfig) -> None:
         self.config = config
         self.server: MetricsServer | None = None
+        self._loaded: tuple[LoadedCertificate, ...] = ()
+
+    def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
+        """The certificate new HTTPS connections get (none for plain HTTP)."""
+        return self._loaded
+
+    def reload_certificates(self) -> tuple[LoadedCertificate, ...]:
+        """Read ``tls_certificate``, ``tls_private_key`` and ``tls_client_ca`` again, with the
+        checks of start-up and the certificate's validity period; new connections get the new
+        context. :class:`ReloadError` (the key, the file, the reason) leaves the old one."""
+        config = self.config
+        if config.tls_certificate is None or config.tls_private_key is None:
+            return ()
+        try:
+            context = tls.server_context(
+                config.tls_certificate, config.tls_private_key, config.tls_client_ca
+            )
+            loaded = loaded_certificate(Path(config.tls_certificate))
+        except tls.TlsFileError as exc:
+            raise ReloadError(f"{exc.key}: {exc}") from None
+        except CertificateError as exc:
+            raise ReloadError(f"tls_certificate: {exc}") from None
+        problem = validity_problem(loaded, now=time.time())
+        if problem is not None:
+            raise ReloadError(f"tls_certificate: {problem}")
+        _warn_if_key_readable(config)
+        if self.server is not None:
+            self.server.ssl_context = context
+        self._loaded = (loaded,)
+        return self._loaded
 
     async def run(
         self,
@@ -158,6 +196,8 @@ class MetricsExporter:
         config = self.config
         auth = BasicAuth(config.password_hashes) if config.basic_auth_users else None
         ssl_context = config.ssl_context()
+        if config.tls_certificate is not None:
+            self._loaded = (loaded_certificate(Path(config.tls_certificate)),)
 
         def scrape() -> bytes:
             return render(status, server.statistics())
@@ -182,19 +222,27 @@ class MetricsExporter:
                 config.path,
                 _protection(config),
             )
+            for certificate in self._loaded:
+                log.info("metrics: certificate %s", certificate.describe())
+                problem = validity_problem(certificate, now=time.time())
+                if problem is not None:
+                    log.warning("metrics: %s: scrapers will refuse it", problem)
             warning = exposure_warning(config)
             if warning is not None:
                 log.warning("metrics: %s", warning)
-            if config.tls_private_key is not None:
-                mode = key_open_to_others(Path(config.tls_private_key))
-                if mode is not None:  # as the SIP tls transport warns of its own key
-                    log.warning(
-                        "metrics: private key %s is readable by group or others (mode %o); "
-                        "chmod 600 it",
-                        config.tls_private_key,
-                        mode,
-                    )
+            _warn_if_key_readable(config)
             task_status.started()
+
+
+def _warn_if_key_readable(config: MetricsConfig) -> None:
+    if config.tls_private_key is not None:
+        mode = key_open_to_others(Path(config.tls_private_key))
+        if mode is not None:  # as the SIP tls transport warns of its own key
+            log.warning(
+                "metrics: private key %s is readable by group or others (mode %o); chmod 600 it",
+                config.tls_private_key,
+                mode,
+            )
 
 
 def exposure_warning(config: MetricsConfig) -> str | None:

@@ -35,6 +35,7 @@ def render(status: GatewayStatus, server: ServerStatistics | None = None) -> byt
     _key_exchanges(out, status)
     _trunks(out, status)
     _caller_identity(out, status)
+    _certificates(out, status)
     if server is not None:
         _exporter(out, server)
     return out.render()
@@ -254,6 +255,31 @@ def _caller_identity(out: Exposition, status: GatewayStatus) -> None:
     )
     for outcome, count in outcomes:
         out.sample(count, [("outcome", outcome)])
+
+
+def _certificates(out: Exposition, status: GatewayStatus) -> None:
+    reloads = status.certificate_reloads()
+    if not reloads:
+        return  # no plugin serves TLS from files: no family
+    out.family(
+        "voipgw_certificate_reloads_total",
+        "counter",
+        "Certificate reloads (SIGHUP) by plugin and outcome: reloaded, or failed (the plugin "
+        "kept its previous certificates; the log names the file and why).",
+    )
+    for plugin, outcome, count in reloads:
+        out.sample(count, [("plugin", plugin), ("outcome", outcome)])
+    expiry: dict[str, float] = {}
+    for plugin, certificate in status.tls_certificates():
+        expiry[plugin] = min(expiry.get(plugin, certificate.not_after), certificate.not_after)
+    out.family(
+        "voipgw_tls_certificate_expiry_time_seconds",
+        "gauge",
+        "When the certificate a plugin serves now expires (its not-after), seconds since the "
+        "epoch; the earliest when it serves several.",
+    )
+    for plugin, not_after in expiry.items():
+        out.sample(not_after, [("plugin", plugin)])
 
 
 def _trunks(out: Exposition, status: GatewayStatus) -> None:

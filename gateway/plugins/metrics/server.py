@@ -81,7 +81,8 @@ class MetricsServer:
         self._render = render
         self._path = path.encode()
         self._server = server.encode()
-        self._ssl_context = ssl_context
+        # Read at each new connection: a reload (SIGHUP) replaces it for the next ones.
+        self.ssl_context = ssl_context
         self._auth = auth
         # scrypt runs in a worker thread, one at a time: a flood of wrong passwords costs one
         # core at most, and cached pairs (every scrape after the first) never wait for it.
@@ -100,7 +101,7 @@ class MetricsServer:
         return ServerStatistics(
             scrapes=self.scrapes,
             refused_connections=self.refused_connections,
-            tls=self._ssl_context is not None,
+            tls=self.ssl_context is not None,
             tls_handshake_failures=self.tls_handshake_failures,
             auth=self._auth is not None,
             auth_failures=tuple(self.auth_failures.items()),
@@ -149,8 +150,8 @@ class MetricsServer:
         with trio.move_on_after(HEAD_TIMEOUT) as reading:
             self._reading_heads.append(reading)
             try:
-                if self._ssl_context is not None:
-                    tls = await self._handshake(socket_stream, self._ssl_context, remote)
+                if self.ssl_context is not None:
+                    tls = await self._handshake(socket_stream, self.ssl_context, remote)
                     if tls is None:
                         return
                     stream = tls

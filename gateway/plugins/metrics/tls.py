@@ -10,7 +10,8 @@ certificate that chains to its CA or asks for none. The protocol settings are th
 renegotiation (§3.5). Certificate files are read with the transport's
 :func:`~gateway.plugins.transports.certificates.load_certificates` and fail with its
 :class:`~gateway.plugins.transports.certificates.CertificateError`, whose messages name the file
-and never hold key bytes. Like the transport, files are read at start-up only (no reload).
+and never hold key bytes. Like the transport's, the files are read at start-up and again on
+SIGHUP (``MetricsExporter.reload_certificates``).
 """
 
 from __future__ import annotations

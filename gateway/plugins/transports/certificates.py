@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.core.interfaces import LoadedCertificate
 from gateway.core.transport.flows import PeerCertificate
 
 #: Subdirectory of the state directory that holds the generated certificate and key.
@@ -224,6 +225,41 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
     except ValueError:
         raise CertificateError(f"{path} holds no PEM certificate") from None
     return certificates
+
+
+def loaded_certificate(path: Path) -> LoadedCertificate:
+    """The leaf (first certificate) of the PEM chain in ``path``, as start-up and reload log
+    it and the metrics show its expiry; CertificateError when the file cannot be used."""
+    leaf = load_certificates(path)[0]
+    try:
+        subject = leaf.subject.rfc4514_string()
+    except ValueError:
+        subject = "<unparseable subject>"
+    return LoadedCertificate(
+        path=str(path),
+        subject=subject,
+        sha256_fingerprint=fingerprint(leaf),
+        not_before=leaf.not_valid_before_utc.timestamp(),
+        not_after=leaf.not_valid_after_utc.timestamp(),
+    )
+
+
+def validity_problem(certificate: LoadedCertificate, *, now: float) -> str | None:
+    """Why ``certificate`` is outside its validity period at ``now`` (RFC 5280 §4.1.2.5:
+    peers refuse it), else None. Start-up warns of it; a reload refuses such a replacement,
+    keeping the certificate it had (copying an old file over a renewed one is the usual
+    mistake)."""
+    if certificate.not_before <= now <= certificate.not_after:
+        return None
+    if now > certificate.not_after:
+        problem = f"expired on {_utc(certificate.not_after)}"
+    else:
+        problem = f"is not valid before {_utc(certificate.not_before)}"
+    return f"{certificate.path}: the certificate {problem} (subject {certificate.subject})"
+
+
+def _utc(timestamp: float) -> str:
+    return f"{datetime.datetime.fromtimestamp(timestamp, datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def names_in(certificate: x509.Certificate) -> list[str]:

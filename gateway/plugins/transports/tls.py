@@ -35,6 +35,10 @@ its fingerprint can be bound to an account. The stdlib can only ask and verify
 verify callback; OpenSSL's ``SSL_CTX_set_verify`` callback, reached through pyOpenSSL, can accept
 and still tell us whether the chain verified. :class:`TlsStream` runs a pyOpenSSL connection over
 memory BIOs on top of any trio stream.
+
+Certificate, key and CA bundles are read at start-up and again on SIGHUP
+(:meth:`TlsTransport.reload_certificates`, gateway/core/reload.py): every context is rebuilt
+before any is swapped in, and a connection keeps the context it was made with.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import datetime
 import ipaddress
 import logging
 import operator
+import time
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,7 +61,7 @@ from OpenSSL import SSL, crypto
 
 from gateway.core.config import ListenSpec
 from gateway.core.hookspecs import hookimpl
-from gateway.core.interfaces import Listener, TransportHost
+from gateway.core.interfaces import Listener, LoadedCertificate, ReloadError, TransportHost
 from gateway.core.plugins import Registry
 from gateway.core.transport.flows import Address, Flow, PeerCertificate, format_address
 from gateway.plugins.transports.certificates import (
@@ -68,9 +73,11 @@ from gateway.plugins.transports.certificates import (
     fingerprint,
     key_open_to_others,
     load_certificates,
+    loaded_certificate,
     matches_name,
     names_in,
     peer_identity,
+    validity_problem,
 )
 from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
 
@@ -651,18 +658,44 @@ class TlsTransport(StreamTransport):
             self._configured = CertificatePaths(
                 Path(self.tls.certificate), Path(self.tls.private_key)
             )
-            # Fail at start-up (and in check-config), not on the first connection.
-            for mode in MODES:
-                if mode == self.tls.mode or mode in self.tls.listener_modes.values():
-                    server_context(self._configured, mode, self._ca_bundles)
-            _warn_if_key_readable(self._configured.private_key)
-        else:
-            for bundle in self._ca_bundles:
-                load_certificates(bundle)
+        # What we serve (logged, shown by the metrics); the generated one once a listener made it.
+        self._loaded: tuple[LoadedCertificate, ...] = ()
+        self._loaded_logged = False
+        # Fail at start-up (and in check-config), not on the first connection.
+        self._check_files(self._configured)
+        if self._configured is not None:
+            self._loaded = (loaded_certificate(self._configured.certificate),)
+            self._warn(self._configured, self._loaded[0], ())
         self._paths = self._configured
         self._listeners: list[_ListenerSide] = []
         self._client_contexts: dict[Mode, SSL.Context] = {}
         self._opening: dict[Address, trio.Event] = {}
+
+    def _check_files(self, paths: CertificatePaths | None) -> None:
+        """What start-up (and a reload, before it swaps anything) requires of the files: the
+        certificate and key load and belong together in every mode a listener uses, and every
+        CA bundle holds certificates. CertificateError names the file."""
+        if paths is not None:
+            for mode in MODES:
+                if mode == self.tls.mode or mode in self.tls.listener_modes.values():
+                    server_context(paths, mode, self._ca_bundles)
+        else:
+            for bundle in self._ca_bundles:
+                load_certificates(bundle)
+
+    def _warn(
+        self, paths: CertificatePaths, loaded: LoadedCertificate, listen_hosts: tuple[str, ...]
+    ) -> None:
+        """What start-up (and a reload) warns of without refusing: a key others may read, a
+        certificate out of its validity period, a generated one not naming a listener."""
+        if paths == self._configured:
+            _warn_if_key_readable(paths.private_key, self.name)
+        else:
+            for listen_host in listen_hosts:
+                self._check_generated_names(paths, listen_host)
+        problem = validity_problem(loaded, now=time.time())
+        if problem is not None:
+            log.warning("%s: %s: peers will refuse it", self.name, problem)
 
     # -- certificates -----------------------------------------------------------------------
 
@@ -672,6 +705,9 @@ class TlsTransport(StreamTransport):
         if self._paths is not None:
             if self._configured is None:
                 self._check_generated_names(self._paths, listen.host)
+            elif not self._loaded_logged:
+                self._loaded_logged = True
+                log.info("%s: certificate %s", self.name, self._loaded[0].describe())
             return self._paths
         directory = Path(host.state_dir) / GENERATED_DIR
         paths, created = ensure_self_signed(
@@ -684,8 +720,45 @@ class TlsTransport(StreamTransport):
             fingerprint(load_certificates(paths.certificate)[0]),
         )
         self._paths = paths
+        self._loaded = (loaded_certificate(paths.certificate),)
         self._check_generated_names(paths, listen.host)
         return paths
+
+    # -- reloading (SIGHUP, gateway/core/reload.py) -----------------------------------------
+
+    def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
+        """The certificate new handshakes present (none before a listener generated one)."""
+        return self._loaded
+
+    def reload_certificates(self) -> tuple[LoadedCertificate, ...]:
+        """Read the certificate, key and CA bundles again and use them for new handshakes:
+        every listener's context and every outbound one made so far are rebuilt first, with
+        the same checks as at start-up, plus the certificate's validity period; only when all
+        of them succeed are they swapped in. Otherwise :class:`ReloadError` names the file and
+        the reason, and everything stays as it was. Connections up keep their contexts."""
+        paths = self._paths  # configured, generated (the same files, never regenerated) or None
+        try:
+            self._check_files(paths)
+            loaded: tuple[LoadedCertificate, ...] = ()
+            if paths is not None:
+                loaded = (loaded_certificate(paths.certificate),)
+                problem = validity_problem(loaded[0], now=time.time())
+                if problem is not None:
+                    raise CertificateError(problem)
+            listeners: list[_ListenerSide] = []
+            if paths is not None:  # else no listener has started
+                listeners = [
+                    attrs.evolve(side, context=self._server_context(paths, side.mode))
+                    for side in self._listeners
+                ]
+            clients = {mode: self._new_client_context(mode) for mode in self._client_contexts}
+        except CertificateError as exc:
+            raise ReloadError(str(exc)) from None
+        if paths is not None:
+            self._warn(paths, loaded[0], tuple(side.address[0] for side in self._listeners))
+        # Read by wrap() at each new connection: from here on they get the new contexts.
+        self._listeners, self._client_contexts, self._loaded = listeners, clients, loaded
+        return loaded
 
     def _check_generated_names(self, paths: CertificatePaths, listen_host: str) -> None:
         if listen_host in ("0.0.0.0", "::"):
@@ -742,15 +815,17 @@ class TlsTransport(StreamTransport):
     def _client_context(self, mode: Mode) -> SSL.Context:
         context = self._client_contexts.get(mode)
         if context is None:
-            context = client_context(
-                mode,
-                verify=self.tls.verifies(mode),
-                ca_bundles=self._ca_bundles,
-                system_cas=self.tls.system_ca_for_trunks,
-                paths=self._paths,
-            )
-            self._client_contexts[mode] = context
+            context = self._client_contexts[mode] = self._new_client_context(mode)
         return context
+
+    def _new_client_context(self, mode: Mode) -> SSL.Context:
+        return client_context(
+            mode,
+            verify=self.tls.verifies(mode),
+            ca_bundles=self._ca_bundles,
+            system_cas=self.tls.system_ca_for_trunks,
+            paths=self._paths,
+        )
 
     async def open_flow(self, remote: Address, host: TransportHost) -> Flow:
         """An existing TLS connection to ``remote`` if there is one, else a new one verified as
@@ -866,11 +941,12 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _warn_if_key_readable(path: Path) -> None:
+def _warn_if_key_readable(path: Path, transport: str) -> None:
     mode = key_open_to_others(path)
     if mode is not None:
         log.warning(
-            "tls: private key %s is readable by group or others (mode %o); chmod 600 it",
+            "%s: private key %s is readable by group or others (mode %o); chmod 600 it",
+            transport,
             path,
             mode,
         )

@@ -2,8 +2,9 @@
 
 What a browser softphone on an https page connects to (``wss://host:port``). It is the ``ws``
 transport on connections that first run the ``tls`` transport's handshake: the same TLS
-settings (TLS 1.2/1.3, AEAD suites, no resumption, RFC 9325), the same certificate loading and
-errors, and, without ``certificate``, the same generated certificate in ``<state_dir>/tls/``.
+settings (TLS 1.2/1.3, AEAD suites, no resumption, RFC 9325), the same certificate loading,
+errors and reload on SIGHUP, and, without ``certificate``, the same generated certificate in
+``<state_dir>/tls/``.
 One difference: a ``wss`` listener asks for no client certificate, because a browser asked for
 one may interrupt its user with a certificate picker; browsers authenticate with SIP digest.
 

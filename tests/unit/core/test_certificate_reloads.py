@@ -1,0 +1,121 @@
+"""The core's side of a certificate reload (gateway/core/reload.py): which registered objects
+take part, that one plugin's failure (its files, or a bug) neither stops another's reload nor
+the caller, what is logged and counted per plugin and outcome."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from gateway.core.interfaces import LoadedCertificate, ReloadError
+from gateway.core.plugins import Plugins, Registry, new_plugin_manager
+from gateway.core.reload import CertificateReloads
+
+CERT = LoadedCertificate(
+    path="/etc/voipgw/new.crt",
+    subject="CN=sip.example.com",
+    sha256_fingerprint="ab" * 32,
+    not_before=1_790_000_000.0,
+    not_after=1_797_776_000.0,  # 2026-12-20 14:13:20 UTC
+)
+
+
+class Holder:
+    def __init__(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self.calls = 0
+        self.loaded: tuple[LoadedCertificate, ...] = ()
+
+    def reload_certificates(self) -> tuple[LoadedCertificate, ...]:
+        self.calls += 1
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        self.loaded = self.outcome
+        return self.loaded
+
+    def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
+        return self.loaded
+
+
+def add(registry: Registry[Any], plugin: str, name: str, item: object) -> None:
+    registry._current_plugin = plugin
+    registry.add(name, item)
+    registry._current_plugin = "<core>"
+
+
+def plugins_with(**holders: object) -> Plugins:
+    plugins = Plugins(new_plugin_manager(), {})
+    for name, holder in holders.items():
+        registry = plugins.services if name == "metrics" else plugins.transports
+        add(registry, name, name, holder)
+    return plugins
+
+
+def test_every_holder_reloads_and_one_failure_stops_no_other(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tls = Holder((CERT,))
+    wss = Holder(ReloadError("/etc/voipgw/wss.key: not the private key of /etc/voipgw/wss.crt"))
+    metrics = Holder(RuntimeError("a bug"))
+    plugins = plugins_with(tls=tls, wss=wss, metrics=metrics)
+    add(plugins.transports, "udp", "udp", object())  # no certificates: not asked
+    reloads = CertificateReloads(plugins)
+    assert reloads.plugins == ["tls", "wss", "metrics"]
+    caplog.set_level(logging.INFO)
+
+    reports = reloads.reload()
+
+    assert [(r.plugin, r.outcome) for r in reports] == [
+        ("tls", "reloaded"),
+        ("wss", "failed"),
+        ("metrics", "failed"),
+    ]
+    assert (tls.calls, wss.calls, metrics.calls) == (1, 1, 1)
+    assert reports[0].certificates == (CERT,)
+    assert reports[1].error == "/etc/voipgw/wss.key: not the private key of /etc/voipgw/wss.crt"
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert (
+        "INFO",
+        "reload: tls loaded /etc/voipgw/new.crt: subject CN=sip.example.com, sha256 "
+        + "ab" * 32
+        + ", not after 2026-12-20 14:13:20 UTC",
+    ) in lines
+    assert (
+        "ERROR",
+        "reload: wss kept its previous certificates: /etc/voipgw/wss.key: not the private key "
+        "of /etc/voipgw/wss.crt",
+    ) in lines
+    bug = [r for r in caplog.records if r.getMessage().startswith("reload: metrics failed")]
+    assert bug and bug[0].exc_info is not None  # a bug's traceback, not the operator's fault
+
+    reloads.reload()
+    assert reloads.statistics() == (
+        ("tls", "reloaded", 2),
+        ("tls", "failed", 0),
+        ("wss", "reloaded", 0),
+        ("wss", "failed", 2),
+        ("metrics", "reloaded", 0),
+        ("metrics", "failed", 2),
+    )
+    assert reloads.certificates() == (("tls", CERT),)
+
+
+def test_an_object_registered_twice_reloads_once() -> None:
+    holder = Holder((CERT,))
+    plugins = Plugins(new_plugin_manager(), {})
+    add(plugins.media_taps, "intercept", "intercept", holder)
+    add(plugins.sip_captures, "intercept", "intercept", holder)
+    reloads = CertificateReloads(plugins)
+    reloads.reload()
+    assert holder.calls == 1
+    assert reloads.statistics() == (("intercept", "reloaded", 1), ("intercept", "failed", 0))
+
+
+def test_without_holders_nothing_is_counted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    reloads = CertificateReloads(Plugins(new_plugin_manager(), {}))
+    assert reloads.reload() == []
+    assert reloads.statistics() == ()
+    assert "nothing to do" in caplog.text
