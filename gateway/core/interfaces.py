@@ -649,6 +649,8 @@ class CallCounts:
     answered: int
     ended: tuple[tuple[str, int], ...]
     setup_seconds: Histogram
+    # Stopping gracefully ([gateway] drain_timeout): new calls are refused with 503.
+    draining: bool = False
 
 
 @attrs.frozen
@@ -719,6 +721,8 @@ class SipCounts:
     # for a limit (calls/dialog_events.py).
     dialog_subscriptions: int = 0
     dialog_subscriptions_refused: int = 0
+    # Open SIP connections by connection transport (tcp, tls, ws, wss: every enabled one).
+    connections: tuple[tuple[str, int], ...] = ()
 
 
 class GatewayStatus(Protocol):

@@ -200,6 +200,7 @@ class StatusView:
             answered=stats.answered,
             ended=tuple((outcome, stats.ended[outcome]) for outcome in OUTCOMES),
             setup_seconds=stats.setup_histogram(),
+            draining=self._gateway.draining,
         )
 
     def media(self) -> MediaCounts:
@@ -243,6 +244,15 @@ class StatusView:
                 len(blf) if (blf := self._gateway.dialog_events) is not None else 0
             ),
             dialog_subscriptions_refused=blf.refused if blf is not None else 0,
+            connections=self._connections(),
+        )
+
+    def _connections(self) -> tuple[tuple[str, int], ...]:
+        open_now = self._gateway.flows.connections()
+        return tuple(
+            (name, open_now[name])
+            for name, transport in self._gateway.plugins.transports.items()
+            if getattr(transport, "reliable", False)
         )
 
     def trunks(self) -> tuple[TrunkCounts, ...]:

@@ -24,7 +24,7 @@ import pytest
 from tests.conftest import require_peer
 
 READY = re.compile(r"metrics: Prometheus exposition on http://127\.0\.0\.1:(\d+)/metrics")
-SIP_READY = re.compile(r"voipgw ready: udp:127\.0\.0\.1:(\d+)")
+SIP_READY = re.compile(r"voipgw ready: udp:127\.0\.0\.1:(\d+), tcp:127\.0\.0\.1:(\d+)")
 
 
 def parser() -> object:
@@ -44,9 +44,9 @@ def write_config(tmp_path: Path, listen: str) -> Path:
     path = tmp_path / "voipgw.toml"
     path.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
-        '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
+        '[sip]\nlisten = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]\n'
         '[media]\naddress = "127.0.0.1"\nports = "31500-31519"\n'
-        '[plugins]\nenable = ["udp", "metrics"]\n'
+        '[plugins]\nenable = ["udp", "tcp", "metrics"]\n'
         f'[plugins.metrics]\nlisten = "{listen}"\n'
         "[[trunks]]\n"
         'name = "carrier"\naddress = "udp:192.0.2.1:5060"\nprefixes = ["+1"]\nmax_calls = 30\n'
@@ -55,8 +55,8 @@ def write_config(tmp_path: Path, listen: str) -> Path:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    """A running gateway: (its metrics port, its SIP port)."""
+def gateway(tmp_path: Path) -> Iterator[tuple[int, int, int]]:
+    """A running gateway: (its metrics port, its SIP UDP port, its SIP TCP port)."""
     log = tmp_path / "voipgw.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
@@ -81,7 +81,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[int, int]]:
             assert process.poll() is None, text
             assert time.monotonic() < deadline, f"the gateway did not become ready:\n{text}"
             time.sleep(0.1)
-        yield int(metrics[1]), int(sip[1])
+        yield int(metrics[1]), int(sip[1]), int(sip[2])
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -119,10 +119,19 @@ def value(found: dict[str, object], family: str, sample: str, **labels: str) -> 
     raise AssertionError(f"no sample {sample}{labels} in {family}")
 
 
+def options(transport: str, own: int, sip_port: int) -> bytes:
+    return (
+        f"OPTIONS sip:127.0.0.1:{sip_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/{transport} 127.0.0.1:{own};branch=z9hG4bK-metrics-{transport}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\n"
+        f"Call-ID: metrics-probe-{transport}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
 def test_a_running_gateway_is_scraped_by_curl_and_parsed_by_prometheus(
-    gateway: tuple[int, int],
+    gateway: tuple[int, int, int],
 ) -> None:
-    metrics_port, sip_port = gateway
+    metrics_port, sip_port, _ = gateway
     before = families(metrics_port)
     # prometheus_client names a counter family without its _total, as OpenMetrics does.
     kinds = {name: f.type for name, f in before.items()}  # type: ignore[attr-defined]
@@ -145,13 +154,7 @@ def test_a_running_gateway_is_scraped_by_curl_and_parsed_by_prometheus(
         sock.bind(("127.0.0.1", 0))
         sock.settimeout(10)
         own = sock.getsockname()[1]
-        options = (
-            f"OPTIONS sip:127.0.0.1:{sip_port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{own};branch=z9hG4bK-metrics-1\r\n"
-            "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:127.0.0.1>\r\n"
-            "Call-ID: metrics-probe-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-        ).encode()
-        sock.sendto(options, ("127.0.0.1", sip_port))
+        sock.sendto(options("UDP", own, sip_port), ("127.0.0.1", sip_port))
         answer, _ = sock.recvfrom(65536)
     assert answer.startswith(b"SIP/2.0 200 ")
     after = families(metrics_port)
@@ -183,6 +186,25 @@ def test_a_running_gateway_is_scraped_by_curl_and_parsed_by_prometheus(
         == "405"
     )
     assert families(metrics_port)
+
+
+def connections(port: int, transport: str) -> float:
+    return value(
+        families(port), "voipgw_sip_connections", "voipgw_sip_connections", transport=transport
+    )
+
+
+def test_open_sip_connections_are_counted_by_transport(gateway: tuple[int, int, int]) -> None:
+    metrics_port, _, tcp_port = gateway
+    assert connections(metrics_port, "tcp") == 0
+    with socket.create_connection(("127.0.0.1", tcp_port), timeout=10) as sock:
+        sock.sendall(options("TCP", sock.getsockname()[1], tcp_port))
+        assert sock.recv(65536).startswith(b"SIP/2.0 200 ")
+        assert connections(metrics_port, "tcp") == 1
+    deadline = time.monotonic() + 10
+    while connections(metrics_port, "tcp") != 0:  # the gateway sees the close, then forgets it
+        assert time.monotonic() < deadline, "a closed connection is still counted"
+        time.sleep(0.05)
 
 
 def test_a_metrics_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:

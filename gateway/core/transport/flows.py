@@ -7,6 +7,7 @@ socket and a peer address, or one TCP/TLS connection. Keeping them lets response
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
@@ -102,6 +103,13 @@ class FlowTable:
         if flow is None or flow.closed:
             return None
         return flow
+
+    def connections(self) -> collections.Counter[str]:
+        """Open connections (stream flows: TCP, TLS, WebSocket) by transport, for monitoring:
+        a walk of the table, once per scrape."""
+        return collections.Counter(
+            flow.key.transport for flow in self._by_key.values() if flow.reliable
+        )
 
     def expire_datagram_flows(self, *, now: float, idle: float) -> int:
         """Forget datagram flows that have received nothing for ``idle`` seconds. A UDP flow

@@ -86,6 +86,12 @@ def _calls(out: Exposition, status: GatewayStatus) -> None:
     for outcome, count in calls.ended:
         out.sample(count, [("outcome", outcome)])
     out.family(
+        "voipgw_draining",
+        "gauge",
+        "1 while the gateway stops gracefully ([gateway] drain_timeout): new calls get 503.",
+    )
+    out.sample(1 if calls.draining else 0)
+    out.family(
         "voipgw_call_setup_seconds",
         "histogram",
         "Time from a call's INVITE to its answer, of answered calls.",
@@ -132,6 +138,13 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
         "SIP messages dropped because the inbound queue was full.",
     )
     out.sample(sip.dropped_queue_full)
+    out.family(
+        "voipgw_sip_connections",
+        "gauge",
+        "Open SIP connections (phones, trunks, browsers) by transport: tcp, tls, ws, wss.",
+    )
+    for transport, count in sip.connections:
+        out.sample(count, [("transport", transport)])
     out.family(
         "voipgw_subscriptions",
         "gauge",

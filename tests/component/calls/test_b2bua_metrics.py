@@ -375,3 +375,27 @@ async def test_nat_keepalives_are_exposed(
     samples = await scrape(address)
     assert samples["voipgw_nat_keepalive_contacts"] == 0
     assert samples["voipgw_nat_keepalive_removed_total"] == 1
+
+
+async def test_a_drain_is_exposed_while_it_lasts(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed)
+    assert (await scrape(address))["voipgw_draining"] == 0
+    drained = trio.Event()
+
+    async def drain() -> None:
+        await env.gateway.drain(60)
+        drained.set()
+
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(200)
+    assert (await call.final()).status == 200
+    nursery.start_soon(drain)
+    await eventually(lambda: env.gateway.draining)
+    during = await scrape(address)
+    assert during["voipgw_draining"] == 1
+    assert during["voipgw_calls_in_progress"] == 1
+    assert (await call.bye()).status == 200
+    await drained.wait()
