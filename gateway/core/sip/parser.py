@@ -127,7 +127,8 @@ def parse_status_line_untrusted(line: str) -> tuple[int, str]:
     version, _, rest = line.partition(" ")
     _check_version(version, request=False)
     code, _, reason = rest.partition(" ")
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    # isascii: str.isdigit() is also true for "²" or "٣", which int() refuses or misreads.
+    if len(code) != 3 or not code.isascii() or not code.isdigit() or not 100 <= int(code) <= 699:
         raise SipParseError("status code must be 100..699")
     if _REASON_CONTROL.search(reason) is not None:
         raise SipParseError("control character in the reason phrase")
