@@ -357,7 +357,9 @@ def _body(length: int | None, rest: bytes) -> bytes:
 _SALVAGED = ("Via", "From", "To", "Call-ID", "CSeq")
 
 
-def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | None:
+def salvage_request_headers(
+    data: bytes, *, max_size: int = 65535, max_line: int = 8192
+) -> Headers | None:
     """Best-effort Via/From/To/Call-ID/CSeq of a request the parser rejected.
 
     RFC 3261 §8.2.6 builds a response from these fields; this lets the transport answer 400/505/
@@ -365,7 +367,8 @@ def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | 
     otherwise only the top Via cut before its parameters, if that parses. From, To and CSeq are
     kept only when they parse, Call-ID only when it is a valid callid. Returns None for responses
     and when no Via can be recovered (the reply could not be routed, RFC 3261 §18.2.2). Only the
-    first ``max_size`` bytes are looked at.
+    first ``max_size`` bytes are looked at, and no line longer than ``max_line`` (the parser's
+    limit) is copied: a Via is then cut before its parameters, any other field left out.
     """
     data = data[:max_size]
     start = 0
@@ -377,6 +380,13 @@ def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | 
     head = data[start:] if end < 0 else data[start:end]
     lines: list[str] = []
     for raw in head.split(b"\r\n")[1:]:
+        if len(raw) > max_line:
+            # Copied into the answer, such a line could make it too large for a datagram (a 64 KB
+            # Via parameter: no 400 could be sent). The top Via cut before its parameters still
+            # routes the answer (RFC 3261 §18.2.2 uses only sent-by and the source address).
+            field = raw.partition(b":")[0].strip(b" \t").lower()
+            raw = raw.split(b";", 1)[0] if field in (b"via", b"v") else b""
+            raw = raw if len(raw) <= max_line else b""
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -407,6 +407,23 @@ def test_salvage_from_a_rejected_request() -> None:
     )
 
 
+def test_salvage_copies_no_line_longer_than_the_line_limit() -> None:
+    # Found by the component fuzz test: a 65507-octet datagram, cut before its empty line, whose
+    # Via held a 65 KB parameter. The Via parsed, was copied whole into the 400, and the 400 (now
+    # with ;received=) was too long for any datagram: the sender got silence.
+    # Here two 30 KB parameters: the parser refuses the lines (513), the answer must fit.
+    huge = ";r" + "%" * 30000
+    headers = [*HEADERS[4:6], HEADERS[2], f"Via: {HEADERS[0][5:]}{huge}", f"{HEADERS[3]}{huge}"]
+    data = invite(headers=headers)
+    assert 60000 < len(data) <= 65507
+    assert rejected(data).status == 513
+    salvaged = salvage_request_headers(data)
+    assert salvaged is not None
+    assert salvaged.get_all("Via") == ("SIP/2.0/UDP pc33.example.com",)
+    assert salvaged.get("From") is None
+    assert salvaged.get("CSeq") == "314159 INVITE"
+
+
 def test_salvage_without_empty_line_and_with_garbage() -> None:
     data = invite()[:-4] + b"\r\nX: \xff\xfe"
     salvaged = salvage_request_headers(data)
