@@ -15,6 +15,7 @@ from gateway.core.media.rtp import parse_rtcp_header_untrusted, parse_rtp_header
 from gateway.plugins.keyexchange.dtls_srtp import dtls_records_valid_untrusted
 from gateway.plugins.keyexchange.mikey import payloads as mikey
 from gateway.plugins.keyexchange.zrtp import packets as zrtp
+from gateway.plugins.taps.oggopus import opus_samples_untrusted
 from tests.unit.fuzz.mutator import fuzz
 from tests.unit.keyexchange.test_mikey_payloads import section7_message
 from tests.unit.keyexchange.test_zrtp_packets import EXCHANGE
@@ -121,3 +122,15 @@ def test_dtls_record_check() -> None:
         + bytes(13)
     )
     fuzz("dtls records", dtls_records_valid_untrusted, (client_hello, client_hello * 2), ())
+
+
+def test_opus_packet_framing() -> None:
+    # What the recorder reads of each Opus payload a phone sends (RFC 6716 §3.4): None, never
+    # an error, for a packet that breaks the framing rules.
+    seeds = (
+        b"\xfc" + bytes(60),
+        b"\x7d" + bytes(80),
+        b"\x7e\x20" + bytes(70),
+        b"\x7f\x83\x05" + bytes(40),
+    )
+    fuzz("opus framing", opus_samples_untrusted, seeds, ())

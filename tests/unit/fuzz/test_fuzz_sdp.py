@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 
 from gateway.core.media.ice import remote_credentials_untrusted
+from gateway.core.media.t38 import t38_problem_untrusted
 from gateway.core.sdp.body import read_body
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import Connection, Origin, SessionDescription
@@ -31,7 +32,13 @@ from gateway.plugins.keyexchange.zrtp.engine import parse_hello_hashes_untrusted
 from tests.unit.fuzz.mutator import fuzz
 from tests.unit.sdp.sdp_samples import ALL_SAMPLES, crlf
 
-SEEDS = tuple(crlf(text) for text in ALL_SAMPLES.values())
+T38 = (
+    b"v=0\r\no=- 2 2 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\n"
+    b"m=image 20002 udptl t38\r\na=T38FaxVersion:0\r\na=T38MaxBitRate:14400\r\n"
+    b"a=T38FaxRateManagement:transferredTCF\r\na=T38FaxMaxBuffer:262\r\n"
+    b"a=T38FaxMaxDatagram:176\r\na=T38FaxUdpEC:t38UDPRedundancy\r\n"
+)
+SEEDS = (*(crlf(text) for text in ALL_SAMPLES.values()), T38)
 CAPS = {
     "audio": (
         Codec("PCMU", 8000),
@@ -61,6 +68,7 @@ def _read(sd: SessionDescription) -> None:
             with contextlib.suppress(SdpError):
                 parse_dtls_attributes_untrusted(attributes)
         parse_hello_hashes_untrusted(attributes)
+        t38_problem_untrusted(media)
         remote_credentials_untrusted(sd, media)
         try:
             message = mikey_message_of(attributes)
