@@ -47,7 +47,8 @@ __all__ = [
 SUPPORTED_URI_SCHEMES: frozenset[str] = frozenset({"sip", "sips", "tel"})
 """Request-URI schemes the gateway serves; any other gets 416 (RFC 3261 §8.2.2.1)."""
 
-_VERSION = re.compile(r"SIP/(\d{1,3})\.(\d{1,3})", re.IGNORECASE)
+# ASCII: for str patterns \d also matches fullwidth or Arabic-Indic digits, which int() reads.
+_VERSION = re.compile(r"SIP/(\d{1,3})\.(\d{1,3})", re.IGNORECASE | re.ASCII)
 _MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 §20.19, §20.47: delta-seconds; RFC 4475 §3.1.2.4
 _MAX_CONTENT_LENGTH = 2**32 - 1
 # Header fields that may appear at most once (RFC 3261 §7.3.1: only list headers may repeat;

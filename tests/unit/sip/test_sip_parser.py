@@ -94,6 +94,8 @@ def test_request_uri_forms(start: str, uri: object) -> None:
         ("IN(VITE sip:b@example.com SIP/2.0", 400, "invalid method in the Request-Line"),
         (" INVITE sip:b@example.com SIP/2.0", 400, "extra whitespace in the Request-Line"),
         ("INVITE sip:b@example.com?x=1 SIP/2.0", 400, "Request-URI must not contain headers"),
+        # Fullwidth digits: \d matched them, int() read them, the request passed as SIP/2.0.
+        ("INVITE sip:b@example.com SIP/\uff12.\uff10", 400, "malformed SIP-Version"),
     ],
 )
 def test_bad_request_lines(line: str, status: int, reason: str) -> None:
@@ -116,7 +118,7 @@ def test_status_lines() -> None:
      "SIP/2.0 OK", "SIP/2.0 200 bell\x07",
      # Found by tests/unit/fuzz: digits str.isdigit() takes but int() refuses (ValueError
      # escaped) or reads as ASCII ones (fullwidth 200 was a 200 OK).
-     "SIP/2.0 20\u00b2 OK", "SIP/2.0 \uff12\uff10\uff10 OK"],
+     "SIP/2.0 20\u00b2 OK", "SIP/2.0 \uff12\uff10\uff10 OK", "SIP/\uff12.0 200 OK"],
 )  # fmt: skip
 def test_bad_responses_are_discarded(start: str) -> None:
     err = rejected(reply(start=start))
