@@ -268,9 +268,12 @@ def fuzz(
     allowed: tuple[type[BaseException], ...],
     *,
     count: int | None = None,
+    secrets: Sequence[str] = (),
 ) -> Report:
     """Feed ``parse`` the seeds and their mutations; any exception not in ``allowed`` fails
-    with the input that raised it. The report's time is information, never asserted on."""
+    with the input that raised it, and so does an allowed one whose text holds one of
+    ``secrets`` (key material of the seeds: error reasons end up in logs and responses). The
+    report's time is information, never asserted on."""
     report = Report(name)
     for data in inputs(name, seeds, examples() if count is None else count):
         report.inputs += 1
@@ -278,6 +281,9 @@ def fuzz(
         try:
             parse(data)
         except allowed as err:
+            text = f"{err} {err!r}"
+            leaked = [secret for secret in secrets if secret in text]
+            assert not leaked, f"{name}: {text!r} shows key material, input {data[:600]!r}"
             kind = type(err).__name__
             report.errors[kind] = report.errors.get(kind, 0) + 1
         except Exception as err:
