@@ -6,13 +6,15 @@ test_b2bua_rtcp_quality. A stranger at 127.0.0.9 then sends a seeded stream of m
 and responses (tests/unit/fuzz/mutator.py) to the gateway, one at a time. What each should get
 is worked out with the gateway's own parser: a request it refuses gets exactly the status it
 names (400 with the reason, 505, 416, 513) when a Via can be salvaged and nothing otherwise; a
-request it accepts gets a final response (ACK none); responses are dropped or absorbed. Then
-mutated RTP, RTCP and STUN go to the call's media ports, from the phones' own addresses and
+request it accepts gets a final response (ACK none); responses are dropped or absorbed. The
+trunk's address then offers mutated SDP in INVITEs to a number nobody has: what the SDP parser
+refuses gets 488 with a Warning, anything else a final answer. Then mutated RTP, RTCP and STUN
+go to the call's media ports, from the phones' own addresses and
 from a stranger's. At the end the gateway still answers OPTIONS, the call's media still flows
 both ways, it hangs up cleanly, and nothing was logged at error level (no "internal error").
 
 VOIPGW_FUZZ_EXAMPLES (docs/testing.md) scales the number of mutated messages and packets (a
-tenth of it each: 100 in CI).
+tenth of it each: 100 in CI) and offers (a twentieth: 50).
 """
 
 from __future__ import annotations
@@ -24,23 +26,28 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
 from gateway.testing.network import CapturedDatagram
 from gateway.testing.sip_agent import simple_sdp
-from tests.component.calls.b2bua_env import ALICE_DID, GW, T1, eventually, start_b2bua
+from tests.component.calls.b2bua_env import ALICE_DID, GW, T1, TRUNK, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_recorder import rtp
 from tests.component.calls.test_b2bua_rtcp_quality import rtcp_port, sender_report
 from tests.unit.fuzz.mutator import examples, inputs
 from tests.unit.media.test_stun_codec import RFC5769_REQUEST
+from tests.unit.sdp.sdp_samples import BARESIP_SDES, LINPHONE_SRTP, SIPP_UAC, crlf
 
 STRANGER = ("127.0.0.9", 5060)
 CALLER_PORT, CALLEE_PORT = 24780, 24790  # outside the relay's MEDIA_PORTS and other tests'
 MAX_UDP = 65507  # the largest UDP payload over IPv4
 SDP = simple_sdp("127.0.0.9", 30900).replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
+
+
+SDP_OFFERS = [crlf(text) for text in (BARESIP_SDES, LINPHONE_SRTP, SIPP_UAC)]
 
 
 def _request(method: str, uri: str, extra: str = "", body: bytes = b"") -> bytes:
@@ -115,6 +122,22 @@ def _seeds(call_id: str) -> list[bytes]:
     ]
 
 
+def _trunk_invite(body: bytes) -> bytes:
+    """An INVITE from the trunk's address to a number no one has, offering ``body``."""
+    return (
+        "INVITE sip:+4930000001@127.0.0.1:5060 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.2:5071;branch=z9hG4bKfuzz;rport\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:+15550100@127.0.0.2>;tag=fz2\r\n"
+        "To: <sip:+4930000001@127.0.0.1>\r\n"
+        "Call-ID: fuzz@127.0.0.9\r\n"
+        "CSeq: 1 INVITE\r\n"
+        "Contact: <sip:+15550100@127.0.0.2:5071>\r\n"
+        "Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 def _unique(data: bytes, number: int) -> bytes:
     """Each message its own transaction and Call-ID, so every answer is told apart."""
     return data.replace(b"z9hG4bKfuzz", b"z9hG4bKfuzz%d" % number).replace(
@@ -141,12 +164,13 @@ def _expected(data: bytes) -> str:
 WINDOW = 64 * T1 + 1.0
 
 
-def _answers(capture: list[CapturedDatagram], start: int) -> list[bytes]:
-    """The gateway's distinct responses to the stranger since ``start``, in order."""
+def _answers(capture: list[CapturedDatagram], start: int, *, to: str = STRANGER[0]) -> list[bytes]:
+    """The gateway's distinct responses to host ``to`` since ``start``, in order."""
     found: list[bytes] = []
     for datagram in capture[start:]:
         data = datagram.data
-        to_stranger = datagram.src == GW and datagram.dst[0] == STRANGER[0]
+        to_stranger = datagram.src == GW and datagram.dst == (to, datagram.dst[1])
+        to_stranger = to_stranger and (to != TRUNK[0] or datagram.dst[1] == 5071)
         if to_stranger and data.startswith(b"SIP/") and data not in found:
             found.append(data)
     return found
@@ -215,6 +239,36 @@ async def test_mutated_sip_and_media_do_not_hurt_an_established_call(
             outcomes[key] = outcomes.get(key, 0) + 1
         assert outcomes.get("400", 0) > len(mutated) // 10, outcomes  # the mutations bit
         print("component sip outcomes:", outcomes)
+
+        # -- SDP: a trunk's INVITEs with mutated offers, to a number nobody has ------------------
+        # The trunk is known by its address and is not challenged, so the offer is read: one
+        # our SDP parser refuses must get 488 with the reason, any other a final answer.
+        trunk_side = env.network.bind((TRUNK[0], 5071))
+        offers = inputs("component sdp", [SDP, *SDP_OFFERS], max(30, examples() // 20))
+        sdp_outcomes: dict[str, int] = {}
+        for number, offer in enumerate(offers):
+            body = offer[: MAX_UDP - 1000]  # room for the headers in one datagram
+            data = _unique(_trunk_invite(body), number)
+            try:
+                parse_sdp_untrusted(body)
+            except SdpError:
+                expected = "488"
+            else:
+                expected = "final"
+            start = len(env.network.capture)
+            await trunk_side.sendto(data, GW)
+            await trio.sleep(WINDOW)
+            answers = _answers(env.network.capture, start, to=TRUNK[0])
+            finals = [int(answer[8:11]) for answer in answers if answer[8:9] != b"1"]
+            where = f"offer {number}: {body[:3000]!r} got {finals}"
+            assert len(finals) == 1, where
+            if expected == "488":
+                assert finals == [488], where
+                assert b"\r\nWarning: 399 " in answers[-1], where  # the reason, RFC 3261 §20.43
+            key = "488" if expected == "488" else f"final {finals[0]}"
+            sdp_outcomes[key] = sdp_outcomes.get(key, 0) + 1
+        assert sdp_outcomes.get("488", 0) > len(offers) // 10, sdp_outcomes
+        print("component sdp outcomes:", sdp_outcomes)
 
         # -- media: mutated RTP, RTCP and STUN at the call's ports ------------------------------
         packets = [rtp(1, 0x55, 0xA), sender_report(0xA, 10), RFC5769_REQUEST]
