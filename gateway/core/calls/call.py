@@ -3462,7 +3462,8 @@ async def _final_response(client: ClientRequest) -> Response | None:
 def _parse_rack(value: str | None) -> tuple[int, int, str] | None:
     """RAck: response-num CSeq-num method (RFC 3262 §7.2); None when absent or malformed."""
     parts = (value or "").split()
-    if len(parts) != 3 or not all(p.isdigit() and len(p) <= 10 for p in parts[:2]):
+    # isascii: str.isdigit() is true for "¹" too, which int() refuses (RFC 3262 §7.2: 1*DIGIT).
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 10 for p in parts[:2]):
         return None
     return int(parts[0]), int(parts[1]), parts[2]
 

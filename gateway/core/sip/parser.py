@@ -47,7 +47,8 @@ __all__ = [
 SUPPORTED_URI_SCHEMES: frozenset[str] = frozenset({"sip", "sips", "tel"})
 """Request-URI schemes the gateway serves; any other gets 416 (RFC 3261 §8.2.2.1)."""
 
-_VERSION = re.compile(r"SIP/(\d{1,3})\.(\d{1,3})", re.IGNORECASE)
+# ASCII: for str patterns \d also matches fullwidth or Arabic-Indic digits, which int() reads.
+_VERSION = re.compile(r"SIP/(\d{1,3})\.(\d{1,3})", re.IGNORECASE | re.ASCII)
 _MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 §20.19, §20.47: delta-seconds; RFC 4475 §3.1.2.4
 _MAX_CONTENT_LENGTH = 2**32 - 1
 # Header fields that may appear at most once (RFC 3261 §7.3.1: only list headers may repeat;
@@ -127,7 +128,8 @@ def parse_status_line_untrusted(line: str) -> tuple[int, str]:
     version, _, rest = line.partition(" ")
     _check_version(version, request=False)
     code, _, reason = rest.partition(" ")
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    # isascii: str.isdigit() is also true for "²" or "٣", which int() refuses or misreads.
+    if len(code) != 3 or not code.isascii() or not code.isdigit() or not 100 <= int(code) <= 699:
         raise SipParseError("status code must be 100..699")
     if _REASON_CONTROL.search(reason) is not None:
         raise SipParseError("control character in the reason phrase")
@@ -356,7 +358,9 @@ def _body(length: int | None, rest: bytes) -> bytes:
 _SALVAGED = ("Via", "From", "To", "Call-ID", "CSeq")
 
 
-def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | None:
+def salvage_request_headers(
+    data: bytes, *, max_size: int = 65535, max_line: int = 8192
+) -> Headers | None:
     """Best-effort Via/From/To/Call-ID/CSeq of a request the parser rejected.
 
     RFC 3261 §8.2.6 builds a response from these fields; this lets the transport answer 400/505/
@@ -364,7 +368,8 @@ def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | 
     otherwise only the top Via cut before its parameters, if that parses. From, To and CSeq are
     kept only when they parse, Call-ID only when it is a valid callid. Returns None for responses
     and when no Via can be recovered (the reply could not be routed, RFC 3261 §18.2.2). Only the
-    first ``max_size`` bytes are looked at.
+    first ``max_size`` bytes are looked at, and no line longer than ``max_line`` (the parser's
+    limit) is copied: a Via is then cut before its parameters, any other field left out.
     """
     data = data[:max_size]
     start = 0
@@ -376,6 +381,13 @@ def salvage_request_headers(data: bytes, *, max_size: int = 65535) -> Headers | 
     head = data[start:] if end < 0 else data[start:end]
     lines: list[str] = []
     for raw in head.split(b"\r\n")[1:]:
+        if len(raw) > max_line:
+            # Copied into the answer, such a line could make it too large for a datagram (a 64 KB
+            # Via parameter: no 400 could be sent). The top Via cut before its parameters still
+            # routes the answer (RFC 3261 §18.2.2 uses only sent-by and the source address).
+            field = raw.partition(b":")[0].strip(b" \t").lower()
+            raw = raw.split(b";", 1)[0] if field in (b"via", b"v") else b""
+            raw = raw if len(raw) <= max_line else b""
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:

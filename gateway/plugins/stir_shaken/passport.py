@@ -217,7 +217,10 @@ def parse_identity_untrusted(value: str) -> Passport:
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # json recurses once per nesting level: MAX_PAYLOAD octets of "[" go past Python's
+        # recursion limit. A PASSporT nests three deep (RFC 8225 §5), so that is just not JSON
+        # we take.
         raise PassportError(f"PASSporT {what} is not JSON", outcome="malformed") from None
     if not isinstance(value, dict):
         raise PassportError(f"PASSporT {what} is not a JSON object", outcome="malformed")

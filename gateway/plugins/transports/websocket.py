@@ -11,7 +11,8 @@ is wsproto's; this module adds what SIP needs on top:
   come from one of those origins (RFC 6455 §10.2: a browser says which page opened the
   connection; any web page could otherwise drive a visitor's browser to register here). A
   refusal is an HTTP 4xx, then the connection closes. The HTTP request itself is bounded by
-  h11's ``max_incomplete_event_size`` (16 KiB).
+  h11's ``max_incomplete_event_size`` (16 KiB), and a request head holding NUL, VT, FF or a bare
+  CR is refused with 400 before h11 sees it (see :func:`head_problem_untrusted`).
 - Each WebSocket message, text or binary, is exactly one SIP message (RFC 7118 §5). A message
   longer than ``max_message_size`` closes the connection with 1009 (RFC 6455 §7.4.1): its
   fragments are counted as they arrive, so nothing larger is ever buffered. No extension is
@@ -28,6 +29,7 @@ ends in a :class:`Closed` event: the connection is closed, and nothing is raised
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import attrs
@@ -58,6 +60,23 @@ _KEEPALIVE_PING = b"\r\n\r\n"
 _KEEPALIVE_PONG = b"\r\n"
 # Longest peer-supplied text (an Origin) that goes into an event for a log line.
 _LOG_TEXT_LIMIT = 100
+# Octets no HTTP/1.1 request head may hold (RFC 9110 §5.5: a field value holds no CR, LF or
+# NUL; RFC 9112 §2.2: a bare CR is invalid). VT and FF are the rest of what h11's header regex
+# treats as white space. A bare CR is one not followed by LF; a CR that ends the bytes seen so
+# far is judged when the next octet comes.
+_BAD_HEAD_OCTET = re.compile(rb"[\x00\x0b\x0c]|\r(?!\n)")
+
+
+def head_problem_untrusted(head: bytes | bytearray) -> str | None:
+    """What makes ``head``, the start of an HTTP request head, unacceptable, or None.
+
+    h11 would refuse these octets too, but only after its header-field regex backtracked over
+    the white space around them: "Upgrade:" + 8000 spaces + CR + 8000 spaces took it 0.2 s of
+    the event loop's time (quadratic), per connection attempt."""
+    found = _BAD_HEAD_OCTET.search(head[:-1] if head.endswith(b"\r") else head)
+    if found is None:
+        return None
+    return f"control character 0x{found[0][0]:02x} in the request head"
 
 
 @attrs.frozen
@@ -160,6 +179,10 @@ class SipWebSocket:
         self._message = bytearray()  # the fragments of the message being received
         self._opened = False
         self._done = False
+        # The opening handshake's bytes until its empty line, for head_problem_untrusted (then
+        # emptied; never more than h11's limit, which refuses a longer head).
+        self._head: bytearray | None = bytearray()
+        self._head_checked = 0  # octets of _head already found clean
 
     @property
     def opened(self) -> bool:
@@ -177,6 +200,8 @@ class SipWebSocket:
             return
         if not data:
             self._finish(Closed(1006, "connection closed without a WebSocket close"))
+            return
+        if self._head is not None and self._bad_head(data):
             return
         try:
             self._ws.receive_data(bytes(data))
@@ -233,6 +258,23 @@ class SipWebSocket:
             self._outgoing += self._ws.send(CloseConnection(code=code, reason=reason or None))
 
     # -- internals ------------------------------------------------------------------------
+
+    def _bad_head(self, data: bytes | bytearray) -> bool:
+        """Check the request head's new octets (each octet once); refuse a bad head (True)."""
+        head = self._head
+        assert head is not None
+        start = max(self._head_checked - 1, 0)  # a CR that ended the last piece
+        head += data
+        end = head.find(b"\r\n\r\n", max(start - 2, 0))
+        problem = head_problem_untrusted(head[start : len(head) if end < 0 else end + 2])
+        if problem is not None:
+            self._refuse(400, f"bad HTTP request: {problem}", None)
+            return True
+        if end < 0:
+            self._head_checked = len(head)
+        else:
+            self._head = None  # the head is complete and clean: frames follow
+        return False
 
     def _handle(self, event: object) -> None:
         if isinstance(event, Request):

@@ -94,6 +94,8 @@ def test_request_uri_forms(start: str, uri: object) -> None:
         ("IN(VITE sip:b@example.com SIP/2.0", 400, "invalid method in the Request-Line"),
         (" INVITE sip:b@example.com SIP/2.0", 400, "extra whitespace in the Request-Line"),
         ("INVITE sip:b@example.com?x=1 SIP/2.0", 400, "Request-URI must not contain headers"),
+        # Fullwidth digits: \d matched them, int() read them, the request passed as SIP/2.0.
+        ("INVITE sip:b@example.com SIP/\uff12.\uff10", 400, "malformed SIP-Version"),
     ],
 )
 def test_bad_request_lines(line: str, status: int, reason: str) -> None:
@@ -113,7 +115,10 @@ def test_status_lines() -> None:
 @pytest.mark.parametrize(
     "start",
     ["SIP/2.0 099 Low", "SIP/2.0 700 High", "SIP/2.0 20 OK", "SIP/2.0 2000 OK", "SIP/2.1 200 OK",
-     "SIP/2.0 OK", "SIP/2.0 200 bell\x07"],
+     "SIP/2.0 OK", "SIP/2.0 200 bell\x07",
+     # Found by tests/unit/fuzz: digits str.isdigit() takes but int() refuses (ValueError
+     # escaped) or reads as ASCII ones (fullwidth 200 was a 200 OK).
+     "SIP/2.0 20\u00b2 OK", "SIP/2.0 \uff12\uff10\uff10 OK", "SIP/\uff12.0 200 OK"],
 )  # fmt: skip
 def test_bad_responses_are_discarded(start: str) -> None:
     err = rejected(reply(start=start))
@@ -402,6 +407,23 @@ def test_salvage_from_a_rejected_request() -> None:
             ("CSeq", "314159 INVITE"),
         )
     )
+
+
+def test_salvage_copies_no_line_longer_than_the_line_limit() -> None:
+    # Found by the component fuzz test: a 65507-octet datagram, cut before its empty line, whose
+    # Via held a 65 KB parameter. The Via parsed, was copied whole into the 400, and the 400 (now
+    # with ;received=) was too long for any datagram: the sender got silence.
+    # Here two 30 KB parameters: the parser refuses the lines (513), the answer must fit.
+    huge = ";r" + "%" * 30000
+    headers = [*HEADERS[4:6], HEADERS[2], f"Via: {HEADERS[0][5:]}{huge}", f"{HEADERS[3]}{huge}"]
+    data = invite(headers=headers)
+    assert 60000 < len(data) <= 65507
+    assert rejected(data).status == 513
+    salvaged = salvage_request_headers(data)
+    assert salvaged is not None
+    assert salvaged.get_all("Via") == ("SIP/2.0/UDP pc33.example.com",)
+    assert salvaged.get("From") is None
+    assert salvaged.get("CSeq") == "314159 INVITE"
 
 
 def test_salvage_without_empty_line_and_with_garbage() -> None:

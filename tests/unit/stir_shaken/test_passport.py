@@ -153,6 +153,12 @@ def test_parser_bounds_and_refusals() -> None:
     assert refused(f"{jws[:-4]}").outcome == "malformed"
 
 
+def test_deeply_nested_json_is_malformed_not_a_recursion_error() -> None:
+    # Found by tests/unit/fuzz: 2000 "[" fit MAX_PAYLOAD and made json.loads raise RecursionError.
+    header_b64 = make_identity(KEY, X5U, orig="1", dest="2", iat=NOW).split(".")[0]
+    assert refused(f"{header_b64}.{b64url(b'[' * 2000)}.{'A' * 86}").outcome == "malformed"
+
+
 def header_with(jose: dict[str, object]) -> str:
     return make_identity(KEY, X5U, orig="1", dest="2", iat=NOW, header=jose)
 
