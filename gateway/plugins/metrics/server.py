@@ -4,7 +4,8 @@ HTTP framing is h11's (sans-IO). One request per connection, answered with ``Con
 close``: a scraper asks once every few seconds, so a kept-alive connection saves nothing worth
 the state. ``GET`` (and ``HEAD``) of the configured path gets 200 and the exposition; another
 path 404, another method 405, a request whose head or body passes :data:`MAX_REQUEST` octets
-413 (head: 431), a request h11 cannot parse 400. Every connection has
+413 (head: 431), a request h11 cannot parse 400, and so does a head with NUL, VT, FF or a bare CR,
+before h11 reads it (gateway/core/transport/http_head.py). Every connection has
 :data:`CONNECTION_TIMEOUT` seconds for all of it and :data:`HEAD_TIMEOUT` for its request head,
 and at most :data:`MAX_CONNECTIONS` are served at once; a new one when all are taken makes the
 oldest that has not finished its request head give way (a client that connects and says
@@ -32,6 +33,7 @@ import attrs
 import h11
 import trio
 
+from gateway.core.transport.http_head import head_problem_untrusted
 from gateway.plugins.metrics.auth import BasicAuth, parse_basic_credentials_untrusted
 from gateway.plugins.metrics.exposition import CONTENT_TYPE
 from gateway.plugins.metrics.tls import describe_ssl_error
@@ -206,6 +208,7 @@ class MetricsServer:
     ) -> tuple[h11.Request | None, tuple[int, str] | None]:
         request: h11.Request | None = None
         received = 0
+        head: bytearray | None = bytearray()  # the request head until its empty line
         while True:
             try:
                 event = connection.next_event()
@@ -217,6 +220,18 @@ class MetricsServer:
                 received += len(data)
                 if received > 2 * MAX_REQUEST:
                     return None, (413, "Content Too Large")
+                if head is not None:
+                    # Before h11 reads it (http_head.py), each octet once: from the last piece's
+                    # final octets on (a CR there is judged with what follows).
+                    start = max(len(head) - 3, 0)
+                    head += data
+                    end = head.find(b"\r\n\r\n", start)
+                    piece = head[start : len(head) if end < 0 else end + 2]
+                    problem = head_problem_untrusted(piece)
+                    if problem is not None:
+                        return None, (400, f"Bad Request: {problem}")
+                    if end >= 0:
+                        head = None
                 connection.receive_data(bytes(data))
                 continue
             if isinstance(event, h11.Request):

@@ -12,7 +12,7 @@ is wsproto's; this module adds what SIP needs on top:
   connection; any web page could otherwise drive a visitor's browser to register here). A
   refusal is an HTTP 4xx, then the connection closes. The HTTP request itself is bounded by
   h11's ``max_incomplete_event_size`` (16 KiB), and a request head holding NUL, VT, FF or a bare
-  CR is refused with 400 before h11 sees it (see :func:`head_problem_untrusted`).
+  CR is refused with 400 before h11 sees it (gateway/core/transport/http_head.py).
 - Each WebSocket message, text or binary, is exactly one SIP message (RFC 7118 §5). A message
   longer than ``max_message_size`` closes the connection with 1009 (RFC 6455 §7.4.1): its
   fragments are counted as they arrive, so nothing larger is ever buffered. No extension is
@@ -29,7 +29,6 @@ ends in a :class:`Closed` event: the connection is closed, and nothing is raised
 
 from __future__ import annotations
 
-import re
 from collections import deque
 
 import attrs
@@ -48,6 +47,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from gateway.core.transport.http_head import head_problem_untrusted
+
 #: RFC 7118 §4: the WebSocket subprotocol of SIP (IANA "WebSocket Subprotocol Name Registry").
 SUBPROTOCOL = "sip"
 
@@ -60,23 +61,6 @@ _KEEPALIVE_PING = b"\r\n\r\n"
 _KEEPALIVE_PONG = b"\r\n"
 # Longest peer-supplied text (an Origin) that goes into an event for a log line.
 _LOG_TEXT_LIMIT = 100
-# Octets no HTTP/1.1 request head may hold (RFC 9110 §5.5: a field value holds no CR, LF or
-# NUL; RFC 9112 §2.2: a bare CR is invalid). VT and FF are the rest of what h11's header regex
-# treats as white space. A bare CR is one not followed by LF; a CR that ends the bytes seen so
-# far is judged when the next octet comes.
-_BAD_HEAD_OCTET = re.compile(rb"[\x00\x0b\x0c]|\r(?!\n)")
-
-
-def head_problem_untrusted(head: bytes | bytearray) -> str | None:
-    """What makes ``head``, the start of an HTTP request head, unacceptable, or None.
-
-    h11 would refuse these octets too, but only after its header-field regex backtracked over
-    the white space around them: "Upgrade:" + 8000 spaces + CR + 8000 spaces took it 0.2 s of
-    the event loop's time (quadratic), per connection attempt."""
-    found = _BAD_HEAD_OCTET.search(head[:-1] if head.endswith(b"\r") else head)
-    if found is None:
-        return None
-    return f"control character 0x{found[0][0]:02x} in the request head"
 
 
 @attrs.frozen
