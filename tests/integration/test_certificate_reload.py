@@ -26,7 +26,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ import pytest
 
 from gateway.core.store.sqlite import SqliteStore
 from tests.integration.test_metrics_scrape import curl, parser, value
+from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 from tests.interop.harness.ws_client import WsSipClient
 
@@ -132,32 +132,9 @@ def running(tmp_path: Path, files: Files) -> Iterator[Running]:
         f'tls_private_key = "{files.metrics_key}"\n'
     )
     log = tmp_path / "voipgw.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not (ready := READY.search(log.read_text())) or not (
-            metrics := METRICS_READY.search(log.read_text())
-        ):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
-            time.sleep(0.1)
+    with voipgw_running(config, log, [READY, METRICS_READY]) as (process, (ready, metrics)):
         udp, tls, wss = (int(port) for port in ready.groups())
         yield Running(process, log, udp, tls, wss, int(metrics[1]))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    text = log.read_text()
-    assert process.returncode == 0, text
-    assert "Traceback" not in text
 
 
 def client_context(ca: TestCa) -> ssl.SSLContext:
@@ -332,19 +309,8 @@ def test_a_hangup_sent_to_the_whole_process_group_reloads_and_ends_no_media_work
         f'private_key = "{files.sip_key}"\n'
     )
     log = tmp_path / "workers.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,  # its own process group, as a service's
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not (ready := re.search(r"voipgw ready: .*tls:127\.0\.0\.1:(\d+)", log.read_text())):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
-            time.sleep(0.1)
+    tls_ready = re.compile(r"voipgw ready: .*tls:127\.0\.0\.1:(\d+)")
+    with voipgw_running(config, log, [tls_ready], new_session=True) as (process, (ready,)):
         tls_port = int(ready[1])
         # Children of any of its threads (a subprocess may be spawned from a worker thread).
         workers = [
@@ -370,11 +336,3 @@ def test_a_hangup_sent_to_the_whole_process_group_reloads_and_ends_no_media_work
             ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:"))
             assert int(ignored.split()[1], 16) & (1 << (signal.SIGHUP - 1))
         assert "exited" not in log.read_text(), log.read_text()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, log.read_text()

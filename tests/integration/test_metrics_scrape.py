@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_peer
+from tests.integration.voipgw_process import voipgw_running
 
 READY = re.compile(r"metrics: Prometheus exposition on http://127\.0\.0\.1:(\d+)/metrics")
 SIP_READY = re.compile(r"voipgw ready: udp:127\.0\.0\.1:(\d+), tcp:127\.0\.0\.1:(\d+)")
@@ -57,40 +57,10 @@ def write_config(tmp_path: Path, listen: str) -> Path:
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[tuple[int, int, int]]:
     """A running gateway: (its metrics port, its SIP UDP port, its SIP TCP port)."""
-    log = tmp_path / "voipgw.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "run",
-                "--config",
-                str(write_config(tmp_path, "127.0.0.1:0")),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            text = log.read_text()
-            metrics, sip = READY.search(text), SIP_READY.search(text)
-            if metrics and sip:
-                break
-            assert process.poll() is None, text
-            assert time.monotonic() < deadline, f"the gateway did not become ready:\n{text}"
-            time.sleep(0.1)
+    config = write_config(tmp_path, "127.0.0.1:0")
+    with voipgw_running(config, tmp_path / "voipgw.log", [READY, SIP_READY]) as (_, found):
+        metrics, sip = found
         yield int(metrics[1]), int(sip[1]), int(sip[2])
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:

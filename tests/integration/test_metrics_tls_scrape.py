@@ -8,10 +8,8 @@ that TLS 1.0 and 1.1 are refused; ``check-config`` names a key that does not mat
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +17,12 @@ import attrs
 import pytest
 
 from tests.integration.test_metrics_scrape import curl, parser, value
+from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.openssl import s_client
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 
 READY = re.compile(r"metrics: Prometheus exposition on https://127\.0\.0\.1:(\d+)/metrics")
+SIP_READY = re.compile("voipgw ready")
 PASSWORD = "correct horse battery staple"
 
 
@@ -83,31 +83,9 @@ def gateway(tmp_path: Path, pki: Pki, password_hash: str) -> Iterator[tuple[int,
     checked = voipgw("check-config", str(config))
     assert checked.returncode == 0, checked.stderr
     log = tmp_path / "voipgw.log"
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not (ready := READY.search(log.read_text())) or "voipgw ready" not in (
-            log.read_text()
-        ):
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()}"
-            time.sleep(0.1)
+    with voipgw_running(config, log, [READY, SIP_READY]) as (_, (ready, _)):
         yield int(ready[1]), log
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     text = log.read_text()
-    assert process.returncode == 0, text
-    assert "Traceback" not in text
     assert PASSWORD not in text and password_hash.split("$")[-1] not in text
     assert "PRIVATE KEY" not in text
 
