@@ -743,6 +743,11 @@ class SipEndpoint:
             log.info("dropping malformed response from %s: %s", source, err.reason)
             return
         self.statistics.rejected_malformed += 1
+        if data.lstrip(b"\r\n").startswith(b"ACK "):
+            # Nothing answers an ACK (RFC 3261 §8.2.7: a stateless UAS, as we are here, ignores
+            # them); a 400 would be a response the sender has no transaction to read.
+            log.info("dropping malformed ACK from %s: %s", source, err.reason)
+            return
         headers = salvage_request_headers(data)
         if headers is None or headers.get("Via") is None:
             log.info(

@@ -83,6 +83,20 @@ async def test_malformed_request_gets_400_naming_the_defect(gateway: Gateway) ->
     assert response.call_id == "options-1@127.0.0.1"
 
 
+async def test_a_malformed_ack_gets_no_answer(gateway: Gateway) -> None:
+    """RFC 3261 §8.2.7: an ACK is never answered, a malformed one neither (no 400)."""
+    port = port_of(gateway, "udp")
+    bad_ack = options("UDP", 0).replace(b"OPTIONS sip:", b"ACK sip:", 1)
+    bad_ack = bad_ack.replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")  # CSeq's method not ACK
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        await sock.bind(("127.0.0.1", 0))
+        await sock.sendto(bad_ack, ("127.0.0.1", port))
+        await sock.sendto(options("UDP", 0, branch="z9hG4bKopt2"), ("127.0.0.1", port))
+        first = await sock.recv(65535)
+    assert first.startswith(b"SIP/2.0 200 "), first[:60]  # the OPTIONS' answer, nothing before
+    assert gateway.endpoint.statistics.rejected_malformed == 1
+
+
 async def test_malformed_response_is_dropped_and_gateway_keeps_serving(gateway: Gateway) -> None:
     port = port_of(gateway, "udp")
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

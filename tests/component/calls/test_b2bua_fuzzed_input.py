@@ -152,6 +152,8 @@ def _expected(data: bytes) -> str:
     except SipParseError as err:
         if err.status is None or salvage_request_headers(data) is None:
             return "none"
+        if data.lstrip(b"\r\n").startswith(b"ACK "):
+            return "none"  # a malformed ACK is not answered either (RFC 3261 §8.2.7)
         return str(err.status)
     if isinstance(message, Response) or message.method == "ACK":
         return "none"
