@@ -1013,6 +1013,7 @@ class Call:
             if not await self._prack_b(leg, response):
                 return  # a reliable 1xx again, or out of order: already PRACKed, or never
             leg.provisional_seen = True
+            leg.last_provisional = response
             if leg.cancel_wanted and not leg.cancelled:
                 await self._cancel_b(leg)
                 return
