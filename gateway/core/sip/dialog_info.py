@@ -218,6 +218,8 @@ class WatchRules:
     """(watcher, watched) -> show_parties, for every pair a group allows."""
     pickup: frozenset[tuple[str, str]] = frozenset()
     """(picker, ringing account) pairs a group with ``pickup`` allows."""
+    pickers: frozenset[str] = frozenset()
+    """The accounts in some group with ``pickup``."""
 
     @classmethod
     def of(
@@ -236,7 +238,7 @@ class WatchRules:
         pairs = {
             (picker, ringing) for accounts in pickup for picker in accounts for ringing in accounts
         }
-        return cls(allowed, frozenset(pairs))
+        return cls(allowed, frozenset(pairs), frozenset(picker for picker, _ in pairs))
 
     def may_pick_up(self, picker: str, ringing: str) -> bool:
         """Whether ``picker``'s phones may pick up calls ringing ``ringing`` (a group with
