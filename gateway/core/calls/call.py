@@ -1484,7 +1484,8 @@ class Call:
         )
         over_tls = flow.transport in TLS_TRANSPORTS
         picker.dialog = Dialog.create_uas(request, ok, over_tls=over_tls)
-        picker.final = ok  # nothing to wait for at the end (_drain_b_legs)
+        # Its INVITE came to us: no final response of its own (one would be ACKed, _bye), and
+        # nothing to wait for at the end (_drain_b_legs), as a caller's leg handed over.
         self.manager.register_leg(self, Side.B, request.call_id, picker.dialog.local_tag)
         log.info("call %s: %s picks up the call ringing %s", self.id, name, picked.peer_name)
         self.b_legs.append(picker)

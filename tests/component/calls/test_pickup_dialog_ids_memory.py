@@ -197,6 +197,8 @@ async def test_pickup_without_early_only_is_a_pickup_too(
     assert (await incoming.bye()).status == 200
     assert (await bob.next_request("BYE")).request.call_id == picked.call_id
     await eventually(lambda: env.calls == 0)
+    # Bob's phone sent the INVITE: the gateway answered it and never ACKs anything to it.
+    assert bob.requests("ACK") == []
 
 
 async def test_pickup_refusals(
