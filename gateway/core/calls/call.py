@@ -1018,10 +1018,10 @@ class Call:
                 await self._end_by_gateway(event)
             elif isinstance(event, ReplacedEvent):
                 await self._replaced_by_transfer()
-            elif isinstance(event, PickUpEvent):
-                await self._picked_up(event)
             elif isinstance(event, ResponseEvent):
                 pass  # a response to a BYE/CANCEL we sent: nothing to do
+            elif isinstance(event, PickUpEvent):
+                await self._picked_up(event)
 
     async def _b_response(self, leg: BLeg, response: Response) -> None:
         if leg.final is not None:

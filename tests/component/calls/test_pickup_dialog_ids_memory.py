@@ -253,3 +253,26 @@ async def test_pickup_needs_a_group_with_pickup(
     assert call.state == "ringing" and call.b is None
     await incoming.cancel()
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_late_offer_call_is_not_picked_up_and_rings_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The caller's INVITE had no SDP: our 200 to it would have to offer, and the picker's
+    # answer come in the caller's ACK. Not done: 488, and alice's phone rings on.
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    await watch(bob)
+    await next_doc(bob)
+    env.alice.auto = AutoAnswer(ring=True, status=None)
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    ringing = await env.alice.next_call()
+    dialog = await early_dialog(bob)
+    refused = await pick_up(bob, replaces_of(dialog))
+    final = await refused.final()
+    assert final.status == 488 and "no offer" in final.reason
+    assert await next_within(env.alice, "CANCEL", 1) is None
+    assert ringing.answered is None
+    await ringing.answer()
+    assert (await incoming.final()).status == 200
+    assert (await incoming.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
