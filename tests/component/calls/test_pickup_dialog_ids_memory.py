@@ -133,6 +133,8 @@ async def test_bob_picks_up_the_call_ringing_alice(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    await watch(bob, "bob")  # his own lamp too: he becomes the callee
+    await next_doc(bob)
     incoming, ringing, dialog = await ringing_alice(env, bob)
     offered_to_alice = parse_sdp_untrusted(ringing.invite.body).media[0]
 
@@ -157,10 +159,13 @@ async def test_bob_picks_up_the_call_ringing_alice(
     record = call.security_record()
     assert record["picked_up"] == {"by": "bob", "ringing": "alice"}
     assert record["b"]["peer"] == "udp:127.0.0.4:5060"  # type: ignore[index]
-    ended = []
-    while not ended:
+    # BLF: alice's ringing dialog ends (answered elsewhere), bob's lamp shows his call.
+    seen: dict[str, set[tuple[str, str]]] = {"alice": set(), "bob": set()}
+    while ("recipient", "terminated") not in seen["alice"] or not seen["bob"]:
         _, found = await next_doc(bob)
-        ended = [state for _, _, state in found.dialogs if state == "terminated"]
+        account = found.entity.split(":")[1].split("@")[0]
+        seen[account] |= {(direction, state) for _, direction, state in found.dialogs}
+    assert seen["bob"] == {("recipient", "confirmed")}
 
     # Media flows caller <-> bob through the relay.
     caller_sock, bob_sock = await bind(CALLER_PORT), await bind(BOB_PORT)
@@ -276,3 +281,36 @@ async def test_a_late_offer_call_is_not_picked_up_and_rings_on(
     assert (await incoming.final()).status == 200
     assert (await incoming.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_pickup_over_a_lossy_network(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Lost, duplicated and reordered datagrams: retransmissions carry the INVITE with
+    # Replaces, our 200s (until their ACKs) and the CANCEL; the call is picked up once.
+    env, bob = await start(
+        nursery, tmp_path, voipgw_seed, groups=[PICKUP], drop=0.15, duplicate=0.15, reorder=0.15
+    )
+    await watch(bob)
+    env.alice.auto = AutoAnswer(ring=False, status=None)
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID))
+    ringing = await env.alice.next_call(timeout=40)
+    found: ET.Element | None = None
+    while found is None:  # a 1xx is never retransmitted: she rings again until one got through
+        await ringing.ring()
+        with trio.move_on_after(2):
+            found = await early_dialog(bob)
+    dialog = found
+    picked = await pick_up(bob, replaces_of(dialog))
+    assert (await picked.final(timeout=40)).status == 200
+    assert (await incoming.final(timeout=40)).status == 200
+    cancel = (await env.alice.next_request("CANCEL", timeout=40)).request
+    assert cancel.call_id == ringing.call_id
+    assert env.gateway.calls is not None
+    (call,) = env.gateway.calls.calls
+    assert call.picked_up == {"by": "bob", "ringing": "alice"}
+    await trio.sleep(40)  # every retransmission over: the ACKs got through
+    assert env.calls == 1 and call.state == "answered"
+    assert (await picked.bye(timeout=40)).status == 200
+    await eventually(lambda: env.calls == 0, timeout=60)
+    assert env.call_lookups == 0
