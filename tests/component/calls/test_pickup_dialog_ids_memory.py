@@ -314,3 +314,27 @@ async def test_a_pickup_over_a_lossy_network(
     assert (await picked.bye(timeout=40)).status == 200
     await eventually(lambda: env.calls == 0, timeout=60)
     assert env.call_lookups == 0
+
+
+async def test_two_pickups_at_once_one_takes_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Two BLF keys pressed at once (here two of bob's INVITEs): the first the ringing call
+    # takes gets it; for the other, alice's early dialog is gone (CANCELled): 481.
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    incoming, _, dialog = await ringing_alice(env, bob)
+    finals: list[int] = []
+
+    async def press() -> None:
+        finals.append((await (await pick_up(bob, replaces_of(dialog))).final()).status)
+
+    async with trio.open_nursery() as both:
+        both.start_soon(press)
+        both.start_soon(press)
+    assert sorted(finals) == [200, 481]
+    assert (await incoming.final()).status == 200
+    assert env.calls == 1
+    assert (await incoming.bye()).status == 200
+    await bob.next_request("BYE")  # the phone that took the call, and only it
+    assert await next_within(bob, "BYE", 2) is None
+    await eventually(lambda: env.calls == 0)
