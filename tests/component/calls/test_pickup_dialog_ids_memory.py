@@ -12,8 +12,9 @@ from pathlib import Path
 
 import trio
 
+from gateway.core.sdp.model import Direction
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
+from gateway.testing.sip_agent import AutoAnswer, SipAgent, sdp_direction, simple_sdp
 from gateway.testing.sip_agent import Call as SipCall
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
@@ -337,4 +338,23 @@ async def test_two_pickups_at_once_one_takes_the_call(
     assert (await incoming.bye()).status == 200
     await bob.next_request("BYE")  # the phone that took the call, and only it
     assert await next_within(bob, "BYE", 2) is None
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_the_picker_holds_and_resumes_the_caller(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # After the pickup bob's phone is the call's callee like any other: its re-INVITE (hold)
+    # reaches the caller, whose answer comes back to it.
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    incoming, _, dialog = await ringing_alice(env, bob)
+    picked = await pick_up(bob, replaces_of(dialog))
+    assert (await picked.final()).status == 200
+    assert (await incoming.final()).status == 200
+    held = await picked.reinvite(bob.offer_sdp(direction="sendonly"))
+    assert held.status == 200 and sdp_direction(held.body) is Direction.RECVONLY
+    reinvite = (await env.trunk.next_request("INVITE")).request
+    assert reinvite.call_id == incoming.call_id
+    assert sdp_direction(reinvite.body) is Direction.SENDONLY
+    assert (await picked.bye()).status == 200
     await eventually(lambda: env.calls == 0)
