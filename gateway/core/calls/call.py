@@ -1415,8 +1415,6 @@ class Call:
         self.manager.event(self, "answered", None)
         self._start_taps()
 
-    # -- late offer (RFC 3261 §13.2.1: an INVITE without SDP) -----------------------------------
-
     # -- call pickup (RFC 3891 Replaces from a BLF key; pickup.py) ------------------------------
 
     async def _picked_up(self, event: PickUpEvent) -> None:
@@ -1528,6 +1526,8 @@ class Call:
             await self.endpoint.respond(event.transaction, response)
         except TransactionStateError:  # answered already (the manager gave up waiting)
             log.debug("call %s: pickup INVITE answered already", self.id)
+
+    # -- late offer (RFC 3261 §13.2.1: an INVITE without SDP) -----------------------------------
 
     async def _b_offered(self, leg: BLeg, response: Response) -> None:
         """B leg ``leg`` answered our INVITE without SDP; its 2xx carries the offer. The first

@@ -19,7 +19,8 @@ elsewhere) and its direction, identities only with ``show_parties``. A call to t
 first reported ringing: the call layer reports nothing between routing and the first 1xx. For a
 watcher that may pick the call up (a group with ``pickup``), a ringing call to the account
 also carries the Call-ID and tags of our early dialog with its ringing phone (RFC 4235 §4.1),
-found once, when it first rings, and only while some group allows pickup.
+found on each event while it rings (a phone that still rings), only while some group allows
+pickup.
 
 Calls: the call manager passes each call event (started, ringing, answered, ended, transferred)
 here only while some account is watched (:attr:`DialogEvents.watched` is not empty: a truth test
@@ -596,12 +597,11 @@ class DialogEvents:
         if tracked.local is None:
             tracked.local, tracked.remote = _parties(call, account, direction)
         if (
-            tracked.ids is None
-            and tracked.phase is Phase.EARLY
+            tracked.phase is Phase.EARLY
             and direction is Direction.RECIPIENT
             and self.rules.pickup  # no group allows pickup: nobody is shown them
         ):
-            tracked.ids = _ringing_dialog(call, account)
+            tracked.ids = _ringing_dialog(call, account)  # a phone that still rings
 
 
 def _involved(call: Call) -> list[Involved]:

@@ -15,7 +15,9 @@ an early dialog of ours with a phone of an account a group lets it pick up. Anyt
 may not pick up is not told apart from none. A dialog its phone has answered already is 486
 (§3: ``early-only`` and a confirmed dialog; without ``early-only`` too: the gateway does not
 take over answered calls). Without ``early-only`` an early dialog is picked up all the same
-(§3 allows replacing an early dialog its UAC initiated; some phones leave the flag out).
+(§3 allows replacing an early dialog its UAC initiated; some phones leave the flag out). A
+dialog whose phone stopped ringing (refused) while another phone of the same account still
+rings the call is picked up there: the BLF key is for the call, not for one of its phones.
 
 Only accounts' INVITEs are looked at, and only while some group allows pickup
 (``CallManager.pickup_enabled``): other calls pay a truth test.
@@ -91,9 +93,23 @@ def ringing_leg_to_pick_up(
     if (
         call.state != "ringing"
         or call.b is not None
-        or leg.finished
         or ringing is None
         or ringing.to.tag != replaces.from_tag
     ):
         return NO_SUCH_DIALOG
+    if leg.finished:
+        # That phone has stopped ringing (its user refused the call) while another phone of
+        # the same account rings on: the NOTIFY named the first to ring, the user presses the
+        # key for the call, so that one is picked up. None left: the call is gone (481).
+        return next(
+            (
+                other
+                for other in call.b_legs
+                if other.peer_kind == "account"
+                and other.peer_name == leg.peer_name
+                and other.last_provisional is not None
+                and not other.finished
+            ),
+            NO_SUCH_DIALOG,
+        )
     return leg

@@ -181,3 +181,14 @@ def test_two_offers_without_a_common_codec_are_refused() -> None:
     caller = parse_sdp_untrusted(CALLER_OFFER_TO_B.replace(b"8 0 101", b"8"))
     with pytest.raises(SdpError, match="no common codec"):
         answer_with(caller, parse_sdp_untrusted(PICKER_OFFER))
+
+
+def test_a_phone_that_stopped_ringing_hands_over_to_one_that_rings() -> None:
+    # Alice's softphone (named in the NOTIFY) refused, her desk phone rings on: picked there.
+    refused = FakeLeg(finished=True)
+    desk = FakeLeg(invite=FakeInvite("desk", Tagged("t2")))
+    assert decide(FakeCall([refused, desk])) is desk
+    silent = FakeLeg(invite=FakeInvite("desk", Tagged("t2")), last_provisional=None)
+    assert decide(FakeCall([refused, silent])) == NO_SUCH_DIALOG  # not ringing yet
+    bobs = FakeLeg(peer_name="bob", invite=FakeInvite("b", Tagged("t3")))
+    assert decide(FakeCall([refused, bobs])) == NO_SUCH_DIALOG  # another account's phone
