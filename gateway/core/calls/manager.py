@@ -147,7 +147,7 @@ class CallManager:
             # of calls per second this is half of all INVITEs.
             self._nursery.start_soon(self.endpoint.respond, transaction, caller)
             return
-        if self.pickup_enabled and caller.kind == "account":
+        if self.pickup_enabled:
             replaces = request.headers.get("Replaces")
             if replaces is not None:
                 self._pick_up(transaction, request, flow, caller, replaces)
@@ -192,9 +192,9 @@ class CallManager:
         caller: Caller,
         value: str,
     ) -> None:
-        """An account's INVITE with Replaces (RFC 3891) while some group allows pickup: the
-        ringing call it names takes it (pickup.py), or it is refused. It is no call of its own:
-        the picker joins the call it picks up."""
+        """An INVITE with Replaces (RFC 3891) while some group allows pickup: the ringing call
+        it names takes it (pickup.py), or it is refused (a trunk's: 403, only accounts pick
+        up). It is no call of its own: the picker joins the call it picks up."""
         watching = self.dialog_events
         try:
             replaces = parse_pickup_replaces_untrusted(value)
@@ -204,7 +204,7 @@ class CallManager:
             return
         named = self.find_dialog(replaces.call_id, replaces.to_tag)
         found: BLeg | tuple[int, str] = NOT_ALLOWED
-        if watching is not None and caller.name is not None:
+        if watching is not None and caller.kind == "account" and caller.name is not None:
             found = ringing_leg_to_pick_up(watching.rules, caller.name, replaces, named)
         if isinstance(found, tuple) or named is None:
             status, reason = found if isinstance(found, tuple) else NOT_ALLOWED

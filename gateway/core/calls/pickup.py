@@ -19,8 +19,10 @@ take over answered calls). Without ``early-only`` an early dialog is picked up a
 dialog whose phone stopped ringing (refused) while another phone of the same account still
 rings the call is picked up there: the BLF key is for the call, not for one of its phones.
 
-Only accounts' INVITEs are looked at, and only while some group allows pickup
-(``CallManager.pickup_enabled``): other calls pay a truth test.
+INVITEs with Replaces are looked at only while some group allows pickup
+(``CallManager.pickup_enabled``: otherwise every INVITE pays a truth test and one with Replaces
+is routed as a new call, as before); a trunk's then gets 403 (only accounts pick up calls), and
+phones may send ``Require: replaces`` (the endpoint takes it then).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ virtual time; RTP on real sockets through the relay."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -18,6 +19,7 @@ from gateway.testing.sip_agent import AutoAnswer, SipAgent, sdp_direction, simpl
 from gateway.testing.sip_agent import Call as SipCall
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
+    GW,
     B2bua,
     assert_media_via_gateway,
     eventually,
@@ -109,8 +111,16 @@ def replaces_of(dialog: ET.Element, *, early_only: bool = True) -> str:
     )
 
 
-async def pick_up(bob: SipAgent, replaces: str, *, sdp: bytes | None = None) -> SipCall:
-    call = await bob.invite("sip:alice@127.0.0.1:5060", sdp=sdp, extra=[("Replaces", replaces)])
+async def pick_up(
+    bob: SipAgent,
+    replaces: str,
+    *,
+    sdp: bytes | None = None,
+    extra: Sequence[tuple[str, str]] = (),
+) -> SipCall:
+    call = await bob.invite(
+        "sip:alice@127.0.0.1:5060", sdp=sdp, extra=[("Replaces", replaces), *extra]
+    )
     await call.exchange.wait_for(lambda r: r.status == 407)  # type: ignore[union-attr]
     await call.authenticate()
     return call
@@ -196,7 +206,10 @@ async def test_pickup_without_early_only_is_a_pickup_too(
     # RFC 3891 §3: an early dialog its UAC (the gateway) initiated may be replaced.
     env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
     incoming, ringing, dialog = await ringing_alice(env, bob)
-    picked = await pick_up(bob, replaces_of(dialog, early_only=False))
+    # As Poly phones do: the extension required (RFC 3891 §6.1, RFC 3261 §8.2.2.3).
+    picked = await pick_up(
+        bob, replaces_of(dialog, early_only=False), extra=[("Require", "replaces")]
+    )
     assert (await picked.final()).status == 200
     assert (await incoming.final()).status == 200
     assert (await env.alice.next_request("CANCEL")).request.call_id == ringing.call_id
@@ -222,6 +235,11 @@ async def test_pickup_refusals(
     assert (await (await pick_up(bob, unknown)).final()).status == 481
     bad = await pick_up(bob, "only-a-call-id")
     assert (await bad.final()).status == 400
+    # A carrier does not pick up calls.
+    by_trunk = await env.trunk.invite(
+        env.did_uri(ALICE_DID), extra=[("Replaces", replaces_of(dialog))]
+    )
+    assert (await by_trunk.final()).status == 403
     assert env.calls == 1
     assert await next_within(env.alice, "CANCEL", 1) is None  # it rings on
     # Alice answers; the same Replaces is now for a confirmed dialog: 486 (RFC 3891 §3).
@@ -358,3 +376,26 @@ async def test_the_picker_holds_and_resumes_the_caller(
     assert sdp_direction(reinvite.body) is Direction.SENDONLY
     assert (await picked.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_replaces_is_an_extension_only_while_a_group_has_pickup(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    _, bob = await start(nursery, tmp_path, voipgw_seed)  # a watch group without pickup
+    options = await (await bob.send(bob.new_request("OPTIONS", "sip:127.0.0.1:5060"), GW)).final()
+    assert options.headers.option_tags("Supported") == {"100rel", "timer"}
+    required = await bob.invite(
+        "sip:alice@127.0.0.1:5060",
+        extra=[("Replaces", "x;to-tag=1;from-tag=2"), ("Require", "replaces")],
+    )
+    refused = await required.final()
+    assert refused.status == 420 and refused.headers.get("Unsupported") == "replaces"
+
+
+async def test_with_pickup_options_lists_replaces(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    _, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    options = await (await bob.send(bob.new_request("OPTIONS", "sip:127.0.0.1:5060"), GW)).final()
+    assert options.status == 200
+    assert options.headers.option_tags("Supported") == {"100rel", "timer", "replaces"}
