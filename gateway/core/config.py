@@ -353,11 +353,14 @@ class DialogWatchGroup:
     gateway/core/calls/dialog_events.py). Nobody else may: an account is watched only by the
     members of its groups (and itself). ``show_parties`` lets the members see who an account
     talks to (RFC 4235 §4.1.6 identities); without it they see only that it is ringing or busy,
-    and which way the call goes."""
+    and which way the call goes. ``pickup`` lets the members pick up each other's ringing calls:
+    the early dialog of a call to an account carries the Call-ID and tags a phone needs for its
+    ``Replaces`` (RFC 4235 §4.1, RFC 3891)."""
 
     name: str
     accounts: tuple[str, ...]
     show_parties: bool = False
+    pickup: bool = False
 
 
 @attrs.frozen

@@ -80,6 +80,9 @@ ALLOWED_METHODS = (
 # RFC 3262 (100rel): a caller that requires reliable 1xx responses gets them; RFC 4028 (timer):
 # session timers on each leg (calls/call.py).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = ("100rel", "timer")
+# RFC 3891: INVITEs with Replaces are call pickups (calls/pickup.py) while a
+# [[dialog_watch_groups]] group has pickup = true; a phone may require the extension then.
+PICKUP_EXTENSIONS = (*SUPPORTED_EXTENSIONS, "replaces")
 
 # RFC 3261 §18.1.1: requests larger than this go over TCP when the path MTU is unknown.
 UDP_SIZE_LIMIT = 1300
@@ -255,6 +258,12 @@ class SipEndpoint:
         self.gateway = gateway
         self.statistics = EndpointStatistics()
         sip = gateway.config.sip
+        self.extensions = (
+            PICKUP_EXTENSIONS
+            if any(group.pickup for group in gateway.config.dialog_watch_groups)
+            else SUPPORTED_EXTENSIONS
+        )
+        """The option tags a request may require (RFC 3261 §8.2.2.3) and OPTIONS lists."""
         self.overload = QueueDelayLimit(
             sip.overload_queue_delay, credentials_limit=max(sip.overload_queue_delay, sip.t1)
         )
@@ -598,7 +607,7 @@ class SipEndpoint:
     def _precheck(self, request: Request) -> Response | None:
         if request.max_forwards == 0:
             return self._response(request, 483)
-        unsupported = _unsupported_extensions(request.headers)
+        unsupported = _unsupported_extensions(request.headers, self.extensions)
         if unsupported:
             return self._response(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
         return None
@@ -768,7 +777,7 @@ class SipEndpoint:
         if max_forwards == 0 and request.method != "OPTIONS":
             # RFC 3261 §16.3 step 2 / RFC 4475 §3.3.11: OPTIONS may be answered locally.
             return self._response(request, 483)
-        unsupported = _unsupported_extensions(request.headers)
+        unsupported = _unsupported_extensions(request.headers, self.extensions)
         if unsupported and request.method != "CANCEL":
             # RFC 3261 §8.2.2.3
             return self._response(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
@@ -793,7 +802,7 @@ class SipEndpoint:
             ("Allow", ", ".join(ALLOWED_METHODS)),
             ("Allow-Events", ALLOW_EVENTS),
             ("Accept", "application/sdp"),
-            ("Supported", ", ".join(SUPPORTED_EXTENSIONS)),
+            ("Supported", ", ".join(self.extensions)),
             ("Server", self.gateway.config.sip.user_agent),
         ]
 
@@ -931,8 +940,8 @@ def _reason_phrase(reason: str) -> str:
     return " ".join(reason.split())[:200] or "Bad Request"
 
 
-def _unsupported_extensions(headers: Headers) -> list[str]:
+def _unsupported_extensions(headers: Headers, supported: tuple[str, ...]) -> list[str]:
     required: list[str] = []
     for value in headers.get_all("Require"):
         required.extend(part.strip() for part in value.split(",") if part.strip())
-    return [ext for ext in required if ext not in SUPPORTED_EXTENSIONS]
+    return [ext for ext in required if ext not in supported]

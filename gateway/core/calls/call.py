@@ -137,7 +137,7 @@ from gateway.core.sdp.body import (
 )
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
-from gateway.core.sdp.offer_answer import rejected_media
+from gateway.core.sdp.offer_answer import answer_with, rejected_media
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import Dialog, DialogState, OutOfOrderRequest, require_contact
@@ -300,6 +300,20 @@ class HandOverEvent:
     leg: BLeg | None = None
 
 
+@attrs.define(eq=False)
+class PickUpEvent:
+    """An account's phone picks this ringing call up (pickup.py): its INVITE with a
+    ``Replaces`` naming our early dialog with ``leg``'s ringing phone. The call answers the
+    INVITE (200, or a refusal when it is no longer ringing) and sets ``done``."""
+
+    transaction: ServerTransaction
+    request: Request
+    flow: Flow
+    caller: Caller
+    leg: BLeg
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
 CallEventInput = (
     RequestEvent
     | CancelEvent
@@ -309,6 +323,7 @@ CallEventInput = (
     | AckEvent
     | ReplacedEvent
     | HandOverEvent
+    | PickUpEvent
 )
 
 
@@ -320,6 +335,10 @@ class CallEnded(Exception):
 
 
 class Call:
+    picked_up: dict[str, str | None] | None = None
+    """Set when a BLF key picked the call up (who, from whom it rang): the call record says
+    so. A class default, not set per call: only a picked-up call has its own."""
+
     def __init__(
         self,
         manager: CallManager,
@@ -522,7 +541,7 @@ class Call:
                 event = self._events.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            if isinstance(event, RequestEvent):
+            if isinstance(event, (RequestEvent, PickUpEvent)):
                 unanswered.append((event.transaction, event.request))
         for transaction, request in unanswered:
             try:
@@ -1001,6 +1020,8 @@ class Call:
                 await self._replaced_by_transfer()
             elif isinstance(event, ResponseEvent):
                 pass  # a response to a BYE/CANCEL we sent: nothing to do
+            elif isinstance(event, PickUpEvent):
+                await self._picked_up(event)
 
     async def _b_response(self, leg: BLeg, response: Response) -> None:
         if leg.final is not None:
@@ -1013,6 +1034,7 @@ class Call:
             if not await self._prack_b(leg, response):
                 return  # a reliable 1xx again, or out of order: already PRACKed, or never
             leg.provisional_seen = True
+            leg.last_provisional = response
             if leg.cancel_wanted and not leg.cancelled:
                 await self._cancel_b(leg)
                 return
@@ -1393,6 +1415,118 @@ class Call:
         self.manager.event(self, "answered", None)
         self._start_taps()
 
+    # -- call pickup (RFC 3891 Replaces from a BLF key; pickup.py) ------------------------------
+
+    async def _picked_up(self, event: PickUpEvent) -> None:
+        """An account's phone picks up this ringing call (pickup.py): it takes the place of a
+        callee that answered. Its INVITE's offer and our offer to the ringing phones are
+        each answered with the other (:func:`answer_with`): the caller gets our 200 with the
+        answer through its leg's keys, as for any callee's answer; the picker's phone gets
+        our 200 with the relay's side B, through keys of its own leg. The phones that rang get
+        CANCEL with "Call completed elsewhere" (RFC 3326; RFC 3891 §3: we initiated those
+        early dialogs, so we end them with CANCEL)."""
+        request, flow = event.request, event.flow
+        picked = event.leg
+        offer_b = self._offer_b
+        if self.state != "ringing" or self.b is not None or picked.finished:
+            await self._refuse_pickup(event)
+            return
+        if offer_b is None:
+            # A late offer (the caller's INVITE had none): our 200 to the caller would have
+            # to offer and the picker's answer come in its ACK; not done.
+            await self._answer_pickup(
+                event, make_response(request, 488, "Not Acceptable Here (caller made no offer)")
+            )
+            return
+        assert self.media is not None and self.a.security is not None
+        name = event.caller.name
+        picker = BLeg(
+            side=Side.B,
+            flow=flow,
+            transport=flow.transport,
+            address=flow.remote,
+            contact=self.endpoint.our_contact(flow.transport),
+            peer_kind="account",
+            peer_name=name,
+            shown_as=name or "anonymous",
+            private=_wants_privacy(request),
+        )
+        picker.security = self.manager.leg_security(
+            self, Side.B, kind="account", name=name, flow=flow, device=event.caller.device
+        )
+        try:
+            sdp, _ = read_body(request.content_type, request.body)
+            if not sdp:
+                raise SdpError("an INVITE picking up a call needs an SDP offer")
+            offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
+            to_picker = picker.security.make_answer(answer_with(offer, offer_b))
+            answer_a = self.a.security.make_answer(
+                self.media.answer_from(Side.B.value, answer_with(offer_b, offer))
+            )
+        except (SdpError, UnsupportedBody) as err:
+            log.info("call %s: pickup by %s refused: %s", self.id, name, err.reason)
+            refusal = make_response(
+                request, 488, "Not Acceptable Here", extra=[("Warning", _warning(err.reason))]
+            )
+            await self._answer_pickup(event, refusal)
+            return
+        fields = [("Contact", str(picker.contact)), ("Allow", ALLOW)]
+        fields.extend(("Record-Route", rr) for rr in request.headers.get_all("Record-Route"))
+        ok = make_response(
+            request,
+            200,
+            to_tag=self.manager.gateway.ids.new_tag(),
+            extra=fields,
+            body=serialize_sdp(to_picker),
+            content_type=SDP,
+        )
+        over_tls = flow.transport in TLS_TRANSPORTS
+        picker.dialog = Dialog.create_uas(request, ok, over_tls=over_tls)
+        # Its INVITE came to us: no final response of its own (one would be ACKed, _bye), and
+        # nothing to wait for at the end (_drain_b_legs), as a caller's leg handed over.
+        self.manager.register_leg(self, Side.B, request.call_id, picker.dialog.local_tag)
+        log.info("call %s: %s picks up the call ringing %s", self.id, name, picked.peer_name)
+        self.b_legs.append(picker)
+        self.b = picker
+        self.picked_up = {"by": name, "ringing": picked.peer_name}
+        self._apply_keys(picker)
+        for other in self.b_legs:
+            if other is not picker and other.final is None:
+                await self._cancel_b(other, ANSWERED_ELSEWHERE)
+        self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
+        await self._answer_pickup(event, ok)
+        ok_a = self._a_response(200, body=serialize_sdp(answer_a), extra=self._a_timer.headers())
+        invite = self.a.invite
+        assert invite is not None
+        over_a_tls = self.a.transport in TLS_TRANSPORTS
+        self.a.dialog = Dialog.create_uas(invite, ok_a, over_tls=over_a_tls)
+        if self._unacked_1xx is not None and self._unacked_1xx[0].body:
+            await self._awaiting_prack()  # RFC 3262 §3: not before that 1xx's PRACK
+        self._stop_reliable_1xx()
+        self._start_2xx_retransmission(Side.A, ok_a)
+        await self._respond_a(ok_a)
+        self.media.settle()
+        self.a.answered = True
+        self.answered_at = trio.current_time()
+        self.state = "answered"
+        self.manager.event(self, "answered", None)
+        self._start_taps()
+
+    async def _refuse_pickup(self, event: PickUpEvent) -> None:
+        """The call is no longer ringing: 486 when the phone it named answered (RFC 3891 §3),
+        else 481."""
+        status, reason = (
+            (486, "Busy Here (answered already)") if self.b is event.leg else (481, None)
+        )
+        await self._answer_pickup(event, make_response(event.request, status, reason))
+
+    async def _answer_pickup(self, event: PickUpEvent, response: Response) -> None:
+        event.done.set()
+        try:
+            await self.endpoint.respond(event.transaction, response)
+        except TransactionStateError:  # answered already (the manager gave up waiting)
+            log.debug("call %s: pickup INVITE answered already", self.id)
+
     # -- late offer (RFC 3261 §13.2.1: an INVITE without SDP) -----------------------------------
 
     async def _b_offered(self, leg: BLeg, response: Response) -> None:
@@ -1456,6 +1590,8 @@ class Call:
                 await self._key_exchange_failed(event)
             elif isinstance(event, EndCallEvent):
                 await self._end_by_gateway(event)
+            elif isinstance(event, PickUpEvent):
+                await self._refuse_pickup(event)
             # A CANCEL now comes after our 2xx: too late (RFC 3261 §9.2), nothing to do.
 
     async def _a_answered(self, ack: Request) -> None:
@@ -1771,6 +1907,8 @@ class Call:
                 await self._hang_up("replaced by a transfer")
             elif isinstance(event, HandOverEvent):
                 await self._hand_over(event)
+            elif isinstance(event, PickUpEvent):
+                await self._refuse_pickup(event)
 
     async def _in_dialog(self, event: RequestEvent) -> None:
         leg = self._leg(event.side)
@@ -3043,6 +3181,8 @@ class Call:
                     record["quality"] = quality
         if self.transfers:
             record["transfers"] = list(self.transfers)
+        if self.picked_up is not None:
+            record["picked_up"] = dict(self.picked_up)
         if self.failovers:
             record["failovers"] = list(self.failovers)
         if self.taps is not None and self.taps.names:

@@ -16,7 +16,11 @@ Bodies (gateway/core/sip/dialog_info.py): one <dialog> per call of the watched a
 state (``trying`` from the account's INVITE to the first 1xx it gets, ``early`` while it or its
 callee rings, ``confirmed`` once answered, ``terminated`` when it ends, fails or is answered
 elsewhere) and its direction, identities only with ``show_parties``. A call to the account is
-first reported ringing: the call layer reports nothing between routing and the first 1xx.
+first reported ringing: the call layer reports nothing between routing and the first 1xx. For a
+watcher that may pick the call up (a group with ``pickup``), a ringing call to the account
+also carries the Call-ID and tags of our early dialog with its ringing phone (RFC 4235 §4.1),
+found on each event while it rings (a phone that still rings), only while some group allows
+pickup.
 
 Calls: the call manager passes each call event (started, ringing, answered, ended, transferred)
 here only while some account is watched (:attr:`DialogEvents.watched` is not empty: a truth test
@@ -53,6 +57,7 @@ from gateway.core.sip.dialog import Dialog, require_contact
 from gateway.core.sip.dialog_info import (
     CONTENT_TYPE,
     DialogEntry,
+    DialogIds,
     Direction,
     Notifications,
     Party,
@@ -108,6 +113,9 @@ class Watch:
     entity: str
     """The URI the documents are about (RFC 4235 §4.1: the subscription's target)."""
     show_parties: bool
+    pickup: bool
+    """Whether the watcher may pick up the watched account's ringing calls: its documents
+    carry their Call-ID and tags."""
     event: str
     """The SUBSCRIBE's Event value, repeated in our NOTIFYs (RFC 6665 §8.2.1, id included)."""
     subscribe: Request
@@ -144,9 +152,10 @@ class Tracked:
     phase: Phase
     local: Party | None = None
     remote: Party | None = None
+    ids: DialogIds | None = None
 
     def entry(self) -> DialogEntry:
-        return DialogEntry(self.id, self.phase, self.direction, self.local, self.remote)
+        return DialogEntry(self.id, self.phase, self.direction, self.local, self.remote, self.ids)
 
 
 @attrs.define(eq=False)
@@ -179,7 +188,8 @@ class DialogEvents:
         self.endpoint = gateway.endpoint
         self._nursery = nursery
         self.rules = WatchRules.of(
-            [(group.accounts, group.show_parties) for group in gateway.config.dialog_watch_groups]
+            [(group.accounts, group.show_parties) for group in gateway.config.dialog_watch_groups],
+            pickup=[group.accounts for group in gateway.config.dialog_watch_groups if group.pickup],
         )
         self.watched: dict[str, Watched] = {}
         """Accounts someone watches; empty, the call layer tells us nothing."""
@@ -293,6 +303,7 @@ class DialogEvents:
             watched=user,
             entity=entity,
             show_parties=show_parties,
+            pickup=self.rules.may_pick_up(watcher, user),
             event=request.headers.get("Event") or DIALOG,
             subscribe=request,
             flow=flow,
@@ -450,7 +461,13 @@ class DialogEvents:
         """One NOTIFY over the flow the subscriber's latest request came on; False when the
         subscription is gone at its side (481, or a timeout: RFC 6665 §4.2.2)."""
         flow = watch.flow
-        body = dialog_info_body(watch.entity, version, snapshot, show_parties=watch.show_parties)
+        body = dialog_info_body(
+            watch.entity,
+            version,
+            snapshot,
+            show_parties=watch.show_parties,
+            pickup=watch.pickup,
+        )
         request = watch.dialog.create_request(
             "NOTIFY",
             via=self.endpoint.new_via_for(flow.transport),
@@ -579,6 +596,12 @@ class DialogEvents:
         tracked.phase = _phase(call, account, direction, kind)
         if tracked.local is None:
             tracked.local, tracked.remote = _parties(call, account, direction)
+        if (
+            tracked.phase is Phase.EARLY
+            and direction is Direction.RECIPIENT
+            and self.rules.pickup  # no group allows pickup: nobody is shown them
+        ):
+            tracked.ids = _ringing_dialog(call, account)  # a phone that still rings
 
 
 def _involved(call: Call) -> list[Involved]:
@@ -616,6 +639,19 @@ def _phase(call: Call, account: str, direction: Direction, kind: str | None) -> 
     if any(leg.provisional_seen for leg in legs):
         return Phase.EARLY
     return Phase.TRYING
+
+
+def _ringing_dialog(call: Call, account: str) -> DialogIds | None:
+    """Our early dialog with a phone of ``account`` that rings (the first one, when several
+    do: picking up any of them takes the call), as that phone sees it (RFC 4235 §4.1)."""
+    for leg in _legs_to(call, account):
+        ringing = leg.last_provisional
+        if ringing is None or leg.finished or leg.invite is None:
+            continue
+        phone_tag, our_tag = ringing.to.tag, leg.invite.from_.tag
+        if phone_tag and our_tag:
+            return DialogIds(leg.invite.call_id, local_tag=phone_tag, remote_tag=our_tag)
+    return None
 
 
 def _parties(call: Call, account: str, direction: Direction) -> tuple[Party | None, Party | None]:

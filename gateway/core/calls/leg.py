@@ -82,6 +82,9 @@ class BLeg(Leg):
     invite: Request | None = None
     final: Response | None = None
     provisional_seen: bool = False
+    # The callee's latest 1xx of the call's ringing (not a transfer's): its To tag is the
+    # phone's tag in the early dialog a BLF watcher may pick up (dialog_events.py).
+    last_provisional: Response | None = None
     cancel_wanted: bool = False
     cancel_reasons: tuple[str, ...] = ()  # the Reason values its CANCEL carries (RFC 3326)
     cancelled: bool = False

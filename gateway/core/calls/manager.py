@@ -18,10 +18,15 @@ import attrs
 import trio
 
 from gateway.core.auth.digest import Authenticated, AuthKind
-from gateway.core.calls.call import Call, CancelEvent, RequestEvent
-from gateway.core.calls.leg import Side
+from gateway.core.calls.call import Call, CancelEvent, PickUpEvent, RequestEvent
+from gateway.core.calls.leg import BLeg, Side
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
 from gateway.core.calls.outbound import OutboundSessions
+from gateway.core.calls.pickup import (
+    NOT_ALLOWED,
+    parse_pickup_replaces_untrusted,
+    ringing_leg_to_pick_up,
+)
 from gateway.core.calls.records import CallRecordBook
 from gateway.core.calls.routing import called_user, dial_string
 from gateway.core.devices import narrowed_for_device
@@ -50,7 +55,7 @@ from gateway.core.media.taps import CallTaps, copy_sip, tapped_media
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
 from gateway.core.sip.message import Request, Response, make_response
-from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.sip.transaction import ServerTransaction, TransactionStateError
 from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 
 if TYPE_CHECKING:
@@ -62,6 +67,10 @@ if TYPE_CHECKING:
     from gateway.core.store.interface import Binding
 
 log = logging.getLogger(__name__)
+
+PICKUP_WAIT = 4.0
+"""How long a pickup INVITE waits for the ringing call to take it (its task answers at once
+unless it has just been answered or ended); then 481."""
 
 DialogKey = tuple[str, str]  # (Call-ID, our tag) — how requests from either leg find their call
 
@@ -85,6 +94,8 @@ class CallManager:
         self._keys_of: dict[Call, tuple[ServerTransaction, list[DialogKey]]] = {}
         self.dialog_events: DialogEvents | None = None
         """The dialog (BLF) notifier, told of call events while it watches any account."""
+        self.pickup_enabled = any(group.pickup for group in gateway.config.dialog_watch_groups)
+        """Some group allows call pickup: accounts' INVITEs with Replaces are looked at."""
         self.outbound = OutboundSessions(
             gateway.endpoint, gateway.ids, gateway.config.sip.user_agent
         )
@@ -136,6 +147,11 @@ class CallManager:
             # of calls per second this is half of all INVITEs.
             self._nursery.start_soon(self.endpoint.respond, transaction, caller)
             return
+        if self.pickup_enabled:
+            replaces = request.headers.get("Replaces")
+            if replaces is not None:
+                self._pick_up(transaction, request, flow, caller, replaces)
+                return
         counted = (caller.kind, caller.name) if caller.name is not None else None
         exempt = False
         if counted is not None and not self.limits.has_room(counted):
@@ -167,6 +183,50 @@ class CallManager:
                 call.invite_copy = (data, flow.transport, flow.remote, flow.local, time.time())
             self._tap_from_start(call, request, caller)
         self._nursery.start_soon(call.run, name=f"call {request.call_id}")
+
+    def _pick_up(
+        self,
+        transaction: ServerTransaction,
+        request: Request,
+        flow: Flow,
+        caller: Caller,
+        value: str,
+    ) -> None:
+        """An INVITE with Replaces (RFC 3891) while some group allows pickup: the ringing call
+        it names takes it (pickup.py), or it is refused (a trunk's: 403, only accounts pick
+        up). It is no call of its own: the picker joins the call it picks up."""
+        watching = self.dialog_events
+        try:
+            replaces = parse_pickup_replaces_untrusted(value)
+        except SipError as err:
+            refusal = make_response(request, 400, f"Bad Request ({err})")
+            self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+            return
+        named = self.find_dialog(replaces.call_id, replaces.to_tag)
+        found: BLeg | tuple[int, str] = NOT_ALLOWED
+        if watching is not None and caller.kind == "account" and caller.name is not None:
+            found = ringing_leg_to_pick_up(watching.rules, caller.name, replaces, named)
+        if isinstance(found, tuple) or named is None:
+            status, reason = found if isinstance(found, tuple) else NOT_ALLOWED
+            log.info("pickup by %s refused: %d %s", caller.name, status, reason)
+            refusal = make_response(request, status, reason)
+            self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+            return
+        event = PickUpEvent(transaction, request, flow, caller, found)
+        named[0].post(event)
+        self._nursery.start_soon(self._pickup_taken_or_481, event)
+
+    async def _pickup_taken_or_481(self, event: PickUpEvent) -> None:
+        """A pickup the ringing call did not answer in :data:`PICKUP_WAIT` (it ended meanwhile
+        and dropped the event): 481, as for a dialog that no longer exists."""
+        with trio.move_on_after(PICKUP_WAIT):
+            await event.done.wait()
+            return
+        event.done.set()
+        try:
+            await self.endpoint.respond(event.transaction, make_response(event.request, 481))
+        except TransactionStateError:
+            log.debug("pickup INVITE %s answered already", event.request.call_id)
 
     async def until_no_calls(self) -> None:
         """Return once no call is in progress (the gateway's drain)."""

@@ -416,3 +416,45 @@ def check_version_rule(previous: SessionDescription, new: SessionDescription) ->
             raise SdpError("SDP changed without a new o= version (RFC 3264 §8)")
         return False
     return True
+
+
+def answer_with(offer: SessionDescription, other: SessionDescription) -> SessionDescription:
+    """An answer to ``offer`` that says what ``other``, an offer made elsewhere, says: its
+    address, its ports line by line and its codecs (RFC 3264 §6: ``offer``'s payload type
+    numbers, directions answered sendrecv). For joining two parties that each made an offer
+    (call pickup: the caller's offer went to the ringing phone, the picker's phone offers in
+    its INVITE): each one's offer is answered with the other's. A line ``other`` lacks, of
+    another media type or with a codec in common with none, is rejected.
+
+    Raises :class:`SdpError` as :func:`make_answer`, and when ``other`` has no c= line."""
+    connection = other.connection or next(
+        (m.connection for m in other.media if m.connection is not None), None
+    )
+    if connection is None:
+        raise SdpError("no connection address to answer with")
+    caps: dict[str, list[Codec]] = {}
+    ports: list[int] = []
+    for index, offered in enumerate(offer.media):
+        theirs = other.media[index] if index < len(other.media) else None
+        usable = (
+            theirs is not None
+            and not theirs.is_rejected
+            and theirs.is_rtp
+            and theirs.media.lower() == offered.media.lower()
+        )
+        ports.append(theirs.port if usable and theirs is not None else 0)
+        if usable and theirs is not None:
+            known = caps.setdefault(offered.media, [])
+            for rtpmap in offered_formats(theirs):
+                codec = Codec(rtpmap.encoding, rtpmap.clock_rate, rtpmap.channels or 1)
+                if codec not in known:
+                    known.append(codec)
+    return make_answer(
+        offer,
+        caps,
+        origin=other.origin,
+        connection=connection,
+        ports=ports,
+        rtcp_mux=any(m.rtcp_mux for m in other.media),
+        session_name=other.session_name,
+    )

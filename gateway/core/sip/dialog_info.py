@@ -11,9 +11,13 @@ says who called: ``initiator`` when the account did, ``recipient`` when it was c
 Every NOTIFY carries the full state (``state="full"``, §4.1: a notifier may always send full
 state) with a ``version`` one more than the last one this subscription sent, starting at 0
 (§4.1.2), so a phone that missed one loses nothing. A dialog's ``id`` is an opaque token per
-call; Call-ID and tags are never sent (they would let a watcher address the dialog, and the
-gateway offers no call pickup). Identities (§4.1.6) are sent only when the operator allows it
-(``show_parties``): who talks to whom is the watched account's business.
+call. Call-ID and tags let a watcher address the dialog, so they are sent only to watchers the
+operator lets pick up the watched account's calls (``pickup``), only for a call ringing the
+account (``early``, ``recipient``): they are those of our dialog with its ringing phone as that
+phone sees it (§4.1: ``local-tag`` its own tag, ``remote-tag`` ours), from which a BLF phone
+builds ``Replaces: <call-id>;to-tag=<remote-tag>;from-tag=<local-tag>;early-only`` (RFC 3891).
+Identities (§4.1.6) are sent only when the operator allows it (``show_parties``): who talks to
+whom is the watched account's business.
 
 Bursts are coalesced (RFC 6665 §4.2.2 allows a notifier to rate-limit): a subscription sends one
 NOTIFY at a time, and the states changed meanwhile wait in :class:`Notifications`. A waiting
@@ -76,29 +80,59 @@ class Party:
 
 
 @attrs.frozen
+class DialogIds:
+    """The SIP dialog behind a <dialog> as the watched account's phone sees it (RFC 4235 §4.1:
+    ``call-id``, ``local-tag``, ``remote-tag``)."""
+
+    call_id: str
+    local_tag: str
+    """The phone's own tag (the To tag of its 1xx to us)."""
+    remote_tag: str
+    """Ours (the From tag of our INVITE to it)."""
+
+
+@attrs.frozen
 class DialogEntry:
-    """One call of the watched account, as a <dialog> element."""
+    """One call of the watched account, as a <dialog> element. ``ids``: the dialog to pick up
+    (a call ringing the account), sent only to watchers allowed to pick it up."""
 
     id: str
     phase: Phase
     direction: Direction
     local: Party | None = None
     remote: Party | None = None
+    ids: DialogIds | None = None
 
 
 def dialog_info_body(
-    entity: str, version: int, dialogs: Iterable[DialogEntry], *, show_parties: bool
+    entity: str,
+    version: int,
+    dialogs: Iterable[DialogEntry],
+    *,
+    show_parties: bool,
+    pickup: bool = False,
 ) -> bytes:
     """An ``application/dialog-info+xml`` document with the full state of ``entity``'s
-    ``dialogs`` (RFC 4235 §4.1); identities only when ``show_parties``."""
+    ``dialogs`` (RFC 4235 §4.1); identities only when ``show_parties``; the Call-ID and tags of
+    a ringing call to ``entity`` only when ``pickup``."""
     root = ET.Element(
         "dialog-info",
         {"xmlns": NAMESPACE, "version": str(version), "state": "full", "entity": _text(entity)},
     )
     for entry in dialogs:
-        dialog = ET.SubElement(
-            root, "dialog", {"id": _text(entry.id), "direction": entry.direction.value}
-        )
+        attributes = {"id": _text(entry.id)}
+        ids = entry.ids
+        if (
+            pickup
+            and ids is not None
+            and entry.phase is Phase.EARLY
+            and entry.direction is Direction.RECIPIENT
+        ):
+            attributes["call-id"] = _text(ids.call_id)
+            attributes["local-tag"] = _text(ids.local_tag)
+            attributes["remote-tag"] = _text(ids.remote_tag)
+        attributes["direction"] = entry.direction.value
+        dialog = ET.SubElement(root, "dialog", attributes)
         ET.SubElement(dialog, "state").text = entry.phase.value
         if not show_parties:
             continue
@@ -177,21 +211,40 @@ class Notifications:
 @attrs.frozen
 class WatchRules:
     """The operator's ``[[dialog_watch_groups]]``: members of a group watch each other; with
-    ``show_parties`` in any group they share, the watcher sees identities."""
+    ``show_parties`` in any group they share, the watcher sees identities; with ``pickup`` in
+    any group they share, the watcher may pick up the watched account's ringing calls."""
 
     allowed: dict[tuple[str, str], bool] = attrs.field(factory=dict)
     """(watcher, watched) -> show_parties, for every pair a group allows."""
+    pickup: frozenset[tuple[str, str]] = frozenset()
+    """(picker, ringing account) pairs a group with ``pickup`` allows."""
+    pickers: frozenset[str] = frozenset()
+    """The accounts in some group with ``pickup``."""
 
     @classmethod
-    def of(cls, groups: Sequence[tuple[Sequence[str], bool]]) -> WatchRules:
-        """From ``(accounts, show_parties)`` per group."""
+    def of(
+        cls,
+        groups: Sequence[tuple[Sequence[str], bool]],
+        pickup: Sequence[Sequence[str]] = (),
+    ) -> WatchRules:
+        """From ``(accounts, show_parties)`` per group, and the accounts of each group with
+        ``pickup``."""
         allowed: dict[tuple[str, str], bool] = {}
         for accounts, show_parties in groups:
             for watcher in accounts:
                 for watched in accounts:
                     pair = (watcher, watched)
                     allowed[pair] = allowed.get(pair, False) or show_parties
-        return cls(allowed)
+        pairs = {
+            (picker, ringing) for accounts in pickup for picker in accounts for ringing in accounts
+        }
+        return cls(allowed, frozenset(pairs), frozenset(picker for picker, _ in pairs))
+
+    def may_pick_up(self, picker: str, ringing: str) -> bool:
+        """Whether ``picker``'s phones may pick up calls ringing ``ringing`` (a group with
+        ``pickup`` holds both; an account in one may also pick up its own calls on another of
+        its phones). Default deny."""
+        return (picker, ringing) in self.pickup
 
     def may_watch(self, watcher: str, watched: str) -> bool | None:
         """None when ``watcher`` may not watch ``watched`` (default deny), else whether it sees

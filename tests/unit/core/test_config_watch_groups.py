@@ -29,12 +29,14 @@ show_parties = true
 [[dialog_watch_groups]]
 name = "sales"
 accounts = ["carol"]
+pickup = true
 """,
     )
     assert config.dialog_watch_groups == (
         DialogWatchGroup("reception", ("alice", "bob", "201"), show_parties=True),
-        DialogWatchGroup("sales", ("carol",)),
+        DialogWatchGroup("sales", ("carol",), pickup=True),
     )
+    assert config.dialog_watch_groups[0].pickup is False  # default: no pickup
     assert cfg.embedded_defaults().dialog_watch_groups == ()  # default: nobody watches
 
 
@@ -54,6 +56,12 @@ accounts = ["carol"]
         (
             'name = "g"\naccounts = ["a"]\nshow_parties = "yes"',
             "show_parties",
+            "true or false",
+            "dialog_watch_groups.g",
+        ),
+        (
+            'name = "g"\naccounts = ["a"]\npickup = 1',
+            "pickup",
             "true or false",
             "dialog_watch_groups.g",
         ),

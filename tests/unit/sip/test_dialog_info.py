@@ -15,6 +15,7 @@ from gateway.core.sip.dialog_info import (
     MAX_DIALOGS,
     MAX_WAITING,
     DialogEntry,
+    DialogIds,
     Direction,
     Notifications,
     Party,
@@ -131,6 +132,47 @@ def test_watch_rules_default_deny() -> None:
     assert rules.may_watch("dave", "dave") is True  # one's own calls
     both = WatchRules.of([(("alice", "bob"), False), (("alice", "bob"), True)])
     assert both.may_watch("alice", "bob") is True  # any shared group with show_parties
+
+
+def test_pickup_rules_default_deny() -> None:
+    rules = WatchRules.of(
+        [(("alice", "bob"), False), (("bob", "carol"), False)], pickup=[("bob", "carol")]
+    )
+    assert rules.may_pick_up("bob", "carol") and rules.may_pick_up("carol", "bob")
+    assert not rules.may_pick_up("alice", "bob")  # watching is not picking up
+    assert not rules.may_pick_up("bob", "alice")
+    assert rules.may_pick_up("carol", "carol")  # its own call on another phone
+    assert not rules.may_pick_up("alice", "alice")  # in no pickup group
+    assert not WatchRules.of([(("alice", "bob"), True)]).pickup
+
+
+IDS = DialogIds("b-leg-call-id@gw", local_tag="phone-tag", remote_tag="our-tag")
+
+
+def test_pickup_body_carries_the_ringing_dialog() -> None:
+    entries = [entry(ids=IDS), entry("d2", Phase.CONFIRMED, ids=IDS)]
+    root = parse(
+        dialog_info_body("sip:alice@example.com", 0, entries, show_parties=False, pickup=True)
+    )
+    ringing, answered = root.findall(f"{NS}dialog")
+    # RFC 4235 §4.1: the attributes a phone builds its Replaces (RFC 3891) from.
+    assert ringing.attrib == {
+        "id": "d1",
+        "call-id": "b-leg-call-id@gw",
+        "local-tag": "phone-tag",
+        "remote-tag": "our-tag",
+        "direction": "recipient",
+    }
+    assert answered.attrib == {"id": "d2", "direction": "recipient"}  # only ringing calls
+    outgoing = entry(direction=Direction.INITIATOR, ids=IDS)
+    body = dialog_info_body("sip:a@b", 0, [outgoing], show_parties=True, pickup=True)
+    assert b"call-id" not in body  # the account calls: nothing to pick up
+
+
+def test_no_pickup_no_call_id_or_tags() -> None:
+    body = dialog_info_body("sip:alice@example.com", 0, [entry(ids=IDS)], show_parties=True)
+    assert parse(body).find(f"{NS}dialog").attrib == {"id": "d1", "direction": "recipient"}  # type: ignore[union-attr]
+    assert b"b-leg-call-id" not in body and b"phone-tag" not in body and b"our-tag" not in body
 
 
 # -- the call states (dialog_events._phase) on stand-ins ---------------------------------------
