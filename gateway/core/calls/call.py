@@ -1398,9 +1398,14 @@ class Call:
         extra = self._a_timer.headers()
         if leg.location_passed:
             extra = [*extra, *geolocation_errors(response)]  # RFC 6442 §4.3
-        ok = self._a_response(200, body=serialize_sdp(answer), extra=extra)
+        await self._answer_a(self._a_response(200, body=serialize_sdp(answer), extra=extra))
+
+    async def _answer_a(self, ok: Response) -> None:
+        """Send the caller our 2xx (a callee answered, or a phone picked the call up): its
+        dialog, the 2xx retransmitted until its ACK, the call answered."""
+        assert self.media is not None and self.a.invite is not None
         over_tls = self.a.transport in TLS_TRANSPORTS
-        self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=over_tls)  # type: ignore[arg-type]
+        self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=over_tls)
         if self._unacked_1xx is not None and self._unacked_1xx[0].body:
             await self._awaiting_prack()  # RFC 3262 §3: not before that 1xx's PRACK
         self._stop_reliable_1xx()
@@ -1495,22 +1500,9 @@ class Call:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
-        ok_a = self._a_response(200, body=serialize_sdp(answer_a), extra=self._a_timer.headers())
-        invite = self.a.invite
-        assert invite is not None
-        over_a_tls = self.a.transport in TLS_TRANSPORTS
-        self.a.dialog = Dialog.create_uas(invite, ok_a, over_tls=over_a_tls)
-        if self._unacked_1xx is not None and self._unacked_1xx[0].body:
-            await self._awaiting_prack()  # RFC 3262 §3: not before that 1xx's PRACK
-        self._stop_reliable_1xx()
-        self._start_2xx_retransmission(Side.A, ok_a)
-        await self._respond_a(ok_a)
-        self.media.settle()
-        self.a.answered = True
-        self.answered_at = trio.current_time()
-        self.state = "answered"
-        self.manager.event(self, "answered", None)
-        self._start_taps()
+        await self._answer_a(
+            self._a_response(200, body=serialize_sdp(answer_a), extra=self._a_timer.headers())
+        )
 
     async def _refuse_pickup(self, event: PickUpEvent) -> None:
         """The call is no longer ringing: 486 when the phone it named answered (RFC 3891 §3),
