@@ -14,20 +14,19 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, BOB, inbound_trunk, register, trunk_call
+from tests.interop.test_calls_sipp import (
+    ACCOUNTS,
+    BOB,
+    header,
+    inbound_trunk,
+    register,
+    trunk_call,
+)
 from tests.interop.test_dialog_events_sipp import NS, body_of
 
 pytestmark = pytest.mark.interop
 
 PICKUP = '[[dialog_watch_groups]]\nname = "office"\naccounts = ["alice", "bob"]\npickup = true\n'
-
-
-def header(message: str, name: str) -> str:
-    for line in message.splitlines():
-        field, _, value = line.partition(":")
-        if field.strip().lower() == name.lower():
-            return value.strip()
-    raise AssertionError(f"no {name} in {message}")
 
 
 def test_a_phone_picks_up_a_watched_accounts_ringing_call(tmp_path: Path) -> None:
