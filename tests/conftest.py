@@ -4,6 +4,12 @@ Interop tests drive real third-party peers (sipp, baresip, linphonec, tshark ...
 PostgreSQL store's tests a real PostgreSQL server. Locally a missing peer skips those tests with
 the apt package to install; with VOIPGW_REQUIRE_PEERS=1 (set by .ci/run) a missing peer is a
 failure, never a skip.
+
+Property tests (Hypothesis) run derandomized: the examples follow from each test's source, so a
+run is repeatable and a failure in CI is one a contributor gets again with the same command.
+Timing health checks and deadlines are off because the suite shares its machine with real peers
+(a loaded CI runner made them fail with nothing wrong). ``--hypothesis-profile=explore`` draws new
+random examples for a campaign (docs/testing.md).
 """
 
 from __future__ import annotations
@@ -15,6 +21,17 @@ from typing import NoReturn
 
 import pgcluster
 import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "voipgw",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("explore", parent=settings.get_profile("voipgw"), derandomize=False)
+settings.load_profile("voipgw")
 
 pytest_plugins = ["gateway.testing.fixtures"]
 
