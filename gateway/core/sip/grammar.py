@@ -181,6 +181,9 @@ def _run_of(allowed: frozenset[str]) -> re.Pattern[str]:
 _UINT = re.compile("[ \t]*([0-9]+)[ \t]*")
 _WORD = "[" + "".join(re.escape(c) for c in sorted(_WORD_CHARS)) + "]+"
 _CALL_ID = re.compile(f"{_WORD}(?:@{_WORD})?")
+# What may follow a parameter: the next parameter, header value or URI header, white space, the
+# end (peek() gives ""). A value that is empty before anything else starts with a bad character.
+_VALUE_ENDS = frozenset({"", ";", ",", "?", " ", "\t", "\r", "\n"})
 
 
 class _Cursor:
@@ -193,6 +196,14 @@ class _Cursor:
 
     def fail(self, detail: str) -> NoReturn:
         raise SipParseError(f"bad {self.what}: {detail}")
+
+    def fail_value(self, what: str) -> NoReturn:
+        """A parameter's value is empty where one was expected: say whether it was left out or
+        begins with a character the grammar does not allow (``rport=²``), which is what the
+        sender needs to know to fix it."""
+        if self.peek() in _VALUE_ENDS:
+            self.fail(f"{what} with an empty value")
+        self.fail(f"invalid character in {what} value")
 
     def at_end(self) -> bool:
         return self.pos >= len(self.text)
@@ -293,7 +304,7 @@ class _Cursor:
                 self.skip_ws()
                 value = self.quoted_string() if self.peek() == '"' else self.take(_GEN_VALUE_CHARS)
                 if not value:
-                    self.fail("parameter with an empty value")
+                    self.fail_value("parameter")
             else:
                 self.pos = mark
             params.append((name, value))
@@ -432,7 +443,7 @@ def _sip_uri(scheme: str, text: str, start: int) -> SipUri:
             cur.advance()
             value = cur.take_escaped(_PARAM_CHARS)
             if not value:
-                cur.fail("URI parameter with an empty value")
+                cur.fail_value("URI parameter")
         params.append((name, value))
     headers: list[tuple[str, str]] = []
     if cur.peek() == "?":
@@ -484,7 +495,7 @@ def _tel_uri(text: str, start: int) -> TelUri:
             cur.advance()
             value = cur.take_escaped(_PARAM_CHARS)
             if not value:
-                cur.fail("parameter with an empty value")
+                cur.fail_value("parameter")
         params.append((name, value))
     if not cur.at_end():
         cur.fail("invalid characters")
