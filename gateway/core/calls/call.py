@@ -382,6 +382,11 @@ class Call:
         self.handshakes: CallHandshakes | None = None  # started with the first DTLS stream
         self._keyed_b: BLeg | None = None  # the B leg whose keys are applied
         self.state = "new"
+        # The gateway ends the call while it is still being set up (state "new": its task reads
+        # no events yet): the end asked for, and the scope of the set-up's wait for a remote
+        # server (a STIR/SHAKEN certificate) that the end cuts short.
+        self._end_in_setup: EndCallEvent | None = None
+        self._setup_wait: trio.CancelScope | None = None
         # A's INVITE had no SDP (RFC 3261 §13.2.1, "late offer"): B's 2xx brings the offer, our
         # 2xx to A carries it on, and A's ACK brings the answer we put in B's ACK.
         self.late_offer = False
@@ -623,7 +628,13 @@ class Call:
             )
         self._a_timer = timer
         if self.manager.caller_identity and caller.kind == "trunk":
-            await self._check_identity(invite)
+            with trio.CancelScope() as self._setup_wait:
+                await self._check_identity(invite)
+            self._setup_wait = None
+        if self._end_in_setup is not None:
+            # The gateway stops: nobody is rung for a call it would end at once. (From here to
+            # the INVITEs nothing waits; an end asked for while they go is read when ringing.)
+            await self._end_by_gateway(self._end_in_setup)
         decision = self.manager.route(invite, caller)
         if not decision.targets:
             status = decision.reject_status or 404
@@ -1716,7 +1727,15 @@ class Call:
     def end_by_gateway(self, reason: str) -> None:
         """End the call, the gateway's doing (its drain ran out): the call task ends it."""
         log.info("call %s: ended by the gateway: %s", self.id, reason)
-        self.post(EndCallEvent(reason))
+        event = EndCallEvent(reason)
+        self.post(event)
+        if self.state == "new":
+            # Still being set up: its task reads events only once its INVITEs went out, which
+            # may be after the gateway stopped waiting. It answers A 503 before ringing anyone,
+            # at once if it waits for a certificate server.
+            self._end_in_setup = event
+            if self._setup_wait is not None:
+                self._setup_wait.cancel()
 
     async def _end_by_gateway(self, event: EndCallEvent) -> None:
         """End the call (its media gone, the gateway stopping): BYE on both legs with

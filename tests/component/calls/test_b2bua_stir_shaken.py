@@ -8,7 +8,8 @@ fetches for real).
 - a trunk's call with a valid, forged, stale or missing Identity reaches the phone with
   ``verstat`` on the caller's number in the From; a failed one is refused (438, 403) only with
   ``on_failure = "reject"``; a certificate server that does not answer delays the call by
-  ``fetch_timeout`` at most; a certificate is fetched once for many calls;
+  ``fetch_timeout`` at most, and the gateway's stop does not wait for it; a certificate is
+  fetched once for many calls;
 - the outcome is in the call's record and counted for the metrics.
 
 Set-up as b2bua_env.py: trunk "carrier" at 127.0.0.2 (+1 numbers; the caller is +15550100)
@@ -221,6 +222,26 @@ async def test_a_certificate_server_that_does_not_answer_costs_fetch_timeout_at_
     assert user == f"{CALLER};verstat=TN-Validation-Failed"
     (described,) = caller_identity_record(env)
     assert "timed out" in described
+
+
+async def test_a_call_waiting_for_a_certificate_when_the_gateway_stops_gets_503_at_once(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The stop ends calls still being set up too: the caller gets 503 without the stop waiting
+    out ``fetch_timeout``, and the phone is not rung for a call ended at once."""
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki, delay=3600)
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=30)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(pki.signer_key)])
+    await eventually(lambda: plugin.fetched == [X5U])
+    stopping = trio.current_time()
+    await env.gateway.end_calls()
+    assert trio.current_time() - stopping < 1
+    final = await call.final()
+    assert final.status == 503
+    assert "gateway shutting down" in (final.headers.get("Warning") or "")
+    assert env.alice.requests("INVITE") == []
+    assert env.calls == 0
 
 
 async def test_a_certificate_that_failed_is_not_fetched_again_for_a_minute(
