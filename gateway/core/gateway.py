@@ -430,7 +430,8 @@ class Gateway:
         load balancer) take the gateway out of rotation. Registrations with carriers are
         removed at once, so they stop sending calls. Calls still up when ``timeout`` runs out
         are ended as the gateway's doing: BYE on both legs with ``Reason: SIP;cause=503``, or
-        503 to a caller still ringing."""
+        503 to a caller still ringing; but calls to emergency numbers, which a planned stop must
+        not cut, are still waited for (a second signal stops at once)."""
         self.draining = True
         calls = self.calls
         live = len(calls.calls) if calls is not None else 0
@@ -449,20 +450,39 @@ class Gateway:
             log.info("drained: no calls in progress")
             return
         log.warning("drain_timeout reached: ending %d call(s)", len(calls.calls))
-        await self.end_calls()
+        await self.end_calls(spare_emergency=True)
+        if calls.calls:
+            log.warning(
+                "draining: %d emergency call(s) still up; the gateway stops when they end "
+                "(signal again to stop at once)",
+                len(calls.calls),
+            )
+            await calls.until_no_calls()
 
-    async def end_calls(self, timeout: float = STOP_TIMEOUT) -> None:
+    async def end_calls(
+        self, timeout: float = STOP_TIMEOUT, *, spare_emergency: bool = False
+    ) -> None:
         """End every call in progress as the gateway's doing (it stops): BYE on both legs with
         ``Reason: SIP;cause=503``, or 503 to a caller still ringing, so that phones and
         carriers do not hold a call whose media is gone until their own timers notice. At most
-        ``timeout`` seconds: a leg that does not answer its BYE is not waited for."""
+        ``timeout`` seconds: a leg that does not answer its BYE is not waited for. With
+        ``spare_emergency``, calls whose caller dialled an emergency number go on."""
         calls = self.calls
         if calls is None or not calls.calls:
             return
-        for call in list(calls.calls):
+        ending = [
+            call
+            for call in calls.calls
+            if not (
+                spare_emergency
+                and call.a.invite is not None
+                and calls.calls_emergency_number(call.a.invite)
+            )
+        ]
+        for call in ending:
             call.end_by_gateway("gateway shutting down")
         with trio.move_on_after(timeout):
-            await calls.until_no_calls()
+            await calls.until_ended(ending)
 
     async def _remove_trunk_registrations(self) -> None:
         with trio.move_on_after(STOP_TIMEOUT):

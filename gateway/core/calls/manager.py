@@ -11,7 +11,7 @@ import collections
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -82,7 +82,8 @@ class CallManager:
         self._nursery = nursery
         self.max_calls = max_calls
         self.calls: set[Call] = set()
-        self._no_calls: trio.Event | None = None  # set when the last call ends (until_no_calls)
+        # Set when a call ends while someone waits for calls to end (the gateway's stop).
+        self._call_left: trio.Event | None = None
         # Calls in progress per trunk and account, and the calls sent to each trunk per second.
         self.limits = CallLimits(self._limit_of)
         self.statistics = gateway.call_statistics
@@ -231,9 +232,17 @@ class CallManager:
     async def until_no_calls(self) -> None:
         """Return once no call is in progress (the gateway's drain)."""
         while self.calls:
-            self._no_calls = trio.Event()
-            await self._no_calls.wait()
-        self._no_calls = None
+            await self._until_a_call_leaves()
+
+    async def until_ended(self, calls: Collection[Call]) -> None:
+        """Return once every call of ``calls`` has ended (the gateway's stop)."""
+        while not self.calls.isdisjoint(calls):
+            await self._until_a_call_leaves()
+
+    async def _until_a_call_leaves(self) -> None:
+        if self._call_left is None:
+            self._call_left = trio.Event()
+        await self._call_left.wait()
 
     @property
     def lookup_entries(self) -> int:
@@ -370,8 +379,9 @@ class CallManager:
     def forget(self, call: Call) -> None:
         self.limits.release(call)
         self.calls.discard(call)
-        if not self.calls and self._no_calls is not None:
-            self._no_calls.set()
+        if self._call_left is not None:
+            self._call_left.set()
+            self._call_left = None
         if call.taps is not None:
             sip_taps = self.endpoint.sip_taps
             for key in call.taps.sip_dialogs:

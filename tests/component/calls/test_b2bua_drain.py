@@ -1,7 +1,8 @@
 """The gateway's drain (``[gateway] drain_timeout``, Gateway.drain): a graceful stop for an
 upgrade. New calls and OPTIONS get 503 (a trunk's proxy tries its next gateway; its health
 checks take this one out), an emergency call is still served, calls in progress go on and are
-waited for; those left when the time runs out are ended with BYE and ``Reason: SIP;cause=503``.
+waited for; those left when the time runs out are ended with BYE and ``Reason: SIP;cause=503``,
+but for emergency calls, which are waited for still.
 
 Set-up as b2bua_env.py: trunk "carrier" (+1 numbers and 112) at 127.0.0.2, alice registered.
 """
@@ -91,6 +92,33 @@ async def test_calls_left_when_the_drain_runs_out_are_ended_on_both_legs(
     [record] = env.gateway.store.call_records_recent()  # type: ignore[union-attr]
     assert record.end_reason is not None and "gateway shutting down" in record.end_reason
     assert_no_media_ports_held(env)
+
+
+async def test_an_emergency_call_outlasts_the_drain_timeout(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A planned stop must not cut a call to an emergency number: when the time runs out the
+    other calls are ended, and the drain waits on for the emergency call."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier=CARRIER)
+    ordinary = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await ordinary.final()).status == 200
+    emergency = await env.alice.invite("sip:112@127.0.0.1:5060")
+    assert (await emergency.final()).status == 407
+    await emergency.authenticate()
+    assert (await emergency.final()).status == 200
+    drained = await start_drain(nursery, env, timeout=30)
+    await trio.sleep(35)
+    assert env.calls == 1 and not drained.is_set()  # the ordinary call ended at 30 s
+    (bye,) = env.trunk.requests("BYE")
+    assert bye.call_id == ordinary.dialog.call_id and "cause=503" in reason_of(bye)
+    await trio.sleep(600)
+    assert not drained.is_set()  # still waiting for the emergency call
+    assert (await emergency.bye()).status == 200
+    with trio.fail_after(5):
+        await drained.wait()
+    assert env.calls == 0
+    assert len(env.trunk.requests("BYE")) == 2  # the second one relayed: nothing ended by us
+    assert "cause=503" not in reason_of(env.trunk.requests("BYE")[1])
 
 
 async def test_a_call_still_ringing_when_the_drain_runs_out_is_refused_503(
