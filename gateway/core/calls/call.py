@@ -1486,6 +1486,19 @@ class Call:
             )
             await self._answer_pickup(event, refusal)
             return
+        ringing = picked.target.account if picked.target is not None else None
+        if name is not None and name != ringing:
+            # The call moves from the ringing account to the picker's: counted against the
+            # picker's max_calls (a phone at its limit is busy for this call as for any), and
+            # no longer against the account whose phone rang.
+            why = self.manager.limits.take(self, ("account", name))
+            if why is not None:
+                log.info("call %s: pickup by %s refused: at its %s", self.id, name, why)
+                busy = make_response(request, 486, f"Busy Here (account {why})")
+                await self._answer_pickup(event, busy)
+                return
+            if ringing is not None:
+                self.manager.limits.release_one(self, ("account", ringing))
         fields = [("Contact", str(picker.contact)), ("Allow", ALLOW)]
         fields.extend(("Record-Route", rr) for rr in request.headers.get_all("Record-Route"))
         ok = make_response(

@@ -7,6 +7,7 @@ virtual time; RTP on real sockets through the relay."""
 
 from __future__ import annotations
 
+import collections
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
@@ -253,6 +254,41 @@ async def test_pickup_refusals(
     # Once the call has ended: 481.
     gone = await pick_up(bob, replaces_of(dialog))
     assert (await gone.final()).status == 481
+
+
+async def test_a_pickup_moves_the_call_to_the_pickers_max_calls(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    store, calls = env.gateway.store, env.gateway.calls
+    assert store is not None and calls is not None
+    store.accounts_set("alice", max_calls=1)
+    store.accounts_set("bob", max_calls=1)
+    first, ringing_first, dialog = await ringing_alice(env, bob)
+    assert calls.limits.in_progress[("account", "alice")] == 1
+    picked = await pick_up(bob, replaces_of(dialog))
+    assert (await picked.final()).status == 200
+    assert (await first.final()).status == 200
+    cancel = (await env.alice.next_request("CANCEL")).request
+    assert cancel.call_id == ringing_first.call_id
+    # Bob is on the call now, alice is free: a second call rings her, not busy.
+    assert calls.limits.in_progress[("account", "bob")] == 1
+    assert calls.limits.in_progress[("account", "alice")] == 0
+    second = await env.trunk.invite(env.did_uri(ALICE_DID))
+    ringing = await env.alice.next_call()
+    # Bob, at his limit, cannot take that one too: busy, and alice's phone rings on.
+    busy = await pick_up(bob, replaces_of(await early_dialog(bob)))
+    assert ((await busy.final()).status, (await busy.final()).reason) == (
+        486,
+        "Busy Here (account call limit)",
+    )
+    assert await next_within(env.alice, "CANCEL", 1) is None
+    await ringing.answer()
+    assert (await second.final()).status == 200
+    assert (await first.bye()).status == 200
+    assert (await second.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert +calls.limits.in_progress == collections.Counter()
 
 
 async def test_pickup_needs_a_group_with_pickup(
