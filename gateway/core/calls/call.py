@@ -2630,18 +2630,24 @@ class Call:
             return
         leg, uri = made
         transferee = self._leg(transfer.side.other)
+        account: str | None = None
         if leg.peer_kind == "trunk":
             account = transfer.transferor.peer_name or "anonymous"
             user, private = self._account_number(leg, account), False
         else:
             user, private = transferee.shown_as, transferee.private
-        identity = self._identity(leg, user, None, privacy=private)
+        presented = self._identity(leg, user, None, privacy=private)
         transfer.legs.append(leg)
         self._transfer_legs.add(leg)
         trunk = self._leg_trunk(leg)
         if trunk is not None and trunk.response_timeout > 0:  # armed before the send, as in _call_b
             leg.response_deadline = trio.current_time() + trunk.response_timeout
-        await self._send_b_invite(leg, self._new_invite(uri, leg, None, [*identity, *extra]))
+        request = self._new_invite(uri, leg, None, [*presented, *extra])
+        if trunk is not None and account is not None and self.manager.caller_identity:
+            # RFC 8224 §4.1, as for a call's own INVITE: it presents the transferor's number,
+            # so it is signed as that account's call (attestation A for its own DID).
+            request = identity.signed(self, trunk, request, for_account=account)
+        await self._send_b_invite(leg, request)
 
     def _transfer_targets_failed(self) -> tuple[int, str] | None:
         """The failure to report once every device of the target has failed; while some

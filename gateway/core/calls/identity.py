@@ -40,29 +40,33 @@ log = logging.getLogger(__name__)
 MAX_ASSERTED = 2
 
 
-def signed(call: Call, trunk: TrunkConfig, request: Request) -> Request:
+def signed(
+    call: Call, trunk: TrunkConfig, request: Request, *, for_account: str | None = None
+) -> Request:
     """``request``, our INVITE to ``trunk``, with the headers the caller-identity services add
-    (none: as it is)."""
+    (none: as it is). It presents the call's caller, or ``for_account``: the account whose
+    number a transfer's INVITE presents (the transferor's, whoever the transferee is)."""
     caller = call.caller
+    kind, name = ("account", for_account) if for_account is not None else (caller.kind, caller.name)
     plan = call.manager.plan_of(trunk)
     asserted = _numbers(request, plan_reader=lambda user: read_number(plan, user))
     presented = asserted[1:2] or asserted[:1]  # P-Asserted-Identity, else From
     own = False
-    if caller.kind == "account" and presented:
-        dids = [number for number, owner in trunk.dids.items() if owner == caller.name]
+    if kind == "account" and presented:
+        dids = [number for number, owner in trunk.dids.items() if owner == name]
         own = presented[0] in {read_number(plan, number) for number in dids}
     info = TrunkCall(
         call_id=call.id,
         trunk=trunk.name,
-        caller_kind=caller.kind,
-        caller_name=caller.name,
+        caller_kind=kind,
+        caller_name=name,
         calling=tuple(presented),
         called=_called(request.uri, lambda user: read_number(plan, user)),
         own_number=own,
         at=time.time(),
         received_identity=(
             call.a.invite.headers.get_all("Identity")
-            if caller.kind == "trunk" and call.a.invite is not None
+            if kind == "trunk" and call.a.invite is not None
             else ()
         ),
     )

@@ -285,6 +285,27 @@ async def test_an_accounts_call_to_the_trunk_is_signed_with_attestation_a(
     assert caller_identity_record(env) == ["caller number signed for trunk carrier (attestation A)"]
 
 
+async def test_a_transfer_to_the_trunk_is_signed_for_the_transferor(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The carrier's caller, transferred by alice to an outside number: our INVITE to the
+    carrier presents alice's number (carriers take only their customers' numbers), so it is
+    signed as her call, attestation A, like her own calls."""
+    pki = make_pki()
+    env = await start(nursery, tmp_path, voipgw_seed, InjectedStirShaken(pki))
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID))
+    alice_leg = await env.alice.next_call()
+    assert (await incoming.final()).status == 200
+    exchange = await alice_leg.request("REFER", extra=[("Refer-To", "<sip:+15551234@127.0.0.1>")])
+    assert (await exchange.final()).status == 202
+    invite = (await env.trunk.next_call()).invite
+    (value,) = invite.headers.get_all("Identity")
+    _, claims = read_identity(value, pki.signer_key.public_key())
+    assert claims["attest"] == "A"
+    assert claims["orig"] == {"tn": ALICE_DID[1:]}
+    assert claims["dest"] == {"tn": ["15551234"]}
+
+
 async def test_without_the_plugin_nothing_is_signed_or_marked(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
