@@ -1470,6 +1470,20 @@ class Call:
         picker.security = self.manager.leg_security(
             self, Side.B, kind="account", name=name, flow=flow, device=event.caller.device
         )
+        # The picker's leg is one we answer, as A's: its session timer is what our 2xx states
+        # (RFC 4028 §9), refused 400 or 422 as on A's INVITE.
+        picker.allows_update = allows_update(request.headers)
+        try:
+            timer = self._timer_of(request, picker)
+        except RemoteSipError as err:
+            await self._answer_pickup(
+                event, make_response(request, 400, f"Bad Request ({err.reason})")
+            )
+            return
+        if isinstance(timer, IntervalTooSmall):
+            too_small = make_response(request, 422, extra=[("Min-SE", str(timer.min_se))])
+            await self._answer_pickup(event, too_small)
+            return
         try:
             sdp, _ = read_body(request.content_type, request.body)
             if not sdp:
@@ -1499,7 +1513,7 @@ class Call:
                 return
             if ringing is not None:
                 self.manager.limits.release_one(self, ("account", ringing))
-        fields = [("Contact", str(picker.contact)), ("Allow", ALLOW)]
+        fields = [("Contact", str(picker.contact)), ("Allow", ALLOW), *timer.headers()]
         fields.extend(("Record-Route", rr) for rr in request.headers.get_all("Record-Route"))
         ok = make_response(
             request,
@@ -1524,6 +1538,8 @@ class Call:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
+        picker.session_timer = self._started(timer)
+        self.a.session_timer = self._started(self._a_timer)
         await self._answer_a(
             self._a_response(200, body=serialize_sdp(answer_a), extra=self._a_timer.headers())
         )

@@ -291,6 +291,40 @@ async def test_a_pickup_moves_the_call_to_the_pickers_max_calls(
     assert +calls.limits.in_progress == collections.Counter()
 
 
+async def test_a_picked_up_call_keeps_session_timers_on_both_legs(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """RFC 4028: the carrier asks the gateway to refresh (refresher=uas) and the picker's phone
+    asks for a timer of its own; after the pickup both are kept, as for an answered call (a
+    carrier hangs up a session nobody refreshes)."""
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    await watch(bob)
+    await next_doc(bob)
+    env.alice.auto = AutoAnswer(ring=True, status=None)
+    timer = [("Supported", "timer"), ("Allow", "INVITE, ACK, CANCEL, BYE, UPDATE")]
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID), extra=[*timer, ("Session-Expires", "120;refresher=uas")]
+    )
+    await env.alice.next_call()
+    picked = await pick_up(
+        bob, replaces_of(await early_dialog(bob)), extra=[*timer, ("Session-Expires", "300")]
+    )
+    to_bob = await picked.final()
+    assert to_bob.status == 200
+    assert to_bob.headers.get("Session-Expires") == "300;refresher=uac"  # bob refreshes
+    ok = await incoming.final()
+    answered_at = trio.current_time()
+    assert ok.headers.get("Session-Expires") == "120;refresher=uas"  # the gateway refreshes
+    # The gateway refreshes the carrier's leg at half the interval, the call goes on.
+    refresh = await env.trunk.next_request("UPDATE", timeout=70)
+    assert refresh.request.call_id == incoming.call_id
+    assert 59 <= refresh.at - answered_at <= 61
+    # Bob's phone stops refreshing: the gateway gives his session up before it expires.
+    bye = await env.trunk.next_request("BYE", timeout=400)
+    assert "refresh" in (bye.request.headers.get("Reason") or "")
+    await eventually(lambda: env.calls == 0)
+
+
 async def test_pickup_needs_a_group_with_pickup(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
