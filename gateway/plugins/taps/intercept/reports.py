@@ -319,7 +319,7 @@ class Reporter:
         if tasks or destinations:
             description = (
                 f"started: {tasks} task(s) and {destinations} destination(s) restored from the "
-                "store; PDUs queued for delivery when the element stopped were lost"
+                "store; PDUs still queued for delivery when the element stopped, if any, were lost"
             )
         else:
             description = "started with no task or destination stored"
