@@ -261,3 +261,22 @@ async def test_a_report_the_admf_refuses_is_logged_on_the_plugins_logger_and_not
         for r in caplog.records
         if not r.name.startswith("gateway.plugins.taps.intercept") and "report" in r.getMessage()
     ]
+
+
+async def test_an_admf_whose_certificate_our_ca_did_not_issue_gets_no_report(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    ca, _, _ = pki
+    impostor = TestPki(tmp_path / "other").ca("Other CA").issue("admf-1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca.certificate)
+    context.load_cert_chain(impostor.certificate, impostor.key)
+    admf = FakeAdmf(context)
+    await nursery.start(admf.serve)
+    tap = await start_tap(nursery, tmp_path, pki, admf.port)
+    assert tap.reports is not None
+    await trio.sleep(20)
+    assert tap.reports.attempts >= 3  # refused at our end of the handshake, tried again
+    assert admf.reports == [] and tap.reports.sent == 0
