@@ -342,8 +342,12 @@ class Reporter:
             kind, build, done = report
             try:
                 answer = await self._post(kind, build)
-            except (OSError, trio.BrokenResourceError, trio.TooSlowError, X1Error,
-                    h11.ProtocolError, _HttpStatus) as exc:  # fmt: skip
+            except Exception as exc:
+                # Whatever the ADMF or the network did (refused, TLS, a timeout, an answer that
+                # is not X1), or a bug here: this try failed, the next one comes after the
+                # backoff, and interception goes on (STYLE.md habit 6).
+                if not isinstance(exc, _EXPECTED):
+                    log.exception("intercept: a report to the ADMF failed")
                 failures += 1
                 now = trio.current_time()
                 if failures == 1 or now - last_logged >= 60:
@@ -456,6 +460,16 @@ class Reporter:
 
 class _HttpStatus(Exception):
     """The ADMF answered the POST with another status than 200 (tried again)."""
+
+
+_EXPECTED = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.TooSlowError,
+    X1Error,
+    h11.ProtocolError,
+    _HttpStatus,
+)
 
 
 async def _exchange(stream: trio.abc.Stream, endpoint: Endpoint, body: bytes) -> tuple[int, bytes]:
