@@ -23,12 +23,13 @@ A request that is refused gets an ``ErrorResponse`` naming the request type, wit
 ``errorInformation`` (``errorCode``, ``errorDescription``); a document we cannot read at all gets
 an ``X1TopLevelErrorResponse``. Nothing is half-done: a refused request changes nothing.
 
-Sources and what is not verified: the ETSI XSDs were not readable here. Element names come from
-../shared/specs/lawful-intercept.md (several implementations' X1 fixtures agree on them); the
-numeric error codes (:data:`ERROR_CODES`) and the exact shape of the Get*Details and
-X1TopLevelErrorResponse answers are this gateway's, to be checked against the XSD of the
-version an operator's ADMF speaks. Elements are matched by local name, in whatever namespace
-the ADMF puts them.
+Sources and what is not verified: the ETSI texts were not readable here. Element names come from
+../shared/specs/lawful-intercept.md (several implementations' X1 fixtures agree on them) and,
+for the status elements, from the XSD copy named above; the numeric error codes
+(:data:`ERROR_CODES`) and the X1TopLevelErrorResponse answer are this gateway's (that XSD gives
+X1TopLevelErrorResponse the four header fields and no errorInformation), to be checked against
+the XSD of the version an operator's ADMF speaks. Elements are matched by local name, in
+whatever namespace the ADMF puts them.
 
 Untrusted input (STYLE.md habit 5): the document must be UTF-8, at most :data:`MAX_DOCUMENT`
 octets and carry no DTD (no ``<!DOCTYPE``: no entity can be declared, so none can be expanded or
