@@ -280,3 +280,43 @@ async def test_an_admf_whose_certificate_our_ca_did_not_issue_gets_no_report(
     await trio.sleep(20)
     assert tap.reports.attempts >= 3  # refused at our end of the handshake, tried again
     assert admf.reports == [] and tap.reports.sent == 0
+
+
+async def test_a_restart_is_reported_with_what_the_store_restored(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    admf = FakeAdmf(admf_context(pki))
+    await nursery.start(admf.serve)
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    ca, gateway, _ = pki
+    config = InterceptConfig(
+        x1_listen="127.0.0.1:0",
+        x1_certificate=str(gateway.certificate),
+        x1_private_key=str(gateway.key),
+        x1_ca=str(ca.certificate),
+        ne_identifier="gw-test",
+        delivery_tls=False,
+        report_url=f"https://127.0.0.1:{admf.port}/X1",
+        report_admf_identifier="admf-1",
+        state_dir=str(tmp_path / "state"),  # kept in tasks.sqlite
+    )
+    for _ in range(2):  # the first run is provisioned, the second restores it
+        tap = Interception(config)
+        reports = tap.reports
+        assert reports is not None
+        with trio.CancelScope() as running:
+            async with trio.open_nursery() as inner:
+                await inner.start(tap.run)
+                if not tap.provisioning.tasks:
+                    x1(tap, *provision(port))
+                await until(lambda reports=reports: reports.sent >= 1)
+                running.cancel()
+        tap.provisioning.close()
+    first, second = (r.fields["description"] for r in admf.reports if r.kind == NE)
+    assert first == "started with no task or destination stored"
+    assert second.startswith("started: 1 task(s) and 1 destination(s) restored from the store")
+    assert [r.kind for r in admf.reports] == [NE, NE]  # the restored destination works
