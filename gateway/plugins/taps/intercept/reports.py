@@ -21,7 +21,7 @@ TaskReportType: ``AllClear``, ``Warning``, ``NonTerminatingFault``, ``Terminatin
 ``ImplicitDeactivation``, ``FullyActioned...``); ReportNEIssue ``typeOfNeIssueMessage
 (Warning | FaultCleared | FaultReport | Alert), description, issueCode?``; each answered by a
 ``Report...Response`` holding ``oK``. Two independent implementations emit the same: the Go X1
-reporter of omec-project/li (Forsway, x1/report.go: ``NonTerminatingFault`` for an unreachable
+reporter of omec-project/li (Forsway, its package x1: ``NonTerminatingFault`` for an unreachable
 mediation function, ``AllClear`` when it clears, 9020 as the non-terminating fault code of TS
 103 221-1 table 6.7-3) and siphon's Rust X1 codec. A fault here is ``NonTerminatingFault``: the
 task stays active and PDUs flow again when the mediation function is back.
