@@ -200,6 +200,7 @@ async def intercept_env(
     pki: tuple[TestCa, Issued, Issued],
     *,
     numbering: dict[str, Any] | None = None,
+    table: dict[str, Any] | None = None,
 ) -> Env:
     ca, server, client = pki
     mediation = Mediation()
@@ -219,6 +220,7 @@ async def intercept_env(
                 "ne_identifier": "gw-test",
                 "delivery_tls": False,
                 "keepalive_interval": 600.0,
+                **(table or {}),
             },
         },
         alice_auto=None,
@@ -316,6 +318,34 @@ async def test_a_call_attempt_the_target_refuses_is_delivered_too(
     # alice's 486 to us, and ours relaying it to the trunk: both the target's answer.
     assert [p.direction for p in refusals] == [pdu.FROM_TARGET, pdu.FROM_TARGET]
     assert env.x3() == []
+
+
+async def test_an_admf_that_takes_no_reports_changes_nothing_for_calls(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    closed_port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nobody listens there: every report fails and is tried again
+    table = {"report_url": f"https://127.0.0.1:{closed_port}/X1", "admf_identifiers": ["admf-1"]}
+    env = await intercept_env(nursery, tmp_path, voipgw_seed, pki, table=table)
+    reports = env.tap.reports
+    assert reports is not None
+    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    call, talk = await answered_with_media(env)
+    try:
+        await talk.packets(0, 10)
+        await call.bye()
+        await eventually(lambda: env.b2bua.calls == 0)
+    finally:
+        talk.close()
+    await eventually(lambda: len(env.x3()) == 20)
+    await eventually(lambda: any(p.payload.startswith(b"BYE ") for p in env.x2()))
+    await eventually(lambda: reports.attempts >= 3, timeout=30)  # at 0, 1, 3 s
+    assert reports.sent == 0
 
 
 async def test_calls_of_others_deliver_nothing_and_an_x2_only_task_no_media(

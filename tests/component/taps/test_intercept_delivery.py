@@ -214,3 +214,28 @@ async def test_an_address_no_socket_takes_fails_that_link_only(
     nursery.start_soon(link.run)  # a ValueError from the resolver must not escape the link
     await trio.sleep(5)
     assert link.state == "notConnected"
+
+
+async def test_a_links_fault_says_why_delivery_fails_until_it_works_again(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    port = await free_port(nursery)
+    link = link_to(port, queue=10)
+    changes: list[str | None] = []
+    link.on_fault = lambda link: changes.append(link.fault)
+    nursery.start_soon(link.run)
+    await trio.sleep(0.5)
+    assert link.fault is not None and link.fault.startswith(f"cannot connect to 127.0.0.1:{port}")
+    for n in range(25):
+        link.send(x2(n))  # 15 dropped: the reason changes, the link was faulty already
+    assert link.fault == "queue full (10 PDUs): PDUs dropped"
+    mediation = Mediation(port=port)
+    await nursery.start(mediation.serve)
+    await trio.sleep(20)  # connected, the backlog written: working again
+    assert link.state == "connected" and link.fault is None
+    assert len(mediation.of_type(pdu.X2)) == 10
+    assert [change is None for change in changes] == [False, True]  # one fault, one recovery
+    mediation.stop()
+    await trio.sleep(0.5)
+    assert link.fault is not None and link.fault.startswith(("connection lost", "cannot connect"))
+    assert [change is None for change in changes] == [False, True, False]

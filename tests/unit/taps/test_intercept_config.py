@@ -44,6 +44,16 @@ def load(table: dict[str, object]) -> object:
         ({"keepalive_interval": 0.1}, "keepalive_interval", "1 to 3600"),
         ({"queue": 5}, "queue", "10 to 1000000"),
         ({"ne_identifier": ""}, "ne_identifier", "must not be empty"),
+        ({"report_url": "http://10.0.9.2/X1"}, "report_url", "expected https://HOST"),
+        ({"report_url": "https://10.0.9.2:99999/"}, "report_url", "expected https://HOST"),
+        ({"report_url": "https://u:p@10.0.9.2/"}, "report_url", "no user, password"),
+        ({"report_url": "https://10.0.9.2/"}, "report_admf_identifier", "required with"),
+        ({"report_interval": 0.5}, "report_interval", "1 to 3600"),
+        (
+            {"report_url": "https://10.0.9.2/", "admf_identifiers": ["a"], "report_ca": "/no.pem"},
+            "report_ca",
+            "no such file",
+        ),
     ],
 )
 def test_a_bad_table_names_the_key(
@@ -81,3 +91,33 @@ def test_enabling_it_without_a_table_is_an_error_that_says_so() -> None:
             extra=[("intercept", intercept_plugin)],
             installed={},
         )
+
+
+def test_reports_are_off_without_a_url_and_reuse_the_x1_credentials_with_one(
+    credentials: dict[str, object],
+) -> None:
+    without = load(credentials).media_taps.get("intercept")  # type: ignore[attr-defined]
+    assert isinstance(without, intercept_plugin.Interception) and without.reports is None
+    table = {**credentials, "report_url": "https://127.0.0.1:8444/X1", "admf_identifiers": ["a"]}
+    tap = load(table).media_taps.get("intercept")  # type: ignore[attr-defined]
+    assert isinstance(tap, intercept_plugin.Interception) and tap.reports is not None
+    assert (tap.reports.endpoint.host, tap.reports.endpoint.port) == ("127.0.0.1", 8444)
+    assert tap.reports.endpoint.path == "/X1"
+    assert tap.config.report_admf == "a"
+    assert tap.config._file("report_ca") == credentials["x1_ca"]
+
+
+def test_a_report_key_that_does_not_match_its_certificate_is_refused_at_start(
+    credentials: dict[str, object], tmp_path: Path
+) -> None:
+    other = TestPki(tmp_path / "other").ca("Other").issue("other")
+    table = {
+        **credentials,
+        "report_url": "https://127.0.0.1/",
+        "report_admf_identifier": "admf-1",
+        "report_private_key": str(other.key),
+    }
+    with pytest.raises(
+        ConfigError, match="report_certificate, report_private_key, report_ca: cannot be loaded"
+    ):
+        load(table)

@@ -246,7 +246,12 @@ def test_a_destination_in_use_cannot_be_removed() -> None:
 
 
 def test_details_list_what_was_provisioned_and_each_links_state() -> None:
-    x1 = handler(destination_status=lambda did: "connected")
+    faults: dict[str, str | None] = {"destination": None, "task": None, "ne": None}
+    x1 = handler(
+        destination_fault=lambda did: faults["destination"],
+        task_fault=lambda xid: faults["task"],
+        ne_fault=lambda: faults["ne"],
+    )
     x1.handle(
         document(
             message("CreateDestinationRequest", destination()),
@@ -266,17 +271,61 @@ def test_details_list_what_was_provisioned_and_each_links_state() -> None:
         e.text for e in details.iter() if e.tag in (f"{{{NS}}}sipUri", f"{{{NS}}}telUri")
     ]
     assert identifiers == ["sip:alice@example.com", "tel:+4930123456"]
+    assert text(details, "taskResponseDetails/taskStatus/provisioningStatus") == "complete"
+    # The XSD's sequences (TS 103 221-1 v1.23.1): DestinationStatus = destinationDeliveryStatus,
+    # listOfFaults; NeStatusDetails = neStatus, listOfFaults; GetAllDetailsResponse starts
+    # with neStatusDetails.
     (everything,) = responses(x1.handle(document(message("GetAllDetailsRequest"))))
     assert str(DID) in ET.tostring(everything, encoding="unicode")
+    status = "listOfDestinationResponseDetails/destinationResponseDetails/destinationStatus"
+    assert text(everything, status + "/destinationDeliveryStatus") == "activeAndWorking"
+    assert [_local(e.tag) for e in list(everything)[5:]] == [
+        "neStatusDetails",
+        "listOfTaskResponseDetails",
+        "listOfDestinationResponseDetails",
+    ]
+    (ne,) = responses(x1.handle(document(message("GetNEStatusRequest"))))
+    assert response_type(ne) == "GetNEStatusResponse"
+    assert text(ne, "neStatusDetails/neStatus") == "OK"
+    assert list(element_at(ne, "neStatusDetails/listOfFaults")) == []
+
+    faults.update(destination="connection lost: reset", task="no destination", ne="nothing")
+    (destination_details,) = responses(
+        x1.handle(document(message("GetDestinationDetailsRequest", f"<dId>{DID}</dId>")))
+    )
+    status = "destinationResponseDetails/destinationStatus"
+    assert text(destination_details, status + "/destinationDeliveryStatus") == "deliveryFault"
+    fault = status + "/listOfFaults/unresolvedFault"
+    assert text(destination_details, fault + "/errorCode") == "9020"
+    assert text(destination_details, fault + "/errorDescription") == "connection lost: reset"
+    (everything,) = responses(x1.handle(document(message("GetAllDetailsRequest"))))
+    assert text(everything, "neStatusDetails/neStatus") == "Faults"
     assert (
         text(
             everything,
-            "listOfDestinationResponseDetails/destinationResponseDetails/destinationStatus",
+            "listOfTaskResponseDetails/taskResponseDetails/taskStatus/listOfFaults/"
+            "unresolvedFault/errorDescription",
         )
-        == "connected"
+        == "no destination"
     )
-    (status,) = responses(x1.handle(document(message("GetNEStatusRequest"))))
-    assert response_type(status) == "GetNEStatusResponse"
+    assert (
+        text(
+            everything,
+            "listOfDestinationResponseDetails/destinationResponseDetails/destinationStatus/"
+            "destinationDeliveryStatus",
+        )
+        == "deliveryFault"
+    )
+
+
+def element_at(element: ET.Element, path: str) -> ET.Element:
+    found = element.find("/".join(f"{{{NS}}}{step}" for step in path.split("/")))
+    assert found is not None, path
+    return found
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
 
 
 @pytest.mark.parametrize(

@@ -34,10 +34,15 @@ line names the interception, and nothing in what the parties see changes (no hea
 change, no timing: PDUs are queued, never awaited). The plugin's own log lines name XIDs and
 DIDs, never targets. Deployments where even that is too much run the gateway's log at WARNING.
 
-Not done here (say so to the ADMF's operator): POI-to-ADMF reports (ReportTaskIssue and the
-like), target identifier types other than SIP URI, tel URI and E.164 number, RTCP in X3, and
-national handover profiles (the mediation function's business). A task activated during calls
-intercepts those in progress that match from then on (``bind_calls_in_progress``).
+Reports to the ADMF (:mod:`.reports`, only with ``report_url``): a destination whose delivery
+fails and recovers, a task none of whose destinations works, the element's start-up and its
+delivering nothing at all, POSTed over X1 by one task of this plugin, coalesced per destination,
+task and element, never waited for by a call.
+
+Not done here (say so to the ADMF's operator): target identifier types other than SIP URI, tel
+URI and E.164 number, RTCP in X3, and national handover profiles (the mediation function's
+business). A task activated during calls intercepts those in progress that match from then on
+(``bind_calls_in_progress``).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.transport.flows import Address
 from gateway.plugins.taps.intercept import pdu
 from gateway.plugins.taps.intercept.delivery import DeliveryLink
+from gateway.plugins.taps.intercept.reports import Endpoint, Reporter
 from gateway.plugins.taps.intercept.tasks import Destination, Match, Provisioning
 from gateway.plugins.taps.intercept.x1 import X1Handler
 from gateway.plugins.taps.intercept.x1_server import X1Server
@@ -96,6 +102,12 @@ class InterceptConfig:
     pdu_version: int = 5
     keepalive_interval: float = 30.0
     queue: int = 10_000
+    report_url: str = ""
+    report_certificate: str = ""
+    report_private_key: str = ""
+    report_ca: str = ""
+    report_admf_identifier: str = ""
+    report_interval: float = 30.0
     state_dir: str = "./voipgw-state"
 
     def __attrs_post_init__(self) -> None:
@@ -112,7 +124,6 @@ class InterceptConfig:
                     raise ValueError(
                         f"{key}: required while delivery_tls is true (X2/X3 go over mutual TLS)"
                     )
-        self._check_credentials()
         if not self.ne_identifier:
             raise ValueError("ne_identifier: must not be empty")
         if not 0 <= self.pdu_version <= 0xFFFF:
@@ -121,6 +132,16 @@ class InterceptConfig:
             raise ValueError("keepalive_interval: expected 1 to 3600 seconds")
         if not 10 <= self.queue <= 1_000_000:
             raise ValueError("queue: expected 10 to 1000000 PDUs per destination")
+        if not 1.0 <= self.report_interval <= 3600.0:
+            raise ValueError("report_interval: expected 1 to 3600 seconds")
+        if self.report_url:
+            self.report_endpoint  # noqa: B018 - checks it
+            if not self.report_admf:
+                raise ValueError(
+                    "report_admf_identifier: required with report_url (the admfIdentifier "
+                    "the reports carry) unless admf_identifiers lists one"
+                )
+        self._check_credentials()
 
     def _check_credentials(self) -> None:
         """Certificates, keys and CAs load now, so a mistake stops the gateway at start-up
@@ -137,10 +158,19 @@ class InterceptConfig:
                     self.delivery_ssl_context,
                 )
             )
+        if self.report_url:
+            groups.append(
+                (
+                    "report_certificate",
+                    "report_private_key",
+                    "report_ca",
+                    self.report_ssl_context,
+                )
+            )
         for certificate, private_key, ca, load in groups:
             for key in (certificate, private_key, ca):
-                if not Path(getattr(self, key)).is_file():
-                    raise ValueError(f"{key}: no such file: {getattr(self, key)}")
+                if not Path(self._file(key)).is_file():
+                    raise ValueError(f"{key}: no such file: {self._file(key)}")
             try:
                 load()
             except (OSError, ssl.SSLError) as exc:
@@ -162,6 +192,38 @@ class InterceptConfig:
                 f"x1_listen: expected ADDRESS:PORT (e.g. 192.0.2.10:8443), not {self.x1_listen!r}"
             ) from None
         return host, port
+
+    def _file(self, key: str) -> str:
+        """A certificate, key or CA file; the ``report_*`` ones default to the ``x1_*`` ones
+        (the ADMF we serve is the one we report to)."""
+        value: str = getattr(self, key)
+        if not value and key.startswith("report_"):
+            value = getattr(self, "x1_" + key.removeprefix("report_"))
+        return value
+
+    @property
+    def report_endpoint(self) -> Endpoint:
+        try:
+            return Endpoint.parse(self.report_url)
+        except ValueError as exc:
+            raise ValueError(f"report_url: {exc}") from None
+
+    @property
+    def report_admf(self) -> str:
+        """The admfIdentifier our reports carry."""
+        if self.report_admf_identifier:
+            return self.report_admf_identifier
+        return self.admf_identifiers[0] if self.admf_identifiers else ""
+
+    def report_ssl_context(self) -> ssl.SSLContext:
+        """Our client certificate towards the ADMF's X1 server, whose certificate the
+        ``report_ca`` must have issued for the host in ``report_url``."""
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=self._file("report_ca")
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self._file("report_certificate"), self._file("report_private_key"))
+        return context
 
     def x1_ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.x1_ca)
@@ -202,8 +264,25 @@ class Interception:
             ne_identifier=config.ne_identifier,
             admf_identifiers=config.admf_identifiers,
             wall_clock=wall_clock,
-            destination_status=self._link_state,
+            destination_fault=self.destination_fault,
+            task_fault=self.task_fault,
+            ne_fault=self.ne_fault,
         )
+        self.reports: Reporter | None = None
+        if config.report_url:
+            self.reports = Reporter(
+                config.report_endpoint,
+                config.report_ssl_context(),
+                admf_identifier=config.report_admf,
+                ne_identifier=config.ne_identifier,
+                interval=config.report_interval,
+                destination_faults=lambda: {
+                    did: self.destination_fault(did) for did in self.provisioning.destinations
+                },
+                task_faults=lambda: {xid: self.task_fault(xid) for xid in self.provisioning.tasks},
+                ne_fault=self.ne_fault,
+                wall_clock=wall_clock,
+            )
         self._link_generation = -1
         self._nursery: trio.Nursery | None = None
         self._delivery_context: ssl.SSLContext | None = None
@@ -327,6 +406,11 @@ class Interception:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._reconcile()  # the destinations kept from before the restart
+            if self.reports is not None:
+                self.reports.started(
+                    len(self.provisioning.tasks), len(self.provisioning.destinations)
+                )
+                nursery.start_soon(self.reports.run)
             server = X1Server(self.config.x1_ssl_context(), self._handle_x1, server="voipgw")
             self.x1_server = server
             host, port = self.config.x1_address
@@ -342,6 +426,8 @@ class Interception:
             # destinations now, before any call's next PDU looks for them.
             if self.provisioning.generation != self._link_generation:
                 self._reconcile()
+            if self.reports is not None:
+                self.reports.notify()  # tasks and destinations may have come or gone
             if self.provisioning.task_generation != tasks_before and self._ask_again is not None:
                 # A task activated or modified: calls already in progress to or from a new
                 # target are intercepted from now on (they were not when they started).
@@ -391,12 +477,40 @@ class Interception:
         )
         if sequences is not None:
             link.sequences.update(sequences)
+        if self.reports is not None:
+            reports = self.reports
+            link.on_fault = lambda link: reports.notify()
         self.links[destination.did] = link
         nursery.start_soon(link.run)
 
-    def _link_state(self, did: uuid.UUID) -> str:
+    # -- health: what GetDestinationDetails / GetNEStatus answer and the reports say ----------
+
+    def destination_fault(self, did: uuid.UUID) -> str | None:
+        """Why delivery to destination ``did`` fails now, or None while it works."""
         link = self.links.get(did)
-        return link.state if link is not None else "notConnected"
+        if link is None:
+            return None if self._nursery is None else "no delivery link"
+        return link.fault
+
+    def task_fault(self, xid: uuid.UUID) -> str | None:
+        """A task can be honoured while one of its destinations works; with none working its
+        PDUs reach no mediation function (they wait in the queues, or are dropped)."""
+        task = self.provisioning.tasks.get(xid)
+        if task is None or not task.dids:
+            return None
+        faults = [self.destination_fault(did) for did in task.dids]
+        if any(fault is None for fault in faults):
+            return None
+        return "no destination of the task is delivering: " + "; ".join(
+            f"{did}: {fault}" for did, fault in zip(task.dids, faults, strict=True)
+        )
+
+    def ne_fault(self) -> str | None:
+        """The element delivers nothing at all: every destination a task uses is faulty."""
+        used = {did for task in self.provisioning.tasks.values() for did in task.dids}
+        if not used or any(self.destination_fault(did) is None for did in used):
+            return None
+        return f"no mediation function is reachable: all {len(used)} destination(s) in use fail"
 
 
 def correlation_id(call_id: str) -> int:

@@ -17,6 +17,13 @@ send a keepalive; if the acknowledgement (which echoes its sequence number) has 
 another interval the connection is taken as dead and is made again. The mediation function's own
 keepalives are acknowledged. A link that cannot connect tries again after 1, 2, 4 ... up to 30
 seconds; each failure after the first is logged at most once a minute.
+
+Health (:attr:`DeliveryLink.fault`): why delivery fails now, or None while it works. A link is
+faulty from a failed connection attempt (refused, TLS, timeout) or a lost connection until a
+connection is made, and from a PDU dropped because the queue was full until the queue is empty
+again. That one value answers GetDestinationDetails and decides the reports to the ADMF
+(:mod:`.reports`), so the two cannot disagree; ``on_fault`` (set only when reports are sent)
+hears each change between working and faulty.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import logging
 import math
 import ssl
 import uuid
+from collections.abc import Callable
 
 import trio
 
@@ -67,6 +75,11 @@ class DeliveryLink:
         self._keepalive_sequence = 0
         self._awaiting_ack: int | None = None
         self._closed = False
+        self.fault: str | None = None
+        """Why delivery fails now (None: it works); see the module docstring."""
+        self.on_fault: Callable[[DeliveryLink], object] | None = None
+        """Told when :attr:`fault` turns from None to a reason or back (reports to the ADMF)."""
+        self._overflow = False  # a PDU was dropped for a full queue, and it has not emptied since
 
     def next_sequence(self, xid: uuid.UUID) -> int:
         """The sequence number of the next PDU of task ``xid`` on this link."""
@@ -79,8 +92,24 @@ class DeliveryLink:
         counted)."""
         try:
             self._send.send_nowait(pdu)
-        except (trio.WouldBlock, trio.ClosedResourceError):
+        except trio.WouldBlock:
             self.dropped += 1
+            if not self._overflow:  # once per overflow, not per PDU dropped
+                self._overflow = True
+                self._set_fault(self._overflow_reason())
+        except trio.ClosedResourceError:
+            self.dropped += 1  # removed by X1: nothing to report about a destination now gone
+
+    def _overflow_reason(self) -> str:
+        return f"queue full ({self._send.statistics().max_buffer_size} PDUs): PDUs dropped"
+
+    def _set_fault(self, reason: str | None) -> None:
+        """Record why delivery fails now (None: it works); tell ``on_fault`` of a change between
+        working and faulty (a new reason for a link already faulty is no news)."""
+        changed = (reason is None) != (self.fault is None)
+        self.fault = reason
+        if changed and self.on_fault is not None and not self._closed:
+            self.on_fault(self)
 
     def close(self) -> None:
         """The destination was removed or changed: no more PDUs. :meth:`run` sends what the
@@ -104,6 +133,7 @@ class DeliveryLink:
                 # the X1 server and the other links go on (each link its own boundary).
                 failures += 1
                 self.state = "notConnected"
+                self._set_fault(f"cannot connect to {host}:{port}: {exc or type(exc).__name__}")
                 now = trio.current_time()
                 if failures == 1 or now - last_logged >= 60:
                     log.warning(
@@ -124,6 +154,7 @@ class DeliveryLink:
             backoff, failures = 1.0, 0
             self.connections += 1
             self.state = "connected"
+            self._set_fault(self._overflow_reason() if self._overflow else None)
             log.info("intercept: connected to destination %s", self.destination.did)
             try:
                 await self._serve(stream)
@@ -142,8 +173,10 @@ class DeliveryLink:
                     self.destination.did,
                     str(exc) or type(exc).__name__,
                 )
+                self._set_fault(f"connection lost: {str(exc) or type(exc).__name__}")
             except Exception:
                 log.exception("intercept: destination %s failed", self.destination.did)
+                self._set_fault("connection failed")
             await trio.aclose_forcefully(stream)
             self.state = "notConnected"
 
@@ -199,6 +232,10 @@ class DeliveryLink:
             else:
                 self.sent += 1
             await self._send_within(stream, lock, data)
+            if self._overflow and self._receive.statistics().current_buffer_used == 0:
+                # The backlog is written: PDUs flow again, with a gap the sequence numbers show.
+                self._overflow = False
+                self._set_fault(None)
 
     async def _read(
         self,

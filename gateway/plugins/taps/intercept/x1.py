@@ -10,16 +10,26 @@ in order. Every message carries the same header: ``admfIdentifier``, ``neIdentif
   GetDestinationDetails;
 - GetAllDetails, GetNEStatus, Ping, Keepalive.
 
+Status answers (GetDestinationDetails, GetTaskDetails, GetNEStatus, GetAllDetails) carry the
+XSD's status elements (TS 103 221-1 XSD v1.23.1, as bundled by siphon-project/siphon-sip):
+``destinationStatus`` = ``destinationDeliveryStatus`` (``activeAndWorking`` or
+``deliveryFault``) and ``listOfFaults``; ``taskStatus`` = ``provisioningStatus`` and
+``listOfFaults``; ``neStatusDetails`` = ``neStatus`` (``OK`` or ``Faults``) and
+``listOfFaults``, each fault an ``unresolvedFault`` (``errorCode``, ``errorDescription``). The
+faults come from the same state the reports to the ADMF are made of (:mod:`.reports`), so a
+destination reported faulty is answered ``deliveryFault`` for as long as it is.
+
 A request that is refused gets an ``ErrorResponse`` naming the request type, with an
 ``errorInformation`` (``errorCode``, ``errorDescription``); a document we cannot read at all gets
 an ``X1TopLevelErrorResponse``. Nothing is half-done: a refused request changes nothing.
 
-Sources and what is not verified: the ETSI XSDs were not readable here. Element names come from
-../shared/specs/lawful-intercept.md (several implementations' X1 fixtures agree on them); the
-numeric error codes (:data:`ERROR_CODES`) and the exact shape of the Get*Details and
-X1TopLevelErrorResponse answers are this gateway's, to be checked against the XSD of the
-version an operator's ADMF speaks. Elements are matched by local name, in whatever namespace
-the ADMF puts them.
+Sources and what is not verified: the ETSI texts were not readable here. Element names come from
+../shared/specs/lawful-intercept.md (several implementations' X1 fixtures agree on them) and,
+for the status elements, from the XSD copy named above; the numeric error codes
+(:data:`ERROR_CODES`) and the X1TopLevelErrorResponse answer are this gateway's (that XSD gives
+X1TopLevelErrorResponse the four header fields and no errorInformation), to be checked against
+the XSD of the version an operator's ADMF speaks. Elements are matched by local name, in
+whatever namespace the ADMF puts them.
 
 Untrusted input (STYLE.md habit 5): the document must be UTF-8, at most :data:`MAX_DOCUMENT`
 octets and carry no DTD (no ``<!DOCTYPE``: no entity can be declared, so none can be expanded or
@@ -60,6 +70,8 @@ ERROR_CODES = {
     "unsupported": 1003,  # a request type or target type we do not handle
     "refused": 1004,  # the state does not allow it (no such task, in use, exists already)
 }
+
+NON_TERMINATING_FAULT = 9020  # errorCode of a fault (TS 103 221-1 table 6.7-3, omec-project/li)
 
 _HEADER = ("admfIdentifier", "neIdentifier", "messageTimestamp", "version", "x1TransactionId")
 
@@ -111,8 +123,9 @@ class X1Handler:
     """Answers X1 documents by changing :class:`Provisioning`.
 
     ``ne_identifier``: our name; messages for another NE are refused. ``admf_identifiers``: the
-    ADMFs we take requests from (empty: any that passed the TLS client check). ``destination_
-    status(did) -> str`` says whether a destination's link is up (for Get*Details)."""
+    ADMFs we take requests from (empty: any that passed the TLS client check).
+    ``destination_fault(did)``, ``task_fault(xid)``, ``ne_fault()``: why delivery fails now,
+    or None while it works (for the Get*Details status elements)."""
 
     def __init__(
         self,
@@ -121,13 +134,17 @@ class X1Handler:
         ne_identifier: str,
         admf_identifiers: tuple[str, ...] = (),
         wall_clock: Callable[[], float],
-        destination_status: Callable[[uuid.UUID], str] = lambda did: "unknown",
+        destination_fault: Callable[[uuid.UUID], str | None] = lambda did: None,
+        task_fault: Callable[[uuid.UUID], str | None] = lambda xid: None,
+        ne_fault: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.provisioning = provisioning
         self.ne_identifier = ne_identifier
         self.admf_identifiers = admf_identifiers
         self._wall_clock = wall_clock
-        self._destination_status = destination_status
+        self._destination_fault = destination_fault
+        self._task_fault = task_fault
+        self._ne_fault = ne_fault
         self.changes = 0
         """Requests that changed the provisioning (a caller reconciles its links after one)."""
 
@@ -202,7 +219,7 @@ class X1Handler:
         task = self.provisioning.tasks.get(xid)
         if task is None:
             raise ProvisioningError(f"no task {xid}")
-        return _task_response(task)
+        return self._task_response(task)
 
     def _create_destination(self, message: ET.Element) -> str:
         self.provisioning.create_destination(_destination(_required(message, "destinationDetails")))
@@ -232,18 +249,19 @@ class X1Handler:
         return self._destination_response(destination)
 
     def _all_details(self, message: ET.Element) -> str:
-        tasks = "".join(_task_response(task) for task in self.provisioning.tasks.values())
+        tasks = "".join(self._task_response(task) for task in self.provisioning.tasks.values())
         destinations = "".join(
             self._destination_response(d) for d in self.provisioning.destinations.values()
         )
         return (
+            f"{self._ne_status_details()}"
             f"<listOfTaskResponseDetails>{tasks}</listOfTaskResponseDetails>"
             f"<listOfDestinationResponseDetails>{destinations}"
             "</listOfDestinationResponseDetails>"
         )
 
     def _ne_status(self, message: ET.Element) -> str:
-        return "<nEStatusDetails><nEStatus>OK</nEStatus></nEStatusDetails>"
+        return self._ne_status_details()
 
     def _ping(self, message: ET.Element) -> str:
         return _ok()
@@ -268,13 +286,23 @@ class X1Handler:
     # -- answers --------------------------------------------------------------------------------
 
     def _destination_response(self, destination: Destination) -> str:
-        status = self._destination_status(destination.did)
+        fault = self._destination_fault(destination.did)
+        status = "activeAndWorking" if fault is None else "deliveryFault"
         return (
             "<destinationResponseDetails>"
             f"{_destination_xml(destination)}"
-            f"<destinationStatus>{escape(status)}</destinationStatus>"
+            f"<destinationStatus><destinationDeliveryStatus>{status}</destinationDeliveryStatus>"
+            f"{_faults(fault)}</destinationStatus>"
             "</destinationResponseDetails>"
         )
+
+    def _task_response(self, task: Task) -> str:
+        return _task_response(task, self._task_fault(task.xid))
+
+    def _ne_status_details(self) -> str:
+        fault = self._ne_fault()
+        status = "OK" if fault is None else "Faults"
+        return f"<neStatusDetails><neStatus>{status}</neStatus>{_faults(fault)}</neStatusDetails>"
 
     def _message(self, response_type: str, header: dict[str, str], body: str) -> str:
         return (
@@ -411,7 +439,18 @@ def _error_information(err: X1Error) -> str:
     )
 
 
-def _task_response(task: Task) -> str:
+def _faults(fault: str | None) -> str:
+    """A ``listOfFaults``: empty, or the one fault now (a non-terminating one: the task or
+    destination stays and delivers again once the fault clears)."""
+    if fault is None:
+        return "<listOfFaults/>"
+    return (
+        f"<listOfFaults><unresolvedFault><errorCode>{NON_TERMINATING_FAULT}</errorCode>"
+        f"<errorDescription>{escape(fault)}</errorDescription></unresolvedFault></listOfFaults>"
+    )
+
+
+def _task_response(task: Task, fault: str | None) -> str:
     targets = "".join(
         f"<targetIdentifier><{t.kind}>{escape(t.value)}</{t.kind}></targetIdentifier>"
         for t in task.targets
@@ -422,7 +461,7 @@ def _task_response(task: Task) -> str:
         f"<xId>{task.xid}</xId><targetIdentifiers>{targets}</targetIdentifiers>"
         f"<deliveryType>{task.delivery_type}</deliveryType><listOfDIDs>{dids}</listOfDIDs>"
         "</taskDetails><taskStatus><provisioningStatus>complete</provisioningStatus>"
-        "</taskStatus></taskResponseDetails>"
+        f"{_faults(fault)}</taskStatus></taskResponseDetails>"
     )
 
 

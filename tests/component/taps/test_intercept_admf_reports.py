@@ -1,0 +1,322 @@
+"""Reports to the ADMF (intercept/reports.py) from a running tap, in virtual time: a fake ADMF
+over mutual TLS and a mediation function on 127.0.0.1.
+
+- a mediation function that goes away and comes back: one fault and one all-clear report per
+  scope (destination, task, element), and GetDestinationDetails says deliveryFault meanwhile;
+- one that flaps within ``report_interval``: still one fault and one all-clear;
+- an ADMF that is unreachable: tried again with backoff, delivery goes on, and the reports
+  arrive once it is up; one that refuses: logged on the plugin's logger, not sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from gateway.plugins.taps.intercept import InterceptConfig, Interception, pdu
+from gateway.plugins.taps.intercept.tasks import Provisioning
+from tests.component.taps.admf import FakeAdmf
+from tests.component.taps.mediation import Mediation
+from tests.interop.harness.pki import Issued, TestCa, TestPki
+
+NS = "http://uri.etsi.org/03221/X1/2017/10"
+XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
+DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
+DESTINATION, TASK, NE = (
+    "ReportDestinationIssueRequest",
+    "ReportTaskIssueRequest",
+    "ReportNEIssueRequest",
+)
+
+
+def message(kind: str, body: str) -> str:
+    return (
+        f'<x1RequestMessage xsi:type="{kind}"><admfIdentifier>admf-1</admfIdentifier>'
+        "<neIdentifier>gw-test</neIdentifier><messageTimestamp>2026-11-29T10:00:00.000000Z"
+        "</messageTimestamp><version>v1.13.1</version>"
+        f"<x1TransactionId>{uuid.uuid4()}</x1TransactionId>{body}</x1RequestMessage>"
+    )
+
+
+def provision(port: int) -> list[str]:
+    return [
+        message(
+            "CreateDestinationRequest",
+            f"<destinationDetails><dId>{DID}</dId><deliveryType>X2andX3</deliveryType>"
+            "<deliveryAddress><ipAddressAndPort><address><IPv4Address>127.0.0.1</IPv4Address>"
+            f"</address><port><TCPPort>{port}</TCPPort></port></ipAddressAndPort>"
+            "</deliveryAddress></destinationDetails>",
+        ),
+        message(
+            "ActivateTaskRequest",
+            f"<taskDetails><xId>{XID}</xId><targetIdentifiers><targetIdentifier><sipUri>"
+            "sip:alice@example.com</sipUri></targetIdentifier></targetIdentifiers>"
+            f"<deliveryType>X2andX3</deliveryType><listOfDIDs><dId>{DID}</dId></listOfDIDs>"
+            "</taskDetails>",
+        ),
+    ]
+
+
+def x1(tap: Interception, *messages: str) -> str:
+    """An X1 document through the tap, as its X1 server hands it over."""
+    body = (
+        f'<X1Request xmlns="{NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        + "".join(messages)
+        + "</X1Request>"
+    ).encode()
+    answer = tap._handle_x1(body).decode()
+    assert "ErrorResponse" not in answer, answer
+    return answer
+
+
+def delivery_status(tap: Interception) -> str:
+    answer = x1(tap, message("GetDestinationDetailsRequest", f"<dId>{DID}</dId>"))
+    start = answer.index("<destinationDeliveryStatus>") + len("<destinationDeliveryStatus>")
+    return answer[start : answer.index("<", start)]
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> tuple[TestCa, Issued, Issued]:
+    test_pki = TestPki(tmp_path / "pki")
+    ca = test_pki.ca("LI CA")
+    return ca, ca.issue("gw-test"), ca.issue("admf-1")
+
+
+def admf_context(pki: tuple[TestCa, Issued, Issued]) -> ssl.SSLContext:
+    ca, _, admf = pki
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca.certificate)
+    context.load_cert_chain(admf.certificate, admf.key)
+    context.verify_mode = ssl.CERT_REQUIRED  # the POI must present its certificate
+    return context
+
+
+async def start_tap(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+    admf_port: int,
+    **table: Any,
+) -> Interception:
+    ca, gateway, _ = pki
+    config = InterceptConfig(
+        x1_listen="127.0.0.1:0",
+        x1_certificate=str(gateway.certificate),
+        x1_private_key=str(gateway.key),
+        x1_ca=str(ca.certificate),
+        ne_identifier="gw-test",
+        delivery_tls=False,
+        keepalive_interval=600.0,
+        report_url=f"https://127.0.0.1:{admf_port}/X1",
+        report_admf_identifier="admf-1",
+        state_dir=str(tmp_path / "state"),
+        **table,
+    )
+    tap = Interception(config, provisioning=Provisioning(None))
+    await nursery.start(tap.run)
+    return tap
+
+
+async def until(predicate: Any, seconds: float = 60.0) -> None:
+    """Wait in virtual time until ``predicate()`` holds."""
+    with trio.fail_after(seconds):
+        while not predicate():
+            await trio.sleep(0.5)
+
+
+async def test_a_mediation_function_that_goes_away_and_comes_back_is_reported_once_each_way(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    admf = FakeAdmf(admf_context(pki))
+    await nursery.start(admf.serve)
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    tap = await start_tap(nursery, tmp_path, pki, admf.port)
+    await until(lambda: admf.of(NE) == ["Warning"])  # the start-up report
+    assert "started with no task or destination stored" in admf.reports[0].fields["description"]
+    subject = dict(item for rdn in admf.peer_certificates[0]["subject"] for item in rdn)  # type: ignore[attr-defined]
+    assert subject["commonName"] == "gw-test"  # our client certificate (mutual TLS)
+    x1(tap, *provision(port))
+    await until(lambda: tap.links[DID].state == "connected")
+    assert delivery_status(tap) == "activeAndWorking"
+    await trio.sleep(60)
+    assert len(admf.reports) == 1  # a working destination is not reported
+
+    mediation.stop()
+    await until(lambda: admf.of(DESTINATION) == ["NonTerminatingFault"])
+    fault = next(r for r in admf.reports if r.kind == DESTINATION)
+    assert fault.fields["dId"] == str(DID)
+    assert fault.fields["destinationIssueErrorCode"] == "9020"
+    assert fault.fields["destinationIssueDetails"].startswith(("connection lost", "cannot connect"))
+    assert delivery_status(tap) == "deliveryFault"  # what was reported is what X1 answers
+    await until(lambda: admf.of(TASK, str(XID)) == ["NonTerminatingFault"])
+    await until(lambda: admf.of(NE) == ["Warning", "FaultReport"])
+    assert "<neStatus>Faults</neStatus>" in x1(tap, message("GetNEStatusRequest", ""))
+    link = tap.links[DID]
+    link.send(b"queued while the MDF is away")  # delivery goes on queueing
+
+    again = Mediation(port=port)
+    await nursery.start(again.serve)
+    await until(lambda: link.state == "connected")
+    assert delivery_status(tap) == "activeAndWorking"
+    await until(lambda: admf.of(DESTINATION) == ["NonTerminatingFault", "AllClear"])
+    await until(lambda: admf.of(TASK) == ["NonTerminatingFault", "AllClear"])
+    await until(lambda: admf.of(NE) == ["Warning", "FaultReport", "FaultCleared"])
+    await trio.sleep(300)
+    assert len(admf.reports) == 7  # nothing more while it works
+    assert "<neStatus>OK</neStatus>" in x1(tap, message("GetNEStatusRequest", ""))
+
+
+async def test_a_flapping_mediation_function_is_reported_faulty_once_and_clear_once(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    admf = FakeAdmf(admf_context(pki))
+    await nursery.start(admf.serve)
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    tap = await start_tap(nursery, tmp_path, pki, admf.port, report_interval=120.0)
+    x1(tap, *provision(port))
+    await until(lambda: tap.links[DID].state == "connected")
+    link = tap.links[DID]
+    for _ in range(3):  # down and up three times within the interval
+        connections = link.connections
+        mediation.stop()
+        await until(lambda: link.fault is not None)
+        mediation = Mediation(port=port)
+        await nursery.start(mediation.serve)
+        await until(lambda before=connections: link.connections > before)
+    assert admf.of(DESTINATION) == ["NonTerminatingFault"]
+    await trio.sleep(200)
+    assert admf.of(DESTINATION) == ["NonTerminatingFault", "AllClear"]
+
+
+async def test_an_unreachable_admf_is_tried_again_and_delivery_goes_on(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    closed = FakeAdmf(admf_context(pki))
+    admf_port = await nursery.start(closed.serve)
+    closed.stop()  # nobody listens there now
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    tap = await start_tap(nursery, tmp_path, pki, admf_port)
+    assert tap.reports is not None
+    x1(tap, *provision(port))
+    await until(lambda: tap.links[DID].state == "connected")
+    await trio.sleep(40)
+    # Tried at 0, 1, 3, 7, 15, 31 s (backoff 1, 2, 4 ... 60 s), never acknowledged.
+    assert 5 <= tap.reports.attempts <= 7 and tap.reports.sent == 0
+    link = tap.links[DID]
+    link.send(pdu.keepalive(7, version=5))  # a PDU of a call: it does not wait for the ADMF
+    await until(lambda: any(p.sequence == 7 for p in mediation.of_type(pdu.KEEPALIVE)))
+    attempts = tap.reports.attempts
+
+    admf = FakeAdmf(admf_context(pki), port=admf_port)
+    await nursery.start(admf.serve)
+    await until(lambda: admf.of(NE) == ["Warning"], 120)
+    assert tap.reports.attempts == attempts + 1
+    assert "started with no task" in admf.reports[0].fields["description"]
+    unreachable = [r for r in caplog.records if "cannot report to the ADMF" in r.getMessage()]
+    assert unreachable and all(
+        r.name == "gateway.plugins.taps.intercept.reports" for r in unreachable
+    )
+    assert len(unreachable) <= 2  # the first failure, then at most once a minute
+
+
+async def test_a_report_the_admf_refuses_is_logged_on_the_plugins_logger_and_not_sent_again(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    admf = FakeAdmf(admf_context(pki), refuse=True)
+    await nursery.start(admf.serve)
+    tap = await start_tap(nursery, tmp_path, pki, admf.port)
+    assert tap.reports is not None
+    await until(lambda: tap.reports is not None and tap.reports.refused == 1)
+    await trio.sleep(300)
+    assert len(admf.reports) == 1 and tap.reports.attempts == 1
+    (refusal,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert refusal.name == "gateway.plugins.taps.intercept.reports"
+    assert "1080 'not now'" in refusal.getMessage()
+    assert not [
+        r
+        for r in caplog.records
+        if not r.name.startswith("gateway.plugins.taps.intercept") and "report" in r.getMessage()
+    ]
+
+
+async def test_an_admf_whose_certificate_our_ca_did_not_issue_gets_no_report(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    ca, _, _ = pki
+    impostor = TestPki(tmp_path / "other").ca("Other CA").issue("admf-1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca.certificate)
+    context.load_cert_chain(impostor.certificate, impostor.key)
+    admf = FakeAdmf(context)
+    await nursery.start(admf.serve)
+    tap = await start_tap(nursery, tmp_path, pki, admf.port)
+    assert tap.reports is not None
+    await trio.sleep(20)
+    assert tap.reports.attempts >= 3  # refused at our end of the handshake, tried again
+    assert admf.reports == [] and tap.reports.sent == 0
+
+
+async def test_a_restart_is_reported_with_what_the_store_restored(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+) -> None:
+    admf = FakeAdmf(admf_context(pki))
+    await nursery.start(admf.serve)
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    ca, gateway, _ = pki
+    config = InterceptConfig(
+        x1_listen="127.0.0.1:0",
+        x1_certificate=str(gateway.certificate),
+        x1_private_key=str(gateway.key),
+        x1_ca=str(ca.certificate),
+        ne_identifier="gw-test",
+        delivery_tls=False,
+        report_url=f"https://127.0.0.1:{admf.port}/X1",
+        report_admf_identifier="admf-1",
+        state_dir=str(tmp_path / "state"),  # kept in tasks.sqlite
+    )
+    for _ in range(2):  # the first run is provisioned, the second restores it
+        tap = Interception(config)
+        reports = tap.reports
+        assert reports is not None
+        with trio.CancelScope() as running:
+            async with trio.open_nursery() as inner:
+                await inner.start(tap.run)
+                if not tap.provisioning.tasks:
+                    x1(tap, *provision(port))
+                await until(lambda reports=reports: reports.sent >= 1)
+                running.cancel()
+        tap.provisioning.close()
+    first, second = (r.fields["description"] for r in admf.reports if r.kind == NE)
+    assert first == "started with no task or destination stored"
+    assert second.startswith("started: 1 task(s) and 1 destination(s) restored from the store")
+    assert [r.kind for r in admf.reports] == [NE, NE]  # the restored destination works
