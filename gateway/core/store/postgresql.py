@@ -25,6 +25,12 @@ round trip. Theory of operation:
   caller's thread: the call fails at once with :class:`StoreUnavailable` (a REGISTER is answered
   503, as for a busy SQLite store) and the background thread reconnects. The CLI, which has no
   thread, connects when it is called.
+- Call limits (migration 2, :class:`PostgresCallLimits`). A trunk's or account's
+  ``max_calls`` holds for every node: a row per call held against a limited key, taken by one
+  function call that locks the key, counts and inserts, so two nodes cannot both take the last;
+  a heartbeat row per node, whose holds stop counting once it is not seen for
+  :data:`NODE_TIMEOUT`. What a node does when this does not answer is the call manager's
+  (``gateway/core/calls/limits.py``: it counts alone).
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused.
 
