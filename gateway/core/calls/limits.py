@@ -109,6 +109,9 @@ class CallLimits:
         self.store_failing = False
         self._unsynced: set[Hold] = set()
         self._unreleased: set[Hold] = set()
+        # Of the unsynced, those certainly not in the database (never sent to it): given back,
+        # they need no DELETE, so an outage keeps only the holds of calls still up.
+        self._local_only: set[Hold] = set()
         self.counted_locally: collections.Counter[Key] = collections.Counter()
         """Calls counted against a shared limit by this node alone (the database did not
         answer), by key, since the start: for monitoring."""
@@ -214,12 +217,13 @@ class CallLimits:
         if held is None:
             held = self._holds[holder] = (next(self._hold_numbers), [])
         hold = (held[0], key)
-        taken = False
+        taken = asked = False
         if not self.store_failing:
+            asked = True
             try:
                 taken = self.shared.take(held[0], key, max_calls, exempt=exempt)
             except StoreError as exc:
-                self._failed(exc)
+                self._failed(exc)  # whether the row was written is not known
             else:
                 self._unreleased.discard(hold)  # a row left from before is this hold again
         if self.store_failing:
@@ -227,6 +231,8 @@ class CallLimits:
             # calls of each node stay within the limit (docs/configuration.md, [store]).
             taken = exempt or self.in_progress[key] < max_calls
             if taken:
+                if not asked and hold not in self._unreleased:
+                    self._local_only.add(hold)
                 self._unreleased.discard(hold)
                 self._unsynced.add(hold)
                 self.counted_locally[key] += 1
@@ -239,6 +245,13 @@ class CallLimits:
     def _release_shared(self, holds: Sequence[Hold]) -> None:
         assert self.shared is not None
         self._unsynced.difference_update(holds)
+        if self._local_only:
+            never_sent = [hold for hold in holds if hold in self._local_only]
+            if never_sent:
+                self._local_only.difference_update(never_sent)
+                holds = [hold for hold in holds if hold not in never_sent]
+                if not holds:
+                    return
         if not self.store_failing:
             try:
                 self.shared.release(holds)
@@ -272,6 +285,7 @@ class CallLimits:
             self._failed(exc)
             return
         self._unsynced.difference_update(add)
+        self._local_only.difference_update(add)
         self._unreleased.difference_update(remove)
         if self.store_failing:
             self.store_failing = False
