@@ -3,7 +3,8 @@
 Values are frozen attrs classes; the :class:`Store` protocol is what the core calls. SQLite
 (:mod:`gateway.core.store.sqlite`) is the default; PostgreSQL
 (:mod:`gateway.core.store.postgresql`) implements the same protocol so several nodes can share
-accounts and registrations (ARCHITECTURE.md "Scale"); ``[store]`` chooses
+accounts and registrations, and count call limits together (:class:`SharedCallLimits`;
+ARCHITECTURE.md "Scale"); ``[store]`` chooses
 (:mod:`gateway.core.store.backends`).
 
 The API is synchronous: SQLite answers in microseconds, PostgreSQL serves the reads every call
