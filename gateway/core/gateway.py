@@ -326,6 +326,13 @@ class Gateway:
                         "%d call record change(s) not saved: the store stayed busy",
                         records.pending,
                     )
+            shared = self.store.shared_call_limits()
+            if shared is not None:
+                try:
+                    shared.stop()  # no calls left: this node's holds and heartbeat go
+                except StoreError as exc:
+                    # Its next start drops the holds; until then its heartbeat ages out.
+                    log.warning("call limits: this node's holds not removed: %s", exc)
             self.store.close()
 
     async def _start(self, nursery: trio.Nursery) -> None:
@@ -334,6 +341,10 @@ class Gateway:
         ended = self.store.call_records_end_unfinished(time.time(), "gateway stopped")
         if ended:
             log.info("%d call(s) left up by the previous run marked ended", ended)
+        shared = self.store.shared_call_limits()
+        if shared is not None:
+            # Likewise their holds on the cluster's call limits (PostgreSQL): they ended too.
+            shared.start()
         for spec in self.config.listen_specs:
             transport = self.transport_for(spec)
             listener: Listener = await nursery.start(transport.serve, spec, self)

@@ -682,7 +682,10 @@ class TrunkCounts:
     """One configured trunk: its calls in progress, its ``max_calls`` (0: none) and the calls
     refused since the start because it was at its ``max_calls`` or its ``max_cps``; whether its
     OPTIONS probes find it up (None: not probed), whether the gateway is registered with it
-    (None: it does not register), and the calls that failed on it and went to the next trunk."""
+    (None: it does not register), and the calls that failed on it and went to the next trunk.
+    With a store shared by several nodes, ``calls_in_progress`` is this node's, and
+    ``counted_alone`` the calls this node counted against ``max_calls`` by itself because the
+    database did not answer (the cluster's count is in the database)."""
 
     name: str
     calls_in_progress: int
@@ -692,6 +695,7 @@ class TrunkCounts:
     up: bool | None = None
     registered: bool | None = None
     failovers: int = 0
+    counted_alone: int = 0
 
 
 @attrs.frozen

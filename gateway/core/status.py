@@ -261,12 +261,13 @@ class StatusView:
         for trunk in self._gateway.config.trunks:
             key = ("trunk", trunk.name)
             if manager is None:
-                in_progress = refused_limit = refused_rate = 0
+                in_progress = refused_limit = refused_rate = counted_alone = 0
             else:
                 limits = manager.limits
                 in_progress = limits.in_progress[key]
                 refused_limit = limits.refused[(key, "call limit")]
                 refused_rate = limits.refused[(key, "call rate")]
+                counted_alone = limits.counted_locally[key]
             probed = trunk.enabled and trunk.options_interval > 0
             registration = self._gateway.trunk_registrations.get(trunk.name)
             found.append(
@@ -279,6 +280,7 @@ class StatusView:
                     up=self._gateway.trunk_health.is_up(trunk.name) if probed else None,
                     registered=registration.registered if registration is not None else None,
                     failovers=manager.failovers[trunk.name] if manager is not None else 0,
+                    counted_alone=counted_alone,
                 )
             )
         return tuple(found)

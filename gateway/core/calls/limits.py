@@ -5,15 +5,32 @@ A carrier's trunk has so many channels and often a calls-per-second cap, and ref
 what goes past them; an account's limit bounds what a compromised phone can run up, and makes a
 one-line user busy while on a call. Sans-IO: the call manager asks with the time; a call is
 counted once per trunk or account and given back when it ends.
+
+Nodes sharing a PostgreSQL store count ``max_calls`` for the cluster: a key with a limit is
+counted in the database (``SharedCallLimits``, one round trip per take and per release), every
+other key in memory only, as on one node. ``max_cps`` is paced per node. When the database does
+not answer, this node counts its own calls against each limit (fail open: at most the limit per
+node, never unlimited, and never a call outage because the database is), writes those holds
+once it answers again and retries releases it missed; the heartbeat is what asks it again.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
+
+from gateway.core.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from gateway.core.store.interface import Hold, SharedCallLimits
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # ("trunk" | "account", name)
 
@@ -46,31 +63,61 @@ class CallRate:
     def burst(self) -> float:
         return max(1.0, self.per_second)
 
-    def allow(self, now: float) -> bool:
+    def ready(self, now: float) -> bool:
+        """Whether a call may go at ``now`` (nothing spent: see :meth:`spend`)."""
         if self.updated != -math.inf:
             self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.per_second)
         self.updated = now
-        if self.tokens < 1.0:
-            return False
+        return self.tokens >= 1.0
+
+    def spend(self) -> None:
         self.tokens -= 1.0
+
+    def allow(self, now: float) -> bool:
+        if not self.ready(now):
+            return False
+        self.spend()
         return True
 
 
 class CallLimits:
     """The calls in progress per trunk and account, and each trunk's call rate. ``limit_of``
-    reads the configured :class:`Limit` of a key (it may change while the gateway runs)."""
+    reads the configured :class:`Limit` of a key (it may change while the gateway runs).
+    ``shared``: the store's count for the cluster (PostgreSQL), used for keys with a
+    ``max_calls``; None: every key counted here (one node)."""
 
-    def __init__(self, limit_of: Callable[[Key], Limit]) -> None:
+    def __init__(
+        self, limit_of: Callable[[Key], Limit], shared: SharedCallLimits | None = None
+    ) -> None:
         self._limit_of = limit_of
+        self.shared = shared
+        # This node's calls in progress per key (with a shared store, the cluster's are in the
+        # database; these are what the status view shows, and what a node counts alone while
+        # the database does not answer).
         self.in_progress: collections.Counter[Key] = collections.Counter()
         # Calls refused since the start, by key and why ("call limit", "call rate"): counted
         # on refusals only, for monitoring (gateway/core/status.py).
         self.refused: collections.Counter[tuple[Key, str]] = collections.Counter()
         self._counted: dict[object, list[Key]] = {}
         self._rates: dict[Key, CallRate] = {}
+        # With ``shared``: each holder's hold number and the keys it holds in the database.
+        self._holds: dict[object, tuple[int, list[Key]]] = {}
+        self._hold_numbers = itertools.count(1)
+        # While the database does not answer (``store_failing``): holds counted here only, to
+        # be written, and holds given back that it did not hear of, to be deleted, by the next
+        # heartbeat it answers (:meth:`beat`).
+        self.store_failing = False
+        self._unsynced: set[Hold] = set()
+        self._unreleased: set[Hold] = set()
+        # Of the unsynced, those certainly not in the database (never sent to it): given back,
+        # they need no DELETE, so an outage keeps only the holds of calls still up.
+        self._local_only: set[Hold] = set()
+        self.counted_locally: collections.Counter[Key] = collections.Counter()
+        """Calls counted against a shared limit by this node alone (the database did not
+        answer), by key, since the start: for monitoring."""
 
     def has_room(self, key: Key) -> bool:
-        """Whether one more call fits ``key``'s ``max_calls``."""
+        """Whether one more call fits ``key``'s ``max_calls`` on this node."""
         limit = self._limit_of(key).max_calls
         return not limit or self.in_progress[key] < limit
 
@@ -95,21 +142,46 @@ class CallLimits:
         emergency call) is counted whatever the limits say: it takes a channel, never waits
         for one. ``count_refusal`` False: a refusal is not counted yet (the caller may still
         take it as exempt, or count it with :meth:`refuse`)."""
-        counted = self._counted.setdefault(holder, [])
-        if key in counted:
+        counted = self._counted.get(holder)
+        if counted is not None and key in counted:
             return None
-        if not exempt and not self.has_room(key):
-            return self.refuse(key, "call limit") if count_refusal else "call limit"
-        per_second = self._limit_of(key).max_cps
-        if per_second and now is not None and not exempt:
+        limit = self._limit_of(key)
+        rate: CallRate | None = None
+        if limit.max_cps and now is not None and not exempt:
             rate = self._rates.get(key)
-            if rate is None or rate.per_second != per_second:
-                rate = self._rates[key] = CallRate(per_second)
-            if not rate.allow(now):
-                return self.refuse(key, "call rate") if count_refusal else "call rate"
+            if rate is None or rate.per_second != limit.max_cps:
+                rate = self._rates[key] = CallRate(limit.max_cps)
+        why: str | None = None
+        if limit.max_calls and self.shared is not None:
+            # The cluster's count. Paced first, so a call refused for the rate costs the
+            # database nothing (with both past, the rate is the reason given).
+            if rate is not None and now is not None and not rate.ready(now):
+                why = "call rate"
+            elif not self._take_shared(holder, key, limit.max_calls, exempt):
+                why = "call limit"
+            elif rate is not None:
+                rate.spend()
+        elif not exempt and limit.max_calls and self.in_progress[key] >= limit.max_calls:
+            why = "call limit"
+        elif rate is not None and now is not None and not rate.allow(now):
+            why = "call rate"
+        if why is not None:
+            return self.refuse(key, why) if count_refusal else why
+        if counted is None:
+            counted = self._counted[holder] = []
         counted.append(key)
         self.in_progress[key] += 1
         return None
+
+    def hand_over(self, holder: object, to: object) -> None:
+        """What ``holder`` counted is ``to``'s now (an INVITE's counts, taken before its call
+        existed, become the call's)."""
+        counted = self._counted.pop(holder, None)
+        if counted is not None:
+            self._counted[to] = counted
+        held = self._holds.pop(holder, None)
+        if held is not None:
+            self._holds[to] = held
 
     def release_one(self, holder: object, key: Key) -> None:
         """``holder`` no longer occupies ``key`` (a trunk that failed, which the call left for
@@ -121,6 +193,10 @@ class CallLimits:
         self.in_progress[key] -= 1
         if not self.in_progress[key]:
             del self.in_progress[key]
+        held = self._holds.get(holder)
+        if held is not None and key in held[1]:
+            held[1].remove(key)
+            self._release_shared([(held[0], key)])
 
     def release(self, holder: object) -> None:
         """``holder`` has ended: give back everything it counted against."""
@@ -128,3 +204,93 @@ class CallLimits:
             self.in_progress[key] -= 1
             if not self.in_progress[key]:
                 del self.in_progress[key]
+        held = self._holds.pop(holder, None)
+        if held is not None and held[1]:
+            number, keys = held
+            self._release_shared([(number, key) for key in keys])
+
+    # -- counted for the cluster (``shared``) ----------------------------------------------
+
+    def _take_shared(self, holder: object, key: Key, max_calls: int, exempt: bool) -> bool:
+        assert self.shared is not None
+        held = self._holds.get(holder)
+        if held is None:
+            held = self._holds[holder] = (next(self._hold_numbers), [])
+        hold = (held[0], key)
+        taken = asked = False
+        if not self.store_failing:
+            asked = True
+            try:
+                taken = self.shared.take(held[0], key, max_calls, exempt=exempt)
+            except StoreError as exc:
+                self._failed(exc)  # whether the row was written is not known
+            else:
+                self._unreleased.discard(hold)  # a row left from before is this hold again
+        if self.store_failing:
+            # Fail open on this node's own count: a database outage is no call outage, and the
+            # calls of each node stay within the limit (docs/configuration.md, [store]).
+            taken = exempt or self.in_progress[key] < max_calls
+            if taken:
+                if not asked and hold not in self._unreleased:
+                    self._local_only.add(hold)
+                self._unreleased.discard(hold)
+                self._unsynced.add(hold)
+                self.counted_locally[key] += 1
+        if taken:
+            held[1].append(key)
+        elif not held[1]:
+            del self._holds[holder]
+        return taken
+
+    def _release_shared(self, holds: Sequence[Hold]) -> None:
+        assert self.shared is not None
+        self._unsynced.difference_update(holds)
+        if self._local_only:
+            never_sent = [hold for hold in holds if hold in self._local_only]
+            if never_sent:
+                self._local_only.difference_update(never_sent)
+                holds = [hold for hold in holds if hold not in never_sent]
+                if not holds:
+                    return
+        if not self.store_failing:
+            try:
+                self.shared.release(holds)
+            except StoreError as exc:
+                self._failed(exc)
+            else:
+                return
+        # Deleted by the next heartbeat the database answers (a take whose answer was lost
+        # may have written its row after all: deleting a row that is not there is harmless).
+        self._unreleased.update(holds)
+
+    def _failed(self, exc: StoreError) -> None:
+        if not self.store_failing:
+            log.warning(
+                "call limits: the database did not answer (%s): max_calls counted on this node "
+                "only until it does",
+                exc,
+            )
+        self.store_failing = True
+
+    def beat(self) -> None:
+        """Tell the cluster this node is alive (every ``shared.heartbeat_interval``), writing
+        what it counted alone and giving back what it could not while the database did not
+        answer; until it answers, keep counting here."""
+        if self.shared is None:
+            return
+        add, remove = sorted(self._unsynced), sorted(self._unreleased)
+        try:
+            self.shared.beat(add, remove)
+        except StoreError as exc:
+            self._failed(exc)
+            return
+        self._unsynced.difference_update(add)
+        self._local_only.difference_update(add)
+        self._unreleased.difference_update(remove)
+        if self.store_failing:
+            self.store_failing = False
+            log.info(
+                "call limits: the database answers again: max_calls counted for the cluster "
+                "(%d call(s) counted on this node alone written)",
+                len(add),
+            )

@@ -85,7 +85,11 @@ class CallManager:
         # Set when a call ends while someone waits for calls to end (the gateway's stop).
         self._call_left: trio.Event | None = None
         # Calls in progress per trunk and account, and the calls sent to each trunk per second.
-        self.limits = CallLimits(self._limit_of)
+        # With a store shared by several nodes, keys with a max_calls are counted for them all.
+        shared = gateway.store.shared_call_limits() if gateway.store is not None else None
+        self.limits = CallLimits(self._limit_of, shared)
+        if shared is not None:
+            nursery.start_soon(self._beat, shared.heartbeat_interval)
         self.statistics = gateway.call_statistics
         """Call counters for monitoring services; None (nothing counted) without one."""
         self._by_dialog: dict[DialogKey, tuple[Call, Side]] = {}
@@ -123,6 +127,13 @@ class CallManager:
         if self.records is not None:
             nursery.start_soon(self.records.run)
 
+    async def _beat(self, interval: float) -> None:
+        """This node's heartbeat for the cluster's call limits (CallLimits.beat): a node not
+        heard from for a few intervals is taken for dead and its calls stop counting."""
+        while True:
+            await trio.sleep(interval)
+            self.limits.beat()
+
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run what a call leaves behind when it ends (seeing its BYE through a trunk's
         challenge) in the manager's nursery, which lives as long as the gateway."""
@@ -154,24 +165,26 @@ class CallManager:
                 self._pick_up(transaction, request, flow, caller, replaces)
                 return
         counted = (caller.kind, caller.name) if caller.name is not None else None
-        exempt = False
-        if counted is not None and not self.limits.has_room(counted):
-            exempt = self.is_emergency_call(request, caller)
-        if counted is not None and not exempt and not self.limits.has_room(counted):
-            self.limits.refuse(counted, "call limit")
-            # A trunk past its channels: 503, its proxy tries its next route. An account past
-            # its own limit: 403, nothing else would get it through.
-            status, reason = (
-                (503, "Service Unavailable (trunk call limit)")
-                if caller.kind == "trunk"
-                else (403, "Forbidden (account call limit)")
-            )
-            refusal = make_response(request, status, reason)
-            self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
-            return
+        if counted is not None:
+            # Counted before the call exists (by its transaction, handed over to it below).
+            why = self.limits.take(transaction, counted, count_refusal=False)
+            if why is not None and self.is_emergency_call(request, caller):
+                why = self.limits.take(transaction, counted, exempt=True)
+            if why is not None:
+                self.limits.refuse(counted, why)
+                # A trunk past its channels: 503, its proxy tries its next route. An account
+                # past its own limit: 403, nothing else would get it through.
+                status, reason = (
+                    (503, "Service Unavailable (trunk call limit)")
+                    if caller.kind == "trunk"
+                    else (403, "Forbidden (account call limit)")
+                )
+                refusal = make_response(request, status, reason)
+                self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+                return
         call = Call(self, transaction, request, flow, caller)
         if counted is not None:
-            self.limits.take(call, counted, exempt=exempt)
+            self.limits.hand_over(transaction, call)
         self.calls.add(call)
         self._by_invite[transaction] = call
         key = (request.call_id, call.a.local_tag)

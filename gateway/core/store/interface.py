@@ -3,7 +3,8 @@
 Values are frozen attrs classes; the :class:`Store` protocol is what the core calls. SQLite
 (:mod:`gateway.core.store.sqlite`) is the default; PostgreSQL
 (:mod:`gateway.core.store.postgresql`) implements the same protocol so several nodes can share
-accounts and registrations (ARCHITECTURE.md "Scale"); ``[store]`` chooses
+accounts and registrations, and count call limits together (:class:`SharedCallLimits`;
+ARCHITECTURE.md "Scale"); ``[store]`` chooses
 (:mod:`gateway.core.store.backends`).
 
 The API is synchronous: SQLite answers in microseconds, PostgreSQL serves the reads every call
@@ -148,8 +149,54 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
+LimitKey = tuple[str, str]  # ("trunk" | "account", name), as gateway/core/calls/limits.py
+Hold = tuple[int, LimitKey]  # (a call's hold number on this node, the key it holds)
+
+
+class SharedCallLimits(Protocol):
+    """``max_calls`` counted for every node sharing the store (PostgreSQL): each call a node
+    counts against a limited trunk or account is a hold row the others see (docs/architecture.md
+    "Scale"). The call manager's :class:`~gateway.core.calls.limits.CallLimits` uses it for keys
+    with a limit only; every method is one or two round trips and raises :class:`StoreError`
+    when the database does not answer within ``statement_timeout``."""
+
+    heartbeat_interval: float
+    """Seconds between :meth:`beat` calls: a node not seen for a few of them is taken for dead
+    and its holds no longer count."""
+
+    def start(self) -> None:
+        """This node starts: drop the holds its previous run left (it was killed, its calls
+        ended with it) and say it is alive."""
+        ...
+
+    def take(self, hold: int, key: LimitKey, limit: int, *, exempt: bool = False) -> bool:
+        """Hold one of ``key``'s ``limit`` calls in progress for this node's ``hold`` if one is
+        free across the cluster, atomically (two nodes cannot both take the last); True when
+        held. ``exempt`` (an emergency call): held whatever the count."""
+        ...
+
+    def release(self, holds: Sequence[Hold]) -> None:
+        """Give these holds of this node back (those it does not have: nothing happens)."""
+        ...
+
+    def beat(self, add: Sequence[Hold] = (), remove: Sequence[Hold] = ()) -> None:
+        """Say this node is alive, and in the same transaction write the holds it counted in
+        memory only while the database was out of reach (``add``) and drop those whose release
+        did not reach it (``remove``)."""
+        ...
+
+    def stop(self) -> None:
+        """This node stops: its holds and its heartbeat go."""
+        ...
+
+
 class Store(Protocol):
     """Everything the core keeps across restarts. Errors are :class:`StoreError` subclasses."""
+
+    def shared_call_limits(self) -> SharedCallLimits | None:
+        """How ``max_calls`` is counted across nodes sharing this store; None: each node
+        counts its own calls, in memory (SQLite: one node)."""
+        ...
 
     # -- accounts ---------------------------------------------------------------------------
 

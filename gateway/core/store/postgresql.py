@@ -25,6 +25,12 @@ round trip. Theory of operation:
   caller's thread: the call fails at once with :class:`StoreUnavailable` (a REGISTER is answered
   503, as for a busy SQLite store) and the background thread reconnects. The CLI, which has no
   thread, connects when it is called.
+- Call limits (migration 2, :class:`PostgresCallLimits`). A trunk's or account's
+  ``max_calls`` holds for every node: a row per call held against a limited key, taken by one
+  function call that locks the key, counts and inserts, so two nodes cannot both take the last;
+  a heartbeat row per node, whose holds stop counting once it is not seen for
+  :data:`NODE_TIMEOUT`. What a node does when this does not answer is the call manager's
+  (``gateway/core/calls/limits.py``: it counts alone).
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused.
 
@@ -64,6 +70,9 @@ from gateway.core.store.interface import (
     CallRecord,
     CertificateMatch,
     Credential,
+    Hold,
+    LimitKey,
+    SharedCallLimits,
     Store,
 )
 
@@ -263,7 +272,63 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         ),
     ),
+    (
+        2,
+        (
+            # max_calls counted for the cluster (docs/architecture.md "Scale"): a row per call a
+            # node counts against a limited trunk or account ("call" numbers the node's calls),
+            # and each node's heartbeat, on the server's clock (the nodes' may disagree).
+            """CREATE TABLE call_limit_holds (
+                node TEXT NOT NULL,
+                call BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                PRIMARY KEY (node, call, kind, name)
+            )""",
+            "CREATE INDEX call_limit_holds_key ON call_limit_holds (kind, name)",
+            """CREATE TABLE call_limit_nodes (
+                node TEXT PRIMARY KEY,
+                seen_at TIMESTAMPTZ NOT NULL
+            )""",
+            # One statement, so one round trip, from a node in autocommit: its own transaction.
+            # The advisory lock (one per key; released at commit, after the insert is visible)
+            # makes takers of one key wait for each other, and the count after it sees every
+            # hold committed before it was granted: a VOLATILE function's statements each take
+            # a fresh snapshot under READ COMMITTED (PostgreSQL docs §38.7), whereas a single
+            # statement would count from a snapshot taken before it waited. Holds of nodes not
+            # seen for node_timeout seconds (killed) do not count; this node's always do.
+            """CREATE FUNCTION voipgw_take_call_slot(
+                taker TEXT, hold BIGINT, key_kind TEXT, key_name TEXT, max_calls INTEGER,
+                exempt BOOLEAN, node_timeout DOUBLE PRECISION
+            ) RETURNS BOOLEAN LANGUAGE plpgsql VOLATILE AS $$
+            DECLARE
+                held BIGINT;
+            BEGIN
+                PERFORM pg_advisory_xact_lock(1987012972, hashtext(key_kind || ':' || key_name));
+                IF NOT exempt THEN
+                    SELECT COUNT(*) INTO held FROM call_limit_holds h
+                    WHERE h.kind = key_kind AND h.name = key_name
+                    AND (h.node = taker OR EXISTS (
+                        SELECT 1 FROM call_limit_nodes n WHERE n.node = h.node
+                        AND n.seen_at > clock_timestamp() - make_interval(secs => node_timeout)));
+                    IF held >= max_calls THEN
+                        RETURN FALSE;
+                    END IF;
+                END IF;
+                INSERT INTO call_limit_holds (node, call, kind, name)
+                VALUES (taker, hold, key_kind, key_name) ON CONFLICT DO NOTHING;
+                RETURN TRUE;
+            END $$""",
+        ),
+    ),
 )
+
+HEARTBEAT_INTERVAL = 2.0
+"""Seconds between a node's heartbeats (``call_limit_nodes``), sent by the call manager."""
+
+NODE_TIMEOUT = 10.0
+"""A node not seen for this long (five heartbeats) is taken for dead: its holds stop counting
+against the cluster's limits (its calls ended with it)."""
 
 
 def _check_migrations(migrations: Sequence[Migration]) -> None:
@@ -363,6 +428,77 @@ class _Server:
 _MISSING: Any = object()
 
 
+class PostgresCallLimits:
+    """``max_calls`` counted for the cluster in ``call_limit_holds`` (migration 2): the
+    :class:`~gateway.core.store.interface.SharedCallLimits` of a :class:`PostgresStore`. Called
+    on the event loop through the store's connection, under its ``statement_timeout``."""
+
+    heartbeat_interval = HEARTBEAT_INTERVAL
+
+    def __init__(self, store: PostgresStore, node_timeout: float = NODE_TIMEOUT) -> None:
+        self._store = store
+        self.node_timeout = node_timeout
+
+    def start(self) -> None:
+        with self._store._session(transaction=True) as db:
+            db.execute("DELETE FROM call_limit_holds WHERE node = %s", (self._store.node,))
+            _beat(db, self._store.node)
+
+    def take(self, hold: int, key: LimitKey, limit: int, *, exempt: bool = False) -> bool:
+        with self._store._session() as db:
+            row = db.execute(
+                "SELECT voipgw_take_call_slot(%s, %s, %s, %s, %s, %s, %s)",
+                (self._store.node, hold, key[0], key[1], limit, exempt, self.node_timeout),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def release(self, holds: Sequence[Hold]) -> None:
+        if holds:
+            with self._store._session() as db:
+                _delete_holds(db, self._store.node, holds)
+
+    def beat(self, add: Sequence[Hold] = (), remove: Sequence[Hold] = ()) -> None:
+        node = self._store.node
+        with self._store._session(transaction=bool(add or remove)) as db:
+            if remove:
+                _delete_holds(db, node, remove)
+            if add:
+                calls, kinds, names = _hold_arrays(add)
+                db.execute(
+                    "INSERT INTO call_limit_holds (node, call, kind, name)"
+                    " SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[])"
+                    " ON CONFLICT DO NOTHING",
+                    (node, calls, kinds, names),
+                )
+            _beat(db, node)
+
+    def stop(self) -> None:
+        with self._store._session(transaction=True) as db:
+            db.execute("DELETE FROM call_limit_holds WHERE node = %s", (self._store.node,))
+            db.execute("DELETE FROM call_limit_nodes WHERE node = %s", (self._store.node,))
+
+
+def _beat(db: psycopg.Connection[Any], node: str) -> None:
+    db.execute(
+        "INSERT INTO call_limit_nodes (node, seen_at) VALUES (%s, clock_timestamp())"
+        " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at",
+        (node,),
+    )
+
+
+def _hold_arrays(holds: Sequence[Hold]) -> tuple[list[int], list[str], list[str]]:
+    return [h for h, _ in holds], [k[0] for _, k in holds], [k[1] for _, k in holds]
+
+
+def _delete_holds(db: psycopg.Connection[Any], node: str, holds: Sequence[Hold]) -> None:
+    calls, kinds, names = _hold_arrays(holds)
+    db.execute(
+        "DELETE FROM call_limit_holds WHERE node = %s AND (call, kind, name) IN"
+        " (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[]))",
+        (node, calls, kinds, names),
+    )
+
+
 class PostgresStore:
     """A :class:`~gateway.core.store.interface.Store` in PostgreSQL. Use :meth:`open`."""
 
@@ -393,6 +529,7 @@ class PostgresStore:
         self._registrations: dict[str, tuple[Binding, ...]] = {}  # by AOR
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.call_limits = PostgresCallLimits(self)
         if listen:
             self._thread = threading.Thread(
                 target=self._listen, name="postgresql store listener", daemon=True
@@ -451,6 +588,10 @@ class PostgresStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    def shared_call_limits(self) -> SharedCallLimits | None:
+        """Counted for every node in ``call_limit_holds``: see :class:`PostgresCallLimits`."""
+        return self.call_limits
 
     def schema_version(self) -> int:
         with self._session() as db:

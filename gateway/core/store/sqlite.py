@@ -58,6 +58,7 @@ from gateway.core.store.interface import (
     CallRecord,
     CertificateMatch,
     Credential,
+    SharedCallLimits,
     Store,
 )
 
@@ -244,6 +245,10 @@ class SqliteStore:
 
     def __repr__(self) -> str:
         return f"<SqliteStore {str(self.path)!r}>"
+
+    def shared_call_limits(self) -> SharedCallLimits | None:
+        """None: one node, whose calls are counted in memory (CallLimits)."""
+        return None
 
     def close(self) -> None:
         if self._checkpointer is not None:

@@ -313,6 +313,15 @@ def _trunks(out: Exposition, status: GatewayStatus) -> None:
         out.sample(trunk.refused_call_limit, [("trunk", trunk.name), ("limit", "max_calls")])
         out.sample(trunk.refused_call_rate, [("trunk", trunk.name), ("limit", "max_cps")])
     out.family(
+        "voipgw_trunk_calls_counted_alone_total",
+        "counter",
+        "Calls this node counted against a trunk's max_calls alone: the shared store did not"
+        " answer.",
+    )
+    for trunk in trunks:
+        if trunk.max_calls:
+            out.sample(trunk.counted_alone, [("trunk", trunk.name)])
+    out.family(
         "voipgw_trunk_up",
         "gauge",
         "1 while a probed trunk answers its OPTIONS, 0 while routing skips it (options_interval).",

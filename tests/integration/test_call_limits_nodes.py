@@ -1,0 +1,150 @@
+"""Two ``voipgw run`` nodes sharing one PostgreSQL store count a trunk's ``max_calls`` together:
+with ``max_calls = 1``, the carrier's call ringing through node A makes node B refuse the
+carrier's next call with 503 (trunk call limit), and once the first call ends node B takes one.
+
+The carrier is a UDP socket on 127.0.0.1 (recognised as the trunk by its address); alice's
+phone registers through node A and is rung by either node at its contact (as in
+test_postgresql_nodes.py)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pgcluster import Cluster
+
+from gateway.core.sip.message import Request, make_response
+from gateway.core.sip.serializer import serialize_message
+from gateway.testing.sip_agent import simple_sdp
+from tests.integration.test_postgresql_nodes import (
+    ACCOUNTS,
+    ack_for,
+    address_of,
+    final_response,
+    port_of,
+    receive,
+    register_status,
+    udp_socket,
+)
+from tests.interop.harness import GatewayProcess
+
+Nodes = tuple[GatewayProcess, GatewayProcess, socket.socket]
+
+
+@pytest.fixture
+def two_nodes_and_a_carrier(
+    tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
+) -> Iterator[Nodes]:
+    password_file = tmp_path / "db-password"
+    password_file.write_text(postgres_cluster.password + "\n")
+    password_file.chmod(0o600)
+    with udp_socket() as carrier:
+        trunk = f"""
+[[trunks]]
+name = "carrier"
+address = "udp:127.0.0.1:{port_of(carrier)}"
+max_calls = 1
+"""
+
+        def node(name: str, accounts: dict[str, str]) -> GatewayProcess:
+            store = {
+                "backend": "postgresql",
+                "dsn": postgres_cluster.dsn(postgres_database, with_password=False),
+                "password_file": str(password_file),
+                "node": name,
+            }
+            return GatewayProcess(
+                tmp_path / name,
+                accounts=accounts,
+                settings={"store": store},
+                extra_toml=trunk,
+                digest_algorithms=("MD5",),
+            )
+
+        node_a = node("node-a", {"alice": ACCOUNTS["alice"]})
+        node_b = node("node-b", {})
+        with node_a, node_b:
+            yield node_a, node_b, carrier
+
+
+def carrier_invite(carrier: socket.socket, node: GatewayProcess, number: int) -> str:
+    """The carrier's INVITE for alice, its call ``number`` (distinct Call-ID and branch)."""
+    here = f"127.0.0.1:{port_of(carrier)}"
+    uri = f"sip:alice@127.0.0.1:{node.port}"
+    body = simple_sdp("127.0.0.1", 41000 + 2 * number)
+    lines = [
+        f"INVITE {uri} SIP/2.0",
+        f"Via: SIP/2.0/UDP {here};branch=z9hG4bKcarrier{number};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:+4930555{number}@{here}>;tag=carrier-{number}",
+        f"To: <{uri}>",
+        f"Call-ID: carrier-call-{number}@127.0.0.1",
+        "CSeq: 1 INVITE",
+        f"Contact: <sip:+4930555{number}@{here}>",
+        "Content-Type: application/sdp",
+        f"Content-Length: {len(body)}",
+    ]
+    carrier.sendto(("\r\n".join(lines) + "\r\n\r\n").encode() + body, address_of(node))
+    return uri
+
+
+def rung(phone: socket.socket) -> tuple[Request, tuple[str, int]]:
+    """The next INVITE the phone gets, answered 180 Ringing."""
+    while True:
+        message, source = receive(phone)
+        if isinstance(message, Request) and message.method == "INVITE":
+            ringing = make_response(message, 180, "Ringing", to_tag="phone")
+            phone.sendto(serialize_message(ringing), source)
+            return message, source
+
+
+def busy(phone: socket.socket, invite: Request, source: tuple[str, int]) -> None:
+    phone.sendto(serialize_message(make_response(invite, 486, "Busy Here", to_tag="phone")), source)
+
+
+def holds(cluster: Cluster, database: str) -> list[tuple[object, ...]]:
+    return cluster.admin("SELECT node, kind, name FROM call_limit_holds ORDER BY node", database)
+
+
+def test_a_trunks_max_calls_holds_for_the_two_nodes_together(
+    two_nodes_and_a_carrier: Nodes, postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    node_a, node_b, carrier = two_nodes_and_a_carrier
+    with udp_socket() as phone:
+        assert register_status(node_a, phone, 1) == 200
+        # The carrier's first call rings alice through node A: the trunk's one channel.
+        first_uri = carrier_invite(carrier, node_a, 1)
+        first, first_source = rung(phone)
+        assert first_source == address_of(node_a)
+        assert holds(postgres_cluster, postgres_database) == [("node-a", "trunk", "carrier")]
+
+        # Its second call, through node B, finds the channel taken on node A.
+        second_uri = carrier_invite(carrier, node_b, 2)
+        refused = final_response(carrier)
+        assert refused.status == 503
+        assert refused.reason == "Service Unavailable (trunk call limit)"
+        carrier.sendto(ack_for(refused, second_uri), address_of(node_b))
+
+        # The first call ends (alice is busy): its hold goes with it.
+        busy(phone, first, first_source)
+        ended = final_response(carrier)
+        assert ended.status == 486
+        carrier.sendto(ack_for(ended, first_uri), address_of(node_a))
+        deadline = time.monotonic() + 10.0
+        while holds(postgres_cluster, postgres_database):
+            assert time.monotonic() < deadline, "the first call's hold stayed"
+            time.sleep(0.02)
+
+        # Now node B takes the carrier's next call.
+        third_uri = carrier_invite(carrier, node_b, 3)
+        third, third_source = rung(phone)
+        assert third_source == address_of(node_b)
+        assert holds(postgres_cluster, postgres_database) == [("node-b", "trunk", "carrier")]
+        busy(phone, third, third_source)
+        ended = final_response(carrier)
+        assert ended.status == 486
+        carrier.sendto(ack_for(ended, third_uri), address_of(node_b))
+    assert "trunk call limit" not in node_a.log_text()

@@ -1,0 +1,234 @@
+"""``max_calls`` counted for a cluster of nodes sharing one PostgreSQL store (tests/pgcluster.py):
+a hold taken through one node counts on the other, the last slot goes to exactly one of many
+concurrent takers, a killed node's holds stop counting once its heartbeat is old, a node's
+start drops what its previous run held, and a node whose database does not answer counts its
+own calls. Each store here is a node (its own connection and ``node`` name)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from pgcluster import Cluster
+
+from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
+from gateway.core.store.errors import StoreError
+from gateway.core.store.postgresql import NODE_TIMEOUT, PostgresStore
+
+TRUNK: Key = ("trunk", "carrier")
+ALICE: Key = ("account", "alice")
+
+
+@pytest.fixture
+def open_node(
+    postgres_cluster: Cluster, postgres_database: str
+) -> Iterator[Callable[..., PostgresStore]]:
+    """Opens stores ("nodes") named as asked on the test's database, and closes them after."""
+    opened: list[PostgresStore] = []
+
+    def open_one(node: str, **options: Any) -> PostgresStore:
+        options.setdefault("listen", False)
+        store = PostgresStore.open(postgres_cluster.dsn(postgres_database), node=node, **options)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+def holds(cluster: Cluster, database: str) -> list[tuple[Any, ...]]:
+    return cluster.admin(
+        "SELECT node, kind, name FROM call_limit_holds ORDER BY node, call", database
+    )
+
+
+def age(cluster: Cluster, database: str, node: str, seconds: float) -> None:
+    """``node`` was last seen ``seconds`` ago (as if that long had passed without a beat)."""
+    cluster.admin(
+        f"UPDATE call_limit_nodes SET seen_at = clock_timestamp() - interval '{seconds} seconds'"
+        f" WHERE node = '{node}'",
+        database,
+    )
+
+
+def call_limits(store: PostgresStore, **configured: Limit) -> CallLimits:
+    shared = store.shared_call_limits()
+    assert shared is not None
+    shared.start()
+    return CallLimits(lambda key: configured.get(key[1], NO_LIMIT), shared)
+
+
+def test_a_call_through_one_node_fills_the_trunk_for_the_other(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    a = call_limits(open_node("a"), carrier=Limit(max_calls=1))
+    b = call_limits(open_node("b"), carrier=Limit(max_calls=1))
+    call_a, call_b = object(), object()
+    assert a.take(call_a, TRUNK) is None
+    assert holds(postgres_cluster, postgres_database) == [("a", "trunk", "carrier")]
+    assert b.take(call_b, TRUNK) == "call limit"
+    assert b.refused[(TRUNK, "call limit")] == 1
+    assert b.in_progress == {}
+    # Another key is not affected by it.
+    assert b.take(call_b, ALICE) is None
+    a.release(call_a)  # the call ended
+    assert holds(postgres_cluster, postgres_database) == []
+    assert b.take(call_b, TRUNK) is None
+    assert a.take(object(), TRUNK) == "call limit"
+    assert holds(postgres_cluster, postgres_database) == [("b", "trunk", "carrier")]
+
+
+def test_a_failed_over_trunk_is_given_back_alone(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    a = call_limits(
+        open_node("a"), carrier=Limit(max_calls=1), backup=Limit(max_calls=1), alice=Limit(2)
+    )
+    call = object()
+    assert a.take(call, ALICE) is None
+    assert a.take(call, TRUNK) is None
+    a.release_one(call, TRUNK)
+    assert a.take(call, ("trunk", "backup")) is None
+    assert holds(postgres_cluster, postgres_database) == [
+        ("a", "account", "alice"),
+        ("a", "trunk", "backup"),
+    ]
+    a.release(call)
+    assert holds(postgres_cluster, postgres_database) == []
+
+
+def test_of_many_concurrent_takers_exactly_the_limit_win(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    limit, nodes, per_node = 7, 4, 15
+    stores = [open_node(f"n{i}", statement_timeout=5.0) for i in range(nodes)]
+    for store in stores:
+        shared = store.shared_call_limits()
+        assert shared is not None
+        shared.start()
+    start = threading.Barrier(nodes)
+    won: list[int] = []
+    failed: list[BaseException] = []
+
+    def node(index: int) -> None:
+        shared = stores[index].shared_call_limits()
+        assert shared is not None
+        try:
+            start.wait()
+            for call in range(per_node):
+                if shared.take(call, TRUNK, limit):
+                    won.append(index)
+        except BaseException as exc:
+            failed.append(exc)
+
+    threads = [threading.Thread(target=node, args=(i,)) for i in range(nodes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failed == []
+    assert len(won) == limit
+    assert len(holds(postgres_cluster, postgres_database)) == limit
+
+
+def test_a_killed_nodes_holds_stop_counting_once_its_heartbeat_is_old(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    killed = open_node("killed")
+    a = call_limits(killed, carrier=Limit(max_calls=1))
+    b = call_limits(open_node("b"), carrier=Limit(max_calls=1))
+    assert a.take(object(), TRUNK) is None
+    killed.close()  # no release, no more heartbeats: as after SIGKILL
+    b.beat()
+    assert b.take(object(), TRUNK) == "call limit"
+    age(postgres_cluster, postgres_database, "killed", NODE_TIMEOUT - 1.0)
+    b.beat()
+    assert b.take(object(), TRUNK) == "call limit"  # not yet taken for dead
+    age(postgres_cluster, postgres_database, "killed", NODE_TIMEOUT + 1.0)
+    assert b.take(object(), TRUNK) is None
+    # A node's own holds count even when its heartbeat is old (it is alive: it is asking).
+    age(postgres_cluster, postgres_database, "b", NODE_TIMEOUT + 1.0)
+    assert b.take(object(), TRUNK) == "call limit"
+
+
+def test_a_node_starting_again_drops_its_previous_runs_holds_only(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    first_run = call_limits(open_node("a"), carrier=Limit(max_calls=5))
+    other = call_limits(open_node("b"), carrier=Limit(max_calls=5))
+    assert first_run.take(object(), TRUNK) is None
+    assert first_run.take(object(), TRUNK) is None
+    assert other.take(object(), TRUNK) is None
+    call_limits(open_node("a"), carrier=Limit(max_calls=5))  # its start
+    assert holds(postgres_cluster, postgres_database) == [("b", "trunk", "carrier")]
+    stopping = other.shared
+    assert stopping is not None
+    stopping.stop()
+    assert holds(postgres_cluster, postgres_database) == []
+    seen = postgres_cluster.admin(
+        "SELECT node FROM call_limit_nodes ORDER BY node", postgres_database
+    )
+    assert seen == [("a",)]
+
+
+def test_a_lost_connection_counts_on_this_node_then_writes_its_holds(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    store = open_node("a", listen=True)
+    a = call_limits(store, alice=Limit(max_calls=1))
+    first = object()
+    assert a.take(first, ALICE) is None
+    assert postgres_cluster.terminate(postgres_database, "voipgw") == 1  # a's store session
+    b = call_limits(open_node("b"), alice=Limit(max_calls=1))
+    # The connection is found lost: the call is counted here, against this node's calls.
+    assert a.take(object(), ALICE) == "call limit"  # a has one already
+    assert a.store_failing
+    a.release(first)  # not heard by the database yet
+    second = object()
+    assert a.take(second, ALICE) is None
+    assert a.counted_locally[ALICE] == 1
+    # The database still has first's hold (its release did not reach it), not second's.
+    assert holds(postgres_cluster, postgres_database) == [("a", "account", "alice")]
+    assert b.take(object(), ALICE) == "call limit"
+    # The store reconnects in the background (once a second); the heartbeat then writes what a
+    # counted alone and deletes what it gave back.
+    reconnected = False
+    for _ in range(100):
+        a.beat()
+        if not a.store_failing:
+            reconnected = True
+            break
+        threading.Event().wait(0.05)
+    assert reconnected
+    rows = postgres_cluster.admin("SELECT node, call FROM call_limit_holds", postgres_database)
+    assert rows == [("a", 3)]  # second's (hold 3), written; first's (1), deleted
+    assert b.take(object(), ALICE) == "call limit"
+    a.release(second)
+    assert b.take(object(), ALICE) is None
+
+
+def test_a_database_that_does_not_answer_in_time_fails_open(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    store = open_node("a", statement_timeout=0.2)
+    a = call_limits(store, carrier=Limit(max_calls=2))
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database)) as blocker:
+        # A session holding the table (a hung migration, a long maintenance): takes wait for
+        # it, until statement_timeout cancels them.
+        blocker.execute("LOCK TABLE call_limit_holds IN ACCESS EXCLUSIVE MODE")
+        assert a.take(object(), TRUNK) is None
+        assert a.store_failing
+        assert a.take(object(), TRUNK) is None
+        assert a.take(object(), TRUNK) == "call limit"  # two on this node: its limit
+        with pytest.raises(StoreError):
+            shared = store.shared_call_limits()
+            assert shared is not None
+            shared.take(99, TRUNK, 2)
+        blocker.rollback()
+    a.beat()
+    assert not a.store_failing
+    assert len(holds(postgres_cluster, postgres_database)) == 2

@@ -1,0 +1,242 @@
+"""Call limits counted for a cluster (gateway/core/calls/limits.py with a SharedCallLimits, as a
+PostgreSQL store gives): which keys reach the store, what it is told, and what a node does
+while the store does not answer. The store here is a fake that records its calls; the SQL is
+tested against a real server in tests/integration/test_call_limits_postgresql.py."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import pytest
+
+from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
+from gateway.core.store.errors import StoreBusy, StoreUnavailable
+from gateway.core.store.interface import Hold, LimitKey
+
+TRUNK: Key = ("trunk", "carrier")
+ALICE: Key = ("account", "alice")
+FREE: Key = ("account", "bob")  # no limit
+
+
+class FakeShared:
+    """A cluster-wide count in a dict, with every call recorded; ``down`` makes it raise."""
+
+    heartbeat_interval = 2.0
+
+    def __init__(self) -> None:
+        self.rows: set[Hold] = set()
+        self.others: dict[LimitKey, int] = {}  # holds of other nodes, by key
+        self.calls: list[tuple[object, ...]] = []
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("PostgreSQL host=db: not connected (reconnecting)")
+
+    def start(self) -> None:
+        self.calls.append(("start",))
+
+    def take(self, hold: int, key: LimitKey, limit: int, *, exempt: bool = False) -> bool:
+        self.calls.append(("take", hold, key, limit, exempt))
+        self._check()
+        held = self.others.get(key, 0) + sum(1 for _, k in self.rows if k == key)
+        if not exempt and held >= limit:
+            return False
+        self.rows.add((hold, key))
+        return True
+
+    def release(self, holds: Sequence[Hold]) -> None:
+        self.calls.append(("release", list(holds)))
+        self._check()
+        self.rows.difference_update(holds)
+
+    def beat(self, add: Sequence[Hold] = (), remove: Sequence[Hold] = ()) -> None:
+        self.calls.append(("beat", list(add), list(remove)))
+        self._check()
+        self.rows.difference_update(remove)
+        self.rows.update(add)
+
+    def stop(self) -> None:
+        self.calls.append(("stop",))
+
+
+def limits(shared: FakeShared, **configured: Limit) -> CallLimits:
+    return CallLimits(lambda key: configured.get(key[1], NO_LIMIT), shared)
+
+
+def test_keys_without_a_limit_never_reach_the_store() -> None:
+    shared = FakeShared()
+    lim = limits(shared, carrier=Limit(max_cps=5))
+    calls = [object() for _ in range(50)]
+    for call in calls:
+        assert lim.take(call, FREE) is None
+        assert lim.take(call, TRUNK) is None  # from the trunk: max_cps only, not paced
+    for call in calls:
+        lim.release(call)
+    lim.take(object(), TRUNK, now=1.0)
+    assert shared.calls == []
+    assert lim.in_progress[TRUNK] == 1
+
+
+def test_a_limited_key_is_counted_by_the_cluster() -> None:
+    shared = FakeShared()
+    shared.others[TRUNK] = 1  # another node has one of the two channels
+    lim = limits(shared, carrier=Limit(max_calls=2))
+    first, second = object(), object()
+    assert lim.take(first, TRUNK) is None
+    assert lim.take(first, TRUNK) is None  # once per call: not asked again
+    assert lim.take(second, TRUNK) == "call limit"
+    assert lim.refused[(TRUNK, "call limit")] == 1
+    assert shared.calls == [("take", 1, TRUNK, 2, False), ("take", 2, TRUNK, 2, False)]
+    assert shared.rows == {(1, TRUNK)}
+    assert lim.in_progress[TRUNK] == 1  # this node's
+    lim.release(first)
+    assert shared.calls[-1] == ("release", [(1, TRUNK)])
+    assert shared.rows == set()
+    assert lim.in_progress == {}
+    lim.release(first)  # twice: nothing more to give back, nothing asked
+    assert len(shared.calls) == 3
+
+
+def test_release_one_gives_back_that_key_only_and_the_holder_keeps_its_number() -> None:
+    shared = FakeShared()
+    lim = limits(shared, carrier=Limit(max_calls=5), alice=Limit(max_calls=5))
+    call = object()
+    assert lim.take(call, ALICE) is None
+    assert lim.take(call, TRUNK) is None
+    lim.release_one(call, TRUNK)  # the trunk failed: the call went on elsewhere
+    assert shared.rows == {(1, ALICE)}
+    assert lim.take(call, TRUNK) is None  # back to it (a transfer): the same hold number
+    assert shared.rows == {(1, ALICE), (1, TRUNK)}
+    lim.release(call)
+    assert shared.calls[-1] == ("release", [(1, ALICE), (1, TRUNK)])
+    assert shared.rows == set()
+
+
+def test_counts_taken_for_an_invite_are_handed_over_to_its_call() -> None:
+    shared = FakeShared()
+    lim = limits(shared, alice=Limit(max_calls=1))
+    transaction, call = object(), object()
+    assert lim.take(transaction, ALICE) is None
+    lim.hand_over(transaction, call)
+    lim.release(transaction)  # nothing left under the old holder
+    assert shared.rows == {(1, ALICE)}
+    lim.release(call)
+    assert shared.rows == set()
+    assert lim.in_progress == {}
+
+
+def test_an_exempt_call_is_held_whatever_the_count() -> None:
+    shared = FakeShared()
+    shared.others[ALICE] = 1
+    lim = limits(shared, alice=Limit(max_calls=1))
+    assert lim.take(object(), ALICE, count_refusal=False) == "call limit"
+    assert lim.refused[(ALICE, "call limit")] == 0
+    assert lim.take(object(), ALICE, exempt=True) is None
+    assert shared.calls[-1] == ("take", 2, ALICE, 1, True)
+    assert lim.in_progress[ALICE] == 1
+
+
+def test_the_rate_is_checked_first_and_spent_only_on_a_held_call() -> None:
+    shared = FakeShared()
+    lim = limits(shared, carrier=Limit(max_calls=2, max_cps=1))
+    assert lim.take(object(), TRUNK, now=10.0) is None
+    assert lim.take(object(), TRUNK, now=10.5) == "call rate"
+    assert len(shared.calls) == 1  # refused for the rate: the database was not asked
+    shared.others[TRUNK] = 1  # the cluster is full: refused there, the token kept
+    assert lim.take(object(), TRUNK, now=11.0) == "call limit"
+    del shared.others[TRUNK]
+    assert lim.take(object(), TRUNK, now=11.0) is None  # the same second's token
+    assert lim.refused[(TRUNK, "call rate")] == 1
+
+
+def test_while_the_store_does_not_answer_a_node_counts_its_own_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shared = FakeShared()
+    lim = limits(shared, alice=Limit(max_calls=2))
+    before = object()
+    assert lim.take(before, ALICE) is None
+    shared.down = True
+    calls = [object(), object(), object()]
+    with caplog.at_level(logging.WARNING, logger="gateway.core.calls.limits"):
+        assert lim.take(calls[0], ALICE) is None  # this node has one: room for one more
+        assert lim.take(calls[1], ALICE) == "call limit"  # at the limit on this node alone
+        assert lim.take(calls[2], ALICE, exempt=True) is None  # an emergency call
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once per outage, not per call
+    assert "max_calls counted on this node only" in warnings[0]
+    assert lim.store_failing
+    assert lim.counted_locally[ALICE] == 2
+    # Only the first call found the store out: the others were not sent to it.
+    assert [c[0] for c in shared.calls] == ["take", "take"]
+    lim.release(before)  # its row is in the database: deleted when it answers
+    lim.release(calls[2])  # never sent to the database: nothing to write or delete later
+    assert [c[0] for c in shared.calls] == ["take", "take"]
+    lim.beat()  # still down: still counted here
+    assert lim.store_failing
+    assert lim.take(object(), ALICE) is None  # one call left on this node: room again
+    shared.down = False
+    lim.beat()
+    assert shared.calls[-1][0] == "beat"
+    _, add, remove = shared.calls[-1]
+    assert add == [(2, ALICE), (5, ALICE)]
+    assert remove == [(1, ALICE)]
+    assert shared.rows == {(2, ALICE), (5, ALICE)}
+    assert not lim.store_failing
+    lim.beat()
+    assert shared.calls[-1] == ("beat", [], [])  # written once
+    assert lim.take(object(), ALICE) == "call limit"  # the cluster's count again
+    assert shared.calls[-1][0] == "take"
+
+
+def test_a_busy_store_on_release_is_retried_by_the_heartbeat() -> None:
+    shared = FakeShared()
+    lim = limits(shared, carrier=Limit(max_calls=1))
+    call = object()
+    assert lim.take(call, TRUNK) is None
+    shared.down = True
+    lim.release(call)
+    assert shared.rows == {(1, TRUNK)}
+    assert lim.store_failing
+    shared.down = False
+    lim.beat()
+    assert shared.rows == set()
+    assert lim.take(object(), TRUNK) is None
+
+
+def test_a_hold_taken_again_after_a_lost_release_is_not_deleted_by_the_retry() -> None:
+    shared = FakeShared()
+    lim = limits(shared, carrier=Limit(max_calls=3))
+    call = object()
+    assert lim.take(call, TRUNK) is None
+    shared.down = True
+    lim.release_one(call, TRUNK)  # lost: to be deleted later...
+    shared.down = False
+    lim.beat()
+    shared.calls.clear()
+    assert lim.take(call, TRUNK) is None
+    lim.beat()
+    assert shared.calls[-1] == ("beat", [], [])
+    assert shared.rows == {(1, TRUNK)}
+
+
+def test_a_store_timeout_is_a_failure_like_any() -> None:
+    shared = FakeShared()
+    lim = limits(shared, carrier=Limit(max_calls=1))
+
+    def busy(*args: object, **kwargs: object) -> bool:
+        raise StoreBusy("no answer within statement_timeout")
+
+    shared.take = busy  # type: ignore[method-assign]
+    assert lim.take(object(), TRUNK) is None
+    assert lim.store_failing
+    assert lim.take(object(), TRUNK) == "call limit"
+
+
+def test_without_a_shared_store_beat_does_nothing() -> None:
+    lim = CallLimits(lambda key: Limit(max_calls=1))
+    lim.beat()
+    assert lim.take(object(), TRUNK) is None
+    assert lim.take(object(), TRUNK) == "call limit"
