@@ -208,6 +208,44 @@ def _shares_format(offer: MediaDescription, answer: MediaDescription) -> bool:
     return False
 
 
+# -- payload type numbers across the two legs ----------------------------------------------------
+
+
+def payload_type_map(sender: MediaDescription, receiver: MediaDescription) -> dict[int, int]:
+    """How to renumber RTP from the peer that wrote ``sender`` for the peer that wrote
+    ``receiver``: payload type as sent -> payload type the receiver expects; empty when the
+    two agree (the common case: the gateway passes one leg's numbers to the other).
+
+    Each peer sends and receives a codec with the number its own SDP gives it (RFC 3264 §5.1:
+    the offer's numbers are what the offerer expects to receive and would prefer to send; §6.1:
+    the answer reuses them). Two legs negotiated apart (call pickup, a transfer's new party, a
+    peer that keeps its numbers across a re-offer as §8.3.2 asks) can give one codec two
+    numbers, e.g. telephone-event 101 on one leg and 96 on the other (RFC 4733 events would
+    then be ignored or misread). Codecs match by name, clock rate and channels (RFC 3551
+    static types included); a sender's number whose codec the receiver lacks is not mapped
+    (it passes unchanged), nor one the receiver gives the same codec. Where the receiver lists
+    a codec more than once, the number with the same fmtp is preferred, else the first.
+    Raises :class:`SdpError` for an unreadable a=rtpmap or payload type."""
+    if not sender.is_rtp or not receiver.is_rtp:
+        return {}
+    theirs = _codecs_by_format(receiver)
+    by_codec: dict[tuple[str, int, int], list[int]] = {}
+    for payload_type, rtpmap in theirs.items():
+        if rtpmap is not None:
+            by_codec.setdefault(rtpmap.codec_key, []).append(payload_type)
+    renumbered: dict[int, int] = {}
+    for payload_type, rtpmap in _codecs_by_format(sender).items():
+        if rtpmap is None:
+            continue
+        candidates = by_codec.get(rtpmap.codec_key)
+        if not candidates or payload_type in candidates:
+            continue
+        fmtp = sender.fmtp(payload_type)
+        same_fmtp = [pt for pt in candidates if receiver.fmtp(pt) == fmtp]
+        renumbered[payload_type] = (same_fmtp or candidates)[0]
+    return renumbered
+
+
 # -- building and checking answers ---------------------------------------------------------------
 
 
