@@ -74,7 +74,12 @@ from gateway.core.sdp.model import (
     SessionDescription,
     TimeDescription,
 )
-from gateway.core.sdp.offer_answer import apply_version_rule, rejected_media, validate_answer
+from gateway.core.sdp.offer_answer import (
+    apply_version_rule,
+    payload_type_map,
+    rejected_media,
+    validate_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +173,8 @@ class _Exchange:
     remotes_before: dict[tuple[int, Side], _Remote]
     opaque_before: dict[int, bool]
     """Whether each stream open before the offer relayed opaque datagrams (T.38)."""
+    renumbered_before: dict[tuple[int, str], dict[int, int]]
+    """The payload type renumbering of each stream direction before the offer."""
     answer: SessionDescription | None = None
     """The latest answer received."""
 
@@ -216,6 +223,9 @@ class MediaSession:
         self._session_id_source = session_id_source or _random_session_id
         self._slots: list[RelayStream | None] = []
         self._remotes: dict[tuple[int, Side], _Remote] = {}
+        # (m= line, "a_to_b"/"b_to_a") -> the relay's payload type renumbering; only non-empty
+        # ones are kept, so a call whose legs agree never touches its streams' settings.
+        self._renumbered: dict[tuple[int, str], dict[int, int]] = {}
         self._sent: dict[Side, SessionDescription] = {}
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
@@ -415,11 +425,25 @@ class MediaSession:
             slot_count_before=slot_count_before,
             remotes_before=remotes_before,
             opaque_before=opaque_before,
+            renumbered_before=dict(self._renumbered),
         )
         return sent
 
-    def answer_from(self, side: Side, answer: SessionDescription) -> SessionDescription:
+    def answer_from(
+        self,
+        side: Side,
+        answer: SessionDescription,
+        *,
+        numbering: SessionDescription | None = None,
+    ) -> SessionDescription:
         """Relay the answer received on ``side``'s leg; returns the answer for the offerer's leg.
+
+        Where the two peers number a codec differently (each by its own SDP: the offer and
+        ``answer``), the stream's directions renumber RTP payload types
+        (:func:`~gateway.core.sdp.offer_answer.payload_type_map`). ``numbering``: the SDP whose
+        numbers ``side``'s peer really uses when ``answer`` is not its own (call pickup: an
+        answer the gateway made up from the picker's offer, which it answered elsewhere with
+        the picker's own numbers); its m= lines match the offer's by position.
 
         ``answer`` is checked against the offer we sent (RFC 3264 §6, :func:`validate_answer`);
         the answerer's side of every accepted stream is pointed at its addresses; a stream it
@@ -460,6 +484,7 @@ class MediaSession:
             else:
                 self._set_remote(index, answerer, _NO_REMOTE)
                 self._set_remote(index, offerer, _NO_REMOTE)
+        self._renumber(exchange.offer, offerer, numbering or answer, accepted)
 
         media_out: list[MediaDescription] = []
         for index, (offered, answered) in enumerate(
@@ -518,6 +543,9 @@ class MediaSession:
         for index, stream in enumerate(self._slots):
             if stream is not None:
                 self._set_opaque(index, exchange.opaque_before.get(index, False))
+                for name in ("a_to_b", "b_to_a"):
+                    before = exchange.renumbered_before.get((index, name), {})
+                    self._set_renumbered(index, name, before)
                 for side in _SIDES:
                     self._set_remote(
                         index, side, exchange.remotes_before.get((index, side), _NO_REMOTE)
@@ -653,6 +681,44 @@ class MediaSession:
                 stream.a_to_b.rtcp_observer = quality.observer("a", index)
                 stream.b_to_a.rtcp_observer = quality.observer("b", index)
 
+    def _renumber(
+        self,
+        offer: SessionDescription,
+        offerer: Side,
+        answer: SessionDescription,
+        accepted: dict[int, _Remote],
+    ) -> None:
+        """Set each accepted RTP stream's payload type renumbering from the offerer's own SDP
+        and the answerer's (RFC 3264 §5.1: a peer receives, and prefers to send, a codec with
+        the number its own SDP gives it). Passing one leg's SDP to the other, as every plain
+        call does, leaves nothing to renumber."""
+        forward = "a_to_b" if offerer == "a" else "b_to_a"
+        backward = "b_to_a" if offerer == "a" else "a_to_b"
+        for index in accepted:
+            offered = offer.media[index]
+            answered = answer.media[index] if index < len(answer.media) else None
+            # validate_answer has read every a=rtpmap of both: no SdpError from here.
+            there = {} if answered is None else payload_type_map(offered, answered)
+            back = {} if answered is None else payload_type_map(answered, offered)
+            self._set_renumbered(index, forward, there)
+            self._set_renumbered(index, backward, back)
+
+    def _set_renumbered(self, index: int, direction: str, renumbered: dict[int, int]) -> None:
+        """Give stream ``index``'s ``direction`` this renumbering, if it is not its own yet."""
+        key = (index, direction)
+        if self._renumbered.get(key, {}) == renumbered:
+            return
+        stream = self._slots[index]
+        if stream is None:
+            return
+        control = stream.a_to_b if direction == "a_to_b" else stream.b_to_a
+        control.payload_types = renumbered
+        if renumbered:
+            self._renumbered[key] = renumbered
+            log.info("m= line %d %s: payload types renumbered %s", index + 1, direction, renumbered)
+        else:
+            self._renumbered.pop(key, None)
+
     def _set_remote(self, index: int, side: Side, remote: _Remote) -> None:
         stream = self._slots[index]
         assert stream is not None
@@ -666,6 +732,8 @@ class MediaSession:
         self._slots[index] = None
         for side in _SIDES:
             self._remotes.pop((index, side), None)
+        self._renumbered.pop((index, "a_to_b"), None)
+        self._renumbered.pop((index, "b_to_a"), None)
         totals = self._totals
         for name, counters in _direction_statistics(stream):
             totals.packets[name] += counters[0]
