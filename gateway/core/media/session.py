@@ -76,8 +76,10 @@ from gateway.core.sdp.model import (
 )
 from gateway.core.sdp.offer_answer import (
     apply_version_rule,
+    keep_leg_numbers,
     payload_type_map,
     rejected_media,
+    renumbered_media,
     validate_answer,
 )
 
@@ -175,6 +177,9 @@ class _Exchange:
     """Whether each stream open before the offer relayed opaque datagrams (T.38)."""
     renumbered_before: dict[tuple[int, str], dict[int, int]]
     """The payload type renumbering of each stream direction before the offer."""
+    leg_numbers: dict[int, dict[int, int]]
+    """By m= line: the offerer's payload type -> the one we offered instead, to keep the
+    answerer's leg's numbers (RFC 3264 §8.3.2); its answer is renumbered back."""
     answer: SessionDescription | None = None
     """The latest answer received."""
 
@@ -401,18 +406,22 @@ class MediaSession:
             if stream is not None:
                 self._set_remote(index, offerer, relayed.get(index, _NO_REMOTE))
 
+        previous = self._sent.get(answerer)
+        leg_numbers: dict[int, dict[int, int]] = {}
         media_out: list[MediaDescription] = []
         for index, media in enumerate(offer.media):
             stream = self._slots[index]
             if index in relayed and stream is not None:
-                media_out.append(
-                    _rewritten_media(
-                        offer,
-                        media,
-                        _side(stream, answerer),
-                        rtcp_mux=_rtcp_mux(media),
-                    )
+                rewritten = _rewritten_media(
+                    offer, media, _side(stream, answerer), rtcp_mux=_rtcp_mux(media)
                 )
+                if previous is not None and index < len(previous.media):
+                    # A re-offer on a leg keeps the numbers it gave each codec (§8.3.2).
+                    numbers = keep_leg_numbers(previous.media[index], media)
+                    if numbers:
+                        leg_numbers[index] = numbers
+                        rewritten = renumbered_media(rewritten, numbers)
+                media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(media))
         sent = self._send(answerer, offer, media_out, times=offer.times)
@@ -426,6 +435,7 @@ class MediaSession:
             remotes_before=remotes_before,
             opaque_before=opaque_before,
             renumbered_before=dict(self._renumbered),
+            leg_numbers=leg_numbers,
         )
         return sent
 
@@ -492,14 +502,18 @@ class MediaSession:
         ):
             stream = self._slots[index]
             if index in accepted and stream is not None:
-                media_out.append(
-                    _rewritten_media(
-                        answer,
-                        answered,
-                        _side(stream, offerer),
-                        rtcp_mux=_rtcp_mux(offered),  # RFC 5761 §5.1.1: we can always mux
-                    )
+                rewritten = _rewritten_media(
+                    answer,
+                    answered,
+                    _side(stream, offerer),
+                    rtcp_mux=_rtcp_mux(offered),  # RFC 5761 §5.1.1: we can always mux
                 )
+                numbers = exchange.leg_numbers.get(index)
+                if numbers:
+                    # Back into the offerer's numbers, which its answer must reuse (§6.1).
+                    back = {ours: theirs for theirs, ours in numbers.items()}
+                    rewritten = renumbered_media(rewritten, back)
+                media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(offered))
         # RFC 3264 §6: the answer's t= line is the offer's.

@@ -246,6 +246,78 @@ def payload_type_map(sender: MediaDescription, receiver: MediaDescription) -> di
     return renumbered
 
 
+def keep_leg_numbers(previous: MediaDescription, offer: MediaDescription) -> dict[int, int]:
+    """How to renumber ``offer``, a stream we are about to re-offer on a leg, so that every
+    codec keeps the number ``previous`` (the last SDP we sent on that leg) gave it: RFC 3264
+    §8.3.2 lets no payload type number change its codec for the duration of a session, and a
+    B2BUA whose leg now carries another party's offer (a transfer's target, a codec change by
+    the other side) must not let that party's numbering leak in. A codec new to the leg keeps
+    its number unless the leg knows that number as another codec; then it gets a dynamic
+    number (96-127) the leg has not used. Empty when nothing moves, when either is not RTP, and
+    when no such number is left (the relay renumbers then).
+    Raises :class:`SdpError` for an unreadable a=rtpmap or payload type."""
+    if not previous.is_rtp or not offer.is_rtp or previous.is_rejected:
+        return {}
+    known = {
+        pt: None if rtpmap is None else rtpmap.codec_key
+        for pt, rtpmap in _codecs_by_format(previous).items()
+    }
+    numbers_of: dict[tuple[str, int, int], list[int]] = {}
+    for payload_type, known_key in known.items():
+        if known_key is not None:
+            numbers_of.setdefault(known_key, []).append(payload_type)
+    offered = _codecs_by_format(offer)
+    targets: dict[int, int | None] = {}
+    taken: set[int] = set()
+    for payload_type, rtpmap in offered.items():
+        key = None if rtpmap is None else rtpmap.codec_key
+        free = [n for n in numbers_of.get(key, ()) if n not in taken] if key is not None else []
+        target: int | None
+        if free:
+            target = free[0]  # the leg's own number for this codec
+        elif (payload_type in known and known[payload_type] != key) or payload_type in taken:
+            target = None  # the leg knows this number as another codec: a fresh one below
+        else:
+            target = payload_type
+        targets[payload_type] = target
+        if target is not None:
+            taken.add(target)
+    fresh = (n for n in range(96, 128) if n not in known and n not in taken)
+    renumbered: dict[int, int] = {}
+    for payload_type, target in targets.items():
+        if target is None:
+            target = next(fresh, None)
+            if target is None:
+                return {}
+        if target != payload_type:
+            renumbered[payload_type] = target
+    return renumbered
+
+
+_NUMBERED_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "rtcp-fb"})
+"""Attributes whose value starts with the payload type they describe (RFC 8866 §6.6, §6.15;
+RFC 4585 §4.2)."""
+
+
+def renumbered_media(media: MediaDescription, renumbering: Mapping[int, int]) -> MediaDescription:
+    """``media`` with its payload types renumbered (the m= line's formats and the a=rtpmap,
+    a=fmtp and a=rtcp-fb lines of each); formats not in ``renumbering`` stay as they are."""
+    if not renumbering:
+        return media
+    formats = tuple(
+        str(renumbering.get(int(f), int(f))) if f.isdigit() else f for f in media.formats
+    )
+    attributes: list[Attribute] = []
+    for attribute in media.attributes:
+        value = attribute.value
+        if attribute.name.lower() in _NUMBERED_ATTRIBUTES and value is not None:
+            number, space, rest = value.partition(" ")
+            if number.isdigit() and int(number) in renumbering:
+                value = f"{renumbering[int(number)]}{space}{rest}"
+        attributes.append(Attribute(attribute.name, value))
+    return attrs.evolve(media, formats=formats, attributes=Attributes(tuple(attributes)))
+
+
 # -- building and checking answers ---------------------------------------------------------------
 
 

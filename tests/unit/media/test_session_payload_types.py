@@ -108,3 +108,29 @@ def test_an_abandoned_offer_restores_the_renumbering_of_before(session: MediaSes
     assert renumbering(session) == ({}, {})
     session.abandon_offer()  # ... then the re-INVITE failed
     assert renumbering(session) == ({101: 96}, {96: 101})
+
+
+def test_a_new_partys_re_offer_keeps_the_legs_numbers_and_its_answer_goes_back_in_its_own(
+    session: MediaSession,
+) -> None:
+    # A transfer: the target (telephone-event 96) takes over side B and offers; the caller's
+    # leg knows telephone-event as 101 (RFC 3264 §8.3.2: numbers keep their codec).
+    session.offer_from("a", CALLER)
+    session.answer_from("b", CALLEE)
+    session.settle()
+    to_caller = session.offer_from("b", PICKER)
+    assert to_caller.media[0].formats == ("0", "101")
+    assert "101 telephone-event/8000" in to_caller.media[0].attributes.values("rtpmap")
+    assert renumbering(session) == ({}, {})  # nothing changes before the answer
+    to_target = session.answer_from("a", CALLER)
+    # The target gets the answer in its own numbers (RFC 3264 §6.1).
+    assert to_target.media[0].formats == ("0", "96")
+    assert "96 telephone-event/8000" in to_target.media[0].attributes.values("rtpmap")
+    session.settle()
+    assert renumbering(session) == ({101: 96}, {96: 101})
+    # The caller holds: its offer reaches the target in the target's numbers, and back.
+    to_target = session.offer_from("a", CALLER)
+    assert to_target.media[0].formats == ("0", "96")
+    assert session.answer_from("b", PICKER).media[0].formats == ("0", "101")
+    session.settle()
+    assert renumbering(session) == ({101: 96}, {96: 101})

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription
-from gateway.core.sdp.offer_answer import payload_type_map
+from gateway.core.sdp.offer_answer import keep_leg_numbers, payload_type_map, renumbered_media
 from gateway.core.sdp.parser import parse_sdp_untrusted
 
 
@@ -111,3 +111,58 @@ def test_an_unreadable_rtpmap_is_an_sdp_error() -> None:
     broken = audio("a=rtpmap:96 telephone-event", formats="96")
     with pytest.raises(SdpError):
         payload_type_map(broken, CALLER)
+
+
+# -- keep_leg_numbers / renumbered_media: a re-offer keeps the leg's numbers (RFC 3264 §8.3.2) --
+
+
+def test_a_re_offer_in_the_legs_own_numbers_is_left_alone() -> None:
+    assert keep_leg_numbers(CALLER, CALLER) == {}
+    assert keep_leg_numbers(CALLER, audio("a=rtpmap:0 PCMU/8000", formats="0")) == {}
+
+
+def test_a_codec_keeps_the_number_the_leg_gave_it() -> None:
+    # The leg knows telephone-event as 101; a transfer's target offers it as 96.
+    assert keep_leg_numbers(CALLER, PICKER) == {96: 101}
+    renumbered = renumbered_media(PICKER, keep_leg_numbers(CALLER, PICKER))
+    assert renumbered.formats == ("0", "101")
+    assert renumbered.attributes.values("rtpmap") == ("0 PCMU/8000", "101 telephone-event/8000")
+    assert renumbered.attributes.values("fmtp") == ("101 0-15",)  # the target's parameters
+    assert payload_type_map(renumbered, CALLER) == {}
+
+
+def test_a_new_codec_on_a_number_the_leg_knows_as_another_gets_a_fresh_one() -> None:
+    leg = audio("a=rtpmap:96 telephone-event/8000", formats="0 96")
+    offer = audio(
+        "a=rtpmap:96 opus/48000/2",
+        "a=rtcp-fb:96 nack",
+        "a=rtpmap:101 telephone-event/8000",
+        formats="96 0 101",
+    )
+    assert keep_leg_numbers(leg, offer) == {96: 97, 101: 96}
+    renumbered = renumbered_media(offer, {96: 97, 101: 96})
+    assert renumbered.formats == ("97", "0", "96")
+    assert renumbered.attributes.values("rtcp-fb") == ("97 nack",)
+    assert renumbered.attributes.values("rtpmap") == ("97 opus/48000/2", "96 telephone-event/8000")
+
+
+def test_swapped_numbers_are_swapped_back_in_the_re_offer() -> None:
+    leg = audio("a=rtpmap:96 opus/48000/2", "a=rtpmap:97 telephone-event/48000", formats="96 97")
+    offer = audio("a=rtpmap:97 opus/48000/2", "a=rtpmap:96 telephone-event/48000", formats="97 96")
+    assert keep_leg_numbers(leg, offer) == {97: 96, 96: 97}
+
+
+def test_no_fresh_number_left_means_no_renumbering() -> None:
+    every = " ".join(str(n) for n in range(96, 128))
+    leg = audio(*(f"a=rtpmap:{n} L16/{8000 + n}" for n in range(96, 128)), formats=every)
+    assert keep_leg_numbers(leg, audio("a=rtpmap:96 opus/48000/2", formats="96")) == {}
+
+
+def test_non_rtp_or_rejected_lines_are_not_renumbered() -> None:
+    fax = parse_sdp_untrusted(
+        b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+        b"m=image 4000 udptl t38\r\n"
+    ).media[0]
+    assert keep_leg_numbers(fax, PICKER) == {}
+    assert keep_leg_numbers(CALLER, fax) == {}
+    assert renumbered_media(fax, {}) is fax
