@@ -177,9 +177,6 @@ class _Exchange:
     """Whether each stream open before the offer relayed opaque datagrams (T.38)."""
     renumbered_before: dict[tuple[int, str], dict[int, int]]
     """The payload type renumbering of each stream direction before the offer."""
-    leg_numbers: dict[int, dict[int, int]]
-    """By m= line: the offerer's payload type -> the one we offered instead, to keep the
-    answerer's leg's numbers (RFC 3264 §8.3.2); its answer is renumbered back."""
     answer: SessionDescription | None = None
     """The latest answer received."""
 
@@ -407,7 +404,6 @@ class MediaSession:
                 self._set_remote(index, offerer, relayed.get(index, _NO_REMOTE))
 
         previous = self._sent.get(answerer)
-        leg_numbers: dict[int, dict[int, int]] = {}
         media_out: list[MediaDescription] = []
         for index, media in enumerate(offer.media):
             stream = self._slots[index]
@@ -418,9 +414,7 @@ class MediaSession:
                 if previous is not None and index < len(previous.media):
                     # A re-offer on a leg keeps the numbers it gave each codec (§8.3.2).
                     numbers = keep_leg_numbers(previous.media[index], media)
-                    if numbers:
-                        leg_numbers[index] = numbers
-                        rewritten = renumbered_media(rewritten, numbers)
+                    rewritten = renumbered_media(rewritten, numbers)
                 media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(media))
@@ -435,7 +429,6 @@ class MediaSession:
             remotes_before=remotes_before,
             opaque_before=opaque_before,
             renumbered_before=dict(self._renumbered),
-            leg_numbers=leg_numbers,
         )
         return sent
 
@@ -508,12 +501,9 @@ class MediaSession:
                     _side(stream, offerer),
                     rtcp_mux=_rtcp_mux(offered),  # RFC 5761 §5.1.1: we can always mux
                 )
-                numbers = exchange.leg_numbers.get(index)
-                if numbers:
-                    # Back into the offerer's numbers, which its answer must reuse (§6.1).
-                    back = {ours: theirs for theirs, ours in numbers.items()}
-                    rewritten = renumbered_media(rewritten, back)
-                media_out.append(rewritten)
+                # In the offerer's numbers, which an answer reuses (§6.1): the answerer's
+                # leg may number a codec otherwise (our re-offer kept its numbers, §8.3.2).
+                media_out.append(_in_numbers_of(exchange.offer.media[index], answered, rewritten))
             else:
                 media_out.append(rejected_media(offered))
         # RFC 3264 §6: the answer's t= line is the offer's.
@@ -873,6 +863,21 @@ def _rewritten_media(
         bandwidths=media.bandwidths,
         attributes=attributes,
     )
+
+
+def _in_numbers_of(
+    offered: MediaDescription, answered: MediaDescription, rewritten: MediaDescription
+) -> MediaDescription:
+    """``rewritten`` (our answer made from ``answered``) with each codec numbered as
+    ``offered`` numbers it (RFC 3264 §6.1); as it is when that would give one number to two
+    formats (an answer with a codec the offer lacks, on a number the offer uses)."""
+    numbers = payload_type_map(answered, offered)
+    if not numbers:
+        return rewritten
+    renumbered = renumbered_media(rewritten, numbers)
+    if len(set(renumbered.formats)) != len(renumbered.formats):
+        return rewritten
+    return renumbered
 
 
 def _is_unspecified(address: str) -> bool:

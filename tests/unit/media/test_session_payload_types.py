@@ -71,8 +71,26 @@ def test_an_answer_that_numbers_its_own_way_is_renumbered_both_ways(session: Med
     session.offer_from("a", CALLER)
     sent = session.answer_from("b", PICKER)
     assert renumbering(session) == ({101: 96}, {96: 101})
-    assert sent.media[0].formats == ("0", "96")  # the answer passes as it came
+    # The caller gets the answer in its own numbers, as it should have come (§6.1).
+    assert sent.media[0].formats == ("0", "101")
+    assert "101 telephone-event/8000" in sent.media[0].attributes.values("rtpmap")
     session.settle()
+
+
+def test_an_answer_that_would_give_a_number_twice_is_passed_as_it_came(
+    session: MediaSession,
+) -> None:
+    # The answer adds a codec the offer lacks, on the number the offer gives telephone-event.
+    session.offer_from("a", CALLER)
+    odd = sdp(
+        30000,
+        "a=rtpmap:101 G722/8000",
+        "a=rtpmap:96 telephone-event/8000",
+        formats="101 96",
+    )
+    sent = session.answer_from("b", odd)
+    assert sent.media[0].formats == ("101", "96")
+    assert renumbering(session) == ({101: 96}, {96: 101})
 
 
 def test_the_pickers_own_numbers_count_not_the_answer_made_for_the_caller(
