@@ -83,6 +83,7 @@ from gateway.core.sdp.model import (
 from gateway.core.sdp.offer_answer import (
     apply_version_rule,
     keep_leg_numbers,
+    numbered_alike,
     payload_type_map,
     rejected_media,
     renumbered_media,
@@ -417,7 +418,11 @@ class MediaSession:
                 rewritten = _rewritten_media(
                     offer, media, _side(stream, answerer), rtcp_mux=_rtcp_mux(media)
                 )
-                if previous is not None and index < len(previous.media):
+                if (
+                    previous is not None
+                    and index < len(previous.media)
+                    and not numbered_alike(previous.media[index], media)
+                ):
                     # A re-offer on a leg keeps the numbers it gave each codec (§8.3.2).
                     numbers = keep_leg_numbers(previous.media[index], media)
                     rewritten = renumbered_media(rewritten, numbers)
@@ -493,7 +498,16 @@ class MediaSession:
             else:
                 self._set_remote(index, answerer, _NO_REMOTE)
                 self._set_remote(index, offerer, _NO_REMOTE)
-        self._renumber(exchange.offer, offerer, numbering or answer, accepted)
+        # Streams whose answer numbers every codec as the offer does (the usual case): nothing
+        # to renumber in the relay or in our answer, found without parsing a=rtpmap.
+        alike = {
+            index
+            for index in accepted
+            if numbered_alike(exchange.offer.media[index], answer.media[index])
+        }
+        self._renumber(
+            exchange.offer, offerer, numbering or answer, accepted, set() if numbering else alike
+        )
 
         media_out: list[MediaDescription] = []
         for index, (offered, answered) in enumerate(
@@ -509,7 +523,10 @@ class MediaSession:
                 )
                 # In the offerer's numbers, which an answer reuses (§6.1): the answerer's
                 # leg may number a codec otherwise (our re-offer kept its numbers, §8.3.2).
-                media_out.append(_in_numbers_of(exchange.offer.media[index], answered, rewritten))
+                if index not in alike:
+                    offered_own = exchange.offer.media[index]
+                    rewritten = _in_numbers_of(offered_own, answered, rewritten)
+                media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(offered))
         # RFC 3264 §6: the answer's t= line is the offer's.
@@ -697,19 +714,23 @@ class MediaSession:
         offerer: Side,
         answer: SessionDescription,
         accepted: dict[int, _Remote],
+        alike: set[int],
     ) -> None:
         """Set each accepted RTP stream's payload type renumbering from the offerer's own SDP
         and the answerer's (RFC 3264 §5.1: a peer receives, and prefers to send, a codec with
         the number its own SDP gives it). Passing one leg's SDP to the other, as every plain
-        call does, leaves nothing to renumber."""
+        call does, leaves nothing to renumber: the streams in ``alike`` (``numbered_alike``)."""
         forward = "a_to_b" if offerer == "a" else "b_to_a"
         backward = "b_to_a" if offerer == "a" else "a_to_b"
         for index in accepted:
             offered = offer.media[index]
             answered = answer.media[index] if index < len(answer.media) else None
-            # validate_answer has read every a=rtpmap of both: no SdpError from here.
-            there = {} if answered is None else payload_type_map(offered, answered)
-            back = {} if answered is None else payload_type_map(answered, offered)
+            there: dict[int, int] = {}
+            back: dict[int, int] = {}
+            if answered is not None and index not in alike:
+                # validate_answer has read every a=rtpmap of both: no SdpError from here.
+                there = payload_type_map(offered, answered)
+                back = payload_type_map(answered, offered)
             self._set_renumbered(index, forward, there)
             self._set_renumbered(index, backward, back)
 

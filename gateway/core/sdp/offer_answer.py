@@ -211,6 +211,20 @@ def _shares_format(offer: MediaDescription, answer: MediaDescription) -> bool:
 # -- payload type numbers across the two legs ----------------------------------------------------
 
 
+def numbered_alike(wider: MediaDescription, narrower: MediaDescription) -> bool:
+    """True when every format of ``narrower`` is one of ``wider`` with the same a=rtpmap text
+    (or without one in ``narrower``): the usual answer to an offer (RFC 3264 §6.1), or a
+    re-offer in the numbers of before. Nothing is renumbered then (:func:`payload_type_map`
+    and :func:`keep_leg_numbers` would find nothing); decided on the text, so that every call
+    pays a few string comparisons per stream and no parsing."""
+    if not set(wider.formats).issuperset(narrower.formats):
+        return False
+    theirs = {v.partition(" ")[0]: v.lower() for v in wider.attributes.values("rtpmap")}
+    return all(
+        theirs.get(v.partition(" ")[0]) == v.lower() for v in narrower.attributes.values("rtpmap")
+    )
+
+
 def payload_type_map(sender: MediaDescription, receiver: MediaDescription) -> dict[int, int]:
     """How to renumber RTP from the peer that wrote ``sender`` for the peer that wrote
     ``receiver``: payload type as sent -> payload type the receiver expects; empty when the
@@ -273,7 +287,9 @@ def keep_leg_numbers(previous: MediaDescription, offer: MediaDescription) -> dic
         key = None if rtpmap is None else rtpmap.codec_key
         free = [n for n in numbers_of.get(key, ()) if n not in taken] if key is not None else []
         target: int | None
-        if free:
+        if payload_type in free:
+            target = payload_type  # the leg knows it as this codec already
+        elif free:
             target = free[0]  # the leg's own number for this codec
         elif (payload_type in known and known[payload_type] != key) or payload_type in taken:
             target = None  # the leg knows this number as another codec: a fresh one below

@@ -8,7 +8,12 @@ import pytest
 
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import MediaDescription
-from gateway.core.sdp.offer_answer import keep_leg_numbers, payload_type_map, renumbered_media
+from gateway.core.sdp.offer_answer import (
+    keep_leg_numbers,
+    numbered_alike,
+    payload_type_map,
+    renumbered_media,
+)
 from gateway.core.sdp.parser import parse_sdp_untrusted
 
 
@@ -166,3 +171,23 @@ def test_non_rtp_or_rejected_lines_are_not_renumbered() -> None:
     assert keep_leg_numbers(fax, PICKER) == {}
     assert keep_leg_numbers(CALLER, fax) == {}
     assert renumbered_media(fax, {}) is fax
+
+
+def test_a_number_the_leg_knows_as_the_same_codec_is_kept() -> None:
+    leg = audio("a=rtpmap:96 H264/90000", "a=rtpmap:97 H264/90000", formats="96 97")
+    assert keep_leg_numbers(leg, audio("a=rtpmap:97 H264/90000", formats="97")) == {}
+
+
+def test_numbered_alike_is_the_usual_answer_found_on_the_text() -> None:
+    answer = audio("a=rtpmap:101 telephone-event/8000", formats="0 101")
+    assert numbered_alike(CALLER, answer)
+    assert numbered_alike(CALLER, CALLER)
+    assert numbered_alike(CALLER, audio("a=RTPMAP:101 Telephone-Event/8000", formats="101"))
+    assert not numbered_alike(CALLER, PICKER)  # 96 is not offered
+    assert not numbered_alike(answer, CALLER)  # not every format of the narrower is offered
+    wrong = audio("a=rtpmap:101 opus/48000/2", formats="101")
+    assert not numbered_alike(CALLER, wrong)
+    # Where numbered_alike holds, the full comparison finds nothing either.
+    for narrower in (answer, CALLER):
+        assert payload_type_map(CALLER, narrower) == payload_type_map(narrower, CALLER) == {}
+        assert keep_leg_numbers(CALLER, narrower) == {}
