@@ -1464,12 +1464,15 @@ class Call:
             if not sdp:
                 raise SdpError("an INVITE picking up a call needs an SDP offer")
             offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
-            to_picker = picker.security.make_answer(answer_with(offer, offer_b))
+            plain_to_picker = answer_with(offer, offer_b)
+            to_picker = picker.security.make_answer(plain_to_picker)
             # The caller's answer has the caller's numbers (RFC 3264 §6.1), the picker's its
             # own: where they differ (telephone-event 101 and 96) the relay renumbers.
             answer_a = self.a.security.make_answer(
                 self.media.answer_from(Side.B.value, answer_with(offer_b, offer), numbering=offer)
             )
+            # What the picker's leg was told: later offers on it keep its numbers and o= line.
+            self.media.sent_elsewhere(Side.B.value, plain_to_picker)
         except (SdpError, UnsupportedBody) as err:
             log.info("call %s: pickup by %s refused: %s", self.id, name, err.reason)
             refusal = make_response(

@@ -280,6 +280,13 @@ class MediaSession:
         """The SDP we last sent on ``side``'s leg (to repeat it, e.g. in a session refresh)."""
         return self._sent.get(_check_side(side))
 
+    def sent_elsewhere(self, side: Side, sdp: SessionDescription) -> None:
+        """Record ``sdp``, plain, as the SDP last sent on ``side``'s leg when the call made it
+        itself (a pickup's answer to the picker, ``answer_with``): later offers on that leg
+        keep its payload type numbers (RFC 3264 §8.3.2) and its o= line (§8)."""
+        self._check_open()
+        self._sent[_check_side(side)] = sdp
+
     @property
     def on_hold(self) -> bool:
         """Whether the call is on hold: in the SDP last sent on each leg no stream is meant to

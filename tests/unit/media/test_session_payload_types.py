@@ -152,3 +152,21 @@ def test_a_new_partys_re_offer_keeps_the_legs_numbers_and_its_answer_goes_back_i
     assert session.answer_from("b", PICKER).media[0].formats == ("0", "101")
     session.settle()
     assert renumbering(session) == ({101: 96}, {96: 101})
+
+
+def test_after_a_pickup_the_callers_re_offer_reaches_the_picker_in_its_numbers(
+    session: MediaSession,
+) -> None:
+    offer_b = session.offer_from("a", CALLER)
+    session.answer_from("b", answer_with(offer_b, PICKER), numbering=PICKER)
+    session.settle()
+    to_picker = answer_with(PICKER, offer_b)
+    session.sent_elsewhere("b", to_picker)
+    assert session.last_sent("b") == to_picker
+    # The caller holds: the picker's leg knows telephone-event as 96.
+    reoffer = session.offer_from("a", CALLER)
+    assert reoffer.media[0].formats == ("0", "96")
+    assert reoffer.origin.session_version == to_picker.origin.session_version + 1  # RFC 3264 §8
+    assert session.answer_from("b", PICKER).media[0].formats == ("0", "101")
+    session.settle()
+    assert renumbering(session) == ({101: 96}, {96: 101})
