@@ -1484,35 +1484,43 @@ class Call:
             too_small = make_response(request, 422, extra=[("Min-SE", str(timer.min_se))])
             await self._answer_pickup(event, too_small)
             return
-        try:
-            sdp, _ = read_body(request.content_type, request.body)
-            if not sdp:
-                raise SdpError("an INVITE picking up a call needs an SDP offer")
-            offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
-            to_picker = picker.security.make_answer(answer_with(offer, offer_b))
-            answer_a = self.a.security.make_answer(
-                self.media.answer_from(Side.B.value, answer_with(offer_b, offer))
-            )
-        except (SdpError, UnsupportedBody) as err:
-            log.info("call %s: pickup by %s refused: %s", self.id, name, err.reason)
-            refusal = make_response(
-                request, 488, "Not Acceptable Here", extra=[("Warning", _warning(err.reason))]
-            )
-            await self._answer_pickup(event, refusal)
-            return
+        # The call moves from the ringing account to the picker's: counted against the
+        # picker's max_calls (a phone at its limit is busy for this call as for any), and no
+        # longer against the account whose phone rang. Taken before the media session changes.
         ringing = picked.target.account if picked.target is not None else None
-        if name is not None and name != ringing:
-            # The call moves from the ringing account to the picker's: counted against the
-            # picker's max_calls (a phone at its limit is busy for this call as for any), and
-            # no longer against the account whose phone rang.
-            why = self.manager.limits.take(self, ("account", name))
+        moving_to = ("account", name) if name is not None and name != ringing else None
+        if moving_to is not None:
+            why = self.manager.limits.take(self, moving_to)
             if why is not None:
                 log.info("call %s: pickup by %s refused: at its %s", self.id, name, why)
                 busy = make_response(request, 486, f"Busy Here (account {why})")
                 await self._answer_pickup(event, busy)
                 return
-            if ringing is not None:
-                self.manager.limits.release_one(self, ("account", ringing))
+        try:
+            sdp, _ = read_body(request.content_type, request.body)
+            if not sdp:
+                raise SdpError("an INVITE picking up a call needs an SDP offer")
+            offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
+            plain_to_picker = answer_with(offer, offer_b)
+            to_picker = picker.security.make_answer(plain_to_picker)
+            # The caller's answer has the caller's numbers (RFC 3264 §6.1), the picker's its
+            # own: where they differ (telephone-event 101 and 96) the relay renumbers.
+            answer_a = self.a.security.make_answer(
+                self.media.answer_from(Side.B.value, answer_with(offer_b, offer), numbering=offer)
+            )
+            # What the picker's leg was told: later offers on it keep its numbers and o= line.
+            self.media.sent_elsewhere(Side.B.value, plain_to_picker)
+        except (SdpError, UnsupportedBody) as err:
+            log.info("call %s: pickup by %s refused: %s", self.id, name, err.reason)
+            if moving_to is not None:
+                self.manager.limits.release_one(self, moving_to)
+            refusal = make_response(
+                request, 488, "Not Acceptable Here", extra=[("Warning", _warning(err.reason))]
+            )
+            await self._answer_pickup(event, refusal)
+            return
+        if moving_to is not None and ringing is not None:
+            self.manager.limits.release_one(self, ("account", ringing))
         fields = [("Contact", str(picker.contact)), ("Allow", ALLOW), *timer.headers()]
         fields.extend(("Record-Route", rr) for rr in request.headers.get_all("Record-Route"))
         ok = make_response(

@@ -27,10 +27,19 @@ address (direction ``a_to_b``), and the reverse.
   second octet (RFC 5761 §4, :data:`~gateway.core.media.rtp.RTCP_BY_SECOND_OCTET`); RTCP towards a
   side that muxes leaves from its RTP socket to its RTP address, otherwise from its RTCP socket to
   its RTCP address (SDP ``a=rtcp`` per RFC 3605, or RTP port + 1).
-- Packets are forwarded unchanged (SSRC, sequence numbers, timestamps). Per direction a
-  :class:`DirectionControl` sets a ``blocked`` flag (no media before keys), :class:`Transforms`
-  (SRTP unprotect on arrival, protect before sending; ``None`` from a transform drops the packet)
-  and taps (called between the two transforms, so they see plain RTP).
+- Packets are forwarded unchanged (SSRC, sequence numbers, timestamps; the payload type too,
+  unless renumbered, below). Per direction a :class:`DirectionControl` sets a ``blocked`` flag
+  (no media before keys), :class:`Transforms` (SRTP unprotect on arrival, protect before
+  sending; ``None`` from a transform drops the packet) and taps (called between the two
+  transforms, so they see plain RTP).
+- Payload type numbers: a direction may renumber RTP payload types
+  (:attr:`DirectionControl.payload_types`, set by the media session from the two legs' SDP when
+  they number a codec differently, e.g. telephone-event 101 and 96 after a call pickup). The
+  second octet goes through a 256-entry table (marker bit kept), on the plain packet: after
+  SRTP unprotect and before protect, since the payload type is authenticated (RFC 3711 §3.1).
+  It rides on the RTP route's transforms (A->B before ``rtp_out``, B->A after ``rtp_in``, so taps
+  see every packet numbered as leg A's SDP says), in place when they are: a direction without a
+  renumbering is built exactly as before and pays nothing. RTCP carries no payload type.
 - Key exchanges on the media port (DTLS, RFC 5764 §5.1.2; ZRTP; STUN), demultiplexed by the
   first byte (RFC 7983): what is not RTP/RTCP (first byte outside 128..191) is dropped as
   malformed, unless the socket has a handler (:meth:`StreamSide.set_non_rtp_handler`, the call's
@@ -618,6 +627,8 @@ class DirectionControl:
         self._transforms = Transforms()
         self._taps: tuple[Tap, ...] = ()
         self._rtcp_observer: RtcpObserver | None = None
+        self._payload_types: dict[int, int] = {}
+        self._payload_type_table: bytes | None = None  # second octet -> rewritten; None: none
 
     def __repr__(self) -> str:
         return (
@@ -659,6 +670,19 @@ class DirectionControl:
     @rtcp_observer.setter
     def rtcp_observer(self, value: RtcpObserver | None) -> None:
         self._rtcp_observer = value
+        self._on_change()
+
+    @property
+    def payload_types(self) -> dict[int, int]:
+        """RTP payload types this direction renumbers: as the sending leg numbers a codec -> as
+        the receiving leg does (the module docstring's "Payload type numbers"); empty: none,
+        packets keep theirs. A copy: set a new mapping to change it."""
+        return dict(self._payload_types)
+
+    @payload_types.setter
+    def payload_types(self, value: dict[int, int]) -> None:
+        self._payload_type_table = payload_type_table(value)
+        self._payload_types = dict(value)
         self._on_change()
 
     def add_tap(self, tap: Tap) -> None:
@@ -822,15 +846,16 @@ class MediaStream:
                     _configure(ep.rtp, dst._rtp, rtp_destination, None, None, ep.taps, buffer)
                     _configure(ep.rtcp, rtcp_out, None, None, None, ep.taps, buffer)
                     continue
-                _configure(
-                    ep.rtp,
-                    dst._rtp,
-                    dst.rtp_destination,
-                    transforms.rtp_in,
-                    transforms.rtp_out,
-                    ep.taps,
-                    buffer,
-                )
+                rtp_in, rtp_out = transforms.rtp_in, transforms.rtp_out
+                table = control._payload_type_table
+                if table is not None:
+                    # Renumbered on the plain packet, where taps see leg A's numbers in both
+                    # directions: A->B before the rewrite, B->A after it.
+                    if control.direction is Direction.A_TO_B:
+                        rtp_out = _Renumbered(table, rtp_out, inbound=False)
+                    else:
+                        rtp_in = _Renumbered(table, rtp_in, inbound=True)
+                _configure(ep.rtp, dst._rtp, dst.rtp_destination, rtp_in, rtp_out, ep.taps, buffer)
                 rtcp_in = transforms.rtcp_in
                 if control.rtcp_observer is not None:
                     # Reading RTCP makes its route take the bytes path (no in-place SRTCP):
@@ -846,6 +871,81 @@ class MediaStream:
                     buffer,
                 )
             src._rtp.rtcp_octets = RTCP_BY_SECOND_OCTET if src.rtcp_mux else _NEVER_RTCP
+
+
+def payload_type_table(renumbered: dict[int, int]) -> bytes | None:
+    """The relay's form of a payload type renumbering: RTP's second octet (marker bit and
+    payload type, RFC 3550 §5.1) -> the octet to send, the marker bit kept; None when nothing
+    changes. Raises :class:`LocalMediaError` for a number outside 0..127."""
+    table = bytearray(range(256))
+    for sent, wanted in renumbered.items():
+        if not (0 <= sent <= 127 and 0 <= wanted <= 127):
+            raise LocalMediaError(f"payload type renumbering {sent} -> {wanted} is out of range")
+        table[sent] = wanted
+        table[sent | 0x80] = wanted | 0x80
+    if table == bytearray(range(256)):
+        return None
+    return bytes(table)
+
+
+class _Renumbered:
+    """A direction's RTP transform (``inner``, None: none) with the payload type rewritten on
+    the plain packet: after ``inner`` when it is the inbound one (SRTP unprotect), before when
+    it is the outbound one (SRTP protect): the payload type is inside the authenticated header
+    (RFC 3711 §3.1), so it may only change between the two. Works in place when ``inner`` does
+    (or is None), never fused with the other direction's transform (no ``in_buffer_then``)."""
+
+    def __init__(self, table: bytes, inner: Transform | None, *, inbound: bool) -> None:
+        self.table = table
+        self.inner = inner
+        self.inbound = inbound
+
+    def __repr__(self) -> str:
+        return f"_Renumbered(inner={self.inner!r}, inbound={self.inbound!r})"
+
+    def __call__(self, packet: bytes) -> bytes | None:
+        inner = self.inner
+        if inner is not None and self.inbound:
+            result = inner(packet)
+            if result is None:
+                return None
+            packet = result
+        packet = b"".join((packet[:1], bytes((self.table[packet[1]],)), packet[2:]))
+        if inner is not None and not self.inbound:
+            return inner(packet)
+        return packet
+
+    def in_buffer(self, buffer: bytearray) -> BufferStep | None:
+        inner = self.inner
+        inner_step = _buffer_step(inner, buffer)
+        if inner is not None and inner_step is None:
+            return None  # ``inner`` works on bytes only: so does this
+        return _RenumberStep(self.table, buffer, inner_step, self.inbound).run
+
+
+class _RenumberStep:
+    """:meth:`_Renumbered.in_buffer`'s step: the second octet through the table, and the inner
+    transform's own step after (inbound) or before (outbound) it."""
+
+    def __init__(
+        self, table: bytes, buffer: bytearray, inner: BufferStep | None, inbound: bool
+    ) -> None:
+        self.table = table
+        self.buffer = buffer
+        self.inner = inner
+        self.inbound = inbound
+
+    def run(self, size: int) -> int:
+        inner = self.inner
+        buffer = self.buffer
+        if inner is not None and self.inbound:
+            size = inner(size)
+            if size < 0:
+                return size
+        buffer[1] = self.table[buffer[1]]
+        if inner is not None and not self.inbound:
+            return inner(size)
+        return size
 
 
 def _observed(transform_in: Transform | None, observer: RtcpObserver) -> Transform:

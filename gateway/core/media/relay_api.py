@@ -68,6 +68,15 @@ class RelayDirection(Protocol):
     @rtcp_observer.setter
     def rtcp_observer(self, value: RtcpObserver | None) -> None: ...
 
+    @property
+    def payload_types(self) -> dict[int, int]:
+        """RTP payload types renumbered in this direction (sent -> expected by the receiver;
+        :attr:`gateway.core.media.relay.DirectionControl.payload_types`); empty: none."""
+        ...
+
+    @payload_types.setter
+    def payload_types(self, value: dict[int, int]) -> None: ...
+
     def statistics(self) -> DirectionStatistics: ...
 
 

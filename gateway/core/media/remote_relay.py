@@ -69,6 +69,7 @@ from gateway.core.media.relay import (
     NonRtpHandler,
     RtcpObserver,
     Tap,
+    payload_type_table,
 )
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
@@ -88,6 +89,7 @@ from gateway.core.media.worker_protocol import (
     SetIce,
     SetKeys,
     SetOpaque,
+    SetPayloadTypes,
     SetRemote,
     SetRtcpWatch,
     SetTap,
@@ -357,6 +359,7 @@ class RemoteDirection:
     _blocked: bool = True  # see WorkerPool.open_stream
     _counts: DirectionStatistics = attrs.field(default=_NO_COUNTS, repr=False)
     _rtcp_observer: RtcpObserver | None = attrs.field(default=None, repr=False)
+    _payload_types: dict[int, int] = attrs.field(factory=dict, repr=False)
 
     @property
     def blocked(self) -> bool:
@@ -378,6 +381,17 @@ class RemoteDirection:
     def rtcp_observer(self, value: RtcpObserver | None) -> None:
         self._rtcp_observer = value
         self._stream._send(SetRtcpWatch(self._stream.id, self.direction.value, value is not None))
+
+    @property
+    def payload_types(self) -> dict[int, int]:
+        return dict(self._payload_types)
+
+    @payload_types.setter
+    def payload_types(self, value: dict[int, int]) -> None:
+        payload_type_table(value)  # out of range: LocalMediaError here, not in the worker
+        self._payload_types = dict(value)
+        renumbered = tuple(sorted(value.items()))
+        self._stream._send(SetPayloadTypes(self._stream.id, self.direction.value, renumbered))
 
     def _rtcp(self, packet: bytes) -> None:
         observer = self._rtcp_observer

@@ -14,7 +14,13 @@ What each leg sees is ours, never the other peer's transport:
 - ``c=`` is ``media_address``, every m= port is the relay port facing that leg, ``a=rtcp`` (RFC
   3605) names our RTCP port unless the leg muxes (RFC 5761);
 - codecs, payload types, fmtp, ptime, bandwidth, direction and unknown attributes go through
-  unchanged; attributes that describe the other peer's transport or keys are removed (ICE
+  unchanged, except payload type numbers that would change on a leg: a re-offer keeps the
+  numbers we last sent on the answerer's leg (RFC 3264 §8.3.2, ``keep_leg_numbers``), and the
+  answer we send is in the offerer's numbers (§6.1). Where the two peers still number a codec
+  differently, each stream direction gets a renumbering for the relay
+  (``RelayDirection.payload_types``, from both peers' own SDP when the answer arrives; restored
+  with the rest when an offer is abandoned; docs/architecture.md "Payload type numbers");
+  attributes that describe the other peer's transport or keys are removed (ICE
   candidates and credentials, a=crypto, a=fingerprint, a=setup, a=tls-id, a=zrtp-hash,
   a=key-mgmt, BUNDLE grouping). Keys are per leg: until a leg negotiates its own, legs are plain
   RTP/AVP(F), and an offer with only encrypted streams is refused
@@ -74,7 +80,15 @@ from gateway.core.sdp.model import (
     SessionDescription,
     TimeDescription,
 )
-from gateway.core.sdp.offer_answer import apply_version_rule, rejected_media, validate_answer
+from gateway.core.sdp.offer_answer import (
+    apply_version_rule,
+    keep_leg_numbers,
+    numbered_alike,
+    payload_type_map,
+    rejected_media,
+    renumbered_media,
+    validate_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +182,8 @@ class _Exchange:
     remotes_before: dict[tuple[int, Side], _Remote]
     opaque_before: dict[int, bool]
     """Whether each stream open before the offer relayed opaque datagrams (T.38)."""
+    renumbered_before: dict[tuple[int, str], dict[int, int]]
+    """The payload type renumbering of each stream direction before the offer."""
     answer: SessionDescription | None = None
     """The latest answer received."""
 
@@ -216,6 +232,9 @@ class MediaSession:
         self._session_id_source = session_id_source or _random_session_id
         self._slots: list[RelayStream | None] = []
         self._remotes: dict[tuple[int, Side], _Remote] = {}
+        # (m= line, "a_to_b"/"b_to_a") -> the relay's payload type renumbering; only non-empty
+        # ones are kept, so a call whose legs agree never touches its streams' settings.
+        self._renumbered: dict[tuple[int, str], dict[int, int]] = {}
         self._sent: dict[Side, SessionDescription] = {}
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
@@ -260,6 +279,13 @@ class MediaSession:
     def last_sent(self, side: Side) -> SessionDescription | None:
         """The SDP we last sent on ``side``'s leg (to repeat it, e.g. in a session refresh)."""
         return self._sent.get(_check_side(side))
+
+    def sent_elsewhere(self, side: Side, sdp: SessionDescription) -> None:
+        """Record ``sdp``, plain, as the SDP last sent on ``side``'s leg when the call made it
+        itself (a pickup's answer to the picker, ``answer_with``): later offers on that leg
+        keep its payload type numbers (RFC 3264 §8.3.2) and its o= line (§8)."""
+        self._check_open()
+        self._sent[_check_side(side)] = sdp
 
     @property
     def on_hold(self) -> bool:
@@ -391,18 +417,23 @@ class MediaSession:
             if stream is not None:
                 self._set_remote(index, offerer, relayed.get(index, _NO_REMOTE))
 
+        previous = self._sent.get(answerer)
         media_out: list[MediaDescription] = []
         for index, media in enumerate(offer.media):
             stream = self._slots[index]
             if index in relayed and stream is not None:
-                media_out.append(
-                    _rewritten_media(
-                        offer,
-                        media,
-                        _side(stream, answerer),
-                        rtcp_mux=_rtcp_mux(media),
-                    )
+                rewritten = _rewritten_media(
+                    offer, media, _side(stream, answerer), rtcp_mux=_rtcp_mux(media)
                 )
+                if (
+                    previous is not None
+                    and index < len(previous.media)
+                    and not numbered_alike(previous.media[index], media)
+                ):
+                    # A re-offer on a leg keeps the numbers it gave each codec (§8.3.2).
+                    numbers = keep_leg_numbers(previous.media[index], media)
+                    rewritten = renumbered_media(rewritten, numbers)
+                media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(media))
         sent = self._send(answerer, offer, media_out, times=offer.times)
@@ -415,11 +446,25 @@ class MediaSession:
             slot_count_before=slot_count_before,
             remotes_before=remotes_before,
             opaque_before=opaque_before,
+            renumbered_before=dict(self._renumbered),
         )
         return sent
 
-    def answer_from(self, side: Side, answer: SessionDescription) -> SessionDescription:
+    def answer_from(
+        self,
+        side: Side,
+        answer: SessionDescription,
+        *,
+        numbering: SessionDescription | None = None,
+    ) -> SessionDescription:
         """Relay the answer received on ``side``'s leg; returns the answer for the offerer's leg.
+
+        Where the two peers number a codec differently (each by its own SDP: the offer and
+        ``answer``), the stream's directions renumber RTP payload types
+        (:func:`~gateway.core.sdp.offer_answer.payload_type_map`). ``numbering``: the SDP whose
+        numbers ``side``'s peer really uses when ``answer`` is not its own (call pickup: an
+        answer the gateway made up from the picker's offer, which it answered elsewhere with
+        the picker's own numbers); its m= lines match the offer's by position.
 
         ``answer`` is checked against the offer we sent (RFC 3264 §6, :func:`validate_answer`);
         the answerer's side of every accepted stream is pointed at its addresses; a stream it
@@ -460,6 +505,16 @@ class MediaSession:
             else:
                 self._set_remote(index, answerer, _NO_REMOTE)
                 self._set_remote(index, offerer, _NO_REMOTE)
+        # Streams whose answer numbers every codec as the offer does (the usual case): nothing
+        # to renumber in the relay or in our answer, found without parsing a=rtpmap.
+        alike = {
+            index
+            for index in accepted
+            if numbered_alike(exchange.offer.media[index], answer.media[index])
+        }
+        self._renumber(
+            exchange.offer, offerer, numbering or answer, accepted, set() if numbering else alike
+        )
 
         media_out: list[MediaDescription] = []
         for index, (offered, answered) in enumerate(
@@ -467,14 +522,18 @@ class MediaSession:
         ):
             stream = self._slots[index]
             if index in accepted and stream is not None:
-                media_out.append(
-                    _rewritten_media(
-                        answer,
-                        answered,
-                        _side(stream, offerer),
-                        rtcp_mux=_rtcp_mux(offered),  # RFC 5761 §5.1.1: we can always mux
-                    )
+                rewritten = _rewritten_media(
+                    answer,
+                    answered,
+                    _side(stream, offerer),
+                    rtcp_mux=_rtcp_mux(offered),  # RFC 5761 §5.1.1: we can always mux
                 )
+                # In the offerer's numbers, which an answer reuses (§6.1): the answerer's
+                # leg may number a codec otherwise (our re-offer kept its numbers, §8.3.2).
+                if index not in alike:
+                    offered_own = exchange.offer.media[index]
+                    rewritten = _in_numbers_of(offered_own, answered, rewritten)
+                media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(offered))
         # RFC 3264 §6: the answer's t= line is the offer's.
@@ -518,6 +577,9 @@ class MediaSession:
         for index, stream in enumerate(self._slots):
             if stream is not None:
                 self._set_opaque(index, exchange.opaque_before.get(index, False))
+                for name in ("a_to_b", "b_to_a"):
+                    before = exchange.renumbered_before.get((index, name), {})
+                    self._set_renumbered(index, name, before)
                 for side in _SIDES:
                     self._set_remote(
                         index, side, exchange.remotes_before.get((index, side), _NO_REMOTE)
@@ -653,6 +715,48 @@ class MediaSession:
                 stream.a_to_b.rtcp_observer = quality.observer("a", index)
                 stream.b_to_a.rtcp_observer = quality.observer("b", index)
 
+    def _renumber(
+        self,
+        offer: SessionDescription,
+        offerer: Side,
+        answer: SessionDescription,
+        accepted: dict[int, _Remote],
+        alike: set[int],
+    ) -> None:
+        """Set each accepted RTP stream's payload type renumbering from the offerer's own SDP
+        and the answerer's (RFC 3264 §5.1: a peer receives, and prefers to send, a codec with
+        the number its own SDP gives it). Passing one leg's SDP to the other, as every plain
+        call does, leaves nothing to renumber: the streams in ``alike`` (``numbered_alike``)."""
+        forward = "a_to_b" if offerer == "a" else "b_to_a"
+        backward = "b_to_a" if offerer == "a" else "a_to_b"
+        for index in accepted:
+            offered = offer.media[index]
+            answered = answer.media[index] if index < len(answer.media) else None
+            there: dict[int, int] = {}
+            back: dict[int, int] = {}
+            if answered is not None and index not in alike:
+                # validate_answer has read every a=rtpmap of both: no SdpError from here.
+                there = payload_type_map(offered, answered)
+                back = payload_type_map(answered, offered)
+            self._set_renumbered(index, forward, there)
+            self._set_renumbered(index, backward, back)
+
+    def _set_renumbered(self, index: int, direction: str, renumbered: dict[int, int]) -> None:
+        """Give stream ``index``'s ``direction`` this renumbering, if it is not its own yet."""
+        key = (index, direction)
+        if self._renumbered.get(key, {}) == renumbered:
+            return
+        stream = self._slots[index]
+        if stream is None:
+            return
+        control = stream.a_to_b if direction == "a_to_b" else stream.b_to_a
+        control.payload_types = renumbered
+        if renumbered:
+            self._renumbered[key] = renumbered
+            log.info("m= line %d %s: payload types renumbered %s", index + 1, direction, renumbered)
+        else:
+            self._renumbered.pop(key, None)
+
     def _set_remote(self, index: int, side: Side, remote: _Remote) -> None:
         stream = self._slots[index]
         assert stream is not None
@@ -666,6 +770,8 @@ class MediaSession:
         self._slots[index] = None
         for side in _SIDES:
             self._remotes.pop((index, side), None)
+        self._renumbered.pop((index, "a_to_b"), None)
+        self._renumbered.pop((index, "b_to_a"), None)
         totals = self._totals
         for name, counters in _direction_statistics(stream):
             totals.packets[name] += counters[0]
@@ -791,6 +897,21 @@ def _rewritten_media(
         bandwidths=media.bandwidths,
         attributes=attributes,
     )
+
+
+def _in_numbers_of(
+    offered: MediaDescription, answered: MediaDescription, rewritten: MediaDescription
+) -> MediaDescription:
+    """``rewritten`` (our answer made from ``answered``) with each codec numbered as
+    ``offered`` numbers it (RFC 3264 §6.1); as it is when that would give one number to two
+    formats (an answer with a codec the offer lacks, on a number the offer uses)."""
+    numbers = payload_type_map(answered, offered)
+    if not numbers:
+        return rewritten
+    renumbered = renumbered_media(rewritten, numbers)
+    if len(set(renumbered.formats)) != len(renumbered.formats):
+        return rewritten
+    return renumbered
 
 
 def _is_unspecified(address: str) -> bool:

@@ -18,7 +18,8 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
   ``Datagram``), ``SendDatagram``, ``SetIce`` (ICE-lite: the worker answers the leg's
   connectivity checks itself, gateway/core/media/ice.py), ``SetTap``, ``SetOpaque`` (T.38 fax:
   the stream relays UDPTL
-  datagrams as they are, :meth:`~gateway.core.media.relay.MediaStream.set_opaque`), ``Close``.
+  datagrams as they are, :meth:`~gateway.core.media.relay.MediaStream.set_opaque`),
+  ``SetPayloadTypes`` (a direction's RTP payload type renumbering), ``Close``.
   A request it cannot honour ends the stream's call
   (``StreamFailed`` with the reason); keys never appear in that reason;
 - a statistics task that pushes each stream's counters and idle time once per
@@ -74,6 +75,7 @@ from gateway.core.media.worker_protocol import (
     SetIce,
     SetKeys,
     SetOpaque,
+    SetPayloadTypes,
     SetRemote,
     SetRtcpWatch,
     SetTap,
@@ -109,6 +111,7 @@ _STREAM_REQUESTS = (
     SetTap,
     SetOpaque,
     SetRtcpWatch,
+    SetPayloadTypes,
     Close,
 )
 
@@ -299,6 +302,9 @@ class Worker:
                 self._set_tap(message.stream, stream, message.enabled)
             elif isinstance(message, SetOpaque):
                 stream.set_opaque(message.opaque)
+            elif isinstance(message, SetPayloadTypes):
+                control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
+                control.payload_types = dict(message.renumbered)
             elif isinstance(message, SetRtcpWatch):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.rtcp_observer = (

@@ -22,7 +22,7 @@ and no error message quotes a frame's bytes. The same holds for ICE passwords (:
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
 :class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
-:class:`SetOpaque`, :class:`SetIce`.
+:class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
 :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`.
 
@@ -184,6 +184,16 @@ class SetRtcpWatch:
 
 
 @attrs.frozen
+class SetPayloadTypes:
+    """``DirectionControl.payload_types`` of ``direction``: RTP payload types to renumber, as
+    (sent, wanted) pairs, each 0..127 (empty: none)."""
+
+    stream: int
+    direction: str
+    renumbered: tuple[tuple[int, int], ...]
+
+
+@attrs.frozen
 class Ping:
     """Answer with :class:`Pong` once every message sent before this one is applied."""
 
@@ -304,6 +314,7 @@ Message = (
     | SetOpaque
     | TappedDatagram
     | SetIce
+    | SetPayloadTypes
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -433,6 +444,18 @@ def _get_ports(reader: _Reader) -> tuple[int, ...]:
     return tuple(struct.unpack(f">{count}H", reader.take(2 * count)))
 
 
+def _put_renumbered(value: tuple[tuple[int, int], ...]) -> bytes:
+    return _U8.pack(len(value)) + b"".join(bytes(pair) for pair in value)
+
+
+def _get_renumbered(reader: _Reader) -> tuple[tuple[int, int], ...]:
+    (count,) = reader.unpack(_U8)
+    data = reader.take(2 * count)
+    if any(octet > 127 for octet in data):
+        raise ChannelError("payload type over 127")
+    return tuple((data[i], data[i + 1]) for i in range(0, len(data), 2))
+
+
 def _put_direction(value: DirectionStatistics) -> bytes:
     return _DIRECTION_COUNTERS.pack(*(getattr(value, name) for name in _DIRECTION_FIELDS))
 
@@ -489,6 +512,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     10: (SetOpaque, (_STREAM, _BOOL)),
     26: (TappedDatagram, (_STREAM, _DIRECTION, _ADDRESS, _BYTES)),
     11: (SetIce, (_STREAM, _SIDE, _BOOL, _BOOL, _STR, _STR, _STR, _STR)),
+    13: (SetPayloadTypes, (_STREAM, _DIRECTION, (_put_renumbered, _get_renumbered))),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

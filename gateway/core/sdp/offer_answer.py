@@ -208,6 +208,132 @@ def _shares_format(offer: MediaDescription, answer: MediaDescription) -> bool:
     return False
 
 
+# -- payload type numbers across the two legs ----------------------------------------------------
+
+
+def numbered_alike(wider: MediaDescription, narrower: MediaDescription) -> bool:
+    """True when every format of ``narrower`` is one of ``wider`` with the same a=rtpmap text
+    (or without one in ``narrower``): the usual answer to an offer (RFC 3264 §6.1), or a
+    re-offer in the numbers of before. Nothing is renumbered then (:func:`payload_type_map`
+    and :func:`keep_leg_numbers` would find nothing); decided on the text, so that every call
+    pays a few string comparisons per stream and no parsing."""
+    if not set(wider.formats).issuperset(narrower.formats):
+        return False
+    theirs = {v.partition(" ")[0]: v.lower() for v in wider.attributes.values("rtpmap")}
+    return all(
+        theirs.get(v.partition(" ")[0]) == v.lower() for v in narrower.attributes.values("rtpmap")
+    )
+
+
+def payload_type_map(sender: MediaDescription, receiver: MediaDescription) -> dict[int, int]:
+    """How to renumber RTP from the peer that wrote ``sender`` for the peer that wrote
+    ``receiver``: payload type as sent -> payload type the receiver expects; empty when the
+    two agree (the common case: the gateway passes one leg's numbers to the other).
+
+    Each peer sends and receives a codec with the number its own SDP gives it (RFC 3264 §5.1:
+    the offer's numbers are what the offerer expects to receive and would prefer to send; §6.1:
+    the answer reuses them). Two legs negotiated apart (call pickup, a transfer's new party, a
+    peer that keeps its numbers across a re-offer as §8.3.2 asks) can give one codec two
+    numbers, e.g. telephone-event 101 on one leg and 96 on the other (RFC 4733 events would
+    then be ignored or misread). Codecs match by name, clock rate and channels (RFC 3551
+    static types included); a sender's number whose codec the receiver lacks is not mapped
+    (it passes unchanged), nor one the receiver gives the same codec. Where the receiver lists
+    a codec more than once, the number with the same fmtp is preferred, else the first.
+    Raises :class:`SdpError` for an unreadable a=rtpmap or payload type."""
+    if not sender.is_rtp or not receiver.is_rtp:
+        return {}
+    theirs = _codecs_by_format(receiver)
+    by_codec: dict[tuple[str, int, int], list[int]] = {}
+    for payload_type, rtpmap in theirs.items():
+        if rtpmap is not None:
+            by_codec.setdefault(rtpmap.codec_key, []).append(payload_type)
+    renumbered: dict[int, int] = {}
+    for payload_type, rtpmap in _codecs_by_format(sender).items():
+        if rtpmap is None:
+            continue
+        candidates = by_codec.get(rtpmap.codec_key)
+        if not candidates or payload_type in candidates:
+            continue
+        fmtp = sender.fmtp(payload_type)
+        same_fmtp = [pt for pt in candidates if receiver.fmtp(pt) == fmtp]
+        renumbered[payload_type] = (same_fmtp or candidates)[0]
+    return renumbered
+
+
+def keep_leg_numbers(previous: MediaDescription, offer: MediaDescription) -> dict[int, int]:
+    """How to renumber ``offer``, a stream we are about to re-offer on a leg, so that every
+    codec keeps the number ``previous`` (the last SDP we sent on that leg) gave it: RFC 3264
+    §8.3.2 lets no payload type number change its codec for the duration of a session, and a
+    B2BUA whose leg now carries another party's offer (a transfer's target, a codec change by
+    the other side) must not let that party's numbering leak in. A codec new to the leg keeps
+    its number unless the leg knows that number as another codec; then it gets a dynamic
+    number (96-127) the leg has not used. Empty when nothing moves, when either is not RTP, and
+    when no such number is left (the relay renumbers then).
+    Raises :class:`SdpError` for an unreadable a=rtpmap or payload type."""
+    if not previous.is_rtp or not offer.is_rtp or previous.is_rejected:
+        return {}
+    known = {
+        pt: None if rtpmap is None else rtpmap.codec_key
+        for pt, rtpmap in _codecs_by_format(previous).items()
+    }
+    numbers_of: dict[tuple[str, int, int], list[int]] = {}
+    for payload_type, known_key in known.items():
+        if known_key is not None:
+            numbers_of.setdefault(known_key, []).append(payload_type)
+    offered = _codecs_by_format(offer)
+    targets: dict[int, int | None] = {}
+    taken: set[int] = set()
+    for payload_type, rtpmap in offered.items():
+        key = None if rtpmap is None else rtpmap.codec_key
+        free = [n for n in numbers_of.get(key, ()) if n not in taken] if key is not None else []
+        target: int | None
+        if payload_type in free:
+            target = payload_type  # the leg knows it as this codec already
+        elif free:
+            target = free[0]  # the leg's own number for this codec
+        elif (payload_type in known and known[payload_type] != key) or payload_type in taken:
+            target = None  # the leg knows this number as another codec: a fresh one below
+        else:
+            target = payload_type
+        targets[payload_type] = target
+        if target is not None:
+            taken.add(target)
+    fresh = (n for n in range(96, 128) if n not in known and n not in taken)
+    renumbered: dict[int, int] = {}
+    for payload_type, target in targets.items():
+        if target is None:
+            target = next(fresh, None)
+            if target is None:
+                return {}
+        if target != payload_type:
+            renumbered[payload_type] = target
+    return renumbered
+
+
+_NUMBERED_ATTRIBUTES = frozenset({"rtpmap", "fmtp", "rtcp-fb"})
+"""Attributes whose value starts with the payload type they describe (RFC 8866 §6.6, §6.15;
+RFC 4585 §4.2)."""
+
+
+def renumbered_media(media: MediaDescription, renumbering: Mapping[int, int]) -> MediaDescription:
+    """``media`` with its payload types renumbered (the m= line's formats and the a=rtpmap,
+    a=fmtp and a=rtcp-fb lines of each); formats not in ``renumbering`` stay as they are."""
+    if not renumbering:
+        return media
+    formats = tuple(
+        str(renumbering.get(int(f), int(f))) if f.isdigit() else f for f in media.formats
+    )
+    attributes: list[Attribute] = []
+    for attribute in media.attributes:
+        value = attribute.value
+        if attribute.name.lower() in _NUMBERED_ATTRIBUTES and value is not None:
+            number, space, rest = value.partition(" ")
+            if number.isdigit() and int(number) in renumbering:
+                value = f"{renumbering[int(number)]}{space}{rest}"
+        attributes.append(Attribute(attribute.name, value))
+    return attrs.evolve(media, formats=formats, attributes=Attributes(tuple(attributes)))
+
+
 # -- building and checking answers ---------------------------------------------------------------
 
 

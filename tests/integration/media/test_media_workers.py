@@ -235,6 +235,47 @@ async def test_rtp_to_srtp_with_keys_sent_over_the_channel(pool: WorkerPool) -> 
     assert "a" not in stream.srtp_statistics()  # leg A is plain RTP
 
 
+async def test_payload_types_are_renumbered_by_the_worker_between_unprotect_and_protect(
+    pool: WorkerPool,
+) -> None:
+    """SetPayloadTypes: a worker's stream renumbers like the in-process relay (telephone-event
+    101 on leg A, 96 on leg B), on the plain packet: phone B authenticates the new header."""
+    a, b = await phones(2)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    b_keys = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B, remote_key=PHONE_B_KEY)
+    stream.apply_keys(StreamKeys(None, b_keys, blocked=False))
+    stream.a_to_b.payload_types = {101: 96}
+    stream.b_to_a.payload_types = {96: 101}
+    assert stream.a_to_b.payload_types == {101: 96}
+    await pool.sync(stream.worker)
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    b_receives = pylibsrtp.Session(
+        pylibsrtp.Policy(GATEWAY_KEY_TO_B, pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile)
+    )
+    b_sends = pylibsrtp.Session(
+        pylibsrtp.Policy(PHONE_B_KEY, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+
+    def event(sequence: int, payload_type: int, ssrc: int = 0x1234ABCD) -> bytes:
+        header = struct.pack("!BBHII", 0x80, 0x80 | payload_type, sequence, 8000, ssrc)
+        return header + b"\x05\x0a\x00\xa0"  # RFC 4733 §2.3: event 5, marker bit set
+
+    await a.send(event(1, 101), stream.a.ports.rtp_port)
+    wire, _ = await b.receive()
+    assert b_receives.unprotect(wire) == event(1, 96)
+    await b.send(b_sends.protect(event(1, 96, ssrc=7)), stream.b.ports.rtp_port)
+    assert (await a.receive())[0] == event(1, 101, ssrc=7)
+    # Back to none: packets keep their numbers again.
+    stream.a_to_b.payload_types = {}
+    await pool.sync(stream.worker)
+    await a.send(event(2, 101), stream.a.ports.rtp_port)
+    wire, _ = await b.receive()
+    assert b_receives.unprotect(wire) == event(2, 101)
+    with pytest.raises(LocalMediaError):
+        stream.b_to_a.payload_types = {96: 200}
+
+
 async def test_unusable_keys_end_the_stream_with_a_reason_that_names_no_key(
     pool: WorkerPool,
 ) -> None:

@@ -33,6 +33,7 @@ from gateway.core.media.worker_protocol import (
     SetIce,
     SetKeys,
     SetOpaque,
+    SetPayloadTypes,
     SetRemote,
     SetRtcpWatch,
     SetTap,
@@ -99,6 +100,9 @@ EVERY_MESSAGE: list[Message] = [
     ),
     SetIce(14, "b", True, True, "gw01", "gatewaypassword0123456789", "", ""),
     SetIce(14, "b", True, False, "", "", "", ""),
+    SetPayloadTypes(15, "a_to_b", ((101, 96), (0, 8))),
+    SetPayloadTypes(15, "b_to_a", ()),
+    SetPayloadTypes(15, "b_to_a", tuple((pt, 127 - pt) for pt in range(128))),
 ]
 
 
@@ -185,6 +189,8 @@ def test_keys_never_appear_in_reprs() -> None:
         (b"\x1a\x00\x00\x00\x01\x00\x02", "boolean field holds 2"),  # source present?
         (b"\x1a\x00\x00\x00\x01\x00\x01\x00\x03abc", "truncated frame"),  # no port
         (b"\x1a\x00\x00\x00\x01\x00\x00\x00\x00\x00\x09\x80", "truncated frame"),
+        (b"\x0d\x00\x00\x00\x01\x00\x01\x65\x80", "payload type over 127"),  # 101 -> 128
+        (b"\x0d\x00\x00\x00\x01\x01\x02\x65\x60", "truncated frame"),  # 2 pairs, 1 sent
     ],
 )
 def test_malformed_frames_are_clear_errors(frame: bytes, problem: str) -> None:

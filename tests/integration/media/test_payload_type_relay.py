@@ -1,0 +1,152 @@
+"""The relay renumbers RTP payload types per direction (DirectionControl.payload_types): the
+second octet through a table, marker bit kept, RTCP untouched; on SRTP legs between unprotect and
+protect, so the receiving phone authenticates the rewritten header (RFC 3711 §3.1). Taps see leg
+A's numbers both ways. A direction without a renumbering is built as before (a plain route).
+
+Real UDP sockets on 127.0.0.1: the relay allocates from 25200-25299, the phones from 25300-25399.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import trio
+
+from gateway.core.config import PortRange
+from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.ports import PortAllocator
+from gateway.core.media.relay import Direction, MediaRelay, MediaStream
+from tests.integration.media.test_srtp_relay import ADDRESS, Phone, bridge, receiver_report
+
+RELAY_PORTS = PortRange(25200, 25299)
+PHONE_PORTS = PortRange(25300, 25399)
+
+
+def rtp(sequence: int, payload_type: int, *, marker: bool = False, ssrc: int = 0xA11CE) -> bytes:
+    """RTP (RFC 3550 §5.1); a 4-octet payload, as an RFC 4733 event is."""
+    second = payload_type | (0x80 if marker else 0)
+    return struct.pack("!BBHII", 0x80, second, sequence, 160 * sequence, ssrc) + b"\x01\x0a\x00\xa0"
+
+
+@pytest.fixture
+async def relay(nursery: trio.Nursery) -> AsyncIterator[MediaRelay]:
+    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
+    await nursery.start(relay.serve)
+    yield relay
+    relay.close()
+    assert relay.allocator.in_use == 0
+
+
+@pytest.fixture
+def stream(relay: MediaRelay) -> Iterator[MediaStream]:
+    with relay.open_stream() as stream:
+        yield stream
+
+
+@pytest.fixture
+def phones() -> Iterator[tuple[Phone, Phone]]:
+    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
+    pairs = [allocator.allocate(), allocator.allocate()]
+    yield Phone(pairs[0]), Phone(pairs[1])
+    for pair in pairs:
+        pair.close()
+
+
+def renumber_dtmf(stream: MediaStream) -> None:
+    """The caller (A) numbers telephone-event 101, the picker (B) 96."""
+    stream.a_to_b.payload_types = {101: 96}
+    stream.b_to_a.payload_types = {96: 101}
+
+
+SUITES = [
+    pytest.param(None, None, id="rtp-rtp"),
+    pytest.param("AES_CM_128_HMAC_SHA1_80", None, id="srtp-rtp"),
+    pytest.param(None, "AES_CM_128_HMAC_SHA1_80", id="rtp-srtp"),
+    pytest.param("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM", id="srtp-srtp"),
+]
+
+
+@pytest.mark.parametrize(("a_suite", "b_suite"), SUITES)
+async def test_each_direction_gets_the_receivers_numbers(
+    stream: MediaStream, phones: tuple[Phone, Phone], a_suite: str | None, b_suite: str | None
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=a_suite, b_suite=b_suite)
+    renumber_dtmf(stream)
+    a_port, b_port = stream.a.ports.rtp_port, stream.b.ports.rtp_port
+    # The event's first packet has the marker bit (RFC 4733 §2.5.1.2): it stays set.
+    await alice.send(rtp(1, 101, marker=True), a_port)
+    assert (await bob.receive())[1] == rtp(1, 96, marker=True)
+    await alice.send(rtp(2, 101), a_port)
+    assert (await bob.receive())[1] == rtp(2, 96)
+    await alice.send(rtp(3, 0), a_port)  # PCMU: not renumbered
+    assert (await bob.receive())[1] == rtp(3, 0)
+    await bob.send(rtp(1, 96, marker=True, ssrc=0xB0B), b_port)
+    assert (await alice.receive())[1] == rtp(1, 101, marker=True, ssrc=0xB0B)
+    await bob.send(rtp(2, 101, ssrc=0xB0B), b_port)  # not B's number for anything: unchanged
+    assert (await alice.receive())[1] == rtp(2, 101, ssrc=0xB0B)
+    # RTCP has no payload type: its packet type 200-204 is not RTP's second octet to rewrite.
+    await alice.send(receiver_report(), stream.a.ports.rtcp_port, rtcp=True)
+    assert (await bob.receive(rtcp=True))[1] == receiver_report()
+    assert stream.a_to_b.statistics().dropped_transform == 0
+    assert stream.b_to_a.statistics().dropped_transform == 0
+
+
+@pytest.mark.parametrize(("a_suite", "b_suite"), SUITES)
+async def test_taps_see_leg_a_numbers_both_ways(
+    stream: MediaStream, phones: tuple[Phone, Phone], a_suite: str | None, b_suite: str | None
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=a_suite, b_suite=b_suite)
+    renumber_dtmf(stream)
+    seen: list[tuple[Direction, bytes]] = []
+    for control in (stream.a_to_b, stream.b_to_a):
+        control.add_tap(lambda direction, packet: seen.append((direction, packet)))
+    await alice.send(rtp(1, 101), stream.a.ports.rtp_port)
+    assert (await bob.receive())[1] == rtp(1, 96)  # the tapped (bytes) path renumbers too
+    await bob.send(rtp(1, 96, ssrc=0xB0B), stream.b.ports.rtp_port)
+    assert (await alice.receive())[1] == rtp(1, 101, ssrc=0xB0B)
+    assert seen == [(Direction.A_TO_B, rtp(1, 101)), (Direction.B_TO_A, rtp(1, 101, ssrc=0xB0B))]
+
+
+async def test_without_a_renumbering_the_route_is_built_as_before(
+    stream: MediaStream, phones: tuple[Phone, Phone]
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    renumber_dtmf(stream)
+    await alice.send(rtp(1, 101), stream.a.ports.rtp_port)
+    assert (await bob.receive())[1] == rtp(1, 96)
+    route = stream.a._rtp.rtp  # type: ignore[attr-defined]
+    assert not route.plain and route.in_place  # one step on the receive buffer
+    stream.a_to_b.payload_types = {}
+    await alice.send(rtp(2, 101), stream.a.ports.rtp_port)
+    assert (await bob.receive())[1] == rtp(2, 101)
+    assert route.plain and route.step_in is None and route.step_out is None
+    assert stream.a_to_b.payload_types == {}
+    assert stream.b_to_a.payload_types == {96: 101}
+
+
+async def test_srtp_to_srtp_is_not_fused_while_renumbering(
+    stream: MediaStream, phones: tuple[Phone, Phone]
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite="AES_CM_128_HMAC_SHA1_80", b_suite="AES_CM_128_HMAC_SHA1_80")
+    await alice.send(rtp(1, 101), stream.a.ports.rtp_port)
+    await bob.receive()
+    route = stream.a._rtp.rtp  # type: ignore[attr-defined]
+    assert route.step_fused  # unprotect and protect in one call, as before
+    renumber_dtmf(stream)
+    await alice.send(rtp(2, 101), stream.a.ports.rtp_port)
+    assert (await bob.receive())[1] == rtp(2, 96)
+    assert route.in_place and not route.step_fused
+
+
+async def test_numbers_outside_0_127_are_refused(stream: MediaStream) -> None:
+    with pytest.raises(LocalMediaError):
+        stream.a_to_b.payload_types = {101: 128}
+    with pytest.raises(LocalMediaError):
+        stream.a_to_b.payload_types = {-1: 96}
+    assert stream.a_to_b.payload_types == {}
