@@ -279,6 +279,19 @@ class LegSecurity:
             else:
                 proto = _PLAIN_OF.get(stream.peer_proto.upper(), stream.peer_proto)
             media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
+        for index, stream in enumerate(self._offered):
+            previous = self._stream(index)
+            if (
+                stream.keys is None
+                and stream.key_exchange is not None
+                and previous is not None
+                and previous.key_exchange == stream.key_exchange
+            ):
+                # A handshake on the media path that ended between the offer and now (a
+                # re-INVITE while DTLS was under way: baresip's with ICE) gave its keys to the
+                # stream then in force (media_path_streams); the re-offer's stream keeps the
+                # association, so the keys too (RFC 8842 §5).
+                stream.keys = previous.keys
         self.streams = self._offered
         self._answer_pending = False
         return self.ice.add_to_answer(attrs.evolve(answer, media=tuple(media_out)))
