@@ -323,3 +323,38 @@ async def test_a_savpf_callee_is_offered_ice_and_its_checks_are_answered(
     response = await ask(sock, ("127.0.0.1", offered.port), check(offered, use_candidate=True))
     assert success_address(response, pwd) == (CALLER_HOST, CALLER_PORTS[0])
     sock.close()
+
+
+async def test_our_dtls_handshake_starts_as_soon_as_a_check_selects_the_address(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A browser's offer (ICE, DTLS-SRTP with a=setup:actpass) gets a=setup:active: the gateway
+    is the DTLS client (RFC 5763 §5) and its engine makes the ClientHello at once, but nothing
+    may go to an ICE leg before a check selects an address (RFC 8445 §12). The relay holds that
+    flight and sends it when the first valid check selects one, not a retransmission timeout
+    later (1 s, RFC 6347 §4.2.4.1): Chromium's connection waited a second for it."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[("dtls", dtls_plugin)],
+        carrier={"media_policy": "dtls"},
+    )
+    browser = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(suites=[], secure_signalling=False)
+    ours = dict(browser.local_sdp_attributes())
+    offer = (
+        ice_offer().replace(b"RTP/AVP 0", b"UDP/TLS/RTP/SAVPF 0")
+        + (
+            f"a=fingerprint:{ours['fingerprint']}\r\na=setup:actpass\r\na=tls-id:{ours['tls-id']}\r\n"
+        ).encode()
+    )
+    _, media, _, _ = await ice_call(env, offer)
+    assert media.attributes.get("setup") == "active"
+    first = await bind(CALLER_HOST, CALLER_PORTS[0])
+    # Nothing before a check, not even to the SDP address: the ClientHello is held.
+    assert await receive(first, 0.3) is None
+    response = await ask(first, ("127.0.0.1", media.port), check(media, use_candidate=True))
+    assert stun.parse_stun_untrusted(response).message_type == stun.BINDING_SUCCESS
+    hello = await receive(first, 0.2)
+    assert hello is not None and hello[0] == 22  # a DTLS handshake record (RFC 6347 §4.1)
+    first.close()
