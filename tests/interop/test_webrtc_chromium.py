@@ -30,6 +30,7 @@ from tests.interop.harness import (
     Capture,
     GatewayProcess,
     SippUas,
+    TestPki,
     free_port,
     free_port_pair,
     rtp_streams,
@@ -54,13 +55,25 @@ def browser_gateway(
     page: PageServer,
     *,
     accounts: dict[str, str],
+    transport: str = "ws",
     digest_algorithms: tuple[str, ...] = ("SHA-256",),
     extra_toml: str = "",
-) -> tuple[GatewayProcess, int]:
-    """A gateway with a ws listener that accepts the page's origin; and that listener's port."""
+) -> tuple[GatewayProcess, str]:
+    """A gateway with a ``transport`` (ws or wss) listener that accepts the page's origin; and
+    that listener's URL. wss has a certificate of a test CA, which Chromium is told to accept
+    (``--ignore-certificate-errors``): a browser's trust store is not the test's business."""
     ws_port = free_port("tcp")
     port = free_port_pair()
-    listen = [f"udp:{LOOPBACK}:{port}", f"tcp:{LOOPBACK}:{port}", f"ws:{LOOPBACK}:{ws_port}"]
+    listen = [
+        f"udp:{LOOPBACK}:{port}",
+        f"tcp:{LOOPBACK}:{port}",
+        f"{transport}:{LOOPBACK}:{ws_port}",
+    ]
+    table = f'[plugins.{transport}]\nallowed_origins = ["{page.origin}"]\n'
+    if transport == "wss":
+        ca = TestPki(workdir / "pki").ca("Test CA")
+        issued = ca.issue("gateway", hosts=[LOOPBACK])
+        table += f'certificate = "{issued.certificate}"\nprivate_key = "{issued.key}"\n'
     gw = GatewayProcess(
         workdir,
         accounts=accounts,
@@ -68,17 +81,17 @@ def browser_gateway(
         digest_algorithms=digest_algorithms,
         settings={
             "sip": {"listen": listen},
-            "plugins": {"enable": ["udp", "tcp", "ws", "dtls"]},
+            "plugins": {"enable": ["udp", "tcp", transport, "dtls"]},
         },
-        extra_toml=f'[plugins.ws]\nallowed_origins = ["{page.origin}"]\n\n{extra_toml}',
+        extra_toml=f"{table}\n{extra_toml}",
     )
-    return gw, ws_port
+    return gw, f"{transport}://{LOOPBACK}:{ws_port}/"
 
 
-def page_query(gw: GatewayProcess, ws_port: int, **query: str | int) -> dict[str, str | int]:
+def page_query(gw: GatewayProcess, url: str, **query: str | int) -> dict[str, str | int]:
     """The softphone page's settings (tests/interop/browser/softphone.js)."""
     return {
-        "ws": f"ws://{LOOPBACK}:{ws_port}/",
+        "ws": url,
         "domain": gw.address,
         "user": ALICE[0],
         "password": ALICE[1],
@@ -108,19 +121,25 @@ def assert_media_flowed(media: dict[str, Any]) -> None:
     assert media["codec"] == "audio/PCMU", media
 
 
-def test_chromium_calls_a_plain_rtp_trunk_over_websocket(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["ws", "wss"])
+def test_chromium_calls_a_plain_rtp_trunk_over_websocket(tmp_path: Path, transport: str) -> None:
     chromium_binary()
     started = time.monotonic()
     with (
         SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True) as trunk,
         PageServer() as page,
     ):
-        gw, ws_port = browser_gateway(
-            tmp_path / "gw", page, accounts=dict([ALICE]), extra_toml=trunk_toml(trunk)
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE]),
+            transport=transport,
+            extra_toml=trunk_toml(trunk),
         )
         with gw:
-            query = page_query(gw, ws_port, mode="call", target=TRUNK_NUMBER)
-            with Chromium(tmp_path, page.url("softphone.html", query)) as browser:
+            query = page_query(gw, url, mode="call", target=TRUNK_NUMBER)
+            flags = ("--ignore-certificate-errors",) if transport == "wss" else ()
+            with Chromium(tmp_path, page.url("softphone.html", query), flags) as browser:
                 registered = page.wait_for("registered", timeout=30)
                 media = page.wait_for("media", timeout=20)
                 bye = page.wait_for("bye-final", timeout=10)
@@ -153,7 +172,7 @@ def test_sipp_calls_chromium_which_answers_over_websocket(tmp_path: Path) -> Non
     tone = tone_ulaw(tmp_path / "tone.ulaw", 440.0, seconds=3.0)
     with PageServer() as page:
         # sipp 3.6 answers only the first challenge and knows only MD5; the page takes SHA-256.
-        gw, ws_port = browser_gateway(
+        gw, url = browser_gateway(
             tmp_path / "gw",
             page,
             accounts=dict([ALICE, BOB]),
@@ -162,7 +181,7 @@ def test_sipp_calls_chromium_which_answers_over_websocket(tmp_path: Path) -> Non
         with gw:
             # A browser takes only DTLS-SRTP (RFC 8827 §6.5): its account's policy says so.
             gw.cli("accounts", "set", ALICE[0], "--media-policy", "dtls")
-            query = page_query(gw, ws_port, mode="answer")
+            query = page_query(gw, url, mode="answer")
             with Chromium(tmp_path, page.url("softphone.html", query)) as browser:
                 page.wait_for("registered", timeout=30)
                 with Capture(tmp_path / "call.pcap", udp_filter(gw.media_ports)) as capture:

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -154,17 +154,19 @@ class PageServer(ThreadingHTTPServer):
 
 
 class Chromium:
-    """Headless Chromium showing ``url``, with a throwaway profile under ``workdir``."""
+    """Headless Chromium showing ``url``, with a throwaway profile under ``workdir`` and
+    ``flags`` added to :data:`CHROMIUM_FLAGS`."""
 
-    def __init__(self, workdir: Path, url: str) -> None:
+    def __init__(self, workdir: Path, url: str, flags: Sequence[str] = ()) -> None:
         self.binary = chromium_binary()
+        self.flags = tuple(flags)  # beyond CHROMIUM_FLAGS
         self.profile = workdir / "chromium-profile"
         self.log_path = workdir / "chromium.log"
         self.url = url
         self.process: subprocess.Popen[bytes] | None = None
 
     def args(self) -> list[str]:
-        args = [self.binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}"]
+        args = [self.binary, *CHROMIUM_FLAGS, *self.flags, f"--user-data-dir={self.profile}"]
         if os.geteuid() == 0:
             args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
         return [*args, self.url]
