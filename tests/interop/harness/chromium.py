@@ -39,9 +39,10 @@ PAGE_DIR = Path(__file__).parents[1] / "browser"
 
 #: What the test needs from Chromium beyond headless mode:
 #: - a fake microphone without a permission prompt (getUserMedia in a headless browser);
-#: - host candidates on 127.0.0.1: WebRTC skips loopback interfaces unless told, and hides
-#:   local addresses behind mDNS ``.local`` names (RFC 8828 mode 2 with mDNS, the
-#:   WebRtcHideLocalIpsWithMdns feature) that a gateway on the loopback cannot resolve;
+#: - host candidates that reach 127.0.0.1 on any machine: WebRTC skips loopback interfaces
+#:   unless told (a machine with only a loopback would have no candidate), and may hide local
+#:   addresses behind mDNS ``.local`` names (RFC 8828; not for a page granted the microphone,
+#:   but the test should not depend on that);
 #: - nothing that talks to the Internet (component updates, sign-in, safe browsing).
 CHROMIUM_FLAGS = (
     "--headless=new",
