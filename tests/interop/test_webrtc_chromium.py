@@ -7,14 +7,15 @@ Chrome sends (BUNDLE, msid, extmap, rtcp-fb, opus and a dozen other codecs, host
 and Chrome sees the gateway's answer or offer as a browser must accept it. The page registers
 with SHA-256 digest (RFC 8760; WebCrypto has no MD5), then calls or answers.
 
-Both directions: Chrome calls a plain-RTP sipp trunk (the gateway answers Chrome's offer), and
-sipp calls Chrome (the gateway offers to Chrome). Media is checked from both ends: Chrome's
-getStats() counts RTP it received and decrypted (inbound-rtp) and sent (outbound-rtp) after
-ICE (the gateway as ICE-lite agent, RFC 8445 §2.5) and DTLS-SRTP (RFC 5763/5764) completed;
-the trunk echoes what it receives (-rtp_echo), so packets coming back to Chrome went through
-the trunk and back; when sipp calls, a capture shows Chrome's RTP reaching sipp, decrypted.
-The caller hangs up (Chrome's BYE, then sipp's), and both legs end. Consent freshness
-(RFC 7675) over 30 s is tested in virtual time instead (tests/component/calls/test_b2bua_ice.py).
+Both directions: Chrome calls a plain-RTP sipp trunk (the gateway answers Chrome's offer),
+sipp calls Chrome (the gateway offers to Chrome), and Chrome calls Chrome (both). Media is
+checked from both ends: Chrome's getStats() counts RTP it received and decrypted (inbound-rtp)
+and sent (outbound-rtp) after ICE (the gateway as ICE-lite agent, RFC 8445 §2.5) and
+DTLS-SRTP (RFC 5763/5764) completed; the trunk echoes what it receives (-rtp_echo), so
+packets coming back to Chrome went through the trunk and back; when sipp calls, a capture
+shows Chrome's RTP reaching sipp, decrypted. The caller hangs up, and both legs end. Consent
+freshness (RFC 7675) over 30 s is tested in virtual time instead
+(tests/component/calls/test_b2bua_ice.py).
 """
 
 from __future__ import annotations
@@ -52,14 +53,13 @@ PACKETS = 50
 
 def browser_gateway(
     workdir: Path,
-    page: PageServer,
-    *,
+    *pages: PageServer,
     accounts: dict[str, str],
     transport: str = "ws",
     digest_algorithms: tuple[str, ...] = ("SHA-256",),
     extra_toml: str = "",
 ) -> tuple[GatewayProcess, str]:
-    """A gateway with a ``transport`` (ws or wss) listener that accepts the page's origin; and
+    """A gateway with a ``transport`` (ws or wss) listener that accepts the pages' origins; and
     that listener's URL. wss has a certificate of a test CA, which Chromium is told to accept
     (``--ignore-certificate-errors``): a browser's trust store is not the test's business."""
     ws_port = free_port("tcp")
@@ -69,7 +69,8 @@ def browser_gateway(
         f"tcp:{LOOPBACK}:{port}",
         f"{transport}:{LOOPBACK}:{ws_port}",
     ]
-    table = f'[plugins.{transport}]\nallowed_origins = ["{page.origin}"]\n'
+    origins = ", ".join(f'"{page.origin}"' for page in pages)
+    table = f"[plugins.{transport}]\nallowed_origins = [{origins}]\n"
     if transport == "wss":
         ca = TestPki(workdir / "pki").ca("Test CA")
         issued = ca.issue("gateway", hosts=[LOOPBACK])
@@ -209,3 +210,34 @@ def test_sipp_calls_chromium_which_answers_over_websocket(tmp_path: Path) -> Non
     assert re.search(r"^a=ice-lite\r?$", offer, re.M), offer
     assert re.search(r"^a=setup:actpass\r?$", offer, re.M), offer
     assert re.search(r"^a=rtcp-mux\r?$", offer, re.M), offer
+
+
+def test_chromium_calls_chromium_through_the_gateway(tmp_path: Path) -> None:
+    """Two browsers, as two JsSIP users calling each other: each leg is WebRTC (ICE-lite, its
+    own DTLS association), the gateway relays and re-keys between them, and Chrome's codecs
+    pass through (opus both ways)."""
+    chromium_binary()
+    started = time.monotonic()
+    with PageServer() as alice_page, PageServer() as bob_page:
+        gw, url = browser_gateway(
+            tmp_path / "gw", alice_page, bob_page, accounts=dict([ALICE, BOB])
+        )
+        with gw:
+            gw.cli("accounts", "set", BOB[0], "--media-policy", "dtls")
+            bob_query = page_query(gw, url, mode="answer", user=BOB[0], password=BOB[1])
+            with Chromium(tmp_path / "bob", bob_page.url("softphone.html", bob_query)):
+                bob_page.wait_for("registered", timeout=30)
+                alice_query = page_query(gw, url, mode="call", target=BOB[0])
+                with Chromium(tmp_path / "alice", alice_page.url("softphone.html", alice_query)):
+                    alice_media = alice_page.wait_for("media", timeout=30)
+                    bye = alice_page.wait_for("bye-final", timeout=10)
+                    bob_page.wait_for("bye-received", timeout=10)
+                    bob_media = bob_page.wait_for("media")
+            gw.wait_for_log(r"call \S+ ended")
+        print(f"{time.monotonic() - started:.1f} s")
+    assert bye["status"] == 200
+    for media in (alice_media, bob_media):
+        assert media["ice"] in ("connected", "completed"), media
+        assert media["dtls"] == "connected", media
+        assert media["inbound"] >= PACKETS and media["outbound"] >= PACKETS, media
+        assert media["codec"] == "audio/opus", media

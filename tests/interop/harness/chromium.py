@@ -180,7 +180,7 @@ class Chromium:
         return result.stdout.strip()
 
     def start(self) -> None:
-        self.profile.mkdir(parents=True, exist_ok=True)
+        self.profile.mkdir(parents=True, exist_ok=True)  # and the log's directory
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.args(),
