@@ -167,6 +167,37 @@ def test_chromium_calls_a_plain_rtp_trunk_over_websocket(tmp_path: Path, transpo
     assert re.search(r"^a=candidate:\S+ 1 UDP \d+ 127\.0\.0\.1 \d+ typ host", answer, re.M)
 
 
+def test_chromium_holds_and_resumes_a_call_to_a_trunk(tmp_path: Path) -> None:
+    """Hold and resume the way a browser softphone does them: the same RTCPeerConnection
+    re-offers (a=sendonly, then a=sendrecv; same ICE credentials and DTLS fingerprint, so
+    the same association, RFC 8842 §5), in re-INVITEs the gateway relays to the trunk (which
+    answers a=recvonly, then a=sendrecv); media goes on after the resume."""
+    chromium_binary()
+    with (
+        SippUas("calls/uas_answer_reinvite.xml", workdir=tmp_path, rtp_echo=True) as trunk,
+        PageServer() as page,
+    ):
+        gw, url = browser_gateway(
+            tmp_path / "gw", page, accounts=dict([ALICE]), extra_toml=trunk_toml(trunk)
+        )
+        with gw:
+            query = page_query(gw, url, mode="call", target=TRUNK_NUMBER, hold=1)
+            with Chromium(tmp_path, page.url("softphone.html", query)):
+                bye = page.wait_for("bye-final", timeout=30)
+                result = trunk.wait(timeout=10)
+            gw.wait_for_log(r"call \S+ ended")
+    result.check()  # the trunk got a=sendonly, then a=sendrecv, in two re-INVITEs
+    assert bye["status"] == 200
+    hold, resume = page.of_kind("reinvite-final")
+    assert hold["status"] == resume["status"] == 200
+    assert re.search(r"^a=recvonly\r?$", hold["sdp"], re.M), hold["sdp"]
+    assert re.search(r"^a=sendrecv\r?$", resume["sdp"], re.M), resume["sdp"]
+    first, on_hold, resumed = page.of_kind("media")
+    assert on_hold["outbound"] >= first["outbound"] + PACKETS  # Chrome kept sending, held
+    assert_media_flowed(resumed)
+    assert resumed["inbound"] >= on_hold["inbound"] + PACKETS, (on_hold, resumed)
+
+
 def test_sipp_calls_chromium_which_answers_over_websocket(tmp_path: Path) -> None:
     chromium_binary()
     started = time.monotonic()

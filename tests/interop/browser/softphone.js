@@ -11,6 +11,8 @@
 //             INVITE, wait for the caller's BYE (or hang up with hangup=self)
 //   target    user part to call (mode=call)
 //   packets   RTP packets that must have been received and sent before "media" is reported
+//   hold      "1" (mode=call): once media flowed, hold (re-INVITE a=sendonly) until `packets`
+//             more were sent, resume (a=sendrecv) until `packets` more flowed each way, then BYE
 //
 // Every step is POSTed to /report as JSON {kind, ...}, in order; the test reads them there.
 // Digest authentication uses SHA-256 (RFC 8760; WebCrypto has no MD5).
@@ -26,6 +28,7 @@ const config = {
   target: params.get("target"),
   packets: Number(params.get("packets") || "50"),
   hangup: params.get("hangup") || (params.get("mode") === "answer" ? "remote" : "self"),
+  hold: params.get("hold") === "1",
 };
 
 // -- reporting ------------------------------------------------------------------------------
@@ -269,11 +272,12 @@ async function rtpStats(pc) {
   return out;
 }
 
-async function waitForMedia(pc) {
-  // Poll until both directions carried `packets` packets; the test's own deadline ends us.
+async function waitForMedia(pc, { inbound = config.packets, outbound = config.packets } = {}) {
+  // Poll until the packet counts reach `inbound` and `outbound` (by default `packets` each
+  // way), then report them as "media"; the test's own deadline ends us.
   for (;;) {
     const stats = await rtpStats(pc);
-    if (stats.inbound >= config.packets && stats.outbound >= config.packets) {
+    if (stats.inbound >= inbound && stats.outbound >= outbound) {
       report("media", { ...stats, ice: pc.iceConnectionState, connection: pc.connectionState });
       return;
     }
@@ -350,6 +354,34 @@ async function call(sip) {
   sip.send(sip.request("ACK", remoteTarget, { to: target, from: aor(), dialog, cseq }));
 
   await waitForMedia(pc);
+  if (config.hold) {
+    // Hold and resume (RFC 3264 §8.4) as a browser softphone does them: the transceiver's
+    // direction, then a new offer from the same RTCPeerConnection in a re-INVITE.
+    const reinvite = async (direction) => {
+      pc.getTransceivers()[0].direction = direction;
+      await pc.setLocalDescription(await pc.createOffer());
+      cseq += 1;
+      const reoffer = pc.localDescription.sdp;
+      const response = await sip.transaction(
+        sip.request("INVITE", remoteTarget, {
+          to: target, from: aor(), dialog, cseq, extra: [contact], body: reoffer,
+        }),
+        dialog.callId, cseq, "INVITE");
+      report("reinvite-final", { direction, status: response.status, sdp: response.body });
+      if (response.status !== 200) throw new Error(`re-INVITE: ${response.first}`);
+      await pc.setRemoteDescription({ type: "answer", sdp: response.body });
+      sip.send(sip.request("ACK", remoteTarget, { to: target, from: aor(), dialog, cseq }));
+    };
+    await reinvite("sendonly");
+    const held = await rtpStats(pc);
+    // Held, Chrome sends and receives nothing (its inbound-rtp statistics are gone).
+    await waitForMedia(pc, { inbound: 0, outbound: held.outbound + config.packets });
+    await reinvite("sendrecv");
+    const resumed = await rtpStats(pc);
+    await waitForMedia(pc, {
+      inbound: resumed.inbound + config.packets, outbound: resumed.outbound + config.packets,
+    });
+  }
   cseq += 1;
   const bye = await sip.transaction(
     sip.request("BYE", remoteTarget, { to: target, from: aor(), dialog, cseq }),
