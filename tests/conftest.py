@@ -50,6 +50,7 @@ PEER_PACKAGES = {
     "curl": "curl",
     "opusinfo": "opus-tools",
     "opusdec": "opus-tools",
+    "chromium": "chromium",
     # Not on PATH: /usr/lib/postgresql/VERSION/bin (tests/pgcluster.py).
     "initdb": "postgresql",
 }

@@ -1647,7 +1647,9 @@ class Call:
             if not sdp:
                 raise SdpError("ACK without the SDP answer to our offer")
             plain = self.media.answer_from(
-                Side.A.value, self.a.security.take_answer(parse_sdp_untrusted(sdp))
+                Side.A.value,
+                self.a.security.take_answer(parse_sdp_untrusted(sdp)),
+                rtcp_mux_offered=self.a.security.offers_rtcp_mux,
             )
             answer_b = leg.security.make_answer(plain)
         except SdpError as err:
@@ -1682,7 +1684,11 @@ class Call:
         """B leg ``leg`` answered our offer: its keys, the relay, and our answer for A."""
         assert self.media is not None and leg.security is not None
         assert self.a.security is not None
-        plain = self.media.answer_from(Side.B.value, leg.security.take_answer(answer))
+        plain = self.media.answer_from(
+            Side.B.value,
+            leg.security.take_answer(answer),
+            rtcp_mux_offered=leg.security.offers_rtcp_mux,
+        )
         answer_a = self.a.security.make_answer(plain)
         self._apply_keys(leg)
         return answer_a
@@ -2207,7 +2213,9 @@ class Call:
                 offering = self._leg(side).security
                 assert answering is not None and offering is not None
                 plain = self.media.answer_from(
-                    answered_side.value, answering.take_answer(parse_sdp_untrusted(_sdp(response)))
+                    answered_side.value,
+                    answering.take_answer(parse_sdp_untrusted(_sdp(response))),
+                    rtcp_mux_offered=answering.offers_rtcp_mux,
                 )
                 answer = offering.make_answer(plain)
                 self.media.settle()
@@ -2318,7 +2326,9 @@ class Call:
             if not sdp:
                 raise SdpError("ACK without the SDP answer to our offer")
             plain = self.media.answer_from(
-                answered_side.other.value, requester.take_answer(parse_sdp_untrusted(sdp))
+                answered_side.other.value,
+                requester.take_answer(parse_sdp_untrusted(sdp)),
+                rtcp_mux_offered=requester.offers_rtcp_mux,
             )
             answer = answering.make_answer(plain)
         except SdpError as err:
@@ -2814,7 +2824,9 @@ class Call:
         transferee.session_timer = self._refreshed_by_2xx(transferee, response)
         try:
             plain = self.media.answer_from(
-                tag.side.value, transferee.security.take_answer(parse_sdp_untrusted(_sdp(response)))
+                tag.side.value,
+                transferee.security.take_answer(parse_sdp_untrusted(_sdp(response))),
+                rtcp_mux_offered=transferee.security.offers_rtcp_mux,
             )
             answer = leg.security.make_answer(plain)
         except SdpError as err:

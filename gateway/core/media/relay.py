@@ -173,6 +173,10 @@ Called on the relay's slow path; it must not block."""
 ICE_VALID = 1
 ICE_NOMINATED = 2
 
+HELD_DATAGRAMS = 8
+"""Key-exchange datagrams an ICE leg holds until a check selects its address (a DTLS flight is
+one to five datagrams; a retransmission repeats it): older ones are dropped."""
+
 NonRtpHandler = Callable[[bytes, Address], None]
 """Takes a datagram that is not RTP/RTCP (RFC 7983: DTLS, ZRTP, STUN, ...) that arrived on a
 side's RTP or RTCP socket from the side's peer, and its source. Called on the relay's hot path:
@@ -441,13 +445,17 @@ def _disconnect(ep: _Endpoint) -> None:
 
 
 def _select(ep: _Endpoint, source: Address, now: float) -> None:
-    """An ICE check selected ``source`` for ``ep``: this leg's media goes there now."""
+    """An ICE check selected ``source`` for ``ep``: this leg's media goes there now, and so do
+    the key-exchange datagrams its side held until then (:meth:`StreamSide.send`)."""
     ep.source = source
     ep.last_received = now
     ep.previous_source = None
     stream = ep.stream
     if stream is not None:
         stream._rebuild()
+        side = stream.a if ep is stream.a._rtp or ep is stream.a._rtcp else stream.b
+        if side._held:
+            side._send_held()
 
 
 def _ignore_change() -> None:
@@ -489,6 +497,10 @@ class StreamSide:
     _remote_rtp: Address | None = None
     _remote_rtcp: Address | None = None
     _rtcp_mux: bool = False
+    _held: tuple[tuple[bool, bytes], ...] = ()
+    """Key-exchange datagrams (on the RTCP port?, datagram) made for this ICE leg before a
+    check selected its address; sent when one does (:meth:`send`). A tuple: mypyc compiles
+    this class and takes no attrs factory for a list."""
 
     def set_remote(
         self,
@@ -553,6 +565,8 @@ class StreamSide:
             return
         if ep.ice is None or handler is None:
             _unlatch(ep)
+            if handler is None:
+                self._held = ()  # no ICE any more: the handshake's retransmissions go out
         else:
             _disconnect(ep)
         ep.ice = handler
@@ -563,18 +577,33 @@ class StreamSide:
         """Send ``packet`` (a key exchange's datagram) from this side's RTP socket to where this
         leg's RTP goes (:attr:`rtp_destination`); with ``rtcp`` from its RTCP socket to where its
         RTCP goes (:attr:`rtcp_destination`). False when there is no destination or the send
-        failed."""
+        failed.
+
+        On an ICE leg before a check selected an address (RFC 8445 §12: nothing goes out
+        before) the datagram is held, the last :data:`HELD_DATAGRAMS` of them, and sent when a
+        check selects one (True). The DTLS client's ClientHello is made with the SDP answer,
+        before the peer's first check: dropped, it would wait for its retransmission timer (1 s,
+        RFC 6347 §4.2.4.1) and delay the call's media by as much."""
         if rtcp:
             destination, sock = self.rtcp_destination, self.ports.rtcp_socket
         else:
             destination, sock = self.rtp_destination, self.ports.rtp_socket
         if destination is None:
-            return False
+            if self._rtp.ice is None and self._rtcp.ice is None:
+                return False
+            self._held = (*self._held, (rtcp, packet))[-HELD_DATAGRAMS:]
+            return True
         try:
             sock.sendto(packet, destination)
         except OSError:
             return False
         return True
+
+    def _send_held(self) -> None:
+        """A check selected an address: send the held datagrams (still none: held again)."""
+        held, self._held = self._held, ()
+        for rtcp, packet in held:
+            self.send(packet, rtcp=rtcp)
 
     @property
     def rtp_source(self) -> Address | None:

@@ -337,7 +337,8 @@ class RemoteSide:
 
     def send(self, packet: bytes, *, rtcp: bool = False) -> bool:
         """A key exchange's datagram to this leg's peer from the worker's RTP socket (``rtcp``:
-        RTCP socket). True when queued (the worker sends it if the leg has an address)."""
+        RTCP socket). True when queued (the worker sends it if the leg has an address, or, on an
+        ICE leg, once a check selected one: :meth:`~gateway.core.media.relay.StreamSide.send`)."""
         return self._stream._send(SendDatagram(self._stream.id, self._name, rtcp, packet))
 
     def _deliver(self, packet: bytes, source: tuple[str, int] | None, rtcp: bool) -> None:

@@ -167,6 +167,13 @@ class LegSecurity:
         self.leg = leg
         """Whose leg this is (account or trunk), for key exchanges that declare ``wants_leg``
         (MIKEY's pre-shared keys are per account or trunk); None where the caller does not say."""
+        self.offers_rtcp_mux = signalling.lower() in _WEBSOCKET_TRANSPORTS
+        """Every offer we make on this leg carries a=rtcp-mux on its RTP lines, whatever the
+        other leg offered: a browser's (SIP over WebSocket) refuses an offer without it (JSEP,
+        RFC 8829 §4.1.1: rtcpMuxPolicy "require", Chrome's default and only policy; RFC 8834
+        §5.1.1 makes rtcp-mux mandatory for WebRTC). The relay can always mux (RFC 5761
+        §5.1.1); the session learns of it from
+        :meth:`~gateway.core.media.session.MediaSession.answer_from`'s ``rtcp_mux_offered``."""
         self.offer_feedback = offer_feedback
         """Offer this leg an RFC 4585 feedback profile (RTP/AVPF, RTP/SAVPF,
         UDP/TLS/RTP/SAVPF) when the other leg offered one. False: the plain profile without
@@ -279,6 +286,19 @@ class LegSecurity:
             else:
                 proto = _PLAIN_OF.get(stream.peer_proto.upper(), stream.peer_proto)
             media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
+        for index, stream in enumerate(self._offered):
+            previous = self._stream(index)
+            if (
+                stream.keys is None
+                and stream.key_exchange is not None
+                and previous is not None
+                and previous.key_exchange == stream.key_exchange
+            ):
+                # A handshake on the media path that ended between the offer and now (a
+                # re-INVITE while DTLS was under way: baresip's with ICE) gave its keys to the
+                # stream then in force (media_path_streams); the re-offer's stream keeps the
+                # association, so the keys too (RFC 8842 §5).
+                stream.keys = previous.keys
         self.streams = self._offered
         self._answer_pending = False
         return self.ice.add_to_answer(attrs.evolve(answer, media=tuple(media_out)))
@@ -292,6 +312,8 @@ class LegSecurity:
         media_out: list[MediaDescription] = []
         for index, offered in enumerate(offer.media):
             media = offered if self.offer_feedback else _without_feedback(offered)
+            if self.offers_rtcp_mux and media.port != 0 and media.is_rtp and not media.rtcp_mux:
+                media = media.with_attributes(media.attributes.add("rtcp-mux"))
             stream = StreamSecurity(peer_proto=media.proto)
             if media.proto != offered.proto:
                 stream.session_proto = offered.proto

@@ -456,6 +456,7 @@ class MediaSession:
         answer: SessionDescription,
         *,
         numbering: SessionDescription | None = None,
+        rtcp_mux_offered: bool = False,
     ) -> SessionDescription:
         """Relay the answer received on ``side``'s leg; returns the answer for the offerer's leg.
 
@@ -465,6 +466,12 @@ class MediaSession:
         numbers ``side``'s peer really uses when ``answer`` is not its own (call pickup: an
         answer the gateway made up from the picker's offer, which it answered elsewhere with
         the picker's own numbers); its m= lines match the offer's by position.
+
+        ``rtcp_mux_offered``: our offer on that leg carried a=rtcp-mux on every RTP line
+        whatever our offer here said (its :class:`~gateway.core.media.security.LegSecurity`
+        added it: a browser's leg, ``offers_rtcp_mux``), so the answer's a=rtcp-mux counts
+        there too; otherwise an answer's a=rtcp-mux to an offer without it is ignored (RFC 5761
+        §5.1.1: the answerer may only accept it).
 
         ``answer`` is checked against the offer we sent (RFC 3264 §6, :func:`validate_answer`);
         the answerer's side of every accepted stream is pointed at its addresses; a stream it
@@ -490,8 +497,9 @@ class MediaSession:
         ):
             if offered.is_rejected or answered.is_rejected:
                 continue
+            mux_offered = _rtcp_mux(offered) or (rtcp_mux_offered and not is_udptl_t38(offered))
             accepted[index] = self._remote_of(
-                answer, answered, index, rtcp_mux=_rtcp_mux(offered) and _rtcp_mux(answered)
+                answer, answered, index, rtcp_mux=mux_offered and _rtcp_mux(answered)
             )
 
         for index, stream in enumerate(self._slots):

@@ -9,7 +9,9 @@ sockets to the gateway's relay, in virtual time.
   (USE-CANDIDATE); nobody else can take the leg's media by sending first;
 - RTCP of the muxing caller reaches the callee's RTCP port and back;
 - an ICE restart (re-INVITE with new credentials) gives new credentials; the old ones fail;
-- a caller without ICE: the answer is as before.
+- a caller without ICE: the answer is as before;
+- a browser's DTLS-SRTP caller: our ClientHello goes out as soon as a check selects its
+  address, and its consent checks (RFC 7675) on the keyed leg are answered past 30 s.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.media import stun
 from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
 from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, start_b2bua
-from tests.component.calls.dtls_phone import PHONE_ID
+from tests.component.calls.dtls_phone import PHONE_ID, Phone
 
 CALLER_HOST = "127.0.0.2"
 CALLER_PORTS = (24610, 24611, 24612)  # real sockets, outside the relay's MEDIA_PORTS
@@ -323,3 +325,115 @@ async def test_a_savpf_callee_is_offered_ice_and_its_checks_are_answered(
     response = await ask(sock, ("127.0.0.1", offered.port), check(offered, use_candidate=True))
     assert success_address(response, pwd) == (CALLER_HOST, CALLER_PORTS[0])
     sock.close()
+
+
+async def test_our_dtls_handshake_starts_as_soon_as_a_check_selects_the_address(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A browser's offer (ICE, DTLS-SRTP with a=setup:actpass) gets a=setup:active: the gateway
+    is the DTLS client (RFC 5763 §5) and its engine makes the ClientHello at once, but nothing
+    may go to an ICE leg before a check selects an address (RFC 8445 §12). The relay holds that
+    flight and sends it when the first valid check selects one, not a retransmission timeout
+    later (1 s, RFC 6347 §4.2.4.1): Chromium's connection waited a second for it."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[("dtls", dtls_plugin)],
+        carrier={"media_policy": "dtls"},
+    )
+    _, media, _, _ = await ice_call(env, browser_offer(browser_dtls()))
+    assert media.attributes.get("setup") == "active"
+    first = await bind(CALLER_HOST, CALLER_PORTS[0])
+    # Nothing before a check, not even to the SDP address: the ClientHello is held.
+    assert await receive(first, 0.3) is None
+    response = await ask(first, ("127.0.0.1", media.port), check(media, use_candidate=True))
+    assert stun.parse_stun_untrusted(response).message_type == stun.BINDING_SUCCESS
+    hello = await receive(first, 0.2)
+    assert hello is not None and hello[0] == 22  # a DTLS handshake record (RFC 6347 §4.1)
+    first.close()
+
+
+def browser_dtls() -> DtlsNegotiation:
+    """A browser's DTLS-SRTP offer (a=setup:actpass), the gateway's own engine."""
+    return DtlsKeyExchange(identity=lambda: PHONE_ID).offer(suites=[], secure_signalling=False)
+
+
+def browser_offer(negotiation: DtlsNegotiation) -> bytes:
+    """What a browser offers: ICE and DTLS-SRTP in UDP/TLS/RTP/SAVPF, rtcp-mux."""
+    ours = dict(negotiation.local_sdp_attributes())
+    return (
+        ice_offer().replace(b"RTP/AVP 0", b"UDP/TLS/RTP/SAVPF 0")
+        + (
+            f"a=fingerprint:{ours['fingerprint']}\r\na=setup:actpass\r\n"
+            f"a=tls-id:{ours['tls-id']}\r\n"
+        ).encode()
+    )
+
+
+async def test_consent_checks_on_an_established_dtls_leg_are_answered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A browser keeps checking consent on the selected pair once media flows: a STUN Binding
+    request every 5 s or so (RFC 7675 §5.1), and it stops sending after 30 s without an answer
+    (§5.1: consent expires). On a leg that is keyed and relaying SRTP every one is answered
+    (success, with our integrity), and the media stays where it was, for longer than 30 s."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugins=[("dtls", dtls_plugin)],
+        carrier={"media_policy": "dtls"},
+    )
+    negotiation = browser_dtls()
+    _, media, body, port_b = await ice_call(env, browser_offer(negotiation))
+    answer = parse_sdp_untrusted(body)
+    negotiation.remote_sdp_attributes(
+        [(a.name, a.value) for a in media.attributes]
+        + [(a.name, a.value) for a in answer.attributes]
+    )
+    pwd = media.attributes.get("ice-pwd")
+    assert pwd is not None
+    gateway_a = ("127.0.0.1", media.port)
+    sock = await bind(CALLER_HOST, CALLER_PORTS[0])
+    nominated = await ask(sock, gateway_a, check(media, use_candidate=True, tid=b"nominate-001"))
+    assert success_address(nominated, pwd) == (CALLER_HOST, CALLER_PORTS[0])
+    browser = Phone(negotiation, sock, gateway_a)
+    nursery.start_soon(browser.run)
+    with trio.fail_after(5):
+        await browser.keyed.wait()
+    alice_rtp = await bind(ALICE[0], ALICE_MEDIA)
+
+    for n in range(8):  # 40 s of consent checks, 5 s apart
+        await trio.sleep(5)
+        tid = f"consent-{n:04d}".encode()
+        await sock.sendto(check(media, tid=tid), gateway_a)
+        await alice_rtp.sendto(rtp(100 + n), ("127.0.0.1", port_b))
+        with trio.fail_after(1):
+            while not answered_and_relayed(browser, tid, n + 1):
+                await trio.sleep(0.01)
+    responses = stuns(browser)
+    assert len(responses) == 8
+    for message in responses:
+        assert message.message_type == stun.BINDING_SUCCESS
+        assert stun.integrity_ok(message, pwd.encode())
+    # SRTP from alice still reaches the browser's selected address: a packet after each check.
+    assert len(srtp(browser)) == 8
+    assert env.gateway.calls is not None and len(env.gateway.calls.calls) == 1
+    alice_rtp.close()
+
+
+def stuns(phone: Phone) -> list[stun.StunMessage]:
+    """The STUN messages among what the phone received that its DTLS did not take."""
+    return [stun.parse_stun_untrusted(m) for m in phone.media if m and m[0] < 4]
+
+
+def srtp(phone: Phone) -> list[bytes]:
+    """The SRTP packets the phone received (SRTP keeps RTP's first octet, RFC 3711 §3.1)."""
+    return [m for m in phone.media if m and m[0] & 0xC0 == 0x80]
+
+
+def answered_and_relayed(phone: Phone, tid: bytes, packets: int) -> bool:
+    """The phone got the response to check ``tid``, and ``packets`` SRTP packets in all."""
+    answered = tid in [message.transaction_id for message in stuns(phone)]
+    return answered and len(srtp(phone)) >= packets

@@ -18,6 +18,8 @@ pytest process. Missing peers skip locally and fail in CI (``require_peer``).
 - stunnel: ``StunnelClient`` (TLS for sipp, which has none)
 - ws_client: ``WsSipClient`` (a SIP-over-WebSocket softphone on the ``websockets`` package;
   imported from its module, so tests without that package still import the harness)
+- chromium: ``Chromium`` (headless, showing the softphone page of tests/interop/browser/) and
+  ``PageServer`` (serves the page, collects its reports); imported from its module
 """
 
 from __future__ import annotations

@@ -408,3 +408,32 @@ def test_a_browsers_leg_is_offered_ice_whatever_the_profile() -> None:
         signalling="tls",
     )
     assert not phone.make_offer(ours()).attributes.has("ice-lite")
+
+
+def test_a_browsers_leg_is_offered_rtcp_mux_whatever_the_other_leg_offered() -> None:
+    """Chrome refuses an offer without a=rtcp-mux ("RTCP-MUX is not enabled when it is
+    required": JSEP's rtcpMuxPolicy "require", RFC 8829 §4.1.1): a caller on plain RTP without
+    it calling a browser must not pass its choice on. Then ICE has one component only. Other
+    legs are offered what the caller offered."""
+    browser = LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=False,
+        key_exchanges={},
+        signalling="ws",
+    )
+    assert browser.offers_rtcp_mux
+    (media,) = browser.make_offer(ours(mux=False)).media
+    assert media.rtcp_mux
+    assert media.attributes.values("candidate") == (
+        "1 1 UDP 2130706431 203.0.113.1 40000 typ host",
+    )
+    phone = LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=False,
+        key_exchanges={},
+        signalling="udp",
+    )
+    assert not phone.offers_rtcp_mux
+    assert not phone.make_offer(ours(mux=False)).media[0].rtcp_mux

@@ -384,6 +384,19 @@ def test_rtcp_mux_accepted_by_b(session: MediaSession):
     assert stream.b.rtcp_destination == ("127.0.0.1", 30000)
 
 
+def test_rtcp_mux_a_legs_security_offered_is_taken_from_the_answer(session: MediaSession):
+    """A browser's leg: its LegSecurity adds a=rtcp-mux to our offer (offers_rtcp_mux), and
+    the browser's answer keeps it: leg B's side muxes although the session's offer did not;
+    leg A, which did not offer it, gets none (RFC 5761 §5.1.1)."""
+    session.offer_to_b(offer(AUDIO))
+    to_a = session.answer_from("b", offer(ANSWER_AUDIO + "a=rtcp-mux\n"), rtcp_mux_offered=True)
+    stream = only_stream(session)
+    assert stream.b.rtcp_mux
+    assert stream.b.rtcp_destination == ("127.0.0.1", 30000)
+    assert not stream.a.rtcp_mux
+    assert "a=rtcp-mux" not in lines(to_a)
+
+
 def test_rtcp_mux_answered_without_being_offered_is_ignored(session: MediaSession):
     session.offer_to_b(offer(AUDIO))
     to_a = session.answer_from_b(offer(ANSWER_AUDIO + "a=rtcp-mux\n"))

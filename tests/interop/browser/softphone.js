@@ -1,0 +1,463 @@
+// A small SIP-over-WebSocket user agent (RFC 7118) for the interop tests, written the way JsSIP
+// writes SIP (Via host and Contact host a random ".invalid" name, RFC 7118 §5), with the
+// browser's own WebRTC stack for media: RTCPeerConnection's offer or answer goes in the SDP
+// as it is, non-trickle (we wait for ICE gathering to complete, as JsSIP does by default).
+//
+// The query string says what to do:
+//   ws        WebSocket URL of the gateway (ws://127.0.0.1:PORT/)
+//   domain    SIP domain to register at (127.0.0.1:PORT)
+//   user, password   the account
+//   mode      "call": call `target`, hang up once media flowed; "answer": answer the first
+//             INVITE, wait for the caller's BYE (or hang up with hangup=self)
+//   target    user part to call (mode=call)
+//   packets   RTP packets that must have been received and sent before "media" is reported
+//   hold      "1" (mode=call): once media flowed, hold (re-INVITE a=sendonly) until `packets`
+//             more were sent, resume (a=sendrecv) until `packets` more flowed each way, then BYE
+//
+// Every step is POSTed to /report as JSON {kind, ...}, in order; the test reads them there.
+// Digest authentication uses SHA-256 (RFC 8760; WebCrypto has no MD5).
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const config = {
+  ws: params.get("ws"),
+  domain: params.get("domain"),
+  user: params.get("user"),
+  password: params.get("password"),
+  mode: params.get("mode") || "call",
+  target: params.get("target"),
+  packets: Number(params.get("packets") || "50"),
+  hangup: params.get("hangup") || (params.get("mode") === "answer" ? "remote" : "self"),
+  hold: params.get("hold") === "1",
+};
+
+// -- reporting ------------------------------------------------------------------------------
+
+let reports = Promise.resolve();
+let reportNumber = 0;
+
+function report(kind, data = {}) {
+  const body = JSON.stringify({ kind, n: reportNumber++, t: performance.now(), ...data });
+  document.getElementById("log").textContent += body + "\n";
+  // Chained, so that the test sees reports in the order they were made.
+  reports = reports.then(() =>
+    fetch("/report", { method: "POST", headers: { "Content-Type": "application/json" }, body })
+      .catch(() => {}));
+  return reports;
+}
+
+window.addEventListener("error", (event) => report("error", { message: String(event.message) }));
+window.addEventListener("unhandledrejection", (event) =>
+  report("error", { message: String(event.reason && event.reason.stack || event.reason) }));
+
+// -- SIP messages ---------------------------------------------------------------------------
+
+function randomToken(bytes = 8) {
+  const data = crypto.getRandomValues(new Uint8Array(bytes));
+  return Array.from(data, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+const COMPACT = { v: "via", f: "from", t: "to", i: "call-id", m: "contact", l: "content-length",
+                  c: "content-type" };
+
+function parseSip(text) {
+  const split = text.indexOf("\r\n\r\n");
+  const head = split < 0 ? text : text.slice(0, split);
+  const body = split < 0 ? "" : text.slice(split + 4);
+  const lines = head.split("\r\n");
+  const headers = [];
+  for (const line of lines.slice(1)) {
+    const colon = line.indexOf(":");
+    if (colon < 0) continue;
+    let name = line.slice(0, colon).trim().toLowerCase();
+    name = COMPACT[name] || name;
+    headers.push([name, line.slice(colon + 1).trim()]);
+  }
+  const first = lines[0];
+  const status = first.startsWith("SIP/2.0 ") ? Number(first.split(" ")[1]) : null;
+  const message = {
+    first, status, body, headers,
+    method: status === null ? first.split(" ")[0] : null,
+    all: (name) => headers.filter(([key]) => key === name).map(([, value]) => value),
+    get: (name) => message.all(name)[0] || "",
+  };
+  message.cseq = message.get("cseq").split(/\s+/);
+  return message;
+}
+
+function tagOf(value) {
+  const match = /;\s*tag=([^;\s>]+)/.exec(value);
+  return match ? match[1] : null;
+}
+
+function uriOf(value) {
+  const match = /<([^>]+)>/.exec(value);
+  return match ? match[1] : value.split(";")[0].trim();
+}
+
+class SipSocket {
+  constructor(url) {
+    this.host = randomToken(6) + ".invalid";
+    this.transport = url.startsWith("wss:") ? "WSS" : "WS";
+    this.waiting = new Map(); // "Call-ID CSeq-number CSeq-method" -> {resolve, provisional}
+    this.onrequest = null;
+    this.socket = new WebSocket(url, "sip");
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      this.socket.onopen = () => resolve();
+      this.socket.onerror = () => reject(new Error("WebSocket error"));
+      this.socket.onclose = (event) => report("ws-closed", { code: event.code });
+      this.socket.onmessage = (event) => this.received(String(event.data));
+    });
+  }
+
+  received(text) {
+    const message = parseSip(text);
+    if (message.status === null) {
+      report("sip-request", { method: message.method });
+      if (this.onrequest) this.onrequest(message);
+      return;
+    }
+    report("sip-response", { status: message.status, method: message.cseq[1] });
+    const key = `${message.get("call-id")} ${message.cseq[0]} ${message.cseq[1]}`;
+    const waiter = this.waiting.get(key);
+    if (!waiter) return; // a retransmitted or stray response
+    if (message.status < 200) return;
+    this.waiting.delete(key);
+    waiter(message);
+  }
+
+  send(text) {
+    this.socket.send(text);
+  }
+
+  via(branch = randomToken()) {
+    return `SIP/2.0/${this.transport} ${this.host};branch=z9hG4bK${branch}`;
+  }
+
+  contact(user) {
+    return `<sip:${user}@${this.host};transport=${this.transport.toLowerCase()}>`;
+  }
+
+  // A request's text. `dialog` holds callId, localTag, remoteTag (or null), cseq, routes.
+  request(method, uri, { to, from, dialog, cseq, branch, extra = [], body = "" }) {
+    const lines = [
+      `${method} ${uri} SIP/2.0`,
+      `Via: ${this.via(branch)}`,
+      "Max-Forwards: 70",
+      ...dialog.routes.map((route) => `Route: ${route}`),
+      `To: <${to}>` + (dialog.remoteTag ? `;tag=${dialog.remoteTag}` : ""),
+      `From: <${from}>;tag=${dialog.localTag}`,
+      `Call-ID: ${dialog.callId}`,
+      `CSeq: ${cseq} ${method}`,
+      ...extra,
+      "User-Agent: voipgw-test-softphone",
+    ];
+    if (body) lines.push("Content-Type: application/sdp");
+    lines.push(`Content-Length: ${new TextEncoder().encode(body).length}`);
+    return lines.join("\r\n") + "\r\n\r\n" + body;
+  }
+
+  // Send a request and wait for its final response (RFC 3261 §17.1: over a reliable
+  // transport there are no retransmissions to make).
+  transaction(text, callId, cseq, method) {
+    return new Promise((resolve) => {
+      this.waiting.set(`${callId} ${cseq} ${method}`, resolve);
+      this.send(text);
+    });
+  }
+
+  respond(request, status, reason, { toTag = null, extra = [], body = "" } = {}) {
+    let to = request.get("to");
+    if (toTag && !tagOf(to)) to += `;tag=${toTag}`;
+    const lines = [
+      `SIP/2.0 ${status} ${reason}`,
+      ...request.all("via").map((via) => `Via: ${via}`),
+      ...request.all("record-route").map((route) => `Record-Route: ${route}`),
+      `From: ${request.get("from")}`,
+      `To: ${to}`,
+      `Call-ID: ${request.get("call-id")}`,
+      `CSeq: ${request.get("cseq")}`,
+      ...extra,
+    ];
+    if (body) lines.push("Content-Type: application/sdp");
+    lines.push(`Content-Length: ${new TextEncoder().encode(body).length}`);
+    this.send(lines.join("\r\n") + "\r\n\r\n" + body);
+  }
+}
+
+// -- digest authentication (RFC 7616, SHA-256 per RFC 8760) ------------------------------------
+
+async function sha256Hex(text) {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function challengeParams(value) {
+  const out = {};
+  for (const match of value.replace(/^Digest\s+/i, "").matchAll(/(\w+)=("([^"]*)"|[^,\s]+)/g)) {
+    out[match[1].toLowerCase()] = match[3] !== undefined ? match[3] : match[2];
+  }
+  return out;
+}
+
+async function authorization(challenges, { method, uri }) {
+  // One challenge per algorithm (RFC 8760 §2.3): take the SHA-256 one.
+  const chosen = challenges.map(challengeParams)
+    .find((c) => (c.algorithm || "MD5").toUpperCase() === "SHA-256");
+  if (!chosen) throw new Error("no SHA-256 digest challenge in " + JSON.stringify(challenges));
+  const ha1 = await sha256Hex(`${config.user}:${chosen.realm}:${config.password}`);
+  const ha2 = await sha256Hex(`${method}:${uri}`);
+  const cnonce = randomToken();
+  const nc = "00000001";
+  const qop = chosen.qop ? "auth" : null;
+  const response = qop
+    ? await sha256Hex(`${ha1}:${chosen.nonce}:${nc}:${cnonce}:${qop}:${ha2}`)
+    : await sha256Hex(`${ha1}:${chosen.nonce}:${ha2}`);
+  let value = `Digest username="${config.user}", realm="${chosen.realm}", ` +
+    `nonce="${chosen.nonce}", uri="${uri}", response="${response}", algorithm=SHA-256`;
+  if (qop) value += `, qop=${qop}, nc=${nc}, cnonce="${cnonce}"`;
+  if (chosen.opaque !== undefined) value += `, opaque="${chosen.opaque}"`;
+  return value;
+}
+
+// -- media ----------------------------------------------------------------------------------
+
+function newPeerConnection() {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const states = () => ({
+    ice: pc.iceConnectionState, connection: pc.connectionState, signaling: pc.signalingState,
+  });
+  pc.oniceconnectionstatechange = () => report("pc-state", states());
+  pc.onconnectionstatechange = () => report("pc-state", states());
+  return pc;
+}
+
+async function addMicrophone(pc) {
+  // Chromium's fake device (--use-fake-device-for-media-stream): a beep every second.
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  for (const track of stream.getTracks()) pc.addTrack(track, stream);
+}
+
+function gatheringComplete(pc) {
+  // Non-trickle: the SDP we send must hold every candidate (RFC 8839 §4.1).
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    pc.addEventListener("icegatheringstatechange", () => {
+      if (pc.iceGatheringState === "complete") resolve();
+    });
+  });
+}
+
+async function rtpStats(pc) {
+  const out = { inbound: 0, outbound: 0, inboundBytes: 0, codec: null, dtls: null, srtp: null };
+  const stats = await pc.getStats();
+  stats.forEach((entry) => {
+    if (entry.type === "inbound-rtp" && entry.kind === "audio") {
+      out.inbound += entry.packetsReceived || 0;
+      out.inboundBytes += entry.bytesReceived || 0;
+      const codec = entry.codecId && stats.get(entry.codecId);
+      if (codec) out.codec = codec.mimeType;
+    } else if (entry.type === "outbound-rtp" && entry.kind === "audio") {
+      out.outbound += entry.packetsSent || 0;
+    } else if (entry.type === "transport") {
+      out.dtls = entry.dtlsState;
+      out.srtp = entry.srtpCipher || null;
+      out.tls = entry.tlsVersion || null;
+      out.role = entry.dtlsRole || null;
+    }
+  });
+  return out;
+}
+
+async function waitForMedia(pc, { inbound = config.packets, outbound = config.packets } = {}) {
+  // Poll until the packet counts reach `inbound` and `outbound` (by default `packets` each
+  // way), then report them as "media"; the test's own deadline ends us.
+  for (;;) {
+    const stats = await rtpStats(pc);
+    if (stats.inbound >= inbound && stats.outbound >= outbound) {
+      report("media", { ...stats, ice: pc.iceConnectionState, connection: pc.connectionState });
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+// -- the user agent -------------------------------------------------------------------------
+
+const aor = () => `sip:${config.user}@${config.domain}`;
+
+async function register(sip) {
+  const uri = `sip:${config.domain}`;
+  const dialog = { callId: randomToken(), localTag: randomToken(4), remoteTag: null, routes: [] };
+  const extra = [`Contact: ${sip.contact(config.user)};expires=300`, "Expires: 300"];
+  let cseq = 1;
+  let response = await sip.transaction(
+    sip.request("REGISTER", uri, { to: aor(), from: aor(), dialog, cseq, extra }),
+    dialog.callId, cseq, "REGISTER");
+  if (response.status === 401) {
+    const auth = await authorization(response.all("www-authenticate"),
+                                     { method: "REGISTER", uri });
+    cseq += 1;
+    response = await sip.transaction(
+      sip.request("REGISTER", uri, {
+        to: aor(), from: aor(), dialog, cseq, extra: [...extra, `Authorization: ${auth}`],
+      }),
+      dialog.callId, cseq, "REGISTER");
+  }
+  report("registered", { status: response.status });
+  if (response.status !== 200) throw new Error(`REGISTER: ${response.first}`);
+}
+
+async function call(sip) {
+  const pc = newPeerConnection();
+  await addMicrophone(pc);
+  await pc.setLocalDescription(await pc.createOffer());
+  await gatheringComplete(pc);
+  const offer = pc.localDescription.sdp;
+  report("offer", { sdp: offer });
+
+  const target = `sip:${config.target}@${config.domain}`;
+  const dialog = { callId: randomToken(), localTag: randomToken(4), remoteTag: null, routes: [] };
+  const contact = `Contact: ${sip.contact(config.user)}`;
+  let cseq = 1;
+  let branch = randomToken();
+  const invite = (extra) => sip.request("INVITE", target, {
+    to: target, from: aor(), dialog, cseq, branch, extra: [contact, ...extra], body: offer,
+  });
+  let response = await sip.transaction(invite([]), dialog.callId, cseq, "INVITE");
+  if (response.status === 407 || response.status === 401) {
+    // RFC 3261 §17.1.1.3: the ACK of a non-2xx final response belongs to its transaction.
+    sip.send(sip.request("ACK", target, {
+      to: target, from: aor(), cseq, branch,
+      dialog: { ...dialog, remoteTag: tagOf(response.get("to")) },
+    }));
+    const header = response.status === 407 ? "proxy-authenticate" : "www-authenticate";
+    const auth = await authorization(response.all(header), { method: "INVITE", uri: target });
+    const name = response.status === 407 ? "Proxy-Authorization" : "Authorization";
+    cseq += 1;
+    branch = randomToken();
+    response = await sip.transaction(invite([`${name}: ${auth}`]), dialog.callId, cseq, "INVITE");
+  }
+  report("invite-final", { status: response.status, sdp: response.body });
+  if (response.status !== 200) throw new Error(`INVITE: ${response.first}`);
+
+  // The dialog (RFC 3261 §12.1.2): remote tag, remote target, route set from Record-Route.
+  dialog.remoteTag = tagOf(response.get("to"));
+  dialog.routes = response.all("record-route").reverse();
+  const remoteTarget = uriOf(response.get("contact")) || target;
+  await pc.setRemoteDescription({ type: "answer", sdp: response.body });
+  report("answer-applied");
+  // RFC 3261 §13.2.2.4: the 2xx's ACK is a new transaction with the INVITE's CSeq number.
+  sip.send(sip.request("ACK", remoteTarget, { to: target, from: aor(), dialog, cseq }));
+
+  await waitForMedia(pc);
+  if (config.hold) {
+    // Hold and resume (RFC 3264 §8.4) as a browser softphone does them: the transceiver's
+    // direction, then a new offer from the same RTCPeerConnection in a re-INVITE.
+    const reinvite = async (direction) => {
+      pc.getTransceivers()[0].direction = direction;
+      await pc.setLocalDescription(await pc.createOffer());
+      cseq += 1;
+      const reoffer = pc.localDescription.sdp;
+      const response = await sip.transaction(
+        sip.request("INVITE", remoteTarget, {
+          to: target, from: aor(), dialog, cseq, extra: [contact], body: reoffer,
+        }),
+        dialog.callId, cseq, "INVITE");
+      report("reinvite-final", { direction, status: response.status, sdp: response.body });
+      if (response.status !== 200) throw new Error(`re-INVITE: ${response.first}`);
+      await pc.setRemoteDescription({ type: "answer", sdp: response.body });
+      sip.send(sip.request("ACK", remoteTarget, { to: target, from: aor(), dialog, cseq }));
+    };
+    await reinvite("sendonly");
+    const held = await rtpStats(pc);
+    // Held, Chrome sends and receives nothing (its inbound-rtp statistics are gone).
+    await waitForMedia(pc, { inbound: 0, outbound: held.outbound + config.packets });
+    await reinvite("sendrecv");
+    const resumed = await rtpStats(pc);
+    await waitForMedia(pc, {
+      inbound: resumed.inbound + config.packets, outbound: resumed.outbound + config.packets,
+    });
+  }
+  cseq += 1;
+  const bye = await sip.transaction(
+    sip.request("BYE", remoteTarget, { to: target, from: aor(), dialog, cseq }),
+    dialog.callId, cseq, "BYE");
+  report("bye-final", { status: bye.status });
+  pc.close();
+}
+
+function answer(sip) {
+  // Answer the first INVITE; requests in its dialog after that (ACK, BYE) are handled here too.
+  let pc = null;
+  let ended = false;
+  const toTag = randomToken(4);
+  const contact = `Contact: ${sip.contact(config.user)}`;
+  sip.onrequest = async (request) => {
+    if (request.method === "INVITE" && pc === null) {
+      sip.respond(request, 100, "Trying");
+      report("offer", { sdp: request.body });
+      pc = newPeerConnection();
+      try {
+        await pc.setRemoteDescription({ type: "offer", sdp: request.body });
+        await addMicrophone(pc);
+        await pc.setLocalDescription(await pc.createAnswer());
+        await gatheringComplete(pc);
+      } catch (error) {
+        report("error", { message: `answering: ${error}` });
+        sip.respond(request, 488, "Not Acceptable Here", { toTag });
+        return;
+      }
+      sip.respond(request, 180, "Ringing", { toTag, extra: [contact] });
+      const sdp = pc.localDescription.sdp;
+      report("answer", { sdp });
+      sip.respond(request, 200, "OK", { toTag, extra: [contact], body: sdp });
+      await waitForMedia(pc);
+      if (config.hangup === "self" && !ended) {
+        const dialog = {
+          callId: request.get("call-id"), localTag: toTag, remoteTag: tagOf(request.get("from")),
+          routes: request.all("record-route"),
+        };
+        const remote = uriOf(request.get("from"));
+        const bye = await sip.transaction(
+          sip.request("BYE", uriOf(request.get("contact")), {
+            to: remote, from: uriOf(request.get("to")), dialog, cseq: 1,
+          }),
+          dialog.callId, 1, "BYE");
+        ended = true;
+        report("bye-final", { status: bye.status });
+        pc.close();
+      }
+    } else if (request.method === "ACK") {
+      // nothing to do: the 200 was sent once over a reliable transport
+    } else if (request.method === "BYE") {
+      sip.respond(request, 200, "OK");
+      if (!ended && pc !== null) {
+        ended = true;
+        report("media-at-bye", await rtpStats(pc));
+        pc.close();
+      }
+      report("bye-received");
+    } else if (request.method === "OPTIONS") {
+      sip.respond(request, 200, "OK", { toTag });
+    } else {
+      sip.respond(request, 501, "Not Implemented", { toTag });
+    }
+  };
+}
+
+async function main() {
+  report("start", { userAgent: navigator.userAgent, config: { ...config, password: "-" } });
+  const sip = new SipSocket(config.ws);
+  await sip.open();
+  report("ws-open");
+  if (config.mode === "answer") answer(sip);
+  await register(sip);
+  if (config.mode === "call") await call(sip);
+  report("done");
+}
+
+main().catch((error) => report("error", { message: String(error && error.stack || error) }));

@@ -1,0 +1,274 @@
+"""A real browser through the gateway: headless Chromium with WebRTC, SIP over WebSocket.
+
+The softphone is tests/interop/browser/softphone.js, a small SIP-over-WebSocket user agent
+(RFC 7118) in plain JavaScript (no JsSIP: no npm here), with Chromium's own RTCPeerConnection
+for the media: its offer or answer goes into the SDP untouched, so the gateway sees what
+Chrome sends (BUNDLE, msid, extmap, rtcp-fb, opus and a dozen other codecs, host candidates)
+and Chrome sees the gateway's answer or offer as a browser must accept it. The page registers
+with SHA-256 digest (RFC 8760; WebCrypto has no MD5), then calls or answers.
+
+Both directions: Chrome calls a plain-RTP sipp trunk (the gateway answers Chrome's offer),
+sipp calls Chrome (the gateway offers to Chrome), and Chrome calls Chrome (both). Media is
+checked from both ends: Chrome's getStats() counts RTP it received and decrypted (inbound-rtp)
+and sent (outbound-rtp) after ICE (the gateway as ICE-lite agent, RFC 8445 §2.5) and
+DTLS-SRTP (RFC 5763/5764) completed; the trunk echoes what it receives (-rtp_echo), so
+packets coming back to Chrome went through the trunk and back; when sipp calls, a capture
+shows Chrome's RTP reaching sipp, decrypted. The caller hangs up, and both legs end. Consent
+freshness (RFC 7675) over 30 s is tested in virtual time instead
+(tests/component/calls/test_b2bua_ice.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.interop.harness import (
+    Capture,
+    GatewayProcess,
+    SippUas,
+    TestPki,
+    free_port,
+    free_port_pair,
+    rtp_streams,
+    run_sipp_uac,
+    tone_ulaw,
+    udp_filter,
+)
+from tests.interop.harness.chromium import Chromium, PageServer, chromium_binary
+from tests.interop.harness.ports import LOOPBACK
+
+pytestmark = pytest.mark.interop
+
+ALICE = ("alice", "wonderland-webrtc")  # the browser
+BOB = ("bob", "builder-sipp")  # sipp calling the browser
+TRUNK_NUMBER = "+4989555"
+#: RTP packets each way (20 ms each) before the page hangs up: a second of audio.
+PACKETS = 50
+
+
+def browser_gateway(
+    workdir: Path,
+    *pages: PageServer,
+    accounts: dict[str, str],
+    transport: str = "ws",
+    digest_algorithms: tuple[str, ...] = ("SHA-256",),
+    extra_toml: str = "",
+) -> tuple[GatewayProcess, str]:
+    """A gateway with a ``transport`` (ws or wss) listener that accepts the pages' origins; and
+    that listener's URL. wss has a certificate of a test CA, which Chromium is told to accept
+    (``--ignore-certificate-errors``): a browser's trust store is not the test's business."""
+    ws_port = free_port("tcp")
+    port = free_port_pair()
+    listen = [
+        f"udp:{LOOPBACK}:{port}",
+        f"tcp:{LOOPBACK}:{port}",
+        f"{transport}:{LOOPBACK}:{ws_port}",
+    ]
+    origins = ", ".join(f'"{page.origin}"' for page in pages)
+    table = f"[plugins.{transport}]\nallowed_origins = [{origins}]\n"
+    if transport == "wss":
+        ca = TestPki(workdir / "pki").ca("Test CA")
+        issued = ca.issue("gateway", hosts=[LOOPBACK])
+        table += f'certificate = "{issued.certificate}"\nprivate_key = "{issued.key}"\n'
+    gw = GatewayProcess(
+        workdir,
+        accounts=accounts,
+        port=port,
+        digest_algorithms=digest_algorithms,
+        settings={
+            "sip": {"listen": listen},
+            "plugins": {"enable": ["udp", "tcp", transport, "dtls"]},
+        },
+        extra_toml=f"{table}\n{extra_toml}",
+    )
+    return gw, f"{transport}://{LOOPBACK}:{ws_port}/"
+
+
+def page_query(gw: GatewayProcess, url: str, **query: str | int) -> dict[str, str | int]:
+    """The softphone page's settings (tests/interop/browser/softphone.js)."""
+    return {
+        "ws": url,
+        "domain": gw.address,
+        "user": ALICE[0],
+        "password": ALICE[1],
+        "packets": PACKETS,
+        **query,
+    }
+
+
+def trunk_toml(trunk: SippUas) -> str:
+    return (
+        "[[trunks]]\n"
+        'name = "carrier"\n'
+        f'address = "{trunk.config_address}"\n'
+        'prefixes = ["+49"]\n'
+        "allowed_sources = []\n"
+        'media_policy = "rtp-only"\n'
+    )
+
+
+def assert_media_flowed(media: dict[str, Any]) -> None:
+    """ICE and DTLS completed with the gateway, and SRTP flowed both ways: Chrome decrypted
+    ``PACKETS`` packets of PCMU (the only codec sipp takes) and sent as many."""
+    assert media["ice"] in ("connected", "completed"), media
+    assert media["connection"] == "connected", media
+    assert media["dtls"] == "connected", media
+    assert media["inbound"] >= PACKETS and media["outbound"] >= PACKETS, media
+    assert media["codec"] == "audio/PCMU", media
+
+
+@pytest.mark.parametrize("transport", ["ws", "wss"])
+def test_chromium_calls_a_plain_rtp_trunk_over_websocket(tmp_path: Path, transport: str) -> None:
+    chromium_binary()
+    started = time.monotonic()
+    with (
+        SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True) as trunk,
+        PageServer() as page,
+    ):
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE]),
+            transport=transport,
+            extra_toml=trunk_toml(trunk),
+        )
+        with gw:
+            query = page_query(gw, url, mode="call", target=TRUNK_NUMBER)
+            flags = ("--ignore-certificate-errors",) if transport == "wss" else ()
+            with Chromium(tmp_path, page.url("softphone.html", query), flags) as browser:
+                registered = page.wait_for("registered", timeout=30)
+                media = page.wait_for("media", timeout=20)
+                bye = page.wait_for("bye-final", timeout=10)
+                result = trunk.wait(timeout=10)
+            gw.wait_for_log(r"call \S+ ended")
+        print(browser.version(), f"{time.monotonic() - started:.1f} s")
+    result.check()
+    assert registered["status"] == 200  # SHA-256 digest (RFC 8760), the only one offered
+    # What came back to Chrome went through the trunk's echo: both directions work.
+    assert_media_flowed(media)
+    assert bye["status"] == 200
+    # The trunk got neither ICE nor DTLS nor Chrome's BUNDLE: a plain RTP/AVP offer.
+    (invite,) = result.received("INVITE ")
+    for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup", "a=group:BUNDLE"):
+        assert attribute not in invite
+    assert re.search(r"^m=audio \d+ RTP/AVP ", invite, re.M), invite
+    assert result.received("BYE ")
+    # Our answer to Chrome: ice-lite with credentials, a host candidate, DTLS, rtcp-mux.
+    answer = page.wait_for("invite-final")["sdp"]
+    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
+    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answer, re.M), answer
+    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert re.search(r"^a=fingerprint:sha-256 ", answer, re.M), answer
+    assert re.search(r"^a=candidate:\S+ 1 UDP \d+ 127\.0\.0\.1 \d+ typ host", answer, re.M)
+
+
+def test_chromium_holds_and_resumes_a_call_to_a_trunk(tmp_path: Path) -> None:
+    """Hold and resume the way a browser softphone does them: the same RTCPeerConnection
+    re-offers (a=sendonly, then a=sendrecv; same ICE credentials and DTLS fingerprint, so
+    the same association, RFC 8842 §5), in re-INVITEs the gateway relays to the trunk (which
+    answers a=recvonly, then a=sendrecv); media goes on after the resume."""
+    chromium_binary()
+    with (
+        SippUas("calls/uas_answer_reinvite.xml", workdir=tmp_path, rtp_echo=True) as trunk,
+        PageServer() as page,
+    ):
+        gw, url = browser_gateway(
+            tmp_path / "gw", page, accounts=dict([ALICE]), extra_toml=trunk_toml(trunk)
+        )
+        with gw:
+            query = page_query(gw, url, mode="call", target=TRUNK_NUMBER, hold=1)
+            with Chromium(tmp_path, page.url("softphone.html", query)):
+                bye = page.wait_for("bye-final", timeout=30)
+                result = trunk.wait(timeout=10)
+            gw.wait_for_log(r"call \S+ ended")
+    result.check()  # the trunk got a=sendonly, then a=sendrecv, in two re-INVITEs
+    assert bye["status"] == 200
+    hold, resume = page.of_kind("reinvite-final")
+    assert hold["status"] == resume["status"] == 200
+    assert re.search(r"^a=recvonly\r?$", hold["sdp"], re.M), hold["sdp"]
+    assert re.search(r"^a=sendrecv\r?$", resume["sdp"], re.M), resume["sdp"]
+    first, on_hold, resumed = page.of_kind("media")
+    assert on_hold["outbound"] >= first["outbound"] + PACKETS  # Chrome kept sending, held
+    assert_media_flowed(resumed)
+    assert resumed["inbound"] >= on_hold["inbound"] + PACKETS, (on_hold, resumed)
+
+
+def test_sipp_calls_chromium_which_answers_over_websocket(tmp_path: Path) -> None:
+    chromium_binary()
+    started = time.monotonic()
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 440.0, seconds=3.0)
+    with PageServer() as page:
+        # sipp 3.6 answers only the first challenge and knows only MD5; the page takes SHA-256.
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE, BOB]),
+            digest_algorithms=("MD5", "SHA-256"),
+        )
+        with gw:
+            # A browser takes only DTLS-SRTP (RFC 8827 §6.5): its account's policy says so.
+            gw.cli("accounts", "set", ALICE[0], "--media-policy", "dtls")
+            query = page_query(gw, url, mode="answer")
+            with Chromium(tmp_path, page.url("softphone.html", query)) as browser:
+                page.wait_for("registered", timeout=30)
+                with Capture(tmp_path / "call.pcap", udp_filter(gw.media_ports)) as capture:
+                    caller = run_sipp_uac(
+                        "calls/uac_call_auth_rtp.xml",
+                        gw.address,
+                        workdir=tmp_path,
+                        service=ALICE[0],
+                        caller=BOB[0],
+                        auth=BOB,
+                        rtp_file=tone,
+                    )
+                    media = page.wait_for("media", timeout=10)
+                    page.wait_for("bye-received", timeout=10)
+            gw.wait_for_log(r"call \S+ ended")
+        print(browser.version(), f"{time.monotonic() - started:.1f} s")
+    caller.check()
+    assert_media_flowed(media)
+    # Chrome's RTP reached sipp's media port through the relay, decrypted.
+    streams = rtp_streams(capture.path, [caller.media_port])
+    to_sipp = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
+    assert to_sipp >= PACKETS, streams
+    # Our offer to Chrome: ICE-lite, DTLS with actpass, rtcp-mux, the WebRTC profile.
+    offer = page.wait_for("offer")["sdp"]
+    assert re.search(r"^a=ice-lite\r?$", offer, re.M), offer
+    assert re.search(r"^a=setup:actpass\r?$", offer, re.M), offer
+    assert re.search(r"^a=rtcp-mux\r?$", offer, re.M), offer
+
+
+def test_chromium_calls_chromium_through_the_gateway(tmp_path: Path) -> None:
+    """Two browsers, as two JsSIP users calling each other: each leg is WebRTC (ICE-lite, its
+    own DTLS association), the gateway relays and re-keys between them, and Chrome's codecs
+    pass through (opus both ways)."""
+    chromium_binary()
+    started = time.monotonic()
+    with PageServer() as alice_page, PageServer() as bob_page:
+        gw, url = browser_gateway(
+            tmp_path / "gw", alice_page, bob_page, accounts=dict([ALICE, BOB])
+        )
+        with gw:
+            gw.cli("accounts", "set", BOB[0], "--media-policy", "dtls")
+            bob_query = page_query(gw, url, mode="answer", user=BOB[0], password=BOB[1])
+            with Chromium(tmp_path / "bob", bob_page.url("softphone.html", bob_query)):
+                bob_page.wait_for("registered", timeout=30)
+                alice_query = page_query(gw, url, mode="call", target=BOB[0])
+                with Chromium(tmp_path / "alice", alice_page.url("softphone.html", alice_query)):
+                    alice_media = alice_page.wait_for("media", timeout=30)
+                    bye = alice_page.wait_for("bye-final", timeout=10)
+                    bob_page.wait_for("bye-received", timeout=10)
+                    bob_media = bob_page.wait_for("media")
+            gw.wait_for_log(r"call \S+ ended")
+        print(f"{time.monotonic() - started:.1f} s")
+    assert bye["status"] == 200
+    for media in (alice_media, bob_media):
+        assert media["ice"] in ("connected", "completed"), media
+        assert media["dtls"] == "connected", media
+        assert media["inbound"] >= PACKETS and media["outbound"] >= PACKETS, media
+        assert media["codec"] == "audio/opus", media

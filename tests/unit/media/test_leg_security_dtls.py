@@ -1,0 +1,104 @@
+"""LegSecurity with DTLS-SRTP, sans-IO: the gateway's leg and a phone, both the real engine."""
+
+from __future__ import annotations
+
+import datetime
+
+from gateway.core.interfaces import KeysReady
+from gateway.core.media.policy import BUILTIN_POLICIES
+from gateway.core.media.security import LegSecurity
+from gateway.core.sdp.model import SessionDescription
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.plugins.keyexchange.dtls_certificates import generate_identity
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
+
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+MONTH = datetime.timedelta(days=30)
+GATEWAY_ID = generate_identity(now=NOW, max_age=MONTH)
+PHONE_ID = generate_identity(now=NOW, max_age=MONTH)
+
+# The session's plain answer, which LegSecurity turns into ours.
+PLAIN_ANSWER = """v=0
+o=voipgw 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio 40000 RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+a=rtcp-mux
+a=sendrecv
+"""
+
+
+def sdp(text: str) -> SessionDescription:
+    return parse_sdp_untrusted(text.replace("\n", "\r\n").encode())
+
+
+def phone_offer(negotiation: DtlsNegotiation, version: int) -> SessionDescription:
+    ours = dict(negotiation.local_sdp_attributes())
+    return sdp(
+        f"v=0\no=- 1 {version} IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\n"
+        "m=audio 20000 UDP/TLS/RTP/SAVP 0\na=rtpmap:0 PCMU/8000\na=rtcp-mux\n"
+        f"a=fingerprint:{ours['fingerprint']}\na=setup:{ours['setup']}\n"
+        f"a=tls-id:{ours['tls-id']}\na=sendrecv\n"
+    )
+
+
+def drive(gateway: LegSecurity, phone: DtlsNegotiation) -> None:
+    """Move datagrams both ways as the call's handshake task does: to and from the negotiation
+    of each stream LegSecurity says is on the media path now, its KeysReady into the stream."""
+    for _ in range(20):
+        (stream,) = gateway.media_path_streams().values()
+        negotiation = stream.negotiation
+        assert negotiation is not None
+        moved = False
+        for datagram in negotiation.packets_to_send(now=0.0):
+            phone.receive_packet(datagram, now=0.0)
+            moved = True
+        for datagram in phone.packets_to_send(now=0.0):
+            negotiation.receive_packet(datagram, now=0.0)
+            moved = True
+        while (event := negotiation.next_event()) is not None:
+            if isinstance(event, KeysReady):
+                stream.keys = event.keys
+        if not moved:
+            return
+
+
+def test_a_re_offer_while_the_handshake_is_under_way_keeps_the_keys_it_then_agrees() -> None:
+    """baresip with ICE re-INVITEs with its updated candidates as soon as its checks are done,
+    which is when our DTLS ClientHello reaches it (relay.py sends it once a check selects the
+    address): the re-offer keeps the association (same tls-id and fingerprint, RFC 8842 §5),
+    and the handshake finishes on the stream in force while the other leg is asked for its
+    answer. Our answer then puts the re-offer's streams in force: they must have the keys the
+    handshake agreed meanwhile, else the leg's media stays blocked for the rest of the call."""
+    gateway = LegSecurity(
+        side="a",
+        policy=BUILTIN_POLICIES["dtls"],
+        secure_signalling=False,
+        key_exchanges={"dtls": DtlsKeyExchange(identity=lambda: GATEWAY_ID)},
+        signalling="udp",
+    )
+    phones = DtlsKeyExchange(identity=lambda: PHONE_ID)
+    phone = phones.offer(suites=[], secure_signalling=False)
+    gateway.take_offer(phone_offer(phone, 1))
+    answer = gateway.make_answer(sdp(PLAIN_ANSWER))
+    media = answer.media[0]
+    phone.remote_sdp_attributes(
+        [(a.name, a.value) for a in media.attributes]
+        + [(a.name, a.value) for a in answer.attributes]
+    )
+    # Our ClientHello reaches the phone; its flight back has not reached us yet.
+    (stream,) = gateway.media_path_streams().values()
+    assert stream.negotiation is not None
+    for datagram in stream.negotiation.packets_to_send(now=0.0):
+        phone.receive_packet(datagram, now=0.0)
+
+    re_offer = phones.offer(suites=[], secure_signalling=False, previous=phone)
+    gateway.take_offer(phone_offer(re_offer, 2))
+    drive(gateway, phone)  # the handshake ends before the other leg's answer
+    agreed = gateway.keys(0)  # in the streams still in force
+    assert agreed is not None and phone.keys is not None
+    assert agreed.local_key == phone.keys.remote_key
+    gateway.make_answer(sdp(PLAIN_ANSWER))
+    assert gateway.keys(0) == agreed
