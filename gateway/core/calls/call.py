@@ -402,6 +402,9 @@ class Call:
         # Client requests whose responses come into the event queue; detached at the end.
         self._forwarded: list[ClientRequest] = []
         self._pending_reinvite: tuple[Side, ServerTransaction, Request] | None = None
+        # A pickup of a late-offer call: the picker's INVITE, answered once A's ACK brings the
+        # answer to the picker's offer (:meth:`_answer_picker`), and its session timer.
+        self._pickup_waiting: tuple[PickUpEvent, UasAnswer] | None = None
         # The re-INVITE we relayed for it, and when we stop waiting for its final response.
         self._reinvite_sent: InDialogRequest | None = None
         self._reinvite_deadline = math.inf
@@ -526,7 +529,12 @@ class Call:
             self.manager.forget(self)  # from here on the endpoint answers our dialogs 481
             self._events_send.close()
             log.info("call %s ended: %s", self.id, self.end_reason or "normal clearing")
-            if self._relaying or self._pending_reinvite is not None or self._queued_requests:
+            if (
+                self._relaying
+                or self._pending_reinvite is not None
+                or self._queued_requests
+                or self._pickup_waiting is not None
+            ):
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.sip.t1):
                     await self._refuse_queued_requests()
 
@@ -541,6 +549,11 @@ class Call:
         if self._pending_reinvite is not None:
             unanswered.append(self._pending_reinvite[1:])
             self._pending_reinvite = None
+        if self._pickup_waiting is not None:  # the call ended before A's ACK came
+            unanswered.append(
+                (self._pickup_waiting[0].transaction, self._pickup_waiting[0].request)
+            )
+            self._pickup_waiting = None
         while True:
             try:
                 event = self._events.receive_nowait()
@@ -1440,19 +1453,13 @@ class Call:
         answer through its leg's keys, as for any callee's answer; the picker's phone gets
         our 200 with the relay's side B, through keys of its own leg. The phones that rang get
         CANCEL with "Call completed elsewhere" (RFC 3326; RFC 3891 §3: we initiated those
-        early dialogs, so we end them with CANCEL)."""
+        early dialogs, so we end them with CANCEL). A caller that made no offer gets the
+        picker's (:meth:`_picked_up_offering`)."""
         request, flow = event.request, event.flow
         picked = event.leg
         offer_b = self._offer_b
         if self.state != "ringing" or self.b is not None or picked.finished:
             await self._refuse_pickup(event)
-            return
-        if offer_b is None:
-            # A late offer (the caller's INVITE had none): our 200 to the caller would have
-            # to offer and the picker's answer come in its ACK; not done.
-            await self._answer_pickup(
-                event, make_response(request, 488, "Not Acceptable Here (caller made no offer)")
-            )
             return
         assert self.media is not None and self.a.security is not None
         name = event.caller.name
@@ -1496,6 +1503,9 @@ class Call:
                 busy = make_response(request, 486, f"Busy Here (account {why})")
                 await self._answer_pickup(event, busy)
                 return
+        if offer_b is None:
+            await self._picked_up_offering(event, picker, timer, moving_to, ringing)
+            return
         try:
             sdp, _ = read_body(request.content_type, request.body)
             if not sdp:
@@ -1521,29 +1531,8 @@ class Call:
             return
         if moving_to is not None and ringing is not None:
             self.manager.limits.release_one(self, ("account", ringing))
-        fields = [("Contact", str(picker.contact)), ("Allow", ALLOW), *timer.headers()]
-        fields.extend(("Record-Route", rr) for rr in request.headers.get_all("Record-Route"))
-        ok = make_response(
-            request,
-            200,
-            to_tag=self.manager.gateway.ids.new_tag(),
-            extra=fields,
-            body=serialize_sdp(to_picker),
-            content_type=SDP,
-        )
-        over_tls = flow.transport in TLS_TRANSPORTS
-        picker.dialog = Dialog.create_uas(request, ok, over_tls=over_tls)
-        # Its INVITE came to us: no final response of its own (one would be ACKed, _bye), and
-        # nothing to wait for at the end (_drain_b_legs), as a caller's leg handed over.
-        self.manager.register_leg(self, Side.B, request.call_id, picker.dialog.local_tag)
-        log.info("call %s: %s picks up the call ringing %s", self.id, name, picked.peer_name)
-        self.b_legs.append(picker)
-        self.b = picker
-        self.picked_up = {"by": name, "ringing": picked.peer_name}
-        self._apply_keys(picker)
-        for other in self.b_legs:
-            if other is not picker and other.final is None:
-                await self._cancel_b(other, ANSWERED_ELSEWHERE)
+        ok = self._picker_ok(picker, request, timer, to_picker)
+        await self._picker_joins(picker, picked)
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
         picker.session_timer = self._started(timer)
@@ -1551,6 +1540,124 @@ class Call:
         await self._answer_a(
             self._a_response(200, body=serialize_sdp(answer_a), extra=self._a_timer.headers())
         )
+
+    def _picker_ok(
+        self, picker: BLeg, request: Request, timer: UasAnswer, answer: SessionDescription
+    ) -> Response:
+        """Our 200 to the picker's INVITE with ``answer``, and the picker's leg's dialog it
+        makes, known to the manager from now on."""
+        fields = [("Contact", str(picker.contact)), ("Allow", ALLOW), *timer.headers()]
+        fields.extend(("Record-Route", rr) for rr in request.headers.get_all("Record-Route"))
+        ok = make_response(
+            request,
+            200,
+            to_tag=self.manager.gateway.ids.new_tag(),
+            extra=fields,
+            body=serialize_sdp(answer),
+            content_type=SDP,
+        )
+        over_tls = picker.transport in TLS_TRANSPORTS
+        picker.dialog = Dialog.create_uas(request, ok, over_tls=over_tls)
+        # Its INVITE came to us: no final response of its own (one would be ACKed, _bye), and
+        # nothing to wait for at the end (_drain_b_legs), as a caller's leg handed over.
+        self.manager.register_leg(self, Side.B, request.call_id, picker.dialog.local_tag)
+        return ok
+
+    async def _picker_joins(self, picker: BLeg, picked: BLeg) -> None:
+        """``picker`` is the call's callee now: the record says so, its keys apply, and the
+        phones that rang are CANCELled, answered elsewhere."""
+        log.info(
+            "call %s: %s picks up the call ringing %s", self.id, picker.peer_name, picked.peer_name
+        )
+        self.b_legs.append(picker)
+        self.b = picker
+        self.picked_up = {"by": picker.peer_name, "ringing": picked.peer_name}
+        self._apply_keys(picker)
+        for other in self.b_legs:
+            if other is not picker and other.final is None:
+                await self._cancel_b(other, ANSWERED_ELSEWHERE)
+
+    async def _picked_up_offering(
+        self,
+        event: PickUpEvent,
+        picker: BLeg,
+        timer: UasAnswer,
+        moving_to: tuple[str, str] | None,
+        ringing: str | None,
+    ) -> None:
+        """A pickup of a call whose caller made no offer (RFC 3261 §13.2.1, a carrier's
+        delayed offer): the picker's offer goes to the caller in our 200, as a callee's offer
+        in its 2xx would (:meth:`_b_offered`), and the picker gets our 200 with the answer A's
+        ACK brings (:meth:`_answer_picker`)."""
+        assert self.media is not None and self.a.security is not None
+        assert picker.security is not None
+        request = event.request
+        try:
+            sdp, _ = read_body(request.content_type, request.body)
+            if not sdp:
+                raise SdpError("an INVITE picking up a call needs an SDP offer")
+            offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
+            offer_a = self.a.security.make_offer(self.media.offer_from(Side.B.value, offer))
+        except (SdpError, UnsupportedBody, PortsExhausted) as err:
+            reason = err.reason if isinstance(err, SdpError | UnsupportedBody) else "no media ports"
+            log.info("call %s: pickup by %s refused: %s", self.id, picker.peer_name, reason)
+            if moving_to is not None:
+                self.manager.limits.release_one(self, moving_to)
+            status, phrase = (
+                (503, "Service Unavailable")
+                if isinstance(err, PortsExhausted)
+                else (488, "Not Acceptable Here")
+            )
+            refusal = make_response(request, status, phrase, extra=[("Warning", _warning(reason))])
+            await self._answer_pickup(event, refusal)
+            return
+        if moving_to is not None and ringing is not None:
+            self.manager.limits.release_one(self, ("account", ringing))
+        event.done.set()  # taken: the manager does not answer it 481
+        self._pickup_waiting = (event, timer)
+        await self._picker_joins(picker, event.leg)
+        self.a.session_timer = self._started(self._a_timer)
+        await self._offer_in_2xx_to_a(offer_a)
+
+    async def _answer_picker(self, ack: Request) -> None:
+        """A's ACK brought the answer to the picker's offer (:meth:`_picked_up_offering`): the
+        picker's INVITE gets our 200 with it, and the call is up. An ACK without a usable
+        answer ends the call; the picker gets 488."""
+        assert self._pickup_waiting is not None and self.b is not None
+        assert self.media is not None and self.a.security is not None
+        event, timer = self._pickup_waiting
+        picker, request = self.b, event.request
+        assert picker.security is not None
+        try:
+            sdp = _sdp(ack)
+            if not sdp:
+                raise SdpError("ACK without the SDP answer to our offer")
+            plain = self.media.answer_from(
+                Side.A.value,
+                self.a.security.take_answer(parse_sdp_untrusted(sdp)),
+                rtcp_mux_offered=self.a.security.offers_rtcp_mux,
+            )
+            to_picker = picker.security.make_answer(plain)
+        except SdpError as err:
+            self._pickup_waiting = None
+            self.media.abandon_offer()
+            self.state = "answered"
+            refusal = make_response(
+                request, 488, "Not Acceptable Here", extra=[("Warning", _warning(err.reason))]
+            )
+            await self._answer_pickup(event, refusal)
+            await self._hang_up(f"bad SDP answer in A's ACK: {err.reason}", cause=488)
+        self._pickup_waiting = None
+        ok = self._picker_ok(picker, request, timer, to_picker)
+        self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
+        await self._answer_pickup(event, ok)
+        picker.session_timer = self._started(timer)
+        self._apply_keys(picker)
+        self.media.settle()
+        self.answered_at = trio.current_time()
+        self.state = "answered"
+        self.manager.event(self, "answered", None)
+        self._start_taps()
 
     async def _refuse_pickup(self, event: PickUpEvent) -> None:
         """The call is no longer ringing: 486 when the phone it named answered (RFC 3891 §3),
@@ -1599,6 +1706,11 @@ class Call:
         for other in self.b_legs:
             if other is not leg and other.final is None:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
+        await self._offer_in_2xx_to_a(offer_a)
+
+    async def _offer_in_2xx_to_a(self, offer_a: SessionDescription) -> None:
+        """Our 200 to A carries ``offer_a`` (A's INVITE had none); A's ACK brings the answer
+        (:meth:`_awaiting_answer`)."""
         ok = self._a_response(200, body=serialize_sdp(offer_a), extra=self._a_timer.headers())
         self._stop_reliable_1xx()
         over_tls = self.a.transport in TLS_TRANSPORTS
@@ -1638,6 +1750,9 @@ class Call:
         """A's ACK brought its answer to our offer: B gets its answer in our ACK, and the call
         is up. An ACK without a usable answer ends the call: §13.2.2.4 has the offerer ACK with
         a valid answer and then send BYE, which is what B gets (:meth:`_bye`)."""
+        if self._pickup_waiting is not None:
+            await self._answer_picker(ack)
+            return
         leg = self.b
         assert leg is not None and leg.dialog is not None and leg.final is not None
         assert self.media is not None and leg.security is not None

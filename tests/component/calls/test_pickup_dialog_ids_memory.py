@@ -349,27 +349,78 @@ async def test_pickup_needs_a_group_with_pickup(
     await eventually(lambda: env.calls == 0)
 
 
-async def test_a_late_offer_call_is_not_picked_up_and_rings_on(
+async def test_a_late_offer_call_is_picked_up_with_the_pickers_offer(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    # The caller's INVITE had no SDP: our 200 to it would have to offer, and the picker's
-    # answer come in the caller's ACK. Not done: 488, and alice's phone rings on.
+    """The caller's INVITE had no SDP (a carrier's delayed offer, RFC 3261 §13.2.1): the
+    picker's offer goes to the caller in our 200, the caller's ACK answers it, and only then
+    does the picker get our 200 with that answer; media flows both ways."""
     env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
     await watch(bob)
     await next_doc(bob)
     env.alice.auto = AutoAnswer(ring=True, status=None)
     incoming = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    incoming.ack_answer = simple_sdp("127.0.0.1", CALLER_PORT)  # its answer, in its ACK
     ringing = await env.alice.next_call()
+    assert ringing.invite.body == b""  # alice's phone was asked to offer
     dialog = await early_dialog(bob)
-    refused = await pick_up(bob, replaces_of(dialog))
-    final = await refused.final()
-    assert final.status == 488 and "no offer" in final.reason
-    assert await next_within(env.alice, "CANCEL", 1) is None
-    assert ringing.answered is None
-    await ringing.answer()
-    assert (await incoming.final()).status == 200
-    assert (await incoming.bye()).status == 200
+    picked = await pick_up(bob, replaces_of(dialog), sdp=simple_sdp("127.0.0.1", BOB_PORT))
+    to_caller = await incoming.final()
+    assert to_caller.status == 200
+    assert_media_via_gateway(to_caller.body)  # the offer: bob's, through the relay
+    to_bob = await picked.final()
+    assert to_bob.status == 200, to_bob.reason
+    assert_media_via_gateway(to_bob.body)  # the answer the caller's ACK brought
+    cancel = (await env.alice.next_request("CANCEL")).request
+    assert cancel.call_id == ringing.call_id
+    assert env.calls == 1
+    assert env.gateway.calls is not None
+    (call,) = env.gateway.calls.calls
+    assert call.state == "answered" and call.security_record()["picked_up"] == {
+        "by": "bob",
+        "ringing": "alice",
+    }
+
+    caller_sock, bob_sock = await bind(CALLER_PORT), await bind(BOB_PORT)
+    with caller_sock, bob_sock:
+        caller_to = ("127.0.0.1", parse_sdp_untrusted(to_caller.body).media[0].port)
+        bob_to = ("127.0.0.1", parse_sdp_untrusted(to_bob.body).media[0].port)
+        for seq in range(3):
+            await caller_sock.sendto(rtp(seq, 0x11, 0x1111), caller_to)
+            await bob_sock.sendto(rtp(seq, 0x22, 0x2222), bob_to)
+            await trio.sleep(0.02)
+        with trio.fail_after(2):
+            at_bob = await bob_sock.recv(2048)
+            at_caller = await caller_sock.recv(2048)
+        assert at_bob[12:] == bytes([0x11]) * 160
+        assert at_caller[12:] == bytes([0x22]) * 160
+    assert (await picked.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_late_offer_pickup_whose_caller_acks_without_an_answer_ends_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The caller's ACK carries no answer to the offer in our 200 (§13.2.2.4 wants one): the
+    picker's INVITE, waiting for that answer, gets 488, and the caller a BYE."""
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    await watch(bob)
+    await next_doc(bob)
+    env.alice.auto = AutoAnswer(ring=True, status=None)
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    incoming.ack_answer = b""  # the caller ACKs without its answer
+    await env.alice.next_call()
+    picked = await pick_up(
+        bob, replaces_of(await early_dialog(bob)), sdp=simple_sdp("127.0.0.1", BOB_PORT)
+    )
+    assert (await incoming.final()).status == 200
+    refused = await picked.final()
+    assert refused.status == 488
+    assert "ACK without the SDP answer" in (refused.headers.get("Warning") or "")
+    bye = (await env.trunk.next_request("BYE")).request
+    assert bye.call_id == incoming.call_id and "cause=488" in (bye.headers.get("Reason") or "")
+    await eventually(lambda: env.calls == 0)
+    assert bob.requests("BYE") == []  # bob's phone has no dialog to end: it got a 488
 
 
 async def test_a_pickup_over_a_lossy_network(
