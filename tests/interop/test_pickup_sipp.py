@@ -29,7 +29,18 @@ pytestmark = pytest.mark.interop
 PICKUP = '[[dialog_watch_groups]]\nname = "office"\naccounts = ["alice", "bob"]\npickup = true\n'
 
 
-def test_a_phone_picks_up_a_watched_accounts_ringing_call(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "trunk_scenario",
+    [
+        "uac_call.xml",
+        # A delayed offer (RFC 3261 §13.2.1): our 200 carries bob's offer, the trunk's ACK
+        # the answer, and bob's phone gets its 200 after that.
+        "uac_call_late_offer.xml",
+    ],
+)
+def test_a_phone_picks_up_a_watched_accounts_ringing_call(
+    tmp_path: Path, trunk_scenario: str
+) -> None:
     with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk() + PICKUP) as gw:
         alice = SippUas("calls/uas_ring_until_answered_elsewhere.xml", workdir=tmp_path)
         register(gw, tmp_path, "udp", alice.port)
@@ -45,7 +56,7 @@ def test_a_phone_picks_up_a_watched_accounts_ringing_call(tmp_path: Path) -> Non
                 timeout=30,
             )
             gw.wait_for_log(r"bob watches the calls of alice for 600 s")
-            caller = trunk_call("uac_call.xml", gw, tmp_path, call_duration_ms=300)
+            caller = trunk_call(trunk_scenario, gw, tmp_path, call_duration_ms=300)
             caller.check()
             rang = alice.wait(timeout=10)
             rang.check()
