@@ -36,14 +36,15 @@ class StiPki:
 
     def crl(
         self,
-        revoked: tuple[x509.Certificate, ...] = (),
+        revoked: tuple[x509.Certificate | int, ...] = (),
         *,
         now: float | None = None,
         next_update: float = 86400.0,
         signer: str = "root",
         pem: bool = False,
     ) -> bytes:
-        """The STI-PA's CRL (RFC 5280 §5) listing ``revoked``, issued a minute before ``now``
+        """The STI-PA's CRL (RFC 5280 §5) listing ``revoked`` (certificates, or serial numbers
+        of others'), issued a minute before ``now``
         (default: the wall clock) with its nextUpdate ``next_update`` seconds after ``now``
         (negative: an expired CRL), signed by the root (as the STI-PA signs its one CRL) or by
         ``"intermediate"``; DER, or PEM."""
@@ -61,9 +62,10 @@ class StiPki:
             .next_update(at + datetime.timedelta(seconds=next_update))
         )
         for certificate in revoked:
+            serial = certificate if isinstance(certificate, int) else certificate.serial_number
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder()
-                .serial_number(certificate.serial_number)
+                .serial_number(serial)
                 .revocation_date(at - datetime.timedelta(minutes=2))
                 .build()
             )
