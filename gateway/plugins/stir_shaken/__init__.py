@@ -301,13 +301,17 @@ class StirShaken:
             return None
         return Verification(self, call, request.headers.get_all("Identity"))
 
-    async def signer(self, url: str) -> tuple[ec.EllipticCurvePublicKey, str | None]:
+    async def signer(
+        self, url: str, deadline: float | None = None
+    ) -> tuple[ec.EllipticCurvePublicKey, str | None]:
         """The public key of the certificate at ``url`` once it chains to a trust anchor and,
         with ``check_revocation``, none of its chain is in the CRLs it names; with it, None, or
         why revocation could not be checked (``revocation_unavailable = "pass"``). Certificate
-        and CRLs are fetched unless cached, all within one ``fetch_timeout``: a call never waits
-        longer for them. PassportError for a certificate that fails (revoked: 437)."""
-        deadline = trio.current_time() + self.config.fetch_timeout
+        and CRLs are fetched unless cached, all by ``deadline`` (trio time; default: one
+        ``fetch_timeout`` from now): a call never waits longer for them. PassportError for a
+        certificate that fails (revoked: 437)."""
+        if deadline is None:
+            deadline = trio.current_time() + self.config.fetch_timeout
         signer = await self.signer_certificate(url, deadline)
         if not (self.config.check_revocation and signer.revocation):
             return signer.key, None
@@ -496,6 +500,8 @@ class Verification:
         if not self.values:
             return service.outcome("no_identity", "caller number not verified (no Identity)")
         failure: PassportError | None = None
+        # One fetch_timeout for the call, whatever its headers' certificates and CRLs need.
+        deadline = trio.current_time() + service.config.fetch_timeout
         # RFC 8224 §6.2: a request may carry several; one that verifies is enough.
         for value in self.values[:MAX_IDENTITY_HEADERS]:
             try:
@@ -507,7 +513,7 @@ class Verification:
                     now=service.clock(),
                     freshness=service.config.freshness,
                 )
-                key, unchecked = await service.signer(passport.x5u)
+                key, unchecked = await service.signer(passport.x5u, deadline)
                 verify_signature(passport, key)
             except PassportError as err:
                 if failure is None or failure.outcome == "unsupported":

@@ -8,7 +8,8 @@ name the STI-PA's CRL (ATIS-1000080 §6.4.1), which the plugin fetches with the 
   CRL fetches together; the call passes marked (``revocation_unavailable = "pass"``) or fails
   (``"fail"``), and the CRL is not asked for again for a minute;
 - a burst of calls fetches the CRL once; the CRL is kept until its nextUpdate;
-- the CRL's host must be in ``certificate_hosts``; ``check_revocation = false`` fetches none.
+- the CRL's host must be in ``certificate_hosts``; ``check_revocation = false`` fetches none;
+- an INVITE's Identity headers share one ``fetch_timeout``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import trio
 from gateway.core.status import CallStatistics, StatusView
 from gateway.plugins.metrics.collect import render
 from gateway.plugins.stir_shaken.fetch import Fetched, FetchError
-from gateway.testing.sti_pki import StiPki, make_pki
+from gateway.testing.sti_pki import StiPki, make_identity, make_pki
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually
 from tests.component.calls.test_b2bua_stir_shaken import (
     CALLER,
@@ -237,3 +238,23 @@ async def test_certificate_hosts_bound_crl_urls_and_check_revocation_turns_it_of
     assert user == f"{CALLER};verstat={verstat}"
     assert words in described
     assert plugin.crl_fetched == (1 if not table else 0)
+
+
+async def test_two_identity_headers_share_one_fetch_timeout(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """RFC 8224 §6.2 lets an INVITE carry several Identity headers: their certificate servers,
+    both silent, cost the call one fetch_timeout, not one each."""
+    pki = make_pki(crl_url=CRL_URL)
+    plugin = InjectedWithCrl(pki, pki.crl())
+    plugin.delay = 3600
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, fetch_timeout=1.5)
+    other = "https://certs2.carrier.example/shaken.pem"
+    second = make_identity(
+        pki.signer_key, other, orig=CALLER[1:], dest=ALICE_DID[1:], iat=int(time.time())
+    )
+    began = trio.current_time()
+    user, _ = await call_alice(env, [identity(pki.signer_key), ("Identity", second)])
+    assert trio.current_time() - began < 2.2
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    assert plugin.fetched == [X5U, other]
