@@ -101,7 +101,8 @@ def main() -> None:
         verify_signature(passport, pki.signer_key.public_key())
 
     def verify_cached() -> None:
-        # What a call pays once the signer's checked key is cached (StirShaken.signer_key).
+        # What a call pays once the signer's checked key is cached (StirShaken.signer; with
+        # check_revocation, its CRL cached too: two dict look-ups more).
         parse_and_check()
         verify_signature(passport, pki.signer_key.public_key())
 

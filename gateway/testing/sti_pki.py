@@ -1,12 +1,15 @@
 """A throw-away STIR/SHAKEN PKI for tests: an STI-PA-like root, an intermediate and a signer
-certificate with the TNAuthList extension (RFC 8226 §9), all P-256, made with ``cryptography``.
-Also PASSporTs made independently of the plugin's signer, for verification tests."""
+certificate with the TNAuthList extension (RFC 8226 §9), all P-256, made with ``cryptography``;
+optionally with the CRL Distribution Points extension ATIS-1000080 §6.4.1 puts in intermediate
+and end-entity certificates, and the STI-PA's CRL itself. Also PASSporTs made independently of
+the plugin's signer, for verification tests."""
 
 from __future__ import annotations
 
 import base64
 import datetime
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,46 @@ class StiPki:
     intermediate: x509.Certificate
     signer: x509.Certificate
     signer_key: ec.EllipticCurvePrivateKey
+    root_key: ec.EllipticCurvePrivateKey | None = None
+    intermediate_key: ec.EllipticCurvePrivateKey | None = None
+
+    def crl(
+        self,
+        revoked: tuple[x509.Certificate | int, ...] = (),
+        *,
+        now: float | None = None,
+        next_update: float = 86400.0,
+        signer: str = "root",
+        pem: bool = False,
+    ) -> bytes:
+        """The STI-PA's CRL (RFC 5280 §5) listing ``revoked`` (certificates, or serial numbers
+        of others'), issued a minute before ``now``
+        (default: the wall clock) with its nextUpdate ``next_update`` seconds after ``now``
+        (negative: an expired CRL), signed by the root (as the STI-PA signs its one CRL) or by
+        ``"intermediate"``; DER, or PEM."""
+        issuer, key = (
+            (self.root, self.root_key)
+            if signer == "root"
+            else (self.intermediate, self.intermediate_key)
+        )
+        assert key is not None, "make_pki() keeps the CA keys"
+        at = datetime.datetime.fromtimestamp(time.time() if now is None else now, datetime.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(issuer.subject)
+            .last_update(at - datetime.timedelta(minutes=1))
+            .next_update(at + datetime.timedelta(seconds=next_update))
+        )
+        for certificate in revoked:
+            serial = certificate if isinstance(certificate, int) else certificate.serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(at - datetime.timedelta(minutes=2))
+                .build()
+            )
+        crl = builder.sign(key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.PEM if pem else serialization.Encoding.DER)
 
     def chain_pem(self) -> bytes:
         """What an x5u URL serves: the signer's certificate, then the intermediate."""
@@ -73,6 +116,7 @@ def _certificate(
     tn_auth_list: bool,
     not_before: datetime.datetime,
     days: int,
+    crl_url: str | None = None,
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -88,12 +132,29 @@ def _certificate(
         builder = builder.add_extension(
             x509.UnrecognizedExtension(TN_AUTH_LIST, TN_AUTH_LIST_DER), critical=False
         )
+    if crl_url is not None:
+        # ATIS-1000080 §6.4.1: one DistributionPoint, the STI-PA's CRL URL and, as cRLIssuer,
+        # the DN of the CRL's issuer (here the root, which signs it).
+        point = x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=[x509.DirectoryName(_name("Test STI-PA Root"))],
+        )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def make_pki(*, tn_auth_list: bool = True, now: float | None = None, days: int = 30) -> StiPki:
+def make_pki(
+    *,
+    tn_auth_list: bool = True,
+    now: float | None = None,
+    days: int = 30,
+    crl_url: str | None = None,
+) -> StiPki:
     """A root, an intermediate under it and a signer under that, valid from a day before
-    ``now`` (default: the wall clock) for ``days``."""
+    ``now`` (default: the wall clock) for ``days``; with ``crl_url``, the intermediate and the
+    signer name it as their CRL Distribution Point (the root does not: ATIS-1000080 §6.4.1)."""
     start = (
         datetime.datetime.now(datetime.UTC)
         if now is None
@@ -108,13 +169,20 @@ def make_pki(*, tn_auth_list: bool = True, now: float | None = None, days: int =
     )  # fmt: skip
     middle = _certificate(
         "Test STI-CA", middle_key, "Test STI-PA Root", root_key,
-        ca=True, tn_auth_list=False, not_before=start, days=days,
+        ca=True, tn_auth_list=False, not_before=start, days=days, crl_url=crl_url,
     )  # fmt: skip
     signer = _certificate(
         "Test SHAKEN signer", signer_key, "Test STI-CA", middle_key,
-        ca=False, tn_auth_list=tn_auth_list, not_before=start, days=days,
+        ca=False, tn_auth_list=tn_auth_list, not_before=start, days=days, crl_url=crl_url,
     )  # fmt: skip
-    return StiPki(root=root, intermediate=middle, signer=signer, signer_key=signer_key)
+    return StiPki(
+        root=root,
+        intermediate=middle,
+        signer=signer,
+        signer_key=signer_key,
+        root_key=root_key,
+        intermediate_key=middle_key,
+    )
 
 
 def _b64url(data: bytes) -> str:

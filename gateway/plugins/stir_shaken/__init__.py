@@ -20,8 +20,14 @@ while it is registered, so a gateway without the plugin does nothing per call fo
   header's form and bounds, alg ES256 and ppt shaken, iat within ``freshness``, orig the
   caller's number (From or P-Asserted-Identity), dest the number called, the x5u certificate
   (HTTPS only, within ``fetch_timeout``, cached) chaining to ``trust_anchors`` with TNAuthList,
-  then the signature. The phone gets the verdict as ``verstat`` on the caller's number in the
-  From (ATIS-1000074 §5.3.1); the call's record says it in words. With ``on_failure =
+  with ``check_revocation`` none of its chain below the anchor listed in the CRL it names
+  (ATIS-1000080 §6.4.1: the STI-PA's CRL, fetched like the certificate within the same
+  ``fetch_timeout``, kept until its nextUpdate), then the signature. A revoked certificate fails
+  (437 under "reject"); a CRL that cannot be had or believed leaves the call verified but
+  marked (``revocation_unavailable = "pass"``, the default: an STI-PA outage must not fail every
+  call) or fails it (``"fail"``, 436 as for a certificate that cannot be fetched). The phone
+  gets the verdict as ``verstat`` on the caller's number in the From (ATIS-1000074 §5.3.1); the
+  call's record says it in words. With ``on_failure =
   "reject"`` a failed check refuses the call: 403 Stale Date, 436 Bad Identity Info, 437
   Unsupported Credential or 438 Invalid Identity Header (RFC 8224 §6.2.2); without an Identity
   header the call goes on (No-TN-Validation).
@@ -30,6 +36,7 @@ while it is registered, so a gateway without the plugin does nothing per call fo
 from __future__ import annotations
 
 import logging
+import math
 import re
 import ssl
 import time
@@ -47,12 +54,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
 from gateway.plugins.stir_shaken.certificates import (
+    MAX_CRL_FILE,
+    RevocationList,
+    RevocationUnavailable,
     SignerCertificate,
+    load_crl_untrusted,
     load_pem_untrusted,
     load_trust_anchors,
     validate_chain,
 )
 from gateway.plugins.stir_shaken.fetch import (
+    CRL_TYPES,
     CertificateCache,
     Fetcher,
     FetchError,
@@ -87,6 +99,8 @@ MAX_KEY_FILE = 16384
 # Seconds a certificate URL that failed (no answer within fetch_timeout, not fetched, not
 # chaining to the anchors) is not fetched again: its calls are marked failed at once meanwhile.
 FAILED_CERTIFICATE_RETRY = 60.0
+# CRL URLs kept: SHAKEN has one CRL (the STI-PA's, ATIS-1000080 §6.4.1); room for a few more.
+MAX_CRLS = 16
 # RFC 8224 §6.2.2 and §13: the reason phrase of each status a failed check may refuse with.
 REFUSALS = {
     403: "Stale Date",
@@ -137,6 +151,8 @@ class StirShakenConfig:
     certificate_cache: float = 3600.0
     require_tn_auth_list: bool = True
     on_failure: Literal["mark", "reject"] = "mark"
+    check_revocation: bool = True
+    revocation_unavailable: Literal["pass", "fail"] = "pass"
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; each names its key.
@@ -207,6 +223,7 @@ class StirShaken:
         config: StirShakenConfig,
         *,
         fetcher: Fetcher | None = None,
+        crl_fetcher: Fetcher | None = None,
         clock: Callable[[], float] = time.time,
         namespace: uuid.UUID | None = None,
     ) -> None:
@@ -216,12 +233,20 @@ class StirShaken:
         self._verify_trunks = frozenset(config.verify_trunks)
         self._anchors = config.anchors() if config.verify_trunks else []
         if fetcher is None and config.verify_trunks:
-            fetcher = https_fetcher(config.fetch_context())
+            context = config.fetch_context()
+            fetcher = https_fetcher(context)
+            crl_fetcher = crl_fetcher or https_fetcher(
+                context, max_body=MAX_CRL_FILE, accept=CRL_TYPES
+            )
         self._fetch = fetcher
+        self._fetch_crl = crl_fetcher or fetcher  # a test's fetcher serves both
         self.clock = clock
         self._namespace = namespace or uuid.uuid4()
         self.cache = CertificateCache(max_cache=config.certificate_cache)
         self._fetching: dict[str, _Fetch] = {}  # x5u URLs being fetched, by the first call
+        # CRLs by URL until their nextUpdate (no other ceiling: RFC 5280 §5.1.2.5).
+        self.crls = CertificateCache(max_cache=math.inf, max_entries=MAX_CRLS)
+        self._crl_fetching: dict[str, _Fetch] = {}
 
     # -- signing ----------------------------------------------------------------------------
 
@@ -276,13 +301,29 @@ class StirShaken:
             return None
         return Verification(self, call, request.headers.get_all("Identity"))
 
-    async def signer_key(self, url: str) -> ec.EllipticCurvePublicKey:
-        """The public key of the certificate at ``url`` once it chains to a trust anchor;
-        fetched within ``fetch_timeout`` unless cached. What is cached is the checked key, kept
-        for the answer's max-age and never past the chain's first expiry, so a call with a
-        cached signer costs one ECDSA verification. A failure (no answer, not fetched, not
-        chaining) is kept for :data:`FAILED_CERTIFICATE_RETRY`: while a carrier's certificate
-        server is down, each of its calls would otherwise wait ``fetch_timeout`` to ring."""
+    async def signer(
+        self, url: str, deadline: float | None = None
+    ) -> tuple[ec.EllipticCurvePublicKey, str | None]:
+        """The public key of the certificate at ``url`` once it chains to a trust anchor and,
+        with ``check_revocation``, none of its chain is in the CRLs it names; with it, None, or
+        why revocation could not be checked (``revocation_unavailable = "pass"``). Certificate
+        and CRLs are fetched unless cached, all by ``deadline`` (trio time; default: one
+        ``fetch_timeout`` from now): a call never waits longer for them. PassportError for a
+        certificate that fails (revoked: 437)."""
+        if deadline is None:
+            deadline = trio.current_time() + self.config.fetch_timeout
+        signer = await self.signer_certificate(url, deadline)
+        if not (self.config.check_revocation and signer.revocation):
+            return signer.key, None
+        return signer.key, await self.revocation(signer, deadline)
+
+    async def signer_certificate(self, url: str, deadline: float) -> SignerCertificate:
+        """The certificate at ``url`` once it chains to a trust anchor, fetched by ``deadline``
+        (trio time) unless cached. What is cached is the checked certificate, kept for the
+        answer's max-age and never past the chain's first expiry, so a call with a cached signer
+        costs one ECDSA verification. A failure (no answer, not fetched, not chaining) is kept
+        for :data:`FAILED_CERTIFICATE_RETRY`: while a carrier's certificate server is down, each
+        of its calls would otherwise wait ``fetch_timeout`` to ring."""
         if not host_allowed(url, self.config.certificate_hosts):
             raise PassportError(
                 "certificate URL's host not in certificate_hosts", outcome="bad_info", status=436
@@ -290,7 +331,7 @@ class StirShaken:
         now = self.clock()
         cached = self.cache.get(url, now)
         if isinstance(cached, SignerCertificate):
-            return cached.key
+            return cached
         if isinstance(cached, PassportError):
             raise PassportError(
                 f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)",
@@ -301,18 +342,18 @@ class StirShaken:
         if running is not None:
             # Another call fetches it already (a burst of calls after a carrier's new
             # certificate): wait for its answer rather than fetch it once per call.
-            with trio.move_on_after(self.config.fetch_timeout):
+            with trio.move_on_at(deadline):
                 await running.done.wait()
-            if running.error is not None:
+            if isinstance(running.error, PassportError):
                 raise running.error
-            if running.key is None:
+            if not isinstance(running.result, SignerCertificate):
                 raise PassportError("certificate fetch timed out", outcome="bad_info", status=436)
-            return running.key
+            return running.result
         fetch = _Fetch()
         self._fetching[url] = fetch
         try:
-            fetch.key = await self._fetch_signer(url, now)
-            return fetch.key
+            fetch.result = await self._fetch_signer(url, now, deadline)
+            return fetch.result
         except PassportError as err:
             fetch.error = err
             self.cache.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
@@ -321,10 +362,10 @@ class StirShaken:
             del self._fetching[url]
             fetch.done.set()
 
-    async def _fetch_signer(self, url: str, now: float) -> ec.EllipticCurvePublicKey:
+    async def _fetch_signer(self, url: str, now: float, deadline: float) -> SignerCertificate:
         assert self._fetch is not None
         fetched = None
-        with trio.move_on_after(self.config.fetch_timeout):
+        with trio.move_on_at(deadline):
             try:
                 fetched = await self._fetch(url)
             except FetchError as exc:
@@ -341,7 +382,88 @@ class StirShaken:
         )
         max_age = min(fetched.max_age or self.config.certificate_cache, signer.valid_until - now)
         self.cache.put(url, signer, max_age=max_age, now=now)
-        return signer.key
+        return signer
+
+    async def revocation(self, signer: SignerCertificate, deadline: float) -> str | None:
+        """ATIS-1000080 §6.4.1: each certificate of the chain below the anchor looked up in the
+        CRL it names. PassportError 437 for a listed one (RFC 8224 §6.2.2: the credential is
+        what fails, not the header); None when none is; else why a CRL was unavailable (or
+        PassportError 436 under ``revocation_unavailable = "fail"``)."""
+        unavailable = None
+        for check in signer.revocation:
+            try:
+                crl = await self.revocation_list(check.crl_url, signer, deadline)
+            except RevocationUnavailable as exc:
+                if self.config.revocation_unavailable == "fail":
+                    raise PassportError(
+                        f"revocation not checked: {exc.reason}",
+                        outcome="revocation_unknown",
+                        status=436,
+                    ) from None
+                unavailable = unavailable or f"revocation not checked: {exc.reason}"
+                continue
+            if crl.lists(check):
+                raise PassportError(
+                    f"certificate revoked ({check.subject})", outcome="revoked", status=437
+                )
+        return unavailable
+
+    async def revocation_list(
+        self, url: str, signer: SignerCertificate, deadline: float
+    ) -> RevocationList:
+        """The CRL at ``url``, signed by a trust anchor or a CA of ``signer``'s chain, fetched by
+        ``deadline`` unless cached; kept until its nextUpdate, or a failure for
+        :data:`FAILED_CERTIFICATE_RETRY`, and fetched once for a burst of calls, as a
+        certificate is. The URL comes from a certificate, so ``certificate_hosts`` bounds it
+        too (CWE-918)."""
+        if not host_allowed(url, self.config.certificate_hosts):
+            raise RevocationUnavailable("CRL URL's host not in certificate_hosts")
+        now = self.clock()
+        cached = self.crls.get(url, now)
+        if isinstance(cached, RevocationList):
+            return cached
+        if isinstance(cached, RevocationUnavailable):
+            raise RevocationUnavailable(
+                f"{cached.reason} (less than {FAILED_CERTIFICATE_RETRY:g} s ago)"
+            )
+        running = self._crl_fetching.get(url)
+        if running is not None:
+            with trio.move_on_at(deadline):
+                await running.done.wait()
+            if isinstance(running.error, RevocationUnavailable):
+                raise running.error
+            if not isinstance(running.result, RevocationList):
+                raise RevocationUnavailable("CRL fetch timed out")
+            return running.result
+        fetch = _Fetch()
+        self._crl_fetching[url] = fetch
+        try:
+            fetch.result = await self._fetch_revocation_list(url, signer, now, deadline)
+            return fetch.result
+        except RevocationUnavailable as err:
+            log.warning("stir_shaken: CRL %s unavailable: %s", url, err.reason)
+            fetch.error = err
+            self.crls.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
+            raise
+        finally:
+            del self._crl_fetching[url]
+            fetch.done.set()
+
+    async def _fetch_revocation_list(
+        self, url: str, signer: SignerCertificate, now: float, deadline: float
+    ) -> RevocationList:
+        assert self._fetch_crl is not None
+        fetched = None
+        with trio.move_on_at(deadline):
+            try:
+                fetched = await self._fetch_crl(url)
+            except FetchError as exc:
+                raise RevocationUnavailable(f"CRL not fetched: {exc}") from None
+        if fetched is None:
+            raise RevocationUnavailable("CRL fetch timed out")
+        crl = load_crl_untrusted(fetched.body, [*self._anchors, *signer.crl_signers], now=now)
+        self.crls.put(url, crl, max_age=crl.next_update - now, now=now)
+        return crl
 
     def outcome(self, outcome: str, described: str, status: int | None = None) -> IdentityOutcome:
         reject = None
@@ -357,11 +479,12 @@ class StirShaken:
 
 @attrs.define
 class _Fetch:
-    """One x5u fetch in progress, which later calls for the same URL wait for."""
+    """One x5u certificate or CRL fetch in progress, which later calls for the same URL wait
+    for: its checked result or its failure (neither: cancelled, or timed out)."""
 
     done: trio.Event = attrs.Factory(trio.Event)
-    key: ec.EllipticCurvePublicKey | None = None
-    error: PassportError | None = None
+    result: SignerCertificate | RevocationList | None = None
+    error: PassportError | RevocationUnavailable | None = None
 
 
 class Verification:
@@ -377,6 +500,8 @@ class Verification:
         if not self.values:
             return service.outcome("no_identity", "caller number not verified (no Identity)")
         failure: PassportError | None = None
+        # One fetch_timeout for the call, whatever its headers' certificates and CRLs need.
+        deadline = trio.current_time() + service.config.fetch_timeout
         # RFC 8224 §6.2: a request may carry several; one that verifies is enough.
         for value in self.values[:MAX_IDENTITY_HEADERS]:
             try:
@@ -388,12 +513,20 @@ class Verification:
                     now=service.clock(),
                     freshness=service.config.freshness,
                 )
-                verify_signature(passport, await service.signer_key(passport.x5u))
+                key, unchecked = await service.signer(passport.x5u, deadline)
+                verify_signature(passport, key)
             except PassportError as err:
                 if failure is None or failure.outcome == "unsupported":
                     failure = err
                 continue
             attest = passport.claims.attest
+            if unchecked:
+                # Verified but for revocation (its CRL could not be had): passed, and counted
+                # apart so that an STI-PA outage shows in the metrics.
+                return service.outcome(
+                    "passed_revocation_unknown",
+                    f"caller number verified (attestation {attest}; {unchecked})",
+                )
             return service.outcome("passed", f"caller number verified (attestation {attest})")
         assert failure is not None
         if failure.outcome == "unsupported":

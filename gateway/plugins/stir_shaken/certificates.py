@@ -8,12 +8,21 @@ signature checked against its issuer's key (``verify_directly_issued_by``), each
 validity period, each issuer a CA. An end entity must carry the TNAuthList extension (RFC 8226
 §9, OID 1.3.6.1.5.5.7.1.26): the service provider code it names is not compared with anything
 here (the SHAKEN SPC token is the STI-PA's business), but a certificate without it is no STI
-certificate. Revocation (CRL distribution points) is not checked.
+certificate.
+
+Revocation (ATIS-1000080 §6.4.1): STI intermediate and end-entity certificates carry a CRL
+Distribution Points extension with one DistributionPoint, the URL of the SHAKEN CRL the STI-PA
+hosts (and as cRLIssuer the DN of its issuer); roots carry none. A chain that validates says
+what to look up: each certificate below the anchor with such a URL (``RevocationCheck``). The
+CRL itself is read by :func:`load_crl_untrusted`: signed by a trust anchor or a CA certificate
+of the chain (the STI-PA's CRL is an indirect CRL, RFC 5280 §5: its issuer is not the STI-CA that
+issued the end entity), current (thisUpdate passed, nextUpdate to come), bounded in size.
 """
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping, Sequence
 
 import attrs
 from cryptography import x509
@@ -26,16 +35,61 @@ from gateway.plugins.stir_shaken.passport import PassportError
 TN_AUTH_LIST = ObjectIdentifier("1.3.6.1.5.5.7.1.26")  # RFC 8226 §9
 MAX_CERTIFICATE_FILE = 65536  # an end entity and two intermediates are about 3 KiB
 MAX_CHAIN = 4
+# The STI-PA's CRL lists the certificates removed from SHAKEN (a few hundred entries of about
+# 40 bytes); a megabyte is ample and still parsed in milliseconds.
+MAX_CRL_FILE = 1 << 20
+# Clock difference tolerated between the STI-PA and us for a CRL's thisUpdate.
+CRL_CLOCK_SKEW = 300.0
+
+
+class RevocationUnavailable(Exception):
+    """The CRL a certificate names could not be had or cannot be believed (not fetched, not
+    signed by the trust anchors, expired): the certificate's status is unknown, not revoked."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@attrs.frozen
+class RevocationCheck:
+    """One certificate of a validated chain to look up in the CRL at ``crl_url``."""
+
+    crl_url: str
+    serial: int
+    issuer: x509.Name
+    subject: str
 
 
 @attrs.frozen
 class SignerCertificate:
     """A signer certificate that chained to a trust anchor: its public key, for the PASSporT's
-    signature."""
+    signature, and what its revocation check needs."""
 
     key: ec.EllipticCurvePublicKey
     subject: str
     valid_until: float  # Unix time: the first of the chain's certificates to expire
+    # The certificates below the anchor that name a CRL (end entity first).
+    revocation: tuple[RevocationCheck, ...] = ()
+    # Who may sign those CRLs: the anchor the chain ended at and the chain's CA certificates.
+    crl_signers: tuple[x509.Certificate, ...] = ()
+
+
+@attrs.frozen
+class RevocationList:
+    """A CRL whose signature and dates were checked: the serial numbers it lists, each with the
+    issuers its entries name (RFC 5280 §5.3.3 Certificate Issuer; None: not named)."""
+
+    issuer: str
+    next_update: float  # Unix time; the CRL is kept until then
+    revoked: Mapping[int, frozenset[x509.Name | None]]
+
+    def lists(self, check: RevocationCheck) -> bool:
+        """Whether the certificate of ``check`` is revoked. An entry that names its certificate's
+        issuer must name this one's; one that names none is taken by its serial number (SHAKEN
+        serial numbers are random, at least 64 bits: RFC 5280 §4.1.2.2)."""
+        issuers = self.revoked.get(check.serial)
+        return issuers is not None and (None in issuers or check.issuer in issuers)
 
 
 def load_pem_untrusted(data: bytes) -> list[x509.Certificate]:
@@ -82,10 +136,12 @@ def validate_chain(
         raise _untrusted("certificate key is not P-256")
     pool = certificates[1:]
     current = leaf
+    chain: list[x509.Certificate] = []
     valid_until = leaf.not_valid_after_utc
     for _ in range(MAX_CHAIN + 1):
         _check_period(current, at)
         valid_until = min(valid_until, current.not_valid_after_utc)
+        chain.append(current)
         anchor = _issuer_among(current, anchors)
         if anchor is not None:
             _check_period(anchor, at)
@@ -93,6 +149,10 @@ def validate_chain(
                 key=public_key,
                 subject=leaf.subject.rfc4514_string(),
                 valid_until=min(valid_until, anchor.not_valid_after_utc).timestamp(),
+                revocation=tuple(
+                    check for certificate in chain if (check := _revocation_check(certificate))
+                ),
+                crl_signers=(anchor, *chain[1:]),
             )
         issuer = _issuer_among(current, pool)
         if issuer is None or not _is_ca(issuer):
@@ -100,6 +160,81 @@ def validate_chain(
         pool = [c for c in pool if c is not issuer]
         current = issuer
     raise _untrusted("certificate chain too long")
+
+
+def load_crl_untrusted(
+    data: bytes, signers: Sequence[x509.Certificate], *, now: float
+) -> RevocationList:
+    """The CRL of ``data`` (DER, as the STI-PA serves it, or PEM) once one of ``signers`` is
+    found to have signed it and it is current; else RevocationUnavailable."""
+    if len(data) > MAX_CRL_FILE:
+        raise RevocationUnavailable("CRL too large")
+    try:
+        if b"-----BEGIN X509 CRL-----" in data:
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
+    except ValueError:
+        raise RevocationUnavailable("CRL cannot be read") from None
+    if not any(_signed_crl(crl, signer) for signer in signers):
+        raise RevocationUnavailable("CRL not signed by the trust anchors")
+    next_update = crl.next_update_utc
+    if next_update is None:
+        # RFC 5280 §5.1.2.5: conforming CRL issuers include it; without it there is no telling
+        # how long the list may be believed.
+        raise RevocationUnavailable("CRL has no nextUpdate")
+    if crl.last_update_utc.timestamp() > now + CRL_CLOCK_SKEW:
+        raise RevocationUnavailable("CRL not yet valid")
+    if next_update.timestamp() <= now:
+        raise RevocationUnavailable("CRL expired (nextUpdate passed)")
+    revoked: dict[int, set[x509.Name | None]] = {}
+    # RFC 5280 §5.3.3: in an indirect CRL an entry's Certificate Issuer extension names the
+    # issuer of it and of the entries after it, until the next one that names another.
+    named: x509.Name | None = None
+    try:
+        for entry in crl:
+            try:
+                extension = entry.extensions.get_extension_for_class(x509.CertificateIssuer)
+            except x509.ExtensionNotFound:
+                pass
+            else:
+                directories = extension.value.get_values_for_type(x509.DirectoryName)
+                named = directories[0] if directories else None
+            revoked.setdefault(entry.serial_number, set()).add(named)
+    except ValueError:
+        raise RevocationUnavailable("CRL entries cannot be read") from None
+    return RevocationList(
+        issuer=crl.issuer.rfc4514_string(),
+        next_update=next_update.timestamp(),
+        revoked={serial: frozenset(issuers) for serial, issuers in revoked.items()},
+    )
+
+
+def _signed_crl(crl: x509.CertificateRevocationList, signer: x509.Certificate) -> bool:
+    if signer.subject != crl.issuer:
+        return False
+    key = signer.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return False  # SHAKEN keys are P-256 (ATIS-1000080 §6.4.1); no other kind is tried
+    return crl.is_signature_valid(key)
+
+
+def _revocation_check(certificate: x509.Certificate) -> RevocationCheck | None:
+    """The CRL URL ``certificate`` names (its first URI), if any."""
+    try:
+        points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    except (x509.ExtensionNotFound, ValueError):  # ValueError: extensions not DER we can read
+        return None
+    for point in points.value:
+        for name in point.full_name or ():
+            if isinstance(name, x509.UniformResourceIdentifier):
+                return RevocationCheck(
+                    crl_url=name.value,
+                    serial=certificate.serial_number,
+                    issuer=certificate.issuer,
+                    subject=certificate.subject.rfc4514_string(),
+                )
+    return None
 
 
 def _issuer_among(

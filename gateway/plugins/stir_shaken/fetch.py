@@ -1,6 +1,7 @@
 """Fetching a PASSporT's x5u certificate: HTTPS only (ATIS-1000074 §5.3.1), h11 over trio's TLS
 stream, bounded in size and time, kept by URL for as long as its Cache-Control max-age says
-(at most ``max_cache``; ATIS-1000074 §5.3.1 asks verifiers to cache certificates).
+(at most ``max_cache``; ATIS-1000074 §5.3.1 asks verifiers to cache certificates). The STI-PA's
+CRL that a certificate names (ATIS-1000080 §6.4.1) is fetched the same way, with a larger bound.
 
 The fetch runs in the call's task: the caller bounds it with its own timeout (a slow carrier
 repository must not hold the call), and a failure is an outcome of the verification, never the
@@ -21,6 +22,8 @@ import trio
 MAX_BODY = 65536
 MAX_HEADERS = 16384
 MAX_CACHED = 1000  # certificate URLs kept; an operator's peers use a few dozen
+CERTIFICATE_TYPES = "application/pem-certificate-chain, application/pkix-cert"
+CRL_TYPES = "application/pkix-crl"  # RFC 5280 §4.2.1.13: a DER CRL
 _MAX_AGE = re.compile(rb"max-age\s*=\s*(\d{1,10})")
 
 Fetcher = Callable[[str], Awaitable["Fetched"]]
@@ -51,9 +54,15 @@ def host_allowed(url: str, hosts: tuple[str, ...]) -> bool:
     )
 
 
-def https_fetcher(ssl_context: ssl.SSLContext, *, user_agent: str = "voipgw") -> Fetcher:
+def https_fetcher(
+    ssl_context: ssl.SSLContext,
+    *,
+    user_agent: str = "voipgw",
+    max_body: int = MAX_BODY,
+    accept: str = CERTIFICATE_TYPES,
+) -> Fetcher:
     """A fetcher that GETs an https URL with ``ssl_context`` (its trust store checks the
-    server)."""
+    server), refusing an answer of more than ``max_body`` bytes."""
 
     async def fetch(url: str) -> Fetched:
         parts = urlsplit(url)
@@ -70,7 +79,7 @@ def https_fetcher(ssl_context: ssl.SSLContext, *, user_agent: str = "voipgw") ->
             raise FetchError(f"cannot connect: {exc}") from None
         async with stream:
             try:
-                return await _get(stream, host, port, target, user_agent)
+                return await _get(stream, host, port, target, user_agent, max_body, accept)
             except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
                 raise FetchError(f"connection failed: {exc}") from None
             except h11.ProtocolError as exc:
@@ -79,7 +88,15 @@ def https_fetcher(ssl_context: ssl.SSLContext, *, user_agent: str = "voipgw") ->
     return fetch
 
 
-async def _get(stream: trio.abc.Stream, host: str, port: int, target: str, agent: str) -> Fetched:
+async def _get(
+    stream: trio.abc.Stream,
+    host: str,
+    port: int,
+    target: str,
+    agent: str,
+    max_body: int,
+    accept: str,
+) -> Fetched:
     connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
     authority = host if port == 443 else f"{host}:{port}"
     request = h11.Request(
@@ -88,7 +105,7 @@ async def _get(stream: trio.abc.Stream, host: str, port: int, target: str, agent
         headers=[
             ("Host", authority),
             ("User-Agent", agent),
-            ("Accept", "application/pem-certificate-chain, application/pkix-cert"),
+            ("Accept", accept),
             ("Connection", "close"),
         ],
     )
@@ -109,8 +126,8 @@ async def _get(stream: trio.abc.Stream, host: str, port: int, target: str, agent
                     max_age = float(found.group(1))
         elif isinstance(event, h11.Data):
             body += event.data
-            if len(body) > MAX_BODY:
-                raise FetchError("certificate too large")
+            if len(body) > max_body:
+                raise FetchError(f"answer too large (over {max_body} bytes)")
         elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             if not isinstance(event, h11.EndOfMessage):
                 raise FetchError("connection closed before the end of the answer")
@@ -118,12 +135,13 @@ async def _get(stream: trio.abc.Stream, host: str, port: int, target: str, agent
 
 
 class CertificateCache:
-    """Fetched certificates by URL until their max-age (capped at ``max_cache``) runs out;
-    the oldest dropped past MAX_CACHED. A failure is kept too, for a shorter time (the
+    """Fetched certificates (or CRLs) by URL until their max-age (capped at ``max_cache``) runs
+    out; the oldest dropped past ``max_entries``. A failure is kept too, for a shorter time (the
     plugin's FAILED_CERTIFICATE_RETRY)."""
 
-    def __init__(self, *, max_cache: float) -> None:
+    def __init__(self, *, max_cache: float, max_entries: int = MAX_CACHED) -> None:
         self.max_cache = max_cache
+        self.max_entries = max_entries
         self._entries: dict[str, tuple[float, object]] = {}
 
     def get(self, url: str, now: float) -> object | None:
@@ -140,7 +158,7 @@ class CertificateCache:
         seconds = min(max_age, self.max_cache)
         if seconds <= 0:
             return
-        if len(self._entries) >= MAX_CACHED and url not in self._entries:
+        if len(self._entries) >= self.max_entries and url not in self._entries:
             del self._entries[next(iter(self._entries))]
         self._entries[url] = (now + seconds, value)
 

@@ -295,8 +295,10 @@ NO_VALIDATION = "No-TN-Validation"
 def verstat(outcome: str) -> str:
     """ATIS-1000074 §5.3.1 (and 3GPP TS 24.229 §7.2A.20): the verstat a phone gets for an
     outcome: passed; no validation where there was nothing to validate (no Identity header,
-    or one of another PASSporT type); failed for everything else."""
-    if outcome == "passed":
+    or one of another PASSporT type); failed for everything else. A call verified but for its
+    certificate's revocation (the CRL could not be had) is passed: the plugin's
+    ``revocation_unavailable = "pass"``."""
+    if outcome in ("passed", "passed_revocation_unknown"):
         return PASSED
     if outcome in ("no_identity", "unsupported"):
         return NO_VALIDATION

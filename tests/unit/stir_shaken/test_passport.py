@@ -215,6 +215,7 @@ def test_claims_freshness_and_numbers() -> None:
     ("outcome", "expected"),
     [
         ("passed", "TN-Validation-Passed"),
+        ("passed_revocation_unknown", "TN-Validation-Passed"),
         ("no_identity", "No-TN-Validation"),
         ("unsupported", "No-TN-Validation"),
         ("stale", "TN-Validation-Failed"),
@@ -223,6 +224,8 @@ def test_claims_freshness_and_numbers() -> None:
         ("bad_info", "TN-Validation-Failed"),
         ("wrong_number", "TN-Validation-Failed"),
         ("malformed", "TN-Validation-Failed"),
+        ("revoked", "TN-Validation-Failed"),
+        ("revocation_unknown", "TN-Validation-Failed"),
     ],
 )
 def test_verstat_of_each_outcome(outcome: str, expected: str) -> None:

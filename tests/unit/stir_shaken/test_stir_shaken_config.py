@@ -151,3 +151,11 @@ def test_certificate_hosts_are_host_names_or_domains() -> None:
     for bad in ("https://certs.example.net", "*.example.net", "certs.example.net:443", ""):
         message = refused(certificate_hosts=[bad])
         assert "certificate_hosts" in message and repr(bad) in message
+
+
+def test_revocation_is_checked_by_default_and_passes_when_the_crl_is_unavailable() -> None:
+    default = config()
+    assert (default.check_revocation, default.revocation_unavailable) == (True, "pass")
+    assert "revocation_unavailable" in refused(revocation_unavailable="ignore")
+    assert "check_revocation" in refused(check_revocation="sometimes")
+    assert config(check_revocation=False, revocation_unavailable="fail").check_revocation is False
