@@ -16,6 +16,7 @@ binding (pylibsrtp's own Session) decrypts what the SRS receives.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from pathlib import Path
 
@@ -143,8 +144,13 @@ async def exchange(
 
 
 async def test_the_copies_are_srtp_under_the_keys_the_offer_gave_and_a_hold_keeps_them(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     env, srs = await srtp_env(nursery, tmp_path, voipgw_seed)
     call, to_caller_side, to_callee_side = await answered_call(env)
     recording = await srs.next_call()
@@ -187,10 +193,19 @@ async def test_the_copies_are_srtp_under_the_keys_the_offer_gave_and_a_hold_keep
         rtp(s, 0x11, 0x1111) for s in range(10, 15)
     ]
 
+    # No key in the call's record (it names the tap) nor in any log line.
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    record = json.dumps(gateway_call.security_record(), default=str)
+    assert "siprec" in record
+    keys = [m.attributes.values("crypto")[0].split("inline:")[1] for m in offer.media]
+    keys += [base64.b64encode(key).decode() for key in SRS_KEYS]
     await call.bye()  # type: ignore[attr-defined]
     bye = await srs.next_request("BYE", timeout=10)
     assert bye.source == GW_TLS
     await eventually(lambda: env.calls == 0)
+    await eventually(lambda: "over SRTP" in caplog.text)
+    assert not any(key[:20] in record or key[:20] in caplog.text for key in keys)
 
 
 async def test_an_srs_answering_plain_rtp_gets_a_bye_and_the_call_goes_on_unrecorded(
