@@ -14,9 +14,9 @@ import pytest
 import trio
 
 from gateway.core.config import ConfigError, from_mapping
-from gateway.core.interfaces import TappedCall, TappedMedia
+from gateway.core.interfaces import SrtpKeys, TappedCall, TappedMedia
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.srtp import OutboundSrtpSession
+from gateway.core.media.srtp import SUITES, OutboundSrtpSession, SrtpSession
 from gateway.core.plugins import load_plugins
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -247,3 +247,32 @@ def test_config_errors_name_the_key_and_say_why(
     with pytest.raises(ConfigError, match=r"plugins.siprec") as refused:
         load_plugins(config, extra=[("siprec", siprec_plugin)], installed={})
     assert f"{key}:" in str(refused.value) and why in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "suite", ["AES_CM_128_HMAC_SHA1_80", "AES_192_CM_HMAC_SHA1_80", "AEAD_AES_256_GCM"]
+)
+def test_the_outbound_context_of_each_suite_is_what_a_full_session_decrypts(suite: str) -> None:
+    # AES-192 runs in Python (srtp.PYTHON_SUITES), the others in libsrtp: both paths.
+    length = SUITES[suite].key_salt_length
+    key = bytes(range(length))
+    context = OutboundSrtpSession(suite, key)
+    receiver = SrtpSession(SrtpKeys(suite, local_key=bytes(length), remote_key=key))
+    rtp = struct.pack("!BBHII", 0x80, 0, 9, 1440, 0x4321) + b"\x33" * 160
+    protected = context.protect_rtp(rtp)
+    assert protected is not None and protected != rtp
+    assert receiver.unprotect_rtp(protected) == rtp
+
+
+def test_the_keys_from_a_toml_table() -> None:
+    table = {
+        "srs": "sip:srs@192.0.2.50:5061;transport=tls",
+        "all_calls": True,
+        "media_security": "sdes",
+        "srtp_suites": ["AES_256_CM_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_80"],
+    }
+    config = from_mapping({"plugins": {"enable": ["siprec"], "siprec": table}})
+    plugins = load_plugins(config, extra=[("siprec", siprec_plugin)], installed={})
+    (tap,) = [tap for name, tap in plugins.media_taps.items() if name == "siprec"]
+    assert tap.config.media_security == "sdes"
+    assert tap.config.srtp_suites == ("AES_256_CM_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_80")
