@@ -88,7 +88,9 @@ def checkers(offer: SessionDescription) -> list[pylibsrtp.Session]:
     return sessions
 
 
-async def srtp_env(nursery: trio.Nursery, tmp_path: Path, seed: int) -> tuple[B2bua, TlsSrs]:
+async def srtp_env(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, **table: object
+) -> tuple[B2bua, TlsSrs]:
     env = await start_b2bua(
         nursery,
         tmp_path,
@@ -100,6 +102,7 @@ async def srtp_env(nursery: trio.Nursery, tmp_path: Path, seed: int) -> tuple[B2
                 "srs": "sip:srs@127.0.0.9:5061;transport=tls",
                 "trunks": ["carrier"],
                 "media_security": "sdes",
+                **table,
             },
         },
         sip={"listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
@@ -255,4 +258,42 @@ async def test_a_re_invite_with_keys_is_not_sent_where_the_dialog_leaves_tls(
     assert "not TLS (RFC 4568 §8.3)" in caplog.text
     assert len(srs.requests("INVITE")) == 1  # the first one only
     await call.bye()  # type: ignore[attr-defined]
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_the_srs_tried_next_is_offered_keys_of_its_own(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The SRS that refused has seen the keys it was offered: the next one gets fresh ones.
+    env, srs = await srtp_env(
+        nursery, tmp_path, voipgw_seed, fallbacks=["sips:srs@127.0.0.10:5061"]
+    )
+    spare = TlsSrs(
+        env.network,
+        ("127.0.0.10", 5061),
+        ids=SeededIds(voipgw_seed + 10),
+        user="srs",
+        proxy=GW,
+        auto=None,
+    )
+    await nursery.start(spare.serve)
+    call, _, _ = await answered_call(env)
+    refusing = await srs.next_call()
+    await refusing.answer(503)
+    recording = await spare.next_call()
+    assert recording.incoming is not None and recording.incoming.source == GW_TLS
+
+    def crypto(invite: object) -> list[str]:
+        body = srs_sdp(invite.headers.get("Content-Type"), invite.body)  # type: ignore[attr-defined]
+        return [v for m in parse_sdp_untrusted(body).media for v in m.attributes.values("crypto")]
+
+    first, second = crypto(refusing.invite), crypto(recording.invite)
+    assert len(first) == len(second) == 2
+    assert set(first).isdisjoint(second)
+    offer = parse_sdp_untrusted(
+        srs_sdp(recording.invite.headers.get("Content-Type"), recording.invite.body)
+    )
+    await recording.answer(200, sdp=srtp_answer(offer))
+    await call.bye()  # type: ignore[attr-defined]
+    await spare.next_request("BYE", timeout=10)
     await eventually(lambda: env.calls == 0)
