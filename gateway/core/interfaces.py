@@ -248,9 +248,12 @@ class OutboundSession(Protocol):
     ended: trio.Event
     """Set when the far end ended the session (its BYE)."""
 
-    async def update(self, body: bytes, content_type: str) -> int | None:
-        """A re-INVITE with a new offer: the far end's final status (its 2xx ACKed), None when
-        the session is over or the request could not be sent."""
+    async def update(
+        self, body: bytes, content_type: str, *, secure_only: bool = False
+    ) -> int | None:
+        """A re-INVITE with a new offer: the far end's final status (its 2xx ACKed, its answer
+        then in ``answer_body`` and ``answer_type``), None when the session is over or the
+        request could not be sent (``secure_only``, for a body with keys: not over TLS)."""
 
     async def close(self) -> None:
         """End the session (BYE) unless the far end did."""
@@ -268,9 +271,11 @@ class OutboundSessionHost(Protocol):
         content_type: str,
         headers: Sequence[tuple[str, str]] = (),
         contact_parameters: Sequence[str] = (),
+        secure_only: bool = False,
     ) -> OutboundSession:
-        """INVITE ``target`` with ``body``; the session once answered 2xx. Raises an exception
-        whose text says why when it is refused or unreachable."""
+        """INVITE ``target`` with ``body``; the session once answered 2xx. ``secure_only``: the
+        body carries keys (SDES), so it goes over TLS or not at all (RFC 4568 §8.3). Raises an
+        exception whose text says why when it is refused or unreachable."""
 
 
 @attrs.frozen

@@ -98,16 +98,33 @@ class MemoryUdpTransport:
         return Flow(key=FlowKey(self.name, local, remote), send=send, reliable=False)
 
 
+class MemoryTlsStandIn(MemoryUdpTransport):
+    """A stand-in for the ``tls`` transport: memory datagrams, but named ``tls`` and with flows
+    marked secure, for component tests of what the core only sends over TLS (SDES keys, RFC 4568
+    §8.3). No TLS happens: it is the core's choice of flow that such a test checks."""
+
+    name = "tls"
+    secure = True
+
+    def _make_flow(self, sock: MemoryDatagramSocket, local: Address, remote: Address) -> Flow:
+        flow = super()._make_flow(sock, local, remote)
+        flow.secure = True
+        return flow
+
+
 class MemoryUdpPlugin:
     """A plugin object registering one :class:`MemoryUdpTransport` (pass it to
     ``load_plugins(..., extra=[(PLUGIN_NAME, plugin)])``)."""
 
-    def __init__(self, network: MemoryNetwork) -> None:
+    def __init__(self, network: MemoryNetwork, *, tls_stand_in: bool = False) -> None:
         self.transport = MemoryUdpTransport(network)
+        self.tls = MemoryTlsStandIn(network) if tls_stand_in else None
 
     @hookimpl
     def gateway_register_transports(self, registry: Registry[MemoryUdpTransport]) -> None:
         registry.add(self.transport.name, self.transport)
+        if self.tls is not None:
+            registry.add(self.tls.name, self.tls)
 
 
 def memory_plugins(
@@ -115,8 +132,11 @@ def memory_plugins(
     network: MemoryNetwork,
     *,
     extra: Sequence[tuple[str, object]] = (),
+    tls_stand_in: bool = False,
 ) -> Plugins:
     """Load the plugins ``config`` enables plus the memory ``udp`` transport on ``network`` and
     the ``extra`` plugin objects. ``config`` must not enable the real ``udp`` plugin (both would
-    register the transport ``udp``): use ``[plugins] enable = []``."""
-    return load_plugins(config, extra=[(PLUGIN_NAME, MemoryUdpPlugin(network)), *extra])
+    register the transport ``udp``): use ``[plugins] enable = []``. ``tls_stand_in`` also
+    registers :class:`MemoryTlsStandIn` as ``tls`` (listen on it as ``tls:HOST:PORT``)."""
+    plugin = MemoryUdpPlugin(network, tls_stand_in=tls_stand_in)
+    return load_plugins(config, extra=[(PLUGIN_NAME, plugin), *extra])

@@ -12,6 +12,10 @@ unreachable target raise :class:`SessionRefused` with a reason to log.
 
 The far end is trusted by address: a 401/407 challenge is a refusal (no credentials are kept
 for it).
+
+A body that carries keys (SDES a=crypto, RFC 4568 §8.3) may only go over TLS: with
+``secure_only`` the INVITE and each re-INVITE are sent only over a secure flow; where the target
+or the dialog's remote target leads elsewhere the request is not sent (a refusal, or None).
 """
 
 from __future__ import annotations
@@ -91,14 +95,25 @@ class OutboundSession:
         except OSError as exc:
             log.info("session %s: BYE not sent: %s", self.call_id, exc)
 
-    async def update(self, body: bytes, content_type: str) -> int | None:
+    async def update(
+        self, body: bytes, content_type: str, *, secure_only: bool = False
+    ) -> int | None:
         """A re-INVITE with a new offer (RFC 3261 §14.1); the far end's final status (its 2xx
-        ACKed), or None when the session is over or the request could not be sent."""
+        ACKed, its body then in ``answer_body``), or None when the session is over or the
+        request could not be sent (with ``secure_only``: not over TLS)."""
         if self._closed or self.ended.is_set():
             return None
         endpoint = self._owner.endpoint
         try:
             flow = await self._owner._dialog_flow(self._dialog, self._flow)
+            if secure_only and not flow.secure:
+                log.warning(
+                    "session %s: re-INVITE not sent: it carries keys and its next hop (%s) is "
+                    "not TLS (RFC 4568 §8.3)",
+                    self.call_id,
+                    flow.transport,
+                )
+                return None
             reinvite = self._dialog.create_request(
                 "INVITE",
                 via=endpoint.new_via(flow),
@@ -117,6 +132,8 @@ class OutboundSession:
             if final is None:
                 return None
             if final.is_success:
+                self.answer_body = final.body
+                self.answer_type = final.headers.get("Content-Type")
                 ack = self._dialog.create_ack(final.cseq.number, via=endpoint.new_via(flow))
                 await endpoint.send_ack(ack, flow)
             return final.status
@@ -151,11 +168,13 @@ class OutboundSessions:
         content_type: str,
         headers: Sequence[tuple[str, str]] = (),
         contact_parameters: Sequence[str] = (),
+        secure_only: bool = False,
     ) -> OutboundSession:
         """INVITE ``target`` (a SIP URI; its ``transport`` parameter and port say how) with
         ``body``; the session once the far end answered 2xx. ``headers`` are added (e.g.
         ``Require: siprec``), ``contact_parameters`` go on our Contact (``+sip.src``, RFC 7866
-        §6.1.1). Raises :class:`SessionRefused`."""
+        §6.1.1). ``secure_only``: the body carries keys, send it over TLS or not at all.
+        Raises :class:`SessionRefused`."""
         try:
             uri = parse_uri_untrusted(target)
             destination = destination_for(RouteTarget(target))
@@ -168,6 +187,11 @@ class OutboundSessions:
             )
         except OSError as exc:
             raise SessionRefused(f"cannot reach {target}: {exc}") from None
+        if secure_only and not flow.secure:
+            raise SessionRefused(
+                f"{target} is reached over {flow.transport}, not TLS: the offer carries keys "
+                "(RFC 4568 §8.3)"
+            )
         our_uri = endpoint.our_uri(flow.transport, "voipgw")
         contact = endpoint.our_contact(flow.transport)
         for parameter in contact_parameters:

@@ -136,6 +136,7 @@ __all__ = [
     "SUITES",
     "SUPPORTED_SUITES",
     "UNSUPPORTED_SUITES",
+    "OutboundSrtpSession",
     "SrtpSession",
     "SrtpStatistics",
     "SrtpSuite",
@@ -709,19 +710,9 @@ class SrtpSession:
         replay_window: int = DEFAULT_REPLAY_WINDOW,
         max_ssrcs: int = DEFAULT_MAX_SSRCS,
     ) -> None:
-        suite = SUITES.get(keys.suite)
-        if suite is None:
-            raise LocalMediaError(f"unknown SRTP suite {keys.suite!r}")
-        if suite.name in UNSUPPORTED_SUITES:
-            raise LocalMediaError(
-                f"SRTP suite {suite.name} is not available: {UNSUPPORTED_SUITES[suite.name]}"
-            )
+        suite = _available_suite(keys.suite)
         for which, key in (("local", keys.local_key), ("remote", keys.remote_key)):
-            if len(key) != suite.key_salt_length:
-                raise LocalMediaError(
-                    f"{suite.name} needs a {suite.key_salt_length}-octet {which} key and salt, "
-                    f"got {len(key)} octets"
-                )
+            _check_key_length(suite, which, key)
         if not _MIN_REPLAY_WINDOW <= replay_window <= _MAX_REPLAY_WINDOW:
             raise LocalMediaError(
                 f"replay window {replay_window} is outside "
@@ -798,3 +789,102 @@ class SrtpSession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _available_suite(name: str) -> SrtpSuite:
+    suite = SUITES.get(name)
+    if suite is None:
+        raise LocalMediaError(f"unknown SRTP suite {name!r}")
+    if suite.name in UNSUPPORTED_SUITES:
+        raise LocalMediaError(
+            f"SRTP suite {suite.name} is not available: {UNSUPPORTED_SUITES[suite.name]}"
+        )
+    return suite
+
+
+def _check_key_length(suite: SrtpSuite, which: str, key: bytes) -> None:
+    if len(key) != suite.key_salt_length:
+        raise LocalMediaError(
+            f"{suite.name} needs a {suite.key_salt_length}-octet {which} key and salt, "
+            f"got {len(key)} octets"
+        )
+
+
+@attrs.define(eq=False, init=False)
+class OutboundSrtpSession:
+    """SRTP/SRTCP protection of what the gateway sends on one stream, under one master key, with
+    no inbound context: for media that flows one way only, such as the copies a SIPREC client
+    sends its recorder (RFC 7866 §8.1.1: every stream of a recording session is sendonly).
+
+    ``key_salt`` is our master key then master salt (an SDES ``inline:`` key). The outbound
+    context is the one :class:`SrtpSession` makes (``ssrc_any_outbound``, never an index twice,
+    at most ``max_ssrcs`` SSRCs), with the same errors, counters and key hygiene; close it when
+    the stream ends.
+    """
+
+    suite: SrtpSuite
+    implementation: str
+    max_ssrcs: int
+    protect_rtp: SrtpTransform = attrs.field(repr=False)
+    """RTP -> SRTP (RFC 3711 §3.3), or None when dropped (counted)."""
+    protect_rtcp: SrtpTransform = attrs.field(repr=False)
+    """RTCP -> SRTCP (RFC 3711 §3.4), or None when dropped (counted)."""
+    _outbound: _Context = attrs.field(repr=False)
+
+    def __init__(
+        self, suite_name: str, key_salt: bytes, *, max_ssrcs: int = DEFAULT_MAX_SSRCS
+    ) -> None:
+        suite = _available_suite(suite_name)
+        _check_key_length(suite, "local", key_salt)
+        if max_ssrcs < 1:
+            raise LocalMediaError("max_ssrcs must be at least 1")
+        self.suite = suite
+        self.max_ssrcs = max_ssrcs
+        python = suite.name in PYTHON_SUITES
+        if python:
+            self.implementation = "python"
+            self._outbound = _Context(
+                SrtpSender(
+                    key_salt,
+                    master_key_length=suite.master_key_length,
+                    rtp_tag_length=suite.rtp_tag_length,
+                    replay_window=DEFAULT_REPLAY_WINDOW,
+                    max_ssrcs=max_ssrcs,
+                )
+            )
+        else:
+            self.implementation = "libsrtp"
+            self._outbound = _Context(
+                _create_context(suite, key_salt, _lib.ssrc_any_outbound, DEFAULT_REPLAY_WINDOW)
+            )
+        outbound = self._outbound
+        self.protect_rtp = SrtpTransform(
+            outbound, _protect, SrtpSender.protect_rtp, 8, max_ssrcs, use_python=python
+        )
+        self.protect_rtcp = SrtpTransform(
+            outbound, _protect_rtcp, SrtpSender.protect_rtcp, 4, max_ssrcs, use_python=python
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._outbound.ctx is None
+
+    def statistics(self) -> SrtpStatistics:
+        outbound = self._outbound
+        return SrtpStatistics(
+            protected=outbound.passed,
+            unprotected=0,
+            auth_failures=outbound.auth_failures,
+            replays=outbound.replays,
+            ssrc_limit=outbound.ssrc_limit,
+            other_errors=outbound.other_errors,
+        )
+
+    def close(self) -> None:
+        """Free the context now (libsrtp zeroes the session keys); packets given afterwards are
+        dropped and counted as ``other_errors``. Closing twice is harmless."""
+        ctx, self._outbound.ctx = self._outbound.ctx, None
+        if isinstance(ctx, SrtpSender):
+            ctx.close()
+        elif ctx is not None:
+            _ffi.release(ctx)

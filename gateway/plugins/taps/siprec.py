@@ -15,7 +15,8 @@ and a multipart/mixed body (§8) of
 
 Once the SRS answers 2xx (its SDP says where each labelled stream goes: a=label, else the m=
 line order; port 0 declines one), the sink sends each packet the call's relay forwards, as
-plain RTP (the copy is taken after SRTP was removed; the recording network is trusted), from a
+plain RTP (the copy is taken after SRTP was removed) where the recording network is trusted
+or, with ``media_security = "sdes"``, as SRTP under keys of its own (below), from a
 socket of its own per m= line to the SRS's address for it. RTCP is not forwarded. Packets that
 arrive before the answer wait in the sink's bounded queue (a full queue drops and counts). When
 the call ends the sink sends BYE; an SRS that ends the session (its BYE) stops the copies and the
@@ -27,19 +28,38 @@ not answer (Timer B: 32 s over UDP) is followed by the
 next of ``fallbacks``, in order; when none takes the call it goes on unrecorded, logged as a
 warning (recording is not mandatory here: the call is never ended for it).
 
+SRTP towards the SRS (``media_security = "sdes"``). The recording session is then keyed like any
+SDES leg, by the gateway's SDES engine (``keyexchange/sdes.py``), the gateway as offerer: each
+m= line is ``RTP/SAVP`` with one a=crypto line per configured suite (``srtp_suites``), a fresh
+key each, per recording session, per SRS tried and per stream (RFC 4568 §5.1.1, §6.1). The SRS
+answers each line it accepts with one crypto line of its own (same tag and suite, its key,
+§5.1.2); the copies of that stream are then protected under our key, one outbound-only SRTP
+context per stream (``srtp.OutboundSrtpSession``: the streams are sendonly, nothing comes back
+to decrypt; caller and callee may use one SSRC, separate keys keep their keystreams apart). An
+answer that does not take SRTP (an ``RTP/AVP`` line, no or an unusable crypto line) ends the
+recording session with a warning and the call goes on unrecorded: the copies are never sent in
+clear to an SRS that was offered SRTP. Re-INVITEs repeat each stream's crypto line in force (same
+tag, suite and key, RFC 4568 §7.1.4), so the contexts and their packet indexes go on; a stream
+whose key did change (never after our own re-offer) gets a new context. The keys only travel
+over TLS (§8.3): the configuration requires ``srs`` and ``fallbacks`` to be ``sips:`` or
+``;transport=tls``, and the core sends such INVITEs and re-INVITEs only over a secure flow.
+RTCP is not forwarded, so there is no SRTCP. Keys are never logged, never in an error's text
+and never in the call record.
+
 Not done: streams the call adds after its answer, and a transfer's new party in the metadata (the
-copies go on as they are); pause/resume on the operator's request; SRTP towards the SRS; the
-``a=record`` indication to recording-aware phones (RFC 7866 §7).
+copies go on as they are); pause/resume on the operator's request; DTLS-SRTP towards the SRS;
+the ``a=record`` indication to recording-aware phones (RFC 7866 §7).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -47,12 +67,15 @@ import attrs
 import trio
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.interfaces import OutboundSession, TappedCall, TappedMedia
+from gateway.core.interfaces import OutboundSession, SrtpKeys, TappedCall, TappedMedia
+from gateway.core.media.srtp import SUPPORTED_SUITES, OutboundSrtpSession
 from gateway.core.sdp.body import sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.uri import SipUri
+from gateway.plugins.keyexchange.sdes import SdesKeyExchange, SdesNegotiation
 from gateway.plugins.taps.queue import CopyQueue
 from gateway.plugins.taps.recorder import rtp_fields
 from gateway.plugins.taps.selection import NOTHING_SELECTED, CallSelection
@@ -60,10 +83,13 @@ from gateway.plugins.taps.selection import NOTHING_SELECTED, CallSelection
 if TYPE_CHECKING:
     from gateway.core.interfaces import MediaTap, TapSink
     from gateway.core.plugins import Registry
+    from gateway.core.sdp.model import MediaDescription
 
 log = logging.getLogger(__name__)
 
 METADATA_TYPE = "application/rs-metadata+xml"
+MEDIA_SECURITY = ("none", "sdes")
+"""``media_security``: plain RTP towards the SRS, or SRTP keyed by SDES (RFC 4568)."""
 NAMESPACE = "urn:ietf:params:xml:ns:recording:1"
 DIRECTIONS = ("a_to_b", "b_to_a")
 
@@ -113,9 +139,13 @@ def offer_sdp(
     *,
     session_id: int,
     version: int,
+    crypto: Sequence[Sequence[tuple[str, str | None]]] | None = None,
 ) -> bytes:
     """The recording session's SDP offer (RFC 7866 §8.1.1): one m= line per stream, sendonly,
-    or inactive while the call's stream is on hold (RFC 7866 §8.1.2: the SRC tells the SRS)."""
+    or inactive while the call's stream is on hold (RFC 7866 §8.1.2: the SRC tells the SRS).
+    With ``crypto`` (each stream's a=crypto attributes, from its SDES negotiation) the lines are
+    ``RTP/SAVP`` (RFC 4568 §3.1.4: SDES keys SRTP, whose profile is SAVP, RFC 3711 §12)."""
+    proto = "RTP/AVP" if crypto is None else "RTP/SAVP"
     lines = [
         "v=0",
         f"o=voipgw {session_id} {version} IN IP4 {address}",
@@ -123,12 +153,14 @@ def offer_sdp(
         f"c=IN IP4 {address}",
         "t=0 0",
     ]
-    for stream, port in zip(streams, ports, strict=True):
-        lines.append(f"m=audio {port} RTP/AVP {' '.join(stream.media.formats)}")
+    for number, (stream, port) in enumerate(zip(streams, ports, strict=True)):
+        lines.append(f"m=audio {port} {proto} {' '.join(stream.media.formats)}")
         lines += [f"a=rtpmap:{value}" for value in stream.media.rtpmaps]
         lines += [f"a=fmtp:{value}" for value in stream.media.fmtps]
         direction = "sendonly" if stream.media.direction == "sendrecv" else "inactive"
         lines += [f"a=label:{stream.label}", f"a={direction}"]
+        if crypto is not None:
+            lines += [f"a={name}:{value}" for name, value in crypto[number]]
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
@@ -197,9 +229,49 @@ def srs_destinations(
 ) -> dict[tuple[int, str], tuple[str, int]]:
     """Where the SRS wants each stream (its answer's m= lines, matched by a=label, else by
     order; port 0 declines it). Raises SdpError for an unusable answer."""
+    return {
+        (stream.index, stream.direction): destination
+        for stream, destination, _ in _answered(answer_type, answer, streams)
+    }
+
+
+def srs_srtp_keys(
+    answer_type: str | None,
+    answer: bytes,
+    streams: Sequence[RecordedStream],
+    negotiations: Sequence[SdesNegotiation],
+) -> dict[tuple[int, str], SrtpKeys]:
+    """The SRTP keys of each stream the SRS accepted, from its answer's a=crypto lines and our
+    offer's (``negotiations``, one per stream, in ``streams`` order). Every accepted line must
+    be ``RTP/SAVP`` with exactly one acceptable a=crypto line answering one of ours (RFC 4568
+    §5.1.2: same tag and suite, the SRS's own key); anything else raises SdpError (an SdesError
+    for the crypto line), whose text never holds key material. Declined lines need no keys."""
+    negotiation_of = {
+        (stream.index, stream.direction): negotiation
+        for stream, negotiation in zip(streams, negotiations, strict=True)
+    }
+    keys: dict[tuple[int, str], SrtpKeys] = {}
+    for stream, _, media in _answered(answer_type, answer, streams):
+        if media.proto.upper() != "RTP/SAVP":
+            raise SdpError(
+                f"the SRS answered stream {stream.label} with {media.proto[:32]!r}, "
+                "not RTP/SAVP: it does not take SRTP"
+            )
+        negotiation = negotiation_of[(stream.index, stream.direction)]
+        negotiation.remote_sdp_attributes(media.attributes)  # raises SdesError
+        if negotiation.keys is None:
+            raise SdpError(f"the SRS's crypto line of stream {stream.label} gave no keys")
+        keys[(stream.index, stream.direction)] = negotiation.keys
+    return keys
+
+
+def _answered(
+    answer_type: str | None, answer: bytes, streams: Sequence[RecordedStream]
+) -> list[tuple[RecordedStream, tuple[str, int], MediaDescription]]:
+    """The streams the SRS accepted: each with its address and its m= line."""
     sdp = parse_sdp_untrusted(srs_sdp(answer_type, answer))
     by_label = {stream.label: stream for stream in streams}
-    found: dict[tuple[int, str], tuple[str, int]] = {}
+    found: list[tuple[RecordedStream, tuple[str, int], MediaDescription]] = []
     for position, media in enumerate(sdp.media):
         label = media.attributes.get("label")
         stream = by_label.get(label) if label else None
@@ -210,7 +282,7 @@ def srs_destinations(
         connection = media.connection or sdp.connection
         if connection is None:
             raise SdpError("the SRS answer has no c= line")
-        found[(stream.index, stream.direction)] = (connection.address, media.port)
+        found.append((stream, (connection.address, media.port), media))
     return found
 
 
@@ -248,11 +320,15 @@ class SiprecCounts:
 
 
 class SiprecSink:
-    """``interfaces.TapSink`` of one call: its recording session and the copies it sends."""
+    """``interfaces.TapSink`` of one call: its recording session and the copies it sends.
+    ``keying`` (``media_security = "sdes"``) makes the session SRTP, keyed by SDES."""
 
-    def __init__(self, call: TappedCall, config: SiprecConfig) -> None:
+    def __init__(
+        self, call: TappedCall, config: SiprecConfig, keying: SdesKeyExchange | None = None
+    ) -> None:
         self.call = call
         self._config = config
+        self._keying = keying
         self._queue = CopyQueue(config.queue)
         self.counts = SiprecCounts()
         self.session: OutboundSession | None = None
@@ -260,6 +336,10 @@ class SiprecSink:
         self._changed = trio.Event()
         self._sdp_session_id = int(time.time())
         self._sdp_version = self._sdp_session_id
+        # SDES only: each stream's negotiation in force (in recorded_streams order) and the
+        # outbound SRTP context of each stream the SRS accepted.
+        self._negotiations: list[SdesNegotiation] = []
+        self._srtp: dict[tuple[int, str], OutboundSrtpSession] = {}
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
         self._queue.put(stream_id, direction, rtp, now)
@@ -276,6 +356,8 @@ class SiprecSink:
         streams = recorded_streams(self.call.media)
         sockets: list[trio.socket.SocketType] = []
         session: OutboundSession | None = None
+        # Chosen once: plain copies keep the path they always had, nothing added per packet.
+        forward = self._forward if self._keying is None else self._forward_srtp
         try:
             async with self._queue.receive, trio.open_nursery() as nursery:
                 destinations: dict[tuple[int, str], tuple[str, int]] = {}
@@ -293,7 +375,7 @@ class SiprecSink:
                     (s.index, s.direction): sock for s, sock in zip(streams, sockets, strict=False)
                 }
                 async for stream_id, direction, rtp, _ in self._queue.receive:
-                    await self._forward(session, destinations, by_stream, stream_id, direction, rtp)
+                    await forward(session, destinations, by_stream, stream_id, direction, rtp)
                 nursery.cancel_scope.cancel()  # the call is over: no more re-INVITEs
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self._config.bye_timeout):
@@ -301,13 +383,16 @@ class SiprecSink:
                     await session.close()
             for sock in sockets:
                 sock.close()
+            for context in self._srtp.values():
+                context.close()  # libsrtp zeroes the session keys
             counts = self.counts
             counts.dropped = self._queue.dropped
             log.info(
-                "SIPREC: call %s: %d packets, %d sent to the SRS, %d dropped, %d not sent",
+                "SIPREC: call %s: %d packets, %d sent to the SRS%s, %d dropped, %d not sent",
                 self.call.call_id,
                 counts.packets,
                 counts.sent,
+                "" if self._keying is None else " over SRTP",
                 counts.dropped,
                 counts.not_sent,
             )
@@ -331,30 +416,90 @@ class SiprecSink:
                 for stream in streams
             ]
             self._sdp_version += 1
+            negotiations = self._reoffer(len(current))
             offer = offer_sdp(
                 current,
                 self._address,
                 ports,
                 session_id=self._sdp_session_id,
                 version=self._sdp_version,
+                crypto=_crypto_of(negotiations),
             )
-            status = await session.update(offer, "application/sdp")
+            status = await session.update(
+                offer, "application/sdp", secure_only=negotiations is not None
+            )
             if status is None or not 200 <= status < 300:
+                # RFC 3264 §8: a failed re-offer leaves the session, and its keys, as they were.
                 log.warning(
                     "SIPREC: call %s: the SRS refused an update (%s)", self.call.call_id, status
                 )
+            elif negotiations is not None and not await self._keys_answered(
+                session, current, negotiations
+            ):
+                return
+
+    def _reoffer(self, count: int) -> list[SdesNegotiation] | None:
+        """SDES re-offers for a re-INVITE (RFC 4568 §7.1.4): each stream's line in force again,
+        same tag, suite and key, so the SRS's unchanged answer keeps every SRTP context and
+        its packet indexes going on (a new key would only be needed for a new SSRC or an
+        exhausted key, neither of which a re-INVITE of ours brings); a stream without keys in
+        force (declined) gets a fresh offer. None without SDES."""
+        if self._keying is None:
+            return None
+        suites = self._config.srtp_suites
+        previous: list[SdesNegotiation | None] = [*self._negotiations]
+        previous += [None] * (count - len(previous))
+        return [
+            self._keying.offer(suites=suites, secure_signalling=True, previous=negotiation)
+            for negotiation in previous
+        ]
+
+    async def _keys_answered(
+        self,
+        session: OutboundSession,
+        streams: list[RecordedStream],
+        negotiations: list[SdesNegotiation],
+    ) -> bool:
+        """Take the SRS's answer to an SDES offer: the outbound SRTP context of each accepted
+        stream, kept while our key is the one in force, a new one (and the old one freed) when
+        our key changed. An answer that does not take SRTP ends the recording session: False."""
+        try:
+            keys = srs_srtp_keys(session.answer_type, session.answer_body, streams, negotiations)
+        except SdpError as exc:
+            log.warning(
+                "SIPREC: call %s: recording ended, the SRS's answer does not take SRTP: %s",
+                self.call.call_id,
+                exc,
+            )
+            await session.close()
+            return False
+        in_force = {
+            (stream.index, stream.direction): negotiation.keys
+            for stream, negotiation in zip(streams, self._negotiations, strict=False)
+        }
+        for key, new in keys.items():
+            context = self._srtp.get(key)
+            old = in_force.get(key)
+            if context is not None and old is not None and _same_sender(old, new):
+                continue  # RFC 4568 §7.1.4: our key unchanged, the context goes on
+            if context is not None:
+                context.close()
+            self._srtp[key] = OutboundSrtpSession(new.suite, new.local_key)
+        self._negotiations = negotiations
+        return True
 
     async def _bind(self) -> trio.socket.SocketType:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         await sock.bind((self._config.media_address, 0))
         return sock
 
-    async def _open(
-        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
-    ) -> tuple[OutboundSession | None, dict[tuple[int, str], tuple[str, int]]]:
-        assert self.call.sessions is not None
-        ports = [sock.getsockname()[1] for sock in sockets]
-        content_type, body = multipart(
+    def _body(
+        self,
+        streams: list[RecordedStream],
+        ports: list[int],
+        negotiations: list[SdesNegotiation] | None,
+    ) -> tuple[str, bytes]:
+        return multipart(
             [
                 (
                     [("Content-Type", "application/sdp")],
@@ -364,6 +509,7 @@ class SiprecSink:
                         ports,
                         session_id=self._sdp_session_id,
                         version=self._sdp_version,
+                        crypto=_crypto_of(negotiations),
                     ),
                 ),
                 (
@@ -375,8 +521,25 @@ class SiprecSink:
                 ),
             ]
         )
+
+    async def _open(
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+    ) -> tuple[OutboundSession | None, dict[tuple[int, str], tuple[str, int]]]:
+        assert self.call.sessions is not None
+        ports = [sock.getsockname()[1] for sock in sockets]
+        keying = self._keying
+        negotiations: list[SdesNegotiation] | None = None
+        if keying is None:
+            content_type, body = self._body(streams, ports, None)
         session = None
         for target in (self._config.srs, *self._config.fallbacks):
+            if keying is not None:
+                # Fresh keys per SRS tried: one that refused has seen the keys it was offered.
+                suites = self._config.srtp_suites
+                negotiations = [
+                    keying.offer(suites=suites, secure_signalling=True) for _ in streams
+                ]
+                content_type, body = self._body(streams, ports, negotiations)
             try:
                 session = await self.call.sessions.open_session(
                     target,
@@ -387,6 +550,7 @@ class SiprecSink:
                         ("Accept", f"application/sdp, {METADATA_TYPE}"),
                     ],
                     contact_parameters=("+sip.src",),
+                    secure_only=keying is not None,
                 )
                 break
             except Exception as exc:
@@ -398,7 +562,13 @@ class SiprecSink:
             destinations = srs_destinations(session.answer_type, session.answer_body, streams)
         except SdpError as exc:
             log.warning("SIPREC: call %s: unusable SRS answer: %s", self.call.call_id, exc)
-            return session, {}
+            return session, {}  # nothing is sent; a re-INVITE makes fresh SDES offers
+        if negotiations is not None and not await self._keys_answered(
+            session, streams, negotiations
+        ):
+            # RFC 4568 §5.1.2: an SRS that answers without SRTP (plain RTP/AVP, no crypto
+            # line, one we cannot use) is not sent the copies in clear; the call goes on.
+            return None, {}
         return session, destinations
 
     @property
@@ -429,19 +599,77 @@ class SiprecSink:
         except OSError:
             self.counts.not_sent += 1
 
+    async def _forward_srtp(
+        self,
+        session: OutboundSession | None,
+        destinations: dict[tuple[int, str], tuple[str, int]],
+        sockets: dict[tuple[int, str], trio.socket.SocketType],
+        stream_id: str,
+        direction: str,
+        rtp: bytes,
+    ) -> None:
+        """:meth:`_forward` with SRTP: each stream's copy protected under its own key (RFC 3711
+        §3.3). A packet SRTP refuses (an index already sent: a duplicate, RFC 3711 §9.1; an
+        SSRC past the limit) is not sent."""
+        self.counts.packets += 1
+        if rtp_fields(rtp) is None:
+            return  # RTCP (and anything that is not RTP): not forwarded
+        key = (int(stream_id), direction)
+        destination = destinations.get(key)
+        sock = sockets.get(key)
+        context = self._srtp.get(key)
+        if (
+            session is None
+            or session.ended.is_set()
+            or destination is None
+            or sock is None
+            or context is None
+        ):
+            self.counts.not_sent += 1
+            return
+        packet = context.protect_rtp(rtp)
+        if packet is None:
+            self.counts.not_sent += 1
+            return
+        try:
+            await sock.sendto(packet, destination)
+            self.counts.sent += 1
+        except OSError:
+            self.counts.not_sent += 1
+
+
+def _same_sender(old: SrtpKeys, new: SrtpKeys) -> bool:
+    """Whether our sending key (and suite) stayed: the SRS's key protects nothing we use."""
+    return old.suite == new.suite and old.local_key == new.local_key
+
+
+def _crypto_of(
+    negotiations: Sequence[SdesNegotiation] | None,
+) -> list[list[tuple[str, str | None]]] | None:
+    """Each stream's a=crypto attributes for the offer, or None (plain RTP)."""
+    if negotiations is None:
+        return None
+    return [negotiation.local_sdp_attributes() for negotiation in negotiations]
+
 
 class SiprecClient:
-    """The ``siprec`` media tap (``interfaces.MediaTap``)."""
+    """The ``siprec`` media tap (``interfaces.MediaTap``). ``random_bytes`` (a CSPRNG) makes the
+    SDES keys of ``media_security = "sdes"``: fresh ones per recording session and stream."""
 
     name = "siprec"
 
-    def __init__(self, config: SiprecConfig) -> None:
+    def __init__(
+        self, config: SiprecConfig, *, random_bytes: Callable[[int], bytes] = os.urandom
+    ) -> None:
         self.config = config
+        self._keying = (
+            SdesKeyExchange(random_bytes=random_bytes) if config.media_security == "sdes" else None
+        )
 
     def sink_for_call(self, call: TappedCall) -> SiprecSink | None:
         if not self.config.selection.wants(call):
             return None
-        return SiprecSink(call, self.config)
+        return SiprecSink(call, self.config, self._keying)
 
 
 # -- plugin configuration and registration (entry point ``siprec``) -------------------------------
@@ -459,12 +687,29 @@ class SiprecConfig:
     media_address: str = "127.0.0.1"
     queue: int = 2000
     bye_timeout: float = 5.0
+    media_security: str = "none"
+    srtp_suites: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
         _check_srs("srs", self.srs)
         for fallback in self.fallbacks:
             _check_srs("fallbacks", fallback)
+        if self.media_security not in MEDIA_SECURITY:
+            raise ValueError(
+                f'media_security: expected "none" or "sdes", not {self.media_security!r}'
+            )
+        if not self.srtp_suites:
+            raise ValueError("srtp_suites: expected at least one SRTP crypto-suite")
+        for suite in self.srtp_suites:
+            if suite not in SUPPORTED_SUITES:
+                raise ValueError(
+                    f"srtp_suites: {suite!r} is not one of {', '.join(SUPPORTED_SUITES)}"
+                )
+        if self.media_security == "sdes":
+            _check_tls("srs", self.srs)
+            for fallback in self.fallbacks:
+                _check_tls("fallbacks", fallback)
         try:
             socket.inet_aton(self.media_address)
         except OSError:
@@ -490,6 +735,19 @@ def _check_srs(key: str, uri: str) -> None:
         ) from None
     if not uri.lower().startswith(("sip:", "sips:")):
         raise ValueError(f"{key}: expected a sip: or sips: URI, not {uri!r}")
+
+
+def _check_tls(key: str, uri: str) -> None:
+    # RFC 4568 §8.3: SDES keys are in the SDP in clear, so the SIP carrying it must be protected
+    # hop by hop (TLS); a sips: URI or ;transport=tls makes the core open a TLS connection.
+    parsed = parse_uri_untrusted(uri)
+    if isinstance(parsed, SipUri) and (parsed.secure or parsed.transport == "tls"):
+        return
+    raise ValueError(
+        f'{key}: media_security = "sdes" sends the SRTP keys in the recording session\'s SDP, '
+        f"which may only travel over TLS (RFC 4568 §8.3): make {uri!r} a sips: URI or "
+        "add ;transport=tls"
+    )
 
 
 @hookimpl

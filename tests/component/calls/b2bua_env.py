@@ -118,6 +118,7 @@ async def start_b2bua(
     plugin_tables: Mapping[str, Any] | None = None,
     numbering: Mapping[str, Any] | None = None,
     dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
+    tls_stand_in: bool = False,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -137,7 +138,11 @@ async def start_b2bua(
         numbering=numbering,
         dialog_watch_groups=dialog_watch_groups,
     )
-    gateway = Gateway(config, memory_plugins(config, network, extra=plugins), ids=SeededIds(seed))
+    gateway = Gateway(
+        config,
+        memory_plugins(config, network, extra=plugins, tls_stand_in=tls_stand_in),
+        ids=SeededIds(seed),
+    )
     await nursery.start(gateway.serve)
     alice = SipAgent(
         network,
