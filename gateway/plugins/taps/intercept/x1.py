@@ -8,7 +8,10 @@ in order. Every message carries the same header: ``admfIdentifier``, ``neIdentif
 - ActivateTask, ModifyTask, DeactivateTask, DeactivateAllTasks, GetTaskDetails;
 - CreateDestination, ModifyDestination, RemoveDestination, RemoveAllDestinations,
   GetDestinationDetails;
-- GetAllDetails, GetNEStatus, Ping, Keepalive.
+- GetAllDetails, GetAllTaskDetails, GetAllDestinationDetails, ListAllDetails (the audit an
+  ADMF makes after a restart of either side: every XID and DID held, or all their details),
+  GetAllGenericObjectDetails (answered with its list omitted: this element holds no Generic
+  Objects), GetNEStatus, Ping, Keepalive.
 
 The documents conform to the TS 103 221-1 XSD v1.23.1 (``TS_103_221_01.xsd``, with the TS 103
 280 v2.17.1 common types it imports, as siphon-project/siphon-sip bundles them under
@@ -364,6 +367,25 @@ class X1Handler:
     def _all_details(self, message: ET.Element) -> str:
         return f"{self._ne_status_details()}{self._all_tasks()}{self._all_destinations()}"
 
+    def _all_task_details(self, message: ET.Element) -> str:
+        # §6.4.7: holding no task is an empty list, an answer the ADMF can act on.
+        return self._all_tasks()
+
+    def _all_destination_details(self, message: ET.Element) -> str:
+        return self._all_destinations()  # §6.4.8
+
+    def _list_all(self, message: ET.Element) -> str:
+        # §6.4.6: the identifiers only (an ADMF compares them with its own and asks the
+        # details of what differs). ListOfGenericObjectIDs is left out: no Generic Objects.
+        xids = "".join(f"<xId>{xid}</xId>" for xid in self.provisioning.tasks)
+        dids = "".join(f"<dId>{did}</dId>" for did in self.provisioning.destinations)
+        return f"<ListOfXIDs>{xids}</ListOfXIDs><ListOfDIDs>{dids}</ListOfDIDs>"
+
+    def _all_generic_objects(self, message: ET.Element) -> str:
+        # §6.4.9: the list is optional and left out, which says Generic Objects are not
+        # supported (an empty list would say they are and none is held).
+        return ""
+
     def _ne_status(self, message: ET.Element) -> str:
         return self._ne_status_details()
 
@@ -382,6 +404,10 @@ class X1Handler:
         "RemoveAllDestinations": _remove_all_destinations,
         "GetDestinationDetails": _destination_details,
         "GetAllDetails": _all_details,
+        "GetAllTaskDetails": _all_task_details,
+        "GetAllDestinationDetails": _all_destination_details,
+        "GetAllGenericObjectDetails": _all_generic_objects,
+        "ListAllDetails": _list_all,
         "GetNEStatus": _ne_status,
         "Ping": _ping,
         "Keepalive": _ping,
