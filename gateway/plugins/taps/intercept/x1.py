@@ -46,8 +46,8 @@ target identifier type we cannot match on, 3050 service types without voice, 602
 address that is not an IP address and TCP port, 7010/8010 destinations in use, and else the
 request's generic failure code (3000 ActivateTask, 3001 ModifyTask, 4000 DeactivateTask, 5000
 DeactivateAllTasks, 6000 CreateDestination, 6001 ModifyDestination, 7000 RemoveDestination,
-8000 RemoveAllDestinations, 1000 otherwise). Malformed is checked before unhonourable: a
-message that breaks the schema has no reading to act on.
+8000 RemoveAllDestinations, 1000 otherwise). The header is checked first (1010), then whom
+the message is for (1060, 1040), then its type (1080), then its body.
 
 A task field that would narrow or relabel the interception and that this element cannot
 honour refuses the task rather than being dropped (``productID``, ``taskDetailsExtensions``,
