@@ -26,9 +26,11 @@ import pytest
 
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.unit.taps.x1_structure import check
 
 NS = "http://uri.etsi.org/03221/X1/2017/10"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
+COMMON = "http://uri.etsi.org/03280/common/2017/07"  # TS 103 280: address, port
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
 
@@ -63,6 +65,7 @@ class Admf:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                check(body)  # each report is what the TS 103 221-1 XSD allows
                 (message,) = list(ET.fromstring(body))
                 kind = message.get(f"{{{XSI}}}type") or ""
                 fields = {child.tag.rsplit("}", 1)[-1]: child.text or "" for child in message}
@@ -135,7 +138,7 @@ def x1(pki: tuple[TestCa, Issued, Issued], port: int, *messages: tuple[str, str]
     ca, _, certificate = pki
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca.certificate)
     context.load_cert_chain(certificate.certificate, certificate.key)
-    body = f'<X1Request xmlns="{NS}" xmlns:xsi="{XSI}">' + "".join(
+    body = f'<X1Request xmlns="{NS}" xmlns:c="{COMMON}" xmlns:xsi="{XSI}">' + "".join(
         f'<x1RequestMessage xsi:type="{kind}"><admfIdentifier>admf-1</admfIdentifier>'
         "<neIdentifier>gw-int</neIdentifier>"
         "<messageTimestamp>2026-11-30T00:00:00.000000Z</messageTimestamp>"
@@ -153,6 +156,8 @@ def x1(pki: tuple[TestCa, Issued, Issued], port: int, *messages: tuple[str, str]
     finally:
         connection.close()
     assert answer.status == 200 and "ErrorResponse" not in text, text
+    check((body + "</X1Request>").encode())  # requests and answers as the XSD allows them
+    check(text.encode())
     return text
 
 
@@ -195,8 +200,8 @@ def test_a_destination_that_cannot_be_reached_is_reported_and_so_is_its_recovery
             (
                 "CreateDestinationRequest",
                 f"<destinationDetails><dId>{DID}</dId><deliveryType>X2andX3</deliveryType>"
-                "<deliveryAddress><ipAddressAndPort><address><IPv4Address>127.0.0.1"
-                f"</IPv4Address></address><port><TCPPort>{mdf_port}</TCPPort></port>"
+                "<deliveryAddress><ipAddressAndPort><c:address><c:IPv4Address>127.0.0.1"
+                f"</c:IPv4Address></c:address><c:port><c:TCPPort>{mdf_port}</c:TCPPort></c:port>"
                 "</ipAddressAndPort></deliveryAddress></destinationDetails>",
             ),
             (

@@ -46,6 +46,7 @@ from tests.interop.harness import (
 )
 from tests.interop.harness.processes import stop_process
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
+from tests.unit.taps.x1_structure import check
 
 pytestmark = pytest.mark.interop
 
@@ -61,6 +62,7 @@ def x1_document(*messages: str) -> str:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
         '<X1Request xmlns="http://uri.etsi.org/03221/X1/2017/10" '
+        'xmlns:c="http://uri.etsi.org/03280/common/2017/07" '
         'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
         + "".join(messages)
         + "</X1Request>"
@@ -83,8 +85,9 @@ def provisioning(mdf_port: int) -> str:
             "CreateDestinationRequest",
             f"<destinationDetails><dId>{DID}</dId><friendlyName>mdf</friendlyName>"
             "<deliveryType>X2andX3</deliveryType><deliveryAddress><ipAddressAndPort>"
-            f"<address><IPv4Address>{LOOPBACK}</IPv4Address></address>"
-            f"<port><TCPPort>{mdf_port}</TCPPort></port></ipAddressAndPort></deliveryAddress>"
+            f"<c:address><c:IPv4Address>{LOOPBACK}</c:IPv4Address></c:address>"
+            f"<c:port><c:TCPPort>{mdf_port}</c:TCPPort></c:port></ipAddressAndPort>"
+            "</deliveryAddress>"
             "</destinationDetails>",
         ),
         x1_message(
@@ -251,6 +254,8 @@ def test_a_targets_call_is_delivered_over_mutual_tls_with_its_media_decrypted(
         answer = curl_x1(pki, x1_port, provisioning(mdf_port))
         assert answer.returncode == 0, answer.stderr
         assert answer.stdout.count("<oK>AcknowledgedAndCompleted</oK>") == 2, answer.stdout
+        check(provisioning(mdf_port).encode())  # curl sent what the TS 103 221-1 XSD allows
+        check(answer.stdout.encode())  # and so is the gateway's answer
         gw.wait_for_log(rf"intercept: connected to destination {DID}")
         security = call_through(gw, tmp_path)
         gw.wait_for_log(r"intercept: call matched task\(s\) " + str(XID))

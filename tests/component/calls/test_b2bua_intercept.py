@@ -33,11 +33,13 @@ from tests.component.calls.test_b2bua_recorder import rtp
 from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.unit.taps.x1_structure import check
 
 CALLER_PORT, CALLEE_PORT = 24620, 24630  # outside the relay's MEDIA_PORTS
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
 NS = "http://uri.etsi.org/03221/X1/2017/10"
+COMMON = "http://uri.etsi.org/03280/common/2017/07"  # TS 103 280: address, port
 
 
 class Admf:
@@ -51,10 +53,12 @@ class Admf:
     async def post(self, address: tuple[str, int], *messages: str) -> tuple[int, str]:
         """POST an X1Request of ``messages``: the HTTP status and the body."""
         body = (
-            f'<X1Request xmlns="{NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+            f'<X1Request xmlns="{NS}" xmlns:c="{COMMON}" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
             + "".join(messages)
             + "</X1Request>"
         ).encode()
+        check(body)  # what we send is what the TS 103 221-1 XSD allows
         stream = await trio.open_ssl_over_tcp_stream(*address, ssl_context=self.context)
         async with stream:
             client = h11.Connection(h11.CLIENT)
@@ -98,8 +102,9 @@ def create_destination(port: int) -> str:
     return message(
         "CreateDestinationRequest",
         f"<destinationDetails><dId>{DID}</dId><friendlyName>mdf</friendlyName>"
-        "<deliveryType>X2andX3</deliveryType><deliveryAddress><ipAddressAndPort><address>"
-        f"<IPv4Address>127.0.0.1</IPv4Address></address><port><TCPPort>{port}</TCPPort></port>"
+        "<deliveryType>X2andX3</deliveryType><deliveryAddress><ipAddressAndPort><c:address>"
+        "<c:IPv4Address>127.0.0.1</c:IPv4Address></c:address>"
+        f"<c:port><c:TCPPort>{port}</c:TCPPort></c:port>"
         "</ipAddressAndPort></deliveryAddress></destinationDetails>",
     )
 
@@ -121,6 +126,7 @@ class Env:
         assert self.tap.x1_server is not None and self.tap.x1_server.address is not None
         status, answer = await self.admf.post(self.tap.x1_server.address, *messages)
         assert status == 200 and "ErrorResponse" not in answer, answer
+        check(answer.encode())
         return answer
 
     async def provision(self, *tasks: str) -> None:
@@ -242,7 +248,7 @@ async def test_a_call_to_a_target_delivers_its_signalling_as_x2_and_its_media_as
 ) -> None:
     caplog.set_level(logging.DEBUG)
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
     b2bua = env.b2bua
     call, talk = await answered_with_media(env, ring=True)
     try:
@@ -277,7 +283,9 @@ async def test_a_call_to_a_target_delivers_its_signalling_as_x2_and_its_media_as
     # One call: one correlation ID, the task's XID, the matched identifier, no gaps.
     assert len({p.correlation for p in x2 + env.x3()}) == 1
     assert {p.xid for p in x2} == {XID}
-    assert {p.attribute(pdu.MATCHED_TARGET) for p in x2} == {ALICE_DID.encode()}
+    assert {p.attribute(pdu.MATCHED_TARGET) for p in x2} == {
+        ALICE_DID[1:].encode()
+    }  # as provisioned: digits only
     sequences = sorted(p.sequence for p in x2 + env.x3())  # type: ignore[type-var]
     assert sequences == list(range(len(sequences)))
     assert all(p.attribute(pdu.IP_PROTOCOL) == b"\x11" for p in x2)
@@ -307,7 +315,7 @@ async def test_a_call_attempt_the_target_refuses_is_delivered_too(
     pki: tuple[TestCa, Issued, Issued],
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
     b2bua = env.b2bua
     call, leg_b = await env.trunk_calls_alice()
     await leg_b.answer(486)
@@ -334,7 +342,7 @@ async def test_an_admf_that_takes_no_reports_changes_nothing_for_calls(
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki, table=table)
     reports = env.tap.reports
     assert reports is not None
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
     call, talk = await answered_with_media(env)
     try:
         await talk.packets(0, 10)
@@ -356,7 +364,7 @@ async def test_calls_of_others_deliver_nothing_and_an_x2_only_task_no_media(
     pki: tuple[TestCa, Issued, Issued],
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
-    await env.provision(activate(f"<e164Number>{BOB_DID}</e164Number>", delivery="X2Only"))
+    await env.provision(activate(f"<e164Number>{BOB_DID[1:]}</e164Number>", delivery="X2Only"))
     b2bua = env.b2bua
     # alice is no target: her call delivers nothing.
     call, leg_b = await env.trunk_calls_alice()
@@ -431,7 +439,7 @@ async def test_a_destination_moved_during_a_call_gets_the_rest_of_it(
     pki: tuple[TestCa, Issued, Issued],
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
     b2bua = env.b2bua
     call, leg_b = await env.trunk_calls_alice()
     await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
@@ -469,7 +477,7 @@ async def test_a_bug_answering_one_x1_request_is_a_500_and_x1_goes_on(
     status, _ = await env.admf.post(env.tap.x1_server.address, create_destination(9))
     assert status == 500
     env.tap.x1.handle = real  # type: ignore[method-assign]
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))  # X1 still serves
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))  # X1 still serves
     assert set(env.tap.provisioning.tasks) == {XID}
 
 
@@ -481,7 +489,7 @@ async def test_a_task_deactivated_during_a_call_delivers_nothing_more_of_it(
     pki: tuple[TestCa, Issued, Issued],
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
     call, talk = await answered_with_media(env)
     try:
         await talk.packets(0)
@@ -510,12 +518,12 @@ async def test_a_task_activated_during_a_call_intercepts_the_rest_of_it(
     try:
         await talk.packets(0)
         assert env.mediation.received == []  # nobody is a target yet
-        await env.x1(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+        await env.x1(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
         await talk.packets(10)
         await eventually(lambda: len(env.x3()) == 20)
         # A second task for the caller's number joins the same sink: its own XID from now on.
         second = uuid.UUID("22222222-2222-4333-8444-555555555555")
-        await env.x1(activate("<e164Number>+15550100</e164Number>", xid=second))
+        await env.x1(activate("<e164Number>15550100</e164Number>", xid=second))
         await talk.packets(20)
         await eventually(lambda: len(env.x3()) == 60)
         await call.bye()
@@ -545,7 +553,7 @@ async def test_another_call_reusing_a_tapped_calls_call_id_is_not_delivered_nor_
     """A Call-ID is not a dialog: a proxy's fork reaching us twice, or a peer reusing one,
     makes a second call with the same Call-ID and another From tag."""
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
     call, leg_b = await env.trunk_calls_alice()
     await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
     assert (await call.final()).status == 200
@@ -571,7 +579,7 @@ async def test_a_targets_outgoing_call_is_matched_on_who_it_is_not_on_what_its_p
     """alice's account is the target by its number (the DID that reaches her); her phone
     withholds its identity and asserts somebody else's. The gateway knows it is alice."""
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
     call = await env.b2bua.alice.invite(
         "sip:+15551234@127.0.0.1:5060",
         extra=[("Privacy", "id"), ("P-Asserted-Identity", "<sip:+15550199@127.0.0.1>")],
@@ -585,7 +593,9 @@ async def test_a_targets_outgoing_call_is_matched_on_who_it_is_not_on_what_its_p
     invites = [p for p in env.x2() if p.payload.startswith(b"INVITE ")]
     assert len(invites) == 2  # hers (authenticated) and ours to the carrier
     assert {p.direction for p in invites} == {pdu.FROM_TARGET}
-    assert {p.attribute(pdu.MATCHED_TARGET) for p in invites} == {ALICE_DID.encode()}
+    assert {p.attribute(pdu.MATCHED_TARGET) for p in invites} == {
+        ALICE_DID[1:].encode()
+    }  # as provisioned: digits only
 
 
 async def test_connections_that_never_finish_a_handshake_do_not_keep_the_admf_out(
@@ -598,7 +608,7 @@ async def test_connections_that_never_finish_a_handshake_do_not_keep_the_admf_ou
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     assert env.tap.x1_server is not None and env.tap.x1_server.address is not None
     silent = [await trio.open_tcp_stream(*env.tap.x1_server.address) for _ in range(20)]
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))  # still served
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))  # still served
     assert set(env.tap.provisioning.tasks) == {XID}
     for stream in silent:
         await stream.aclose()
@@ -614,7 +624,7 @@ async def test_a_target_that_transfers_its_call_away_leaves_the_rest_unintercept
     """alice (the target) takes a trunk's call and transfers it to bob: once bob takes her
     place, the call is between two people who are not targets and nothing more of it goes out."""
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
     bob = await bob_phone(env.b2bua, nursery, voipgw_seed)
     call, leg_b = await env.trunk_calls_alice()
     await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))

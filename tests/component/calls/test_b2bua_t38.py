@@ -303,7 +303,7 @@ async def test_an_intercepted_calls_fax_is_delivered_as_x3_ip_packets(
     ca = test_pki.ca("X1 CA")
     pki = (ca, ca.issue("gw-test"), ca.issue("admf-1"))
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
-    await env.provision(activate(f"<e164Number>{ALICE_DID}</e164Number>"))
+    await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
     b2bua = env.b2bua
     call, talk = await answered_with_media(env)
     ata = b2bua.alice.calls[-1]

@@ -11,6 +11,8 @@ import attrs
 import h11
 import trio
 
+from tests.unit.taps.x1_structure import check
+
 NS = "http://uri.etsi.org/03221/X1/2017/10"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 
@@ -97,6 +99,7 @@ class FakeAdmf:
             await tls.send_all(data)
 
     def _answer(self, body: bytes) -> bytes:
+        check(body)  # every report the gateway sends is what the TS 103 221-1 XSD allows
         root = ET.fromstring(body)
         assert root.tag == f"{{{NS}}}X1Request"
         (message,) = list(root)

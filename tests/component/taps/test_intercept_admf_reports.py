@@ -24,6 +24,7 @@ from gateway.plugins.taps.intercept.tasks import Provisioning
 from tests.component.taps.admf import FakeAdmf
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.unit.taps.x1_structure import check
 
 NS = "http://uri.etsi.org/03221/X1/2017/10"
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
@@ -49,8 +50,9 @@ def provision(port: int) -> list[str]:
         message(
             "CreateDestinationRequest",
             f"<destinationDetails><dId>{DID}</dId><deliveryType>X2andX3</deliveryType>"
-            "<deliveryAddress><ipAddressAndPort><address><IPv4Address>127.0.0.1</IPv4Address>"
-            f"</address><port><TCPPort>{port}</TCPPort></port></ipAddressAndPort>"
+            "<deliveryAddress><ipAddressAndPort><c:address><c:IPv4Address>127.0.0.1"
+            f"</c:IPv4Address></c:address><c:port><c:TCPPort>{port}</c:TCPPort></c:port>"
+            "</ipAddressAndPort>"
             "</deliveryAddress></destinationDetails>",
         ),
         message(
@@ -66,12 +68,15 @@ def provision(port: int) -> list[str]:
 def x1(tap: Interception, *messages: str) -> str:
     """An X1 document through the tap, as its X1 server hands it over."""
     body = (
-        f'<X1Request xmlns="{NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        f'<X1Request xmlns="{NS}" xmlns:c="http://uri.etsi.org/03280/common/2017/07" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
         + "".join(messages)
         + "</X1Request>"
     ).encode()
+    check(body)  # the request and the answer are what the TS 103 221-1 XSD allows
     answer = tap._handle_x1(body).decode()
     assert "ErrorResponse" not in answer, answer
+    check(answer.encode())
     return answer
 
 

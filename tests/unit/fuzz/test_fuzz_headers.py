@@ -27,7 +27,7 @@ from gateway.core.sip.refer import parse_refer, parse_replaces
 from gateway.core.sip.session_timer import parse_min_se, parse_session_expires
 from gateway.plugins.metrics.auth import parse_basic_credentials_untrusted
 from tests.unit.fuzz.mutator import fuzz
-from tests.unit.taps.test_intercept_x1 import destination, document, handler, message, task
+from tests.unit.taps.test_intercept_x1 import T1, T2, destination, document, handler, message, task
 
 VALUES: dict[str, tuple[Callable[[str], object], tuple[type[BaseException], ...], list[str]]] = {
     "uri": (
@@ -145,9 +145,14 @@ def test_x1_documents() -> None:
         document(message("CreateDestinationRequest", destination())),
         document(
             message("CreateDestinationRequest", destination()),
-            message("ActivateTaskRequest", task(), txn="t-2"),
-            message("GetAllDetailsRequest", txn="t-3"),
+            message("ActivateTaskRequest", task(), txn=T2),
+            message("GetAllDetailsRequest", txn=T1),
         ),
-        document(message("PingRequest"), message("DeactivateAllTasksRequest", txn="t-9")),
+        document(message("PingRequest"), message("DeactivateAllTasksRequest", txn=T2)),
+        document(
+            message("ListAllDetailsRequest"),
+            message("GetAllTaskDetailsRequest", txn=T2),
+            message("GetAllDestinationDetailsRequest"),
+        ),
     )
     fuzz("x1", lambda data: handler().handle(data), seeds, ())

@@ -18,6 +18,7 @@ from gateway.plugins.taps.intercept.reports import (
     read_answer_untrusted,
     task_issue,
 )
+from tests.unit.taps.x1_structure import check
 
 NS = "http://uri.etsi.org/03221/X1/2017/10"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -36,7 +37,8 @@ HEADER_ELEMENTS = [
 
 def read_back(document: bytes) -> tuple[str, list[tuple[str, str]]]:
     """The one message of an X1Request as the X1 server reads it: its xsi:type and its
-    children in order (local name, text)."""
+    children in order (local name, text). Every report is checked against the XSD's structure."""
+    check(document)
     root = x1._parse(document)  # the plugin's own reader: UTF-8, no DTD, root X1Request
     assert root.tag == f"{{{NS}}}X1Request"
     (message,) = x1._children(root, "x1RequestMessage")
@@ -136,6 +138,7 @@ def response(kind: str, inner: str, *, txn: uuid.UUID = TXN) -> str:
 
 def test_the_admfs_ok_is_read() -> None:
     body = answer(response("ReportDestinationIssueResponse", "<oK>AcknowledgedAndCompleted</oK>"))
+    check(body)
     result = read_answer_untrusted(body, "ReportDestinationIssue", TXN)
     assert result.ok and result.description == "AcknowledgedAndCompleted"
 
@@ -162,16 +165,19 @@ def test_the_admfs_ok_is_read() -> None:
         ),
         (answer(response("ReportTaskIssueResponse", "<oK>Acknowledged</oK>")), "unexpected"),
         (
+            # The XSD's TopLevelErrorResponse: four header fields, no reason.
             answer(
-                "<admfIdentifier>a</admfIdentifier><errorInformation><errorCode>1</errorCode>"
-                "<errorDescription>bad</errorDescription></errorInformation>",
+                "<admfIdentifier>admf-1</admfIdentifier><neIdentifier>gw-1</neIdentifier>"
+                "<messageTimestamp>2025-11-29T08:00:01.000000Z</messageTimestamp>"
+                "<version>v1.13.1</version>",
                 root="X1TopLevelErrorResponse",
             ),
-            "top-level error: 1 'bad'",
+            "top-level error (X1TopLevelErrorResponse): the ADMF could not read it",
         ),
     ],
 )
 def test_a_refusal_is_an_answer_that_is_not_ok(body: bytes, description: str) -> None:
+    check(body)  # what a conformant ADMF answers
     result = read_answer_untrusted(body, "ReportDestinationIssue", TXN)
     assert not result.ok and description in result.description
 

@@ -64,6 +64,8 @@ import trio
 from gateway.plugins.taps.intercept.x1 import (
     MAX_DOCUMENT,
     NON_TERMINATING_FAULT,
+    SYNTAX_SCHEMA_ERROR,
+    VERSION,
     X1_NAMESPACE,
     XSI_NAMESPACE,
     X1Error,
@@ -76,7 +78,6 @@ from gateway.plugins.taps.intercept.x1 import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "v1.13.1"  # the version our X1 answers carry when the ADMF names none
 MAX_EVENTS = 16  # start-up reports waiting to be sent
 MAX_BACKOFF = 60.0
 REQUEST_TIMEOUT = 10.0  # connect, TLS, request and answer of one POST
@@ -185,24 +186,27 @@ def read_answer_untrusted(body: bytes, kind: str, transaction: uuid.UUID) -> Ans
     not ok (not tried again). Bounded like the X1 server's input: :data:`MAX_DOCUMENT` octets,
     UTF-8, no DTD."""
     if len(body) > MAX_DOCUMENT:
-        raise X1Error("syntax", f"answer larger than {MAX_DOCUMENT} octets")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"answer larger than {MAX_DOCUMENT} octets")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise X1Error("syntax", "answer is not UTF-8") from None
+        raise X1Error(SYNTAX_SCHEMA_ERROR, "answer is not UTF-8") from None
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise X1Error("syntax", "a DTD is not accepted")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, "a DTD is not accepted")
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
-        raise X1Error("syntax", f"answer is not well-formed XML: {exc}") from None
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"answer is not well-formed XML: {exc}") from None
     if _local(root.tag) == "X1TopLevelErrorResponse":
-        return Answer(False, f"top-level error: {_error_text(root)}")
+        # The XSD gives it the header fields only: the ADMF could not read our document.
+        return Answer(
+            False, "top-level error (X1TopLevelErrorResponse): the ADMF could not read it"
+        )
     if _local(root.tag) != "X1Response":
-        raise X1Error("syntax", f"answer's root element {_local(root.tag)[:40]!r}")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"answer's root element {_local(root.tag)[:40]!r}")
     messages = _children(root, "x1ResponseMessage")
     if len(messages) != 1:
-        raise X1Error("syntax", f"{len(messages)} x1ResponseMessages answer one request")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"{len(messages)} x1ResponseMessages answer one request")
     (message,) = messages
     answered = _text(message, "x1TransactionId", required=False)
     if answered != str(transaction):
@@ -502,7 +506,7 @@ async def _exchange(stream: trio.abc.Stream, endpoint: Endpoint, body: bytes) ->
         elif isinstance(event, h11.Data):
             answer += event.data
             if len(answer) > MAX_DOCUMENT:
-                raise X1Error("syntax", f"answer larger than {MAX_DOCUMENT} octets")
+                raise X1Error(SYNTAX_SCHEMA_ERROR, f"answer larger than {MAX_DOCUMENT} octets")
         elif isinstance(event, h11.EndOfMessage):
             return status, bytes(answer)
         elif isinstance(event, h11.ConnectionClosed):

@@ -34,7 +34,23 @@ DELIVERY_TYPES = ("X2Only", "X3Only", "X2andX3")
 
 
 class ProvisioningError(Exception):
-    """A request X1 must refuse; ``str()`` is the description sent back."""
+    """A request X1 must refuse; ``str()`` is the description sent back, ``code`` the TS 103
+    221-1 table 6.7-3 error code naming why (None: the request's generic failure code, such as
+    3000 for an ActivateTask the store refused)."""
+
+    def __init__(self, description: str, code: int | None = None) -> None:
+        super().__init__(description)
+        self.code = code
+
+
+# The codes of TS 103 221-1 table 6.7-3 that these rules answer (see x1.py for the table's
+# source): the ADMF tells "the XID I named is not there" from "something failed" by them.
+XID_EXISTS = 2010
+XID_UNKNOWN = 2020
+DID_EXISTS = 2030
+DID_UNKNOWN = 2040
+DESTINATION_IN_USE = 7010
+DESTINATIONS_IN_USE = 8010
 
 
 @attrs.frozen
@@ -119,19 +135,19 @@ class Provisioning:
 
     def activate(self, task: Task) -> None:
         if task.xid in self.tasks:
-            raise ProvisioningError(f"task {task.xid} exists already")
+            raise ProvisioningError(f"task {task.xid} exists already", XID_EXISTS)
         self._check_task(task)
         self._put_task(task)
 
     def modify(self, task: Task) -> None:
         if task.xid not in self.tasks:
-            raise ProvisioningError(f"no task {task.xid}")
+            raise ProvisioningError(f"no task {task.xid}", XID_UNKNOWN)
         self._check_task(task)
         self._put_task(task)  # one row replaced: the old task stays if the store refuses
 
     def deactivate(self, xid: uuid.UUID) -> None:
         if xid not in self.tasks:
-            raise ProvisioningError(f"no task {xid}")
+            raise ProvisioningError(f"no task {xid}", XID_UNKNOWN)
         self._drop_task(xid)
 
     def deactivate_all(self) -> None:
@@ -140,27 +156,31 @@ class Provisioning:
 
     def create_destination(self, destination: Destination) -> None:
         if destination.did in self.destinations:
-            raise ProvisioningError(f"destination {destination.did} exists already")
+            raise ProvisioningError(f"destination {destination.did} exists already", DID_EXISTS)
         self._put_destination(destination)
 
     def modify_destination(self, destination: Destination) -> None:
         if destination.did not in self.destinations:
-            raise ProvisioningError(f"no destination {destination.did}")
+            raise ProvisioningError(f"no destination {destination.did}", DID_UNKNOWN)
         self._put_destination(destination)
 
     def remove_destination(self, did: uuid.UUID) -> None:
         if did not in self.destinations:
-            raise ProvisioningError(f"no destination {did}")
+            raise ProvisioningError(f"no destination {did}", DID_UNKNOWN)
         users = [str(task.xid) for task in self.tasks.values() if did in task.dids]
         if users:
-            raise ProvisioningError(f"destination {did} is in use by task {users[0]}")
+            raise ProvisioningError(
+                f"destination {did} is in use by task {users[0]}", DESTINATION_IN_USE
+            )
         self._delete("destinations", "did", did)
         del self.destinations[did]
         self.generation += 1
 
     def remove_all_destinations(self) -> None:
         if self.tasks:
-            raise ProvisioningError("destinations are in use by tasks: deactivate them first")
+            raise ProvisioningError(
+                "destinations are in use by tasks: deactivate them first", DESTINATIONS_IN_USE
+            )
         for did in list(self.destinations):
             self.remove_destination(did)
 
@@ -171,7 +191,7 @@ class Provisioning:
             raise ProvisioningError(f"task {task.xid} has no destination")
         for did in task.dids:
             if did not in self.destinations:
-                raise ProvisioningError(f"task {task.xid}: no destination {did}")
+                raise ProvisioningError(f"task {task.xid}: no destination {did}", DID_UNKNOWN)
         if task.delivery_type not in DELIVERY_TYPES:
             raise ProvisioningError(f"task {task.xid}: delivery type {task.delivery_type!r}")
 

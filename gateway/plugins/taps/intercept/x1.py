@@ -8,39 +8,69 @@ in order. Every message carries the same header: ``admfIdentifier``, ``neIdentif
 - ActivateTask, ModifyTask, DeactivateTask, DeactivateAllTasks, GetTaskDetails;
 - CreateDestination, ModifyDestination, RemoveDestination, RemoveAllDestinations,
   GetDestinationDetails;
-- GetAllDetails, GetNEStatus, Ping, Keepalive.
+- GetAllDetails, GetAllTaskDetails, GetAllDestinationDetails, ListAllDetails (the audit an
+  ADMF makes after a restart of either side: every XID and DID held, or all their details),
+  GetAllGenericObjectDetails (answered with its list omitted: this element holds no Generic
+  Objects), GetNEStatus, Ping, Keepalive.
 
-Status answers (GetDestinationDetails, GetTaskDetails, GetNEStatus, GetAllDetails) carry the
-XSD's status elements (TS 103 221-1 XSD v1.23.1, as bundled by siphon-project/siphon-sip):
-``destinationStatus`` = ``destinationDeliveryStatus`` (``activeAndWorking`` or
-``deliveryFault``) and ``listOfFaults``; ``taskStatus`` = ``provisioningStatus`` and
-``listOfFaults``; ``neStatusDetails`` = ``neStatus`` (``OK`` or ``Faults``) and
-``listOfFaults``, each fault an ``unresolvedFault`` (``errorCode``, ``errorDescription``). The
-faults come from the same state the reports to the ADMF are made of (:mod:`.reports`), so a
-destination reported faulty is answered ``deliveryFault`` for as long as it is.
+The documents conform to the TS 103 221-1 XSD v1.23.1 (``TS_103_221_01.xsd``, with the TS 103
+280 v2.17.1 common types it imports, as siphon-project/siphon-sip bundles them under
+``schemas/etsi/``); the tests check every document we emit, and the requests they send, against
+that schema's element structure (tests/unit/taps/x1_structure.py). What the schema says and
+this module follows:
 
-A request that is refused gets an ``ErrorResponse`` naming the request type, with an
-``errorInformation`` (``errorCode``, ``errorDescription``); a document we cannot read at all gets
-an ``X1TopLevelErrorResponse``. Nothing is half-done: a refused request changes nothing.
+- element order is the ``xs:sequence`` order; ``address``, ``port``, ``IPv4Address``,
+  ``IPv6Address`` and ``TCPPort`` inside ``ipAddressAndPort`` are declared in the TS 103 280
+  schema (``elementFormDefault="qualified"``), so they are in its namespace
+  (:data:`COMMON_NAMESPACE`), not X1's; an ``IPv6Address`` is written in full, lowercase
+  (``([0-9a-f]{4}:){7}[0-9a-f]{4}``), an ``e164Number`` is digits only (``[0-9]{1,15}``);
+- identifiers (xId, dId, x1TransactionId) are TS 103 280 UUIDs, lowercase;
+- ``ErrorResponse`` = header, ``requestMessageType`` (the request's name without "Request":
+  ``ActivateTask``), ``errorInformation`` (``errorCode``, ``errorDescription``);
+- ``X1TopLevelErrorResponse`` (a document we cannot read as X1 at all) carries
+  ``admfIdentifier``, ``neIdentifier``, ``messageTimestamp``, ``version`` and nothing else: no
+  transaction id, no reason (the reason is logged on the plugin's logger);
+- status answers: ``destinationStatus`` = ``destinationDeliveryStatus`` (``activeAndWorking``
+  or ``deliveryFault``) and ``listOfFaults``; ``taskStatus`` = ``provisioningStatus`` and
+  ``listOfFaults``; ``neStatusDetails`` = ``neStatus`` (``OK`` or ``Faults``) and
+  ``listOfFaults``, each fault an ``unresolvedFault`` (``errorCode``, ``errorDescription``).
+  The faults come from the same state the reports to the ADMF are made of (:mod:`.reports`),
+  so a destination reported faulty is answered ``deliveryFault`` for as long as it is.
 
-Sources and what is not verified: the ETSI texts were not readable here. Element names come from
-../shared/specs/lawful-intercept.md (several implementations' X1 fixtures agree on them) and,
-for the status elements, from the XSD copy named above; the numeric error codes
-(:data:`ERROR_CODES`) and the X1TopLevelErrorResponse answer are this gateway's (that XSD gives
-X1TopLevelErrorResponse the four header fields and no errorInformation), to be checked against
-the XSD of the version an operator's ADMF speaks. Elements are matched by local name, in
-whatever namespace the ADMF puts them.
+Error codes (``errorCode``) are those of TS 103 221-1 table 6.7-3, as three independent
+implementations transcribe it alike (sipgate/li-lib-x1x2x3 in Java, omec-project/li in Go, and
+a Rust POI's), the most specific one that applies: 1010 a value the schema does not allow,
+1040 an ADMF not listed, 1060 another NE's message, 1080 a request type we do not support,
+2010/2020 an XID that exists already / does not exist, 2030/2040 the same for a DID, 3010 a
+target identifier type we cannot match on, 3050 service types without voice, 6020 a delivery
+address that is not an IP address and TCP port, 7010/8010 destinations in use, and else the
+request's generic failure code (3000 ActivateTask, 3001 ModifyTask, 4000 DeactivateTask, 5000
+DeactivateAllTasks, 6000 CreateDestination, 6001 ModifyDestination, 7000 RemoveDestination,
+8000 RemoveAllDestinations, 1000 otherwise). The header is checked first (1010), then whom
+the message is for (1060, 1040), then its type (1080), then its body.
+
+A task field that would narrow or relabel the interception and that this element cannot
+honour refuses the task rather than being dropped (``productID``, ``taskDetailsExtensions``,
+traffic or IRI policy references, a destination set ``dSId``, ``listOfServiceTypes`` without
+``voice``); fields addressed to a mediation function (``listOfMediationDetails``) or that only
+permit something (``implicitDeactivationAllowed``), and ``correlationID``, are accepted and
+disregarded. Nothing is half-done: a refused request changes nothing, and a document whose
+messages are not all X1 request types is refused whole.
 
 Untrusted input (STYLE.md habit 5): the document must be UTF-8, at most :data:`MAX_DOCUMENT`
 octets and carry no DTD (no ``<!DOCTYPE``: no entity can be declared, so none can be expanded or
 fetched); at most :data:`MAX_MESSAGES` messages and :data:`MAX_TARGETS` targets per task.
-Sans-IO: bytes in, bytes out; the clock is injected.
+Elements are matched by local name, in whatever namespace the ADMF puts them. The requests are
+not validated against the XSD itself at run time (docs/lawful_intercept.md says why): the
+checks here are by hand. Sans-IO: bytes in, bytes out; the clock is injected.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
+import re
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -49,37 +79,107 @@ from xml.sax.saxutils import escape
 from gateway.plugins.taps.intercept.targets import KINDS, TargetError, TargetIdentifier
 from gateway.plugins.taps.intercept.tasks import (
     DELIVERY_TYPES,
+    DID_UNKNOWN,
+    XID_UNKNOWN,
     Destination,
     Provisioning,
     ProvisioningError,
     Task,
 )
 
+log = logging.getLogger(__name__)
+
 X1_NAMESPACE = "http://uri.etsi.org/03221/X1/2017/10"
+COMMON_NAMESPACE = "http://uri.etsi.org/03280/common/2017/07"  # TS 103 280 common types
 XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
+VERSION = "v1.13.1"  # what we say we speak where we do not echo the ADMF's version
 MAX_DOCUMENT = 1_048_576
 MAX_MESSAGES = 100
 MAX_TARGETS = 100
 MAX_NAME = 256  # a target identifier, a friendlyName (a PDU attribute holds at most 65535)
 
-# errorCode values we send (ours; see the module docstring).
-ERROR_CODES = {
-    "syntax": 1000,  # the message cannot be read
-    "not-for-us": 1001,  # another NE's message
-    "unknown-admf": 1002,
-    "unsupported": 1003,  # a request type or target type we do not handle
-    "refused": 1004,  # the state does not allow it (no such task, in use, exists already)
+# TS 103 221-1 table 6.7-3 (module docstring).
+GENERIC_ERROR = 1000
+SYNTAX_SCHEMA_ERROR = 1010
+UNEXPECTED_ADMF = 1040
+UNEXPECTED_NE = 1060
+UNSUPPORTED_REQUEST = 1080
+UNSUPPORTED_TARGET_TYPE = 3010
+UNSUPPORTED_SERVICE_TYPE = 3050
+UNSUPPORTED_DELIVERY_ADDRESS = 6020
+NON_TERMINATING_FAULT = 9020  # errorCode of a fault (table 6.7-3, "Generic non-terminating fault")
+
+# The code of a request that failed for a reason no more specific code names.
+GENERIC_FAILURE = {
+    "ActivateTask": 3000,
+    "ModifyTask": 3001,
+    "DeactivateTask": 4000,
+    "DeactivateAllTasks": 5000,
+    "CreateDestination": 6000,
+    "ModifyDestination": 6001,
+    "RemoveDestination": 7000,
+    "RemoveAllDestinations": 8000,
 }
 
-NON_TERMINATING_FAULT = 9020  # errorCode of a fault (TS 103 221-1 table 6.7-3, omec-project/li)
+# The XSD's RequestMessageType enumeration, less ExtendedRequestMessageType: the request types
+# an X1 document can carry (``<name>Request``). One not listed here is not X1.
+REQUEST_TYPES = (
+    "ActivateTask",
+    "ModifyTask",
+    "DeactivateTask",
+    "DeactivateAllTasks",
+    "GetTaskDetails",
+    "CreateDestination",
+    "ModifyDestination",
+    "RemoveDestination",
+    "RemoveAllDestinations",
+    "GetDestinationDetails",
+    "GetNEStatus",
+    "GetAllDetails",
+    "GetAllTaskDetails",
+    "GetAllDestinationDetails",
+    "GetAllGenericObjectDetails",
+    "ListAllDetails",
+    "ReportTaskIssue",
+    "ReportDestinationIssue",
+    "ReportNEIssue",
+    "Ping",
+    "Keepalive",
+    "CreateObject",
+    "ModifyObject",
+    "GetObject",
+    "DeleteObject",
+    "ListObjectsOfType",
+    "DeleteAllObjects",
+)
+
+# TS 103 280 simple types (patterns of the XSD, anchored as XSD patterns are).
+_UUID = re.compile(r"[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}")
+_VERSION = re.compile(r"v1\.[0-9]+\.[0-9]+")
+_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+_E164 = re.compile(r"[0-9]{1,15}")
+_URI_CHARACTERS = r"[a-zA-Z0-9!#$&-;=?-\[\]_~%]+"  # SIPURI, TELURI
+_TARGET_PATTERNS = {
+    "sipUri": re.compile(r"sips?:" + _URI_CHARACTERS),
+    "telUri": re.compile(r"tel:" + _URI_CHARACTERS),
+    "e164Number": _E164,
+}
+_IPV4 = re.compile(
+    r"((25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
+)
+_IPV6 = re.compile(r"([0-9a-f]{4}:){7}[0-9a-f]{4}")
 
 _HEADER = ("admfIdentifier", "neIdentifier", "messageTimestamp", "version", "x1TransactionId")
 
 
 class X1Error(Exception):
-    def __init__(self, kind: str, description: str) -> None:
+    """A request refused with ``code`` (table 6.7-3; None: the request's generic failure)."""
+
+    def __init__(self, code: int | None, description: str) -> None:
         super().__init__(description)
-        self.kind = kind
+        self.code = code
         self.description = description
 
 
@@ -102,21 +202,30 @@ def _text(element: ET.Element, name: str, *, required: bool = True) -> str:
     child = _child(element, name)
     text = (child.text or "").strip() if child is not None else ""
     if required and not text:
-        raise X1Error("syntax", f"{name} is missing")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"{name} is missing")
     return text
 
 
+def _uuid_text(text: str, name: str) -> uuid.UUID:
+    """A TS 103 280 UUID: the lowercase hexadecimal 8-4-4-4-12 form, nothing else."""
+    if not _UUID.fullmatch(text):
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"{name} is not a UUID: {text[:40]!r}")
+    return uuid.UUID(text)
+
+
 def _uuid(element: ET.Element, name: str) -> uuid.UUID:
-    text = _text(element, name)
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise X1Error("syntax", f"{name} is not a UUID: {text[:40]!r}") from None
+    return _uuid_text(_text(element, name), name)
 
 
 def _message_type(element: ET.Element) -> str:
     value = element.get(f"{{{XSI_NAMESPACE}}}type") or ""
     return value.rsplit(":", 1)[-1]  # "ns1:ActivateTaskRequest" -> "ActivateTaskRequest"
+
+
+def _request_name(kind: str) -> str | None:
+    """``ActivateTask`` for an ``ActivateTaskRequest``; None for what is no X1 request type."""
+    name = kind.removesuffix("Request")
+    return name if kind.endswith("Request") and name in REQUEST_TYPES else None
 
 
 class X1Handler:
@@ -147,50 +256,57 @@ class X1Handler:
         self._ne_fault = ne_fault
         self.changes = 0
         """Requests that changed the provisioning (a caller reconciles its links after one)."""
+        self.top_level_errors = 0
 
     def handle(self, body: bytes) -> bytes:
         try:
             root = _parse(body)
         except X1Error as err:
-            return self._top_level_error(err)
+            return self._top_level_error(None, err.description)
         messages = _children(root, "x1RequestMessage")
         if not messages:
-            return self._top_level_error(X1Error("syntax", "no x1RequestMessage"))
+            return self._top_level_error(root, "no x1RequestMessage")
         if len(messages) > MAX_MESSAGES:  # all refused, none half-done: the ADMF splits it
             return self._top_level_error(
-                X1Error("syntax", f"more than {MAX_MESSAGES} x1RequestMessages in one document")
+                root, f"more than {MAX_MESSAGES} x1RequestMessages in one document"
             )
+        for message in messages:
+            # Not X1 (no ErrorResponse could name its type): the document is refused whole,
+            # before any of its messages changes anything.
+            if _request_name(_message_type(message)) is None:
+                kind = _message_type(message)[:80] or "none"
+                return self._top_level_error(root, f"xsi:type {kind!r} is no X1 request type")
         responses = [self._one(message) for message in messages]
         return _document("X1Response", "".join(responses))
 
     def _one(self, message: ET.Element) -> str:
         kind = _message_type(message)
-        header = {name: _text(message, name, required=False) for name in _HEADER}
+        name = _request_name(kind)
+        assert name is not None
+        header = {field: _text(message, field, required=False) for field in _HEADER}
         try:
+            _check_header(header)
             if header["neIdentifier"] != self.ne_identifier:
                 raise X1Error(
-                    "not-for-us", f"neIdentifier {header['neIdentifier'][:80]!r} is not ours"
+                    UNEXPECTED_NE, f"neIdentifier {header['neIdentifier'][:80]!r} is not ours"
                 )
             if self.admf_identifiers and header["admfIdentifier"] not in self.admf_identifiers:
                 raise X1Error(
-                    "unknown-admf", f"admfIdentifier {header['admfIdentifier'][:80]!r} unknown"
+                    UNEXPECTED_ADMF, f"admfIdentifier {header['admfIdentifier'][:80]!r} unknown"
                 )
-            if not header["x1TransactionId"]:
-                raise X1Error("syntax", "x1TransactionId is missing")
-            handler = self._handlers.get(kind)
+            handler = self._handlers.get(name)
             if handler is None:
-                raise X1Error("unsupported", f"request type {kind[:80]!r} is not supported")
+                raise X1Error(UNSUPPORTED_REQUEST, f"{kind} is not supported")
             body = handler(self, message)
         except X1Error as err:
-            return self._error(kind, header, err)
+            return self._error(name, header, err.code, err.description)
         except ProvisioningError as err:
-            return self._error(kind, header, X1Error("refused", str(err)))
+            return self._error(name, header, err.code, str(err))
         except (ValueError, OSError) as err:
             # A value our checks let through and the store or a parser did not take: this
             # message fails on its own, the document's others keep their answers.
-            return self._error(kind, header, X1Error("refused", f"cannot apply it: {err}"))
-        response_type = kind.removesuffix("Request") + "Response"
-        return self._message(response_type, header, body)
+            return self._error(name, header, None, f"cannot apply it: {err}")
+        return self._message(f"{name}Response", header, body)
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -218,7 +334,7 @@ class X1Handler:
         xid = _uuid(message, "xId")
         task = self.provisioning.tasks.get(xid)
         if task is None:
-            raise ProvisioningError(f"no task {xid}")
+            raise ProvisioningError(f"no task {xid}", XID_UNKNOWN)
         return self._task_response(task)
 
     def _create_destination(self, message: ET.Element) -> str:
@@ -245,20 +361,30 @@ class X1Handler:
         did = _uuid(message, "dId")
         destination = self.provisioning.destinations.get(did)
         if destination is None:
-            raise ProvisioningError(f"no destination {did}")
+            raise ProvisioningError(f"no destination {did}", DID_UNKNOWN)
         return self._destination_response(destination)
 
     def _all_details(self, message: ET.Element) -> str:
-        tasks = "".join(self._task_response(task) for task in self.provisioning.tasks.values())
-        destinations = "".join(
-            self._destination_response(d) for d in self.provisioning.destinations.values()
-        )
-        return (
-            f"{self._ne_status_details()}"
-            f"<listOfTaskResponseDetails>{tasks}</listOfTaskResponseDetails>"
-            f"<listOfDestinationResponseDetails>{destinations}"
-            "</listOfDestinationResponseDetails>"
-        )
+        return f"{self._ne_status_details()}{self._all_tasks()}{self._all_destinations()}"
+
+    def _all_task_details(self, message: ET.Element) -> str:
+        # §6.4.7: holding no task is an empty list, an answer the ADMF can act on.
+        return self._all_tasks()
+
+    def _all_destination_details(self, message: ET.Element) -> str:
+        return self._all_destinations()  # §6.4.8
+
+    def _list_all(self, message: ET.Element) -> str:
+        # §6.4.6: the identifiers only (an ADMF compares them with its own and asks the
+        # details of what differs). ListOfGenericObjectIDs is left out: no Generic Objects.
+        xids = "".join(f"<xId>{xid}</xId>" for xid in self.provisioning.tasks)
+        dids = "".join(f"<dId>{did}</dId>" for did in self.provisioning.destinations)
+        return f"<ListOfXIDs>{xids}</ListOfXIDs><ListOfDIDs>{dids}</ListOfDIDs>"
+
+    def _all_generic_objects(self, message: ET.Element) -> str:
+        # §6.4.9: the list is optional and left out, which says Generic Objects are not
+        # supported (an empty list would say they are and none is held).
+        return ""
 
     def _ne_status(self, message: ET.Element) -> str:
         return self._ne_status_details()
@@ -267,23 +393,39 @@ class X1Handler:
         return _ok()
 
     _handlers: dict[str, Callable[[X1Handler, ET.Element], str]] = {
-        "ActivateTaskRequest": _activate,
-        "ModifyTaskRequest": _modify,
-        "DeactivateTaskRequest": _deactivate,
-        "DeactivateAllTasksRequest": _deactivate_all,
-        "GetTaskDetailsRequest": _task_details,
-        "CreateDestinationRequest": _create_destination,
-        "ModifyDestinationRequest": _modify_destination,
-        "RemoveDestinationRequest": _remove_destination,
-        "RemoveAllDestinationsRequest": _remove_all_destinations,
-        "GetDestinationDetailsRequest": _destination_details,
-        "GetAllDetailsRequest": _all_details,
-        "GetNEStatusRequest": _ne_status,
-        "PingRequest": _ping,
-        "KeepaliveRequest": _ping,
+        "ActivateTask": _activate,
+        "ModifyTask": _modify,
+        "DeactivateTask": _deactivate,
+        "DeactivateAllTasks": _deactivate_all,
+        "GetTaskDetails": _task_details,
+        "CreateDestination": _create_destination,
+        "ModifyDestination": _modify_destination,
+        "RemoveDestination": _remove_destination,
+        "RemoveAllDestinations": _remove_all_destinations,
+        "GetDestinationDetails": _destination_details,
+        "GetAllDetails": _all_details,
+        "GetAllTaskDetails": _all_task_details,
+        "GetAllDestinationDetails": _all_destination_details,
+        "GetAllGenericObjectDetails": _all_generic_objects,
+        "ListAllDetails": _list_all,
+        "GetNEStatus": _ne_status,
+        "Ping": _ping,
+        "Keepalive": _ping,
     }
 
     # -- answers --------------------------------------------------------------------------------
+
+    def _all_tasks(self) -> str:
+        tasks = "".join(self._task_response(task) for task in self.provisioning.tasks.values())
+        return f"<listOfTaskResponseDetails>{tasks}</listOfTaskResponseDetails>"
+
+    def _all_destinations(self) -> str:
+        destinations = "".join(
+            self._destination_response(d) for d in self.provisioning.destinations.values()
+        )
+        return (
+            f"<listOfDestinationResponseDetails>{destinations}</listOfDestinationResponseDetails>"
+        )
 
     def _destination_response(self, destination: Destination) -> str:
         fault = self._destination_fault(destination.did)
@@ -305,54 +447,104 @@ class X1Handler:
         return f"<neStatusDetails><neStatus>{status}</neStatus>{_faults(fault)}</neStatusDetails>"
 
     def _message(self, response_type: str, header: dict[str, str], body: str) -> str:
+        # The echoes must be what the schema allows, or our own answer would not validate: a
+        # transaction id or version the ADMF got wrong is answered (with 1010) under a fresh
+        # id and our version.
+        transaction = header["x1TransactionId"]
+        if not _UUID.fullmatch(transaction):
+            transaction = str(uuid.uuid4())
+        version = header["version"] if _VERSION.fullmatch(header["version"]) else VERSION
         return (
             f'<x1ResponseMessage xsi:type="{response_type}">'
             f"<admfIdentifier>{escape(header['admfIdentifier'])}</admfIdentifier>"
             f"<neIdentifier>{escape(self.ne_identifier)}</neIdentifier>"
             f"<messageTimestamp>{self._timestamp()}</messageTimestamp>"
-            f"<version>{escape(header['version'] or 'v1.13.1')}</version>"
-            f"<x1TransactionId>{escape(header['x1TransactionId'])}</x1TransactionId>"
+            f"<version>{version}</version>"
+            f"<x1TransactionId>{transaction}</x1TransactionId>"
             f"{body}</x1ResponseMessage>"
         )
 
-    def _error(self, kind: str, header: dict[str, str], err: X1Error) -> str:
+    def _error(self, name: str, header: dict[str, str], code: int | None, text: str) -> str:
+        if code is None:
+            code = GENERIC_FAILURE.get(name, GENERIC_ERROR)
         return self._message(
             "ErrorResponse",
             header,
-            f"<requestMessageType>{escape(kind[:80])}</requestMessageType>"
-            f"{_error_information(err)}",
+            f"<requestMessageType>{name}</requestMessageType>"
+            f"<errorInformation><errorCode>{code}</errorCode>"
+            f"<errorDescription>{escape(text)}</errorDescription></errorInformation>",
         )
 
-    def _top_level_error(self, err: X1Error) -> bytes:
-        return _document("X1TopLevelErrorResponse", _error_information(err))
+    def _top_level_error(self, root: ET.Element | None, reason: str) -> bytes:
+        """``X1TopLevelErrorResponse``: the four fields the XSD gives it and no reason, so the
+        reason goes to our log. The ADMF named: the first message's, or the first we take
+        requests from, or none (an empty token)."""
+        self.top_level_errors += 1
+        log.warning("intercept: an X1 document was refused whole: %s", reason)
+        admf = ""
+        first = _child(root, "x1RequestMessage") if root is not None else None
+        if first is not None:
+            admf = _text(first, "admfIdentifier", required=False)
+        if not admf and self.admf_identifiers:
+            admf = self.admf_identifiers[0]
+        return _document(
+            "X1TopLevelErrorResponse",
+            f"<admfIdentifier>{escape(admf)}</admfIdentifier>"
+            f"<neIdentifier>{escape(self.ne_identifier)}</neIdentifier>"
+            f"<messageTimestamp>{self._timestamp()}</messageTimestamp>"
+            f"<version>{VERSION}</version>",
+        )
 
     def _timestamp(self) -> str:
-        at = datetime.datetime.fromtimestamp(self._wall_clock(), tz=datetime.UTC)
-        return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return timestamp(self._wall_clock())
+
+
+def timestamp(at: float) -> str:
+    """A TS 103 280 QualifiedMicrosecondDateTime: six digits of fraction, ``Z``."""
+    moment = datetime.datetime.fromtimestamp(at, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _check_header(header: dict[str, str]) -> None:
+    if not _UUID.fullmatch(header["x1TransactionId"]):
+        raise X1Error(
+            SYNTAX_SCHEMA_ERROR,
+            f"x1TransactionId is not a UUID: {header['x1TransactionId'][:40]!r}",
+        )
+    if not _VERSION.fullmatch(header["version"]):
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"version {header['version'][:40]!r} is not v1.N.N")
+    if not _TIMESTAMP.fullmatch(header["messageTimestamp"]):
+        raise X1Error(
+            SYNTAX_SCHEMA_ERROR,
+            f"messageTimestamp {header['messageTimestamp'][:40]!r} is not a date and time "
+            "with microseconds and a zone",
+        )
 
 
 def _parse(body: bytes) -> ET.Element:
     if len(body) > MAX_DOCUMENT:
-        raise X1Error("syntax", f"document larger than {MAX_DOCUMENT} octets")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"document larger than {MAX_DOCUMENT} octets")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise X1Error("syntax", "document is not UTF-8") from None
+        raise X1Error(SYNTAX_SCHEMA_ERROR, "document is not UTF-8") from None
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise X1Error("syntax", "a DTD is not accepted")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, "a DTD is not accepted")
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
-        raise X1Error("syntax", f"not well-formed XML: {exc}") from None
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"not well-formed XML: {exc}") from None
     if _local(root.tag) != "X1Request":
-        raise X1Error("syntax", f"root element {_local(root.tag)[:80]!r} is not X1Request")
+        raise X1Error(
+            SYNTAX_SCHEMA_ERROR, f"root element {_local(root.tag)[:80]!r} is not X1Request"
+        )
     return root
 
 
 def _required(element: ET.Element, name: str) -> ET.Element:
     found = _child(element, name)
     if found is None:
-        raise X1Error("syntax", f"{name} is missing")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"{name} is missing")
     return found
 
 
@@ -361,82 +553,120 @@ def _task(details: ET.Element) -> Task:
     targets: list[TargetIdentifier] = []
     identifiers = _children(_required(details, "targetIdentifiers"), "targetIdentifier")
     if len(identifiers) > MAX_TARGETS:
-        raise X1Error("syntax", f"more than {MAX_TARGETS} target identifiers")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"more than {MAX_TARGETS} target identifiers")
     for identifier in identifiers:
         if len(identifier) != 1:
-            raise X1Error("syntax", "a targetIdentifier must hold exactly one identifier")
+            raise X1Error(
+                SYNTAX_SCHEMA_ERROR, "a targetIdentifier must hold exactly one identifier"
+            )
         kind = _local(identifier[0].tag)
         if kind not in KINDS:
             raise X1Error(
-                "unsupported",
+                UNSUPPORTED_TARGET_TYPE,
                 f"target identifier type {kind[:40]!r} is not supported "
                 f"(supported: {', '.join(KINDS)})",
             )
         value = (identifier[0].text or "").strip()
         if len(value) > MAX_NAME:
-            raise X1Error("syntax", f"a target identifier longer than {MAX_NAME} characters")
+            raise X1Error(
+                SYNTAX_SCHEMA_ERROR, f"a target identifier longer than {MAX_NAME} characters"
+            )
+        if not _TARGET_PATTERNS[kind].fullmatch(value):
+            # TS 103 280: InternationalE164 is digits only (no "+"); SIPURI and TELURI allow
+            # no space, quote, angle bracket, backslash, caret, backquote, brace or bar.
+            raise X1Error(SYNTAX_SCHEMA_ERROR, f"not a valid {kind}: {value[:80]!r}")
         target = TargetIdentifier(kind, value)
         try:
             target.key  # noqa: B018 - refuses a value we could never match
         except TargetError as err:
-            raise X1Error("syntax", str(err)) from None
+            raise X1Error(SYNTAX_SCHEMA_ERROR, str(err)) from None
         targets.append(target)
     delivery_type = _delivery_type(details)
     dids_element = _required(details, "listOfDIDs")
-    dids = []
-    for element in _children(dids_element, "dId"):
-        try:
-            dids.append(uuid.UUID((element.text or "").strip()))
-        except ValueError:
-            raise X1Error("syntax", "a dId is not a UUID") from None
+    if _children(dids_element, "dSId"):
+        raise X1Error(None, "destination sets (dSId) are not supported: name each dId")
+    dids = [
+        _uuid_text((element.text or "").strip(), "dId")
+        for element in _children(dids_element, "dId")
+    ]
+    _refuse_unhonoured(details)
     return Task(xid, tuple(targets), delivery_type, tuple(dids))
+
+
+def _refuse_unhonoured(details: ET.Element) -> None:
+    """Task fields that would narrow or relabel what is delivered and that we cannot honour:
+    acknowledging the task would run an interception other than the one ordered."""
+    services = _child(details, "listOfServiceTypes")
+    if services is not None:
+        kinds = [(e.text or "").strip() for e in _children(services, "serviceType")]
+        if "voice" not in kinds:
+            raise X1Error(
+                UNSUPPORTED_SERVICE_TYPE,
+                f"this element intercepts voice only, not {', '.join(k[:20] for k in kinds)}",
+            )
+    for name in ("productID", "taskDetailsExtensions"):
+        if _child(details, name) is not None:
+            raise X1Error(None, f"{name} is not supported")
+    for name in ("listOfTrafficPolicyReferences", "listOfIRIPolicyReferences"):
+        element = _child(details, name)
+        if element is not None and len(element):
+            raise X1Error(None, f"{name} is not supported")
 
 
 def _destination(details: ET.Element) -> Destination:
     did = _uuid(details, "dId")
     delivery_type = _delivery_type(details)
     address_element = _required(details, "deliveryAddress")
-    host = port = ""
-    for element in address_element.iter():
-        name = _local(element.tag)
-        if name in ("IPv4Address", "IPv6Address"):
-            host = (element.text or "").strip()
-        elif name in ("TCPPort", "port") and (element.text or "").strip():
-            port = (element.text or "").strip()
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise X1Error("syntax", "deliveryAddress needs an IPv4Address or IPv6Address") from None
-    if getattr(address, "scope_id", None):
-        # A zone ("fe80::1%eth0") names an interface of the ADMF's choosing and can hold text
-        # no socket or certificate check takes: an address is all a destination needs.
-        raise X1Error("syntax", "deliveryAddress: an IPv6 address with a zone is not accepted")
-    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise X1Error("syntax", "deliveryAddress needs a TCPPort between 1 and 65535")
+    address_and_port = _child(address_element, "ipAddressAndPort")
+    if address_and_port is None:
+        raise X1Error(UNSUPPORTED_DELIVERY_ADDRESS, "deliveryAddress must be an ipAddressAndPort")
+    address = _address(_required(address_and_port, "address"))
+    port_element = _required(address_and_port, "port")
+    if _child(port_element, "TCPPort") is None:
+        # TS 103 221-2: X2 and X3 are delivered over TCP.
+        raise X1Error(UNSUPPORTED_DELIVERY_ADDRESS, "deliveryAddress needs a TCPPort")
+    port = _text(port_element, "TCPPort")
+    # TS 103 280 TCPPort: an integer above 1 (minExclusive 1), at most 65535.
+    if not (port.isascii() and port.isdigit()) or not 1 < int(port) < 65536:
+        raise X1Error(SYNTAX_SCHEMA_ERROR, "deliveryAddress needs a TCPPort between 2 and 65535")
     name = _text(details, "friendlyName", required=False)
     if len(name) > MAX_NAME:
-        raise X1Error("syntax", f"friendlyName longer than {MAX_NAME} characters")
-    return Destination(did, (str(address), int(port)), delivery_type, name)
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"friendlyName longer than {MAX_NAME} characters")
+    if _child(details, "destinationDetailsExtensions") is not None:
+        raise X1Error(None, "destinationDetailsExtensions is not supported")
+    return Destination(did, (address, int(port)), delivery_type, name)
+
+
+def _address(element: ET.Element) -> str:
+    """The address of an ``address`` (TS 103 280 IPAddress), as ``ipaddress`` writes it (the
+    form the delivery links and the certificate check use)."""
+    ipv4 = _text(element, "IPv4Address", required=False)
+    ipv6 = _text(element, "IPv6Address", required=False)
+    if ipv4 and _IPV4.fullmatch(ipv4):
+        return str(ipaddress.IPv4Address(".".join(str(int(part)) for part in ipv4.split("."))))
+    if ipv6 and _IPV6.fullmatch(ipv6):
+        # The full form only, so no zone ("fe80::1%eth0": an interface of the ADMF's choosing,
+        # text no socket or certificate check takes) and no embedded IPv4 form.
+        return str(ipaddress.IPv6Address(ipv6))
+    raise X1Error(
+        SYNTAX_SCHEMA_ERROR,
+        "deliveryAddress needs an IPv4Address (dotted decimal) or an IPv6Address "
+        "(eight groups of four lowercase hexadecimal digits)",
+    )
 
 
 def _delivery_type(details: ET.Element) -> str:
     delivery_type = _text(details, "deliveryType")
     if delivery_type not in DELIVERY_TYPES:
         raise X1Error(
-            "syntax", f"deliveryType {delivery_type[:40]!r} is not X2Only, X3Only or X2andX3"
+            SYNTAX_SCHEMA_ERROR,
+            f"deliveryType {delivery_type[:40]!r} is not X2Only, X3Only or X2andX3",
         )
     return delivery_type
 
 
 def _ok() -> str:
     return "<oK>AcknowledgedAndCompleted</oK>"
-
-
-def _error_information(err: X1Error) -> str:
-    return (
-        f"<errorInformation><errorCode>{ERROR_CODES[err.kind]}</errorCode>"
-        f"<errorDescription>{escape(err.description)}</errorDescription></errorInformation>"
-    )
 
 
 def _faults(fault: str | None) -> str:
@@ -450,9 +680,17 @@ def _faults(fault: str | None) -> str:
     )
 
 
+def _target_value(target: TargetIdentifier) -> str:
+    if target.kind == "e164Number":
+        # Digits only (InternationalE164); a task stored before this was checked may hold a
+        # "+" or separators, which name the same number.
+        return "".join(c for c in target.value if c.isascii() and c.isdigit())
+    return target.value
+
+
 def _task_response(task: Task, fault: str | None) -> str:
     targets = "".join(
-        f"<targetIdentifier><{t.kind}>{escape(t.value)}</{t.kind}></targetIdentifier>"
+        f"<targetIdentifier><{t.kind}>{escape(_target_value(t))}</{t.kind}></targetIdentifier>"
         for t in task.targets
     )
     dids = "".join(f"<dId>{did}</dId>" for did in task.dids)
@@ -467,15 +705,21 @@ def _task_response(task: Task, fault: str | None) -> str:
 
 def _destination_xml(destination: Destination) -> str:
     host, port = destination.address
-    family = "IPv6Address" if ":" in host else "IPv4Address"
+    parsed = ipaddress.ip_address(host)
+    if parsed.version == 6:
+        # TS 103 280 IPv6Address: all eight groups, four lowercase digits each.
+        address = f"<c:IPv6Address>{parsed.exploded}</c:IPv6Address>"
+    else:
+        address = f"<c:IPv4Address>{parsed}</c:IPv4Address>"
+    name = destination.friendly_name
     return (
         "<destinationDetails>"
         f"<dId>{destination.did}</dId>"
-        f"<friendlyName>{escape(destination.friendly_name)}</friendlyName>"
-        f"<deliveryType>{destination.delivery_type}</deliveryType>"
+        + (f"<friendlyName>{escape(name)}</friendlyName>" if name else "")
+        + f"<deliveryType>{destination.delivery_type}</deliveryType>"
         "<deliveryAddress><ipAddressAndPort>"
-        f"<address><{family}>{escape(host)}</{family}></address>"
-        f"<port><TCPPort>{port}</TCPPort></port>"
+        f"<c:address>{address}</c:address>"
+        f"<c:port><c:TCPPort>{port}</c:TCPPort></c:port>"
         "</ipAddressAndPort></deliveryAddress></destinationDetails>"
     )
 
@@ -483,5 +727,6 @@ def _destination_xml(destination: Destination) -> str:
 def _document(root: str, body: str) -> bytes:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
-        f'<{root} xmlns="{X1_NAMESPACE}" xmlns:xsi="{XSI_NAMESPACE}">{body}</{root}>'
+        f'<{root} xmlns="{X1_NAMESPACE}" xmlns:c="{COMMON_NAMESPACE}" '
+        f'xmlns:xsi="{XSI_NAMESPACE}">{body}</{root}>'
     ).encode()
