@@ -16,6 +16,7 @@ import trio
 
 from gateway.core.sdp.model import Direction
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sip.message import Response
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, sdp_direction, simple_sdp
 from gateway.testing.sip_agent import Call as SipCall
 from tests.component.calls.b2bua_env import (
@@ -127,6 +128,24 @@ async def pick_up(
     return call
 
 
+async def assert_rtp_between_caller_and_bob(to_caller: Response, to_bob: Response) -> None:
+    """RTP flows both ways between the caller (at CALLER_PORT) and bob's phone (at BOB_PORT)
+    through the relay ports our 200s gave each."""
+    caller_sock, bob_sock = await bind(CALLER_PORT), await bind(BOB_PORT)
+    with caller_sock, bob_sock:
+        caller_to = ("127.0.0.1", parse_sdp_untrusted(to_caller.body).media[0].port)
+        bob_to = ("127.0.0.1", parse_sdp_untrusted(to_bob.body).media[0].port)
+        for seq in range(3):
+            await caller_sock.sendto(rtp(seq, 0x11, 0x1111), caller_to)
+            await bob_sock.sendto(rtp(seq, 0x22, 0x2222), bob_to)
+            await trio.sleep(0.02)
+        with trio.fail_after(2):
+            at_bob = await bob_sock.recv(2048)
+            at_caller = await caller_sock.recv(2048)
+        assert at_bob[12:] == bytes([0x11]) * 160
+        assert at_caller[12:] == bytes([0x22]) * 160
+
+
 async def ringing_alice(env: B2bua, bob: SipAgent) -> tuple[SipCall, SipCall, ET.Element]:
     """The carrier calls alice, her phone rings; bob watches: (caller's call, alice's ringing
     call, the early <dialog> bob was told of)."""
@@ -179,20 +198,7 @@ async def test_bob_picks_up_the_call_ringing_alice(
         seen[account] |= {(direction, state) for _, direction, state in found.dialogs}
     assert seen["bob"] == {("recipient", "confirmed")}
 
-    # Media flows caller <-> bob through the relay.
-    caller_sock, bob_sock = await bind(CALLER_PORT), await bind(BOB_PORT)
-    with caller_sock, bob_sock:
-        caller_to = ("127.0.0.1", parse_sdp_untrusted(to_caller.body).media[0].port)
-        bob_to = ("127.0.0.1", parse_sdp_untrusted(to_bob.body).media[0].port)
-        for seq in range(3):
-            await caller_sock.sendto(rtp(seq, 0x11, 0x1111), caller_to)
-            await bob_sock.sendto(rtp(seq, 0x22, 0x2222), bob_to)
-            await trio.sleep(0.02)
-        with trio.fail_after(2):
-            at_bob = await bob_sock.recv(2048)
-            at_caller = await caller_sock.recv(2048)
-        assert at_bob[12:] == bytes([0x11]) * 160
-        assert at_caller[12:] == bytes([0x22]) * 160
+    await assert_rtp_between_caller_and_bob(to_caller, to_bob)
 
     assert (await picked.bye()).status == 200
     bye = (await env.trunk.next_request("BYE")).request
@@ -381,19 +387,7 @@ async def test_a_late_offer_call_is_picked_up_with_the_pickers_offer(
         "ringing": "alice",
     }
 
-    caller_sock, bob_sock = await bind(CALLER_PORT), await bind(BOB_PORT)
-    with caller_sock, bob_sock:
-        caller_to = ("127.0.0.1", parse_sdp_untrusted(to_caller.body).media[0].port)
-        bob_to = ("127.0.0.1", parse_sdp_untrusted(to_bob.body).media[0].port)
-        for seq in range(3):
-            await caller_sock.sendto(rtp(seq, 0x11, 0x1111), caller_to)
-            await bob_sock.sendto(rtp(seq, 0x22, 0x2222), bob_to)
-            await trio.sleep(0.02)
-        with trio.fail_after(2):
-            at_bob = await bob_sock.recv(2048)
-            at_caller = await caller_sock.recv(2048)
-        assert at_bob[12:] == bytes([0x11]) * 160
-        assert at_caller[12:] == bytes([0x22]) * 160
+    await assert_rtp_between_caller_and_bob(to_caller, to_bob)
     assert (await picked.bye()).status == 200
     await eventually(lambda: env.calls == 0)
 
