@@ -22,6 +22,8 @@ from gateway.testing.sip_agent import Call as SipCall
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
+    T1,
+    TRUNK,
     B2bua,
     assert_media_via_gateway,
     eventually,
@@ -415,6 +417,29 @@ async def test_a_late_offer_pickup_whose_caller_acks_without_an_answer_ends_the_
     assert bye.call_id == incoming.call_id and "cause=488" in (bye.headers.get("Reason") or "")
     await eventually(lambda: env.calls == 0)
     assert bob.requests("BYE") == []  # bob's phone has no dialog to end: it got a 488
+
+
+async def test_a_late_offer_pickup_whose_caller_never_acks_answers_the_picker_481(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """No ACK from the caller for our 200 with the picker's offer within 64*T1 (RFC 3261
+    §13.3.1.4): the call ends, and the picker's INVITE, which waited for the answer that ACK
+    would have brought, gets 481 rather than nothing."""
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    await watch(bob)
+    await next_doc(bob)
+    env.alice.auto = AutoAnswer(ring=True, status=None)
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    await env.alice.next_call()
+    dialog = await early_dialog(bob)
+    env.network.set_link(TRUNK, GW, drop=1.0)  # nothing from the caller arrives any more
+    picked = await pick_up(bob, replaces_of(dialog), sdp=simple_sdp("127.0.0.1", BOB_PORT))
+    assert (await incoming.final()).status == 200
+    started = trio.current_time()
+    refused = await picked.final(timeout=64 * T1 + 10)
+    assert refused.status == 481
+    assert 64 * T1 - 0.1 <= trio.current_time() - started <= 64 * T1 + 1
+    await eventually(lambda: env.calls == 0)
 
 
 async def test_a_pickup_over_a_lossy_network(
