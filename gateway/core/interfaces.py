@@ -345,6 +345,10 @@ class TapSink(Protocol):
     # Optional: ``leg_replaced(side) -> None``: a transfer put another party on ``side``
     # ("a": the caller's, "b": the callee's) of the call; whoever was there has left it.
     #
+    # Optional: ``party_replaced(side, uri) -> None``: the same, with the new party's URI (its
+    # dialog's remote URI: the To of our INVITE to it); a SIPREC client re-INVITEs its recorder
+    # with metadata naming it (RFC 7866 §9). A sink may have both; each is called.
+    #
     # Optional: ``covert = True``: the sink is never named in the call's record, in ``voipgw
     # calls`` or in the core's log lines (an interception must not show to whoever reads them).
     #

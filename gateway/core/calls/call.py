@@ -2968,7 +2968,9 @@ class Call:
         else:
             self.a = _as_a_leg(leg)
         if self.taps is not None:
-            self.taps.leg_replaced(transfer.side.value)  # another party on that side now
+            # Another party on that side now: its URI, for a recorder's metadata (RFC 7865).
+            joined = leg.dialog.remote_uri.uri
+            self.taps.leg_replaced(transfer.side.value, "" if joined is None else str(joined))
         self._apply_keys(self.b)
         # What we keep per side for the transferor's dialog is over: our 2xx to it, our ACK.
         self._retransmit_at.pop(transfer.side, None)

@@ -112,15 +112,18 @@ class CallTaps:
         self._sinks.extend(sinks)
         self._sip_sinks.extend((name, sink) for name, sink in sinks if _wants_sip(sink))
 
-    def leg_replaced(self, side: str) -> None:
-        """A transfer put another party on ``side`` ("a", "b"): sinks that care (an
-        interception of the party who left) hear of it."""
+    def leg_replaced(self, side: str, uri: str = "") -> None:
+        """A transfer put another party, ``uri``, on ``side`` ("a", "b"): sinks that care hear
+        of it, by ``leg_replaced(side)`` (an interception of the party who left) and by
+        ``party_replaced(side, uri)`` (a SIPREC client, whose metadata names the parties)."""
         for name, sink in self._sinks:
             replaced = getattr(sink, "leg_replaced", None)
-            if replaced is None:
-                continue
+            joined = getattr(sink, "party_replaced", None)
             try:
-                replaced(side)
+                if replaced is not None:
+                    replaced(side)
+                if joined is not None:
+                    joined(side, uri)
             except Exception:
                 log.exception("tap %s failed on a transfer", _shown(name, sink))
 

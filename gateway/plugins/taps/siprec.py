@@ -46,9 +46,14 @@ over TLS (§8.3): the configuration requires ``srs`` and ``fallbacks`` to be ``s
 RTCP is not forwarded, so there is no SRTCP. Keys are never logged, never in an error's text
 and never in the call record.
 
-Not done: streams the call adds after its answer, and a transfer's new party in the metadata (the
-copies go on as they are); pause/resume on the operator's request; DTLS-SRTP towards the SRS;
-the ``a=record`` indication to recording-aware phones (RFC 7866 §7).
+A transfer (REFER, blind or attended) that puts another party on one side of the call re-INVITEs
+the SRS with the streams as they are and the metadata again (a complete snapshot, RFC 7866 §9):
+the party who left keeps its id and gains a disassociate-time, the new one (the URI of its
+dialog) joins with an id of its own, and sends and receives what its side does; the session and
+stream ids never change (RFC 7865 §6). The copies go on as they are.
+
+Not done: streams the call adds after its answer; pause/resume on the operator's request;
+DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7).
 """
 
 from __future__ import annotations
@@ -164,24 +169,68 @@ def offer_sdp(
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-def metadata_xml(call: TappedCall, streams: Sequence[RecordedStream], at: float) -> bytes:
-    """The complete metadata (RFC 7865 §8, RFC 7866 §12): one communication session, its two
-    participants, the streams and who sends and receives each."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
-    session_id, caller_id, callee_id = _identifier(), _identifier(), _identifier()
-    sent = {"a_to_b": caller_id, "b_to_a": callee_id}
+@attrs.frozen
+class Participant:
+    """One participant of the recorded session (RFC 7865's ``participant``): its URI, the side
+    of the call it is on ("a": the caller's, sends ``a_to_b``; "b": the callee's), when it joined
+    and, once a transfer replaced it, when it left. Its metadata id is made once and kept in
+    every update (RFC 7865 §6: an id names the same participant for the recording's whole
+    life)."""
+
+    side: str
+    aor: str
+    joined: float
+    left: float | None = None
+    participant_id: str = attrs.field(factory=_identifier)
+
+
+SENDS = {"a": "a_to_b", "b": "b_to_a"}
+"""What each side's participant sends (the other side's direction it receives)."""
+
+
+def call_participants(call: TappedCall, at: float) -> tuple[Participant, ...]:
+    """The recorded call's two parties: the caller's From URI and the request URI."""
+    return (Participant("a", call.from_uri, at), Participant("b", call.to_uri, at))
+
+
+def replaced_party(
+    participants: Sequence[Participant], side: str, uri: str, at: float
+) -> tuple[Participant, ...]:
+    """The participants after a transfer put ``uri`` on ``side`` at ``at``: whoever was there
+    left then (a disassociate-time in RFC 7865's ``participantsessionassoc``), ``uri`` joined
+    then, under a new id; the others are unchanged, ids and all. The one who left stays in the
+    metadata, so the recording says who spoke before the transfer."""
+    kept = [
+        attrs.evolve(party, left=at) if party.side == side and party.left is None else party
+        for party in participants
+    ]
+    return (*kept, Participant(side, uri, at))
+
+
+def metadata_xml(
+    call_id: str,
+    session_id: str,
+    participants: Sequence[Participant],
+    streams: Sequence[RecordedStream],
+    started: float,
+) -> bytes:
+    """The complete metadata (RFC 7865 §8, RFC 7866 §12): one communication session, its
+    participants, the streams and who sends and receives each. Sent whole at the start and again
+    after a transfer (a complete snapshot, RFC 7866 §9), with the same ids for the session,
+    the streams and every participant still known: a participant who left keeps its
+    associate-time and gains a disassociate-time, and sends and receives nothing any more."""
     out = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f"<recording xmlns={quoteattr(NAMESPACE)}>",
         "<datamode>complete</datamode>",
         f"<session session_id={quoteattr(session_id)}>",
-        f"<sipSessionID>{escape(call.call_id)}</sipSessionID>",
+        f"<sipSessionID>{escape(call_id)}</sipSessionID>",
         "</session>",
     ]
-    for participant_id, aor in ((caller_id, call.from_uri), (callee_id, call.to_uri)):
+    for party in participants:
         out += [
-            f"<participant participant_id={quoteattr(participant_id)}>",
-            f"<nameID aor={quoteattr(aor)}/>",
+            f"<participant participant_id={quoteattr(party.participant_id)}>",
+            f"<nameID aor={quoteattr(party.aor)}/>",
             "</participant>",
         ]
     for stream in streams:
@@ -192,24 +241,33 @@ def metadata_xml(call: TappedCall, streams: Sequence[RecordedStream], at: float)
         ]
     out += [
         f"<sessionrecordingassoc session_id={quoteattr(session_id)}>",
-        f"<associate-time>{stamp}</associate-time>",
+        f"<associate-time>{_stamp(started)}</associate-time>",
         "</sessionrecordingassoc>",
     ]
-    for participant_id in (caller_id, callee_id):
+    for party in participants:
         out += [
-            f"<participantsessionassoc participant_id={quoteattr(participant_id)} "
+            f"<participantsessionassoc participant_id={quoteattr(party.participant_id)} "
             f"session_id={quoteattr(session_id)}>",
-            f"<associate-time>{stamp}</associate-time>",
-            "</participantsessionassoc>",
+            f"<associate-time>{_stamp(party.joined)}</associate-time>",
         ]
-    for participant_id in (caller_id, callee_id):
-        out.append(f"<participantstreamassoc participant_id={quoteattr(participant_id)}>")
+        if party.left is not None:
+            out.append(f"<disassociate-time>{_stamp(party.left)}</disassociate-time>")
+        out.append("</participantsessionassoc>")
+    for party in participants:
+        if party.left is not None:
+            continue  # RFC 7865 participantstreamassoc: it no longer sends or receives any stream
+        out.append(f"<participantstreamassoc participant_id={quoteattr(party.participant_id)}>")
         for stream in streams:
-            kind = "send" if sent[stream.direction] == participant_id else "recv"
+            kind = "send" if SENDS[party.side] == stream.direction else "recv"
             out.append(f"<{kind}>{stream.stream_id}</{kind}>")
         out.append("</participantstreamassoc>")
     out.append("</recording>")
     return ("\r\n".join(out) + "\r\n").encode()
+
+
+def _stamp(at: float) -> str:
+    """An XML dateTime in UTC (RFC 7865 §6: associate-time and disassociate-time)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def multipart(parts: Sequence[tuple[Sequence[tuple[str, str]], bytes]]) -> tuple[str, bytes]:
@@ -340,6 +398,12 @@ class SiprecSink:
         # outbound SRTP context of each stream the SRS accepted.
         self._negotiations: list[SdesNegotiation] = []
         self._srtp: dict[tuple[int, str], OutboundSrtpSession] = {}
+        # The metadata's ids and parties, kept for every update (RFC 7865 §6); a transfer
+        # changes the parties and makes the next re-INVITE carry the metadata again.
+        self._started = time.time()
+        self._metadata_session_id = _identifier()
+        self._participants = call_participants(call, self._started)
+        self._metadata_changed = False
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
         self._queue.put(stream_id, direction, rtp, now)
@@ -350,6 +414,14 @@ class SiprecSink:
     def streams_changed(self, media: tuple[TappedMedia, ...]) -> None:
         """The call was held, resumed or its codecs changed: re-INVITE the SRS (its task)."""
         self._media = media
+        self._changed.set()
+
+    def party_replaced(self, side: str, uri: str) -> None:
+        """A transfer put ``uri`` on ``side`` of the call: re-INVITE the SRS with metadata that
+        says the party there left now and ``uri`` joined (RFC 7866 §9; RFC 7865's
+        ``participantsessionassoc``); the streams, and the copies, go on as they are."""
+        self._participants = replaced_party(self._participants, side, uri, time.time())
+        self._metadata_changed = True
         self._changed.set()
 
     async def run(self) -> None:
@@ -404,7 +476,8 @@ class SiprecSink:
         sockets: list[trio.socket.SocketType],
     ) -> None:
         """Re-INVITE the SRS after each change of the call's streams (RFC 7866 §8.1.2): held
-        streams inactive, resumed ones sendonly again, new codecs declared. Streams the call
+        streams inactive, resumed ones sendonly again, new codecs declared; after a transfer,
+        with the metadata naming the new party beside the SDP (RFC 7866 §9). Streams the call
         adds later are not recorded."""
         ports = [sock.getsockname()[1] for sock in sockets]
         while not session.ended.is_set():
@@ -425,10 +498,14 @@ class SiprecSink:
                 version=self._sdp_version,
                 crypto=_crypto_of(negotiations),
             )
-            status = await session.update(
-                offer, "application/sdp", secure_only=negotiations is not None
-            )
+            content_type, body = "application/sdp", offer
+            with_metadata, self._metadata_changed = self._metadata_changed, False
+            if with_metadata:
+                content_type, body = self._with_metadata(offer, current)
+            status = await session.update(body, content_type, secure_only=negotiations is not None)
             if status is None or not 200 <= status < 300:
+                # The parties changed all the same: the next re-INVITE says so again.
+                self._metadata_changed = self._metadata_changed or with_metadata
                 # RFC 3264 §8: a failed re-offer leaves the session, and its keys, as they were.
                 log.warning(
                     "SIPREC: call %s: the SRS refused an update (%s)", self.call.call_id, status
@@ -499,25 +576,34 @@ class SiprecSink:
         ports: list[int],
         negotiations: list[SdesNegotiation] | None,
     ) -> tuple[str, bytes]:
+        offer = offer_sdp(
+            streams,
+            self._address,
+            ports,
+            session_id=self._sdp_session_id,
+            version=self._sdp_version,
+            crypto=_crypto_of(negotiations),
+        )
+        return self._with_metadata(offer, streams)
+
+    def _with_metadata(self, offer: bytes, streams: list[RecordedStream]) -> tuple[str, bytes]:
+        """The SDP offer and the metadata as it stands, in one multipart body (RFC 7866 §8)."""
+        metadata = metadata_xml(
+            self.call.call_id,
+            self._metadata_session_id,
+            self._participants,
+            streams,
+            self._started,
+        )
         return multipart(
             [
-                (
-                    [("Content-Type", "application/sdp")],
-                    offer_sdp(
-                        streams,
-                        self._address,
-                        ports,
-                        session_id=self._sdp_session_id,
-                        version=self._sdp_version,
-                        crypto=_crypto_of(negotiations),
-                    ),
-                ),
+                ([("Content-Type", "application/sdp")], offer),
                 (
                     [
                         ("Content-Type", METADATA_TYPE),
                         ("Content-Disposition", "recording-session"),
                     ],
-                    metadata_xml(self.call, streams, time.time()),
+                    metadata,
                 ),
             ]
         )

@@ -6,13 +6,16 @@ the in-memory network; the call's RTP and the copies the gateway sends the SRS r
   a multipart body with an SDP of two sendonly labelled streams and the RFC 7865 metadata; each
   direction's packets reach the SRS port its answer gave for that label; the call's end BYEs it;
 - an SRS that refuses leaves the call going, unrecorded;
-- an SRS that hangs up stops the copies, and the call goes on.
+- an SRS that hangs up stops the copies, and the call goes on;
+- a blind transfer re-INVITEs the SRS with metadata naming the new party (RFC 7866 §9), the
+  one who left disassociated, every id kept; the copies go on.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import trio
@@ -20,9 +23,16 @@ import trio
 import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.plugins.taps.siprec import srs_sdp
+from gateway.plugins.taps.siprec import NAMESPACE, srs_sdp
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
-from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    GW,
+    RING_AND_ANSWER,
+    B2bua,
+    eventually,
+    start_b2bua,
+)
 from tests.component.calls.dtls_phone import bind
 
 SRS = ("127.0.0.9", 5060)
@@ -215,3 +225,145 @@ async def test_a_hold_and_a_resume_re_invite_the_srs(
     assert await srs_directions() == ["sendonly", "sendonly"]
     await call.bye()  # type: ignore[attr-defined]
     await srs.next_request("BYE", timeout=10)
+
+
+NS = {"r": NAMESPACE}
+BOB_MEDIA_PORT = 24730
+
+
+def metadata_of(body: bytes) -> ET.Element:
+    """The RFC 7865 document of a multipart body (parsing it proves it well-formed)."""
+    found = re.search(rb"<\?xml.*</recording>", body, re.DOTALL)
+    assert found is not None, body
+    return ET.fromstring(found.group(0))
+
+
+def participants_of(root: ET.Element) -> dict[str | None, str | None]:
+    """participant_id -> the aor it names."""
+    return {
+        p.get("participant_id"): p.find("r:nameID", NS).get("aor")  # type: ignore[union-attr]
+        for p in root.findall("r:participant", NS)
+    }
+
+
+async def test_a_blind_transfer_re_invites_the_srs_with_the_new_party_and_the_copies_go_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed)
+    bob = SipAgent(
+        env.network,
+        ("127.0.0.4", 5060),
+        ids=SeededIds(voipgw_seed + 3),
+        user="bob",
+        password="bob-password-1",
+        proxy=GW,
+        auto=RING_AND_ANSWER,
+        media_port=BOB_MEDIA_PORT,
+    )
+    await nursery.start(bob.serve)
+    assert (await bob.register()).status == 200
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    alice_leg = await env.alice.next_call()
+    port_to_alice = parse_sdp_untrusted(alice_leg.invite.body).media[0].port
+    await alice_leg.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    to_caller_side = ("127.0.0.1", parse_sdp_untrusted(final.body).media[0].port)
+    await env.alice.next_request("ACK")
+
+    recording = await srs.next_call()
+    first = metadata_of(recording.invite.body)
+    (session_id,) = [s.get("session_id") for s in first.findall("r:session", NS)]
+    stream_ids = {
+        s.findtext("r:label", namespaces=NS): s.get("stream_id")
+        for s in first.findall("r:stream", NS)
+    }
+    before = participants_of(first)
+    assert len(before) == 2 and "sip:bob@" not in str(before.values())
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+
+    # alice (the callee) transfers the caller to bob, blind (RFC 3515), and hangs up.
+    exchange = await alice_leg.request("REFER", extra=[("Refer-To", "<sip:bob@127.0.0.1:5060>")])
+    assert (await exchange.final()).status == 202
+    while sipfrag(await env.alice.next_request("NOTIFY", timeout=30)) != "SIP/2.0 200 OK":
+        pass
+    assert (await alice_leg.bye()).status == 200
+
+    # The SRS hears of it in its recording dialog: a re-INVITE with the metadata again (one
+    # for the streams alone, if bob's answer changed them, may come first).
+    update = None
+    for _ in range(3):
+        received = await srs.next_request("INVITE", timeout=10)
+        assert received.request.call_id == recording.invite.call_id
+        await srs.respond(received, 200, body=srs_answer(), content_type="application/sdp")
+        if b"<recording" in received.request.body:
+            update = received.request
+            break
+    assert update is not None
+    content_type = update.headers.get("Content-Type") or ""
+    assert content_type.startswith("multipart/mixed;boundary=")
+    offer = parse_sdp_untrusted(srs_sdp(content_type, update.body))
+    assert [m.attributes.get("label") for m in offer.media] == ["1", "2"]
+    assert all(m.attributes.has("sendonly") for m in offer.media)
+    root = metadata_of(update.body)
+    assert root.tag == f"{{{NAMESPACE}}}recording"
+    assert [s.get("session_id") for s in root.findall("r:session", NS)] == [session_id]
+    assert {
+        s.findtext("r:label", namespaces=NS): s.get("stream_id")
+        for s in root.findall("r:stream", NS)
+    } == stream_ids
+    after = participants_of(root)
+    assert {k: v for k, v in after.items() if k in before} == before  # ids and aors kept
+    (bob_id,) = [k for k in after if k not in before]
+    assert str(after[bob_id]).startswith("sip:bob@")
+    caller_id, alice_id = before  # in the order the first metadata gave them: caller, callee
+    assert str(before[caller_id]).startswith("sip:+1")  # the trunk's caller
+    left = {
+        a.get("participant_id"): a.findtext("r:disassociate-time", namespaces=NS)
+        for a in root.findall("r:participantsessionassoc", NS)
+    }
+    assert left[caller_id] is None and left[bob_id] is None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", left[alice_id] or "")
+    relations = {
+        a.get("participant_id"): (
+            [e.text for e in a.findall("r:send", NS)],
+            [e.text for e in a.findall("r:recv", NS)],
+        )
+        for a in root.findall("r:participantstreamassoc", NS)
+    }
+    assert relations == {
+        caller_id: ([stream_ids["1"]], [stream_ids["2"]]),
+        bob_id: ([stream_ids["2"]], [stream_ids["1"]]),
+    }
+
+    # The copies go on: the caller's and now bob's packets reach the SRS, each in its stream.
+    bob_sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await bob_sock.bind(("127.0.0.4", BOB_MEDIA_PORT))
+    with (
+        bob_sock,
+        await bind(CALLER_PORT) as caller,
+        await bind(SRS_PORT) as srs_caller,
+        await bind(SRS_PORT + 2) as srs_callee,
+    ):
+        for seq in range(10):
+            await caller.sendto(rtp(seq, 0x11, 0x1111), to_caller_side)
+            await bob_sock.sendto(rtp(seq, 0x33, 0x3333), ("127.0.0.1", port_to_alice))
+            await trio.sleep(0.02)
+        got: dict[str, list[bytes]] = {"caller": [], "bob": []}
+        for name, sock in (("caller", srs_caller), ("bob", srs_callee)):
+            with trio.move_on_after(2):
+                while len(got[name]) < 10:
+                    data, _ = await sock.recvfrom(2048)
+                    got[name].append(data)
+    assert got["caller"] == [rtp(seq, 0x11, 0x1111) for seq in range(10)]
+    assert got["bob"] == [rtp(seq, 0x33, 0x3333) for seq in range(10)]
+
+    await call.bye()  # type: ignore[attr-defined]
+    bye = await srs.next_request("BYE", timeout=10)
+    assert bye.request.call_id == recording.invite.call_id
+    await eventually(lambda: env.calls == 0)
+
+
+def sipfrag(notify: object) -> str:
+    return notify.request.body.decode().strip()  # type: ignore[attr-defined]

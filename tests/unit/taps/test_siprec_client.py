@@ -18,10 +18,12 @@ from gateway.plugins.taps.siprec import (
     NAMESPACE,
     SiprecClient,
     SiprecConfig,
+    call_participants,
     metadata_xml,
     multipart,
     offer_sdp,
     recorded_streams,
+    replaced_party,
     srs_destinations,
     srs_sdp,
 )
@@ -71,7 +73,8 @@ def test_the_offer_is_sendonly_with_the_calls_codecs_and_labels() -> None:
 
 def test_the_metadata_is_well_formed_and_says_who_sends_what() -> None:
     streams = recorded_streams(CALL.media)
-    root = ET.fromstring(metadata_xml(CALL, streams, 1_700_000_000.0))
+    parties = call_participants(CALL, 1_700_000_000.0)
+    root = ET.fromstring(metadata_xml(CALL.call_id, "c2Vzc2lvbg==", parties, streams, 1.7e9))
     assert root.tag == f"{{{NAMESPACE}}}recording"
     assert root.findtext("r:datamode", namespaces=NS) == "complete"
     aors = [n.get("aor") for n in root.findall("r:participant/r:nameID", NS)]
@@ -89,6 +92,80 @@ def test_the_metadata_is_well_formed_and_says_who_sends_what() -> None:
     assert root.findtext("r:sessionrecordingassoc/r:associate-time", namespaces=NS) == (
         "2023-11-14T22:13:20Z"
     )
+
+
+def _associations(root: ET.Element) -> dict[str, tuple[str | None, str | None]]:
+    """Each participant's (associate-time, disassociate-time), by its id."""
+    return {
+        str(assoc.get("participant_id")): (
+            assoc.findtext("r:associate-time", namespaces=NS),
+            assoc.findtext("r:disassociate-time", namespaces=NS),
+        )
+        for assoc in root.findall("r:participantsessionassoc", NS)
+    }
+
+
+def test_after_a_transfer_the_metadata_keeps_its_ids_and_names_who_left_and_who_joined() -> None:
+    streams = recorded_streams((AUDIO,))
+    before = call_participants(CALL, 1_700_000_000.0)
+    # The callee's side is transferred to bob 90 s later.
+    after = replaced_party(before, "b", "sip:bob&co@gw", 1_700_000_090.0)
+    assert after[:1] == before[:1]  # the caller is untouched, id and all
+    assert after[1].participant_id == before[1].participant_id and after[1].left == 1_700_000_090.0
+    assert after[2].participant_id not in {p.participant_id for p in before}
+    first = ET.fromstring(metadata_xml(CALL.call_id, "c2Vzc2lvbg==", before, streams, 1.7e9))
+    update = ET.fromstring(metadata_xml(CALL.call_id, "c2Vzc2lvbg==", after, streams, 1.7e9))
+    assert update.tag == f"{{{NAMESPACE}}}recording"  # well-formed, in the RFC 7865 namespace
+    assert update.findtext("r:datamode", namespaces=NS) == "complete"
+
+    def ids(root: ET.Element, path: str, attribute: str) -> list[str | None]:
+        return [element.get(attribute) for element in root.findall(path, NS)]
+
+    # The session and the streams keep their ids; the known participants keep theirs.
+    assert ids(update, "r:session", "session_id") == ids(first, "r:session", "session_id")
+    assert ids(update, "r:stream", "stream_id") == ids(first, "r:stream", "stream_id")
+    assert set(ids(update, "r:stream", "session_id")) == {"c2Vzc2lvbg=="}
+    caller_id, callee_id = ids(first, "r:participant", "participant_id")
+    new_id = after[2].participant_id
+    assert ids(update, "r:participant", "participant_id") == [caller_id, callee_id, new_id]
+    aors = [n.get("aor") for n in update.findall("r:participant/r:nameID", NS)]
+    assert aors == [CALL.from_uri, CALL.to_uri, "sip:bob&co@gw"]
+    # The callee left at the transfer, bob joined then; the caller is associated throughout.
+    assert _associations(first) == {
+        caller_id: ("2023-11-14T22:13:20Z", None),
+        callee_id: ("2023-11-14T22:13:20Z", None),
+    }
+    assert _associations(update) == {
+        caller_id: ("2023-11-14T22:13:20Z", None),
+        callee_id: ("2023-11-14T22:13:20Z", "2023-11-14T22:14:50Z"),
+        new_id: ("2023-11-14T22:14:50Z", None),
+    }
+    # bob sends what the callee's side sends (label 2) and receives the caller's (label 1);
+    # the callee who left sends and receives nothing.
+    labels = {
+        s.get("stream_id"): s.findtext("r:label", namespaces=NS)
+        for s in update.findall("r:stream", NS)
+    }
+    relations = {
+        assoc.get("participant_id"): (
+            [labels[e.text] for e in assoc.findall("r:send", NS)],
+            [labels[e.text] for e in assoc.findall("r:recv", NS)],
+        )
+        for assoc in update.findall("r:participantstreamassoc", NS)
+    }
+    assert relations == {caller_id: (["1"], ["2"]), new_id: (["2"], ["1"])}
+
+
+def test_a_second_transfer_of_the_same_side_disassociates_only_the_party_there() -> None:
+    first = replaced_party(call_participants(CALL, 100.0), "b", "sip:bob@gw", 200.0)
+    second = replaced_party(first, "b", "sip:carol@gw", 300.0)
+    assert [(p.aor, p.left) for p in second] == [
+        (CALL.from_uri, None),
+        (CALL.to_uri, 200.0),  # left at the first transfer, not again
+        ("sip:bob@gw", 300.0),
+        ("sip:carol@gw", None),
+    ]
+    assert [p.participant_id for p in second[:3]] == [p.participant_id for p in first]
 
 
 def test_the_multipart_body_carries_both_parts_and_the_sdp_is_found_again() -> None:
