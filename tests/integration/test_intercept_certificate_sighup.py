@@ -3,7 +3,8 @@ the SIP ``tls`` transport and the metrics exporter (plain HTTP) run beside it on
 
 1. A new X1 connection (the ADMF's client certificate) gets certificate A.
 2. B is copied over A's files, SIGHUP: a new X1 connection gets B and a Ping is answered over
-   it; the plugin's own logger says what it loaded.
+   it; an X1 connection made on A before answers on; the plugin's own logger says what it
+   loaded.
 3. B's certificate with A's key (a broken deploy), SIGHUP: the plugin's logger says it kept its
    certificates, naming the keys; new X1 connections still get B.
 4. Neither the metrics exposition nor any log line of another logger names the interception
@@ -15,6 +16,7 @@ the SIP ``tls`` transport and the metrics exporter (plain HTTP) run beside it on
 from __future__ import annotations
 
 import hashlib
+import http.client
 import re
 import shutil
 import signal
@@ -126,10 +128,8 @@ def admf_context(pki: Pki) -> ssl.SSLContext:
     return context
 
 
-def x1_ping(pki: Pki, port: int) -> tuple[str, str]:
-    """A new X1 connection: the SHA-256 fingerprint of the certificate it got, and the answer
-    to a Ping sent over it."""
-    body = (
+def ping_document() -> bytes:
+    return (
         f'<X1Request xmlns="{NS}" xmlns:c="{COMMON}" xmlns:xsi="{XSI}">'
         '<x1RequestMessage xsi:type="PingRequest"><admfIdentifier>admf-1</admfIdentifier>'
         "<neIdentifier>gw-int</neIdentifier>"
@@ -137,6 +137,12 @@ def x1_ping(pki: Pki, port: int) -> tuple[str, str]:
         f"<version>v1.13.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
         "</x1RequestMessage></X1Request>"
     ).encode()
+
+
+def x1_ping(pki: Pki, port: int) -> tuple[str, str]:
+    """A new X1 connection: the SHA-256 fingerprint of the certificate it got, and the answer
+    to a Ping sent over it."""
+    body = ping_document()
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as tcp,
         admf_context(pki).wrap_socket(tcp, server_hostname="127.0.0.1") as tls,
@@ -151,6 +157,28 @@ def x1_ping(pki: Pki, port: int) -> tuple[str, str]:
         while chunk := tls.recv(65536):
             answer += chunk
     return hashlib.sha256(der).hexdigest(), answer.decode(errors="replace")
+
+
+class KeptAlive:
+    """An ADMF's X1 connection kept open across reloads (HTTP/1.1 keep-alive)."""
+
+    def __init__(self, pki: Pki, port: int) -> None:
+        self.connection = http.client.HTTPSConnection(
+            "127.0.0.1", port, context=admf_context(pki), timeout=10
+        )
+        self.connection.connect()
+        assert self.connection.sock is not None
+        der = self.connection.sock.getpeercert(binary_form=True)  # type: ignore[attr-defined]
+        self.fingerprint = hashlib.sha256(der or b"").hexdigest()
+        self.socket = self.connection.sock
+
+    def ping(self) -> str:
+        self.connection.request("POST", "/X1", ping_document(), {"Content-Type": "application/xml"})
+        answer = self.connection.getresponse()
+        text = answer.read().decode()
+        assert self.connection.sock is self.socket  # the same connection, not a new one
+        assert answer.status == 200 and "PingResponse" in text, text
+        return text
 
 
 def telling(pki: Pki, live: Path) -> list[str]:
@@ -191,6 +219,9 @@ def test_sighup_reloads_li_certificates_and_neither_metrics_nor_the_ordinary_log
     fingerprint, answer = x1_ping(pki, running.x1)
     assert fingerprint == x1_a.fingerprint
     assert answer.startswith("HTTP/1.1 200 ") and "PingResponse" in answer, answer
+    kept = KeptAlive(pki, running.x1)
+    assert kept.fingerprint == x1_a.fingerprint
+    kept.ping()
 
     # 2. B over A (and over the SIP transport's files: its reload is the ordinary one).
     install(x1_b, live / "x1.crt", live / "x1.key")
@@ -208,6 +239,7 @@ def test_sighup_reloads_li_certificates_and_neither_metrics_nor_the_ordinary_log
     fingerprint, answer = x1_ping(pki, running.x1)
     assert fingerprint == x1_b.fingerprint
     assert answer.startswith("HTTP/1.1 200 ") and "PingResponse" in answer, answer
+    kept.ping()  # the connection made on A goes on
     first = lines
 
     # 3. A broken deploy: A's certificate with B's key.
@@ -223,6 +255,8 @@ def test_sighup_reloads_li_certificates_and_neither_metrics_nor_the_ordinary_log
     fingerprint, answer = x1_ping(pki, running.x1)
     assert fingerprint == x1_b.fingerprint
     assert answer.startswith("HTTP/1.1 200 ") and "PingResponse" in answer, answer
+    kept.ping()
+    kept.connection.close()
 
     # 4. Nothing else tells: not the metrics ...
     scrape = curl("--fail", f"http://127.0.0.1:{running.metrics}/metrics")
