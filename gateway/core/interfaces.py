@@ -817,7 +817,9 @@ class ReloadableCertificates(Protocol):
     every file first and either swaps in new contexts for new handshakes (connections already
     up keep theirs) and returns what it loaded, or raises :class:`ReloadError` and keeps
     everything it had. ``loaded_certificates()`` says what it serves now (read at each
-    scrape: return a kept value)."""
+    scrape: return a kept value). Optional: ``covert = True`` (an interception) keeps it out of
+    the counts, the metrics and the core's log lines; its outcome is logged on its own module's
+    logger (gateway/core/reload.py)."""
 
     def reload_certificates(self) -> tuple[LoadedCertificate, ...]: ...
 

@@ -14,6 +14,13 @@ every file it uses loaded and passed the start-up checks and new handshakes use 
 raised ``ReloadError`` and kept what it had. One object's failure never stops another's
 reload. Connections already up keep the contexts they were made with (OpenSSL counts its
 references), so calls on them are untouched. Nothing here runs per call or per packet.
+
+A holder with ``covert = True`` (lawful interception: that it is configured must not show to
+whoever reads the ordinary log or the metrics) reloads like the others, but is never counted,
+never in ``plugins``, ``statistics()`` or ``certificates()`` (the metrics), nor in the reports
+``reload()`` returns; its lines go to the logger of the module that defines its class (the
+plugin's own logger), never this module's. A gateway with only covert holders logs what one
+with none logs.
 """
 
 from __future__ import annotations
@@ -51,6 +58,12 @@ class _Holder:
     plugin: str
     name: str
     holder: Any = attrs.field(eq=False)
+    covert: bool = False
+
+    @property
+    def log(self) -> logging.Logger:
+        """Where this holder's reload lines go: a covert one's to its own plugin's logger."""
+        return logging.getLogger(type(self.holder).__module__) if self.covert else log
 
 
 class CertificateReloads:
@@ -58,7 +71,8 @@ class CertificateReloads:
     and how their reloads went."""
 
     def __init__(self, plugins: Plugins) -> None:
-        self._holders = _holders(plugins)
+        self._all = _holders(plugins)
+        self._holders = [holder for holder in self._all if not holder.covert]  # the named ones
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
     @property
@@ -67,29 +81,32 @@ class CertificateReloads:
         return list(dict.fromkeys(holder.plugin for holder in self._holders))
 
     def reload(self) -> list[ReloadReport]:
-        """Ask every holder to reload; each outcome is logged and counted."""
+        """Ask every holder to reload; each outcome is logged and counted (a covert holder's is
+        logged on its own logger only, and neither counted nor returned)."""
         if not self._holders:
             log.info("reload: no enabled plugin holds certificates; nothing to do")
-        reports = [self._reload_one(holder) for holder in self._holders]
-        for report in reports:
+        reports = [(holder, self._reload_one(holder)) for holder in self._all]
+        named = [report for holder, report in reports if not holder.covert]
+        for report in named:
             self.counts[(report.plugin, report.outcome)] += 1
-        return reports
+        return named
 
     def _reload_one(self, holder: _Holder) -> ReloadReport:
+        logger = holder.log
         try:
             loaded = tuple(holder.holder.reload_certificates())
         except ReloadError as exc:
             # The plugin's words name the file and the reason, never key bytes.
-            log.error("reload: %s kept its previous certificates: %s", holder.name, exc)
+            logger.error("reload: %s kept its previous certificates: %s", holder.name, exc)
             return ReloadReport(holder.plugin, holder.name, "failed", error=str(exc))
         except Exception as exc:
             # A bug in the plugin, not the operator's files: the traceback goes to the log.
-            log.exception("reload: %s failed (a bug) and keeps what it had", holder.name)
+            logger.exception("reload: %s failed (a bug) and keeps what it had", holder.name)
             return ReloadReport(holder.plugin, holder.name, "failed", error=type(exc).__name__)
         if not loaded:
-            log.info("reload: %s: no certificate files to read", holder.name)
+            logger.info("reload: %s: no certificate files to read", holder.name)
         for certificate in loaded:
-            log.info("reload: %s loaded %s", holder.name, certificate.describe())
+            logger.info("reload: %s loaded %s", holder.name, certificate.describe())
         return ReloadReport(holder.plugin, holder.name, "reloaded", loaded)
 
     def statistics(self) -> tuple[tuple[str, str, int], ...]:
@@ -124,5 +141,6 @@ def _holders(plugins: Plugins) -> list[_Holder]:
             if id(item) in seen or not callable(getattr(item, "reload_certificates", None)):
                 continue
             seen.add(id(item))
-            found.append(_Holder(registry.owner(name), name, item))
+            covert = bool(getattr(item, "covert", False))
+            found.append(_Holder(registry.owner(name), name, item, covert))
     return found

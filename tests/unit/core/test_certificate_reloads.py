@@ -119,3 +119,54 @@ def test_without_holders_nothing_is_counted(caplog: pytest.LogCaptureFixture) ->
     assert reloads.reload() == []
     assert reloads.statistics() == ()
     assert "nothing to do" in caplog.text
+
+
+class CovertHolder(Holder):
+    covert = True
+
+
+def test_a_covert_holder_reloads_but_is_neither_counted_nor_named_by_the_core(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tls = Holder((CERT,))
+    tap = CovertHolder((CERT,))
+    plugins = plugins_with(tls=tls)
+    add(plugins.media_taps, "intercept", "intercept", tap)
+    reloads = CertificateReloads(plugins)
+    caplog.set_level(logging.INFO)
+
+    assert [(r.plugin, r.outcome) for r in reloads.reload()] == [("tls", "reloaded")]
+    tap.outcome = ReloadError("/etc/li/x1.key: not the private key of /etc/li/x1.crt")
+    tap.loaded = ()
+    reloads.reload()
+    tap.outcome = RuntimeError("a bug")
+    reloads.reload()
+
+    assert tap.calls == 3
+    assert reloads.plugins == ["tls"]
+    assert reloads.statistics() == (("tls", "reloaded", 3), ("tls", "failed", 0))
+    tap.loaded = (CERT,)
+    assert reloads.certificates() == (("tls", CERT),)
+    core = " ".join(r.getMessage() for r in caplog.records if r.name == "gateway.core.reload")
+    assert "reload: tls loaded" in core and "intercept" not in core
+    # Its outcome goes to the logger of the module that defines it (the plugin's own).
+    own = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == __name__]
+    assert own[0] == ("INFO", "reload: intercept loaded " + CERT.describe())
+    assert own[1] == (
+        "ERROR",
+        "reload: intercept kept its previous certificates: /etc/li/x1.key: not the private key "
+        "of /etc/li/x1.crt",
+    )
+    assert own[2] == ("ERROR", "reload: intercept failed (a bug) and keeps what it had")
+    assert len(own) == 3
+
+
+def test_only_covert_holders_log_what_no_holder_logs(caplog: pytest.LogCaptureFixture) -> None:
+    plugins = Plugins(new_plugin_manager(), {})
+    add(plugins.media_taps, "intercept", "intercept", CovertHolder(()))
+    caplog.set_level(logging.INFO)
+    reloads = CertificateReloads(plugins)
+    assert reloads.reload() == []
+    core = [r.getMessage() for r in caplog.records if r.name == "gateway.core.reload"]
+    assert core == ["reload: no enabled plugin holds certificates; nothing to do"]
+    assert reloads.statistics() == ()

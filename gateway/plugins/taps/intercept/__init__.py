@@ -62,7 +62,7 @@ import attrs
 import trio
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.interfaces import TappedCall
+from gateway.core.interfaces import LoadedCertificate, ReloadError, TappedCall
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.transport.flows import Address
@@ -72,6 +72,11 @@ from gateway.plugins.taps.intercept.reports import Endpoint, Reporter
 from gateway.plugins.taps.intercept.tasks import Destination, Match, Provisioning
 from gateway.plugins.taps.intercept.x1 import X1Handler
 from gateway.plugins.taps.intercept.x1_server import X1Server
+from gateway.plugins.transports.certificates import (
+    CertificateError,
+    loaded_certificate,
+    validity_problem,
+)
 
 if TYPE_CHECKING:
     from gateway.core.interfaces import MediaTap, TapSink
@@ -83,6 +88,16 @@ DIRECTORY = "intercept"
 STATE_FILE = "tasks.sqlite"
 MAX_PENDING_REGISTRATIONS = 10_000  # REGISTER transactions of targets awaiting their answer
 _CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
+
+
+@attrs.frozen
+class Contexts:
+    """The plugin's TLS contexts as read from its files at one moment (start-up, a reload)."""
+
+    x1: ssl.SSLContext
+    delivery: ssl.SSLContext | None  # None: delivery_tls = false
+    report: ssl.SSLContext | None  # None: no report_url
+    loaded: tuple[LoadedCertificate, ...]  # each certificate file once, x1's first
 
 
 @attrs.frozen
@@ -146,7 +161,14 @@ class InterceptConfig:
     def _check_credentials(self) -> None:
         """Certificates, keys and CAs load now, so a mistake stops the gateway at start-up
         naming the key, instead of leaving it running without interception."""
-        groups: list[tuple[str, str, str, Callable[[], object]]] = [
+        self.contexts()
+
+    def contexts(self, *, now: float | None = None) -> Contexts:
+        """Every TLS context of the plugin, from the files as they are now: X1's server
+        context, delivery's and the reports' client contexts. ValueError names the keys, the
+        file and the reason (never key bytes). With ``now`` (a reload), a certificate outside
+        its validity period is refused too (RFC 5280 §4.1.2.5: peers would refuse it)."""
+        groups: list[tuple[str, str, str, Callable[[], ssl.SSLContext | None]]] = [
             ("x1_certificate", "x1_private_key", "x1_ca", self.x1_ssl_context)
         ]
         if self.delivery_tls:
@@ -167,16 +189,29 @@ class InterceptConfig:
                     self.report_ssl_context,
                 )
             )
+        built: dict[str, ssl.SSLContext | None] = {}
+        loaded: dict[str, LoadedCertificate] = {}  # by file: report_* default to x1_*'s
         for certificate, private_key, ca, load in groups:
             for key in (certificate, private_key, ca):
                 if not Path(self._file(key)).is_file():
                     raise ValueError(f"{key}: no such file: {self._file(key)}")
             try:
-                load()
-            except (OSError, ssl.SSLError) as exc:
+                built[certificate] = load()
+                leaf = loaded_certificate(Path(self._file(certificate)))
+            except (OSError, ssl.SSLError, CertificateError) as exc:
                 raise ValueError(
                     f"{certificate}, {private_key}, {ca}: cannot be loaded ({exc})"
                 ) from None
+            problem = None if now is None else validity_problem(leaf, now=now)
+            if problem is not None:
+                raise ValueError(f"{certificate}: {problem}")
+            loaded.setdefault(leaf.path, leaf)
+        return Contexts(
+            x1=built["x1_certificate"],  # type: ignore[arg-type]  # never None
+            delivery=built.get("delivery_certificate"),
+            report=built.get("report_certificate"),
+            loaded=tuple(loaded.values()),
+        )
 
     @property
     def x1_address(self) -> tuple[str, int]:
@@ -245,6 +280,9 @@ class Interception:
     """``interfaces.MediaTap`` with ``sink_for_call_start`` and ``run`` (X1 and the links)."""
 
     name = "intercept"
+    # Its certificate reloads (SIGHUP) are neither counted in the metrics nor in the core's log
+    # lines; they are logged on this module's logger (gateway/core/reload.py).
+    covert = True
 
     def __init__(
         self,
@@ -259,6 +297,7 @@ class Interception:
         )
         self.links: dict[uuid.UUID, DeliveryLink] = {}
         self._wall_clock = wall_clock
+        self.contexts = config.contexts()  # what new connections use; swapped by a reload
         self.x1 = X1Handler(
             self.provisioning,
             ne_identifier=config.ne_identifier,
@@ -402,7 +441,7 @@ class Interception:
                 "intercept: X2/X3 go to mediation functions over plain TCP (delivery_tls = "
                 "false): for a lab only"
             )
-        self._delivery_context = self.config.delivery_ssl_context()
+        self._delivery_context = self.contexts.delivery
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._reconcile()  # the destinations kept from before the restart
@@ -411,11 +450,38 @@ class Interception:
                     len(self.provisioning.tasks), len(self.provisioning.destinations)
                 )
                 nursery.start_soon(self.reports.run)
-            server = X1Server(self.config.x1_ssl_context(), self._handle_x1, server="voipgw")
+            server = X1Server(self.contexts.x1, self._handle_x1, server="voipgw")
             self.x1_server = server
             host, port = self.config.x1_address
             await nursery.start(server.serve, host, port)
             task_status.started()
+
+    # -- certificates (SIGHUP, gateway/core/reload.py) -----------------------------------------
+
+    def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
+        """The certificates new X1, delivery and report connections present now."""
+        return self.contexts.loaded
+
+    def reload_certificates(self) -> tuple[LoadedCertificate, ...]:
+        """Read every ``x1_*``, ``delivery_*`` and ``report_*`` file again, with the start-up
+        checks and the certificates' validity periods; only when all load are the new contexts
+        used, by new connections only: an X1 handshake, a delivery link's next connection to a
+        mediation function, the next report. Connections up keep theirs (a delivery link is not
+        reconnected: that would cost PDUs in flight, and nothing asks for it). Otherwise
+        :class:`ReloadError` names the keys, the file and the reason, and nothing changes."""
+        try:
+            contexts = self.config.contexts(now=time.time())
+        except ValueError as exc:
+            raise ReloadError(str(exc)) from None
+        self.contexts = contexts
+        if self.x1_server is not None:
+            self.x1_server.ssl_context = contexts.x1
+        self._delivery_context = contexts.delivery  # links started from now on
+        for link in self.links.values():
+            link.ssl_context = contexts.delivery  # at its next (re)connection
+        if self.reports is not None and contexts.report is not None:
+            self.reports.ssl_context = contexts.report
+        return contexts.loaded
 
     def _handle_x1(self, body: bytes) -> bytes:
         tasks_before = self.provisioning.task_generation

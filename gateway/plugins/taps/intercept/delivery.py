@@ -62,7 +62,7 @@ class DeliveryLink:
         version: int,
     ) -> None:
         self.destination = destination
-        self._ssl_context = ssl_context
+        self.ssl_context = ssl_context  # read at each connect: a SIGHUP reload swaps it
         self._keepalive_interval = keepalive_interval
         self.version = version
         self._send, self._receive = trio.open_memory_channel[bytes](queue)
@@ -182,9 +182,9 @@ class DeliveryLink:
 
     async def _connect(self, host: str, port: int) -> trio.abc.Stream:
         tcp = await trio.open_tcp_stream(host, port)
-        if self._ssl_context is None:
+        if self.ssl_context is None:
             return tcp
-        tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=host)
+        tls = trio.SSLStream(tcp, self.ssl_context, server_hostname=host)
         try:
             await tls.do_handshake()
         except BaseException:

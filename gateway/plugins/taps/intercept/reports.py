@@ -297,7 +297,7 @@ class Reporter:
         wall_clock: Callable[[], float],
     ) -> None:
         self.endpoint = endpoint
-        self._ssl_context = ssl_context
+        self.ssl_context = ssl_context  # read at each report's connection (SIGHUP swaps it)
         self._admf_identifier = admf_identifier
         self._ne_identifier = ne_identifier
         self._interval = interval
@@ -451,7 +451,7 @@ class Reporter:
         endpoint = self.endpoint
         with trio.fail_after(REQUEST_TIMEOUT):
             stream = await trio.open_ssl_over_tcp_stream(
-                endpoint.host, endpoint.port, ssl_context=self._ssl_context
+                endpoint.host, endpoint.port, ssl_context=self.ssl_context
             )
             try:
                 status, answer = await _exchange(stream, endpoint, body)

@@ -35,7 +35,7 @@ class X1Server:
     def __init__(
         self, ssl_context: ssl.SSLContext, handle: Callable[[bytes], bytes], *, server: str
     ) -> None:
-        self._ssl_context = ssl_context
+        self.ssl_context = ssl_context  # read at each handshake: a SIGHUP reload swaps it
         self._handle = handle
         self._server = server.encode()
         self._slots = trio.Semaphore(MAX_CONNECTIONS)
@@ -63,7 +63,7 @@ class X1Server:
             await trio.aclose_forcefully(tcp)
             return
         async with self._handshakes:
-            tls = trio.SSLStream(tcp, self._ssl_context, server_side=True)
+            tls = trio.SSLStream(tcp, self.ssl_context, server_side=True)
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
                     await tls.do_handshake()
