@@ -74,6 +74,7 @@ from gateway.plugins.taps.intercept.x1 import (
     _local,
     _message_type,
     _text,
+    read_xml_untrusted,
 )
 
 log = logging.getLogger(__name__)
@@ -185,18 +186,7 @@ def read_answer_untrusted(body: bytes, kind: str, transaction: uuid.UUID) -> Ans
     an ErrorResponse, a top-level error or an answer to another transaction is an Answer that is
     not ok (not tried again). Bounded like the X1 server's input: :data:`MAX_DOCUMENT` octets,
     UTF-8, no DTD."""
-    if len(body) > MAX_DOCUMENT:
-        raise X1Error(SYNTAX_SCHEMA_ERROR, f"answer larger than {MAX_DOCUMENT} octets")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise X1Error(SYNTAX_SCHEMA_ERROR, "answer is not UTF-8") from None
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise X1Error(SYNTAX_SCHEMA_ERROR, "a DTD is not accepted")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise X1Error(SYNTAX_SCHEMA_ERROR, f"answer is not well-formed XML: {exc}") from None
+    root = read_xml_untrusted(body, "answer")
     if _local(root.tag) == "X1TopLevelErrorResponse":
         # The XSD gives it the header fields only: the ADMF could not read our document.
         return Answer(

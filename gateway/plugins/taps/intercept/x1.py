@@ -521,19 +521,26 @@ def _check_header(header: dict[str, str]) -> None:
         )
 
 
-def _parse(body: bytes) -> ET.Element:
+def read_xml_untrusted(body: bytes, what: str) -> ET.Element:
+    """The root of an X1 document from the network (``what``: "document", "answer", for the
+    errors): at most :data:`MAX_DOCUMENT` octets, UTF-8, no DTD (so no entity expansion or
+    external entities, XXE), well-formed. Raises :class:`X1Error` (syntax/schema error)."""
     if len(body) > MAX_DOCUMENT:
-        raise X1Error(SYNTAX_SCHEMA_ERROR, f"document larger than {MAX_DOCUMENT} octets")
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"{what} larger than {MAX_DOCUMENT} octets")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise X1Error(SYNTAX_SCHEMA_ERROR, "document is not UTF-8") from None
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"{what} is not UTF-8") from None
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
         raise X1Error(SYNTAX_SCHEMA_ERROR, "a DTD is not accepted")
     try:
-        root = ET.fromstring(text)
+        return ET.fromstring(text)
     except ET.ParseError as exc:
-        raise X1Error(SYNTAX_SCHEMA_ERROR, f"not well-formed XML: {exc}") from None
+        raise X1Error(SYNTAX_SCHEMA_ERROR, f"{what} is not well-formed XML: {exc}") from None
+
+
+def _parse(body: bytes) -> ET.Element:
+    root = read_xml_untrusted(body, "document")
     if _local(root.tag) != "X1Request":
         raise X1Error(
             SYNTAX_SCHEMA_ERROR, f"root element {_local(root.tag)[:80]!r} is not X1Request"
