@@ -1629,15 +1629,7 @@ class Call:
         picker, request = self.b, event.request
         assert picker.security is not None
         try:
-            sdp = _sdp(ack)
-            if not sdp:
-                raise SdpError("ACK without the SDP answer to our offer")
-            plain = self.media.answer_from(
-                Side.A.value,
-                self.a.security.take_answer(parse_sdp_untrusted(sdp)),
-                rtcp_mux_offered=self.a.security.offers_rtcp_mux,
-            )
-            to_picker = picker.security.make_answer(plain)
+            to_picker = picker.security.make_answer(self._answer_in_ack_of_a(ack))
         except SdpError as err:
             self._pickup_waiting = None
             self.media.abandon_offer()
@@ -1652,12 +1644,7 @@ class Call:
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
         picker.session_timer = self._started(timer)
-        self._apply_keys(picker)
-        self.media.settle()
-        self.answered_at = trio.current_time()
-        self.state = "answered"
-        self.manager.event(self, "answered", None)
-        self._start_taps()
+        self._up_with(picker)
 
     async def _refuse_pickup(self, event: PickUpEvent) -> None:
         """The call is no longer ringing: 486 when the phone it named answered (RFC 3891 §3),
@@ -1758,20 +1745,31 @@ class Call:
         assert self.media is not None and leg.security is not None
         assert self.a.security is not None
         try:
-            sdp = _sdp(ack)
-            if not sdp:
-                raise SdpError("ACK without the SDP answer to our offer")
-            plain = self.media.answer_from(
-                Side.A.value,
-                self.a.security.take_answer(parse_sdp_untrusted(sdp)),
-                rtcp_mux_offered=self.a.security.offers_rtcp_mux,
-            )
-            answer_b = leg.security.make_answer(plain)
+            answer_b = leg.security.make_answer(self._answer_in_ack_of_a(ack))
         except SdpError as err:
             self.media.abandon_offer()
             self.state = "answered"
             await self._hang_up(f"bad SDP answer in A's ACK: {err.reason}", cause=488)
         await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer_b))
+        self._up_with(leg)
+
+    def _answer_in_ack_of_a(self, ack: Request) -> SessionDescription:
+        """The answer A's ACK brings to the offer in our 2xx, through A's keys and the relay,
+        plain, for the other leg. Raises :class:`SdpError` for an ACK without a usable one."""
+        assert self.media is not None and self.a.security is not None
+        sdp = _sdp(ack)
+        if not sdp:
+            raise SdpError("ACK without the SDP answer to our offer")
+        return self.media.answer_from(
+            Side.A.value,
+            self.a.security.take_answer(parse_sdp_untrusted(sdp)),
+            rtcp_mux_offered=self.a.security.offers_rtcp_mux,
+        )
+
+    def _up_with(self, leg: BLeg) -> None:
+        """A's ACK completed the offer/answer with ``leg``: its keys apply and the call is up
+        (recorded answered, its taps started)."""
+        assert self.media is not None
         self._apply_keys(leg)
         self.media.settle()
         self.answered_at = trio.current_time()
