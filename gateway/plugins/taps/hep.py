@@ -20,6 +20,15 @@ heplify-server and captagent use (``type``, ``ssrc``, ``report_count``, ``sender
 ``report_blocks``), from the leg's RTCP address in its SDP to our RTCP port, correlated with that
 leg's Call-ID: Homer shows it beside the call's SIP. Compounds with neither SR nor RR are not
 sent.
+
+Keys (``redact_keys = true``, the default): a copy is a log of the call's signalling, sent in
+clear over UDP to a collector that many people read, so the media keys an SDP carries are
+overwritten before it is queued: the key-salt of every ``inline:`` key-params of an
+``a=crypto`` line (SDES, RFC 4568 §9.1) and the MIKEY message of an ``a=key-mgmt:mikey`` line
+(RFC 4567 §3: in MIKEY's ``null`` mode it holds the TGK in clear). Each is replaced by as many
+``*`` as it had characters, so Content-Length and every offset stay right and the line still
+shows which suite, lifetime and MKI were offered. Messages without either attribute are
+passed unchanged after one substring test each.
 """
 
 from __future__ import annotations
@@ -47,6 +56,13 @@ SIP = 1  # HEP protocol types (chunk 0x0b)
 RTCP_JSON = 5  # an RTCP report as JSON (captagent's and heplify's field names: rtcp.report_json)
 DEFAULT_PORT = 9060
 _CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
+# RFC 4568 §9.1: "inline:" key-salt ["|" lifetime] ["|" mki ":" length], base64 key-salt.
+_CRYPTO_LINE = re.compile(rb"^a=crypto:[^\r\n]*", re.MULTILINE)
+_INLINE_KEY = re.compile(rb"(?<=inline:)[A-Za-z0-9+/=]+")
+# RFC 4567 §3.1: "a=key-mgmt:" prtcl-id SP keymgmt-data (base64); prtcl-id "mikey".
+_MIKEY_LINE = re.compile(
+    rb"^(a=key-mgmt:[ \t]*mikey[ \t]+)([A-Za-z0-9+/=]+)", re.MULTILINE | re.IGNORECASE
+)
 
 
 def _chunk(kind: int, value: bytes) -> bytes:
@@ -111,6 +127,27 @@ def call_id_of(message: bytes) -> bytes:
     return found.group(1).strip() if found else b""
 
 
+def _stars(found: re.Match[bytes]) -> bytes:
+    return b"*" * (found.end() - found.start())
+
+
+def _redact_crypto_line(line: re.Match[bytes]) -> bytes:
+    return _INLINE_KEY.sub(_stars, line.group(0))
+
+
+def _redact_mikey_line(line: re.Match[bytes]) -> bytes:
+    return line.group(1) + b"*" * len(line.group(2))
+
+
+def redact_keys(message: bytes) -> bytes:
+    """``message`` with the SDES keys and MIKEY messages of its SDP overwritten (same length)."""
+    if b"a=crypto:" in message:
+        message = _CRYPTO_LINE.sub(_redact_crypto_line, message)
+    if b"a=key-mgmt:" in message:
+        message = _MIKEY_LINE.sub(_redact_mikey_line, message)
+    return message
+
+
 class HepCapture:
     """``interfaces.SipCapture``: encodes each message, queues it, and sends it from its task."""
 
@@ -127,6 +164,8 @@ class HepCapture:
     def message(
         self, data: bytes, *, transport: str, source: Address, destination: Address, at: float
     ) -> None:
+        if self.config.redact_keys:
+            data = redact_keys(data)
         try:
             packet = encode_hep3(
                 data,
@@ -202,6 +241,7 @@ class HepConfig:
     password: str = attrs.field(default="", repr=False)
     queue: int = 10_000
     rtcp: bool = True
+    redact_keys: bool = True
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.

@@ -151,3 +151,69 @@ def test_an_rtcp_report_goes_as_protocol_type_5_with_the_legs_call_id() -> None:
     assert found[0x11] == b"abc@phone"
     assert found[0x07] == struct.pack("!H", 4001) and found[0x08] == struct.pack("!H", 30001)
     assert capture.dropped == 0
+
+
+# RFC 4568 §9.1 key-params, with a lifetime and an MKI, and two keys on one line; a MIKEY null
+# message (the TGK in clear) on its own line, RFC 4567 §3.1.
+KEY_1 = b"WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
+KEY_2 = b"QUJjZGVmMTIzNDU2Nzg5QUJDREUwMTIzNDU2Nzg5"
+MIKEY_DATA = b"AQAFgM0XAQDAN4qfEAABcgAAAAABAAsKvhoP8BLcTNoA"
+SDP_WITH_KEYS = (
+    b"v=0\r\no=- 1 1 IN IP4 192.0.2.7\r\ns=-\r\nc=IN IP4 192.0.2.7\r\nt=0 0\r\n"
+    b"m=audio 4000 RTP/SAVP 0\r\n"
+    b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" + KEY_1 + b"|2^20|1:4\r\n"
+    b"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:" + KEY_1 + b";inline:" + KEY_2 + b"|2^31\r\n"
+    b"a=key-mgmt:mikey " + MIKEY_DATA + b"\r\n"
+    b"a=rtpmap:0 PCMU/8000\r\n"
+)
+INVITE_WITH_KEYS = (
+    b"INVITE sip:bob@192.0.2.1 SIP/2.0\r\nCall-ID: k@phone\r\n"
+    b"Content-Type: application/sdp\r\nContent-Length: %d\r\n\r\n"
+    % len(SDP_WITH_KEYS)
+    + SDP_WITH_KEYS
+)
+
+
+def test_sdes_keys_and_mikey_messages_are_overwritten_with_the_same_length() -> None:
+    capture = HepCapture(HepConfig(collector="udp:127.0.0.1:9060", queue=10))
+    capture.message(
+        INVITE_WITH_KEYS,
+        transport="tls",
+        source=("192.0.2.7", 5061),
+        destination=("192.0.2.1", 5061),
+        at=1_700_000_000.0,
+    )
+    copy = chunks(capture._receive.receive_nowait())[0x0F]
+    assert len(copy) == len(INVITE_WITH_KEYS)
+    assert KEY_1 not in copy and KEY_2 not in copy and MIKEY_DATA not in copy
+    stars_1, stars_2 = b"*" * len(KEY_1), b"*" * len(KEY_2)
+    # What was offered stays readable: suites, lifetimes, MKI.
+    assert b"AES_CM_128_HMAC_SHA1_80 inline:" + stars_1 + b"|2^20|1:4\r\n" in copy
+    assert b"inline:" + stars_1 + b";inline:" + stars_2 + b"|2^31\r\n" in copy
+    assert b"a=key-mgmt:mikey " + b"*" * len(MIKEY_DATA) + b"\r\n" in copy
+    expected = (
+        INVITE_WITH_KEYS.replace(KEY_1, stars_1)
+        .replace(KEY_2, stars_2)
+        .replace(MIKEY_DATA, b"*" * len(MIKEY_DATA))
+    )
+    assert copy == expected
+
+
+def test_keys_are_kept_only_when_the_operator_asks() -> None:
+    capture = HepCapture(HepConfig(collector="udp:127.0.0.1:9060", queue=10, redact_keys=False))
+    capture.message(
+        INVITE_WITH_KEYS,
+        transport="tls",
+        source=("192.0.2.7", 5061),
+        destination=("192.0.2.1", 5061),
+        at=1_700_000_000.0,
+    )
+    assert chunks(capture._receive.receive_nowait())[0x0F] == INVITE_WITH_KEYS
+
+
+def test_a_message_without_keys_is_copied_unchanged() -> None:
+    plain = INVITE_WITH_KEYS.replace(b"a=crypto:", b"a=x-note:").replace(b"key-mgmt", b"x-k")
+    assert hep_plugin.redact_keys(plain) is plain
+    # "inline:" outside an a=crypto line is not a key.
+    note = b"Subject: inline:" + KEY_1 + b"\r\n"
+    assert hep_plugin.redact_keys(note) == note
