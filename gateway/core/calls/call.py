@@ -140,7 +140,13 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.offer_answer import answer_with, rejected_media
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
-from gateway.core.sip.dialog import Dialog, DialogState, OutOfOrderRequest, require_contact
+from gateway.core.sip.dialog import (
+    Dialog,
+    DialogState,
+    OutOfOrderRequest,
+    glare_wait,
+    require_contact,
+)
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
@@ -200,6 +206,9 @@ MAX_REASONS = 4
 # How long an attended transfer to a trunk's call waits for the consultation call to hand its
 # trunk leg over (one turn of that call's task; it answers at once unless it is ending).
 HAND_OVER_WAIT = 2.0
+# How many times our own re-INVITE (a transfer's) is sent again after a 491 (RFC 3261 §14.1:
+# the other side's re-INVITE crossed it); a device that keeps refusing fails the transfer.
+GLARE_RETRIES = 3
 # The ISUP release cause of a hang-up (Q.850 16, "normal call clearing": RFC 3398 §7.2.4.1 turns
 # a release with it into BYE), in the BYEs we send a trunk with a PSTN interworking.
 Q850_NORMAL_CLEARING = 16
@@ -2694,6 +2703,11 @@ class Call:
         if leg.peer_name is not None:
             # The consultation call gave its count back: the carrier's channel is ours now.
             self.manager.limits.take(self, ("trunk", leg.peer_name))
+        return await self._send_join(transfer, leg)
+
+    async def _send_join(self, transfer: Transfer, leg: BLeg) -> tuple[int, str] | None:
+        """Our re-INVITE without SDP to the taken-over trunk leg (the failure to report when it
+        cannot be sent)."""
         tag = InDialogRequest("join", leg.side)
         sent = await self._send_in_dialog(
             leg,
@@ -2725,6 +2739,8 @@ class Call:
         leg = transfer.answered
         assert leg is not None
         transfer.join, transfer.deadline = None, math.inf
+        if response.status == 491 and self._again_after_glare(transfer, "join", leg):
+            return
         if not response.is_success:
             await self._end_transfer(response.status, response.reason)
             return
@@ -2733,6 +2749,37 @@ class Call:
             transfer.deferred = True
             return
         await self._offer_target_to_transferee()
+
+    def _again_after_glare(self, transfer: Transfer, purpose: str, leg: Leg) -> bool:
+        """Our re-INVITE ``purpose`` on ``leg`` got 491: another re-INVITE crossed it. Send it
+        again after RFC 3261 §14.1's wait (True), unless it has been tried GLARE_RETRIES times."""
+        if transfer.glare_retries >= GLARE_RETRIES or leg.dialog is None:
+            return False
+        transfer.glare_retries += 1
+        draw = int(self.manager.gateway.ids.token_hex(2), 16)
+        wait = glare_wait(leg.dialog.owns_call_id, draw)
+        transfer.glare_retry, transfer.glare_retry_at = purpose, trio.current_time() + wait
+        log.info(
+            "call %s: our re-INVITE to the %s leg crossed one of its own (491); again in %.2f s",
+            self.id,
+            leg.side.value.upper(),
+            wait,
+        )
+        return True
+
+    async def _again_after_glare_due(self, transfer: Transfer) -> None:
+        """The re-INVITE that met glare, once more (a transfer's offer waits, as always, for
+        an offer in progress meanwhile to end)."""
+        purpose, transfer.glare_retry, transfer.glare_retry_at = transfer.glare_retry, "", math.inf
+        if purpose == "join":
+            assert transfer.answered is not None
+            failure = await self._send_join(transfer, transfer.answered)
+            if failure is not None:
+                await self._end_transfer(*failure)
+        elif self._offer_in_progress():
+            transfer.deferred = True
+        else:
+            await self._offer_target_to_transferee()
 
     async def _hand_over(self, event: HandOverEvent) -> None:
         """Give our leg on side ``event.give`` (a trunk's) to another call's attended transfer
@@ -2920,6 +2967,8 @@ class Call:
         side = tag.side.value.upper()
         if not response.is_success:
             self.media.abandon_offer()
+            if response.status == 491 and self._again_after_glare(transfer, "transfer", transferee):
+                return
             await self._end_transfer(response.status, response.reason)
             if response.status in (408, 481):
                 await self._hang_up(
@@ -3055,13 +3104,16 @@ class Call:
             return due
         if transfer.answered is None:
             due = min(due, min((leg.response_deadline for leg in transfer.legs), default=due))
-        return min(due, transfer.deadline)
+        return min(due, transfer.deadline, transfer.glare_retry_at)
 
     async def _transfer_timers(self, now: float) -> None:
         for departed in [d for d in self._departed if d[1] <= now]:
             self._departed.remove(departed)
             await self._bye(departed[0], "call transferred")
         transfer = self._transfer
+        if transfer is not None and now >= transfer.glare_retry_at:
+            await self._again_after_glare_due(transfer)
+            return
         if transfer is not None and transfer.answered is None:
             silent = [leg for leg in transfer.legs if leg.response_deadline <= now]
             for leg in silent:

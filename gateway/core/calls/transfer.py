@@ -72,6 +72,11 @@ class Transfer:
     # taken over from the consultation call (its 2xx brings the offer, as a target's 2xx does).
     join: InDialogRequest | None = None
     deadline: float = math.inf  # while ringing: [sip] ring_timeout; then 64*T1 for the re-INVITE
+    # Our re-INVITE (``reinvite`` or ``join``) met glare (491, RFC 3261 §14.1): sent again at
+    # this time, at most ``GLARE_RETRIES`` times (gateway.core.calls.call).
+    glare_retry: str = ""  # "transfer" or "join": which of the two to send again
+    glare_retry_at: float = math.inf
+    glare_retries: int = 0
     notified: int = 0  # the last status a NOTIFY reported
     transferor_left: bool = False  # it sent BYE before the transfer ended
     # A blind transfer to a number several trunks serve: the trunks still to try, one at a

@@ -92,6 +92,16 @@ def uas_dialog_id(request: Request) -> DialogId | None:
     return DialogId(request.call_id, local_tag, request.from_.tag)
 
 
+def glare_wait(owns_call_id: bool, draw: int) -> float:
+    """Seconds to wait before trying again a re-INVITE that got 491 Request Pending (RFC 3261
+    §14.1): 2.1 to 4 s for the owner of the dialog's Call-ID, 0 to 2 s for the other side, in
+    units of 10 ms, so that the two UAs whose re-INVITEs crossed do not cross again.
+    ``draw``: any random non-negative integer."""
+    if owns_call_id:
+        return (210 + draw % 191) / 100
+    return (draw % 201) / 100
+
+
 def creates_dialog(response: Response) -> bool:
     """True for a response that creates a dialog (RFC 3261 §12.1): a 2xx (with or without To tag,
     §12.1.2 RFC 2543 compatibility) or a 101-199 with a To tag (an early dialog)."""
@@ -121,6 +131,9 @@ class Dialog:
     remote_seq: int | None
     secure: bool
     state: DialogState
+    # Whether we chose the Call-ID (we sent the request that made the dialog): RFC 3261 §14.1
+    # has the owner wait longer before re-trying a re-INVITE that met glare (491).
+    owns_call_id: bool = False
 
     @property
     def id(self) -> DialogId:
@@ -154,6 +167,7 @@ class Dialog:
             remote_seq=None,
             secure=over_tls and _is_sips(request.uri),
             state=DialogState.EARLY if response.status < 200 else DialogState.CONFIRMED,
+            owns_call_id=True,
         )
 
     @classmethod
@@ -176,6 +190,7 @@ class Dialog:
             remote_seq=None,
             secure=False,
             state=DialogState.CONFIRMED,
+            owns_call_id=True,
         )
 
     @classmethod

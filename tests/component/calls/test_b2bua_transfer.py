@@ -322,6 +322,67 @@ async def test_a_transferee_refusing_the_targets_media_fails_the_transfer(
     await eventually(lambda: env.calls == 0)
 
 
+async def test_a_transferee_whose_own_reinvite_crossed_ours_is_reinvited_again(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The trunk (the transferee) sends a re-INVITE of its own as ours arrives: both get 491
+    # (RFC 3261 §14.1). Ours goes again after 0-2 s (the trunk chose the Call-ID) and the
+    # transfer completes instead of failing.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    reinvited_at: list[float] = []
+
+    async def glare_once(received: object) -> bool:
+        request = received.request  # type: ignore[attr-defined]
+        if request.method != "INVITE":
+            return False
+        reinvited_at.append(trio.current_time())
+        if len(reinvited_at) > 1:
+            return False
+        await env.trunk.respond(received, 491)  # type: ignore[arg-type]
+        return True
+
+    env.trunk.in_dialog = glare_once
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    reinvites = [r for r in env.trunk.requests("INVITE") if r.call_id == call.call_id]
+    assert len(reinvites) == 2  # ours refused with 491, ours again
+    assert reinvites[1].cseq.number > reinvites[0].cseq.number
+    assert reinvites[1].body == reinvites[0].body  # the same offer: bob's media
+    assert 0 <= reinvited_at[1] - reinvited_at[0] <= 2.05  # §14.1, not the Call-ID's owner
+    ack = await bob.next_request("ACK")
+    assert_media_via_gateway(ack.request.body)
+    assert (await alice_leg.bye()).status == 200
+    assert (await bob.calls[0].bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_transferee_that_keeps_answering_491_fails_the_transfer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+
+    async def always_glare(received: object) -> bool:
+        if received.request.method != "INVITE":  # type: ignore[attr-defined]
+            return False
+        await env.trunk.respond(received, 491)  # type: ignore[arg-type]
+        return True
+
+    env.trunk.in_dialog = always_glare
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually_notify(env.alice, "SIP/2.0 491 Request Pending")
+    reinvites = [r for r in env.trunk.requests("INVITE") if r.call_id == call.call_id]
+    assert len(reinvites) == 1 + 3  # ours, and three more tries
+    bye = await bob.next_request("BYE")
+    assert bye.request.call_id == bob.calls[0].call_id
+    env.trunk.in_dialog = None
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
 async def test_an_attended_transfer_replaces_the_consultation_call(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
@@ -624,6 +685,42 @@ async def test_an_attended_transfer_to_a_trunks_call_joins_its_leg_to_the_transf
     await eventually(lambda: env.calls == 1)
 
     # The two carrier legs talk through the gateway; one hangs up, the other gets BYE.
+    assert (await call.bye()).status == 200
+    bye = await env.trunk.next_request("BYE")
+    assert bye.request.call_id == trunk_consult.call_id
+    await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
+
+
+async def test_a_carrier_leg_whose_reinvite_crossed_our_join_is_joined_again(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # As above, but the carrier's leg answers our re-INVITE without SDP with 491 once (it was
+    # refreshing its session as we took it over): the join goes again after 2.1-4 s (we chose
+    # that leg's Call-ID) and the transfer completes.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    _, replaces = await consultation(env, "sip:+15550199@127.0.0.1:5060")
+    trunk_consult = await env.trunk.next_call()
+    await env.trunk.next_request("ACK")
+    joins_at: list[float] = []
+
+    async def glare_once(received: object) -> bool:
+        request = received.request  # type: ignore[attr-defined]
+        if request.method != "INVITE" or request.call_id != trunk_consult.call_id:
+            return False
+        joins_at.append(trio.current_time())
+        if len(joins_at) > 1:
+            return False
+        await env.trunk.respond(received, 491)  # type: ignore[arg-type]
+        return True
+
+    env.trunk.in_dialog = glare_once
+    assert await refer(alice_leg, f"<sip:+15550199@127.0.0.1:5060?Replaces={replaces}>") == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert len(joins_at) == 2
+    assert 2.1 <= joins_at[1] - joins_at[0] <= 4.05  # RFC 3261 §14.1: the Call-ID's owner
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
     assert (await call.bye()).status == 200
     bye = await env.trunk.next_request("BYE")
     assert bye.request.call_id == trunk_consult.call_id

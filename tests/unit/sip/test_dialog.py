@@ -10,6 +10,7 @@ from gateway.core.sip.dialog import (
     DialogState,
     OutOfOrderRequest,
     creates_dialog,
+    glare_wait,
     uac_dialog_id,
     uas_dialog_id,
 )
@@ -444,3 +445,17 @@ def test_the_ack_for_a_2xx_nobody_holds_is_the_one_its_dialog_would_send() -> No
     # Nothing to send it to without a Contact, or to match without the tags.
     assert Dialog.from_our_2xx(answer(invite, 200, contact=None)) is None
     assert Dialog.from_our_2xx(answer(invite, 200, to_tag=None)) is None
+
+
+def test_the_wait_after_glare_follows_rfc_3261_section_14_1() -> None:
+    # 2.1-4 s for the owner of the Call-ID, 0-2 s for the other side, in units of 10 ms.
+    owner = {glare_wait(True, draw) for draw in range(1000)}
+    other = {glare_wait(False, draw) for draw in range(1000)}
+    assert min(owner) == 2.1 and max(owner) == 4.0 and len(owner) == 191
+    assert min(other) == 0.0 and max(other) == 2.0 and len(other) == 201
+    assert all(abs(round(wait * 100) - wait * 100) < 1e-9 for wait in owner | other)
+
+
+def test_only_a_dialog_our_request_made_owns_its_call_id() -> None:
+    assert uac_dialog()[1].owns_call_id
+    assert not uas_dialog()[1].owns_call_id
