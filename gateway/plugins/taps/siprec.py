@@ -77,6 +77,7 @@ from gateway.core.media.srtp import SUPPORTED_SUITES, OutboundSrtpSession
 from gateway.core.sdp.body import sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sip.dialog import glare_wait
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.uri import SipUri
@@ -97,6 +98,8 @@ MEDIA_SECURITY = ("none", "sdes")
 """``media_security``: plain RTP towards the SRS, or SRTP keyed by SDES (RFC 4568)."""
 NAMESPACE = "urn:ietf:params:xml:ns:recording:1"
 DIRECTIONS = ("a_to_b", "b_to_a")
+# How many times in a row an update the SRS answered 491 is sent again (RFC 3261 §14.1).
+GLARE_RETRIES = 3
 
 
 def _identifier() -> str:
@@ -480,6 +483,7 @@ class SiprecSink:
         with the metadata naming the new party beside the SDP (RFC 7866 §9). Streams the call
         adds later are not recorded."""
         ports = [sock.getsockname()[1] for sock in sockets]
+        glare_retries = 0
         while not session.ended.is_set():
             await self._changed.wait()
             self._changed = trio.Event()
@@ -507,10 +511,20 @@ class SiprecSink:
                 # The parties changed all the same: the next re-INVITE says so again.
                 self._metadata_changed = self._metadata_changed or with_metadata
                 # RFC 3264 §8: a failed re-offer leaves the session, and its keys, as they were.
+                if status == 491 and glare_retries < GLARE_RETRIES:
+                    # §14.1: the SRS's re-INVITE crossed ours; we chose the Call-ID, so we wait
+                    # the longer 2.1-4 s and offer the streams as they are then.
+                    glare_retries += 1
+                    await trio.sleep(glare_wait(True, int.from_bytes(os.urandom(2))))
+                    self._changed.set()
+                    continue
+                glare_retries = 0
                 log.warning(
                     "SIPREC: call %s: the SRS refused an update (%s)", self.call.call_id, status
                 )
-            elif negotiations is not None and not await self._keys_answered(
+                continue
+            glare_retries = 0
+            if negotiations is not None and not await self._keys_answered(
                 session, current, negotiations
             ):
                 return

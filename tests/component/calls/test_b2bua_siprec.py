@@ -227,6 +227,34 @@ async def test_a_hold_and_a_resume_re_invite_the_srs(
     await srs.next_request("BYE", timeout=10)
 
 
+async def test_an_update_the_srs_answers_491_is_sent_again_after_rfc_3261_s_wait(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The SRS's own re-INVITE crossed ours (glare): it answers 491. We chose the recording
+    # session's Call-ID, so ours goes again 2.1-4 s later (§14.1), with the streams as they are.
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    assert (await call.final()).status == 200
+    recording = await srs.next_call()
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+
+    held = simple_sdp("127.0.0.1", CALLER_PORT, direction="sendonly")
+    assert (await call.reinvite(held)).status == 200  # type: ignore[attr-defined]
+    first = await srs.next_request("INVITE", timeout=10)
+    refused_at = trio.current_time()
+    await srs.respond(first, 491)
+    again = await srs.next_request("INVITE", timeout=10)
+    assert 2.1 <= trio.current_time() - refused_at <= 4.05
+    assert again.request.call_id == recording.invite.call_id
+    assert again.request.cseq.number > first.request.cseq.number
+    offer = parse_sdp_untrusted(again.request.body)
+    assert [m.attributes.direction().value for m in offer.media] == ["inactive", "inactive"]
+    await srs.respond(again, 200, body=srs_answer(), content_type="application/sdp")
+    await call.bye()  # type: ignore[attr-defined]
+    await srs.next_request("BYE", timeout=10)
+
+
 NS = {"r": NAMESPACE}
 BOB_MEDIA_PORT = 24730
 
