@@ -15,6 +15,7 @@ The file layout::
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
     [[dialog_watch_groups]]  accounts whose phones may watch each other's calls (BLF)
+    [feature_codes]  what phones dial for the gateway's own features (call pickup)
 """
 
 from __future__ import annotations
@@ -346,6 +347,29 @@ class TrunkConfig:
         return any(prefix in DEFAULT_ROUTE_PREFIXES for prefix in self.prefixes)
 
 
+_FEATURE_CODE = re.compile(r"[0-9*#]{1,16}")
+
+
+@attrs.frozen
+class FeatureCodes:
+    """``[feature_codes]``: dial strings the gateway answers itself instead of routing them.
+    ``pickup`` picks up a call ringing any account the caller may pick up from (a
+    ``[[dialog_watch_groups]]`` group with ``pickup``); ``directed_pickup`` followed by an
+    account's name picks up a call ringing that account (gateway/core/calls/pickup.py). Only
+    while some group has ``pickup``; ``""`` turns a code off."""
+
+    pickup: str = "*8"
+    directed_pickup: str = "**"
+
+    def __attrs_post_init__(self) -> None:
+        for key in ("pickup", "directed_pickup"):
+            value = getattr(self, key)
+            if value and not _FEATURE_CODE.fullmatch(value):
+                raise ValueError(f'{key}: expected 1 to 16 of 0-9, * and #, or "" for none')
+        if self.pickup and self.pickup == self.directed_pickup:
+            raise ValueError("pickup: must differ from directed_pickup")
+
+
 @attrs.frozen
 class DialogWatchGroup:
     """One ``[[dialog_watch_groups]]`` table: accounts whose phones may watch each other's
@@ -376,6 +400,7 @@ class GatewayConfig:
     numbering: NumberingPlan = attrs.field(factory=NumberingPlan)
     trunks: tuple[TrunkConfig, ...] = ()
     dialog_watch_groups: tuple[DialogWatchGroup, ...] = ()
+    feature_codes: FeatureCodes = FeatureCodes()
     plugin_tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "<embedded defaults>"
 
@@ -908,6 +933,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         "media": MediaSection,
         "numbering": NumberingPlan,
         "store": StoreSection,
+        "feature_codes": FeatureCodes,
     }
     unknown = sorted(set(data) - set(sections) - {"plugins", "trunks", "dialog_watch_groups"})
     if unknown:
@@ -916,7 +942,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
             unknown[0],
             None,
             "unknown table; known tables: gateway, sip, media, numbering, store, plugins, "
-            "trunks, dialog_watch_groups",
+            "trunks, dialog_watch_groups, feature_codes",
         )
     values: dict[str, Any] = {}
     for name, cls in sections.items():
@@ -926,7 +952,8 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         try:
             values[name] = structure(cls, table, file=file, table_name=name)
         except ConfigError as exc:
-            # NumberingPlan's own checks start their message with the key: name it as such.
+            # NumberingPlan's and FeatureCodes' own checks start their message with the key:
+            # name it as such.
             key, _, message = exc.message.partition(": ")
             if exc.key is not None or key not in table:
                 raise

@@ -8,6 +8,7 @@ Reason of alice's CANCEL, the relay's SDP in bob's 200); here the traces are rea
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -92,3 +93,54 @@ def test_a_phone_picks_up_a_watched_accounts_ringing_call(
     # The trunk's BYE reached bob's phone.
     (bye,) = picker.received("BYE ")
     assert header(bye, "Call-ID") == header(pickups[1], "Call-ID")
+
+
+def _until_ringing(alice: SippUas, timeout: float = 10.0) -> None:
+    """Poll alice's phone's message trace until it has sent 180 Ringing."""
+    deadline = time.monotonic() + timeout
+    while not [m for m in alice.result().sent("SIP/2.0 180") if m]:
+        if not alice.running() or time.monotonic() > deadline:
+            raise AssertionError(f"alice's phone never rang:\n{alice.result().describe()}")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("code", ["*8", "**alice"])
+def test_a_phone_without_blf_picks_up_by_dialling_a_feature_code(tmp_path: Path, code: str) -> None:
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk() + PICKUP) as gw:
+        alice = SippUas("calls/uas_ring_until_answered_elsewhere.xml", workdir=tmp_path)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice, ThreadPoolExecutor(max_workers=1) as pool:
+            calling = pool.submit(
+                trunk_call, "uac_call.xml", gw, tmp_path, call_duration_ms=300, timeout=30
+            )
+            _until_ringing(alice)
+            picker = run_sipp_uac(
+                "calls/uac_dial_pickup_code.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=code,
+                caller="bob",
+                auth=BOB,
+                timeout=30,
+            )
+            caller = calling.result(timeout=60)
+            rang = alice.wait(timeout=10)
+        picker.check()
+        caller.check()
+        rang.check()
+        gw.wait_for_log(r"bob picks up the call ringing alice")
+
+    # The caller was answered by bob's phone through the relay.
+    answers = [m for m in caller.received("SIP/2.0 200 ") if "INVITE" in header(m, "CSeq")]
+    assert answers and "m=audio " in answers[0]
+    assert f"m=audio {picker.media_port} " not in answers[0]
+    # Alice's phone was CANCELled, told the call was completed elsewhere; it never answered.
+    (cancel,) = rang.received("CANCEL ")
+    assert header(cancel, "Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
+    assert [header(m, "CSeq").split()[1] for m in rang.sent("SIP/2.0 200 ")] == ["CANCEL"]
+    # Bob dialled the code (no Replaces) and the trunk's BYE reached him.
+    invites = picker.sent("INVITE ")
+    assert len(invites) == 2 and invites[1].startswith(f"INVITE sip:{code}@")
+    assert "Replaces" not in invites[1]
+    (bye,) = picker.received("BYE ")
+    assert header(bye, "Call-ID") == header(invites[1], "Call-ID")

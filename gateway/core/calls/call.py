@@ -107,6 +107,7 @@ from gateway.core.calls.location import (
     with_location,
 )
 from gateway.core.calls.numbering import read_number
+from gateway.core.calls.pickup import NO_CALL_TO_PICK_UP
 from gateway.core.calls.routing import (
     ContactTarget,
     UnroutableTarget,
@@ -320,6 +321,7 @@ class PickUpEvent:
     flow: Flow
     caller: Caller
     leg: BLeg
+    dialled: bool = False  # dialled as a feature code ([feature_codes]), not by Replaces
     done: trio.Event = attrs.Factory(trio.Event)
 
 
@@ -1657,10 +1659,13 @@ class Call:
 
     async def _refuse_pickup(self, event: PickUpEvent) -> None:
         """The call is no longer ringing: 486 when the phone it named answered (RFC 3891 §3),
-        else 481."""
-        status, reason = (
-            (486, "Busy Here (answered already)") if self.b is event.leg else (481, None)
-        )
+        else 481; 480 "no call to pick up" for a dialled pickup (the phone named no dialog)."""
+        if event.dialled:
+            status, reason = NO_CALL_TO_PICK_UP
+        elif self.b is event.leg:
+            status, reason = 486, "Busy Here (answered already)"
+        else:
+            status, reason = 481, None
         await self._answer_pickup(event, make_response(event.request, status, reason))
 
     async def _answer_pickup(self, event: PickUpEvent, response: Response) -> None:

@@ -23,8 +23,11 @@ from gateway.core.calls.leg import BLeg, Side
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
 from gateway.core.calls.outbound import OutboundSessions
 from gateway.core.calls.pickup import (
+    NO_CALL_TO_PICK_UP,
     NOT_ALLOWED,
+    dialled_pickup,
     parse_pickup_replaces_untrusted,
+    ringing_call_to_pick_up,
     ringing_leg_to_pick_up,
 )
 from gateway.core.calls.records import CallRecordBook
@@ -100,7 +103,8 @@ class CallManager:
         self.dialog_events: DialogEvents | None = None
         """The dialog (BLF) notifier, told of call events while it watches any account."""
         self.pickup_enabled = any(group.pickup for group in gateway.config.dialog_watch_groups)
-        """Some group allows call pickup: accounts' INVITEs with Replaces are looked at."""
+        """Some group allows call pickup: accounts' INVITEs with Replaces, and to the
+        ``[feature_codes]`` of pickup, are looked at."""
         self.outbound = OutboundSessions(
             gateway.endpoint, gateway.ids, gateway.config.sip.user_agent
         )
@@ -163,6 +167,10 @@ class CallManager:
             replaces = request.headers.get("Replaces")
             if replaces is not None:
                 self._pick_up(transaction, request, flow, caller, replaces)
+                return
+            if caller.kind == "account" and self._dialled_pickup(
+                transaction, request, flow, caller
+            ):
                 return
         counted = (caller.kind, caller.name) if caller.name is not None else None
         if counted is not None:
@@ -230,15 +238,46 @@ class CallManager:
         named[0].post(event)
         self._nursery.start_soon(self._pickup_taken_or_481, event)
 
+    def _dialled_pickup(
+        self, transaction: ServerTransaction, request: Request, flow: Flow, caller: Caller
+    ) -> bool:
+        """An account dialled a pickup feature code (``[feature_codes]``, pickup.py): the call
+        it names takes the INVITE as one with Replaces (True), or it is refused here (True);
+        False for any other number, which is routed."""
+        codes = self.gateway.config.feature_codes
+        user = called_user(request.uri)
+        account = dialled_pickup(codes.pickup, codes.directed_pickup, user) if user else None
+        if account is None:
+            return False
+        watching = self.dialog_events
+        found: tuple[Call, BLeg] | tuple[int, str] = NOT_ALLOWED
+        if watching is not None and caller.name is not None:
+            found = ringing_call_to_pick_up(watching.rules, caller.name, account, self.calls)
+        if isinstance(found[0], int):
+            status, reason = found
+            log.info("pickup by %s (dialled %s) refused: %d %s", caller.name, user, status, reason)
+            refusal = make_response(request, status, reason)
+            self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+            return True
+        call, leg = found
+        event = PickUpEvent(transaction, request, flow, caller, leg, dialled=True)
+        call.post(event)
+        self._nursery.start_soon(self._pickup_taken_or_481, event)
+        return True
+
     async def _pickup_taken_or_481(self, event: PickUpEvent) -> None:
         """A pickup the ringing call did not answer in :data:`PICKUP_WAIT` (it ended meanwhile
-        and dropped the event): 481, as for a dialog that no longer exists."""
+        and dropped the event): 481, as for a dialog that no longer exists (480 "no call to
+        pick up" for a dialled one)."""
         with trio.move_on_after(PICKUP_WAIT):
             await event.done.wait()
             return
         event.done.set()
+        status, reason = NO_CALL_TO_PICK_UP if event.dialled else (481, None)
         try:
-            await self.endpoint.respond(event.transaction, make_response(event.request, 481))
+            await self.endpoint.respond(
+                event.transaction, make_response(event.request, status, reason)
+            )
         except TransactionStateError:
             log.debug("pickup INVITE %s answered already", event.request.call_id)
 

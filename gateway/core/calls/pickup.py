@@ -19,6 +19,15 @@ take over answered calls). Without ``early-only`` an early dialog is picked up a
 dialog whose phone stopped ringing (refused) while another phone of the same account still
 rings the call is picked up there: the BLF key is for the call, not for one of its phones.
 
+Phones without a BLF key dial a feature code instead (``[feature_codes]``): ``pickup`` (``*8``)
+takes the call that came in first of those ringing an account the picker may pick up;
+``directed_pickup`` and an account's name (``**alice``, ``**201``) a call ringing that
+account. The gateway answers that INVITE itself as it answers one with Replaces (the same call
+path takes it from there); with nothing the picker may pick up ringing it gets 480 "no call to
+pick up", whether nothing rings or what rings is not the picker's to take (as with 481 above,
+nothing is learnt about other accounts' calls). Finding the call walks the calls in progress:
+a cost of dialled pickups alone.
+
 INVITEs with Replaces are looked at only while some group allows pickup
 (``CallManager.pickup_enabled``: otherwise every INVITE pays a truth test and one with Replaces
 is routed as a new call, as before); a trunk's then gets 403 (only accounts pick up calls), and
@@ -27,6 +36,7 @@ phones may send ``Require: replaces`` (the endpoint takes it then).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from gateway.core.calls.leg import BLeg, Side
@@ -40,6 +50,51 @@ if TYPE_CHECKING:
 NOT_ALLOWED = (403, "Forbidden (not allowed to pick up calls)")
 NO_SUCH_DIALOG = (481, "Call/Transaction Does Not Exist")
 ANSWERED = (486, "Busy Here (answered already)")
+NO_CALL_TO_PICK_UP = (480, "Temporarily Unavailable (no call to pick up)")
+ANY_ACCOUNT = ""
+"""What :func:`dialled_pickup` returns for the group pickup code."""
+
+
+def dialled_pickup(pickup_code: str, directed_prefix: str, user: str) -> str | None:
+    """What a dialled user part asks to pick up: :data:`ANY_ACCOUNT` for the pickup code, the
+    account named after the directed pickup prefix, None for neither (a call to route)."""
+    if pickup_code and user == pickup_code:
+        return ANY_ACCOUNT
+    if directed_prefix and user.startswith(directed_prefix) and len(user) > len(directed_prefix):
+        return user[len(directed_prefix) :]
+    return None
+
+
+def ringing_call_to_pick_up(
+    rules: WatchRules, picker: str, account: str, calls: Iterable[Call]
+) -> tuple[Call, BLeg] | tuple[int, str]:
+    """The call and ringing leg a dialled pickup by ``picker`` takes: of the calls ringing
+    ``account`` (:data:`ANY_ACCOUNT`: any account ``picker`` may pick up), the one that came
+    in first; else the status and reason to refuse the INVITE with (module docstring)."""
+    if picker not in rules.pickers:
+        return NOT_ALLOWED
+    found: tuple[Call, BLeg] | None = None
+    for call in calls:
+        if call.state != "ringing" or call.b is not None:
+            continue
+        if call.a.peer_kind == "account" and call.a.peer_name == picker:
+            continue  # its own outgoing call
+        if found is not None and found[0].started_at <= call.started_at:
+            continue
+        for leg in call.b_legs:
+            name = leg.peer_name
+            if (
+                leg.peer_kind == "account"
+                and name is not None
+                and (account == ANY_ACCOUNT or name == account)
+                and leg.last_provisional is not None
+                and leg.invite is not None
+                and not leg.finished
+                and rules.may_pick_up(picker, name)
+            ):
+                found = (call, leg)
+                break
+    return found if found is not None else NO_CALL_TO_PICK_UP
 
 
 def parse_pickup_replaces_untrusted(value: str) -> Replaces:

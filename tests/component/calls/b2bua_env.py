@@ -71,11 +71,13 @@ def gateway_config(
     plugin_tables: Mapping[str, Any] | None = None,
     numbering: Mapping[str, Any] | None = None,
     dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
+    feature_codes: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
             "dialog_watch_groups": [dict(group) for group in dialog_watch_groups],
             "numbering": dict(numbering or {}),
+            "feature_codes": dict(feature_codes or {}),
             "gateway": {"state_dir": str(state_dir), "realm": REALM},
             "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": T1, **(sip or {})},
             "media": {
@@ -118,6 +120,7 @@ async def start_b2bua(
     plugin_tables: Mapping[str, Any] | None = None,
     numbering: Mapping[str, Any] | None = None,
     dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
+    feature_codes: Mapping[str, Any] | None = None,
     tls_stand_in: bool = False,
 ) -> B2bua:
     state = tmp_path / "state"
@@ -137,6 +140,7 @@ async def start_b2bua(
         plugin_tables=plugin_tables,
         numbering=numbering,
         dialog_watch_groups=dialog_watch_groups,
+        feature_codes=feature_codes,
     )
     gateway = Gateway(
         config,

@@ -12,9 +12,13 @@ import pytest
 from gateway.core.calls.leg import Side
 from gateway.core.calls.pickup import (
     ANSWERED,
+    ANY_ACCOUNT,
+    NO_CALL_TO_PICK_UP,
     NO_SUCH_DIALOG,
     NOT_ALLOWED,
+    dialled_pickup,
     parse_pickup_replaces_untrusted,
+    ringing_call_to_pick_up,
     ringing_leg_to_pick_up,
 )
 from gateway.core.sdp.errors import SdpError
@@ -68,6 +72,7 @@ class FakeCall:
     a: FakeA = attrs.field(factory=FakeA)
     state: str = "ringing"
     b: FakeLeg | None = None
+    started_at: float = 0.0
 
 
 RULES = WatchRules.of(
@@ -192,3 +197,75 @@ def test_a_phone_that_stopped_ringing_hands_over_to_one_that_rings() -> None:
     assert decide(FakeCall([refused, silent])) == NO_SUCH_DIALOG  # not ringing yet
     bobs = FakeLeg(peer_name="bob", invite=FakeInvite("b", Tagged("t3")))
     assert decide(FakeCall([refused, bobs])) == NO_SUCH_DIALOG  # another account's phone
+
+
+# -- dialled pickup ([feature_codes]) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("user", "asked"),
+    [
+        ("*8", ANY_ACCOUNT),
+        ("**alice", "alice"),
+        ("**201", "201"),
+        ("**", None),  # the prefix alone names nobody
+        ("*82", None),  # a longer code (NANP's caller-ID unblock) is a number to route
+        ("8", None),
+        ("+15550100", None),
+    ],
+)
+def test_what_a_dialled_user_part_asks_to_pick_up(user: str, asked: str | None) -> None:
+    assert dialled_pickup("*8", "**", user) == asked
+
+
+def test_codes_turned_off_ask_nothing() -> None:
+    assert dialled_pickup("", "**", "*8") is None
+    assert dialled_pickup("*8", "", "**alice") is None
+    assert dialled_pickup("", "", "") is None
+
+
+def pick(calls: list[FakeCall], picker: str = "bob", account: str = ANY_ACCOUNT) -> object:
+    return ringing_call_to_pick_up(RULES, picker, account, calls)  # type: ignore[arg-type]
+
+
+def test_the_call_that_came_in_first_of_those_the_picker_may_take() -> None:
+    later = FakeCall([FakeLeg()], started_at=20.0)
+    first = FakeCall([FakeLeg()], started_at=10.0)
+    dave = FakeCall([FakeLeg(peer_name="dave")], started_at=5.0)  # not bob's to take
+    assert pick([later, dave, first]) == (first, first.b_legs[0])
+    assert pick([later, dave, first], account="alice") == (first, first.b_legs[0])
+    assert pick([later, dave, first], picker="carol") == (dave, dave.b_legs[0])
+
+
+def test_the_ringing_leg_of_the_account_named_is_taken() -> None:
+    to_bob = FakeLeg(peer_name="bob")
+    to_alice = FakeLeg()
+    call = FakeCall([to_bob, to_alice])
+    assert pick([call], account="alice") == (call, to_alice)
+    assert pick([call], picker="alice", account="bob") == (call, to_bob)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        FakeCall([FakeLeg()], state="answered"),
+        FakeCall([FakeLeg()], b=FakeLeg()),
+        FakeCall([FakeLeg(last_provisional=None)]),  # not ringing yet
+        FakeCall([FakeLeg(finished=True)]),  # its user refused it
+        FakeCall([FakeLeg(invite=None)]),
+        FakeCall([FakeLeg(peer_kind="trunk")]),
+        FakeCall([FakeLeg()], a=FakeA(peer_name="bob", peer_kind="account")),  # bob's own call
+    ],
+)
+def test_480_when_nothing_the_picker_may_take_rings(call: FakeCall) -> None:
+    assert pick([call]) == NO_CALL_TO_PICK_UP
+
+
+def test_480_for_an_account_ringing_that_the_picker_may_not_pick_up_from() -> None:
+    # Not told apart from nothing ringing: nothing is learnt about other accounts' calls.
+    assert pick([FakeCall([FakeLeg(peer_name="dave")])], account="dave") == NO_CALL_TO_PICK_UP
+    assert pick([], account="nobody") == NO_CALL_TO_PICK_UP
+
+
+def test_403_for_a_picker_in_no_group_with_pickup() -> None:
+    assert pick([FakeCall([FakeLeg()])], picker="erin") == NOT_ALLOWED

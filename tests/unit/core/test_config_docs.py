@@ -10,6 +10,7 @@ import pytest
 from gateway.core import config as cfg
 from gateway.plugins import metrics, stir_shaken
 from gateway.plugins.keyexchange import dtls_srtp
+from gateway.plugins.taps import hep
 from gateway.plugins.transports import tcp, tls, udp, ws, wss
 
 DOC = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
@@ -20,6 +21,7 @@ TABLES = {
     "store": cfg.StoreSection,
     "plugins": cfg.PluginsSection,
     "numbering": cfg.NumberingPlan,
+    "feature_codes": cfg.FeatureCodes,
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
     "plugins.tls": tls.TlsConfig,
@@ -28,6 +30,7 @@ TABLES = {
     "plugins.dtls": dtls_srtp.DtlsConfig,
     "plugins.metrics": metrics.MetricsConfig,
     "plugins.stir_shaken": stir_shaken.StirShakenConfig,
+    "plugins.hep": hep.HepConfig,
     "[trunks]": cfg.TrunkConfig,  # an array of tables: ## `[[trunks]]`
     "[dialog_watch_groups]": cfg.DialogWatchGroup,
 }

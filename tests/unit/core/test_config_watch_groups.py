@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core import config as cfg
-from gateway.core.config import ConfigError, DialogWatchGroup
+from gateway.core.config import ConfigError, DialogWatchGroup, FeatureCodes
 
 
 def load(tmp_path: Path, text: str) -> cfg.GatewayConfig:
@@ -98,3 +98,28 @@ def test_two_groups_with_one_name_and_a_plain_table(tmp_path: Path) -> None:
     assert info.value.table == "dialog_watch_groups" and "[[dialog_watch_groups]]" in str(
         info.value
     )
+
+
+def test_feature_codes_default_and_set(tmp_path: Path) -> None:
+    assert load(tmp_path, "").feature_codes == FeatureCodes("*8", "**")
+    codes = load(tmp_path, '[feature_codes]\npickup = "#8"\ndirected_pickup = ""\n').feature_codes
+    assert codes == FeatureCodes("#8", "")
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "message"),
+    [
+        ('pickup = "8a"', "pickup", "0-9, * and #"),
+        ('directed_pickup = "*12345678901234567"', "directed_pickup", "1 to 16"),
+        ('pickup = "**"', "pickup", "must differ from directed_pickup"),
+        ("pickup = 8", "pickup", "string"),
+        ('pick_up = "*8"', "pick_up", "unknown key"),
+    ],
+)
+def test_bad_feature_codes_name_table_and_key(
+    tmp_path: Path, table: str, key: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, f"[feature_codes]\n{table}\n")
+    assert info.value.table == "feature_codes" and info.value.key == key
+    assert message in info.value.message

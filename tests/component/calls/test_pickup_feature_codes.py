@@ -1,0 +1,157 @@
+"""Call pickup by feature code (``[feature_codes]``, gateway/core/calls/pickup.py): a phone
+without a BLF key dials ``*8`` (a call ringing any account it may pick up from) or ``**alice``
+(a call ringing alice), and takes the call as a BLF pickup would: its INVITE answered by the
+ringing call, the phone that rang CANCELled "Call completed elsewhere". Refusals: 480 with
+nothing to pick up, 403 outside every group with ``pickup``; without such a group the codes
+are ordinary numbers. In-memory network, virtual time; RTP on real sockets through the relay.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from gateway.core.sip.message import Response
+from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
+from gateway.testing.sip_agent import Call as SipCall
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, next_within
+from tests.component.calls.test_dialog_events_memory import start
+from tests.component.calls.test_pickup_dialog_ids_memory import (
+    BOB_PORT,
+    CALLER_PORT,
+    PICKUP,
+    assert_rtp_between_caller_and_bob,
+)
+
+
+async def dial_call(bob: SipAgent, user: str) -> tuple[SipCall, Response]:
+    """bob's phone dials ``user`` (through the digest challenge, as for any call): the call
+    and its final response."""
+    call = await bob.invite(f"sip:{user}@127.0.0.1:5060", sdp=simple_sdp("127.0.0.1", BOB_PORT))
+    await call.exchange.wait_for(lambda r: r.status == 407)  # type: ignore[union-attr]
+    await call.authenticate()
+    return call, await call.final()
+
+
+async def dial(bob: SipAgent, user: str) -> Response:
+    return (await dial_call(bob, user))[1]
+
+
+async def ring_alice(env: B2bua) -> tuple[SipCall, SipCall]:
+    """The carrier calls alice, her phone rings: (the caller's call, alice's ringing call)."""
+    env.alice.auto = AutoAnswer(ring=True, status=None)
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
+    )
+    return incoming, await env.alice.next_call()
+
+
+async def test_bob_dials_the_pickup_code_and_takes_the_call_ringing_alice(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    incoming, ringing = await ring_alice(env)
+    picked, to_bob = await dial_call(bob, "*8")
+    assert to_bob.status == 200, to_bob.reason
+    to_caller = await incoming.final()
+    assert to_caller.status == 200, to_caller.reason
+    cancel = (await env.alice.next_request("CANCEL")).request
+    assert cancel.call_id == ringing.call_id
+    assert cancel.headers.get("Reason") == 'SIP;cause=200;text="Call completed elsewhere"'
+    assert env.calls == 1  # the pickup is no call of its own
+    assert env.gateway.calls is not None
+    (call,) = env.gateway.calls.calls
+    assert call.b is not None and call.b.peer_name == "bob"
+    assert call.security_record()["picked_up"] == {"by": "bob", "ringing": "alice"}
+    await assert_rtp_between_caller_and_bob(to_caller, to_bob)
+    assert (await picked.bye()).status == 200
+    assert (await env.trunk.next_request("BYE")).request.call_id == incoming.call_id
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_the_pickup_code_takes_the_call_that_came_in_first(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    first, ringing_first = await ring_alice(env)
+    await trio.sleep(1)
+    second, ringing_second = await ring_alice(env)
+    assert (await dial(bob, "*8")).status == 200
+    assert (await first.final()).status == 200
+    cancel = (await env.alice.next_request("CANCEL")).request
+    assert cancel.call_id == ringing_first.call_id
+    # The second call rings on; the code again takes it.
+    assert all(r.status < 200 for r in second.exchange.responses)  # type: ignore[union-attr]
+    assert (await dial(bob, "*8")).status == 200
+    assert (await second.final()).status == 200
+    cancel = (await env.alice.next_request("CANCEL")).request
+    assert cancel.call_id == ringing_second.call_id
+    assert env.calls == 2
+    for call in (first, second):
+        assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_directed_pickup_takes_a_call_ringing_the_account_named(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    assert (await dial(bob, "**alice")).status == 480  # nothing rings alice yet
+    incoming, ringing = await ring_alice(env)
+    # Nobody called carol (she is no account at all): the same 480, nothing learnt.
+    refused = await dial(bob, "**carol")
+    assert (refused.status, refused.reason) == (480, "Temporarily Unavailable (no call to pick up)")
+    assert env.calls == 1
+    assert (await dial(bob, "**alice")).status == 200
+    assert (await incoming.final()).status == 200
+    assert (await env.alice.next_request("CANCEL")).request.call_id == ringing.call_id
+    assert (await incoming.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert (await dial(bob, "*8")).status == 480  # nothing rings any more
+
+
+async def test_a_caller_outside_every_pickup_group_gets_403(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # alice and carol share a pickup group; bob is in none.
+    groups = [{"name": "sales", "accounts": ["alice", "carol"], "pickup": True}]
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=groups)
+    _, ringing = await ring_alice(env)
+    refused = await dial(bob, "*8")
+    assert refused.status == 403
+    assert (await dial(bob, "**alice")).status == 403
+    assert await next_within(env.alice, "CANCEL", 1) is None  # alice's phone rings on
+    assert ringing.answered is None
+
+
+async def test_codes_are_ordinary_numbers_when_turned_off_or_without_a_pickup_group(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, bob = await start(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        groups=[PICKUP],
+        feature_codes={"pickup": "#8", "directed_pickup": ""},
+    )
+    incoming, ringing = await ring_alice(env)
+    # "*8" and "**alice" are dial strings again, routed as any number bob dials: no account
+    # and no trunk takes them (the carrier serves +1 numbers).
+    assert (await dial(bob, "*8")).status == 404
+    assert (await dial(bob, "**alice")).status == 404
+    assert await next_within(env.alice, "CANCEL", 1) is None
+    assert (await dial(bob, "%238")).status == 200  # "#8", escaped (RFC 3261 §19.1.2)
+    assert (await incoming.final()).status == 200
+    assert (await env.alice.next_request("CANCEL")).request.call_id == ringing.call_id
+
+
+async def test_without_a_group_with_pickup_the_codes_are_routed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, bob = await start(nursery, tmp_path, voipgw_seed)  # a watch group without pickup
+    _, ringing = await ring_alice(env)
+    assert (await dial(bob, "*8")).status == 404
+    assert (await dial(bob, "**alice")).status == 404
+    assert await next_within(env.alice, "CANCEL", 1) is None
+    assert ringing.answered is None
