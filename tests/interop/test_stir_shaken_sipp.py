@@ -128,14 +128,15 @@ def plugin_env(workdir: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
 
 
-def stir_shaken_toml(table: dict[str, str | list[str]]) -> str:
+def stir_shaken_toml(table: dict[str, str | bool | list[str]]) -> str:
     lines = ["[plugins.stir_shaken]"]
     for key, value in table.items():
-        shown = (
-            "[" + ", ".join(f'"{v}"' for v in value) + "]"
-            if isinstance(value, list)
-            else f'"{value}"'
-        )
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, list):
+            shown = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+        else:
+            shown = f'"{value}"'
         lines.append(f"{key} = {shown}")
     return "\n".join(lines) + "\n"
 
@@ -152,6 +153,9 @@ def test_a_carriers_signed_call_reaches_the_phone_as_tn_validation_passed(tmp_pa
                 "verify_trunks": ["pbx"],
                 "trust_anchors": str(anchors),
                 "fetch_ca_file": str(https_ca),
+                # This PKI names no CRL (test_stir_shaken_crl.py is about revocation): checked,
+                # the call would pass marked "revocation not checked".
+                "check_revocation": False,
             }
         )
         value = make_identity(

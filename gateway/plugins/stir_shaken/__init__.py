@@ -313,7 +313,7 @@ class StirShaken:
         if deadline is None:
             deadline = trio.current_time() + self.config.fetch_timeout
         signer = await self.signer_certificate(url, deadline)
-        if not (self.config.check_revocation and signer.revocation):
+        if not (self.config.check_revocation and (signer.revocation or signer.no_crl)):
             return signer.key, None
         return signer.key, await self.revocation(signer, deadline)
 
@@ -380,6 +380,8 @@ class StirShaken:
             now=now,
             require_tn_auth_list=self.config.require_tn_auth_list,
         )
+        if signer.no_crl and self.config.check_revocation:
+            log.warning("stir_shaken: certificate %s: %s", url, signer.no_crl)  # once a fetch
         max_age = min(fetched.max_age or self.config.certificate_cache, signer.valid_until - now)
         self.cache.put(url, signer, max_age=max_age, now=now)
         return signer
@@ -387,26 +389,33 @@ class StirShaken:
     async def revocation(self, signer: SignerCertificate, deadline: float) -> str | None:
         """ATIS-1000080 §6.4.1: each certificate of the chain below the anchor looked up in the
         CRL it names. PassportError 437 for a listed one (RFC 8224 §6.2.2: the credential is
-        what fails, not the header); None when none is; else why a CRL was unavailable (or
-        PassportError 436 under ``revocation_unavailable = "fail"``)."""
+        what fails, not the header); None when none is; else why a CRL was unavailable, or the
+        end entity named none (or PassportError 436 under ``revocation_unavailable =
+        "fail"``)."""
         unavailable = None
         for check in signer.revocation:
             try:
                 crl = await self.revocation_list(check.crl_url, signer, deadline)
             except RevocationUnavailable as exc:
-                if self.config.revocation_unavailable == "fail":
-                    raise PassportError(
-                        f"revocation not checked: {exc.reason}",
-                        outcome="revocation_unknown",
-                        status=436,
-                    ) from None
-                unavailable = unavailable or f"revocation not checked: {exc.reason}"
+                unavailable = unavailable or self.revocation_unknown(exc.reason)
                 continue
             if crl.lists(check):
                 raise PassportError(
                     f"certificate revoked ({check.subject})", outcome="revoked", status=437
                 )
+        # Asked after the CRLs the chain does name: a revoked intermediate says more.
+        if signer.no_crl:
+            unavailable = unavailable or self.revocation_unknown(signer.no_crl)
         return unavailable
+
+    def revocation_unknown(self, reason: str) -> str:
+        """What a certificate whose revocation cannot be looked up gets: words for the call's
+        record (``revocation_unavailable = "pass"``), or PassportError 436 (``"fail"``)."""
+        if self.config.revocation_unavailable == "fail":
+            raise PassportError(
+                f"revocation not checked: {reason}", outcome="revocation_unknown", status=436
+            )
+        return f"revocation not checked: {reason}"
 
     async def revocation_list(
         self, url: str, signer: SignerCertificate, deadline: float
