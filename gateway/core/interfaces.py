@@ -589,9 +589,12 @@ class IdentityOutcome:
 
 class IdentityCheck(Protocol):
     """A check of an INVITE from a trunk that may need the network (fetching a certificate).
-    The call's task awaits ``run``; it must return within its own configured timeout."""
+    The call's task awaits ``run``; it must return within its own configured timeout.
+    ``emergency``: the INVITE calls one of ``[numbering] emergency_numbers``, which no outcome
+    may refuse (caller authentication never stands between a caller and the emergency
+    services)."""
 
-    async def run(self) -> IdentityOutcome: ...
+    async def run(self, *, emergency: bool) -> IdentityOutcome: ...
 
 
 class CallerIdentity(Protocol):

@@ -151,10 +151,13 @@ def make_pki(
     now: float | None = None,
     days: int = 30,
     crl_url: str | None = None,
+    signer_names_crl: bool = True,
 ) -> StiPki:
     """A root, an intermediate under it and a signer under that, valid from a day before
     ``now`` (default: the wall clock) for ``days``; with ``crl_url``, the intermediate and the
-    signer name it as their CRL Distribution Point (the root does not: ATIS-1000080 §6.4.1)."""
+    signer name it as their CRL Distribution Point (the root does not: ATIS-1000080 §6.4.1),
+    the signer only with ``signer_names_crl`` (without: a certificate from before ATIS-1000080
+    v3 required it)."""
     start = (
         datetime.datetime.now(datetime.UTC)
         if now is None
@@ -173,7 +176,8 @@ def make_pki(
     )  # fmt: skip
     signer = _certificate(
         "Test SHAKEN signer", signer_key, "Test STI-CA", middle_key,
-        ca=False, tn_auth_list=tn_auth_list, not_before=start, days=days, crl_url=crl_url,
+        ca=False, tn_auth_list=tn_auth_list, not_before=start, days=days,
+        crl_url=crl_url if signer_names_crl else None,
     )  # fmt: skip
     return StiPki(
         root=root,

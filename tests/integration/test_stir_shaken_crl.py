@@ -106,8 +106,10 @@ async def test_a_crl_past_the_certificate_bound_is_fetched_and_one_past_its_own_
 
 
 async def test_a_crl_url_that_is_not_https_is_not_fetched(tmp_path: Path) -> None:
-    """ATIS-1000080 §6.4.1 speaks of an HTTP URL; this verifier fetches HTTPS only, as for x5u
-    (ATIS-1000074 §5.3.1): such a CRL is unavailable, and the call passes marked."""
+    """ATIS-1000080 §6.4.1 speaks of an HTTP URL; the STI-PAs publish their CRL at https URLs
+    (iconectiv's https://authenticate-api.iconectiv.com/download/v1/crl), and this verifier
+    fetches HTTPS only, as for x5u (ATIS-1000074 §5.3.1): an http CRL URL is unavailable, and
+    the call passes marked."""
     files: dict[str, bytes] = {}
     with certificate_server(b"", tmp_path, files) as (url, https_ca, requests):
         pki = make_pki(crl_url=url.replace("https://", "http://").replace(".pem", ".crl"))
@@ -118,3 +120,27 @@ async def test_a_crl_url_that_is_not_https_is_not_fetched(tmp_path: Path) -> Non
     assert outcome == "passed_revocation_unknown"
     assert "CRL not fetched: only https URLs are fetched" in described
     assert requests == ["/shaken.pem"]
+
+
+async def test_a_signer_that_names_no_crl_passes_marked_or_fails_as_told(tmp_path: Path) -> None:
+    """ATIS-1000080 §6.4.1 (v3 and later): an end entity names the STI-PA's CRL. A chain that
+    names none has nothing to fetch but the certificate, and its revocation is unknown."""
+    files: dict[str, bytes] = {}
+    with certificate_server(b"", tmp_path, files) as (url, https_ca, requests):
+        pki = make_pki()
+        anchors, _, _ = pki.write(tmp_path)
+        files["/shaken.pem"] = pki.chain_pem()
+        outcome, described = await verify(verifier(anchors, https_ca), pki, url)
+        assert outcome == "passed_revocation_unknown"
+        assert described == (
+            "caller number verified (attestation A; revocation not checked: "
+            "certificate names no CRL (no CRL Distribution Points))"
+        )
+        outcome, described = await verify(
+            verifier(anchors, https_ca, revocation_unavailable="fail"), pki, url
+        )
+        assert outcome == "revocation_unknown"
+        assert "verification failed: revocation not checked: certificate names no" in described
+        outcome, _ = await verify(verifier(anchors, https_ca, check_revocation=False), pki, url)
+        assert outcome == "passed"
+    assert requests == ["/shaken.pem"] * 3

@@ -6,7 +6,9 @@ real HTTPS on 127.0.0.1 (RFC 8224, RFC 8588, ATIS-1000074).
   the x5u URL points at a Python HTTPS server whose certificate a test CA issued
   (``fetch_ca_file``); the STI chain ends at a test root (``trust_anchors``). Alice's phone
   (sipp, calls/uas_answer_verstat.xml) fails its run unless the From carries
-  ``verstat=TN-Validation-Passed``; ``voipgw calls`` says "caller number verified".
+  ``verstat=TN-Validation-Passed``; ``voipgw calls`` says "caller number verified". With
+  ``missing_identity = "reject"`` the carrier's call without one (calls/uac_refused.xml) gets
+  428 Use Identity Header (RFC 8224 §6.2.2) and the phone nothing.
 - Signing: alice (sipp) calls out through a carrier (sipp, calls/uas_answer_identity.xml) that
   fails its run without a well-formed SHAKEN Identity; the test then verifies the captured
   header's signature with the signer's public key and reads its claims.
@@ -39,6 +41,7 @@ from tests.interop.test_calls_sipp import (
     DID,
     TRUNK_IP,
     account_call,
+    final_status_line,
     inbound_trunk,
     outbound_trunk,
     register,
@@ -128,14 +131,15 @@ def plugin_env(workdir: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
 
 
-def stir_shaken_toml(table: dict[str, str | list[str]]) -> str:
+def stir_shaken_toml(table: dict[str, str | bool | list[str]]) -> str:
     lines = ["[plugins.stir_shaken]"]
     for key, value in table.items():
-        shown = (
-            "[" + ", ".join(f'"{v}"' for v in value) + "]"
-            if isinstance(value, list)
-            else f'"{value}"'
-        )
+        if isinstance(value, bool):
+            shown = "true" if value else "false"
+        elif isinstance(value, list):
+            shown = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+        else:
+            shown = f'"{value}"'
         lines.append(f"{key} = {shown}")
     return "\n".join(lines) + "\n"
 
@@ -152,6 +156,9 @@ def test_a_carriers_signed_call_reaches_the_phone_as_tn_validation_passed(tmp_pa
                 "verify_trunks": ["pbx"],
                 "trust_anchors": str(anchors),
                 "fetch_ca_file": str(https_ca),
+                # This PKI names no CRL (test_stir_shaken_crl.py is about revocation): checked,
+                # the call would pass marked "revocation not checked".
+                "check_revocation": False,
             }
         )
         value = make_identity(
@@ -213,6 +220,42 @@ def test_an_accounts_call_to_the_carrier_is_signed(tmp_path: Path) -> None:
     assert claims["orig"] == {"tn": CALLER_ID[1:]}
     assert claims["dest"] == {"tn": ["4989555"]}
     assert "BEGIN PRIVATE KEY" not in log and "Traceback" not in log
+
+
+def test_a_verifier_that_requires_an_identity_answers_a_call_without_one_428(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki()
+    anchors, _, _ = pki.write(tmp_path)
+    toml = inbound_trunk() + stir_shaken_toml(
+        {
+            "verify_trunks": ["pbx"],
+            "trust_anchors": str(anchors),
+            "missing_identity": "reject",
+        }
+    )
+    with GatewayProcess(
+        tmp_path, accounts=ACCOUNTS, settings=ENABLE, extra_toml=toml, env=plugin_env(tmp_path)
+    ) as gw:
+        alice = SippUas("calls/uas_answer_verstat.xml", workdir=tmp_path, timeout=5)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            carrier = run_sipp_uac(
+                "calls/uac_refused.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=DID,
+                caller=CARRIER_CALLER,
+                local_ip=TRUNK_IP,
+            )
+            carrier.check()
+            phone = alice.wait(timeout=10)
+        calls = gw.cli_until(lambda out: "call refused" in out, "calls", "--recent", "5")
+        log = gw.log_text()
+    assert final_status_line(carrier).startswith("SIP/2.0 428 Use Identity Header"), carrier
+    assert phone.received("INVITE ") == []
+    assert "call refused: no Identity to verify (no Identity)" in calls
+    assert "Traceback" not in log
 
 
 def test_the_verstat_phone_fails_a_call_without_verstat(tmp_path: Path) -> None:

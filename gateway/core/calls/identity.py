@@ -11,8 +11,9 @@ list; an empty list is one truth test per call):
 - an INVITE from a trunk, before routing: ``check`` may return a check the call's task awaits
   (it fetches certificates). Its outcome may refuse the call (RFC 8224 §6.2.2: 438 ...) and
   gives tel URI parameters for the caller's number towards the phones (``verstat``,
-  ATIS-1000074 §5.3.1). A service that raises is logged and the call goes on unsigned or
-  unverified: caller identity is never worth a failed call.
+  ATIS-1000074 §5.3.1). The check is told whether the call is an emergency call, which it must
+  not refuse (asked only of calls a service checks). A service that raises is logged and the
+  call goes on unsigned or unverified: caller identity is never worth a failed call.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ async def checked(call: Call, trunk: TrunkConfig, request: Request) -> IdentityO
     for service in call.manager.caller_identity:
         try:
             check = service.check(info, request)
-            outcome = None if check is None else await check.run()
+            if check is None:
+                continue
+            outcome = await check.run(emergency=call.manager.calls_emergency_number(request))
         except Exception:
             log.exception("call %s: a caller-identity service failed to check", call.id)
             continue

@@ -29,8 +29,14 @@ while it is registered, so a gateway without the plugin does nothing per call fo
   gets the verdict as ``verstat`` on the caller's number in the From (ATIS-1000074 §5.3.1); the
   call's record says it in words. With ``on_failure =
   "reject"`` a failed check refuses the call: 403 Stale Date, 436 Bad Identity Info, 437
-  Unsupported Credential or 438 Invalid Identity Header (RFC 8224 §6.2.2); without an Identity
-  header the call goes on (No-TN-Validation).
+  Unsupported Credential or 438 Invalid Identity Header (RFC 8224 §6.2.2). A call without an
+  Identity header (or with none of PASSporT type shaken) goes on as No-TN-Validation, or with
+  ``missing_identity = "reject"`` is refused with 428 Use Identity Header (RFC 8224 §6.2.2: a
+  verifier that requires one). The two are independent: a carrier that signs every call may
+  be held to it without refusing a failed check, and the other way round.
+- An emergency call (``[numbering] emergency_numbers``: the core says so) is never refused by
+  either: ATIS-1000074 and the FCC's call-blocking rules do not let caller authentication stand
+  between a caller and the emergency services. Its verdict is recorded as for any other call.
 """
 
 from __future__ import annotations
@@ -151,6 +157,7 @@ class StirShakenConfig:
     certificate_cache: float = 3600.0
     require_tn_auth_list: bool = True
     on_failure: Literal["mark", "reject"] = "mark"
+    missing_identity: Literal["mark", "reject"] = "mark"
     check_revocation: bool = True
     revocation_unavailable: Literal["pass", "fail"] = "pass"
 
@@ -313,7 +320,7 @@ class StirShaken:
         if deadline is None:
             deadline = trio.current_time() + self.config.fetch_timeout
         signer = await self.signer_certificate(url, deadline)
-        if not (self.config.check_revocation and signer.revocation):
+        if not (self.config.check_revocation and (signer.revocation or signer.no_crl)):
             return signer.key, None
         return signer.key, await self.revocation(signer, deadline)
 
@@ -380,6 +387,8 @@ class StirShaken:
             now=now,
             require_tn_auth_list=self.config.require_tn_auth_list,
         )
+        if signer.no_crl and self.config.check_revocation:
+            log.warning("stir_shaken: certificate %s: %s", url, signer.no_crl)  # once a fetch
         max_age = min(fetched.max_age or self.config.certificate_cache, signer.valid_until - now)
         self.cache.put(url, signer, max_age=max_age, now=now)
         return signer
@@ -387,26 +396,33 @@ class StirShaken:
     async def revocation(self, signer: SignerCertificate, deadline: float) -> str | None:
         """ATIS-1000080 §6.4.1: each certificate of the chain below the anchor looked up in the
         CRL it names. PassportError 437 for a listed one (RFC 8224 §6.2.2: the credential is
-        what fails, not the header); None when none is; else why a CRL was unavailable (or
-        PassportError 436 under ``revocation_unavailable = "fail"``)."""
+        what fails, not the header); None when none is; else why a CRL was unavailable, or the
+        end entity named none (or PassportError 436 under ``revocation_unavailable =
+        "fail"``)."""
         unavailable = None
         for check in signer.revocation:
             try:
                 crl = await self.revocation_list(check.crl_url, signer, deadline)
             except RevocationUnavailable as exc:
-                if self.config.revocation_unavailable == "fail":
-                    raise PassportError(
-                        f"revocation not checked: {exc.reason}",
-                        outcome="revocation_unknown",
-                        status=436,
-                    ) from None
-                unavailable = unavailable or f"revocation not checked: {exc.reason}"
+                unavailable = unavailable or self.revocation_unknown(exc.reason)
                 continue
             if crl.lists(check):
                 raise PassportError(
                     f"certificate revoked ({check.subject})", outcome="revoked", status=437
                 )
+        # Asked after the CRLs the chain does name: a revoked intermediate says more.
+        if signer.no_crl:
+            unavailable = unavailable or self.revocation_unknown(signer.no_crl)
         return unavailable
+
+    def revocation_unknown(self, reason: str) -> str:
+        """What a certificate whose revocation cannot be looked up gets: words for the call's
+        record (``revocation_unavailable = "pass"``), or PassportError 436 (``"fail"``)."""
+        if self.config.revocation_unavailable == "fail":
+            raise PassportError(
+                f"revocation not checked: {reason}", outcome="revocation_unknown", status=436
+            )
+        return f"revocation not checked: {reason}"
 
     async def revocation_list(
         self, url: str, signer: SignerCertificate, deadline: float
@@ -465,15 +481,44 @@ class StirShaken:
         self.crls.put(url, crl, max_age=crl.next_update - now, now=now)
         return crl
 
-    def outcome(self, outcome: str, described: str, status: int | None = None) -> IdentityOutcome:
+    def outcome(
+        self,
+        outcome: str,
+        described: str,
+        status: int | None = None,
+        *,
+        emergency: bool = False,
+    ) -> IdentityOutcome:
+        """The verdict on a trunk's call; a failure (``status``) refuses it under ``on_failure =
+        "reject"``, but never an emergency call."""
         reject = None
         if status is not None and self.config.on_failure == "reject":
-            reject = (status, REFUSALS.get(status, "Invalid Identity Header"))
+            if emergency:
+                described += "; an emergency call is not refused"
+            else:
+                reject = (status, REFUSALS.get(status, "Invalid Identity Header"))
         return IdentityOutcome(
             outcome=outcome,
             described=described,
             caller_parameters=(("verstat", verstat(outcome)),),
             reject=reject,
+        )
+
+    def not_validated(self, outcome: str, why: str, *, emergency: bool) -> IdentityOutcome:
+        """A trunk's call with nothing to verify (``outcome`` "no_identity", or "unsupported":
+        no PASSporT of type shaken): No-TN-Validation, or under ``missing_identity = "reject"``
+        refused with 428 Use Identity Header (RFC 8224 §6.2.2), but never an emergency call."""
+        if self.config.missing_identity != "reject":
+            return self.outcome(outcome, f"caller number not verified ({why})")
+        if emergency:
+            return self.outcome(
+                outcome, f"caller number not verified ({why}; an emergency call is not refused)"
+            )
+        return IdentityOutcome(
+            outcome="no_identity_refused",
+            described=f"call refused: no Identity to verify ({why})",
+            caller_parameters=(("verstat", verstat(outcome)),),
+            reject=(428, "Use Identity Header"),
         )
 
 
@@ -495,10 +540,10 @@ class Verification:
         self.call = call
         self.values = values
 
-    async def run(self) -> IdentityOutcome:
+    async def run(self, *, emergency: bool = False) -> IdentityOutcome:
         service, call = self.service, self.call
         if not self.values:
-            return service.outcome("no_identity", "caller number not verified (no Identity)")
+            return service.not_validated("no_identity", "no Identity", emergency=emergency)
         failure: PassportError | None = None
         # One fetch_timeout for the call, whatever its headers' certificates and CRLs need.
         deadline = trio.current_time() + service.config.fetch_timeout
@@ -530,10 +575,13 @@ class Verification:
             return service.outcome("passed", f"caller number verified (attestation {attest})")
         assert failure is not None
         if failure.outcome == "unsupported":
-            return service.outcome("unsupported", f"caller number not verified ({failure.reason})")
+            return service.not_validated("unsupported", failure.reason, emergency=emergency)
         log.info("call %s: caller identity failed: %s", call.call_id, failure.reason)
         return service.outcome(
-            failure.outcome, f"caller number verification failed: {failure.reason}", failure.status
+            failure.outcome,
+            f"caller number verification failed: {failure.reason}",
+            failure.status,
+            emergency=emergency,
         )
 
 

@@ -13,7 +13,9 @@ certificate.
 Revocation (ATIS-1000080 §6.4.1): STI intermediate and end-entity certificates carry a CRL
 Distribution Points extension with one DistributionPoint, the URL of the SHAKEN CRL the STI-PA
 hosts (and as cRLIssuer the DN of its issuer); roots carry none. A chain that validates says
-what to look up: each certificate below the anchor with such a URL (``RevocationCheck``). The
+what to look up: each certificate below the anchor with such a URL (``RevocationCheck``); an end
+entity without one (ATIS-1000080 v3 and later require it) leaves its revocation unknown
+(``SignerCertificate.no_crl``), as an unavailable CRL does, rather than passing unmarked. The
 CRL itself is read by :func:`load_crl_untrusted`: signed by a trust anchor or a CA certificate
 of the chain (the STI-PA's CRL is an indirect CRL, RFC 5280 §5: its issuer is not the STI-CA that
 issued the end entity), current (thisUpdate passed, nextUpdate to come), bounded in size.
@@ -73,6 +75,8 @@ class SignerCertificate:
     revocation: tuple[RevocationCheck, ...] = ()
     # Who may sign those CRLs: the anchor the chain ended at and the chain's CA certificates.
     crl_signers: tuple[x509.Certificate, ...] = ()
+    # Why the end entity's own revocation cannot be looked up ("": it names its CRL).
+    no_crl: str = ""
 
 
 @attrs.frozen
@@ -145,14 +149,17 @@ def validate_chain(
         anchor = _issuer_among(current, anchors)
         if anchor is not None:
             _check_period(anchor, at)
+            checks = [_revocation_check(certificate) for certificate in chain]
+            # ATIS-1000080 §6.4.1 (v3 and later): an STI end-entity certificate carries a CRL
+            # Distribution Points extension naming the STI-PA's CRL. Without one there is no
+            # telling whether it was revoked: not a failure, but not a clean pass either.
             return SignerCertificate(
                 key=public_key,
                 subject=leaf.subject.rfc4514_string(),
                 valid_until=min(valid_until, anchor.not_valid_after_utc).timestamp(),
-                revocation=tuple(
-                    check for certificate in chain if (check := _revocation_check(certificate))
-                ),
+                revocation=tuple(check for check in checks if check is not None),
                 crl_signers=(anchor, *chain[1:]),
+                no_crl="" if checks[0] else "certificate names no CRL (no CRL Distribution Points)",
             )
         issuer = _issuer_among(current, pool)
         if issuer is None or not _is_ca(issuer):

@@ -67,8 +67,19 @@ class InjectedStirShaken:
 
 
 async def start(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, plugin: InjectedStirShaken, **table: Any
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    plugin: InjectedStirShaken,
+    *,
+    check_revocation: bool | None = False,
+    **table: Any,
 ) -> B2bua:
+    """The gateway with the injected plugin; ``check_revocation`` off unless told (None: the
+    key left out, its default): these tests' certificates name no CRL, which would leave every
+    call "revocation not checked" (test_b2bua_stir_shaken_revocation.py is about revocation)."""
+    if check_revocation is not None:
+        table["check_revocation"] = check_revocation
     anchors, key, _ = plugin.pki.write(tmp_path)
     return await start_b2bua(
         nursery,

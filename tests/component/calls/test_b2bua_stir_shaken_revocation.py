@@ -9,7 +9,9 @@ name the STI-PA's CRL (ATIS-1000080 §6.4.1), which the plugin fetches with the 
   (``"fail"``), and the CRL is not asked for again for a minute;
 - a burst of calls fetches the CRL once; the CRL is kept until its nextUpdate;
 - the CRL's host must be in ``certificate_hosts``; ``check_revocation = false`` fetches none;
-- an INVITE's Identity headers share one ``fetch_timeout``.
+- an INVITE's Identity headers share one ``fetch_timeout``;
+- a signer's certificate that names no CRL (ATIS-1000080 v3 and later require it) is taken as
+  an unavailable CRL (``revocation_unavailable``), after the CRLs its chain does name.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from tests.component.calls.test_b2bua_stir_shaken import (
     call_alice,
     caller_identity_record,
     identity,
-    start,
 )
+from tests.component.calls.test_b2bua_stir_shaken import start as start_without_revocation
 
 CRL_URL = "https://crl.sti-pa.example/crl"
 
@@ -57,6 +59,22 @@ class InjectedWithCrl(InjectedStirShaken):
         if self.crl is None:
             raise FetchError("HTTP 503")
         return Fetched(self.crl)
+
+
+async def start(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    plugin: InjectedStirShaken,
+    *,
+    check_revocation: bool | None = None,
+    **table: Any,
+) -> B2bua:
+    """The gateway with the injected plugin, ``check_revocation`` at its default (on) unless
+    told."""
+    return await start_without_revocation(
+        nursery, tmp_path, seed, plugin, check_revocation=check_revocation, **table
+    )
 
 
 async def one_call(env: B2bua, pki: StiPki, **claims: Any) -> tuple[str, str]:
@@ -258,3 +276,69 @@ async def test_two_identity_headers_share_one_fetch_timeout(
     assert trio.current_time() - began < 2.2
     assert user == f"{CALLER};verstat=TN-Validation-Failed"
     assert plugin.fetched == [X5U, other]
+
+
+@pytest.mark.parametrize(
+    ("table", "verstat", "outcome"),
+    [
+        ({}, "TN-Validation-Passed", "passed_revocation_unknown"),
+        ({"revocation_unavailable": "fail"}, "TN-Validation-Failed", "revocation_unknown"),
+        ({"check_revocation": False}, "TN-Validation-Passed", "passed"),
+    ],
+)
+async def test_a_signer_that_names_no_crl_is_marked_as_for_an_unavailable_crl(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    table: dict[str, Any],
+    verstat: str,
+    outcome: str,
+) -> None:
+    """ATIS-1000080 §6.4.1 (v3 and later): an end entity names the STI-PA's CRL. One that
+    does not (its intermediate does, and is looked up) leaves its revocation unknown."""
+    pki = make_pki(crl_url=CRL_URL, signer_names_crl=False)
+    plugin = InjectedWithCrl(pki, pki.crl())
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, **table)
+    user, described = await one_call(env, pki)
+    assert user == f"{CALLER};verstat={verstat}"
+    assert outcomes(env) == {outcome: 1}
+    if outcome == "passed":
+        assert plugin.crl_fetched == 0
+        assert described == "caller number verified (attestation A)"
+    else:
+        assert plugin.crl_fetched == 1  # the intermediate's
+        assert "revocation not checked: certificate names no CRL" in described
+        assert f'voipgw_caller_identity_total{{outcome="{outcome}"}} 1\n' in scrape(env)
+
+
+async def test_a_signer_that_names_no_crl_is_refused_with_436_only_when_told(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    pki = make_pki()
+    plugin = InjectedStirShaken(pki)
+    env = await start(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        plugin,
+        on_failure="reject",
+        revocation_unavailable="fail",
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), extra=[identity(pki.signer_key)])
+    final = await call.final()
+    assert (final.status, final.reason) == (436, "Bad Identity Info")
+    assert env.alice.requests("INVITE") == []
+
+
+async def test_a_revoked_intermediate_fails_even_when_the_signer_names_no_crl(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The CRL the chain does name is looked up first: "revoked" says more than "unknown"."""
+    pki = make_pki(crl_url=CRL_URL, signer_names_crl=False)
+    plugin = InjectedWithCrl(pki, pki.crl((pki.intermediate,)))
+    env = await start(nursery, tmp_path, voipgw_seed, plugin, revocation_unavailable="fail")
+    user, described = await one_call(env, pki)
+    assert user == f"{CALLER};verstat=TN-Validation-Failed"
+    assert "certificate revoked" in described
+    assert outcomes(env) == {"revoked": 1}

@@ -53,6 +53,18 @@ def test_a_chain_names_the_crl_of_its_end_entity_and_intermediate() -> None:
     assert signer.crl_signers == (PKI.root, PKI.intermediate)
     # Certificates without the extension have nothing to look up.
     assert validated(make_pki(now=NOW)).revocation == ()
+    assert signer.no_crl == ""
+
+
+def test_an_end_entity_that_names_no_crl_says_so() -> None:
+    """ATIS-1000080 §6.4.1 (v3 and later): an STI end entity names the STI-PA's CRL. One that
+    does not cannot be looked up, whatever its intermediate names."""
+    bare = validated(make_pki(now=NOW))
+    assert bare.no_crl == "certificate names no CRL (no CRL Distribution Points)"
+    pki = make_pki(now=NOW, crl_url=CRL_URL, signer_names_crl=False)
+    signer = validated(pki)
+    assert signer.no_crl == "certificate names no CRL (no CRL Distribution Points)"
+    assert [check.serial for check in signer.revocation] == [pki.intermediate.serial_number]
 
 
 @pytest.mark.parametrize("pem", [False, True])
