@@ -571,6 +571,10 @@ class TrunkCall:
     at: float = 0.0  # Unix time
     # Signing a call passed on from a trunk: the Identity headers (RFC 8224) its INVITE had.
     received_identity: tuple[str, ...] = ()
+    # Verifying: the INVITE calls one of ``[numbering] emergency_numbers``. No outcome may
+    # refuse such a call (caller authentication never stands between a caller and the
+    # emergency services); the core drops a refusal a plugin returns for one all the same.
+    emergency: bool = False
 
 
 @attrs.frozen
@@ -589,12 +593,9 @@ class IdentityOutcome:
 
 class IdentityCheck(Protocol):
     """A check of an INVITE from a trunk that may need the network (fetching a certificate).
-    The call's task awaits ``run``; it must return within its own configured timeout.
-    ``emergency``: the INVITE calls one of ``[numbering] emergency_numbers``, which no outcome
-    may refuse (caller authentication never stands between a caller and the emergency
-    services)."""
+    The call's task awaits ``run``; it must return within its own configured timeout."""
 
-    async def run(self, *, emergency: bool) -> IdentityOutcome: ...
+    async def run(self) -> IdentityOutcome: ...
 
 
 class CallerIdentity(Protocol):

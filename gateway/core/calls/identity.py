@@ -11,9 +11,10 @@ list; an empty list is one truth test per call):
 - an INVITE from a trunk, before routing: ``check`` may return a check the call's task awaits
   (it fetches certificates). Its outcome may refuse the call (RFC 8224 §6.2.2: 438 ...) and
   gives tel URI parameters for the caller's number towards the phones (``verstat``,
-  ATIS-1000074 §5.3.1). The check is told whether the call is an emergency call, which it must
-  not refuse (asked only of calls a service checks). A service that raises is logged and the
-  call goes on unsigned or unverified: caller identity is never worth a failed call.
+  ATIS-1000074 §5.3.1). The check is told whether the call is an emergency call
+  (``TrunkCall.emergency``), which no outcome may refuse: a refusal returned for one is dropped
+  here, whatever the plugin. A service that raises is logged and the call goes on unsigned or
+  unverified: caller identity is never worth a failed call.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import attrs
 
 from gateway.core.calls.numbering import read_number
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
@@ -101,16 +104,22 @@ async def checked(call: Call, trunk: TrunkConfig, request: Request) -> IdentityO
         calling=tuple(_numbers(request, plan_reader=lambda user: read_number(plan, user))),
         called=_called(request.uri, lambda user: read_number(plan, user)),
         at=time.time(),
+        emergency=call.manager.calls_emergency_number(request),
     )
     for service in call.manager.caller_identity:
         try:
             check = service.check(info, request)
-            if check is None:
-                continue
-            outcome = await check.run(emergency=call.manager.calls_emergency_number(request))
+            outcome = None if check is None else await check.run()
         except Exception:
             log.exception("call %s: a caller-identity service failed to check", call.id)
             continue
+        if outcome is not None and outcome.reject is not None and info.emergency:
+            log.warning(
+                "call %s: an emergency call is not refused for its caller identity (%d %s)",
+                call.id,
+                *outcome.reject,
+            )
+            outcome = attrs.evolve(outcome, reject=None)
         if outcome is not None:
             call.manager.identity_outcome(call, outcome)
             return outcome

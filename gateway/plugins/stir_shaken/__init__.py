@@ -34,7 +34,8 @@ while it is registered, so a gateway without the plugin does nothing per call fo
   ``missing_identity = "reject"`` is refused with 428 Use Identity Header (RFC 8224 §6.2.2: a
   verifier that requires one). The two are independent: a carrier that signs every call may
   be held to it without refusing a failed check, and the other way round.
-- An emergency call (``[numbering] emergency_numbers``: the core says so) is never refused by
+- An emergency call (``[numbering] emergency_numbers``: the core says so in
+  ``TrunkCall.emergency``) is never refused by
   either: ATIS-1000074 and the FCC's call-blocking rules do not let caller authentication stand
   between a caller and the emergency services. Its verdict is recorded as for any other call.
 """
@@ -540,8 +541,9 @@ class Verification:
         self.call = call
         self.values = values
 
-    async def run(self, *, emergency: bool = False) -> IdentityOutcome:
+    async def run(self) -> IdentityOutcome:
         service, call = self.service, self.call
+        emergency = call.emergency
         if not self.values:
             return service.not_validated("no_identity", "no Identity", emergency=emergency)
         failure: PassportError | None = None
