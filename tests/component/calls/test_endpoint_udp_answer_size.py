@@ -141,3 +141,19 @@ async def test_a_large_request_whose_answers_fit_is_served(
     assert answer.startswith(b"SIP/2.0 200 OK") and len(answer) < RESPONSE_ALLOWANCE
     statistics = env.gateway.endpoint.statistics
     assert statistics.rejected_too_large == statistics.dropped_too_large == 0
+
+
+async def test_a_malformed_request_whose_400_would_not_fit_is_not_answered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A 400 repeats the Via stack it salvaged (RFC 3261 §8.2.6): too large to send, it is
+    dropped and counted instead of failing in sendto."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    data = request("OPTIONS", "sip:127.0.0.1:5060", echoed=MAX_UDP_PAYLOAD)
+    data = request("OPTIONS", "sip:127.0.0.1:5060", echoed=2 * MAX_UDP_PAYLOAD - len(data))
+    malformed = data.replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")  # method mismatch: 400
+    assert len(malformed) == MAX_UDP_PAYLOAD - 1  # INVITE is a letter shorter
+    assert await answers(env, malformed) == []
+    statistics = env.gateway.endpoint.statistics
+    assert (statistics.rejected_malformed, statistics.dropped_too_large) == (1, 1)
+    assert statistics.send_errors == 0
