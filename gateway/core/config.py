@@ -209,6 +209,11 @@ MAX_MEDIA_WORKERS = 64
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
 # A day: longer than any call an operator would wait for before an upgrade.
 MAX_DRAIN_TIMEOUT = 86_400.0
+# [sip] max_message_size bounds: at least an Ethernet frame's worth (below it an ordinary INVITE
+# with its SDP is refused; RFC 3261 §18.1.1 wants up to 65535 bytes taken over UDP), at most
+# 1 MiB, which each stream connection may buffer while a message arrives.
+MIN_MESSAGE_SIZE = 1_500
+MAX_MESSAGE_SIZE = 1 << 20
 MAX_TRUNK_CPS = 10_000.0
 # Registrations with trunks: RFC 3261 §10.2.1 suggests no less than a minute (registrars ask
 # for more with 423); a day is as long as a carrier would keep one.
@@ -603,6 +608,14 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "gateway",
             "drain_timeout",
             f"expected 0 (stop at once) to {MAX_DRAIN_TIMEOUT:g} seconds",
+        )
+    if not MIN_MESSAGE_SIZE <= config.sip.max_message_size <= MAX_MESSAGE_SIZE:
+        # A size of 0 or less made every WebSocket connection fail at its first message.
+        raise ConfigError(
+            file,
+            "sip",
+            "max_message_size",
+            f"expected bytes from {MIN_MESSAGE_SIZE} to {MAX_MESSAGE_SIZE}",
         )
     if not 0 <= config.sip.overload_queue_delay <= MAX_OVERLOAD_QUEUE_DELAY:
         raise ConfigError(

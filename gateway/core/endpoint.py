@@ -86,6 +86,19 @@ PICKUP_EXTENSIONS = (*SUPPORTED_EXTENSIONS, "replaces")
 
 # RFC 3261 §18.1.1: requests larger than this go over TCP when the path MTU is unknown.
 UDP_SIZE_LIMIT = 1300
+# The largest UDP payload over IPv4: 65535 minus the 20-byte IP and 8-byte UDP headers (RFC 768;
+# IPv6 allows 20 bytes more, not counted). sendto() of a larger datagram fails with EMSGSIZE.
+MAX_UDP_PAYLOAD = 65_507
+# What the gateway's answers add to the fields a response echoes (Via, From, To, Call-ID, CSeq,
+# RFC 3261 §8.2.6.2): status line, To tag, Contact, Allow, Supported, a digest challenge, an SDP
+# answer. A UDP request whose 513 would leave less room than this is refused before any work is
+# done for it (SipEndpoint._answerable_over_udp). A smaller request is not measured: what a
+# response echoes is part of the request (plus Via's received and rport, a To tag: a few dozen
+# bytes, within the allowance).
+RESPONSE_ALLOWANCE = 8_192
+ANSWERABLE_UDP_REQUEST = MAX_UDP_PAYLOAD - RESPONSE_ALLOWANCE
+# Refusals and drops of such requests are logged at most this often (s), with their counts.
+TOO_LARGE_LOG_INTERVAL = 1.0
 
 # Server transactions alive at once; past it new requests get a stateless 503. A server
 # transaction outlives its request by 64*T1 = 32 s (Timer J for BYE, RFC 6026 Timer L for an
@@ -104,6 +117,12 @@ CLIENT_RESPONSE_QUEUE = 32
 SHED_METHODS = frozenset({"INVITE", "REGISTER", "SUBSCRIBE", "MESSAGE"})
 # Overload refusals are logged at most this often (s), with the count since the last line.
 OVERLOAD_LOG_INTERVAL = 1.0
+# What a draining gateway (Gateway.drain) still serves outside a dialog: an INVITE goes on to the
+# call layer, which refuses it but to an emergency number; an ACK and a CANCEL belong to an INVITE
+# transaction already under way. Every other request outside a dialog starts work on this node
+# (a registration, a subscription, a relayed message, a probe's "up") and gets 503, so that the
+# phone or proxy takes it to another node (RFC 3263 §4.3); requests within dialogs are served.
+SERVED_WHILE_DRAINING = frozenset({"INVITE", "ACK", "CANCEL"})
 # New INVITEs to an emergency number that overload control lets through regardless, per second
 # (a token bucket with a second's burst). Overload refuses whoever comes late; a call to 112 must
 # not be one of them, while the bound keeps a flood of INVITEs to 112 from switching the
@@ -245,6 +264,11 @@ class EndpointStatistics:
     received: int = 0
     rejected_malformed: int = 0
     rejected_overload: int = 0
+    rejected_draining: int = 0
+    # UDP requests whose answer would not fit a datagram: answered 513 or, when not even the
+    # 513 fits, dropped (SipEndpoint._answerable_over_udp).
+    rejected_too_large: int = 0
+    dropped_too_large: int = 0
     emergency_overload_passes: int = 0
     dropped_malformed_responses: int = 0
     dropped_unmatched_responses: int = 0
@@ -270,6 +294,8 @@ class SipEndpoint:
         self._overload_logged_at = -math.inf
         self._emergency_passes = CallRate(EMERGENCY_PASSES_PER_SECOND)
         self._refused_since_log = 0
+        self._too_large_logged_at = -math.inf
+        self._too_large_since_log = (0, 0)  # (answered 513, dropped)
         self.transactions = TransactionTable(
             timers=TransactionTimers(t1=sip.t1, t2=sip.t2, t4=sip.t4),
             max_server_transactions=MAX_SERVER_TRANSACTIONS,
@@ -397,6 +423,12 @@ class SipEndpoint:
         hop = _hop(flow)
         request = stamp_request(message, hop)
         if (
+            len(data) > ANSWERABLE_UDP_REQUEST
+            and not flow.reliable
+            and not await self._answerable_over_udp(request, len(data), flow, now)
+        ):
+            return
+        if (
             request.method in SHED_METHODS
             and request.to.tag is None
             and self.overload.too_late(waited, credentials=_has_credentials(request))
@@ -495,6 +527,54 @@ class SipEndpoint:
         )
         await self.send_response(response, flow)
 
+    async def _answerable_over_udp(
+        self, request: Request, received: int, flow: Flow, now: float
+    ) -> bool:
+        """Whether a large request (``received`` bytes) that came in a UDP datagram is served.
+        Its answers echo its Via, From, To, Call-ID and CSeq (RFC 3261 §8.2.6.2) and go back
+        over UDP (§18.2.2); one that does not fit a datagram cannot be sent at all (EMSGSIZE).
+        Served when its 513 leaves :data:`RESPONSE_ALLOWANCE` for what our answers add (the
+        request was large for its body or for fields no response echoes). Otherwise it is
+        refused before any work is done for it (a call would ring its callee and never reach
+        its caller): with a stateless ``513 Message Too Large`` (§21.5.14) when that fits, else
+        dropped, since no answer can reach the sender. An ACK gets no answer: always served."""
+        if request.method == "ACK":
+            return True
+        refusal = make_response(
+            request,
+            513,
+            "Message Too Large (its answer would not fit a UDP datagram)",
+            to_tag=None if request.to.tag else self._tag(),
+        )
+        size = len(serialize_message(refusal))
+        if size + RESPONSE_ALLOWANCE <= MAX_UDP_PAYLOAD:
+            return True
+        answered, dropped = self._too_large_since_log
+        if size <= MAX_UDP_PAYLOAD:
+            self.statistics.rejected_too_large += 1
+            answered += 1
+        else:
+            self.statistics.dropped_too_large += 1
+            dropped += 1
+        self._too_large_since_log = (answered, dropped)
+        if now - self._too_large_logged_at >= TOO_LARGE_LOG_INTERVAL:
+            log.info(
+                "UDP requests whose answers would not fit a datagram: %d refused with 513, %d "
+                "dropped (not even a 513 fits) since the last such line; this one: %s from %s, "
+                "%d bytes, its 513 %d bytes",
+                answered,
+                dropped,
+                request.method,
+                format_address(flow.remote),
+                received,
+                size,
+            )
+            self._too_large_logged_at = now
+            self._too_large_since_log = (0, 0)
+        if size <= MAX_UDP_PAYLOAD:
+            await self.send_response(refusal, flow)
+        return False
+
     def _timers_changed(self) -> None:
         deadline = self.transactions.get_timer()
         wait = self._wait
@@ -559,6 +639,14 @@ class SipEndpoint:
         client._deliver(make_response(client.request, status))
 
     async def _dispatch(self, txn: ServerTransaction, request: Request, flow: Flow) -> None:
+        if (
+            self.gateway.draining
+            and request.to.tag is None
+            and request.method not in SERVED_WHILE_DRAINING
+            and not _only_removes_bindings(request)
+        ):
+            await self.respond(txn, self._refuse_draining(request))
+            return
         calls = self.calls
         if calls is not None and request.method not in ("REGISTER", "OPTIONS"):
             if request.method == "CANCEL":
@@ -603,6 +691,17 @@ class SipEndpoint:
                         )
                 return
         await self.respond(txn, self.respond_locally(request, flow))
+
+    def _refuse_draining(self, request: Request) -> Response:
+        """A new request outside any dialog while the gateway drains (Gateway.drain): 503, as a
+        new INVITE gets. Without Retry-After, as for that INVITE: the client treats it as a 500
+        for this request only (RFC 3261 §21.5.4), and one that knows another server for our
+        domain (DNS SRV, a backup registrar) tries it at once (RFC 3263 §4.3). A Retry-After
+        would keep a phone whose only registrar this is, and a proxy's health check (§11.2: an
+        OPTIONS gets what an INVITE would), away from the node for that long after its
+        restart."""
+        self.statistics.rejected_draining += 1
+        return self._response(request, 503, "Service Unavailable (shutting down)")
 
     def _precheck(self, request: Request) -> Response | None:
         if request.max_forwards == 0:
@@ -769,6 +868,15 @@ class SipEndpoint:
             "Via", str(stamp_received(top, _hop(flow))), *headers.get_all("Via")[1:]
         )
         response = Response(status=err.status, reason=_reason_phrase(err.reason), headers=headers)
+        if (
+            len(data) > ANSWERABLE_UDP_REQUEST
+            and not flow.reliable
+            and len(serialize_message(response)) > MAX_UDP_PAYLOAD
+        ):
+            # The salvaged Via stack alone can fill a datagram: no answer can be sent.
+            self.statistics.dropped_too_large += 1
+            log.info("not answering it: a %d would not fit a UDP datagram", err.status)
+            return
         await self.send_response(response, flow)
 
     def respond_locally(self, request: Request, flow: Flow) -> Response:
@@ -782,9 +890,8 @@ class SipEndpoint:
             # RFC 3261 §8.2.2.3
             return self._response(request, 420, extra=[("Unsupported", ", ".join(unsupported))])
         if request.method == "OPTIONS":
-            if self.gateway.draining:
-                # RFC 3261 §11.2: the status an INVITE would get now (Gateway.drain).
-                return self._response(request, 503, "Service Unavailable (shutting down)")
+            # While draining, _dispatch answers an OPTIONS outside a dialog 503 (RFC 3261 §11.2:
+            # the status an INVITE would get).
             return self._response(request, 200, extra=self._capabilities())
         if request.method == "CANCEL":
             # RFC 3261 §9.2: 481 when no INVITE transaction matches; INVITEs are answered at
@@ -922,6 +1029,28 @@ def _has_credentials(request: Request) -> bool:
     return (
         headers.get("Proxy-Authorization") is not None or headers.get("Authorization") is not None
     )
+
+
+def _only_removes_bindings(request: Request) -> bool:
+    """Whether a REGISTER only removes bindings (``Contact: *``, or every Contact with expiry
+    0, RFC 3261 §10.2.2): served while draining, since it ends state here rather than starting
+    any, and a binding left behind would be called by other nodes sharing the store."""
+    if request.method != "REGISTER":
+        return False
+    header = request.headers.get("Expires")
+    try:
+        contacts = request.contacts
+    except SipError:
+        return False
+    if not contacts:
+        return False  # a query (§10.2.3): refused with the rest
+    for contact in contacts:
+        if contact.wildcard:
+            continue  # "Contact: *" removes every binding (with Expires: 0: the registrar checks)
+        expires = contact.param("expires") or header
+        if expires is None or expires.strip() != "0":
+            return False
+    return True
 
 
 def _hop(flow: Flow) -> Hop:

@@ -122,7 +122,8 @@ class Gateway:
         self.trunk_registrations: dict[str, TrunkRegistration] = {}  # [[trunks]] register
         self.calls: CallManager | None = None
         self.draining = False
-        """Stopping gracefully (drain): new calls and OPTIONS are answered 503."""
+        """Stopping gracefully (drain): new calls and other requests outside dialogs are
+        answered 503."""
         self.subscriptions: Subscriptions | None = None  # message-summary, to the voicemail trunk
         self.dialog_events: DialogEvents | None = None  # dialog (BLF), our accounts' calls
         self.messages: Messages | None = None  # out-of-dialog MESSAGE, unsolicited NOTIFY
@@ -438,7 +439,11 @@ class Gateway:
         which a trunk's proxy takes as "try the next gateway" (RFC 3261 §21.5.4, no
         Retry-After: only that call), and so is an OPTIONS, whose answer must be the one an
         INVITE would get (§11.2): the proxies' health checks (Kamailio's dispatcher, OpenSIPS'
-        load balancer) take the gateway out of rotation. Registrations with carriers are
+        load balancer) take the gateway out of rotation. Every other new request outside a
+        dialog (REGISTER but one that only removes bindings, SUBSCRIBE, MESSAGE, NOTIFY, ...)
+        gets that 503 too, so that phones and trunks move to another node (RFC 3263 §4.3);
+        requests within calls and subscriptions, ACK and CANCEL are served
+        (SipEndpoint._dispatch). Registrations with carriers are
         removed at once, so they stop sending calls. Calls still up when ``timeout`` runs out
         are ended as the gateway's doing: BYE on both legs with ``Reason: SIP;cause=503``, or
         503 to a caller still ringing; but calls to emergency numbers, which a planned stop must
@@ -447,8 +452,8 @@ class Gateway:
         calls = self.calls
         live = len(calls.calls) if calls is not None else 0
         log.info(
-            "draining: new calls refused (503); waiting up to %g s for %d call(s) in progress "
-            "to end (signal again to stop at once)",
+            "draining: new calls and other requests outside calls refused (503); waiting up "
+            "to %g s for %d call(s) in progress to end (signal again to stop at once)",
             timeout,
             live,
         )

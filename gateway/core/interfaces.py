@@ -725,6 +725,9 @@ class SipCounts:
     dropped_queue_full: int
     # Late INVITEs to an emergency number served all the same (gateway/core/endpoint.py).
     emergency_overload_passes: int = 0
+    # UDP requests whose answer would not fit a datagram: refused with 513, or dropped when not
+    # even that fits (gateway/core/endpoint.py).
+    rejected_too_large: int = 0
     # NAT keepalives ([sip] nat_keepalive_interval; None: off): the registered contacts they
     # keep alive, and those removed for not answering, since the start.
     nat_keepalive_contacts: int | None = None

@@ -1,6 +1,7 @@
 """A graceful stop through ``voipgw run`` (``[gateway] drain_timeout``): SIGTERM while a sipp
 call is up. The gateway answers OPTIONS 503 at once (a trunk proxy's health check takes it out
-of rotation), keeps the call until its caller hangs up, then exits 0; a call still up when the
+of rotation), and a phone's REGISTER or MESSAGE too (but not one removing its binding), keeps
+the call until its caller hangs up, then exits 0; a call still up when the
 drain runs out gets the gateway's BYE on both legs; a second SIGTERM stops at once.
 
 The caller is a trunk (sipp on 127.0.0.2) calling alice's DID; alice is a registered sipp UAS.
@@ -25,20 +26,33 @@ from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk
 pytestmark = pytest.mark.interop
 
 
-def options_status(port: int, timeout: float = 2.0) -> str:
-    """The status line of the gateway's answer to an OPTIONS over UDP."""
+def status_of(
+    port: int,
+    method: str = "OPTIONS",
+    *,
+    user: str = "probe",
+    extra: str = "",
+    timeout: float = 2.0,
+) -> str:
+    """The status line of the gateway's answer to a request outside any dialog over UDP (to
+    the gateway for OPTIONS, to ``user``'s address of record otherwise: a REGISTER's)."""
+    target = f"sip:{LOOPBACK}:{port}" if method == "OPTIONS" else f"sip:{user}@{LOOPBACK}"
+    uri = f"sip:{LOOPBACK}:{port}" if method in ("OPTIONS", "REGISTER") else target
     probe = (
-        f"OPTIONS sip:{LOOPBACK}:{port} SIP/2.0\r\n"
+        f"{method} {uri} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP {LOOPBACK}:9;branch=z9hG4bKdrain{time.monotonic_ns()};rport\r\n"
-        f"From: <sip:probe@{LOOPBACK}>;tag=p\r\nTo: <sip:{LOOPBACK}:{port}>\r\n"
-        f"Call-ID: drain{time.monotonic_ns()}@{LOOPBACK}\r\nCSeq: 1 OPTIONS\r\n"
-        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        f"From: <sip:{user}@{LOOPBACK}>;tag=p\r\nTo: <{target}>\r\n"
+        f"Call-ID: drain{time.monotonic_ns()}@{LOOPBACK}\r\nCSeq: 1 {method}\r\n"
+        f"Max-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
     ).encode()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.bind((LOOPBACK, 0))
         sock.sendto(probe, (LOOPBACK, port))
         return sock.recv(65535).split(b"\r\n", 1)[0].decode()
+
+
+REFUSED = "SIP/2.0 503 Service Unavailable (shutting down)"
 
 
 def gateway(tmp_path: Path, drain_timeout: float) -> GatewayProcess:
@@ -96,8 +110,16 @@ def test_sigterm_waits_for_the_call_in_progress_then_exits(tmp_path: Path) -> No
             caller = call_alice(pool, gw, tmp_path, "uac_call.xml", call_duration_ms=5000)
             call_answered(gw)
             sigterm(gw)
-            gw.wait_for_log(r"draining: new calls refused \(503\); waiting up to 60 s for 1 call")
-            assert options_status(gw.port) == "SIP/2.0 503 Service Unavailable (shutting down)"
+            gw.wait_for_log(r"draining: .* refused \(503\); waiting up to 60 s for 1 call")
+            # A trunk's health probe and a phone's re-REGISTER and MESSAGE go elsewhere...
+            assert status_of(gw.port) == REFUSED
+            contact = f"Contact: <sip:alice@{LOOPBACK}:9>\r\nExpires: 600\r\n"
+            assert status_of(gw.port, "REGISTER", user="alice", extra=contact) == REFUSED
+            assert status_of(gw.port, "MESSAGE", user="bob") == REFUSED
+            # ...but removing a registration is served (challenged, as ever).
+            remove = f"Contact: <sip:alice@{LOOPBACK}:9>\r\nExpires: 0\r\n"
+            removing = status_of(gw.port, "REGISTER", user="alice", extra=remove)
+            assert removing.startswith("SIP/2.0 401"), removing
             assert exit_code(gw, timeout=0.5) is None  # still serving the call
             result = caller.result(timeout=45)
             result.check()  # its BYE went through and was answered
@@ -145,7 +167,7 @@ def test_a_second_sigterm_or_none_to_drain_stops_at_once_ending_calls(
             call_answered(gw)
             sigterm(gw)
             if drain_timeout:
-                gw.wait_for_log("draining: new calls refused")
+                gw.wait_for_log("draining: new calls and other requests outside calls refused")
                 assert exit_code(gw, timeout=1) is None
                 sigterm(gw)
             assert exit_code(gw, timeout=10) == 0

@@ -121,10 +121,12 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
         "voipgw_sip_requests_rejected_total",
         "counter",
         "SIP requests refused statelessly: overload (503 to a new INVITE or REGISTER that "
-        "waited too long) or malformed (400).",
+        "waited too long), malformed (400), or too_large (a UDP request whose answer would not "
+        "fit a datagram: 513, or dropped when not even that fits).",
     )
     out.sample(sip.rejected_overload, [("reason", "overload")])
     out.sample(sip.rejected_malformed, [("reason", "malformed")])
+    out.sample(sip.rejected_too_large, [("reason", "too_large")])
     out.family(
         "voipgw_sip_emergency_overload_passes_total",
         "counter",

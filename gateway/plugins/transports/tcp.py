@@ -148,7 +148,11 @@ class StreamTransport:
         )
         host.flows.add(flow)
         task_status.started(flow)
-        framer = StreamFramer(max_message_size=host.limits.max_message_size)
+        # One limit for every transport, [sip] max_message_size: a header block or a body that
+        # UDP and WebSocket take whole must not close a TCP or TLS connection (the framer's own
+        # defaults were 32 KiB of header and 64 KiB of body whatever the configuration said).
+        limit = host.limits.max_message_size
+        framer = StreamFramer(max_header_size=limit, max_body_size=limit, max_message_size=limit)
         try:
             async with stream:
                 await self._read_loop(stream, framer, flow, host, send)

@@ -1,6 +1,7 @@
 """The gateway's drain (``[gateway] drain_timeout``, Gateway.drain): a graceful stop for an
-upgrade. New calls and OPTIONS get 503 (a trunk's proxy tries its next gateway; its health
-checks take this one out), an emergency call is still served, calls in progress go on and are
+upgrade. New calls, OPTIONS and every other new request outside a dialog get 503 (a trunk's
+proxy tries its next gateway, its health checks take this one out, phones register elsewhere),
+an emergency call is still served, calls and subscriptions in progress go on, calls are
 waited for; those left when the time runs out are ended with BYE and ``Reason: SIP;cause=503``,
 but for emergency calls, which are waited for still.
 
@@ -13,12 +14,27 @@ from pathlib import Path
 
 import trio
 
-from gateway.core.sip.message import Request
-from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from gateway.core.sip.message import Request, Response
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    GW,
+    B2bua,
+    eventually,
+    next_within,
+    start_b2bua,
+)
 from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
 from tests.component.calls.test_b2bua_trunk_registration import registering_carrier
+from tests.component.calls.test_subscriptions_memory import (
+    SUMMARY,
+    SUMMARY_TYPE,
+    Voicemail,
+    subscribe_request,
+    subscribed,
+)
 
 CARRIER = {"prefixes": ["+1", "112"]}
+EVENT = ("Event", "message-summary")
 
 
 async def start_drain(nursery: trio.Nursery, env: B2bua, timeout: float) -> trio.Event:
@@ -149,5 +165,105 @@ async def test_a_drain_removes_the_registrations_with_carriers_at_once(
     assert registrar.accepted[-1].headers.get("Expires") == "0"
     assert not drained.is_set()
     assert (await call.bye()).status == 200
+    with trio.fail_after(5):
+        await drained.wait()
+
+
+def assert_refused_draining(response: Response) -> None:
+    assert (response.status, response.reason) == (503, "Service Unavailable (shutting down)")
+    # As for a new INVITE: this request only, so that a phone or proxy with another server for
+    # our domain (DNS SRV, a backup registrar) tries it at once (RFC 3263 §4.3).
+    assert response.headers.get("Retry-After") is None
+
+
+async def test_a_drain_refuses_every_new_request_outside_a_dialog_and_serves_dialogs(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Phones and trunks are to move to another node: a new registration, subscription,
+    message, notification or probe gets 503; the dialogs this node holds (a call, a
+    message-summary subscription) go on, and a phone may still remove its registration."""
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, carrier={"voicemail": True, **CARRIER}, alice_auto=None
+    )
+    voicemail = Voicemail(env.trunk)
+    subscription = await subscribed(env, voicemail)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    ringing = await env.alice.next_call()
+    await ringing.ring()
+    await call.exchange.wait_for(lambda response: response.status == 180)
+    refused_before = env.gateway.endpoint.statistics.rejected_draining
+    drained = await start_drain(nursery, env, timeout=3600)
+
+    # A re-REGISTER: 503 before any challenge, and the binding is not refreshed.
+    assert_refused_draining(await env.alice.register())
+    # New requests outside dialogs, from the phone and from the trunk.
+    new_subscribe = subscribe_request(env.alice)
+    message = env.alice.new_request(
+        "MESSAGE", "sip:bob@127.0.0.1:5060", body=b"hi", content_type="text/plain"
+    )
+    publish = env.alice.new_request("PUBLISH", "sip:alice@127.0.0.1:5060", extra=[EVENT])
+    notify = env.trunk.new_request(
+        "NOTIFY",
+        env.did_uri(ALICE_DID),
+        extra=[EVENT, ("Subscription-State", "active")],
+        body=SUMMARY,
+        content_type=SUMMARY_TYPE,
+    )
+    refer = env.trunk.new_request("REFER", env.did_uri(ALICE_DID), extra=[("Refer-To", "<sip:x>")])
+    probe = env.trunk.new_request("OPTIONS", "sip:127.0.0.1:5060")
+    for agent, request in [
+        (env.alice, new_subscribe),
+        (env.alice, message),
+        (env.alice, publish),
+        (env.trunk, notify),
+        (env.trunk, refer),
+        (env.trunk, probe),
+    ]:
+        assert_refused_draining(await (await agent.send(request)).final())
+    assert await next_within(env.alice, "NOTIFY", 1) is None  # the trunk's NOTIFY went nowhere
+    assert len(voicemail.subscribes) == 1  # no new subscription reached the voicemail trunk
+    assert env.gateway.endpoint.statistics.rejected_draining == refused_before + 7
+
+    # The subscription this node holds goes on: its refresh and the trunk's NOTIFY are served.
+    refresh = subscription.create_request(
+        "SUBSCRIBE",
+        via=env.alice.new_via(),
+        contact=env.alice.contact,
+        extra=[EVENT, ("Expires", "900")],
+    )
+    assert (await (await env.alice.send(refresh, GW)).final()).status == 200
+    assert (await voicemail.notify()).status == 200
+    assert (await env.alice.next_request("NOTIFY")).request.body == SUMMARY
+
+    # The call still ringing: its CANCEL is served (200, then 487 to the INVITE).
+    cancelled = await call.cancel()
+    assert (await cancelled.final()).status == 200
+    assert (await call.final()).status == 487
+
+    # Removing the registration is served (digest first), so that no node calls it later.
+    assert (await env.alice.register(expires=0)).status == 200
+    assert not env.gateway.store.registrations_for(  # type: ignore[union-attr]
+        "sip:alice@127.0.0.1:5060"
+    )
+    with trio.fail_after(5):
+        await drained.wait()  # the subscription is no call: nothing else to wait for
+
+
+async def test_an_emergency_callers_re_register_is_refused_during_the_drain(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Its call goes on (it lives in its dialog, not the registration); the phone is to
+    register with another node, where a callback can reach it once this one stops."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier=CARRIER)
+    emergency = await env.alice.invite("sip:112@127.0.0.1:5060")
+    assert (await emergency.final()).status == 407
+    await emergency.authenticate()
+    assert (await emergency.final()).status == 200
+    drained = await start_drain(nursery, env, timeout=10)
+    assert_refused_draining(await env.alice.register())
+    await trio.sleep(60)
+    assert env.calls == 1 and not drained.is_set()
+    assert (await emergency.reinvite(env.alice.offer_sdp())).status == 200
+    assert (await emergency.bye()).status == 200
     with trio.fail_after(5):
         await drained.wait()
