@@ -134,7 +134,7 @@ def ping_document() -> bytes:
         '<x1RequestMessage xsi:type="PingRequest"><admfIdentifier>admf-1</admfIdentifier>'
         "<neIdentifier>gw-int</neIdentifier>"
         "<messageTimestamp>2026-11-30T00:00:00.000000Z</messageTimestamp>"
-        f"<version>v1.13.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
+        f"<version>v1.23.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
         "</x1RequestMessage></X1Request>"
     ).encode()
 

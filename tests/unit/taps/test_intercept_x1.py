@@ -31,7 +31,7 @@ def message(
         f'<x1RequestMessage xsi:type="ns1:{kind}">'
         f"<admfIdentifier>{admf}</admfIdentifier><neIdentifier>{ne}</neIdentifier>"
         "<messageTimestamp>2026-11-29T08:00:00.000000Z</messageTimestamp>"
-        f"<version>v1.13.1</version><x1TransactionId>{txn}</x1TransactionId>{body}"
+        f"<version>v1.23.1</version><x1TransactionId>{txn}</x1TransactionId>{body}"
         "</x1RequestMessage>"
     )
 
@@ -123,7 +123,7 @@ def test_a_destination_then_a_task_make_calls_to_the_target_match() -> None:
     assert response_type(second) == "ActivateTaskResponse"
     assert text(second, "oK") == "AcknowledgedAndCompleted"
     assert text(second, "x1TransactionId") == T2
-    assert text(second, "version") == "v1.13.1"
+    assert text(second, "version") == "v1.23.1"
     assert text(second, "neIdentifier") == "gw-1"
     assert text(second, "admfIdentifier") == "admf-1"
     assert text(second, "messageTimestamp") == "2025-11-29T08:00:00.500000Z"
@@ -309,10 +309,10 @@ def ipv6_destination(address: str) -> str:
         (message("PingRequest", txn=""), 1010, "Ping", "x1TransactionId is not a UUID", False),
         (message("PingRequest", txn="t-1"), 1010, "Ping", "x1TransactionId is not a UUID", False),
         (
-            message("PingRequest").replace("v1.13.1", "1.13"),
+            message("PingRequest").replace("v1.23.1", "1.23"),
             1010,
             "Ping",
-            "version '1.13' is not v1.N.N",
+            "version '1.23' is not v1.N.N",
             False,
         ),
         (
@@ -621,9 +621,22 @@ def test_a_document_we_cannot_read_gets_a_top_level_error(
     ]
     assert (text(root, "admfIdentifier"), text(root, "neIdentifier")) == ("admf-1", "gw-1")
     assert text(root, "messageTimestamp") == "2025-11-29T08:00:00.500000Z"
+    assert text(root, "version") == "v1.23.1"  # the schema version the documents follow
     assert description in caplog.text
     assert x1.top_level_errors == 1
     assert x1.provisioning.destinations == {} and x1.changes == 0
+
+
+def test_an_answer_echoes_the_version_of_its_request_and_a_bad_one_gets_ours() -> None:
+    """An ADMF on an earlier v1 schema is answered in its version (TS 103 221-1 §4.5: minor
+    versions only add); a version that is not v1.N.N is answered (1010) in ours."""
+    older = message("PingRequest").replace("v1.23.1", "v1.13.1")
+    (ping,) = responses(handler().handle(document(older)))
+    assert response_type(ping) == "PingResponse" and text(ping, "version") == "v1.13.1"
+    broken = message("PingRequest").replace("v1.23.1", "v2")
+    (refused,) = responses(handler().handle(document(broken, valid=False)))
+    assert text(refused, "errorInformation/errorCode") == "1010"
+    assert text(refused, "version") == "v1.23.1"
 
 
 def test_a_top_level_error_names_the_admf_of_the_document_it_refuses() -> None:

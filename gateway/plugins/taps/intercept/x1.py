@@ -92,7 +92,11 @@ log = logging.getLogger(__name__)
 X1_NAMESPACE = "http://uri.etsi.org/03221/X1/2017/10"
 COMMON_NAMESPACE = "http://uri.etsi.org/03280/common/2017/07"  # TS 103 280 common types
 XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
-VERSION = "v1.13.1"  # what we say we speak where we do not echo the ADMF's version
+# The schema version the documents follow (module docstring), said where we do not echo the
+# ADMF's: reports and top-level errors. An answer echoes the request's version instead: the
+# ADMF speaks that one, and within v1 minor versions only add (TS 103 221-1 §4.5, release
+# management, as sipgate/li-lib-x1x2x3 reads it: only a major version breaks compatibility).
+VERSION = "v1.23.1"
 MAX_DOCUMENT = 1_048_576
 MAX_MESSAGES = 100
 MAX_TARGETS = 100
