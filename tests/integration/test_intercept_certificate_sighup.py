@@ -15,6 +15,8 @@ the SIP ``tls`` transport and the metrics exporter (plain HTTP) run beside it on
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
 import http.client
 import re
@@ -97,6 +99,14 @@ def live(tmp_path: Path, pki: Pki) -> Path:
 
 @pytest.fixture
 def running(tmp_path: Path, pki: Pki, live: Path) -> Iterator[Running]:
+    with gateway(tmp_path, pki, live) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def gateway(tmp_path: Path, pki: Pki, live: Path, intercept: str = "") -> Iterator[Running]:
+    """``voipgw run`` with the SIP ``tls`` transport, the metrics exporter and the tap, whose
+    X1 files are ``live``'s; ``intercept``: more lines of its table."""
     delivery = pki.issued["delivery"]
     config = tmp_path / "voipgw.toml"
     config.write_text(
@@ -113,7 +123,7 @@ def running(tmp_path: Path, pki: Pki, live: Path) -> Iterator[Running]:
         'ne_identifier = "gw-int"\n'
         f'delivery_certificate = "{delivery.certificate}"\n'
         f'delivery_private_key = "{delivery.key}"\n'
-        f'delivery_ca = "{pki.ca.certificate}"\n'
+        f'delivery_ca = "{pki.ca.certificate}"\n' + intercept
     )
     log = tmp_path / "voipgw.log"
     with voipgw_running(config, log, [X1_READY, METRICS_READY]) as (process, (x1, metrics)):
@@ -276,3 +286,45 @@ def test_sighup_reloads_li_certificates_and_neither_metrics_nor_the_ordinary_log
         for word in telling(pki, live):
             assert word not in line.lower(), line
     assert "PRIVATE KEY" not in running.text()
+
+
+def test_start_up_with_an_expired_li_certificate_serves_calls_and_tells_only_the_plugin_log(
+    tmp_path: Path, pki: Pki, live: Path
+) -> None:
+    """Start-up checks what a reload checks, but an LI certificate out of its validity period
+    does not stop the gateway (docs/lawful_intercept.md): it starts, SIP and the metrics are
+    served, the plugin's own logger says which key and file, nothing else tells; the ADMF's
+    TLS refuses the expired X1 certificate until a renewed one is loaded by SIGHUP."""
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
+    expired = pki.ca.issue("x1-old", hosts=["127.0.0.1"], days=5, not_before=past)
+    install(expired, live / "x1.crt", live / "x1.key")
+    with gateway(tmp_path, pki, live) as running:
+        startup = running.text()
+        assert any(
+            f"ERROR {OWN_LOGGER}: intercept: [plugins.intercept] x1_certificate: "
+            f"{live / 'x1.crt'}: the certificate expired on "
+            in line
+            and "started with it all the same" in line
+            for line in own(startup)
+        ), startup
+        for line in ordinary(startup):
+            for word in [*telling(pki, live), expired.fingerprint, "x1-old"]:
+                assert word not in line.lower(), line
+        # The gateway runs and serves (here: its metrics exporter).
+        scrape = curl("--fail", f"http://127.0.0.1:{running.metrics}/metrics")
+        assert scrape.returncode == 0, scrape.stderr
+        assert "intercept" not in scrape.stdout and expired.fingerprint not in scrape.stdout
+        # The ADMF refuses the expired certificate: X1 is out until the renewal.
+        with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
+            x1_ping(pki, running.x1)
+
+        install(pki.issued["x1-b"], live / "x1.crt", live / "x1.key")
+        lines = running.reload()
+        assert any(
+            f"INFO {OWN_LOGGER}: reload: intercept loaded {live / 'x1.crt'}: subject CN=x1-b"
+            in line
+            for line in own(lines)
+        ), lines
+        fingerprint, answer = x1_ping(pki, running.x1)
+        assert fingerprint == pki.issued["x1-b"].fingerprint
+        assert answer.startswith("HTTP/1.1 200 ") and "PingResponse" in answer, answer

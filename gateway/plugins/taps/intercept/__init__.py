@@ -98,6 +98,10 @@ class Contexts:
     delivery: ssl.SSLContext | None  # None: delivery_tls = false
     report: ssl.SSLContext | None  # None: no report_url
     loaded: tuple[LoadedCertificate, ...]  # each certificate file once, x1's first
+    # "keys: file: why" for each certificate outside its validity period. A reload refuses
+    # them; start-up runs with them and says so (docs/lawful_intercept.md, "A certificate
+    # out of its validity period at start-up").
+    invalid: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -160,14 +164,18 @@ class InterceptConfig:
 
     def _check_credentials(self) -> None:
         """Certificates, keys and CAs load now, so a mistake stops the gateway at start-up
-        naming the key, instead of leaving it running without interception."""
-        self.contexts()
+        naming the key, instead of leaving it running without interception. A certificate
+        merely outside its validity period does not stop it (``Contexts.invalid``)."""
+        self.contexts(now=time.time())
 
-    def contexts(self, *, now: float | None = None) -> Contexts:
+    def contexts(self, *, now: float) -> Contexts:
         """Every TLS context of the plugin, from the files as they are now: X1's server
-        context, delivery's and the reports' client contexts. ValueError names the keys, the
-        file and the reason (never key bytes). With ``now`` (a reload), a certificate outside
-        its validity period is refused too (RFC 5280 §4.1.2.5: peers would refuse it)."""
+        context, delivery's and the reports' client contexts; the checks of start-up and of a
+        reload alike. A file that cannot be used (missing, unreadable, not PEM, a key that is
+        not its certificate's) raises ValueError naming the keys, the file and the reason
+        (never key bytes). A certificate outside its validity period at ``now`` (RFC 5280
+        §4.1.2.5: peers refuse it) is in ``Contexts.invalid``: what to do about it is the
+        caller's (a reload refuses it, start-up reports it)."""
         groups: list[tuple[str, str, str, Callable[[], ssl.SSLContext | None]]] = [
             ("x1_certificate", "x1_private_key", "x1_ca", self.x1_ssl_context)
         ]
@@ -191,6 +199,7 @@ class InterceptConfig:
             )
         built: dict[str, ssl.SSLContext | None] = {}
         loaded: dict[str, LoadedCertificate] = {}  # by file: report_* default to x1_*'s
+        invalid: dict[str, tuple[list[str], str]] = {}  # by file: the keys naming it, why
         for certificate, private_key, ca, load in groups:
             for key in (certificate, private_key, ca):
                 if not Path(self._file(key)).is_file():
@@ -202,15 +211,16 @@ class InterceptConfig:
                 raise ValueError(
                     f"{certificate}, {private_key}, {ca}: cannot be loaded ({exc})"
                 ) from None
-            problem = None if now is None else validity_problem(leaf, now=now)
+            problem = validity_problem(leaf, now=now)
             if problem is not None:
-                raise ValueError(f"{certificate}: {problem}")
+                invalid.setdefault(leaf.path, ([], problem))[0].append(certificate)
             loaded.setdefault(leaf.path, leaf)
         return Contexts(
             x1=built["x1_certificate"],  # type: ignore[arg-type]  # never None
             delivery=built.get("delivery_certificate"),
             report=built.get("report_certificate"),
             loaded=tuple(loaded.values()),
+            invalid=tuple(f"{', '.join(keys)}: {problem}" for keys, problem in invalid.values()),
         )
 
     @property
@@ -297,7 +307,9 @@ class Interception:
         )
         self.links: dict[uuid.UUID, DeliveryLink] = {}
         self._wall_clock = wall_clock
-        self.contexts = config.contexts()  # what new connections use; swapped by a reload
+        # What new connections use; swapped by a reload. A certificate out of its validity
+        # period is used all the same and reported when the tap starts (run()).
+        self.contexts = config.contexts(now=time.time())
         self.x1 = X1Handler(
             self.provisioning,
             ne_identifier=config.ne_identifier,
@@ -441,6 +453,7 @@ class Interception:
                 "intercept: X2/X3 go to mediation functions over plain TCP (delivery_tls = "
                 "false): for a lab only"
             )
+        self._report_invalid_certificates()
         self._delivery_context = self.contexts.delivery
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -458,6 +471,19 @@ class Interception:
 
     # -- certificates (SIGHUP, gateway/core/reload.py) -----------------------------------------
 
+    def _report_invalid_certificates(self) -> None:
+        """Start-up with a certificate out of its validity period: said on this plugin's
+        logger only (covert), as the config error it would be if it stopped the gateway. It
+        does not: an interception's certificate must not take every call down with it, and a
+        renewed file takes effect on SIGHUP (docs/lawful_intercept.md says why)."""
+        for problem in self.contexts.invalid:
+            log.error(
+                "intercept: [plugins.intercept] %s: started with it all the same (calls are "
+                "not stopped for it); its peers refuse it until a valid one is loaded: renew "
+                "the file and send SIGHUP",
+                problem,
+            )
+
     def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
         """The certificates new X1, delivery and report connections present now."""
         return self.contexts.loaded
@@ -473,6 +499,10 @@ class Interception:
             contexts = self.config.contexts(now=time.time())
         except ValueError as exc:
             raise ReloadError(str(exc)) from None
+        if contexts.invalid:
+            # What we have works, or at least is no worse: copying an old file over a renewed
+            # one is the usual mistake (certificates.validity_problem).
+            raise ReloadError("; ".join(contexts.invalid))
         self.contexts = contexts
         if self.x1_server is not None:
             self.x1_server.ssl_context = contexts.x1
