@@ -84,7 +84,7 @@ def install(issued: Issued, certificate: Path, key: Path, *, key_of: Issued | No
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     ca = TestPki(tmp_path / "pki").ca("LI CA")
-    names = ("x1-a", "x1-b", "sip-a", "sip-b", "delivery", "admf-1")
+    names = ("x1-a", "x1-b", "sip-a", "sip-b", "delivery", "admf-1", "admf-2")
     return Pki(ca, {name: ca.issue(name, hosts=["127.0.0.1"]) for name in names})
 
 
@@ -130,18 +130,18 @@ def gateway(tmp_path: Path, pki: Pki, live: Path, intercept: str = "") -> Iterat
         yield Running(process, log, int(x1[1]), int(metrics[1]))
 
 
-def admf_context(pki: Pki) -> ssl.SSLContext:
-    """The ADMF's side of X1: its client certificate, trusting only the LI CA."""
+def admf_context(pki: Pki, client: str = "admf-1") -> ssl.SSLContext:
+    """The ADMF's side of X1: its client certificate (``client``'s), trusting only the LI CA."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki.ca.certificate)
-    admf = pki.issued["admf-1"]
+    admf = pki.issued[client]
     context.load_cert_chain(admf.certificate, admf.key)
     return context
 
 
-def ping_document() -> bytes:
+def ping_document(admf: str = "admf-1") -> bytes:
     return (
         f'<X1Request xmlns="{NS}" xmlns:c="{COMMON}" xmlns:xsi="{XSI}">'
-        '<x1RequestMessage xsi:type="PingRequest"><admfIdentifier>admf-1</admfIdentifier>'
+        f'<x1RequestMessage xsi:type="PingRequest"><admfIdentifier>{admf}</admfIdentifier>'
         "<neIdentifier>gw-int</neIdentifier>"
         "<messageTimestamp>2026-11-30T00:00:00.000000Z</messageTimestamp>"
         f"<version>v1.23.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
@@ -149,13 +149,15 @@ def ping_document() -> bytes:
     ).encode()
 
 
-def x1_ping(pki: Pki, port: int) -> tuple[str, str]:
-    """A new X1 connection: the SHA-256 fingerprint of the certificate it got, and the answer
-    to a Ping sent over it."""
-    body = ping_document()
+def x1_ping(
+    pki: Pki, port: int, *, admf: str = "admf-1", client: str = "admf-1"
+) -> tuple[str, str]:
+    """A new X1 connection with ``client``'s certificate: the SHA-256 fingerprint of the
+    certificate it got, and the answer to a Ping for ``admf`` sent over it."""
+    body = ping_document(admf)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as tcp,
-        admf_context(pki).wrap_socket(tcp, server_hostname="127.0.0.1") as tls,
+        admf_context(pki, client).wrap_socket(tcp, server_hostname="127.0.0.1") as tls,
     ):
         der = tls.getpeercert(binary_form=True)
         assert der is not None

@@ -9,10 +9,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from gateway.core.interfaces import TappedCall
 from gateway.plugins.taps.intercept.tasks import Provisioning, ProvisioningError
 from gateway.plugins.taps.intercept.x1 import X1Handler
+from gateway.plugins.taps.intercept.x1_server import subject_of
+from tests.interop.harness.pki import TestPki
 from tests.unit.taps.x1_structure import check
 
 NS = "http://uri.etsi.org/03221/X1/2017/10"
@@ -472,6 +475,66 @@ def test_an_admf_not_listed_is_refused_when_a_list_is_configured() -> None:
     assert text(refused, "errorInformation/errorCode") == "1040"
 
 
+CERTIFICATES = {"admf-1": "CN=admf-1,O=LI", "admf-2": "CN=admf-2,O=LI"}
+
+
+def test_an_admf_speaks_only_for_the_identifier_of_its_certificate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """TS 103 221-1 table 6.7-3, 1030: a message whose admfIdentifier is not the ADMF of the
+    connection's client certificate is refused and changes nothing; the certificate's subject
+    goes to the plugin's log only."""
+    x1 = handler(admf_identifiers=("admf-1", "admf-2"), admf_certificates=CERTIFICATES)
+    own = x1.handle(document(message("PingRequest")), client="CN=admf-1,O=LI")
+    (ok,) = responses(own)
+    assert response_type(ok) == "PingResponse"
+
+    posing = document(
+        message("CreateDestinationRequest", destination(), admf="admf-2", txn=T1),
+        message("PingRequest", admf="admf-2", txn=T2),
+    )
+    for client in ("CN=admf-1,O=LI", "CN=intruder,O=LI", None):
+        create, ping = responses(x1.handle(posing, client=client))
+        for refused, name in ((create, "CreateDestination"), (ping, "Ping")):
+            assert response_type(refused) == "ErrorResponse"
+            assert text(refused, "requestMessageType") == name
+            assert text(refused, "errorInformation/errorCode") == "1030"
+            assert text(refused, "errorInformation/errorDescription") == (
+                "admfIdentifier 'admf-2' does not match the client certificate"
+            )
+            assert "CN=" not in text(refused, "errorInformation/errorDescription")
+    assert x1.provisioning.destinations == {} and x1.changes == 0
+    assert (
+        "X1 request for admfIdentifier 'admf-2' refused (1030): the client certificate's "
+        "subject is CN=admf-1,O=LI, admf_certificates names CN=admf-2,O=LI" in caplog.text
+    )
+    (create, ping) = responses(x1.handle(posing, client="CN=admf-2,O=LI"))
+    assert response_type(create) == "CreateDestinationResponse" and DID in (
+        x1.provisioning.destinations
+    )
+
+
+def test_with_certificates_an_admf_without_one_is_unknown_and_without_them_any_is_taken() -> None:
+    x1 = handler(admf_certificates={"admf-1": "CN=admf-1,O=LI"})
+    (unknown,) = responses(
+        x1.handle(document(message("PingRequest", admf="admf-2")), client="CN=admf-2,O=LI")
+    )
+    assert text(unknown, "errorInformation/errorCode") == "1040"
+    unchecked = handler()  # no admf_certificates: the CA's word is enough, as before
+    (ping,) = responses(unchecked.handle(document(message("PingRequest")), client="CN=other"))
+    assert response_type(ping) == "PingResponse"
+
+
+def test_a_top_level_error_names_the_admf_of_the_connections_certificate() -> None:
+    """A document too broken to name its ADMF is answered to the ADMF whose certificate the
+    connection has (TS 103 221-1: the requester's identifier from its X.509 certificate)."""
+    x1 = handler(admf_identifiers=("admf-1", "admf-2"), admf_certificates=CERTIFICATES)
+    root = check(x1.handle(b"<X1Request", client="CN=admf-2,O=LI"))
+    assert text(root, "admfIdentifier") == "admf-2"
+    root = check(x1.handle(b"<X1Request", client="CN=stranger"))
+    assert text(root, "admfIdentifier") == "admf-1"  # the first taken, as without certificates
+
+
 def test_a_destination_in_use_cannot_be_removed() -> None:
     x1 = handler()
     x1.handle(
@@ -689,3 +752,13 @@ def test_a_change_the_store_refuses_is_refused_and_the_old_task_stays(
     assert response_type(answer) == "ErrorResponse"
     assert "disk is full" in text(answer, "errorInformation/errorDescription")
     assert len(x1.provisioning.matches(call())) == 1  # still the task as it was
+
+
+def test_the_x1_server_reads_a_client_certificates_subject_as_admf_certificates_has_it(
+    tmp_path: Path,
+) -> None:
+    issued = TestPki(tmp_path).ca("LI CA").issue("admf-1")
+    der = issued.x509.public_bytes(serialization.Encoding.DER)
+    assert subject_of(der) == "CN=admf-1"
+    assert subject_of(None) is None  # no certificate (never past our handshake, but safe)
+    assert subject_of(b"\x30\x03garbage") is None

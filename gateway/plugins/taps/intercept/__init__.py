@@ -53,13 +53,15 @@ import logging
 import re
 import ssl
 import time
+import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
+from cryptography import x509
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import LoadedCertificate, ReloadError, TappedCall
@@ -104,6 +106,24 @@ class Contexts:
     invalid: tuple[str, ...] = ()
 
 
+def _admf_certificates(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    """``admf_certificates`` read-only, each subject as the X1 server reads a client's
+    (:func:`.x1_server.subject_of`), so equal names compare equal; a value that is no RFC 4514
+    name is a config error of the key."""
+    subjects: dict[str, str] = {}
+    for admf, subject in mapping.items():
+        if not admf:
+            raise ValueError("admf_certificates: an empty admfIdentifier")
+        try:
+            subjects[admf] = x509.Name.from_rfc4514_string(subject).rfc4514_string()
+        except ValueError:
+            raise ValueError(
+                f"admf_certificates: entry {admf!r}: expected the certificate's subject as "
+                f"RFC 4514 writes it (e.g. CN=admf-1,O=Example LI), got {subject!r}"
+            ) from None
+    return types.MappingProxyType(subjects)
+
+
 @attrs.frozen
 class InterceptConfig:
     """``[plugins.intercept]``. See docs/configuration.md."""
@@ -114,6 +134,11 @@ class InterceptConfig:
     x1_ca: str = ""
     ne_identifier: str = "voipgw"
     admf_identifiers: tuple[str, ...] = ()
+    # admfIdentifier -> the subject of the client certificate that ADMF presents (TS 103 221-1
+    # error 1030 when they do not match); empty: not checked.
+    admf_certificates: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_admf_certificates, hash=False
+    )
     delivery_tls: bool = True
     delivery_certificate: str = ""
     delivery_private_key: str = ""
@@ -145,6 +170,14 @@ class InterceptConfig:
                     )
         if not self.ne_identifier:
             raise ValueError("ne_identifier: must not be empty")
+        if self.admf_certificates and self.admf_identifiers:
+            # Both name the ADMFs taken: an identifier in one only would be refused always.
+            unlisted = sorted(set(self.admf_certificates) ^ set(self.admf_identifiers))
+            if unlisted:
+                raise ValueError(
+                    f"admf_certificates: {unlisted[0]!r} is in one of admf_certificates and "
+                    "admf_identifiers only: with both set they must name the same ADMFs"
+                )
         if not 0 <= self.pdu_version <= 0xFFFF:
             raise ValueError("pdu_version: expected 0 to 65535")
         if not 1.0 <= self.keepalive_interval <= 3600.0:
@@ -158,7 +191,7 @@ class InterceptConfig:
             if not self.report_admf:
                 raise ValueError(
                     "report_admf_identifier: required with report_url (the admfIdentifier "
-                    "the reports carry) unless admf_identifiers lists one"
+                    "the reports carry) unless admf_identifiers or admf_certificates names one"
                 )
         self._check_credentials()
 
@@ -258,7 +291,13 @@ class InterceptConfig:
         """The admfIdentifier our reports carry."""
         if self.report_admf_identifier:
             return self.report_admf_identifier
-        return self.admf_identifiers[0] if self.admf_identifiers else ""
+        return self.admfs[0] if self.admfs else ""
+
+    @property
+    def admfs(self) -> tuple[str, ...]:
+        """The admfIdentifiers taken (empty: any): ``admf_identifiers``, else the ADMFs
+        ``admf_certificates`` names."""
+        return self.admf_identifiers or tuple(self.admf_certificates)
 
     def report_ssl_context(self) -> ssl.SSLContext:
         """Our client certificate towards the ADMF's X1 server, whose certificate the
@@ -313,7 +352,8 @@ class Interception:
         self.x1 = X1Handler(
             self.provisioning,
             ne_identifier=config.ne_identifier,
-            admf_identifiers=config.admf_identifiers,
+            admf_identifiers=config.admfs,
+            admf_certificates=config.admf_certificates,
             wall_clock=wall_clock,
             destination_fault=self.destination_fault,
             task_fault=self.task_fault,
@@ -513,10 +553,11 @@ class Interception:
             self.reports.ssl_context = contexts.report
         return contexts.loaded
 
-    def _handle_x1(self, body: bytes) -> bytes:
+    def _handle_x1(self, body: bytes, client: str | None = None) -> bytes:
+        """An X1 document from the ADMF whose client certificate has subject ``client``."""
         tasks_before = self.provisioning.task_generation
         try:
-            return self.x1.handle(body)
+            return self.x1.handle(body, client=client)
         finally:
             # Whatever the document did, even half of it before a bug: the links follow the
             # destinations now, before any call's next PDU looks for them.
