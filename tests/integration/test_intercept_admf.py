@@ -78,7 +78,7 @@ class Admf:
                     f'xsi:type="{kind.removesuffix("Request")}Response">'
                     f"<admfIdentifier>admf-1</admfIdentifier><neIdentifier>gw-int</neIdentifier>"
                     "<messageTimestamp>2026-11-30T00:00:00.000000Z</messageTimestamp>"
-                    f"<version>v1.13.1</version><x1TransactionId>{fields['x1TransactionId']}"
+                    f"<version>v1.23.1</version><x1TransactionId>{fields['x1TransactionId']}"
                     "</x1TransactionId><oK>AcknowledgedAndCompleted</oK></x1ResponseMessage>"
                     "</X1Response>"
                 ).encode()
@@ -142,7 +142,7 @@ def x1(pki: tuple[TestCa, Issued, Issued], port: int, *messages: tuple[str, str]
         f'<x1RequestMessage xsi:type="{kind}"><admfIdentifier>admf-1</admfIdentifier>'
         "<neIdentifier>gw-int</neIdentifier>"
         "<messageTimestamp>2026-11-30T00:00:00.000000Z</messageTimestamp>"
-        f"<version>v1.13.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
+        f"<version>v1.23.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
         f"{inner}</x1RequestMessage>"
         for kind, inner in messages
     )

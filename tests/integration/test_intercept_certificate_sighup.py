@@ -15,6 +15,8 @@ the SIP ``tls`` transport and the metrics exporter (plain HTTP) run beside it on
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
 import http.client
 import re
@@ -82,7 +84,7 @@ def install(issued: Issued, certificate: Path, key: Path, *, key_of: Issued | No
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     ca = TestPki(tmp_path / "pki").ca("LI CA")
-    names = ("x1-a", "x1-b", "sip-a", "sip-b", "delivery", "admf-1")
+    names = ("x1-a", "x1-b", "sip-a", "sip-b", "delivery", "admf-1", "admf-2")
     return Pki(ca, {name: ca.issue(name, hosts=["127.0.0.1"]) for name in names})
 
 
@@ -97,6 +99,14 @@ def live(tmp_path: Path, pki: Pki) -> Path:
 
 @pytest.fixture
 def running(tmp_path: Path, pki: Pki, live: Path) -> Iterator[Running]:
+    with gateway(tmp_path, pki, live) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def gateway(tmp_path: Path, pki: Pki, live: Path, intercept: str = "") -> Iterator[Running]:
+    """``voipgw run`` with the SIP ``tls`` transport, the metrics exporter and the tap, whose
+    X1 files are ``live``'s; ``intercept``: more lines of its table."""
     delivery = pki.issued["delivery"]
     config = tmp_path / "voipgw.toml"
     config.write_text(
@@ -113,39 +123,41 @@ def running(tmp_path: Path, pki: Pki, live: Path) -> Iterator[Running]:
         'ne_identifier = "gw-int"\n'
         f'delivery_certificate = "{delivery.certificate}"\n'
         f'delivery_private_key = "{delivery.key}"\n'
-        f'delivery_ca = "{pki.ca.certificate}"\n'
+        f'delivery_ca = "{pki.ca.certificate}"\n' + intercept
     )
     log = tmp_path / "voipgw.log"
     with voipgw_running(config, log, [X1_READY, METRICS_READY]) as (process, (x1, metrics)):
         yield Running(process, log, int(x1[1]), int(metrics[1]))
 
 
-def admf_context(pki: Pki) -> ssl.SSLContext:
-    """The ADMF's side of X1: its client certificate, trusting only the LI CA."""
+def admf_context(pki: Pki, client: str = "admf-1") -> ssl.SSLContext:
+    """The ADMF's side of X1: its client certificate (``client``'s), trusting only the LI CA."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki.ca.certificate)
-    admf = pki.issued["admf-1"]
+    admf = pki.issued[client]
     context.load_cert_chain(admf.certificate, admf.key)
     return context
 
 
-def ping_document() -> bytes:
+def ping_document(admf: str = "admf-1") -> bytes:
     return (
         f'<X1Request xmlns="{NS}" xmlns:c="{COMMON}" xmlns:xsi="{XSI}">'
-        '<x1RequestMessage xsi:type="PingRequest"><admfIdentifier>admf-1</admfIdentifier>'
+        f'<x1RequestMessage xsi:type="PingRequest"><admfIdentifier>{admf}</admfIdentifier>'
         "<neIdentifier>gw-int</neIdentifier>"
         "<messageTimestamp>2026-11-30T00:00:00.000000Z</messageTimestamp>"
-        f"<version>v1.13.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
+        f"<version>v1.23.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
         "</x1RequestMessage></X1Request>"
     ).encode()
 
 
-def x1_ping(pki: Pki, port: int) -> tuple[str, str]:
-    """A new X1 connection: the SHA-256 fingerprint of the certificate it got, and the answer
-    to a Ping sent over it."""
-    body = ping_document()
+def x1_ping(
+    pki: Pki, port: int, *, admf: str = "admf-1", client: str = "admf-1"
+) -> tuple[str, str]:
+    """A new X1 connection with ``client``'s certificate: the SHA-256 fingerprint of the
+    certificate it got, and the answer to a Ping for ``admf`` sent over it."""
+    body = ping_document(admf)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as tcp,
-        admf_context(pki).wrap_socket(tcp, server_hostname="127.0.0.1") as tls,
+        admf_context(pki, client).wrap_socket(tcp, server_hostname="127.0.0.1") as tls,
     ):
         der = tls.getpeercert(binary_form=True)
         assert der is not None
@@ -276,3 +288,45 @@ def test_sighup_reloads_li_certificates_and_neither_metrics_nor_the_ordinary_log
         for word in telling(pki, live):
             assert word not in line.lower(), line
     assert "PRIVATE KEY" not in running.text()
+
+
+def test_start_up_with_an_expired_li_certificate_serves_calls_and_tells_only_the_plugin_log(
+    tmp_path: Path, pki: Pki, live: Path
+) -> None:
+    """Start-up checks what a reload checks, but an LI certificate out of its validity period
+    does not stop the gateway (docs/lawful_intercept.md): it starts, SIP and the metrics are
+    served, the plugin's own logger says which key and file, nothing else tells; the ADMF's
+    TLS refuses the expired X1 certificate until a renewed one is loaded by SIGHUP."""
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
+    expired = pki.ca.issue("x1-old", hosts=["127.0.0.1"], days=5, not_before=past)
+    install(expired, live / "x1.crt", live / "x1.key")
+    with gateway(tmp_path, pki, live) as running:
+        startup = running.text()
+        assert any(
+            f"ERROR {OWN_LOGGER}: intercept: [plugins.intercept] x1_certificate: "
+            f"{live / 'x1.crt'}: the certificate expired on "
+            in line
+            and "started with it all the same" in line
+            for line in own(startup)
+        ), startup
+        for line in ordinary(startup):
+            for word in [*telling(pki, live), expired.fingerprint, "x1-old"]:
+                assert word not in line.lower(), line
+        # The gateway runs and serves (here: its metrics exporter).
+        scrape = curl("--fail", f"http://127.0.0.1:{running.metrics}/metrics")
+        assert scrape.returncode == 0, scrape.stderr
+        assert "intercept" not in scrape.stdout and expired.fingerprint not in scrape.stdout
+        # The ADMF refuses the expired certificate: X1 is out until the renewal.
+        with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
+            x1_ping(pki, running.x1)
+
+        install(pki.issued["x1-b"], live / "x1.crt", live / "x1.key")
+        lines = running.reload()
+        assert any(
+            f"INFO {OWN_LOGGER}: reload: intercept loaded {live / 'x1.crt'}: subject CN=x1-b"
+            in line
+            for line in own(lines)
+        ), lines
+        fingerprint, answer = x1_ping(pki, running.x1)
+        assert fingerprint == pki.issued["x1-b"].fingerprint
+        assert answer.startswith("HTTP/1.1 200 ") and "PingResponse" in answer, answer

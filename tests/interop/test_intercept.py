@@ -74,7 +74,7 @@ def x1_message(kind: str, body: str) -> str:
         f'<x1RequestMessage xsi:type="{kind}"><admfIdentifier>admf-1</admfIdentifier>'
         "<neIdentifier>gw-interop</neIdentifier>"
         "<messageTimestamp>2026-11-29T10:00:00.000000Z</messageTimestamp>"
-        f"<version>v1.13.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
+        f"<version>v1.23.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
         f"{body}</x1RequestMessage>"
     )
 

@@ -110,7 +110,7 @@ class FakeAdmf:
             f"<admfIdentifier>{fields['admfIdentifier']}</admfIdentifier>"
             f"<neIdentifier>{fields['neIdentifier']}</neIdentifier>"
             "<messageTimestamp>2026-11-29T10:00:00.000000Z</messageTimestamp>"
-            f"<version>v1.13.1</version><x1TransactionId>{fields['x1TransactionId']}"
+            f"<version>v1.23.1</version><x1TransactionId>{fields['x1TransactionId']}"
             "</x1TransactionId>"
         )
         if self.refuse:

@@ -40,7 +40,7 @@ def message(kind: str, body: str) -> str:
     return (
         f'<x1RequestMessage xsi:type="{kind}"><admfIdentifier>admf-1</admfIdentifier>'
         "<neIdentifier>gw-test</neIdentifier><messageTimestamp>2026-11-29T10:00:00.000000Z"
-        "</messageTimestamp><version>v1.13.1</version>"
+        "</messageTimestamp><version>v1.23.1</version>"
         f"<x1TransactionId>{uuid.uuid4()}</x1TransactionId>{body}</x1RequestMessage>"
     )
 

@@ -49,6 +49,13 @@ def load(table: dict[str, object]) -> object:
         ({"report_url": "https://u:p@10.0.9.2/"}, "report_url", "no user, password"),
         ({"report_url": "https://10.0.9.2/"}, "report_admf_identifier", "required with"),
         ({"report_interval": 0.5}, "report_interval", "1 to 3600"),
+        ({"admf_certificates": {"admf-1": "cn = admf"}}, "admf_certificates", "RFC 4514"),
+        ({"admf_certificates": {"": "CN=admf-1"}}, "admf_certificates", "empty admfIdentifier"),
+        (
+            {"admf_identifiers": ["admf-1", "admf-2"], "admf_certificates": {"admf-1": "CN=a"}},
+            "admf_certificates",
+            "'admf-2' is in one of admf_certificates and admf_identifiers only",
+        ),
         (
             {"report_url": "https://10.0.9.2/", "admf_identifiers": ["a"], "report_ca": "/no.pem"},
             "report_ca",
@@ -121,3 +128,18 @@ def test_a_report_key_that_does_not_match_its_certificate_is_refused_at_start(
         ConfigError, match="report_certificate, report_private_key, report_ca: cannot be loaded"
     ):
         load(table)
+
+
+def test_admf_certificates_name_the_admfs_taken_and_reported_to(
+    credentials: dict[str, object],
+) -> None:
+    table = {
+        **credentials,
+        "admf_certificates": {"admf-1": "CN=admf-1,O=Example LI", "admf-2": "CN=admf-2"},
+        "report_url": "https://127.0.0.1:8444/X1",
+    }
+    tap = load(table).media_taps.get("intercept")  # type: ignore[attr-defined]
+    assert isinstance(tap, intercept_plugin.Interception)
+    assert tap.x1.admf_certificates == {"admf-1": "CN=admf-1,O=Example LI", "admf-2": "CN=admf-2"}
+    assert tap.x1.admf_identifiers == ("admf-1", "admf-2")
+    assert tap.config.report_admf == "admf-1"

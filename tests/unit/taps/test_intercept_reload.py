@@ -182,3 +182,73 @@ def test_the_core_reloads_the_tap_but_never_counts_or_names_it(
         )
         for level, message in own
     ), own
+
+
+@pytest.mark.parametrize("when", ["expired", "not_yet_valid"])
+@pytest.mark.parametrize("name", ["x1", "delivery"])
+def test_start_up_runs_with_a_certificate_out_of_its_validity_period_and_says_so_covertly(
+    live: Path,
+    tmp_path: Path,
+    ca: TestCa,
+    caplog: pytest.LogCaptureFixture,
+    when: str,
+    name: str,
+) -> None:
+    """The same checks as a reload (``InterceptConfig.contexts``), but start-up has nothing to
+    keep: it runs with the certificate (an LI certificate never stops the calls) and says so
+    on the plugin's logger only, naming the table, the key and the file; a reload with the
+    file unchanged is refused, a renewed one is taken."""
+    now = datetime.datetime.now(datetime.UTC)
+    if when == "expired":
+        install(
+            ca.issue(f"{name}-old", days=5, not_before=now - datetime.timedelta(days=10)),
+            live,
+            name,
+        )
+        why = "the certificate expired on "
+    else:
+        install(
+            ca.issue(f"{name}-new", days=30, not_before=now + datetime.timedelta(days=2)),
+            live,
+            name,
+        )
+        why = "the certificate is not valid before "
+    caplog.set_level(logging.INFO)
+
+    tap = running_tap(load(live, tmp_path))  # no config error
+    tap._report_invalid_certificates()  # what run() says first
+
+    # The reports' certificate is X1's file (report_* default to x1_*): that file once.
+    keys = "x1_certificate, report_certificate" if name == "x1" else "delivery_certificate"
+    (problem,) = tap.contexts.invalid
+    assert problem.startswith(f"{keys}: {live / f'{name}.crt'}: {why}")
+    records = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert records == [
+        (
+            "gateway.plugins.taps.intercept",
+            "ERROR",
+            f"intercept: [plugins.intercept] {problem}: started with it all the same (calls are"
+            " not stopped for it); its peers refuse it until a valid one is loaded: renew the"
+            " file and send SIGHUP",
+        )
+    ]
+    assert "PRIVATE KEY" not in caplog.text
+
+    before = in_use(tap)
+    with pytest.raises(ReloadError, match=f"^{keys}: "):
+        tap.reload_certificates()
+    assert all(new is old for new, old in zip(in_use(tap), before, strict=True))
+    renewed = ca.issue(f"{name}-renewed")
+    install(renewed, live, name)
+    loaded = tap.reload_certificates()
+    assert renewed.fingerprint in [c.sha256_fingerprint for c in loaded]
+    assert tap.contexts.invalid == ()
+
+
+def test_start_up_with_valid_certificates_says_nothing_of_them(
+    live: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    tap = running_tap(load(live, tmp_path))
+    tap._report_invalid_certificates()
+    assert tap.contexts.invalid == () and caplog.records == []

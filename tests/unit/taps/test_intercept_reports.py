@@ -63,7 +63,7 @@ def test_a_destination_fault_is_a_report_destination_issue_in_the_xsds_order() -
     values = dict(children)
     assert values["admfIdentifier"] == "admf-1" and values["neIdentifier"] == "gw-1"
     assert values["messageTimestamp"] == "2025-11-29T08:00:00.500000Z"
-    assert values["version"] == "v1.13.1"
+    assert values["version"] == "v1.23.1"
     assert values["x1TransactionId"] == str(TXN)
     assert values["dId"] == str(DID)
     # omec-project/li: <destinationReportType>NonTerminatingFault</...> for an unreachable MDF
@@ -131,7 +131,7 @@ def response(kind: str, inner: str, *, txn: uuid.UUID = TXN) -> str:
     return (
         f'<x1ResponseMessage xsi:type="{kind}"><admfIdentifier>admf-1</admfIdentifier>'
         "<neIdentifier>gw-1</neIdentifier><messageTimestamp>2025-11-29T08:00:01.000000Z"
-        f"</messageTimestamp><version>v1.13.1</version><x1TransactionId>{txn}"
+        f"</messageTimestamp><version>v1.23.1</version><x1TransactionId>{txn}"
         f"</x1TransactionId>{inner}</x1ResponseMessage>"
     )
 
@@ -169,7 +169,7 @@ def test_the_admfs_ok_is_read() -> None:
             answer(
                 "<admfIdentifier>admf-1</admfIdentifier><neIdentifier>gw-1</neIdentifier>"
                 "<messageTimestamp>2025-11-29T08:00:01.000000Z</messageTimestamp>"
-                "<version>v1.13.1</version>",
+                "<version>v1.23.1</version>",
                 root="X1TopLevelErrorResponse",
             ),
             "top-level error (X1TopLevelErrorResponse): the ADMF could not read it",

@@ -9,10 +9,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from gateway.core.interfaces import TappedCall
 from gateway.plugins.taps.intercept.tasks import Provisioning, ProvisioningError
 from gateway.plugins.taps.intercept.x1 import X1Handler
+from gateway.plugins.taps.intercept.x1_server import subject_of
+from tests.interop.harness.pki import TestPki
 from tests.unit.taps.x1_structure import check
 
 NS = "http://uri.etsi.org/03221/X1/2017/10"
@@ -31,7 +34,7 @@ def message(
         f'<x1RequestMessage xsi:type="ns1:{kind}">'
         f"<admfIdentifier>{admf}</admfIdentifier><neIdentifier>{ne}</neIdentifier>"
         "<messageTimestamp>2026-11-29T08:00:00.000000Z</messageTimestamp>"
-        f"<version>v1.13.1</version><x1TransactionId>{txn}</x1TransactionId>{body}"
+        f"<version>v1.23.1</version><x1TransactionId>{txn}</x1TransactionId>{body}"
         "</x1RequestMessage>"
     )
 
@@ -123,7 +126,7 @@ def test_a_destination_then_a_task_make_calls_to_the_target_match() -> None:
     assert response_type(second) == "ActivateTaskResponse"
     assert text(second, "oK") == "AcknowledgedAndCompleted"
     assert text(second, "x1TransactionId") == T2
-    assert text(second, "version") == "v1.13.1"
+    assert text(second, "version") == "v1.23.1"
     assert text(second, "neIdentifier") == "gw-1"
     assert text(second, "admfIdentifier") == "admf-1"
     assert text(second, "messageTimestamp") == "2025-11-29T08:00:00.500000Z"
@@ -309,10 +312,10 @@ def ipv6_destination(address: str) -> str:
         (message("PingRequest", txn=""), 1010, "Ping", "x1TransactionId is not a UUID", False),
         (message("PingRequest", txn="t-1"), 1010, "Ping", "x1TransactionId is not a UUID", False),
         (
-            message("PingRequest").replace("v1.13.1", "1.13"),
+            message("PingRequest").replace("v1.23.1", "1.23"),
             1010,
             "Ping",
-            "version '1.13' is not v1.N.N",
+            "version '1.23' is not v1.N.N",
             False,
         ),
         (
@@ -472,6 +475,66 @@ def test_an_admf_not_listed_is_refused_when_a_list_is_configured() -> None:
     assert text(refused, "errorInformation/errorCode") == "1040"
 
 
+CERTIFICATES = {"admf-1": "CN=admf-1,O=LI", "admf-2": "CN=admf-2,O=LI"}
+
+
+def test_an_admf_speaks_only_for_the_identifier_of_its_certificate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """TS 103 221-1 table 6.7-3, 1030: a message whose admfIdentifier is not the ADMF of the
+    connection's client certificate is refused and changes nothing; the certificate's subject
+    goes to the plugin's log only."""
+    x1 = handler(admf_identifiers=("admf-1", "admf-2"), admf_certificates=CERTIFICATES)
+    own = x1.handle(document(message("PingRequest")), client="CN=admf-1,O=LI")
+    (ok,) = responses(own)
+    assert response_type(ok) == "PingResponse"
+
+    posing = document(
+        message("CreateDestinationRequest", destination(), admf="admf-2", txn=T1),
+        message("PingRequest", admf="admf-2", txn=T2),
+    )
+    for client in ("CN=admf-1,O=LI", "CN=intruder,O=LI", None):
+        create, ping = responses(x1.handle(posing, client=client))
+        for refused, name in ((create, "CreateDestination"), (ping, "Ping")):
+            assert response_type(refused) == "ErrorResponse"
+            assert text(refused, "requestMessageType") == name
+            assert text(refused, "errorInformation/errorCode") == "1030"
+            assert text(refused, "errorInformation/errorDescription") == (
+                "admfIdentifier 'admf-2' does not match the client certificate"
+            )
+            assert "CN=" not in text(refused, "errorInformation/errorDescription")
+    assert x1.provisioning.destinations == {} and x1.changes == 0
+    assert (
+        "X1 request for admfIdentifier 'admf-2' refused (1030): the client certificate's "
+        "subject is CN=admf-1,O=LI, admf_certificates names CN=admf-2,O=LI" in caplog.text
+    )
+    (create, ping) = responses(x1.handle(posing, client="CN=admf-2,O=LI"))
+    assert response_type(create) == "CreateDestinationResponse" and DID in (
+        x1.provisioning.destinations
+    )
+
+
+def test_with_certificates_an_admf_without_one_is_unknown_and_without_them_any_is_taken() -> None:
+    x1 = handler(admf_certificates={"admf-1": "CN=admf-1,O=LI"})
+    (unknown,) = responses(
+        x1.handle(document(message("PingRequest", admf="admf-2")), client="CN=admf-2,O=LI")
+    )
+    assert text(unknown, "errorInformation/errorCode") == "1040"
+    unchecked = handler()  # no admf_certificates: the CA's word is enough, as before
+    (ping,) = responses(unchecked.handle(document(message("PingRequest")), client="CN=other"))
+    assert response_type(ping) == "PingResponse"
+
+
+def test_a_top_level_error_names_the_admf_of_the_connections_certificate() -> None:
+    """A document too broken to name its ADMF is answered to the ADMF whose certificate the
+    connection has (TS 103 221-1: the requester's identifier from its X.509 certificate)."""
+    x1 = handler(admf_identifiers=("admf-1", "admf-2"), admf_certificates=CERTIFICATES)
+    root = check(x1.handle(b"<X1Request", client="CN=admf-2,O=LI"))
+    assert text(root, "admfIdentifier") == "admf-2"
+    root = check(x1.handle(b"<X1Request", client="CN=stranger"))
+    assert text(root, "admfIdentifier") == "admf-1"  # the first taken, as without certificates
+
+
 def test_a_destination_in_use_cannot_be_removed() -> None:
     x1 = handler()
     x1.handle(
@@ -621,9 +684,22 @@ def test_a_document_we_cannot_read_gets_a_top_level_error(
     ]
     assert (text(root, "admfIdentifier"), text(root, "neIdentifier")) == ("admf-1", "gw-1")
     assert text(root, "messageTimestamp") == "2025-11-29T08:00:00.500000Z"
+    assert text(root, "version") == "v1.23.1"  # the schema version the documents follow
     assert description in caplog.text
     assert x1.top_level_errors == 1
     assert x1.provisioning.destinations == {} and x1.changes == 0
+
+
+def test_an_answer_echoes_the_version_of_its_request_and_a_bad_one_gets_ours() -> None:
+    """An ADMF on an earlier v1 schema is answered in its version (TS 103 221-1 §4.5: minor
+    versions only add); a version that is not v1.N.N is answered (1010) in ours."""
+    older = message("PingRequest").replace("v1.23.1", "v1.13.1")
+    (ping,) = responses(handler().handle(document(older)))
+    assert response_type(ping) == "PingResponse" and text(ping, "version") == "v1.13.1"
+    broken = message("PingRequest").replace("v1.23.1", "v2")
+    (refused,) = responses(handler().handle(document(broken, valid=False)))
+    assert text(refused, "errorInformation/errorCode") == "1010"
+    assert text(refused, "version") == "v1.23.1"
 
 
 def test_a_top_level_error_names_the_admf_of_the_document_it_refuses() -> None:
@@ -676,3 +752,13 @@ def test_a_change_the_store_refuses_is_refused_and_the_old_task_stays(
     assert response_type(answer) == "ErrorResponse"
     assert "disk is full" in text(answer, "errorInformation/errorDescription")
     assert len(x1.provisioning.matches(call())) == 1  # still the task as it was
+
+
+def test_the_x1_server_reads_a_client_certificates_subject_as_admf_certificates_has_it(
+    tmp_path: Path,
+) -> None:
+    issued = TestPki(tmp_path).ca("LI CA").issue("admf-1")
+    der = issued.x509.public_bytes(serialization.Encoding.DER)
+    assert subject_of(der) == "CN=admf-1"
+    assert subject_of(None) is None  # no certificate (never past our handshake, but safe)
+    assert subject_of(b"\x30\x03garbage") is None

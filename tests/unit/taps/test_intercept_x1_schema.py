@@ -279,7 +279,7 @@ def _swap(xml: str, first: str, second: str) -> str:
         '<x1ResponseMessage xsi:type="ErrorResponse"><admfIdentifier>a</admfIdentifier>'
         "<neIdentifier>gw-1</neIdentifier>"
         "<messageTimestamp>2025-11-29T08:00:00.500000Z</messageTimestamp>"
-        "<version>v1.13.1</version><x1TransactionId>0f3b7a1c-2d4e-4f60-8a91-1b2c3d4e5f60"
+        "<version>v1.23.1</version><x1TransactionId>0f3b7a1c-2d4e-4f60-8a91-1b2c3d4e5f60"
         "</x1TransactionId><requestMessageType>ActivateTaskRequest</requestMessageType>"
         "<errorInformation><errorCode>1004</errorCode><errorDescription>x</errorDescription>"
         "</errorInformation></x1ResponseMessage>",
@@ -287,7 +287,7 @@ def _swap(xml: str, first: str, second: str) -> str:
         '<x1ResponseMessage xsi:type="PingResponse"><admfIdentifier>a</admfIdentifier>'
         "<neIdentifier>gw-1</neIdentifier>"
         "<messageTimestamp>2025-11-29T08:00:00.500000Z</messageTimestamp>"
-        "<version>v1.13.1</version><x1TransactionId>t-1</x1TransactionId>"
+        "<version>v1.23.1</version><x1TransactionId>t-1</x1TransactionId>"
         "<oK>AcknowledgedAndCompleted</oK></x1ResponseMessage>",
     ],
 )

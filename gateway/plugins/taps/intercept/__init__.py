@@ -53,13 +53,15 @@ import logging
 import re
 import ssl
 import time
+import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
+from cryptography import x509
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import LoadedCertificate, ReloadError, TappedCall
@@ -98,6 +100,28 @@ class Contexts:
     delivery: ssl.SSLContext | None  # None: delivery_tls = false
     report: ssl.SSLContext | None  # None: no report_url
     loaded: tuple[LoadedCertificate, ...]  # each certificate file once, x1's first
+    # "keys: file: why" for each certificate outside its validity period. A reload refuses
+    # them; start-up runs with them and says so (docs/lawful_intercept.md, "A certificate
+    # out of its validity period at start-up").
+    invalid: tuple[str, ...] = ()
+
+
+def _admf_certificates(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    """``admf_certificates`` read-only, each subject as the X1 server reads a client's
+    (:func:`.x1_server.subject_of`), so equal names compare equal; a value that is no RFC 4514
+    name is a config error of the key."""
+    subjects: dict[str, str] = {}
+    for admf, subject in mapping.items():
+        if not admf:
+            raise ValueError("admf_certificates: an empty admfIdentifier")
+        try:
+            subjects[admf] = x509.Name.from_rfc4514_string(subject).rfc4514_string()
+        except ValueError:
+            raise ValueError(
+                f"admf_certificates: entry {admf!r}: expected the certificate's subject as "
+                f"RFC 4514 writes it (e.g. CN=admf-1,O=Example LI), got {subject!r}"
+            ) from None
+    return types.MappingProxyType(subjects)
 
 
 @attrs.frozen
@@ -110,6 +134,11 @@ class InterceptConfig:
     x1_ca: str = ""
     ne_identifier: str = "voipgw"
     admf_identifiers: tuple[str, ...] = ()
+    # admfIdentifier -> the subject of the client certificate that ADMF presents (TS 103 221-1
+    # error 1030 when they do not match); empty: not checked.
+    admf_certificates: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_admf_certificates, hash=False
+    )
     delivery_tls: bool = True
     delivery_certificate: str = ""
     delivery_private_key: str = ""
@@ -141,6 +170,14 @@ class InterceptConfig:
                     )
         if not self.ne_identifier:
             raise ValueError("ne_identifier: must not be empty")
+        if self.admf_certificates and self.admf_identifiers:
+            # Both name the ADMFs taken: an identifier in one only would be refused always.
+            unlisted = sorted(set(self.admf_certificates) ^ set(self.admf_identifiers))
+            if unlisted:
+                raise ValueError(
+                    f"admf_certificates: {unlisted[0]!r} is in one of admf_certificates and "
+                    "admf_identifiers only: with both set they must name the same ADMFs"
+                )
         if not 0 <= self.pdu_version <= 0xFFFF:
             raise ValueError("pdu_version: expected 0 to 65535")
         if not 1.0 <= self.keepalive_interval <= 3600.0:
@@ -154,20 +191,24 @@ class InterceptConfig:
             if not self.report_admf:
                 raise ValueError(
                     "report_admf_identifier: required with report_url (the admfIdentifier "
-                    "the reports carry) unless admf_identifiers lists one"
+                    "the reports carry) unless admf_identifiers or admf_certificates names one"
                 )
         self._check_credentials()
 
     def _check_credentials(self) -> None:
         """Certificates, keys and CAs load now, so a mistake stops the gateway at start-up
-        naming the key, instead of leaving it running without interception."""
-        self.contexts()
+        naming the key, instead of leaving it running without interception. A certificate
+        merely outside its validity period does not stop it (``Contexts.invalid``)."""
+        self.contexts(now=time.time())
 
-    def contexts(self, *, now: float | None = None) -> Contexts:
+    def contexts(self, *, now: float) -> Contexts:
         """Every TLS context of the plugin, from the files as they are now: X1's server
-        context, delivery's and the reports' client contexts. ValueError names the keys, the
-        file and the reason (never key bytes). With ``now`` (a reload), a certificate outside
-        its validity period is refused too (RFC 5280 §4.1.2.5: peers would refuse it)."""
+        context, delivery's and the reports' client contexts; the checks of start-up and of a
+        reload alike. A file that cannot be used (missing, unreadable, not PEM, a key that is
+        not its certificate's) raises ValueError naming the keys, the file and the reason
+        (never key bytes). A certificate outside its validity period at ``now`` (RFC 5280
+        §4.1.2.5: peers refuse it) is in ``Contexts.invalid``: what to do about it is the
+        caller's (a reload refuses it, start-up reports it)."""
         groups: list[tuple[str, str, str, Callable[[], ssl.SSLContext | None]]] = [
             ("x1_certificate", "x1_private_key", "x1_ca", self.x1_ssl_context)
         ]
@@ -191,6 +232,7 @@ class InterceptConfig:
             )
         built: dict[str, ssl.SSLContext | None] = {}
         loaded: dict[str, LoadedCertificate] = {}  # by file: report_* default to x1_*'s
+        invalid: dict[str, tuple[list[str], str]] = {}  # by file: the keys naming it, why
         for certificate, private_key, ca, load in groups:
             for key in (certificate, private_key, ca):
                 if not Path(self._file(key)).is_file():
@@ -202,15 +244,16 @@ class InterceptConfig:
                 raise ValueError(
                     f"{certificate}, {private_key}, {ca}: cannot be loaded ({exc})"
                 ) from None
-            problem = None if now is None else validity_problem(leaf, now=now)
+            problem = validity_problem(leaf, now=now)
             if problem is not None:
-                raise ValueError(f"{certificate}: {problem}")
+                invalid.setdefault(leaf.path, ([], problem))[0].append(certificate)
             loaded.setdefault(leaf.path, leaf)
         return Contexts(
             x1=built["x1_certificate"],  # type: ignore[arg-type]  # never None
             delivery=built.get("delivery_certificate"),
             report=built.get("report_certificate"),
             loaded=tuple(loaded.values()),
+            invalid=tuple(f"{', '.join(keys)}: {problem}" for keys, problem in invalid.values()),
         )
 
     @property
@@ -248,7 +291,13 @@ class InterceptConfig:
         """The admfIdentifier our reports carry."""
         if self.report_admf_identifier:
             return self.report_admf_identifier
-        return self.admf_identifiers[0] if self.admf_identifiers else ""
+        return self.admfs[0] if self.admfs else ""
+
+    @property
+    def admfs(self) -> tuple[str, ...]:
+        """The admfIdentifiers taken (empty: any): ``admf_identifiers``, else the ADMFs
+        ``admf_certificates`` names."""
+        return self.admf_identifiers or tuple(self.admf_certificates)
 
     def report_ssl_context(self) -> ssl.SSLContext:
         """Our client certificate towards the ADMF's X1 server, whose certificate the
@@ -297,11 +346,14 @@ class Interception:
         )
         self.links: dict[uuid.UUID, DeliveryLink] = {}
         self._wall_clock = wall_clock
-        self.contexts = config.contexts()  # what new connections use; swapped by a reload
+        # What new connections use; swapped by a reload. A certificate out of its validity
+        # period is used all the same and reported when the tap starts (run()).
+        self.contexts = config.contexts(now=time.time())
         self.x1 = X1Handler(
             self.provisioning,
             ne_identifier=config.ne_identifier,
-            admf_identifiers=config.admf_identifiers,
+            admf_identifiers=config.admfs,
+            admf_certificates=config.admf_certificates,
             wall_clock=wall_clock,
             destination_fault=self.destination_fault,
             task_fault=self.task_fault,
@@ -441,6 +493,7 @@ class Interception:
                 "intercept: X2/X3 go to mediation functions over plain TCP (delivery_tls = "
                 "false): for a lab only"
             )
+        self._report_invalid_certificates()
         self._delivery_context = self.contexts.delivery
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -458,6 +511,19 @@ class Interception:
 
     # -- certificates (SIGHUP, gateway/core/reload.py) -----------------------------------------
 
+    def _report_invalid_certificates(self) -> None:
+        """Start-up with a certificate out of its validity period: said on this plugin's
+        logger only (covert), as the config error it would be if it stopped the gateway. It
+        does not: an interception's certificate must not take every call down with it, and a
+        renewed file takes effect on SIGHUP (docs/lawful_intercept.md says why)."""
+        for problem in self.contexts.invalid:
+            log.error(
+                "intercept: [plugins.intercept] %s: started with it all the same (calls are "
+                "not stopped for it); its peers refuse it until a valid one is loaded: renew "
+                "the file and send SIGHUP",
+                problem,
+            )
+
     def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
         """The certificates new X1, delivery and report connections present now."""
         return self.contexts.loaded
@@ -473,6 +539,10 @@ class Interception:
             contexts = self.config.contexts(now=time.time())
         except ValueError as exc:
             raise ReloadError(str(exc)) from None
+        if contexts.invalid:
+            # What we have works, or at least is no worse: copying an old file over a renewed
+            # one is the usual mistake (certificates.validity_problem).
+            raise ReloadError("; ".join(contexts.invalid))
         self.contexts = contexts
         if self.x1_server is not None:
             self.x1_server.ssl_context = contexts.x1
@@ -483,10 +553,11 @@ class Interception:
             self.reports.ssl_context = contexts.report
         return contexts.loaded
 
-    def _handle_x1(self, body: bytes) -> bytes:
+    def _handle_x1(self, body: bytes, client: str | None = None) -> bytes:
+        """An X1 document from the ADMF whose client certificate has subject ``client``."""
         tasks_before = self.provisioning.task_generation
         try:
-            return self.x1.handle(body)
+            return self.x1.handle(body, client=client)
         finally:
             # Whatever the document did, even half of it before a bug: the links follow the
             # destinations now, before any call's next PDU looks for them.

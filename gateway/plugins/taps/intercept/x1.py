@@ -40,14 +40,15 @@ this module follows:
 Error codes (``errorCode``) are those of TS 103 221-1 table 6.7-3, as three independent
 implementations transcribe it alike (sipgate/li-lib-x1x2x3 in Java, omec-project/li in Go, and
 a Rust POI's), the most specific one that applies: 1010 a value the schema does not allow,
-1040 an ADMF not listed, 1060 another NE's message, 1080 a request type we do not support,
-2010/2020 an XID that exists already / does not exist, 2030/2040 the same for a DID, 3010 a
-target identifier type we cannot match on, 3050 service types without voice, 6020 a delivery
-address that is not an IP address and TCP port, 7010/8010 destinations in use, and else the
-request's generic failure code (3000 ActivateTask, 3001 ModifyTask, 4000 DeactivateTask, 5000
-DeactivateAllTasks, 6000 CreateDestination, 6001 ModifyDestination, 7000 RemoveDestination,
-8000 RemoveAllDestinations, 1000 otherwise). The header is checked first (1010), then whom
-the message is for (1060, 1040), then its type (1080), then its body.
+1030 an ADMF identifier that is not the one of the connection's client certificate
+(``admf_certificates``), 1040 an ADMF not listed, 1060 another NE's message, 1080 a request
+type we do not support, 2010/2020 an XID that exists already / does not exist, 2030/2040 the
+same for a DID, 3010 a target identifier type we cannot match on, 3050 service types without
+voice, 6020 a delivery address that is not an IP address and TCP port, 7010/8010 destinations
+in use, and else the request's generic failure code (3000 ActivateTask, 3001 ModifyTask, 4000
+DeactivateTask, 5000 DeactivateAllTasks, 6000 CreateDestination, 6001 ModifyDestination, 7000
+RemoveDestination, 8000 RemoveAllDestinations, 1000 otherwise). The header is checked first
+(1010), then whom the message is for (1060, 1040, 1030), then its type (1080), then its body.
 
 A task field that would narrow or relabel the interception and that this element cannot
 honour refuses the task rather than being dropped (``productID``, ``taskDetailsExtensions``,
@@ -73,7 +74,7 @@ import logging
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from xml.sax.saxutils import escape
 
 from gateway.plugins.taps.intercept.targets import KINDS, TargetError, TargetIdentifier
@@ -92,7 +93,11 @@ log = logging.getLogger(__name__)
 X1_NAMESPACE = "http://uri.etsi.org/03221/X1/2017/10"
 COMMON_NAMESPACE = "http://uri.etsi.org/03280/common/2017/07"  # TS 103 280 common types
 XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
-VERSION = "v1.13.1"  # what we say we speak where we do not echo the ADMF's version
+# The schema version the documents follow (module docstring), said where we do not echo the
+# ADMF's: reports and top-level errors. An answer echoes the request's version instead: the
+# ADMF speaks that one, and within v1 minor versions only add (TS 103 221-1 §4.5, release
+# management, as sipgate/li-lib-x1x2x3 reads it: only a major version breaks compatibility).
+VERSION = "v1.23.1"
 MAX_DOCUMENT = 1_048_576
 MAX_MESSAGES = 100
 MAX_TARGETS = 100
@@ -101,6 +106,7 @@ MAX_NAME = 256  # a target identifier, a friendlyName (a PDU attribute holds at 
 # TS 103 221-1 table 6.7-3 (module docstring).
 GENERIC_ERROR = 1000
 SYNTAX_SCHEMA_ERROR = 1010
+ADMF_NOT_CERTIFICATE = 1030  # "ADMF identifier does not match certificate"
 UNEXPECTED_ADMF = 1040
 UNEXPECTED_NE = 1060
 UNSUPPORTED_REQUEST = 1080
@@ -233,6 +239,9 @@ class X1Handler:
 
     ``ne_identifier``: our name; messages for another NE are refused. ``admf_identifiers``: the
     ADMFs we take requests from (empty: any that passed the TLS client check).
+    ``admf_certificates``: the subject (RFC 4514) of the client certificate each ADMF presents;
+    a message whose ``admfIdentifier`` is not the one of the connection's certificate is
+    refused with 1030 (empty: not checked).
     ``destination_fault(did)``, ``task_fault(xid)``, ``ne_fault()``: why delivery fails now,
     or None while it works (for the Get*Details status elements)."""
 
@@ -242,6 +251,7 @@ class X1Handler:
         *,
         ne_identifier: str,
         admf_identifiers: tuple[str, ...] = (),
+        admf_certificates: Mapping[str, str] | None = None,
         wall_clock: Callable[[], float],
         destination_fault: Callable[[uuid.UUID], str | None] = lambda did: None,
         task_fault: Callable[[uuid.UUID], str | None] = lambda xid: None,
@@ -250,6 +260,7 @@ class X1Handler:
         self.provisioning = provisioning
         self.ne_identifier = ne_identifier
         self.admf_identifiers = admf_identifiers
+        self.admf_certificates = dict(admf_certificates or {})
         self._wall_clock = wall_clock
         self._destination_fault = destination_fault
         self._task_fault = task_fault
@@ -258,28 +269,32 @@ class X1Handler:
         """Requests that changed the provisioning (a caller reconciles its links after one)."""
         self.top_level_errors = 0
 
-    def handle(self, body: bytes) -> bytes:
+    def handle(self, body: bytes, *, client: str | None = None) -> bytes:
+        """The answer to the X1 document ``body``, sent by the ADMF whose client certificate
+        has the subject ``client`` (RFC 4514; None: not known)."""
         try:
             root = _parse(body)
         except X1Error as err:
-            return self._top_level_error(None, err.description)
+            return self._top_level_error(None, err.description, client)
         messages = _children(root, "x1RequestMessage")
         if not messages:
-            return self._top_level_error(root, "no x1RequestMessage")
+            return self._top_level_error(root, "no x1RequestMessage", client)
         if len(messages) > MAX_MESSAGES:  # all refused, none half-done: the ADMF splits it
             return self._top_level_error(
-                root, f"more than {MAX_MESSAGES} x1RequestMessages in one document"
+                root, f"more than {MAX_MESSAGES} x1RequestMessages in one document", client
             )
         for message in messages:
             # Not X1 (no ErrorResponse could name its type): the document is refused whole,
             # before any of its messages changes anything.
             if _request_name(_message_type(message)) is None:
                 kind = _message_type(message)[:80] or "none"
-                return self._top_level_error(root, f"xsi:type {kind!r} is no X1 request type")
-        responses = [self._one(message) for message in messages]
+                return self._top_level_error(
+                    root, f"xsi:type {kind!r} is no X1 request type", client
+                )
+        responses = [self._one(message, client) for message in messages]
         return _document("X1Response", "".join(responses))
 
-    def _one(self, message: ET.Element) -> str:
+    def _one(self, message: ET.Element, client: str | None) -> str:
         kind = _message_type(message)
         name = _request_name(kind)
         assert name is not None
@@ -294,6 +309,8 @@ class X1Handler:
                 raise X1Error(
                     UNEXPECTED_ADMF, f"admfIdentifier {header['admfIdentifier'][:80]!r} unknown"
                 )
+            if self.admf_certificates:
+                self._check_certificate(header["admfIdentifier"], client)
             handler = self._handlers.get(name)
             if handler is None:
                 raise X1Error(UNSUPPORTED_REQUEST, f"{kind} is not supported")
@@ -309,6 +326,28 @@ class X1Handler:
         return self._message(f"{name}Response", header, body)
 
     # -- requests -------------------------------------------------------------------------------
+
+    def _check_certificate(self, admf: str, client: str | None) -> None:
+        """The ADMF a message names must be the one that authenticated the connection: a
+        certificate the CA issued to one ADMF does not speak for another (table 6.7-3, 1030
+        "ADMF identifier does not match certificate"). An ADMF without a certificate named
+        is unknown (1040)."""
+        expected = self.admf_certificates.get(admf)
+        if expected is None:
+            raise X1Error(UNEXPECTED_ADMF, f"admfIdentifier {admf[:80]!r} unknown")
+        if client != expected:
+            # The subject goes to the plugin's log only, in the form admf_certificates takes.
+            log.warning(
+                "intercept: X1 request for admfIdentifier %r refused (1030): the client "
+                "certificate's subject is %s, admf_certificates names %s",
+                admf[:80],
+                client or "(none)",
+                expected,
+            )
+            raise X1Error(
+                ADMF_NOT_CERTIFICATE,
+                f"admfIdentifier {admf[:80]!r} does not match the client certificate",
+            )
 
     def _activate(self, message: ET.Element) -> str:
         self.provisioning.activate(_task(_required(message, "taskDetails")))
@@ -475,16 +514,20 @@ class X1Handler:
             f"<errorDescription>{escape(text)}</errorDescription></errorInformation>",
         )
 
-    def _top_level_error(self, root: ET.Element | None, reason: str) -> bytes:
+    def _top_level_error(self, root: ET.Element | None, reason: str, client: str | None) -> bytes:
         """``X1TopLevelErrorResponse``: the four fields the XSD gives it and no reason, so the
-        reason goes to our log. The ADMF named: the first message's, or the first we take
-        requests from, or none (an empty token)."""
+        reason goes to our log. The ADMF named: the first message's, or the one whose client
+        certificate the connection has (``admf_certificates``), or the first we take requests
+        from, or none (an empty token)."""
         self.top_level_errors += 1
         log.warning("intercept: an X1 document was refused whole: %s", reason)
         admf = ""
         first = _child(root, "x1RequestMessage") if root is not None else None
         if first is not None:
             admf = _text(first, "admfIdentifier", required=False)
+        if not admf and client is not None:
+            owners = [name for name, subject in self.admf_certificates.items() if subject == client]
+            admf = owners[0] if owners else ""
         if not admf and self.admf_identifiers:
             admf = self.admf_identifiers[0]
         return _document(

@@ -8,7 +8,9 @@ the X1 response document (X1 errors are X1 documents too); anything else gets 40
 and the connection closes. At most :data:`MAX_HANDSHAKES` TLS handshakes at once, each done within
 :data:`HANDSHAKE_TIMEOUT` seconds, and apart from them :data:`MAX_CONNECTIONS` authenticated
 connections, each idle for at most :data:`IDLE_TIMEOUT` seconds between requests and given
-:data:`REQUEST_TIMEOUT` to send a whole request and to take its answer.
+:data:`REQUEST_TIMEOUT` to send a whole request and to take its answer. Each document is handed
+on with the subject of the connection's client certificate (:func:`subject_of`), which X1
+matches to the ``admfIdentifier`` the messages name (``admf_certificates``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 
 import h11
 import trio
+from cryptography import x509
 
 from gateway.plugins.taps.intercept.x1 import MAX_DOCUMENT
 
@@ -33,7 +36,11 @@ REQUEST_TIMEOUT = 30.0  # to read one whole request, and to send its answer
 
 class X1Server:
     def __init__(
-        self, ssl_context: ssl.SSLContext, handle: Callable[[bytes], bytes], *, server: str
+        self,
+        ssl_context: ssl.SSLContext,
+        handle: Callable[[bytes, str | None], bytes],
+        *,
+        server: str,
     ) -> None:
         self.ssl_context = ssl_context  # read at each handshake: a SIGHUP reload swaps it
         self._handle = handle
@@ -77,15 +84,19 @@ class X1Server:
         if self._slots.value == 0:
             await trio.aclose_forcefully(tls)
             return
+        # Once per connection: the handshake verified the certificate against x1_ca.
+        client = subject_of(tls.getpeercert(binary_form=True))
         async with self._slots:
             try:
-                await self._serve_http(tls)
+                await self._serve_http(tls, client)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError):
                 pass
             finally:
                 await trio.aclose_forcefully(tls)
 
-    async def _serve_http(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+    async def _serve_http(
+        self, stream: trio.SSLStream[trio.SocketStream], client: str | None
+    ) -> None:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=16_384)
         while True:
             with trio.fail_after(IDLE_TIMEOUT):  # the next request's first bytes
@@ -101,7 +112,7 @@ class X1Server:
             assert request is not None
             self.requests += 1
             try:
-                answer = self._handle(body)
+                answer = self._handle(body, client)
             except Exception:
                 # A bug, not the ADMF's fault: this request fails, X1 goes on (STYLE.md habit 6).
                 log.exception("intercept: X1 request failed")
@@ -181,6 +192,18 @@ class X1Server:
             return  # the request was too broken to answer in HTTP: just close
         with trio.fail_after(REQUEST_TIMEOUT):
             await stream.send_all(data)
+
+
+def subject_of(der: bytes | None) -> str | None:
+    """The subject of a client certificate as RFC 4514 writes it (``CN=admf-1,O=Example LI``,
+    most specific first, as ``openssl x509 -nameopt RFC2253`` shows it), or None without one
+    or when it does not parse (cryptography reads names lazily: ValueError)."""
+    if der is None:
+        return None
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        return None
 
 
 def _peer(tcp: trio.SocketStream) -> str:
