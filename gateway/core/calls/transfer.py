@@ -71,6 +71,9 @@ class Transfer:
     # An attended transfer to a trunk's call: our re-INVITE without SDP to the target's leg,
     # taken over from the consultation call (its 2xx brings the offer, as a target's 2xx does).
     join: InDialogRequest | None = None
+    # The trunk whose count that leg brought to this call (it counted only in the consultation
+    # call): given back if the transfer fails and the leg is hung up.
+    moved_count: tuple[str, str] | None = None
     deadline: float = math.inf  # while ringing: [sip] ring_timeout; then 64*T1 for the re-INVITE
     notified: int = 0  # the last status a NOTIFY reported
     transferor_left: bool = False  # it sent BYE before the transfer ended
