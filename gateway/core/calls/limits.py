@@ -12,6 +12,9 @@ other key in memory only, as on one node. ``max_cps`` is paced per node. When th
 not answer, this node counts its own calls against each limit (fail open: at most the limit per
 node, never unlimited, and never a call outage because the database is), writes those holds
 once it answers again and retries releases it missed; the heartbeat is what asks it again.
+The heartbeat also writes holds for calls up that were counted in memory against a key that
+has a limit now (an account's ``max_calls`` raised from 0), and reports another process
+beating under this node's name.
 """
 
 from __future__ import annotations

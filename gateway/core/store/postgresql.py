@@ -30,9 +30,15 @@ round trip. Theory of operation:
   function call that locks the key, counts and inserts, so two nodes cannot both take the last;
   a heartbeat row per node, whose holds stop counting once it is not seen for
   :data:`NODE_TIMEOUT`. What a node does when this does not answer is the call manager's
-  (``gateway/core/calls/limits.py``: it counts alone).
+  (``gateway/core/calls/limits.py``: it counts alone). Each running instance writes a random
+  id with its heartbeat (migration 3), so two processes given one ``[store] node`` name are
+  found out: at start-up (the gateway refuses to start) or by a heartbeat. An account change
+  heard of sets a flag the call limits read without a round trip (a ``max_calls`` raised from
+  0 makes the calls already up count).
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
-  nodes starting together migrate once; a database written by a newer voipgw is refused.
+  nodes starting together migrate once; a database written by a newer voipgw is refused, and
+  every refusal or failed migration names the versions and says what to do (a rolling upgrade:
+  docs/configuration.md ``[store]``).
 
 psycopg (3.2 or later, ``pip install 'voipgw[postgresql]'``) is imported here only, when a
 PostgreSQL store is opened: a SQLite install never needs it.

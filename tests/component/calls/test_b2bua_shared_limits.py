@@ -228,3 +228,23 @@ async def test_a_failed_join_gives_the_moved_count_back(
     env.trunk.in_dialog = None
     assert (await to_bob.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_another_process_beating_under_the_nodes_name_is_logged_and_counted(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    shared: FakeShared,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed)
+    samples = await scrape(address)
+    assert samples["voipgw_store_node_name_conflicts_total"] == 0
+    shared.intruder = "i-twin"  # started at the same moment, so neither start saw the other
+    await trio.sleep(4.1)  # two heartbeats
+    samples = await scrape(address)
+    assert samples["voipgw_store_node_name_conflicts_total"] == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "instance i-twin" in errors[0]
+    assert env.calls == 0  # calls go on: the node keeps serving
