@@ -382,12 +382,13 @@ class Gateway:
                     if self.config.store.node
                     else " (unset, it defaults to this host's name and the first [sip] listen)"
                 )
+                other = now[0] or "of an older voipgw"
                 raise ConfigError(
                     self.config.source,
                     "store",
                     "node",
                     f"{name!r}{default} is the name of another running gateway (instance "
-                    f"{now[0]}, whose heartbeat in the shared database went on while this one "
+                    f"{other}, whose heartbeat in the shared database went on while this one "
                     "waited): two nodes with one name would drop each other's call-limit holds "
                     "and count each other's calls as their own. Give each node a distinct "
                     "[store] node, or stop the other one",
