@@ -53,13 +53,23 @@ from gateway.core.registration import RegistrationService, local_domains
 from gateway.core.reload import CertificateReloads, ReloadReport
 from gateway.core.sip.message import Request
 from gateway.core.status import CallStatistics, StatusView
-from gateway.core.store.backends import SQLITE_GATEWAY_BUSY_TIMEOUT, check_store, open_store
+from gateway.core.store.backends import (
+    SQLITE_GATEWAY_BUSY_TIMEOUT,
+    check_store,
+    node_name,
+    open_store,
+)
 from gateway.core.store.errors import StoreBusy, StoreError
-from gateway.core.store.interface import Binding, Store
+from gateway.core.store.interface import Binding, SharedCallLimits, Store
 from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 
 log = logging.getLogger(__name__)
+
+NAME_CHECK_BEATS = 2
+"""Heartbeat intervals a starting node watches another instance's recent heartbeat under its
+``[store] node`` name for a move (a running process) before taking it for its own previous run
+(:meth:`Gateway._check_node_name`)."""
 
 STOP_TIMEOUT = 2.0  # what before_stop may take: a carrier's answer to our REGISTER removal
 
@@ -115,6 +125,9 @@ class Gateway:
         ](INBOUND_QUEUE)
         self.registration: RegistrationService | None = None
         self.store: Store | None = None
+        # Whether this run counts call limits for the cluster (its node name checked, its
+        # heartbeat written): only then does its stop drop the name's holds and heartbeat.
+        self._counting_shared = False
         self.relay: MediaRelay | None = None  # [media] workers = 1
         self.media_workers: WorkerPool | None = None  # [media] workers >= 2
         self.directory: GatewayDirectory | None = None
@@ -308,6 +321,9 @@ class Gateway:
             log.warning("configuration: %s", warning)
         self.store = open_store(self.config, gateway=True)
         try:
+            shared = self.store.shared_call_limits()
+            if shared is not None:
+                await self._check_node_name(shared)  # a ConfigError, before anything started
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)
                 task_status.started(list(self.listeners))
@@ -328,13 +344,63 @@ class Gateway:
                         records.pending,
                     )
             shared = self.store.shared_call_limits()
-            if shared is not None:
+            if shared is not None and self._counting_shared:
                 try:
                     shared.stop()  # no calls left: this node's holds and heartbeat go
                 except StoreError as exc:
                     # Its next start drops the holds; until then its heartbeat ages out.
                     log.warning("call limits: this node's holds not removed: %s", exc)
             self.store.close()
+
+    async def _check_node_name(self, shared: SharedCallLimits) -> None:
+        """Refuse to start under a ``[store] node`` name another running process uses: it and
+        this node would drop each other's call-limit holds and count each other's calls as
+        their own. A heartbeat under the name from another instance, younger than the time
+        after which a node is taken for dead, is that process's or this node's previous run's
+        (killed moments ago); only a live process's moves, so it is watched for up to two
+        heartbeat intervals (one may come late)."""
+        seen = shared.other_instance()
+        if seen is None:
+            return
+        name = node_name(self.config)
+        wait = NAME_CHECK_BEATS * shared.heartbeat_interval
+        log.info(
+            "call limits: node %r has a recent heartbeat from another instance (%s): waiting "
+            "up to %g s to tell a running process from this node's previous run",
+            name,
+            seen[0],
+            wait,
+        )
+        deadline = trio.current_time() + wait
+        while trio.current_time() < deadline:
+            await trio.sleep(shared.heartbeat_interval / 4)
+            now = shared.other_instance()
+            if now is None:
+                return  # it stopped (its heartbeat went) or aged out
+            if now != seen:
+                default = (
+                    ""
+                    if self.config.store.node
+                    else " (unset, it defaults to this host's name and the first [sip] listen)"
+                )
+                other = now[0] or "of an older voipgw"
+                raise ConfigError(
+                    self.config.source,
+                    "store",
+                    "node",
+                    f"{name!r}{default} is the name of another running gateway (instance "
+                    f"{other}, whose heartbeat in the shared database went on while this one "
+                    "waited): two nodes with one name would drop each other's call-limit holds "
+                    "and count each other's calls as their own. Give each node a distinct "
+                    "[store] node, or stop the other one",
+                )
+        log.warning(
+            "call limits: node %r: the heartbeat of instance %s did not move in %g s: taken "
+            "for this node's previous run (killed), whose holds are dropped",
+            name,
+            seen[0],
+            wait,
+        )
 
     async def _start(self, nursery: trio.Nursery) -> None:
         assert self.store is not None
@@ -346,6 +412,7 @@ class Gateway:
         if shared is not None:
             # Likewise their holds on the cluster's call limits (PostgreSQL): they ended too.
             shared.start()
+            self._counting_shared = True
         for spec in self.config.listen_specs:
             transport = self.transport_for(spec)
             listener: Listener = await nursery.start(transport.serve, spec, self)
@@ -603,14 +670,18 @@ def run_until_signal(gateway: Gateway) -> int:
     except (OSError, StoreError, ExceptionGroup) as exc:
         # A port taken, an address not ours, a database that cannot be reached: said in one
         # line, whichever nursery it came through (trio groups what a nursery's tasks raise);
-        # anything else is a bug's traceback.
+        # a configuration mistake found at start-up ([store] node) goes to the CLI, which
+        # says it as any other; anything else is a bug's traceback.
         if isinstance(exc, OSError | StoreError):
             errors: list[BaseException] = [exc]
         else:
-            matched, rest = exc.split((OSError, StoreError))
+            matched, rest = exc.split((OSError, StoreError, ConfigError))
             if matched is None or rest is not None:
                 raise
             errors = _leaves(matched)
+            for error in errors:
+                if isinstance(error, ConfigError):
+                    raise error from None
         for error in errors:
             log.error("cannot run: %s", error)
         return 1

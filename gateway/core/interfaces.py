@@ -664,6 +664,9 @@ class CallCounts:
     setup_seconds: Histogram
     # Stopping gracefully ([gateway] drain_timeout): new calls are refused with 503.
     draining: bool = False
+    # With a store shared by several nodes (PostgreSQL): heartbeats of this node that found
+    # another running process's under its [store] node name. None: no shared store.
+    node_name_conflicts: int | None = None
 
 
 @attrs.frozen

@@ -201,6 +201,11 @@ class StatusView:
             ended=tuple((outcome, stats.ended[outcome]) for outcome in OUTCOMES),
             setup_seconds=stats.setup_histogram(),
             draining=self._gateway.draining,
+            node_name_conflicts=(
+                manager.limits.name_conflicts
+                if manager is not None and manager.limits.shared is not None
+                else None
+            ),
         )
 
     def media(self) -> MediaCounts:

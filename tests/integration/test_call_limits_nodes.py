@@ -148,3 +148,51 @@ def test_a_trunks_max_calls_holds_for_the_two_nodes_together(
         assert ended.status == 486
         carrier.sendto(ack_for(ended, third_uri), address_of(node_b))
     assert "trunk call limit" not in node_a.log_text()
+
+
+def store_node(
+    workdir: Path, cluster: Cluster, database: str, password_file: Path, name: str
+) -> GatewayProcess:
+    store = {
+        "backend": "postgresql",
+        "dsn": cluster.dsn(database, with_password=False),
+        "password_file": str(password_file),
+        "node": name,
+    }
+    return GatewayProcess(workdir, settings={"store": store}, digest_algorithms=("MD5",))
+
+
+def test_a_second_process_under_a_running_nodes_name_refuses_to_start_but_a_restart_does(
+    tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    password_file = tmp_path / "db-password"
+    password_file.write_text(postgres_cluster.password + "\n")
+    password_file.chmod(0o600)
+    first = store_node(tmp_path / "first", postgres_cluster, postgres_database, password_file, "gw")
+    first.start()
+    try:
+        # Another process configured with the same [store] node: refused, named, exit 2.
+        twin = store_node(
+            tmp_path / "twin", postgres_cluster, postgres_database, password_file, "gw"
+        )
+        with pytest.raises(RuntimeError, match="gateway exited with 2 at start-up"):
+            twin.start()
+        assert twin.stop() == 2
+        refusal = twin.log_text()
+        assert f"voipgw: configuration error: {twin.config_path}: [store] node: 'gw'" in refusal
+        assert "is the name of another running gateway" in refusal
+        # The running node's heartbeat and name are untouched.
+        rows = postgres_cluster.admin("SELECT node FROM call_limit_nodes", postgres_database)
+        assert rows == [("gw",)]
+        assert "another running gateway" not in first.log_text()
+    finally:
+        assert first.process is not None
+        first.process.kill()  # killed: its heartbeat stays, a few seconds young
+        first.stop()
+    # Restarted at once under its name: its previous run's heartbeat does not move, so it
+    # starts (after watching it for two heartbeat intervals).
+    with store_node(
+        tmp_path / "restarted", postgres_cluster, postgres_database, password_file, "gw"
+    ) as restarted:
+        restarted.wait_for_log("taken for this node's previous run")
+    assert postgres_cluster.admin("SELECT node FROM call_limit_nodes", postgres_database) == []

@@ -7,6 +7,7 @@ own calls. Each store here is a node (its own connection and ``node`` name)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -232,3 +233,84 @@ def test_a_database_that_does_not_answer_in_time_fails_open(
     a.beat()
     assert not a.store_failing
     assert len(holds(postgres_cluster, postgres_database)) == 2
+
+
+def test_two_processes_under_one_node_name_see_each_other(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    first = open_node("same").shared_call_limits()
+    second = open_node("same").shared_call_limits()
+    assert first is not None and second is not None
+    assert first.instance != second.instance
+    assert first.other_instance() is None and second.other_instance() is None  # no heartbeat
+    first.start()
+    seen = second.other_instance()
+    assert seen is not None and seen[0] == first.instance
+    assert first.other_instance() is None  # its own heartbeat is not another's
+    assert first.beat() is None  # nobody else wrote it
+    moved = second.other_instance()
+    assert moved is not None and moved[0] == first.instance and moved != seen  # alive
+    # Both running: each heartbeat finds the other's.
+    assert second.beat() == first.instance
+    assert first.beat() == second.instance
+    # One stopping leaves the other's heartbeat alone.
+    second.stop()
+    rows = postgres_cluster.admin("SELECT node, instance FROM call_limit_nodes", postgres_database)
+    assert rows == [("same", first.instance)]
+
+
+def test_a_previous_runs_heartbeat_stops_being_another_instance_once_old(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    killed = open_node("a").shared_call_limits()
+    assert killed is not None
+    killed.start()
+    restarted = open_node("a").shared_call_limits()
+    assert restarted is not None
+    seen = restarted.other_instance()
+    assert seen is not None and seen[0] == killed.instance
+    assert restarted.other_instance() == seen  # a dead process's heartbeat does not move
+    age(postgres_cluster, postgres_database, "a", NODE_TIMEOUT + 1.0)
+    assert restarted.other_instance() is None
+    restarted.start()
+    assert restarted.beat() is None
+
+
+def test_an_account_given_a_limit_while_its_calls_are_up_counts_them_for_the_cluster(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    # Node a's store listens (as the gateway's does): it hears of the change another process
+    # (voipgw accounts set) makes.
+    store_a = open_node("a", listen=True)
+    admin = open_node("cli")
+    admin.accounts_add("alice", "alice-password-1", "voipgw.test")
+
+    def account_limit(store: PostgresStore) -> Callable[[Key], Limit]:
+        def limit_of(key: Key) -> Limit:
+            account = store.get_account(key[1])
+            return NO_LIMIT if account is None else Limit(account.max_calls)
+
+        return limit_of
+
+    shared_a = store_a.shared_call_limits()
+    assert shared_a is not None
+    shared_a.start()
+    a = CallLimits(account_limit(store_a), shared_a)
+    b = call_limits(open_node("b"), alice=Limit(max_calls=2))
+    up = [object(), object()]
+    for call in up:
+        assert a.take(call, ALICE) is None  # no limit yet: in memory only
+    assert holds(postgres_cluster, postgres_database) == []
+    admin.accounts_set("alice", max_calls=2)
+    # Within a heartbeat or two of the notification, a's two calls are in the database.
+    deadline = time.monotonic() + 10.0
+    while len(holds(postgres_cluster, postgres_database)) < 2:
+        assert time.monotonic() < deadline, "the calls up were not written"
+        a.beat()
+        time.sleep(0.05)
+    assert holds(postgres_cluster, postgres_database) == [("a", "account", "alice")] * 2
+    assert b.take(object(), ALICE) == "call limit"  # the cluster's count sees them
+    a.release(up[0])
+    assert b.take(object(), ALICE) is None
+    a.release(up[1])
+    assert holds(postgres_cluster, postgres_database) == [("b", "account", "alice")]

@@ -273,8 +273,46 @@ def test_the_schema_is_migrated_once_and_a_newer_one_refused(
     assert tables == []
 
     postgres_cluster.admin("INSERT INTO schema_version VALUES (99, 0)", postgres_database)
-    with pytest.raises(SchemaError, match="newer than this voipgw knows"):
+    with pytest.raises(SchemaError, match="newer voipgw"):
         open_node()
+
+
+def test_a_rolling_upgrade_migrates_once_and_an_old_node_is_told_to_upgrade(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    latest = len(MIGRATIONS)
+    # The cluster ran the previous release (schema latest - 1); one node is upgraded.
+    old_node = open_node(listen=False, migrations=MIGRATIONS[:-1])
+    assert old_node.schema_version() == latest - 1
+    with caplog.at_level(logging.WARNING, logger="gateway.core.store.postgresql"):
+        open_node(listen=False)
+    migrated = [r.getMessage() for r in caplog.records if "schema migrated" in r.getMessage()]
+    assert len(migrated) == 1
+    assert f"from version {latest - 1} to {latest}" in migrated[0]
+    assert "upgrade each before restarting it" in migrated[0]
+    # A node not yet upgraded, restarted: refused, told what to do, with the versions.
+    with pytest.raises(SchemaError) as refused:
+        open_node(listen=False, migrations=MIGRATIONS[:-1])
+    message = str(refused.value)
+    assert f"schema version {latest} was written by a newer voipgw" in message
+    assert f"understands schema versions up to {latest - 1}" in message
+    assert f"(one that knows schema version {latest})" in message
+    assert "password" not in message and postgres_cluster.password not in message
+    # A migration the role may not apply (here: the owner took the tables away from it).
+    postgres_cluster.admin("ALTER TABLE call_limit_nodes OWNER TO postgres", postgres_database)
+    extra = (*MIGRATIONS, (latest + 1, ("ALTER TABLE call_limit_nodes ADD COLUMN x INT",)))
+    with pytest.raises(SchemaError) as failed:
+        open_node(listen=False, migrations=extra)
+    message = str(failed.value)
+    assert f"it is at version {latest}, this voipgw" in message
+    assert f"needs version {latest + 1}, and migration {latest + 1} failed" in message
+    assert "must be owner of table call_limit_nodes" in message
+    assert "database's owner to apply it" in message
+    rows = postgres_cluster.admin("SELECT MAX(version) FROM schema_version", postgres_database)
+    assert rows == [(latest,)]
 
 
 def test_call_records_are_not_cached_and_a_bad_batch_rolls_back(

@@ -2705,9 +2705,17 @@ class Call:
         transfer.replaces = replaces
         transfer.answered = leg
         self.b_legs.append(leg)  # BYEd with the call's other leftovers if the transfer fails
-        if leg.peer_name is not None:
-            # The consultation call gave its count back: the carrier's channel is ours now.
-            self.manager.limits.take(self, ("trunk", leg.peer_name))
+        if leg.peer_kind == "trunk" and leg.peer_name is not None:
+            # The carrier's channel the consultation call held is this call's now: its count
+            # moves here, whatever the trunk's max_calls says (exempt). It is no new channel,
+            # and a refusal could only hang up a call the carrier already carries; the count
+            # stays right because the consultation call gives its own back as it ends (it
+            # may not have yet: for a moment the trunk counts one more).
+            key = ("trunk", leg.peer_name)
+            limits = self.manager.limits
+            if not limits.counts(self, key):
+                limits.take(self, key, exempt=True)
+                transfer.moved_count = key
         return await self._send_join(transfer, leg)
 
     async def _send_join(self, transfer: Transfer, leg: BLeg) -> tuple[int, str] | None:
@@ -3047,6 +3055,8 @@ class Call:
                 await self._cancel_b(leg)
         if transfer.answered is not None:
             await self._bye(transfer.answered, f"transfer failed: {status} {reason}")
+        if transfer.moved_count is not None:
+            self.manager.limits.release_one(self, transfer.moved_count)  # that leg is gone
         self._record_transfer(transfer, status, reason)
         if transfer.transferor_left:
             await self._hang_up(f"transfer to {transfer.target} failed: {status} {reason}")

@@ -12,6 +12,9 @@ other key in memory only, as on one node. ``max_cps`` is paced per node. When th
 not answer, this node counts its own calls against each limit (fail open: at most the limit per
 node, never unlimited, and never a call outage because the database is), writes those holds
 once it answers again and retries releases it missed; the heartbeat is what asks it again.
+The heartbeat also writes holds for calls up that were counted in memory against a key that
+has a limit now (an account's ``max_calls`` raised from 0), and reports another process
+beating under this node's name.
 """
 
 from __future__ import annotations
@@ -103,6 +106,9 @@ class CallLimits:
         # With ``shared``: each holder's hold number and the keys it holds in the database.
         self._holds: dict[object, tuple[int, list[Key]]] = {}
         self._hold_numbers = itertools.count(1)
+        # How many of ``_holds`` there are per key. Fewer than ``in_progress`` only for a key
+        # counted in memory (no limit) when its calls started, which may have one now.
+        self._held: collections.Counter[Key] = collections.Counter()
         # While the database does not answer (``store_failing``): holds counted here only, to
         # be written, and holds given back that it did not hear of, to be deleted, by the next
         # heartbeat it answers (:meth:`beat`).
@@ -115,6 +121,9 @@ class CallLimits:
         self.counted_locally: collections.Counter[Key] = collections.Counter()
         """Calls counted against a shared limit by this node alone (the database did not
         answer), by key, since the start: for monitoring."""
+        self.name_conflicts = 0
+        """Heartbeats that found another process's under this node's name (``[store] node``
+        given to two nodes), since the start: for monitoring."""
 
     def has_room(self, key: Key) -> bool:
         """Whether one more call fits ``key``'s ``max_calls`` on this node."""
@@ -153,6 +162,12 @@ class CallLimits:
                 rate = self._rates[key] = CallRate(limit.max_cps)
         why: str | None = None
         if limit.max_calls and self.shared is not None:
+            if self.in_progress[key] > self._held[key]:
+                # The key had no limit when calls of this node up now started: they count
+                # from now on, written before the count that decides this one.
+                self._hold_calls_up(key)
+                if not self.store_failing:
+                    self.beat()
             # The cluster's count. Paced first, so a call refused for the rate costs the
             # database nothing (with both past, the rate is the reason given).
             if rate is not None and now is not None and not rate.ready(now):
@@ -172,6 +187,11 @@ class CallLimits:
         counted.append(key)
         self.in_progress[key] += 1
         return None
+
+    def counts(self, holder: object, key: Key) -> bool:
+        """Whether ``holder`` is counted against ``key``."""
+        counted = self._counted.get(holder)
+        return counted is not None and key in counted
 
     def hand_over(self, holder: object, to: object) -> None:
         """What ``holder`` counted is ``to``'s now (an INVITE's counts, taken before its call
@@ -196,6 +216,7 @@ class CallLimits:
         held = self._holds.get(holder)
         if held is not None and key in held[1]:
             held[1].remove(key)
+            self._unhold(key)
             self._release_shared([(held[0], key)])
 
     def release(self, holder: object) -> None:
@@ -207,6 +228,8 @@ class CallLimits:
         held = self._holds.pop(holder, None)
         if held is not None and held[1]:
             number, keys = held
+            for key in keys:
+                self._unhold(key)
             self._release_shared([(number, key) for key in keys])
 
     # -- counted for the cluster (``shared``) ----------------------------------------------
@@ -238,9 +261,52 @@ class CallLimits:
                 self.counted_locally[key] += 1
         if taken:
             held[1].append(key)
+            self._held[key] += 1
         elif not held[1]:
             del self._holds[holder]
         return taken
+
+    def _unhold(self, key: Key) -> None:
+        self._held[key] -= 1
+        if not self._held[key]:
+            del self._held[key]
+
+    def _hold_calls_up(self, only: Key | None = None) -> None:
+        """Give this node's calls counted in memory against a key that has a ``max_calls``
+        now (none when they started: an account's limit raised from 0 while they were up)
+        holds, written by the next heartbeat (or at once, by a take): until they end they
+        count for the cluster, as they would had the limit been there from their start.
+        ``only``: look at that key alone; else at every key with such calls."""
+        keys = [only] if only is not None else list(self.in_progress)
+        gained = {
+            key
+            for key in keys
+            if self.in_progress[key] > self._held[key] and self._limit_of(key).max_calls
+        }
+        if not gained:
+            return
+        written = 0
+        for holder, counted in self._counted.items():
+            for key in counted:
+                if key not in gained:
+                    continue
+                held = self._holds.get(holder)
+                if held is None:
+                    held = self._holds[holder] = (next(self._hold_numbers), [])
+                if key in held[1]:
+                    continue
+                held[1].append(key)
+                self._held[key] += 1
+                hold = (held[0], key)
+                self._unsynced.add(hold)
+                self._local_only.add(hold)  # not in the database: given back, no DELETE
+                written += 1
+        log.info(
+            "call limits: %s gained a max_calls: %d call(s) of this node up since before now "
+            "count for the cluster",
+            ", ".join(f"{kind} {name}" for kind, name in sorted(gained)),
+            written,
+        )
 
     def _release_shared(self, holds: Sequence[Hold]) -> None:
         assert self.shared is not None
@@ -278,12 +344,24 @@ class CallLimits:
         answer; until it answers, keep counting here."""
         if self.shared is None:
             return
+        if self.shared.limits_changed():
+            self._hold_calls_up()
         add, remove = sorted(self._unsynced), sorted(self._unreleased)
         try:
-            self.shared.beat(add, remove)
+            other = self.shared.beat(add, remove)
         except StoreError as exc:
             self._failed(exc)
             return
+        if other is not None:
+            self.name_conflicts += 1
+            if self.name_conflicts == 1:
+                log.error(
+                    "call limits: another running gateway (instance %s) writes this node's "
+                    "heartbeat: two nodes have one [store] node name, and each counts the "
+                    "other's calls as its own and drops its holds at start and stop. Give "
+                    "each a distinct name and restart one",
+                    other,
+                )
         self._unsynced.difference_update(add)
         self._local_only.difference_update(add)
         self._unreleased.difference_update(remove)

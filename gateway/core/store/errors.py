@@ -42,4 +42,32 @@ class StoreUnavailable(StoreBusy):
 
 
 class SchemaError(StoreError):
-    """The database was written by a newer voipgw, or is not a voipgw store."""
+    """The database was written by a newer voipgw, cannot be brought up to this one's schema,
+    or is not a voipgw store."""
+
+
+def newer_schema(where: str, current: int, latest: int) -> SchemaError:
+    """The refusal of a database whose schema a newer voipgw wrote (a node not yet upgraded,
+    in a rolling upgrade): what to do, with the versions. A schema is never migrated back."""
+    from gateway import __version__
+
+    return SchemaError(
+        f"{where}: schema version {current} was written by a newer voipgw; this voipgw "
+        f"({__version__}) understands schema versions up to {latest} and never changes a newer "
+        f"one. Upgrade this node to the voipgw the other nodes run (one that knows schema "
+        f"version {current}) and start it again; a schema is not migrated back"
+    )
+
+
+def migration_failed(
+    where: str, current: int, latest: int, version: int, reason: str, remedy: str
+) -> str:
+    """Why a database of an older schema could not be brought up to this voipgw's, and what to
+    do (``remedy``), with the versions."""
+    from gateway import __version__
+
+    return (
+        f"{where}: cannot bring the schema up to date: it is at version {current}, this voipgw "
+        f"({__version__}) needs version {latest}, and migration {version} failed: {reason}. "
+        f"Nothing of that migration was kept: {remedy}, then start the node again"
+    )

@@ -164,9 +164,25 @@ class SharedCallLimits(Protocol):
     """Seconds between :meth:`beat` calls: a node not seen for a few of them is taken for dead
     and its holds no longer count."""
 
+    instance: str
+    """This running instance's random id, written with its heartbeat."""
+
+    def other_instance(self) -> tuple[str, object] | None:
+        """A heartbeat under this node's name written by another instance and seen within the
+        time after which a node is taken for dead: (its instance id, when the server stamped
+        it; compared only for a change), else None. Its previous run, killed moments ago, or
+        another process given the same name: a live one's stamp moves within a beat or two."""
+        ...
+
+    def limits_changed(self) -> bool:
+        """Whether a key's ``max_calls`` may have changed since the last ask (an account's,
+        changed through ``voipgw accounts set``): the heartbeat then looks for calls counted
+        in memory against a key that has a limit now. Costs no round trip."""
+        ...
+
     def start(self) -> None:
         """This node starts: drop the holds its previous run left (it was killed, its calls
-        ended with it) and say it is alive."""
+        ended with it) and say it is alive, as this instance."""
         ...
 
     def take(self, hold: int, key: LimitKey, limit: int, *, exempt: bool = False) -> bool:
@@ -179,14 +195,16 @@ class SharedCallLimits(Protocol):
         """Give these holds of this node back (those it does not have: nothing happens)."""
         ...
 
-    def beat(self, add: Sequence[Hold] = (), remove: Sequence[Hold] = ()) -> None:
+    def beat(self, add: Sequence[Hold] = (), remove: Sequence[Hold] = ()) -> str | None:
         """Say this node is alive, and in the same transaction write the holds it counted in
         memory only while the database was out of reach (``add``) and drop those whose release
-        did not reach it (``remove``)."""
+        did not reach it (``remove``). Returns the id of another instance that wrote this
+        node's heartbeat since this one's last beat (another process with the same name),
+        else None."""
         ...
 
     def stop(self) -> None:
-        """This node stops: its holds and its heartbeat go."""
+        """This node stops: its holds and this instance's heartbeat go."""
         ...
 
 

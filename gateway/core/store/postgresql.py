@@ -30,9 +30,15 @@ round trip. Theory of operation:
   function call that locks the key, counts and inserts, so two nodes cannot both take the last;
   a heartbeat row per node, whose holds stop counting once it is not seen for
   :data:`NODE_TIMEOUT`. What a node does when this does not answer is the call manager's
-  (``gateway/core/calls/limits.py``: it counts alone).
+  (``gateway/core/calls/limits.py``: it counts alone). Each running instance writes a random
+  id with its heartbeat (migration 3), so two processes given one ``[store] node`` name are
+  found out: at start-up (the gateway refuses to start) or by a heartbeat. An account change
+  heard of sets a flag the call limits read without a round trip (a ``max_calls`` raised from
+  0 makes the calls already up count).
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
-  nodes starting together migrate once; a database written by a newer voipgw is refused.
+  nodes starting together migrate once; a database written by a newer voipgw is refused, and
+  every refusal or failed migration names the versions and says what to do (a rolling upgrade:
+  docs/configuration.md ``[store]``).
 
 psycopg (3.2 or later, ``pip install 'voipgw[postgresql]'``) is imported here only, when a
 PostgreSQL store is opened: a SQLite install never needs it.
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -60,6 +67,8 @@ from gateway.core.store.errors import (
     StoreBusy,
     StoreError,
     StoreUnavailable,
+    migration_failed,
+    newer_schema,
 )
 from gateway.core.store.interface import (
     DEFAULT_MEDIA_POLICY,
@@ -101,6 +110,13 @@ MIGRATION_STATEMENT_TIMEOUT = "60s"
 
 ACCOUNT_CACHE_ENTRIES = 4096
 """Accounts (and unknown names) kept in memory, and as many accounts' and AORs' bindings."""
+
+MIGRATION_REMEDY = (
+    "fix the cause; a role that may not create or alter tables needs the database's owner to "
+    "apply it (any voipgw command, e.g. `voipgw accounts list`, with a config whose [store] "
+    "dsn names the owner) or the privilege granted"
+)
+"""What a failed migration's error tells the operator to do."""
 
 # pg_advisory_xact_lock key of schema migrations: "voip" in ASCII.
 _MIGRATION_LOCK = 0x766F6970
@@ -321,6 +337,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             END $$""",
         ),
     ),
+    (
+        3,
+        (
+            # Which running instance of a node wrote its heartbeat (a random id per start), so
+            # two processes given one [store] node name are found out (PostgresCallLimits).
+            # Nodes of schema 2 still running keep working: their upserts leave it as it is.
+            "ALTER TABLE call_limit_nodes ADD COLUMN instance TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
 )
 
 HEARTBEAT_INTERVAL = 2.0
@@ -431,18 +456,40 @@ _MISSING: Any = object()
 class PostgresCallLimits:
     """``max_calls`` counted for the cluster in ``call_limit_holds`` (migration 2): the
     :class:`~gateway.core.store.interface.SharedCallLimits` of a :class:`PostgresStore`. Called
-    on the event loop through the store's connection, under its ``statement_timeout``."""
+    on the event loop through the store's connection, under its ``statement_timeout``.
+
+    Each instance (one start of one process) has a random ``instance`` id, written with its
+    heartbeat (migration 3): a heartbeat under this node's name from another instance is either
+    this node's previous run (killed moments ago: its row stays as it left it) or another
+    process given the same ``[store] node``, which would drop this node's holds and count them
+    as its own. The gateway tells them apart at start-up (:meth:`other_instance`, asked twice a
+    beat or two apart: only a live process's heartbeat moves) and :meth:`beat` reports one
+    found while running."""
 
     heartbeat_interval = HEARTBEAT_INTERVAL
 
     def __init__(self, store: PostgresStore, node_timeout: float = NODE_TIMEOUT) -> None:
         self._store = store
         self.node_timeout = node_timeout
+        self.instance = secrets.token_hex(8)
+
+    def other_instance(self) -> tuple[str, object] | None:
+        with self._store._session() as db:
+            row = db.execute(
+                "SELECT instance, seen_at FROM call_limit_nodes WHERE node = %s"
+                " AND instance <> %s AND seen_at > clock_timestamp() - make_interval(secs => %s)",
+                (self._store.node, self.instance, self.node_timeout),
+            ).fetchone()
+        return None if row is None else (str(row[0]), row[1])
+
+    def limits_changed(self) -> bool:
+        # Accounts only: a trunk's max_calls is read from the config file, at start-up.
+        return self._store._take_accounts_changed()
 
     def start(self) -> None:
         with self._store._session(transaction=True) as db:
             db.execute("DELETE FROM call_limit_holds WHERE node = %s", (self._store.node,))
-            _beat(db, self._store.node)
+            _beat(db, self._store.node, self.instance)
 
     def take(self, hold: int, key: LimitKey, limit: int, *, exempt: bool = False) -> bool:
         with self._store._session() as db:
@@ -457,7 +504,7 @@ class PostgresCallLimits:
             with self._store._session() as db:
                 _delete_holds(db, self._store.node, holds)
 
-    def beat(self, add: Sequence[Hold] = (), remove: Sequence[Hold] = ()) -> None:
+    def beat(self, add: Sequence[Hold] = (), remove: Sequence[Hold] = ()) -> str | None:
         node = self._store.node
         with self._store._session(transaction=bool(add or remove)) as db:
             if remove:
@@ -470,20 +517,32 @@ class PostgresCallLimits:
                     " ON CONFLICT DO NOTHING",
                     (node, calls, kinds, names),
                 )
-            _beat(db, node)
+            before = _beat(db, node, self.instance)
+        return before if before and before != self.instance else None
 
     def stop(self) -> None:
         with self._store._session(transaction=True) as db:
             db.execute("DELETE FROM call_limit_holds WHERE node = %s", (self._store.node,))
-            db.execute("DELETE FROM call_limit_nodes WHERE node = %s", (self._store.node,))
+            # Only its own heartbeat: one of another process given the same name stays.
+            db.execute(
+                "DELETE FROM call_limit_nodes WHERE node = %s AND instance = %s",
+                (self._store.node, self.instance),
+            )
 
 
-def _beat(db: psycopg.Connection[Any], node: str) -> None:
-    db.execute(
-        "INSERT INTO call_limit_nodes (node, seen_at) VALUES (%s, clock_timestamp())"
-        " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at",
-        (node,),
-    )
+def _beat(db: psycopg.Connection[Any], node: str, instance: str) -> str | None:
+    """Upsert ``node``'s heartbeat as ``instance``'s; the instance that wrote it before (None:
+    no row), read in the same statement's snapshot."""
+    row = db.execute(
+        "WITH before AS (SELECT instance FROM call_limit_nodes WHERE node = %s)"
+        " INSERT INTO call_limit_nodes (node, seen_at, instance)"
+        " VALUES (%s, clock_timestamp(), %s)"
+        " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at,"
+        " instance = excluded.instance"
+        " RETURNING (SELECT instance FROM before)",
+        (node, node, instance),
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 def _hold_arrays(holds: Sequence[Hold]) -> tuple[list[int], list[str], list[str]]:
@@ -527,6 +586,9 @@ class PostgresStore:
         self._absent: dict[str, None] = {}  # names looked up that no account has
         self._bindings: dict[str, tuple[Binding, ...]] = {}  # by account name
         self._registrations: dict[str, tuple[Binding, ...]] = {}  # by AOR
+        # An account changed (or may have: the cache was emptied) since the call limits last
+        # asked: its max_calls may have gone from 0 to a limit (PostgresCallLimits).
+        self._accounts_changed = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.call_limits = PostgresCallLimits(self)
@@ -689,6 +751,7 @@ class PostgresStore:
     def _forget_account(self, name: str) -> None:
         with self._cache_lock:
             self._epoch += 1
+            self._accounts_changed = True
             self._accounts.pop(name, None)
             self._absent.pop(name, None)
             self._bindings.pop(name, None)
@@ -701,6 +764,12 @@ class PostgresStore:
             for aor in stale:
                 del self._registrations[aor]
 
+    def _take_accounts_changed(self) -> bool:
+        """Whether an account changed since the last call (see ``_accounts_changed``)."""
+        with self._cache_lock:
+            changed, self._accounts_changed = self._accounts_changed, False
+        return changed
+
     def _forget_bindings(self, aor: str, accounts: Iterable[str]) -> None:
         with self._cache_lock:
             self._epoch += 1
@@ -711,6 +780,7 @@ class PostgresStore:
     def _forget_all(self) -> None:
         with self._cache_lock:
             self._epoch += 1
+            self._accounts_changed = True
             self._accounts.clear()
             self._absent.clear()
             self._bindings.clear()
@@ -739,6 +809,7 @@ class PostgresStore:
         with self._cache_lock:
             self._listening = listening
             self._epoch += 1
+            self._accounts_changed = True
             self._accounts.clear()
             self._absent.clear()
             self._bindings.clear()
@@ -1148,6 +1219,8 @@ def _migrate(
     pg = _import_psycopg()
     latest = len(migrations)
     where = f"PostgreSQL {server.description}"
+    found: int | None = None  # the version the database had before this node migrated it
+    current = version = 0
     try:
         for version, statements in migrations:
             with db.transaction():
@@ -1160,11 +1233,10 @@ def _migrate(
                 )
                 row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
                 current = int(row[0] or 0) if row else 0
+                if found is None:
+                    found = current
                 if current > latest:
-                    raise SchemaError(
-                        f"{where}: schema version {current} is newer than this voipgw knows "
-                        f"({latest})"
-                    )
+                    raise newer_schema(where, current, latest)
                 if version > current:
                     for statement in statements:
                         db.execute(statement)
@@ -1176,7 +1248,19 @@ def _migrate(
         message = server.say(exc)
         if db.broken or db.closed:
             raise StoreUnavailable(f"{where}: connection lost while migrating: {message}") from None
-        raise SchemaError(f"{where}: cannot bring the schema up to date: {message}") from None
+        raise SchemaError(
+            migration_failed(where, current, latest, version, message, MIGRATION_REMEDY)
+        ) from None
+    if found and found < latest:
+        # A rolling upgrade: nodes of the older voipgw still running go on, but refuse this
+        # database at their next start (newer_schema says so to them).
+        log.warning(
+            "%s: schema migrated from version %d to %d: a node of an older voipgw refuses it "
+            "from its next start; upgrade each before restarting it",
+            where,
+            found,
+            latest,
+        )
 
 
 def _account_id(db: psycopg.Connection[Any], name: str) -> int:

@@ -48,6 +48,8 @@ from gateway.core.store.errors import (
     InvalidValue,
     SchemaError,
     StoreBusy,
+    migration_failed,
+    newer_schema,
 )
 from gateway.core.store.interface import (
     DEFAULT_MEDIA_POLICY,
@@ -638,12 +640,22 @@ def _migrate(
         try:
             current = int(db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
             if current > latest:
-                raise SchemaError(
-                    f"{path}: schema version {current} is newer than this voipgw knows ({latest})"
-                )
+                raise newer_schema(str(path), current, latest)
             if version > current:
                 for statement in statements:
-                    db.execute(statement)
+                    try:
+                        db.execute(statement)
+                    except sqlite3.DatabaseError as exc:
+                        raise SchemaError(
+                            migration_failed(
+                                str(path),
+                                current,
+                                latest,
+                                version,
+                                str(exc),
+                                "fix the cause (a full disk, a file this user may not write)",
+                            )
+                        ) from exc
                 db.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                     (version, clock()),

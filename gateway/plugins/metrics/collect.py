@@ -91,6 +91,14 @@ def _calls(out: Exposition, status: GatewayStatus) -> None:
         "1 while the gateway stops gracefully ([gateway] drain_timeout): new calls get 503.",
     )
     out.sample(1 if calls.draining else 0)
+    if calls.node_name_conflicts is not None:
+        out.family(
+            "voipgw_store_node_name_conflicts_total",
+            "counter",
+            "Heartbeats of this node that found another running process's under its [store] "
+            "node name (two nodes with one name: each miscounts the other's calls).",
+        )
+        out.sample(calls.node_name_conflicts)
     out.family(
         "voipgw_call_setup_seconds",
         "histogram",

@@ -14,9 +14,17 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.core.config import ConfigError
 from gateway.core.store.sqlite import SqliteStore
-from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
+from tests.component.calls.b2bua_env import ALICE_DID, answered_call, eventually, start_b2bua
 from tests.component.calls.test_b2bua_metrics import metrics_env, scrape
+from tests.component.calls.test_b2bua_transfer import (
+    alice_calls,
+    bob_phone,
+    eventually_notify,
+    refer,
+    replaces_of,
+)
 from tests.unit.calls.test_call_limits_shared import FakeShared
 
 TRUNK = ("trunk", "carrier")
@@ -37,7 +45,8 @@ async def test_another_nodes_hold_refuses_the_trunks_call_until_it_goes(
     shared: FakeShared,
 ) -> None:
     env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier={"max_calls": 1})
-    assert shared.calls == [("start",)]  # the node's previous holds dropped at start-up
+    # No other process under its name; the node's previous holds dropped at start-up.
+    assert shared.calls == [("other_instance",), ("start",)]
     shared.others[TRUNK] = 1  # the carrier's one channel is in use through another node
     refused = await (await env.trunk.invite(env.did_uri(ALICE_DID))).final()
     assert (refused.status, refused.reason) == (503, "Service Unavailable (trunk call limit)")
@@ -70,7 +79,7 @@ async def test_an_account_without_a_limit_costs_the_store_nothing(
     assert (await call.final()).status == 200
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
-    assert [c for c in shared.calls if c[0] not in ("start", "beat")] == []
+    assert [c for c in shared.calls if c[0] not in ("other_instance", "start", "beat")] == []
 
 
 async def test_a_node_whose_store_does_not_answer_counts_its_own_calls(
@@ -100,3 +109,142 @@ async def test_a_node_whose_store_does_not_answer_counts_its_own_calls(
     assert (await first.final()).status == 487
     await eventually(lambda: env.calls == 0)
     assert shared.rows == set()
+
+
+async def test_a_node_name_another_running_process_heartbeats_under_refuses_the_start(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    shared: FakeShared,
+) -> None:
+    # A recent heartbeat of another instance, which moves while the node watches: a live
+    # process has the name. Nothing of the name's holds or heartbeat is touched.
+    shared.heartbeats_seen = [("i-other", 1), ("i-other", 1), ("i-other", 2)]
+    started = trio.current_time()
+    with pytest.raises(ConfigError) as refused:
+        await start_b2bua(nursery, tmp_path, voipgw_seed)
+    assert refused.value.table == "store" and refused.value.key == "node"
+    assert "[store] node" in str(refused.value)
+    assert "another running gateway (instance i-other" in str(refused.value)
+    assert "defaults to this host's name" in str(refused.value)
+    assert [c[0] for c in shared.calls] == ["other_instance"] * 3
+    assert trio.current_time() - started <= 2 * shared.heartbeat_interval
+
+
+async def test_a_node_restarted_after_a_crash_takes_its_name_back_from_its_previous_run(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    shared: FakeShared,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its previous run's heartbeat (killed a moment ago) is recent but never moves: after two
+    # heartbeat intervals it is taken for this node's own, and the node starts.
+    shared.heartbeats_seen = [("i-killed", 7)] * 100
+    started = trio.current_time()
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    waited = trio.current_time() - started
+    assert 2 * shared.heartbeat_interval <= waited < 2 * shared.heartbeat_interval + 1
+    assert shared.calls[-1] == ("start",)
+    assert "taken for this node's previous run" in caplog.text
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    assert (await call.final()).status == 200
+    assert (await call.bye()).status == 200
+
+
+async def test_a_trunk_leg_joined_by_an_attended_transfer_brings_its_count_whatever_the_limit(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    shared: FakeShared,
+) -> None:
+    # The carrier's one channel: its call to alice, the consultation call. alice transfers bob
+    # (her call to him) to it: the carrier's leg joins bob's call, and its count moves there
+    # (exempt: no new channel), so the channel stays counted, here and for the cluster.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier={"max_calls": 1})
+    assert env.gateway.calls is not None
+    limits = env.gateway.calls.limits
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    to_bob = await alice_calls(env, "sip:bob@127.0.0.1:5060")
+    await bob.next_call()
+    from_carrier, alice_consult = await answered_call(env)
+    assert [hold[1] for hold in shared.rows] == [TRUNK]
+    assert (
+        await refer(to_bob, f"<sip:+15550100@127.0.0.1:5060?Replaces={replaces_of(alice_consult)}>")
+        == 202
+    )
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert (await to_bob.bye()).status == 200
+    await eventually(lambda: env.calls == 1)
+    # bob's call (hold 2) took it exempt; the consultation call's (hold 1) went as it ended.
+    assert ("take", 2, TRUNK, 1, True) in shared.calls
+    assert ("release", [(1, TRUNK)]) in shared.calls
+    assert shared.rows == {(2, TRUNK)}
+    assert limits.in_progress[TRUNK] == 1
+    # The channel is counted: the carrier's next call is refused.
+    refused = await (await env.trunk.invite(env.did_uri(ALICE_DID))).final()
+    assert (refused.status, refused.reason) == (503, "Service Unavailable (trunk call limit)")
+    assert (await from_carrier.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert shared.rows == set()
+    assert limits.in_progress == {}
+
+
+async def test_a_failed_join_gives_the_moved_count_back(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    shared: FakeShared,
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, carrier={"max_calls": 1})
+    assert env.gateway.calls is not None
+    limits = env.gateway.calls.limits
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    to_bob = await alice_calls(env, "sip:bob@127.0.0.1:5060")
+    await bob.next_call()
+    _, alice_consult = await answered_call(env)
+
+    async def refuse_reinvite(received: object) -> bool:
+        request = received.request  # type: ignore[attr-defined]
+        if request.method != "INVITE":
+            return False
+        await env.trunk.respond(received, 488)  # type: ignore[arg-type]
+        return True
+
+    env.trunk.in_dialog = refuse_reinvite  # the carrier refuses the join's re-INVITE
+    assert (
+        await refer(to_bob, f"<sip:+15550100@127.0.0.1:5060?Replaces={replaces_of(alice_consult)}>")
+        == 202
+    )
+    await eventually_notify(env.alice, "SIP/2.0 488 Not Acceptable Here")
+    await env.trunk.next_request("BYE")  # the carrier's leg, hung up
+    await eventually(lambda: env.calls == 1)  # alice and bob talk on
+    assert limits.in_progress.get(TRUNK, 0) == 0
+    assert shared.rows == set()
+    env.trunk.in_dialog = None
+    assert (await to_bob.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_another_process_beating_under_the_nodes_name_is_logged_and_counted(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    shared: FakeShared,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed)
+    samples = await scrape(address)
+    assert samples["voipgw_store_node_name_conflicts_total"] == 0
+    shared.intruder = "i-twin"  # started at the same moment, so neither start saw the other
+    await trio.sleep(4.1)  # two heartbeats
+    samples = await scrape(address)
+    assert samples["voipgw_store_node_name_conflicts_total"] == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "instance i-twin" in errors[0]
+    assert env.calls == 0  # calls go on: the node keeps serving

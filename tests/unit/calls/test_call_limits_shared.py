@@ -23,16 +23,29 @@ class FakeShared:
     """A cluster-wide count in a dict, with every call recorded; ``down`` makes it raise."""
 
     heartbeat_interval = 2.0
+    instance = "i-self"
 
     def __init__(self) -> None:
         self.rows: set[Hold] = set()
         self.others: dict[LimitKey, int] = {}  # holds of other nodes, by key
         self.calls: list[tuple[object, ...]] = []
         self.down = False
+        self.changed = False  # what limits_changed() says next
+        self.intruder: str | None = None  # another instance beating under this node's name
+        # What other_instance() answers, one after the other (then None).
+        self.heartbeats_seen: list[tuple[str, object] | None] = []
 
     def _check(self) -> None:
         if self.down:
             raise StoreUnavailable("PostgreSQL host=db: not connected (reconnecting)")
+
+    def other_instance(self) -> tuple[str, object] | None:
+        self.calls.append(("other_instance",))
+        return self.heartbeats_seen.pop(0) if self.heartbeats_seen else None
+
+    def limits_changed(self) -> bool:
+        changed, self.changed = self.changed, False
+        return changed
 
     def start(self) -> None:
         self.calls.append(("start",))
@@ -51,11 +64,12 @@ class FakeShared:
         self._check()
         self.rows.difference_update(holds)
 
-    def beat(self, add: Sequence[Hold] = (), remove: Sequence[Hold] = ()) -> None:
+    def beat(self, add: Sequence[Hold] = (), remove: Sequence[Hold] = ()) -> str | None:
         self.calls.append(("beat", list(add), list(remove)))
         self._check()
         self.rows.difference_update(remove)
         self.rows.update(add)
+        return self.intruder
 
     def stop(self) -> None:
         self.calls.append(("stop",))
@@ -240,3 +254,90 @@ def test_without_a_shared_store_beat_does_nothing() -> None:
     lim.beat()
     assert lim.take(object(), TRUNK) is None
     assert lim.take(object(), TRUNK) == "call limit"
+
+
+def test_a_key_that_gains_a_limit_holds_the_calls_already_up_at_the_next_beat(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shared = FakeShared()
+    configured: dict[str, Limit] = {}
+    lim = CallLimits(lambda key: configured.get(key[1], NO_LIMIT), shared)
+    up = [object(), object()]
+    for call in up:
+        assert lim.take(call, ALICE) is None  # no limit: counted in memory only
+        assert lim.take(call, FREE) is None
+    assert shared.calls == []
+    lim.beat()  # nothing changed: nothing looked at, nothing written
+    assert shared.calls == [("beat", [], [])]
+    configured["alice"] = Limit(max_calls=2)  # voipgw accounts set alice --max-calls 2
+    shared.changed = True
+    with caplog.at_level(logging.INFO, logger="gateway.core.calls.limits"):
+        lim.beat()
+    assert shared.calls[-1] == ("beat", [(1, ALICE), (2, ALICE)], [])
+    assert "account alice gained a max_calls: 2 call(s)" in caplog.text
+    assert shared.rows == {(1, ALICE), (2, ALICE)}
+    shared.changed = True
+    lim.beat()  # written once
+    assert shared.calls[-1] == ("beat", [], [])
+    # The two calls up fill the new limit: a third is refused by the cluster's count.
+    assert lim.take(object(), ALICE) == "call limit"
+    lim.release(up[0])
+    assert shared.calls[-1] == ("release", [(1, ALICE)])
+    assert lim.take(object(), ALICE) is None
+    # Lowered back to 0: the calls held keep their rows until they end, new ones none.
+    configured["alice"] = NO_LIMIT
+    shared.changed = True
+    lim.beat()
+    assert shared.calls[-1] == ("beat", [], [])
+
+
+def test_a_take_on_a_key_that_gained_a_limit_writes_the_calls_up_first() -> None:
+    shared = FakeShared()
+    configured: dict[str, Limit] = {}
+    lim = CallLimits(lambda key: configured.get(key[1], NO_LIMIT), shared)
+    up = object()
+    assert lim.take(up, TRUNK) is None
+    configured["carrier"] = Limit(max_calls=1)
+    # Before any heartbeat: the call up is written, then counted against the new call.
+    assert lim.take(object(), TRUNK) == "call limit"
+    assert [c[0] for c in shared.calls] == ["beat", "take"]
+    assert shared.calls[0] == ("beat", [(1, TRUNK)], [])
+    lim.release(up)
+    assert shared.rows == set()
+    assert lim.take(object(), TRUNK) is None
+
+
+def test_calls_held_after_a_limit_appeared_during_an_outage_are_written_later() -> None:
+    shared = FakeShared()
+    configured: dict[str, Limit] = {}
+    lim = CallLimits(lambda key: configured.get(key[1], NO_LIMIT), shared)
+    up, ended = object(), object()
+    assert lim.take(up, ALICE) is None
+    assert lim.take(ended, ALICE) is None
+    shared.down = True
+    configured["alice"] = Limit(max_calls=5)
+    shared.changed = True
+    lim.beat()
+    assert lim.store_failing
+    lim.release(ended)  # never written: nothing to delete
+    shared.down = False
+    lim.beat()
+    assert shared.calls[-1] == ("beat", [(1, ALICE)], [])
+    assert shared.rows == {(1, ALICE)}
+
+
+def test_another_instance_under_this_nodes_name_is_logged_once_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shared = FakeShared()
+    lim = limits(shared)
+    lim.beat()
+    assert lim.name_conflicts == 0
+    shared.intruder = "i-other"
+    with caplog.at_level(logging.ERROR, logger="gateway.core.calls.limits"):
+        lim.beat()
+        lim.beat()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "instance i-other" in errors[0] and "[store] node" in errors[0]
+    assert lim.name_conflicts == 2

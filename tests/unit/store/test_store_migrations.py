@@ -91,8 +91,22 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.execute("INSERT INTO schema_version VALUES (99, 0)")
     db.commit()
     db.close()
-    with pytest.raises(SchemaError, match="newer"):
+    with pytest.raises(SchemaError) as refused:
         SqliteStore.open(tmp_path)
+    assert "schema version 99 was written by a newer voipgw" in str(refused.value)
+    assert f"understands schema versions up to {LATEST}" in str(refused.value)
+    assert "Upgrade this node" in str(refused.value)
+
+
+def test_a_failed_migration_names_the_versions(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path).close()
+    broken = (*MIGRATIONS, (LATEST + 1, ("NOT SQL",)))
+    with pytest.raises(SchemaError) as failed:
+        SqliteStore.open(tmp_path, migrations=broken)
+    message = str(failed.value)
+    assert f"it is at version {LATEST}, this voipgw" in message
+    assert f"needs version {LATEST + 1}, and migration {LATEST + 1} failed" in message
+    assert "start the node again" in message
 
 
 def test_migrations_must_be_numbered_in_order(tmp_path: Path) -> None:
