@@ -41,6 +41,7 @@ from tests.interop.harness import (
 )
 from tests.interop.harness.chromium import Chromium, PageServer, chromium_binary
 from tests.interop.harness.ports import LOOPBACK
+from tests.interop.test_calls_sipp import header
 
 pytestmark = pytest.mark.interop
 
@@ -272,3 +273,108 @@ def test_chromium_calls_chromium_through_the_gateway(tmp_path: Path) -> None:
         assert media["dtls"] == "connected", media
         assert media["inbound"] >= PACKETS and media["outbound"] >= PACKETS, media
         assert media["codec"] == "audio/opus", media
+
+
+# -- call pickup: Chrome takes a call ringing another account ---------------------------------
+
+#: The sipp phone whose ringing call Chrome picks up (MD5 digest: sipp knows no other).
+PHONE = ("carol", "carol-sipp-phone")
+#: The calling trunk: another loopback address, known to the gateway by source address.
+CALLER_IP = "127.0.0.2"
+DID = "+4930123456"
+
+
+def pickup_toml() -> str:
+    """The trunk calling in from CALLER_IP (its DID rings the sipp phone's account), and a
+    BLF group in which alice (Chrome) may pick up carol's calls."""
+    return (
+        "[[trunks]]\n"
+        'name = "pbx"\n'
+        f'address = "udp:{CALLER_IP}:5060"\n'
+        f'allowed_sources = ["{CALLER_IP}"]\n'
+        f'dids = {{"{DID}" = "{PHONE[0]}"}}\n'
+        'media_policy = "rtp-only"\n'
+        "[[dialog_watch_groups]]\n"
+        'name = "office"\n'
+        f'accounts = ["{ALICE[0]}", "{PHONE[0]}"]\n'
+        "pickup = true\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "trunk_scenario",
+    [
+        "uac_call_rtp.xml",  # the caller offers PCMU without rtcp-mux
+        "calls/uac_call_late_offer_rtp.xml",  # it offers nothing: Chrome's offer goes to it
+    ],
+)
+def test_chromium_picks_up_a_trunk_call_ringing_another_account(
+    tmp_path: Path, trunk_scenario: str
+) -> None:
+    """A browser's BLF key: the page watches carol's calls (SUBSCRIBE, RFC 4235 dialog
+    package), and when the trunk's call rings her sipp phone it builds a Replaces (RFC 3891)
+    from the NOTIFY's early dialog and picks the call up. Our 200 to Chrome has a=rtcp-mux
+    although the trunk offered none (Chrome requires it, RFC 8829 §4.1.1; the relay muxes on
+    Chrome's leg alone); media flows both ways, decrypted; carol's phone is CANCELled; the
+    trunk hangs up."""
+    chromium_binary()
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 440.0, seconds=4.0)
+    with PageServer() as page:
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE, PHONE]),
+            digest_algorithms=("MD5", "SHA-256"),
+            extra_toml=pickup_toml(),
+        )
+        with gw:
+            gw.cli("accounts", "set", ALICE[0], "--media-policy", "dtls")
+            phone = SippUas("calls/uas_ring_until_answered_elsewhere.xml", workdir=tmp_path)
+            run_sipp_uac(
+                "register_auth.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=PHONE[0],
+                auth=PHONE,
+                port=phone.port,
+            ).check()
+            query = page_query(gw, url, mode="pickup", watch=PHONE[0])
+            with phone, Chromium(tmp_path, page.url("softphone.html", query)):
+                assert page.wait_for("subscribed", timeout=30)["status"] == 200
+                with Capture(tmp_path / "call.pcap", udp_filter(gw.media_ports)) as capture:
+                    caller = run_sipp_uac(
+                        trunk_scenario,
+                        gw.address,
+                        workdir=tmp_path,
+                        service=DID,
+                        caller="+4940777",
+                        local_ip=CALLER_IP,
+                        rtp_file=tone,
+                        timeout=30,
+                    )
+                    media = page.wait_for("media", timeout=10)
+                    page.wait_for("bye-received", timeout=10)
+                rang = phone.wait(timeout=10)
+            gw.wait_for_log(rf"{ALICE[0]} picks up the call ringing {PHONE[0]}")
+            gw.wait_for_log(r"call \S+ ended")
+    caller.check()
+    rang.check()  # CANCELled, "Call completed elsewhere"
+    assert_media_flowed(media)
+    replaces = page.wait_for("pickup")["replaces"]
+    (invite,) = rang.received("INVITE ")
+    assert replaces.startswith(header(invite, "Call-ID") + ";"), (replaces, invite)
+    # Our answer (or offer's answer) to Chrome: ICE-lite, DTLS, rtcp-mux on its leg...
+    answer = page.wait_for("invite-final")["sdp"]
+    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
+    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answer, re.M), answer
+    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert re.search(r"^a=candidate:\S+ 1 UDP ", answer, re.M), answer
+    assert not re.search(r"^a=candidate:\S+ 2 UDP ", answer, re.M), answer
+    # ... and plain RTP on the trunk's, without Chrome's ICE or DTLS.
+    (ok,) = [m for m in caller.received("SIP/2.0 200 ") if "INVITE" in header(m, "CSeq")]
+    for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup"):
+        assert attribute not in ok, ok
+    # Chrome's RTP reached the trunk's media port through the relay, decrypted.
+    streams = rtp_streams(capture.path, [caller.media_port])
+    to_trunk = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
+    assert to_trunk >= PACKETS, streams

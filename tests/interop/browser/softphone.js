@@ -8,8 +8,12 @@
 //   domain    SIP domain to register at (127.0.0.1:PORT)
 //   user, password   the account
 //   mode      "call": call `target`, hang up once media flowed; "answer": answer the first
-//             INVITE, wait for the caller's BYE (or hang up with hangup=self)
+//             INVITE, wait for the caller's BYE (or hang up with hangup=self); "pickup":
+//             watch `watch`'s calls (RFC 4235 dialog package) and pick up the first that rings
+//             (an INVITE with Replaces, RFC 3891, built from the NOTIFY as BLF phones do),
+//             then wait for the caller's BYE
 //   target    user part to call (mode=call)
+//   watch     the account whose ringing call to pick up (mode=pickup)
 //   packets   RTP packets that must have been received and sent before "media" is reported
 //   hold      "1" (mode=call): once media flowed, hold (re-INVITE a=sendonly) until `packets`
 //             more were sent, resume (a=sendrecv) until `packets` more flowed each way, then BYE
@@ -26,8 +30,9 @@ const config = {
   password: params.get("password"),
   mode: params.get("mode") || "call",
   target: params.get("target"),
+  watch: params.get("watch"),
   packets: Number(params.get("packets") || "50"),
-  hangup: params.get("hangup") || (params.get("mode") === "answer" ? "remote" : "self"),
+  hangup: params.get("hangup") || (params.get("mode") === "call" ? "self" : "remote"),
   hold: params.get("hold") === "1",
 };
 
@@ -311,7 +316,52 @@ async function register(sip) {
   if (response.status !== 200) throw new Error(`REGISTER: ${response.first}`);
 }
 
-async function call(sip) {
+// Send a request outside a dialog (SUBSCRIBE, INVITE) and return its final response: after a
+// 401 or 407, once more with credentials (RFC 3261 §22.2). `build(cseq, branch, auth)` makes
+// the request's text; an INVITE's non-2xx is ACKed in its own transaction (§17.1.1.3).
+async function authenticated(sip, method, uri, dialog, build) {
+  let cseq = 1;
+  let branch = randomToken();
+  let response = await sip.transaction(build(cseq, branch, []), dialog.callId, cseq, method);
+  if (response.status === 407 || response.status === 401) {
+    if (method === "INVITE") {
+      sip.send(sip.request("ACK", uri, {
+        to: uri, from: aor(), cseq, branch,
+        dialog: { ...dialog, remoteTag: tagOf(response.get("to")) },
+      }));
+    }
+    const header = response.status === 407 ? "proxy-authenticate" : "www-authenticate";
+    const auth = await authorization(response.all(header), { method, uri });
+    const name = response.status === 407 ? "Proxy-Authorization" : "Authorization";
+    cseq += 1;
+    branch = randomToken();
+    response = await sip.transaction(
+      build(cseq, branch, [`${name}: ${auth}`]), dialog.callId, cseq, method);
+  }
+  return { response, cseq };
+}
+
+// Requests in the call's dialog once it is up: the caller's BYE (hangup=remote), and nothing
+// else this page expects.
+let activeCall = null;
+
+function inDialog(sip, request) {
+  if (request.method === "BYE" && activeCall !== null) {
+    sip.respond(request, 200, "OK");
+    const pc = activeCall;
+    activeCall = null;
+    rtpStats(pc).then((stats) => report("media-at-bye", stats)).then(() => {
+      pc.close();
+      report("bye-received");
+    });
+  } else if (request.method === "ACK") {
+    // nothing to do
+  } else {
+    sip.respond(request, 501, "Not Implemented", { toTag: randomToken(4) });
+  }
+}
+
+async function call(sip, { target = `sip:${config.target}@${config.domain}`, extra = [] } = {}) {
   const pc = newPeerConnection();
   await addMicrophone(pc);
   await pc.setLocalDescription(await pc.createOffer());
@@ -319,28 +369,14 @@ async function call(sip) {
   const offer = pc.localDescription.sdp;
   report("offer", { sdp: offer });
 
-  const target = `sip:${config.target}@${config.domain}`;
   const dialog = { callId: randomToken(), localTag: randomToken(4), remoteTag: null, routes: [] };
   const contact = `Contact: ${sip.contact(config.user)}`;
-  let cseq = 1;
-  let branch = randomToken();
-  const invite = (extra) => sip.request("INVITE", target, {
-    to: target, from: aor(), dialog, cseq, branch, extra: [contact, ...extra], body: offer,
+  const invite = (cseq, branch, auth) => sip.request("INVITE", target, {
+    to: target, from: aor(), dialog, cseq, branch, extra: [contact, ...extra, ...auth], body: offer,
   });
-  let response = await sip.transaction(invite([]), dialog.callId, cseq, "INVITE");
-  if (response.status === 407 || response.status === 401) {
-    // RFC 3261 §17.1.1.3: the ACK of a non-2xx final response belongs to its transaction.
-    sip.send(sip.request("ACK", target, {
-      to: target, from: aor(), cseq, branch,
-      dialog: { ...dialog, remoteTag: tagOf(response.get("to")) },
-    }));
-    const header = response.status === 407 ? "proxy-authenticate" : "www-authenticate";
-    const auth = await authorization(response.all(header), { method: "INVITE", uri: target });
-    const name = response.status === 407 ? "Proxy-Authorization" : "Authorization";
-    cseq += 1;
-    branch = randomToken();
-    response = await sip.transaction(invite([`${name}: ${auth}`]), dialog.callId, cseq, "INVITE");
-  }
+  const sent = await authenticated(sip, "INVITE", target, dialog, invite);
+  const response = sent.response;
+  let cseq = sent.cseq;
   report("invite-final", { status: response.status, sdp: response.body });
   if (response.status !== 200) throw new Error(`INVITE: ${response.first}`);
 
@@ -354,6 +390,10 @@ async function call(sip) {
   sip.send(sip.request("ACK", remoteTarget, { to: target, from: aor(), dialog, cseq }));
 
   await waitForMedia(pc);
+  if (config.hangup === "remote") {
+    activeCall = pc; // the BYE comes to inDialog()
+    return;
+  }
   if (config.hold) {
     // Hold and resume (RFC 3264 §8.4) as a browser softphone does them: the transceiver's
     // direction, then a new offer from the same RTCPeerConnection in a re-INVITE.
@@ -449,6 +489,46 @@ function answer(sip) {
   };
 }
 
+// Pick up `watch`'s first ringing call: SUBSCRIBE to its dialog events (RFC 4235); the
+// gateway's NOTIFY of an early dialog names the ringing phone's dialog with the gateway (call-id,
+// local-tag: the phone's, remote-tag: the gateway's, RFC 4235 §4.1), from which the Replaces
+// header is built as Yealink and Poly phones build it (RFC 3891 §6.1).
+async function pickup(sip) {
+  let picking = false;
+  sip.onrequest = (request) => {
+    if (request.method !== "NOTIFY") {
+      inDialog(sip, request);
+      return;
+    }
+    sip.respond(request, 200, "OK");
+    const NS = "urn:ietf:params:xml:ns:dialog-info";
+    const xml = new DOMParser().parseFromString(request.body, "application/xml");
+    for (const dialog of xml.getElementsByTagNameNS(NS, "dialog")) {
+      const state = dialog.getElementsByTagNameNS(NS, "state")[0];
+      if (picking || !state || state.textContent !== "early" || !dialog.getAttribute("call-id")) {
+        continue;
+      }
+      picking = true;
+      const replaces = `${dialog.getAttribute("call-id")};to-tag=` +
+        `${dialog.getAttribute("remote-tag")};from-tag=${dialog.getAttribute("local-tag")}` +
+        ";early-only";
+      report("pickup", { replaces });
+      call(sip, { target: watched, extra: [`Replaces: ${replaces}`] }).catch((error) =>
+        report("error", { message: String(error && error.stack || error) }));
+    }
+  };
+  const watched = `sip:${config.watch}@${config.domain}`;
+  const dialog = { callId: randomToken(), localTag: randomToken(4), remoteTag: null, routes: [] };
+  const subscribe = (cseq, branch, auth) => sip.request("SUBSCRIBE", watched, {
+    to: watched, from: aor(), dialog, cseq, branch,
+    extra: [`Contact: ${sip.contact(config.user)}`, "Event: dialog", "Expires: 600",
+            "Accept: application/dialog-info+xml", ...auth],
+  });
+  const { response } = await authenticated(sip, "SUBSCRIBE", watched, dialog, subscribe);
+  report("subscribed", { status: response.status });
+  if (response.status !== 200) throw new Error(`SUBSCRIBE: ${response.first}`);
+}
+
 async function main() {
   report("start", { userAgent: navigator.userAgent, config: { ...config, password: "-" } });
   const sip = new SipSocket(config.ws);
@@ -457,6 +537,7 @@ async function main() {
   if (config.mode === "answer") answer(sip);
   await register(sip);
   if (config.mode === "call") await call(sip);
+  if (config.mode === "pickup") await pickup(sip);
   report("done");
 }
 
