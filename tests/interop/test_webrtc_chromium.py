@@ -284,9 +284,8 @@ CALLER_IP = "127.0.0.2"
 DID = "+4930123456"
 
 
-def pickup_toml() -> str:
-    """The trunk calling in from CALLER_IP (its DID rings the sipp phone's account), and a
-    BLF group in which alice (Chrome) may pick up carol's calls."""
+def calling_trunk_toml() -> str:
+    """The trunk calling in from CALLER_IP; its DID rings the sipp phone's account."""
     return (
         "[[trunks]]\n"
         'name = "pbx"\n'
@@ -294,6 +293,12 @@ def pickup_toml() -> str:
         f'allowed_sources = ["{CALLER_IP}"]\n'
         f'dids = {{"{DID}" = "{PHONE[0]}"}}\n'
         'media_policy = "rtp-only"\n'
+    )
+
+
+def pickup_toml() -> str:
+    """The calling trunk, and a BLF group in which alice (Chrome) may pick up carol's calls."""
+    return calling_trunk_toml() + (
         "[[dialog_watch_groups]]\n"
         'name = "office"\n'
         f'accounts = ["{ALICE[0]}", "{PHONE[0]}"]\n'
@@ -374,6 +379,85 @@ def test_chromium_picks_up_a_trunk_call_ringing_another_account(
     (ok,) = [m for m in caller.received("SIP/2.0 200 ") if "INVITE" in header(m, "CSeq")]
     for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup"):
         assert attribute not in ok, ok
+    # Chrome's RTP reached the trunk's media port through the relay, decrypted.
+    streams = rtp_streams(capture.path, [caller.media_port])
+    to_trunk = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
+    assert to_trunk >= PACKETS, streams
+
+
+# -- blind transfer: Chrome is the target -------------------------------------------------------
+
+
+def test_chromium_is_the_target_of_a_blind_transfer(tmp_path: Path) -> None:
+    """A sipp trunk calls carol's sipp phone, which answers and transfers the caller to alice
+    (Chrome) with a REFER (RFC 3515; Refer-Sub: false, and it hangs up at once). The gateway
+    calls Chrome with an INVITE without SDP (docs/transfers.md): Chrome's offer is in its 200
+    (ICE, DTLS-SRTP, rtcp-mux, opus and more), the trunk is re-INVITEd with it and answers
+    PCMU, and the answer reaches Chrome in our ACK: ice-lite, rtcp-mux, DTLS. Media flows both
+    ways, decrypted, and the trunk's port gets Chrome's RTP; the trunk hangs up."""
+    chromium_binary()
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 440.0, seconds=6.0)
+    with PageServer() as page:
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE, PHONE]),
+            digest_algorithms=("MD5", "SHA-256"),
+            extra_toml=calling_trunk_toml(),
+        )
+        with gw:
+            target = gw.uri(ALICE[0])
+            phone = SippUas(
+                "calls/uas_answer_refer_blind.xml",
+                workdir=tmp_path,
+                call_duration_ms=500,  # the call before its REFER
+                keys={"target": target},
+            )
+            run_sipp_uac(
+                "register_auth.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=PHONE[0],
+                auth=PHONE,
+                port=phone.port,
+            ).check()
+            query = page_query(gw, url, mode="answer")
+            with phone, Chromium(tmp_path, page.url("softphone.html", query)):
+                page.wait_for("registered", timeout=30)
+                with Capture(tmp_path / "call.pcap", udp_filter(gw.media_ports)) as capture:
+                    caller = run_sipp_uac(
+                        "calls/uac_call_rtp_transferred.xml",
+                        gw.address,
+                        workdir=tmp_path,
+                        service=DID,
+                        caller="+4940777",
+                        local_ip=CALLER_IP,
+                        rtp_file=tone,
+                        timeout=40,
+                    )
+                    media = page.wait_for("media", timeout=10)
+                    page.wait_for("bye-received", timeout=10)
+                transferor = phone.wait(timeout=10)
+            gw.wait_for_log(rf"transfer of the B leg to {re.escape(target)}: 200 OK")
+            gw.wait_for_log(r"call \S+ ended")
+    caller.check()  # answered, re-INVITEd with Chrome's media, ACKed
+    transferor.check()  # 202 with Refer-Sub: false
+    assert_media_flowed(media)
+    assert page.wait_for("invite-without-offer")
+    offer = page.wait_for("offer-in-200")["sdp"]
+    assert re.search(r"^a=rtcp-mux\r?$", offer, re.M), offer
+    # Our answer to Chrome's offer, in the ACK: ICE-lite, DTLS, rtcp-mux.
+    answer = page.wait_for("answer-in-ack")["sdp"]
+    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
+    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answer, re.M), answer
+    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert re.search(r"^a=setup:(active|passive)\r?$", answer, re.M), answer
+    # The trunk's re-INVITE: plain RTP, without Chrome's ICE or DTLS.
+    reinvites = [m for m in caller.received("INVITE ")]
+    assert len(reinvites) == 1, reinvites
+    for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup"):
+        assert attribute not in reinvites[0], reinvites[0]
+    assert re.search(r"^m=audio \d+ RTP/AVP ", reinvites[0], re.M), reinvites[0]
     # Chrome's RTP reached the trunk's media port through the relay, decrypted.
     streams = rtp_streams(capture.path, [caller.media_port])
     to_trunk = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)

@@ -8,7 +8,8 @@
 //   domain    SIP domain to register at (127.0.0.1:PORT)
 //   user, password   the account
 //   mode      "call": call `target`, hang up once media flowed; "answer": answer the first
-//             INVITE, wait for the caller's BYE (or hang up with hangup=self); "pickup":
+//             INVITE (with an offer, or without: then ours is in the 200 and the answer in
+//             the ACK), wait for the caller's BYE (or hang up with hangup=self); "pickup":
 //             watch `watch`'s calls (RFC 4235 dialog package) and pick up the first that rings
 //             (an INVITE with Replaces, RFC 3891, built from the NOTIFY as BLF phones do),
 //             then wait for the caller's BYE
@@ -434,17 +435,26 @@ function answer(sip) {
   // Answer the first INVITE; requests in its dialog after that (ACK, BYE) are handled here too.
   let pc = null;
   let ended = false;
+  let ackArrived = null; // resolves with the ACK of our 200
   const toTag = randomToken(4);
   const contact = `Contact: ${sip.contact(config.user)}`;
   sip.onrequest = async (request) => {
     if (request.method === "INVITE" && pc === null) {
       sip.respond(request, 100, "Trying");
-      report("offer", { sdp: request.body });
+      // An INVITE without SDP (a blind transfer's to us, RFC 3261 §13.2.1): our offer goes in
+      // the 200 and the answer comes in the ACK.
+      const lateOffer = !request.body;
+      report(lateOffer ? "invite-without-offer" : "offer", { sdp: request.body });
       pc = newPeerConnection();
       try {
-        await pc.setRemoteDescription({ type: "offer", sdp: request.body });
-        await addMicrophone(pc);
-        await pc.setLocalDescription(await pc.createAnswer());
+        if (lateOffer) {
+          await addMicrophone(pc);
+          await pc.setLocalDescription(await pc.createOffer());
+        } else {
+          await pc.setRemoteDescription({ type: "offer", sdp: request.body });
+          await addMicrophone(pc);
+          await pc.setLocalDescription(await pc.createAnswer());
+        }
         await gatheringComplete(pc);
       } catch (error) {
         report("error", { message: `answering: ${error}` });
@@ -453,8 +463,14 @@ function answer(sip) {
       }
       sip.respond(request, 180, "Ringing", { toTag, extra: [contact] });
       const sdp = pc.localDescription.sdp;
-      report("answer", { sdp });
+      report(lateOffer ? "offer-in-200" : "answer", { sdp });
+      const acked = new Promise((resolve) => { ackArrived = resolve; });
       sip.respond(request, 200, "OK", { toTag, extra: [contact], body: sdp });
+      if (lateOffer) {
+        const ack = await acked;
+        report("answer-in-ack", { sdp: ack.body });
+        await pc.setRemoteDescription({ type: "answer", sdp: ack.body });
+      }
       await waitForMedia(pc);
       if (config.hangup === "self" && !ended) {
         const dialog = {
@@ -472,7 +488,10 @@ function answer(sip) {
         pc.close();
       }
     } else if (request.method === "ACK") {
-      // nothing to do: the 200 was sent once over a reliable transport
+      // The 200 was sent once over a reliable transport: nothing to stop; a late offer's
+      // answer is in it.
+      if (ackArrived !== null) ackArrived(request);
+      ackArrived = null;
     } else if (request.method === "BYE") {
       sip.respond(request, 200, "OK");
       if (!ended && pc !== null) {
