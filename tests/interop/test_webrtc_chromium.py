@@ -8,7 +8,9 @@ and Chrome sees the gateway's answer or offer as a browser must accept it. The p
 with SHA-256 digest (RFC 8760; WebCrypto has no MD5), then calls or answers.
 
 Both directions: Chrome calls a plain-RTP sipp trunk (the gateway answers Chrome's offer),
-sipp calls Chrome (the gateway offers to Chrome), and Chrome calls Chrome (both). Media is
+sipp calls Chrome (the gateway offers to Chrome), and Chrome calls Chrome (both). And two more
+roles: Chrome picks up a trunk's call ringing a sipp phone (BLF: dialog package, Replaces), and
+Chrome is the target of a blind transfer (an INVITE without SDP: Chrome offers). Media is
 checked from both ends: Chrome's getStats() counts RTP it received and decrypted (inbound-rtp)
 and sent (outbound-rtp) after ICE (the gateway as ICE-lite agent, RFC 8445 §2.5) and
 DTLS-SRTP (RFC 5763/5764) completed; the trunk echoes what it receives (-rtp_echo), so
