@@ -8,9 +8,10 @@ and Chrome sees the gateway's answer or offer as a browser must accept it. The p
 with SHA-256 digest (RFC 8760; WebCrypto has no MD5), then calls or answers.
 
 Both directions: Chrome calls a plain-RTP sipp trunk (the gateway answers Chrome's offer),
-sipp calls Chrome (the gateway offers to Chrome), and Chrome calls Chrome (both). And two more
-roles: Chrome picks up a trunk's call ringing a sipp phone (BLF: dialog package, Replaces), and
-Chrome is the target of a blind transfer (an INVITE without SDP: Chrome offers). Media is
+sipp calls Chrome (the gateway offers to Chrome), and Chrome calls Chrome (both). And more
+roles: Chrome picks up a trunk's call ringing a sipp phone (BLF: dialog package, Replaces);
+Chrome is the target of a blind transfer (an INVITE without SDP: Chrome offers), and the
+transferee of one (re-INVITEd with the new party's offer, which Chrome answers). Media is
 checked from both ends: Chrome's getStats() counts RTP it received and decrypted (inbound-rtp)
 and sent (outbound-rtp) after ICE (the gateway as ICE-lite agent, RFC 8445 §2.5) and
 DTLS-SRTP (RFC 5763/5764) completed; the trunk echoes what it receives (-rtp_echo), so
@@ -464,3 +465,63 @@ def test_chromium_is_the_target_of_a_blind_transfer(tmp_path: Path) -> None:
     streams = rtp_streams(capture.path, [caller.media_port])
     to_trunk = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
     assert to_trunk >= PACKETS, streams
+
+
+def test_chromium_is_transferred_by_the_phone_it_called(tmp_path: Path) -> None:
+    """Chrome calls carol's sipp phone, which transfers Chrome to a trunk number (REFER,
+    Refer-Sub: false, then BYE). The gateway calls the trunk with an INVITE without SDP, and
+    re-INVITEs Chrome with the trunk's offer: our re-offer on Chrome's leg keeps ICE, the
+    DTLS association and rtcp-mux, and Chrome answers it from the same
+    RTCPeerConnection. Then media flows between Chrome and the trunk (which echoes it)."""
+    chromium_binary()
+    with (
+        SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True) as trunk,
+        PageServer() as page,
+    ):
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE, PHONE]),
+            digest_algorithms=("MD5", "SHA-256"),
+            extra_toml=trunk_toml(trunk),
+        )
+        with gw:
+            gw.cli("accounts", "set", ALICE[0], "--media-policy", "dtls")
+            target = gw.uri(TRUNK_NUMBER)
+            phone = SippUas(
+                "calls/uas_answer_refer_blind.xml",
+                workdir=tmp_path,
+                call_duration_ms=500,
+                keys={"target": target},
+            )
+            run_sipp_uac(
+                "register_auth.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=PHONE[0],
+                auth=PHONE,
+                port=phone.port,
+            ).check()
+            query = page_query(gw, url, mode="call", target=PHONE[0], reoffer=1)
+            with phone, Chromium(tmp_path, page.url("softphone.html", query)):
+                media = page.wait_for("media", timeout=40)
+                bye = page.wait_for("bye-final", timeout=10)
+                transferor = phone.wait(timeout=10)
+                result = trunk.wait(timeout=10)
+            gw.wait_for_log(rf"transfer of the B leg to {re.escape(target)}: 200 OK")
+            gw.wait_for_log(r"call \S+ ended")
+    transferor.check()
+    result.check()  # called without SDP, offered in its 200, BYE from Chrome's hang-up
+    assert bye["status"] == 200
+    assert_media_flowed(media)
+    # Our re-offer keeps the DTLS association (RFC 8842 §5: the same fingerprint, Chrome sends
+    # no tls-id; the role already settled, as JSEP writes it, RFC 8829 §5.2.2): Chrome takes it.
+    reoffer = page.wait_for("reinvite-offer")["sdp"]
+    first = page.wait_for("invite-final")["sdp"]
+    kept = re.search(r"^a=fingerprint:(.+?)\r?$", first, re.M)
+    assert kept is not None and f"a=fingerprint:{kept[1]}" in reoffer, (first, reoffer)
+    assert re.search(r"^a=setup:active\r?$", reoffer, re.M), reoffer
+    assert re.search(r"^a=rtcp-mux\r?$", reoffer, re.M), reoffer
+    assert re.search(r"^a=ice-lite\r?$", reoffer, re.M), reoffer
+    (invite,) = result.received("INVITE ")
+    assert "m=audio" not in invite  # the transfer's INVITE to the target has no offer

@@ -16,6 +16,8 @@
 //   target    user part to call (mode=call)
 //   watch     the account whose ringing call to pick up (mode=pickup)
 //   packets   RTP packets that must have been received and sent before "media" is reported
+//   reoffer   "1" (mode=call): wait until a re-INVITE from the gateway was answered (a blind
+//             transfer by the callee: the new party's offer) before counting `packets`
 //   hold      "1" (mode=call): once media flowed, hold (re-INVITE a=sendonly) until `packets`
 //             more were sent, resume (a=sendrecv) until `packets` more flowed each way, then BYE
 //
@@ -35,6 +37,7 @@ const config = {
   packets: Number(params.get("packets") || "50"),
   hangup: params.get("hangup") || (params.get("mode") === "call" ? "self" : "remote"),
   hold: params.get("hold") === "1",
+  reoffer: params.get("reoffer") === "1",
 };
 
 // -- reporting ------------------------------------------------------------------------------
@@ -342,12 +345,32 @@ async function authenticated(sip, method, uri, dialog, build) {
   return { response, cseq };
 }
 
-// Requests in the call's dialog once it is up: the caller's BYE (hangup=remote), and nothing
-// else this page expects.
+// Requests in the call's dialog once it is up: the other side's BYE (hangup=remote), and a
+// re-INVITE with an offer (RFC 3264 §8), which the same RTCPeerConnection answers.
 let activeCall = null;
+let reinviteAnswered = null; // resolves when a re-INVITE got our 200
+const reinviteDone = new Promise((resolve) => { reinviteAnswered = resolve; });
+
+async function answerReinvite(sip, pc, request) {
+  sip.respond(request, 100, "Trying");
+  report("reinvite-offer", { sdp: request.body });
+  if (!request.body) {
+    sip.respond(request, 488, "Not Acceptable Here");
+    throw new Error("a re-INVITE without an offer: this page takes none");
+  }
+  await pc.setRemoteDescription({ type: "offer", sdp: request.body });
+  await pc.setLocalDescription(await pc.createAnswer());
+  const sdp = pc.localDescription.sdp;
+  report("reinvite-answer", { sdp });
+  sip.respond(request, 200, "OK", { extra: [`Contact: ${sip.contact(config.user)}`], body: sdp });
+  reinviteAnswered();
+}
 
 function inDialog(sip, request) {
-  if (request.method === "BYE" && activeCall !== null) {
+  if (request.method === "INVITE" && activeCall !== null) {
+    answerReinvite(sip, activeCall, request).catch((error) =>
+      report("error", { message: String(error && error.stack || error) }));
+  } else if (request.method === "BYE" && activeCall !== null) {
     sip.respond(request, 200, "OK");
     const pc = activeCall;
     activeCall = null;
@@ -389,12 +412,17 @@ async function call(sip, { target = `sip:${config.target}@${config.domain}`, ext
   report("answer-applied");
   // RFC 3261 §13.2.2.4: the 2xx's ACK is a new transaction with the INVITE's CSeq number.
   sip.send(sip.request("ACK", remoteTarget, { to: target, from: aor(), dialog, cseq }));
+  activeCall = pc; // re-INVITEs, and a BYE with hangup=remote, come to inDialog()
+  if (sip.onrequest === null) sip.onrequest = (request) => inDialog(sip, request);
 
-  await waitForMedia(pc);
-  if (config.hangup === "remote") {
-    activeCall = pc; // the BYE comes to inDialog()
-    return;
+  if (config.reoffer) {
+    await reinviteDone;
+    const before = await rtpStats(pc);
+    await waitForMedia(pc, { outbound: before.outbound + config.packets });
+  } else {
+    await waitForMedia(pc);
   }
+  if (config.hangup === "remote") return;
   if (config.hold) {
     // Hold and resume (RFC 3264 §8.4) as a browser softphone does them: the transceiver's
     // direction, then a new offer from the same RTCPeerConnection in a re-INVITE.
@@ -423,6 +451,7 @@ async function call(sip, { target = `sip:${config.target}@${config.domain}`, ext
       inbound: resumed.inbound + config.packets, outbound: resumed.outbound + config.packets,
     });
   }
+  activeCall = null;
   cseq += 1;
   const bye = await sip.transaction(
     sip.request("BYE", remoteTarget, { to: target, from: aor(), dialog, cseq }),
