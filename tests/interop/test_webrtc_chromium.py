@@ -9,11 +9,11 @@ with SHA-256 digest (RFC 8760; WebCrypto has no MD5), then calls or answers.
 
 Both directions: Chrome calls a plain-RTP sipp trunk (the gateway answers Chrome's offer),
 sipp calls Chrome (the gateway offers to Chrome), and Chrome calls Chrome (both). And more
-roles: Chrome picks up a trunk's call ringing a sipp phone (BLF: dialog package, Replaces);
-Chrome is the target of a blind transfer (an INVITE without SDP: Chrome offers), and the
-transferee of one (re-INVITEd with the new party's offer, which Chrome answers). Media is
-checked from both ends: Chrome's getStats() counts RTP it received and decrypted (inbound-rtp)
-and sent (outbound-rtp) after ICE (the gateway as ICE-lite agent, RFC 8445 §2.5) and
+roles: Chrome picks up a trunk's call ringing a sipp phone (BLF: dialog package, Replaces;
+and by dialling *8); Chrome is the target of a blind transfer (an INVITE without SDP: Chrome
+offers), and the transferee of one (re-INVITEd with the new party's offer, which it answers).
+Media is checked from both ends: Chrome's getStats() counts RTP it received and decrypted
+(inbound-rtp) and sent (outbound-rtp) after ICE (the gateway as ICE-lite agent, RFC 8445 §2.5) and
 DTLS-SRTP (RFC 5763/5764) completed; the trunk echoes what it receives (-rtp_echo), so
 packets coming back to Chrome went through the trunk and back; when sipp calls, a capture
 shows Chrome's RTP reaching sipp, decrypted. The caller hangs up, and both legs end. Consent
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from tests.interop.harness import (
 from tests.interop.harness.chromium import Chromium, PageServer, chromium_binary
 from tests.interop.harness.ports import LOOPBACK
 from tests.interop.test_calls_sipp import header
+from tests.interop.test_pickup_sipp import _until_ringing as until_ringing
 
 pytestmark = pytest.mark.interop
 
@@ -386,6 +388,59 @@ def test_chromium_picks_up_a_trunk_call_ringing_another_account(
     streams = rtp_streams(capture.path, [caller.media_port])
     to_trunk = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
     assert to_trunk >= PACKETS, streams
+
+
+def test_chromium_picks_up_by_dialling_the_feature_code(tmp_path: Path) -> None:
+    """As a phone without a BLF key does ([feature_codes]): once carol's phone rings, Chrome
+    dials *8 and the gateway answers its INVITE with the ringing call; a=rtcp-mux on Chrome's
+    leg as for a pickup by Replaces, media both ways."""
+    chromium_binary()
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 440.0, seconds=5.0)
+    with PageServer() as page:
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE, PHONE]),
+            digest_algorithms=("MD5", "SHA-256"),
+            extra_toml=pickup_toml(),
+        )
+        with gw:
+            gw.cli("accounts", "set", ALICE[0], "--media-policy", "dtls")
+            phone = SippUas("calls/uas_ring_until_answered_elsewhere.xml", workdir=tmp_path)
+            run_sipp_uac(
+                "register_auth.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=PHONE[0],
+                auth=PHONE,
+                port=phone.port,
+            ).check()
+            with phone, ThreadPoolExecutor(max_workers=1) as pool:
+                calling = pool.submit(
+                    run_sipp_uac,
+                    "uac_call_rtp.xml",
+                    gw.address,
+                    workdir=tmp_path,
+                    service=DID,
+                    caller="+4940777",
+                    local_ip=CALLER_IP,
+                    rtp_file=tone,
+                    timeout=40,
+                )
+                until_ringing(phone)
+                query = page_query(gw, url, mode="call", target="*8", hangup="remote")
+                with Chromium(tmp_path, page.url("softphone.html", query)):
+                    media = page.wait_for("media", timeout=30)
+                    page.wait_for("bye-received", timeout=15)
+                caller = calling.result(timeout=30)
+                rang = phone.wait(timeout=10)
+            gw.wait_for_log(rf"{ALICE[0]} picks up the call ringing {PHONE[0]}")
+    caller.check()
+    rang.check()
+    assert_media_flowed(media)
+    answer = page.wait_for("invite-final")["sdp"]
+    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
 
 
 # -- blind transfer: Chrome is the target -------------------------------------------------------
