@@ -337,10 +337,13 @@ class LegSecurity:
             in_force = previous is not None and previous.negotiation is not None
             for name, exchange in self._in_force_first(previous):
                 profile = _profile(exchange)
-                if profile == "dtls" and self.policy.allow_cleartext:
+                in_force_here = in_force and previous is not None and previous.key_exchange == name
+                if profile == "dtls" and self.policy.allow_cleartext and not in_force_here:
                     # UDP/TLS/RTP/SAVP cannot fall back to RTP (only SDP capability
                     # negotiation, RFC 5939, could offer both): a best-effort offer would be
-                    # refused by every device without DTLS-SRTP. So best effort offers SDES.
+                    # refused by every device without DTLS-SRTP. So best effort offers SDES;
+                    # but a re-offer on a line DTLS-SRTP keys already keeps it (RFC 8842 §5:
+                    # a browser takes no re-offer that drops its DTLS association).
                     continue
                 if stream.negotiation is not None and not self._shares_line(stream, profile):
                     continue
