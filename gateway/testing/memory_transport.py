@@ -112,19 +112,32 @@ class MemoryTlsStandIn(MemoryUdpTransport):
         return flow
 
 
+class MemoryWsStandIn(MemoryUdpTransport):
+    """A stand-in for the ``ws`` transport (SIP over WebSocket, RFC 7118): memory datagrams,
+    named ``ws``, for component tests of what the core does for a browser's leg (a leg whose
+    signalling is ``ws`` gets ICE-lite and a=rtcp-mux, gateway/core/media/security.py). No
+    WebSocket happens, and unlike the real transport it can open flows to a peer."""
+
+    name = "ws"
+
+
 class MemoryUdpPlugin:
     """A plugin object registering one :class:`MemoryUdpTransport` (pass it to
     ``load_plugins(..., extra=[(PLUGIN_NAME, plugin)])``)."""
 
-    def __init__(self, network: MemoryNetwork, *, tls_stand_in: bool = False) -> None:
+    def __init__(
+        self, network: MemoryNetwork, *, tls_stand_in: bool = False, ws_stand_in: bool = False
+    ) -> None:
         self.transport = MemoryUdpTransport(network)
         self.tls = MemoryTlsStandIn(network) if tls_stand_in else None
+        self.ws = MemoryWsStandIn(network) if ws_stand_in else None
 
     @hookimpl
     def gateway_register_transports(self, registry: Registry[MemoryUdpTransport]) -> None:
         registry.add(self.transport.name, self.transport)
-        if self.tls is not None:
-            registry.add(self.tls.name, self.tls)
+        for stand_in in (self.tls, self.ws):
+            if stand_in is not None:
+                registry.add(stand_in.name, stand_in)
 
 
 def memory_plugins(
@@ -133,10 +146,12 @@ def memory_plugins(
     *,
     extra: Sequence[tuple[str, object]] = (),
     tls_stand_in: bool = False,
+    ws_stand_in: bool = False,
 ) -> Plugins:
     """Load the plugins ``config`` enables plus the memory ``udp`` transport on ``network`` and
     the ``extra`` plugin objects. ``config`` must not enable the real ``udp`` plugin (both would
     register the transport ``udp``): use ``[plugins] enable = []``. ``tls_stand_in`` also
-    registers :class:`MemoryTlsStandIn` as ``tls`` (listen on it as ``tls:HOST:PORT``)."""
-    plugin = MemoryUdpPlugin(network, tls_stand_in=tls_stand_in)
+    registers :class:`MemoryTlsStandIn` as ``tls`` (listen on it as ``tls:HOST:PORT``),
+    ``ws_stand_in`` :class:`MemoryWsStandIn` as ``ws``."""
+    plugin = MemoryUdpPlugin(network, tls_stand_in=tls_stand_in, ws_stand_in=ws_stand_in)
     return load_plugins(config, extra=[(PLUGIN_NAME, plugin), *extra])

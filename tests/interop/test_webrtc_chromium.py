@@ -8,9 +8,12 @@ and Chrome sees the gateway's answer or offer as a browser must accept it. The p
 with SHA-256 digest (RFC 8760; WebCrypto has no MD5), then calls or answers.
 
 Both directions: Chrome calls a plain-RTP sipp trunk (the gateway answers Chrome's offer),
-sipp calls Chrome (the gateway offers to Chrome), and Chrome calls Chrome (both). Media is
-checked from both ends: Chrome's getStats() counts RTP it received and decrypted (inbound-rtp)
-and sent (outbound-rtp) after ICE (the gateway as ICE-lite agent, RFC 8445 §2.5) and
+sipp calls Chrome (the gateway offers to Chrome), and Chrome calls Chrome (both). And more
+roles: Chrome picks up a trunk's call ringing a sipp phone (BLF: dialog package, Replaces;
+and by dialling *8); Chrome is the target of a blind transfer (an INVITE without SDP: Chrome
+offers), and the transferee of one (re-INVITEd with the new party's offer, which it answers).
+Media is checked from both ends: Chrome's getStats() counts RTP it received and decrypted
+(inbound-rtp) and sent (outbound-rtp) after ICE (the gateway as ICE-lite agent, RFC 8445 §2.5) and
 DTLS-SRTP (RFC 5763/5764) completed; the trunk echoes what it receives (-rtp_echo), so
 packets coming back to Chrome went through the trunk and back; when sipp calls, a capture
 shows Chrome's RTP reaching sipp, decrypted. The caller hangs up, and both legs end. Consent
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,8 @@ from tests.interop.harness import (
 )
 from tests.interop.harness.chromium import Chromium, PageServer, chromium_binary
 from tests.interop.harness.ports import LOOPBACK
+from tests.interop.test_calls_sipp import header
+from tests.interop.test_pickup_sipp import _until_ringing as until_ringing
 
 pytestmark = pytest.mark.interop
 
@@ -272,3 +278,308 @@ def test_chromium_calls_chromium_through_the_gateway(tmp_path: Path) -> None:
         assert media["dtls"] == "connected", media
         assert media["inbound"] >= PACKETS and media["outbound"] >= PACKETS, media
         assert media["codec"] == "audio/opus", media
+
+
+# -- call pickup: Chrome takes a call ringing another account ---------------------------------
+
+#: The sipp phone whose ringing call Chrome picks up (MD5 digest: sipp knows no other).
+PHONE = ("carol", "carol-sipp-phone")
+#: The calling trunk: another loopback address, known to the gateway by source address.
+CALLER_IP = "127.0.0.2"
+DID = "+4930123456"
+
+
+def calling_trunk_toml() -> str:
+    """The trunk calling in from CALLER_IP; its DID rings the sipp phone's account."""
+    return (
+        "[[trunks]]\n"
+        'name = "pbx"\n'
+        f'address = "udp:{CALLER_IP}:5060"\n'
+        f'allowed_sources = ["{CALLER_IP}"]\n'
+        f'dids = {{"{DID}" = "{PHONE[0]}"}}\n'
+        'media_policy = "rtp-only"\n'
+    )
+
+
+def pickup_toml() -> str:
+    """The calling trunk, and a BLF group in which alice (Chrome) may pick up carol's calls."""
+    return calling_trunk_toml() + (
+        "[[dialog_watch_groups]]\n"
+        'name = "office"\n'
+        f'accounts = ["{ALICE[0]}", "{PHONE[0]}"]\n'
+        "pickup = true\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "trunk_scenario",
+    [
+        "uac_call_rtp.xml",  # the caller offers PCMU without rtcp-mux
+        "calls/uac_call_late_offer_rtp.xml",  # it offers nothing: Chrome's offer goes to it
+    ],
+)
+def test_chromium_picks_up_a_trunk_call_ringing_another_account(
+    tmp_path: Path, trunk_scenario: str
+) -> None:
+    """A browser's BLF key: the page watches carol's calls (SUBSCRIBE, RFC 4235 dialog
+    package), and when the trunk's call rings her sipp phone it builds a Replaces (RFC 3891)
+    from the NOTIFY's early dialog and picks the call up. Our 200 to Chrome has a=rtcp-mux
+    although the trunk offered none (Chrome requires it, RFC 8829 §4.1.1; the relay muxes on
+    Chrome's leg alone); media flows both ways, decrypted; carol's phone is CANCELled; the
+    trunk hangs up."""
+    chromium_binary()
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 440.0, seconds=4.0)
+    with PageServer() as page:
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE, PHONE]),
+            digest_algorithms=("MD5", "SHA-256"),
+            extra_toml=pickup_toml(),
+        )
+        with gw:
+            gw.cli("accounts", "set", ALICE[0], "--media-policy", "dtls")
+            phone = SippUas("calls/uas_ring_until_answered_elsewhere.xml", workdir=tmp_path)
+            run_sipp_uac(
+                "register_auth.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=PHONE[0],
+                auth=PHONE,
+                port=phone.port,
+            ).check()
+            query = page_query(gw, url, mode="pickup", watch=PHONE[0])
+            with phone, Chromium(tmp_path, page.url("softphone.html", query)):
+                assert page.wait_for("subscribed", timeout=30)["status"] == 200
+                with Capture(tmp_path / "call.pcap", udp_filter(gw.media_ports)) as capture:
+                    caller = run_sipp_uac(
+                        trunk_scenario,
+                        gw.address,
+                        workdir=tmp_path,
+                        service=DID,
+                        caller="+4940777",
+                        local_ip=CALLER_IP,
+                        rtp_file=tone,
+                        timeout=30,
+                    )
+                    media = page.wait_for("media", timeout=10)
+                    page.wait_for("bye-received", timeout=10)
+                rang = phone.wait(timeout=10)
+            gw.wait_for_log(rf"{ALICE[0]} picks up the call ringing {PHONE[0]}")
+            gw.wait_for_log(r"call \S+ ended")
+    caller.check()
+    rang.check()  # CANCELled, "Call completed elsewhere"
+    assert_media_flowed(media)
+    replaces = page.wait_for("pickup")["replaces"]
+    (invite,) = rang.received("INVITE ")
+    assert replaces.startswith(header(invite, "Call-ID") + ";"), (replaces, invite)
+    # Our answer (or offer's answer) to Chrome: ICE-lite, DTLS, rtcp-mux on its leg...
+    answer = page.wait_for("invite-final")["sdp"]
+    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
+    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answer, re.M), answer
+    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert re.search(r"^a=candidate:\S+ 1 UDP ", answer, re.M), answer
+    assert not re.search(r"^a=candidate:\S+ 2 UDP ", answer, re.M), answer
+    # ... and plain RTP on the trunk's, without Chrome's ICE or DTLS.
+    (ok,) = [m for m in caller.received("SIP/2.0 200 ") if "INVITE" in header(m, "CSeq")]
+    for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup"):
+        assert attribute not in ok, ok
+    # Chrome's RTP reached the trunk's media port through the relay, decrypted.
+    streams = rtp_streams(capture.path, [caller.media_port])
+    to_trunk = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
+    assert to_trunk >= PACKETS, streams
+
+
+def test_chromium_picks_up_by_dialling_the_feature_code(tmp_path: Path) -> None:
+    """As a phone without a BLF key does ([feature_codes]): once carol's phone rings, Chrome
+    dials *8 and the gateway answers its INVITE with the ringing call; a=rtcp-mux on Chrome's
+    leg as for a pickup by Replaces, media both ways."""
+    chromium_binary()
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 440.0, seconds=5.0)
+    with PageServer() as page:
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE, PHONE]),
+            digest_algorithms=("MD5", "SHA-256"),
+            extra_toml=pickup_toml(),
+        )
+        with gw:
+            gw.cli("accounts", "set", ALICE[0], "--media-policy", "dtls")
+            phone = SippUas("calls/uas_ring_until_answered_elsewhere.xml", workdir=tmp_path)
+            run_sipp_uac(
+                "register_auth.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=PHONE[0],
+                auth=PHONE,
+                port=phone.port,
+            ).check()
+            with phone, ThreadPoolExecutor(max_workers=1) as pool:
+                calling = pool.submit(
+                    run_sipp_uac,
+                    "uac_call_rtp.xml",
+                    gw.address,
+                    workdir=tmp_path,
+                    service=DID,
+                    caller="+4940777",
+                    local_ip=CALLER_IP,
+                    rtp_file=tone,
+                    timeout=40,
+                )
+                until_ringing(phone)
+                query = page_query(gw, url, mode="call", target="*8", hangup="remote")
+                with Chromium(tmp_path, page.url("softphone.html", query)):
+                    media = page.wait_for("media", timeout=30)
+                    page.wait_for("bye-received", timeout=15)
+                caller = calling.result(timeout=30)
+                rang = phone.wait(timeout=10)
+            gw.wait_for_log(rf"{ALICE[0]} picks up the call ringing {PHONE[0]}")
+    caller.check()
+    rang.check()
+    assert_media_flowed(media)
+    answer = page.wait_for("invite-final")["sdp"]
+    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
+
+
+# -- blind transfer: Chrome is the target -------------------------------------------------------
+
+
+def test_chromium_is_the_target_of_a_blind_transfer(tmp_path: Path) -> None:
+    """A sipp trunk calls carol's sipp phone, which answers and transfers the caller to alice
+    (Chrome) with a REFER (RFC 3515; Refer-Sub: false, and it hangs up at once). The gateway
+    calls Chrome with an INVITE without SDP (docs/transfers.md): Chrome's offer is in its 200
+    (ICE, DTLS-SRTP, rtcp-mux, opus and more), the trunk is re-INVITEd with it and answers
+    PCMU, and the answer reaches Chrome in our ACK: ice-lite, rtcp-mux, DTLS. Media flows both
+    ways, decrypted, and the trunk's port gets Chrome's RTP; the trunk hangs up."""
+    chromium_binary()
+    tone = tone_ulaw(tmp_path / "tone.ulaw", 440.0, seconds=6.0)
+    with PageServer() as page:
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE, PHONE]),
+            digest_algorithms=("MD5", "SHA-256"),
+            extra_toml=calling_trunk_toml(),
+        )
+        with gw:
+            target = gw.uri(ALICE[0])
+            phone = SippUas(
+                "calls/uas_answer_refer_blind.xml",
+                workdir=tmp_path,
+                call_duration_ms=500,  # the call before its REFER
+                keys={"target": target},
+            )
+            run_sipp_uac(
+                "register_auth.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=PHONE[0],
+                auth=PHONE,
+                port=phone.port,
+            ).check()
+            query = page_query(gw, url, mode="answer")
+            with phone, Chromium(tmp_path, page.url("softphone.html", query)):
+                page.wait_for("registered", timeout=30)
+                with Capture(tmp_path / "call.pcap", udp_filter(gw.media_ports)) as capture:
+                    caller = run_sipp_uac(
+                        "calls/uac_call_rtp_transferred.xml",
+                        gw.address,
+                        workdir=tmp_path,
+                        service=DID,
+                        caller="+4940777",
+                        local_ip=CALLER_IP,
+                        rtp_file=tone,
+                        timeout=40,
+                    )
+                    media = page.wait_for("media", timeout=10)
+                    page.wait_for("bye-received", timeout=10)
+                transferor = phone.wait(timeout=10)
+            gw.wait_for_log(rf"transfer of the B leg to {re.escape(target)}: 200 OK")
+            gw.wait_for_log(r"call \S+ ended")
+    caller.check()  # answered, re-INVITEd with Chrome's media, ACKed
+    transferor.check()  # 202 with Refer-Sub: false
+    assert_media_flowed(media)
+    assert page.wait_for("invite-without-offer")
+    offer = page.wait_for("offer-in-200")["sdp"]
+    assert re.search(r"^a=rtcp-mux\r?$", offer, re.M), offer
+    # Our answer to Chrome's offer, in the ACK: ICE-lite, DTLS, rtcp-mux.
+    answer = page.wait_for("answer-in-ack")["sdp"]
+    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
+    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answer, re.M), answer
+    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert re.search(r"^a=setup:(active|passive)\r?$", answer, re.M), answer
+    # The trunk's re-INVITE: plain RTP, without Chrome's ICE or DTLS.
+    reinvites = [m for m in caller.received("INVITE ")]
+    assert len(reinvites) == 1, reinvites
+    for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup"):
+        assert attribute not in reinvites[0], reinvites[0]
+    assert re.search(r"^m=audio \d+ RTP/AVP ", reinvites[0], re.M), reinvites[0]
+    # Chrome's RTP reached the trunk's media port through the relay, decrypted.
+    streams = rtp_streams(capture.path, [caller.media_port])
+    to_trunk = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
+    assert to_trunk >= PACKETS, streams
+
+
+# The default policy of a new account, and the one docs/media_security.md advises for browsers.
+@pytest.mark.parametrize("policy", ["best-effort", "dtls"])
+def test_chromium_is_transferred_by_the_phone_it_called(tmp_path: Path, policy: str) -> None:
+    """Chrome calls carol's sipp phone, which transfers Chrome to a trunk number (REFER,
+    Refer-Sub: false, then BYE). The gateway calls the trunk with an INVITE without SDP, and
+    re-INVITEs Chrome with the trunk's offer: our re-offer on Chrome's leg keeps ICE, the
+    DTLS association (also under best-effort, which makes no first offer with DTLS-SRTP) and
+    rtcp-mux, and Chrome answers it from the same RTCPeerConnection. Then media flows between
+    Chrome and the trunk (which echoes it)."""
+    chromium_binary()
+    with (
+        SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True) as trunk,
+        PageServer() as page,
+    ):
+        gw, url = browser_gateway(
+            tmp_path / "gw",
+            page,
+            accounts=dict([ALICE, PHONE]),
+            digest_algorithms=("MD5", "SHA-256"),
+            extra_toml=trunk_toml(trunk),
+        )
+        with gw:
+            gw.cli("accounts", "set", ALICE[0], "--media-policy", policy)
+            target = gw.uri(TRUNK_NUMBER)
+            phone = SippUas(
+                "calls/uas_answer_refer_blind.xml",
+                workdir=tmp_path,
+                call_duration_ms=500,
+                keys={"target": target},
+            )
+            run_sipp_uac(
+                "register_auth.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=PHONE[0],
+                auth=PHONE,
+                port=phone.port,
+            ).check()
+            query = page_query(gw, url, mode="call", target=PHONE[0], reoffer=1)
+            with phone, Chromium(tmp_path, page.url("softphone.html", query)):
+                media = page.wait_for("media", timeout=40)
+                bye = page.wait_for("bye-final", timeout=10)
+                transferor = phone.wait(timeout=10)
+                result = trunk.wait(timeout=10)
+            gw.wait_for_log(rf"transfer of the B leg to {re.escape(target)}: 200 OK")
+            gw.wait_for_log(r"call \S+ ended")
+    transferor.check()
+    result.check()  # called without SDP, offered in its 200, BYE from Chrome's hang-up
+    assert bye["status"] == 200
+    assert_media_flowed(media)
+    # Our re-offer keeps the DTLS association (RFC 8842 §5: the same fingerprint, Chrome sends
+    # no tls-id; the role already settled, as JSEP writes it, RFC 8829 §5.2.2): Chrome takes it.
+    reoffer = page.wait_for("reinvite-offer")["sdp"]
+    first = page.wait_for("invite-final")["sdp"]
+    kept = re.search(r"^a=fingerprint:(.+?)\r?$", first, re.M)
+    assert kept is not None and f"a=fingerprint:{kept[1]}" in reoffer, (first, reoffer)
+    assert re.search(r"^a=setup:active\r?$", reoffer, re.M), reoffer
+    assert re.search(r"^a=rtcp-mux\r?$", reoffer, re.M), reoffer
+    assert re.search(r"^a=ice-lite\r?$", reoffer, re.M), reoffer
+    (invite,) = result.received("INVITE ")
+    assert "m=audio" not in invite  # the transfer's INVITE to the target has no offer

@@ -1522,12 +1522,20 @@ class Call:
             if not sdp:
                 raise SdpError("an INVITE picking up a call needs an SDP offer")
             offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
-            plain_to_picker = answer_with(offer, offer_b)
+            # On a browser's leg our offer would have had a=rtcp-mux whatever the caller's
+            # said: the picker's leg muxes on its own, the caller's stays as it is.
+            offered_here = picker.security.as_offered_here(offer_b)
+            plain_to_picker = answer_with(offer, offered_here)
             to_picker = picker.security.make_answer(plain_to_picker)
             # The caller's answer has the caller's numbers (RFC 3264 §6.1), the picker's its
             # own: where they differ (telephone-event 101 and 96) the relay renumbers.
             answer_a = self.a.security.make_answer(
-                self.media.answer_from(Side.B.value, answer_with(offer_b, offer), numbering=offer)
+                self.media.answer_from(
+                    Side.B.value,
+                    answer_with(offered_here, offer),
+                    numbering=offer,
+                    rtcp_mux_offered=picker.security.offers_rtcp_mux,
+                )
             )
             # What the picker's leg was told: later offers on it keep its numbers and o= line.
             self.media.sent_elsewhere(Side.B.value, plain_to_picker)

@@ -305,6 +305,17 @@ class LegSecurity:
 
     # -- we offer -------------------------------------------------------------------------------
 
+    def as_offered_here(self, offer: SessionDescription) -> SessionDescription:
+        """``offer``, a plain offer of the session's that went to other phones, as our offers
+        on this leg put it (:meth:`make_offer`): with a=rtcp-mux on each RTP line on a browser's
+        leg (``offers_rtcp_mux``), else as it is. A call pickup answers the picker's offer with
+        what the ringing phones were offered (``answer_with``): the relay muxes per leg (RFC
+        5761 §5.1.1), so a browser picking up a caller without rtcp-mux still gets it, as JSEP
+        requires (RFC 8829 §4.1.1), and the caller's leg is unchanged."""
+        if not self.offers_rtcp_mux:
+            return offer
+        return attrs.evolve(offer, media=tuple(_muxed(media) for media in offer.media))
+
     def make_offer(self, offer: SessionDescription) -> SessionDescription:
         """Our offer on this leg (from the session's plain offer). Raises
         :class:`MediaSecurityRefused` when the policy needs encryption this leg cannot get."""
@@ -312,8 +323,8 @@ class LegSecurity:
         media_out: list[MediaDescription] = []
         for index, offered in enumerate(offer.media):
             media = offered if self.offer_feedback else _without_feedback(offered)
-            if self.offers_rtcp_mux and media.port != 0 and media.is_rtp and not media.rtcp_mux:
-                media = media.with_attributes(media.attributes.add("rtcp-mux"))
+            if self.offers_rtcp_mux:
+                media = _muxed(media)
             stream = StreamSecurity(peer_proto=media.proto)
             if media.proto != offered.proto:
                 stream.session_proto = offered.proto
@@ -326,10 +337,13 @@ class LegSecurity:
             in_force = previous is not None and previous.negotiation is not None
             for name, exchange in self._in_force_first(previous):
                 profile = _profile(exchange)
-                if profile == "dtls" and self.policy.allow_cleartext:
+                in_force_here = in_force and previous is not None and previous.key_exchange == name
+                if profile == "dtls" and self.policy.allow_cleartext and not in_force_here:
                     # UDP/TLS/RTP/SAVP cannot fall back to RTP (only SDP capability
                     # negotiation, RFC 5939, could offer both): a best-effort offer would be
-                    # refused by every device without DTLS-SRTP. So best effort offers SDES.
+                    # refused by every device without DTLS-SRTP. So best effort offers SDES;
+                    # but a re-offer on a line DTLS-SRTP keys already keeps it (RFC 8842 §5:
+                    # a browser takes no re-offer that drops its DTLS association).
                     continue
                 if stream.negotiation is not None and not self._shares_line(stream, profile):
                     continue
@@ -672,6 +686,13 @@ def _without_session_keys(sd: SessionDescription) -> SessionDescription:
     RFC 8122 §5): the other leg must never see this leg's."""
     kept = [a for a in _pairs(sd.attributes) if a[0].lower() not in _KEY_ATTRIBUTES]
     return sd.with_attributes(kept)
+
+
+def _muxed(media: MediaDescription) -> MediaDescription:
+    """``media`` with a=rtcp-mux (RFC 5761 §5.1.1) when it is an accepted RTP line without."""
+    if media.port != 0 and media.is_rtp and not media.rtcp_mux:
+        return media.with_attributes(media.attributes.add("rtcp-mux"))
+    return media
 
 
 def _without_feedback(media: MediaDescription) -> MediaDescription:

@@ -122,6 +122,7 @@ async def start_b2bua(
     dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
     feature_codes: Mapping[str, Any] | None = None,
     tls_stand_in: bool = False,
+    ws_stand_in: bool = False,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -144,7 +145,9 @@ async def start_b2bua(
     )
     gateway = Gateway(
         config,
-        memory_plugins(config, network, extra=plugins, tls_stand_in=tls_stand_in),
+        memory_plugins(
+            config, network, extra=plugins, tls_stand_in=tls_stand_in, ws_stand_in=ws_stand_in
+        ),
         ids=SeededIds(seed),
     )
     await nursery.start(gateway.serve)

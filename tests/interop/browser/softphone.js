@@ -8,9 +8,16 @@
 //   domain    SIP domain to register at (127.0.0.1:PORT)
 //   user, password   the account
 //   mode      "call": call `target`, hang up once media flowed; "answer": answer the first
-//             INVITE, wait for the caller's BYE (or hang up with hangup=self)
+//             INVITE (with an offer, or without: then ours is in the 200 and the answer in
+//             the ACK), wait for the caller's BYE (or hang up with hangup=self); "pickup":
+//             watch `watch`'s calls (RFC 4235 dialog package) and pick up the first that rings
+//             (an INVITE with Replaces, RFC 3891, built from the NOTIFY as BLF phones do),
+//             then wait for the caller's BYE
 //   target    user part to call (mode=call)
+//   watch     the account whose ringing call to pick up (mode=pickup)
 //   packets   RTP packets that must have been received and sent before "media" is reported
+//   reoffer   "1" (mode=call): wait until a re-INVITE from the gateway was answered (a blind
+//             transfer by the callee: the new party's offer) before counting `packets`
 //   hold      "1" (mode=call): once media flowed, hold (re-INVITE a=sendonly) until `packets`
 //             more were sent, resume (a=sendrecv) until `packets` more flowed each way, then BYE
 //
@@ -26,9 +33,11 @@ const config = {
   password: params.get("password"),
   mode: params.get("mode") || "call",
   target: params.get("target"),
+  watch: params.get("watch"),
   packets: Number(params.get("packets") || "50"),
-  hangup: params.get("hangup") || (params.get("mode") === "answer" ? "remote" : "self"),
+  hangup: params.get("hangup") || (params.get("mode") === "call" ? "self" : "remote"),
   hold: params.get("hold") === "1",
+  reoffer: params.get("reoffer") === "1",
 };
 
 // -- reporting ------------------------------------------------------------------------------
@@ -311,7 +320,72 @@ async function register(sip) {
   if (response.status !== 200) throw new Error(`REGISTER: ${response.first}`);
 }
 
-async function call(sip) {
+// Send a request outside a dialog (SUBSCRIBE, INVITE) and return its final response: after a
+// 401 or 407, once more with credentials (RFC 3261 §22.2). `build(cseq, branch, auth)` makes
+// the request's text; an INVITE's non-2xx is ACKed in its own transaction (§17.1.1.3).
+async function authenticated(sip, method, uri, dialog, build) {
+  let cseq = 1;
+  let branch = randomToken();
+  let response = await sip.transaction(build(cseq, branch, []), dialog.callId, cseq, method);
+  if (response.status === 407 || response.status === 401) {
+    if (method === "INVITE") {
+      sip.send(sip.request("ACK", uri, {
+        to: uri, from: aor(), cseq, branch,
+        dialog: { ...dialog, remoteTag: tagOf(response.get("to")) },
+      }));
+    }
+    const header = response.status === 407 ? "proxy-authenticate" : "www-authenticate";
+    const auth = await authorization(response.all(header), { method, uri });
+    const name = response.status === 407 ? "Proxy-Authorization" : "Authorization";
+    cseq += 1;
+    branch = randomToken();
+    response = await sip.transaction(
+      build(cseq, branch, [`${name}: ${auth}`]), dialog.callId, cseq, method);
+  }
+  return { response, cseq };
+}
+
+// Requests in the call's dialog once it is up: the other side's BYE (hangup=remote), and a
+// re-INVITE with an offer (RFC 3264 §8), which the same RTCPeerConnection answers.
+let activeCall = null;
+let reinviteAnswered = null; // resolves when a re-INVITE got our 200
+const reinviteDone = new Promise((resolve) => { reinviteAnswered = resolve; });
+
+async function answerReinvite(sip, pc, request) {
+  sip.respond(request, 100, "Trying");
+  report("reinvite-offer", { sdp: request.body });
+  if (!request.body) {
+    sip.respond(request, 488, "Not Acceptable Here");
+    throw new Error("a re-INVITE without an offer: this page takes none");
+  }
+  await pc.setRemoteDescription({ type: "offer", sdp: request.body });
+  await pc.setLocalDescription(await pc.createAnswer());
+  const sdp = pc.localDescription.sdp;
+  report("reinvite-answer", { sdp });
+  sip.respond(request, 200, "OK", { extra: [`Contact: ${sip.contact(config.user)}`], body: sdp });
+  reinviteAnswered();
+}
+
+function inDialog(sip, request) {
+  if (request.method === "INVITE" && activeCall !== null) {
+    answerReinvite(sip, activeCall, request).catch((error) =>
+      report("error", { message: String(error && error.stack || error) }));
+  } else if (request.method === "BYE" && activeCall !== null) {
+    sip.respond(request, 200, "OK");
+    const pc = activeCall;
+    activeCall = null;
+    rtpStats(pc).then((stats) => report("media-at-bye", stats)).then(() => {
+      pc.close();
+      report("bye-received");
+    });
+  } else if (request.method === "ACK") {
+    // nothing to do
+  } else {
+    sip.respond(request, 501, "Not Implemented", { toTag: randomToken(4) });
+  }
+}
+
+async function call(sip, { target = `sip:${config.target}@${config.domain}`, extra = [] } = {}) {
   const pc = newPeerConnection();
   await addMicrophone(pc);
   await pc.setLocalDescription(await pc.createOffer());
@@ -319,28 +393,14 @@ async function call(sip) {
   const offer = pc.localDescription.sdp;
   report("offer", { sdp: offer });
 
-  const target = `sip:${config.target}@${config.domain}`;
   const dialog = { callId: randomToken(), localTag: randomToken(4), remoteTag: null, routes: [] };
   const contact = `Contact: ${sip.contact(config.user)}`;
-  let cseq = 1;
-  let branch = randomToken();
-  const invite = (extra) => sip.request("INVITE", target, {
-    to: target, from: aor(), dialog, cseq, branch, extra: [contact, ...extra], body: offer,
+  const invite = (cseq, branch, auth) => sip.request("INVITE", target, {
+    to: target, from: aor(), dialog, cseq, branch, extra: [contact, ...extra, ...auth], body: offer,
   });
-  let response = await sip.transaction(invite([]), dialog.callId, cseq, "INVITE");
-  if (response.status === 407 || response.status === 401) {
-    // RFC 3261 §17.1.1.3: the ACK of a non-2xx final response belongs to its transaction.
-    sip.send(sip.request("ACK", target, {
-      to: target, from: aor(), cseq, branch,
-      dialog: { ...dialog, remoteTag: tagOf(response.get("to")) },
-    }));
-    const header = response.status === 407 ? "proxy-authenticate" : "www-authenticate";
-    const auth = await authorization(response.all(header), { method: "INVITE", uri: target });
-    const name = response.status === 407 ? "Proxy-Authorization" : "Authorization";
-    cseq += 1;
-    branch = randomToken();
-    response = await sip.transaction(invite([`${name}: ${auth}`]), dialog.callId, cseq, "INVITE");
-  }
+  const sent = await authenticated(sip, "INVITE", target, dialog, invite);
+  const response = sent.response;
+  let cseq = sent.cseq;
   report("invite-final", { status: response.status, sdp: response.body });
   if (response.status !== 200) throw new Error(`INVITE: ${response.first}`);
 
@@ -352,8 +412,17 @@ async function call(sip) {
   report("answer-applied");
   // RFC 3261 §13.2.2.4: the 2xx's ACK is a new transaction with the INVITE's CSeq number.
   sip.send(sip.request("ACK", remoteTarget, { to: target, from: aor(), dialog, cseq }));
+  activeCall = pc; // re-INVITEs, and a BYE with hangup=remote, come to inDialog()
+  if (sip.onrequest === null) sip.onrequest = (request) => inDialog(sip, request);
 
-  await waitForMedia(pc);
+  if (config.reoffer) {
+    await reinviteDone;
+    const before = await rtpStats(pc);
+    await waitForMedia(pc, { outbound: before.outbound + config.packets });
+  } else {
+    await waitForMedia(pc);
+  }
+  if (config.hangup === "remote") return;
   if (config.hold) {
     // Hold and resume (RFC 3264 §8.4) as a browser softphone does them: the transceiver's
     // direction, then a new offer from the same RTCPeerConnection in a re-INVITE.
@@ -382,6 +451,7 @@ async function call(sip) {
       inbound: resumed.inbound + config.packets, outbound: resumed.outbound + config.packets,
     });
   }
+  activeCall = null;
   cseq += 1;
   const bye = await sip.transaction(
     sip.request("BYE", remoteTarget, { to: target, from: aor(), dialog, cseq }),
@@ -394,17 +464,26 @@ function answer(sip) {
   // Answer the first INVITE; requests in its dialog after that (ACK, BYE) are handled here too.
   let pc = null;
   let ended = false;
+  let ackArrived = null; // resolves with the ACK of our 200
   const toTag = randomToken(4);
   const contact = `Contact: ${sip.contact(config.user)}`;
   sip.onrequest = async (request) => {
     if (request.method === "INVITE" && pc === null) {
       sip.respond(request, 100, "Trying");
-      report("offer", { sdp: request.body });
+      // An INVITE without SDP (a blind transfer's to us, RFC 3261 §13.2.1): our offer goes in
+      // the 200 and the answer comes in the ACK.
+      const lateOffer = !request.body;
+      report(lateOffer ? "invite-without-offer" : "offer", { sdp: request.body });
       pc = newPeerConnection();
       try {
-        await pc.setRemoteDescription({ type: "offer", sdp: request.body });
-        await addMicrophone(pc);
-        await pc.setLocalDescription(await pc.createAnswer());
+        if (lateOffer) {
+          await addMicrophone(pc);
+          await pc.setLocalDescription(await pc.createOffer());
+        } else {
+          await pc.setRemoteDescription({ type: "offer", sdp: request.body });
+          await addMicrophone(pc);
+          await pc.setLocalDescription(await pc.createAnswer());
+        }
         await gatheringComplete(pc);
       } catch (error) {
         report("error", { message: `answering: ${error}` });
@@ -413,8 +492,14 @@ function answer(sip) {
       }
       sip.respond(request, 180, "Ringing", { toTag, extra: [contact] });
       const sdp = pc.localDescription.sdp;
-      report("answer", { sdp });
+      report(lateOffer ? "offer-in-200" : "answer", { sdp });
+      const acked = new Promise((resolve) => { ackArrived = resolve; });
       sip.respond(request, 200, "OK", { toTag, extra: [contact], body: sdp });
+      if (lateOffer) {
+        const ack = await acked;
+        report("answer-in-ack", { sdp: ack.body });
+        await pc.setRemoteDescription({ type: "answer", sdp: ack.body });
+      }
       await waitForMedia(pc);
       if (config.hangup === "self" && !ended) {
         const dialog = {
@@ -432,7 +517,10 @@ function answer(sip) {
         pc.close();
       }
     } else if (request.method === "ACK") {
-      // nothing to do: the 200 was sent once over a reliable transport
+      // The 200 was sent once over a reliable transport: nothing to stop; a late offer's
+      // answer is in it.
+      if (ackArrived !== null) ackArrived(request);
+      ackArrived = null;
     } else if (request.method === "BYE") {
       sip.respond(request, 200, "OK");
       if (!ended && pc !== null) {
@@ -449,6 +537,46 @@ function answer(sip) {
   };
 }
 
+// Pick up `watch`'s first ringing call: SUBSCRIBE to its dialog events (RFC 4235); the
+// gateway's NOTIFY of an early dialog names the ringing phone's dialog with the gateway (call-id,
+// local-tag: the phone's, remote-tag: the gateway's, RFC 4235 §4.1), from which the Replaces
+// header is built as Yealink and Poly phones build it (RFC 3891 §6.1).
+async function pickup(sip) {
+  let picking = false;
+  sip.onrequest = (request) => {
+    if (request.method !== "NOTIFY") {
+      inDialog(sip, request);
+      return;
+    }
+    sip.respond(request, 200, "OK");
+    const NS = "urn:ietf:params:xml:ns:dialog-info";
+    const xml = new DOMParser().parseFromString(request.body, "application/xml");
+    for (const dialog of xml.getElementsByTagNameNS(NS, "dialog")) {
+      const state = dialog.getElementsByTagNameNS(NS, "state")[0];
+      if (picking || !state || state.textContent !== "early" || !dialog.getAttribute("call-id")) {
+        continue;
+      }
+      picking = true;
+      const replaces = `${dialog.getAttribute("call-id")};to-tag=` +
+        `${dialog.getAttribute("remote-tag")};from-tag=${dialog.getAttribute("local-tag")}` +
+        ";early-only";
+      report("pickup", { replaces });
+      call(sip, { target: watched, extra: [`Replaces: ${replaces}`] }).catch((error) =>
+        report("error", { message: String(error && error.stack || error) }));
+    }
+  };
+  const watched = `sip:${config.watch}@${config.domain}`;
+  const dialog = { callId: randomToken(), localTag: randomToken(4), remoteTag: null, routes: [] };
+  const subscribe = (cseq, branch, auth) => sip.request("SUBSCRIBE", watched, {
+    to: watched, from: aor(), dialog, cseq, branch,
+    extra: [`Contact: ${sip.contact(config.user)}`, "Event: dialog", "Expires: 600",
+            "Accept: application/dialog-info+xml", ...auth],
+  });
+  const { response } = await authenticated(sip, "SUBSCRIBE", watched, dialog, subscribe);
+  report("subscribed", { status: response.status });
+  if (response.status !== 200) throw new Error(`SUBSCRIBE: ${response.first}`);
+}
+
 async function main() {
   report("start", { userAgent: navigator.userAgent, config: { ...config, password: "-" } });
   const sip = new SipSocket(config.ws);
@@ -457,6 +585,7 @@ async function main() {
   if (config.mode === "answer") answer(sip);
   await register(sip);
   if (config.mode === "call") await call(sip);
+  if (config.mode === "pickup") await pickup(sip);
   report("done");
 }
 

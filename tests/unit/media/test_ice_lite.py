@@ -437,3 +437,28 @@ def test_a_browsers_leg_is_offered_rtcp_mux_whatever_the_other_leg_offered() -> 
     )
     assert not phone.offers_rtcp_mux
     assert not phone.make_offer(ours(mux=False)).media[0].rtcp_mux
+
+
+def test_an_offer_made_for_other_phones_as_a_browsers_leg_would_have_had_it() -> None:
+    """A call pickup answers the picker's offer with what the ringing phones were offered
+    (answer_with): on a browser's leg that offer gets a=rtcp-mux as our own offers there do, so
+    the answer may accept it; on a SIP phone's leg it is the very same object (no copy)."""
+    browser = LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=False,
+        key_exchanges={},
+        signalling="wss",
+    )
+    offer = ours(mux=False)
+    (media,) = browser.as_offered_here(offer).media
+    assert media.rtcp_mux
+    assert media.attributes.remove("rtcp-mux") == offer.media[0].attributes
+    phone = LegSecurity(
+        side="b",
+        policy=BUILTIN_POLICIES["best-effort"],
+        secure_signalling=False,
+        key_exchanges={},
+        signalling="udp",
+    )
+    assert phone.as_offered_here(offer) is offer

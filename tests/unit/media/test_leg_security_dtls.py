@@ -102,3 +102,29 @@ def test_a_re_offer_while_the_handshake_is_under_way_keeps_the_keys_it_then_agre
     assert agreed.local_key == phone.keys.remote_key
     gateway.make_answer(sdp(PLAIN_ANSWER))
     assert gateway.keys(0) == agreed
+
+
+def test_a_best_effort_leg_keyed_by_dtls_is_re_offered_dtls() -> None:
+    """Best effort never makes a first offer in UDP/TLS/RTP/SAVP (no fallback to RTP), but a
+    re-offer on a line DTLS-SRTP keys already keeps it, the association with it (same
+    fingerprint and tls-id, the role already settled, RFC 8842 §5): a browser calling out
+    under the default policy is re-offered by the gateway when the other leg re-INVITEs or
+    transfers it, and Chrome takes no re-offer that drops DTLS; a SIP phone would lose its
+    encryption. A leg never keyed by DTLS is offered as before."""
+    for signalling in ("ws", "udp"):
+        gateway = LegSecurity(
+            side="a",
+            policy=BUILTIN_POLICIES["best-effort"],
+            secure_signalling=False,
+            key_exchanges={"dtls": DtlsKeyExchange(identity=lambda: GATEWAY_ID)},
+            signalling=signalling,
+        )
+        fresh = gateway.make_offer(sdp(PLAIN_ANSWER)).media[0]
+        assert fresh.proto == "RTP/AVP" and not fresh.attributes.has("fingerprint")
+        phone = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(suites=[], secure_signalling=False)
+        gateway.take_offer(phone_offer(phone, 1))
+        answered = gateway.make_answer(sdp(PLAIN_ANSWER)).media[0]
+        (reoffered,) = gateway.make_offer(sdp(PLAIN_ANSWER.replace(" 1 1 ", " 1 2 "))).media
+        assert reoffered.proto == "UDP/TLS/RTP/SAVP", signalling
+        for name in ("fingerprint", "tls-id", "setup"):
+            assert reoffered.attributes.get(name) == answered.attributes.get(name), name
