@@ -19,11 +19,14 @@ A fragment gets only what it cannot stand without:
 
 A block whose top-level table is ``[project...]`` is a plugin's pyproject.toml: its entry points
 must be in the group voipgw loads plugins from.
+
+Keys the text names in code (`` `[sip] overload_queue_delay` ``) must exist in that table too.
 """
 
 from __future__ import annotations
 
 import datetime
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -37,8 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.core import config as cfg
+from gateway.core.calls.numbering import NumberingPlan
 from gateway.core.gateway import Gateway
-from gateway.core.plugins import ENTRY_POINT_GROUP, PluginError, load_plugins
+from gateway.core.plugins import ENTRY_POINT_GROUP, PluginError, discover, load_plugins
 
 ROOT = Path(__file__).parents[3]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -231,3 +235,66 @@ def test_a_table_for_a_plugin_the_block_does_not_enable_fails(tmp_path: Path) ->
     block = Block("docs/example.md", 7, '[plugins]\nenable = ["udp"]\n\n[plugins.tls]\n')
     with pytest.raises(AssertionError, match=r"^docs/example.md:7: .*plugins\.tls"):
         check_block(block, tmp_path)
+
+
+# Keys named in running text: "`[sip] overload_queue_delay`", "`[numbering] country_code = "49"`".
+_INLINE_KEY = re.compile(r"`\[\[?(?P<table>[a-z_]+(?:\.[a-z_]+)?)\]\]?\s+(?P<key>[a-z_]+)")
+CORE_TABLES: dict[str, type] = {
+    "gateway": cfg.GatewaySection,
+    "sip": cfg.SipSection,
+    "media": cfg.MediaSection,
+    "store": cfg.StoreSection,
+    "plugins": cfg.PluginsSection,
+    "numbering": NumberingPlan,
+    "feature_codes": cfg.FeatureCodes,
+    "trunks": cfg.TrunkConfig,  # also `[trunks.NAME] key`, as errors name a trunk's table
+    "dialog_watch_groups": cfg.DialogWatchGroup,
+}
+INLINE_KEYS = [
+    Block(str(doc.relative_to(ROOT)), text.count("\n", 0, match.start()) + 1, match[0])
+    for doc in DOCS
+    for text in [doc.read_text()]
+    for match in _INLINE_KEY.finditer(text)
+]
+
+
+def _table_class(table: str) -> type | None:
+    head, _, name = table.partition(".")
+    if head != "plugins" or not name:
+        return CORE_TABLES.get(head)
+    plugin = discover().get(name)
+    if plugin is None:
+        return None
+    module = importlib.import_module(plugin.value.partition(":")[0])
+    declared: type | None = getattr(module, "gateway_plugin_config", lambda: None)()
+    return declared
+
+
+def test_the_docs_name_keys_in_their_text() -> None:
+    assert any(block.text == "`[sip] overload_queue_delay" for block in INLINE_KEYS)
+
+
+@pytest.mark.parametrize("mention", INLINE_KEYS, ids=[m.where for m in INLINE_KEYS])
+def test_a_key_named_in_the_text_exists(mention: Block) -> None:
+    match = _INLINE_KEY.match(mention.text)
+    assert match is not None
+    cls = _table_class(match["table"])
+    assert cls is not None, f"{mention.where}: no table [{match['table']}]"
+    assert match["key"] in attrs.fields_dict(cls), (
+        f"{mention.where}: [{match['table']}] has no key {match['key']!r}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("`[sip] overload_delay", "[sip] has no key 'overload_delay'"),
+        ("`[plugins.tls] modes", "[plugins.tls] has no key 'modes'"),
+        ("`[trunks.carrier] allowed_source", "[trunks.carrier] has no key"),
+        ("`[siip] listen", "no table [siip]"),
+        ("`[plugins.nope] listen", "no table [plugins.nope]"),
+    ],
+)
+def test_a_wrong_key_in_the_text_fails_naming_the_place(text: str, named: str) -> None:
+    with pytest.raises(AssertionError, match=rf"^README\.md:9: {re.escape(named)}"):
+        test_a_key_named_in_the_text_exists(Block("README.md", 9, text))
