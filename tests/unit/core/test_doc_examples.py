@@ -206,7 +206,7 @@ MISTAKES = [
     ("unknown key", README_EXAMPLE, "[media]\n", "[media]\nrtp_ports = 1\n", "rtp_ports"),
     ("wrong type", README_EXAMPLE, '"30000-39999"', "30000", "ports"),
     ("bad value", README_EXAMPLE, '"30000-39999"', '"39999-30000"', "ports"),
-    ("unknown plugin", README_EXAMPLE, '"tcp"]', '"tcp", "tcpp"]', "tcpp"),
+    ("unknown plugin", README_EXAMPLE, "enable = [", 'enable = ["tcpp", ', "tcpp"),
     ("plugin's key", TLS_FRAGMENT, "peer_modes", "peer_mode", "peer_mode"),
     ("plugin's value", TLS_FRAGMENT, '"server-only"', '"server"', "mode"),
     ("a file a key", TLS_FRAGMENT, "carrier-ca.pem", "carrier-ca.key", "ca.key holds no PEM"),
