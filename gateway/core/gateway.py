@@ -187,6 +187,18 @@ class Gateway:
         """Everything ``voipgw check-config`` verifies beyond the file itself."""
         for spec in self.config.listen_specs:
             self.transport_for(spec)
+        for name, transport in self.plugins.transports.items():
+            # A transport whose table names listeners (tls: listener_modes) checks them
+            # against its [sip] listen entries; the error names its table and key.
+            check_listeners = getattr(transport, "check_listeners", None)
+            if check_listeners is None:
+                continue
+            specs = [spec for spec in self.config.listen_specs if spec.transport == name]
+            try:
+                check_listeners(specs)
+            except ValueError as exc:
+                key, _, message = str(exc).partition(": ")
+                raise ConfigError(self.config.source, f"plugins.{name}", key, message) from None
         for index, trunk in enumerate(self.config.trunks):
             if trunk.media_policy not in self.media_policies:
                 known = ", ".join(sorted(self.media_policies))

@@ -50,7 +50,7 @@ import logging
 import operator
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -190,6 +190,19 @@ class TlsConfig:
             idle_timeout=self.idle_timeout,
             connect_timeout=self.connect_timeout,
         )
+
+    def check_listeners(self, listens: Sequence[ListenSpec]) -> None:
+        """Every ``listener_modes`` entry names one of ``listens``, the ``tls:`` entries of
+        ``[sip] listen``; ValueError otherwise. A mistyped address would leave a listener meant
+        to be ``"mutual"`` in the default mode, taking clients without certificates."""
+        ours = {_normalize((listen.host, listen.port)) for listen in listens}
+        for key in self.listener_modes:
+            if _address_key(key) not in ours:
+                listed = ", ".join(str(listen) for listen in listens) or "none"
+                raise ValueError(
+                    f"listener_modes: entry {key!r} is no tls listener of [sip] listen "
+                    f"(tls listeners: {listed})"
+                )
 
     def listener_mode(self, listen: ListenSpec) -> Mode:
         """The mode of the listener configured as ``listen``."""
@@ -648,6 +661,10 @@ class TlsTransport(StreamTransport):
     name = "tls"
     reliable = True
     secure = True
+
+    def check_listeners(self, listens: Sequence[ListenSpec]) -> None:
+        """``Gateway.check``: this transport's listeners as configured (TlsConfig)."""
+        self.tls.check_listeners(listens)
 
     def __init__(self, config: TlsConfig | None = None) -> None:
         self.tls = config or TlsConfig()

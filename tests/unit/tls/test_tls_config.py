@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.core.config import ConfigError, ListenSpec, from_mapping
+from gateway.core.gateway import Gateway
 from gateway.core.plugins import PluginError, load_plugins
 from gateway.plugins.transports.tls import TlsConfig, TlsTransport
 from tests.interop.harness.pki import TestPki
@@ -117,3 +118,30 @@ def test_a_group_readable_private_key_is_warned_about(
     issued.key.chmod(0o640)
     TlsTransport(TlsConfig(certificate=str(issued.certificate), private_key=str(issued.key)))
     assert any("readable by group or others (mode 640)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_listener_mode_for_no_tls_listener_is_a_config_error(tmp_path: Path) -> None:
+    # A mistyped address would leave the listener meant to be mutual in server-only mode.
+    def gateway_with(listener_modes: dict[str, str]) -> Gateway:
+        config = from_mapping(
+            {
+                "gateway": {"state_dir": str(tmp_path / "state")},
+                "sip": {"listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061", "tls:[::1]:5061"]},
+                "plugins": {
+                    "enable": ["udp", "tls"],
+                    "tls": {"listener_modes": listener_modes},
+                },
+            },
+            file="voipgw.toml",
+        )
+        return Gateway(config, load_plugins(config))
+
+    gateway_with({"127.0.0.1:5061": "encryption-only", "[0:0::1]:5061": "encryption-only"}).check()
+    with pytest.raises(ConfigError) as info:
+        gateway_with({"127.0.0.1:5062": "encryption-only"}).check()
+    error = info.value
+    assert (error.file, error.table, error.key) == ("voipgw.toml", "plugins.tls", "listener_modes")
+    assert "'127.0.0.1:5062' is no tls listener" in error.message
+    assert "tls:127.0.0.1:5061" in error.message
+    with pytest.raises(ConfigError):
+        gateway_with({"127.0.0.1:5060": "encryption-only"}).check()  # the udp listener
