@@ -66,6 +66,7 @@ from gateway.core.media.ports import rtp_ports
 from gateway.core.media.relay import (
     Direction,
     DirectionStatistics,
+    DtmfInterworking,
     NonRtpHandler,
     RtcpObserver,
     Tap,
@@ -394,6 +395,17 @@ class RemoteDirection:
         renumbered = tuple(sorted(value.items()))
         self._stream._send(SetPayloadTypes(self._stream.id, self.direction.value, renumbered))
 
+    @property
+    def dtmf(self) -> DtmfInterworking | None:
+        """Always None: media workers do no DTMF interworking (:attr:`CallRelay.
+        interworks_dtmf`; docs/architecture.md "DTMF interworking")."""
+        return None
+
+    @dtmf.setter
+    def dtmf(self, value: DtmfInterworking | None) -> None:
+        if value is not None:
+            raise LocalMediaError("media workers do no DTMF interworking")
+
     def _rtcp(self, packet: bytes) -> None:
         observer = self._rtcp_observer
         if observer is None:
@@ -470,6 +482,12 @@ class RemoteStream:
         """Whether the stream relays datagrams as they are (T.38 UDPTL), not RTP/RTCP: the mode
         last set here (the worker applies it in the order it was set)."""
         return self._opaque
+
+    def send_telephone_event(
+        self, direction: str, payload: bytes, *, marker: bool, start: bool
+    ) -> bool:
+        """False: media workers do no DTMF interworking (:attr:`CallRelay.interworks_dtmf`)."""
+        return False
 
     def set_opaque(self, opaque: bool) -> None:
         """As :meth:`gateway.core.media.relay.MediaStream.set_opaque`; the worker applies it
@@ -595,6 +613,13 @@ class CallRelay:
         the worker's in-process relay does it)."""
         return True
 
+    @property
+    def interworks_dtmf(self) -> bool:
+        """False: with media workers a call's DTMF is relayed as it comes, never interworked
+        between RFC 4733 and SIP INFO (the worker protocol has no messages for it yet;
+        docs/architecture.md "DTMF interworking"). Start-up warns when it is configured."""
+        return False
+
     def open_stream(self) -> RemoteStream:
         stream = self._pool.open_stream(prefer=self._worker, on_lost=self._lost)
         self._worker = stream.worker
@@ -645,6 +670,11 @@ class WorkerPool:
     def carries_opaque(self) -> bool:
         """True: see :attr:`CallRelay.carries_opaque`."""
         return True
+
+    @property
+    def interworks_dtmf(self) -> bool:
+        """False: see :attr:`CallRelay.interworks_dtmf`."""
+        return False
 
     # -- what calls use ---------------------------------------------------------------------
 
