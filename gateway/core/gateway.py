@@ -284,7 +284,12 @@ class Gateway:
             assert self.relay is not None
             relay = self.relay
         quality = CallQuality(trio.current_time) if self.config.media.rtcp_quality else None
-        return MediaSession(relay, media_address=self.config.media.address, quality=quality)
+        return MediaSession(
+            relay,
+            media_address=self.config.media.address,
+            quality=quality,
+            dtmf_interworking=self.config.media.dtmf_interworking,
+        )
 
     # -- TransportHost ----------------------------------------------------------------------
 
@@ -456,6 +461,12 @@ class Gateway:
                 log_level=self.config.gateway.log_level,
             )
             await nursery.start(self.media_workers.serve)
+            if media.dtmf_interworking:
+                log.warning(
+                    "[media] dtmf_interworking is not available with [media] workers >= 2: "
+                    "DTMF is relayed as it comes (RFC 4733 events and SIP INFO unchanged), "
+                    "so digits between a leg with telephone-event and one without are lost"
+                )
         else:
             self.relay = MediaRelay(PortAllocator(media.address, self.config.media_ports))
             await nursery.start(self.relay.serve)
