@@ -461,12 +461,6 @@ class Gateway:
                 log_level=self.config.gateway.log_level,
             )
             await nursery.start(self.media_workers.serve)
-            if media.dtmf_interworking:
-                log.warning(
-                    "[media] dtmf_interworking is not available with [media] workers >= 2: "
-                    "DTMF is relayed as it comes (RFC 4733 events and SIP INFO unchanged), "
-                    "so digits between a leg with telephone-event and one without are lost"
-                )
         else:
             self.relay = MediaRelay(PortAllocator(media.address, self.config.media_ports))
             await nursery.start(self.relay.serve)

@@ -150,8 +150,8 @@ class Relay(Protocol):
     @property
     def interworks_dtmf(self) -> bool:
         """Whether its streams take DTMF interworking (:attr:`RelayDirection.dtmf`): the
-        in-process relay does, media workers do not (docs/architecture.md "DTMF
-        interworking")."""
+        in-process relay and the media workers both do (docs/architecture.md "DTMF
+        interworking"); a relay that does not leaves DTMF as it comes."""
         ...
 
     def open_stream(self) -> RelayStream: ...
