@@ -81,6 +81,7 @@ from gateway.core.sdp.model import (
     Origin,
     SessionDescription,
     TimeDescription,
+    parse_rtpmap_untrusted,
 )
 from gateway.core.sdp.offer_answer import (
     apply_version_rule,
@@ -1077,14 +1078,19 @@ def _first_audio(offer: SessionDescription, relayed: Mapping[int, object]) -> in
 
 def telephone_event(media: MediaDescription) -> tuple[int, int] | None:
     """(payload type, clock rate) of the line's telephone-event (RFC 4733 §7.1.1), if it has
-    one among its formats; None otherwise, or when its rtpmaps cannot be read."""
-    try:
-        formats = set(media.payload_types)
-        for payload_type, rtpmap in media.rtpmaps().items():
-            if rtpmap.encoding.lower() == "telephone-event" and payload_type in formats:
-                return payload_type, rtpmap.clock_rate
-    except SdpError:
-        return None
+    one among its formats; None otherwise, or when its rtpmaps cannot be read. Asked at every
+    answer: a line without the name in any a=rtpmap is decided without parsing one."""
+    for value in media.attributes.values("rtpmap"):
+        if "telephone-event" not in value.lower():
+            continue
+        try:
+            rtpmap = parse_rtpmap_untrusted(value)
+            if rtpmap.encoding.lower() != "telephone-event":
+                continue
+            if str(rtpmap.payload_type) in media.formats:
+                return rtpmap.payload_type, rtpmap.clock_rate
+        except SdpError:
+            return None
     return None
 
 
