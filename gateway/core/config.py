@@ -179,6 +179,9 @@ class MediaSection:
     offer_rtcp_feedback: bool = False
     # Read the legs' RTCP for call quality (gateway/core/media/quality.py); RTP is never read.
     rtcp_quality: bool = True
+    # RFC 4733 <-> SIP INFO digits between a leg with telephone-event and one without
+    # (docs/architecture.md "DTMF interworking"); in process or in the media workers.
+    dtmf_interworking: bool = True
 
 
 @attrs.frozen

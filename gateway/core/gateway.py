@@ -296,7 +296,12 @@ class Gateway:
             assert self.relay is not None
             relay = self.relay
         quality = CallQuality(trio.current_time) if self.config.media.rtcp_quality else None
-        return MediaSession(relay, media_address=self.config.media.address, quality=quality)
+        return MediaSession(
+            relay,
+            media_address=self.config.media.address,
+            quality=quality,
+            dtmf_interworking=self.config.media.dtmf_interworking,
+        )
 
     # -- TransportHost ----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import SCENARIOS, SippUas, run_sipp_uac, tone_ulaw
+from tests.interop.test_t38_sipp import pcap_of
 
 pytestmark = pytest.mark.interop
 
@@ -277,3 +278,119 @@ def test_the_srs_fails_an_invite_that_is_no_recording_session(tmp_path: Path) ->
         answered = srs.wait(timeout=10)
     assert not answered.ok
     assert "Failed regexp match: header Require:" in answered.error_log.read_text()
+
+
+# A caller that sends its key press as an INFO with the body given (``{body}``), answers the
+# callee's INFO and hangs up: the counterpart of calls/uas_answer_info_dtmf.xml, whose INFO check
+# the DTMF interworking test (test_dtmf_interworking_sipp.py) relies on.
+INFO_CALLER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="uac call sending an INFO">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=sipp 1 1 IN IP[local_ip_type] [media_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+      INFO [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 INFO
+      Max-Forwards: 70
+      Content-Type: {content_type}
+      Content-Length: [len]
+
+      {body}
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv request="INFO"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "ok"),
+    [
+        ("application/dtmf-relay", "Signal=5\nDuration=160", True),
+        ("application/dtmf-relay", "Signal=9\nDuration=160", False),
+        ("application/dtmf", "5", False),
+    ],
+    ids=["digit-5", "another-digit", "another-body-type"],
+)
+def test_the_info_dtmf_uas_checks_the_info_it_gets(
+    tmp_path: Path, content_type: str, body: str, ok: bool
+) -> None:
+    caller_scenario = tmp_path / "uac_call_send_info.xml"
+    caller_scenario.write_text(INFO_CALLER.format(content_type=content_type, body=body))
+    callee = SippUas("calls/uas_answer_info_dtmf.xml", workdir=tmp_path, timeout=5)
+    (callee.rundir / "alice_audio.pcap").write_bytes(pcap_of([b"\x80\x00" + bytes(170)]))
+    with callee:
+        run_sipp_uac(caller_scenario, callee.address, workdir=tmp_path, service="alice", timeout=4)
+        answered = callee.wait(timeout=10)
+    assert answered.ok is ok, answered.describe()
+    if not ok:
+        assert "Failed regexp match" in answered.error_log.read_text()

@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -122,6 +123,15 @@ from gateway.core.interfaces import (
     IdentityOutcome,
     RouteDecision,
     RouteTarget,
+)
+from gateway.core.media.dtmf import (
+    DTMF_RELAY,
+    Digit,
+    DtmfError,
+    dtmf_relay_body,
+    event_packets,
+    is_dtmf_info,
+    parse_dtmf_info_untrusted,
 )
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.handshakes import CallHandshakes
@@ -265,6 +275,16 @@ class InDialogRequest:
 
 
 @attrs.frozen
+class DtmfDigitEvent:
+    """Leg ``side`` sent a digit as RFC 4733 events (read in the relay's loop) while the call
+    interworks DTMF: for the other leg, as SIP INFO (docs/architecture.md "DTMF
+    interworking")."""
+
+    side: str
+    digit: Digit
+
+
+@attrs.frozen
 class KeyFailureEvent:
     """A key exchange on the media path (DTLS-SRTP) failed on leg ``side`` (from the handshake
     task): the call ends with ``reason`` (issue #6: no media, a stated reason)."""
@@ -330,6 +350,7 @@ CallEventInput = (
     | CancelEvent
     | ResponseEvent
     | KeyFailureEvent
+    | DtmfDigitEvent
     | EndCallEvent
     | AckEvent
     | ReplacedEvent
@@ -468,6 +489,11 @@ class Call:
         # the parameters (verstat) a verified trunk caller's number carries towards phones.
         self.identity: list[IdentityOutcome] = []
         self.caller_parameters: tuple[tuple[str, str], ...] = ()
+        # DTMF interworking (docs/architecture.md "DTMF interworking"), made when the media
+        # session first decides on one: digits waiting for their INFO (one INFO in flight at a
+        # time, so they arrive in order), digits from INFO waiting to be sent as events, and
+        # the counts for the call record.
+        self._dtmf: _DtmfWork | None = None
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -688,6 +714,7 @@ class Call:
             device=caller.device,
         )
         self.media = self.manager.new_media_session(self._media_lost)
+        self.media.on_dtmf_digit = self._dtmf_heard
         if self.media.quality is not None and self.endpoint.rtcp_captures:
             self.media.quality.listeners = (RtcpToCaptures(self, self.endpoint.rtcp_captures),)
         self.keying = CallKeying(self.media)
@@ -2087,6 +2114,8 @@ class Call:
                 await self._reinvite_cancelled(event)
             elif isinstance(event, KeyFailureEvent):
                 await self._key_exchange_failed(event)
+            elif isinstance(event, DtmfDigitEvent):
+                await self._dtmf_to_info(event)
             elif isinstance(event, EndCallEvent):
                 await self._end_by_gateway(event)
             elif isinstance(event, AckEvent):
@@ -2136,6 +2165,15 @@ class Call:
             return
         if request.method == "REFER":
             await self._refer(event)
+            return
+        if (
+            request.method == "INFO"
+            and self.media is not None
+            and self.media.dtmf is not None
+            and self.media.dtmf.info_side == event.side.value
+            and is_dtmf_info(request.content_type)
+        ):
+            await self._info_to_dtmf(event)
             return
         if request.method in RELAYED_IN_DIALOG:
             await self._relay_request(event)
@@ -2265,6 +2303,125 @@ class Call:
             return
         self._relaying.add(tag)
 
+    # -- DTMF interworking (docs/architecture.md "DTMF interworking") --------------------------
+
+    def _dtmf_heard(self, side: str, digit: Digit) -> None:
+        """The media session read a digit of ``side``'s RFC 4733 events (in the relay's loop)."""
+        self.post(DtmfDigitEvent(side, digit))
+
+    def _dtmf_work(self) -> _DtmfWork:
+        if self._dtmf is None:
+            self._dtmf = _DtmfWork()
+        return self._dtmf
+
+    async def _dtmf_to_info(self, event: DtmfDigitEvent) -> None:
+        """A digit from the RFC 4733 leg: one INFO on the other leg's dialog, in order (the
+        next once the previous is answered), if that leg's device allows INFO."""
+        plan = self.media.dtmf if self.media is not None else None
+        if plan is None or plan.rfc4733_side != event.side:
+            return  # the interworking ended meanwhile (a re-INVITE)
+        work = self._dtmf_work()
+        leg = self._leg(Side(plan.info_side))
+        if not leg.established or not _allows_info(leg):
+            work.not_carried += 1
+            if work.not_carried == 1:
+                log.warning(
+                    "call %s: the %s leg negotiated no telephone-event and does not allow "
+                    "INFO: DTMF digits from the %s leg cannot be carried",
+                    self.id,
+                    plan.info_side.upper(),
+                    plan.rfc4733_side.upper(),
+                )
+            return
+        work.infos.append(event.digit)
+        if work.info_in_flight is None:
+            await self._send_dtmf_info(leg, work)
+
+    async def _send_dtmf_info(self, leg: Leg, work: _DtmfWork) -> None:
+        """Send the next digit waiting for its INFO (RFC 6086 §4.2: in the INVITE dialog)."""
+        while work.infos:
+            digit = work.infos.popleft()
+            tag = InDialogRequest("dtmf", leg.side)
+            sent = await self._send_in_dialog(
+                leg,
+                "INFO",
+                body=dtmf_relay_body(digit),
+                content_type=DTMF_RELAY,
+                tag=tag,
+            )
+            if sent is not None:
+                work.info_in_flight = tag
+                work.to_info += 1
+                return
+            work.info_failed += 1
+
+    async def _dtmf_info_answered(self, tag: InDialogRequest, response: Response) -> None:
+        work = self._dtmf
+        if work is None or work.info_in_flight is not tag:
+            return
+        work.info_in_flight = None
+        if not response.is_success:
+            work.info_failed += 1
+            log.info(
+                "call %s: the %s leg answered a DTMF INFO %d %s",
+                self.id,
+                tag.side.value.upper(),
+                response.status,
+                response.reason,
+            )
+        if work.infos:
+            await self._send_dtmf_info(self._leg(tag.side), work)
+
+    async def _info_to_dtmf(self, event: RequestEvent) -> None:
+        """An INFO digit from the leg without telephone-event: answered here (200, or 400 for
+        a body that is no digit), never relayed; its digit goes to the other leg as RFC 4733
+        events, after any digit still being sent."""
+        request = event.request
+        try:
+            digit = parse_dtmf_info_untrusted(request.content_type or "", request.body)
+        except DtmfError as err:
+            await self.endpoint.respond(
+                event.transaction, make_response(request, 400, f"Bad Request ({err.reason})")
+            )
+            return
+        await self.endpoint.respond(event.transaction, make_response(request, 200))
+        work = self._dtmf_work()
+        if len(work.events) >= _DTMF_QUEUE:
+            work.events_dropped += 1  # a flood of INFOs: the digits would arrive too late
+            return
+        work.events.append(digit)
+        if not work.injecting and self._nursery is not None:
+            work.injecting = True
+            self._nursery.start_soon(self._inject_dtmf, work)
+
+    async def _inject_dtmf(self, work: _DtmfWork) -> None:
+        """Send the digits from INFO as RFC 4733 events, one after the other, each timed as
+        :func:`~gateway.core.media.dtmf.event_packets` plans (marker on the first, one
+        timestamp, updates every 50 ms, three end packets: RFC 4733 §2.5), with a pause
+        between digits (a new event takes a new timestamp, §2.5.1.2)."""
+        try:
+            while work.events and self.media is not None:
+                digit = work.events.popleft()
+                plan = self.media.dtmf
+                if plan is None:
+                    work.events_dropped += 1
+                    continue
+                started = trio.current_time()
+                sent = 0
+                for index, packet in enumerate(event_packets(digit, clock_rate=plan.clock_rate)):
+                    await trio.sleep_until(started + packet.at)
+                    if self.media.send_dtmf_event(
+                        packet.payload, marker=packet.marker, start=index == 0
+                    ):
+                        sent += 1
+                if sent:
+                    work.to_rfc4733 += 1
+                else:
+                    work.events_dropped += 1
+                await trio.sleep(_DTMF_PAUSE)
+        finally:
+            work.injecting = False
+
     async def _relayed_response(self, event: ResponseEvent) -> None:
         tag = event.tag
         response = event.response
@@ -2307,6 +2464,8 @@ class Call:
                     content_type=response.content_type,
                 ),
             )
+        elif tag.purpose == "dtmf":
+            await self._dtmf_info_answered(tag, response)
         elif tag.purpose == "reinvite":
             await self._reinvite_answered(tag.side, response)
         elif tag.purpose == "refresh":
@@ -3445,6 +3604,8 @@ class Call:
             record["taps"] = self.taps.record()
         if self.identity:
             record["caller_identity"] = [outcome.described for outcome in self.identity]
+        if self._dtmf is not None:
+            record["dtmf"] = self._dtmf.record(self.media)
         if self.location is not None:  # how and where to; never the contents (RFC 6442 §7)
             record["location"] = {
                 "conveyed": self.location.conveyed,
@@ -3935,3 +4096,61 @@ def _quoted(text: str) -> str:
 
 
 _ = RouteDecision, CallEvent  # re-exported types used by the manager
+
+
+_DTMF_QUEUE = 64
+"""Digits from INFO waiting to be sent as events; more are dropped (counted): at about 0.2 s
+a digit, a longer queue would play digits long after the caller pressed them."""
+_DTMF_PAUSE = 0.05
+"""Seconds between two digits sent as events."""
+
+
+@attrs.define
+class _DtmfWork:
+    """A call's DTMF interworking in progress (:meth:`Call._dtmf_to_info`,
+    :meth:`Call._info_to_dtmf`) and its counts for the call record."""
+
+    infos: deque[Digit] = attrs.Factory(deque)
+    info_in_flight: InDialogRequest | None = None
+    events: deque[Digit] = attrs.Factory(deque)
+    injecting: bool = False
+    to_info: int = 0
+    info_failed: int = 0
+    not_carried: int = 0
+    to_rfc4733: int = 0
+    events_dropped: int = 0
+
+    def record(self, media: MediaSession | None) -> dict[str, object]:
+        record: dict[str, object] = {
+            "digits_to_info": self.to_info,
+            "digits_to_rfc4733": self.to_rfc4733,
+        }
+        plan = media.dtmf if media is not None else None
+        if plan is not None:
+            record["rfc4733_leg"] = plan.rfc4733_side
+            record["info_leg"] = plan.info_side
+            record["packets"] = media.dtmf_statistics() if media is not None else {}
+        if self.not_carried:
+            record["not_carried"] = self.not_carried
+            record["why"] = "the INFO leg does not allow INFO"
+        if self.info_failed:
+            record["info_failed"] = self.info_failed
+        if self.events_dropped:
+            record["events_dropped"] = self.events_dropped
+        return record
+
+
+def _allows_info(leg: Leg) -> bool:
+    """Whether the leg's device allows INFO: its Allow header (from its INVITE, or its 2xx)
+    lists it. No Allow at all says nothing (RFC 3261 §20.5): then INFO is sent."""
+    message: Request | Response | None = None
+    if isinstance(leg, ALeg):
+        message = leg.invite
+    elif isinstance(leg, BLeg):
+        message = leg.final
+    if message is None:
+        return True
+    allowed = message.headers.get_all("Allow")
+    if not allowed:
+        return True
+    return any(m.strip().upper() == "INFO" for value in allowed for m in value.split(","))

@@ -40,6 +40,13 @@ address (direction ``a_to_b``), and the reverse.
   It rides on the RTP route's transforms (A->B before ``rtp_out``, B->A after ``rtp_in``, so taps
   see every packet numbered as leg A's SDP says), in place when they are: a direction without a
   renumbering is built exactly as before and pays nothing. RTCP carries no payload type.
+- DTMF interworking (a leg with telephone-event and one without, docs/architecture.md "DTMF
+  interworking"): a direction may have a :class:`DtmfInterworking`
+  (:attr:`DirectionControl.dtmf`). Its RTP then goes through ``_DtmfIn`` on arrival (after
+  SRTP unprotect, before renumbering): telephone-event packets of the sending leg are taken
+  and handed on, the others' sequence numbers moved by the packets taken or injected
+  (:meth:`MediaStream.send_telephone_event` adds event packets, protected with ``rtp_out``).
+  Such a direction takes the bytes path; one without is built as before and pays nothing.
 - Key exchanges on the media port (DTLS, RFC 5764 §5.1.2; ZRTP; STUN), demultiplexed by the
   first byte (RFC 7983): what is not RTP/RTCP (first byte outside 128..191) is dropped as
   malformed, unless the socket has a handler (:meth:`StreamSide.set_non_rtp_handler`, the call's
@@ -658,6 +665,8 @@ class DirectionControl:
         self._rtcp_observer: RtcpObserver | None = None
         self._payload_types: dict[int, int] = {}
         self._payload_type_table: bytes | None = None  # second octet -> rewritten; None: none
+        self._dtmf: DtmfInterworking | None = None
+        self._dtmf_taken_before = 0  # event packets taken by earlier interworkings
 
     def __repr__(self) -> str:
         return (
@@ -714,6 +723,24 @@ class DirectionControl:
         self._payload_types = dict(value)
         self._on_change()
 
+    @property
+    def dtmf(self) -> DtmfInterworking | None:
+        """DTMF interworking on this direction (:class:`DtmfInterworking`; None: none, the
+        direction is built exactly as without it and pays nothing per packet)."""
+        return self._dtmf
+
+    @dtmf.setter
+    def dtmf(self, value: DtmfInterworking | None) -> None:
+        old = self._dtmf
+        if old is value:
+            return
+        if old is not None:
+            self._dtmf_taken_before += old.taken
+        if value is not None and old is not None:
+            value.carry_on_from(old)  # the stream's numbering goes on where it was
+        self._dtmf = value
+        self._on_change()
+
     def add_tap(self, tap: Tap) -> None:
         """Start calling ``tap`` with every packet of this direction (see :data:`Tap`)."""
         self._taps = (*self._taps, tap)
@@ -735,6 +762,10 @@ class DirectionControl:
             dropped_send_error += route.dropped_send_error
             dropped_no_destination += route.dropped_no_destination
             transform_errors += route.transform_errors
+        if self._dtmf is not None or self._dtmf_taken_before:
+            # Event packets taken for SIP INFO are no loss: they left as INFO.
+            taken = self._dtmf_taken_before + (self._dtmf.taken if self._dtmf else 0)
+            dropped_transform -= taken
         return DirectionStatistics(
             rtp_packets=rtp_ep.rtp.packets + rtcp_ep.rtp.packets,
             rtp_bytes=rtp_ep.rtp.bytes + rtcp_ep.rtp.bytes,
@@ -848,6 +879,74 @@ class MediaStream:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def send_telephone_event(
+        self, direction: str, payload: bytes, *, marker: bool, start: bool
+    ) -> bool:
+        """Send one RFC 4733 event packet (``payload``: :func:`gateway.core.media.dtmf.
+        event_payload`) in ``direction`` (``"a_to_b"``/``"b_to_a"``), which must have a
+        :class:`DtmfInterworking` that injects. ``start``: the first packet of an event, which
+        takes its timestamp: the last relayed packet's, advanced by the time since it arrived
+        (RFC 4733 §2.5.1.2: the event starts now, on the audio's clock). The packet continues
+        the sequence the receiver hears (later relayed packets move up by one) and leaves
+        through the direction's outbound transform (SRTP protect with the receiving leg's
+        keys) from the relay's socket. False when it cannot go: no injection, blocked (no keys
+        yet), no destination, or a failure."""
+        relay = self._relay
+        control = self.a_to_b if direction == "a_to_b" else self.b_to_a
+        state = control._dtmf
+        if relay is None or state is None or state.inject_payload_type < 0:
+            return False
+        if self in relay._stale:  # settings changed since the last poll round: apply them now
+            relay._stale.discard(self)
+            self._rebuild()
+        source = self.a if direction == "a_to_b" else self.b
+        route = source._rtp.rtp
+        destination = route.destination
+        if control.blocked or destination is None:
+            return False
+        if start:
+            timestamp = state.last_timestamp
+            if state.last_at >= 0:
+                elapsed = max(0.0, relay._clock() - state.last_at)
+                timestamp += int(elapsed * state.inject_clock_rate)
+            state.event_timestamp = timestamp & 0xFFFFFFFF
+        seq = (state.last_seq + 1) & 0xFFFF
+        header = bytes((0x80, (0x80 if marker else 0) | state.inject_payload_type))
+        packet = b"".join(
+            (
+                header,
+                seq.to_bytes(2, "big"),
+                state.event_timestamp.to_bytes(4, "big"),
+                state.last_ssrc.to_bytes(4, "big"),
+                payload,
+            )
+        )
+        protect = state.protect
+        if protect is not None:
+            try:
+                protected = protect(packet)
+            except Exception:
+                logger.exception("protecting an injected DTMF event failed")
+                return False
+            if protected is None:
+                return False
+            packet = protected
+        try:
+            send = route.send
+            if send is not None:
+                send(packet)
+            else:
+                route.sendto(packet, destination)
+        except OSError:
+            route.dropped_send_error += 1
+            return False
+        state.last_seq = seq
+        state.seq_offset += 1  # later relayed packets follow the injected one
+        state.injected += 1
+        route.packets += 1
+        route.bytes += len(packet)
+        return True
+
     def _all_endpoints(self) -> tuple[_Endpoint, ...]:
         return (self.a._rtp, self.a._rtcp, self.b._rtp, self.b._rtcp)
 
@@ -876,6 +975,12 @@ class MediaStream:
                     _configure(ep.rtcp, rtcp_out, None, None, None, ep.taps, buffer)
                     continue
                 rtp_in, rtp_out = transforms.rtp_in, transforms.rtp_out
+                dtmf = control._dtmf
+                if dtmf is not None and ep is src._rtp and self._relay is not None:
+                    # Innermost on arrival (after SRTP unprotect, before any renumbering): the
+                    # sender's own numbers. Injected events are protected with rtp_out alone.
+                    dtmf.protect = rtp_out
+                    rtp_in = _DtmfIn(dtmf, rtp_in, self._relay._clock)
                 table = control._payload_type_table
                 if table is not None:
                     # Renumbered on the plain packet, where taps see leg A's numbers in both
@@ -996,6 +1101,110 @@ def _observed(transform_in: Transform | None, observer: RtcpObserver) -> Transfo
     return observe
 
 
+class DtmfInterworking:
+    """DTMF interworking on one direction of a stream, where one leg negotiated
+    telephone-event (RFC 4733) and the other did not (docs/architecture.md "DTMF
+    interworking"). Set it as :attr:`DirectionControl.dtmf`; a direction without one is built
+    exactly as before and pays nothing.
+
+    ``take_payload_type`` (the sending leg's telephone-event number; -1: none): its packets are
+    not forwarded but handed, plain (after SRTP unprotect), to ``on_event``, which runs in the
+    relay's loop and must not block (the call reads the digit and sends SIP INFO).
+    ``inject_payload_type`` (the receiving leg's telephone-event number; -1: none) and
+    ``inject_clock_rate``: :meth:`MediaStream.send_telephone_event` may add event packets
+    (digits from SIP INFO) to this direction. Either way the direction rewrites sequence
+    numbers so that the receiver sees one gapless sequence (RFC 3550 §5.1): minus the packets
+    taken, plus the packets added; injected packets carry the SSRC of the media last relayed
+    (RFC 4733 §2.1: events share the audio's SSRC and timing), ``ssrc`` before any.
+
+    A plain class (mypyc compiles the relay); its counters are read by the session."""
+
+    def __init__(
+        self,
+        *,
+        take_payload_type: int = -1,
+        on_event: Callable[[bytes], None] | None = None,
+        inject_payload_type: int = -1,
+        inject_clock_rate: int = 8000,
+        ssrc: int = 0,
+    ) -> None:
+        self.take_payload_type = take_payload_type
+        self.on_event = on_event
+        self.inject_payload_type = inject_payload_type
+        self.inject_clock_rate = inject_clock_rate
+        self.protect: Transform | None = None  # the direction's rtp_out, set by the rebuild
+        self.seq_offset = 0  # added to every relayed packet's sequence number
+        self.last_seq = -1  # the last sequence number sent (relayed or injected); -1: none
+        self.last_timestamp = 0
+        self.last_ssrc = ssrc
+        self.last_at = -1.0  # when the last relayed packet arrived; -1: none yet
+        self.event_timestamp = 0  # of the event being injected
+        self.taken = 0
+        self.injected = 0
+        self.event_errors = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"DtmfInterworking(take={self.take_payload_type}, "
+            f"inject={self.inject_payload_type}/{self.inject_clock_rate})"
+        )
+
+    def carry_on_from(self, old: DtmfInterworking) -> None:
+        """Continue the numbering ``old`` gave the stream (a re-INVITE replaced it)."""
+        self.seq_offset = old.seq_offset
+        self.last_seq = old.last_seq
+        self.last_timestamp = old.last_timestamp
+        self.last_ssrc = old.last_ssrc
+        self.last_at = old.last_at
+
+
+class _DtmfIn:
+    """A direction's inbound RTP transform (``inner``: SRTP unprotect, None: none) with DTMF
+    interworking on the plain packet (:class:`DtmfInterworking`): telephone-event packets are
+    taken (None: not forwarded), the others renumbered by the offset and remembered. Bytes path
+    only: a direction with interworking is never relayed in place."""
+
+    def __init__(
+        self, state: DtmfInterworking, inner: Transform | None, clock: Callable[[], float]
+    ) -> None:
+        self.state = state
+        self.inner = inner
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"_DtmfIn({self.state!r}, inner={self.inner!r})"
+
+    def __call__(self, packet: bytes) -> bytes | None:
+        inner = self.inner
+        if inner is not None:
+            result = inner(packet)
+            if result is None:
+                return None
+            packet = result
+        state = self.state
+        if packet[1] & 0x7F == state.take_payload_type:
+            state.taken += 1
+            state.seq_offset -= 1  # the receiver must not see it missing
+            on_event = state.on_event
+            if on_event is not None:
+                try:
+                    on_event(packet)
+                except Exception:
+                    state.event_errors += 1
+                    if state.event_errors == 1:
+                        logger.exception("a DTMF event handler failed (further ones counted)")
+            return None
+        offset = state.seq_offset
+        seq = (((packet[2] << 8) | packet[3]) + offset) & 0xFFFF
+        state.last_seq = seq
+        state.last_timestamp = int.from_bytes(packet[4:8], "big")
+        state.last_ssrc = int.from_bytes(packet[8:12], "big")
+        state.last_at = self.clock()
+        if offset:
+            packet = b"".join((packet[:2], bytes((seq >> 8, seq & 0xFF)), packet[4:]))
+        return packet
+
+
 def _configure(
     route: _Route,
     out: _Endpoint,
@@ -1083,6 +1292,11 @@ class MediaRelay:
     @property
     def carries_opaque(self) -> bool:
         """True: streams can relay opaque datagrams (T.38 UDPTL, :meth:`MediaStream.set_opaque`)."""
+        return True
+
+    @property
+    def interworks_dtmf(self) -> bool:
+        """True: directions take DTMF interworking (:attr:`DirectionControl.dtmf`)."""
         return True
 
     def open_stream(self) -> MediaStream:

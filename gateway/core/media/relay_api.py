@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.core.media.relay import Address, DirectionStatistics, NonRtpHandler, RtcpObserver
+from gateway.core.media.relay import (
+    Address,
+    DirectionStatistics,
+    DtmfInterworking,
+    NonRtpHandler,
+    RtcpObserver,
+)
 
 
 class LocalPorts(Protocol):
@@ -77,6 +83,15 @@ class RelayDirection(Protocol):
     @payload_types.setter
     def payload_types(self, value: dict[int, int]) -> None: ...
 
+    @property
+    def dtmf(self) -> DtmfInterworking | None:
+        """DTMF interworking on this direction (:attr:`gateway.core.media.relay.
+        DirectionControl.dtmf`); only a relay that :attr:`Relay.interworks_dtmf` takes one."""
+        ...
+
+    @dtmf.setter
+    def dtmf(self, value: DtmfInterworking | None) -> None: ...
+
     def statistics(self) -> DirectionStatistics: ...
 
 
@@ -111,6 +126,13 @@ class RelayStream(Protocol):
         set_opaque`); only a relay that :attr:`Relay.carries_opaque` can turn it on."""
         ...
 
+    def send_telephone_event(
+        self, direction: str, payload: bytes, *, marker: bool, start: bool
+    ) -> bool:
+        """Inject one RFC 4733 event packet (:meth:`gateway.core.media.relay.MediaStream.
+        send_telephone_event`); False when it cannot go."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -123,6 +145,13 @@ class Relay(Protocol):
     @property
     def carries_opaque(self) -> bool:
         """Whether its streams can relay T.38 UDPTL datagrams (:meth:`RelayStream.set_opaque`)."""
+        ...
+
+    @property
+    def interworks_dtmf(self) -> bool:
+        """Whether its streams take DTMF interworking (:attr:`RelayDirection.dtmf`): the
+        in-process relay and the media workers both do (docs/architecture.md "DTMF
+        interworking"); a relay that does not leaves DTMF as it comes."""
         ...
 
     def open_stream(self) -> RelayStream: ...

@@ -66,6 +66,7 @@ from gateway.core.media.ports import rtp_ports
 from gateway.core.media.relay import (
     Direction,
     DirectionStatistics,
+    DtmfInterworking,
     NonRtpHandler,
     RtcpObserver,
     Tap,
@@ -76,6 +77,7 @@ from gateway.core.media.worker_protocol import (
     ChannelError,
     Close,
     Datagram,
+    DtmfEvent,
     FrameReader,
     Message,
     Open,
@@ -84,8 +86,10 @@ from gateway.core.media.worker_protocol import (
     Pong,
     Rtcp,
     SendDatagram,
+    SendDtmf,
     SetBlocked,
     SetDtls,
+    SetDtmf,
     SetIce,
     SetKeys,
     SetOpaque,
@@ -361,6 +365,7 @@ class RemoteDirection:
     _counts: DirectionStatistics = attrs.field(default=_NO_COUNTS, repr=False)
     _rtcp_observer: RtcpObserver | None = attrs.field(default=None, repr=False)
     _payload_types: dict[int, int] = attrs.field(factory=dict, repr=False)
+    _dtmf: DtmfInterworking | None = attrs.field(default=None, repr=False)
 
     @property
     def blocked(self) -> bool:
@@ -393,6 +398,41 @@ class RemoteDirection:
         self._payload_types = dict(value)
         renumbered = tuple(sorted(value.items()))
         self._stream._send(SetPayloadTypes(self._stream.id, self.direction.value, renumbered))
+
+    @property
+    def dtmf(self) -> DtmfInterworking | None:
+        """DTMF interworking of this direction, done by the worker (``SetDtmf``): its taken
+        event packets come back as ``DtmfEvent`` (bounded, droppable) to ``on_event`` here;
+        ``taken`` and ``injected`` count what crossed the channel."""
+        return self._dtmf
+
+    @dtmf.setter
+    def dtmf(self, value: DtmfInterworking | None) -> None:
+        if value is self._dtmf:
+            return
+        self._dtmf = value
+        if value is None:
+            message = SetDtmf(self._stream.id, self.direction.value, -1, -1, 0, 0)
+        else:
+            message = SetDtmf(
+                self._stream.id,
+                self.direction.value,
+                value.take_payload_type,
+                value.inject_payload_type,
+                value.inject_clock_rate,
+                value.last_ssrc,
+            )
+        self._stream._send(message)
+
+    def _dtmf_event(self, packet: bytes) -> None:
+        state = self._dtmf
+        if state is None or state.on_event is None:
+            return  # stopped; copies still in the channel
+        state.taken += 1
+        try:
+            state.on_event(packet)
+        except Exception:
+            log.exception("a DTMF event handler failed on a worker stream")
 
     def _rtcp(self, packet: bytes) -> None:
         observer = self._rtcp_observer
@@ -470,6 +510,21 @@ class RemoteStream:
         """Whether the stream relays datagrams as they are (T.38 UDPTL), not RTP/RTCP: the mode
         last set here (the worker applies it in the order it was set)."""
         return self._opaque
+
+    def send_telephone_event(
+        self, direction: str, payload: bytes, *, marker: bool, start: bool
+    ) -> bool:
+        """Ask the worker to inject one RFC 4733 event packet (``SendDtmf``; the worker's relay
+        numbers and protects it as :meth:`gateway.core.media.relay.MediaStream.
+        send_telephone_event` does). True once asked: whether it could go is the worker's."""
+        control = self.a_to_b if direction == "a_to_b" else self.b_to_a
+        state = control._dtmf
+        if state is None or state.inject_payload_type < 0:
+            return False
+        if not self._send(SendDtmf(self.id, direction, marker, start, payload)):
+            return False
+        state.injected += 1
+        return True
 
     def set_opaque(self, opaque: bool) -> None:
         """As :meth:`gateway.core.media.relay.MediaStream.set_opaque`; the worker applies it
@@ -595,6 +650,12 @@ class CallRelay:
         the worker's in-process relay does it)."""
         return True
 
+    @property
+    def interworks_dtmf(self) -> bool:
+        """True: a worker's directions do DTMF interworking (``SetDtmf``, ``SendDtmf``,
+        ``DtmfEvent``; docs/architecture.md "DTMF interworking")."""
+        return True
+
     def open_stream(self) -> RemoteStream:
         stream = self._pool.open_stream(prefer=self._worker, on_lost=self._lost)
         self._worker = stream.worker
@@ -644,6 +705,11 @@ class WorkerPool:
     @property
     def carries_opaque(self) -> bool:
         """True: see :attr:`CallRelay.carries_opaque`."""
+        return True
+
+    @property
+    def interworks_dtmf(self) -> bool:
+        """True: see :attr:`CallRelay.interworks_dtmf`."""
         return True
 
     # -- what calls use ---------------------------------------------------------------------
@@ -865,11 +931,17 @@ class WorkerPool:
             if pong is not None:
                 pong.set()
             return
-        if isinstance(message, Stats | Datagram | StreamFailed | Tapped | TappedDatagram | Rtcp):
+        if isinstance(
+            message, Stats | Datagram | StreamFailed | Tapped | TappedDatagram | Rtcp | DtmfEvent
+        ):
             stream = worker.streams.get(message.stream)
             if stream is None:
                 return  # closed here meanwhile
-            if isinstance(message, Rtcp):
+            if isinstance(message, DtmfEvent):
+                (stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a)._dtmf_event(
+                    message.packet
+                )
+            elif isinstance(message, Rtcp):
                 (stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a)._rtcp(
                     message.packet
                 )

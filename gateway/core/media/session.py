@@ -57,15 +57,17 @@ the offer opened and restores the remote addresses of before, so the call goes o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import attrs
 
 from gateway.core.ids import RandomIds
 from gateway.core.ip import ip_literal
+from gateway.core.media.dtmf import Digit, EventDetector
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.quality import CallQuality
+from gateway.core.media.relay import DtmfInterworking
 from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
 from gateway.core.sdp.errors import SdpError
@@ -79,6 +81,7 @@ from gateway.core.sdp.model import (
     Origin,
     SessionDescription,
     TimeDescription,
+    parse_rtpmap_untrusted,
 )
 from gateway.core.sdp.offer_answer import (
     apply_version_rule,
@@ -165,6 +168,25 @@ class _Remote:
 _NO_REMOTE = _Remote()
 
 
+@attrs.frozen
+class DtmfPlan:
+    """DTMF interworking on a call (docs/architecture.md "DTMF interworking"): the leg that
+    negotiated telephone-event (``rfc4733_side``, with its number and clock rate, the same both
+    ways: a peer sends and receives with its own SDP's numbers, RFC 3264 §5.1) and the leg that
+    did not (``info_side``: its digits travel as SIP INFO), on m= line ``index``."""
+
+    index: int
+    rfc4733_side: Side
+    info_side: Side
+    payload_type: int
+    clock_rate: int
+
+
+DtmfDigitHandler = Callable[[Side, Digit], None]
+"""Takes a digit that ``side``'s peer sent as RFC 4733 events (for the other leg, as INFO).
+Called in the relay's loop: must not block."""
+
+
 @attrs.define
 class _Exchange:
     """One offer/answer exchange in progress."""
@@ -184,6 +206,8 @@ class _Exchange:
     """Whether each stream open before the offer relayed opaque datagrams (T.38)."""
     renumbered_before: dict[tuple[int, str], dict[int, int]]
     """The payload type renumbering of each stream direction before the offer."""
+    dtmf_before: DtmfPlan | None = None
+    """The DTMF interworking before the offer."""
     answer: SessionDescription | None = None
     """The latest answer received."""
 
@@ -220,6 +244,7 @@ class MediaSession:
         media_address: str,
         session_id_source: Callable[[], int] | None = None,
         quality: CallQuality | None = None,
+        dtmf_interworking: bool = False,
     ) -> None:
         try:
             address = ip_literal(media_address)
@@ -239,6 +264,14 @@ class MediaSession:
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
         self._closed = False
+        # DTMF interworking (docs/architecture.md "DTMF interworking"): on, when the relay can.
+        self._interworks_dtmf = dtmf_interworking and relay.interworks_dtmf
+        self.dtmf: DtmfPlan | None = None
+        """The call's DTMF interworking, decided by each answer; None: none (both legs carry
+        DTMF alike, or it is off)."""
+        self.on_dtmf_digit: DtmfDigitHandler | None = None
+        """Gets the digits the RFC 4733 leg sends while :attr:`dtmf` is set (the call)."""
+        self._dtmf_detector: EventDetector | None = None
         self.quality = quality
         """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
         RTCP observers feed it. None: RTCP is only relayed."""
@@ -447,6 +480,7 @@ class MediaSession:
             remotes_before=remotes_before,
             opaque_before=opaque_before,
             renumbered_before=dict(self._renumbered),
+            dtmf_before=self.dtmf,
         )
         return sent
 
@@ -523,6 +557,8 @@ class MediaSession:
         self._renumber(
             exchange.offer, offerer, numbering or answer, accepted, set() if numbering else alike
         )
+        plan = self._plan_dtmf(exchange.offer, offerer, numbering or answer, accepted)
+        self._set_dtmf(plan)
 
         media_out: list[MediaDescription] = []
         for index, (offered, answered) in enumerate(
@@ -541,6 +577,8 @@ class MediaSession:
                 if index not in alike:
                     offered_own = exchange.offer.media[index]
                     rewritten = _in_numbers_of(offered_own, answered, rewritten)
+                if plan is not None and plan.index == index:
+                    rewritten = _dtmf_answer(plan, offerer, offered, rewritten)
                 media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(offered))
@@ -588,6 +626,9 @@ class MediaSession:
                 for name in ("a_to_b", "b_to_a"):
                     before = exchange.renumbered_before.get((index, name), {})
                     self._set_renumbered(index, name, before)
+        self._set_dtmf(exchange.dtmf_before)
+        for index, stream in enumerate(self._slots):
+            if stream is not None:
                 for side in _SIDES:
                     self._set_remote(
                         index, side, exchange.remotes_before.get((index, side), _NO_REMOTE)
@@ -765,6 +806,101 @@ class MediaSession:
         else:
             self._renumbered.pop(key, None)
 
+    # -- DTMF interworking ---------------------------------------------------------------------
+
+    def _plan_dtmf(
+        self,
+        offer: SessionDescription,
+        offerer: Side,
+        answer: SessionDescription,
+        accepted: dict[int, _Remote],
+    ) -> DtmfPlan | None:
+        """The interworking the answer makes: on the first accepted audio line, the offerer
+        with telephone-event and the answerer without (an answerer cannot have it unless it
+        was offered, RFC 3264 §6.1)."""
+        if not self._interworks_dtmf:
+            return None
+        index = _first_audio(offer, accepted)
+        if index is None or index >= len(answer.media):
+            return None
+        offered = telephone_event(offer.media[index])
+        if offered is None or telephone_event(answer.media[index]) is not None:
+            return None  # both or neither: relayed as ever
+        return DtmfPlan(index, offerer, _other(offerer), *offered)
+
+    def _set_dtmf(self, plan: DtmfPlan | None) -> None:
+        """Give the streams ``plan``'s interworking (None: none), if it is not theirs yet."""
+        old = self.dtmf
+        if plan == old:
+            return
+        if old is not None:
+            stream = self._slots[old.index] if old.index < len(self._slots) else None
+            if stream is not None:
+                stream.a_to_b.dtmf = None
+                stream.b_to_a.dtmf = None
+        self.dtmf = plan
+        self._dtmf_detector = None
+        if plan is None:
+            return
+        stream = self._slots[plan.index]
+        if stream is None:
+            self.dtmf = None
+            return
+        detector = EventDetector(plan.clock_rate)
+        self._dtmf_detector = detector
+        rfc4733 = plan.rfc4733_side
+
+        def on_event(packet: bytes) -> None:
+            handler = self.on_dtmf_digit
+            for digit in detector.feed(packet):
+                if handler is not None:
+                    handler(rfc4733, digit)
+
+        from_x, to_x = (
+            (stream.a_to_b, stream.b_to_a) if rfc4733 == "a" else (stream.b_to_a, stream.a_to_b)
+        )
+        from_x.dtmf = DtmfInterworking(take_payload_type=plan.payload_type, on_event=on_event)
+        to_x.dtmf = DtmfInterworking(
+            inject_payload_type=plan.payload_type,
+            inject_clock_rate=plan.clock_rate,
+            ssrc=_random_ssrc(),
+        )
+        log.info(
+            "m= line %d: DTMF interworking, leg %s RFC 4733 (payload type %d/%d), leg %s SIP INFO",
+            plan.index + 1,
+            rfc4733,
+            plan.payload_type,
+            plan.clock_rate,
+            plan.info_side,
+        )
+
+    def send_dtmf_event(self, payload: bytes, *, marker: bool, start: bool) -> bool:
+        """Send one RFC 4733 event packet towards the RFC 4733 leg of :attr:`dtmf` (a digit
+        the other leg sent as SIP INFO); False when it could not go (no interworking, no keys
+        or address yet). :meth:`RelayStream.send_telephone_event`."""
+        plan = self.dtmf
+        if plan is None or self._closed:
+            return False
+        stream = self._slots[plan.index]
+        if stream is None:
+            return False
+        direction = "b_to_a" if plan.rfc4733_side == "a" else "a_to_b"
+        return stream.send_telephone_event(direction, payload, marker=marker, start=start)
+
+    def dtmf_statistics(self) -> dict[str, int]:
+        """Event packets taken for SIP INFO and injected from it, for the call record."""
+        plan = self.dtmf
+        stream = None if plan is None else self._slots[plan.index]
+        if stream is None:
+            return {}
+        counts = {"taken": 0, "injected": 0}
+        for control in (stream.a_to_b, stream.b_to_a):
+            state = control.dtmf
+            if state is not None:
+                counts["taken"] += state.taken
+                counts["injected"] += state.injected
+        return counts
+
     def _set_remote(self, index: int, side: Side, remote: _Remote) -> None:
         stream = self._slots[index]
         assert stream is not None
@@ -780,6 +916,8 @@ class MediaSession:
             self._remotes.pop((index, side), None)
         self._renumbered.pop((index, "a_to_b"), None)
         self._renumbered.pop((index, "b_to_a"), None)
+        if self.dtmf is not None and self.dtmf.index == index:
+            self.dtmf = self._dtmf_detector = None
         totals = self._totals
         for name, counters in _direction_statistics(stream):
             totals.packets[name] += counters[0]
@@ -927,3 +1065,56 @@ def _is_unspecified(address: str) -> bool:
         return ip_literal(address).is_unspecified
     except ValueError:
         return False
+
+
+def _first_audio(offer: SessionDescription, relayed: Mapping[int, object]) -> int | None:
+    """The first relayed RTP audio line: where the call's DTMF goes (RFC 4733 §2.1)."""
+    for index in sorted(relayed):
+        media = offer.media[index]
+        if media.media.lower() == "audio" and media.is_rtp and not is_udptl_t38(media):
+            return index
+    return None
+
+
+def telephone_event(media: MediaDescription) -> tuple[int, int] | None:
+    """(payload type, clock rate) of the line's telephone-event (RFC 4733 §7.1.1), if it has
+    one among its formats; None otherwise, or when its rtpmaps cannot be read. Asked at every
+    answer: a line without the name in any a=rtpmap is decided without parsing one."""
+    for value in media.attributes.values("rtpmap"):
+        if "telephone-event" not in value.lower():
+            continue
+        try:
+            rtpmap = parse_rtpmap_untrusted(value)
+            if rtpmap.encoding.lower() != "telephone-event":
+                continue
+            if str(rtpmap.payload_type) in media.formats:
+                return rtpmap.payload_type, rtpmap.clock_rate
+        except SdpError:
+            return None
+    return None
+
+
+def _dtmf_answer(
+    plan: DtmfPlan, offerer: Side, offered: MediaDescription, answer: MediaDescription
+) -> MediaDescription:
+    """Our answer to the offerer on the interworking line, with the offerer's telephone-event
+    (its events reach us, and we send it the INFO leg's digits as events): an answer may keep
+    any offered format (RFC 3264 §6.1), whatever the other leg answered."""
+    if plan.rfc4733_side != offerer or telephone_event(answer) is not None:
+        return answer
+    extra: list[tuple[str, str | None]] = [
+        ("rtpmap", f"{plan.payload_type} telephone-event/{plan.clock_rate}")
+    ]
+    fmtp = offered.fmtp(plan.payload_type)
+    if fmtp is not None:
+        extra.append(("fmtp", f"{plan.payload_type} {fmtp}"))
+    return attrs.evolve(
+        answer,
+        formats=(*answer.formats, str(plan.payload_type)),
+        attributes=answer.attributes.extend(extra),
+    )
+
+
+def _random_ssrc() -> int:
+    """An SSRC for events injected before any media was relayed (RFC 3550 §8.1: random)."""
+    return int(RandomIds().token_hex(4), 16)

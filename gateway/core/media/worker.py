@@ -19,7 +19,9 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
   connectivity checks itself, gateway/core/media/ice.py), ``SetTap``, ``SetOpaque`` (T.38 fax:
   the stream relays UDPTL
   datagrams as they are, :meth:`~gateway.core.media.relay.MediaStream.set_opaque`),
-  ``SetPayloadTypes`` (a direction's RTP payload type renumbering), ``Close``.
+  ``SetPayloadTypes`` (a direction's RTP payload type renumbering), ``SetDtmf`` and
+  ``SendDtmf`` (DTMF interworking: a direction's taken telephone-event packets go back as
+  ``DtmfEvent``, bounded; events injected as the SIP process times them), ``Close``.
   A request it cannot honour ends the stream's call
   (``StreamFailed`` with the reason); keys never appear in that reason;
 - a statistics task that pushes each stream's counters and idle time once per
@@ -50,6 +52,7 @@ from gateway.core.media.relay import (
     Address,
     Direction,
     DirectionControl,
+    DtmfInterworking,
     MediaRelay,
     MediaStream,
     NonRtpHandler,
@@ -57,11 +60,14 @@ from gateway.core.media.relay import (
     Tap,
 )
 from gateway.core.media.worker_protocol import (
+    DTMF_COPIES_PER_SECOND,
+    MAX_DTMF_COPY,
     MAX_RTCP_COPY,
     RTCP_COPY_INTERVAL,
     ChannelError,
     Close,
     Datagram,
+    DtmfEvent,
     FrameReader,
     Message,
     Open,
@@ -70,8 +76,10 @@ from gateway.core.media.worker_protocol import (
     Pong,
     Rtcp,
     SendDatagram,
+    SendDtmf,
     SetBlocked,
     SetDtls,
+    SetDtmf,
     SetIce,
     SetKeys,
     SetOpaque,
@@ -112,6 +120,8 @@ _STREAM_REQUESTS = (
     SetOpaque,
     SetRtcpWatch,
     SetPayloadTypes,
+    SetDtmf,
+    SendDtmf,
     Close,
 )
 
@@ -305,6 +315,13 @@ class Worker:
             elif isinstance(message, SetPayloadTypes):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.payload_types = dict(message.renumbered)
+            elif isinstance(message, SetDtmf):
+                control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
+                control.dtmf = self._dtmf(message)
+            elif isinstance(message, SendDtmf):
+                stream.send_telephone_event(
+                    message.direction, message.payload, marker=message.marker, start=message.start
+                )
             elif isinstance(message, SetRtcpWatch):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.rtcp_observer = (
@@ -389,6 +406,35 @@ class Worker:
             outbox.send(Rtcp(stream_id, direction, packet), droppable=True)
 
         return copy
+
+    def _dtmf(self, message: SetDtmf) -> DtmfInterworking | None:
+        """The direction's DTMF interworking: taken event packets go to the SIP process as
+        ``DtmfEvent`` (within :data:`MAX_DTMF_COPY` octets and :data:`DTMF_COPIES_PER_SECOND`,
+        droppable); None when the message sets none."""
+        take, inject = message.take_payload_type, message.inject_payload_type
+        if take < 0 and inject < 0:
+            return None
+        outbox = self.outbox
+        clock = trio.current_time
+        stream_id, direction = message.stream, message.direction
+        window = [0.0, 0]  # start of the current second, copies in it
+
+        def copy(packet: bytes) -> None:
+            now = clock()
+            if now - window[0] >= 1.0:
+                window[0], window[1] = now, 0
+            if len(packet) > MAX_DTMF_COPY or window[1] >= DTMF_COPIES_PER_SECOND:
+                return
+            window[1] += 1
+            outbox.send(DtmfEvent(stream_id, direction, packet), droppable=True)
+
+        return DtmfInterworking(
+            take_payload_type=take,
+            on_event=copy if take >= 0 else None,
+            inject_payload_type=inject,
+            inject_clock_rate=message.clock_rate,
+            ssrc=message.ssrc,
+        )
 
     def _dtls_handler(self, stream_id: int, side: str, rtcp: bool) -> NonRtpHandler:
         outbox = self.outbox

@@ -22,9 +22,11 @@ and no error message quotes a frame's bytes. The same holds for ICE passwords (:
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
 :class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
-:class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`.
+:class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`, :class:`SetDtmf`,
+:class:`SendDtmf`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
-:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`.
+:class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
+:class:`DtmfEvent`.
 
 Decrypted media crosses this channel too (:class:`Tapped`, :class:`TappedDatagram`, for a call's
 media taps: recording, interception), under the same rule: it is a socketpair between two
@@ -194,6 +196,32 @@ class SetPayloadTypes:
 
 
 @attrs.frozen
+class SetDtmf:
+    """``DirectionControl.dtmf`` of ``direction`` (DTMF interworking, docs/architecture.md):
+    take the sending leg's telephone-event packets of ``take_payload_type`` (-1: none) and copy
+    them to the SIP process as :class:`DtmfEvent`; inject events of ``inject_payload_type``
+    (-1: none) at ``clock_rate``, with ``ssrc`` before any media. Both -1: none."""
+
+    stream: int
+    direction: str
+    take_payload_type: int
+    inject_payload_type: int
+    clock_rate: int
+    ssrc: int
+
+
+@attrs.frozen
+class SendDtmf:
+    """``MediaStream.send_telephone_event`` in ``direction``: one RFC 4733 event packet."""
+
+    stream: int
+    direction: str
+    marker: bool
+    start: bool
+    payload: bytes
+
+
+@attrs.frozen
 class Ping:
     """Answer with :class:`Pong` once every message sent before this one is applied."""
 
@@ -284,6 +312,24 @@ class Rtcp:
     packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
 
 
+@attrs.frozen
+class DtmfEvent:
+    """A telephone-event packet ``direction`` took (:class:`SetDtmf`), plain, for the call to
+    read the digit. At most :data:`MAX_DTMF_COPY` octets and :data:`DTMF_COPIES_PER_SECOND`
+    per direction; droppable like :class:`Rtcp`."""
+
+    stream: int
+    direction: str
+    packet: bytes = attrs.field(repr=lambda p: f"<{len(p)} octets>")
+
+
+MAX_DTMF_COPY = 256
+"""The longest event packet copied (an RFC 4733 packet is 16 octets plus any CSRCs and header
+extension)."""
+DTMF_COPIES_PER_SECOND = 100
+"""Event packets copied per direction and second: a phone sends one every 10-50 ms while a key
+is down; a peer flooding its telephone-event number must not flood the control channel."""
+
 MAX_RTCP_COPY = 1500
 """The longest RTCP datagram copied to the SIP process (a phone's compound SR/RR, SDES and XR is
 a few hundred octets)."""
@@ -315,6 +361,9 @@ Message = (
     | TappedDatagram
     | SetIce
     | SetPayloadTypes
+    | SetDtmf
+    | SendDtmf
+    | DtmfEvent
 )
 
 # -- field codecs -------------------------------------------------------------------------------
@@ -347,6 +396,7 @@ _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _F64 = struct.Struct(">d")
+_I16 = struct.Struct(">h")
 _DIRECTION_FIELDS = tuple(f.name for f in attrs.fields(DirectionStatistics))
 _SRTP_FIELDS = tuple(f.name for f in attrs.fields(SrtpStatistics))
 _DIRECTION_COUNTERS = struct.Struct(f">{len(_DIRECTION_FIELDS)}Q")
@@ -489,6 +539,7 @@ _KEYS: _Codec = _optional(_put_keys, _get_keys)
 _STATS: _Codec = (_put_direction, _get_direction)
 _SRTP: _Codec = _optional(_put_srtp, _get_srtp)
 _SECONDS: _Codec = _struct(_F64)
+_PAYLOAD_TYPE: _Codec = _struct(_I16)  # -1: none
 
 # type octet -> (class, the codec of each field in attrs order). Append only: never renumber.
 _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
@@ -513,6 +564,9 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     26: (TappedDatagram, (_STREAM, _DIRECTION, _ADDRESS, _BYTES)),
     11: (SetIce, (_STREAM, _SIDE, _BOOL, _BOOL, _STR, _STR, _STR, _STR)),
     13: (SetPayloadTypes, (_STREAM, _DIRECTION, (_put_renumbered, _get_renumbered))),
+    14: (SetDtmf, (_STREAM, _DIRECTION, _PAYLOAD_TYPE, _PAYLOAD_TYPE, _STREAM, _STREAM)),
+    15: (SendDtmf, (_STREAM, _DIRECTION, _BOOL, _BOOL, _BYTES)),
+    28: (DtmfEvent, (_STREAM, _DIRECTION, _BYTES)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

@@ -224,7 +224,9 @@ async def test_early_media_183_with_sdp_then_200_with_a_different_answer(
     assert call.exchange.statuses == [100, 183, 200]
     assert final.to.tag == early.to.tag  # the early dialog is the one confirmed (§12.1)
     assert sdp_connection(final.body) == sdp_connection(early.body)  # the caller's relay port
-    assert formats(final.body) == ("8",)
+    # PCMA; telephone-event stays for the caller, who offered it: alice's final answer has
+    # none, so the gateway interworks DTMF (docs/architecture.md "DTMF interworking").
+    assert formats(final.body) == ("8", "101")
     assert sdp_version(final.body) > sdp_version(early.body)  # changed SDP, new o= version
     assert relay(env).streams == frozenset({stream})
     assert stream.b.rtp_destination == (ALICE[0], 30002)

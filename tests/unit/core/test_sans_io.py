@@ -15,6 +15,7 @@ SANS_IO_PACKAGES = ["core/sip", "core/sdp", "core/auth"]
 # Pure modules inside packages that also hold I/O code.
 SANS_IO_MODULES = [
     "core/media/rtp.py",
+    "core/media/dtmf.py",
     "core/media/srtp.py",
     "core/media/srtp_python.py",
     "core/media/worker_protocol.py",

@@ -20,6 +20,7 @@ from gateway.core.media.worker_protocol import (
     ChannelError,
     Close,
     Datagram,
+    DtmfEvent,
     FrameReader,
     Message,
     Open,
@@ -28,8 +29,10 @@ from gateway.core.media.worker_protocol import (
     Pong,
     Rtcp,
     SendDatagram,
+    SendDtmf,
     SetBlocked,
     SetDtls,
+    SetDtmf,
     SetIce,
     SetKeys,
     SetOpaque,
@@ -103,6 +106,12 @@ EVERY_MESSAGE: list[Message] = [
     SetPayloadTypes(15, "a_to_b", ((101, 96), (0, 8))),
     SetPayloadTypes(15, "b_to_a", ()),
     SetPayloadTypes(15, "b_to_a", tuple((pt, 127 - pt) for pt in range(128))),
+    SetDtmf(16, "a_to_b", 101, -1, 8000, 0),
+    SetDtmf(16, "b_to_a", -1, 96, 48000, 2**32 - 1),
+    SetDtmf(16, "b_to_a", -1, -1, 0, 0),
+    SendDtmf(16, "b_to_a", True, True, b"\x05\x0a\x01\x90"),
+    SendDtmf(16, "a_to_b", False, False, b""),
+    DtmfEvent(16, "a_to_b", b"\x80\xe5" + bytes(14)),
 ]
 
 

@@ -1,0 +1,261 @@
+"""DTMF interworking: RFC 4733 telephone-events <-> SIP INFO digits. Sans-IO.
+
+Theory of operation
+-------------------
+Two legs of one call may carry DTMF differently: one negotiated ``telephone-event`` (RFC 4733
+events in its RTP), the other did not (an older PBX or phone that sends and expects digits in
+SIP INFO: ``application/dtmf-relay``, Cisco's de-facto ``Signal=5\\r\\nDuration=160``, or
+``application/dtmf``, a bare ``5``). A B2BUA relaying each unchanged loses every digit. This
+module holds the protocol parts of the gateway's interworking (docs/architecture.md "DTMF
+interworking"), as FreeSWITCH's and rtpengine's DTMF interworking do:
+
+- :class:`EventDetector` reads the event packets of one RTP stream (RFC 4733 §2.3: event,
+  E bit, volume, duration; every packet of one event has the event's timestamp, §2.5.1.1) and
+  says once per event, when its end packet arrives, which digit it was and how long
+  (§2.5.1.4: the end packet is sent three times; the copies carry the same timestamp and are
+  ignored). A new event that begins while the previous one never ended (all three end
+  packets lost) ends the previous one with the last duration seen.
+- :func:`event_packets` plans the packets of one digit to send (§2.5.1.2-§2.5.1.4): the first
+  with the marker bit, one update every :data:`UPDATE_INTERVAL` with the duration so far, and
+  the final duration in three end packets. Sequence numbers, timestamp and SSRC are the
+  relay's business (they must continue the stream the receiver already hears).
+- :func:`parse_dtmf_info_untrusted` reads a SIP INFO body; :func:`dtmf_relay_body` writes one.
+
+Only DTMF events 0-15 (RFC 4733 §3.2: 0-9, ``*``, ``#``, A-D) are digits; other events
+(flash-hook 16, ...) are not carried by INFO and are ignored.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from gateway.core.media.errors import RtpParseError
+from gateway.core.media.rtp import parse_rtp_header_untrusted
+
+DIGITS = "0123456789*#ABCD"
+"""RFC 4733 §3.2 table 1: events 0-15 are these digits, in this order."""
+
+DTMF_RELAY = "application/dtmf-relay"
+DTMF = "application/dtmf"
+INFO_CONTENT_TYPES = frozenset({DTMF_RELAY, DTMF})
+"""The INFO bodies read as digits (compared in lower case, parameters dropped)."""
+
+DEFAULT_DURATION_MS = 160
+"""An INFO digit's duration when its body gives none (``application/dtmf`` never does)."""
+MIN_DURATION_MS = 40
+MAX_DURATION_MS = 5000
+"""INFO durations are clamped to this range: a receiver needs ~40 ms to detect a digit (ITU-T
+Q.24), and a stuck or hostile ``Duration=`` must not hold the stream's injection for long."""
+MAX_INFO_BODY = 256
+"""Longest INFO body read as a digit; longer is not a DTMF body."""
+
+UPDATE_INTERVAL = 0.05
+"""Seconds between the packets of a digit we send (RFC 4733 §2.5.1.2 leaves it to the sender;
+50 ms is what Asterisk and FreeSWITCH use)."""
+END_REPEAT_INTERVAL = 0.02
+"""Seconds between the three copies of the end packet (§2.5.1.4)."""
+END_PACKETS = 3
+EVENT_VOLUME = 10
+"""The volume field of events we send: -10 dBm0 (§2.3.2: 0-63, positive = below 0 dBm0)."""
+
+
+class DtmfError(ValueError):
+    """A peer's DTMF (an event payload, an INFO body) is malformed. ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@attrs.frozen
+class Digit:
+    """One DTMF digit: ``digit`` from :data:`DIGITS`, and how long it lasted."""
+
+    digit: str
+    duration_ms: int
+
+
+@attrs.frozen
+class TelephoneEvent:
+    """The payload of one RFC 4733 event packet (§2.3)."""
+
+    event: int
+    end: bool
+    volume: int
+    duration: int
+    """In timestamp units of the stream's clock (8000 per second for telephone-event/8000)."""
+
+
+def parse_event_untrusted(payload: bytes | bytearray | memoryview) -> TelephoneEvent:
+    """The first event of an RFC 4733 payload (§2.3: event, E|R|volume, duration; 4 octets).
+    More than one event in a packet (redundancy, RFC 2198) is not read. Raises
+    :class:`DtmfError` for a payload shorter than 4 octets."""
+    if len(payload) < 4:
+        raise DtmfError(f"telephone-event payload of {len(payload)} octets is shorter than 4")
+    return TelephoneEvent(
+        event=payload[0],
+        end=bool(payload[1] & 0x80),
+        volume=payload[1] & 0x3F,
+        duration=(payload[2] << 8) | payload[3],
+    )
+
+
+def event_payload(event: int, *, end: bool, duration: int, volume: int = EVENT_VOLUME) -> bytes:
+    """The 4 octets of an RFC 4733 event payload (§2.3); ``duration`` is capped at 0xFFFF."""
+    return bytes(
+        (
+            event & 0xFF,
+            (0x80 if end else 0) | (volume & 0x3F),
+            (min(duration, 0xFFFF) >> 8) & 0xFF,
+            min(duration, 0xFFFF) & 0xFF,
+        )
+    )
+
+
+class EventDetector:
+    """Turns one stream's RFC 4733 packets into digits, one per event (module docstring).
+
+    ``clock_rate``: the telephone-event clock of the sender's SDP (``a=rtpmap:101
+    telephone-event/8000``), to turn durations into milliseconds.
+    """
+
+    def __init__(self, clock_rate: int) -> None:
+        if clock_rate <= 0:
+            raise ValueError(f"telephone-event clock rate {clock_rate} is not positive")
+        self.clock_rate = clock_rate
+        self._current: tuple[int, int, int] | None = None  # (timestamp, event, duration)
+        self._ended: int | None = None  # timestamp of the last event that ended
+        self.malformed = 0
+
+    def feed(self, packet: bytes | bytearray | memoryview) -> list[Digit]:
+        """Read one telephone-event RTP packet (plain: after SRTP unprotect); returns the
+        digits that ended with it (usually none or one; two when it begins an event while the
+        previous never ended). A malformed packet is counted in :attr:`malformed`."""
+        try:
+            header = parse_rtp_header_untrusted(packet)
+            payload_end = len(packet) - (packet[-1] if header.padding else 0)
+            event = parse_event_untrusted(packet[header.header_length : payload_end])
+        except (RtpParseError, DtmfError):
+            self.malformed += 1
+            return []
+        timestamp = header.timestamp
+        if timestamp == self._ended:
+            return []  # §2.5.1.4: a copy of the end packet, or a late update of that event
+        digits: list[Digit] = []
+        current = self._current
+        if current is not None and current[0] != timestamp:
+            # A new event while the previous never ended (its end packets were all lost).
+            digits.extend(self._digit(current[1], current[2]))
+            current = None
+        if current is None:
+            current = (timestamp, event.event, event.duration)
+        else:
+            current = (timestamp, current[1], max(current[2], event.duration))
+        if event.end:
+            digits.extend(self._digit(current[1], current[2]))
+            self._current = None
+            self._ended = timestamp
+        else:
+            self._current = current
+        return digits
+
+    def _digit(self, event: int, duration: int) -> list[Digit]:
+        if event >= len(DIGITS):
+            return []  # not DTMF (flash-hook, tones): INFO carries digits only
+        return [Digit(DIGITS[event], duration * 1000 // self.clock_rate)]
+
+
+@attrs.frozen
+class PlannedPacket:
+    """One packet of a digit we send: ``at`` seconds after the digit began, the marker bit,
+    the RFC 4733 payload."""
+
+    at: float
+    marker: bool
+    payload: bytes
+
+
+def event_packets(digit: Digit, *, clock_rate: int) -> tuple[PlannedPacket, ...]:
+    """The packets that send ``digit`` as an RFC 4733 event (module docstring): the first with
+    the marker bit (§2.5.1.2), an update every :data:`UPDATE_INTERVAL` whose duration counts
+    from the event's start to the end of that update's interval (at most the digit's), and
+    the final duration three times with the E bit (§2.5.1.4). All carry one timestamp."""
+    event = DIGITS.index(digit.digit)
+    total = digit.duration_ms * clock_rate // 1000
+    step = round(UPDATE_INTERVAL * clock_rate)
+    packets: list[PlannedPacket] = []
+    at = 0.0
+    duration = 0
+    while True:
+        duration = min(duration + step, total)
+        if duration >= total:
+            break
+        packets.append(
+            PlannedPacket(at, not packets, event_payload(event, end=False, duration=duration))
+        )
+        at += UPDATE_INTERVAL
+    end_at = digit.duration_ms / 1000
+    if not packets:
+        # A digit shorter than one interval: its first packet is the start and the end.
+        end_at = 0.0
+    for repeat in range(END_PACKETS):
+        packets.append(
+            PlannedPacket(
+                end_at + repeat * END_REPEAT_INTERVAL,
+                not packets,
+                event_payload(event, end=True, duration=total),
+            )
+        )
+    return tuple(packets)
+
+
+def is_dtmf_info(content_type: str | None) -> bool:
+    """Whether an INFO with this Content-Type carries a digit we read (parameters ignored)."""
+    if content_type is None:
+        return False
+    return content_type.partition(";")[0].strip().lower() in INFO_CONTENT_TYPES
+
+
+def parse_dtmf_info_untrusted(content_type: str, body: bytes) -> Digit:
+    """The digit of a SIP INFO body: ``application/dtmf-relay`` (``Signal=5`` and an optional
+    ``Duration=160`` in ms, one per line, CRLF or LF, keys in any case) or ``application/dtmf``
+    (the digit alone). ``Signal=10``/``11`` are read as ``*``/``#`` (some older gateways).
+    Durations are clamped to :data:`MIN_DURATION_MS`..:data:`MAX_DURATION_MS`. Raises
+    :class:`DtmfError` (answer 400) when the body is no digit."""
+    if len(body) > MAX_INFO_BODY:
+        raise DtmfError(f"DTMF body of {len(body)} octets is longer than {MAX_INFO_BODY}")
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise DtmfError("DTMF body is not ASCII") from None
+    kind = content_type.partition(";")[0].strip().lower()
+    signal: str | None = None
+    duration = DEFAULT_DURATION_MS
+    if kind == DTMF:
+        signal = text.strip()
+    elif kind == DTMF_RELAY:
+        for line in text.splitlines():
+            key, equals, value = line.partition("=")
+            if not equals:
+                continue
+            key, value = key.strip().lower(), value.strip()
+            if key == "signal":
+                signal = value
+            elif key == "duration":
+                if not value.isdigit() or len(value) > 6:
+                    raise DtmfError(f"DTMF duration {value[:16]!r} is not a number")
+                duration = int(value)
+    else:
+        raise DtmfError(f"{kind!r} is not a DTMF body")
+    if signal is None:
+        raise DtmfError("DTMF body has no Signal")
+    signal = {"10": "*", "11": "#"}.get(signal, signal.upper())
+    if len(signal) != 1 or signal not in DIGITS:
+        raise DtmfError(f"DTMF signal {signal[:16]!r} is not a digit")
+    return Digit(signal, max(MIN_DURATION_MS, min(duration, MAX_DURATION_MS)))
+
+
+def dtmf_relay_body(digit: Digit) -> bytes:
+    """The ``application/dtmf-relay`` body of ``digit`` (the de-facto Cisco form, CRLF lines,
+    as FreeSWITCH and Asterisk send it)."""
+    return f"Signal={digit.digit}\r\nDuration={digit.duration_ms}\r\n".encode("ascii")

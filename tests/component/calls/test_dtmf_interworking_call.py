@@ -1,0 +1,247 @@
+"""DTMF interworking through a call: the carrier (leg A) offers telephone-event 101, alice's
+phone (leg B) answers without it (an older phone or PBX that does SIP INFO only). The caller's
+answer keeps 101; its digits become one INFO each on alice's dialog (application/dtmf-relay,
+never the event packets), and alice's INFO digits become RFC 4733 events towards the carrier
+(marker on the first, one timestamp, three end packets, the SSRC and sequence of her audio),
+answered 200 and not relayed. Both legs with telephone-event, or an INFO leg that does not
+allow INFO: DTMF relayed as before / the call record says the digits could not be carried.
+In-memory signalling, virtual time; RTP on real 127.0.0.1 sockets through the relay."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import trio
+
+from gateway.core.calls.call import Call as GatewayCall
+from gateway.core.media.dtmf import event_payload, parse_event_untrusted
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.testing.sip_agent import AutoAnswer, Call, simple_sdp
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.dtls_phone import bind
+
+TRUNK_PORT, ALICE_PORT = 24800, 24810  # outside the relay's MEDIA_PORTS and other tests'
+TRUNK_SSRC, ALICE_SSRC = 0x7777, 0xA11CE
+
+
+def rtp(
+    sequence: int,
+    payload_type: int,
+    ssrc: int,
+    payload: bytes,
+    *,
+    marker: bool = False,
+    timestamp: int | None = None,
+) -> bytes:
+    second = payload_type | (0x80 if marker else 0)
+    ts = 160 * sequence if timestamp is None else timestamp
+    return struct.pack("!BBHII", 0x80, second, sequence, ts, ssrc) + payload
+
+
+def audio(sequence: int, ssrc: int) -> bytes:
+    return rtp(sequence, 0, ssrc, b"\xd5" * 160)
+
+
+def fields(packet: bytes) -> tuple[bool, int, int, int, int]:
+    second, sequence, timestamp, ssrc = struct.unpack("!xBHII", packet[:12])
+    return bool(second & 0x80), second & 0x7F, sequence, timestamp, ssrc
+
+
+async def call_to_alice(
+    env: B2bua, *, alice_formats: tuple[str, ...], allow: str | None = None
+) -> tuple[Call, Call, bytes]:
+    """The carrier calls alice; she answers with ``alice_formats`` (and ``allow`` as her
+    Allow). (carrier's call, alice's call, our answer to the carrier)."""
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", TRUNK_PORT)
+    )
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    await env.alice.respond(
+        leg_b.incoming,
+        200,
+        body=simple_sdp("127.0.0.1", ALICE_PORT, formats=alice_formats),
+        extra=[("Allow", allow)] if allow else [],
+    )
+    final = await incoming.final()
+    assert final.status == 200, final.reason
+    await env.alice.next_request("ACK")
+    return incoming, leg_b, final.body
+
+
+def telephone_events(body: bytes) -> list[str]:
+    return [
+        v
+        for v in parse_sdp_untrusted(body).media[0].attributes.values("rtpmap")
+        if "telephone-event" in v
+    ]
+
+
+async def start(nursery: trio.Nursery, tmp_path: Path, seed: int) -> B2bua:
+    return await start_b2bua(
+        nursery, tmp_path, seed, alice_auto=AutoAnswer(ring=False, status=None)
+    )
+
+
+def b2bua_call(env: B2bua) -> GatewayCall:
+    assert env.gateway.calls is not None
+    (call,) = env.gateway.calls.calls
+    return call
+
+
+async def test_digits_cross_between_rfc4733_and_sip_info(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    _, leg_b, answer = await call_to_alice(env, alice_formats=("0",))
+    assert telephone_events(answer) == ["101 telephone-event/8000"]  # kept for the carrier
+    to_carrier = parse_sdp_untrusted(answer).media[0].port
+    to_alice = parse_sdp_untrusted(leg_b.invite.body).media[0].port
+    trunk_sock, alice_sock = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with trunk_sock, alice_sock:
+        trunk_to, alice_to = ("127.0.0.1", to_carrier), ("127.0.0.1", to_alice)
+        with trio.fail_after(2):
+            await trunk_sock.sendto(audio(1, TRUNK_SSRC), trunk_to)
+            assert await alice_sock.recv(2048) == audio(1, TRUNK_SSRC)
+            await alice_sock.sendto(audio(1, ALICE_SSRC), alice_to)
+            assert await trunk_sock.recv(2048) == audio(1, ALICE_SSRC)
+
+            # RFC 4733 -> INFO: the carrier presses 5 (200 ms), end packet sent three times.
+            ts = 320
+            packets = [
+                rtp(
+                    2,
+                    101,
+                    TRUNK_SSRC,
+                    event_payload(5, end=False, duration=0),
+                    marker=True,
+                    timestamp=ts,
+                ),
+                rtp(3, 101, TRUNK_SSRC, event_payload(5, end=False, duration=800), timestamp=ts),
+                *(
+                    rtp(
+                        4 + n,
+                        101,
+                        TRUNK_SSRC,
+                        event_payload(5, end=True, duration=1600),
+                        timestamp=ts,
+                    )
+                    for n in range(3)
+                ),
+            ]
+            for packet in packets:
+                await trunk_sock.sendto(packet, trunk_to)
+            await trunk_sock.sendto(audio(7, TRUNK_SSRC), trunk_to)
+            # Alice hears the audio, next in sequence; never the events.
+            assert fields(await alice_sock.recv(2048))[1:3] == (0, 2)
+        info = await env.alice.next_request("INFO")
+        assert info.request.content_type == "application/dtmf-relay"
+        assert info.request.body == b"Signal=5\r\nDuration=200\r\n"
+        assert env.alice.requests("INFO") == [info.request]  # one per event
+
+        # INFO -> RFC 4733: alice presses 7 (100 ms).
+        exchange = await leg_b.request(
+            "INFO", body=b"Signal=7\r\nDuration=100\r\n", content_type="application/dtmf-relay"
+        )
+        assert (await exchange.final()).status == 200
+        received = []
+        with trio.fail_after(2):
+            for _ in range(4):  # a start, then three ends (100 ms is two 50 ms updates)
+                received.append(await trunk_sock.recv(2048))
+        heads = [fields(p) for p in received]
+        events = [parse_event_untrusted(p[12:]) for p in received]
+        assert [h[0] for h in heads] == [True, False, False, False]  # marker on the first
+        assert {h[1] for h in heads} == {101}
+        assert [h[2] for h in heads] == [2, 3, 4, 5]  # on from alice's audio
+        assert len({h[3] for h in heads}) == 1  # one timestamp for the event
+        assert {h[4] for h in heads} == {ALICE_SSRC}
+        assert [e.event for e in events] == [7] * 4
+        assert [e.end for e in events] == [False, True, True, True]
+        assert events[-1].duration == 800
+        with trio.fail_after(2):
+            await alice_sock.sendto(audio(2, ALICE_SSRC), alice_to)
+            assert fields(await trunk_sock.recv(2048))[1:3] == (0, 6)
+    assert env.trunk.requests("INFO") == []  # answered by the gateway, not relayed
+    record = b2bua_call(env).security_record()["dtmf"]
+    assert record["digits_to_info"] == 1
+    assert record["digits_to_rfc4733"] == 1
+    assert record["rfc4733_leg"] == "a" and record["info_leg"] == "b"
+    assert record["packets"] == {"taken": 5, "injected": 4}
+
+
+async def test_a_bad_dtmf_info_is_refused(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    _, leg_b, _ = await call_to_alice(env, alice_formats=("0",))
+    exchange = await leg_b.request(
+        "INFO", body=b"Signal=Z\r\n", content_type="application/dtmf-relay"
+    )
+    final = await exchange.final()
+    assert final.status == 400 and "not a digit" in final.reason
+    assert env.trunk.requests("INFO") == []
+
+
+async def test_an_info_leg_that_does_not_allow_info_gets_none(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    _, _, answer = await call_to_alice(
+        env, alice_formats=("0",), allow="INVITE, ACK, CANCEL, BYE, OPTIONS"
+    )
+    to_carrier = parse_sdp_untrusted(answer).media[0].port
+    trunk_sock = await bind(TRUNK_PORT)
+    with trunk_sock:
+        trunk_to = ("127.0.0.1", to_carrier)
+        await trunk_sock.sendto(audio(1, TRUNK_SSRC), trunk_to)
+        await trunk_sock.sendto(
+            rtp(2, 101, TRUNK_SSRC, event_payload(1, end=True, duration=800), marker=True),
+            trunk_to,
+        )
+        await eventually(lambda: "dtmf" in b2bua_call(env).security_record())
+    await trio.sleep(1)
+    assert env.alice.requests("INFO") == []
+    record = b2bua_call(env).security_record()["dtmf"]
+    assert record["not_carried"] == 1
+    assert "does not allow INFO" in record["why"]
+
+
+async def test_both_legs_with_telephone_event_relay_dtmf_as_before(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    _, leg_b, answer = await call_to_alice(env, alice_formats=("0", "101"))
+    assert telephone_events(answer) == ["101 telephone-event/8000"]
+    call = b2bua_call(env)
+    assert call.media.dtmf is None
+    (stream,) = call.media.streams
+    assert stream.a_to_b.dtmf is None and stream.b_to_a.dtmf is None
+    # An INFO is relayed as ever.
+    exchange = await leg_b.request(
+        "INFO", body=b"Signal=7\r\nDuration=100\r\n", content_type="application/dtmf-relay"
+    )
+    info = await env.trunk.next_request("INFO")
+    assert info.request.body == b"Signal=7\r\nDuration=100\r\n"
+    await env.trunk.respond(info, 200)
+    assert (await exchange.final()).status == 200
+    assert "dtmf" not in call.security_record()
+
+
+async def test_both_legs_without_telephone_event_are_unchanged(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0", "8"))
+    )
+    leg_b = await env.alice.next_call()
+    assert telephone_events(leg_b.invite.body) == []  # nothing added to the offer
+    assert leg_b.incoming is not None
+    await env.alice.respond(
+        leg_b.incoming, 200, body=simple_sdp("127.0.0.1", ALICE_PORT, formats=("0",))
+    )
+    final = await incoming.final()
+    assert final.status == 200
+    assert telephone_events(final.body) == []
+    assert b2bua_call(env).media.dtmf is None

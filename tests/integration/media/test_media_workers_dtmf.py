@@ -1,0 +1,139 @@
+"""DTMF interworking in a media worker (SetDtmf, SendDtmf, DtmfEvent): the worker's relay takes
+the RFC 4733 leg's telephone-event packets (after SRTP unprotect) and copies them to the SIP
+process, closes the gap they leave, and injects the events the SIP process times, in the
+receiving leg's SSRC and sequence, protected with that leg's keys. Two real worker processes on
+127.0.0.1 ports 31700-31739; the phones bind ephemeral ports."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+
+import pylibsrtp
+import pytest
+import trio
+
+from gateway.core.config import PortRange
+from gateway.core.interfaces import SrtpKeys
+from gateway.core.media.dtmf import event_payload
+from gateway.core.media.keying import StreamKeys
+from gateway.core.media.relay import DtmfInterworking
+from gateway.core.media.remote_relay import WorkerPool
+from gateway.core.media.worker_protocol import DTMF_COPIES_PER_SECOND
+from tests.integration.media.test_media_workers import (
+    ADDRESS,
+    GATEWAY_KEY_TO_B,
+    PHONE_B_KEY,
+    SUITE,
+    connected,
+    eventually,
+    phones,
+    process_gone,
+)
+
+PORTS = PortRange(31700, 31739)
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[WorkerPool]:
+    """Two workers, stopped after the test (checked: no process left)."""
+    pool = WorkerPool(ADDRESS, PORTS, 2, stats_interval=0.05, restart_delay=0.05)
+    pids: set[int | None] = set()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.serve)
+        yield pool
+        pids.update(pool.worker_pids())
+        nursery.cancel_scope.cancel()
+    assert all(process_gone(pid) for pid in pids if pid is not None)
+
+
+def packet(sequence: int, payload_type: int, ssrc: int, payload: bytes, **kw: int) -> bytes:
+    second = payload_type | (0x80 if kw.get("marker") else 0)
+    timestamp = kw.get("timestamp", 160 * sequence)
+    return struct.pack("!BBHII", 0x80, second, sequence, timestamp, ssrc) + payload
+
+
+def fields(data: bytes) -> tuple[bool, int, int, int, int]:
+    second, sequence, timestamp, ssrc = struct.unpack("!xBHII", data[:12])
+    return bool(second & 0x80), second & 0x7F, sequence, timestamp, ssrc
+
+
+async def test_a_worker_takes_and_injects_events_over_srtp(pool: WorkerPool) -> None:
+    assert pool.interworks_dtmf
+    a, b = await phones(2)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    # Leg B has telephone-event 96 and SRTP; leg A does INFO (plain RTP).
+    b_keys = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B, remote_key=PHONE_B_KEY)
+    stream.apply_keys(StreamKeys(None, b_keys, blocked=False))
+    taken: list[bytes] = []
+    stream.b_to_a.dtmf = DtmfInterworking(take_payload_type=96, on_event=taken.append)
+    stream.a_to_b.dtmf = DtmfInterworking(inject_payload_type=96, inject_clock_rate=8000, ssrc=5)
+    await pool.sync(stream.worker)
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+    b_receives = pylibsrtp.Session(
+        pylibsrtp.Policy(GATEWAY_KEY_TO_B, pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile)
+    )
+    b_sends = pylibsrtp.Session(
+        pylibsrtp.Policy(PHONE_B_KEY, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
+    )
+    audio = b"\xd5" * 160
+
+    # B -> A: audio, an event (taken, copied to us plain), audio numbered on without a gap.
+    await b.send(b_sends.protect(packet(1, 0, 0xB0B, audio)), stream.b.ports.rtp_port)
+    assert fields((await a.receive())[0])[1:3] == (0, 1)
+    event = packet(2, 96, 0xB0B, event_payload(3, end=True, duration=800), marker=1)
+    await b.send(b_sends.protect(event), stream.b.ports.rtp_port)
+    await b.send(b_sends.protect(packet(3, 0, 0xB0B, audio)), stream.b.ports.rtp_port)
+    assert fields((await a.receive())[0])[1:3] == (0, 2)
+    await eventually(lambda: taken == [event], "the event copied to the SIP process")
+    assert stream.b_to_a.dtmf is not None and stream.b_to_a.dtmf.taken == 1
+    await eventually(lambda: stream.b_to_a.statistics().rtp_packets == 2, "counters pushed")
+    assert stream.b_to_a.statistics().dropped_transform == 0
+
+    # A -> B: A's audio, then an injected event in A's SSRC and sequence, SRTP-protected.
+    await a.send(packet(40, 0, 0xA11CE, audio), stream.a.ports.rtp_port)
+    wire, _ = await b.receive()
+    assert fields(b_receives.unprotect(wire))[2] == 40
+    start = event_payload(9, end=False, duration=400)
+    assert stream.send_telephone_event("a_to_b", start, marker=True, start=True)
+    wire, _ = await b.receive()
+    plain = b_receives.unprotect(wire)
+    marker, payload_type, sequence, timestamp, ssrc = fields(plain)
+    assert (marker, payload_type, sequence, ssrc) == (True, 96, 41, 0xA11CE)
+    assert 6400 <= timestamp < 6400 + 8000
+    assert plain[12:] == start
+    await a.send(packet(41, 0, 0xA11CE, audio), stream.a.ports.rtp_port)
+    wire, _ = await b.receive()
+    assert fields(b_receives.unprotect(wire))[2] == 42  # after the injected one
+    assert not stream.send_telephone_event("b_to_a", start, marker=True, start=True)
+
+    # Off again: B's events are relayed as they come.
+    stream.b_to_a.dtmf = None
+    await pool.sync(stream.worker)
+    await b.send(b_sends.protect(packet(4, 96, 0xB0B, start)), stream.b.ports.rtp_port)
+    assert fields((await a.receive())[0])[1:3] == (96, 4)
+
+
+async def test_a_flood_of_events_is_copied_within_bounds(pool: WorkerPool) -> None:
+    a, b = await phones(2)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    taken: list[bytes] = []
+    stream.a_to_b.dtmf = DtmfInterworking(take_payload_type=101, on_event=taken.append)
+    await pool.sync(stream.worker)
+    flood = 3 * DTMF_COPIES_PER_SECOND
+    for n in range(flood):
+        await a.send(
+            packet(n, 101, 1, event_payload(1, end=True, duration=8)), stream.a.ports.rtp_port
+        )
+    await eventually(
+        lambda: (
+            stream.a_to_b.statistics().dropped_transform == 0
+            and len(taken) >= DTMF_COPIES_PER_SECOND
+        ),
+        "copies arrived",
+    )
+    await pool.sync(stream.worker)
+    # Sent within well under a second: one second's worth copied, the rest only taken.
+    assert DTMF_COPIES_PER_SECOND <= len(taken) < flood

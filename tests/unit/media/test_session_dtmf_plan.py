@@ -1,0 +1,178 @@
+"""MediaSession decides DTMF interworking at each answer (gateway/core/media/session.py,
+docs/architecture.md "DTMF interworking"): the offerer offered telephone-event, the answerer
+answered without it. The offerer's answer keeps its telephone-event; the streams' directions
+get their DtmfInterworking (take from the RFC 4733 leg, inject towards it); nothing when both
+legs or neither have it, or when it is off; restored when an offer is abandoned. A real relay
+binds its ports on 127.0.0.1 in 22700-22799; no packet is sent."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.core.config import PortRange
+from gateway.core.media.dtmf import Digit, event_payload
+from gateway.core.media.ports import PortAllocator
+from gateway.core.media.relay import MediaRelay, MediaStream
+from gateway.core.media.session import DtmfPlan, MediaSession
+from gateway.core.sdp.model import SessionDescription
+from gateway.core.sdp.parser import parse_sdp_untrusted
+
+RANGE = PortRange(22700, 22799)
+
+
+def sdp(port: int, *media_lines: str, formats: str, version: int = 1) -> SessionDescription:
+    lines = [
+        "v=0",
+        f"o=- 1 {version} IN IP4 127.0.0.1",
+        "s=-",
+        "c=IN IP4 127.0.0.1",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP {formats}",
+        *media_lines,
+        "",
+    ]
+    return parse_sdp_untrusted("\r\n".join(lines).encode())
+
+
+WITH_EVENTS = ("a=rtpmap:0 PCMU/8000", "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16")
+CALLER = sdp(20000, *WITH_EVENTS, formats="0 101")
+INFO_ONLY = sdp(30000, "a=rtpmap:0 PCMU/8000", formats="0")
+CALLEE_WITH_EVENTS = sdp(30000, *WITH_EVENTS, formats="0 101", version=2)
+
+
+def make_session(enabled: bool = True) -> tuple[MediaSession, MediaRelay]:
+    relay = MediaRelay(PortAllocator("127.0.0.1", RANGE), clock=lambda: 0.0)
+    session = MediaSession(
+        relay,
+        media_address="127.0.0.1",
+        session_id_source=itertools.count(1).__next__,
+        dtmf_interworking=enabled,
+    )
+    return session, relay
+
+
+@pytest.fixture
+def session() -> Iterator[MediaSession]:
+    session, relay = make_session()
+    yield session
+    session.close()
+    relay.close()
+    assert relay.allocator.in_use == 0
+
+
+def stream_of(session: MediaSession) -> MediaStream:
+    (stream,) = session.streams
+    assert isinstance(stream, MediaStream)
+    return stream
+
+
+def test_an_answer_without_telephone_event_makes_the_interworking(session: MediaSession) -> None:
+    sent_offer = session.offer_from("a", CALLER)
+    assert sent_offer.media[0].formats == ("0", "101")  # the offer goes as it came
+    answer = session.answer_from("b", INFO_ONLY)
+    session.settle()
+    media = answer.media[0]
+    assert media.formats == ("0", "101")  # kept for the caller (RFC 3264 §6.1)
+    assert "101 telephone-event/8000" in media.attributes.values("rtpmap")
+    assert "101 0-16" in media.attributes.values("fmtp")
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000)
+    stream = stream_of(session)
+    take, inject = stream.a_to_b.dtmf, stream.b_to_a.dtmf
+    assert take is not None and (take.take_payload_type, take.inject_payload_type) == (101, -1)
+    assert inject is not None and (inject.take_payload_type, inject.inject_payload_type) == (
+        -1,
+        101,
+    )
+    assert inject.inject_clock_rate == 8000
+
+
+def test_the_session_reads_the_digits_of_taken_events(session: MediaSession) -> None:
+    session.offer_from("a", CALLER)
+    session.answer_from("b", INFO_ONLY)
+    heard: list[tuple[str, Digit]] = []
+    session.on_dtmf_digit = lambda side, digit: heard.append((side, digit))
+    take = stream_of(session).a_to_b.dtmf
+    assert take is not None and take.on_event is not None
+    header = bytes.fromhex("80650001000003e8000000aa")
+    take.on_event(header + event_payload(11, end=False, duration=400))
+    take.on_event(header + event_payload(11, end=True, duration=1600))
+    take.on_event(header + event_payload(11, end=True, duration=1600))
+    assert heard == [("a", Digit("#", 200))]
+
+
+def test_both_or_neither_with_telephone_event_change_nothing(session: MediaSession) -> None:
+    session.offer_from("a", CALLER)
+    answer = session.answer_from("b", CALLEE_WITH_EVENTS)
+    session.settle()
+    assert session.dtmf is None
+    assert answer.media[0].formats == ("0", "101")
+    stream = stream_of(session)
+    assert stream.a_to_b.dtmf is None and stream.b_to_a.dtmf is None
+    # Neither: a caller without telephone-event is offered none either.
+    other, relay = make_session()
+    try:
+        offer = other.offer_from("a", INFO_ONLY)
+        assert offer.media[0].formats == ("0",)
+        other.answer_from("b", INFO_ONLY)
+        assert other.dtmf is None
+    finally:
+        other.close()
+        relay.close()
+
+
+def test_a_reinvite_that_brings_telephone_event_ends_it_and_abandoning_restores(
+    session: MediaSession,
+) -> None:
+    session.offer_from("a", CALLER)
+    session.answer_from("b", INFO_ONLY)
+    session.settle()
+    plan = session.dtmf
+    assert plan is not None
+    # The callee re-offers with telephone-event: both legs have it now.
+    session.offer_from("b", CALLEE_WITH_EVENTS)
+    session.answer_from("a", sdp(20000, *WITH_EVENTS, formats="0 101", version=2))
+    session.settle()
+    assert session.dtmf is None
+    stream = stream_of(session)
+    assert stream.a_to_b.dtmf is None and stream.b_to_a.dtmf is None
+    # The caller re-offers, the callee answers without: interworking again; a refused re-offer
+    # (abandoned) leaves it as it was.
+    session.offer_from("a", sdp(20000, *WITH_EVENTS, formats="0 101", version=3))
+    session.answer_from("b", sdp(30000, "a=rtpmap:0 PCMU/8000", formats="0", version=3))
+    session.settle()
+    assert session.dtmf == plan
+    session.offer_from("b", sdp(30000, *WITH_EVENTS, formats="0 101", version=4))
+    session.abandon_offer()
+    assert session.dtmf == plan
+    assert stream.a_to_b.dtmf is not None
+
+
+def test_a_callee_reoffer_with_telephone_event_answered_without_swaps_the_legs(
+    session: MediaSession,
+) -> None:
+    session.offer_from("a", INFO_ONLY)
+    session.answer_from("b", INFO_ONLY)
+    session.settle()
+    assert session.dtmf is None
+    session.offer_from("b", CALLEE_WITH_EVENTS)
+    answer = session.answer_from("a", sdp(20000, "a=rtpmap:0 PCMU/8000", formats="0", version=2))
+    assert session.dtmf == DtmfPlan(0, "b", "a", 101, 8000)
+    assert answer.media[0].formats == ("0", "101")
+    stream = stream_of(session)
+    assert stream.b_to_a.dtmf is not None and stream.b_to_a.dtmf.take_payload_type == 101
+
+
+def test_off_means_relayed_as_it_comes() -> None:
+    session, relay = make_session(enabled=False)
+    try:
+        session.offer_from("a", CALLER)
+        answer = session.answer_from("b", INFO_ONLY)
+        assert answer.media[0].formats == ("0",)
+        assert session.dtmf is None
+        assert not session.send_dtmf_event(b"\x01\x0a\x00\x00", marker=True, start=True)
+    finally:
+        session.close()
+        relay.close()
