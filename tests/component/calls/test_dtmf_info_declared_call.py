@@ -215,3 +215,29 @@ async def test_without_the_declaration_nothing_is_added_and_info_is_relayed(
     assert info.request.body == b"Signal=9\r\nDuration=100\r\n"
     await env.alice.respond(info, 200)
     assert (await exchange.final()).status == 200
+
+
+async def test_a_reinvite_from_the_info_trunk_offers_telephone_event_again(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        alice_auto=AutoAnswer(ring=False, status=None),  # re-INVITEs answered with her codecs
+        carrier={"dtmf": "info"},
+    )
+    incoming, _, _ = await info_trunk_calls_alice(env)
+    plan = b2bua_call(env).media.dtmf
+    assert plan == DtmfPlan(0, "b", "a", 101, 8000)
+    ok = await incoming.reinvite(
+        simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0",), version=2, direction="sendonly")
+    )
+    assert ok.status == 200
+    reoffer = env.alice.requests("INVITE")[-1]
+    assert telephone_events(reoffer.body) == ["101 telephone-event/8000"]  # the same number
+    assert fmtps(reoffer.body) == ["101 0-16"]
+    assert telephone_events(ok.body) == [] and parse_sdp_untrusted(ok.body).media[0].formats == (
+        "0",
+    )
+    assert b2bua_call(env).media.dtmf == plan
