@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import attrs
 import trio
 
-from gateway.core.config import ListenSpec
+from gateway.core.config import DtmfMode, ListenSpec
 from gateway.core.transport.flows import Address, Flow, FlowTable
 
 if TYPE_CHECKING:
@@ -452,7 +452,7 @@ class DeviceProfile:
     notes: str = ""
     key_exchanges: tuple[str, ...] | None = None
     suites: tuple[str, ...] | None = None
-    dtmf: str = "rfc4733"
+    dtmf: DtmfMode = "rfc4733"
 
     def matches(self, user_agent: str) -> bool:
         return any(user_agent.startswith(prefix) for prefix in self.user_agent_prefixes)
