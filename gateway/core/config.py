@@ -252,6 +252,12 @@ def _read_only(mapping: Mapping[str, str]) -> Mapping[str, str]:
     return types.MappingProxyType(dict(mapping))
 
 
+DtmfMode = Literal["rfc4733", "info"]
+"""How a peer sends DTMF: as its SDP negotiates (RFC 4733 events when both legs have
+telephone-event), or by SIP INFO only (``[[trunks]] dtmf``, ``DeviceProfile.dtmf``)."""
+DTMF_MODES: tuple[DtmfMode, ...] = ("rfc4733", "info")
+
+
 @attrs.frozen
 class TrunkConfig:
     """One ``[[trunks]]`` table: a SIP trunk (a carrier or a PBX) we send calls to and accept
@@ -287,6 +293,10 @@ class TrunkConfig:
     (gateway/core/calls/subscriptions.py); at most one trunk sets it. ``location`` is when a
     caller's location (RFC 6442) goes to the trunk: ``"emergency"`` only on calls to
     ``[numbering] emergency_numbers``, ``"all"``, ``"never"`` (gateway/core/calls/location.py).
+    ``dtmf`` is how the trunk's peer sends DTMF: ``"rfc4733"`` as its SDP negotiates (events,
+    or in-band without telephone-event), ``"info"`` by SIP INFO only: its offers without
+    telephone-event get one towards the other leg, and the digits are interworked
+    (docs/architecture.md "DTMF interworking").
     """
 
     name: str
@@ -327,6 +337,7 @@ class TrunkConfig:
     national_number_length: int | None = None
     voicemail: bool = False
     location: LocationPolicy = "emergency"
+    dtmf: DtmfMode = "rfc4733"
 
     @property
     def registered_contact_user(self) -> str:

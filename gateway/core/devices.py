@@ -22,6 +22,9 @@ What a profile changes, on that device's legs only (``narrowed_for_device`` and 
 - ``suites`` narrows the SRTP suites to those it accepts (a phone that refuses AEAD or 256-bit
   suites). Narrowing never adds cleartext: a leg whose policy forbids it and whose device takes
   none of what is left is refused with the reason, as any leg that cannot get keys.
+- ``dtmf = "info"`` declares a model that sends DTMF only as SIP INFO (as a trunk's ``dtmf``
+  does): its offers without telephone-event get one towards the other leg, and the digits are
+  interworked (docs/architecture.md "DTMF interworking"); ``LegSecurity.dtmf_info``.
 
 The call's security record names the profile (``voipgw calls``: "device yealink-t4").
 
@@ -35,6 +38,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from gateway.core.config import DTMF_MODES
 from gateway.core.interfaces import DeviceProfile, MediaPolicy
 from gateway.core.media.policy import ALL_KEY_EXCHANGES
 from gateway.core.media.srtp import SUITES
@@ -167,6 +171,10 @@ def check_profiles(
                 raise PluginError(
                     f"{where}: key_exchanges: unknown key exchange {exchange!r} (known: {known})"
                 )
+        if profile.dtmf not in DTMF_MODES:
+            raise PluginError(
+                f"{where}: dtmf: {profile.dtmf!r} is not one of {', '.join(DTMF_MODES)}"
+            )
         for suite in profile.suites or ():
             if suite not in SUITES:
                 raise PluginError(

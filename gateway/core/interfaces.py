@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import attrs
 import trio
 
-from gateway.core.config import ListenSpec
+from gateway.core.config import DtmfMode, ListenSpec
 from gateway.core.transport.flows import Address, Flow, FlowTable
 
 if TYPE_CHECKING:
@@ -440,7 +440,10 @@ class DeviceProfile:
     ``media_policy`` replaces the policy of an account or trunk at ``best-effort`` (the default,
     set or not; any other is kept); ``key_exchanges`` and ``suites`` narrow the leg's policy to
     the key exchanges (``"sdes"``, ``"dtls"``, ``"zrtp"``, ``"mikey"``) and SRTP suites (SDES
-    names) the model takes; None: no limit. ``notes`` is for people (``voipgw plugins`` lists
+    names) the model takes; None: no limit. ``dtmf``: ``"info"`` for a model that sends and
+    expects DTMF only as SIP INFO (its offers without telephone-event get one towards the other
+    leg, and the digits are interworked: docs/architecture.md "DTMF interworking"), else
+    ``"rfc4733"`` (as its SDP negotiates). ``notes`` is for people (``voipgw plugins`` lists
     profiles)."""
 
     name: str
@@ -449,6 +452,7 @@ class DeviceProfile:
     notes: str = ""
     key_exchanges: tuple[str, ...] | None = None
     suites: tuple[str, ...] | None = None
+    dtmf: DtmfMode = "rfc4733"
 
     def matches(self, user_agent: str) -> bool:
         return any(user_agent.startswith(prefix) for prefix in self.user_agent_prefixes)

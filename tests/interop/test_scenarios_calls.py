@@ -394,3 +394,156 @@ def test_the_info_dtmf_uas_checks_the_info_it_gets(
     assert answered.ok is ok, answered.describe()
     if not ok:
         assert "Failed regexp match" in answered.error_log.read_text()
+
+
+# A callee answering with the formats given (``{formats}``, ``{rtpmaps}``), that sends a key
+# press (200 ms after the ACK, as a person would) as an INFO with the body given (``{body}``),
+# takes the caller's INFO and the BYE: the counterpart of calls/uac_call_info_dtmf.xml, whose
+# answer and INFO checks the INFO-trunk test (test_dtmf_info_declared_sipp.py) relies on.
+INFO_CALLEE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="uas answer sending an INFO">
+  <recv request="INVITE" crlf="true" rrs="true">
+    <action>
+      <ereg regexp="[^ \\t].*" search_in="hdr" header="From:" check_it="true" assign_to="caller"/>
+    </action>
+  </recv>
+  <send retrans="500">
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=sipp 1 1 IN IP[local_ip_type] [media_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP {formats}
+{rtpmaps}
+    ]]>
+  </send>
+  <recv request="ACK" crlf="true">
+    <action>
+      <ereg regexp="[^ \\t].*" search_in="hdr" header="To:" check_it="true" assign_to="callee"/>
+    </action>
+  </recv>
+  <pause milliseconds="200"/>
+  <send retrans="500">
+    <![CDATA[
+      INFO [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: [$callee]
+      To: [$caller]
+      Call-ID: [call_id]
+      CSeq: 1 INFO
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      {body}
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv request="INFO"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"""
+
+PCMU_ONLY = ("0", "      a=rtpmap:0 PCMU/8000")
+WITH_EVENTS = (
+    "0 101",
+    "      a=rtpmap:0 PCMU/8000\n      a=rtpmap:101 telephone-event/8000\n      a=fmtp:101 0-16",
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "body", "ok"),
+    [
+        (PCMU_ONLY, "Signal=5\nDuration=160", True),
+        (WITH_EVENTS, "Signal=5\nDuration=160", False),
+        (PCMU_ONLY, "Signal=9\nDuration=160", False),
+    ],
+    ids=["no-telephone-event-digit-5", "answered-with-telephone-event", "another-digit"],
+)
+def test_the_info_dtmf_uac_checks_the_answer_and_the_info_it_gets(
+    tmp_path: Path, answer: tuple[str, str], body: str, ok: bool
+) -> None:
+    callee_scenario = tmp_path / "uas_answer_send_info.xml"
+    formats, rtpmaps = answer
+    callee_scenario.write_text(INFO_CALLEE.format(formats=formats, rtpmaps=rtpmaps, body=body))
+    with SippUas(callee_scenario, workdir=tmp_path, timeout=5) as callee:
+        caller = run_sipp_uac(
+            "calls/uac_call_info_dtmf.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="alice",
+            call_duration_ms=100,
+            files={"caller_audio.pcap": pcap_of([b"\x80\x00" + bytes(170)])},
+            timeout=4,
+        )
+        callee.wait(timeout=10)
+    assert caller.ok is ok, caller.describe()
+    if not ok:
+        errors = caller.error_log.read_text()
+        # check_it_inverse (no telephone-event in the answer) says it in other words.
+        assert "Failed regexp match" in errors or "Regexp matched but should not" in errors
+
+
+@pytest.mark.parametrize(
+    ("caller_scenario", "ok"),
+    [("calls/uac_call_dtmf.xml", True), ("calls/uac_call_info_dtmf.xml", False)],
+    ids=["offered-telephone-event-101", "offered-none"],
+)
+def test_the_rfc4733_dtmf_uas_checks_the_offer_it_gets(
+    tmp_path: Path, caller_scenario: str, ok: bool
+) -> None:
+    callee = SippUas("calls/uas_answer_rfc4733_dtmf.xml", workdir=tmp_path, timeout=5)
+    (callee.rundir / "dtmf101.pcap").write_bytes(pcap_of([b"\x80\x00" + bytes(170)]))
+    audio = pcap_of([b"\x80\x00" + bytes(170)])
+    with callee:
+        run_sipp_uac(
+            caller_scenario,
+            callee.address,
+            workdir=tmp_path,
+            service="alice",
+            call_duration_ms=100,
+            files={"dtmf101.pcap": audio, "caller_audio.pcap": audio},
+            timeout=4,
+        )
+        answered = callee.wait(timeout=10)
+    assert answered.ok is ok, answered.describe()
+    if not ok:
+        assert "Failed regexp match" in answered.error_log.read_text()

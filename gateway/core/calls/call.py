@@ -723,7 +723,11 @@ class Call:
         offer_b: SessionDescription | None = None  # a late offer: each B leg makes the offer
         if offer is not None:
             try:
-                offer_b = self.media.offer_from(Side.A.value, self.a.security.take_offer(offer))
+                offer_b = self.media.offer_from(
+                    Side.A.value,
+                    self.a.security.take_offer(offer),
+                    dtmf_info=self.a.security.dtmf_info,
+                )
             except SdpError as err:
                 await self._reject_a(488, "Not Acceptable Here", err.reason)
             except PortsExhausted:
@@ -1643,7 +1647,9 @@ class Call:
             if not sdp:
                 raise SdpError("an INVITE picking up a call needs an SDP offer")
             offer = picker.security.take_offer(parse_sdp_untrusted(sdp))
-            offer_a = self.a.security.make_offer(self.media.offer_from(Side.B.value, offer))
+            offer_a = self.a.security.make_offer(
+                self.media.offer_from(Side.B.value, offer, dtmf_info=picker.security.dtmf_info)
+            )
         except (SdpError, UnsupportedBody, PortsExhausted) as err:
             reason = err.reason if isinstance(err, SdpError | UnsupportedBody) else "no media ports"
             log.info("call %s: pickup by %s refused: %s", self.id, picker.peer_name, reason)
@@ -1727,7 +1733,9 @@ class Call:
             if not sdp:
                 raise SdpError("2xx without SDP offer to our INVITE without SDP")
             plain = self.media.offer_from(
-                Side.B.value, leg.security.take_offer(parse_sdp_untrusted(sdp))
+                Side.B.value,
+                leg.security.take_offer(parse_sdp_untrusted(sdp)),
+                dtmf_info=leg.security.dtmf_info,
             )
             offer_a = self.a.security.make_offer(plain)
         except SdpError as err:
@@ -2278,7 +2286,7 @@ class Call:
         own = self._leg(side).security
         other = self._leg(side.other).security
         assert own is not None and other is not None
-        plain = self.media.offer_from(side.value, own.take_offer(offer))
+        plain = self.media.offer_from(side.value, own.take_offer(offer), dtmf_info=own.dtmf_info)
         return other.make_offer(plain)
 
     async def _relay_request(self, event: RequestEvent) -> None:
@@ -2583,7 +2591,9 @@ class Call:
             if not sdp:
                 raise SdpError("2xx without SDP offer to our re-INVITE without SDP")
             plain = self.media.offer_from(
-                answered_side.value, answering.take_offer(parse_sdp_untrusted(sdp))
+                answered_side.value,
+                answering.take_offer(parse_sdp_untrusted(sdp)),
+                dtmf_info=answering.dtmf_info,
             )
             offer = requester.make_offer(plain)
         except (SdpError, PortsExhausted) as err:
@@ -3108,7 +3118,9 @@ class Call:
             if not sdp:
                 raise SdpError("2xx without SDP offer to our INVITE without SDP")
             plain = self.media.offer_from(
-                transfer.side.value, leg.security.take_offer(parse_sdp_untrusted(sdp))
+                transfer.side.value,
+                leg.security.take_offer(parse_sdp_untrusted(sdp)),
+                dtmf_info=leg.security.dtmf_info,
             )
             offer = transferee.security.make_offer(plain)
         except (SdpError, PortsExhausted) as err:

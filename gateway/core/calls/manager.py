@@ -479,6 +479,8 @@ class CallManager:
         gateway = self.gateway
         configured: str | None = None
         offer_feedback = gateway.config.media.offer_rtcp_feedback
+        # DTMF by SIP INFO only, as the trunk or the device profile declares it.
+        dtmf_info = device is not None and device.dtmf == "info"
         if kind == "account" and name is not None and gateway.store is not None:
             account = gateway.store.get_account(name)
             configured = account.media_policy if account is not None else None
@@ -487,6 +489,8 @@ class CallManager:
             configured = trunk.media_policy if trunk is not None else None
             if trunk is not None and trunk.offer_rtcp_feedback is not None:
                 offer_feedback = trunk.offer_rtcp_feedback
+            if trunk is not None and trunk.dtmf == "info":
+                dtmf_info = True
         if device is not None and device.media_policy and configured in (None, DEFAULT_POLICY):
             configured = device.media_policy  # only over best-effort: never weakens another
         secure = flow.secure if flow is not None else transport in TLS_TRANSPORTS
@@ -517,6 +521,7 @@ class CallManager:
             offer_feedback=offer_feedback,
             leg=leg,  # for key exchanges keyed per account or trunk (mikey's PSK modes)
             failures=None if self.statistics is None else self.statistics.key_exchange_failures,
+            dtmf_info=dtmf_info,
         )
 
     def new_media_session(self, on_lost: Callable[[str], None] | None = None) -> MediaSession:

@@ -153,8 +153,14 @@ class LegSecurity:
         leg: LegInfo | None = None,
         failures: collections.Counter[str] | None = None,
         ice: bool = True,
+        dtmf_info: bool = False,
     ) -> None:
         self.side = side
+        self.dtmf_info = dtmf_info
+        """The leg's peer sends DTMF only as SIP INFO (its trunk's or account's ``dtmf``, its
+        device profile's): its offers go to the other leg with telephone-event added
+        (``MediaSession.offer_from(dtmf_info=)``, docs/architecture.md "DTMF interworking").
+        Not a security matter; kept here because every leg's offer goes through this object."""
         self.ice = LegIce(
             _IDS.token_hex, enabled=ice, browser=signalling.lower() in _WEBSOCKET_TRANSPORTS
         )

@@ -208,6 +208,9 @@ class _Exchange:
     """The payload type renumbering of each stream direction before the offer."""
     dtmf_before: DtmfPlan | None = None
     """The DTMF interworking before the offer."""
+    added_event: tuple[int, int] | None = None
+    """(m= line, payload type) of the telephone-event we added to the offer we sent for an
+    offerer declared to do DTMF by SIP INFO (:func:`with_telephone_event`); None: none."""
     answer: SessionDescription | None = None
     """The latest answer received."""
 
@@ -375,8 +378,16 @@ class MediaSession:
 
     # -- offer/answer --------------------------------------------------------------------------
 
-    def offer_from(self, side: Side, offer: SessionDescription) -> SessionDescription:
+    def offer_from(
+        self, side: Side, offer: SessionDescription, *, dtmf_info: bool = False
+    ) -> SessionDescription:
         """Relay an offer received on ``side``'s leg; returns the offer for the other leg.
+
+        ``dtmf_info``: ``side``'s peer is declared to send and expect DTMF as SIP INFO (its
+        trunk's or account's ``dtmf = "info"``, its device profile's). When its offer has no
+        telephone-event, the offer we send gets one on the first audio line, so that an
+        answerer that accepts it gets the peer's digits as RFC 4733 events (docs/architecture.md
+        "DTMF interworking"); our answer to the peer leaves it out again.
 
         Opens a stream for each new m= line the relay can carry (RFC 3264 §8.3: a re-offer keeps
         the stream at each position and may add lines), and points the offerer's side of every
@@ -469,6 +480,9 @@ class MediaSession:
                 media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(media))
+        added_event: tuple[int, int] | None = None
+        if dtmf_info and self._interworks_dtmf:
+            added_event = self._add_telephone_event(offer, relayed, previous, media_out)
         sent = self._send(answerer, offer, media_out, times=offer.times)
         self._exchange = _Exchange(
             offerer=offerer,
@@ -481,6 +495,7 @@ class MediaSession:
             opaque_before=opaque_before,
             renumbered_before=dict(self._renumbered),
             dtmf_before=self.dtmf,
+            added_event=added_event,
         )
         return sent
 
@@ -557,8 +572,9 @@ class MediaSession:
         self._renumber(
             exchange.offer, offerer, numbering or answer, accepted, set() if numbering else alike
         )
-        plan = self._plan_dtmf(exchange.offer, offerer, numbering or answer, accepted)
+        plan = self._plan_dtmf(exchange, numbering or answer, accepted)
         self._set_dtmf(plan)
+        added = exchange.added_event
 
         media_out: list[MediaDescription] = []
         for index, (offered, answered) in enumerate(
@@ -572,6 +588,10 @@ class MediaSession:
                     _side(stream, offerer),
                     rtcp_mux=_rtcp_mux(offered),  # RFC 5761 §5.1.1: we can always mux
                 )
+                if added is not None and added[0] == index:
+                    # The offerer never offered telephone-event: it may not be answered to it
+                    # (RFC 3264 §6.1); its digits travel as INFO.
+                    rewritten = _without_telephone_event(rewritten)
                 # In the offerer's numbers, which an answer reuses (§6.1): the answerer's
                 # leg may number a codec otherwise (our re-offer kept its numbers, §8.3.2).
                 if index not in alike:
@@ -810,23 +830,62 @@ class MediaSession:
 
     def _plan_dtmf(
         self,
-        offer: SessionDescription,
-        offerer: Side,
+        exchange: _Exchange,
         answer: SessionDescription,
         accepted: dict[int, _Remote],
     ) -> DtmfPlan | None:
-        """The interworking the answer makes: on the first accepted audio line, the offerer
+        """The interworking the answer makes, on the first accepted audio line: the offerer
         with telephone-event and the answerer without (an answerer cannot have it unless it
-        was offered, RFC 3264 §6.1)."""
+        was offered, RFC 3264 §6.1); or the offerer without, declared to do INFO, and the
+        answerer accepting the telephone-event we added for it (``exchange.added_event``)."""
         if not self._interworks_dtmf:
             return None
+        offer, offerer = exchange.offer, exchange.offerer
         index = _first_audio(offer, accepted)
         if index is None or index >= len(answer.media):
             return None
         offered = telephone_event(offer.media[index])
-        if offered is None or telephone_event(answer.media[index]) is not None:
-            return None  # both or neither: relayed as ever
+        if offered is None:
+            added = exchange.added_event
+            if added is None or added[0] != index:
+                return None  # neither has it: relayed as ever
+            answered = telephone_event(answer.media[index])
+            if answered is None:
+                return None  # declined: nothing changes
+            # The answerer sends and receives events with its own SDP's number (§5.1).
+            return DtmfPlan(index, _other(offerer), offerer, *answered)
+        if telephone_event(answer.media[index]) is not None:
+            return None  # both: relayed as ever
         return DtmfPlan(index, offerer, _other(offerer), *offered)
+
+    def _add_telephone_event(
+        self,
+        offer: SessionDescription,
+        relayed: Mapping[int, object],
+        previous: SessionDescription | None,
+        media_out: list[MediaDescription],
+    ) -> tuple[int, int] | None:
+        """Add telephone-event to our offer's first audio line (in ``media_out``) for an
+        offerer declared to do DTMF by INFO whose offer has none; (m= line, payload type), or
+        None when nothing was added (it has one, no audio line, no free number)."""
+        index = _first_audio(offer, relayed)
+        if index is None or telephone_event(offer.media[index]) is not None:
+            return None
+        last = None
+        if previous is not None and index < len(previous.media):
+            last = previous.media[index]
+        media = with_telephone_event(media_out[index], last)
+        if media is None:
+            log.info("m= line %d: no free payload type for telephone-event", index + 1)
+            return None
+        media_out[index] = media
+        payload_type = int(media.formats[-1])
+        log.info(
+            "m= line %d: telephone-event %d offered for a leg that does DTMF by SIP INFO",
+            index + 1,
+            payload_type,
+        )
+        return index, payload_type
 
     def _set_dtmf(self, plan: DtmfPlan | None) -> None:
         """Give the streams ``plan``'s interworking (None: none), if it is not theirs yet."""
@@ -1112,6 +1171,73 @@ def _dtmf_answer(
         answer,
         formats=(*answer.formats, str(plan.payload_type)),
         attributes=answer.attributes.extend(extra),
+    )
+
+
+ADDED_EVENT_PAYLOAD_TYPE = 101
+"""The number we give the telephone-event we add when it is free (the usual one: Asterisk,
+FreeSWITCH and most phones offer 101)."""
+ADDED_EVENT_RTPMAP = "telephone-event/8000"
+ADDED_EVENT_FMTP = "0-16"
+"""Events 0-15 are the DTMF digits, 16 flash-hook (RFC 4733 §3.2; the fmtp of §2.4.1)."""
+
+
+def with_telephone_event(
+    media: MediaDescription, last: MediaDescription | None
+) -> MediaDescription | None:
+    """``media`` (an offer we are about to send, without telephone-event) with
+    telephone-event/8000 and ``a=fmtp:<pt> 0-16`` added as its last format, numbered as the
+    leg knows it: the number ``last`` (the SDP we last sent on that leg) gave telephone-event
+    (RFC 3264 §8.3.2: a re-offer keeps its numbers), else 101, else the lowest dynamic number
+    (96-127) neither ``media`` nor ``last`` uses (a number may not change its codec within a
+    session; docs/architecture.md "Payload type numbers"). None when no number is free."""
+    used = set(media.formats)
+    known: set[str] = set()
+    kept: int | None = None
+    if last is not None and not last.is_rejected:
+        known = set(last.formats)
+        before = telephone_event(last)
+        if before is not None and before[1] == 8000:
+            kept = before[0]
+    candidates = [kept] if kept is not None else []
+    candidates += [ADDED_EVENT_PAYLOAD_TYPE, *range(96, 128)]
+    for payload_type in candidates:
+        number = str(payload_type)
+        if number in used or (number in known and payload_type != kept):
+            continue
+        return attrs.evolve(
+            media,
+            formats=(*media.formats, number),
+            attributes=media.attributes.extend(
+                [
+                    ("rtpmap", f"{number} {ADDED_EVENT_RTPMAP}"),
+                    ("fmtp", f"{number} {ADDED_EVENT_FMTP}"),
+                ]
+            ),
+        )
+    return None
+
+
+def _without_telephone_event(media: MediaDescription) -> MediaDescription:
+    """``media`` (our answer to an offerer that offered no telephone-event) without the
+    answerer's telephone-event; as it is when that would leave no format (an answerer that
+    accepted nothing else: not ours to repair)."""
+    found = telephone_event(media)
+    if found is None:
+        return media
+    number = str(found[0])
+    formats = tuple(f for f in media.formats if f != number)
+    if not formats:
+        return media
+    return attrs.evolve(
+        media,
+        formats=formats,
+        attributes=media.attributes.remove_if(
+            lambda a: (
+                a.name.lower() in ("rtpmap", "fmtp", "rtcp-fb")
+                and (a.value or "").partition(" ")[0] == number
+            )
+        ),
     )
 
 

@@ -225,3 +225,23 @@ def test_voicemail_trunk(tmp_path: Path) -> None:
     assert config.voicemail_trunk is not None and config.voicemail_trunk.name == "vm"
     assert not config.trunks[0].voicemail
     assert cfg.from_toml(write(tmp_path, T)).voicemail_trunk is None
+
+
+def test_dtmf_is_rfc4733_unless_declared_info(tmp_path: Path) -> None:
+    config = cfg.from_toml(
+        write(
+            tmp_path,
+            '[[trunks]]\nname = "pbx"\naddress = "udp:192.0.2.20:5060"\ndtmf = "info"\n'
+            '[[trunks]]\nname = "carrier"\naddress = "udp:192.0.2.10:5060"\n',
+        )
+    )
+    pbx, carrier = config.trunks
+    assert (pbx.dtmf, carrier.dtmf) == ("info", "rfc4733")
+
+
+def test_an_unknown_dtmf_mode_names_the_trunk_key(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path, '[[trunks]]\nname = "pbx"\naddress = "udp:192.0.2.20:5060"\ndtmf = "inband"\n'
+    )
+    assert "dtmf" in str(error) and "trunks" in str(error)
+    assert "'rfc4733'" in str(error) and "'info'" in str(error)

@@ -154,3 +154,10 @@ def test_profiles_naming_what_does_not_exist_are_refused_with_their_plugin() -> 
         )
     with pytest.raises(PluginError, match="not a DeviceProfile"):
         check_profiles([("bad", "a string", "acme")], BUILTIN_POLICIES, [])  # type: ignore[list-item]
+
+
+def test_a_profile_dtmf_mode_must_be_known() -> None:
+    check_profiles([("old", DeviceProfile(name="old", dtmf="info"), "acme")], BUILTIN_POLICIES, [])
+    with pytest.raises(PluginError, match=r"device profile 'bad' \(plugin 'acme'\): dtmf"):
+        bad = DeviceProfile(name="bad", dtmf="inband")  # type: ignore[arg-type]
+        check_profiles([("bad", bad, "acme")], BUILTIN_POLICIES, [])

@@ -1,0 +1,99 @@
+"""A trunk declared ``dtmf = "info"`` through ``voipgw run`` against sipp (the opposite of
+test_dtmf_interworking_sipp.py): the calling trunk (sipp on 127.0.0.2, calls/
+uac_call_info_dtmf.xml) is an old PBX that offers PCMU only and does DTMF by SIP INFO; alice's
+phone (sipp, calls/uas_answer_rfc4733_dtmf.xml) must be offered telephone-event 101 with
+``a=fmtp:101 0-16`` (her scenario checks), answers with it and replays a key press (5) as RFC
+4733 events from a pcap. The trunk's answer must have no telephone-event, and it must get one
+INFO ``Signal=5`` (its scenario checks); its own INFO (Signal=7) must be answered 200 and reach
+alice as RFC 4733 events, read off a capture by tshark: the marker on the first, one timestamp,
+the E bit on the last three, the trunk's audio SSRC, sequence numbers on from its audio's.
+The trunk never gets alice's event packets. With ``[media] workers = 2`` the same happens in
+a media worker. Without the declaration alice would be offered no telephone-event (her
+scenario fails) and the trunk would get no INFO."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import (
+    Capture,
+    GatewayProcess,
+    SippUas,
+    rtp_packets,
+    run_sipp_uac,
+    udp_filter,
+)
+from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.test_dtmf_interworking_sipp import events_to
+from tests.interop.test_pickup_payload_types_sipp import key_press
+from tests.interop.test_t38_sipp import pcap_of
+
+pytestmark = pytest.mark.interop
+
+TRUNK_SSRC, ALICE_SSRC = 0x7A0C0202, 0xA11CE111
+TRUNK_AUDIO = 5
+
+
+def trunk_audio() -> list[bytes]:
+    return [
+        struct.pack("!BBHII", 0x80, 0, seq, 160 * seq, TRUNK_SSRC) + b"\xff" * 160
+        for seq in range(TRUNK_AUDIO)
+    ]
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "media-workers"])
+def test_an_info_trunk_and_an_rfc4733_phone_exchange_digits(tmp_path: Path, workers: int) -> None:
+    with GatewayProcess(
+        tmp_path,
+        accounts=ACCOUNTS,
+        extra_toml=inbound_trunk() + 'dtmf = "info"\n',
+        settings={"media": {"workers": workers}},
+    ) as gw:
+        alice = SippUas("calls/uas_answer_rfc4733_dtmf.xml", workdir=tmp_path, timeout=20)
+        (alice.rundir / "dtmf101.pcap").write_bytes(pcap_of(key_press(101, ALICE_SSRC)))
+        register(gw, tmp_path, "udp", alice.port)
+        with alice, Capture(tmp_path / "dtmf.pcap", udp_filter(gw.media_ports)) as capture:
+            caller = run_sipp_uac(
+                "calls/uac_call_info_dtmf.xml",
+                gw.address,
+                workdir=tmp_path,
+                service=DID,
+                caller="+4940777",
+                local_ip=TRUNK_IP,
+                call_duration_ms=1500,
+                files={"caller_audio.pcap": pcap_of(trunk_audio())},
+            )
+            caller.check()  # no telephone-event in its answer, got INFO Signal=5, its INFO 200
+            answered = alice.wait(timeout=15)
+            answered.check()  # offered telephone-event 101 with a=fmtp:101 0-16
+            capture.stop()
+        log = gw.log_text()
+
+    (info,) = caller.received("INFO ")
+    # 640 units at 8000 Hz; the trace shows lines with LF, the length counts CRLF ones.
+    assert "Content-Length: 23\n\nSignal=5\nDuration=80\n" in info.replace("\r\n", "\n")
+    low, high = gw.media_ports
+    ports = [*range(low, high + 1), caller.media_port, answered.media_port]
+    # The trunk got alice's audio but none of her events (taken for the INFO).
+    to_trunk = [
+        p
+        for p in rtp_packets(capture.path, ports)
+        if int(p["dstport"]) == caller.media_port and int(p["ssrc"], 16) == ALICE_SSRC
+    ]
+    payload_types = [int(p["payload_type"]) for p in to_trunk]
+    assert payload_types and set(payload_types) == {0}
+    # The trunk's INFO digit reached alice as RFC 4733 events, in the trunk's audio stream.
+    events = events_to(capture.path, ports, answered.media_port)
+    assert [e[0] for e in events] == ["1", "0", "0", "0"]  # a start, three ends (100 ms)
+    assert [int(e[1]) for e in events] == [5, 6, 7, 8]  # on from its audio (0..4)
+    assert len({e[2] for e in events}) == 1  # one timestamp for the event
+    assert {int(e[3], 16) for e in events} == {TRUNK_SSRC}
+    assert {e[4] for e in events} == {"7"}
+    assert [e[5] for e in events] == ["0", "1", "1", "1"]
+    assert events[-1][6] == "800"
+    assert "telephone-event 101 offered for a leg that does DTMF by SIP INFO" in log
+    assert "DTMF interworking, leg b RFC 4733 (payload type 101/8000), leg a SIP INFO" in log
+    assert "Traceback" not in log
