@@ -157,7 +157,7 @@ class LegSecurity:
     ) -> None:
         self.side = side
         self.dtmf_info = dtmf_info
-        """The leg's peer sends DTMF only as SIP INFO (its trunk's or account's ``dtmf``, its
+        """The leg's peer sends DTMF only as SIP INFO (its trunk's ``dtmf``, its
         device profile's): its offers go to the other leg with telephone-event added
         (``MediaSession.offer_from(dtmf_info=)``, docs/architecture.md "DTMF interworking").
         Not a security matter; kept here because every leg's offer goes through this object."""
