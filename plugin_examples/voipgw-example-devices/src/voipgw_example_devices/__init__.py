@@ -7,6 +7,8 @@ loop.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import attrs
 
 from gateway.core.hookspecs import hookimpl
@@ -25,6 +27,10 @@ class ExampleDevicesConfig:
     # The key exchanges the Acme firmware handles; None: whatever the leg's policy allows.
     # Acme phones reject an offer that carries an a=zrtp-hash they do not know, hence the list.
     key_exchanges: tuple[str, ...] | None = ("sdes", "dtls")
+    # How the firmware sends DTMF: "rfc4733" (telephone-event, as its SDP says) or "info" (SIP
+    # INFO only: the gateway then offers telephone-event to the other leg on its behalf and
+    # converts the digits both ways, docs/architecture.md "DTMF interworking").
+    dtmf: Literal["rfc4733", "info"] = "rfc4733"
 
 
 # Call events seen by this plugin, by kind (a real plugin would export metrics).
@@ -48,6 +54,7 @@ def gateway_register_device_profiles(
                 user_agent_prefixes=(model,),
                 media_policy=config.media_policy,
                 key_exchanges=config.key_exchanges,
+                dtmf=config.dtmf,
                 notes="example profile",
             ),
         )
