@@ -235,6 +235,7 @@ class StatusView:
             rejected_overload=endpoint.rejected_overload,
             rejected_malformed=endpoint.rejected_malformed,
             rejected_too_large=endpoint.rejected_too_large + endpoint.dropped_too_large,
+            dropped_user_agent=endpoint.dropped_user_agent,
             dropped_queue_full=self._gateway.statistics.dropped_queue_full,
             emergency_overload_passes=endpoint.emergency_overload_passes,
             nat_keepalive_contacts=(
