@@ -18,9 +18,10 @@ defence is off, so the "finds nothing" assertions can fail.
 
 Safety (../shared/peers.md §7): always ``-b 127.0.0.1 -x 127.0.0.1``, never ``-R`` (report-back
 to the author) or ``-A`` (external IP lookup); each run bounded by ``--maximumtime`` and a
-timeout (svmap has no ``--maximumtime``: ``-t 0.5`` and the timeout). Each run binds its own free source port (-P): svwar and svcrack default to 5060, where
-a 407 the gateway retransmits to an earlier run's unacknowledged INVITE (RFC 3261 §17.2.1) would
-reach the next run and read as an extension found.
+timeout (svmap has no ``--maximumtime``: ``-t 0.5`` and the timeout). Each run binds its own
+free source port (-P): svwar and svcrack default to 5060, where a 407 the gateway retransmits to
+an earlier run's unacknowledged INVITE (RFC 3261 §17.2.1) would reach the next run and read as
+an extension found.
 """
 
 from __future__ import annotations
