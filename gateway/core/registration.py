@@ -79,6 +79,8 @@ class RegistrationService:
         self.failures = FailureCounter(failure_policy or FailurePolicy())
         self.refused_blocked = 0
         """Requests refused with 403 because their source was blocked, since the start."""
+        self.failed = 0
+        """Failed attempts (a wrong password or an unknown user), since the start."""
         self._blocked_logged_at = -math.inf
         self._blocked_since_log = 0
         self.registrar = Registrar(store, RegistrarPolicy(local_domains=domains), new_tag=new_tag)
@@ -140,6 +142,7 @@ class RegistrationService:
                 return self._reply(request, 403, f"Forbidden ({refused.reason})")
             return outcome
         if isinstance(outcome, BadCredentials | UnknownUser):
+            self.failed += 1
             blocked = self.failures.record_failure(source, user=outcome.username or "", now=now)
             log.warning(
                 "%s from %s: authentication failed for user %r%s",

@@ -1,7 +1,8 @@
 """Requests with a SIP scanner's User-Agent (``[sip] drop_user_agents``) are dropped: no answer,
 no transaction, no authentication or failure counted, counted in the statistics and logged at
 most once a minute. The same requests with a phone's User-Agent, or from a trunk's address, are
-served as ever.
+served as ever. And ``[gateway] auth_max_failures`` / ``auth_failure_window`` reach the failure
+limit of a running gateway.
 
 Set-up as b2bua_env.py: the carrier's trunk is 127.0.0.2; the scanner sends from 192.0.2.66.
 """
@@ -9,12 +10,15 @@ Set-up as b2bua_env.py: the carrier's trunk is 127.0.0.2; the scanner sends from
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
 import trio
 
+from gateway.core.ids import SeededIds
 from gateway.core.status import CallStatistics, StatusView
+from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import GW, TRUNK, B2bua, start_b2bua
 
 SCANNER = ("192.0.2.66", 5060)
@@ -163,3 +167,37 @@ async def test_drops_are_logged_at_most_once_a_minute_with_their_count(
     assert "dropped 50 request(s)" in lines[1]
     # The scanner's own text is cut short in the log.
     assert f"User-Agent '{'x' * 64}'" in lines[1] and SVWAR not in lines[1]
+
+
+async def test_the_failure_limit_is_configured_blocks_one_address_only_and_lifts(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``[gateway] auth_max_failures`` and ``auth_failure_window``: svcrack's pattern (wrong
+    passwords for an account, from one address) is refused with 403 after 2 failures here,
+    alice's own phone at another address registers meanwhile, and after 3 s the guesser is
+    challenged again."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        gateway_table={"auth_max_failures": 2, "auth_failure_window": 3},
+    )
+    guesser = SipAgent(
+        env.network,
+        SCANNER,
+        ids=SeededIds(voipgw_seed + 9),
+        user="alice",
+        password="not-her-password",
+        proxy=GW,
+    )
+    await nursery.start(guesser.serve)
+    assert (await guesser.register()).status == 401  # the first failure: challenged again
+    refused = await guesser.register()  # the second: blocked
+    assert (refused.status, refused.reason) == (403, "Too Many Failed Authentications")
+    assert (await guesser.register()).status == 403
+    assert (await env.alice.register()).status == 200  # her phone, from 127.0.0.3
+    # The service reads the wall clock (time.time), which autojump_clock does not move.
+    registration = env.gateway.registration
+    assert registration is not None
+    registration.clock = lambda: time.time() + 3
+    assert (await guesser.register()).status == 401
