@@ -46,7 +46,8 @@ T = TypeVar("T")
 # `if ($ua =~ "friendly-scanner|sipcli|...") drop;`. No phone sends them.
 DEFAULT_DROP_USER_AGENTS: tuple[str, ...] = (
     "friendly-scanner",
-    "sipcli",
+    # sipcli sends "sipcli/v1.8"; the slash keeps softphones called "...SipClient" out.
+    "sipcli/",
     "sipvicious",
     "VaxSIPUserAgent",
     "pplsip",

@@ -31,6 +31,7 @@ def test_phones_and_trunks_do_not_match() -> None:
         "FreeSWITCH-mod_sofia/1.10.11",
         "baresip v1.0.0 (x86_64/linux)",
         "sipp",
+        "MySipClient 2.1",  # not sipcli's "sipcli/v1.8"
         "scanner",
         "",
     ):
