@@ -667,6 +667,12 @@ class SipEndpoint:
     def _fail_client(self, output: TransactionTimeout | TransportFailed) -> None:
         client = self._client_requests.get(output.transaction)
         if client is None:
+            if isinstance(output, TransactionTimeout) and output.timer == "H":
+                # RFC 3261 §17.2.1: no ACK for our failure response (a 401/407, 404 ...)
+                # within 64*T1. Routine for scanners (svwar never ACKs its INVITEs' 407s,
+                # one per extension tried), so not worth a line each at INFO.
+                log.debug("transaction %s: no ACK (Timer H)", output.transaction.key)
+                return
             log.info("transaction %s: %s", output.transaction.key, type(output).__name__)
             return
         if client.transaction.request is None:

@@ -201,3 +201,27 @@ async def test_the_failure_limit_is_configured_blocks_one_address_only_and_lifts
     assert registration is not None
     registration.clock = lambda: time.time() + 3
     assert (await guesser.register()).status == 401
+
+
+async def test_unacknowledged_challenges_of_a_scan_are_not_logged_one_line_each(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """svwar -m INVITE (here with a User-Agent of its own, so not dropped) never ACKs the 407s:
+    each server transaction ends at Timer H (RFC 3261 §17.2.1). That is routine for a scan,
+    and each used to log an INFO line; a scan of 10,000 extensions wrote 10,000."""
+    caplog.set_level(logging.INFO, "gateway.core.endpoint")
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    sent = [
+        request("INVITE", str(1000 + number), user_agent="disguised", number=number)
+        for number in range(20)
+    ]
+    found = await answers(env, SCANNER, sent)
+    finals = {a.split(b"\r\n")[0] for a in found} - {b"SIP/2.0 100 Trying"}
+    assert finals == {b"SIP/2.0 407 Proxy Authentication Required"}
+    await trio.sleep(5)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert [line for line in lines if "TransactionTimeout" in line] == []
