@@ -51,6 +51,9 @@ PEER_PACKAGES = {
     "opusinfo": "opus-tools",
     "opusdec": "opus-tools",
     "chromium": "chromium",
+    "svmap": "sipvicious",
+    "svwar": "sipvicious",
+    "svcrack": "sipvicious",
     # Not on PATH: /usr/lib/postgresql/VERSION/bin (tests/pgcluster.py).
     "initdb": "postgresql",
 }

@@ -40,6 +40,20 @@ from gateway.core.sip.uri import SipUri
 
 T = TypeVar("T")
 
+# User-Agents SIP scanners announce themselves with: SIPVicious' svmap, svwar and svcrack
+# ("friendly-scanner"; "sipvicious" in forks), sipcli, and the "VaxSIPUserAgent", "pplsip" and
+# "sundayddr" of scanning campaigns: what Kamailio and OpenSIPS operators commonly drop with
+# `if ($ua =~ "friendly-scanner|sipcli|...") drop;`. No phone sends them.
+DEFAULT_DROP_USER_AGENTS: tuple[str, ...] = (
+    "friendly-scanner",
+    # sipcli sends "sipcli/v1.8"; the slash keeps softphones called "...SipClient" out.
+    "sipcli/",
+    "sipvicious",
+    "VaxSIPUserAgent",
+    "pplsip",
+    "sundayddr",
+)
+
 DEFAULT_PLUGINS: tuple[str, ...] = ("udp", "tcp", "tls", "sdes", "dtls")
 DEFAULT_LISTEN: tuple[str, ...] = (
     "udp:127.0.0.1:5060",
@@ -136,6 +150,10 @@ class GatewaySection:
     # Seconds SIGTERM/SIGINT waits for calls in progress to end while refusing new ones
     # (Gateway.drain); 0 stops at once.
     drain_timeout: float = 0.0
+    # Online password guessing (gateway/core/auth/failures.py): this many failed digest
+    # attempts from one source address within auth_failure_window seconds get it 403.
+    auth_max_failures: int = 5
+    auth_failure_window: float = 60.0
 
 
 @attrs.frozen
@@ -165,6 +183,9 @@ class SipSection:
     # Seconds between OPTIONS to each phone registered from behind a NAT (0: none), which keep
     # its NAT mapping open and find phones that are gone (gateway/core/nat_keepalive.py).
     nat_keepalive_interval: float = 0.0
+    # Requests whose User-Agent contains one of these (case-insensitive) are dropped without
+    # an answer, unless they come from a trunk's address (gateway/core/sip/scanners.py).
+    drop_user_agents: tuple[str, ...] = DEFAULT_DROP_USER_AGENTS
 
 
 @attrs.frozen
@@ -212,6 +233,8 @@ MAX_MEDIA_WORKERS = 64
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
 # A day: longer than any call an operator would wait for before an upgrade.
 MAX_DRAIN_TIMEOUT = 86_400.0
+# A day: a source blocked for longer is better refused by a firewall.
+MAX_AUTH_FAILURE_WINDOW = 86_400.0
 # [sip] max_message_size bounds: at least an Ethernet frame's worth (below it an ordinary INVITE
 # with its SDP is refused; RFC 3261 §18.1.1 wants up to 65535 bytes taken over UDP), at most
 # 1 MiB, which each stream connection may buffer while a message arrives.
@@ -623,6 +646,23 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "drain_timeout",
             f"expected 0 (stop at once) to {MAX_DRAIN_TIMEOUT:g} seconds",
         )
+    if config.gateway.auth_max_failures < 1:
+        raise ConfigError(
+            file, "gateway", "auth_max_failures", "expected a positive number of failures"
+        )
+    if not 0 < config.gateway.auth_failure_window <= MAX_AUTH_FAILURE_WINDOW:
+        raise ConfigError(
+            file,
+            "gateway",
+            "auth_failure_window",
+            f"expected seconds above 0, up to {MAX_AUTH_FAILURE_WINDOW:g}",
+        )
+    for fragment in config.sip.drop_user_agents:
+        if not fragment.strip():
+            # An empty fragment is contained in every User-Agent: every phone would be dropped.
+            raise ConfigError(
+                file, "sip", "drop_user_agents", 'expected non-empty strings ("" matches all)'
+            )
     if not MIN_MESSAGE_SIZE <= config.sip.max_message_size <= MAX_MESSAGE_SIZE:
         # A size of 0 or less made every WebSocket connection fail at its first message.
         raise ConfigError(

@@ -30,6 +30,7 @@ from gateway.core.sip.headers import NameAddr, Via
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.overload import QueueDelayLimit
 from gateway.core.sip.parser import parse_message_untrusted, salvage_request_headers
+from gateway.core.sip.scanners import UserAgentFilter
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.transaction import (
     AckReceived,
@@ -117,6 +118,11 @@ CLIENT_RESPONSE_QUEUE = 32
 SHED_METHODS = frozenset({"INVITE", "REGISTER", "SUBSCRIBE", "MESSAGE"})
 # Overload refusals are logged at most this often (s), with the count since the last line.
 OVERLOAD_LOG_INTERVAL = 1.0
+# Requests dropped for a scanner's User-Agent ([sip] drop_user_agents) are logged at most this
+# often (s), with the count since the last line: a scan sends thousands.
+SCANNER_LOG_INTERVAL = 60.0
+# How much of a dropped request's User-Agent (the scanner's own text) goes into that line.
+SCANNER_LOG_USER_AGENT = 64
 # What a draining gateway (Gateway.drain) still serves outside a dialog: an INVITE goes on to the
 # call layer, which refuses it but to an emergency number; an ACK and a CANCEL belong to an INVITE
 # transaction already under way. Every other request outside a dialog starts work on this node
@@ -270,6 +276,8 @@ class EndpointStatistics:
     rejected_too_large: int = 0
     dropped_too_large: int = 0
     emergency_overload_passes: int = 0
+    # Requests dropped unanswered for a scanner's User-Agent ([sip] drop_user_agents).
+    dropped_user_agent: int = 0
     dropped_malformed_responses: int = 0
     dropped_unmatched_responses: int = 0
     internal_errors: int = 0
@@ -296,6 +304,10 @@ class SipEndpoint:
         self._refused_since_log = 0
         self._too_large_logged_at = -math.inf
         self._too_large_since_log = (0, 0)  # (answered 513, dropped)
+        self.user_agents = UserAgentFilter(sip.drop_user_agents) if sip.drop_user_agents else None
+        """Scanners' User-Agents, whose requests are dropped (None: drop none)."""
+        self._scanner_logged_at = -math.inf
+        self._scanners_since_log = 0
         self.transactions = TransactionTable(
             timers=TransactionTimers(t1=sip.t1, t2=sip.t2, t4=sip.t4),
             max_server_transactions=MAX_SERVER_TRANSACTIONS,
@@ -419,6 +431,16 @@ class SipEndpoint:
                 self._copy_to_call(message, data, flow.transport, flow.remote, flow.local, True)
             await self._act(self.transactions.receive_response(message, now=now))
             return
+        user_agents = self.user_agents
+        if user_agents is not None:
+            user_agent = message.headers.get("User-Agent")
+            if (
+                user_agent is not None
+                and user_agents.matches(user_agent)
+                and not self.gateway.is_trunk_address(flow.remote[0])
+            ):
+                self._drop_scanner(message, user_agent, flow, now)
+                return
         # RFC 3261 §18.2.1 / RFC 3581: remember where the request really came from.
         hop = _hop(flow)
         request = stamp_request(message, hop)
@@ -527,6 +549,24 @@ class SipEndpoint:
         )
         await self.send_response(response, flow)
 
+    def _drop_scanner(self, request: Request, user_agent: str, flow: Flow, now: float) -> None:
+        """A request from a scanner (its User-Agent in ``[sip] drop_user_agents``): no answer,
+        no transaction, no authentication (gateway/core/sip/scanners.py). Counted, and logged
+        at most every :data:`SCANNER_LOG_INTERVAL` seconds with the count since the last line."""
+        self.statistics.dropped_user_agent += 1
+        self._scanners_since_log += 1
+        if now - self._scanner_logged_at >= SCANNER_LOG_INTERVAL:
+            log.info(
+                "dropped %d request(s) from SIP scanners ([sip] drop_user_agents) since the "
+                "last such line; this one: %s from %s, User-Agent %r",
+                self._scanners_since_log,
+                request.method,
+                format_address(flow.remote),
+                user_agent[:SCANNER_LOG_USER_AGENT],
+            )
+            self._scanner_logged_at = now
+            self._scanners_since_log = 0
+
     async def _answerable_over_udp(
         self, request: Request, received: int, flow: Flow, now: float
     ) -> bool:
@@ -627,6 +667,12 @@ class SipEndpoint:
     def _fail_client(self, output: TransactionTimeout | TransportFailed) -> None:
         client = self._client_requests.get(output.transaction)
         if client is None:
+            if isinstance(output, TransactionTimeout) and output.timer == "H":
+                # RFC 3261 §17.2.1: no ACK for our failure response (a 401/407, 404 ...)
+                # within 64*T1. Routine for scanners (svwar never ACKs its INVITEs' 407s,
+                # one per extension tried), so not worth a line each at INFO.
+                log.debug("transaction %s: no ACK (Timer H)", output.transaction.key)
+                return
             log.info("transaction %s: %s", output.transaction.key, type(output).__name__)
             return
         if client.transaction.request is None:

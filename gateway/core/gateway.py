@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import trio
 
+from gateway.core.auth.failures import FailurePolicy
 from gateway.core.calls.dialog_events import DialogEvents
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
@@ -272,6 +273,11 @@ class Gateway:
 
     # -- what calls need ----------------------------------------------------------------------
 
+    def is_trunk_address(self, address: str) -> bool:
+        """Whether ``address`` is in some enabled trunk's ``allowed_sources`` (with or without
+        ``auth_by_source``): a carrier's requests are never dropped for their User-Agent."""
+        return self._trunks.identify(address) is not None
+
     def trunk_for_source(self, address: str) -> str | None:
         """The trunk a request from ``address`` comes from, if it is accepted by source."""
         trunk = self._trunks.identify(address)
@@ -454,6 +460,10 @@ class Gateway:
             domains=domains,
             new_tag=self.ids.new_tag,
             on_registered=self.nat_keepalive.registered if self.nat_keepalive else None,
+            failure_policy=FailurePolicy(
+                max_failures=self.config.gateway.auth_max_failures,
+                window=self.config.gateway.auth_failure_window,
+            ),
         )
         self.directory = GatewayDirectory(
             self.store,

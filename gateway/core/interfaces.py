@@ -735,6 +735,12 @@ class SipCounts:
     # UDP requests whose answer would not fit a datagram: refused with 513, or dropped when not
     # even that fits (gateway/core/endpoint.py).
     rejected_too_large: int = 0
+    # Requests dropped unanswered for a scanner's User-Agent ([sip] drop_user_agents).
+    dropped_user_agent: int = 0
+    # Digest authentication (gateway/core/registration.py): failed attempts (a wrong password
+    # or an unknown user), and requests refused 403 because their source was blocked.
+    auth_failures: int = 0
+    auth_blocked: int = 0
     # NAT keepalives ([sip] nat_keepalive_interval; None: off): the registered contacts they
     # keep alive, and those removed for not answering, since the start.
     nat_keepalive_contacts: int | None = None

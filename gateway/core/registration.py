@@ -11,6 +11,7 @@ response to an unknown user is the same as to a wrong password, so usernames can
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 STORE_BUSY_RETRY_AFTER = 5
 """Retry-After (seconds) of the 503 to a REGISTER the busy store could not take."""
 
+BLOCKED_LOG_INTERVAL = 10.0
+"""Requests refused from blocked sources are logged at most this often (s), with their count: a
+password guesser such as svcrack keeps sending hundreds a second while it is blocked, and one
+line each filled the log (the source that became blocked is logged when it did)."""
+
 
 def local_domains(listeners: list[Listener], domains: tuple[str, ...]) -> frozenset[str]:
     """Names a REGISTER may use: every listener's ``host:port`` and every configured domain."""
@@ -58,6 +64,7 @@ class RegistrationService:
         new_tag: Callable[[], str],
         clock: Callable[[], float] = time.time,
         on_registered: Callable[[str, tuple[Binding, ...]], None] | None = None,
+        failure_policy: FailurePolicy | None = None,
     ) -> None:
         self.store = store
         self.on_registered = on_registered  # told each accepted REGISTER's AOR and bindings
@@ -69,7 +76,13 @@ class RegistrationService:
             secret=os.urandom(32),
             entropy=os.urandom,
         )
-        self.failures = FailureCounter(FailurePolicy())
+        self.failures = FailureCounter(failure_policy or FailurePolicy())
+        self.refused_blocked = 0
+        """Requests refused with 403 because their source was blocked, since the start."""
+        self.failed = 0
+        """Failed attempts (a wrong password or an unknown user), since the start."""
+        self._blocked_logged_at = -math.inf
+        self._blocked_since_log = 0
         self.registrar = Registrar(store, RegistrarPolicy(local_domains=domains), new_tag=new_tag)
         self._new_tag = new_tag
 
@@ -97,9 +110,7 @@ class RegistrationService:
         now = self.clock()
         source = flow.remote[0]
         if self.failures.is_blocked(source, now=now):
-            log.warning(
-                "%s from %s refused: too many failed authentications", request.method, source
-            )
+            self._log_blocked(request, source, now)
             return self._reply(request, 403, "Too Many Failed Authentications")
         try:
             outcome = self.authenticator.authenticate(
@@ -131,6 +142,7 @@ class RegistrationService:
                 return self._reply(request, 403, f"Forbidden ({refused.reason})")
             return outcome
         if isinstance(outcome, BadCredentials | UnknownUser):
+            self.failed += 1
             blocked = self.failures.record_failure(source, user=outcome.username or "", now=now)
             log.warning(
                 "%s from %s: authentication failed for user %r%s",
@@ -144,6 +156,21 @@ class RegistrationService:
         return make_response(
             request, outcome.status, to_tag=self._new_tag(), extra=outcome.response_headers()
         )
+
+    def _log_blocked(self, request: Request, source: str, now: float) -> None:
+        self.refused_blocked += 1
+        self._blocked_since_log += 1
+        if now - self._blocked_logged_at < BLOCKED_LOG_INTERVAL:
+            return
+        log.warning(
+            "%s from %s refused: too many failed authentications (%d request(s) from blocked "
+            "sources refused since the last such line)",
+            request.method,
+            source,
+            self._blocked_since_log,
+        )
+        self._blocked_logged_at = now
+        self._blocked_since_log = 0
 
     def handle(self, request: Request, flow: Flow) -> Response:
         """The response to a REGISTER that arrived over ``flow``."""

@@ -229,12 +229,16 @@ class StatusView:
 
     def sip(self) -> SipCounts:
         endpoint = self._gateway.endpoint.statistics
+        registration = self._gateway.registration
         return SipCounts(
             received=endpoint.received,
             sent=endpoint.sent,
             rejected_overload=endpoint.rejected_overload,
             rejected_malformed=endpoint.rejected_malformed,
             rejected_too_large=endpoint.rejected_too_large + endpoint.dropped_too_large,
+            dropped_user_agent=endpoint.dropped_user_agent,
+            auth_failures=registration.failed if registration is not None else 0,
+            auth_blocked=registration.refused_blocked if registration is not None else 0,
             dropped_queue_full=self._gateway.statistics.dropped_queue_full,
             emergency_overload_passes=endpoint.emergency_overload_passes,
             nat_keepalive_contacts=(

@@ -136,6 +136,26 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
     out.sample(sip.rejected_malformed, [("reason", "malformed")])
     out.sample(sip.rejected_too_large, [("reason", "too_large")])
     out.family(
+        "voipgw_sip_requests_dropped_total",
+        "counter",
+        "SIP requests dropped without an answer: user_agent (a scanner's User-Agent, "
+        "[sip] drop_user_agents).",
+    )
+    out.sample(sip.dropped_user_agent, [("reason", "user_agent")])
+    out.family(
+        "voipgw_sip_auth_failures_total",
+        "counter",
+        "Failed digest authentications: a wrong password or an unknown user.",
+    )
+    out.sample(sip.auth_failures)
+    out.family(
+        "voipgw_sip_auth_blocked_total",
+        "counter",
+        "Requests refused with 403 because their source address had too many failed "
+        "authentications ([gateway] auth_max_failures).",
+    )
+    out.sample(sip.auth_blocked)
+    out.family(
         "voipgw_sip_emergency_overload_passes_total",
         "counter",
         "New INVITEs to an emergency number that overload control served although they waited "

@@ -72,13 +72,14 @@ def gateway_config(
     numbering: Mapping[str, Any] | None = None,
     dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
     feature_codes: Mapping[str, Any] | None = None,
+    gateway: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
             "dialog_watch_groups": [dict(group) for group in dialog_watch_groups],
             "numbering": dict(numbering or {}),
             "feature_codes": dict(feature_codes or {}),
-            "gateway": {"state_dir": str(state_dir), "realm": REALM},
+            "gateway": {"state_dir": str(state_dir), "realm": REALM, **(gateway or {})},
             "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": T1, **(sip or {})},
             "media": {
                 "address": "127.0.0.1",
@@ -123,6 +124,7 @@ async def start_b2bua(
     feature_codes: Mapping[str, Any] | None = None,
     tls_stand_in: bool = False,
     ws_stand_in: bool = False,
+    gateway_table: Mapping[str, Any] | None = None,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -142,6 +144,7 @@ async def start_b2bua(
         numbering=numbering,
         dialog_watch_groups=dialog_watch_groups,
         feature_codes=feature_codes,
+        gateway=gateway_table,
     )
     gateway = Gateway(
         config,

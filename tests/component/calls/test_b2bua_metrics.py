@@ -40,6 +40,8 @@ from tests.component.calls.b2bua_env import (
 )
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_recorder import rtp
+from tests.component.calls.test_scanner_user_agents import SCANNER
+from tests.component.calls.test_scanner_user_agents import request as scanner_request
 
 CALLER_PORT, CALLEE_PORT = 24640, 24650  # outside the relay's MEDIA_PORTS and other tests'
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
@@ -407,3 +409,35 @@ async def test_a_drain_is_exposed_while_it_lasts(
     assert during["voipgw_calls_in_progress"] == 1
     assert (await call.bye()).status == 200
     await drained.wait()
+
+
+async def test_scanner_drops_and_password_guessing_are_exposed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, gateway_table={"auth_max_failures": 2}
+    )
+    samples = await scrape(address)
+    assert samples['voipgw_sip_requests_dropped_total{reason="user_agent"}'] == 0
+    assert samples["voipgw_sip_auth_failures_total"] == 0
+    assert samples["voipgw_sip_auth_blocked_total"] == 0
+    scanner = env.network.bind(SCANNER)
+    await scanner.sendto(
+        scanner_request("OPTIONS", "100", user_agent="friendly-scanner", number=1), GW
+    )
+    guesser = SipAgent(
+        env.network,
+        ("192.0.2.67", 5060),
+        ids=SeededIds(voipgw_seed + 9),
+        user="alice",
+        password="not-her-password",
+        proxy=GW,
+    )
+    await nursery.start(guesser.serve)
+    for _ in range(3):
+        await guesser.register()  # a failure, a failure (blocked), a refusal
+    await trio.sleep(1)
+    samples = await scrape(address)
+    assert samples['voipgw_sip_requests_dropped_total{reason="user_agent"}'] == 1
+    assert samples["voipgw_sip_auth_failures_total"] == 2
+    assert samples["voipgw_sip_auth_blocked_total"] == 1

@@ -88,6 +88,12 @@ receive_buffer = 4096
         ("[sip]\nmin_se = 600\nsession_expires = 300\n", "sip", "session_expires", "(600)"),
         ("[sip]\nsession_expires = 1e9\n", "sip", "session_expires", "an integer"),
         ("[sip]\nsession_expires = 99999999\n", "sip", "session_expires", "to 604800"),
+        ('[sip]\ndrop_user_agents = ["sipcli", ""]\n', "sip", "drop_user_agents", "non-empty"),
+        ('[sip]\ndrop_user_agents = ["  "]\n', "sip", "drop_user_agents", "non-empty"),
+        ('[sip]\ndrop_user_agents = "sipcli"\n', "sip", "drop_user_agents", "list"),
+        ("[gateway]\nauth_max_failures = 0\n", "gateway", "auth_max_failures", "positive"),
+        ("[gateway]\nauth_failure_window = 0\n", "gateway", "auth_failure_window", "above 0"),
+        ("[gateway]\nauth_failure_window = 1e6\n", "gateway", "auth_failure_window", "86400"),
     ],
 )
 def test_errors_name_file_table_and_key(
@@ -146,3 +152,15 @@ def test_listen_spec_rejects(text: str) -> None:
 @pytest.mark.parametrize("text", ["40000-40003", "40001-40005"])
 def test_a_port_range_with_two_rtp_rtcp_pairs_is_enough(text: str) -> None:
     assert str(PortRange.parse(text)) == text
+
+
+def test_scanner_user_agents_and_failure_limit_defaults(tmp_path: Path) -> None:
+    config = cfg.from_toml(write(tmp_path, ""))
+    assert "friendly-scanner" in config.sip.drop_user_agents  # sipvicious' svmap/svwar/svcrack
+    assert (config.gateway.auth_max_failures, config.gateway.auth_failure_window) == (5, 60.0)
+    text = (
+        "[sip]\ndrop_user_agents = []\n[gateway]\nauth_max_failures = 3\nauth_failure_window = 5\n"
+    )
+    config = cfg.from_toml(write(tmp_path, text))
+    assert config.sip.drop_user_agents == ()
+    assert (config.gateway.auth_max_failures, config.gateway.auth_failure_window) == (3, 5.0)

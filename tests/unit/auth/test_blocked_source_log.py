@@ -1,0 +1,85 @@
+"""Requests refused because their source is blocked (too many failed authentications) are
+logged at most once every BLOCKED_LOG_INTERVAL seconds with their count. svcrack kept sending
+REGISTERs while blocked (over 4000 in 30 s against voipgw run) and each got its own WARNING line.
+The failure limit itself comes from ``[gateway] auth_max_failures`` and ``auth_failure_window``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from gateway.core.auth.digest import AuthKind
+from gateway.core.auth.failures import FailurePolicy
+from gateway.core.registration import BLOCKED_LOG_INTERVAL, RegistrationService
+from gateway.core.sip.message import Response
+from gateway.core.store.sqlite import SqliteStore
+from gateway.core.transport.flows import Flow, FlowKey
+from tests.unit.sip.sip_builders import request
+
+GUESSER = ("192.0.2.66", 5060)
+
+
+async def _send(data: bytes) -> None:
+    raise AssertionError("nothing is sent")
+
+
+def _service(tmp_path: Path, clock: list[float]) -> RegistrationService:
+    store = SqliteStore.open(tmp_path / "state")
+    store.accounts_add("1000", "secret1000", "voipgw.local")
+    return RegistrationService(
+        store,
+        realm="voipgw.local",
+        domains=frozenset({"127.0.0.1:5060"}),
+        new_tag=lambda: "t",
+        clock=lambda: clock[0],
+        failure_policy=FailurePolicy(max_failures=3, window=5.0),
+    )
+
+
+def _flow(address: tuple[str, int]) -> Flow:
+    return Flow(FlowKey("udp", ("127.0.0.1", 5060), address), _send, reliable=False)
+
+
+def test_refusals_of_a_blocked_source_are_logged_once_per_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "gateway.core.registration")
+    clock = [1000.0]
+    service = _service(tmp_path, clock)
+    for _ in range(3):
+        service.failures.record_failure(GUESSER[0], user="1000", now=clock[0])
+    register = request("REGISTER", uri="sip:127.0.0.1:5060", sent_by="192.0.2.66:5060")
+    for number in range(200):
+        clock[0] = 1000.0 + number * 0.02  # 4 s of svcrack's pace
+        answer = service.authenticate(register, _flow(GUESSER), AuthKind.WWW)
+        assert isinstance(answer, Response) and answer.status == 403
+    assert service.refused_blocked == 200
+    lines = [r.getMessage() for r in caplog.records if "refused: too many" in r.getMessage()]
+    assert lines == [
+        "REGISTER from 192.0.2.66 refused: too many failed authentications (1 request(s) from "
+        "blocked sources refused since the last such line)"
+    ]
+    # The policy is the one given: 5 s, not the default 60 s.
+    clock[0] = 1005.0
+    answer = service.authenticate(register, _flow(GUESSER), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 401
+    clock[0] = 1000.0 + BLOCKED_LOG_INTERVAL
+    for _ in range(3):
+        service.failures.record_failure(GUESSER[0], user="1000", now=clock[0])
+    service.authenticate(register, _flow(GUESSER), AuthKind.WWW)
+    lines = [r.getMessage() for r in caplog.records if "refused: too many" in r.getMessage()]
+    # The 199 refused after the first line, and this one.
+    assert len(lines) == 2 and "(200 request(s)" in lines[1]
+
+
+def test_another_address_is_not_blocked(tmp_path: Path) -> None:
+    clock = [1000.0]
+    service = _service(tmp_path, clock)
+    for _ in range(3):
+        service.failures.record_failure(GUESSER[0], user="1000", now=clock[0])
+    register = request("REGISTER", uri="sip:127.0.0.1:5060", sent_by="192.0.2.7:5060")
+    answer = service.authenticate(register, _flow(("192.0.2.7", 5060)), AuthKind.WWW)
+    assert isinstance(answer, Response) and answer.status == 401
