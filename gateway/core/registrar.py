@@ -189,9 +189,14 @@ class Registrar:
 
     # -- steps --------------------------------------------------------------------------------
 
+    def serves(self, uri: object) -> bool:
+        """Step 1: whether a REGISTER's Request-URI is a domain we serve (else 404). Asked
+        before authentication too (gateway/core/registration.py), as §10.3 orders it."""
+        return isinstance(uri, SipUri) and self.policy.is_local(uri)
+
     def _check_target(self, request: Request, account: Account) -> str:
         # Step 1: is the Request-URI a domain we serve?
-        if not isinstance(request.uri, SipUri) or not self.policy.is_local(request.uri):
+        if not self.serves(request.uri):
             raise _Refusal(404, "Domain Not Served Here")
         # Step 2: Require (RFC 3261 §8.2.2.3).
         required = _option_tags(request.headers.get_all("Require"))

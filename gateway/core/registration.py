@@ -174,6 +174,11 @@ class RegistrationService:
 
     def handle(self, request: Request, flow: Flow) -> Response:
         """The response to a REGISTER that arrived over ``flow``."""
+        if not self.registrar.serves(request.uri):
+            # RFC 3261 §10.3 checks the domain (step 1) before the credentials (step 3). After
+            # them, a right password got 404 and a wrong one 401/403: the answer told a
+            # password guesser (svcrack) when it had guessed right.
+            return self._reply(request, 404, "Domain Not Served Here")
         outcome = self.authenticate(request, flow, AuthKind.WWW)
         if isinstance(outcome, Response):
             return outcome

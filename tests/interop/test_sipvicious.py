@@ -47,9 +47,10 @@ MD5 = ("MD5",)
 MAX_FAILURES = 5
 WINDOW = 5.0  # s; short for the test, 60 s by default
 NO_DROP = {"sip": {"drop_user_agents": []}}
-# The sipvicious tools address sip:USER@127.0.0.1 (no port): a domain of ours, so that a right
-# password would get 200 (with only the listener's host:port local, it got 404 after
-# authenticating, which svcrack reads as "user not found").
+# The sipvicious tools address sip:USER@127.0.0.1 (no port): made a domain of ours, so that a
+# right password would get 200 and svcrack's failure is the failure limit's doing (with only the
+# listener's host:port local, every guess gets 404 Domain Not Served Here, checked before the
+# credentials: RFC 3261 §10.3).
 DOMAIN = {"domains": [LOOPBACK]}
 LIMITS = {"gateway": {**DOMAIN, "auth_max_failures": MAX_FAILURES, "auth_failure_window": WINDOW}}
 WRONG_PASSWORDS = [f"guess{number:02d}" for number in range(40)]
