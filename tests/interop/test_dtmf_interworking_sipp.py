@@ -67,6 +67,43 @@ def events_to(pcap: Path, ports: list[int], port: int) -> list[list[str]]:
     return [line.split("\t") for line in result.stdout.splitlines() if line]
 
 
+def assert_digits_crossed(
+    pcap: Path,
+    ports: list[int],
+    info: str,
+    *,
+    info_port: int,
+    event_ssrc: int,
+    events_port: int,
+    info_ssrc: int,
+) -> None:
+    """Both ways of one call's interworking, as the captures and traces saw it: the RFC 4733
+    side's key press (digit 5, 80 ms, SSRC ``event_ssrc``) reached the INFO side (its media at
+    ``info_port``) as one ``info`` (Signal=5, Duration=80) and as none of its event packets,
+    only its audio (payload type 0); the INFO side's digit 7 reached the RFC 4733 side (media at
+    ``events_port``) as events in the INFO side's own stream (SSRC ``info_ssrc``): a start and
+    three ends (RFC 4733 §2.5), sequence numbers on from its five audio packets, one
+    timestamp, 100 ms."""
+    # 640 units at 8000 Hz; the trace shows lines with LF, the length counts CRLF ones.
+    assert "Content-Length: 23\n\nSignal=5\nDuration=80\n" in info.replace("\r\n", "\n")
+    to_info_side = [
+        p
+        for p in rtp_packets(pcap, ports)
+        if int(p["dstport"]) == info_port and int(p["ssrc"], 16) == event_ssrc
+    ]
+    # (With workers the first audio packet may meet a stream its worker has not unblocked yet.)
+    payload_types = [int(p["payload_type"]) for p in to_info_side]
+    assert payload_types and set(payload_types) == {0}
+    events = events_to(pcap, ports, events_port)
+    assert [e[0] for e in events] == ["1", "0", "0", "0"]  # a start, three ends (100 ms)
+    assert [int(e[1]) for e in events] == [5, 6, 7, 8]  # on from its audio (0..4)
+    assert len({e[2] for e in events}) == 1  # one timestamp for the event
+    assert {int(e[3], 16) for e in events} == {info_ssrc}
+    assert {e[4] for e in events} == {"7"}
+    assert [e[5] for e in events] == ["0", "1", "1", "1"]
+    assert events[-1][6] == "800"
+
+
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "media-workers"])
 def test_rfc4733_and_sip_info_digits_cross_between_the_legs(tmp_path: Path, workers: int) -> None:
     with GatewayProcess(
@@ -96,27 +133,17 @@ def test_rfc4733_and_sip_info_digits_cross_between_the_legs(tmp_path: Path, work
         log = gw.log_text()
 
     (info,) = answered.received("INFO ")
-    # 640 units at 8000 Hz; the trace shows lines with LF, the length counts CRLF ones.
-    assert "Content-Length: 23\n\nSignal=5\nDuration=80\n" in info.replace("\r\n", "\n")
     low, high = gw.media_ports
     ports = [*range(low, high + 1), caller.media_port, answered.media_port]
-    # Alice got the trunk's audio but none of its events (taken for the INFO).
-    to_alice = [
-        p
-        for p in rtp_packets(capture.path, ports)
-        if int(p["dstport"]) == answered.media_port and int(p["ssrc"], 16) == TRUNK_SSRC
-    ]
-    # (With workers the first audio packet may meet a stream its worker has not unblocked yet.)
-    payload_types = [int(p["payload_type"]) for p in to_alice]
-    assert payload_types and set(payload_types) == {0}
-    # Her INFO digit reached the trunk as RFC 4733 events, in her audio's stream.
-    events = events_to(capture.path, ports, caller.media_port)
-    assert [e[0] for e in events] == ["1", "0", "0", "0"]  # a start, three ends (100 ms)
-    assert [int(e[1]) for e in events] == [5, 6, 7, 8]  # on from her audio (0..4)
-    assert len({e[2] for e in events}) == 1  # one timestamp for the event
-    assert {int(e[3], 16) for e in events} == {ALICE_SSRC}
-    assert {e[4] for e in events} == {"7"}
-    assert [e[5] for e in events] == ["0", "1", "1", "1"]
-    assert events[-1][6] == "800"
+    # The trunk's digit reached alice as INFO, her INFO digit the trunk as events.
+    assert_digits_crossed(
+        capture.path,
+        ports,
+        info,
+        info_port=answered.media_port,
+        event_ssrc=TRUNK_SSRC,
+        events_port=caller.media_port,
+        info_ssrc=ALICE_SSRC,
+    )
     assert "DTMF interworking, leg a RFC 4733 (payload type 101/8000), leg b SIP INFO" in log
     assert "Traceback" not in log

@@ -128,6 +128,37 @@ def assert_media_flowed(media: dict[str, Any]) -> None:
     assert media["codec"] == "audio/PCMU", media
 
 
+def assert_browser_sdp(sdp: str) -> None:
+    """Our SDP towards Chrome: ICE-lite, DTLS-SRTP with feedback, rtcp-mux (RFC 8829)."""
+    for line in (r"^a=ice-lite\r?$", r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", r"^a=rtcp-mux\r?$"):
+        assert re.search(line, sdp, re.M), sdp
+
+
+def assert_plain_rtp_sdp(message: str) -> None:
+    """Our SDP towards a sipp trunk or phone: plain RTP/AVP, none of Chrome's ICE or DTLS."""
+    for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup"):
+        assert attribute not in message, message
+    assert re.search(r"^m=audio \d+ RTP/AVP ", message, re.M), message
+
+
+def rtp_packets_to(pcap: Path, port: int) -> int:
+    """RTP packets the capture saw sent to ``port`` on the loopback."""
+    streams = rtp_streams(pcap, [port])
+    return sum(n for (_, (_, to_port)), n in streams.items() if to_port == port)
+
+
+def register_sipp_phone(gw: GatewayProcess, workdir: Path, phone: SippUas) -> None:
+    """carol's sipp phone (``PHONE``) registers from its UAS port, through the challenge."""
+    run_sipp_uac(
+        "register_auth.xml",
+        gw.address,
+        workdir=workdir,
+        service=PHONE[0],
+        auth=PHONE,
+        port=phone.port,
+    ).check()
+
+
 @pytest.mark.parametrize("transport", ["ws", "wss"])
 def test_chromium_calls_a_plain_rtp_trunk_over_websocket(tmp_path: Path, transport: str) -> None:
     chromium_binary()
@@ -160,15 +191,12 @@ def test_chromium_calls_a_plain_rtp_trunk_over_websocket(tmp_path: Path, transpo
     assert bye["status"] == 200
     # The trunk got neither ICE nor DTLS nor Chrome's BUNDLE: a plain RTP/AVP offer.
     (invite,) = result.received("INVITE ")
-    for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup", "a=group:BUNDLE"):
-        assert attribute not in invite
-    assert re.search(r"^m=audio \d+ RTP/AVP ", invite, re.M), invite
+    assert_plain_rtp_sdp(invite)
+    assert "a=group:BUNDLE" not in invite
     assert result.received("BYE ")
     # Our answer to Chrome: ice-lite with credentials, a host candidate, DTLS, rtcp-mux.
     answer = page.wait_for("invite-final")["sdp"]
-    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
-    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answer, re.M), answer
-    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert_browser_sdp(answer)
     assert re.search(r"^a=fingerprint:sha-256 ", answer, re.M), answer
     assert re.search(r"^a=candidate:\S+ 1 UDP \d+ 127\.0\.0\.1 \d+ typ host", answer, re.M)
 
@@ -239,9 +267,7 @@ def test_sipp_calls_chromium_which_answers_over_websocket(tmp_path: Path) -> Non
     caller.check()
     assert_media_flowed(media)
     # Chrome's RTP reached sipp's media port through the relay, decrypted.
-    streams = rtp_streams(capture.path, [caller.media_port])
-    to_sipp = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
-    assert to_sipp >= PACKETS, streams
+    assert rtp_packets_to(capture.path, caller.media_port) >= PACKETS
     # Our offer to Chrome: ICE-lite, DTLS with actpass, rtcp-mux, the WebRTC profile.
     offer = page.wait_for("offer")["sdp"]
     assert re.search(r"^a=ice-lite\r?$", offer, re.M), offer
@@ -340,14 +366,7 @@ def test_chromium_picks_up_a_trunk_call_ringing_another_account(
         with gw:
             gw.cli("accounts", "set", ALICE[0], "--media-policy", "dtls")
             phone = SippUas("calls/uas_ring_until_answered_elsewhere.xml", workdir=tmp_path)
-            run_sipp_uac(
-                "register_auth.xml",
-                gw.address,
-                workdir=tmp_path,
-                service=PHONE[0],
-                auth=PHONE,
-                port=phone.port,
-            ).check()
+            register_sipp_phone(gw, tmp_path, phone)
             query = page_query(gw, url, mode="pickup", watch=PHONE[0])
             with phone, Chromium(tmp_path, page.url("softphone.html", query)):
                 assert page.wait_for("subscribed", timeout=30)["status"] == 200
@@ -375,19 +394,14 @@ def test_chromium_picks_up_a_trunk_call_ringing_another_account(
     assert replaces.startswith(header(invite, "Call-ID") + ";"), (replaces, invite)
     # Our answer (or offer's answer) to Chrome: ICE-lite, DTLS, rtcp-mux on its leg...
     answer = page.wait_for("invite-final")["sdp"]
-    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
-    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answer, re.M), answer
-    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert_browser_sdp(answer)
     assert re.search(r"^a=candidate:\S+ 1 UDP ", answer, re.M), answer
     assert not re.search(r"^a=candidate:\S+ 2 UDP ", answer, re.M), answer
     # ... and plain RTP on the trunk's, without Chrome's ICE or DTLS.
     (ok,) = [m for m in caller.received("SIP/2.0 200 ") if "INVITE" in header(m, "CSeq")]
-    for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup"):
-        assert attribute not in ok, ok
+    assert_plain_rtp_sdp(ok)
     # Chrome's RTP reached the trunk's media port through the relay, decrypted.
-    streams = rtp_streams(capture.path, [caller.media_port])
-    to_trunk = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
-    assert to_trunk >= PACKETS, streams
+    assert rtp_packets_to(capture.path, caller.media_port) >= PACKETS
 
 
 def test_chromium_picks_up_by_dialling_the_feature_code(tmp_path: Path) -> None:
@@ -407,14 +421,7 @@ def test_chromium_picks_up_by_dialling_the_feature_code(tmp_path: Path) -> None:
         with gw:
             gw.cli("accounts", "set", ALICE[0], "--media-policy", "dtls")
             phone = SippUas("calls/uas_ring_until_answered_elsewhere.xml", workdir=tmp_path)
-            run_sipp_uac(
-                "register_auth.xml",
-                gw.address,
-                workdir=tmp_path,
-                service=PHONE[0],
-                auth=PHONE,
-                port=phone.port,
-            ).check()
+            register_sipp_phone(gw, tmp_path, phone)
             with phone, ThreadPoolExecutor(max_workers=1) as pool:
                 calling = pool.submit(
                     run_sipp_uac,
@@ -438,9 +445,7 @@ def test_chromium_picks_up_by_dialling_the_feature_code(tmp_path: Path) -> None:
     caller.check()
     rang.check()
     assert_media_flowed(media)
-    answer = page.wait_for("invite-final")["sdp"]
-    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
-    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
+    assert_browser_sdp(page.wait_for("invite-final")["sdp"])
 
 
 # -- blind transfer: Chrome is the target -------------------------------------------------------
@@ -471,14 +476,7 @@ def test_chromium_is_the_target_of_a_blind_transfer(tmp_path: Path) -> None:
                 call_duration_ms=500,  # the call before its REFER
                 keys={"target": target},
             )
-            run_sipp_uac(
-                "register_auth.xml",
-                gw.address,
-                workdir=tmp_path,
-                service=PHONE[0],
-                auth=PHONE,
-                port=phone.port,
-            ).check()
+            register_sipp_phone(gw, tmp_path, phone)
             query = page_query(gw, url, mode="answer")
             with phone, Chromium(tmp_path, page.url("softphone.html", query)):
                 page.wait_for("registered", timeout=30)
@@ -506,20 +504,14 @@ def test_chromium_is_the_target_of_a_blind_transfer(tmp_path: Path) -> None:
     assert re.search(r"^a=rtcp-mux\r?$", offer, re.M), offer
     # Our answer to Chrome's offer, in the ACK: ICE-lite, DTLS, rtcp-mux.
     answer = page.wait_for("answer-in-ack")["sdp"]
-    assert re.search(r"^a=ice-lite\r?$", answer, re.M), answer
-    assert re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", answer, re.M), answer
-    assert re.search(r"^a=rtcp-mux\r?$", answer, re.M), answer
+    assert_browser_sdp(answer)
     assert re.search(r"^a=setup:(active|passive)\r?$", answer, re.M), answer
     # The trunk's re-INVITE: plain RTP, without Chrome's ICE or DTLS.
     reinvites = [m for m in caller.received("INVITE ")]
     assert len(reinvites) == 1, reinvites
-    for attribute in ("a=ice-", "a=candidate", "a=fingerprint", "a=setup"):
-        assert attribute not in reinvites[0], reinvites[0]
-    assert re.search(r"^m=audio \d+ RTP/AVP ", reinvites[0], re.M), reinvites[0]
+    assert_plain_rtp_sdp(reinvites[0])
     # Chrome's RTP reached the trunk's media port through the relay, decrypted.
-    streams = rtp_streams(capture.path, [caller.media_port])
-    to_trunk = sum(n for (_, (_, port)), n in streams.items() if port == caller.media_port)
-    assert to_trunk >= PACKETS, streams
+    assert rtp_packets_to(capture.path, caller.media_port) >= PACKETS
 
 
 # The default policy of a new account, and the one docs/media_security.md advises for browsers.
@@ -552,14 +544,7 @@ def test_chromium_is_transferred_by_the_phone_it_called(tmp_path: Path, policy: 
                 call_duration_ms=500,
                 keys={"target": target},
             )
-            run_sipp_uac(
-                "register_auth.xml",
-                gw.address,
-                workdir=tmp_path,
-                service=PHONE[0],
-                auth=PHONE,
-                port=phone.port,
-            ).check()
+            register_sipp_phone(gw, tmp_path, phone)
             query = page_query(gw, url, mode="call", target=PHONE[0], reoffer=1)
             with phone, Chromium(tmp_path, page.url("softphone.html", query)):
                 media = page.wait_for("media", timeout=40)
