@@ -4,12 +4,13 @@
 sipp registers through the gateway (REGISTER, 401, REGISTER with credentials, 200) and probes it
 with OPTIONS. sngrep's pcap, read by tshark, holds every one of those messages, each with the
 addresses and ports it really had (sipp's and the gateway's), the way it went, and its Call-ID:
-sngrep decoded our HEP3 chunks.
+sngrep decoded our HEP3 chunks. The REGISTER's digest response is not in it (starred).
 """
 
 from __future__ import annotations
 
 import errno
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -94,6 +95,13 @@ def test_sngrep_decodes_every_message_the_gateway_captured(tmp_path: Path) -> No
     # A request and its response carry the same Call-ID (Homer's correlation).
     register_ids = {r["call_id"] for r in rows if r["cseq"].endswith("REGISTER")}
     assert len(register_ids) == 1 and "" not in register_ids
+    # The digest response left as many stars as it had hex digits (redact_credentials).
+    authorizations = [
+        row[0] for row in _tshark_fields(pcap, [gw.port], ["sip.Authorization"], "sip") if row[0]
+    ]
+    assert len(authorizations) == 1, authorizations
+    assert 'username="alice"' in authorizations[0], authorizations
+    assert re.search(r'response="\*{32}(\*{32})?"', authorizations[0]), authorizations
 
 
 def _rows(pcap: Path, gw_port: int) -> list[dict[str, object]]:

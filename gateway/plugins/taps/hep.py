@@ -29,6 +29,14 @@ overwritten before it is queued: the key-salt of every ``inline:`` key-params of
 ``*`` as it had characters, so Content-Length and every offset stay right and the line still
 shows which suite, lifetime and MKI were offered. Messages without either attribute are
 passed unchanged after one substring test each.
+
+Credentials (``redact_credentials = true``, the default): the ``response`` of a digest
+``Authorization`` or ``Proxy-Authorization`` header (RFC 3261 §22.4, RFC 7616 §3.4) is a hash of
+the password with values the same message shows in clear (username, realm, nonce, cnonce, nc, qop,
+method, uri): whoever reads the copy can try a dictionary against it offline, at the speed of their
+own hardware, where the gateway's failure limits cannot see them; so can a carrier's ``rspauth``
+(``Authentication-Info``, RFC 7616 §3.5). Each is overwritten the same way (as many ``*``), so
+the collector still shows who authenticated, with which algorithm and nonce.
 """
 
 from __future__ import annotations
@@ -62,6 +70,18 @@ _INLINE_KEY = re.compile(rb"(?<=inline:)[A-Za-z0-9+/=]+")
 # RFC 4567 §3.1: "a=key-mgmt:" prtcl-id SP keymgmt-data (base64); prtcl-id "mikey".
 _MIKEY_LINE = re.compile(
     rb"^(a=key-mgmt:[ \t]*mikey[ \t]+)([A-Za-z0-9+/=]+)", re.MULTILINE | re.IGNORECASE
+)
+# RFC 3261 §7.3.1: header names are case-insensitive and a header may continue on lines that
+# start with white space (obsolete folding, still accepted).
+_DIGEST_HEADER = re.compile(
+    rb"^(?:Proxy-)?(?:Authorization|Authentication-Info)[ \t]*:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*",
+    re.MULTILINE | re.IGNORECASE,
+)
+# RFC 3261 §25.1, RFC 7616 §3.4-3.5: "response" (the client's proof) and "rspauth" (the server's,
+# in Authentication-Info) are quoted hashes of the password. The look-behind keeps a longer
+# parameter name that ends the same way from matching.
+_DIGEST_PROOF = re.compile(
+    rb'(?<![A-Za-z0-9_.!%*+`\'~-])(?:response|rspauth)[ \t]*=[ \t]*"([^"\r\n]*)"', re.IGNORECASE
 )
 
 
@@ -148,6 +168,29 @@ def redact_keys(message: bytes) -> bytes:
     return message
 
 
+def _redact_proof(found: re.Match[bytes]) -> bytes:
+    start, end = found.span(1)
+    whole = found.group(0)
+    offset = found.start()
+    return whole[: start - offset] + b"*" * (end - start) + whole[end - offset :]
+
+
+def _redact_digest_header(header: re.Match[bytes]) -> bytes:
+    return _DIGEST_PROOF.sub(_redact_proof, header.group(0))
+
+
+def redact_credentials(message: bytes) -> bytes:
+    """``message`` with the digest ``response`` of its Authorization and Proxy-Authorization
+    headers and the ``rspauth`` of its Authentication-Info headers overwritten (same length).
+    Only the header section is searched: a body (a MESSAGE's text, say) is left as it was."""
+    head_end = message.find(b"\r\n\r\n")
+    head = message if head_end < 0 else message[:head_end]
+    redacted = _DIGEST_HEADER.sub(_redact_digest_header, head)
+    if redacted == head:
+        return message
+    return redacted if head_end < 0 else redacted + message[head_end:]
+
+
 class HepCapture:
     """``interfaces.SipCapture``: encodes each message, queues it, and sends it from its task."""
 
@@ -166,6 +209,8 @@ class HepCapture:
     ) -> None:
         if self.config.redact_keys:
             data = redact_keys(data)
+        if self.config.redact_credentials:
+            data = redact_credentials(data)
         try:
             packet = encode_hep3(
                 data,
@@ -242,6 +287,7 @@ class HepConfig:
     queue: int = 10_000
     rtcp: bool = True
     redact_keys: bool = True
+    redact_credentials: bool = True
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.

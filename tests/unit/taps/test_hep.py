@@ -217,3 +217,75 @@ def test_a_message_without_keys_is_copied_unchanged() -> None:
     # "inline:" outside an a=crypto line is not a key.
     note = b"Subject: inline:" + KEY_1 + b"\r\n"
     assert hep_plugin.redact_keys(note) == note
+
+
+REGISTER_WITH_CREDENTIALS = (
+    b"REGISTER sip:example.net SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK-1\r\n"
+    b"Call-ID: reg-1@192.0.2.7\r\n"
+    b'authorization: Digest username="alice", realm="example.net", nonce="n1",\r\n'
+    b' uri="sip:example.net", response="6629fae49393a05397450978507c4ef1",\r\n'
+    b' algorithm=MD5, cnonce="0a4f113b", qop=auth, nc=00000001\r\n'
+    b'Proxy-Authorization: Digest username="alice", realm="carrier", nonce="n2", '
+    b'uri="sip:example.net", RESPONSE = "' + b"ab" * 32 + b'"\r\n'
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def test_digest_responses_are_overwritten_in_each_copy() -> None:
+    capture = HepCapture(HepConfig(collector="udp:127.0.0.1:9060", queue=10))
+    capture.message(
+        REGISTER_WITH_CREDENTIALS,
+        transport="udp",
+        source=("192.0.2.7", 5060),
+        destination=("192.0.2.1", 5060),
+        at=1_700_000_000.0,
+    )
+    copy = chunks(capture._receive.receive_nowait())[0x0F]
+    # Same length; a folded header and any case of the names are covered.
+    expected = REGISTER_WITH_CREDENTIALS.replace(
+        b"6629fae49393a05397450978507c4ef1", b"*" * 32
+    ).replace(b"ab" * 32, b"*" * 64)
+    assert copy == expected
+    # Who authenticated, and with what, stays readable.
+    assert b'username="alice"' in copy and b'cnonce="0a4f113b"' in copy
+
+
+def test_a_servers_rspauth_is_overwritten_and_other_parameters_kept() -> None:
+    response = (
+        b"SIP/2.0 200 OK\r\nCall-ID: reg-1@192.0.2.7\r\n"
+        b'Authentication-Info: qop=auth, rspauth="d3b07384d113edec49eaa6238ad5ff00", '
+        b'cnonce="0a4f113b", nc=00000001\r\nContent-Length: 0\r\n\r\n'
+    )
+    assert hep_plugin.redact_credentials(response) == response.replace(
+        b"d3b07384d113edec49eaa6238ad5ff00", b"*" * 32
+    )
+
+
+def test_only_the_header_section_and_digest_proofs_are_touched() -> None:
+    message = (
+        b"MESSAGE sip:bob@example.net SIP/2.0\r\nCall-ID: m-1\r\n"
+        b'Subject: response="not a digest"\r\n'
+        b'X-Authorization: response="not ours either"\r\n'
+        b'Authorization: Digest username="alice", x-response="abc", response="ffff"\r\n'
+        b"Content-Type: text/plain\r\nContent-Length: 40\r\n\r\n"
+        b'Authorization: Digest response="1234"\r\n'
+    )
+    redacted = hep_plugin.redact_credentials(message)
+    assert redacted == message.replace(b'response="ffff"', b'response="****"')
+    unchanged = REGISTER_WITH_CREDENTIALS.replace(b"uthorization", b"-Note")
+    assert hep_plugin.redact_credentials(unchanged) is unchanged
+
+
+def test_credentials_are_kept_only_when_the_operator_asks() -> None:
+    capture = HepCapture(
+        HepConfig(collector="udp:127.0.0.1:9060", queue=10, redact_credentials=False)
+    )
+    capture.message(
+        REGISTER_WITH_CREDENTIALS,
+        transport="udp",
+        source=("192.0.2.7", 5060),
+        destination=("192.0.2.1", 5060),
+        at=1_700_000_000.0,
+    )
+    assert chunks(capture._receive.receive_nowait())[0x0F] == REGISTER_WITH_CREDENTIALS
