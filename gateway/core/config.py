@@ -240,6 +240,12 @@ MAX_AUTH_FAILURE_WINDOW = 86_400.0
 # 1 MiB, which each stream connection may buffer while a message arrives.
 MIN_MESSAGE_SIZE = 1_500
 MAX_MESSAGE_SIZE = 1 << 20
+# [sip] max_headers bounds, in header entries after list headers are split (an Allow with twelve
+# methods is twelve): an ordinary INVITE through a proxy or two has 30 to 50 of them, so below 64
+# the gateway would refuse phones; above 10,000 the limit no longer bounds anything that
+# max_message_size does not.
+MIN_HEADERS = 64
+MAX_HEADERS = 10_000
 MAX_TRUNK_CPS = 10_000.0
 # Registrations with trunks: RFC 3261 §10.2.1 suggests no less than a minute (registrars ask
 # for more with 423); a day is as long as a carrier would keep one.
@@ -670,6 +676,15 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "sip",
             "max_message_size",
             f"expected bytes from {MIN_MESSAGE_SIZE} to {MAX_MESSAGE_SIZE}",
+        )
+    if not MIN_HEADERS <= config.sip.max_headers <= MAX_HEADERS:
+        # 0 or a handful refused every request with 513: the gateway looked up and answered
+        # nothing.
+        raise ConfigError(
+            file,
+            "sip",
+            "max_headers",
+            f"expected header fields from {MIN_HEADERS} to {MAX_HEADERS}",
         )
     if not 0 <= config.sip.overload_queue_delay <= MAX_OVERLOAD_QUEUE_DELAY:
         raise ConfigError(

@@ -74,6 +74,8 @@ receive_buffer = 4096
         ("[plugins]\nenable = ['udp']\n[plugins.tcp]\n", "plugins.tcp", None, "not in"),
         ("[bogus]\n", "bogus", None, "unknown table"),
         ("[sip]\nmax_headers = true\n", "sip", "max_headers", "an integer"),
+        ("[sip]\nmax_headers = 0\n", "sip", "max_headers", "from 64 to 10000"),
+        ("[sip]\nmax_headers = 20000\n", "sip", "max_headers", "from 64 to 10000"),
         ("[sip]\nmax_message_size = 0\n", "sip", "max_message_size", "from 1500 to 1048576"),
         ("[sip]\nmax_message_size = 2e6\n", "sip", "max_message_size", "an integer"),
         ("[sip]\nmax_message_size = 2000000\n", "sip", "max_message_size", "to 1048576"),
