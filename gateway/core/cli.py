@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "calls",
         help="list calls and how each leg is protected",
         description="List live calls (or recent ones with --recent) from the gateway's store, "
-        "with each leg's signalling transport, key exchange and SRTP suite.",
+        "with each leg's signalling transport, key exchange and SRTP suite, and for live calls "
+        "each leg's quality now by its phone's RTCP reports (loss, jitter, RTT, MOS, and how old "
+        "the last report is), asked of the running gateway over <state_dir>/control.sock.",
     )
     calls.add_argument("--config", metavar="FILE", help="read [gateway] state_dir here")
     calls.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
