@@ -42,7 +42,7 @@ async def serve_control(
 ) -> None:
     """Answer control requests on ``path`` with ``answer(query)`` until cancelled;
     ``task_status.started`` reports the path, or None when it could not be served (logged)."""
-    listener = await _bind(path)
+    listener = _bind(path)
     if listener is None:
         task_status.started(None)
         return
@@ -88,7 +88,9 @@ async def _handle(stream: trio.SocketStream, answer: Answer, open_connections: l
         open_connections[0] -= 1
 
 
-async def _bind(path: Path) -> trio.SocketListener | None:
+def _bind(path: Path) -> trio.SocketListener | None:
+    """The listening socket at ``path``, or None (logged). Synchronous: a bind in the state
+    directory is a local file operation (trio's own binds a Unix socket in a thread)."""
     if len(bytes(path)) > MAX_PATH:
         log.warning(
             "control socket not opened: %s is longer than a Unix socket path may be (%d "
@@ -98,36 +100,35 @@ async def _bind(path: Path) -> trio.SocketListener | None:
         )
         return None
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.is_socket() and await _answers(path):
+    if path.is_socket() and _answers(path):
         log.warning(
             "control socket not opened: another gateway answers on %s (one state directory "
             "per gateway)",
             path,
         )
         return None
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         path.unlink(missing_ok=True)  # a socket file left by a gateway that was killed
-        await sock.bind(str(path))
+        sock.bind(str(path))
         os.chmod(path, 0o600)
         sock.listen(MAX_CONNECTIONS)
     except OSError as exc:
         sock.close()
         log.warning("control socket not opened: %s: %s", path, exc.strerror or exc)
         return None
-    return trio.SocketListener(sock)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
-async def _answers(path: Path) -> bool:
-    """Whether a process accepts connections on the socket file ``path``."""
-    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+def _answers(path: Path) -> bool:
+    """Whether a process listens on the socket file ``path`` (a connection refused: nobody)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)  # a listener with a full backlog says EAGAIN: alive
         try:
-            with trio.move_on_after(1.0):
-                await probe.connect(str(path))
-                return True
+            probe.connect(str(path))
         except OSError as exc:
             return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
-    return True  # a listener too busy to accept in a second is alive
+    return True
 
 
 def _unlink_if_ours(path: Path, bound: os.stat_result) -> None:
