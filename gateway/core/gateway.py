@@ -586,7 +586,7 @@ class Gateway:
             if not (
                 spare_emergency
                 and call.a.invite is not None
-                and calls.calls_emergency_number(call.a.invite)
+                and (call.psap_callback or calls.calls_emergency_number(call.a.invite))
             )
         ]
         for call in ending:

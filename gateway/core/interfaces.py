@@ -579,6 +579,9 @@ class TrunkCall:
     # refuse such a call (caller authentication never stands between a caller and the
     # emergency services); the core drops a refusal a plugin returns for one all the same.
     emergency: bool = False
+    # Verifying: an emergency service calling back one of our emergency callers (RFC 7090,
+    # ``[gateway] psap_callback_window``; often unsigned). Never refused either, the same way.
+    psap_callback: bool = False
 
 
 @attrs.frozen

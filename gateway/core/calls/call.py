@@ -109,6 +109,7 @@ from gateway.core.calls.location import (
 )
 from gateway.core.calls.numbering import read_number
 from gateway.core.calls.pickup import NO_CALL_TO_PICK_UP
+from gateway.core.calls.psap_callback import PRIORITY_VALUE as PSAP_CALLBACK
 from gateway.core.calls.routing import (
     ContactTarget,
     UnroutableTarget,
@@ -404,6 +405,9 @@ class Call:
         self.b_legs: list[BLeg] = []
         self.b: BLeg | None = None  # the leg that answered
         self.caller = caller  # identified before the call exists (CallManager.invite)
+        self.psap_callback = False
+        """An emergency service calling back (RFC 7090, calls/psap_callback.py), set by the
+        manager: served like an emergency call, and phones are told (``Priority``)."""
         self.media: MediaSession | None = None
         self.keying: CallKeying | None = None
         self.taps: CallTaps | None = None
@@ -761,7 +765,7 @@ class Call:
             why = limits.take(self, key, now=trio.current_time(), count_refusal=False)
             if why is None:
                 return None
-            if (
+            if self.psap_callback or (
                 self.a.invite is not None
                 and self.caller is not None
                 and self.manager.is_emergency_call(self.a.invite, self.caller)
@@ -769,7 +773,16 @@ class Call:
                 return limits.take(self, key, exempt=True)
             return limits.refuse(key, why)
         if target.account is not None:
-            return limits.take(self, ("account", target.account))
+            key = ("account", target.account)
+            why = limits.take(self, key, count_refusal=False)
+            if why is not None and self.psap_callback:
+                log.warning(
+                    "call %s: PSAP callback to %s past its call limit (RFC 7090)",
+                    self.id,
+                    target.account,
+                )
+                return limits.take(self, key, exempt=True)
+            return None if why is None else limits.refuse(key, why)
         return None
 
     def _next_alternate(self) -> RouteTarget | None:
@@ -924,11 +937,22 @@ class Call:
     ) -> Request:
         user = self._calling_user(leg, invite_a)
         display = invite_a.from_.display_name
+        trunk = leg.target.trunk if leg.target is not None else None
+        if trunk is not None and self.caller.kind == "account":
+            self.manager.emergency_call_presented(invite_a, trunk, user)
+        # RFC 7090: a phone told of a PSAP callback lets it ring through do-not-disturb. Only
+        # to our phones, and only for a callback we recognised (the caller's own marking is
+        # never copied).
+        priority = (
+            [("Priority", PSAP_CALLBACK)]
+            if self.psap_callback and leg.target is not None and leg.target.account is not None
+            else []
+        )
         return self._new_invite(
             uri,
             leg,
             offer,
-            self._identity(leg, user, display, privacy=_wants_privacy(invite_a)),
+            self._identity(leg, user, display, privacy=_wants_privacy(invite_a)) + priority,
             max_forwards=(invite_a.max_forwards or 70) - 1,
         )
 
