@@ -103,6 +103,8 @@ from gateway.core.calls.location import (
     LocationError,
     carries_location,
     geolocation_errors,
+    location_body,
+    location_headers,
     offered_location,
     passes,
     with_location,
@@ -489,6 +491,7 @@ class Call:
         self._location_emergency = False
         self._location_to: list[str] = []  # trunks it went to
         self._location_dropped: list[str] = []  # where policy kept it from going
+        self._location_updates = 0  # re-INVITEs that brought a new location to a trunk
         # Caller identity (STIR/SHAKEN, calls/identity.py): what was signed or verified, and
         # the parameters (verstat) a verified trunk caller's number carries towards phones.
         self.identity: list[IdentityOutcome] = []
@@ -856,6 +859,55 @@ class Call:
         self._location_emergency = (
             self.caller.kind == "account" and self.manager.calls_emergency_number(invite)
         )
+
+    def _location_update(
+        self, side: Side, request: Request, parts: Sequence[BodyPart]
+    ) -> Location | None:
+        """The location a re-INVITE from ``side`` conveys (RFC 6442 §4: a location that
+        changed during the call, as an emergency caller moves), checked as at set-up; None for
+        none, for the callee's (only the caller's location is ever passed on, as at set-up),
+        and for one that fails the checks: unlike a first INVITE's, it is left out and the
+        re-INVITE goes on, since refusing it (424) would also refuse the hold or codec change
+        it carries, in what may be an emergency call."""
+        if side is not Side.A:
+            log.info("call %s: location in the callee's re-INVITE not passed on", self.id)
+            return None
+        try:
+            location = offered_location(request, parts)
+        except LocationError as err:
+            log.warning(
+                "call %s: location update in a re-INVITE left out (%s)", self.id, err.reason
+            )
+            return None
+        if location.conveyed == "none":
+            log.info("call %s: location part not named by Geolocation left out", self.id)
+            return None
+        self.location = location  # the call's record shows how it was last conveyed
+        return location
+
+    def _passes_location(self, leg: Leg, location: Location) -> bool:
+        """Whether a location update goes in our re-INVITE to ``leg``: the policy of its trunk
+        (``location``) for this call, as at set-up; never to a phone. Logged and recorded."""
+        trunk = self._leg_trunk(leg) if isinstance(leg, BLeg) else None
+        invite = self.a.invite
+        emergency = (
+            self.caller.kind == "account"
+            and invite is not None
+            and self.manager.calls_emergency_number(invite)
+        )
+        to = trunk.name if trunk is not None else "the other leg"
+        if not passes(trunk.location if trunk else None, emergency=emergency):
+            log.info(
+                "call %s: location update (%s) not passed to %s", self.id, location.described(), to
+            )
+            if to not in self._location_dropped:
+                self._location_dropped.append(to)
+            return False
+        log.info("call %s: location update (%s) passed to %s", self.id, location.described(), to)
+        if to not in self._location_to:
+            self._location_to.append(to)
+        self._location_updates += 1
+        return True
 
     def _with_location(self, leg: BLeg, request: Request, location: Location) -> Request:
         """``request`` to ``leg`` with the caller's location where the policy passes it (a
@@ -2227,7 +2279,12 @@ class Call:
         assert self.media is not None
         try:
             # Without SDP (a late offer, §14.1) the other leg's 2xx makes the offer.
-            sdp = _sdp(request)
+            sdp, location_parts = read_body(request.content_type, request.body)
+            location = (
+                self._location_update(event.side, request, location_parts)
+                if carries_location(request, location_parts)
+                else None
+            )
             offer = self._reoffer(event.side, parse_sdp_untrusted(sdp)) if sdp else None
         except SdpError as err:
             self.media.abandon_offer()
@@ -2252,12 +2309,21 @@ class Call:
         self._pending_reinvite = (event.side, event.transaction, request)
         sent = InDialogRequest("reinvite", event.side.other)
         body = serialize_sdp(offer) if offer is not None else b""
+        content_type: str | None = SDP
+        extra = [("Supported", "timer"), *self._refresh_headers(other)]
+        if location is not None and self._passes_location(other, location):
+            extra += location_headers(location)
+            ids = self.manager.gateway.ids
+            located = location_body(location, body, lambda: ids.token_hex(8))
+            if located is not None:
+                body, content_type = located
         reinvite = await self._send_in_dialog(
             other,
             "INVITE",
             body=body,
             tag=sent,
-            extra=[("Supported", "timer"), *self._refresh_headers(other)],
+            extra=extra,
+            content_type=content_type,
         )
         if reinvite is None:
             self.media.abandon_offer()
@@ -2568,9 +2634,11 @@ class Call:
             await self.endpoint.respond(transaction, ok)
         else:
             self.media.abandon_offer()
-            await self.endpoint.respond(
-                transaction, make_response(request, response.status, response.reason)
+            # RFC 6442 §4.3: the trunk's verdict on a location update is the phone's to act on.
+            refused = make_response(
+                request, response.status, response.reason, extra=geolocation_errors(response)
             )
+            await self.endpoint.respond(transaction, refused)
             if response.status in (408, 481):
                 # RFC 3261 §14.1: the dialog is gone (481) or the leg did not answer (408, also
                 # our own on Timer B); the requester, answered the same, ends its side too.
@@ -3643,11 +3711,14 @@ class Call:
         if self._dtmf is not None:
             record["dtmf"] = self._dtmf.record(self.media)
         if self.location is not None:  # how and where to; never the contents (RFC 6442 §7)
-            record["location"] = {
+            location: dict[str, object] = {
                 "conveyed": self.location.conveyed,
                 "passed_to": list(self._location_to),
                 "dropped_for": list(self._location_dropped),
             }
+            if self._location_updates:
+                location["updates"] = self._location_updates
+            record["location"] = location
         return record
 
     def _leg(self, side: Side) -> Leg:
