@@ -547,3 +547,161 @@ def test_the_rfc4733_dtmf_uas_checks_the_offer_it_gets(
     assert answered.ok is ok, answered.describe()
     if not ok:
         assert "Failed regexp match" in answered.error_log.read_text()
+
+
+# A recording client (SRC) as calls/uas_siprec_srs.xml expects one: the recording INVITE (Require:
+# siprec, +sip.src, a multipart body with RFC 7865 metadata), its ACK, then ``{final}`` (the final
+# snapshot, a re-INVITE, or nothing) and the BYE.
+SIPREC_SRC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="uac siprec src">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:src@[local_ip]:[local_port];transport=[transport]>;+sip.src
+      Require: siprec
+      Max-Forwards: 70
+      Content-Type: multipart/mixed;boundary=b1
+      Content-Length: [len]
+
+{body}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+{final}
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"""
+SIPREC_FINAL = """  <send retrans="500">
+    <![CDATA[
+      INVITE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 INVITE
+      Contact: <sip:src@[local_ip]:[local_port];transport=[transport]>;+sip.src
+      Max-Forwards: 70
+      Content-Type: multipart/mixed;boundary=b1
+      Content-Length: [len]
+
+{body}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>"""
+
+
+def siprec_body(direction: str, recording_ends: bool) -> str:
+    """The multipart body of a recording (re-)INVITE: two labelled streams ``direction``, and
+    metadata whose recording association ends (a disassociate-time) when ``recording_ends``."""
+    stop = "<disassociate-time>2026-01-01T10:05:00Z</disassociate-time>" if recording_ends else ""
+    lines = [
+        "--b1",
+        "Content-Type: application/sdp",
+        "",
+        "v=0",
+        "o=src 1 1 IN IP[local_ip_type] [media_ip]",
+        "s=-",
+        "c=IN IP[media_ip_type] [media_ip]",
+        "t=0 0",
+        "m=audio [media_port] RTP/AVP 0",
+        "a=label:1",
+        f"a={direction}",
+        "m=audio [media_port+2] RTP/AVP 0",
+        "a=label:2",
+        f"a={direction}",
+        "--b1",
+        "Content-Type: application/rs-metadata+xml",
+        "Content-Disposition: recording-session",
+        "",
+        "<?xml version='1.0' encoding='UTF-8'?>",
+        "<recording xmlns='urn:ietf:params:xml:ns:recording:1'>",
+        "<sessionrecordingassoc session_id='cw=='>",
+        "<associate-time>2026-01-01T10:00:00Z</associate-time>",
+        stop,
+        "</sessionrecordingassoc>",
+        "<participantstreamassoc participant_id='cA=='><send>cw==</send></participantstreamassoc>",
+        "</recording>",
+        "--b1--",
+    ]
+    return "\n".join(line for line in lines if line)
+
+
+@pytest.mark.parametrize(
+    ("final", "error"),
+    [
+        (SIPREC_FINAL.format(body=siprec_body("inactive", recording_ends=True)), None),
+        ("", "unexpected BYE"),
+        (
+            SIPREC_FINAL.format(body=siprec_body("inactive", recording_ends=False)),
+            "Failed regexp match",
+        ),
+        (
+            SIPREC_FINAL.format(body=siprec_body("sendonly", recording_ends=True)),
+            "Failed regexp match",
+        ),
+    ],
+    ids=["final-snapshot", "bye-alone", "recording-not-ended", "streams-not-inactive"],
+)
+def test_the_srs_expects_the_final_snapshot_before_the_bye(
+    tmp_path: Path, final: str, error: str | None
+) -> None:
+    """calls/uas_siprec_srs.xml wants, after the recording INVITE, a re-INVITE whose metadata
+    ends the recording (a disassociate-time in sessionrecordingassoc) and whose streams are
+    inactive, then the BYE: test_siprec.py's proof that the gateway sends the final snapshot."""
+    src = tmp_path / "uac_siprec_src.xml"
+    src.write_text(
+        SIPREC_SRC.format(body=siprec_body("sendonly", recording_ends=False), final=final)
+    )
+    with SippUas("calls/uas_siprec_srs.xml", workdir=tmp_path, timeout=5) as srs:
+        run_sipp_uac(src, srs.address, workdir=tmp_path, service="srs", timeout=4)
+        answered = srs.wait(timeout=10)
+    assert answered.ok is (error is None), answered.describe()
+    if error is not None:
+        assert error in answered.error_log.read_text(), answered.error_log.read_text()
