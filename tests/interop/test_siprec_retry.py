@@ -55,8 +55,11 @@ def test_an_update_the_srs_refuses_503_goes_again_after_its_retry_after(tmp_path
             alice = SippUas("calls/uas_answer_reinvite.xml", workdir=tmp_path / "alice")
             register(gw, tmp_path, "udp", alice.port)
             with alice:
-                # Held 0.8 s, then resumed for 0.8 s: the call outlasts the Retry-After.
-                caller = trunk_call("calls/uac_hold_resume.xml", gw, tmp_path, call_duration_ms=800)
+                # Held 1.5 s, then resumed for 1.5 s: the call outlasts the Retry-After (1 s)
+                # with room for a loaded CI machine.
+                caller = trunk_call(
+                    "calls/uac_hold_resume.xml", gw, tmp_path, call_duration_ms=1500
+                )
                 caller.check()
                 alice.wait(timeout=10).check()
             gw.wait_for_log(r"SIPREC: call \S+: \d+ packets, \d+ sent to the SRS")
