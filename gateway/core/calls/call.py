@@ -9,7 +9,8 @@ every event in that one task keeps the call a plain sequential state machine, wi
    call goes (``gateway_route_call`` hook, then the core's routing), the media session (SDP of
    each leg rewritten so all media flows through the relay), then an INVITE to every target in
    parallel (RFC 3261 §16.6-style forking done by a UAC core);
-2. ringing: 1xx from B is relayed to A with our own To tag (early media when it carries SDP);
+2. ringing: 1xx from B is relayed to A with our own To tag (early media when it carries SDP,
+   DTMF interworking included: its INFO go in the early dialog, docs/architecture.md);
    no final answer within ``[sip] ring_timeout`` of the last provisional response (or of the
    INVITEs, if none came; Timer C, RFC 3261 §16.6 step 11, §16.7 step 2) CANCELs
    every B leg and answers A 408, so a callee that rings forever, or whose 2xx we cannot read,
