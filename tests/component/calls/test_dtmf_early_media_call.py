@@ -31,6 +31,7 @@ from gateway.core.sip.message import Response
 from gateway.testing.sip_agent import AutoAnswer, Call, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
+from tests.component.calls.test_b2bua_more import second_phone
 from tests.component.calls.test_dtmf_interworking_call import (
     audio,
     b2bua_call,
@@ -319,3 +320,52 @@ async def test_key_presses_whose_end_packets_are_lost_become_one_info_each(
     record = b2bua_call(env).security_record()["dtmf"]
     assert record["digits_to_info"] == len(digits)
     assert record["ended_by_timeout"] == sum(ends_lost)
+
+
+async def test_forked_early_media_the_digit_goes_to_the_fork_heard_last_then_to_the_answerer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed)
+    phone2 = await second_phone(env, nursery, voipgw_seed)
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0", "101"))
+    )
+    leg1 = await env.alice.next_call()
+    leg2 = await phone2.next_call()
+    # Both phones play early media without telephone-event; the call relays the later one's.
+    for agent, leg, port in ((env.alice, leg1, ALICE_PORT), (phone2, leg2, ALICE_PORT + 2)):
+        assert leg.incoming is not None
+        sent = await agent.respond(
+            leg.incoming,
+            183,
+            body=simple_sdp("127.0.0.1", port, formats=("0",)),
+            extra=ALLOW_INFO,
+        )
+        leg.dialog = Dialog.create_uas(leg.invite, sent)
+        await trio.sleep(0.1)
+    assert incoming.exchange is not None
+    early = await incoming.exchange.wait_for(lambda r: r.status == 183)
+    to_carrier = parse_sdp_untrusted(early.body).media[0].port
+    trunk_sock = await bind(TRUNK_PORT)
+    with trunk_sock:
+        trunk_to = ("127.0.0.1", to_carrier)
+        for packet in key_press(1, 1, 160):
+            await trunk_sock.sendto(packet, trunk_to)
+        info = await phone2.next_request("INFO")  # the fork whose media the caller hears
+        assert info.request.call_id == leg2.call_id
+        assert info.request.body == b"Signal=1\r\nDuration=200\r\n"
+        assert env.alice.requests("INFO") == []
+        # The other phone answers: the digits go on in its (new) dialog.
+        await leg1.answer(sdp=simple_sdp("127.0.0.1", ALICE_PORT, formats=("0",)))
+        assert (await incoming.final()).status == 200
+        await env.alice.next_request("ACK")
+        for packet in key_press(2, 7, 1600):
+            await trunk_sock.sendto(packet, trunk_to)
+        second = await env.alice.next_request("INFO")
+        assert second.request.call_id == leg1.call_id
+        assert second.request.body == b"Signal=2\r\nDuration=200\r\n"
+        assert second.request.cseq.number == leg1.invite.cseq.number + 1
+    assert len(phone2.requests("INFO")) == 1
+    assert (await phone2.next_request("CANCEL")).request.call_id == leg2.call_id
+    record = b2bua_call(env).security_record()["dtmf"]
+    assert record["digits_to_info"] == 2 and "info_failed" not in record
