@@ -307,6 +307,7 @@ class Gateway:
             media_address=self.config.media.address,
             quality=quality,
             dtmf_interworking=self.config.media.dtmf_interworking,
+            clock=trio.current_time,
         )
 
     # -- TransportHost ----------------------------------------------------------------------

@@ -705,3 +705,131 @@ def test_the_srs_expects_the_final_snapshot_before_the_bye(
     assert answered.ok is (error is None), answered.describe()
     if error is not None:
         assert error in answered.error_log.read_text(), answered.error_log.read_text()
+
+
+# A caller that sends its key press as an INFO with the body given (``{body}``) in the early
+# dialog of the callee's 183 (100 ms after it, as a person at a prompt would, and once the
+# callee's prompt plays), then takes the 200, ACKs and hangs up: the
+# counterpart of calls/uas_early_media_info_dtmf.xml, whose checks the early-media DTMF test
+# (test_dtmf_interworking_sipp.py) relies on.
+EARLY_INFO_CALLER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="uac call sending an INFO in early media">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=sipp 1 1 IN IP[local_ip_type] [media_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="183" rrs="true"/>
+  <pause milliseconds="100"/>
+  <send retrans="500">
+    <![CDATA[
+      INFO [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 INFO
+      Max-Forwards: 70
+      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      {body}
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "ok"),
+    [("Signal=5\nDuration=160", True), ("Signal=9\nDuration=160", False)],
+    ids=["digit-5", "another-digit"],
+)
+def test_the_early_media_info_uas_checks_the_info_it_gets_before_answering(
+    tmp_path: Path, body: str, ok: bool
+) -> None:
+    caller_scenario = tmp_path / "uac_call_send_early_info.xml"
+    caller_scenario.write_text(EARLY_INFO_CALLER.format(body=body))
+    callee = SippUas("calls/uas_early_media_info_dtmf.xml", workdir=tmp_path, timeout=5)
+    (callee.rundir / "alice_audio.pcap").write_bytes(pcap_of([b"\x80\x00" + bytes(170)]))
+    with callee:
+        run_sipp_uac(caller_scenario, callee.address, workdir=tmp_path, service="alice", timeout=4)
+        answered = callee.wait(timeout=10)
+    assert answered.ok is ok, answered.describe()
+    if ok:  # the INFO came and went before the INVITE's 200
+        sent = [
+            m.split()[1] + " " + m.split("CSeq:")[1].split()[1] for m in answered.sent("SIP/2.0 ")
+        ]
+        assert sent[:4] == ["100 INVITE", "183 INVITE", "200 INFO", "200 INVITE"]
+    else:
+        assert "Failed regexp match" in answered.error_log.read_text()
+
+
+def test_the_early_media_dtmf_uac_checks_the_183_it_gets(tmp_path: Path) -> None:
+    """Against the IVR scenario directly, whose 183 has no telephone-event: the caller's check
+    of the 183 fails (through the gateway, the caller's telephone-event is kept)."""
+    callee = SippUas("calls/uas_early_media_info_dtmf.xml", workdir=tmp_path, timeout=3)
+    audio = pcap_of([b"\x80\x00" + bytes(170)])
+    (callee.rundir / "alice_audio.pcap").write_bytes(audio)
+    with callee:
+        caller = run_sipp_uac(
+            "calls/uac_call_dtmf_early.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="alice",
+            files={"dtmf101.pcap": audio},
+            timeout=3,
+        )
+        callee.wait(timeout=10)
+    assert not caller.ok
+    assert "Failed regexp match" in caller.error_log.read_text()
