@@ -572,6 +572,8 @@ def describe_location(location: dict[str, Any]) -> str:
         line += ", passed to " + ", ".join(str(name) for name in passed)
     if dropped:
         line += ", not passed to " + ", ".join(str(name) for name in dropped) + " (policy)"
+    if location.get("updates"):
+        line += f", updated {location['updates']} time(s) during the call"
     return line
 
 

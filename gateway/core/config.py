@@ -154,6 +154,9 @@ class GatewaySection:
     # attempts from one source address within auth_failure_window seconds get it 403.
     auth_max_failures: int = 5
     auth_failure_window: float = 60.0
+    # RFC 7090 PSAP callbacks (gateway/core/calls/psap_callback.py): how long after an
+    # emergency call a marked call to the number it presented is served like one; 0: never.
+    psap_callback_window: float = 1800.0
 
 
 @attrs.frozen
@@ -235,6 +238,8 @@ MAX_OVERLOAD_QUEUE_DELAY = 0.5
 MAX_DRAIN_TIMEOUT = 86_400.0
 # A day: a source blocked for longer is better refused by a firewall.
 MAX_AUTH_FAILURE_WINDOW = 86_400.0
+# A day: a callback later than that is a new call, not the end of an emergency call.
+MAX_PSAP_CALLBACK_WINDOW = 86_400.0
 # [sip] max_message_size bounds: at least an Ethernet frame's worth (below it an ordinary INVITE
 # with its SDP is refused; RFC 3261 §18.1.1 wants up to 65535 bytes taken over UDP), at most
 # 1 MiB, which each stream connection may buffer while a message arrives.
@@ -662,6 +667,13 @@ def _validate(config: GatewayConfig, file: str) -> None:
             "gateway",
             "auth_failure_window",
             f"expected seconds above 0, up to {MAX_AUTH_FAILURE_WINDOW:g}",
+        )
+    if not 0 <= config.gateway.psap_callback_window <= MAX_PSAP_CALLBACK_WINDOW:
+        raise ConfigError(
+            file,
+            "gateway",
+            "psap_callback_window",
+            f"expected seconds from 0 (no callbacks recognised) to {MAX_PSAP_CALLBACK_WINDOW:g}",
         )
     for fragment in config.sip.drop_user_agents:
         if not fragment.strip():

@@ -160,6 +160,9 @@ class CallLayer(Protocol):
     def in_emergency_dialog(self, request: Request) -> bool:
         """Whether a request with a To tag belongs to a call to an emergency number."""
 
+    def is_psap_callback(self, invite: Request, flow: Flow) -> bool:
+        """Whether a new INVITE is an emergency service calling back (RFC 7090)."""
+
 
 class SubscriptionLayer(Protocol):
     """The transaction user for message-summary subscriptions (calls/subscriptions.py)."""
@@ -499,18 +502,19 @@ class SipEndpoint:
 
     def _emergency_passes_overload(self, request: Request, flow: Flow, now: float) -> bool:
         """Whether a late new ``request`` is served all the same: an INVITE to an emergency
-        number, within :data:`EMERGENCY_PASSES_PER_SECOND`. It is still authenticated and
-        routed like any call (a 407 first for an account, as for any INVITE)."""
+        number or a PSAP callback (RFC 7090), within :data:`EMERGENCY_PASSES_PER_SECOND`. It is
+        still authenticated and routed like any call (a 407 first for an account, as for any
+        INVITE)."""
         calls = self.calls
         if request.method != "INVITE" or calls is None:
             return False
-        if not calls.calls_emergency_number(request):
+        if not (calls.calls_emergency_number(request) or calls.is_psap_callback(request, flow)):
             return False
         if not self._emergency_passes.allow(now):
             return False
         self.statistics.emergency_overload_passes += 1
         log.warning(
-            "SIP overloaded: serving a late INVITE to an emergency number from %s all the same",
+            "SIP overloaded: serving a late emergency INVITE from %s all the same",
             format_address(flow.remote),
         )
         return True

@@ -309,6 +309,7 @@ class Gateway:
             media_address=self.config.media.address,
             quality=quality,
             dtmf_interworking=self.config.media.dtmf_interworking,
+            clock=trio.current_time,
         )
 
     def control_answer(self, query: str) -> dict[str, object]:
@@ -605,7 +606,7 @@ class Gateway:
             if not (
                 spare_emergency
                 and call.a.invite is not None
-                and calls.calls_emergency_number(call.a.invite)
+                and (call.psap_callback or calls.calls_emergency_number(call.a.invite))
             )
         ]
         for call in ending:

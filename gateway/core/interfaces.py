@@ -246,7 +246,10 @@ class OutboundSession(Protocol):
     answer_body: bytes
     answer_type: str | None
     ended: trio.Event
-    """Set when the far end ended the session (its BYE)."""
+    """Set when the far end ended the session (its BYE, or a 481 to our re-INVITE: it no
+    longer knows the dialog, RFC 5057 §5.1)."""
+    retry_after: int | None
+    """The Retry-After (seconds) of the far end's last refusal of a re-INVITE, if any."""
 
     async def update(
         self, body: bytes, content_type: str, *, secure_only: bool = False
@@ -388,6 +391,11 @@ class MediaTap(Protocol):
     # Optional: ``message(data, *, transport, source, destination, at)``: the tap is a
     # ``SipCapture`` too and gets every SIP message the gateway sends or receives (interception
     # reports a target's REGISTERs, which belong to no call).
+    #
+    # Optional: ``update_failures`` (a mapping of reason to count, every reason present from
+    # the start): updates of recording sessions the tap gave up on (SIPREC: a re-INVITE the
+    # recorder kept refusing, or a recording session it no longer knew). Read at a scrape
+    # (``GatewayStatus.recording_update_failures``), summed over the taps that have it.
 
 
 class SipCapture(Protocol):
@@ -579,6 +587,9 @@ class TrunkCall:
     # refuse such a call (caller authentication never stands between a caller and the
     # emergency services); the core drops a refusal a plugin returns for one all the same.
     emergency: bool = False
+    # Verifying: an emergency service calling back one of our emergency callers (RFC 7090,
+    # ``[gateway] psap_callback_window``; often unsigned). Never refused either, the same way.
+    psap_callback: bool = False
 
 
 @attrs.frozen
@@ -791,6 +802,10 @@ class GatewayStatus(Protocol):
     def caller_identity(self) -> tuple[tuple[str, int], ...]:
         """Calls signed and checked by caller-identity services (STIR/SHAKEN) since the start,
         by outcome (``signed``, ``passed``, ``failed``, ``no_identity``, ...)."""
+
+    def recording_update_failures(self) -> tuple[tuple[str, int], ...]:
+        """Updates of recording sessions given up since the start, by reason, summed over the
+        media taps that count them (``MediaTap.update_failures``, SIPREC); empty without one."""
 
     def certificate_reloads(self) -> tuple[tuple[str, str, int], ...]:
         """Certificate reloads (SIGHUP) since the start: (plugin, outcome, count) for every

@@ -304,6 +304,16 @@ class StatusView:
         outcomes = manager.identity_outcomes if manager is not None else {}
         return tuple(sorted(outcomes.items()))
 
+    def recording_update_failures(self) -> tuple[tuple[str, int], ...]:
+        totals: dict[str, int] = {}
+        for _, tap in self._gateway.plugins.media_taps.items():
+            failures = getattr(tap, "update_failures", None)
+            if failures is None or getattr(tap, "covert", False):
+                continue
+            for reason, count in failures.items():
+                totals[reason] = totals.get(reason, 0) + count
+        return tuple(sorted(totals.items()))
+
     def key_exchange_failures(self) -> tuple[tuple[str, int], ...]:
         failures = self._statistics.key_exchange_failures
         names = sorted(set(self._gateway.plugins.key_exchanges.names()) | set(failures))

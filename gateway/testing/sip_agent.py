@@ -770,7 +770,9 @@ class SipAgent:
                 return
             if method == "INVITE":
                 if self.auto is not None:  # without SDP (late offer) our 2xx offers
-                    body = self.answer_sdp(request.body) if request.body else self.offer_sdp()
+                    # The SDP part of a multipart re-INVITE (a caller's location update).
+                    offer = _sdp_in(request)
+                    body = self.answer_sdp(offer) if offer else self.offer_sdp()
                     await self.respond(received, 200, body=body)
                 return
             if method == "BYE":

@@ -60,6 +60,31 @@ def test_a_phones_emergency_call_brings_its_location_to_the_trunk(tmp_path: Path
     assert "Traceback" not in log
 
 
+def test_an_emergency_callers_new_location_reaches_the_trunk(tmp_path: Path) -> None:
+    """The caller moves during the call: its re-INVITE's new location (another Content-ID and
+    position) reaches the trunk in the gateway's re-INVITE, Geolocation and part both."""
+    with SippUas("calls/uas_answer_location_moved.xml", workdir=tmp_path) as trunk:
+        toml = emergency_trunk(trunk)
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=toml) as gw:
+            caller = account_call(
+                "calls/uac_call_location_moved_auth.xml", gw, tmp_path, service="112"
+            )
+            caller.check()
+            answered = trunk.wait(timeout=10)
+            answered.check()
+            calls = gw.cli_until(lambda out: "updated 1 time" in out, "calls", "--recent", "5")
+            log = gw.log_text()
+
+    _, moved = answered.received("INVITE ")
+    assert "Geolocation: <cid:moved456@sipp.example.com>" in moved, moved
+    assert "Content-ID: <moved456@sipp.example.com>" in moved
+    assert "52.5210 13.4060" in moved and "52.5200 13.4050" not in moved
+    assert "Content-Type: multipart/mixed;boundary=voipgw-" in moved
+    assert "passed to emergency, updated 1 time(s) during the call" in calls
+    assert "location update (by value (<moved456@sipp.example.com>" in log
+    assert "52.5210" not in log and "Traceback" not in log
+
+
 def test_the_location_phone_against_a_challenging_uas(tmp_path: Path) -> None:
     with SippUas("uas_auth_answer.xml", workdir=tmp_path, keys=CREDENTIALS) as callee:
         caller = run_sipp_uac(

@@ -547,3 +547,289 @@ def test_the_rfc4733_dtmf_uas_checks_the_offer_it_gets(
     assert answered.ok is ok, answered.describe()
     if not ok:
         assert "Failed regexp match" in answered.error_log.read_text()
+
+
+# A recording client (SRC) as calls/uas_siprec_srs.xml expects one: the recording INVITE (Require:
+# siprec, +sip.src, a multipart body with RFC 7865 metadata), its ACK, then ``{final}`` (the final
+# snapshot, a re-INVITE, or nothing) and the BYE.
+SIPREC_SRC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="uac siprec src">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:src@[local_ip]:[local_port];transport=[transport]>;+sip.src
+      Require: siprec
+      Max-Forwards: 70
+      Content-Type: multipart/mixed;boundary=b1
+      Content-Length: [len]
+
+{body}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+{final}
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"""
+SIPREC_FINAL = """  <send retrans="500">
+    <![CDATA[
+      INVITE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 INVITE
+      Contact: <sip:src@[local_ip]:[local_port];transport=[transport]>;+sip.src
+      Max-Forwards: 70
+      Content-Type: multipart/mixed;boundary=b1
+      Content-Length: [len]
+
+{body}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:src@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>"""
+
+
+def siprec_body(direction: str, recording_ends: bool) -> str:
+    """The multipart body of a recording (re-)INVITE: two labelled streams ``direction``, and
+    metadata whose recording association ends (a disassociate-time) when ``recording_ends``."""
+    stop = "<disassociate-time>2026-01-01T10:05:00Z</disassociate-time>" if recording_ends else ""
+    lines = [
+        "--b1",
+        "Content-Type: application/sdp",
+        "",
+        "v=0",
+        "o=src 1 1 IN IP[local_ip_type] [media_ip]",
+        "s=-",
+        "c=IN IP[media_ip_type] [media_ip]",
+        "t=0 0",
+        "m=audio [media_port] RTP/AVP 0",
+        "a=label:1",
+        f"a={direction}",
+        "m=audio [media_port+2] RTP/AVP 0",
+        "a=label:2",
+        f"a={direction}",
+        "--b1",
+        "Content-Type: application/rs-metadata+xml",
+        "Content-Disposition: recording-session",
+        "",
+        "<?xml version='1.0' encoding='UTF-8'?>",
+        "<recording xmlns='urn:ietf:params:xml:ns:recording:1'>",
+        "<sessionrecordingassoc session_id='cw=='>",
+        "<associate-time>2026-01-01T10:00:00Z</associate-time>",
+        stop,
+        "</sessionrecordingassoc>",
+        "<participantstreamassoc participant_id='cA=='><send>cw==</send></participantstreamassoc>",
+        "</recording>",
+        "--b1--",
+    ]
+    return "\n".join(line for line in lines if line)
+
+
+@pytest.mark.parametrize(
+    ("final", "error"),
+    [
+        (SIPREC_FINAL.format(body=siprec_body("inactive", recording_ends=True)), None),
+        ("", "unexpected BYE"),
+        (
+            SIPREC_FINAL.format(body=siprec_body("inactive", recording_ends=False)),
+            "Failed regexp match",
+        ),
+        (
+            SIPREC_FINAL.format(body=siprec_body("sendonly", recording_ends=True)),
+            "Failed regexp match",
+        ),
+    ],
+    ids=["final-snapshot", "bye-alone", "recording-not-ended", "streams-not-inactive"],
+)
+def test_the_srs_expects_the_final_snapshot_before_the_bye(
+    tmp_path: Path, final: str, error: str | None
+) -> None:
+    """calls/uas_siprec_srs.xml wants, after the recording INVITE, a re-INVITE whose metadata
+    ends the recording (a disassociate-time in sessionrecordingassoc) and whose streams are
+    inactive, then the BYE: test_siprec.py's proof that the gateway sends the final snapshot."""
+    src = tmp_path / "uac_siprec_src.xml"
+    src.write_text(
+        SIPREC_SRC.format(body=siprec_body("sendonly", recording_ends=False), final=final)
+    )
+    with SippUas("calls/uas_siprec_srs.xml", workdir=tmp_path, timeout=5) as srs:
+        run_sipp_uac(src, srs.address, workdir=tmp_path, service="srs", timeout=4)
+        answered = srs.wait(timeout=10)
+    assert answered.ok is (error is None), answered.describe()
+    if error is not None:
+        assert error in answered.error_log.read_text(), answered.error_log.read_text()
+
+
+# A caller that sends its key press as an INFO with the body given (``{body}``) in the early
+# dialog of the callee's 183 (100 ms after it, as a person at a prompt would, and once the
+# callee's prompt plays), then takes the 200, ACKs and hangs up: the
+# counterpart of calls/uas_early_media_info_dtmf.xml, whose checks the early-media DTMF test
+# (test_dtmf_interworking_sipp.py) relies on.
+EARLY_INFO_CALLER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="uac call sending an INFO in early media">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:caller@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=sipp 1 1 IN IP[local_ip_type] [media_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="183" rrs="true"/>
+  <pause milliseconds="100"/>
+  <send retrans="500">
+    <![CDATA[
+      INFO [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 INFO
+      Max-Forwards: 70
+      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      {body}
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "ok"),
+    [("Signal=5\nDuration=160", True), ("Signal=9\nDuration=160", False)],
+    ids=["digit-5", "another-digit"],
+)
+def test_the_early_media_info_uas_checks_the_info_it_gets_before_answering(
+    tmp_path: Path, body: str, ok: bool
+) -> None:
+    caller_scenario = tmp_path / "uac_call_send_early_info.xml"
+    caller_scenario.write_text(EARLY_INFO_CALLER.format(body=body))
+    callee = SippUas("calls/uas_early_media_info_dtmf.xml", workdir=tmp_path, timeout=5)
+    (callee.rundir / "alice_audio.pcap").write_bytes(pcap_of([b"\x80\x00" + bytes(170)]))
+    with callee:
+        run_sipp_uac(caller_scenario, callee.address, workdir=tmp_path, service="alice", timeout=4)
+        answered = callee.wait(timeout=10)
+    assert answered.ok is ok, answered.describe()
+    if ok:  # the INFO came and went before the INVITE's 200
+        sent = [
+            m.split()[1] + " " + m.split("CSeq:")[1].split()[1] for m in answered.sent("SIP/2.0 ")
+        ]
+        assert sent[:4] == ["100 INVITE", "183 INVITE", "200 INFO", "200 INVITE"]
+    else:
+        assert "Failed regexp match" in answered.error_log.read_text()
+
+
+def test_the_early_media_dtmf_uac_checks_the_183_it_gets(tmp_path: Path) -> None:
+    """Against the IVR scenario directly, whose 183 has no telephone-event: the caller's check
+    of the 183 fails (through the gateway, the caller's telephone-event is kept)."""
+    callee = SippUas("calls/uas_early_media_info_dtmf.xml", workdir=tmp_path, timeout=3)
+    audio = pcap_of([b"\x80\x00" + bytes(170)])
+    (callee.rundir / "alice_audio.pcap").write_bytes(audio)
+    with callee:
+        caller = run_sipp_uac(
+            "calls/uac_call_dtmf_early.xml",
+            callee.address,
+            workdir=tmp_path,
+            service="alice",
+            files={"dtmf101.pcap": audio},
+            timeout=3,
+        )
+        callee.wait(timeout=10)
+    assert not caller.ok
+    assert "Failed regexp match" in caller.error_log.read_text()

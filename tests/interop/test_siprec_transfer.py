@@ -4,9 +4,11 @@ alice (baresip) calls bob (baresip); every call is recorded to a sipp SRS
 (``scenarios/calls/uas_siprec_srs_transfer.xml``). bob transfers alice to carol (baresip's
 ``transfer``). The SRS must get a re-INVITE in its recording dialog whose RFC 7865 metadata
 names carol and gives the party who left a disassociate-time (the scenario's regexp; it answers
-streams-only re-INVITEs and waits for that one), then the BYE when alice hangs up. Here the
-same re-INVITE, from sipp's message trace, is read as XML: the session and the stream ids and
-the two first participants' ids are those of the recording INVITE.
+streams-only re-INVITEs and waits for that one), then the final snapshot and the BYE when
+alice hangs up. Here the same re-INVITE, from sipp's message trace, is read as XML: the session
+and the stream ids and the two first participants' ids are those of the recording INVITE; the
+final snapshot keeps them, bob's disassociate-time of the transfer too, and disassociates
+alice, carol and the recording.
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ def test_a_blind_transfer_re_invites_the_srs_with_metadata_naming_the_target(
     answered.check()  # the recording INVITE's checks, the re-INVITE's regexp, the BYE
 
     invites = answered.received("INVITE ")
-    assert len(invites) >= 2, invites
-    first, update = metadata(invites[0]), metadata(invites[-1])
+    assert len(invites) >= 3, invites
+    # The last re-INVITE is the final snapshot of the call's end; the transfer's is before it.
+    first, update, final = (metadata(invites[i]) for i in (0, -2, -1))
     assert update.tag == f"{{{NAMESPACE}}}recording"
     assert ids(update, "r:session", "session_id") == ids(first, "r:session", "session_id")
     assert ids(update, "r:stream", "stream_id") == ids(first, "r:stream", "stream_id")
@@ -100,5 +103,12 @@ def test_a_blind_transfer_re_invites_the_srs_with_metadata_naming_the_target(
         for a in update.findall("r:participantsessionassoc", NS)
     }
     assert left[caller] is None and left[participants[2]] is None and left[callee], left
+    assert final.findtext("r:sessionrecordingassoc/r:disassociate-time", namespaces=NS)
+    assert ids(final, "r:participant", "participant_id") == participants
+    ended = {
+        a.get("participant_id"): a.findtext("r:disassociate-time", namespaces=NS)
+        for a in final.findall("r:participantsessionassoc", NS)
+    }
+    assert ended[callee] == left[callee] and ended[caller] and ended[participants[2]], ended
     sent = re.search(r"SIPREC: call \S+: \d+ packets, (\d+) sent to the SRS", log)
     assert sent is not None and int(sent.group(1)) > 0, log[-2000:]

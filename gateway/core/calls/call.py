@@ -9,7 +9,8 @@ every event in that one task keeps the call a plain sequential state machine, wi
    call goes (``gateway_route_call`` hook, then the core's routing), the media session (SDP of
    each leg rewritten so all media flows through the relay), then an INVITE to every target in
    parallel (RFC 3261 §16.6-style forking done by a UAC core);
-2. ringing: 1xx from B is relayed to A with our own To tag (early media when it carries SDP);
+2. ringing: 1xx from B is relayed to A with our own To tag (early media when it carries SDP,
+   DTMF interworking included: its INFO go in the early dialog, docs/architecture.md);
    no final answer within ``[sip] ring_timeout`` of the last provisional response (or of the
    INVITEs, if none came; Timer C, RFC 3261 §16.6 step 11, §16.7 step 2) CANCELs
    every B leg and answers A 408, so a callee that rings forever, or whose 2xx we cannot read,
@@ -103,12 +104,15 @@ from gateway.core.calls.location import (
     LocationError,
     carries_location,
     geolocation_errors,
+    location_body,
+    location_headers,
     offered_location,
     passes,
     with_location,
 )
 from gateway.core.calls.numbering import read_number
 from gateway.core.calls.pickup import NO_CALL_TO_PICK_UP
+from gateway.core.calls.psap_callback import PRIORITY_VALUE as PSAP_CALLBACK
 from gateway.core.calls.routing import (
     ContactTarget,
     UnroutableTarget,
@@ -137,7 +141,7 @@ from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.security import LegSecurity, MediaSecurityRefused
-from gateway.core.media.session import ORIGIN_USERNAME
+from gateway.core.media.session import ORIGIN_USERNAME, DtmfPlan
 from gateway.core.media.taps import CallTaps, tapped_media
 from gateway.core.sdp.body import (
     ACCEPTED_BODY_TYPES,
@@ -404,6 +408,9 @@ class Call:
         self.b_legs: list[BLeg] = []
         self.b: BLeg | None = None  # the leg that answered
         self.caller = caller  # identified before the call exists (CallManager.invite)
+        self.psap_callback = False
+        """An emergency service calling back (RFC 7090, calls/psap_callback.py), set by the
+        manager: served like an emergency call, and phones are told (``Priority``)."""
         self.media: MediaSession | None = None
         self.keying: CallKeying | None = None
         self.taps: CallTaps | None = None
@@ -485,6 +492,7 @@ class Call:
         self._location_emergency = False
         self._location_to: list[str] = []  # trunks it went to
         self._location_dropped: list[str] = []  # where policy kept it from going
+        self._location_updates = 0  # re-INVITEs that brought a new location to a trunk
         # Caller identity (STIR/SHAKEN, calls/identity.py): what was signed or verified, and
         # the parameters (verstat) a verified trunk caller's number carries towards phones.
         self.identity: list[IdentityOutcome] = []
@@ -494,6 +502,14 @@ class Call:
         # time, so they arrive in order), digits from INFO waiting to be sent as events, and
         # the counts for the call record.
         self._dtmf: _DtmfWork | None = None
+        # Early media (RFC 3261 §13.2.1, RFC 3960): the B leg and the 1xx whose SDP answer the
+        # media session holds now (the latest wins, as for the session), whose early dialog
+        # takes the DTMF INFO before the answer; our early dialog with A, made only when a
+        # DTMF INFO goes there; the wake-up of the task that times out DTMF events whose end
+        # packets were lost (started with the first event).
+        self._early_answer: tuple[BLeg, Response] | None = None
+        self._a_early: Dialog | None = None
+        self._dtmf_wake: trio.Event | None = None
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -715,6 +731,7 @@ class Call:
         )
         self.media = self.manager.new_media_session(self._media_lost)
         self.media.on_dtmf_digit = self._dtmf_heard
+        self.media.on_dtmf_timer = self._dtmf_timer_armed
         if self.media.quality is not None and self.endpoint.rtcp_captures:
             self.media.quality.listeners = (RtcpToCaptures(self, self.endpoint.rtcp_captures),)
         self.keying = CallKeying(self.media)
@@ -761,7 +778,7 @@ class Call:
             why = limits.take(self, key, now=trio.current_time(), count_refusal=False)
             if why is None:
                 return None
-            if (
+            if self.psap_callback or (
                 self.a.invite is not None
                 and self.caller is not None
                 and self.manager.is_emergency_call(self.a.invite, self.caller)
@@ -769,7 +786,16 @@ class Call:
                 return limits.take(self, key, exempt=True)
             return limits.refuse(key, why)
         if target.account is not None:
-            return limits.take(self, ("account", target.account))
+            key = ("account", target.account)
+            why = limits.take(self, key, count_refusal=False)
+            if why is not None and self.psap_callback:
+                log.warning(
+                    "call %s: PSAP callback to %s past its call limit (RFC 7090)",
+                    self.id,
+                    target.account,
+                )
+                return limits.take(self, key, exempt=True)
+            return None if why is None else limits.refuse(key, why)
         return None
 
     def _next_alternate(self) -> RouteTarget | None:
@@ -843,6 +869,55 @@ class Call:
         self._location_emergency = (
             self.caller.kind == "account" and self.manager.calls_emergency_number(invite)
         )
+
+    def _location_update(
+        self, side: Side, request: Request, parts: Sequence[BodyPart]
+    ) -> Location | None:
+        """The location a re-INVITE from ``side`` conveys (RFC 6442 §4: a location that
+        changed during the call, as an emergency caller moves), checked as at set-up; None for
+        none, for the callee's (only the caller's location is ever passed on, as at set-up),
+        and for one that fails the checks: unlike a first INVITE's, it is left out and the
+        re-INVITE goes on, since refusing it (424) would also refuse the hold or codec change
+        it carries, in what may be an emergency call."""
+        if side is not Side.A:
+            log.info("call %s: location in the callee's re-INVITE not passed on", self.id)
+            return None
+        try:
+            location = offered_location(request, parts)
+        except LocationError as err:
+            log.warning(
+                "call %s: location update in a re-INVITE left out (%s)", self.id, err.reason
+            )
+            return None
+        if location.conveyed == "none":
+            log.info("call %s: location part not named by Geolocation left out", self.id)
+            return None
+        self.location = location  # the call's record shows how it was last conveyed
+        return location
+
+    def _passes_location(self, leg: Leg, location: Location) -> bool:
+        """Whether a location update goes in our re-INVITE to ``leg``: the policy of its trunk
+        (``location``) for this call, as at set-up; never to a phone. Logged and recorded."""
+        trunk = self._leg_trunk(leg) if isinstance(leg, BLeg) else None
+        invite = self.a.invite
+        emergency = (
+            self.caller.kind == "account"
+            and invite is not None
+            and self.manager.calls_emergency_number(invite)
+        )
+        to = trunk.name if trunk is not None else "the other leg"
+        if not passes(trunk.location if trunk else None, emergency=emergency):
+            log.info(
+                "call %s: location update (%s) not passed to %s", self.id, location.described(), to
+            )
+            if to not in self._location_dropped:
+                self._location_dropped.append(to)
+            return False
+        log.info("call %s: location update (%s) passed to %s", self.id, location.described(), to)
+        if to not in self._location_to:
+            self._location_to.append(to)
+        self._location_updates += 1
+        return True
 
     def _with_location(self, leg: BLeg, request: Request, location: Location) -> Request:
         """``request`` to ``leg`` with the caller's location where the policy passes it (a
@@ -924,11 +999,22 @@ class Call:
     ) -> Request:
         user = self._calling_user(leg, invite_a)
         display = invite_a.from_.display_name
+        trunk = leg.target.trunk if leg.target is not None else None
+        if trunk is not None and self.caller.kind == "account":
+            self.manager.emergency_call_presented(invite_a, trunk, user)
+        # RFC 7090: a phone told of a PSAP callback lets it ring through do-not-disturb. Only
+        # to our phones, and only for a callback we recognised (the caller's own marking is
+        # never copied).
+        priority = (
+            [("Priority", PSAP_CALLBACK)]
+            if self.psap_callback and leg.target is not None and leg.target.account is not None
+            else []
+        )
         return self._new_invite(
             uri,
             leg,
             offer,
-            self._identity(leg, user, display, privacy=_wants_privacy(invite_a)),
+            self._identity(leg, user, display, privacy=_wants_privacy(invite_a)) + priority,
             max_forwards=(invite_a.max_forwards or 70) - 1,
         )
 
@@ -1084,8 +1170,10 @@ class Call:
                 await self._end_by_gateway(event)
             elif isinstance(event, ReplacedEvent):
                 await self._replaced_by_transfer()
+            elif isinstance(event, DtmfDigitEvent):
+                await self._dtmf_to_info(event)  # early media (RFC 3960)
             elif isinstance(event, ResponseEvent):
-                pass  # a response to a BYE/CANCEL we sent: nothing to do
+                await self._early_response(event)
             elif isinstance(event, PickUpEvent):
                 await self._picked_up(event)
 
@@ -1329,6 +1417,7 @@ class Call:
                 )
             elif sdp:
                 body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(sdp)))
+                self._early_answer = (leg, response)  # early media: whose the caller hears
         except SdpError as err:
             log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
         status = 183 if body else 180
@@ -1405,6 +1494,10 @@ class Call:
                     await self._early_request(event)  # A's PRACK among them
                 elif isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                     await self._b_response(event.tag, event.response)
+                elif isinstance(event, ResponseEvent):
+                    await self._early_response(event)
+                elif isinstance(event, DtmfDigitEvent):
+                    await self._dtmf_to_info(event)
                 elif isinstance(event, KeyFailureEvent):
                     await self._key_exchange_failed(event)
                 elif isinstance(event, EndCallEvent):
@@ -1471,7 +1564,14 @@ class Call:
         dialog, the 2xx retransmitted until its ACK, the call answered."""
         assert self.media is not None and self.a.invite is not None
         over_tls = self.a.transport in TLS_TRANSPORTS
-        self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=over_tls)
+        early = self._a_early
+        if early is not None and early.state is DialogState.EARLY:
+            # A DTMF INFO went to A in our early dialog: the 2xx confirms that dialog, whose
+            # CSeq goes on from it (RFC 3261 §12.2.1.1).
+            early.send_response(ok)
+            self.a.dialog = early
+        else:
+            self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=over_tls)
         if self._unacked_1xx is not None and self._unacked_1xx[0].body:
             await self._awaiting_prack()  # RFC 3262 §3: not before that 1xx's PRACK
         self._stop_reliable_1xx()
@@ -2074,8 +2174,39 @@ class Call:
         if event.request.method == "UPDATE":
             await self._update(event)
             return
+        if event.request.method == "INFO" and self._early_dtmf_info(event):
+            await self._info_to_dtmf(event)  # RFC 6086 §4.2: INFO in the early dialog
+            return
         response = make_response(event.request, 491 if event.request.method == "INVITE" else 501)
         await self.endpoint.respond(event.transaction, response)
+
+    def _early_dtmf_info(self, event: RequestEvent) -> bool:
+        """Whether a request before the answer is a DTMF INFO to interwork: from the leg
+        without telephone-event of the plan the early media made, in the early dialog whose
+        media the call relays (for B, the one whose 1xx brought the answer in use)."""
+        request = event.request
+        plan = self.media.dtmf if self.media is not None else None
+        if plan is None or plan.info_side != event.side.value:
+            return False
+        if not is_dtmf_info(request.content_type):
+            return False
+        if event.side is Side.B:
+            early = self._early_answer
+            invite = early[0].invite if early is not None else None
+            if early is None or invite is None:
+                return False
+            if request.call_id != invite.call_id or request.from_.tag != early[1].to.tag:
+                return False  # another fork's early dialog: not the media the call relays
+        return True
+
+    async def _early_response(self, event: ResponseEvent) -> None:
+        """A response before the answer to a request we sent in a dialog: a DTMF INFO's
+        (early media) is read; others (BYE, CANCEL) need nothing."""
+        tag = event.tag
+        dtmf = isinstance(tag, InDialogRequest) and tag.purpose == "dtmf"
+        if dtmf and event.response.status >= 200:
+            assert isinstance(tag, InDialogRequest)
+            await self._dtmf_info_answered(tag, event.response)
 
     # -- established ----------------------------------------------------------------------------
 
@@ -2203,7 +2334,12 @@ class Call:
         assert self.media is not None
         try:
             # Without SDP (a late offer, §14.1) the other leg's 2xx makes the offer.
-            sdp = _sdp(request)
+            sdp, location_parts = read_body(request.content_type, request.body)
+            location = (
+                self._location_update(event.side, request, location_parts)
+                if carries_location(request, location_parts)
+                else None
+            )
             offer = self._reoffer(event.side, parse_sdp_untrusted(sdp)) if sdp else None
         except SdpError as err:
             self.media.abandon_offer()
@@ -2228,12 +2364,21 @@ class Call:
         self._pending_reinvite = (event.side, event.transaction, request)
         sent = InDialogRequest("reinvite", event.side.other)
         body = serialize_sdp(offer) if offer is not None else b""
+        content_type: str | None = SDP
+        extra = [("Supported", "timer"), *self._refresh_headers(other)]
+        if location is not None and self._passes_location(other, location):
+            extra += location_headers(location)
+            ids = self.manager.gateway.ids
+            located = location_body(location, body, lambda: ids.token_hex(8))
+            if located is not None:
+                body, content_type = located
         reinvite = await self._send_in_dialog(
             other,
             "INVITE",
             body=body,
             tag=sent,
-            extra=[("Supported", "timer"), *self._refresh_headers(other)],
+            extra=extra,
+            content_type=content_type,
         )
         if reinvite is None:
             self.media.abandon_offer()
@@ -2323,14 +2468,18 @@ class Call:
         return self._dtmf
 
     async def _dtmf_to_info(self, event: DtmfDigitEvent) -> None:
-        """A digit from the RFC 4733 leg: one INFO on the other leg's dialog, in order (the
-        next once the previous is answered), if that leg's device allows INFO."""
+        """A digit from the RFC 4733 leg: one INFO on the other leg's dialog (confirmed, or
+        the early dialog of early media), in order (the next once the previous is answered),
+        if that leg's device allows INFO."""
         plan = self.media.dtmf if self.media is not None else None
         if plan is None or plan.rfc4733_side != event.side:
-            return  # the interworking ended meanwhile (a re-INVITE)
+            return  # the interworking ended meanwhile (a re-INVITE, another fork's answer)
         work = self._dtmf_work()
-        leg = self._leg(Side(plan.info_side))
-        if not leg.established or not _allows_info(leg):
+        target = self._dtmf_info_target(plan)
+        if target is None:
+            work.info_failed += 1  # no dialog to send it in (the early one ended)
+            return
+        if not _allows_info(target[0], self._early_response_of(target[0])):
             work.not_carried += 1
             if work.not_carried == 1:
                 log.warning(
@@ -2342,12 +2491,73 @@ class Call:
                 )
             return
         work.infos.append(event.digit)
-        if work.info_in_flight is None:
-            await self._send_dtmf_info(leg, work)
+        await self._send_dtmf_info(work)
 
-    async def _send_dtmf_info(self, leg: Leg, work: _DtmfWork) -> None:
-        """Send the next digit waiting for its INFO (RFC 6086 §4.2: in the INVITE dialog)."""
+    def _early_response_of(self, leg: Leg) -> Response | None:
+        """The 1xx whose early dialog with ``leg`` takes our requests before the answer."""
+        early = self._early_answer
+        if early is not None and early[0] is leg and leg.dialog is None:
+            return early[1]
+        return None
+
+    def _dtmf_info_target(self, plan: DtmfPlan) -> tuple[Leg, Dialog] | None:
+        """The leg and dialog a DTMF INFO goes to (RFC 6086 §4.2: in the INVITE dialog
+        usage, early or confirmed): the INFO leg's confirmed dialog; before the answer, the
+        early dialog of the media the call relays (B: the 1xx whose SDP answer is in use; A:
+        ours, made at the first INFO from our 1xx's To tag). None: none (the early dialog
+        ended, or no 1xx went to A yet)."""
+        if plan.info_side == Side.A.value:
+            a = self.a
+            if a.dialog is not None:
+                return (a, a.dialog) if a.dialog.state is not DialogState.TERMINATED else None
+            if self.state != "ringing" or a.invite is None or self._early_answer is None:
+                return None
+            if self._a_early is None:
+                # Our early dialog with A (RFC 3261 §12.1.1): the one our 1xx with SDP made.
+                ringing = self._a_response(183)
+                over_tls = a.transport in TLS_TRANSPORTS
+                self._a_early = Dialog.create_uas(a.invite, ringing, over_tls=over_tls)
+            return a, self._a_early
+        if self.b is not None:
+            dialog = self.b.dialog
+            if dialog is None or dialog.state is DialogState.TERMINATED:
+                return None
+            return self.b, dialog
+        early = self._early_answer
+        if early is None or self.state != "ringing":
+            return None
+        leg, response = early
+        tag = response.to.tag
+        if leg.finished or leg.cancel_wanted or leg.invite is None or tag is None:
+            return None
+        dialog = leg.early_dialogs.get(tag)
+        if dialog is None:
+            # An unreliable 1xx made the early dialog too (RFC 3261 §12.1.2, §13.2.2.4); kept
+            # where the 2xx finds it, so that our later requests continue its CSeq.
+            over_tls = leg.transport in TLS_TRANSPORTS
+            dialog = Dialog.create_uac(leg.invite, response, over_tls=over_tls)
+            leg.early_dialogs[tag] = dialog
+        if dialog.state is DialogState.TERMINATED:
+            return None
+        return leg, dialog
+
+    async def _send_dtmf_info(self, work: _DtmfWork) -> None:
+        """Send the next digit waiting for its INFO (RFC 6086 §4.2: in the INVITE dialog
+        usage, early or confirmed), unless one is in flight in that dialog. One in flight in
+        a dialog the call left (another fork answered) no longer holds the queue: its answer
+        is not waited for."""
         while work.infos:
+            plan = self.media.dtmf if self.media is not None else None
+            target = None if plan is None else self._dtmf_info_target(plan)
+            if target is None:
+                work.info_failed += len(work.infos)  # the interworking or its dialog ended
+                work.infos.clear()
+                return
+            leg, dialog = target
+            if work.info_in_flight is not None:
+                if work.info_dialog is dialog:
+                    return  # sent on its answer (_dtmf_info_answered)
+                work.info_in_flight = None
             digit = work.infos.popleft()
             tag = InDialogRequest("dtmf", leg.side)
             sent = await self._send_in_dialog(
@@ -2356,9 +2566,11 @@ class Call:
                 body=dtmf_relay_body(digit),
                 content_type=DTMF_RELAY,
                 tag=tag,
+                dialog=dialog,
             )
             if sent is not None:
                 work.info_in_flight = tag
+                work.info_dialog = dialog
                 work.to_info += 1
                 return
             work.info_failed += 1
@@ -2378,7 +2590,31 @@ class Call:
                 response.reason,
             )
         if work.infos:
-            await self._send_dtmf_info(self._leg(tag.side), work)
+            await self._send_dtmf_info(work)
+
+    def _dtmf_timer_armed(self) -> None:
+        """An RFC 4733 event began (in the relay's loop): wake the task that ends it if its
+        end packets never come (RFC 4733 §2.5.2.2), started with the call's first event."""
+        if self._dtmf_wake is None:
+            if self._nursery is None:
+                return
+            self._dtmf_wake = trio.Event()
+            self._nursery.start_soon(self._dtmf_timeouts)
+        self._dtmf_wake.set()
+
+    async def _dtmf_timeouts(self) -> None:
+        """End, at its timer, each RFC 4733 event whose end packets were all lost: its digit
+        goes on as if they had come (once: :meth:`MediaSession.dtmf_timeout`). Sleeps while
+        no event is unfinished."""
+        media = self.media
+        while media is not None and not media.closed:
+            self._dtmf_wake = trio.Event()
+            timer = media.dtmf_timer()
+            if timer is None:
+                await self._dtmf_wake.wait()
+                continue
+            await trio.sleep_until(timer)
+            media.dtmf_timeout(trio.current_time())
 
     async def _info_to_dtmf(self, event: RequestEvent) -> None:
         """An INFO digit from the leg without telephone-event: answered here (200, or 400 for
@@ -2544,9 +2780,11 @@ class Call:
             await self.endpoint.respond(transaction, ok)
         else:
             self.media.abandon_offer()
-            await self.endpoint.respond(
-                transaction, make_response(request, response.status, response.reason)
+            # RFC 6442 §4.3: the trunk's verdict on a location update is the phone's to act on.
+            refused = make_response(
+                request, response.status, response.reason, extra=geolocation_errors(response)
             )
+            await self.endpoint.respond(transaction, refused)
             if response.status in (408, 481):
                 # RFC 3261 §14.1: the dialog is gone (481) or the leg did not answer (408, also
                 # our own on Timer B); the requester, answered the same, ends its side too.
@@ -3619,11 +3857,14 @@ class Call:
         if self._dtmf is not None:
             record["dtmf"] = self._dtmf.record(self.media)
         if self.location is not None:  # how and where to; never the contents (RFC 6442 §7)
-            record["location"] = {
+            location: dict[str, object] = {
                 "conveyed": self.location.conveyed,
                 "passed_to": list(self._location_to),
                 "dropped_for": list(self._location_dropped),
             }
+            if self._location_updates:
+                location["updates"] = self._location_updates
+            record["location"] = location
         return record
 
     def _leg(self, side: Side) -> Leg:
@@ -3692,17 +3933,20 @@ class Call:
         extra: Sequence[tuple[str, str]] = (),
         content_type: str | None = SDP,
         forward: bool = True,
+        dialog: Dialog | None = None,
     ) -> ClientRequest | None:
-        """Send a new request in ``leg``'s dialog; its responses come into this call's events
-        with ``tag`` (unless ``forward`` is false: the caller reads them itself)."""
-        assert leg.dialog is not None
+        """Send a new request in ``leg``'s dialog (or in ``dialog``: an early one of the leg);
+        its responses come into this call's events with ``tag`` (unless ``forward`` is false:
+        the caller reads them itself)."""
+        dialog = dialog or leg.dialog
+        assert dialog is not None
         try:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
         except OSError as exc:
             log.info("call %s: cannot reach %s leg: %s", self.id, leg.side.value, exc)
             return None
         leg.flow = flow
-        request = leg.dialog.create_request(
+        request = dialog.create_request(
             method,
             via=self.endpoint.new_via(flow),
             # Target refresh requests carry our Contact (RFC 3261 §12.2.1.1, RFC 3311 §5.1).
@@ -4124,6 +4368,7 @@ class _DtmfWork:
 
     infos: deque[Digit] = attrs.Factory(deque)
     info_in_flight: InDialogRequest | None = None
+    info_dialog: Dialog | None = None  # the dialog the INFO in flight went in
     events: deque[Digit] = attrs.Factory(deque)
     injecting: bool = False
     to_info: int = 0
@@ -4149,17 +4394,20 @@ class _DtmfWork:
             record["info_failed"] = self.info_failed
         if self.events_dropped:
             record["events_dropped"] = self.events_dropped
+        if media is not None and media.dtmf_timeouts:
+            record["ended_by_timeout"] = media.dtmf_timeouts
         return record
 
 
-def _allows_info(leg: Leg) -> bool:
-    """Whether the leg's device allows INFO: its Allow header (from its INVITE, or its 2xx)
-    lists it. No Allow at all says nothing (RFC 3261 §20.5): then INFO is sent."""
+def _allows_info(leg: Leg, early: Response | None = None) -> bool:
+    """Whether the leg's device allows INFO: its Allow header (from its INVITE, or its 2xx;
+    before the answer the 1xx of ``early``) lists it. No Allow at all says nothing (RFC 3261
+    §20.5): then INFO is sent."""
     message: Request | Response | None = None
     if isinstance(leg, ALeg):
         message = leg.invite
     elif isinstance(leg, BLeg):
-        message = leg.final
+        message = leg.final or early
     if message is None:
         return True
     allowed = message.headers.get_all("Allow")

@@ -105,6 +105,7 @@ async def checked(call: Call, trunk: TrunkConfig, request: Request) -> IdentityO
         called=_called(request.uri, lambda user: read_number(plan, user)),
         at=time.time(),
         emergency=call.manager.calls_emergency_number(request),
+        psap_callback=call.psap_callback,
     )
     for service in call.manager.caller_identity:
         try:
@@ -113,10 +114,15 @@ async def checked(call: Call, trunk: TrunkConfig, request: Request) -> IdentityO
         except Exception:
             log.exception("call %s: a caller-identity service failed to check", call.id)
             continue
-        if outcome is not None and outcome.reject is not None and info.emergency:
+        if (
+            outcome is not None
+            and outcome.reject is not None
+            and (info.emergency or info.psap_callback)
+        ):
             log.warning(
-                "call %s: an emergency call is not refused for its caller identity (%d %s)",
+                "call %s: %s is not refused for its caller identity (%d %s)",
                 call.id,
+                "an emergency call" if info.emergency else "a PSAP callback",
                 *outcome.reject,
             )
             outcome = attrs.evolve(outcome, reject=None)

@@ -216,13 +216,30 @@ def with_location(
     RFC 2046 §5.1) of our SDP and the referenced location parts as received, delimited by a
     boundary of ours (``new_token``) that none of them contains."""
     headers = request.headers
-    if location.values:
-        headers = headers.add("Geolocation", ", ".join(location.values))
-    if location.routing is not None:
-        headers = headers.add("Geolocation-Routing", location.routing)
+    for name, value in location_headers(location):
+        headers = headers.add(name, value)
     request = request.with_headers(headers)
+    located = location_body(location, sdp, new_token)
+    return request if located is None else request.with_body(*located)
+
+
+def location_headers(location: Location) -> list[tuple[str, str]]:
+    """The Geolocation and Geolocation-Routing header fields that convey ``location``."""
+    headers = []
+    if location.values:
+        headers.append(("Geolocation", ", ".join(location.values)))
+    if location.routing is not None:
+        headers.append(("Geolocation-Routing", location.routing))
+    return headers
+
+
+def location_body(
+    location: Location, sdp: bytes, new_token: Callable[[], str]
+) -> tuple[bytes, str] | None:
+    """The multipart/mixed body (and its Content-Type) of ``sdp`` (none: a late offer) and the
+    location parts of ``location``; None when it has no parts (by reference: ``sdp`` alone)."""
     if not location.parts:
-        return request
+        return None
     pieces = [b"Content-Type: " + SDP.encode() + b"\r\n\r\n" + sdp] if sdp else []
     pieces += [part.raw for part in location.parts]
     token = f"voipgw-{new_token()}"
@@ -233,7 +250,7 @@ def with_location(
     delimiter = b"--" + boundary.encode()
     body = b"".join(delimiter + b"\r\n" + piece + b"\r\n" for piece in pieces)
     body += delimiter + b"--\r\n"
-    return request.with_body(body, f"multipart/mixed;boundary={boundary}")
+    return body, f"multipart/mixed;boundary={boundary}"
 
 
 def geolocation_errors(response: Response) -> list[tuple[str, str]]:

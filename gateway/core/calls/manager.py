@@ -30,6 +30,7 @@ from gateway.core.calls.pickup import (
     ringing_call_to_pick_up,
     ringing_leg_to_pick_up,
 )
+from gateway.core.calls.psap_callback import PsapCallbacks, marked_as_callback
 from gateway.core.calls.records import CallRecordBook
 from gateway.core.calls.routing import called_user, dial_string
 from gateway.core.devices import narrowed_for_device
@@ -91,6 +92,8 @@ class CallManager:
         # With a store shared by several nodes, keys with a max_calls are counted for them all.
         shared = gateway.store.shared_call_limits() if gateway.store is not None else None
         self.limits = CallLimits(self._limit_of, shared)
+        self.psap_callbacks = PsapCallbacks(gateway.config.gateway.psap_callback_window)
+        """The numbers our emergency calls presented lately (RFC 7090 callbacks to them)."""
         if shared is not None:
             nursery.start_soon(self._beat, shared.heartbeat_interval)
         self.statistics = gateway.call_statistics
@@ -147,8 +150,10 @@ class CallManager:
 
     def invite(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
         if (
-            len(self.calls) >= self.max_calls or self.gateway.draining
-        ) and not self.calls_emergency_number(request):
+            (len(self.calls) >= self.max_calls or self.gateway.draining)
+            and not self.calls_emergency_number(request)
+            and not self.is_psap_callback(request, flow)
+        ):
             reason = "shutting down" if self.gateway.draining else "call limit reached"
             self._nursery.start_soon(
                 self.endpoint.respond,
@@ -172,11 +177,17 @@ class CallManager:
                 transaction, request, flow, caller
             ):
                 return
+        # One header look-up per trunk INVITE; the rest only for one marked psap-callback.
+        psap_callback = (
+            caller.kind == "trunk"
+            and "Priority" in request.headers
+            and self.is_psap_callback(request, flow)
+        )
         counted = (caller.kind, caller.name) if caller.name is not None else None
         if counted is not None:
             # Counted before the call exists (by its transaction, handed over to it below).
             why = self.limits.take(transaction, counted, count_refusal=False)
-            if why is not None and self.is_emergency_call(request, caller):
+            if why is not None and (psap_callback or self.is_emergency_call(request, caller)):
                 why = self.limits.take(transaction, counted, exempt=True)
             if why is not None:
                 self.limits.refuse(counted, why)
@@ -191,6 +202,7 @@ class CallManager:
                 self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
                 return
         call = Call(self, transaction, request, flow, caller)
+        call.psap_callback = psap_callback
         if counted is not None:
             self.limits.hand_over(transaction, call)
         self.calls.add(call)
@@ -326,12 +338,65 @@ class CallManager:
             return False
         return directory.plan_of(None).is_emergency(number)
 
+    def is_psap_callback(self, invite: Request, flow: Flow) -> bool:
+        """Whether ``invite`` is an emergency service calling back (RFC 7090,
+        calls/psap_callback.py): from a trunk, marked ``Priority: psap-callback``, to a number
+        an emergency call of ours presented within ``[gateway] psap_callback_window``. Asked
+        only for marked INVITEs from trunks and where a limit would refuse an INVITE."""
+        if not marked_as_callback(invite.headers.get("Priority")):
+            return False
+        trunk = self.trunk_for_source(flow.remote[0])
+        directory = self.gateway.directory
+        user = called_user(invite.uri)
+        number = dial_string(user) if user is not None else None
+        if trunk is None or directory is None or number is None:
+            return False
+        called = directory.to_e164(number, trunk=trunk)
+        if self.psap_callbacks.called_back(called, trio.current_time()):
+            log.warning(
+                "PSAP callback from trunk %s to %s: served like an emergency call "
+                "(RFC 7090; call limits, drain and overload control do not apply)",
+                trunk,
+                called,
+            )
+            return True
+        log.info(
+            "INVITE from trunk %s to %s marked psap-callback, but no emergency call presented "
+            "that number in the last %g s: an ordinary call",
+            trunk,
+            called,
+            self.psap_callbacks.window,
+        )
+        return False
+
+    def emergency_call_presented(self, invite: Request, trunk: str, user: str) -> None:
+        """An account's call ``invite`` goes to ``trunk`` presenting ``user`` as the calling
+        number: if it calls an emergency number, callbacks to that number are recognised for a
+        while (RFC 7090). Asked once per leg to a trunk of an account's call."""
+        directory = self.gateway.directory
+        if (
+            self.psap_callbacks.window <= 0
+            or directory is None
+            or not self.calls_emergency_number(invite)
+        ):
+            return
+        number = directory.to_e164(user, trunk=trunk)
+        self.psap_callbacks.emergency_call_presented(number, trio.current_time())
+        log.info(
+            "emergency call presented %s on trunk %s: a PSAP callback to it is recognised for %g s",
+            number,
+            trunk,
+            self.psap_callbacks.window,
+        )
+
     def in_emergency_dialog(self, request: Request) -> bool:
         """Whether ``request`` (with a To tag) is in a dialog of a call whose caller dialed an
-        emergency number. Asked only past the transaction limit, so not kept per call."""
+        emergency number, or of a PSAP callback. Asked only past the transaction limit."""
         found = self._find(request)
         if found is None:
             return False
+        if found[0].psap_callback:
+            return True
         invite = found[0].a.invite  # the caller's (the transferee's after a transfer)
         return invite is not None and self.calls_emergency_number(invite)
 

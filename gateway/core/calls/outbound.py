@@ -8,7 +8,10 @@ final response (1xx are passed over), ACKs a 2xx (RFC 3261 §13.2.2.4) and retur
 whose dialog is registered so the far end's in-dialog requests reach it: its BYE is answered
 200 and sets ``ended``; any other request gets 501 (no re-INVITE from the far end is
 understood). :meth:`OutboundSession.close` sends BYE (once). A failure response, a timeout or an
-unreachable target raise :class:`SessionRefused` with a reason to log.
+unreachable target raise :class:`SessionRefused` with a reason to log. A re-INVITE
+(:meth:`OutboundSession.update`) returns the far end's status and keeps the Retry-After of a
+refusal (``retry_after``); a 481 to it means the far end no longer knows the dialog, which is
+then over without a BYE (RFC 5057 §5.1), as if the far end had sent one (``ended``).
 
 The far end is trusted by address: a 401/407 challenge is a refusal (no credentials are kept
 for it).
@@ -64,7 +67,10 @@ class OutboundSession:
         self.answer_body = answer.body
         self.answer_type = answer.headers.get("Content-Type")
         self.ended = trio.Event()
-        """Set when the far end sent BYE (or our BYE went out)."""
+        """Set when the far end sent BYE (or our BYE went out, or it answered a re-INVITE 481)."""
+        self.retry_after: int | None = None
+        """The Retry-After (seconds) of the far end's last refusal of a re-INVITE, if it sent
+        one (RFC 3261 §20.33: a 500 or 503 may say when to try again)."""
         self._closed = False
 
     @property
@@ -131,6 +137,13 @@ class OutboundSession:
                     break
             if final is None:
                 return None
+            self.retry_after = retry_after_untrusted(final.headers.get("Retry-After"))
+            if final.status == 481:
+                # RFC 5057 §5.1: a 481 to a request in the dialog says the far end has no such
+                # dialog (it restarted, or it dropped it): the dialog, and its session, are over
+                # without a BYE.
+                self._far_end_gone()
+                return final.status
             if final.is_success:
                 self.answer_body = final.body
                 self.answer_type = final.headers.get("Content-Type")
@@ -143,12 +156,29 @@ class OutboundSession:
 
     def _far_end_request(self, request: Request) -> Response:
         if request.method == "BYE":
-            self._closed = True
-            self._dialog.terminate()
-            self.ended.set()
-            self._owner._forget(self)
+            self._far_end_gone()
             return make_response(request, 200)
         return make_response(request, 501, "Not Implemented")
+
+    def _far_end_gone(self) -> None:
+        self._closed = True
+        self._dialog.terminate()
+        self.ended.set()
+        self._owner._forget(self)
+
+
+MAX_RETRY_AFTER_DIGITS = 10
+
+
+def retry_after_untrusted(value: str | None) -> int | None:
+    """The delta-seconds of a Retry-After header (RFC 3261 §20.33: ``delta-seconds [ comment ]
+    *( SEMI retry-param )``), or None when there is none or it is not that."""
+    if value is None:
+        return None
+    digits = value.strip().split(";", 1)[0].split("(", 1)[0].strip()
+    if not digits.isascii() or not digits.isdigit() or len(digits) > MAX_RETRY_AFTER_DIGITS:
+        return None
+    return int(digits)
 
 
 class OutboundSessions:

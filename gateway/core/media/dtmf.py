@@ -14,7 +14,12 @@ interworking"), as FreeSWITCH's and rtpengine's DTMF interworking do:
   says once per event, when its end packet arrives, which digit it was and how long
   (§2.5.1.4: the end packet is sent three times; the copies carry the same timestamp and are
   ignored). A new event that begins while the previous one never ended (all three end
-  packets lost) ends the previous one with the last duration seen.
+  packets lost) ends the previous one with the last duration seen; so does a timeout
+  (§2.5.2.2: the receiver ends an event on its own when no packet of it arrives any more):
+  fed with arrival times, the detector has a timer (:meth:`EventDetector.get_timer`,
+  :meth:`EventDetector.handle_timer`, the aioquic shape), :data:`END_TIMEOUT` after the last
+  packet of an unfinished event. Either way the event is reported once: later packets of
+  it (late copies, late end packets) and of older events of the same source are ignored.
 - :func:`event_packets` plans the packets of one digit to send (§2.5.1.2-§2.5.1.4): the first
   with the marker bit, one update every :data:`UPDATE_INTERVAL` with the duration so far, and
   the final duration in three end packets. Sequence numbers, timestamp and SSRC are the
@@ -57,6 +62,11 @@ END_REPEAT_INTERVAL = 0.02
 END_PACKETS = 3
 EVENT_VOLUME = 10
 """The volume field of events we send: -10 dBm0 (§2.3.2: 0-63, positive = below 0 dBm0)."""
+END_TIMEOUT = 0.5
+"""Seconds without a packet after which an unfinished event counts as ended (its end packets
+were all lost, RFC 4733 §2.5.2.2). A sender repeats an event's packet at least every 50 ms or
+so (§2.5.1.2, updates), so ten intervals of silence mean it stopped; a longer gap inside an
+event (a burst of loss) ends it early, still once, with a shorter duration."""
 
 
 class DtmfError(ValueError):
@@ -116,21 +126,38 @@ class EventDetector:
     """Turns one stream's RFC 4733 packets into digits, one per event (module docstring).
 
     ``clock_rate``: the telephone-event clock of the sender's SDP (``a=rtpmap:101
-    telephone-event/8000``), to turn durations into milliseconds.
+    telephone-event/8000``), to turn durations into milliseconds. ``end_timeout``: seconds
+    without a packet after which an unfinished event is ended (:data:`END_TIMEOUT`); it runs
+    only for packets fed with ``now``.
     """
 
-    def __init__(self, clock_rate: int) -> None:
+    def __init__(self, clock_rate: int, *, end_timeout: float = END_TIMEOUT) -> None:
         if clock_rate <= 0:
             raise ValueError(f"telephone-event clock rate {clock_rate} is not positive")
+        if end_timeout <= 0:
+            raise ValueError(f"DTMF end timeout {end_timeout} is not positive")
         self.clock_rate = clock_rate
+        self.end_timeout = end_timeout
         self._current: tuple[int, int, int] | None = None  # (timestamp, event, duration)
-        self._ended: int | None = None  # timestamp of the last event that ended
+        # Arrival times of the current event's first and latest packets (None: fed without).
+        self._first_seen: float | None = None
+        self._last_seen: float | None = None
+        self._first_duration = 0
+        # The last event that ended: (SSRC, timestamp). RTP timestamps are per source
+        # (RFC 3550 §5.1), so a packet of another source never counts as old.
+        self._ended: tuple[int, int] | None = None
+        self._ssrc = 0  # of the current event
         self.malformed = 0
+        self.timed_out = 0
+        """Events ended by the timeout (none of their end packets arrived in time)."""
 
-    def feed(self, packet: bytes | bytearray | memoryview) -> list[Digit]:
+    def feed(
+        self, packet: bytes | bytearray | memoryview, *, now: float | None = None
+    ) -> list[Digit]:
         """Read one telephone-event RTP packet (plain: after SRTP unprotect); returns the
         digits that ended with it (usually none or one; two when it begins an event while the
-        previous never ended). A malformed packet is counted in :attr:`malformed`."""
+        previous never ended). ``now``: when it arrived, which arms the end timeout
+        (:meth:`get_timer`). A malformed packet is counted in :attr:`malformed`."""
         try:
             header = parse_rtp_header_untrusted(packet)
             payload_end = len(packet) - (packet[-1] if header.padding else 0)
@@ -139,30 +166,65 @@ class EventDetector:
             self.malformed += 1
             return []
         timestamp = header.timestamp
-        if timestamp == self._ended:
-            return []  # §2.5.1.4: a copy of the end packet, or a late update of that event
+        ended = self._ended
+        if ended is not None and ended[0] == header.ssrc:
+            # §2.5.1.4: a copy of the end packet, or a late packet of an event that ended (by
+            # its end packet, a newer event or the timeout): events of one source follow in
+            # timestamp order, compared modulo 2**32 (RFC 3550 §5.1 wraps around).
+            since = (timestamp - ended[1]) & 0xFFFFFFFF
+            if since == 0 or since >= 0x80000000:
+                return []
         digits: list[Digit] = []
         current = self._current
         if current is not None and current[0] != timestamp:
             # A new event while the previous never ended (its end packets were all lost).
-            digits.extend(self._digit(current[1], current[2]))
+            digits.extend(self._end(self._ssrc, current))
             current = None
         if current is None:
             current = (timestamp, event.event, event.duration)
+            self._ssrc = header.ssrc
+            self._first_seen = now
+            self._first_duration = event.duration
         else:
             current = (timestamp, current[1], max(current[2], event.duration))
         if event.end:
-            digits.extend(self._digit(current[1], current[2]))
-            self._current = None
-            self._ended = timestamp
+            digits.extend(self._end(header.ssrc, current))
         else:
             self._current = current
+            self._last_seen = now
         return digits
 
-    def _digit(self, event: int, duration: int) -> list[Digit]:
-        if event >= len(DIGITS):
+    def get_timer(self) -> float | None:
+        """When the unfinished event times out (its last packet's arrival plus
+        ``end_timeout``); None: no event is unfinished, or it was fed without times."""
+        if self._current is None or self._last_seen is None:
+            return None
+        return self._last_seen + self.end_timeout
+
+    def handle_timer(self, *, now: float) -> list[Digit]:
+        """End the unfinished event if its timer is due (RFC 4733 §2.5.2.2): its digit (if it
+        is one), with the duration estimated from what was seen (the longest duration a
+        packet gave, or the time its packets spanned if longer). Before the timer: nothing."""
+        timer = self.get_timer()
+        current = self._current
+        if timer is None or current is None or now < timer:
+            return []
+        first, last = self._first_seen, self._last_seen
+        duration = current[2]
+        if first is not None and last is not None:
+            spanned = self._first_duration + int((last - first) * self.clock_rate)
+            duration = max(duration, spanned)
+        self.timed_out += 1
+        return self._end(self._ssrc, (current[0], current[1], duration))
+
+    def _end(self, ssrc: int, event: tuple[int, int, int]) -> list[Digit]:
+        """``event`` (timestamp, event, duration) of source ``ssrc`` is over: its digit."""
+        self._current = None
+        self._first_seen = self._last_seen = None
+        self._ended = (ssrc, event[0])
+        if event[1] >= len(DIGITS):
             return []  # not DTMF (flash-hook, tones): INFO carries digits only
-        return [Digit(DIGITS[event], duration * 1000 // self.clock_rate)]
+        return [Digit(DIGITS[event[1]], event[2] * 1000 // self.clock_rate)]
 
 
 @attrs.frozen

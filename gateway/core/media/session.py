@@ -248,6 +248,7 @@ class MediaSession:
         session_id_source: Callable[[], int] | None = None,
         quality: CallQuality | None = None,
         dtmf_interworking: bool = False,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         try:
             address = ip_literal(media_address)
@@ -275,6 +276,13 @@ class MediaSession:
         self.on_dtmf_digit: DtmfDigitHandler | None = None
         """Gets the digits the RFC 4733 leg sends while :attr:`dtmf` is set (the call)."""
         self._dtmf_detector: EventDetector | None = None
+        # Arrival times for the detector's end timeout (RFC 4733 §2.5.2.2); None: no timeout.
+        self._clock = clock
+        self.on_dtmf_timer: Callable[[], None] | None = None
+        """Called (in the relay's loop) when an RFC 4733 event begins, which arms
+        :meth:`dtmf_timer`: the owner calls :meth:`dtmf_timeout` when that comes."""
+        self.dtmf_timeouts = 0
+        """Events ended by the timeout so far (their end packets were all lost)."""
         self.quality = quality
         """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
         RTCP observers feed it. None: RTCP is only relayed."""
@@ -888,11 +896,14 @@ class MediaSession:
         return index, payload_type
 
     def _set_dtmf(self, plan: DtmfPlan | None) -> None:
-        """Give the streams ``plan``'s interworking (None: none), if it is not theirs yet."""
+        """Give the streams ``plan``'s interworking (None: none), if it is not theirs yet.
+        A plan replaced on the same m= line (the 200 after early media with other numbers or
+        the other way round, a re-INVITE) continues each direction's sequence numbering
+        (:meth:`DtmfInterworking.carry_on_from`): the receivers hear one stream."""
         old = self.dtmf
         if plan == old:
             return
-        if old is not None:
+        if old is not None and (plan is None or plan.index != old.index):
             stream = self._slots[old.index] if old.index < len(self._slots) else None
             if stream is not None:
                 stream.a_to_b.dtmf = None
@@ -908,10 +919,18 @@ class MediaSession:
         detector = EventDetector(plan.clock_rate)
         self._dtmf_detector = detector
         rfc4733 = plan.rfc4733_side
+        clock = self._clock
 
         def on_event(packet: bytes) -> None:
             handler = self.on_dtmf_digit
-            for digit in detector.feed(packet):
+            if clock is None:
+                digits = detector.feed(packet)
+            else:
+                idle = detector.get_timer() is None
+                digits = detector.feed(packet, now=clock())
+                if idle and detector.get_timer() is not None and self.on_dtmf_timer is not None:
+                    self.on_dtmf_timer()  # an event began: its end may have to be timed out
+            for digit in digits:
                 if handler is not None:
                     handler(rfc4733, digit)
 
@@ -932,6 +951,32 @@ class MediaSession:
             plan.clock_rate,
             plan.info_side,
         )
+
+    def dtmf_timer(self) -> float | None:
+        """When an RFC 4733 event of :attr:`dtmf` that has not ended times out (none of its
+        end packets came, RFC 4733 §2.5.2.2: :meth:`dtmf_timeout` then); None: nothing to
+        time."""
+        detector = self._dtmf_detector
+        return None if detector is None else detector.get_timer()
+
+    def dtmf_timeout(self, now: float) -> None:
+        """End an event whose timer is due: its digit goes to :attr:`on_dtmf_digit` as if
+        its end packet had come (once; its late packets are ignored)."""
+        detector, plan = self._dtmf_detector, self.dtmf
+        if detector is None or plan is None:
+            return
+        digits = detector.handle_timer(now=now)
+        handler = self.on_dtmf_digit
+        for digit in digits:
+            self.dtmf_timeouts += 1
+            log.info(
+                "m= line %d: DTMF event %s from leg %s ended by timeout (end packets lost)",
+                plan.index + 1,
+                digit.digit,
+                plan.rfc4733_side,
+            )
+            if handler is not None:
+                handler(plan.rfc4733_side, digit)
 
     def send_dtmf_event(self, payload: bytes, *, marker: bool, start: bool) -> bool:
         """Send one RFC 4733 event packet towards the RFC 4733 leg of :attr:`dtmf` (a digit

@@ -35,6 +35,7 @@ def render(status: GatewayStatus, server: ServerStatistics | None = None) -> byt
     _key_exchanges(out, status)
     _trunks(out, status)
     _caller_identity(out, status)
+    _recording(out, status)
     _certificates(out, status)
     if server is not None:
         _exporter(out, server)
@@ -298,6 +299,19 @@ def _caller_identity(out: Exposition, status: GatewayStatus) -> None:
     )
     for outcome, count in outcomes:
         out.sample(count, [("outcome", outcome)])
+
+
+def _recording(out: Exposition, status: GatewayStatus) -> None:
+    failures = status.recording_update_failures()
+    if not failures:
+        return  # no recording tap that counts them (siprec): no family
+    out.family(
+        "voipgw_recording_update_failures_total",
+        "counter",
+        "Updates of recording sessions (SIPREC re-INVITEs to the recorder) given up, by reason.",
+    )
+    for reason, count in failures:
+        out.sample(count, [("reason", reason)])
 
 
 def _certificates(out: Exposition, status: GatewayStatus) -> None:

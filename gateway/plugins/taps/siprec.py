@@ -18,15 +18,32 @@ line order; port 0 declines one), the sink sends each packet the call's relay fo
 plain RTP (the copy is taken after SRTP was removed) where the recording network is trusted
 or, with ``media_security = "sdes"``, as SRTP under keys of its own (below), from a
 socket of its own per m= line to the SRS's address for it. RTCP is not forwarded. Packets that
-arrive before the answer wait in the sink's bounded queue (a full queue drops and counts). When
-the call ends the sink sends BYE; an SRS that ends the session (its BYE) stops the copies and the
-call goes on. When the call is held or resumed, or its codecs change, the sink re-INVITEs the SRS
-with the streams' new state (held: ``a=inactive``, RFC 7866 §8.1.2; a line that turned to T.38
-fax, which is passed through and never recorded: ``a=inactive`` too, its m= line still audio,
-until the call goes back to audio). An SRS that refuses or does
-not answer (Timer B: 32 s over UDP) is followed by the
+arrive before the answer wait in the sink's bounded queue (a full queue drops and counts). An
+SRS that ends the session (its BYE) stops the copies and the call goes on. When the call is held
+or resumed, or its codecs change, the sink re-INVITEs the SRS with the streams' new state (held:
+``a=inactive``, RFC 7866 §8.1.2; a line that turned to T.38 fax, which is passed through and never
+recorded: ``a=inactive`` too, its m= line still audio, until the call goes back to audio). An SRS
+that refuses or does not answer (Timer B: 32 s over UDP) is followed by the
 next of ``fallbacks``, in order; when none takes the call it goes on unrecorded, logged as a
 warning (recording is not mandatory here: the call is never ended for it).
+
+Updates that fail. One re-INVITE at a time (RFC 3261 §14.1), always the call as it is when it
+goes, so a change that comes while another is refused or under way is never lost and no state in
+between is sent. 491: RFC 3261 §14.1's wait. A refusal that may pass (408, 480, most 5xx, no
+answer) goes again after a randomized back-off or the refusal's Retry-After
+(:func:`update_retry`); past three resends, or after a refusal that will not pass, the update
+is given up until the call changes again: a warning naming the call and the status, counted by
+reason (``SiprecClient.update_failures``, the metric ``voipgw_recording_update_failures_total``).
+A 481 says the SRS no longer knows the recording session (it restarted): the core ends the dialog
+without a BYE (RFC 5057 §5.1) and the recording ends as when the SRS hangs up, the call going on
+unrecorded. RFC 7866 lets an SRC start a new recording session then; this one does not.
+
+The end of the call. The call's legs are released first (this sink's task outlives the call).
+Then, with ``final_metadata`` and the SRS in step with us (no update refused or under way), the
+sink re-INVITEs it once with the final snapshot: every stream inactive, every participant on the
+call and the recording of the session disassociated at the end (RFC 7865's disassociate-times;
+RFC 7866 §9: metadata goes whenever it changes), within ``bye_timeout``; then the BYE, within
+``bye_timeout`` again, whatever the answer.
 
 SRTP towards the SRS (``media_security = "sdes"``). The recording session is then keyed like any
 SDES leg, by the gateway's SDES engine (``keyexchange/sdes.py``), the gateway as offerer: each
@@ -100,6 +117,49 @@ NAMESPACE = "urn:ietf:params:xml:ns:recording:1"
 DIRECTIONS = ("a_to_b", "b_to_a")
 # How many times in a row an update the SRS answered 491 is sent again (RFC 3261 §14.1).
 GLARE_RETRIES = 3
+# An update the SRS refused for a while (a 500, a 503, a 408, no answer at all) is sent again,
+# the call's streams and parties as they are then, after 2 s, 4 s, 8 s (each up to half again
+# longer at random: RFC 3261 §14 wants automatic re-INVITEs after a randomized interval), or
+# after the refusal's Retry-After (RFC 3261 §20.33) when it gave one, up to MAX_RETRY_AFTER.
+UPDATE_RETRIES = 3
+UPDATE_BACKOFF = 2.0
+MAX_RETRY_AFTER = 60
+# An update the SRS answered 100 Trying and then nothing: an INVITE client transaction past its
+# 1xx has no Timer B (RFC 3261 §17.1.1.2), so the wait for a final answer is bounded here, as
+# long as Timer B (64*T1) would have waited without one; then it counts as no answer.
+UPDATE_TIMEOUT = 32.0
+UPDATE_FAILURE_REASONS = ("refused", "no_answer", "session_gone")
+"""Why an update was given up (``voipgw_recording_update_failures_total``): the SRS refused
+it for good or past the retries, it never answered, or it no longer knew the session (481)."""
+
+
+def update_retry(
+    status: int | None, attempt: int, retry_after: int | None, fraction: float
+) -> float | None:
+    """Seconds to wait before sending again, as resend number ``attempt`` (1, 2, ...), an
+    update the SRS answered ``status`` (None: no final answer, Timer B), or None to give up: a
+    refusal that waiting does not change (a 4xx other than 408 and 480, a 6xx, 501 Not
+    Implemented, 505, 513), the retries used up, or a Retry-After past MAX_RETRY_AFTER.
+    ``fraction`` (0 to 1, random) spreads the back-off."""
+    if attempt > UPDATE_RETRIES or not _transient(status):
+        return None
+    if retry_after is not None:
+        # RFC 3261 §21.5.1, §21.5.4: not before the time the SRS gave.
+        return float(retry_after) if retry_after <= MAX_RETRY_AFTER else None
+    return UPDATE_BACKOFF * float(2 ** (attempt - 1)) * (1 + fraction / 2)
+
+
+def _transient(status: int | None) -> bool:
+    if status is None or status in (408, 480):
+        return True
+    return 500 <= status <= 599 and status not in (501, 505, 513)
+
+
+def failure_reason(status: int | None) -> str:
+    """The metric's reason for an update given up after ``status``."""
+    if status == 481:
+        return "session_gone"
+    return "no_answer" if status is None or status == 408 else "refused"
 
 
 def _identifier() -> str:
@@ -196,6 +256,13 @@ def call_participants(call: TappedCall, at: float) -> tuple[Participant, ...]:
     return (Participant("a", call.from_uri, at), Participant("b", call.to_uri, at))
 
 
+def ended_participants(participants: Sequence[Participant], at: float) -> tuple[Participant, ...]:
+    """The participants when the call ended at ``at``: every one still on it left then."""
+    return tuple(
+        party if party.left is not None else attrs.evolve(party, left=at) for party in participants
+    )
+
+
 def replaced_party(
     participants: Sequence[Participant], side: str, uri: str, at: float
 ) -> tuple[Participant, ...]:
@@ -216,12 +283,15 @@ def metadata_xml(
     participants: Sequence[Participant],
     streams: Sequence[RecordedStream],
     started: float,
+    stopped: float | None = None,
 ) -> bytes:
     """The complete metadata (RFC 7865 §8, RFC 7866 §12): one communication session, its
     participants, the streams and who sends and receives each. Sent whole at the start and again
     after a transfer (a complete snapshot, RFC 7866 §9), with the same ids for the session,
     the streams and every participant still known: a participant who left keeps its
-    associate-time and gains a disassociate-time, and sends and receives nothing any more."""
+    associate-time and gains a disassociate-time, and sends and receives nothing any more.
+    ``stopped``: the call ended then, and its recording with it (the disassociate-time of the
+    session's ``sessionrecordingassoc``; the final snapshot, sent before the BYE)."""
     out = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f"<recording xmlns={quoteattr(NAMESPACE)}>",
@@ -245,8 +315,10 @@ def metadata_xml(
     out += [
         f"<sessionrecordingassoc session_id={quoteattr(session_id)}>",
         f"<associate-time>{_stamp(started)}</associate-time>",
-        "</sessionrecordingassoc>",
     ]
+    if stopped is not None:
+        out.append(f"<disassociate-time>{_stamp(stopped)}</disassociate-time>")
+    out.append("</sessionrecordingassoc>")
     for party in participants:
         out += [
             f"<participantsessionassoc participant_id={quoteattr(party.participant_id)} "
@@ -385,9 +457,15 @@ class SiprecSink:
     ``keying`` (``media_security = "sdes"``) makes the session SRTP, keyed by SDES."""
 
     def __init__(
-        self, call: TappedCall, config: SiprecConfig, keying: SdesKeyExchange | None = None
+        self,
+        call: TappedCall,
+        config: SiprecConfig,
+        keying: SdesKeyExchange | None = None,
+        failures: dict[str, int] | None = None,
     ) -> None:
         self.call = call
+        # The tap's counts of updates given up (UPDATE_FAILURE_REASONS), shared by its sinks.
+        self._failures = failures if failures is not None else {}
         self._config = config
         self._keying = keying
         self._queue = CopyQueue(config.queue)
@@ -407,6 +485,10 @@ class SiprecSink:
         self._metadata_session_id = _identifier()
         self._participants = call_participants(call, self._started)
         self._metadata_changed = False
+        self._stopped: float | None = None  # when the call ended: the final snapshot
+        # True while the SRS has taken our last offer and no re-INVITE is under way: only then
+        # does the call's end send the final snapshot (one re-INVITE at a time, RFC 3261 §14.1).
+        self._settled = True
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
         self._queue.put(stream_id, direction, rtp, now)
@@ -452,6 +534,16 @@ class SiprecSink:
                 async for stream_id, direction, rtp, _ in self._queue.receive:
                     await forward(session, destinations, by_stream, stream_id, direction, rtp)
                 nursery.cancel_scope.cancel()  # the call is over: no more re-INVITEs
+            # The call's legs are gone already (this task outlives the call): the final
+            # snapshot only delays our BYE, within bye_timeout.
+            if (
+                session is not None
+                and not session.ended.is_set()
+                and self._config.final_metadata
+                and self._settled
+            ):
+                with trio.move_on_after(self._config.bye_timeout):
+                    await self._final_update(session, streams, sockets)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self._config.bye_timeout):
                 if session is not None:
@@ -481,9 +573,19 @@ class SiprecSink:
         """Re-INVITE the SRS after each change of the call's streams (RFC 7866 §8.1.2): held
         streams inactive, resumed ones sendonly again, new codecs declared; after a transfer,
         with the metadata naming the new party beside the SDP (RFC 7866 §9). Streams the call
-        adds later are not recorded."""
+        adds later are not recorded.
+
+        An update the SRS refuses is sent again, each time with the call as it is then (the
+        latest state, never the states in between): after 491, RFC 3261 §14.1's wait; after a
+        refusal that may pass (:func:`update_retry`: 408, 480, most 5xx, no answer), a
+        back-off or its Retry-After. Past the retries, or after a refusal that will not pass,
+        it is given up (a warning, counted) until the next change of the call, which sends the
+        streams and the parties as they are then. A 481 says the SRS no longer knows the
+        recording session (RFC 5057 §5.1): the recording ends there, as when the SRS hangs up
+        (its BYE), and the call goes on unrecorded; no new recording session is started."""
         ports = [sock.getsockname()[1] for sock in sockets]
         glare_retries = 0
+        retries = 0
         while not session.ended.is_set():
             await self._changed.wait()
             self._changed = trio.Event()
@@ -492,42 +594,118 @@ class SiprecSink:
                 attrs.evolve(stream, media=_recorded_now(stream.media, latest.get(stream.index)))
                 for stream in streams
             ]
-            self._sdp_version += 1
             negotiations = self._reoffer(len(current))
-            offer = offer_sdp(
-                current,
-                self._address,
-                ports,
-                session_id=self._sdp_session_id,
-                version=self._sdp_version,
-                crypto=_crypto_of(negotiations),
-            )
-            content_type, body = "application/sdp", offer
             with_metadata, self._metadata_changed = self._metadata_changed, False
-            if with_metadata:
-                content_type, body = self._with_metadata(offer, current)
-            status = await session.update(body, content_type, secure_only=negotiations is not None)
-            if status is None or not 200 <= status < 300:
-                # The parties changed all the same: the next re-INVITE says so again.
-                self._metadata_changed = self._metadata_changed or with_metadata
-                # RFC 3264 §8: a failed re-offer leaves the session, and its keys, as they were.
-                if status == 491 and glare_retries < GLARE_RETRIES:
-                    # §14.1: the SRS's re-INVITE crossed ours; we chose the Call-ID, so we wait
-                    # the longer 2.1-4 s and offer the streams as they are then.
-                    glare_retries += 1
-                    await trio.sleep(glare_wait(True, int.from_bytes(os.urandom(2))))
-                    self._changed.set()
-                    continue
-                glare_retries = 0
+            self._settled = False
+            status = await self._update(session, current, ports, negotiations, with_metadata)
+            if status is not None and 200 <= status < 300:
+                self._settled = True
+                glare_retries = retries = 0
+                if negotiations is not None and not await self._keys_answered(
+                    session, current, negotiations
+                ):
+                    return
+                continue
+            # The parties changed all the same: the next re-INVITE says so again.
+            self._metadata_changed = self._metadata_changed or with_metadata
+            # RFC 3264 §8: a failed re-offer leaves the session, and its keys, as they were.
+            if status == 481:
+                self._count_failure(status)
                 log.warning(
-                    "SIPREC: call %s: the SRS refused an update (%s)", self.call.call_id, status
+                    "SIPREC: call %s: recording ended: the SRS answered an update 481, it no "
+                    "longer knows the recording session; the call goes on unrecorded",
+                    self.call.call_id,
                 )
+                return
+            if status == 491 and glare_retries < GLARE_RETRIES:
+                # §14.1: the SRS's re-INVITE crossed ours; we chose the Call-ID, so we wait
+                # the longer 2.1-4 s and offer the streams as they are then.
+                glare_retries += 1
+                await trio.sleep(glare_wait(True, int.from_bytes(os.urandom(2))))
+                self._changed.set()
                 continue
             glare_retries = 0
-            if negotiations is not None and not await self._keys_answered(
-                session, current, negotiations
-            ):
-                return
+            fraction = int.from_bytes(os.urandom(2)) / 0xFFFF
+            delay = update_retry(status, retries + 1, session.retry_after, fraction)
+            if delay is not None:
+                retries += 1
+                await trio.sleep(delay)
+                self._changed.set()  # whatever changed meanwhile goes in this one
+                continue
+            self._count_failure(status)
+            log.warning(
+                "SIPREC: call %s: the SRS refused an update (%s%s), given up until the call "
+                "changes again",
+                self.call.call_id,
+                "no answer" if status is None else status,
+                f", tried {retries + 1} times" if retries else "",
+            )
+            retries = 0
+
+    def _count_failure(self, status: int | None) -> None:
+        reason = failure_reason(status)
+        self._failures[reason] = self._failures.get(reason, 0) + 1
+
+    async def _update(
+        self,
+        session: OutboundSession,
+        current: list[RecordedStream],
+        ports: list[int],
+        negotiations: list[SdesNegotiation] | None,
+        with_metadata: bool,
+    ) -> int | None:
+        """One re-INVITE of the recording session: the SDP of ``current`` and, when the
+        parties changed (or the call ended), the metadata as it stands beside it."""
+        self._sdp_version += 1
+        offer = offer_sdp(
+            current,
+            self._address,
+            ports,
+            session_id=self._sdp_session_id,
+            version=self._sdp_version,
+            crypto=_crypto_of(negotiations),
+        )
+        content_type, body = "application/sdp", offer
+        if with_metadata:
+            content_type, body = self._with_metadata(offer, current)
+        with trio.move_on_after(UPDATE_TIMEOUT):
+            return await session.update(body, content_type, secure_only=negotiations is not None)
+        return None
+
+    async def _final_update(
+        self,
+        session: OutboundSession,
+        streams: list[RecordedStream],
+        sockets: list[trio.socket.SocketType],
+    ) -> None:
+        """The final snapshot, before the BYE (RFC 7866 §9: the SRC sends metadata whenever it
+        changes; RFC 7865 §6: the end of an association is its disassociate-time): every
+        stream inactive (no more media), every participant still on the call disassociated
+        now, and the recording of the session with them. Sent once, whatever the SRS
+        answers: the BYE follows anyway."""
+        ended = time.time()
+        self._participants = ended_participants(self._participants, ended)
+        self._stopped = ended
+        latest = {media.index: media for media in self._media}
+        current = [
+            attrs.evolve(
+                stream,
+                media=attrs.evolve(
+                    _recorded_now(stream.media, latest.get(stream.index)), direction="inactive"
+                ),
+            )
+            for stream in streams
+        ]
+        ports = [sock.getsockname()[1] for sock in sockets]
+        status = await self._update(
+            session, current, ports, self._reoffer(len(current)), with_metadata=True
+        )
+        if status is None or not 200 <= status < 300:
+            log.info(
+                "SIPREC: call %s: the SRS refused the final metadata (%s)",
+                self.call.call_id,
+                "no answer" if status is None else status,
+            )
 
     def _reoffer(self, count: int) -> list[SdesNegotiation] | None:
         """SDES re-offers for a re-INVITE (RFC 4568 §7.1.4): each stream's line in force again,
@@ -608,6 +786,7 @@ class SiprecSink:
             self._participants,
             streams,
             self._started,
+            self._stopped,
         )
         return multipart(
             [
@@ -762,6 +941,8 @@ class SiprecClient:
         self, config: SiprecConfig, *, random_bytes: Callable[[int], bytes] = os.urandom
     ) -> None:
         self.config = config
+        self.update_failures = dict.fromkeys(UPDATE_FAILURE_REASONS, 0)
+        """Updates given up, by reason (``MediaTap.update_failures``: the metrics read it)."""
         self._keying = (
             SdesKeyExchange(random_bytes=random_bytes) if config.media_security == "sdes" else None
         )
@@ -769,7 +950,7 @@ class SiprecClient:
     def sink_for_call(self, call: TappedCall) -> SiprecSink | None:
         if not self.config.selection.wants(call):
             return None
-        return SiprecSink(call, self.config, self._keying)
+        return SiprecSink(call, self.config, self._keying, self.update_failures)
 
 
 # -- plugin configuration and registration (entry point ``siprec``) -------------------------------
@@ -787,6 +968,7 @@ class SiprecConfig:
     media_address: str = "127.0.0.1"
     queue: int = 2000
     bye_timeout: float = 5.0
+    final_metadata: bool = True
     media_security: str = "none"
     srtp_suites: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)
 

@@ -7,7 +7,9 @@ reach the trunk of an emergency call (docs/configuration.md, ``[[trunks]] locati
   emergency number), header and part both;
 - 424 with Geolocation-Error for a Geolocation naming no part, 400 for one that does not parse;
 - a location part marked handling=required is no longer 415;
-- Geolocation-Error from the trunk comes back to the phone; a call without location is as before.
+- Geolocation-Error from the trunk comes back to the phone; a call without location is as before;
+- a caller's location update in a re-INVITE reaches the trunk the same way, where the policy
+  passes it; a bad one is left out without refusing the re-INVITE.
 
 Set-up as b2bua_env.py: alice registered at 127.0.0.3, trunk "carrier" at 127.0.0.2 serving
 +1 and 112 (an emergency number by default).
@@ -24,6 +26,7 @@ import trio
 from gateway.core.sip.message import Request, Response
 from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
 
+SDP_TYPE = "application/sdp"
 BOUNDARY = "phone-boundary-42"
 MIXED = f"multipart/mixed;boundary={BOUNDARY}"
 PIDF = (
@@ -232,14 +235,15 @@ async def test_a_call_without_location_is_unchanged(
     assert location_record(env) is None
 
 
-async def test_a_reinvite_with_a_location_part_carries_its_sdp_only(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
-) -> None:
-    """Location in a re-INVITE is accepted (even handling=required: no 415) and not passed on:
-    the trunk's re-INVITE has our SDP alone (docs/configuration.md, ``location``)."""
-    env = await started(nursery, tmp_path, voipgw_seed)
+MOVED = LOCATION_PART.replace(b"<HNO>123</HNO>", b"<HNO>125</HNO>").replace(
+    b"handling=optional", b"handling=required"
+)
+
+
+async def located_call(env: B2bua, dialled: str) -> Any:
+    """alice's call to ``dialled`` with her location by value, answered."""
     call = await env.alice.invite(
-        "sip:112@127.0.0.1:5060",
+        f"sip:{dialled}@127.0.0.1:5060",
         sdp=located_body(env.alice.offer_sdp()),
         content_type=MIXED,
         extra=BY_VALUE,
@@ -247,20 +251,82 @@ async def test_a_reinvite_with_a_location_part_carries_its_sdp_only(
     assert (await call.final()).status == 407
     await call.authenticate()
     assert (await call.final()).status == 200
-    required = LOCATION_PART.replace(b"handling=optional", b"handling=required")
+    return call
+
+
+async def test_a_location_update_in_a_reinvite_reaches_the_emergency_trunk(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """An emergency caller who moves re-INVITEs with the new location (even handling=required:
+    no 415): the trunk's re-INVITE has it, beside our SDP, byte for byte; a re-INVITE without
+    location then carries our SDP alone; the record counts the update."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await located_call(env, "112")
     exchange = await call.request(
         "INVITE",
-        body=located_body(env.alice.offer_sdp(direction="sendonly"), required),
+        body=located_body(env.alice.offer_sdp(direction="sendonly"), MOVED),
+        content_type=MIXED,
+        extra=BY_VALUE,
+    )
+    assert (await exchange.final()).status == 200
+    moved = env.trunk.requests("INVITE")[-1]
+    assert moved.headers.get("To") != trunk_invite_to(env)  # the re-INVITE, in the dialog
+    assert moved.content_type is not None and moved.content_type.startswith("multipart/mixed")
+    assert moved.headers.get("Geolocation") == "<cid:target123@alice.example.com>"
+    assert moved.headers.get("Geolocation-Routing") == "yes"
+    assert MOVED in moved.body and b"a=sendonly" in moved.body
+
+    exchange = await call.request("INVITE", body=env.alice.offer_sdp(), content_type=SDP_TYPE)
+    assert (await exchange.final()).status == 200
+    plain = env.trunk.requests("INVITE")[-1]
+    assert plain.content_type == SDP_TYPE and "Geolocation" not in plain.headers
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert location_record(env) == {
+        "conveyed": "by value",
+        "passed_to": ["carrier"],
+        "dropped_for": [],
+        "updates": 1,
+    }
+
+
+async def test_a_location_update_goes_where_the_policy_says_only(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """On a call that is not to an emergency number (the default policy keeps location from
+    the trunk), and from the callee, an update is accepted and not passed on."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await located_call(env, "+15551234")
+    exchange = await call.request(
+        "INVITE",
+        body=located_body(env.alice.offer_sdp(direction="sendonly"), MOVED),
         content_type=MIXED,
         extra=BY_VALUE,
     )
     assert (await exchange.final()).status == 200
     reinvite = env.trunk.requests("INVITE")[-1]
-    assert reinvite.headers.get("To") != trunk_invite_to(env)  # the re-INVITE, in the dialog
-    assert reinvite.content_type == "application/sdp"
-    assert b"a=sendonly" in reinvite.body
-    assert b"presence" not in reinvite.body
-    assert "Geolocation" not in reinvite.headers
+    assert reinvite.content_type == SDP_TYPE and b"a=sendonly" in reinvite.body
+    assert b"presence" not in reinvite.body and "Geolocation" not in reinvite.headers
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_bad_location_update_is_left_out_and_the_reinvite_goes_on(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A Geolocation naming no part (a first INVITE's 424) does not refuse the hold it came
+    with: the trunk gets the re-INVITE without location."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await located_call(env, "112")
+    exchange = await call.request(
+        "INVITE",
+        body=env.alice.offer_sdp(direction="sendonly"),
+        content_type=SDP_TYPE,
+        extra=[("Geolocation", "<cid:nowhere@alice.example.com>")],
+    )
+    assert (await exchange.final()).status == 200
+    reinvite = env.trunk.requests("INVITE")[-1]
+    assert b"a=sendonly" in reinvite.body and "Geolocation" not in reinvite.headers
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
 

@@ -8,7 +8,9 @@ the in-memory network; the call's RTP and the copies the gateway sends the SRS r
 - an SRS that refuses leaves the call going, unrecorded;
 - an SRS that hangs up stops the copies, and the call goes on;
 - a blind transfer re-INVITEs the SRS with metadata naming the new party (RFC 7866 §9), the
-  one who left disassociated, every id kept; the copies go on.
+  one who left disassociated, every id kept (also when the SRS refuses the first re-INVITE:
+  the resend carries it); the copies go on; the final snapshot at the call's end keeps the
+  time the transferred party left.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import trio
 
 import gateway.plugins.taps.siprec as siprec_plugin
@@ -274,8 +277,13 @@ def participants_of(root: ET.Element) -> dict[str | None, str | None]:
     }
 
 
+@pytest.mark.parametrize("refused_first", [False, True], ids=["taken", "refused-first"])
 async def test_a_blind_transfer_re_invites_the_srs_with_the_new_party_and_the_copies_go_on(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    refused_first: bool,
 ) -> None:
     env, srs = await siprec_env(nursery, tmp_path, voipgw_seed)
     bob = SipAgent(
@@ -319,11 +327,15 @@ async def test_a_blind_transfer_re_invites_the_srs_with_the_new_party_and_the_co
     assert (await alice_leg.bye()).status == 200
 
     # The SRS hears of it in its recording dialog: a re-INVITE with the metadata again (one
-    # for the streams alone, if bob's answer changed them, may come first).
+    # for the streams alone, if bob's answer changed them, may come first). An SRS that
+    # refuses the first one (500) gets the metadata all the same, in the resend.
     update = None
-    for _ in range(3):
+    for attempt in range(4):
         received = await srs.next_request("INVITE", timeout=10)
         assert received.request.call_id == recording.invite.call_id
+        if refused_first and attempt == 0:
+            await srs.respond(received, 500)
+            continue
         await srs.respond(received, 200, body=srs_answer(), content_type="application/sdp")
         if b"<recording" in received.request.body:
             update = received.request
@@ -387,7 +399,18 @@ async def test_a_blind_transfer_re_invites_the_srs_with_the_new_party_and_the_co
     assert got["caller"] == [rtp(seq, 0x11, 0x1111) for seq in range(10)]
     assert got["bob"] == [rtp(seq, 0x33, 0x3333) for seq in range(10)]
 
+    # The call's end: the final snapshot keeps every id, alice's time of leaving too, and
+    # disassociates the caller and bob; then the BYE.
     await call.bye()  # type: ignore[attr-defined]
+    final = await srs.next_request("INVITE", timeout=10)
+    await srs.respond(final, 200, body=srs_answer(), content_type="application/sdp")
+    ended_root = metadata_of(final.request.body)
+    assert participants_of(ended_root) == after
+    ended = {
+        a.get("participant_id"): a.findtext("r:disassociate-time", namespaces=NS)
+        for a in ended_root.findall("r:participantsessionassoc", NS)
+    }
+    assert ended[alice_id] == left[alice_id] and ended[caller_id] and ended[bob_id], ended
     bye = await srs.next_request("BYE", timeout=10)
     assert bye.request.call_id == recording.invite.call_id
     await eventually(lambda: env.calls == 0)

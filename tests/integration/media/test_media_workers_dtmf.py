@@ -15,11 +15,13 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.dtmf import event_payload
+from gateway.core.media.dtmf import END_TIMEOUT, Digit, event_payload
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.relay import DtmfInterworking
 from gateway.core.media.remote_relay import WorkerPool
+from gateway.core.media.session import MediaSession
 from gateway.core.media.worker_protocol import DTMF_COPIES_PER_SECOND
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.integration.media.test_media_workers import (
     ADDRESS,
     GATEWAY_KEY_TO_B,
@@ -137,3 +139,49 @@ async def test_a_flood_of_events_is_copied_within_bounds(pool: WorkerPool) -> No
     await pool.sync(stream.worker)
     # Sent within well under a second: one second's worth copied, the rest only taken.
     assert DTMF_COPIES_PER_SECOND <= len(taken) < flood
+
+
+async def test_a_workers_event_whose_end_packets_are_lost_ends_on_the_sip_process_timer(
+    pool: WorkerPool,
+) -> None:
+    """The worker copies the events it takes (DtmfEvent); the SIP process's session reads
+    them with its own clock and ends the one whose end packets never came on its timer."""
+    a, b = await phones(2)
+    session = MediaSession(
+        pool.for_call(), media_address=ADDRESS, dtmf_interworking=True, clock=trio.current_time
+    )
+    head = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    caller = "m=audio {} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+    callee = "m=audio {} RTP/AVP 0\r\n"
+    session.offer_from("a", parse_sdp_untrusted((head + caller.format(a.address[1])).encode()))
+    session.answer_from("b", parse_sdp_untrusted((head + callee.format(b.address[1])).encode()))
+    session.settle()
+    heard: list[tuple[str, Digit]] = []
+    armed = trio.Event()
+    session.on_dtmf_digit = lambda side, digit: heard.append((side, digit))
+    session.on_dtmf_timer = armed.set
+    (stream,) = session.streams
+    stream.a_to_b.blocked = stream.b_to_a.blocked = False  # the call's keying does this
+    await pool.sync(stream.worker)
+    try:
+        for n, duration in enumerate((400, 800, 1200)):  # no end packet ever comes
+            payload = event_payload(6, end=False, duration=duration)
+            press = packet(n + 1, 101, 0xA, payload, timestamp=8000)  # one event
+            await a.send(press, stream.a.ports.rtp_port)
+            await trio.sleep(0.05)
+        with trio.fail_after(5):
+            await armed.wait()
+        take = stream.a_to_b.dtmf
+        assert take is not None
+        await eventually(lambda: take.taken == 3, "the copies read")
+        timer = session.dtmf_timer()
+        assert timer is not None and timer <= trio.current_time() + END_TIMEOUT
+        assert heard == []
+        await trio.sleep_until(timer)
+        session.dtmf_timeout(trio.current_time())
+        # The longest duration seen (150 ms), or the packets' span if longer (real time).
+        ((side, digit),) = heard
+        assert side == "a" and digit.digit == "6" and 150 <= digit.duration_ms < 200
+        assert session.dtmf_timeouts == 1 and session.dtmf_timer() is None
+    finally:
+        session.close()

@@ -275,6 +275,10 @@ def test_the_call_record_line_says_how_and_where_never_where_the_caller_is() -> 
     assert describe_location({"conveyed": "by reference", "passed_to": [], "dropped_for": []}) == (
         "caller location conveyed by reference"
     )
+    record = {"conveyed": "by value", "passed_to": ["carrier"], "dropped_for": [], "updates": 2}
+    assert describe_location(record) == (
+        "caller location conveyed by value, passed to carrier, updated 2 time(s) during the call"
+    )
 
 
 @settings(max_examples=300, deadline=None)

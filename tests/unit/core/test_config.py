@@ -96,6 +96,8 @@ receive_buffer = 4096
         ("[gateway]\nauth_max_failures = 0\n", "gateway", "auth_max_failures", "positive"),
         ("[gateway]\nauth_failure_window = 0\n", "gateway", "auth_failure_window", "above 0"),
         ("[gateway]\nauth_failure_window = 1e6\n", "gateway", "auth_failure_window", "86400"),
+        ("[gateway]\npsap_callback_window = -1\n", "gateway", "psap_callback_window", "from 0"),
+        ("[gateway]\npsap_callback_window = 1e6\n", "gateway", "psap_callback_window", "86400"),
     ],
 )
 def test_errors_name_file_table_and_key(

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.core.media.dtmf import (
     END_PACKETS,
+    END_TIMEOUT,
     UPDATE_INTERVAL,
     Digit,
     DtmfError,
@@ -67,6 +68,79 @@ def test_detector_new_event_ends_one_whose_end_packets_were_lost() -> None:
     assert detector.feed(rtp(3, 3000, event_payload(2, end=True, duration=1600))) == [
         Digit("2", 200)
     ]
+
+
+def _updates(detector: EventDetector, event: int, timestamp: int, count: int, at: float) -> float:
+    """Feed ``count`` updates of ``event`` every 50 ms from ``at`` (160 ms, then + 400 units
+    each), checking that none ends it; the time of the last."""
+    for n in range(count):
+        packet = rtp(n, timestamp, event_payload(event, end=False, duration=1280 + 400 * n))
+        assert detector.feed(packet, now=at + 0.05 * n) == []
+    return at + 0.05 * (count - 1)
+
+
+def test_detector_ends_an_event_whose_end_packets_were_all_lost_on_timeout() -> None:
+    detector = EventDetector(8000)
+    assert detector.get_timer() is None
+    last = _updates(detector, 5, 4000, 3, at=10.0)  # durations 1280, 1680, 2080
+    assert detector.get_timer() == pytest.approx(last + END_TIMEOUT)
+    assert detector.handle_timer(now=last + END_TIMEOUT - 0.001) == []  # not yet
+    # RFC 4733 §2.5.2.2: no packet any more; the digit with the longest duration seen (260 ms).
+    assert detector.handle_timer(now=last + END_TIMEOUT) == [Digit("5", 260)]
+    assert detector.timed_out == 1
+    assert detector.get_timer() is None
+    assert detector.handle_timer(now=last + 5) == []  # once
+    # Its end packets arriving late after all: still once.
+    for _ in range(END_PACKETS):
+        late = rtp(9, 4000, event_payload(5, end=True, duration=2400))
+        assert detector.feed(late, now=last + 1) == []
+    # A late update of it too; the next event is read as usual.
+    assert detector.feed(rtp(3, 4000, event_payload(5, end=False, duration=2480)), now=12) == []
+    assert detector.feed(rtp(10, 9000, event_payload(7, end=True, duration=800)), now=13) == [
+        Digit("7", 100)
+    ]
+
+
+def test_detector_timeout_estimates_from_arrival_when_durations_say_less() -> None:
+    detector = EventDetector(8000)
+    # A sender whose updates all say duration 0 (seen in the wild): 0.3 s of packets.
+    for n in range(7):
+        packet = rtp(n, 100, event_payload(3, end=False, duration=0), marker=n == 0)
+        detector.feed(packet, now=1.0 + 0.05 * n)
+    assert detector.handle_timer(now=1.3 + END_TIMEOUT) == [Digit("3", 300)]
+
+
+def test_detector_timer_restarts_with_every_packet_and_only_with_times() -> None:
+    detector = EventDetector(8000, end_timeout=0.2)
+    detector.feed(rtp(1, 50, event_payload(1, end=False, duration=400)), now=1.0)
+    detector.feed(rtp(2, 50, event_payload(1, end=False, duration=800)), now=1.15)
+    assert detector.handle_timer(now=1.2) == []  # 0.2 s after the first, not the last
+    assert detector.get_timer() == pytest.approx(1.35)
+    assert detector.feed(rtp(3, 50, event_payload(1, end=True, duration=960)), now=1.3) == [
+        Digit("1", 120)
+    ]
+    assert detector.get_timer() is None  # ended by its end packet: nothing to time out
+    untimed = EventDetector(8000)
+    untimed.feed(rtp(1, 50, event_payload(1, end=False, duration=400)))
+    assert untimed.get_timer() is None
+    with pytest.raises(ValueError):
+        EventDetector(8000, end_timeout=0)
+
+
+def test_detector_an_older_event_of_the_same_source_is_not_read_again() -> None:
+    detector = EventDetector(8000)
+    assert detector.feed(rtp(5, 0xFFFFFF00, event_payload(4, end=True, duration=800))) == [
+        Digit("4", 100)
+    ]
+    # Timestamps wrap (RFC 3550 §5.1): 0x10 comes after 0xFFFFFF00; 0xFFFFF000 before it.
+    assert detector.feed(rtp(6, 0xFFFFF000, event_payload(2, end=True, duration=800))) == []
+    assert detector.feed(rtp(7, 0x10, event_payload(6, end=True, duration=800))) == [
+        Digit("6", 100)
+    ]
+    # Another source (a fork's 200 after another's early media) starts afresh.
+    other = bytearray(rtp(1, 0x5, event_payload(8, end=True, duration=800)))  # "older"
+    other[8:12] = (0x12345678).to_bytes(4, "big")
+    assert detector.feed(bytes(other)) == [Digit("8", 100)]
 
 
 def test_detector_counts_malformed_and_skips_non_digits() -> None:

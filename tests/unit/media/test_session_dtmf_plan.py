@@ -176,3 +176,64 @@ def test_off_means_relayed_as_it_comes() -> None:
     finally:
         session.close()
         relay.close()
+
+
+def test_an_event_whose_end_packets_are_lost_ends_on_the_session_timer() -> None:
+    now = [10.0]
+    relay = MediaRelay(PortAllocator("127.0.0.1", RANGE), clock=lambda: 0.0)
+    session = MediaSession(
+        relay, media_address="127.0.0.1", dtmf_interworking=True, clock=lambda: now[0]
+    )
+    try:
+        session.offer_from("a", CALLER)
+        session.answer_from("b", INFO_ONLY)  # early media (a 183's answer) plans the same
+        heard: list[tuple[str, Digit]] = []
+        armed: list[float | None] = []
+        session.on_dtmf_digit = lambda side, digit: heard.append((side, digit))
+        session.on_dtmf_timer = lambda: armed.append(session.dtmf_timer())
+        assert session.dtmf_timer() is None
+        take = stream_of(session).a_to_b.dtmf
+        assert take is not None and take.on_event is not None
+        header = bytes.fromhex("80650001000003e8000000aa")
+        take.on_event(header + event_payload(9, end=False, duration=400))
+        now[0] = 10.05
+        take.on_event(header + event_payload(9, end=False, duration=800))
+        assert armed == [10.0 + 0.5]  # once, when the event began
+        assert session.dtmf_timer() == pytest.approx(10.55)
+        session.dtmf_timeout(10.5)
+        assert heard == []
+        session.dtmf_timeout(10.55)  # all three end packets lost: the timeout ends it
+        assert heard == [("a", Digit("9", 100))]
+        assert session.dtmf_timeouts == 1 and session.dtmf_timer() is None
+        take.on_event(header + event_payload(9, end=True, duration=960))  # late: once
+        session.dtmf_timeout(20.0)
+        assert heard == [("a", Digit("9", 100))]
+    finally:
+        session.close()
+        relay.close()
+
+
+def test_a_new_plan_on_the_line_keeps_the_stream_numbering(session: MediaSession) -> None:
+    session.offer_from("a", CALLER)
+    session.answer_from("b", INFO_ONLY)
+    session.settle()
+    stream = stream_of(session)
+    take = stream.a_to_b.dtmf
+    assert take is not None
+    take.seq_offset, take.last_seq = -3, 41  # three event packets taken so far
+    # A re-offer from the caller numbering telephone-event 96: a new plan on the same line.
+    reoffer = sdp(
+        20000,
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:96 telephone-event/8000",
+        formats="0 96",
+        version=2,
+    )
+    session.offer_from("a", reoffer)
+    session.answer_from("b", sdp(30000, "a=rtpmap:0 PCMU/8000", formats="0", version=3))
+    assert session.dtmf == DtmfPlan(0, "a", "b", 96, 8000)
+    renewed = stream.a_to_b.dtmf
+    assert renewed is not None and renewed is not take
+    assert renewed.take_payload_type == 96
+    # The callee goes on hearing one sequence: the packets taken so far still count.
+    assert (renewed.seq_offset, renewed.last_seq) == (-3, 41)

@@ -1,6 +1,7 @@
 """The ``siprec`` tap's pieces, without sockets: the recording streams and their labels, the SDP
 offer, the RFC 7865 metadata (well-formed XML in the recording namespace, escaped), the
-multipart body, the SRS answer's destinations, and the configuration."""
+multipart body, the SRS answer's destinations, the configuration, when a refused update goes
+again (and the Retry-After it honours), and the final snapshot's metadata."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from gateway.core.calls.outbound import retry_after_untrusted
 from gateway.core.config import ConfigError, from_mapping
 from gateway.core.interfaces import TappedCall, TappedMedia
 from gateway.core.plugins import load_plugins
@@ -16,9 +18,12 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps import siprec as siprec_plugin
 from gateway.plugins.taps.siprec import (
     NAMESPACE,
+    UPDATE_FAILURE_REASONS,
     SiprecClient,
     SiprecConfig,
     call_participants,
+    ended_participants,
+    failure_reason,
     metadata_xml,
     multipart,
     offer_sdp,
@@ -26,6 +31,7 @@ from gateway.plugins.taps.siprec import (
     replaced_party,
     srs_destinations,
     srs_sdp,
+    update_retry,
 )
 
 AUDIO = TappedMedia(
@@ -233,6 +239,10 @@ def test_calls_are_selected_as_configured() -> None:
         ),
         ({"srs": "sip:srs@192.0.2.50", "all_calls": True, "queue": 1}, "queue"),
         ({"srs": "sip:srs@192.0.2.50", "all_calls": True, "fallbacks": ["tel:+1"]}, "fallbacks"),
+        (
+            {"srs": "sip:srs@192.0.2.50", "all_calls": True, "final_metadata": "yes"},
+            "final_metadata",
+        ),
     ],
 )
 def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
@@ -254,3 +264,81 @@ def test_a_held_stream_is_offered_inactive() -> None:
         "sendonly",
         "sendonly",
     ]
+
+
+@pytest.mark.parametrize("status", [None, 408, 480, 500, 503, 504, 580])
+def test_a_refusal_that_may_pass_goes_again_after_a_growing_randomized_wait(
+    status: int | None,
+) -> None:
+    assert update_retry(status, 1, None, 0.0) == 2.0
+    assert update_retry(status, 2, None, 0.0) == 4.0
+    assert update_retry(status, 3, None, 1.0) == 12.0  # 8 s, half again at most
+    assert update_retry(status, 4, None, 0.0) is None  # three resends, then given up
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 481, 488, 491, 501, 505, 513, 603])
+def test_a_refusal_that_will_not_pass_is_given_up_at_once(status: int) -> None:
+    assert update_retry(status, 1, None, 0.5) is None
+    assert update_retry(status, 1, 5, 0.5) is None
+
+
+def test_the_retry_after_of_a_refusal_is_honoured_up_to_a_minute() -> None:
+    assert update_retry(503, 1, 30, 0.9) == 30.0
+    assert update_retry(500, 2, 0, 0.9) == 0.0
+    assert update_retry(503, 1, 60, 0.0) == 60.0
+    assert update_retry(503, 1, 61, 0.0) is None  # not waited for: given up
+    assert update_retry(503, 4, 1, 0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("30", 30),
+        (" 18000;duration=3600", 18000),
+        ("120 (I'm in a meeting)", 120),
+        ("0", 0),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-5", None),
+        ("١٢", None),  # digits, but not ASCII ones
+        ("9" * 11, None),  # past the bound: no huge integer from the network
+    ],
+)
+def test_retry_after_is_read_as_rfc_3261_delta_seconds(
+    value: str | None, seconds: int | None
+) -> None:
+    assert retry_after_untrusted(value) == seconds
+
+
+def test_each_given_up_update_has_a_reason_from_a_small_set() -> None:
+    assert failure_reason(481) == "session_gone"
+    assert failure_reason(None) == failure_reason(408) == "no_answer"
+    assert failure_reason(503) == failure_reason(488) == "refused"
+    tap = SiprecClient(SiprecConfig(srs="sip:srs@192.0.2.50", all_calls=True))
+    assert tap.update_failures == dict.fromkeys(UPDATE_FAILURE_REASONS, 0)
+
+
+def test_the_final_snapshot_disassociates_everyone_and_stops_the_recording() -> None:
+    streams = recorded_streams((AUDIO,))
+    joined, moved, ended = 1_700_000_000.0, 1_700_000_060.0, 1_700_000_120.0
+    before = call_participants(CALL, joined)
+    transferred = replaced_party(before, "b", "sip:carol@gw", moved)
+    final = ended_participants(transferred, ended)
+    assert [p.participant_id for p in final] == [p.participant_id for p in transferred]
+    assert [p.left for p in final] == [ended, moved, ended]  # who left before keeps its time
+    root = ET.fromstring(metadata_xml("rec-1", "c2Vzc2lvbg==", final, streams, joined, ended))
+    recording = root.find("r:sessionrecordingassoc", NS)
+    assert recording is not None
+    assert recording.findtext("r:associate-time", namespaces=NS) == "2023-11-14T22:13:20Z"
+    assert recording.findtext("r:disassociate-time", namespaces=NS) == "2023-11-14T22:15:20Z"
+    times = _associations(root)
+    assert sorted(left for _, left in times.values()) == [
+        "2023-11-14T22:14:20Z",
+        "2023-11-14T22:15:20Z",
+        "2023-11-14T22:15:20Z",
+    ]
+    assert root.findall("r:participantstreamassoc", NS) == []  # nobody sends any more
+    assert len(root.findall("r:stream", NS)) == 2  # the streams stay described, ids and all
+    ongoing = ET.fromstring(metadata_xml("rec-1", "c2Vzc2lvbg==", before, streams, joined))
+    assert ongoing.find("r:sessionrecordingassoc/r:disassociate-time", NS) is None

@@ -1,0 +1,246 @@
+"""SIPREC recording sessions that recover and end as RFC 7866 expects (the ``siprec`` tap), the
+recorder (SRS) a SIP agent on the in-memory network, in virtual time:
+
+- an update the SRS refuses with 500, then 503 with a Retry-After, goes again after a
+  randomized back-off, then not before the Retry-After, with the call as it is by then (the
+  resume that came meanwhile, never the hold in between);
+- an SRS that never takes an update (always 503, or never answering) gets three resends, then
+  the update is given up with a WARNING naming the call, counted in the metrics; the BYE still
+  comes at the end, without a final snapshot;
+- a 481 ends the recording session without a BYE, counted: copies stop, the call goes on and no
+  later change of the call reaches the SRS;
+- the call's end releases its legs at once; the SRS then gets the final snapshot (a re-INVITE,
+  streams inactive, everyone and the recording disassociated) and the BYE after it, also when it
+  never answers the snapshot (within ``bye_timeout``); ``final_metadata = false`` sends the BYE
+  alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import render
+from gateway.plugins.taps.siprec import srs_sdp
+from gateway.testing.sip_agent import AutoAnswer, Received, SipAgent, simple_sdp
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, next_within
+from tests.component.calls.dtls_phone import bind
+from tests.component.calls.test_b2bua_siprec import (
+    CALLER_PORT,
+    NS,
+    SRS_PORT,
+    metadata_of,
+    rtp,
+    siprec_env,
+    srs_answer,
+)
+
+HELD = simple_sdp("127.0.0.1", CALLER_PORT, direction="sendonly")
+RESUMED = simple_sdp("127.0.0.1", CALLER_PORT, direction="sendrecv", version=3)
+
+
+def scrape(env: B2bua) -> str:
+    return render(StatusView(env.gateway, CallStatistics())).decode()
+
+
+def directions(update: Received) -> list[str]:
+    request = update.request
+    offer = parse_sdp_untrusted(srs_sdp(request.headers.get("Content-Type"), request.body))
+    return [m.attributes.direction().value for m in offer.media]  # type: ignore[union-attr]
+
+
+async def recorded_call(env: B2bua, srs: SipAgent) -> tuple[object, tuple[str, int], str]:
+    """A call answered by alice's phone by itself, and its recording session set up; the
+    call, where the caller sends its RTP, and the recording session's Call-ID."""
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    final = await call.final()
+    assert final.status == 200
+    recording = await srs.next_call()
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+    to_caller_side = ("127.0.0.1", parse_sdp_untrusted(final.body).media[0].port)
+    return call, to_caller_side, recording.invite.call_id
+
+
+async def test_a_refused_update_goes_again_after_a_back_off_then_its_retry_after_as_it_is_now(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, _, call_id = await recorded_call(env, srs)
+
+    assert (await call.reinvite(HELD)).status == 200  # type: ignore[attr-defined]
+    first = await srs.next_request("INVITE", timeout=10)
+    assert directions(first) == ["inactive", "inactive"]
+    refused_at = trio.current_time()
+    await srs.respond(first, 500)
+    second = await srs.next_request("INVITE", timeout=10)
+    assert 2.0 <= trio.current_time() - refused_at <= 3.05  # 2 s, up to half again at random
+    assert second.request.call_id == call_id
+    assert directions(second) == ["inactive", "inactive"]
+    refused_at = trio.current_time()
+    await srs.respond(second, 503, extra=[("Retry-After", "7")])
+    # The call is resumed while the update waits: the next one says so, and no re-INVITE
+    # with the hold goes in between.
+    assert (await call.reinvite(RESUMED)).status == 200  # type: ignore[attr-defined]
+    third = await srs.next_request("INVITE", timeout=15)
+    assert 7.0 <= trio.current_time() - refused_at <= 7.1  # the Retry-After, no sooner
+    assert third.request.cseq.number > second.request.cseq.number
+    assert directions(third) == ["sendonly", "sendonly"]
+    await srs.respond(third, 200, body=srs_answer(), content_type="application/sdp")
+    assert await next_within(srs, "INVITE", 30) is None  # taken: nothing more to say
+    assert 'voipgw_recording_update_failures_total{reason="refused"} 0\n' in scrape(env)
+    await call.bye()  # type: ignore[attr-defined]
+    final = await srs.next_request("INVITE", timeout=10)  # the final snapshot
+    await srs.respond(final, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("BYE", timeout=10)
+
+
+@pytest.mark.parametrize("refusal", [503, None], ids=["503", "never-answers"])
+async def test_an_update_the_srs_never_takes_is_given_up_after_three_resends_with_a_warning(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    refusal: int | None,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.taps.siprec")
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, _, call_id = await recorded_call(env, srs)
+    gateway_call_id = call.call_id  # type: ignore[attr-defined]
+
+    assert (await call.reinvite(HELD)).status == 200  # type: ignore[attr-defined]
+    for _ in range(4):  # the update and three resends
+        update = await srs.next_request("INVITE", timeout=60)
+        assert update.request.call_id == call_id
+        if refusal is not None:
+            await srs.respond(update, refusal)
+    assert await next_within(srs, "INVITE", 60) is None  # given up
+    reason = "refused" if refusal is not None else "no_answer"
+    assert f'voipgw_recording_update_failures_total{{reason="{reason}"}} 1\n' in scrape(env)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        gateway_call_id in text
+        and ("503" if refusal else "no answer") in text
+        and "tried 4 times" in text
+        for text in warnings
+    ), warnings
+    assert env.calls == 1  # the call goes on, recorded as the SRS last took it
+
+    await call.bye()  # type: ignore[attr-defined]
+    bye = await srs.next_request("BYE", timeout=10)  # no final snapshot of a refused state
+    assert bye.request.call_id == call_id
+    assert len(srs.requests("INVITE")) == 5
+
+
+async def test_a_481_ends_the_recording_without_a_bye_and_the_call_goes_on_unrecorded(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.plugins.taps.siprec")
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, to_caller_side, _ = await recorded_call(env, srs)
+
+    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
+        await caller.sendto(rtp(1, 0x11, 0x1111), to_caller_side)
+        with trio.fail_after(2):
+            copy, _ = await srs_caller.recvfrom(2048)  # recorded so far
+        assert copy == rtp(1, 0x11, 0x1111)
+
+        assert (await call.reinvite(HELD)).status == 200  # type: ignore[attr-defined]
+        update = await srs.next_request("INVITE", timeout=10)
+        await srs.respond(update, 481)  # the SRS restarted: it knows no such session
+        await eventually(
+            lambda: (
+                'voipgw_recording_update_failures_total{reason="session_gone"} 1\n' in scrape(env)
+            )
+        )
+        for seq in range(2, 6):
+            await caller.sendto(rtp(seq, 0x11, 0x1111), to_caller_side)
+            await trio.sleep(0.02)
+        with trio.move_on_after(2) as waited:
+            await srs_caller.recvfrom(2048)
+        assert waited.cancelled_caught  # the copies stopped
+
+    assert (await call.reinvite(RESUMED)).status == 200  # type: ignore[attr-defined]
+    assert await next_within(srs, "INVITE", 10) is None  # no later change reaches the SRS
+    assert env.calls == 1
+    await call.bye()  # type: ignore[attr-defined]
+    await eventually(lambda: env.calls == 0)
+    await eventually(lambda: "packets, 1 sent to the SRS" in caplog.text)
+    assert srs.requests("BYE") == [] and len(srs.requests("INVITE")) == 2
+    assert "no longer knows the recording session" in caplog.text
+
+
+@pytest.mark.parametrize("answers", [True, False], ids=["answered", "never-answered"])
+async def test_the_call_ends_at_once_then_the_srs_gets_the_final_snapshot_and_the_bye(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    answers: bool,
+) -> None:
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, _, call_id = await recorded_call(env, srs)
+    opened = metadata_of(srs.requests("INVITE")[0].body)
+
+    await call.bye()  # type: ignore[attr-defined]
+    final = await srs.next_request("INVITE", timeout=5)
+    sent_at = trio.current_time()
+    assert env.calls == 0  # the call's legs are gone before the SRS said anything
+    await eventually(lambda: bool(env.alice.requests("BYE")), timeout=1)
+    assert final.request.call_id == call_id
+    assert directions(final) == ["inactive", "inactive"]  # no more media
+    root = metadata_of(final.request.body)
+    # Same ids as the opening snapshot (RFC 7865 §6), now each party and the recording ended.
+    assert root.find("r:session", NS).get("session_id") == opened.find(  # type: ignore[union-attr]
+        "r:session", NS
+    ).get("session_id")  # type: ignore[union-attr]
+    assert {p.get("participant_id") for p in root.findall("r:participant", NS)} == {
+        p.get("participant_id") for p in opened.findall("r:participant", NS)
+    }
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+    left = [
+        a.findtext("r:disassociate-time", namespaces=NS)
+        for a in root.findall("r:participantsessionassoc", NS)
+    ]
+    assert len(left) == 2 and all(stamp.fullmatch(t or "") for t in left), left
+    stopped = root.findtext("r:sessionrecordingassoc/r:disassociate-time", namespaces=NS)
+    assert stamp.fullmatch(stopped or ""), ET.tostring(root)
+    assert root.findall("r:participantstreamassoc", NS) == []
+    assert opened.find("r:sessionrecordingassoc/r:disassociate-time", NS) is None
+
+    if answers:
+        await trio.sleep(1)
+        await srs.respond(final, 200, body=srs_answer(), content_type="application/sdp")
+        await srs.next_request("ACK", timeout=5)
+    bye = await srs.next_request("BYE", timeout=10)
+    assert bye.request.call_id == call_id
+    waited = trio.current_time() - sent_at
+    if answers:
+        assert 1.0 <= waited <= 1.5
+    else:
+        assert 5.0 <= waited <= 5.5  # bye_timeout for the snapshot, then the BYE
+
+
+async def test_without_final_metadata_the_call_end_sends_the_bye_alone(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await siprec_env(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(), final_metadata=False
+    )
+    call, _, call_id = await recorded_call(env, srs)
+    await call.bye()  # type: ignore[attr-defined]
+    bye = await srs.next_request("BYE", timeout=5)
+    assert bye.request.call_id == call_id
+    assert len(srs.requests("INVITE")) == 1

@@ -1,0 +1,82 @@
+"""SIPREC (RFC 7866) with a recorder that is busy for a moment: sipp as the SRS.
+
+A trunk (sipp, ``calls/uac_hold_resume.xml``) calls alice (sipp) through the gateway, holds and
+resumes; the call is recorded to a sipp SRS (``scenarios/calls/uas_siprec_srs_refusing.xml``)
+that answers the hold's re-INVITE 503 with ``Retry-After: 1`` and every later one 200. The
+update goes again in the recording dialog, no sooner than the Retry-After (read from sipp's
+message trace), nothing is given up, and the call's end brings the final snapshot, then the BYE.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas
+from tests.interop.test_calls_sipp import ACCOUNTS, inbound_trunk, register, trunk_call
+
+pytestmark = pytest.mark.interop
+
+
+# sipp's -trace_msg: each message after a line of dashes and its time, then a line saying
+# whether it was sent or received, a blank line, and the message.
+TRACE_BLOCK = re.compile(r"^-{20,} (\S+ \S+)\n([^\n]*)\n\n", re.M)
+
+
+def invites_received(srs: SippResult) -> list[tuple[datetime, str]]:
+    """The INVITEs the SRS received, each with when it came (sipp's trace timestamps)."""
+    trace = srs.messages().replace("\r\n", "\n")
+    heads = list(TRACE_BLOCK.finditer(trace))
+    found = []
+    for head, following in zip(heads, [*heads[1:], None], strict=True):
+        message = trace[head.end() : following.start() if following else len(trace)]
+        if "received" in head[2] and message.startswith("INVITE "):
+            found.append((datetime.fromisoformat(head[1]), message))
+    return found
+
+
+def test_an_update_the_srs_refuses_503_goes_again_after_its_retry_after(tmp_path: Path) -> None:
+    with SippUas("calls/uas_siprec_srs_refusing.xml", workdir=tmp_path / "srs") as srs:
+        extra = inbound_trunk() + (
+            "[plugins.siprec]\n"
+            f'srs = "sip:srs@{srs.address}"\n'
+            'trunks = ["pbx"]\n'
+            f'media_address = "{LOOPBACK}"\n'
+        )
+        with GatewayProcess(
+            tmp_path / "gw",
+            accounts=ACCOUNTS,
+            settings={"plugins": {"enable": ["udp", "tcp", "siprec"]}},
+            extra_toml=extra,
+        ) as gw:
+            alice = SippUas("calls/uas_answer_reinvite.xml", workdir=tmp_path / "alice")
+            register(gw, tmp_path, "udp", alice.port)
+            with alice:
+                # Held 1.5 s, then resumed for 1.5 s: the call outlasts the Retry-After (1 s)
+                # with room for a loaded CI machine.
+                caller = trunk_call(
+                    "calls/uac_hold_resume.xml", gw, tmp_path, call_duration_ms=1500
+                )
+                caller.check()
+                alice.wait(timeout=10).check()
+            gw.wait_for_log(r"SIPREC: call \S+: \d+ packets, \d+ sent to the SRS")
+            log = gw.log_text()
+        answered = srs.wait(timeout=10)
+    answered.check()  # the 503, then every re-INVITE answered, then the BYE
+
+    invites = invites_received(answered)
+    assert len(invites) >= 4, [text.split("\n", 1)[0] for _, text in invites]
+    (_, opening), (refused_at, refused), (resent_at, resent) = invites[:3]
+    assert "a=inactive" in refused  # the hold
+    call_id = re.search(r"^Call-ID: (.+)$", opening, re.M)[1]  # type: ignore[index]
+    assert f"Call-ID: {call_id}\n" in resent
+    assert (resent_at - refused_at).total_seconds() >= 1.0  # Retry-After: 1
+    # The last re-INVITE is the final snapshot: the recording's end in its metadata.
+    final = invites[-1][1]
+    assert re.search(
+        r"<disassociate-time>[^<]+</disassociate-time>\s*</sessionrecordingassoc>", final
+    )
+    assert "given up" not in log and "refused an update" not in log

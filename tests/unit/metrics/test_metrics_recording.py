@@ -1,0 +1,47 @@
+"""``voipgw_recording_update_failures_total``: the recording-session updates the media taps gave
+up (SIPREC), summed over the taps that count them, without sockets."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from gateway.core.plugins import Registry
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import _recording
+from gateway.plugins.metrics.exposition import Exposition
+
+
+def view(*taps: tuple[str, object]) -> StatusView:
+    registry: Registry[object] = Registry("media tap")
+    for name, tap in taps:
+        registry.add(name, tap)
+    gateway = SimpleNamespace(plugins=SimpleNamespace(media_taps=registry))
+    return StatusView(gateway, CallStatistics())  # type: ignore[arg-type]
+
+
+def test_the_taps_counts_are_summed_by_reason_and_others_are_passed_over() -> None:
+    siprec = SimpleNamespace(update_failures={"refused": 2, "no_answer": 0, "session_gone": 1})
+    another = SimpleNamespace(update_failures={"refused": 1})
+    recorder = SimpleNamespace()  # counts nothing of the kind
+    covert = SimpleNamespace(update_failures={"refused": 7}, covert=True)
+    status = view(("siprec", siprec), ("other", another), ("recorder", recorder), ("li", covert))
+    assert status.recording_update_failures() == (
+        ("no_answer", 0),
+        ("refused", 3),
+        ("session_gone", 1),
+    )
+    out = Exposition()
+    _recording(out, status)
+    text = out.render().decode()
+    assert "# TYPE voipgw_recording_update_failures_total counter\n" in text
+    assert 'voipgw_recording_update_failures_total{reason="refused"} 3\n' in text
+    assert 'voipgw_recording_update_failures_total{reason="no_answer"} 0\n' in text
+    assert 'voipgw_recording_update_failures_total{reason="session_gone"} 1\n' in text
+
+
+def test_without_a_tap_that_counts_them_there_is_no_family() -> None:
+    status = view(("recorder", SimpleNamespace()))
+    assert status.recording_update_failures() == ()
+    out = Exposition()
+    _recording(out, status)
+    assert out.render() == b""
