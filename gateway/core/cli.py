@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         "calls",
         help="list calls and how each leg is protected",
         description="List live calls (or recent ones with --recent) from the gateway's store, "
-        "with each leg's signalling transport, key exchange and SRTP suite.",
+        "with each leg's signalling transport, key exchange and SRTP suite, and for live calls "
+        "each leg's quality now by its phone's RTCP reports (loss, jitter, RTT, MOS, and how old "
+        "the last report is), asked of the running gateway over <state_dir>/control.sock.",
     )
     calls.add_argument("--config", metavar="FILE", help="read [gateway] state_dir here")
     calls.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
@@ -443,16 +445,69 @@ def describe_quality(figures: dict[str, Any]) -> str:
     return ", ".join(words)
 
 
+def describe_live_quality(figures: dict[str, Any] | None) -> str:
+    """One line, in plain words, of a live leg's quality now (the control socket's
+    ``live_quality``): :func:`describe_quality` and how old its last report is; stale past
+    ``quality.STALE_AFTER``. None: its phone has sent no RTCP yet."""
+    from gateway.core.media.quality import STALE_AFTER
+
+    if figures is None:
+        return "no RTCP from its phone yet"
+    report, rtcp = figures.get("last_report_age"), figures.get("last_rtcp_age")
+    if report is None:  # RTCP without report blocks so far (an SR of a phone hearing nothing)
+        age = f"last RTCP {rtcp:.0f} s ago" if rtcp is not None else "no RTCP"
+        if rtcp is not None and rtcp > STALE_AFTER:
+            age += " (STALE: no RTCP from its phone since)"
+        return f"{describe_quality(figures)}; {age}"
+    age = f"last report {report:.0f} s ago"
+    if report > STALE_AFTER:
+        if rtcp is not None and rtcp <= STALE_AFTER:
+            # RFC 3550 §6.4: a report block only for a source heard since the last report.
+            age += (
+                f" (STALE: its phone's RTCP since, {rtcp:.0f} s ago, has no report: "
+                "it receives no media)"
+            )
+        else:
+            age += " (STALE: no RTCP from its phone since)"
+    return f"{describe_quality(figures)}; {age}"
+
+
+def _live_quality(args: argparse.Namespace, config: GatewayConfig) -> dict[str, Any] | None:
+    """Per live call (record id), each leg's quality now, from the running gateway's control
+    socket (gateway/core/control.py); None, with a note on stderr, when it does not answer."""
+    from gateway.core.control import ControlError, ask, socket_path
+
+    path = socket_path(args.state_dir or config.gateway.state_dir)
+    try:
+        calls = ask(path, "live_quality").get("calls")
+    except ControlError as exc:
+        print(
+            f"note: live call quality not available ({exc}): shown as of each call's last change",
+            file=sys.stderr,
+        )
+        return None
+    return calls if isinstance(calls, dict) else None
+
+
 def cmd_calls(args: argparse.Namespace) -> int:
     import json
 
-    store, _ = _open_store(args)
+    store, config = _open_store(args)
     try:
         records = store.call_records_recent(args.recent or 1000)
     finally:
         store.close()
     if not args.recent:
         records = tuple(r for r in records if r.ended_at is None)
+    # Figures that change all the time are asked of the gateway, only for calls that are up.
+    live = _live_quality(args, config) if any(r.ended_at is None for r in records) else None
+
+    def live_of(record: Any) -> dict[str, Any] | None:
+        if live is None or record.ended_at is not None:
+            return None
+        figures = live.get(record.call_id)
+        return figures if isinstance(figures, dict) else None
+
     if args.json:
         print(
             json.dumps(
@@ -466,6 +521,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
                         "ended_at": r.ended_at,
                         "end_reason": r.end_reason,
                         "security": r.security,
+                        **({} if r.ended_at is not None else {"live_quality": live_of(r)}),
                     }
                     for r in records
                 ],
@@ -485,9 +541,15 @@ def cmd_calls(args: argparse.Namespace) -> int:
             if leg:
                 name = "caller leg" if label == "a" else "callee leg"
                 print(f"  {name}: {describe_leg(leg)}")
-        for label, figures in (security.get("quality") or {}).items():
-            name = "caller leg" if label == "a" else "callee leg"
-            print(f"  {name} quality (what it received): {describe_quality(figures)}")
+        now = live_of(record)
+        if now is not None:
+            for label, figures in now.items():
+                name = "caller leg" if label == "a" else "callee leg"
+                print(f"  {name} quality now (what it received): {describe_live_quality(figures)}")
+        else:
+            for label, figures in (security.get("quality") or {}).items():
+                name = "caller leg" if label == "a" else "callee leg"
+                print(f"  {name} quality (what it received): {describe_quality(figures)}")
         for transfer in security.get("transfers", ()):
             print(f"  {describe_transfer(transfer)}")
         for failover in security.get("failovers", ()):

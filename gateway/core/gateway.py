@@ -28,6 +28,8 @@ from gateway.core.calls.subscriptions import Subscriptions
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.calls.trunk_registration import TrunkRegistration, registering
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec, did_warnings
+from gateway.core.control import socket_path
+from gateway.core.control_server import serve_control
 from gateway.core.devices import DeviceIdentifier, check_profiles
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.ids import IdSource, RandomIds
@@ -310,6 +312,21 @@ class Gateway:
             clock=trio.current_time,
         )
 
+    def control_answer(self, query: str) -> dict[str, object]:
+        """The answer to a control socket query (gateway/core/control.py): ``live_quality``,
+        per live call whose quality is read, each leg's RTCP figures now. Walks the live calls
+        when asked, never otherwise."""
+        calls: dict[str, object] = {}
+        if query == "live_quality" and self.calls is not None:
+            for call in self.calls.calls:
+                quality = call.media.quality if call.media is not None else None
+                if quality is not None:
+                    # The callee's leg once answered (or sending RTCP with early media).
+                    answered = call.b is not None or "b" in quality.legs
+                    sides = ("a", "b") if answered else ("a",)
+                    calls[call.record_id] = quality.live(sides)
+        return {"calls": calls}
+
     # -- TransportHost ----------------------------------------------------------------------
 
     @property
@@ -521,6 +538,8 @@ class Gateway:
             )
             self.trunk_registrations[trunk.name] = registration
             nursery.start_soon(registration.run, name=f"registration with {trunk.name}")
+        # What `voipgw calls` asks a running gateway: its live calls' quality now.
+        await nursery.start(serve_control, socket_path(self.state_dir), self.control_answer)
         log.info(
             "voipgw ready: %s",
             ", ".join(f"{lst.transport}:{format_address(lst.address)}" for lst in self.listeners),

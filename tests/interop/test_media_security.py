@@ -245,7 +245,7 @@ def test_voipgw_calls_says_how_each_leg_of_an_sdes_to_rtp_call_is_protected(
     with _srtp_phone_calling_rtp_trunk(tmp_path, "rtp-only") as (gw, alice, trunk):
         alice.dial(_tls_uri(gw, TRUNK_NUMBER))
         call = alice.wait_established()
-        live = gw.cli_until(lambda out: "callee leg" in out, "calls")
+        live = gw.cli_until(lambda out: "callee leg:" in out, "calls")
         live_json = json.loads(gw.cli_until(lambda out: '"b"' in out, "calls", "--json"))
         alice.hangup()
         alice.wait_closed()
@@ -318,7 +318,7 @@ def test_linphone_aes256_cm_to_baresip_aead_gcm_carries_audio_both_ways(tmp_path
                 bob.wait_connected()
                 carol.wait_audio(AUDIO_SECONDS)
                 bob.wait_audio(AUDIO_SECONDS)
-                live = gw.cli_until(lambda out: "callee leg" in out, "calls")
+                live = gw.cli_until(lambda out: "callee leg:" in out, "calls")
                 bob.terminate()
                 carol.wait_closed()
                 bob.wait_ended()

@@ -1,7 +1,8 @@
 """Call quality from a real phone's RTCP: two baresip phones (which send RTCP SR with report
 blocks, RFC 3550 §6.4, about every 5 s, on their own RTCP ports) call each other through the
 gateway; a HEP collector (a socket here) gets their reports as HEP type 5 while the call runs,
-and the call record then holds each leg's figures, which ``voipgw calls`` words.
+``voipgw calls`` shows each leg's figures now while it runs (asked of the gateway over its
+control socket), and the call record then holds each leg's figures, which ``voipgw calls`` words.
 
 On loopback nothing is lost: what can fail is whether the gateway read the reports at all,
 converted jitter with the stream's clock rate (PCMU, 8000 Hz), and matched a report's LSR with
@@ -11,6 +12,7 @@ the SR it answers (RFC 3550 §6.4.1) to measure the round trip to each phone.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -79,6 +81,8 @@ def test_baresips_rtcp_reports_reach_homer_and_the_call_record(tmp_path: Path) -
             call = alice.wait_established()
             bob.wait_established()
             reports = _reports_until_answered(collector, time.monotonic() + RTCP_WAIT)
+            # The same call, up: its quality now, from the running gateway (no extra call).
+            live = gw.cli("calls")
             alice.hangup()
             alice.wait_closed()
             bob.wait_closed()
@@ -107,6 +111,16 @@ def test_baresips_rtcp_reports_reach_homer_and_the_call_record(tmp_path: Path) -
     rtts = [quality[label]["rtt_ms"] for label in ("a", "b")]
     measured = [rtt for rtt in rtts if rtt is not None]
     assert measured and all(0 <= rtt < 100 for rtt in measured), rtts  # loopback
+    assert "note:" not in live.stderr, live.stderr  # the gateway answered
+    now = [line.strip() for line in live.stdout.splitlines() if "quality now" in line]
+    assert [line.split(":")[0] for line in now] == [
+        "caller leg quality now (what it received)",
+        "callee leg quality now (what it received)",
+    ], live.stdout
+    # Both phones' report blocks were read before the command ran: fresh figures, not stale.
+    assert all("0.0 % lost (0 packets in all), jitter " in line for line in now), now
+    fresh = re.compile(r"MOS 4\.\d.*; last report \d s ago$")
+    assert all(fresh.search(line) for line in now), now
     words = [line.strip() for line in out.splitlines() if "quality (what it received)" in line]
     assert [line.split(":")[0] for line in words] == [
         "caller leg quality (what it received)",

@@ -36,6 +36,13 @@ delay (0 when the gateway could not measure one), and the jitter the phone repor
 its jitter buffer's discards. It ranks calls and legs; it is not a listening test. A phone's own
 XR VoIP metrics MOS (RFC 3611 §4.7), when it sends one, is kept beside it as ``xr_mos``.
 
+Live figures (``voipgw calls`` on a call that is up, :meth:`CallQuality.live`): each leg also
+keeps when its last report block and its last RTCP arrived, two floats written per datagram
+already read. A phone that stops sending RTCP leaves figures that only age; one whose RTCP goes on
+without report blocks receives no media (RFC 3550 §6.4: a report block only for a source heard
+since the last report), so its loss figures age too. The ages are worked out when asked, never
+per packet.
+
 Bounds: at most :data:`MAX_PENDING_SRS` SRs awaiting their answer per leg; counters are plain
 ints; nothing grows with the length of the call.
 """
@@ -65,6 +72,10 @@ MAX_PENDING_SRS = 16
 the latest SR it received, so a few suffice even with several streams)."""
 
 DEFAULT_CLOCK_RATE = 8000
+
+STALE_AFTER = 25.0
+"""Seconds after which a leg's last report is stale: RFC 3550 §6.3.5 times a member out after
+five reporting intervals (M = 5), and a two-party audio call reports every 5 s (§6.2's minimum)."""
 
 RtcpListener = Callable[[str, int, bytes, list[RtcpPacket]], None]
 """Takes the side (``"a"``/``"b"``) an RTCP datagram came from, the index of its stream (m= line),
@@ -96,6 +107,8 @@ class LegQuality:
     __slots__ = (
         "fraction_lost",
         "jitter_ms",
+        "last_report",
+        "last_rtcp",
         "lost",
         "malformed",
         "mos",
@@ -125,6 +138,8 @@ class LegQuality:
         self.mos: float | None = None
         self.worst_mos: float | None = None
         self.xr_mos: float | None = None
+        self.last_report: float | None = None  # clock of the latest report block's arrival
+        self.last_rtcp: float | None = None  # and of the latest RTCP that parsed
 
     def record(self) -> dict[str, object]:
         """The figures for the call record (JSON); rounded for people."""
@@ -143,6 +158,18 @@ class LegQuality:
             "worst_mos": _rounded(self.worst_mos, 2),
             "xr_mos": self.xr_mos,
         }
+
+    def live(self, now: float) -> dict[str, object]:
+        """:meth:`record`, and how many seconds before ``now`` (the clock's) the latest report
+        block and the latest RTCP arrived (None: never), for a call that is up."""
+        figures = self.record()
+        figures["last_report_age"] = _age(self.last_report, now)
+        figures["last_rtcp_age"] = _age(self.last_rtcp, now)
+        return figures
+
+
+def _age(then: float | None, now: float) -> float | None:
+    return None if then is None else round(max(0.0, now - then), 1)
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -208,6 +235,7 @@ class CallQuality:
             return
         leg.rtcp_packets += 1
         now = self._clock()
+        leg.last_rtcp = now
         answered = self._srs.get("b" if side == "a" else "a", {})
         for rtcp in packets:
             if isinstance(rtcp, SenderReport):
@@ -239,6 +267,7 @@ class CallQuality:
     ) -> None:
         for block in reports:
             leg.reports += 1
+            leg.last_report = now
             fraction = block.fraction_lost / 256
             jitter_ms = block.jitter * 1000 / (clock_rate or DEFAULT_CLOCK_RATE)
             leg.fraction_lost = fraction
@@ -265,6 +294,12 @@ class CallQuality:
         """Per leg, the figures of :meth:`LegQuality.record`; legs whose phone sent no RTCP are
         left out."""
         return {side: self.legs[side].record() for side in ("a", "b") if side in self.legs}
+
+    def live(self, sides: tuple[str, ...]) -> dict[str, dict[str, object] | None]:
+        """Per leg of ``sides`` (those the call has), the figures of :meth:`LegQuality.live` as
+        of now; None for a leg whose phone has sent no RTCP yet."""
+        now = self._clock()
+        return {side: self.legs[side].live(now) if side in self.legs else None for side in sides}
 
 
 def _most(worst: float | None, value: float) -> float:

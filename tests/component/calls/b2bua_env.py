@@ -73,6 +73,7 @@ def gateway_config(
     dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
     feature_codes: Mapping[str, Any] | None = None,
     gateway: Mapping[str, Any] | None = None,
+    media: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
@@ -86,6 +87,7 @@ def gateway_config(
                 "ports": f"{MEDIA_PORTS.start}-{MEDIA_PORTS.stop - 1}",
                 "inactivity_timeout": inactivity_timeout,
                 "hold_timeout": hold_timeout,
+                **(media or {}),
             },
             "plugins": {"enable": [], **(plugin_tables or {})},
             "trunks": [
@@ -125,6 +127,7 @@ async def start_b2bua(
     tls_stand_in: bool = False,
     ws_stand_in: bool = False,
     gateway_table: Mapping[str, Any] | None = None,
+    media_table: Mapping[str, Any] | None = None,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -145,6 +148,7 @@ async def start_b2bua(
         dialog_watch_groups=dialog_watch_groups,
         feature_codes=feature_codes,
         gateway=gateway_table,
+        media=media_table,
     )
     gateway = Gateway(
         config,

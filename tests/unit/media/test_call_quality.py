@@ -6,8 +6,14 @@ import struct
 
 import pytest
 
-from gateway.core.cli import describe_quality
-from gateway.core.media.quality import MAX_PENDING_SRS, CallQuality, mos_from_r, r_factor
+from gateway.core.cli import describe_live_quality, describe_quality
+from gateway.core.media.quality import (
+    MAX_PENDING_SRS,
+    STALE_AFTER,
+    CallQuality,
+    mos_from_r,
+    r_factor,
+)
 
 
 def rtcp(packet_type: int, body: bytes, count: int = 1) -> bytes:
@@ -121,3 +127,54 @@ def test_voipgw_calls_words_a_legs_figures():
     assert describe_quality({"rtcp_packets": 1, "packets": 9, "rtcp_malformed": 2}) == (
         "no reports in its RTCP, its phone sent 9 packets, 2 malformed RTCP packets"
     )
+
+
+def test_live_figures_say_how_old_the_last_report_and_rtcp_are():
+    """``voipgw calls`` on a live call: the latest figures and their ages in the clock's
+    seconds; an SR without report blocks is RTCP but no report; a malformed datagram neither."""
+    clock = Clock()
+    quality = CallQuality(clock)
+    assert quality.live(("a", "b")) == {"a": None, "b": None}
+    quality.observe("a", receiver_report(0xA, 64, 12, 96, 0, 0), 8000)
+    clock.now += 7.25
+    quality.observe("a", sender_report(0xA, 1 << 32, 100))  # no report block
+    quality.observe("a", b"\x80\xc9\x00\x07short")  # malformed: not RTCP that parsed
+    clock.now += 3.0
+    live = quality.live(("a", "b"))
+    assert live["b"] is None
+    leg = live["a"]
+    assert leg is not None
+    assert (leg["fraction_lost"], leg["lost"], leg["jitter_ms"]) == (0.25, 12, 12.0)
+    assert leg["last_report_age"] == 10.2  # 10.25, to a tenth
+    assert leg["last_rtcp_age"] == 3.0
+    assert leg["mos"] == quality.record()["a"]["mos"]
+    assert "last_report_age" not in quality.record()["a"]  # the call record keeps no ages
+    assert quality.live(("a",)).keys() == {"a"}
+
+
+def test_voipgw_calls_words_a_live_legs_age_and_staleness():
+    figures = {"fraction_lost": 0.004, "lost": 12, "jitter_ms": 12.0, "rtt_ms": 48.0, "mos": 4.2}
+    fresh = {**figures, "last_report_age": 3.4, "last_rtcp_age": 3.4}
+    assert describe_live_quality(fresh) == (
+        "0.4 % lost (12 packets in all), jitter 12 ms, RTT 48 ms, MOS 4.2; last report 3 s ago"
+    )
+    # Up to five reporting intervals (RFC 3550 §6.3.5) is not stale yet; past them it is.
+    edge = {**figures, "last_report_age": STALE_AFTER, "last_rtcp_age": STALE_AFTER}
+    assert describe_live_quality(edge).endswith("; last report 25 s ago")
+    gone = {**figures, "last_report_age": 42.0, "last_rtcp_age": 42.0}
+    assert describe_live_quality(gone).endswith(
+        "; last report 42 s ago (STALE: no RTCP from its phone since)"
+    )
+    deaf = {**figures, "last_report_age": 42.0, "last_rtcp_age": 2.0}
+    assert describe_live_quality(deaf).endswith(
+        "; last report 42 s ago (STALE: its phone's RTCP since, 2 s ago, has no report: "
+        "it receives no media)"
+    )
+    sender_only = {"packets": 9, "last_report_age": None, "last_rtcp_age": 4.0}
+    assert describe_live_quality(sender_only) == (
+        "no reports in its RTCP, its phone sent 9 packets; last RTCP 4 s ago"
+    )
+    assert describe_live_quality({**sender_only, "last_rtcp_age": 30.0}).endswith(
+        "; last RTCP 30 s ago (STALE: no RTCP from its phone since)"
+    )
+    assert describe_live_quality(None) == "no RTCP from its phone yet"
