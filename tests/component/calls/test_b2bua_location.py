@@ -254,6 +254,18 @@ async def located_call(env: B2bua, dialled: str) -> Any:
     return call
 
 
+async def moves(env: B2bua, call: Any) -> Response:
+    """alice, on ``call``, holds it (sendonly) with her new location (MOVED) in the re-INVITE;
+    its final response."""
+    exchange = await call.request(
+        "INVITE",
+        body=located_body(env.alice.offer_sdp(direction="sendonly"), MOVED),
+        content_type=MIXED,
+        extra=BY_VALUE,
+    )
+    return await exchange.final()
+
+
 async def test_a_location_update_in_a_reinvite_reaches_the_emergency_trunk(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
@@ -262,13 +274,7 @@ async def test_a_location_update_in_a_reinvite_reaches_the_emergency_trunk(
     location then carries our SDP alone; the record counts the update."""
     env = await started(nursery, tmp_path, voipgw_seed)
     call = await located_call(env, "112")
-    exchange = await call.request(
-        "INVITE",
-        body=located_body(env.alice.offer_sdp(direction="sendonly"), MOVED),
-        content_type=MIXED,
-        extra=BY_VALUE,
-    )
-    assert (await exchange.final()).status == 200
+    assert (await moves(env, call)).status == 200
     moved = env.trunk.requests("INVITE")[-1]
     assert moved.headers.get("To") != trunk_invite_to(env)  # the re-INVITE, in the dialog
     assert moved.content_type is not None and moved.content_type.startswith("multipart/mixed")
@@ -297,13 +303,7 @@ async def test_a_location_update_goes_where_the_policy_says_only(
     the trunk), and from the callee, an update is accepted and not passed on."""
     env = await started(nursery, tmp_path, voipgw_seed)
     call = await located_call(env, "+15551234")
-    exchange = await call.request(
-        "INVITE",
-        body=located_body(env.alice.offer_sdp(direction="sendonly"), MOVED),
-        content_type=MIXED,
-        extra=BY_VALUE,
-    )
-    assert (await exchange.final()).status == 200
+    assert (await moves(env, call)).status == 200
     reinvite = env.trunk.requests("INVITE")[-1]
     assert reinvite.content_type == SDP_TYPE and b"a=sendonly" in reinvite.body
     assert b"presence" not in reinvite.body and "Geolocation" not in reinvite.headers

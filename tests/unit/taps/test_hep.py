@@ -174,16 +174,21 @@ INVITE_WITH_KEYS = (
 )
 
 
-def test_sdes_keys_and_mikey_messages_are_overwritten_with_the_same_length() -> None:
-    capture = HepCapture(HepConfig(collector="udp:127.0.0.1:9060", queue=10))
+def copied(message: bytes, **config: bool) -> bytes:
+    """What an agent configured with ``config`` sends the collector of ``message`` (chunk 15)."""
+    capture = HepCapture(HepConfig(collector="udp:127.0.0.1:9060", queue=10, **config))
     capture.message(
-        INVITE_WITH_KEYS,
-        transport="tls",
-        source=("192.0.2.7", 5061),
-        destination=("192.0.2.1", 5061),
+        message,
+        transport="udp",
+        source=("192.0.2.7", 5060),
+        destination=("192.0.2.1", 5060),
         at=1_700_000_000.0,
     )
-    copy = chunks(capture._receive.receive_nowait())[0x0F]
+    return chunks(capture._receive.receive_nowait())[0x0F]
+
+
+def test_sdes_keys_and_mikey_messages_are_overwritten_with_the_same_length() -> None:
+    copy = copied(INVITE_WITH_KEYS)
     assert len(copy) == len(INVITE_WITH_KEYS)
     assert KEY_1 not in copy and KEY_2 not in copy and MIKEY_DATA not in copy
     stars_1, stars_2 = b"*" * len(KEY_1), b"*" * len(KEY_2)
@@ -200,15 +205,7 @@ def test_sdes_keys_and_mikey_messages_are_overwritten_with_the_same_length() -> 
 
 
 def test_keys_are_kept_only_when_the_operator_asks() -> None:
-    capture = HepCapture(HepConfig(collector="udp:127.0.0.1:9060", queue=10, redact_keys=False))
-    capture.message(
-        INVITE_WITH_KEYS,
-        transport="tls",
-        source=("192.0.2.7", 5061),
-        destination=("192.0.2.1", 5061),
-        at=1_700_000_000.0,
-    )
-    assert chunks(capture._receive.receive_nowait())[0x0F] == INVITE_WITH_KEYS
+    assert copied(INVITE_WITH_KEYS, redact_keys=False) == INVITE_WITH_KEYS
 
 
 def test_a_message_without_keys_is_copied_unchanged() -> None:
@@ -233,15 +230,7 @@ REGISTER_WITH_CREDENTIALS = (
 
 
 def test_digest_responses_are_overwritten_in_each_copy() -> None:
-    capture = HepCapture(HepConfig(collector="udp:127.0.0.1:9060", queue=10))
-    capture.message(
-        REGISTER_WITH_CREDENTIALS,
-        transport="udp",
-        source=("192.0.2.7", 5060),
-        destination=("192.0.2.1", 5060),
-        at=1_700_000_000.0,
-    )
-    copy = chunks(capture._receive.receive_nowait())[0x0F]
+    copy = copied(REGISTER_WITH_CREDENTIALS)
     # Same length; a folded header and any case of the names are covered.
     expected = REGISTER_WITH_CREDENTIALS.replace(
         b"6629fae49393a05397450978507c4ef1", b"*" * 32
@@ -278,14 +267,5 @@ def test_only_the_header_section_and_digest_proofs_are_touched() -> None:
 
 
 def test_credentials_are_kept_only_when_the_operator_asks() -> None:
-    capture = HepCapture(
-        HepConfig(collector="udp:127.0.0.1:9060", queue=10, redact_credentials=False)
-    )
-    capture.message(
-        REGISTER_WITH_CREDENTIALS,
-        transport="udp",
-        source=("192.0.2.7", 5060),
-        destination=("192.0.2.1", 5060),
-        at=1_700_000_000.0,
-    )
-    assert chunks(capture._receive.receive_nowait())[0x0F] == REGISTER_WITH_CREDENTIALS
+    copy = copied(REGISTER_WITH_CREDENTIALS, redact_credentials=False)
+    assert copy == REGISTER_WITH_CREDENTIALS
