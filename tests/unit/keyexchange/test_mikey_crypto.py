@@ -44,8 +44,11 @@ def test_prf_of_a_32_octet_key_has_one_piece_not_minisips_empty_extra_one() -> N
     inkey, label = bytes(range(32)), b"label"
     one_piece = reference_prf(inkey, label, 20)
     assert crypto.prf(inkey, label, 20) == one_piece
-    # minisip would also XOR in P(empty key): the result would differ.
+    # minisip's libmikey keys the last piece with an empty key when the inkey is a multiple of
+    # 256 bits (so a 32-octet TGK gives P(empty key) alone); an extra XORed empty piece would
+    # differ too. Neither is RFC 3830 §4.1.2.
     empty = hmac.new(b"", hmac.new(b"", label, hashlib.sha1).digest() + label, hashlib.sha1)
+    assert crypto.prf(inkey, label, 20) != empty.digest()
     assert crypto.prf(inkey, label, 20) != bytes(
         a ^ b for a, b in zip(one_piece, empty.digest(), strict=True)
     )

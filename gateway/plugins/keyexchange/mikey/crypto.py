@@ -80,8 +80,9 @@ def prf(inkey: bytes, label: bytes, length: int) -> bytes:
     """PRF(inkey, label) of RFC 3830 §4.1.2 (MIKEY-1), ``length`` octets: ``inkey`` split into
     256-bit pieces s_1..s_n (the last may be shorter), P(s_i, label, m) XORed together, with
     m = ceil(length / 160 bits), truncated. An inkey that is an exact multiple of 256 bits has
-    exactly that many pieces (minisip adds an empty one: not done here). No official test
-    vectors exist; the layout follows the digest of RFC 3830 §4.1.2 (text not available)."""
+    exactly that many full pieces (minisip's libmikey turns its last piece into an empty key:
+    not done here). No official test vectors exist; the layout follows the digest of RFC 3830
+    §4.1.2 (text not available); tests/unit/keyexchange/test_mikey_rfc_vectors.py checks it."""
     if not inkey or length <= 0:
         raise LocalMikeyError("the PRF needs a key and a positive output length")
     blocks = -(-length // _HMAC_BLOCK)

@@ -129,7 +129,7 @@ DEFAULT_OFFER_SUITES = ("AES_CM_128_HMAC_SHA1_80",)
 every MIKEY implementation takes)."""
 MAX_KEYMGMT_LENGTH = 4 * (MAX_MESSAGE_SIZE // 3 + 1) + 16
 TGK_LENGTH = 32  # 256 bits: as strong as the strongest suite's key
-RAND_LENGTH = 16  # RFC 3830 §6.11: at least 128 bits
+RAND_LENGTH = 16  # RFC 3830 §6.11: at least 128 bits (what we send and the least we take)
 _ERROR_NAMES = {
     0: "authentication failure",
     1: "invalid timestamp",
@@ -522,12 +522,28 @@ class MikeyNegotiation:
             raise MikeyError("MIKEY offer lacks its T or RAND payload")
         if stamp.ts_type == TS_COUNTER:
             raise MikeyError("MIKEY COUNTER timestamps are not supported", error_no=1)
+        if len(rand.value) < RAND_LENGTH:
+            # §6.11: RAND SHOULD be at least 128 bits; it is the only fresh input of every key
+            # derivation (§4.1.3, §4.1.4), so a shorter one is refused rather than trusted.
+            raise MikeyError(
+                f"MIKEY RAND is {len(rand.value)} octets; at least {RAND_LENGTH} are required "
+                "(RFC 3830 §6.11)"
+            )
         cs_count = max(1, len(header.cs))
         if cs_count > 2:
             raise MikeyError(
                 f"MIKEY offer has {len(header.cs)} crypto sessions; one or two per m= line "
                 "are supported"
             )
+        for cs_id, cs in enumerate(header.cs, 1):
+            if cs.roc:
+                # §6.1.1: ROC_i is the stream's current rollover counter. Our SRTP contexts
+                # start every stream at ROC 0 (RFC 3711 §3.3.1), so keys for a stream already
+                # past a rollover would fail every packet's authentication: say so instead.
+                raise MikeyError(
+                    f"MIKEY crypto session {cs_id} starts at SRTP rollover counter {cs.roc}; "
+                    "only 0 (a new stream) is supported"
+                )
         suite = _suite_of(message, allowed)
         self.suite = suite
         psk: bytes | None = None
