@@ -1368,6 +1368,11 @@ class Call:
         required that. False for one to drop: the same RSeq again (our PRACK's transaction
         re-sends itself) or one out of order (§4: RSeq must be the last one plus one)."""
         if "100rel" not in response.headers.option_tags("Require"):
+            early = leg.early_dialogs.get(response.to.tag or "") if leg.early_dialogs else None
+            if early is not None:
+                # RFC 3261 §12.1.2, §13.2.2.4: any 1xx of an early dialog with a Contact
+                # moves its remote target, where our PRACKs and INFOs go; reliable or not.
+                early.receive_response(response)
             return True
         rseq = _parse_rseq(response.headers.get("RSeq"))
         tag = response.to.tag

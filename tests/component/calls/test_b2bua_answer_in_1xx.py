@@ -8,6 +8,9 @@ caller's 200 carries the SDP our 183 gave it, byte for byte: a caller that did n
 has no answer until then, one that PRACKed our 183 gets the same answer again. An answer in an
 *unreliable* 183 is only a preview: a 2xx without SDP after it still fails.
 
+Also here, an early-dialog gap: a later unreliable 1xx of the same callee moves the early
+dialog's remote target (RFC 3261 §12.1.2).
+
 Set-up as b2bua_env.py: trunk "carrier" at 127.0.0.2 calls alice's DID; alice answers by hand.
 """
 
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import trio
 
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.uri import SipUri
 from gateway.testing.sip_agent import Call, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE,
@@ -130,3 +135,21 @@ async def test_a_bare_2xx_takes_the_media_back_from_a_later_forks_early_answer(
     assert stream.b.rtp_destination == (ALICE[0], 30000)
     assert (await phone2.next_request("CANCEL")).request.call_id == leg2.call_id
     await talk_and_hang_up(env, call)
+
+
+async def test_a_later_unreliable_1xx_moves_the_early_dialogs_remote_target(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, leg_b = await answer_in_183(env, [])
+    assert leg_b.incoming is not None
+    moved = NameAddr(SipUri("sip", ALICE[0], user="moved", port=ALICE[1]))
+    # RFC 3261 §12.1.2, §13.2.2.4: this 180's Contact is the early dialog's target now ...
+    await env.alice.respond(leg_b.incoming, 180, contact=moved)
+    # ... so the PRACK of the next reliable 1xx (which names no Contact) goes there.
+    await env.alice.respond(leg_b.incoming, 180, extra=[*RELIABLE, ("RSeq", "2")], contact=False)
+    prack = (await env.alice.next_request("PRACK")).request
+    assert prack.headers.get("RAck") == "2 1 INVITE"
+    assert prack.uri == moved.uri
+    await call.cancel()
+    assert (await call.final()).status == 487
