@@ -2359,8 +2359,20 @@ class Call:
 
     async def _reinvite(self, event: RequestEvent) -> None:
         request = event.request
-        transferring = self._transfer is not None and self._transfer.answered is not None
-        if self._pending_reinvite is not None or self._late_reinvite is not None or transferring:
+        # 491 (RFC 3261 §14.2) for one crossing an offer of ours in progress: a relayed
+        # re-INVITE, or a transfer's with the target's offer to the transferee (for the
+        # transferee that is §14.2 to the letter; for the transferor, the media session has
+        # that offer in progress, RFC 3264 §4: one at a time). Not for the rest of a transfer
+        # with an answered target: its offer waits for this one (``deferred``) as it waits
+        # for any re-INVITE in progress, and so do a join and a retry after glare. Unless the
+        # transferor has hung up: relayed to its ended dialog, the re-INVITE would get 481 and
+        # end the call (§14.1); the target takes its place in a moment, so 491 and try again.
+        transfer = self._transfer
+        transfer_busy = transfer is not None and (
+            transfer.reinvite is not None
+            or (transfer.answered is not None and transfer.transferor_left)
+        )
+        if self._offer_in_progress() or transfer_busy:
             await self.endpoint.respond(event.transaction, make_response(request, 491))
             return
         timer = await self._session_timer_of(event)

@@ -8,8 +8,9 @@ caller's 200 carries the SDP our 183 gave it, byte for byte: a caller that did n
 has no answer until then, one that PRACKed our 183 gets the same answer again. An answer in an
 *unreliable* 183 is only a preview: a 2xx without SDP after it still fails.
 
-Also here, an early-dialog gap: a later unreliable 1xx of the same callee moves the early
-dialog's remote target (RFC 3261 §12.1.2).
+Also here, two early-dialog gaps: a later unreliable 1xx of the same callee moves the early
+dialog's remote target (RFC 3261 §12.1.2), and a transferee's own re-INVITE gets 491 only while
+a transfer's re-INVITE to it is pending (§14.2), not for the whole time the target has answered.
 
 Set-up as b2bua_env.py: trunk "carrier" at 127.0.0.2 calls alice's DID; alice answers by hand.
 """
@@ -22,16 +23,23 @@ import trio
 
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.uri import SipUri
-from gateway.testing.sip_agent import Call, simple_sdp
+from gateway.testing.sip_agent import Call, Received, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
     B2bua,
+    answered_call,
     assert_media_via_gateway,
     eventually,
     start_b2bua,
 )
 from tests.component.calls.test_b2bua_more import ALICE2, relay, second_phone
+from tests.component.calls.test_b2bua_transfer import (
+    BOB_URI,
+    bob_phone,
+    eventually_notify,
+    refer,
+)
 
 RELIABLE = [("Require", "100rel")]
 REQUIRE_100REL = [("Require", "100rel"), ("Supported", "100rel")]
@@ -153,3 +161,81 @@ async def test_a_later_unreliable_1xx_moves_the_early_dialogs_remote_target(
     assert prack.uri == moved.uri
     await call.cancel()
     assert (await call.final()).status == 487
+
+
+async def test_a_transferees_reinvite_gets_491_only_while_ours_to_it_is_pending(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The trunk (the transferee) holds our re-INVITE with bob's offer: its own crosses it and
+    # gets 491 (RFC 3261 §14.2). It then refuses ours with 491 and re-INVITEs again while we
+    # wait to retry (§14.1): that one is not crossing anything of ours and goes through
+    # (relayed to alice, still the transferor); ours follows and the transfer completes.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    held: list[Received] = []
+    own: list[int] = []
+
+    async def own_reinvite() -> None:
+        own.append((await call.reinvite(env.trunk.offer_sdp())).status)
+
+    async def cross_ours(received: Received) -> bool:
+        if received.request.method != "INVITE" or held:
+            return False
+        held.append(received)
+        nursery.start_soon(own_reinvite)
+        return True
+
+    env.trunk.in_dialog = cross_ours
+    assert await refer(alice_leg, BOB_URI) == 202
+    await eventually(lambda: len(own) == 1)
+    assert own == [491]  # ours to it is pending
+
+    env.trunk.in_dialog = None
+    await env.trunk.respond(held[0], 491)
+    await own_reinvite()
+    assert own == [491, 200]  # before: 491 again, for as long as the target had answered
+    relayed = [
+        r
+        for r in env.alice.requests("INVITE")
+        if r.call_id == alice_leg.call_id and r.to.tag is not None
+    ]
+    assert len(relayed) == 1  # the trunk's re-INVITE, not ours
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    ack = await bob.next_request("ACK")
+    assert_media_via_gateway(ack.request.body)
+    assert (await alice_leg.bye()).status == 200
+    assert (await bob.calls[0].bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_transferees_reinvite_gets_491_while_the_transferor_has_left_the_target_answered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # alice hung up right after the 202 (a "blind" transfer): relayed to her ended dialog, the
+    # trunk's re-INVITE would get 481 and end the call. bob, who answered, takes her place in
+    # a moment: until then 491, which the trunk tries again later.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    own: list[int] = []
+
+    async def own_reinvite() -> None:
+        own.append((await call.reinvite(env.trunk.offer_sdp())).status)
+
+    async def glare_once(received: Received) -> bool:
+        if received.request.method != "INVITE" or own:
+            return False
+        await env.trunk.respond(received, 491)
+        nursery.start_soon(own_reinvite)
+        return True
+
+    env.trunk.in_dialog = glare_once
+    assert await refer(alice_leg, BOB_URI) == 202
+    assert (await alice_leg.bye()).status == 200
+    await eventually(lambda: len(own) == 1)
+    assert own == [491]
+    ack = await bob.next_request("ACK")  # the transfer completed with ours sent again
+    assert_media_via_gateway(ack.request.body)
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
