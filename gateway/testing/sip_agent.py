@@ -684,18 +684,20 @@ class SipAgent:
         body: bytes = b"",
         content_type: str | None = None,
         extra: Iterable[tuple[str, str]] = (),
+        contact: NameAddr | bool = True,
     ) -> Response:
         """Answer a received request through its transaction (a ``body`` is SDP unless
         ``content_type`` says otherwise). A 101-299 response to an INVITE carries our Contact
-        (and our To tag); a 2xx to an INVITE creates or refreshes the dialog and is
+        (``contact``: another one, or False for none, as a later 1xx of an early dialog may
+        omit it) and our To tag; a 2xx to an INVITE creates or refreshes the dialog and is
         retransmitted until the ACK comes (RFC 3261 §13.3.1.4)."""
         request, txn = received.request, received.transaction
         if txn is None:
             raise LocalSipError("an ACK is not answered")
         call = received.call
         fields = list(extra)
-        if request.method == "INVITE" and 100 < status < 300:
-            fields.append(("Contact", str(self.contact)))
+        if request.method == "INVITE" and 100 < status < 300 and contact is not False:
+            fields.append(("Contact", str(self.contact if contact is True else contact)))
         response = make_response(
             request,
             status,

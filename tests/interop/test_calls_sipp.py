@@ -534,6 +534,31 @@ def test_a_phone_that_sends_reliable_ringing_is_pracked_by_the_gateway(tmp_path:
     assert not caller.received("PRACK ") and not caller.sent("PRACK ")
 
 
+def test_a_200_without_sdp_after_an_answer_in_a_reliable_183_completes_the_call(
+    tmp_path: Path,
+) -> None:
+    """RFC 3262 §5 as carriers use it: the phone answers in a reliable 183 (PRACKed by the
+    gateway) and sends its 200 without SDP. The call is answered, not ended for a "2xx without
+    SDP answer"; the trunk, which used no 100rel, gets the answer in its 200 as in its 183."""
+    with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=inbound_trunk()) as gw:
+        alice = SippUas("calls/uas_answer_in_reliable_183.xml", workdir=tmp_path)
+        register(gw, tmp_path, "udp", alice.port)
+        with alice:
+            caller = trunk_call("uac_call.xml", gw, tmp_path, call_duration_ms=200)
+            caller.check()
+            callee = alice.wait(timeout=10)
+            callee.check()  # Supported: 100rel in the INVITE, RAck: 1 1 INVITE in the PRACK
+
+    (ok,) = [m for m in callee.sent("SIP/2.0 200") if "INVITE" in header(m, "CSeq")]
+    assert header(ok, "Content-Length") == "0"
+    early = caller.received("SIP/2.0 183")[0]
+    answer = caller.received("SIP/2.0 200")[0]
+    assert "RSeq:" not in early
+    assert "m=audio" in answer
+    assert answer[answer.index("v=0") :] == early[early.index("v=0") :]  # the same SDP
+    assert callee.received("BYE ")
+
+
 def test_session_timers_a_trunk_asks_the_gateway_to_refresh_and_it_does_with_update(
     tmp_path: Path,
 ) -> None:

@@ -189,6 +189,19 @@ def test_the_100rel_caller_fails_on_a_180_without_rseq(tmp_path: Path) -> None:
     assert "Require: 100rel" in invite
 
 
+def test_the_answer_in_183_uas_fails_an_invite_without_supported_100rel(tmp_path: Path) -> None:
+    # test_calls_sipp.py relies on it to fail when the gateway does not offer 100rel to the
+    # callee (it would then have no right to answer in a reliable 183, RFC 3262 §3).
+    with SippUas("calls/uas_answer_in_reliable_183.xml", workdir=tmp_path, timeout=3) as callee:
+        caller = run_sipp_uac(
+            "uac_call.xml", callee.address, workdir=tmp_path, service="bob", timeout=2
+        )
+        answered = callee.wait(timeout=10)
+    assert not caller.ok
+    assert not answered.ok
+    assert "Supported: 100rel" in answered.error_log.read_text()
+
+
 def test_sip_i_call_against_a_plain_uas(tmp_path: Path) -> None:
     with SippUas("uas_answer.xml", workdir=tmp_path) as callee:
         caller = run_sipp_uac(

@@ -39,7 +39,9 @@ A caller that requires reliable provisional responses (``Require: 100rel``, RFC 
 1xx with an RSeq, one unacknowledged at a time, re-sent until its PRACK (200; no PRACK for 64*T1:
 500 and the callee CANCELled). Each leg negotiates on its own: callees are told we support
 reliable 1xx (not with a late offer, where one could carry an offer), and we PRACK theirs
-ourselves in their early dialog; A gets ordinary 1xx unless it required reliable ones.
+ourselves in their early dialog; A gets ordinary 1xx unless it required reliable ones. A callee
+whose reliable 1xx carried the answer may send its 2xx without SDP (RFC 3262 §5): the 2xx
+confirms that answer, and A's 200 carries the SDP our 183 gave A, A having PRACKed it or not.
 
 Session timers (RFC 4028, ``gateway.core.sip.session_timer``) run on each leg on its own: our
 200 to A states A's (its interval kept or lowered, the refresher by §9 Table 2), every INVITE we
@@ -504,10 +506,11 @@ class Call:
         self._dtmf: _DtmfWork | None = None
         # Early media (RFC 3261 §13.2.1, RFC 3960): the B leg and the 1xx whose SDP answer the
         # media session holds now (the latest wins, as for the session), whose early dialog
-        # takes the DTMF INFO before the answer; our early dialog with A, made only when a
-        # DTMF INFO goes there; the wake-up of the task that times out DTMF events whose end
-        # packets were lost (started with the first event).
+        # takes the DTMF INFO before the answer, and the SDP our 183 to A carried for it; our
+        # early dialog with A, made only when a DTMF INFO goes there; the wake-up of the task
+        # that times out DTMF events whose end packets were lost (started with the first event).
         self._early_answer: tuple[BLeg, Response] | None = None
+        self._early_sdp_a = b""
         self._a_early: Dialog | None = None
         self._dtmf_wake: trio.Event | None = None
 
@@ -1365,6 +1368,11 @@ class Call:
         required that. False for one to drop: the same RSeq again (our PRACK's transaction
         re-sends itself) or one out of order (§4: RSeq must be the last one plus one)."""
         if "100rel" not in response.headers.option_tags("Require"):
+            early = leg.early_dialogs.get(response.to.tag or "") if leg.early_dialogs else None
+            if early is not None:
+                # RFC 3261 §12.1.2, §13.2.2.4: any 1xx of an early dialog with a Contact
+                # moves its remote target, where our PRACKs and INFOs go; reliable or not.
+                early.receive_response(response)
             return True
         rseq = _parse_rseq(response.headers.get("RSeq"))
         tag = response.to.tag
@@ -1416,8 +1424,17 @@ class Call:
                     "call %s: ignoring SDP in %d from B (late offer)", self.id, response.status
                 )
             elif sdp:
-                body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(sdp)))
+                answer = parse_sdp_untrusted(sdp)
+                body = serialize_sdp(self._answer_via(leg, answer))
                 self._early_answer = (leg, response)  # early media: whose the caller hears
+                self._early_sdp_a = body
+                if _prack_sent(leg, response):
+                    # RFC 3262 §5: an answer in a reliable 1xx completes the offer/answer
+                    # exchange; the 2xx of its early dialog need not repeat it.
+                    answers = leg.answers_in_1xx
+                    if answers is None:
+                        answers = leg.answers_in_1xx = {}
+                    answers[response.to.tag or ""] = answer
         except SdpError as err:
             log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
         status = 183 if body else 180
@@ -1539,9 +1556,10 @@ class Call:
         assert self.media is not None
         try:
             sdp = _sdp(response)
-            if not sdp:
-                raise SdpError("2xx without SDP answer")
-            answer = self._answer_via(leg, parse_sdp_untrusted(sdp))
+            if sdp:
+                body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(sdp)))
+            else:
+                body = self._answer_taken_in_1xx(leg, response)
         except SdpError as err:
             leg.dialog = dialog
             await self._bye(leg, f"bad SDP answer: {err.reason}")
@@ -1557,7 +1575,25 @@ class Call:
         extra = self._a_timer.headers()
         if leg.location_passed:
             extra = [*extra, *geolocation_errors(response)]  # RFC 6442 §4.3
-        await self._answer_a(self._a_response(200, body=serialize_sdp(answer), extra=extra))
+        await self._answer_a(self._a_response(200, body=body, extra=extra))
+
+    def _answer_taken_in_1xx(self, leg: BLeg, response: Response) -> bytes:
+        """Our SDP for A when the callee's 2xx has none: the answer to our offer came in a
+        reliable 1xx of the same early dialog (RFC 3262 §5; RFC 3261 §13.2.1 allows no new
+        answer in the 2xx), which the 2xx confirms. A gets it in our 200 as our 183 gave it,
+        byte for byte: a caller that PRACKed that 183 already has this answer (an identical
+        copy is no new offer or answer), one that got it unreliably has none yet (RFC 3261
+        §13.2.1: the 2xx must carry it). Raises SdpError when no reliable 1xx answered."""
+        answers = leg.answers_in_1xx
+        answer = answers.get(response.to.tag or "") if answers is not None else None
+        if answer is None:
+            raise SdpError("2xx without SDP answer")
+        early = self._early_answer
+        if early is not None and early[0] is leg and early[1].to.tag == response.to.tag:
+            return self._early_sdp_a  # the answer the media session holds: nothing to redo
+        # Another early dialog's SDP (a fork's 183) came since: the relay goes back to the one
+        # this 2xx confirms, as when a 2xx repeats its answer.
+        return serialize_sdp(self._answer_via(leg, answer))
 
     async def _answer_a(self, ok: Response) -> None:
         """Send the caller our 2xx (a callee answered, or a phone picked the call up): its
@@ -2323,8 +2359,20 @@ class Call:
 
     async def _reinvite(self, event: RequestEvent) -> None:
         request = event.request
-        transferring = self._transfer is not None and self._transfer.answered is not None
-        if self._pending_reinvite is not None or self._late_reinvite is not None or transferring:
+        # 491 (RFC 3261 §14.2) for one crossing an offer of ours in progress: a relayed
+        # re-INVITE, or a transfer's with the target's offer to the transferee (for the
+        # transferee that is §14.2 to the letter; for the transferor, the media session has
+        # that offer in progress, RFC 3264 §4: one at a time). Not for the rest of a transfer
+        # with an answered target: its offer waits for this one (``deferred``) as it waits
+        # for any re-INVITE in progress, and so do a join and a retry after glare. Unless the
+        # transferor has hung up: relayed to its ended dialog, the re-INVITE would get 481 and
+        # end the call (§14.1); the target takes its place in a moment, so 491 and try again.
+        transfer = self._transfer
+        transfer_busy = transfer is not None and (
+            transfer.reinvite is not None
+            or (transfer.answered is not None and transfer.transferor_left)
+        )
+        if self._offer_in_progress() or transfer_busy:
             await self.endpoint.respond(event.transaction, make_response(request, 491))
             return
         timer = await self._session_timer_of(event)
@@ -4333,6 +4381,17 @@ def _parse_rseq(value: str | None) -> int | None:
         return None
     number = int(text)
     return number if 1 <= number < 2**32 else None
+
+
+def _prack_sent(leg: BLeg, response: Response) -> bool:
+    """Whether ``response``, a callee's 1xx, is a reliable one we PRACKed (Call._prack_b)."""
+    tag = response.to.tag
+    last = leg.last_rseq.get(tag) if tag is not None and leg.last_rseq else None
+    return (
+        last is not None
+        and last == _parse_rseq(response.headers.get("RSeq"))
+        and "100rel" in response.headers.option_tags("Require")
+    )
 
 
 def _sdp(message: Request | Response) -> bytes:

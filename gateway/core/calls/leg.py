@@ -15,6 +15,7 @@ import attrs
 
 from gateway.core.interfaces import RouteTarget
 from gateway.core.media.security import LegSecurity
+from gateway.core.sdp.model import SessionDescription
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Request, Response
@@ -93,6 +94,10 @@ class BLeg(Leg):
     # moved on by the PRACKs.
     early_dialogs: dict[str, Dialog] = attrs.field(factory=dict)
     last_rseq: dict[str, int] = attrs.field(factory=dict)
+    # The SDP answers to our offer that came in a reliable 1xx (RFC 3262 §5: the offer/answer
+    # exchange is complete then), by the callee's To tag: a 2xx of that early dialog without
+    # SDP confirms it (_b_answered). None until the first one: no work for other calls.
+    answers_in_1xx: dict[str, SessionDescription] | None = None
     ack: Request | None = None  # our ACK for its 2xx, resent for every 2xx retransmission
     credentials_sent: bool = False  # a trunk's 401/407 was answered (once, RFC 3261 §22.2)
     interval_raised: bool = False  # a 422 was answered with a longer interval (once, RFC 4028 §7.3)
