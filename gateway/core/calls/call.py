@@ -3028,9 +3028,19 @@ class Call:
         if not decision.targets:
             status = decision.reject_status or 404
             return status, decision.reject_reason or default_reason(status)
-        counted = [(target, self._count_target(target)) for target in decision.targets]
+        routed_targets, alternates = decision.targets, decision.alternates
+        if self.secure:
+            # The caller asked for TLS on every hop (RFC 5630 §3.1.3): whoever it is put
+            # through to by a transfer is reached over TLS too.
+            routed_targets, alternates = over_tls_only(routed_targets), over_tls_only(alternates)
+            if not routed_targets and alternates:
+                routed_targets, alternates = alternates[:1], alternates[1:]
+            if not routed_targets:
+                log.info("call %s: SIPS: no transfer target reached over TLS", self.id)
+                return 480, "Temporarily Unavailable"
+        counted = [(target, self._count_target(target)) for target in routed_targets]
         targets = [target for target, why in counted if why is None]
-        transfer.alternates = list(decision.alternates)
+        transfer.alternates = list(alternates)
         transfer.target_headers = (("Referred-By", str(who)),)
         if not targets and (alternate := self._next_transfer_alternate(transfer)) is not None:
             targets = [alternate]  # the first trunk is at its limits: the next one

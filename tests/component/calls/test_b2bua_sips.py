@@ -10,6 +10,7 @@ registers over UDP; bob and a second phone of alice ("alice-tls") over the stand
 - with alice also over TLS, only that phone rings (forking to TLS contacts only), and both legs
   have ``sips:`` Contacts; the BYE reaches alice-tls over TLS;
 - an emergency call is never refused for it;
+- a secure call's transfer to a number only a UDP trunk serves fails (NOTIFY 480);
 - bob over TLS calls a number over the UDP trunk with ``sip:``: it goes (TLS was hop by hop
   only), with a ``sip:`` Contact; with ``sips:``, the UDP trunk is left out and a TLS trunk
   serving the same prefix takes the call.
@@ -38,16 +39,17 @@ TLS_TRUNK = ("127.0.0.6", 5061)
 OUR_SIPS_CONTACT = "<sips:voipgw@127.0.0.1:5061>"
 
 
-async def sips_env(nursery: trio.Nursery, tmp_path: Path, seed: int) -> tuple[B2bua, SipAgent]:
+async def sips_env(
+    nursery: trio.Nursery, tmp_path: Path, seed: int, *, tls_trunk: bool = True
+) -> tuple[B2bua, SipAgent]:
+    secure_carrier = {"name": "secure-carrier", "address": "tls:127.0.0.6:5061", "prefixes": ["+1"]}
     env = await start_b2bua(
         nursery,
         tmp_path,
         seed,
         sip={"listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
         tls_stand_in=True,
-        extra_trunks=[
-            {"name": "secure-carrier", "address": "tls:127.0.0.6:5061", "prefixes": ["+1"]}
-        ],
+        extra_trunks=[secure_carrier] if tls_trunk else [],
     )
     bob = await tls_phone(env, nursery, BOB, "bob", "bob-password-1", seed + 5)
     return env, bob
@@ -159,3 +161,20 @@ async def test_an_emergency_call_to_a_sips_uri_over_udp_is_not_refused(
     call = await env.alice.invite("sips:112@127.0.0.1:5061")  # a broken phone, over UDP
     # Not refused for its scheme: it goes on to be authenticated and routed like any call.
     assert (await call.final()).status == 407
+
+
+async def test_a_secure_call_is_not_transferred_to_a_target_without_tls(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, bob = await sips_env(nursery, tmp_path, voipgw_seed, tls_trunk=False)
+    await tls_phone(env, nursery, ALICE_TLS, "alice", "wonderland-42", voipgw_seed + 6)
+    call = await bob.invite("sips:alice@127.0.0.1:5061")
+    assert (await final_after_challenge(call)).status == 200
+    exchange = await call.request("REFER", extra=[("Refer-To", "<sip:+15550123@127.0.0.1>")])
+    assert (await exchange.final()).status == 202
+    while True:
+        notify = (await bob.next_request("NOTIFY")).request
+        if b"SIP/2.0 1" not in notify.body:
+            break
+    assert notify.body.startswith(b"SIP/2.0 480")
+    assert await next_within(env.trunk, "INVITE", 3) is None
