@@ -238,9 +238,11 @@ class CallManager:
         480 and warn-code 380 "SIPS Not Allowed" (RFC 5630 §5.3), before any challenge: not
         416 Unsupported URI Scheme (RFC 3261 §21.4.14), which says the scheme is unknown here,
         whereas a SIPS call over TLS goes through. An emergency call is never refused for it
-        (CallManager.invite): it goes on as a call without that promise."""
+        (CallManager.invite): it goes on as a call without that promise. The same answer for a
+        pickup over a hop without TLS of a call whose caller asked for SIPS: the picker would
+        take the call in clear."""
         log.info(
-            "INVITE from %s over %s refused: a SIPS Request-URI needs TLS on every hop",
+            "INVITE from %s over %s refused: SIPS needs TLS on every hop",
             flow.remote[0],
             flow.transport,
         )
@@ -280,6 +282,9 @@ class CallManager:
             refusal = make_response(request, status, reason)
             self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
             return
+        if named[0].secure and not flow.secure:
+            self._refuse_sips_over_clear(transaction, request, flow)
+            return
         event = PickUpEvent(transaction, request, flow, caller, found)
         named[0].post(event)
         self._nursery.start_soon(self._pickup_taken_or_481, event)
@@ -306,6 +311,9 @@ class CallManager:
             self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
             return True
         call, leg = found
+        if call.secure and not flow.secure:
+            self._refuse_sips_over_clear(transaction, request, flow)
+            return True
         event = PickUpEvent(transaction, request, flow, caller, leg, dialled=True)
         call.post(event)
         self._nursery.start_soon(self._pickup_taken_or_481, event)

@@ -10,7 +10,8 @@ registers over UDP; bob and a second phone of alice ("alice-tls") over the stand
 - with alice also over TLS, only that phone rings (forking to TLS contacts only), and both legs
   have ``sips:`` Contacts; the BYE reaches alice-tls over TLS;
 - an emergency call is never refused for it;
-- a secure call's transfer to a number only a UDP trunk serves fails (NOTIFY 480);
+- a secure call's transfer to a number only a UDP trunk serves fails (NOTIFY 480), and a
+  phone on UDP that dials the pickup code for it gets 480 with 380;
 - bob over TLS calls a number over the UDP trunk with ``sip:``: it goes (TLS was hop by hop
   only), with a ``sip:`` Contact; with ``sips:``, the UDP trunk is left out and a TLS trunk
   serving the same prefix takes the call.
@@ -24,9 +25,10 @@ import trio
 
 from gateway.core.ids import SeededIds
 from gateway.core.sip.message import Response
-from gateway.testing.sip_agent import Call, SipAgent
+from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent
 from tests.component.calls.b2bua_env import (
     GW,
+    REALM,
     B2bua,
     next_within,
     start_b2bua,
@@ -36,6 +38,7 @@ GW_TLS = ("127.0.0.1", 5061)
 BOB = ("127.0.0.4", 5060)
 ALICE_TLS = ("127.0.0.5", 5060)
 TLS_TRUNK = ("127.0.0.6", 5061)
+CAROL = ("127.0.0.7", 5060)
 OUR_SIPS_CONTACT = "<sips:voipgw@127.0.0.1:5061>"
 
 
@@ -178,3 +181,40 @@ async def test_a_secure_call_is_not_transferred_to_a_target_without_tls(
             break
     assert notify.body.startswith(b"SIP/2.0 480")
     assert await next_within(env.trunk, "INVITE", 3) is None
+
+
+async def test_a_secure_call_is_not_picked_up_over_udp(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    ring_only = AutoAnswer(ring=True, status=None)
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        sip={"listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
+        tls_stand_in=True,
+        alice_auto=ring_only,
+        dialog_watch_groups=[{"name": "office", "accounts": ["alice", "bob"], "pickup": True}],
+    )
+    assert env.gateway.store is not None
+    env.gateway.store.accounts_add("carol", "carol-password-1", REALM)
+    alice_tls = await tls_phone(env, nursery, ALICE_TLS, "alice", "wonderland-42", voipgw_seed + 6)
+    alice_tls.auto = ring_only
+    carol = await tls_phone(env, nursery, CAROL, "carol", "carol-password-1", voipgw_seed + 7)
+    bob = SipAgent(  # over UDP
+        env.network,
+        BOB,
+        ids=SeededIds(voipgw_seed + 5),
+        user="bob",
+        password="bob-password-1",
+        proxy=GW,
+    )
+    await nursery.start(bob.serve)
+    assert (await bob.register()).status == 200
+    incoming = await carol.invite("sips:alice@127.0.0.1:5061")
+    assert (await incoming.final()).status == 407
+    await incoming.authenticate()
+    await alice_tls.next_call()  # ringing, over TLS
+    pickup = await bob.invite("sip:*8@127.0.0.1:5060")
+    assert_sips_not_allowed(await final_after_challenge(pickup))
+    assert await next_within(alice_tls, "CANCEL", 3) is None  # still ringing
