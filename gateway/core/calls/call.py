@@ -406,7 +406,7 @@ class Call:
                 flow.transport,
                 # RFC 3261 §12.1.1: SIPS Request-URI, top Record-Route or Contact: a sips:
                 # Contact in our answers. Over TLS only; a WSS leg keeps its transport=wss one.
-                sips=flow.transport == "tls" and contact_must_be_sips(invite),
+                sips=flow.secure and flow.transport == "tls" and contact_must_be_sips(invite),
             ),
             invite=invite,
             transaction=transaction,
