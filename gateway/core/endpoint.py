@@ -845,9 +845,14 @@ class SipEndpoint:
         host, port = self.local_address(transport)
         return SipUri("sip", f"[{host}]" if ":" in host else host, user=user, port=port)
 
-    def our_contact(self, transport: str) -> NameAddr:
-        """Our Contact on ``transport`` (``;transport=`` where it is not UDP)."""
+    def our_contact(self, transport: str, *, sips: bool = False) -> NameAddr:
+        """Our Contact on ``transport`` (``;transport=`` where it is not UDP); with ``sips``
+        (a TLS leg of a secure dialog, RFC 3261 §8.1.1.8 and §12.1.1) ``sips:`` at our TLS
+        listener, without a transport parameter (RFC 5630 §3.1.3: ``sips`` means TLS over
+        TCP; ``transport=tls`` is deprecated)."""
         uri = self.our_uri(transport, "voipgw")
+        if sips:
+            return NameAddr(attrs.evolve(uri, scheme="sips"))
         return NameAddr(uri.with_param("transport", transport) if transport != "udp" else uri)
 
     def new_via(self, flow: Flow) -> Via:

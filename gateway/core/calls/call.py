@@ -116,10 +116,12 @@ from gateway.core.calls.numbering import read_number
 from gateway.core.calls.pickup import NO_CALL_TO_PICK_UP
 from gateway.core.calls.psap_callback import PRIORITY_VALUE as PSAP_CALLBACK
 from gateway.core.calls.routing import (
+    SIPS_NOT_ALLOWED,
     ContactTarget,
     UnroutableTarget,
     account_number_on_trunk,
     destination_for,
+    over_tls_only,
 )
 from gateway.core.calls.rtcp_capture import RtcpToCaptures
 from gateway.core.calls.transfer import Transfer
@@ -161,11 +163,13 @@ from gateway.core.sip.dialog import (
     Dialog,
     DialogState,
     OutOfOrderRequest,
+    contact_must_be_sips,
     glare_wait,
+    is_sips,
     require_contact,
 )
 from gateway.core.sip.errors import RemoteSipError
-from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
 from gateway.core.sip.refer import (
@@ -391,12 +395,21 @@ class Call:
         self.config = gateway.config
         self.id = invite.call_id
         self.started_at = trio.current_time()
+        # The caller asked for a SIPS URI over TLS: the dialog with it is secure (RFC 3261
+        # §12.1.1) and the call goes on over TLS on every hop (RFC 5630 §3.1.3), or not at all.
+        # A sips: INVITE over another transport never gets here (CallManager.invite).
+        self.secure = flow.secure and is_sips(invite.uri)
         self.a = ALeg(
             side=Side.A,
             flow=flow,
             transport=flow.transport,
             address=flow.remote,
-            contact=self.endpoint.our_contact(flow.transport),
+            contact=self.endpoint.our_contact(
+                flow.transport,
+                # RFC 3261 §12.1.1: SIPS Request-URI, top Record-Route or Contact: a sips:
+                # Contact in our answers. Over TLS only; a WSS leg keeps its transport=wss one.
+                sips=flow.secure and flow.transport == "tls" and contact_must_be_sips(invite),
+            ),
             invite=invite,
             transaction=transaction,
             local_tag=gateway.ids.new_tag(),
@@ -709,11 +722,14 @@ class Call:
             status = decision.reject_status or 404
             reason = decision.reject_reason or default_reason(status)
             await self._reject_a(status, reason, reason)
+        routed, alternates = decision.targets, decision.alternates
+        if self.secure:
+            routed, alternates = await self._over_tls_only(routed, alternates)
         # A trunk or account past its limits is not called: a carrier refuses calls past its
         # channels and its calls per second; an account with max_calls = 1 is busy on a call.
-        counted = [(target, self._count_target(target)) for target in decision.targets]
+        counted = [(target, self._count_target(target)) for target in routed]
         targets = [target for target, why in counted if why is None]
-        self._alternates = list(decision.alternates)
+        self._alternates = list(alternates)
         if not targets and (alternate := self._next_alternate()) is not None:
             targets = [alternate]  # the first trunk is at its limits: the next one
         if not targets:
@@ -771,6 +787,24 @@ class Call:
         await self._ringing()
         if self.state == "offered":
             await self._awaiting_answer()
+
+    async def _over_tls_only(
+        self, targets: Sequence[RouteTarget], alternates: Sequence[RouteTarget]
+    ) -> tuple[tuple[RouteTarget, ...], tuple[RouteTarget, ...]]:
+        """The targets and alternates of a secure call that are reached over TLS (RFC 5630
+        §3.1.3: TLS on every hop, the callee's too; forking rings only those), the first
+        alternate moved up when no target is left; 480 with warn-code 380 "SIPS Not Allowed"
+        (RFC 5630 §5.3) when none is."""
+        kept, kept_alternates = over_tls_only(targets), over_tls_only(alternates)
+        left_out = len(targets) + len(alternates) - len(kept) - len(kept_alternates)
+        if left_out:
+            log.info("call %s: SIPS: %d target(s) not reached over TLS left out", self.id, left_out)
+        if not kept and kept_alternates:
+            kept, kept_alternates = kept_alternates[:1], kept_alternates[1:]
+        if not kept:
+            reason = "Temporarily Unavailable (no device or trunk reached over TLS for SIPS)"
+            await self._reject_a(480, reason, None, extra=[SIPS_NOT_ALLOWED])
+        return kept, kept_alternates
 
     def _count_target(self, target: RouteTarget) -> str | None:
         """Count this call against the trunk or account ``target`` belongs to; why not when
@@ -952,12 +986,15 @@ class Call:
         transport, flow = destination.transport, destination.flow
         kind, name = ("account", target.account) if target.account else ("trunk", target.trunk)
         dialed = uri.user if isinstance(uri, SipUri) else None
+        # RFC 3261 §8.1.1.8: a SIPS Request-URI (or first Route) needs a SIPS Contact; a secure
+        # call's TLS legs get one too, so that the callee's requests come back over TLS.
+        sips = transport == "tls" and (self.secure or is_sips(uri) or _sips_path(target))
         leg = BLeg(
             side=side,
             flow=flow,
             transport=transport,
             address=destination.address,
-            contact=self.endpoint.our_contact(transport),
+            contact=self.endpoint.our_contact(transport, sips=sips),
             target=target,
             peer_kind=kind,
             peer_name=name,
@@ -3039,9 +3076,19 @@ class Call:
         if not decision.targets:
             status = decision.reject_status or 404
             return status, decision.reject_reason or default_reason(status)
-        counted = [(target, self._count_target(target)) for target in decision.targets]
+        routed_targets, alternates = decision.targets, decision.alternates
+        if self.secure:
+            # The caller asked for TLS on every hop (RFC 5630 §3.1.3): whoever it is put
+            # through to by a transfer is reached over TLS too.
+            routed_targets, alternates = over_tls_only(routed_targets), over_tls_only(alternates)
+            if not routed_targets and alternates:
+                routed_targets, alternates = alternates[:1], alternates[1:]
+            if not routed_targets:
+                log.info("call %s: SIPS: no transfer target reached over TLS", self.id)
+                return 480, "Temporarily Unavailable"
+        counted = [(target, self._count_target(target)) for target in routed_targets]
         targets = [target for target, why in counted if why is None]
-        transfer.alternates = list(decision.alternates)
+        transfer.alternates = list(alternates)
         transfer.target_headers = (("Referred-By", str(who)),)
         if not targets and (alternate := self._next_transfer_alternate(transfer)) is not None:
             targets = [alternate]  # the first trunk is at its limits: the next one
@@ -3993,6 +4040,11 @@ class Call:
         except OSError as exc:
             log.info("call %s: cannot reach %s leg: %s", self.id, leg.side.value, exc)
             return None
+        if dialog.secure and not flow.secure:
+            # RFC 5630 §3.1.3: a secure dialog's requests go over TLS only. A leg keeps the
+            # transport it was set up on, so this is a guard against a bug, never a fallback.
+            log.error("call %s: not sending %s of a SIPS dialog without TLS", self.id, method)
+            return None
         leg.flow = flow
         request = dialog.create_request(
             method,
@@ -4327,6 +4379,18 @@ def _parse_rack(value: str | None) -> tuple[int, int, str] | None:
     if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 10 for p in parts[:2]):
         return None
     return int(parts[0]), int(parts[1]), parts[2]
+
+
+def _sips_path(target: RouteTarget) -> bool:
+    """Whether ``target`` is a contact registered with a Path whose first hop, our INVITE's
+    first Route, is a SIPS URI (RFC 3261 §8.1.1.8)."""
+    path = target.binding.path if isinstance(target, ContactTarget) else ()
+    if not path:
+        return False
+    try:
+        return is_sips(parse_name_addr_untrusted(path[0]).uri)
+    except RemoteSipError:
+        return False
 
 
 def _wants_privacy(invite: Request) -> bool:

@@ -32,7 +32,7 @@ from gateway.core.calls.pickup import (
 )
 from gateway.core.calls.psap_callback import PsapCallbacks, marked_as_callback
 from gateway.core.calls.records import CallRecordBook
-from gateway.core.calls.routing import called_user, dial_string
+from gateway.core.calls.routing import SIPS_NOT_ALLOWED, called_user, dial_string
 from gateway.core.devices import narrowed_for_device
 from gateway.core.interfaces import (
     Caller,
@@ -60,6 +60,7 @@ from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction, TransactionStateError
+from gateway.core.sip.uri import SipUri
 from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 
 if TYPE_CHECKING:
@@ -161,6 +162,16 @@ class CallManager:
                 make_response(request, 503, f"Service Unavailable ({reason})"),
             )
             return
+        uri = request.uri
+        if (
+            type(uri) is SipUri
+            and uri.scheme != "sip"  # one string comparison for every sip: call
+            and uri.secure
+            and not flow.secure
+            and not self.calls_emergency_number(request)
+        ):
+            self._refuse_sips_over_clear(transaction, request, flow)
+            return
         caller = self.identify_caller(request, flow)
         if isinstance(caller, Response):
             # A digest challenge (or a refusal) is not a call: answered from here, without a
@@ -218,6 +229,31 @@ class CallManager:
             self._tap_from_start(call, request, caller)
         self._nursery.start_soon(call.run, name=f"call {request.call_id}")
 
+    def _refuse_sips_over_clear(
+        self, transaction: ServerTransaction, request: Request, flow: Flow
+    ) -> None:
+        """An INVITE to a SIPS URI that came over a hop without TLS: the promise SIPS makes,
+        TLS on every hop (RFC 3261 §26.2.2, RFC 5630 §3.1.3), is already broken on its way
+        here, and putting it through would tell the caller its call is secured. Refused with
+        480 and warn-code 380 "SIPS Not Allowed" (RFC 5630 §5.3), before any challenge: not
+        416 Unsupported URI Scheme (RFC 3261 §21.4.14), which says the scheme is unknown here,
+        whereas a SIPS call over TLS goes through. An emergency call is never refused for it
+        (CallManager.invite): it goes on as a call without that promise. The same answer for a
+        pickup over a hop without TLS of a call whose caller asked for SIPS: the picker would
+        take the call in clear."""
+        log.info(
+            "INVITE from %s over %s refused: SIPS needs TLS on every hop",
+            flow.remote[0],
+            flow.transport,
+        )
+        refusal = make_response(
+            request,
+            480,
+            "Temporarily Unavailable (SIPS needs TLS on every hop)",
+            extra=[SIPS_NOT_ALLOWED],
+        )
+        self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
+
     def _pick_up(
         self,
         transaction: ServerTransaction,
@@ -246,6 +282,9 @@ class CallManager:
             refusal = make_response(request, status, reason)
             self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
             return
+        if named[0].secure and not flow.secure:
+            self._refuse_sips_over_clear(transaction, request, flow)
+            return
         event = PickUpEvent(transaction, request, flow, caller, found)
         named[0].post(event)
         self._nursery.start_soon(self._pickup_taken_or_481, event)
@@ -272,6 +311,9 @@ class CallManager:
             self._nursery.start_soon(self.endpoint.respond, transaction, refusal)
             return True
         call, leg = found
+        if call.secure and not flow.secure:
+            self._refuse_sips_over_clear(transaction, request, flow)
+            return True
         event = PickUpEvent(transaction, request, flow, caller, leg, dialled=True)
         call.post(event)
         self._nursery.start_soon(self._pickup_taken_or_481, event)

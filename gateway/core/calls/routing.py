@@ -20,6 +20,10 @@ number of a ``tel:`` URI):
   ``[sip] failover_statuses``;
 * from nobody: 403. The B2BUA challenges before it routes, so this is a bug guard.
 
+A caller that asked for a SIPS URI over TLS (the call's ``secure``, RFC 5630 §3.1.3) is put
+through only to the targets :func:`over_tls_only` keeps: TLS on every hop, or 480 (the call
+does that, not the routing, so that a routing plugin's targets are held to it too).
+
 An account is rung on every unexpired registered contact at once (RFC 3261 §16.6-style forking by
 the B2BUA); an account without one answers 480 (RFC 3261 §21.4.18), nothing matching 404, and
 a number only disabled or down trunks serve 503. The host part of the Request-URI is not
@@ -53,7 +57,7 @@ from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrus
 from gateway.core.sip.message import Request
 from gateway.core.sip.uri import SipUri, TelUri, Uri, get_param
 from gateway.core.store.interface import Binding, Store
-from gateway.core.transport.flows import Address, Flow, FlowKey, FlowTable
+from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow, FlowKey, FlowTable
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,9 @@ CONNECTION_ONLY_TRANSPORTS = frozenset({"ws", "wss"})
 _VISUAL_SEPARATORS = re.compile(r"[-.()\s]")
 _DIAL_STRING = re.compile(r"\+?[0-9*#]+")
 _SHOWN_MAX = 40
+# RFC 5630 §5.3 and its warn-code 380 (IANA "SIPS Not Allowed"): a SIPS request this gateway
+# cannot put through over TLS on every hop is answered 480 Temporarily Unavailable with it.
+SIPS_NOT_ALLOWED = ("Warning", '380 voipgw "SIPS Not Allowed"')
 
 
 class RoutingError(Exception):
@@ -258,6 +265,23 @@ def destination_for(target: RouteTarget) -> Destination:
         ):
             return Destination(transport, remote[0], remote[1])
     return uri_destination
+
+
+def over_tls_only(targets: Iterable[RouteTarget]) -> tuple[RouteTarget, ...]:
+    """The targets among ``targets`` that :func:`destination_for` reaches over TLS (``tls``,
+    or ``wss``, which is TLS all the way, RFC 7118 §5), in order: where a call whose caller
+    asked for a SIPS URI may go (RFC 5630 §3.1.3: TLS on every hop, the last one to the callee
+    too). A contact registered over UDP, TCP or WS is left out, whatever its URI says; so is a
+    trunk reached without TLS. A target that cannot be sent to at all is left out too."""
+    kept = []
+    for target in targets:
+        try:
+            transport = destination_for(target).transport
+        except UnroutableTarget:
+            continue
+        if transport in TLS_TRANSPORTS:
+            kept.append(target)
+    return tuple(kept)
 
 
 def _destination_of_uri(text: str) -> Destination:

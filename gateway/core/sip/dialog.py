@@ -15,6 +15,9 @@ route set (Record-Route). A B2BUA has one dialog per leg and copies none of this
   500) and refreshes the remote target from Contact on target refresh requests.
 - Responses: :meth:`Dialog.receive_response` / :meth:`Dialog.send_response` move the state and
   refresh the remote target on 2xx to a target refresh request (§12.2.1.2).
+- Security: a dialog is ``secure`` when the request that made it had a SIPS Request-URI and
+  came or went over TLS (§12.1.1, §12.1.2): its requests travel over TLS only (RFC 5630
+  §3.1.3). :func:`contact_must_be_sips` says when our Contact must be a SIPS URI.
 
 This module holds values and rules only; Via, branches and transactions are the caller's
 (:mod:`gateway.core.sip.via`, :mod:`gateway.core.sip.transaction`).
@@ -39,7 +42,9 @@ __all__ = [
     "DialogId",
     "DialogState",
     "OutOfOrderRequest",
+    "contact_must_be_sips",
     "creates_dialog",
+    "is_sips",
     "uac_dialog_id",
     "uas_dialog_id",
 ]
@@ -446,3 +451,22 @@ def _contact_uri(message: Request | Response) -> Uri | None:
 
 def _is_sips(uri: Uri) -> bool:
     return isinstance(uri, SipUri) and uri.secure
+
+
+def is_sips(uri: Uri | None) -> bool:
+    """Whether ``uri`` is a SIPS URI: its request is to travel over TLS on every hop
+    (RFC 5630 §3.1.3, RFC 3261 §26.2.2)."""
+    return uri is not None and _is_sips(uri)
+
+
+def contact_must_be_sips(request: Request) -> bool:
+    """Whether our Contact in a response that creates a dialog with ``request`` must be a SIPS
+    URI (RFC 3261 §12.1.1): the request had a SIPS Request-URI, or a SIPS top Record-Route,
+    or (with no Record-Route) a SIPS Contact. Only asked for requests that came over TLS."""
+    if _is_sips(request.uri):
+        return True
+    try:
+        routes = request.record_routes
+        return is_sips(routes[0].uri) if routes else is_sips(_contact_uri(request))
+    except RemoteSipError:
+        return False  # a malformed header: answered 400 by whoever reads the dialog from it

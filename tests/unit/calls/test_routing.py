@@ -22,6 +22,7 @@ from gateway.core.calls.routing import (
     dial_string,
     identify_trunk,
     longest_prefix_trunk,
+    over_tls_only,
     route_call,
 )
 from gateway.core.config import TrunkConfig
@@ -761,3 +762,30 @@ def test_unreadable_binding_flow_text_means_no_flow(
     (target,) = directory.contacts("erin")
     assert target.flow is None
     assert destination_for(target) == expected
+
+
+def test_over_tls_only_keeps_the_targets_reached_over_tls_in_order() -> None:
+    # RFC 5630 §3.1.3: a SIPS call reaches its callee over TLS (or WSS) only: the transport
+    # a target is reached over decides, not the scheme its URI was registered with.
+    tls_flow = make_flow("tls", ("127.0.0.1", 5061), ("203.0.113.7", 40001))
+    udp_flow = make_flow("udp", ("127.0.0.1", 5060), ("203.0.113.7", 40000))
+    over_tls = binding(
+        "alice", "sip:alice@10.0.0.5:5061;transport=tls", BindingFlow("tls", "a:1", "b:2")
+    )
+    sips_over_udp = binding("alice", "sips:alice@10.0.0.6", ALICE_NAT_FLOW, key="udp")
+    targets = [
+        ContactTarget(uri=sips_over_udp.contact, flow=udp_flow, binding=sips_over_udp),
+        RouteTarget(uri="sip:+4930123@192.0.2.10:5060;transport=udp", trunk="carrier"),
+        ContactTarget(uri=over_tls.contact, flow=tls_flow, binding=over_tls),
+        RouteTarget(uri="sip:+4930123@192.0.2.11:5061;transport=tls", trunk="secure"),
+        RouteTarget(uri="sips:alice@192.0.2.12"),
+        RouteTarget(uri="sip:alice@192.0.2.13;transport=wss"),
+        RouteTarget(uri="sip:alice@192.0.2.14;transport=ws"),
+        RouteTarget(uri="sips:alice@192.0.2.15;transport=udp"),  # unroutable: left out
+        ALICE_TCP_TARGET,
+    ]
+    assert over_tls_only(targets) == (targets[2], targets[3], targets[4], targets[5])
+    assert over_tls_only([targets[1]]) == ()
+
+
+ALICE_TCP_TARGET = ContactTarget(uri=ALICE_TCP.contact, account="alice", binding=ALICE_TCP)

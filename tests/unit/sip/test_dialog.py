@@ -9,8 +9,10 @@ from gateway.core.sip.dialog import (
     DialogId,
     DialogState,
     OutOfOrderRequest,
+    contact_must_be_sips,
     creates_dialog,
     glare_wait,
+    is_sips,
     uac_dialog_id,
     uas_dialog_id,
 )
@@ -459,3 +461,38 @@ def test_the_wait_after_glare_follows_rfc_3261_section_14_1() -> None:
 def test_only_a_dialog_our_request_made_owns_its_call_id() -> None:
     assert uac_dialog()[1].owns_call_id
     assert not uas_dialog()[1].owns_call_id
+
+
+@pytest.mark.parametrize(
+    ("uri", "record_routes", "contact", "sips"),
+    [
+        # RFC 3261 §12.1.1: a SIPS Request-URI, else the top Record-Route, else (with no
+        # Record-Route) the Contact decides whether our Contact must be SIPS.
+        ("sips:bob@gw.example.net", (), "<sip:alice@client.example.com>", True),
+        ("SIPS:bob@gw.example.net", (), "<sip:alice@client.example.com>", True),
+        ("sip:bob@gw.example.net", ("<sips:p1.example.net;lr>",), "<sip:a@c.example>", True),
+        ("sip:bob@gw.example.net", ("<sip:p1.example.net;lr>",), "<sips:a@c.example>", False),
+        ("sip:bob@gw.example.net", (), "<sips:alice@client.example.com>", True),
+        ("sip:bob@gw.example.net;transport=tls", (), "<sip:alice@c.example;transport=tls>", False),
+        ("tel:+4930123456", (), "<sip:alice@client.example.com>", False),
+    ],
+)
+def test_when_our_contact_must_be_sips(
+    uri: str, record_routes: tuple[str, ...], contact: str, sips: bool
+) -> None:
+    invite = request(uri=uri, record_routes=record_routes, contact=contact)
+    assert contact_must_be_sips(invite) is sips
+
+
+def test_a_malformed_record_route_does_not_decide_the_contact_scheme() -> None:
+    invite = request(uri="sip:bob@gw.example.net", contact="<sips:alice@client.example.com>")
+    assert contact_must_be_sips(invite) is True
+    broken = invite.with_headers(invite.headers.set("Record-Route", "<sips:@@>"))
+    assert contact_must_be_sips(broken) is False
+
+
+def test_is_sips() -> None:
+    assert is_sips(parse_uri_untrusted("sips:bob@gw.example.net"))
+    assert not is_sips(parse_uri_untrusted("sip:bob@gw.example.net;transport=tls"))
+    assert not is_sips(parse_uri_untrusted("tel:+4930123456"))
+    assert not is_sips(None)
