@@ -223,6 +223,9 @@ class StoreSection:
     # The name this node's call records carry (PostgreSQL), so that a node ending the calls
     # its killed previous run left up ends only its own; "": the host name and first listener.
     node: str = ""
+    # Whose a trunk's max_cps is (PostgreSQL): each node's ("node"), or the cluster's, each
+    # node pacing max_cps / the live nodes its heartbeat counts ("cluster").
+    max_cps_scope: Literal["node", "cluster"] = "node"
 
 
 # libpq's least connect_timeout (PostgreSQL docs §34.1.2); a statement_timeout past this would
@@ -792,6 +795,16 @@ def _validate_store(store: StoreSection, file: str) -> None:
                 raise ConfigError(
                     file, "store", key, 'only used with backend = "postgresql" (SQLite is a file)'
                 )
+        if store.max_cps_scope == "cluster":
+            # Nodes on SQLite share nothing: each would pace the whole max_cps, which is what
+            # "cluster" is written to prevent. A lone node leaves the key out.
+            raise ConfigError(
+                file,
+                "store",
+                "max_cps_scope",
+                '"cluster" needs backend = "postgresql" (the nodes count each other in the '
+                "shared database); a SQLite node paces each trunk's whole max_cps",
+            )
     if store.connect_timeout < MIN_CONNECT_TIMEOUT:
         raise ConfigError(
             file,

@@ -682,6 +682,8 @@ class CallCounts:
     # With a store shared by several nodes (PostgreSQL): heartbeats of this node that found
     # another running process's under its [store] node name. None: no shared store.
     node_name_conflicts: int | None = None
+    # With a shared store: the nodes alive, this one included, as its last heartbeat counted.
+    live_nodes: int | None = None
 
 
 @attrs.frozen
@@ -716,7 +718,9 @@ class TrunkCounts:
     (None: it does not register), and the calls that failed on it and went to the next trunk.
     With a store shared by several nodes, ``calls_in_progress`` is this node's, and
     ``counted_alone`` the calls this node counted against ``max_calls`` by itself because the
-    database did not answer (the cluster's count is in the database)."""
+    database did not answer (the cluster's count is in the database). ``paced_cps``: the new
+    calls a second this node sends to it at most now, its ``max_cps`` (0: none) or, with
+    ``[store] max_cps_scope = "cluster"``, this node's share of it."""
 
     name: str
     calls_in_progress: int
@@ -727,6 +731,7 @@ class TrunkCounts:
     registered: bool | None = None
     failovers: int = 0
     counted_alone: int = 0
+    paced_cps: float = 0.0
 
 
 @attrs.frozen

@@ -206,6 +206,11 @@ class StatusView:
                 if manager is not None and manager.limits.shared is not None
                 else None
             ),
+            live_nodes=(
+                manager.limits.live_nodes
+                if manager is not None and manager.limits.shared is not None
+                else None
+            ),
         )
 
     def media(self) -> MediaCounts:
@@ -272,12 +277,14 @@ class StatusView:
             key = ("trunk", trunk.name)
             if manager is None:
                 in_progress = refused_limit = refused_rate = counted_alone = 0
+                paced_cps = trunk.max_cps
             else:
                 limits = manager.limits
                 in_progress = limits.in_progress[key]
                 refused_limit = limits.refused[(key, "call limit")]
                 refused_rate = limits.refused[(key, "call rate")]
                 counted_alone = limits.counted_locally[key]
+                paced_cps = limits.paced_cps(key)
             probed = trunk.enabled and trunk.options_interval > 0
             registration = self._gateway.trunk_registrations.get(trunk.name)
             found.append(
@@ -291,6 +298,7 @@ class StatusView:
                     registered=registration.registered if registration is not None else None,
                     failovers=manager.failovers[trunk.name] if manager is not None else 0,
                     counted_alone=counted_alone,
+                    paced_cps=paced_cps,
                 )
             )
         return tuple(found)

@@ -56,11 +56,13 @@ def age(cluster: Cluster, database: str, node: str, seconds: float) -> None:
     )
 
 
-def call_limits(store: PostgresStore, **configured: Limit) -> CallLimits:
+def call_limits(
+    store: PostgresStore, *, cluster_cps: bool = False, **configured: Limit
+) -> CallLimits:
     shared = store.shared_call_limits()
     assert shared is not None
     shared.start()
-    return CallLimits(lambda key: configured.get(key[1], NO_LIMIT), shared)
+    return CallLimits(lambda key: configured.get(key[1], NO_LIMIT), shared, cluster_cps=cluster_cps)
 
 
 def test_a_call_through_one_node_fills_the_trunk_for_the_other(
@@ -314,3 +316,37 @@ def test_an_account_given_a_limit_while_its_calls_are_up_counts_them_for_the_clu
     assert b.take(object(), ALICE) is None
     a.release(up[1])
     assert holds(postgres_cluster, postgres_database) == [("b", "account", "alice")]
+
+
+def test_the_heartbeat_counts_the_live_nodes_and_each_paces_its_share(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    carrier = Limit(max_cps=10.0)
+    a = call_limits(open_node("a"), cluster_cps=True, carrier=carrier)
+    assert (a.live_nodes, a.paced_cps(TRUNK)) == (1, 10.0)  # alone at its start
+    b = call_limits(open_node("b"), cluster_cps=True, carrier=carrier)
+    assert (b.live_nodes, b.paced_cps(TRUNK)) == (2, 5.0)  # its start saw a
+    a.beat()
+    assert (a.live_nodes, a.paced_cps(TRUNK)) == (2, 5.0)
+    # Each sends its share at once, 5 + 5: the carrier's 10, not 20.
+    for node in (a, b):
+        assert sum(node.take(object(), TRUNK, now=0.0) is None for _ in range(8)) == 5
+    # b's heartbeat just short of the dead-node window still counts; past it, a has it all.
+    age(postgres_cluster, postgres_database, "b", NODE_TIMEOUT - 1.0)
+    a.beat()
+    assert a.live_nodes == 2
+    age(postgres_cluster, postgres_database, "b", NODE_TIMEOUT + 1.0)
+    a.beat()
+    assert (a.live_nodes, a.paced_cps(TRUNK)) == (1, 10.0)
+    assert a.take(object(), TRUNK, now=0.0) == "call rate"  # no burst from the new share
+    assert a.take(object(), TRUNK, now=0.1) is None  # 10 a second from now on
+    # A third node joins, then b comes back: the counts follow; a clean stop leaves at once.
+    c = call_limits(open_node("c"), cluster_cps=True, carrier=carrier)
+    b.beat()
+    a.beat()
+    assert (a.live_nodes, b.live_nodes, c.live_nodes) == (3, 3, 2)
+    assert a.paced_cps(TRUNK) == pytest.approx(10 / 3)
+    assert c.shared is not None
+    c.shared.stop()
+    a.beat()
+    assert a.live_nodes == 2

@@ -8,7 +8,12 @@ counted once per trunk or account and given back when it ends.
 
 Nodes sharing a PostgreSQL store count ``max_calls`` for the cluster: a key with a limit is
 counted in the database (``SharedCallLimits``, one round trip per take and per release), every
-other key in memory only, as on one node. ``max_cps`` is paced per node. When the database does
+other key in memory only, as on one node. ``max_cps`` is paced by each node for its own calls;
+with ``[store] max_cps_scope = "cluster"`` a trunk's ``max_cps`` is the cluster's, and each node
+paces its share, ``max_cps`` divided by the live nodes its last heartbeat counted (no database
+work per call; the bucket follows a changing share without a burst). While the database does
+not answer, the last count stands (a carrier's cap is not exceeded because the database is out:
+no node can start without it, so none joins meanwhile). When the database does
 not answer, this node counts its own calls against each limit (fail open: at most the limit per
 node, never unlimited, and never a call outage because the database is), writes those holds
 once it answers again and retries releases it missed; the heartbeat is what asks it again.
@@ -82,18 +87,41 @@ class CallRate:
         self.spend()
         return True
 
+    def retune(self, per_second: float, now: float) -> None:
+        """Pace at ``per_second`` from ``now`` on (this node's share of a trunk's ``max_cps``
+        changed as nodes came or went): what the bucket holds at ``now`` is kept, at most
+        the new burst, so a higher rate refills faster but adds no burst of its own."""
+        self.ready(now)
+        self.per_second = per_second
+        self.tokens = min(self.tokens, self.burst)
+
 
 class CallLimits:
     """The calls in progress per trunk and account, and each trunk's call rate. ``limit_of``
     reads the configured :class:`Limit` of a key (it may change while the gateway runs).
     ``shared``: the store's count for the cluster (PostgreSQL), used for keys with a
-    ``max_calls``; None: every key counted here (one node)."""
+    ``max_calls``; None: every key counted here (one node). ``cluster_cps`` (``[store]
+    max_cps_scope = "cluster"``): with ``shared``, a trunk's ``max_cps`` is the cluster's and
+    this node paces ``max_cps`` divided by the live nodes its heartbeats count."""
 
     def __init__(
-        self, limit_of: Callable[[Key], Limit], shared: SharedCallLimits | None = None
+        self,
+        limit_of: Callable[[Key], Limit],
+        shared: SharedCallLimits | None = None,
+        *,
+        cluster_cps: bool = False,
     ) -> None:
         self._limit_of = limit_of
         self.shared = shared
+        self.cluster_cps = cluster_cps and shared is not None
+        self.live_nodes = 1
+        """The nodes alive, this one included, as the last heartbeat the database answered
+        counted them (``shared.start()`` the first); 1 without ``shared``."""
+        self.cps_share = 1.0
+        """The part of each trunk's ``max_cps`` this node paces: 1, or with ``cluster_cps``
+        1 / ``live_nodes``. While the database does not answer, the last count stands."""
+        if shared is not None:
+            self._count_nodes(shared.live_nodes)
         # This node's calls in progress per key (with a shared store, the cluster's are in the
         # database; these are what the status view shows, and what a node counts alone while
         # the database does not answer).
@@ -157,9 +185,14 @@ class CallLimits:
         limit = self._limit_of(key)
         rate: CallRate | None = None
         if limit.max_cps and now is not None and not exempt:
+            per_second = limit.max_cps * self.cps_share
             rate = self._rates.get(key)
-            if rate is None or rate.per_second != limit.max_cps:
-                rate = self._rates[key] = CallRate(limit.max_cps)
+            if rate is None:
+                rate = self._rates[key] = CallRate(per_second)
+            elif rate.per_second != per_second:
+                # The share changed (a node came or went) or max_cps did: keep what the
+                # bucket holds, so neither refills it at once (a burst the carrier refuses).
+                rate.retune(per_second, now)
         why: str | None = None
         if limit.max_calls and self.shared is not None:
             if self.in_progress[key] > self._held[key]:
@@ -362,6 +395,7 @@ class CallLimits:
                     "each a distinct name and restart one",
                     other,
                 )
+        self._count_nodes(self.shared.live_nodes)
         self._unsynced.difference_update(add)
         self._local_only.difference_update(add)
         self._unreleased.difference_update(remove)
@@ -371,4 +405,24 @@ class CallLimits:
                 "call limits: the database answers again: max_calls counted for the cluster "
                 "(%d call(s) counted on this node alone written)",
                 len(add),
+            )
+
+    def paced_cps(self, key: Key) -> float:
+        """The new calls a second this node sends to ``key`` at most now: its ``max_cps``
+        (0: none), or with ``cluster_cps`` this node's share of it."""
+        return self._limit_of(key).max_cps * self.cps_share
+
+    def _count_nodes(self, live: int) -> None:
+        """The heartbeat counted ``live`` nodes (this one included): with ``cluster_cps``,
+        each trunk's ``max_cps`` is shared among them from the next call on."""
+        live = max(1, live)  # this node is alive, whatever a count from before its beat says
+        if live == self.live_nodes:
+            return
+        self.live_nodes = live
+        if self.cluster_cps:
+            self.cps_share = 1.0 / live
+            log.info(
+                "call limits: %d node(s) alive: each trunk's max_cps is paced at 1/%d here",
+                live,
+                live,
             )

@@ -92,7 +92,11 @@ class CallManager:
         # Calls in progress per trunk and account, and the calls sent to each trunk per second.
         # With a store shared by several nodes, keys with a max_calls are counted for them all.
         shared = gateway.store.shared_call_limits() if gateway.store is not None else None
-        self.limits = CallLimits(self._limit_of, shared)
+        self.limits = CallLimits(
+            self._limit_of,
+            shared,
+            cluster_cps=gateway.config.store.max_cps_scope == "cluster",
+        )
         self.psap_callbacks = PsapCallbacks(gateway.config.gateway.psap_callback_window)
         """The numbers our emergency calls presented lately (RFC 7090 callbacks to them)."""
         if shared is not None:

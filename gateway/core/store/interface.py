@@ -167,6 +167,12 @@ class SharedCallLimits(Protocol):
     instance: str
     """This running instance's random id, written with its heartbeat."""
 
+    live_nodes: int
+    """The nodes whose heartbeat the server saw within the time after which a node is taken
+    for dead, this one included, as counted by the last :meth:`start` or :meth:`beat` it
+    answered (by the heartbeat's own statement: no round trip of its own); 1 before. With
+    ``[store] max_cps_scope = "cluster"`` each node paces its share of a trunk's ``max_cps``."""
+
     def other_instance(self) -> tuple[str, object] | None:
         """A heartbeat under this node's name written by another instance and seen within the
         time after which a node is taken for dead: (its instance id, when the server stamped

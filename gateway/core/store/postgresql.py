@@ -34,7 +34,9 @@ round trip. Theory of operation:
   id with its heartbeat (migration 3), so two processes given one ``[store] node`` name are
   found out: at start-up (the gateway refuses to start) or by a heartbeat. An account change
   heard of sets a flag the call limits read without a round trip (a ``max_calls`` raised from
-  0 makes the calls already up count).
+  0 makes the calls already up count). The heartbeat's statement also counts the live nodes,
+  for ``[store] max_cps_scope = "cluster"`` (each node paces its share of a trunk's
+  ``max_cps``).
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused, and
   every refusal or failed migration names the versions and says what to do (a rolling upgrade:
@@ -472,6 +474,7 @@ class PostgresCallLimits:
         self._store = store
         self.node_timeout = node_timeout
         self.instance = secrets.token_hex(8)
+        self.live_nodes = 1
 
     def other_instance(self) -> tuple[str, object] | None:
         with self._store._session() as db:
@@ -489,7 +492,7 @@ class PostgresCallLimits:
     def start(self) -> None:
         with self._store._session(transaction=True) as db:
             db.execute("DELETE FROM call_limit_holds WHERE node = %s", (self._store.node,))
-            _beat(db, self._store.node, self.instance)
+            _, self.live_nodes = _beat(db, self._store.node, self.instance, self.node_timeout)
 
     def take(self, hold: int, key: LimitKey, limit: int, *, exempt: bool = False) -> bool:
         with self._store._session() as db:
@@ -517,7 +520,8 @@ class PostgresCallLimits:
                     " ON CONFLICT DO NOTHING",
                     (node, calls, kinds, names),
                 )
-            before = _beat(db, node, self.instance)
+            before, live = _beat(db, node, self.instance, self.node_timeout)
+        self.live_nodes = live  # once committed: a beat rolled back counted nothing
         return before if before and before != self.instance else None
 
     def stop(self) -> None:
@@ -530,19 +534,26 @@ class PostgresCallLimits:
             )
 
 
-def _beat(db: psycopg.Connection[Any], node: str, instance: str) -> str | None:
+def _beat(
+    db: psycopg.Connection[Any], node: str, instance: str, node_timeout: float
+) -> tuple[str | None, int]:
     """Upsert ``node``'s heartbeat as ``instance``'s; the instance that wrote it before (None:
-    no row), read in the same statement's snapshot."""
+    no row) and the live nodes, this one and those seen within ``node_timeout`` (as a take
+    counts their holds), both read in the same statement's snapshot: one round trip."""
     row = db.execute(
         "WITH before AS (SELECT instance FROM call_limit_nodes WHERE node = %s)"
         " INSERT INTO call_limit_nodes (node, seen_at, instance)"
         " VALUES (%s, clock_timestamp(), %s)"
         " ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at,"
         " instance = excluded.instance"
-        " RETURNING (SELECT instance FROM before)",
-        (node, node, instance),
+        " RETURNING (SELECT instance FROM before),"
+        " (SELECT COUNT(*) FROM call_limit_nodes WHERE node <> %s"
+        " AND seen_at > clock_timestamp() - make_interval(secs => %s))",
+        (node, node, instance, node, node_timeout),
     ).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
+    if row is None:
+        return None, 1
+    return (None if row[0] is None else str(row[0])), 1 + int(row[1])
 
 
 def _hold_arrays(holds: Sequence[Hold]) -> tuple[list[int], list[str], list[str]]:

@@ -100,6 +100,14 @@ def _calls(out: Exposition, status: GatewayStatus) -> None:
             "node name (two nodes with one name: each miscounts the other's calls).",
         )
         out.sample(calls.node_name_conflicts)
+    if calls.live_nodes is not None:
+        out.family(
+            "voipgw_store_live_nodes",
+            "gauge",
+            "Nodes sharing the store whose heartbeat was seen within 10 s, this one included,"
+            " as its last heartbeat counted.",
+        )
+        out.sample(calls.live_nodes)
     out.family(
         "voipgw_call_setup_seconds",
         "histogram",
@@ -348,6 +356,15 @@ def _trunks(out: Exposition, status: GatewayStatus) -> None:
     for trunk in trunks:
         if trunk.max_calls:
             out.sample(trunk.max_calls, [("trunk", trunk.name)])
+    out.family(
+        "voipgw_trunk_paced_cps",
+        "gauge",
+        "New calls a second this node sends to a trunk at most, for trunks with a max_cps: it,"
+        ' or this node\'s share of it ([store] max_cps_scope = "cluster").',
+    )
+    for trunk in trunks:
+        if trunk.paced_cps:
+            out.sample(trunk.paced_cps, [("trunk", trunk.name)])
     out.family(
         "voipgw_trunk_calls_refused_total",
         "counter",

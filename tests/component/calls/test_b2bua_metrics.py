@@ -202,6 +202,9 @@ async def test_a_trunks_max_calls_refusals_are_counted(
     assert samples['voipgw_trunk_calls_in_progress{trunk="carrier"}'] == 1
     assert samples['voipgw_trunk_calls_refused_total{trunk="carrier",limit="max_calls"}'] == 1
     assert samples['voipgw_trunk_calls_refused_total{trunk="carrier",limit="max_cps"}'] == 0
+    # No max_cps: no pace shown; SQLite: no cluster, no live nodes.
+    assert not any(name.startswith("voipgw_trunk_paced_cps") for name in samples)
+    assert "voipgw_store_live_nodes" not in samples
     await first.cancel()
     assert (await first.final()).status == 487
 

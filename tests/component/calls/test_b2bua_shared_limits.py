@@ -10,13 +10,22 @@ tests/integration/test_call_limits_postgresql.py."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
 
-from gateway.core.config import ConfigError
+from gateway.core.config import ConfigError, GatewayConfig
 from gateway.core.store.sqlite import SqliteStore
-from tests.component.calls.b2bua_env import ALICE_DID, answered_call, eventually, start_b2bua
+from tests.component.calls import b2bua_env
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    B2bua,
+    answered_call,
+    eventually,
+    start_b2bua,
+)
 from tests.component.calls.test_b2bua_metrics import metrics_env, scrape
 from tests.component.calls.test_b2bua_transfer import (
     alice_calls,
@@ -248,3 +257,54 @@ async def test_another_process_beating_under_the_nodes_name_is_logged_and_counte
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "instance i-twin" in errors[0]
     assert env.calls == 0  # calls go on: the node keeps serving
+
+
+async def call_out(env: B2bua) -> int:
+    """alice calls a number the carrier serves; the final status (a call answered is hung up)."""
+    call = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    final = await call.final()
+    if final.status == 200:
+        assert (await call.bye()).status == 200
+    return final.status
+
+
+async def test_with_the_cluster_scope_the_trunk_gets_this_nodes_share_of_max_cps(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    shared: FakeShared,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = b2bua_env.gateway_config
+
+    def cluster_scope(*args: Any, **kwargs: Any) -> GatewayConfig:
+        # The store is SQLite here (the fake stands in for PostgreSQL's count), which the
+        # config refuses "cluster" for: set after validation.
+        config = made(*args, **kwargs)
+        return attrs.evolve(config, store=attrs.evolve(config.store, max_cps_scope="cluster"))
+
+    monkeypatch.setattr(b2bua_env, "gateway_config", cluster_scope)
+    shared.live_nodes = 2  # start() found another node alive
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed, carrier={"max_cps": 2})
+    samples = await scrape(address)
+    assert samples["voipgw_store_live_nodes"] == 2
+    assert samples['voipgw_trunk_paced_cps{trunk="carrier"}'] == 1.0
+    # Its share is one call a second: the second at once is past it.
+    assert [await call_out(env), await call_out(env)] == [200, 503]
+    assert len(env.trunk.requests("INVITE")) == 1
+    shared.live_nodes = 1  # the other node died: the next heartbeat counts this one alone
+    await trio.sleep(shared.heartbeat_interval + 0.1)
+    samples = await scrape(address)
+    assert samples["voipgw_store_live_nodes"] == 1
+    assert samples['voipgw_trunk_paced_cps{trunk="carrier"}'] == 2.0
+    # Two a second now: a call every half second (no burst of the new share's two at once).
+    assert await call_out(env) == 200
+    await trio.sleep(0.5)
+    assert await call_out(env) == 200
+    assert await call_out(env) == 503
+    # No max_calls: pacing asked nothing of the store, the heartbeats were all it heard.
+    assert {c[0] for c in shared.calls} == {"other_instance", "start", "beat"}
+    await eventually(lambda: env.calls == 0)

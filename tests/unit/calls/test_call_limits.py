@@ -69,3 +69,32 @@ def test_a_rate_allows_its_burst_then_its_rate(per_second: float, burst: float) 
     # either way for the float sums of 1000 small steps).
     later = sum(rate.allow(t / 100) for t in range(1, 1001))
     assert abs(later - 10 * per_second) <= 1
+
+
+def test_a_retuned_rate_keeps_what_its_bucket_holds() -> None:
+    rate = CallRate(2.0)
+    assert [rate.allow(0.0) for _ in range(3)] == [True, True, False]  # the burst spent
+    # Raised to 4 a second (a node left the cluster): no new burst, a faster refill only.
+    rate.retune(4.0, 0.0)
+    assert not rate.allow(0.0)
+    assert not rate.allow(0.2)
+    assert rate.allow(0.25)  # a call every quarter second from now on
+    assert not rate.allow(0.25)
+    # A full bucket lowered (a node joined) holds at most the new second's worth.
+    full = CallRate(6.0)
+    full.retune(2.0, 10.0)
+    assert sum(full.allow(10.0) for _ in range(10)) == 2
+    # Refilled at the old rate up to the change: 0.5 s at 1 a second is half a call.
+    slow = CallRate(1.0)
+    assert slow.allow(0.0)
+    slow.retune(10.0, 0.5)
+    assert slow.tokens == pytest.approx(0.5)
+    assert not slow.allow(0.5)
+    assert slow.allow(0.55)
+
+
+def test_without_a_shared_store_the_cluster_scope_paces_the_whole_max_cps() -> None:
+    lim = CallLimits(lambda key: Limit(max_cps=3), cluster_cps=True)  # SQLite: one node
+    assert lim.cluster_cps is False
+    assert lim.paced_cps(TRUNK) == 3.0
+    assert [lim.take(object(), TRUNK, now=0.0) for _ in range(4)] == [None] * 3 + ["call rate"]

@@ -24,6 +24,7 @@ class FakeShared:
 
     heartbeat_interval = 2.0
     instance = "i-self"
+    live_nodes = 1  # what the heartbeats count (this node's alone)
 
     def __init__(self) -> None:
         self.rows: set[Hold] = set()
@@ -341,3 +342,79 @@ def test_another_instance_under_this_nodes_name_is_logged_once_and_counted(
     assert len(errors) == 1
     assert "instance i-other" in errors[0] and "[store] node" in errors[0]
     assert lim.name_conflicts == 2
+
+
+# -- max_cps for the cluster ([store] max_cps_scope = "cluster") ------------------------------
+
+
+def cluster_paced(shared: FakeShared, max_cps: float) -> CallLimits:
+    return CallLimits(lambda key: Limit(max_cps=max_cps), shared, cluster_cps=True)
+
+
+def test_each_node_paces_its_share_of_the_live_nodes() -> None:
+    shared = FakeShared()
+    shared.live_nodes = 3  # as start() counted them
+    lim = cluster_paced(shared, 6.0)
+    assert (lim.live_nodes, lim.cps_share) == (3, 1 / 3)
+    assert lim.paced_cps(TRUNK) == pytest.approx(2.0)
+    # Its share, 2 a second: a burst of 2, then one call every half second.
+    assert [lim.take(object(), TRUNK, now=0.0) for _ in range(3)] == [None, None, "call rate"]
+    assert lim.take(object(), TRUNK, now=0.4) == "call rate"
+    assert lim.take(object(), TRUNK, now=0.5) is None
+    # Pacing asked nothing of the store (no max_calls: no database work per call).
+    assert shared.calls == []
+
+
+def test_the_share_follows_the_heartbeats_count_without_a_burst() -> None:
+    shared = FakeShared()
+    shared.live_nodes = 2
+    lim = cluster_paced(shared, 10.0)
+    assert sum(lim.take(object(), TRUNK, now=0.0) is None for _ in range(20)) == 5
+    shared.live_nodes = 1  # the other node died: this one's share is the whole 10 a second
+    lim.beat()
+    assert lim.paced_cps(TRUNK) == 10.0
+    assert lim.take(object(), TRUNK, now=0.0) == "call rate"  # its bucket was not refilled
+    assert lim.take(object(), TRUNK, now=0.1) is None  # refilled at the new rate
+    assert lim.take(object(), TRUNK, now=0.1) == "call rate"
+    # Over the next second, 10 calls (a one-call margin for float sums).
+    sent = sum(lim.take(object(), TRUNK, now=0.1 + t / 100) is None for t in range(1, 101))
+    assert 9 <= sent <= 11
+    # Four nodes now: this one's bucket, full after a quiet while, holds 2.5 calls at most.
+    shared.live_nodes = 4
+    lim.beat()
+    assert sum(lim.take(object(), TRUNK, now=60.0) is None for _ in range(10)) == 2
+
+
+def test_a_database_out_of_reach_keeps_the_last_count(caplog: pytest.LogCaptureFixture) -> None:
+    shared = FakeShared()
+    shared.live_nodes = 3
+    lim = cluster_paced(shared, 9.0)
+    shared.down = True
+    shared.live_nodes = 1  # never heard: the beat fails
+    lim.beat()
+    assert lim.store_failing
+    # Not the whole 9 a second, which every node cut off with it would send too.
+    assert (lim.live_nodes, lim.paced_cps(TRUNK)) == (3, pytest.approx(3.0))
+    shared.down = False
+    with caplog.at_level(logging.INFO):
+        lim.beat()
+    assert (lim.live_nodes, lim.paced_cps(TRUNK)) == (1, 9.0)
+    assert any("1 node(s) alive" in r.getMessage() for r in caplog.records)
+
+
+def test_the_node_scope_paces_the_whole_max_cps_whatever_the_count() -> None:
+    shared = FakeShared()
+    shared.live_nodes = 3
+    lim = CallLimits(lambda key: Limit(max_cps=6.0), shared)  # max_cps_scope = "node"
+    assert lim.live_nodes == 3  # counted all the same (a metric)
+    assert lim.paced_cps(TRUNK) == 6.0
+    assert sum(lim.take(object(), TRUNK, now=0.0) is None for _ in range(10)) == 6
+
+
+def test_an_emergency_call_is_not_paced_by_the_share() -> None:
+    shared = FakeShared()
+    shared.live_nodes = 4
+    lim = cluster_paced(shared, 1.0)  # a quarter call a second here
+    assert lim.take(object(), TRUNK, now=0.0) is None
+    assert lim.take(object(), TRUNK, now=0.0) == "call rate"
+    assert all(lim.take(object(), TRUNK, now=0.0, exempt=True) is None for _ in range(3))

@@ -21,6 +21,14 @@ def test_the_default_is_sqlite_as_before() -> None:
     assert from_mapping({}).store == StoreSection(backend="sqlite")
 
 
+def test_max_cps_is_each_nodes_unless_the_cluster_scope_is_asked_for() -> None:
+    assert from_mapping({}).store.max_cps_scope == "node"
+    postgresql = {"backend": "postgresql", "dsn": DSN}
+    assert from_mapping({"store": postgresql}).store.max_cps_scope == "node"
+    shared = from_mapping({"store": {**postgresql, "max_cps_scope": "cluster"}})
+    assert shared.store.max_cps_scope == "cluster"
+
+
 def test_the_dsn_is_not_in_the_config_repr() -> None:
     config = from_mapping({"store": {"backend": "postgresql", "dsn": DSN}}, file="gw.toml")
     assert config.store.dsn == DSN
@@ -40,6 +48,12 @@ def test_the_dsn_is_not_in_the_config_repr() -> None:
         ({"statement_timeout": 0}, "statement_timeout", "more than 0"),
         ({"statement_timeout": 60}, "statement_timeout", "at most 10"),
         ({"colour": "blue"}, "colour", "unknown key"),
+        ({"max_cps_scope": "cluster"}, "max_cps_scope", 'needs backend = "postgresql"'),
+        (
+            {"backend": "postgresql", "dsn": DSN, "max_cps_scope": "trunk"},
+            "max_cps_scope",
+            "one of 'node', 'cluster'",
+        ),
     ],
 )
 def test_mistakes_name_file_table_and_key(store: dict[str, Any], key: str, complaint: str) -> None:
