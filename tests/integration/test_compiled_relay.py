@@ -5,13 +5,42 @@ per-packet loop and the SRTP steps) into C extension modules (docs/benchmarks.md
 relay"). Compiled code checks annotations at run time and refuses what a plain module allows
 (patching a class from outside, an attribute not declared in ``__init__``), so a change can pass
 every other test and still break the compiled build. This test builds a copy of the repository in
-place exactly as setup.py does and runs the unit, component and integration tests against it in a
-subprocess. It needs a C compiler and Python's headers: missing, it skips, and fails in CI
-(``VOIPGW_REQUIRE_PEERS=1``, as for the interop peers).
+place exactly as setup.py does and runs the unit, component and integration tests that reach it
+against it in a subprocess. It needs a C compiler and Python's headers: missing, it skips, and
+fails in CI (``VOIPGW_REQUIRE_PEERS=1``, as for the interop peers).
+
+Only the tests that run code of the compiled modules are run again (``COMPILED_RUN``): a test
+that never calls into relay.py or srtp.py cannot behave differently when they are compiled, and
+their module-level code runs at import, in every selected test. Which tests those are was
+measured, not guessed: a trace of every Python call (``sys.settrace``, in the pytest process and
+in every ``voipgw run`` it starts) over tests/unit, tests/component and tests/integration,
+recording the tests during which a function of either module ran. It found
+
+- tests/unit: the media and keyexchange packages (SRTP contexts, media sessions, the key
+  negotiations that build ``SrtpKeys`` and check suites) and four modules elsewhere that call
+  SRTP code (metrics status, the SIPREC SRTP tap, the X3 benchmark's sessions, the SDP fuzzer's
+  key lengths); the rest of tests/unit (SIP, SDP, store, TLS, auth ...) never calls into them;
+- tests/component: every call through the in-memory B2BUA (tests/component/calls: each opens
+  relay streams, most forward media) and the DTLS handshakes (tests/component/keyexchange);
+- tests/integration: the relay on real sockets (tests/integration/media) and the modules whose
+  ``voipgw run`` carries calls (media workers, nodes, WebSocket calls). The other integration
+  modules start and stop a gateway without a call: they run only ``MediaRelay.__init__``,
+  ``serve`` and ``close``, which every selected gateway test runs too, or nothing at all (the
+  CLI, the PostgreSQL store).
+
+That is about 60 % of the unit and component time and half the integration time of the full
+run; with the build, the test took 125 s instead of 263 s when this was measured (2026-11, two
+shared cores). ``test_every_test_module_importing_the_compiled_modules_is_in_the_compiled_run``
+keeps the list honest for new test modules that import relay or srtp; a new module that reaches
+them only through a gateway's calls belongs in the list too. To measure again: a
+``sitecustomize`` on ``PYTHONPATH`` whose ``sys.settrace`` function notes the current test (an
+environment variable a small plugin sets per test) whenever a code object of relay.py or
+srtp.py, or an attrs method generated for one of their classes, is called.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -22,6 +51,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: What the compiled copy runs: the test packages and modules that call into setup.py's
+#: COMPILED_MODULES (see the module docstring for how they were found).
+COMPILED_RUN = (
+    "tests/unit/media",
+    "tests/unit/keyexchange",
+    "tests/unit/taps/test_siprec_srtp.py",
+    "tests/unit/metrics/test_metrics_status.py",
+    "tests/unit/benchmarks/test_intercept_x3_runs.py",
+    "tests/unit/fuzz/test_fuzz_sdp.py",
+    "tests/component/calls",
+    "tests/component/keyexchange",
+    "tests/integration/media",
+    "tests/integration/test_gateway_workers.py",
+    "tests/integration/test_gateway_workers_t38.py",
+    "tests/integration/test_call_limits_nodes.py",
+    "tests/integration/test_postgresql_nodes.py",
+    "tests/integration/test_websocket_sockets.py",
+)
+COMPILED_MODULE_NAMES = frozenset({"gateway.core.media.relay", "gateway.core.media.srtp"})
 NOT_COPIED = shutil.ignore_patterns(
     ".git",
     ".venv",
@@ -54,7 +103,39 @@ def _run(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedP
     )
 
 
-def test_the_compiled_relay_passes_the_unit_component_and_integration_tests(
+def _imports_a_compiled_module(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            names = {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        else:
+            continue
+        if names & COMPILED_MODULE_NAMES:
+            return True
+    return False
+
+
+def test_every_test_module_importing_the_compiled_modules_is_in_the_compiled_run() -> None:
+    """A test module that imports relay or srtp tests them: it must run compiled too."""
+    selected = [ROOT / entry for entry in COMPILED_RUN]
+    assert all(path.exists() for path in selected), [p for p in selected if not p.exists()]
+    importing = [
+        path
+        for depth in ("unit", "component", "integration")
+        for path in sorted((ROOT / "tests" / depth).rglob("*.py"))
+        if _imports_a_compiled_module(path)
+    ]
+    assert len(importing) > 10, importing  # the walk finds the relay's own tests
+    left_out = [
+        str(path.relative_to(ROOT))
+        for path in importing
+        if not any(path == entry or entry in path.parents for entry in selected)
+    ]
+    assert left_out == [], f"add to COMPILED_RUN: {left_out}"
+
+
+def test_the_compiled_relay_passes_the_tests_that_reach_it(
     tmp_path: Path,
 ) -> None:
     missing = _missing_toolchain()
@@ -95,11 +176,7 @@ def test_the_compiled_relay_passes_the_unit_component_and_integration_tests(
             "-x",
             "-p",
             "no:cacheprovider",
-            "tests/unit",
-            "tests/component",
-            "tests/integration",
-            "--deselect",
-            "tests/integration/test_compiled_relay.py",
+            *COMPILED_RUN,
         ],
         copy,
         1200,

@@ -249,7 +249,9 @@ def test_a_verifier_that_requires_an_identity_answers_a_call_without_one_428(
                 local_ip=TRUNK_IP,
             )
             carrier.check()
-            phone = alice.wait(timeout=10)
+        # Stopped now, not at its own timeout: the 428 ended the call, and the gateway's INVITE
+        # would have reached alice before it, so her trace shows whether one came.
+        phone = alice.result()
         calls = gw.cli_until(lambda out: "call refused" in out, "calls", "--recent", "5")
         log = gw.log_text()
     assert final_status_line(carrier).startswith("SIP/2.0 428 Use Identity Header"), carrier
