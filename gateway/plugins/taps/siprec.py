@@ -35,8 +35,15 @@ answer) goes again after a randomized back-off or the refusal's Retry-After
 is given up until the call changes again: a warning naming the call and the status, counted by
 reason (``SiprecClient.update_failures``, the metric ``voipgw_recording_update_failures_total``).
 A 481 says the SRS no longer knows the recording session (it restarted): the core ends the dialog
-without a BYE (RFC 5057 §5.1) and the recording ends as when the SRS hangs up, the call going on
-unrecorded. RFC 7866 lets an SRC start a new recording session then; this one does not.
+without a BYE (RFC 5057 §5.1) and the sink opens a new recording session for the rest of the call
+(:meth:`SiprecSink._reopen`): the SRS then the fallbacks, up to three rounds apart by
+:func:`reopen_wait`; the metadata names the same communication session, participants and
+streams (RFC 7865 §6), the SDP the streams as they are now, from the same sockets, SDES with
+fresh keys; the copies wait (not sent) and resume to the new answer's addresses. Counted as
+``session_reopened``, or ``session_gone`` when none took it (the call goes on unrecorded). An
+SRS's BYE is a deliberate end (RFC 3261 §15.1.2), never re-invited. An SRS that silently went
+away is found out only at the next update (no answer: kept, counted ``no_answer``): the recording
+session runs no RFC 4028 session timer, so a call that does not change never finds out.
 
 The end of the call. The call's legs are released first (this sink's task outlives the call).
 Then, with ``final_metadata`` and the SRS in step with us (no update refused or under way), the
@@ -70,7 +77,8 @@ dialog) joins with an id of its own, and sends and receives what its side does; 
 stream ids never change (RFC 7865 §6). The copies go on as they are.
 
 Not done: streams the call adds after its answer; pause/resume on the operator's request;
-DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7).
+DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7);
+session timers on the recording session.
 """
 
 from __future__ import annotations
