@@ -251,6 +251,10 @@ class OutboundSession(Protocol):
     retry_after: int | None
     """The Retry-After (seconds) of the far end's last refusal of a re-INVITE, if any."""
 
+    @property
+    def call_id(self) -> str:
+        """The Call-ID of the session's dialog (for logs: which recording session)."""
+
     async def update(
         self, body: bytes, content_type: str, *, secure_only: bool = False
     ) -> int | None:

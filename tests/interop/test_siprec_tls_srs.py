@@ -231,6 +231,8 @@ def test_an_srtp_call_is_recorded_over_tls_as_srtp_that_decrypts_to_what_it_carr
     assert srs.tls_version.startswith("TLSv1.")
     invite = srs.requests[0]
     assert invite[1]["require"] == ["siprec"]
+    # RFC 3261 §12.1.1: the INVITE to a sips: SRS carries a sips: Contact (at our TLS listener).
+    assert invite[1]["contact"][0].startswith(f"<sips:voipgw@{LOOPBACK}:{gw.tls_port}>"), invite[1]
     assert invite[2].count(b"RTP/SAVP") == 2
     assert set(srs.offered_keys) == {"1", "2"}
     assert srs.offered_keys["1"] != srs.offered_keys["2"]

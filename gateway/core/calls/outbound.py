@@ -31,7 +31,7 @@ import trio
 
 from gateway.core.calls.routing import UnroutableTarget, destination_for
 from gateway.core.interfaces import RouteTarget
-from gateway.core.sip.dialog import Dialog
+from gateway.core.sip.dialog import Dialog, is_sips
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
@@ -223,7 +223,11 @@ class OutboundSessions:
                 "(RFC 4568 §8.3)"
             )
         our_uri = endpoint.our_uri(flow.transport, "voipgw")
-        contact = endpoint.our_contact(flow.transport)
+        # RFC 3261 §12.1.1 (§8.1.1.8): a request to a sips: URI that makes a dialog carries a
+        # sips: Contact, so the far end's requests in the dialog come back over TLS too.
+        # Over TLS only (a WSS flow keeps its transport=wss Contact, as the call legs do).
+        sips = flow.transport == "tls" and is_sips(uri)
+        contact = endpoint.our_contact(flow.transport, sips=sips)
         for parameter in contact_parameters:
             contact = contact.with_param(parameter)
         request = Request(

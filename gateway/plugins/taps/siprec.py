@@ -35,8 +35,15 @@ answer) goes again after a randomized back-off or the refusal's Retry-After
 is given up until the call changes again: a warning naming the call and the status, counted by
 reason (``SiprecClient.update_failures``, the metric ``voipgw_recording_update_failures_total``).
 A 481 says the SRS no longer knows the recording session (it restarted): the core ends the dialog
-without a BYE (RFC 5057 §5.1) and the recording ends as when the SRS hangs up, the call going on
-unrecorded. RFC 7866 lets an SRC start a new recording session then; this one does not.
+without a BYE (RFC 5057 §5.1) and the sink opens a new recording session for the rest of the call
+(:meth:`SiprecSink._reopen`): the SRS then the fallbacks, up to three rounds apart by
+:func:`reopen_wait`; the metadata names the same communication session, participants and
+streams (RFC 7865 §6), the SDP the streams as they are now, from the same sockets, SDES with
+fresh keys; the copies wait (not sent) and resume to the new answer's addresses. Counted as
+``session_reopened``, or ``session_gone`` when none took it (the call goes on unrecorded). An
+SRS's BYE is a deliberate end (RFC 3261 §15.1.2), never re-invited. An SRS that silently went
+away is found out only at the next update (no answer: kept, counted ``no_answer``): the recording
+session runs no RFC 4028 session timer, so a call that does not change never finds out.
 
 The end of the call. The call's legs are released first (this sink's task outlives the call).
 Then, with ``final_metadata`` and the SRS in step with us (no update refused or under way), the
@@ -70,7 +77,8 @@ dialog) joins with an id of its own, and sends and receives what its side does; 
 stream ids never change (RFC 7865 §6). The copies go on as they are.
 
 Not done: streams the call adds after its answer; pause/resume on the operator's request;
-DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7).
+DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7);
+session timers on the recording session.
 """
 
 from __future__ import annotations
@@ -128,9 +136,16 @@ MAX_RETRY_AFTER = 60
 # 1xx has no Timer B (RFC 3261 §17.1.1.2), so the wait for a final answer is bounded here, as
 # long as Timer B (64*T1) would have waited without one; then it counts as no answer.
 UPDATE_TIMEOUT = 32.0
-UPDATE_FAILURE_REASONS = ("refused", "no_answer", "session_gone")
+UPDATE_FAILURE_REASONS = ("refused", "no_answer", "session_gone", "session_reopened")
 """Why an update was given up (``voipgw_recording_update_failures_total``): the SRS refused
-it for good or past the retries, it never answered, or it no longer knew the session (481)."""
+it for good or past the retries, it never answered, or it no longer knew the session (481):
+then ``session_reopened`` when a new recording session took the rest of the call,
+``session_gone`` when none did."""
+# After a 481 (the SRS lost the recording session: it restarted), a new recording session for
+# the same call: the SRS then each fallback, in rounds; between rounds 2 s, then 4 s (each up
+# to half again longer at random, as the update back-off).
+REOPEN_ROUNDS = 3
+REOPEN_BACKOFF = 2.0
 
 
 def update_retry(
@@ -147,6 +162,18 @@ def update_retry(
         # RFC 3261 §21.5.1, §21.5.4: not before the time the SRS gave.
         return float(retry_after) if retry_after <= MAX_RETRY_AFTER else None
     return UPDATE_BACKOFF * float(2 ** (attempt - 1)) * (1 + fraction / 2)
+
+
+def reopen_wait(round_: int, fraction: float) -> float | None:
+    """Seconds to wait before round ``round_`` (1, 2, ...) of opening a new recording session
+    after the SRS lost ours (0 for the first, at once), or None past REOPEN_ROUNDS.
+    ``fraction`` (0 to 1, random) spreads the back-off, so that the calls an SRS lost in one
+    restart do not all come back in the same instant."""
+    if round_ > REOPEN_ROUNDS:
+        return None
+    if round_ == 1:
+        return 0.0
+    return REOPEN_BACKOFF * float(2 ** (round_ - 2)) * (1 + fraction / 2)
 
 
 def _transient(status: int | None) -> bool:
@@ -471,6 +498,9 @@ class SiprecSink:
         self._queue = CopyQueue(config.queue)
         self.counts = SiprecCounts()
         self.session: OutboundSession | None = None
+        """The recording session in force: a new one after the SRS lost the first (481)."""
+        # Where the SRS in force wants each stream; what the copies read, packet by packet.
+        self._destinations: dict[tuple[int, str], tuple[str, int]] = {}
         self._media = call.media
         self._changed = trio.Event()
         self._sdp_session_id = int(time.time())
@@ -512,28 +542,29 @@ class SiprecSink:
     async def run(self) -> None:
         streams = recorded_streams(self.call.media)
         sockets: list[trio.socket.SocketType] = []
-        session: OutboundSession | None = None
         # Chosen once: plain copies keep the path they always had, nothing added per packet.
         forward = self._forward if self._keying is None else self._forward_srtp
         try:
             async with self._queue.receive, trio.open_nursery() as nursery:
-                destinations: dict[tuple[int, str], tuple[str, int]] = {}
                 if not streams:
                     log.warning("SIPREC: call %s has no audio to record", self.call.call_id)
                 elif self.call.sessions is None:
                     log.error("SIPREC: call %s: the core lent no SIP sessions", self.call.call_id)
                 else:
                     sockets = [await self._bind() for _ in streams]
-                    session, destinations = await self._open(streams, sockets)
-                    self.session = session
-                if session is not None:
-                    nursery.start_soon(self._follow_changes, session, streams, sockets)
+                    self.session, self._destinations = await self._open(streams, sockets)
+                if self.session is not None:
+                    nursery.start_soon(self._follow_changes, streams, sockets)
                 by_stream = {
                     (s.index, s.direction): sock for s, sock in zip(streams, sockets, strict=False)
                 }
                 async for stream_id, direction, rtp, _ in self._queue.receive:
-                    await forward(session, destinations, by_stream, stream_id, direction, rtp)
+                    # Read per packet: a new recording session changes both (_reopen).
+                    await forward(
+                        self.session, self._destinations, by_stream, stream_id, direction, rtp
+                    )
                 nursery.cancel_scope.cancel()  # the call is over: no more re-INVITEs
+            session = self.session
             # The call's legs are gone already (this task outlives the call): the final
             # snapshot only delays our BYE, within bye_timeout.
             if (
@@ -546,8 +577,8 @@ class SiprecSink:
                     await self._final_update(session, streams, sockets)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self._config.bye_timeout):
-                if session is not None:
-                    await session.close()
+                if self.session is not None:
+                    await self.session.close()
             for sock in sockets:
                 sock.close()
             for context in self._srtp.values():
@@ -565,10 +596,7 @@ class SiprecSink:
             )
 
     async def _follow_changes(
-        self,
-        session: OutboundSession,
-        streams: list[RecordedStream],
-        sockets: list[trio.socket.SocketType],
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
     ) -> None:
         """Re-INVITE the SRS after each change of the call's streams (RFC 7866 §8.1.2): held
         streams inactive, resumed ones sendonly again, new codecs declared; after a transfer,
@@ -581,19 +609,17 @@ class SiprecSink:
         back-off or its Retry-After. Past the retries, or after a refusal that will not pass,
         it is given up (a warning, counted) until the next change of the call, which sends the
         streams and the parties as they are then. A 481 says the SRS no longer knows the
-        recording session (RFC 5057 §5.1): the recording ends there, as when the SRS hangs up
-        (its BYE), and the call goes on unrecorded; no new recording session is started."""
+        recording session (RFC 5057 §5.1: it restarted): a new one carries the rest of the call
+        (:meth:`_reopen`); when none can be opened the call goes on unrecorded. An SRS that
+        hangs up (its BYE) ended the recording on purpose (RFC 3261 §15.1.2): never re-invited."""
         ports = [sock.getsockname()[1] for sock in sockets]
         glare_retries = 0
         retries = 0
-        while not session.ended.is_set():
+        session = self.session
+        while session is not None and not session.ended.is_set():
             await self._changed.wait()
             self._changed = trio.Event()
-            latest = {media.index: media for media in self._media}
-            current = [
-                attrs.evolve(stream, media=_recorded_now(stream.media, latest.get(stream.index)))
-                for stream in streams
-            ]
+            current = self._current(streams)
             negotiations = self._reoffer(len(current))
             with_metadata, self._metadata_changed = self._metadata_changed, False
             self._settled = False
@@ -610,13 +636,17 @@ class SiprecSink:
             self._metadata_changed = self._metadata_changed or with_metadata
             # RFC 3264 §8: a failed re-offer leaves the session, and its keys, as they were.
             if status == 481:
-                self._count_failure(status)
+                # RFC 5057 §5.1: the SRS no longer knows the dialog (the core ended it, no BYE).
+                # Compliance recording must not lose the rest of the call: a new recording
+                # session, the same communication session in its metadata.
                 log.warning(
-                    "SIPREC: call %s: recording ended: the SRS answered an update 481, it no "
-                    "longer knows the recording session; the call goes on unrecorded",
+                    "SIPREC: call %s: the SRS answered an update 481, it no longer knows the "
+                    "recording session; opening a new one",
                     self.call.call_id,
                 )
-                return
+                session = await self._reopen(streams, sockets)
+                glare_retries = retries = 0
+                continue
             if status == 491 and glare_retries < GLARE_RETRIES:
                 # §14.1: the SRS's re-INVITE crossed ours; we chose the Call-ID, so we wait
                 # the longer 2.1-4 s and offer the streams as they are then.
@@ -643,8 +673,71 @@ class SiprecSink:
             retries = 0
 
     def _count_failure(self, status: int | None) -> None:
-        reason = failure_reason(status)
+        self._count(failure_reason(status))
+
+    def _count(self, reason: str) -> None:
         self._failures[reason] = self._failures.get(reason, 0) + 1
+
+    def _current(self, streams: list[RecordedStream]) -> list[RecordedStream]:
+        """The recorded streams as the call has them now (held, resumed, new codecs)."""
+        latest = {media.index: media for media in self._media}
+        return [
+            attrs.evolve(stream, media=_recorded_now(stream.media, latest.get(stream.index)))
+            for stream in streams
+        ]
+
+    async def _reopen(
+        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+    ) -> OutboundSession | None:
+        """A new recording session for the rest of the call, after the SRS lost ours (481):
+        the SRS then each fallback (:meth:`_open`), up to REOPEN_ROUNDS rounds apart by
+        :func:`reopen_wait`. The metadata names the same communication session, participants
+        and streams, ids and all (RFC 7865 §6: an id names one object for its whole life; the
+        recording session is the new dialog), and the recording of the session associated
+        from now; the SDP offers the streams as they are now, from the same sockets; with
+        SDES, fresh keys (a new session, RFC 4568 §6.1), new SRTP contexts. Copies are not
+        sent until one takes the call; then they go to its addresses. Counted either way:
+        ``session_reopened`` or ``session_gone`` (none took the call: it goes on
+        unrecorded)."""
+        self.session, self._destinations = None, {}
+        self._forget_keys()
+        round_ = 1
+        fraction = int.from_bytes(os.urandom(2)) / 0xFFFF
+        while (wait := reopen_wait(round_, fraction)) is not None:
+            await trio.sleep(wait)
+            round_ += 1
+            # This INVITE says all there is: the streams as they are now, the metadata whole.
+            self._changed = trio.Event()
+            self._metadata_changed = False
+            self._started = time.time()
+            session, destinations = await self._open(self._current(streams), sockets)
+            if session is not None:
+                self.session, self._destinations = session, destinations
+                self._settled = True
+                self._count("session_reopened")
+                log.warning(
+                    "SIPREC: call %s: recording goes on in a new recording session (%s)",
+                    self.call.call_id,
+                    session.call_id,
+                )
+                return session
+            self._forget_keys()
+        self._count("session_gone")
+        log.warning(
+            "SIPREC: call %s: recording ended: the SRS lost the recording session and no new "
+            "one could be opened (%d rounds); the call goes on unrecorded",
+            self.call.call_id,
+            REOPEN_ROUNDS,
+        )
+        return None
+
+    def _forget_keys(self) -> None:
+        """Drop the SRTP contexts and SDES negotiations of a recording session that is over
+        (libsrtp zeroes the keys): the next one is keyed afresh."""
+        for context in self._srtp.values():
+            context.close()
+        self._srtp.clear()
+        self._negotiations = []
 
     async def _update(
         self,

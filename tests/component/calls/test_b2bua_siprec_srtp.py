@@ -10,7 +10,9 @@ binding (pylibsrtp's own Session) decrypts what the SRS receives.
   it with the same crypto lines and the copies after it still decrypt under the same keys;
 - an SRS that answers plain RTP/AVP (no crypto line) gets a BYE, nothing in clear, and the
   call goes on unrecorded;
-- a re-INVITE whose next hop is not TLS (an SRS Contact without ``transport=tls``) is not sent.
+- a re-INVITE whose next hop is not TLS (an SRS Contact without ``transport=tls``) is not sent;
+- an INVITE to a ``sips:`` SRS carries a ``sips:`` Contact (RFC 3261 §12.1.1);
+- after a 481 the new recording session is offered fresh keys, and the copies go on under them.
 """
 
 from __future__ import annotations
@@ -282,6 +284,12 @@ async def test_the_srs_tried_next_is_offered_keys_of_its_own(
     await refusing.answer(503)
     recording = await spare.next_call()
     assert recording.incoming is not None and recording.incoming.source == GW_TLS
+    # RFC 3261 §12.1.1: an INVITE to a sips: URI carries a sips: Contact; to sip:...;transport=tls
+    # the Contact says transport=tls.
+    assert (recording.invite.headers.get("Contact") or "").startswith("<sips:")
+    assert "+sip.src" in (recording.invite.headers.get("Contact") or "")
+    assert "transport=tls" in (refusing.invite.headers.get("Contact") or "")
+    assert (refusing.invite.headers.get("Contact") or "").startswith("<sip:")
 
     def crypto(invite: object) -> list[str]:
         body = srs_sdp(invite.headers.get("Content-Type"), invite.body)  # type: ignore[attr-defined]
@@ -296,4 +304,47 @@ async def test_the_srs_tried_next_is_offered_keys_of_its_own(
     await recording.answer(200, sdp=srtp_answer(offer))
     await call.bye()  # type: ignore[attr-defined]
     await spare.next_request("BYE", timeout=10)
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_new_recording_session_after_a_481_is_keyed_afresh(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs = await srtp_env(nursery, tmp_path, voipgw_seed)
+    call, to_caller_side, to_callee_side = await answered_call(env)
+    recording = await srs.next_call()
+    offer = parse_sdp_untrusted(
+        srs_sdp(recording.invite.headers.get("Content-Type"), recording.invite.body)
+    )
+    await recording.answer(200, sdp=srtp_answer(offer))
+    await srs.next_request("ACK", timeout=5)
+    held = simple_sdp("127.0.0.1", CALLER_PORT, direction="sendonly")
+    assert (await call.reinvite(held)).status == 200  # type: ignore[attr-defined]
+    await srs.respond(await srs.next_request("INVITE", timeout=10), 481)
+    again = await srs.next_call(timeout=5)
+    assert again.incoming is not None and again.incoming.source == GW_TLS
+    new_offer = parse_sdp_untrusted(
+        srs_sdp(again.invite.headers.get("Content-Type"), again.invite.body)
+    )
+    old_lines = [v for m in offer.media for v in m.attributes.values("crypto")]
+    new_lines = [v for m in new_offer.media for v in m.attributes.values("crypto")]
+    assert len(new_lines) == 2 and set(old_lines).isdisjoint(new_lines)  # RFC 4568 §6.1
+    await again.answer(200, sdp=srtp_answer(new_offer))
+    await srs.next_request("ACK", timeout=5)
+    resumed = simple_sdp("127.0.0.1", CALLER_PORT, direction="sendrecv", version=3)
+    assert (await call.reinvite(resumed)).status == 200  # type: ignore[attr-defined]
+    update = await srs.next_request("INVITE", timeout=10)
+    assert update.request.call_id == again.invite.call_id
+    reoffer = parse_sdp_untrusted(update.request.body)
+    await srs.respond(update, 200, body=srtp_answer(reoffer), content_type="application/sdp")
+    await trio.sleep(1)
+    to_srs = checkers(new_offer)
+    got = await exchange(to_caller_side, to_callee_side, range(20, 25))
+    assert [to_srs[0].unprotect(p) for p in got["caller"]] == [
+        rtp(s, 0x11, 0x1111) for s in range(20, 25)
+    ]
+    assert [to_srs[1].unprotect(p) for p in got["callee"]] == [
+        rtp(s, 0x22, 0x2222) for s in range(20, 25)
+    ]
+    await call.bye()  # type: ignore[attr-defined]
     await eventually(lambda: env.calls == 0)

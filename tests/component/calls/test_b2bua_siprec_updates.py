@@ -7,8 +7,8 @@ recorder (SRS) a SIP agent on the in-memory network, in virtual time:
 - an SRS that never takes an update (always 503, or never answering) gets three resends, then
   the update is given up with a WARNING naming the call, counted in the metrics; the BYE still
   comes at the end, without a final snapshot;
-- a 481 ends the recording session without a BYE, counted: copies stop, the call goes on and no
-  later change of the call reaches the SRS;
+- (a 481, after which a new recording session carries the rest of the call:
+  test_b2bua_siprec_reopen.py);
 - the call's end releases its legs at once; the SRS then gets the final snapshot (a re-INVITE,
   streams inactive, everyone and the recording disassociated) and the BYE after it, also when it
   never answers the snapshot (within ``bye_timeout``); ``final_metadata = false`` sends the BYE
@@ -31,13 +31,10 @@ from gateway.plugins.metrics.collect import render
 from gateway.plugins.taps.siprec import srs_sdp
 from gateway.testing.sip_agent import AutoAnswer, Received, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, next_within
-from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_siprec import (
     CALLER_PORT,
     NS,
-    SRS_PORT,
     metadata_of,
-    rtp,
     siprec_env,
     srs_answer,
 )
@@ -138,48 +135,6 @@ async def test_an_update_the_srs_never_takes_is_given_up_after_three_resends_wit
     bye = await srs.next_request("BYE", timeout=10)  # no final snapshot of a refused state
     assert bye.request.call_id == call_id
     assert len(srs.requests("INVITE")) == 5
-
-
-async def test_a_481_ends_the_recording_without_a_bye_and_the_call_goes_on_unrecorded(
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    autojump_clock: trio.abc.Clock,
-    voipgw_seed: int,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.plugins.taps.siprec")
-    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
-    call, to_caller_side, _ = await recorded_call(env, srs)
-
-    with await bind(CALLER_PORT) as caller, await bind(SRS_PORT) as srs_caller:
-        await caller.sendto(rtp(1, 0x11, 0x1111), to_caller_side)
-        with trio.fail_after(2):
-            copy, _ = await srs_caller.recvfrom(2048)  # recorded so far
-        assert copy == rtp(1, 0x11, 0x1111)
-
-        assert (await call.reinvite(HELD)).status == 200  # type: ignore[attr-defined]
-        update = await srs.next_request("INVITE", timeout=10)
-        await srs.respond(update, 481)  # the SRS restarted: it knows no such session
-        await eventually(
-            lambda: (
-                'voipgw_recording_update_failures_total{reason="session_gone"} 1\n' in scrape(env)
-            )
-        )
-        for seq in range(2, 6):
-            await caller.sendto(rtp(seq, 0x11, 0x1111), to_caller_side)
-            await trio.sleep(0.02)
-        with trio.move_on_after(2) as waited:
-            await srs_caller.recvfrom(2048)
-        assert waited.cancelled_caught  # the copies stopped
-
-    assert (await call.reinvite(RESUMED)).status == 200  # type: ignore[attr-defined]
-    assert await next_within(srs, "INVITE", 10) is None  # no later change reaches the SRS
-    assert env.calls == 1
-    await call.bye()  # type: ignore[attr-defined]
-    await eventually(lambda: env.calls == 0)
-    await eventually(lambda: "packets, 1 sent to the SRS" in caplog.text)
-    assert srs.requests("BYE") == [] and len(srs.requests("INVITE")) == 2
-    assert "no longer knows the recording session" in caplog.text
 
 
 @pytest.mark.parametrize("answers", [True, False], ids=["answered", "never-answered"])

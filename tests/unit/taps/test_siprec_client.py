@@ -28,6 +28,7 @@ from gateway.plugins.taps.siprec import (
     multipart,
     offer_sdp,
     recorded_streams,
+    reopen_wait,
     replaced_party,
     srs_destinations,
     srs_sdp,
@@ -282,6 +283,14 @@ def test_a_refusal_that_will_not_pass_is_given_up_at_once(status: int) -> None:
     assert update_retry(status, 1, 5, 0.5) is None
 
 
+def test_a_lost_recording_session_is_reopened_at_once_then_twice_after_a_growing_wait() -> None:
+    assert reopen_wait(1, 0.9) == 0.0  # the SRS said it lost the session: no reason to wait
+    assert reopen_wait(2, 0.0) == 2.0
+    assert reopen_wait(2, 1.0) == 3.0  # up to half again, so lost calls do not come back at once
+    assert reopen_wait(3, 0.5) == 5.0
+    assert reopen_wait(4, 0.0) is None  # three rounds, then the call goes on unrecorded
+
+
 def test_the_retry_after_of_a_refusal_is_honoured_up_to_a_minute() -> None:
     assert update_retry(503, 1, 30, 0.9) == 30.0
     assert update_retry(500, 2, 0, 0.9) == 0.0
@@ -317,6 +326,7 @@ def test_each_given_up_update_has_a_reason_from_a_small_set() -> None:
     assert failure_reason(503) == failure_reason(488) == "refused"
     tap = SiprecClient(SiprecConfig(srs="sip:srs@192.0.2.50", all_calls=True))
     assert tap.update_failures == dict.fromkeys(UPDATE_FAILURE_REASONS, 0)
+    assert "session_reopened" in tap.update_failures  # exposed at 0 before any restart
 
 
 def test_the_final_snapshot_disassociates_everyone_and_stops_the_recording() -> None:
