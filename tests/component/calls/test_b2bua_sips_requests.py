@@ -7,6 +7,7 @@ alice registered over UDP, bob over the stand-in.
 - a REGISTER over UDP binding a ``sips:`` Contact: 480 with 380, nothing bound; over TLS bound;
 - a ``sips:`` MESSAGE over TLS reaches only alice's phone on TLS; with none, 480 with 380;
 - a BLF SUBSCRIBE to ``sips:`` over TLS is answered, and NOTIFYed, with a ``sips:`` Contact;
+- an MWI SUBSCRIBE to ``sips:`` over TLS is not relayed to a voicemail trunk on UDP (480, 380);
 - a ringing secure call picked up from the BLF (INVITE with Replaces): refused to a phone on
   UDP, taken by one on TLS with a ``sips:`` Contact in our 200.
 """
@@ -206,3 +207,41 @@ async def test_a_ringing_secure_call_is_picked_up_from_the_blf_only_over_tls(
     await pickup.request("BYE")
     bye = await carol.next_request("BYE")
     assert bye.source == ("127.0.0.1", 5061)
+
+
+async def test_a_sips_mwi_subscription_is_not_relayed_to_a_voicemail_trunk_without_tls(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        sip={"listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
+        tls_stand_in=True,
+        carrier={"voicemail": True},  # the voicemail trunk, over UDP
+        alice_auto=None,
+    )
+    alice_tls = await tls_phone(env, nursery, ALICE_TLS, "alice", "wonderland-42", voipgw_seed + 6)
+
+    async def subscribe(uri: str) -> int:
+        request = alice_tls.new_request(
+            "SUBSCRIBE",
+            uri,
+            to=alice_tls.aor,
+            extra=[
+                ("Event", "message-summary"),
+                ("Expires", "600"),
+                ("Accept", "application/simple-message-summary"),
+            ],
+        )
+        _, final = await alice_tls.send_authenticated(request)
+        if final.status == 480:
+            assert_sips_not_allowed(final)
+        return final.status
+
+    assert await subscribe("sips:alice@127.0.0.1:5061") == 480
+    assert await next_within(env.trunk, "SUBSCRIBE", 3) is None
+    # With sip: (TLS to us only) it is relayed to the voicemail trunk as ever.
+    with trio.move_on_after(5):
+        await subscribe("sip:alice@127.0.0.1:5061")
+    assert (await env.trunk.next_request("SUBSCRIBE")).request.method == "SUBSCRIBE"
