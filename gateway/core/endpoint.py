@@ -23,7 +23,7 @@ import trio
 from gateway.core.calls.limits import CallRate
 from gateway.core.interfaces import OutboundMessage, RtcpCapture, SipCapture
 from gateway.core.sip import grammar
-from gateway.core.sip.dialog import Dialog
+from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, Dialog, contact_must_be_sips
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
 from gateway.core.sip.events import ALLOW_EVENTS
 from gateway.core.sip.headers import NameAddr, Via
@@ -116,6 +116,9 @@ CLIENT_RESPONSE_QUEUE = 32
 # re-INVITE), ACK, CANCEL and OPTIONS are always served: they end or keep up calls already
 # accepted, or cost less to answer than to refuse.
 SHED_METHODS = frozenset({"INVITE", "REGISTER", "SUBSCRIBE", "MESSAGE"})
+# Requests outside a dialog that the SIPS check of _dispatch leaves alone: INVITE is checked by
+# CallManager.invite (an emergency call goes on); ACK and CANCEL follow their INVITE.
+SIPS_CHECKED_ELSEWHERE = frozenset({"INVITE", "ACK", "CANCEL"})
 # Overload refusals are logged at most this often (s), with the count since the last line.
 OVERLOAD_LOG_INTERVAL = 1.0
 # Requests dropped for a scanner's User-Agent ([sip] drop_user_agents) are logged at most this
@@ -697,6 +700,17 @@ class SipEndpoint:
         ):
             await self.respond(txn, self._refuse_draining(request))
             return
+        uri = request.uri
+        if (
+            type(uri) is SipUri
+            and uri.scheme != "sip"  # one string comparison for every sip: request
+            and uri.secure
+            and not flow.secure
+            and request.method not in SIPS_CHECKED_ELSEWHERE
+            and request.to.tag is None
+        ):
+            await self.respond(txn, self._refuse_sips_over_clear(request, flow))
+            return
         calls = self.calls
         if calls is not None and request.method not in ("REGISTER", "OPTIONS"):
             if request.method == "CANCEL":
@@ -752,6 +766,25 @@ class SipEndpoint:
         restart."""
         self.statistics.rejected_draining += 1
         return self._response(request, 503, "Service Unavailable (shutting down)")
+
+    def _refuse_sips_over_clear(self, request: Request, flow: Flow) -> Response:
+        """A request outside a dialog to a SIPS URI (SUBSCRIBE, MESSAGE, OPTIONS, REFER,
+        REGISTER, ...) that came over a hop without TLS: SIPS asks for TLS on every hop up to
+        the domain's server (RFC 3261 §26.2.2, RFC 5630 §3.1.3), and the hop to us broke that.
+        Answered as the INVITE is (CallManager): 480 with warn-code 380 "SIPS Not Allowed"
+        (RFC 5630 §5.3), before any challenge, relaying or registering."""
+        log.info(
+            "%s from %s over %s refused: SIPS needs TLS on every hop",
+            request.method,
+            flow.remote[0],
+            flow.transport,
+        )
+        return self._response(
+            request,
+            480,
+            "Temporarily Unavailable (SIPS needs TLS on every hop)",
+            extra=[SIPS_NOT_ALLOWED],
+        )
 
     def _precheck(self, request: Request) -> Response | None:
         if request.max_forwards == 0:
@@ -847,13 +880,22 @@ class SipEndpoint:
 
     def our_contact(self, transport: str, *, sips: bool = False) -> NameAddr:
         """Our Contact on ``transport`` (``;transport=`` where it is not UDP); with ``sips``
-        (a TLS leg of a secure dialog, RFC 3261 §8.1.1.8 and §12.1.1) ``sips:`` at our TLS
-        listener, without a transport parameter (RFC 5630 §3.1.3: ``sips`` means TLS over
-        TCP; ``transport=tls`` is deprecated)."""
+        (a TLS or WSS leg of a secure dialog, RFC 3261 §8.1.1.8 and §12.1.1) a ``sips:`` URI:
+        at our TLS listener without a transport parameter (RFC 5630 §3.1.3: ``sips`` means
+        TLS over TCP; ``transport=tls`` is deprecated), at our WSS listener with
+        ``;transport=wss`` (RFC 7118 §5.2.2 and §9.2: a SIPS path may cross a secure
+        WebSocket, and only the parameter says it is one)."""
         uri = self.our_uri(transport, "voipgw")
         if sips:
-            return NameAddr(attrs.evolve(uri, scheme="sips"))
+            uri = attrs.evolve(uri, scheme="sips")
+            return NameAddr(uri.with_param("transport", "wss") if transport == "wss" else uri)
         return NameAddr(uri.with_param("transport", transport) if transport != "udp" else uri)
+
+    def contact_answering(self, request: Request, flow: Flow) -> NameAddr:
+        """Our Contact in a response that makes a dialog with ``request``, which came over
+        ``flow``: ``sips:`` where RFC 3261 §12.1.1 requires it (only over TLS or WSS: a SIPS
+        request over another hop is refused before it gets here)."""
+        return self.our_contact(flow.transport, sips=flow.secure and contact_must_be_sips(request))
 
     def new_via(self, flow: Flow) -> Via:
         """Our Via for a new request over ``flow``: listener address, fresh branch, rport."""

@@ -36,13 +36,14 @@ from urllib.parse import unquote
 
 import attrs
 
+from gateway.core.sip.dialog import SIPS_NOT_ALLOWED
 from gateway.core.sip.errors import LocalSipError, RemoteSipError
 from gateway.core.sip.grammar import parse_uint_untrusted, split_list_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.uri import SipUri, Uri
 from gateway.core.store.interface import Account, Binding, BindingFlow, Store
-from gateway.core.transport.flows import FlowKey, format_address
+from gateway.core.transport.flows import TLS_TRANSPORTS, FlowKey, format_address
 
 MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 §20.19 delta-seconds
 SUPPORTED_EXTENSIONS = frozenset({"path"})  # RFC 3327: the Path vector is stored and echoed
@@ -144,6 +145,7 @@ class _Wanted:
     q: float | None
     instance: str | None
     reg_id: int | None
+    sips: bool = False
 
 
 class Registrar:
@@ -249,6 +251,16 @@ class Registrar:
                     if existing is not None:
                         removed.append(existing)
                     continue
+                if want.sips and flow.transport not in TLS_TRANSPORTS:
+                    # RFC 5630 §3.1.3: a sips: Contact asks for requests to it over TLS on every
+                    # hop, and this REGISTER carried it over a hop without: binding it would
+                    # hold out a promise its own registration broke. Removing one over such a
+                    # hop is let be (nothing is sent to a removed binding).
+                    raise _Refusal(
+                        480,
+                        "Temporarily Unavailable (a sips: Contact needs TLS on every hop)",
+                        (SIPS_NOT_ALLOWED,),
+                    )
                 binding = Binding(
                     aor=aor,
                     key=want.key,
@@ -307,6 +319,9 @@ class Registrar:
                 q=_qvalue(contact.param("q")),
                 instance=instance,
                 reg_id=reg_id,
+                sips=type(contact.uri) is SipUri
+                and contact.uri.scheme != "sip"  # one string comparison for a sip: Contact
+                and contact.uri.secure,
             )
             by_key[want.key] = want  # a later Contact for the same binding wins
             if len(by_key) > self.policy.max_bindings:

@@ -116,7 +116,6 @@ from gateway.core.calls.numbering import read_number
 from gateway.core.calls.pickup import NO_CALL_TO_PICK_UP
 from gateway.core.calls.psap_callback import PRIORITY_VALUE as PSAP_CALLBACK
 from gateway.core.calls.routing import (
-    SIPS_NOT_ALLOWED,
     ContactTarget,
     UnroutableTarget,
     account_number_on_trunk,
@@ -160,6 +159,7 @@ from gateway.core.sdp.offer_answer import answer_with, rejected_media
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import (
+    SIPS_NOT_ALLOWED,
     Dialog,
     DialogState,
     OutOfOrderRequest,
@@ -407,8 +407,8 @@ class Call:
             contact=self.endpoint.our_contact(
                 flow.transport,
                 # RFC 3261 §12.1.1: SIPS Request-URI, top Record-Route or Contact: a sips:
-                # Contact in our answers. Over TLS only; a WSS leg keeps its transport=wss one.
-                sips=flow.secure and flow.transport == "tls" and contact_must_be_sips(invite),
+                # Contact in our answers (over WSS sips:...;transport=wss, RFC 7118 §9.2).
+                sips=flow.secure and contact_must_be_sips(invite),
             ),
             invite=invite,
             transaction=transaction,
@@ -988,7 +988,7 @@ class Call:
         dialed = uri.user if isinstance(uri, SipUri) else None
         # RFC 3261 §8.1.1.8: a SIPS Request-URI (or first Route) needs a SIPS Contact; a secure
         # call's TLS legs get one too, so that the callee's requests come back over TLS.
-        sips = transport == "tls" and (self.secure or is_sips(uri) or _sips_path(target))
+        sips = transport in TLS_TRANSPORTS and (self.secure or is_sips(uri) or _sips_path(target))
         leg = BLeg(
             side=side,
             flow=flow,
@@ -1683,7 +1683,14 @@ class Call:
             flow=flow,
             transport=flow.transport,
             address=flow.remote,
-            contact=self.endpoint.our_contact(flow.transport),
+            # The picker joins the caller's call: of a secure one (or asking with sips:
+            # itself, RFC 3261 §12.1.1) over TLS, as a callee would have been, so our Contact
+            # is sips: for its requests to come back over TLS too (RFC 5630 §3.1.3). A picker
+            # off TLS never gets here for a secure call (CallManager refuses it).
+            contact=self.endpoint.our_contact(
+                flow.transport,
+                sips=flow.secure and (self.secure or contact_must_be_sips(request)),
+            ),
             peer_kind="account",
             peer_name=name,
             shown_as=name or "anonymous",

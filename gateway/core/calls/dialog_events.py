@@ -290,7 +290,9 @@ class DialogEvents:
             to_tag=self.gateway.ids.new_tag(),
             extra=[
                 ("Expires", str(asked)),
-                ("Contact", str(self.endpoint.our_contact(flow.transport))),
+                # sips: where RFC 3261 §12.1.1 wants it (a BLF SUBSCRIBE to sips: over TLS):
+                # the NOTIFYs then go over TLS only (Dialog.secure).
+                ("Contact", str(self.endpoint.contact_answering(request, flow))),
                 # RFC 3261 §12.1.1: the phone's route set is the Record-Route we echo.
                 *[("Record-Route", rr) for rr in request.headers.get_all("Record-Route")],
             ],
@@ -307,7 +309,7 @@ class DialogEvents:
             event=request.headers.get("Event") or DIALOG,
             subscribe=request,
             flow=flow,
-            dialog=Dialog.create_uas(request, response),
+            dialog=Dialog.create_uas(request, response, over_tls=flow.secure),
             state=state,
         )
         if asked == 0:
@@ -471,7 +473,7 @@ class DialogEvents:
         request = watch.dialog.create_request(
             "NOTIFY",
             via=self.endpoint.new_via_for(flow.transport),
-            contact=self.endpoint.our_contact(flow.transport),
+            contact=self.endpoint.our_contact(flow.transport, sips=watch.dialog.secure),
             extra=[("Event", watch.event), ("Subscription-State", state)],
             body=body,
             content_type=CONTENT_TYPE,

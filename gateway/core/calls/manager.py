@@ -32,7 +32,7 @@ from gateway.core.calls.pickup import (
 )
 from gateway.core.calls.psap_callback import PsapCallbacks, marked_as_callback
 from gateway.core.calls.records import CallRecordBook
-from gateway.core.calls.routing import SIPS_NOT_ALLOWED, called_user, dial_string
+from gateway.core.calls.routing import called_user, dial_string
 from gateway.core.devices import narrowed_for_device
 from gateway.core.interfaces import (
     Caller,
@@ -56,6 +56,7 @@ from gateway.core.media.policy import (
 )
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.taps import CallTaps, copy_sip, tapped_media
+from gateway.core.sip.dialog import SIPS_NOT_ALLOWED
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
 from gateway.core.sip.message import Request, Response, make_response

@@ -47,8 +47,10 @@ from gateway.core.calls.routing import (
     UnroutableTarget,
     called_user,
     destination_for,
+    over_tls_only,
 )
 from gateway.core.interfaces import Caller, RouteTarget
+from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, is_sips
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.events import (
     ALLOW_EVENTS,
@@ -213,13 +215,23 @@ class Messages:
             return make_response(request, 500, "Server Internal Error (routing)")
         if decision.reject_status is not None:
             return make_response(request, decision.reject_status, decision.reject_reason)
+        targets, alternates = list(decision.targets), list(decision.alternates)
+        if flow.secure and is_sips(request.uri):
+            # RFC 5630 §3.1.3: a MESSAGE to a SIPS URI travels over TLS on every hop, the last
+            # one to the recipient too: only contacts and trunks reached over TLS or WSS get it
+            # (a sips: MESSAGE over another hop was refused by the endpoint).
+            targets, alternates = list(over_tls_only(targets)), list(over_tls_only(alternates))
+            if not targets and alternates:
+                targets = [alternates.pop(0)]
+            if not targets:
+                reason = "Temporarily Unavailable (no device or trunk reached over TLS for SIPS)"
+                return make_response(request, 480, reason, extra=[SIPS_NOT_ALLOWED])
         made, finals = _usable(
-            functools.partial(self._message_to, request, caller), decision.targets, request
+            functools.partial(self._message_to, request, caller), targets, request
         )
         winner, answered = await self.first_success(made)
         finals += answered
         failover = self.gateway.config.sip.failover_statuses
-        alternates = list(decision.alternates)
         while winner is None and alternates and finals and best_answer(finals)[0] in failover:
             made, refused = _usable(
                 functools.partial(self._message_to, request, caller), alternates[:1], request

@@ -76,9 +76,6 @@ CONNECTION_ONLY_TRANSPORTS = frozenset({"ws", "wss"})
 _VISUAL_SEPARATORS = re.compile(r"[-.()\s]")
 _DIAL_STRING = re.compile(r"\+?[0-9*#]+")
 _SHOWN_MAX = 40
-# RFC 5630 §5.3 and its warn-code 380 (IANA "SIPS Not Allowed"): a SIPS request this gateway
-# cannot put through over TLS on every hop is answered 480 Temporarily Unavailable with it.
-SIPS_NOT_ALLOWED = ("Warning", '380 voipgw "SIPS Not Allowed"')
 
 
 class RoutingError(Exception):

@@ -51,10 +51,17 @@ from gateway.core.calls.routing import (
     UnroutableTarget,
     called_user,
     destination_for,
+    over_tls_only,
     trunk_uri,
 )
 from gateway.core.interfaces import RouteTarget
-from gateway.core.sip.dialog import Dialog, DialogState, require_contact
+from gateway.core.sip.dialog import (
+    SIPS_NOT_ALLOWED,
+    Dialog,
+    DialogState,
+    is_sips,
+    require_contact,
+)
 from gateway.core.sip.errors import LocalSipError, RemoteSipError
 from gateway.core.sip.events import (
     ALLOW_EVENTS,
@@ -248,6 +255,13 @@ class Subscriptions:
             return make_response(
                 request, 404, f"Not Found (no mailbox number on trunk {trunk.name})"
             )
+        if flow.secure and is_sips(request.uri):
+            # RFC 5630 §3.1.3: a SUBSCRIBE to a SIPS URI, and the NOTIFYs its dialog brings,
+            # travel over TLS on every hop: the voicemail trunk's too, or no subscription.
+            voicemail = RouteTarget(trunk_uri(trunk, mailbox), trunk=trunk.name)
+            if not over_tls_only([voicemail]):
+                reason = "Temporarily Unavailable (voicemail not reached over TLS for SIPS)"
+                return make_response(request, 480, reason, extra=[SIPS_NOT_ALLOWED])
         self._replace_same_contact(account, request)
         if len(self._by_trunk) >= MAX_SUBSCRIPTIONS:
             self.refused += 1
@@ -381,12 +395,15 @@ class Subscriptions:
             to_tag=subscription.phone_tag,
             extra=[
                 ("Expires", str(granted)),
-                ("Contact", str(self.endpoint.our_contact(subscription.phone_flow.transport))),
+                # sips: where RFC 3261 §12.1.1 wants it (a SUBSCRIBE to sips: over TLS).
+                ("Contact", str(self.endpoint.contact_answering(request, subscription.phone_flow))),
                 # RFC 3261 §12.1.1: the phone's route set is the Record-Route we echo.
                 *[("Record-Route", rr) for rr in request.headers.get_all("Record-Route")],
             ],
         )
-        subscription.phone_dialog = Dialog.create_uas(request, response)
+        subscription.phone_dialog = Dialog.create_uas(
+            request, response, over_tls=subscription.phone_flow.secure
+        )
         self._timer_changed.set()
         log.info(
             "subscription of %s to message-summary on trunk %s: %d s",
@@ -569,7 +586,7 @@ class Subscriptions:
         request = dialog.create_request(
             "NOTIFY",
             via=self.endpoint.new_via_for(flow.transport),
-            contact=self.endpoint.our_contact(flow.transport),
+            contact=self.endpoint.our_contact(flow.transport, sips=dialog.secure),
             extra=[("Event", subscription.event), ("Subscription-State", state)],
             body=body,
             content_type=content_type if body else None,

@@ -37,6 +37,7 @@ from gateway.core.sip.message import Headers, Request, Response
 from gateway.core.sip.uri import SipUri, Uri, remove_param
 
 __all__ = [
+    "SIPS_NOT_ALLOWED",
     "TARGET_REFRESH_METHODS",
     "Dialog",
     "DialogId",
@@ -447,6 +448,11 @@ def _contact_uri(message: Request | Response) -> Uri | None:
     if not contacts or contacts[0].uri is None:
         return None
     return contacts[0].uri
+
+
+# RFC 5630 §5.3 and its warn-code 380 (IANA "SIPS Not Allowed"): a SIPS request this gateway
+# cannot honour with TLS on every hop is answered 480 Temporarily Unavailable with it.
+SIPS_NOT_ALLOWED = ("Warning", '380 voipgw "SIPS Not Allowed"')
 
 
 def _is_sips(uri: Uri) -> bool:

@@ -226,3 +226,79 @@ async def test_sips_is_refused_without_tls_and_reaches_only_contacts_over_tls(
         assert (await bob.final()).status == 486
         await bob.stream.aclose()
         udp.close()
+
+
+async def test_sips_requests_other_than_invite_need_tls(tmp_path: Path) -> None:
+    """OPTIONS, SUBSCRIBE and MESSAGE to ``sips:`` over UDP and a REGISTER binding a ``sips:``
+    Contact over UDP: 480 with 380. bob's ``sips:`` MESSAGE over TLS: refused for alice (only on
+    UDP, her socket gets nothing), relayed to bob's own TLS contact over his connection."""
+    async with running_gateway(tmp_path) as (udp_port, tls_port):
+        udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await udp.bind((LOOPBACK, 0))
+        alice_port = udp.getsockname()[1]
+
+        async def udp_final(sent: Request) -> Response:
+            await udp.sendto(serialize_message(sent), (LOOPBACK, udp_port))
+            with trio.fail_after(5):
+                while True:
+                    data, _ = await udp.recvfrom(65535)
+                    message = parse_message_untrusted(data)
+                    if isinstance(message, Response) and message.status >= 200:
+                        return message
+
+        contact = f"sip:alice@{LOOPBACK}:{alice_port}"
+        sips_bob = f"sips:bob@{LOOPBACK}:{tls_port}"
+        for n, method in enumerate(("OPTIONS", "SUBSCRIBE", "MESSAGE")):
+            sent = request(method, sips_bob, "alice", "UDP", contact, 1, f"u{n}")
+            assert warning_380(await udp_final(sent)), method  # before any challenge
+        register = request(
+            "REGISTER", f"sip:{LOOPBACK}:{udp_port}", "alice", "UDP", contact, 1, "ra"
+        )
+        assert (await udp_final(register)).status == 401
+        sips_register = request(
+            "REGISTER",
+            f"sip:{LOOPBACK}:{udp_port}",
+            "alice",
+            "UDP",
+            f"sips:alice@{LOOPBACK}:{alice_port}",
+            1,
+            "rs",
+        )
+        challenge = await udp_final(sips_register)
+        assert warning_380(await udp_final(authorized(sips_register, challenge, "alice")))
+        challenge = await udp_final(register)
+        assert (await udp_final(authorized(register, challenge, "alice"))).status == 200
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        tcp = await trio.open_tcp_stream(LOOPBACK, tls_port)
+        bob = TlsPeer(trio.SSLStream(tcp, context, server_hostname=LOOPBACK))
+        bob_contact = f"sip:bob@{LOOPBACK}:5999;transport=tls"
+        register = request(
+            "REGISTER", f"sip:{LOOPBACK}:{tls_port}", "bob", "TLS", bob_contact, 1, "rb"
+        )
+        assert (await bob.exchange(register, "bob")).status == 200
+
+        to_alice = request(
+            "MESSAGE", f"sips:alice@{LOOPBACK}:{tls_port}", "bob", "TLS", bob_contact, 1, "m1"
+        ).with_body(b"for alice", "text/plain")
+        assert warning_380(await bob.exchange(to_alice, "bob"))
+        with trio.move_on_after(0.3):
+            data, _ = await udp.recvfrom(65535)
+            raise AssertionError(f"alice got {data[:40]!r}")
+
+        to_bob = request("MESSAGE", sips_bob, "bob", "TLS", bob_contact, 1, "m2").with_body(
+            b"for bob", "text/plain"
+        )
+        await bob.send(to_bob)
+        challenge = await bob.final()
+        assert challenge.status == 407
+        await bob.send(authorized(to_bob, challenge, "bob"))
+        while not isinstance(relayed := await bob.next_message(), Request):
+            pass
+        assert relayed.method == "MESSAGE" and relayed.body == b"for bob"
+        await bob.send(make_response(relayed, 200, "OK", to_tag="m2ok"))
+        assert (await bob.final()).status == 200
+        await bob.stream.aclose()
+        udp.close()

@@ -501,3 +501,37 @@ def test_policy_validation() -> None:
         RegistrarPolicy(frozenset(), min_expires=100, default_expires=50)
     with pytest.raises(ValueError):
         RegistrarPolicy(frozenset(), max_bindings=0)
+
+
+# -- sips: Contacts (RFC 5630 §3.1.3) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("transport", "status"), [("udp", 480), ("tcp", 480), ("ws", 480), ("tls", 200), ("wss", 200)]
+)
+def test_a_sips_contact_is_bound_only_over_tls_or_wss(
+    registrar: Registrar, store: SqliteStore, transport: str, status: int
+) -> None:
+    flow = FlowKey(transport, ("127.0.0.1", 5061), ("127.0.0.1", 40000))
+    request = register("<sips:alice@192.0.2.1:5061>", "<sip:alice@192.0.2.1:5062>")
+    result = registrar.handle_register(request, account=alice(store), flow=flow, now=NOW)
+    assert result.response.status == status
+    if status == 480:
+        assert result.response.headers.get("Warning") == '380 voipgw "SIPS Not Allowed"'
+        # Nothing bound, not even the request's sip: Contact: the request is refused whole.
+        assert not store.registrations_for(AOR)
+    else:
+        assert set(listed(result)) == {"sips:alice@192.0.2.1:5061", "sip:alice@192.0.2.1:5062"}
+
+
+def test_a_sips_contact_is_removed_over_any_transport(
+    registrar: Registrar, store: SqliteStore
+) -> None:
+    tls = FlowKey("tls", ("127.0.0.1", 5061), ("127.0.0.1", 40000))
+    added = register("<sips:alice@192.0.2.1:5061>")
+    assert registrar.handle_register(added, account=alice(store), flow=tls, now=NOW).added
+    # Removing it over UDP sends nothing to it: not refused.
+    removal = register("<sips:alice@192.0.2.1:5061>;expires=0", cseq=2)
+    result = handle(registrar, store, removal)
+    assert result.response.status == 200
+    assert not store.registrations_for(AOR)
