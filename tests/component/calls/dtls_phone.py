@@ -39,6 +39,16 @@ def dtls_sdp(
     ).encode()
 
 
+def is_client_hello(datagram: bytes) -> bool:
+    """Whether a DTLS datagram starts with a ClientHello: a handshake record (content type 22)
+    of epoch 0 whose first message is of type 1 (RFC 6347 §4.1 and §4.2.2). A new association
+    always begins so; its other flights (and their retransmissions, which may still be queued
+    when a test looks) are not counted."""
+    return (
+        len(datagram) > 13 and datagram[0] == 22 and datagram[3:5] == b"\0\0" and datagram[13] == 1
+    )
+
+
 def wrong_fingerprint() -> str:
     """A well-formed a=fingerprint of another certificate than the phone presents."""
     return "sha-256 " + ":".join(f"{b:02X}" for b in OTHER_ID.digest("sha-256"))
@@ -63,6 +73,7 @@ class Phone:
     failure: str | None = None
     media: list[bytes] = attrs.Factory(list)
     dtls_received: int = 0
+    client_hellos: int = 0  # handshakes begun toward the phone (counts retransmissions too)
     keyed: trio.Event = attrs.Factory(trio.Event)
 
     async def run(self) -> None:
@@ -85,6 +96,7 @@ class Phone:
                 data, _ = await self.sock.recvfrom(2048)
                 if data and self.negotiation.claims_packet(data[0], data):
                     self.dtls_received += 1
+                    self.client_hellos += is_client_hello(data)
                     self.negotiation.receive_packet(data, now=trio.current_time())
                 else:
                     self.media.append(data)

@@ -222,7 +222,10 @@ async def test_re_invites_keep_the_association_or_rekey_with_a_new_tls_id(
         await phone.keyed.wait()
     await eventually(lambda: a_leg_keys(env) is not None)
     first_keys = a_leg_keys(env)
-    handshake_datagrams = phone.dtls_received
+    # Counted in ClientHellos, not datagrams: the gateway's DTLS timers run on the real clock,
+    # so under load a retransmitted last flight of the first handshake can still be queued here.
+    hellos = phone.client_hellos
+    assert hellos >= 1
 
     # Same tls-id and fingerprint (the phone keeps its role): RFC 8842 §5, no new handshake.
     kept = caller.exchange.offer(suites=[], secure_signalling=False, previous=phone.negotiation)
@@ -236,7 +239,7 @@ async def test_re_invites_keep_the_association_or_rekey_with_a_new_tls_id(
     kept.remote_sdp_attributes(pairs(answer, media))
     phone.negotiation = kept
     await trio.sleep(5)
-    assert phone.dtls_received == handshake_datagrams
+    assert phone.client_hellos == hellos
     assert a_leg_keys(env) == first_keys
 
     # A new tls-id (and a=setup:actpass): a new association, a new handshake, new keys.
@@ -253,7 +256,7 @@ async def test_re_invites_keep_the_association_or_rekey_with_a_new_tls_id(
     await eventually(lambda: phone.keys is not None and phone.keys != mirrored(first_keys))
     assert phone.keys is not None
     await eventually(lambda: a_leg_keys(env) == mirrored(phone.keys))
-    assert phone.dtls_received > handshake_datagrams
+    assert phone.client_hellos > hellos
     await trio.sleep(30)
     assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []
 
