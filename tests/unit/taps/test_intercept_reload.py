@@ -94,6 +94,14 @@ def test_a_reload_swaps_every_context_for_new_connections(
 ) -> None:
     tap = running_tap(load(live, tmp_path))
     before = in_use(tap)
+    # From start-up on, each connection takes the context read with the others (the reports
+    # too: not one read separately), which is what loaded_certificates() describes.
+    assert before == (
+        tap.contexts.x1,
+        tap.contexts.delivery,
+        tap.contexts.delivery,
+        tap.contexts.report,
+    )
     x1_b, delivery_b = ca.issue("x1-b"), ca.issue("delivery-b")
     install(x1_b, live, "x1")
     install(delivery_b, live, "delivery")

@@ -360,10 +360,13 @@ class Interception:
             ne_fault=self.ne_fault,
         )
         self.reports: Reporter | None = None
-        if config.report_url:
+        if self.contexts.report is not None:  # None: no report_url
+            # The context read with the others (not the files read once more): what
+            # loaded_certificates() describes is what the reports present, and a reload
+            # swaps it with the X1 server's (report_* default to the x1_* files).
             self.reports = Reporter(
                 config.report_endpoint,
-                config.report_ssl_context(),
+                self.contexts.report,
                 admf_identifier=config.report_admf,
                 ne_identifier=config.ne_identifier,
                 interval=config.report_interval,
