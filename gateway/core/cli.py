@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate FILE and the plugin tables it enables without opening a socket.",
     )
     check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--intercept",
+        action="store_true",
+        help="also report the validity of the [plugins.intercept] certificates (for those "
+        "cleared for lawful interception; without it nothing is said of them)",
+    )
 
     sub.add_parser(
         "metrics-password",
@@ -311,6 +317,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     Gateway(config, plugins).check()
     for warning in config_mod.did_warnings(config):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
+    if args.intercept:
+        # Only on request: the interception's certificates are not in the metrics or the
+        # core's log lines either (docs/lawful_intercept.md, "Keeping it covert").
+        tap = plugins.media_taps.get("intercept")
+        report = getattr(tap, "certificate_report", None)
+        if report is None:
+            print(
+                f"{args.file}: --intercept: the configuration does not enable the intercept plugin",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        for warn, line in report(now=time.time()):
+            if warn:
+                print(f"{args.file}: warning: {line}", file=sys.stderr)
+            else:
+                print(f"{args.file}: {line}")
     print(f"{args.file}: OK ({len(plugins.names)} plugins: {', '.join(plugins.names)})")
     return EXIT_OK
 

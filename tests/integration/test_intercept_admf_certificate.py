@@ -3,9 +3,10 @@ taken only when its ``admfIdentifier`` is the ADMF whose client certificate the 
 presented, in a real ``voipgw run`` on 127.0.0.1 (the client of
 test_intercept_certificate_sighup: Python's ssl with each ADMF's certificate from one LI CA).
 
-ADMF 1 pings as itself (answered); ADMF 2, certified by the same CA, pings as ADMF 1 (1030)
-and as an ADMF nobody configured (1040); the plugin's own logger says which certificate was
-refused, no other logger does (the test's name has no "admf": its path is in log lines).
+ADMF 1 pings as itself (answered); ADMF 2, certified by the same CA, pings as ADMF 1 (1030),
+as an ADMF nobody configured (1040), and as ADMF 1 to another NE (1060, checked first); the
+plugin's own logger says which certificate was refused, no other logger does (the test's name
+has no "admf": its path is in log lines).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def test_a_request_is_taken_only_for_the_identifier_of_its_client_certificate(
         assert answered(x1_ping(pki, running.x1, client="admf-2")[1]) == ("ErrorResponse", "1030")
         unknown = x1_ping(pki, running.x1, admf="admf-9", client="admf-2")[1]
         assert answered(unknown) == ("ErrorResponse", "1040")
+        # For another NE: 1060, checked before the ADMF and its certificate (no 1030 logged
+        # for it below), and never 1050 (x1.py: that is the ADMF's code for our reports).
+        elsewhere = x1_ping(pki, running.x1, client="admf-2", ne="gw-other")[1]
+        assert answered(elsewhere) == ("ErrorResponse", "1060")
+        assert "<neIdentifier>gw-int</neIdentifier>" in elsewhere  # answered under our name
         log = running.text()
 
     plugin = set(log.splitlines()) - set(ordinary(log))  # the plugin's loggers' lines

@@ -138,11 +138,11 @@ def admf_context(pki: Pki, client: str = "admf-1") -> ssl.SSLContext:
     return context
 
 
-def ping_document(admf: str = "admf-1") -> bytes:
+def ping_document(admf: str = "admf-1", ne: str = "gw-int") -> bytes:
     return (
         f'<X1Request xmlns="{NS}" xmlns:c="{COMMON}" xmlns:xsi="{XSI}">'
         f'<x1RequestMessage xsi:type="PingRequest"><admfIdentifier>{admf}</admfIdentifier>'
-        "<neIdentifier>gw-int</neIdentifier>"
+        f"<neIdentifier>{ne}</neIdentifier>"
         "<messageTimestamp>2026-11-30T00:00:00.000000Z</messageTimestamp>"
         f"<version>v1.23.1</version><x1TransactionId>{uuid.uuid4()}</x1TransactionId>"
         "</x1RequestMessage></X1Request>"
@@ -150,11 +150,11 @@ def ping_document(admf: str = "admf-1") -> bytes:
 
 
 def x1_ping(
-    pki: Pki, port: int, *, admf: str = "admf-1", client: str = "admf-1"
+    pki: Pki, port: int, *, admf: str = "admf-1", client: str = "admf-1", ne: str = "gw-int"
 ) -> tuple[str, str]:
     """A new X1 connection with ``client``'s certificate: the SHA-256 fingerprint of the
-    certificate it got, and the answer to a Ping for ``admf`` sent over it."""
-    body = ping_document(admf)
+    certificate it got, and the answer to a Ping for ``admf`` to NE ``ne`` sent over it."""
+    body = ping_document(admf, ne)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as tcp,
         admf_context(pki, client).wrap_socket(tcp, server_hostname="127.0.0.1") as tls,

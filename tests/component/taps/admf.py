@@ -40,6 +40,7 @@ class FakeAdmf:
     port: int = 0
     reports: list[Report] = attrs.field(factory=list)
     refuse: bool = False
+    error_code: int = 1080  # what a refusal answers
     peer_certificates: list[dict[str, object]] = attrs.field(factory=list)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
@@ -117,7 +118,7 @@ class FakeAdmf:
             inner = (
                 f'<x1ResponseMessage xsi:type="ErrorResponse">{header}'
                 f"<requestMessageType>{kind.removesuffix('Request')}</requestMessageType>"
-                "<errorInformation><errorCode>1080</errorCode>"
+                f"<errorInformation><errorCode>{self.error_code}</errorCode>"
                 "<errorDescription>not now</errorDescription></errorInformation>"
                 "</x1ResponseMessage>"
             )

@@ -110,17 +110,19 @@ async def start_tap(
 ) -> Interception:
     ca, gateway, _ = pki
     config = InterceptConfig(
-        x1_listen="127.0.0.1:0",
-        x1_certificate=str(gateway.certificate),
-        x1_private_key=str(gateway.key),
-        x1_ca=str(ca.certificate),
-        ne_identifier="gw-test",
-        delivery_tls=False,
-        keepalive_interval=600.0,
-        report_url=f"https://127.0.0.1:{admf_port}/X1",
-        report_admf_identifier="admf-1",
-        state_dir=str(tmp_path / "state"),
-        **table,
+        **{
+            "x1_listen": "127.0.0.1:0",
+            "x1_certificate": str(gateway.certificate),
+            "x1_private_key": str(gateway.key),
+            "x1_ca": str(ca.certificate),
+            "ne_identifier": "gw-test",
+            "delivery_tls": False,
+            "keepalive_interval": 600.0,
+            "report_url": f"https://127.0.0.1:{admf_port}/X1",
+            "report_admf_identifier": "admf-1",
+            "state_dir": str(tmp_path / "state"),
+            **table,  # replaces any of these
+        }
     )
     tap = Interception(config, provisioning=Provisioning(None))
     await nursery.start(tap.run)
@@ -266,6 +268,31 @@ async def test_a_report_the_admf_refuses_is_logged_on_the_plugins_logger_and_not
         for r in caplog.records
         if not r.name.startswith("gateway.plugins.taps.intercept") and "report" in r.getMessage()
     ]
+
+
+async def test_an_admf_that_does_not_take_our_ne_identifier_is_told_apart_in_the_log(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ADMF that binds another NE identifier to our client certificate (TS 103 221-1
+    §8.2.4) answers every report 1050: the plugin's log line says which keys to compare."""
+    caplog.set_level(logging.DEBUG)
+    admf = FakeAdmf(admf_context(pki), refuse=True, error_code=1050)
+    await nursery.start(admf.serve)
+    tap = await start_tap(nursery, tmp_path, pki, admf.port, ne_identifier="gw-renamed")
+    await until(lambda: tap.reports is not None and tap.reports.refused == 1)
+    (report,) = admf.reports
+    assert report.fields["neIdentifier"] == "gw-renamed"  # who the certificate is not
+    (refusal,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert refusal.name == "gateway.plugins.taps.intercept.reports"
+    assert refusal.getMessage().startswith(
+        "intercept: the ADMF refused a ReportNEIssue: 1050 'not now' (the ADMF does not take "
+        "our neIdentifier 'gw-renamed' from this client: compare [plugins.intercept] "
+        "ne_identifier with the NE identifier the ADMF has for report_certificate"
+    )
 
 
 async def test_an_admf_whose_certificate_our_ca_did_not_issue_gets_no_report(

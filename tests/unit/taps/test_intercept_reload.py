@@ -1,6 +1,7 @@
 """The ``intercept`` tap's certificates on SIGHUP (``Interception.reload_certificates``): the
 X1 server's, the delivery links' and the reports' contexts are swapped all together or not at
-all, and the core's reload (gateway/core/reload.py) neither counts nor names the tap."""
+all, and the core's reload (gateway/core/reload.py) neither counts nor names the tap. Also what
+``voipgw check-config --intercept`` says of them (``Interception.certificate_report``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 import gateway.plugins.taps.intercept as intercept_plugin
 from gateway.core.config import from_mapping
@@ -20,6 +22,7 @@ from gateway.core.reload import CertificateReloads
 from gateway.plugins.taps.intercept.delivery import DeliveryLink
 from gateway.plugins.taps.intercept.tasks import Destination
 from gateway.plugins.taps.intercept.x1_server import X1Server
+from gateway.plugins.transports.certificates import _utc
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 
 
@@ -94,6 +97,14 @@ def test_a_reload_swaps_every_context_for_new_connections(
 ) -> None:
     tap = running_tap(load(live, tmp_path))
     before = in_use(tap)
+    # From start-up on, each connection takes the context read with the others (the reports
+    # too: not one read separately), which is what loaded_certificates() describes.
+    assert before == (
+        tap.contexts.x1,
+        tap.contexts.delivery,
+        tap.contexts.delivery,
+        tap.contexts.report,
+    )
     x1_b, delivery_b = ca.issue("x1-b"), ca.issue("delivery-b")
     install(x1_b, live, "x1")
     install(delivery_b, live, "delivery")
@@ -252,3 +263,51 @@ def test_start_up_with_valid_certificates_says_nothing_of_them(
     tap = running_tap(load(live, tmp_path))
     tap._report_invalid_certificates()
     assert tap.contexts.invalid == () and caplog.records == []
+
+
+def test_check_config_intercept_says_each_certificates_validity_and_warns_of_the_end(
+    live: Path, tmp_path: Path, ca: TestCa
+) -> None:
+    """``voipgw check-config --intercept`` (``Interception.certificate_report``): one line per
+    file the table names, with its keys; a warning for one out of its validity period or
+    expiring within 30 days, none for one valid longer."""
+    now = datetime.datetime.now(datetime.UTC)
+    expired = ca.issue("x1-old", days=5, not_before=now - datetime.timedelta(days=10))
+    install(expired, live, "x1")
+    soon = ca.issue("delivery-soon", days=20, not_before=now - datetime.timedelta(days=1))
+    install(soon, live, "delivery")
+    tap = running_tap(load(live, tmp_path))
+    at = now.timestamp()
+
+    (x1, delivery) = tap.certificate_report(now=at)
+
+    assert x1[0] is True
+    assert x1[1].startswith(
+        f"[plugins.intercept] x1_certificate, report_certificate: {live / 'x1.crt'}: the "
+        "certificate expired on "
+    )
+    assert x1[1].endswith(f"(subject {expired.subject}): renew it, then SIGHUP")
+    assert delivery == (
+        True,
+        f"[plugins.intercept] delivery_certificate: {live / 'delivery.crt'}: expires on "
+        f"{not_after(soon)}, in 19 day(s) (subject {soon.subject}): "
+        "renew it, then SIGHUP",
+    )
+    # 19 days left: no warning with a shorter notice; and none once renewed for longer.
+    assert tap.certificate_report(now=at, within=18 * 86_400)[1][0] is False
+    renewed = ca.issue("x1-renewed", days=200)
+    install(renewed, live, "x1")
+    tap.reload_certificates()
+    (x1, _) = tap.certificate_report(now=at)
+    assert x1 == (
+        False,
+        f"[plugins.intercept] x1_certificate, report_certificate: {live / 'x1.crt'}: valid "
+        f"until {not_after(renewed)}, 200 days left (subject "
+        f"{renewed.subject})",
+    )
+
+
+def not_after(issued: Issued) -> str:
+    """When ``issued``'s certificate expires, as the lines say it."""
+    certificate = x509.load_pem_x509_certificate(issued.certificate.read_bytes())
+    return _utc(certificate.not_valid_after_utc.timestamp())

@@ -16,6 +16,7 @@ from gateway.plugins.taps.intercept.reports import (
     destination_issue,
     ne_issue,
     read_answer_untrusted,
+    refusal,
     task_issue,
 )
 from tests.unit.taps.x1_structure import check
@@ -180,6 +181,39 @@ def test_a_refusal_is_an_answer_that_is_not_ok(body: bytes, description: str) ->
     check(body)  # what a conformant ADMF answers
     result = read_answer_untrusted(body, "ReportDestinationIssue", TXN)
     assert not result.ok and description in result.description
+
+
+def refused_with(code: str) -> bytes:
+    return answer(
+        response(
+            "ErrorResponse",
+            "<requestMessageType>ReportNEIssue</requestMessageType>"
+            f"<errorInformation><errorCode>{code}</errorCode>"
+            "<errorDescription>no</errorDescription></errorInformation>",
+        )
+    )
+
+
+@pytest.mark.parametrize("code", ["1050", "1060"])
+def test_an_admf_that_does_not_take_our_ne_identifier_says_which_keys_to_compare(
+    code: str,
+) -> None:
+    """1050 (the NE identifier is not the one the ADMF binds to our client certificate) and
+    1060 (an NE it does not know): every report would be refused alike."""
+    result = read_answer_untrusted(refused_with(code), "ReportNEIssue", TXN)
+    assert not result.ok and result.code == int(code)
+    line = refusal(result, "ReportNEIssue", "gw-1")
+    assert line.startswith(f"intercept: the ADMF refused a ReportNEIssue: {code} 'no' (")
+    assert "neIdentifier 'gw-1'" in line and "ne_identifier" in line
+    assert "report_certificate" in line
+
+
+@pytest.mark.parametrize("code", ["1030", "2040", "x", "99999999999"])
+def test_other_refusals_are_logged_as_the_admf_gave_them(code: str) -> None:
+    result = read_answer_untrusted(refused_with(code), "ReportNEIssue", TXN)
+    assert result.code == (int(code) if code.isdigit() and len(code) < 10 else None)
+    line = refusal(result, "ReportNEIssue", "gw-1")
+    assert line == f"intercept: the ADMF refused a ReportNEIssue: {code} 'no'"
 
 
 @pytest.mark.parametrize(

@@ -525,6 +525,36 @@ def test_with_certificates_an_admf_without_one_is_unknown_and_without_them_any_i
     assert response_type(ping) == "PingResponse"
 
 
+def test_a_message_is_checked_header_first_then_whom_it_is_for_then_its_type() -> None:
+    """The order x1.py documents: the header (1010), then whom the message is for: another
+    NE (1060), an ADMF not taken (1040), an ADMF its certificate does not name (1030); then its
+    type (1080), then its body. Each message below fails every check from its code on, and is
+    answered with the first; none changes anything."""
+    x1 = handler(admf_identifiers=("admf-1", "admf-2"), admf_certificates=CERTIFICATES)
+    bad_body = destination(port=1)  # 1010 of the body, last
+    late = ".000000Z"
+    cases = [
+        (message("CreateDestinationRequest", bad_body, ne="gw-2", admf="x"), late, "1010"),
+        (message("CreateDestinationRequest", bad_body, ne="gw-2", admf="x"), "", "1060"),
+        (message("CreateObjectRequest", bad_body, ne="gw-2", admf="admf-2"), "", "1060"),
+        (message("CreateObjectRequest", bad_body, admf="intruder"), "", "1040"),
+        (message("CreateObjectRequest", bad_body, admf="admf-2"), "", "1030"),
+        (message("CreateObjectRequest", bad_body), "", "1080"),
+        (message("CreateDestinationRequest", bad_body), "", "1010"),
+    ]
+    for request, broken, code in cases:
+        if broken:
+            request = request.replace(broken, "Z")  # a timestamp without microseconds
+        (refused,) = responses(x1.handle(document(request, valid=False), client="CN=admf-1,O=LI"))
+        assert response_type(refused) == "ErrorResponse"
+        assert text(refused, "errorInformation/errorCode") == code, request
+        # Our answer names us, whichever NE the request named.
+        assert text(refused, "neIdentifier") == "gw-1"
+    assert x1.provisioning.destinations == {} and x1.changes == 0
+    last = text(refused, "errorInformation/errorDescription")
+    assert "TCPPort between 2 and 65535" in last  # the body was read only then
+
+
 def test_a_top_level_error_names_the_admf_of_the_connections_certificate() -> None:
     """A document too broken to name its ADMF is answered to the ADMF whose certificate the
     connection has (TS 103 221-1: the requester's identifier from its X.509 certificate)."""

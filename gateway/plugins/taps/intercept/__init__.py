@@ -76,6 +76,7 @@ from gateway.plugins.taps.intercept.x1 import X1Handler
 from gateway.plugins.taps.intercept.x1_server import X1Server
 from gateway.plugins.transports.certificates import (
     CertificateError,
+    _utc,
     loaded_certificate,
     validity_problem,
 )
@@ -89,6 +90,9 @@ log = logging.getLogger(__name__)
 DIRECTORY = "intercept"
 STATE_FILE = "tasks.sqlite"
 MAX_PENDING_REGISTRATIONS = 10_000  # REGISTER transactions of targets awaiting their answer
+# check-config --intercept warns of a certificate expiring within this (seconds): time to have
+# one issued by the LI PKI and to find someone cleared to install it.
+EXPIRY_WARNING = 30 * 86_400
 _CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 
 
@@ -104,6 +108,8 @@ class Contexts:
     # them; start-up runs with them and says so (docs/lawful_intercept.md, "A certificate
     # out of its validity period at start-up").
     invalid: tuple[str, ...] = ()
+    # The keys naming each of ``loaded``, in its order ("x1_certificate, report_certificate").
+    keys: tuple[str, ...] = ()
 
 
 def _admf_certificates(mapping: Mapping[str, str]) -> Mapping[str, str]:
@@ -233,6 +239,7 @@ class InterceptConfig:
         built: dict[str, ssl.SSLContext | None] = {}
         loaded: dict[str, LoadedCertificate] = {}  # by file: report_* default to x1_*'s
         invalid: dict[str, tuple[list[str], str]] = {}  # by file: the keys naming it, why
+        keys: dict[str, list[str]] = {}  # by file: the keys naming it
         for certificate, private_key, ca, load in groups:
             for key in (certificate, private_key, ca):
                 if not Path(self._file(key)).is_file():
@@ -248,12 +255,14 @@ class InterceptConfig:
             if problem is not None:
                 invalid.setdefault(leaf.path, ([], problem))[0].append(certificate)
             loaded.setdefault(leaf.path, leaf)
+            keys.setdefault(leaf.path, []).append(certificate)
         return Contexts(
             x1=built["x1_certificate"],  # type: ignore[arg-type]  # never None
             delivery=built.get("delivery_certificate"),
             report=built.get("report_certificate"),
             loaded=tuple(loaded.values()),
-            invalid=tuple(f"{', '.join(keys)}: {problem}" for keys, problem in invalid.values()),
+            invalid=tuple(f"{', '.join(names)}: {why}" for names, why in invalid.values()),
+            keys=tuple(", ".join(names) for names in keys.values()),
         )
 
     @property
@@ -360,10 +369,13 @@ class Interception:
             ne_fault=self.ne_fault,
         )
         self.reports: Reporter | None = None
-        if config.report_url:
+        if self.contexts.report is not None:  # None: no report_url
+            # The context read with the others (not the files read once more): what
+            # loaded_certificates() describes is what the reports present, and a reload
+            # swaps it with the X1 server's (report_* default to the x1_* files).
             self.reports = Reporter(
                 config.report_endpoint,
-                config.report_ssl_context(),
+                self.contexts.report,
                 admf_identifier=config.report_admf,
                 ne_identifier=config.ne_identifier,
                 interval=config.report_interval,
@@ -523,6 +535,37 @@ class Interception:
                 "the file and send SIGHUP",
                 problem,
             )
+
+    def certificate_report(
+        self, *, now: float, within: float = EXPIRY_WARNING
+    ) -> list[tuple[bool, str]]:
+        """``voipgw check-config --intercept``: one line per certificate file the table names
+        (keys, file, until when, subject), each with whether it is a warning: out of its
+        validity period, or expiring within ``within`` seconds. Only asked for explicitly
+        (docs/lawful_intercept.md, "Checking the certificates"): a plain check-config says
+        nothing of them, as the metrics and the core's log lines do not."""
+        lines: list[tuple[bool, str]] = []
+        for keys, certificate in zip(self.contexts.keys, self.contexts.loaded, strict=True):
+            problem = validity_problem(certificate, now=now)
+            until = _utc(certificate.not_after)
+            days = (certificate.not_after - now) / 86_400
+            if problem is not None:
+                # Start-up runs with it (its peers refuse it); a reload refuses it.
+                text, warn = f"{problem}: renew it, then SIGHUP", True
+            elif days * 86_400 < within:
+                text = (
+                    f"{certificate.path}: expires on {until}, in {days:.0f} day(s) (subject "
+                    f"{certificate.subject}): renew it, then SIGHUP"
+                )
+                warn = True
+            else:
+                text = (
+                    f"{certificate.path}: valid until {until}, {days:.0f} days left (subject "
+                    f"{certificate.subject})"
+                )
+                warn = False
+            lines.append((warn, f"[plugins.intercept] {keys}: {text}"))
+        return lines
 
     def loaded_certificates(self) -> tuple[LoadedCertificate, ...]:
         """The certificates new X1, delivery and report connections present now."""

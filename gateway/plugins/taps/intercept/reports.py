@@ -63,8 +63,10 @@ import trio
 
 from gateway.plugins.taps.intercept.x1 import (
     MAX_DOCUMENT,
+    NE_NOT_CERTIFICATE,
     NON_TERMINATING_FAULT,
     SYNTAX_SCHEMA_ERROR,
+    UNEXPECTED_NE,
     VERSION,
     X1_NAMESPACE,
     XSI_NAMESPACE,
@@ -174,10 +176,27 @@ def ne_issue(header: Header, issue_type: str, description: str) -> bytes:
 
 @attrs.frozen
 class Answer:
-    """What the ADMF said to one report: ``ok``, or why not (``description``)."""
+    """What the ADMF said to one report: ``ok``, or why not (``description``; ``code``: the
+    ErrorResponse's errorCode, None for any other refusal)."""
 
     ok: bool
     description: str
+    code: int | None = None
+
+
+def refusal(answer: Answer, kind: str, ne_identifier: str) -> str:
+    """The log line of a report the ADMF refused. An ADMF that does not take our
+    ``neIdentifier`` (1050: not the identity it binds to our client certificate, TS 103 221-1
+    §8.2.4; 1060: not an NE it knows) refuses every report alike: say which keys to compare."""
+    line = f"intercept: the ADMF refused a {kind}: {answer.description}"
+    if answer.code in (NE_NOT_CERTIFICATE, UNEXPECTED_NE):
+        line += (
+            f" (the ADMF does not take our neIdentifier {ne_identifier!r} from this client: "
+            "compare [plugins.intercept] ne_identifier with the NE identifier the ADMF has for "
+            "report_certificate, x1_certificate unless set; every report is refused until they "
+            "agree)"
+        )
+    return line
 
 
 def read_answer_untrusted(body: bytes, kind: str, transaction: uuid.UUID) -> Answer:
@@ -203,7 +222,10 @@ def read_answer_untrusted(body: bytes, kind: str, transaction: uuid.UUID) -> Ans
         return Answer(False, f"answers transaction {answered[:40]!r}, not {transaction}")
     response_type = _message_type(message)
     if response_type == "ErrorResponse":
-        return Answer(False, _error_text(message))
+        information = _child(message, "errorInformation")
+        code = _text(information, "errorCode", required=False) if information is not None else ""
+        number = int(code) if code.isascii() and code.isdigit() and len(code) <= 9 else None
+        return Answer(False, _error_text(message), number)
     ok = _text(message, "oK", required=False)
     if response_type != f"{kind}Response" or ok not in ("AcknowledgedAndCompleted", "Acknowledged"):
         return Answer(False, f"unexpected answer {response_type[:40]!r} ({ok[:40]!r})")
@@ -363,7 +385,7 @@ class Reporter:
                 log.debug("intercept: the ADMF acknowledged a %s", kind)
             else:
                 self.refused += 1
-                log.warning("intercept: the ADMF refused a %s: %s", kind, answer.description)
+                log.warning("%s", refusal(answer, kind, self._ne_identifier))
             done(trio.current_time())  # refused too: the same document would be refused again
 
     def _refresh(self) -> None:

@@ -41,7 +41,9 @@ Error codes (``errorCode``) are those of TS 103 221-1 table 6.7-3, as three inde
 implementations transcribe it alike (sipgate/li-lib-x1x2x3 in Java, omec-project/li in Go, and
 a Rust POI's), the most specific one that applies: 1010 a value the schema does not allow,
 1030 an ADMF identifier that is not the one of the connection's client certificate
-(``admf_certificates``), 1040 an ADMF not listed, 1060 another NE's message, 1080 a request
+(``admf_certificates``), 1040 an ADMF not listed, 1060 a message for another NE (its
+``neIdentifier`` is not our ``ne_identifier``; never 1050, which is the ADMF's code for an NE
+whose own identifier its certificate does not bind: :data:`NE_NOT_CERTIFICATE`), 1080 a request
 type we do not support, 2010/2020 an XID that exists already / does not exist, 2030/2040 the
 same for a DID, 3010 a target identifier type we cannot match on, 3050 service types without
 voice, 6020 a delivery address that is not an IP address and TCP port, 7010/8010 destinations
@@ -108,7 +110,13 @@ GENERIC_ERROR = 1000
 SYNTAX_SCHEMA_ERROR = 1010
 ADMF_NOT_CERTIFICATE = 1030  # "ADMF identifier does not match certificate"
 UNEXPECTED_ADMF = 1040
-UNEXPECTED_NE = 1060
+# 1050: by the table's pattern "NE identifier does not match certificate" (the text was not
+# readable; 1030's wording is confirmed, 1050's is inferred). It is the ADMF's answer to a
+# message whose neIdentifier the NE asserts (a report from us, §6.5) and that the NE's
+# client certificate does not bind (§8.2.4). A request *to* an NE names whom it is for, not
+# who sent it: one for another NE is 1060, whatever our certificate says.
+NE_NOT_CERTIFICATE = 1050
+UNEXPECTED_NE = 1060  # "Unexpected NE identifier": a message addressed to another NE
 UNSUPPORTED_REQUEST = 1080
 UNSUPPORTED_TARGET_TYPE = 3010
 UNSUPPORTED_SERVICE_TYPE = 3050
