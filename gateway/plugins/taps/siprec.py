@@ -652,7 +652,9 @@ class SiprecSink:
                 if timer is None or now < timer.due:
                     continue
                 if not timer.we_refresh or now >= timer.expires_at:
-                    why = "did not refresh" if not timer.we_refresh else "took no refresh"
+                    why = (
+                        "did not refresh" if not timer.we_refresh else "took none of our refreshes"
+                    )
                     session = await self._lost(session, streams, sockets, nursery, why)
                     glare_retries = retries = 0
                     continue
@@ -741,10 +743,10 @@ class SiprecSink:
         (its answer not awaited: the SRS is most likely not there) and open a new one for the
         rest of the call, as after a 481 (:meth:`_reopen`)."""
         log.warning(
-            "SIPREC: call %s: the SRS %s of recording session %s; opening a new one",
+            "SIPREC: call %s: recording session %s: the SRS %s; opening a new one",
             self.call.call_id,
-            why,
             session.call_id,
+            why,
         )
         nursery.start_soon(session.close)
         return await self._reopen(streams, sockets)

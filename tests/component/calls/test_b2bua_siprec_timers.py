@@ -7,8 +7,9 @@ virtual time (``session_expires = 90``, RFC 4028's least: a real-time test would
   refresh (a re-INVITE, for an SRS without UPDATE) is BYEd and the rest of the call goes in a
   new recording session;
 - a 422 is answered by asking again at its Min-SE;
-- an SRS that refreshes itself is answered 200 (its UPDATE, and its re-INVITE with our SDP),
-  and when it stops, the session is BYEd at the expiry less a third and opened anew;
+- an SRS that refreshes itself is answered 200 (its UPDATE, and its re-INVITE with our SDP,
+  that 200 re-sent until its ACK), and when it stops, the session is BYEd at the expiry less a
+  third and opened anew; its re-INVITE while ours is out gets 491;
 - an update the SRS leaves at 100 Trying is CANCELled after UPDATE_TIMEOUT, and the 2xx that
   crosses the CANCEL is ACKed;
 - a new recording session still pending when the call ends is CANCELled, one answered then is
@@ -17,9 +18,11 @@ virtual time (``session_expires = 90``, RFC 4028's least: a real-time test would
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -78,8 +81,13 @@ async def test_the_recording_invite_offers_a_timer_and_we_refresh_with_update(
 
 
 async def test_an_srs_that_stops_answering_the_refresh_is_replaced_by_a_new_session(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.plugins.taps.siprec")
     env, srs, call = await timed_env(nursery, tmp_path, voipgw_seed)
     recording = await srs.next_call()
     await take(srs, recording, ("Session-Expires", "90;refresher=uac"), WITHOUT_UPDATE)
@@ -105,6 +113,7 @@ async def test_an_srs_that_stops_answering_the_refresh_is_replaced_by_a_new_sess
     await call.bye()  # type: ignore[attr-defined]
     snapshot = await srs.next_request("INVITE", timeout=10)
     assert snapshot.request.call_id == again.invite.call_id
+    assert "the SRS did not answer a session refresh (no answer)" in caplog.text
 
 
 async def test_a_422_is_asked_again_at_its_min_se(
@@ -240,3 +249,21 @@ async def test_a_new_session_answered_as_the_call_ends_is_acked_and_ended(
     assert bye.request.call_id == late.invite.call_id
     assert srs.awaiting_ack == []
     await eventually(lambda: env.calls == 0)
+
+
+async def test_an_srs_re_invite_crossing_ours_is_answered_491(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs, call = await timed_env(nursery, tmp_path, voipgw_seed)
+    recording = await srs.next_call()
+    await take(srs, recording, ("Session-Expires", "90;refresher=uas"), WITH_UPDATE)
+    assert (await call.reinvite(HELD)).status == 200  # type: ignore[attr-defined]
+    ours = await srs.next_request("INVITE", timeout=10)  # left pending while the SRS refreshes
+    exchange = await recording.request("INVITE", body=srs_answer(), content_type="application/sdp")
+    assert (await exchange.final()).status == 491  # RFC 3261 §14.2: our offer is out
+    refresh = await recording.request("UPDATE", extra=[("Session-Expires", "90;refresher=uac")])
+    assert (await refresh.final()).status == 200  # a refresh without an offer still passes
+    await srs.respond(ours, 200, body=srs_answer(), content_type="application/sdp")
+    await srs.next_request("ACK", timeout=5)
+    assert env.calls == 1
+    await call.bye()  # type: ignore[attr-defined]
