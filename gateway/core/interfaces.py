@@ -19,6 +19,7 @@ from gateway.core.transport.flows import Address, Flow, FlowTable
 
 if TYPE_CHECKING:
     from gateway.core.sip.message import Request
+    from gateway.core.sip.session_timer import LegTimer
 
 # --------------------------------------------------------------------------------------------
 # Signalling transports (udp, tcp, tls)
@@ -250,17 +251,32 @@ class OutboundSession(Protocol):
     longer knows the dialog, RFC 5057 §5.1)."""
     retry_after: int | None
     """The Retry-After (seconds) of the far end's last refusal of a re-INVITE, if any."""
+    timer: LegTimer | None
+    """The session timer in force (RFC 4028), None without one: ``due`` says when the plugin
+    must act, ``we_refresh`` whether that is a refresh (:meth:`refresh` or :meth:`update`) or,
+    the far end having failed to refresh, the session's end (§10). The core keeps it from each
+    2xx and from the far end's own refreshes, which it answers."""
+    allows_update: bool
+    """The far end allows UPDATE (RFC 3311): :meth:`refresh` may be used."""
 
     @property
     def call_id(self) -> str:
         """The Call-ID of the session's dialog (for logs: which recording session)."""
 
     async def update(
-        self, body: bytes, content_type: str, *, secure_only: bool = False
+        self, body: bytes, content_type: str, *, secure_only: bool = False, sdp: bytes = b""
     ) -> int | None:
         """A re-INVITE with a new offer: the far end's final status (its 2xx ACKed, its answer
         then in ``answer_body`` and ``answer_type``), None when the session is over or the
-        request could not be sent (``secure_only``, for a body with keys: not over TLS)."""
+        request could not be sent (``secure_only``, for a body with keys: not over TLS).
+        ``sdp``: the offer's SDP, what the far end's own re-INVITE is answered with once this
+        offer is taken. It refreshes the session timer; a 422 is asked again at its Min-SE.
+        Cancelled while waiting, the core CANCELs it after a provisional response and ACKs a
+        2xx that comes later (RFC 3261 §9.1, §13.2.2.4)."""
+
+    async def refresh(self) -> int | None:
+        """A session refresh without an offer: UPDATE without a body (RFC 4028 §10, RFC 3311),
+        for a far end that ``allows_update``; the final status or None as :meth:`update`."""
 
     async def close(self) -> None:
         """End the session (BYE) unless the far end did."""
@@ -279,10 +295,16 @@ class OutboundSessionHost(Protocol):
         headers: Sequence[tuple[str, str]] = (),
         contact_parameters: Sequence[str] = (),
         secure_only: bool = False,
+        session_expires: int = 0,
+        sdp: bytes = b"",
     ) -> OutboundSession:
         """INVITE ``target`` with ``body``; the session once answered 2xx. ``secure_only``: the
-        body carries keys (SDES), so it goes over TLS or not at all (RFC 4568 §8.3). Raises an
-        exception whose text says why when it is refused or unreachable."""
+        body carries keys (SDES), so it goes over TLS or not at all (RFC 4568 §8.3).
+        ``session_expires``: ask for an RFC 4028 session timer of that many seconds, we the
+        refresher (0: none); a 422 is asked again at its Min-SE. ``sdp``: the offer's SDP (see
+        ``OutboundSession.update``). Cancelled while waiting, the core CANCELs the INVITE after
+        a provisional response, and ACKs and BYEs a 2xx that comes anyway (RFC 3261 §15).
+        Raises an exception whose text says why when it is refused or unreachable."""
 
 
 @attrs.frozen

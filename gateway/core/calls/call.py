@@ -171,7 +171,14 @@ from gateway.core.sip.dialog import (
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
-from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
+from gateway.core.sip.message import (
+    Headers,
+    Request,
+    Response,
+    cancel_for,
+    default_reason,
+    make_response,
+)
 from gateway.core.sip.refer import (
     SIPFRAG,
     Replaces,
@@ -2185,7 +2192,7 @@ class Call:
             return
         if not leg.provisional_seen:
             return  # sent when the first 1xx arrives (_b_response)
-        cancel = _cancel_for(leg.invite, leg.cancel_reasons)
+        cancel = cancel_for(leg.invite, leg.cancel_reasons)
         leg.cancelled = True
         try:
             client = await self.endpoint.send_request(
@@ -2496,7 +2503,7 @@ class Call:
         response, before the final one)."""
         client = sent.client
         if client is not None and client.transaction.state is State.PROCEEDING:
-            await self._send_on(self._leg(sent.side), _cancel_for(client.request))
+            await self._send_on(self._leg(sent.side), cancel_for(client.request))
 
     async def _reinvite_timed_out(self) -> None:
         """64*T1 and no final response to the re-INVITE we relayed: CANCEL it if a provisional
@@ -4347,27 +4354,6 @@ def best_failure(finals: Sequence[Response]) -> tuple[int, str]:
     if timeouts and len(timeouts) == len(finals):
         return 408, "Request Timeout"
     return 503, "Service Unavailable"
-
-
-def _cancel_for(invite: Request, reasons: Sequence[str] = ()) -> Request:
-    """The CANCEL of ``invite`` as sent (RFC 3261 §9.1): its Request-URI, top Via (the same
-    branch), From, To, Call-ID, CSeq number and Route headers; and why (Reason, RFC 3326)."""
-    return Request(
-        "CANCEL",
-        invite.uri,
-        Headers.of(
-            [
-                ("Via", invite.headers.get("Via") or ""),
-                ("Max-Forwards", "70"),
-                ("From", invite.headers.get("From") or ""),
-                ("To", invite.headers.get("To") or ""),
-                ("Call-ID", invite.call_id),
-                ("CSeq", f"{invite.cseq.number} CANCEL"),
-                *(("Route", route) for route in invite.headers.get_all("Route")),
-                *(("Reason", reason) for reason in reasons),
-            ]
-        ),
-    )
 
 
 async def _final_response(client: ClientRequest) -> Response | None:

@@ -115,7 +115,7 @@ class CallManager:
         """Some group allows call pickup: accounts' INVITEs with Replaces, and to the
         ``[feature_codes]`` of pickup, are looked at."""
         self.outbound = OutboundSessions(
-            gateway.endpoint, gateway.ids, gateway.config.sip.user_agent
+            gateway.endpoint, gateway.ids, gateway.config.sip.user_agent, nursery
         )
         """Sessions plugins open (SIPREC recording sessions): their in-dialog requests."""
         self._start_taps = [
@@ -481,7 +481,7 @@ class CallManager:
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         found = self._find(request)
         if found is None:
-            answer = self.outbound.in_dialog(request)
+            answer = self.outbound.in_dialog(request, flow)
             if answer is None:
                 return False
             self._nursery.start_soon(self.endpoint.respond, transaction, answer)
@@ -504,6 +504,8 @@ class CallManager:
         if found is not None:
             call, side = found
             call.ack_received(side, request)
+        else:
+            self.outbound.ack(request)  # perhaps for a plugin's session (its far end's re-INVITE)
 
     def _find(self, request: Request) -> tuple[Call, Side] | None:
         tag = request.to.tag

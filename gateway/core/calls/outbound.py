@@ -6,8 +6,23 @@ with the call) to open one. :meth:`OutboundSessions.open_session` sends the INVI
 plugin's body through the endpoint's client transactions (retransmission, Timer B), waits for the
 final response (1xx are passed over), ACKs a 2xx (RFC 3261 §13.2.2.4) and returns the session,
 whose dialog is registered so the far end's in-dialog requests reach it: its BYE is answered
-200 and sets ``ended``; any other request gets 501 (no re-INVITE from the far end is
-understood). :meth:`OutboundSession.close` sends BYE (once). A failure response, a timeout or an
+200 and sets ``ended``; its re-INVITE or UPDATE is a session refresh (RFC 4028), answered 200
+with the session timer and, where it offers (or a re-INVITE without an offer asks for one), the
+SDP of our last offer it took: a plugin's session changes only by the plugin's own offers, so
+that is the answer in force; any other request gets 501. :meth:`OutboundSession.close` sends
+BYE (once).
+
+Session timers (RFC 4028) reuse the call legs' sans-IO rules (``sip/session_timer.py``):
+``open_session(session_expires=)`` offers one with us refreshing (§7.1), a 422 is asked again
+once at its Min-SE (§7.3), and each 2xx, ours or the far end's, sets ``timer``. The plugin acts
+on ``timer.due``: it refreshes (:meth:`OutboundSession.refresh`, an UPDATE without a body, where
+the far end allows UPDATE; else :meth:`OutboundSession.update`, whose re-INVITE refreshes too),
+or ends the session the far end stopped refreshing.
+
+A plugin that stops waiting for an answer (it is cancelled: its own timeout, or its call ended)
+leaves the INVITE or re-INVITE to :meth:`OutboundSessions._abandoned`: CANCEL once a provisional
+response came (RFC 3261 §9.1), and a 2xx that comes anyway ACKed (§13.2.2.4) and, for a new
+session nobody holds, ended with BYE (§15). A failure response, a timeout or an
 unreachable target raise :class:`SessionRefused` with a reason to log. A re-INVITE
 (:meth:`OutboundSession.update`) returns the far end's status and keeps the Retry-After of a
 refusal (``retry_after``); a 481 to it means the far end no longer knows the dialog, which is
@@ -32,14 +47,29 @@ import trio
 from gateway.core.calls.routing import UnroutableTarget, destination_for
 from gateway.core.interfaces import RouteTarget
 from gateway.core.sip.dialog import Dialog, is_sips
-from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.errors import RemoteSipError, SipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
-from gateway.core.sip.message import Headers, Request, Response, make_response
+from gateway.core.sip.message import Headers, Request, Response, cancel_for, make_response
+from gateway.core.sip.session_timer import (
+    MIN_INTERVAL,
+    UAC,
+    UAS,
+    IntervalTooSmall,
+    LegTimer,
+    allows_update,
+    answer_as_uas,
+    expires_in_2xx,
+    leg_timer,
+    min_se_of_422,
+    request_headers,
+    supports_timer,
+)
+from gateway.core.sip.transaction import State
 from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 
 if TYPE_CHECKING:
-    from gateway.core.endpoint import SipEndpoint
+    from gateway.core.endpoint import ClientRequest, SipEndpoint
     from gateway.core.ids import IdSource
 
 log = logging.getLogger(__name__)
@@ -50,7 +80,7 @@ class SessionRefused(Exception):
 
 
 class OutboundSession:
-    """One INVITE dialog we opened: the far end's answer, and its end."""
+    """One INVITE dialog we opened: the far end's answer, its session timer, and its end."""
 
     def __init__(
         self,
@@ -59,6 +89,10 @@ class OutboundSession:
         flow: Flow,
         answer: Response,
         contact: NameAddr,
+        *,
+        session_expires: int = 0,
+        min_se: int = MIN_INTERVAL,
+        sdp: bytes = b"",
     ) -> None:
         self._owner = owner
         self._dialog = dialog
@@ -71,6 +105,17 @@ class OutboundSession:
         self.retry_after: int | None = None
         """The Retry-After (seconds) of the far end's last refusal of a re-INVITE, if it sent
         one (RFC 3261 §20.33: a 500 or 503 may say when to try again)."""
+        self.session_expires = session_expires
+        """The session interval we ask for (RFC 4028); 0: none, only the far end's honoured."""
+        self.min_se = min_se
+        """The least interval we accept, raised by a 422's Min-SE (RFC 4028 §7.3)."""
+        self.timer: LegTimer | None = None
+        """The session timer in force (RFC 4028): when we refresh, or when the far end had to;
+        None without one. Set by the 2xx of each INVITE, re-INVITE or UPDATE either side sends."""
+        self.allows_update = allows_update(answer.headers)
+        """The far end listed UPDATE in its Allow (RFC 3311): a refresh need not re-offer."""
+        self._sdp = sdp
+        self._offering = False  # our re-INVITE is out, not answered yet
         self._closed = False
 
     @property
@@ -102,41 +147,64 @@ class OutboundSession:
             log.info("session %s: BYE not sent: %s", self.call_id, exc)
 
     async def update(
-        self, body: bytes, content_type: str, *, secure_only: bool = False
+        self, body: bytes, content_type: str, *, secure_only: bool = False, sdp: bytes = b""
     ) -> int | None:
         """A re-INVITE with a new offer (RFC 3261 §14.1); the far end's final status (its 2xx
         ACKed, its body then in ``answer_body``), or None when the session is over or the
-        request could not be sent (with ``secure_only``: not over TLS)."""
+        request could not be sent (with ``secure_only``: not over TLS). ``sdp``: the offer's
+        SDP (the body's, or its part), what the far end's own re-INVITE is answered with once
+        this one is taken. Asks for the session timer and refreshes it (RFC 4028 §7.4)."""
+        self._offering = True
+        try:
+            status = await self._request("INVITE", body, content_type, secure_only)
+        finally:
+            self._offering = False
+        if status is not None and 200 <= status < 300 and sdp:
+            self._sdp = sdp
+        return status
+
+    async def refresh(self) -> int | None:
+        """A session refresh without a new offer (RFC 4028 §10): an UPDATE without a body
+        (RFC 3311), for a far end that allows it (``allows_update``; otherwise refresh with
+        :meth:`update`). The far end's final status, or None as :meth:`update`."""
+        return await self._request("UPDATE", b"", None, False)
+
+    async def _request(
+        self, method: str, body: bytes, content_type: str | None, secure_only: bool
+    ) -> int | None:
         if self._closed or self.ended.is_set():
             return None
         endpoint = self._owner.endpoint
+        raised = False  # RFC 4028 §7.3: a 422 is answered by asking again once, at its Min-SE
         try:
-            flow = await self._owner._dialog_flow(self._dialog, self._flow)
-            if secure_only and not flow.secure:
-                log.warning(
-                    "session %s: re-INVITE not sent: it carries keys and its next hop (%s) is "
-                    "not TLS (RFC 4568 §8.3)",
-                    self.call_id,
-                    flow.transport,
+            while True:
+                flow = await self._owner._dialog_flow(self._dialog, self._flow)
+                if secure_only and not flow.secure:
+                    log.warning(
+                        "session %s: re-INVITE not sent: it carries keys and its next hop (%s) "
+                        "is not TLS (RFC 4568 §8.3)",
+                        self.call_id,
+                        flow.transport,
+                    )
+                    return None
+                request = self._dialog.create_request(
+                    method,
+                    via=endpoint.new_via(flow),
+                    contact=self._contact,
+                    extra=self._timer_headers(),
+                    body=body,
+                    content_type=content_type,
                 )
-                return None
-            reinvite = self._dialog.create_request(
-                "INVITE",
-                via=endpoint.new_via(flow),
-                contact=self._contact,
-                body=body,
-                content_type=content_type,
-            )
-            client = await endpoint.send_request(
-                reinvite, transport=flow.transport, address=flow.remote, flow=flow
-            )
-            final: Response | None = None
-            async for response in client.responses:
-                if response.status >= 200:
-                    final = response
-                    break
-            if final is None:
-                return None
+                client = await endpoint.send_request(
+                    request, transport=flow.transport, address=flow.remote, flow=flow
+                )
+                final = await self._owner._final(client, None, self)
+                if final is None:
+                    return None
+                if final.status == 422 and not raised and self._ask_longer(final):
+                    raised = True
+                    continue
+                break
             self.retry_after = retry_after_untrusted(final.headers.get("Retry-After"))
             if final.status == 481:
                 # RFC 5057 §5.1: a 481 to a request in the dialog says the far end has no such
@@ -145,20 +213,124 @@ class OutboundSession:
                 self._far_end_gone()
                 return final.status
             if final.is_success:
-                self.answer_body = final.body
-                self.answer_type = final.headers.get("Content-Type")
-                ack = self._dialog.create_ack(final.cseq.number, via=endpoint.new_via(flow))
-                await endpoint.send_ack(ack, flow)
+                self._refreshed(final)
+                if method == "INVITE":
+                    self.answer_body = final.body
+                    self.answer_type = final.headers.get("Content-Type")
+                    ack = self._dialog.create_ack(final.cseq.number, via=endpoint.new_via(flow))
+                    await endpoint.send_ack(ack, flow)
+            else:
+                self._refresh_failed()
             return final.status
         except OSError as exc:
-            log.info("session %s: re-INVITE not sent: %s", self.call_id, exc)
+            log.info("session %s: %s not sent: %s", self.call_id, method, exc)
+            self._refresh_failed()
             return None
 
+    # -- session timers (RFC 4028), with the call legs' sans-IO rules (sip/session_timer.py) --
+
+    def _timer_headers(self) -> list[tuple[str, str]]:
+        """What our INVITE, re-INVITE or UPDATE says of the session timer (RFC 4028 §7.1,
+        §7.4): the interval in force and who refreshes it, kept (``refresher`` is relative to
+        this transaction, in which we are the UAC); before there is one, the interval we ask
+        for with us refreshing (we can, with re-INVITE or UPDATE)."""
+        timer = self.timer
+        if timer is not None:
+            seconds, refresher = max(timer.seconds, timer.asked), UAC if timer.we_refresh else UAS
+        elif self.session_expires:
+            seconds, refresher = max(self.session_expires, self.min_se), UAC
+        else:
+            return []
+        return [
+            ("Supported", "timer"),
+            *request_headers(seconds, refresher=refresher, min_se=self.min_se),
+        ]
+
+    def _ask_longer(self, refusal: Response) -> bool:
+        """A 422 to our request (RFC 4028 §7.3): ask again for its Min-SE when that is more
+        than we asked for; False when it is not (the 422 is then the answer)."""
+        min_se = min_se_of_422(refusal.headers)
+        timer = self.timer
+        asked = max(timer.seconds, timer.asked) if timer is not None else self.session_expires
+        if min_se is None or min_se <= asked:
+            return False
+        self.min_se = min_se
+        if timer is not None:
+            timer.asked = min_se
+        else:
+            self.session_expires = min_se
+        log.info(
+            "session %s: the far end asked for a session interval of %d s", self.call_id, min_se
+        )
+        return True
+
+    def _refreshed(self, final: Response) -> None:
+        """The 2xx to our request sets the timer (RFC 4028 §7.2): its Session-Expires, with
+        us refreshing when it says uac; none when it has none, except that a far end that does
+        not know the extension and answered a refresh keeps the interval going (§7.4)."""
+        if final.headers.get("Allow") is not None:
+            self.allows_update = allows_update(final.headers)
+        now = trio.current_time()
+        expires = expires_in_2xx(final.headers)
+        current = self.timer
+        if expires is None and current is not None and not supports_timer(final.headers):
+            self.timer = LegTimer(current.seconds, current.we_refresh, now)
+            return
+        self.timer = leg_timer(expires, we_are_uac=True, now=now)
+
+    def _refresh_failed(self) -> None:
+        """A request failed while our refresh was due: try again halfway to the expiry."""
+        timer, now = self.timer, trio.current_time()
+        if timer is not None and timer.we_refresh and now >= timer.refresh_at:
+            timer.refresh_failed(now)
+
+    # -- the far end's requests ---------------------------------------------------------------
+
     def _far_end_request(self, request: Request) -> Response:
-        if request.method == "BYE":
+        method = request.method
+        if method == "BYE":
             self._far_end_gone()
             return make_response(request, 200)
-        return make_response(request, 501, "Not Implemented")
+        if method not in ("INVITE", "UPDATE"):
+            return make_response(request, 501, "Not Implemented")
+        try:
+            self._dialog.receive_request(request)
+        except SipError as exc:
+            return make_response(request, getattr(exc, "status", None) or 500)
+        return self._answer_refresh(request)
+
+    def _answer_refresh(self, request: Request) -> Response:
+        """The far end's re-INVITE or UPDATE (RFC 4028 §9: a session refresh, its own or one
+        it asks us to take over). Its session timer is answered by the call legs' rules; an
+        offer in it (or a re-INVITE without one, RFC 3261 §14.2) gets our session as it stands
+        (the SDP of our last offer it took): a recording session's streams change only by our
+        own updates, so the answer that matches its offer is the one in force (RFC 3264 §8)."""
+        try:
+            timer = answer_as_uas(
+                request.headers, wanted=self.session_expires, min_se=self.min_se, can_refresh=True
+            )
+        except RemoteSipError as exc:
+            return make_response(request, exc.status or 400, str(exc)[:80])
+        if isinstance(timer, IntervalTooSmall):
+            return make_response(
+                request, 422, "Session Interval Too Small", extra=[("Min-SE", str(timer.min_se))]
+            )
+        offers = request.method == "INVITE" or bool(request.body)
+        if offers and self._offering:
+            # RFC 3261 §14.2, RFC 3311 §5.2: our own offer is out; the SRS tries again later.
+            return make_response(request, 491, "Request Pending")
+        if offers and not self._sdp:
+            return make_response(request, 488, "Not Acceptable Here")
+        # A refresh taken: the timer runs from now, with whoever §9 made the refresher.
+        self.timer = leg_timer(timer.expires, we_are_uac=False, now=trio.current_time())
+        body = self._sdp if offers else b""
+        return make_response(
+            request,
+            200,
+            extra=[("Contact", str(self._contact)), *timer.headers()],
+            body=body,
+            content_type="application/sdp" if body else None,
+        )
 
     def _far_end_gone(self) -> None:
         self._closed = True
@@ -181,14 +353,27 @@ def retry_after_untrusted(value: str | None) -> int | None:
     return int(digits)
 
 
-class OutboundSessions:
-    """Opens sessions for plugins and routes their in-dialog requests."""
+ABANDON_WAIT = 32.0
+"""How long an INVITE or re-INVITE whose owner stopped waiting is followed (64*T1, Timer B's
+span): for the provisional response that lets us CANCEL it, and for a 2xx that crossed the
+CANCEL, which is ACKed (and for a new session, BYEd)."""
 
-    def __init__(self, endpoint: SipEndpoint, ids: IdSource, user_agent: str) -> None:
+
+class OutboundSessions:
+    """Opens sessions for plugins and routes their in-dialog requests. ``nursery`` runs what
+    goes on after a plugin stopped waiting (the CANCEL of an INVITE it gave up, the ACK of a
+    2xx that came late)."""
+
+    def __init__(
+        self, endpoint: SipEndpoint, ids: IdSource, user_agent: str, nursery: trio.Nursery
+    ) -> None:
         self.endpoint = endpoint
         self._ids = ids
         self._user_agent = user_agent
+        self._nursery = nursery
         self._by_dialog: dict[tuple[str, str], OutboundSession] = {}
+        # Our 2xx to a far end's re-INVITE, re-sent over UDP until its ACK (by Call-ID, CSeq).
+        self._unacked: dict[tuple[str, int], trio.Event] = {}
 
     async def open_session(
         self,
@@ -199,11 +384,16 @@ class OutboundSessions:
         headers: Sequence[tuple[str, str]] = (),
         contact_parameters: Sequence[str] = (),
         secure_only: bool = False,
+        session_expires: int = 0,
+        sdp: bytes = b"",
     ) -> OutboundSession:
         """INVITE ``target`` (a SIP URI; its ``transport`` parameter and port say how) with
         ``body``; the session once the far end answered 2xx. ``headers`` are added (e.g.
         ``Require: siprec``), ``contact_parameters`` go on our Contact (``+sip.src``, RFC 7866
         §6.1.1). ``secure_only``: the body carries keys, send it over TLS or not at all.
+        ``session_expires``: ask for a session timer of that many seconds with us refreshing
+        (RFC 4028 §7.1; 0: none); a 422 is answered by asking again for its Min-SE (§7.3).
+        ``sdp``: the offer's SDP, what a re-INVITE of the far end is answered with.
         Raises :class:`SessionRefused`."""
         try:
             uri = parse_uri_untrusted(target)
@@ -230,6 +420,16 @@ class OutboundSessions:
         contact = endpoint.our_contact(flow.transport, sips=sips)
         for parameter in contact_parameters:
             contact = contact.with_param(parameter)
+        min_se = MIN_INTERVAL
+        asked_again = False
+        timer_fields: list[tuple[str, str]] = []
+        if session_expires:
+            # RFC 4028 §7.1: we support the extension and offer to refresh (refresher=uac):
+            # a recording session that never changes is still found dead within the interval.
+            timer_fields = [
+                ("Supported", "timer"),
+                *request_headers(session_expires, refresher=UAC, min_se=min_se),
+            ]
         request = Request(
             "INVITE",
             uri,
@@ -242,29 +442,52 @@ class OutboundSessions:
                     ("CSeq", "1 INVITE"),
                     ("Contact", str(contact)),
                     *headers,
+                    *timer_fields,
                     ("User-Agent", self._user_agent),
                 ]
             ),
         ).with_body(body, content_type)
-        try:
-            client = await endpoint.send_request(
-                request, transport=flow.transport, address=flow.remote, flow=flow
-            )
-        except OSError as exc:
-            raise SessionRefused(f"cannot send to {target}: {exc}") from None
-        sent = client.request
-        final: Response | None = None
-        async for response in client.responses:
-            if response.status >= 200:
-                final = response
+        while True:
+            try:
+                client = await endpoint.send_request(
+                    request, transport=flow.transport, address=flow.remote, flow=flow
+                )
+            except OSError as exc:
+                raise SessionRefused(f"cannot send to {target}: {exc}") from None
+            sent = client.request
+            final = await self._final(client, sent, None)
+            if final is None:
+                raise SessionRefused(f"no answer from {target}")
+            raised = min_se_of_422(final.headers) if final.status == 422 else None
+            if raised is None or raised <= session_expires or asked_again:
                 break
-        if final is None:
-            raise SessionRefused(f"no answer from {target}")
+            asked_again = True
+            # RFC 4028 §7.3: the far end wants a longer interval; ask again, once, for its
+            # Min-SE: the same Call-ID, From and To, CSeq + 1, a new transaction.
+            min_se = session_expires = raised
+            request = request.with_headers(
+                request.headers.set("CSeq", "2 INVITE")
+                .set("Session-Expires", f"{raised};refresher={UAC}")
+                .set("Min-SE", str(raised))
+            )
+            log.info("session to %s: it asked for a session interval of %d s", target, raised)
         if not final.is_success:
             raise SessionRefused(f"{target} answered {final.status} {final.reason}")
         dialog = Dialog.create_uac(sent, final, over_tls=flow.transport in TLS_TRANSPORTS)
         # Registered before the ACK goes: the far end may BYE as soon as it has it.
-        session = OutboundSession(self, dialog, client.flow, final, contact)
+        session = OutboundSession(
+            self,
+            dialog,
+            client.flow,
+            final,
+            contact,
+            session_expires=session_expires,
+            min_se=min_se,
+            sdp=sdp,
+        )
+        session.timer = leg_timer(
+            expires_in_2xx(final.headers), we_are_uac=True, now=trio.current_time()
+        )
         self._by_dialog[(dialog.id.call_id, dialog.id.local_tag)] = session
         try:
             ack_flow = await self._dialog_flow(dialog, client.flow)
@@ -274,17 +497,148 @@ class OutboundSessions:
         except OSError as exc:
             self._forget(session)
             raise SessionRefused(f"cannot ACK {target}'s answer: {exc}") from None
+        except trio.Cancelled:
+            # The owner gave up while we were ACKing: the session is answered, so it still
+            # gets its ACK and a BYE (RFC 3261 §15), not left to run out on the far end.
+            self._nursery.start_soon(self._ack_and_bye, session, final)
+            raise
         return session
 
-    def in_dialog(self, request: Request) -> Response | None:
-        """The answer to a far end's request in one of our sessions; None when it is not one."""
+    async def _final(
+        self, client: ClientRequest, invite: Request | None, session: OutboundSession | None
+    ) -> Response | None:
+        """The final response to ``client``'s request, or None when its transaction ended
+        without one. An owner that stops waiting (cancelled: a timeout, or the call ended)
+        leaves an INVITE (``invite``: a new session's) or re-INVITE (``session``'s) to
+        :meth:`_abandoned`, which CANCELs it and ACKs a 2xx that comes anyway."""
+        final: Response | None = None
+        try:
+            async for response in client.responses:
+                if response.status >= 200:
+                    final = response
+                    break
+        except trio.Cancelled:
+            if client.request.method == "INVITE":
+                self._nursery.start_soon(self._abandoned, client, invite, session)
+            else:
+                client.forward_to(None)  # RFC 3261 §9.1: only an INVITE is CANCELled
+            raise
+        return final
+
+    async def _abandoned(
+        self, client: ClientRequest, invite: Request | None, session: OutboundSession | None
+    ) -> None:
+        """An INVITE whose owner stopped waiting for its answer: CANCEL it once a provisional
+        response says the far end has it (RFC 3261 §9.1: never before one); a 2xx that comes
+        all the same is ACKed (§13.2.2.4) and, for a new session nobody will use, BYEd at once
+        (§15: a 2xx that crosses the CANCEL makes a session to end). Within ABANDON_WAIT; a
+        2xx retransmission after that is ACKed by the endpoint (its owner has gone)."""
+        endpoint = self.endpoint
+        flow = client.flow
+        cancelled = False
+        with trio.move_on_after(ABANDON_WAIT):
+            try:
+                if client.transaction.state is State.PROCEEDING:
+                    await endpoint.send_request(
+                        cancel_for(client.request),
+                        transport=flow.transport,
+                        address=flow.remote,
+                        flow=flow,
+                    )
+                    cancelled = True
+                async for response in client.responses:
+                    if response.status < 200:
+                        if not cancelled:
+                            await endpoint.send_request(
+                                cancel_for(client.request),
+                                transport=flow.transport,
+                                address=flow.remote,
+                                flow=flow,
+                            )
+                            cancelled = True
+                        continue
+                    if not response.is_success:
+                        break  # the 487 (or any refusal): its transaction ACKs it (§17.1.1.3)
+                    if session is not None:
+                        # A re-INVITE's 2xx: the far end took the offer after all; ACK it.
+                        ack = session._dialog.create_ack(
+                            response.cseq.number, via=endpoint.new_via(flow)
+                        )
+                        await endpoint.send_ack(ack, flow)
+                    elif invite is not None:
+                        await self._ack_and_bye_answer(invite, response, flow)
+                    break
+            except OSError as exc:
+                log.info("abandoned INVITE %s: %s", client.transaction.key, exc)
+        client.forward_to(None)
+
+    async def _ack_and_bye_answer(self, invite: Request, answer: Response, flow: Flow) -> None:
+        """ACK and BYE a 2xx to a new session's INVITE its owner gave up (RFC 3261 §15)."""
+        dialog = Dialog.create_uac(invite, answer, over_tls=flow.transport in TLS_TRANSPORTS)
+        session = OutboundSession(self, dialog, flow, answer, NameAddr(invite.uri))
+        await self._ack_and_bye(session, answer)
+
+    async def _ack_and_bye(self, session: OutboundSession, answer: Response) -> None:
+        endpoint = self.endpoint
+        with trio.move_on_after(ABANDON_WAIT):
+            try:
+                flow = await self._dialog_flow(session._dialog, session._flow)
+                ack = session._dialog.create_ack(answer.cseq.number, via=endpoint.new_via(flow))
+                await endpoint.send_ack(ack, flow)
+                session._flow = flow
+            except OSError as exc:
+                log.info("session %s: ACK not sent: %s", session.call_id, exc)
+            log.info("session %s: answered after its owner gave up; ended (BYE)", session.call_id)
+            await session.close()
+
+    def in_dialog(self, request: Request, flow: Flow) -> Response | None:
+        """The answer to a far end's request in one of our sessions; None when it is not one.
+        A 2xx to its re-INVITE is re-sent over ``flow``, when that is UDP, until the ACK."""
         tag = request.to.tag
         if tag is None:
             return None
         session = self._by_dialog.get((request.call_id, tag))
         if session is None:
             return None
-        return session._far_end_request(request)
+        answer = session._far_end_request(request)
+        if request.method == "INVITE" and answer.is_success and not flow.reliable:
+            key = (request.call_id, request.cseq.number)
+            self._unacked[key] = acked = trio.Event()
+            self._nursery.start_soon(self._retransmit_2xx, answer, flow, key, acked)
+        return answer
+
+    def ack(self, request: Request) -> bool:
+        """The ACK of our 2xx to a far end's re-INVITE: stop re-sending it. False when it is
+        not one of ours."""
+        acked = self._unacked.pop((request.call_id, request.cseq.number), None)
+        if acked is None:
+            return False
+        acked.set()
+        return True
+
+    async def _retransmit_2xx(
+        self, answer: Response, flow: Flow, key: tuple[str, int], acked: trio.Event
+    ) -> None:
+        """RFC 3261 §13.3.1.4: the UAS core re-sends its 2xx at T1, doubling up to T2, until
+        the ACK comes or 64*T1 has passed (then the far end has given up on it)."""
+        sip = self.endpoint.gateway.config.sip
+        interval = sip.t1
+        give_up = trio.current_time() + 64 * sip.t1
+        try:
+            while trio.current_time() < give_up:
+                with trio.move_on_after(interval):
+                    await acked.wait()
+                    return
+                try:
+                    await self.endpoint.send_response(answer, flow)
+                except OSError as exc:
+                    log.info("session %s: 2xx not re-sent: %s", key[0], exc)
+                    return
+                interval = min(interval * 2, sip.t2)
+            log.info("session %s: no ACK for our 2xx to its re-INVITE", key[0])
+        finally:
+            if self._unacked.get(key) is acked:
+                del self._unacked[key]
 
     async def _dialog_flow(self, dialog: Dialog, opened: Flow) -> Flow:
         """Where the dialog's requests (the 2xx's ACK, BYE) go: its remote target or first

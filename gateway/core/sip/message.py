@@ -388,3 +388,24 @@ def default_reason(status: int) -> str:
         return reason
     return {1: "Progress", 2: "OK", 3: "Redirection", 4: "Client Error", 5: "Server Error",
             6: "Global Failure"}.get(status // 100, "Unknown")  # fmt: skip
+
+
+def cancel_for(invite: Request, reasons: Iterable[str] = ()) -> Request:
+    """The CANCEL of ``invite`` as sent (RFC 3261 §9.1): its Request-URI, top Via (the same
+    branch), From, To, Call-ID, CSeq number and Route headers; and why (Reason, RFC 3326)."""
+    return Request(
+        "CANCEL",
+        invite.uri,
+        Headers.of(
+            [
+                ("Via", invite.headers.get("Via") or ""),
+                ("Max-Forwards", "70"),
+                ("From", invite.headers.get("From") or ""),
+                ("To", invite.headers.get("To") or ""),
+                ("Call-ID", invite.call_id),
+                ("CSeq", f"{invite.cseq.number} CANCEL"),
+                *(("Route", route) for route in invite.headers.get_all("Route")),
+                *(("Reason", reason) for reason in reasons),
+            ]
+        ),
+    )

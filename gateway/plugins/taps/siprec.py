@@ -41,9 +41,18 @@ without a BYE (RFC 5057 §5.1) and the sink opens a new recording session for th
 streams (RFC 7865 §6), the SDP the streams as they are now, from the same sockets, SDES with
 fresh keys; the copies wait (not sent) and resume to the new answer's addresses. Counted as
 ``session_reopened``, or ``session_gone`` when none took it (the call goes on unrecorded). An
-SRS's BYE is a deliberate end (RFC 3261 §15.1.2), never re-invited. An SRS that silently went
-away is found out only at the next update (no answer: kept, counted ``no_answer``): the recording
-session runs no RFC 4028 session timer, so a call that does not change never finds out.
+SRS's BYE is a deliberate end (RFC 3261 §15.1.2), never re-invited.
+
+Session timers (RFC 4028, ``session_expires``). A call that never changes sends no update, so
+an SRS that died would never be noticed: the recording INVITE offers a timer with us the
+refresher (the core's ``OutboundSession`` runs it by the call legs' rules,
+``core/sip/session_timer.py``). When the SRS's 2xx leaves the refreshes to us, the sink
+refreshes at half the interval: an UPDATE without a body where the SRS allows UPDATE (RFC
+3311), else a re-INVITE of the streams as they are, as any update. A refresh answered 408 or
+481 or not at all, or an interval that runs out (the SRS was the refresher and did not refresh,
+§10, or our refreshes kept failing), means the SRS is gone: BYE and a new recording session, as
+after a 481 (:meth:`SiprecSink._lost`). An SRS whose 2xx has no Session-Expires runs no timer
+(§7.2) and is found out only at the next update (no answer: kept, counted ``no_answer``).
 
 The end of the call. The call's legs are released first (this sink's task outlives the call).
 Then, with ``final_metadata`` and the SRS in step with us (no update refused or under way), the
@@ -78,7 +87,7 @@ stream ids never change (RFC 7865 §6). The copies go on as they are.
 
 Not done: streams the call adds after its answer; pause/resume on the operator's request;
 DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7);
-session timers on the recording session.
+following an SRS's re-offer that moves its ports (its refreshes are answered with our SDP).
 """
 
 from __future__ import annotations
@@ -105,6 +114,7 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.dialog import glare_wait
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.session_timer import MAX_INTERVAL, MIN_INTERVAL
 from gateway.core.sip.uri import SipUri
 from gateway.plugins.keyexchange.sdes import SdesKeyExchange, SdesNegotiation
 from gateway.plugins.taps.queue import CopyQueue
@@ -554,7 +564,7 @@ class SiprecSink:
                     sockets = [await self._bind() for _ in streams]
                     self.session, self._destinations = await self._open(streams, sockets)
                 if self.session is not None:
-                    nursery.start_soon(self._follow_changes, streams, sockets)
+                    nursery.start_soon(self._follow_changes, streams, sockets, nursery)
                 by_stream = {
                     (s.index, s.direction): sock for s, sock in zip(streams, sockets, strict=False)
                 }
@@ -596,7 +606,10 @@ class SiprecSink:
             )
 
     async def _follow_changes(
-        self, streams: list[RecordedStream], sockets: list[trio.socket.SocketType]
+        self,
+        streams: list[RecordedStream],
+        sockets: list[trio.socket.SocketType],
+        nursery: trio.Nursery,
     ) -> None:
         """Re-INVITE the SRS after each change of the call's streams (RFC 7866 §8.1.2): held
         streams inactive, resumed ones sendonly again, new codecs declared; after a transfer,
@@ -611,13 +624,48 @@ class SiprecSink:
         streams and the parties as they are then. A 481 says the SRS no longer knows the
         recording session (RFC 5057 §5.1: it restarted): a new one carries the rest of the call
         (:meth:`_reopen`); when none can be opened the call goes on unrecorded. An SRS that
-        hangs up (its BYE) ended the recording on purpose (RFC 3261 §15.1.2): never re-invited."""
+        hangs up (its BYE) ended the recording on purpose (RFC 3261 §15.1.2): never re-invited.
+
+        The session timer (RFC 4028, ``session_expires``; the core keeps it from each 2xx and
+        answers the SRS's own refreshes): at half the interval, when we refresh, an UPDATE
+        without a body where the SRS allows UPDATE, else a re-INVITE of the streams as they
+        are (a change that comes first refreshes it as well). A refresh that gets 408, 481 or
+        no answer, or an interval that runs out (the SRS was to refresh and did not, or our
+        refreshes kept failing), means the SRS is gone: BYE (§10) and a new recording session
+        (:meth:`_lost`)."""
         ports = [sock.getsockname()[1] for sock in sockets]
         glare_retries = 0
         retries = 0
         session = self.session
         while session is not None and not session.ended.is_set():
-            await self._changed.wait()
+            refresh = False
+            timer = session.timer
+            if timer is None:
+                await self._changed.wait()
+            else:
+                with trio.move_on_at(timer.due):
+                    await self._changed.wait()
+            if not self._changed.is_set():
+                # The session timer is due (a refresh of the SRS's may have moved it since).
+                timer = session.timer
+                now = trio.current_time()
+                if timer is None or now < timer.due:
+                    continue
+                if not timer.we_refresh or now >= timer.expires_at:
+                    why = (
+                        "did not refresh" if not timer.we_refresh else "took none of our refreshes"
+                    )
+                    session = await self._lost(session, streams, sockets, nursery, why)
+                    glare_retries = retries = 0
+                    continue
+                if session.allows_update:
+                    status = await self._refresh(session)
+                    if status in (None, 408, 481):
+                        why = f"did not answer a session refresh ({status or 'no answer'})"
+                        session = await self._lost(session, streams, sockets, nursery, why)
+                        glare_retries = retries = 0
+                    continue  # a refusal: the core tries again halfway to the expiry
+                refresh = True  # RFC 4028 §10: a re-INVITE refreshes as well
             self._changed = trio.Event()
             current = self._current(streams)
             negotiations = self._reoffer(len(current))
@@ -647,6 +695,11 @@ class SiprecSink:
                 session = await self._reopen(streams, sockets)
                 glare_retries = retries = 0
                 continue
+            if refresh and status in (None, 408):
+                why = f"did not answer a session refresh ({status or 'no answer'})"
+                session = await self._lost(session, streams, sockets, nursery, why)
+                glare_retries = retries = 0
+                continue
             if status == 491 and glare_retries < GLARE_RETRIES:
                 # §14.1: the SRS's re-INVITE crossed ours; we chose the Call-ID, so we wait
                 # the longer 2.1-4 s and offer the streams as they are then.
@@ -671,6 +724,32 @@ class SiprecSink:
                 f", tried {retries + 1} times" if retries else "",
             )
             retries = 0
+
+    async def _refresh(self, session: OutboundSession) -> int | None:
+        """One session refresh by UPDATE (RFC 4028 §10), within UPDATE_TIMEOUT."""
+        with trio.move_on_after(UPDATE_TIMEOUT):
+            return await session.refresh()
+        return None
+
+    async def _lost(
+        self,
+        session: OutboundSession,
+        streams: list[RecordedStream],
+        sockets: list[trio.socket.SocketType],
+        nursery: trio.Nursery,
+        why: str,
+    ) -> OutboundSession | None:
+        """The session timer says the SRS is gone (RFC 4028 §10): BYE the recording session
+        (its answer not awaited: the SRS is most likely not there) and open a new one for the
+        rest of the call, as after a 481 (:meth:`_reopen`)."""
+        log.warning(
+            "SIPREC: call %s: recording session %s: the SRS %s; opening a new one",
+            self.call.call_id,
+            session.call_id,
+            why,
+        )
+        nursery.start_soon(session.close)
+        return await self._reopen(streams, sockets)
 
     def _count_failure(self, status: int | None) -> None:
         self._count(failure_reason(status))
@@ -762,7 +841,9 @@ class SiprecSink:
         if with_metadata:
             content_type, body = self._with_metadata(offer, current)
         with trio.move_on_after(UPDATE_TIMEOUT):
-            return await session.update(body, content_type, secure_only=negotiations is not None)
+            return await session.update(
+                body, content_type, secure_only=negotiations is not None, sdp=offer
+            )
         return None
 
     async def _final_update(
@@ -860,7 +941,8 @@ class SiprecSink:
         streams: list[RecordedStream],
         ports: list[int],
         negotiations: list[SdesNegotiation] | None,
-    ) -> tuple[str, bytes]:
+    ) -> tuple[str, bytes, bytes]:
+        """The INVITE's body and its content type, and the SDP offer in it."""
         offer = offer_sdp(
             streams,
             self._address,
@@ -869,7 +951,7 @@ class SiprecSink:
             version=self._sdp_version,
             crypto=_crypto_of(negotiations),
         )
-        return self._with_metadata(offer, streams)
+        return (*self._with_metadata(offer, streams), offer)
 
     def _with_metadata(self, offer: bytes, streams: list[RecordedStream]) -> tuple[str, bytes]:
         """The SDP offer and the metadata as it stands, in one multipart body (RFC 7866 §8)."""
@@ -902,7 +984,7 @@ class SiprecSink:
         keying = self._keying
         negotiations: list[SdesNegotiation] | None = None
         if keying is None:
-            content_type, body = self._body(streams, ports, None)
+            content_type, body, offer = self._body(streams, ports, None)
         session = None
         for target in (self._config.srs, *self._config.fallbacks):
             if keying is not None:
@@ -911,7 +993,7 @@ class SiprecSink:
                 negotiations = [
                     keying.offer(suites=suites, secure_signalling=True) for _ in streams
                 ]
-                content_type, body = self._body(streams, ports, negotiations)
+                content_type, body, offer = self._body(streams, ports, negotiations)
             try:
                 session = await self.call.sessions.open_session(
                     target,
@@ -923,6 +1005,8 @@ class SiprecSink:
                     ],
                     contact_parameters=("+sip.src",),
                     secure_only=keying is not None,
+                    session_expires=self._config.session_expires,
+                    sdp=offer,
                 )
                 break
             except Exception as exc:
@@ -1064,6 +1148,7 @@ class SiprecConfig:
     final_metadata: bool = True
     media_security: str = "none"
     srtp_suites: tuple[str, ...] = ("AES_CM_128_HMAC_SHA1_80",)
+    session_expires: int = 1800
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -1093,6 +1178,12 @@ class SiprecConfig:
             ) from None
         if not 10 <= self.queue <= 1_000_000:
             raise ValueError("queue: expected 10 to 1000000 packets")
+        if self.session_expires != 0 and not (MIN_INTERVAL <= self.session_expires <= MAX_INTERVAL):
+            # RFC 4028 §4: no session interval below 90 s.
+            raise ValueError(
+                f"session_expires: expected 0 (no session timer) or {MIN_INTERVAL} to "
+                f"{MAX_INTERVAL} seconds, not {self.session_expires!r}"
+            )
         if self.selection.empty:
             raise ValueError(NOTHING_SELECTED)
 

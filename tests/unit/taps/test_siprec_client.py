@@ -244,6 +244,15 @@ def test_calls_are_selected_as_configured() -> None:
             {"srs": "sip:srs@192.0.2.50", "all_calls": True, "final_metadata": "yes"},
             "final_metadata",
         ),
+        # RFC 4028 §4: no session interval below 90 s.
+        (
+            {"srs": "sip:srs@192.0.2.50", "all_calls": True, "session_expires": 89},
+            "session_expires",
+        ),
+        (
+            {"srs": "sip:srs@192.0.2.50", "all_calls": True, "session_expires": -1},
+            "session_expires",
+        ),
     ],
 )
 def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
@@ -251,6 +260,16 @@ def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=r"plugins.siprec") as refused:
         load_plugins(config, extra=[("siprec", siprec_plugin)], installed={})
     assert key in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"), [({}, 1800), ({"session_expires": 0}, 0), ({"session_expires": 90}, 90)]
+)
+def test_the_session_interval_defaults_to_half_an_hour_and_0_turns_it_off(
+    table: dict[str, object], expected: int
+) -> None:
+    config = SiprecConfig(srs="sip:srs@192.0.2.50", all_calls=True, **table)  # type: ignore[arg-type]
+    assert config.session_expires == expected
 
 
 def test_a_held_stream_is_offered_inactive() -> None:
