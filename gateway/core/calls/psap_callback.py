@@ -151,6 +151,11 @@ class PsapCallbacks:
         self._remember(number, now + left)
         return True
 
+    @property
+    def stored(self) -> bool:
+        """Whether the numbers go to a store too (there is one, and a window)."""
+        return self._store is not None
+
     def _remember(self, number: str, until: float) -> None:
         self._until.pop(number, None)  # re-inserted last: the oldest entries come first
         self._until[number] = until

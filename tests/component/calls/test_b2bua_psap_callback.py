@@ -15,12 +15,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
+from gateway.core.store.errors import StoreBusy
 from gateway.core.store.sqlite import SqliteStore
 from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
 from tests.component.calls.test_b2bua_drain import start_drain
+from tests.component.calls.test_b2bua_metrics import metrics_env, scrape
 from tests.component.calls.test_b2bua_stir_shaken_required import RefuseEverything
 
 BERLIN = {"country_code": "49", "area_code": "30"}
@@ -221,3 +224,37 @@ async def test_a_callback_after_a_restart_on_the_same_store_is_still_one(
     assert to_alice.headers.get("Priority") == "psap-callback"
     assert manager.psap_callbacks.store_hits == 1
     assert (await callback.bye()).status == 200
+
+
+async def test_a_store_that_fails_leaves_memory_to_answer_and_is_counted(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store refuses the number (another process holds its write lock): the emergency
+    call goes on, this node still recognises the callback from memory, and the failure is a
+    WARNING and a counted sample."""
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, numbering=BERLIN, carrier=CARRIER
+    )
+
+    def busy(*args: object) -> None:
+        raise StoreBusy("voipgw.sqlite3: another process held the write lock")
+
+    monkeypatch.setattr(env.gateway.store, "psap_number_presented", busy)
+    monkeypatch.setattr(env.gateway.store, "psap_number_remaining", busy)
+    await alice_calls_112(env)
+    manager = env.gateway.calls
+    assert manager is not None
+    manager.max_calls = 0
+    callback = await carrier_calls_alice(env, marked=True)
+    leg = await env.alice.next_call()  # rung past the full gateway
+    assert leg.invite.headers.get("Priority") == "psap-callback"
+    samples = await scrape(address)
+    assert samples["voipgw_psap_callback_store_failures_total"] == 1
+    assert samples["voipgw_psap_callbacks_from_store_total"] == 0
+    assert "the store did not answer (voipgw.sqlite3: another process" in caplog.text
+    await callback.cancel()
