@@ -365,6 +365,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX psap_callbacks_until ON psap_callbacks (until)",
             # One round trip from a node in autocommit (its own transaction): keep the number,
             # drop those whose window is over and, past most, those whose window ends first.
+            # Rows another node is deleting at the same moment are skipped (SKIP LOCKED, as
+            # expire_bindings does), so two nodes' clean-ups neither wait for nor deadlock with
+            # each other; what one skips, the next write deletes.
             """CREATE FUNCTION voipgw_psap_number_presented(
                 presented TEXT, window_seconds DOUBLE PRECISION, most INTEGER
             ) RETURNS VOID LANGUAGE plpgsql VOLATILE AS $$
@@ -372,9 +375,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                 INSERT INTO psap_callbacks (number, until)
                 VALUES (presented, clock_timestamp() + make_interval(secs => window_seconds))
                 ON CONFLICT (number) DO UPDATE SET until = excluded.until;
-                DELETE FROM psap_callbacks WHERE until <= clock_timestamp();
                 DELETE FROM psap_callbacks WHERE number IN (
-                    SELECT number FROM psap_callbacks ORDER BY until DESC OFFSET most);
+                    SELECT number FROM psap_callbacks WHERE until <= clock_timestamp()
+                    FOR UPDATE SKIP LOCKED);
+                DELETE FROM psap_callbacks WHERE number IN (
+                    SELECT number FROM psap_callbacks ORDER BY until DESC OFFSET most
+                    FOR UPDATE SKIP LOCKED);
             END $$""",
         ),
     ),
