@@ -32,11 +32,13 @@ synchronous, gateway/core/store/interface.py), and waits at most what the store 
 lost fails at once. A store that fails or does not answer in time leaves this node's memory to
 answer alone (logged once, until it answers again), and is asked again only
 :data:`STORE_RETRY_SECONDS` later; a callback is neither delayed further nor refused for it, and
-the numbers the store missed meanwhile are written with the next emergency call's.
+the numbers the store missed meanwhile are written with the next emergency calls' (a few with
+each, :data:`WRITES_PER_CALL`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import TYPE_CHECKING
 
@@ -60,6 +62,11 @@ STORE_RETRY_SECONDS = 5.0
 """After a store call failed or did not answer in time, how long memory answers alone before
 the store is asked again: a store that takes its whole statement timeout to fail holds the event
 loop up once every this long, not at each emergency call or marked INVITE."""
+
+WRITES_PER_CALL = 4
+"""Store writes one emergency call makes at most: its own number, then numbers the store missed
+while it did not answer (after an outage they reach the store a few per emergency call, rather
+than all at once on the event loop)."""
 
 MISS_KEPT_SECONDS = 1.0
 """How long the store's "no such number" is taken as the answer for that number: the gateway
@@ -110,12 +117,17 @@ class PsapCallbacks:
             del self._unwritten[next(iter(self._unwritten))]
         if self.store_failing and now < self._retry_at:
             return
-        # This one, and those the store missed while it did not answer (oldest first).
+        # Those missed whose window is over go unwritten (the oldest lead: one window for all).
         while self._unwritten:
-            unwritten, until = next(iter(self._unwritten.items()))
+            oldest, until = next(iter(self._unwritten.items()))
+            if until > now:
+                break
+            del self._unwritten[oldest]
+        # This one, then a few the store missed while it did not answer, newest first.
+        newest = list(itertools.islice(reversed(self._unwritten.items()), WRITES_PER_CALL))
+        for unwritten, until in newest:
             try:
-                if until > now:
-                    store.psap_number_presented(unwritten, until - now, MAX_NUMBERS)
+                store.psap_number_presented(unwritten, until - now, MAX_NUMBERS)
             except Exception as exc:  # StoreError, or a backend's own: the call goes on
                 self._failed(exc, now)
                 return

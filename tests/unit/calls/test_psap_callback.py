@@ -156,12 +156,32 @@ def test_a_store_out_of_reach_leaves_memory_to_answer_logged_once(
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1
         assert "store did not answer (PostgreSQL host=db: not connected" in warnings[0].message
-        # It answers again: the next emergency call writes the numbers it missed, oldest first.
+        # It answers again: the next emergency call writes its number, then those missed.
         store.failing = False
         callbacks.emergency_call_presented("+4930444", now=100.0)
-    assert store.writes == [("+4930111", 1700.0), ("+4930222", 1701.0), ("+4930444", 1800.0)]
+    assert store.writes == [("+4930444", 1800.0), ("+4930222", 1701.0), ("+4930111", 1700.0)]
     assert not callbacks.store_failing
     assert "the store answers again" in caplog.records[-1].message
+
+
+def test_numbers_missed_reach_the_store_a_few_per_call_and_expired_ones_never(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(psap_callback, "WRITES_PER_CALL", 2)
+    store = FakeStore()
+    store.failing = True
+    callbacks = on(store, window=100.0)
+    callbacks.emergency_call_presented("+1555000", now=0.0)  # its window is over at 100
+    for n in range(1, 4):
+        callbacks.emergency_call_presented(f"+155500{n}", now=50.0 + n)
+    store.failing = False
+    callbacks.emergency_call_presented("+1555009", now=120.0)
+    assert store.writes == [("+1555009", 100.0), ("+1555003", 33.0)]
+    callbacks.emergency_call_presented("+1555008", now=121.0)
+    assert store.writes[2:] == [("+1555008", 100.0), ("+1555002", 31.0)]
+    callbacks.emergency_call_presented("+1555007", now=122.0)
+    assert store.writes[4:] == [("+1555007", 100.0), ("+1555001", 29.0)]
+    assert "+1555000" not in dict(store.writes)
 
 
 def test_without_a_window_the_store_is_never_asked() -> None:
