@@ -710,6 +710,11 @@ class CallCounts:
     node_name_conflicts: int | None = None
     # With a shared store: the nodes alive, this one included, as its last heartbeat counted.
     live_nodes: int | None = None
+    # With a store and [gateway] psap_callback_window: PSAP callbacks recognised from the store
+    # only (another node's emergency call, or this node's before a restart), and the store's
+    # writes and reads of those numbers that failed or timed out. None: no store, or no window.
+    psap_callbacks_from_store: int | None = None
+    psap_callback_store_failures: int | None = None
 
 
 @attrs.frozen

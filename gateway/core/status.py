@@ -211,6 +211,16 @@ class StatusView:
                 if manager is not None and manager.limits.shared is not None
                 else None
             ),
+            psap_callbacks_from_store=(
+                manager.psap_callbacks.store_hits
+                if manager is not None and manager.psap_callbacks.stored
+                else None
+            ),
+            psap_callback_store_failures=(
+                manager.psap_callbacks.store_failures
+                if manager is not None and manager.psap_callbacks.stored
+                else None
+            ),
         )
 
     def media(self) -> MediaCounts:

@@ -417,3 +417,45 @@ def test_names_nobody_has_do_not_push_real_accounts_out_of_the_cache(
     for i in range(100):  # REGISTERs with made-up usernames
         assert node.get_account(f"guess{i}") is None
     assert node.get_account("alice") is cached  # still from memory
+
+
+# -- PSAP callbacks (migration 4) ---------------------------------------------------------------
+
+
+def test_a_number_presented_on_one_node_is_known_to_the_other_until_its_window_ends(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+) -> None:
+    a, b = open_node(listen=False), open_node(listen=False)
+    assert b.psap_number_remaining("+4930123456") is None
+    a.psap_number_presented("+4930123456", 1800.0, 100)
+    remaining = b.psap_number_remaining("+4930123456")
+    assert remaining is not None and 1790 < remaining <= 1800  # the server's clock
+    b.psap_number_presented("+4930999", 0.05, 100)
+    wait_until(lambda: a.psap_number_remaining("+4930999") is None)
+    # Bounded: past ``most``, the numbers whose window ends first go; expired ones too.
+    for n in range(4):
+        a.psap_number_presented(f"+155500{n}", 100.0 + n, 3)
+    rows = postgres_cluster.admin(
+        "SELECT number FROM psap_callbacks ORDER BY number", postgres_database
+    )
+    assert rows == [("+1555002",), ("+1555003",), ("+4930123456",)]  # +4930999: expired
+
+
+def test_a_schema_3_database_is_upgraded_and_keeps_its_nodes_working(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    old = open_node(listen=False, migrations=MIGRATIONS[:3], node="old")
+    old.accounts_add("alice", PASSWORD, REALM)
+    old.call_limits.start()
+    assert old.schema_version() == 3
+    new = open_node(listen=False, node="new")
+    assert new.schema_version() == 4
+    new.psap_number_presented("+4930123456", 60.0, 10)
+    remaining = new.psap_number_remaining("+4930123456")
+    assert remaining is not None and 0 < remaining <= 60
+    # The node of schema 3 still running: its accounts and call limits work as before.
+    assert old.get_account("alice") is not None
+    assert old.call_limits.take(1, ("trunk", "carrier"), 1)
+    assert new.call_limits.take(1, ("trunk", "carrier"), 1) is False

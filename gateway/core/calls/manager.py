@@ -98,8 +98,11 @@ class CallManager:
             shared,
             cluster_cps=gateway.config.store.max_cps_scope == "cluster",
         )
-        self.psap_callbacks = PsapCallbacks(gateway.config.gateway.psap_callback_window)
-        """The numbers our emergency calls presented lately (RFC 7090 callbacks to them)."""
+        self.psap_callbacks = PsapCallbacks(
+            gateway.config.gateway.psap_callback_window, gateway.store
+        )
+        """The numbers our emergency calls presented lately (RFC 7090 callbacks to them), in
+        memory and in the store (another node's, or this one's before a restart)."""
         if shared is not None:
             nursery.start_soon(self._beat, shared.heartbeat_interval)
         self.statistics = gateway.call_statistics
@@ -388,8 +391,9 @@ class CallManager:
     def is_psap_callback(self, invite: Request, flow: Flow) -> bool:
         """Whether ``invite`` is an emergency service calling back (RFC 7090,
         calls/psap_callback.py): from a trunk, marked ``Priority: psap-callback``, to a number
-        an emergency call of ours presented within ``[gateway] psap_callback_window``. Asked
-        only for marked INVITEs from trunks and where a limit would refuse an INVITE."""
+        an emergency call of ours presented within ``[gateway] psap_callback_window`` (this
+        node's, in memory; another node's or a previous run's, in the store). Asked only for
+        marked INVITEs from trunks and where a limit would refuse an INVITE."""
         if not marked_as_callback(invite.headers.get("Priority")):
             return False
         trunk = self.trunk_for_source(flow.remote[0])
@@ -419,7 +423,8 @@ class CallManager:
     def emergency_call_presented(self, invite: Request, trunk: str, user: str) -> None:
         """An account's call ``invite`` goes to ``trunk`` presenting ``user`` as the calling
         number: if it calls an emergency number, callbacks to that number are recognised for a
-        while (RFC 7090). Asked once per leg to a trunk of an account's call."""
+        while (RFC 7090), on every node sharing the store. Asked once per leg to a trunk of an
+        account's call."""
         directory = self.gateway.directory
         if (
             self.psap_callbacks.window <= 0

@@ -1,4 +1,5 @@
-"""Persistent state: accounts, registrations and call records.
+"""Persistent state: accounts, registrations, call records and the numbers PSAP callbacks may
+call.
 
 :mod:`gateway.core.store.interface` defines the :class:`Store` protocol and its values;
 :mod:`gateway.core.store.sqlite` is the default backend (one file in the state directory);

@@ -1,4 +1,5 @@
-"""The store interface: accounts, registrations (bindings) and call records.
+"""The store interface: accounts, registrations (bindings), call records and the numbers PSAP
+callbacks may call.
 
 Values are frozen attrs classes; the :class:`Store` protocol is what the core calls. SQLite
 (:mod:`gateway.core.store.sqlite`) is the default; PostgreSQL
@@ -329,6 +330,20 @@ class Store(Protocol):
         """End the records of calls a previous run of this node left without an end (it was
         killed): they ended when it did. How many. Nodes sharing a store (PostgreSQL) each end
         only their own, never calls another node has up."""
+        ...
+
+    # -- PSAP callbacks (RFC 7090, gateway/core/calls/psap_callback.py) -------------------
+
+    def psap_number_presented(self, number: str, window: float, most: int) -> None:
+        """An emergency call presented ``number``: keep it until ``window`` seconds from now
+        (the store's clock: the server's for PostgreSQL, so nodes whose clocks disagree agree
+        on it), a second call restarting the window. Drops the numbers whose window is over,
+        and past ``most`` numbers those whose window ends first: the table stays bounded."""
+        ...
+
+    def psap_number_remaining(self, number: str) -> float | None:
+        """Seconds left in ``number``'s window (as presented by any node sharing the store,
+        or by this one before a restart); None when it has none."""
         ...
 
     def close(self) -> None: ...

@@ -37,6 +37,10 @@ round trip. Theory of operation:
   0 makes the calls already up count). The heartbeat's statement also counts the live nodes,
   for ``[store] max_cps_scope = "cluster"`` (each node paces its share of a trunk's
   ``max_cps``).
+- PSAP callbacks (migration 4). The numbers our emergency calls presented, each until its
+  callback window ends on the server's clock: written when an emergency call leaves through a
+  trunk, read only for a trunk's INVITE marked ``Priority: psap-callback`` that this node does
+  not know of (``gateway/core/calls/psap_callback.py``), so a callback is recognised on any node.
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused, and
   every refusal or failed migration names the versions and says what to do (a rolling upgrade:
@@ -346,6 +350,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             # two processes given one [store] node name are found out (PostgresCallLimits).
             # Nodes of schema 2 still running keep working: their upserts leave it as it is.
             "ALTER TABLE call_limit_nodes ADD COLUMN instance TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
+    (
+        4,
+        (
+            # The numbers our emergency calls presented, each until its PSAP callback window
+            # ends, on the server's clock: a callback that the carrier sends to any node, or to
+            # one restarted since, is recognised (gateway/core/calls/psap_callback.py).
+            """CREATE TABLE psap_callbacks (
+                number TEXT PRIMARY KEY,
+                until TIMESTAMPTZ NOT NULL
+            )""",
+            "CREATE INDEX psap_callbacks_until ON psap_callbacks (until)",
+            # One round trip from a node in autocommit (its own transaction): keep the number,
+            # drop those whose window is over and, past most, those whose window ends first.
+            # Rows another node is deleting at the same moment are skipped (SKIP LOCKED, as
+            # expire_bindings does), so two nodes' clean-ups neither wait for nor deadlock with
+            # each other; what one skips, the next write deletes.
+            """CREATE FUNCTION voipgw_psap_number_presented(
+                presented TEXT, window_seconds DOUBLE PRECISION, most INTEGER
+            ) RETURNS VOID LANGUAGE plpgsql VOLATILE AS $$
+            BEGIN
+                INSERT INTO psap_callbacks (number, until)
+                VALUES (presented, clock_timestamp() + make_interval(secs => window_seconds))
+                ON CONFLICT (number) DO UPDATE SET until = excluded.until;
+                DELETE FROM psap_callbacks WHERE number IN (
+                    SELECT number FROM psap_callbacks WHERE until <= clock_timestamp()
+                    FOR UPDATE SKIP LOCKED);
+                DELETE FROM psap_callbacks WHERE number IN (
+                    SELECT number FROM psap_callbacks ORDER BY until DESC OFFSET most
+                    FOR UPDATE SKIP LOCKED);
+            END $$""",
         ),
     ),
 )
@@ -1216,6 +1252,23 @@ class PostgresStore:
                 (max(0, limit),),
             ).fetchall()
         return tuple(_call_record(row) for row in rows)
+
+    # -- PSAP callbacks (migration 4) -------------------------------------------------------
+
+    def psap_number_presented(self, number: str, window: float, most: int) -> None:
+        with self._session() as db:
+            db.execute(
+                "SELECT voipgw_psap_number_presented(%s, %s, %s)", (number, window, max(0, most))
+            )
+
+    def psap_number_remaining(self, number: str) -> float | None:
+        with self._session() as db:
+            row = db.execute(
+                "SELECT EXTRACT(EPOCH FROM until - clock_timestamp())::float8"
+                " FROM psap_callbacks WHERE number = %s AND until > clock_timestamp()",
+                (number,),
+            ).fetchone()
+        return None if row is None else max(0.0, float(row[0]))
 
 
 # -- helpers ---------------------------------------------------------------------------------

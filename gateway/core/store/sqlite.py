@@ -1,5 +1,8 @@
 """SQLite store: one file ``voipgw.sqlite3`` in the state directory.
 
+It holds accounts, registrations, call records and the numbers PSAP callbacks may call
+(migration 3), so that a callback after a restart is still one.
+
 WAL journal (readers do not block the writer), foreign keys on, ``synchronous=NORMAL`` (durable
 across process crashes; a power cut may lose the last transactions, never corrupt). The schema is
 built by ordered migrations recorded in ``schema_version``; opening a store applies the missing
@@ -138,6 +141,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     (2, ("ALTER TABLE accounts ADD COLUMN max_calls INTEGER NOT NULL DEFAULT 0",)),
+    (
+        3,
+        (
+            # The numbers our emergency calls presented, each until its PSAP callback window
+            # ends (wall-clock seconds): a callback after a restart is still recognised
+            # (gateway/core/calls/psap_callback.py). Bounded by the writer.
+            """CREATE TABLE psap_callbacks (
+                number TEXT PRIMARY KEY,
+                until REAL NOT NULL
+            )""",
+            "CREATE INDEX psap_callbacks_until ON psap_callbacks (until)",
+        ),
+    ),
 )
 
 
@@ -582,6 +598,34 @@ class SqliteStore:
                 (ended_at, reason),
             )
             return cursor.rowcount
+
+    # -- PSAP callbacks ---------------------------------------------------------------------
+
+    def psap_number_presented(self, number: str, window: float, most: int) -> None:
+        now = self._clock()
+        with self._transaction(changes_accounts=False) as db:
+            db.execute(
+                "INSERT INTO psap_callbacks (number, until) VALUES (?, ?)"
+                " ON CONFLICT (number) DO UPDATE SET until = excluded.until",
+                (number, now + window),
+            )
+            db.execute("DELETE FROM psap_callbacks WHERE until <= ?", (now,))
+            # Past ``most``, the numbers whose window ends first go (the index on until).
+            db.execute(
+                "DELETE FROM psap_callbacks WHERE number IN (SELECT number FROM psap_callbacks"
+                " ORDER BY until DESC LIMIT -1 OFFSET ?)",
+                (max(0, most),),
+            )
+
+    def psap_number_remaining(self, number: str) -> float | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT until FROM psap_callbacks WHERE number = ?", (number,)
+            ).fetchone()
+        if row is None:
+            return None
+        left = float(row[0]) - self._clock()
+        return left if left > 0 else None
 
 
 class _Checkpointer:

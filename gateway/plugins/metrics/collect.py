@@ -108,6 +108,22 @@ def _calls(out: Exposition, status: GatewayStatus) -> None:
             " as its last heartbeat counted.",
         )
         out.sample(calls.live_nodes)
+    if calls.psap_callbacks_from_store is not None:
+        out.family(
+            "voipgw_psap_callbacks_from_store_total",
+            "counter",
+            "PSAP callbacks (RFC 7090) recognised from the store only: to a number another"
+            " node's emergency call, or this node's before a restart, presented.",
+        )
+        out.sample(calls.psap_callbacks_from_store)
+    if calls.psap_callback_store_failures is not None:
+        out.family(
+            "voipgw_psap_callback_store_failures_total",
+            "counter",
+            "Writes and reads of the numbers PSAP callbacks may call that the store failed or"
+            " did not answer in time (this node's memory answered alone).",
+        )
+        out.sample(calls.psap_callback_store_failures)
     out.family(
         "voipgw_call_setup_seconds",
         "histogram",

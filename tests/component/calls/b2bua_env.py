@@ -131,8 +131,9 @@ async def start_b2bua(
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
-    store.accounts_add("alice", ALICE_PASSWORD, REALM)
-    store.accounts_add("bob", "bob-password-1", REALM)
+    if store.get_account("alice") is None:  # else a gateway restarted on its state directory
+        store.accounts_add("alice", ALICE_PASSWORD, REALM)
+        store.accounts_add("bob", "bob-password-1", REALM)
     store.close()
     network = MemoryNetwork(seed, drop=drop, duplicate=duplicate, reorder=reorder, delay=delay)
     await nursery.start(network.serve)

@@ -12,13 +12,18 @@ in Germany (country code 49, Berlin's area 30) and taking national numbers.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pytest
 import trio
 
+from gateway.core.store.errors import StoreBusy
+from gateway.core.store.sqlite import SqliteStore
 from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
 from tests.component.calls.test_b2bua_drain import start_drain
+from tests.component.calls.test_b2bua_metrics import metrics_env, scrape
 from tests.component.calls.test_b2bua_stir_shaken_required import RefuseEverything
 
 BERLIN = {"country_code": "49", "area_code": "30"}
@@ -30,7 +35,7 @@ MARKED = [("Priority", "psap-callback")]
 async def psap_env(
     nursery: trio.Nursery, tmp_path: Path, seed: int, *, window: float = 1800.0
 ) -> B2bua:
-    return await start_b2bua(
+    env = await start_b2bua(
         nursery,
         tmp_path,
         seed,
@@ -38,6 +43,17 @@ async def psap_env(
         carrier=CARRIER,
         gateway_table={"psap_callback_window": window},
     )
+    store_follows_trio_clock(env)
+    return env
+
+
+def store_follows_trio_clock(env: B2bua) -> None:
+    """The store keeps each number's window on the wall clock (it outlives the process);
+    here that clock moves with trio's, which the autojump clock runs ahead."""
+    store = env.gateway.store
+    assert isinstance(store, SqliteStore)
+    wall, start = time.time(), trio.current_time()
+    store._clock = lambda: wall + (trio.current_time() - start)
 
 
 async def alice_calls_112(env: B2bua) -> None:
@@ -180,3 +196,65 @@ async def test_no_caller_identity_check_refuses_a_callback(
     callback = await carrier_calls_alice(env, marked=True)
     assert (await callback.final()).status == 200
     assert len(env.alice.requests("INVITE")) == 1
+
+
+async def test_a_callback_after_a_restart_on_the_same_store_is_still_one(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The gateway dies after alice's emergency call (its nursery cancelled: nothing saved at
+    a stop) and starts again on its state directory: the number is in the store, so the
+    PSAP's callback gets past the full gateway and reaches alice marked."""
+    async with trio.open_nursery() as first_run:
+        before = await psap_env(first_run, tmp_path, voipgw_seed)
+        await alice_calls_112(before)
+        first_run.cancel_scope.cancel()
+
+    # Other seeds: alice's phone too starts again (a new REGISTER Call-ID, RFC 3261 §10.2.4).
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed + 100, numbering=BERLIN, carrier=CARRIER)
+    manager = env.gateway.calls
+    assert manager is not None
+    assert len(manager.psap_callbacks) == 0  # a new process: nothing in memory
+    manager.max_calls = 0
+    ordinary = await carrier_calls_alice(env, marked=False)
+    assert (await ordinary.final()).status == 503
+
+    callback = await carrier_calls_alice(env, marked=True)
+    assert (await callback.final()).status == 200
+    (to_alice,) = env.alice.requests("INVITE")
+    assert to_alice.headers.get("Priority") == "psap-callback"
+    assert manager.psap_callbacks.store_hits == 1
+    assert (await callback.bye()).status == 200
+
+
+async def test_a_store_that_fails_leaves_memory_to_answer_and_is_counted(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store refuses the number (another process holds its write lock): the emergency
+    call goes on, this node still recognises the callback from memory, and the failure is a
+    WARNING and a counted sample."""
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, numbering=BERLIN, carrier=CARRIER
+    )
+
+    def busy(*args: object) -> None:
+        raise StoreBusy("voipgw.sqlite3: another process held the write lock")
+
+    monkeypatch.setattr(env.gateway.store, "psap_number_presented", busy)
+    monkeypatch.setattr(env.gateway.store, "psap_number_remaining", busy)
+    await alice_calls_112(env)
+    manager = env.gateway.calls
+    assert manager is not None
+    manager.max_calls = 0
+    callback = await carrier_calls_alice(env, marked=True)
+    leg = await env.alice.next_call()  # rung past the full gateway
+    assert leg.invite.headers.get("Priority") == "psap-callback"
+    samples = await scrape(address)
+    assert samples["voipgw_psap_callback_store_failures_total"] == 1
+    assert samples["voipgw_psap_callbacks_from_store_total"] == 0
+    assert "the store did not answer (voipgw.sqlite3: another process" in caplog.text
+    await callback.cancel()

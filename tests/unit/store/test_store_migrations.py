@@ -114,3 +114,27 @@ def test_migrations_must_be_numbered_in_order(tmp_path: Path) -> None:
         SqliteStore.open(tmp_path, migrations=((2, ()),))
     with pytest.raises(ValueError):
         SqliteStore.open(tmp_path, migrations=())
+
+
+def test_a_version_2_file_gets_the_psap_callback_numbers(tmp_path: Path) -> None:
+    # A state directory from before migration 3: it opens, keeps its accounts, and keeps the
+    # numbers PSAP callbacks may call from then on.
+    SqliteStore.open(tmp_path, migrations=MIGRATIONS[:2]).close()
+    assert versions(tmp_path) == [1, 2]
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    db.execute(
+        "INSERT INTO accounts (name, enabled, media_policy, require_tls, max_calls,"
+        " created_at, updated_at) VALUES ('old', 1, 'best-effort', 0, 2, 0, 0)"
+    )
+    db.commit()
+    db.close()
+    store = SqliteStore.open(tmp_path)
+    try:
+        assert store.schema_version() == 3
+        old = store.get_account("old")
+        assert old is not None and old.max_calls == 2
+        store.psap_number_presented("+4930123456", 1800.0, 10)
+        remaining = store.psap_number_remaining("+4930123456")
+        assert remaining is not None and 1790 < remaining <= 1800
+    finally:
+        store.close()
