@@ -253,6 +253,14 @@ def location_body(
     return body, f"multipart/mixed;boundary={boundary}"
 
 
+def location_error_code_untrusted(value: str) -> str | None:
+    """The code of one Geolocation-Error value (RFC 6442 §4.3: ``location-error-code`` is
+    ``1*3DIGIT``, before any parameters; 100 to 300 are registered), None for a value without
+    one. Only the code is kept for the call record, never the text a peer put beside it."""
+    code = value.partition(";")[0].strip()
+    return code if 0 < len(code) <= 3 and code.isascii() and code.isdigit() else None
+
+
 def geolocation_errors(response: Response) -> list[tuple[str, str]]:
     """The Geolocation-Error fields of a trunk's ``response`` to relay to the phone (RFC 6442
     §4.3: the error concerns the location the phone sent), at most ``MAX_LOCATIONS``."""
