@@ -293,8 +293,14 @@ class InDialogRequest:
     sent: Request | None = None
     challenged: bool = False
     client: ClientRequest | None = None  # the client transaction of ``sent``
-    # The caller's location went in it, to this leg (RFC 6442): a Geolocation-Error in the
-    # answer is the caller's to know (§4.3), and the call record's.
+
+
+@attrs.define(eq=False)
+class LocatedRequest(InDialogRequest):
+    """A request of ours that carried the caller's location (RFC 6442) to ``location_to``: a
+    Geolocation-Error in its answer is the caller's to know (§4.3), and the call record's. A
+    subclass, so that the requests of calls without location carry nothing more."""
+
     location_to: Leg | None = None
     # A "location" UPDATE in a confirmed dialog: the session timer our 2xx to the caller's
     # UPDATE states (RFC 4028 §10); None in an early dialog, which has no session yet.
@@ -1053,7 +1059,7 @@ class Call:
         if not self._passes_location(other, location):
             return False
         headers, body, content_type = self._location_update_parts(location)
-        tag = InDialogRequest(
+        tag = LocatedRequest(
             "location",
             other.side,
             relayed=(event.transaction, event.request),
@@ -1096,7 +1102,7 @@ class Call:
             if dialog is None:
                 continue
             headers, body, content_type = self._location_update_parts(location)
-            tag = InDialogRequest(
+            tag = LocatedRequest(
                 "location", leg.side, relayed=(event.transaction, event.request), location_to=leg
             )
             client = await self._send_in_dialog(
@@ -1111,7 +1117,7 @@ class Call:
             sent = sent or client is not None
         return sent
 
-    async def _location_update_answered(self, tag: InDialogRequest, response: Response) -> None:
+    async def _location_update_answered(self, tag: LocatedRequest, response: Response) -> None:
         """The final answer to our UPDATE with the caller's location: the caller's UPDATE
         gets its counterpart, with the Geolocation-Error it carries (RFC 6442 §4.3), once (the
         first of several early dialogs answers it). A 2xx refreshes both legs' sessions in a
@@ -2139,9 +2145,10 @@ class Call:
     ) -> None:
         """Our 200 to A carries ``offer_a`` (A's INVITE had none), and ``extra`` fields; A's
         ACK brings the answer (:meth:`_awaiting_answer`)."""
-        ok = self._a_response(
-            200, body=serialize_sdp(offer_a), extra=[*self._a_timer.headers(), *extra]
-        )
+        fields = self._a_timer.headers()
+        if extra:
+            fields = [*fields, *extra]
+        ok = self._a_response(200, body=serialize_sdp(offer_a), extra=fields)
         self._stop_reliable_1xx()
         over_tls = self.a.transport in TLS_TRANSPORTS
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=over_tls)  # type: ignore[arg-type]
@@ -2447,13 +2454,12 @@ class Call:
         chosen = next((f for f in finals if (f.status, f.reason) == (status, reason)), None)
         reasons = chosen.headers.get_all("Reason")[:MAX_REASONS] if chosen is not None else ()
         extra = [("Reason", r) for r in reasons]
-        located = next(
-            (leg for leg in self.b_legs if leg.location_passed and leg.final is chosen), None
-        )
-        if chosen is not None and located is not None:
+        if chosen is not None and self.location is not None:
             # RFC 6442 §4.3: the trunk's verdict on the location (a 424's above all) is the
-            # phone's to act on.
-            extra += self._geolocation_errors(located, chosen)
+            # phone's to act on, where the location went to that trunk.
+            located = [leg for leg in self.b_legs if leg.location_passed and leg.final is chosen]
+            if located:
+                extra += self._geolocation_errors(located[0], chosen)
         await self._reject_a(status, reason, None, extra=extra)
 
     async def _early_request(self, event: RequestEvent) -> None:
@@ -2499,7 +2505,7 @@ class Call:
             return
         if tag.purpose == "dtmf":
             await self._dtmf_info_answered(tag, event.response)
-        elif tag.purpose == "location":
+        elif tag.purpose == "location" and isinstance(tag, LocatedRequest):
             await self._location_update_answered(tag, event.response)
 
     # -- established ----------------------------------------------------------------------------
@@ -2668,12 +2674,17 @@ class Call:
             return
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
-        sent = InDialogRequest("reinvite", event.side.other)
+        if location is not None and not self._passes_location(other, location):
+            location = None
+        sent = (
+            InDialogRequest("reinvite", event.side.other)
+            if location is None
+            else LocatedRequest("reinvite", event.side.other, location_to=other)
+        )
         body = serialize_sdp(offer) if offer is not None else b""
         content_type: str | None = SDP
         extra = [("Supported", "timer"), *self._refresh_headers(other)]
-        if location is not None and self._passes_location(other, location):
-            sent.location_to = other
+        if location is not None:
             extra += location_headers(location)
             ids = self.manager.gateway.ids
             located = location_body(location, body, lambda: ids.token_hex(8))
@@ -3013,8 +3024,9 @@ class Call:
         elif tag.purpose == "dtmf":
             await self._dtmf_info_answered(tag, response)
         elif tag.purpose == "reinvite":
-            await self._reinvite_answered(tag.side, response, located=tag.location_to)
-        elif tag.purpose == "location":
+            located = tag.location_to if isinstance(tag, LocatedRequest) else None
+            await self._reinvite_answered(tag.side, response, located=located)
+        elif tag.purpose == "location" and isinstance(tag, LocatedRequest):
             await self._location_update_answered(tag, response)
         elif tag.purpose == "refresh":
             await self._refresh_answered(tag, response)

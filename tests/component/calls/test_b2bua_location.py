@@ -507,3 +507,34 @@ async def test_a_location_update_that_cannot_go_leaves_the_callers_update_answer
     assert env.trunk.requests("UPDATE") == []
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_late_offer_call_gets_the_geolocation_error_of_the_trunks_2xx(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A caller's INVITE without SDP, its location part alone: the trunk's 2xx (with the
+    offer) says Geolocation-Error 100, and so does our 200 with the offer to the caller."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    env.trunk.auto = None
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060", sdp=MOVED_ONLY, content_type=MIXED, extra=BY_VALUE
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    leg_b = await env.trunk.next_call()
+    assert leg_b.invite.headers.get("Geolocation") == BY_VALUE[0][1] and MOVED in leg_b.invite.body
+    assert leg_b.incoming is not None
+    error = '100 ;code="Cannot Process Location"'
+    await env.trunk.respond(
+        leg_b.incoming,
+        200,
+        body=env.trunk.offer_sdp(),
+        extra=[("Geolocation-Error", error)],
+    )
+    answered = await call.final()
+    assert answered.status == 200 and b"m=audio" in answered.body
+    assert answered.headers.get("Geolocation-Error") == error
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    await eventually(lambda: location_record(env) is not None)
+    assert location_record(env)["errors"] == [{"from": "carrier", "status": 200, "code": "100"}]
