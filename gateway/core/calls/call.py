@@ -2170,7 +2170,7 @@ class Call:
             elif isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                 # B's own 2xx again (ACKed once A answers) or another leg's final response.
                 await self._b_response(event.tag, event.response)
-            elif isinstance(event, ResponseEvent):
+            elif isinstance(event, ResponseEvent) and isinstance(event.tag, LocatedRequest):
                 await self._early_response(event)  # a location UPDATE's, sent while ringing
             elif isinstance(event, RequestEvent):
                 if event.request.method == "BYE":

@@ -296,6 +296,13 @@ def test_a_geolocation_error_code_is_its_digits_only() -> None:
 
 
 @settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=60))
+def test_any_geolocation_error_value_gives_a_short_code_or_none(value: str) -> None:
+    code = location_error_code_untrusted(value)
+    assert code is None or (0 < len(code) <= 3 and all(c in "0123456789" for c in code))
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     geolocation=st.lists(st.text(alphabet='<>cid:@;=," ab%40x/', max_size=40), max_size=3),
     routing=st.lists(st.text(max_size=10), max_size=2),
