@@ -231,9 +231,10 @@ MAX_REASONS = 4
 # Geolocation-Errors one call's record keeps, at most (a trunk may repeat one in every 1xx).
 MAX_LOCATION_ERRORS = 8
 # Answers to our location UPDATE that say nothing about the location, only that it did not get
-# there (the trunk takes no UPDATE, or a challenge we could not answer): the caller's UPDATE is
-# answered as if it had brought none, rather than failed for the trunk's reasons.
-LOCATION_NOT_DELIVERED = frozenset({401, 405, 407, 501})
+# there (the trunk takes no UPDATE, a challenge we could not answer, our session interval too
+# small for it, RFC 4028 §6): the caller's UPDATE is answered as if it had brought none, rather
+# than failed for the trunk's reasons (a 422 without the caller's Min-SE would mislead it).
+LOCATION_NOT_DELIVERED = frozenset({401, 405, 407, 422, 501})
 # How long an attended transfer to a trunk's call waits for the consultation call to hand its
 # trunk leg over (one turn of that call's task; it answers at once unless it is ending).
 HAND_OVER_WAIT = 2.0

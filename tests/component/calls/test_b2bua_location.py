@@ -538,3 +538,34 @@ async def test_a_late_offer_call_gets_the_geolocation_error_of_the_trunks_2xx(
     await eventually(lambda: env.calls == 0)
     await eventually(lambda: location_record(env) is not None)
     assert location_record(env)["errors"] == [{"from": "carrier", "status": 200, "code": "100"}]
+
+
+async def test_a_gone_dialog_ends_the_call_only_once_answered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """481 to our location UPDATE: before the answer only that early dialog is gone (RFC 3261
+    §12.2.1.2), so the caller's UPDATE gets 200 and the call rings on; in the answered call
+    the trunk's dialog is gone, so the caller gets the 481 and the call ends, as for a
+    re-INVITE."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    env.trunk.auto = None
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060",
+        sdp=located_body(env.alice.offer_sdp()),
+        content_type=MIXED,
+        extra=BY_VALUE,
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    leg_b = await env.trunk.next_call()
+    await leg_b.ring()
+    assert call.exchange is not None
+    await call.exchange.wait_for(lambda r: r.status == 180)
+    trunk_answers(env, "UPDATE", 481, None)
+    early = await call.early_request("UPDATE", body=MOVED_ONLY, content_type=MIXED, extra=BY_VALUE)
+    assert (await early.final()).status == 200
+    await leg_b.answer()
+    assert (await call.final()).status == 200
+    assert (await update(call, MOVED_ONLY, BY_VALUE)).status == 481
+    await eventually(lambda: env.calls == 0)
+    assert len(env.trunk.requests("UPDATE")) == 2
