@@ -569,3 +569,29 @@ async def test_a_gone_dialog_ends_the_call_only_once_answered(
     assert (await update(call, MOVED_ONLY, BY_VALUE)).status == 481
     await eventually(lambda: env.calls == 0)
     assert len(env.trunk.requests("UPDATE")) == 2
+
+
+async def test_a_transfer_carries_no_location(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The emergency caller transfers the PSAP (a trunk policy of "all", which would pass a
+    location to any trunk call): the target's INVITE has no Geolocation and no location part
+    (the transferor's location is not the transferee's), nor has the transferee's re-INVITE.
+    The PSAP's own REFER is 403, as any trunk's."""
+    env = await started(nursery, tmp_path, voipgw_seed, location="all")
+    call = await located_call(env, "112")
+    [leg_b] = env.trunk.calls
+    refer = await leg_b.request("REFER", extra=[("Refer-To", "<sip:+15550123@127.0.0.1>")])
+    assert (await refer.final()).status == 403
+    exchange = await call.request("REFER", extra=[("Refer-To", "<sip:+15550123@127.0.0.1>")])
+    assert (await exchange.final()).status == 202
+    while True:
+        notify = await env.alice.next_request("NOTIFY")
+        if b"SIP/2.0 1" not in notify.request.body:
+            break
+    assert notify.request.body.startswith(b"SIP/2.0 200")
+    first, *later = env.trunk.requests("INVITE")
+    assert first.headers.get("Geolocation") == BY_VALUE[0][1]
+    assert len(later) == 2  # the target's INVITE, the transferee's re-INVITE
+    for invite in later:
+        assert "Geolocation" not in invite.headers and b"presence" not in invite.body
