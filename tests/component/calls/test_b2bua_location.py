@@ -12,7 +12,8 @@ reach the trunk of an emergency call (docs/configuration.md, ``[[trunks]] locati
   passes it; a bad one is left out without refusing the re-INVITE;
 - in an UPDATE too (RFC 6442 §4.1): without an offer as our UPDATE to the trunk, in the call
   and before the answer (in the trunk's early dialog), whose answer is the caller's; with an
-  offer as a re-INVITE; a Geolocation-Error on a 2xx reaches the caller as well (§4.3).
+  offer as a re-INVITE; a Geolocation-Error on a 2xx reaches the caller as well (§4.3);
+- a transfer carries no location.
 
 Set-up as b2bua_env.py: alice registered at 127.0.0.3, trunk "carrier" at 127.0.0.2 serving
 +1 and 112 (an emergency number by default).
