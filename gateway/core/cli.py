@@ -596,6 +596,12 @@ def describe_location(location: dict[str, Any]) -> str:
         line += ", not passed to " + ", ".join(str(name) for name in dropped) + " (policy)"
     if location.get("updates"):
         line += f", updated {location['updates']} time(s) during the call"
+    for error in location.get("errors") or ():
+        # RFC 6442 §4.3: what the trunk said of it (relayed to the caller).
+        line += (
+            f", Geolocation-Error {error.get('code')} from {error.get('from')}"
+            f" ({error.get('status')})"
+        )
     return line
 
 

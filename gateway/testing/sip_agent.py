@@ -224,7 +224,9 @@ class Call:
         # a function makes the answer from the offer (a DTLS answer needs the offer's keys).
         self.ack_answer: bytes | Callable[[bytes], bytes] | None = None
         # A caller's reliable provisional responses (RFC 3262): PRACKed unless send_prack is
-        # false; the early dialog they make, the last RSeq seen and the PRACKs sent.
+        # false; the early dialog they make, the last RSeq seen and the PRACKs sent. (A
+        # callee's early dialog is the one its first 1xx with our To tag made: requests in it,
+        # an UPDATE say, are answered before the call is.)
         self.send_prack = True
         self.early_dialog: Dialog | None = None
         self.last_rseq = 0
@@ -319,6 +321,34 @@ class Call:
             content_type=content_type,
         )
         return await self.agent.send(request, _next_hop(self.dialog), call=self)
+
+    async def early_request(
+        self,
+        method: str,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+        extra: Iterable[tuple[str, str]] = (),
+    ) -> Exchange:
+        """Send a request (an UPDATE, RFC 3311 §5.1) in the early dialog of the latest 1xx
+        with a To tag to our INVITE (RFC 3261 §12.1.2: reliable or not, it makes one); a 2xx
+        of that dialog confirms it, its CSeq going on."""
+        assert self.exchange is not None, "not an outgoing call"
+        ringing = [r for r in self.exchange.responses if 100 < r.status < 200 and r.to.tag]
+        if not ringing:
+            raise LocalSipError("the call has no early dialog yet")
+        latest, early = ringing[-1], self.early_dialog
+        if early is None or early.remote_tag != latest.to.tag:
+            early = self.early_dialog = Dialog.create_uac(self.exchange.request, latest)
+        request = early.create_request(
+            method,
+            via=self.agent.new_via(),
+            contact=self.agent.contact if method in ("INVITE", "UPDATE") else None,
+            extra=extra,
+            body=body,
+            content_type=content_type,
+        )
+        return await self.agent.send(request, _next_hop(early), call=self)
 
     # -- as callee ----------------------------------------------------------------------------
 
@@ -707,6 +737,13 @@ class SipAgent:
             body=body,
             content_type=content_type or (SDP if body else None),
         )
+        if (
+            call is not None
+            and call.incoming is received
+            and 100 < status < 200
+            and call.early_dialog is None
+        ):
+            call.early_dialog = Dialog.create_uas(request, response)  # RFC 3261 §12.1.1
         if call is not None and request.method == "INVITE" and 200 <= status < 300:
             if call.dialog is None:
                 call.dialog = Dialog.create_uas(request, response)
@@ -759,12 +796,18 @@ class SipAgent:
                     return
                 await self.respond(received, 200)
                 return
-            if call is None or call.dialog is None:
+            # A callee's early dialog takes requests before the answer (RFC 3311 §5.1).
+            dialog = (
+                None
+                if call is None
+                else call.dialog or (None if call.outgoing else call.early_dialog)
+            )
+            if call is None or dialog is None:
                 await self.respond(received, 481)
                 return
             received.call = call
             try:
-                call.dialog.receive_request(request)
+                dialog.receive_request(request)
             except SipError as err:
                 await self.respond(received, getattr(err, "status", None) or 500)
                 return
@@ -778,7 +821,7 @@ class SipAgent:
                     await self.respond(received, 200, body=body)
                 return
             if method == "BYE":
-                call.dialog.terminate()
+                dialog.terminate()
             await self.respond(received, 200)
             return
         if method == "INVITE":

@@ -6,7 +6,9 @@ The phone (sipp, account alice) calls 112 with ``Geolocation: <cid:...>``,
 handling=required (calls/uac_call_location_auth.xml); the trunk serving 112 (sipp,
 calls/uas_answer_location.xml) fails its run unless its INVITE has the header, the routing
 header, and a multipart body of the gateway's with the SDP first and the PIDF-LO part with its
-Content-Type, Content-ID, Content-Disposition and position. Each scenario is also run against a
+Content-Type, Content-ID, Content-Disposition and position. Updates follow the same way, in a
+re-INVITE and in an UPDATE (whose trunk answers with a Geolocation-Error the phone must get).
+Each scenario is also run against a
 plain counterpart without the gateway, so that both are shown to work and the trunk's checks to
 fail when location is missing.
 """
@@ -82,6 +84,34 @@ def test_an_emergency_callers_new_location_reaches_the_trunk(tmp_path: Path) -> 
     assert "Content-Type: multipart/mixed;boundary=voipgw-" in moved
     assert "passed to emergency, updated 1 time(s) during the call" in calls
     assert "location update (by value (<moved456@sipp.example.com>" in log
+    assert "52.5210" not in log and "Traceback" not in log
+
+
+def test_an_update_brings_the_new_location_and_the_trunks_geolocation_error_back(
+    tmp_path: Path,
+) -> None:
+    """The caller moves and says so in an UPDATE without an offer (RFC 6442 §4.1): the trunk
+    gets an UPDATE of the gateway's with the new Geolocation and the part alone; the trunk
+    takes it with a Geolocation-Error 100 on its 200, which the caller's scenario requires on
+    the gateway's 200 (§4.3); the call record lists the code."""
+    with SippUas("calls/uas_answer_location_update.xml", workdir=tmp_path) as trunk:
+        toml = emergency_trunk(trunk)
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=toml) as gw:
+            caller = account_call(
+                "calls/uac_call_location_update_auth.xml", gw, tmp_path, service="112"
+            )
+            caller.check()  # the 200 to its UPDATE had the trunk's Geolocation-Error
+            answered = trunk.wait(timeout=10)
+            answered.check()
+            calls = gw.cli_until(lambda out: "Geolocation-Error" in out, "calls", "--recent", "5")
+            log = gw.log_text()
+
+    (update,) = answered.received("UPDATE ")
+    assert "Geolocation: <cid:moved456@sipp.example.com>" in update, update
+    assert "Content-ID: <moved456@sipp.example.com>" in update
+    assert "52.5210 13.4060" in update and "application/sdp" not in update
+    assert "Session-Expires:" in update  # it refreshes the trunk's session too
+    assert "updated 1 time(s) during the call, Geolocation-Error 100 from emergency (200)" in calls
     assert "52.5210" not in log and "Traceback" not in log
 
 

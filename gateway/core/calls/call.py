@@ -69,8 +69,11 @@ gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.b
 gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp,
 multipart/mixed, application/pidf+xml``.
 A caller's location (RFC 6442: Geolocation, a PIDF-LO part) goes on to a trunk whose policy
-allows it, in a multipart body of ours (``gateway.core.calls.location``); re-INVITEs and UPDATEs
-carry their SDP only.
+allows it, in a multipart body of ours (``gateway.core.calls.location``), and so does a new one
+in the caller's re-INVITE or UPDATE: an UPDATE with an offer is relayed as a re-INVITE, one
+without becomes an UPDATE of ours to the trunk (before the answer in its early dialog), whose
+answer is the caller's. A Geolocation-Error in the trunk's answer to anything that carried the
+location (a 2xx's too) goes on in ours to the caller (§4.3) and into the call record.
 
 A trunk with ``username``/``password`` may challenge any request we send it, not only the
 INVITE: a 401/407 to our re-INVITE, relayed request or BYE is answered once, in the same request
@@ -107,6 +110,7 @@ from gateway.core.calls.location import (
     carries_location,
     geolocation_errors,
     location_body,
+    location_error_code_untrusted,
     location_headers,
     offered_location,
     passes,
@@ -231,6 +235,13 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE
 ANSWERED_ELSEWHERE = ('SIP;cause=200;text="Call completed elsewhere"',)
 # A peer's Reason values we carry to the other leg, at most (the parser bounds headers anyway).
 MAX_REASONS = 4
+# Geolocation-Errors one call's record keeps, at most (a trunk may repeat one in every 1xx).
+MAX_LOCATION_ERRORS = 8
+# Answers to our location UPDATE that say nothing about the location, only that it did not get
+# there (the trunk takes no UPDATE, a challenge we could not answer, our session interval too
+# small for it, RFC 4028 §6): the caller's UPDATE is answered as if it had brought none, rather
+# than failed for the trunk's reasons (a 422 without the caller's Min-SE would mislead it).
+LOCATION_NOT_DELIVERED = frozenset({401, 405, 407, 422, 501})
 # How long an attended transfer to a trunk's call waits for the consultation call to hand its
 # trunk leg over (one turn of that call's task; it answers at once unless it is ending).
 HAND_OVER_WAIT = 2.0
@@ -282,13 +293,26 @@ class InDialogRequest:
 
     # "relay" | "reinvite" | "bye" | "refresh" (our UPDATE, RFC 4028) | "transfer" (our
     # re-INVITE to a transferee with its target's offer) | "notify" (a transfer's progress) |
-    # "join" (our re-INVITE without SDP to a trunk leg taken over by an attended transfer)
+    # "join" (our re-INVITE without SDP to a trunk leg taken over by an attended transfer) |
+    # "location" (our UPDATE with the caller's new location, RFC 6442, answering ``relayed``)
     purpose: str
     side: Side  # the leg it was sent on
     relayed: tuple[ServerTransaction, Request] | None = None
     sent: Request | None = None
     challenged: bool = False
     client: ClientRequest | None = None  # the client transaction of ``sent``
+
+
+@attrs.define(eq=False)
+class LocatedRequest(InDialogRequest):
+    """A request of ours that carried the caller's location (RFC 6442) to ``location_to``: a
+    Geolocation-Error in its answer is the caller's to know (§4.3), and the call record's. A
+    subclass, so that the requests of calls without location carry nothing more."""
+
+    location_to: Leg | None = None
+    # A "location" UPDATE in a confirmed dialog: the session timer our 2xx to the caller's
+    # UPDATE states (RFC 4028 §10); None in an early dialog, which has no session yet.
+    answer_timer: UasAnswer | None = None
 
 
 @attrs.frozen
@@ -387,6 +411,9 @@ class Call:
     picked_up: dict[str, str | None] | None = None
     """Set when a BLF key picked the call up (who, from whom it rang): the call record says
     so. A class default, not set per call: only a picked-up call has its own."""
+    _location_errors: list[dict[str, object]] | None = None
+    """The Geolocation-Errors (RFC 6442 §4.3) trunks answered the caller's location with: who,
+    in what status, which code. A class default: only a call that got one has its own."""
 
     def __init__(
         self,
@@ -917,20 +944,22 @@ class Call:
     def _location_update(
         self, side: Side, request: Request, parts: Sequence[BodyPart]
     ) -> Location | None:
-        """The location a re-INVITE from ``side`` conveys (RFC 6442 §4: a location that
-        changed during the call, as an emergency caller moves), checked as at set-up; None for
-        none, for the callee's (only the caller's location is ever passed on, as at set-up),
-        and for one that fails the checks: unlike a first INVITE's, it is left out and the
-        re-INVITE goes on, since refusing it (424) would also refuse the hold or codec change
-        it carries, in what may be an emergency call."""
+        """The location a re-INVITE or UPDATE from ``side`` conveys (RFC 6442 §4.1 lists both:
+        a location that changed during the call, as an emergency caller moves, also before the
+        answer), checked as at set-up; None for none, for the callee's (only the caller's
+        location is ever passed on, as at set-up), and for one that fails the checks: unlike a
+        first INVITE's, it is left out and the request goes on, since refusing it (424) would
+        also refuse the hold, codec change or session refresh it carries, in what may be an
+        emergency call."""
+        method = "re-INVITE" if request.method == "INVITE" else request.method
         if side is not Side.A:
-            log.info("call %s: location in the callee's re-INVITE not passed on", self.id)
+            log.info("call %s: location in the callee's %s not passed on", self.id, method)
             return None
         try:
             location = offered_location(request, parts)
         except LocationError as err:
             log.warning(
-                "call %s: location update in a re-INVITE left out (%s)", self.id, err.reason
+                "call %s: location update in a %s left out (%s)", self.id, method, err.reason
             )
             return None
         if location.conveyed == "none":
@@ -962,6 +991,185 @@ class Call:
             self._location_to.append(to)
         self._location_updates += 1
         return True
+
+    def _geolocation_errors(self, leg: Leg, response: Response) -> list[tuple[str, str]]:
+        """The Geolocation-Error fields of ``leg``'s ``response`` to a request of ours that
+        carried the caller's location, for our response to the caller (RFC 6442 §4.3: the
+        error concerns the location the caller sent, and is the caller's to act on, by sending
+        it again or another); each code noted in the call record and logged once."""
+        errors = geolocation_errors(response)
+        if not errors:
+            return errors
+        trunk = self._leg_trunk(leg) if isinstance(leg, BLeg) else None
+        name = trunk.name if trunk is not None else leg.shown_as
+        noted = self._location_errors
+        if noted is None:
+            noted = self._location_errors = []
+        for _, value in errors:
+            code = location_error_code_untrusted(value) or "unreadable"
+            entry: dict[str, object] = {"from": name, "status": response.status, "code": code}
+            if entry in noted or len(noted) >= MAX_LOCATION_ERRORS:
+                continue
+            noted.append(entry)
+            log.warning(
+                "call %s: %s answered %d with Geolocation-Error %s (RFC 6442 §4.3); relayed "
+                "to the caller",
+                self.id,
+                name,
+                response.status,
+                code,
+            )
+        return errors
+
+    def _early_dialog(self, leg: BLeg, response: Response) -> Dialog | None:
+        """Our early dialog with ``leg``'s callee that its 1xx ``response`` made (RFC 3261
+        §12.1.2, §13.2.2.4: an unreliable 1xx with a To tag makes one too), kept where the 2xx
+        finds it so that our requests in it continue its CSeq; None once it has ended."""
+        tag = response.to.tag
+        if tag is None or leg.invite is None:
+            return None
+        dialog = leg.early_dialogs.get(tag)
+        if dialog is None:
+            over_tls = leg.transport in TLS_TRANSPORTS
+            dialog = Dialog.create_uac(leg.invite, response, over_tls=over_tls)
+            leg.early_dialogs[tag] = dialog
+        return None if dialog.state is DialogState.TERMINATED else dialog
+
+    def _location_update_parts(
+        self, location: Location
+    ) -> tuple[list[tuple[str, str]], bytes, str | None]:
+        """What our UPDATE without an offer carries of ``location``: its Geolocation fields
+        and, by value, a multipart/mixed body of the location parts alone (RFC 5621 §3.1);
+        by reference no body."""
+        ids = self.manager.gateway.ids
+        located = location_body(location, b"", lambda: ids.token_hex(8))
+        body, content_type = located if located is not None else (b"", None)
+        return location_headers(location), body, content_type
+
+    async def _location_to_b(
+        self, event: RequestEvent, location: Location, timer: UasAnswer
+    ) -> bool:
+        """The caller's UPDATE without an offer brought a new location (RFC 6442 §4.1 lists
+        UPDATE; RFC 3311 §5.1: an UPDATE need not carry an offer): relay it in an UPDATE of
+        ours to the other leg where its trunk's policy passes it and it takes UPDATE (its Allow
+        lists it, or it sent none, RFC 3261 §20.5). The caller's UPDATE gets that leg's answer
+        (:meth:`_location_update_answered`); our UPDATE refreshes that leg's session too, as
+        the caller's does its own (RFC 4028 §10). False: nothing sent, the caller's UPDATE is
+        the session refresh it also is."""
+        other = self._leg(event.side.other)
+        if other.dialog is None or not _allows(other, "UPDATE"):
+            log.warning(
+                "call %s: location update not passed on: the %s leg does not allow UPDATE",
+                self.id,
+                other.side.value.upper(),
+            )
+            return False
+        if not self._passes_location(other, location):
+            return False
+        headers, body, content_type = self._location_update_parts(location)
+        tag = LocatedRequest(
+            "location",
+            other.side,
+            relayed=(event.transaction, event.request),
+            location_to=other,
+            answer_timer=timer,
+        )
+        sent = await self._send_in_dialog(
+            other,
+            "UPDATE",
+            body=body,
+            content_type=content_type,
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(other), *headers],
+        )
+        return sent is not None
+
+    async def _location_to_early_legs(self, event: RequestEvent, location: Location) -> bool:
+        """The caller's UPDATE in its early dialog brought a new location (an emergency
+        caller's location often changes before the answer): an UPDATE of ours with it in the
+        early dialog of each callee still ringing (its latest 1xx's) where the policy passes it
+        and the 1xx does not leave UPDATE out of its Allow (RFC 3311 §5.1: UPDATE is allowed
+        in an early dialog; without an offer it needs no reliable 1xx). The caller's UPDATE
+        gets the first answer (:meth:`_location_update_answered`). Later INVITEs of the call
+        (failover) carry it as well (``self.location``). False: none sent."""
+        sent = False
+        for leg in self.b_legs:
+            response = leg.last_provisional
+            if leg.finished or leg.cancel_wanted or response is None:
+                continue
+            if not _allows(leg, "UPDATE", response):
+                log.warning(
+                    "call %s: location update not passed on: %s does not allow UPDATE",
+                    self.id,
+                    leg.shown_as,
+                )
+                continue
+            if not self._passes_location(leg, location):
+                continue
+            dialog = self._early_dialog(leg, response)
+            if dialog is None:
+                continue
+            headers, body, content_type = self._location_update_parts(location)
+            tag = LocatedRequest(
+                "location", leg.side, relayed=(event.transaction, event.request), location_to=leg
+            )
+            client = await self._send_in_dialog(
+                leg,
+                "UPDATE",
+                body=body,
+                content_type=content_type,
+                tag=tag,
+                extra=headers,
+                dialog=dialog,
+            )
+            sent = sent or client is not None
+        return sent
+
+    async def _location_update_answered(self, tag: LocatedRequest, response: Response) -> None:
+        """The final answer to our UPDATE with the caller's location: the caller's UPDATE
+        gets its counterpart, with the Geolocation-Error it carries (RFC 6442 §4.3), once (the
+        first of several early dialogs answers it). A 2xx refreshes both legs' sessions in a
+        confirmed dialog (RFC 4028 §10). An answer that says only that the location did not get
+        there (LOCATION_NOT_DELIVERED; in an early dialog also 408 and 481, which end only
+        that callee's early dialog) answers the caller's UPDATE as if it had brought none:
+        200, logged. In a confirmed dialog 408 and 481 end the call, as for a re-INVITE (RFC
+        3261 §12.2.1.2: that leg's dialog is gone)."""
+        assert tag.relayed is not None and tag.location_to is not None
+        transaction, request = tag.relayed
+        errors = self._geolocation_errors(tag.location_to, response)
+        if transaction.final_status is not None:
+            return  # another early dialog's answer went to the caller
+        timer = tag.answer_timer
+        caller = self._leg(tag.side.other)
+        status = response.status
+        if status in LOCATION_NOT_DELIVERED or (timer is None and status in (408, 481)):
+            log.warning(
+                "call %s: location update not delivered to the %s leg (%d %s)",
+                self.id,
+                tag.side.value.upper(),
+                status,
+                response.reason,
+            )
+            status, errors = 200, []
+        if status >= 300:
+            await self.endpoint.respond(
+                transaction, make_response(request, status, response.reason, extra=errors)
+            )
+            if timer is not None and status in (408, 481):
+                await self._hang_up(
+                    f"location UPDATE to the {tag.side.value.upper()} leg answered "
+                    f"{status} {response.reason}"
+                )
+            return
+        fields = [("Contact", str(caller.contact)), *errors]
+        if timer is not None:
+            fields += timer.headers()
+            if response.is_success:
+                leg = tag.location_to
+                leg.session_timer = self._refreshed_by_2xx(leg, response)
+        await self.endpoint.respond(transaction, make_response(request, 200, extra=fields))
+        if timer is not None:
+            caller.session_timer = self._started(timer)
 
     def _with_location(self, leg: BLeg, request: Request, location: Location) -> Request:
         """``request`` to ``leg`` with the caller's location where the policy passes it (a
@@ -1482,7 +1690,7 @@ class Call:
         except SdpError as err:
             log.info("call %s: ignoring bad early SDP from B: %s", self.id, err.reason)
         status = 183 if body else 180
-        extra = geolocation_errors(response) if leg.location_passed else []
+        extra = self._geolocation_errors(leg, response) if leg.location_passed else []
         await self._provisional_to_a(self._a_response(status, body=body, extra=extra))
         self.manager.event(self, "ringing", None)
 
@@ -1618,7 +1826,7 @@ class Call:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
         extra = self._a_timer.headers()
         if leg.location_passed:
-            extra = [*extra, *geolocation_errors(response)]  # RFC 6442 §4.3
+            extra = [*extra, *self._geolocation_errors(leg, response)]  # RFC 6442 §4.3
         await self._answer_a(self._a_response(200, body=body, extra=extra))
 
     def _answer_taken_in_1xx(self, leg: BLeg, response: Response) -> bytes:
@@ -1937,12 +2145,18 @@ class Call:
         for other in self.b_legs:
             if other is not leg and other.final is None:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
-        await self._offer_in_2xx_to_a(offer_a)
+        errors = self._geolocation_errors(leg, response) if leg.location_passed else []
+        await self._offer_in_2xx_to_a(offer_a, errors)
 
-    async def _offer_in_2xx_to_a(self, offer_a: SessionDescription) -> None:
-        """Our 200 to A carries ``offer_a`` (A's INVITE had none); A's ACK brings the answer
-        (:meth:`_awaiting_answer`)."""
-        ok = self._a_response(200, body=serialize_sdp(offer_a), extra=self._a_timer.headers())
+    async def _offer_in_2xx_to_a(
+        self, offer_a: SessionDescription, extra: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Our 200 to A carries ``offer_a`` (A's INVITE had none), and ``extra`` fields; A's
+        ACK brings the answer (:meth:`_awaiting_answer`)."""
+        fields = self._a_timer.headers()
+        if extra:
+            fields = [*fields, *extra]
+        ok = self._a_response(200, body=serialize_sdp(offer_a), extra=fields)
         self._stop_reliable_1xx()
         over_tls = self.a.transport in TLS_TRANSPORTS
         self.a.dialog = Dialog.create_uas(self.a.invite, ok, over_tls=over_tls)  # type: ignore[arg-type]
@@ -1964,6 +2178,8 @@ class Call:
             elif isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                 # B's own 2xx again (ACKed once A answers) or another leg's final response.
                 await self._b_response(event.tag, event.response)
+            elif isinstance(event, ResponseEvent) and isinstance(event.tag, LocatedRequest):
+                await self._early_response(event)  # a location UPDATE's, sent while ringing
             elif isinstance(event, RequestEvent):
                 if event.request.method == "BYE":
                     await self._in_dialog(event)
@@ -2248,8 +2464,10 @@ class Call:
         extra = [("Reason", r) for r in reasons]
         if chosen is not None and self.location is not None:
             # RFC 6442 §4.3: the trunk's verdict on the location (a 424's above all) is the
-            # phone's to act on.
-            extra += geolocation_errors(chosen)
+            # phone's to act on, where the location went to that trunk.
+            located = [leg for leg in self.b_legs if leg.location_passed and leg.final is chosen]
+            if located:
+                extra += self._geolocation_errors(located[0], chosen)
         await self._reject_a(status, reason, None, extra=extra)
 
     async def _early_request(self, event: RequestEvent) -> None:
@@ -2288,12 +2506,15 @@ class Call:
 
     async def _early_response(self, event: ResponseEvent) -> None:
         """A response before the answer to a request we sent in a dialog: a DTMF INFO's
-        (early media) is read; others (BYE, CANCEL) need nothing."""
+        (early media) is read, a location UPDATE's answers the caller's; others (BYE, CANCEL)
+        need nothing."""
         tag = event.tag
-        dtmf = isinstance(tag, InDialogRequest) and tag.purpose == "dtmf"
-        if dtmf and event.response.status >= 200:
-            assert isinstance(tag, InDialogRequest)
+        if not isinstance(tag, InDialogRequest) or event.response.status < 200:
+            return
+        if tag.purpose == "dtmf":
             await self._dtmf_info_answered(tag, event.response)
+        elif tag.purpose == "location" and isinstance(tag, LocatedRequest):
+            await self._location_update_answered(tag, event.response)
 
     # -- established ----------------------------------------------------------------------------
 
@@ -2461,11 +2682,17 @@ class Call:
             return
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
-        sent = InDialogRequest("reinvite", event.side.other)
+        if location is not None and not self._passes_location(other, location):
+            location = None
+        sent = (
+            InDialogRequest("reinvite", event.side.other)
+            if location is None
+            else LocatedRequest("reinvite", event.side.other, location_to=other)
+        )
         body = serialize_sdp(offer) if offer is not None else b""
         content_type: str | None = SDP
         extra = [("Supported", "timer"), *self._refresh_headers(other)]
-        if location is not None and self._passes_location(other, location):
+        if location is not None:
             extra += location_headers(location)
             ids = self.manager.gateway.ids
             located = location_body(location, body, lambda: ids.token_hex(8))
@@ -2626,19 +2853,10 @@ class Call:
         if early is None or self.state != "ringing":
             return None
         leg, response = early
-        tag = response.to.tag
-        if leg.finished or leg.cancel_wanted or leg.invite is None or tag is None:
+        if leg.finished or leg.cancel_wanted:
             return None
-        dialog = leg.early_dialogs.get(tag)
-        if dialog is None:
-            # An unreliable 1xx made the early dialog too (RFC 3261 §12.1.2, §13.2.2.4); kept
-            # where the 2xx finds it, so that our later requests continue its CSeq.
-            over_tls = leg.transport in TLS_TRANSPORTS
-            dialog = Dialog.create_uac(leg.invite, response, over_tls=over_tls)
-            leg.early_dialogs[tag] = dialog
-        if dialog.state is DialogState.TERMINATED:
-            return None
-        return leg, dialog
+        dialog = self._early_dialog(leg, response)
+        return None if dialog is None else (leg, dialog)
 
     async def _send_dtmf_info(self, work: _DtmfWork) -> None:
         """Send the next digit waiting for its INFO (RFC 6086 §4.2: in the INVITE dialog
@@ -2791,9 +3009,13 @@ class Call:
         if response.status in (401, 407):
             if await self._answer_in_dialog_challenge(tag, response):
                 return
-            # A challenge to a request we sent is ours to answer, never the other side's (as
-            # for INVITE, best_failure): relayed without its challenge header it is unanswerable.
-            response = Response(503, "Service Unavailable (trunk authentication)", response.headers)
+            if tag.purpose != "location":  # (whose caller's UPDATE is not failed for it)
+                # A challenge to a request we sent is ours to answer, never the other side's
+                # (as for INVITE, best_failure): relayed without its challenge header it is
+                # unanswerable.
+                response = Response(
+                    503, "Service Unavailable (trunk authentication)", response.headers
+                )
         if tag.purpose == "relay" and tag.relayed is not None:
             self._relaying.discard(tag)
             transaction, request = tag.relayed
@@ -2810,7 +3032,10 @@ class Call:
         elif tag.purpose == "dtmf":
             await self._dtmf_info_answered(tag, response)
         elif tag.purpose == "reinvite":
-            await self._reinvite_answered(tag.side, response)
+            located = tag.location_to if isinstance(tag, LocatedRequest) else None
+            await self._reinvite_answered(tag.side, response, located=located)
+        elif tag.purpose == "location" and isinstance(tag, LocatedRequest):
+            await self._location_update_answered(tag, response)
         elif tag.purpose == "refresh":
             await self._refresh_answered(tag, response)
         elif tag.purpose == "transfer":
@@ -2818,7 +3043,11 @@ class Call:
         elif tag.purpose == "join":
             await self._joined_leg_answered(tag, response)
 
-    async def _reinvite_answered(self, answered_side: Side, response: Response) -> None:
+    async def _reinvite_answered(
+        self, answered_side: Side, response: Response, *, located: Leg | None = None
+    ) -> None:
+        """The final answer to the re-INVITE we relayed to ``answered_side`` (``located``: the
+        leg the caller's location went to in it, RFC 6442)."""
         leg = self._leg(answered_side)
         if self._late_reinvite is not None and response.is_success:
             return  # its 2xx again: ACKed once the requester's ACK brings the answer
@@ -2829,8 +3058,12 @@ class Call:
         self._pending_reinvite = None
         self._reinvite_sent, self._reinvite_deadline = None, math.inf
         assert leg.dialog is not None and self.media is not None
+        # RFC 6442 §4.3: the trunk's word on a location update (a 2xx's too) is the caller's.
+        errors = self._geolocation_errors(located, response) if located is not None else []
         if response.is_success and not _sdp(request):  # (its body was read in _reinvite)
-            await self._late_reinvite_offered(side, transaction, request, answered_side, response)
+            await self._late_reinvite_offered(
+                side, transaction, request, answered_side, response, errors
+            )
         elif response.is_success:
             leg.session_timer = self._refreshed_by_2xx(leg, response)
             try:
@@ -2869,7 +3102,11 @@ class Call:
                 request,
                 200,
                 to_tag=None,
-                extra=[("Contact", str(self._leg(side).contact)), *self._reinvite_timer.headers()],
+                extra=[
+                    ("Contact", str(self._leg(side).contact)),
+                    *self._reinvite_timer.headers(),
+                    *errors,
+                ],
                 body=serialize_sdp(answer),
                 content_type=SDP,
             )
@@ -2879,10 +3116,7 @@ class Call:
             await self.endpoint.respond(transaction, ok)
         else:
             self.media.abandon_offer()
-            # RFC 6442 §4.3: the trunk's verdict on a location update is the phone's to act on.
-            refused = make_response(
-                request, response.status, response.reason, extra=geolocation_errors(response)
-            )
+            refused = make_response(request, response.status, response.reason, extra=errors)
             await self.endpoint.respond(transaction, refused)
             if response.status in (408, 481):
                 # RFC 3261 §14.1: the dialog is gone (481) or the leg did not answer (408, also
@@ -2912,10 +3146,12 @@ class Call:
         request: Request,
         answered_side: Side,
         response: Response,
+        errors: Sequence[tuple[str, str]] = (),
     ) -> None:
         """Our re-INVITE without SDP was answered 2xx with an offer: relay that offer to the
-        requester in our 2xx, and keep the answered 2xx un-ACKed until the requester's ACK
-        brings the answer (:meth:`_late_reinvite_answered`; §13.2.1, §14.1)."""
+        requester in our 2xx (with ``errors``, the Geolocation-Error of a location update),
+        and keep the answered 2xx un-ACKed until the requester's ACK brings the answer
+        (:meth:`_late_reinvite_answered`; §13.2.1, §14.1)."""
         assert self.media is not None
         answering = self._leg(answered_side).security
         requester = self._leg(side).security
@@ -2944,7 +3180,11 @@ class Call:
             request,
             200,
             to_tag=None,
-            extra=[("Contact", str(self._leg(side).contact)), *self._reinvite_timer.headers()],
+            extra=[
+                ("Contact", str(self._leg(side).contact)),
+                *self._reinvite_timer.headers(),
+                *errors,
+            ],
             body=serialize_sdp(offer),
             content_type=SDP,
         )
@@ -3878,7 +4118,7 @@ class Call:
         gets 488 and the early session stays as it was (§5.2)."""
         request = event.request
         try:
-            offered = bool(_sdp(request))
+            sdp, location_parts = read_body(request.content_type, request.body)
         except SdpError as err:
             unsupported = isinstance(err, UnsupportedBody)
             refusal = make_response(
@@ -3889,19 +4129,30 @@ class Call:
             )
             await self.endpoint.respond(event.transaction, refusal)
             return
+        offered = bool(sdp)
         if offered and self.state == "answered":
             # A media change: relayed as a re-INVITE (every device takes one), whose answer
             # comes back in our 200 to the UPDATE; 491 while another offer is pending (§5.2).
             await self._reinvite(event)
             return
         if offered:
+            # (Refused, it conveys no location either: RFC 3311 §5.2, nothing changes.)
             warning = _warning("an early UPDATE's offer is not relayed")
             refusal = make_response(request, 488, extra=[("Warning", warning)])
             await self.endpoint.respond(event.transaction, refusal)
             return
+        # RFC 6442 §4.1: the caller's location, updated without an offer (a refresh of the
+        # session too, once there is one). One look-up of two headers for an UPDATE without.
+        location = (
+            self._location_update(event.side, request, location_parts)
+            if carries_location(request, location_parts)
+            else None
+        )
         if self.state != "answered":
             # An early dialog's UPDATE (a B leg still ringing, or A before its ACK): there is
             # no session to refresh yet.
+            if location is not None and await self._location_to_early_legs(event, location):
+                return  # answered with the callee's answer
             contact = self.endpoint.our_contact(event.flow.transport)
             await self.endpoint.respond(
                 event.transaction, make_response(request, 200, extra=[("Contact", str(contact))])
@@ -3910,6 +4161,8 @@ class Call:
         timer = await self._session_timer_of(event)
         if timer is None:
             return
+        if location is not None and await self._location_to_b(event, location, timer):
+            return  # answered with the other leg's answer
         leg = self._leg(event.side)
         ok = make_response(request, 200, extra=[("Contact", str(leg.contact)), *timer.headers()])
         await self.endpoint.respond(event.transaction, ok)
@@ -3973,6 +4226,8 @@ class Call:
             }
             if self._location_updates:
                 location["updates"] = self._location_updates
+            if self._location_errors:
+                location["errors"] = [dict(entry) for entry in self._location_errors]
             record["location"] = location
         return record
 
@@ -4516,9 +4771,14 @@ class _DtmfWork:
 
 
 def _allows_info(leg: Leg, early: Response | None = None) -> bool:
-    """Whether the leg's device allows INFO: its Allow header (from its INVITE, or its 2xx;
-    before the answer the 1xx of ``early``) lists it. No Allow at all says nothing (RFC 3261
-    §20.5): then INFO is sent."""
+    """Whether the leg's device allows INFO (:func:`_allows`)."""
+    return _allows(leg, "INFO", early)
+
+
+def _allows(leg: Leg, method: str, early: Response | None = None) -> bool:
+    """Whether the leg's device allows ``method``: its Allow header (from its INVITE, or its
+    2xx; before the answer the 1xx of ``early``) lists it. No Allow at all says nothing (RFC
+    3261 §20.5): then the request is sent."""
     message: Request | Response | None = None
     if isinstance(leg, ALeg):
         message = leg.invite
@@ -4529,4 +4789,4 @@ def _allows_info(leg: Leg, early: Response | None = None) -> bool:
     allowed = message.headers.get_all("Allow")
     if not allowed:
         return True
-    return any(m.strip().upper() == "INFO" for value in allowed for m in value.split(","))
+    return any(m.strip().upper() == method for value in allowed for m in value.split(","))

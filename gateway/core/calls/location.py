@@ -30,6 +30,14 @@ try again without it. A Geolocation header that does not parse is 400. A locatio
 UAS does not understand; we understand it and apply our privacy policy to it), so an emergency
 call is never refused for it.
 
+Updates (RFC 6442 §4.1 has Geolocation in re-INVITE and UPDATE as well): a caller's new
+location is checked the same way and passed by the same policy (the call's
+``Call._location_update``); one that fails the checks is left out rather than refused. An UPDATE
+without an offer carries it alone (:func:`location_body` without SDP). A Geolocation-Error
+(§4.3) may come on any response to a request that carried location, a 2xx included; it goes
+back to the caller on our counterpart response (:func:`geolocation_errors`), and the call
+record keeps its code only (:func:`location_error_code_untrusted`).
+
 A location is personal data: its contents are never logged or recorded, only that one was
 conveyed (by value or by reference), its size and its Content-ID.
 """
@@ -251,6 +259,14 @@ def location_body(
     body = b"".join(delimiter + b"\r\n" + piece + b"\r\n" for piece in pieces)
     body += delimiter + b"--\r\n"
     return body, f"multipart/mixed;boundary={boundary}"
+
+
+def location_error_code_untrusted(value: str) -> str | None:
+    """The code of one Geolocation-Error value (RFC 6442 §4.3: ``location-error-code`` is
+    ``1*3DIGIT``, before any parameters; 100 to 300 are registered), None for a value without
+    one. Only the code is kept for the call record, never the text a peer put beside it."""
+    code = value.partition(";")[0].strip()
+    return code if 0 < len(code) <= 3 and code.isascii() and code.isdigit() else None
 
 
 def geolocation_errors(response: Response) -> list[tuple[str, str]]:

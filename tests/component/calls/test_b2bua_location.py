@@ -9,7 +9,11 @@ reach the trunk of an emergency call (docs/configuration.md, ``[[trunks]] locati
 - a location part marked handling=required is no longer 415;
 - Geolocation-Error from the trunk comes back to the phone; a call without location is as before;
 - a caller's location update in a re-INVITE reaches the trunk the same way, where the policy
-  passes it; a bad one is left out without refusing the re-INVITE.
+  passes it; a bad one is left out without refusing the re-INVITE;
+- in an UPDATE too (RFC 6442 §4.1): without an offer as our UPDATE to the trunk, in the call
+  and before the answer (in the trunk's early dialog), whose answer is the caller's; with an
+  offer as a re-INVITE; a Geolocation-Error on a 2xx reaches the caller as well (§4.3);
+- a transfer carries no location.
 
 Set-up as b2bua_env.py: alice registered at 127.0.0.3, trunk "carrier" at 127.0.0.2 serving
 +1 and 112 (an emergency number by default).
@@ -23,7 +27,9 @@ from typing import Any
 
 import trio
 
+from gateway.core.sdp.body import sdp_of
 from gateway.core.sip.message import Request, Response
+from gateway.testing.sip_agent import Received
 from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
 
 SDP_TYPE = "application/sdp"
@@ -333,3 +339,260 @@ async def test_a_bad_location_update_is_left_out_and_the_reinvite_goes_on(
 
 def trunk_invite_to(env: B2bua) -> str | None:
     return env.trunk.requests("INVITE")[0].headers.get("To")
+
+
+# -- location in UPDATE (RFC 6442 §4.1, RFC 3311), Geolocation-Error back (§4.3) -------------
+
+MOVED_ONLY = (
+    f"--{BOUNDARY}\r\n".encode() + MOVED + f"\r\n--{BOUNDARY}--\r\n".encode()
+)  # an UPDATE's body without an offer: the location part alone
+
+
+def trunk_answers(
+    env: B2bua, method: str, status: int, error: str | None, *, once: bool = False
+) -> None:
+    """The trunk answers ``method`` in a dialog with ``status`` and a Geolocation-Error
+    ``error`` (an INVITE's 2xx with an answer to its SDP); other requests as usual."""
+
+    async def answer(received: Received) -> bool:
+        request = received.request
+        if request.method != method:
+            return False
+        if once:
+            env.trunk.in_dialog = None
+        body = b""
+        if method == "INVITE" and status == 200:
+            body = env.trunk.answer_sdp(sdp_of(request.content_type, request.body))
+        extra = [("Geolocation-Error", error)] if error is not None else []
+        await env.trunk.respond(received, status, body=body, extra=extra)
+        return True
+
+    env.trunk.in_dialog = answer
+
+
+async def update(call: Any, body: bytes, extra: Sequence[tuple[str, str]]) -> Response:
+    exchange = await call.request(
+        "UPDATE", body=body, content_type=MIXED if body else None, extra=extra
+    )
+    return await exchange.final()
+
+
+async def test_a_location_update_in_an_update_reaches_the_trunk_and_its_answer_the_caller(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """An answered emergency call: the caller's UPDATE without an offer with its new location
+    becomes our UPDATE to the trunk, the location part alone in our multipart body, session
+    timer fields beside it; the trunk's answer is the caller's, Geolocation-Error and all,
+    on a 200 as on a 424; the record notes the codes."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await located_call(env, "112")
+    trunk_answers(env, "UPDATE", 200, '100 ;code="Cannot Process Location"')
+    answered = await update(call, MOVED_ONLY, BY_VALUE)
+    assert answered.status == 200
+    assert answered.headers.get("Geolocation-Error") == '100 ;code="Cannot Process Location"'
+    [sent] = env.trunk.requests("UPDATE")
+    assert sent.headers.get("Geolocation") == BY_VALUE[0][1]
+    assert sent.headers.get("Geolocation-Routing") == "yes"
+    assert (sent.content_type or "").startswith("multipart/mixed;boundary=voipgw-")
+    assert MOVED in sent.body and b"application/sdp" not in sent.body
+    assert sent.headers.get("Session-Expires") is not None  # it refreshes that leg too
+
+    trunk_answers(env, "UPDATE", 424, '300 ;code="Dereference Failure"')
+    refused = await update(call, b"", BY_REFERENCE)
+    assert refused.status == 424
+    assert refused.headers.get("Geolocation-Error") == '300 ;code="Dereference Failure"'
+    by_reference = env.trunk.requests("UPDATE")[-1]
+    assert by_reference.headers.get("Geolocation") == BY_REFERENCE[0][1]
+    assert by_reference.body == b"" and by_reference.content_type is None
+    env.trunk.in_dialog = None
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    await eventually(lambda: location_record(env) is not None)
+    record = location_record(env)
+    assert record["updates"] == 2 and record["passed_to"] == ["carrier"]
+    assert record["errors"] == [
+        {"from": "carrier", "status": 200, "code": "100"},
+        {"from": "carrier", "status": 424, "code": "300"},
+    ]
+    assert "civicAddress" not in str(record)
+
+
+async def test_an_update_with_an_offer_carries_the_location_and_a_2xx_its_error(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """An UPDATE with an offer goes to the trunk as a re-INVITE, location beside our SDP; a
+    Geolocation-Error on the trunk's 2xx reaches the caller on ours (RFC 6442 §4.3: a UAS
+    may take the request and still say the location was no use)."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await located_call(env, "112")
+    trunk_answers(env, "INVITE", 200, '100 ;code="Cannot Process Location"', once=True)
+    held = located_body(env.alice.offer_sdp(direction="sendonly"), MOVED)
+    answered = await update(call, held, BY_VALUE)
+    assert answered.status == 200 and b"a=recvonly" in answered.body
+    assert answered.headers.get("Geolocation-Error") == '100 ;code="Cannot Process Location"'
+    reinvite = env.trunk.requests("INVITE")[-1]
+    assert reinvite.headers.get("Geolocation") == BY_VALUE[0][1]
+    assert MOVED in reinvite.body and b"a=sendonly" in reinvite.body
+    # A re-INVITE without location: a Geolocation-Error on its answer is none of ours.
+    trunk_answers(env, "INVITE", 200, '100 ;code="Cannot Process Location"', once=True)
+    exchange = await call.request("INVITE", body=env.alice.offer_sdp(), content_type=SDP_TYPE)
+    plain = await exchange.final()
+    assert plain.status == 200 and "Geolocation-Error" not in plain.headers
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    await eventually(lambda: location_record(env) is not None)
+    assert location_record(env)["errors"] == [{"from": "carrier", "status": 200, "code": "100"}]
+
+
+async def test_a_location_update_before_the_answer_reaches_the_ringing_trunk(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The emergency caller moves while the PSAP rings: its UPDATE in our early dialog goes to
+    the trunk in its early dialog (the 180's), answered with the trunk's answer; the call is
+    then answered in that same dialog."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    env.trunk.auto = None
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060",
+        sdp=located_body(env.alice.offer_sdp()),
+        content_type=MIXED,
+        extra=BY_VALUE,
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    leg_b = await env.trunk.next_call()
+    await leg_b.ring()
+    assert call.exchange is not None
+    await call.exchange.wait_for(lambda r: r.status == 180)
+    trunk_answers(env, "UPDATE", 200, '200 ;code="Permission To Use Location Information"')
+    moved = await call.early_request("UPDATE", body=MOVED_ONLY, content_type=MIXED, extra=BY_VALUE)
+    answered = await moved.final()
+    assert answered.status == 200
+    assert (answered.headers.get("Geolocation-Error") or "").startswith("200 ;")
+    [sent] = env.trunk.requests("UPDATE")
+    assert sent.to.tag == leg_b.local_tag  # in the 180's early dialog
+    assert sent.headers.get("Geolocation") == BY_VALUE[0][1] and MOVED in sent.body
+    assert sent.headers.get("Session-Expires") is None  # no session to refresh yet
+    await leg_b.answer()
+    assert (await call.final()).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    await eventually(lambda: location_record(env) is not None)
+    record = location_record(env)
+    assert record["updates"] == 1
+    assert record["errors"] == [{"from": "carrier", "status": 200, "code": "200"}]
+
+
+async def test_a_location_update_that_cannot_go_leaves_the_callers_update_answered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A trunk that answers our location UPDATE 501 (it takes none) does not fail the caller's
+    UPDATE, which is a session refresh too: 200. Where the policy keeps location from the
+    trunk, nothing goes to it at all; a bad update is left out the same way."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    call = await located_call(env, "112")
+    trunk_answers(env, "UPDATE", 501, None)
+    answered = await update(call, MOVED_ONLY, BY_VALUE)
+    assert answered.status == 200 and "Geolocation-Error" not in answered.headers
+    assert len(env.trunk.requests("UPDATE")) == 1
+    dangling = [("Geolocation", "<cid:nowhere@alice.example.com>")]
+    assert (await update(call, b"", dangling)).status == 200
+    assert len(env.trunk.requests("UPDATE")) == 1
+    env.trunk.in_dialog = None
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+    env = await started(nursery, tmp_path / "never", voipgw_seed, location="never")
+    call = await located_call(env, "112")
+    assert (await update(call, MOVED_ONLY, BY_VALUE)).status == 200
+    assert env.trunk.requests("UPDATE") == []
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_late_offer_call_gets_the_geolocation_error_of_the_trunks_2xx(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A caller's INVITE without SDP, its location part alone: the trunk's 2xx (with the
+    offer) says Geolocation-Error 100, and so does our 200 with the offer to the caller."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    env.trunk.auto = None
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060", sdp=MOVED_ONLY, content_type=MIXED, extra=BY_VALUE
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    leg_b = await env.trunk.next_call()
+    assert leg_b.invite.headers.get("Geolocation") == BY_VALUE[0][1] and MOVED in leg_b.invite.body
+    assert leg_b.incoming is not None
+    error = '100 ;code="Cannot Process Location"'
+    await env.trunk.respond(
+        leg_b.incoming,
+        200,
+        body=env.trunk.offer_sdp(),
+        extra=[("Geolocation-Error", error)],
+    )
+    answered = await call.final()
+    assert answered.status == 200 and b"m=audio" in answered.body
+    assert answered.headers.get("Geolocation-Error") == error
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    await eventually(lambda: location_record(env) is not None)
+    assert location_record(env)["errors"] == [{"from": "carrier", "status": 200, "code": "100"}]
+
+
+async def test_a_gone_dialog_ends_the_call_only_once_answered(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """481 to our location UPDATE: before the answer only that early dialog is gone (RFC 3261
+    §12.2.1.2), so the caller's UPDATE gets 200 and the call rings on; in the answered call
+    the trunk's dialog is gone, so the caller gets the 481 and the call ends, as for a
+    re-INVITE."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    env.trunk.auto = None
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060",
+        sdp=located_body(env.alice.offer_sdp()),
+        content_type=MIXED,
+        extra=BY_VALUE,
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    leg_b = await env.trunk.next_call()
+    await leg_b.ring()
+    assert call.exchange is not None
+    await call.exchange.wait_for(lambda r: r.status == 180)
+    trunk_answers(env, "UPDATE", 481, None)
+    early = await call.early_request("UPDATE", body=MOVED_ONLY, content_type=MIXED, extra=BY_VALUE)
+    assert (await early.final()).status == 200
+    await leg_b.answer()
+    assert (await call.final()).status == 200
+    assert (await update(call, MOVED_ONLY, BY_VALUE)).status == 481
+    await eventually(lambda: env.calls == 0)
+    assert len(env.trunk.requests("UPDATE")) == 2
+
+
+async def test_a_transfer_carries_no_location(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The emergency caller transfers the PSAP (a trunk policy of "all", which would pass a
+    location to any trunk call): the target's INVITE has no Geolocation and no location part
+    (the transferor's location is not the transferee's), nor has the transferee's re-INVITE.
+    The PSAP's own REFER is 403, as any trunk's."""
+    env = await started(nursery, tmp_path, voipgw_seed, location="all")
+    call = await located_call(env, "112")
+    [leg_b] = env.trunk.calls
+    refer = await leg_b.request("REFER", extra=[("Refer-To", "<sip:+15550123@127.0.0.1>")])
+    assert (await refer.final()).status == 403
+    exchange = await call.request("REFER", extra=[("Refer-To", "<sip:+15550123@127.0.0.1>")])
+    assert (await exchange.final()).status == 202
+    while True:
+        notify = await env.alice.next_request("NOTIFY")
+        if b"SIP/2.0 1" not in notify.request.body:
+            break
+    assert notify.request.body.startswith(b"SIP/2.0 200")
+    first, *later = env.trunk.requests("INVITE")
+    assert first.headers.get("Geolocation") == BY_VALUE[0][1]
+    assert len(later) == 2  # the target's INVITE, the transferee's re-INVITE
+    for invite in later:
+        assert "Geolocation" not in invite.headers and b"presence" not in invite.body

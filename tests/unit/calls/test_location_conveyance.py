@@ -17,6 +17,7 @@ from gateway.core.calls.location import (
     LocationError,
     carries_location,
     geolocation_errors,
+    location_error_code_untrusted,
     offered_location,
     parse_geolocation_untrusted,
     passes,
@@ -279,6 +280,26 @@ def test_the_call_record_line_says_how_and_where_never_where_the_caller_is() -> 
     assert describe_location(record) == (
         "caller location conveyed by value, passed to carrier, updated 2 time(s) during the call"
     )
+    record["errors"] = [{"from": "carrier", "status": 424, "code": "300"}]
+    assert describe_location(record).endswith(
+        "during the call, Geolocation-Error 300 from carrier (424)"
+    )
+
+
+def test_a_geolocation_error_code_is_its_digits_only() -> None:
+    """RFC 6442 §4.3: ``1*3DIGIT`` before any parameters; the text beside it is not kept."""
+    assert location_error_code_untrusted('100 ;code="Cannot Process Location"') == "100"
+    assert location_error_code_untrusted(" 202") == "202"
+    assert location_error_code_untrusted("300;code=x;other") == "300"
+    for bad in ("", ";code=100", "1000", "abc", "1 00", "\u0661\u0660\u0660", "-10"):
+        assert location_error_code_untrusted(bad) is None, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=60))
+def test_any_geolocation_error_value_gives_a_short_code_or_none(value: str) -> None:
+    code = location_error_code_untrusted(value)
+    assert code is None or (0 < len(code) <= 3 and all(c in "0123456789" for c in code))
 
 
 @settings(max_examples=300, deadline=None)
