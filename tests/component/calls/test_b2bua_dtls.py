@@ -222,8 +222,9 @@ async def test_re_invites_keep_the_association_or_rekey_with_a_new_tls_id(
         await phone.keyed.wait()
     await eventually(lambda: a_leg_keys(env) is not None)
     first_keys = a_leg_keys(env)
-    # Counted in ClientHellos, not datagrams: the gateway's DTLS timers run on the real clock,
-    # so under load a retransmitted last flight of the first handshake can still be queued here.
+    # Counted in ClientHellos, not datagrams: the phone's socket is a real one, so on a loaded
+    # machine the autojump clock can pass the gateway's retransmission timer while the phone's
+    # answer is still in the kernel, and that retransmitted last flight may still be queued here.
     hellos = phone.client_hellos
     assert hellos >= 1
 
