@@ -494,3 +494,27 @@ def test_dh_commits_crossing_on_two_streams_leave_one_dh_exchange() -> None:
     _, sas = dh_keys(*dh)
     multistream_keys(*mult)
     assert mult[0].zrtp_sas == mult[1].zrtp_sas == sas
+
+
+def test_a_stream_that_lost_across_streams_before_its_helloack_does_not_spin() -> None:
+    # b0 has no HelloACK yet when A's DH Commit on stream 0 loses to B's on stream 1 (§4.2): b0
+    # waits for stream 1. Once that is secure b0 cannot commit before its HelloACK comes (held
+    # back here, with A's Multistream Commit): no timer may stay due meanwhile (the link would
+    # never go quiet).
+    ends, link = Ends(key_agreements=("DH3k",)), Link()
+    a0, b0 = ends.stream()
+    a1, b1 = ends.stream()
+    link.add(0, a0, b0)
+    link.add(1, a1, b1)
+    link.block = {("a0", p.HELLO_ACK), ("b1", p.HELLO_ACK)}
+    link.run(until=0.03)
+    assert link.messages("a0", p.COMMIT) and link.messages("b1", p.COMMIT)  # crossing
+    link.block.add(("a0", p.COMMIT))
+    link.run(until=1.5)
+    assert b1.state == "secure" and b0.state == "discovery" and a0.state == "committed"
+    timer = b0.get_timer()
+    assert timer is not None and timer > link.now  # only its handshake deadline
+    link.block = set()
+    link.run()
+    assert {a0.state, b0.state, a1.state, b1.state} == {"secure"}
+    assert a0.zrtp_key_agreement == "Mult"

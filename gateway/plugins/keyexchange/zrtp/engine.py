@@ -538,6 +538,7 @@ class ZrtpNegotiation:
             self._timed_out()
             return
         if self._waiting and self._done_waiting():
+            self._waiting = False  # _maybe_commit waits again if it must (never a due timer)
             try:
                 self._maybe_commit(now)
             except _Abort as abort:
