@@ -856,6 +856,8 @@ class ZrtpNegotiation:
         if (
             rival is None
             or rival is self
+            or rival._peer_hello is None
+            or rival._peer_hello.zid != commit.zid
             or rival._state is not _State.COMMITTED
             or rival._multistream
             or rival._hvi is None
