@@ -17,6 +17,8 @@ import struct
 from typing import Any
 
 import pytest
+from cryptography.hazmat.decrepit.ciphers.modes import CFB
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from gateway.core.interfaces import KeysReady, NegotiationFailed, SasReady, SrtpKeys
 from gateway.plugins.keyexchange.zrtp import ZrtpKeyExchange
@@ -518,3 +520,50 @@ def test_a_stream_that_lost_across_streams_before_its_helloack_does_not_spin() -
     link.run()
     assert {a0.state, b0.state, a1.state, b1.state} == {"secure"}
     assert a0.zrtp_key_agreement == "Mult"
+
+
+@pytest.mark.parametrize("checker", ["initiator", "responder"])
+def test_a_confirm_whose_h0_is_not_the_senders_is_refused(checker: str) -> None:
+    # No DHPart in Multistream mode: the peer's H0 is checked by hashing it up to the H3 of the
+    # responder's Hello or the H2 of the initiator's Commit (§9). A Confirm made with the right
+    # keys (computed here from the spec) but another H0 passes its MAC check and must still
+    # fail that one (0x70).
+    ends, link = Ends(key_agreements=("DH3k",)), Link()
+    zrtp_sess = bytes(range(7, 39))
+    a1, b1 = ends.stream()
+    for end, peer_zid in (("a", ZID_B), ("b", ZID_A)):
+        stand_in = ends.stream()[0]
+        ends.session(end).confirmed(
+            stand_in, peer_zid, zrtp_sess, ("S256", "AES1", "HS80", "DH3k", "B32 "), "abcd"
+        )
+        ends.session(end).established(stand_in)
+    link.add(1, a1, b1)
+    blocked = p.CONFIRM1 if checker == "initiator" else p.CONFIRM2
+    link.block = {("a1", blocked), ("b1", blocked)}
+    link.run(until=0.5)
+    initiator, responder = (a1, b1) if a1.initiator else (b1, a1)
+    name = {id(a1): "a1", id(b1): "b1"}
+    zid_i, zid_r = (ZID_A, ZID_B) if initiator is a1 else (ZID_B, ZID_A)
+    (hello_r,) = set(link.messages(name[id(responder)], p.HELLO))
+    (commit,) = set(link.messages(name[id(initiator)], p.COMMIT))
+    context = zid_i + zid_r + sha(hello_r, commit)
+    s0 = spec_kdf(zrtp_sess, b"ZRTP MSK", context, 256)
+    sender = "Responder" if checker == "initiator" else "Initiator"
+    zrtp_key = spec_kdf(s0, f"{sender} ZRTP key".encode(), context, 128)
+    mac_key = spec_kdf(s0, f"{sender} HMAC key".encode(), context, 256)
+    iv = bytes(range(16))
+    plaintext = b"\x5a" * 32 + struct.pack("!II", 0, 0xFFFFFFFF)  # H0, flags, expiration
+    encryptor = Cipher(algorithms.AES(zrtp_key), CFB(iv)).encryptor()
+    encrypted = encryptor.update(plaintext) + encryptor.finalize()
+    body = hmac.new(mac_key, encrypted, hashlib.sha256).digest()[:8] + iv + encrypted
+    message = b"PZ" + struct.pack("!H", 3 + len(body) // 4) + blocked + body
+    victim, image = (
+        (initiator, "H3 of its Hello")
+        if checker == "initiator"
+        else (responder, "H2 of its Commit")
+    )
+    assert victim.state == ("committed" if checker == "initiator" else "confirm1 sent")
+    victim.receive_packet(p.frame(1000, 0x1234, message), now=link.now)
+    assert f"does not hash to the {image}" in failure_of(victim)
+    (error,) = victim.packets_to_send(now=link.now)
+    assert p.parse_error_untrusted(error[12:-4]) == 0x70
