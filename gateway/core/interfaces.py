@@ -182,6 +182,11 @@ class KeyExchange(Protocol):
     - ``wants_leg``: True when ``offer()`` and ``answer()`` take a keyword ``leg: LegInfo | None``
       (whose leg it is: MIKEY picks the account's or trunk's pre-shared key by it). The core
       passes ``leg=`` only to exchanges that declare it, so the others keep their signatures.
+    - ``wants_leg_state``: True when ``offer()`` and ``answer()`` take a keyword
+      ``leg_state: dict[str, Any]``: one dict per leg and key exchange, the same for all the
+      leg's streams and re-INVITEs, gone with the leg, for state the streams share (ZRTP keeps
+      the leg's ZRTP session key there for Multistream mode, RFC 6189 §4.4.3). Passed only to
+      exchanges that declare it.
     """
 
     name: str

@@ -14,7 +14,9 @@ which is keyed on its own (here: none, a plain-RTP trunk; or ZRTP again, another
    the gateway is no trusted MiTM), both match what ``voipgw calls`` shows, and each phone
    hears the other's tone. Also with the media in a worker process (``[media] workers = 2``):
    the ZRTP packets cross the process boundary to the call's handshake task and back.
-3. Over TLS, a ZRTP phone calls an SDES phone: the gateway offers the callee SDES and ZRTP in
+3. alice and bob with video too: on each leg one DH exchange (audio) and the video stream keyed
+   in Multistream mode from its ZRTP session key (RFC 6189 §4.4.3), one SAS per leg.
+4. Over TLS, a ZRTP phone calls an SDES phone: the gateway offers the callee SDES and ZRTP in
    one RTP/AVP line, the callee's answer (a=crypto from a phone set to SRTP, a=zrtp-hash from
    one set to ZRTP) picks the method, and the tones cross between the two kinds of keys.
 """
@@ -96,15 +98,21 @@ def _zrtp_messages(pcap: Path, ports: list[int]) -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
-def _calls_json(gw: GatewayProcess, legs: str) -> dict[str, object]:
-    """The live call's record once the legs named in ``legs`` ("a", "ab") show a SAS."""
+def _calls_json(gw: GatewayProcess, legs: str, *, streams: int = 1) -> dict[str, object]:
+    """The live call's record once the first ``streams`` streams of the legs named in ``legs``
+    ("a", "ab") are encrypted and show a SAS."""
 
     def done(out: str) -> bool:
         records = json.loads(out or "[]")
-        return bool(records) and all(
-            (records[0]["security"].get(leg) or {}).get("streams", [{}])[0].get("zrtp_sas")
-            for leg in legs
-        )
+        if not records:
+            return False
+        for leg in legs:
+            found = (records[0]["security"].get(leg) or {}).get("streams", [])
+            if len(found) < streams or not all(
+                s.get("zrtp_sas") and s.get("encrypted") for s in found[:streams]
+            ):
+                return False
+        return True
 
     (record,) = json.loads(gw.cli_until(done, "calls", "--json"))
     return dict(record["security"])
@@ -199,6 +207,44 @@ def test_two_zrtp_phones_each_see_the_sas_of_their_own_link(tmp_path: Path, work
     for phone, far_end in ((alice, "bob"), (bob, "alice")):
         heard = analyse_tone(phone.received_audio())
         assert heard.dominant_frequency == pytest.approx(TONES[far_end], abs=3)
+
+
+def test_two_zrtp_phones_with_video_key_it_in_multistream_mode(tmp_path: Path) -> None:
+    """alice and bob (linphonec with a VP8 video stream from a static picture) call each other
+    through the gateway: on each leg the audio stream runs the DH exchange and bzrtp keys the
+    video stream in Multistream mode from its ZRTPSess (RFC 6189 §4.4.3), which it does only
+    if the gateway's Hello lists Mult; one SAS per leg."""
+    with (
+        _gateway(tmp_path / "gw") as gw,
+        _phone(tmp_path, gw, "alice", video=True) as alice,
+        _phone(tmp_path, gw, "bob", video=True, auto_answer=True) as bob,
+    ):
+        alice.wait_registered()
+        bob.wait_registered()
+        alice.call(gw.uri("bob"))
+        for phone in (alice, bob):
+            phone.wait_output(r"Media streams established with \S+ for call \d+ \(video\)")
+            # liblinphone says so once every stream of the call is keyed (video included).
+            phone.wait_log(r"All streams are encrypted, key exchanged using ZRTP", timeout=15)
+        alice_sas = alice.wait_output(SAS_LINE, timeout=10).group(1)
+        bob_sas = bob.wait_output(SAS_LINE, timeout=10).group(1)
+        security = _calls_json(gw, "ab", streams=2)
+        alice.terminate()
+        alice.wait_ended()
+        bob.wait_ended()
+
+    for leg, sas in (("a", alice_sas), ("b", bob_sas)):
+        record = security[leg]
+        assert isinstance(record, dict)
+        streams = record["streams"]
+        assert [s["key_exchange"] for s in streams] == ["zrtp", "zrtp"]
+        assert all(s["encrypted"] is True for s in streams)
+        assert [s["zrtp_key_agreement"] for s in streams] == ["DH3k", "Mult"]
+        assert streams[0]["zrtp_sas"] == streams[1]["zrtp_sas"] == sas
+    for phone in (alice, bob):
+        # mediastreamer installed SRTP keys from ZRTP on both streams, audio and video.
+        log = phone.log_path.read_text(errors="replace")
+        assert log.count("ZRTP secrets are ready for sender") == 2
 
 
 class _TlsCallee:

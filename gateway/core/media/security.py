@@ -40,6 +40,12 @@ a=key-mgmt (stripped at media and session level like a=crypto). Its pre-shared k
 account or trunk, so a key exchange that declares ``wants_leg`` gets ``leg=`` (this leg's
 ``LegInfo``, when the caller gave one) in ``offer()`` and ``answer()``.
 
+A key exchange whose streams of one leg share state (ZRTP's Multistream mode, RFC 6189 §4.4.3:
+a video stream is keyed from the session key of the leg's audio stream) declares
+``wants_leg_state`` and gets ``leg_state=``: one dict per leg and key exchange, the same for
+every stream and every re-INVITE of the leg, made the first time it is asked for (never for a
+leg whose exchanges do not declare it).
+
 T.38 fax over UDPTL (``m=image ... udptl t38``, :mod:`gateway.core.media.t38`) has no key
 exchange: the gateway passes it through unencrypted. On a leg whose policy requires encryption
 (``allow_cleartext = False``) such a stream is refused, in the peer's offer as in ours: that m=
@@ -199,6 +205,7 @@ class LegSecurity:
         self._offered: list[StreamSecurity] = []
         self._answer_pending = False  # the peer offered; our answer is not made yet
         self._fax_passed = False  # a T.38 stream was accepted on this leg (record: fax_t38)
+        self._leg_states: dict[str, dict[str, Any]] | None = None  # see _leg_argument
 
     # -- the peer offers ------------------------------------------------------------------------
 
@@ -246,7 +253,7 @@ class LegSecurity:
                 suites=self.policy.suites,
                 secure_signalling=self.secure_signalling,
                 previous=previous.negotiation if same and previous is not None else None,
-                **self._leg_argument(exchange),
+                **self._leg_argument(name, exchange),
             )
             if negotiation is None:
                 continue  # this method is not in the offer
@@ -357,7 +364,7 @@ class LegSecurity:
                     suites=self.policy.suites,
                     secure_signalling=self.secure_signalling,
                     previous=_previous_negotiation(previous, name),
-                    **self._leg_argument(exchange),
+                    **self._leg_argument(name, exchange),
                 )
                 drained = StreamSecurity()
                 failed = _drain(negotiation, drained)
@@ -431,10 +438,18 @@ class LegSecurity:
                 "never encrypted by the gateway"
             )
 
-    def _leg_argument(self, exchange: KeyExchange) -> dict[str, Any]:
-        """``leg=`` for a key exchange that declares ``wants_leg`` (KeyExchange's optional
-        attribute); nothing for the others, whose offer() and answer() do not take it."""
-        return {"leg": self.leg} if getattr(exchange, "wants_leg", False) is True else {}
+    def _leg_argument(self, name: str, exchange: KeyExchange) -> dict[str, Any]:
+        """``leg=`` for a key exchange that declares ``wants_leg``, ``leg_state=`` (this leg's
+        dict for ``name``) for one that declares ``wants_leg_state`` (KeyExchange's optional
+        attributes); nothing for the others, whose offer() and answer() do not take them."""
+        arguments: dict[str, Any] = {}
+        if getattr(exchange, "wants_leg", False) is True:
+            arguments["leg"] = self.leg
+        if getattr(exchange, "wants_leg_state", False) is True:
+            if self._leg_states is None:
+                self._leg_states = {}
+            arguments["leg_state"] = self._leg_states.setdefault(name, {})
+        return arguments
 
     def _in_force_first(self, previous: StreamSecurity | None) -> list[tuple[str, KeyExchange]]:
         """The leg's key exchanges in the policy's order, the one in force on the stream first:

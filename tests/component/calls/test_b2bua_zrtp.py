@@ -7,7 +7,9 @@ engine (with a ZID of its own), in virtual time.
 - a callee offered ZRTP next to nothing else (UDP signalling: no SDES), who answers with
   a=zrtp-hash, and one who answers without it (cleartext, no ZRTP packet sent to it);
 - a phone that never speaks ZRTP ends the answered call with the stated reason;
-- a re-INVITE from the same phone keeps the exchange and its keys.
+- a re-INVITE from the same phone keeps the exchange and its keys;
+- a callee with audio and video: one DH exchange, the other stream keyed in Multistream mode
+  from its session key (RFC 6189 §4.4.3), one SAS for the leg.
 """
 
 from __future__ import annotations
@@ -239,3 +241,82 @@ async def test_a_leg_whose_policy_has_no_zrtp_answers_in_clear(
     leg_b = await env.alice.next_call()
     offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
     assert not offered.attributes.has("zrtp-hash") and not offered.crypto
+
+
+def audio_video_sdp(
+    audio_port: int,
+    video_port: int,
+    audio: ZrtpNegotiation | None = None,
+    video: ZrtpNegotiation | None = None,
+) -> bytes:
+    """An offer or answer with an audio and a video stream, each with its a=zrtp-hash if given."""
+
+    def hashes(negotiation: ZrtpNegotiation | None) -> str:
+        attributes = negotiation.local_sdp_attributes() if negotiation else ()
+        return "".join(f"a={name}:{value}\r\n" for name, value in attributes)
+
+    return (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {audio_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n"
+        f"{hashes(audio)}"
+        f"m=video {video_port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=rtcp-mux\r\n"
+        f"{hashes(video)}"
+    ).encode()
+
+
+async def test_a_callees_video_stream_is_keyed_in_multistream_mode(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await with_zrtp(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=audio_video_sdp(30000, 30002))
+    leg_b = await env.alice.next_call()
+    offer = parse_sdp_untrusted(leg_b.invite.body)
+    offered_audio, offered_video = offer.media
+    assert offered_video.media == "video" and offered_video.attributes.has("zrtp-hash")
+    # The phone: one ZRTP end, its two streams sharing a leg state as the gateway's do.
+    exchange, state = phone_exchange(), {}
+    audio, video = (
+        exchange.answer(pairs(offer, m), suites=[], secure_signalling=False, leg_state=state)
+        for m in (offered_audio, offered_video)
+    )
+    assert audio is not None and video is not None
+    audio_phone = Phone(audio, await bind(), ("127.0.0.1", offered_audio.port))
+    video_phone = Phone(video, await bind(PHONE_PORT + 2), ("127.0.0.1", offered_video.port))
+    nursery.start_soon(audio_phone.run)
+    nursery.start_soon(video_phone.run)
+    await leg_b.answer(200, sdp=audio_video_sdp(PHONE_PORT, PHONE_PORT + 2, audio, video))
+    assert (await call.final()).status == 200
+    with trio.fail_after(20):
+        await audio_phone.keyed.wait()
+        await video_phone.keyed.wait()
+    assert audio_phone.failure is None and video_phone.failure is None
+    # The stream ready first runs the DH exchange (both start together here; linphone starts
+    # its video only once audio is secure), the other is keyed from its ZRTPSess.
+    agreements = [audio.zrtp_key_agreement, video.zrtp_key_agreement]
+    assert sorted(agreements) == ["Mult", "X255"]
+    sas = audio.sas if agreements[0] == "X255" else video.sas
+    assert audio_phone.keys is not None and video_phone.keys is not None
+    assert video_phone.keys.local_key not in (
+        audio_phone.keys.local_key,
+        audio_phone.keys.remote_key,
+    )
+
+    def keys_of(index: int) -> SrtpKeys | None:
+        assert env.gateway.calls is not None
+        (gateway_call,) = env.gateway.calls.calls
+        assert gateway_call.b is not None and gateway_call.b.security is not None
+        return gateway_call.b.security.keys(index)
+
+    await eventually(lambda: keys_of(1) is not None)
+    assert keys_of(0) == mirrored(audio_phone.keys)
+    assert keys_of(1) == mirrored(video_phone.keys)
+    assert env.gateway.calls is not None
+    (gateway_call,) = env.gateway.calls.calls
+    streams = gateway_call.security_record()["b"]["streams"]
+    assert [s["zrtp_key_agreement"] for s in streams] == agreements
+    # One SAS for the leg (§4.5.2): the Multistream stream shows the DH stream's.
+    assert streams[0]["zrtp_sas"] == streams[1]["zrtp_sas"] == sas and sas is not None
+    assert audio.zrtp_sas == video.zrtp_sas == sas
+    assert all(s["encrypted"] is True for s in streams)
+    await trio.sleep(30)
+    assert env.trunk.requests("BYE") == [] and env.alice.requests("BYE") == []

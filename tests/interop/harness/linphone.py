@@ -84,7 +84,8 @@ class Linphone:
     ``zrtp_key_agreements`` lists the ZRTP key agreements it offers ([sip]
     zrtp_key_agreements_suites: "X255", "DH3k", "DH2k"...); empty means linphone's default
     (DH3k). ``auto_answer`` answers incoming calls (``-a``). Only PCMU is enabled, so the tone
-    survives every hop unchanged in shape.
+    survives every hop unchanged in shape. ``video`` adds a VP8 video stream to every call, sent
+    from mediastreamer's static picture (no camera needed) and not displayed (``-V -C``).
     """
 
     def __init__(
@@ -99,6 +100,7 @@ class Linphone:
         srtp_suites: Sequence[str] = (),
         zrtp_key_agreements: Sequence[str] = (),
         auto_answer: bool = False,
+        video: bool = False,
         start_timeout: float = 10.0,
     ) -> None:
         if media_encryption not in MEDIA_ENCRYPTIONS:
@@ -117,10 +119,12 @@ class Linphone:
         self.srtp_suites = tuple(srtp_suites)
         self.zrtp_key_agreements = tuple(zrtp_key_agreements)
         self.auto_answer = auto_answer
+        self.video = video
         self.start_timeout = start_timeout
         # RTP on the first port, RTCP on the next (RFC 3550 §11).
         self.rtp_port = free_port_block(2)
         self.rtp_ports = (self.rtp_port, self.rtp_port + 1)
+        self.video_rtp_port = free_port_block(2) if video else None
         self.process: subprocess.Popen[bytes] | None = None
         self._master: int | None = None
         self._output = bytearray()
@@ -161,6 +165,19 @@ class Linphone:
             "sound": {"echocancellation": "0"},
             "audio_codec_0": {"mime": "PCMU", "rate": "8000", "channels": "1", "enabled": "1"},
         }
+        if self.video_rtp_port is not None:
+            sections["rtp"]["video_rtp_port"] = str(self.video_rtp_port)
+            sections["video"] = {
+                "enabled": "1",
+                "capture": "1",
+                "display": "0",
+                "automatically_initiate": "1",
+                "automatically_accept": "1",
+                # mediastreamer's stand-in camera (/usr/share/linphone/images/nowebcamCIF.jpg).
+                "device": "StaticImage: Static picture",
+                "size": "qcif",
+            }
+            sections["video_codec_0"] = {"mime": "VP8", "rate": "90000", "enabled": "1"}
         for index, (mime, rate, channels) in enumerate(
             [("opus", 48000, 2), ("speex", 16000, 1), ("speex", 8000, 1), ("PCMA", 8000, 1)],
             start=1,
@@ -203,6 +220,8 @@ class Linphone:
         args = [binary, "-c", str(self.rc_path), "-d", "5", "-l", str(self.log_path)]
         if self.auto_answer:
             args.append("-a")
+        if self.video:
+            args += ["-V", "-C"]  # video features, capture without display
         try:
             self.process = subprocess.Popen(
                 args,

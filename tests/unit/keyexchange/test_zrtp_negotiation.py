@@ -241,7 +241,8 @@ def test_an_offer_binds_its_hello_and_sends_nothing_before_the_answer() -> None:
     assert parsed.hashes == ("S256",)
     assert parsed.ciphers == ("AES1", "AES3")
     assert parsed.auth_tags == ("HS80", "HS32")
-    assert parsed.key_agreements == ("X255", "DH3k")
+    # §4.4.3: Mult last in every stream's Hello (a later stream of the leg may use it).
+    assert parsed.key_agreements == ("X255", "DH3k", "Mult")
     assert parsed.sas_types == ("B32 ", "B256")
 
 
@@ -489,7 +490,7 @@ def test_a_one_sided_policy_refuses_the_peers_choice_outside_it() -> None:
 def test_a_losing_commit_is_discarded_before_its_choices_are_judged() -> None:
     # Here A's Commit has the higher hvi: B's Commit (with HS80, outside A's policy) loses and
     # must be discarded unread (§4.2); A stays initiator and the exchange uses A's choice.
-    link, a, b = one_sided_policy_run(4, 2)
+    link, a, b = one_sided_policy_run(1, 4)
     hvi_a, hvi_b = hvis(link)
     assert hvi_a > hvi_b
     keys, _ = assert_completed(a, b)
@@ -886,8 +887,9 @@ def test_a_hello_altered_on_the_way_fails_its_mac_check_without_sdp_binding(alte
     assert "0x10" in failure_of(sender)
 
 
-def test_a_multistream_commit_is_refused() -> None:
-    # We offer no Mult (§4.4.3): a Commit for it from the peer ends the exchange with 0x53.
+def test_a_multistream_commit_on_a_leg_without_a_dh_exchange_is_refused() -> None:
+    # §4.4.3.1: Mult needs the ZRTP session key of a completed DH exchange on the leg; without
+    # one the exchange ends (Error 0x53, as GNU ZRTP answers a Mult it cannot take).
     a, b = offer_answer()
     hello_a, hello_b = hello_of(a), hello_of(b)
     b.receive_packet(hello_a, now=0.0)

@@ -75,7 +75,7 @@ def test_the_table_sets_what_the_hello_offers(tmp_path: Path) -> None:
     )
     assert exchange.timing.handshake_timeout == 7.5
     hello = first_hello(exchange)
-    assert hello.key_agreements == ("DH2k", "EC25")
+    assert hello.key_agreements == ("DH2k", "EC25", "Mult")  # Mult always, last (§4.4.3)
     assert hello.ciphers == ("AES3",) and hello.auth_tags == ("HS32",)
     assert hello.sas_types == ("B256",)
 

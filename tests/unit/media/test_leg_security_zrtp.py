@@ -179,3 +179,36 @@ def test_a_re_offer_from_the_peer_with_both_keeps_zrtp_in_force() -> None:
     security.make_answer(sdp(PLAIN))
     assert security.streams[0].key_exchange == "zrtp"
     assert security.streams[0].negotiation is negotiation
+
+
+AUDIO_VIDEO = PLAIN + "m=video 20002 RTP/AVP 96\na=rtpmap:96 H264/90000\na=sendrecv\n"
+
+
+def session_of(negotiation: object) -> object:
+    assert isinstance(negotiation, ZrtpNegotiation)
+    return negotiation._session
+
+
+def test_the_streams_of_a_leg_share_one_zrtp_session_and_legs_do_not() -> None:
+    # ``wants_leg_state``: one dict per leg, the same for every stream and re-offer, so the
+    # video stream can be keyed in Multistream mode from the audio one (RFC 6189 §4.4.3).
+    first, second = leg("best-effort", tls=False), leg("best-effort", tls=False)
+    first.make_offer(sdp(AUDIO_VIDEO))
+    audio, video = (stream.negotiation for stream in first._offered)
+    assert session_of(audio) is session_of(video)
+    second.make_offer(sdp(AUDIO_VIDEO))
+    other = second._offered[0].negotiation
+    assert session_of(other) is not session_of(audio)
+    # A peer's offer on the first leg, later: the same session again.
+    zrtp = exchanges("zrtp")["zrtp"]
+    phone = zrtp.offer(suites=(), secure_signalling=False)
+    (hash_attribute,) = phone.local_sdp_attributes()
+    first.take_offer(sdp(AUDIO_VIDEO.replace("a=sendrecv\n", f"a=zrtp-hash:{hash_attribute[1]}\n")))
+    answering = [stream.negotiation for stream in first._offered]
+    assert all(session_of(n) is session_of(audio) for n in answering)
+
+
+def test_key_exchanges_without_wants_leg_state_get_no_leg_state() -> None:
+    security = leg("best-effort", tls=True, enabled=("sdes",))
+    security.make_offer(sdp(AUDIO_VIDEO))  # SdesKeyExchange.offer() takes no leg_state
+    assert security._leg_states is None  # nothing made for a leg without such an exchange

@@ -35,6 +35,7 @@ from gateway.plugins.keyexchange.zrtp.cache import FILE as CACHE_FILE
 from gateway.plugins.keyexchange.zrtp.cache import SecretCache
 from gateway.plugins.keyexchange.zrtp.crypto import CIPHER_KEY_BITS, KEY_AGREEMENTS
 from gateway.plugins.keyexchange.zrtp.engine import (
+    ZrtpLegSession,
     ZrtpNegotiation,
     ZrtpSettings,
     ZrtpTiming,
@@ -118,6 +119,10 @@ class ZrtpKeyExchange:
     """Offered and answered in plain RTP/AVP(F): the keys are agreed in the media (§8)."""
     sdp_attribute = "zrtp-hash"
     """The attribute of an answer that says it took ZRTP."""
+    wants_leg_state = True
+    """The core passes ``leg_state=``, one dict per leg: the leg's streams share a
+    :class:`ZrtpLegSession` there, so its second and later streams (video) are keyed in
+    Multistream mode from the first one's ZRTP session key (RFC 6189 §4.4.3)."""
 
     def __init__(
         self,
@@ -152,13 +157,14 @@ class ZrtpKeyExchange:
         secure_signalling: bool,
         previous: KeyNegotiation | None = None,
         rekey: bool = False,
+        leg_state: dict[str, Any] | None = None,
     ) -> ZrtpNegotiation:
         """Our offer for one stream: a=zrtp-hash of a new Hello; nothing is sent before the
         answer. A re-offer keeps a ``previous`` exchange that has not failed (its Hello, its
         keys) unless ``rekey``."""
         if not rekey and isinstance(previous, ZrtpNegotiation) and previous.failure is None:
             return previous
-        return self._negotiation("offerer", suites, secure_signalling)
+        return self._negotiation("offerer", suites, secure_signalling, leg_state)
 
     def answer(
         self,
@@ -167,6 +173,7 @@ class ZrtpKeyExchange:
         suites: Sequence[str],
         secure_signalling: bool,
         previous: KeyNegotiation | None = None,
+        leg_state: dict[str, Any] | None = None,
     ) -> ZrtpNegotiation | None:
         """Our answer to an offered stream with a=zrtp-hash (None without it). An offer from
         the same peer Hello as ``previous`` (a re-INVITE) keeps that exchange."""
@@ -179,13 +186,17 @@ class ZrtpKeyExchange:
             and previous.same_peer(parse_hello_hashes_untrusted(attributes))
         ):
             return previous
-        negotiation = self._negotiation("answerer", suites, secure_signalling)
+        negotiation = self._negotiation("answerer", suites, secure_signalling, leg_state)
         negotiation.bind_peer_hello(attributes)
         negotiation.start()
         return negotiation
 
     def _negotiation(
-        self, sdp_role: str, suites: Sequence[str], secure_signalling: bool
+        self,
+        sdp_role: str,
+        suites: Sequence[str],
+        secure_signalling: bool,
+        leg_state: dict[str, Any] | None,
     ) -> ZrtpNegotiation:
         settings = ZrtpSettings(
             zid=self._zid(),
@@ -203,7 +214,19 @@ class ZrtpKeyExchange:
             random_bytes=self._random_bytes,
             suites=suites,
             secure_signalling=secure_signalling,
+            session=_leg_session(leg_state),
         )
+
+
+def _leg_session(leg_state: dict[str, Any] | None) -> ZrtpLegSession | None:
+    """The ZRTP session the leg's streams share, made at the leg's first ZRTP stream (None
+    without ``leg_state``: the stream is on its own and cannot use Multistream mode)."""
+    if leg_state is None:
+        return None
+    session = leg_state.get("session")
+    if not isinstance(session, ZrtpLegSession):
+        session = leg_state["session"] = ZrtpLegSession()
+    return session
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,6 +70,23 @@ def s0_dh_mode(
     return sha256(data)
 
 
+def zrtp_session_key(s0: bytes, context: bytes) -> bytes:
+    """ZRTPSess (§4.5.2), derived by the first (DH mode) stream only: the key the leg's later
+    streams are keyed from in Multistream mode."""
+    return kdf(s0, b"ZRTP Session Key", context, 256)
+
+
+def s0_multistream(
+    zrtp_sess: bytes, *, zid_i: bytes, zid_r: bytes, hello_responder: bytes, commit: bytes
+) -> bytes:
+    """s0 in Multistream mode (§4.4.3.2): KDF(ZRTPSess, "ZRTP MSK", KDF_Context, 256) with
+    KDF_Context = ZIDi || ZIDr || hash(responder's Hello || Commit) of *this* stream. The
+    initiator's nonce (in the Commit) and the responder's H3 (in its Hello) make it unique per
+    stream."""
+    total_hash = sha256(hello_responder, commit)
+    return kdf(zrtp_sess, b"ZRTP MSK", zid_i + zid_r + total_hash, 256)
+
+
 def cfb_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
     """AES in CFB mode with 128-bit feedback (§5.7): Confirm and SASrelay bodies."""
     encryptor = Cipher(algorithms.AES(key), CFB(iv)).encryptor()

@@ -35,10 +35,32 @@ configuration); SAS B32 and B256. With a :class:`~gateway.plugins.keyexchange.zr
 SecretCache` we keep the retained secrets of each phone (§4.9: key continuity; cache expiration
 "forever" in our Confirm) and say whether they matched (:attr:`ZrtpNegotiation.cache_state`);
 without one, none (§4.9.1: expiration 0), so the phone cannot tell a later call from a first.
-The V flag is never set: the gateway has no user who could compare the SAS. No Preshared or
-Multistream mode: a second stream (video) runs a DH exchange of its own. We are no
+The V flag is never set: the gateway has no user who could compare the SAS. We are no
 trusted MiTM (no M flag, no SASrelay, no enrollment) and never allow GoClear (A flag clear; a
 GoClear gets Error 0x100).
+
+Multistream mode (§4.4.3). The streams of one leg share a :class:`ZrtpLegSession` (the core's
+per-leg ``leg_state``). The leg's first stream to commit runs the one DH exchange and derives the
+ZRTP session key, ZRTPSess (§4.5.2); every Hello lists ``Mult`` last. A later stream with the same
+phone (same ZID) is keyed from ZRTPSess without a DH exchange::
+
+    initiator                          responder
+    Commit (H2, algorithms, nonce) -->
+                                  <--  Confirm1 (encrypted H0)
+    Confirm2 (encrypted H0)       -->
+                                  <--  Conf2ACK
+
+s0 = KDF(ZRTPSess, "ZRTP MSK", ZIDi || ZIDr || hash(responder's Hello || Commit), 256); the keys
+follow from s0 as in DH mode. As initiator such a stream waits, once it holds the phone's Hello
+and HelloACK, until the DH stream is secure (the DH exchange MUST complete first), then commits
+with a fresh nonce and the DH stream's hash, cipher and auth tag. As responder it accepts a
+Multistream Commit once the DH stream has checked the phone's Confirm (both sides then hold
+ZRTPSess), and ends the exchange otherwise (Error 0x53), on a nonce already used on the leg
+(0x80) and when our Multistream Commit crosses a DH one (§4.2: a software error, 0x20). With no
+DHPart, the Confirm's H0 is checked by hashing up to the H2 of the Commit or the H3 of the Hello
+(§9). One SAS per call (§4.5.2): a Multistream stream shows the DH stream's and queues no
+``SasReady``; the retained-secret cache is neither read nor written. A phone that does not list
+``Mult`` gets a DH exchange on every stream, as before.
 
 Retransmission (§6): Hello every 50 ms, doubling to 200 ms, until the peer's HelloACK or Commit;
 as initiator, Commit, DHPart2 and Confirm2 every 150 ms, doubling to 1.2 s, 10 times at most; as
@@ -86,8 +108,10 @@ from gateway.plugins.keyexchange.zrtp.crypto import (
     message_mac_valid,
     render_sas,
     s0_dh_mode,
+    s0_multistream,
     sha256,
     with_mac,
+    zrtp_session_key,
 )
 
 RandomBytes = Callable[[int], bytes]
@@ -188,9 +212,80 @@ class _Ignore(Exception):
     """Drop the packet (counted): not from the exchange in progress, or out of order."""
 
 
+class ZrtpLegSession:
+    """What the ZRTP streams of one leg share (RFC 6189 §4.4.3): the leg's one DH exchange and
+    the ZRTP session key it derived, from which the leg's other streams are keyed in
+    Multistream mode, and the nonces of those streams' Commits. One per leg (the core's
+    ``leg_state``), for the leg's whole call: §4.5.2 forbids using ZRTPSess across calls. The
+    key never appears in a ``repr``."""
+
+    def __init__(self) -> None:
+        self.dh_stream: ZrtpNegotiation | None = None
+        """The stream that runs (or ran) the leg's DH exchange."""
+        self.peer_zid: bytes | None = None
+        self._session_key: bytes | None = None
+        self.algorithms: tuple[str, str, str, str, str] | None = None
+        """The DH stream's Commit: a Multistream Commit of ours takes its hash, cipher and auth
+        tag (§4.4.3.1: some phones cannot use different SRTP algorithms per stream)."""
+        self.secure = False
+        """The DH stream is secure: we may commit in Multistream mode (§4.4.3: the DH exchange
+        MUST be completed first)."""
+        self.sas: str | None = None
+        """The leg's one SAS (§4.5.2): the DH stream's, shown for every stream."""
+        self.nonces: set[bytes] = set()
+        """Every Multistream nonce of the leg, ours and the phone's: one used twice would key two
+        streams alike, so a Commit that reuses one ends its exchange (§4.4.3.1, error 0x80)."""
+
+    def __repr__(self) -> str:
+        keyed = "keyed" if self._session_key is not None else "not keyed"
+        return f"<ZrtpLegSession {keyed}>"
+
+    def claim_dh(self, stream: ZrtpNegotiation, peer_zid: bytes) -> None:
+        """``stream`` runs a DH exchange with ``peer_zid``: the leg's first one is its DH stream
+        (a later one, with a phone that does not offer Mult, keys only its own stream)."""
+        current = self.dh_stream
+        if self._session_key is None and (current is None or current.failure is not None):
+            self.dh_stream, self.peer_zid = stream, peer_zid
+
+    def dh_under_way(self, peer_zid: bytes, stream: ZrtpNegotiation) -> bool:
+        """Another stream's DH exchange with ``peer_zid`` is running: wait for it (§4.4.3)."""
+        current = self.dh_stream
+        return (
+            current is not None
+            and current is not stream
+            and current.failure is None
+            and self.peer_zid == peer_zid
+            and not self.secure
+        )
+
+    def session_key(self, peer_zid: bytes) -> bytes | None:
+        """ZRTPSess, once the DH stream has checked the phone's Confirm (both sides hold it),
+        and only for the phone it was agreed with (§4.4.3: the same ZID on every stream)."""
+        return self._session_key if peer_zid == self.peer_zid else None
+
+    def confirmed(
+        self,
+        stream: ZrtpNegotiation,
+        peer_zid: bytes,
+        session_key: bytes,
+        algorithms: tuple[str, str, str, str, str],
+        sas: str,
+    ) -> None:
+        """The DH stream checked the phone's Confirm: its ZRTPSess and SAS are the leg's."""
+        if self._session_key is None and self.dh_stream in (None, stream):
+            self.dh_stream, self.peer_zid = stream, peer_zid
+            self._session_key, self.algorithms, self.sas = session_key, algorithms, sas
+
+    def established(self, stream: ZrtpNegotiation) -> None:
+        """The DH stream is secure: later streams may commit in Multistream mode."""
+        if stream is self.dh_stream and self._session_key is not None:
+            self.secure = True
+
+
 @attrs.define(repr=False)
 class _Keys:
-    """What one exchange derived (§4.5.3), by role. Never shown."""
+    """What one exchange derived (§4.5.3), by role. Never shown. The SAS hash, the retained
+    secret and ZRTPSess come from DH mode only (§4.5.2: not from a Multistream stream)."""
 
     srtp_key_i: bytes
     srtp_salt_i: bytes
@@ -200,9 +295,11 @@ class _Keys:
     mac_key_r: bytes
     zrtp_key_i: bytes
     zrtp_key_r: bytes
-    sashash: bytes
-    retained: bytes
+    sashash: bytes | None = None
+    retained: bytes | None = None
     """The next rs1 (§4.6.1)."""
+    session_key: bytes | None = None
+    """ZRTPSess (§4.5.2)."""
 
     def __repr__(self) -> str:
         return "<ZRTP keys: redacted>"
@@ -238,8 +335,11 @@ class ZrtpNegotiation:
         random_bytes: RandomBytes,
         suites: Sequence[str] = (),
         secure_signalling: bool = False,
+        session: ZrtpLegSession | None = None,
     ) -> None:
         self.sdp_role = sdp_role  # "offerer" | "answerer"
+        self._session = session if session is not None else ZrtpLegSession()
+        """Shared with the leg's other streams (Multistream mode); a stream of its own without."""
         self.signalling_protected = secure_signalling
         self._settings = settings
         self._random = random_bytes
@@ -266,7 +366,9 @@ class ZrtpNegotiation:
                 hashes=MANDATORY["hashes"],
                 ciphers=self._ciphers,
                 auth_tags=self._auth_tags,
-                key_agreements=settings.key_agreements,
+                # §4.4.3, §5.1.5: Mult last in every stream's Hello (it MUST be supported with
+                # several streams; bzrtp keys a second stream only if the peer lists it).
+                key_agreements=(*settings.key_agreements, p.MULTISTREAM),
                 sas_types=settings.sas_types,
             ),
             self._h2,
@@ -276,10 +378,12 @@ class ZrtpNegotiation:
         self._peer_hello: p.Hello | None = None
         self._hello_acked = False
         self.initiator: bool | None = None
+        self._multistream = False  # this exchange is in Multistream mode (§4.4.3)
+        self._waiting = False  # ready to commit; waits for the leg's DH stream (§4.4.3)
         # The messages of the exchange, as sent and received (the key derivation hashes them).
         self._commit: bytes | None = None  # ours or the peer's, whichever won
         self._commit_algorithms: tuple[str, str, str, str, str] | None = None
-        self._hvi: bytes | None = None  # of our own Commit
+        self._hvi: bytes | None = None  # of our own Commit (its nonce in Multistream mode)
         self._private: PrivateValue | None = None
         self._dh_part1: bytes | None = None
         self._dh_part2: bytes | None = None
@@ -399,11 +503,14 @@ class ZrtpNegotiation:
         except (p.ZrtpParseError, _Ignore):
             self._discarded += 1
         except _Abort as abort:
-            if abort.code is None:
-                self._fail(abort.reason)
-                return
-            self._send(p.encode_error(abort.code))
-            self._fail(f"{abort.reason} (we sent Error {p.describe_error(abort.code)})")
+            self._abort(abort)
+
+    def _abort(self, abort: _Abort) -> None:
+        if abort.code is None:
+            self._fail(abort.reason)
+            return
+        self._send(p.encode_error(abort.code))
+        self._fail(f"{abort.reason} (we sent Error {p.describe_error(abort.code)})")
 
     def packets_to_send(self, *, now: float) -> list[bytes]:
         self._send_first_hello(now)
@@ -415,6 +522,8 @@ class ZrtpNegotiation:
             return None
         if self._hello_pending:
             return 0.0  # due at once: start the exchange
+        if self._waiting and self._done_waiting():
+            return 0.0  # the leg's DH stream is secure (or gone): commit now
         timers = [t for t in (self._deadline,) if t is not None]
         if self._retransmission is not None:
             timers.append(self._retransmission.due)
@@ -427,6 +536,13 @@ class ZrtpNegotiation:
             return
         if self._deadline is not None and now >= self._deadline:
             self._timed_out()
+            return
+        if self._waiting and self._done_waiting():
+            self._waiting = False  # _maybe_commit waits again if it must (never a due timer)
+            try:
+                self._maybe_commit(now)
+            except _Abort as abort:
+                self._abort(abort)
             return
         again = self._retransmission
         if again is None or now < again.due:
@@ -549,10 +665,23 @@ class ZrtpNegotiation:
         self._maybe_commit(now)
 
     def _maybe_commit(self, now: float) -> None:
-        """§4.1: once we hold the peer's Hello and it has ours, commit as initiator."""
+        """§4.1: once we hold the peer's Hello and it has ours, commit as initiator. In
+        Multistream mode if the phone offers it and the leg's DH stream is secure; if that
+        stream's DH exchange is still running, wait for it (§4.4.3: the first stream's
+        exchange MUST complete first; only one DH exchange at a time between two ZIDs, §4.2)."""
         peer = self._peer_hello
         if self._state is not _State.DISCOVERY or peer is None or not self._hello_acked:
             return
+        self._waiting = False
+        if p.MULTISTREAM in peer.key_agreements:
+            session_key = self._session.session_key(peer.zid)
+            if self._session.secure and session_key is not None:
+                self._commit_multistream(peer, now)
+                return
+            if self._session.dh_under_way(peer.zid, self):
+                self._waiting = True
+                return
+        self._session.claim_dh(self, peer.zid)
         algorithms = self._choose(peer)
         agreement = KEY_AGREEMENTS[algorithms[3].strip()]
         self._private = agreement.generate(self._random)
@@ -578,22 +707,66 @@ class ZrtpNegotiation:
         self._state = _State.COMMITTED
         self._send_retransmitted(commit, now)
 
-    def _choose(self, peer: p.Hello) -> tuple[str, str, str, str, str]:
-        """The initiator's choice (§4.1.2): ours in our order among the peer's (with the
-        mandatory ones it implies); for the key agreement the faster of both first choices."""
+    def _done_waiting(self) -> bool:
+        """A stream waiting to commit may go on: the leg's DH stream is secure, or failed."""
+        peer = self._peer_hello
+        return peer is None or not self._session.dh_under_way(peer.zid, self)
+
+    def _commit_multistream(self, peer: p.Hello, now: float) -> None:
+        """Our Multistream Commit (§4.4.3.1, §5.4): a fresh nonce instead of hvi, the DH
+        stream's hash, cipher and auth tag where this stream and the phone can use them; no
+        DHPart follows, the phone answers with Confirm1."""
+        first = self._session.algorithms
+        assert first is not None
+        cipher, auth = first[1], first[2]
+        if not (
+            cipher in _with_mandatory(self._ciphers, "ciphers")
+            and cipher in _with_mandatory(peer.ciphers, "ciphers")
+            and auth in _with_mandatory(self._auth_tags, "auth_tags")
+            and auth in _with_mandatory(peer.auth_tags, "auth_tags")
+            and SRTP_SUITES[(cipher, auth)] in self._suites()
+        ):
+            cipher, auth = self._choose_srtp(peer)
+        # The SAS type is ignored in Multistream mode (§4.4.3.1): the DH stream's, for the record.
+        algorithms = ("S256", cipher, auth, p.MULTISTREAM, first[4])
+        nonce = _random(self._random, 16)
+        while nonce in self._session.nonces:  # §4.4.3.1: unique among the leg's streams
+            nonce = _random(self._random, 16)
+        self._session.nonces.add(nonce)
+        commit = with_mac(
+            p.encode_commit(h2=self._h2, zid=self._settings.zid, algorithms=algorithms, hvi=nonce),
+            self._h1,
+        )
+        self._commit, self._commit_algorithms, self._hvi = commit, algorithms, nonce
+        self._multistream = True
+        self.initiator = True
+        self._state = _State.COMMITTED
+        self._send_retransmitted(commit, now)
+
+    def _choose_srtp(self, peer: p.Hello) -> tuple[str, str]:
+        """Cipher and auth tag (§4.1.2): ours in our order among the peer's (with the mandatory
+        ones each Hello implies), making an SRTP suite the leg's policy allows."""
         # Our Hello implies the mandatory algorithms as well (§5.2): they are ours to choose too.
         cipher = _first_common(
             _with_mandatory(self._ciphers, "ciphers"), _with_mandatory(peer.ciphers, "ciphers")
         )
-        auth = None
-        if cipher is not None:
-            peer_auth = _with_mandatory(peer.auth_tags, "auth_tags")
-            usable = [
-                a
-                for a in _with_mandatory(self._auth_tags, "auth_tags")
-                if SRTP_SUITES[(cipher, a)] in self._suites()
-            ]
-            auth = _first_common(tuple(usable), peer_auth)
+        if cipher is None:
+            raise _Abort(0x52, "the peer's Hello has no cipher we can use")
+        peer_auth = _with_mandatory(peer.auth_tags, "auth_tags")
+        usable = [
+            a
+            for a in _with_mandatory(self._auth_tags, "auth_tags")
+            if SRTP_SUITES[(cipher, a)] in self._suites()
+        ]
+        auth = _first_common(tuple(usable), peer_auth)
+        if auth is None:
+            raise _Abort(0x54, "the peer's Hello has no SRTP auth tag we can use")
+        return cipher, auth
+
+    def _choose(self, peer: p.Hello) -> tuple[str, str, str, str, str]:
+        """The initiator's choice (§4.1.2): ours in our order among the peer's (with the
+        mandatory ones it implies); for the key agreement the faster of both first choices."""
+        cipher, auth = self._choose_srtp(peer)
         peer_agreements = _with_mandatory(peer.key_agreements, "key_agreements")
         our_agreements = _with_mandatory(self._settings.key_agreements, "key_agreements")
         ours = tuple(k for k in our_agreements if k in peer_agreements)
@@ -605,15 +778,10 @@ class ZrtpNegotiation:
             _with_mandatory(self._settings.sas_types, "sas_types"),
             _with_mandatory(peer.sas_types, "sas_types"),
         )
-        for value, code, what in (
-            (cipher, 0x52, "cipher"),
-            (auth, 0x54, "SRTP auth tag"),
-            (agreement, 0x53, "key agreement"),
-            (sas, 0x55, "SAS type"),
-        ):
+        for value, code, what in ((agreement, 0x53, "key agreement"), (sas, 0x55, "SAS type")):
             if value is None:
                 raise _Abort(code, f"the peer's Hello has no {what} we can use")
-        assert cipher and auth and agreement and sas
+        assert agreement and sas
         return ("S256", cipher, auth, agreement, sas)
 
     def _suites(self) -> set[str]:
@@ -631,19 +799,33 @@ class ZrtpNegotiation:
             raise _Ignore  # not from the peer whose Hello we hold
         if not message_mac_valid(peer.raw, commit.h2):
             raise _Abort(0x10, "the peer's Hello failed its MAC check (H2 from its Commit)")
-        if self._state is _State.COMMITTED and commit.key_agreement != "Mult":
-            # §4.2: both committed. Ours (DH) beats a Preshared one; of two DH Commits the one
-            # with the lower hvi is discarded, before anything in it is judged.
+        if self._state is _State.COMMITTED:
+            # §4.2: both committed, before anything in the peer's Commit is judged.
+            if commit.multistream != self._multistream:
+                raise _Abort(
+                    0x20,
+                    "both sides committed, one in Multistream mode and one not "
+                    "(RFC 6189 §4.2: a software error)",
+                )
+            # Ours (DH) beats a Preshared one; of two DH Commits the one with the lower hvi is
+            # discarded, of two Multistream Commits the one with the lower nonce.
             assert self._hvi is not None
-            if not commit.dh_mode or int.from_bytes(self._hvi, "big") > int.from_bytes(
-                commit.hvi, "big"
-            ):
+            if not commit.dh_mode and not commit.multistream:
                 raise _Ignore  # ours wins: the peer becomes the responder
+            if int.from_bytes(self._hvi, "big") > int.from_bytes(commit.hvi, "big"):
+                raise _Ignore
+        if commit.multistream:
+            self._respond_multistream(commit, raw)
+            return
         if not commit.dh_mode:
             name = _shown(commit.key_agreement)
             raise _Abort(0x53, f"the peer chose key agreement {name}, not offered")
+        if self._state is _State.DISCOVERY:
+            self._resolve_across_streams(commit)
         self._check_chosen(commit)
+        self._session.claim_dh(self, peer.zid)
         self.initiator = False
+        self._waiting = False
         self._retransmission = None
         self._peer_h2 = commit.h2
         self._commit = raw
@@ -665,8 +847,74 @@ class ZrtpNegotiation:
         self._state = _State.DH_PART1_SENT
         self._answer(raw, self._dh_part1)
 
-    def _check_chosen(self, commit: p.Commit) -> None:
-        """§4.1.2: the initiator's choices must be among those of our Hello (or mandatory)."""
+    def _resolve_across_streams(self, commit: p.Commit) -> None:
+        """§4.2: a DH Commit from the peer on this stream while our DH Commit for another
+        stream of the leg is out is contention as on one stream: the lower hvi is discarded,
+        and the stream whose Commit was discarded waits for the other exchange (then keys
+        itself in Multistream mode)."""
+        rival = self._session.dh_stream
+        if (
+            rival is None
+            or rival is self
+            or rival._peer_hello is None
+            or rival._peer_hello.zid != commit.zid
+            or rival._state is not _State.COMMITTED
+            or rival._multistream
+            or rival._hvi is None
+        ):
+            return
+        if int.from_bytes(rival._hvi, "big") > int.from_bytes(commit.hvi, "big"):
+            self._waiting = True
+            raise _Ignore  # our other stream's Commit wins: this one waits
+        rival._withdraw_commit()
+        self._session.dh_stream = self
+
+    def _withdraw_commit(self) -> None:
+        """Our DH Commit lost to the peer's on another stream of the leg (§4.2): back to
+        discovery, waiting for that stream's exchange."""
+        self._state = _State.DISCOVERY
+        self.initiator = None
+        self._retransmission = None
+        self._commit = self._commit_algorithms = self._hvi = None
+        self._private = None
+        self._dh_part2 = None
+        self._waiting = True
+
+    def _respond_multistream(self, commit: p.Commit, raw: bytes) -> None:
+        """The peer's Multistream Commit (§4.4.3.1): keyed from the leg's ZRTPSess, which must
+        be there (the leg's DH stream checked the phone's Confirm), with a nonce never seen on
+        the leg; we answer with Confirm1 (no DHPart)."""
+        peer = self._peer_hello
+        assert peer is not None
+        session_key = self._session.session_key(peer.zid)
+        if session_key is None:
+            raise _Abort(
+                0x53,
+                "the peer committed in Multistream mode before a DH exchange with it completed "
+                "on this leg (RFC 6189 §4.4.3.1: no ZRTP session key)",
+            )
+        if commit.nonce in self._session.nonces:
+            raise _Abort(0x80, "the peer's Multistream Commit reuses a nonce (§4.4.3.1)")
+        self._check_chosen(commit, multistream=True)
+        self._session.nonces.add(commit.nonce)
+        self.initiator = False
+        self._multistream = True
+        self._waiting = False
+        self._retransmission = None
+        self._peer_h2 = commit.h2
+        self._commit = raw
+        self._commit_algorithms = (
+            commit.hash, commit.cipher, commit.auth_tag, commit.key_agreement, commit.sas_type,
+        )  # fmt: skip
+        self._hvi = commit.nonce
+        self._derive_multistream(session_key, zid_i=peer.zid, zid_r=self._settings.zid)
+        self._confirm = self._make_confirm(p.CONFIRM1)
+        self._state = _State.CONFIRM1_SENT
+        self._answer(raw, self._confirm)
+
+    def _check_chosen(self, commit: p.Commit, *, multistream: bool = False) -> None:
+        """§4.1.2: the initiator's choices must be among those of our Hello (or mandatory). In
+        Multistream mode the key agreement is Mult and the SAS type is ignored (§4.4.3.1)."""
         if commit.hash != "S256":
             raise _Abort(0x51, f"the peer chose hash {_shown(commit.hash)}, not offered")
         if commit.cipher not in self._ciphers + MANDATORY["ciphers"]:
@@ -676,6 +924,8 @@ class ZrtpNegotiation:
         suite = SRTP_SUITES.get((commit.cipher, commit.auth_tag))
         if suite is None or suite not in self._suites():
             raise _Abort(0x54, f"the peer chose {suite or 'an SRTP suite'}, not allowed here")
+        if multistream:
+            return
         agreements = self._settings.key_agreements + MANDATORY["key_agreements"]
         if commit.key_agreement not in agreements:
             name = _shown(commit.key_agreement)
@@ -686,6 +936,8 @@ class ZrtpNegotiation:
     def _on_dh_part1(self, raw: bytes, now: float) -> None:
         if self._state is not _State.COMMITTED or self._peer_hello is None:
             raise _Ignore  # a repeat: our DHPart2 is being retransmitted anyway
+        if self._multistream:
+            raise _Ignore  # no DHPart in Multistream mode (§4.4.3.1)
         dh_part = p.parse_dh_part_untrusted(raw, p.DH_PART1)
         peer_h2 = sha256(dh_part.h1)
         if sha256(peer_h2) != self._peer_hello.h3:
@@ -735,10 +987,21 @@ class ZrtpNegotiation:
         self._answer(raw, self._confirm)
 
     def _on_confirm1(self, raw: bytes, now: float) -> None:
-        if self._state is not _State.DH_PART2_SENT:
+        if self._multistream and self._state is _State.COMMITTED:
+            # §4.4.3.1: Confirm1 answers a Multistream Commit; its keys are derived now.
+            assert self._peer_hello is not None
+            session_key = self._session.session_key(self._peer_hello.zid)
+            assert session_key is not None  # we committed in Multistream mode with it
+            self._derive_multistream(
+                session_key, zid_i=self._settings.zid, zid_r=self._peer_hello.zid
+            )
+            self._open_confirm(raw, p.CONFIRM1, None)
+        elif self._state is _State.DH_PART2_SENT:
+            assert self._dh_part1 is not None
+            self._open_confirm(raw, p.CONFIRM1, self._dh_part1)
+            self._confirmed()
+        else:
             raise _Ignore
-        assert self._dh_part1 is not None
-        self._open_confirm(raw, p.CONFIRM1, self._dh_part1)
         self._confirm = self._make_confirm(p.CONFIRM2)
         self._state = _State.CONFIRM2_SENT
         self._send_retransmitted(self._confirm, now)
@@ -749,8 +1012,9 @@ class ZrtpNegotiation:
             return
         if self._state is not _State.CONFIRM1_SENT:
             raise _Ignore
-        assert self._dh_part2 is not None
         self._open_confirm(raw, p.CONFIRM2, self._dh_part2)
+        if not self._multistream:
+            self._confirmed()
         self._answer(raw, p.message(p.CONF2_ACK))
         self._secure()  # §4.6: the responder may send SRTP once Confirm2 is verified
 
@@ -855,7 +1119,44 @@ class ZrtpNegotiation:
             zrtp_key_r=kdf(s0, b"Responder ZRTP key", context, key_bits),
             sashash=kdf(s0, b"SAS", context, 256),
             retained=kdf(s0, b"retained secret", context, 256),
+            session_key=zrtp_session_key(s0, context),
         )
+
+    def _derive_multistream(self, session_key: bytes, *, zid_i: bytes, zid_r: bytes) -> None:
+        """§4.4.3.2 and §4.5.3: s0 from the leg's ZRTPSess and this stream's responder Hello
+        and Commit, then this stream's SRTP, MAC and ZRTP keys (no SAS, no retained secret)."""
+        assert self._commit_algorithms is not None and self._peer_hello is not None
+        assert self._commit is not None
+        hello_responder = self._peer_hello.raw if self.initiator else self._hello
+        s0 = s0_multistream(
+            session_key,
+            zid_i=zid_i,
+            zid_r=zid_r,
+            hello_responder=hello_responder,
+            commit=self._commit,
+        )
+        context = zid_i + zid_r + sha256(hello_responder, self._commit)
+        key_bits = CIPHER_KEY_BITS[self._commit_algorithms[1]]
+        self._keys = _Keys(
+            srtp_key_i=kdf(s0, b"Initiator SRTP master key", context, key_bits),
+            srtp_salt_i=kdf(s0, b"Initiator SRTP master salt", context, SRTP_SALT_BITS),
+            srtp_key_r=kdf(s0, b"Responder SRTP master key", context, key_bits),
+            srtp_salt_r=kdf(s0, b"Responder SRTP master salt", context, SRTP_SALT_BITS),
+            mac_key_i=kdf(s0, b"Initiator HMAC key", context, 256),
+            mac_key_r=kdf(s0, b"Responder HMAC key", context, 256),
+            zrtp_key_i=kdf(s0, b"Initiator ZRTP key", context, key_bits),
+            zrtp_key_r=kdf(s0, b"Responder ZRTP key", context, key_bits),
+        )
+
+    def _confirmed(self) -> None:
+        """The DH exchange's Confirm from the phone checked: both sides hold ZRTPSess, the
+        leg's from now on if this is its DH stream (a Multistream Commit may come for another
+        stream, §4.4.3.1)."""
+        keys, peer, algorithms = self._keys, self._peer_hello, self._commit_algorithms
+        assert keys is not None and keys.session_key is not None and peer is not None
+        assert algorithms is not None and keys.sashash is not None
+        sas = render_sas(algorithms[4], keys.sashash)
+        self._session.confirmed(self, peer.zid, keys.session_key, algorithms, sas)
 
     def _make_confirm(self, message_type: bytes) -> bytes:
         """Our Confirm (§5.7): H0, flags (no enrollment, SAS not verified: we have no user to
@@ -876,18 +1177,22 @@ class ZrtpNegotiation:
             p.confirm_plaintext(
                 self._h0,
                 flags=p.CONFIRM_D if self._settings.disclosure else 0,
-                cache_expiration=self._our_cache_expiration,
+                # §5.7: 0xffffffff in Multistream mode, ignored (the cache is not touched).
+                cache_expiration=FOREVER if self._multistream else self._our_cache_expiration,
             ),
         )
         return p.encode_confirm(
             message_type, confirm_mac=mac64(mac_key, encrypted), iv=iv, encrypted=encrypted
         )
 
-    def _open_confirm(self, raw: bytes, message_type: bytes, peer_dh_part: bytes) -> bytes:
+    def _open_confirm(self, raw: bytes, message_type: bytes, peer_dh_part: bytes | None) -> bytes:
         """Check the peer's Confirm (§4.5.4, §5.7): its MAC, then that its H0 hashes to the
-        peer's H1 and checks the MAC of the peer's DHPart. The peer's H0."""
+        peer's H1 and checks the MAC of the peer's DHPart. In Multistream mode, with no DHPart,
+        the missing hash images are computed (§9): the responder's H0 must hash to the H3 of
+        its Hello, whose MAC its H2 checks; the initiator's to the H2 of its Commit, whose MAC
+        its H1 checks. The peer's H0."""
         keys = self._keys
-        assert keys is not None and self._peer_h1 is not None
+        assert keys is not None
         zrtp_key, mac_key = (
             (keys.zrtp_key_r, keys.mac_key_r)
             if self.initiator
@@ -900,13 +1205,33 @@ class ZrtpNegotiation:
         content = p.parse_confirm_plaintext_untrusted(
             cfb_decrypt(zrtp_key, confirm.iv, confirm.encrypted)
         )
-        if sha256(content.h0) != self._peer_h1:
-            raise _Abort(0x70, "the peer's H0 does not hash to its H1")
-        if not message_mac_valid(peer_dh_part, content.h0):
-            raise _Abort(0x70, "the peer's DHPart failed its MAC check")
-        self._peer_cache_expiration = content.cache_expiration
+        if self._multistream:
+            self._check_multistream_chain(content.h0)
+        else:
+            assert peer_dh_part is not None and self._peer_h1 is not None
+            if sha256(content.h0) != self._peer_h1:
+                raise _Abort(0x70, "the peer's H0 does not hash to its H1")
+            if not message_mac_valid(peer_dh_part, content.h0):
+                raise _Abort(0x70, "the peer's DHPart failed its MAC check")
+            self._peer_cache_expiration = content.cache_expiration
         self.zrtp_peer_disclosure = "yes" if content.flags & p.CONFIRM_D else "no"
         return content.h0
+
+    def _check_multistream_chain(self, h0: bytes) -> None:
+        peer = self._peer_hello
+        assert peer is not None and self._commit is not None
+        h1 = sha256(h0)
+        h2 = sha256(h1)
+        if self.initiator:
+            if sha256(h2) != peer.h3:
+                raise _Abort(0x70, "the peer's H0 does not hash to the H3 of its Hello")
+            if not message_mac_valid(peer.raw, h2):
+                raise _Abort(0x70, "the peer's Hello failed its MAC check (H2 from its H0)")
+        else:
+            if h2 != self._peer_h2:
+                raise _Abort(0x70, "the peer's H0 does not hash to the H2 of its Commit")
+            if not message_mac_valid(self._commit, h1):
+                raise _Abort(0x70, "the peer's Commit failed its MAC check")
 
     def _secure(self) -> None:
         keys = self._keys
@@ -919,11 +1244,18 @@ class ZrtpNegotiation:
             (initiator_key, responder_key) if self.initiator else (responder_key, initiator_key)
         )
         self.srtp_keys = SrtpKeys(SRTP_SUITES[(cipher, auth)], local, remote)
-        self.sas = render_sas(sas_type, keys.sashash)
         self._state = _State.SECURE
         self._retransmission = None
         self._deadline = None
         self._events.append(KeysReady(self.srtp_keys))
+        if self._multistream:
+            # §4.5.2: one SAS per call, the DH stream's; nothing for the phone to compare
+            # again, and the cache is neither used nor updated (§4.4.3).
+            self.sas = self._session.sas
+            return
+        assert keys.sashash is not None and keys.retained is not None
+        self.sas = render_sas(sas_type, keys.sashash)
+        self._session.established(self)
         alarm = None
         if self.cache_state == "mismatch":
             alarm = (

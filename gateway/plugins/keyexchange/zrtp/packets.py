@@ -232,10 +232,14 @@ def parse_hello_untrusted(raw: bytes) -> Hello:
     )  # fmt: skip
 
 
+MULTISTREAM = "Mult"  # the key agreement type of Multistream mode (§4.4.3, §5.1.5)
+PRESHARED = "Prsh"
+
+
 @attrs.frozen
 class Commit:
-    """§5.4. ``hvi`` for the DH modes; ``nonce`` (and ``key_id``) for Mult/Prsh, which we never
-    accept but must recognise to answer them."""
+    """§5.4. ``hvi`` is the DH modes' hash commitment, or the nonce of a Multistream Commit
+    (16 octets, :attr:`nonce`), or a Preshared one's nonce and keyID (24; never accepted)."""
 
     h2: bytes
     zid: bytes
@@ -249,12 +253,23 @@ class Commit:
 
     @property
     def dh_mode(self) -> bool:
-        return self.key_agreement not in ("Mult", "Prsh")
+        return self.key_agreement not in (MULTISTREAM, PRESHARED)
+
+    @property
+    def multistream(self) -> bool:
+        return self.key_agreement == MULTISTREAM
+
+    @property
+    def nonce(self) -> bytes:
+        """The nonce of a Multistream Commit (§4.4.3.1)."""
+        return self.hvi[:16]
 
 
 def encode_commit(
     *, h2: bytes, zid: bytes, algorithms: tuple[str, str, str, str, str], hvi: bytes
 ) -> bytes:
+    """A Commit without its MAC; ``hvi`` is the nonce (16 octets) in Multistream mode."""
+    assert len(hvi) == (16 if algorithms[3] == MULTISTREAM else HASH_SIZE)
     body = h2 + zid + b"".join(_block(name) for name in algorithms) + hvi
     return message(COMMIT, body + bytes(MAC_SIZE))
 
@@ -265,7 +280,7 @@ def parse_commit_untrusted(raw: bytes) -> Commit:
     hash_, cipher, auth_tag, key_agreement, sas_type = names
     tail = len(body) - 64 - MAC_SIZE
     # DH: hvi (32); Mult: nonce (16); Prsh: nonce (16) and keyID (8) (§5.4).
-    expected = {"Mult": 16, "Prsh": 24}.get(key_agreement, HASH_SIZE)
+    expected = {MULTISTREAM: 16, PRESHARED: 24}.get(key_agreement, HASH_SIZE)
     if tail != expected:
         raise ZrtpParseError(f"Commit with a {tail}-octet tail after its algorithms")
     return Commit(
