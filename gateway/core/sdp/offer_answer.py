@@ -340,6 +340,12 @@ def renumbered_media(media: MediaDescription, renumbering: Mapping[int, int]) ->
     return attrs.evolve(media, formats=formats, attributes=Attributes(tuple(attributes)))
 
 
+def red_payload_types(media: MediaDescription) -> tuple[int, ...]:
+    """The payload types ``media`` gives RFC 2198 RED (a=rtpmap ``red/<clock rate>``), in
+    ascending order; numbers outside 0..127 are left out (they name no RTP payload type)."""
+    return tuple(sorted(int(n) for n in _red_formats(media) if n.isdigit() and int(n) <= 127))
+
+
 def _red_formats(media: MediaDescription) -> frozenset[str]:
     """The formats ``media``'s a=rtpmap lines name RFC 2198 RED (``red/<clock rate>``)."""
     return frozenset(
