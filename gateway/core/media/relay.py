@@ -265,7 +265,8 @@ class DirectionStatistics:
     """A transform returned None or raised."""
     dropped_malformed: int
     """Not RTP/RTCP version 2, or shorter than a fixed RTP header (RTCP: 8 octets); on an opaque
-    stream, empty or longer than :data:`MAX_OPAQUE_DATAGRAM`."""
+    stream, empty or longer than :data:`MAX_OPAQUE_DATAGRAM`; an RFC 2198 RED packet whose block
+    headers do not parse, on a direction that renumbers them."""
     dropped_send_error: int
     """The send failed (e.g. socket buffer full; on a socket connected to its peer also once
     per ICMP error the peer's host returned, e.g. port unreachable)."""
