@@ -18,8 +18,10 @@ What each leg sees is ours, never the other peer's transport:
   numbers we last sent on the answerer's leg (RFC 3264 §8.3.2, ``keep_leg_numbers``), and the
   answer we send is in the offerer's numbers (§6.1). Where the two peers still number a codec
   differently, each stream direction gets a renumbering for the relay
-  (``RelayDirection.payload_types``, from both peers' own SDP when the answer arrives; restored
-  with the rest when an offer is abandoned; docs/architecture.md "Payload type numbers");
+  (``RelayDirection.payload_types``, from both peers' own SDP when the answer arrives, with
+  the sender's RFC 2198 RED numbers, ``red_payload_types``, whose blocks it rewrites too;
+  restored with the rest when an offer is abandoned; docs/architecture.md "Payload type
+  numbers");
   attributes that describe the other peer's transport or keys are removed (ICE
   candidates and credentials, a=crypto, a=fingerprint, a=setup, a=tls-id, a=zrtp-hash,
   a=key-mgmt, BUNDLE grouping). Keys are per leg: until a leg negotiates its own, legs are plain

@@ -220,3 +220,18 @@ def test_red_alone_is_not_set_where_nothing_is_renumbered(session: MediaSession)
     session.settle()
     assert renumbering(session) == ({}, {})
     assert red(session) == ((), ())
+
+
+def test_a_new_partys_red_reaches_the_leg_in_the_legs_numbers(session: MediaSession) -> None:
+    # A transfer: the browser's leg knows Opus as 111 and RED as 63; the target (Opus 109,
+    # RED 121) re-offers: RED's fmtp must name 111, the number the leg's Opus keeps.
+    session.offer_from("a", BROWSER)
+    session.answer_from("b", BROWSER)
+    session.settle()
+    to_browser = session.offer_from("b", PHONE)
+    assert to_browser.media[0].formats == ("111", "63")
+    assert to_browser.media[0].attributes.values("fmtp") == ("63 111/111",)
+    to_target = session.answer_from("a", BROWSER)
+    assert to_target.media[0].attributes.values("fmtp") == ("121 109/109",)
+    session.settle()
+    assert red(session) == ((63,), (121,))
