@@ -40,6 +40,11 @@ address (direction ``a_to_b``), and the reverse.
   It rides on the RTP route's transforms (A->B before ``rtp_out``, B->A after ``rtp_in``, so taps
   see every packet numbered as leg A's SDP says), in place when they are: a direction without a
   renumbering is built exactly as before and pays nothing. RTCP carries no payload type.
+  RFC 2198 RED (browsers' Opus redundancy) names a payload type per block inside the packet
+  (§3): where the sender has RED (:attr:`DirectionControl.red_payload_types`) and the direction
+  renumbers, its RED packets' block headers go through the same table, parsed with bounds (a
+  RED packet that does not parse is dropped as malformed: relayed, its blocks would keep the
+  sender's numbers); that direction gets a transform of its own, the others are as before.
 - DTMF interworking (a leg with telephone-event and one without, docs/architecture.md "DTMF
   interworking"): a direction may have a :class:`DtmfInterworking`
   (:attr:`DirectionControl.dtmf`). Its RTP then goes through ``_DtmfIn`` on arrival (after
@@ -260,7 +265,8 @@ class DirectionStatistics:
     """A transform returned None or raised."""
     dropped_malformed: int
     """Not RTP/RTCP version 2, or shorter than a fixed RTP header (RTCP: 8 octets); on an opaque
-    stream, empty or longer than :data:`MAX_OPAQUE_DATAGRAM`."""
+    stream, empty or longer than :data:`MAX_OPAQUE_DATAGRAM`; an RFC 2198 RED packet whose block
+    headers do not parse, on a direction that renumbers them."""
     dropped_send_error: int
     """The send failed (e.g. socket buffer full; on a socket connected to its peer also once
     per ICMP error the peer's host returned, e.g. port unreachable)."""
@@ -665,6 +671,8 @@ class DirectionControl:
         self._rtcp_observer: RtcpObserver | None = None
         self._payload_types: dict[int, int] = {}
         self._payload_type_table: bytes | None = None  # second octet -> rewritten; None: none
+        self._red_payload_types: tuple[int, ...] = ()
+        self._red_malformed = _Count()  # RED packets dropped unparsed; kept across rebuilds
         self._dtmf: DtmfInterworking | None = None
         self._dtmf_taken_before = 0  # event packets taken by earlier interworkings
 
@@ -724,6 +732,20 @@ class DirectionControl:
         self._on_change()
 
     @property
+    def red_payload_types(self) -> tuple[int, ...]:
+        """The sending leg's RFC 2198 RED payload types (the module docstring's "Payload type
+        numbers"): where this direction also renumbers, the payload type of each block inside
+        such a packet goes through the same table. Empty: none; a direction without a
+        renumbering ignores them and pays nothing."""
+        return self._red_payload_types
+
+    @red_payload_types.setter
+    def red_payload_types(self, value: tuple[int, ...]) -> None:
+        red_octets(value)  # out of range: LocalMediaError before anything changes
+        self._red_payload_types = tuple(value)
+        self._on_change()
+
+    @property
     def dtmf(self) -> DtmfInterworking | None:
         """DTMF interworking on this direction (:class:`DtmfInterworking`; None: none, the
         direction is built exactly as without it and pays nothing per packet)."""
@@ -766,6 +788,9 @@ class DirectionControl:
             # Event packets taken for SIP INFO are no loss: they left as INFO.
             taken = self._dtmf_taken_before + (self._dtmf.taken if self._dtmf else 0)
             dropped_transform -= taken
+        # RED packets whose block headers do not parse: malformed, not the transform's loss.
+        red_malformed = self._red_malformed.value
+        dropped_transform -= red_malformed
         return DirectionStatistics(
             rtp_packets=rtp_ep.rtp.packets + rtcp_ep.rtp.packets,
             rtp_bytes=rtp_ep.rtp.bytes + rtcp_ep.rtp.bytes,
@@ -776,7 +801,9 @@ class DirectionControl:
             ),
             dropped_blocked=rtp_ep.dropped_blocked + rtcp_ep.dropped_blocked,
             dropped_transform=dropped_transform,
-            dropped_malformed=rtp_ep.dropped_malformed + rtcp_ep.dropped_malformed,
+            dropped_malformed=(
+                rtp_ep.dropped_malformed + rtcp_ep.dropped_malformed + red_malformed
+            ),
             dropped_send_error=dropped_send_error,
             dropped_no_destination=dropped_no_destination,
             transform_errors=transform_errors,
@@ -982,7 +1009,16 @@ class MediaStream:
                     dtmf.protect = rtp_out
                     rtp_in = _DtmfIn(dtmf, rtp_in, self._relay._clock)
                 table = control._payload_type_table
-                if table is not None:
+                if table is not None and control._red_payload_types:
+                    # RED's blocks carry payload types of their own (RFC 2198 §3): a transform
+                    # of its own, so that a direction without RED runs the plain one below.
+                    red = red_octets(control._red_payload_types)
+                    count = control._red_malformed
+                    if control.direction is Direction.A_TO_B:
+                        rtp_out = _RenumberedRed(table, red, count, rtp_out, inbound=False)
+                    else:
+                        rtp_in = _RenumberedRed(table, red, count, rtp_in, inbound=True)
+                elif table is not None:
                     # Renumbered on the plain packet, where taps see leg A's numbers in both
                     # directions: A->B before the rewrite, B->A after it.
                     if control.direction is Direction.A_TO_B:
@@ -1076,6 +1112,153 @@ class _RenumberStep:
             size = inner(size)
             if size < 0:
                 return size
+        buffer[1] = self.table[buffer[1]]
+        if inner is not None and not self.inbound:
+            return inner(size)
+        return size
+
+
+def red_octets(red_payload_types: tuple[int, ...]) -> bytes:
+    """RTP's second octet -> 1 where its payload type is one of ``red_payload_types``, marker
+    bit either way, else 0. Raises :class:`LocalMediaError` for a number outside 0..127."""
+    octets = bytearray(256)
+    for payload_type in red_payload_types:
+        if not 0 <= payload_type <= 127:
+            raise LocalMediaError(f"RED payload type {payload_type} is out of range")
+        octets[payload_type] = octets[payload_type | 0x80] = 1
+    return bytes(octets)
+
+
+def renumber_red_blocks_untrusted(packet: bytearray, size: int, table: bytes) -> bool:
+    """Put the block payload types of the RFC 2198 RED packet ``packet[:size]`` (plain RTP)
+    through ``table`` (:func:`payload_type_table`), in place; False when the packet does not
+    parse (then partly rewritten: drop it). The RTP header (its own payload type included) is
+    not changed.
+
+    RFC 2198 §3: after the RTP header (RFC 3550 §5.1: 12 octets, 4 per CSRC, an extension
+    of 4 + 4 * its length octets) come the block headers, each one octet F bit + 7-bit block
+    payload type; with F set 3 more (14-bit timestamp offset, 10-bit block length) and
+    another header follows; the last (F clear) is that one octet and the primary encoding's.
+    Then the blocks: the redundant ones of the lengths given, the primary the rest. RTP
+    padding (P bit, its count in the last octet) is not payload. The table keeps the high bit,
+    so F is kept as the marker bit is. Bounded: every header moves on at least one octet,
+    and nothing is read at or past ``size``. A packet without payload (padding only) names
+    no block and passes."""
+    if size < 12 or size > len(packet):
+        return False
+    first = packet[0]
+    end = size
+    if first & 0x20:  # RFC 3550 §5.1 P: the last octet counts the padding, itself included
+        end -= packet[size - 1]
+    offset = 12 + 4 * (first & 0x0F)
+    if first & 0x10:  # X: a 4-octet extension header, then its length in 32-bit words
+        if offset + 4 > end:
+            return False
+        offset += 4 + 4 * ((packet[offset + 2] << 8) | packet[offset + 3])
+    if offset > end:
+        return False
+    if offset == end:
+        return True
+    redundant = 0  # octets of the redundant blocks the headers announce
+    while offset < end:
+        octet = packet[offset]
+        packet[offset] = table[octet]
+        if not octet & 0x80:
+            return offset + 1 + redundant <= end  # the last header; the primary is the rest
+        if offset + 4 > end:
+            return False
+        redundant += ((packet[offset + 2] & 0x03) << 8) | packet[offset + 3]
+        offset += 4
+    return False  # headers up to the end, none of them the last
+
+
+class _Count:
+    """A counter that outlives the transforms a rebuild replaces (mypyc: a plain class)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class _RenumberedRed:
+    """:class:`_Renumbered` for a direction whose sender has RFC 2198 RED (``red``: second
+    octet -> 1 for RED, :func:`red_octets`): RED packets get their block payload types through
+    the table too (:func:`renumber_red_blocks_untrusted`), the others only the second octet. A
+    RED packet whose headers do not parse is dropped and counted in ``malformed`` (as the relay
+    drops what is not RTP: relayed, its blocks would keep the sender's numbers). Only such
+    directions are built with it: every other one pays nothing for RED."""
+
+    def __init__(
+        self, table: bytes, red: bytes, malformed: _Count, inner: Transform | None, *, inbound: bool
+    ) -> None:
+        self.table = table
+        self.red = red
+        self.malformed = malformed
+        self.inner = inner
+        self.inbound = inbound
+
+    def __repr__(self) -> str:
+        return f"_RenumberedRed(inner={self.inner!r}, inbound={self.inbound!r})"
+
+    def __call__(self, packet: bytes) -> bytes | None:
+        inner = self.inner
+        if inner is not None and self.inbound:
+            result = inner(packet)
+            if result is None:
+                return None
+            packet = result
+        if self.red[packet[1]]:
+            rewritten = bytearray(packet)
+            if not renumber_red_blocks_untrusted(rewritten, len(rewritten), self.table):
+                self.malformed.value += 1
+                return None
+            rewritten[1] = self.table[packet[1]]
+            packet = bytes(rewritten)
+        else:
+            packet = b"".join((packet[:1], bytes((self.table[packet[1]],)), packet[2:]))
+        if inner is not None and not self.inbound:
+            return inner(packet)
+        return packet
+
+    def in_buffer(self, buffer: bytearray) -> BufferStep | None:
+        inner = self.inner
+        inner_step = _buffer_step(inner, buffer)
+        if inner is not None and inner_step is None:
+            return None  # ``inner`` works on bytes only: so does this
+        return _RedRenumberStep(
+            self.table, self.red, self.malformed, buffer, inner_step, self.inbound
+        ).run
+
+
+class _RedRenumberStep:
+    """:meth:`_RenumberedRed.in_buffer`'s step: as :class:`_RenumberStep`, and a RED packet's
+    block headers through the table too (-1: it does not parse, counted)."""
+
+    def __init__(
+        self,
+        table: bytes,
+        red: bytes,
+        malformed: _Count,
+        buffer: bytearray,
+        inner: BufferStep | None,
+        inbound: bool,
+    ) -> None:
+        self.table = table
+        self.red = red
+        self.malformed = malformed
+        self.buffer = buffer
+        self.inner = inner
+        self.inbound = inbound
+
+    def run(self, size: int) -> int:
+        inner = self.inner
+        buffer = self.buffer
+        if inner is not None and self.inbound:
+            size = inner(size)
+            if size < 0:
+                return size
+        if self.red[buffer[1]] and not renumber_red_blocks_untrusted(buffer, size, self.table):
+            self.malformed.value += 1
+            return -1
         buffer[1] = self.table[buffer[1]]
         if inner is not None and not self.inbound:
             return inner(size)

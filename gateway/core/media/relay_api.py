@@ -84,6 +84,15 @@ class RelayDirection(Protocol):
     def payload_types(self, value: dict[int, int]) -> None: ...
 
     @property
+    def red_payload_types(self) -> tuple[int, ...]:
+        """The sending leg's RFC 2198 RED payload types, whose blocks a renumbering rewrites
+        too (:attr:`gateway.core.media.relay.DirectionControl.red_payload_types`)."""
+        ...
+
+    @red_payload_types.setter
+    def red_payload_types(self, value: tuple[int, ...]) -> None: ...
+
+    @property
     def dtmf(self) -> DtmfInterworking | None:
         """DTMF interworking on this direction (:attr:`gateway.core.media.relay.
         DirectionControl.dtmf`); only a relay that :attr:`Relay.interworks_dtmf` takes one."""

@@ -71,6 +71,7 @@ from gateway.core.media.relay import (
     RtcpObserver,
     Tap,
     payload_type_table,
+    red_octets,
 )
 from gateway.core.media.srtp import SrtpStatistics
 from gateway.core.media.worker_protocol import (
@@ -94,6 +95,7 @@ from gateway.core.media.worker_protocol import (
     SetKeys,
     SetOpaque,
     SetPayloadTypes,
+    SetRedPayloadTypes,
     SetRemote,
     SetRtcpWatch,
     SetTap,
@@ -365,6 +367,7 @@ class RemoteDirection:
     _counts: DirectionStatistics = attrs.field(default=_NO_COUNTS, repr=False)
     _rtcp_observer: RtcpObserver | None = attrs.field(default=None, repr=False)
     _payload_types: dict[int, int] = attrs.field(factory=dict, repr=False)
+    _red_payload_types: tuple[int, ...] = attrs.field(default=(), repr=False)
     _dtmf: DtmfInterworking | None = attrs.field(default=None, repr=False)
 
     @property
@@ -398,6 +401,16 @@ class RemoteDirection:
         self._payload_types = dict(value)
         renumbered = tuple(sorted(value.items()))
         self._stream._send(SetPayloadTypes(self._stream.id, self.direction.value, renumbered))
+
+    @property
+    def red_payload_types(self) -> tuple[int, ...]:
+        return self._red_payload_types
+
+    @red_payload_types.setter
+    def red_payload_types(self, value: tuple[int, ...]) -> None:
+        red_octets(value)  # out of range: LocalMediaError here, not in the worker
+        self._red_payload_types = tuple(value)
+        self._stream._send(SetRedPayloadTypes(self._stream.id, self.direction.value, tuple(value)))
 
     @property
     def dtmf(self) -> DtmfInterworking | None:

@@ -18,8 +18,10 @@ What each leg sees is ours, never the other peer's transport:
   numbers we last sent on the answerer's leg (RFC 3264 §8.3.2, ``keep_leg_numbers``), and the
   answer we send is in the offerer's numbers (§6.1). Where the two peers still number a codec
   differently, each stream direction gets a renumbering for the relay
-  (``RelayDirection.payload_types``, from both peers' own SDP when the answer arrives; restored
-  with the rest when an offer is abandoned; docs/architecture.md "Payload type numbers");
+  (``RelayDirection.payload_types``, from both peers' own SDP when the answer arrives, with
+  the sender's RFC 2198 RED numbers, ``red_payload_types``, whose blocks it rewrites too;
+  restored with the rest when an offer is abandoned; docs/architecture.md "Payload type
+  numbers");
   attributes that describe the other peer's transport or keys are removed (ICE
   candidates and credentials, a=crypto, a=fingerprint, a=setup, a=tls-id, a=zrtp-hash,
   a=key-mgmt, BUNDLE grouping). Keys are per leg: until a leg negotiates its own, legs are plain
@@ -88,6 +90,7 @@ from gateway.core.sdp.offer_answer import (
     keep_leg_numbers,
     numbered_alike,
     payload_type_map,
+    red_payload_types,
     rejected_media,
     renumbered_media,
     validate_answer,
@@ -99,6 +102,8 @@ Side = Literal["a", "b"]
 """A leg of the call: ``"a"`` faces the caller (stream side A), ``"b"`` the callee."""
 
 _SIDES: tuple[Side, Side] = ("a", "b")
+_Renumbering = tuple[dict[int, int], tuple[int, ...]]
+"""A stream direction's payload type renumbering and its sender's RED payload types."""
 
 ORIGIN_USERNAME = "voipgw"
 SESSION_NAME = "-"
@@ -204,7 +209,7 @@ class _Exchange:
     remotes_before: dict[tuple[int, Side], _Remote]
     opaque_before: dict[int, bool]
     """Whether each stream open before the offer relayed opaque datagrams (T.38)."""
-    renumbered_before: dict[tuple[int, str], dict[int, int]]
+    renumbered_before: dict[tuple[int, str], _Renumbering]
     """The payload type renumbering of each stream direction before the offer."""
     dtmf_before: DtmfPlan | None = None
     """The DTMF interworking before the offer."""
@@ -263,7 +268,7 @@ class MediaSession:
         self._remotes: dict[tuple[int, Side], _Remote] = {}
         # (m= line, "a_to_b"/"b_to_a") -> the relay's payload type renumbering; only non-empty
         # ones are kept, so a call whose legs agree never touches its streams' settings.
-        self._renumbered: dict[tuple[int, str], dict[int, int]] = {}
+        self._renumbered: dict[tuple[int, str], _Renumbering] = {}
         self._sent: dict[Side, SessionDescription] = {}
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
@@ -652,8 +657,8 @@ class MediaSession:
             if stream is not None:
                 self._set_opaque(index, exchange.opaque_before.get(index, False))
                 for name in ("a_to_b", "b_to_a"):
-                    before = exchange.renumbered_before.get((index, name), {})
-                    self._set_renumbered(index, name, before)
+                    before, red = exchange.renumbered_before.get((index, name), ({}, ()))
+                    self._set_renumbered(index, name, before, red)
         self._set_dtmf(exchange.dtmf_before)
         for index, stream in enumerate(self._slots):
             if stream is not None:
@@ -811,26 +816,44 @@ class MediaSession:
             answered = answer.media[index] if index < len(answer.media) else None
             there: dict[int, int] = {}
             back: dict[int, int] = {}
+            there_red: tuple[int, ...] = ()
+            back_red: tuple[int, ...] = ()
             if answered is not None and index not in alike:
                 # validate_answer has read every a=rtpmap of both: no SdpError from here.
                 there = payload_type_map(offered, answered)
                 back = payload_type_map(answered, offered)
-            self._set_renumbered(index, forward, there)
-            self._set_renumbered(index, backward, back)
+                # RFC 2198 RED names a payload type per block inside the packet: where a
+                # direction renumbers, the relay must know the sender's RED numbers too.
+                there_red = red_payload_types(offered) if there else ()
+                back_red = red_payload_types(answered) if back else ()
+            self._set_renumbered(index, forward, there, there_red)
+            self._set_renumbered(index, backward, back, back_red)
 
-    def _set_renumbered(self, index: int, direction: str, renumbered: dict[int, int]) -> None:
-        """Give stream ``index``'s ``direction`` this renumbering, if it is not its own yet."""
+    def _set_renumbered(
+        self, index: int, direction: str, renumbered: dict[int, int], red: tuple[int, ...] = ()
+    ) -> None:
+        """Give stream ``index``'s ``direction`` this renumbering and these RED payload types
+        of its sender, if they are not its own yet."""
         key = (index, direction)
-        if self._renumbered.get(key, {}) == renumbered:
+        if self._renumbered.get(key, ({}, ())) == (renumbered, red):
             return
         stream = self._slots[index]
         if stream is None:
             return
         control = stream.a_to_b if direction == "a_to_b" else stream.b_to_a
+        previous_red = self._renumbered.get(key, ({}, ()))[1]
         control.payload_types = renumbered
+        if red != previous_red:
+            control.red_payload_types = red
         if renumbered:
-            self._renumbered[key] = renumbered
-            log.info("m= line %d %s: payload types renumbered %s", index + 1, direction, renumbered)
+            self._renumbered[key] = (renumbered, red)
+            log.info(
+                "m= line %d %s: payload types renumbered %s%s",
+                index + 1,
+                direction,
+                renumbered,
+                f" (RED {list(red)} blocks too)" if red else "",
+            )
         else:
             self._renumbered.pop(key, None)
 

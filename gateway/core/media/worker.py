@@ -19,7 +19,8 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
   connectivity checks itself, gateway/core/media/ice.py), ``SetTap``, ``SetOpaque`` (T.38 fax:
   the stream relays UDPTL
   datagrams as they are, :meth:`~gateway.core.media.relay.MediaStream.set_opaque`),
-  ``SetPayloadTypes`` (a direction's RTP payload type renumbering), ``SetDtmf`` and
+  ``SetPayloadTypes`` (a direction's RTP payload type renumbering) and ``SetRedPayloadTypes``
+  (the RFC 2198 RED payload types whose blocks it rewrites too), ``SetDtmf`` and
   ``SendDtmf`` (DTMF interworking: a direction's taken telephone-event packets go back as
   ``DtmfEvent``, bounded; events injected as the SIP process times them), ``Close``.
   A request it cannot honour ends the stream's call
@@ -84,6 +85,7 @@ from gateway.core.media.worker_protocol import (
     SetKeys,
     SetOpaque,
     SetPayloadTypes,
+    SetRedPayloadTypes,
     SetRemote,
     SetRtcpWatch,
     SetTap,
@@ -120,6 +122,7 @@ _STREAM_REQUESTS = (
     SetOpaque,
     SetRtcpWatch,
     SetPayloadTypes,
+    SetRedPayloadTypes,
     SetDtmf,
     SendDtmf,
     Close,
@@ -315,6 +318,9 @@ class Worker:
             elif isinstance(message, SetPayloadTypes):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.payload_types = dict(message.renumbered)
+            elif isinstance(message, SetRedPayloadTypes):
+                control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
+                control.red_payload_types = message.red
             elif isinstance(message, SetDtmf):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.dtmf = self._dtmf(message)

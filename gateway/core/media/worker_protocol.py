@@ -22,8 +22,8 @@ and no error message quotes a frame's bytes. The same holds for ICE passwords (:
 
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
 :class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
-:class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`, :class:`SetDtmf`,
-:class:`SendDtmf`.
+:class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`, :class:`SetRedPayloadTypes`,
+:class:`SetDtmf`, :class:`SendDtmf`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
 :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
 :class:`DtmfEvent`.
@@ -196,6 +196,16 @@ class SetPayloadTypes:
 
 
 @attrs.frozen
+class SetRedPayloadTypes:
+    """``DirectionControl.red_payload_types`` of ``direction``: the sending leg's RFC 2198 RED
+    payload types, each 0..127 (empty: none), whose blocks a renumbering rewrites too."""
+
+    stream: int
+    direction: str
+    red: tuple[int, ...]
+
+
+@attrs.frozen
 class SetDtmf:
     """``DirectionControl.dtmf`` of ``direction`` (DTMF interworking, docs/architecture.md):
     take the sending leg's telephone-event packets of ``take_payload_type`` (-1: none) and copy
@@ -361,6 +371,7 @@ Message = (
     | TappedDatagram
     | SetIce
     | SetPayloadTypes
+    | SetRedPayloadTypes
     | SetDtmf
     | SendDtmf
     | DtmfEvent
@@ -506,6 +517,18 @@ def _get_renumbered(reader: _Reader) -> tuple[tuple[int, int], ...]:
     return tuple((data[i], data[i + 1]) for i in range(0, len(data), 2))
 
 
+def _put_payload_types(value: tuple[int, ...]) -> bytes:
+    return _U8.pack(len(value)) + bytes(value)
+
+
+def _get_payload_types(reader: _Reader) -> tuple[int, ...]:
+    (count,) = reader.unpack(_U8)
+    data = reader.take(count)
+    if any(octet > 127 for octet in data):
+        raise ChannelError("payload type over 127")
+    return tuple(data)
+
+
 def _put_direction(value: DirectionStatistics) -> bytes:
     return _DIRECTION_COUNTERS.pack(*(getattr(value, name) for name in _DIRECTION_FIELDS))
 
@@ -567,6 +590,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     14: (SetDtmf, (_STREAM, _DIRECTION, _PAYLOAD_TYPE, _PAYLOAD_TYPE, _STREAM, _STREAM)),
     15: (SendDtmf, (_STREAM, _DIRECTION, _BOOL, _BOOL, _BYTES)),
     28: (DtmfEvent, (_STREAM, _DIRECTION, _BYTES)),
+    16: (SetRedPayloadTypes, (_STREAM, _DIRECTION, (_put_payload_types, _get_payload_types))),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

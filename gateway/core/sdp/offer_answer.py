@@ -317,21 +317,54 @@ RFC 4585 §4.2)."""
 
 def renumbered_media(media: MediaDescription, renumbering: Mapping[int, int]) -> MediaDescription:
     """``media`` with its payload types renumbered (the m= line's formats and the a=rtpmap,
-    a=fmtp and a=rtcp-fb lines of each); formats not in ``renumbering`` stay as they are."""
+    a=fmtp and a=rtcp-fb lines of each, and the redundant encodings an RFC 2198 RED format's
+    a=fmtp lists); formats not in ``renumbering`` stay as they are."""
     if not renumbering:
         return media
     formats = tuple(
         str(renumbering.get(int(f), int(f))) if f.isdigit() else f for f in media.formats
     )
+    red = _red_formats(media)
     attributes: list[Attribute] = []
     for attribute in media.attributes:
         value = attribute.value
-        if attribute.name.lower() in _NUMBERED_ATTRIBUTES and value is not None:
+        name = attribute.name.lower()
+        if name in _NUMBERED_ATTRIBUTES and value is not None:
             number, space, rest = value.partition(" ")
+            if name == "fmtp" and number in red:
+                rest = _renumbered_red_fmtp(rest, renumbering)
             if number.isdigit() and int(number) in renumbering:
-                value = f"{renumbering[int(number)]}{space}{rest}"
+                number = str(renumbering[int(number)])
+            value = f"{number}{space}{rest}"
         attributes.append(Attribute(attribute.name, value))
     return attrs.evolve(media, formats=formats, attributes=Attributes(tuple(attributes)))
+
+
+def red_payload_types(media: MediaDescription) -> tuple[int, ...]:
+    """The payload types ``media`` gives RFC 2198 RED (a=rtpmap ``red/<clock rate>``), in
+    ascending order; numbers outside 0..127 are left out (they name no RTP payload type)."""
+    return tuple(sorted(int(n) for n in _red_formats(media) if n.isdigit() and int(n) <= 127))
+
+
+def _red_formats(media: MediaDescription) -> frozenset[str]:
+    """The formats ``media``'s a=rtpmap lines name RFC 2198 RED (``red/<clock rate>``)."""
+    return frozenset(
+        number
+        for number, _, encoding in (v.partition(" ") for v in media.attributes.values("rtpmap"))
+        if encoding.partition("/")[0].strip().lower() == "red"
+    )
+
+
+def _renumbered_red_fmtp(parameters: str, renumbering: Mapping[int, int]) -> str:
+    """A RED format's a=fmtp parameters with the payload types they list renumbered: RFC 2198
+    §5 lists the redundant encodings' numbers, primary first, separated by "/" (WebRTC's
+    ``111/111``: Opus with one redundant copy); each names the sender's number for a codec of
+    the same m= line, so it must change with that codec's. Anything not of that form (no
+    parameters, other ones) is left as it is."""
+    numbers = parameters.strip().split("/")
+    if not all(n.isdigit() and len(n) <= 3 for n in numbers):
+        return parameters
+    return "/".join(str(renumbering.get(int(n), int(n))) for n in numbers)
 
 
 # -- building and checking answers ---------------------------------------------------------------

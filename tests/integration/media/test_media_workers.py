@@ -276,6 +276,31 @@ async def test_payload_types_are_renumbered_by_the_worker_between_unprotect_and_
         stream.b_to_a.payload_types = {96: 200}
 
 
+async def test_red_blocks_are_renumbered_by_the_worker(pool: WorkerPool) -> None:
+    """SetRedPayloadTypes: the worker rewrites the block payload types of leg A's RFC 2198 RED
+    (63, Opus 111) into leg B's numbers (121, Opus 109); a malformed one is counted."""
+    a, b = await phones(2)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    stream.apply_keys(StreamKeys(None, None, blocked=False))
+    stream.a_to_b.payload_types = {111: 109, 63: 121}
+    stream.a_to_b.red_payload_types = (63,)
+    assert stream.a_to_b.red_payload_types == (63,)
+    await pool.sync(stream.worker)
+
+    def red(red_type: int, block_type: int) -> bytes:
+        header = struct.pack("!BBHII", 0x80, red_type, 1, 960, 0x1234ABCD)
+        # RFC 2198 §3: F=1 header (offset 960, 3 octets), the primary's 1-octet header, blocks.
+        return header + bytes([0x80 | block_type, 0x0F, 0x00, 0x03, block_type]) + bytes(7)
+
+    await a.send(red(63, 111), stream.a.ports.rtp_port)
+    assert (await b.receive())[0] == red(121, 109)
+    await a.send(red(63, 111)[:14], stream.a.ports.rtp_port)  # a block header cut short
+    await eventually(lambda: stream.a_to_b.statistics().dropped_malformed == 1, "counted")
+    with pytest.raises(LocalMediaError):
+        stream.a_to_b.red_payload_types = (200,)
+
+
 async def test_unusable_keys_end_the_stream_with_a_reason_that_names_no_key(
     pool: WorkerPool,
 ) -> None:

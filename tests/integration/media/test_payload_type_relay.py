@@ -150,3 +150,69 @@ async def test_numbers_outside_0_127_are_refused(stream: MediaStream) -> None:
     with pytest.raises(LocalMediaError):
         stream.a_to_b.payload_types = {-1: 96}
     assert stream.a_to_b.payload_types == {}
+
+
+# -- RFC 2198 RED: the blocks' payload types go through the same table -------------------------
+
+
+def red(sequence: int, red_type: int, block_type: int, *, ssrc: int = 0xA11CE) -> bytes:
+    """RED (RFC 2198 §3): one redundant block (F=1, offset 960, 3 octets), then the primary."""
+    header = struct.pack("!BBHII", 0x80, red_type, sequence, 960 * sequence, ssrc)
+    blocks = bytes([0x80 | block_type, 0x0F, 0x00, 0x03, block_type])
+    return header + blocks + b"\xaa\xbb\xcc" + b"\x01\x02\x03\x04"
+
+
+def renumber_red(stream: MediaStream) -> None:
+    """A browser (A: Opus 111, RED 63) and a phone (B: Opus 109, RED 121)."""
+    stream.a_to_b.payload_types = {111: 109, 63: 121}
+    stream.a_to_b.red_payload_types = (63,)
+    stream.b_to_a.payload_types = {109: 111, 121: 63}
+    stream.b_to_a.red_payload_types = (121,)
+
+
+@pytest.mark.parametrize(("a_suite", "b_suite"), SUITES)
+async def test_red_blocks_arrive_in_the_receivers_numbers(
+    stream: MediaStream, phones: tuple[Phone, Phone], a_suite: str | None, b_suite: str | None
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=a_suite, b_suite=b_suite)
+    renumber_red(stream)
+    a_port, b_port = stream.a.ports.rtp_port, stream.b.ports.rtp_port
+    await alice.send(red(1, 63, 111), a_port)
+    assert (await bob.receive())[1] == red(1, 121, 109)
+    await bob.send(red(1, 121, 109, ssrc=0xB0B), b_port)
+    assert (await alice.receive())[1] == red(1, 63, 111, ssrc=0xB0B)
+    # A RED packet whose last block header is missing: dropped, counted as malformed.
+    await alice.send(red(2, 63, 111)[:16], a_port)
+    await alice.send(rtp(3, 111), a_port)  # plain Opus after it: the second octet only
+    assert (await bob.receive())[1] == rtp(3, 109)
+    stats = stream.a_to_b.statistics()
+    assert (stats.dropped_malformed, stats.dropped_transform) == (1, 0)
+
+
+async def test_red_through_a_tapped_direction(
+    stream: MediaStream, phones: tuple[Phone, Phone]
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    renumber_red(stream)
+    seen: list[bytes] = []
+    stream.b_to_a.add_tap(lambda _direction, packet: seen.append(packet))
+    await bob.send(red(1, 121, 109, ssrc=0xB0B), stream.b.ports.rtp_port)
+    assert (await alice.receive())[1] == red(1, 63, 111, ssrc=0xB0B)
+    assert seen == [red(1, 63, 111, ssrc=0xB0B)]  # taps see leg A's numbers, blocks too
+
+
+async def test_red_without_a_renumbering_changes_nothing(
+    stream: MediaStream, phones: tuple[Phone, Phone]
+) -> None:
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=None, b_suite=None)
+    stream.a_to_b.red_payload_types = (63,)
+    await alice.send(red(1, 63, 111), stream.a.ports.rtp_port)
+    assert (await bob.receive())[1] == red(1, 63, 111)
+    route = stream.a._rtp.rtp  # type: ignore[attr-defined]
+    assert route.plain  # RED alone builds nothing: the direction renumbers nothing
+    with pytest.raises(LocalMediaError):
+        stream.a_to_b.red_payload_types = (128,)
+    assert stream.a_to_b.red_payload_types == (63,)

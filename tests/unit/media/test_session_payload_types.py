@@ -170,3 +170,68 @@ def test_after_a_pickup_the_callers_re_offer_reaches_the_picker_in_its_numbers(
     assert session.answer_from("b", PICKER).media[0].formats == ("0", "101")
     session.settle()
     assert renumbering(session) == ({101: 96}, {96: 101})
+
+
+# -- RFC 2198 RED: the relay learns the sender's RED numbers where a direction renumbers --------
+
+BROWSER = sdp(
+    50000,
+    "a=rtpmap:111 opus/48000/2",
+    "a=rtpmap:63 red/48000/2",
+    "a=fmtp:63 111/111",
+    formats="111 63",
+)
+PHONE = sdp(
+    60000,
+    "a=rtpmap:109 opus/48000/2",
+    "a=rtpmap:121 red/48000/2",
+    "a=fmtp:121 109/109",
+    formats="109 121",
+)
+
+
+def red(session: MediaSession) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    (stream,) = session.streams
+    assert isinstance(stream, MediaStream)
+    return stream.a_to_b.red_payload_types, stream.b_to_a.red_payload_types
+
+
+def test_red_numbers_go_with_a_renumbering_and_the_answer_lists_the_offerers(
+    session: MediaSession,
+) -> None:
+    session.offer_from("a", BROWSER)
+    sent = session.answer_from("b", PHONE)
+    assert renumbering(session) == ({111: 109, 63: 121}, {109: 111, 121: 63})
+    assert red(session) == ((63,), (121,))  # each direction: the sender's own number
+    # The browser's answer is in its numbers, RED's fmtp included (RFC 2198 §5).
+    assert sent.media[0].attributes.values("fmtp") == ("63 111/111",)
+    session.settle()
+    # An abandoned re-offer restores both.
+    session.offer_from("a", BROWSER)
+    session.answer_from("b", BROWSER)
+    assert red(session) == ((), ())
+    session.abandon_offer()
+    assert red(session) == ((63,), (121,))
+
+
+def test_red_alone_is_not_set_where_nothing_is_renumbered(session: MediaSession) -> None:
+    session.offer_from("a", BROWSER)
+    session.answer_from("b", BROWSER)
+    session.settle()
+    assert renumbering(session) == ({}, {})
+    assert red(session) == ((), ())
+
+
+def test_a_new_partys_red_reaches_the_leg_in_the_legs_numbers(session: MediaSession) -> None:
+    # A transfer: the browser's leg knows Opus as 111 and RED as 63; the target (Opus 109,
+    # RED 121) re-offers: RED's fmtp must name 111, the number the leg's Opus keeps.
+    session.offer_from("a", BROWSER)
+    session.answer_from("b", BROWSER)
+    session.settle()
+    to_browser = session.offer_from("b", PHONE)
+    assert to_browser.media[0].formats == ("111", "63")
+    assert to_browser.media[0].attributes.values("fmtp") == ("63 111/111",)
+    to_target = session.answer_from("a", BROWSER)
+    assert to_target.media[0].attributes.values("fmtp") == ("121 109/109",)
+    session.settle()
+    assert red(session) == ((63,), (121,))

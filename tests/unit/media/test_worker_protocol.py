@@ -37,6 +37,7 @@ from gateway.core.media.worker_protocol import (
     SetKeys,
     SetOpaque,
     SetPayloadTypes,
+    SetRedPayloadTypes,
     SetRemote,
     SetRtcpWatch,
     SetTap,
@@ -106,6 +107,9 @@ EVERY_MESSAGE: list[Message] = [
     SetPayloadTypes(15, "a_to_b", ((101, 96), (0, 8))),
     SetPayloadTypes(15, "b_to_a", ()),
     SetPayloadTypes(15, "b_to_a", tuple((pt, 127 - pt) for pt in range(128))),
+    SetRedPayloadTypes(15, "a_to_b", (63,)),
+    SetRedPayloadTypes(15, "b_to_a", ()),
+    SetRedPayloadTypes(15, "b_to_a", tuple(range(128))),
     SetDtmf(16, "a_to_b", 101, -1, 8000, 0),
     SetDtmf(16, "b_to_a", -1, 96, 48000, 2**32 - 1),
     SetDtmf(16, "b_to_a", -1, -1, 0, 0),
@@ -200,6 +204,8 @@ def test_keys_never_appear_in_reprs() -> None:
         (b"\x1a\x00\x00\x00\x01\x00\x00\x00\x00\x00\x09\x80", "truncated frame"),
         (b"\x0d\x00\x00\x00\x01\x00\x01\x65\x80", "payload type over 127"),  # 101 -> 128
         (b"\x0d\x00\x00\x00\x01\x01\x02\x65\x60", "truncated frame"),  # 2 pairs, 1 sent
+        (b"\x10\x00\x00\x00\x01\x00\x02\x3f\x80", "payload type over 127"),  # RED 63, 128
+        (b"\x10\x00\x00\x00\x01\x00\x02\x3f", "truncated frame"),  # 2 RED types, 1 sent
     ],
 )
 def test_malformed_frames_are_clear_errors(frame: bytes, problem: str) -> None:

@@ -191,3 +191,52 @@ def test_numbered_alike_is_the_usual_answer_found_on_the_text() -> None:
     for narrower in (answer, CALLER):
         assert payload_type_map(CALLER, narrower) == payload_type_map(narrower, CALLER) == {}
         assert keep_leg_numbers(CALLER, narrower) == {}
+
+
+# -- RFC 2198 RED: its a=fmtp lists payload types, renumbered with the codecs they name ----------
+
+BROWSER = audio(
+    "a=rtpmap:111 opus/48000/2",
+    "a=fmtp:111 minptime=10;useinbandfec=1",
+    "a=rtpmap:63 red/48000/2",
+    "a=fmtp:63 111/111",
+    "a=rtpmap:126 telephone-event/8000",
+    formats="111 63 126",
+)
+
+
+def test_webrtc_red_fmtp_follows_the_opus_number() -> None:
+    renumbered = renumbered_media(BROWSER, {111: 109, 63: 121, 126: 101})
+    assert renumbered.formats == ("109", "121", "101")
+    assert renumbered.attributes.values("fmtp") == (
+        "109 minptime=10;useinbandfec=1",  # Opus's parameters are not payload types: as they are
+        "121 109/109",
+    )
+
+
+def test_red_fmtp_is_renumbered_when_only_the_redundant_codec_moves() -> None:
+    renumbered = renumbered_media(BROWSER, {111: 96})
+    assert renumbered.attributes.values("rtpmap")[1] == "63 red/48000/2"
+    assert renumbered.attributes.values("fmtp") == ("96 minptime=10;useinbandfec=1", "63 96/96")
+
+
+def test_rfc_2198_red_fmtp_of_several_codecs_maps_each() -> None:
+    # RFC 2198 §5's example: primary PCMU-like 0, redundant DVI4 5; here with dynamic numbers.
+    media = audio(
+        "a=rtpmap:121 RED/8000",
+        "a=fmtp:121 96/0/97",
+        "a=rtpmap:96 AMR/8000",
+        "a=rtpmap:97 iLBC/8000",
+        formats="121 96 0 97",
+    )
+    renumbered = renumbered_media(media, {96: 98, 97: 99})
+    assert renumbered.attributes.values("fmtp") == ("121 98/0/99",)
+
+
+def test_a_red_fmtp_not_listing_payload_types_is_left_alone() -> None:
+    media = audio(
+        "a=rtpmap:63 red/48000/2", "a=fmtp:63 foo=111/111", "a=fmtp:111 111/111", formats="63 111"
+    )
+    renumbered = renumbered_media(media, {111: 109, 63: 121})
+    # 111's fmtp is not RED's: its parameters are the codec's own, never read as numbers.
+    assert renumbered.attributes.values("fmtp") == ("121 foo=111/111", "109 111/111")
