@@ -67,6 +67,11 @@ class TransportHost(Protocol):
     def flow_closed(self, flow: Flow) -> None:
         """Tell the core a connection-oriented flow has ended."""
 
+    def peer_name(self, remote: Address) -> str | None:
+        """The host name the peer at ``remote`` is known by, when the core reached it through
+        DNS (a target of a trunk named by DNS: the trunk's domain, RFC 5922 §4), else None.
+        TLS verifies the peer's certificate against it and sends it as SNI."""
+
 
 @runtime_checkable
 class Transport(Protocol):

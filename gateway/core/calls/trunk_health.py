@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from gateway.core.calls.trunk_dns import TrunkTargets, next_hop
 from gateway.core.ids import IdSource
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request
@@ -50,6 +51,7 @@ class TrunkHealth:
         self._probed = frozenset(probed)
         self._down: dict[str, str] = {}
         self._missed: dict[str, int] = {}  # probes in a row without an answer
+        self._unresolved: set[str] = set()  # named by DNS, not resolved yet (trunk_dns.py)
 
     def is_up(self, trunk: str) -> bool:
         return trunk not in self._down
@@ -62,6 +64,8 @@ class TrunkHealth:
     def answered(self, trunk: str) -> None:
         """A probe of ``trunk`` was answered: up (logged when it was down)."""
         self._missed.pop(trunk, None)
+        if trunk in self._unresolved:
+            return  # cannot happen (nothing to probe before it resolves); stays down
         why = self._down.pop(trunk, None)
         if why is not None:
             log.warning("trunk %s is up again (it answered OPTIONS)", trunk)
@@ -73,6 +77,18 @@ class TrunkHealth:
         self._missed[trunk] = missed
         if missed >= PROBES_MISSED:
             self.failed(trunk, f"{why} ({missed} probes in a row)")
+
+    def unresolved(self, trunk: str, why: str) -> None:
+        """``trunk`` is named by DNS and its name has not resolved yet: down until
+        :meth:`resolved` (gateway/core/calls/trunk_dns.py logs why), probed or not."""
+        self._unresolved.add(trunk)
+        self._down[trunk] = why
+
+    def resolved(self, trunk: str) -> None:
+        """``trunk``'s name resolves: up, unless it was down for another reason."""
+        if trunk in self._unresolved:
+            self._unresolved.discard(trunk)
+            self._down.pop(trunk, None)
 
     def failed(self, trunk: str, why: str) -> None:
         """``trunk`` did not answer a call (or enough probes): down (logged when it was up).
@@ -96,8 +112,12 @@ class TrunkProber:
         *,
         t1: float,
         user_agent: str,
+        targets: TrunkTargets | None = None,
     ) -> None:
         self.trunks = tuple(t for t in trunks if t.enabled and t.options_interval > 0)
+        # A trunk named by DNS is probed at its first target (trunk_dns.next_hop): one probe
+        # per trunk, as for a trunk with an address; its other targets are tried by calls.
+        self.targets = targets
         self.health = health
         self.endpoint = endpoint
         self.ids = ids
@@ -126,12 +146,14 @@ class TrunkProber:
 
     async def probe(self, trunk: TrunkConfig) -> str | None:
         """One OPTIONS to ``trunk``: None when it answered, else why it counts as down."""
-        spec = trunk.address_spec
+        hop = next_hop(trunk, self.targets)
+        if hop is None:
+            return "its name has not resolved"
         timeout = min(trunk.options_interval, self.transaction_limit)
         try:
             request = self._options(trunk)  # no listener for the transport: OSError too
             client = await self.endpoint.send_request(
-                request, transport=spec.transport, address=(spec.host, spec.port)
+                request, transport=hop.transport, address=(hop.host, hop.port)
             )
         except OSError as exc:
             return f"cannot send OPTIONS: {exc.strerror or exc}"
@@ -148,9 +170,8 @@ class TrunkProber:
             client.forward_to(None)  # later responses (retransmissions) are not ours to read
 
     def _options(self, trunk: TrunkConfig) -> Request:
-        spec = trunk.address_spec
-        host = f"[{spec.host}]" if ":" in spec.host else spec.host
-        target = SipUri("sip", host, port=spec.port)
+        spec = trunk.address_parts  # a named trunk's name: the domain, without its targets
+        target = SipUri("sip", spec.uri_host, port=spec.port)
         if spec.transport != "udp":
             target = target.with_param("transport", spec.transport)
         our_host, our_port = self.endpoint.local_address(spec.transport)
