@@ -118,10 +118,18 @@ def test_a_trunk_named_by_srv_fails_over_from_a_dead_target_to_the_next(tmp_path
         answered = callee.wait(timeout=10)
         answered.check()
         log = gw.log_text()
+        calls = gw.cli_until(lambda out: "reached at" in out, "calls", "--recent", "5")
 
     targets = f"tcp:{LOOPBACK}:{dead}, tcp:{LOOPBACK}:{callee.port}"
     assert f"trunk carrier: tcp:{DOMAIN} resolves to {targets}" in log
     assert "answered 503; failing over to trunk carrier" in log
+    # The call record says which target failed and which took the call.
+    dead_target, live_target = f"tcp:{LOOPBACK}:{dead}", f"tcp:{LOOPBACK}:{callee.port}"
+    assert (
+        f"trunk carrier (target {dead_target}) answered 503 Service Unavailable: "
+        f"failed over to trunk carrier (target {live_target})"
+    ) in calls
+    assert f"trunk {DOMAIN} reached at {live_target} (DNS target 2)" in calls
     (invite,) = answered.received("INVITE ")
     # RFC 3263 §4.2: the Request-URI keeps the domain; only the next hop is the SRV target.
     assert invite.startswith(f"INVITE sip:{NUMBER}@{DOMAIN};transport=tcp SIP/2.0"), invite
