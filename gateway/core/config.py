@@ -21,6 +21,7 @@ The file layout::
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import tomllib
@@ -183,6 +184,12 @@ class TrunkAddress:
     def __str__(self) -> str:
         port = "" if self.port is None else f":{self.port}"
         return f"{self.transport}:{self.uri_host}{port}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _trunk_address(text: str) -> TrunkAddress:
+    # Cached: a frozen value of a string from the configuration (a bad one raises every time).
+    return TrunkAddress.parse(text)
 
 
 @attrs.frozen
@@ -459,8 +466,8 @@ class TrunkConfig:
     @property
     def address_parts(self) -> TrunkAddress:
         """``address`` parsed, an IP address or a host name (RFC 3263); raises ValueError if it
-        does not parse."""
-        return TrunkAddress.parse(self.address)
+        does not parse. Parsed once per address (routing reads it per call)."""
+        return _trunk_address(self.address)
 
     @property
     def by_name(self) -> bool:

@@ -26,7 +26,13 @@ from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, default_route, route_call
 from gateway.core.calls.subscriptions import Subscriptions
-from gateway.core.calls.trunk_dns import DnsPythonResolver, Resolution, Resolver, TrunkTargets
+from gateway.core.calls.trunk_dns import (
+    DnsPythonResolver,
+    Resolution,
+    Resolver,
+    TrunkHop,
+    TrunkTargets,
+)
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.calls.trunk_registration import TrunkRegistration, registering
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec, did_warnings
@@ -167,6 +173,7 @@ class Gateway:
         # (IP, port) of a target of a trunk named by DNS -> the trunk's domain: the name its
         # TLS certificate must carry and our SNI (RFC 5922 §4; TransportHost.peer_name).
         self._peer_names: dict[tuple[str, int], str] = {}
+        self._trunk_hops: dict[str, tuple[TrunkHop, ...]] = {}
         self.trunk_health = TrunkHealth(
             t.name for t in config.trunks if t.enabled and t.options_interval > 0
         )
@@ -301,9 +308,16 @@ class Gateway:
         hops = resolution.hops
         if trunk.allowed_sources is None:
             self._trunks.set_resolved(name, [hop.host for hop in hops])
-        domain = trunk.address_parts.host
-        for hop in hops:
-            self._peer_names[(hop.host, hop.port)] = domain
+        self._trunk_hops[name] = hops
+        # Rebuilt whole (a few trunks, at a refresh): a target a trunk no longer has is not
+        # named after it any more.
+        peer_names: dict[tuple[str, int], str] = {}
+        for trunk_name, trunk_hops in self._trunk_hops.items():
+            named = self.config.trunk(trunk_name)
+            assert named is not None
+            for hop in trunk_hops:
+                peer_names.setdefault((hop.host, hop.port), named.address_parts.host)
+        self._peer_names = peer_names
 
     def peer_name(self, remote: tuple[str, int]) -> str | None:
         """The host name a trunk at ``remote`` is known by: the domain of a trunk named by DNS

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from gateway.core.calls.trunk_dns import TrunkTargets, next_hop
+from gateway.core.calls.trunk_dns import TrunkHop, TrunkTargets, next_hop
 from gateway.core.ids import IdSource
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request
@@ -70,12 +70,13 @@ class TrunkHealth:
         if why is not None:
             log.warning("trunk %s is up again (it answered OPTIONS)", trunk)
 
-    def probe_failed(self, trunk: str, why: str) -> None:
-        """A probe of ``trunk`` went unanswered: down at the :data:`PROBES_MISSED`-th in a
-        row (one lost UDP exchange is no dead trunk; Kamailio's ``ds_probing_threshold``)."""
+    def probe_failed(self, trunk: str, why: str, *, needed: int = PROBES_MISSED) -> None:
+        """A probe of ``trunk`` went unanswered: down at the ``needed``-th in a row (one lost
+        UDP exchange is no dead trunk; Kamailio's ``ds_probing_threshold``). A trunk named by
+        DNS needs one per target (TrunkProber: each goes to the next target)."""
         missed = self._missed.get(trunk, 0) + 1
         self._missed[trunk] = missed
-        if missed >= PROBES_MISSED:
+        if missed >= needed:
             self.failed(trunk, f"{why} ({missed} probes in a row)")
 
     def unresolved(self, trunk: str, why: str) -> None:
@@ -115,9 +116,9 @@ class TrunkProber:
         targets: TrunkTargets | None = None,
     ) -> None:
         self.trunks = tuple(t for t in trunks if t.enabled and t.options_interval > 0)
-        # A trunk named by DNS is probed at its first target (trunk_dns.next_hop): one probe
-        # per trunk, as for a trunk with an address; its other targets are tried by calls.
+        # Trunks named by DNS: their cached targets, and which one each probes next.
         self.targets = targets
+        self._turn: dict[str, int] = {}
         self.health = health
         self.endpoint = endpoint
         self.ids = ids
@@ -141,12 +142,29 @@ class TrunkProber:
             if why is None:
                 self.health.answered(trunk.name)
             else:
-                self.health.probe_failed(trunk.name, why)
+                _, targets = self._hop_to_probe(trunk)
+                self._turn[trunk.name] = self._turn.get(trunk.name, 0) + 1
+                needed = max(PROBES_MISSED, targets)
+                self.health.probe_failed(trunk.name, why, needed=needed)
             await trio.sleep_until(sent_at + trunk.options_interval)
+
+    def _hop_to_probe(self, trunk: TrunkConfig) -> tuple[TrunkHop | None, int]:
+        """Where the next probe of ``trunk`` goes, and how many targets it has. A trunk named
+        by DNS is probed at one target at a time, the first by priority until it fails to
+        answer, then the next (RFC 3263 §4.3's order): one OPTIONS per interval whatever the
+        number of targets, and the trunk is down only when each target missed one in a row."""
+        targets = self.targets
+        if targets is None or trunk.name not in targets:
+            return next_hop(trunk, None), 1
+        resolution = targets.resolution(trunk.name)
+        if resolution is None:
+            return None, 1
+        hops = resolution.hops
+        return hops[self._turn.get(trunk.name, 0) % len(hops)], len(hops)
 
     async def probe(self, trunk: TrunkConfig) -> str | None:
         """One OPTIONS to ``trunk``: None when it answered, else why it counts as down."""
-        hop = next_hop(trunk, self.targets)
+        hop, _ = self._hop_to_probe(trunk)
         if hop is None:
             return "its name has not resolved"
         timeout = min(trunk.options_interval, self.transaction_limit)

@@ -286,3 +286,25 @@ async def test_a_name_that_does_not_resolve_at_start_up_is_a_trunk_down_until_it
     assert (await call.final()).status == 200
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0, timeout=ENDED)
+
+
+async def test_probes_move_to_the_next_target_and_the_trunk_is_down_when_none_answers(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, _ = await start(
+        nursery, tmp_path, voipgw_seed, two_targets(), carrier={"options_interval": 5.0}
+    )
+    health = env.gateway.trunk_health
+    # The first target (127.0.0.6) misses its probe; the next goes to the second, which answers.
+    await eventually(lambda: len(env.trunk.requests("OPTIONS")) >= 1, timeout=30)
+    await trio.sleep(30)
+    assert health.is_up("carrier")
+    probes_of_dead = {
+        d.data.split(b"Call-ID: ")[1].split(b"\r\n")[0]
+        for d in env.network.capture
+        if d.dst == DEAD and d.data.startswith(b"OPTIONS")
+    }
+    assert len(probes_of_dead) == 1  # one probe (retransmitted): the live target is kept
+    env.network.set_link(TRUNK, GW, drop=1.0)  # now the second is silent too
+    await eventually(lambda: not health.is_up("carrier"), timeout=60)
+    assert "(2 probes in a row)" in health.down["carrier"]
