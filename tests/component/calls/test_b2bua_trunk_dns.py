@@ -24,12 +24,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
-from gateway.core.calls.trunk_dns import DnsError, SrvRecord
+from gateway.core.calls.trunk_dns import SrvRecord
 from gateway.core.ids import SeededIds
+from gateway.testing.fake_dns import FakeResolver
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
@@ -47,32 +47,6 @@ BACKUP = ("127.0.0.5", 5060)
 # A call whose INVITE to the dead target was given up is gone once that INVITE's transaction
 # ends (Timer B, 64*T1 = 32 s): its late answer would still be CANCELled or hung up.
 ENDED = 40.0
-
-
-@attrs.define
-class FakeResolver:
-    """Answers from its tables; ``failing`` makes every query a DNS failure (a server that
-    does not answer). Counts the queries."""
-
-    srv_records: dict[str, list[SrvRecord]] = attrs.Factory(dict)
-    hosts: dict[str, list[str]] = attrs.Factory(dict)
-    ttl: float = 60.0
-    failing: bool = False
-    queries: int = 0
-
-    async def srv(self, name: str) -> tuple[list[SrvRecord], float]:
-        self.queries += 1
-        await trio.sleep(0.01)
-        if self.failing:
-            raise DnsError(f"{name} SRV: no answer")
-        return list(self.srv_records.get(name, [])), self.ttl
-
-    async def addresses(self, name: str) -> tuple[list[str], float]:
-        self.queries += 1
-        await trio.sleep(0.01)
-        if self.failing:
-            raise DnsError(f"{name} A: no answer")
-        return list(self.hosts.get(name, [])), self.ttl
 
 
 def two_targets() -> FakeResolver:
