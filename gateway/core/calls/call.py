@@ -1477,8 +1477,8 @@ class Call:
             for leg in self._attempt:  # the call no longer occupies the failed trunk
                 if leg.target is not None and leg.target.trunk is not None:
                     self.manager.limits.release_one(self, ("trunk", leg.target.trunk))
-            if self._attempt and isinstance(hop := self._attempt[-1].target, TrunkHopTarget):
-                self._skip_other_hops(self._attempt[-1], hop)
+            if self._attempt:
+                self._alternates = without_other_hops(self._alternates, self._attempt[-1])
             target = self._next_alternate()
             if target is None:
                 break
@@ -1522,21 +1522,6 @@ class Call:
                 # failure before it still stands, and the next alternate is tried.
                 self.manager.limits.release_one(self, ("trunk", target.trunk))
         await self._fail_a()
-
-    def _skip_other_hops(self, leg: BLeg, failed: TrunkHopTarget) -> None:
-        """``leg`` to a target of a trunk named by DNS failed. RFC 3263 §4.3: a transport
-        error, a timeout without any response (our 408, the trunk's ``response_timeout`` or
-        Timer B) or a 503 sends the request to the trunk's next target; any other failover
-        status (500, 502, 504 ...) is the trunk's answer, not one server's, and the call goes
-        on with the next trunk: the trunk's other targets are dropped from the alternates."""
-        outcome = leg.final or leg.given_up
-        if leg.given_up is not None or (outcome is not None and outcome.status in (408, 503)):
-            return
-        self._alternates = [
-            alternate
-            for alternate in self._alternates
-            if not (isinstance(alternate, TrunkHopTarget) and alternate.trunk == failed.trunk)
-        ]
 
     async def _no_response(self) -> None:
         """A leg of the attempt in progress has had no response at all (not even 100) for its
@@ -3398,6 +3383,8 @@ class Call:
             for leg in transfer.legs:
                 if leg.target is not None and leg.target.trunk is not None:
                     self.manager.limits.release_one(self, ("trunk", leg.target.trunk))
+            if transfer.legs:
+                transfer.alternates = without_other_hops(transfer.alternates, transfer.legs[-1])
             target = self._next_transfer_alternate(transfer)
             if target is None:
                 return False
@@ -4614,6 +4601,26 @@ class Call:
                     continue  # its ACK arrived while the send waited (ack_received)
             interval = min(interval * 2, self.config.sip.t2)
             self._retransmit_at[side] = (now + interval, interval, response, give_up)
+
+
+def without_other_hops(alternates: list[RouteTarget], leg: BLeg) -> list[RouteTarget]:
+    """``alternates`` after ``leg`` failed, without the other targets of its trunk when it is a
+    target of a trunk named by DNS that did not fail as one server does. RFC 3263 §4.3: a
+    transport error, a timeout without any response (our 408: the trunk's ``response_timeout``
+    or Timer B) or a 503 sends the request to the trunk's next target; any other failover
+    status (500, 502, 504 ...) is the trunk's answer, not one server's, and the call goes on
+    with the next trunk."""
+    failed = leg.target
+    if not isinstance(failed, TrunkHopTarget):
+        return alternates
+    outcome = leg.final or leg.given_up
+    if leg.given_up is not None or (outcome is not None and outcome.status in (408, 503)):
+        return alternates
+    return [
+        alternate
+        for alternate in alternates
+        if not (isinstance(alternate, TrunkHopTarget) and alternate.trunk == failed.trunk)
+    ]
 
 
 def _other_hops_left(target: RouteTarget | None) -> bool:
