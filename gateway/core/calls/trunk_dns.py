@@ -282,12 +282,6 @@ class TrunkTargets:
             return ()
         return resolution.ordered(self.rng, self.dns.max_targets)
 
-    def first_hop(self, trunk: str) -> TrunkHop | None:
-        """Where OPTIONS probes and registrations go: the first target by priority (no draw,
-        so that one target is watched steadily)."""
-        resolution = self._resolved.get(trunk)
-        return resolution.hops[0] if resolution is not None else None
-
     def resolution(self, trunk: str) -> Resolution | None:
         return self._resolved.get(trunk)
 
@@ -374,11 +368,17 @@ class TrunkTargets:
             self.on_unresolved(name, f"{address} does not resolve: {why}")
 
 
-def next_hop(trunk: TrunkConfig, targets: TrunkTargets | None) -> TrunkHop | None:
+def next_hop(trunk: TrunkConfig, targets: TrunkTargets | None, turn: int = 0) -> TrunkHop | None:
     """Where a request to ``trunk`` outside a call goes (OPTIONS probes, REGISTER): its
-    address, or for a trunk named by DNS its first target (None while it has not resolved)."""
+    address, or for a trunk named by DNS its target number ``turn`` (by priority, round and
+    round: the caller moves on when one fails, RFC 3263 §4.3); None while it has not
+    resolved."""
     parts = trunk.address_parts
     if not parts.is_name:
         assert parts.port is not None
         return TrunkHop(parts.transport, parts.host, parts.port)
-    return targets.first_hop(trunk.name) if targets is not None else None
+    resolution = targets.resolution(trunk.name) if targets is not None else None
+    if resolution is None:
+        return None
+    hops = resolution.hops
+    return hops[turn % len(hops)]

@@ -154,13 +154,9 @@ class TrunkProber:
         answer, then the next (RFC 3263 §4.3's order): one OPTIONS per interval whatever the
         number of targets, and the trunk is down only when each target missed one in a row."""
         targets = self.targets
-        if targets is None or trunk.name not in targets:
-            return next_hop(trunk, None), 1
-        resolution = targets.resolution(trunk.name)
-        if resolution is None:
-            return None, 1
-        hops = resolution.hops
-        return hops[self._turn.get(trunk.name, 0) % len(hops)], len(hops)
+        resolution = targets.resolution(trunk.name) if targets is not None else None
+        count = len(resolution.hops) if resolution is not None else 1
+        return next_hop(trunk, targets, self._turn.get(trunk.name, 0)), count
 
     async def probe(self, trunk: TrunkConfig) -> str | None:
         """One OPTIONS to ``trunk``: None when it answered, else why it counts as down."""

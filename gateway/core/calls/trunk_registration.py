@@ -76,8 +76,10 @@ class TrunkRegistration:
     ) -> None:
         assert trunk.username is not None and trunk.password is not None
         self.trunk = trunk
-        # A trunk named by DNS registers at its first target (trunk_dns.next_hop).
+        # A trunk named by DNS registers at its first target by priority, and at the next
+        # after a transport error, no answer or a 503 (RFC 3263 §4.3; trunk_dns.next_hop).
         self.targets = targets
+        self._turn = 0
         self.endpoint = endpoint
         self.ids = ids
         self.answer_limit = 64 * t1 + 1.0  # the transaction gives up at 64*T1 (Timer F)
@@ -138,7 +140,7 @@ class TrunkRegistration:
     async def _unregister(self) -> None:
         """Expires: 0, sent and not waited for: the gateway is stopping and no longer reads
         responses. A registrar that challenges it keeps the registration until it runs out."""
-        hop = next_hop(self.trunk, self.targets)
+        hop = next_hop(self.trunk, self.targets, self._turn)
         if hop is None:
             return
         try:
@@ -219,7 +221,15 @@ class TrunkRegistration:
             return None, f"{response.status} {response.reason}"
 
     async def _send(self, request: Request) -> Response | None:
-        hop = next_hop(self.trunk, self.targets)
+        response = await self._send_to_hop(request)
+        if response is None or response.status in (408, 503):
+            # No answer (our transaction's 408), a transport error (our 503) or a 503: a trunk
+            # named by DNS is tried at its next target next time (RFC 3263 §4.3).
+            self._turn += 1
+        return response
+
+    async def _send_to_hop(self, request: Request) -> Response | None:
+        hop = next_hop(self.trunk, self.targets, self._turn)
         if hop is None:
             return Response(503, "cannot send: its name has not resolved")
         try:

@@ -13,7 +13,9 @@ SipAgent at 127.0.0.2 (priority 20). alice calls +15551234:
   old address is no longer the trunk's;
 - a DNS that stops answering keeps the last answer (logged once);
 - a name that does not resolve at start-up does not hold the gateway up: the trunk is down
-  (503 to a caller) until it resolves.
+  (503 to a caller) until it resolves;
+- OPTIONS probes and the registration with the carrier move to the next target when one is
+  silent; the trunk is down only when no target answers.
 
 Signalling on the in-memory network, in virtual time. Set-up as b2bua_env.py.
 """
@@ -39,6 +41,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
+from tests.component.calls.test_b2bua_trunk_registration import PASSWORD, USERNAME, Registrar
 
 NUMBER = "+15551234"
 NAME = "sip.carrier.example"
@@ -282,3 +285,24 @@ async def test_probes_move_to_the_next_target_and_the_trunk_is_down_when_none_an
     env.network.set_link(TRUNK, GW, drop=1.0)  # now the second is silent too
     await eventually(lambda: not health.is_up("carrier"), timeout=60)
     assert "(2 probes in a row)" in health.down["carrier"]
+
+
+async def test_a_registration_moves_to_the_next_target_when_the_first_is_silent(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The carrier's registrar (127.0.0.2, the second target) challenges; the first is dead.
+    registering = {
+        "register": True,
+        "username": USERNAME,
+        "password": PASSWORD,
+        "register_expires": 120,
+    }
+    env, _ = await start(nursery, tmp_path, voipgw_seed, two_targets(), carrier=registering)
+    registrar = Registrar(env.trunk)
+    registration = env.gateway.trunk_registrations["carrier"]
+    await eventually(lambda: registration.registered, timeout=120)
+    (accepted,) = registrar.accepted
+    # The registrar's domain is the trunk's name (RFC 3263: the domain, not the target).
+    assert str(accepted.uri) == f"sip:{NAME}"
+    assert accepted.to.uri is not None and accepted.to.uri.host == NAME
+    assert [d for d in env.network.capture if d.dst == DEAD and d.data.startswith(b"REGISTER")]
