@@ -10,6 +10,10 @@ Checks, at start-up and on every reload, each failing with the file named:
 - the file holds one CRL, PEM or DER;
 - it is a complete CRL, not a delta CRL (RFC 5280 §5.2.4): OpenSSL ignores a delta CRL unless
   told to use deltas, and then the certificates it lists would go unchecked;
+- its scope (issuingDistributionPoint, RFC 5280 §5.2.5) takes in end-entity certificates for
+  every reason, from its own issuer: a CRL of CA certificates only, of some reasons only, or an
+  indirect one cannot tell whether a phone's certificate is revoked, and OpenSSL would refuse
+  every certificate of that CA for want of one that can;
 - it has a nextUpdate (RFC 5280 §5.1.2.5: conforming issuers include one; without it nobody
   can tell how stale the list is);
 - it is signed by a CA certificate in ``ca_bundles`` (issuer name and signature), and that CA
@@ -89,11 +93,16 @@ def load_crl(path: Path, cas: Sequence[x509.Certificate]) -> LoadedCrl:
         issuer_der = crl.issuer.public_bytes()
         next_update = crl.next_update_utc
         delta = _has_extension(crl, x509.DeltaCRLIndicator)
+        scope = _scope_problem(crl)
         revoked = len(crl)
     except ValueError as exc:
         raise CertificateError(f"{path}: the CRL cannot be read ({exc})") from None
     if delta:
         raise CertificateError(f"{path}: a delta CRL (RFC 5280 §5.2.4); give the complete CRL")
+    if scope is not None:
+        raise CertificateError(
+            f"{path}: {scope} (RFC 5280 §5.2.5); give the CRL of its end-entity certificates"
+        )
     if next_update is None:
         raise CertificateError(f"{path}: the CRL has no nextUpdate (RFC 5280 §5.1.2.5)")
     signer = _signer(crl, cas)
@@ -152,6 +161,22 @@ def _may_sign_crls(ca: x509.Certificate) -> bool:
     except ValueError:
         return False
     return usage.crl_sign
+
+
+def _scope_problem(crl: x509.CertificateRevocationList) -> str | None:
+    try:
+        point = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except x509.ExtensionNotFound:
+        return None
+    if point.only_contains_ca_certs:
+        return "the CRL lists CA certificates only"
+    if point.only_contains_attribute_certs:
+        return "the CRL lists attribute certificates only"
+    if point.only_some_reasons:
+        return "the CRL covers some revocation reasons only"
+    if point.indirect_crl:
+        return "an indirect CRL"
+    return None
 
 
 def _has_extension(crl: x509.CertificateRevocationList, kind: type[x509.ExtensionType]) -> bool:

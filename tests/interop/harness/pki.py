@@ -227,10 +227,12 @@ class TestCa:
         next_update: datetime.timedelta = datetime.timedelta(days=7),
         der: bool = False,
         delta: bool = False,
+        only_ca_certificates: bool = False,
     ) -> Path:
         """Write this CA's CRL listing ``revoked`` to ``path`` (replacing it), PEM unless
         ``der``; thisUpdate an hour ago unless given, nextUpdate ``next_update`` after it
-        (negative: an expired CRL). ``delta``: a delta CRL (RFC 5280 §5.2.4)."""
+        (negative: an expired CRL). ``delta``: a delta CRL (RFC 5280 §5.2.4);
+        ``only_ca_certificates``: scoped to CA certificates (RFC 5280 §5.2.5)."""
         start = this_update or self.pki.now - datetime.timedelta(hours=1)
         builder = (
             x509.CertificateRevocationListBuilder()
@@ -241,6 +243,17 @@ class TestCa:
         )
         if delta:
             builder = builder.add_extension(x509.DeltaCRLIndicator(1), critical=True)
+        if only_ca_certificates:
+            scope = x509.IssuingDistributionPoint(
+                full_name=None,
+                relative_name=None,
+                only_contains_user_certs=False,
+                only_contains_ca_certs=True,
+                only_some_reasons=None,
+                indirect_crl=False,
+                only_contains_attribute_certs=False,
+            )
+            builder = builder.add_extension(scope, critical=True)
         for issued in revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder()

@@ -113,13 +113,17 @@ def test_unreadable_crl_files_are_config_errors_naming_the_file(
     assert message.endswith(f"{path}: {expected}")
 
 
-def test_a_delta_crl_a_ca_without_crl_sign_and_a_file_listed_twice_are_refused(
+def test_delta_ca_only_crls_a_ca_without_crl_sign_and_a_file_listed_twice_are_refused(
     tmp_path: Path, pki: TestPki, vendor: TestCa
 ) -> None:
     bundle = str(vendor.certificate)
     delta = vendor.crl(tmp_path / "delta.crl", delta=True)
     message = config_error({"ca_bundles": [bundle], "crl_files": [str(delta)]})
     assert "a delta CRL (RFC 5280 §5.2.4); give the complete CRL" in message
+
+    of_cas = vendor.crl(tmp_path / "cas.crl", only_ca_certificates=True)
+    message = config_error({"ca_bundles": [bundle], "crl_files": [str(of_cas)]})
+    assert "the CRL lists CA certificates only (RFC 5280 §5.2.5)" in message
 
     no_crl_sign = pki.ca("Signs No CRLs", crl_sign=False)
     crl = no_crl_sign.crl(tmp_path / "nocrlsign.crl")
