@@ -855,6 +855,15 @@ class GatewayStatus(Protocol):
     def tls_certificates(self) -> tuple[tuple[str, LoadedCertificate], ...]:
         """The certificates plugins serve now: (plugin, certificate), in plugin order."""
 
+    def tls_handshake_failures(self) -> tuple[tuple[str, str, int], ...]:
+        """Failed TLS handshakes of SIP transports (``tls``, ``wss``) since the start:
+        (transport, reason, count), reasons ``revoked`` (the peer's certificate is revoked),
+        ``crl`` (the CRL of its CA could not be used: expired ...) and ``other``."""
+
+    def tls_crls(self) -> tuple[tuple[str, str, float], ...]:
+        """The CRLs SIP transports check peers' certificates against now (``[plugins.tls]
+        crl_files``): (transport, file, nextUpdate as Unix time)."""
+
 
 # --------------------------------------------------------------------------------------------
 # Certificate reload (SIGHUP)
