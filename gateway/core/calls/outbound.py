@@ -7,10 +7,12 @@ plugin's body through the endpoint's client transactions (retransmission, Timer 
 final response (1xx are passed over), ACKs a 2xx (RFC 3261 §13.2.2.4) and returns the session,
 whose dialog is registered so the far end's in-dialog requests reach it: its BYE is answered
 200 and sets ``ended``; its re-INVITE or UPDATE is a session refresh (RFC 4028), answered 200
-with the session timer and, where it offers (or a re-INVITE without an offer asks for one), the
-SDP of our last offer it took: a plugin's session changes only by the plugin's own offers, so
-that is the answer in force; any other request gets 501. :meth:`OutboundSession.close` sends
-BYE (once).
+with the session timer. What such a request carries (a new offer, RFC 3264 §8, or a body of the
+plugin's protocol) is the plugin's to read (``on_request``: its answer, or a refusal that leaves
+the session as it was); without a reader, and for a re-INVITE without an offer (RFC 3261 §14.2),
+the answer or offer is the SDP in force: that of our last offer it took, or of the plugin's last
+answer. Until the far end ACKs our 2xx to its re-INVITE, our own re-INVITE waits (§14.1). Any
+other request gets 501. :meth:`OutboundSession.close` sends BYE (once).
 
 Session timers (RFC 4028) reuse the call legs' sans-IO rules (``sip/session_timer.py``):
 ``open_session(session_expires=)`` offers one with us refreshing (§7.1), a 422 is asked again
@@ -39,13 +41,13 @@ or the dialog's remote target leads elsewhere the request is not sent (a refusal
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
 from gateway.core.calls.routing import UnroutableTarget, destination_for
-from gateway.core.interfaces import RouteTarget
+from gateway.core.interfaces import RouteTarget, SessionAnswer
 from gateway.core.sip.dialog import Dialog, is_sips
 from gateway.core.sip.errors import RemoteSipError, SipError
 from gateway.core.sip.grammar import parse_uri_untrusted
@@ -114,8 +116,13 @@ class OutboundSession:
         None without one. Set by the 2xx of each INVITE, re-INVITE or UPDATE either side sends."""
         self.allows_update = allows_update(answer.headers)
         """The far end listed UPDATE in its Allow (RFC 3311): a refresh need not re-offer."""
+        self.on_request: Callable[[str, str | None, bytes], SessionAnswer] | None = None
+        """The plugin's reader of the far end's re-INVITE or UPDATE with a body
+        (``interfaces.OutboundSession.on_request``); None: our last SDP answers an offer."""
         self._sdp = sdp
         self._offering = False  # our re-INVITE is out, not answered yet
+        # Set once the far end ACKed our 2xx to its re-INVITE; None when none is waiting.
+        self._awaiting_ack: trio.Event | None = None
         self._closed = False
 
     @property
@@ -153,9 +160,15 @@ class OutboundSession:
         ACKed, its body then in ``answer_body``), or None when the session is over or the
         request could not be sent (with ``secure_only``: not over TLS). ``sdp``: the offer's
         SDP (the body's, or its part), what the far end's own re-INVITE is answered with once
-        this one is taken. Asks for the session timer and refreshes it (RFC 4028 §7.4)."""
+        this one is taken. Asks for the session timer and refreshes it (RFC 4028 §7.4).
+        Waits first (at most 64*T1) for the ACK of our 2xx to a re-INVITE of the far end: no
+        new INVITE transaction while one is in progress either way (RFC 3261 §14.1)."""
         self._offering = True
         try:
+            pending = self._awaiting_ack
+            if pending is not None:
+                with trio.move_on_after(64 * self._owner.endpoint.gateway.config.sip.t1):
+                    await pending.wait()
             status = await self._request("INVITE", body, content_type, secure_only)
         finally:
             self._offering = False
@@ -301,10 +314,11 @@ class OutboundSession:
 
     def _answer_refresh(self, request: Request) -> Response:
         """The far end's re-INVITE or UPDATE (RFC 4028 §9: a session refresh, its own or one
-        it asks us to take over). Its session timer is answered by the call legs' rules; an
-        offer in it (or a re-INVITE without one, RFC 3261 §14.2) gets our session as it stands
-        (the SDP of our last offer it took): a recording session's streams change only by our
-        own updates, so the answer that matches its offer is the one in force (RFC 3264 §8)."""
+        it asks us to take over). Its session timer is answered by the call legs' rules. A
+        body goes to the plugin's ``on_request`` (its answer, or its refusal: then neither the
+        session nor the timer changed); without one, an offer gets our session as it stands,
+        the SDP of our last offer it took (RFC 3264 §8). A re-INVITE without an offer (RFC
+        3261 §14.2) gets the SDP in force as our offer in the 2xx."""
         try:
             timer = answer_as_uas(
                 request.headers, wanted=self.session_expires, min_se=self.min_se, can_refresh=True
@@ -319,17 +333,36 @@ class OutboundSession:
         if offers and self._offering:
             # RFC 3261 §14.2, RFC 3311 §5.2: our own offer is out; the SRS tries again later.
             return make_response(request, 491, "Request Pending")
-        if offers and not self._sdp:
-            return make_response(request, 488, "Not Acceptable Here")
+        body, content_type = b"", None
+        handler = self.on_request
+        if request.body and handler is not None:
+            # The plugin reads what the body carries (an offer, RFC 3264 §6; a request of its
+            # own protocol); a refusal leaves the session, and the timer, as they were.
+            try:
+                answer = handler(request.method, request.headers.get("Content-Type"), request.body)
+            except Exception:
+                log.exception("session %s: the plugin failed on a %s", self.call_id, request.method)
+                return make_response(request, 500, "Server Internal Error")
+            if not 200 <= answer.status < 300:
+                return make_response(
+                    request, answer.status, answer.reason or None, extra=list(answer.headers)
+                )
+            body, content_type = answer.body, answer.content_type
+            if body and content_type == "application/sdp":
+                self._sdp = body  # RFC 3264 §8: the session as it now stands
+            offers = request.method == "INVITE" and not body  # §14.2: its 2xx then offers
+        if offers and not body:
+            if not self._sdp:
+                return make_response(request, 488, "Not Acceptable Here")
+            body, content_type = self._sdp, "application/sdp"
         # A refresh taken: the timer runs from now, with whoever §9 made the refresher.
         self.timer = leg_timer(timer.expires, we_are_uac=False, now=trio.current_time())
-        body = self._sdp if offers else b""
         return make_response(
             request,
             200,
             extra=[("Contact", str(self._contact)), *timer.headers()],
             body=body,
-            content_type="application/sdp" if body else None,
+            content_type=content_type if body else None,
         )
 
     def _far_end_gone(self) -> None:
@@ -601,10 +634,14 @@ class OutboundSessions:
         if session is None:
             return None
         answer = session._far_end_request(request)
-        if request.method == "INVITE" and answer.is_success and not flow.reliable:
+        if request.method == "INVITE" and answer.is_success:
+            # Until its ACK our next re-INVITE waits (RFC 3261 §14.1), and over UDP the 2xx is
+            # re-sent (§13.3.1.4).
             key = (request.call_id, request.cseq.number)
-            self._unacked[key] = acked = trio.Event()
-            self._nursery.start_soon(self._retransmit_2xx, answer, flow, key, acked)
+            self._unacked[key] = session._awaiting_ack = acked = trio.Event()
+            self._nursery.start_soon(
+                self._retransmit_2xx, answer, flow, key, acked, not flow.reliable
+            )
         return answer
 
     def ack(self, request: Request) -> bool:
@@ -617,18 +654,21 @@ class OutboundSessions:
         return True
 
     async def _retransmit_2xx(
-        self, answer: Response, flow: Flow, key: tuple[str, int], acked: trio.Event
+        self, answer: Response, flow: Flow, key: tuple[str, int], acked: trio.Event, resend: bool
     ) -> None:
         """RFC 3261 §13.3.1.4: the UAS core re-sends its 2xx at T1, doubling up to T2, until
-        the ACK comes or 64*T1 has passed (then the far end has given up on it)."""
+        the ACK comes or 64*T1 has passed (then the far end has given up on it). ``resend``
+        False (a reliable flow): only waits for the ACK, for as long."""
         sip = self.endpoint.gateway.config.sip
-        interval = sip.t1
+        interval = sip.t1 if resend else 64 * sip.t1
         give_up = trio.current_time() + 64 * sip.t1
         try:
             while trio.current_time() < give_up:
                 with trio.move_on_after(interval):
                     await acked.wait()
                     return
+                if not resend:
+                    break
                 try:
                     await self.endpoint.send_response(answer, flow)
                 except OSError as exc:
@@ -637,6 +677,7 @@ class OutboundSessions:
                 interval = min(interval * 2, sip.t2)
             log.info("session %s: no ACK for our 2xx to its re-INVITE", key[0])
         finally:
+            acked.set()  # nothing waits for it any more
             if self._unacked.get(key) is acked:
                 del self._unacked[key]
 
