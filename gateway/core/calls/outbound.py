@@ -73,6 +73,7 @@ from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 if TYPE_CHECKING:
     from gateway.core.endpoint import ClientRequest, SipEndpoint
     from gateway.core.ids import IdSource
+    from gateway.core.sip.transaction import ServerTransaction
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ class OutboundSession:
         self._offering = False  # our re-INVITE is out, not answered yet
         # Set once the far end ACKed our 2xx to its re-INVITE; None when none is waiting.
         self._awaiting_ack: trio.Event | None = None
+        # Set once our answer to the far end's last request went out.
+        self._responding: trio.Event | None = None
         self._closed = False
 
     @property
@@ -165,10 +168,10 @@ class OutboundSession:
         new INVITE transaction while one is in progress either way (RFC 3261 §14.1)."""
         self._offering = True
         try:
-            pending = self._awaiting_ack
-            if pending is not None:
-                with trio.move_on_after(64 * self._owner.endpoint.gateway.config.sip.t1):
-                    await pending.wait()
+            with trio.move_on_after(64 * self._owner.endpoint.gateway.config.sip.t1):
+                for pending in (self._responding, self._awaiting_ack):
+                    if pending is not None:
+                        await pending.wait()
             status = await self._request("INVITE", body, content_type, secure_only)
         finally:
             self._offering = False
@@ -624,16 +627,20 @@ class OutboundSessions:
             log.info("session %s: answered after its owner gave up; ended (BYE)", session.call_id)
             await session.close()
 
-    def in_dialog(self, request: Request, flow: Flow) -> Response | None:
-        """The answer to a far end's request in one of our sessions; None when it is not one.
-        A 2xx to its re-INVITE is re-sent over ``flow``, when that is UDP, until the ACK."""
+    def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
+        """Answer a far end's request in one of our sessions (through ``transaction``); False
+        when it is not one. A 2xx to its re-INVITE is re-sent over ``flow``, when that is UDP,
+        until the ACK. The plugin's next re-INVITE goes after this answer (a snapshot the far
+        end asked for follows our 200, not the other way round)."""
         tag = request.to.tag
         if tag is None:
-            return None
+            return False
         session = self._by_dialog.get((request.call_id, tag))
         if session is None:
-            return None
+            return False
         answer = session._far_end_request(request)
+        session._responding = sent = trio.Event()
+        self._nursery.start_soon(self._respond, transaction, answer, sent)
         if request.method == "INVITE" and answer.is_success:
             # Until its ACK our next re-INVITE waits (RFC 3261 §14.1), and over UDP the 2xx is
             # re-sent (§13.3.1.4).
@@ -642,7 +649,15 @@ class OutboundSessions:
             self._nursery.start_soon(
                 self._retransmit_2xx, answer, flow, key, acked, not flow.reliable
             )
-        return answer
+        return True
+
+    async def _respond(
+        self, transaction: ServerTransaction, answer: Response, sent: trio.Event
+    ) -> None:
+        try:
+            await self.endpoint.respond(transaction, answer)
+        finally:
+            sent.set()
 
     def ack(self, request: Request) -> bool:
         """The ACK of our 2xx to a far end's re-INVITE: stop re-sending it. False when it is
