@@ -301,6 +301,11 @@ class OutboundSession(Protocol):
         """A session refresh without an offer: UPDATE without a body (RFC 4028 §10, RFC 3311),
         for a far end that ``allows_update``; the final status or None as :meth:`update`."""
 
+    async def probe(self) -> int | None:
+        """An OPTIONS in the dialog (RFC 3261 §11): is the far end still there, where no
+        session timer runs? Its final status (a 481 ends the session as for :meth:`update`),
+        or None without one. Not a refresh."""
+
     async def close(self) -> None:
         """End the session (BYE) unless the far end did."""
 

@@ -19,7 +19,9 @@ Session timers (RFC 4028) reuse the call legs' sans-IO rules (``sip/session_time
 once at its Min-SE (§7.3), and each 2xx, ours or the far end's, sets ``timer``. The plugin acts
 on ``timer.due``: it refreshes (:meth:`OutboundSession.refresh`, an UPDATE without a body, where
 the far end allows UPDATE; else :meth:`OutboundSession.update`, whose re-INVITE refreshes too),
-or ends the session the far end stopped refreshing.
+or ends the session the far end stopped refreshing. Where no timer runs,
+:meth:`OutboundSession.probe` (an OPTIONS in the dialog, RFC 3261 §11) tells whether the far
+end is still there.
 
 A plugin that stops waiting for an answer (it is cancelled: its own timeout, or its call ended)
 leaves the INVITE or re-INVITE to :meth:`OutboundSessions._abandoned`: CANCEL once a provisional
@@ -185,6 +187,13 @@ class OutboundSession:
         :meth:`update`). The far end's final status, or None as :meth:`update`."""
         return await self._request("UPDATE", b"", None, False)
 
+    async def probe(self) -> int | None:
+        """An OPTIONS in the dialog (RFC 3261 §11), to learn whether the far end still has the
+        session where no session timer runs: its final status (any, even 405 or 501, says it
+        is there; a 481 that it lost the dialog, which is then over as for a re-INVITE), or
+        None without one (Timer F: it is gone). Not a session refresh (RFC 4028 §10)."""
+        return await self._request("OPTIONS", b"", None, False)
+
     async def _request(
         self, method: str, body: bytes, content_type: str | None, secure_only: bool
     ) -> int | None:
@@ -207,7 +216,7 @@ class OutboundSession:
                     method,
                     via=endpoint.new_via(flow),
                     contact=self._contact,
-                    extra=self._timer_headers(),
+                    extra=self._timer_headers() if method != "OPTIONS" else (),
                     body=body,
                     content_type=content_type,
                 )
@@ -228,6 +237,8 @@ class OutboundSession:
                 # without a BYE.
                 self._far_end_gone()
                 return final.status
+            if method == "OPTIONS":
+                return final.status  # RFC 4028: no refresh (nor a failed one)
             if final.is_success:
                 self._refreshed(final)
                 if method == "INVITE":
@@ -240,7 +251,8 @@ class OutboundSession:
             return final.status
         except OSError as exc:
             log.info("session %s: %s not sent: %s", self.call_id, method, exc)
-            self._refresh_failed()
+            if method != "OPTIONS":
+                self._refresh_failed()
             return None
 
     # -- session timers (RFC 4028), with the call legs' sans-IO rules (sip/session_timer.py) --

@@ -52,7 +52,8 @@ refreshes at half the interval: an UPDATE without a body where the SRS allows UP
 481 or not at all, or an interval that runs out (the SRS was the refresher and did not refresh,
 §10, or our refreshes kept failing), means the SRS is gone: BYE and a new recording session, as
 after a 481 (:meth:`SiprecSink._lost`). An SRS whose 2xx has no Session-Expires runs no timer
-(§7.2) and is found out only at the next update (no answer: kept, counted ``no_answer``).
+(§7.2): it gets an OPTIONS in the dialog (RFC 3261 §11) when we would have refreshed, and one
+that answers it 408, 481 or not at all is gone, as above.
 
 The end of the call. The call's legs are released first (this sink's task outlives the call).
 Then, with ``final_metadata`` and the SRS in step with us (no update refused or under way), the
@@ -96,8 +97,7 @@ beside an SDP offer, as any update.
 
 Not done: streams the call adds after its answer; pause/resume on the operator's request;
 DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7);
-the answer in the SRS's ACK to its re-INVITE without an offer (not read); OPTIONS liveness
-probes towards an SRS without a session timer.
+the answer in the SRS's ACK to its re-INVITE without an offer (not read).
 """
 
 from __future__ import annotations
@@ -842,7 +842,21 @@ class SiprecSink:
         while session is not None and not session.ended.is_set():
             refresh = False
             timer = session.timer
-            if timer is None:
+            if timer is None and self._config.session_expires:
+                # No session timer (the SRS's 2xx had no Session-Expires, RFC 4028 §7.2): an
+                # OPTIONS in the dialog (RFC 3261 §11) when we would have refreshed instead.
+                with trio.move_on_after(self._config.session_expires / 2):
+                    await self._changed.wait()
+                if not self._changed.is_set():
+                    if session.timer is not None:
+                        continue  # a refresh of the SRS's started one meanwhile
+                    status = await self._probe(session)
+                    if status in (None, 408, 481):
+                        why = f"did not answer an OPTIONS probe ({status or 'no answer'})"
+                        session = await self._lost(session, streams, sockets, nursery, why)
+                        glare_retries = retries = 0
+                    continue
+            elif timer is None:
                 await self._changed.wait()
             else:
                 with trio.move_on_at(timer.due):
@@ -1013,6 +1027,12 @@ class SiprecSink:
             len(current),
         )
         return answered.sdp
+
+    async def _probe(self, session: OutboundSession) -> int | None:
+        """One OPTIONS liveness probe (RFC 3261 §11), within UPDATE_TIMEOUT."""
+        with trio.move_on_after(UPDATE_TIMEOUT):
+            return await session.probe()
+        return None
 
     async def _refresh(self, session: OutboundSession) -> int | None:
         """One session refresh by UPDATE (RFC 4028 §10), within UPDATE_TIMEOUT."""

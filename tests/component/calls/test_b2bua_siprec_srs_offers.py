@@ -13,7 +13,10 @@ in virtual time.
 - its metadata snapshot request (RFC 7866 §9), by UPDATE and by re-INVITE (whose 200 then offers
   our SDP), is answered 200 and followed by a re-INVITE of ours with the complete metadata
   beside an SDP offer, every id as before;
-- an SRS whose answer to our re-INVITE gives other ports gets the copies there too.
+- an SRS whose answer to our re-INVITE gives other ports gets the copies there too;
+- an SRS that runs no session timer (its 2xx without Session-Expires) is probed with an
+  in-dialog OPTIONS at half the interval (RFC 3261 §11); one that stops answering is BYEd and
+  the rest of the call goes in a new recording session.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import trio
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.sdes import parse_crypto_untrusted
 from gateway.plugins.taps.siprec import METADATA_REQUEST_TYPE, srs_sdp
+from gateway.testing.sip_agent import Received
 from tests.component.calls.b2bua_env import eventually
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_siprec import (
@@ -39,6 +43,7 @@ from tests.component.calls.test_b2bua_siprec import (
     siprec_env,
     srs_answer,
 )
+from tests.component.calls.test_b2bua_siprec_reopen import counted
 from tests.component.calls.test_b2bua_siprec_srtp import (
     CALLEE_PORT as SRTP_CALLEE_PORT,
 )
@@ -53,6 +58,7 @@ from tests.component.calls.test_b2bua_siprec_srtp import (
 from tests.component.calls.test_b2bua_siprec_srtp import (
     answered_call as srtp_call,
 )
+from tests.component.calls.test_b2bua_siprec_timers import take, timed_env
 
 NEW_PORT = 24760  # the media server the SRS moves the recording to (outside MEDIA_PORTS)
 OLD = (SRS_PORT, SRS_PORT + 2)
@@ -278,4 +284,35 @@ async def test_an_srs_answering_our_re_invite_with_new_ports_gets_the_copies_the
     assert after[NEW[1]] == [rtp(s, 0x22, 0x2222) for s in range(5)]
     assert after[OLD[0]] == [] and after[OLD[1]] == []
     assert env.calls == 1
+    await call.bye()  # type: ignore[attr-defined]
+
+
+async def test_an_srs_without_a_session_timer_is_probed_with_options_and_replaced_when_gone(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, srs, call = await timed_env(nursery, tmp_path, voipgw_seed)  # session_expires = 90
+    recording = await srs.next_call()
+    await take(srs, recording)  # no Session-Expires: no timer (RFC 4028 §7.2)
+    answered = trio.current_time()
+
+    probe = await srs.next_request("OPTIONS", timeout=60)
+    assert probe.request.call_id == recording.invite.call_id  # in the dialog (RFC 3261 §11)
+    assert 44 <= probe.at - answered <= 46  # when we would have refreshed
+    assert probe.request.headers.get("Session-Expires") is None  # not a refresh
+    # The agent answered it 200: still there. Now it dies: OPTIONS are never answered.
+
+    async def dead(received: Received) -> bool:
+        return received.request.method == "OPTIONS"
+
+    srs.in_dialog = dead
+    again = await srs.next_request("OPTIONS", timeout=60)
+    assert 44 <= again.at - probe.at <= 46
+    bye = await srs.next_request("BYE", timeout=40)  # Timer F: gone; BYE and a new session
+    assert bye.request.call_id == recording.invite.call_id
+    reopened = await srs.next_call(timeout=5)
+    assert reopened.invite.call_id != recording.invite.call_id
+    await take(srs, reopened)
+    await eventually(lambda: counted(env, "session_reopened", 1))
+    assert env.calls == 1
+    assert srs.requests("UPDATE") == []
     await call.bye()  # type: ignore[attr-defined]
