@@ -9,7 +9,8 @@ in virtual time.
   (RFC 4568 §6.1), the first of its suites our srtp_suites allow, and the copies at the new
   ports decrypt under the key our answer gave;
 - an offer we cannot answer (no codec of the call; SRTP where we send RTP) gets 488 and the
-  copies go on to the old ports;
+  copies go on to the old ports; another body gets 415, and a plugin that fails on the request
+  a 500 from the core, the recording going on;
 - its metadata snapshot request (RFC 7866 §9), by UPDATE and by re-INVITE (whose 200 then offers
   our SDP), is answered 200 and followed by a re-INVITE of ours with the complete metadata
   beside an SDP offer, every id as before;
@@ -26,8 +27,10 @@ import re
 from pathlib import Path
 
 import pylibsrtp
+import pytest
 import trio
 
+import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.sdes import parse_crypto_untrusted
 from gateway.plugins.taps.siprec import METADATA_REQUEST_TYPE, srs_sdp
@@ -315,4 +318,33 @@ async def test_an_srs_without_a_session_timer_is_probed_with_options_and_replace
     await eventually(lambda: counted(env, "session_reopened", 1))
     assert env.calls == 1
     assert srs.requests("UPDATE") == []
+    await call.bye()  # type: ignore[attr-defined]
+
+
+async def test_another_body_is_415_and_a_failing_plugin_500_and_the_recording_goes_on(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env, _, call, recording, to_caller, to_callee = await recorded(nursery, tmp_path, voipgw_seed)
+    exchange = await recording.request("UPDATE", body=b"hello", content_type="text/plain")
+    refused = await exchange.final()
+    assert refused.status == 415
+    assert METADATA_REQUEST_TYPE in refused.headers.get_all("Accept")
+
+    def broken(self: object, offer: bytes) -> bytes:
+        raise RuntimeError("a bug in the plugin")
+
+    # Nothing from the network may end the gateway or the call: the core answers 500.
+    monkeypatch.setattr(siprec_plugin.SiprecSink, "_answer_offer", broken)
+    exchange = await recording.request(
+        "INVITE", body=srs_answer(ports=NEW), content_type="application/sdp"
+    )
+    assert (await exchange.final()).status == 500
+    after = await copies(to_caller, to_callee, range(5))
+    assert after[OLD[0]] == [rtp(s, 0x11, 0x1111) for s in range(5)]
+    assert after[NEW[0]] == []
+    assert env.calls == 1
     await call.bye()  # type: ignore[attr-defined]
