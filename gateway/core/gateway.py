@@ -357,10 +357,10 @@ class Gateway:
         it and closes the connection when this returns). Its registrations (RFC 5626 flows:
         the binding's flow is gone for good, and the phone cannot make a new one) are removed,
         so a call to the account fails at once instead of ringing a dead flow until the
-        binding expires; calls on it end with ``reason`` (BYE, ``Reason: SIP;cause=503``).
-        An emergency call on it is not cut, as a drain does not cut one: the connection stays
-        up, carrying that call's signalling, until the call ends. Rare (reloads), so walking
-        the accounts' bindings is fine."""
+        binding expires; calls on it end with ``reason`` (BYE, ``Reason: SIP;cause=503``), sent
+        over it before it closes. An emergency call on it is not cut, as a drain does not cut
+        one: the connection stays up, carrying that call's signalling, until the call ends.
+        Rare (reloads), so walking the accounts' bindings is fine."""
         self._remove_bindings_over(flow)
         calls = self.calls
         if calls is None:
@@ -371,19 +371,25 @@ class Gateway:
             if call.a.flow is flow or any(leg.flow is flow for leg in call.b_legs)
         ]
         kept = [call for call in on_flow if _is_emergency(calls, call)]
-        for call in on_flow:
-            if call not in kept:
-                call.end_by_gateway(reason)
-        if not kept:
-            return
-        log.warning(
-            "emergency call(s) %s over %s, whose certificate is revoked, go on: the connection "
-            "closes when they end",
-            ", ".join(call.id for call in kept),
-            format_address(flow.remote),
-        )
-        await calls.until_ended(kept)
-        self._remove_bindings_over(flow)  # any the phone registered meanwhile
+        ending = [call for call in on_flow if call not in kept]
+        for call in ending:
+            call.end_by_gateway(reason)
+        if ending:
+            # Their BYEs still go over this connection (the phone hears why, RFC 3326), and the
+            # other leg's BYE is not held up behind an attempt to reconnect to a phone that is
+            # gone (connect_timeout). At most STOP_TIMEOUT, as when the gateway stops.
+            with trio.move_on_after(STOP_TIMEOUT):
+                await calls.until_ended(ending)
+        if kept:
+            log.warning(
+                "emergency call(s) %s over %s, whose certificate is revoked, go on: the "
+                "connection closes when they end",
+                ", ".join(call.id for call in kept),
+                format_address(flow.remote),
+            )
+            await calls.until_ended(kept)
+        if on_flow:
+            self._remove_bindings_over(flow)  # any the phone registered meanwhile
 
     def _remove_bindings_over(self, flow: Flow) -> None:
         store = self.store

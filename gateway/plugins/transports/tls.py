@@ -976,7 +976,8 @@ class TlsTransport(StreamTransport):
         every listener's context and every outbound one made so far are rebuilt first, with
         the same checks as at start-up, plus the certificate's validity period; only when all
         of them succeed are they swapped in. Otherwise :class:`ReloadError` names the file and
-        the reason, and everything stays as it was. Connections up keep their contexts."""
+        the reason, and everything stays as it was. Connections up keep their contexts, but
+        those whose peer certificate the new CRLs revoke are closed (:meth:`_close_revoked`)."""
         paths = self._paths  # configured, generated (the same files, never regenerated) or None
         now = time.time()
         try:
