@@ -1019,7 +1019,8 @@ class TlsTransport(StreamTransport):
     def _connection_up(
         self, flow: Flow, info: ConnectionInfo, reading: trio.CancelScope, host: TransportHost
     ) -> None:
-        if info.revocation_id is not None:
+        # Without crl_files (read at start-up only, like the config) nothing is ever checked.
+        if info.revocation_id is not None and self._crl_paths:
             issuer_der, serial = info.revocation_id
             self._open[flow] = _OpenConnection(CertificateId(issuer_der, serial), reading, host)
 
@@ -1058,10 +1059,11 @@ class TlsTransport(StreamTransport):
             self._nursery.start_soon(self._close_revoked_connection, flow, opened)
 
     async def _close_revoked_connection(self, flow: Flow, opened: _OpenConnection) -> None:
-        """Have the core end what uses ``flow`` (it returns at once, or once the emergency
-        calls over it ended), then close it: unusable at once (``flow.closed``: the next
-        request to that peer opens a new connection, which the new CRL refuses), and its
-        reader cancelled, which sends close_notify and closes the socket."""
+        """Have the core end what uses ``flow`` (it returns once the calls it ended sent their
+        BYEs, at most 2 s, and the emergency calls over it ended), then close it: unusable
+        at once (``flow.closed``: the next request to that peer opens a new connection, which
+        the new CRL refuses), and its reader cancelled, which sends close_notify and closes
+        the socket."""
         try:
             await opened.host.flow_revoked(flow, "TLS certificate revoked")
         except Exception:
