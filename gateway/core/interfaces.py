@@ -67,6 +67,12 @@ class TransportHost(Protocol):
     def flow_closed(self, flow: Flow) -> None:
         """Tell the core a connection-oriented flow has ended."""
 
+    async def flow_revoked(self, flow: Flow, reason: str) -> None:
+        """Tell the core that ``flow``'s peer certificate was revoked (``tls``, a reloaded CRL):
+        the registrations made over it go and the calls on it end with ``reason``. Returns
+        when the transport may close it: at once, or once the emergency calls over it ended
+        (they are not cut). :meth:`flow_closed` follows as usual."""
+
 
 @runtime_checkable
 class Transport(Protocol):
@@ -887,6 +893,10 @@ class GatewayStatus(Protocol):
         """Failed TLS handshakes of SIP transports (``tls``, ``wss``) since the start:
         (transport, reason, count), reasons ``revoked`` (the peer's certificate is revoked),
         ``crl`` (the CRL of its CA could not be used: expired ...) and ``other``."""
+
+    def tls_connections_revoked(self) -> tuple[tuple[str, int], ...]:
+        """TLS connections of SIP transports closed because a reloaded CRL revoked the peer's
+        certificate, since the start: (transport, count)."""
 
     def tls_crls(self) -> tuple[tuple[str, str, float], ...]:
         """The CRLs SIP transports check peers' certificates against now (``[plugins.tls]

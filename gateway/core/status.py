@@ -351,6 +351,14 @@ class StatusView:
                 found += [(name, reason, count) for reason, count in failures.items()]
         return tuple(found)
 
+    def tls_connections_revoked(self) -> tuple[tuple[str, int], ...]:
+        found: list[tuple[str, int]] = []
+        for name, transport in self._gateway.plugins.transports.items():
+            revoked = getattr(transport, "connections_revoked", None)  # tls, wss
+            if revoked is not None:
+                found.append((name, revoked))
+        return tuple(found)
+
     def tls_crls(self) -> tuple[tuple[str, str, float], ...]:
         found: list[tuple[str, str, float]] = []
         for name, transport in self._gateway.plugins.transports.items():

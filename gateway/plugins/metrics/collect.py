@@ -376,6 +376,16 @@ def _tls_handshakes(out: Exposition, status: GatewayStatus) -> None:
         )
         for transport, reason, count in failures:
             out.sample(count, [("transport", transport), ("reason", reason)])
+    revoked = status.tls_connections_revoked()
+    if revoked:
+        out.family(
+            "voipgw_tls_connections_revoked_total",
+            "counter",
+            "TLS connections of SIP transports closed because a reloaded CRL of crl_files "
+            "revoked the peer's certificate (a phone connected before it was revoked).",
+        )
+        for transport, count in revoked:
+            out.sample(count, [("transport", transport)])
     crls = status.tls_crls()
     if crls:  # no crl_files: no family
         out.family(

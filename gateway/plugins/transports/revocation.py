@@ -23,6 +23,10 @@ Checks, at start-up and on every reload, each failing with the file named:
 Whether a CRL is current (thisUpdate <= now < nextUpdate) is judged separately
 (:meth:`LoadedCrl.problem`): start-up loads an out-of-date one and says so loudly, a reload
 refuses it (docs/tls.md, "Certificate revocation").
+
+Connections up before a reload were checked against the CRLs of their handshake; after a
+reload :class:`RevokedSerials` tells which of them the new CRLs revoke (the transport closes
+those), from what each connection kept of its peer's certificate (:class:`CertificateId`).
 """
 
 from __future__ import annotations
@@ -75,6 +79,41 @@ class LoadedCrl:
                 f"{_utc(self.last_update)} (check the clock)"
             )
         return None
+
+
+@attrs.frozen
+class CertificateId:
+    """What names a certificate in a CRL (RFC 5280 §5.3: a CRL entry is the serial number of a
+    certificate of the CRL's issuer): its issuer Name, DER, and its serial number. Kept per TLS
+    connection from the handshake, so a reload can tell whether the peer's certificate is now
+    revoked without the certificate."""
+
+    issuer_der: bytes
+    serial: int
+
+    @classmethod
+    def of(cls, certificate: x509.Certificate) -> CertificateId:
+        """Raises ValueError for a certificate cryptography cannot read."""
+        return cls(certificate.issuer.public_bytes(), certificate.serial_number)
+
+
+class RevokedSerials:
+    """The serial numbers every CRL of ``crls`` lists, by issuer: built once per reload (one
+    pass over each CRL), then one dictionary and one set look-up per open connection."""
+
+    def __init__(self, crls: Sequence[LoadedCrl]) -> None:
+        self._by_issuer: dict[bytes, frozenset[int]] = {
+            crl.issuer_der: frozenset(entry.serial_number for entry in crl.crl) for crl in crls
+        }
+
+    def revokes(self, certificate: CertificateId) -> bool:
+        """Whether a CRL of the certificate's issuer lists its serial number. A certificate whose
+        CA has no CRL loaded is not revoked (as at the handshake: not checked). Matched by
+        issuer name and serial as OpenSSL's lookup does; a certificate that only claims a CA's
+        name (unverified, in encryption-only or server-only mode) with a listed serial matches
+        too, which closes nothing but its own connection."""
+        serials = self._by_issuer.get(certificate.issuer_der)
+        return serials is not None and certificate.serial in serials
 
 
 def load_crl(path: Path, cas: Sequence[x509.Certificate]) -> LoadedCrl:

@@ -38,7 +38,9 @@ memory BIOs on top of any trio stream.
 
 Certificate, key, CA bundles and CRLs are read at start-up and again on SIGHUP
 (:meth:`TlsTransport.reload_certificates`, gateway/core/reload.py): every context is rebuilt
-before any is swapped in, and a connection keeps the context it was made with.
+before any is swapped in, and a connection keeps the context it was made with; but a reload
+that loads CRLs checks every open connection's peer certificate against them and closes those
+they revoke (:meth:`TlsTransport._close_revoked`).
 
 Revocation (``crl_files``, revocation.py): OpenSSL checks the peer's own certificate against the
 CRL of its CA (X509_V_FLAG_CRL_CHECK). A revoked certificate is refused in every mode; a CA
@@ -84,7 +86,13 @@ from gateway.plugins.transports.certificates import (
     peer_identity,
     validity_problem,
 )
-from gateway.plugins.transports.revocation import LoadedCrl, cas_without_crl, load_crl
+from gateway.plugins.transports.revocation import (
+    CertificateId,
+    LoadedCrl,
+    RevokedSerials,
+    cas_without_crl,
+    load_crl,
+)
 from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
 
 log = logging.getLogger(__name__)
@@ -767,6 +775,16 @@ class _ReportStarted:
 
 
 @attrs.frozen
+class _OpenConnection:
+    """A TLS connection whose peer presented a certificate: what a reload needs to close it
+    should a new CRL revoke that certificate. Kept from the handshake to the close."""
+
+    certificate: CertificateId
+    reading: trio.CancelScope = attrs.field(eq=False)  # cancelled: the connection closes
+    host: TransportHost = attrs.field(eq=False)
+
+
+@attrs.frozen
 class _ListenerSide:
     address: Address
     mode: Mode
@@ -791,6 +809,11 @@ class TlsTransport(StreamTransport):
         self._crl_paths = tuple(Path(path) for path in self.tls.crl_files)
         #: Failed handshakes by FAILURE_REASONS (voipgw_tls_handshake_failures_total).
         self.handshake_failures: dict[str, int] = dict.fromkeys(FAILURE_REASONS, 0)
+        #: Connections closed because a reloaded CRL revoked the peer's certificate
+        #: (voipgw_tls_connections_revoked_total).
+        self.connections_revoked = 0
+        # Open connections with a peer certificate (both ways), for a reload's CRL check.
+        self._open: dict[Flow, _OpenConnection] = {}
         self._revoked_logged: set[tuple[str, int | None]] = set()
         # (when, "stale" or "expired", CRL): warnings still to give, earliest first; looked at
         # when a connection starts, so a CRL nobody refreshes is logged before and when it
@@ -953,7 +976,8 @@ class TlsTransport(StreamTransport):
         every listener's context and every outbound one made so far are rebuilt first, with
         the same checks as at start-up, plus the certificate's validity period; only when all
         of them succeed are they swapped in. Otherwise :class:`ReloadError` names the file and
-        the reason, and everything stays as it was. Connections up keep their contexts."""
+        the reason, and everything stays as it was. Connections up keep their contexts, but
+        those whose peer certificate the new CRLs revoke are closed (:meth:`_close_revoked`)."""
         paths = self._paths  # configured, generated (the same files, never regenerated) or None
         now = time.time()
         try:
@@ -986,7 +1010,68 @@ class TlsTransport(StreamTransport):
         self._crls = crls
         self._revoked_logged.clear()  # a phone still refused after the reload is logged again
         self._announce_crls(now=now)
+        if crls:
+            self._close_revoked(crls)
         return loaded
+
+    # -- connections a reloaded CRL revokes -------------------------------------------------
+
+    def _connection_up(
+        self, flow: Flow, info: ConnectionInfo, reading: trio.CancelScope, host: TransportHost
+    ) -> None:
+        # Without crl_files (read at start-up only, like the config) nothing is ever checked.
+        if info.revocation_id is not None and self._crl_paths:
+            issuer_der, serial = info.revocation_id
+            self._open[flow] = _OpenConnection(CertificateId(issuer_der, serial), reading, host)
+
+    def _connection_down(self, flow: Flow) -> None:
+        self._open.pop(flow, None)
+
+    def _close_revoked(self, crls: Sequence[LoadedCrl]) -> None:
+        """Close every open connection whose peer certificate ``crls`` revoke: a phone connected
+        before its certificate was listed (a stolen handset that keeps re-registering over the
+        same connection) or a trunk whose CA revoked its certificate. Each is logged at WARNING
+        and counted; the core is told first (``host.flow_revoked``): it removes the
+        registrations made over the connection and ends the calls on it; an emergency call on
+        it keeps it open until that call ends. Once per reload, one set look-up per open
+        connection; nothing per message."""
+        revoked = RevokedSerials(crls)
+        closing = [
+            (flow, opened)
+            for flow, opened in self._open.items()
+            if revoked.revokes(opened.certificate)
+        ]
+        for flow, opened in closing:
+            del self._open[flow]
+            self.connections_revoked += 1
+            subject = flow.peer_certificate.subject if flow.peer_certificate else "none"
+            log.warning(
+                "%s: closing the connection with %s: its certificate is revoked by a reloaded "
+                "CRL; peer certificate: %s, serial %X",
+                self.name,
+                format_address(flow.remote),
+                _printable(subject),
+                opened.certificate.serial,
+            )
+            # Where the connection's reader runs (the listener's nursery, which exists while
+            # any connection does); the reload itself cannot wait.
+            assert self._nursery is not None
+            self._nursery.start_soon(self._close_revoked_connection, flow, opened)
+
+    async def _close_revoked_connection(self, flow: Flow, opened: _OpenConnection) -> None:
+        """Have the core end what uses ``flow`` (it returns once the calls it ended sent their
+        BYEs, at most 2 s, and the emergency calls over it ended), then close it: unusable
+        at once (``flow.closed``: the next request to that peer opens a new connection, which
+        the new CRL refuses), and its reader cancelled, which sends close_notify and closes
+        the socket."""
+        try:
+            await opened.host.flow_revoked(flow, "TLS certificate revoked")
+        except Exception:
+            # A bug in the core must not leave a revoked peer connected.
+            log.exception("%s: ending what used %s failed", self.name, flow.key)
+        finally:
+            opened.host.flows.remove(flow)
+            opened.reading.cancel()
 
     def _check_generated_names(self, paths: CertificatePaths, listen_host: str) -> None:
         if listen_host in ("0.0.0.0", "::"):
@@ -1118,6 +1203,7 @@ class TlsTransport(StreamTransport):
 
         peer = connection.get_peer_certificate(as_cryptography=True)
         identity: PeerCertificate | None = None
+        revocation_id: CertificateId | None = None
         if reason is None and peer is not None:
             try:
                 verified = record.chain_verified
@@ -1128,6 +1214,7 @@ class TlsTransport(StreamTransport):
                         named = ", ".join(names_in(peer)) or "nothing"
                         reason = f"certificate does not name {name} (it names {named})"
                 identity = peer_identity(peer, verified=verified)
+                revocation_id = CertificateId.of(peer)
             except ValueError as exc:  # OpenSSL took it, cryptography cannot read it
                 reason = f"unreadable certificate ({exc})"
         if reason is not None:
@@ -1157,7 +1244,13 @@ class TlsTransport(StreamTransport):
             connection.get_cipher_name(),
             "none" if identity is None else f"sha256 {identity.sha256_fingerprint}",
         )
-        return tls, ConnectionInfo(secure=True, peer_certificate=identity)
+        return tls, ConnectionInfo(
+            secure=True,
+            peer_certificate=identity,
+            revocation_id=(
+                None if revocation_id is None else (revocation_id.issuer_der, revocation_id.serial)
+            ),
+        )
 
     def _log_revoked(
         self,

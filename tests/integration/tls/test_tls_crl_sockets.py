@@ -6,7 +6,10 @@ all made with the cryptography library here.
   subject and serial; counted) and takes a good one and a phone of a CA without a CRL;
 - a server-only listener refuses a revoked certificate too, though it takes unverified ones;
 - a trunk whose server certificate is revoked is refused when we connect;
-- a reload (what SIGHUP does) swaps the CRL for new handshakes; a phone connected before stays;
+- a reload (what SIGHUP does) swaps the CRL for new handshakes and closes the connections up
+  whose certificate it revokes, a phone's and a trunk's: the phone's registrations go, its
+  calls end, but an emergency call goes on and keeps the connection up until it ends; a good
+  phone stays;
 - an expired CRL fails closed: the good phone is refused too, counted as ``crl``.
 """
 
@@ -14,7 +17,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import attrs
 import pytest
@@ -22,6 +28,11 @@ import trio
 import trio.testing
 
 from gateway.core.cli import EXIT_USAGE, main
+from gateway.core.gateway import Gateway
+from gateway.core.sip.message import Request
+from gateway.core.sip.parser import parse_message_untrusted
+from gateway.core.store.interface import Binding, BindingFlow
+from gateway.core.transport.flows import Flow, format_address
 from gateway.plugins.transports.tls import TlsHandshakeError
 from tests.integration.tls.test_tls_sockets import (
     LOOPBACK,
@@ -134,25 +145,149 @@ async def test_a_trunk_with_a_revoked_server_certificate_is_refused(
         assert transport.handshake_failures["revoked"] == 1
 
 
-async def test_a_reload_swaps_the_crl_for_new_handshakes(tmp_path: Path, pki: Pki) -> None:
-    crl = pki.vendor.crl(tmp_path / "vendor.crl")  # nothing revoked yet
-    tls = {"mode": "mutual", "ca_bundles": [str(pki.vendor.certificate)], "crl_files": [str(crl)]}
-    async with running_gateway(tmp_path / "state", tls) as gateway:
-        port = tls_port(gateway)
-        early = await connect(port, client_context(certificate=pki.stolen))
-        try:
-            assert (await options_over(early)).status == 200
+class FakeCall:
+    """Stands in for a call in the call manager: its legs' flows, its INVITE, and how the
+    gateway ended it (a real call over these sockets would need digest, SDP and media)."""
 
-            pki.vendor.crl(crl, revoked=[pki.stolen])  # the handset was reported stolen
+    def __init__(self, name: str, flow: Flow, invite: Request) -> None:
+        self.id = name
+        self.a = SimpleNamespace(flow=flow, invite=invite)
+        self.b_legs: list[object] = []
+        self.psap_callback = False
+        self.ended: list[str] = []
+
+    def end_by_gateway(self, reason: str) -> None:
+        self.ended.append(reason)
+
+
+def invite_to(number: str) -> Request:
+    request = parse_message_untrusted(
+        (
+            f"INVITE sip:{number}@{LOOPBACK} SIP/2.0\r\n"
+            f"Via: SIP/2.0/TLS {LOOPBACK}:5999;branch=z9hG4bK{number}\r\n"
+            f"From: <sip:phone@{LOOPBACK}>;tag=a\r\nTo: <sip:{number}@{LOOPBACK}>\r\n"
+            f"Call-ID: {number}@{LOOPBACK}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+    )
+    assert isinstance(request, Request)
+    return request
+
+
+def bind(gateway: Gateway, account: str, flow: Flow) -> Binding:
+    """The binding a REGISTER over ``flow`` leaves in the store (RFC 5626: on that flow)."""
+    assert gateway.store is not None
+    gateway.store.accounts_add(account, "secret", LOOPBACK)
+    binding = Binding(
+        aor=f"sip:{account}@{LOOPBACK}",
+        key=f"sip:{account}@{format_address(flow.remote)}",
+        account=account,
+        contact=f"sip:{account}@{format_address(flow.remote)};transport=tls",
+        expires_at=time.time() + 3600,
+        call_id=f"reg-{account}",
+        cseq=1,
+        flow=BindingFlow("tls", format_address(flow.local), format_address(flow.remote)),
+    )
+    gateway.store.upsert_binding(binding)
+    return binding
+
+
+async def closed_by_the_gateway(stream: trio.SSLStream[trio.SocketStream]) -> bool:
+    with trio.fail_after(5):
+        try:
+            return await stream.receive_some(65536) == b""  # close_notify, then EOF
+        except trio.BrokenResourceError:
+            return True
+
+
+async def test_a_reload_closes_the_connections_its_crl_revokes(
+    tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A CRL is loaded from the start, the phone's certificate not in it yet: the handset is
+    # reported stolen while connected, the cron job fetches the new CRL and reloads.
+    caplog.set_level(logging.INFO)
+    crl = pki.vendor.crl(tmp_path / "vendor.crl")
+    tls = {
+        "mode": "mutual",
+        "ca_bundles": [str(pki.vendor.certificate)],
+        "crl_files": [str(crl)],
+        "system_ca_for_trunks": False,
+    }
+    async with (
+        trunk_server(pki.trunk) as old_sbc,
+        running_gateway(tmp_path / "state", tls) as gateway,
+    ):
+        port = tls_port(gateway)
+        transport = tls_transport(gateway)
+        stolen = await connect(port, client_context(certificate=pki.stolen))
+        good = await connect(port, client_context(certificate=pki.good))
+        try:
+            assert (await options_over(stolen)).status == 200
+            assert (await options_over(good)).status == 200
+            by_serial = {
+                flow.peer_certificate.subject: flow
+                for flow in gateway.flows
+                if flow.transport == "tls" and flow.peer_certificate is not None
+            }
+            stolen_flow, good_flow = by_serial["CN=0004f2000002"], by_serial["CN=0004f2000001"]
+            trunk_flow = await transport.open_flow((LOOPBACK, old_sbc.port), gateway)
+            bind(gateway, "stolen", stolen_flow)
+            kept = bind(gateway, "good", good_flow)
+            assert gateway.calls is not None
+            ordinary = FakeCall("ordinary", stolen_flow, invite_to("2001"))
+            emergency = FakeCall("emergency", stolen_flow, invite_to("112"))
+            other = FakeCall("other", good_flow, invite_to("2002"))
+            assert gateway.calls.calls_emergency_number(emergency.a.invite)
+            fakes: list[Any] = [ordinary, emergency, other]
+            gateway.calls.calls.update(fakes)
+
+            pki.vendor.crl(crl, revoked=[pki.stolen, pki.trunk])
             (report,) = gateway.reload_certificates()
-            assert (report.plugin, report.outcome) == ("tls", "reloaded")
+            assert report.outcome == "reloaded"
+            await trio.testing.wait_all_tasks_blocked()
+
+            assert trunk_flow.closed
+            assert ordinary.ended == ["TLS certificate revoked"]
+            assert emergency.ended == [] and other.ended == []
+            assert gateway.store is not None
+            assert gateway.store.bindings_for_account("stolen") == ()
+            assert gateway.store.bindings_for_account("good") == (kept,)
+            # The emergency call goes on, and with it the connection carrying its signalling.
+            assert not stolen_flow.closed
+            assert (await options_over(stolen)).status == 200
+            # Once it ended (as CallManager.forget does), the connection closes.
+            gateway.calls.calls.difference_update(fakes)
+            assert gateway.calls._call_left is not None
+            gateway.calls._call_left.set()
+            gateway.calls._call_left = None
+
+            assert await closed_by_the_gateway(stolen)
+            assert stolen_flow.closed
+            assert (await options_over(good)).status == 200  # not revoked: stays
+            assert not good_flow.closed
+            assert transport.connections_revoked == 2
+            assert transport.handshake_failures["revoked"] == 0  # no handshake failed
+            # A new connection with it is refused by the new CRL, as before.
             assert await refused(port, client_context(certificate=pki.stolen))
-            assert not await refused(port, client_context(certificate=pki.good))
-            # Up before the reload, on the old context: left alone (a restart, or the account's
-            # password changed, ends it).
-            assert (await options_over(early)).status == 200
         finally:
-            await trio.aclose_forcefully(early)
+            await trio.aclose_forcefully(stolen)
+            await trio.aclose_forcefully(good)
+    closing = [
+        r
+        for r in caplog.records
+        if r.name == TLS_LOG and "revoked by a reloaded CRL" in r.getMessage()
+    ]
+    assert [r.levelno for r in closing] == [logging.WARNING, logging.WARNING]
+    serial = f"{pki.stolen.x509.serial_number:X}"
+    assert any(
+        r.getMessage()
+        == f"tls: closing the connection with {format_address(stolen_flow.remote)}: its "
+        f"certificate is revoked by a reloaded CRL; peer certificate: CN=0004f2000002, "
+        f"serial {serial}"
+        for r in closing
+    )
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("registration of sip:stolen@127.0.0.1 at ") for m in messages)
+    assert any(m.startswith("emergency call(s) emergency over ") for m in messages)
 
 
 async def test_an_expired_crl_fails_closed(tmp_path: Path, pki: Pki) -> None:

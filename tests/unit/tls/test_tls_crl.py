@@ -19,6 +19,7 @@ from gateway.core.plugins import Registry, load_plugins
 from gateway.core.status import CallStatistics, StatusView
 from gateway.plugins.metrics.collect import _tls_handshakes
 from gateway.plugins.metrics.exposition import Exposition, format_value
+from gateway.plugins.transports.revocation import CertificateId, RevokedSerials, load_crl
 from gateway.plugins.transports.tls import TlsConfig, TlsTransport
 from tests.interop.harness.pki import TestCa, TestPki
 
@@ -234,6 +235,7 @@ def test_the_metric_families(tmp_path: Path, vendor: TestCa) -> None:
     assert 'voipgw_tls_handshake_failures_total{transport="tls",reason="revoked"} 2\n' in text
     assert 'voipgw_tls_handshake_failures_total{transport="tls",reason="crl"} 0\n' in text
     assert 'voipgw_tls_handshake_failures_total{transport="tls",reason="other"} 0\n' in text
+    assert 'voipgw_tls_connections_revoked_total{transport="tls"} 0\n' in text
     (loaded,) = tls.loaded_crls()
     gauge = f'voipgw_tls_crl_next_update_time_seconds{{transport="tls",file="{crl}"}} '
     assert f"{gauge}{format_value(loaded.next_update)}\n" in text
@@ -247,3 +249,20 @@ def test_the_metric_families(tmp_path: Path, vendor: TestCa) -> None:
     text = out.render().decode()
     assert "voipgw_tls_handshake_failures_total" in text
     assert "voipgw_tls_crl_next_update_time_seconds" not in text  # no crl_files: no family
+
+
+def test_open_connections_are_matched_by_issuer_name_and_serial(
+    tmp_path: Path, pki: TestPki, vendor: TestCa
+) -> None:
+    # What a reload checks each open connection's certificate with (the connection kept only
+    # its issuer Name, DER, and serial number from the handshake).
+    stolen, good = vendor.issue("0004f2000002", hosts=[]), vendor.issue("0004f2000001", hosts=[])
+    other = pki.ca("Second Vendor CA")
+    crl = load_crl(vendor.crl(tmp_path / "v.crl", revoked=[stolen]), [vendor.issued.x509])
+    revoked = RevokedSerials([crl])
+    assert revoked.revokes(CertificateId.of(stolen.x509))
+    assert not revoked.revokes(CertificateId.of(good.x509))
+    # The same serial from another CA (no CRL loaded for it): not this CRL's certificate.
+    same_serial = CertificateId(other.issued.x509.subject.public_bytes(), stolen.x509.serial_number)
+    assert not revoked.revokes(same_serial)
+    assert not RevokedSerials([]).revokes(CertificateId.of(stolen.x509))
