@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from gateway.core.auth.failures import FailurePolicy
+from gateway.core.calls.call import Call
 from gateway.core.calls.dialog_events import DialogEvents
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
@@ -71,7 +72,7 @@ from gateway.core.store.backends import (
     open_store,
 )
 from gateway.core.store.errors import StoreBusy, StoreError
-from gateway.core.store.interface import Binding, SharedCallLimits, Store
+from gateway.core.store.interface import Binding, BindingFlow, SharedCallLimits, Store
 from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 
@@ -400,6 +401,73 @@ class Gateway:
         self.statistics.flows_closed += 1
         self.endpoint.flow_closed(flow)
 
+    async def flow_revoked(self, flow: Flow, reason: str) -> None:
+        """The peer's certificate on ``flow`` was revoked (a CRL reload; the transport logged
+        it and closes the connection when this returns). Its registrations (RFC 5626 flows:
+        the binding's flow is gone for good, and the phone cannot make a new one) are removed,
+        so a call to the account fails at once instead of ringing a dead flow until the
+        binding expires; calls on it end with ``reason`` (BYE, ``Reason: SIP;cause=503``), sent
+        over it before it closes. An emergency call on it is not cut, as a drain does not cut
+        one: the connection stays up, carrying that call's signalling, until the call ends.
+        Rare (reloads), so walking the accounts' bindings is fine."""
+        self._remove_bindings_over(flow)
+        calls = self.calls
+        if calls is None:
+            return
+        on_flow = [
+            call
+            for call in calls.calls
+            if call.a.flow is flow or any(leg.flow is flow for leg in call.b_legs)
+        ]
+        kept = [call for call in on_flow if _is_emergency(calls, call)]
+        ending = [call for call in on_flow if call not in kept]
+        for call in ending:
+            call.end_by_gateway(reason)
+        if ending:
+            # Their BYEs still go over this connection (the phone hears why, RFC 3326), and the
+            # other leg's BYE is not held up behind an attempt to reconnect to a phone that is
+            # gone (connect_timeout). At most STOP_TIMEOUT, as when the gateway stops.
+            with trio.move_on_after(STOP_TIMEOUT):
+                await calls.until_ended(ending)
+        if kept:
+            log.warning(
+                "emergency call(s) %s over %s, whose certificate is revoked, go on: the "
+                "connection closes when they end",
+                ", ".join(call.id for call in kept),
+                format_address(flow.remote),
+            )
+            await calls.until_ended(kept)
+        if on_flow:
+            self._remove_bindings_over(flow)  # any the phone registered meanwhile
+
+    def _remove_bindings_over(self, flow: Flow) -> None:
+        store = self.store
+        if store is None:
+            return
+        over = BindingFlow(flow.transport, format_address(flow.local), format_address(flow.remote))
+        try:
+            bindings = [
+                binding
+                for account in store.accounts_list()
+                for binding in store.bindings_for_account(account.name)
+                if binding.flow == over
+            ]
+            for binding in bindings:
+                store.remove_binding(binding.aor, binding.key)
+        except StoreBusy as exc:
+            log.warning(
+                "registrations over %s (certificate revoked) left to expire: %s",
+                format_address(flow.remote),
+                exc,
+            )
+            return
+        for binding in bindings:
+            log.warning(
+                "registration of %s at %s removed: its TLS certificate is revoked",
+                binding.aor,
+                binding.contact,
+            )
+
     # -- running ----------------------------------------------------------------------------
 
     async def serve(
@@ -666,13 +734,7 @@ class Gateway:
         if calls is None or not calls.calls:
             return
         ending = [
-            call
-            for call in calls.calls
-            if not (
-                spare_emergency
-                and call.a.invite is not None
-                and (call.psap_callback or calls.calls_emergency_number(call.a.invite))
-            )
+            call for call in calls.calls if not (spare_emergency and _is_emergency(calls, call))
         ]
         for call in ending:
             call.end_by_gateway("gateway shutting down")
@@ -800,6 +862,13 @@ def run_until_signal(gateway: Gateway) -> int:
     finally:
         signal.signal(signal.SIGHUP, previous)
     return 0
+
+
+def _is_emergency(calls: CallManager, call: Call) -> bool:
+    """A call to an emergency number, or a PSAP's callback: what a drain and a revoked
+    certificate leave up."""
+    invite = call.a.invite
+    return invite is not None and (call.psap_callback or calls.calls_emergency_number(invite))
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

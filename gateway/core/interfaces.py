@@ -7,7 +7,7 @@ hooks); the core hands plugins the host objects defined here. Nothing in this mo
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -66,6 +66,12 @@ class TransportHost(Protocol):
 
     def flow_closed(self, flow: Flow) -> None:
         """Tell the core a connection-oriented flow has ended."""
+
+    async def flow_revoked(self, flow: Flow, reason: str) -> None:
+        """Tell the core that ``flow``'s peer certificate was revoked (``tls``, a reloaded CRL):
+        the registrations made over it go and the calls on it end with ``reason``. Returns
+        when the transport may close it: at once, or once the emergency calls over it ended
+        (they are not cut). :meth:`flow_closed` follows as usual."""
 
     def peer_name(self, remote: Address) -> str | None:
         """The host name the peer at ``remote`` is known by, when the core reached it through
@@ -251,8 +257,31 @@ class TappedMedia:
     the call is on hold one way or both (RFC 3264 §8.4)."""
 
 
+@attrs.frozen
+class SessionAnswer:
+    """A plugin's answer to the far end's re-INVITE or UPDATE with a body in its session
+    (``OutboundSession.on_request``): the status (2xx: taken, the timer refreshed; else the
+    refusal, e.g. 488 for an offer it cannot take, RFC 3264 §6, and the session stays as it
+    was), its reason phrase, extra header fields (e.g. a 415's Accept), and the body: the SDP
+    answer to an offer (``application/sdp``), which a later re-INVITE without an offer is
+    answered with too (RFC 3264 §8), or none (b"": a re-INVITE is then answered with the SDP
+    in force, its 2xx then the offer, RFC 3261 §14.2)."""
+
+    status: int
+    reason: str = ""
+    body: bytes = b""
+    content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
 class OutboundSession(Protocol):
     """An INVITE session the gateway opened for a plugin (``OutboundSessionHost``)."""
+
+    on_request: Callable[[str, str | None, bytes], SessionAnswer] | None
+    """Set by the plugin to read what the far end's re-INVITE or UPDATE carries: called with
+    the method, the Content-Type and the body of each one that has a body (and is not refused
+    first: 491 while our re-INVITE is out, 422), synchronously; what it returns is the answer.
+    None (the default): an offer is answered with the SDP of our last offer it took."""
 
     answer_body: bytes
     answer_type: str | None
@@ -287,6 +316,11 @@ class OutboundSession(Protocol):
     async def refresh(self) -> int | None:
         """A session refresh without an offer: UPDATE without a body (RFC 4028 §10, RFC 3311),
         for a far end that ``allows_update``; the final status or None as :meth:`update`."""
+
+    async def probe(self) -> int | None:
+        """An OPTIONS in the dialog (RFC 3261 §11): is the far end still there, where no
+        session timer runs? Its final status (a 481 ends the session as for :meth:`update`),
+        or None without one. Not a refresh."""
 
     async def close(self) -> None:
         """End the session (BYE) unless the far end did."""
@@ -859,6 +893,19 @@ class GatewayStatus(Protocol):
 
     def tls_certificates(self) -> tuple[tuple[str, LoadedCertificate], ...]:
         """The certificates plugins serve now: (plugin, certificate), in plugin order."""
+
+    def tls_handshake_failures(self) -> tuple[tuple[str, str, int], ...]:
+        """Failed TLS handshakes of SIP transports (``tls``, ``wss``) since the start:
+        (transport, reason, count), reasons ``revoked`` (the peer's certificate is revoked),
+        ``crl`` (the CRL of its CA could not be used: expired ...) and ``other``."""
+
+    def tls_connections_revoked(self) -> tuple[tuple[str, int], ...]:
+        """TLS connections of SIP transports closed because a reloaded CRL revoked the peer's
+        certificate, since the start: (transport, count)."""
+
+    def tls_crls(self) -> tuple[tuple[str, str, float], ...]:
+        """The CRLs SIP transports check peers' certificates against now (``[plugins.tls]
+        crl_files``): (transport, file, nextUpdate as Unix time)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ with ``reload_certificates()`` and ``loaded_certificates()``
 every file it uses loaded and passed the start-up checks and new handshakes use them, or it
 raised ``ReloadError`` and kept what it had. One object's failure never stops another's
 reload. Connections already up keep the contexts they were made with (OpenSSL counts its
-references), so calls on them are untouched. Nothing here runs per call or per packet.
+references), so calls on them are untouched; the one exception is a ``tls`` connection whose
+peer certificate a reloaded CRL revokes, which the transport closes itself
+(``TransportHost.flow_revoked``). Nothing here runs per call or per packet.
 
 A holder with ``covert = True`` (lawful interception: that it is configured must not show to
 whoever reads the ordinary log or the metrics) reloads like the others, but is never counted,

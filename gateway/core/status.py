@@ -342,3 +342,27 @@ class StatusView:
 
     def tls_certificates(self) -> tuple[tuple[str, LoadedCertificate], ...]:
         return self._gateway.certificate_reloads.certificates()
+
+    def tls_handshake_failures(self) -> tuple[tuple[str, str, int], ...]:
+        found: list[tuple[str, str, int]] = []
+        for name, transport in self._gateway.plugins.transports.items():
+            failures = getattr(transport, "handshake_failures", None)  # tls, wss
+            if failures is not None:
+                found += [(name, reason, count) for reason, count in failures.items()]
+        return tuple(found)
+
+    def tls_connections_revoked(self) -> tuple[tuple[str, int], ...]:
+        found: list[tuple[str, int]] = []
+        for name, transport in self._gateway.plugins.transports.items():
+            revoked = getattr(transport, "connections_revoked", None)  # tls, wss
+            if revoked is not None:
+                found.append((name, revoked))
+        return tuple(found)
+
+    def tls_crls(self) -> tuple[tuple[str, str, float], ...]:
+        found: list[tuple[str, str, float]] = []
+        for name, transport in self._gateway.plugins.transports.items():
+            loaded_crls = getattr(transport, "loaded_crls", None)
+            if loaded_crls is not None:
+                found += [(name, crl.path, crl.next_update) for crl in loaded_crls()]
+        return tuple(found)

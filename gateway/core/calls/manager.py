@@ -486,11 +486,7 @@ class CallManager:
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         found = self._find(request)
         if found is None:
-            answer = self.outbound.in_dialog(request, flow)
-            if answer is None:
-                return False
-            self._nursery.start_soon(self.endpoint.respond, transaction, answer)
-            return True
+            return self.outbound.in_dialog(transaction, request, flow)
         call, side = found
         call.post(RequestEvent(side, transaction, request, flow))
         return True

@@ -7,17 +7,21 @@ plugin's body through the endpoint's client transactions (retransmission, Timer 
 final response (1xx are passed over), ACKs a 2xx (RFC 3261 §13.2.2.4) and returns the session,
 whose dialog is registered so the far end's in-dialog requests reach it: its BYE is answered
 200 and sets ``ended``; its re-INVITE or UPDATE is a session refresh (RFC 4028), answered 200
-with the session timer and, where it offers (or a re-INVITE without an offer asks for one), the
-SDP of our last offer it took: a plugin's session changes only by the plugin's own offers, so
-that is the answer in force; any other request gets 501. :meth:`OutboundSession.close` sends
-BYE (once).
+with the session timer. What such a request carries (a new offer, RFC 3264 §8, or a body of the
+plugin's protocol) is the plugin's to read (``on_request``: its answer, or a refusal that leaves
+the session as it was); without a reader, and for a re-INVITE without an offer (RFC 3261 §14.2),
+the answer or offer is the SDP in force: that of our last offer it took, or of the plugin's last
+answer. Until the far end ACKs our 2xx to its re-INVITE, our own re-INVITE waits (§14.1). Any
+other request gets 501. :meth:`OutboundSession.close` sends BYE (once).
 
 Session timers (RFC 4028) reuse the call legs' sans-IO rules (``sip/session_timer.py``):
 ``open_session(session_expires=)`` offers one with us refreshing (§7.1), a 422 is asked again
 once at its Min-SE (§7.3), and each 2xx, ours or the far end's, sets ``timer``. The plugin acts
 on ``timer.due``: it refreshes (:meth:`OutboundSession.refresh`, an UPDATE without a body, where
 the far end allows UPDATE; else :meth:`OutboundSession.update`, whose re-INVITE refreshes too),
-or ends the session the far end stopped refreshing.
+or ends the session the far end stopped refreshing. Where no timer runs,
+:meth:`OutboundSession.probe` (an OPTIONS in the dialog, RFC 3261 §11) tells whether the far
+end is still there.
 
 A plugin that stops waiting for an answer (it is cancelled: its own timeout, or its call ended)
 leaves the INVITE or re-INVITE to :meth:`OutboundSessions._abandoned`: CANCEL once a provisional
@@ -39,13 +43,13 @@ or the dialog's remote target leads elsewhere the request is not sent (a refusal
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import trio
 
 from gateway.core.calls.routing import UnroutableTarget, destination_for
-from gateway.core.interfaces import RouteTarget
+from gateway.core.interfaces import RouteTarget, SessionAnswer
 from gateway.core.sip.dialog import Dialog, is_sips
 from gateway.core.sip.errors import RemoteSipError, SipError
 from gateway.core.sip.grammar import parse_uri_untrusted
@@ -71,6 +75,7 @@ from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 if TYPE_CHECKING:
     from gateway.core.endpoint import ClientRequest, SipEndpoint
     from gateway.core.ids import IdSource
+    from gateway.core.sip.transaction import ServerTransaction
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +119,15 @@ class OutboundSession:
         None without one. Set by the 2xx of each INVITE, re-INVITE or UPDATE either side sends."""
         self.allows_update = allows_update(answer.headers)
         """The far end listed UPDATE in its Allow (RFC 3311): a refresh need not re-offer."""
+        self.on_request: Callable[[str, str | None, bytes], SessionAnswer] | None = None
+        """The plugin's reader of the far end's re-INVITE or UPDATE with a body
+        (``interfaces.OutboundSession.on_request``); None: our last SDP answers an offer."""
         self._sdp = sdp
         self._offering = False  # our re-INVITE is out, not answered yet
+        # Set once the far end ACKed our 2xx to its re-INVITE; None when none is waiting.
+        self._awaiting_ack: trio.Event | None = None
+        # Set once our answer to the far end's last request went out.
+        self._responding: trio.Event | None = None
         self._closed = False
 
     @property
@@ -153,9 +165,15 @@ class OutboundSession:
         ACKed, its body then in ``answer_body``), or None when the session is over or the
         request could not be sent (with ``secure_only``: not over TLS). ``sdp``: the offer's
         SDP (the body's, or its part), what the far end's own re-INVITE is answered with once
-        this one is taken. Asks for the session timer and refreshes it (RFC 4028 §7.4)."""
+        this one is taken. Asks for the session timer and refreshes it (RFC 4028 §7.4).
+        Waits first (at most 64*T1) for the ACK of our 2xx to a re-INVITE of the far end: no
+        new INVITE transaction while one is in progress either way (RFC 3261 §14.1)."""
         self._offering = True
         try:
+            with trio.move_on_after(64 * self._owner.endpoint.gateway.config.sip.t1):
+                for pending in (self._responding, self._awaiting_ack):
+                    if pending is not None:
+                        await pending.wait()
             status = await self._request("INVITE", body, content_type, secure_only)
         finally:
             self._offering = False
@@ -168,6 +186,13 @@ class OutboundSession:
         (RFC 3311), for a far end that allows it (``allows_update``; otherwise refresh with
         :meth:`update`). The far end's final status, or None as :meth:`update`."""
         return await self._request("UPDATE", b"", None, False)
+
+    async def probe(self) -> int | None:
+        """An OPTIONS in the dialog (RFC 3261 §11), to learn whether the far end still has the
+        session where no session timer runs: its final status (any, even 405 or 501, says it
+        is there; a 481 that it lost the dialog, which is then over as for a re-INVITE), or
+        None without one (Timer F: it is gone). Not a session refresh (RFC 4028 §10)."""
+        return await self._request("OPTIONS", b"", None, False)
 
     async def _request(
         self, method: str, body: bytes, content_type: str | None, secure_only: bool
@@ -191,7 +216,7 @@ class OutboundSession:
                     method,
                     via=endpoint.new_via(flow),
                     contact=self._contact,
-                    extra=self._timer_headers(),
+                    extra=self._timer_headers() if method != "OPTIONS" else (),
                     body=body,
                     content_type=content_type,
                 )
@@ -212,6 +237,8 @@ class OutboundSession:
                 # without a BYE.
                 self._far_end_gone()
                 return final.status
+            if method == "OPTIONS":
+                return final.status  # RFC 4028: no refresh (nor a failed one)
             if final.is_success:
                 self._refreshed(final)
                 if method == "INVITE":
@@ -224,7 +251,8 @@ class OutboundSession:
             return final.status
         except OSError as exc:
             log.info("session %s: %s not sent: %s", self.call_id, method, exc)
-            self._refresh_failed()
+            if method != "OPTIONS":
+                self._refresh_failed()
             return None
 
     # -- session timers (RFC 4028), with the call legs' sans-IO rules (sip/session_timer.py) --
@@ -301,10 +329,11 @@ class OutboundSession:
 
     def _answer_refresh(self, request: Request) -> Response:
         """The far end's re-INVITE or UPDATE (RFC 4028 §9: a session refresh, its own or one
-        it asks us to take over). Its session timer is answered by the call legs' rules; an
-        offer in it (or a re-INVITE without one, RFC 3261 §14.2) gets our session as it stands
-        (the SDP of our last offer it took): a recording session's streams change only by our
-        own updates, so the answer that matches its offer is the one in force (RFC 3264 §8)."""
+        it asks us to take over). Its session timer is answered by the call legs' rules. A
+        body goes to the plugin's ``on_request`` (its answer, or its refusal: then neither the
+        session nor the timer changed); without one, an offer gets our session as it stands,
+        the SDP of our last offer it took (RFC 3264 §8). A re-INVITE without an offer (RFC
+        3261 §14.2) gets the SDP in force as our offer in the 2xx."""
         try:
             timer = answer_as_uas(
                 request.headers, wanted=self.session_expires, min_se=self.min_se, can_refresh=True
@@ -319,17 +348,36 @@ class OutboundSession:
         if offers and self._offering:
             # RFC 3261 §14.2, RFC 3311 §5.2: our own offer is out; the SRS tries again later.
             return make_response(request, 491, "Request Pending")
-        if offers and not self._sdp:
-            return make_response(request, 488, "Not Acceptable Here")
+        body, content_type = b"", None
+        handler = self.on_request
+        if request.body and handler is not None:
+            # The plugin reads what the body carries (an offer, RFC 3264 §6; a request of its
+            # own protocol); a refusal leaves the session, and the timer, as they were.
+            try:
+                answer = handler(request.method, request.headers.get("Content-Type"), request.body)
+            except Exception:
+                log.exception("session %s: the plugin failed on a %s", self.call_id, request.method)
+                return make_response(request, 500, "Server Internal Error")
+            if not 200 <= answer.status < 300:
+                return make_response(
+                    request, answer.status, answer.reason or None, extra=list(answer.headers)
+                )
+            body, content_type = answer.body, answer.content_type
+            if body and content_type == "application/sdp":
+                self._sdp = body  # RFC 3264 §8: the session as it now stands
+            offers = request.method == "INVITE" and not body  # §14.2: its 2xx then offers
+        if offers and not body:
+            if not self._sdp:
+                return make_response(request, 488, "Not Acceptable Here")
+            body, content_type = self._sdp, "application/sdp"
         # A refresh taken: the timer runs from now, with whoever §9 made the refresher.
         self.timer = leg_timer(timer.expires, we_are_uac=False, now=trio.current_time())
-        body = self._sdp if offers else b""
         return make_response(
             request,
             200,
             extra=[("Contact", str(self._contact)), *timer.headers()],
             body=body,
-            content_type="application/sdp" if body else None,
+            content_type=content_type if body else None,
         )
 
     def _far_end_gone(self) -> None:
@@ -591,21 +639,37 @@ class OutboundSessions:
             log.info("session %s: answered after its owner gave up; ended (BYE)", session.call_id)
             await session.close()
 
-    def in_dialog(self, request: Request, flow: Flow) -> Response | None:
-        """The answer to a far end's request in one of our sessions; None when it is not one.
-        A 2xx to its re-INVITE is re-sent over ``flow``, when that is UDP, until the ACK."""
+    def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
+        """Answer a far end's request in one of our sessions (through ``transaction``); False
+        when it is not one. A 2xx to its re-INVITE is re-sent over ``flow``, when that is UDP,
+        until the ACK. The plugin's next re-INVITE goes after this answer (a snapshot the far
+        end asked for follows our 200, not the other way round)."""
         tag = request.to.tag
         if tag is None:
-            return None
+            return False
         session = self._by_dialog.get((request.call_id, tag))
         if session is None:
-            return None
+            return False
         answer = session._far_end_request(request)
-        if request.method == "INVITE" and answer.is_success and not flow.reliable:
+        session._responding = sent = trio.Event()
+        self._nursery.start_soon(self._respond, transaction, answer, sent)
+        if request.method == "INVITE" and answer.is_success:
+            # Until its ACK our next re-INVITE waits (RFC 3261 §14.1), and over UDP the 2xx is
+            # re-sent (§13.3.1.4).
             key = (request.call_id, request.cseq.number)
-            self._unacked[key] = acked = trio.Event()
-            self._nursery.start_soon(self._retransmit_2xx, answer, flow, key, acked)
-        return answer
+            self._unacked[key] = session._awaiting_ack = acked = trio.Event()
+            self._nursery.start_soon(
+                self._retransmit_2xx, answer, flow, key, acked, not flow.reliable
+            )
+        return True
+
+    async def _respond(
+        self, transaction: ServerTransaction, answer: Response, sent: trio.Event
+    ) -> None:
+        try:
+            await self.endpoint.respond(transaction, answer)
+        finally:
+            sent.set()
 
     def ack(self, request: Request) -> bool:
         """The ACK of our 2xx to a far end's re-INVITE: stop re-sending it. False when it is
@@ -617,18 +681,21 @@ class OutboundSessions:
         return True
 
     async def _retransmit_2xx(
-        self, answer: Response, flow: Flow, key: tuple[str, int], acked: trio.Event
+        self, answer: Response, flow: Flow, key: tuple[str, int], acked: trio.Event, resend: bool
     ) -> None:
         """RFC 3261 §13.3.1.4: the UAS core re-sends its 2xx at T1, doubling up to T2, until
-        the ACK comes or 64*T1 has passed (then the far end has given up on it)."""
+        the ACK comes or 64*T1 has passed (then the far end has given up on it). ``resend``
+        False (a reliable flow): only waits for the ACK, for as long."""
         sip = self.endpoint.gateway.config.sip
-        interval = sip.t1
+        interval = sip.t1 if resend else 64 * sip.t1
         give_up = trio.current_time() + 64 * sip.t1
         try:
             while trio.current_time() < give_up:
                 with trio.move_on_after(interval):
                     await acked.wait()
                     return
+                if not resend:
+                    break
                 try:
                     await self.endpoint.send_response(answer, flow)
                 except OSError as exc:
@@ -637,6 +704,7 @@ class OutboundSessions:
                 interval = min(interval * 2, sip.t2)
             log.info("session %s: no ACK for our 2xx to its re-INVITE", key[0])
         finally:
+            acked.set()  # nothing waits for it any more
             if self._unacked.get(key) is acked:
                 del self._unacked[key]
 

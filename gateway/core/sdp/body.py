@@ -165,3 +165,32 @@ def _part(part: bytes) -> tuple[str | None, str | None, str | None, bytes]:
         fields.get("content-id"),
         content,
     )
+
+
+def body_parts_untrusted(content_type: str | None, body: bytes) -> tuple[tuple[str, bytes], ...]:
+    """Every part of a body as (media type in lower case, content): a multipart/mixed body's
+    parts (RFC 2046 §5.1; at most ``MAX_PARTS`` of at most ``MAX_PART_HEADERS`` header lines,
+    a part without Content-Type being text/plain), any other body as its one part; none for
+    no body. For a plugin that reads parts the B2BUA does not (an SRS's metadata request, RFC
+    7866 §9). Raises :class:`SdpError` for a malformed multipart body."""
+    if not body:
+        return ()
+    media_type, parameters = _media_type(content_type)
+    if media_type != MULTIPART_MIXED:
+        return ((media_type, body),)
+    boundary = parameters.get("boundary")
+    if boundary is None or _BOUNDARY.fullmatch(boundary) is None:
+        raise SdpError("multipart body without a valid boundary parameter (RFC 2046 §5.1.1)")
+    pieces = (b"\r\n" + body).split(b"\r\n--" + boundary.encode("ascii"), MAX_PARTS + 1)
+    parts: list[tuple[str, bytes]] = []
+    for piece in pieces[1:]:
+        if piece.startswith(b"--"):
+            return tuple(parts)  # the close delimiter
+        if len(parts) == MAX_PARTS:
+            raise SdpError(f"multipart body with more than {MAX_PARTS} parts")
+        line_end = piece.find(b"\r\n")
+        if line_end < 0 or piece[:line_end].strip(b" \t"):
+            raise SdpError("multipart delimiter line followed by other text (RFC 2046 §5.1.1)")
+        part_type, _, _, content = _part(piece[line_end + 2 :])
+        parts.append((_media_type(part_type or "text/plain")[0], content))
+    raise SdpError("multipart body without its close delimiter (RFC 2046 §5.1.1)")

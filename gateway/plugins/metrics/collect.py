@@ -37,6 +37,7 @@ def render(status: GatewayStatus, server: ServerStatistics | None = None) -> byt
     _caller_identity(out, status)
     _recording(out, status)
     _certificates(out, status)
+    _tls_handshakes(out, status)
     if server is not None:
         _exporter(out, server)
     return out.render()
@@ -361,6 +362,40 @@ def _certificates(out: Exposition, status: GatewayStatus) -> None:
     )
     for plugin, not_after in expiry.items():
         out.sample(not_after, [("plugin", plugin)])
+
+
+def _tls_handshakes(out: Exposition, status: GatewayStatus) -> None:
+    failures = status.tls_handshake_failures()
+    if failures:  # no tls or wss transport: no family
+        out.family(
+            "voipgw_tls_handshake_failures_total",
+            "counter",
+            "Failed TLS handshakes of SIP transports, by transport and reason: revoked (the "
+            "peer's certificate is in a CRL of crl_files), crl (its CA's CRL could not be used, "
+            "e.g. expired: fails closed), other.",
+        )
+        for transport, reason, count in failures:
+            out.sample(count, [("transport", transport), ("reason", reason)])
+    revoked = status.tls_connections_revoked()
+    if revoked:
+        out.family(
+            "voipgw_tls_connections_revoked_total",
+            "counter",
+            "TLS connections of SIP transports closed because a reloaded CRL of crl_files "
+            "revoked the peer's certificate (a phone connected before it was revoked).",
+        )
+        for transport, count in revoked:
+            out.sample(count, [("transport", transport)])
+    crls = status.tls_crls()
+    if crls:  # no crl_files: no family
+        out.family(
+            "voipgw_tls_crl_next_update_time_seconds",
+            "gauge",
+            "When each CRL of crl_files reaches its nextUpdate, seconds since the epoch; from "
+            "then on every handshake with a certificate of its CA fails until a new one is loaded.",
+        )
+        for transport, path, next_update in crls:
+            out.sample(next_update, [("transport", transport), ("file", path)])
 
 
 def _trunks(out: Exposition, status: GatewayStatus) -> None:

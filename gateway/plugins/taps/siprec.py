@@ -52,7 +52,8 @@ refreshes at half the interval: an UPDATE without a body where the SRS allows UP
 481 or not at all, or an interval that runs out (the SRS was the refresher and did not refresh,
 §10, or our refreshes kept failing), means the SRS is gone: BYE and a new recording session, as
 after a 481 (:meth:`SiprecSink._lost`). An SRS whose 2xx has no Session-Expires runs no timer
-(§7.2) and is found out only at the next update (no answer: kept, counted ``no_answer``).
+(§7.2): it gets an OPTIONS in the dialog (RFC 3261 §11) when we would have refreshed, and one
+that answers it 408, 481 or not at all is gone, as above.
 
 The end of the call. The call's legs are released first (this sink's task outlives the call).
 Then, with ``final_metadata`` and the SRS in step with us (no update refused or under way), the
@@ -85,9 +86,18 @@ the party who left keeps its id and gains a disassociate-time, the new one (the 
 dialog) joins with an id of its own, and sends and receives what its side does; the session and
 stream ids never change (RFC 7865 §6). The copies go on as they are.
 
+What the SRS asks (its re-INVITE or UPDATE with a body, :meth:`SiprecSink._srs_request`; the
+core answers its session timer). A new offer (RFC 3264 §8: the recording moved to another media
+server) is answered line for line by :func:`answer_srs_offer`, our labels, ports and sendonly
+kept, with SDES one a=crypto line per m= line (RFC 4568 §6.1); the copies go to its new
+addresses from then on. One we cannot answer gets 488 and nothing changes. Its answers to our
+re-offers are followed the same way. A metadata snapshot request (``application/rs-metadata-
+request``, RFC 7866 §9) is answered 200 and followed by a re-INVITE with the complete metadata
+beside an SDP offer, as any update.
+
 Not done: streams the call adds after its answer; pause/resume on the operator's request;
 DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7);
-following an SRS's re-offer that moves its ports (its refreshes are answered with our SDP).
+the answer in the SRS's ACK to its re-INVITE without an offer (not read).
 """
 
 from __future__ import annotations
@@ -106,9 +116,15 @@ import attrs
 import trio
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.interfaces import OutboundSession, SrtpKeys, TappedCall, TappedMedia
+from gateway.core.interfaces import (
+    OutboundSession,
+    SessionAnswer,
+    SrtpKeys,
+    TappedCall,
+    TappedMedia,
+)
 from gateway.core.media.srtp import SUPPORTED_SUITES, OutboundSrtpSession
-from gateway.core.sdp.body import sdp_of
+from gateway.core.sdp.body import body_parts_untrusted, sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.dialog import glare_wait
@@ -477,6 +493,186 @@ def srs_sdp(content_type: str | None, body: bytes) -> bytes:
     raise SdpError("the SRS answer has no SDP")
 
 
+# -- what the SRS asks of us (its re-INVITE or UPDATE with a body) -------------------------------
+
+METADATA_REQUEST_TYPE = "application/rs-metadata-request"
+"""An SRS's request for a complete metadata snapshot (RFC 7866 §9): a re-INVITE or UPDATE
+carrying a body of this type (a free-text reason), usually without an SDP offer."""
+SRS_REQUEST_TYPES = f"application/sdp, multipart/mixed, {METADATA_REQUEST_TYPE}"
+"""What an SRS's request may carry (a 415's Accept, RFC 3261 §21.4.13)."""
+
+
+@attrs.frozen
+class SrsRequest:
+    """What an SRS's re-INVITE or UPDATE carries: an SDP offer (b"": none) and whether it asks
+    for a metadata snapshot."""
+
+    offer: bytes
+    metadata_requested: bool
+
+
+class UnsupportedSrsBody(SdpError):
+    """A part we do not read that the SRS did not mark optional: 415 (RFC 3261 §21.4.13)."""
+
+
+def srs_request_untrusted(content_type: str | None, body: bytes) -> SrsRequest:
+    """Read an SRS's request body (bounded: ``body_parts_untrusted``): application/sdp (an
+    offer), application/rs-metadata-request, or a multipart/mixed of those; metadata of its own
+    (application/rs-metadata+xml, RFC 7866 §9.2 lets an SRS send none we need) and any other
+    part are passed over. Raises :class:`UnsupportedSrsBody` for a body that is none of these,
+    SdpError for a malformed one."""
+    parts = body_parts_untrusted(content_type, body)
+    offer = b""
+    requested = False
+    read = False
+    for media_type, content in parts:
+        if media_type == "application/sdp":
+            if offer:
+                raise SdpError("more than one application/sdp part")
+            offer, read = content, True
+        elif media_type == METADATA_REQUEST_TYPE:
+            requested = read = True
+        elif media_type == METADATA_TYPE:
+            read = True
+    if not read:
+        raise UnsupportedSrsBody(f"a body of {(content_type or '(none)')[:64]!r}")
+    return SrsRequest(offer, requested)
+
+
+class OfferRefused(SdpError):
+    """An SRS's offer we cannot answer (RFC 3264 §6): 488, the session left as it was."""
+
+
+@attrs.frozen
+class SrsOfferAnswer:
+    """Our answer to an SRS's offer: its SDP, where each stream's copies now go (streams it
+    declined, or will not receive, are absent), and each stream's SDES negotiation (in
+    ``streams`` order; the previous one where the stream was declined), None without SDES."""
+
+    sdp: bytes
+    destinations: dict[tuple[int, str], tuple[str, int]]
+    negotiations: list[SdesNegotiation | None] | None
+
+
+def answer_srs_offer(
+    offer: bytes,
+    streams: Sequence[RecordedStream],
+    ports: Sequence[int],
+    *,
+    address: str,
+    session_id: int,
+    version: int,
+    keying: SdesKeyExchange | None = None,
+    suites: Sequence[str] = (),
+    previous: Sequence[SdesNegotiation | None] = (),
+) -> SrsOfferAnswer:
+    """Answer an SRS's offer of the recording session (RFC 3264 §6, §8: a re-INVITE or UPDATE
+    that moves its ports or addresses, a media server change behind one SIP address): one m=
+    line per offered line, in its order. A line matched to one of our streams (by a=label, else
+    by position, as its first answer) keeps that stream's label and our port, its codecs that
+    the call has (the copies are the call's packets, never transcoded: same payload types),
+    and sends only (``a=sendonly``; ``a=inactive`` where the call holds it or the SRS does not
+    receive it, §6.1); with SDES (``keying``) one a=crypto line, the first of its offer whose
+    suite is in ``suites`` (RFC 4568 §6.1, §7.1.2), our key kept where its suite and key are
+    unchanged (§7.1.4). A line it set to port 0, one that names no stream of ours, and not
+    audio, are declined (port 0, §6). Raises :class:`OfferRefused` (SdpError: a malformed
+    SDP) for an offer that cannot be answered: another transport profile than ours, no codec
+    of the call, no usable crypto line, a c= line that is not IPv4; its text holds no key."""
+    sdp = parse_sdp_untrusted(offer)
+    proto = "RTP/AVP" if keying is None else "RTP/SAVP"
+    by_label = {stream.label: stream for stream in streams}
+    number_of = {(s.index, s.direction): n for n, s in enumerate(streams)}
+    negotiations: list[SdesNegotiation | None] | None = None
+    if keying is not None:
+        negotiations = [*previous] + [None] * (len(streams) - len(previous))
+    destinations: dict[tuple[int, str], tuple[str, int]] = {}
+    taken: set[str] = set()
+    lines = [
+        "v=0",
+        f"o=voipgw {session_id} {version} IN IP4 {address}",
+        "s=-",
+        f"c=IN IP4 {address}",
+        "t=0 0",
+    ]
+    for position, media in enumerate(sdp.media):
+        label = media.attributes.get("label")
+        stream = by_label.get(label) if label else None
+        if stream is None and not label and position < len(streams):
+            stream = streams[position]
+        if (
+            stream is None
+            or stream.label in taken
+            or media.port == 0
+            or media.media.lower() != "audio"
+        ):
+            # RFC 3264 §6: a stream we reject is answered with port 0 (and its formats).
+            lines.append(f"m={media.media} 0 {media.proto} {' '.join(media.formats)}")
+            continue
+        taken.add(stream.label)
+        if media.proto.upper() != proto:
+            raise OfferRefused(
+                f"stream {stream.label} offered over {media.proto[:32]!r}, we send {proto}"
+            )
+        formats = _common_formats(media, stream.media)
+        if not formats:
+            raise OfferRefused(f"stream {stream.label}: none of the call's codecs offered")
+        connection = media.connection or sdp.connection
+        if connection is None:
+            raise OfferRefused(f"stream {stream.label} has no c= line")
+        if connection.addrtype.upper() != "IP4":
+            raise OfferRefused(f"stream {stream.label}: the copies are sent over IPv4")
+        receives = sdp.effective_direction(media).receives and connection.address != "0.0.0.0"
+        sending = receives and stream.media.direction == "sendrecv"
+        crypto: list[tuple[str, str | None]] = []
+        number = number_of[(stream.index, stream.direction)]
+        if keying is not None and negotiations is not None:
+            negotiation = keying.answer(
+                media.attributes,
+                suites=suites,
+                secure_signalling=True,
+                previous=negotiations[number],
+            )
+            if negotiation is None:
+                raise OfferRefused(f"stream {stream.label}: no a=crypto line (RFC 4568)")
+            if negotiation.failure is not None or negotiation.keys is None:
+                raise OfferRefused(f"stream {stream.label}: no acceptable a=crypto line")
+            negotiations[number] = negotiation
+            crypto = negotiation.local_sdp_attributes()  # one line: the chosen suite
+        port = ports[number]
+        lines.append(f"m=audio {port} {proto} {' '.join(formats)}")
+        lines += [f"a=rtpmap:{v}" for v in stream.media.rtpmaps if v.split(" ", 1)[0] in formats]
+        lines += [f"a=fmtp:{v}" for v in stream.media.fmtps if v.split(" ", 1)[0] in formats]
+        lines += [f"a=label:{stream.label}", "a=sendonly" if sending else "a=inactive"]
+        lines += [f"a={name}:{value}" for name, value in crypto]
+        if receives:
+            destinations[(stream.index, stream.direction)] = (connection.address, media.port)
+    return SrsOfferAnswer(("\r\n".join(lines) + "\r\n").encode(), destinations, negotiations)
+
+
+def _common_formats(offered: MediaDescription, ours: TappedMedia) -> list[str]:
+    """The formats of ``ours`` that the SRS offered, in its order: the same payload type and,
+    for one our rtpmap names, the same encoding and clock rate (RFC 3264 §6.1)."""
+    names = {
+        value.split(" ", 1)[0]: value.split(" ", 1)[1].lower()
+        for value in ours.rtpmaps
+        if " " in value
+    }
+    common: list[str] = []
+    for fmt in offered.formats:
+        if fmt not in ours.formats:
+            continue
+        name = names.get(fmt)  # e.g. "telephone-event/8000"
+        if name is not None and fmt.isdigit():
+            rtpmap = offered.rtpmap(int(fmt))
+            if rtpmap is not None and name.split("/")[:2] != [
+                rtpmap.encoding.lower(),
+                str(rtpmap.clock_rate),
+            ]:
+                continue
+        common.append(fmt)
+    return common
+
+
 # -- the sink -------------------------------------------------------------------------------------
 
 
@@ -517,7 +713,7 @@ class SiprecSink:
         self._sdp_version = self._sdp_session_id
         # SDES only: each stream's negotiation in force (in recorded_streams order) and the
         # outbound SRTP context of each stream the SRS accepted.
-        self._negotiations: list[SdesNegotiation] = []
+        self._negotiations: list[SdesNegotiation | None] = []
         self._srtp: dict[tuple[int, str], OutboundSrtpSession] = {}
         # The metadata's ids and parties, kept for every update (RFC 7865 §6); a transfer
         # changes the parties and makes the next re-INVITE carry the metadata again.
@@ -526,6 +722,10 @@ class SiprecSink:
         self._participants = call_participants(call, self._started)
         self._metadata_changed = False
         self._stopped: float | None = None  # when the call ended: the final snapshot
+        # The recorded streams and our port for each, once bound: what an SRS's offer is
+        # answered with (:meth:`_srs_request`).
+        self._streams: list[RecordedStream] = []
+        self._ports: list[int] = []
         # True while the SRS has taken our last offer and no re-INVITE is under way: only then
         # does the call's end send the final snapshot (one re-INVITE at a time, RFC 3261 §14.1).
         self._settled = True
@@ -562,6 +762,8 @@ class SiprecSink:
                     log.error("SIPREC: call %s: the core lent no SIP sessions", self.call.call_id)
                 else:
                     sockets = [await self._bind() for _ in streams]
+                    self._streams = streams
+                    self._ports = [sock.getsockname()[1] for sock in sockets]
                     self.session, self._destinations = await self._open(streams, sockets)
                 if self.session is not None:
                     nursery.start_soon(self._follow_changes, streams, sockets, nursery)
@@ -640,7 +842,21 @@ class SiprecSink:
         while session is not None and not session.ended.is_set():
             refresh = False
             timer = session.timer
-            if timer is None:
+            if timer is None and self._config.session_expires:
+                # No session timer (the SRS's 2xx had no Session-Expires, RFC 4028 §7.2): an
+                # OPTIONS in the dialog (RFC 3261 §11) when we would have refreshed instead.
+                with trio.move_on_after(self._config.session_expires / 2):
+                    await self._changed.wait()
+                if not self._changed.is_set():
+                    if session.timer is not None:
+                        continue  # a refresh of the SRS's started one meanwhile
+                    status = await self._probe(session)
+                    if status in (None, 408, 481):
+                        why = f"did not answer an OPTIONS probe ({status or 'no answer'})"
+                        session = await self._lost(session, streams, sockets, nursery, why)
+                        glare_retries = retries = 0
+                    continue
+            elif timer is None:
                 await self._changed.wait()
             else:
                 with trio.move_on_at(timer.due):
@@ -679,6 +895,7 @@ class SiprecSink:
                     session, current, negotiations
                 ):
                     return
+                self._follow_answer(session, current)
                 continue
             # The parties changed all the same: the next re-INVITE says so again.
             self._metadata_changed = self._metadata_changed or with_metadata
@@ -724,6 +941,98 @@ class SiprecSink:
                 f", tried {retries + 1} times" if retries else "",
             )
             retries = 0
+
+    def _follow_answer(self, session: OutboundSession, current: list[RecordedStream]) -> None:
+        """The SRS's answer to our re-offer says where each stream goes now (RFC 3264 §8.3.1:
+        it may move them); an answer we cannot read leaves them where they were."""
+        try:
+            self._destinations = srs_destinations(session.answer_type, session.answer_body, current)
+        except SdpError as exc:
+            log.warning(
+                "SIPREC: call %s: the SRS's answer to an update is unusable, the copies go on "
+                "where they went: %s",
+                self.call.call_id,
+                exc,
+            )
+
+    def _srs_request(self, method: str, content_type: str | None, body: bytes) -> SessionAnswer:
+        """The SRS's re-INVITE or UPDATE with a body (the core answered its session timer and
+        refuses it 491 while our re-INVITE is out). A new offer (RFC 3264 §8: the SRS moved
+        the recording to other ports or another media server) is answered by
+        :func:`answer_srs_offer` and the copies go to its new addresses from now on; one we
+        cannot answer gets 488 and the recording goes on as it was (§8: a refused offer changes
+        nothing). A metadata snapshot request (RFC 7866 §9) is answered 200 (to a re-INVITE,
+        with our SDP as it stands: its 2xx must offer, RFC 3261 §14.2) and the complete
+        metadata follows in a re-INVITE of ours beside an SDP offer, as every update."""
+        try:
+            request = srs_request_untrusted(content_type, body)
+            answer = self._answer_offer(request.offer) if request.offer else b""
+        except UnsupportedSrsBody as exc:
+            log.warning("SIPREC: call %s: the SRS's %s has %s", self.call.call_id, method, exc)
+            return SessionAnswer(
+                415, "Unsupported Media Type", headers=(("Accept", SRS_REQUEST_TYPES),)
+            )
+        except SdpError as exc:
+            log.warning(
+                "SIPREC: call %s: the SRS's offer is refused (488), the recording goes on as it "
+                "was: %s",
+                self.call.call_id,
+                exc,
+            )
+            return SessionAnswer(488, "Not Acceptable Here")
+        if request.metadata_requested:
+            log.info("SIPREC: call %s: the SRS asked for a metadata snapshot", self.call.call_id)
+            self._metadata_changed = True
+            self._changed.set()
+        if not answer:
+            return SessionAnswer(200)
+        return SessionAnswer(200, body=answer, content_type="application/sdp")
+
+    def _answer_offer(self, offer: bytes) -> bytes:
+        """Our answer to the SRS's offer, and what it changes: where the copies go, with SDES
+        the streams' keys and SRTP contexts. Raises SdpError (OfferRefused) with nothing
+        changed."""
+        current = self._current(self._streams)
+        version = self._sdp_version + 1  # RFC 3264 §8: our description changes
+        answered = answer_srs_offer(
+            offer,
+            current,
+            self._ports,
+            address=self._address,
+            session_id=self._sdp_session_id,
+            version=version,
+            keying=self._keying,
+            suites=self._config.srtp_suites,
+            previous=self._negotiations,
+        )
+        self._sdp_version = version
+        if answered.negotiations is not None:
+            in_force = {
+                (stream.index, stream.direction): negotiation.keys
+                for stream, negotiation in zip(current, self._negotiations, strict=False)
+                if negotiation is not None
+            }
+            keys = {
+                (stream.index, stream.direction): negotiation.keys
+                for stream, negotiation in zip(current, answered.negotiations, strict=True)
+                if negotiation is not None and negotiation.keys is not None
+            }
+            self._use_keys(keys, in_force)
+            self._negotiations = answered.negotiations
+        self._destinations = answered.destinations
+        log.info(
+            "SIPREC: call %s: the SRS's new offer taken, %d of %d streams sent to it",
+            self.call.call_id,
+            len(answered.destinations),
+            len(current),
+        )
+        return answered.sdp
+
+    async def _probe(self, session: OutboundSession) -> int | None:
+        """One OPTIONS liveness probe (RFC 3261 §11), within UPDATE_TIMEOUT."""
+        with trio.move_on_after(UPDATE_TIMEOUT):
+            return await session.probe()
+        return None
 
     async def _refresh(self, session: OutboundSession) -> int | None:
         """One session refresh by UPDATE (RFC 4028 §10), within UPDATE_TIMEOUT."""
@@ -919,7 +1228,19 @@ class SiprecSink:
         in_force = {
             (stream.index, stream.direction): negotiation.keys
             for stream, negotiation in zip(streams, self._negotiations, strict=False)
+            if negotiation is not None
         }
+        self._use_keys(keys, in_force)
+        self._negotiations = [*negotiations]
+        return True
+
+    def _use_keys(
+        self,
+        keys: dict[tuple[int, str], SrtpKeys],
+        in_force: dict[tuple[int, str], SrtpKeys | None],
+    ) -> None:
+        """Each stream's outbound SRTP context for ``keys``: kept while our key is the one in
+        force, a new one (and the old one freed) when our key changed."""
         for key, new in keys.items():
             context = self._srtp.get(key)
             old = in_force.get(key)
@@ -928,8 +1249,6 @@ class SiprecSink:
             if context is not None:
                 context.close()
             self._srtp[key] = OutboundSrtpSession(new.suite, new.local_key)
-        self._negotiations = negotiations
-        return True
 
     async def _bind(self) -> trio.socket.SocketType:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -1001,13 +1320,15 @@ class SiprecSink:
                     content_type=content_type,
                     headers=[
                         ("Require", "siprec"),
-                        ("Accept", f"application/sdp, {METADATA_TYPE}"),
+                        # RFC 7866 §9: the SRS may ask us for a metadata snapshot.
+                        ("Accept", f"application/sdp, {METADATA_TYPE}, {METADATA_REQUEST_TYPE}"),
                     ],
                     contact_parameters=("+sip.src",),
                     secure_only=keying is not None,
                     session_expires=self._config.session_expires,
                     sdp=offer,
                 )
+                session.on_request = self._srs_request
                 break
             except Exception as exc:
                 log.warning("SIPREC: call %s: %s", self.call.call_id, exc)

@@ -46,6 +46,9 @@ class ConnectionInfo:
 
     secure: bool = False
     peer_certificate: PeerCertificate | None = None
+    # TLS: (issuer Name DER, serial number) of the peer's certificate, what a CRL entry names
+    # (RFC 5280 §5.3): a reload that revokes it closes the connection (tls.py).
+    revocation_id: tuple[bytes, int] | None = None
 
 
 class StreamTransport:
@@ -66,6 +69,15 @@ class StreamTransport:
         self, stream: trio.SocketStream, *, server_side: bool, remote: Address
     ) -> tuple[trio.abc.Stream, ConnectionInfo]:
         return stream, ConnectionInfo()
+
+    def _connection_up(
+        self, flow: Flow, info: ConnectionInfo, reading: trio.CancelScope, host: TransportHost
+    ) -> None:
+        """A connection's flow is up; cancelling ``reading`` closes it (TLS keeps the ones a
+        CRL reload may have to close). Once per connection, never per message."""
+
+    def _connection_down(self, flow: Flow) -> None:
+        """The connection of ``flow`` is closing."""
 
     async def serve(
         self,
@@ -153,12 +165,18 @@ class StreamTransport:
         # defaults were 32 KiB of header and 64 KiB of body whatever the configuration said).
         limit = host.limits.max_message_size
         framer = StreamFramer(max_header_size=limit, max_body_size=limit, max_message_size=limit)
+        # Inside the stream's context: a cancelled read loop still closes the stream cleanly
+        # (TLS close_notify).
+        reading = trio.CancelScope()
+        self._connection_up(flow, info, reading, host)
         try:
             async with stream:
-                await self._read_loop(stream, framer, flow, host, send)
+                with reading:
+                    await self._read_loop(stream, framer, flow, host, send)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.debug("%s: connection %s ended: %s", self.name, flow.key, exc)
         finally:
+            self._connection_down(flow)
             host.flows.remove(flow)
             host.flow_closed(flow)
 

@@ -36,9 +36,16 @@ verify callback; OpenSSL's ``SSL_CTX_set_verify`` callback, reached through pyOp
 and still tell us whether the chain verified. :class:`TlsStream` runs a pyOpenSSL connection over
 memory BIOs on top of any trio stream.
 
-Certificate, key and CA bundles are read at start-up and again on SIGHUP
+Certificate, key, CA bundles and CRLs are read at start-up and again on SIGHUP
 (:meth:`TlsTransport.reload_certificates`, gateway/core/reload.py): every context is rebuilt
-before any is swapped in, and a connection keeps the context it was made with.
+before any is swapped in, and a connection keeps the context it was made with; but a reload
+that loads CRLs checks every open connection's peer certificate against them and closes those
+they revoke (:meth:`TlsTransport._close_revoked`).
+
+Revocation (``crl_files``, revocation.py): OpenSSL checks the peer's own certificate against the
+CRL of its CA (X509_V_FLAG_CRL_CHECK). A revoked certificate is refused in every mode; a CA
+without a CRL is not checked; a CRL past its nextUpdate fails closed, as OpenSSL does, and is
+logged loudly before and when that happens (docs/tls.md, "Certificate revocation").
 """
 
 from __future__ import annotations
@@ -79,6 +86,13 @@ from gateway.plugins.transports.certificates import (
     peer_identity,
     validity_problem,
 )
+from gateway.plugins.transports.revocation import (
+    CertificateId,
+    LoadedCrl,
+    RevokedSerials,
+    cas_without_crl,
+    load_crl,
+)
 from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
 
 log = logging.getLogger(__name__)
@@ -104,6 +118,9 @@ _READ_SIZE = 65536
 _BIO_CHUNK = 65536
 # Longest peer-supplied text (a certificate subject) that goes into one log line.
 _LOG_TEXT_LIMIT = 200
+# Revoked certificates logged at WARNING, once per (peer IP, serial); beyond this many the
+# memory starts over (a flood from many addresses must not grow it without bound).
+_REVOKED_LOG_LIMIT = 4096
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,6 +155,7 @@ class TlsConfig:
     private_key: str | None = None
     mode: Mode = "server-only"
     ca_bundles: tuple[str, ...] = ()
+    crl_files: tuple[str, ...] = ()
     verify_peers: bool = True
     system_ca_for_trunks: bool = True
     peers: Mapping[str, str] = attrs.field(factory=dict, converter=_read_only, hash=False)
@@ -181,6 +199,29 @@ class TlsConfig:
                 "ca_bundles: mutual mode verifies client certificates against these CAs; "
                 "list at least one PEM file"
             )
+        if self.crl_files:
+            self._check_crl_files()
+
+    def _check_crl_files(self) -> None:
+        # At start-up and in check-config, so that a CRL nobody in ca_bundles signed is a
+        # config error naming this key, not the first phone's refused handshake. The transport
+        # reads the files again (and on SIGHUP, gateway/core/reload.py).
+        if not self.ca_bundles:
+            raise ValueError(
+                "crl_files: each CRL must be signed by a CA certificate in ca_bundles; "
+                "list the CA there"
+            )
+        if len(set(self.crl_files)) != len(self.crl_files):
+            raise ValueError("crl_files: lists a file more than once")
+        try:
+            cas = [c for bundle in self.ca_bundles for c in load_certificates(Path(bundle))]
+        except CertificateError as exc:
+            raise ValueError(f"ca_bundles: {exc}") from None
+        for path in self.crl_files:
+            try:
+                load_crl(Path(path), cas)
+            except CertificateError as exc:
+                raise ValueError(f"crl_files: {exc}") from None
 
     @property
     def tcp(self) -> TcpConfig:
@@ -249,9 +290,16 @@ def _normalize(address: Address) -> Address:
 # OpenSSL X509_V_ERR_* codes a SIP deployment meets, for log lines (x509_vfy.h).
 _X509_ERRORS = {
     2: "unable to get issuer certificate",
+    3: "unable to get certificate CRL",
+    5: "unable to decrypt CRL's signature",
     7: "certificate signature failure",
+    8: "CRL signature failure",
     9: "certificate is not yet valid",
     10: "certificate has expired",
+    11: "CRL is not yet valid",
+    12: "CRL has expired",
+    15: "format error in CRL's lastUpdate field",
+    16: "format error in CRL's nextUpdate field",
     18: "self-signed certificate",
     19: "self-signed certificate in the chain",
     20: "unable to get local issuer certificate",
@@ -262,7 +310,20 @@ _X509_ERRORS = {
     26: "unsupported certificate purpose",
     27: "certificate not trusted",
     28: "certificate rejected",
+    33: "unable to get CRL issuer certificate",
+    35: "key usage does not include CRL signing",
+    36: "unhandled critical CRL extension",
+    44: "different CRL scope",
+    54: "CRL path validation error",
 }
+_UNABLE_TO_GET_CRL = 3
+_CERT_REVOKED = 23
+# The CRL of the certificate's CA could not be used (expired, not yet valid, bad signature, not
+# covering it): the verification fails closed, as OpenSSL's does. Counted as reason "crl".
+_CRL_ERRORS = frozenset({3, 5, 8, 11, 12, 15, 16, 33, 35, 36, 44, 54})
+
+#: Why a handshake failed, as ``voipgw_tls_handshake_failures_total`` counts it.
+FAILURE_REASONS = ("revoked", "crl", "other")
 
 
 @attrs.define
@@ -272,6 +333,16 @@ class _Verification:
     errors: list[str] = attrs.Factory(list)
     leaf_subject: str | None = None
     called: bool = False
+    revoked: bool = False  # the peer's certificate is revoked (crl_files)
+    revoked_serial: int | None = None  # its serial number, for the log line
+    crl_failed: bool = False  # a CRL could not be used for it (_CRL_ERRORS)
+
+    @property
+    def failure_reason(self) -> str:
+        """The ``FAILURE_REASONS`` entry of a handshake that failed with this record."""
+        if self.revoked:
+            return "revoked"
+        return "crl" if self.crl_failed else "other"
 
     @property
     def chain_verified(self) -> bool:
@@ -281,14 +352,24 @@ class _Verification:
 VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
 
 
-def _verify_callback(*, enforce: bool) -> VerifyCallback:
+def _verify_callback(
+    *, enforce: bool, crl_issuers: frozenset[bytes] = frozenset()
+) -> VerifyCallback:
     """OpenSSL's per-certificate verify callback (SSL_CTX_set_verify): records every problem on
     the connection's :class:`_Verification`; returns OpenSSL's verdict when ``enforce``, else
-    accepts the certificate so the handshake completes and the flow records it unverified."""
+    accepts the certificate so the handshake completes and the flow records it unverified.
+
+    With CRLs (``crl_issuers``: the DER issuer names of the loaded ones) two exceptions: a
+    revoked certificate is refused in every mode (its CA said it must not be used: a stolen
+    phone's certificate must not pass as a merely unverified one), and a leaf whose CA has no
+    CRL loaded is not checked for revocation (OpenSSL's "unable to get certificate CRL"), as
+    without ``crl_files``: a trunk's public CA, a second phone vendor without a CRL."""
 
     def callback(
         connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
     ) -> bool:
+        if not ok and error == _UNABLE_TO_GET_CRL and not _covered(certificate, crl_issuers):
+            return True
         record = connection.get_app_data()
         if isinstance(record, _Verification):
             record.called = True
@@ -302,9 +383,34 @@ def _verify_callback(*, enforce: bool) -> VerifyCallback:
             if not ok:
                 reason = _X509_ERRORS.get(error, f"X509 verify error {error}")
                 record.errors.append(f"{reason} (depth {depth})")
+                if error == _CERT_REVOKED:
+                    record.revoked = True
+                    record.revoked_serial = _serial(certificate)
+                elif error in _CRL_ERRORS:
+                    record.crl_failed = True
+        if not ok and error == _CERT_REVOKED:
+            return False
         return bool(ok) or not enforce
 
     return callback
+
+
+def _covered(certificate: crypto.X509, crl_issuers: frozenset[bytes]) -> bool:
+    """Whether a CRL of ``certificate``'s issuer is loaded (then OpenSSL not finding one that
+    applies, e.g. a CRL scoped to CA certificates only, fails closed)."""
+    if not crl_issuers:
+        return False
+    try:
+        return certificate.to_cryptography().issuer.public_bytes() in crl_issuers
+    except ValueError:
+        return True  # an issuer we cannot read: fail closed
+
+
+def _serial(certificate: crypto.X509) -> int | None:
+    try:
+        return certificate.to_cryptography().serial_number
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,29 +675,47 @@ def _load_ca_bundles(context: SSL.Context, bundles: tuple[Path, ...], *, name_th
                 context.add_client_ca(certificate)
 
 
+def _check_revocation(context: SSL.Context, crls: Sequence[LoadedCrl]) -> frozenset[bytes]:
+    """Give the context's store the CRLs and have OpenSSL check the peer's own certificate
+    against them (X509_V_FLAG_CRL_CHECK, the stdlib's VERIFY_CRL_CHECK_LEAF; docs/tls.md says
+    why not the whole chain). The issuer names they cover, for the verify callback."""
+    if not crls:
+        return frozenset()
+    store = context.get_cert_store()
+    assert store is not None  # every SSL_CTX has one
+    for loaded in crls:
+        store.add_crl(loaded.crl)
+    store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
+    return frozenset(loaded.issuer_der for loaded in crls)
+
+
 def server_context(
     paths: CertificatePaths,
     mode: Mode,
     ca_bundles: tuple[Path, ...],
     *,
     request_certificate: bool = True,
+    crls: Sequence[LoadedCrl] = (),
 ) -> SSL.Context:
     """The context of a listener in ``mode``. It asks for a client certificate (VERIFY_PEER)
     unless ``request_certificate`` is False (``wss``: a browser asked for one may prompt its
     user to pick one); only ``mutual`` requires one and fails the handshake when it does not
-    chain to ``ca_bundles``."""
+    chain to ``ca_bundles``. With ``crls`` a revoked client certificate is refused."""
     context = _new_context(SSL.TLS_SERVER_METHOD)
     _use_certificate(context, paths)
     _load_ca_bundles(context, ca_bundles, name_them=mode == "mutual")
     context.set_session_id(b"voipgw-tls")
     if not request_certificate:
         context.set_verify(SSL.VERIFY_NONE)
-    elif mode == "mutual":
+        return context
+    covered = _check_revocation(context, crls)
+    if mode == "mutual":
         context.set_verify(
-            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback(enforce=True)
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+            _verify_callback(enforce=True, crl_issuers=covered),
         )
     else:
-        context.set_verify(SSL.VERIFY_PEER, _verify_callback(enforce=False))
+        context.set_verify(SSL.VERIFY_PEER, _verify_callback(enforce=False, crl_issuers=covered))
     return context
 
 
@@ -602,10 +726,11 @@ def client_context(
     ca_bundles: tuple[Path, ...],
     system_cas: bool,
     paths: CertificatePaths | None,
+    crls: Sequence[LoadedCrl] = (),
 ) -> SSL.Context:
     """The context of outbound connections in ``mode``: the trunk's chain is checked when
     ``verify`` (its name is checked after the handshake), our certificate (``paths``) is
-    presented in ``mutual`` mode."""
+    presented in ``mutual`` mode. With ``crls`` a revoked trunk certificate is refused."""
     context = _new_context(SSL.TLS_CLIENT_METHOD)
     if mode == "mutual":
         if paths is None:
@@ -614,7 +739,8 @@ def client_context(
     _load_ca_bundles(context, ca_bundles, name_them=False)
     if system_cas:
         context.set_default_verify_paths()
-    context.set_verify(SSL.VERIFY_PEER, _verify_callback(enforce=verify))
+    covered = _check_revocation(context, crls)
+    context.set_verify(SSL.VERIFY_PEER, _verify_callback(enforce=verify, crl_issuers=covered))
     return context
 
 
@@ -651,6 +777,16 @@ class _ReportStarted:
 
 
 @attrs.frozen
+class _OpenConnection:
+    """A TLS connection whose peer presented a certificate: what a reload needs to close it
+    should a new CRL revoke that certificate. Kept from the handshake to the close."""
+
+    certificate: CertificateId
+    reading: trio.CancelScope = attrs.field(eq=False)  # cancelled: the connection closes
+    host: TransportHost = attrs.field(eq=False)
+
+
+@attrs.frozen
 class _ListenerSide:
     address: Address
     mode: Mode
@@ -672,6 +808,19 @@ class TlsTransport(StreamTransport):
         self.tls = config or TlsConfig()
         super().__init__(self.tls.tcp)
         self._ca_bundles = tuple(Path(bundle) for bundle in self.tls.ca_bundles)
+        self._crl_paths = tuple(Path(path) for path in self.tls.crl_files)
+        #: Failed handshakes by FAILURE_REASONS (voipgw_tls_handshake_failures_total).
+        self.handshake_failures: dict[str, int] = dict.fromkeys(FAILURE_REASONS, 0)
+        #: Connections closed because a reloaded CRL revoked the peer's certificate
+        #: (voipgw_tls_connections_revoked_total).
+        self.connections_revoked = 0
+        # Open connections with a peer certificate (both ways), for a reload's CRL check.
+        self._open: dict[Flow, _OpenConnection] = {}
+        self._revoked_logged: set[tuple[str, int | None]] = set()
+        # (when, "stale" or "expired", CRL): warnings still to give, earliest first; looked at
+        # when a connection starts, so a CRL nobody refreshes is logged before and when it
+        # starts failing handshakes, without a timer task.
+        self._crl_events: list[tuple[float, str, LoadedCrl]] = []
         self._configured: CertificatePaths | None = None
         if self.tls.certificate is not None and self.tls.private_key is not None:
             self._configured = CertificatePaths(
@@ -681,10 +830,12 @@ class TlsTransport(StreamTransport):
         self._loaded: tuple[LoadedCertificate, ...] = ()
         self._loaded_logged = False
         # Fail at start-up (and in check-config), not on the first connection.
-        self._check_files(self._configured)
+        self._crls = self._read_crls()
+        self._check_files(self._configured, self._crls)
         if self._configured is not None:
             self._loaded = (loaded_certificate(self._configured.certificate),)
             self._warn(self._configured, self._loaded[0], ())
+        self._announce_crls(now=time.time())
         self._paths = self._configured
         self._listeners: list[_ListenerSide] = []
         self._client_contexts: dict[Mode, SSL.Context] = {}
@@ -692,14 +843,14 @@ class TlsTransport(StreamTransport):
         # Remote -> the DNS name its connection being opened must verify (open_flow to wrap).
         self._dns_names: dict[Address, str] = {}
 
-    def _check_files(self, paths: CertificatePaths | None) -> None:
+    def _check_files(self, paths: CertificatePaths | None, crls: Sequence[LoadedCrl]) -> None:
         """What start-up (and a reload, before it swaps anything) requires of the files: the
         certificate and key load and belong together in every mode a listener uses, and every
         CA bundle holds certificates. CertificateError names the file."""
         if paths is not None:
             for mode in MODES:
                 if mode == self.tls.mode or mode in self.tls.listener_modes.values():
-                    server_context(paths, mode, self._ca_bundles)
+                    server_context(paths, mode, self._ca_bundles, crls=crls)
         else:
             for bundle in self._ca_bundles:
                 load_certificates(bundle)
@@ -717,6 +868,79 @@ class TlsTransport(StreamTransport):
         problem = validity_problem(loaded, now=time.time())
         if problem is not None:
             log.warning("%s: %s: peers will refuse it", self.name, problem)
+
+    # -- revocation (crl_files) -------------------------------------------------------------
+
+    def _read_crls(self) -> tuple[LoadedCrl, ...]:
+        """The CRLs of ``crl_files``, each signed by a CA of ``ca_bundles``; CertificateError
+        naming the table, key and file otherwise (revocation.py lists the checks)."""
+        if not self._crl_paths:
+            return ()
+        cas = [c for bundle in self._ca_bundles for c in load_certificates(bundle)]
+        try:
+            return tuple(load_crl(path, cas) for path in self._crl_paths)
+        except CertificateError as exc:
+            raise CertificateError(f"[plugins.{self.name}] crl_files: {exc}") from None
+
+    def loaded_crls(self) -> tuple[LoadedCrl, ...]:
+        """The CRLs new handshakes are checked against (voipgw_tls_crl_next_update_time_seconds)."""
+        return self._crls
+
+    def _announce_crls(self, *, now: float) -> None:
+        """Log what start-up or a reload loaded: each CRL, loudly one that is out of date (every
+        handshake with a certificate of its CA then fails: OpenSSL fails closed, and so do we)
+        or in its last quarter, and the CAs no CRL covers. Schedules the warnings to come."""
+        events: list[tuple[float, str, LoadedCrl]] = []
+        for crl in self._crls:
+            log.info("%s: revocation checked with %s", self.name, crl.describe())
+            problem = crl.problem(now)
+            if problem is not None:
+                log.error(
+                    "%s: %s: every handshake with a certificate of that CA fails until a "
+                    "current CRL is in place (replace the file, then SIGHUP)",
+                    self.name,
+                    problem,
+                )
+            elif now >= crl.stale_at:
+                self._log_stale(crl)
+            if now < crl.stale_at:
+                events.append((crl.stale_at, "stale", crl))
+            if now < crl.next_update:
+                events.append((crl.next_update, "expired", crl))
+        self._crl_events = sorted(events, key=operator.itemgetter(0))
+        if self._crls:
+            try:
+                uncovered = cas_without_crl(self._crls, self._ca_bundles)
+            except CertificateError:
+                uncovered = []  # a bundle gone since it was read: the next reload says so
+            for subject in uncovered:
+                log.info(
+                    "%s: no CRL in crl_files for the CA %s: its certificates are not checked "
+                    "for revocation",
+                    self.name,
+                    _printable(subject),
+                )
+
+    def _log_stale(self, crl: LoadedCrl) -> None:
+        log.warning(
+            "%s: %s has not been refreshed: once its next update passes, every handshake with "
+            "a certificate of that CA fails (replace the file, then SIGHUP)",
+            self.name,
+            crl.describe(),
+        )
+
+    def _crl_events_due(self, now: float) -> None:
+        while self._crl_events and self._crl_events[0][0] <= now:
+            _, kind, crl = self._crl_events.pop(0)
+            if kind == "stale":
+                self._log_stale(crl)
+            else:
+                log.error(
+                    "%s: %s: every handshake with a certificate of that CA fails until a "
+                    "current CRL is in place (replace the file, then SIGHUP)",
+                    self.name,
+                    crl.problem(now),
+                )
 
     # -- certificates -----------------------------------------------------------------------
 
@@ -756,10 +980,18 @@ class TlsTransport(StreamTransport):
         every listener's context and every outbound one made so far are rebuilt first, with
         the same checks as at start-up, plus the certificate's validity period; only when all
         of them succeed are they swapped in. Otherwise :class:`ReloadError` names the file and
-        the reason, and everything stays as it was. Connections up keep their contexts."""
+        the reason, and everything stays as it was. Connections up keep their contexts, but
+        those whose peer certificate the new CRLs revoke are closed (:meth:`_close_revoked`)."""
         paths = self._paths  # configured, generated (the same files, never regenerated) or None
+        now = time.time()
         try:
-            self._check_files(paths)
+            crls = self._read_crls()
+            for crl in crls:
+                # Copying an old CRL over a current one would fail every handshake of its CA.
+                problem = crl.problem(now)
+                if problem is not None:
+                    raise CertificateError(f"[plugins.{self.name}] crl_files: {problem}")
+            self._check_files(paths, crls)
             loaded: tuple[LoadedCertificate, ...] = ()
             if paths is not None:
                 loaded = (loaded_certificate(paths.certificate),)
@@ -769,17 +1001,81 @@ class TlsTransport(StreamTransport):
             listeners: list[_ListenerSide] = []
             if paths is not None:  # else no listener has started
                 listeners = [
-                    attrs.evolve(side, context=self._server_context(paths, side.mode))
+                    attrs.evolve(side, context=self._server_context(paths, side.mode, crls))
                     for side in self._listeners
                 ]
-            clients = {mode: self._new_client_context(mode) for mode in self._client_contexts}
+            clients = {mode: self._new_client_context(mode, crls) for mode in self._client_contexts}
         except CertificateError as exc:
             raise ReloadError(str(exc)) from None
         if paths is not None:
             self._warn(paths, loaded[0], tuple(side.address[0] for side in self._listeners))
         # Read by wrap() at each new connection: from here on they get the new contexts.
         self._listeners, self._client_contexts, self._loaded = listeners, clients, loaded
+        self._crls = crls
+        self._revoked_logged.clear()  # a phone still refused after the reload is logged again
+        self._announce_crls(now=now)
+        if crls:
+            self._close_revoked(crls)
         return loaded
+
+    # -- connections a reloaded CRL revokes -------------------------------------------------
+
+    def _connection_up(
+        self, flow: Flow, info: ConnectionInfo, reading: trio.CancelScope, host: TransportHost
+    ) -> None:
+        # Without crl_files (read at start-up only, like the config) nothing is ever checked.
+        if info.revocation_id is not None and self._crl_paths:
+            issuer_der, serial = info.revocation_id
+            self._open[flow] = _OpenConnection(CertificateId(issuer_der, serial), reading, host)
+
+    def _connection_down(self, flow: Flow) -> None:
+        self._open.pop(flow, None)
+
+    def _close_revoked(self, crls: Sequence[LoadedCrl]) -> None:
+        """Close every open connection whose peer certificate ``crls`` revoke: a phone connected
+        before its certificate was listed (a stolen handset that keeps re-registering over the
+        same connection) or a trunk whose CA revoked its certificate. Each is logged at WARNING
+        and counted; the core is told first (``host.flow_revoked``): it removes the
+        registrations made over the connection and ends the calls on it; an emergency call on
+        it keeps it open until that call ends. Once per reload, one set look-up per open
+        connection; nothing per message."""
+        revoked = RevokedSerials(crls)
+        closing = [
+            (flow, opened)
+            for flow, opened in self._open.items()
+            if revoked.revokes(opened.certificate)
+        ]
+        for flow, opened in closing:
+            del self._open[flow]
+            self.connections_revoked += 1
+            subject = flow.peer_certificate.subject if flow.peer_certificate else "none"
+            log.warning(
+                "%s: closing the connection with %s: its certificate is revoked by a reloaded "
+                "CRL; peer certificate: %s, serial %X",
+                self.name,
+                format_address(flow.remote),
+                _printable(subject),
+                opened.certificate.serial,
+            )
+            # Where the connection's reader runs (the listener's nursery, which exists while
+            # any connection does); the reload itself cannot wait.
+            assert self._nursery is not None
+            self._nursery.start_soon(self._close_revoked_connection, flow, opened)
+
+    async def _close_revoked_connection(self, flow: Flow, opened: _OpenConnection) -> None:
+        """Have the core end what uses ``flow`` (it returns once the calls it ended sent their
+        BYEs, at most 2 s, and the emergency calls over it ended), then close it: unusable
+        at once (``flow.closed``: the next request to that peer opens a new connection, which
+        the new CRL refuses), and its reader cancelled, which sends close_notify and closes
+        the socket."""
+        try:
+            await opened.host.flow_revoked(flow, "TLS certificate revoked")
+        except Exception:
+            # A bug in the core must not leave a revoked peer connected.
+            log.exception("%s: ending what used %s failed", self.name, flow.key)
+        finally:
+            opened.host.flows.remove(flow)
+            opened.reading.cancel()
 
     def _check_generated_names(self, paths: CertificatePaths, listen_host: str) -> None:
         if listen_host in ("0.0.0.0", "::"):
@@ -805,7 +1101,7 @@ class TlsTransport(StreamTransport):
     ) -> None:
         paths = self.certificate_paths(listen, host)
         mode = self.tls.listener_mode(listen)
-        context = self._server_context(paths, mode)
+        context = self._server_context(paths, mode, self._crls)
 
         def note(listener: Listener) -> None:
             self._listeners.append(_ListenerSide(listener.address, mode, context))
@@ -817,9 +1113,11 @@ class TlsTransport(StreamTransport):
         reporting = _ReportStarted(task_status, note)
         await super().serve(listen, host, task_status=reporting)  # type: ignore[arg-type]
 
-    def _server_context(self, paths: CertificatePaths, mode: Mode) -> SSL.Context:
+    def _server_context(
+        self, paths: CertificatePaths, mode: Mode, crls: Sequence[LoadedCrl]
+    ) -> SSL.Context:
         """The OpenSSL context of a listener in ``mode`` (``wss`` asks for no certificate)."""
-        return server_context(paths, mode, self._ca_bundles)
+        return server_context(paths, mode, self._ca_bundles, crls=crls)
 
     def _listener_for(self, local: Address) -> _ListenerSide:
         for side in self._listeners:
@@ -836,16 +1134,17 @@ class TlsTransport(StreamTransport):
     def _client_context(self, mode: Mode) -> SSL.Context:
         context = self._client_contexts.get(mode)
         if context is None:
-            context = self._client_contexts[mode] = self._new_client_context(mode)
+            context = self._client_contexts[mode] = self._new_client_context(mode, self._crls)
         return context
 
-    def _new_client_context(self, mode: Mode) -> SSL.Context:
+    def _new_client_context(self, mode: Mode, crls: Sequence[LoadedCrl]) -> SSL.Context:
         return client_context(
             mode,
             verify=self.tls.verifies(mode),
             ca_bundles=self._ca_bundles,
             system_cas=self.tls.system_ca_for_trunks,
             paths=self._paths,
+            crls=crls,
         )
 
     async def open_flow(self, remote: Address, host: TransportHost) -> Flow:
@@ -884,6 +1183,8 @@ class TlsTransport(StreamTransport):
         the peer. Every failure is logged (reason, peer, certificate subject) and raised as
         :class:`TlsHandshakeError`."""
         name: str | None = None  # what the peer's certificate must name (trunks only)
+        if self._crl_events and self._crl_events[0][0] <= time.time():
+            self._crl_events_due(time.time())
         if server_side:
             side = self._listener_for(stream.socket.getsockname()[:2])
             mode, context, direction = side.mode, side.context, "from"
@@ -911,6 +1212,7 @@ class TlsTransport(StreamTransport):
 
         peer = connection.get_peer_certificate(as_cryptography=True)
         identity: PeerCertificate | None = None
+        revocation_id: CertificateId | None = None
         if reason is None and peer is not None:
             try:
                 verified = record.chain_verified
@@ -921,20 +1223,25 @@ class TlsTransport(StreamTransport):
                         named = ", ".join(names_in(peer)) or "nothing"
                         reason = f"certificate does not name {name} (it names {named})"
                 identity = peer_identity(peer, verified=verified)
+                revocation_id = CertificateId.of(peer)
             except ValueError as exc:  # OpenSSL took it, cryptography cannot read it
                 reason = f"unreadable certificate ({exc})"
         if reason is not None:
             if record.errors:
                 reason += " [" + "; ".join(record.errors) + "]"
-            log.warning(
-                "%s: handshake %s %s failed (%s mode): %s; peer certificate: %s",
-                self.name,  # wss shares this handshake
-                direction,
-                format_address(remote),
-                mode,
-                reason,
-                _subject_for_log(record, peer),
-            )
+            self.handshake_failures[record.failure_reason] += 1
+            if record.revoked:
+                self._log_revoked(direction, remote, mode, record, peer)
+            else:
+                log.warning(
+                    "%s: handshake %s %s failed (%s mode): %s; peer certificate: %s",
+                    self.name,  # wss shares this handshake
+                    direction,
+                    format_address(remote),
+                    mode,
+                    reason,
+                    _subject_for_log(record, peer),
+                )
             await trio.aclose_forcefully(tls)
             raise TlsHandshakeError(f"TLS handshake {direction} {format_address(remote)}: {reason}")
         log.debug(
@@ -946,7 +1253,45 @@ class TlsTransport(StreamTransport):
             connection.get_cipher_name(),
             "none" if identity is None else f"sha256 {identity.sha256_fingerprint}",
         )
-        return tls, ConnectionInfo(secure=True, peer_certificate=identity)
+        return tls, ConnectionInfo(
+            secure=True,
+            peer_certificate=identity,
+            revocation_id=(
+                None if revocation_id is None else (revocation_id.issuer_der, revocation_id.serial)
+            ),
+        )
+
+    def _log_revoked(
+        self,
+        direction: str,
+        remote: Address,
+        mode: Mode,
+        record: _Verification,
+        peer: x509.Certificate | None,
+    ) -> None:
+        """A handshake refused because the peer's certificate is revoked: at WARNING once per
+        peer IP address and certificate (a revoked phone retries every few seconds), at DEBUG
+        after that, until the next reload. Subject and serial number, as ``openssl crl -text``
+        shows it, say which certificate; nothing secret is in either."""
+        serial = record.revoked_serial
+        key = (_normalize(remote)[0], serial)
+        level = logging.DEBUG
+        if key not in self._revoked_logged:
+            if len(self._revoked_logged) >= _REVOKED_LOG_LIMIT:
+                self._revoked_logged.clear()
+            self._revoked_logged.add(key)
+            level = logging.WARNING
+        log.log(
+            level,
+            "%s: handshake %s %s refused (%s mode): certificate revoked; peer certificate: %s, "
+            "serial %s",
+            self.name,
+            direction,
+            format_address(remote),
+            mode,
+            _subject_for_log(record, peer),
+            "unknown" if serial is None else f"{serial:X}",
+        )
 
 
 def _subject_for_log(record: _Verification, peer: x509.Certificate | None) -> str:

@@ -16,12 +16,15 @@ accept the certificate there (the listener answers that page with a short HTTP 4
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 from OpenSSL import SSL
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.plugins import Registry
 from gateway.plugins.transports.certificates import CertificatePaths
+from gateway.plugins.transports.revocation import LoadedCrl
 from gateway.plugins.transports.tls import Mode, TlsConfig, TlsTransport, server_context
 from gateway.plugins.transports.ws import (
     WebSocketConnections,
@@ -67,7 +70,10 @@ class WssTransport(WebSocketConnections, TlsTransport):
         TlsTransport.__init__(self, self.wss_config.tls)
         self._connections = 0
 
-    def _server_context(self, paths: CertificatePaths, mode: Mode) -> SSL.Context:
+    def _server_context(
+        self, paths: CertificatePaths, mode: Mode, crls: Sequence[LoadedCrl]
+    ) -> SSL.Context:
+        # No client certificate asked for: no CA bundle and nothing to check for revocation.
         return server_context(paths, mode, (), request_certificate=False)
 
 

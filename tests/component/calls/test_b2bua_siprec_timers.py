@@ -7,7 +7,7 @@ virtual time (``session_expires = 90``, RFC 4028's least: a real-time test would
   refresh (a re-INVITE, for an SRS without UPDATE) is BYEd and the rest of the call goes in a
   new recording session;
 - a 422 is answered by asking again at its Min-SE;
-- an SRS that refreshes itself is answered 200 (its UPDATE, and its re-INVITE with our SDP,
+- an SRS that refreshes itself is answered 200 (its UPDATE, and its re-INVITE with our answer,
   that 200 re-sent until its ACK), and when it stops, the session is BYEd at the expiry less a
   third and opened anew; its re-INVITE while ours is out gets 491;
 - an update the SRS leaves at 100 Trying is CANCELled after UPDATE_TIMEOUT, and the 2xx that
@@ -163,8 +163,8 @@ async def test_an_srs_that_refreshes_is_answered_and_when_it_stops_is_replaced(
     )
     answer = await exchange.final()
     assert answer.status == 200 and answer.headers.get("Session-Expires") == "90;refresher=uac"
-    ours = parse_sdp_untrusted(answer.body)  # our streams as they are, to its offer
-    assert [m.attributes.get("label") for m in ours.media] == ["1", "2"]
+    ours = parse_sdp_untrusted(answer.body)  # our answer to its offer, line for line
+    assert [m.attributes.get("label") for m in ours.media] == ["2", "1"]  # RFC 3264 §6
     refreshed = trio.current_time()
     await trio.sleep(10)
     assert exchange.statuses.count(200) == 1  # its ACK stopped our 2xx (RFC 3261 §13.3.1.4)

@@ -5,6 +5,7 @@
     phone = ca.issue("phone-0004f2aabbcc")      # phone.certificate, phone.key, phone.combined
     rogue = pki.self_signed("rogue")
     server = ca.issue("gateway", hosts=["127.0.0.1", "localhost"])
+    crl = ca.crl(tmp_path / "vendor.crl", revoked=[phone])   # a CRL revoking the phone
 
 Keys are ECDSA P-256 unless ``rsa=True`` (some peers, and RSA-only cipher suites, need RSA).
 Every certificate is written as PEM next to its key, plus ``NAME.pem`` holding key and
@@ -80,8 +81,8 @@ class TestPki:
         directory.mkdir(parents=True, exist_ok=True)
         self.now = datetime.datetime.now(datetime.UTC)
 
-    def ca(self, common_name: str, *, rsa_key: bool = False) -> TestCa:
-        """A new self-signed CA."""
+    def ca(self, common_name: str, *, rsa_key: bool = False, crl_sign: bool = True) -> TestCa:
+        """A new self-signed CA (``crl_sign=False``: its keyUsage lacks cRLSign)."""
         key = _new_key(rsa_key)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         certificate = (
@@ -95,7 +96,7 @@ class TestPki:
                     data_encipherment=False,
                     key_agreement=False,
                     key_cert_sign=True,
-                    crl_sign=True,
+                    crl_sign=crl_sign,
                     encipher_only=False,
                     decipher_only=False,
                 ),
@@ -216,6 +217,54 @@ class TestCa:
             not_before=not_before,
         ).sign(self._key, hashes.SHA256())
         return self.pki._write(_file_name(common_name), certificate, key)
+
+    def crl(
+        self,
+        path: Path,
+        *,
+        revoked: Sequence[Issued] = (),
+        this_update: datetime.datetime | None = None,
+        next_update: datetime.timedelta = datetime.timedelta(days=7),
+        der: bool = False,
+        delta: bool = False,
+        only_ca_certificates: bool = False,
+    ) -> Path:
+        """Write this CA's CRL listing ``revoked`` to ``path`` (replacing it), PEM unless
+        ``der``; thisUpdate an hour ago unless given, nextUpdate ``next_update`` after it
+        (negative: an expired CRL). ``delta``: a delta CRL (RFC 5280 §5.2.4);
+        ``only_ca_certificates``: scoped to CA certificates (RFC 5280 §5.2.5)."""
+        start = this_update or self.pki.now - datetime.timedelta(hours=1)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.issued.x509.subject)
+            .last_update(start)
+            .next_update(start + next_update)
+            .add_extension(x509.CRLNumber(1), critical=False)
+        )
+        if delta:
+            builder = builder.add_extension(x509.DeltaCRLIndicator(1), critical=True)
+        if only_ca_certificates:
+            scope = x509.IssuingDistributionPoint(
+                full_name=None,
+                relative_name=None,
+                only_contains_user_certs=False,
+                only_contains_ca_certs=True,
+                only_some_reasons=None,
+                indirect_crl=False,
+                only_contains_attribute_certs=False,
+            )
+            builder = builder.add_extension(scope, critical=True)
+        for issued in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(issued.x509.serial_number)
+                .revocation_date(start)
+                .build()
+            )
+        crl = builder.sign(self._key, hashes.SHA256())
+        encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
+        path.write_bytes(crl.public_bytes(encoding))
+        return path
 
 
 def _file_name(common_name: str) -> str:

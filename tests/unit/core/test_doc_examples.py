@@ -91,6 +91,7 @@ class OperatorFiles:
     root: Path
     key: bytes
     certificate: bytes
+    crl: bytes  # a current CRL that the certificate (a CA) signed: [plugins.tls] crl_files
 
     def stand_in(self, path: str) -> str:
         local = self.root / path.lstrip("/")
@@ -99,6 +100,8 @@ class OperatorFiles:
             local.write_bytes(self.key)
         elif path.endswith((".crt", ".pem")):
             local.write_bytes(self.certificate)
+        elif path.endswith(".crl"):
+            local.write_bytes(self.crl)
         else:
             local.write_text("not a real secret\n")
         local.chmod(0o600)
@@ -121,6 +124,13 @@ def make_operator_files(root: Path) -> OperatorFiles:
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("docs.example")]), False)
         .sign(key, hashes.SHA256())
     )
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(name)
+        .last_update(now - datetime.timedelta(hours=1))
+        .next_update(now + datetime.timedelta(days=7))
+        .sign(key, hashes.SHA256())
+    )
     return OperatorFiles(
         root,
         key.private_bytes(
@@ -129,6 +139,7 @@ def make_operator_files(root: Path) -> OperatorFiles:
             serialization.NoEncryption(),
         ),
         certificate.public_bytes(serialization.Encoding.PEM),
+        crl.public_bytes(serialization.Encoding.PEM),
     )
 
 

@@ -62,7 +62,7 @@ def presented(context: SSL.Context) -> str:
 def with_listener(transport: TlsTransport, paths: CertificatePaths, mode: Mode) -> TlsTransport:
     # What serve() notes once a listener is bound (no socket in a unit test).
     transport._listeners.append(
-        _ListenerSide(LISTENER, mode, transport._server_context(paths, mode))
+        _ListenerSide(LISTENER, mode, transport._server_context(paths, mode, ()))
     )
     return transport
 
