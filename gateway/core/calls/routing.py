@@ -487,6 +487,12 @@ class GatewayDirectory:
             if self.trunk_up(trunk.name)
         )
 
+    def trunk_resolved(self, trunk: str) -> bool:
+        """Whether ``trunk`` has targets: True for a trunk with an address, for one named by
+        DNS whether its name has resolved (trunk_dns.py)."""
+        targets = self.trunk_targets
+        return targets is None or trunk not in targets or targets.resolution(trunk) is not None
+
     def plan_of(self, trunk: str | None) -> NumberingPlan:
         """The numbering plan of the trunk called ``trunk``; ``[numbering]`` for None (how our
         accounts dial) or a trunk we do not know."""
@@ -514,7 +520,31 @@ class GatewayDirectory:
         ``sip:NUMBER@HOST:PORT;transport=T``, an E.164 number written in the trunk's
         ``number_format`` (by its numbering plan), then ``strip_prefix`` and ``add_prefix``.
         None for an unknown or disabled trunk, or a number that is not a dial string or is
-        empty after stripping."""
+        empty after stripping. For a trunk named by DNS, its first target in this call's order
+        (:meth:`trunk_hop_targets` gives them all); None while its name has not resolved."""
+        found = self._trunk_request_uri(trunk, number)
+        if found is None:
+            return None
+        config, uri = found
+        targets = self.trunk_targets
+        if targets is not None and trunk in targets:
+            hops = self._hop_targets(config, uri, limit=1)
+            return hops[0] if hops else None
+        return RouteTarget(uri=uri, trunk=config.name)
+
+    def trunk_hop_targets(self, trunk: str, number: str) -> list[RouteTarget]:
+        """:meth:`trunk_target`, for a trunk named by DNS one target per resolved target in
+        this call's order (RFC 3263 §4.3: tried one after another); empty where that is None."""
+        targets = self.trunk_targets
+        if targets is None or trunk not in targets:
+            target = self.trunk_target(trunk, number)
+            return [] if target is None else [target]
+        found = self._trunk_request_uri(trunk, number)
+        if found is None:
+            return []
+        return list(self._hop_targets(*found))
+
+    def _trunk_request_uri(self, trunk: str, number: str) -> tuple[TrunkConfig, str] | None:
         config = self.trunk(trunk)
         number_text = dial_string(number)
         if config is None or not config.enabled or number_text is None:
@@ -528,28 +558,13 @@ class GatewayDirectory:
             sent = config.add_prefix + number_text[config.strip_prefix :]
         if not sent or sent == "+":
             return None
-        uri = trunk_uri(config, sent)
-        targets = self.trunk_targets
-        if targets is not None and trunk in targets:
-            hops = self._hop_targets(config, uri)
-            return hops[0] if hops else None
-        return RouteTarget(uri=uri, trunk=config.name)
+        return config, trunk_uri(config, sent)
 
-    def trunk_hop_targets(self, trunk: str, number: str) -> list[RouteTarget]:
-        """:meth:`trunk_target`, for a trunk named by DNS one target per resolved target in
-        this call's order (RFC 3263 §4.3: tried one after another); empty like None there."""
-        first = self.trunk_target(trunk, number)
-        if first is None:
-            return []
-        if not isinstance(first, TrunkHopTarget):
-            return [first]
-        config = self.trunk(trunk)
-        assert config is not None
-        return list(self._hop_targets(config, first.uri))
-
-    def _hop_targets(self, config: TrunkConfig, uri: str) -> tuple[TrunkHopTarget, ...]:
+    def _hop_targets(
+        self, config: TrunkConfig, uri: str, limit: int | None = None
+    ) -> tuple[TrunkHopTarget, ...]:
         assert self.trunk_targets is not None
-        hops = self.trunk_targets.hops(config.name)
+        hops = self.trunk_targets.hops(config.name, limit)
         name = config.address_parts.host
         return tuple(
             TrunkHopTarget(
@@ -668,6 +683,8 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
             if trunk.enabled and directory.trunk_up(trunk.name):
                 continue  # it serves the number, which it cannot be sent (stripped to nothing)
             why = "disabled" if not trunk.enabled else "down (not answering OPTIONS)"
+            if trunk.enabled and not directory.trunk_resolved(trunk.name):
+                why = "down (its name does not resolve)"
             return RouteDecision.reject(
                 503,
                 f"Service Unavailable: no trunk serves {_shown(number)} "

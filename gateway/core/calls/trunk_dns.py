@@ -19,8 +19,8 @@ and for a trunk with one target per priority no work beyond a tuple returned.
 Each call orders the targets (RFC 2782): by priority, and within a priority by a weighted
 random draw, each SRV target followed by its addresses in the order the DNS gave them;
 at most ``[dns] max_targets`` of them are tried (the call's RFC 3263 §4.3 failover,
-gateway/core/calls/call.py). Only numbers: the weights are drawn per call so that a carrier's
-weights spread this gateway's calls, as they would spread many clients'.
+gateway/core/calls/call.py). The weights are drawn per call, not per resolution, so that a
+carrier's weights spread this gateway's calls as they would spread many clients'.
 """
 
 from __future__ import annotations
@@ -275,12 +275,14 @@ class TrunkTargets:
     def __contains__(self, trunk: str) -> bool:
         return trunk in self.named
 
-    def hops(self, trunk: str) -> tuple[TrunkHop, ...]:
-        """The hops a call to ``trunk`` tries, in order (empty while it has not resolved)."""
+    def hops(self, trunk: str, limit: int | None = None) -> tuple[TrunkHop, ...]:
+        """The hops a call to ``trunk`` tries, in order, at most ``[dns] max_targets`` (or
+        ``limit``); empty while it has not resolved."""
         resolution = self._resolved.get(trunk)
         if resolution is None:
             return ()
-        return resolution.ordered(self.rng, self.dns.max_targets)
+        most = self.dns.max_targets if limit is None else min(limit, self.dns.max_targets)
+        return resolution.ordered(self.rng, most)
 
     def resolution(self, trunk: str) -> Resolution | None:
         return self._resolved.get(trunk)

@@ -256,7 +256,7 @@ async def test_a_name_that_does_not_resolve_at_start_up_is_a_trunk_down_until_it
     call = await alice_calls(env)
     final = await call.final()
     assert final.status == 503
-    assert "trunk carrier is down" in final.reason
+    assert "trunk carrier is down (its name does not resolve)" in final.reason
     resolver.failing = False
     await eventually(lambda: env.gateway.trunk_health.is_up("carrier"), timeout=15)
     call = await alice_calls(env)
