@@ -56,12 +56,15 @@ PEER_PACKAGES = {
     "svcrack": "sipvicious",
     # Not on PATH: /usr/lib/postgresql/VERSION/bin (tests/pgcluster.py).
     "initdb": "postgresql",
+    # /usr/sbin: found there when PATH lacks it (require_peer).
+    "dnsmasq": "dnsmasq-base",
 }
 
 
 def require_peer(binary: str) -> str:
     """Path of ``binary``; skip (locally) or fail (CI) when it is not installed."""
-    path = shutil.which(binary)
+    # Daemons such as dnsmasq live in /usr/sbin, which a non-root PATH may not list.
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
     if path is not None:
         return path
     package = PEER_PACKAGES.get(binary, binary)

@@ -576,6 +576,12 @@ def cmd_calls(args: argparse.Namespace) -> int:
             print(f"  {describe_transfer(transfer)}")
         for failover in security.get("failovers", ()):
             print(f"  {describe_failover(failover)}")
+        dns = (security.get("b") or {}).get("dns")
+        if dns:  # a trunk named by DNS: which of its targets took the call
+            print(
+                f"  trunk {dns.get('name')} reached at {dns.get('target')} "
+                f"(DNS target {dns.get('attempt')})"
+            )
         if security.get("taps"):
             print(f"  {describe_taps(security['taps'])}")
         if security.get("location"):
@@ -616,11 +622,15 @@ def describe_taps(taps: dict[str, Any]) -> str:
 
 
 def describe_failover(failover: dict[str, Any]) -> str:
-    """One trunk a call left for the next, in words."""
-    return (
-        f"trunk {failover.get('trunk')} answered {failover.get('status')} "
-        f"{failover.get('reason')}: failed over to trunk {failover.get('to')}"
-    )
+    """One trunk (or one DNS target of a trunk, RFC 3263 §4.3) a call left for the next, in
+    words."""
+    trunk, to = f"trunk {failover.get('trunk')}", f"trunk {failover.get('to')}"
+    if failover.get("target"):
+        trunk += f" (target {failover['target']})"
+    if failover.get("to_target"):
+        to += f" (target {failover['to_target']})"
+    outcome = f"{failover.get('status')} {failover.get('reason')}"
+    return f"{trunk} answered {outcome}: failed over to {to}"
 
 
 def describe_transfer(transfer: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ The file layout::
     [sip]       listen, user_agent, timers, message limits, session timers
     [media]     address, ports, inactivity_timeout, hold_timeout, workers
     [store]     backend (sqlite, postgresql), dsn, password_file, timeouts
+    [dns]       how trunks named by DNS are resolved: servers, timeout, TTL clamps
     [plugins]   enable = [...]; one [plugins.NAME] table per enabled plugin
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
     [[dialog_watch_groups]]  accounts whose phones may watch each other's calls (BLF)
@@ -20,6 +21,7 @@ The file layout::
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import tomllib
@@ -114,6 +116,80 @@ class ListenSpec:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.transport}:{host}:{self.port}"
+
+
+# RFC 1035 §2.3.1 / RFC 1123 §2.1: a host name of labels (letters, digits, inner hyphens),
+# at most 63 characters each and 253 in all. Lower-cased before use: DNS names are not
+# case-sensitive, and the name is compared with certificates (RFC 5922 §7.2).
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _is_host_name(text: str) -> bool:
+    labels = text.rstrip(".").split(".")
+    return (
+        0 < len(text) <= 253
+        and len(labels) >= 2  # a bare "carrier" would depend on the resolver's search list
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()  # "1.2.3.999" is a bad address, not a name
+    )
+
+
+@attrs.frozen
+class TrunkAddress:
+    """A trunk's ``address``: ``TRANSPORT:IP:PORT`` as ever, or ``TRANSPORT:NAME[:PORT]`` for a
+    trunk named by DNS (RFC 3263 §4.2: with a port only its A/AAAA records count, without one
+    the SRV records of its transport). ``host`` is an IP address without brackets, or a
+    lower-case host name without a trailing dot; ``port`` is None for SRV."""
+
+    transport: str
+    host: str
+    port: int | None
+    is_name: bool
+
+    @classmethod
+    def parse(cls, text: str) -> TrunkAddress:
+        """Parse ``udp:192.0.2.10:5060``, ``tls:sip.carrier.example`` or
+        ``udp:sip.carrier.example:5080``; raises ValueError with the reason."""
+        transport, sep, rest = text.partition(":")
+        if not sep and _is_host_name(text.lower().rstrip(".")):
+            # RFC 3263 §4.1 picks the transport from NAPTR records: not done (say so).
+            raise ValueError(
+                f"name the transport (udp:, tcp: or tls:) before {text!r}: NAPTR look-ups "
+                "(RFC 3263 §4.1) are not done"
+            )
+        host, colon, port_text = rest.partition(":")
+        # An IP address has no letters, an IPv6 one several colons or brackets: those go to
+        # ListenSpec as before, with its errors.
+        if sep and transport and ":" not in port_text and any(c.isalpha() for c in host):
+            name = host.lower().rstrip(".")
+            if not _is_host_name(name):
+                raise ValueError(
+                    f"expected TRANSPORT:NAME[:PORT] with a host name of two labels or more "
+                    f"(letters, digits, inner hyphens), got {text!r}"
+                )
+            port: int | None = None
+            if colon:
+                if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                    raise ValueError(f"a trunk needs a port 1-65535, got {text!r}")
+                port = int(port_text)
+            return cls(transport.lower(), name, port, True)
+        spec = ListenSpec.parse(text)
+        return cls(spec.transport, spec.host, spec.port, False)
+
+    @property
+    def uri_host(self) -> str:
+        """``host`` as a SIP URI writes it (an IPv6 address in brackets)."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    def __str__(self) -> str:
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.transport}:{self.uri_host}{port}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _trunk_address(text: str) -> TrunkAddress:
+    # Cached: a frozen value of a string from the configuration (a bad one raises every time).
+    return TrunkAddress.parse(text)
 
 
 @attrs.frozen
@@ -383,14 +459,29 @@ class TrunkConfig:
 
     @property
     def address_spec(self) -> ListenSpec:
-        """``address`` parsed (transport, host, port); raises ValueError if it does not parse."""
+        """``address`` parsed (transport, host, port); raises ValueError if it does not parse
+        or names a host (:attr:`address_parts` reads both)."""
         return ListenSpec.parse(self.address)
 
     @property
+    def address_parts(self) -> TrunkAddress:
+        """``address`` parsed, an IP address or a host name (RFC 3263); raises ValueError if it
+        does not parse. Parsed once per address (routing reads it per call)."""
+        return _trunk_address(self.address)
+
+    @property
+    def by_name(self) -> bool:
+        """Whether ``address`` names a host, resolved by DNS (calls/trunk_dns.py)."""
+        return self.address_parts.is_name
+
+    @property
     def sources(self) -> tuple[str, ...]:
-        """The effective ``allowed_sources``: as configured, else the host of ``address``."""
+        """The effective ``allowed_sources``: as configured, else the host of ``address``; for
+        a trunk named by DNS none here: the addresses its name resolves to are added while the
+        gateway runs (:class:`~gateway.core.calls.routing.TrunkMatcher`)."""
         if self.allowed_sources is None:
-            return (self.address_spec.host,)
+            parts = self.address_parts
+            return () if parts.is_name else (parts.host,)
         return self.allowed_sources
 
     @property
@@ -443,6 +534,66 @@ class DialogWatchGroup:
     pickup: bool = False
 
 
+# Transports a trunk named by DNS may use: the ones RFC 3263 §4.1 has SRV services for.
+DNS_TRANSPORTS = frozenset({"udp", "tcp", "tls"})
+MAX_DNS_TARGETS = 16
+
+
+@attrs.frozen
+class DnsSection:
+    """``[dns]``: how trunks named by DNS are resolved (gateway/core/calls/trunk_dns.py).
+    ``servers`` (``IP`` or ``IP:PORT``; ``[]``: /etc/resolv.conf's) are asked; ``timeout`` bounds
+    one resolution of a trunk (its start-up one included); the answers are kept for their TTL,
+    clamped to ``min_ttl`` ... ``max_ttl``, and resolved again ``retry_interval`` after a failure
+    (the last good answer kept meanwhile); a call tries at most ``max_targets`` of a trunk's
+    targets (RFC 3263 §4.3 failover)."""
+
+    servers: tuple[str, ...] = ()
+    timeout: float = 5.0
+    min_ttl: float = 30.0
+    max_ttl: float = 3600.0
+    retry_interval: float = 30.0
+    max_targets: int = 4
+
+    def __attrs_post_init__(self) -> None:
+        # from_mapping names the key before the first ": ".
+        for server in self.servers:
+            try:
+                dns_server(server)
+            except ValueError as exc:
+                raise ValueError(f"servers: {exc}") from None
+        if not 0 < self.timeout <= 60:
+            raise ValueError("timeout: expected seconds, more than 0 and at most 60")
+        if not 1 <= self.min_ttl <= self.max_ttl:
+            raise ValueError("min_ttl: expected 1 s or more, and at most max_ttl")
+        if self.max_ttl > 86400:
+            raise ValueError("max_ttl: expected at most 86400 s (a day)")
+        if not 1 <= self.retry_interval <= 3600:
+            raise ValueError("retry_interval: expected 1 to 3600 s")
+        if not 1 <= self.max_targets <= MAX_DNS_TARGETS:
+            raise ValueError(f"max_targets: expected 1 to {MAX_DNS_TARGETS}")
+
+
+def dns_server(text: str) -> tuple[str, int]:
+    """``"127.0.0.1"``, ``"127.0.0.1:5353"`` or ``"[::1]:5353"`` as (address, port); port 53
+    when none is given. Raises ValueError with the reason."""
+    host, port_text = text, "53"
+    if text.startswith("["):
+        host, bracket, tail = text[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise ValueError(f"expected IP, IP:PORT or [IPV6]:PORT, got {text!r}")
+        port_text = tail[1:] if tail else "53"
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected an IP address (and :PORT), got {text!r}") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"expected a port 1-65535, got {text!r}")
+    return host, int(port_text)
+
+
 @attrs.frozen
 class GatewayConfig:
     """The whole configuration. ``plugin_tables`` holds the raw ``[plugins.NAME]`` tables until
@@ -454,6 +605,7 @@ class GatewayConfig:
     store: StoreSection = StoreSection()
     plugins: PluginsSection = PluginsSection()
     numbering: NumberingPlan = attrs.field(factory=NumberingPlan)
+    dns: DnsSection = DnsSection()
     trunks: tuple[TrunkConfig, ...] = ()
     dialog_watch_groups: tuple[DialogWatchGroup, ...] = ()
     feature_codes: FeatureCodes = FeatureCodes()
@@ -910,7 +1062,7 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
             "name", f"expected a non-empty name without surrounding spaces, got {trunk.name!r}"
         )
     try:
-        spec = trunk.address_spec
+        spec = trunk.address_parts
     except ValueError as exc:
         raise fail("address", str(exc)) from None
     if not _TRANSPORT_NAME.fullmatch(spec.transport):
@@ -919,6 +1071,12 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         )
     if spec.port == 0:
         raise fail("address", f"a trunk needs a port 1-65535, got {trunk.address!r}")
+    if spec.is_name and spec.transport not in DNS_TRANSPORTS:
+        # RFC 3263 §4.1 knows SRV services for these only (_sip._udp, _sip._tcp, _sips._tcp).
+        raise fail(
+            "address",
+            f"a trunk named by DNS goes over udp, tcp or tls, got {spec.transport!r}",
+        )
     for prefix in trunk.prefixes:
         if prefix not in DEFAULT_ROUTE_PREFIXES and not _DIAL_PREFIX.fullmatch(prefix):
             raise fail(
@@ -1041,6 +1199,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         "numbering": NumberingPlan,
         "store": StoreSection,
         "feature_codes": FeatureCodes,
+        "dns": DnsSection,
     }
     unknown = sorted(set(data) - set(sections) - {"plugins", "trunks", "dialog_watch_groups"})
     if unknown:
@@ -1048,8 +1207,8 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
             file,
             unknown[0],
             None,
-            "unknown table; known tables: gateway, sip, media, numbering, store, plugins, "
-            "trunks, dialog_watch_groups, feature_codes",
+            "unknown table; known tables: gateway, sip, media, numbering, store, dns, "
+            "plugins, trunks, dialog_watch_groups, feature_codes",
         )
     values: dict[str, Any] = {}
     for name, cls in sections.items():
@@ -1059,7 +1218,8 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         try:
             values[name] = structure(cls, table, file=file, table_name=name)
         except ConfigError as exc:
-            # NumberingPlan's and FeatureCodes' own checks start their message with the key:
+            # NumberingPlan's, FeatureCodes' and DnsSection's own checks start their message with
+            # the key:
             # name it as such.
             key, _, message = exc.message.partition(": ")
             if exc.key is not None or key not in table:

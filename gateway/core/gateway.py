@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -26,6 +27,13 @@ from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, default_route, route_call
 from gateway.core.calls.subscriptions import Subscriptions
+from gateway.core.calls.trunk_dns import (
+    DnsPythonResolver,
+    Resolution,
+    Resolver,
+    TrunkHop,
+    TrunkTargets,
+)
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.calls.trunk_registration import TrunkRegistration, registering
 from gateway.core.config import ConfigError, GatewayConfig, ListenSpec, did_warnings
@@ -111,8 +119,17 @@ class Gateway:
     """One gateway instance: config, its own plugins, flows, listeners and the SIP endpoint."""
 
     def __init__(
-        self, config: GatewayConfig, plugins: Plugins, *, ids: IdSource | None = None
+        self,
+        config: GatewayConfig,
+        plugins: Plugins,
+        *,
+        ids: IdSource | None = None,
+        dns_resolver: Resolver | None = None,
+        dns_rng: random.Random | None = None,
     ) -> None:
+        """``dns_resolver`` and ``dns_rng`` resolve the trunks named by DNS and draw their SRV
+        weights (tests inject fakes and a seeded generator); None: dnspython with
+        ``[dns] servers``, and a generator seeded by the system."""
         self.config = config
         self.plugins = plugins
         self.ids = ids or RandomIds()
@@ -150,6 +167,14 @@ class Gateway:
             StatusView(self, self.call_statistics) if self.call_statistics is not None else None
         )
         self._trunks = TrunkMatcher(config.trunks)
+        # Trunks named by DNS (trunk_dns.py): kept resolved from start-up on; None without any.
+        self.trunk_targets: TrunkTargets | None = None
+        self._dns_resolver = dns_resolver
+        self._dns_rng = dns_rng
+        # (IP, port) of a target of a trunk named by DNS -> the trunk's domain: the name its
+        # TLS certificate must carry and our SNI (RFC 5922 §4; TransportHost.peer_name).
+        self._peer_names: dict[tuple[str, int], str] = {}
+        self._trunk_hops: dict[str, tuple[TrunkHop, ...]] = {}
         self.trunk_health = TrunkHealth(
             t.name for t in config.trunks if t.enabled and t.options_interval > 0
         )
@@ -220,7 +245,7 @@ class Gateway:
                     "interworking",
                     f"unknown interworking {trunk.interworking!r}; known: {known}",
                 )
-            transport = trunk.address_spec.transport
+            transport = trunk.address_parts.transport
             if transport not in self.plugins.transports:
                 raise ConfigError(
                     self.config.source,
@@ -275,6 +300,30 @@ class Gateway:
             self.flows.expire_datagram_flows(now=trio.current_time(), idle=UDP_FLOW_IDLE)
 
     # -- what calls need ----------------------------------------------------------------------
+
+    def _trunk_resolved(self, name: str, resolution: Resolution) -> None:
+        """A trunk named by DNS has a new answer: its addresses recognise its requests (when it
+        has no ``allowed_sources``), and its targets' TLS certificates must name its domain."""
+        trunk = self.config.trunk(name)
+        assert trunk is not None
+        hops = resolution.hops
+        if trunk.allowed_sources is None:
+            self._trunks.set_resolved(name, [hop.host for hop in hops])
+        self._trunk_hops[name] = hops
+        # Rebuilt whole (a few trunks, at a refresh): a target a trunk no longer has is not
+        # named after it any more.
+        peer_names: dict[tuple[str, int], str] = {}
+        for trunk_name, trunk_hops in self._trunk_hops.items():
+            named = self.config.trunk(trunk_name)
+            assert named is not None
+            for hop in trunk_hops:
+                peer_names.setdefault((hop.host, hop.port), named.address_parts.host)
+        self._peer_names = peer_names
+
+    def peer_name(self, remote: tuple[str, int]) -> str | None:
+        """The host name a trunk at ``remote`` is known by: the domain of a trunk named by DNS
+        whose target it is (RFC 5922 §4: not the SRV target's name), else None."""
+        return self._peer_names.get(remote)
 
     def is_trunk_address(self, address: str) -> bool:
         """Whether ``address`` is in some enabled trunk's ``allowed_sources`` (with or without
@@ -551,6 +600,19 @@ class Gateway:
                 window=self.config.gateway.auth_failure_window,
             ),
         )
+        if any(trunk.enabled and trunk.by_name for trunk in self.config.trunks):
+            dns = self.config.dns
+            self.trunk_targets = TrunkTargets(
+                self.config.trunks,
+                dns,
+                self._dns_resolver or DnsPythonResolver(dns.servers, dns.timeout),
+                rng=self._dns_rng or random.Random(),
+                on_unresolved=self.trunk_health.unresolved,
+                on_resolved=self.trunk_health.resolved,
+                on_change=self._trunk_resolved,
+            )
+            # Resolved before calls are taken; start-up waits at most [dns] timeout for it.
+            await nursery.start(self.trunk_targets.serve)
         self.directory = GatewayDirectory(
             self.store,
             self.flows,
@@ -559,6 +621,7 @@ class Gateway:
             now=time.time,
             numbering=self.config.numbering,
             trunk_up=self.trunk_health.is_up,
+            trunk_targets=self.trunk_targets,
         )
         media = self.config.media
         if media.workers > 1:
@@ -591,6 +654,7 @@ class Gateway:
             self.ids,
             t1=self.config.sip.t1,
             user_agent=self.config.sip.user_agent,
+            targets=self.trunk_targets,
         )
         if prober.trunks:
             nursery.start_soon(prober.run)
@@ -603,6 +667,7 @@ class Gateway:
                 self.ids,
                 t1=self.config.sip.t1,
                 user_agent=self.config.sip.user_agent,
+                targets=self.trunk_targets,
             )
             self.trunk_registrations[trunk.name] = registration
             nursery.start_soon(registration.run, name=f"registration with {trunk.name}")

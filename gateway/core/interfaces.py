@@ -73,6 +73,11 @@ class TransportHost(Protocol):
         when the transport may close it: at once, or once the emergency calls over it ended
         (they are not cut). :meth:`flow_closed` follows as usual."""
 
+    def peer_name(self, remote: Address) -> str | None:
+        """The host name the peer at ``remote`` is known by, when the core reached it through
+        DNS (a target of a trunk named by DNS: the trunk's domain, RFC 5922 §4), else None.
+        TLS verifies the peer's certificate against it and sends it as SNI."""
+
 
 @runtime_checkable
 class Transport(Protocol):

@@ -4,6 +4,8 @@
   reordering and delay, on trio's (virtual) clock.
 - :mod:`gateway.testing.streams`: in-memory byte streams that split and coalesce writes, and a
   listen/connect network of them.
+- :mod:`gateway.testing.fake_dns`: a DNS resolver answering from tables, for trunks named by
+  DNS (``Gateway(..., dns_resolver=...)``).
 - :mod:`gateway.testing.fixtures`: pytest fixtures; opt in with
   ``pytest_plugins = ["gateway.testing.fixtures"]`` (not imported here, so this package does not
   need pytest).

@@ -121,6 +121,7 @@ from gateway.core.calls.pickup import NO_CALL_TO_PICK_UP
 from gateway.core.calls.psap_callback import PRIORITY_VALUE as PSAP_CALLBACK
 from gateway.core.calls.routing import (
     ContactTarget,
+    TrunkHopTarget,
     UnroutableTarget,
     account_number_on_trunk,
     destination_for,
@@ -1242,8 +1243,9 @@ class Call:
         except OSError as exc:
             log.warning("call %s: cannot reach %s: %s", self.id, request.uri, exc)
             leg.final = make_response(request, 503, "Service Unavailable")
-            if leg.target is not None and leg.target.trunk is not None:
-                self.manager.trunk_failed(leg.target.trunk, f"cannot send to it: {exc}")
+            target = leg.target
+            if target is not None and target.trunk is not None and not _other_hops_left(target):
+                self.manager.trunk_failed(target.trunk, f"cannot send to it: {exc}")
             return
         leg.flow = client.flow
         leg.invite = client.request
@@ -1475,6 +1477,8 @@ class Call:
             for leg in self._attempt:  # the call no longer occupies the failed trunk
                 if leg.target is not None and leg.target.trunk is not None:
                     self.manager.limits.release_one(self, ("trunk", leg.target.trunk))
+            if self._attempt:
+                self._alternates = without_other_hops(self._alternates, self._attempt[-1])
             target = self._next_alternate()
             if target is None:
                 break
@@ -1483,14 +1487,18 @@ class Call:
                 outcome = failed.final or failed.given_up
                 if failed.target is not None and failed.target.trunk is not None:
                     self.manager.failovers[failed.target.trunk] += 1
-                    self.failovers.append(
-                        {
-                            "trunk": failed.target.trunk,
-                            "status": outcome.status if outcome is not None else 0,
-                            "reason": outcome.reason if outcome is not None else "",
-                            "to": target.trunk,
-                        }
-                    )
+                    entry: dict[str, object] = {
+                        "trunk": failed.target.trunk,
+                        "status": outcome.status if outcome is not None else 0,
+                        "reason": outcome.reason if outcome is not None else "",
+                        "to": target.trunk,
+                    }
+                    # Trunks named by DNS: which of their targets failed, which is next.
+                    if isinstance(failed.target, TrunkHopTarget):
+                        entry["target"] = str(failed.target.hop)
+                    if isinstance(target, TrunkHopTarget):
+                        entry["to_target"] = str(target.hop)
+                    self.failovers.append(entry)
                 log.info(
                     "call %s: %s answered %d; failing over to trunk %s",
                     self.id,
@@ -1535,7 +1543,7 @@ class Call:
         assert leg.invite is not None
         leg.given_up = make_response(leg.invite, 408, "Request Timeout (no response)")
         log.info("call %s: no response from %s; giving it up", self.id, trunk or leg.address)
-        if trunk is not None:
+        if trunk is not None and not _other_hops_left(leg.target):
             timeout = self._leg_trunk(leg).response_timeout  # type: ignore[union-attr]
             self.manager.trunk_failed(trunk, f"no response to an INVITE within {timeout:g} s")
         await self._cancel_b(leg)  # sent if a provisional response ever comes
@@ -3375,6 +3383,8 @@ class Call:
             for leg in transfer.legs:
                 if leg.target is not None and leg.target.trunk is not None:
                     self.manager.limits.release_one(self, ("trunk", leg.target.trunk))
+            if transfer.legs:
+                transfer.alternates = without_other_hops(transfer.alternates, transfer.legs[-1])
             target = self._next_transfer_alternate(transfer)
             if target is None:
                 return False
@@ -4192,6 +4202,14 @@ class Call:
             entry["peer"] = (
                 f"{leg.transport}:{leg.address[0]}:{leg.address[1]}" if leg.address else None
             )
+            target = leg.target if isinstance(leg, BLeg) else None
+            if isinstance(target, TrunkHopTarget):
+                # A trunk named by DNS: its name, and which of its targets took the call.
+                entry["dns"] = {
+                    "name": target.server_name,
+                    "target": str(target.hop),
+                    "attempt": target.index + 1,
+                }
             record[label] = entry
         if self.keying is not None:
             srtp = self.keying.statistics()
@@ -4583,6 +4601,33 @@ class Call:
                     continue  # its ACK arrived while the send waited (ack_received)
             interval = min(interval * 2, self.config.sip.t2)
             self._retransmit_at[side] = (now + interval, interval, response, give_up)
+
+
+def without_other_hops(alternates: list[RouteTarget], leg: BLeg) -> list[RouteTarget]:
+    """``alternates`` after ``leg`` failed, without the other targets of its trunk when it is a
+    target of a trunk named by DNS that did not fail as one server does. RFC 3263 §4.3: a
+    transport error, a timeout without any response (our 408: the trunk's ``response_timeout``
+    or Timer B) or a 503 sends the request to the trunk's next target; any other failover
+    status (500, 502, 504 ...) is the trunk's answer, not one server's, and the call goes on
+    with the next trunk."""
+    failed = leg.target
+    if not isinstance(failed, TrunkHopTarget):
+        return alternates
+    outcome = leg.final or leg.given_up
+    if leg.given_up is not None or (outcome is not None and outcome.status in (408, 503)):
+        return alternates
+    return [
+        alternate
+        for alternate in alternates
+        if not (isinstance(alternate, TrunkHopTarget) and alternate.trunk == failed.trunk)
+    ]
+
+
+def _other_hops_left(target: RouteTarget | None) -> bool:
+    """Whether ``target`` is a target of a trunk named by DNS with others after it: its
+    failure is one server's, not the trunk's (RFC 3263 §4.3: the call tries the next), and
+    does not mark the trunk down."""
+    return isinstance(target, TrunkHopTarget) and not target.last
 
 
 def best_failure(finals: Sequence[Response]) -> tuple[int, str]:

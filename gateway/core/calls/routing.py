@@ -48,6 +48,7 @@ from urllib.parse import unquote
 import attrs
 
 from gateway.core.calls.numbering import NumberingPlan, read_number
+from gateway.core.calls.trunk_dns import TrunkHop, TrunkTargets
 from gateway.core.config import DEFAULT_ROUTE_PREFIXES, IPNetwork, TrunkConfig, trunk_numbering
 from gateway.core.interfaces import Caller, RouteDecision, RouteTarget
 from gateway.core.ip import ip_literal
@@ -99,20 +100,44 @@ class UnroutableTarget(Exception):
 
 
 class TrunkMatcher:
-    """Recognises the trunk a request comes from by its source IP address (``allowed_sources``).
+    """Recognises the trunk a request comes from by its source IP address (``allowed_sources``;
+    for a trunk named by DNS without them, the addresses its name resolves to, kept by
+    :meth:`set_resolved` as they change).
 
     Only enabled trunks match. When networks of several trunks contain the address, the most
     specific one (longest network prefix) wins, then the trunk listed first. Whether the match
     counts as authentication is the trunk's ``auth_by_source``: the caller checks it.
+
+    Single addresses (/32, /128: every trunk's default, and every resolved address) are one
+    dictionary look-up per request; only wider networks are scanned, most specific first.
     """
 
     def __init__(self, trunks: Iterable[TrunkConfig]) -> None:
-        self._networks: list[tuple[IPNetwork, TrunkConfig]] = [
-            (network, trunk)
-            for trunk in trunks
-            if trunk.enabled
-            for network in trunk.source_networks
-        ]
+        self._trunks = [trunk for trunk in trunks if trunk.enabled]
+        self._resolved: dict[str, tuple[str, ...]] = {}
+        self._index()
+
+    def set_resolved(self, trunk: str, addresses: Iterable[str]) -> None:
+        """``trunk`` (named by DNS, without ``allowed_sources``) now resolves to
+        ``addresses``: requests from them are its (trunk_dns.TrunkTargets.on_change)."""
+        self._resolved[trunk] = tuple(addresses)
+        self._index()
+
+    def _index(self) -> None:
+        exact: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, TrunkConfig] = {}
+        networks: list[tuple[IPNetwork, TrunkConfig]] = []
+        for trunk in self._trunks:
+            sources: Iterable[IPNetwork] = trunk.source_networks
+            if trunk.allowed_sources is None and trunk.name in self._resolved:
+                sources = [ipaddress.ip_network(a) for a in self._resolved[trunk.name]]
+            for network in sources:
+                if network.num_addresses == 1:
+                    exact.setdefault(network.network_address, trunk)  # the first listed wins
+                else:
+                    networks.append((network, trunk))
+        # Most specific first; the sort is stable, so ties stay in the order listed.
+        networks.sort(key=lambda entry: -entry[0].prefixlen)
+        self._exact, self._networks = exact, networks
 
     def identify(self, source_ip: str) -> TrunkConfig | None:
         """The trunk whose ``allowed_sources`` contain ``source_ip``, or None (also for text
@@ -120,13 +145,13 @@ class TrunkMatcher:
         address = _ip_address(source_ip)
         if address is None:
             return None
-        best: tuple[IPNetwork, TrunkConfig] | None = None
+        trunk = self._exact.get(address)
+        if trunk is not None:
+            return trunk  # a single address is as specific as a match gets
         for network, trunk in self._networks:
-            if address.version != network.version or address not in network:
-                continue
-            if best is None or network.prefixlen > best[0].prefixlen:
-                best = (network, trunk)
-        return None if best is None else best[1]
+            if address.version == network.version and address in network:
+                return trunk
+        return None
 
 
 def identify_trunk(trunks: Iterable[TrunkConfig], source_ip: str) -> TrunkConfig | None:
@@ -209,6 +234,19 @@ class ContactTarget(RouteTarget):
 
 
 @attrs.frozen
+class TrunkHopTarget(RouteTarget):
+    """A :class:`RouteTarget` for one target of a trunk named by DNS (RFC 3263): its Request-URI
+    names the trunk's domain, ``hop`` is the address the request goes to, ``index`` its place in
+    this call's order (0: the first), ``last`` whether it is the last the call tries, and
+    ``server_name`` the domain a TLS certificate must name (RFC 5922 §4)."""
+
+    hop: TrunkHop = attrs.field(kw_only=True)
+    index: int = attrs.field(kw_only=True)
+    last: bool = attrs.field(kw_only=True)
+    server_name: str = attrs.field(kw_only=True)
+
+
+@attrs.frozen
 class Destination:
     """Where to send a request: a transport name and address, and the open flow to use when
     there is one (then ``host``/``port`` are its remote address). ``host`` is an IP address
@@ -238,6 +276,9 @@ def destination_for(target: RouteTarget) -> Destination:
 
     Raises :class:`UnroutableTarget` when the URI is not a usable SIP URI.
     """
+    if isinstance(target, TrunkHopTarget):
+        resolved = target.hop  # resolved off the call path (trunk_dns.py)
+        return Destination(resolved.transport, resolved.host, resolved.port)
     flow = target.flow
     live = flow if flow is not None and not flow.closed else None
     if isinstance(target, ContactTarget) and target.binding.path:
@@ -348,8 +389,11 @@ class GatewayDirectory:
         now: Callable[[], float],
         numbering: NumberingPlan | None = None,
         trunk_up: Callable[[str], bool] | None = None,
+        trunk_targets: TrunkTargets | None = None,
     ) -> None:
         self.store = store
+        # The cached targets of the trunks named by DNS (trunk_dns.py); None: no such trunk.
+        self.trunk_targets = trunk_targets
         self.flows = flows
         self.trunks = tuple(trunks)
         self._by_name = {trunk.name: trunk for trunk in self.trunks}
@@ -443,6 +487,12 @@ class GatewayDirectory:
             if self.trunk_up(trunk.name)
         )
 
+    def trunk_resolved(self, trunk: str) -> bool:
+        """Whether ``trunk`` has targets: True for a trunk with an address, for one named by
+        DNS whether its name has resolved (trunk_dns.py)."""
+        targets = self.trunk_targets
+        return targets is None or trunk not in targets or targets.resolution(trunk) is not None
+
     def plan_of(self, trunk: str | None) -> NumberingPlan:
         """The numbering plan of the trunk called ``trunk``; ``[numbering]`` for None (how our
         accounts dial) or a trunk we do not know."""
@@ -470,7 +520,31 @@ class GatewayDirectory:
         ``sip:NUMBER@HOST:PORT;transport=T``, an E.164 number written in the trunk's
         ``number_format`` (by its numbering plan), then ``strip_prefix`` and ``add_prefix``.
         None for an unknown or disabled trunk, or a number that is not a dial string or is
-        empty after stripping."""
+        empty after stripping. For a trunk named by DNS, its first target in this call's order
+        (:meth:`trunk_hop_targets` gives them all); None while its name has not resolved."""
+        found = self._trunk_request_uri(trunk, number)
+        if found is None:
+            return None
+        config, uri = found
+        targets = self.trunk_targets
+        if targets is not None and trunk in targets:
+            hops = self._hop_targets(config, uri, limit=1)
+            return hops[0] if hops else None
+        return RouteTarget(uri=uri, trunk=config.name)
+
+    def trunk_hop_targets(self, trunk: str, number: str) -> list[RouteTarget]:
+        """:meth:`trunk_target`, for a trunk named by DNS one target per resolved target in
+        this call's order (RFC 3263 §4.3: tried one after another); empty where that is None."""
+        targets = self.trunk_targets
+        if targets is None or trunk not in targets:
+            target = self.trunk_target(trunk, number)
+            return [] if target is None else [target]
+        found = self._trunk_request_uri(trunk, number)
+        if found is None:
+            return []
+        return list(self._hop_targets(*found))
+
+    def _trunk_request_uri(self, trunk: str, number: str) -> tuple[TrunkConfig, str] | None:
         config = self.trunk(trunk)
         number_text = dial_string(number)
         if config is None or not config.enabled or number_text is None:
@@ -484,7 +558,25 @@ class GatewayDirectory:
             sent = config.add_prefix + number_text[config.strip_prefix :]
         if not sent or sent == "+":
             return None
-        return RouteTarget(uri=trunk_uri(config, sent), trunk=config.name)
+        return config, trunk_uri(config, sent)
+
+    def _hop_targets(
+        self, config: TrunkConfig, uri: str, limit: int | None = None
+    ) -> tuple[TrunkHopTarget, ...]:
+        assert self.trunk_targets is not None
+        hops = self.trunk_targets.hops(config.name, limit)
+        name = config.address_parts.host
+        return tuple(
+            TrunkHopTarget(
+                uri=uri,
+                trunk=config.name,
+                hop=hop,
+                index=index,
+                last=index == len(hops) - 1,
+                server_name=name,
+            )
+            for index, hop in enumerate(hops)
+        )
 
     def account_number(
         self, trunk: TrunkConfig, account: str, *, caller_id: bool = True
@@ -508,11 +600,13 @@ class GatewayDirectory:
 
 
 def trunk_uri(trunk: TrunkConfig, user: str) -> str:
-    """``sip:USER@HOST:PORT;transport=T`` at ``trunk``'s address."""
-    spec = trunk.address_spec
-    host = f"[{spec.host}]" if ":" in spec.host else spec.host
+    """``sip:USER@HOST:PORT;transport=T`` at ``trunk``'s address; for a trunk named by DNS
+    ``sip:USER@NAME[:PORT];transport=T``, the name (and a port only when the address has one:
+    RFC 3263 §4.2, a URI with a port is not looked up by SRV)."""
+    spec = trunk.address_parts
+    port = "" if spec.port is None else f":{spec.port}"
     # "#" is not allowed unescaped in a SIP user part (RFC 3261 §25.1 user-unreserved).
-    return f"sip:{user.replace('#', '%23')}@{host}:{spec.port};transport={spec.transport}"
+    return f"sip:{user.replace('#', '%23')}@{spec.uri_host}{port};transport={spec.transport}"
 
 
 def account_number_on_trunk(
@@ -570,17 +664,27 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
         return _ring_account(directory, user)
     if number is not None:
         number = directory.to_e164(_with_phone_context(request.uri, user))
-        targets = [
-            target
-            for trunk in directory.trunks_for_number(number)
-            if (target := directory.trunk_target(trunk, number)) is not None
-        ]
+        if directory.trunk_targets is None:
+            targets = [
+                target
+                for trunk in directory.trunks_for_number(number)
+                if (target := directory.trunk_target(trunk, number)) is not None
+            ]
+        else:
+            # Trunks named by DNS: each of their targets in turn, before the next trunk.
+            targets = [
+                target
+                for trunk in directory.trunks_for_number(number)
+                for target in directory.trunk_hop_targets(trunk, number)
+            ]
         if targets:
             return RouteDecision(targets=(targets[0],), alternates=tuple(targets[1:]))
         for trunk in trunks_by_prefix(directory.trunks, number):
             if trunk.enabled and directory.trunk_up(trunk.name):
                 continue  # it serves the number, which it cannot be sent (stripped to nothing)
             why = "disabled" if not trunk.enabled else "down (not answering OPTIONS)"
+            if trunk.enabled and not directory.trunk_resolved(trunk.name):
+                why = "down (its name does not resolve)"
             return RouteDecision.reject(
                 503,
                 f"Service Unavailable: no trunk serves {_shown(number)} "

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from gateway.core.calls.trunk_dns import TrunkHop, TrunkTargets, next_hop
 from gateway.core.ids import IdSource
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request
@@ -50,6 +51,7 @@ class TrunkHealth:
         self._probed = frozenset(probed)
         self._down: dict[str, str] = {}
         self._missed: dict[str, int] = {}  # probes in a row without an answer
+        self._unresolved: set[str] = set()  # named by DNS, not resolved yet (trunk_dns.py)
 
     def is_up(self, trunk: str) -> bool:
         return trunk not in self._down
@@ -62,17 +64,32 @@ class TrunkHealth:
     def answered(self, trunk: str) -> None:
         """A probe of ``trunk`` was answered: up (logged when it was down)."""
         self._missed.pop(trunk, None)
+        if trunk in self._unresolved:
+            return  # cannot happen (nothing to probe before it resolves); stays down
         why = self._down.pop(trunk, None)
         if why is not None:
             log.warning("trunk %s is up again (it answered OPTIONS)", trunk)
 
-    def probe_failed(self, trunk: str, why: str) -> None:
-        """A probe of ``trunk`` went unanswered: down at the :data:`PROBES_MISSED`-th in a
-        row (one lost UDP exchange is no dead trunk; Kamailio's ``ds_probing_threshold``)."""
+    def probe_failed(self, trunk: str, why: str, *, needed: int = PROBES_MISSED) -> None:
+        """A probe of ``trunk`` went unanswered: down at the ``needed``-th in a row (one lost
+        UDP exchange is no dead trunk; Kamailio's ``ds_probing_threshold``). A trunk named by
+        DNS needs one per target (TrunkProber: each goes to the next target)."""
         missed = self._missed.get(trunk, 0) + 1
         self._missed[trunk] = missed
-        if missed >= PROBES_MISSED:
+        if missed >= needed:
             self.failed(trunk, f"{why} ({missed} probes in a row)")
+
+    def unresolved(self, trunk: str, why: str) -> None:
+        """``trunk`` is named by DNS and its name has not resolved yet: down until
+        :meth:`resolved` (gateway/core/calls/trunk_dns.py logs why), probed or not."""
+        self._unresolved.add(trunk)
+        self._down[trunk] = why
+
+    def resolved(self, trunk: str) -> None:
+        """``trunk``'s name resolves: up, unless it was down for another reason."""
+        if trunk in self._unresolved:
+            self._unresolved.discard(trunk)
+            self._down.pop(trunk, None)
 
     def failed(self, trunk: str, why: str) -> None:
         """``trunk`` did not answer a call (or enough probes): down (logged when it was up).
@@ -96,8 +113,12 @@ class TrunkProber:
         *,
         t1: float,
         user_agent: str,
+        targets: TrunkTargets | None = None,
     ) -> None:
         self.trunks = tuple(t for t in trunks if t.enabled and t.options_interval > 0)
+        # Trunks named by DNS: their cached targets, and which one each probes next.
+        self.targets = targets
+        self._turn: dict[str, int] = {}
         self.health = health
         self.endpoint = endpoint
         self.ids = ids
@@ -121,17 +142,32 @@ class TrunkProber:
             if why is None:
                 self.health.answered(trunk.name)
             else:
-                self.health.probe_failed(trunk.name, why)
+                _, targets = self._hop_to_probe(trunk)
+                self._turn[trunk.name] = self._turn.get(trunk.name, 0) + 1
+                needed = max(PROBES_MISSED, targets)
+                self.health.probe_failed(trunk.name, why, needed=needed)
             await trio.sleep_until(sent_at + trunk.options_interval)
+
+    def _hop_to_probe(self, trunk: TrunkConfig) -> tuple[TrunkHop | None, int]:
+        """Where the next probe of ``trunk`` goes, and how many targets it has. A trunk named
+        by DNS is probed at one target at a time, the first by priority until it fails to
+        answer, then the next (RFC 3263 §4.3's order): one OPTIONS per interval whatever the
+        number of targets, and the trunk is down only when each target missed one in a row."""
+        targets = self.targets
+        resolution = targets.resolution(trunk.name) if targets is not None else None
+        count = len(resolution.hops) if resolution is not None else 1
+        return next_hop(trunk, targets, self._turn.get(trunk.name, 0)), count
 
     async def probe(self, trunk: TrunkConfig) -> str | None:
         """One OPTIONS to ``trunk``: None when it answered, else why it counts as down."""
-        spec = trunk.address_spec
+        hop, _ = self._hop_to_probe(trunk)
+        if hop is None:
+            return "its name has not resolved"
         timeout = min(trunk.options_interval, self.transaction_limit)
         try:
             request = self._options(trunk)  # no listener for the transport: OSError too
             client = await self.endpoint.send_request(
-                request, transport=spec.transport, address=(spec.host, spec.port)
+                request, transport=hop.transport, address=(hop.host, hop.port)
             )
         except OSError as exc:
             return f"cannot send OPTIONS: {exc.strerror or exc}"
@@ -148,9 +184,8 @@ class TrunkProber:
             client.forward_to(None)  # later responses (retransmissions) are not ours to read
 
     def _options(self, trunk: TrunkConfig) -> Request:
-        spec = trunk.address_spec
-        host = f"[{spec.host}]" if ":" in spec.host else spec.host
-        target = SipUri("sip", host, port=spec.port)
+        spec = trunk.address_parts  # a named trunk's name: the domain, without its targets
+        target = SipUri("sip", spec.uri_host, port=spec.port)
         if spec.transport != "udp":
             target = target.with_param("transport", spec.transport)
         our_host, our_port = self.endpoint.local_address(spec.transport)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from gateway.core.auth.client import authorize
+from gateway.core.calls.trunk_dns import next_hop
 from gateway.core.ids import IdSource
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import (
@@ -46,6 +47,7 @@ from gateway.core.sip.message import Headers, Request, Response
 from gateway.core.sip.uri import SipUri, get_param
 
 if TYPE_CHECKING:
+    from gateway.core.calls.trunk_dns import TrunkTargets
     from gateway.core.config import TrunkConfig
     from gateway.core.endpoint import SipEndpoint
 
@@ -70,9 +72,14 @@ class TrunkRegistration:
         *,
         t1: float,
         user_agent: str,
+        targets: TrunkTargets | None = None,
     ) -> None:
         assert trunk.username is not None and trunk.password is not None
         self.trunk = trunk
+        # A trunk named by DNS registers at its first target by priority, and at the next
+        # after a transport error, no answer or a 503 (RFC 3263 §4.3; trunk_dns.next_hop).
+        self.targets = targets
+        self._turn = 0
         self.endpoint = endpoint
         self.ids = ids
         self.answer_limit = 64 * t1 + 1.0  # the transaction gives up at 64*T1 (Timer F)
@@ -133,10 +140,12 @@ class TrunkRegistration:
     async def _unregister(self) -> None:
         """Expires: 0, sent and not waited for: the gateway is stopping and no longer reads
         responses. A registrar that challenges it keeps the registration until it runs out."""
-        spec = self.trunk.address_spec
+        hop = next_hop(self.trunk, self.targets, self._turn)
+        if hop is None:
+            return
         try:
             client = await self.endpoint.send_request(
-                self._register(0), transport=spec.transport, address=(spec.host, spec.port)
+                self._register(0), transport=hop.transport, address=(hop.host, hop.port)
             )
         except OSError:
             return
@@ -212,10 +221,20 @@ class TrunkRegistration:
             return None, f"{response.status} {response.reason}"
 
     async def _send(self, request: Request) -> Response | None:
-        spec = self.trunk.address_spec
+        response = await self._send_to_hop(request)
+        if response is None or response.status in (408, 503):
+            # No answer (our transaction's 408), a transport error (our 503) or a 503: a trunk
+            # named by DNS is tried at its next target next time (RFC 3263 §4.3).
+            self._turn += 1
+        return response
+
+    async def _send_to_hop(self, request: Request) -> Response | None:
+        hop = next_hop(self.trunk, self.targets, self._turn)
+        if hop is None:
+            return Response(503, "cannot send: its name has not resolved")
         try:
             client = await self.endpoint.send_request(
-                request, transport=spec.transport, address=(spec.host, spec.port)
+                request, transport=hop.transport, address=(hop.host, hop.port)
             )
         except OSError as exc:
             return Response(503, f"cannot send: {exc.strerror or exc}")
@@ -231,7 +250,7 @@ class TrunkRegistration:
     def _register(self, expires: int) -> Request:
         trunk = self.trunk
         domain = trunk.register_domain or _address_host(trunk)
-        spec = trunk.address_spec
+        spec = trunk.address_parts
         registrar = parse_uri_untrusted(f"sip:{domain}")  # checked with the configuration
         assert isinstance(registrar, SipUri)
         if spec.transport != "udp":
@@ -254,7 +273,7 @@ class TrunkRegistration:
 
     def contact(self) -> SipUri:
         """Our Contact: where the trunk sends its calls."""
-        transport = self.trunk.address_spec.transport
+        transport = self.trunk.address_parts.transport
         host, port = self.endpoint.local_address(transport)
         uri = SipUri(
             "sip",
@@ -318,9 +337,9 @@ def _min_expires(response: Response) -> int | None:
 
 
 def _address_host(trunk: TrunkConfig) -> str:
-    spec = trunk.address_spec
-    host = f"[{spec.host}]" if ":" in spec.host else spec.host
-    return f"{host}:{spec.port}"
+    spec = trunk.address_parts
+    # A name without a port is the SRV domain itself (RFC 3263 §4.2): no port written.
+    return spec.uri_host if spec.port is None else f"{spec.uri_host}:{spec.port}"
 
 
 def registering(trunks: Iterable[TrunkConfig]) -> list[TrunkConfig]:

@@ -253,12 +253,14 @@ class TlsConfig:
         """The mode of outbound connections to ``remote`` (a trunk)."""
         return self._mode_for(self.peer_modes, remote)
 
-    def server_name(self, remote: Address) -> str:
-        """The name a peer's certificate must carry: ``peers`` entry, else its IP address."""
+    def server_name(self, remote: Address, dns_name: str | None = None) -> str:
+        """The name a peer's certificate must carry: ``peers`` entry, else ``dns_name`` (the
+        domain of a trunk named by DNS, RFC 5922 §4: the domain in its address, not the SRV
+        target), else its IP address."""
         for key, name in self.peers.items():
             if _address_key(key) == _normalize(remote):
                 return name
-        return _normalize(remote)[0]
+        return dns_name if dns_name is not None else _normalize(remote)[0]
 
     def verifies(self, mode: Mode) -> bool:
         """Whether outbound connections in ``mode`` verify the trunk's certificate."""
@@ -838,6 +840,8 @@ class TlsTransport(StreamTransport):
         self._listeners: list[_ListenerSide] = []
         self._client_contexts: dict[Mode, SSL.Context] = {}
         self._opening: dict[Address, trio.Event] = {}
+        # Remote -> the DNS name its connection being opened must verify (open_flow to wrap).
+        self._dns_names: dict[Address, str] = {}
 
     def _check_files(self, paths: CertificatePaths | None, crls: Sequence[LoadedCrl]) -> None:
         """What start-up (and a reload, before it swaps anything) requires of the files: the
@@ -1155,6 +1159,10 @@ class TlsTransport(StreamTransport):
                 break
             await pending.wait()
         done = self._opening[remote] = trio.Event()
+        # A target of a trunk named by DNS: the handshake (wrap) checks the trunk's domain.
+        dns_name = host.peer_name(remote)
+        if dns_name is not None:
+            self._dns_names[remote] = dns_name
         try:
             return await super().open_flow(remote, host)
         except trio.TooSlowError:
@@ -1163,6 +1171,7 @@ class TlsTransport(StreamTransport):
             raise TlsHandshakeError(f"{format_address(remote)}: {reason}") from None
         finally:
             del self._opening[remote]
+            self._dns_names.pop(remote, None)
             done.set()
 
     # -- the handshake ----------------------------------------------------------------------
@@ -1182,7 +1191,7 @@ class TlsTransport(StreamTransport):
         else:
             mode = self.tls.peer_mode(remote)
             context, direction = self._client_context(mode), "to"
-            name = self.tls.server_name(remote)
+            name = self.tls.server_name(remote, self._dns_names.get(remote))
         record = _Verification()
         connection = SSL.Connection(context, None)
         connection.set_app_data(record)

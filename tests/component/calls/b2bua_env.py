@@ -12,6 +12,7 @@ module was written against.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import attrs
 import trio
 
+from gateway.core.calls.trunk_dns import Resolver
 from gateway.core.config import GatewayConfig, from_mapping
 from gateway.core.gateway import Gateway
 from gateway.core.ids import SeededIds
@@ -74,9 +76,11 @@ def gateway_config(
     feature_codes: Mapping[str, Any] | None = None,
     gateway: Mapping[str, Any] | None = None,
     media: Mapping[str, Any] | None = None,
+    dns: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
+            "dns": dict(dns or {}),
             "dialog_watch_groups": [dict(group) for group in dialog_watch_groups],
             "numbering": dict(numbering or {}),
             "feature_codes": dict(feature_codes or {}),
@@ -128,6 +132,8 @@ async def start_b2bua(
     ws_stand_in: bool = False,
     gateway_table: Mapping[str, Any] | None = None,
     media_table: Mapping[str, Any] | None = None,
+    dns: Mapping[str, Any] | None = None,
+    dns_resolver: Resolver | None = None,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -150,6 +156,7 @@ async def start_b2bua(
         feature_codes=feature_codes,
         gateway=gateway_table,
         media=media_table,
+        dns=dns,
     )
     gateway = Gateway(
         config,
@@ -157,6 +164,8 @@ async def start_b2bua(
             config, network, extra=plugins, tls_stand_in=tls_stand_in, ws_stand_in=ws_stand_in
         ),
         ids=SeededIds(seed),
+        dns_resolver=dns_resolver,
+        dns_rng=random.Random(seed),
     )
     await nursery.start(gateway.serve)
     alice = SipAgent(

@@ -52,6 +52,9 @@ class Host:
     def flow_closed(self, flow: Flow) -> None:
         self.closed.append(flow)
 
+    def peer_name(self, remote: tuple[str, int]) -> str | None:
+        return None
+
 
 class Client:
     """wsproto's client side over one end of the in-memory stream."""

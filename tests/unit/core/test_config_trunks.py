@@ -159,7 +159,13 @@ T = '[[trunks]]\nname = "t"\naddress = "udp:127.0.0.1:5070"\n'
         (T + '[[trunks]]\nname = 5\naddress = "udp:1.2.3.4:5"\n', "trunks[1]", "name", "string"),
         ('[[trunks]]\nname = ""\naddress = "udp:1.2.3.4:5"\n', "trunks[0]", "name", "non-empty"),
         ('[[trunks]]\nname = "t"\n', "trunks.t", "address", "missing"),
-        ('[[trunks]]\nname = "t"\naddress = "udp:x.example:5"\n', "trunks.t", "address", "IP"),
+        ('[[trunks]]\nname = "t"\naddress = "udp:1.2.3.999:5"\n', "trunks.t", "address", "IP"),
+        # Host names (RFC 3263) must be names: two labels or more, no bad characters.
+        ('[[trunks]]\nname = "t"\naddress = "udp:carrier:5"\n', "trunks.t", "address", "labels"),
+        ('[[trunks]]\nname = "t"\naddress = "udp:a_b.example"\n', "trunks.t", "address", "labels"),
+        ('[[trunks]]\nname = "t"\naddress = "udp:x.example:0"\n', "trunks.t", "address", "1-65535"),
+        ('[[trunks]]\nname = "t"\naddress = "ws:x.example"\n', "trunks.t", "address", "udp, tcp"),
+        ('[[trunks]]\nname = "t"\naddress = "x.example"\n', "trunks.t", "address", "NAPTR"),
         (
             '[[trunks]]\nname = "t"\naddress = "127.0.0.1:5070"\n',
             "trunks.t",

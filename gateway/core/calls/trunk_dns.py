@@ -1,0 +1,386 @@
+"""Trunks named by DNS (RFC 3263): where a trunk whose ``address`` is a host name is sent to.
+
+Theory of operation. A trunk written ``TRANSPORT:NAME:PORT`` is reached at the A/AAAA
+addresses of NAME on PORT (RFC 3263 §4.2: an explicit port means no SRV); one written
+``TRANSPORT:NAME`` at the targets of NAME's SRV records for its transport (``_sip._udp``,
+``_sip._tcp``, ``_sips._tcp`` for TLS), each at its addresses, and when NAME has no SRV records
+at NAME's own addresses on 5060 (5061 for TLS). NAPTR (§4.1) is not looked up: the address
+names the transport. :func:`resolve` does one such resolution through a :class:`Resolver`
+(:class:`DnsPythonResolver` in production, a fake in tests).
+
+Resolution is off the call path. :class:`TrunkTargets` resolves every named trunk at start-up
+(bounded by ``[dns] timeout``: a trunk that does not resolve by then is down, logged, and the
+gateway starts without it) and again before the answer's TTL runs out (90 % of it, clamped to
+``[dns] min_ttl`` ... ``max_ttl``). When the DNS fails, the last good answer is kept (RFC 3263
+does not say to drop a target that worked because the DNS is out for a while), logged once,
+and asked again every ``retry_interval``. A call only reads the cached answer: no DNS query,
+and for a trunk with one target per priority no work beyond a tuple returned.
+
+Each call orders the targets (RFC 2782): by priority, and within a priority by a weighted
+random draw, each SRV target followed by its addresses in the order the DNS gave them;
+at most ``[dns] max_targets`` of them are tried (the call's RFC 3263 §4.3 failover,
+gateway/core/calls/call.py). The weights are drawn per call, not per resolution, so that a
+carrier's weights spread this gateway's calls as they would spread many clients'.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from gateway.core.config import DnsSection, TrunkAddress, TrunkConfig, dns_server
+
+log = logging.getLogger(__name__)
+
+# Bounds on what one answer may hold (DNS answers are the network's): SRV records per name and
+# addresses per host name beyond these are ignored.
+MAX_SRV_RECORDS = 16
+MAX_ADDRESSES = 8
+# RFC 3263 §4.2: the SRV service of each transport, and the port without SRV records.
+SRV_SERVICES = {"udp": "_sip._udp", "tcp": "_sip._tcp", "tls": "_sips._tcp"}
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+REFRESH_SHARE = 0.9  # of the TTL: resolve again before the cached answer expires
+
+
+class DnsError(Exception):
+    """The DNS did not answer (timeout, SERVFAIL, no server reachable). A name that does not
+    exist or has no records of the type is an empty answer, not this."""
+
+
+@attrs.frozen
+class SrvRecord:
+    """One SRV record (RFC 2782). ``target`` is a host name without the trailing dot."""
+
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
+@attrs.frozen
+class TrunkHop:
+    """One place a trunk's requests can go: transport, IP address, port."""
+
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+@attrs.frozen
+class Resolution:
+    """One resolution of a trunk's name: per priority (lowest first) its SRV targets, each a
+    weight and the hops of its addresses; ``ttl`` the smallest TTL of the records used."""
+
+    groups: tuple[tuple[tuple[int, tuple[TrunkHop, ...]], ...], ...]
+    ttl: float
+
+    @property
+    def hops(self) -> tuple[TrunkHop, ...]:
+        """Every hop, in priority order and as listed within a priority (no draw)."""
+        return tuple(hop for group in self.groups for _, hops in group for hop in hops)
+
+    def ordered(self, rng: random.Random, limit: int) -> tuple[TrunkHop, ...]:
+        """The hops in the order a call tries them (RFC 2782 weighted order within each
+        priority), at most ``limit``."""
+        if all(len(group) == 1 for group in self.groups):
+            return self.hops[:limit]  # nothing to draw: the common case costs a slice
+        result: list[TrunkHop] = []
+        for group in self.groups:
+            for _, hops in weighted_order(group, rng):
+                result.extend(hops)
+        return tuple(result[:limit])
+
+
+def weighted_order(
+    entries: Sequence[tuple[int, tuple[TrunkHop, ...]]], rng: random.Random
+) -> list[tuple[int, tuple[TrunkHop, ...]]]:
+    """Entries of one priority (weight first) in RFC 2782's order: zero weights first, then
+    repeatedly a random number in [0, sum of weights] picks the first entry whose running sum
+    reaches it. A weight-0 entry is thus picked only when nothing else is left or by chance 0,
+    which RFC 2782 wants ("a very small chance of being selected")."""
+    left = sorted(entries, key=lambda entry: entry[0] != 0)  # stable: zeros first
+    ordered = []
+    while left:
+        total = sum(weight for weight, _ in left)
+        pick = rng.randint(0, total)
+        running = 0
+        for index, (weight, _) in enumerate(left):
+            running += weight
+            if running >= pick:
+                ordered.append(left.pop(index))
+                break
+    return ordered
+
+
+def refresh_in(ttl: float, dns: DnsSection) -> float:
+    """Seconds until an answer with ``ttl`` is resolved again: before it expires, within
+    ``min_ttl`` ... ``max_ttl`` (a TTL of 0 must not make a query loop, nor a week-long one
+    keep a carrier's moved target)."""
+    return min(max(ttl * REFRESH_SHARE, dns.min_ttl), dns.max_ttl)
+
+
+class Resolver(Protocol):
+    """What :func:`resolve` asks. Both raise :class:`DnsError` when the DNS does not answer;
+    a name without such records is ``([], ttl)``."""
+
+    async def srv(self, name: str) -> tuple[list[SrvRecord], float]: ...
+
+    async def addresses(self, name: str) -> tuple[list[str], float]:
+        """A then AAAA addresses of ``name``."""
+        ...
+
+
+async def resolve(address: TrunkAddress, resolver: Resolver) -> Resolution:
+    """Resolve a named trunk address (RFC 3263 §4.2). Raises :class:`DnsError` when the DNS
+    failed or the name leads to no address at all."""
+    transport, name = address.transport, address.host
+    if address.port is not None:
+        found, ttl = await resolver.addresses(name)
+        hops = _hops(transport, found, address.port)
+        if not hops:
+            raise DnsError(f"{name} has no A or AAAA record")
+        return Resolution(groups=(((0, hops),),), ttl=ttl)
+    records, ttl = await resolver.srv(f"{SRV_SERVICES[transport]}.{name}")
+    records = records[:MAX_SRV_RECORDS]
+    if len(records) == 1 and records[0].target in ("", "."):
+        # RFC 2782: a lone target "." says the service is decidedly not available there.
+        raise DnsError(f"{SRV_SERVICES[transport]}.{name}: the service is not offered (SRV .)")
+    if not records:
+        # RFC 3263 §4.2: no SRV records: the name's own addresses at the transport's port.
+        found, ttl = await resolver.addresses(name)
+        hops = _hops(transport, found, DEFAULT_PORTS[transport])
+        if not hops:
+            raise DnsError(f"{name} has no SRV, A or AAAA record")
+        return Resolution(groups=(((0, hops),),), ttl=ttl)
+    by_priority: dict[int, list[tuple[int, tuple[TrunkHop, ...]]]] = {}
+    failures = []
+    for record in sorted(records, key=lambda r: r.priority):
+        try:
+            found, address_ttl = await resolver.addresses(record.target)
+        except DnsError as exc:
+            failures.append(str(exc))  # another target may do: RFC 3263 §4.3 tries the next
+            continue
+        hops = _hops(transport, found, record.port)
+        if hops:
+            ttl = min(ttl, address_ttl)
+            by_priority.setdefault(record.priority, []).append((record.weight, hops))
+    if not by_priority:
+        why = "; ".join(failures) or "no A or AAAA record"
+        raise DnsError(f"no target of {SRV_SERVICES[transport]}.{name} resolves ({why})")
+    return Resolution(groups=tuple(tuple(group) for group in by_priority.values()), ttl=ttl)
+
+
+def _hops(transport: str, addresses: Iterable[str], port: int) -> tuple[TrunkHop, ...]:
+    unique = list(dict.fromkeys(addresses))[:MAX_ADDRESSES]
+    return tuple(TrunkHop(transport, host, port) for host in unique)
+
+
+class DnsPythonResolver:
+    """:class:`Resolver` over dnspython's asynchronous resolver (trio backend). ``servers``
+    (``[dns] servers``) replace /etc/resolv.conf's name servers; ``timeout`` bounds a query."""
+
+    def __init__(self, servers: Sequence[str], timeout: float) -> None:
+        import dns.asyncresolver
+        import dns.nameserver
+
+        self._resolver = dns.asyncresolver.Resolver(configure=not servers)
+        if servers:
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port)
+                for host, port in (dns_server(server) for server in servers)
+            ]
+        self._resolver.lifetime = timeout
+
+    async def srv(self, name: str) -> tuple[list[SrvRecord], float]:
+        answer = await self._query(name, "SRV")
+        if answer is None:
+            return [], 0.0
+        records = [
+            SrvRecord(
+                int(rdata.priority),
+                int(rdata.weight),
+                int(rdata.port),
+                rdata.target.to_text(omit_final_dot=True).lower(),
+            )
+            for rdata in answer
+        ]
+        return records, float(answer.rrset.ttl) if answer.rrset is not None else 0.0
+
+    async def addresses(self, name: str) -> tuple[list[str], float]:
+        found: list[str] = []
+        ttls: list[float] = []
+        errors: list[DnsError] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._query(name, rdtype)
+            except DnsError as exc:
+                errors.append(exc)
+                continue
+            if answer is not None:
+                found.extend(rdata.to_text() for rdata in answer)
+                if answer.rrset is not None:
+                    ttls.append(float(answer.rrset.ttl))
+        if not found and errors:
+            raise errors[0]
+        return found, min(ttls, default=0.0)
+
+    async def _query(self, name: str, rdtype: str) -> Any:
+        import dns.exception
+        import dns.resolver
+
+        try:
+            return await self._resolver.resolve(name, rdtype, search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return None
+        except dns.exception.DNSException as exc:
+            raise DnsError(f"{name} {rdtype}: {exc}") from None
+
+
+class TrunkTargets:
+    """The cached targets of the trunks named by DNS, kept resolved by :meth:`serve`.
+
+    ``on_unresolved(trunk, why)`` / ``on_resolved(trunk)`` tell the trunk's health (down until
+    its name resolves); ``on_change(trunk, resolution)`` is called with each new answer (the
+    source addresses that recognise the trunk, the names TLS verifies)."""
+
+    def __init__(
+        self,
+        trunks: Iterable[TrunkConfig],
+        dns: DnsSection,
+        resolver: Resolver,
+        *,
+        rng: random.Random,
+        on_unresolved: Callable[[str, str], None],
+        on_resolved: Callable[[str], None],
+        on_change: Callable[[str, Resolution], None],
+    ) -> None:
+        self.named = {t.name: t.address_parts for t in trunks if t.enabled and t.by_name}
+        self.dns = dns
+        self.resolver = resolver
+        self.rng = rng
+        self.on_unresolved = on_unresolved
+        self.on_resolved = on_resolved
+        self.on_change = on_change
+        self._resolved: dict[str, Resolution] = {}
+
+    def __contains__(self, trunk: str) -> bool:
+        return trunk in self.named
+
+    def hops(self, trunk: str, limit: int | None = None) -> tuple[TrunkHop, ...]:
+        """The hops a call to ``trunk`` tries, in order, at most ``[dns] max_targets`` (or
+        ``limit``); empty while it has not resolved."""
+        resolution = self._resolved.get(trunk)
+        if resolution is None:
+            return ()
+        most = self.dns.max_targets if limit is None else min(limit, self.dns.max_targets)
+        return resolution.ordered(self.rng, most)
+
+    def resolution(self, trunk: str) -> Resolution | None:
+        return self._resolved.get(trunk)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Resolve every named trunk once (at most ``timeout``, all at once), report started,
+        then keep them resolved until cancelled."""
+        async with trio.open_nursery() as nursery:
+            first_rounds = []
+            for name in self.named:
+                done = trio.Event()
+                first_rounds.append(done)
+                nursery.start_soon(self._keep_resolved, name, done, name=f"DNS of trunk {name}")
+            for done in first_rounds:
+                await done.wait()
+            task_status.started()
+
+    async def _keep_resolved(self, name: str, first_round: trio.Event) -> None:
+        address = self.named[name]
+        failing = False
+        while True:
+            why = None
+            resolution = None
+            with trio.move_on_after(self.dns.timeout):
+                try:
+                    resolution = await resolve(address, self.resolver)
+                except DnsError as exc:
+                    why = str(exc)
+                except Exception:
+                    # A bug here must not stop the gateway or leave a trunk unresolved for good.
+                    log.exception("resolving trunk %s failed", name)
+                    why = "internal error (logged)"
+            if resolution is None and why is None:
+                why = f"no answer within {self.dns.timeout:g} s"
+            if resolution is not None:
+                self._accept(name, address, resolution, failing)
+                failing = False
+                wait = refresh_in(resolution.ttl, self.dns)
+            else:
+                assert why is not None
+                if not failing:
+                    self._failed(name, address, why)
+                failing = True
+                wait = self.dns.retry_interval
+            first_round.set()
+            await trio.sleep(wait)
+
+    def _accept(
+        self, name: str, address: TrunkAddress, resolution: Resolution, failing: bool
+    ) -> None:
+        previous = self._resolved.get(name)
+        self._resolved[name] = resolution
+        shown = ", ".join(str(hop) for hop in resolution.hops)
+        if previous is None:
+            log.info("trunk %s: %s resolves to %s", name, address, shown)
+            self.on_resolved(name)
+        elif previous.hops != resolution.hops:
+            log.info("trunk %s: %s now resolves to %s", name, address, shown)
+        elif failing:
+            log.info("trunk %s: %s resolves again (unchanged)", name, address)
+        if previous is None or previous.hops != resolution.hops:
+            self.on_change(name, resolution)
+
+    def _failed(self, name: str, address: TrunkAddress, why: str) -> None:
+        if name in self._resolved:
+            shown = ", ".join(str(hop) for hop in self._resolved[name].hops)
+            log.warning(
+                "trunk %s: resolving %s failed (%s); keeping its last answer (%s) and asking "
+                "again every %g s",
+                name,
+                address,
+                why,
+                shown,
+                self.dns.retry_interval,
+            )
+        else:
+            log.warning(
+                "trunk %s: resolving %s failed (%s); the trunk is down until it resolves "
+                "(asked again every %g s)",
+                name,
+                address,
+                why,
+                self.dns.retry_interval,
+            )
+            self.on_unresolved(name, f"{address} does not resolve: {why}")
+
+
+def next_hop(trunk: TrunkConfig, targets: TrunkTargets | None, turn: int = 0) -> TrunkHop | None:
+    """Where a request to ``trunk`` outside a call goes (OPTIONS probes, REGISTER): its
+    address, or for a trunk named by DNS its target number ``turn`` (by priority, round and
+    round: the caller moves on when one fails, RFC 3263 §4.3); None while it has not
+    resolved."""
+    parts = trunk.address_parts
+    if not parts.is_name:
+        assert parts.port is not None
+        return TrunkHop(parts.transport, parts.host, parts.port)
+    resolution = targets.resolution(trunk.name) if targets is not None else None
+    if resolution is None:
+        return None
+    hops = resolution.hops
+    return hops[turn % len(hops)]

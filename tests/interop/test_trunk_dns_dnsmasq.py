@@ -1,0 +1,154 @@
+"""A trunk named by DNS against a real DNS server: ``voipgw run`` resolves ``tcp:carrier.test``
+through dnsmasq on loopback (``[dns] servers``) with dnspython, and fails over between the SRV
+targets (RFC 3263 §4.3).
+
+dnsmasq answers only what its command line holds (``--no-resolv --no-hosts``, no config file):
+``_sip._tcp.carrier.test`` names ``dead.carrier.test`` (priority 10: a port where nothing
+listens) and ``live.carrier.test`` (priority 20: sipp answering), both at 127.0.0.1. alice
+(sipp) calls a number the trunk serves: the gateway's connection to the first target is
+refused, and the INVITE goes to the second, whose Request-URI names the trunk's domain, not
+the target. Nothing waits on a clock: dnsmasq is polled until it answers, sipp until it listens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import pytest
+import trio
+
+from gateway.core.calls.trunk_dns import DnsError, DnsPythonResolver, resolve
+from gateway.core.config import TrunkAddress
+from tests.conftest import require_peer
+from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas, run_sipp_uac
+from tests.interop.harness.ports import free_port
+from tests.interop.harness.processes import start_process, stop_process, tail
+
+pytestmark = pytest.mark.interop
+
+ALICE = ("alice", "wonderland")
+NUMBER = "+4989555"
+DOMAIN = "carrier.test"  # RFC 2606: a name no real DNS answers
+
+
+def _answers(port: int) -> bool:
+    """Whether the DNS server on ``port`` answers a query for a name it holds."""
+    query = dns.message.make_query(f"live.{DOMAIN}", "A")
+    try:
+        dns.query.udp(query, LOOPBACK, port=port, timeout=0.2)
+    except (OSError, dns.exception.Timeout):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def dnsmasq(workdir: Path, *, dead: int, live: int) -> Iterator[int]:
+    """dnsmasq on 127.0.0.1 at a free port (yielded) holding the carrier's records: SRV
+    targets at ``dead`` (priority 10) and ``live`` (priority 20), TTL 60 s."""
+    binary = require_peer("dnsmasq")
+    port = free_port("udp")
+    process = start_process(
+        [
+            binary,
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            f"--port={port}",
+            f"--listen-address={LOOPBACK}",
+            "--bind-interfaces",
+            "--pid-file=",
+            *(["--user=root"] if os.geteuid() == 0 else []),
+            "--local-ttl=60",
+            f"--srv-host=_sip._tcp.{DOMAIN},dead.{DOMAIN},{dead},10,0",
+            f"--srv-host=_sip._tcp.{DOMAIN},live.{DOMAIN},{live},20,0",
+            f"--host-record=dead.{DOMAIN},{LOOPBACK}",
+            f"--host-record=live.{DOMAIN},{LOOPBACK}",
+        ],
+        log=workdir / "dnsmasq.log",
+        cwd=workdir,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dnsmasq did not answer:\n{tail(workdir / 'dnsmasq.log')}")
+        yield port
+    finally:
+        stop_process(process, timeout=3.0)
+
+
+def test_a_trunk_named_by_srv_fails_over_from_a_dead_target_to_the_next(tmp_path: Path) -> None:
+    callee = SippUas("uas_answer.xml", workdir=tmp_path, transport="tcp")
+    dead = free_port("tcp")  # nothing listens there: the connection is refused
+    trunk = (
+        "[[trunks]]\n"
+        'name = "carrier"\n'
+        f'address = "tcp:{DOMAIN}"\n'
+        'prefixes = ["+49"]\n'
+        # alice's sipp is on 127.0.0.1 too: the trunk's resolved address must not claim it.
+        "allowed_sources = []\n"
+    )
+    with (
+        callee,
+        dnsmasq(tmp_path, dead=dead, live=callee.port) as dns_port,
+        GatewayProcess(
+            tmp_path,
+            accounts=dict([ALICE]),
+            settings={"dns": {"servers": [f"{LOOPBACK}:{dns_port}"]}},
+            extra_toml=trunk,
+        ) as gw,
+    ):
+        caller = run_sipp_uac(
+            "uac_call_auth.xml",
+            gw.address,
+            workdir=tmp_path,
+            service=NUMBER,
+            caller=ALICE[0],
+            auth=ALICE,
+        )
+        caller.check()
+        answered = callee.wait(timeout=10)
+        answered.check()
+        log = gw.log_text()
+        calls = gw.cli_until(lambda out: "reached at" in out, "calls", "--recent", "5")
+
+    targets = f"tcp:{LOOPBACK}:{dead}, tcp:{LOOPBACK}:{callee.port}"
+    assert f"trunk carrier: tcp:{DOMAIN} resolves to {targets}" in log
+    assert "answered 503; failing over to trunk carrier" in log
+    # The call record says which target failed and which took the call.
+    dead_target, live_target = f"tcp:{LOOPBACK}:{dead}", f"tcp:{LOOPBACK}:{callee.port}"
+    assert (
+        f"trunk carrier (target {dead_target}) answered 503 Service Unavailable: "
+        f"failed over to trunk carrier (target {live_target})"
+    ) in calls
+    assert f"trunk {DOMAIN} reached at {live_target} (DNS target 2)" in calls
+    (invite,) = answered.received("INVITE ")
+    # RFC 3263 §4.2: the Request-URI keeps the domain; only the next hop is the SRV target.
+    assert invite.startswith(f"INVITE sip:{NUMBER}@{DOMAIN};transport=tcp SIP/2.0"), invite
+
+
+def test_the_resolver_reads_dnsmasqs_records(tmp_path: Path) -> None:
+    """The gateway's resolver against the same server: the SRV targets by priority with the
+    TTL, and a name dnsmasq does not hold (REFUSED: it has no upstream) as a DNS failure."""
+
+    async def main() -> tuple[str, str]:
+        resolver = DnsPythonResolver([f"{LOOPBACK}:{port}"], 2.0)
+        found = await resolve(TrunkAddress.parse(f"tcp:{DOMAIN}"), resolver)
+        try:
+            await resolver.addresses(f"nothing.{DOMAIN}")
+        except DnsError:
+            return " ".join(str(hop) for hop in found.hops), f"failed, ttl {found.ttl:g}"
+        return " ".join(str(hop) for hop in found.hops), "answered"
+
+    with dnsmasq(tmp_path, dead=5070, live=5080) as port:
+        hops, missing = trio.run(main)
+    assert hops == f"tcp:{LOOPBACK}:5070 tcp:{LOOPBACK}:5080"
+    assert missing == "failed, ttl 60"
