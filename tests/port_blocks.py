@@ -108,3 +108,9 @@ def port_bases(count: int, spacing: int = 10) -> tuple[int, ...]:
     """``count`` even first ports, ``spacing`` apart in one block: each base has its
     ``spacing`` ports (RTP, RTCP, a second stream ...)."""
     return tuple(port_block(count * spacing)[::spacing])
+
+
+def port_block_text(count: int) -> str:
+    """A :func:`port_block` as a ``[media] ports`` value, "LOW-HIGH" (``PortRange.parse``)."""
+    block = port_block(count)
+    return f"{block.start}-{block.stop - 1}"
