@@ -26,7 +26,7 @@ LOW = 10_000
 # /tmp itself, not tempfile.gettempdir(): TMPDIR may differ between two users' runs.
 LOCK_DIR = Path("/tmp/voipgw-test-ports")
 
-_held: list[int] = []  # lock file descriptors, open until the process exits
+_held: dict[int, int] = {}  # unit -> its lock file's descriptor, open until the process exits
 _next_unit = LOW // UNIT  # the first unit not yet tried
 _free = range(0)  # the rest of the units claimed last, not yet handed out
 
@@ -41,8 +41,11 @@ def _ephemeral_low() -> int:
 
 def _lock(unit: int) -> int | None:
     """A descriptor holding unit's lock, or None when another process holds it."""
-    if not LOCK_DIR.is_dir():
-        LOCK_DIR.mkdir(exist_ok=True)
+    try:
+        LOCK_DIR.mkdir()
+    except FileExistsError:
+        pass
+    else:
         LOCK_DIR.chmod(0o1777)  # every user's runs lock here (sticky, as /tmp)
     path = LOCK_DIR / f"{unit * UNIT}.lock"
     try:
@@ -95,7 +98,7 @@ def _claim(units: int) -> range:
             fds.append(fd)
         ports = range(first * UNIT, (first + units) * UNIT)
         if len(fds) == units and all(_bindable(port) for port in ports):
-            _held.extend(fds)
+            _held.update(zip(range(first, first + units), fds, strict=True))
             _next_unit = first + units
             return ports
         for fd in fds:
@@ -114,3 +117,22 @@ def port_block_text(count: int) -> str:
     """A :func:`port_block` as a ``[media] ports`` value, "LOW-HIGH" (``PortRange.parse``)."""
     block = port_block(count)
     return f"{block.start}-{block.stop - 1}"
+
+
+def claimed(ports: range) -> bool:
+    """Whether a test process (this one included) holds a unit that ``ports`` overlap: for an
+    allocator that picks ports some other way (tests/interop/harness/ports.py), to step over
+    the blocks handed out here."""
+    for unit in range(ports.start // UNIT, (ports.stop - 1) // UNIT + 1):
+        if unit in _held:
+            return True
+        fd = _lock(unit)
+        if fd is None:
+            return True
+        os.close(fd)
+    return False
+
+
+def held() -> list[range]:
+    """The ports of every unit this process holds."""
+    return [range(unit * UNIT, (unit + 1) * UNIT) for unit in sorted(_held)]
