@@ -38,6 +38,7 @@ from tests.integration.test_metrics_scrape import curl, parser, value
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 from tests.interop.harness.ws_client import WsSipClient
+from tests.port_blocks import port_block_text
 
 ORIGIN = "https://phone.example"
 READY = re.compile(
@@ -121,7 +122,8 @@ def running(tmp_path: Path, files: Files) -> Iterator[Running]:
     config.write_text(
         f'[gateway]\nstate_dir = "{state}"\ndigest_algorithms = ["MD5"]\ndrain_timeout = 5\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0", "tls:127.0.0.1:0", "wss:127.0.0.1:0"]\n'
-        '[media]\naddress = "127.0.0.1"\nports = "31560-31579"\n'
+        '[media]\naddress = "127.0.0.1"\n'
+        f'ports = "{port_block_text(20)}"\n'
         '[plugins]\nenable = ["udp", "tls", "wss", "metrics"]\n'
         f'[plugins.tls]\ncertificate = "{files.sip_certificate}"\n'
         f'private_key = "{files.sip_key}"\n'
@@ -303,7 +305,8 @@ def test_a_hangup_sent_to_the_whole_process_group_reloads_and_ends_no_media_work
     config.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0", "tls:127.0.0.1:0"]\n'
-        '[media]\naddress = "127.0.0.1"\nports = "31580-31599"\nworkers = 2\n'
+        '[media]\naddress = "127.0.0.1"\n'
+        f'ports = "{port_block_text(20)}"\nworkers = 2\n'
         '[plugins]\nenable = ["udp", "tls"]\n'
         f'[plugins.tls]\ncertificate = "{files.sip_certificate}"\n'
         f'private_key = "{files.sip_key}"\n'

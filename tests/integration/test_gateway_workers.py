@@ -1,6 +1,6 @@
 """The gateway with ``[media] workers = 2``: calls on the in-memory SIP network, media relayed by
-two real worker processes on 127.0.0.1 (ports 31200-31299), in real time (the workers are real
-processes, so no virtual clock): every wait is bounded by ``trio.fail_after``.
+two real worker processes on 127.0.0.1 (MEDIA_PORTS, tests/port_blocks.py), in real time (the
+workers are real processes, so no virtual clock): every wait is bounded by ``trio.fail_after``.
 
 Killing the worker that carries one call ends that call with BYE and a Reason on both legs; the
 call on the other worker goes on; the worker is restarted and carries new calls; stopping the
@@ -25,6 +25,7 @@ from gateway.core.store.sqlite import SqliteStore
 from gateway.testing.memory_transport import memory_plugins
 from gateway.testing.network import Address, MemoryNetwork
 from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, sdp_connection
+from tests.port_blocks import port_block
 
 GW: Address = ("127.0.0.1", 5060)
 TRUNK: Address = ("127.0.0.2", 5060)
@@ -32,7 +33,7 @@ ALICE: Address = ("127.0.0.3", 5060)
 REALM = "voipgw.local"
 PASSWORD = "wonderland-42"
 DID = "+4930123456"
-MEDIA_PORTS = range(31200, 31300)
+MEDIA_PORTS = port_block(100)  # this process's own ports (tests/port_blocks.py)
 TIMEOUT = 15.0
 
 

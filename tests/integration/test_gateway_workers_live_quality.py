@@ -1,7 +1,7 @@
 """``voipgw calls`` on a live call whose media is relayed by a worker process (``[media] workers =
 2``): the worker copies the legs' RTCP to the SIP process, which the command asks over the control
 socket (gateway/core/control.py) for each leg's figures now. Signalling on the in-memory network,
-media on 127.0.0.1 (relay ports 31800-31899, phones 31900-31913: below Linux's ephemeral range),
+media on 127.0.0.1 (relay and phone ports from a block of this process, tests/port_blocks.py),
 the command a real subprocess; real time (the workers are real processes), every wait bounded.
 """
 
@@ -27,6 +27,7 @@ from tests.component.calls.test_b2bua_rtcp_quality import (
     rtcp_port,
     sender_report,
 )
+from tests.port_blocks import port_bases, port_block_text
 
 GW: Address = ("127.0.0.1", 5060)
 TRUNK: Address = ("127.0.0.2", 5060)
@@ -34,7 +35,8 @@ ALICE: Address = ("127.0.0.3", 5060)
 REALM = "voipgw.local"
 PASSWORD = "wonderland-42"
 DID = "+4930123456"
-CALLER_PORT, CALLEE_PORT = 31900, 31910
+MEDIA_PORTS = port_block_text(100)  # this process's own ports (tests/port_blocks.py)
+CALLER_PORT, CALLEE_PORT = port_bases(2)
 TIMEOUT = 15.0
 
 
@@ -63,7 +65,7 @@ async def test_voipgw_calls_shows_a_worker_relayed_calls_quality_now(
         {
             "gateway": {"state_dir": str(state), "realm": REALM},
             "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": 0.5},
-            "media": {"address": "127.0.0.1", "ports": "31800-31899", "workers": 2},
+            "media": {"address": "127.0.0.1", "ports": MEDIA_PORTS, "workers": 2},
             "plugins": {"enable": []},
             "trunks": [
                 {

@@ -1,13 +1,13 @@
 """T.38 fax passthrough with ``[media] workers = 2``: the same as in-process.
 
-The in-process tests of tests/component/calls/test_b2bua_t38.py run here unchanged against a
-gateway whose media relay is two real worker processes on 127.0.0.1 (ports 31300-31399), in
-real time (every wait there is bounded): an ATA's re-INVITE to T.38 is relayed, UDPTL datagrams
-go both ways byte for byte (those whose first octet is 0x80 included), and a re-INVITE back to
-audio makes the stream RTP again; a ZRTP (SRTP) leg relays the fax in clear and is offered ZRTP
-afresh back to audio; an intercepted call's fax reaches the mediation function as X3 IP packets
-with the sender's address and the relay's port. Signalling runs on the in-memory SIP network, as
-in the component tests.
+The in-process tests of tests/component/calls/test_b2bua_t38.py run here unchanged against a gateway
+whose media relay is two real worker processes on 127.0.0.1 (ports of this process,
+tests/port_blocks.py), in real time (every wait there is bounded): an ATA's re-INVITE to T.38 is
+relayed, UDPTL datagrams go both ways byte for byte (those whose first octet is 0x80 included), and
+a re-INVITE back to audio makes the stream RTP again; a ZRTP (SRTP) leg relays the fax in clear and
+is offered ZRTP afresh back to audio; an intercepted call's fax reaches the mediation function as X3
+IP packets with the sender's address and the relay's port. Signalling runs on the in-memory SIP
+network, as in the component tests.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import pytest
 import trio
 
 from tests.component.calls import b2bua_env, test_b2bua_intercept, test_b2bua_t38
+from tests.port_blocks import port_block_text
 
-MEDIA_PORTS = "31300-31399"  # below Linux's ephemeral range; test_gateway_workers uses 31200s
+MEDIA_PORTS = port_block_text(100)  # this process's own ports (tests/port_blocks.py)
 
 
 @pytest.fixture(autouse=True)

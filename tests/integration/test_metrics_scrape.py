@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import require_peer
 from tests.integration.voipgw_process import voipgw_running
+from tests.port_blocks import port_block_text
 
 READY = re.compile(r"metrics: Prometheus exposition on http://127\.0\.0\.1:(\d+)/metrics")
 SIP_READY = re.compile(r"voipgw ready: udp:127\.0\.0\.1:(\d+), tcp:127\.0\.0\.1:(\d+)")
@@ -45,7 +46,8 @@ def write_config(tmp_path: Path, listen: str) -> Path:
     path.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]\n'
-        '[media]\naddress = "127.0.0.1"\nports = "31500-31519"\n'
+        '[media]\naddress = "127.0.0.1"\n'
+        f'ports = "{port_block_text(20)}"\n'
         '[plugins]\nenable = ["udp", "tcp", "metrics"]\n'
         f'[plugins.metrics]\nlisten = "{listen}"\n'
         "[[trunks]]\n"

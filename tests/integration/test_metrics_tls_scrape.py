@@ -20,6 +20,7 @@ from tests.integration.test_metrics_scrape import curl, parser, value
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.openssl import s_client
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.port_blocks import port_block_text
 
 READY = re.compile(r"metrics: Prometheus exposition on https://127\.0\.0\.1:(\d+)/metrics")
 SIP_READY = re.compile("voipgw ready")
@@ -56,7 +57,8 @@ def write_config(tmp_path: Path, pki: Pki, password_hash: str, *, key: Path | No
     path.write_text(
         f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
         '[sip]\nlisten = ["udp:127.0.0.1:0"]\n'
-        '[media]\naddress = "127.0.0.1"\nports = "31520-31539"\n'
+        '[media]\naddress = "127.0.0.1"\n'
+        f'ports = "{port_block_text(20)}"\n'
         '[plugins]\nenable = ["udp", "metrics"]\n'
         "[plugins.metrics]\n"
         'listen = "127.0.0.1:0"\n'

@@ -12,6 +12,7 @@ from gateway.core.config import from_mapping
 from gateway.core.gateway import Gateway
 from gateway.core.ids import SeededIds
 from gateway.core.plugins import load_plugins
+from tests.port_blocks import port_block_text
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         {
             "gateway": {"state_dir": str(tmp_path / "state")},
             "sip": {"listen": ["tcp:127.0.0.1:0"]},
-            "media": {"ports": "26000-26019"},
+            "media": {"ports": port_block_text(20)},
             "plugins": {
                 "enable": ["tcp"],
                 "tcp": {"max_connections_per_source": 2, "idle_timeout": 0.5},

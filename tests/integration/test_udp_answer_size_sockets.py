@@ -23,6 +23,7 @@ from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
 from tests.component.calls.test_endpoint_udp_answer_size import request
 from tests.integration.test_gateway_sockets import options, port_of
+from tests.port_blocks import port_block_text
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
         {
             "gateway": {"state_dir": str(tmp_path / "state")},
             "sip": {"listen": ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]},
-            "media": {"ports": "26040-26059"},
+            "media": {"ports": port_block_text(20)},
         }
     )
     gw = Gateway(config, load_plugins(config), ids=SeededIds(5))

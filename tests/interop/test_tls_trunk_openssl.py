@@ -29,6 +29,7 @@ from gateway.plugins.transports.tls import (
 )
 from tests.interop.harness.openssl import SServer
 from tests.interop.harness.pki import TestPki
+from tests.port_blocks import port_block_text
 
 pytestmark = pytest.mark.interop
 
@@ -39,7 +40,7 @@ async def gateway_with(state: Path, tls: Mapping[str, Any]) -> AsyncIterator[Gat
         {
             "gateway": {"state_dir": str(state)},
             "sip": {"listen": ["tls:127.0.0.1:0"]},
-            "media": {"ports": "46200-46219"},
+            "media": {"ports": port_block_text(20)},
             "plugins": {"enable": ["tls"], "tls": dict(tls)},
         }
     )

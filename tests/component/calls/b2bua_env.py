@@ -3,7 +3,8 @@
 A Gateway runs on a MemoryNetwork (gateway.testing.memory_transport) at 127.0.0.1:5060 with an
 account "alice", played by a SipAgent at 127.0.0.3 that registers over the network, and a trunk
 "carrier" (DIDs, prefix +1) played by another SipAgent at 127.0.0.2. Signalling never touches a
-real socket; the media relay binds real ports in MEDIA_PORTS on 127.0.0.1, and no RTP is sent.
+real socket; the media relay binds real ports in MEDIA_PORTS on 127.0.0.1 (a block no other test
+process uses, tests/port_blocks.py), and no RTP is sent.
 Timings are asserted in seconds of trio's virtual clock (autojump_clock).
 
 Shared by test_b2bua_memory.py and test_b2bua_more.py; every knob defaults to what the first
@@ -28,13 +29,14 @@ from gateway.core.store.sqlite import SqliteStore
 from gateway.testing.memory_transport import memory_plugins
 from gateway.testing.network import Address, CapturedDatagram, MemoryNetwork
 from gateway.testing.sip_agent import AutoAnswer, Call, Received, SipAgent, sdp_connection
+from tests.port_blocks import port_block
 
 GW: Address = ("127.0.0.1", 5060)
 TRUNK: Address = ("127.0.0.2", 5060)
 ALICE: Address = ("127.0.0.3", 5060)
 REALM = "voipgw.local"
 ALICE_PASSWORD = "wonderland-42"
-MEDIA_PORTS = range(24000, 24200)
+MEDIA_PORTS = port_block(200)  # this process's own (tests/port_blocks.py)
 ALICE_DID = "+4930123456"
 BOB_DID = "+4930999"  # bob has an account but never registers
 RING_AND_ANSWER = AutoAnswer()
@@ -118,6 +120,8 @@ async def start_b2bua(
     reorder: float = 0.0,
     delay: float | tuple[float, float] = 0.01,
     alice_auto: AutoAnswer | None = RING_AND_ANSWER,
+    alice_media_port: int = 30000,
+    trunk_media_port: int = 40000,
     plugins: Sequence[tuple[str, object]] = (),
     inactivity_timeout: float = 3600,
     hold_timeout: float = 3600,
@@ -176,7 +180,7 @@ async def start_b2bua(
         password=ALICE_PASSWORD,
         proxy=GW,
         auto=alice_auto,
-        media_port=30000,
+        media_port=alice_media_port,  # SDP only, unless a test binds it (then its own port)
     )
     trunk = SipAgent(
         network,
@@ -185,7 +189,7 @@ async def start_b2bua(
         user="+15550100",  # the calling number
         domain="127.0.0.2:5060",
         proxy=GW,
-        media_port=40000,
+        media_port=trunk_media_port,
     )
     await nursery.start(alice.serve)
     await nursery.start(trunk.serve)

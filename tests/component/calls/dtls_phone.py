@@ -13,8 +13,9 @@ import trio
 from gateway.core.interfaces import KeyNegotiation, KeysReady, NegotiationFailed, SrtpKeys
 from gateway.plugins.keyexchange.dtls_certificates import generate_identity
 from gateway.plugins.keyexchange.dtls_srtp import DtlsNegotiation
+from tests.port_blocks import port_bases
 
-PHONE_PORT = 24500  # real sockets, outside the relay's MEDIA_PORTS (b2bua_env)
+(PHONE_PORT,) = port_bases(1)  # real sockets, this process's own (tests/port_blocks.py)
 NOW = datetime.datetime.now(datetime.UTC)
 PHONE_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
 OTHER_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
@@ -56,7 +57,6 @@ def wrong_fingerprint() -> str:
 
 async def bind(port: int = PHONE_PORT) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     await sock.bind(("127.0.0.1", port))
     return sock
 

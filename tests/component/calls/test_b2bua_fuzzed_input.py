@@ -37,12 +37,13 @@ from tests.component.calls.b2bua_env import ALICE_DID, GW, T1, TRUNK, eventually
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_recorder import rtp
 from tests.component.calls.test_b2bua_rtcp_quality import rtcp_port, sender_report
+from tests.port_blocks import port_bases
 from tests.unit.fuzz.mutator import examples, inputs
 from tests.unit.media.test_stun_codec import RFC5769_REQUEST
 from tests.unit.sdp.sdp_samples import BARESIP_SDES, LINPHONE_SRTP, SIPP_UAC, crlf
 
 STRANGER = ("127.0.0.9", 5060)
-CALLER_PORT, CALLEE_PORT = 24780, 24790  # outside the relay's MEDIA_PORTS and other tests'
+CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 MAX_UDP = 65507  # the largest UDP payload over IPv4
 SDP = simple_sdp("127.0.0.9", 30900).replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
 

@@ -30,11 +30,13 @@ from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiati
 from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import ALICE, ALICE_DID, B2bua, start_b2bua
 from tests.component.calls.dtls_phone import PHONE_ID, Phone
+from tests.port_blocks import port_bases
 
 CALLER_HOST = "127.0.0.2"
-CALLER_PORTS = (24610, 24611, 24612)  # real sockets, outside the relay's MEDIA_PORTS
+CALLER_BASE, ALICE_MEDIA = port_bases(2)  # this process's own ports (tests/port_blocks.py)
+CALLER_PORTS = (CALLER_BASE, CALLER_BASE + 1, CALLER_BASE + 2)  # real sockets
 SDP_PORT = CALLER_PORTS[2]  # the caller's m= port: media goes there only if ICE says so
-ALICE_MEDIA = 30000  # alice's answer (b2bua_env): RTP 30000, RTCP 30001, no rtcp-mux
+# ALICE_MEDIA: alice's answer (b2bua_env's alice_media_port): RTP, RTCP next, no rtcp-mux
 PEER_UFRAG = "brwsr1"
 PEER_PWD = "browserpassword0123456789"
 
@@ -83,7 +85,6 @@ def rtcp() -> bytes:
 
 async def bind(host: str, port: int) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     await sock.bind((host, port))
     return sock
 
@@ -147,7 +148,7 @@ async def ice_call(env: B2bua, offer: bytes) -> tuple[Call, MediaDescription, by
 async def test_an_ice_caller_gets_ice_lite_and_its_nominated_source_gets_the_media(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_media_port=ALICE_MEDIA)
     call, media, body, port_b = await ice_call(env, ice_offer())
     assert b"a=ice-lite\r\n" in body
     ufrag = media.attributes.get("ice-ufrag")
@@ -384,6 +385,7 @@ async def test_consent_checks_on_an_established_dtls_leg_are_answered(
         voipgw_seed,
         plugins=[("dtls", dtls_plugin)],
         carrier={"media_policy": "dtls"},
+        alice_media_port=ALICE_MEDIA,
     )
     negotiation = browser_dtls()
     _, media, body, port_b = await ice_call(env, browser_offer(negotiation))

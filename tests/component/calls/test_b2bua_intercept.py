@@ -33,9 +33,10 @@ from tests.component.calls.test_b2bua_recorder import rtp
 from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.port_blocks import port_bases
 from tests.unit.taps.x1_structure import check
 
-CALLER_PORT, CALLEE_PORT = 24620, 24630  # outside the relay's MEDIA_PORTS
+CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
 NS = "http://uri.etsi.org/03221/X1/2017/10"

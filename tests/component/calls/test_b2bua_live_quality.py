@@ -30,8 +30,9 @@ from tests.component.calls.test_b2bua_rtcp_quality import (
     rtcp_port,
     sender_report,
 )
+from tests.port_blocks import port_bases
 
-CALLER_PORT, CALLEE_PORT = 24860, 24870  # outside the relay's MEDIA_PORTS and other tests'
+CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 
 
 async def ask(path: Path, request: bytes = b'{"query": "live_quality"}\n') -> dict[str, Any]:

@@ -42,8 +42,9 @@ from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_recorder import rtp
 from tests.component.calls.test_scanner_user_agents import SCANNER
 from tests.component.calls.test_scanner_user_agents import request as scanner_request
+from tests.port_blocks import port_bases
 
-CALLER_PORT, CALLEE_PORT = 24640, 24650  # outside the relay's MEDIA_PORTS and other tests'
+CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
 
 

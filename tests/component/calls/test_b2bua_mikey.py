@@ -41,7 +41,7 @@ from gateway.plugins.keyexchange.sdes import SdesKeyExchange
 from gateway.testing.memory_transport import MemoryUdpTransport
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 
-CALLER_PORT = 41000
+CALLER_PORT = 41000  # SDP only: nothing binds it
 
 
 @pytest.fixture

@@ -33,9 +33,10 @@ from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import Phone, bind
 from tests.component.calls.test_b2bua_zrtp import pairs, phone_exchange, zrtp_sdp
+from tests.port_blocks import port_bases
 from tests.unit.taps.test_oggopus import read_ogg
 
-CALLER_PORT, CALLEE_PORT = 24600, 24610  # outside the relay's MEDIA_PORTS
+CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 CALLER_BYTE, CALLEE_BYTE = 0x00, 0x80  # PCMU -32124 and +32124
 PACKETS = 50
 

@@ -29,9 +29,10 @@ from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_metrics import scrape
 from tests.component.calls.test_b2bua_recorder import rtp
+from tests.port_blocks import port_bases
 from tests.unit.taps.test_hep import chunks
 
-CALLER_PORT, CALLEE_PORT = 24740, 24750  # outside the relay's MEDIA_PORTS and other tests'
+CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 NTP = (3_900_000_000 << 32) | 0x8000_0000  # an SR's NTP timestamp: LSR 0x07A08000 ... below
 
 

@@ -37,9 +37,10 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.dtls_phone import bind
+from tests.port_blocks import port_bases
 
 SRS = ("127.0.0.9", 5060)
-CALLER_PORT, CALLEE_PORT, SRS_PORT = 24700, 24710, 24720  # outside the relay's MEDIA_PORTS
+CALLER_PORT, CALLEE_PORT, SRS_PORT = port_bases(3)  # this process's own (tests/port_blocks.py)
 
 
 def rtp(seq: int, byte: int, ssrc: int) -> bytes:
@@ -259,7 +260,7 @@ async def test_an_update_the_srs_answers_491_is_sent_again_after_rfc_3261_s_wait
 
 
 NS = {"r": NAMESPACE}
-BOB_MEDIA_PORT = 24730
+(BOB_MEDIA_PORT,) = port_bases(1)  # bound on 127.0.0.4
 
 
 def metadata_of(body: bytes) -> ET.Element:

@@ -62,8 +62,9 @@ from tests.component.calls.test_b2bua_siprec_srtp import (
     answered_call as srtp_call,
 )
 from tests.component.calls.test_b2bua_siprec_timers import take, timed_env
+from tests.port_blocks import port_bases
 
-NEW_PORT = 24760  # the media server the SRS moves the recording to (outside MEDIA_PORTS)
+(NEW_PORT,) = port_bases(1)  # the media server the SRS moves the recording to (our own port)
 OLD = (SRS_PORT, SRS_PORT + 2)
 NEW = (NEW_PORT, NEW_PORT + 2)
 

@@ -37,11 +37,13 @@ from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_siprec import rtp
+from tests.port_blocks import port_bases
 
 SRS = ("127.0.0.9", 5061)
 GW_TLS = ("127.0.0.1", 5061)
-CALLER_PORT, SRS_PORT = 24730, 24750  # outside the relay's MEDIA_PORTS
-CALLEE_PORT = 30000  # alice's phone answers by itself (the call, and the re-INVITEs of a hold)
+CALLER_PORT, SRS_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
+# Alice's phone answers by itself (the call, and the re-INVITEs of a hold) from CALLEE_PORT.
+(CALLEE_PORT,) = port_bases(1)
 SRS_KEYS = (bytes(range(30)), bytes(range(40, 70)))
 
 
@@ -109,6 +111,7 @@ async def srtp_env(
         },
         sip={"listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
         alice_auto=AutoAnswer(),
+        alice_media_port=CALLEE_PORT,
         tls_stand_in=True,
     )
     srs = TlsSrs(env.network, SRS, ids=SeededIds(seed + 9), user="srs", proxy=GW, auto=None)

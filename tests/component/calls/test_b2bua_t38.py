@@ -42,8 +42,9 @@ from tests.component.calls.test_b2bua_intercept import (
 )
 from tests.component.calls.test_b2bua_zrtp import pairs, phone_exchange, zrtp_sdp
 from tests.interop.harness.pki import TestPki
+from tests.port_blocks import port_bases
 
-CALLER_PORT, CALLEE_PORT = 24660, 24670  # outside the relay's MEDIA_PORTS and other tests'
+CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 
 T38_LINES = [
     "a=T38FaxVersion:0",

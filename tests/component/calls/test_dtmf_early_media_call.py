@@ -39,8 +39,9 @@ from tests.component.calls.test_dtmf_interworking_call import (
     rtp,
     telephone_events,
 )
+from tests.port_blocks import port_bases
 
-TRUNK_PORT, ALICE_PORT = 24840, 24850  # outside the relay's MEDIA_PORTS and other tests'
+TRUNK_PORT, ALICE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 TRUNK_SSRC, ALICE_SSRC = 0x7779, 0xA11D0
 ALLOW_INFO = [("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO")]
 

@@ -35,8 +35,9 @@ from tests.component.calls.test_dtmf_interworking_call import (
     rtp,
     telephone_events,
 )
+from tests.port_blocks import port_bases
 
-TRUNK_PORT, ALICE_PORT = 24820, 24830  # outside the relay's MEDIA_PORTS and other tests'
+TRUNK_PORT, ALICE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 TRUNK_SSRC, ALICE_SSRC = 0x7778, 0xA11CF
 
 # alice's SipAgent sends "User-Agent: voipgw-test-agent/alice" (gateway/testing/sip_agent.py).

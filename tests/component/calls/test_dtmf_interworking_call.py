@@ -20,8 +20,9 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer, Call, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
+from tests.port_blocks import port_bases
 
-TRUNK_PORT, ALICE_PORT = 24800, 24810  # outside the relay's MEDIA_PORTS and other tests'
+TRUNK_PORT, ALICE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 TRUNK_SSRC, ALICE_SSRC = 0x7777, 0xA11CE
 
 

@@ -27,8 +27,9 @@ from tests.component.calls.test_pickup_dialog_ids_memory import (
     pick_up,
     replaces_of,
 )
+from tests.port_blocks import port_bases
 
-CALLER_PORT, PICKER_PORT = 24800, 24810  # outside the relay's MEDIA_PORTS and other tests'
+CALLER_PORT, PICKER_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 GW_WS = (GW[0], 5062)
 BROWSER = ("127.0.0.5", 5060)
 

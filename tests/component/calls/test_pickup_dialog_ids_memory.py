@@ -32,6 +32,7 @@ from tests.component.calls.b2bua_env import (
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_recorder import rtp
 from tests.component.calls.test_dialog_events_memory import NS, next_doc, start, watch
+from tests.port_blocks import port_bases
 
 PICKUP = {"name": "office", "accounts": ["alice", "bob"], "pickup": True}
 
@@ -103,7 +104,7 @@ async def test_watch_group_without_pickup_gets_no_ids(
 
 # -- the pickup: bob's INVITE with Replaces built from the NOTIFY ------------------------------
 
-CALLER_PORT, BOB_PORT = 24660, 24670  # outside the relay's MEDIA_PORTS and other tests'
+CALLER_PORT, BOB_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 
 
 def replaces_of(dialog: ET.Element, *, early_only: bool = True) -> str:

@@ -35,8 +35,9 @@ from tests.component.calls.test_pickup_dialog_ids_memory import (
     pick_up,
     replaces_of,
 )
+from tests.port_blocks import port_bases
 
-CALLER_PORT, BOB_PORT = 24680, 24690  # outside the relay's MEDIA_PORTS and other tests'
+CALLER_PORT, BOB_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 CALLER_DTMF, BOB_DTMF = 101, 96
 
 

@@ -24,8 +24,9 @@ from tests.component.calls.test_pickup_dialog_ids_memory import (
     pick_up,
     replaces_of,
 )
+from tests.port_blocks import port_bases
 
-CALLER_PORT, BOB_PORT = 24760, 24770  # outside the relay's MEDIA_PORTS and other tests'
+CALLER_PORT, BOB_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 
 
 def audio_sdp(port: int, opus: int, red: int) -> bytes:

@@ -17,9 +17,10 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer
 from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
 from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
+from tests.port_blocks import port_bases
 
-TRUNK_MEDIA = ("127.0.0.2", 40000)  # where the carrier's SipAgent offers its media
-BOB_PORT = 24730  # outside the relay's MEDIA_PORTS and other tests'
+TRUNK_PORT, BOB_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
+TRUNK_MEDIA = ("127.0.0.2", TRUNK_PORT)  # where the carrier's SipAgent offers its media
 BOB_SDP = (
     "v=0\r\no=- 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
     f"m=audio {BOB_PORT} RTP/AVP 0 96\r\na=rtpmap:0 PCMU/8000\r\n"
@@ -39,7 +40,6 @@ def dtmf_numbers(sd: SessionDescription) -> list[str]:
 
 async def bound(address: tuple[str, int]) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     await sock.bind(address)
     return sock
 
@@ -47,7 +47,7 @@ async def bound(address: tuple[str, int]) -> trio.socket.SocketType:
 async def test_the_target_and_the_caller_each_get_dtmf_in_their_own_numbers(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, trunk_media_port=TRUNK_PORT)
     bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(ring=True, status=None))
     call, alice_leg = await answered_call(env)
     first_answer = parse_sdp_untrusted(call.exchange.responses[-1].body)  # type: ignore[union-attr]

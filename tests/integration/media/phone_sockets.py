@@ -9,10 +9,9 @@ import trio
 
 
 def udp_socket() -> trio.socket.SocketType:
-    """An unbound UDP socket for a phone (the test binds it to its port)."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    return sock
+    """An unbound UDP socket for a phone (the test binds it to its port). No SO_REUSEADDR: a
+    port another socket holds must fail the bind, not share its datagrams."""
+    return trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -1,7 +1,8 @@
 """A DTLS-SRTP leg bridged to a plain RTP leg on real 127.0.0.1 sockets (issue #6): the leg's
 security, the media session, the relay, the call's handshake task and its keying, against an
 in-process DTLS phone built from the same engine. Media flows after the handshake and nothing
-before; a wrong fingerprint fails with the stated reason and no media (ports 27400-27599)."""
+before; a wrong fingerprint fails with the stated reason and no media (ports of this process,
+tests/port_blocks.py)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DtlsNegotiation,
 )
 from tests.integration.media.phone_sockets import receive, udp_socket, until
+from tests.port_blocks import port_bases, port_block_text
 
 ADDRESS = "127.0.0.1"
-A_PHONE, B_PHONE = 27500, 27502
+RELAY_PORTS = PortRange.parse(port_block_text(100))
+A_PHONE, B_PHONE = port_bases(2)
 NOW = datetime.datetime.now(datetime.UTC)
 GATEWAY_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
 PHONE_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
@@ -79,7 +82,7 @@ def receiver_report(ssrc: int) -> bytes:
 
 @pytest.fixture
 async def relay() -> AsyncIterator[MediaRelay]:
-    media = MediaRelay(PortAllocator(ADDRESS, PortRange(27400, 27499)))
+    media = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
     async with trio.open_nursery() as nursery:
         await nursery.start(media.serve)
         yield media

@@ -4,7 +4,8 @@ gap they leave; a direction towards it injects event packets that continue the s
 SSRC the receiver hears, protected with its leg's SRTP keys like every other packet. A
 direction without interworking is built as before.
 
-Real UDP sockets on 127.0.0.1: the relay allocates from 25400-25499, the phones from 25500-25599.
+Real UDP sockets on 127.0.0.1: the relay allocates from RELAY_PORTS, the phones from PHONE_PORTS
+(blocks of this process, tests/port_blocks.py).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from gateway.core.media.dtmf import event_payload
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import DtmfInterworking, MediaRelay, MediaStream
 from tests.integration.media.test_srtp_relay import ADDRESS, Phone, bridge
+from tests.port_blocks import port_block_text
 
-RELAY_PORTS = PortRange(25400, 25499)
-PHONE_PORTS = PortRange(25500, 25599)
+RELAY_PORTS = PortRange.parse(port_block_text(100))
+PHONE_PORTS = PortRange.parse(port_block_text(100))
 
 SUITES = [
     pytest.param(None, None, id="rtp-rtp"),

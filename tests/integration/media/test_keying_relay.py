@@ -1,5 +1,6 @@
-"""No media before keys, on real sockets: a leg whose policy needs SRTP gets nothing forwarded
-until its keys exist, then only SRTP; a cleartext leg gets RTP (ports 27000-27299)."""
+"""No media before keys, on real sockets: a leg whose policy needs SRTP gets nothing forwarded until
+its keys exist, then only SRTP; a cleartext leg gets RTP (ports of this process,
+tests/port_blocks.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.integration.media.phone_sockets import receive, udp_socket, until
+from tests.port_blocks import port_bases, port_block_text
 
 ADDRESS = "127.0.0.1"
+RELAY_PORTS = PortRange.parse(port_block_text(100))
+A_PHONE, B_PHONE = port_bases(2)
 
 
 def rtp(sequence: int) -> bytes:
@@ -55,7 +59,7 @@ class FakeLeg(LegSecurity):
 
 @pytest.fixture
 async def relay() -> AsyncIterator[MediaRelay]:
-    media = MediaRelay(PortAllocator(ADDRESS, PortRange(27000, 27099)))
+    media = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
     async with trio.open_nursery() as nursery:
         await nursery.start(media.serve)
         yield media
@@ -68,10 +72,10 @@ async def test_srtp_leg_gets_nothing_before_keys_then_only_srtp(relay: MediaRela
     srtp_leg, plain_leg = FakeLeg("sdes"), FakeLeg("best-effort")
     a_phone, b_phone = udp_socket(), udp_socket()
     with a_phone, b_phone:
-        await a_phone.bind((ADDRESS, 27200))
-        await b_phone.bind((ADDRESS, 27202))
-        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(27200)))
-        answer_a = session.answer_from("b", parse_sdp_untrusted(sdp_for(27202)))
+        await a_phone.bind((ADDRESS, A_PHONE))
+        await b_phone.bind((ADDRESS, B_PHONE))
+        offer_b = session.offer_from("a", parse_sdp_untrusted(sdp_for(A_PHONE)))
+        answer_a = session.answer_from("b", parse_sdp_untrusted(sdp_for(B_PHONE)))
         session.settle()
         a_port, b_port = answer_a.media[0].port, offer_b.media[0].port
         keying.apply(srtp_leg, plain_leg)

@@ -1,12 +1,12 @@
 """The media relay on real UDP sockets on 127.0.0.1: two "phones" talk through one stream.
 
-The relay allocates from 21200-21599 (tests of one small range use 21600-21609) and the phones
-from 21800-21999: below the kernel's ephemeral range (Linux: 32768-60999), so neither other
-tests nor the ports the kernel picks for outgoing sockets meet them. Nothing waits a fixed time:
-a test waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``.
-To show that a packet was *not* forwarded, a test sends it, waits until the relay has counted the
-drop (or, on a socket connected to its latched source, until the kernel has refused it), then
-sends a marker on the same path: the marker must be the first thing to arrive.
+The relay allocates from RELAY_PORTS (tests of one small range use SMALL_PORTS) and the phones from
+PHONE_PORTS: blocks of this process (tests/port_blocks.py), so neither other tests (of this run or
+another) nor the ports the kernel picks for outgoing sockets meet them. Nothing waits a fixed time:
+a test waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``. To
+show that a packet was *not* forwarded, a test sends it, waits until the relay has counted the drop
+(or, on a socket connected to its latched source, until the kernel has refused it), then sends a
+marker on the same path: the marker must be the first thing to arrive.
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ from gateway.core.media.relay import (
     MediaStream,
     Transforms,
 )
+from tests.port_blocks import port_block_text
 
 ADDRESS = "127.0.0.1"
-RELAY_PORTS = PortRange(21200, 21599)
-PHONE_PORTS = PortRange(21800, 21999)
+RELAY_PORTS = PortRange.parse(port_block_text(400))
+PHONE_PORTS = PortRange.parse(port_block_text(200))
+SMALL_PORTS = PortRange.parse(port_block_text(6))  # three pairs: one stream and a half
 TIMEOUT = 5.0
 
 
@@ -953,7 +955,7 @@ async def test_close_while_serving_ends_serve_quietly() -> None:
 
 
 async def test_exhausted_range_raises_503_and_keeps_nothing(start_relay: StartRelay) -> None:
-    relay = await start_relay(ports=PortRange(21600, 21605))  # three pairs: one stream and a half
+    relay = await start_relay(ports=SMALL_PORTS)
     first = relay.open_stream()
     in_use = relay.allocator.in_use
     with pytest.raises(PortsExhausted) as info:

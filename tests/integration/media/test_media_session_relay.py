@@ -1,8 +1,8 @@
 """Phones on real UDP sockets talk through the relay after MediaSession rewrote their SDP.
 
 Each phone learns where to send only from the SDP the session produced for its leg, as a real
-peer would. The relay allocates from 22200-22599 and the phones from 22800-22999 (the unit tests
-of the session use 22000-22199, the relay's own tests 21000-21999). Nothing waits a fixed time: a
+peer would. The relay allocates from RELAY_PORTS and the phones from PHONE_PORTS (blocks of this
+process, tests/port_blocks.py). Nothing waits a fixed time: a
 test waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``; a
 packet that must not arrive is shown by a counted drop followed by a marker that arrives first.
 """
@@ -25,10 +25,11 @@ from gateway.core.media.session import MediaSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
+from tests.port_blocks import port_block_text
 
 ADDRESS = "127.0.0.1"
-RELAY_PORTS = PortRange(22200, 22599)
-PHONE_PORTS = PortRange(22800, 22999)
+RELAY_PORTS = PortRange.parse(port_block_text(400))
+PHONE_PORTS = PortRange.parse(port_block_text(200))
 TIMEOUT = 5.0
 
 

@@ -1,10 +1,10 @@
 """Media worker processes (``[media] workers >= 2``) on real loopback sockets.
 
-A WorkerPool with two real worker processes relays on 127.0.0.1, ports 31000-31039 (worker 0:
-31000-31019, worker 1: 31020-31039: below Linux's ephemeral range, so no other socket takes one
-and the counts of bound pairs are exact); the phones bind ephemeral ports. SRTP keys are set through
-the control channel and checked with pylibsrtp on the receiving phone. Nothing sleeps a fixed
-time: every wait polls under a ``trio.fail_after`` bound. Every process started is stopped by
+A WorkerPool with two real worker processes relays on 127.0.0.1 in PORTS, 40 ports (worker 0: the
+first 20, worker 1: the rest; a block of this process, tests/port_blocks.py, so no other socket
+takes one and the counts of bound pairs are exact); the phones bind ephemeral ports. SRTP keys are
+set through the control channel and checked with pylibsrtp on the receiving phone. Nothing sleeps a
+fixed time: every wait polls under a ``trio.fail_after`` bound. Every process started is stopped by
 the end of its test (checked).
 """
 
@@ -33,9 +33,12 @@ from gateway.core.media.ice import IceCredentials, IceLiteResponder
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.ports import rtp_ports
 from gateway.core.media.remote_relay import WORKER_EXITED, RemoteStream, WorkerPool
+from tests.port_blocks import port_block_text
 
 ADDRESS = "127.0.0.1"
-PORTS = PortRange(31000, 31039)
+PORTS = PortRange.parse(port_block_text(40))
+LOW = PORTS.low
+SMALL = PortRange(LOW, LOW + 7)  # 2 pairs per worker: 1 stream each
 TIMEOUT = 10.0
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 GATEWAY_KEY_TO_B = bytes(range(30))  # what the relay protects towards phone B with
@@ -133,7 +136,7 @@ async def test_streams_go_to_the_least_loaded_worker_with_ports_of_its_slice(
     pool: WorkerPool,
 ) -> None:
     slices = [set(rtp_ports(part)) for part in pool.slices]
-    assert pool.slices == [PortRange(31000, 31019), PortRange(31020, 31039)]
+    assert pool.slices == [PortRange(LOW, LOW + 19), PortRange(LOW + 20, LOW + 39)]
     streams = [pool.open_stream() for _ in range(4)]
     assert [s.worker for s in streams] == [0, 1, 0, 1]
     for stream in streams:
@@ -538,7 +541,7 @@ async def test_a_killed_worker_ends_its_calls_and_is_restarted(
 
 
 async def test_ports_exhausted_when_no_worker_has_pairs() -> None:
-    pool = WorkerPool(ADDRESS, PortRange(31000, 31007), 2)  # 2 pairs per worker: 1 stream each
+    pool = WorkerPool(ADDRESS, SMALL, 2)
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.serve)
         assert {pool.open_stream().worker, pool.open_stream().worker} == {0, 1}
@@ -584,7 +587,7 @@ def test_workers_exit_when_the_sip_process_is_killed(tmp_path: Path) -> None:
             from gateway.core.media.remote_relay import WorkerPool
 
             async def main():
-                pool = WorkerPool("127.0.0.1", PortRange(31000, 31039), 2)
+                pool = WorkerPool("127.0.0.1", PortRange({LOW}, {PORTS.high}), 2)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(pool.serve)
                     print(*pool.worker_pids(), flush=True)
@@ -613,11 +616,11 @@ async def test_ports_held_by_another_process_mean_503_until_they_are_free() -> N
     """A worker that can bind none of its slice still starts (the gateway must not hang); calls
     get PortsExhausted (503) until the ports are free, then the worker binds them."""
     held = []
-    for port in range(31000, 31008):
+    for port in range(SMALL.low, SMALL.high + 1):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((ADDRESS, port))
         held.append(sock)
-    pool = WorkerPool(ADDRESS, PortRange(31000, 31007), 2, stats_interval=0.05)
+    pool = WorkerPool(ADDRESS, SMALL, 2, stats_interval=0.05)
     try:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(TIMEOUT):

@@ -2,7 +2,7 @@
 the RFC 4733 leg's telephone-event packets (after SRTP unprotect) and copies them to the SIP
 process, closes the gap they leave, and injects the events the SIP process times, in the
 receiving leg's SSRC and sequence, protected with that leg's keys. Two real worker processes on
-127.0.0.1 ports 31700-31739; the phones bind ephemeral ports."""
+127.0.0.1 (PORTS, tests/port_blocks.py); the phones bind ephemeral ports."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ from tests.integration.media.test_media_workers import (
     phones,
     process_gone,
 )
+from tests.port_blocks import port_block_text
 
-PORTS = PortRange(31700, 31739)
+PORTS = PortRange.parse(port_block_text(40))
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 real loopback sockets: what test_opaque_relay.py shows of the in-process relay, through the
 control channel (``SetOpaque``, ``TappedDatagram``).
 
-Two real workers relay on 127.0.0.1, ports 31600-31639 (below Linux's ephemeral range; a worker
-without its process, for its outbox, 31640-31659); the phones bind ephemeral ports. Nothing
-sleeps a fixed time: every wait polls under a bound, and a drop is shown by a counter the worker
-pushes. Every process started is stopped (checked).
+Two real workers relay on 127.0.0.1 in PORTS (a worker without its process, for its outbox, in
+OUTBOX_PORTS: blocks of this process, tests/port_blocks.py); the phones bind ephemeral ports.
+Nothing sleeps a fixed time: every wait polls under a bound, and a drop is shown by a counter the
+worker pushes. Every process started is stopped (checked).
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ from tests.integration.media.test_media_workers import (
     rtp,
 )
 from tests.integration.media.test_opaque_relay import TRICKY, AudioSink, FaxSink, udptl
+from tests.port_blocks import port_block_text
 
-PORTS = PortRange(31600, 31639)
+PORTS = PortRange.parse(port_block_text(40))
+OUTBOX_PORTS = PortRange.parse(port_block_text(20))
 
 
 @pytest.fixture
@@ -260,7 +262,7 @@ async def test_a_workers_fax_copies_are_dropped_and_counted_when_its_channel_is_
     and counted instead (the relay never waits for the SIP process)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, theirs:
-        worker = Worker(trio.socket.from_stdlib_socket(ours), ADDRESS, PortRange(31640, 31659), 1.0)
+        worker = Worker(trio.socket.from_stdlib_socket(ours), ADDRESS, OUTBOX_PORTS, 1.0)
         try:
             a_port, b_port = worker.ports.refill()[:2]
             for message in (Open(1, a_port, b_port), SetOpaque(1, True), SetTap(1, True)):

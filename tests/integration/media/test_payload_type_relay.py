@@ -3,7 +3,8 @@ second octet through a table, marker bit kept, RTCP untouched; on SRTP legs betw
 protect, so the receiving phone authenticates the rewritten header (RFC 3711 §3.1). Taps see leg
 A's numbers both ways. A direction without a renumbering is built as before (a plain route).
 
-Real UDP sockets on 127.0.0.1: the relay allocates from 25200-25299, the phones from 25300-25399.
+Real UDP sockets on 127.0.0.1: the relay allocates from RELAY_PORTS, the phones from PHONE_PORTS
+(blocks of this process, tests/port_blocks.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import Direction, MediaRelay, MediaStream
 from tests.integration.media.test_srtp_relay import ADDRESS, Phone, bridge, receiver_report
+from tests.port_blocks import port_block_text
 
-RELAY_PORTS = PortRange(25200, 25299)
-PHONE_PORTS = PortRange(25300, 25399)
+RELAY_PORTS = PortRange.parse(port_block_text(100))
+PHONE_PORTS = PortRange.parse(port_block_text(100))
 
 
 def rtp(sequence: int, payload_type: int, *, marker: bool = False, ssrc: int = 0xA11CE) -> bytes:

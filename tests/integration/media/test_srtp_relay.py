@@ -1,11 +1,12 @@
 """The relay bridges RTP<->SRTP and SRTP<->SRTP between legs, with SrtpSession transforms.
 
-Real UDP sockets on 127.0.0.1: the relay allocates from 25000-25099, the phones from
-25100-25199. The phone on an SRTP leg protects and checks with pylibsrtp's own ``Session`` where
-pylibsrtp names the suite (independent of gateway.core.media.srtp), else with an SrtpSession of
-its own. Nothing waits a fixed time: a test waits for a packet (``fail_after`` bounds it) or polls
-a counter with ``trio.sleep(0)``; a packet that must not arrive is shown by a counted drop
-followed by a marker packet that must be the first thing to arrive.
+Real UDP sockets on 127.0.0.1: the relay allocates from RELAY_PORTS, the phones from PHONE_PORTS
+(blocks of this process, tests/port_blocks.py). The phone on an SRTP leg protects and checks with
+pylibsrtp's own ``Session`` where pylibsrtp names the suite (independent of
+gateway.core.media.srtp), else with an SrtpSession of its own. Nothing waits a fixed time: a test
+waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``; a packet
+that must not arrive is shown by a counted drop followed by a marker packet that must be the first
+thing to arrive.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.ports import PortAllocator, PortPair
 from gateway.core.media.relay import MediaRelay, MediaStream, Transforms
 from gateway.core.media.srtp import SUITES, SrtpSession
+from tests.port_blocks import port_block_text
 
 ADDRESS = "127.0.0.1"
-RELAY_PORTS = PortRange(25000, 25099)
-PHONE_PORTS = PortRange(25100, 25199)
+RELAY_PORTS = PortRange.parse(port_block_text(100))
+PHONE_PORTS = PortRange.parse(port_block_text(100))
 TIMEOUT = 5.0
 
 PROFILES = {

@@ -1,8 +1,9 @@
 """Connecting a media socket to its peer and undoing it, on real UDP sockets on 127.0.0.1.
 
-Media sockets come from a :class:`PortAllocator` on 23000-23099 (bound to a given port, as the
-relay's are, which is what keeps the port through :func:`dissolve`); the other sockets get theirs
-from the kernel. Every wait is bounded (``select`` or a socket timeout), none is a fixed sleep.
+Media sockets come from a :class:`PortAllocator` on MEDIA_PORTS, a block of this process (bound to a
+given port, as the relay's are, which is what keeps the port through :func:`dissolve`); the other
+sockets get theirs from the kernel. Every wait is bounded (``select`` or a socket timeout), none is
+a fixed sleep.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import pytest
 from gateway.core.config import PortRange
 from gateway.core.media.ports import PortAllocator, PortPair
 from gateway.core.media.udp_association import dissolve
+from tests.port_blocks import port_block_text
 
 ADDRESS = "127.0.0.1"
-MEDIA_PORTS = PortRange(23000, 23099)
+MEDIA_PORTS = PortRange.parse(port_block_text(100))
 TIMEOUT = 5.0
 
 MakeSocket = Callable[[], socket.socket]

@@ -28,6 +28,7 @@ from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.store.sqlite import SqliteStore
+from tests.port_blocks import port_block_text
 
 LOOPBACK = "127.0.0.1"
 REALM = "voipgw.local"
@@ -46,7 +47,7 @@ async def running_gateway(tmp_path: Path) -> AsyncIterator[tuple[int, int]]:
         {
             "gateway": {"state_dir": str(state), "realm": REALM},
             "sip": {"listen": ["udp:127.0.0.1:0", "tls:127.0.0.1:0"]},
-            "media": {"ports": "26140-26159"},
+            "media": {"ports": port_block_text(20)},
             "plugins": {"enable": ["udp", "tcp", "tls"]},
         }
     )

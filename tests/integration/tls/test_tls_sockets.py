@@ -34,6 +34,7 @@ from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.transport.flows import Flow
 from gateway.plugins.transports.tls import TlsHandshakeError, TlsTransport
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.port_blocks import port_block_text
 
 LOOPBACK = "127.0.0.1"
 TLS_LOG = "gateway.plugins.transports.tls"
@@ -70,7 +71,7 @@ async def running_gateway(state: Path, tls: Mapping[str, Any]) -> AsyncIterator[
         {
             "gateway": {"state_dir": str(state)},
             "sip": {"listen": ["tls:127.0.0.1:0"]},
-            "media": {"ports": "26100-26119"},
+            "media": {"ports": port_block_text(20)},
             "plugins": {"enable": ["udp", "tcp", "tls"], "tls": dict(tls)},
         }
     )

@@ -4,7 +4,8 @@ Every peer the harness starts (the gateway, sipp, baresip, dumpcap) needs ports 
 because none of them can report a port picked by the kernel. A port is "free" when a probe could
 bind it a moment ago; another process may take it before the peer binds it, so each port is handed
 out once per test session, and blocks are taken below the kernel's ephemeral range, where the
-kernel never picks ports for other programs' outgoing sockets.
+kernel never picks ports for other programs' outgoing sockets, and outside the blocks that test
+processes (another run's included) hold through tests/port_blocks.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Literal
+
+from tests.port_blocks import claimed
 
 #: Interop tests bind and send to the loopback address only, never a routable one.
 LOOPBACK = "127.0.0.1"
@@ -83,6 +86,8 @@ def free_port_block(count: int, kind: Kind = "udp", *, align: int = 2) -> int:
         base = _random.randrange(low, high) // align * align
         ports = range(base, base + count)
         if any(port in _handed_out for port in ports):
+            continue
+        if claimed(ports):  # another test process's block (tests/port_blocks.py), or ours
             continue
         if all(_bindable(port, kind) for port in ports):
             _handed_out.update(ports)

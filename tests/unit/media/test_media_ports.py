@@ -1,7 +1,7 @@
 """Media port pair allocation: even RTP port, RTCP on the next, reuse, exhaustion, release.
 
-These bind real UDP sockets on 127.0.0.1 in 21000-21099 (the integration tests of the relay use
-21200-21999). A port that another process happens to hold is skipped by the allocator, so the
+These bind real UDP sockets on 127.0.0.1 in RANGE, a block of this process (tests/port_blocks.py).
+A port that another process happens to hold is skipped by the allocator, so the
 tests assert properties, not exact port numbers, except where they control the whole range.
 """
 
@@ -16,9 +16,11 @@ import pytest
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, MediaError, PortsExhausted
 from gateway.core.media.ports import PortAllocator, PortPair, rtp_ports
+from tests.port_blocks import port_block_text
 
 ADDRESS = "127.0.0.1"
-RANGE = PortRange(21000, 21099)
+RANGE = PortRange.parse(port_block_text(100))
+LOW = RANGE.low
 
 
 def can_bind(port: int) -> bool:
@@ -85,7 +87,7 @@ def test_closing_releases_both_ports_and_the_pair() -> None:
 
 
 def test_closing_twice_releases_once() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(21000, 21003))
+    allocator = PortAllocator(ADDRESS, PortRange(LOW, LOW + 3))
     pair = allocator.allocate()
     available = allocator.available
     pair.close()
@@ -95,17 +97,17 @@ def test_closing_twice_releases_once() -> None:
 
 
 def test_exhaustion_raises_a_503_error_naming_the_range() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(21010, 21017))
+    allocator = PortAllocator(ADDRESS, PortRange(LOW + 10, LOW + 17))
     with all_pairs(allocator) as pairs, pytest.raises(PortsExhausted) as info:
         allocator.allocate()
     assert 1 <= len(pairs) <= 4
     assert info.value.sip_status == 503
     assert isinstance(info.value, MediaError)
-    assert "21010-21017" in str(info.value)
+    assert f"{LOW + 10}-{LOW + 17}" in str(info.value)
 
 
 def test_a_freed_pair_is_reused() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(21020, 21027))
+    allocator = PortAllocator(ADDRESS, PortRange(LOW + 20, LOW + 27))
     with all_pairs(allocator) as pairs:
         freed = pairs.pop(1 if len(pairs) > 1 else 0)
         freed.close()
@@ -115,10 +117,10 @@ def test_a_freed_pair_is_reused() -> None:
 
 
 def test_freed_pairs_are_reused_least_recently_freed_first() -> None:
-    allocator = PortAllocator(ADDRESS, PortRange(21030, 21037))
+    allocator = PortAllocator(ADDRESS, PortRange(LOW + 30, LOW + 37))
     with all_pairs(allocator) as pairs:
         if len(pairs) < 2:
-            pytest.fail("another process holds most of 21030-21037")
+            pytest.fail(f"another process holds most of {LOW + 30}-{LOW + 37}")
         first, second = pairs[0], pairs[1]
         second.close()
         first.close()
@@ -129,10 +131,10 @@ def test_freed_pairs_are_reused_least_recently_freed_first() -> None:
 def _free_block(size: int = 4) -> int:
     """An even port starting ``size`` consecutive ports free right now (other processes on the
     machine may hold any fixed port, the kernel's ephemeral range included)."""
-    for low in range(21040, 21996, 4):
+    for low in range(LOW + 40, RANGE.high - 2, 4):
         if all(can_bind(port) for port in range(low, low + size)):
             return low
-    pytest.fail("no 4 consecutive free UDP ports in 21040-21999")
+    pytest.fail(f"no 4 consecutive free UDP ports in {LOW + 40}-{RANGE.high}")
 
 
 def test_a_pair_held_by_another_socket_is_skipped_and_nothing_leaks() -> None:

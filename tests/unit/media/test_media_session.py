@@ -1,7 +1,7 @@
 """MediaSession: the SDP each leg sees and the relay remotes behind it (no packets here).
 
-A real MediaRelay binds its port pairs on 127.0.0.1 in 22000-22199 (the integration test of the
-session uses 22200-22999), but nothing is served: these tests read the rewritten SDP text and the
+A real MediaRelay binds its port pairs on 127.0.0.1 in RANGE (a block of this process,
+tests/port_blocks.py), but nothing is served: these tests read the rewritten SDP text and the
 relay sides' destinations. Leg SDPs are the peer samples of tests/unit/sdp/sdp_samples.py or
 written out here in the same shapes.
 """
@@ -33,6 +33,7 @@ from gateway.core.sdp.model import (
 )
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
+from tests.port_blocks import port_block_text
 from tests.unit.sdp.sdp_samples import (
     ALL_SAMPLES,
     BARESIP_DTLS,
@@ -52,7 +53,7 @@ from tests.unit.sdp.sdp_samples import (
 
 ADDRESS = "127.0.0.1"
 MEDIA_ADDRESS = "203.0.113.5"
-RANGE = PortRange(22000, 22199)
+RANGE = PortRange.parse(port_block_text(200))
 
 
 class FakeClock:
@@ -767,7 +768,9 @@ def test_new_offer_settles_an_answered_exchange(session: MediaSession, relay: Me
 
 
 def test_ports_exhausted_leaves_nothing_allocated(clock: FakeClock):
-    relay = MediaRelay(PortAllocator(ADDRESS, PortRange(22190, 22193)), clock=clock)
+    relay = MediaRelay(
+        PortAllocator(ADDRESS, PortRange(RANGE.high - 9, RANGE.high - 6)), clock=clock
+    )
     try:
         session = MediaSession(relay, media_address=MEDIA_ADDRESS)
         with pytest.raises(PortsExhausted) as info:

@@ -4,7 +4,7 @@ added (101 when free, else a number the leg can take, RFC 3264 §8.3.2), our ans
 leaves telephone-event out (§6.1), and an answerer that accepts it makes the interworking the
 other way round (events from and to the answerer, INFO to and from the offerer). Nothing is
 added for an offerer not so declared, one whose offer has telephone-event, or with
-interworking off. A real relay binds its ports on 127.0.0.1 in 22800-22899; no packet is
+interworking off. A real relay binds its ports on 127.0.0.1 in RANGE; no packet is
 sent."""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from gateway.core.media.relay import MediaRelay, MediaStream
 from gateway.core.media.session import DtmfPlan, MediaSession, with_telephone_event
 from gateway.core.sdp.model import MediaDescription, SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.port_blocks import port_block_text
 
-RANGE = PortRange(22800, 22899)
+RANGE = PortRange.parse(port_block_text(100))
 
 
 def sdp(port: int, *media_lines: str, formats: str, version: int = 1) -> SessionDescription:

@@ -3,7 +3,7 @@ docs/architecture.md "DTMF interworking"): the offerer offered telephone-event, 
 answered without it. The offerer's answer keeps its telephone-event; the streams' directions
 get their DtmfInterworking (take from the RFC 4733 leg, inject towards it); nothing when both
 legs or neither have it, or when it is off; restored when an offer is abandoned. A real relay
-binds its ports on 127.0.0.1 in 22700-22799; no packet is sent."""
+binds its ports on 127.0.0.1 in RANGE; no packet is sent."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from gateway.core.media.relay import MediaRelay, MediaStream
 from gateway.core.media.session import DtmfPlan, MediaSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.port_blocks import port_block_text
 
-RANGE = PortRange(22700, 22799)
+RANGE = PortRange.parse(port_block_text(100))
 
 
 def sdp(port: int, *media_lines: str, formats: str, version: int = 1) -> SessionDescription:

@@ -2,7 +2,7 @@
 (gateway/core/media/session.py): none for a call whose legs agree (every call that passes one
 leg's SDP to the other), one each way where a peer numbers a codec its own way (a non-compliant
 answer, a pickup's picker via ``numbering``, a re-offer from a new party); restored when an offer
-is abandoned. A real relay binds its ports on 127.0.0.1 in 22600-22699; no packet is sent."""
+is abandoned. A real relay binds its ports on 127.0.0.1 in RANGE; no packet is sent."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from gateway.core.media.session import MediaSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.offer_answer import answer_with
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.port_blocks import port_block_text
 
-RANGE = PortRange(22600, 22699)
+RANGE = PortRange.parse(port_block_text(100))
 
 
 def sdp(port: int, *media_lines: str, formats: str) -> SessionDescription:

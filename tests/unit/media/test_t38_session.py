@@ -25,10 +25,11 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.plugins.keyexchange.sdes import SdesKeyExchange
+from tests.port_blocks import port_block_text
 
 ADDRESS = "127.0.0.1"
 MEDIA_ADDRESS = "203.0.113.5"
-RANGE = PortRange(22000, 22199)
+RANGE = PortRange.parse(port_block_text(200))
 
 AUDIO = "m=audio 20000 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"
 ANSWER_AUDIO = "m=audio 30000 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"

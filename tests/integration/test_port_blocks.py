@@ -1,0 +1,57 @@
+"""tests/port_blocks.py: the real ports a test process takes are its own, in this process and
+against a second test process on the machine (a subprocess here, as a concurrent pytest run)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.port_blocks import claimed, held, port_bases, port_block, port_block_text
+
+ROOT = Path(__file__).parents[2]
+# The other process takes a block and holds it (its locks) until told to exit on stdin.
+OTHER = (
+    "import sys; from tests.port_blocks import port_block; b = port_block(150); "
+    "print(b.start, b.stop, flush=True); sys.stdin.read()"
+)
+
+
+def test_blocks_of_one_process_are_disjoint_even_and_bindable() -> None:
+    blocks = [port_block(150), port_block(3), port_block(40)]
+    ports = [port for block in blocks for port in block]
+    assert len(set(ports)) == len(ports)
+    assert all(block.start % 2 == 0 and len(block) > 0 for block in blocks)
+    assert all(claimed(block) for block in blocks)
+    for port in blocks[1]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", port))
+    low, high = map(int, port_block_text(4).split("-"))
+    assert high - low == 3 and low not in ports
+    first, second = port_bases(2)
+    assert second - first == 10 and first not in ports
+
+
+def test_another_process_gets_ports_of_its_own() -> None:
+    mine = port_block(150)
+    other = subprocess.Popen(
+        [sys.executable, "-c", OTHER],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None
+        start, stop = map(int, other.stdout.readline().split())
+        theirs = range(start, stop)
+        assert len(theirs) == 150
+        ours = {port for unit in held() for port in unit}
+        assert set(mine) <= ours
+        assert not set(theirs) & ours
+        # Held by the other process: this one steps over it too.
+        assert claimed(theirs)
+    finally:
+        other.communicate("", timeout=10)
+    assert other.returncode == 0

@@ -1,0 +1,138 @@
+"""Blocks of real ports on 127.0.0.1 for tests, never shared by two test processes.
+
+Tests that bind a real socket bind port 0 where they can. Where a port must be known before
+anything binds it (the media relay's configured range, a phone's port written into an SDP that is
+built first), the test takes it from :func:`port_block` or :func:`port_bases`, usually at import.
+
+The ports from 10000 up to the kernel's ephemeral range (Linux: 32768-60999, where port-0 binds
+land, so no test's port-0 socket takes one) are split into units of 100. A block is one or more
+consecutive units that this process claims by holding an exclusive ``flock`` on each unit's lock
+file in /tmp/voipgw-test-ports until it exits (the kernel drops the locks however it ends), and
+that a probe could bind (UDP and TCP): a second pytest run on the machine, another developer's or
+an agent's, claims other units, and a program outside the tests that holds a port is stepped
+over. Within a process, blocks are handed out in order, so two test modules never share a port.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+UNIT = 100
+LOW = 10_000
+# /tmp itself, not tempfile.gettempdir(): TMPDIR may differ between two users' runs.
+LOCK_DIR = Path("/tmp/voipgw-test-ports")
+
+_held: dict[int, int] = {}  # unit -> its lock file's descriptor, open until the process exits
+_next_unit = LOW // UNIT  # the first unit not yet tried
+_free = range(0)  # the rest of the units claimed last, not yet handed out
+
+
+def _ephemeral_low() -> int:
+    try:
+        low, _high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return min(int(low), 32768)
+    except (OSError, ValueError):
+        return 32768
+
+
+def _lock(unit: int) -> int | None:
+    """A descriptor holding unit's lock, or None when another process holds it."""
+    try:
+        LOCK_DIR.mkdir()
+    except FileExistsError:
+        pass
+    else:
+        LOCK_DIR.chmod(0o1777)  # every user's runs lock here (sticky, as /tmp)
+    path = LOCK_DIR / f"{unit * UNIT}.lock"
+    try:
+        # Read-only is enough for flock; opening without O_CREAT first, because Linux's
+        # fs.protected_regular refuses O_CREAT on another user's file in a sticky directory.
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                return False
+    return True
+
+
+def port_block(count: int) -> range:
+    """``count`` consecutive ports of this process alone; the first is even (RTP on an even
+    port, RTCP on the next, RFC 3550 §11)."""
+    global _free
+    start = _free.start + _free.start % 2
+    if start + count > _free.stop:
+        _free = _claim(-(-count // UNIT))
+        start = _free.start
+    block = range(start, start + count)
+    _free = range(block.stop, _free.stop)
+    return block
+
+
+def _claim(units: int) -> range:
+    """The ports of ``units`` consecutive units, locked for this process and all bindable."""
+    global _next_unit
+    first = _next_unit
+    while (first + units) * UNIT <= _ephemeral_low():
+        fds: list[int] = []
+        for unit in range(first, first + units):
+            fd = _lock(unit)
+            if fd is None:
+                break
+            fds.append(fd)
+        ports = range(first * UNIT, (first + units) * UNIT)
+        if len(fds) == units and all(_bindable(port) for port in ports):
+            _held.update(zip(range(first, first + units), fds, strict=True))
+            _next_unit = first + units
+            return ports
+        for fd in fds:
+            os.close(fd)
+        first += 1
+    raise RuntimeError(f"no {units * UNIT} free ports on {LOOPBACK} below {_ephemeral_low()}")
+
+
+def port_bases(count: int, spacing: int = 10) -> tuple[int, ...]:
+    """``count`` even first ports, ``spacing`` apart in one block: each base has its
+    ``spacing`` ports (RTP, RTCP, a second stream ...)."""
+    return tuple(port_block(count * spacing)[::spacing])
+
+
+def port_block_text(count: int) -> str:
+    """A :func:`port_block` as a ``[media] ports`` value, "LOW-HIGH" (``PortRange.parse``)."""
+    block = port_block(count)
+    return f"{block.start}-{block.stop - 1}"
+
+
+def claimed(ports: range) -> bool:
+    """Whether a test process (this one included) holds a unit that ``ports`` overlap: for an
+    allocator that picks ports some other way (tests/interop/harness/ports.py), to step over
+    the blocks handed out here."""
+    for unit in range(ports.start // UNIT, (ports.stop - 1) // UNIT + 1):
+        if unit in _held:
+            return True
+        fd = _lock(unit)
+        if fd is None:
+            return True
+        os.close(fd)
+    return False
+
+
+def held() -> list[range]:
+    """The ports of every unit this process holds."""
+    return [range(unit * UNIT, (unit + 1) * UNIT) for unit in sorted(_held)]
