@@ -64,6 +64,13 @@ leg taking over the transferor's side, media ports and all. The dialogs of a cal
 by their Call-ID: a departed transferor's requests (its BYE) are answered apart from its side's
 current leg. A REFER from a trunk's leg gets 403.
 
+Call forwarding (redirect.py): a callee's 300, 301, 302 or 305 (a phone's; a trunk's with its
+``follow_redirects``) is followed in the ringing state, its Contacts one at a time in q order
+(RFC 3261 §8.1.3.4), each one's user part routed as a call the redirecting account places (a
+trunk's: as the caller's), never sent to the Contact's host; the new legs join the attempt, as
+a fork would, and our INVITEs say who diverted the call (RFC 5806 Diversion, RFC 7044
+History-Info). A redirect not followed leaves its 3xx as the leg's answer: 480 to the caller.
+
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
 gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp,
@@ -1593,7 +1600,7 @@ class Call:
         ``follow_redirects``: as the caller's); the leg's 3xx stays its final response, so
         when nothing is followed the caller gets 480 (best_failure)."""
         target = leg.target
-        if target is None:
+        if target is None or self.manager.gateway.directory is None:
             return
         state = self._redirects
         if state is None:
@@ -1722,7 +1729,9 @@ class Call:
                 targets, alternates = alternates[:1], alternates[1:]
             if not targets:
                 return "not reached over TLS (SIPS)"
-        dialled = self.manager.gateway.directory.to_e164(contact.user)  # type: ignore[union-attr]
+        directory = self.manager.gateway.directory
+        assert directory is not None  # _redirected checked
+        dialled = directory.to_e164(contact.user)
         for target in targets:
             account = target.account
             if account is not None and account in state.caller_keys:
