@@ -582,6 +582,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
                 f"  trunk {dns.get('name')} reached at {dns.get('target')} "
                 f"(DNS target {dns.get('attempt')})"
             )
+        for redirect in security.get("redirects", ()):
+            print(f"  {describe_redirect(redirect)}")
         if security.get("taps"):
             print(f"  {describe_taps(security['taps'])}")
         if security.get("location"):
@@ -631,6 +633,19 @@ def describe_failover(failover: dict[str, Any]) -> str:
         to += f" (target {failover['to_target']})"
     outcome = f"{failover.get('status')} {failover.get('reason')}"
     return f"{trunk} answered {outcome}: failed over to {to}"
+
+
+def describe_redirect(redirect: dict[str, Any]) -> str:
+    """One redirect (3xx) of a call record, in words: who forwarded the call where and who
+    took it, or why it was not followed."""
+    by, status, to = redirect.get("by"), redirect.get("status"), redirect.get("to")
+    if redirect.get("refused"):
+        where = f" to {to}" if to else ""
+        return f"redirect by {by} ({status}){where} not followed: {redirect['refused']}"
+    return (
+        f"forwarded by {by} ({status}, {redirect.get('reason')}) to {to}: "
+        f"taken by {redirect.get('via')}"
+    )
 
 
 def describe_transfer(transfer: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ import attrs
 
 from gateway.core.calls.location import LocationPolicy
 from gateway.core.calls.numbering import NumberFormat, NumberingPlan, read_number
+from gateway.core.calls.redirect import DiversionPolicy
 from gateway.core.sip import session_timer
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
@@ -265,6 +266,11 @@ class SipSection:
     # Requests whose User-Agent contains one of these (case-insensitive) are dropped without
     # an answer, unless they come from a trunk's address (gateway/core/sip/scanners.py).
     drop_user_agents: tuple[str, ...] = DEFAULT_DROP_USER_AGENTS
+    # Call forwarding by redirect (gateway/core/calls/redirect.py): how many 3xx one call
+    # follows at most (0: none), and what a redirect to another domain's host does: its user
+    # part routed like a dialled number ("route-user"), or the redirect refused ("refuse").
+    max_redirects: int = 5
+    foreign_redirects: Literal["route-user", "refuse"] = "route-user"
 
 
 @attrs.frozen
@@ -315,6 +321,8 @@ MAX_MEDIA_WORKERS = 64
 MAX_OVERLOAD_QUEUE_DELAY = 0.5
 # A day: longer than any call an operator would wait for before an upgrade.
 MAX_DRAIN_TIMEOUT = 86_400.0
+# A call follows at most this many redirections (a chain of forwards; RFC 5806 counter).
+MAX_REDIRECTS = 20
 # A day: a source blocked for longer is better refused by a firewall.
 MAX_AUTH_FAILURE_WINDOW = 86_400.0
 # A day: a callback later than that is a new call, not the end of an emergency call.
@@ -451,6 +459,10 @@ class TrunkConfig:
     voicemail: bool = False
     location: LocationPolicy = "emergency"
     dtmf: DtmfMode = "rfc4733"
+    # Who diverted a forwarded call, in our INVITEs to the trunk (RFC 5806 / RFC 7044), and
+    # whether a 3xx from the trunk is followed (gateway/core/calls/redirect.py).
+    diversion: DiversionPolicy = "diversion"
+    follow_redirects: bool = False
 
     @property
     def registered_contact_user(self) -> str:
@@ -866,6 +878,10 @@ def _validate(config: GatewayConfig, file: str) -> None:
         )
     if config.sip.ring_timeout <= 0:
         raise ConfigError(file, "sip", "ring_timeout", "expected a positive number of seconds")
+    if not 0 <= config.sip.max_redirects <= MAX_REDIRECTS:
+        raise ConfigError(
+            file, "sip", "max_redirects", f"expected 0 (follow none) to {MAX_REDIRECTS}"
+        )
     if not MIN_SESSION_INTERVAL <= config.sip.min_se <= MAX_SESSION_INTERVAL:
         raise ConfigError(
             file,

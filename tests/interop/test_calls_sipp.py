@@ -338,6 +338,38 @@ def test_a_carriers_503_sends_the_call_to_the_next_trunk(tmp_path: Path) -> None
     assert "trunk carrier answered 503 Service Unavailable: failed over to trunk backup" in calls
 
 
+# -- 1a''. call forwarding by redirect ---------------------------------------------------------
+
+
+def test_a_phones_302_forwards_a_trunks_call_to_the_carrier_with_diversion(
+    tmp_path: Path,
+) -> None:
+    """The PBX trunk calls alice's DID; alice's phone (sipp) forwards it with 302 to +4989555,
+    at its own host; the gateway routes that number as alice's call, to the carrier (sipp),
+    whose INVITE has the original caller's From and a Diversion naming alice's number there
+    (the trunk's caller_id, alice having no DID on it); the call is connected."""
+    phone = SippUas("calls/uas_redirect.xml", workdir=tmp_path)
+    with SippUas("uas_answer.xml", workdir=tmp_path) as carrier:
+        toml = outbound_trunk(carrier) + inbound_trunk()
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=toml) as gw:
+            register(gw, tmp_path, "udp", phone.port)
+            with phone:
+                caller = trunk_call("uac_call.xml", gw, tmp_path)
+                caller.check()
+                phone.wait(timeout=10).check()
+                answered = carrier.wait(timeout=10)
+                answered.check()
+            calls = gw.cli_until(lambda out: "forwarded by" in out, "calls", "--recent", "5")
+
+    (invite,) = answered.received("INVITE ")
+    assert invite.startswith("INVITE sip:+4989555@"), invite
+    assert "<sip:+4940777@" in header(invite, "From"), invite  # the PBX's caller, not alice
+    diversion = header(invite, "Diversion")
+    assert diversion.startswith(f"<sip:{CALLER_ID}@"), invite
+    assert diversion.endswith(";reason=unconditional;counter=1"), invite
+    assert "forwarded by alice (302, unconditional) to +4989555: taken by trunk carrier" in calls
+
+
 # -- 1b. a trunk that challenges our INVITE --------------------------------------------------
 
 
