@@ -16,6 +16,7 @@ The file layout::
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
     [[dialog_watch_groups]]  accounts whose phones may watch each other's calls (BLF)
     [feature_codes]  what phones dial for the gateway's own features (call pickup)
+    [presence]  who may see whose presence (PUBLISH/SUBSCRIBE presence, RFC 3856)
 """
 
 from __future__ import annotations
@@ -443,6 +444,21 @@ class DialogWatchGroup:
     pickup: bool = False
 
 
+PresenceAllow = Literal["none", "same-group", "all-accounts"]
+
+
+@attrs.frozen
+class PresenceSection:
+    """``[presence]``: the gateway as presence server of its own accounts (RFC 3856: phones
+    PUBLISH their status, RFC 3903, and subscribe to their buddies', gateway/core/sip/presence.py
+    and gateway/core/calls/dialog_events.py). ``allow`` says who may watch whom: ``"none"`` (no
+    presence service: PUBLISH and ``Event: presence`` are refused as before), ``"same-group"``
+    (accounts that share a ``[[dialog_watch_groups]]`` group) or ``"all-accounts"`` (any account
+    of the gateway any other). An account may always watch itself."""
+
+    allow: PresenceAllow = "none"
+
+
 @attrs.frozen
 class GatewayConfig:
     """The whole configuration. ``plugin_tables`` holds the raw ``[plugins.NAME]`` tables until
@@ -457,6 +473,7 @@ class GatewayConfig:
     trunks: tuple[TrunkConfig, ...] = ()
     dialog_watch_groups: tuple[DialogWatchGroup, ...] = ()
     feature_codes: FeatureCodes = FeatureCodes()
+    presence: PresenceSection = PresenceSection()
     plugin_tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "<embedded defaults>"
 
@@ -1041,6 +1058,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         "numbering": NumberingPlan,
         "store": StoreSection,
         "feature_codes": FeatureCodes,
+        "presence": PresenceSection,
     }
     unknown = sorted(set(data) - set(sections) - {"plugins", "trunks", "dialog_watch_groups"})
     if unknown:
@@ -1049,7 +1067,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
             unknown[0],
             None,
             "unknown table; known tables: gateway, sip, media, numbering, store, plugins, "
-            "trunks, dialog_watch_groups, feature_codes",
+            "trunks, dialog_watch_groups, feature_codes, presence",
         )
     values: dict[str, Any] = {}
     for name, cls in sections.items():

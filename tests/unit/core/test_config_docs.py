@@ -22,6 +22,7 @@ TABLES = {
     "plugins": cfg.PluginsSection,
     "numbering": cfg.NumberingPlan,
     "feature_codes": cfg.FeatureCodes,
+    "presence": cfg.PresenceSection,
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
     "plugins.tls": tls.TlsConfig,
