@@ -72,6 +72,7 @@ def gateway_config(
     numbering: Mapping[str, Any] | None = None,
     dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
     feature_codes: Mapping[str, Any] | None = None,
+    presence: Mapping[str, Any] | None = None,
     gateway: Mapping[str, Any] | None = None,
     media: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
@@ -80,6 +81,7 @@ def gateway_config(
             "dialog_watch_groups": [dict(group) for group in dialog_watch_groups],
             "numbering": dict(numbering or {}),
             "feature_codes": dict(feature_codes or {}),
+            "presence": dict(presence or {}),
             "gateway": {"state_dir": str(state_dir), "realm": REALM, **(gateway or {})},
             "sip": {"listen": ["udp:127.0.0.1:5060"], "t1": T1, **(sip or {})},
             "media": {
@@ -124,6 +126,7 @@ async def start_b2bua(
     numbering: Mapping[str, Any] | None = None,
     dialog_watch_groups: Sequence[Mapping[str, Any]] = (),
     feature_codes: Mapping[str, Any] | None = None,
+    presence: Mapping[str, Any] | None = None,
     tls_stand_in: bool = False,
     ws_stand_in: bool = False,
     gateway_table: Mapping[str, Any] | None = None,
@@ -148,6 +151,7 @@ async def start_b2bua(
         numbering=numbering,
         dialog_watch_groups=dialog_watch_groups,
         feature_codes=feature_codes,
+        presence=presence,
         gateway=gateway_table,
         media=media_table,
     )
