@@ -16,11 +16,16 @@ document on each change (gateway/core/calls/dialog_events.py, the same notifier 
 * Expires is bounded as for subscriptions (gateway/core/sip/events.py: 423 below a minute, at
   most an hour, an hour when absent: RFC 3903 §5 lets the compositor choose).
 * Composition (RFC 3903 §6: the compositor's policy): an account keeps at most
-  :data:`MAX_PER_ACCOUNT` publications (its phones), a new one past it replaces the oldest (a
-  rebooted phone forgot its tag). Watchers get one document: the most recently published of
-  those whose status is ``open`` (the device the user uses now), else the most recent one.
-  Tuples are not merged: documents from different clients rarely agree on tuple ids or
-  extensions, and a watcher shows one status anyway.
+  :data:`MAX_PER_ACCOUNT` publications (its phones), a new one past it replaces the one that
+  expires first (a rebooted phone forgot its tag and stopped refreshing it). Watchers get one
+  document: the one most recently published or modified (the user's latest action: a
+  softphone set to "away" shows away, whatever the desk phone said earlier; refreshes do not
+  count) of those that say ``open`` or ``closed``; one that says neither (baresip's
+  ``unknown``) only when none does. Not "the latest open one": a phone that raced itself into
+  two publications (baresip 1.0 publishes on start and again on registering, both before its
+  first answer brings a tag) could then never show closed. Tuples are not merged: documents
+  from different clients rarely agree on tuple ids or extensions, and a watcher shows one
+  status anyway.
 * Nothing published (or everything expired or removed): a neutral document with one ``closed``
   tuple (RFC 3863 §4.1.4), so a buddy shows offline rather than stale.
 
@@ -29,7 +34,8 @@ carries no DTD (no ``<!DOCTYPE``: no entity can be declared, expanded or fetched
 parser of gateway/plugins/taps/intercept/x1.py), is well-formed, its root ``<presence>`` in
 the PIDF namespace with an ``entity`` naming the publishing account, and at most
 :data:`MAX_TUPLES` tuples, each with an ``id`` and a ``<status>`` whose ``<basic>``, if
-present, is ``open`` or ``closed`` (RFC 3863 §4.1.4). Anything else is 400 with a reason. The
+present, is a short lower-case word: ``open`` or ``closed`` by RFC 3863 §4.1.4, and anything
+else (baresip's ``unknown``) taken as not open. Anything else is 400 with a reason. The
 document is passed on as published, extensions (RPID notes and activities) included: they are
 what buddy lists show.
 
@@ -56,23 +62,27 @@ NOTIFY carrying it still fits a UDP datagram at its fragmentation limit."""
 MAX_TUPLES = 16
 """Tuples in one published document at most."""
 MAX_PER_ACCOUNT = 4
-"""Publications of one account kept at once (its phones); a new one replaces the oldest."""
+"""Publications of one account kept at once (its phones); a new one replaces the one that
+expires first."""
 MAX_PUBLICATIONS = 20_000
 """Publications kept in all; a new one past it gets 503."""
 MAX_ETAG = 64
 """An entity tag longer than this in SIP-If-Match is none of ours (412 without a lookup)."""
 
 _P = f"{{{NAMESPACE}}}"
+_BASIC = re.compile(r"[a-z]{1,16}")
 _ENTITY = re.compile(r"(?:pres|sips?):([^@;?>]{1,128})@[^\s]{1,256}", re.IGNORECASE)
 
 
 @attrs.frozen
 class Pidf:
-    """A published document as the gateway keeps it: its bytes (what watchers get) and its
-    overall status (``open`` when any tuple is open, RFC 3863 §4.1.4)."""
+    """A published document as the gateway keeps it: its bytes (what watchers get), its
+    overall status (``open`` when any tuple is open, RFC 3863 §4.1.4) and whether it says
+    anything (some tuple's basic is ``open`` or ``closed``)."""
 
     body: bytes
     open: bool
+    definite: bool = True
 
 
 def parse_pidf_untrusted(body: bytes, *, account: str, max_size: int = MAX_DOCUMENT) -> Pidf:
@@ -100,7 +110,7 @@ def parse_pidf_untrusted(body: bytes, *, account: str, max_size: int = MAX_DOCUM
     tuples = root.findall(f"{_P}tuple")
     if len(tuples) > MAX_TUPLES:
         raise RemoteSipError(f"Bad Request (more than {MAX_TUPLES} tuples)")
-    is_open = False
+    is_open = definite = False
     for element in tuples:
         status = element.find(f"{_P}status")
         if not element.get("id") or status is None:
@@ -109,10 +119,13 @@ def parse_pidf_untrusted(body: bytes, *, account: str, max_size: int = MAX_DOCUM
         if basic is None:
             continue  # RFC 3863 §4.1.4: <basic> is optional (extensions carry the status)
         basic = basic.strip()
-        if basic not in ("open", "closed"):
-            raise RemoteSipError("Bad Request (basic status neither open nor closed)")
+        if not _BASIC.fullmatch(basic):
+            raise RemoteSipError("Bad Request (malformed basic status)")
+        # RFC 3863 §4.1.4 knows open and closed; baresip 1.0 publishes "unknown" before its
+        # user set a status: passed on, not open (watchers show it as offline).
         is_open = is_open or basic == "open"
-    return Pidf(body, is_open)
+        definite = definite or basic in ("open", "closed")
+    return Pidf(body, is_open, definite)
 
 
 def closed_document(entity: str) -> bytes:
@@ -197,7 +210,8 @@ class Publications:
                 return Published(None, 0, False)  # nothing to keep
             mine = self._by_account.get(account, [])
             if len(mine) >= self._max_per_account:
-                self._remove(mine[0])  # the oldest: a phone that forgot its tag
+                # The one expiring first: a rebooted phone's forgotten, unrefreshed one.
+                self._remove(min(mine, key=lambda p: p.expires_at))
             elif len(self._by_etag) >= self._limit:
                 return Refused(503, "Service Unavailable (publication limit)")
             publication = Publication(account, new_etag, document, now + asked, now)
@@ -222,13 +236,13 @@ class Publications:
         return Published(new_etag, asked, changed)
 
     def document(self, account: str) -> Pidf | None:
-        """The document ``account``'s watchers get: the latest open publication, else the
-        latest one; None when there is none (the caller sends :func:`closed_document`)."""
+        """The document ``account``'s watchers get: the latest published or modified of those
+        saying open or closed, else the latest; None when there is none (the caller sends
+        :func:`closed_document`)."""
         mine = self._by_account.get(account)
         if not mine:
             return None
-        latest = max(mine, key=lambda p: (p.document.open, p.published_at))
-        return latest.document
+        return max(mine, key=lambda p: (p.document.definite, p.published_at)).document
 
     def get_timer(self) -> float | None:
         """When the next publication runs out; None when there is none."""

@@ -31,7 +31,7 @@ def pidf(basic: str = "open", entity: str = "sip:alice@example.com", tuples: int
 
 
 def test_a_document_is_kept_as_published_with_its_status() -> None:
-    assert parse_pidf_untrusted(pidf(), account="alice") == Pidf(pidf(), True)
+    assert parse_pidf_untrusted(pidf(), account="alice") == Pidf(pidf(), True, True)
     assert not parse_pidf_untrusted(pidf("closed"), account="alice").open
     assert parse_pidf_untrusted(pidf(entity="pres:alice@example.com"), account="alice").open
     # Extensions (RPID) are carried; a tuple without <basic> says nothing about open.
@@ -39,6 +39,10 @@ def test_a_document_is_kept_as_published_with_its_status() -> None:
     assert parse_pidf_untrusted(rpid, account="alice").body == rpid
     bare = pidf().replace(b"<basic>open</basic>", b"")
     assert not parse_pidf_untrusted(bare, account="alice").open
+    assert not parse_pidf_untrusted(bare, account="alice").definite
+    # baresip 1.0 publishes "unknown" before a status is set: kept, not open, says nothing.
+    unknown = parse_pidf_untrusted(pidf("unknown"), account="alice")
+    assert not unknown.open and not unknown.definite
 
 
 @pytest.mark.parametrize(
@@ -53,7 +57,7 @@ def test_a_document_is_kept_as_published_with_its_status() -> None:
         ),
         (b"<presence/>", "not a PIDF presence document"),
         (pidf(tuples=MAX_TUPLES + 1), f"more than {MAX_TUPLES} tuples"),
-        (pidf("away"), "neither open nor closed"),
+        (pidf("Open!"), "malformed basic status"),
         (pidf().replace(b' id="t0"', b""), "without id or status"),
     ],
 )
@@ -137,22 +141,38 @@ def test_another_accounts_tag_and_an_expired_one_are_412() -> None:
     assert table.document("alice") is None
 
 
-def test_composition_the_latest_open_one_wins() -> None:
+def test_composition_the_latest_published_one_wins() -> None:
     table = Publications(max_per_account=2)
     publish(table, 0.0, etag="desk", document=OPEN)
-    # A closed softphone later: the open desk phone still shows.
-    assert publish(table, 1.0, etag="soft", document=CLOSED) == Published("soft", 600, False)
-    assert table.document("alice") is OPEN
-    newer = Pidf(b"newer", True)
-    assert publish(table, 2.0, etag="soft2", if_match="soft", document=newer).changed
-    assert table.document("alice") is newer
-    # Past max_per_account the oldest (the desk phone's) goes.
-    publish(table, 3.0, etag="third", document=CLOSED)
-    assert publish(table, 4.0, etag="x", if_match="desk") == Refused(412)
-    assert len(table) == 2 and table.document("alice") is newer
-    # The open one expires first: the closed one shows.
-    assert table.handle_timer(now=602.0) == {"alice"}
+    # A softphone set to closed later: closed shows (the user's latest action).
+    assert publish(table, 1.0, etag="soft", document=CLOSED) == Published("soft", 600, True)
     assert table.document("alice") is CLOSED
+    # The desk phone's refresh changes nothing; its modification does.
+    assert publish(table, 2.0, etag="desk2", if_match="desk") == Published("desk2", 600, False)
+    newer = Pidf(b"newer", True)
+    assert publish(table, 3.0, etag="desk3", if_match="desk2", document=newer).changed
+    assert table.document("alice") is newer
+    # Past max_per_account the one expiring first (the softphone's, never refreshed) goes.
+    publish(table, 4.0, etag="third", document=CLOSED)
+    assert publish(table, 5.0, etag="x", if_match="soft") == Refused(412)
+    assert len(table) == 2 and table.document("alice") is CLOSED
+    # The newest expires first: the one before it shows again.
+    publish(table, 6.0, etag="third2", if_match="third", expires=60)
+    assert table.handle_timer(now=66.0) == {"alice"}
+    assert table.document("alice") is newer
+
+
+def test_a_document_saying_nothing_never_hides_one_that_does() -> None:
+    # baresip 1.0 races itself: "unknown" at start and "open" on registering, either first.
+    table = Publications()
+    unknown = Pidf(b"unknown", False, definite=False)
+    publish(table, 0.0, etag="a", document=OPEN)
+    assert publish(table, 0.1, etag="b", document=unknown) == Published("b", 600, False)
+    assert table.document("alice") is OPEN
+    publish(table, 1.0, etag="c", if_match="a", document=CLOSED)
+    assert table.document("alice") is CLOSED
+    publish(table, 2.0, etag="d", if_match="c", expires=0)
+    assert table.document("alice") is unknown  # only when nothing else is left
 
 
 def test_the_total_is_bounded() -> None:
