@@ -230,6 +230,11 @@ class DialogEvents:
     def __len__(self) -> int:
         return len(self._by_dialog)
 
+    @property
+    def presence_subscriptions(self) -> int:
+        """How many of them are presence subscriptions."""
+        return sum(len(watches) for watches in self.presence_watched.values())
+
     def listing(self) -> list[DialogSubscriptionInfo]:
         """Every dialog subscription, for an operator."""
         now = trio.current_time()

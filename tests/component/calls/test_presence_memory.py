@@ -14,6 +14,8 @@ import trio
 from gateway.core.ids import SeededIds
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Request, Response
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import render
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import GW, B2bua, eventually, next_within, start_b2bua
 
@@ -78,6 +80,17 @@ async def subscribe(phone: SipAgent, target: str = "alice", *, expires: int = 60
     return dialog
 
 
+async def subscribe_dialog(phone: SipAgent) -> None:
+    request = phone.new_request(
+        "SUBSCRIBE", ALICE_URI, extra=[("Event", "dialog"), ("Expires", "600")]
+    )
+    sent, final = await phone.send_authenticated(request)
+    assert final.status == 200, final.reason
+    phone.add_dialog(Dialog.create_uac(sent, final))
+    notify = (await phone.next_request("NOTIFY")).request
+    assert notify.content_type == "application/dialog-info+xml"
+
+
 def publish_request(
     phone: SipAgent,
     body: bytes | None,
@@ -137,6 +150,16 @@ async def test_bob_sees_alice_publish_modify_and_remove(
     assert etag
     notify, _ = await next_document(bob)
     assert notify.body == pidf("open", note="at my desk")  # passed on as published
+    # bob also watches alice's calls: the metrics tell the packages apart.
+    await subscribe_dialog(bob)
+    view = StatusView(env.gateway, CallStatistics())
+    status = view.sip()
+    assert status.presence_subscriptions == 1 and status.presence_publications == 1
+    assert status.dialog_subscriptions == 1
+    scraped = render(view).decode()
+    assert 'voipgw_subscriptions{package="presence"} 1\n' in scraped
+    assert 'voipgw_subscriptions{package="dialog"} 1\n' in scraped
+    assert "voipgw_presence_publications 1\n" in scraped
 
     # A refresh: a new tag, no NOTIFY (nothing changed).
     refreshed = await publish(env.alice, None, etag=etag)
