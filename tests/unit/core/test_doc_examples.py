@@ -258,6 +258,7 @@ CORE_TABLES: dict[str, type] = {
     "plugins": cfg.PluginsSection,
     "numbering": NumberingPlan,
     "feature_codes": cfg.FeatureCodes,
+    "presence": cfg.PresenceSection,
     "trunks": cfg.TrunkConfig,  # also `[trunks.NAME] key`, as errors name a trunk's table
     "dialog_watch_groups": cfg.DialogWatchGroup,
 }
