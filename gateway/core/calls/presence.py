@@ -28,12 +28,7 @@ import trio
 
 from gateway.core.calls.routing import called_user
 from gateway.core.sip.errors import RemoteSipError
-from gateway.core.sip.events import (
-    DEFAULT_EXPIRES,
-    PRESENCE,
-    parse_event_untrusted,
-    parse_expires_untrusted,
-)
+from gateway.core.sip.events import PRESENCE, parse_event_untrusted, parse_expires_untrusted
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.presence import CONTENT_TYPE, Refused, parse_pidf_untrusted
 from gateway.core.sip.transaction import ServerTransaction
@@ -104,7 +99,7 @@ class Presence:
         outcome = self.publications.publish(
             account,
             if_match=request.headers.get("SIP-If-Match"),
-            expires=expires if request.headers.get("Expires") is not None else DEFAULT_EXPIRES,
+            expires=expires,  # an hour when absent (RFC 3903 §4.1 lets the ESC choose)
             document=document,
             new_etag=self.gateway.ids.token_hex(8),
             now=trio.current_time(),

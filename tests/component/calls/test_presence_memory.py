@@ -231,6 +231,11 @@ async def test_refusals(
     malformed = await publish(bob, b"<presence", target="bob")
     assert malformed.status == 400 and "well-formed" in malformed.reason
     assert (await publish(bob, None, target="bob")).status == 400  # initial without a body
+    # No Expires: an hour (RFC 3903 §4.1: the compositor's choice).
+    default = publish_request(bob, pidf("open", entity="sip:bob@127.0.0.1"), target="bob")
+    default = default.with_headers(default.headers.remove("Expires"))
+    hour = (await bob.send_authenticated(default))[1]
+    assert hour.status == 200 and hour.headers.get("Expires") == "3600"
     # Not authenticated: challenged; a trunk: 403.
     unauthenticated = await (await bob.send(publish_request(bob, pidf("open")))).final()
     assert unauthenticated.status == 407
