@@ -213,8 +213,9 @@ class DialogEvents:
         """Accounts someone watches; empty, the call layer tells us nothing."""
         self.presence_allow = gateway.config.presence.allow
         self.allow_events = (
-            ALLOW_EVENTS if self.presence_allow == "none" else (ALLOW_EVENTS_WITH_PRESENCE)
+            ALLOW_EVENTS if self.presence_allow == "none" else ALLOW_EVENTS_WITH_PRESENCE
         )
+        """What ``Allow-Events`` lists (RFC 6665 §8.2.2): presence only while it is on."""
         self.publications = Publications()
         """Every account's presence publications (PUBLISH: gateway/core/calls/presence.py)."""
         self.presence_watched: dict[str, list[Watch]] = {}
