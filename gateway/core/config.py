@@ -17,6 +17,7 @@ The file layout::
     [[trunks]]  one table per SIP trunk (carrier or PBX): address, prefixes, DIDs, credentials
     [[dialog_watch_groups]]  accounts whose phones may watch each other's calls (BLF)
     [feature_codes]  what phones dial for the gateway's own features (call pickup)
+    [presence]  who may see whose presence (PUBLISH/SUBSCRIBE presence, RFC 3856)
 """
 
 from __future__ import annotations
@@ -606,6 +607,21 @@ def dns_server(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+PresenceAllow = Literal["none", "same-group", "all-accounts"]
+
+
+@attrs.frozen
+class PresenceSection:
+    """``[presence]``: the gateway as presence server of its own accounts (RFC 3856: phones
+    PUBLISH their status, RFC 3903, and subscribe to their buddies', gateway/core/sip/presence.py
+    and gateway/core/calls/dialog_events.py). ``allow`` says who may watch whom: ``"none"`` (no
+    presence service: PUBLISH and ``Event: presence`` are refused as before), ``"same-group"``
+    (accounts that share a ``[[dialog_watch_groups]]`` group) or ``"all-accounts"`` (any account
+    of the gateway any other). An account may always watch itself."""
+
+    allow: PresenceAllow = "none"
+
+
 @attrs.frozen
 class GatewayConfig:
     """The whole configuration. ``plugin_tables`` holds the raw ``[plugins.NAME]`` tables until
@@ -621,6 +637,7 @@ class GatewayConfig:
     trunks: tuple[TrunkConfig, ...] = ()
     dialog_watch_groups: tuple[DialogWatchGroup, ...] = ()
     feature_codes: FeatureCodes = FeatureCodes()
+    presence: PresenceSection = PresenceSection()
     plugin_tables: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     source: str = "<embedded defaults>"
 
@@ -1216,6 +1233,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
         "store": StoreSection,
         "feature_codes": FeatureCodes,
         "dns": DnsSection,
+        "presence": PresenceSection,
     }
     unknown = sorted(set(data) - set(sections) - {"plugins", "trunks", "dialog_watch_groups"})
     if unknown:
@@ -1224,7 +1242,7 @@ def from_mapping(data: Mapping[str, Any], *, file: str = "<embedded defaults>") 
             unknown[0],
             None,
             "unknown table; known tables: gateway, sip, media, numbering, store, dns, "
-            "plugins, trunks, dialog_watch_groups, feature_codes",
+            "plugins, trunks, dialog_watch_groups, feature_codes, presence",
         )
     values: dict[str, Any] = {}
     for name, cls in sections.items():

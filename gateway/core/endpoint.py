@@ -115,7 +115,9 @@ CLIENT_RESPONSE_QUEUE = 32
 # new work, a call, a registration, a subscription or a relayed message. Dialog requests (BYE,
 # re-INVITE), ACK, CANCEL and OPTIONS are always served: they end or keep up calls already
 # accepted, or cost less to answer than to refuse.
-SHED_METHODS = frozenset({"INVITE", "REGISTER", "SUBSCRIBE", "MESSAGE"})
+SHED_METHODS = frozenset({"INVITE", "REGISTER", "SUBSCRIBE", "MESSAGE", "PUBLISH"})
+# Requests outside a dialog that the subscription, message and presence layers answer.
+NON_CALL_METHODS = frozenset({"SUBSCRIBE", "NOTIFY", "MESSAGE", "PUBLISH"})
 # Requests outside a dialog that the SIPS check of _dispatch leaves alone: INVITE is checked by
 # CallManager.invite (an emergency call goes on); ACK and CANCEL follow their INVITE.
 SIPS_CHECKED_ELSEWHERE = frozenset({"INVITE", "ACK", "CANCEL"})
@@ -175,6 +177,12 @@ class SubscriptionLayer(Protocol):
 
     def in_dialog(self, transaction: ServerTransaction, request: Request, flow: Flow) -> bool:
         """A request with a To tag no call took; False when no subscription has it either."""
+
+
+class PublishLayer(Protocol):
+    """The transaction user for PUBLISH of presence (calls/presence.py)."""
+
+    def publish(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None: ...
 
 
 class MessageLayer(Protocol):
@@ -327,6 +335,8 @@ class SipEndpoint:
         self.calls: CallLayer | None = None
         self.subscriptions: SubscriptionLayer | None = None
         self.messages: MessageLayer | None = None
+        self.presence: PublishLayer | None = None
+        """Set while ``[presence] allow`` is not "none"; PUBLISH is 405 otherwise, as before."""
         self.captures: tuple[SipCapture, ...] = tuple(
             capture for _, capture in gateway.plugins.sip_captures.items()
         ) + tuple(
@@ -729,7 +739,9 @@ class SipEndpoint:
                 ):
                     await self.respond(txn, self._response(request, 481))
                 return
-            if request.method in ("SUBSCRIBE", "NOTIFY", "MESSAGE"):
+            if request.method in NON_CALL_METHODS and (
+                request.method != "PUBLISH" or self.presence is not None
+            ):
                 refusal = self._precheck(request)
                 if refusal is not None:
                     await self.respond(txn, refusal)
@@ -739,6 +751,8 @@ class SipEndpoint:
                     self.messages.notify(txn, request, flow)
                 elif request.method == "MESSAGE" and self.messages is not None:
                     self.messages.message(txn, request, flow)
+                elif request.method == "PUBLISH" and self.presence is not None:
+                    self.presence.publish(txn, request, flow)
                 else:
                     await self.respond(txn, self._response(request, 503))
                 return
@@ -1002,9 +1016,10 @@ class SipEndpoint:
         return self._response(request, 501, "Not Implemented Yet In This Gateway")
 
     def _capabilities(self) -> list[tuple[str, str]]:
+        events = self.gateway.dialog_events
         return [
-            ("Allow", ", ".join(ALLOWED_METHODS)),
-            ("Allow-Events", ALLOW_EVENTS),
+            ("Allow", ", ".join(ALLOWED_METHODS) + (", PUBLISH" if self.presence else "")),
+            ("Allow-Events", events.allow_events if events is not None else ALLOW_EVENTS),
             ("Accept", "application/sdp"),
             ("Supported", ", ".join(self.extensions)),
             ("Server", self.gateway.config.sip.user_agent),

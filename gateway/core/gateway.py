@@ -25,6 +25,7 @@ from gateway.core.calls.call import Call
 from gateway.core.calls.dialog_events import DialogEvents
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
+from gateway.core.calls.presence import Presence
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, default_route, route_call
 from gateway.core.calls.subscriptions import Subscriptions
 from gateway.core.calls.trunk_dns import (
@@ -160,6 +161,7 @@ class Gateway:
         answered 503."""
         self.subscriptions: Subscriptions | None = None  # message-summary, to the voicemail trunk
         self.dialog_events: DialogEvents | None = None  # dialog (BLF), our accounts' calls
+        self.presence: Presence | None = None  # PUBLISH of presence, with [presence] allow
         self.messages: Messages | None = None  # out-of-dialog MESSAGE, unsolicited NOTIFY
         # Only a gateway with a monitoring service counts calls for one (gateway/core/status.py).
         self.call_statistics = CallStatistics() if len(plugins.services) else None
@@ -641,6 +643,10 @@ class Gateway:
         self.endpoint.calls = self.calls
         self.dialog_events = DialogEvents(self, nursery)
         self.calls.dialog_events = self.dialog_events
+        if self.config.presence.allow != "none":
+            self.presence = Presence(self, nursery, self.dialog_events)
+            self.endpoint.presence = self.presence
+            nursery.start_soon(self.presence.run)
         self.subscriptions = Subscriptions(self, nursery)
         self.endpoint.subscriptions = self.subscriptions
         nursery.start_soon(self.subscriptions.run)

@@ -845,6 +845,10 @@ class SipCounts:
     # for a limit (calls/dialog_events.py).
     dialog_subscriptions: int = 0
     dialog_subscriptions_refused: int = 0
+    # presence subscriptions and publications now ([presence] allow; calls/dialog_events.py,
+    # calls/presence.py); refusals for a limit count with the dialog ones (a shared limit).
+    presence_subscriptions: int = 0
+    presence_publications: int = 0
     # Open SIP connections by connection transport (tcp, tls, ws, wss: every enabled one).
     connections: tuple[tuple[str, int], ...] = ()
 

@@ -266,9 +266,13 @@ class StatusView:
             subscriptions_refused=subs.refused if subs is not None else 0,
             messages_relayed=msgs.relayed if (msgs := self._gateway.messages) is not None else 0,
             dialog_subscriptions=(
-                len(blf) if (blf := self._gateway.dialog_events) is not None else 0
+                len(blf) - blf.presence_subscriptions
+                if (blf := self._gateway.dialog_events) is not None
+                else 0
             ),
             dialog_subscriptions_refused=blf.refused if blf is not None else 0,
+            presence_subscriptions=blf.presence_subscriptions if blf is not None else 0,
+            presence_publications=len(blf.publications) if blf is not None else 0,
             connections=self._connections(),
         )
 

@@ -38,6 +38,18 @@ and when the gateway stops (``probation;retry-after=30``: come back once it has 
 or timeout of a NOTIFY ends it at once (§4.2.2). Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503
 past it), :data:`MAX_PER_ACCOUNT` per watching account (403); a phone subscribing again to the
 same account from the same Contact (it rebooted) replaces its old subscription.
+
+Presence (RFC 3856), while ``[presence] allow`` is not ``"none"``: a SUBSCRIBE with ``Event:
+presence`` is the same kind of subscription (a :class:`Watch` with ``package`` ``presence``, the
+same authentication, bounds, refresh, expiry and final NOTIFY), watching an account's
+publications instead of its calls: who may watch whom is ``allow`` (``same-group``: the
+``[[dialog_watch_groups]]`` groups, as for BLF; ``all-accounts``; oneself always). Its NOTIFYs
+carry the account's current ``application/pidf+xml`` document
+(:class:`~gateway.core.sip.presence.Publications`, kept here, filled by PUBLISH in
+gateway/core/calls/presence.py), a neutral ``closed`` one when it published nothing, sent again
+on each change (:meth:`DialogEvents.presence_changed`). Presence watchers are kept apart from
+:attr:`DialogEvents.watched`: calls never look at them. Subscriptions and publications are this
+node's, in memory, as the BLF's.
 """
 
 from __future__ import annotations
@@ -70,7 +82,9 @@ from gateway.core.sip.dialog_info import (
 from gateway.core.sip.errors import LocalSipError, RemoteSipError
 from gateway.core.sip.events import (
     ALLOW_EVENTS,
+    ALLOW_EVENTS_WITH_PRESENCE,
     DIALOG,
+    PRESENCE,
     Input,
     IntervalTooBrief,
     SubscriptionState,
@@ -81,6 +95,8 @@ from gateway.core.sip.events import (
 )
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Request, Response, make_response
+from gateway.core.sip.presence import CONTENT_TYPE as PIDF
+from gateway.core.sip.presence import Publications, closed_document
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.sip.uri import SipUri
 from gateway.core.transport.flows import Flow
@@ -122,6 +138,8 @@ class Watch:
     flow: Flow
     dialog: Dialog
     state: SubscriptionState
+    package: str = DIALOG
+    """``dialog`` (its calls) or ``presence`` (its publications)."""
     notifications: Notifications = attrs.field(factory=Notifications)
     final: str | None = None
     """Once the subscription is to end: the Subscription-State of its last NOTIFY."""
@@ -193,6 +211,15 @@ class DialogEvents:
         )
         self.watched: dict[str, Watched] = {}
         """Accounts someone watches; empty, the call layer tells us nothing."""
+        self.presence_allow = gateway.config.presence.allow
+        self.allow_events = (
+            ALLOW_EVENTS if self.presence_allow == "none" else ALLOW_EVENTS_WITH_PRESENCE
+        )
+        """What ``Allow-Events`` lists (RFC 6665 §8.2.2): presence only while it is on."""
+        self.publications = Publications()
+        """Every account's presence publications (PUBLISH: gateway/core/calls/presence.py)."""
+        self.presence_watched: dict[str, list[Watch]] = {}
+        """Accounts whose presence someone watches, and those subscriptions."""
         self._by_dialog: dict[DialogKey, Watch] = {}
         self._per_account: dict[str, int] = {}
         self._involved: dict[Call, set[Involved]] = {}
@@ -203,6 +230,11 @@ class DialogEvents:
 
     def __len__(self) -> int:
         return len(self._by_dialog)
+
+    @property
+    def presence_subscriptions(self) -> int:
+        """How many of them are presence subscriptions."""
+        return sum(len(watches) for watches in self.presence_watched.values())
 
     def listing(self) -> list[DialogSubscriptionInfo]:
         """Every dialog subscription, for an operator."""
@@ -215,7 +247,8 @@ class DialogEvents:
     # -- SUBSCRIBE ------------------------------------------------------------------------------
 
     def subscribe(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
-        """A SUBSCRIBE outside any dialog with ``Event: dialog``."""
+        """A SUBSCRIBE outside any dialog with ``Event: dialog`` (or ``presence``, while the
+        presence service is on)."""
         self._nursery.start_soon(self._answer_new, transaction, request, flow)
 
     async def _answer_new(
@@ -239,7 +272,8 @@ class DialogEvents:
 
     def _new(self, request: Request, flow: Flow) -> tuple[Response, Watch | None]:
         try:
-            parse_event_untrusted(request.headers.get("Event"))  # dialog: the caller looked
+            # dialog or presence: the caller looked
+            package = parse_event_untrusted(request.headers.get("Event")).package
             expires = parse_expires_untrusted(request.headers.get("Expires"))
             require_contact(request)
         except RemoteSipError as err:
@@ -248,9 +282,10 @@ class DialogEvents:
         if isinstance(asked, IntervalTooBrief):
             brief = make_response(request, 423, extra=[("Min-Expires", str(asked.min_expires))])
             return brief, None
-        if not _accepts_dialog_info(request.headers.get_all("Accept")):
+        body_type = PIDF if package == PRESENCE else CONTENT_TYPE
+        if not _accepts(request.headers.get_all("Accept"), body_type):
             # RFC 6665 §4.2.1.1 ... RFC 3261 §21.4.7: we send no other body type.
-            return make_response(request, 406, extra=[("Accept", CONTENT_TYPE)]), None
+            return make_response(request, 406, extra=[("Accept", body_type)]), None
         calls = self.gateway.calls
         assert calls is not None
         caller = calls.identify_caller(request, flow)
@@ -263,7 +298,11 @@ class DialogEvents:
         if target is None:
             return make_response(request, 404, "Not Found (not an address of ours)"), None
         user, entity = target
-        show_parties = self.rules.may_watch(watcher, user)
+        show_parties = (
+            self.rules.may_watch(watcher, user)
+            if package == DIALOG
+            else self._may_watch_presence(watcher, user)
+        )
         if show_parties is None:
             return make_response(request, 403, "Forbidden (not allowed to watch that)"), None
         store = self.gateway.store
@@ -274,7 +313,7 @@ class DialogEvents:
                 request, 503, "Service Unavailable (stopping)", extra=[("Retry-After", "30")]
             )
             return stopping, None
-        self._replace_same_contact(watcher, user, request)
+        self._replace_same_contact(watcher, user, request, package)
         if len(self._by_dialog) >= MAX_SUBSCRIPTIONS:
             self.refused += 1
             log.warning(
@@ -305,18 +344,32 @@ class DialogEvents:
             watched=user,
             entity=entity,
             show_parties=show_parties,
-            pickup=self.rules.may_pick_up(watcher, user),
-            event=request.headers.get("Event") or DIALOG,
+            pickup=package == DIALOG and self.rules.may_pick_up(watcher, user),
+            event=request.headers.get("Event") or package,
             subscribe=request,
             flow=flow,
             dialog=Dialog.create_uas(request, response, over_tls=flow.secure),
             state=state,
+            package=package,
         )
         if asked == 0:
             watch.final = terminated_value("timeout")  # a fetch (RFC 6665 §4.4.3)
         self._add(watch)
-        log.info("%s watches the calls of %s for %d s", watcher, user, asked)
+        what = "calls" if package == DIALOG else "presence"
+        log.info("%s watches the %s of %s for %d s", watcher, what, user, asked)
         return response, watch
+
+    def _may_watch_presence(self, watcher: str, watched: str) -> bool | None:
+        """``[presence] allow`` (None: refused; never identities, which PIDF has none of).
+        Checked before the target is looked up, as for BLF: no probing of names."""
+        if watcher == watched or self.presence_allow == "all-accounts":
+            return False
+        if (
+            self.presence_allow == "same-group"
+            and self.rules.may_watch(watcher, watched) is not None
+        ):
+            return False
+        return None
 
     def _target(self, uri: object) -> tuple[str, str] | None:
         """The account name a SUBSCRIBE's Request-URI names in one of our domains, and the
@@ -330,14 +383,20 @@ class DialogEvents:
             return None
         return user, str(SipUri(uri.scheme, uri.host, user=uri.user, port=uri.port))
 
-    def _replace_same_contact(self, watcher: str, watched: str, request: Request) -> None:
+    def _replace_same_contact(
+        self, watcher: str, watched: str, request: Request, package: str
+    ) -> None:
         """A phone subscribing again to the same account from the Contact of a subscription
         it still has (it rebooted and forgot the old one): the old one is dropped without a
         NOTIFY, which the phone would answer 481 anyway."""
         contacts = request.contacts
         contact = str(contacts[0].uri) if contacts else None
-        found = self.watched.get(watched)
-        for old in list(found.watches) if found is not None else ():
+        if package == PRESENCE:
+            olds = list(self.presence_watched.get(watched, ()))
+        else:
+            found = self.watched.get(watched)
+            olds = list(found.watches) if found is not None else []
+        for old in olds:
             if old.watcher == watcher and old.contact == contact and old.final is None:
                 log.info("dialog subscription of %s to %s replaced", watcher, watched)
                 self._forget(old)
@@ -345,6 +404,10 @@ class DialogEvents:
     def _add(self, watch: Watch) -> None:
         self._by_dialog[watch.key] = watch
         self._per_account[watch.watcher] = self._per_account.get(watch.watcher, 0) + 1
+        if watch.package == PRESENCE:
+            self.presence_watched.setdefault(watch.watched, []).append(watch)
+            watch.notifications.push(())  # the document is read when the NOTIFY is built
+            return
         watched = self.watched.get(watch.watched)
         if watched is None:
             watched = self.watched[watch.watched] = Watched()
@@ -390,6 +453,8 @@ class DialogEvents:
         finally:
             if granted == 0:
                 watch.final = watch.final or terminated_value("timeout")
+            elif granted is not None and watch.package == PRESENCE:
+                watch.notifications.push(())
             elif granted is not None and (watched := self.watched.get(watch.watched)):
                 watch.notifications.push(watched.snapshot())
             watch.wake()
@@ -409,8 +474,8 @@ class DialogEvents:
             return make_response(request, err.status or 400, err.reason), None
         except LocalSipError:
             return make_response(request, 481), None
-        if event.package != DIALOG:
-            return make_response(request, 489, extra=[("Allow-Events", ALLOW_EVENTS)]), None
+        if event.package != watch.package:
+            return make_response(request, 489, extra=[("Allow-Events", self.allow_events)]), None
         asked = bounded_expires(expires)
         if isinstance(asked, IntervalTooBrief):
             brief = make_response(request, 423, extra=[("Min-Expires", str(asked.min_expires))])
@@ -444,7 +509,7 @@ class DialogEvents:
                     watch.final = terminated_value("timeout")  # RFC 6665 §4.2.2
             if self._by_dialog.get(watch.key) is not watch:
                 return  # replaced by the phone's new subscription: nobody to tell
-            watched = self.watched.get(watch.watched)
+            watched = self.watched.get(watch.watched) if watch.package == DIALOG else None
             watch.notifications.waiting.clear()
             watch.notifications.push(watched.snapshot() if watched is not None else ())
             taken = watch.notifications.take()
@@ -463,20 +528,27 @@ class DialogEvents:
         """One NOTIFY over the flow the subscriber's latest request came on; False when the
         subscription is gone at its side (481, or a timeout: RFC 6665 §4.2.2)."""
         flow = watch.flow
-        body = dialog_info_body(
-            watch.entity,
-            version,
-            snapshot,
-            show_parties=watch.show_parties,
-            pickup=watch.pickup,
-        )
+        if watch.package == PRESENCE:
+            # RFC 3856 §6.7: the current state, as published (or neutral: nothing was).
+            document = self.publications.document(watch.watched)
+            body = document.body if document is not None else closed_document(watch.entity)
+            content_type = PIDF
+        else:
+            body = dialog_info_body(
+                watch.entity,
+                version,
+                snapshot,
+                show_parties=watch.show_parties,
+                pickup=watch.pickup,
+            )
+            content_type = CONTENT_TYPE
         request = watch.dialog.create_request(
             "NOTIFY",
             via=self.endpoint.new_via_for(flow.transport),
             contact=self.endpoint.our_contact(flow.transport, sips=watch.dialog.secure),
             extra=[("Event", watch.event), ("Subscription-State", state)],
             body=body,
-            content_type=CONTENT_TYPE,
+            content_type=content_type,
         )
         _, final = await send_and_wait(
             self.endpoint,
@@ -513,6 +585,13 @@ class DialogEvents:
         watch.dialog.terminate()
         watch.wake()
         watch.ended.set()
+        if watch.package == PRESENCE:
+            watchers = self.presence_watched.get(watch.watched, [])
+            if watch in watchers:
+                watchers.remove(watch)
+            if not watchers:
+                self.presence_watched.pop(watch.watched, None)
+            return
         watched = self.watched.get(watch.watched)
         if watched is None:
             return
@@ -542,6 +621,14 @@ class DialogEvents:
             watch.wake()
         for watch in watches:
             await watch.ended.wait()
+
+    # -- presence (from PUBLISH and its expiry, gateway/core/calls/presence.py) -----------------
+
+    def presence_changed(self, account: str) -> None:
+        """``account``'s document changed: each of its presence watchers gets a NOTIFY."""
+        for watch in self.presence_watched.get(account, ()):
+            watch.notifications.push(())
+            watch.wake()
 
     # -- calls (from the call manager, while :attr:`watched` is not empty) ------------------------
 
@@ -685,10 +772,10 @@ def _party(name_addr: NameAddr) -> Party | None:
     return Party(str(uri), display or None)
 
 
-def _accepts_dialog_info(accept: Sequence[str]) -> bool:
+def _accepts(accept: Sequence[str], body_type: str) -> bool:
     """Whether the SUBSCRIBE's Accept headers allow our body (none: the package's default,
-    RFC 6665 §8.2.2 ... RFC 4235 §3.5)."""
+    RFC 6665 §8.2.2 ... RFC 4235 §3.5, RFC 3856 §6.6)."""
     if not accept:
         return True
     types = {item.split(";")[0].strip().lower() for value in accept for item in value.split(",")}
-    return bool(types & {CONTENT_TYPE, "application/*", "*/*"})
+    return bool(types & {body_type, "application/*", "*/*"})

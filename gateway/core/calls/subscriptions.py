@@ -27,11 +27,11 @@ challenges answered with its credentials. Expires is bounded (:mod:`gateway.core
 Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503 past it) and :data:`MAX_PER_ACCOUNT` per
 account (403 past it); a phone that subscribes again from the same Contact (it rebooted)
 replaces its old subscription. Other event packages get 489 with ``Allow-Events:
-message-summary, dialog``: the gateway is no presence server. ``Event: dialog`` SUBSCRIBEs
-and their dialogs go to the gateway's own notifier (gateway/core/calls/dialog_events.py). The
-state of each subscription is the sans-IO table of
-:class:`gateway.core.sip.events.SubscriptionState`; this module is its trio
-adapter (sending, timers).
+message-summary, dialog``. ``Event: dialog`` SUBSCRIBEs (and ``Event: presence`` ones while
+``[presence] allow`` is not ``"none"``) and their dialogs go to the gateway's own notifier
+(gateway/core/calls/dialog_events.py). The state of each subscription is the sans-IO table of
+:class:`gateway.core.sip.events.SubscriptionState`; this module is its trio adapter (sending,
+timers).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from gateway.core.sip.events import (
     DIALOG,
     FINAL_NOTIFY_WAIT,
     MESSAGE_SUMMARY,
+    PRESENCE,
     Input,
     IntervalTooBrief,
     SubscriptionState,
@@ -181,7 +182,9 @@ class Subscriptions:
     def subscribe(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
         """A SUBSCRIBE outside any dialog; ``Event: dialog`` goes to the dialog notifier."""
         dialogs = self.gateway.dialog_events
-        if dialogs is not None and _names_package(request.headers.get("Event"), DIALOG):
+        if dialogs is not None and _names_package(
+            request.headers.get("Event"), DIALOG, PRESENCE if self.gateway.presence else DIALOG
+        ):
             dialogs.subscribe(transaction, request, flow)
             return
         self._nursery.start_soon(self._guarded, transaction, request, self._new(request, flow))
@@ -233,7 +236,9 @@ class Subscriptions:
             return make_response(request, err.status or 400, err.reason)
         if event.package != MESSAGE_SUMMARY:
             # RFC 6665 §4.2.1.1, §8.2.2: what we accept goes in Allow-Events.
-            return make_response(request, 489, extra=[("Allow-Events", ALLOW_EVENTS)])
+            dialogs = self.gateway.dialog_events
+            allowed = dialogs.allow_events if dialogs is not None else ALLOW_EVENTS
+            return make_response(request, 489, extra=[("Allow-Events", allowed)])
         asked = bounded_expires(expires)
         if isinstance(asked, IntervalTooBrief):
             return make_response(request, 423, extra=[("Min-Expires", str(asked.min_expires))])
@@ -696,10 +701,10 @@ class Subscriptions:
         await subscription.ended.wait()  # the final NOTIFY ends it
 
 
-def _names_package(event: str | None, package: str) -> bool:
-    """Whether an Event header names ``package`` (a malformed one is ours to refuse)."""
+def _names_package(event: str | None, *packages: str) -> bool:
+    """Whether an Event header names one of ``packages`` (a malformed one is ours to refuse)."""
     try:
-        return parse_event_untrusted(event).package == package
+        return parse_event_untrusted(event).package in packages
     except RemoteSipError:
         return False
 

@@ -20,8 +20,9 @@ per relayed subscription, as each side's RFC 6665 state machine would:
 
 Anything not in :data:`TRANSITIONS` is a protocol error: the subscription ends. Only the
 ``message-summary`` package is relayed; ``dialog`` (RFC 4235) the gateway notifies itself, with
-the same table (its ``ACCEPTED`` is our own 2xx); the gateway is no presence server, so any
-other event package gets 489 Bad Event with ``Allow-Events: message-summary, dialog``
+the same table (its ``ACCEPTED`` is our own 2xx), and so ``presence`` (RFC 3856) when the
+operator turns the presence service on (``[presence] allow``); any other event package gets 489
+Bad Event with ``Allow-Events: message-summary, dialog`` (``, presence`` with the service on)
 (§4.2.2.2 ... §7.2).
 
 Sans-IO: strings and ``now`` in, states out. Header values come from the network: the parsers
@@ -42,8 +43,13 @@ MESSAGE_SUMMARY = "message-summary"
 DIALOG = "dialog"
 """The event package the gateway notifies itself for its accounts' calls (RFC 4235 §3,
 gateway/core/calls/dialog_events.py)."""
+PRESENCE = "presence"
+"""The event package the gateway notifies itself for its accounts' presence when ``[presence]
+allow`` is not ``"none"`` (RFC 3856 §6, gateway/core/sip/presence.py)."""
 ALLOW_EVENTS = f"{MESSAGE_SUMMARY}, {DIALOG}"
 """What ``Allow-Events`` lists (RFC 6665 §8.2.2): the packages a SUBSCRIBE may name."""
+ALLOW_EVENTS_WITH_PRESENCE = f"{ALLOW_EVENTS}, {PRESENCE}"
+"""``Allow-Events`` while the presence service is on."""
 
 MIN_EXPIRES = 60
 """The shortest subscription accepted: a shorter Expires (other than 0) gets 423 Interval Too

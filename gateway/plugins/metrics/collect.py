@@ -205,10 +205,17 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
         "voipgw_subscriptions",
         "gauge",
         "Subscriptions by event package: message-summary relayed to the voicemail trunk, "
-        "dialog (busy lamp fields) notified by the gateway.",
+        "dialog (busy lamp fields) and presence notified by the gateway.",
     )
     out.sample(sip.subscriptions, [("package", "message-summary")])
     out.sample(sip.dialog_subscriptions, [("package", "dialog")])
+    out.sample(sip.presence_subscriptions, [("package", "presence")])
+    out.family(
+        "voipgw_presence_publications",
+        "gauge",
+        "Presence publications (PUBLISH, RFC 3903) the gateway keeps for its accounts.",
+    )
+    out.sample(sip.presence_publications)
     out.family(
         "voipgw_subscriptions_refused_total",
         "counter",

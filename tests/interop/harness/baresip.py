@@ -79,7 +79,10 @@ class Baresip:
     lines are appended to the generated config. ``sip_trace`` adds baresip's ``-s``: every SIP
     message it sends and receives, SDP included, goes to ``log_path`` (see ``sip_messages``);
     the only way to read the SDP of a call over TLS. ``rtcp_mux`` offers RFC 5761 rtcp-mux
-    (WebRTC's way); by default RTCP has its own port.
+    (WebRTC's way); by default RTCP has its own port. ``account`` replaces the accounts file's
+    local account (one that registers from the start, e.g. with ``;pubint=600`` for the presence
+    module's PUBLISH); ``contacts`` is the contacts file (``<uri>;presence=p2p`` lines are what
+    the presence module subscribes to; the contact module reads the file).
     """
 
     def __init__(
@@ -95,6 +98,8 @@ class Baresip:
         rtp_port_count: int = 20,
         start_timeout: float = 10.0,
         rtcp_mux: bool = False,
+        account: str | None = None,
+        contacts: str = "",
     ) -> None:
         self.name = name
         self.dir = workdir / f"baresip-{name}"
@@ -112,6 +117,8 @@ class Baresip:
         self.extra_config = extra_config
         self.sip_trace = sip_trace
         self.rtcp_mux = rtcp_mux
+        self.account = account
+        self.contacts = contacts
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         #: Every ctrl_tcp event so far, oldest first.
@@ -170,10 +177,9 @@ class Baresip:
         """Write the config, start baresip and wait until ctrl_tcp answers."""
         self.rec_dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config").write_text(self._config_text())
-        (self.dir / "accounts").write_text(
-            f"<{self.local_aor}>;regint=0{self._account_params(self.mediaenc)}\n"
-        )
-        (self.dir / "contacts").write_text("")
+        account = self.account or f"<{self.local_aor}>;regint=0"
+        (self.dir / "accounts").write_text(f"{account}{self._account_params(self.mediaenc)}\n")
+        (self.dir / "contacts").write_text(self.contacts)
         args = [require_peer("baresip"), "-f", str(self.dir)]
         if self.sip_trace:
             args.append("-s")

@@ -23,6 +23,7 @@ TABLES = {
     "numbering": cfg.NumberingPlan,
     "feature_codes": cfg.FeatureCodes,
     "dns": cfg.DnsSection,
+    "presence": cfg.PresenceSection,
     "plugins.udp": udp.UdpConfig,
     "plugins.tcp": tcp.TcpConfig,
     "plugins.tls": tls.TlsConfig,

@@ -259,6 +259,7 @@ CORE_TABLES: dict[str, type] = {
     "numbering": NumberingPlan,
     "feature_codes": cfg.FeatureCodes,
     "dns": cfg.DnsSection,
+    "presence": cfg.PresenceSection,
     "trunks": cfg.TrunkConfig,  # also `[trunks.NAME] key`, as errors name a trunk's table
     "dialog_watch_groups": cfg.DialogWatchGroup,
 }

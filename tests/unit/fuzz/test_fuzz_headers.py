@@ -1,9 +1,9 @@
 """Mutation fuzzing of header values on their own (a whole-message mutation rarely reaches deep
 into one value): the SIP grammar (URI, Via, name-addr, CSeq, lists), Event and
 Subscription-State, digest Authorization and WWW-Authenticate, Geolocation, Session-Expires,
-Refer-To/Replaces, HTTP Basic credentials of the metrics exporter, and X1 documents from an
-ADMF (lawful intercept provisioning, XML). ``VOIPGW_FUZZ_EXAMPLES`` raises the count
-(docs/testing.md).
+Refer-To/Replaces, HTTP Basic credentials of the metrics exporter, X1 documents from an
+ADMF (lawful intercept provisioning, XML), and PIDF documents a phone PUBLISHes (presence).
+``VOIPGW_FUZZ_EXAMPLES`` raises the count (docs/testing.md).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from gateway.core.sip.events import (
     parse_subscription_state_untrusted,
 )
 from gateway.core.sip.message import Headers
+from gateway.core.sip.presence import parse_pidf_untrusted
 from gateway.core.sip.refer import parse_refer, parse_replaces
 from gateway.core.sip.session_timer import parse_min_se, parse_session_expires
 from gateway.plugins.metrics.auth import parse_basic_credentials_untrusted
@@ -156,3 +157,22 @@ def test_x1_documents() -> None:
         ),
     )
     fuzz("x1", lambda data: handler().handle(data), seeds, ())
+
+
+def test_published_presence_documents() -> None:
+    seeds = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<presence xmlns="urn:ietf:params:xml:ns:pidf" '
+        b'xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:alice@example.com">'
+        b'<tuple id="t1"><status><basic>open</basic></status><contact>sip:alice@example.com'
+        b"</contact><note>at my desk</note></tuple><rpid:activities><rpid:away/>"
+        b"</rpid:activities></presence>",
+        b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="pres:alice@example.com">'
+        b'<tuple id="a"><status><basic>closed</basic></status></tuple>'
+        b'<tuple id="b"><status/></tuple></presence>',
+    )
+    fuzz(
+        "pidf",
+        lambda data: parse_pidf_untrusted(data, account="alice"),
+        seeds,
+        (RemoteSipError,),
+    )

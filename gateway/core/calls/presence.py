@@ -1,0 +1,138 @@
+"""PUBLISH of presence (RFC 3903, RFC 3856 §6) by the gateway's own accounts: the trio adapter of
+:class:`gateway.core.sip.presence.Publications`.
+
+Theory of operation. With ``[presence] allow`` other than ``"none"``, the endpoint hands every
+PUBLISH outside a dialog here. The publisher is authenticated as for its calls (407, RFC 3261
+§22.3) and must be an account publishing for itself: the Request-URI (RFC 3903 §4.1: the
+address of record whose state it publishes) names it in one of our domains, else 403; the
+document's ``entity`` too (gateway/core/sip/presence.py). ``Event`` must be ``presence`` (489
+with ``Allow-Events: presence`` otherwise, RFC 3903 §6 step 1), a body ``application/pidf+xml``
+(415 with ``Accept`` otherwise, §6 step 4). The publication itself (entity tags, 412, 423,
+Expires, composition) is the sans-IO table's; a change of what an account's watchers see wakes
+their subscriptions in the dialog-event notifier (gateway/core/calls/dialog_events.py), which
+owns the table. :meth:`Presence.run` forgets publications that were not refreshed in time (RFC
+3903 §6) and tells their watchers.
+
+Everything is this node's, in memory, as the BLF subscriptions: a cluster's load balancer must
+send an account's PUBLISH and its watchers' SUBSCRIBEs to one node (docs/architecture.md).
+Nothing here runs for calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import trio
+
+from gateway.core.calls.routing import called_user
+from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.events import PRESENCE, parse_event_untrusted, parse_expires_untrusted
+from gateway.core.sip.message import Request, Response, make_response
+from gateway.core.sip.presence import CONTENT_TYPE, Refused, parse_pidf_untrusted
+from gateway.core.sip.transaction import ServerTransaction
+from gateway.core.sip.uri import SipUri
+from gateway.core.transport.flows import Flow
+
+if TYPE_CHECKING:
+    from gateway.core.calls.dialog_events import DialogEvents
+    from gateway.core.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    """The endpoint's transaction user for PUBLISH."""
+
+    def __init__(self, gateway: Gateway, nursery: trio.Nursery, notifier: DialogEvents) -> None:
+        self.gateway = gateway
+        self.endpoint = gateway.endpoint
+        self.notifier = notifier
+        self.publications = notifier.publications
+        self._nursery = nursery
+        self._timer_changed = trio.Event()
+
+    def publish(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
+        """A PUBLISH outside any dialog."""
+        self._nursery.start_soon(self._answer, transaction, request, flow)
+
+    async def _answer(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
+        try:
+            response = self._handle(request, flow)
+        except Exception:
+            log.exception("internal error on PUBLISH %s", request.call_id)
+            response = make_response(request, 500, "Server Internal Error")
+        if response.to.tag is None:  # RFC 3261 §8.2.6.2
+            to = response.to.with_tag(self.gateway.ids.new_tag())
+            response = response.with_headers(response.headers.set("To", str(to)))
+        await self.endpoint.respond(transaction, response)
+
+    def _handle(self, request: Request, flow: Flow) -> Response:
+        try:
+            event = parse_event_untrusted(request.headers.get("Event"))
+            expires = parse_expires_untrusted(request.headers.get("Expires"))
+        except RemoteSipError as err:
+            return make_response(request, err.status or 400, err.reason)
+        if event.package != PRESENCE:
+            # RFC 3903 §6 step 1: the ESC handles the packages it knows, 489 for the others.
+            return make_response(request, 489, extra=[("Allow-Events", PRESENCE)])
+        calls = self.gateway.calls
+        assert calls is not None
+        caller = calls.identify_caller(request, flow)
+        if isinstance(caller, Response):
+            return caller
+        if caller.kind != "account" or caller.name is None:
+            return make_response(request, 403, "Forbidden (publications are for accounts)")
+        account = caller.name
+        if not self._own_address(request.uri, account):
+            return make_response(request, 403, "Forbidden (only the account's own presence)")
+        document = None
+        if request.body:
+            content_type = (request.content_type or "").split(";")[0].strip().lower()
+            if content_type != CONTENT_TYPE:
+                return make_response(request, 415, extra=[("Accept", CONTENT_TYPE)])
+            try:
+                document = parse_pidf_untrusted(request.body, account=account)
+            except RemoteSipError as err:
+                return make_response(request, err.status or 400, err.reason)
+        outcome = self.publications.publish(
+            account,
+            if_match=request.headers.get("SIP-If-Match"),
+            expires=expires,  # an hour when absent (RFC 3903 §4.1 lets the ESC choose)
+            document=document,
+            new_etag=self.gateway.ids.token_hex(8),
+            now=trio.current_time(),
+        )
+        if isinstance(outcome, Refused):
+            extra = []
+            if outcome.min_expires is not None:
+                extra.append(("Min-Expires", str(outcome.min_expires)))
+            return make_response(request, outcome.status, outcome.reason, extra=extra)
+        self._timer_changed.set()
+        if outcome.changed:
+            self.notifier.presence_changed(account)
+        fields = [("Expires", str(outcome.expires))]
+        if outcome.etag is not None:
+            fields.insert(0, ("SIP-ETag", outcome.etag))  # RFC 3903 §11.3.1
+        log.debug("presence of %s published for %d s", account, outcome.expires)
+        return make_response(request, 200, extra=fields)
+
+    def _own_address(self, uri: object, account: str) -> bool:
+        """Whether a PUBLISH's Request-URI is ``account``'s address in one of our domains."""
+        directory = self.gateway.directory
+        if not isinstance(uri, SipUri) or directory is None:
+            return False
+        host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
+        return directory.is_local_domain(host) and called_user(uri) == account
+
+    async def run(self) -> None:
+        """Forget publications nobody refreshed (RFC 3903 §6); their watchers are told."""
+        while True:
+            for account in self.publications.handle_timer(now=trio.current_time()):
+                log.debug("a presence publication of %s expired", account)
+                self.notifier.presence_changed(account)
+            self._timer_changed = trio.Event()
+            deadline = self.publications.get_timer()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._timer_changed.wait()
