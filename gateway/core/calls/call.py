@@ -1539,6 +1539,8 @@ class Call:
                     outcome.status if outcome is not None else 0,
                     target.trunk,
                 )
+            if target.account is not None:  # a trunk's alternate reaches the number asked about
+                self.manager.reached(self, (target,), None)
             before = len(self.b_legs)
             refusal = await self._call_target(target, self._offer_b)
             if refusal is not None:
@@ -1746,6 +1748,9 @@ class Call:
         if not ringing:
             first, why = counted[0]
             return f"{first.trunk or first.account} is at its {why}"
+        # Taps deciding at the start learn whom the call reaches now (lawful intercept of the
+        # forwarded-to party); before the INVITEs, so their dialogs are copied from the first.
+        self.manager.reached(self, ringing, str(uri))
         earlier = self._diverted
         self._diverted = chain
         before = len(self.b_legs)
