@@ -1,5 +1,5 @@
-"""Lawful interception of forwarded calls (CallManager.reached): a callee's 3xx followed to an
-account or a number that is an interception target is intercepted from the forward on.
+"""Taps on forwarded calls. Lawful interception (CallManager.reached): a callee's 3xx followed
+to an account or a number that is an interception target is intercepted from the forward on.
 
 - the carrier calls alice, her phone 302s to bob, bob's number a target: X2 of the caller's
   INVITE (first), our INVITE to bob and his answers, X3 of the media, under bob's task;
@@ -7,8 +7,12 @@ account or a number that is an interception target is intercepted from the forwa
   is delivered under its task;
 - a call already intercepted (alice a target) forwarded to another target (bob) keeps its one
   sink: one correlation ID, both tasks from the forward on;
+- a call that fails over from a trunk to an account (a routing plugin's alternates) that is a
+  target is intercepted from the failover on;
 - a call that is not redirected does not ask the taps again; a forward to nobody's number
-  delivers nothing.
+  delivers nothing;
+- a recorder told to record bob's calls (decided at the answer) records a call forwarded to
+  him: the callee is whoever answered.
 
 Set-ups as test_b2bua_intercept.py (X1 over HTTPS, X2/X3 to a mediation function) and
 test_b2bua_redirect.py (bob registered at 127.0.0.4), in virtual time.
@@ -24,6 +28,8 @@ import pytest
 import trio
 
 from gateway.core.calls.manager import CallManager
+from gateway.core.hookspecs import hookimpl
+from gateway.core.interfaces import RouteDecision, RouteTarget
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.intercept import pdu
 from gateway.testing.sip_agent import AutoAnswer, simple_sdp
@@ -39,7 +45,7 @@ from tests.component.calls.test_b2bua_intercept import (
     intercept_env,
     pki,  # noqa: F401 (the fixture)
 )
-from tests.component.calls.test_b2bua_recorder import rtp
+from tests.component.calls.test_b2bua_recorder import recording_env, recordings, rtp
 from tests.component.calls.test_b2bua_redirect import start_bob
 from tests.interop.harness.pki import Issued, TestCa
 
@@ -214,3 +220,84 @@ async def test_calls_not_forwarded_to_a_target_are_not_asked_about_again(
     assert len(reached) == 1 and f"{FORWARD_TO}@" in str(reached[0])
     assert env.mediation.received == []
     assert env.tap.intercepted_calls == 0
+
+
+async def test_a_recorder_keyed_on_the_callee_records_a_call_forwarded_to_it(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    b2bua = await recording_env(nursery, tmp_path, voipgw_seed, {"accounts": ["bob"]})
+    bob = await start_bob(b2bua, nursery, voipgw_seed)
+    call = await b2bua.trunk.invite(
+        b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
+    )
+    leg = await b2bua.alice.next_call()
+    assert leg.incoming is not None
+    await b2bua.alice.respond(leg.incoming, 302, extra=[("Contact", "<sip:bob@127.0.0.1>")])
+    at_bob = await bob.next_call()
+    offered = parse_sdp_untrusted(at_bob.invite.body).media[0]
+    await at_bob.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    final = await call.final()
+    assert final.status == 200
+    answered = parse_sdp_untrusted(final.body).media[0]
+    talk = Talk(
+        await bind(CALLER_PORT),
+        await bind(CALLEE_PORT),
+        ("127.0.0.1", answered.port),
+        ("127.0.0.1", offered.port),
+    )
+    try:
+        await talk.packets(0, 10)
+        assert b2bua.gateway.calls is not None
+        (gateway_call,) = b2bua.gateway.calls.calls
+        assert gateway_call.security_record()["taps"]["names"] == ["recorder"]
+        await call.bye()
+        await eventually(lambda: b2bua.calls == 0)
+    finally:
+        talk.close()
+    await eventually(lambda: len(recordings(tmp_path)) == 2)  # one file per speaker
+
+
+class CarrierThenBob:
+    """Routes calls to FAILOVER_NUMBER to the carrier, bob's phone the alternate."""
+
+    @hookimpl
+    def gateway_route_call(self, request: Any, caller: Any, directory: Any) -> Any:
+        if getattr(request.uri, "user", None) != FAILOVER_NUMBER:
+            return None
+        return RouteDecision(
+            targets=(RouteTarget(f"sip:{FAILOVER_NUMBER}@127.0.0.2", trunk="carrier"),),
+            alternates=(RouteTarget("sip:bob@127.0.0.4:5060", account="bob"),),
+        )
+
+
+FAILOVER_NUMBER = "+4930777"
+
+
+async def test_a_failover_to_an_account_that_is_a_target_is_intercepted(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: Pki,  # noqa: F811
+) -> None:
+    env = await intercept_env(
+        nursery, tmp_path, voipgw_seed, pki, plugins=(("carrier-then-bob", CarrierThenBob()),)
+    )
+    env.b2bua.trunk.auto = AutoAnswer(ring=False, status=503)  # the carrier fails: over to bob
+    await env.provision(activate(f"<e164Number>{BOB_DID[1:]}</e164Number>"))
+    bob = await start_bob(env.b2bua, nursery, voipgw_seed)
+    call = await env.b2bua.alice.invite(f"sip:{FAILOVER_NUMBER}@127.0.0.1")
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    at_bob = await bob.next_call()
+    await at_bob.answer(200)
+    assert (await call.final()).status == 200
+    await call.bye()
+    await eventually(lambda: env.b2bua.calls == 0)
+    await eventually(lambda: sum(p.payload.startswith(b"BYE ") for p in env.x2()) == 2)
+    x2 = env.x2()
+    lines = starts(x2)
+    assert lines[0].startswith(f"INVITE sip:{FAILOVER_NUMBER}@".encode())  # alice's, first
+    assert not any(line.startswith(b"SIP/2.0 503") for line in lines)  # before bob was in it
+    assert any(line.startswith(b"INVITE sip:bob@") for line in lines)
+    assert {p.attribute(pdu.MATCHED_TARGET) for p in x2} == {BOB_DID[1:].encode()}
