@@ -70,6 +70,8 @@ Call forwarding (redirect.py): a callee's 300, 301, 302 or 305 (a phone's; a tru
 trunk's: as the caller's), never sent to the Contact's host; the new legs join the attempt, as
 a fork would, and our INVITEs say who diverted the call (RFC 5806 Diversion, RFC 7044
 History-Info). A redirect not followed leaves its 3xx as the leg's answer: 480 to the caller.
+A followed one asks the taps deciding at the start again with the forwarded-to party
+(``CallManager.reached``): a forward to an interception target is intercepted from then on.
 
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
