@@ -384,7 +384,9 @@ class TappedCall:
     that differs from how it is written; once routed, also the identities of the accounts the
     call was routed to (a tap deciding at the start is asked again then, when the routing named
     accounts: a call to a DID reaches an account whose address of record the INVITE does not
-    carry)."""
+    carry); and, asked again when a callee's 3xx is followed (or the call fails over to an
+    account), the URI the forward was routed as, its number as E.164 and the accounts it
+    reaches."""
 
 
 class TapSink(Protocol):

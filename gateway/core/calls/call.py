@@ -70,6 +70,8 @@ Call forwarding (redirect.py): a callee's 300, 301, 302 or 305 (a phone's; a tru
 trunk's: as the caller's), never sent to the Contact's host; the new legs join the attempt, as
 a fork would, and our INVITEs say who diverted the call (RFC 5806 Diversion, RFC 7044
 History-Info). A redirect not followed leaves its 3xx as the leg's answer: 480 to the caller.
+A followed one asks the taps deciding at the start again with the forwarded-to party
+(``CallManager.reached``): a forward to an interception target is intercepted from then on.
 
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
@@ -1539,6 +1541,8 @@ class Call:
                     outcome.status if outcome is not None else 0,
                     target.trunk,
                 )
+            if target.account is not None:  # a trunk's alternate reaches the number asked about
+                self.manager.reached(self, (target,), None)
             before = len(self.b_legs)
             refusal = await self._call_target(target, self._offer_b)
             if refusal is not None:
@@ -1746,6 +1750,9 @@ class Call:
         if not ringing:
             first, why = counted[0]
             return f"{first.trunk or first.account} is at its {why}"
+        # Taps deciding at the start learn whom the call reaches now (lawful intercept of the
+        # forwarded-to party); before the INVITEs, so their dialogs are copied from the first.
+        self.manager.reached(self, ringing, str(uri))
         earlier = self._diverted
         self._diverted = chain
         before = len(self.b_legs)

@@ -60,6 +60,7 @@ from gateway.core.sip.dialog import SIPS_NOT_ALLOWED
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
 from gateway.core.sip.message import Request, Response, make_response
+from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.transaction import ServerTransaction, TransactionStateError
 from gateway.core.sip.uri import SipUri
 from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
@@ -788,6 +789,70 @@ class CallManager:
             )
         if call.taps.wants_sip:
             self._copy_a_leg(call.taps, call, invite)
+        call.taps.attach()
+
+    def reached(self, call: Call, targets: Sequence[RouteTarget], uri: str | None) -> None:
+        """The call reaches ``targets`` after its first routing: a callee's 3xx followed to
+        ``uri`` (the URI routed: the Contact's user part as a number or name dialled to us),
+        or a failover to an account (``uri`` None). Taps deciding at the start are asked
+        again, the new callee among its callee_uris: a call forwarded to an interception
+        target is intercepted from here on (the forwarded-to party is the callee now, as if
+        it had been dialled). A tap already on the call adds to its sink
+        (``sink_for_call_start`` returns None then); a sink made now gets the caller's INVITE
+        first, then the SIP of the call's dialogs and its media. Only redirected and failed
+        over calls get here: nothing per call for the others."""
+        invite, caller = call.a.invite, call.caller
+        if invite is None or caller is None or call not in self._keys_of:
+            return
+        deciders = [
+            (name, tap.sink_for_call_start)
+            for name, tap in self._start_taps
+            if getattr(tap, "wants_calls", True)
+        ]
+        if not deciders:
+            return
+        accounts = [target.account for target in targets if target.account is not None]
+        reached = [uri, *self._e164_uris((uri,), None)] if uri is not None else []
+        reached += [found for account in accounts for found in self._account_uris(account)]
+        if not reached:
+            return  # a failover to another trunk: the number is the one asked about before
+        first = targets[0]
+        at_start = self._tapped_at_start(call, invite, caller)
+        tapped = attrs.evolve(
+            at_start,
+            callee_kind="account" if first.account is not None else "trunk",
+            callee_name=first.account if first.account is not None else first.trunk,
+            callee_uris=at_start.callee_uris + tuple(dict.fromkeys(reached)),
+        )
+        sinks = self._sinks_for(deciders, tapped, call)
+        if not sinks:
+            return
+        if call.taps is None:
+            call.taps = CallTaps(call.id, call.media, sinks, clock=trio.current_time)
+        else:
+            call.taps.add(sinks)
+        # The INVITE as it came is not kept past routed() (bytes held for the call's length,
+        # for every call, to serve the few redirected ones): the new sinks get it as we parsed
+        # it (every header field in order, the body as it was; RFC 3261 §7.3.1 white space
+        # normalised), stamped with when it arrived.
+        flow = call.a.flow
+        if flow is not None:
+            copy_sip(
+                sinks,
+                serialize_message(invite),
+                leg="a",
+                inbound=True,
+                transport=flow.transport,
+                source=flow.remote,
+                destination=flow.local,
+                at=time.time() - (trio.current_time() - call.started_at),
+            )
+        if call.taps.wants_sip:
+            self._copy_a_leg(call.taps, call, invite)
+            for key in self._keys_of[call][1]:  # the legs rung so far (the one that 3xx'd)
+                found = self._by_dialog.get(key)
+                if found is not None and found[0] is call:
+                    self._copy_sip(call.taps, key, found[1])
         call.taps.attach()
 
     def _ask_again(self, name: str, tap: MediaTap) -> None:

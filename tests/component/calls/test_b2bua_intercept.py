@@ -208,6 +208,7 @@ async def intercept_env(
     *,
     numbering: dict[str, Any] | None = None,
     table: dict[str, Any] | None = None,
+    plugins: tuple[tuple[str, object], ...] = (),
 ) -> Env:
     ca, server, client = pki
     mediation = Mediation()
@@ -216,7 +217,7 @@ async def intercept_env(
         nursery,
         tmp_path,
         seed,
-        plugins=[("intercept", intercept_plugin)],
+        plugins=[("intercept", intercept_plugin), *plugins],
         plugin_tables={
             "enable": ["intercept"],
             "intercept": {
