@@ -78,6 +78,10 @@ ALLOWED_METHODS = (
     "NOTIFY",
     "MESSAGE",
 )
+# What every Allow we send outside a dialog lists (RFC 3261 §20.5: the 405's and OPTIONS'
+# alike): PUBLISH too while [presence] allow takes it (RFC 3903), see SipEndpoint.allow.
+ALLOW = ", ".join(ALLOWED_METHODS)
+ALLOW_WITH_PUBLISH = f"{ALLOW}, PUBLISH"
 # RFC 3262 (100rel): a caller that requires reliable 1xx responses gets them; RFC 4028 (timer):
 # session timers on each leg (calls/call.py).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = ("100rel", "timer")
@@ -1012,13 +1016,19 @@ class SipEndpoint:
         if request.method == "REGISTER" and self.gateway.registration is not None:
             return self.gateway.registration.handle(request, flow)
         if request.method not in ALLOWED_METHODS:
-            return self._response(request, 405, extra=[("Allow", ", ".join(ALLOWED_METHODS))])
+            return self._response(request, 405, extra=[("Allow", self.allow)])
         return self._response(request, 501, "Not Implemented Yet In This Gateway")
+
+    @property
+    def allow(self) -> str:
+        """The methods we take outside a dialog (RFC 3261 §20.5), one list for the 405 and
+        OPTIONS (§11.2) alike: PUBLISH only while the presence service takes it."""
+        return ALLOW_WITH_PUBLISH if self.presence is not None else ALLOW
 
     def _capabilities(self) -> list[tuple[str, str]]:
         events = self.gateway.dialog_events
         return [
-            ("Allow", ", ".join(ALLOWED_METHODS) + (", PUBLISH" if self.presence else "")),
+            ("Allow", self.allow),
             ("Allow-Events", events.allow_events if events is not None else ALLOW_EVENTS),
             ("Accept", "application/sdp"),
             ("Supported", ", ".join(self.extensions)),

@@ -283,6 +283,13 @@ class OutboundSession(Protocol):
     first: 491 while our re-INVITE is out, 422), synchronously; what it returns is the answer.
     None (the default): an offer is answered with the SDP of our last offer it took."""
 
+    on_ack_answer: Callable[[str | None, bytes], None] | None
+    """Set by the plugin to read the answer in the far end's ACK (RFC 3261 §14.2,
+    §13.2.2.4): where its re-INVITE had no offer, our 2xx offered the SDP in force and the ACK
+    answers it; called with the ACK's Content-Type and body, synchronously, once per such
+    re-INVITE. An ACK cannot be refused: an answer the plugin cannot use it logs, and the
+    session goes on as it was. None (the default): the answer is not read."""
+
     answer_body: bytes
     answer_type: str | None
     ended: trio.Event

@@ -72,6 +72,8 @@ a fork would, and our INVITEs say who diverted the call (RFC 5806 Diversion, RFC
 History-Info). A redirect not followed leaves its 3xx as the leg's answer: 480 to the caller.
 A followed one asks the taps deciding at the start again with the forwarded-to party
 (``CallManager.reached``): a forward to an interception target is intercepted from then on.
+A forward that fails with 408 or 5xx gives a caller of a user 480 saying the forwarded call
+failed (not "registered device unreachable": the phone answered).
 
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
@@ -1765,6 +1767,7 @@ class Call:
             self._diverted = earlier
             return "the target could not be called"
         state.tried.update(target.account for target in ringing if target.account)
+        state.legs.extend(called)
         self._attempt = [leg for leg in self._attempt if not leg.finished] + called
         self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
         via = [(target.trunk and f"trunk {target.trunk}") or target.account for target in ringing]
@@ -2771,7 +2774,10 @@ class Call:
         to_user = any(leg.target is not None and leg.target.account for leg in self.b_legs)
         if to_user and status in (408, 503):
             # A registered device that does not answer at all is "unreachable" (issue #3).
-            status, reason = 480, "Temporarily Unavailable (registered device unreachable)"
+            # A phone that redirected (3xx) was reached, though: when every phone rung did,
+            # what failed is the call forwarded by the gateway (redirect.py), which the
+            # reason says; its target is not named (the callee's forward is its own business).
+            status, reason = 480, self._unavailable_reason(status)
         # The callee's own Reason (RFC 3326: a Q.850 cause from the PSTN) goes with its status.
         chosen = next((f for f in finals if (f.status, f.reason) == (status, reason)), None)
         reasons = chosen.headers.get_all("Reason")[:MAX_REASONS] if chosen is not None else ()
@@ -2783,6 +2789,29 @@ class Call:
             if located:
                 extra += self._geolocation_errors(located[0], chosen)
         await self._reject_a(status, reason, None, extra=extra)
+
+    def _unavailable_reason(self, status: int) -> str:
+        """The 480's reason when a call to a user ends in 408 or 503 (``status``): a device
+        that did not answer, or, where every phone rung redirected, the forwarded call's
+        failure (the statuses its legs got)."""
+        redirects = self._redirects
+        if redirects is None or not redirects.legs:
+            return "Temporarily Unavailable (registered device unreachable)"
+        for leg in self.b_legs:
+            outcome = leg.final or leg.given_up
+            if leg.target is None or not leg.target.account or leg in redirects.legs:
+                continue
+            if outcome is None or not 300 <= outcome.status < 400:
+                return "Temporarily Unavailable (registered device unreachable)"
+        statuses = sorted(
+            {
+                str(outcome.status)
+                for leg in redirects.legs
+                if (outcome := leg.final or leg.given_up)
+            }
+        )
+        failed = ", ".join(statuses) or str(status)
+        return f"Temporarily Unavailable (the forwarded call failed: {failed})"
 
     async def _early_request(self, event: RequestEvent) -> None:
         # Before the call is answered only the B side can send in-dialog requests (on its early
@@ -5170,6 +5199,8 @@ class _Redirects:
         attrs.field(factory=list)
     )
     records: list[dict[str, object]] = attrs.field(factory=list)
+    legs: list[BLeg] = attrs.field(factory=list)
+    """The legs the forwards rang: their failure is the forward's, not the phone's."""
 
 
 def _shown_user(user: str | None) -> str:

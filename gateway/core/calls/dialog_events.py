@@ -317,7 +317,10 @@ class DialogEvents:
         if len(self._by_dialog) >= MAX_SUBSCRIPTIONS:
             self.refused += 1
             log.warning(
-                "dialog subscription limit (%d) reached: refusing %s", MAX_SUBSCRIPTIONS, watcher
+                "subscription limit (%d) reached: refusing %s's %s subscription",
+                MAX_SUBSCRIPTIONS,
+                watcher,
+                package,
             )
             return make_response(request, 503, "Service Unavailable (subscription limit)"), None
         if self._per_account.get(watcher, 0) >= MAX_PER_ACCOUNT:
@@ -398,7 +401,7 @@ class DialogEvents:
             olds = list(found.watches) if found is not None else []
         for old in olds:
             if old.watcher == watcher and old.contact == contact and old.final is None:
-                log.info("dialog subscription of %s to %s replaced", watcher, watched)
+                log.info("%s subscription of %s to %s replaced", package, watcher, watched)
                 self._forget(old)
 
     def _add(self, watch: Watch) -> None:
@@ -504,7 +507,10 @@ class DialogEvents:
                     await watch.changed.wait()
                 if watch.state.handle_timer(now=trio.current_time()):
                     log.info(
-                        "dialog subscription of %s to %s expired", watch.watcher, watch.watched
+                        "%s subscription of %s to %s expired",
+                        watch.package,
+                        watch.watcher,
+                        watch.watched,
                     )
                     watch.final = terminated_value("timeout")  # RFC 6665 §4.2.2
             if self._by_dialog.get(watch.key) is not watch:
@@ -516,7 +522,9 @@ class DialogEvents:
             assert taken is not None
             await self._notify(watch, *taken, watch.final)
         except Exception:
-            log.exception("dialog subscription of %s to %s failed", watch.watcher, watch.watched)
+            log.exception(
+                "%s subscription of %s to %s failed", watch.package, watch.watcher, watch.watched
+            )
         finally:
             self._forget(watch)
 
@@ -560,7 +568,8 @@ class DialogEvents:
         )
         if final.status in (408, 481):
             log.info(
-                "dialog subscription of %s to %s ended: NOTIFY answered %d",
+                "%s subscription of %s to %s ended: NOTIFY answered %d",
+                watch.package,
                 watch.watcher,
                 watch.watched,
                 final.status,
@@ -613,7 +622,7 @@ class DialogEvents:
         watches = list(self._by_dialog.values())
         if not watches:
             return
-        log.info("ending %d dialog subscription(s)", len(watches))
+        log.info("ending %d dialog and presence subscription(s)", len(watches))
         for watch in watches:
             if watch.final is None:
                 watch.state.handle(Input.STOPPED, now=trio.current_time())

@@ -11,8 +11,11 @@ with the session timer. What such a request carries (a new offer, RFC 3264 §8, 
 plugin's protocol) is the plugin's to read (``on_request``: its answer, or a refusal that leaves
 the session as it was); without a reader, and for a re-INVITE without an offer (RFC 3261 §14.2),
 the answer or offer is the SDP in force: that of our last offer it took, or of the plugin's last
-answer. Until the far end ACKs our 2xx to its re-INVITE, our own re-INVITE waits (§14.1). Any
-other request gets 501. :meth:`OutboundSession.close` sends BYE (once).
+answer. The answer to such an offer comes in the ACK (§13.2.2.4) and goes to the plugin's
+``on_ack_answer``; an ACK cannot be refused, so one that is missing or unusable is logged and
+the session stays as it was (no BYE: our offer was the SDP already in force). Until the far end
+ACKs our 2xx to its re-INVITE, our own re-INVITE waits (§14.1). Any other request gets 501.
+:meth:`OutboundSession.close` sends BYE (once).
 
 Session timers (RFC 4028) reuse the call legs' sans-IO rules (``sip/session_timer.py``):
 ``open_session(session_expires=)`` offers one with us refreshing (§7.1), a 422 is asked again
@@ -122,6 +125,12 @@ class OutboundSession:
         self.on_request: Callable[[str, str | None, bytes], SessionAnswer] | None = None
         """The plugin's reader of the far end's re-INVITE or UPDATE with a body
         (``interfaces.OutboundSession.on_request``); None: our last SDP answers an offer."""
+        self.on_ack_answer: Callable[[str | None, bytes], None] | None = None
+        """The plugin's reader of the answer in the far end's ACK, where our 2xx to its
+        re-INVITE without an offer offered (``interfaces.OutboundSession.on_ack_answer``)."""
+        # The CSeq of the far end's re-INVITE whose 2xx carries our offer: its ACK carries the
+        # answer (RFC 3261 §14.2, §13.2.2.4). None when no such ACK is awaited.
+        self._offered_in_2xx: int | None = None
         self._sdp = sdp
         self._offering = False  # our re-INVITE is out, not answered yet
         # Set once the far end ACKed our 2xx to its re-INVITE; None when none is waiting.
@@ -370,6 +379,8 @@ class OutboundSession:
             if not self._sdp:
                 return make_response(request, 488, "Not Acceptable Here")
             body, content_type = self._sdp, "application/sdp"
+            # RFC 3261 §14.2: our 2xx offers, the far end's ACK answers.
+            self._offered_in_2xx = request.cseq.number
         # A refresh taken: the timer runs from now, with whoever §9 made the refresher.
         self.timer = leg_timer(timer.expires, we_are_uac=False, now=trio.current_time())
         return make_response(
@@ -379,6 +390,29 @@ class OutboundSession:
             body=body,
             content_type=content_type if body else None,
         )
+
+    def _ack_answer(self, ack: Request) -> None:
+        """The far end's ACK of our 2xx that offered (RFC 3261 §14.2): its body is the answer
+        (§13.2.2.4: it MUST carry one), for the plugin to follow (``on_ack_answer``). An ACK
+        cannot be refused (§17.2.1): an answer missing or unusable is logged by whoever reads
+        it and the session stays as it stood. We do not BYE for it: the §14.2 BYE is the
+        offerer's answer to an offer *it* cannot take, and our offer was the SDP already in
+        force, so the media as it flowed before is still what both ends agreed."""
+        self._offered_in_2xx = None
+        if not ack.body:
+            log.warning(
+                "session %s: the ACK of our 2xx that offered has no answer (RFC 3261 §13.2.2.4); "
+                "the session stays as it was",
+                self.call_id,
+            )
+            return
+        handler = self.on_ack_answer
+        if handler is None:
+            return
+        try:
+            handler(ack.headers.get("Content-Type"), ack.body)
+        except Exception:
+            log.exception("session %s: the plugin failed on the answer in an ACK", self.call_id)
 
     def _far_end_gone(self) -> None:
         self._closed = True
@@ -678,6 +712,10 @@ class OutboundSessions:
         if acked is None:
             return False
         acked.set()
+        tag = request.to.tag
+        session = self._by_dialog.get((request.call_id, tag)) if tag is not None else None
+        if session is not None and session._offered_in_2xx == request.cseq.number:
+            session._ack_answer(request)
         return True
 
     async def _retransmit_2xx(

@@ -91,13 +91,16 @@ core answers its session timer). A new offer (RFC 3264 §8: the recording moved 
 server) is answered line for line by :func:`answer_srs_offer`, our labels, ports and sendonly
 kept, with SDES one a=crypto line per m= line (RFC 4568 §6.1); the copies go to its new
 addresses from then on. One we cannot answer gets 488 and nothing changes. Its answers to our
-re-offers are followed the same way. A metadata snapshot request (``application/rs-metadata-
-request``, RFC 7866 §9) is answered 200 and followed by a re-INVITE with the complete metadata
-beside an SDP offer, as any update.
+re-offers are followed the same way, and so is the answer in its ACK where its re-INVITE had no
+offer and our 200 offered (RFC 3261 §14.2; :meth:`SiprecSink._srs_ack_answer`): an unusable one
+is logged and the copies go on where they went. A metadata snapshot request
+(``application/rs-metadata-request``, RFC 7866 §9) is answered 200 and followed by a re-INVITE
+with the complete metadata beside an SDP offer, as any update.
 
 Not done: streams the call adds after its answer; pause/resume on the operator's request;
 DTLS-SRTP towards the SRS; the ``a=record`` indication to recording-aware phones (RFC 7866 §7);
-the answer in the SRS's ACK to its re-INVITE without an offer (not read).
+with SDES, another crypto suite the SRS's answer in an ACK picks than the one in force (the
+addresses are followed, the keys in force kept).
 """
 
 from __future__ import annotations
@@ -988,6 +991,42 @@ class SiprecSink:
             return SessionAnswer(200)
         return SessionAnswer(200, body=answer, content_type="application/sdp")
 
+    def _srs_ack_answer(self, content_type: str | None, body: bytes) -> None:
+        """The SRS's answer in its ACK, to the SDP in force that our 2xx offered because its
+        re-INVITE had none (RFC 3261 §14.2): the copies go where it says from now on (RFC
+        3264 §8.3.1: it may move them). With SDES each accepted line must still be RTP/SAVP;
+        our offer was the keys in force, which stay. An ACK cannot be refused: an answer we
+        cannot use is logged and the copies go on where they went (no BYE: the SDP we offered
+        was what the session already had, and the SRS, which MUST answer validly and BYE
+        itself if it cannot take our offer, §13.2.2.4, still has the recording)."""
+        current = self._current(self._streams)
+        try:
+            answered = _answered(content_type, body, current)
+            if self._keying is not None:
+                for stream, _, media in answered:
+                    if media.proto.upper() != "RTP/SAVP":
+                        raise SdpError(
+                            f"it answered stream {stream.label} with {media.proto[:32]!r}, "
+                            "not RTP/SAVP"
+                        )
+        except SdpError as exc:
+            log.warning(
+                "SIPREC: call %s: the SRS's answer in its ACK is unusable, the copies go on "
+                "where they went: %s",
+                self.call.call_id,
+                exc,
+            )
+            return
+        self._destinations = {
+            (stream.index, stream.direction): destination for stream, destination, _ in answered
+        }
+        log.info(
+            "SIPREC: call %s: the SRS's answer in its ACK taken, %d of %d streams sent to it",
+            self.call.call_id,
+            len(answered),
+            len(current),
+        )
+
     def _answer_offer(self, offer: bytes) -> bytes:
         """Our answer to the SRS's offer, and what it changes: where the copies go, with SDES
         the streams' keys and SRTP contexts. Raises SdpError (OfferRefused) with nothing
@@ -1329,6 +1368,7 @@ class SiprecSink:
                     sdp=offer,
                 )
                 session.on_request = self._srs_request
+                session.on_ack_answer = self._srs_ack_answer
                 break
             except Exception as exc:
                 log.warning("SIPREC: call %s: %s", self.call.call_id, exc)

@@ -6,6 +6,8 @@ calls alice's DID, alice's phone answers 302 with a number the carrier serves (+
   (nothing goes to that host), or refused by ``[sip] foreign_redirects``;
 - Contacts are tried in q order; a loop (alice's own DID), 112 and the call's own caller are
   refused and the caller gets 480; ``[sip] max_redirects`` bounds a chain (alice -> bob -> ...);
+- a forwarded call that fails (the carrier's 503) gives the caller 480 saying the forwarded call
+  failed, not that alice's phone (which answered 302) was unreachable;
 - a trunk's 302 is followed only with ``follow_redirects``; History-Info by trunk policy; a
   carrier's Diversion reaches the phone.
 
@@ -174,6 +176,24 @@ async def test_the_next_contact_rings_when_the_first_fails(
     assert second.invite.uri.user == FORWARD_TO
     await second.answer()
     assert (await call.final()).status == 200
+
+
+async def test_a_forward_that_fails_says_so_not_that_the_phone_was_unreachable(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await env_with(nursery, tmp_path, voipgw_seed)
+    env.trunk.auto = None
+    call = await carrier_calls_alice(env)
+    await alice_redirects(env, f"<sip:{FORWARD_TO}@127.0.0.3>")
+    forwarded = await env.trunk.next_call()
+    assert forwarded.incoming is not None
+    await env.trunk.respond(forwarded.incoming, 503)
+    final = await call.final()
+    # alice's phone answered (302): it was reached; what failed is the forwarded call.
+    assert final.status == 480
+    assert "unreachable" not in final.reason
+    assert final.reason == "Temporarily Unavailable (the forwarded call failed: 503)"
+    await eventually(lambda: env.calls == 0)
 
 
 async def test_a_redirect_loop_is_stopped(

@@ -15,6 +15,9 @@ in virtual time.
   our SDP), is answered 200 and followed by a re-INVITE of ours with the complete metadata
   beside an SDP offer, every id as before;
 - an SRS whose answer to our re-INVITE gives other ports gets the copies there too;
+- an SRS whose re-INVITE has no offer gets ours in the 200 (the SDP in force, RFC 3261 §14.2)
+  and the answer in its ACK moves the copies; an ACK whose answer is unusable, or missing, is
+  logged and the copies go on where they went (an ACK cannot be refused), the session kept;
 - an SRS that runs no session timer (its 2xx without Session-Expires) is probed with an
   in-dialog OPTIONS at half the interval (RFC 3261 §11); one that stops answering is BYEd and
   the rest of the call goes in a new recording session.
@@ -288,6 +291,45 @@ async def test_an_srs_answering_our_re_invite_with_new_ports_gets_the_copies_the
     assert after[NEW[1]] == [rtp(s, 0x22, 0x2222) for s in range(5)]
     assert after[OLD[0]] == [] and after[OLD[1]] == []
     assert env.calls == 1
+    await call.bye()  # type: ignore[attr-defined]
+
+
+async def test_the_answer_in_the_srss_ack_moves_the_copies_and_a_bad_one_changes_nothing(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env, srs, call, recording, to_caller, to_callee = await recorded(nursery, tmp_path, voipgw_seed)
+    # A re-INVITE without an offer: our 200 offers the SDP in force, its ACK answers it.
+    recording.ack_answer = srs_answer(ports=NEW)
+    answer = await recording.reinvite(b"")
+    assert answer.status == 200
+    assert [m.attributes.get("label") for m in parse_sdp_untrusted(answer.body).media] == [
+        "1",
+        "2",
+    ]
+    await trio.sleep(0.1)  # the ACK crosses the in-memory network
+    after = await copies(to_caller, to_callee, range(5))
+    assert after[NEW[0]] == [rtp(s, 0x11, 0x1111) for s in range(5)]
+    assert after[NEW[1]] == [rtp(s, 0x22, 0x2222) for s in range(5)]
+    assert after[OLD[0]] == [] and after[OLD[1]] == []
+
+    # An answer without a c= line, then none at all: logged, the copies stay where they went.
+    for bad, said in (
+        (srs_answer().replace(b"c=IN IP4 127.0.0.1\r\n", b""), "answer in its ACK is unusable"),
+        (b"", "has no answer"),
+    ):
+        recording.ack_answer = bad
+        assert (await recording.reinvite(b"")).status == 200
+        await trio.sleep(0.1)
+        assert any(said in r.getMessage() for r in caplog.records)
+        after = await copies(to_caller, to_callee, range(5, 10))
+        assert after[NEW[0]] == [rtp(s, 0x11, 0x1111) for s in range(5, 10)]
+        assert after[OLD[0]] == [] and after[OLD[1]] == []
+    assert env.calls == 1
+    assert srs.requests("BYE") == []  # no BYE for the bad answer: the recording goes on
     await call.bye()  # type: ignore[attr-defined]
 
 

@@ -1,6 +1,7 @@
 """Presence (RFC 3856) for the gateway's own accounts, on the in-memory network in virtual time:
 bob (an account, a phone at 127.0.0.4) subscribes to alice's presence; alice's phone (at
-127.0.0.3) publishes it (RFC 3903)."""
+127.0.0.3) publishes it (RFC 3903). Every Allow the gateway sends outside a dialog (OPTIONS,
+405) lists PUBLISH exactly while presence is on; the log names a subscription's package."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from gateway.core.ids import SeededIds
@@ -183,8 +185,13 @@ async def test_bob_sees_alice_publish_modify_and_remove(
 
 
 async def test_publication_and_subscription_expire(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level("INFO", logger="gateway.core.calls.dialog_events")
     env, bob = await start(nursery, tmp_path, voipgw_seed)
     await subscribe(bob, expires=300)
     await next_document(bob)
@@ -200,6 +207,9 @@ async def test_publication_and_subscription_expire(
     notify, _ = await next_document(bob, timeout=400)
     assert notify.headers.get("Subscription-State") == "terminated;reason=timeout"
     await eventually(lambda: count(env) == 0)
+    # The log names the package: a presence subscription, not a dialog one.
+    said = [r.getMessage() for r in caplog.records if "expired" in r.getMessage()]
+    assert said == ["presence subscription of bob to alice expired"]
 
 
 async def test_refusals(
@@ -245,7 +255,13 @@ async def test_refusals(
     options = env.trunk.new_request("OPTIONS", "sip:127.0.0.1:5060")
     answer = await (await env.trunk.send(options, GW)).final()
     assert answer.headers.get_all("Allow-Events") == ("message-summary", "dialog", "presence")
-    assert "PUBLISH" in answer.headers.get_all("Allow")
+    allow = answer.headers.get_all("Allow")
+    assert "PUBLISH" in allow
+    # A method we do not take outside a dialog: its 405 lists what OPTIONS does (RFC 3261
+    # §20.5), PUBLISH included.
+    info = env.trunk.new_request("INFO", "sip:127.0.0.1:5060")
+    refused = await (await env.trunk.send(info, GW)).final()
+    assert refused.status == 405 and refused.headers.get_all("Allow") == allow
 
 
 async def test_all_accounts_needs_no_group(
@@ -264,4 +280,9 @@ async def test_off_by_default(
     refused = (await bob.send_authenticated(subscribe_request(bob)))[1]
     assert refused.status == 489
     assert refused.headers.get_all("Allow-Events") == ("message-summary", "dialog")
-    assert (await (await bob.send(publish_request(bob, pidf("open")))).final()).status == 405
+    publish_refused = await (await bob.send(publish_request(bob, pidf("open")))).final()
+    assert publish_refused.status == 405
+    allow = publish_refused.headers.get_all("Allow")
+    assert "PUBLISH" not in allow and "SUBSCRIBE" in allow
+    options = bob.new_request("OPTIONS", "sip:127.0.0.1:5060")
+    assert (await (await bob.send(options, GW)).final()).headers.get_all("Allow") == allow
