@@ -132,6 +132,23 @@ class Cluster:
         dsn = f"host=127.0.0.1 port={self.port} user={STORE_USER} dbname={dbname}"
         return f"{dsn} password={self.password}" if with_password else dsn
 
+    def store_table(self, dbname: str, directory: Path, node: str | None = None) -> dict[str, str]:
+        """A node's ``[store]`` table for ``dbname``: the DSN without the password, which goes
+        into a file of its own in ``directory`` (mode 0600, as the docs ask); ``node`` names
+        the node when given."""
+        password_file = directory / "db-password"
+        if not password_file.exists():
+            password_file.write_text(self.password + "\n")
+            password_file.chmod(0o600)
+        store = {
+            "backend": "postgresql",
+            "dsn": self.dsn(dbname, with_password=False),
+            "password_file": str(password_file),
+        }
+        if node is not None:
+            store["node"] = node
+        return store
+
     def admin(self, sql: str, dbname: str = "postgres") -> list[tuple[object, ...]]:
         import psycopg
 

@@ -38,9 +38,6 @@ Nodes = tuple[GatewayProcess, GatewayProcess, socket.socket]
 def two_nodes_and_a_carrier(
     tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
 ) -> Iterator[Nodes]:
-    password_file = tmp_path / "db-password"
-    password_file.write_text(postgres_cluster.password + "\n")
-    password_file.chmod(0o600)
     with udp_socket() as carrier:
         trunk = f"""
 [[trunks]]
@@ -50,12 +47,7 @@ max_calls = 1
 """
 
         def node(name: str, accounts: dict[str, str]) -> GatewayProcess:
-            store = {
-                "backend": "postgresql",
-                "dsn": postgres_cluster.dsn(postgres_database, with_password=False),
-                "password_file": str(password_file),
-                "node": name,
-            }
+            store = postgres_cluster.store_table(postgres_database, tmp_path, name)
             return GatewayProcess(
                 tmp_path / name,
                 accounts=accounts,
@@ -151,30 +143,20 @@ def test_a_trunks_max_calls_holds_for_the_two_nodes_together(
 
 
 def store_node(
-    workdir: Path, cluster: Cluster, database: str, password_file: Path, name: str
+    workdir: Path, cluster: Cluster, database: str, secrets: Path, name: str
 ) -> GatewayProcess:
-    store = {
-        "backend": "postgresql",
-        "dsn": cluster.dsn(database, with_password=False),
-        "password_file": str(password_file),
-        "node": name,
-    }
+    store = cluster.store_table(database, secrets, name)
     return GatewayProcess(workdir, settings={"store": store}, digest_algorithms=("MD5",))
 
 
 def test_a_second_process_under_a_running_nodes_name_refuses_to_start_but_a_restart_does(
     tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
 ) -> None:
-    password_file = tmp_path / "db-password"
-    password_file.write_text(postgres_cluster.password + "\n")
-    password_file.chmod(0o600)
-    first = store_node(tmp_path / "first", postgres_cluster, postgres_database, password_file, "gw")
+    first = store_node(tmp_path / "first", postgres_cluster, postgres_database, tmp_path, "gw")
     first.start()
     try:
         # Another process configured with the same [store] node: refused, named, exit 2.
-        twin = store_node(
-            tmp_path / "twin", postgres_cluster, postgres_database, password_file, "gw"
-        )
+        twin = store_node(tmp_path / "twin", postgres_cluster, postgres_database, tmp_path, "gw")
         with pytest.raises(RuntimeError, match="gateway exited with 2 at start-up"):
             twin.start()
         assert twin.stop() == 2
@@ -192,7 +174,7 @@ def test_a_second_process_under_a_running_nodes_name_refuses_to_start_but_a_rest
     # Restarted at once under its name: its previous run's heartbeat does not move, so it
     # starts (after watching it for two heartbeat intervals).
     with store_node(
-        tmp_path / "restarted", postgres_cluster, postgres_database, password_file, "gw"
+        tmp_path / "restarted", postgres_cluster, postgres_database, tmp_path, "gw"
     ) as restarted:
         restarted.wait_for_log("taken for this node's previous run")
     assert postgres_cluster.admin("SELECT node FROM call_limit_nodes", postgres_database) == []

@@ -98,14 +98,7 @@ def request(
 def two_nodes(
     tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
-    password_file = tmp_path / "db-password"
-    password_file.write_text(postgres_cluster.password + "\n")
-    password_file.chmod(0o600)
-    store = {
-        "backend": "postgresql",
-        "dsn": postgres_cluster.dsn(postgres_database, with_password=False),
-        "password_file": str(password_file),
-    }
+    store = postgres_cluster.store_table(postgres_database, tmp_path)
     settings = {"store": store, "gateway": {"log_level": "debug"}}
     accounts = {name: ACCOUNTS[name] for name in ("alice", "bob")}
     node_a = GatewayProcess(

@@ -46,9 +46,6 @@ Nodes = tuple[GatewayProcess, GatewayProcess, socket.socket]
 def two_nodes_and_a_carrier(
     tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
 ) -> Iterator[Nodes]:
-    password_file = tmp_path / "db-password"
-    password_file.write_text(postgres_cluster.password + "\n")
-    password_file.chmod(0o600)
     carrier = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     carrier.bind((CARRIER_IP, 0))
     carrier.settimeout(5.0)
@@ -63,12 +60,7 @@ dids = {{"{DID}" = "alice"}}
 """
 
         def node(name: str, accounts: dict[str, str]) -> GatewayProcess:
-            store = {
-                "backend": "postgresql",
-                "dsn": postgres_cluster.dsn(postgres_database, with_password=False),
-                "password_file": str(password_file),
-                "node": name,
-            }
+            store = postgres_cluster.store_table(postgres_database, tmp_path, name)
             return GatewayProcess(
                 tmp_path / name,
                 accounts=accounts,
