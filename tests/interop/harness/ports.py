@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from tests.port_blocks import claimed
+from tests.port_blocks import UNIT, claimed
 
 #: Interop tests bind and send to the loopback address only, never a routable one.
 LOOPBACK = "127.0.0.1"
@@ -27,6 +27,8 @@ Kind = Literal["udp", "tcp", "both"]
 # Ports handed out in this process, so two allocations in one session never return the same one.
 _handed_out: set[int] = set()
 _random = random.Random()
+# Where the next search for a block starts (free_port_block); None until the first.
+_cursor: int | None = None
 
 
 def _bindable(port: int, kind: Kind) -> bool:
@@ -80,19 +82,54 @@ def free_port_block(count: int, kind: Kind = "udp", *, align: int = 2) -> int:
 
     The block starts on a multiple of ``align`` (RTP on even ports, RTCP on the next odd one,
     RFC 3550 §11) and lies between 10000 and the start of the kernel's ephemeral range.
+
+    Blocks are handed out next-fit: each search starts where the last block ended (the first at
+    a random port, so two runs on one machine start apart) and walks the whole range once,
+    wrapping at the top. A session hands out thousands of small blocks (sipp, phones) that it
+    never takes back; scattered at random ports they left no 100 free ports in a row by the end
+    of a full run, and a gateway's media range then failed to find a place.
     """
-    low, high = 10000, _ephemeral_low() - count
-    for _ in range(500):
-        base = _random.randrange(low, high) // align * align
-        ports = range(base, base + count)
-        if any(port in _handed_out for port in ports):
+    global _cursor
+    low, high = 10000, _ephemeral_low() - count  # high: the last first port that fits
+    if high < low:
+        raise RuntimeError(f"no room for {count} ports between {low} and the ephemeral range")
+    if _cursor is None:
+        _cursor = _random.randrange(low, high + 1)
+    start = _aligned(_cursor if _cursor <= high else low, align)
+    base, wrapped = start, False
+    while not (wrapped and base >= start):
+        if base > high:
+            if wrapped:
+                break
+            base, wrapped = _aligned(low, align), True
             continue
-        if claimed(ports):  # another test process's block (tests/port_blocks.py), or ours
-            continue
-        if all(_bindable(port, kind) for port in ports):
-            _handed_out.update(ports)
+        conflict = _first_conflict(range(base, base + count), kind)
+        if conflict is None:
+            _handed_out.update(range(base, base + count))
+            _cursor = base + count
             return base
+        base = _aligned(conflict, align)
     raise RuntimeError(f"no block of {count} free {kind} ports on {LOOPBACK}")
+
+
+def _aligned(port: int, align: int) -> int:
+    return port + (-port % align)
+
+
+def _first_conflict(ports: range, kind: Kind) -> int | None:
+    """None when every port of ``ports`` may be handed out, else the first port past the
+    conflict found, where the search goes on."""
+    for port in reversed(ports):
+        if port in _handed_out:
+            return port + 1
+    for unit_start in range(ports.start - ports.start % UNIT, ports.stop, UNIT):
+        # Another test process's block (tests/port_blocks.py), or ours.
+        if claimed(range(unit_start, unit_start + UNIT)):
+            return unit_start + UNIT
+    for port in ports:
+        if not _bindable(port, kind):
+            return port + 1
+    return None
 
 
 def release_port_block(first: int, count: int) -> None:
