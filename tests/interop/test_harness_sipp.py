@@ -18,6 +18,7 @@ from tests.interop.harness import (
     free_port,
     free_port_block,
     free_port_pair,
+    ports,
     run_sipp_uac,
     tone_ulaw,
     wait_listening,
@@ -106,6 +107,9 @@ def test_uac_scenario_against_its_uas(tmp_path: Path, transport: str, uac: str, 
         callee.wait(timeout=10).check()
     sent = caller.messages()
     assert "SIP/2.0 200" in sent or "SIP/2.0 486" in sent or "SIP/2.0 487" in sent
+    # Both sipps have exited: their media ports may be handed out again (a full session's
+    # blocks would otherwise fill the range, tests/interop/harness/ports.py).
+    assert not {caller.media_port, callee.media_port} & ports._handed_out
 
 
 @pytest.mark.interop

@@ -38,7 +38,12 @@ from typing import Any
 import attrs
 
 from tests.conftest import require_peer
-from tests.interop.harness.ports import LOOPBACK, free_port, free_port_block
+from tests.interop.harness.ports import (
+    LOOPBACK,
+    free_port,
+    free_port_block,
+    release_port_block,
+)
 from tests.interop.harness.processes import start_process, stop_process, tail
 
 Event = dict[str, Any]
@@ -110,6 +115,7 @@ class Baresip:
         self.ctrl_port = free_port("tcp")
         rtp_low = free_port_block(rtp_port_count)
         self.rtp_ports = (rtp_low, rtp_low + rtp_port_count - 1)
+        self._ports_held = True  # until baresip has exited (stop)
         self.local_aor = f"sip:{name}@{LOOPBACK}:{self.sip_port}"
         self.source = source
         self.mediaenc = mediaenc
@@ -213,7 +219,13 @@ class Baresip:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        return stop_process(self.process, sig=signal.SIGTERM, timeout=timeout)
+        returncode = stop_process(self.process, sig=signal.SIGTERM, timeout=timeout)
+        if self._ports_held:  # once: after that the blocks may already be another peer's
+            self._ports_held = False
+            release_port_block(self.sip_port, 2)
+            low, high = self.rtp_ports
+            release_port_block(low, high - low + 1)
+        return returncode
 
     def __enter__(self) -> Baresip:
         try:

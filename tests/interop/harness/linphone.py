@@ -46,7 +46,7 @@ from types import TracebackType
 import attrs
 
 from tests.conftest import require_peer
-from tests.interop.harness.ports import LOOPBACK, free_port_block
+from tests.interop.harness.ports import LOOPBACK, free_port_block, release_port_block
 from tests.interop.harness.processes import _die_with_parent, stop_process, tail
 
 # Cursor and bracketed-paste escapes readline writes to the terminal.
@@ -125,6 +125,7 @@ class Linphone:
         self.rtp_port = free_port_block(2)
         self.rtp_ports = (self.rtp_port, self.rtp_port + 1)
         self.video_rtp_port = free_port_block(2) if video else None
+        self._ports_held = True  # until linphonec has exited (stop)
         self.process: subprocess.Popen[bytes] | None = None
         self._master: int | None = None
         self._output = bytearray()
@@ -285,6 +286,11 @@ class Linphone:
             except (OSError, subprocess.TimeoutExpired):
                 pass
         returncode = stop_process(self.process, sig=signal.SIGTERM, timeout=2.0)
+        if self._ports_held:  # once: after that the blocks may already be another peer's
+            self._ports_held = False
+            release_port_block(self.rtp_port, 2)
+            if self.video_rtp_port is not None:
+                release_port_block(self.video_rtp_port, 2)
         if self._master is not None:
             os.close(self._master)
             self._master = None

@@ -38,6 +38,7 @@ from tests.interop.harness.ports import (
     LOOPBACK,
     free_port_block,
     free_port_pair,
+    release_port_block,
     wait_listening,
 )
 from tests.interop.harness.processes import start_process, stop_process, tail
@@ -295,6 +296,7 @@ def run_sipp_uac(
         pass  # stopped below; the result then shows the signal
     finally:
         returncode = stop_process(process, timeout=3.0)
+        release_port_block(media_port, 4)  # sipp is gone, its media sockets too
     return SippResult(path.name, tuple(args), returncode, rundir, port, media_port)
 
 
@@ -348,6 +350,7 @@ class SippUas:
         self.process: subprocess.Popen[bytes] | None = None
         self._result: SippResult | None = None
         self._stopped = False  # still running when wait() gave up on it
+        self._media_held = True  # until sipp has exited: then the block may be handed out again
 
     @property
     def address(self) -> str:
@@ -404,7 +407,14 @@ class SippUas:
             # its next message would pass for a finished one.
             self._stopped = True
         stop_process(self.process, sig=signal.SIGTERM, timeout=3.0)
+        self._release_media_ports()
         return self.result()
+
+    def _release_media_ports(self) -> None:
+        # Once: after that the block may already be another peer's.
+        if self._media_held:
+            self._media_held = False
+            release_port_block(self.media_port, 4)
 
     def result(self) -> SippResult:
         returncode = -1 if self.process is None else self.process.poll()
@@ -431,6 +441,7 @@ class SippUas:
     ) -> None:
         if self.process is not None:
             stop_process(self.process, sig=signal.SIGTERM, timeout=3.0)
+            self._release_media_ports()
         if exc is not None:
             print(f"--- sipp UAS {self.scenario.name} ---")
             print(self.result().describe())
