@@ -374,10 +374,12 @@ function inDialog(sip, request) {
     sip.respond(request, 200, "OK");
     const pc = activeCall;
     activeCall = null;
-    rtpStats(pc).then((stats) => report("media-at-bye", stats)).then(() => {
-      pc.close();
-      report("bye-received");
-    });
+    rtpStats(pc)
+      .then((stats) => report("media-at-bye", { ...stats, ice: pc.iceConnectionState }))
+      .then(() => {
+        pc.close();
+        report("bye-received");
+      });
   } else if (request.method === "ACK") {
     // nothing to do
   } else {
