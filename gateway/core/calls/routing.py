@@ -611,10 +611,10 @@ def trunk_uri(trunk: TrunkConfig, user: str) -> str:
     spec = trunk.address_parts
     # "#" is not allowed unescaped in a SIP user part (RFC 3261 §25.1 user-unreserved).
     user = user.replace("#", "%23")
-    if spec.by_naptr:
-        return f"sip:{user}@{spec.host}"
-    port = "" if spec.port is None else f":{spec.port}"
-    return f"sip:{user}@{spec.uri_host}{port};transport={spec.transport}"
+    if spec.transport:  # every form but a bare domain: a truth test per call, no more
+        port = "" if spec.port is None else f":{spec.port}"
+        return f"sip:{user}@{spec.uri_host}{port};transport={spec.transport}"
+    return f"sip:{user}@{spec.host}"
 
 
 def account_number_on_trunk(
