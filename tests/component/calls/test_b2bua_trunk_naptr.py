@@ -10,7 +10,9 @@ in a trunk dialog's Contact and Record-Route, through the B2BUA on the in-memory
   proxy), and later refreshes its Contact to another name: the gateway never looks them up.
   Its ACK, re-INVITE, UPDATE and BYE go to the address the INVITE went to (the trunk as
   outbound proxy, RFC 3261 §8.1.2), with the names in the Request-URI and Route as RFC 3261
-  §12.2.1.1 builds them, and the call goes on and ends normally.
+  §12.2.1.1 builds them, and the call goes on and ends normally; likewise for the carrier's own
+  call with a name in its Contact.
+- A bare domain registers (``register``) at its NAPTR target, over that target's transport.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tests.component.calls.b2bua_env import (
     sent,
     start_b2bua,
 )
+from tests.component.calls.test_b2bua_trunk_registration import PASSWORD, USERNAME, Registrar
 
 NUMBER = "+15551234"
 NAME = "sip.carrier.example"
@@ -207,3 +210,27 @@ async def test_a_name_in_the_contact_of_the_carriers_own_call_is_not_looked_up(
     assert str(bye.uri) == "sip:+15550100@sbc.carrier.example:5060"
     await eventually(lambda: env.calls == 0, timeout=ENDED)
     assert resolver.queries == 0
+
+
+async def test_a_bare_domain_registers_over_the_naptr_targets_transport(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    registering = {
+        "address": NAME,
+        "register": True,
+        "username": USERNAME,
+        "password": PASSWORD,
+        "register_expires": 120,
+    }
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, carrier=registering, dns_resolver=naptr_carrier()
+    )
+    registrar = Registrar(env.trunk)
+    registration = env.gateway.trunk_registrations["carrier"]
+    await eventually(lambda: registration.registered, timeout=120)  # (a retry after a 501)
+    (accepted,) = registrar.accepted
+    # The registrar's domain, no transport parameter; our Contact on the UDP target's transport.
+    assert str(accepted.uri) == f"sip:{NAME}"
+    assert accepted.top_via.transport == "UDP"
+    (contact,) = accepted.contacts
+    assert str(contact.uri) == f"sip:{USERNAME}@127.0.0.1:5060"
