@@ -138,10 +138,12 @@ def _is_host_name(text: str) -> bool:
 
 @attrs.frozen
 class TrunkAddress:
-    """A trunk's ``address``: ``TRANSPORT:IP:PORT`` as ever, or ``TRANSPORT:NAME[:PORT]`` for a
+    """A trunk's ``address``: ``TRANSPORT:IP:PORT`` as ever, ``TRANSPORT:NAME[:PORT]`` for a
     trunk named by DNS (RFC 3263 §4.2: with a port only its A/AAAA records count, without one
-    the SRV records of its transport). ``host`` is an IP address without brackets, or a
-    lower-case host name without a trailing dot; ``port`` is None for SRV."""
+    the SRV records of its transport), or a bare ``NAME``, whose transport the DNS chooses
+    (RFC 3263 §4.1: NAPTR, else SRV per transport, else A/AAAA). ``host`` is an IP address
+    without brackets, or a lower-case host name without a trailing dot; ``port`` is None for
+    SRV and NAPTR; ``transport`` is ``""`` for NAPTR (:attr:`by_naptr`)."""
 
     transport: str
     host: str
@@ -150,14 +152,24 @@ class TrunkAddress:
 
     @classmethod
     def parse(cls, text: str) -> TrunkAddress:
-        """Parse ``udp:192.0.2.10:5060``, ``tls:sip.carrier.example`` or
-        ``udp:sip.carrier.example:5080``; raises ValueError with the reason."""
+        """Parse ``udp:192.0.2.10:5060``, ``tls:sip.carrier.example``,
+        ``udp:sip.carrier.example:5080`` or ``sip.carrier.example``; raises ValueError with the
+        reason."""
         transport, sep, rest = text.partition(":")
         if not sep and _is_host_name(text.lower().rstrip(".")):
-            # RFC 3263 §4.1 picks the transport from NAPTR records: not done (say so).
+            # RFC 3263 §4.1: no transport and no port: NAPTR chooses (trunk_dns.py).
+            return cls("", text.lower().rstrip("."), None, True)
+        if (
+            sep
+            and rest.isdigit()
+            and any(c.isalpha() for c in transport)
+            and _is_host_name(transport.lower().rstrip("."))
+        ):
+            # RFC 3263 §4.1 would send NAME:PORT over UDP without asking NAPTR; an operator
+            # says which transport rather than leave it to a default.
             raise ValueError(
-                f"name the transport (udp:, tcp: or tls:) before {text!r}: NAPTR look-ups "
-                "(RFC 3263 §4.1) are not done"
+                f"name the transport (udp:, tcp: or tls:) of {text!r}, or leave out the port "
+                "to have the DNS choose it (NAPTR, RFC 3263 §4.1)"
             )
         host, colon, port_text = rest.partition(":")
         # An IP address has no letters, an IPv6 one several colons or brackets: those go to
@@ -179,11 +191,18 @@ class TrunkAddress:
         return cls(spec.transport, spec.host, spec.port, False)
 
     @property
+    def by_naptr(self) -> bool:
+        """Whether the DNS chooses the transport (a bare name, RFC 3263 §4.1)."""
+        return not self.transport
+
+    @property
     def uri_host(self) -> str:
         """``host`` as a SIP URI writes it (an IPv6 address in brackets)."""
         return f"[{self.host}]" if ":" in self.host else self.host
 
     def __str__(self) -> str:
+        if not self.transport:
+            return self.host
         port = "" if self.port is None else f":{self.port}"
         return f"{self.transport}:{self.uri_host}{port}"
 
@@ -1098,13 +1117,13 @@ def _validate_trunk(trunk: TrunkConfig, file: str, table: str) -> None:
         spec = trunk.address_parts
     except ValueError as exc:
         raise fail("address", str(exc)) from None
-    if not _TRANSPORT_NAME.fullmatch(spec.transport):
+    if not spec.by_naptr and not _TRANSPORT_NAME.fullmatch(spec.transport):
         raise fail(
             "address", f"expected a transport name before the address, got {spec.transport!r}"
         )
     if spec.port == 0:
         raise fail("address", f"a trunk needs a port 1-65535, got {trunk.address!r}")
-    if spec.is_name and spec.transport not in DNS_TRANSPORTS:
+    if spec.is_name and not spec.by_naptr and spec.transport not in DNS_TRANSPORTS:
         # RFC 3263 §4.1 knows SRV services for these only (_sip._udp, _sip._tcp, _sips._tcp).
         raise fail(
             "address",

@@ -29,6 +29,7 @@ from gateway.core.calls.presence import Presence
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, default_route, route_call
 from gateway.core.calls.subscriptions import Subscriptions
 from gateway.core.calls.trunk_dns import (
+    TRANSPORT_ORDER,
     DnsPythonResolver,
     Resolution,
     Resolver,
@@ -247,6 +248,17 @@ class Gateway:
                     "interworking",
                     f"unknown interworking {trunk.interworking!r}; known: {known}",
                 )
+            if trunk.address_parts.by_naptr:
+                # RFC 3263 §4.1: the DNS chooses among the transports we can use.
+                if not self.dns_transports():
+                    raise ConfigError(
+                        self.config.source,
+                        f"trunks.{trunk.name or index}",
+                        "address",
+                        f"{trunk.address!r} lets the DNS choose udp, tcp or tls (NAPTR), but "
+                        "none of them is enabled with a [sip] listen entry",
+                    )
+                continue
             transport = trunk.address_parts.transport
             if transport not in self.plugins.transports:
                 raise ConfigError(
@@ -270,6 +282,17 @@ class Gateway:
             raise ConfigError(
                 self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
             )
+
+    def dns_transports(self) -> tuple[str, ...]:
+        """The transports a trunk named without one may use (RFC 3263 §4.1: NAPTR services of
+        these only): udp, tcp and tls where a plugin provides them and ``[sip] listen`` has a
+        listener for them (our Via and Contact name it); tls thus only with the TLS plugin."""
+        listening = {spec.transport for spec in self.config.listen_specs}
+        return tuple(
+            transport
+            for transport in TRANSPORT_ORDER
+            if transport in self.plugins.transports and transport in listening
+        )
 
     def _bindings_on_our_listeners(self) -> list[Binding]:
         """The unexpired bindings registered over one of our listeners (a store shared by
@@ -612,6 +635,7 @@ class Gateway:
                 on_unresolved=self.trunk_health.unresolved,
                 on_resolved=self.trunk_health.resolved,
                 on_change=self._trunk_resolved,
+                transports=self.dns_transports(),
             )
             # Resolved before calls are taken; start-up waits at most [dns] timeout for it.
             await nursery.start(self.trunk_targets.serve)

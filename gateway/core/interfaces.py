@@ -619,7 +619,18 @@ class Directory(Protocol):
         probing), longest prefix first, then as listed: the first and its failover order."""
         ...
 
-    def trunk_target(self, trunk: str, number: str) -> RouteTarget | None: ...
+    def trunk_target(self, trunk: str, number: str) -> RouteTarget | None:
+        """Where a call to ``number`` over ``trunk`` goes first (for a trunk named by DNS its
+        first target in this call's order), or None (unknown or disabled trunk, not a dial
+        string, a name not resolved yet)."""
+        ...
+
+    def trunk_targets(self, trunk: str, number: str) -> Sequence[RouteTarget]:
+        """Every target of a call to ``number`` over ``trunk``, in the order the call tries
+        them: for a trunk named by DNS one per resolved target (RFC 3263 §4.3, RFC 2782
+        weights drawn afresh at each call of this), else :meth:`trunk_target` alone; empty
+        where that is None."""
+        ...
 
     def to_e164(self, number: str, *, trunk: str | None = None) -> str:
         """``number`` as E.164 by the numbering plan of ``trunk`` (None: how accounts dial),

@@ -1,10 +1,13 @@
 """A trunk named by DNS against a real DNS server: ``voipgw run`` resolves ``tcp:carrier.test``
+(and the bare ``carrier.test``, whose NAPTR records choose the transport, RFC 3263 §4.1)
 through dnsmasq on loopback (``[dns] servers``) with dnspython, and fails over between the SRV
 targets (RFC 3263 §4.3).
 
 dnsmasq answers only what its command line holds (``--no-resolv --no-hosts``, no config file):
 ``_sip._tcp.carrier.test`` names ``dead.carrier.test`` (priority 10: a port where nothing
-listens) and ``live.carrier.test`` (priority 20: sipp answering), both at 127.0.0.1. alice
+listens) and ``live.carrier.test`` (priority 20: sipp answering), both at 127.0.0.1;
+``carrier.test`` has NAPTR records ``SIP+D2T`` (preference 10, to ``_sip._tcp.carrier.test``)
+and ``SIP+D2U`` (preference 20, to ``_sip._udp.carrier.test``, one more target). alice
 (sipp) calls a number the trunk serves: the gateway's connection to the first target is
 refused, and the INVITE goes to the second, whose Request-URI names the trunk's domain, not
 the target. Nothing waits on a clock: dnsmasq is polled until it answers, sipp until it listens.
@@ -24,7 +27,7 @@ import dns.query
 import pytest
 import trio
 
-from gateway.core.calls.trunk_dns import DnsError, DnsPythonResolver, resolve
+from gateway.core.calls.trunk_dns import DnsError, DnsPythonResolver, NaptrRecord, resolve
 from gateway.core.config import TrunkAddress
 from tests.conftest import require_peer
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas, run_sipp_uac
@@ -36,6 +39,7 @@ pytestmark = pytest.mark.interop
 ALICE = ("alice", "wonderland")
 NUMBER = "+4989555"
 DOMAIN = "carrier.test"  # RFC 2606: a name no real DNS answers
+UDP_TARGET = 5999  # the SRV target of the NAPTR record for UDP, after the TCP ones
 
 
 def _answers(port: int) -> bool:
@@ -71,6 +75,10 @@ def dnsmasq(workdir: Path, *, dead: int, live: int) -> Iterator[int]:
             f"--srv-host=_sip._tcp.{DOMAIN},live.{DOMAIN},{live},20,0",
             f"--host-record=dead.{DOMAIN},{LOOPBACK}",
             f"--host-record=live.{DOMAIN},{LOOPBACK}",
+            # RFC 3263 §4.1: TCP preferred, then UDP (flag S: the replacement is an SRV name).
+            f"--naptr-record={DOMAIN},10,20,S,SIP+D2U,,_sip._udp.{DOMAIN}",
+            f"--naptr-record={DOMAIN},10,10,S,SIP+D2T,,_sip._tcp.{DOMAIN}",
+            f"--srv-host=_sip._udp.{DOMAIN},live.{DOMAIN},{UDP_TARGET},10,0",
         ],
         log=workdir / "dnsmasq.log",
         cwd=workdir,
@@ -85,13 +93,16 @@ def dnsmasq(workdir: Path, *, dead: int, live: int) -> Iterator[int]:
         stop_process(process, timeout=3.0)
 
 
-def test_a_trunk_named_by_srv_fails_over_from_a_dead_target_to_the_next(tmp_path: Path) -> None:
+@pytest.mark.parametrize("address", [f"tcp:{DOMAIN}", DOMAIN], ids=["srv", "naptr"])
+def test_a_named_trunk_fails_over_from_a_dead_target_to_the_next(
+    tmp_path: Path, address: str
+) -> None:
     callee = SippUas("uas_answer.xml", workdir=tmp_path, transport="tcp")
     dead = free_port("tcp")  # nothing listens there: the connection is refused
     trunk = (
         "[[trunks]]\n"
         'name = "carrier"\n'
-        f'address = "tcp:{DOMAIN}"\n'
+        f'address = "{address}"\n'
         'prefixes = ["+49"]\n'
         # alice's sipp is on 127.0.0.1 too: the trunk's resolved address must not claim it.
         "allowed_sources = []\n"
@@ -121,7 +132,9 @@ def test_a_trunk_named_by_srv_fails_over_from_a_dead_target_to_the_next(tmp_path
         calls = gw.cli_until(lambda out: "reached at" in out, "calls", "--recent", "5")
 
     targets = f"tcp:{LOOPBACK}:{dead}, tcp:{LOOPBACK}:{callee.port}"
-    assert f"trunk carrier: tcp:{DOMAIN} resolves to {targets}" in log
+    if address == DOMAIN:  # NAPTR: the UDP record's target after the TCP record's
+        targets += f", udp:{LOOPBACK}:{UDP_TARGET}"
+    assert f"trunk carrier: {address} resolves to {targets}" in log
     assert "answered 503; failing over to trunk carrier" in log
     # The call record says which target failed and which took the call.
     dead_target, live_target = f"tcp:{LOOPBACK}:{dead}", f"tcp:{LOOPBACK}:{callee.port}"
@@ -132,23 +145,38 @@ def test_a_trunk_named_by_srv_fails_over_from_a_dead_target_to_the_next(tmp_path
     assert f"trunk {DOMAIN} reached at {live_target} (DNS target 2)" in calls
     (invite,) = answered.received("INVITE ")
     # RFC 3263 §4.2: the Request-URI keeps the domain; only the next hop is the SRV target.
-    assert invite.startswith(f"INVITE sip:{NUMBER}@{DOMAIN};transport=tcp SIP/2.0"), invite
+    # A bare domain's URI names no transport (§4.1: the NAPTR record chose it).
+    uri = f"sip:{NUMBER}@{DOMAIN}" if address == DOMAIN else f"sip:{NUMBER}@{DOMAIN};transport=tcp"
+    assert invite.startswith(f"INVITE {uri} SIP/2.0"), invite
 
 
 def test_the_resolver_reads_dnsmasqs_records(tmp_path: Path) -> None:
     """The gateway's resolver against the same server: the SRV targets by priority with the
-    TTL, and a name dnsmasq does not hold (REFUSED: it has no upstream) as a DNS failure."""
+    TTL, and a name dnsmasq does not hold (REFUSED: it has no upstream) as a DNS failure; the
+    NAPTR records as dnspython reads them, and a bare domain over them: TCP's targets, then
+    UDP's, or UDP's alone for a gateway without TCP."""
 
-    async def main() -> tuple[str, str]:
+    async def main() -> tuple[str, str, list[NaptrRecord], str, str]:
         resolver = DnsPythonResolver([f"{LOOPBACK}:{port}"], 2.0)
         found = await resolve(TrunkAddress.parse(f"tcp:{DOMAIN}"), resolver)
+        hops = " ".join(str(hop) for hop in found.hops)
+        naptr, _ = await resolver.naptr(DOMAIN)
+        both = await resolve(TrunkAddress.parse(DOMAIN), resolver, ("udp", "tcp", "tls"))
+        udp = await resolve(TrunkAddress.parse(DOMAIN), resolver, ("udp",))
+        chosen = " ".join(str(hop) for hop in both.hops), " ".join(str(h) for h in udp.hops)
         try:
             await resolver.addresses(f"nothing.{DOMAIN}")
         except DnsError:
-            return " ".join(str(hop) for hop in found.hops), f"failed, ttl {found.ttl:g}"
-        return " ".join(str(hop) for hop in found.hops), "answered"
+            return hops, f"failed, ttl {found.ttl:g}", naptr, *chosen
+        return hops, "answered", naptr, *chosen
 
     with dnsmasq(tmp_path, dead=5070, live=5080) as port:
-        hops, missing = trio.run(main)
+        hops, missing, naptr, both, udp = trio.run(main)
     assert hops == f"tcp:{LOOPBACK}:5070 tcp:{LOOPBACK}:5080"
     assert missing == "failed, ttl 60"
+    assert sorted(naptr, key=lambda record: record.preference) == [
+        NaptrRecord(10, 10, "S", "SIP+D2T", "", f"_sip._tcp.{DOMAIN}"),
+        NaptrRecord(10, 20, "S", "SIP+D2U", "", f"_sip._udp.{DOMAIN}"),
+    ]
+    assert both == f"tcp:{LOOPBACK}:5070 tcp:{LOOPBACK}:5080 udp:{LOOPBACK}:{UDP_TARGET}"
+    assert udp == f"udp:{LOOPBACK}:{UDP_TARGET}"

@@ -393,7 +393,7 @@ class GatewayDirectory:
     ) -> None:
         self.store = store
         # The cached targets of the trunks named by DNS (trunk_dns.py); None: no such trunk.
-        self.trunk_targets = trunk_targets
+        self.dns_targets = trunk_targets
         self.flows = flows
         self.trunks = tuple(trunks)
         self._by_name = {trunk.name: trunk for trunk in self.trunks}
@@ -490,7 +490,7 @@ class GatewayDirectory:
     def trunk_resolved(self, trunk: str) -> bool:
         """Whether ``trunk`` has targets: True for a trunk with an address, for one named by
         DNS whether its name has resolved (trunk_dns.py)."""
-        targets = self.trunk_targets
+        targets = self.dns_targets
         return targets is None or trunk not in targets or targets.resolution(trunk) is not None
 
     def plan_of(self, trunk: str | None) -> NumberingPlan:
@@ -521,28 +521,31 @@ class GatewayDirectory:
         ``number_format`` (by its numbering plan), then ``strip_prefix`` and ``add_prefix``.
         None for an unknown or disabled trunk, or a number that is not a dial string or is
         empty after stripping. For a trunk named by DNS, its first target in this call's order
-        (:meth:`trunk_hop_targets` gives them all); None while its name has not resolved."""
+        (:meth:`trunk_targets` gives them all); None while its name has not resolved."""
         found = self._trunk_request_uri(trunk, number)
         if found is None:
             return None
         config, uri = found
-        targets = self.trunk_targets
+        targets = self.dns_targets
         if targets is not None and trunk in targets:
             hops = self._hop_targets(config, uri, limit=1)
             return hops[0] if hops else None
         return RouteTarget(uri=uri, trunk=config.name)
 
-    def trunk_hop_targets(self, trunk: str, number: str) -> list[RouteTarget]:
-        """:meth:`trunk_target`, for a trunk named by DNS one target per resolved target in
-        this call's order (RFC 3263 §4.3: tried one after another); empty where that is None."""
-        targets = self.trunk_targets
+    def trunk_targets(self, trunk: str, number: str) -> tuple[RouteTarget, ...]:
+        """Every target :meth:`trunk_target` could give, in this call's order: for a trunk
+        named by DNS one per resolved target (RFC 3263 §4.3: tried one after another; at most
+        ``[dns] max_targets``, each a ``TrunkHopTarget`` with its ``hop``), else the one
+        target; empty where :meth:`trunk_target` is None. Asking again draws the RFC 2782
+        weights again."""
+        targets = self.dns_targets
         if targets is None or trunk not in targets:
             target = self.trunk_target(trunk, number)
-            return [] if target is None else [target]
+            return () if target is None else (target,)
         found = self._trunk_request_uri(trunk, number)
         if found is None:
-            return []
-        return list(self._hop_targets(*found))
+            return ()
+        return self._hop_targets(*found)
 
     def _trunk_request_uri(self, trunk: str, number: str) -> tuple[TrunkConfig, str] | None:
         config = self.trunk(trunk)
@@ -563,8 +566,8 @@ class GatewayDirectory:
     def _hop_targets(
         self, config: TrunkConfig, uri: str, limit: int | None = None
     ) -> tuple[TrunkHopTarget, ...]:
-        assert self.trunk_targets is not None
-        hops = self.trunk_targets.hops(config.name, limit)
+        assert self.dns_targets is not None
+        hops = self.dns_targets.hops(config.name, limit)
         name = config.address_parts.host
         return tuple(
             TrunkHopTarget(
@@ -602,11 +605,16 @@ class GatewayDirectory:
 def trunk_uri(trunk: TrunkConfig, user: str) -> str:
     """``sip:USER@HOST:PORT;transport=T`` at ``trunk``'s address; for a trunk named by DNS
     ``sip:USER@NAME[:PORT];transport=T``, the name (and a port only when the address has one:
-    RFC 3263 §4.2, a URI with a port is not looked up by SRV)."""
+    RFC 3263 §4.2, a URI with a port is not looked up by SRV); for one whose transport the
+    DNS chooses ``sip:USER@NAME`` (§4.1: a URI without transport and port is what a NAPTR
+    look-up starts from)."""
     spec = trunk.address_parts
-    port = "" if spec.port is None else f":{spec.port}"
     # "#" is not allowed unescaped in a SIP user part (RFC 3261 §25.1 user-unreserved).
-    return f"sip:{user.replace('#', '%23')}@{spec.uri_host}{port};transport={spec.transport}"
+    user = user.replace("#", "%23")
+    if spec.transport:  # every form but a bare domain: a truth test per call, no more
+        port = "" if spec.port is None else f":{spec.port}"
+        return f"sip:{user}@{spec.uri_host}{port};transport={spec.transport}"
+    return f"sip:{user}@{spec.host}"
 
 
 def account_number_on_trunk(
@@ -664,7 +672,7 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
         return _ring_account(directory, user)
     if number is not None:
         number = directory.to_e164(_with_phone_context(request.uri, user))
-        if directory.trunk_targets is None:
+        if directory.dns_targets is None:
             targets = [
                 target
                 for trunk in directory.trunks_for_number(number)
@@ -675,7 +683,7 @@ def default_route(request: Request, caller: Caller, directory: GatewayDirectory)
             targets = [
                 target
                 for trunk in directory.trunks_for_number(number)
-                for target in directory.trunk_hop_targets(trunk, number)
+                for target in directory.trunk_targets(trunk, number)
             ]
         if targets:
             return RouteDecision(targets=(targets[0],), alternates=tuple(targets[1:]))

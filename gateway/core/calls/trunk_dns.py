@@ -4,9 +4,16 @@ Theory of operation. A trunk written ``TRANSPORT:NAME:PORT`` is reached at the A
 addresses of NAME on PORT (RFC 3263 §4.2: an explicit port means no SRV); one written
 ``TRANSPORT:NAME`` at the targets of NAME's SRV records for its transport (``_sip._udp``,
 ``_sip._tcp``, ``_sips._tcp`` for TLS), each at its addresses, and when NAME has no SRV records
-at NAME's own addresses on 5060 (5061 for TLS). NAPTR (§4.1) is not looked up: the address
-names the transport. :func:`resolve` does one such resolution through a :class:`Resolver`
-(:class:`DnsPythonResolver` in production, a fake in tests).
+at NAME's own addresses on 5060 (5061 for TLS). One written ``NAME`` alone lets the DNS choose
+the transport (§4.1, :func:`naptr_choices`): NAME's NAPTR records for the services we can use
+(``SIP+D2U``, ``SIP+D2T``, ``SIPS+D2T``: the transports enabled with a listener), the lowest
+order, by preference, each leading to the SRV records its replacement names; without NAPTR
+records the SRV records of each of those transports (udp, tcp, tls: RFC 3263 leaves the order
+to the client); without either, NAME's addresses on UDP 5060 (the first usable transport when
+UDP is not). The targets of every NAPTR record (or transport) go one after the other: the
+second is where a call goes when the first's targets all failed (§4.3). :func:`resolve` does
+one such resolution through a :class:`Resolver` (:class:`DnsPythonResolver` in production, a
+fake in tests).
 
 Resolution is off the call path. :class:`TrunkTargets` resolves every named trunk at start-up
 (bounded by ``[dns] timeout``: a trunk that does not resolve by then is down, logged, and the
@@ -21,6 +28,10 @@ random draw, each SRV target followed by its addresses in the order the DNS gave
 at most ``[dns] max_targets`` of them are tried (the call's RFC 3263 §4.3 failover,
 gateway/core/calls/call.py). The weights are drawn per call, not per resolution, so that a
 carrier's weights spread this gateway's calls as they would spread many clients'.
+
+Names in a trunk dialog's Contact or Record-Route are never looked up: a leg's in-dialog
+requests go to the address its INVITE went to (or came from), over its flow (leg.py, and
+docs/configuration.md "Trunks named by DNS" says why).
 """
 
 from __future__ import annotations
@@ -41,9 +52,15 @@ log = logging.getLogger(__name__)
 # addresses per host name beyond these are ignored.
 MAX_SRV_RECORDS = 16
 MAX_ADDRESSES = 8
+MAX_NAPTR_RECORDS = 16
 # RFC 3263 §4.2: the SRV service of each transport, and the port without SRV records.
 SRV_SERVICES = {"udp": "_sip._udp", "tcp": "_sip._tcp", "tls": "_sips._tcp"}
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+# RFC 3263 §4.1: the NAPTR service of each transport (RFC 3263 §10 registers these three).
+NAPTR_SERVICES = {"SIP+D2U": "udp", "SIP+D2T": "tcp", "SIPS+D2T": "tls"}
+# RFC 3263 §4.1 without NAPTR records: the transports whose SRV records are asked for, in this
+# order (the RFC leaves it to the client; Kamailio's default preference is the same).
+TRANSPORT_ORDER = ("udp", "tcp", "tls")
 REFRESH_SHARE = 0.9  # of the TTL: resolve again before the cached answer expires
 
 
@@ -60,6 +77,19 @@ class SrvRecord:
     weight: int
     port: int
     target: str
+
+
+@attrs.frozen
+class NaptrRecord:
+    """One NAPTR record (RFC 3403 §4.1). ``replacement`` is a domain name without the trailing
+    dot (``""`` for the root, "no replacement")."""
+
+    order: int
+    preference: int
+    flags: str
+    service: str
+    regexp: str
+    replacement: str
 
 
 @attrs.frozen
@@ -128,9 +158,42 @@ def refresh_in(ttl: float, dns: DnsSection) -> float:
     return min(max(ttl * REFRESH_SHARE, dns.min_ttl), dns.max_ttl)
 
 
+def naptr_choices(
+    records: Iterable[NaptrRecord], transports: Iterable[str]
+) -> list[tuple[str, str]]:
+    """The NAPTR records of a trunk's domain a client using ``transports`` follows (RFC 3263
+    §4.1), as ``(transport, SRV name)`` in the order they are tried: only the SIP services of
+    those transports (a client MUST NOT use a transport it does not support: TLS only with the
+    TLS transport), flag ``S`` (the replacement is an SRV name; RFC 3263 uses no other) and no
+    regular expression; of those the lowest order alone (RFC 3403 §4.1: "the client MUST NOT
+    consider records with a different Order" once one matched), by preference. The first
+    ``MAX_NAPTR_RECORDS`` records are read."""
+    usable = frozenset(transports)
+    matching = []
+    for record in list(records)[:MAX_NAPTR_RECORDS]:
+        transport = NAPTR_SERVICES.get(record.service.upper())
+        if (
+            transport in usable
+            and record.flags.lower() == "s"
+            and not record.regexp
+            and record.replacement not in ("", ".")
+        ):
+            matching.append((record, transport))
+    if not matching:
+        return []
+    lowest = min(record.order for record, _ in matching)
+    chosen = sorted(
+        ((record, transport) for record, transport in matching if record.order == lowest),
+        key=lambda entry: entry[0].preference,  # stable: ties as the DNS listed them
+    )
+    return list(dict.fromkeys((transport, record.replacement) for record, transport in chosen))
+
+
 class Resolver(Protocol):
-    """What :func:`resolve` asks. Both raise :class:`DnsError` when the DNS does not answer;
+    """What :func:`resolve` asks. Each raises :class:`DnsError` when the DNS does not answer;
     a name without such records is ``([], ttl)``."""
+
+    async def naptr(self, name: str) -> tuple[list[NaptrRecord], float]: ...
 
     async def srv(self, name: str) -> tuple[list[SrvRecord], float]: ...
 
@@ -139,9 +202,14 @@ class Resolver(Protocol):
         ...
 
 
-async def resolve(address: TrunkAddress, resolver: Resolver) -> Resolution:
-    """Resolve a named trunk address (RFC 3263 §4.2). Raises :class:`DnsError` when the DNS
-    failed or the name leads to no address at all."""
+async def resolve(
+    address: TrunkAddress, resolver: Resolver, transports: Iterable[str] = TRANSPORT_ORDER
+) -> Resolution:
+    """Resolve a named trunk address (RFC 3263 §4.2; for a bare name §4.1 first, over the
+    usable ``transports``). Raises :class:`DnsError` when the DNS failed or the name leads to
+    no address at all."""
+    if address.by_naptr:
+        return await _resolve_naptr(address.host, resolver, transports)
     transport, name = address.transport, address.host
     if address.port is not None:
         found, ttl = await resolver.addresses(name)
@@ -149,11 +217,12 @@ async def resolve(address: TrunkAddress, resolver: Resolver) -> Resolution:
         if not hops:
             raise DnsError(f"{name} has no A or AAAA record")
         return Resolution(groups=(((0, hops),),), ttl=ttl)
-    records, ttl = await resolver.srv(f"{SRV_SERVICES[transport]}.{name}")
+    service = f"{SRV_SERVICES[transport]}.{name}"
+    records, ttl = await resolver.srv(service)
     records = records[:MAX_SRV_RECORDS]
     if len(records) == 1 and records[0].target in ("", "."):
         # RFC 2782: a lone target "." says the service is decidedly not available there.
-        raise DnsError(f"{SRV_SERVICES[transport]}.{name}: the service is not offered (SRV .)")
+        raise DnsError(f"{service}: the service is not offered (SRV .)")
     if not records:
         # RFC 3263 §4.2: no SRV records: the name's own addresses at the transport's port.
         found, ttl = await resolver.addresses(name)
@@ -161,6 +230,14 @@ async def resolve(address: TrunkAddress, resolver: Resolver) -> Resolution:
         if not hops:
             raise DnsError(f"{name} has no SRV, A or AAAA record")
         return Resolution(groups=(((0, hops),),), ttl=ttl)
+    return await _srv_targets(transport, service, records, ttl, resolver)
+
+
+async def _srv_targets(
+    transport: str, service: str, records: list[SrvRecord], ttl: float, resolver: Resolver
+) -> Resolution:
+    """The SRV ``records`` of ``service`` (at most MAX_SRV_RECORDS, not a lone ".") with
+    their targets' addresses, by priority."""
     by_priority: dict[int, list[tuple[int, tuple[TrunkHop, ...]]]] = {}
     failures = []
     for record in sorted(records, key=lambda r: r.priority):
@@ -175,8 +252,57 @@ async def resolve(address: TrunkAddress, resolver: Resolver) -> Resolution:
             by_priority.setdefault(record.priority, []).append((record.weight, hops))
     if not by_priority:
         why = "; ".join(failures) or "no A or AAAA record"
-        raise DnsError(f"no target of {SRV_SERVICES[transport]}.{name} resolves ({why})")
+        raise DnsError(f"no target of {service} resolves ({why})")
     return Resolution(groups=tuple(tuple(group) for group in by_priority.values()), ttl=ttl)
+
+
+async def _resolve_naptr(name: str, resolver: Resolver, transports: Iterable[str]) -> Resolution:
+    """RFC 3263 §4.1 for a domain without transport or port: NAPTR, else SRV per usable
+    transport, else A/AAAA on UDP (or the first usable transport) at its default port. The
+    targets of each NAPTR record (or transport) follow those of the one before."""
+    usable = [transport for transport in TRANSPORT_ORDER if transport in set(transports)]
+    if not usable:
+        raise DnsError(f"{name}: no transport to choose from (udp, tcp or tls)")
+    records, ttl = await resolver.naptr(name)
+    if records:
+        choices = naptr_choices(records, usable)
+        if not choices:
+            # §4.1: a domain with NAPTR records but none for us is not reached by SRV guesses.
+            offered = ", ".join(sorted({record.service for record in records})) or "none"
+            raise DnsError(
+                f"{name}: no NAPTR record for a transport we use ({', '.join(usable)}); "
+                f"it offers {offered}"
+            )
+    else:
+        # §4.1: no NAPTR records: the SRV records of each transport we support.
+        choices = [(transport, f"{SRV_SERVICES[transport]}.{name}") for transport in usable]
+    groups: list[tuple[tuple[int, tuple[TrunkHop, ...]], ...]] = []
+    ttls = [ttl] if records else []  # an empty answer's TTL says nothing of the targets
+    failures = []
+    for transport, service in choices:
+        try:
+            srv_records, srv_ttl = await resolver.srv(service)
+            srv_records = srv_records[:MAX_SRV_RECORDS]
+            if not srv_records or (len(srv_records) == 1 and srv_records[0].target in ("", ".")):
+                failures.append(f"{service}: no SRV target")
+                continue
+            found = await _srv_targets(transport, service, srv_records, srv_ttl, resolver)
+        except DnsError as exc:
+            failures.append(str(exc))  # the next record's targets may do (§4.3)
+            continue
+        groups.extend(found.groups)
+        ttls.append(found.ttl)
+    if groups:
+        return Resolution(groups=tuple(groups), ttl=min(ttls))
+    if records:
+        raise DnsError(f"no NAPTR target of {name} resolves ({'; '.join(failures)})")
+    # §4.1: neither NAPTR nor SRV records: the domain's own addresses, UDP for a sip URI.
+    transport = "udp" if "udp" in usable else usable[0]
+    found_addresses, ttl = await resolver.addresses(name)
+    hops = _hops(transport, found_addresses, DEFAULT_PORTS[transport])
+    if not hops:
+        raise DnsError(f"{name} has no NAPTR, SRV, A or AAAA record")
+    return Resolution(groups=(((0, hops),),), ttl=ttl)
 
 
 def _hops(transport: str, addresses: Iterable[str], port: int) -> tuple[TrunkHop, ...]:
@@ -199,6 +325,23 @@ class DnsPythonResolver:
                 for host, port in (dns_server(server) for server in servers)
             ]
         self._resolver.lifetime = timeout
+
+    async def naptr(self, name: str) -> tuple[list[NaptrRecord], float]:
+        answer = await self._query(name, "NAPTR")
+        if answer is None:
+            return [], 0.0
+        records = [
+            NaptrRecord(
+                int(rdata.order),
+                int(rdata.preference),
+                _text(rdata.flags),
+                _text(rdata.service),
+                _text(rdata.regexp),
+                rdata.replacement.to_text(omit_final_dot=True).lower(),
+            )
+            for rdata in answer
+        ]
+        return records, float(answer.rrset.ttl) if answer.rrset is not None else 0.0
 
     async def srv(self, name: str) -> tuple[list[SrvRecord], float]:
         answer = await self._query(name, "SRV")
@@ -245,12 +388,22 @@ class DnsPythonResolver:
             raise DnsError(f"{name} {rdtype}: {exc}") from None
 
 
+def _text(value: bytes | str) -> str:
+    """A NAPTR character-string (bytes in dnspython) as text; bytes that are not ASCII make
+    a value no record of ours matches."""
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace")
+    return value
+
+
 class TrunkTargets:
     """The cached targets of the trunks named by DNS, kept resolved by :meth:`serve`.
 
     ``on_unresolved(trunk, why)`` / ``on_resolved(trunk)`` tell the trunk's health (down until
     its name resolves); ``on_change(trunk, resolution)`` is called with each new answer (the
-    source addresses that recognise the trunk, the names TLS verifies)."""
+    source addresses that recognise the trunk, the names TLS verifies). ``transports`` are
+    those a trunk named without one may be reached over (RFC 3263 §4.1: the DNS chooses among
+    them; the gateway passes the ones enabled with a listener)."""
 
     def __init__(
         self,
@@ -262,8 +415,10 @@ class TrunkTargets:
         on_unresolved: Callable[[str, str], None],
         on_resolved: Callable[[str], None],
         on_change: Callable[[str, Resolution], None],
+        transports: Iterable[str] = TRANSPORT_ORDER,
     ) -> None:
         self.named = {t.name: t.address_parts for t in trunks if t.enabled and t.by_name}
+        self.transports = tuple(t for t in TRANSPORT_ORDER if t in set(transports))
         self.dns = dns
         self.resolver = resolver
         self.rng = rng
@@ -308,7 +463,7 @@ class TrunkTargets:
             resolution = None
             with trio.move_on_after(self.dns.timeout):
                 try:
-                    resolution = await resolve(address, self.resolver)
+                    resolution = await resolve(address, self.resolver, self.transports)
                 except DnsError as exc:
                     why = str(exc)
                 except Exception:

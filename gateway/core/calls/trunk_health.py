@@ -165,7 +165,7 @@ class TrunkProber:
             return "its name has not resolved"
         timeout = min(trunk.options_interval, self.transaction_limit)
         try:
-            request = self._options(trunk)  # no listener for the transport: OSError too
+            request = self._options(trunk, hop.transport)  # no listener for it: OSError too
             client = await self.endpoint.send_request(
                 request, transport=hop.transport, address=(hop.host, hop.port)
             )
@@ -183,12 +183,14 @@ class TrunkProber:
         finally:
             client.forward_to(None)  # later responses (retransmissions) are not ours to read
 
-    def _options(self, trunk: TrunkConfig) -> Request:
+    def _options(self, trunk: TrunkConfig, transport: str) -> Request:
+        """The OPTIONS probe of ``trunk``, sent over ``transport`` (the target's: for a trunk
+        whose transport the DNS chooses, the NAPTR record's; its URI then names none)."""
         spec = trunk.address_parts  # a named trunk's name: the domain, without its targets
         target = SipUri("sip", spec.uri_host, port=spec.port)
-        if spec.transport != "udp":
+        if spec.transport and spec.transport != "udp":
             target = target.with_param("transport", spec.transport)
-        our_host, our_port = self.endpoint.local_address(spec.transport)
+        our_host, our_port = self.endpoint.local_address(transport)
         ours = SipUri(
             "sip", f"[{our_host}]" if ":" in our_host else our_host, user="voipgw", port=our_port
         )

@@ -253,7 +253,7 @@ class TrunkRegistration:
         spec = trunk.address_parts
         registrar = parse_uri_untrusted(f"sip:{domain}")  # checked with the configuration
         assert isinstance(registrar, SipUri)
-        if spec.transport != "udp":
+        if spec.transport and spec.transport != "udp":
             registrar = registrar.with_param("transport", spec.transport)
         aor = f"<sip:{trunk.username}@{domain}>"
         headers = Headers.of(
@@ -272,8 +272,8 @@ class TrunkRegistration:
         return Request("REGISTER", registrar, headers)
 
     def contact(self) -> SipUri:
-        """Our Contact: where the trunk sends its calls."""
-        transport = self.trunk.address_parts.transport
+        """Our Contact: where the trunk sends its calls (on the transport we register over)."""
+        transport = self._transport()
         host, port = self.endpoint.local_address(transport)
         uri = SipUri(
             "sip",
@@ -282,6 +282,15 @@ class TrunkRegistration:
             port=port,
         )
         return uri.with_param("transport", transport) if transport != "udp" else uri
+
+    def _transport(self) -> str:
+        """The transport of the trunk's address; for one whose transport the DNS chooses
+        (NAPTR, RFC 3263 §4.1), that of the target the next REGISTER goes to."""
+        transport = self.trunk.address_parts.transport
+        if transport:
+            return transport
+        hop = next_hop(self.trunk, self.targets, self._turn)
+        return hop.transport if hop is not None else "udp"
 
     def _next(self, request: Request) -> Request:
         """``request`` as a new transaction: the next CSeq, no Via (RFC 3261 §22.2)."""

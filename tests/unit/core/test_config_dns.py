@@ -18,11 +18,48 @@ from gateway.core.config import ConfigError, TrunkAddress, dns_server, from_mapp
         ("udp:sip.carrier.example", ("udp", "sip.carrier.example", None, True)),
         ("tls:SIP.Carrier.Example.", ("tls", "sip.carrier.example", None, True)),
         ("tcp:sip-1.carrier.example:5080", ("tcp", "sip-1.carrier.example", 5080, True)),
+        # No transport and no port: the DNS chooses (NAPTR, RFC 3263 §4.1).
+        ("sip.carrier.example", ("", "sip.carrier.example", None, True)),
+        ("SIP.Carrier.Example.", ("", "sip.carrier.example", None, True)),
     ],
 )
 def test_trunk_addresses(text: str, expected: tuple[object, ...]) -> None:
     parsed = TrunkAddress.parse(text)
     assert (parsed.transport, parsed.host, parsed.port, parsed.is_name) == expected
+
+
+def test_only_a_bare_name_is_looked_up_by_naptr_and_prints_as_written() -> None:
+    naptr = TrunkAddress.parse("sip.carrier.example")
+    assert naptr.by_naptr and str(naptr) == "sip.carrier.example"
+    for text in ("udp:sip.carrier.example", "tcp:sip.carrier.example:5080", "udp:192.0.2.1:5"):
+        parsed = TrunkAddress.parse(text)
+        assert not parsed.by_naptr and str(parsed) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        # A port without a transport: say which, or drop the port for NAPTR.
+        ("sip.carrier.example:5080", "name the transport (udp:, tcp: or tls:)"),
+        ("sip.carrier.example:5080", "leave out the port"),
+        # One label is no name (the resolver's search list would decide); an IP address
+        # without a transport fails as before.
+        ("carrier", "TRANSPORT:HOST:PORT"),
+        ("192.0.2.1:5060", "TRANSPORT:HOST:PORT"),
+        ("192.0.2.1", "TRANSPORT:HOST:PORT"),
+    ],
+)
+def test_addresses_without_a_transport_that_are_refused(text: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_mapping({"trunks": [{"name": "c", "address": text}]}, file="gw.toml")
+    assert (info.value.table, info.value.key) == ("trunks.c", "address")
+    assert words in str(info.value)
+
+
+def test_a_trunk_named_for_naptr_is_by_name_with_no_sources() -> None:
+    config = from_mapping({"trunks": [{"name": "c", "address": "sip.carrier.example"}]}, file="x")
+    (trunk,) = config.trunks
+    assert trunk.by_name and trunk.address_parts.by_naptr and trunk.sources == ()
 
 
 def test_an_ip_trunk_keeps_its_address_spec() -> None:

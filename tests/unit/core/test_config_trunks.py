@@ -165,7 +165,8 @@ T = '[[trunks]]\nname = "t"\naddress = "udp:127.0.0.1:5070"\n'
         ('[[trunks]]\nname = "t"\naddress = "udp:a_b.example"\n', "trunks.t", "address", "labels"),
         ('[[trunks]]\nname = "t"\naddress = "udp:x.example:0"\n', "trunks.t", "address", "1-65535"),
         ('[[trunks]]\nname = "t"\naddress = "ws:x.example"\n', "trunks.t", "address", "udp, tcp"),
-        ('[[trunks]]\nname = "t"\naddress = "x.example"\n', "trunks.t", "address", "NAPTR"),
+        # A name with a port but no transport; a bare name is fine (NAPTR, test_config_dns).
+        ('[[trunks]]\nname = "t"\naddress = "x.example:5"\n', "trunks.t", "address", "NAPTR"),
         (
             '[[trunks]]\nname = "t"\naddress = "127.0.0.1:5070"\n',
             "trunks.t",
