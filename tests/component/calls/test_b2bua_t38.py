@@ -163,7 +163,15 @@ async def test_an_atas_reinvite_to_t38_is_relayed_and_back_to_audio(
         record = gateway_call.security_record()
         for leg in ("a", "b"):
             assert record[leg]["fax_t38"] == "passed through, not encrypted"  # type: ignore[index]
+
         # The fax's datagrams are UDPTL, not RTP: counted apart, so the call has had no RTP.
+        # (A media worker pushes its counters about once a second: wait for them.)
+        def udptl_counted() -> bool:
+            media = gateway_call.security_record()["media"]
+            return media.get("b_to_a_udptl_packets") == len(DATAGRAMS)  # type: ignore[attr-defined]
+
+        await eventually(udptl_counted)
+        record = gateway_call.security_record()
         fax_bytes = sum(len(d) for d in DATAGRAMS)
         assert record["media"] == {  # type: ignore[comparison-overlap]
             **record["media"],  # type: ignore[dict-item]
@@ -190,8 +198,13 @@ async def test_an_atas_reinvite_to_t38_is_relayed_and_back_to_audio(
         with trio.fail_after(5):
             got, _ = await caller.recvfrom(2048)
         assert got == rtp  # the first to arrive: the non-RTP datagram was dropped
+
+        def rtp_counted() -> bool:  # RTP again, counted as RTP; the fax's UDPTL stays
+            media = gateway_call.security_record()["media"]
+            return media.get("b_to_a_packets") == 2  # type: ignore[attr-defined,no-any-return]
+
+        await eventually(rtp_counted)
         media = gateway_call.security_record()["media"]
-        assert media["b_to_a_packets"] == 2  # type: ignore[index]  # RTP again, as RTP
         assert media["b_to_a_udptl_packets"] == len(DATAGRAMS)  # type: ignore[index]
     await call.bye()
     await eventually(lambda: env.calls == 0)
