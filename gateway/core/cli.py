@@ -605,6 +605,13 @@ def describe_location(location: dict[str, Any]) -> str:
     if location.get("updates"):
         line += f", updated {location['updates']} time(s) during the call"
     for error in location.get("errors") or ():
+        if "unanswered_after" in error:
+            # Our location UPDATE got no answer in time: the caller's was answered 200.
+            line += (
+                f", location update unanswered by {error.get('from')} after "
+                f"{error['unanswered_after']:g} s (not delivered)"
+            )
+            continue
         # RFC 6442 §4.3: what the trunk said of it (relayed to the caller).
         line += (
             f", Geolocation-Error {error.get('code')} from {error.get('from')}"

@@ -803,6 +803,10 @@ class MediaCounts:
     (:mod:`gateway.core.media.quality`). None: not counted."""
     call_jitter_seconds: Histogram | None = None
     """At call end, per leg whose phone sent RTCP reports: the highest jitter it reported."""
+    udptl_packets: int = 0
+    """T.38 fax datagrams (UDPTL) relayed, both directions: not RTP, not in ``packets``."""
+    udptl_bytes: int = 0
+    """Their bytes (UDP payload), not in ``bytes``."""
 
 
 @attrs.frozen

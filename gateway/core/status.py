@@ -75,6 +75,8 @@ class MediaTotals:
     srtp_replays: int = 0
     rtcp_reports: int = 0
     rtcp_malformed: int = 0
+    udptl_packets: int = 0
+    udptl_bytes: int = 0
 
     def add_call(self, call: Call) -> int:
         """Add ``call``'s counters so far (closed streams and replaced SRTP sessions
@@ -86,6 +88,11 @@ class MediaTotals:
             self.packets += int(stats["a_to_b_packets"] or 0) + int(stats["b_to_a_packets"] or 0)
             self.bytes += int(stats["a_to_b_bytes"] or 0) + int(stats["b_to_a_bytes"] or 0)
             self.dropped += int(stats["a_to_b_dropped"] or 0) + int(stats["b_to_a_dropped"] or 0)
+            if "a_to_b_udptl_packets" in stats:  # a call that had fax (T.38): not RTP
+                self.udptl_packets += int(stats["a_to_b_udptl_packets"] or 0)
+                self.udptl_packets += int(stats["b_to_a_udptl_packets"] or 0)
+                self.udptl_bytes += int(stats["a_to_b_udptl_bytes"] or 0)
+                self.udptl_bytes += int(stats["b_to_a_udptl_bytes"] or 0)
             quality = call.media.quality
             if quality is not None:
                 for figures in quality.legs.values():
@@ -240,6 +247,8 @@ class StatusView:
             rtcp_malformed=totals.rtcp_malformed,
             call_mos=self._statistics.mos.histogram(),
             call_jitter_seconds=self._statistics.jitter.histogram(),
+            udptl_packets=totals.udptl_packets,
+            udptl_bytes=totals.udptl_bytes,
         )
 
     def sip(self) -> SipCounts:

@@ -78,13 +78,16 @@ failed (not "registered device unreachable": the phone answered).
 Bodies: the SDP is the body (application/sdp) or one part of a multipart/mixed body, as PSTN
 gateways speaking SIP-I or SIP-T send it beside their ISUP (``gateway.core.sdp.body``); each leg
 gets a plain SDP of ours. A body we cannot read is refused 415 with ``Accept: application/sdp,
-multipart/mixed, application/pidf+xml``.
+multipart/mixed, application/pidf+xml``; a lone ``application/pidf+xml`` is a location without
+SDP (RFC 8262 §3: named by the request's Content-ID), as a multipart of it alone would be.
 A caller's location (RFC 6442: Geolocation, a PIDF-LO part) goes on to a trunk whose policy
 allows it, in a multipart body of ours (``gateway.core.calls.location``), and so does a new one
 in the caller's re-INVITE or UPDATE: an UPDATE with an offer is relayed as a re-INVITE, one
 without becomes an UPDATE of ours to the trunk (before the answer in its early dialog), whose
-answer is the caller's. A Geolocation-Error in the trunk's answer to anything that carried the
-location (a 2xx's too) goes on in ours to the caller (§4.3) and into the call record.
+answer is the caller's, waited for at most the trunk's ``response_timeout`` (else
+LOCATION_UPDATE_WAIT): past it the caller gets 200 and the trunk's late answer is absorbed.
+A Geolocation-Error in the trunk's answer to anything that carried the location (a 2xx's
+too) goes on in ours to the caller (§4.3) and into the call record.
 
 A trunk with ``username``/``password`` may challenge any request we send it, not only the
 INVITE: a 401/407 to our re-INVITE, relayed request or BYE is answered once, in the same request
@@ -266,6 +269,13 @@ MAX_LOCATION_ERRORS = 8
 # small for it, RFC 4028 §6): the caller's UPDATE is answered as if it had brought none, rather
 # than failed for the trunk's reasons (a 422 without the caller's Min-SE would mislead it).
 LOCATION_NOT_DELIVERED = frozenset({401, 405, 407, 422, 501})
+# How long the caller's UPDATE waits for the trunk's answer to our location UPDATE when the
+# trunk sets no ``response_timeout`` (which bounds it otherwise), in seconds. Never longer than
+# half of 64*T1: the caller's UPDATE is its session refresh too (RFC 4028 §10), and a phone
+# whose refresh gets no answer in 64*T1 tears the call down. Past it the caller gets 200, as
+# for a trunk that takes no UPDATE (LOCATION_NOT_DELIVERED); the trunk's late answer is
+# absorbed. Carriers answer within milliseconds; a few seconds finds a silent one.
+LOCATION_UPDATE_WAIT = 4.0
 # How long an attended transfer to a trunk's call waits for the consultation call to hand its
 # trunk leg over (one turn of that call's task; it answers at once unless it is ending).
 HAND_OVER_WAIT = 2.0
@@ -337,6 +347,12 @@ class LocatedRequest(InDialogRequest):
     # A "location" UPDATE in a confirmed dialog: the session timer our 2xx to the caller's
     # UPDATE states (RFC 4028 §10); None in an early dialog, which has no session yet.
     answer_timer: UasAnswer | None = None
+    # A "location" UPDATE's bounded wait (:meth:`Call._bound_location_wait`): the scope of its
+    # timer task (cancelled by the answer), and the 408 of ours that task posts, as the
+    # response event that stops the caller's wait (told from a trunk's own 408 by identity).
+    wait: float = 0.0
+    wait_scope: trio.CancelScope | None = None
+    overdue: Response | None = None
 
 
 @attrs.frozen
@@ -751,7 +767,7 @@ class Call:
             await self._reject_a(400, f"Bad Request ({err.reason})", err.reason)
         offer: SessionDescription | None = None
         try:
-            sdp, location_parts = read_body(invite.content_type, invite.body)
+            sdp, location_parts = read_body(invite.content_type, invite.body, invite.headers)
             if sdp:
                 offer = parse_sdp_untrusted(sdp)
         except UnsupportedBody as err:
@@ -1115,7 +1131,10 @@ class Call:
             tag=tag,
             extra=[("Supported", "timer"), *self._refresh_headers(other), *headers],
         )
-        return sent is not None
+        if sent is None:
+            return False
+        self._bound_location_wait(tag)
+        return True
 
     async def _location_to_early_legs(self, event: RequestEvent, location: Location) -> bool:
         """The caller's UPDATE in its early dialog brought a new location (an emergency
@@ -1155,8 +1174,34 @@ class Call:
                 extra=headers,
                 dialog=dialog,
             )
-            sent = sent or client is not None
+            if client is not None:
+                self._bound_location_wait(tag)
+                sent = True
         return sent
+
+    def _bound_location_wait(self, tag: LocatedRequest) -> None:
+        """Bound how long the caller's UPDATE waits for the answer to our location UPDATE
+        ``tag``: the trunk's ``response_timeout``, else LOCATION_UPDATE_WAIT, at most 32*T1
+        (half of Timer F, RFC 3261 §17.1.2.2). A task of the call's (only calls whose caller
+        updates its location have one) posts our 408 then (``tag.overdue``), unless the answer
+        came first and cancelled it."""
+        leg = tag.location_to
+        trunk = self._leg_trunk(leg) if isinstance(leg, BLeg) else None
+        wait = LOCATION_UPDATE_WAIT
+        if trunk is not None and trunk.response_timeout > 0:
+            wait = trunk.response_timeout
+        tag.wait = min(wait, 32 * self.config.sip.t1)
+        tag.wait_scope = trio.CancelScope()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._location_update_overdue, tag)
+
+    async def _location_update_overdue(self, tag: LocatedRequest) -> None:
+        assert tag.wait_scope is not None
+        with tag.wait_scope:
+            await trio.sleep(tag.wait)
+            # Seen by the call's task as the UPDATE's answer (_location_update_answered).
+            tag.overdue = Response(408, f"Request Timeout (no answer within {tag.wait:g} s)")
+            self.post(ResponseEvent(tag, tag.overdue))
 
     async def _location_update_answered(self, tag: LocatedRequest, response: Response) -> None:
         """The final answer to our UPDATE with the caller's location: the caller's UPDATE
@@ -1166,16 +1211,35 @@ class Call:
         there (LOCATION_NOT_DELIVERED; in an early dialog also 408 and 481, which end only
         that callee's early dialog) answers the caller's UPDATE as if it had brought none:
         200, logged. In a confirmed dialog 408 and 481 end the call, as for a re-INVITE (RFC
-        3261 §12.2.1.2: that leg's dialog is gone)."""
+        3261 §12.2.1.2: that leg's dialog is gone).
+
+        No answer within the bounded wait (``tag.overdue``, :meth:`_bound_location_wait`) is
+        not delivered either: 200 to the caller, the call kept, the trunk noted in the call
+        record's location errors. Its answer when it comes (or Timer F's 408) is absorbed: the
+        caller has had its answer; a 2xx still refreshes that leg's session."""
         assert tag.relayed is not None and tag.location_to is not None
         transaction, request = tag.relayed
-        errors = self._geolocation_errors(tag.location_to, response)
-        if transaction.final_status is not None:
-            return  # another early dialog's answer went to the caller
+        overdue = response is tag.overdue
+        if overdue:
+            if transaction.final_status is not None:
+                return  # another early dialog's answer went to the caller: nothing to bound
+            self._location_update_unanswered(tag, response)
+            errors: list[tuple[str, str]] = []
+        else:
+            if tag.wait_scope is not None:
+                tag.wait_scope.cancel()
+            errors = self._geolocation_errors(tag.location_to, response)
         timer = tag.answer_timer
+        if transaction.final_status is not None:
+            # Another early dialog's answer went to the caller, or we stopped waiting.
+            if tag.overdue is not None:
+                self._late_location_answer(tag, response)
+            return
         caller = self._leg(tag.side.other)
         status = response.status
-        if status in LOCATION_NOT_DELIVERED or (timer is None and status in (408, 481)):
+        if overdue:
+            status = 200  # (logged above)
+        elif status in LOCATION_NOT_DELIVERED or (timer is None and status in (408, 481)):
             log.warning(
                 "call %s: location update not delivered to the %s leg (%d %s)",
                 self.id,
@@ -1203,6 +1267,44 @@ class Call:
         await self.endpoint.respond(transaction, make_response(request, 200, extra=fields))
         if timer is not None:
             caller.session_timer = self._started(timer)
+
+    def _location_update_unanswered(self, tag: LocatedRequest, overdue: Response) -> None:
+        """Our location UPDATE ``tag`` had no answer within its bounded wait: logged, and noted
+        in the call record's location errors (the trunk, and how long it was given)."""
+        leg = tag.location_to
+        assert leg is not None
+        trunk = self._leg_trunk(leg) if isinstance(leg, BLeg) else None
+        name = trunk.name if trunk is not None else leg.shown_as
+        log.warning(
+            "call %s: location update not delivered to %s (%s); the caller's UPDATE answered 200",
+            self.id,
+            name,
+            overdue.reason,
+        )
+        noted = self._location_errors
+        if noted is None:
+            noted = self._location_errors = []
+        entry: dict[str, object] = {"from": name, "unanswered_after": tag.wait}
+        if entry not in noted and len(noted) < MAX_LOCATION_ERRORS:
+            noted.append(entry)
+
+    def _late_location_answer(self, tag: LocatedRequest, response: Response) -> None:
+        """The trunk's answer to our location UPDATE ``tag`` after the caller's UPDATE was
+        answered without it (its bounded wait ran out): absorbed, logged. A 2xx in a confirmed
+        dialog refreshed that leg's session all the same (RFC 4028 §10)."""
+        leg = tag.location_to
+        assert leg is not None
+        log.info(
+            "call %s: late answer to the location update on the %s leg absorbed (%d %s)",
+            self.id,
+            tag.side.value.upper(),
+            response.status,
+            response.reason,
+        )
+        dialog = leg.dialog
+        live = dialog is not None and dialog.state is not DialogState.TERMINATED
+        if tag.answer_timer is not None and response.is_success and live:
+            leg.session_timer = self._refreshed_by_2xx(leg, response)
 
     def _with_location(self, leg: BLeg, request: Request, location: Location) -> Request:
         """``request`` to ``leg`` with the caller's location where the policy passes it (a
@@ -2997,7 +3099,7 @@ class Call:
         assert self.media is not None
         try:
             # Without SDP (a late offer, §14.1) the other leg's 2xx makes the offer.
-            sdp, location_parts = read_body(request.content_type, request.body)
+            sdp, location_parts = read_body(request.content_type, request.body, request.headers)
             location = (
                 self._location_update(event.side, request, location_parts)
                 if carries_location(request, location_parts)
@@ -4463,7 +4565,7 @@ class Call:
         gets 488 and the early session stays as it was (§5.2)."""
         request = event.request
         try:
-            sdp, location_parts = read_body(request.content_type, request.body)
+            sdp, location_parts = read_body(request.content_type, request.body, request.headers)
         except SdpError as err:
             unsupported = isinstance(err, UnsupportedBody)
             refusal = make_response(

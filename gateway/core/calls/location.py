@@ -33,10 +33,14 @@ call is never refused for it.
 Updates (RFC 6442 §4.1 has Geolocation in re-INVITE and UPDATE as well): a caller's new
 location is checked the same way and passed by the same policy (the call's
 ``Call._location_update``); one that fails the checks is left out rather than refused. An UPDATE
-without an offer carries it alone (:func:`location_body` without SDP). A Geolocation-Error
-(§4.3) may come on any response to a request that carried location, a 2xx included; it goes
-back to the caller on our counterpart response (:func:`geolocation_errors`), and the call
-record keeps its code only (:func:`location_error_code_untrusted`).
+without an offer carries it alone (:func:`location_body` without SDP), whether it came in a
+multipart body or as the request's whole body (a lone PIDF-LO its Content-ID header field names,
+RFC 8262 §3; ``gateway.core.sdp.body``). The caller's UPDATE waits for the trunk's answer to
+ours for a bounded time only (``Call._bound_location_wait``): it is its session refresh too.
+A Geolocation-Error (§4.3) may come on any response to a request that carried location, a
+2xx included; it goes back to the caller on our counterpart response
+(:func:`geolocation_errors`), and the call record keeps its code only
+(:func:`location_error_code_untrusted`).
 
 A location is personal data: its contents are never logged or recorded, only that one was
 conveyed (by value or by reference), its size and its Content-ID.

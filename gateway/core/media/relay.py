@@ -72,8 +72,10 @@ address (direction ``a_to_b``), and the reverse.
   first octet, the high byte of its sequence number, may look like RTP version 2), transformed
   (UDPTL is never encrypted by us) nor handed to a key exchange; latching works as for RTP; taps
   see each datagram; datagrams longer than :data:`MAX_OPAQUE_DATAGRAM` are dropped as malformed.
-  The RTCP socket relays nothing then. The mode is decided at setup: an opaque socket is kept in
-  a table of its own, looked up only where the RTP table has no endpoint, so RTP pays nothing.
+  They are counted apart from RTP (``udptl_packets``/``udptl_bytes``), so a fax call is never
+  shown as having had RTP. The RTCP socket relays nothing then. The mode is decided at setup:
+  an opaque socket is kept in a table of its own, looked up only where the RTP table has no
+  endpoint, so RTP pays nothing.
 - Every drop is counted per direction and reason; :meth:`DirectionControl.statistics`.
 - Reading RTCP (call quality, :mod:`~gateway.core.media.quality`): a direction's
   :attr:`DirectionControl.rtcp_observer` gets each of its RTCP datagrams, plain (after SRTCP
@@ -279,10 +281,15 @@ class DirectionStatistics:
     receive_errors: int
     """Receive failures other than "nothing to read" (on a socket connected to its peer also
     once per ICMP error the peer's host returned)."""
+    udptl_packets: int = 0
+    """Datagrams an opaque stream forwarded (T.38 fax over UDPTL, :meth:`MediaStream.
+    set_opaque`): not RTP, never in ``rtp_packets``."""
+    udptl_bytes: int = 0
+    """Their bytes (UDP payload)."""
 
     @property
     def packets(self) -> int:
-        """RTP and RTCP packets forwarded."""
+        """RTP and RTCP packets forwarded (T.38 UDPTL datagrams not among them)."""
         return self.rtp_packets + self.rtcp_packets
 
     @property
@@ -311,7 +318,7 @@ class RelayStatistics:
     wakeups: int
     """Times the serving task woke up; ``packets / wakeups`` is the batch size."""
     packets: int
-    """Packets forwarded by the streams open now."""
+    """Packets forwarded by the streams open now (RTP, RTCP and T.38 UDPTL)."""
     dropped: int
     """Packets dropped by the streams open now."""
 
@@ -402,6 +409,8 @@ class _Endpoint:
         "stream",
         "tap_errors",
         "taps",
+        "udptl_bytes",
+        "udptl_packets",
     )
 
     def __init__(
@@ -433,6 +442,9 @@ class _Endpoint:
         self.ice: IceHandler | None = None
         self.hands_on = False  # non_rtp or ice: datagrams that are not RTP/RTCP have a taker
         self.dropped_malformed = 0
+        # Datagrams an opaque stream relayed (T.38 UDPTL, _relay_opaque): not RTP.
+        self.udptl_packets = 0
+        self.udptl_bytes = 0
         self.dropped_unlatched_source = 0
         self.dropped_blocked = 0
         self.receive_errors = 0
@@ -809,6 +821,8 @@ class DirectionControl:
             transform_errors=transform_errors,
             tap_errors=rtp_ep.tap_errors + rtcp_ep.tap_errors,
             receive_errors=rtp_ep.receive_errors + rtcp_ep.receive_errors,
+            udptl_packets=rtp_ep.udptl_packets,  # (only the RTP socket relays UDPTL)
+            udptl_bytes=rtp_ep.udptl_bytes,
         )
 
 
@@ -853,8 +867,8 @@ class MediaStream:
         over UDPTL, ITU-T T.38 Annex D), or as RTP/RTCP again (``False``: a re-INVITE back to
         audio). Ports, remote addresses and latched sources stay. An opaque stream never runs
         transforms (UDPTL is never encrypted by us) nor non-RTP handlers, and relays nothing on
-        the RTCP sockets. Its datagrams count as ``rtp_packets``/``rtp_bytes`` in
-        :meth:`DirectionControl.statistics`."""
+        the RTCP sockets. Its datagrams count as ``udptl_packets``/``udptl_bytes`` in
+        :meth:`DirectionControl.statistics`, never as RTP."""
         relay = self._relay
         if relay is None or opaque == self._opaque:
             return
@@ -1527,7 +1541,7 @@ class MediaRelay:
         return RelayStatistics(
             streams=len(self._streams),
             wakeups=self._wakeups,
-            packets=sum(d.packets for d in directions),
+            packets=sum(d.packets + d.udptl_packets for d in directions),
             dropped=sum(d.dropped for d in directions),
         )
 
@@ -1735,8 +1749,8 @@ class MediaRelay:
         except OSError:
             route.dropped_send_error += 1
             return
-        route.packets += 1
-        route.bytes += size
+        ep.udptl_packets += 1  # not RTP: a fax call must not read as one that had audio
+        ep.udptl_bytes += size
 
     def _set_opaque(self, stream: MediaStream, opaque: bool) -> None:
         """Move ``stream``'s RTP sockets to the opaque table (``opaque``) or back."""

@@ -228,6 +228,9 @@ class _Totals:
     bytes: dict[str, int] = attrs.Factory(lambda: {"a_to_b": 0, "b_to_a": 0})
     dropped: dict[str, int] = attrs.Factory(lambda: {"a_to_b": 0, "b_to_a": 0})
     last_activity: float | None = None
+    # T.38 UDPTL datagrams and bytes per direction ("a_to_b_udptl_packets" ...), made when the
+    # first stream of a call that had fax closes: calls without fax never have one.
+    udptl: dict[str, int] | None = None
 
 
 class MediaSession:
@@ -273,6 +276,7 @@ class MediaSession:
         self._exchange: _Exchange | None = None
         self._totals = _Totals()
         self._closed = False
+        self._faxed = False  # a stream went T.38 (UDPTL): statistics() count its datagrams
         # DTMF interworking (docs/architecture.md "DTMF interworking"): on, when the relay can.
         self._interworks_dtmf = dtmf_interworking and relay.interworks_dtmf
         self.dtmf: DtmfPlan | None = None
@@ -359,7 +363,9 @@ class MediaSession:
 
     def statistics(self) -> dict[str, int | float | None]:
         """A summary for ``voipgw calls``: open streams, and per direction the packets and bytes
-        forwarded and packets dropped by every stream of the call, closed ones included."""
+        forwarded and packets dropped by every stream of the call, closed ones included. The
+        packets are RTP and RTCP; a call that had fax also has its T.38 UDPTL datagrams and
+        bytes per direction apart (``a_to_b_udptl_packets`` ...): UDPTL is not RTP."""
         packets = dict(self._totals.packets)
         octets = dict(self._totals.bytes)
         dropped = dict(self._totals.dropped)
@@ -368,7 +374,7 @@ class MediaSession:
                 packets[name] += counters[0]
                 octets[name] += counters[1]
                 dropped[name] += counters[2]
-        return {
+        summary: dict[str, int | float | None] = {
             "streams": len(self.streams),
             "a_to_b_packets": packets["a_to_b"],
             "a_to_b_bytes": octets["a_to_b"],
@@ -378,6 +384,17 @@ class MediaSession:
             "b_to_a_dropped": dropped["b_to_a"],
             "last_activity": self.last_activity,
         }
+        if self._faxed:
+            summary.update(self._udptl_statistics())
+        return summary
+
+    def _udptl_statistics(self) -> dict[str, int]:
+        """The T.38 UDPTL datagrams and bytes each direction forwarded, closed streams
+        included."""
+        counts = dict(self._totals.udptl or dict.fromkeys(_UDPTL_KEYS, 0))
+        for stream in self.streams:
+            _add_udptl(counts, stream)
+        return counts
 
     # -- the A -> B names of the general form --------------------------------------------------
 
@@ -697,6 +714,7 @@ class MediaSession:
         if stream is None or stream.opaque == opaque:
             return
         stream.set_opaque(opaque)
+        self._faxed = self._faxed or opaque
 
     def _remote_of(
         self, sd: SessionDescription, media: MediaDescription, index: int, *, rtcp_mux: bool
@@ -1050,6 +1068,10 @@ class MediaSession:
             totals.packets[name] += counters[0]
             totals.bytes[name] += counters[1]
             totals.dropped[name] += counters[2]
+        if self._faxed:
+            if totals.udptl is None:
+                totals.udptl = dict.fromkeys(_UDPTL_KEYS, 0)
+            _add_udptl(totals.udptl, stream)
         activity = stream.last_activity
         if totals.last_activity is None or activity > totals.last_activity:
             totals.last_activity = activity
@@ -1116,6 +1138,22 @@ def _direction_statistics(stream: RelayStream) -> list[tuple[str, tuple[int, int
         stats = control.statistics()
         found.append((name, (stats.packets, stats.rtp_bytes + stats.rtcp_bytes, stats.dropped)))
     return found
+
+
+_UDPTL_KEYS = (
+    "a_to_b_udptl_packets",
+    "a_to_b_udptl_bytes",
+    "b_to_a_udptl_packets",
+    "b_to_a_udptl_bytes",
+)
+
+
+def _add_udptl(counts: dict[str, int], stream: RelayStream) -> None:
+    """Add ``stream``'s T.38 UDPTL counters to ``counts`` (keyed as :data:`_UDPTL_KEYS`)."""
+    for name, control in (("a_to_b", stream.a_to_b), ("b_to_a", stream.b_to_a)):
+        stats = control.statistics()
+        counts[f"{name}_udptl_packets"] += stats.udptl_packets
+        counts[f"{name}_udptl_bytes"] += stats.udptl_bytes
 
 
 def _rtcp_mux(media: MediaDescription) -> bool:

@@ -11,7 +11,10 @@ is refused with 415 listing what we accept (RFC 3261 §21.4.13, RFC 5621 §3.2).
 Location parts (``application/pidf+xml``, RFC 6442 §4.1) are the exception: the B2BUA honours
 them, passing them on to the trunk or dropping them by its location policy
 (``gateway.core.calls.location``), so they are never refused, whatever their ``handling``;
-:func:`read_body` hands them over as received.
+:func:`read_body` hands them over as received. A location may also be the whole body, without
+SDP (a location-only UPDATE, RFC 3311 §5.1 needing no offer, or a late-offer INVITE): RFC 8262
+§3 lets a ``Content-ID`` header field of the message name its body, so that a Geolocation
+``cid:`` reaches a lone ``application/pidf+xml`` body as it reaches a multipart's part.
 
 Bounded like everything read from the network: at most ``MAX_PARTS`` parts of at most
 ``MAX_PART_HEADERS`` header lines each (the SIP parser bounds the body's size).
@@ -20,6 +23,7 @@ Bounded like everything read from the network: at most ``MAX_PARTS`` parts of at
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 import attrs
 
@@ -33,6 +37,12 @@ MAX_PARTS = 8
 MAX_PART_HEADERS = 16
 # RFC 2046 §5.1.1: 1 to 70 bchars, not ending in a space.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+
+
+class HeaderFields(Protocol):
+    """The header fields of a message (``gateway.core.sip.message.Headers``)."""
+
+    def get(self, name: str) -> str | None: ...
 
 
 class UnsupportedBody(SdpError):
@@ -62,9 +72,14 @@ def sdp_of(content_type: str | None, body: bytes) -> bytes:
     return read_body(content_type, body)[0]
 
 
-def read_body(content_type: str | None, body: bytes) -> tuple[bytes, tuple[BodyPart, ...]]:
+def read_body(
+    content_type: str | None, body: bytes, headers: HeaderFields | None = None
+) -> tuple[bytes, tuple[BodyPart, ...]]:
     """:func:`sdp_of`, and the location parts (``application/pidf+xml``) of a multipart body
-    beside it (none for any other body). Raises as :func:`sdp_of`."""
+    beside it, or the body itself when it is a lone location (no SDP; none for any other
+    body). ``headers``: the message's header fields, whose Content-ID and Content-Disposition
+    a lone location takes (RFC 8262 §3, RFC 3261 §20.11); read only for such a body. Raises as
+    :func:`sdp_of`."""
     if not body:
         return b"", ()
     media_type, parameters = _media_type(content_type)
@@ -72,7 +87,30 @@ def read_body(content_type: str | None, body: bytes) -> tuple[bytes, tuple[BodyP
         return body, ()
     if media_type == MULTIPART_MIXED:
         return _multipart(body, parameters.get("boundary"))
+    if media_type == PIDF:
+        assert content_type is not None  # (a media type was read from it)
+        return b"", (_lone_location(content_type, body, headers),)
     raise UnsupportedBody(f"unsupported body type {content_type or '(none)'}")
+
+
+def _lone_location(content_type: str, body: bytes, headers: HeaderFields | None) -> BodyPart:
+    """A body that is a location alone (RFC 6442 §4.1, by value), as the part it becomes in a
+    multipart body of ours: its header lines (Content-Type, and the message's Content-ID and
+    Content-Disposition, RFC 8262 §3: they describe the body) and its content. Its size is
+    bounded as a multipart's location part is, where it is named (``location.py``)."""
+    content_id = headers.get("Content-ID") if headers is not None else None
+    disposition = headers.get("Content-Disposition") if headers is not None else None
+    lines = [f"Content-Type: {content_type}"]
+    if content_id is not None:
+        lines.append(f"Content-ID: {content_id}")
+    if disposition is not None:
+        lines.append(f"Content-Disposition: {disposition}")
+    raw = "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n" + body
+    if content_id is not None:
+        content_id = content_id.strip()
+        if content_id[:1] == "<" and content_id[-1:] == ">":
+            content_id = content_id[1:-1]
+    return BodyPart(PIDF, content_id or None, raw, body)
 
 
 def _media_type(value: str | None) -> tuple[str, dict[str, str]]:

@@ -261,6 +261,18 @@ def _media(out: Exposition, status: GatewayStatus) -> None:
     )
     out.sample(media.bytes)
     out.family(
+        "voipgw_media_relayed_udptl_packets_total",
+        "counter",
+        "T.38 fax (UDPTL) datagrams relayed, both directions; not RTP, not in the packets above.",
+    )
+    out.sample(media.udptl_packets)
+    out.family(
+        "voipgw_media_relayed_udptl_bytes_total",
+        "counter",
+        "T.38 fax (UDPTL) bytes relayed (UDP payload), both directions.",
+    )
+    out.sample(media.udptl_bytes)
+    out.family(
         "voipgw_media_dropped_packets_total",
         "counter",
         "Media packets dropped: unlatched source, blocked (no keys), SRTP failure, malformed, "

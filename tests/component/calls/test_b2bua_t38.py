@@ -164,6 +164,26 @@ async def test_an_atas_reinvite_to_t38_is_relayed_and_back_to_audio(
         for leg in ("a", "b"):
             assert record[leg]["fax_t38"] == "passed through, not encrypted"  # type: ignore[index]
 
+        # The fax's datagrams are UDPTL, not RTP: counted apart, so the call has had no RTP.
+        # (A media worker pushes its counters about once a second: wait for them.)
+        def udptl_counted() -> bool:
+            media = gateway_call.security_record()["media"]
+            return media.get("b_to_a_udptl_packets") == len(DATAGRAMS)  # type: ignore[attr-defined]
+
+        await eventually(udptl_counted)
+        record = gateway_call.security_record()
+        fax_bytes = sum(len(d) for d in DATAGRAMS)
+        assert record["media"] == {  # type: ignore[comparison-overlap]
+            **record["media"],  # type: ignore[dict-item]
+            "a_to_b_packets": 0,
+            "b_to_a_packets": 0,
+            "a_to_b_bytes": 0,
+            "a_to_b_udptl_packets": len(DATAGRAMS),
+            "b_to_a_udptl_packets": len(DATAGRAMS),
+            "a_to_b_udptl_bytes": fax_bytes,
+            "b_to_a_udptl_bytes": fax_bytes,
+        }
+
         # The fax is over: back to audio, RTP again on the same ports.
         response = await ata.reinvite(simple_sdp("127.0.0.1", CALLEE_PORT, version=3))
         assert response.status == 200
@@ -178,6 +198,14 @@ async def test_an_atas_reinvite_to_t38_is_relayed_and_back_to_audio(
         with trio.fail_after(5):
             got, _ = await caller.recvfrom(2048)
         assert got == rtp  # the first to arrive: the non-RTP datagram was dropped
+
+        def rtp_counted() -> bool:  # RTP again, counted as RTP; the fax's UDPTL stays
+            media = gateway_call.security_record()["media"]
+            return media.get("b_to_a_packets") == 2  # type: ignore[attr-defined,no-any-return]
+
+        await eventually(rtp_counted)
+        media = gateway_call.security_record()["media"]
+        assert media["b_to_a_udptl_packets"] == len(DATAGRAMS)  # type: ignore[index]
     await call.bye()
     await eventually(lambda: env.calls == 0)
 
@@ -367,3 +395,37 @@ async def test_a_fax_only_call_relays_t38_from_its_first_invite(
         )
     await call.bye()
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_fax_calls_datagrams_are_counted_apart_from_rtp_in_the_metrics(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A fax-only call: its UDPTL datagrams go to ``voipgw_media_relayed_udptl_*``, not to the
+    RTP and RTCP packets (none: the call had no audio), live and after its end (its stream's
+    counters kept when it closes)."""
+    from tests.component.calls.test_b2bua_metrics import metrics_env, scrape
+
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=t38_sdp(CALLER_PORT, version=1))
+    ata = await env.alice.next_call()
+    offered = parse_sdp_untrusted(ata.invite.body).media
+    await ata.answer(200, sdp=t38_sdp(CALLEE_PORT, version=1))
+    final = await call.final()
+    caller, callee = await bind(CALLER_PORT), await bind(CALLEE_PORT)
+    with caller, callee:
+        await fax_both_ways(
+            caller,
+            ("127.0.0.1", image_port(final.body)),
+            callee,
+            ("127.0.0.1", offered[0].port),
+        )
+    fax_bytes = 2 * sum(len(d) for d in DATAGRAMS)
+    for when in ("live", "ended"):
+        if when == "ended":
+            await call.bye()
+            await eventually(lambda: env.calls == 0)
+        figures = await scrape(address)
+        assert figures["voipgw_media_relayed_udptl_packets_total"] == 2 * len(DATAGRAMS), when
+        assert figures["voipgw_media_relayed_udptl_bytes_total"] == fax_bytes
+        assert figures["voipgw_media_relayed_packets_total"] == 0
+        assert figures["voipgw_media_relayed_bytes_total"] == 0

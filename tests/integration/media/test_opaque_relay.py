@@ -98,8 +98,11 @@ async def test_datagrams_are_relayed_byte_identical_both_ways(
             received, _ = await alice.receive()
             assert received == datagram[::-1]
         stats = stream.a_to_b.statistics()
-        assert stats.rtp_packets == len(TRICKY)
+        # UDPTL is not RTP: counted apart (a fax call must not read as one that had audio).
+        assert (stats.udptl_packets, stats.rtp_packets, stats.packets) == (len(TRICKY), 0, 0)
+        assert stats.udptl_bytes == sum(len(d) for d in TRICKY) and stats.rtp_bytes == 0
         assert stats.dropped == 0
+        assert relay.statistics().packets == 2 * len(TRICKY)  # (the batch size counts them)
         assert stream.a.rtp_source == alice.rtp_address  # latched like RTP
 
 

@@ -24,7 +24,7 @@ from gateway.core.calls.location import (
     with_location,
 )
 from gateway.core.config import ConfigError
-from gateway.core.sdp.body import BodyPart, read_body, sdp_of
+from gateway.core.sdp.body import BodyPart, UnsupportedBody, read_body, sdp_of
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.message import Headers, Request, Response
 
@@ -266,6 +266,39 @@ def test_a_location_part_is_read_not_refused_whatever_its_handling(disposition: 
     assert read_body("application/sdp", SDP) == (SDP, ())
 
 
+def test_a_lone_location_body_is_read_as_its_part_named_by_the_content_id_field() -> None:
+    """RFC 8262 §3: a Content-ID header field names the whole body, so a lone PIDF-LO (a
+    location-only UPDATE, a late-offer INVITE) is read as the part it becomes in our multipart
+    body: no SDP, its Content-Type (parameters kept), Content-ID and Content-Disposition."""
+    headers = Headers.of(
+        [("Content-ID", " <loc1@example.com> "), ("Content-Disposition", "render")]
+    )
+    sdp, parts = read_body("application/pidf+xml;charset=UTF-8", PIDF, headers)
+    raw = (
+        b"Content-Type: application/pidf+xml;charset=UTF-8\r\n"
+        b"Content-ID:  <loc1@example.com> \r\nContent-Disposition: render\r\n\r\n" + PIDF
+    )
+    assert sdp == b""
+    assert parts == (BodyPart("application/pidf+xml", "loc1@example.com", raw, PIDF),)
+    # Without the message's fields (a response's SDP read): no Content-ID, no SDP either.
+    assert sdp_of("Application/PIDF+XML", PIDF) == b""
+    assert read_body("application/pidf+xml", PIDF) == (
+        b"",
+        (part(None),),
+    )
+    # Named by the Geolocation cid:, checked and bounded as a multipart's part is.
+    request = invite(("Geolocation", "<cid:loc1@example.com>"), body=b"")
+    location = offered_location(request, parts)
+    assert location.parts == parts and location.conveyed == "by value"
+    big = read_body("application/pidf+xml", PIDF + b" " * MAX_LOCATION_SIZE, headers)[1]
+    with pytest.raises(LocationError) as raised:
+        offered_location(request, big)
+    assert raised.value.status == 424
+    # Other lone types are still refused (415).
+    with pytest.raises(UnsupportedBody):
+        read_body("text/plain", b"hello", headers)
+
+
 def test_the_call_record_line_says_how_and_where_never_where_the_caller_is() -> None:
     from gateway.core.cli import describe_location
 
@@ -283,6 +316,10 @@ def test_the_call_record_line_says_how_and_where_never_where_the_caller_is() -> 
     record["errors"] = [{"from": "carrier", "status": 424, "code": "300"}]
     assert describe_location(record).endswith(
         "during the call, Geolocation-Error 300 from carrier (424)"
+    )
+    record["errors"] = [{"from": "carrier", "unanswered_after": 4.0}]
+    assert describe_location(record).endswith(
+        "during the call, location update unanswered by carrier after 4 s (not delivered)"
     )
 
 

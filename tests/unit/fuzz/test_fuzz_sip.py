@@ -80,6 +80,16 @@ INVITE_MULTIPART = (
     + b"\r\n\r\n"
     + MULTIPART_BODY
 )
+LONE_PIDF = b"<?xml version='1.0'?><presence entity='pres:a@example.com'/>\r\n"
+UPDATE_LONE_PIDF = (  # a location-only UPDATE: its Content-ID names the body (RFC 8262 §3)
+    INVITE.split(b"Content-Type:")[0].replace(b"INVITE", b"UPDATE")
+    + b"Content-ID: <target123@example.com>\r\n"
+    + b"Content-Type: application/pidf+xml\r\n"
+    + b"Content-Length: "
+    + str(len(LONE_PIDF)).encode()
+    + b"\r\n\r\n"
+    + LONE_PIDF
+)
 REQUESTS = (
     b"SUBSCRIBE sip:bob@gw.example.com SIP/2.0\r\n"
     b"Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bKsub1\r\nMax-Forwards: 70\r\n"
@@ -134,6 +144,7 @@ SEEDS = (
     *(raw for _, raw in MESSAGES.values()),
     INVITE,
     INVITE_MULTIPART,
+    UPDATE_LONE_PIDF,
     *REQUESTS,
     *RESPONSES,
 )
@@ -151,7 +162,7 @@ def _read(message: Request | Response) -> None:
     for name in ("Supported", "Require", "Proxy-Require", "Allow"):
         headers.option_tags(name)
     with contextlib.suppress(SdpError):
-        read_body(message.content_type, message.body)
+        read_body(message.content_type, message.body, message.headers)
     for parse, name in (
         (parse_event_untrusted, "Event"),
         (parse_subscription_state_untrusted, "Subscription-State"),

@@ -13,7 +13,7 @@ from gateway.core.calls.limits import NO_LIMIT, CallLimits, Limit
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.keying import StreamKeys, StreamSrtp
 from gateway.core.media.srtp import SrtpSession
-from gateway.core.status import SETUP_BUCKETS, CallStatistics, end_outcome
+from gateway.core.status import SETUP_BUCKETS, CallStatistics, MediaTotals, end_outcome
 from gateway.core.store.interface import Binding, BindingFlow
 from gateway.core.store.sqlite import SqliteStore
 from gateway.plugins.metrics import MetricsConfig
@@ -119,6 +119,34 @@ def test_srtp_counters_of_a_stream_survive_a_rekey() -> None:
     assert srtp.statistics()["a"].auth_failures == 2
     srtp.close()
     phone.close()
+
+
+def test_a_fax_calls_udptl_datagrams_are_summed_apart_from_rtp() -> None:
+    """A call record's ``*_udptl_*`` figures (a call that went T.38) go to the UDPTL totals,
+    not to the packets (RTP and RTCP); a call without them adds nothing there."""
+    media = {
+        "streams": 1,
+        "a_to_b_packets": 3,
+        "a_to_b_bytes": 30,
+        "a_to_b_dropped": 0,
+        "b_to_a_packets": 4,
+        "b_to_a_bytes": 40,
+        "b_to_a_dropped": 1,
+        "last_activity": 1.0,
+    }
+    fax = {
+        **media,
+        "a_to_b_udptl_packets": 5,
+        "a_to_b_udptl_bytes": 500,
+        "b_to_a_udptl_packets": 6,
+        "b_to_a_udptl_bytes": 600,
+    }
+    totals = MediaTotals()
+    for figures in (media, fax):
+        session = SimpleNamespace(statistics=lambda f=figures: f, quality=None)
+        assert totals.add_call(SimpleNamespace(media=session, keying=None)) == 1  # type: ignore[arg-type]
+    assert (totals.packets, totals.bytes, totals.dropped) == (14, 140, 2)
+    assert (totals.udptl_packets, totals.udptl_bytes) == (11, 1100)
 
 
 def test_call_limits_count_their_refusals_by_key_and_why() -> None:
