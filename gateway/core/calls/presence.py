@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REGISTRATION_POLL = 10.0
+REGISTRATION_POLL = 5.0
 """Seconds between two looks at the watched accounts' registrations in the store: how late a
 watcher learns of a registration made, or removed, elsewhere (another node, the CLI)."""
 YIELD_EVERY = 100
