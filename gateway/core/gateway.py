@@ -487,6 +487,10 @@ class Gateway:
                 binding.aor,
                 binding.contact,
             )
+        if self.presence is not None:
+            # Its watchers see it closed now, not at the next look at the store.
+            for account in {binding.account for binding in bindings}:
+                self.presence.bindings_removed(account)
 
     # -- running ----------------------------------------------------------------------------
 

@@ -19,12 +19,13 @@ live registration binding and ``closed`` once its last one goes, as FreeSWITCH a
 show it. Only watched accounts are followed (the table of
 :class:`gateway.core.sip.presence.Registrations`, kept by the notifier): a REGISTER this node
 handles tells :meth:`Presence.registered` (for an account nobody watches: a truth test and a
-dict lookup), the binding's expiry wakes :meth:`Presence.follow_registrations`, which looks
-the account up in the store again (a refresh another node took), and every
-:data:`REGISTRATION_POLL` seconds it looks every watched account up (a registration or removal
-on another node sharing the store, ``voipgw accounts remove``, a binding removed for a revoked
-certificate or a dead NAT flow). The store keeps its bindings in memory until another
-connection writes (gateway/core/store/), so a look-up is a dict lookup in the common case.
+dict lookup), a removal for a revoked certificate :meth:`Presence.bindings_removed`; the
+binding's expiry wakes :meth:`Presence.follow_registrations`, which looks the account up in the
+store again (a refresh another node took), and every :data:`REGISTRATION_POLL` seconds it looks
+every watched account up (a registration or removal on another node sharing the store,
+``voipgw accounts remove``, a binding removed for a dead NAT flow). The store keeps its bindings
+in memory until another connection writes (gateway/core/store/), so a look-up is a dict lookup
+in the common case.
 Watchers get a NOTIFY only when the account goes from registered to not or back, and only
 while no publication of its hides it.
 
@@ -177,6 +178,16 @@ class Presence:
             return
         self.notifier.registration_changed(account, [b.expires_at for b in bindings])
         self._registrations_changed.set()
+
+    def bindings_removed(self, account: str) -> None:
+        """Bindings of ``account`` were removed outside a REGISTER (a revoked certificate):
+        looked up again at once when someone watches it."""
+        registrations = self.notifier.registrations
+        if registrations is None or account not in registrations:
+            return
+        expiries = self.notifier.binding_expiries(account)
+        if expiries is not None:
+            self.notifier.registration_changed(account, expiries)
 
     async def follow_registrations(self) -> None:
         """Keep the watched accounts' registration state: look an account up in the store when

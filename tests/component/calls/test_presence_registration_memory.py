@@ -17,7 +17,14 @@ from gateway.core.ids import SeededIds
 from gateway.core.sip.dialog import Dialog
 from gateway.core.store.interface import Binding, BindingFlow
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
-from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, next_within
+from tests.component.calls.b2bua_env import (
+    ALICE,
+    ALICE_DID,
+    GW,
+    B2bua,
+    eventually,
+    next_within,
+)
 from tests.component.calls.test_presence_memory import (
     basic,
     next_document,
@@ -139,6 +146,24 @@ async def test_the_store_seen_by_a_poll_other_node_or_cli(
     await env.gateway.before_stop()
     await eventually(lambda: presence_count(env) == 0)
     assert "alice" not in env.gateway.dialog_events.registrations
+
+
+async def test_a_revoked_certificate_closes_at_once(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The bindings over a flow whose certificate a reloaded CRL revoked are removed; the
+    watchers are told then, not at the next look at the store."""
+    env, bob = await start(nursery, tmp_path, voipgw_seed, from_registration=None)
+    await subscribe(bob)
+    _, document = await next_document(bob)
+    assert basic(document) == ["open"]
+    flow = env.gateway.flows.find("udp", ALICE)
+    assert flow is not None
+    revoked = trio.current_time()
+    await env.gateway.flow_revoked(flow, "certificate revoked")
+    _, document = await next_document(bob, timeout=REGISTRATION_POLL)
+    assert trio.current_time() - revoked < 0.5
+    assert basic(document) == ["closed"]
 
 
 async def test_off_registration_is_not_looked_at(
