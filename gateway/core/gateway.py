@@ -490,7 +490,7 @@ class Gateway:
         if self.presence is not None:
             # Its watchers see it closed now, not at the next look at the store.
             for account in {binding.account for binding in bindings}:
-                self.presence.bindings_removed(account)
+                self.presence.bindings_changed(account)
 
     # -- running ----------------------------------------------------------------------------
 

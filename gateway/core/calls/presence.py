@@ -19,7 +19,7 @@ live registration binding and ``closed`` once its last one goes, as FreeSWITCH a
 show it. Only watched accounts are followed (the table of
 :class:`gateway.core.sip.presence.Registrations`, kept by the notifier): a REGISTER this node
 handles tells :meth:`Presence.registered` (for an account nobody watches: a truth test and a
-dict lookup), a removal for a revoked certificate :meth:`Presence.bindings_removed`; the
+dict lookup), a removal for a revoked certificate :meth:`Presence.bindings_changed`; the
 binding's expiry wakes :meth:`Presence.follow_registrations`, which looks the account up in the
 store again (a refresh another node took), and every :data:`REGISTRATION_POLL` seconds it looks
 every watched account up (a registration or removal on another node sharing the store,
@@ -165,8 +165,8 @@ class Presence:
     # -- presence from registration ([presence] from_registration) ------------------------------
 
     def registered(self, aor: str, bindings: tuple[Binding, ...]) -> None:
-        """A REGISTER of ``aor`` accepted on this node; ``bindings`` are its bindings now
-        (none: it unregistered). A truth test and a dict lookup for an account nobody
+        """A REGISTER of ``aor`` accepted on this node; ``bindings`` are that AOR's bindings
+        now (none: it unregistered). A truth test and a dict lookup for an account nobody
         watches."""
         registrations = self.notifier.registrations
         if not registrations:
@@ -174,13 +174,14 @@ class Presence:
         # The registrar's AOR is sip:USER@HOST with USER the account's name, unescaped
         # (gateway/core/registrar.py: canonical_aor; an account registers only its own).
         account = bindings[0].account if bindings else aor[aor.find(":") + 1 : aor.rfind("@")]
-        if account not in registrations:
-            return
-        self.notifier.registration_changed(account, [b.expires_at for b in bindings])
-        self._registrations_changed.set()
+        if account in registrations:
+            # All its bindings, not this AOR's: it may be registered under another of our
+            # domains too (the store has just been written: its cache was refilled or dropped).
+            self.bindings_changed(account)
+            self._registrations_changed.set()
 
-    def bindings_removed(self, account: str) -> None:
-        """Bindings of ``account`` were removed outside a REGISTER (a revoked certificate):
+    def bindings_changed(self, account: str) -> None:
+        """Bindings of ``account`` were added or removed (a REGISTER, a revoked certificate):
         looked up again at once when someone watches it."""
         registrations = self.notifier.registrations
         if registrations is None or account not in registrations:

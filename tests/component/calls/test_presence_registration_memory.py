@@ -148,6 +148,35 @@ async def test_the_store_seen_by_a_poll_other_node_or_cli(
     assert "alice" not in env.gateway.dialog_events.registrations
 
 
+async def test_registered_under_another_address_of_record_stays_open(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """An account is registered while any of its bindings lives, whatever the AOR (another of
+    our domains): un-REGISTERing one AOR leaves it open."""
+    env, bob = await start(nursery, tmp_path, voipgw_seed, from_registration=None)
+    store = env.gateway.store
+    assert store is not None
+    other = Binding(
+        aor="sip:alice@voip.example",
+        key="sip:alice@192.0.2.8:5060",
+        account="alice",
+        contact="sip:alice@192.0.2.8:5060",
+        expires_at=time.time() + 600,
+        call_id="desk-phone",
+        cseq=1,
+        flow=BindingFlow("udp", "127.0.0.1:5060", "192.0.2.8:5060"),
+    )
+    store.upsert_binding(other)
+    await subscribe(bob)
+    _, document = await next_document(bob)
+    assert basic(document) == ["open"]
+    assert (await env.alice.register(expires=0)).status == 200
+    assert await next_within(bob, "NOTIFY", 2 * REGISTRATION_POLL) is None
+    store.remove_binding(other.aor, other.key)
+    _, document = await next_document(bob, timeout=2 * REGISTRATION_POLL)
+    assert basic(document) == ["closed"]
+
+
 async def test_a_revoked_certificate_closes_at_once(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
