@@ -298,7 +298,10 @@ class Gateway:
             if keepalive is not None:
                 keepalive.registered(aor, bindings)
             if self.presence is not None:
-                self.presence.registered(aor, bindings)
+                try:
+                    self.presence.registered(aor, bindings)
+                except Exception:  # the REGISTER is answered all the same (STYLE.md habit 6)
+                    log.exception("presence from the registration of %s", aor)
 
         return registered
 

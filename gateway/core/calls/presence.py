@@ -212,8 +212,12 @@ class Presence:
                 expiries = self.notifier.binding_expiries(account)
                 if expiries is None:
                     registrations.postpone(account, wall + REGISTRATION_POLL)
-                else:
+                    continue
+                try:
                     self.notifier.registration_changed(account, expiries)
+                except Exception:  # a bug: logged, the others go on, the gateway too
+                    log.exception("presence of %s from its registration", account)
+                    registrations.postpone(account, wall + REGISTRATION_POLL)
             self._registrations_changed = trio.Event()
             deadline = next_poll
             expiry = registrations.get_timer()
