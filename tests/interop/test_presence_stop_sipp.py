@@ -1,8 +1,9 @@
 """A subscriber told when ``voipgw run`` stops (RFC 6665 §4.2.2), against sipp: bob's phone (a
 sipp, digest-authenticated) watches alice's presence; alice registered (a sipp that then exits)
 and never publishes, so the first NOTIFY says ``open`` from her registration ([presence]
-from_registration, on by default). SIGTERM (no drain): the last NOTIFY the watcher gets is
-``terminated;reason=deactivated``, and the gateway still exits 0 at once.
+from_registration, on by default). SIGTERM, with or without ``[gateway] drain_timeout``: the last
+NOTIFY the watcher gets is ``terminated;reason=deactivated`` (with a drain, as it starts), and
+the gateway still exits 0 at once (no call to wait for).
 """
 
 from __future__ import annotations
@@ -34,9 +35,15 @@ def wait_for_first_notify(workdir: Path, timeout: float = 10.0) -> None:
     raise AssertionError("the watcher got no NOTIFY")
 
 
-def test_a_watcher_gets_deactivated_when_the_gateway_stops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("drain_timeout", [0, 30], ids=["stop", "drain"])
+def test_a_watcher_gets_deactivated_when_the_gateway_stops(
+    tmp_path: Path, drain_timeout: int
+) -> None:
     gw = GatewayProcess(
-        tmp_path, accounts=ACCOUNTS, extra_toml='[presence]\nallow = "all-accounts"\n'
+        tmp_path,
+        accounts=ACCOUNTS,
+        settings={"gateway": {"drain_timeout": drain_timeout}},
+        extra_toml='[presence]\nallow = "all-accounts"\n',
     )
     with gw, ThreadPoolExecutor(max_workers=1) as pool:
         register(gw, tmp_path, "udp", free_port_pair())
@@ -61,4 +68,8 @@ def test_a_watcher_gets_deactivated_when_the_gateway_stops(tmp_path: Path) -> No
     assert len(notifies) == 2, watcher.describe()
     assert "<basic>open</basic>" in notifies[0]
     assert "Subscription-State: terminated;reason=deactivated\n" in notifies[1]
-    assert "ending 1 dialog and presence subscription(s)" in gw.log_text()
+    log = gw.log_text()
+    assert "ending 1 dialog and presence subscription(s)" in log
+    assert ("draining:" in log) == bool(drain_timeout)
+    if drain_timeout:  # ended as the drain starts, not once it is over
+        assert log.index("ending 1 dialog and presence") < log.index("drained: no calls")
