@@ -636,9 +636,13 @@ class PresenceSection:
     and gateway/core/calls/dialog_events.py). ``allow`` says who may watch whom: ``"none"`` (no
     presence service: PUBLISH and ``Event: presence`` are refused as before), ``"same-group"``
     (accounts that share a ``[[dialog_watch_groups]]`` group) or ``"all-accounts"`` (any account
-    of the gateway any other). An account may always watch itself."""
+    of the gateway any other). An account may always watch itself. ``from_registration``: an
+    account that published nothing (or whose publications ran out) is ``open`` while it has a
+    live registration binding and ``closed`` once its last one goes, as FreeSWITCH and Asterisk
+    derive presence from registration (most desk phones never PUBLISH)."""
 
     allow: PresenceAllow = "none"
+    from_registration: bool = True
 
 
 @attrs.frozen

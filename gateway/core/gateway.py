@@ -307,6 +307,27 @@ class Gateway:
             if binding.flow.local in ours
         ]
 
+    def _on_registered_callback(self) -> Callable[[str, tuple[Binding, ...]], None] | None:
+        """What the registration service tells of each accepted REGISTER: the NAT keepalive
+        (``[sip] nat_keepalive_interval``) and presence from registration (``[presence]
+        from_registration``), each only when configured; None (no call per REGISTER) when
+        neither is."""
+        keepalive = self.nat_keepalive
+        presence = self.config.presence
+        if presence.allow == "none" or not presence.from_registration:
+            return keepalive.registered if keepalive is not None else None
+
+        def registered(aor: str, bindings: tuple[Binding, ...]) -> None:
+            if keepalive is not None:
+                keepalive.registered(aor, bindings)
+            if self.presence is not None:
+                try:
+                    self.presence.registered(aor, bindings)
+                except Exception:  # the REGISTER is answered all the same (STYLE.md habit 6)
+                    log.exception("presence from the registration of %s", aor)
+
+        return registered
+
     async def _housekeeping(self) -> None:
         """Periodic clean-up: expired registrations out of the store, idle UDP flows out of
         the flow table (both would otherwise only grow)."""
@@ -492,6 +513,10 @@ class Gateway:
                 binding.aor,
                 binding.contact,
             )
+        if self.presence is not None:
+            # Its watchers see it closed now, not at the next look at the store.
+            for account in {binding.account for binding in bindings}:
+                self.presence.bindings_changed(account)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -619,7 +644,7 @@ class Gateway:
             algorithms=self.config.gateway.digest_algorithms,
             domains=domains,
             new_tag=self.ids.new_tag,
-            on_registered=self.nat_keepalive.registered if self.nat_keepalive else None,
+            on_registered=self._on_registered_callback(),
             failure_policy=FailurePolicy(
                 max_failures=self.config.gateway.auth_max_failures,
                 window=self.config.gateway.auth_failure_window,
@@ -671,6 +696,8 @@ class Gateway:
             self.presence = Presence(self, nursery, self.dialog_events)
             self.endpoint.presence = self.presence
             nursery.start_soon(self.presence.run)
+            if self.dialog_events.registrations is not None:
+                nursery.start_soon(self.presence.follow_registrations)
         self.subscriptions = Subscriptions(self, nursery)
         self.endpoint.subscriptions = self.subscriptions
         nursery.start_soon(self.subscriptions.run)
@@ -719,12 +746,13 @@ class Gateway:
         load balancer) take the gateway out of rotation. Every other new request outside a
         dialog (REGISTER but one that only removes bindings, SUBSCRIBE, MESSAGE, NOTIFY, ...)
         gets that 503 too, so that phones and trunks move to another node (RFC 3263 §4.3);
-        requests within calls and subscriptions, ACK and CANCEL are served
-        (SipEndpoint._dispatch). Registrations with carriers are
-        removed at once, so they stop sending calls. Calls still up when ``timeout`` runs out
-        are ended as the gateway's doing: BYE on both legs with ``Reason: SIP;cause=503``, or
-        503 to a caller still ringing; but calls to emergency numbers, which a planned stop must
-        not cut, are still waited for (a second signal stops at once)."""
+        requests within calls, ACK and CANCEL are served (SipEndpoint._dispatch). Registrations
+        with carriers are removed at once, so they stop sending calls, and subscriptions are
+        ended at once (:meth:`end_subscriptions`), so that their phones subscribe again on
+        another node. Calls still up when ``timeout`` runs out are ended as the gateway's
+        doing: BYE on both legs with ``Reason: SIP;cause=503``, or 503 to a caller still
+        ringing; but calls to emergency numbers, which a planned stop must not cut, are still
+        waited for (a second signal stops at once)."""
         self.draining = True
         calls = self.calls
         live = len(calls.calls) if calls is not None else 0
@@ -737,6 +765,7 @@ class Gateway:
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._remove_trunk_registrations)
+                nursery.start_soon(self.end_subscriptions)
                 if calls is not None:
                     nursery.start_soon(calls.until_no_calls)
         if calls is None or not calls.calls:
@@ -788,14 +817,23 @@ class Gateway:
         """What must happen while everything still runs, before the gateway is cancelled: the
         registrations with carriers are removed (their REGISTER with Expires: 0 answered,
         challenge included), so a carrier stops sending calls at once instead of when the
-        registration runs out; message-summary subscriptions are unsubscribed at the voicemail
-        trunk (RFC 6665 §4.1.2.3), whose final NOTIFYs still reach the phones, and dialog (BLF)
-        subscriptions get their final NOTIFY (``terminated``). At most
+        registration runs out; subscriptions are ended (:meth:`end_subscriptions`). At most
         ``timeout`` seconds."""
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
                 for registration in self.trunk_registrations.values():
                     nursery.start_soon(registration.remove)
+                nursery.start_soon(self.end_subscriptions, timeout)
+
+    async def end_subscriptions(self, timeout: float = STOP_TIMEOUT) -> None:
+        """End every subscription (the gateway drains or stops), each with a final NOTIFY
+        ``Subscription-State: terminated;reason=deactivated`` (RFC 6665 §4.2.2: subscribe again
+        at once, which finds another node or this one restarted): dialog (BLF) and presence
+        subscriptions, and message-summary ones, which are unsubscribed at the voicemail trunk
+        too (§4.1.2.3). At most ``timeout`` seconds: a phone that does not answer its NOTIFY is
+        not waited for. From now on new subscriptions get 503."""
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
                 if self.subscriptions is not None:
                     nursery.start_soon(self.subscriptions.stop)
                 if self.dialog_events is not None:

@@ -12,6 +12,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,64 @@ def test_a_register_while_the_database_is_down_gets_503_and_works_once_it_is_bac
     log = node.log_text()
     assert "REGISTER refused with 503" in log
     assert postgres_cluster.password not in log
+
+
+def test_a_watcher_on_node_b_sees_a_registration_through_node_a(
+    tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    """Presence from registration across the cluster (docs/configuration.md ``[presence]``):
+    bob watches alice's presence through node B; alice registers through node A; node B's look
+    at the shared store (every 5 s) finds her binding and tells bob she is open. Node B then
+    stops: bob's last NOTIFY says ``deactivated`` (subscribe again, on node A)."""
+    store = postgres_cluster.store_table(postgres_database, tmp_path)
+    settings = {"store": store, "presence": {"allow": "all-accounts"}}
+    accounts = {name: ACCOUNTS[name] for name in ("alice", "bob")}
+    node_a = GatewayProcess(
+        tmp_path / "a", accounts=accounts, settings=settings, digest_algorithms=("MD5",)
+    )
+    node_b = GatewayProcess(tmp_path / "b", settings=settings, digest_algorithms=("MD5",))
+    with node_a, node_b, udp_socket() as watcher, udp_socket() as phone:
+        target = f"sip:alice@127.0.0.1:{node_b.port}"
+        presence = ("Event: presence", "Expires: 600", "Accept: application/pidf+xml")
+        watcher.sendto(
+            request("SUBSCRIBE", target, watcher, "bob", 1, *presence), address_of(node_b)
+        )
+        challenge = final_response(watcher)
+        assert challenge.status == 407
+        auth = digest(
+            challenge.headers.get_all("Proxy-Authenticate")[0], "bob", "SUBSCRIBE", target
+        )
+        watcher.sendto(
+            request(
+                "SUBSCRIBE", target, watcher, "bob", 2, f"Proxy-Authorization: {auth}", *presence
+            ),
+            address_of(node_b),
+        )
+        assert final_response(watcher).status == 200
+
+        def next_notify(timeout: float) -> Request:
+            """The watcher's next NOTIFY, answered 200."""
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                message, source = receive(watcher)
+                if isinstance(message, Request) and message.method == "NOTIFY":
+                    watcher.sendto(serialize_message(make_response(message, 200)), source)
+                    return message
+            raise AssertionError("no NOTIFY")
+
+        def basic(notify: Request) -> str:
+            found = re.search(rb"<basic>(\w+)</basic>", notify.body)
+            assert found is not None, notify.body
+            return found.group(1).decode()
+
+        assert basic(next_notify(5)) == "closed"  # alice registered nowhere yet
+        assert register_status(node_a, phone, 1) == 200
+        registered = time.monotonic()
+        assert basic(next_notify(10)) == "open"
+        assert time.monotonic() - registered < 6.5  # within node B's look at the store
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            stopped = pool.submit(node_b.stop)
+            final = next_notify(5)
+            assert final.headers.get("Subscription-State") == "terminated;reason=deactivated"
+            assert stopped.result(timeout=10) == 0
+    assert "binding(s) for" not in node_b.log_text()  # B took no REGISTER

@@ -34,8 +34,9 @@ is out are coalesced (:class:`~gateway.core.sip.dialog_info.Notifications`) with
 call's early or confirmed. The subscription ends (final NOTIFY with ``Subscription-State:
 terminated``, full state) on an unsubscribe (``Expires: 0``, reason ``timeout``), a fetch
 (``Expires: 0`` in the first SUBSCRIBE, §4.4.3), expiry without a refresh (``timeout``, §4.2.2)
-and when the gateway stops (``probation;retry-after=30``: come back once it has restarted); a 481
-or timeout of a NOTIFY ends it at once (§4.2.2). Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503
+and when the gateway drains or stops (``deactivated``: subscribe again at once, which reaches
+another node or this one restarted; at most the caller's 2 s waited for the answers); a 481 or
+timeout of a NOTIFY ends it at once (§4.2.2). Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503
 past it), :data:`MAX_PER_ACCOUNT` per watching account (403); a phone subscribing again to the
 same account from the same Contact (it rebooted) replaces its old subscription.
 
@@ -46,8 +47,10 @@ publications instead of its calls: who may watch whom is ``allow`` (``same-group
 ``[[dialog_watch_groups]]`` groups, as for BLF; ``all-accounts``; oneself always). Its NOTIFYs
 carry the account's current ``application/pidf+xml`` document
 (:class:`~gateway.core.sip.presence.Publications`, kept here, filled by PUBLISH in
-gateway/core/calls/presence.py), a neutral ``closed`` one when it published nothing, sent again
-on each change (:meth:`DialogEvents.presence_changed`). Presence watchers are kept apart from
+gateway/core/calls/presence.py); when it published nothing, the gateway's own: ``open`` while it
+is registered (``[presence] from_registration``, :attr:`DialogEvents.registrations`, kept for
+the watched accounts only), else a neutral ``closed``; sent again on each change
+(:meth:`DialogEvents.presence_changed`). Presence watchers are kept apart from
 :attr:`DialogEvents.watched`: calls never look at them. Subscriptions and publications are this
 node's, in memory, as the BLF's.
 """
@@ -85,6 +88,7 @@ from gateway.core.sip.events import (
     ALLOW_EVENTS_WITH_PRESENCE,
     DIALOG,
     PRESENCE,
+    STOPPING,
     Input,
     IntervalTooBrief,
     SubscriptionState,
@@ -96,9 +100,15 @@ from gateway.core.sip.events import (
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.presence import CONTENT_TYPE as PIDF
-from gateway.core.sip.presence import Publications, closed_document
+from gateway.core.sip.presence import (
+    Publications,
+    Registrations,
+    closed_document,
+    open_document,
+)
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.sip.uri import SipUri
+from gateway.core.store.errors import StoreError
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
@@ -112,9 +122,6 @@ MAX_SUBSCRIPTIONS = 20_000
 MAX_PER_ACCOUNT = 200
 """Dialog subscriptions of one watching account at once (a phone's BLF keys and expansion
 modules, a key each); past it 403."""
-STOPPING = terminated_value("probation", retry_after=30)
-"""The final Subscription-State when the gateway stops (RFC 6665 §4.1.3: retry later)."""
-
 DialogKey = tuple[str, str]  # (Call-ID, our tag)
 Involved = tuple[str, Direction]  # (account, direction)
 
@@ -220,6 +227,12 @@ class DialogEvents:
         """Every account's presence publications (PUBLISH: gateway/core/calls/presence.py)."""
         self.presence_watched: dict[str, list[Watch]] = {}
         """Accounts whose presence someone watches, and those subscriptions."""
+        presence = gateway.config.presence
+        self.registrations = (
+            Registrations() if presence.allow != "none" and presence.from_registration else None
+        )
+        """Whether each account in :attr:`presence_watched` is registered (``[presence]
+        from_registration``; None without it), kept by gateway/core/calls/presence.py."""
         self._by_dialog: dict[DialogKey, Watch] = {}
         self._per_account: dict[str, int] = {}
         self._involved: dict[Call, set[Involved]] = {}
@@ -409,6 +422,11 @@ class DialogEvents:
         self._per_account[watch.watcher] = self._per_account.get(watch.watcher, 0) + 1
         if watch.package == PRESENCE:
             self.presence_watched.setdefault(watch.watched, []).append(watch)
+            registrations = self.registrations
+            if registrations is not None and watch.watched not in registrations:
+                # Its first watcher: looked up once; then kept by REGISTERs and the store.
+                expiries = self.binding_expiries(watch.watched)
+                registrations.watch(watch.watched, expiries or (), now=self.wall_clock())
             watch.notifications.push(())  # the document is read when the NOTIFY is built
             return
         watched = self.watched.get(watch.watched)
@@ -538,8 +556,7 @@ class DialogEvents:
         flow = watch.flow
         if watch.package == PRESENCE:
             # RFC 3856 §6.7: the current state, as published (or neutral: nothing was).
-            document = self.publications.document(watch.watched)
-            body = document.body if document is not None else closed_document(watch.entity)
+            body = self.presence_document(watch.watched, watch.entity)
             content_type = PIDF
         else:
             body = dialog_info_body(
@@ -600,6 +617,8 @@ class DialogEvents:
                 watchers.remove(watch)
             if not watchers:
                 self.presence_watched.pop(watch.watched, None)
+                if self.registrations is not None:
+                    self.registrations.forget(watch.watched)
             return
         watched = self.watched.get(watch.watched)
         if watched is None:
@@ -616,8 +635,9 @@ class DialogEvents:
                         del self._involved[call]
 
     async def stop(self) -> None:
-        """End every subscription (the gateway stops): each gets its final NOTIFY; returns
-        when they have been answered or the caller's deadline passes."""
+        """End every subscription (the gateway drains or stops): each gets its final NOTIFY,
+        ``terminated;reason=deactivated``; returns when they have been answered or the
+        caller's deadline passes (those not answered by then are forgotten)."""
         self._stopping = True  # new subscriptions get 503 from now on
         watches = list(self._by_dialog.values())
         if not watches:
@@ -628,8 +648,14 @@ class DialogEvents:
                 watch.state.handle(Input.STOPPED, now=trio.current_time())
                 watch.final = STOPPING
             watch.wake()
-        for watch in watches:
-            await watch.ended.wait()
+        try:
+            for watch in watches:
+                await watch.ended.wait()
+        finally:
+            # The caller's deadline passed (a phone that answers nothing): forgotten now, its
+            # NOTIFY transaction times out on its own.
+            for watch in watches:
+                self._forget(watch)
 
     # -- presence (from PUBLISH and its expiry, gateway/core/calls/presence.py) -----------------
 
@@ -638,6 +664,47 @@ class DialogEvents:
         for watch in self.presence_watched.get(account, ()):
             watch.notifications.push(())
             watch.wake()
+
+    def presence_document(self, account: str, entity: str) -> bytes:
+        """What ``account``'s watchers see (RFC 3856 §6.7: the current state): its publication
+        (a phone's own word wins while it is valid); else, with ``from_registration``, ``open``
+        while it is registered; else the neutral ``closed``."""
+        document = self.publications.document(account)
+        if document is not None:
+            return document.body
+        if self.registrations is not None and self.registrations.is_open(account):
+            return open_document(entity)
+        return closed_document(entity)
+
+    def registration_changed(self, account: str, expiries: Sequence[float]) -> None:
+        """``account``'s live bindings expire at ``expiries`` (none: not registered); its
+        watchers get a NOTIFY when that makes it open or closed and no publication of its
+        hides the change (not on a refresh)."""
+        registrations = self.registrations
+        if registrations is None:
+            return
+        changed = registrations.update(account, expiries, now=self.wall_clock())
+        if changed and self.publications.document(account) is None:
+            log.debug("presence of %s from its registration: %s", account, bool(expiries))
+            self.presence_changed(account)
+
+    def wall_clock(self) -> float:
+        """The clock bindings are stamped with (the registrar's)."""
+        registration = self.gateway.registration
+        return registration.clock() if registration is not None else time.time()
+
+    def binding_expiries(self, account: str) -> list[float] | None:
+        """When ``account``'s live bindings in the store expire; None when the store could
+        not be read (logged)."""
+        store = self.gateway.store
+        if store is None:
+            return None
+        try:
+            bindings = store.bindings_for_account(account, now=self.wall_clock())
+        except StoreError as exc:
+            log.warning("registrations of %s for its presence not read: %s", account, exc)
+            return None
+        return [binding.expires_at for binding in bindings]
 
     # -- calls (from the call manager, while :attr:`watched` is not empty) ------------------------
 

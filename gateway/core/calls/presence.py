@@ -13,8 +13,25 @@ their subscriptions in the dialog-event notifier (gateway/core/calls/dialog_even
 owns the table. :meth:`Presence.run` forgets publications that were not refreshed in time (RFC
 3903 §6) and tells their watchers.
 
-Everything is this node's, in memory, as the BLF subscriptions: a cluster's load balancer must
-send an account's PUBLISH and its watchers' SUBSCRIBEs to one node (docs/architecture.md).
+Presence from registration (``[presence] from_registration``, on by default): most desk
+phones never PUBLISH, so an account that has no valid publication is ``open`` while it has a
+live registration binding and ``closed`` once its last one goes, as FreeSWITCH and Asterisk
+show it. Only watched accounts are followed (the table of
+:class:`gateway.core.sip.presence.Registrations`, kept by the notifier): a REGISTER this node
+handles tells :meth:`Presence.registered` (for an account nobody watches: a truth test and a
+dict lookup), a removal for a revoked certificate :meth:`Presence.bindings_changed`; the
+binding's expiry wakes :meth:`Presence.follow_registrations`, which looks the account up in the
+store again (a refresh another node took), and every :data:`REGISTRATION_POLL` seconds it looks
+every watched account up (a registration or removal on another node sharing the store,
+``voipgw accounts remove``, a binding removed for a dead NAT flow). The store keeps its bindings
+in memory until another connection writes (gateway/core/store/), so a look-up is a dict lookup
+in the common case.
+Watchers get a NOTIFY only when the account goes from registered to not or back, and only
+while no publication of its hides it.
+
+Publications and subscriptions are this node's, in memory, as the BLF subscriptions: a
+cluster's load balancer must send an account's PUBLISH and its watchers' SUBSCRIBEs to one node
+(docs/architecture.md); registrations are the store's, seen by every node.
 Nothing here runs for calls.
 """
 
@@ -33,6 +50,7 @@ from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.presence import CONTENT_TYPE, Refused, parse_pidf_untrusted
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.sip.uri import SipUri
+from gateway.core.store.interface import Binding
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
@@ -40,6 +58,12 @@ if TYPE_CHECKING:
     from gateway.core.gateway import Gateway
 
 log = logging.getLogger(__name__)
+
+REGISTRATION_POLL = 5.0
+"""Seconds between two looks at the watched accounts' registrations in the store: how late a
+watcher learns of a registration made, or removed, elsewhere (another node, the CLI)."""
+YIELD_EVERY = 100
+"""Accounts looked up between two checkpoints of a poll (other tasks run in between)."""
 
 
 class Presence:
@@ -52,6 +76,7 @@ class Presence:
         self.publications = notifier.publications
         self._nursery = nursery
         self._timer_changed = trio.Event()
+        self._registrations_changed = trio.Event()
 
     def publish(self, transaction: ServerTransaction, request: Request, flow: Flow) -> None:
         """A PUBLISH outside any dialog."""
@@ -136,3 +161,69 @@ class Presence:
             deadline = self.publications.get_timer()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._timer_changed.wait()
+
+    # -- presence from registration ([presence] from_registration) ------------------------------
+
+    def registered(self, aor: str, bindings: tuple[Binding, ...]) -> None:
+        """A REGISTER of ``aor`` accepted on this node; ``bindings`` are that AOR's bindings
+        now (none: it unregistered). A truth test and a dict lookup for an account nobody
+        watches."""
+        registrations = self.notifier.registrations
+        if not registrations:
+            return
+        # The registrar's AOR is sip:USER@HOST with USER the account's name, unescaped
+        # (gateway/core/registrar.py: canonical_aor; an account registers only its own).
+        account = bindings[0].account if bindings else aor[aor.find(":") + 1 : aor.rfind("@")]
+        if account in registrations:
+            # All its bindings, not this AOR's: it may be registered under another of our
+            # domains too (the store has just been written: its cache was refilled or dropped).
+            self.bindings_changed(account)
+            self._registrations_changed.set()
+
+    def bindings_changed(self, account: str) -> None:
+        """Bindings of ``account`` were added or removed (a REGISTER, a revoked certificate):
+        looked up again at once when someone watches it."""
+        registrations = self.notifier.registrations
+        if registrations is None or account not in registrations:
+            return
+        expiries = self.notifier.binding_expiries(account)
+        if expiries is not None:
+            self.notifier.registration_changed(account, expiries)
+
+    async def follow_registrations(self) -> None:
+        """Keep the watched accounts' registration state: look an account up in the store when
+        its last binding runs out (refreshed elsewhere, or gone), and every watched account
+        every :data:`REGISTRATION_POLL` seconds."""
+        registrations = self.notifier.registrations
+        assert registrations is not None
+        next_poll = trio.current_time() + REGISTRATION_POLL
+        while True:
+            wall = self.notifier.wall_clock()
+            if trio.current_time() >= next_poll:
+                next_poll = trio.current_time() + REGISTRATION_POLL
+                accounts = list(registrations)
+            else:
+                accounts = registrations.due(now=wall)
+            for index, account in enumerate(accounts):
+                if index and index % YIELD_EVERY == 0:
+                    await trio.lowlevel.checkpoint()
+                if account not in registrations:
+                    continue  # its last watcher left meanwhile
+                expiries = self.notifier.binding_expiries(account)
+                if expiries is None:
+                    registrations.postpone(account, wall + REGISTRATION_POLL)
+                    continue
+                try:
+                    self.notifier.registration_changed(account, expiries)
+                except Exception:  # a bug: logged, the others go on, the gateway too
+                    log.exception("presence of %s from its registration", account)
+                    registrations.postpone(account, wall + REGISTRATION_POLL)
+            self._registrations_changed = trio.Event()
+            deadline = next_poll
+            expiry = registrations.get_timer()
+            if expiry is not None:
+                # Binding expiries are wall-clock seconds; trio sleeps on its own clock.
+                wait = max(expiry - self.notifier.wall_clock(), 0.0)
+                deadline = min(deadline, trio.current_time() + wait)
+            with trio.move_on_at(deadline):
+                await self._registrations_changed.wait()

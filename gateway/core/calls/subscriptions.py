@@ -20,9 +20,10 @@ challenges answered with its credentials. Expires is bounded (:mod:`gateway.core
   the answer back to the phone (§4.1.2.2, §4.1.2.3);
 * the subscription ends (both sides forgotten) on ``Subscription-State: terminated`` (§4.1.3),
   on expiry without a refresh (the phone then gets ``terminated;reason=timeout``, §4.2.2), on a
-  481 or a timeout of either dialog's requests (§4.1.2.2, §4.2.2), and when the gateway stops
-  (an unsubscribe to the trunk, whose final NOTIFY reaches the phone while the gateway still
-  runs).
+  481 or a timeout of either dialog's requests (§4.1.2.2, §4.2.2), and when the gateway drains
+  or stops: the phone gets our final NOTIFY, ``terminated;reason=deactivated`` (§4.2.2: subscribe
+  again at once, which reaches another node or this one restarted), and the trunk an
+  unsubscribe, both at once (the trunk's final NOTIFY then finds nothing: 481).
 
 Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503 past it) and :data:`MAX_PER_ACCOUNT` per
 account (403 past it); a phone that subscribes again from the same Contact (it rebooted)
@@ -69,6 +70,7 @@ from gateway.core.sip.events import (
     FINAL_NOTIFY_WAIT,
     MESSAGE_SUMMARY,
     PRESENCE,
+    STOPPING,
     Input,
     IntervalTooBrief,
     SubscriptionState,
@@ -163,6 +165,7 @@ class Subscriptions:
         self._timer_changed = trio.Event()
         self.refused = 0
         """New subscriptions refused for a limit, since the start."""
+        self._stopping = False
 
     def __len__(self) -> int:
         return len(self._by_trunk)
@@ -242,6 +245,8 @@ class Subscriptions:
         asked = bounded_expires(expires)
         if isinstance(asked, IntervalTooBrief):
             return make_response(request, 423, extra=[("Min-Expires", str(asked.min_expires))])
+        if self._stopping:
+            return make_response(request, 503, "Service Unavailable (shutting down)")
         calls, directory = self.gateway.calls, self.gateway.directory
         assert calls is not None and directory is not None
         caller = calls.identify_caller(request, flow)
@@ -679,26 +684,33 @@ class Subscriptions:
                 subscription.phone_dialog.terminate()
 
     async def stop(self) -> None:
-        """Unsubscribe every subscription at the trunk (the gateway stops); returns when
-        every one has ended (the trunk's final NOTIFY relayed to the phone) or the caller's
-        deadline passes."""
-        pending = [s for s in self._by_trunk.values() if s.trunk_dialog is not None]
-        if not pending:
+        """End every subscription (the gateway drains or stops): the phone's final NOTIFY
+        (``terminated;reason=deactivated``, RFC 6665 §4.2.2) and the unsubscribe at the trunk
+        (§4.1.2.3) go at once; returns when all are answered or the caller's deadline passes
+        (a phone or trunk that does not answer is not waited for beyond it)."""
+        self._stopping = True  # new subscriptions get 503 from now on
+        ending = list(self._by_trunk.values())
+        if not ending:
             return
-        log.info("unsubscribing %d subscription(s) at the voicemail trunk", len(pending))
+        log.info("ending %d message-summary subscription(s)", len(ending))
         async with trio.open_nursery() as nursery:
-            for subscription in pending:
-                nursery.start_soon(self._stop_one, subscription)
+            for subscription in ending:
+                subscription.state.handle(Input.STOPPED, now=trio.current_time())
+                self._forget(subscription)  # the trunk's final NOTIFY finds nothing (481)
+                if subscription.trunk_dialog is not None:
+                    nursery.start_soon(self._unsubscribe_trunk, subscription)
+                if subscription.phone_dialog is not None:
+                    subscription.phone_dialog.state = DialogState.CONFIRMED  # one NOTIFY more
+                    nursery.start_soon(self._notify_stopped, subscription)
 
-    async def _stop_one(self, subscription: Subscription) -> None:
-        final = await self._in_trunk_dialog(
-            subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
-        )
-        if not final.is_success:
-            self._end(subscription, f"gateway stopping (unsubscribe answered {final.status})")
-            return
-        subscription.state.handle(Input.UNSUBSCRIBED, now=trio.current_time())
-        await subscription.ended.wait()  # the final NOTIFY ends it
+    async def _notify_stopped(self, subscription: Subscription) -> None:
+        try:
+            await self._notify_phone(subscription, STOPPING)
+        except Exception:
+            log.exception("notifying %s that its subscription ended", subscription.account)
+        finally:
+            if subscription.phone_dialog is not None:
+                subscription.phone_dialog.terminate()
 
 
 def _names_package(event: str | None, *packages: str) -> bool:

@@ -177,6 +177,14 @@ def terminated_value(reason: str, retry_after: int | None = None) -> str:
     return value if retry_after is None else f"{value};retry-after={retry_after}"
 
 
+STOPPING = terminated_value("deactivated")
+"""The final Subscription-State of the subscriptions a gateway ends when it drains or stops.
+RFC 6665 §4.2.2: ``deactivated`` is for "migration of subscriptions between nodes": the
+subscriber SHOULD subscribe again at once, which reaches another node (a load balancer, DNS
+SRV: a draining node answers new SUBSCRIBEs 503) or this one once restarted (after its own
+retry schedule). ``probation`` would keep it away from a working node for its retry-after."""
+
+
 # -- one relayed subscription ------------------------------------------------------------------
 
 

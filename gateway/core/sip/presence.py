@@ -26,8 +26,10 @@ document on each change (gateway/core/calls/dialog_events.py, the same notifier 
   first answer brings a tag) could then never show closed. Tuples are not merged: documents
   from different clients rarely agree on tuple ids or extensions, and a watcher shows one
   status anyway.
-* Nothing published (or everything expired or removed): a neutral document with one ``closed``
-  tuple (RFC 3863 §4.1.4), so a buddy shows offline rather than stale.
+* Nothing published (or everything expired or removed): a document of the gateway's with one
+  tuple (RFC 3863 §4.1.4): ``open`` while the account is registered (``[presence]
+  from_registration``, :class:`Registrations`: most desk phones never publish), else
+  ``closed``, so a buddy shows offline rather than stale.
 
 Untrusted input (STYLE.md habit 5): a document is at most :data:`MAX_DOCUMENT` octets, UTF-8,
 carries no DTD (no ``<!DOCTYPE``: no entity can be declared, expanded or fetched, as the X1
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
 from urllib.parse import unquote
 
 import attrs
@@ -131,9 +134,19 @@ def parse_pidf_untrusted(body: bytes, *, account: str, max_size: int = MAX_DOCUM
 def closed_document(entity: str) -> bytes:
     """The neutral document of an account that published nothing (RFC 3863 §4.1.4: one tuple,
     ``closed``): offline, for all its watchers know."""
+    return _gateway_document(entity, "closed")
+
+
+def open_document(entity: str) -> bytes:
+    """The document of an account that published nothing but is registered (``[presence]
+    from_registration``): one tuple, ``open`` (RFC 3863 §4.1.4: reachable for communication)."""
+    return _gateway_document(entity, "open")
+
+
+def _gateway_document(entity: str, basic: str) -> bytes:
     root = ET.Element("presence", {"xmlns": NAMESPACE, "entity": entity})
     status = ET.SubElement(ET.SubElement(root, "tuple", {"id": "gw"}), "status")
-    ET.SubElement(status, "basic").text = "closed"
+    ET.SubElement(status, "basic").text = basic
     text = ET.tostring(root, encoding="unicode")
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + text.encode("utf-8")
 
@@ -266,3 +279,69 @@ class Publications:
             mine.remove(publication)
         if not mine:
             self._by_account.pop(publication.account, None)
+
+
+# -- presence derived from registration ([presence] from_registration) -------------------------
+
+
+class Registrations:
+    """Whether each watched account is registered: ``open`` while it has a binding that has
+    not expired, as FreeSWITCH and Asterisk derive presence from registration. Only accounts
+    someone watches are kept (:meth:`watch` ... :meth:`forget`); the caller feeds each one's
+    binding expiries (wall-clock seconds, the registrar's clock) as it learns them: from a
+    REGISTER it handled, from the store at a binding's expiry (it may have been refreshed on
+    another node sharing the store) and from a periodic look at the store (removals by another
+    node, ``voipgw accounts remove``, a revoked certificate)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        """Watched account -> its latest binding's expiry (0.0: not registered)."""
+
+    def __contains__(self, account: object) -> bool:
+        return account in self._until
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._until))
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def watch(self, account: str, expiries: Iterable[float], *, now: float) -> None:
+        """Start keeping ``account``'s state, from its bindings' expiries."""
+        self._until[account] = _latest(expiries, now)
+
+    def forget(self, account: str) -> None:
+        """Nobody watches ``account`` any more."""
+        self._until.pop(account, None)
+
+    def is_open(self, account: str) -> bool:
+        """Whether ``account`` was registered when last told (False when not watched)."""
+        return self._until.get(account, 0.0) > 0.0
+
+    def update(self, account: str, expiries: Iterable[float], *, now: float) -> bool:
+        """``account``'s bindings now; True when it went from registered to not or back (its
+        watchers get a NOTIFY), False for a refresh or an account nobody watches."""
+        before = self._until.get(account)
+        if before is None:
+            return False
+        until = self._until[account] = _latest(expiries, now)
+        return (until > 0.0) != (before > 0.0)
+
+    def get_timer(self) -> float | None:
+        """When the next registered account's last binding runs out; None when none is."""
+        return min((until for until in self._until.values() if until > 0.0), default=None)
+
+    def due(self, *, now: float) -> list[str]:
+        """The registered accounts whose last known binding ran out by ``now``: the caller
+        looks them up again (a refresh elsewhere) and :meth:`update` s them."""
+        return [account for account, until in self._until.items() if 0.0 < until <= now]
+
+    def postpone(self, account: str, until: float) -> None:
+        """Keep ``account`` registered until ``until`` (its store could not be read: asked
+        again then, not in a loop)."""
+        if self._until.get(account, 0.0) > 0.0:
+            self._until[account] = until
+
+
+def _latest(expiries: Iterable[float], now: float) -> float:
+    return max((expiry for expiry in expiries if expiry > now), default=0.0)

@@ -1,9 +1,10 @@
 """The gateway's drain (``[gateway] drain_timeout``, Gateway.drain): a graceful stop for an
 upgrade. New calls, OPTIONS and every other new request outside a dialog get 503 (a trunk's
 proxy tries its next gateway, its health checks take this one out, phones register elsewhere),
-an emergency call is still served, calls and subscriptions in progress go on, calls are
-waited for; those left when the time runs out are ended with BYE and ``Reason: SIP;cause=503``,
-but for emergency calls, which are waited for still.
+an emergency call is still served, calls in progress go on (subscriptions end at once,
+``deactivated``: the phones subscribe again on another node), calls are waited for; those
+left when the time runs out are ended with BYE and ``Reason: SIP;cause=503``, but for
+emergency calls, which are waited for still.
 
 Set-up as b2bua_env.py: trunk "carrier" (+1 numbers and 112) at 127.0.0.2, alice registered.
 """
@@ -180,8 +181,9 @@ async def test_a_drain_refuses_every_new_request_outside_a_dialog_and_serves_dia
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     """Phones and trunks are to move to another node: a new registration, subscription,
-    message, notification or probe gets 503; the dialogs this node holds (a call, a
-    message-summary subscription) go on, and a phone may still remove its registration."""
+    message, notification or probe gets 503; the calls this node holds go on, and a phone may
+    still remove its registration; its subscriptions end at once, ``deactivated`` (RFC 6665
+    §4.2.2: subscribe again at once, which reaches another node)."""
     env = await start_b2bua(
         nursery, tmp_path, voipgw_seed, carrier={"voicemail": True, **CARRIER}, alice_auto=None
     )
@@ -193,6 +195,11 @@ async def test_a_drain_refuses_every_new_request_outside_a_dialog_and_serves_dia
     await call.exchange.wait_for(lambda response: response.status == 180)
     refused_before = env.gateway.endpoint.statistics.rejected_draining
     drained = await start_drain(nursery, env, timeout=3600)
+    # The message-summary subscription ends: alice is told, the voicemail trunk unsubscribed.
+    ended = (await env.alice.next_request("NOTIFY")).request
+    assert ended.headers.get("Subscription-State") == "terminated;reason=deactivated"
+    await eventually(lambda: len(voicemail.subscribes) == 2)
+    assert voicemail.subscribes[-1].headers.get("Expires") == "0"
 
     # A re-REGISTER: 503 before any challenge, and the binding is not refreshed.
     assert_refused_draining(await env.alice.register())
@@ -221,19 +228,18 @@ async def test_a_drain_refuses_every_new_request_outside_a_dialog_and_serves_dia
     ]:
         assert_refused_draining(await (await agent.send(request)).final())
     assert await next_within(env.alice, "NOTIFY", 1) is None  # the trunk's NOTIFY went nowhere
-    assert len(voicemail.subscribes) == 1  # no new subscription reached the voicemail trunk
+    assert len(voicemail.subscribes) == 2  # no new subscription reached the voicemail trunk
     assert env.gateway.endpoint.statistics.rejected_draining == refused_before + 7
 
-    # The subscription this node holds goes on: its refresh and the trunk's NOTIFY are served.
+    # The subscription is gone on both sides: a refresh and the trunk's NOTIFY find nothing.
     refresh = subscription.create_request(
         "SUBSCRIBE",
         via=env.alice.new_via(),
         contact=env.alice.contact,
         extra=[EVENT, ("Expires", "900")],
     )
-    assert (await (await env.alice.send(refresh, GW)).final()).status == 200
-    assert (await voicemail.notify()).status == 200
-    assert (await env.alice.next_request("NOTIFY")).request.body == SUMMARY
+    assert (await (await env.alice.send(refresh, GW)).final()).status == 481
+    assert (await voicemail.notify()).status == 481
 
     # The call still ringing: its CANCEL is served (200, then 487 to the INVITE).
     cancelled = await call.cancel()

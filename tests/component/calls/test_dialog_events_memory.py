@@ -290,12 +290,13 @@ async def test_notify_481_ends_it_and_stop_terminates(
     for received in bob.received:  # the NOTIFY it answered 481
         received.taken = True
 
-    # A new subscription; the gateway stops: a final NOTIFY, retry later.
+    # A new subscription; the gateway stops: a final NOTIFY, subscribe again (RFC 6665 §4.2.2:
+    # at once, on another node or this one restarted).
     await watch(bob)
     await next_doc(bob)
     await env.gateway.before_stop()
     notify, final = await next_doc(bob)
-    assert notify.headers.get("Subscription-State") == "terminated;reason=probation;retry-after=30"
+    assert notify.headers.get("Subscription-State") == "terminated;reason=deactivated"
     assert [s for _, _, s in final.dialogs] == ["confirmed"]  # the call still up
     assert count(env) == 0
 

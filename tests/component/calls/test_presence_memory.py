@@ -42,10 +42,14 @@ async def start(
     *,
     allow: str = "same-group",
     groups: Sequence[Mapping[str, Any]] = (OFFICE,),
+    from_registration: bool | None = False,
 ) -> tuple[B2bua, SipAgent]:
-    env = await start_b2bua(
-        nursery, tmp_path, seed, dialog_watch_groups=groups, presence={"allow": allow}
-    )
+    """alice registered, bob registered and ready to subscribe. ``from_registration`` is off
+    unless asked (these tests are about publications; None: the default, on)."""
+    presence: dict[str, Any] = {"allow": allow}
+    if from_registration is not None:
+        presence["from_registration"] = from_registration
+    env = await start_b2bua(nursery, tmp_path, seed, dialog_watch_groups=groups, presence=presence)
     bob = SipAgent(
         env.network,
         BOB,

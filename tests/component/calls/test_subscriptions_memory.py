@@ -241,20 +241,24 @@ async def test_trunk_refusal_reaches_the_phone(
 async def test_gateway_stop_unsubscribes_at_the_trunk(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
+    """The phone gets our final NOTIFY at once, ``deactivated`` (RFC 6665 §4.2.2: subscribe
+    again, elsewhere), and the trunk an unsubscribe; the trunk's own final NOTIFY finds
+    nothing (481); a new SUBSCRIBE meanwhile gets 503."""
     env = await start(nursery, tmp_path, voipgw_seed)
     voicemail = Voicemail(env.trunk)
     await subscribed(env, voicemail)
 
-    async def final_notify() -> None:
-        await eventually(lambda: voicemail.subscribes[-1].headers.get("Expires") == "0")
-        await voicemail.notify("terminated;reason=timeout", b"")
-
-    nursery.start_soon(final_notify)
+    started = trio.current_time()
     await env.gateway.before_stop()
+    assert trio.current_time() - started < 2  # both answered: not held to the bound
     assert voicemail.subscribes[-1].headers.get("Expires") == "0"
     notify = (await env.alice.next_request("NOTIFY")).request
-    assert notify.headers.get("Subscription-State") == "terminated;reason=timeout"
+    assert notify.headers.get("Subscription-State") == "terminated;reason=deactivated"
+    assert notify.headers.get("Event") == "message-summary"
     assert subscriptions(env) == 0
+    assert (await voicemail.notify("terminated;reason=timeout", b"")).status == 481
+    again = (await env.alice.send_authenticated(subscribe_request(env.alice)))[1]
+    assert again.status == 503
 
 
 async def test_notify_before_the_2xx_and_a_challenging_trunk(
