@@ -86,8 +86,8 @@ in the caller's re-INVITE or UPDATE: an UPDATE with an offer is relayed as a re-
 without becomes an UPDATE of ours to the trunk (before the answer in its early dialog), whose
 answer is the caller's, waited for at most the trunk's ``response_timeout`` (else
 LOCATION_UPDATE_WAIT): past it the caller gets 200 and the trunk's late answer is absorbed
-(a Geolocation-Error in it recorded, not relayed). While our 2xx waits for the caller's PRACK
-(RFC 3262 §3) the trunk has answered: the caller's UPDATE goes in the trunk's confirmed dialog.
+(a Geolocation-Error in it recorded, not relayed). A caller's UPDATE while our 2xx waits for
+its PRACK (RFC 3262 §3: the trunk has answered) goes in the trunk's confirmed dialog.
 A Geolocation-Error in the trunk's answer to anything that carried the location (a 2xx's
 too) goes on in ours to the caller (§4.3) and into the call record.
 
@@ -349,8 +349,8 @@ class LocatedRequest(InDialogRequest):
     # A "location" UPDATE in a confirmed dialog: the session timer our 2xx to the caller's
     # UPDATE states (RFC 4028 §10); None in an early dialog, which has no session yet.
     answer_timer: UasAnswer | None = None
-    # A "location" UPDATE in the dialog of a callee that answered while the caller's dialog
-    # is still early (our 2xx waits for its PRACK or its ACK): a 2xx refreshes that leg.
+    # A "location" UPDATE in the confirmed dialog of a callee that answered before the call
+    # is up (our 2xx to the caller waits for its PRACK or its ACK): a 2xx refreshes that leg.
     refreshes: bool = False
     # A "location" UPDATE's bounded wait (:meth:`Call._bound_location_wait`): the scope of its
     # timer task (cancelled by the answer), and the 408 of ours that task posts, as the
@@ -1151,11 +1151,10 @@ class Call:
         and the 1xx does not leave UPDATE out of its Allow (RFC 3311 §5.1: UPDATE is allowed
         in an early dialog; without an offer it needs no reliable 1xx). The caller's UPDATE
         gets the first answer (:meth:`_location_update_answered`). Later INVITEs of the call
-        (failover) carry it as well (``self.location``). A callee that has answered while the
-        caller's dialog is still early (our 2xx waits for the PRACK of a reliable 1xx with SDP,
-        RFC 3262 §3, or the caller has our 2xx with an offer and not yet ACKed it) gets it in
-        its confirmed dialog, as a session refresh of that leg too (RFC 4028 §10). False:
-        none sent."""
+        (failover) carry it as well (``self.location``). A callee that has answered before the
+        call is up (our 2xx waits for the PRACK of a reliable 1xx with SDP, RFC 3262 §3, or the
+        caller has our 2xx with an offer and not yet ACKed it) gets it in its confirmed dialog,
+        as a session refresh of that leg too (RFC 4028 §10). False: none sent."""
         sent = False
         for leg in self.b_legs:
             response = leg.last_provisional
