@@ -9,6 +9,7 @@ not before the PRACK of our reliable 183 with SDP), through the B2BUA on the in-
 - the caller's UPDATE sent during the PRACK wait reaches the trunk, which has answered: in its
   confirmed dialog, with session timer fields (a refresh of that leg, RFC 4028 §10), and its
   answer is the caller's (before, the location went nowhere and the UPDATE got 200 at once);
+- the same before the caller's ACK, in a late-offer call (our 200 offered, its ACK answers);
 - a Geolocation-Error in an answer that comes after the caller's UPDATE was answered without
   it goes into the call record, and the log does not say it was relayed.
 
@@ -26,7 +27,7 @@ import trio
 
 from gateway.core.calls.call import LOCATION_UPDATE_WAIT
 from gateway.core.sdp.body import sdp_of
-from gateway.core.sip.message import Response
+from gateway.core.sip.message import Request, Response
 from gateway.testing.sip_agent import Call, Exchange
 from tests.component.calls.b2bua_env import ALICE, GW, B2bua, eventually, sent
 from tests.component.calls.test_b2bua_location import (
@@ -192,3 +193,54 @@ async def test_a_late_geolocation_error_is_recorded_and_not_said_to_be_relayed(
         {"from": "carrier", "unanswered_after": LOCATION_UPDATE_WAIT},
         {"from": "carrier", "status": 424, "code": "100"},
     ]
+
+
+async def test_the_callers_update_before_its_ack_reaches_the_answered_trunk(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A late offer: our 200 to alice offers and waits for her ACK with the answer (the call
+    not up yet). Her UPDATE with a new location meanwhile goes to the trunk, which has
+    answered, in its confirmed dialog; its answer is hers."""
+    env = await started(nursery, tmp_path, voipgw_seed)
+    env.trunk.auto = None
+    held: list[tuple[Request | Response, tuple[str, int]]] = []
+    send_raw = env.alice._send_raw
+
+    async def hold_acks(message: Request | Response, destination: tuple[str, int]) -> None:
+        if isinstance(message, Request) and message.method == "ACK" and call.dialog is not None:
+            held.append((message, destination))  # alice's ACK of our 200 waits
+            return
+        await send_raw(message, destination)
+
+    call = await env.alice.invite(
+        "sip:112@127.0.0.1:5060", sdp=MOVED_ONLY, content_type=MIXED, extra=BY_VALUE
+    )
+    assert (await call.final()).status == 407
+    await call.authenticate()
+    leg_b = await env.trunk.next_call()
+    assert leg_b.incoming is not None
+    monkeypatch.setattr(env.alice, "_send_raw", hold_acks)
+    await env.trunk.respond(leg_b.incoming, 200, body=env.trunk.offer_sdp())
+    assert (await call.final()).status == 200
+    await eventually(lambda: len(held) == 1)
+    taken = trunk_ignores(env, "UPDATE")
+    exchange = await call.request("UPDATE", body=MOVED_ONLY, content_type=MIXED, extra=BY_VALUE)
+    await eventually(lambda: len(taken) == 1)
+    assert taken[0].request.to.tag == leg_b.local_tag and MOVED in taken[0].request.body
+    await env.trunk.respond(taken[0], 200, extra=[("Geolocation-Error", CANNOT_PROCESS)])
+    answered = await exchange.final()
+    assert answered.status == 200
+    assert answered.headers.get("Geolocation-Error") == CANNOT_PROCESS
+    assert env.gateway.calls is not None
+    (ours,) = env.gateway.calls.calls
+    assert ours.state == "offered"  # still waiting for alice's ACK with the answer
+    monkeypatch.undo()
+    await send_raw(*held[0])  # alice's ACK with her answer: the call is up
+    await eventually(lambda: ours.state == "answered")
+    env.trunk.in_dialog = None
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
