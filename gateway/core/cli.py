@@ -612,7 +612,8 @@ def describe_location(location: dict[str, Any]) -> str:
                 f"{error['unanswered_after']:g} s (not delivered)"
             )
             continue
-        # RFC 6442 §4.3: what the trunk said of it (relayed to the caller).
+        # RFC 6442 §4.3: what the trunk said of it (relayed to the caller, unless it came
+        # after the caller's request was answered without it: recorded only).
         line += (
             f", Geolocation-Error {error.get('code')} from {error.get('from')}"
             f" ({error.get('status')})"

@@ -85,7 +85,9 @@ allows it, in a multipart body of ours (``gateway.core.calls.location``), and so
 in the caller's re-INVITE or UPDATE: an UPDATE with an offer is relayed as a re-INVITE, one
 without becomes an UPDATE of ours to the trunk (before the answer in its early dialog), whose
 answer is the caller's, waited for at most the trunk's ``response_timeout`` (else
-LOCATION_UPDATE_WAIT): past it the caller gets 200 and the trunk's late answer is absorbed.
+LOCATION_UPDATE_WAIT): past it the caller gets 200 and the trunk's late answer is absorbed
+(a Geolocation-Error in it recorded, not relayed). A caller's UPDATE while our 2xx waits for
+its PRACK (RFC 3262 §3: the trunk has answered) goes in the trunk's confirmed dialog.
 A Geolocation-Error in the trunk's answer to anything that carried the location (a 2xx's
 too) goes on in ours to the caller (§4.3) and into the call record.
 
@@ -347,6 +349,9 @@ class LocatedRequest(InDialogRequest):
     # A "location" UPDATE in a confirmed dialog: the session timer our 2xx to the caller's
     # UPDATE states (RFC 4028 §10); None in an early dialog, which has no session yet.
     answer_timer: UasAnswer | None = None
+    # A "location" UPDATE in the confirmed dialog of a callee that answered before the call
+    # is up (our 2xx to the caller waits for its PRACK or its ACK): a 2xx refreshes that leg.
+    refreshes: bool = False
     # A "location" UPDATE's bounded wait (:meth:`Call._bound_location_wait`): the scope of its
     # timer task (cancelled by the answer), and the 408 of ours that task posts, as the
     # response event that stops the caller's wait (told from a trunk's own 408 by identity).
@@ -1041,11 +1046,14 @@ class Call:
         self._location_updates += 1
         return True
 
-    def _geolocation_errors(self, leg: Leg, response: Response) -> list[tuple[str, str]]:
+    def _geolocation_errors(
+        self, leg: Leg, response: Response, *, relayed: bool = True
+    ) -> list[tuple[str, str]]:
         """The Geolocation-Error fields of ``leg``'s ``response`` to a request of ours that
         carried the caller's location, for our response to the caller (RFC 6442 §4.3: the
         error concerns the location the caller sent, and is the caller's to act on, by sending
-        it again or another); each code noted in the call record and logged once."""
+        it again or another); each code noted in the call record and logged once. ``relayed``
+        False: the caller's request was answered without them (the log says so)."""
         errors = geolocation_errors(response)
         if not errors:
             return errors
@@ -1061,12 +1069,12 @@ class Call:
                 continue
             noted.append(entry)
             log.warning(
-                "call %s: %s answered %d with Geolocation-Error %s (RFC 6442 §4.3); relayed "
-                "to the caller",
+                "call %s: %s answered %d with Geolocation-Error %s (RFC 6442 §4.3); %s",
                 self.id,
                 name,
                 response.status,
                 code,
+                "relayed to the caller" if relayed else "not relayed: the caller had its answer",
             )
         return errors
 
@@ -1143,11 +1151,16 @@ class Call:
         and the 1xx does not leave UPDATE out of its Allow (RFC 3311 §5.1: UPDATE is allowed
         in an early dialog; without an offer it needs no reliable 1xx). The caller's UPDATE
         gets the first answer (:meth:`_location_update_answered`). Later INVITEs of the call
-        (failover) carry it as well (``self.location``). False: none sent."""
+        (failover) carry it as well (``self.location``). A callee that has answered before the
+        call is up (our 2xx waits for the PRACK of a reliable 1xx with SDP, RFC 3262 §3, or the
+        caller has our 2xx with an offer and not yet ACKed it) gets it in its confirmed dialog,
+        as a session refresh of that leg too (RFC 4028 §10). False: none sent."""
         sent = False
         for leg in self.b_legs:
             response = leg.last_provisional
-            if leg.finished or leg.cancel_wanted or response is None:
+            dialog = leg.dialog if leg is self.b else None
+            answered = dialog is not None and dialog.state is DialogState.CONFIRMED
+            if not answered and (leg.finished or leg.cancel_wanted or response is None):
                 continue
             if not _allows(leg, "UPDATE", response):
                 log.warning(
@@ -1158,12 +1171,20 @@ class Call:
                 continue
             if not self._passes_location(leg, location):
                 continue
-            dialog = self._early_dialog(leg, response)
-            if dialog is None:
-                continue
             headers, body, content_type = self._location_update_parts(location)
+            if answered:
+                headers = [("Supported", "timer"), *self._refresh_headers(leg), *headers]
+            else:
+                assert response is not None
+                dialog = self._early_dialog(leg, response)
+                if dialog is None:
+                    continue
             tag = LocatedRequest(
-                "location", leg.side, relayed=(event.transaction, event.request), location_to=leg
+                "location",
+                leg.side,
+                relayed=(event.transaction, event.request),
+                location_to=leg,
+                refreshes=answered,
             )
             client = await self._send_in_dialog(
                 leg,
@@ -1220,25 +1241,23 @@ class Call:
         assert tag.relayed is not None and tag.location_to is not None
         transaction, request = tag.relayed
         overdue = response is tag.overdue
-        if overdue:
-            if transaction.final_status is not None:
-                return  # another early dialog's answer went to the caller: nothing to bound
-            self._location_update_unanswered(tag, response)
-            errors: list[tuple[str, str]] = []
-        else:
-            if tag.wait_scope is not None:
-                tag.wait_scope.cancel()
-            errors = self._geolocation_errors(tag.location_to, response)
+        if not overdue and tag.wait_scope is not None:
+            tag.wait_scope.cancel()
         timer = tag.answer_timer
         if transaction.final_status is not None:
-            # Another early dialog's answer went to the caller, or we stopped waiting.
-            if tag.overdue is not None:
-                self._late_location_answer(tag, response)
+            # Another early dialog's answer went to the caller, or we stopped waiting: a
+            # Geolocation-Error in this answer is noted, not relayed.
+            if not overdue:
+                self._geolocation_errors(tag.location_to, response, relayed=False)
+                if tag.overdue is not None:
+                    self._late_location_answer(tag, response)
             return
         caller = self._leg(tag.side.other)
         status = response.status
+        errors: list[tuple[str, str]] = []
         if overdue:
-            status = 200  # (logged above)
+            self._location_update_unanswered(tag, response)
+            status = 200
         elif status in LOCATION_NOT_DELIVERED or (timer is None and status in (408, 481)):
             log.warning(
                 "call %s: location update not delivered to the %s leg (%d %s)",
@@ -1247,7 +1266,10 @@ class Call:
                 status,
                 response.reason,
             )
-            status, errors = 200, []
+            self._geolocation_errors(tag.location_to, response, relayed=False)
+            status = 200
+        else:
+            errors = self._geolocation_errors(tag.location_to, response)
         if status >= 300:
             await self.endpoint.respond(
                 transaction, make_response(request, status, response.reason, extra=errors)
@@ -1261,9 +1283,9 @@ class Call:
         fields = [("Contact", str(caller.contact)), *errors]
         if timer is not None:
             fields += timer.headers()
-            if response.is_success:
-                leg = tag.location_to
-                leg.session_timer = self._refreshed_by_2xx(leg, response)
+        if (timer is not None or tag.refreshes) and response.is_success:
+            leg = tag.location_to
+            leg.session_timer = self._refreshed_by_2xx(leg, response)
         await self.endpoint.respond(transaction, make_response(request, 200, extra=fields))
         if timer is not None:
             caller.session_timer = self._started(timer)
@@ -1290,8 +1312,9 @@ class Call:
 
     def _late_location_answer(self, tag: LocatedRequest, response: Response) -> None:
         """The trunk's answer to our location UPDATE ``tag`` after the caller's UPDATE was
-        answered without it (its bounded wait ran out): absorbed, logged. A 2xx in a confirmed
-        dialog refreshed that leg's session all the same (RFC 4028 §10)."""
+        answered without it (its bounded wait ran out): absorbed, logged; a Geolocation-Error
+        in it went into the call record only (:meth:`_geolocation_errors`). A 2xx in a
+        confirmed dialog refreshed that leg's session all the same (RFC 4028 §10)."""
         leg = tag.location_to
         assert leg is not None
         log.info(
@@ -1303,7 +1326,8 @@ class Call:
         )
         dialog = leg.dialog
         live = dialog is not None and dialog.state is not DialogState.TERMINATED
-        if tag.answer_timer is not None and response.is_success and live:
+        refreshes = tag.answer_timer is not None or tag.refreshes
+        if refreshes and response.is_success and live:
             leg.session_timer = self._refreshed_by_2xx(leg, response)
 
     def _with_location(self, leg: BLeg, request: Request, location: Location) -> Request:

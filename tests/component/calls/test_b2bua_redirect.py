@@ -6,8 +6,11 @@ calls alice's DID, alice's phone answers 302 with a number the carrier serves (+
   (nothing goes to that host), or refused by ``[sip] foreign_redirects``;
 - Contacts are tried in q order; a loop (alice's own DID), 112 and the call's own caller are
   refused and the caller gets 480; ``[sip] max_redirects`` bounds a chain (alice -> bob -> ...);
-- a forwarded call that fails (the carrier's 503) gives the caller 480 saying the forwarded call
-  failed, not that alice's phone (which answered 302) was unreachable;
+- a forwarded call that fails (the carrier's 503; a registered phone that never answers, whose
+  INVITE times out: 408) gives the caller 480 saying the forwarded call failed, not that
+  alice's phone (which answered 302) was unreachable;
+- a forwarded call is a call the forwarding account places: alice stays counted against her
+  ``max_calls`` while it lasts (busy to a second caller, her own call refused);
 - a trunk's 302 is followed only with ``follow_redirects``; History-Info by trunk policy; a
   carrier's Diversion reaches the phone.
 
@@ -31,6 +34,7 @@ from tests.component.calls.b2bua_env import (
     TRUNK,
     B2bua,
     eventually,
+    sent,
     start_b2bua,
 )
 
@@ -365,3 +369,69 @@ async def test_a_trunks_302_with_follow_redirects(
     await second.answer()
     assert (await call.final()).status == 200
     assert TRUNK == ("127.0.0.2", 5060)
+
+
+# -- edge cases: a forward to a phone that never answers; whose call limit a forward counts ----
+
+
+async def test_a_forward_to_a_registered_phone_that_never_answers_says_the_forward_failed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """alice forwards to bob, who is registered but gone (nothing reaches his phone, nothing
+    comes back): our INVITE to him times out (Timer B, 64*T1: the 408 of RFC 3261
+    §17.1.1.2). The caller gets 480 saying the forwarded call failed with 408, not that a
+    registered device was unreachable: alice's phone answered (302)."""
+    env = await env_with(nursery, tmp_path, voipgw_seed)
+    bob = await start_bob(env, nursery, voipgw_seed)
+    env.network.set_link(GW, BOB, drop=1.0)  # bob's phone is registered, and unreachable
+    call = await carrier_calls_alice(env)
+    started = trio.current_time()
+    await alice_redirects(env, "<sip:bob@127.0.0.1>")
+    final = await call.final(timeout=64 * 0.5 + 10)
+    assert final.status == 480
+    assert final.reason == "Temporarily Unavailable (the forwarded call failed: 408)"
+    assert 64 * 0.5 <= trio.current_time() - started < 64 * 0.5 + 2  # Timer B, T1 = 0.5 s
+    tried = sent(env.network.capture, GW, BOB, b"INVITE ")
+    assert len(tried) >= 6  # re-sent at T1, 2*T1, ... (Timer A), never answered
+    assert bob.requests("INVITE") == []
+    (entry,) = (await ended_record(env))["redirects"]
+    assert entry["via"] == "bob"
+    assert forwarded_invites(env) == []
+
+
+async def test_a_forwarded_call_counts_against_the_forwarding_accounts_max_calls(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A forwarded call is a call the forwarding account places (as FreeSWITCH and Asterisk
+    count it, and a carrier bills it: the forward's leg out is the customer's call): alice,
+    with max_calls 1, stays counted while the call she forwarded lasts. A second call to her
+    is busy (486, she is not rung) and a call of her own is refused (403) until it ends;
+    then she is rung again. The forward's trunk is counted too."""
+    env = await env_with(nursery, tmp_path, voipgw_seed)
+    store = env.gateway.store
+    limits = env.gateway.calls.limits  # type: ignore[union-attr]
+    assert store is not None
+    store.accounts_set("alice", max_calls=1)
+    call = await carrier_calls_alice(env)
+    await alice_redirects(env, f"<sip:{FORWARD_TO}@127.0.0.3>")
+    assert (await call.final()).status == 200
+    assert limits.in_progress == {("account", "alice"): 1, ("trunk", "carrier"): 1}
+    second = await carrier_calls_alice(env)
+    busy = await second.final()
+    assert (busy.status, busy.reason) == (486, "Busy Here (account call limit)")
+    assert len(env.alice.requests("INVITE")) == 1  # not rung
+    own = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await own.final()).status == 407
+    await own.authenticate()
+    refused = await own.final()
+    assert (refused.status, refused.reason) == (403, "Forbidden (account call limit)")
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert limits.in_progress == {}
+    again = await carrier_calls_alice(env)
+    leg = await env.alice.next_call()
+    assert len(env.alice.requests("INVITE")) == 2  # rung again
+    await leg.answer()
+    assert (await again.final()).status == 200
+    assert (await again.bye()).status == 200
+    await eventually(lambda: env.calls == 0)

@@ -15,6 +15,9 @@ in virtual time.
   our SDP), is answered 200 and followed by a re-INVITE of ours with the complete metadata
   beside an SDP offer, every id as before;
 - an SRS whose answer to our re-INVITE gives other ports gets the copies there too;
+- our re-INVITE waits for the SRS's ACK of our 2xx to its own re-INVITE (RFC 3261 §14.1: no
+  new INVITE transaction while one is in progress): its ACKs lost, the snapshot is held, and
+  goes once an ACK of our re-sent 200 arrives;
 - an SRS whose re-INVITE has no offer gets ours in the 200 (the SDP in force, RFC 3261 §14.2)
   and the answer in its ACK moves the copies; an ACK whose answer is unusable, or missing, is
   logged and the copies go on where they went (an ACK cannot be refused), the session kept;
@@ -38,11 +41,12 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.sdes import parse_crypto_untrusted
 from gateway.plugins.taps.siprec import METADATA_REQUEST_TYPE, srs_sdp
 from gateway.testing.sip_agent import Received
-from tests.component.calls.b2bua_env import eventually
+from tests.component.calls.b2bua_env import GW, eventually, next_within, sent
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.test_b2bua_siprec import (
     CALLEE_PORT,
     CALLER_PORT,
+    SRS,
     SRS_PORT,
     answered_call,
     rtp,
@@ -205,6 +209,34 @@ async def test_a_metadata_request_is_answered_with_a_complete_snapshot(
     ]
     snapshot = await srs.next_request("INVITE", timeout=10)
     assert "<datamode>complete</datamode>" in snapshot.request.body.decode()
+    await srs.respond(snapshot, 200, body=srs_answer(), content_type="application/sdp")
+    assert env.calls == 1
+    await call.bye()  # type: ignore[attr-defined]
+
+
+async def test_our_re_invite_waits_for_the_srss_ack_of_our_2xx_to_its_re_invite(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The SRS asks for a snapshot by re-INVITE; its ACKs of our 200 are lost for 10 s. Our
+    snapshot re-INVITE is not sent meanwhile (RFC 3261 §14.1: the SRS's INVITE transaction is
+    not over until that ACK, §13.3.1.4), only our 200 again; once an ACK gets through, the
+    snapshot follows it."""
+    env, srs, call, recording, _, _ = await recorded(nursery, tmp_path, voipgw_seed)
+    exchange = await recording.request(
+        "INVITE", body=b"lost it", content_type=METADATA_REQUEST_TYPE
+    )
+    env.network.set_link(SRS, GW, drop=1.0)  # the re-INVITE is on its way; what follows is lost
+    assert (await exchange.final()).status == 200
+    assert await next_within(srs, "INVITE", 10) is None  # waiting for the ACK, not for the timer
+    oks = [d for d in sent(env.network.capture, GW, SRS, b"SIP/2.0 200 ") if b" INVITE" in d.data]
+    assert len(oks) >= 4  # our 200 re-sent at T1, 2*T1, 4*T1 ... for the ACK it waits for
+    env.network.clear_link(SRS, GW)
+    cleared = trio.current_time()
+    snapshot = await srs.next_request("INVITE", timeout=10)
+    assert "<datamode>complete</datamode>" in snapshot.request.body.decode()
+    [first_ack, *_] = [d for d in sent(env.network.capture, SRS, GW, b"ACK ") if d.time >= cleared]
+    snapshot_sent = sent(env.network.capture, GW, SRS, b"INVITE ")[-1]
+    assert snapshot_sent.time >= first_ack.time  # after the ACK arrived, not before
     await srs.respond(snapshot, 200, body=srs_answer(), content_type="application/sdp")
     assert env.calls == 1
     await call.bye()  # type: ignore[attr-defined]
