@@ -6,11 +6,16 @@ a fake resolver at the boundary, on the in-memory network in virtual time:
   (``response_timeout``) or a 503, never the next after another failure; a trunk whose name
   has not resolved is unreachable (503), and no DNS query is made for the SUBSCRIBE;
 - a MESSAGE to a number such a trunk serves follows the rule calls follow: 503 or silence
-  (``response_timeout``) sends it to the trunk's next target, a 500 to the next trunk.
+  (``response_timeout``) sends it to the trunk's next target, a 500 to the next trunk;
+- what an operator sees (``Gateway.trunks_status``, the control socket's ``trunks``,
+  ``voipgw trunks``): the targets, when they were resolved and are resolved next, the last
+  failure with the targets kept.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,8 @@ import pytest
 import trio
 
 from gateway.core.calls.trunk_dns import NaptrRecord, SrvRecord
+from gateway.core.cli import describe_trunk
+from gateway.core.control import respond
 from gateway.core.ids import SeededIds
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Request
@@ -267,3 +274,43 @@ async def test_a_message_leaves_a_silent_target_after_the_response_timeout(
     assert await alice_messages(env) == 202
     assert 2.0 <= trio.current_time() - started < 3.0
     assert sent_to(env, DEAD, b"MESSAGE") and len(second) == 1
+
+
+# -- what an operator sees -----------------------------------------------------------------------
+
+
+async def test_trunks_status_shows_the_targets_and_when_they_were_resolved(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    resolver = resolver_for("srv", DEAD)
+    env = await start(
+        nursery, tmp_path, voipgw_seed, resolver, with_backup=True, dns={"retry_interval": 5.0}
+    )
+    status = {trunk["name"]: trunk for trunk in env.gateway.trunks_status()}
+    assert status["backup"]["dns"] is None  # an address: nothing resolved
+    assert status["backup"]["address"] == f"udp:{BACKUP[0]}:{BACKUP[1]}"
+    carrier = status["carrier"]
+    assert carrier["address"] == f"udp:{NAME}" and carrier["up"] is True
+    dns = carrier["dns"]
+    assert isinstance(dns, dict)
+    assert dns["targets"] == ["udp:127.0.0.6:5060", "udp:127.0.0.2:5060"]  # by priority
+    assert dns["ttl"] == 60.0 and dns["error"] is None
+    # 90 % of the TTL after the answer (trunk_dns.refresh_in), in Unix time.
+    assert dns["next_resolution_at"] - dns["resolved_at"] == pytest.approx(54.0)
+    assert abs(dns["resolved_at"] - time.time()) < 5
+
+    # The DNS stops answering: the targets are kept, the failure and the next try shown.
+    resolver.failing = True
+    await trio.sleep(60)
+    answer = json.loads(respond(b'{"query": "trunks"}\n', env.gateway.control_answer))
+    (carrier,) = [trunk for trunk in answer["trunks"] if trunk["name"] == "carrier"]
+    dns = carrier["dns"]
+    assert dns["targets"] == ["udp:127.0.0.6:5060", "udp:127.0.0.2:5060"]
+    assert "no answer" in dns["error"]
+    assert 0 < dns["next_resolution_at"] - time.time() <= 5.0 + 1
+    lines = describe_trunk(carrier, time.time())
+    assert lines[0] == f"carrier  udp:{NAME}  [up]"
+    assert lines[1].startswith("  DNS: resolved ") and "TTL 60 s" in lines[1]
+    assert lines[2] == "  targets: udp:127.0.0.6:5060, udp:127.0.0.2:5060"
+    assert lines[3].startswith("  last look-up failed: ")
+    assert lines[3].endswith("; the targets above are kept")
