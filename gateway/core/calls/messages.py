@@ -9,8 +9,13 @@ as a call would present it, the body and Content-Type unchanged). An account's r
 contacts get it in parallel, through the flow or Path of their registration, and the first 2xx
 goes back to the sender (RFC 3428 §7 allows 200 and 202); when none accepts, the best failure
 does (:func:`~gateway.core.calls.call.best_failure`), after the route's alternates were tried
-one at a time on a ``[sip] failover_statuses`` failure. A non-INVITE cannot be cancelled
-(RFC 3261 §9.1): the other contacts' answers are awaited and dropped.
+one at a time on a ``[sip] failover_statuses`` failure, as a call tries them: a trunk named by
+DNS has one alternate per cached target (RFC 3263 §4.3), the next after a 503, no response or a
+transport error, the next trunk after any other failure
+(:func:`~gateway.core.calls.routing.alternates_after`), and a trunk that gives no response at
+all within its ``response_timeout`` is left (our 408, :data:`NO_RESPONSE`) whatever the
+failover statuses say. A non-INVITE cannot be cancelled (RFC 3261 §9.1): the other contacts'
+answers are awaited and dropped.
 
 Size (RFC 3428 §7): the page-mode body is at most :data:`MAX_BODY`, and a request we would have
 to send over UDP must stay under the path limit the endpoint keeps (``UDP_SIZE_LIMIT``, RFC 3261

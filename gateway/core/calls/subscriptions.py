@@ -8,7 +8,11 @@ SUBSCRIBE to the trunk with ``voicemail = true``: new Call-ID and tags, the Requ
 user the account's number on that trunk (the first of the trunk's ``dids`` reaching the account,
 in the trunk's ``number_format``: how the trunk's calls reach the account, the other way
 round), the From as a call of the account to that trunk presents it, the trunk's digest
-challenges answered with its credentials. Expires is bounded (:mod:`gateway.core.sip.events`:
+challenges answered with its credentials. A voicemail trunk named by DNS gets it at its cached
+targets (trunk_dns.py: no DNS query here, 503 while its name has not resolved), the next after
+a transport error, no response within the trunk's ``response_timeout`` or a 503 (RFC 3263
+§4.3), the same subscription with the next CSeq; the target that took it gets the dialog's
+requests (its Contact is not looked up). Expires is bounded (:mod:`gateway.core.sip.events`:
 423 below a minute, at most an hour). The trunk's final response goes back to the phone; with a
 2xx both dialogs exist (RFC 6665 §4.1.2.1, RFC 3261 §12.1):
 

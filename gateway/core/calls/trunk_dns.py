@@ -29,6 +29,12 @@ at most ``[dns] max_targets`` of them are tried (the call's RFC 3263 §4.3 failo
 gateway/core/calls/call.py). The weights are drawn per call, not per resolution, so that a
 carrier's weights spread this gateway's calls as they would spread many clients'.
 
+Requests the gateway sends a named trunk outside calls read the same cache: OPTIONS probes and
+REGISTER (:func:`next_hop`), a MESSAGE (routed as a call, one alternate per target) and the
+voicemail trunk's message-summary SUBSCRIBE (subscriptions.py, the targets in turn).
+:meth:`TrunkTargets.status` tells an operator (``voipgw trunks``) what the last answer was, when
+it came and when the name is asked next.
+
 Names in a trunk dialog's Contact or Record-Route are never looked up: a leg's in-dialog
 requests go to the address its INVITE went to (or came from), over its flow (leg.py, and
 docs/configuration.md "Trunks named by DNS" says why).
