@@ -8,8 +8,8 @@ a fake resolver at the boundary, on the in-memory network in virtual time:
 - a MESSAGE to a number such a trunk serves follows the rule calls follow: 503 or silence
   (``response_timeout``) sends it to the trunk's next target, a 500 to the next trunk;
 - what an operator sees (``Gateway.trunks_status``, the control socket's ``trunks``,
-  ``voipgw trunks``): the targets, when they were resolved and are resolved next, the last
-  failure with the targets kept.
+  ``voipgw trunks``, the metrics): the targets, when they were resolved and are resolved next,
+  the last failure with the targets kept.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from gateway.core.control import respond
 from gateway.core.ids import SeededIds
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Request
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import render
 from gateway.testing.fake_dns import FakeResolver
 from gateway.testing.network import Address
 from gateway.testing.sip_agent import Received, SipAgent
@@ -298,6 +300,16 @@ async def test_trunks_status_shows_the_targets_and_when_they_were_resolved(
     # 90 % of the TTL after the answer (trunk_dns.refresh_in), in Unix time.
     assert dns["next_resolution_at"] - dns["resolved_at"] == pytest.approx(54.0)
     assert abs(dns["resolved_at"] - time.time()) < 5
+    # The metrics say as much: the targets, and when (a trunk with an address: no series).
+    exposition = render(StatusView(env.gateway, CallStatistics())).decode()
+    assert 'voipgw_trunk_dns_targets{trunk="carrier"} 2' in exposition
+    assert 'voipgw_trunk_dns_targets{trunk="backup"}' not in exposition
+    (line,) = [
+        line
+        for line in exposition.splitlines()
+        if line.startswith('voipgw_trunk_dns_resolved_time_seconds{trunk="carrier"}')
+    ]
+    assert float(line.split()[-1]) == pytest.approx(dns["resolved_at"], abs=1)
 
     # The DNS stops answering: the targets are kept, the failure and the next try shown.
     resolver.failing = True
