@@ -4,7 +4,8 @@ a fake resolver at the boundary, on the in-memory network in virtual time:
 - an account's message-summary SUBSCRIBE relayed to a voicemail trunk named by DNS (each form:
   SRV, NAPTR, A records) goes to the trunk's cached targets, the next after a silent one
   (``response_timeout``) or a 503, never the next after another failure; a trunk whose name
-  has not resolved is unreachable (503), and no DNS query is made for the SUBSCRIBE;
+  has not resolved is unreachable (503), and no DNS query is made for the SUBSCRIBE; one to
+  a ``sips:`` URI goes to the trunk's TLS targets only (480 without any);
 - a MESSAGE to a number such a trunk serves follows the rule calls follow: 503 or silence
   (``response_timeout``) sends it to the trunk's next target, a 500 to the next trunk;
 - what an operator sees (``Gateway.trunks_status``, the control socket's ``trunks``,
@@ -34,6 +35,7 @@ from gateway.testing.fake_dns import FakeResolver
 from gateway.testing.network import Address
 from gateway.testing.sip_agent import Received, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, GW, TRUNK, B2bua, start_b2bua
+from tests.component.calls.test_b2bua_sips import ALICE_TLS, assert_sips_not_allowed, tls_phone
 from tests.component.calls.test_subscriptions_memory import (
     SUMMARY,
     SUMMARY_TYPE,
@@ -45,6 +47,7 @@ NAME = "sip.carrier.example"
 DEAD: Address = ("127.0.0.6", 5060)  # a target nothing answers at
 FIRST: Address = ("127.0.0.5", 5060)  # a first target that answers (503, 500)
 BACKUP: Address = ("127.0.0.7", 5060)  # another trunk serving the same numbers
+TLS_TARGET: Address = ("127.0.0.6", 5061)  # the carrier's target over TLS
 NUMBER = "+15550123"
 TEXT = "text/plain"
 
@@ -215,6 +218,52 @@ async def test_a_voicemail_trunk_whose_name_has_not_resolved_is_unreachable(
     assert resolver.queries == queries  # nothing asked for it: the trunk is down
     assert voicemail.subscribes == [] and sent_to(env, DEAD, b"SUBSCRIBE") == []
     assert env.gateway.subscriptions is not None and len(env.gateway.subscriptions) == 0
+
+
+@pytest.mark.parametrize("offers_tls", [True, False])
+async def test_a_sips_subscription_goes_to_the_trunks_tls_targets_only(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    offers_tls: bool,
+) -> None:
+    # RFC 5630 §3.1.3: TLS on every hop. The NAPTR records prefer UDP (the carrier's agent at
+    # 127.0.0.2), then TLS (another at 127.0.0.6:5061) when the carrier offers it.
+    naptr = [NaptrRecord(10, 10, "S", "SIP+D2U", "", f"_sip._udp.{NAME}")]
+    if offers_tls:
+        naptr.append(NaptrRecord(10, 20, "S", "SIPS+D2T", "", f"_sips._tcp.{NAME}"))
+    resolver = FakeResolver(
+        naptr_records={NAME: naptr},
+        srv_records={
+            f"_sip._udp.{NAME}": [SrvRecord(10, 0, TRUNK[1], "b.carrier.example")],
+            f"_sips._tcp.{NAME}": [SrvRecord(10, 0, TLS_TARGET[1], "t.carrier.example")],
+        },
+        hosts={"b.carrier.example": [TRUNK[0]], "t.carrier.example": [TLS_TARGET[0]]},
+    )
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        sip={"listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
+        tls_stand_in=True,
+        carrier={"address": NAME, "voicemail": True},
+        dns_resolver=resolver,
+        alice_auto=None,
+    )
+    over_udp = Voicemail(env.trunk)
+    over_tls = Voicemail(await agent_at(env, nursery, TLS_TARGET, voipgw_seed + 5))
+    phone = await tls_phone(env, nursery, ALICE_TLS, "alice", "wonderland-42", voipgw_seed + 6)
+    request = subscribe_request(phone, uri="sips:alice@127.0.0.1:5061")
+    _, final = await phone.send_authenticated(request)
+    assert over_udp.subscribes == []
+    if not offers_tls:
+        assert final.status == 480
+        assert_sips_not_allowed(final)
+        return
+    assert final.status == 200, final.reason
+    (relayed,) = over_tls.subscribes
+    assert str(relayed.uri) == f"sip:{ALICE_DID}@{NAME}"
 
 
 # -- MESSAGE to a trunk named by DNS -------------------------------------------------------------
