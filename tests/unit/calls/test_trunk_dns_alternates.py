@@ -10,7 +10,7 @@ import pytest
 
 from gateway.core.calls.messages import NO_RESPONSE, _fails_over
 from gateway.core.calls.routing import SERVER_FAILURES, TrunkHopTarget, alternates_after
-from gateway.core.calls.trunk_dns import TrunkHop, TrunkTargets
+from gateway.core.calls.trunk_dns import SrvRecord, TrunkHop, TrunkTargets
 from gateway.core.cli import describe_trunk
 from gateway.core.config import DnsSection, TrunkConfig
 from gateway.core.interfaces import RouteTarget
@@ -133,3 +133,36 @@ def test_describe_a_trunk_down_before_its_name_resolved_and_one_with_an_address(
     ]
     plain = {"name": "backup", "address": "udp:198.51.100.7:5060", "enabled": False, "dns": None}
     assert describe_trunk(plain, NOW) == ["backup  udp:198.51.100.7:5060  [disabled]"]
+
+
+def test_check_config_resolve_says_what_each_named_trunk_resolves_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.core import cli, config
+    from gateway.core.calls import trunk_dns
+    from gateway.testing.fake_dns import FakeResolver
+
+    resolver = FakeResolver(
+        srv_records={"_sip._udp.sip.carrier.example": [SrvRecord(10, 0, 5060, "a.example.net")]},
+        hosts={"a.example.net": ["192.0.2.1"]},
+        ttl=300,
+    )
+    monkeypatch.setattr(trunk_dns, "DnsPythonResolver", lambda servers, timeout: resolver)
+    loaded = config.from_mapping(
+        {
+            "trunks": [
+                {"name": "carrier", "address": "udp:sip.carrier.example"},
+                {"name": "other", "address": "tcp:sip.other.example"},
+                {"name": "plain", "address": "udp:198.51.100.7:5060"},
+            ]
+        }
+    )
+    assert cli._resolve_named_trunks(loaded, ("udp", "tcp")) == [
+        "trunk carrier: udp:sip.carrier.example resolves to udp:192.0.2.1:5060 (TTL 300 s)",
+        "trunk other: tcp:sip.other.example does not resolve: "
+        "sip.other.example has no SRV, A or AAAA record",
+    ]
+    plain = config.from_mapping({"trunks": [{"name": "plain", "address": "udp:192.0.2.9:5060"}]})
+    assert cli._resolve_named_trunks(plain, ("udp",)) == [
+        "no trunk is named by DNS: nothing to resolve"
+    ]
