@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
     check.add_argument(
+        "--resolve",
+        action="store_true",
+        help="also resolve each trunk named by DNS once, as [dns] says (the gateway does so at "
+        "start-up), and print its targets in the order calls try them, or why it fails",
+    )
+    check.add_argument(
         "--intercept",
         action="store_true",
         help="also report the validity of the [plugins.intercept] certificates (for those "
@@ -97,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         "password is the first line of standard input, or asked twice without echo when "
         "standard input is a terminal.",
     )
+
+    trunks = sub.add_parser(
+        "trunks",
+        help="show the trunks of the running gateway",
+        description="Show each trunk of the running gateway (asked over "
+        "<state_dir>/control.sock): its address, whether it is up (and why not) and registered, "
+        "and for a trunk named by DNS the targets its name resolved to (RFC 3263: in priority "
+        "order), when that answer came, when the name is asked next, and why the last "
+        "resolution failed, if it did.",
+    )
+    trunks.add_argument("--config", metavar="FILE", help="read [gateway] state_dir here")
+    trunks.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
+    trunks.add_argument("--json", action="store_true", help="machine-readable output")
 
     calls = sub.add_parser(
         "calls",
@@ -314,7 +333,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     plugins = load_plugins(config)
     from gateway.core.gateway import Gateway
 
-    Gateway(config, plugins).check()
+    gateway = Gateway(config, plugins)
+    gateway.check()
     for warning in config_mod.did_warnings(config):
         print(f"{args.file}: warning: {warning}", file=sys.stderr)
     if args.intercept:
@@ -333,8 +353,109 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 print(f"{args.file}: warning: {line}", file=sys.stderr)
             else:
                 print(f"{args.file}: {line}")
+    if args.resolve:
+        for line in _resolve_named_trunks(config, gateway.dns_transports()):
+            print(f"{args.file}: {line}")
     print(f"{args.file}: OK ({len(plugins.names)} plugins: {', '.join(plugins.names)})")
     return EXIT_OK
+
+
+def _resolve_named_trunks(config: GatewayConfig, transports: Sequence[str]) -> list[str]:
+    """One line per enabled trunk named by DNS: what its name resolves to now (``[dns]``
+    servers and timeout; a bare name over ``transports``, RFC 3263 §4.1), or why not. What
+    the gateway will find at start-up, for an operator to check before it runs."""
+    import trio
+
+    from gateway.core.calls.trunk_dns import DnsError, DnsPythonResolver, resolve
+
+    named = [trunk for trunk in config.trunks if trunk.enabled and trunk.by_name]
+    if not named:
+        return ["no trunk is named by DNS: nothing to resolve"]
+    dns = config.dns
+
+    async def main() -> list[str]:
+        resolver = DnsPythonResolver(dns.servers, dns.timeout)
+        lines = []
+        for trunk in named:
+            address = trunk.address_parts
+            found = None
+            why = f"no answer within {dns.timeout:g} s"
+            with trio.move_on_after(dns.timeout):
+                try:
+                    found = await resolve(address, resolver, transports)
+                except DnsError as exc:
+                    why = str(exc)
+            if found is None:
+                lines.append(f"trunk {trunk.name}: {address} does not resolve: {why}")
+                continue
+            shown = ", ".join(str(hop) for hop in found.hops)
+            lines.append(f"trunk {trunk.name}: {address} resolves to {shown} (TTL {found.ttl:g} s)")
+        return lines
+
+    return trio.run(main)
+
+
+def cmd_trunks(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.core.control import ControlError, ask, socket_path
+
+    config = _load_config(args.config)
+    path = socket_path(args.state_dir or config.gateway.state_dir)
+    try:
+        trunks = ask(path, "trunks").get("trunks")
+    except ControlError as exc:
+        print(f"voipgw: trunks: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if not isinstance(trunks, list):
+        print("voipgw: trunks: the gateway's answer has no trunk list", file=sys.stderr)
+        return EXIT_RUNTIME
+    if args.json:
+        print(json.dumps(trunks, indent=2))
+        return EXIT_OK
+    if not trunks:
+        print("no trunks")
+    now = time.time()
+    for trunk in trunks:
+        print("\n".join(describe_trunk(trunk, now)))
+    return EXIT_OK
+
+
+def describe_trunk(trunk: dict[str, Any], now: float) -> list[str]:
+    """A trunk of the control socket's ``trunks`` answer, in plain words (``now``: Unix time,
+    for how long ago and how soon)."""
+    if not trunk.get("enabled"):
+        state = "disabled"
+    elif trunk.get("up"):
+        state = "up"
+    else:
+        state = f"down ({trunk.get('down_reason')})"
+    registered = trunk.get("registered")
+    if registered is not None:
+        state += ", registered" if registered else ", not registered"
+    lines = [f"{trunk.get('name')}  {trunk.get('address')}  [{state}]"]
+    dns = trunk.get("dns")
+    if isinstance(dns, dict):
+        targets = dns.get("targets") or []
+        resolved_at, next_at = dns.get("resolved_at"), dns.get("next_resolution_at")
+        if isinstance(resolved_at, (int, float)):
+            ttl = dns.get("ttl")
+            when = f"resolved {_utc(resolved_at)} ({max(now - resolved_at, 0):.0f} s ago"
+            when += f", TTL {ttl:g} s)" if isinstance(ttl, (int, float)) else ")"
+        else:
+            when = "not resolved yet"
+        if isinstance(next_at, (int, float)):
+            when += f"; next look-up {_utc(next_at)} (in {max(next_at - now, 0):.0f} s)"
+        lines.append(f"  DNS: {when}")
+        lines.append(f"  targets: {', '.join(map(str, targets)) if targets else '(none)'}")
+        if dns.get("error"):
+            kept = "; the targets above are kept" if targets else ""
+            lines.append(f"  last look-up failed: {dns['error']}{kept}")
+    return lines
+
+
+def _utc(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
 
 
 def cmd_metrics_password(args: argparse.Namespace) -> int:
@@ -881,6 +1002,7 @@ COMMANDS = {
     "route": cmd_route,
     "registrations": cmd_registrations,
     "calls": cmd_calls,
+    "trunks": cmd_trunks,
     "run": cmd_run,
     "plugins": cmd_plugins,
     "check-config": cmd_check_config,

@@ -1,4 +1,5 @@
-"""The control socket: what a running gateway answers ``voipgw calls`` on its own host.
+"""The control socket: what a running gateway answers ``voipgw calls`` and ``voipgw trunks`` on
+its own host.
 
 Theory of operation
 -------------------
@@ -17,6 +18,10 @@ and reads one JSON object back, until the gateway closes the connection. Queries
   (``media.quality.LegQuality.live``: the call record's figures and the ages in seconds of the
   leg's last report block and last RTCP) or null while its phone has sent no RTCP. Calls whose
   quality is not read (``[media] rtcp_quality = false``) are left out.
+- ``trunks``: ``{"trunks": [TRUNK, ...]}``, each trunk of the configuration as
+  ``Gateway.trunks_status`` describes it (``voipgw trunks``): name, address, enabled, up and why
+  not, registered, and for a trunk named by DNS its resolved targets and when it was resolved
+  and is resolved next.
 
 Anything else is answered ``{"error": REASON}``. Nothing is worked out until asked: a gateway
 that no one asks pays for one listening socket, and a call for nothing.
@@ -53,7 +58,7 @@ MAX_ANSWER = 64 * 1024 * 1024
 ASK_TIMEOUT = 10.0
 """Seconds the client waits for the whole answer (the gateway walks its live calls for it)."""
 
-QUERIES = ("live_quality",)
+QUERIES = ("live_quality", "trunks")
 
 
 class ControlError(Exception):

@@ -412,6 +412,8 @@ class Gateway:
         """The answer to a control socket query (gateway/core/control.py): ``live_quality``,
         per live call whose quality is read, each leg's RTCP figures now. Walks the live calls
         when asked, never otherwise."""
+        if query == "trunks":
+            return {"trunks": self.trunks_status()}
         calls: dict[str, object] = {}
         if query == "live_quality" and self.calls is not None:
             for call in self.calls.calls:
@@ -422,6 +424,42 @@ class Gateway:
                     sides = ("a", "b") if answered else ("a",)
                     calls[call.record_id] = quality.live(sides)
         return {"calls": calls}
+
+    def trunks_status(self) -> list[dict[str, object]]:
+        """Every trunk as ``voipgw trunks`` shows it: its address, whether it is enabled and
+        up (down: why), registered (None: it does not register), and for a trunk named by DNS
+        (``dns``, else None) the targets of its last good answer in priority order, when that
+        came and when the name is asked next (Unix time), the TTL, and why the last resolution
+        failed (None: it did not)."""
+        now, wall = trio.current_time(), time.time()
+        down = self.trunk_health.down
+        found: list[dict[str, object]] = []
+        for trunk in self.config.trunks:
+            registration = self.trunk_registrations.get(trunk.name)
+            entry: dict[str, object] = {
+                "name": trunk.name,
+                "address": str(trunk.address_parts),
+                "enabled": trunk.enabled,
+                "up": trunk.enabled and trunk.name not in down,
+                "down_reason": down.get(trunk.name),
+                "registered": registration.registered if registration is not None else None,
+                "dns": None,
+            }
+            status = self.trunk_targets.status(trunk.name) if self.trunk_targets else None
+            if status is not None:
+                entry["dns"] = {
+                    "targets": [str(hop) for hop in status.targets],
+                    "resolved_at": (
+                        None if status.resolved_at is None else wall + status.resolved_at - now
+                    ),
+                    "next_resolution_at": (
+                        None if status.next_at is None else wall + status.next_at - now
+                    ),
+                    "ttl": status.ttl,
+                    "error": status.error,
+                }
+            found.append(entry)
+        return found
 
     # -- TransportHost ----------------------------------------------------------------------
 

@@ -819,7 +819,9 @@ class TrunkCounts:
     ``counted_alone`` the calls this node counted against ``max_calls`` by itself because the
     database did not answer (the cluster's count is in the database). ``paced_cps``: the new
     calls a second this node sends to it at most now, its ``max_cps`` (0: none) or, with
-    ``[store] max_cps_scope = "cluster"``, this node's share of it."""
+    ``[store] max_cps_scope = "cluster"``, this node's share of it. For a trunk named by DNS
+    (else None): ``dns_targets``, the targets of its name's last answer (0 before the first),
+    and ``dns_resolved_at``, when that answer came (seconds since the epoch; None before)."""
 
     name: str
     calls_in_progress: int
@@ -831,6 +833,8 @@ class TrunkCounts:
     failovers: int = 0
     counted_alone: int = 0
     paced_cps: float = 0.0
+    dns_targets: int | None = None
+    dns_resolved_at: float | None = None
 
 
 @attrs.frozen

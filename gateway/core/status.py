@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 import attrs
+import trio
 
 from gateway import __version__
 from gateway.core.interfaces import (
@@ -310,6 +311,11 @@ class StatusView:
                 paced_cps = limits.paced_cps(key)
             probed = trunk.enabled and trunk.options_interval > 0
             registration = self._gateway.trunk_registrations.get(trunk.name)
+            named = self._gateway.trunk_targets
+            dns = named.status(trunk.name) if named is not None else None
+            resolved_at = None
+            if dns is not None and dns.resolved_at is not None:
+                resolved_at = time.time() + dns.resolved_at - trio.current_time()
             found.append(
                 TrunkCounts(
                     trunk.name,
@@ -322,6 +328,8 @@ class StatusView:
                     failovers=manager.failovers[trunk.name] if manager is not None else 0,
                     counted_alone=counted_alone,
                     paced_cps=paced_cps,
+                    dns_targets=len(dns.targets) if dns is not None else None,
+                    dns_resolved_at=resolved_at,
                 )
             )
         return tuple(found)

@@ -10,13 +10,17 @@ listens) and ``live.carrier.test`` (priority 20: sipp answering), both at 127.0.
 and ``SIP+D2U`` (preference 20, to ``_sip._udp.carrier.test``, one more target). alice
 (sipp) calls a number the trunk serves: the gateway's connection to the first target is
 refused, and the INVITE goes to the second, whose Request-URI names the trunk's domain, not
-the target. Nothing waits on a clock: dnsmasq is polled until it answers, sipp until it listens.
+the target. The same name as a voicemail trunk: alice's message-summary SUBSCRIBE goes to the
+second target too, and ``voipgw trunks`` and ``check-config --resolve`` show the targets.
+Nothing waits on a clock: dnsmasq is polled until it answers, sipp until it listens.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +35,7 @@ from gateway.core.calls.trunk_dns import DnsError, DnsPythonResolver, NaptrRecor
 from gateway.core.config import TrunkAddress
 from tests.conftest import require_peer
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas, run_sipp_uac
+from tests.interop.harness.gateway import REPO_ROOT
 from tests.interop.harness.ports import free_port
 from tests.interop.harness.processes import start_process, stop_process, tail
 
@@ -148,6 +153,67 @@ def test_a_named_trunk_fails_over_from_a_dead_target_to_the_next(
     # A bare domain's URI names no transport (§4.1: the NAPTR record chose it).
     uri = f"sip:{NUMBER}@{DOMAIN}" if address == DOMAIN else f"sip:{NUMBER}@{DOMAIN};transport=tcp"
     assert invite.startswith(f"INVITE {uri} SIP/2.0"), invite
+
+
+def test_mwi_through_a_voicemail_trunk_named_by_dns(tmp_path: Path) -> None:
+    """alice (sipp) subscribes to her mailbox; the voicemail trunk is ``tcp:carrier.test``:
+    the gateway's SUBSCRIBE finds the first SRV target refused and goes to the second, the
+    voicemail platform (sipp over TCP), whose NOTIFYs reach alice. ``voipgw trunks`` shows
+    the targets the name resolved to, and ``voipgw check-config --resolve`` resolves the name
+    as the gateway will, through the same server."""
+    platform = SippUas("calls/uas_voicemail.xml", workdir=tmp_path, transport="tcp")
+    dead = free_port("tcp")  # nothing listens there: the connection is refused
+    mailbox = "+4989111"
+    trunk = (
+        "[[trunks]]\n"
+        'name = "voicemail"\n'
+        f'address = "tcp:{DOMAIN}"\n'
+        "allowed_sources = []\n"  # alice's sipp is on 127.0.0.1 too
+        "voicemail = true\n"
+        f'dids = {{"{mailbox}" = "alice"}}\n'
+    )
+    with (
+        platform,
+        dnsmasq(tmp_path, dead=dead, live=platform.port) as dns_port,
+        GatewayProcess(
+            tmp_path,
+            accounts=dict([ALICE]),
+            settings={"dns": {"servers": [f"{LOOPBACK}:{dns_port}"]}},
+            extra_toml=trunk,
+        ) as gw,
+    ):
+        phone = run_sipp_uac(
+            "calls/uac_subscribe_mwi.xml", gw.address, workdir=tmp_path, service="alice", auth=ALICE
+        )
+        phone.check()
+        served = platform.wait(timeout=10)
+        trunks = gw.cli("trunks").stdout
+        checked = subprocess.run(
+            [sys.executable, "-m", "gateway", "check-config", str(gw.config_path), "--resolve"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        log = gw.log_text()
+    served.check()
+    dead_target, live_target = f"tcp:{LOOPBACK}:{dead}", f"tcp:{LOOPBACK}:{platform.port}"
+    assert f"target tcp:{LOOPBACK}:{dead} answered 503; trying {live_target}" in log
+    subscribe, unsubscribe = served.received("SUBSCRIBE ")
+    # RFC 3263 §4.2: the Request-URI names the trunk's domain; the SRV target is the next hop.
+    assert subscribe.startswith(f"SUBSCRIBE sip:{mailbox}@{DOMAIN};transport=tcp SIP/2.0")
+    assert "Expires: 0" in unsubscribe
+    first, last = phone.received("NOTIFY ")
+    assert "Messages-Waiting: yes" in first
+    assert "Subscription-State: terminated" in last
+    assert f"voicemail  tcp:{DOMAIN}  [up]" in trunks
+    assert f"  targets: {dead_target}, {live_target}" in trunks
+    assert "TTL 60 s" in trunks
+    assert checked.returncode == 0, checked.stderr
+    assert f"trunk voicemail: tcp:{DOMAIN} resolves to {dead_target}, {live_target}" in (
+        checked.stdout
+    )
 
 
 def test_the_resolver_reads_dnsmasqs_records(tmp_path: Path) -> None:

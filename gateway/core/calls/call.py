@@ -150,6 +150,7 @@ from gateway.core.calls.routing import (
     TrunkHopTarget,
     UnroutableTarget,
     account_number_on_trunk,
+    alternates_after,
     called_user,
     destination_for,
     dial_string,
@@ -5067,23 +5068,11 @@ class Call:
 
 
 def without_other_hops(alternates: list[RouteTarget], leg: BLeg) -> list[RouteTarget]:
-    """``alternates`` after ``leg`` failed, without the other targets of its trunk when it is a
-    target of a trunk named by DNS that did not fail as one server does. RFC 3263 §4.3: a
-    transport error, a timeout without any response (our 408: the trunk's ``response_timeout``
-    or Timer B) or a 503 sends the request to the trunk's next target; any other failover
-    status (500, 502, 504 ...) is the trunk's answer, not one server's, and the call goes on
-    with the next trunk."""
-    failed = leg.target
-    if not isinstance(failed, TrunkHopTarget):
-        return alternates
-    outcome = leg.final or leg.given_up
-    if leg.given_up is not None or (outcome is not None and outcome.status in (408, 503)):
-        return alternates
-    return [
-        alternate
-        for alternate in alternates
-        if not (isinstance(alternate, TrunkHopTarget) and alternate.trunk == failed.trunk)
-    ]
+    """``alternates`` after ``leg`` failed (:func:`~gateway.core.calls.routing.alternates_after`,
+    RFC 3263 §4.3): a leg we gave up on (the trunk's ``response_timeout`` or Timer B) counts as
+    no response, a 408."""
+    final = leg.final.status if leg.final is not None else 0
+    return alternates_after(alternates, leg.target, 408 if leg.given_up is not None else final)
 
 
 def _other_hops_left(target: RouteTarget | None) -> bool:

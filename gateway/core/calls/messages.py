@@ -9,8 +9,13 @@ as a call would present it, the body and Content-Type unchanged). An account's r
 contacts get it in parallel, through the flow or Path of their registration, and the first 2xx
 goes back to the sender (RFC 3428 §7 allows 200 and 202); when none accepts, the best failure
 does (:func:`~gateway.core.calls.call.best_failure`), after the route's alternates were tried
-one at a time on a ``[sip] failover_statuses`` failure. A non-INVITE cannot be cancelled
-(RFC 3261 §9.1): the other contacts' answers are awaited and dropped.
+one at a time on a ``[sip] failover_statuses`` failure, as a call tries them: a trunk named by
+DNS has one alternate per cached target (RFC 3263 §4.3), the next after a 503, no response or a
+transport error, the next trunk after any other failure
+(:func:`~gateway.core.calls.routing.alternates_after`), and a trunk that gives no response at
+all within its ``response_timeout`` is left (our 408, :data:`NO_RESPONSE`) whatever the
+failover statuses say. A non-INVITE cannot be cancelled (RFC 3261 §9.1): the other contacts'
+answers are awaited and dropped.
 
 Size (RFC 3428 §7): the page-mode body is at most :data:`MAX_BODY`, and a request we would have
 to send over UDP must stay under the path limit the endpoint keeps (``UDP_SIZE_LIMIT``, RFC 3261
@@ -31,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +51,7 @@ from gateway.core.calls.routing import (
     Destination,
     RoutingError,
     UnroutableTarget,
+    alternates_after,
     called_user,
     destination_for,
     over_tls_only,
@@ -78,6 +85,8 @@ MAX_BODY = 16_384
 is for short messages; a session, MSRP, carries the rest)."""
 MAX_NOTIFY_BODY = 4_096
 """The largest message-summary body relayed (RFC 3842 §5: a few lines of counts)."""
+NO_RESPONSE = "Request Timeout (no response from the trunk)"
+"""The reason of our 408 when a trunk's ``response_timeout`` passed without any response."""
 # What our Via adds to a request, counted when judging whether it fits a UDP datagram.
 _VIA_ALLOWANCE = 100
 
@@ -110,12 +119,16 @@ async def send_and_wait(
     cnonce: Callable[[], str],
     next_cseq: Callable[[], int] | None = None,
     on_sent: Callable[[Request], None] | None = None,
+    give_up_after: float = 0.0,
 ) -> tuple[Request, Response]:
     """Send ``request`` (no Via: the endpoint adds ours) to ``destination`` and wait for its
     final response. A 401/407 is answered once with ``trunk``'s credentials (RFC 3261 §22.2) in
     a new transaction with CSeq ``next_cseq()`` (default: one more). Returns the request as last
     sent and its final response; one that cannot be sent ends in a 503 of ours, a timeout in a
-    408 (RFC 3261 §8.1.3.1)."""
+    408 (RFC 3261 §8.1.3.1). ``give_up_after`` (a trunk's ``response_timeout``; 0: never): a
+    transaction without any response at all, not even a 1xx, by then ends in our 408
+    :data:`NO_RESPONSE` (its later responses are dropped), so that the next target is tried
+    before the sender's own transaction runs out."""
     answered_challenge = False
     while True:
         try:
@@ -132,11 +145,16 @@ async def send_and_wait(
         if on_sent is not None:
             on_sent(sent)
         final: Response | None = None
-        async for response in client.responses:
-            if response.status >= 200:
-                final = response
-                break
+        with trio.move_on_after(give_up_after or math.inf) as waiting:
+            async for response in client.responses:
+                waiting.deadline = math.inf  # it answers: Timer F decides from now on
+                if response.status >= 200:
+                    final = response
+                    break
         if final is None:
+            if waiting.cancelled_caught:
+                client.forward_to(None)  # a late answer is nobody's to read
+                return sent, make_response(request, 408, NO_RESPONSE)
             return sent, make_response(request, 408, "Request Timeout")
         usable = trunk is not None and trunk.username is not None and trunk.password is not None
         if final.status not in (401, 407) or answered_challenge or not usable:
@@ -161,6 +179,7 @@ class Attempt:
     request: Request
     destination: Destination
     trunk: TrunkConfig | None = None
+    target: RouteTarget | None = None
 
 
 class Messages:
@@ -226,19 +245,28 @@ class Messages:
             if not targets:
                 reason = "Temporarily Unavailable (no device or trunk reached over TLS for SIPS)"
                 return make_response(request, 480, reason, extra=[SIPS_NOT_ALLOWED])
-        made, finals = _usable(
-            functools.partial(self._message_to, request, caller), targets, request
-        )
+        make = functools.partial(self._message_to, request, caller)
+        made, finals = _usable(make, targets, request)
         winner, answered = await self.first_success(made)
         finals += answered
+        last = list(finals)  # the last attempt's answers decide on failover, as for a call
         failover = self.gateway.config.sip.failover_statuses
-        while winner is None and alternates and finals and best_answer(finals)[0] in failover:
-            made, refused = _usable(
-                functools.partial(self._message_to, request, caller), alternates[:1], request
-            )
+        while (
+            winner is None and alternates and last and all(_fails_over(f, failover) for f in last)
+        ):
+            if len(made) == 1 and len(last) == 1:
+                # RFC 3263 §4.3: a trunk's next DNS target after its server's failure (503,
+                # no response), else the next trunk (routing.alternates_after).
+                alternates = alternates_after(alternates, made[0].target, last[0].status)
+                if not alternates:
+                    break
+            tried, refused = _usable(make, alternates[:1], request)
             del alternates[0]
-            winner, more = await self.first_success(made)
+            winner, more = await self.first_success(tried)
             finals += refused + more
+            if refused or more:
+                made, last = tried, refused + more
+            # else not sent at all (a bad URI): the failure before it stands, the next is tried
         if winner is not None:
             self.relayed += 1
             return make_response(request, winner.status, winner.reason)
@@ -283,7 +311,7 @@ class Messages:
         if request.body or request.content_type:
             relayed = relayed.with_body(request.body, request.content_type)
         check_udp_size(self.endpoint, relayed, destination)
-        return Attempt(relayed, destination, trunk)
+        return Attempt(relayed, destination, trunk, target)
 
     def _presented(self, caller: Caller, request: Request, trunk: TrunkConfig | None) -> str:
         """Who sends, as our From's user part, as a call presents its caller: an account by
@@ -402,12 +430,15 @@ class Messages:
     async def _one(self, attempt: Attempt, results: trio.MemorySendChannel[Response]) -> None:
         async with results:
             try:
+                trunk = attempt.trunk
                 _, final = await send_and_wait(
                     self.endpoint,
                     attempt.request,
                     attempt.destination,
-                    trunk=attempt.trunk,
+                    trunk=trunk,
                     cnonce=lambda: self.gateway.ids.token_hex(8),
+                    # A silent trunk is left for its next target or trunk, as a call leaves it.
+                    give_up_after=trunk.response_timeout if trunk is not None else 0.0,
                 )
             except Exception:
                 log.exception("internal error sending %s", attempt.request.method)
@@ -434,6 +465,13 @@ def _usable(
         if attempt is not None:
             attempts.append(attempt)
     return attempts, too_large
+
+
+def _fails_over(final: Response, failover: Sequence[int]) -> bool:
+    """Whether ``final`` sends a MESSAGE on to its next alternate: one of ``[sip]
+    failover_statuses``, or our own timeout (a trunk's ``response_timeout``), whatever they
+    say, as for a call."""
+    return final.status in failover or (final.status == 408 and final.reason == NO_RESPONSE)
 
 
 def best_answer(finals: Sequence[Response]) -> tuple[int, str]:

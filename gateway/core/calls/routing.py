@@ -246,6 +246,29 @@ class TrunkHopTarget(RouteTarget):
     server_name: str = attrs.field(kw_only=True)
 
 
+SERVER_FAILURES = (408, 503)
+"""RFC 3263 §4.3: the statuses that are one server's failure, not its trunk's answer: no
+response (408, our own for a timeout too) and 503 (a transport error is our 503 as well)."""
+
+
+def alternates_after(
+    alternates: Sequence[RouteTarget], failed: RouteTarget | None, status: int
+) -> list[RouteTarget]:
+    """``alternates`` after a request to ``failed`` ended in ``status``: without the other
+    targets of its trunk when ``failed`` is a target of a trunk named by DNS and ``status`` is
+    not a :data:`SERVER_FAILURES` one. RFC 3263 §4.3: a transport error, no response or a 503
+    sends the request to the trunk's next target; any other failure (500, 502, 504 ...) is the
+    trunk's answer, and the request goes on to the next trunk. Calls, blind transfers and
+    MESSAGE all follow this rule."""
+    if not isinstance(failed, TrunkHopTarget) or status in SERVER_FAILURES:
+        return list(alternates)
+    return [
+        alternate
+        for alternate in alternates
+        if not (isinstance(alternate, TrunkHopTarget) and alternate.trunk == failed.trunk)
+    ]
+
+
 @attrs.frozen
 class Destination:
     """Where to send a request: a transport name and address, and the open flow to use when

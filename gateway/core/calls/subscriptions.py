@@ -8,7 +8,11 @@ SUBSCRIBE to the trunk with ``voicemail = true``: new Call-ID and tags, the Requ
 user the account's number on that trunk (the first of the trunk's ``dids`` reaching the account,
 in the trunk's ``number_format``: how the trunk's calls reach the account, the other way
 round), the From as a call of the account to that trunk presents it, the trunk's digest
-challenges answered with its credentials. Expires is bounded (:mod:`gateway.core.sip.events`:
+challenges answered with its credentials. A voicemail trunk named by DNS gets it at its cached
+targets (trunk_dns.py: no DNS query here, 503 while its name has not resolved), the next after
+a transport error, no response within the trunk's ``response_timeout`` or a 503 (RFC 3263
+§4.3), the same subscription with the next CSeq; the target that took it gets the dialog's
+requests (its Contact is not looked up). Expires is bounded (:mod:`gateway.core.sip.events`:
 423 below a minute, at most an hour). The trunk's final response goes back to the phone; with a
 2xx both dialogs exist (RFC 6665 §4.1.2.1, RFC 3261 §12.1):
 
@@ -48,11 +52,11 @@ import trio
 
 from gateway.core.calls.messages import MAX_NOTIFY_BODY, send_and_wait
 from gateway.core.calls.routing import (
+    SERVER_FAILURES,
     Destination,
     UnroutableTarget,
     called_user,
     destination_for,
-    over_tls_only,
     trunk_uri,
 )
 from gateway.core.interfaces import RouteTarget
@@ -85,7 +89,7 @@ from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.sip.uri import SipUri, remove_param
-from gateway.core.transport.flows import Flow
+from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 
 if TYPE_CHECKING:
     from gateway.core.config import TrunkConfig
@@ -117,6 +121,10 @@ class Subscription:
     phone_tag: str
     trunk_request: Request
     trunk_destination: Destination
+    """Where the trunk's SUBSCRIBE went, and its dialog's requests go (the target that took
+    it, for a trunk named by DNS: names in its Contact are not looked up)."""
+    trunk_alternates: list[Destination] = attrs.field(factory=list)
+    """The trunk's other DNS targets, tried in turn while the SUBSCRIBE finds no server."""
     phone_dialog: Dialog | None = None
     trunk_dialog: Dialog | None = None
     answered: trio.Event = attrs.field(factory=trio.Event)
@@ -265,13 +273,16 @@ class Subscriptions:
             return make_response(
                 request, 404, f"Not Found (no mailbox number on trunk {trunk.name})"
             )
+        destinations = self._trunk_destinations(trunk, mailbox)
         if flow.secure and is_sips(request.uri):
             # RFC 5630 §3.1.3: a SUBSCRIBE to a SIPS URI, and the NOTIFYs its dialog brings,
-            # travel over TLS on every hop: the voicemail trunk's too, or no subscription.
-            voicemail = RouteTarget(trunk_uri(trunk, mailbox), trunk=trunk.name)
-            if not over_tls_only([voicemail]):
+            # travel over TLS on every hop: the voicemail trunk's too (only its targets
+            # reached over TLS, for a trunk named by DNS), or no subscription.
+            secure = [d for d in destinations if d.transport in TLS_TRANSPORTS]
+            if destinations and not secure:
                 reason = "Temporarily Unavailable (voicemail not reached over TLS for SIPS)"
                 return make_response(request, 480, reason, extra=[SIPS_NOT_ALLOWED])
+            destinations = secure
         self._replace_same_contact(account, request)
         if len(self._by_trunk) >= MAX_SUBSCRIPTIONS:
             self.refused += 1
@@ -280,10 +291,30 @@ class Subscriptions:
         if self._per_account.get(account, 0) >= MAX_PER_ACCOUNT:
             self.refused += 1
             return make_response(request, 403, "Forbidden (account subscription limit)")
-        subscription = self._to_trunk(request, flow, account, trunk, mailbox, asked)
+        if not destinations:
+            return make_response(request, 503, "Service Unavailable (voicemail unreachable)")
+        subscription = self._to_trunk(request, flow, account, trunk, mailbox, asked, destinations)
         if subscription is None:
             return make_response(request, 503, "Service Unavailable (voicemail unreachable)")
         return await self._subscribe_trunk(subscription, asked)
+
+    def _trunk_destinations(self, trunk: TrunkConfig, mailbox: str) -> list[Destination]:
+        """Where our SUBSCRIBE to the voicemail ``trunk`` may go, in the order tried: for a
+        trunk named by DNS its cached targets (trunk_dns.py: RFC 2782 order, at most ``[dns]
+        max_targets``; none while its name has not resolved), no DNS query here; else its
+        address. Empty (logged) when there is nowhere to send it."""
+        targets = self.gateway.trunk_targets
+        if targets is not None and trunk.name in targets:
+            hops = targets.hops(trunk.name)
+            if not hops:
+                log.warning("voicemail trunk %s: its name has not resolved", trunk.name)
+            return [Destination(hop.transport, hop.host, hop.port) for hop in hops]
+        target = trunk_uri(trunk, mailbox)
+        try:
+            return [destination_for(RouteTarget(target, trunk=trunk.name))]
+        except UnroutableTarget as exc:
+            log.warning("voicemail trunk %s: cannot send to %s: %s", trunk.name, target, exc)
+            return []
 
     def _own_mailbox(self, request: Request, account: str, trunk: TrunkConfig | None) -> bool:
         """Whether the SUBSCRIBE's target is in our domains and names the account (its
@@ -319,18 +350,21 @@ class Subscriptions:
         trunk: TrunkConfig,
         mailbox: str,
         expires: int,
+        destinations: Sequence[Destination],
     ) -> Subscription | None:
-        """Our SUBSCRIBE to the voicemail trunk for ``account``'s ``mailbox``, registered so
-        that the trunk's NOTIFYs find it even before its 2xx."""
+        """Our SUBSCRIBE to the voicemail trunk for ``account``'s ``mailbox``, to the first
+        of ``destinations`` (the others kept for failover), registered so that the trunk's
+        NOTIFYs find it even before its 2xx. The Request-URI and To name the trunk's address
+        as a call's do (for a trunk named by DNS its domain, RFC 3263 §4.2), not the target."""
         directory, ids = self.gateway.directory, self.gateway.ids
         assert directory is not None
         target = trunk_uri(trunk, mailbox)
         try:
             uri = parse_uri_untrusted(target)
-            destination = destination_for(RouteTarget(target, trunk=trunk.name))
-        except (RemoteSipError, UnroutableTarget) as exc:
+        except RemoteSipError as exc:
             log.warning("voicemail trunk %s: cannot send to %s: %s", trunk.name, target, exc)
             return None
+        destination, *others = destinations
         presented = directory.account_number(trunk, account) or account
         from_ = NameAddr(self.endpoint.our_uri(destination.transport, presented))
         assert isinstance(uri, SipUri)
@@ -358,6 +392,7 @@ class Subscriptions:
             phone_tag=ids.new_tag(),
             trunk_request=sent,
             trunk_destination=destination,
+            trunk_alternates=others,
         )
         self._by_trunk[subscription.trunk_key] = subscription
         self._by_phone[subscription.phone_key] = subscription
@@ -371,14 +406,20 @@ class Subscriptions:
         def sent(request: Request) -> None:
             subscription.trunk_request = request
 
-        _, final = await send_and_wait(
-            self.endpoint,
-            subscription.trunk_request,
-            subscription.trunk_destination,
-            trunk=subscription.trunk,
-            cnonce=lambda: self.gateway.ids.token_hex(8),
-            on_sent=sent,
-        )
+        trunk = subscription.trunk
+        while True:
+            _, final = await send_and_wait(
+                self.endpoint,
+                subscription.trunk_request,
+                subscription.trunk_destination,
+                trunk=trunk,
+                cnonce=lambda: self.gateway.ids.token_hex(8),
+                on_sent=sent,
+                # A silent target is left for the next before the phone's transaction ends.
+                give_up_after=trunk.response_timeout,
+            )
+            if not self._fail_over(subscription, final):
+                break
         now = trio.current_time()
         # A 2xx after the subscription already ended (a fetch's terminated NOTIFY overtook
         # it, §4.4.3) still goes to the phone: that NOTIFY waits for it to be relayed.
@@ -422,6 +463,53 @@ class Subscriptions:
             granted,
         )
         return response
+
+    def _fail_over(self, subscription: Subscription, final: Response) -> bool:
+        """After ``final`` from the trunk's target, whether to send the SUBSCRIBE to its next
+        target, and if so readied for it. RFC 3263 §4.3, as a call does: a transport error (our
+        503), no response (our 408: ``response_timeout`` or Timer F) or a 503 is that server's
+        failure; any other answer is the trunk's and goes to the phone. The request stays the
+        same subscription (Call-ID, From tag: the NOTIFYs find it), with the next CSeq (RFC
+        3261 §8.1.3.5 style: a new transaction of the same dialog-to-be, no stale credentials)
+        and our From and Contact on the next target's transport."""
+        if (
+            final.status not in SERVER_FAILURES
+            or not subscription.trunk_alternates
+            or subscription.trunk_dialog is not None  # a NOTIFY made the dialog: it is there
+            or subscription.state.ended
+        ):
+            return False
+        failed = subscription.trunk_destination
+        destination = subscription.trunk_alternates.pop(0)
+        sent = subscription.trunk_request
+        from_uri = sent.from_.uri
+        assert isinstance(from_uri, SipUri) and from_uri.user is not None
+        from_ = NameAddr(self.endpoint.our_uri(destination.transport, from_uri.user))
+        tag = sent.from_.tag
+        assert tag is not None
+        headers = (
+            sent.headers.remove("Via")
+            .remove("Authorization")
+            .remove("Proxy-Authorization")
+            .set("From", str(from_.with_tag(tag)))
+            .set("CSeq", f"{sent.cseq.number + 1} SUBSCRIBE")
+            .set("Contact", str(self.endpoint.our_contact(destination.transport)))
+        )
+        subscription.trunk_request = sent.with_headers(headers)
+        subscription.trunk_destination = destination
+        log.info(
+            "subscription of %s: voicemail trunk %s target %s:%s:%d answered %d; trying %s:%s:%d",
+            subscription.account,
+            subscription.trunk.name,
+            failed.transport,
+            failed.host,
+            failed.port,
+            final.status,
+            destination.transport,
+            destination.host,
+            destination.port,
+        )
+        return True
 
     def _relayed_failure(self, request: Request, final: Response, tag: str) -> Response:
         """The phone's answer for the trunk's failure: the same status and reason (a

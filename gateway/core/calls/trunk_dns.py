@@ -29,6 +29,12 @@ at most ``[dns] max_targets`` of them are tried (the call's RFC 3263 §4.3 failo
 gateway/core/calls/call.py). The weights are drawn per call, not per resolution, so that a
 carrier's weights spread this gateway's calls as they would spread many clients'.
 
+Requests the gateway sends a named trunk outside calls read the same cache: OPTIONS probes and
+REGISTER (:func:`next_hop`), a MESSAGE (routed as a call, one alternate per target) and the
+voicemail trunk's message-summary SUBSCRIBE (subscriptions.py, the targets in turn).
+:meth:`TrunkTargets.status` tells an operator (``voipgw trunks``) what the last answer was, when
+it came and when the name is asked next.
+
 Names in a trunk dialog's Contact or Record-Route are never looked up: a leg's in-dialog
 requests go to the address its INVITE went to (or came from), over its flow (leg.py, and
 docs/configuration.md "Trunks named by DNS" says why).
@@ -396,6 +402,21 @@ def _text(value: bytes | str) -> str:
     return value
 
 
+@attrs.frozen
+class TrunkDnsStatus:
+    """What an operator sees of one trunk named by DNS (``voipgw trunks``): the targets of its
+    last good answer (empty before the first), when that answer came and when the name is
+    asked next (trio clock, seconds), the answer's TTL, and why the last resolution failed
+    (None when it did not)."""
+
+    address: str
+    targets: tuple[TrunkHop, ...]
+    resolved_at: float | None
+    next_at: float | None
+    ttl: float | None
+    error: str | None
+
+
 class TrunkTargets:
     """The cached targets of the trunks named by DNS, kept resolved by :meth:`serve`.
 
@@ -426,6 +447,11 @@ class TrunkTargets:
         self.on_resolved = on_resolved
         self.on_change = on_change
         self._resolved: dict[str, Resolution] = {}
+        # For an operator (status()): when each name last resolved and is asked next, and why
+        # its last resolution failed; written once per resolution, never read by calls.
+        self._resolved_at: dict[str, float] = {}
+        self._next_at: dict[str, float] = {}
+        self._errors: dict[str, str] = {}
 
     def __contains__(self, trunk: str) -> bool:
         return trunk in self.named
@@ -441,6 +467,21 @@ class TrunkTargets:
 
     def resolution(self, trunk: str) -> Resolution | None:
         return self._resolved.get(trunk)
+
+    def status(self, trunk: str) -> TrunkDnsStatus | None:
+        """How ``trunk``'s name stands, for an operator; None for a trunk not named by DNS."""
+        address = self.named.get(trunk)
+        if address is None:
+            return None
+        resolution = self._resolved.get(trunk)
+        return TrunkDnsStatus(
+            address=str(address),
+            targets=resolution.hops if resolution is not None else (),
+            resolved_at=self._resolved_at.get(trunk),
+            next_at=self._next_at.get(trunk),
+            ttl=resolution.ttl if resolution is not None else None,
+            error=self._errors.get(trunk),
+        )
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Resolve every named trunk once (at most ``timeout``, all at once), report started,
@@ -472,16 +513,21 @@ class TrunkTargets:
                     why = "internal error (logged)"
             if resolution is None and why is None:
                 why = f"no answer within {self.dns.timeout:g} s"
+            now = trio.current_time()
             if resolution is not None:
                 self._accept(name, address, resolution, failing)
                 failing = False
                 wait = refresh_in(resolution.ttl, self.dns)
+                self._resolved_at[name] = now
+                self._errors.pop(name, None)
             else:
                 assert why is not None
                 if not failing:
                     self._failed(name, address, why)
                 failing = True
                 wait = self.dns.retry_interval
+                self._errors[name] = why
+            self._next_at[name] = now + wait
             first_round.set()
             await trio.sleep(wait)
 

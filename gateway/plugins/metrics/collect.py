@@ -475,3 +475,19 @@ def _trunks(out: Exposition, status: GatewayStatus) -> None:
     )
     for trunk in trunks:
         out.sample(trunk.failovers, [("trunk", trunk.name)])
+    out.family(
+        "voipgw_trunk_dns_targets",
+        "gauge",
+        "For a trunk named by DNS: the targets its name's last answer gave (0: not resolved).",
+    )
+    for trunk in trunks:
+        if trunk.dns_targets is not None:
+            out.sample(trunk.dns_targets, [("trunk", trunk.name)])
+    out.family(
+        "voipgw_trunk_dns_resolved_time_seconds",
+        "gauge",
+        "For a trunk named by DNS: when its name last resolved, seconds since the epoch.",
+    )
+    for trunk in trunks:
+        if trunk.dns_resolved_at is not None:
+            out.sample(trunk.dns_resolved_at, [("trunk", trunk.name)])

@@ -23,6 +23,7 @@ from gateway.core.control import (
 def test_a_request_is_one_json_object_line_naming_a_known_query() -> None:
     assert parse_request_untrusted(b'{"query": "live_quality"}\n') == "live_quality"
     assert parse_request_untrusted(b'{"query":"live_quality","x":1}\nignored') == "live_quality"
+    assert parse_request_untrusted(b'{"query": "trunks"}\n') == "trunks"  # voipgw trunks
 
 
 @pytest.mark.parametrize(
