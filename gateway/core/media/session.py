@@ -186,8 +186,8 @@ class DtmfPlan:
     payload_type: int
     clock_rate: int
     red: tuple[int, ...] = ()
-    """The RFC 4733 leg's RFC 2198 RED numbers on that line (its own SDP's): events may come
-    inside RED (RFC 4733 §2.5.1.5), which the relay then reads too."""
+    """The RFC 4733 leg's RFC 2198 RED numbers on that line (its own SDP's), when the answer
+    kept RED: events may come inside RED (RFC 4733 §2.5.1.5), which the relay then reads too."""
 
 
 DtmfDigitHandler = Callable[[Side, Digit], None]
@@ -909,7 +909,10 @@ class MediaSession:
             return DtmfPlan(index, _other(offerer), offerer, *answered, red)
         if telephone_event(answer.media[index]) is not None:
             return None  # both: relayed as ever
+        # The offerer may send RED only if the answer it gets keeps RED (RFC 3264 §6.1), with
+        # its own numbers (our answer to it keeps them, "Payload type numbers").
         red = red_payload_types(offer.media[index])
+        red = red if red_payload_types(answer.media[index]) else ()
         return DtmfPlan(index, offerer, _other(offerer), *offered, red)
 
     def _add_telephone_event(

@@ -255,15 +255,15 @@ async def test_digits_the_carrier_sends_inside_red_become_info(
     # its events only inside RED, each packet with the previous one as a redundant block
     # (RFC 2198 §3). Alice gets one INFO for the digit, never a RED packet; audio goes on.
     env = await start(nursery, tmp_path, voipgw_seed)
-    offer = simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0", "101", "100")).replace(
-        b"a=sendrecv", b"a=rtpmap:100 red/8000\r\na=fmtp:100 101/101\r\na=sendrecv"
-    )
-    incoming = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=offer)
+    red = b"a=rtpmap:100 red/8000\r\na=fmtp:100 101/101\r\na=sendrecv"
+    offer = simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0", "101", "100"))
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=offer.replace(b"a=sendrecv", red))
     leg_b = await env.alice.next_call()
     assert leg_b.incoming is not None
-    await env.alice.respond(
-        leg_b.incoming, 200, body=simple_sdp("127.0.0.1", ALICE_PORT, formats=("0",))
-    )
+    # Alice keeps RED (RFC 3264 §6.1: else the carrier could not send it), not telephone-event.
+    answer = simple_sdp("127.0.0.1", ALICE_PORT, formats=("0", "100"))
+    answer = answer.replace(b"a=sendrecv", b"a=rtpmap:100 red/8000\r\na=sendrecv")
+    await env.alice.respond(leg_b.incoming, 200, body=answer)
     final = await incoming.final()
     assert final.status == 200, final.reason
     await env.alice.next_request("ACK")
