@@ -51,7 +51,10 @@ address (direction ``a_to_b``), and the reverse.
   SRTP unprotect, before renumbering): telephone-event packets of the sending leg are taken
   and handed on, the others' sequence numbers moved by the packets taken or injected
   (:meth:`MediaStream.send_telephone_event` adds event packets, protected with ``rtp_out``).
-  Such a direction takes the bytes path; one without is built as before and pays nothing.
+  Where the sending leg has RED (``DtmfInterworking.red_payload_types``) it is ``_DtmfInRed``
+  instead: events may come as RFC 2198 blocks (RFC 4733 §2.5.1.5), read with bounds and handed
+  on as plain event packets. Such a direction takes the bytes path; one without is built as
+  before and pays nothing.
 - Key exchanges on the media port (DTLS, RFC 5764 §5.1.2; ZRTP; STUN), demultiplexed by the
   first byte (RFC 7983): what is not RTP/RTCP (first byte outside 128..191) is dropped as
   malformed, unless the socket has a handler (:meth:`StreamSide.set_non_rtp_handler`, the call's
@@ -1021,7 +1024,12 @@ class MediaStream:
                     # Innermost on arrival (after SRTP unprotect, before any renumbering): the
                     # sender's own numbers. Injected events are protected with rtp_out alone.
                     dtmf.protect = rtp_out
-                    rtp_in = _DtmfIn(dtmf, rtp_in, self._relay._clock)
+                    if dtmf.red:
+                        # Events may come inside RED (RFC 4733 §2.5.1.5): its own transform,
+                        # so that a direction without RED runs the plain one.
+                        rtp_in = _DtmfInRed(dtmf, rtp_in, self._relay._clock)
+                    else:
+                        rtp_in = _DtmfIn(dtmf, rtp_in, self._relay._clock)
                 table = control._payload_type_table
                 if table is not None and control._red_payload_types:
                     # RED's blocks carry payload types of their own (RFC 2198 §3): a transform
@@ -1314,6 +1322,13 @@ class DtmfInterworking:
     taken, plus the packets added; injected packets carry the SSRC of the media last relayed
     (RFC 4733 §2.1: events share the audio's SSRC and timing), ``ssrc`` before any.
 
+    ``red_payload_types``: the sending leg's RFC 2198 RED numbers (from its own SDP). RFC 4733
+    §2.5.1.5 packs consecutive events into one packet only as RED blocks, and §2.6 lets a sender
+    add RED redundancy to events: such events may never come as plain telephone-event packets.
+    A direction that takes events and whose sender has RED reads each RED packet's
+    telephone-event blocks (:func:`red_event_blocks_untrusted`) and hands each on as a plain
+    event packet; a RED packet whose primary block is an event is taken like one.
+
     A plain class (mypyc compiles the relay); its counters are read by the session."""
 
     def __init__(
@@ -1324,9 +1339,18 @@ class DtmfInterworking:
         inject_payload_type: int = -1,
         inject_clock_rate: int = 8000,
         ssrc: int = 0,
+        red_payload_types: tuple[int, ...] = (),
     ) -> None:
         self.take_payload_type = take_payload_type
         self.on_event = on_event
+        self.red_payload_types = tuple(red_payload_types)
+        # Second octet -> 1 for the sending leg's RED (RFC 2198), b"": it has none. Only with
+        # both does the direction read RED packets for events (:class:`_DtmfInRed`).
+        self.red = (
+            red_octets(self.red_payload_types)
+            if red_payload_types and take_payload_type >= 0
+            else b""
+        )
         self.inject_payload_type = inject_payload_type
         self.inject_clock_rate = inject_clock_rate
         self.protect: Transform | None = None  # the direction's rtp_out, set by the rebuild
@@ -1339,6 +1363,8 @@ class DtmfInterworking:
         self.taken = 0
         self.injected = 0
         self.event_errors = 0
+        self.red_ssrc = 0  # of the newest event read inside RED
+        self.red_newest = -1  # its timestamp; -1: none yet
 
     def __repr__(self) -> str:
         return (
@@ -1400,6 +1426,140 @@ class _DtmfIn:
         if offset:
             packet = b"".join((packet[:2], bytes((seq >> 8, seq & 0xFF)), packet[4:]))
         return packet
+
+
+MAX_RED_EVENT_BLOCKS = 8
+"""At most this many telephone-event blocks of one RED packet are handed on (RFC 2198 allows a
+header per 4 octets; a sender has no use for more than a few: the primary and two or three
+earlier events or copies, RFC 4733 §2.5.1.5, §2.6)."""
+
+
+def red_event_blocks_untrusted(
+    packet: bytes, payload_type: int
+) -> tuple[list[tuple[int, int, int]], bool] | None:
+    """The blocks of payload type ``payload_type`` (telephone-event) in the RFC 2198 RED packet
+    ``packet`` (plain RTP): (timestamp, start, end) of each, in header order (the primary's
+    last), at most :data:`MAX_RED_EVENT_BLOCKS`, and whether the primary is one of them; None
+    when the headers do not parse.
+
+    RFC 2198 §3: after the RTP header (RFC 3550 §5.1, CSRCs and extension skipped) the block
+    headers, each F bit + 7-bit payload type; with F set a 14-bit timestamp offset (the block's
+    timestamp is the packet's minus it) and a 10-bit length follow, then another header; the
+    last (F clear) is one octet, the primary's, whose block is the rest (RTP padding excluded).
+    Bounded as :func:`renumber_red_blocks_untrusted`: nothing is read at or past the end."""
+    size = len(packet)
+    if size < 12:
+        return None
+    first = packet[0]
+    end = size
+    if first & 0x20:  # RFC 3550 §5.1 P: the last octet counts the padding, itself included
+        end -= packet[size - 1]
+    offset = 12 + 4 * (first & 0x0F)
+    if first & 0x10:  # X: a 4-octet extension header, then its length in 32-bit words
+        if offset + 4 > end:
+            return None
+        offset += 4 + 4 * ((packet[offset + 2] << 8) | packet[offset + 3])
+    if offset >= end:
+        return None  # no block header at all: not RED as RFC 2198 §3 frames it
+    timestamp = int.from_bytes(packet[4:8], "big")
+    headers: list[tuple[int, int, int]] = []  # (payload type, timestamp, length; -1: primary)
+    while True:
+        if offset >= end:
+            return None  # headers up to the end, none of them the last
+        octet = packet[offset]
+        if not octet & 0x80:
+            headers.append((octet, timestamp, -1))
+            offset += 1
+            break
+        if offset + 4 > end:
+            return None
+        back = (packet[offset + 1] << 6) | (packet[offset + 2] >> 2)
+        length = ((packet[offset + 2] & 0x03) << 8) | packet[offset + 3]
+        headers.append((octet & 0x7F, (timestamp - back) & 0xFFFFFFFF, length))
+        offset += 4
+    blocks: list[tuple[int, int, int]] = []
+    primary = headers[-1][0] == payload_type
+    room = MAX_RED_EVENT_BLOCKS - 1 if primary else MAX_RED_EVENT_BLOCKS  # the primary's kept
+    for block_type, block_timestamp, length in headers:
+        block_end = end if length < 0 else offset + length
+        if block_end > end:
+            return None
+        if block_type == payload_type and (length < 0 or len(blocks) < room):
+            blocks.append((block_timestamp, offset, block_end))
+        offset = block_end
+    return blocks, primary
+
+
+class _DtmfInRed:
+    """:class:`_DtmfIn` for a direction whose sender has RFC 2198 RED (``state.red``): RED
+    packets are read for telephone-event blocks, each handed to ``state.on_event`` as the plain
+    event packet it stands for (the RED packet's header with the event's payload type and the
+    block's timestamp, the block as payload; earlier events first, as their headers come). A
+    RED packet whose primary block is an event is taken (not forwarded: the receiver has no
+    telephone-event), the others go on as :class:`_DtmfIn` sends them; so does a RED packet
+    that does not parse (as without interworking). Only such directions are built with it."""
+
+    def __init__(
+        self, state: DtmfInterworking, inner: Transform | None, clock: Callable[[], float]
+    ) -> None:
+        self.state = state
+        self.inner = inner
+        self.plain = _DtmfIn(state, None, clock)
+
+    def __repr__(self) -> str:
+        return f"_DtmfInRed({self.state!r}, inner={self.inner!r})"
+
+    def __call__(self, packet: bytes) -> bytes | None:
+        inner = self.inner
+        if inner is not None:
+            result = inner(packet)
+            if result is None:
+                return None
+            packet = result
+        state = self.state
+        if not state.red[packet[1]]:
+            return self.plain(packet)
+        event_type = state.take_payload_type
+        found = red_event_blocks_untrusted(packet, event_type)
+        if found is None or not found[0]:
+            return self.plain(packet)
+        blocks, primary = found
+        on_event = state.on_event
+        ssrc = int.from_bytes(packet[8:12], "big")
+        if ssrc != state.red_ssrc:
+            state.red_ssrc, state.red_newest = ssrc, -1
+        if on_event is not None:
+            # The RTP header of a plain event packet: version 2, no CSRC, extension or padding
+            # (RFC 3550 §5.1), the RED packet's marker, sequence number and SSRC.
+            second = (packet[1] & 0x80) | event_type
+            for timestamp, start, block_end in blocks:
+                newest = state.red_newest
+                if newest >= 0 and 0 < ((newest - timestamp) & 0xFFFFFFFF) < 0x80000000:
+                    # A copy of an event older than one already handed on (RFC 3550 §5.1:
+                    # timestamps compared modulo 2**32): the detector read or ended it, and
+                    # would take it for a new event that ends the current one.
+                    continue
+                state.red_newest = timestamp
+                event = b"".join(
+                    (
+                        bytes((0x80, second)),
+                        packet[2:4],
+                        timestamp.to_bytes(4, "big"),
+                        packet[8:12],
+                        packet[start:block_end],
+                    )
+                )
+                try:
+                    on_event(event)
+                except Exception:
+                    state.event_errors += 1
+                    if state.event_errors == 1:
+                        logger.exception("a DTMF event handler failed (further ones counted)")
+        if not primary:
+            return self.plain(packet)  # audio with an earlier event as redundancy
+        state.taken += 1
+        state.seq_offset -= 1  # the receiver must not see it missing
+        return None
 
 
 def _configure(

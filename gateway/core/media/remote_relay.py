@@ -434,6 +434,7 @@ class RemoteDirection:
                 value.inject_payload_type,
                 value.inject_clock_rate,
                 value.last_ssrc,
+                value.red_payload_types,
             )
         self._stream._send(message)
 

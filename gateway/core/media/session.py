@@ -185,6 +185,9 @@ class DtmfPlan:
     info_side: Side
     payload_type: int
     clock_rate: int
+    red: tuple[int, ...] = ()
+    """The RFC 4733 leg's RFC 2198 RED numbers on that line (its own SDP's), when the answer
+    kept RED: events may come inside RED (RFC 4733 §2.5.1.5), which the relay then reads too."""
 
 
 DtmfDigitHandler = Callable[[Side, Digit], None]
@@ -902,10 +905,15 @@ class MediaSession:
             if answered is None:
                 return None  # declined: nothing changes
             # The answerer sends and receives events with its own SDP's number (§5.1).
-            return DtmfPlan(index, _other(offerer), offerer, *answered)
+            red = red_payload_types(answer.media[index])
+            return DtmfPlan(index, _other(offerer), offerer, *answered, red)
         if telephone_event(answer.media[index]) is not None:
             return None  # both: relayed as ever
-        return DtmfPlan(index, offerer, _other(offerer), *offered)
+        # The offerer may send RED only if the answer it gets keeps RED (RFC 3264 §6.1), with
+        # its own numbers (our answer to it keeps them, "Payload type numbers").
+        red = red_payload_types(offer.media[index])
+        red = red if red_payload_types(answer.media[index]) else ()
+        return DtmfPlan(index, offerer, _other(offerer), *offered, red)
 
     def _add_telephone_event(
         self,
@@ -978,7 +986,9 @@ class MediaSession:
         from_x, to_x = (
             (stream.a_to_b, stream.b_to_a) if rfc4733 == "a" else (stream.b_to_a, stream.a_to_b)
         )
-        from_x.dtmf = DtmfInterworking(take_payload_type=plan.payload_type, on_event=on_event)
+        from_x.dtmf = DtmfInterworking(
+            take_payload_type=plan.payload_type, on_event=on_event, red_payload_types=plan.red
+        )
         to_x.dtmf = DtmfInterworking(
             inject_payload_type=plan.payload_type,
             inject_clock_rate=plan.clock_rate,

@@ -440,6 +440,7 @@ class Worker:
             inject_payload_type=inject,
             inject_clock_rate=message.clock_rate,
             ssrc=message.ssrc,
+            red_payload_types=message.red,
         )
 
     def _dtls_handler(self, stream_id: int, side: str, rtcp: bool) -> NonRtpHandler:

@@ -210,7 +210,9 @@ class SetDtmf:
     """``DirectionControl.dtmf`` of ``direction`` (DTMF interworking, docs/architecture.md):
     take the sending leg's telephone-event packets of ``take_payload_type`` (-1: none) and copy
     them to the SIP process as :class:`DtmfEvent`; inject events of ``inject_payload_type``
-    (-1: none) at ``clock_rate``, with ``ssrc`` before any media. Both -1: none."""
+    (-1: none) at ``clock_rate``, with ``ssrc`` before any media. Both -1: none. ``red``:
+    the sending leg's RFC 2198 RED payload types, each 0..127, whose packets are read for
+    events too (RFC 4733 §2.5.1.5; empty: none)."""
 
     stream: int
     direction: str
@@ -218,6 +220,7 @@ class SetDtmf:
     inject_payload_type: int
     clock_rate: int
     ssrc: int
+    red: tuple[int, ...] = ()
 
 
 @attrs.frozen
@@ -587,7 +590,18 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     26: (TappedDatagram, (_STREAM, _DIRECTION, _ADDRESS, _BYTES)),
     11: (SetIce, (_STREAM, _SIDE, _BOOL, _BOOL, _STR, _STR, _STR, _STR)),
     13: (SetPayloadTypes, (_STREAM, _DIRECTION, (_put_renumbered, _get_renumbered))),
-    14: (SetDtmf, (_STREAM, _DIRECTION, _PAYLOAD_TYPE, _PAYLOAD_TYPE, _STREAM, _STREAM)),
+    14: (
+        SetDtmf,
+        (
+            _STREAM,
+            _DIRECTION,
+            _PAYLOAD_TYPE,
+            _PAYLOAD_TYPE,
+            _STREAM,
+            _STREAM,
+            (_put_payload_types, _get_payload_types),
+        ),
+    ),
     15: (SendDtmf, (_STREAM, _DIRECTION, _BOOL, _BOOL, _BYTES)),
     28: (DtmfEvent, (_STREAM, _DIRECTION, _BYTES)),
     16: (SetRedPayloadTypes, (_STREAM, _DIRECTION, (_put_payload_types, _get_payload_types))),

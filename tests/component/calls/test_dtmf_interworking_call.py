@@ -246,3 +246,54 @@ async def test_both_legs_without_telephone_event_are_unchanged(
     assert final.status == 200
     assert telephone_events(final.body) == []
     assert b2bua_call(env).media.dtmf is None
+
+
+async def test_digits_the_carrier_sends_inside_red_become_info(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # RFC 4733 §2.5.1.5 / §2.6: the carrier offers RED (100) next to telephone-event and sends
+    # its events only inside RED, each packet with the previous one as a redundant block
+    # (RFC 2198 §3). Alice gets one INFO for the digit, never a RED packet; audio goes on.
+    env = await start(nursery, tmp_path, voipgw_seed)
+    red = b"a=rtpmap:100 red/8000\r\na=fmtp:100 101/101\r\na=sendrecv"
+    offer = simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0", "101", "100"))
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=offer.replace(b"a=sendrecv", red))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    # Alice keeps RED (RFC 3264 §6.1: else the carrier could not send it), not telephone-event.
+    answer = simple_sdp("127.0.0.1", ALICE_PORT, formats=("0", "100"))
+    answer = answer.replace(b"a=sendrecv", b"a=rtpmap:100 red/8000\r\na=sendrecv")
+    await env.alice.respond(leg_b.incoming, 200, body=answer)
+    final = await incoming.final()
+    assert final.status == 200, final.reason
+    await env.alice.next_request("ACK")
+    to_carrier = parse_sdp_untrusted(final.body).media[0].port
+    to_alice = parse_sdp_untrusted(leg_b.invite.body).media[0].port
+    trunk_sock, alice_sock = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+
+    def red(sequence: int, previous: bytes, current: bytes) -> bytes:
+        # One redundant block (F=1, PT 101, offset 0: the same event's earlier update, 4
+        # octets), then the primary (PT 101).
+        blocks = bytes((0x80 | 101, 0, 0, 4, 101)) + previous + current
+        return rtp(sequence, 100, TRUNK_SSRC, blocks, timestamp=320, marker=sequence == 2)
+
+    with trunk_sock, alice_sock:
+        trunk_to, alice_to = ("127.0.0.1", to_carrier), ("127.0.0.1", to_alice)
+        with trio.fail_after(2):
+            await trunk_sock.sendto(audio(1, TRUNK_SSRC), trunk_to)
+            assert await alice_sock.recv(2048) == audio(1, TRUNK_SSRC)
+            await alice_sock.sendto(audio(1, ALICE_SSRC), alice_to)
+            assert await trunk_sock.recv(2048) == audio(1, ALICE_SSRC)
+            updates = [event_payload(9, end=False, duration=d) for d in (0, 400, 800)]
+            ends = [event_payload(9, end=True, duration=1200)] * 3
+            payloads = updates + ends
+            for n in range(1, len(payloads)):
+                await trunk_sock.sendto(red(n + 1, payloads[n - 1], payloads[n]), trunk_to)
+            await trunk_sock.sendto(audio(7, TRUNK_SSRC), trunk_to)
+            assert fields(await alice_sock.recv(2048))[1:3] == (0, 2)  # no RED, no gap
+        info = await env.alice.next_request("INFO")
+        assert info.request.body == b"Signal=9\r\nDuration=150\r\n"
+        assert env.alice.requests("INFO") == [info.request]
+    record = b2bua_call(env).security_record()["dtmf"]
+    assert record["digits_to_info"] == 1
+    assert record["packets"]["taken"] == 5

@@ -174,3 +174,40 @@ async def test_without_interworking_the_route_is_built_as_before(
     await alice.send(rtp(3, 0), stream.a.ports.rtp_port)
     await bob.receive()
     assert route.plain
+
+
+@pytest.mark.parametrize(("a_suite", "b_suite"), SUITES[:2])
+async def test_events_inside_red_are_taken_and_handed_on_plain(
+    stream: MediaStream, phones: tuple[Phone, Phone], a_suite: str | None, b_suite: str | None
+) -> None:
+    # RFC 4733 §2.5.1.5: two events packed as RFC 2198 RED blocks (RED 100: digit 5 ended 160
+    # ticks earlier as a redundant block, digit 7 primary). The RED packet is taken, each
+    # event handed on as the plain telephone-event packet it stands for; audio goes on.
+    alice, bob = phones
+    bridge(stream, alice, bob, a_suite=a_suite, b_suite=b_suite)
+    taken: list[bytes] = []
+    stream.a_to_b.dtmf = DtmfInterworking(
+        take_payload_type=101, on_event=taken.append, red_payload_types=(100,)
+    )
+    port = stream.a.ports.rtp_port
+    await alice.send(rtp(1, 0), port)
+    assert fields((await bob.receive())[1])[2] == 1
+    route = stream.a._rtp.rtp  # type: ignore[attr-defined]
+    assert type(route.transform_in).__name__ == "_DtmfInRed"
+    end_5 = event_payload(5, end=True, duration=160)
+    start_7 = event_payload(7, end=False, duration=160)
+    blocks = bytes((0x80 | 101,)) + (160 << 10 | 4).to_bytes(3, "big") + bytes((101,))
+    await alice.send(rtp(2, 100, blocks + end_5 + start_7, timestamp=480), port)
+    await alice.send(rtp(3, 0, timestamp=640), port)
+    assert (await bob.receive())[1] == rtp(2, 0, timestamp=640)
+    assert taken == [
+        rtp(2, 101, end_5, timestamp=320),
+        rtp(2, 101, start_7, timestamp=480),
+    ]
+    assert stream.a_to_b.dtmf is not None and stream.a_to_b.dtmf.taken == 1
+    assert stream.a_to_b.statistics().dropped_transform == 0
+    # Without RED numbers the direction is built with the plain transform.
+    stream.a_to_b.dtmf = DtmfInterworking(take_payload_type=101, on_event=taken.append)
+    await alice.send(rtp(4, 0, timestamp=800), port)
+    await bob.receive()
+    assert type(route.transform_in).__name__ == "_DtmfIn"

@@ -186,3 +186,25 @@ async def test_a_workers_event_whose_end_packets_are_lost_ends_on_the_sip_proces
         assert session.dtmf_timeouts == 1 and session.dtmf_timer() is None
     finally:
         session.close()
+
+
+async def test_a_worker_reads_events_inside_red(pool: WorkerPool) -> None:
+    # SetDtmf carries the sending leg's RED numbers (RFC 4733 §2.5.1.5: events packed as RFC
+    # 2198 blocks): the worker takes the RED packet and copies the event it holds, plain.
+    a, b = await phones(2)
+    stream = pool.open_stream()
+    await connected(pool, stream, a, b)
+    stream.apply_keys(StreamKeys(None, None, blocked=False))
+    taken: list[bytes] = []
+    stream.b_to_a.dtmf = DtmfInterworking(
+        take_payload_type=96, on_event=taken.append, red_payload_types=(100,)
+    )
+    await pool.sync(stream.worker)
+    audio = b"\xd5" * 160
+    await b.send(packet(1, 0, 0xB0B, audio), stream.b.ports.rtp_port)
+    assert fields((await a.receive())[0])[1:3] == (0, 1)
+    end = event_payload(3, end=True, duration=800)
+    await b.send(packet(2, 100, 0xB0B, b"\x60" + end), stream.b.ports.rtp_port)  # primary only
+    await b.send(packet(3, 0, 0xB0B, audio), stream.b.ports.rtp_port)
+    assert fields((await a.receive())[0])[1:3] == (0, 2)  # no RED, no gap
+    await eventually(lambda: taken == [packet(2, 96, 0xB0B, end)], "the event copied plain")

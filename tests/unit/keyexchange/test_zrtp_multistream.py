@@ -567,3 +567,98 @@ def test_a_confirm_whose_h0_is_not_the_senders_is_refused(checker: str) -> None:
     assert f"does not hash to the {image}" in failure_of(victim)
     (error,) = victim.packets_to_send(now=link.now)
     assert p.parse_error_untrusted(error[12:-4]) == 0x70
+
+
+# -- strictness: a further stream never gets a second DH exchange (§4.4.3) ----------------------
+
+# The Error message of §5.9 with code 0x20 "Critical software error": preamble 0x505a, length 4
+# words, type block "Error   ", the code as one word.
+ERROR_0X20 = bytes.fromhex("505a0004") + b"Error   " + bytes.fromhex("00000020")
+
+
+def test_a_dh_commit_for_a_further_stream_is_refused_once_the_session_key_exists() -> None:
+    # A's audio is secure (A holds ZRTPSess with B). B's video stream is made without B's leg
+    # state, so it commits DH; A's HelloACK from B is held back, so A is still in discovery
+    # (no Commit of its own to cross). §4.4.3: added streams MUST use Multistream mode, one DH
+    # exchange per call; §4.2 names a breach of that a software error: A sends Error 0x20.
+    ends, link = Ends(key_agreements=("DH3k",)), Link()
+    a0, b0 = ends.stream()
+    link.add(0, a0, b0)
+    link.run()
+    _, sas = dh_keys(a0, b0)
+    a1, b1 = ends.stream(shared_b=False)
+    link.add(1, a1, b1)
+    link.block = {("b1", p.HELLO_ACK)}
+    link.run()
+    (commit,) = set(link.messages("b1", p.COMMIT))
+    assert not p.parse_commit_untrusted(commit).multistream  # a 29-word DH Commit (§5.4)
+    assert "DH Commit for a further stream" in failure_of(a1)
+    assert link.messages("a1", p.ERROR) == [ERROR_0X20]
+    assert link.messages("a1", p.DH_PART1) == []  # no second DH exchange, no second SAS
+    assert "0x20" in failure_of(b1)
+    # The leg's audio and its one SAS are untouched.
+    assert a0.state == "secure" and a0.zrtp_sas == sas and ends.session("a").sas == sas
+
+
+def test_a_dh_commit_before_any_session_key_still_runs_the_dh_exchange() -> None:
+    # Without a ZRTP session key on the leg (the first stream to commit), a DH Commit from the
+    # phone is the leg's DH exchange, as ever.
+    ends, link = Ends(key_agreements=("DH3k",)), Link()
+    a0, b0 = ends.stream()
+    link.add(0, a0, b0)
+    link.block = {("b0", p.HELLO_ACK)}  # only B may commit
+    link.run()
+    assert b0.initiator is True and a0.initiator is False
+    dh_keys(a0, b0)
+    assert link.messages("a0", p.ERROR) == [] and link.messages("a0", p.DH_PART1)
+
+
+def hello_without_mult(zid: bytes, h0: bytes) -> bytes:
+    """A phone's Hello (§5.2) offering DH3k only, no Mult: H3 of the hash chain from ``h0``,
+    MAC = HMAC-SHA-256 keyed with H2, truncated to 64 bits (§5.1.2.2, §9)."""
+    h1 = sha(h0)
+    h2 = sha(h1)
+    h3 = sha(h2)
+    body = (
+        b"1.10"
+        + b"some phone".ljust(16)
+        + h3
+        + zid
+        + bytes.fromhex("00011111")  # no flags; one hash, cipher, auth tag, key agreement, SAS
+        + b"S256AES1HS80DH3kB32 "
+    )
+    message = bytes.fromhex("505a") + ((12 + len(body) + 8) // 4).to_bytes(2, "big")
+    message += b"Hello   " + body
+    return message + hmac.new(h2, message, hashlib.sha256).digest()[:8]
+
+
+def test_a_further_stream_of_a_phone_without_mult_ends_instead_of_a_second_dh() -> None:
+    # The audio with B is secure; a video stream's Hello from B (B's ZID) lists no Mult. A
+    # cannot key it in Multistream mode and must not run a second DH exchange (§4.4.3): it
+    # ends with Error 0x53 (no key agreement it can use), with no Commit.
+    ends, link = Ends(key_agreements=("DH3k",)), Link()
+    a0, b0 = ends.stream()
+    link.add(0, a0, b0)
+    link.run()
+    dh_keys(a0, b0)
+    a1 = ends.a.offer(suites=(), secure_signalling=False, leg_state=ends.state_a)
+    a1.remote_sdp_attributes([])
+    now = link.now
+    assert a1.packets_to_send(now=now)  # its Hello
+    hello = hello_without_mult(ZID_B, bytes(range(32)))
+    assert p.parse_hello_untrusted(hello).key_agreements == ("DH3k",)
+    a1.receive_packet(p.frame(1, 0xB1DE0, hello), now=now)
+    a1.receive_packet(p.frame(2, 0xB1DE0, p.message(p.HELLO_ACK)), now=now)
+    sent = [packet[12:-4] for packet in a1.packets_to_send(now=now)]
+    assert [m[4:12] for m in sent] == [p.HELLO_ACK, p.ERROR]
+    assert p.parse_error_untrusted(sent[-1]) == 0x53
+    assert "does not offer Mult" in failure_of(a1)
+    # Before the leg had a session key the same Hello got a DH Commit (the leg's DH stream).
+    ends2 = Ends(key_agreements=("DH3k",))
+    first = ends2.a.offer(suites=(), secure_signalling=False, leg_state=ends2.state_a)
+    first.remote_sdp_attributes([])
+    first.packets_to_send(now=0.0)
+    first.receive_packet(p.frame(1, 0xB1DE0, hello), now=0.0)
+    first.receive_packet(p.frame(2, 0xB1DE0, p.message(p.HELLO_ACK)), now=0.0)
+    (commit,) = [m[12:-4] for m in first.packets_to_send(now=0.0) if m[16:24] == p.COMMIT]
+    assert p.parse_commit_untrusted(commit).key_agreement == "DH3k"

@@ -238,3 +238,35 @@ def test_a_new_plan_on_the_line_keeps_the_stream_numbering(session: MediaSession
     assert renewed.take_payload_type == 96
     # The callee goes on hearing one sequence: the packets taken so far still count.
     assert (renewed.seq_offset, renewed.last_seq) == (-3, 41)
+
+
+def test_the_rfc4733_legs_red_numbers_go_with_the_plan(session: MediaSession) -> None:
+    # RFC 4733 §2.5.1.5: a leg with RED (a=rtpmap:100 red/8000) may send its events inside
+    # RED; the direction from it reads RED too. The INFO leg's direction does not.
+    caller = sdp(
+        20000,
+        *WITH_EVENTS,
+        "a=rtpmap:100 red/8000",
+        "a=fmtp:100 101/101",
+        formats="0 101 100",
+    )
+    session.offer_from("a", caller)
+    callee = sdp(30000, "a=rtpmap:0 PCMU/8000", "a=rtpmap:100 red/8000", formats="0 100")
+    session.answer_from("b", callee)
+    session.settle()
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000, (100,))
+    take, inject = stream_of(session).a_to_b.dtmf, stream_of(session).b_to_a.dtmf
+    assert take is not None and take.red_payload_types == (100,) and take.red
+    assert inject is not None and not inject.red
+
+
+def test_red_the_answer_declined_is_not_read(session: MediaSession) -> None:
+    # RFC 3264 §6.1: the caller may send only what the answer kept; without RED there the
+    # direction runs the plain transform.
+    caller = sdp(20000, *WITH_EVENTS, "a=rtpmap:100 red/8000", formats="0 101 100")
+    session.offer_from("a", caller)
+    session.answer_from("b", INFO_ONLY)
+    session.settle()
+    assert session.dtmf == DtmfPlan(0, "a", "b", 101, 8000, ())
+    take = stream_of(session).a_to_b.dtmf
+    assert take is not None and not take.red

@@ -113,6 +113,7 @@ EVERY_MESSAGE: list[Message] = [
     SetDtmf(16, "a_to_b", 101, -1, 8000, 0),
     SetDtmf(16, "b_to_a", -1, 96, 48000, 2**32 - 1),
     SetDtmf(16, "b_to_a", -1, -1, 0, 0),
+    SetDtmf(16, "a_to_b", 101, -1, 8000, 7, (63, 121)),
     SendDtmf(16, "b_to_a", True, True, b"\x05\x0a\x01\x90"),
     SendDtmf(16, "a_to_b", False, False, b""),
     DtmfEvent(16, "a_to_b", b"\x80\xe5" + bytes(14)),
