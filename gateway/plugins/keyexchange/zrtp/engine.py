@@ -56,16 +56,11 @@ and HelloACK, until the DH stream is secure (the DH exchange MUST complete first
 with a fresh nonce and the DH stream's hash, cipher and auth tag. As responder it accepts a
 Multistream Commit once the DH stream has checked the phone's Confirm (both sides then hold
 ZRTPSess), and ends the exchange otherwise (Error 0x53), on a nonce already used on the leg
-(0x80) and when our Multistream Commit crosses a DH one (§4.2: a software error, 0x20). A DH
-Commit from the phone once the leg holds ZRTPSess with it ends that stream's exchange the same
-way (0x20): §4.4.3 says a stream added to a call MUST use Multistream mode, only the first stream
-runs a DH exchange, and §4.2 calls a breach of those constraints a software error; the RFC names
-nothing else for the responder. A phone whose Hello does not list ``Mult`` cannot key a further
-stream: that stream waits for the leg's DH exchange and then ends (0x53: no key agreement we can
-use), never a second DH exchange. With no DHPart, the Confirm's H0 is checked by hashing up to
-the H2 of the Commit or the H3 of the Hello (§9). One SAS per call (§4.5.2): a Multistream
-stream shows the DH stream's and queues no ``SasReady``; the retained-secret cache is neither
-read nor written.
+(0x80) and when our Multistream Commit crosses a DH one (§4.2: a software error, 0x20). With no
+DHPart, the Confirm's H0 is checked by hashing up to the H2 of the Commit or the H3 of the Hello
+(§9). One SAS per call (§4.5.2): a Multistream stream shows the DH stream's and queues no
+``SasReady``; the retained-secret cache is neither read nor written. A phone that does not list
+``Mult`` gets a DH exchange on every stream, as before.
 
 Retransmission (§6): Hello every 50 ms, doubling to 200 ms, until the peer's HelloACK or Commit;
 as initiator, Commit, DHPart2 and Confirm2 every 150 ms, doubling to 1.2 s, 10 times at most; as
@@ -673,32 +668,19 @@ class ZrtpNegotiation:
         """§4.1: once we hold the peer's Hello and it has ours, commit as initiator. In
         Multistream mode if the phone offers it and the leg's DH stream is secure; if that
         stream's DH exchange is still running, wait for it (§4.4.3: the first stream's
-        exchange MUST complete first; only one DH exchange at a time between two ZIDs, §4.2).
-        A further stream of a phone that does not offer Mult cannot be keyed: §4.4.3 allows
-        only Multistream mode once the leg's DH exchange is done (§5.1.5: a phone with several
-        streams MUST support it), so it waits for that exchange and then ends (Error 0x53, as
-        for any Hello without a key agreement we can use)."""
+        exchange MUST complete first; only one DH exchange at a time between two ZIDs, §4.2)."""
         peer = self._peer_hello
         if self._state is not _State.DISCOVERY or peer is None or not self._hello_acked:
             return
         self._waiting = False
-        session_key = self._session.session_key(peer.zid)
         if p.MULTISTREAM in peer.key_agreements:
+            session_key = self._session.session_key(peer.zid)
             if self._session.secure and session_key is not None:
                 self._commit_multistream(peer, now)
                 return
             if self._session.dh_under_way(peer.zid, self):
                 self._waiting = True
                 return
-        elif session_key is not None:
-            raise _Abort(
-                0x53,
-                "the peer's Hello for a further stream does not offer Mult (RFC 6189 §4.4.3: "
-                "a stream added to a call MUST be keyed in Multistream mode)",
-            )
-        elif self._session.dh_under_way(peer.zid, self):
-            self._waiting = True
-            return
         self._session.claim_dh(self, peer.zid)
         algorithms = self._choose(peer)
         agreement = KEY_AGREEMENTS[algorithms[3].strip()]
@@ -838,18 +820,6 @@ class ZrtpNegotiation:
         if not commit.dh_mode:
             name = _shown(commit.key_agreement)
             raise _Abort(0x53, f"the peer chose key agreement {name}, not offered")
-        if self._session.session_key(peer.zid) is not None:
-            # §4.4.3: "When adding additional media streams to an existing call, Multistream
-            # mode MUST be used ... Only one DH exchange ... is performed, just for the first
-            # media stream." The RFC names no Error for the responder; §4.2 calls a breach of
-            # these constraints (a Mult Commit crossing a DH one) a software error that ends
-            # the negotiation: 0x20. Accepting would key the stream from a second DH with a
-            # second SAS the phone shows for the same call (§4.5.2: one SAS per call).
-            raise _Abort(
-                0x20,
-                "the peer sent a DH Commit for a further stream while the leg's ZRTP session "
-                "key is in force (RFC 6189 §4.4.3: Multistream mode MUST be used)",
-            )
         if self._state is _State.DISCOVERY:
             self._resolve_across_streams(commit)
         self._check_chosen(commit)
