@@ -17,6 +17,8 @@ def fresh_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
     # Blocks handed out here go back when the test ends: nothing outlives it that holds them.
     monkeypatch.setattr(ports, "_handed_out", set())
     monkeypatch.setattr(ports, "_cursor", None)
+    # Linux's default, whatever this machine says: the regions below and above it are known.
+    monkeypatch.setattr(ports, "_ephemeral_range", lambda: (32768, 60999))
 
 
 def test_a_session_of_small_blocks_still_leaves_a_gateways_media_range(
@@ -35,17 +37,32 @@ def test_a_session_of_small_blocks_still_leaves_a_gateways_media_range(
     assert block <= ports._handed_out
 
 
+def _everything_outside_the_ephemeral_range() -> set[int]:
+    low, high = ports._ephemeral_range()
+    return set(range(10000, low)) | set(range(high + 1, 65536))
+
+
 def test_the_search_wraps_to_a_gap_below_where_the_last_block_ended(
     fresh_allocator: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    high = ports._ephemeral_low()
     gap = ports.free_port_block(UNIT)  # a unit's worth that no other process holds, bindable
-    taken = set(range(10000, high)) - set(range(gap, gap + UNIT))
+    taken = _everything_outside_the_ephemeral_range() - set(range(gap, gap + UNIT))
     monkeypatch.setattr(ports, "_handed_out", taken)
     monkeypatch.setattr(ports, "_cursor", gap + UNIT + 2)
     assert ports.free_port_block(UNIT) == gap
     with pytest.raises(RuntimeError, match="no block of 2 free udp ports"):
         ports.free_port_block(2)
+
+
+def test_above_the_ephemeral_range_when_below_it_is_full(
+    fresh_allocator: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    low, high = ports._ephemeral_range()
+    monkeypatch.setattr(ports, "_handed_out", set(range(10000, low)))
+    first = ports.free_port_block(100)
+    assert first > high and first + 100 <= 65536
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((ports.LOOPBACK, first + 99))
 
 
 def test_a_released_block_is_handed_out_again(

@@ -69,46 +69,56 @@ def free_port_pair() -> int:
     return free_port("both")
 
 
-def _ephemeral_low() -> int:
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        low, _high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low)
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
     except (OSError, ValueError):
-        return 32768
+        return 32768, 60999
+
+
+def _regions(count: int) -> list[tuple[int, int]]:
+    """The first and last port a block of ``count`` may start on, per region the kernel never
+    picks ports from for other programs' sockets: 10000 up to its ephemeral range, and above
+    that range (Debian: 61000-65535; room when a machine's ephemeral range starts low)."""
+    low, high = _ephemeral_range()
+    regions = [(10000, min(low, 65536) - count), (max(high + 1, 10000), 65536 - count)]
+    return [(first, last) for first, last in regions if last >= first]
 
 
 def free_port_block(count: int, kind: Kind = "udp", *, align: int = 2) -> int:
     """First port of ``count`` consecutive ports free for ``kind``, none handed out before.
 
     The block starts on a multiple of ``align`` (RTP on even ports, RTCP on the next odd one,
-    RFC 3550 §11) and lies between 10000 and the start of the kernel's ephemeral range.
+    RFC 3550 §11) and lies outside the kernel's ephemeral range (:func:`_regions`).
 
     Blocks are handed out next-fit: each search starts where the last block ended (the first at
-    a random port, so two runs on one machine start apart) and walks the whole range once,
-    wrapping at the top. A session hands out thousands of small blocks (sipp, phones) that it
-    never takes back; scattered at random ports they left no 100 free ports in a row by the end
-    of a full run, and a gateway's media range then failed to find a place.
+    a random port, so two runs on one machine start apart) and walks every region once,
+    wrapping at the top. Scattered at random, the small blocks of a session (sipp, phones) left
+    no 100 free ports in a row once, and a gateway's media range failed to find a place.
     """
     global _cursor
-    low, high = 10000, _ephemeral_low() - count  # high: the last first port that fits
-    if high < low:
-        raise RuntimeError(f"no room for {count} ports between {low} and the ephemeral range")
+    regions = _regions(count)
+    if not regions:
+        raise RuntimeError(f"no room for {count} ports outside the ephemeral range")
     if _cursor is None:
-        _cursor = _random.randrange(low, high + 1)
-    start = _aligned(_cursor if _cursor <= high else low, align)
-    base, wrapped = start, False
-    while not (wrapped and base >= start):
-        if base > high:
-            if wrapped:
-                break
-            base, wrapped = _aligned(low, align), True
-            continue
-        conflict = _first_conflict(range(base, base + count), kind)
-        if conflict is None:
-            _handed_out.update(range(base, base + count))
-            _cursor = base + count
-            return base
-        base = _aligned(conflict, align)
+        _cursor = _random.randrange(regions[0][0], regions[0][1] + 1)
+    cursor = _cursor
+    # The region the cursor is in (or the next one above it), then the others, wrapping; last
+    # the start of the cursor's region, below the cursor.
+    first = next((i for i, (_, last) in enumerate(regions) if cursor <= last), 0)
+    ordered = regions[first:] + regions[:first]
+    stretches = [(max(ordered[0][0], cursor), ordered[0][1]), *ordered[1:]]
+    stretches.append((ordered[0][0], min(cursor - 1, ordered[0][1])))
+    for low, high in stretches:
+        base = _aligned(low, align)
+        while base <= high:
+            conflict = _first_conflict(range(base, base + count), kind)
+            if conflict is None:
+                _handed_out.update(range(base, base + count))
+                _cursor = base + count
+                return base
+            base = _aligned(conflict, align)
     raise RuntimeError(f"no block of {count} free {kind} ports on {LOOPBACK}")
 
 
