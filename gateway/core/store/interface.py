@@ -29,6 +29,11 @@ from gateway.core.auth.algorithms import DigestAlgorithm
 
 DEFAULT_MEDIA_POLICY = "best-effort"
 
+MAX_BULK_ACCOUNTS = 500
+"""Most account names one :meth:`Store.binding_expiries` call takes: SQLite binds each as a
+parameter (its limit is 32766 since 3.32, 999 before), and one chunk's query stays around a
+millisecond (docs/benchmarks.md, "Periodic work at scale")."""
+
 
 @attrs.frozen
 class Credential:
@@ -271,6 +276,16 @@ class Store(Protocol):
         self, account: str, *, now: float | None = None
     ) -> tuple[Binding, ...]:
         """Bindings of every AOR of ``account`` (highest q first); with ``now``, unexpired."""
+        ...
+
+    def binding_expiries(self, accounts: Sequence[str], *, now: float) -> dict[str, list[float]]:
+        """When the bindings of each of ``accounts`` unexpired at ``now`` expire, every name
+        given a key (``[]``: none, or no such account), read in one query: what presence from
+        registration polls for its watched accounts (gateway/core/calls/presence.py). Not from
+        the cache: the poll is there to see what other nodes and processes wrote, and its
+        thousands of names would push the accounts calls read out of it. At most
+        :data:`MAX_BULK_ACCOUNTS` names a call (``ValueError`` past it): callers ask in chunks,
+        so one call holds the event loop for a bounded time."""
         ...
 
     def upsert_binding(self, binding: Binding) -> None:
