@@ -1166,17 +1166,21 @@ class PostgresStore:
         finally:
             self._forget_bindings(aor, touched)
 
-    def expire_bindings(self, now: float) -> tuple[Binding, ...]:
+    def expire_bindings(self, now: float, *, most: int | None = None) -> tuple[Binding, ...]:
+        if most is not None and most < 1:
+            raise ValueError("most must be at least 1")
         expired: tuple[Binding, ...] = ()
         try:
             with self._session() as db:
                 # Every node expires: each row is deleted by the first node to lock it, and
                 # the others skip it rather than wait for that node's clean-up (SKIP LOCKED).
+                # LIMIT NULL is no limit (PostgreSQL docs, SELECT: LIMIT ALL).
                 rows = db.execute(
                     "DELETE FROM registrations r USING accounts a WHERE a.id = r.account_id"
                     " AND r.id IN (SELECT id FROM registrations WHERE expires_at <= %s"
+                    " ORDER BY expires_at, id LIMIT %s"
                     f" FOR UPDATE SKIP LOCKED) RETURNING {_BINDING_COLUMNS}",
-                    (now,),
+                    (now, most),
                 ).fetchall()
                 expired = tuple(_binding(row) for row in rows)
         finally:

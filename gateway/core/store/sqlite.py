@@ -518,10 +518,22 @@ class SqliteStore:
             for binding in upserts:
                 _upsert(db, binding, _account_id(db, binding.account))
 
-    def expire_bindings(self, now: float) -> tuple[Binding, ...]:
+    def expire_bindings(self, now: float, *, most: int | None = None) -> tuple[Binding, ...]:
+        if most is None:
+            with self._transaction() as db:
+                expired = _select_bindings(db, "r.expires_at <= ?", (now,), None)
+                db.execute("DELETE FROM registrations WHERE expires_at <= ?", (now,))
+            return expired
+        if most < 1:
+            raise ValueError("most must be at least 1")
+        # The earliest first, ties by id: the same rows for the read and the delete, which
+        # one write transaction keeps apart from every other writer.
+        earliest = (
+            "SELECT id FROM registrations WHERE expires_at <= ? ORDER BY expires_at, id LIMIT ?"
+        )
         with self._transaction() as db:
-            expired = _select_bindings(db, "r.expires_at <= ?", (now,), None)
-            db.execute("DELETE FROM registrations WHERE expires_at <= ?", (now,))
+            expired = _select_bindings(db, f"r.id IN ({earliest})", (now, most), None)
+            db.execute(f"DELETE FROM registrations WHERE id IN ({earliest})", (now, most))
         return expired
 
     def count_bindings(self, now: float) -> int:

@@ -448,6 +448,17 @@ def test_expire_bindings(alice: Store) -> None:
     assert alice.expire_bindings(200.0) == ()
 
 
+def test_expire_bindings_at_most_so_many_the_earliest_first(alice: Store) -> None:
+    for key, expires_at in [("c", 130.0), ("a", 110.0), ("live", 900.0), ("b", 120.0)]:
+        alice.upsert_binding(binding(key, expires_at=expires_at))
+    assert [b.key for b in alice.expire_bindings(200.0, most=2)] in (["a", "b"], ["b", "a"])
+    assert [b.key for b in alice.expire_bindings(200.0, most=2)] == ["c"]
+    assert alice.expire_bindings(200.0, most=2) == ()
+    assert [b.key for b in alice.registrations_for("sip:alice@127.0.0.1:5060")] == ["live"]
+    with pytest.raises(ValueError, match="at least 1"):
+        alice.expire_bindings(200.0, most=0)
+
+
 def test_binding_remaining() -> None:
     b = binding(expires_at=4600.0)
     assert b.remaining(1000.0) == 3600

@@ -1,7 +1,8 @@
-"""Presence from registration's periodic poll at scale: the watched accounts are looked up in
-the store a chunk (:data:`POLL_CHUNK`) per query, and other tasks run between two chunks, so a
-poll of thousands of accounts never holds the event loop long (docs/benchmarks.md, "Periodic
-work at scale")."""
+"""Periodic work over every watched account or binding, done in chunks with checkpoints so it
+never holds the event loop (which relays media) long at scale (docs/benchmarks.md, "Periodic
+work at scale"): presence from registration's poll looks the watched accounts up in the store a
+chunk (:data:`POLL_CHUNK`) per query; the housekeeping expires registrations
+:data:`EXPIRE_CHUNK` per statement. Other tasks run between two chunks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 import trio
 
+from gateway.core import gateway as gateway_module
 from gateway.core.calls.presence import POLL_CHUNK, REGISTRATION_POLL
 from gateway.core.store.interface import Binding, BindingFlow
+from tests.component.calls.b2bua_env import start_b2bua
 from tests.component.calls.test_presence_memory import basic, next_document, start, subscribe
 
 ALICE_AOR = "sip:alice@127.0.0.1:5060"
@@ -89,3 +93,63 @@ async def test_a_poll_asks_the_store_a_chunk_at_a_time_and_lets_others_run_betwe
     # tasks runs in random order). Without the checkpoints it would run only after the poll.
     for poll in (others_ran[0:3], others_ran[3:6]):
         assert True in poll[1:]
+
+
+async def test_housekeeping_expires_registrations_a_chunk_at_a_time(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gateway_module, "EXPIRE_CHUNK", 3)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    store = env.gateway.store
+    assert store is not None
+    (live,) = store.bindings_for_account("alice", now=time.time())
+    for index in range(7):  # phones gone while the gateway was down
+        key = f"sip:alice@192.0.2.{index + 10}:5060"
+        store.upsert_binding(
+            Binding(
+                aor=ALICE_AOR,
+                key=key,
+                account="alice",
+                contact=key,
+                expires_at=time.time() - 60,
+                call_id=f"gone-{index}",
+                cseq=1,
+                flow=BindingFlow("udp", "127.0.0.1:5060", f"192.0.2.{index + 10}:5060"),
+            )
+        )
+    removed: list[int] = []
+    others_ran: list[bool] = []
+    state = {"ran": True, "chunk": trio.Event()}
+    original = store.expire_bindings
+
+    def recording(now: float, *, most: int | None = None) -> tuple[Binding, ...]:
+        assert most == 3
+        others_ran.append(bool(state["ran"]))
+        state["ran"] = False
+        chunk = state["chunk"]
+        assert isinstance(chunk, trio.Event)
+        chunk.set()
+        expired = original(now, most=most)
+        removed.append(len(expired))
+        return expired
+
+    async def another_task() -> None:
+        while True:
+            chunk = state["chunk"]
+            assert isinstance(chunk, trio.Event)
+            await chunk.wait()
+            state["chunk"] = trio.Event()
+            state["ran"] = True
+
+    nursery.start_soon(another_task)
+    await trio.sleep(0.1)  # it waits for the first chunk
+    store.expire_bindings = recording  # type: ignore[method-assign]
+    assert await env.gateway._expire_bindings() == 7
+    assert removed == [3, 3, 1]  # a short chunk is the last
+    assert True in others_ran[1:]  # the other task ran between two chunks (see above)
+    assert store.bindings_for_account("alice", now=time.time()) == (live,)
+    assert await env.gateway._expire_bindings() == 0 and removed[-1] == 0
