@@ -29,13 +29,13 @@ from gateway.core.auth.algorithms import DigestAlgorithm
 
 DEFAULT_MEDIA_POLICY = "best-effort"
 
-EXPIRE_CHUNK = 500
+EXPIRE_CHUNK = 100
 """Bindings the gateway's housekeeping expires per :meth:`Store.expire_bindings` call."""
 
 MAX_BULK_ACCOUNTS = 500
 """Most account names one :meth:`Store.binding_expiries` call takes: SQLite binds each as a
-parameter (its limit is 32766 since 3.32, 999 before), and one chunk's query stays around a
-millisecond (docs/benchmarks.md, "Periodic work at scale")."""
+parameter (its limit is 32766 since 3.32, 999 before). The poll asks 250 at a time: 1-3 ms of
+the event loop a query (docs/benchmarks.md, "Periodic work at scale")."""
 
 
 @attrs.frozen
@@ -310,8 +310,8 @@ class Store(Protocol):
         """Delete every binding with ``expires_at <= now`` (with ``most``: at most that many,
         the earliest first) and return them. The gateway's housekeeping asks
         :data:`EXPIRE_CHUNK` at a time with a checkpoint between: 10 000 bindings expired at
-        once (a gateway back after an outage longer than the registrations) took 90-130 ms
-        on SQLite and 450 ms on PostgreSQL in one call (docs/benchmarks.md)."""
+        once (a gateway back after an outage longer than the registrations) took 80 ms on
+        SQLite and 500 ms on PostgreSQL in one call (docs/benchmarks.md)."""
         ...
 
     def count_bindings(self, now: float) -> int:
