@@ -15,8 +15,9 @@ import trio
 
 from gateway.core import gateway as gateway_module
 from gateway.core.calls.presence import POLL_CHUNK, REGISTRATION_POLL
+from gateway.core.store.errors import StoreUnavailable
 from gateway.core.store.interface import Binding, BindingFlow
-from tests.component.calls.b2bua_env import start_b2bua
+from tests.component.calls.b2bua_env import next_within, start_b2bua
 from tests.component.calls.test_presence_memory import basic, next_document, start, subscribe
 
 ALICE_AOR = "sip:alice@127.0.0.1:5060"
@@ -93,6 +94,35 @@ async def test_a_poll_asks_the_store_a_chunk_at_a_time_and_lets_others_run_betwe
     # tasks runs in random order). Without the checkpoints it would run only after the poll.
     for poll in (others_ran[0:3], others_ran[3:6]):
         assert True in poll[1:]
+
+
+async def test_a_poll_the_store_does_not_answer_keeps_the_state_until_it_does(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env, bob = await start(nursery, tmp_path, voipgw_seed, from_registration=None)
+    store = env.gateway.store
+    assert store is not None
+    await subscribe(bob)
+    _, document = await next_document(bob)
+    assert basic(document) == ["open"]
+    original = store.binding_expiries
+
+    def unavailable(accounts: Sequence[str], *, now: float) -> dict[str, list[float]]:
+        raise StoreUnavailable("PostgreSQL 127.0.0.1: not connected (reconnecting)")
+
+    store.binding_expiries = unavailable  # type: ignore[method-assign]
+    (binding,) = store.bindings_for_account("alice", now=time.time())
+    store.remove_binding(binding.aor, binding.key)  # as another node would: not told here
+    # Polls the store does not answer leave alice as she was: no NOTIFY, logged.
+    assert await next_within(bob, "NOTIFY", 3 * REGISTRATION_POLL) is None
+    assert "for their presence not read" in caplog.text
+    store.binding_expiries = original  # type: ignore[method-assign]
+    _, document = await next_document(bob, timeout=2 * REGISTRATION_POLL)
+    assert basic(document) == ["closed"]
 
 
 async def test_housekeeping_expires_registrations_a_chunk_at_a_time(
