@@ -74,7 +74,13 @@ from gateway.core.store.backends import (
     open_store,
 )
 from gateway.core.store.errors import StoreBusy, StoreError
-from gateway.core.store.interface import Binding, BindingFlow, SharedCallLimits, Store
+from gateway.core.store.interface import (
+    EXPIRE_CHUNK,
+    Binding,
+    BindingFlow,
+    SharedCallLimits,
+    Store,
+)
 from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT
 from gateway.core.transport.flows import Flow, FlowTable, format_address
 
@@ -333,17 +339,32 @@ class Gateway:
         the flow table (both would otherwise only grow)."""
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
-            assert self.store is not None
+            removed = await self._expire_bindings()
+            if removed:
+                log.info("%d registration(s) expired", removed)
+            self.flows.expire_datagram_flows(now=trio.current_time(), idle=UDP_FLOW_IDLE)
+
+    async def _expire_bindings(self) -> int:
+        """Expired registrations out of the store, :data:`EXPIRE_CHUNK` per statement with a
+        checkpoint between: thousands expire at once after an outage longer than the
+        registrations, and one statement for all of them held the event loop for 100 ms or
+        more (docs/benchmarks.md, "Periodic work at scale"). How many went."""
+        assert self.store is not None
+        now = time.time()
+        removed = 0
+        while True:
             try:
-                removed = self.store.expire_bindings(time.time())
+                expired = self.store.expire_bindings(now, most=EXPIRE_CHUNK)
             except StoreBusy as exc:
                 log.warning("expired registrations left for the next round: %s", exc)
+                return removed
             except Exception:
                 log.exception("expiring registrations failed")
-            else:
-                if removed:
-                    log.info("%d registration(s) expired", len(removed))
-            self.flows.expire_datagram_flows(now=trio.current_time(), idle=UDP_FLOW_IDLE)
+                return removed
+            removed += len(expired)
+            if len(expired) < EXPIRE_CHUNK:
+                return removed
+            await trio.lowlevel.checkpoint()
 
     # -- what calls need ----------------------------------------------------------------------
 

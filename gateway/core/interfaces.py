@@ -897,7 +897,12 @@ class GatewayStatus(Protocol):
 
     def calls(self) -> CallCounts: ...
 
-    def media(self) -> MediaCounts: ...
+    def media(self) -> MediaCounts:
+        """The media counters, walking every live call at once (about 12 µs each)."""
+
+    async def media_in_steps(self) -> MediaCounts:
+        """:meth:`media`, walking the live calls a few hundred at a time with a checkpoint in
+        between, so that a scrape does not hold the event loop long at 10 000 calls."""
 
     def sip(self) -> SipCounts: ...
 

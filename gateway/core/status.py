@@ -45,6 +45,10 @@ MOS_BUCKETS = (1.5, 2.0, 2.5, 3.0, 3.3, 3.6, 3.8, 4.0, 4.2, 4.3, 4.4)
 # Interarrival jitter (RFC 3550 §6.4.1): a jitter buffer absorbs tens of ms.
 JITTER_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5)
 
+MEDIA_WALK_CHUNK = 200
+"""Live calls :meth:`StatusView.media_in_steps` walks between two checkpoints: about 2-3 ms of
+the event loop in pure Python (docs/benchmarks.md, "Periodic work at scale")."""
+
 OUTCOMES = ("answered", "cancelled", "no_answer", "rejected", "transferred", "error")
 
 
@@ -104,6 +108,18 @@ class MediaTotals:
                 self.srtp_auth_failures += leg["auth_failures"]
                 self.srtp_replays += leg["replays"]
         return streams
+
+    def add(self, other: MediaTotals, sign: int = 1) -> None:
+        """Add (``sign`` -1: take away) another sum's counters."""
+        self.packets += sign * other.packets
+        self.bytes += sign * other.bytes
+        self.dropped += sign * other.dropped
+        self.srtp_auth_failures += sign * other.srtp_auth_failures
+        self.srtp_replays += sign * other.srtp_replays
+        self.rtcp_reports += sign * other.rtcp_reports
+        self.rtcp_malformed += sign * other.rtcp_malformed
+        self.udptl_packets += sign * other.udptl_packets
+        self.udptl_bytes += sign * other.udptl_bytes
 
 
 class CallStatistics:
@@ -237,6 +253,48 @@ class StatusView:
         manager = self._gateway.calls
         for call in list(manager.calls) if manager is not None else ():
             streams += totals.add_call(call)
+        return self._media_counts(totals, streams)
+
+    async def media_in_steps(self) -> MediaCounts:
+        """:meth:`media`, walking the live calls :data:`MEDIA_WALK_CHUNK` at a time with a
+        checkpoint in between, so that a scrape at 10 000 calls does not hold the event loop
+        (which relays media) for a hundred milliseconds (docs/benchmarks.md, "Periodic work at
+        scale").
+
+        Calls end while it walks. Each call visited is counted as it was then; at the end,
+        without a checkpoint, the ended calls' sum is read, and the calls visited that ended
+        since are taken out of the walk's sum (their final counters, no smaller, are in the
+        ended sum). A call that ended before its visit is skipped (it is in the ended sum),
+        one that started during the walk counts from the next scrape. So every call counts
+        once, at a moment no earlier than in the previous scrape: counters never go back."""
+        manager = self._gateway.calls
+        calls = list(manager.calls) if manager is not None else []
+        if manager is None or len(calls) <= MEDIA_WALK_CHUNK:
+            return self.media()
+        walked = MediaTotals()
+        streams = 0
+        visited: dict[Call, tuple[MediaTotals, int]] = {}
+        for start in range(0, len(calls), MEDIA_WALK_CHUNK):
+            if start:
+                await trio.lowlevel.checkpoint()
+            live = manager.calls
+            for call in calls[start : start + MEDIA_WALK_CHUNK]:
+                if call not in live:
+                    continue  # ended since the walk began: in the ended calls' sum
+                one = MediaTotals()
+                opened = one.add_call(call)
+                walked.add(one)
+                streams += opened
+                visited[call] = (one, opened)
+        # No checkpoint from here to the return: the ended sum and the live set agree.
+        for call in visited.keys() - manager.calls:  # visited, then ended: counted as ended
+            one, opened = visited[call]
+            walked.add(one, -1)
+            streams -= opened
+        walked.add(self._statistics.ended_media)
+        return self._media_counts(walked, streams)
+
+    def _media_counts(self, totals: MediaTotals, streams: int) -> MediaCounts:
         return MediaCounts(
             streams=streams,
             packets=totals.packets,

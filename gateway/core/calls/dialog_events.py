@@ -706,6 +706,21 @@ class DialogEvents:
             return None
         return [binding.expires_at for binding in bindings]
 
+    def binding_expiries_of(self, accounts: Sequence[str]) -> dict[str, list[float]] | None:
+        """:meth:`binding_expiries` of several accounts (at most
+        :data:`~gateway.core.store.interface.MAX_BULK_ACCOUNTS`) in one store query; None when
+        the store could not be read (logged)."""
+        store = self.gateway.store
+        if store is None:
+            return None
+        try:
+            return store.binding_expiries(accounts, now=self.wall_clock())
+        except StoreError as exc:
+            log.warning(
+                "registrations of %d accounts for their presence not read: %s", len(accounts), exc
+            )
+            return None
+
     # -- calls (from the call manager, while :attr:`watched` is not empty) ------------------------
 
     def call_changed(self, call: Call, kind: str) -> None:

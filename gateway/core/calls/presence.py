@@ -23,9 +23,10 @@ dict lookup), a removal for a revoked certificate :meth:`Presence.bindings_chang
 binding's expiry wakes :meth:`Presence.follow_registrations`, which looks the account up in the
 store again (a refresh another node took), and every :data:`REGISTRATION_POLL` seconds it looks
 every watched account up (a registration or removal on another node sharing the store,
-``voipgw accounts remove``, a binding removed for a dead NAT flow). The store keeps its bindings
-in memory until another connection writes (gateway/core/store/), so a look-up is a dict lookup
-in the common case.
+``voipgw accounts remove``, a binding removed for a dead NAT flow): :data:`POLL_CHUNK` accounts
+per store query (``Store.binding_expiries``, one round trip on PostgreSQL), with a checkpoint
+between two chunks, so a poll of 20 000 accounts never holds the event loop for more than a
+millisecond or two at a time.
 Watchers get a NOTIFY only when the account goes from registered to not or back, and only
 while no publication of its hides it.
 
@@ -62,8 +63,11 @@ log = logging.getLogger(__name__)
 REGISTRATION_POLL = 5.0
 """Seconds between two looks at the watched accounts' registrations in the store: how late a
 watcher learns of a registration made, or removed, elsewhere (another node, the CLI)."""
-YIELD_EVERY = 100
-"""Accounts looked up between two checkpoints of a poll (other tasks run in between)."""
+POLL_CHUNK = 250
+"""Accounts looked up in one store query, and handled, between two checkpoints of a poll
+(other tasks, media among them, run in between): a slice of about 1 ms on SQLite, 3 ms on a
+PostgreSQL one round trip away (docs/benchmarks.md, "Periodic work at scale"). At most
+:data:`~gateway.core.store.interface.MAX_BULK_ACCOUNTS`."""
 
 
 class Presence:
@@ -204,20 +208,22 @@ class Presence:
                 accounts = list(registrations)
             else:
                 accounts = registrations.due(now=wall)
-            for index, account in enumerate(accounts):
-                if index and index % YIELD_EVERY == 0:
+            for start in range(0, len(accounts), POLL_CHUNK):
+                if start:
                     await trio.lowlevel.checkpoint()
-                if account not in registrations:
-                    continue  # its last watcher left meanwhile
-                expiries = self.notifier.binding_expiries(account)
-                if expiries is None:
-                    registrations.postpone(account, wall + REGISTRATION_POLL)
-                    continue
-                try:
-                    self.notifier.registration_changed(account, expiries)
-                except Exception:  # a bug: logged, the others go on, the gateway too
-                    log.exception("presence of %s from its registration", account)
-                    registrations.postpone(account, wall + REGISTRATION_POLL)
+                # Those whose last watcher left meanwhile (at a checkpoint) are not asked for.
+                chunk = [a for a in accounts[start : start + POLL_CHUNK] if a in registrations]
+                found = self.notifier.binding_expiries_of(chunk) if chunk else {}
+                for account in chunk:
+                    expiries = found.get(account) if found is not None else None
+                    if expiries is None:
+                        registrations.postpone(account, wall + REGISTRATION_POLL)
+                        continue
+                    try:
+                        self.notifier.registration_changed(account, expiries)
+                    except Exception:  # a bug: logged, the others go on, the gateway too
+                        log.exception("presence of %s from its registration", account)
+                        registrations.postpone(account, wall + REGISTRATION_POLL)
             self._registrations_changed = trio.Event()
             deadline = next_poll
             expiry = registrations.get_timer()

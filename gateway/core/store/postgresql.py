@@ -78,6 +78,7 @@ from gateway.core.store.errors import (
 )
 from gateway.core.store.interface import (
     DEFAULT_MEDIA_POLICY,
+    MAX_BULK_ACCOUNTS,
     UNSET,
     Account,
     Binding,
@@ -1098,6 +1099,26 @@ class PostgresStore:
         self._fill(self._bindings, account, bindings, epoch)
         return _unexpired(bindings, now)
 
+    def binding_expiries(self, accounts: Sequence[str], *, now: float) -> dict[str, list[float]]:
+        """See :meth:`Store.binding_expiries`: one round trip (the names as one array
+        parameter), the cache neither read nor filled."""
+        names = list(dict.fromkeys(accounts))
+        if len(names) > MAX_BULK_ACCOUNTS:
+            raise ValueError(f"at most {MAX_BULK_ACCOUNTS} accounts a call, not {len(names)}")
+        found: dict[str, list[float]] = {name: [] for name in names}
+        if not names:
+            return found
+        with self._session() as db:
+            rows = db.execute(
+                "SELECT a.name, r.expires_at FROM accounts a"
+                " JOIN registrations r ON r.account_id = a.id"
+                " WHERE a.name = ANY(%s) AND r.expires_at > %s",
+                (names, now),
+            ).fetchall()
+        for name, expires_at in rows:
+            found[name].append(expires_at)
+        return found
+
     def upsert_binding(self, binding: Binding) -> None:
         self.apply_binding_changes(binding.aor, [binding], ())
 
@@ -1145,17 +1166,21 @@ class PostgresStore:
         finally:
             self._forget_bindings(aor, touched)
 
-    def expire_bindings(self, now: float) -> tuple[Binding, ...]:
+    def expire_bindings(self, now: float, *, most: int | None = None) -> tuple[Binding, ...]:
+        if most is not None and most < 1:
+            raise ValueError("most must be at least 1")
         expired: tuple[Binding, ...] = ()
         try:
             with self._session() as db:
                 # Every node expires: each row is deleted by the first node to lock it, and
                 # the others skip it rather than wait for that node's clean-up (SKIP LOCKED).
+                # LIMIT NULL is no limit (PostgreSQL docs, SELECT: LIMIT ALL).
                 rows = db.execute(
                     "DELETE FROM registrations r USING accounts a WHERE a.id = r.account_id"
                     " AND r.id IN (SELECT id FROM registrations WHERE expires_at <= %s"
+                    " ORDER BY expires_at, id LIMIT %s"
                     f" FOR UPDATE SKIP LOCKED) RETURNING {_BINDING_COLUMNS}",
-                    (now,),
+                    (now, most),
                 ).fetchall()
                 expired = tuple(_binding(row) for row in rows)
         finally:

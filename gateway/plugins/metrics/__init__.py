@@ -38,7 +38,7 @@ from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import GatewayStatus, LoadedCertificate, ReloadError
 from gateway.plugins.metrics import tls
 from gateway.plugins.metrics.auth import BasicAuth, PasswordHash, PasswordHashError
-from gateway.plugins.metrics.collect import render
+from gateway.plugins.metrics.collect import render_in_steps
 from gateway.plugins.metrics.server import MetricsServer
 from gateway.plugins.transports.certificates import (
     CertificateError,
@@ -199,8 +199,8 @@ class MetricsExporter:
         if config.tls_certificate is not None:
             self._loaded = (loaded_certificate(Path(config.tls_certificate)),)
 
-        def scrape() -> bytes:
-            return render(status, server.statistics())
+        async def scrape() -> bytes:
+            return await render_in_steps(status, server.statistics())
 
         server = MetricsServer(
             scrape,

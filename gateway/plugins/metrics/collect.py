@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from gateway.core.interfaces import GatewayStatus
+from gateway.core.interfaces import GatewayStatus, MediaCounts
 from gateway.plugins.metrics.exposition import Exposition
 
 if TYPE_CHECKING:
@@ -22,16 +22,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def render(status: GatewayStatus, server: ServerStatistics | None = None) -> bytes:
+async def render_in_steps(status: GatewayStatus, server: ServerStatistics | None = None) -> bytes:
+    """:func:`render`, with the walk over the live calls' media counters done a few hundred
+    calls at a time (``GatewayStatus.media_in_steps``): what a scrape runs, so that it never
+    holds the event loop, which relays media, for long at 10 000 calls."""
+    media = await status.media_in_steps()
+    return render(status, server, media=media)
+
+
+def render(
+    status: GatewayStatus,
+    server: ServerStatistics | None = None,
+    *,
+    media: MediaCounts | None = None,
+) -> bytes:
     """One scrape's exposition. Reads the view once per family group; a store that cannot
     answer leaves its family out (logged) rather than failing the whole scrape. ``server``
-    adds the exporter's own TLS and authentication failures, when it has them configured."""
+    adds the exporter's own TLS and authentication failures, when it has them configured;
+    ``media``: the media counters already read (else read here, in one walk)."""
     out = Exposition()
     _process(out, status)
     _calls(out, status)
     _registrations(out, status)
     _sip(out, status)
-    _media(out, status)
+    _media(out, status.media() if media is None else media)
     _key_exchanges(out, status)
     _trunks(out, status)
     _caller_identity(out, status)
@@ -244,8 +258,7 @@ def _sip(out: Exposition, status: GatewayStatus) -> None:
         out.sample(sip.nat_keepalive_removed)
 
 
-def _media(out: Exposition, status: GatewayStatus) -> None:
-    media = status.media()
+def _media(out: Exposition, media: MediaCounts) -> None:
     out.family("voipgw_media_streams", "gauge", "Media relay streams open.")
     out.sample(media.streams)
     out.family(

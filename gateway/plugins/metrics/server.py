@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 import h11
@@ -68,12 +68,12 @@ class ServerStatistics:
 
 
 class MetricsServer:
-    """Serves ``render()`` (the exposition, bytes) at ``path``, over TLS with an
+    """Serves ``await render()`` (the exposition, bytes) at ``path``, over TLS with an
     ``ssl_context``, to clients with valid basic credentials with an ``auth``."""
 
     def __init__(
         self,
-        render: Callable[[], bytes],
+        render: Callable[[], Awaitable[bytes]],
         *,
         path: str,
         server: str,
@@ -172,7 +172,7 @@ class MetricsServer:
         assert request is not None
         body = b""
         try:
-            body = self._render()
+            body = await self._render()
         except Exception:
             # A bug, never the client's: this scrape fails, the gateway goes on.
             log.exception("metrics: rendering the exposition failed")

@@ -58,8 +58,12 @@ async def start(
     context = server_context(
         str(cert.certificate), str(cert.key), None if client_ca is None else str(client_ca)
     )
+
+    async def render() -> bytes:
+        return BODY
+
     server = MetricsServer(
-        lambda: BODY, path="/metrics", server="voipgw/test", ssl_context=context, auth=auth
+        render, path="/metrics", server="voipgw/test", ssl_context=context, auth=auth
     )
     await nursery.start(server.serve, "127.0.0.1", 0)
     return server

@@ -59,9 +59,13 @@ def exporter_for(certificate: Path, key: Path, client_ca: Path | None = None) ->
         tls_client_ca=None if client_ca is None else str(client_ca),
     )
     exporter = MetricsExporter(config)
+
     # What run() sets up, without its socket.
+    async def render() -> bytes:
+        return b""
+
     exporter.server = MetricsServer(
-        lambda: b"", path="/metrics", server="voipgw/test", ssl_context=config.ssl_context()
+        render, path="/metrics", server="voipgw/test", ssl_context=config.ssl_context()
     )
     return exporter
 

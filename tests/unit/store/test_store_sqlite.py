@@ -26,6 +26,7 @@ from gateway.core.store.errors import (
     StoreError,
 )
 from gateway.core.store.interface import (
+    MAX_BULK_ACCOUNTS,
     Binding,
     BindingFlow,
     CallRecord,
@@ -447,6 +448,17 @@ def test_expire_bindings(alice: Store) -> None:
     assert alice.expire_bindings(200.0) == ()
 
 
+def test_expire_bindings_at_most_so_many_the_earliest_first(alice: Store) -> None:
+    for key, expires_at in [("c", 130.0), ("a", 110.0), ("live", 900.0), ("b", 120.0)]:
+        alice.upsert_binding(binding(key, expires_at=expires_at))
+    assert [b.key for b in alice.expire_bindings(200.0, most=2)] in (["a", "b"], ["b", "a"])
+    assert [b.key for b in alice.expire_bindings(200.0, most=2)] == ["c"]
+    assert alice.expire_bindings(200.0, most=2) == ()
+    assert [b.key for b in alice.registrations_for("sip:alice@127.0.0.1:5060")] == ["live"]
+    with pytest.raises(ValueError, match="at least 1"):
+        alice.expire_bindings(200.0, most=0)
+
+
 def test_binding_remaining() -> None:
     b = binding(expires_at=4600.0)
     assert b.remaining(1000.0) == 3600
@@ -633,6 +645,60 @@ def test_bindings_from_memory_follow_own_writes_and_expiry(store: Store) -> None
     assert store.bindings_for_account("alice") is cached
     store.remove_binding(binding().aor, "sip:alice@192.0.2.1:5062")
     assert [b.key for b in store.bindings_for_account("alice")] == ["sip:alice@192.0.2.2:5062"]
+
+
+def test_binding_expiries_of_many_accounts_at_once(store: Store) -> None:
+    """What presence from registration polls: each name's unexpired bindings' expiries, every
+    AOR of the account, a key for every name asked (none: ``[]``), bounded per call."""
+    for name in ("alice", "bob", "carol"):
+        store.accounts_add(name, PASSWORD, REALM)
+    store.upsert_binding(binding(expires_at=100.0))
+    other_aor = binding(
+        "sip:alice@192.0.2.2:5062", aor="sip:alice@example.org", expires_at=200.0, q=0.5
+    )
+    store.upsert_binding(other_aor)
+    store.upsert_binding(
+        binding(
+            "sip:bob@192.0.2.3:5062", aor="sip:bob@127.0.0.1:5060", account="bob", expires_at=40.0
+        )
+    )
+    found = store.binding_expiries(["alice", "bob", "carol", "nobody", "alice"], now=50.0)
+    assert {name: sorted(expiries) for name, expiries in found.items()} == {
+        "alice": [100.0, 200.0],
+        "bob": [],  # expired at 40
+        "carol": [],
+        "nobody": [],
+    }
+    assert store.binding_expiries(["alice"], now=150.0) == {"alice": [200.0]}
+    assert store.binding_expiries(["bob"], now=30.0) == {"bob": [40.0]}
+    assert store.binding_expiries([], now=50.0) == {}
+    most = [f"user{i}" for i in range(MAX_BULK_ACCOUNTS)]
+    assert store.binding_expiries(most, now=50.0) == {name: [] for name in most}
+    with pytest.raises(ValueError, match="at most"):
+        store.binding_expiries([*most, "one-more"], now=50.0)
+
+
+def test_binding_expiries_ask_sqlite_once_and_bypass_the_cache(tmp_path: Path) -> None:
+    """One statement per call, whatever the number of names; not from the cache, which it
+    leaves as it was (a poll's thousands of names would push out what calls read)."""
+    frozen = SqliteStore.open(tmp_path / "state", monotonic=lambda: 0.0)  # cache never rechecked
+    other = SqliteStore.open(tmp_path / "state")  # another process: voipgw accounts, the CLI
+    try:
+        frozen.accounts_add("alice", PASSWORD, REALM)
+        assert frozen.bindings_for_account("alice") == ()  # cached, and trusted from now on
+        other.upsert_binding(binding(expires_at=100.0))
+        assert frozen.bindings_for_account("alice") == ()  # the cache did not see it
+        statements: list[str] = []
+        frozen._db.set_trace_callback(statements.append)
+        names = ["alice", *(f"nobody{i}" for i in range(300))]
+        found = frozen.binding_expiries(names, now=50.0)
+        frozen._db.set_trace_callback(None)
+        assert found["alice"] == [100.0] and len(found) == 301
+        assert len(statements) == 1
+        assert set(frozen._bindings) == {"alice"}  # neither filled nor dropped
+    finally:
+        frozen.close()
+        other.close()
 
 
 def test_the_account_cache_is_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
