@@ -32,38 +32,47 @@ def basic_of(message: str) -> str:
     return found.group(1)
 
 
-def test_bob_sees_alice_go_online_and_offline(tmp_path: Path) -> None:
-    with GatewayProcess(
+def presence_gateway(tmp_path: Path) -> GatewayProcess:
+    """A gateway where alice and bob (MD5 digest: baresip's) may watch each other."""
+    return GatewayProcess(
         tmp_path,
         accounts={"alice": "wonderland", "bob": "builder"},
         extra_toml='[presence]\nallow = "all-accounts"\n',
         digest_algorithms=("MD5",),
-    ) as gw:
-        alice_aor, bob_aor = gw.uri("alice"), gw.uri("bob")
+    )
+
+
+def watching_bob(tmp_path: Path, gw: GatewayProcess) -> Baresip:
+    """bob's baresip with alice in its contacts: once started it subscribes to her presence."""
+    return Baresip(
+        tmp_path,
+        "bob",
+        extra_config=PRESENCE_MODULES,
+        account=f"<{gw.uri('bob')}>;auth_pass=builder;regint=600",
+        contacts=f'"Alice" <{gw.uri("alice")}>;presence=p2p\n',
+        sip_trace=True,
+    )
+
+
+def test_bob_sees_alice_go_online_and_offline(tmp_path: Path) -> None:
+    with presence_gateway(tmp_path) as gw, watching_bob(tmp_path, gw) as bob:
+        alice_aor = gw.uri("alice")
+        gw.wait_for_log(r"bob watches the presence of alice for \d+ s")
+        # Nothing published yet: the gateway's neutral document.
+        first = bob.wait_for(r"(?s)NOTIFY sip:.*?</presence>", timeout=10)
+        assert basic_of(first.group(0)) == "closed"
         with Baresip(
             tmp_path,
-            "bob",
+            "alice",
             extra_config=PRESENCE_MODULES,
-            account=f"<{bob_aor}>;auth_pass=builder;regint=600",
-            contacts=f'"Alice" <{alice_aor}>;presence=p2p\n',
-            sip_trace=True,
-        ) as bob:
-            gw.wait_for_log(r"bob watches the presence of alice for \d+ s")
-            # Nothing published yet: the gateway's neutral document.
-            first = bob.wait_for(r"(?s)NOTIFY sip:.*?</presence>", timeout=10)
-            assert basic_of(first.group(0)) == "closed"
-            with Baresip(
-                tmp_path,
-                "alice",
-                extra_config=PRESENCE_MODULES,
-                account=f"<{alice_aor}>;auth_pass=wonderland;regint=600;pubint=600",
-            ) as alice:
-                bob.wait_for(CHANGED.format("Offline", "Online"), timeout=15)
-                alice.command("presence_offline")
-                bob.wait_for(CHANGED.format("Online", "Offline"), timeout=10)
-                # Before alice quits: her removal (Expires: 0) may bring back a second
-                # publication of hers, open, that baresip made racing its own registration.
-                notifies = [entry.message for entry in bob.sip_messages("NOTIFY ")]
+            account=f"<{alice_aor}>;auth_pass=wonderland;regint=600;pubint=600",
+        ) as alice:
+            bob.wait_for(CHANGED.format("Offline", "Online"), timeout=15)
+            alice.command("presence_offline")
+            bob.wait_for(CHANGED.format("Online", "Offline"), timeout=10)
+            # Before alice quits: her removal (Expires: 0) may bring back a second
+            # publication of hers, open, that baresip made racing its own registration.
+            notifies = [entry.message for entry in bob.sip_messages("NOTIFY ")]
         assert all("Event: presence" in notify for notify in notifies), notifies
         assert all("Content-Type: application/pidf+xml" in notify for notify in notifies)
         shown = [basic_of(notify) for notify in notifies]
@@ -75,39 +84,26 @@ def test_bob_sees_alice_go_online_and_offline(tmp_path: Path) -> None:
 
 
 def test_bob_sees_alice_online_from_her_registration_alone(tmp_path: Path) -> None:
-    with GatewayProcess(
-        tmp_path,
-        accounts={"alice": "wonderland", "bob": "builder"},
-        extra_toml='[presence]\nallow = "all-accounts"\n',
-        digest_algorithms=("MD5",),
-    ) as gw:
-        alice_aor, bob_aor = gw.uri("alice"), gw.uri("bob")
-        with Baresip(
+    with presence_gateway(tmp_path) as gw, watching_bob(tmp_path, gw) as bob:
+        alice_aor = gw.uri("alice")
+        gw.wait_for_log(r"bob watches the presence of alice for \d+ s")
+        first = bob.wait_for(r"(?s)NOTIFY sip:.*?</presence>", timeout=10)
+        assert basic_of(first.group(0)) == "closed"  # alice not registered yet
+        # alice's presence module is loaded, but her account has no pubint: no PUBLISH.
+        alice = Baresip(
             tmp_path,
-            "bob",
+            "alice",
             extra_config=PRESENCE_MODULES,
-            account=f"<{bob_aor}>;auth_pass=builder;regint=600",
-            contacts=f'"Alice" <{alice_aor}>;presence=p2p\n',
+            account=f"<{alice_aor}>;auth_pass=wonderland;regint=600",
             sip_trace=True,
-        ) as bob:
-            gw.wait_for_log(r"bob watches the presence of alice for \d+ s")
-            first = bob.wait_for(r"(?s)NOTIFY sip:.*?</presence>", timeout=10)
-            assert basic_of(first.group(0)) == "closed"  # alice not registered yet
-            # alice's presence module is loaded, but her account has no pubint: no PUBLISH.
-            alice = Baresip(
-                tmp_path,
-                "alice",
-                extra_config=PRESENCE_MODULES,
-                account=f"<{alice_aor}>;auth_pass=wonderland;regint=600",
-                sip_trace=True,
-            )
-            with alice:
-                gw.wait_for_log(r"registered: 1 binding\(s\) for sip:alice@")
-                bob.wait_for(CHANGED.format("Offline", "Online"), timeout=15)
-            # baresip unregisters as it quits (Expires: 0): her last binding is gone.
-            gw.wait_for_log(r"unregistered: 0 binding\(s\) for sip:alice@")
-            bob.wait_for(CHANGED.format("Online", "Offline"), timeout=10)
-            notifies = [entry.message for entry in bob.sip_messages("NOTIFY ")]
+        )
+        with alice:
+            gw.wait_for_log(r"registered: 1 binding\(s\) for sip:alice@")
+            bob.wait_for(CHANGED.format("Offline", "Online"), timeout=15)
+        # baresip unregisters as it quits (Expires: 0): her last binding is gone.
+        gw.wait_for_log(r"unregistered: 0 binding\(s\) for sip:alice@")
+        bob.wait_for(CHANGED.format("Online", "Offline"), timeout=10)
+        notifies = [entry.message for entry in bob.sip_messages("NOTIFY ")]
         assert alice.sip_messages("PUBLISH ") == []
         assert "PUBLISH" not in gw.log_text()
         shown = [basic_of(notify) for notify in notifies]
