@@ -89,7 +89,7 @@ from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.sip.uri import SipUri, remove_param
-from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
+from gateway.core.transport.flows import TLS_TRANSPORTS, Flow, format_host_port
 
 if TYPE_CHECKING:
     from gateway.core.config import TrunkConfig
@@ -323,7 +323,7 @@ class Subscriptions:
         assert directory is not None
         if not isinstance(uri, SipUri):
             return False
-        host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
+        host = uri.host_port()
         if not directory.is_local_domain(host):
             return False
         user = called_user(uri)
@@ -498,16 +498,14 @@ class Subscriptions:
         subscription.trunk_request = sent.with_headers(headers)
         subscription.trunk_destination = destination
         log.info(
-            "subscription of %s: voicemail trunk %s target %s:%s:%d answered %d; trying %s:%s:%d",
+            "subscription of %s: voicemail trunk %s target %s:%s answered %d; trying %s:%s",
             subscription.account,
             subscription.trunk.name,
             failed.transport,
-            failed.host,
-            failed.port,
+            format_host_port(failed.host, failed.port),
             final.status,
             destination.transport,
-            destination.host,
-            destination.port,
+            format_host_port(destination.host, destination.port),
         )
         return True
 

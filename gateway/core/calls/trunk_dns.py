@@ -51,6 +51,7 @@ import attrs
 import trio
 
 from gateway.core.config import DnsSection, TrunkAddress, TrunkConfig, dns_server
+from gateway.core.transport.flows import format_host_port
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,7 @@ class TrunkHop:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return f"{self.transport}:{format_host_port(self.host, self.port)}"
 
 
 @attrs.frozen
