@@ -41,6 +41,7 @@ from gateway.core.sip import session_timer
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.uri import SipUri
+from gateway.core.transport.flows import format_host_port
 
 T = TypeVar("T")
 
@@ -116,8 +117,7 @@ class ListenSpec:
         return cls(transport.lower(), host, int(port_text))
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return f"{self.transport}:{format_host_port(self.host, self.port)}"
 
 
 # RFC 1035 §2.3.1 / RFC 1123 §2.1: a host name of labels (letters, digits, inner hyphens),

@@ -35,10 +35,17 @@ from gateway.core.calls.trunk_dns import (
     Resolver,
     TrunkHop,
     TrunkTargets,
+    named_uri_address,
 )
 from gateway.core.calls.trunk_health import TrunkHealth, TrunkProber
 from gateway.core.calls.trunk_registration import TrunkRegistration, registering
-from gateway.core.config import ConfigError, GatewayConfig, ListenSpec, did_warnings
+from gateway.core.config import (
+    ConfigError,
+    GatewayConfig,
+    ListenSpec,
+    TrunkAddress,
+    did_warnings,
+)
 from gateway.core.control import socket_path
 from gateway.core.control_server import serve_control
 from gateway.core.devices import DeviceIdentifier, check_profiles
@@ -178,6 +185,8 @@ class Gateway:
         self._trunks = TrunkMatcher(config.trunks)
         # Trunks named by DNS (trunk_dns.py): kept resolved from start-up on; None without any.
         self.trunk_targets: TrunkTargets | None = None
+        self.session_targets: TrunkTargets | None = None
+        """The SIP URIs named by DNS that media taps open sessions to (a SIPREC recorder)."""
         self._dns_resolver = dns_resolver
         self._dns_rng = dns_rng
         # (IP, port) of a target of a trunk named by DNS -> the trunk's domain: the name its
@@ -288,6 +297,17 @@ class Gateway:
             raise ConfigError(
                 self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
             )
+
+    def _session_names(self) -> dict[str, TrunkAddress]:
+        """The SIP URIs media taps open sessions to (``MediaTap.sip_targets``) whose host is
+        a name, with the look-up each asks for (RFC 3263 §4.1, §4.2)."""
+        named: dict[str, TrunkAddress] = {}
+        for _, tap in self.plugins.media_taps.items():
+            for uri in getattr(tap, "sip_targets", ()):
+                address = named_uri_address(uri)
+                if address is not None:
+                    named[uri] = address
+        return named
 
     def dns_transports(self) -> tuple[str, ...]:
         """The transports a trunk named without one may use (RFC 3263 §4.1: NAPTR services of
@@ -723,6 +743,24 @@ class Gateway:
             )
             # Resolved before calls are taken; start-up waits at most [dns] timeout for it.
             await nursery.start(self.trunk_targets.serve)
+        named_sessions = self._session_names()
+        if named_sessions:
+            dns = self.config.dns
+            self.session_targets = TrunkTargets(
+                (),
+                dns,
+                self._dns_resolver or DnsPythonResolver(dns.servers, dns.timeout),
+                rng=self._dns_rng or random.Random(),
+                on_unresolved=_nothing_to_mark,
+                on_resolved=_nothing_to_mark,
+                on_change=_nothing_to_mark,
+                transports=self.dns_transports(),
+                named=named_sessions,
+                what="session target",
+            )
+            # As the trunks': resolved (at most [dns] timeout) before calls are taken; a name
+            # that does not resolve then is logged and its sessions refused until it does.
+            await nursery.start(self.session_targets.serve)
         self.directory = GatewayDirectory(
             self.store,
             self.flows,
@@ -989,6 +1027,11 @@ def run_until_signal(gateway: Gateway) -> int:
     finally:
         signal.signal(signal.SIGHUP, previous)
     return 0
+
+
+def _nothing_to_mark(*_: object) -> None:
+    """A session target's name (re)solved or not: nothing to mark, unlike a trunk's health;
+    trunk_dns.py logs it."""
 
 
 def _is_emergency(calls: CallManager, call: Call) -> bool:

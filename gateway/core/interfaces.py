@@ -471,6 +471,11 @@ class MediaTap(Protocol):
     # ``SipCapture`` too and gets every SIP message the gateway sends or receives (interception
     # reports a target's REGISTERs, which belong to no call).
     #
+    # Optional: ``sip_targets`` (a sequence of SIP URIs, read once at start-up): where the
+    # tap's ``TappedCall.sessions.open_session`` will go. Those whose host is a name are
+    # resolved by the gateway's DNS machinery before calls are taken and kept resolved off the
+    # call path (RFC 3263, as trunks named by DNS); a session to one tries its targets in turn.
+    #
     # Optional: ``update_failures`` (a mapping of reason to count, every reason present from
     # the start): updates of recording sessions the tap gave up on (SIPREC: a re-INVITE the
     # recorder kept refusing, or a recording session it no longer knew). Read at a scrape

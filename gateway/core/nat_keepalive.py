@@ -39,6 +39,7 @@ from gateway.core.sip.message import Headers, Request
 from gateway.core.sip.uri import SipUri
 from gateway.core.store.errors import StoreBusy
 from gateway.core.store.interface import Binding, Store
+from gateway.core.transport.flows import format_host_port
 
 if TYPE_CHECKING:
     from gateway.core.endpoint import SipEndpoint
@@ -69,7 +70,7 @@ def is_behind_nat(binding: Binding) -> bool:
     if not isinstance(uri, SipUri):
         return False
     host = uri.host[1:-1] if uri.host.startswith("[") else uri.host
-    contact = f"[{host}]:{uri.port or 5060}" if ":" in host else f"{host}:{uri.port or 5060}"
+    contact = format_host_port(host, uri.port or 5060)
     return contact != binding.flow.remote
 
 

@@ -43,7 +43,7 @@ from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.uri import SipUri, Uri
 from gateway.core.store.interface import Account, Binding, BindingFlow, Store
-from gateway.core.transport.flows import TLS_TRANSPORTS, FlowKey, format_address
+from gateway.core.transport.flows import TLS_TRANSPORTS, FlowKey, format_address, format_host_port
 
 MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 §20.19 delta-seconds
 SUPPORTED_EXTENSIONS = frozenset({"path"})  # RFC 3327: the Path vector is stored and echoed
@@ -385,8 +385,7 @@ def binding_key(uri: Uri, instance: str | None = None, reg_id: int | None = None
 
 def _sip_text(scheme: str, user: str | None, host: str, port: int | None) -> str:
     userinfo = f"{user}@" if user is not None else ""
-    hostport = host if port is None else f"{host}:{port}"
-    return f"{scheme}:{userinfo}{hostport}"
+    return f"{scheme}:{userinfo}{format_host_port(host, port)}"
 
 
 # -- small parsers ----------------------------------------------------------------------------

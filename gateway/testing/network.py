@@ -36,6 +36,8 @@ from typing import Any, TypeAlias
 import attrs
 import trio
 
+from gateway.core.transport.flows import format_address
+
 Address: TypeAlias = tuple[str, int]
 
 #: Largest UDP payload over IPv4: 65535 minus the 20-byte IP and 8-byte UDP headers (RFC 768).
@@ -269,7 +271,7 @@ class MemoryNetwork:
         if port == 0:
             port = self._free_port(host)
         elif (host, port) in self._sockets:
-            raise OSError(errno.EADDRINUSE, f"address already in use: {host}:{port}")
+            raise OSError(errno.EADDRINUSE, f"address in use: {format_address((host, port))}")
         sock = MemoryDatagramSocket(self, (host, port), receive_buffer)
         self._sockets[(host, port)] = sock
         return sock

@@ -24,6 +24,7 @@ import attrs
 import trio
 import trio.testing
 
+from gateway.core.transport.flows import format_address
 from gateway.testing.network import EPHEMERAL_PORTS, Address
 
 #: Largest chunk a seeded stream moves at once; small, so a SIP message arrives in many pieces.
@@ -175,7 +176,7 @@ class MemoryStreamNetwork:
         if port == 0:
             port = next(p for p in self._ports if (host, p) not in self._listeners)
         if (host, port) in self._listeners:
-            raise OSError(errno.EADDRINUSE, f"address already in use: {host}:{port}")
+            raise OSError(errno.EADDRINUSE, f"address in use: {format_address((host, port))}")
         if backlog < 1:
             raise ValueError(f"backlog must be at least 1, got {backlog}")
         pending_send, pending = trio.open_memory_channel[MemoryStream](backlog)

@@ -7,6 +7,8 @@ unsubscribe reaches the platform, whose terminated NOTIFY reaches the phone.
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,45 @@ def test_a_carrier_message_and_unsolicited_notify_reach_the_registered_phone(
     assert "From: <sip:+15550100@127.0.0.1:" in message
     (notify,) = received.received("NOTIFY ")
     assert "Messages-Waiting: yes" in notify and "Event: message-summary" in notify
+
+
+def wait_for_first_notify(workdir: Path, timeout: float = 10.0) -> None:
+    """Poll the phone's message trace until it has answered its first NOTIFY."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for trace in workdir.glob("sipp-*-uac-uac_subscribe_mwi_stop/messages.log"):
+            text = trace.read_text(errors="replace")
+            if "NOTIFY sip:" in text and text.count("SIP/2.0 200 OK") >= 2:
+                return  # the gateway's 200 to the SUBSCRIBE, then sipp's to the NOTIFY
+        time.sleep(0.05)
+    raise AssertionError("the phone got no NOTIFY")
+
+
+def test_a_gateway_stop_ends_the_subscription_at_the_phone_and_the_trunk(tmp_path: Path) -> None:
+    """SIGTERM while alice is subscribed: her final NOTIFY is ``deactivated`` (RFC 6665 §4.2.2)
+    and repeats the last summary (RFC 3842); the platform gets the unsubscribe and its own final
+    NOTIFY is answered 200 (uas_voicemail.xml checks it), not 481."""
+    platform = SippUas("calls/uas_voicemail.xml", workdir=tmp_path, local_ip=TRUNK_IP)
+    with platform:
+        gw = GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=voicemail_trunk(platform.port))
+        with gw, ThreadPoolExecutor(max_workers=1) as pool:
+            subscribed = pool.submit(
+                run_sipp_uac,
+                "calls/uac_subscribe_mwi_stop.xml",
+                gw.address,
+                workdir=tmp_path,
+                service="alice",
+                auth=ALICE,
+                timeout=20,
+            )
+            wait_for_first_notify(tmp_path)
+            assert gw.stop() == 0
+            phone = subscribed.result(timeout=30)
+        served = platform.wait(timeout=10)
+    phone.check()
+    served.check()  # its final NOTIFY was answered 200
+    first, last = phone.received("NOTIFY ")
+    assert "Subscription-State: active" in first
+    assert "Subscription-State: terminated;reason=deactivated" in last
+    assert "Voice-Message: 2/8 (0/2)" in last  # the summary the platform sent
+    assert "Expires: 0" in served.received("SUBSCRIBE ")[-1]

@@ -12,6 +12,8 @@ and ``SIP+D2U`` (preference 20, to ``_sip._udp.carrier.test``, one more target).
 refused, and the INVITE goes to the second, whose Request-URI names the trunk's domain, not
 the target. The same name as a voicemail trunk: alice's message-summary SUBSCRIBE goes to the
 second target too, and ``voipgw trunks`` and ``check-config --resolve`` show the targets.
+A SIPREC recorder named the same way (``sip:srs@recorder.test;transport=tcp``) is resolved
+through the same server, and the recording INVITE leaves the refused first target for the SRS.
 Nothing waits on a clock: dnsmasq is polled until it answers, sipp until it listens.
 """
 
@@ -22,7 +24,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dns.exception
@@ -58,9 +60,10 @@ def _answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def dnsmasq(workdir: Path, *, dead: int, live: int) -> Iterator[int]:
+def dnsmasq(workdir: Path, *, dead: int, live: int, records: Sequence[str] = ()) -> Iterator[int]:
     """dnsmasq on 127.0.0.1 at a free port (yielded) holding the carrier's records: SRV
-    targets at ``dead`` (priority 10) and ``live`` (priority 20), TTL 60 s."""
+    targets at ``dead`` (priority 10) and ``live`` (priority 20), TTL 60 s; ``records`` more
+    of dnsmasq's options."""
     binary = require_peer("dnsmasq")
     port = free_port("udp")
     process = start_process(
@@ -84,6 +87,7 @@ def dnsmasq(workdir: Path, *, dead: int, live: int) -> Iterator[int]:
             f"--naptr-record={DOMAIN},10,20,S,SIP+D2U,,_sip._udp.{DOMAIN}",
             f"--naptr-record={DOMAIN},10,10,S,SIP+D2T,,_sip._tcp.{DOMAIN}",
             f"--srv-host=_sip._udp.{DOMAIN},live.{DOMAIN},{UDP_TARGET},10,0",
+            *records,
         ],
         log=workdir / "dnsmasq.log",
         cwd=workdir,
@@ -153,6 +157,63 @@ def test_a_named_trunk_fails_over_from_a_dead_target_to_the_next(
     # A bare domain's URI names no transport (§4.1: the NAPTR record chose it).
     uri = f"sip:{NUMBER}@{DOMAIN}" if address == DOMAIN else f"sip:{NUMBER}@{DOMAIN};transport=tcp"
     assert invite.startswith(f"INVITE {uri} SIP/2.0"), invite
+
+
+def test_a_siprec_recorder_named_by_dns_fails_over_to_its_next_target(tmp_path: Path) -> None:
+    """The recorder is ``sip:srs@recorder.test;transport=tcp``: its SRV records name a refused
+    port first, then the SRS (sipp, ``calls/uas_siprec_srs.xml``, over TCP). A call to the
+    carrier (an address) is recorded there; the Request-URI keeps the recorder's name."""
+    callee = SippUas("uas_answer.xml", workdir=tmp_path / "carrier")
+    srs = SippUas("calls/uas_siprec_srs.xml", workdir=tmp_path / "srs", transport="tcp")
+    dead = free_port("tcp")  # nothing listens there: the connection is refused
+    recorder = "recorder.test"
+    extra = callee.trunk_toml() + (
+        "[plugins.siprec]\n"
+        f'srs = "sip:srs@{recorder};transport=tcp"\n'
+        'trunks = ["carrier"]\n'
+        f'media_address = "{LOOPBACK}"\n'
+    )
+    with (
+        callee,
+        srs,
+        dnsmasq(
+            tmp_path,
+            dead=dead,
+            live=callee.port,
+            records=[
+                f"--srv-host=_sip._tcp.{recorder},dead.{DOMAIN},{dead},10,0",
+                f"--srv-host=_sip._tcp.{recorder},live.{DOMAIN},{srs.port},20,0",
+            ],
+        ) as dns_port,
+        GatewayProcess(
+            tmp_path / "gw",
+            accounts=dict([ALICE]),
+            settings={
+                "dns": {"servers": [f"{LOOPBACK}:{dns_port}"]},
+                "plugins": {"enable": ["udp", "tcp", "siprec"]},
+            },
+            extra_toml=extra,
+        ) as gw,
+    ):
+        caller = run_sipp_uac(
+            "uac_call_auth.xml",
+            gw.address,
+            workdir=tmp_path,
+            service=NUMBER,
+            caller=ALICE[0],
+            auth=ALICE,
+        )
+        caller.check()
+        callee.wait(timeout=10).check()
+        recorded = srs.wait(timeout=10)
+        log = gw.log_text()
+    recorded.check()  # the INVITE's checks passed, the final snapshot and the BYE came
+    uri = f"sip:srs@{recorder};transport=tcp"
+    live = f"tcp:{LOOPBACK}:{srs.port}"
+    assert f"session target {uri}: tcp:{recorder} resolves to tcp:{LOOPBACK}:{dead}, {live}" in log
+    assert f"session to {uri}: target tcp:{LOOPBACK}:{dead} failed" in log
+    invite = recorded.received("INVITE ")[0]
+    assert invite.startswith(f"INVITE {uri} SIP/2.0"), invite  # RFC 3263 §4.2
 
 
 def test_mwi_through_a_voicemail_trunk_named_by_dns(tmp_path: Path) -> None:

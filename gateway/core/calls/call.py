@@ -154,6 +154,7 @@ from gateway.core.calls.routing import (
     called_user,
     destination_for,
     dial_string,
+    other_hops_left,
     over_tls_only,
 )
 from gateway.core.calls.rtcp_capture import RtcpToCaptures
@@ -1403,7 +1404,7 @@ class Call:
             log.warning("call %s: cannot reach %s: %s", self.id, request.uri, exc)
             leg.final = make_response(request, 503, "Service Unavailable")
             target = leg.target
-            if target is not None and target.trunk is not None and not _other_hops_left(target):
+            if target is not None and target.trunk is not None and not other_hops_left(target):
                 self.manager.trunk_failed(target.trunk, f"cannot send to it: {exc}")
             return
         leg.flow = client.flow
@@ -1979,7 +1980,7 @@ class Call:
         assert leg.invite is not None
         leg.given_up = make_response(leg.invite, 408, "Request Timeout (no response)")
         log.info("call %s: no response from %s; giving it up", self.id, trunk or leg.address)
-        if trunk is not None and not _other_hops_left(leg.target):
+        if trunk is not None and not other_hops_left(leg.target):
             timeout = self._leg_trunk(leg).response_timeout  # type: ignore[union-attr]
             self.manager.trunk_failed(trunk, f"no response to an INVITE within {timeout:g} s")
         await self._cancel_b(leg)  # sent if a provisional response ever comes
@@ -5073,13 +5074,6 @@ def without_other_hops(alternates: list[RouteTarget], leg: BLeg) -> list[RouteTa
     no response, a 408."""
     final = leg.final.status if leg.final is not None else 0
     return alternates_after(alternates, leg.target, 408 if leg.given_up is not None else final)
-
-
-def _other_hops_left(target: RouteTarget | None) -> bool:
-    """Whether ``target`` is a target of a trunk named by DNS with others after it: its
-    failure is one server's, not the trunk's (RFC 3263 §4.3: the call tries the next), and
-    does not mark the trunk down."""
-    return isinstance(target, TrunkHopTarget) and not target.last
 
 
 def best_failure(finals: Sequence[Response]) -> tuple[int, str]:

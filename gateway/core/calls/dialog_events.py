@@ -393,7 +393,7 @@ class DialogEvents:
         directory = self.gateway.directory
         if not isinstance(uri, SipUri) or directory is None:
             return None
-        host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
+        host = uri.host_port()
         user = called_user(uri)
         if not user or not directory.is_local_domain(host):
             return None

@@ -119,7 +119,11 @@ class CallManager:
         """Some group allows call pickup: accounts' INVITEs with Replaces, and to the
         ``[feature_codes]`` of pickup, are looked at."""
         self.outbound = OutboundSessions(
-            gateway.endpoint, gateway.ids, gateway.config.sip.user_agent, nursery
+            gateway.endpoint,
+            gateway.ids,
+            gateway.config.sip.user_agent,
+            nursery,
+            targets=gateway.session_targets,
         )
         """Sessions plugins open (SIPREC recording sessions): their in-dialog requests."""
         self._start_taps = [

@@ -14,8 +14,10 @@ DNS has one alternate per cached target (RFC 3263 §4.3), the next after a 503, 
 transport error, the next trunk after any other failure
 (:func:`~gateway.core.calls.routing.alternates_after`), and a trunk that gives no response at
 all within its ``response_timeout`` is left (our 408, :data:`NO_RESPONSE`) whatever the
-failover statuses say. A non-INVITE cannot be cancelled (RFC 3261 §9.1): the other contacts'
-answers are awaited and dropped.
+failover statuses say. A MESSAGE the trunk never got (a transport error) or never answered
+(that 408) marks a probed trunk down as a call's INVITE does (its last DNS target only). A
+non-INVITE cannot be cancelled (RFC 3261 §9.1): the other contacts' answers are awaited and
+dropped.
 
 Size (RFC 3428 §7): the page-mode body is at most :data:`MAX_BODY`, and a request we would have
 to send over UDP must stay under the path limit the endpoint keeps (``UDP_SIZE_LIMIT``, RFC 3261
@@ -54,6 +56,7 @@ from gateway.core.calls.routing import (
     alternates_after,
     called_user,
     destination_for,
+    other_hops_left,
     over_tls_only,
 )
 from gateway.core.interfaces import Caller, RouteTarget
@@ -119,16 +122,17 @@ async def send_and_wait(
     cnonce: Callable[[], str],
     next_cseq: Callable[[], int] | None = None,
     on_sent: Callable[[Request], None] | None = None,
+    on_unsent: Callable[[OSError], None] | None = None,
     give_up_after: float = 0.0,
 ) -> tuple[Request, Response]:
     """Send ``request`` (no Via: the endpoint adds ours) to ``destination`` and wait for its
     final response. A 401/407 is answered once with ``trunk``'s credentials (RFC 3261 §22.2) in
     a new transaction with CSeq ``next_cseq()`` (default: one more). Returns the request as last
-    sent and its final response; one that cannot be sent ends in a 503 of ours, a timeout in a
-    408 (RFC 3261 §8.1.3.1). ``give_up_after`` (a trunk's ``response_timeout``; 0: never): a
-    transaction without any response at all, not even a 1xx, by then ends in our 408
-    :data:`NO_RESPONSE` (its later responses are dropped), so that the next target is tried
-    before the sender's own transaction runs out."""
+    sent and its final response; one that cannot be sent ends in a 503 of ours (``on_unsent``
+    told why), a timeout in a 408 (RFC 3261 §8.1.3.1). ``give_up_after`` (a trunk's
+    ``response_timeout``; 0: never): a transaction without any response at all, not even a
+    1xx, by then ends in our 408 :data:`NO_RESPONSE` (its later responses are dropped), so
+    that the next target is tried before the sender's own transaction runs out."""
     answered_challenge = False
     while True:
         try:
@@ -140,6 +144,8 @@ async def send_and_wait(
             )
         except OSError as exc:
             log.info("cannot send %s to %s: %s", request.method, request.uri, exc)
+            if on_unsent is not None:
+                on_unsent(exc)
             return request, make_response(request, 503, "Service Unavailable")
         sent = client.request
         if on_sent is not None:
@@ -429,6 +435,7 @@ class Messages:
 
     async def _one(self, attempt: Attempt, results: trio.MemorySendChannel[Response]) -> None:
         async with results:
+            unsent: list[OSError] = []
             try:
                 trunk = attempt.trunk
                 _, final = await send_and_wait(
@@ -437,15 +444,40 @@ class Messages:
                     attempt.destination,
                     trunk=trunk,
                     cnonce=lambda: self.gateway.ids.token_hex(8),
+                    on_unsent=unsent.append,
                     # A silent trunk is left for its next target or trunk, as a call leaves it.
                     give_up_after=trunk.response_timeout if trunk is not None else 0.0,
                 )
+                if trunk is not None:
+                    self._count_trunk_failure(trunk, attempt.target, final, unsent)
             except Exception:
                 log.exception("internal error sending %s", attempt.request.method)
                 final = make_response(attempt.request, 500, "Server Internal Error")
             # After a 2xx was answered nobody waits for this one: the channel is closed.
             with contextlib.suppress(trio.BrokenResourceError, trio.WouldBlock):
                 results.send_nowait(final)
+
+    def _count_trunk_failure(
+        self,
+        trunk: TrunkConfig,
+        target: RouteTarget | None,
+        final: Response,
+        unsent: Sequence[OSError],
+    ) -> None:
+        """A MESSAGE that ``trunk`` never got (a transport error) or never answered (its
+        ``response_timeout``) marks it down exactly as a call's INVITE does (Call._give_up,
+        Call._send_b_invite): through the same CallManager.trunk_failed, so the same log line
+        and ``voipgw_trunk_up`` metric; a trunk without OPTIONS probes is never marked down, and
+        a DNS target with others after it is one server's failure (RFC 3263 §4.3)."""
+        if other_hops_left(target):
+            return
+        calls = self.gateway.calls
+        assert calls is not None
+        if unsent:
+            calls.trunk_failed(trunk.name, f"cannot send to it: {unsent[0]}")
+        elif final.status == 408 and final.reason == NO_RESPONSE:
+            why = f"no response to a MESSAGE within {trunk.response_timeout:g} s"
+            calls.trunk_failed(trunk.name, why)
 
 
 def _usable(

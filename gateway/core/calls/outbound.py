@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from gateway.core.calls.routing import UnroutableTarget, destination_for
+from gateway.core.calls.routing import Destination, UnroutableTarget, destination_for
 from gateway.core.interfaces import RouteTarget, SessionAnswer
 from gateway.core.sip.dialog import Dialog, is_sips
 from gateway.core.sip.errors import RemoteSipError, SipError
@@ -73,18 +73,25 @@ from gateway.core.sip.session_timer import (
     supports_timer,
 )
 from gateway.core.sip.transaction import State
-from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
+from gateway.core.transport.flows import TLS_TRANSPORTS, Flow, format_host_port
 
 if TYPE_CHECKING:
+    from gateway.core.calls.trunk_dns import TrunkTargets
     from gateway.core.endpoint import ClientRequest, SipEndpoint
     from gateway.core.ids import IdSource
     from gateway.core.sip.transaction import ServerTransaction
+    from gateway.core.sip.uri import Uri
 
 log = logging.getLogger(__name__)
 
 
 class SessionRefused(Exception):
     """The session could not be opened; ``str`` says why (status and reason, or the error)."""
+
+
+class ServerFailed(SessionRefused):
+    """The session could not be opened at one target for the server's failure: a transport
+    error, no answer, 408 or 503 (RFC 3263 §4.3: the next target of a name is tried)."""
 
 
 class OutboundSession:
@@ -447,9 +454,18 @@ class OutboundSessions:
     2xx that came late)."""
 
     def __init__(
-        self, endpoint: SipEndpoint, ids: IdSource, user_agent: str, nursery: trio.Nursery
+        self,
+        endpoint: SipEndpoint,
+        ids: IdSource,
+        user_agent: str,
+        nursery: trio.Nursery,
+        *,
+        targets: TrunkTargets | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.targets = targets
+        """The targets of the session URIs named by DNS, kept resolved off the call path
+        (the gateway's, for the URIs the media taps declare: ``MediaTap.sip_targets``)."""
         self._ids = ids
         self._user_agent = user_agent
         self._nursery = nursery
@@ -476,19 +492,75 @@ class OutboundSessions:
         ``session_expires``: ask for a session timer of that many seconds with us refreshing
         (RFC 4028 §7.1; 0: none); a 422 is answered by asking again for its Min-SE (§7.3).
         ``sdp``: the offer's SDP, what a re-INVITE of the far end is answered with.
+        A ``target`` whose host is a name kept resolved (``targets``) goes to its cached
+        targets in turn, the next after a transport error, no answer, 408 or 503 (RFC 3263
+        §4.3), as calls to trunks do; no DNS query is made here.
         Raises :class:`SessionRefused`."""
         try:
             uri = parse_uri_untrusted(target)
-            destination = destination_for(RouteTarget(target))
+            destinations = self._destinations(target)
         except (RemoteSipError, UnroutableTarget) as exc:
             raise SessionRefused(f"{target} is not a usable SIP URI ({exc})") from None
+        for number, destination in enumerate(destinations, 1):
+            try:
+                return await self._open_at(
+                    target,
+                    uri,
+                    destination,
+                    body=body,
+                    content_type=content_type,
+                    headers=headers,
+                    contact_parameters=contact_parameters,
+                    secure_only=secure_only,
+                    session_expires=session_expires,
+                    sdp=sdp,
+                )
+            except ServerFailed as exc:
+                if number == len(destinations):
+                    raise
+                log.info(
+                    "session to %s: target %s:%s failed (%s); trying the next",
+                    target,
+                    destination.transport,
+                    format_host_port(destination.host, destination.port),
+                    exc,
+                )
+        raise AssertionError("no destination")  # _destinations returns one at least
+
+    def _destinations(self, target: str) -> list[Destination]:
+        """Where a session to ``target`` may go, in order: its cached DNS targets when its
+        host is a name kept resolved, else the one its URI says (routing.destination_for)."""
+        targets = self.targets
+        if targets is not None and target in targets:
+            hops = targets.hops(target)
+            if not hops:
+                raise UnroutableTarget("its host name has not resolved")
+            return [Destination(hop.transport, hop.host, hop.port) for hop in hops]
+        return [destination_for(RouteTarget(target))]
+
+    async def _open_at(
+        self,
+        target: str,
+        uri: Uri,
+        destination: Destination,
+        *,
+        body: bytes,
+        content_type: str,
+        headers: Sequence[tuple[str, str]],
+        contact_parameters: Sequence[str],
+        secure_only: bool,
+        session_expires: int,
+        sdp: bytes,
+    ) -> OutboundSession:
+        """:meth:`open_session` at one ``destination``; :class:`ServerFailed` when the next
+        target should be tried."""
         endpoint = self.endpoint
         try:
             flow = await endpoint.flow_to(
                 destination.transport, (destination.host, destination.port), destination.flow
             )
         except OSError as exc:
-            raise SessionRefused(f"cannot reach {target}: {exc}") from None
+            raise ServerFailed(f"cannot reach {target}: {exc}") from None
         if secure_only and not flow.secure:
             raise SessionRefused(
                 f"{target} is reached over {flow.transport}, not TLS: the offer carries keys "
@@ -535,11 +607,11 @@ class OutboundSessions:
                     request, transport=flow.transport, address=flow.remote, flow=flow
                 )
             except OSError as exc:
-                raise SessionRefused(f"cannot send to {target}: {exc}") from None
+                raise ServerFailed(f"cannot send to {target}: {exc}") from None
             sent = client.request
             final = await self._final(client, sent, None)
             if final is None:
-                raise SessionRefused(f"no answer from {target}")
+                raise ServerFailed(f"no answer from {target}")
             raised = min_se_of_422(final.headers) if final.status == 422 else None
             if raised is None or raised <= session_expires or asked_again:
                 break
@@ -554,7 +626,9 @@ class OutboundSessions:
             )
             log.info("session to %s: it asked for a session interval of %d s", target, raised)
         if not final.is_success:
-            raise SessionRefused(f"{target} answered {final.status} {final.reason}")
+            # RFC 3263 §4.3: a 503 (and a 408, as calls to trunks take it) is the server's.
+            failed = ServerFailed if final.status in (408, 503) else SessionRefused
+            raise failed(f"{target} answered {final.status} {final.reason}")
         dialog = Dialog.create_uac(sent, final, over_tls=flow.transport in TLS_TRANSPORTS)
         # Registered before the ACK goes: the far end may BYE as soon as it has it.
         session = OutboundSession(

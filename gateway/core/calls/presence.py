@@ -152,7 +152,7 @@ class Presence:
         directory = self.gateway.directory
         if not isinstance(uri, SipUri) or directory is None:
             return False
-        host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
+        host = uri.host_port()
         return directory.is_local_domain(host) and called_user(uri) == account
 
     async def run(self) -> None:

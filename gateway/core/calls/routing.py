@@ -251,6 +251,13 @@ SERVER_FAILURES = (408, 503)
 response (408, our own for a timeout too) and 503 (a transport error is our 503 as well)."""
 
 
+def other_hops_left(target: RouteTarget | None) -> bool:
+    """Whether ``target`` is a target of a trunk named by DNS with others after it: its
+    failure is one server's, not the trunk's (RFC 3263 §4.3: the request tries the next), and
+    does not mark the trunk down."""
+    return isinstance(target, TrunkHopTarget) and not target.last
+
+
 def alternates_after(
     alternates: Sequence[RouteTarget], failed: RouteTarget | None, status: int
 ) -> list[RouteTarget]:

@@ -26,8 +26,11 @@ requests (its Contact is not looked up). Expires is bounded (:mod:`gateway.core.
   on expiry without a refresh (the phone then gets ``terminated;reason=timeout``, §4.2.2), on a
   481 or a timeout of either dialog's requests (§4.1.2.2, §4.2.2), and when the gateway drains
   or stops: the phone gets our final NOTIFY, ``terminated;reason=deactivated`` (§4.2.2: subscribe
-  again at once, which reaches another node or this one restarted), and the trunk an
-  unsubscribe, both at once (the trunk's final NOTIFY then finds nothing: 481).
+  again at once, which reaches another node or this one restarted) with the last message
+  summary the trunk sent (RFC 3842: the state is the NOTIFY's body, a final NOTIFY included;
+  none when the trunk sent none), and the trunk an unsubscribe (``Expires: 0``, §4.1.2.3),
+  both at once. The trunk's side is kept until its final NOTIFY (``terminated``), answered 200
+  and not relayed (the phone has had ours), or the stop's deadline.
 
 Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503 past it) and :data:`MAX_PER_ACCOUNT` per
 account (403 past it); a phone that subscribes again from the same Contact (it rebooted)
@@ -89,7 +92,7 @@ from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.sip.uri import SipUri, remove_param
-from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
+from gateway.core.transport.flows import TLS_TRANSPORTS, Flow, format_host_port
 
 if TYPE_CHECKING:
     from gateway.core.config import TrunkConfig
@@ -132,6 +135,11 @@ class Subscription:
     ended: trio.Event = attrs.field(factory=trio.Event)
     """Set once the subscription is forgotten (ended, expired, unsubscribed)."""
     since: float = attrs.field(factory=time.time)
+    summary: tuple[bytes, str | None] | None = None
+    """The last message-summary body the trunk sent, and its Content-Type (RFC 3842)."""
+    closing: bool = False
+    """The gateway stops: ended at the phone, unsubscribed at the trunk, whose NOTIFYs are
+    answered until its final one."""
 
     @property
     def phone_key(self) -> DialogKey:
@@ -323,7 +331,7 @@ class Subscriptions:
         assert directory is not None
         if not isinstance(uri, SipUri):
             return False
-        host = uri.host if uri.port is None else f"{uri.host}:{uri.port}"
+        host = uri.host_port()
         if not directory.is_local_domain(host):
             return False
         user = called_user(uri)
@@ -498,16 +506,14 @@ class Subscriptions:
         subscription.trunk_request = sent.with_headers(headers)
         subscription.trunk_destination = destination
         log.info(
-            "subscription of %s: voicemail trunk %s target %s:%s:%d answered %d; trying %s:%s:%d",
+            "subscription of %s: voicemail trunk %s target %s:%s answered %d; trying %s:%s",
             subscription.account,
             subscription.trunk.name,
             failed.transport,
-            failed.host,
-            failed.port,
+            format_host_port(failed.host, failed.port),
             final.status,
             destination.transport,
-            destination.host,
-            destination.port,
+            format_host_port(destination.host, destination.port),
         )
         return True
 
@@ -613,8 +619,16 @@ class Subscriptions:
             return make_response(request, 489, extra=[("Allow-Events", ALLOW_EVENTS)])
         if len(request.body) > MAX_NOTIFY_BODY:
             return make_response(request, 513, "Message Too Large (message-summary body)")
-        now = trio.current_time()
         terminated = state.state == "terminated"
+        if request.body:
+            subscription.summary = (request.body, request.content_type)
+        if subscription.closing:
+            # RFC 6665 §4.1.2.3: the NOTIFYs after our unsubscribe, the final one (terminated)
+            # last, are the trunk's to send and ours to answer; the phone had its final NOTIFY.
+            if terminated:
+                self._forget(subscription)
+            return make_response(request, 200)
+        now = trio.current_time()
         if terminated:
             subscription.state.handle(Input.NOTIFY_TERMINATED, now=now)
         else:
@@ -773,9 +787,11 @@ class Subscriptions:
 
     async def stop(self) -> None:
         """End every subscription (the gateway drains or stops): the phone's final NOTIFY
-        (``terminated;reason=deactivated``, RFC 6665 §4.2.2) and the unsubscribe at the trunk
-        (§4.1.2.3) go at once; returns when all are answered or the caller's deadline passes
-        (a phone or trunk that does not answer is not waited for beyond it)."""
+        (``terminated;reason=deactivated``, RFC 6665 §4.2.2, with the last message summary)
+        and the unsubscribe at the trunk (§4.1.2.3) go at once; the trunk's side is kept for
+        its final NOTIFY, so that it is answered 200, not 481. Returns when all are answered
+        and the trunks' final NOTIFYs came, or the caller's deadline passes (a phone or trunk
+        that does not answer is not waited for beyond it)."""
         self._stopping = True  # new subscriptions get 503 from now on
         ending = list(self._by_trunk.values())
         if not ending:
@@ -784,16 +800,39 @@ class Subscriptions:
         async with trio.open_nursery() as nursery:
             for subscription in ending:
                 subscription.state.handle(Input.STOPPED, now=trio.current_time())
-                self._forget(subscription)  # the trunk's final NOTIFY finds nothing (481)
                 if subscription.trunk_dialog is not None:
-                    nursery.start_soon(self._unsubscribe_trunk, subscription)
+                    subscription.closing = True
+                    if self._by_phone.get(subscription.phone_key) is subscription:
+                        del self._by_phone[subscription.phone_key]  # the phone's side ends now
+                    nursery.start_soon(self._close_at_trunk, subscription)
+                else:
+                    self._forget(subscription)
                 if subscription.phone_dialog is not None:
                     subscription.phone_dialog.state = DialogState.CONFIRMED  # one NOTIFY more
                     nursery.start_soon(self._notify_stopped, subscription)
 
-    async def _notify_stopped(self, subscription: Subscription) -> None:
+    async def _close_at_trunk(self, subscription: Subscription) -> None:
+        """Unsubscribe at the trunk and wait for its final NOTIFY (answered by
+        :meth:`_from_trunk`), at most :data:`FINAL_NOTIFY_WAIT` or the stop's deadline; then
+        forget the subscription."""
         try:
-            await self._notify_phone(subscription, STOPPING)
+            final = await self._in_trunk_dialog(
+                subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
+            )
+            if final.is_success:
+                with trio.move_on_after(FINAL_NOTIFY_WAIT):
+                    await subscription.ended.wait()
+        except Exception:
+            log.exception(
+                "unsubscribing %s at trunk %s", subscription.account, subscription.trunk.name
+            )
+        finally:
+            self._forget(subscription)
+
+    async def _notify_stopped(self, subscription: Subscription) -> None:
+        body, content_type = subscription.summary or (b"", None)
+        try:
+            await self._notify_phone(subscription, STOPPING, body, content_type)
         except Exception:
             log.exception("notifying %s that its subscription ended", subscription.account)
         finally:

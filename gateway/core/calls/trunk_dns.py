@@ -35,6 +35,11 @@ voicemail trunk's message-summary SUBSCRIBE (subscriptions.py, the targets in tu
 :meth:`TrunkTargets.status` tells an operator (``voipgw trunks``) what the last answer was, when
 it came and when the name is asked next.
 
+Other SIP targets the gateway opens sessions to are named the same way: a SIPREC recorder's URI
+with a host name (:func:`named_uri_address`: RFC 3263 §4.1/§4.2 read from the URI) is kept
+resolved by a :class:`TrunkTargets` of its own (``named``), and the session tries its targets
+in turn (gateway/core/calls/outbound.py).
+
 Names in a trunk dialog's Contact or Record-Route are never looked up: a leg's in-dialog
 requests go to the address its INVITE went to (or came from), over its flow (leg.py, and
 docs/configuration.md "Trunks named by DNS" says why).
@@ -44,13 +49,17 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
 import trio
 
 from gateway.core.config import DnsSection, TrunkAddress, TrunkConfig, dns_server
+from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.grammar import parse_uri_untrusted
+from gateway.core.sip.uri import SipUri
+from gateway.core.transport.flows import format_host_port
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +116,7 @@ class TrunkHop:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return f"{self.transport}:{format_host_port(self.host, self.port)}"
 
 
 @attrs.frozen
@@ -402,6 +410,31 @@ def _text(value: bytes | str) -> str:
     return value
 
 
+def named_uri_address(uri: str) -> TrunkAddress | None:
+    """The DNS look-up a SIP URI with a host name asks for (RFC 3263 §4.1, §4.2), as a trunk
+    address would: with a port, the name's A/AAAA records (over its ``transport`` parameter,
+    else TLS for ``sips:``, else UDP); without a port but with a transport (or ``sips:``:
+    TLS, §4.1), that transport's SRV records; with neither, NAPTR. None for a URI whose host
+    is an IP address (nothing to resolve) or that is not a SIP URI."""
+    try:
+        parsed = parse_uri_untrusted(uri)
+    except RemoteSipError:
+        return None
+    if not isinstance(parsed, SipUri) or parsed.host.startswith("["):
+        return None
+    host = parsed.host.lower().rstrip(".")
+    if not any(c.isalpha() for c in host):
+        return None  # an IPv4 address
+    transport = parsed.transport or ("tls" if parsed.secure else "")
+    if parsed.secure and transport == "tcp":
+        transport = "tls"  # RFC 5630 §3.1.3: sips over TCP is TLS
+    if transport not in ("", *SRV_SERVICES):
+        return None  # ws, wss, sctp: no RFC 3263 look-up of ours
+    if parsed.port is not None:
+        return TrunkAddress(transport or "udp", host, parsed.port, True)
+    return TrunkAddress(transport, host, None, True)
+
+
 @attrs.frozen
 class TrunkDnsStatus:
     """What an operator sees of one trunk named by DNS (``voipgw trunks``): the targets of its
@@ -424,7 +457,8 @@ class TrunkTargets:
     its name resolves); ``on_change(trunk, resolution)`` is called with each new answer (the
     source addresses that recognise the trunk, the names TLS verifies). ``transports`` are
     those a trunk named without one may be reached over (RFC 3263 §4.1: the DNS chooses among
-    them; the gateway passes the ones enabled with a listener)."""
+    them; the gateway passes the ones enabled with a listener). ``named`` adds other names
+    (a recorder's URI: :func:`named_uri_address`), ``what`` says in the log what they are."""
 
     def __init__(
         self,
@@ -437,8 +471,12 @@ class TrunkTargets:
         on_resolved: Callable[[str], None],
         on_change: Callable[[str, Resolution], None],
         transports: Iterable[str] = TRANSPORT_ORDER,
+        named: Mapping[str, TrunkAddress] | None = None,
+        what: str = "trunk",
     ) -> None:
         self.named = {t.name: t.address_parts for t in trunks if t.enabled and t.by_name}
+        self.named.update(named or {})
+        self.what = what
         self.transports = tuple(t for t in TRANSPORT_ORDER if t in set(transports))
         self.dns = dns
         self.resolver = resolver
@@ -491,7 +529,9 @@ class TrunkTargets:
             for name in self.named:
                 done = trio.Event()
                 first_rounds.append(done)
-                nursery.start_soon(self._keep_resolved, name, done, name=f"DNS of trunk {name}")
+                nursery.start_soon(
+                    self._keep_resolved, name, done, name=f"DNS of {self.what} {name}"
+                )
             for done in first_rounds:
                 await done.wait()
             task_status.started()
@@ -509,7 +549,7 @@ class TrunkTargets:
                     why = str(exc)
                 except Exception:
                     # A bug here must not stop the gateway or leave a trunk unresolved for good.
-                    log.exception("resolving trunk %s failed", name)
+                    log.exception("resolving %s %s failed", self.what, name)
                     why = "internal error (logged)"
             if resolution is None and why is None:
                 why = f"no answer within {self.dns.timeout:g} s"
@@ -538,12 +578,12 @@ class TrunkTargets:
         self._resolved[name] = resolution
         shown = ", ".join(str(hop) for hop in resolution.hops)
         if previous is None:
-            log.info("trunk %s: %s resolves to %s", name, address, shown)
+            log.info("%s %s: %s resolves to %s", self.what, name, address, shown)
             self.on_resolved(name)
         elif previous.hops != resolution.hops:
-            log.info("trunk %s: %s now resolves to %s", name, address, shown)
+            log.info("%s %s: %s now resolves to %s", self.what, name, address, shown)
         elif failing:
-            log.info("trunk %s: %s resolves again (unchanged)", name, address)
+            log.info("%s %s: %s resolves again (unchanged)", self.what, name, address)
         if previous is None or previous.hops != resolution.hops:
             self.on_change(name, resolution)
 
@@ -551,8 +591,9 @@ class TrunkTargets:
         if name in self._resolved:
             shown = ", ".join(str(hop) for hop in self._resolved[name].hops)
             log.warning(
-                "trunk %s: resolving %s failed (%s); keeping its last answer (%s) and asking "
+                "%s %s: resolving %s failed (%s); keeping its last answer (%s) and asking "
                 "again every %g s",
+                self.what,
                 name,
                 address,
                 why,
@@ -561,11 +602,13 @@ class TrunkTargets:
             )
         else:
             log.warning(
-                "trunk %s: resolving %s failed (%s); the trunk is down until it resolves "
+                "%s %s: resolving %s failed (%s); the %s is down until it resolves "
                 "(asked again every %g s)",
+                self.what,
                 name,
                 address,
                 why,
+                self.what,
                 self.dns.retry_interval,
             )
             self.on_unresolved(name, f"{address} does not resolve: {why}")

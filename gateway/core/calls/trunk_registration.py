@@ -45,6 +45,7 @@ from gateway.core.sip.grammar import (
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response
 from gateway.core.sip.uri import SipUri, get_param
+from gateway.core.transport.flows import format_host_port
 
 if TYPE_CHECKING:
     from gateway.core.calls.trunk_dns import TrunkTargets
@@ -348,7 +349,7 @@ def _min_expires(response: Response) -> int | None:
 def _address_host(trunk: TrunkConfig) -> str:
     spec = trunk.address_parts
     # A name without a port is the SRV domain itself (RFC 3263 §4.2): no port written.
-    return spec.uri_host if spec.port is None else f"{spec.uri_host}:{spec.port}"
+    return format_host_port(spec.uri_host, spec.port)
 
 
 def registering(trunks: Iterable[TrunkConfig]) -> list[TrunkConfig]:

@@ -19,9 +19,17 @@ dialog over a SIPS Request-URI secure (RFC 3261 §12.1.1)."""
 Address = tuple[str, int]
 
 
+def format_host_port(host: str, port: int | None = None) -> str:
+    """``host:port`` (or ``host`` alone when ``port`` is None) as an operator reads it and as URIs
+    write it: an IPv6 address in brackets, whose colons would otherwise run into the port's
+    (RFC 3986 §3.2.2, RFC 3261 §25.1 IPv6reference). A host already in brackets is kept."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return host if port is None else f"{host}:{port}"
+
+
 def format_address(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_host_port(address[0], address[1])
 
 
 @attrs.frozen

@@ -36,6 +36,7 @@ import trio
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import GatewayStatus, LoadedCertificate, ReloadError
+from gateway.core.transport.flows import format_host_port
 from gateway.plugins.metrics import tls
 from gateway.plugins.metrics.auth import BasicAuth, PasswordHash, PasswordHashError
 from gateway.plugins.metrics.collect import render_in_steps
@@ -213,12 +214,10 @@ class MetricsExporter:
         host, port = config.address
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(server.serve, host, port)
-            shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
             log.info(
-                "metrics: Prometheus exposition on %s://%s:%d%s (%s)",
+                "metrics: Prometheus exposition on %s://%s%s (%s)",
                 "https" if ssl_context is not None else "http",
-                shown,
-                bound[1],
+                format_host_port(bound[0], bound[1]),
                 config.path,
                 _protection(config),
             )

@@ -33,6 +33,7 @@ import attrs
 import h11
 import trio
 
+from gateway.core.transport.flows import format_host_port
 from gateway.core.transport.http_head import head_problem_untrusted
 from gateway.plugins.metrics.auth import BasicAuth, parse_basic_credentials_untrusted
 from gateway.plugins.metrics.exposition import CONTENT_TYPE
@@ -116,7 +117,7 @@ class MetricsServer:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
             # run_until_signal prints an OSError as the one line saying why the gateway stops.
-            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            shown = format_host_port(host, port)
             raise OSError(exc.errno, f"metrics: cannot listen on {shown}: {exc.strerror}") from None
         address = listeners[0].socket.getsockname()
         self.address = (address[0], address[1])
@@ -329,7 +330,7 @@ def _remote(stream: trio.SocketStream) -> str:
         host, port = stream.socket.getpeername()[:2]
     except OSError:
         return "an unknown address"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_host_port(host, port)
 
 
 def _shown(text: str) -> str:

@@ -19,6 +19,8 @@ import attrs
 import h11
 import trio
 
+from gateway.core.transport.flows import format_host_port
+
 MAX_BODY = 65536
 MAX_HEADERS = 16384
 MAX_CACHED = 1000  # certificate URLs kept; an operator's peers use a few dozen
@@ -98,7 +100,8 @@ async def _get(
     accept: str,
 ) -> Fetched:
     connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADERS)
-    authority = host if port == 443 else f"{host}:{port}"
+    # RFC 9110 §7.2: the authority, an IPv6 address in brackets (urlsplit's hostname has none).
+    authority = format_host_port(host, None if port == 443 else port)
     request = h11.Request(
         method="GET",
         target=target,

@@ -52,7 +52,7 @@ import attrs
 import trio
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.transport.flows import Address
+from gateway.core.transport.flows import Address, format_host_port
 
 if TYPE_CHECKING:
     from gateway.core.interfaces import SipCapture
@@ -270,7 +270,8 @@ class HepCapture:
                     except OSError as exc:
                         self.dropped += 1
                         if self.dropped == 1:
-                            log.warning("HEP: cannot send to %s:%d: %s", host, port, exc)
+                            where = format_host_port(host, port)
+                            log.warning("HEP: cannot send to %s: %s", where, exc)
 
 
 # -- plugin configuration and registration (entry point ``hep``) ---------------------------------

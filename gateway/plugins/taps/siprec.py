@@ -23,9 +23,11 @@ SRS that ends the session (its BYE) stops the copies and the call goes on. When 
 or resumed, or its codecs change, the sink re-INVITEs the SRS with the streams' new state (held:
 ``a=inactive``, RFC 7866 §8.1.2; a line that turned to T.38 fax, which is passed through and never
 recorded: ``a=inactive`` too, its m= line still audio, until the call goes back to audio). An SRS
-that refuses or does not answer (Timer B: 32 s over UDP) is followed by the
-next of ``fallbacks``, in order; when none takes the call it goes on unrecorded, logged as a
-warning (recording is not mandatory here: the call is never ended for it).
+that refuses or does not answer (Timer B: 32 s over UDP) is followed by the next of
+``fallbacks``, in order (a recorder named by DNS, ``sip_targets``: the core first tries its
+next target after a transport error, no answer, 408 or 503, RFC 3263 §4.3); when none takes
+the call it goes on unrecorded, logged as a warning (recording is not mandatory here: the call
+is never ended for it).
 
 Updates that fail. One re-INVITE at a time (RFC 3261 §14.1), always the call as it is when it
 goes, so a change that comes while another is refused or under way is never lost and no state in
@@ -1484,6 +1486,12 @@ class SiprecClient:
         self._keying = (
             SdesKeyExchange(random_bytes=random_bytes) if config.media_security == "sdes" else None
         )
+
+    @property
+    def sip_targets(self) -> tuple[str, ...]:
+        """The recorders (``MediaTap.sip_targets``): the gateway keeps those named by DNS
+        resolved, and each recording session tries a recorder's targets in turn."""
+        return (self.config.srs, *self.config.fallbacks)
 
     def sink_for_call(self, call: TappedCall) -> SiprecSink | None:
         if not self.config.selection.wants(call):

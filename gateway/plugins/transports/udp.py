@@ -27,7 +27,7 @@ from gateway.core.config import ListenSpec
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import Listener, TransportHost
 from gateway.core.plugins import Registry
-from gateway.core.transport.flows import Address, Flow, FlowKey
+from gateway.core.transport.flows import Address, Flow, FlowKey, format_address
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class UdpTransport:
             local: Address = sock.getsockname()[:2]
             entry = (local, sock, raw)
             self._sockets.append(entry)
-            log.info("listening on udp:%s:%d", *local)
+            log.info("listening on udp:%s", format_address(local))
             task_status.started(Listener(self.name, local))
             try:
                 await self._receive_loop(sock, raw, local, host)

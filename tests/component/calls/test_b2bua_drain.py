@@ -231,7 +231,9 @@ async def test_a_drain_refuses_every_new_request_outside_a_dialog_and_serves_dia
     assert len(voicemail.subscribes) == 2  # no new subscription reached the voicemail trunk
     assert env.gateway.endpoint.statistics.rejected_draining == refused_before + 7
 
-    # The subscription is gone on both sides: a refresh and the trunk's NOTIFY find nothing.
+    # The subscription is gone at the phone: its refresh finds nothing. The trunk's side waits
+    # for its final NOTIFY (RFC 6665 §4.1.2.3): its NOTIFYs until then are answered 200, not
+    # relayed (alice has had her final one); after the final one, nothing is left (481).
     refresh = subscription.create_request(
         "SUBSCRIBE",
         via=env.alice.new_via(),
@@ -239,6 +241,9 @@ async def test_a_drain_refuses_every_new_request_outside_a_dialog_and_serves_dia
         extra=[EVENT, ("Expires", "900")],
     )
     assert (await (await env.alice.send(refresh, GW)).final()).status == 481
+    assert (await voicemail.notify()).status == 200
+    assert (await voicemail.notify("terminated;reason=timeout")).status == 200
+    assert await next_within(env.alice, "NOTIFY", 1) is None
     assert (await voicemail.notify()).status == 481
 
     # The call still ringing: its CANCEL is served (200, then 487 to the INVITE).

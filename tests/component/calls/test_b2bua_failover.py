@@ -8,7 +8,9 @@ at 127.0.0.2) and "backup" (127.0.0.5); alice calls +15551234.
   backup; its late 2xx is ACKed and BYEd, its late 180 CANCELled;
 - OPTIONS probes: a carrier whose answers stop is marked down (logged) and skipped, calls go
   straight to the backup; when it answers again it takes calls again; with both down the
-  caller gets 503 saying so.
+  caller gets 503 saying so;
+- a MESSAGE the carrier never gets (a transport error) or never answers (``response_timeout``)
+  marks it down as a call does; one it refuses (503) does not.
 
 Signalling on the in-memory network (link impairments delay or drop a trunk's datagrams), in
 virtual time. Set-up as b2bua_env.py.
@@ -24,7 +26,8 @@ import pytest
 import trio
 
 from gateway.core.ids import SeededIds
-from gateway.testing.sip_agent import AutoAnswer, SipAgent
+from gateway.core.sip.message import Request
+from gateway.testing.sip_agent import AutoAnswer, Received, SipAgent
 from tests.component.calls.b2bua_env import (
     GW,
     TRUNK,
@@ -363,3 +366,97 @@ async def test_a_silent_carrier_is_given_up_in_a_blind_transfer_too(
     assert env.gateway.calls.failovers["carrier"] == 1
     await eventually(lambda: len(env.trunk.requests("BYE")) == 1)  # its late 200's dialog
     assert env.calls == 1
+
+
+# -- a MESSAGE (RFC 3428) counts against a trunk as a call does ---------------------------------
+
+
+def answer_messages(agent: SipAgent, status: int) -> list[Request]:
+    got: list[Request] = []
+
+    async def answer(received: Received) -> bool:
+        got.append(received.request)
+        await agent.respond(received, status)
+        return True
+
+    agent.out_of_dialog = answer
+    return got
+
+
+async def alice_messages(env: B2bua) -> int:
+    request = env.alice.new_request(
+        "MESSAGE", f"sip:{NUMBER}@127.0.0.1:5060", body=b"hi", content_type="text/plain"
+    )
+    _, final = await env.alice.send_authenticated(request)
+    return final.status
+
+
+@pytest.mark.parametrize("failure", ["no response", "transport error"])
+async def test_a_message_the_carrier_never_gets_marks_it_down_as_a_call_does(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.core.calls.trunk_health")
+    env, backup = await with_backup(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"options_interval": 60.0, "response_timeout": 1.0},
+        carrier_answers=AutoAnswer(ring=True, status=200),
+    )
+    health = env.gateway.trunk_health
+    await eventually(lambda: len(env.trunk.requests("OPTIONS")) >= 1)
+    assert health.is_up("carrier")
+    carrier = answer_messages(env.trunk, 200)
+    relayed = answer_messages(backup, 202)
+    if failure == "no response":
+        env.network.set_link(TRUNK, GW, delay=3.0)  # its answers come after response_timeout
+        why = "no response to a MESSAGE within 1 s"
+    else:
+        endpoint = env.gateway.endpoint
+        send_request = endpoint.send_request
+
+        async def refused(request: Request, **kwargs: Any) -> Any:
+            if kwargs["address"] == TRUNK:
+                raise ConnectionRefusedError(111, "Connection refused")
+            return await send_request(request, **kwargs)
+
+        monkeypatch.setattr(endpoint, "send_request", refused)
+        why = "cannot send to it: [Errno 111] Connection refused"
+
+    assert await alice_messages(env) == 202  # the backup took it
+    assert len(relayed) == 1
+    # Marked down by the same rule, the same log line and health (voipgw_trunk_up) as a call.
+    assert health.down == {"carrier": why}
+    assert f"trunk carrier is down: {why}" in caplog.text
+    # Skipped by routing from now on: the next MESSAGE goes straight to the backup.
+    tried = len(carrier) + len(sent_messages(env))
+    assert await alice_messages(env) == 202
+    assert len(relayed) == 2
+    assert len(carrier) + len(sent_messages(env)) == tried
+
+
+def sent_messages(env: B2bua) -> list[Any]:
+    return [d for d in env.network.capture if d.dst == TRUNK and d.data.startswith(b"MESSAGE")]
+
+
+async def test_a_message_the_carrier_refuses_does_not_mark_it_down(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, backup = await with_backup(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier={"options_interval": 60.0, "response_timeout": 1.0},
+        carrier_answers=AutoAnswer(ring=True, status=200),
+    )
+    answer_messages(env.trunk, 503)  # an answer: the trunk is there, as for a call's 503
+    relayed = answer_messages(backup, 202)
+    assert await alice_messages(env) == 202
+    assert len(relayed) == 1
+    assert env.gateway.trunk_health.is_up("carrier")

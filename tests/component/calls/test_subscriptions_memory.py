@@ -19,6 +19,7 @@ from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, st
 
 SUMMARY = b"Messages-Waiting: yes\r\nVoice-Message: 2/8 (0/2)\r\n"
 SUMMARY_TYPE = "application/simple-message-summary"
+SUMMARY_READ = b"Messages-Waiting: no\r\nVoice-Message: 0/10 (0/2)\r\n"
 
 
 async def start(nursery: trio.Nursery, tmp_path: Path, seed: int, **carrier: Any) -> B2bua:
@@ -47,11 +48,17 @@ class Voicemail:
     """The carrier as a voicemail server: answers SUBSCRIBE (new ones and refreshes) with
     ``status``, keeping the dialog, and NOTIFYs on demand."""
 
-    def __init__(self, agent: SipAgent, status: int = 200) -> None:
+    def __init__(
+        self, agent: SipAgent, status: int = 200, *, final_notify: trio.Nursery | None = None
+    ) -> None:
         self.agent = agent
         self.status = status
         self.dialog: Dialog | None = None
         self.subscribes: list[Request] = []
+        # With a nursery: after its 200 to an unsubscribe, the final NOTIFY a voicemail server
+        # sends (RFC 6665 §4.1.2.3), its answer kept in ``final_answers``.
+        self._final_notify = final_notify
+        self.final_answers: list[int] = []
         agent.out_of_dialog = self._out_of_dialog
         agent.in_dialog = self._in_dialog
 
@@ -72,7 +79,13 @@ class Voicemail:
         self.subscribes.append(received.request)
         expires = received.request.headers.get("Expires") or "3600"
         await self.agent.respond(received, 200, extra=[("Expires", expires)])
+        if expires == "0" and self._final_notify is not None:
+            self._final_notify.start_soon(self._send_final_notify)
         return True
+
+    async def _send_final_notify(self) -> None:
+        final = await self.notify("terminated;reason=timeout", SUMMARY_READ)
+        self.final_answers.append(final.status)
 
     async def notify(self, state: str = "active;expires=500", body: bytes = SUMMARY) -> Response:
         assert self.dialog is not None
@@ -242,23 +255,50 @@ async def test_gateway_stop_unsubscribes_at_the_trunk(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     """The phone gets our final NOTIFY at once, ``deactivated`` (RFC 6665 §4.2.2: subscribe
-    again, elsewhere), and the trunk an unsubscribe; the trunk's own final NOTIFY finds
-    nothing (481); a new SUBSCRIBE meanwhile gets 503."""
+    again, elsewhere) with the last message summary (RFC 3842: the state is the body), and the
+    trunk an unsubscribe (§4.1.2.3) whose final NOTIFY is answered 200, not relayed; a new
+    SUBSCRIBE meanwhile gets 503."""
     env = await start(nursery, tmp_path, voipgw_seed)
-    voicemail = Voicemail(env.trunk)
+    voicemail = Voicemail(env.trunk, final_notify=nursery)
     await subscribed(env, voicemail)
+    assert (await voicemail.notify()).status == 200
+    assert (await env.alice.next_request("NOTIFY")).request.body == SUMMARY
 
     started = trio.current_time()
     await env.gateway.before_stop()
     assert trio.current_time() - started < 2  # both answered: not held to the bound
     assert voicemail.subscribes[-1].headers.get("Expires") == "0"
+    await eventually(lambda: voicemail.final_answers != [])
+    assert voicemail.final_answers == [200]  # the trunk's final NOTIFY found its subscription
     notify = (await env.alice.next_request("NOTIFY")).request
     assert notify.headers.get("Subscription-State") == "terminated;reason=deactivated"
     assert notify.headers.get("Event") == "message-summary"
+    assert notify.body == SUMMARY and notify.content_type == SUMMARY_TYPE
+    with trio.move_on_after(5):  # the trunk's final NOTIFY is not relayed: alice has had ours
+        await env.alice.next_request("NOTIFY")
+        raise AssertionError("the trunk's final NOTIFY reached the phone")
     assert subscriptions(env) == 0
+    # Forgotten after the final NOTIFY: another in that dialog finds nothing.
     assert (await voicemail.notify("terminated;reason=timeout", b"")).status == 481
     again = (await env.alice.send_authenticated(subscribe_request(env.alice)))[1]
     assert again.status == 503
+
+
+async def test_gateway_stop_with_no_summary_yet_and_a_trunk_without_a_final_notify(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """No NOTIFY from the trunk yet: the phone's final NOTIFY has no body (no state to
+    repeat). A trunk that sends no final NOTIFY holds the stop to its deadline only."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    await subscribed(env, voicemail)
+    started = trio.current_time()
+    await env.gateway.before_stop()
+    assert trio.current_time() - started <= 2.0 + 0.01  # STOP_TIMEOUT
+    notify = (await env.alice.next_request("NOTIFY")).request
+    assert notify.headers.get("Subscription-State") == "terminated;reason=deactivated"
+    assert notify.body == b""
+    assert subscriptions(env) == 0
 
 
 async def test_notify_before_the_2xx_and_a_challenging_trunk(

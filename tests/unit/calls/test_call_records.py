@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -18,7 +18,7 @@ from gateway.core.calls.records import (
     LONGEST_BUSY_INTERVAL,
     CallRecordBook,
 )
-from gateway.core.store.errors import StoreBusy, StoreError
+from gateway.core.store.errors import InvalidValue, StoreBusy, StoreError
 from gateway.core.store.interface import CallRecord
 from gateway.core.store.sqlite import DB_FILENAME, SqliteStore
 
@@ -333,3 +333,104 @@ def test_record_copies_keep_every_field(store: SqliteStore) -> None:
         "end_reason",
         "security_json",
     }, "a new CallRecord field must be copied by records._copy"
+
+
+# -- a backlog saved in chunks ---------------------------------------------------------------
+
+
+class CountingSaves:
+    """Stands in for ``store.call_records_save``: what each save held, then ``then`` (which may
+    raise for that save), then the real save."""
+
+    def __init__(self, store: SqliteStore, then: Callable[[int, list[str]], None]) -> None:
+        self.store = store
+        self.real = store.call_records_save
+        self.then = then
+        self.saved: list[str] = []
+        self.calls = 0
+
+    def __call__(self, records: Sequence[CallRecord]) -> None:
+        self.calls += 1
+        ids = [record.call_id for record in records]
+        self.then(self.calls, ids)
+        self.real(records)
+        self.saved += ids
+
+
+def backlog(store: SqliteStore, count: int) -> CallRecordBook:
+    book = CallRecordBook(store, clock=FakeClock())
+    for n in range(count):
+        book.started(f"c{n}", "sip:a@x", "sip:b@y")
+    return book
+
+
+def every_record(store: SqliteStore) -> list[str]:
+    return sorted(record.call_id for record in store.call_records_recent(limit=1000))
+
+
+def test_a_busy_store_mid_backlog_keeps_every_record_once(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(records_module, "SAVE_CHUNK", 2)
+
+    def busy_at_the_third(call: int, ids: list[str]) -> None:
+        if call == 3:
+            refuse_busy(ids)
+
+    saves = CountingSaves(store, busy_at_the_third)
+    monkeypatch.setattr(store, "call_records_save", saves)
+    book = backlog(store, 7)
+    book.flush()
+    assert saves.saved == ["c0", "c1", "c2", "c3"]  # two chunks, then the busy one: stop
+    assert book.pending == 3  # the refused chunk and the one after it
+    assert book.next_interval() == 2 * FLUSH_INTERVAL  # one busy attempt, backing off
+    book.flush()
+    assert sorted(saves.saved) == [f"c{n}" for n in range(7)]
+    assert len(saves.saved) == 7  # each once
+    assert every_record(store) == [f"c{n}" for n in range(7)]
+    assert book.pending == 0 and book.next_interval() == FLUSH_INTERVAL
+
+
+def test_a_chunk_the_store_refuses_loses_that_chunk_only(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(records_module, "SAVE_CHUNK", 2)
+
+    def invalid_with_c2(call: int, ids: list[str]) -> None:
+        if "c2" in ids:
+            raise InvalidValue("security_json is not valid JSON")
+
+    monkeypatch.setattr(store, "call_records_save", CountingSaves(store, invalid_with_c2))
+    book = backlog(store, 5)
+    with caplog.at_level(logging.WARNING):
+        book.flush()
+    # All or nothing per chunk: c2's chunk (c2, c3) rolled back, the others saved.
+    assert every_record(store) == ["c0", "c1", "c4"]
+    assert "2 call record change(s) not kept: security_json is not valid JSON" in caplog.text
+    assert book.pending == 0
+
+
+async def test_run_saves_a_backlog_with_checkpoints_between_chunks(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled at the first checkpoint (the gateway stopping mid-backlog): what the first chunk
+    # saved stays saved, the rest goes back to the changes, and a change made meanwhile wins.
+    monkeypatch.setattr(records_module, "SAVE_CHUNK", 2)
+    book = backlog(store, 5)
+    with trio.CancelScope() as scope:
+
+        def cancel_after_the_first(call: int, ids: list[str]) -> None:
+            if call == 1:
+                scope.cancel()
+                book.ended("c3", "caller hung up", {})  # newer than the backlog's c3
+
+        saves = CountingSaves(store, cancel_after_the_first)
+        monkeypatch.setattr(store, "call_records_save", saves)
+        await book.flush_in_steps()
+    assert scope.cancelled_caught
+    assert saves.saved == ["c0", "c1"]
+    assert book.pending == 3
+    book.flush()
+    assert sorted(saves.saved) == ["c0", "c1", "c2", "c3", "c4"]  # each once
+    ended = store.call_record_get("c3")
+    assert ended is not None and ended.end_reason == "caller hung up"

@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import trio
 
+from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.pdu import (
     KEEPALIVE,
     KEEPALIVE_ACK,
@@ -133,14 +134,14 @@ class DeliveryLink:
                 # the X1 server and the other links go on (each link its own boundary).
                 failures += 1
                 self.state = "notConnected"
-                self._set_fault(f"cannot connect to {host}:{port}: {exc or type(exc).__name__}")
+                where = format_host_port(host, port)
+                self._set_fault(f"cannot connect to {where}: {exc or type(exc).__name__}")
                 now = trio.current_time()
                 if failures == 1 or now - last_logged >= 60:
                     log.warning(
-                        "intercept: cannot reach destination %s (%s:%d): %s",
+                        "intercept: cannot reach destination %s (%s): %s",
                         self.destination.did,
-                        host,
-                        port,
+                        where,
                         exc or type(exc).__name__,
                     )
                     last_logged = now

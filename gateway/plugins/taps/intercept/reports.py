@@ -61,6 +61,7 @@ import attrs
 import h11
 import trio
 
+from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.x1 import (
     MAX_DOCUMENT,
     NE_NOT_CERTIFICATE,
@@ -368,9 +369,8 @@ class Reporter:
                 now = trio.current_time()
                 if failures == 1 or now - last_logged >= 60:
                     log.warning(
-                        "intercept: cannot report to the ADMF at %s:%d (%s), trying again",
-                        self.endpoint.host,
-                        self.endpoint.port,
+                        "intercept: cannot report to the ADMF at %s (%s), trying again",
+                        format_host_port(self.endpoint.host, self.endpoint.port),
                         str(exc) or type(exc).__name__,
                     )
                     last_logged = now
@@ -491,12 +491,13 @@ _EXPECTED = (
 async def _exchange(stream: trio.abc.Stream, endpoint: Endpoint, body: bytes) -> tuple[int, bytes]:
     """One HTTP/1.1 POST and its answer (h11, sans-IO), the answer at most MAX_DOCUMENT."""
     connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=16_384)
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    # RFC 9110 §7.2: Host is the authority, the port left out when it is the scheme's default.
+    port = None if endpoint.port == 443 else endpoint.port
     request = h11.Request(
         method="POST",
         target=endpoint.path,
         headers=[
-            ("host", host if endpoint.port == 443 else f"{host}:{endpoint.port}"),
+            ("host", format_host_port(endpoint.host, port)),
             ("content-type", "application/xml"),
             ("content-length", str(len(body))),
             ("connection", "close"),

@@ -23,6 +23,7 @@ import h11
 import trio
 from cryptography import x509
 
+from gateway.core.transport.flows import format_address, format_host_port
 from gateway.plugins.taps.intercept.x1 import MAX_DOCUMENT
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class X1Server:
         address = listeners[0].socket.getsockname()
         self.address = (address[0], address[1])
         log.info(
-            "intercept: X1 listening on %s:%d (TLS, client certificates required)", *self.address
+            "intercept: X1 listening on %s (TLS, client certificates required)",
+            format_address(self.address),
         )
         task_status.started(self.address)
         await trio.serve_listeners(self._connection, listeners)
@@ -211,7 +213,7 @@ def _peer(tcp: trio.SocketStream) -> str:
         host, port = tcp.socket.getpeername()[:2]
     except OSError:
         return "?"
-    return f"{host}:{port}"
+    return format_host_port(host, port)
 
 
 def _cause(exc: BaseException) -> str:

@@ -1,0 +1,141 @@
+"""A SIPREC recorder (SRS) named by DNS (RFC 3263), as trunks are: the fake resolver at the
+boundary, the recorders SIP agents on the in-memory network, virtual time.
+
+- ``srs = "sip:srs@recorder.example;transport=udp"``: the name's SRV targets, resolved at
+  start-up (no DNS query when a call is recorded); the recording INVITE goes to the first, then
+  to the next after a 503 or no answer at all (§4.3), never after another refusal; the
+  Request-URI keeps the configured name;
+- a name that has not resolved: the call goes on unrecorded, and nothing is asked of the DNS.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+import gateway.plugins.taps.siprec as siprec_plugin
+from gateway.core.calls.trunk_dns import SrvRecord
+from gateway.core.ids import SeededIds
+from gateway.testing.fake_dns import FakeResolver
+from gateway.testing.network import Address
+from gateway.testing.sip_agent import SipAgent
+from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
+from tests.component.calls.test_b2bua_siprec import answered_call, srs_answer
+
+NAME = "recorder.example"
+SRS_URI = f"sip:srs@{NAME};transport=udp"
+FIRST: Address = ("127.0.0.9", 5060)  # the recorder of the lower SRV priority
+SECOND: Address = ("127.0.0.10", 5060)
+
+
+def resolver() -> FakeResolver:
+    return FakeResolver(
+        srv_records={
+            f"_sip._udp.{NAME}": [
+                SrvRecord(20, 0, SECOND[1], "b.recorder.example"),
+                SrvRecord(10, 0, FIRST[1], "a.recorder.example"),
+            ]
+        },
+        hosts={"a.recorder.example": [FIRST[0]], "b.recorder.example": [SECOND[0]]},
+    )
+
+
+async def recorder_env(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    dns: FakeResolver,
+    *,
+    first_listens: bool = True,
+) -> tuple[B2bua, SipAgent | None, SipAgent]:
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        seed,
+        plugins=[("siprec", siprec_plugin)],
+        plugin_tables={"enable": ["siprec"], "siprec": {"srs": SRS_URI, "trunks": ["carrier"]}},
+        dns_resolver=dns,
+        alice_auto=None,
+    )
+    agents = []
+    for number, address in enumerate((FIRST, SECOND)):
+        if address == FIRST and not first_listens:
+            continue  # nothing answers there: datagrams to it are lost
+        agent = SipAgent(
+            env.network, address, ids=SeededIds(seed + 9 + number), user="srs", auto=None
+        )
+        await nursery.start(agent.serve)
+        agents.append(agent)
+    first = agents[0] if first_listens else None
+    return env, first, agents[-1]
+
+
+@pytest.mark.parametrize("first_answers", [503, None])
+async def test_the_recording_goes_to_the_next_target_after_a_503_or_no_answer(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    first_answers: int | None,
+) -> None:
+    dns = resolver()
+    env, first, second = await recorder_env(
+        nursery, tmp_path, voipgw_seed, dns, first_listens=first_answers is not None
+    )
+    queries = dns.queries
+    call, _, _ = await answered_call(env)
+    if first is not None:
+        refused = await first.next_call()
+        assert str(refused.invite.uri) == SRS_URI  # RFC 3263: the URI as configured
+        await refused.answer(503)
+    recording = await second.next_call(timeout=40)  # after Timer B (32 s) when the first is mute
+    assert str(recording.invite.uri) == SRS_URI
+    assert recording.invite.headers.get("Require") == "siprec"
+    await recording.answer(200, sdp=srs_answer())
+    await second.next_request("ACK", timeout=5)
+    assert dns.queries == queries  # the cached answer: no DNS on the call's path
+    await call.bye()  # type: ignore[attr-defined]
+    bye = await second.next_request("BYE", timeout=10)
+    assert bye.request.call_id == recording.invite.call_id
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_refusal_other_than_503_does_not_move_to_the_next_target(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, first, second = await recorder_env(nursery, tmp_path, voipgw_seed, resolver())
+    assert first is not None
+    call, _, _ = await answered_call(env)
+    await (await first.next_call()).answer(488)  # RFC 3263 §4.3: the recorder's own answer
+    await trio.sleep(40)
+    assert second.requests("INVITE") == []
+    assert env.calls == 1  # the call goes on, unrecorded
+    await call.bye()  # type: ignore[attr-defined]
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_recorder_whose_name_has_not_resolved_leaves_the_call_unrecorded(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    dns = resolver()
+    dns.failing = True
+    env, first, second = await recorder_env(nursery, tmp_path, voipgw_seed, dns)
+    assert first is not None
+    assert f"session target {SRS_URI}: resolving udp:{NAME} failed" in caplog.text
+    queries = dns.queries
+    call, _, _ = await answered_call(env)
+    await eventually(lambda: "not recorded: no SRS took it" in caplog.text)
+    assert "its host name has not resolved" in caplog.text
+    assert first.requests("INVITE") == [] and second.requests("INVITE") == []
+    assert dns.queries == queries  # the retry runs on its own schedule ([dns] retry_interval)
+    assert env.calls == 1
+    await call.bye()  # type: ignore[attr-defined]
+    await eventually(lambda: env.calls == 0)
