@@ -748,14 +748,15 @@ class DialogEvents:
             return False
         now = trio.current_time()
         offset = now - wall  # stored times are wall-clock; the table runs on trio's clock
+        taken = self.publications.taken
         for account in accounts:
             stored = [_publication(row, offset) for row in found.get(account, ())]
             if self.publications.reconcile(account, stored, now=now):
                 log.debug("presence of %s changed on another node", account)
                 self.presence_changed(account)
         presence = self.gateway.presence
-        if presence is not None:
-            presence.publications_changed()  # their expiries, at their time
+        if presence is not None and self.publications.taken != taken:
+            presence.publications_changed()  # new expiries, each forgotten at its time
         return True
 
     # -- calls (from the call manager, while :attr:`watched` is not empty) ------------------------

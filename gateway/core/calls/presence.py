@@ -74,6 +74,7 @@ from gateway.core.sip.events import PRESENCE, parse_event_untrusted, parse_expir
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.presence import (
     CONTENT_TYPE,
+    MAX_ETAG,
     MAX_PER_ACCOUNT,
     Published,
     Refused,
@@ -159,7 +160,11 @@ class Presence:
                 return make_response(request, err.status or 400, err.reason)
         if_match = request.headers.get("SIP-If-Match")
         now = trio.current_time()
-        if if_match is not None and self.publications.find(account, if_match, now=now) is None:
+        if (
+            if_match is not None
+            and len(if_match) <= MAX_ETAG
+            and self.publications.find(account, if_match, now=now) is None
+        ):
             # RFC 3903 §6 step 2 across the cluster: a tag another node gave (the phone's
             # refresh reached another node) is in the store. Only for a tag not in memory.
             self.notifier.load_publications([account])

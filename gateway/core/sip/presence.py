@@ -208,6 +208,9 @@ class Publications:
         self._by_account: dict[str, list[Publication]] = {}
         self._max_per_account = max_per_account
         self._limit = limit
+        self.taken = 0
+        """Publications :meth:`reconcile` took from the store, since the start (their expiries
+        are new to the caller's timer when this moves)."""
 
     def __len__(self) -> int:
         return len(self._by_etag)
@@ -300,6 +303,7 @@ class Publications:
                 continue
             self._by_etag[publication.etag] = publication
             self._by_account.setdefault(account, []).append(publication)
+            self.taken += 1
         kept = self._by_account.get(account, [])
         while len(kept) > self._max_per_account:
             self._remove(min(kept, key=lambda p: p.expires_at))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from gateway.core.calls.presence import REGISTRATION_POLL
+from gateway.core.store.errors import StoreUnavailable
 from gateway.core.store.interface import StoredPublication
 from tests.component.calls.b2bua_env import eventually, next_within
 from tests.component.calls.test_presence_memory import (
@@ -136,3 +139,45 @@ async def test_a_refresh_on_node_a_keeps_the_publication_alive_on_node_b(
     assert await next_within(bob, "NOTIFY", 30) is None
     assert [t for t in polls if refresh_at < t < expiry] == []  # no poll found it first
     assert [t for t in polls if expiry <= t < expiry + 0.1]  # B asked at the expiry
+
+
+async def test_a_publication_the_store_could_not_take_is_kept_here_and_written_by_its_refresh(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store does not answer: node B still takes the PUBLISH (200) and its watcher sees
+    it at once; node A's cannot. Its next refresh on B, with the store back, writes it."""
+    env_a, bob_a = await start(nursery, tmp_path, voipgw_seed)
+    env_b, bob = await start(nursery, tmp_path, voipgw_seed + 100)
+    follow_virtual_time(env_a)
+    follow_virtual_time(env_b)
+    await subscribe(bob)
+    await next_document(bob)
+    await subscribe(bob_a)
+    await next_document(bob_a)
+    store_b = env_b.gateway.store
+    assert store_b is not None
+    original = store_b.publication_save
+
+    def unavailable(*args: Any, **kwargs: Any) -> bool:
+        raise StoreUnavailable("PostgreSQL db: not connected (reconnecting)")
+
+    store_b.publication_save = unavailable  # type: ignore[method-assign]
+    published = await publish(env_b.alice, pidf("open", note="on B"))
+    assert published.status == 200
+    etag = published.headers.get("SIP-ETag")
+    assert etag is not None
+    _, document = await next_document(bob, timeout=2)
+    assert basic(document) == ["open"]
+    assert "presence publication of alice kept on this node only" in caplog.text
+    assert await next_within(bob_a, "NOTIFY", 2 * REGISTRATION_POLL) is None  # A cannot know
+    # B's poll keeps what it could not save (the store has nothing of alice's).
+    assert await next_within(bob, "NOTIFY", 2 * REGISTRATION_POLL) is None
+    store_b.publication_save = original  # type: ignore[method-assign]
+    refreshed = await publish(env_b.alice, None, etag=etag)
+    assert refreshed.status == 200
+    _, document = await next_document(bob_a, timeout=2 * REGISTRATION_POLL)
+    assert basic(document) == ["open"]

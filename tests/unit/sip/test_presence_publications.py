@@ -213,9 +213,10 @@ def test_reconcile_takes_what_other_nodes_published_and_keeps_what_it_could_not_
     # Another node's publication: taken; the document watchers see changed.
     assert table.reconcile("alice", [stored("a1", OPEN)], now=1.0)
     assert table.document("alice") is not None and table.document("alice").body == b"open"
-    assert table.find("alice", "a1", now=1.0) is not None
+    assert table.find("alice", "a1", now=1.0) is not None and table.taken == 1
     # The same again (the next poll): nothing changes.
     assert not table.reconcile("alice", [stored("a1", OPEN)], now=2.0)
+    assert table.taken == 1
     # Refreshed there (a new tag, the same document): replaced, watchers see no change.
     assert not table.reconcile("alice", [stored("a2", Pidf(b"open", True), 900.0)], now=3.0)
     assert table.find("alice", "a1", now=3.0) is None
