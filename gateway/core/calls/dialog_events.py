@@ -750,10 +750,13 @@ class DialogEvents:
         offset = now - wall  # stored times are wall-clock; the table runs on trio's clock
         taken = self.publications.taken
         for account in accounts:
-            stored = [_publication(row, offset) for row in found.get(account, ())]
-            if self.publications.reconcile(account, stored, now=now):
-                log.debug("presence of %s changed on another node", account)
-                self.presence_changed(account)
+            try:
+                stored = [_publication(row, offset) for row in found.get(account, ())]
+                if self.publications.reconcile(account, stored, now=now):
+                    log.debug("presence of %s changed on another node", account)
+                    self.presence_changed(account)
+            except Exception:  # a bug: logged, the others go on, the gateway too
+                log.exception("presence publications of %s from the store", account)
         presence = self.gateway.presence
         if presence is not None and self.publications.taken != taken:
             presence.publications_changed()  # new expiries, each forgotten at its time
