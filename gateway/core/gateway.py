@@ -355,13 +355,15 @@ class Gateway:
         return registered
 
     async def _housekeeping(self) -> None:
-        """Periodic clean-up: expired registrations out of the store, idle UDP flows out of
-        the flow table (both would otherwise only grow)."""
+        """Periodic clean-up: expired registrations (and presence publications) out of the
+        store, idle UDP flows out of the flow table (all would otherwise only grow)."""
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
             removed = await self._expire_bindings()
             if removed:
                 log.info("%d registration(s) expired", removed)
+            if self.presence is not None:
+                await self._expire_publications()
             self.flows.expire_datagram_flows(now=trio.current_time(), idle=UDP_FLOW_IDLE)
 
     async def _expire_bindings(self) -> int:
@@ -384,6 +386,24 @@ class Gateway:
             removed += len(expired)
             if len(expired) < EXPIRE_CHUNK:
                 return removed
+            await trio.lowlevel.checkpoint()
+
+    async def _expire_publications(self) -> None:
+        """Expired presence publications out of the store (every node's memory forgets them
+        at their time), :data:`EXPIRE_CHUNK` per statement as for bindings."""
+        assert self.store is not None and self.dialog_events is not None
+        now = self.dialog_events.wall_clock()  # the clock they were written on
+        while True:
+            try:
+                removed = self.store.expire_publications(now, most=EXPIRE_CHUNK)
+            except StoreBusy as exc:
+                log.warning("expired presence publications left for the next round: %s", exc)
+                return
+            except Exception:
+                log.exception("expiring presence publications failed")
+                return
+            if removed < EXPIRE_CHUNK:
+                return
             await trio.lowlevel.checkpoint()
 
     # -- what calls need ----------------------------------------------------------------------
@@ -793,8 +813,8 @@ class Gateway:
             self.presence = Presence(self, nursery, self.dialog_events)
             self.endpoint.presence = self.presence
             nursery.start_soon(self.presence.run)
-            if self.dialog_events.registrations is not None:
-                nursery.start_soon(self.presence.follow_registrations)
+            if self.dialog_events.registrations is not None or self.store is not None:
+                nursery.start_soon(self.presence.follow_store)
         self.subscriptions = Subscriptions(self, nursery)
         self.endpoint.subscriptions = self.subscriptions
         nursery.start_soon(self.subscriptions.run)

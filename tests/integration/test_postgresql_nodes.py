@@ -75,7 +75,14 @@ def digest(challenge: str, user: str, method: str, uri: str) -> str:
 
 
 def request(
-    method: str, uri: str, sock: socket.socket, user: str, cseq: int, *extra: str, body: bytes = b""
+    method: str,
+    uri: str,
+    sock: socket.socket,
+    user: str,
+    cseq: int,
+    *extra: str,
+    body: bytes = b"",
+    content_type: str = "application/sdp",
 ) -> bytes:
     here = f"127.0.0.1:{port_of(sock)}"
     lines = [
@@ -91,7 +98,7 @@ def request(
         *extra,
     ]
     if body:
-        lines.append("Content-Type: application/sdp")
+        lines.append(f"Content-Type: {content_type}")
     return ("\r\n".join(lines) + f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
@@ -239,13 +246,58 @@ def test_a_register_while_the_database_is_down_gets_503_and_works_once_it_is_bac
     assert postgres_cluster.password not in log
 
 
+def pidf(basic: str, note: str) -> bytes:
+    return (
+        '<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" '
+        f'entity="sip:alice@127.0.0.1"><tuple id="desk"><status><basic>{basic}</basic>'
+        f"</status><note>{note}</note></tuple></presence>"
+    ).encode()
+
+
+def publish(
+    node: GatewayProcess, phone: socket.socket, cseq: int, body: bytes, *extra: str
+) -> Response:
+    """alice's PUBLISH of her presence through ``node`` (answering the challenge)."""
+    target = f"sip:alice@127.0.0.1:{node.port}"
+    fields = ("Event: presence", *extra)
+    pidf_type = "application/pidf+xml"
+    phone.sendto(
+        request(
+            "PUBLISH", target, phone, "alice", cseq, *fields, body=body, content_type=pidf_type
+        ),
+        address_of(node),
+    )
+    challenge = final_response(phone)
+    if challenge.status != 407:
+        return challenge
+    auth = digest(challenge.headers.get_all("Proxy-Authenticate")[0], "alice", "PUBLISH", target)
+    phone.sendto(
+        request(
+            "PUBLISH",
+            target,
+            phone,
+            "alice",
+            cseq + 1,
+            f"Proxy-Authorization: {auth}",
+            *fields,
+            body=body,
+            content_type=pidf_type,
+        ),
+        address_of(node),
+    )
+    return final_response(phone)
+
+
 def test_a_watcher_on_node_b_sees_a_registration_through_node_a(
     tmp_path: Path, postgres_cluster: Cluster, postgres_database: str
 ) -> None:
-    """Presence from registration across the cluster (docs/configuration.md ``[presence]``):
-    bob watches alice's presence through node B; alice registers through node A; node B's look
-    at the shared store (every 5 s) finds her binding and tells bob she is open. Node B then
-    stops: bob's last NOTIFY says ``deactivated`` (subscribe again, on node A)."""
+    """Presence across the cluster (docs/configuration.md ``[presence]``, "Cluster"): bob
+    watches alice's presence through node B; alice registers through node A; node B's look at
+    the shared store (every 5 s) finds her binding and tells bob she is open. Her phone
+    publishes through node A: bob, on B, sees the document within the same look; a PUBLISH
+    that modifies it by A's entity tag reaches node B (not 412) and bob hears of it at once;
+    one by the tag B gave, through A, removes it (bob sees the registration's ``open`` again).
+    Node B then stops: bob's last NOTIFY says ``deactivated`` (subscribe again, on node A)."""
     store = postgres_cluster.store_table(postgres_database, tmp_path)
     settings = {"store": store, "presence": {"allow": "all-accounts"}}
     accounts = {name: ACCOUNTS[name] for name in ("alice", "bob")}
@@ -292,6 +344,35 @@ def test_a_watcher_on_node_b_sees_a_registration_through_node_a(
         registered = time.monotonic()
         assert basic(next_notify(10)) == "open"
         assert time.monotonic() - registered < 6.5  # within node B's look at the store
+
+        # Published through A ("away", closed): B's next look at the store brings it to bob.
+        published = publish(node_a, phone, 10, pidf("closed", "away"), "Expires: 600")
+        assert published.status == 200, published.reason
+        first = published.headers.get("SIP-ETag")
+        assert first is not None
+        sent = time.monotonic()
+        notify = next_notify(10)
+        assert time.monotonic() - sent < 6.5
+        assert basic(notify) == "closed" and b"<note>away</note>" in notify.body
+        # Modified through B by A's tag (the load balancer sent it there): 200, not 412, and
+        # bob, watching on B, is told at once.
+        with udp_socket() as phone_b:
+            modified = publish(node_b, phone_b, 20, pidf("open", "back"), f"SIP-If-Match: {first}")
+            assert modified.status == 200, modified.reason
+            second = modified.headers.get("SIP-ETag")
+            assert second is not None and second != first
+            sent = time.monotonic()
+            notify = next_notify(5)
+            assert time.monotonic() - sent < 1.5
+            assert basic(notify) == "open" and b"<note>back</note>" in notify.body
+        # A's tag was superseded on B: 412 on A too. Removed through A by B's tag: bob sees
+        # the registration's document again (the gateway's tuple) within B's next look.
+        stale = publish(node_a, phone, 30, b"", f"SIP-If-Match: {first}", "Expires: 600")
+        assert stale.status == 412
+        removed = publish(node_a, phone, 40, b"", f"SIP-If-Match: {second}", "Expires: 0")
+        assert removed.status == 200, removed.reason
+        notify = next_notify(10)
+        assert basic(notify) == "open" and b'id="gw"' in notify.body
         with ThreadPoolExecutor(max_workers=1) as pool:
             stopped = pool.submit(node_b.stop)
             final = next_notify(5)

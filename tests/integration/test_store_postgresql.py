@@ -17,7 +17,7 @@ from pgcluster import Cluster
 from gateway.core.auth.algorithms import DigestAlgorithm
 from gateway.core.store import postgresql as pg_module
 from gateway.core.store.errors import SchemaError, StoreBusy, StoreError, StoreUnavailable
-from gateway.core.store.interface import Binding, BindingFlow, CallRecord
+from gateway.core.store.interface import Binding, BindingFlow, CallRecord, StoredPublication
 from gateway.core.store.postgresql import MIGRATIONS, PostgresStore
 
 PASSWORD = "s3cret-Pa55word"
@@ -451,7 +451,7 @@ def test_a_schema_3_database_is_upgraded_and_keeps_its_nodes_working(
     old.call_limits.start()
     assert old.schema_version() == 3
     new = open_node(listen=False, node="new")
-    assert new.schema_version() == 4
+    assert new.schema_version() == len(MIGRATIONS)
     new.psap_number_presented("+4930123456", 60.0, 10)
     remaining = new.psap_number_remaining("+4930123456")
     assert remaining is not None and 0 < remaining <= 60
@@ -459,3 +459,45 @@ def test_a_schema_3_database_is_upgraded_and_keeps_its_nodes_working(
     assert old.get_account("alice") is not None
     assert old.call_limits.take(1, ("trunk", "carrier"), 1)
     assert new.call_limits.take(1, ("trunk", "carrier"), 1) is False
+
+
+# -- presence publications (migration 5) ------------------------------------------------------
+
+
+def test_a_publication_saved_by_one_node_is_read_and_replaced_by_the_other(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    """Node A takes a PUBLISH, node B reads it (its poll) and takes its refresh (a new entity
+    tag replacing A's), node A reads that; one round trip each, no cache to go stale."""
+    a, b = open_node(listen=False, node="a"), open_node(listen=False, node="b")
+    first = StoredPublication("alice", "tag-a", 2000.0, 1000.0, True, True, b"<open/>")
+    a.publication_save("alice", first, replaces=None, now=1000.0, most=4)
+    assert b.publications_of(["alice"], now=1001.0) == {"alice": [first]}
+    refreshed = StoredPublication("alice", "tag-b", 2600.0, 1000.0, True, True, b"<open/>")
+    assert b.publication_save("alice", refreshed, replaces="tag-a", now=1002.0, most=4)
+    assert a.publications_of(["alice"], now=1003.0) == {"alice": [refreshed]}
+    # Node A, not having polled since, refreshes the version B replaced: nothing written.
+    stale = StoredPublication("alice", "tag-c", 2700.0, 1000.0, True, True, b"<open/>")
+    assert not a.publication_save("alice", stale, replaces="tag-a", now=1004.0, most=4)
+    assert b.publications_of(["alice"], now=1005.0) == {"alice": [refreshed]}
+
+
+def test_a_schema_4_database_is_upgraded_and_its_old_nodes_keep_working(
+    open_node: Callable[..., PostgresStore],
+) -> None:
+    """A rolling upgrade to the presence publications' table: the nodes of schema 4 still
+    running keep their accounts, bindings and PSAP numbers working (they never touch the new
+    table: their publications stay in their memory until they are upgraded)."""
+    old = open_node(listen=False, migrations=MIGRATIONS[:4], node="old")
+    old.accounts_add("alice", PASSWORD, REALM)
+    assert old.schema_version() == 4
+    new = open_node(listen=False, node="new")
+    assert new.schema_version() == 5 == len(MIGRATIONS)
+    saved = StoredPublication("alice", "e1", 2000.0, 1000.0, True, True, b"<doc/>")
+    new.publication_save("alice", saved, replaces=None, now=1000.0, most=4)
+    assert new.publications_of(["alice"], now=1000.0) == {"alice": [saved]}
+    old.upsert_binding(binding())
+    old.psap_number_presented("+4930123456", 60.0, 10)
+    assert old.get_account("alice") is not None
+    assert new.bindings_for_account("alice") != ()
+    assert new.psap_number_remaining("+4930123456") is not None

@@ -51,8 +51,11 @@ gateway/core/calls/presence.py); when it published nothing, the gateway's own: `
 is registered (``[presence] from_registration``, :attr:`DialogEvents.registrations`, kept for
 the watched accounts only), else a neutral ``closed``; sent again on each change
 (:meth:`DialogEvents.presence_changed`). Presence watchers are kept apart from
-:attr:`DialogEvents.watched`: calls never look at them. Subscriptions and publications are this
-node's, in memory, as the BLF's.
+:attr:`DialogEvents.watched`: calls never look at them. Subscriptions are this node's, in
+memory, as the BLF's; publications are in memory too and shared through the store
+(gateway/core/calls/presence.py): an account's first watcher on this node loads its
+publications from the store (:meth:`DialogEvents.load_publications`, one query), as it looks
+up its bindings.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.presence import CONTENT_TYPE as PIDF
 from gateway.core.sip.presence import (
+    Pidf,
+    Publication,
     Publications,
     Registrations,
     closed_document,
@@ -109,6 +114,7 @@ from gateway.core.sip.presence import (
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.sip.uri import SipUri
 from gateway.core.store.errors import StoreError
+from gateway.core.store.interface import StoredPublication
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
@@ -421,6 +427,10 @@ class DialogEvents:
         self._by_dialog[watch.key] = watch
         self._per_account[watch.watcher] = self._per_account.get(watch.watcher, 0) + 1
         if watch.package == PRESENCE:
+            if watch.watched not in self.presence_watched:
+                # Its first watcher here: what other nodes (or this one's previous run)
+                # published for it, once; then kept by PUBLISHes here and the poll.
+                self.load_publications([watch.watched])
             self.presence_watched.setdefault(watch.watched, []).append(watch)
             registrations = self.registrations
             if registrations is not None and watch.watched not in registrations:
@@ -721,6 +731,37 @@ class DialogEvents:
             )
             return None
 
+    def load_publications(self, accounts: Sequence[str]) -> bool:
+        """Make the publications of ``accounts`` (at most
+        :data:`~gateway.core.store.interface.MAX_BULK_ACCOUNTS`) what the store holds, in one
+        query: those made, refreshed, modified or removed on other nodes; their watchers get a
+        NOTIFY when the document they see changed. False when the store could not be read
+        (logged: the node's memory answers alone meanwhile)."""
+        store = self.gateway.store
+        if store is None:
+            return False
+        wall = self.wall_clock()
+        try:
+            found = store.publications_of(accounts, now=wall)
+        except StoreError as exc:
+            log.warning("presence publications of %d accounts not read: %s", len(accounts), exc)
+            return False
+        now = trio.current_time()
+        offset = now - wall  # stored times are wall-clock; the table runs on trio's clock
+        taken = self.publications.taken
+        for account in accounts:
+            try:
+                stored = [_publication(row, offset) for row in found.get(account, ())]
+                if self.publications.reconcile(account, stored, now=now):
+                    log.debug("presence of %s changed on another node", account)
+                    self.presence_changed(account)
+            except Exception:  # a bug: logged, the others go on, the gateway too
+                log.exception("presence publications of %s from the store", account)
+        presence = self.gateway.presence
+        if presence is not None and self.publications.taken != taken:
+            presence.publications_changed()  # new expiries, each forgotten at its time
+        return True
+
     # -- calls (from the call manager, while :attr:`watched` is not empty) ------------------------
 
     def call_changed(self, call: Call, kind: str) -> None:
@@ -782,6 +823,19 @@ class DialogEvents:
             and self.rules.pickup  # no group allows pickup: nobody is shown them
         ):
             tracked.ids = _ringing_dialog(call, account)  # a phone that still rings
+
+
+def _publication(row: StoredPublication, offset: float) -> Publication:
+    """A stored publication on the table's clock (``offset``: trio's time minus wall time)."""
+    document = Pidf(row.body, row.open, row.definite)
+    return Publication(
+        row.account,
+        row.etag,
+        document,
+        row.expires_at + offset,
+        row.published_at + offset,
+        saved_etag=row.etag,
+    )
 
 
 def _involved(call: Call) -> list[Involved]:

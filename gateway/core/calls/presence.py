@@ -20,7 +20,7 @@ show it. Only watched accounts are followed (the table of
 :class:`gateway.core.sip.presence.Registrations`, kept by the notifier): a REGISTER this node
 handles tells :meth:`Presence.registered` (for an account nobody watches: a truth test and a
 dict lookup), a removal for a revoked certificate :meth:`Presence.bindings_changed`; the
-binding's expiry wakes :meth:`Presence.follow_registrations`, which looks the account up in the
+binding's expiry wakes :meth:`Presence.follow_store`, which looks the account up in the
 store again (a refresh another node took), and every :data:`REGISTRATION_POLL` seconds it looks
 every watched account up (a registration or removal on another node sharing the store,
 ``voipgw accounts remove``, a binding removed for a dead NAT flow): :data:`POLL_CHUNK` accounts
@@ -30,9 +30,33 @@ millisecond or two at a time.
 Watchers get a NOTIFY only when the account goes from registered to not or back, and only
 while no publication of its hides it.
 
-Publications and subscriptions are this node's, in memory, as the BLF subscriptions: a
-cluster's load balancer must send an account's PUBLISH and its watchers' SUBSCRIBEs to one node
-(docs/architecture.md); registrations are the store's, seen by every node.
+Publications are the cluster's, as Kamailio's presence module shares them through its
+database: the node's memory (the sans-IO table) is the fast path, and the store
+(``Store.publication_save``, ``presence_publications``) holds each publication under its
+current entity tag for the other nodes, and for this node after a restart:
+
+* Each successful PUBLISH is written before it is answered, in the event loop, as a REGISTER's
+  bindings are (the store's API is synchronous and one thread at a time: no write can be left
+  to another thread safely): one statement sequence on SQLite, one round trip on PostgreSQL. A
+  write that fails leaves the publication on this node alone (logged at WARNING; its next
+  refresh here writes it again): the PUBLISH is answered all the same, and this node's watchers
+  see it at once either way.
+* A PUBLISH whose SIP-If-Match this node does not know (the phone's refresh reached another node
+  than the one that took its first PUBLISH) loads the account's publications from the store
+  first (one query, for a tag missing from memory only), so it is 412 only when no node knows
+  the tag.
+* Watchers on every node: the periodic look at the store (every :data:`REGISTRATION_POLL`
+  seconds, :data:`POLL_CHUNK` watched accounts a query) also reads their publications
+  (``Store.publications_of``: one more bulk query a chunk, none per NOTIFY) and reconciles the
+  node's memory with them (:meth:`~gateway.core.sip.presence.Publications.reconcile`): watchers
+  get a NOTIFY when the document they see changed. An account's first watcher on a node loads
+  its publications at once.
+* Expiry: each node forgets a publication at its expiry time; one the store holds is looked up
+  there first (another node may have refreshed it under a tag this node has not polled yet).
+  The store's expired rows are deleted by every node's housekeeping (and an account's by its
+  next PUBLISH).
+
+Subscriptions (presence and BLF) stay the node's own, in memory; registrations are the store's.
 Nothing here runs for calls.
 """
 
@@ -48,10 +72,19 @@ from gateway.core.calls.routing import called_user
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.events import PRESENCE, parse_event_untrusted, parse_expires_untrusted
 from gateway.core.sip.message import Request, Response, make_response
-from gateway.core.sip.presence import CONTENT_TYPE, Refused, parse_pidf_untrusted
+from gateway.core.sip.presence import (
+    CONTENT_TYPE,
+    MAX_ETAG,
+    MAX_PER_ACCOUNT,
+    Published,
+    Refused,
+    Registrations,
+    parse_pidf_untrusted,
+)
 from gateway.core.sip.transaction import ServerTransaction
 from gateway.core.sip.uri import SipUri
-from gateway.core.store.interface import Binding
+from gateway.core.store.errors import StoreError
+from gateway.core.store.interface import Binding, StoredPublication
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
@@ -125,13 +158,23 @@ class Presence:
                 document = parse_pidf_untrusted(request.body, account=account)
             except RemoteSipError as err:
                 return make_response(request, err.status or 400, err.reason)
+        if_match = request.headers.get("SIP-If-Match")
+        now = trio.current_time()
+        if (
+            if_match is not None
+            and len(if_match) <= MAX_ETAG
+            and self.publications.find(account, if_match, now=now) is None
+        ):
+            # RFC 3903 §6 step 2 across the cluster: a tag another node gave (the phone's
+            # refresh reached another node) is in the store. Only for a tag not in memory.
+            self.notifier.load_publications([account])
         outcome = self.publications.publish(
             account,
-            if_match=request.headers.get("SIP-If-Match"),
+            if_match=if_match,
             expires=expires,  # an hour when absent (RFC 3903 §4.1 lets the ESC choose)
             document=document,
             new_etag=self.gateway.ids.token_hex(8),
-            now=trio.current_time(),
+            now=now,
         )
         if isinstance(outcome, Refused):
             extra = []
@@ -139,6 +182,12 @@ class Presence:
                 extra.append(("Min-Expires", str(outcome.min_expires)))
             return make_response(request, outcome.status, outcome.reason, extra=extra)
         self._timer_changed.set()
+        if not self._save(account, outcome):
+            # RFC 3903 §6 step 2: another node refreshed, modified or removed that version
+            # first (this node had not polled it yet). What the store has now, then 412.
+            log.info("presence publication of %s superseded on another node", account)
+            self.notifier.load_publications([account])
+            return make_response(request, 412)
         if outcome.changed:
             self.notifier.presence_changed(account)
         fields = [("Expires", str(outcome.expires))]
@@ -146,6 +195,46 @@ class Presence:
             fields.insert(0, ("SIP-ETag", outcome.etag))  # RFC 3903 §11.3.1
         log.debug("presence of %s published for %d s", account, outcome.expires)
         return make_response(request, 200, extra=fields)
+
+    def _save(self, account: str, outcome: Published) -> bool:
+        """Write a PUBLISH's outcome to the store, for the other nodes (module docstring);
+        False when the version it named was superseded on another node first (412)."""
+        store = self.gateway.store
+        if store is None:
+            return True
+        publication = outcome.publication
+        dropped = [p.saved_etag for p in outcome.dropped if p.saved_etag is not None]
+        replaces = None  # the saved version a refresh, modification or removal named
+        if publication is not None and publication.saved_etag != publication.etag:
+            replaces = publication.saved_etag
+        elif publication is None and dropped:
+            replaces = dropped.pop()  # a removal drops the one it named
+        row = None
+        wall = self.notifier.wall_clock()
+        offset = wall - trio.current_time()  # the table runs on trio's clock, the store on wall
+        if publication is not None:
+            document = publication.document
+            row = StoredPublication(
+                account,
+                publication.etag,
+                publication.expires_at + offset,
+                publication.published_at + offset,
+                document.open,
+                document.definite,
+                document.body,
+            )
+        if row is None and replaces is None:
+            return True
+        try:
+            saved = store.publication_save(
+                account, row, replaces=replaces, dropped=dropped, now=wall, most=MAX_PER_ACCOUNT
+            )
+        except StoreError as exc:
+            log.warning("presence publication of %s kept on this node only: %s", account, exc)
+            return True
+        if saved and publication is not None:
+            publication.saved_etag = publication.etag
+        return saved
 
     def _own_address(self, uri: object, account: str) -> bool:
         """Whether a PUBLISH's Request-URI is ``account``'s address in one of our domains."""
@@ -155,9 +244,20 @@ class Presence:
         host = uri.host_port()
         return directory.is_local_domain(host) and called_user(uri) == account
 
+    def publications_changed(self) -> None:
+        """Publications came from the store: :meth:`run` looks at their expiries."""
+        self._timer_changed.set()
+
     async def run(self) -> None:
         """Forget publications nobody refreshed (RFC 3903 §6); their watchers are told."""
         while True:
+            due = self.publications.due(now=trio.current_time())
+            for start in range(0, len(due), POLL_CHUNK):
+                if start:
+                    await trio.lowlevel.checkpoint()
+                # Refreshed on another node under a tag not polled yet? (False: the store
+                # does not answer, they are forgotten as they would be on one node.)
+                self.notifier.load_publications(due[start : start + POLL_CHUNK])
             for account in self.publications.handle_timer(now=trio.current_time()):
                 log.debug("a presence publication of %s expired", account)
                 self.notifier.presence_changed(account)
@@ -194,42 +294,52 @@ class Presence:
         if expiries is not None:
             self.notifier.registration_changed(account, expiries)
 
-    async def follow_registrations(self) -> None:
-        """Keep the watched accounts' registration state: look an account up in the store when
-        its last binding runs out (refreshed elsewhere, or gone), and every watched account
-        every :data:`REGISTRATION_POLL` seconds."""
+    async def follow_store(self) -> None:
+        """Keep the watched accounts' registration state and publications as the store has
+        them: look an account's bindings up when its last one runs out (refreshed elsewhere,
+        or gone), and every watched account's bindings and publications every
+        :data:`REGISTRATION_POLL` seconds (what other nodes and the CLI wrote)."""
         registrations = self.notifier.registrations
-        assert registrations is not None
+        # The watched accounts: those whose registration state is kept, with it.
+        watched = registrations if registrations is not None else self.notifier.presence_watched
         next_poll = trio.current_time() + REGISTRATION_POLL
         while True:
             wall = self.notifier.wall_clock()
-            if trio.current_time() >= next_poll:
+            polling = trio.current_time() >= next_poll
+            if polling:
                 next_poll = trio.current_time() + REGISTRATION_POLL
-                accounts = list(registrations)
+                accounts = list(watched)
             else:
-                accounts = registrations.due(now=wall)
+                accounts = registrations.due(now=wall) if registrations is not None else []
             for start in range(0, len(accounts), POLL_CHUNK):
                 if start:
                     await trio.lowlevel.checkpoint()
                 # Those whose last watcher left meanwhile (at a checkpoint) are not asked for.
-                chunk = [a for a in accounts[start : start + POLL_CHUNK] if a in registrations]
-                found = self.notifier.binding_expiries_of(chunk) if chunk else {}
-                for account in chunk:
-                    expiries = found.get(account) if found is not None else None
-                    if expiries is None:
-                        registrations.postpone(account, wall + REGISTRATION_POLL)
-                        continue
-                    try:
-                        self.notifier.registration_changed(account, expiries)
-                    except Exception:  # a bug: logged, the others go on, the gateway too
-                        log.exception("presence of %s from its registration", account)
-                        registrations.postpone(account, wall + REGISTRATION_POLL)
+                chunk = [a for a in accounts[start : start + POLL_CHUNK] if a in watched]
+                if chunk and polling:
+                    self.notifier.load_publications(chunk)  # one query, NOTIFYs on changes
+                if chunk and registrations is not None:
+                    self._follow_bindings(registrations, chunk, wall)
             self._registrations_changed = trio.Event()
             deadline = next_poll
-            expiry = registrations.get_timer()
+            expiry = registrations.get_timer() if registrations is not None else None
             if expiry is not None:
                 # Binding expiries are wall-clock seconds; trio sleeps on its own clock.
                 wait = max(expiry - self.notifier.wall_clock(), 0.0)
                 deadline = min(deadline, trio.current_time() + wait)
             with trio.move_on_at(deadline):
                 await self._registrations_changed.wait()
+
+    def _follow_bindings(self, registrations: Registrations, chunk: list[str], wall: float) -> None:
+        """The bindings of ``chunk`` (watched accounts) from the store, in one query."""
+        found = self.notifier.binding_expiries_of(chunk)
+        for account in chunk:
+            expiries = found.get(account) if found is not None else None
+            if expiries is None:
+                registrations.postpone(account, wall + REGISTRATION_POLL)
+                continue
+            try:
+                self.notifier.registration_changed(account, expiries)
+            except Exception:  # a bug: logged, the others go on, the gateway too
+                log.exception("presence of %s from its registration", account)
+                registrations.postpone(account, wall + REGISTRATION_POLL)

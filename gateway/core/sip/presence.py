@@ -26,6 +26,14 @@ document on each change (gateway/core/calls/dialog_events.py, the same notifier 
   first answer brings a tag) could then never show closed. Tuples are not merged: documents
   from different clients rarely agree on tuple ids or extensions, and a watcher shows one
   status anyway.
+* Shared (``[store]``, gateway/core/calls/presence.py): each publication remembers the entity
+  tag under which the store last saved it (:attr:`Publication.saved_etag`; None: not saved).
+  :meth:`Publications.reconcile` makes an account's publications what the store holds, keeping
+  those this node could not save: an entity tag names one version of a publication (a new one
+  on every success), so a tag both sides know needs no comparison; a saved tag the store no
+  longer has was refreshed, modified, removed or replaced on another node, and a tag only the
+  store has is another node's publication (or version). Watchers are told only when the
+  document they see changes (its bytes: a refresh elsewhere changes nothing they see).
 * Nothing published (or everything expired or removed): a document of the gateway's with one
   tuple (RFC 3863 §4.1.4): ``open`` while the account is registered (``[presence]
   from_registration``, :class:`Registrations`: most desk phones never publish), else
@@ -49,7 +57,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from urllib.parse import unquote
 
 import attrs
@@ -156,23 +164,29 @@ def _gateway_document(entity: str, basic: str) -> bytes:
 
 @attrs.define(eq=False)
 class Publication:
-    """One phone's published state: its document until ``expires_at`` (caller's clock)."""
+    """One phone's published state: its document until ``expires_at`` (caller's clock);
+    ``saved_etag``: the entity tag the shared store holds it under (None: not in the store)."""
 
     account: str
     etag: str
     document: Pidf
     expires_at: float
     published_at: float
+    saved_etag: str | None = None
 
 
 @attrs.frozen
 class Published:
     """A successful PUBLISH: answer 200 with ``SIP-ETag: etag`` (None after a removal) and
-    ``Expires: expires``; ``changed`` when watchers see another document now."""
+    ``Expires: expires``; ``changed`` when watchers see another document now. For the store:
+    ``publication`` is the one made, refreshed or modified (None after a removal), ``dropped``
+    those removed (the removal's, one a new publication replaced)."""
 
     etag: str | None
     expires: int
     changed: bool
+    publication: Publication | None = attrs.field(default=None, eq=False, repr=False)
+    dropped: tuple[Publication, ...] = attrs.field(default=(), eq=False, repr=False)
 
 
 @attrs.frozen
@@ -194,6 +208,9 @@ class Publications:
         self._by_account: dict[str, list[Publication]] = {}
         self._max_per_account = max_per_account
         self._limit = limit
+        self.taken = 0
+        """Publications :meth:`reconcile` took from the store, since the start (their expiries
+        are new to the caller's timer when this moves)."""
 
     def __len__(self) -> int:
         return len(self._by_etag)
@@ -222,31 +239,88 @@ class Publications:
             if asked == 0:
                 return Published(None, 0, False)  # nothing to keep
             mine = self._by_account.get(account, [])
+            dropped: tuple[Publication, ...] = ()
             if len(mine) >= self._max_per_account:
                 # The one expiring first: a rebooted phone's forgotten, unrefreshed one.
-                self._remove(min(mine, key=lambda p: p.expires_at))
+                oldest = min(mine, key=lambda p: p.expires_at)
+                self._remove(oldest)
+                dropped = (oldest,)
             elif len(self._by_etag) >= self._limit:
                 return Refused(503, "Service Unavailable (publication limit)")
             publication = Publication(account, new_etag, document, now + asked, now)
             self._by_etag[new_etag] = publication
             self._by_account.setdefault(account, []).append(publication)
-        else:
-            found = self._by_etag.get(if_match.strip()) if len(if_match) <= MAX_ETAG else None
-            if found is None or found.account != account or found.expires_at <= now:
-                # §6 step 2: an unknown or expired tag (another account's is none of its own).
-                return Refused(412)
-            if asked == 0:
-                self._remove(found)  # §4.5: removal
-                return Published(None, 0, self.document(account) is not before)
-            del self._by_etag[found.etag]
-            found.etag = new_etag  # §6 step 7: a new tag on every success
-            self._by_etag[new_etag] = found
-            found.expires_at = now + asked
-            if document is not None:  # a modification (§4.4); else a refresh (§4.3)
-                found.document = document
-                found.published_at = now
+            changed = self.document(account) is not before
+            return Published(new_etag, asked, changed, publication, dropped)
+        found = self.find(account, if_match, now=now)
+        if found is None:
+            # §6 step 2: an unknown or expired tag (another account's is none of its own).
+            return Refused(412)
+        if asked == 0:
+            self._remove(found)  # §4.5: removal
+            return Published(None, 0, self.document(account) is not before, None, (found,))
+        del self._by_etag[found.etag]
+        found.etag = new_etag  # §6 step 7: a new tag on every success
+        self._by_etag[new_etag] = found
+        found.expires_at = now + asked
+        if document is not None:  # a modification (§4.4); else a refresh (§4.3)
+            found.document = document
+            found.published_at = now
         changed = self.document(account) is not before
-        return Published(new_etag, asked, changed)
+        return Published(new_etag, asked, changed, found)
+
+    def find(self, account: str, if_match: str, *, now: float) -> Publication | None:
+        """``account``'s unexpired publication whose entity tag is ``if_match`` (a
+        SIP-If-Match), else None."""
+        if len(if_match) > MAX_ETAG:
+            return None
+        found = self._by_etag.get(if_match.strip())
+        if found is None or found.account != account or found.expires_at <= now:
+            return None
+        return found
+
+    def reconcile(self, account: str, stored: Sequence[Publication], *, now: float) -> bool:
+        """Make ``account``'s publications what the shared store holds (``stored``: its
+        unexpired ones, each with :attr:`Publication.saved_etag` its entity tag, times on the
+        caller's clock), keeping those this node has not saved; True when the document its
+        watchers get changed (its bytes)."""
+        before = self.document(account)
+        mine = list(self._by_account.get(account, ()))
+        in_store = {publication.etag for publication in stored}
+        for publication in mine:
+            if publication.saved_etag is not None and publication.saved_etag not in in_store:
+                # Refreshed, modified, removed or replaced on another node, or expired.
+                self._remove(publication)
+        known = {p.etag for p in mine} | {p.saved_etag for p in mine if p.saved_etag}
+        for publication in stored:
+            if (
+                publication.etag in known
+                or publication.etag in self._by_etag
+                or publication.account != account
+                or publication.expires_at <= now
+                or len(self._by_etag) >= self._limit
+            ):
+                continue
+            self._by_etag[publication.etag] = publication
+            self._by_account.setdefault(account, []).append(publication)
+            self.taken += 1
+        kept = self._by_account.get(account, [])
+        while len(kept) > self._max_per_account:
+            self._remove(min(kept, key=lambda p: p.expires_at))
+        after = self.document(account)
+        return (before.body if before else None) != (after.body if after else None)
+
+    def due(self, *, now: float) -> list[str]:
+        """The accounts with a saved publication that ran out by ``now``: the caller looks
+        them up in the store before :meth:`handle_timer` (another node may have refreshed it
+        under a new entity tag this node has not polled yet)."""
+        return list(
+            dict.fromkeys(
+                p.account
+                for p in self._by_etag.values()
+                if p.expires_at <= now and p.saved_etag is not None
+            )
+        )
 
     def document(self, account: str) -> Pidf | None:
         """The document ``account``'s watchers get: the latest published or modified of those

@@ -1,11 +1,11 @@
-"""The store interface: accounts, registrations (bindings), call records and the numbers PSAP
-callbacks may call.
+"""The store interface: accounts, registrations (bindings), call records, the numbers PSAP
+callbacks may call and presence publications.
 
 Values are frozen attrs classes; the :class:`Store` protocol is what the core calls. SQLite
 (:mod:`gateway.core.store.sqlite`) is the default; PostgreSQL
 (:mod:`gateway.core.store.postgresql`) implements the same protocol so several nodes can share
-accounts and registrations, and count call limits together (:class:`SharedCallLimits`;
-ARCHITECTURE.md "Scale"); ``[store]`` chooses
+accounts, registrations and presence publications, and count call limits together
+(:class:`SharedCallLimits`; ARCHITECTURE.md "Scale"); ``[store]`` chooses
 (:mod:`gateway.core.store.backends`).
 
 The API is synchronous: SQLite answers in microseconds, PostgreSQL serves the reads every call
@@ -127,6 +127,24 @@ class Binding:
     def remaining(self, now: float) -> int:
         """Whole seconds left before expiry (never negative), for a Contact ``expires``."""
         return max(0, round(self.expires_at - now))
+
+
+@attrs.frozen
+class StoredPublication:
+    """One phone's presence publication (RFC 3903) as every node sharing the store sees it:
+    the account it is for, its current entity tag (a new one on every success, §6 step 7, so
+    an entity tag names one version of the publication), when it expires and when its
+    document was last published or modified (wall-clock seconds, the registrar's clock), the
+    document's overall status (gateway/core/sip/presence.py ``Pidf``) and the document. The
+    document is the user's presence, personal data: never in a repr."""
+
+    account: str
+    etag: str
+    expires_at: float
+    published_at: float
+    open: bool
+    definite: bool
+    body: bytes = attrs.field(repr=False)
 
 
 @attrs.frozen
@@ -366,6 +384,43 @@ class Store(Protocol):
     def psap_number_remaining(self, number: str) -> float | None:
         """Seconds left in ``number``'s window (as presented by any node sharing the store,
         or by this one before a restart); None when it has none."""
+        ...
+
+    # -- presence publications (RFC 3903, gateway/core/calls/presence.py) ----------------
+
+    def publication_save(
+        self,
+        account: str,
+        publication: StoredPublication | None,
+        *,
+        replaces: str | None,
+        dropped: Sequence[str] = (),
+        now: float,
+        most: int,
+    ) -> bool:
+        """One PUBLISH's outcome on a node, in one transaction. ``replaces``: the entity tag
+        of the version of ``account``'s publication that the PUBLISH named (its SIP-If-Match,
+        a refresh, modification or removal): when the store no longer has it (another node
+        refreshed, modified or removed it first: RFC 3903 §6 step 2) nothing is written and
+        the answer is False. Otherwise it goes, and so do those in ``dropped`` (one the node
+        replaced with a new publication); ``publication`` is kept, replacing any with its
+        entity tag; and of ``account``'s publications those expired at ``now`` go, and past
+        ``most`` those that expire first (an account keeps ``most`` across the cluster as on
+        one node). True."""
+        ...
+
+    def publications_of(
+        self, accounts: Sequence[str], *, now: float
+    ) -> dict[str, list[StoredPublication]]:
+        """The publications of each of ``accounts`` unexpired at ``now``, every name given a
+        key (``[]``: none), in one query: what a node polls for the accounts its presence
+        subscriptions watch. Never cached. At most :data:`MAX_BULK_ACCOUNTS` names a call
+        (``ValueError`` past it)."""
+        ...
+
+    def expire_publications(self, now: float, *, most: int) -> int:
+        """Delete at most ``most`` publications expired at ``now`` (the earliest first); how
+        many went. Each node's housekeeping asks in chunks, as for bindings."""
         ...
 
     def close(self) -> None: ...

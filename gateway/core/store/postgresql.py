@@ -41,6 +41,11 @@ round trip. Theory of operation:
   callback window ends on the server's clock: written when an emergency call leaves through a
   trunk, read only for a trunk's INVITE marked ``Priority: psap-callback`` that this node does
   not know of (``gateway/core/calls/psap_callback.py``), so a callback is recognised on any node.
+- Presence publications (migration 5, RFC 3903). Each phone's publication under its current
+  entity tag, written by the node that took the PUBLISH (one function call: one round trip),
+  read in bulk by every node for the accounts its presence subscriptions watch, and by entity
+  tag's account when a refresh reaches a node that does not know the tag
+  (``gateway/core/calls/presence.py``). Not cached, never notified: nodes poll.
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused, and
   every refusal or failed migration names the versions and says what to do (a rolling upgrade:
@@ -90,6 +95,7 @@ from gateway.core.store.interface import (
     LimitKey,
     SharedCallLimits,
     Store,
+    StoredPublication,
 )
 
 if TYPE_CHECKING:
@@ -382,6 +388,64 @@ MIGRATIONS: tuple[Migration, ...] = (
                 DELETE FROM psap_callbacks WHERE number IN (
                     SELECT number FROM psap_callbacks ORDER BY until DESC OFFSET most
                     FOR UPDATE SKIP LOCKED);
+            END $$""",
+        ),
+    ),
+    (
+        5,
+        (
+            # Presence publications (RFC 3903) under their current entity tags, so that every
+            # node's watchers see them and a refresh by entity tag works on any node
+            # (gateway/core/calls/presence.py). Times are the writing node's wall clock, as
+            # for registrations. Bounded by the writer: a few per account.
+            """CREATE TABLE presence_publications (
+                etag TEXT PRIMARY KEY,
+                account TEXT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                published_at DOUBLE PRECISION NOT NULL,
+                is_open BOOLEAN NOT NULL,
+                definite BOOLEAN NOT NULL,
+                body BYTEA NOT NULL
+            )""",
+            "CREATE INDEX presence_publications_account ON presence_publications (account)",
+            "CREATE INDEX presence_publications_expires_at ON presence_publications (expires_at)",
+            # One PUBLISH's outcome in one round trip (Store.publication_save). Rows another
+            # node is deleting at the same moment are skipped (SKIP LOCKED, as for the PSAP
+            # numbers): what one skips, the next write or housekeeping deletes.
+            # The version a PUBLISH named (replaced) is deleted first: of two nodes racing
+            # on one entity tag the second waits for the first's row lock, then finds it
+            # gone and writes nothing (FALSE: 412, RFC 3903 §6 step 2).
+            """CREATE FUNCTION voipgw_presence_publication_save(
+                acct TEXT, replaced TEXT, dropped TEXT[], new_etag TEXT,
+                expires DOUBLE PRECISION, published DOUBLE PRECISION, opened BOOLEAN,
+                definite_status BOOLEAN, document BYTEA, now DOUBLE PRECISION, most INTEGER
+            ) RETURNS BOOLEAN LANGUAGE plpgsql VOLATILE AS $$
+            BEGIN
+                IF replaced IS NOT NULL THEN
+                    DELETE FROM presence_publications
+                    WHERE etag = replaced AND account = acct;
+                    IF NOT FOUND THEN
+                        RETURN FALSE;
+                    END IF;
+                END IF;
+                DELETE FROM presence_publications WHERE etag = ANY(dropped);
+                IF new_etag IS NOT NULL THEN
+                    INSERT INTO presence_publications
+                        (etag, account, expires_at, published_at, is_open, definite, body)
+                    VALUES (new_etag, acct, expires, published, opened, definite_status,
+                        document)
+                    ON CONFLICT (etag) DO UPDATE SET account = excluded.account,
+                        expires_at = excluded.expires_at, published_at = excluded.published_at,
+                        is_open = excluded.is_open, definite = excluded.definite,
+                        body = excluded.body;
+                END IF;
+                DELETE FROM presence_publications WHERE etag IN (
+                    SELECT etag FROM presence_publications
+                    WHERE account = acct AND expires_at <= now FOR UPDATE SKIP LOCKED);
+                DELETE FROM presence_publications WHERE etag IN (
+                    SELECT etag FROM presence_publications WHERE account = acct
+                    ORDER BY expires_at DESC OFFSET most FOR UPDATE SKIP LOCKED);
+                RETURN TRUE;
             END $$""",
         ),
     ),
@@ -1294,6 +1358,78 @@ class PostgresStore:
                 (number,),
             ).fetchone()
         return None if row is None else max(0.0, float(row[0]))
+
+    # -- presence publications (migration 5) ----------------------------------------------
+
+    def publication_save(
+        self,
+        account: str,
+        publication: StoredPublication | None,
+        *,
+        replaces: str | None,
+        dropped: Sequence[str] = (),
+        now: float,
+        most: int,
+    ) -> bool:
+        if publication is not None and publication.account != account:
+            raise InvalidValue("a publication saved under another account")
+        p = publication
+        with self._session() as db:
+            row = db.execute(
+                "SELECT voipgw_presence_publication_save("
+                "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    account,
+                    replaces,
+                    list(dropped),
+                    p.etag if p else None,
+                    p.expires_at if p else None,
+                    p.published_at if p else None,
+                    p.open if p else None,
+                    p.definite if p else None,
+                    p.body if p else None,
+                    now,
+                    max(0, most),
+                ),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def publications_of(
+        self, accounts: Sequence[str], *, now: float
+    ) -> dict[str, list[StoredPublication]]:
+        """See :meth:`Store.publications_of`: one round trip (the names as one array)."""
+        names = list(dict.fromkeys(accounts))
+        if len(names) > MAX_BULK_ACCOUNTS:
+            raise ValueError(f"at most {MAX_BULK_ACCOUNTS} accounts a call, not {len(names)}")
+        found: dict[str, list[StoredPublication]] = {name: [] for name in names}
+        if not names:
+            return found
+        with self._session() as db:
+            rows = db.execute(
+                "SELECT account, etag, expires_at, published_at, is_open, definite, body"
+                " FROM presence_publications WHERE account = ANY(%s) AND expires_at > %s",
+                (names, now),
+            ).fetchall()
+        for account, etag, expires_at, published_at, is_open, definite, body in rows:
+            found[account].append(
+                StoredPublication(
+                    account, etag, expires_at, published_at, is_open, definite, bytes(body)
+                )
+            )
+        return found
+
+    def expire_publications(self, now: float, *, most: int) -> int:
+        if most < 1:
+            raise ValueError("most must be at least 1")
+        with self._session() as db:
+            # Every node expires them; a row another node is deleting is skipped.
+            cursor = db.execute(
+                "DELETE FROM presence_publications WHERE etag IN (SELECT etag"
+                " FROM presence_publications WHERE expires_at <= %s ORDER BY expires_at"
+                " LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (now, most),
+            )
+            return cursor.rowcount
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """SQLite store: one file ``voipgw.sqlite3`` in the state directory.
 
-It holds accounts, registrations, call records and the numbers PSAP callbacks may call
-(migration 3), so that a callback after a restart is still one.
+It holds accounts, registrations, call records, the numbers PSAP callbacks may call
+(migration 3), so that a callback after a restart is still one, and presence publications
+(migration 4), so that a restart keeps them.
 
 WAL journal (readers do not block the writer), foreign keys on, ``synchronous=NORMAL`` (durable
 across process crashes; a power cut may lose the last transactions, never corrupt). The schema is
@@ -66,6 +67,7 @@ from gateway.core.store.interface import (
     Credential,
     SharedCallLimits,
     Store,
+    StoredPublication,
 )
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,25 @@ MIGRATIONS: tuple[Migration, ...] = (
                 until REAL NOT NULL
             )""",
             "CREATE INDEX psap_callbacks_until ON psap_callbacks (until)",
+        ),
+    ),
+    (
+        4,
+        (
+            # Presence publications (RFC 3903), each under its current entity tag, until it
+            # expires (wall-clock seconds): a node restarted finds them (gateway/core/calls/
+            # presence.py). Bounded by the writer: a few per account.
+            """CREATE TABLE presence_publications (
+                etag TEXT PRIMARY KEY,
+                account TEXT NOT NULL,
+                expires_at REAL NOT NULL,
+                published_at REAL NOT NULL,
+                is_open INTEGER NOT NULL,
+                definite INTEGER NOT NULL,
+                body BLOB NOT NULL
+            )""",
+            "CREATE INDEX presence_publications_account ON presence_publications (account)",
+            "CREATE INDEX presence_publications_expires_at ON presence_publications (expires_at)",
         ),
     ),
 )
@@ -658,6 +679,84 @@ class SqliteStore:
         left = float(row[0]) - self._clock()
         return left if left > 0 else None
 
+    # -- presence publications (migration 4) ----------------------------------------------
+
+    def publication_save(
+        self,
+        account: str,
+        publication: StoredPublication | None,
+        *,
+        replaces: str | None,
+        dropped: Sequence[str] = (),
+        now: float,
+        most: int,
+    ) -> bool:
+        if publication is not None and publication.account != account:
+            raise InvalidValue("a publication saved under another account")
+        with self._transaction(changes_accounts=False) as db:
+            if replaces is not None:
+                cursor = db.execute(
+                    "DELETE FROM presence_publications WHERE etag = ? AND account = ?",
+                    (replaces, account),
+                )
+                if cursor.rowcount == 0:
+                    return False  # superseded elsewhere: nothing written
+            db.executemany(
+                "DELETE FROM presence_publications WHERE etag = ?", [(etag,) for etag in dropped]
+            )
+            if publication is not None:
+                db.execute(
+                    "INSERT INTO presence_publications (etag, account, expires_at, published_at,"
+                    " is_open, definite, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (etag) DO UPDATE SET account = excluded.account,"
+                    " expires_at = excluded.expires_at, published_at = excluded.published_at,"
+                    " is_open = excluded.is_open, definite = excluded.definite,"
+                    " body = excluded.body",
+                    _publication_values(publication),
+                )
+            # The account's expired ones, then past ``most`` those expiring first.
+            db.execute(
+                "DELETE FROM presence_publications WHERE account = ? AND expires_at <= ?",
+                (account, now),
+            )
+            db.execute(
+                "DELETE FROM presence_publications WHERE etag IN (SELECT etag"
+                " FROM presence_publications WHERE account = ?"
+                " ORDER BY expires_at DESC LIMIT -1 OFFSET ?)",
+                (account, max(0, most)),
+            )
+        return True
+
+    def publications_of(
+        self, accounts: Sequence[str], *, now: float
+    ) -> dict[str, list[StoredPublication]]:
+        names = _bulk_names(accounts)
+        found: dict[str, list[StoredPublication]] = {name: [] for name in names}
+        if not names:
+            return found
+        marks = ", ".join("?" * len(names))
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_PUBLICATION_COLUMNS} FROM presence_publications"
+                f" WHERE account IN ({marks}) AND expires_at > ?",
+                (*names, now),
+            ).fetchall()
+        for row in rows:
+            publication = _publication(row)
+            found[publication.account].append(publication)
+        return found
+
+    def expire_publications(self, now: float, *, most: int) -> int:
+        if most < 1:
+            raise ValueError("most must be at least 1")
+        with self._transaction(changes_accounts=False) as db:
+            cursor = db.execute(
+                "DELETE FROM presence_publications WHERE etag IN (SELECT etag"
+                " FROM presence_publications WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+                (now, most),
+            )
+            return cursor.rowcount
+
 
 class _Checkpointer:
     """Checkpoints the store's write-ahead log every ``interval`` seconds from a thread of its own,
@@ -739,6 +838,34 @@ def _migrate(
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+
+_PUBLICATION_COLUMNS = "account, etag, expires_at, published_at, is_open, definite, body"
+
+
+def _publication_values(publication: StoredPublication) -> tuple[Any, ...]:
+    return (
+        publication.etag,
+        publication.account,
+        publication.expires_at,
+        publication.published_at,
+        int(publication.open),
+        int(publication.definite),
+        publication.body,
+    )
+
+
+def _publication(row: tuple[Any, ...]) -> StoredPublication:
+    account, etag, expires_at, published_at, is_open, definite, body = row
+    return StoredPublication(
+        account,
+        etag,
+        float(expires_at),
+        float(published_at),
+        bool(is_open),
+        bool(definite),
+        bytes(body),
+    )
 
 
 def _account_id(db: sqlite3.Connection, name: str) -> int:

@@ -5,6 +5,7 @@ bob (an account, a phone at 127.0.0.4) subscribes to alice's presence; alice's p
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -134,6 +135,15 @@ def basic(document: ET.Element) -> list[str]:
     return [b.text or "" for b in document.iter(f"{NS}basic")]
 
 
+def follow_virtual_time(env: B2bua) -> None:
+    """Stamp bindings and stored publications with a wall clock that follows virtual time (in
+    production both clocks advance together; the store keeps wall-clock expiries)."""
+    registration = env.gateway.registration
+    assert registration is not None
+    offset = time.time() - trio.current_time()
+    registration.clock = lambda: offset + trio.current_time()
+
+
 def count(env: B2bua) -> int:
     assert env.gateway.dialog_events is not None
     return len(env.gateway.dialog_events)
@@ -197,6 +207,7 @@ async def test_publication_and_subscription_expire(
 ) -> None:
     caplog.set_level("INFO", logger="gateway.core.calls.dialog_events")
     env, bob = await start(nursery, tmp_path, voipgw_seed)
+    follow_virtual_time(env)
     await subscribe(bob, expires=300)
     await next_document(bob)
     assert (await publish(env.alice, pidf("open"), expires=60)).status == 200

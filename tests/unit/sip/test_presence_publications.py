@@ -4,6 +4,7 @@ compositor (RFC 3903 §6), with float time."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from gateway.core.sip.presence import (
     MAX_DOCUMENT,
     MAX_TUPLES,
     Pidf,
+    Publication,
     Publications,
     Published,
     Refused,
@@ -181,3 +183,80 @@ def test_the_total_is_bounded() -> None:
     publish(table, 0.0, etag="b", document=OPEN, account="b")
     refused = publish(table, 0.0, etag="c", document=OPEN, account="c")
     assert isinstance(refused, Refused) and refused.status == 503
+
+
+def stored(etag: str, document: Pidf = OPEN, expires_at: float = 600.0, at: float = 0.0) -> Any:
+    """A publication as read from the shared store (saved under its own tag)."""
+    return Publication("alice", etag, document, expires_at, at, saved_etag=etag)
+
+
+def test_an_outcome_names_what_the_store_must_change() -> None:
+    """The caller writes a PUBLISH's outcome to the shared store: the publication made or
+    changed (its saved tag still the one the store has) and those dropped."""
+    table = Publications(max_per_account=1)
+    made = publish(table, 0.0, etag="e1", document=OPEN)
+    assert isinstance(made, Published) and made.publication is not None
+    assert made.publication.etag == "e1" and made.publication.saved_etag is None
+    made.publication.saved_etag = "e1"  # the caller saved it
+    refreshed = publish(table, 1.0, etag="e2", if_match="e1")
+    assert isinstance(refreshed, Published) and refreshed.publication is made.publication
+    assert (made.publication.etag, made.publication.saved_etag) == ("e2", "e1")
+    replacing = publish(table, 2.0, etag="e3", document=CLOSED)  # past max_per_account
+    assert isinstance(replacing, Published) and replacing.dropped == (made.publication,)
+    removed = publish(table, 3.0, etag="e4", if_match="e3", expires=0)
+    assert isinstance(removed, Published) and removed.publication is None
+    assert [p.etag for p in removed.dropped] == ["e3"]
+
+
+def test_reconcile_takes_what_other_nodes_published_and_keeps_what_it_could_not_save() -> None:
+    table = Publications()
+    # Another node's publication: taken; the document watchers see changed.
+    assert table.reconcile("alice", [stored("a1", OPEN)], now=1.0)
+    assert table.document("alice") is not None and table.document("alice").body == b"open"
+    assert table.find("alice", "a1", now=1.0) is not None and table.taken == 1
+    # The same again (the next poll): nothing changes.
+    assert not table.reconcile("alice", [stored("a1", OPEN)], now=2.0)
+    assert table.taken == 1
+    # Refreshed there (a new tag, the same document): replaced, watchers see no change.
+    assert not table.reconcile("alice", [stored("a2", Pidf(b"open", True), 900.0)], now=3.0)
+    assert table.find("alice", "a1", now=3.0) is None
+    assert table.find("alice", "a2", now=3.0) is not None
+    # A publication of this node that the store could not take (saved_etag None) stays.
+    local = publish(table, 4.0, etag="mine", document=CLOSED)
+    assert isinstance(local, Published)
+    assert table.document("alice") is CLOSED  # the latest published
+    assert not table.reconcile("alice", [stored("a2", Pidf(b"open", True), 900.0)], now=5.0)
+    assert table.find("alice", "mine", now=5.0) is not None
+    # Removed there: gone here too, and the document changes to what is left.
+    assert not table.reconcile("alice", [], now=6.0)  # CLOSED (mine) was and is shown
+    assert table.find("alice", "a2", now=6.0) is None and len(table) == 1
+    # Expired rows are not taken; more than max_per_account: those expiring first go.
+    assert not table.reconcile("alice", [stored("old", OPEN, expires_at=6.0)], now=6.0)
+    many = [stored(f"m{n}", OPEN, expires_at=100.0 + n, at=7.0) for n in range(5)]
+    assert table.reconcile("alice", many, now=7.0)
+    assert len(table) == 4 and table.find("alice", "mine", now=7.0) is not None  # at 604
+    assert [table.find("alice", f"m{n}", now=7.0) is None for n in range(5)] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_reconcile_respects_the_table_limit_and_other_accounts() -> None:
+    table = Publications(limit=1)
+    publish(table, 0.0, etag="b1", document=OPEN, account="bob")
+    assert not table.reconcile("alice", [stored("a1")], now=1.0)  # full: not taken
+    assert table.document("alice") is None
+    other = Publication("bob", "b9", OPEN, 600.0, 0.0, saved_etag="b9")
+    assert not Publications().reconcile("alice", [other], now=1.0)  # not alice's
+
+
+def test_due_names_the_accounts_whose_saved_publications_ran_out() -> None:
+    table = Publications()
+    table.reconcile("alice", [stored("a1", expires_at=10.0)], now=0.0)
+    publish(table, 0.0, etag="b1", document=OPEN, account="bob", expires=60)  # not saved
+    assert table.due(now=9.0) == []
+    assert table.due(now=10.0) == ["alice"]
+    assert table.due(now=100.0) == ["alice"]  # bob's was never saved: nothing to look up

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.store.errors import SchemaError
+from gateway.core.store.interface import StoredPublication
 from gateway.core.store.sqlite import DB_FILENAME, MIGRATIONS, SqliteStore
 
 
@@ -130,11 +131,29 @@ def test_a_version_2_file_gets_the_psap_callback_numbers(tmp_path: Path) -> None
     db.close()
     store = SqliteStore.open(tmp_path)
     try:
-        assert store.schema_version() == 3
+        assert store.schema_version() == LATEST
         old = store.get_account("old")
         assert old is not None and old.max_calls == 2
         store.psap_number_presented("+4930123456", 1800.0, 10)
         remaining = store.psap_number_remaining("+4930123456")
         assert remaining is not None and 1790 < remaining <= 1800
+    finally:
+        store.close()
+
+
+def test_a_version_3_file_gets_the_presence_publications(tmp_path: Path) -> None:
+    # A state directory from before migration 4: it opens, keeps its PSAP numbers, and keeps
+    # presence publications from then on (a restarted node finds them).
+    old = SqliteStore.open(tmp_path, migrations=MIGRATIONS[:3])
+    old.psap_number_presented("+4930123456", 1800.0, 10)
+    old.close()
+    assert versions(tmp_path) == [1, 2, 3]
+    store = SqliteStore.open(tmp_path)
+    try:
+        assert store.schema_version() == 4 == LATEST
+        assert store.psap_number_remaining("+4930123456") is not None
+        publication = StoredPublication("alice", "e1", 2000.0, 1000.0, True, True, b"<doc/>")
+        store.publication_save("alice", publication, replaces=None, now=1000.0, most=4)
+        assert store.publications_of(["alice"], now=1000.0) == {"alice": [publication]}
     finally:
         store.close()

@@ -32,6 +32,7 @@ from gateway.core.store.interface import (
     CallRecord,
     CertificateMatch,
     Store,
+    StoredPublication,
 )
 from gateway.core.store.sqlite import CACHE_RECHECK_SECONDS, DB_FILENAME, SqliteStore
 
@@ -711,3 +712,79 @@ def test_the_account_cache_is_bounded(store: Store, monkeypatch: pytest.MonkeyPa
         assert 1 <= len(unknown) <= 3
         assert store.bindings_for_account(f"nobody{i}") == ()
         assert 1 <= len(cache._bindings) <= 3
+
+
+def publication(etag: str, expires_at: float = 2000.0, account: str = "alice", **kw: Any) -> Any:
+    fields = {"published_at": 1000.0, "open": True, "definite": True, "body": b"<doc/>"}
+    fields.update(kw)
+    return StoredPublication(account, etag, expires_at, **fields)
+
+
+def test_presence_publications_are_saved_replaced_and_removed_by_entity_tag(store: Store) -> None:
+    """What a PUBLISH on one node leaves for the others (gateway/core/calls/presence.py): a
+    publication under its entity tag; a refresh or modification replaces the version it named
+    (a new tag), a removal deletes it, each only while the store still has that version (else
+    nothing is written: 412); the document is not in a repr (personal data)."""
+    first = publication("e1", body=b"<presence>open</presence>")
+    assert store.publication_save("alice", first, replaces=None, now=1000.0, most=4)
+    assert store.publications_of(["alice", "bob"], now=1000.0) == {"alice": [first], "bob": []}
+    modified = publication("e2", 3000.0, published_at=1500.0, open=False, body=b"<closed/>")
+    assert store.publication_save("alice", modified, replaces="e1", now=1500.0, most=4)
+    assert store.publications_of(["alice"], now=1500.0) == {"alice": [modified]}
+    assert "closed" not in repr(modified)
+    # e1 was superseded (as by another node): a second refresh of it writes nothing.
+    assert not store.publication_save("alice", publication("e3"), replaces="e1", now=1.0, most=4)
+    assert not store.publication_save("bob", None, replaces="e2", now=1600.0, most=4)
+    assert store.publications_of(["alice"], now=1500.0) == {"alice": [modified]}
+    assert store.publication_save("alice", None, replaces="e2", now=1600.0, most=4)
+    assert store.publications_of(["alice"], now=1600.0) == {"alice": []}
+    # One replaced by a new publication of the account's (a fifth phone's) is dropped.
+    store.publication_save("alice", first, replaces=None, now=1000.0, most=4)
+    store.publication_save("alice", modified, replaces=None, dropped=["e1"], now=1000.0, most=4)
+    assert store.publications_of(["alice"], now=1000.0) == {"alice": [modified]}
+    with pytest.raises(InvalidValue):
+        store.publication_save("bob", publication("e3"), replaces=None, now=1.0, most=4)
+
+
+def test_an_account_keeps_its_latest_expiring_publications_across_writers(store: Store) -> None:
+    """Each write trims the account to ``most`` (those expiring first go) and drops its expired
+    ones: the store holds a few per account whichever nodes wrote them; reads skip expired."""
+    for n, expires_at in enumerate((1500.0, 4000.0, 2500.0, 3000.0)):
+        store.publication_save(
+            "alice", publication(f"e{n}", expires_at), replaces=None, now=1000.0, most=4
+        )
+    store.publication_save(
+        "bob", publication("b1", 1200.0, "bob"), replaces=None, now=1000.0, most=4
+    )
+    store.publication_save("alice", publication("e9", 5000.0), replaces=None, now=1000.0, most=4)
+    found = store.publications_of(["alice", "bob"], now=1000.0)
+    assert sorted(p.etag for p in found["alice"]) == ["e1", "e2", "e3", "e9"]  # e0 went first
+    assert [p.etag for p in found["bob"]] == ["b1"]
+    assert store.publications_of(["bob"], now=1200.0) == {"bob": []}  # expired: not read
+    store.publication_save("alice", publication("e8", 6000.0), replaces=None, now=2600.0, most=4)
+    assert sorted(p.etag for p in store.publications_of(["alice"], now=2600.0)["alice"]) == [
+        "e1",
+        "e3",
+        "e8",
+        "e9",
+    ]  # e2 expired at 2500: deleted by that write
+    most = [f"user{i}" for i in range(MAX_BULK_ACCOUNTS)]
+    assert store.publications_of(most, now=1.0) == {name: [] for name in most}
+    with pytest.raises(ValueError, match="at most"):
+        store.publications_of([*most, "one-more"], now=1.0)
+
+
+def test_expired_presence_publications_are_deleted_in_chunks(store: Store) -> None:
+    for n in range(5):
+        account = f"user{n}"
+        store.publication_save(
+            account, publication(f"e{n}", 100.0 + n, account), replaces=None, now=0.0, most=4
+        )
+    store.publication_save("alice", publication("live", 900.0), replaces=None, now=0.0, most=4)
+    assert store.expire_publications(200.0, most=3) == 3
+    assert store.expire_publications(200.0, most=3) == 2
+    assert store.expire_publications(200.0, most=3) == 0
+    names = ["alice", *(f"user{n}" for n in range(5))]
+    assert sum(len(found) for found in store.publications_of(names, now=0.0).values()) == 1
+    with pytest.raises(ValueError):
+        store.expire_publications(200.0, most=0)
