@@ -46,6 +46,12 @@ Revocation (``crl_files``, revocation.py): OpenSSL checks the peer's own certifi
 CRL of its CA (X509_V_FLAG_CRL_CHECK). A revoked certificate is refused in every mode; a CA
 without a CRL is not checked; a CRL past its nextUpdate fails closed, as OpenSSL does, and is
 logged loudly before and when that happens (docs/tls.md, "Certificate revocation").
+
+OCSP (``ocsp``, ocsp.py): after the handshake and before the connection becomes a flow, the
+responder of the peer certificate's CA (from ``ca_bundles``) is asked, through a cache, whether
+it is revoked; ``soft-fail`` refuses only "revoked", ``hard-fail`` takes only "good". Open
+connections are asked about again when their answer expires (:meth:`TlsTransport._ocsp_rechecks`)
+and closed as a reloaded CRL closes them (docs/tls.md, "Certificate revocation (OCSP)").
 """
 
 from __future__ import annotations

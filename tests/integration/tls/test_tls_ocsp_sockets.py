@@ -11,7 +11,8 @@ its answer, never answer, or change its mind.
 - a certificate naming no responder is not checked, even in ``hard-fail``;
 - a trunk whose server certificate is revoked is refused when we connect;
 - an open connection is asked about again when its answer expires, and closed once its
-  certificate is revoked, as a CRL reload closes it: its calls end, an emergency call is not cut.
+  certificate is revoked, as a CRL reload closes it: its calls end, an emergency call is not cut;
+- ``voipgw check-config`` connects to no responder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +33,7 @@ import trio.testing
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from gateway.core.cli import main
 from gateway.core.transport.flows import format_address
 from gateway.plugins.transports.tls import TlsHandshakeError
 from tests.integration.tls.test_tls_crl_sockets import (
@@ -317,3 +320,22 @@ async def test_an_open_connection_is_asked_again_and_closed_once_revoked(
         "certificate is revoked by its CA's OCSP responder; peer certificate: "
         f"CN=0004f2000002, serial {stolen.x509.serial_number:X}"
     )
+
+
+def test_check_config_contacts_no_responder(tmp_path: Path) -> None:
+    vendor = TestPki(tmp_path / "pki").ca("Phone Vendor Factory CA")
+    with socket.socket() as responder:
+        responder.bind((LOOPBACK, 0))
+        responder.listen()
+        responder.setblocking(False)
+        url = f"http://{LOOPBACK}:{responder.getsockname()[1]}/"
+        config = tmp_path / "voipgw.toml"
+        config.write_text(
+            f'[sip]\nlisten = ["tls:127.0.0.1:5061"]\n'
+            f'[plugins]\nenable = ["udp", "tls"]\n'
+            f'[plugins.tls]\nca_bundles = ["{vendor.certificate}"]\nocsp = "hard-fail"\n'
+            f'ocsp_responder = "{url}"\n'
+        )
+        assert main(["check-config", str(config)]) == 0
+        with pytest.raises(BlockingIOError):
+            responder.accept()  # nobody connected

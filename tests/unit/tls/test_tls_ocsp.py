@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from gateway.core.config import ConfigError, from_mapping
-from gateway.core.plugins import load_plugins
+from gateway.core.plugins import Registry, load_plugins
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import _tls_handshakes
+from gateway.plugins.metrics.exposition import Exposition
 from gateway.plugins.transports.ocsp import (
     OcspError,
     certificate_status_untrusted,
@@ -25,7 +29,7 @@ from gateway.plugins.transports.ocsp import (
     parse_http_url,
     responder_url,
 )
-from gateway.plugins.transports.tls import TlsConfig
+from gateway.plugins.transports.tls import TlsConfig, TlsTransport
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
@@ -339,3 +343,29 @@ def test_bad_ocsp_keys_are_config_errors_naming_file_table_and_key(
         load(table)
     assert "gw.toml" in str(caught.value)
     assert message in str(caught.value)
+
+
+def tls_metrics(transport: TlsTransport) -> str:
+    registry: Registry[object] = Registry("transport")
+    registry.add("tls", transport)
+    gateway = SimpleNamespace(plugins=SimpleNamespace(transports=registry))
+    out = Exposition()
+    _tls_handshakes(out, StatusView(gateway, CallStatistics()))  # type: ignore[arg-type]
+    return out.render().decode()
+
+
+def test_the_metric_families(vendor: TestCa) -> None:
+    tls = TlsTransport(load({"ca_bundles": [str(vendor.certificate)], "ocsp": "hard-fail"}))
+    assert tls.ocsp is not None
+    tls.ocsp.queries["failed"] += 3
+    tls.handshake_failures["ocsp"] += 2
+    text = tls_metrics(tls)
+    assert 'voipgw_tls_ocsp_queries_total{transport="tls",result="failed"} 3\n' in text
+    assert 'voipgw_tls_ocsp_queries_total{transport="tls",result="good"} 0\n' in text
+    assert 'voipgw_tls_handshake_failures_total{transport="tls",reason="ocsp"} 2\n' in text
+    # Off (the default): no family, no "ocsp" reason, no checker.
+    off = TlsTransport(load({}))
+    assert off.ocsp is None
+    text = tls_metrics(off)
+    assert "voipgw_tls_ocsp_queries_total" not in text
+    assert 'reason="ocsp"' not in text
