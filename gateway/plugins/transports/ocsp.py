@@ -470,8 +470,8 @@ class OcspChecker:
         return self._verdict(cached, queried=True)
 
     async def _query(self, target: OcspTarget) -> _Cached:
-        request = ocsp_request(target.certificate, target.issuer)
         try:
+            request = ocsp_request(target.certificate, target.issuer)
             with trio.move_on_after(self.timeout) as scope:
                 data = await self._fetch(target.url, request)
             if scope.cancelled_caught:
@@ -480,9 +480,13 @@ class OcspChecker:
             answer = certificate_status_untrusted(
                 data, certificate=target.certificate, issuer=target.issuer, now=now
             )
-        except OcspError as exc:
+        except Exception as exc:
+            # The certificate and the answer are a peer's and a responder's bytes: whatever
+            # they make the parsers raise is a failed query, never a crashed listener.
+            if not isinstance(exc, OcspError):
+                log.exception("OCSP query to %s failed unexpectedly", target.url)
             self.queries["failed"] += 1
-            return _Cached(self.wall_clock() + FAILURE_CACHE, None, str(exc))
+            return _Cached(self.wall_clock() + FAILURE_CACHE, None, str(exc) or type(exc).__name__)
         self.queries[answer.status] += 1
         if answer.status == "unknown":
             reason = f"the responder {target.url} does not know the certificate"

@@ -1413,7 +1413,10 @@ class TlsTransport(StreamTransport):
         if self.ocsp is not None and peer is not None:
             # Before the connection becomes a flow: no SIP message from it is read, and none of
             # ours sent on it, until the responder (or the cache) answered.
-            ocsp_target = self._ocsp_target(peer)
+            try:
+                ocsp_target = self._ocsp_target(peer)
+            except ValueError:  # an extension cryptography cannot read: as for no responder
+                ocsp_target = None
             if ocsp_target is not None:
                 verdict = await self.ocsp.check(ocsp_target)
                 self._log_ocsp(verdict, direction, remote, mode, ocsp_target)
@@ -1461,8 +1464,8 @@ class TlsTransport(StreamTransport):
                     self._ocsp_unchecked_logged.clear()
                 self._ocsp_unchecked_logged.add(issuer_der)
                 log.info(
-                    "%s: certificates of the CA %s name no OCSP responder and ocsp_responder "
-                    "is not set: they are not checked by OCSP",
+                    "%s: a certificate of the CA %s names no OCSP responder and ocsp_responder "
+                    "is not set: such certificates are not checked by OCSP (logged once per CA)",
                     self.name,
                     _printable(issuer.subject.rfc4514_string()),
                 )

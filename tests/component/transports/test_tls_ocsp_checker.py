@@ -219,3 +219,17 @@ async def test_a_garbled_answer_is_a_failure(
     verdict = await checker.check(target)
     assert not verdict.accept and verdict.result == "failed"
     assert verdict.reason == "the response is no OCSP response"
+
+
+async def test_whatever_a_fetch_raises_is_a_failed_query(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    async def broken(url: str, request: bytes) -> bytes:
+        raise ValueError("odd bytes")
+
+    checker = OcspChecker(mode="soft-fail", timeout=3.0, fetch=broken, wall_clock=wall_clock)
+    target = checker.target(phones[0].x509, vendor.issued.x509)
+    assert target is not None
+    verdict = await checker.check(target)
+    assert verdict.accept and verdict.result == "failed" and verdict.reason == "odd bytes"
+    assert checker.queries["failed"] == 1

@@ -238,7 +238,7 @@ async def test_a_certificate_naming_no_responder_is_not_checked(
         assert not await refused(port, client_context(certificate=phone))
         checker = tls_transport(gateway).ocsp
         assert checker is not None and sum(checker.queries.values()) == 0
-    assert len(ocsp_lines(caplog, "name no OCSP responder")) == 1
+    assert len(ocsp_lines(caplog, "names no OCSP responder")) == 1
 
 
 async def test_a_trunk_with_a_revoked_certificate_is_refused(tmp_path: Path) -> None:
