@@ -492,8 +492,10 @@ class OcspChecker:
             reason = f"the responder {target.url} does not know the certificate"
             return _Cached(now + FAILURE_CACHE, answer, reason)
         until = answer.next_update if answer.next_update is not None else now + NO_NEXT_UPDATE_CACHE
-        # A stale-but-within-skew nextUpdate: keep it briefly rather than re-asking at once.
-        until = max(until, now + 1.0)
+        # A nextUpdate already past (within the clock skew): a responder serving an answer it
+        # has not renewed yet. Keep it as long as a failure, rather than asking again at once
+        # for every connection (and every open one) until the skew runs out.
+        until = max(until, now + FAILURE_CACHE)
         return _Cached(until, answer, f"{answer.status} until {_utc(until)}")
 
     def _store(self, key: tuple[bytes, int], cached: _Cached) -> None:

@@ -233,3 +233,15 @@ async def test_whatever_a_fetch_raises_is_a_failed_query(
     verdict = await checker.check(target)
     assert verdict.accept and verdict.result == "failed" and verdict.reason == "odd bytes"
     assert checker.queries["failed"] == 1
+
+
+async def test_an_answer_just_past_its_next_update_is_not_asked_for_again_at_once(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    responder.next_update = -60.0  # within the five minutes of clock skew
+    checker, (phone, *_) = make("hard-fail", responder, phones)
+    verdict = await checker.check(phone)
+    assert verdict.accept and verdict.valid_until == pytest.approx(wall_clock() + FAILURE_CACHE)
+    await trio.sleep(FAILURE_CACHE - 1)
+    assert not (await checker.check(phone)).queried
