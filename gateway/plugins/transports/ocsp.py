@@ -495,7 +495,8 @@ class OcspChecker:
         # A nextUpdate already past (within the clock skew): a responder serving an answer it
         # has not renewed yet. Keep it as long as a failure, rather than asking again at once
         # for every connection (and every open one) until the skew runs out.
-        until = max(until, now + FAILURE_CACHE)
+        if until <= now:
+            until = now + FAILURE_CACHE
         return _Cached(until, answer, f"{answer.status} until {_utc(until)}")
 
     def _store(self, key: tuple[bytes, int], cached: _Cached) -> None:
