@@ -945,6 +945,11 @@ class GatewayStatus(Protocol):
         """TLS connections of SIP transports closed because a reloaded CRL revoked the peer's
         certificate, since the start: (transport, count)."""
 
+    def tls_ocsp_queries(self) -> tuple[tuple[str, str, int], ...]:
+        """OCSP queries of SIP transports' responders since the start (``[plugins.tls]
+        ocsp``): (transport, result, count), results ``good``, ``revoked``, ``unknown``,
+        ``failed``; empty when no transport checks by OCSP."""
+
     def tls_crls(self) -> tuple[tuple[str, str, float], ...]:
         """The CRLs SIP transports check peers' certificates against now (``[plugins.tls]
         crl_files``): (transport, file, nextUpdate as Unix time)."""

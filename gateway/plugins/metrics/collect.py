@@ -403,8 +403,9 @@ def _tls_handshakes(out: Exposition, status: GatewayStatus) -> None:
             "voipgw_tls_handshake_failures_total",
             "counter",
             "Failed TLS handshakes of SIP transports, by transport and reason: revoked (the "
-            "peer's certificate is in a CRL of crl_files), crl (its CA's CRL could not be used, "
-            "e.g. expired: fails closed), other.",
+            "peer's certificate is in a CRL of crl_files or its OCSP responder says revoked), "
+            "crl (its CA's CRL could not be used, e.g. expired: fails closed), ocsp (with "
+            "ocsp = hard-fail: no good OCSP answer), other.",
         )
         for transport, reason, count in failures:
             out.sample(count, [("transport", transport), ("reason", reason)])
@@ -413,11 +414,23 @@ def _tls_handshakes(out: Exposition, status: GatewayStatus) -> None:
         out.family(
             "voipgw_tls_connections_revoked_total",
             "counter",
-            "TLS connections of SIP transports closed because a reloaded CRL of crl_files "
-            "revoked the peer's certificate (a phone connected before it was revoked).",
+            "TLS connections of SIP transports closed because a reloaded CRL of crl_files or "
+            "a renewed OCSP answer revoked the peer's certificate (a phone connected before it "
+            "was revoked).",
         )
         for transport, count in revoked:
             out.sample(count, [("transport", transport)])
+    queries = status.tls_ocsp_queries()
+    if queries:  # ocsp off: no family
+        out.family(
+            "voipgw_tls_ocsp_queries_total",
+            "counter",
+            "OCSP queries to the responders of peers' certificates, by transport and result: "
+            "good, revoked, unknown, failed (no answer in time, garbled, wrongly signed, stale). "
+            "Answers from the cache are not queries.",
+        )
+        for transport, result, count in queries:
+            out.sample(count, [("transport", transport), ("result", result)])
     crls = status.tls_crls()
     if crls:  # no crl_files: no family
         out.family(

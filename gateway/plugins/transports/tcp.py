@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -24,6 +25,9 @@ from gateway.core.plugins import Registry
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.framing import KeepAlivePing, StreamFramer
 from gateway.core.transport.flows import Address, Flow, FlowKey, PeerCertificate, format_address
+
+if TYPE_CHECKING:
+    from gateway.plugins.transports.ocsp import OcspTarget
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,10 @@ class ConnectionInfo:
     # TLS: (issuer Name DER, serial number) of the peer's certificate, what a CRL entry names
     # (RFC 5280 §5.3): a reload that revokes it closes the connection (tls.py).
     revocation_id: tuple[bytes, int] | None = None
+    # TLS with [plugins.tls] ocsp: the certificate its responder said "good" (or soft-fail let
+    # in) and when to ask again while the connection is open (Unix time).
+    ocsp: OcspTarget | None = None
+    ocsp_until: float = 0.0
 
 
 class StreamTransport:

@@ -46,6 +46,12 @@ Revocation (``crl_files``, revocation.py): OpenSSL checks the peer's own certifi
 CRL of its CA (X509_V_FLAG_CRL_CHECK). A revoked certificate is refused in every mode; a CA
 without a CRL is not checked; a CRL past its nextUpdate fails closed, as OpenSSL does, and is
 logged loudly before and when that happens (docs/tls.md, "Certificate revocation").
+
+OCSP (``ocsp``, ocsp.py): after the handshake and before the connection becomes a flow, the
+responder of the peer certificate's CA (from ``ca_bundles``) is asked, through a cache, whether
+it is revoked; ``soft-fail`` refuses only "revoked", ``hard-fail`` takes only "good". Open
+connections are asked about again when their answer expires (:meth:`TlsTransport._ocsp_rechecks`)
+and closed as a reloaded CRL closes them (docs/tls.md, "Certificate revocation (OCSP)").
 """
 
 from __future__ import annotations
@@ -86,6 +92,18 @@ from gateway.plugins.transports.certificates import (
     peer_identity,
     validity_problem,
 )
+from gateway.plugins.transports.ocsp import (
+    OCSP_MODES,
+    OcspChecker,
+    OcspMode,
+    OcspTarget,
+    Verdict,
+    find_issuer,
+    parse_http_url,
+)
+from gateway.plugins.transports.ocsp import (
+    Fetch as OcspFetch,
+)
 from gateway.plugins.transports.revocation import (
     CertificateId,
     LoadedCrl,
@@ -121,6 +139,8 @@ _LOG_TEXT_LIMIT = 200
 # Revoked certificates logged at WARNING, once per (peer IP, serial); beyond this many the
 # memory starts over (a flood from many addresses must not grow it without bound).
 _REVOKED_LOG_LIMIT = 4096
+# Open connections asked about again at once when their OCSP answers expire together.
+_OCSP_RECHECKS_AT_ONCE = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +185,9 @@ class TlsConfig:
     max_connections_per_source: int = 32
     idle_timeout: float = 300.0
     connect_timeout: float = 10.0
+    ocsp: OcspMode = "off"
+    ocsp_timeout: float = 3.0
+    ocsp_responder: str | None = None
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -201,6 +224,29 @@ class TlsConfig:
             )
         if self.crl_files:
             self._check_crl_files()
+        self._check_ocsp()
+
+    def _check_ocsp(self) -> None:
+        if self.ocsp not in OCSP_MODES:
+            raise ValueError(
+                "ocsp: expected one of "
+                + ", ".join(repr(m) for m in OCSP_MODES)
+                + f", got {self.ocsp!r}"
+            )
+        if not 0 < self.ocsp_timeout <= 60:
+            raise ValueError("ocsp_timeout: expected a number of seconds above 0, at most 60")
+        if self.ocsp_responder is not None:
+            if self.ocsp == "off":
+                raise ValueError('ocsp_responder: set ocsp to "soft-fail" or "hard-fail" too')
+            try:
+                parse_http_url(self.ocsp_responder)
+            except ValueError as exc:
+                raise ValueError(f"ocsp_responder: {exc}") from None
+        if self.ocsp != "off" and not self.ca_bundles:
+            raise ValueError(
+                "ca_bundles: an OCSP request names the certificate's issuer, which must be a CA "
+                "certificate in ca_bundles; list at least one PEM file"
+            )
 
     def _check_crl_files(self) -> None:
         # At start-up and in check-config, so that a CRL nobody in ca_bundles signed is a
@@ -324,6 +370,9 @@ _CRL_ERRORS = frozenset({3, 5, 8, 11, 12, 15, 16, 33, 35, 36, 44, 54})
 
 #: Why a handshake failed, as ``voipgw_tls_handshake_failures_total`` counts it.
 FAILURE_REASONS = ("revoked", "crl", "other")
+#: With ``ocsp`` on, one more: a hard-fail refusal for want of a "good" answer (a responder that
+#: did not answer, a garbled or unverifiable answer, "unknown"). A revoked answer is "revoked".
+OCSP_FAILURE_REASON = "ocsp"
 
 
 @attrs.define
@@ -779,11 +828,14 @@ class _ReportStarted:
 @attrs.frozen
 class _OpenConnection:
     """A TLS connection whose peer presented a certificate: what a reload needs to close it
-    should a new CRL revoke that certificate. Kept from the handshake to the close."""
+    should a new CRL revoke that certificate, and with ``ocsp``, what to ask its responder
+    again at ``ocsp_until`` (Unix time). Kept from the handshake to the close."""
 
     certificate: CertificateId
     reading: trio.CancelScope = attrs.field(eq=False)  # cancelled: the connection closes
     host: TransportHost = attrs.field(eq=False)
+    ocsp: OcspTarget | None = None
+    ocsp_until: float = 0.0
 
 
 @attrs.frozen
@@ -804,13 +856,38 @@ class TlsTransport(StreamTransport):
         """``Gateway.check``: this transport's listeners as configured (TlsConfig)."""
         self.tls.check_listeners(listens)
 
-    def __init__(self, config: TlsConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: TlsConfig | None = None,
+        *,
+        ocsp_fetch: OcspFetch | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.tls = config or TlsConfig()
         super().__init__(self.tls.tcp)
         self._ca_bundles = tuple(Path(bundle) for bundle in self.tls.ca_bundles)
         self._crl_paths = tuple(Path(path) for path in self.tls.crl_files)
         #: Failed handshakes by FAILURE_REASONS (voipgw_tls_handshake_failures_total).
         self.handshake_failures: dict[str, int] = dict.fromkeys(FAILURE_REASONS, 0)
+        #: ``[plugins.tls] ocsp`` (None when "off": then nothing below costs anything).
+        #: ``ocsp_fetch`` and ``wall_clock`` are for tests (ocsp.py, OcspChecker).
+        self.ocsp: OcspChecker | None = None
+        if self.tls.ocsp != "off":
+            self.ocsp = OcspChecker(
+                mode=self.tls.ocsp,
+                timeout=self.tls.ocsp_timeout,
+                responder=self.tls.ocsp_responder,
+                fetch=ocsp_fetch,
+                wall_clock=wall_clock,
+            )
+            self.handshake_failures[OCSP_FAILURE_REASON] = 0
+        # The CAs of ca_bundles, as OCSP requests name a certificate's issuer (with ocsp).
+        self._ocsp_cas: tuple[x509.Certificate, ...] = ()
+        # The task that asks responders again about open connections (_ocsp_rechecks): woken
+        # when a connection comes up, ended when no checked connection is open.
+        self._ocsp_wake: trio.Event | None = None
+        # Issuers whose certificates carry no OCSP URL, logged once each.
+        self._ocsp_unchecked_logged: set[bytes] = set()
         #: Connections closed because a reloaded CRL revoked the peer's certificate
         #: (voipgw_tls_connections_revoked_total).
         self.connections_revoked = 0
@@ -832,6 +909,8 @@ class TlsTransport(StreamTransport):
         # Fail at start-up (and in check-config), not on the first connection.
         self._crls = self._read_crls()
         self._check_files(self._configured, self._crls)
+        if self.ocsp is not None:
+            self._ocsp_cas = self._read_cas()
         if self._configured is not None:
             self._loaded = (loaded_certificate(self._configured.certificate),)
             self._warn(self._configured, self._loaded[0], ())
@@ -881,6 +960,9 @@ class TlsTransport(StreamTransport):
             return tuple(load_crl(path, cas) for path in self._crl_paths)
         except CertificateError as exc:
             raise CertificateError(f"[plugins.{self.name}] crl_files: {exc}") from None
+
+    def _read_cas(self) -> tuple[x509.Certificate, ...]:
+        return tuple(c for bundle in self._ca_bundles for c in load_certificates(bundle))
 
     def loaded_crls(self) -> tuple[LoadedCrl, ...]:
         """The CRLs new handshakes are checked against (voipgw_tls_crl_next_update_time_seconds)."""
@@ -992,6 +1074,7 @@ class TlsTransport(StreamTransport):
                 if problem is not None:
                     raise CertificateError(f"[plugins.{self.name}] crl_files: {problem}")
             self._check_files(paths, crls)
+            ocsp_cas = self._read_cas() if self.ocsp is not None else ()
             loaded: tuple[LoadedCertificate, ...] = ()
             if paths is not None:
                 loaded = (loaded_certificate(paths.certificate),)
@@ -1012,6 +1095,7 @@ class TlsTransport(StreamTransport):
         # Read by wrap() at each new connection: from here on they get the new contexts.
         self._listeners, self._client_contexts, self._loaded = listeners, clients, loaded
         self._crls = crls
+        self._ocsp_cas = ocsp_cas
         self._revoked_logged.clear()  # a phone still refused after the reload is logged again
         self._announce_crls(now=now)
         if crls:
@@ -1023,10 +1107,16 @@ class TlsTransport(StreamTransport):
     def _connection_up(
         self, flow: Flow, info: ConnectionInfo, reading: trio.CancelScope, host: TransportHost
     ) -> None:
-        # Without crl_files (read at start-up only, like the config) nothing is ever checked.
-        if info.revocation_id is not None and self._crl_paths:
+        # Without crl_files (read at start-up only, like the config) and OCSP nothing is ever
+        # checked.
+        if info.revocation_id is not None and (self._crl_paths or info.ocsp is not None):
             issuer_der, serial = info.revocation_id
-            self._open[flow] = _OpenConnection(CertificateId(issuer_der, serial), reading, host)
+            certificate = CertificateId(issuer_der, serial)
+            self._open[flow] = _OpenConnection(
+                certificate, reading, host, info.ocsp, info.ocsp_until
+            )
+            if info.ocsp is not None:
+                self._ocsp_schedule()
 
     def _connection_down(self, flow: Flow) -> None:
         self._open.pop(flow, None)
@@ -1046,21 +1136,95 @@ class TlsTransport(StreamTransport):
             if revoked.revokes(opened.certificate)
         ]
         for flow, opened in closing:
-            del self._open[flow]
-            self.connections_revoked += 1
-            subject = flow.peer_certificate.subject if flow.peer_certificate else "none"
+            self._close_for_revocation(flow, opened, "a reloaded CRL")
+
+    def _close_for_revocation(self, flow: Flow, opened: _OpenConnection, source: str) -> None:
+        """Close ``flow``, whose peer certificate ``source`` (a reloaded CRL, the OCSP
+        responder) revokes: logged, counted, and the core told first (:meth:`_close_revoked`)."""
+        del self._open[flow]
+        self.connections_revoked += 1
+        subject = flow.peer_certificate.subject if flow.peer_certificate else "none"
+        log.warning(
+            "%s: closing the connection with %s: its certificate is revoked by %s; "
+            "peer certificate: %s, serial %X",
+            self.name,
+            format_address(flow.remote),
+            source,
+            _printable(subject),
+            opened.certificate.serial,
+        )
+        # Where the connection's reader runs (the listener's nursery, which exists while
+        # any connection does); the reload itself cannot wait.
+        assert self._nursery is not None
+        self._nursery.start_soon(self._close_revoked_connection, flow, opened)
+
+    # -- OCSP: open connections asked about again when their answer expires ----------------
+
+    def _ocsp_schedule(self) -> None:
+        """A connection checked by OCSP came up: wake the re-check task (its answer may expire
+        before the others'), or start it. Once per connection."""
+        if self._ocsp_wake is not None:
+            self._ocsp_wake.set()
+            return
+        assert self._nursery is not None  # the connection's reader runs there
+        self._ocsp_wake = trio.Event()
+        self._nursery.start_soon(self._ocsp_rechecks)
+
+    async def _ocsp_rechecks(self) -> None:
+        """While connections checked by OCSP are open: sleep until the earliest answer about
+        one of them expires (its nextUpdate), ask again about every expired one (the cache
+        shares one query per certificate), and close those now revoked, as a CRL reload does
+        (:meth:`_close_for_revocation`: an emergency call on it is not cut). A failed query does
+        not close an open connection, in either mode: it is logged and asked again after
+        ``FAILURE_CACHE`` seconds. Nothing per message; per connection only when its answer
+        expires."""
+        assert self.ocsp is not None
+        checker = self.ocsp
+        limiter = trio.CapacityLimiter(_OCSP_RECHECKS_AT_ONCE)
+        try:
+            while True:
+                due = [o.ocsp_until for o in self._open.values() if o.ocsp is not None]
+                if not due:
+                    return
+                wake = self._ocsp_wake = trio.Event()
+                with trio.move_on_after(max(0.0, min(due) - checker.wall_clock())):
+                    await wake.wait()
+                now = checker.wall_clock()
+                expired = [
+                    (flow, opened)
+                    for flow, opened in self._open.items()
+                    if opened.ocsp is not None and opened.ocsp_until <= now
+                ]
+                if expired:
+                    async with trio.open_nursery() as nursery:
+                        for flow, opened in expired:
+                            nursery.start_soon(self._ocsp_recheck, flow, opened, limiter)
+        finally:
+            self._ocsp_wake = None
+
+    async def _ocsp_recheck(
+        self, flow: Flow, opened: _OpenConnection, limiter: trio.CapacityLimiter
+    ) -> None:
+        assert self.ocsp is not None and opened.ocsp is not None
+        async with limiter:
+            if self._open.get(flow) is not opened:
+                return  # closed meanwhile
+            verdict = await self.ocsp.check(opened.ocsp)
+        if self._open.get(flow) is not opened:
+            return
+        if verdict.result == "revoked":
+            self._close_for_revocation(flow, opened, "its CA's OCSP responder")
+            return
+        if verdict.result != "good" and verdict.queried:
             log.warning(
-                "%s: closing the connection with %s: its certificate is revoked by a reloaded "
-                "CRL; peer certificate: %s, serial %X",
+                "%s: the connection with %s stays open though OCSP cannot confirm its "
+                "certificate (%s); asking again in %g s",
                 self.name,
                 format_address(flow.remote),
-                _printable(subject),
-                opened.certificate.serial,
+                verdict.reason,
+                max(0.0, verdict.valid_until - self.ocsp.wall_clock()),
             )
-            # Where the connection's reader runs (the listener's nursery, which exists while
-            # any connection does); the reload itself cannot wait.
-            assert self._nursery is not None
-            self._nursery.start_soon(self._close_revoked_connection, flow, opened)
+        self._open[flow] = attrs.evolve(opened, ocsp_until=verdict.valid_until)
 
     async def _close_revoked_connection(self, flow: Flow, opened: _OpenConnection) -> None:
         """Have the core end what uses ``flow`` (it returns once the calls it ended sent their
@@ -1244,6 +1408,27 @@ class TlsTransport(StreamTransport):
                 )
             await trio.aclose_forcefully(tls)
             raise TlsHandshakeError(f"TLS handshake {direction} {format_address(remote)}: {reason}")
+        ocsp_target: OcspTarget | None = None
+        ocsp_until = 0.0
+        if self.ocsp is not None and peer is not None:
+            # Before the connection becomes a flow: no SIP message from it is read, and none of
+            # ours sent on it, until the responder (or the cache) answered.
+            try:
+                ocsp_target = self._ocsp_target(peer)
+            except ValueError:  # an extension cryptography cannot read: as for no responder
+                ocsp_target = None
+            if ocsp_target is not None:
+                verdict = await self.ocsp.check(ocsp_target)
+                self._log_ocsp(verdict, direction, remote, mode, ocsp_target)
+                if not verdict.accept:
+                    failure = "revoked" if verdict.result == "revoked" else OCSP_FAILURE_REASON
+                    self.handshake_failures[failure] += 1
+                    await trio.aclose_forcefully(tls)
+                    raise TlsHandshakeError(
+                        f"TLS connection {direction} {format_address(remote)}: OCSP: "
+                        f"{verdict.result} ({verdict.reason})"
+                    )
+                ocsp_until = verdict.valid_until
         log.debug(
             "%s: %s %s: %s %s, peer certificate %s",
             self.name,
@@ -1259,7 +1444,77 @@ class TlsTransport(StreamTransport):
             revocation_id=(
                 None if revocation_id is None else (revocation_id.issuer_der, revocation_id.serial)
             ),
+            ocsp=ocsp_target,
+            ocsp_until=ocsp_until,
         )
+
+    def _ocsp_target(self, peer: x509.Certificate) -> OcspTarget | None:
+        """What to ask about ``peer``: None when its issuer is not a CA of ``ca_bundles`` (a
+        trunk's public CA, a self-signed phone) or it names no responder and no
+        ``ocsp_responder`` is set; such certificates are not checked (logged once per issuer)."""
+        assert self.ocsp is not None
+        issuer = find_issuer(peer, self._ocsp_cas)
+        if issuer is None:
+            return None
+        target = self.ocsp.target(peer, issuer)
+        if target is None:
+            issuer_der = issuer.subject.public_bytes()
+            if issuer_der not in self._ocsp_unchecked_logged:
+                if len(self._ocsp_unchecked_logged) >= _REVOKED_LOG_LIMIT:
+                    self._ocsp_unchecked_logged.clear()
+                self._ocsp_unchecked_logged.add(issuer_der)
+                log.info(
+                    "%s: a certificate of the CA %s names no OCSP responder and ocsp_responder "
+                    "is not set: such certificates are not checked by OCSP (logged once per CA)",
+                    self.name,
+                    _printable(issuer.subject.rfc4514_string()),
+                )
+        return target
+
+    def _log_ocsp(
+        self, verdict: Verdict, direction: str, remote: Address, mode: Mode, target: OcspTarget
+    ) -> None:
+        """A connection's OCSP verdict: a revoked certificate at WARNING once per peer IP and
+        certificate (as for a CRL); a failed check at WARNING when it asked the responder
+        (answers from the cache, at DEBUG: a phone retrying must not flood the log)."""
+        try:
+            subject = _printable(target.certificate.subject.rfc4514_string())
+        except ValueError:
+            subject = "<unparseable subject>"
+        where = f"{direction} {format_address(remote)}"
+        if verdict.result == "revoked":
+            key = (_normalize(remote)[0], target.serial)
+            level = logging.DEBUG
+            if key not in self._revoked_logged:
+                if len(self._revoked_logged) >= _REVOKED_LOG_LIMIT:
+                    self._revoked_logged.clear()
+                self._revoked_logged.add(key)
+                level = logging.WARNING
+            log.log(
+                level,
+                "%s: connection %s refused (%s mode): certificate revoked (OCSP); peer "
+                "certificate: %s, serial %X",
+                self.name,
+                where,
+                mode,
+                subject,
+                target.serial,
+            )
+        elif verdict.result == "good":
+            log.debug("%s: %s: OCSP good (%s)", self.name, where, verdict.reason)
+        else:
+            outcome = "accepted (soft-fail)" if verdict.accept else "refused (hard-fail)"
+            log.log(
+                logging.WARNING if verdict.queried else logging.DEBUG,
+                "%s: connection %s %s: OCSP %s: %s; peer certificate: %s, serial %X",
+                self.name,
+                where,
+                outcome,
+                verdict.result,
+                verdict.reason,
+                subject,
+                target.serial,
+            )
 
     def _log_revoked(
         self,

@@ -6,6 +6,9 @@
     rogue = pki.self_signed("rogue")
     server = ca.issue("gateway", hosts=["127.0.0.1", "localhost"])
     crl = ca.crl(tmp_path / "vendor.crl", revoked=[phone])   # a CRL revoking the phone
+    phone = ca.issue("phone", ocsp_url="http://127.0.0.1:8080/")  # names an OCSP responder
+    responder = ca.responder("vendor OCSP")     # a delegated responder (id-kp-OCSPSigning)
+    ca.ocsp_index(tmp_path / "index.txt", good=[phone], revoked=[])  # for `openssl ocsp`
 
 Keys are ECDSA P-256 unless ``rsa=True`` (some peers, and RSA-only cipher suites, need RSA).
 Every certificate is written as PEM next to its key, plus ``NAME.pem`` holding key and
@@ -25,7 +28,7 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -191,6 +194,11 @@ class TestCa:
         self._key = key
 
     @property
+    def private_key(self) -> PrivateKey:
+        """The CA's key (tests that sign OCSP responses or forge its signatures need it)."""
+        return self._key
+
+    @property
     def certificate(self) -> Path:
         """The CA certificate (PEM): what a peer loads as its trust anchor."""
         return self.issued.certificate
@@ -203,20 +211,77 @@ class TestCa:
         rsa_key: bool = False,
         days: int = 30,
         not_before: datetime.datetime | None = None,
+        ocsp_url: str | None = None,
     ) -> Issued:
         """An end-entity certificate signed by this CA, usable as TLS server and client, with
-        ``hosts`` (IPs, DNS names, ``sip:`` URIs) as subjectAltName (none when empty)."""
+        ``hosts`` (IPs, DNS names, ``sip:`` URIs) as subjectAltName (none when empty) and
+        ``ocsp_url`` as its Authority Information Access id-ad-ocsp (RFC 5280 §4.2.2.1)."""
         key = _new_key(rsa_key)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        certificate = self.pki._leaf(
+        builder = self.pki._leaf(
             subject,
             self.issued.x509.subject,
             key.public_key(),
             hosts,
             days=days,
             not_before=not_before,
-        ).sign(self._key, hashes.SHA256())
+        )
+        if ocsp_url is not None:
+            access = x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
+            )
+            builder = builder.add_extension(
+                x509.AuthorityInformationAccess([access]), critical=False
+            )
+        certificate = builder.sign(self._key, hashes.SHA256())
         return self.pki._write(_file_name(common_name), certificate, key)
+
+    def responder(self, common_name: str, *, ocsp_signing: bool = True) -> Issued:
+        """A certificate this CA delegates OCSP signing to (RFC 6960 §4.2.2.2): its
+        extendedKeyUsage is id-kp-OCSPSigning (``ocsp_signing=False``: serverAuth instead, a
+        certificate that must not be taken as a responder's)."""
+        key = _new_key(False)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        usage = (
+            ExtendedKeyUsageOID.OCSP_SIGNING if ocsp_signing else ExtendedKeyUsageOID.SERVER_AUTH
+        )
+        certificate = (
+            self.pki._builder(subject, self.issued.x509.subject, key.public_key(), days=30)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        return self.pki._write(_file_name(common_name), certificate, key)
+
+    def ocsp_index(
+        self, path: Path, *, good: Sequence[Issued] = (), revoked: Sequence[Issued] = ()
+    ) -> Path:
+        """Write an ``openssl ca`` index file (what ``openssl ocsp -index`` answers from) with
+        ``good`` valid and ``revoked`` revoked an hour ago; certificates not listed are
+        "unknown" to the responder. Replaces ``path``."""
+
+        def stamp(when: datetime.datetime) -> str:
+            return when.strftime("%y%m%d%H%M%SZ")
+
+        def serial(issued: Issued) -> str:
+            text = f"{issued.x509.serial_number:X}"
+            return text if len(text) % 2 == 0 else "0" + text
+
+        def subject(issued: Issued) -> str:
+            return "".join(f"/{a.rfc4514_attribute_name}={a.value}" for a in issued.x509.subject)
+
+        revoked_at = stamp(self.pki.now - datetime.timedelta(hours=1))
+        lines = []
+        for issued in good:
+            expiry = stamp(issued.x509.not_valid_after_utc)
+            lines.append(f"V\t{expiry}\t\t{serial(issued)}\tunknown\t{subject(issued)}\n")
+        for issued in revoked:
+            expiry = stamp(issued.x509.not_valid_after_utc)
+            lines.append(
+                f"R\t{expiry}\t{revoked_at}\t{serial(issued)}\tunknown\t{subject(issued)}\n"
+            )
+        path.write_text("".join(lines))
+        return path
 
     def crl(
         self,

@@ -1,0 +1,527 @@
+"""OCSP (RFC 6960) for the ``tls`` transport (``[plugins.tls] ocsp``): is a peer's certificate
+revoked, asked of its CA's responder.
+
+Three parts:
+
+- :func:`certificate_status_untrusted` checks a responder's answer (sans-IO, ``now`` given):
+  signed by the certificate's issuer or by a responder certificate that issuer delegated to
+  with id-kp-OCSPSigning (RFC 6960 §4.2.2.2), about this certificate (the CertID: issuer name
+  and key hashes and serial, §4.1.1), current (thisUpdate <= now <= nextUpdate, with
+  :data:`CLOCK_SKEW`, §4.2.2.1 and §3.2 items 4-5).
+- :func:`post_ocsp` sends the request as an HTTP/1.0 POST (RFC 6960 Appendix A.1) over trio,
+  bounded in size (:data:`MAX_RESPONSE_SIZE`); the caller bounds it in time. A tiny client of
+  our own rather than urllib in a worker thread: trio can cancel it at the timeout (a thread
+  cannot be stopped, and a responder that never answers would pile threads up), it needs no
+  thread per connecting phone, and its limits are explicit.
+- :class:`OcspChecker` caches answers per (issuer, serial) until their nextUpdate (bounded in
+  entries), shares one query among concurrent connections of the same certificate, and turns
+  an answer or a failure into a verdict by mode (``soft-fail``, ``hard-fail``).
+
+No nonce is sent (RFC 6960 §4.4.1 makes it optional): the cache reuses an answer for many
+connections anyway, responders behind CDNs serve pre-produced answers without one, and the
+thisUpdate/nextUpdate window is what bounds freshness.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
+
+import attrs
+import trio
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+
+log = logging.getLogger(__name__)
+
+OcspMode = Literal["off", "soft-fail", "hard-fail"]
+OCSP_MODES: tuple[OcspMode, ...] = ("off", "soft-fail", "hard-fail")
+
+#: Clocks of responders and ours disagree a little: thisUpdate up to this far in the future and
+#: nextUpdate this far in the past are still taken (s).
+CLOCK_SKEW = 300.0
+#: An OCSP response is a few hundred bytes, a few KiB with a delegated responder's certificate;
+#: a larger HTTP response is not one (RFC 6960 Appendix A.1 sets no limit, we do).
+MAX_RESPONSE_SIZE = 65536
+#: An answer without nextUpdate ("newer information is always available", RFC 6960 §4.2.2.1)
+#: is reused for this long (s), so a phone re-connecting does not query each time.
+NO_NEXT_UPDATE_CACHE = 3600.0
+#: A failed query (no answer, a garbled or unverifiable one, "unknown") is not repeated for this
+#: long (s): a phone retrying every few seconds must not hold each attempt for the timeout.
+FAILURE_CACHE = 30.0
+#: Answers kept at most; past that the expired go first, then the oldest.
+MAX_CACHE_ENTRIES = 20000
+
+Status = Literal["good", "revoked", "unknown"]
+#: What a check found, as ``voipgw_tls_ocsp_queries_total`` counts responder queries.
+RESULTS = ("good", "revoked", "unknown", "failed")
+
+
+class OcspError(Exception):
+    """The responder gave no usable answer (unreachable, not HTTP 200, garbled, not signed by
+    whom it must be, about another certificate, out of date); the message says which."""
+
+
+@attrs.frozen
+class OcspAnswer:
+    """A responder's verified answer about one certificate."""
+
+    status: Status
+    this_update: float  # Unix time
+    next_update: float | None  # Unix time; None: "newer information is always available"
+
+
+@attrs.frozen
+class OcspTarget:
+    """A certificate to check, its issuer (from ``ca_bundles``: the request needs its name and
+    key, RFC 6960 §4.1.1) and the responder to ask."""
+
+    certificate: x509.Certificate = attrs.field(eq=False)
+    issuer: x509.Certificate = attrs.field(eq=False)
+    url: str
+    issuer_der: bytes
+    serial: int
+
+
+@attrs.frozen
+class Verdict:
+    """What a check decided for a connection. ``result`` is one of :data:`RESULTS`;
+    ``valid_until`` (Unix time) is when an open connection's certificate is checked again;
+    ``queried``: the responder was asked (else the answer came from the cache)."""
+
+    accept: bool
+    result: str
+    reason: str
+    valid_until: float
+    queried: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Which certificates, and where to ask
+
+
+def find_issuer(
+    certificate: x509.Certificate, cas: Sequence[x509.Certificate]
+) -> x509.Certificate | None:
+    """The CA of ``cas`` that signed ``certificate`` (by name and signature), else None."""
+    for ca in cas:
+        if ca.subject != certificate.issuer:
+            continue
+        try:
+            certificate.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            continue
+        return ca
+    return None
+
+
+def responder_url(certificate: x509.Certificate) -> str | None:
+    """The first ``http:`` id-ad-ocsp URL of the certificate's Authority Information Access
+    (RFC 5280 §4.2.2.1), else None."""
+    try:
+        access = certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    for description in access.value:
+        location = description.access_location
+        if (
+            description.access_method == AuthorityInformationAccessOID.OCSP
+            and isinstance(location, x509.UniformResourceIdentifier)
+            and location.value.lower().startswith("http://")
+        ):
+            return location.value
+    return None
+
+
+def parse_http_url(url: str) -> tuple[str, int, str]:
+    """``http://host[:port][/path]`` as (host, port, path); ValueError otherwise. The URL comes
+    from a peer's certificate: no spaces or control characters (they would end up in our
+    request line), ``http`` only (RFC 6960 Appendix A.1; OCSP over HTTPS would need its own
+    revocation check)."""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise ValueError(f"not a usable URL: {url!r}")
+    scheme, separator, rest = url.partition("://")
+    if scheme.lower() != "http" or not separator:
+        raise ValueError(f"expected an http:// URL, got {url!r}")
+    authority, slash, path = rest.partition("/")
+    path = "/" + path if slash else "/"
+    if "@" in authority:
+        raise ValueError(f"expected no user name in {url!r}")
+    if authority.startswith("["):
+        host, bracket, port_text = authority[1:].partition("]")
+        if not bracket or (port_text and not port_text.startswith(":")):
+            raise ValueError(f"bad host in {url!r}")
+        port_text = port_text[1:]
+        ipaddress.IPv6Address(host)  # ValueError names it
+    else:
+        host, _, port_text = authority.partition(":")
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    if port_text and (not port_text.isdigit() or not 0 < int(port_text) <= 65535):
+        raise ValueError(f"bad port in {url!r}")
+    return host, int(port_text) if port_text else 80, path
+
+
+def ocsp_request(certificate: x509.Certificate, issuer: x509.Certificate) -> bytes:
+    """The DER OCSPRequest for ``certificate``: one CertID hashed with SHA-1, which RFC 5019
+    §2.1.1 has every responder support (and most CA responders still require)."""
+    builder = ocsp.OCSPRequestBuilder().add_certificate(certificate, issuer, hashes.SHA1())
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+# --------------------------------------------------------------------------------------------
+# Checking an answer (sans-IO)
+
+
+def certificate_status_untrusted(
+    data: bytes,
+    *,
+    certificate: x509.Certificate,
+    issuer: x509.Certificate,
+    now: float,
+    skew: float = CLOCK_SKEW,
+) -> OcspAnswer:
+    """The status a responder's DER answer ``data`` gives ``certificate`` (issued by
+    ``issuer``), once the answer passed every check; OcspError saying which failed."""
+    if len(data) > MAX_RESPONSE_SIZE:
+        raise OcspError(f"the response is larger than {MAX_RESPONSE_SIZE} bytes")
+    try:
+        response = ocsp.load_der_ocsp_response(data)
+    except ValueError:
+        raise OcspError("the response is no OCSP response") from None
+    if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        # RFC 6960 §2.3: malformedRequest, internalError, tryLater, sigRequired, unauthorized.
+        raise OcspError(f"the responder answered {response.response_status.name}")
+    try:
+        _check_signer(response, issuer, now=now, skew=skew)
+        single = _single_response(response, certificate, issuer)
+        this_update = single.this_update_utc.timestamp()
+        next_update_utc = single.next_update_utc
+        status = single.certificate_status
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise OcspError(f"the response cannot be read ({exc})") from None
+    next_update = None if next_update_utc is None else next_update_utc.timestamp()
+    # RFC 6960 §4.2.2.1 and §3.2 items 4-5: current, within a little clock skew.
+    if this_update > now + skew:
+        raise OcspError(f"the response's thisUpdate {_utc(this_update)} is in the future")
+    if next_update is not None and next_update < now - skew:
+        raise OcspError(f"the response is stale: its nextUpdate {_utc(next_update)} has passed")
+    if status == ocsp.OCSPCertStatus.GOOD:
+        kind: Status = "good"
+    elif status == ocsp.OCSPCertStatus.REVOKED:
+        kind = "revoked"
+    else:
+        kind = "unknown"
+    return OcspAnswer(kind, this_update, next_update)
+
+
+def _single_response(
+    response: ocsp.OCSPResponse, certificate: x509.Certificate, issuer: x509.Certificate
+) -> ocsp.OCSPSingleResponse:
+    """The SingleResponse whose CertID is ``certificate``'s (RFC 6960 §4.1.1: serial number,
+    and the hashes of its issuer's name and key, with the hash the responder chose)."""
+    for single in response.responses:
+        if single.serial_number != certificate.serial_number:
+            continue
+        expected = (
+            ocsp.OCSPRequestBuilder()
+            .add_certificate(certificate, issuer, single.hash_algorithm)
+            .build()
+        )
+        if (
+            single.issuer_name_hash == expected.issuer_name_hash
+            and single.issuer_key_hash == expected.issuer_key_hash
+        ):
+            return single
+    raise OcspError("the response is not about this certificate (no matching CertID)")
+
+
+def _check_signer(
+    response: ocsp.OCSPResponse, issuer: x509.Certificate, *, now: float, skew: float
+) -> None:
+    """RFC 6960 §4.2.2.2: the issuer signed the response, or a responder certificate in it that
+    the issuer issued with id-kp-OCSPSigning in its extendedKeyUsage."""
+    if _is_responder(response, issuer):
+        if not _signature_valid(issuer.public_key(), response):
+            raise OcspError("the response's signature does not verify with the issuer's key")
+        return
+    for candidate in response.certificates:
+        if not _is_responder(response, candidate):
+            continue
+        subject = candidate.subject.rfc4514_string()
+        if candidate.issuer != issuer.subject or find_issuer(candidate, [issuer]) is None:
+            raise OcspError(f"the responder certificate {subject} is not issued by the issuer")
+        if not _may_sign_ocsp(candidate):
+            raise OcspError(
+                f"the responder certificate {subject} lacks id-kp-OCSPSigning (RFC 6960 §4.2.2.2)"
+            )
+        not_before = candidate.not_valid_before_utc.timestamp()
+        not_after = candidate.not_valid_after_utc.timestamp()
+        if not not_before - skew <= now <= not_after + skew:
+            raise OcspError(f"the responder certificate {subject} is outside its validity")
+        if not _signature_valid(candidate.public_key(), response):
+            raise OcspError("the response's signature does not verify with the responder's key")
+        return
+    raise OcspError("the response is signed by neither the issuer nor a responder it delegated")
+
+
+def _is_responder(response: ocsp.OCSPResponse, certificate: x509.Certificate) -> bool:
+    """Whether ``certificate`` is the one the ResponderID names (RFC 6960 §4.2.1: by name, or by
+    the SHA-1 hash of its public key, the BIT STRING, as in a key identifier)."""
+    name = response.responder_name
+    if name is not None:
+        return certificate.subject == name
+    try:
+        key = certificate.public_key()
+        digest = x509.SubjectKeyIdentifier.from_public_key(key).digest
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return response.responder_key_hash == digest
+
+
+def _may_sign_ocsp(certificate: x509.Certificate) -> bool:
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return ExtendedKeyUsageOID.OCSP_SIGNING in usages
+
+
+def _signature_valid(key: object, response: ocsp.OCSPResponse) -> bool:
+    data, signature = response.tbs_response_bytes, response.signature
+    algorithm = response.signature_hash_algorithm
+    try:
+        if isinstance(key, rsa.RSAPublicKey) and algorithm is not None:
+            key.verify(signature, data, padding.PKCS1v15(), algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and algorithm is not None:
+            key.verify(signature, data, ec.ECDSA(algorithm))
+        elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+            key.verify(signature, data)
+        else:
+            return False  # RSA-PSS, DSA or a key that cannot sign: not taken
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP (RFC 6960 Appendix A.1)
+
+
+def parse_http_response_untrusted(data: bytes, *, complete: bool) -> bytes | None:
+    """The body of an HTTP/1.x response to our POST, once ``data`` holds all of it (by
+    Content-Length, or ``complete``: the responder closed the connection); None while more is
+    needed. OcspError for anything but a well-formed 200. The caller bounds ``data``."""
+    head, separator, body = data.partition(b"\r\n\r\n")
+    if not separator:
+        if complete:
+            raise OcspError("the responder's HTTP response ended inside its header")
+        return None
+    lines = head.split(b"\r\n")
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+        raise OcspError("the responder did not answer with HTTP")
+    if status[1] != b"200":
+        raise OcspError(f"the responder answered HTTP {status[1].decode('ascii')}")
+    length: int | None = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise OcspError("the responder's HTTP header is malformed")
+        if name.strip().lower() == b"content-length":
+            text = value.strip()
+            if not text.isdigit() or len(text) > 9:
+                raise OcspError("the responder's Content-Length is not a number")
+            length = int(text)
+        elif name.strip().lower() == b"transfer-encoding":
+            raise OcspError("the responder used a Transfer-Encoding (not HTTP/1.0)")
+    if length is not None:
+        if len(body) >= length:
+            return body[:length]
+        if complete:
+            raise OcspError("the responder closed the connection before the whole body")
+        return None
+    return body if complete else None
+
+
+async def post_ocsp(url: str, request: bytes, *, max_size: int = MAX_RESPONSE_SIZE) -> bytes:
+    """POST ``request`` to the responder at ``url``; its response body (DER), or OcspError.
+    Bounded in size here (``max_size`` bytes of HTTP response) and in time by the caller's
+    cancel scope."""
+    try:
+        host, port, path = parse_http_url(url)
+    except ValueError as exc:
+        raise OcspError(str(exc)) from None
+    host_header = f"[{host}]" if ":" in host else host
+    if port != 80:
+        host_header += f":{port}"
+    head = (
+        f"POST {path} HTTP/1.0\r\n"
+        f"Host: {host_header}\r\n"
+        "Content-Type: application/ocsp-request\r\n"
+        "Accept: application/ocsp-response\r\n"
+        f"Content-Length: {len(request)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    received = bytearray()
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(head + request)
+            while True:
+                data = await stream.receive_some(16384)
+                received += data
+                if len(received) > max_size:
+                    raise OcspError(f"the responder sent more than {max_size} bytes")
+                body = parse_http_response_untrusted(bytes(received), complete=not data)
+                if body is not None:
+                    return body
+    except (OSError, trio.BrokenResourceError) as exc:
+        raise OcspError(f"no connection to the responder {url} ({exc})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Checking with a cache
+
+
+Fetch = Callable[[str, bytes], Awaitable[bytes]]
+
+
+@attrs.frozen
+class _Cached:
+    until: float  # Unix time
+    answer: OcspAnswer | None  # None: the query failed
+    reason: str
+
+
+class OcspChecker:
+    """Checks certificates with their responders, per ``mode`` (not ``"off"``).
+
+    ``fetch(url, request)`` returns the responder's DER answer (default :func:`post_ocsp`); it
+    is given ``timeout`` seconds. ``wall_clock`` is Unix time (nextUpdate is calendar time);
+    tests pass a clock that follows trio's.
+    """
+
+    def __init__(
+        self,
+        *,
+        mode: OcspMode,
+        timeout: float,
+        responder: str | None = None,
+        fetch: Fetch | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        max_entries: int = MAX_CACHE_ENTRIES,
+    ) -> None:
+        assert mode != "off"
+        self.mode = mode
+        self.timeout = timeout
+        self.responder = responder
+        self._fetch: Fetch = fetch or post_ocsp
+        self.wall_clock = wall_clock
+        self._max_entries = max_entries
+        self._cache: dict[tuple[bytes, int], _Cached] = {}
+        self._pending: dict[tuple[bytes, int], trio.Event] = {}
+        #: Responder queries by :data:`RESULTS` (voipgw_tls_ocsp_queries_total); cache hits
+        #: are not queries.
+        self.queries: dict[str, int] = dict.fromkeys(RESULTS, 0)
+
+    def target(self, certificate: x509.Certificate, issuer: x509.Certificate) -> OcspTarget | None:
+        """What to check for ``certificate``, or None when it names no responder (and no
+        ``ocsp_responder`` overrides): then it is not checked, as a CA without a CRL is not."""
+        url = self.responder or responder_url(certificate)
+        if url is None:
+            return None
+        return OcspTarget(
+            certificate=certificate,
+            issuer=issuer,
+            url=url,
+            issuer_der=certificate.issuer.public_bytes(),
+            serial=certificate.serial_number,
+        )
+
+    async def check(self, target: OcspTarget) -> Verdict:
+        """The verdict on ``target``: from the cache while its answer is current, else from one
+        query (shared by concurrent callers), which takes at most ``timeout`` seconds."""
+        key = (target.issuer_der, target.serial)
+        queried = False
+        while True:
+            cached = self._cache.get(key)
+            if cached is not None and cached.until > self.wall_clock():
+                return self._verdict(cached, queried=queried)
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self._pending[key] = trio.Event()
+        try:
+            cached = await self._query(target)
+            self._store(key, cached)
+        finally:
+            del self._pending[key]
+            done.set()
+        return self._verdict(cached, queried=True)
+
+    async def _query(self, target: OcspTarget) -> _Cached:
+        try:
+            request = ocsp_request(target.certificate, target.issuer)
+            with trio.move_on_after(self.timeout) as scope:
+                data = await self._fetch(target.url, request)
+            if scope.cancelled_caught:
+                raise OcspError(f"no answer from {target.url} within {self.timeout:g} s")
+            now = self.wall_clock()
+            answer = certificate_status_untrusted(
+                data, certificate=target.certificate, issuer=target.issuer, now=now
+            )
+        except Exception as exc:
+            # The certificate and the answer are a peer's and a responder's bytes: whatever
+            # they make the parsers raise is a failed query, never a crashed listener.
+            if not isinstance(exc, OcspError):
+                log.exception("OCSP query to %s failed unexpectedly", target.url)
+            self.queries["failed"] += 1
+            return _Cached(self.wall_clock() + FAILURE_CACHE, None, str(exc) or type(exc).__name__)
+        self.queries[answer.status] += 1
+        if answer.status == "unknown":
+            reason = f"the responder {target.url} does not know the certificate"
+            return _Cached(now + FAILURE_CACHE, answer, reason)
+        until = answer.next_update if answer.next_update is not None else now + NO_NEXT_UPDATE_CACHE
+        # A nextUpdate already past (within the clock skew): a responder serving an answer it
+        # has not renewed yet. Keep it as long as a failure, rather than asking again at once
+        # for every connection (and every open one) until the skew runs out.
+        if until <= now:
+            until = now + FAILURE_CACHE
+        return _Cached(until, answer, f"{answer.status} until {_utc(until)}")
+
+    def _store(self, key: tuple[bytes, int], cached: _Cached) -> None:
+        self._cache.pop(key, None)
+        if len(self._cache) >= self._max_entries:
+            now = self.wall_clock()
+            for old in [k for k, entry in self._cache.items() if entry.until <= now]:
+                del self._cache[old]
+            while len(self._cache) >= self._max_entries:
+                del self._cache[next(iter(self._cache))]  # the oldest stored
+        self._cache[key] = cached
+
+    def _verdict(self, cached: _Cached, *, queried: bool) -> Verdict:
+        answer = cached.answer
+        if answer is not None and answer.status in ("good", "revoked"):
+            good = answer.status == "good"
+            return Verdict(good, answer.status, cached.reason, cached.until, queried)
+        result = "failed" if answer is None else "unknown"
+        # soft-fail: only "revoked" refuses; hard-fail: only "good" accepts.
+        return Verdict(self.mode == "soft-fail", result, cached.reason, cached.until, queried)
+
+    def cached_entries(self) -> int:
+        """Answers in the cache (for tests and the status page)."""
+        return len(self._cache)
+
+
+def _utc(timestamp: float) -> str:
+    return f"{datetime.datetime.fromtimestamp(timestamp, datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"

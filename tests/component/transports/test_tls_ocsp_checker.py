@@ -1,0 +1,247 @@
+"""OcspChecker on trio's autojump clock: how long a connection waits for the responder, what the
+cache spares, soft-fail and hard-fail with a responder that never answers, one query shared by
+concurrent connections, the bounded cache. The responder is a fake ``fetch`` answering with
+responses built by cryptography's OCSPResponseBuilder at the checker's wall-clock time."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import trio
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from gateway.plugins.transports.ocsp import (
+    FAILURE_CACHE,
+    OcspChecker,
+    OcspMode,
+    OcspTarget,
+)
+from tests.interop.harness.pki import Issued, TestCa, TestPki
+
+# Unix time at trio time 0: the certificates are valid then.
+BASE = datetime.datetime.now(datetime.UTC).timestamp()
+
+
+def wall_clock() -> float:
+    return BASE + trio.current_time()
+
+
+class FakeResponder:
+    """Answers ``status`` with a nextUpdate ``next_update`` seconds ahead, after ``delay``
+    seconds; ``hang``: never answers. Counts the queries it got."""
+
+    def __init__(self, ca: TestCa) -> None:
+        self.ca = ca
+        self.status = ocsp.OCSPCertStatus.GOOD
+        self.next_update = 600.0
+        self.delay = 0.0
+        self.hang = False
+        self.queries = 0
+        self.phones: dict[int, Issued] = {}
+
+    async def fetch(self, url: str, request: bytes) -> bytes:
+        self.queries += 1
+        assert url == "http://ocsp.vendor.example/"
+        if self.hang:
+            await trio.sleep_forever()
+        await trio.sleep(self.delay)
+        serial = ocsp.load_der_ocsp_request(request).serial_number
+        now = datetime.datetime.fromtimestamp(wall_clock(), datetime.UTC)
+        revoked = self.status == ocsp.OCSPCertStatus.REVOKED
+        builder = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=self.phones[serial].x509,
+                issuer=self.ca.issued.x509,
+                algorithm=hashes.SHA1(),
+                cert_status=self.status,
+                this_update=now,
+                next_update=now + datetime.timedelta(seconds=self.next_update),
+                revocation_time=now if revoked else None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, self.ca.issued.x509)
+        )
+        response = builder.sign(self.ca.private_key, hashes.SHA256())
+        return response.public_bytes(serialization.Encoding.DER)
+
+
+@pytest.fixture(scope="module")
+def vendor(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
+    return TestPki(tmp_path_factory.mktemp("pki")).ca("Phone Vendor Factory CA")
+
+
+@pytest.fixture(scope="module")
+def phones(vendor: TestCa) -> list[Issued]:
+    url = "http://ocsp.vendor.example/"
+    return [vendor.issue(f"0004f200000{n}", hosts=[], ocsp_url=url) for n in range(3)]
+
+
+def make(
+    mode: OcspMode, responder: FakeResponder, phones: list[Issued], *, max_entries: int = 100
+) -> tuple[OcspChecker, list[OcspTarget]]:
+    responder.phones = {phone.x509.serial_number: phone for phone in phones}
+    checker = OcspChecker(
+        mode=mode,
+        timeout=3.0,
+        fetch=responder.fetch,
+        wall_clock=wall_clock,
+        max_entries=max_entries,
+    )
+    targets = []
+    for phone in phones:
+        target = checker.target(phone.x509, responder.ca.issued.x509)
+        assert target is not None
+        targets.append(target)
+    return checker, targets
+
+
+async def test_a_good_answer_is_cached_until_its_next_update(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    responder.delay = 0.2
+    checker, (phone, *_) = make("hard-fail", responder, phones)
+    verdict = await checker.check(phone)
+    assert verdict.accept and verdict.result == "good" and verdict.queried
+    assert trio.current_time() == pytest.approx(0.2)  # the responder's time, no more
+    assert verdict.valid_until == pytest.approx(wall_clock() + 600, abs=1)  # its nextUpdate
+    # The phone re-connects: no query, no wait.
+    again = await checker.check(phone)
+    assert again.accept and not again.queried and responder.queries == 1
+    assert trio.current_time() == pytest.approx(0.2)
+    await trio.sleep(600)
+    later = await checker.check(phone)
+    assert later.queried and responder.queries == 2
+    assert checker.queries == {"good": 2, "revoked": 0, "unknown": 0, "failed": 0}
+
+
+@pytest.mark.parametrize("mode", ["soft-fail", "hard-fail"])
+async def test_a_revoked_answer_refuses_in_both_modes(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued], mode: OcspMode
+) -> None:
+    responder = FakeResponder(vendor)
+    responder.status = ocsp.OCSPCertStatus.REVOKED
+    checker, (phone, *_) = make(mode, responder, phones)
+    verdict = await checker.check(phone)
+    assert not verdict.accept and verdict.result == "revoked"
+    assert not (await checker.check(phone)).accept  # cached: still revoked
+    assert responder.queries == 1
+
+
+@pytest.mark.parametrize(("mode", "accepted"), [("soft-fail", True), ("hard-fail", False)])
+async def test_a_responder_that_never_answers_holds_a_connection_for_the_timeout_only(
+    autojump_clock: trio.testing.MockClock,
+    vendor: TestCa,
+    phones: list[Issued],
+    mode: OcspMode,
+    accepted: bool,
+) -> None:
+    responder = FakeResponder(vendor)
+    responder.hang = True
+    checker, (phone, *_) = make(mode, responder, phones)
+    verdict = await checker.check(phone)
+    assert trio.current_time() == pytest.approx(3.0)
+    assert verdict.accept is accepted and verdict.result == "failed" and verdict.queried
+    assert "no answer from http://ocsp.vendor.example/ within 3 s" in verdict.reason
+    # The phone retries at once: the failure is remembered, nobody waits again.
+    retry = await checker.check(phone)
+    assert retry.accept is accepted and not retry.queried
+    assert trio.current_time() == pytest.approx(3.0) and responder.queries == 1
+    # After FAILURE_CACHE the responder is asked again; it is back.
+    await trio.sleep(FAILURE_CACHE)
+    responder.hang = False
+    back = await checker.check(phone)
+    assert back.accept and back.result == "good" and back.queried
+    assert checker.queries["failed"] == 1 and checker.queries["good"] == 1
+
+
+@pytest.mark.parametrize(("mode", "accepted"), [("soft-fail", True), ("hard-fail", False)])
+async def test_unknown_is_a_failure_not_a_revocation(
+    autojump_clock: trio.testing.MockClock,
+    vendor: TestCa,
+    phones: list[Issued],
+    mode: OcspMode,
+    accepted: bool,
+) -> None:
+    responder = FakeResponder(vendor)
+    responder.status = ocsp.OCSPCertStatus.UNKNOWN
+    checker, (phone, *_) = make(mode, responder, phones)
+    verdict = await checker.check(phone)
+    assert verdict.accept is accepted and verdict.result == "unknown"
+    assert verdict.valid_until == pytest.approx(wall_clock() + FAILURE_CACHE)
+
+
+async def test_concurrent_connections_of_one_certificate_share_one_query(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    responder.delay = 1.0
+    checker, (phone, other, _) = make("hard-fail", responder, phones)
+    results = []
+
+    async def connect(target: OcspTarget) -> None:
+        results.append(await checker.check(target))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(connect, phone)
+        nursery.start_soon(connect, other)
+    assert len(results) == 6 and all(v.accept for v in results)
+    assert responder.queries == 2  # one per certificate
+    assert trio.current_time() == pytest.approx(1.0)  # in parallel
+
+
+async def test_the_cache_is_bounded(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    checker, targets = make("soft-fail", responder, phones, max_entries=2)
+    for target in targets:
+        await checker.check(target)
+    assert checker.cached_entries() == 2
+    # The oldest went: asking about it again queries; the newest is still cached.
+    assert (await checker.check(targets[2])).queried is False
+    assert (await checker.check(targets[0])).queried is True
+
+
+async def test_a_garbled_answer_is_a_failure(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    async def garbage(url: str, request: bytes) -> bytes:
+        return b"<html>Service Unavailable</html>"
+
+    checker = OcspChecker(mode="hard-fail", timeout=3.0, fetch=garbage, wall_clock=wall_clock)
+    target = checker.target(phones[0].x509, vendor.issued.x509)
+    assert target is not None
+    verdict = await checker.check(target)
+    assert not verdict.accept and verdict.result == "failed"
+    assert verdict.reason == "the response is no OCSP response"
+
+
+async def test_whatever_a_fetch_raises_is_a_failed_query(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    async def broken(url: str, request: bytes) -> bytes:
+        raise ValueError("odd bytes")
+
+    checker = OcspChecker(mode="soft-fail", timeout=3.0, fetch=broken, wall_clock=wall_clock)
+    target = checker.target(phones[0].x509, vendor.issued.x509)
+    assert target is not None
+    verdict = await checker.check(target)
+    assert verdict.accept and verdict.result == "failed" and verdict.reason == "odd bytes"
+    assert checker.queries["failed"] == 1
+
+
+async def test_an_answer_just_past_its_next_update_is_not_asked_for_again_at_once(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    responder.next_update = -60.0  # within the five minutes of clock skew
+    checker, (phone, *_) = make("hard-fail", responder, phones)
+    verdict = await checker.check(phone)
+    assert verdict.accept and verdict.valid_until == pytest.approx(wall_clock() + FAILURE_CACHE)
+    await trio.sleep(FAILURE_CACHE - 1)
+    assert not (await checker.check(phone)).queried
