@@ -12,7 +12,9 @@ challenges answered with its credentials. A voicemail trunk named by DNS gets it
 targets (trunk_dns.py: no DNS query here, 503 while its name has not resolved), the next after
 a transport error, no response within the trunk's ``response_timeout`` or a 503 (RFC 3263
 §4.3), the same subscription with the next CSeq; the target that took it gets the dialog's
-requests (its Contact is not looked up). Expires is bounded (:mod:`gateway.core.sip.events`:
+requests (its Contact is not looked up). A SUBSCRIBE that the last target (the only one, for a
+trunk not named by DNS) never got or never answered marks a probed trunk down, as a call's
+INVITE and a MESSAGE do. Expires is bounded (:mod:`gateway.core.sip.events`:
 423 below a minute, at most an hour). The trunk's final response goes back to the phone; with a
 2xx both dialogs exist (RFC 6665 §4.1.2.1, RFC 3261 §12.1):
 
@@ -53,7 +55,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from gateway.core.calls.messages import MAX_NOTIFY_BODY, send_and_wait
+from gateway.core.calls.messages import MAX_NOTIFY_BODY, NO_RESPONSE, send_and_wait
 from gateway.core.calls.routing import (
     SERVER_FAILURES,
     Destination,
@@ -416,6 +418,7 @@ class Subscriptions:
 
         trunk = subscription.trunk
         while True:
+            unsent: list[OSError] = []
             _, final = await send_and_wait(
                 self.endpoint,
                 subscription.trunk_request,
@@ -423,11 +426,13 @@ class Subscriptions:
                 trunk=trunk,
                 cnonce=lambda: self.gateway.ids.token_hex(8),
                 on_sent=sent,
+                on_unsent=unsent.append,
                 # A silent target is left for the next before the phone's transaction ends.
                 give_up_after=trunk.response_timeout,
             )
             if not self._fail_over(subscription, final):
                 break
+        self._count_trunk_failure(subscription, final, unsent)
         now = trio.current_time()
         # A 2xx after the subscription already ended (a fetch's terminated NOTIFY overtook
         # it, §4.4.3) still goes to the phone: that NOTIFY waits for it to be relayed.
@@ -516,6 +521,26 @@ class Subscriptions:
             format_host_port(destination.host, destination.port),
         )
         return True
+
+    def _count_trunk_failure(
+        self, subscription: Subscription, final: Response, unsent: Sequence[OSError]
+    ) -> None:
+        """A SUBSCRIBE that the voicemail trunk's last target never got (a transport error) or
+        never answered (its ``response_timeout``) marks the trunk down as a call's INVITE and
+        a MESSAGE do (messages.py ``_count_trunk_failure``): through CallManager.trunk_failed,
+        so the same log line and ``voipgw_trunk_up``; a trunk without OPTIONS probes is never
+        marked down. A target with others after it is one server's failure (RFC 3263 §4.3,
+        routing.other_hops_left); a trunk that sent a NOTIFY (its dialog exists) is there."""
+        if subscription.trunk_alternates or subscription.trunk_dialog is not None:
+            return
+        calls = self.gateway.calls
+        assert calls is not None
+        trunk = subscription.trunk
+        if unsent:
+            calls.trunk_failed(trunk.name, f"cannot send to it: {unsent[0]}")
+        elif final.status == 408 and final.reason == NO_RESPONSE:
+            why = f"no response to a SUBSCRIBE within {trunk.response_timeout:g} s"
+            calls.trunk_failed(trunk.name, why)
 
     def _relayed_failure(self, request: Request, final: Response, tag: str) -> Response:
         """The phone's answer for the trunk's failure: the same status and reason (a
