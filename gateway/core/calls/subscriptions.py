@@ -36,10 +36,13 @@ INVITE and a MESSAGE do. Expires is bounded (:mod:`gateway.core.sip.events`:
 
 Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503 past it) and :data:`MAX_PER_ACCOUNT` per
 account (403 past it); a phone that subscribes again from the same Contact (it rebooted)
-replaces its old subscription. Other event packages get 489 with ``Allow-Events:
-message-summary, dialog``. ``Event: dialog`` SUBSCRIBEs (and ``Event: presence`` ones while
-``[presence] allow`` is not ``"none"``) and their dialogs go to the gateway's own notifier
-(gateway/core/calls/dialog_events.py). The state of each subscription is the sans-IO table of
+replaces its old subscription, which ends as at a stop but without a NOTIFY to the phone (it
+forgot that dialog): unsubscribed at the trunk, its final NOTIFY answered 200 and not relayed
+(:data:`FINAL_NOTIFY_WAIT` at most), no longer counted against the account meanwhile. Other
+event packages get 489 with ``Allow-Events: message-summary, dialog``. ``Event: dialog``
+SUBSCRIBEs (and ``Event: presence`` ones while ``[presence] allow`` is not ``"none"``) and
+their dialogs go to the gateway's own notifier (gateway/core/calls/dialog_events.py). The
+state of each subscription is the sans-IO table of
 :class:`gateway.core.sip.events.SubscriptionState`; this module is its trio adapter (sending,
 timers).
 """
@@ -140,8 +143,9 @@ class Subscription:
     summary: tuple[bytes, str | None] | None = None
     """The last message-summary body the trunk sent, and its Content-Type (RFC 3842)."""
     closing: bool = False
-    """The gateway stops: ended at the phone, unsubscribed at the trunk, whose NOTIFYs are
-    answered until its final one."""
+    """Ended at the phone (the gateway stops, or the phone subscribed again from the same
+    Contact), unsubscribed at the trunk, whose NOTIFYs are answered until its final one; no
+    longer counted against the account's :data:`MAX_PER_ACCOUNT`."""
 
     @property
     def phone_key(self) -> DialogKey:
@@ -180,13 +184,15 @@ class Subscriptions:
         self._by_phone: dict[DialogKey, Subscription] = {}
         self._by_trunk: dict[DialogKey, Subscription] = {}
         self._per_account: dict[str, int] = {}
+        # Subscriptions ended at the phone and waiting for the trunk's final NOTIFY (closing).
+        self._closing: set[Subscription] = set()
         self._timer_changed = trio.Event()
         self.refused = 0
         """New subscriptions refused for a limit, since the start."""
         self._stopping = False
 
     def __len__(self) -> int:
-        return len(self._by_trunk)
+        return len(self._by_trunk) - len(self._closing)
 
     def listing(self) -> list[SubscriptionInfo]:
         """Every subscription, for an operator."""
@@ -196,6 +202,7 @@ class Subscriptions:
                 s.account, s.trunk.name, s.state.state.value, s.contact, s.state.expires_at - now
             )
             for s in self._by_trunk.values()
+            if not s.closing
         ]
 
     # -- the endpoint's entry points -----------------------------------------------------------
@@ -343,14 +350,24 @@ class Subscriptions:
 
     def _replace_same_contact(self, account: str, request: Request) -> None:
         """A phone subscribing again from the Contact of a subscription it still has (it
-        rebooted and forgot the old one): the old one ends, unsubscribed at the trunk."""
+        rebooted and forgot the old one): the old one ends as at a stop, without a NOTIFY to
+        the phone (it no longer knows that dialog): unsubscribed at the trunk (RFC 6665
+        §4.1.2.3), whose final NOTIFY is answered 200 and not relayed, instead of a 481 for a
+        subscription forgotten first. It no longer counts against the account's limit."""
         contacts = request.contacts
         contact = str(contacts[0].uri) if contacts else None
         for old in list(self._by_trunk.values()):
-            if old.account == account and old.contact == contact:
-                log.info("subscription of %s from %s replaced by a new one", account, contact)
-                self._end(old, "replaced")
-                self._nursery.start_soon(self._unsubscribe_trunk, old)
+            if old.account != account or old.contact != contact or old.closing:
+                continue
+            log.info("subscription of %s from %s replaced by a new one", account, contact)
+            if old.trunk_dialog is None:
+                self._end(old, "replaced")  # its SUBSCRIBE is unanswered: nothing to close
+                continue
+            old.state.handle(Input.DIALOG_GONE, now=trio.current_time())
+            self._start_closing(old)
+            if old.phone_dialog is not None:
+                old.phone_dialog.terminate()
+            self._nursery.start_soon(self._close_at_trunk, old)
 
     def _to_trunk(
         self,
@@ -751,34 +768,33 @@ class Subscriptions:
         if self._by_trunk.get(subscription.trunk_key) is subscription:
             del self._by_trunk[subscription.trunk_key]
             subscription.ended.set()
-            left = self._per_account.get(subscription.account, 1) - 1
-            if left > 0:
-                self._per_account[subscription.account] = left
+            if subscription in self._closing:
+                self._closing.discard(subscription)  # released when it started closing
             else:
-                self._per_account.pop(subscription.account, None)
+                self._release(subscription.account)
         if self._by_phone.get(subscription.phone_key) is subscription:
             del self._by_phone[subscription.phone_key]
         for dialog in (subscription.phone_dialog, subscription.trunk_dialog):
             if dialog is not None:
                 dialog.terminate()
 
-    async def _unsubscribe_trunk(self, subscription: Subscription) -> None:
-        """Expires: 0 to the trunk in its dialog (RFC 6665 §4.1.2.3); its answer is awaited,
-        its final NOTIFY finds nothing (481) when the subscription is forgotten already."""
-        dialog = subscription.trunk_dialog
-        if dialog is None:
-            return
-        dialog.state = DialogState.CONFIRMED  # _forget terminated it; one request more
-        try:
-            await self._in_trunk_dialog(
-                subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
-            )
-        except Exception:
-            log.exception(
-                "unsubscribing %s at trunk %s", subscription.account, subscription.trunk.name
-            )
-        finally:
-            dialog.terminate()
+    def _release(self, account: str) -> None:
+        left = self._per_account.get(account, 1) - 1
+        if left > 0:
+            self._per_account[account] = left
+        else:
+            self._per_account.pop(account, None)
+
+    def _start_closing(self, subscription: Subscription) -> None:
+        """The phone's side ends now (its requests in that dialog get 481); the trunk's is
+        kept, in ``_by_trunk``, for its NOTIFYs until :meth:`_close_at_trunk` forgets it. The
+        account's slot is free at once: a rebooted phone's new subscription must not wait
+        for its old one's final NOTIFY (MAX_SUBSCRIPTIONS still counts it: memory)."""
+        subscription.closing = True
+        self._closing.add(subscription)
+        self._release(subscription.account)
+        if self._by_phone.get(subscription.phone_key) is subscription:
+            del self._by_phone[subscription.phone_key]
 
     async def run(self) -> None:
         """Expire subscriptions nobody refreshed (RFC 6665 §4.2.2): the phone gets
@@ -818,7 +834,8 @@ class Subscriptions:
         and the trunks' final NOTIFYs came, or the caller's deadline passes (a phone or trunk
         that does not answer is not waited for beyond it)."""
         self._stopping = True  # new subscriptions get 503 from now on
-        ending = list(self._by_trunk.values())
+        # Those closing already (replaced) had their phone's end; their trunk's is under way.
+        ending = [s for s in self._by_trunk.values() if not s.closing]
         if not ending:
             return
         log.info("ending %d message-summary subscription(s)", len(ending))
@@ -826,9 +843,7 @@ class Subscriptions:
             for subscription in ending:
                 subscription.state.handle(Input.STOPPED, now=trio.current_time())
                 if subscription.trunk_dialog is not None:
-                    subscription.closing = True
-                    if self._by_phone.get(subscription.phone_key) is subscription:
-                        del self._by_phone[subscription.phone_key]  # the phone's side ends now
+                    self._start_closing(subscription)
                     nursery.start_soon(self._close_at_trunk, subscription)
                 else:
                     self._forget(subscription)
