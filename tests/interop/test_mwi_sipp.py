@@ -2,7 +2,9 @@
 phone (alice, digest-authenticated), another on 127.0.0.2 the voicemail platform of a trunk
 with ``voicemail = true``. The phone's SUBSCRIBE reaches the platform as the gateway's own, for
 alice's DID there; the platform's NOTIFY reaches the phone with its summary; the phone's
-unsubscribe reaches the platform, whose terminated NOTIFY reaches the phone.
+unsubscribe reaches the platform, whose terminated NOTIFY reaches the phone. A phone that
+reboots and subscribes again from the same Contact has its old subscription closed at the
+platform, whose final NOTIFY for it is answered 200 and not relayed.
 """
 
 from __future__ import annotations
