@@ -10,13 +10,13 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway import __version__
 from gateway.core import config as config_mod
-from gateway.core.config import ConfigError, GatewayConfig
+from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
 from gateway.core.plugins import PluginError, discover, load_plugins
 from gateway.core.store.errors import StoreError
 
@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "<state_dir>/control.sock): its address, whether it is up (and why not) and registered, "
         "and for a trunk named by DNS the targets its name resolved to (RFC 3263: in priority "
         "order), when that answer came, when the name is asked next, and why the last "
-        "resolution failed, if it did.",
+        "resolution failed, if it did; then the same for each session target named by DNS (a "
+        'SIPREC recorder\'s URI). With --json, one list: each entry\'s "kind" is "trunk" '
+        'or "session target".',
     )
     trunks.add_argument("--config", metavar="FILE", help="read [gateway] state_dir here")
     trunks.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
@@ -354,30 +356,41 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             else:
                 print(f"{args.file}: {line}")
     if args.resolve:
-        for line in _resolve_named_trunks(config, gateway.dns_transports()):
+        sessions = gateway.session_target_names()
+        for line in _resolve_named_trunks(config, gateway.dns_transports(), sessions):
             print(f"{args.file}: {line}")
     print(f"{args.file}: OK ({len(plugins.names)} plugins: {', '.join(plugins.names)})")
     return EXIT_OK
 
 
-def _resolve_named_trunks(config: GatewayConfig, transports: Sequence[str]) -> list[str]:
-    """One line per enabled trunk named by DNS: what its name resolves to now (``[dns]``
-    servers and timeout; a bare name over ``transports``, RFC 3263 §4.1), or why not. What
-    the gateway will find at start-up, for an operator to check before it runs."""
+def _resolve_named_trunks(
+    config: GatewayConfig,
+    transports: Sequence[str],
+    sessions: Mapping[str, TrunkAddress] | None = None,
+) -> list[str]:
+    """One line per enabled trunk named by DNS, then per session target named by DNS
+    (``sessions``: a SIPREC recorder's URI and its look-up, ``Gateway.session_target_names``):
+    what its name resolves to now (``[dns]`` servers and timeout; a bare name over
+    ``transports``, RFC 3263 §4.1), or why not. What the gateway will find at start-up, for an
+    operator to check before it runs."""
     import trio
 
     from gateway.core.calls.trunk_dns import DnsError, DnsPythonResolver, resolve
 
-    named = [trunk for trunk in config.trunks if trunk.enabled and trunk.by_name]
-    if not named:
+    named = [
+        (f"trunk {trunk.name}", trunk.address_parts)
+        for trunk in config.trunks
+        if trunk.enabled and trunk.by_name
+    ]
+    if not named and not sessions:
         return ["no trunk is named by DNS: nothing to resolve"]
+    named += [(f"session target {uri}", address) for uri, address in (sessions or {}).items()]
     dns = config.dns
 
     async def main() -> list[str]:
         resolver = DnsPythonResolver(dns.servers, dns.timeout)
         lines = []
-        for trunk in named:
-            address = trunk.address_parts
+        for what, address in named:
             found = None
             why = f"no answer within {dns.timeout:g} s"
             with trio.move_on_after(dns.timeout):
@@ -386,10 +399,10 @@ def _resolve_named_trunks(config: GatewayConfig, transports: Sequence[str]) -> l
                 except DnsError as exc:
                     why = str(exc)
             if found is None:
-                lines.append(f"trunk {trunk.name}: {address} does not resolve: {why}")
+                lines.append(f"{what}: {address} does not resolve: {why}")
                 continue
             shown = ", ".join(str(hop) for hop in found.hops)
-            lines.append(f"trunk {trunk.name}: {address} resolves to {shown} (TTL {found.ttl:g} s)")
+            lines.append(f"{what}: {address} resolves to {shown} (TTL {found.ttl:g} s)")
         return lines
 
     return trio.run(main)
@@ -403,21 +416,30 @@ def cmd_trunks(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     path = socket_path(args.state_dir or config.gateway.state_dir)
     try:
-        trunks = ask(path, "trunks").get("trunks")
+        answer = ask(path, "trunks")
     except ControlError as exc:
         print(f"voipgw: trunks: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
+    trunks = answer.get("trunks")
     if not isinstance(trunks, list):
         print("voipgw: trunks: the gateway's answer has no trunk list", file=sys.stderr)
         return EXIT_RUNTIME
+    sessions = answer.get("session_targets")
+    if not isinstance(sessions, list):
+        sessions = []  # a gateway from before they were shown
     if args.json:
-        print(json.dumps(trunks, indent=2))
+        # One list, as before: the trunks first (kind "trunk"), then the session targets.
+        print(json.dumps(trunks + sessions, indent=2))
         return EXIT_OK
     if not trunks:
         print("no trunks")
     now = time.time()
     for trunk in trunks:
         print("\n".join(describe_trunk(trunk, now)))
+    if sessions:
+        print("session targets (named by DNS):")
+        for target in sessions:
+            print("\n".join(describe_session_target(target, now)))
     return EXIT_OK
 
 
@@ -436,21 +458,42 @@ def describe_trunk(trunk: dict[str, Any], now: float) -> list[str]:
     lines = [f"{trunk.get('name')}  {trunk.get('address')}  [{state}]"]
     dns = trunk.get("dns")
     if isinstance(dns, dict):
-        targets = dns.get("targets") or []
-        resolved_at, next_at = dns.get("resolved_at"), dns.get("next_resolution_at")
-        if isinstance(resolved_at, (int, float)):
-            ttl = dns.get("ttl")
-            when = f"resolved {_utc(resolved_at)} ({max(now - resolved_at, 0):.0f} s ago"
-            when += f", TTL {ttl:g} s)" if isinstance(ttl, (int, float)) else ")"
-        else:
-            when = "not resolved yet"
-        if isinstance(next_at, (int, float)):
-            when += f"; next look-up {_utc(next_at)} (in {max(next_at - now, 0):.0f} s)"
-        lines.append(f"  DNS: {when}")
-        lines.append(f"  targets: {', '.join(map(str, targets)) if targets else '(none)'}")
-        if dns.get("error"):
-            kept = "; the targets above are kept" if targets else ""
-            lines.append(f"  last look-up failed: {dns['error']}{kept}")
+        lines += _describe_dns(dns, now)
+    return lines
+
+
+def describe_session_target(target: dict[str, Any], now: float) -> list[str]:
+    """A session target of the control socket's ``trunks`` answer (a SIPREC recorder's URI
+    named by DNS), in plain words, as :func:`describe_trunk` shows a trunk's name."""
+    dns = target.get("dns")
+    resolved = isinstance(dns, dict) and bool(dns.get("targets"))
+    lines = [
+        f"{target.get('name')}  {target.get('address')}  "
+        f"[{'resolved' if resolved else 'not resolved: no session goes to it'}]"
+    ]
+    if isinstance(dns, dict):
+        lines += _describe_dns(dns, now)
+    return lines
+
+
+def _describe_dns(dns: dict[str, Any], now: float) -> list[str]:
+    """The DNS lines of :func:`describe_trunk` and :func:`describe_session_target`."""
+    lines = []
+    targets = dns.get("targets") or []
+    resolved_at, next_at = dns.get("resolved_at"), dns.get("next_resolution_at")
+    if isinstance(resolved_at, (int, float)):
+        ttl = dns.get("ttl")
+        when = f"resolved {_utc(resolved_at)} ({max(now - resolved_at, 0):.0f} s ago"
+        when += f", TTL {ttl:g} s)" if isinstance(ttl, (int, float)) else ")"
+    else:
+        when = "not resolved yet"
+    if isinstance(next_at, (int, float)):
+        when += f"; next look-up {_utc(next_at)} (in {max(next_at - now, 0):.0f} s)"
+    lines.append(f"  DNS: {when}")
+    lines.append(f"  targets: {', '.join(map(str, targets)) if targets else '(none)'}")
+    if dns.get("error"):
+        kept = "; the targets above are kept" if targets else ""
+        lines.append(f"  last look-up failed: {dns['error']}{kept}")
     return lines
 
 

@@ -33,6 +33,7 @@ from gateway.core.calls.trunk_dns import (
     DnsPythonResolver,
     Resolution,
     Resolver,
+    TrunkDnsStatus,
     TrunkHop,
     TrunkTargets,
     named_uri_address,
@@ -298,7 +299,7 @@ class Gateway:
                 self.config.source, "gateway", "state_dir", f"{state_dir} is not a directory"
             )
 
-    def _session_names(self) -> dict[str, TrunkAddress]:
+    def session_target_names(self) -> dict[str, TrunkAddress]:
         """The SIP URIs media taps open sessions to (``MediaTap.sip_targets``) whose host is
         a name, with the look-up each asks for (RFC 3263 §4.1, §4.2)."""
         named: dict[str, TrunkAddress] = {}
@@ -474,7 +475,10 @@ class Gateway:
         per live call whose quality is read, each leg's RTCP figures now. Walks the live calls
         when asked, never otherwise."""
         if query == "trunks":
-            return {"trunks": self.trunks_status()}
+            return {
+                "trunks": self.trunks_status(),
+                "session_targets": self.session_targets_status(),
+            }
         calls: dict[str, object] = {}
         if query == "live_quality" and self.calls is not None:
             for call in self.calls.calls:
@@ -487,17 +491,18 @@ class Gateway:
         return {"calls": calls}
 
     def trunks_status(self) -> list[dict[str, object]]:
-        """Every trunk as ``voipgw trunks`` shows it: its address, whether it is enabled and
-        up (down: why), registered (None: it does not register), and for a trunk named by DNS
-        (``dns``, else None) the targets of its last good answer in priority order, when that
-        came and when the name is asked next (Unix time), the TTL, and why the last resolution
-        failed (None: it did not)."""
+        """Every trunk as ``voipgw trunks`` shows it (``kind`` ``"trunk"``): its address,
+        whether it is enabled and up (down: why), registered (None: it does not register), and
+        for a trunk named by DNS (``dns``, else None) the targets of its last good answer in
+        priority order, when that came and when the name is asked next (Unix time), the TTL,
+        and why the last resolution failed (None: it did not)."""
         now, wall = trio.current_time(), time.time()
         down = self.trunk_health.down
         found: list[dict[str, object]] = []
         for trunk in self.config.trunks:
             registration = self.trunk_registrations.get(trunk.name)
             entry: dict[str, object] = {
+                "kind": "trunk",
                 "name": trunk.name,
                 "address": str(trunk.address_parts),
                 "enabled": trunk.enabled,
@@ -508,18 +513,31 @@ class Gateway:
             }
             status = self.trunk_targets.status(trunk.name) if self.trunk_targets else None
             if status is not None:
-                entry["dns"] = {
-                    "targets": [str(hop) for hop in status.targets],
-                    "resolved_at": (
-                        None if status.resolved_at is None else wall + status.resolved_at - now
-                    ),
-                    "next_resolution_at": (
-                        None if status.next_at is None else wall + status.next_at - now
-                    ),
-                    "ttl": status.ttl,
-                    "error": status.error,
-                }
+                entry["dns"] = _dns_status(status, now, wall)
             found.append(entry)
+        return found
+
+    def session_targets_status(self) -> list[dict[str, object]]:
+        """Every SIP URI the gateway opens sessions to whose host is a name (a SIPREC
+        recorder's: ``kind`` ``"session target"``, ``name`` the URI, ``address`` the look-up
+        it asks for), with ``dns`` as :meth:`trunks_status` has it for a trunk named by DNS;
+        empty without one."""
+        named = self.session_targets
+        if named is None:
+            return []
+        now, wall = trio.current_time(), time.time()
+        found: list[dict[str, object]] = []
+        for uri in named.named:
+            status = named.status(uri)
+            assert status is not None
+            found.append(
+                {
+                    "kind": "session target",
+                    "name": uri,
+                    "address": status.address,
+                    "dns": _dns_status(status, now, wall),
+                }
+            )
         return found
 
     # -- TransportHost ----------------------------------------------------------------------
@@ -763,7 +781,7 @@ class Gateway:
             )
             # Resolved before calls are taken; start-up waits at most [dns] timeout for it.
             await nursery.start(self.trunk_targets.serve)
-        named_sessions = self._session_names()
+        named_sessions = self.session_target_names()
         if named_sessions:
             dns = self.config.dns
             self.session_targets = TrunkTargets(
@@ -1047,6 +1065,18 @@ def run_until_signal(gateway: Gateway) -> int:
     finally:
         signal.signal(signal.SIGHUP, previous)
     return 0
+
+
+def _dns_status(status: TrunkDnsStatus, now: float, wall: float) -> dict[str, object]:
+    """A name's DNS status for the control socket, its times in Unix time (``now`` the trio
+    clock's reading at ``wall``)."""
+    return {
+        "targets": [str(hop) for hop in status.targets],
+        "resolved_at": None if status.resolved_at is None else wall + status.resolved_at - now,
+        "next_resolution_at": None if status.next_at is None else wall + status.next_at - now,
+        "ttl": status.ttl,
+        "error": status.error,
+    }
 
 
 def _nothing_to_mark(*_: object) -> None:

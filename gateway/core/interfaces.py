@@ -843,6 +843,18 @@ class TrunkCounts:
 
 
 @attrs.frozen
+class SessionTargetDns:
+    """One SIP URI the gateway opens sessions to whose host is a name (a SIPREC recorder's,
+    ``MediaTap.sip_targets``), kept resolved as trunks named by DNS are: ``dns_targets``, the
+    targets of its name's last answer (0 before the first), ``dns_resolved_at``, when that
+    answer came (seconds since the epoch; None before)."""
+
+    uri: str
+    dns_targets: int
+    dns_resolved_at: float | None = None
+
+
+@attrs.frozen
 class SipCounts:
     """SIP messages since the start: received (parsed, from any transport), sent, new
     INVITEs and REGISTERs refused with 503 for overload (gateway/core/sip/overload.py),
@@ -912,6 +924,10 @@ class GatewayStatus(Protocol):
     def sip(self) -> SipCounts: ...
 
     def trunks(self) -> tuple[TrunkCounts, ...]: ...
+
+    def session_targets(self) -> tuple[SessionTargetDns, ...]:
+        """The session targets named by DNS (a SIPREC recorder's URI), as :meth:`trunks`
+        shows the trunks' names; empty without one."""
 
     def registrations(self) -> int:
         """Unexpired registration bindings in the store (with a shared store: of every node)."""

@@ -27,6 +27,7 @@ from gateway.core.interfaces import (
     Histogram,
     LoadedCertificate,
     MediaCounts,
+    SessionTargetDns,
     SipCounts,
     TrunkCounts,
 )
@@ -390,6 +391,20 @@ class StatusView:
                     dns_resolved_at=resolved_at,
                 )
             )
+        return tuple(found)
+
+    def session_targets(self) -> tuple[SessionTargetDns, ...]:
+        named = self._gateway.session_targets
+        if named is None:
+            return ()
+        found = []
+        for uri in named.named:
+            dns = named.status(uri)
+            assert dns is not None
+            resolved_at = None
+            if dns.resolved_at is not None:
+                resolved_at = time.time() + dns.resolved_at - trio.current_time()
+            found.append(SessionTargetDns(uri, len(dns.targets), resolved_at))
         return tuple(found)
 
     def registrations(self) -> int:

@@ -2,7 +2,9 @@
 phone (alice, digest-authenticated), another on 127.0.0.2 the voicemail platform of a trunk
 with ``voicemail = true``. The phone's SUBSCRIBE reaches the platform as the gateway's own, for
 alice's DID there; the platform's NOTIFY reaches the phone with its summary; the phone's
-unsubscribe reaches the platform, whose terminated NOTIFY reaches the phone.
+unsubscribe reaches the platform, whose terminated NOTIFY reaches the phone. A phone that
+reboots and subscribes again from the same Contact has its old subscription closed at the
+platform, whose final NOTIFY for it is answered 200 and not relayed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
+from tests.interop.harness import GatewayProcess, SippUas, free_port_pair, run_sipp_uac
 from tests.interop.test_calls_sipp import ACCOUNTS, ALICE, DID, TRUNK_IP, inbound_trunk, register
 
 pytestmark = pytest.mark.interop
@@ -124,3 +126,44 @@ def test_a_gateway_stop_ends_the_subscription_at_the_phone_and_the_trunk(tmp_pat
     assert "Subscription-State: terminated;reason=deactivated" in last
     assert "Voice-Message: 2/8 (0/2)" in last  # the summary the platform sent
     assert "Expires: 0" in served.received("SUBSCRIBE ")[-1]
+
+
+def test_a_rebooted_phones_old_subscription_is_closed_at_the_trunk(tmp_path: Path) -> None:
+    """alice's phone subscribes, then reboots (its sipp ends without unsubscribing) and
+    subscribes again from the same Contact (the same port): the old subscription is
+    unsubscribed at the platform, whose final NOTIFY is answered 200 (uas_voicemail.xml checks
+    it), not 481, and not relayed to the phone; the new one runs as usual."""
+    platform = SippUas("calls/uas_voicemail.xml", workdir=tmp_path, local_ip=TRUNK_IP, calls=2)
+    phone_port = free_port_pair()  # the phone's Contact, before and after its reboot
+    with platform:
+        trunk = voicemail_trunk(platform.port)
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=trunk) as gw:
+            before = run_sipp_uac(
+                "calls/uac_subscribe_mwi_reboot.xml",
+                gw.address,
+                workdir=tmp_path,
+                service="alice",
+                auth=ALICE,
+                port=phone_port,
+            )
+            before.check()
+            after = run_sipp_uac(
+                "calls/uac_subscribe_mwi.xml",
+                gw.address,
+                workdir=tmp_path,
+                service="alice",
+                auth=ALICE,
+                port=phone_port,
+            )
+            after.check()
+            served = platform.wait(timeout=10)
+            log = gw.log_text()
+    served.check()  # both subscriptions' final NOTIFYs were answered 200
+    assert f"subscription of alice from sip:alice@127.0.0.1:{phone_port}" in log
+    assert "replaced by a new one" in log
+    unsubscribes = [m for m in served.received("SUBSCRIBE ") if "Expires: 0" in m]
+    assert len(unsubscribes) == 2  # the old one's at the reboot, the new one's by the phone
+    # The rebooted phone had its new subscription's NOTIFYs only, not the old one's last.
+    first, last = after.received("NOTIFY ")
+    assert "Subscription-State: active" in first
+    assert "Subscription-State: terminated;reason=timeout" in last

@@ -11,7 +11,8 @@ and ``SIP+D2U`` (preference 20, to ``_sip._udp.carrier.test``, one more target).
 (sipp) calls a number the trunk serves: the gateway's connection to the first target is
 refused, and the INVITE goes to the second, whose Request-URI names the trunk's domain, not
 the target. The same name as a voicemail trunk: alice's message-summary SUBSCRIBE goes to the
-second target too, and ``voipgw trunks`` and ``check-config --resolve`` show the targets.
+second target too, and ``voipgw trunks`` and ``check-config --resolve`` show the targets (a
+SIPREC recorder's too).
 A SIPREC recorder named the same way (``sip:srs@recorder.test;transport=tcp``) is resolved
 through the same server, and the recording INVITE leaves the refused first target for the SRS.
 Nothing waits on a clock: dnsmasq is polled until it answers, sipp until it listens.
@@ -207,10 +208,26 @@ def test_a_siprec_recorder_named_by_dns_fails_over_to_its_next_target(tmp_path: 
         callee.wait(timeout=10).check()
         recorded = srs.wait(timeout=10)
         log = gw.log_text()
+        trunks = gw.cli("trunks").stdout
+        checked = subprocess.run(
+            [sys.executable, "-m", "gateway", "check-config", str(gw.config_path), "--resolve"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     recorded.check()  # the INVITE's checks passed, the final snapshot and the BYE came
     uri = f"sip:srs@{recorder};transport=tcp"
     live = f"tcp:{LOOPBACK}:{srs.port}"
-    assert f"session target {uri}: tcp:{recorder} resolves to tcp:{LOOPBACK}:{dead}, {live}" in log
+    resolved = f"tcp:{recorder} resolves to tcp:{LOOPBACK}:{dead}, {live}"
+    assert f"session target {uri}: {resolved}" in log
+    # What the operator sees of the recorder's name: after the trunks, and before a start.
+    assert "session targets (named by DNS):" in trunks
+    assert f"{uri}  tcp:{recorder}  [resolved]" in trunks
+    assert f"  targets: tcp:{LOOPBACK}:{dead}, {live}" in trunks
+    assert checked.returncode == 0, checked.stderr
+    assert f"session target {uri}: {resolved} (TTL" in checked.stdout
     assert f"session to {uri}: target tcp:{LOOPBACK}:{dead} failed" in log
     invite = recorded.received("INVITE ")[0]
     assert invite.startswith(f"INVITE {uri} SIP/2.0"), invite  # RFC 3263 §4.2

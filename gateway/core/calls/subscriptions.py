@@ -12,7 +12,9 @@ challenges answered with its credentials. A voicemail trunk named by DNS gets it
 targets (trunk_dns.py: no DNS query here, 503 while its name has not resolved), the next after
 a transport error, no response within the trunk's ``response_timeout`` or a 503 (RFC 3263
 §4.3), the same subscription with the next CSeq; the target that took it gets the dialog's
-requests (its Contact is not looked up). Expires is bounded (:mod:`gateway.core.sip.events`:
+requests (its Contact is not looked up). A SUBSCRIBE that the last target (the only one, for a
+trunk not named by DNS) never got or never answered marks a probed trunk down, as a call's
+INVITE and a MESSAGE do. Expires is bounded (:mod:`gateway.core.sip.events`:
 423 below a minute, at most an hour). The trunk's final response goes back to the phone; with a
 2xx both dialogs exist (RFC 6665 §4.1.2.1, RFC 3261 §12.1):
 
@@ -34,10 +36,13 @@ requests (its Contact is not looked up). Expires is bounded (:mod:`gateway.core.
 
 Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503 past it) and :data:`MAX_PER_ACCOUNT` per
 account (403 past it); a phone that subscribes again from the same Contact (it rebooted)
-replaces its old subscription. Other event packages get 489 with ``Allow-Events:
-message-summary, dialog``. ``Event: dialog`` SUBSCRIBEs (and ``Event: presence`` ones while
-``[presence] allow`` is not ``"none"``) and their dialogs go to the gateway's own notifier
-(gateway/core/calls/dialog_events.py). The state of each subscription is the sans-IO table of
+replaces its old subscription, which ends as at a stop but without a NOTIFY to the phone (it
+forgot that dialog): unsubscribed at the trunk, its final NOTIFY answered 200 and not relayed
+(:data:`FINAL_NOTIFY_WAIT` at most), no longer counted against the account meanwhile. Other
+event packages get 489 with ``Allow-Events: message-summary, dialog``. ``Event: dialog``
+SUBSCRIBEs (and ``Event: presence`` ones while ``[presence] allow`` is not ``"none"``) and
+their dialogs go to the gateway's own notifier (gateway/core/calls/dialog_events.py). The
+state of each subscription is the sans-IO table of
 :class:`gateway.core.sip.events.SubscriptionState`; this module is its trio adapter (sending,
 timers).
 """
@@ -53,7 +58,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from gateway.core.calls.messages import MAX_NOTIFY_BODY, send_and_wait
+from gateway.core.calls.messages import MAX_NOTIFY_BODY, NO_RESPONSE, send_and_wait
 from gateway.core.calls.routing import (
     SERVER_FAILURES,
     Destination,
@@ -138,8 +143,9 @@ class Subscription:
     summary: tuple[bytes, str | None] | None = None
     """The last message-summary body the trunk sent, and its Content-Type (RFC 3842)."""
     closing: bool = False
-    """The gateway stops: ended at the phone, unsubscribed at the trunk, whose NOTIFYs are
-    answered until its final one."""
+    """Ended at the phone (the gateway stops, or the phone subscribed again from the same
+    Contact), unsubscribed at the trunk, whose NOTIFYs are answered until its final one; no
+    longer counted against the account's :data:`MAX_PER_ACCOUNT`."""
 
     @property
     def phone_key(self) -> DialogKey:
@@ -178,13 +184,15 @@ class Subscriptions:
         self._by_phone: dict[DialogKey, Subscription] = {}
         self._by_trunk: dict[DialogKey, Subscription] = {}
         self._per_account: dict[str, int] = {}
+        # Subscriptions ended at the phone and waiting for the trunk's final NOTIFY (closing).
+        self._closing: set[Subscription] = set()
         self._timer_changed = trio.Event()
         self.refused = 0
         """New subscriptions refused for a limit, since the start."""
         self._stopping = False
 
     def __len__(self) -> int:
-        return len(self._by_trunk)
+        return len(self._by_trunk) - len(self._closing)
 
     def listing(self) -> list[SubscriptionInfo]:
         """Every subscription, for an operator."""
@@ -194,6 +202,7 @@ class Subscriptions:
                 s.account, s.trunk.name, s.state.state.value, s.contact, s.state.expires_at - now
             )
             for s in self._by_trunk.values()
+            if not s.closing
         ]
 
     # -- the endpoint's entry points -----------------------------------------------------------
@@ -341,14 +350,24 @@ class Subscriptions:
 
     def _replace_same_contact(self, account: str, request: Request) -> None:
         """A phone subscribing again from the Contact of a subscription it still has (it
-        rebooted and forgot the old one): the old one ends, unsubscribed at the trunk."""
+        rebooted and forgot the old one): the old one ends as at a stop, without a NOTIFY to
+        the phone (it no longer knows that dialog): unsubscribed at the trunk (RFC 6665
+        §4.1.2.3), whose final NOTIFY is answered 200 and not relayed, instead of a 481 for a
+        subscription forgotten first. It no longer counts against the account's limit."""
         contacts = request.contacts
         contact = str(contacts[0].uri) if contacts else None
         for old in list(self._by_trunk.values()):
-            if old.account == account and old.contact == contact:
-                log.info("subscription of %s from %s replaced by a new one", account, contact)
-                self._end(old, "replaced")
-                self._nursery.start_soon(self._unsubscribe_trunk, old)
+            if old.account != account or old.contact != contact or old.closing:
+                continue
+            log.info("subscription of %s from %s replaced by a new one", account, contact)
+            if old.trunk_dialog is None:
+                self._end(old, "replaced")  # its SUBSCRIBE is unanswered: nothing to close
+                continue
+            old.state.handle(Input.DIALOG_GONE, now=trio.current_time())
+            self._start_closing(old)
+            if old.phone_dialog is not None:
+                old.phone_dialog.terminate()
+            self._nursery.start_soon(self._close_at_trunk, old)
 
     def _to_trunk(
         self,
@@ -416,6 +435,7 @@ class Subscriptions:
 
         trunk = subscription.trunk
         while True:
+            unsent: list[OSError] = []
             _, final = await send_and_wait(
                 self.endpoint,
                 subscription.trunk_request,
@@ -423,11 +443,13 @@ class Subscriptions:
                 trunk=trunk,
                 cnonce=lambda: self.gateway.ids.token_hex(8),
                 on_sent=sent,
+                on_unsent=unsent.append,
                 # A silent target is left for the next before the phone's transaction ends.
                 give_up_after=trunk.response_timeout,
             )
             if not self._fail_over(subscription, final):
                 break
+        self._count_trunk_failure(subscription, final, unsent)
         now = trio.current_time()
         # A 2xx after the subscription already ended (a fetch's terminated NOTIFY overtook
         # it, §4.4.3) still goes to the phone: that NOTIFY waits for it to be relayed.
@@ -516,6 +538,26 @@ class Subscriptions:
             format_host_port(destination.host, destination.port),
         )
         return True
+
+    def _count_trunk_failure(
+        self, subscription: Subscription, final: Response, unsent: Sequence[OSError]
+    ) -> None:
+        """A SUBSCRIBE that the voicemail trunk's last target never got (a transport error) or
+        never answered (its ``response_timeout``) marks the trunk down as a call's INVITE and
+        a MESSAGE do (messages.py ``_count_trunk_failure``): through CallManager.trunk_failed,
+        so the same log line and ``voipgw_trunk_up``; a trunk without OPTIONS probes is never
+        marked down. A target with others after it is one server's failure (RFC 3263 §4.3,
+        routing.other_hops_left); a trunk that sent a NOTIFY (its dialog exists) is there."""
+        if subscription.trunk_alternates or subscription.trunk_dialog is not None:
+            return
+        calls = self.gateway.calls
+        assert calls is not None
+        trunk = subscription.trunk
+        if unsent:
+            calls.trunk_failed(trunk.name, f"cannot send to it: {unsent[0]}")
+        elif final.status == 408 and final.reason == NO_RESPONSE:
+            why = f"no response to a SUBSCRIBE within {trunk.response_timeout:g} s"
+            calls.trunk_failed(trunk.name, why)
 
     def _relayed_failure(self, request: Request, final: Response, tag: str) -> Response:
         """The phone's answer for the trunk's failure: the same status and reason (a
@@ -726,34 +768,33 @@ class Subscriptions:
         if self._by_trunk.get(subscription.trunk_key) is subscription:
             del self._by_trunk[subscription.trunk_key]
             subscription.ended.set()
-            left = self._per_account.get(subscription.account, 1) - 1
-            if left > 0:
-                self._per_account[subscription.account] = left
+            if subscription in self._closing:
+                self._closing.discard(subscription)  # released when it started closing
             else:
-                self._per_account.pop(subscription.account, None)
+                self._release(subscription.account)
         if self._by_phone.get(subscription.phone_key) is subscription:
             del self._by_phone[subscription.phone_key]
         for dialog in (subscription.phone_dialog, subscription.trunk_dialog):
             if dialog is not None:
                 dialog.terminate()
 
-    async def _unsubscribe_trunk(self, subscription: Subscription) -> None:
-        """Expires: 0 to the trunk in its dialog (RFC 6665 §4.1.2.3); its answer is awaited,
-        its final NOTIFY finds nothing (481) when the subscription is forgotten already."""
-        dialog = subscription.trunk_dialog
-        if dialog is None:
-            return
-        dialog.state = DialogState.CONFIRMED  # _forget terminated it; one request more
-        try:
-            await self._in_trunk_dialog(
-                subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
-            )
-        except Exception:
-            log.exception(
-                "unsubscribing %s at trunk %s", subscription.account, subscription.trunk.name
-            )
-        finally:
-            dialog.terminate()
+    def _release(self, account: str) -> None:
+        left = self._per_account.get(account, 1) - 1
+        if left > 0:
+            self._per_account[account] = left
+        else:
+            self._per_account.pop(account, None)
+
+    def _start_closing(self, subscription: Subscription) -> None:
+        """The phone's side ends now (its requests in that dialog get 481); the trunk's is
+        kept, in ``_by_trunk``, for its NOTIFYs until :meth:`_close_at_trunk` forgets it. The
+        account's slot is free at once: a rebooted phone's new subscription must not wait
+        for its old one's final NOTIFY (MAX_SUBSCRIPTIONS still counts it: memory)."""
+        subscription.closing = True
+        self._closing.add(subscription)
+        self._release(subscription.account)
+        if self._by_phone.get(subscription.phone_key) is subscription:
+            del self._by_phone[subscription.phone_key]
 
     async def run(self) -> None:
         """Expire subscriptions nobody refreshed (RFC 6665 §4.2.2): the phone gets
@@ -793,7 +834,8 @@ class Subscriptions:
         and the trunks' final NOTIFYs came, or the caller's deadline passes (a phone or trunk
         that does not answer is not waited for beyond it)."""
         self._stopping = True  # new subscriptions get 503 from now on
-        ending = list(self._by_trunk.values())
+        # Those closing already (replaced) had their phone's end; their trunk's is under way.
+        ending = [s for s in self._by_trunk.values() if not s.closing]
         if not ending:
             return
         log.info("ending %d message-summary subscription(s)", len(ending))
@@ -801,9 +843,7 @@ class Subscriptions:
             for subscription in ending:
                 subscription.state.handle(Input.STOPPED, now=trio.current_time())
                 if subscription.trunk_dialog is not None:
-                    subscription.closing = True
-                    if self._by_phone.get(subscription.phone_key) is subscription:
-                        del self._by_phone[subscription.phone_key]  # the phone's side ends now
+                    self._start_closing(subscription)
                     nursery.start_soon(self._close_at_trunk, subscription)
                 else:
                     self._forget(subscription)

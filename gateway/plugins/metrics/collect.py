@@ -48,6 +48,7 @@ def render(
     _media(out, status.media() if media is None else media)
     _key_exchanges(out, status)
     _trunks(out, status)
+    _session_targets(out, status)
     _caller_identity(out, status)
     _recording(out, status)
     _certificates(out, status)
@@ -517,3 +518,27 @@ def _trunks(out: Exposition, status: GatewayStatus) -> None:
     for trunk in trunks:
         if trunk.dns_resolved_at is not None:
             out.sample(trunk.dns_resolved_at, [("trunk", trunk.name)])
+
+
+def _session_targets(out: Exposition, status: GatewayStatus) -> None:
+    # Families of their own, not a label value of the trunk families: a recorder is no trunk,
+    # and dashboards summing or alerting on voipgw_trunk_dns_targets stay about trunks.
+    named = status.session_targets()
+    if not named:  # no recorder named by DNS: no family
+        return
+    out.family(
+        "voipgw_session_target_dns_targets",
+        "gauge",
+        "For a SIP URI the gateway opens sessions to whose host is a name (a SIPREC "
+        "recorder's): the targets its name's last answer gave (0: not resolved).",
+    )
+    for target in named:
+        out.sample(target.dns_targets, [("uri", target.uri)])
+    out.family(
+        "voipgw_session_target_dns_resolved_time_seconds",
+        "gauge",
+        "For a session target named by DNS: when its name last resolved, seconds since the epoch.",
+    )
+    for target in named:
+        if target.dns_resolved_at is not None:
+            out.sample(target.dns_resolved_at, [("uri", target.uri)])

@@ -5,12 +5,16 @@ boundary, the recorders SIP agents on the in-memory network, virtual time.
   start-up (no DNS query when a call is recorded); the recording INVITE goes to the first, then
   to the next after a 503 or no answer at all (§4.3), never after another refusal; the
   Request-URI keeps the configured name;
-- a name that has not resolved: the call goes on unrecorded, and nothing is asked of the DNS.
+- a name that has not resolved: the call goes on unrecorded, and nothing is asked of the DNS;
+- what an operator sees: the control socket's ``trunks`` answer (``voipgw trunks``) and the
+  metrics show the recorder's name in families and entries of their own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,11 @@ import trio
 
 import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.calls.trunk_dns import SrvRecord
+from gateway.core.cli import describe_session_target
+from gateway.core.control import respond
 from gateway.core.ids import SeededIds
+from gateway.core.status import CallStatistics, StatusView
+from gateway.plugins.metrics.collect import render
 from gateway.testing.fake_dns import FakeResolver
 from gateway.testing.network import Address
 from gateway.testing.sip_agent import SipAgent
@@ -139,3 +147,47 @@ async def test_a_recorder_whose_name_has_not_resolved_leaves_the_call_unrecorded
     assert env.calls == 1
     await call.bye()  # type: ignore[attr-defined]
     await eventually(lambda: env.calls == 0)
+
+
+async def test_what_an_operator_sees_of_a_recorder_named_by_dns(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """``voipgw trunks`` (the control socket's ``trunks`` answer) and the metrics show the
+    recorder's name as they show a trunk's: the targets, when they were resolved, the last
+    failure with the targets kept; the trunk families and entries stay as they were."""
+    dns = resolver()
+    env, _, _ = await recorder_env(nursery, tmp_path, voipgw_seed, dns)
+    answer = json.loads(respond(b'{"query": "trunks"}\n', env.gateway.control_answer))
+    assert {trunk["kind"] for trunk in answer["trunks"]} == {"trunk"}
+    assert SRS_URI not in {trunk["name"] for trunk in answer["trunks"]}
+    (target,) = answer["session_targets"]
+    assert target["kind"] == "session target" and target["name"] == SRS_URI
+    assert target["address"] == f"udp:{NAME}"
+    assert target["dns"]["targets"] == ["udp:127.0.0.9:5060", "udp:127.0.0.10:5060"]
+    assert target["dns"]["error"] is None and abs(target["dns"]["resolved_at"] - time.time()) < 5
+    assert describe_session_target(target, time.time())[0] == (f"{SRS_URI}  udp:{NAME}  [resolved]")
+    exposition = render(StatusView(env.gateway, CallStatistics())).decode()
+    assert f'voipgw_session_target_dns_targets{{uri="{SRS_URI}"}} 2' in exposition
+    assert f'voipgw_session_target_dns_resolved_time_seconds{{uri="{SRS_URI}"}}' in exposition
+    assert SRS_URI not in "\n".join(
+        line for line in exposition.splitlines() if line.startswith("voipgw_trunk_")
+    )
+
+    # The DNS stops answering: the targets are kept, the failure shown.
+    dns.failing = True
+    await trio.sleep(3600)
+    (target,) = env.gateway.session_targets_status()
+    assert target["dns"]["targets"] == ["udp:127.0.0.9:5060", "udp:127.0.0.10:5060"]
+    assert target["dns"]["error"]
+    exposition = render(StatusView(env.gateway, CallStatistics())).decode()
+    assert f'voipgw_session_target_dns_targets{{uri="{SRS_URI}"}} 2' in exposition
+
+
+async def test_no_recorder_named_by_dns_no_session_target_family(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    assert env.gateway.session_targets_status() == []
+    assert env.gateway.control_answer("trunks")["session_targets"] == []
+    exposition = render(StatusView(env.gateway, CallStatistics())).decode()
+    assert "voipgw_session_target_dns" not in exposition

@@ -54,6 +54,7 @@ class Voicemail:
         self.agent = agent
         self.status = status
         self.dialog: Dialog | None = None
+        self.dialogs: dict[str, Dialog] = {}  # by Call-ID: each subscription's
         self.subscribes: list[Request] = []
         # With a nursery: after its 200 to an unsubscribe, the final NOTIFY a voicemail server
         # sends (RFC 6665 §4.1.2.3), its answer kept in ``final_answers``.
@@ -70,6 +71,7 @@ class Voicemail:
         response = await self.agent.respond(received, self.status, extra=[("Expires", expires)])
         if self.status < 300:
             self.dialog = Dialog.create_uas(received.request, response)
+            self.dialogs[received.request.call_id] = self.dialog
             self.agent.add_dialog(self.dialog)
         return True
 
@@ -80,16 +82,25 @@ class Voicemail:
         expires = received.request.headers.get("Expires") or "3600"
         await self.agent.respond(received, 200, extra=[("Expires", expires)])
         if expires == "0" and self._final_notify is not None:
-            self._final_notify.start_soon(self._send_final_notify)
+            dialog = self.dialogs.get(received.request.call_id, self.dialog)
+            self._final_notify.start_soon(self._send_final_notify, dialog)
         return True
 
-    async def _send_final_notify(self) -> None:
-        final = await self.notify("terminated;reason=timeout", SUMMARY_READ)
+    async def _send_final_notify(self, dialog: Dialog | None) -> None:
+        final = await self.notify("terminated;reason=timeout", SUMMARY_READ, dialog=dialog)
         self.final_answers.append(final.status)
 
-    async def notify(self, state: str = "active;expires=500", body: bytes = SUMMARY) -> Response:
-        assert self.dialog is not None
-        request = self.dialog.create_request(
+    async def notify(
+        self,
+        state: str = "active;expires=500",
+        body: bytes = SUMMARY,
+        *,
+        dialog: Dialog | None = None,
+    ) -> Response:
+        """A NOTIFY in ``dialog`` (default: the latest subscription's)."""
+        dialog = dialog or self.dialog
+        assert dialog is not None
+        request = dialog.create_request(
             "NOTIFY",
             via=self.agent.new_via(),
             contact=self.agent.contact,
@@ -390,6 +401,59 @@ async def test_limits_and_a_rebooted_phone_replacing_its_subscription(
     listed = env.gateway.subscriptions.listing()
     assert {info.account for info in listed} == {"alice"}
     assert all(info.state == "active" and 0 < info.expires_in <= 600 for info in listed)
+
+
+async def test_a_rebooted_phones_old_subscription_closes_at_the_trunk(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """alice's phone, at its account's limit, subscribes again from the Contact of one it
+    forgot (it rebooted): the new one is taken (the old one, closing, no longer counts), the
+    old one is unsubscribed at the trunk as at a stop, whose final NOTIFY is answered 200
+    (RFC 6665 §4.1.2.3), not 481, and not relayed to the phone; once it is gone the account
+    holds its limit again, no more."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk, final_notify=nursery)
+    alice = env.alice
+
+    async def subscribe_from(contact: str) -> tuple[Request, Response]:
+        request = subscribe_request(alice)
+        request = request.with_headers(request.headers.set("Contact", contact))
+        return await alice.send_authenticated(request)
+
+    rebooted = "<sip:alice@127.0.0.3:5060>"
+    sent, final = await subscribe_from(rebooted)
+    assert final.status == 200
+    old_phone = Dialog.create_uac(sent, final)
+    alice.add_dialog(old_phone)
+    old_trunk = voicemail.dialog
+    assert (await voicemail.notify()).status == 200
+    assert (await alice.next_request("NOTIFY")).request.body == SUMMARY
+    for line in range(2, MAX_PER_ACCOUNT + 1):
+        assert (await subscribe_from(f"<sip:alice@127.0.0.3:5060;line={line}>"))[1].status == 200
+    assert subscriptions(env) == MAX_PER_ACCOUNT
+
+    _, again = await subscribe_from(rebooted)
+    assert again.status == 200  # the closing one does not hold the account's slot
+    await eventually(lambda: voicemail.final_answers != [])
+    unsubscribe = next(r for r in voicemail.subscribes if r.headers.get("Expires") == "0")
+    assert old_trunk is not None and unsubscribe.call_id == old_trunk.call_id
+    assert voicemail.final_answers == [200]  # the trunk's final NOTIFY found it closing
+    with trio.move_on_after(5):  # and was not relayed: the phone forgot that dialog
+        await alice.next_request("NOTIFY")
+        raise AssertionError("the trunk's final NOTIFY reached the phone")
+    # Forgotten now: the old dialog is gone at both sides.
+    assert (await voicemail.notify(dialog=old_trunk)).status == 481
+    refresh = old_phone.create_request(
+        "SUBSCRIBE",
+        via=alice.new_via(),
+        contact=alice.contact,
+        extra=[("Event", "message-summary"), ("Expires", "600")],
+    )
+    assert (await (await alice.send(refresh, GW)).final()).status == 481
+    # Counted once: the account is at its limit again, not one below it.
+    assert subscriptions(env) == MAX_PER_ACCOUNT
+    refused = (await subscribe_from("<sip:alice@127.0.0.3:5060;line=99>"))[1]
+    assert refused.status == 403 and "limit" in refused.reason
 
 
 async def test_subscribe_and_notify_over_a_lossy_network(

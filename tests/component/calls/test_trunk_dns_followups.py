@@ -5,7 +5,8 @@ a fake resolver at the boundary, on the in-memory network in virtual time:
   SRV, NAPTR, A records) goes to the trunk's cached targets, the next after a silent one
   (``response_timeout``) or a 503, never the next after another failure; a trunk whose name
   has not resolved is unreachable (503), and no DNS query is made for the SUBSCRIBE; one to
-  a ``sips:`` URI goes to the trunk's TLS targets only (480 without any);
+  a ``sips:`` URI goes to the trunk's TLS targets only (480 without any); one its last target
+  never gets or never answers marks the (probed) trunk down, as calls and MESSAGE do;
 - a MESSAGE to a number such a trunk serves follows the rule calls follow: 503 or silence
   (``response_timeout``) sends it to the trunk's next target, a 500 to the next trunk;
 - what an operator sees (``Gateway.trunks_status``, the control socket's ``trunks``,
@@ -16,6 +17,7 @@ a fake resolver at the boundary, on the in-memory network in virtual time:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,7 @@ async def start(
     voicemail: bool = True,
     with_backup: bool = False,
     dns: dict[str, Any] | None = None,
+    carrier: dict[str, Any] | None = None,
 ) -> B2bua:
     extra = []
     if with_backup:
@@ -105,7 +108,12 @@ async def start(
         nursery,
         tmp_path,
         seed,
-        carrier={"address": ADDRESSES[form], "response_timeout": 2.0, "voicemail": voicemail},
+        carrier={
+            "address": ADDRESSES[form],
+            "response_timeout": 2.0,
+            "voicemail": voicemail,
+            **(carrier or {}),
+        },
         extra_trunks=extra,
         dns_resolver=resolver,
         dns=dns,
@@ -218,6 +226,65 @@ async def test_a_voicemail_trunk_whose_name_has_not_resolved_is_unreachable(
     assert resolver.queries == queries  # nothing asked for it: the trunk is down
     assert voicemail.subscribes == [] and sent_to(env, DEAD, b"SUBSCRIBE") == []
     assert env.gateway.subscriptions is not None and len(env.gateway.subscriptions) == 0
+
+
+SECOND_DEAD: Address = ("127.0.0.8", 5060)  # another target nothing answers at
+
+
+@pytest.mark.parametrize("failure", ["first target only", "no response", "transport error"])
+async def test_a_subscription_failing_at_the_last_target_marks_the_trunk_down(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+) -> None:
+    """As a call's INVITE and a MESSAGE: a probed voicemail trunk whose last target never gets
+    the SUBSCRIBE (a transport error) or never answers it (``response_timeout``) is down, with
+    the same log line; a silent target with another after it is one server's failure (RFC 3263
+    §4.3) and the trunk stays up."""
+    caplog.set_level(logging.WARNING, logger="gateway.core.calls.trunk_health")
+    second = SECOND_DEAD if failure == "no response" else TRUNK
+    # Probed (options_interval): the first probe, at DEAD, gives up after 32 s, long after.
+    env = await start(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        resolver_for("srv", DEAD, second),
+        carrier={"options_interval": 60.0},
+    )
+    voicemail = Voicemail(env.trunk)
+    health = env.gateway.trunk_health
+    if failure == "transport error":
+        endpoint = env.gateway.endpoint
+        send_request = endpoint.send_request
+
+        async def refused(request: Request, **kwargs: Any) -> Any:
+            if kwargs["address"] == TRUNK and request.method == "SUBSCRIBE":
+                raise ConnectionRefusedError(111, "Connection refused")
+            return await send_request(request, **kwargs)
+
+        monkeypatch.setattr(endpoint, "send_request", refused)
+    _, final = await subscribe(env)
+    assert sent_to(env, DEAD, b"SUBSCRIBE")  # the first target was tried and was silent
+    if failure == "first target only":
+        assert final.status == 200, final.reason
+        assert len(voicemail.subscribes) == 1
+        assert health.is_up("carrier") and health.down == {}
+        return
+    if failure == "no response":
+        assert final.status == 408
+        assert sent_to(env, SECOND_DEAD, b"SUBSCRIBE")
+        why = "no response to a SUBSCRIBE within 2 s"
+    else:
+        assert final.status == 503
+        why = "cannot send to it: [Errno 111] Connection refused"
+    assert voicemail.subscribes == []
+    assert health.down == {"carrier": why}
+    assert f"trunk carrier is down: {why}" in caplog.text
+    assert not health.is_up("carrier")
 
 
 @pytest.mark.parametrize("offers_tls", [True, False])
