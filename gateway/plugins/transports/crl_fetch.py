@@ -139,10 +139,21 @@ class CrlFetcher:
         digest = hashlib.sha256(url.encode()).hexdigest()[:32]
         return self.state_dir / SAVED_DIR / f"{digest}.crl"
 
-    def load_saved(self) -> list[LoadedCrl]:
+    def load_saved(self, *, learned: bool) -> list[LoadedCrl]:
         """The saved CRLs of the known URLs that still pass the checks (current or not: the
         caller logs an expired one as it does a file at start-up); each one's URL is fetched
-        again at its 3/4 (at once if past). A missing file is normal (never fetched)."""
+        again at its 3/4 (at once if past). A missing file is normal (never fetched).
+        ``learned`` (crl_distribution_points): the URLs saved besides them are known again
+        too, as the certificates that named them taught them in an earlier run."""
+        if learned and self.state_dir is not None:
+            for named in sorted((self.state_dir / SAVED_DIR).glob("*.url")):
+                try:
+                    url = named.read_text(encoding="ascii").strip()
+                    parse_http_url(url)
+                except (OSError, ValueError):
+                    continue  # a damaged file: the URL is learned again at a handshake
+                if url not in self._sources and len(self._sources) < MAX_URLS:
+                    self._sources[url] = _Source(url, due=self.wall_clock())
         loaded: list[LoadedCrl] = []
         now = self.wall_clock()
         for source in self._sources.values():
@@ -165,6 +176,7 @@ class CrlFetcher:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".url").write_text(crl.path + "\n", encoding="ascii")
             partial = path.with_suffix(".partial")
             partial.write_bytes(crl.crl.public_bytes(serialization.Encoding.DER))
             os.replace(partial, path)  # a crash leaves the old file or the new one, never half

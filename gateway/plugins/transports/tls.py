@@ -1264,7 +1264,7 @@ class TlsTransport(StreamTransport):
             return
         self._crl_fetcher_started = True
         self.crl_fetcher.state_dir = Path(host.state_dir)
-        saved = self.crl_fetcher.load_saved()
+        saved = self.crl_fetcher.load_saved(learned=self.tls.crl_distribution_points)
         if saved:
             for crl in saved:
                 self._fetched[crl.path] = crl

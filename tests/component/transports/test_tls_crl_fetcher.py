@@ -185,10 +185,29 @@ async def test_a_fetched_crl_is_saved_and_used_by_the_next_start_before_any_fetc
     first = transport_for(vendor, server, state)
     await run_for(first, 1.0)
     saved = list((state / "tls" / "crls").iterdir())
-    assert [path.suffix for path in saved] == [".crl"]
+    assert sorted(path.suffix for path in saved) == [".crl", ".url"]
     server.down = True
     asked = len(server.asked)
     second = transport_for(vendor, server, state)
     (crl,) = second.loaded_crls()
     assert (crl.path, crl.number) == (URL, 1)
     assert len(server.asked) == asked  # loaded, not fetched
+
+
+async def test_urls_learned_from_certificates_are_saved_and_known_again_at_the_next_start(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_distribution_points=True)
+    first = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    first._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
+    assert first.loaded_crls() == ()
+    first._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+    await run_for(first, 1.0)
+    assert [crl.path for crl in first.loaded_crls()] == [URL]
+    server.down = True
+    second = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    second._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
+    assert [crl.path for crl in second.loaded_crls()] == [URL]
+    assert second.crl_fetcher is not None and second.crl_fetcher.urls() == (URL,)
