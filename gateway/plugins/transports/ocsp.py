@@ -386,6 +386,9 @@ async def _http_exchange(
         f"{method} {path} HTTP/1.0\r\nHost: {host_header}\r\n{headers}Connection: close\r\n\r\n"
     ).encode("ascii")
     received = bytearray()
+    # Header and body length, once the header was read: a CRL of some MiB arrives in many
+    # reads, and parsing all received so far after each would copy it over and over.
+    total: int | None = None
     try:
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
@@ -395,13 +398,37 @@ async def _http_exchange(
                 received += data
                 if len(received) > max_size:
                     raise OcspError(f"{peer} sent more than {max_size} bytes")
+                if data and total is not None and len(received) < total:
+                    continue
                 answer = parse_http_response_untrusted(
                     bytes(received), complete=not data, peer=peer
                 )
                 if answer is not None:
                     return answer
+                if total is None:
+                    total = _expected_total(received, peer)
     except (OSError, trio.BrokenResourceError) as exc:
         raise OcspError(f"no connection to {peer} {url} ({exc})") from None
+
+
+#: An HTTP response header longer than this is not one of a responder or CRL server.
+MAX_HEADER_SIZE = 16384
+
+
+def _expected_total(received: bytearray, peer: str) -> int | None:
+    """Header plus body size of a response whose header :func:`parse_http_response_untrusted`
+    accepted (200, a numeric Content-Length); without Content-Length the body ends when the
+    server closes (a size never reached); None while the header is incomplete."""
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        if len(received) > MAX_HEADER_SIZE:
+            raise OcspError(f"{peer}'s HTTP header is longer than {MAX_HEADER_SIZE} bytes")
+        return None
+    for line in bytes(received[:end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return end + 4 + int(value.strip())
+    return 1 << 62
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ import trio
 import trio.testing
 
 from gateway.core.transport.flows import format_address
+from gateway.plugins.transports.crl_fetch import MAX_CRL_SIZE
+from gateway.plugins.transports.ocsp import OcspError, http_get
 from tests.integration.tls.test_tls_crl_sockets import closed_by_the_gateway
 from tests.integration.tls.test_tls_sockets import (
     LOOPBACK,
@@ -144,3 +146,16 @@ async def test_a_phone_revoked_in_a_newly_served_crl_is_closed_at_the_next_refre
         "certificates' distribution point)"
         for r in caplog.records
     )
+
+
+async def test_the_http_client_reads_a_large_crl_in_many_reads_within_its_bound() -> None:
+    server = CrlServer()
+    server.body = bytes(range(256)) * 4096 * 3  # 3 MiB: many reads
+    with serving(server):
+        assert await http_get(server.url, max_size=MAX_CRL_SIZE, peer="the CRL server") == (
+            server.body
+        )
+        with pytest.raises(OcspError, match="the CRL server sent more than 1048576 bytes"):
+            await http_get(server.url, max_size=1 << 20, peer="the CRL server")
+    with pytest.raises(OcspError, match=r"no connection to the CRL server http://127\.0\.0\.1:"):
+        await http_get(server.url, max_size=MAX_CRL_SIZE, peer="the CRL server")
