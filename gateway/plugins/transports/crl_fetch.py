@@ -238,7 +238,11 @@ class CrlFetcher:
             source.failures += 1
             source.due = now + _backoff(source.failures)
         self._save(crl)
-        self._use(crl)
+        try:
+            self._use(crl)
+        except Exception:
+            # A bug applying it must not end the fetching (nor the listeners' nursery).
+            log.exception("tls: using the CRL fetched from %s failed", url)
 
     def _failed(self, source: _Source, reason: str) -> None:
         self.fetches["failed"] += 1

@@ -46,6 +46,9 @@ Revocation (``crl_files``, revocation.py): OpenSSL checks the peer's own certifi
 CRL of its CA (X509_V_FLAG_CRL_CHECK). A revoked certificate is refused in every mode; a CA
 without a CRL is not checked; a CRL past its nextUpdate fails closed, as OpenSSL does, and is
 logged loudly before and when that happens (docs/tls.md, "Certificate revocation").
+``crl_urls`` and ``crl_distribution_points`` (crl_fetch.py) have the gateway fetch CRLs over
+HTTP and keep them current; each new one goes through the same swap and close as a reload
+(:meth:`TlsTransport._use_fetched_crl`; docs/tls.md, "Fetching CRLs").
 
 OCSP (``ocsp``, ocsp.py): after the handshake and before the connection becomes a flow, the
 responder of the peer certificate's CA (from ``ca_bundles``) is asked, through a cache, whether
