@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 
+from gateway.core.cli import main
 from gateway.core.transport.flows import format_address
 from gateway.plugins.transports.crl_fetch import MAX_CRL_SIZE
 from gateway.plugins.transports.ocsp import OcspError, http_get
@@ -159,3 +160,24 @@ async def test_the_http_client_reads_a_large_crl_in_many_reads_within_its_bound(
             await http_get(server.url, max_size=1 << 20, peer="the CRL server")
     with pytest.raises(OcspError, match=r"no connection to the CRL server http://127\.0\.0\.1:"):
         await http_get(server.url, max_size=MAX_CRL_SIZE, peer="the CRL server")
+
+
+def test_check_config_fetches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pki = TestPki(tmp_path / "pki")
+    vendor = pki.ca("Phone Vendor Factory CA")
+    server = CrlServer()
+    own = vendor.issue("voipgw", hosts=["127.0.0.1"], crl_url=server.url)
+    server.body = vendor.crl(tmp_path / "v1.crl").read_bytes()
+    config = tmp_path / "voipgw.toml"
+    config.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[sip]\nlisten = ["tls:127.0.0.1:5061"]\n'
+        f'[plugins]\nenable = ["udp", "tls"]\n'
+        f'[plugins.tls]\nca_bundles = ["{vendor.certificate}"]\n'
+        f'certificate = "{own.certificate}"\nprivate_key = "{own.key}"\n'
+        f'crl_urls = ["{server.url}"]\ncrl_distribution_points = true\n'
+    )
+    with serving(server):
+        assert main(["check-config", str(config)]) == 0, capsys.readouterr().err
+    assert server.gets == 0
+    assert not (tmp_path / "state" / "tls" / "crls").exists()
