@@ -5,8 +5,9 @@ connects over mutual TLS and registers (digest, 200); a revoked one is refused a
 its subject and serial; with the responder stopped, a phone the gateway has not asked about yet
 is refused (hard-fail) while the registered phone's cached answer still lets it in again.
 
-``openssl ocsp -port`` (OpenSSL 3.0) takes a port number only and listens on every address;
-nothing but this test's gateway on 127.0.0.1 talks to it, for a few seconds."""
+``openssl ocsp -port`` (OpenSSL 3.0) listens on every address, so openssl answers through
+:class:`OcspFront` instead: an HTTP/1.0 front on 127.0.0.1 that runs ``openssl ocsp -reqin
+-respout`` per request; "stopping the responder" closes the front."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_peer
+from tests.interop.harness.ocsp_front import OcspFront
 from tests.interop.harness.pki import Issued, TestPki
-from tests.interop.harness.ports import LOOPBACK, free_port, wait_listening
-from tests.interop.harness.processes import start_process, stop_process, tail
+from tests.interop.harness.ports import LOOPBACK
+from tests.interop.harness.processes import tail
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
 from tests.interop.harness.ws_client import digest_authorization
 
@@ -83,25 +85,18 @@ def register(port: int, phone: Issued, trust: Path, user: str) -> str:
 
 def test_openssl_ocsp_responder_good_revoked_and_stopped(tmp_path: Path) -> None:
     openssl = require_peer("openssl")
-    responder_port = free_port("tcp")
-    url = f"http://{LOOPBACK}:{responder_port}/"
     pki = TestPki(tmp_path / "pki")
     ca = pki.ca("Phone Vendor Factory CA")
     signer = ca.responder("Phone Vendor OCSP")
     server = ca.issue("voipgw", hosts=["127.0.0.1"])
-    good = ca.issue("0004f2000001", hosts=[], ocsp_url=url)
-    stolen = ca.issue("0004f2000002", hosts=[], ocsp_url=url)
-    later = ca.issue("0004f2000003", hosts=[], ocsp_url=url)
-    index = ca.ocsp_index(tmp_path / "index.txt", good=[good, later], revoked=[stolen])
-    log = tmp_path / "ocsp.log"
-    command = [
-        *(openssl, "ocsp", "-index", str(index), "-port", str(responder_port)),
-        *("-rsigner", str(signer.certificate), "-rkey", str(signer.key)),
-        *("-CA", str(ca.certificate), "-nmin", "10", "-ignore_err"),
-    ]
-    responder = start_process(command, log=log, cwd=tmp_path)
+    index_path = tmp_path / "index.txt"
+    front = OcspFront(openssl, index=index_path, ca=ca.certificate, signer=signer, workdir=tmp_path)
+    url = front.url
     try:
-        wait_listening(responder_port, "tcp", timeout=10, process=responder)
+        good = ca.issue("0004f2000001", hosts=[], ocsp_url=url)
+        stolen = ca.issue("0004f2000002", hosts=[], ocsp_url=url)
+        later = ca.issue("0004f2000003", hosts=[], ocsp_url=url)
+        ca.ocsp_index(index_path, good=[good, later], revoked=[stolen])
         tls = {
             "mode": "mutual",
             "certificate": str(server.certificate),
@@ -122,8 +117,10 @@ def test_openssl_ocsp_responder_good_revoked_and_stopped(tmp_path: Path) -> None
                 rf"revoked \(OCSP\); peer certificate: CN=0004f2000002, serial "
                 rf"{stolen.x509.serial_number:X}"
             )
+            # openssl answered both (not some other responder).
+            assert front.requests == 2
 
-            stop_process(responder, timeout=3.0)
+            front.close()
             # Not asked about before, no responder: hard-fail refuses.
             assert register(port, later, ca.certificate, "carol") == "refused"
             gateway.wait_for_log(
@@ -133,7 +130,7 @@ def test_openssl_ocsp_responder_good_revoked_and_stopped(tmp_path: Path) -> None
             # The phone registered before: its answer is cached until its nextUpdate.
             assert register(port, good, ca.certificate, "alice") == "SIP/2.0 200 OK"
     except BaseException:
-        print(f"--- openssl ocsp ({log}) ---\n{tail(log, 40)}")
+        print(f"--- openssl ocsp ({front.log}) ---\n{tail(front.log, 40)}")
         raise
     finally:
-        stop_process(responder, timeout=3.0)
+        front.close()

@@ -437,7 +437,8 @@ def _tls_handshakes(out: Exposition, status: GatewayStatus) -> None:
         out.family(
             "voipgw_tls_crl_next_update_time_seconds",
             "gauge",
-            "When each CRL of crl_files reaches its nextUpdate, seconds since the epoch; from "
+            "When each CRL of crl_files or fetched (crl_urls, crl_distribution_points; file is "
+            "then its URL) reaches its nextUpdate, seconds since the epoch; from "
             "then on every handshake with a certificate of its CA fails until a new one is loaded.",
         )
         for transport, path, next_update in crls:

@@ -316,38 +316,40 @@ def _signature_valid(key: object, response: ocsp.OCSPResponse) -> bool:
 # HTTP (RFC 6960 Appendix A.1)
 
 
-def parse_http_response_untrusted(data: bytes, *, complete: bool) -> bytes | None:
-    """The body of an HTTP/1.x response to our POST, once ``data`` holds all of it (by
-    Content-Length, or ``complete``: the responder closed the connection); None while more is
+def parse_http_response_untrusted(
+    data: bytes, *, complete: bool, peer: str = "the responder"
+) -> bytes | None:
+    """The body of an HTTP/1.x response to our request, once ``data`` holds all of it (by
+    Content-Length, or ``complete``: ``peer`` closed the connection); None while more is
     needed. OcspError for anything but a well-formed 200. The caller bounds ``data``."""
     head, separator, body = data.partition(b"\r\n\r\n")
     if not separator:
         if complete:
-            raise OcspError("the responder's HTTP response ended inside its header")
+            raise OcspError(f"{peer}'s HTTP response ended inside its header")
         return None
     lines = head.split(b"\r\n")
     status = lines[0].split(b" ", 2)
     if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
-        raise OcspError("the responder did not answer with HTTP")
+        raise OcspError(f"{peer} did not answer with HTTP")
     if status[1] != b"200":
-        raise OcspError(f"the responder answered HTTP {status[1].decode('ascii')}")
+        raise OcspError(f"{peer} answered HTTP {status[1].decode('ascii')}")
     length: int | None = None
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon:
-            raise OcspError("the responder's HTTP header is malformed")
+            raise OcspError(f"{peer}'s HTTP header is malformed")
         if name.strip().lower() == b"content-length":
             text = value.strip()
             if not text.isdigit() or len(text) > 9:
-                raise OcspError("the responder's Content-Length is not a number")
+                raise OcspError(f"{peer}'s Content-Length is not a number")
             length = int(text)
         elif name.strip().lower() == b"transfer-encoding":
-            raise OcspError("the responder used a Transfer-Encoding (not HTTP/1.0)")
+            raise OcspError(f"{peer} used a Transfer-Encoding (not HTTP/1.0)")
     if length is not None:
         if len(body) >= length:
             return body[:length]
         if complete:
-            raise OcspError("the responder closed the connection before the whole body")
+            raise OcspError(f"{peer} closed the connection before the whole body")
         return None
     return body if complete else None
 
@@ -356,6 +358,23 @@ async def post_ocsp(url: str, request: bytes, *, max_size: int = MAX_RESPONSE_SI
     """POST ``request`` to the responder at ``url``; its response body (DER), or OcspError.
     Bounded in size here (``max_size`` bytes of HTTP response) and in time by the caller's
     cancel scope."""
+    headers = (
+        "Content-Type: application/ocsp-request\r\n"
+        "Accept: application/ocsp-response\r\n"
+        f"Content-Length: {len(request)}\r\n"
+    )
+    return await _http_exchange(url, "POST", headers, request, max_size, "the responder")
+
+
+async def http_get(url: str, *, max_size: int, peer: str) -> bytes:
+    """GET ``url`` (a CRL, RFC 5280 §4.2.1.13); the response body, or OcspError (its message
+    calls the server ``peer``). Bounded as :func:`post_ocsp` is."""
+    return await _http_exchange(url, "GET", "", b"", max_size, peer)
+
+
+async def _http_exchange(
+    url: str, method: str, headers: str, body: bytes, max_size: int, peer: str
+) -> bytes:
     try:
         host, port, path = parse_http_url(url)
     except ValueError as exc:
@@ -364,28 +383,52 @@ async def post_ocsp(url: str, request: bytes, *, max_size: int = MAX_RESPONSE_SI
     if port != 80:
         host_header += f":{port}"
     head = (
-        f"POST {path} HTTP/1.0\r\n"
-        f"Host: {host_header}\r\n"
-        "Content-Type: application/ocsp-request\r\n"
-        "Accept: application/ocsp-response\r\n"
-        f"Content-Length: {len(request)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{method} {path} HTTP/1.0\r\nHost: {host_header}\r\n{headers}Connection: close\r\n\r\n"
     ).encode("ascii")
     received = bytearray()
+    # Header and body length, once the header was read: a CRL of some MiB arrives in many
+    # reads, and parsing all received so far after each would copy it over and over.
+    total: int | None = None
     try:
         stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            await stream.send_all(head + request)
+            await stream.send_all(head + body)
             while True:
-                data = await stream.receive_some(16384)
+                data = await stream.receive_some(65536)
                 received += data
                 if len(received) > max_size:
-                    raise OcspError(f"the responder sent more than {max_size} bytes")
-                body = parse_http_response_untrusted(bytes(received), complete=not data)
-                if body is not None:
-                    return body
+                    raise OcspError(f"{peer} sent more than {max_size} bytes")
+                if data and total is not None and len(received) < total:
+                    continue
+                answer = parse_http_response_untrusted(
+                    bytes(received), complete=not data, peer=peer
+                )
+                if answer is not None:
+                    return answer
+                if total is None:
+                    total = _expected_total(received, peer)
     except (OSError, trio.BrokenResourceError) as exc:
-        raise OcspError(f"no connection to the responder {url} ({exc})") from None
+        raise OcspError(f"no connection to {peer} {url} ({exc})") from None
+
+
+#: An HTTP response header longer than this is not one of a responder or CRL server.
+MAX_HEADER_SIZE = 16384
+
+
+def _expected_total(received: bytearray, peer: str) -> int | None:
+    """Header plus body size of a response whose header :func:`parse_http_response_untrusted`
+    accepted (200, a numeric Content-Length); without Content-Length the body ends when the
+    server closes (a size never reached); None while the header is incomplete."""
+    end = received.find(b"\r\n\r\n")
+    if end < 0:
+        if len(received) > MAX_HEADER_SIZE:
+            raise OcspError(f"{peer}'s HTTP header is longer than {MAX_HEADER_SIZE} bytes")
+        return None
+    for line in bytes(received[:end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return end + 4 + int(value.strip())
+    return 1 << 62
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class LoadedCrl:
     next_update: float  # Unix time
     revoked: int  # entries
     crl: x509.CertificateRevocationList = attrs.field(eq=False, repr=False)
+    number: int | None = None  # cRLNumber (RFC 5280 §5.2.3): which of two CRLs is newer
 
     @property
     def stale_at(self) -> float:
@@ -122,6 +123,13 @@ def load_crl(path: Path, cas: Sequence[x509.Certificate]) -> LoadedCrl:
         data = path.read_bytes()
     except OSError as exc:
         raise CertificateError(f"{path}: cannot read it: {exc.strerror}") from None
+    return check_crl_untrusted(data, str(path), cas)
+
+
+def check_crl_untrusted(data: bytes, path: str, cas: Sequence[x509.Certificate]) -> LoadedCrl:
+    """The CRL in ``data`` (a file's or an HTTP server's bytes, named ``path`` in messages and
+    metrics) once it passed the module's checks; CertificateError otherwise. The caller bounds
+    ``data`` (crl_fetch.MAX_CRL_SIZE for a fetched one)."""
     try:
         pem = _PEM_MARKER in data
         crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
@@ -134,6 +142,7 @@ def load_crl(path: Path, cas: Sequence[x509.Certificate]) -> LoadedCrl:
         delta = _has_extension(crl, x509.DeltaCRLIndicator)
         scope = _scope_problem(crl)
         revoked = len(crl)
+        number = _crl_number(crl)
     except ValueError as exc:
         raise CertificateError(f"{path}: the CRL cannot be read ({exc})") from None
     if delta:
@@ -162,7 +171,24 @@ def load_crl(path: Path, cas: Sequence[x509.Certificate]) -> LoadedCrl:
         next_update=next_update.timestamp(),
         revoked=revoked,
         crl=crl,
+        number=number,
     )
+
+
+def newer(a: LoadedCrl, b: LoadedCrl) -> bool:
+    """Whether ``a`` supersedes ``b`` (two CRLs of one CA, e.g. a fetched one and one of
+    crl_files): the higher cRLNumber (RFC 5280 §5.2.3: it only increases), else the later
+    thisUpdate; ties go to ``b``."""
+    if a.number is not None and b.number is not None and a.number != b.number:
+        return a.number > b.number
+    return a.last_update > b.last_update
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return None
 
 
 def cas_without_crl(crls: Sequence[LoadedCrl], bundles: Iterable[Path]) -> list[str]:

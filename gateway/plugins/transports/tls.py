@@ -46,6 +46,9 @@ Revocation (``crl_files``, revocation.py): OpenSSL checks the peer's own certifi
 CRL of its CA (X509_V_FLAG_CRL_CHECK). A revoked certificate is refused in every mode; a CA
 without a CRL is not checked; a CRL past its nextUpdate fails closed, as OpenSSL does, and is
 logged loudly before and when that happens (docs/tls.md, "Certificate revocation").
+``crl_urls`` and ``crl_distribution_points`` (crl_fetch.py) have the gateway fetch CRLs over
+HTTP and keep them current; each new one goes through the same swap and close as a reload
+(:meth:`TlsTransport._use_fetched_crl`; docs/tls.md, "Fetching CRLs").
 
 OCSP (``ocsp``, ocsp.py): after the handshake and before the connection becomes a flow, the
 responder of the peer certificate's CA (from ``ca_bundles``) is asked, through a cache, whether
@@ -92,6 +95,7 @@ from gateway.plugins.transports.certificates import (
     peer_identity,
     validity_problem,
 )
+from gateway.plugins.transports.crl_fetch import CrlFetcher, GetCrl, distribution_point_urls
 from gateway.plugins.transports.ocsp import (
     OCSP_MODES,
     OcspChecker,
@@ -110,6 +114,7 @@ from gateway.plugins.transports.revocation import (
     RevokedSerials,
     cas_without_crl,
     load_crl,
+    newer,
 )
 from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
 
@@ -188,6 +193,8 @@ class TlsConfig:
     ocsp: OcspMode = "off"
     ocsp_timeout: float = 3.0
     ocsp_responder: str | None = None
+    crl_urls: tuple[str, ...] = ()
+    crl_distribution_points: bool = False
 
     def __attrs_post_init__(self) -> None:
         # structure() reports a ValueError as a config error of this table; say which key.
@@ -225,6 +232,27 @@ class TlsConfig:
         if self.crl_files:
             self._check_crl_files()
         self._check_ocsp()
+        self._check_crl_fetch()
+
+    def _check_crl_fetch(self) -> None:
+        # Nothing is fetched here: check-config only checks the URLs' spelling.
+        for url in self.crl_urls:
+            try:
+                parse_http_url(url)
+            except ValueError as exc:
+                raise ValueError(f"crl_urls: {exc}") from None
+        if len(set(self.crl_urls)) != len(self.crl_urls):
+            raise ValueError("crl_urls: lists a URL more than once")
+        if (self.crl_urls or self.crl_distribution_points) and not self.ca_bundles:
+            key = "crl_urls" if self.crl_urls else "crl_distribution_points"
+            raise ValueError(
+                f"{key}: each fetched CRL must be signed by a CA certificate in ca_bundles; "
+                "list the CA there"
+            )
+
+    @property
+    def fetches_crls(self) -> bool:
+        return bool(self.crl_urls) or self.crl_distribution_points
 
     def _check_ocsp(self) -> None:
         if self.ocsp not in OCSP_MODES:
@@ -805,6 +833,13 @@ class TlsHandshakeError(OSError):
     logged = True
 
 
+def _remedy(crl: LoadedCrl) -> str:
+    """What fixes a CRL out of date, for the log: a fetched one is fetched again by itself."""
+    if crl.path.startswith(("http://", "HTTP://")):
+        return "the gateway keeps fetching it; see the warnings about its URL"
+    return "replace the file, then SIGHUP"
+
+
 def _printable(text: str) -> str:
     """Peer-supplied text made safe for one log line."""
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
@@ -861,6 +896,7 @@ class TlsTransport(StreamTransport):
         config: TlsConfig | None = None,
         *,
         ocsp_fetch: OcspFetch | None = None,
+        crl_get: GetCrl | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.tls = config or TlsConfig()
@@ -906,14 +942,41 @@ class TlsTransport(StreamTransport):
         # What we serve (logged, shown by the metrics); the generated one once a listener made it.
         self._loaded: tuple[LoadedCertificate, ...] = ()
         self._loaded_logged = False
+        # CRLs fetched over HTTP (crl_urls, crl_distribution_points: crl_fetch.py), by URL;
+        # None when neither is set (then nothing below costs anything). ``crl_get`` and
+        # ``wall_clock`` are for tests. Nothing is fetched before serve() (check-config never).
+        self.crl_fetcher: CrlFetcher | None = None
+        self._wall_clock = wall_clock
+        self._fetched: dict[str, LoadedCrl] = {}
+        self._crl_fetcher_started = False
+        self._crl_fetch_task = False
+        # The CAs of ca_bundles, for distribution points (read at start-up and on reload).
+        self._fetch_cas: tuple[x509.Certificate, ...] = ()
+        # Issuers (DER names) whose certificates' distribution points were looked at.
+        self._distribution_points_seen: set[bytes] = set()
+        if self.tls.fetches_crls:
+            self.crl_fetcher = CrlFetcher(
+                cas=self._read_cas,
+                use=self._use_fetched_crl,
+                tick=self._crl_events_due,
+                get=crl_get,
+                wall_clock=wall_clock,
+            )
+            for url in self.tls.crl_urls:
+                self.crl_fetcher.add(url)
+            self._fetch_cas = self._read_cas()
         # Fail at start-up (and in check-config), not on the first connection.
-        self._crls = self._read_crls()
+        self._file_crls = self._read_crls()
+        self._crls = self._file_crls
         self._check_files(self._configured, self._crls)
         if self.ocsp is not None:
             self._ocsp_cas = self._read_cas()
         if self._configured is not None:
             self._loaded = (loaded_certificate(self._configured.certificate),)
             self._warn(self._configured, self._loaded[0], ())
+            if self.tls.crl_distribution_points:
+                # Our own certificate, often from the CA that issued the phones'.
+                self._learn_distribution_points(load_certificates(self._configured.certificate)[0])
         self._announce_crls(now=time.time())
         self._paths = self._configured
         self._listeners: list[_ListenerSide] = []
@@ -979,9 +1042,10 @@ class TlsTransport(StreamTransport):
             if problem is not None:
                 log.error(
                     "%s: %s: every handshake with a certificate of that CA fails until a "
-                    "current CRL is in place (replace the file, then SIGHUP)",
+                    "current CRL is in place (%s)",
                     self.name,
                     problem,
+                    _remedy(crl),
                 )
             elif now >= crl.stale_at:
                 self._log_stale(crl)
@@ -1006,9 +1070,10 @@ class TlsTransport(StreamTransport):
     def _log_stale(self, crl: LoadedCrl) -> None:
         log.warning(
             "%s: %s has not been refreshed: once its next update passes, every handshake with "
-            "a certificate of that CA fails (replace the file, then SIGHUP)",
+            "a certificate of that CA fails (%s)",
             self.name,
             crl.describe(),
+            _remedy(crl),
         )
 
     def _crl_events_due(self, now: float) -> None:
@@ -1019,9 +1084,10 @@ class TlsTransport(StreamTransport):
             else:
                 log.error(
                     "%s: %s: every handshake with a certificate of that CA fails until a "
-                    "current CRL is in place (replace the file, then SIGHUP)",
+                    "current CRL is in place (%s)",
                     self.name,
                     crl.problem(now),
+                    _remedy(crl),
                 )
 
     # -- certificates -----------------------------------------------------------------------
@@ -1067,14 +1133,16 @@ class TlsTransport(StreamTransport):
         paths = self._paths  # configured, generated (the same files, never regenerated) or None
         now = time.time()
         try:
-            crls = self._read_crls()
-            for crl in crls:
+            file_crls = self._read_crls()
+            for crl in file_crls:
                 # Copying an old CRL over a current one would fail every handshake of its CA.
                 problem = crl.problem(now)
                 if problem is not None:
                     raise CertificateError(f"[plugins.{self.name}] crl_files: {problem}")
+            crls = self._effective_crls(file_crls)
             self._check_files(paths, crls)
             ocsp_cas = self._read_cas() if self.ocsp is not None else ()
+            fetch_cas = (ocsp_cas or self._read_cas()) if self.crl_fetcher is not None else ()
             loaded: tuple[LoadedCertificate, ...] = ()
             if paths is not None:
                 loaded = (loaded_certificate(paths.certificate),)
@@ -1094,8 +1162,10 @@ class TlsTransport(StreamTransport):
             self._warn(paths, loaded[0], tuple(side.address[0] for side in self._listeners))
         # Read by wrap() at each new connection: from here on they get the new contexts.
         self._listeners, self._client_contexts, self._loaded = listeners, clients, loaded
+        self._file_crls = file_crls
         self._crls = crls
         self._ocsp_cas = ocsp_cas
+        self._fetch_cas = fetch_cas
         self._revoked_logged.clear()  # a phone still refused after the reload is logged again
         self._announce_crls(now=now)
         if crls:
@@ -1109,7 +1179,9 @@ class TlsTransport(StreamTransport):
     ) -> None:
         # Without crl_files (read at start-up only, like the config) and OCSP nothing is ever
         # checked.
-        if info.revocation_id is not None and (self._crl_paths or info.ocsp is not None):
+        if info.revocation_id is not None and (
+            self._crl_paths or info.ocsp is not None or self.crl_fetcher is not None
+        ):
             issuer_der, serial = info.revocation_id
             certificate = CertificateId(issuer_der, serial)
             self._open[flow] = _OpenConnection(
@@ -1121,7 +1193,88 @@ class TlsTransport(StreamTransport):
     def _connection_down(self, flow: Flow) -> None:
         self._open.pop(flow, None)
 
-    def _close_revoked(self, crls: Sequence[LoadedCrl]) -> None:
+    # -- CRLs fetched over HTTP (crl_fetch.py) ---------------------------------------------
+
+    def _effective_crls(self, file_crls: Sequence[LoadedCrl]) -> tuple[LoadedCrl, ...]:
+        """What handshakes are checked against: ``crl_files``, and with fetching on, one CRL per
+        CA: of a file's and a fetched one, the newer (revocation.newer: higher cRLNumber), so
+        a cron job and the fetch may both run while an operator moves from one to the other,
+        and neither an old file nor a stale mirror can undo a revocation."""
+        if self.crl_fetcher is None:
+            return tuple(file_crls)
+        best: dict[bytes, LoadedCrl] = {}
+        for crl in (*file_crls, *self._fetched.values()):
+            kept = best.get(crl.issuer_der)
+            if kept is None or newer(crl, kept):
+                best[crl.issuer_der] = crl
+        return tuple(best.values())
+
+    def _use_fetched_crl(self, crl: LoadedCrl) -> None:
+        """A fetched CRL passed its checks: used as a reloaded CRL file is (new contexts for
+        new handshakes, open connections it revokes closed, logged and in the metrics). If the
+        contexts cannot be rebuilt (the certificate file gone meanwhile), the CRLs in use stay
+        and it is logged; the next fetch or SIGHUP tries again."""
+        self._fetched[crl.path] = crl
+        crls = self._effective_crls(self._file_crls)
+        paths = self._paths
+        try:
+            listeners: list[_ListenerSide] = []
+            if paths is not None:
+                listeners = [
+                    attrs.evolve(side, context=self._server_context(paths, side.mode, crls))
+                    for side in self._listeners
+                ]
+            clients = {mode: self._new_client_context(mode, crls) for mode in self._client_contexts}
+        except CertificateError as exc:
+            log.error("%s: the CRL fetched from %s is not used: %s", self.name, crl.path, exc)
+            return
+        self._listeners, self._client_contexts = listeners, clients
+        self._crls = crls
+        self._revoked_logged.clear()
+        self._announce_crls(now=self._wall_clock())
+        if crls and self._nursery is not None:
+            self._close_revoked(crls, "a fetched CRL")
+
+    def _learn_distribution_points(self, certificate: x509.Certificate) -> None:
+        """With ``crl_distribution_points``: fetch the CRL where ``certificate`` says its
+        issuer publishes it, once per issuer, and only for a CA of ``ca_bundles`` (a CRL of
+        another CA would be refused anyway)."""
+        assert self.crl_fetcher is not None
+        try:
+            issuer_der = certificate.issuer.public_bytes()
+        except ValueError:  # a name cryptography cannot encode: no CA of ours issued it
+            return
+        if issuer_der in self._distribution_points_seen:
+            return
+        if len(self._distribution_points_seen) >= _REVOKED_LOG_LIMIT:
+            self._distribution_points_seen.clear()  # unverified peers may name any issuer
+        self._distribution_points_seen.add(issuer_der)
+        if find_issuer(certificate, self._fetch_cas) is None:
+            return
+        for url in distribution_point_urls(certificate):
+            if self.crl_fetcher.add(url):
+                log.info(
+                    "%s: fetching the CRL of %s from %s (its certificates' distribution point)",
+                    self.name,
+                    _printable(certificate.issuer.rfc4514_string()),
+                    url,
+                )
+
+    def _start_crl_fetcher(self, host: TransportHost) -> None:
+        """At the first listener: CRLs saved by an earlier run are used at once (before its
+        context is made), then the fetch task starts (no handshake waits for it)."""
+        if self.crl_fetcher is None or self._crl_fetcher_started:
+            return
+        self._crl_fetcher_started = True
+        self.crl_fetcher.state_dir = Path(host.state_dir)
+        saved = self.crl_fetcher.load_saved(learned=self.tls.crl_distribution_points)
+        if saved:
+            for crl in saved:
+                self._fetched[crl.path] = crl
+            self._crls = self._effective_crls(self._file_crls)
+            self._announce_crls(now=self._wall_clock())
+
+    def _close_revoked(self, crls: Sequence[LoadedCrl], source: str = "a reloaded CRL") -> None:
         """Close every open connection whose peer certificate ``crls`` revoke: a phone connected
         before its certificate was listed (a stolen handset that keeps re-registering over the
         same connection) or a trunk whose CA revoked its certificate. Each is logged at WARNING
@@ -1136,7 +1289,7 @@ class TlsTransport(StreamTransport):
             if revoked.revokes(opened.certificate)
         ]
         for flow, opened in closing:
-            self._close_for_revocation(flow, opened, "a reloaded CRL")
+            self._close_for_revocation(flow, opened, source)
 
     def _close_for_revocation(self, flow: Flow, opened: _OpenConnection, source: str) -> None:
         """Close ``flow``, whose peer certificate ``source`` (a reloaded CRL, the OCSP
@@ -1265,6 +1418,7 @@ class TlsTransport(StreamTransport):
     ) -> None:
         paths = self.certificate_paths(listen, host)
         mode = self.tls.listener_mode(listen)
+        self._start_crl_fetcher(host)
         context = self._server_context(paths, mode, self._crls)
 
         def note(listener: Listener) -> None:
@@ -1272,6 +1426,11 @@ class TlsTransport(StreamTransport):
             log.info(
                 "%s: listener %s in %s mode", self.name, format_address(listener.address), mode
             )
+            # The fetch task lives as long as the listeners' nursery (the first listener's).
+            if self.crl_fetcher is not None and not self._crl_fetch_task:
+                assert self._nursery is not None  # set before started() is called
+                self._crl_fetch_task = True
+                self._nursery.start_soon(self.crl_fetcher.run)
 
         # _ReportStarted has the one started() signature serve uses, not TaskStatus's overloads.
         reporting = _ReportStarted(task_status, note)
@@ -1408,6 +1567,8 @@ class TlsTransport(StreamTransport):
                 )
             await trio.aclose_forcefully(tls)
             raise TlsHandshakeError(f"TLS handshake {direction} {format_address(remote)}: {reason}")
+        if self.crl_fetcher is not None and peer is not None and self.tls.crl_distribution_points:
+            self._learn_distribution_points(peer)
         ocsp_target: OcspTarget | None = None
         ocsp_until = 0.0
         if self.ocsp is not None and peer is not None:

@@ -212,10 +212,12 @@ class TestCa:
         days: int = 30,
         not_before: datetime.datetime | None = None,
         ocsp_url: str | None = None,
+        crl_url: str | None = None,
     ) -> Issued:
         """An end-entity certificate signed by this CA, usable as TLS server and client, with
         ``hosts`` (IPs, DNS names, ``sip:`` URIs) as subjectAltName (none when empty) and
-        ``ocsp_url`` as its Authority Information Access id-ad-ocsp (RFC 5280 §4.2.2.1)."""
+        ``ocsp_url`` as its Authority Information Access id-ad-ocsp (RFC 5280 §4.2.2.1) and
+        ``crl_url`` as its CRL Distribution Point (RFC 5280 §4.2.1.13)."""
         key = _new_key(rsa_key)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         builder = self.pki._leaf(
@@ -233,6 +235,14 @@ class TestCa:
             builder = builder.add_extension(
                 x509.AuthorityInformationAccess([access]), critical=False
             )
+        if crl_url is not None:
+            point = x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(crl_url)],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+            builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
         certificate = builder.sign(self._key, hashes.SHA256())
         return self.pki._write(_file_name(common_name), certificate, key)
 
@@ -293,18 +303,20 @@ class TestCa:
         der: bool = False,
         delta: bool = False,
         only_ca_certificates: bool = False,
+        number: int = 1,
     ) -> Path:
         """Write this CA's CRL listing ``revoked`` to ``path`` (replacing it), PEM unless
         ``der``; thisUpdate an hour ago unless given, nextUpdate ``next_update`` after it
         (negative: an expired CRL). ``delta``: a delta CRL (RFC 5280 §5.2.4);
-        ``only_ca_certificates``: scoped to CA certificates (RFC 5280 §5.2.5)."""
+        ``only_ca_certificates``: scoped to CA certificates (RFC 5280 §5.2.5); ``number``: its
+        cRLNumber (RFC 5280 §5.2.3)."""
         start = this_update or self.pki.now - datetime.timedelta(hours=1)
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.issued.x509.subject)
             .last_update(start)
             .next_update(start + next_update)
-            .add_extension(x509.CRLNumber(1), critical=False)
+            .add_extension(x509.CRLNumber(number), critical=False)
         )
         if delta:
             builder = builder.add_extension(x509.DeltaCRLIndicator(1), critical=True)

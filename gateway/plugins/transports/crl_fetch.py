@@ -1,0 +1,268 @@
+"""CRLs fetched over HTTP for the ``tls`` transport (``[plugins.tls] crl_urls`` and
+``crl_distribution_points``), kept current without a cron job.
+
+Where from: a URL configured per CA (``crl_urls``), or the http URL of the CRL Distribution
+Points extension (RFC 5280 §4.2.1.13) of the certificates a CA of ``ca_bundles`` issued: the
+gateway's own and each peer's, learned at its first handshake (one set look-up per handshake).
+
+When: at start-up (after the listeners started: no handshake waits for it), then at 3/4 of
+each CRL's validity (:attr:`LoadedCrl.stale_at`, where the file-based check starts warning),
+so a CA's late publication or a down server leaves a quarter of the validity for retries;
+a failure is retried after :data:`RETRY_FIRST` seconds, doubling up to :data:`RETRY_MAX`.
+
+Checked as a file of ``crl_files`` is (revocation.check_crl_untrusted: signed by a CA of
+``ca_bundles``, complete, not indirect, with a nextUpdate), and current, as a reload requires;
+one older than the CRL in use from that URL (lower cRLNumber) is refused too (a stale mirror).
+The transport then uses it as a reloaded CRL file (:meth:`TlsTransport._use_fetched_crl`).
+
+Each fetched CRL is saved under ``<state_dir>/tls/crls/`` so that a restart without network
+starts with it (the same staleness rules as a file at start-up: an expired one is loaded and
+logged at ERROR), and is refreshed from its URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import attrs
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.plugins.transports.certificates import CertificateError
+from gateway.plugins.transports.ocsp import OcspError, http_get, parse_http_url
+from gateway.plugins.transports.revocation import LoadedCrl, check_crl_untrusted
+
+log = logging.getLogger(__name__)
+
+#: A CRL of a phone vendor's CA is a few KiB; a large public CA's a few MiB. Larger is refused.
+MAX_CRL_SIZE = 8 * 1024 * 1024
+#: One fetch, connecting included, takes at most this long (s).
+FETCH_TIMEOUT = 30.0
+#: After a failed fetch (or a CRL the server has not renewed yet), ask again after this long,
+#: doubling up to RETRY_MAX (s).
+RETRY_FIRST = 60.0
+RETRY_MAX = 3600.0
+#: Distinct URLs kept at most (learned from certificates): a bound on what peers can add.
+MAX_URLS = 64
+#: Where fetched CRLs are saved, under the state directory.
+SAVED_DIR = Path("tls") / "crls"
+
+GetCrl = Callable[[str], Awaitable[bytes]]
+
+
+async def get_crl(url: str) -> bytes:
+    """The body of an HTTP GET of ``url``, bounded in size (the caller bounds it in time)."""
+    return await http_get(url, max_size=MAX_CRL_SIZE, peer="the CRL server")
+
+
+def distribution_point_urls(certificate: x509.Certificate) -> tuple[str, ...]:
+    """The http URLs of ``certificate``'s CRL Distribution Points (RFC 5280 §4.2.1.13) where
+    its issuer's complete CRL is: distribution points limited to some reasons or naming
+    another cRLIssuer (an indirect CRL) are skipped, as such CRLs are refused; ldap:, https:
+    and malformed URLs too. Empty when there is none."""
+    try:
+        points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    except (x509.ExtensionNotFound, ValueError):
+        return ()
+    urls: list[str] = []
+    for point in points.value:
+        if point.reasons is not None or point.crl_issuer is not None or not point.full_name:
+            continue
+        for name in point.full_name:
+            if isinstance(name, x509.UniformResourceIdentifier):
+                try:
+                    parse_http_url(name.value)
+                except ValueError:
+                    continue
+                urls.append(name.value)
+    return tuple(dict.fromkeys(urls))
+
+
+@attrs.define
+class _Source:
+    url: str
+    due: float  # Unix time of the next fetch
+    crl: LoadedCrl | None = None  # the last one fetched (or saved) from this URL
+    failures: int = 0
+
+
+class CrlFetcher:
+    """Keeps the CRL of each URL current; ``use(crl)`` hands each new one to the transport,
+    ``tick(now)`` lets it log what is due (a CRL going stale, expiring: logged at ERROR as for
+    a file) even when no handshake happens. ``get`` and ``wall_clock`` are for tests."""
+
+    def __init__(
+        self,
+        *,
+        cas: Callable[[], Sequence[x509.Certificate]],
+        use: Callable[[LoadedCrl], None],
+        tick: Callable[[float], None],
+        get: GetCrl | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        state_dir: Path | None = None,
+    ) -> None:
+        self._cas = cas
+        self._use = use
+        self._tick = tick
+        self._get: GetCrl = get or get_crl
+        self.wall_clock = wall_clock
+        self.state_dir = state_dir
+        self._sources: dict[str, _Source] = {}
+        self._wake = trio.Event()
+        #: Fetches by outcome ("ok", "failed"), for tests and the log.
+        self.fetches: dict[str, int] = {"ok": 0, "failed": 0}
+
+    def add(self, url: str) -> bool:
+        """Fetch ``url`` from now on (at once); False when it is known already, or the bound
+        on URLs is reached (logged)."""
+        if url in self._sources:
+            return False
+        if len(self._sources) >= MAX_URLS:
+            log.warning("tls: not fetching the CRL at %s: %d CRL URLs already", url, MAX_URLS)
+            return False
+        self._sources[url] = _Source(url, due=self.wall_clock())
+        self._wake.set()
+        return True
+
+    def urls(self) -> tuple[str, ...]:
+        return tuple(self._sources)
+
+    def _saved_path(self, url: str) -> Path | None:
+        if self.state_dir is None:
+            return None
+        digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+        return self.state_dir / SAVED_DIR / f"{digest}.crl"
+
+    def load_saved(self, *, learned: bool) -> list[LoadedCrl]:
+        """The saved CRLs of the known URLs that still pass the checks (current or not: the
+        caller logs an expired one as it does a file at start-up); each one's URL is fetched
+        again at its 3/4 (at once if past). A missing file is normal (never fetched).
+        ``learned`` (crl_distribution_points): the URLs saved besides them are known again
+        too, as the certificates that named them taught them in an earlier run."""
+        if learned and self.state_dir is not None:
+            for named in sorted((self.state_dir / SAVED_DIR).glob("*.url")):
+                try:
+                    url = named.read_text(encoding="ascii").strip()
+                    parse_http_url(url)
+                except (OSError, ValueError):
+                    continue  # a damaged file: the URL is learned again at a handshake
+                if url not in self._sources and len(self._sources) < MAX_URLS:
+                    self._sources[url] = _Source(url, due=self.wall_clock())
+        loaded: list[LoadedCrl] = []
+        now = self.wall_clock()
+        for source in self._sources.values():
+            path = self._saved_path(source.url)
+            if path is None or not path.exists():
+                continue
+            try:
+                crl = check_crl_untrusted(path.read_bytes(), source.url, self._cas())
+            except (OSError, CertificateError) as exc:
+                log.warning("tls: the saved CRL %s of %s is not used: %s", path, source.url, exc)
+                continue
+            source.crl = crl
+            source.due = max(now, crl.stale_at)
+            loaded.append(crl)
+        return loaded
+
+    def _save(self, crl: LoadedCrl) -> None:
+        path = self._saved_path(crl.path)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".url").write_text(crl.path + "\n", encoding="ascii")
+            partial = path.with_suffix(".partial")
+            partial.write_bytes(crl.crl.public_bytes(serialization.Encoding.DER))
+            os.replace(partial, path)  # a crash leaves the old file or the new one, never half
+        except OSError as exc:
+            log.warning("tls: cannot save the CRL of %s to %s: %s", crl.path, path, exc)
+
+    async def run(self) -> None:
+        """Forever: sleep until the earliest fetch is due (or a URL is added), fetch what is
+        due, one at a time (a handful of CAs)."""
+        while True:
+            now = self.wall_clock()
+            self._tick(now)
+            due = [source.due for source in self._sources.values()]
+            if due and min(due) <= now:
+                for source in [s for s in self._sources.values() if s.due <= now]:
+                    await self.refresh(source.url)
+                continue
+            self._wake = trio.Event()
+            # Wake at least at each CRL's nextUpdate too (tick logs it expired).
+            ends = [s.crl.next_update for s in self._sources.values() if s.crl is not None]
+            wake_at = min([*due, *(end for end in ends if end > now)], default=None)
+            if wake_at is None:
+                await self._wake.wait()
+            else:
+                with trio.move_on_after(max(0.0, wake_at - now)):
+                    await self._wake.wait()
+
+    async def refresh(self, url: str) -> None:
+        """Fetch ``url`` once, use the CRL if it passes, and schedule the next fetch."""
+        source = self._sources[url]
+        try:
+            with trio.move_on_after(FETCH_TIMEOUT) as scope:
+                data = await self._get(url)
+            if scope.cancelled_caught:
+                raise OcspError(f"no answer from {url} within {FETCH_TIMEOUT:g} s")
+            now = self.wall_clock()
+            crl = check_crl_untrusted(data, url, self._cas())
+            problem = crl.problem(now)
+            if problem is not None:
+                raise CertificateError(problem)
+            if source.crl is not None and _older(crl, source.crl):
+                raise CertificateError(
+                    f"{url}: the CRL of {crl.issuer} is older than the one in use "
+                    f"(cRLNumber {crl.number} < {source.crl.number})"
+                )
+        except Exception as exc:
+            # The server's bytes: whatever they make the parsers raise is a failed fetch.
+            if not isinstance(exc, (OcspError, CertificateError)):
+                log.exception("tls: fetching the CRL at %s failed unexpectedly", url)
+            self._failed(source, str(exc) or type(exc).__name__)
+            return
+        self.fetches["ok"] += 1
+        source.crl = crl
+        if crl.stale_at > now:
+            source.failures = 0
+            source.due = crl.stale_at
+        else:
+            # Already in its last quarter: the CA has not published a newer one yet.
+            source.failures += 1
+            source.due = now + _backoff(source.failures)
+        self._save(crl)
+        try:
+            self._use(crl)
+        except Exception:
+            # A bug applying it must not end the fetching (nor the listeners' nursery).
+            log.exception("tls: using the CRL fetched from %s failed", url)
+
+    def _failed(self, source: _Source, reason: str) -> None:
+        self.fetches["failed"] += 1
+        source.failures += 1
+        delay = _backoff(source.failures)
+        source.due = self.wall_clock() + delay
+        log.warning(
+            "tls: fetching the CRL at %s failed: %s; trying again in %g s%s",
+            source.url,
+            reason,
+            delay,
+            "" if source.crl is None else f" (in use: {source.crl.describe()})",
+        )
+
+
+def _backoff(failures: int) -> float:
+    return min(RETRY_FIRST * 2.0 ** min(failures - 1, 16), RETRY_MAX)
+
+
+def _older(new: LoadedCrl, current: LoadedCrl) -> bool:
+    if new.number is not None and current.number is not None:
+        return new.number < current.number
+    return new.last_update < current.last_update

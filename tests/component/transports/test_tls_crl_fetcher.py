@@ -1,0 +1,213 @@
+"""``[plugins.tls] crl_urls`` on trio's autojump clock: the transport's CRL fetcher asks at
+start, then at 3/4 of each CRL's validity; retries a failing server after 60 s, doubling up to
+an hour; a server down until the CRL goes stale gets the warnings and the ERROR a CRL file
+nobody refreshes gets; a CRL older than the one in use or out of date is refused; a fetched
+CRL is saved and loaded by the next start. The server is a fake ``get`` serving CRLs made by
+the test PKI at the fetcher's wall-clock time."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import trio
+
+from gateway.plugins.transports.crl_fetch import RETRY_MAX
+from gateway.plugins.transports.ocsp import OcspError
+from gateway.plugins.transports.tls import TlsConfig, TlsTransport
+from tests.interop.harness.pki import TestCa, TestPki
+
+URL = "http://crl.vendor.example/factory.crl"
+TLS_LOG = "gateway.plugins.transports.tls"
+FETCH_LOG = "gateway.plugins.transports.crl_fetch"
+DAY = 86400.0
+# Unix time at trio time 0.
+BASE = datetime.datetime.now(datetime.UTC).timestamp()
+
+
+def wall_clock() -> float:
+    return BASE + trio.current_time()
+
+
+class FakeCrlServer:
+    """Serves the CA's CRL made at the time asked, valid ``validity`` seconds, numbered up
+    from 1; ``down``: refuses. Records when it was asked (trio time)."""
+
+    def __init__(self, ca: TestCa, directory: Path) -> None:
+        self.ca = ca
+        self.directory = directory
+        self.validity = 4 * DAY
+        self.down = False
+        self.number = 0
+        self.asked: list[float] = []
+        self.this_update_offset = 0.0  # seconds before now
+
+    async def get(self, url: str) -> bytes:
+        assert url == URL
+        self.asked.append(trio.current_time())
+        if self.down:
+            raise OcspError(f"no connection to the CRL server {url} (refused)")
+        self.number += 1
+        now = datetime.datetime.fromtimestamp(wall_clock() - self.this_update_offset, datetime.UTC)
+        path = self.ca.crl(
+            self.directory / f"served-{self.number}.crl",
+            this_update=now.replace(microsecond=0),
+            next_update=datetime.timedelta(seconds=self.validity),
+            der=True,
+            number=self.number,
+        )
+        return path.read_bytes()
+
+
+@pytest.fixture
+def vendor(tmp_path: Path) -> TestCa:
+    return TestPki(tmp_path / "pki").ca("Vendor Factory CA")
+
+
+def transport_for(vendor: TestCa, server: FakeCrlServer, state: Path) -> TlsTransport:
+    config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_urls=(URL,))
+    transport = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    transport._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
+    return transport
+
+
+async def run_for(transport: TlsTransport, seconds: float) -> None:
+    assert transport.crl_fetcher is not None
+    with trio.move_on_after(seconds):
+        await transport.crl_fetcher.run()
+
+
+async def test_fetched_at_start_then_at_three_quarters_of_each_validity(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    transport = transport_for(vendor, server, tmp_path / "state")
+    assert transport.loaded_crls() == ()
+    await run_for(transport, 7 * DAY)
+    # 4-day CRLs (thisUpdate rounded down to the second): asked at 0, ~3 days, ~6 days.
+    assert len(server.asked) == 3
+    assert server.asked[0] == 0
+    assert server.asked[1] == pytest.approx(3 * DAY, abs=2)
+    assert server.asked[2] == pytest.approx(6 * DAY, abs=4)
+    (crl,) = transport.loaded_crls()
+    assert (crl.path, crl.number) == (URL, 3)
+
+
+async def test_a_failing_server_is_retried_with_backoff_until_the_crl_expires(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = FakeCrlServer(vendor, tmp_path)
+    server.validity = 8 * 3600.0
+    transport = transport_for(vendor, server, tmp_path / "state")
+    await run_for(transport, 1.0)
+    assert [crl.number for crl in transport.loaded_crls()] == [1]
+    server.down = True
+    caplog.clear()
+    await run_for(transport, 9 * 3600.0)
+    # Down from 6 h (its 3/4) on: retried after 1, 2, 4, 8, 16, 32 min, then hourly.
+    gaps = [round(b - a) for a, b in zip(server.asked[1:], server.asked[2:], strict=False)]
+    assert gaps[:6] == [60, 120, 240, 480, 960, 1920]
+    assert all(gap == RETRY_MAX for gap in gaps[6:])
+    assert server.asked[1] == pytest.approx(6 * 3600.0, abs=2)
+    assert transport.crl_fetcher is not None
+    assert transport.crl_fetcher.fetches == {"ok": 1, "failed": len(server.asked) - 1}
+    failed = [r for r in caplog.records if r.name == FETCH_LOG]
+    assert failed and all(r.levelno == logging.WARNING for r in failed)
+    assert (
+        failed[0]
+        .getMessage()
+        .startswith(
+            f"tls: fetching the CRL at {URL} failed: no connection to the CRL server {URL} "
+            "(refused); trying again in 60 s (in use: "
+        )
+    )
+    # The CRL goes on being used until its nextUpdate passes, then fails closed: ERROR, as a
+    # crl_files file nobody refreshes.
+    expired = [r for r in caplog.records if r.name == TLS_LOG and r.levelno == logging.ERROR]
+    assert len(expired) == 1
+    assert "the CRL of CN=Vendor Factory CA expired on" in expired[0].getMessage()
+    assert (
+        expired[0]
+        .getMessage()
+        .endswith(
+            "until a current CRL is in place (the gateway keeps fetching it; see the warnings "
+            "about its URL)"
+        )
+    )
+    stale = [
+        r
+        for r in caplog.records
+        if r.name == TLS_LOG and "has not been refreshed" in r.getMessage()
+    ]
+    assert [r.levelno for r in stale] == [logging.WARNING]
+    # The server back: the next retry restores a current CRL.
+    server.down = False
+    await run_for(transport, RETRY_MAX + 1)
+    (crl,) = transport.loaded_crls()
+    assert crl.number == 2 and crl.problem(wall_clock()) is None
+
+
+async def test_an_out_of_date_or_older_crl_is_refused_and_the_one_in_use_kept(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    transport = transport_for(vendor, server, tmp_path / "state")
+    server.number = 4
+    await run_for(transport, 1.0)
+    assert [crl.number for crl in transport.loaded_crls()] == [5]
+    assert transport.crl_fetcher is not None
+    server.number = 1  # a mirror serving an old list
+    await transport.crl_fetcher.refresh(URL)
+    assert [crl.number for crl in transport.loaded_crls()] == [5]
+    assert "is older than the one in use (cRLNumber 2 < 5)" in caplog.text
+    server.number = 10
+    server.this_update_offset = 5 * DAY  # expired a day ago
+    await transport.crl_fetcher.refresh(URL)
+    assert [crl.number for crl in transport.loaded_crls()] == [5]
+    assert "the CRL of CN=Vendor Factory CA expired on" in caplog.text
+
+
+async def test_a_fetched_crl_is_saved_and_used_by_the_next_start_before_any_fetch(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    first = transport_for(vendor, server, state)
+    await run_for(first, 1.0)
+    saved = list((state / "tls" / "crls").iterdir())
+    assert sorted(path.suffix for path in saved) == [".crl", ".url"]
+    server.down = True
+    asked = len(server.asked)
+    second = transport_for(vendor, server, state)
+    (crl,) = second.loaded_crls()
+    assert (crl.path, crl.number) == (URL, 1)
+    assert len(server.asked) == asked  # loaded, not fetched
+
+
+async def test_urls_learned_from_certificates_are_saved_and_known_again_at_the_next_start(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_distribution_points=True)
+    first = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    first._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
+    assert first.loaded_crls() == ()
+    first._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+    await run_for(first, 1.0)
+    assert [crl.path for crl in first.loaded_crls()] == [URL]
+    server.down = True
+    second = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    second._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
+    assert [crl.path for crl in second.loaded_crls()] == [URL]
+    assert second.crl_fetcher is not None and second.crl_fetcher.urls() == (URL,)
