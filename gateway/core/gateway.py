@@ -194,6 +194,8 @@ class Gateway:
         # TLS certificate must carry and our SNI (RFC 5922 §4; TransportHost.peer_name).
         self._peer_names: dict[tuple[str, int], str] = {}
         self._trunk_hops: dict[str, tuple[TrunkHop, ...]] = {}
+        # The same for the session targets named by DNS (a recorder's URI -> its targets).
+        self._session_hops: dict[str, tuple[TrunkHop, ...]] = {}
         self.trunk_health = TrunkHealth(
             t.name for t in config.trunks if t.enabled and t.options_interval > 0
         )
@@ -418,14 +420,28 @@ class Gateway:
         if trunk.allowed_sources is None:
             self._trunks.set_resolved(name, [hop.host for hop in hops])
         self._trunk_hops[name] = hops
-        # Rebuilt whole (a few trunks, at a refresh): a target a trunk no longer has is not
-        # named after it any more.
+        self._name_peers()
+
+    def _session_target_resolved(self, uri: str, resolution: Resolution) -> None:
+        """A session target's name (a SIPREC recorder's URI) has a new answer: its targets'
+        TLS certificates must name the URI's host (RFC 5922 §4), as a trunk's name its domain."""
+        self._session_hops[uri] = resolution.hops
+        self._name_peers()
+
+    def _name_peers(self) -> None:
+        # Rebuilt whole (a few names, at a refresh): a target a name no longer has is not
+        # named after it any more. A trunk's domain wins over a recorder's at one address.
         peer_names: dict[tuple[str, int], str] = {}
         for trunk_name, trunk_hops in self._trunk_hops.items():
             named = self.config.trunk(trunk_name)
             assert named is not None
             for hop in trunk_hops:
                 peer_names.setdefault((hop.host, hop.port), named.address_parts.host)
+        sessions = self.session_targets
+        for uri, session_hops in self._session_hops.items():
+            assert sessions is not None
+            for hop in session_hops:
+                peer_names.setdefault((hop.host, hop.port), sessions.named[uri].host)
         self._peer_names = peer_names
 
     def peer_name(self, remote: tuple[str, int]) -> str | None:
@@ -791,7 +807,7 @@ class Gateway:
                 rng=self._dns_rng or random.Random(),
                 on_unresolved=_nothing_to_mark,
                 on_resolved=_nothing_to_mark,
-                on_change=_nothing_to_mark,
+                on_change=self._session_target_resolved,
                 transports=self.dns_transports(),
                 named=named_sessions,
                 what="session target",

@@ -231,9 +231,15 @@ class Presence:
             )
         except StoreError as exc:
             log.warning("presence publication of %s kept on this node only: %s", account, exc)
+            if publication is not None:
+                # A refresh the store did not take: its row of the version before runs out at
+                # that version's expiry, which the poll must not take for "gone elsewhere".
+                publication.unsaved = True
             return True
-        if saved and publication is not None:
-            publication.saved_etag = publication.etag
+        if publication is not None:
+            publication.unsaved = False  # saved, or superseded: the store is right again
+            if saved:
+                publication.saved_etag = publication.etag
         return saved
 
     def _own_address(self, uri: object, account: str) -> bool:

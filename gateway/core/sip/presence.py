@@ -173,6 +173,10 @@ class Publication:
     expires_at: float
     published_at: float
     saved_etag: str | None = None
+    unsaved: bool = False
+    """This version could not be written (the store did not answer): the store's version
+    (``saved_etag``) is older and may run out or be deleted first; :meth:`Publications.reconcile`
+    keeps this one all the same, until a save succeeds or says it was superseded."""
 
 
 @attrs.frozen
@@ -288,7 +292,11 @@ class Publications:
         mine = list(self._by_account.get(account, ()))
         in_store = {publication.etag for publication in stored}
         for publication in mine:
-            if publication.saved_etag is not None and publication.saved_etag not in in_store:
+            if (
+                publication.saved_etag is not None
+                and not publication.unsaved
+                and publication.saved_etag not in in_store
+            ):
                 # Refreshed, modified, removed or replaced on another node, or expired.
                 self._remove(publication)
         known = {p.etag for p in mine} | {p.saved_etag for p in mine if p.saved_etag}

@@ -89,6 +89,9 @@ class OcspTarget:
     url: str
     issuer_der: bytes
     serial: int
+    #: SHA-1 of the issuer's public key, as a CertID's issuerKeyHash (RFC 6960 §4.1.1): two
+    #: CAs of one name (a CA re-keyed) are two issuers, whose serial numbers may meet.
+    issuer_key_hash: bytes = b""
 
 
 @attrs.frozen
@@ -470,8 +473,9 @@ class OcspChecker:
         self._fetch: Fetch = fetch or post_ocsp
         self.wall_clock = wall_clock
         self._max_entries = max_entries
-        self._cache: dict[tuple[bytes, int], _Cached] = {}
-        self._pending: dict[tuple[bytes, int], trio.Event] = {}
+        # By (issuer name, issuer key hash, serial): a CertID's parts (RFC 6960 §4.1.1).
+        self._cache: dict[tuple[bytes, bytes, int], _Cached] = {}
+        self._pending: dict[tuple[bytes, bytes, int], trio.Event] = {}
         #: Responder queries by :data:`RESULTS` (voipgw_tls_ocsp_queries_total); cache hits
         #: are not queries.
         self.queries: dict[str, int] = dict.fromkeys(RESULTS, 0)
@@ -488,12 +492,13 @@ class OcspChecker:
             url=url,
             issuer_der=certificate.issuer.public_bytes(),
             serial=certificate.serial_number,
+            issuer_key_hash=x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest,
         )
 
     async def check(self, target: OcspTarget) -> Verdict:
         """The verdict on ``target``: from the cache while its answer is current, else from one
         query (shared by concurrent callers), which takes at most ``timeout`` seconds."""
-        key = (target.issuer_der, target.serial)
+        key = (target.issuer_der, target.issuer_key_hash, target.serial)
         queried = False
         while True:
             cached = self._cache.get(key)
@@ -542,7 +547,7 @@ class OcspChecker:
             until = now + FAILURE_CACHE
         return _Cached(until, answer, f"{answer.status} until {_utc(until)}")
 
-    def _store(self, key: tuple[bytes, int], cached: _Cached) -> None:
+    def _store(self, key: tuple[bytes, bytes, int], cached: _Cached) -> None:
         self._cache.pop(key, None)
         if len(self._cache) >= self._max_entries:
             now = self.wall_clock()

@@ -191,3 +191,15 @@ async def test_no_recorder_named_by_dns_no_session_target_family(
     assert env.gateway.control_answer("trunks")["session_targets"] == []
     exposition = render(StatusView(env.gateway, CallStatistics())).decode()
     assert "voipgw_session_target_dns" not in exposition
+
+
+async def test_a_recorders_targets_are_known_by_its_name_for_tls(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """RFC 5922 §4: a TLS connection to a target of a name must find that name (the URI's
+    host, not the SRV target's) in the certificate. The tls transport asks
+    ``Gateway.peer_name`` for it, as for a trunk named by DNS; without it, it checks the
+    target's IP address and refuses a recorder whose certificate names recorder.example."""
+    env, _, _ = await recorder_env(nursery, tmp_path, voipgw_seed, resolver())
+    assert env.gateway.peer_name(FIRST) == NAME
+    assert env.gateway.peer_name(SECOND) == NAME

@@ -181,3 +181,40 @@ async def test_a_publication_the_store_could_not_take_is_kept_here_and_written_b
     assert refreshed.status == 200
     _, document = await next_document(bob_a, timeout=2 * REGISTRATION_POLL)
     assert basic(document) == ["open"]
+
+
+async def test_a_refresh_the_store_could_not_take_outlives_the_version_it_holds(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """A saved publication is refreshed while the store does not answer (200: kept on this
+    node). The store's row of the version before expires at that version's time: the node's
+    poll must not take that for "refreshed or removed on another node" and forget a
+    publication the phone keeps refreshing (its next refresh, with the store back, is 200)."""
+    env, bob = await start(nursery, tmp_path, voipgw_seed)
+    follow_virtual_time(env)
+    await subscribe(bob, expires=3600)
+    await next_document(bob)
+    published = await publish(env.alice, pidf("open"), expires=60)
+    assert published.status == 200
+    etag = published.headers.get("SIP-ETag")
+    assert etag is not None
+    _, document = await next_document(bob, timeout=2)
+    assert basic(document) == ["open"]
+    store = env.gateway.store
+    assert store is not None
+    original = store.publication_save
+
+    def unavailable(*args: Any, **kwargs: Any) -> bool:
+        raise StoreUnavailable("PostgreSQL db: not connected (reconnecting)")
+
+    store.publication_save = unavailable  # type: ignore[method-assign]
+    await trio.sleep(50)
+    refreshed = await publish(env.alice, None, etag=etag, expires=600)
+    assert refreshed.status == 200
+    etag = refreshed.headers.get("SIP-ETag")
+    assert etag is not None
+    # The stored version runs out at 60 s; the publication here lasts until 650 s.
+    assert await next_within(bob, "NOTIFY", 10 + 3 * REGISTRATION_POLL) is None
+    store.publication_save = original  # type: ignore[method-assign]
+    assert (await publish(env.alice, None, etag=etag, expires=600)).status == 200
+    assert await next_within(bob, "NOTIFY", 3 * REGISTRATION_POLL) is None

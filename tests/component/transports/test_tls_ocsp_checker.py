@@ -9,8 +9,11 @@ import datetime
 
 import pytest
 import trio
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from gateway.plugins.transports.ocsp import (
     FAILURE_CACHE,
@@ -245,3 +248,84 @@ async def test_an_answer_just_past_its_next_update_is_not_asked_for_again_at_onc
     assert verdict.accept and verdict.valid_until == pytest.approx(wall_clock() + FAILURE_CACHE)
     await trio.sleep(FAILURE_CACHE - 1)
     assert not (await checker.check(phone)).queried
+
+
+async def test_two_cas_of_one_name_do_not_share_answers(autojump_clock: trio.abc.Clock) -> None:
+    """RFC 6960 §4.1.1: a CertID names the issuer by the hashes of its name and of its key. A
+    CA re-keyed under the same name (both in ca_bundles during the rollover) may issue a
+    serial number the old one issued: the old certificate's "good" must not answer for the
+    new one, revoked."""
+    now = datetime.datetime.fromtimestamp(wall_clock(), datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Phone CA")])
+    url = "http://ocsp.vendor.example/"
+
+    def certificate(
+        subject: x509.Name, key: ec.EllipticCurvePrivateKey, signer: ec.EllipticCurvePrivateKey
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(4242)  # the same in both CAs' certificates
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        if subject != name:
+            access = x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url)
+            )
+            builder = builder.add_extension(x509.AuthorityInformationAccess([access]), False)
+        return builder.sign(signer, hashes.SHA256())
+
+    phone_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "phone")])
+    old_key, new_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    old_ca, new_ca = certificate(name, old_key, old_key), certificate(name, new_key, new_key)
+    old_phone = certificate(phone_name, ec.generate_private_key(ec.SECP256R1()), old_key)
+    new_phone = certificate(phone_name, ec.generate_private_key(ec.SECP256R1()), new_key)
+    by_key_hash = {
+        x509.SubjectKeyIdentifier.from_public_key(old_key.public_key()).digest: (
+            old_ca,
+            old_key,
+            old_phone,
+            ocsp.OCSPCertStatus.GOOD,
+        ),
+        x509.SubjectKeyIdentifier.from_public_key(new_key.public_key()).digest: (
+            new_ca,
+            new_key,
+            new_phone,
+            ocsp.OCSPCertStatus.REVOKED,
+        ),
+    }
+
+    async def fetch(url: str, request: bytes) -> bytes:
+        ca, key, phone, status = by_key_hash[ocsp.load_der_ocsp_request(request).issuer_key_hash]
+        at = datetime.datetime.fromtimestamp(wall_clock(), datetime.UTC)
+        response = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=phone,
+                issuer=ca,
+                algorithm=hashes.SHA1(),
+                cert_status=status,
+                this_update=at,
+                next_update=at + datetime.timedelta(seconds=600),
+                revocation_time=at if status == ocsp.OCSPCertStatus.REVOKED else None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, ca)
+            .sign(key, hashes.SHA256())
+        )
+        return response.public_bytes(serialization.Encoding.DER)
+
+    checker = OcspChecker(mode="soft-fail", timeout=3.0, fetch=fetch, wall_clock=wall_clock)
+    old_target = checker.target(old_phone, old_ca)
+    new_target = checker.target(new_phone, new_ca)
+    assert old_target is not None and new_target is not None
+    assert (await checker.check(old_target)).result == "good"
+    verdict = await checker.check(new_target)
+    assert verdict.queried and verdict.result == "revoked" and not verdict.accept
+    assert (await checker.check(old_target)).result == "good"  # each its own entry
