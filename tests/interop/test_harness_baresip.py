@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
@@ -39,6 +41,23 @@ def test_analyse_tone_tells_a_tone_from_a_mixture(tmp_path: Path) -> None:
     a, b = tone_wav(tmp_path / "a.wav", 440, 1), tone_wav(tmp_path / "b.wav", 1000, 1)
     subprocess.run(["sox", "-m", str(a), str(b), str(mixed)], check=True, timeout=30)
     assert analyse_tone(mixed).power_share < 0.6
+
+
+@pytest.mark.interop
+def test_the_sip_trace_lists_each_message_once_without_its_retransmissions() -> None:
+    """A 200 sent again until its ACK came (RFC 3261 §13.3.1.4) is one 200; a 200 to another
+    request (another CSeq) is another."""
+
+    def entry(message: str) -> str:
+        return f"\x1b[36;1m#\nUDP 127.0.0.1:5060 -> 127.0.0.1:5070\n{message}\x1b[;m\n"
+
+    ok = "SIP/2.0 200 OK\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    trace = entry(ok) + entry(ok) + entry(ok.replace("1 INVITE", "2 BYE"))
+    # The trace reader alone: a phone that is never started holds no ports to give back.
+    phone = cast(Baresip, SimpleNamespace(output=lambda: trace))
+    listed = Baresip.sip_messages(phone, "SIP/2.0 200")
+    assert [e.message.splitlines()[1] for e in listed] == ["CSeq: 1 INVITE", "CSeq: 2 BYE"]
+    assert len(Baresip.sip_messages(phone, "SIP/2.0 200", retransmissions=True)) == 3
 
 
 @pytest.mark.interop

@@ -14,6 +14,7 @@ import pytest
 
 from tests.interop.harness import (
     SCENARIOS,
+    SippResult,
     SippUas,
     free_port,
     free_port_block,
@@ -65,6 +66,41 @@ def test_wait_listening_sees_a_bound_socket_and_times_out_without_one() -> None:
             wait_listening(tcp_port, "tcp", timeout=0.2)  # bound, not listening yet
         sock.listen()
         wait_listening(tcp_port, "tcp", timeout=2)
+
+
+def _trace_block(direction: str, message: str) -> str:
+    """One message as sipp's -trace_msg writes it."""
+    heading = (
+        "UDP message received [99] bytes :"
+        if direction == "received"
+        else "UDP message sent (99 bytes):"
+    )
+    return f"{'-' * 47} 2026-11-30 12:00:00.000000\n{heading}\n\n{message}\n\n"
+
+
+def test_the_trace_lists_each_message_once_without_its_retransmissions(tmp_path: Path) -> None:
+    """An INVITE the gateway sent again while a starved sipp had not answered it (Timer A,
+    RFC 3261 §17.1.1.2) is one INVITE; a new request (another CSeq) is another."""
+    invite = "INVITE sip:112@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n"
+    invite += "CSeq: 1 INVITE\r\nContent-Length: 0\r\n"
+    reinvite = invite.replace("branch=z9hG4bK1", "branch=z9hG4bK2").replace("1 INVITE", "2 INVITE")
+    ok = "SIP/2.0 200 OK\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n"
+    (tmp_path / "messages.log").write_text(
+        _trace_block("received", invite)
+        + _trace_block("received", invite)
+        + _trace_block("sent", ok)
+        + _trace_block("sent", ok)
+        + _trace_block("received", reinvite)
+    )
+    result = SippResult("uas.xml", ("sipp",), 0, tmp_path, 5060, 6000)
+    assert [m.splitlines()[2] for m in result.received("INVITE ")] == [
+        "CSeq: 1 INVITE",
+        "CSeq: 2 INVITE",
+    ]
+    assert len(result.received("INVITE ", retransmissions=True)) == 3
+    assert len(result.sent("SIP/2.0 200")) == 1
+    assert len(result.sent("SIP/2.0 200", retransmissions=True)) == 2
+    assert result.received("SIP/2.0") == [] and result.sent("INVITE ") == []
 
 
 def test_every_scenario_file_is_exercised_here() -> None:

@@ -50,6 +50,19 @@ def is_client_hello(datagram: bytes) -> bool:
     )
 
 
+#: ZRTP messages (RFC 6189 §5.2 to §5.5) that only an exchange in progress sends: a new one
+#: would send them again. Confirm1, Confirm2 and Conf2ACK are left out: a retransmission of the
+#: last of them may still be queued when a test looks (see :func:`is_client_hello`).
+ZRTP_EXCHANGE_MESSAGES = (b"Hello   ", b"Commit  ", b"DHPart1 ", b"DHPart2 ")
+
+
+def is_zrtp_exchange_message(datagram: bytes) -> bool:
+    """Whether a datagram is a ZRTP packet (cookie at octet 4, §5) carrying one of
+    :data:`ZRTP_EXCHANGE_MESSAGES` (type block after the 12-octet header and the preamble and
+    length, §5.1)."""
+    return datagram[4:8] == b"ZRTP" and datagram[16:24] in ZRTP_EXCHANGE_MESSAGES
+
+
 def wrong_fingerprint() -> str:
     """A well-formed a=fingerprint of another certificate than the phone presents."""
     return "sha-256 " + ":".join(f"{b:02X}" for b in OTHER_ID.digest("sha-256"))
@@ -74,6 +87,7 @@ class Phone:
     media: list[bytes] = attrs.Factory(list)
     dtls_received: int = 0
     client_hellos: int = 0  # handshakes begun toward the phone (counts retransmissions too)
+    zrtp_exchange_messages: int = 0  # the same for ZRTP (is_zrtp_exchange_message)
     keyed: trio.Event = attrs.Factory(trio.Event)
 
     async def run(self) -> None:
@@ -97,6 +111,7 @@ class Phone:
                 if data and self.negotiation.claims_packet(data[0], data):
                     self.dtls_received += 1
                     self.client_hellos += is_client_hello(data)
+                    self.zrtp_exchange_messages += is_zrtp_exchange_message(data)
                     self.negotiation.receive_packet(data, now=trio.current_time())
                 else:
                     self.media.append(data)

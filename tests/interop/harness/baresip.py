@@ -344,15 +344,22 @@ class Baresip:
         except FileNotFoundError:
             return ""
 
-    def sip_messages(self, start: str = "") -> list[SipTraceEntry]:
+    def sip_messages(
+        self, start: str = "", *, retransmissions: bool = False
+    ) -> list[SipTraceEntry]:
         """The SIP messages of the ``sip_trace`` so far whose first line starts with ``start``
-        (e.g. ``"SIP/2.0 200"``), oldest first, each with CRLF made LF."""
-        entries = []
+        (e.g. ``"SIP/2.0 200"``), oldest first, each with CRLF made LF. An entry equal to an
+        earlier one (same transport, addresses and message) is a UDP retransmission (RFC 3261
+        §17.1.1.2, §13.3.1.4: a request until answered, a 2xx until ACKed, as a loaded
+        machine's peers do) and is left out unless ``retransmissions``."""
+        entries: list[SipTraceEntry] = []
         for match in _TRACE_ENTRY.finditer(self.output()):
             transport, source, destination, message = match.groups()
             message = message.replace("\r\n", "\n")
             if message.startswith(start):
-                entries.append(SipTraceEntry(transport, source, destination, message))
+                entry = SipTraceEntry(transport, source, destination, message)
+                if retransmissions or entry not in entries:
+                    entries.append(entry)
         return entries
 
     def answer_to_invite(self) -> SipTraceEntry:

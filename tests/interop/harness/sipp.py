@@ -91,25 +91,37 @@ class SippResult:
         except FileNotFoundError:
             return ""
 
-    def received(self, start: str = "") -> list[str]:
+    def received(self, start: str = "", *, retransmissions: bool = False) -> list[str]:
         """The SIP messages sipp received whose first line starts with ``start`` (e.g.
-        ``"INVITE "`` or ``"SIP/2.0 200"``), in order, each as text with CRLF made LF."""
-        return self._trace("received", start)
+        ``"INVITE "`` or ``"SIP/2.0 200"``), in order, each as text with CRLF made LF; each
+        retransmission left out unless ``retransmissions`` (see :meth:`sent`)."""
+        return self._trace("received", start, retransmissions)
 
-    def sent(self, start: str = "") -> list[str]:
-        """The SIP messages sipp sent whose first line starts with ``start``, in order."""
-        return self._trace("sent", start)
+    def sent(self, start: str = "", *, retransmissions: bool = False) -> list[str]:
+        """The SIP messages sipp sent whose first line starts with ``start``, in order.
 
-    def _trace(self, direction: str, start: str) -> list[str]:
+        Over UDP a request is sent again unchanged until it is answered (RFC 3261 §17.1.1.2,
+        §17.1.2.2: Timers A and E from 500 ms), and so is a 2xx until its ACK comes (§13.3.1.4);
+        on a loaded machine either can happen in any call. A message equal to one already
+        listed in the same direction is such a retransmission (a new request has a new branch
+        or CSeq) and is left out unless ``retransmissions``, so counts are of messages."""
+        return self._trace("sent", start, retransmissions)
+
+    def _trace(self, direction: str, start: str, retransmissions: bool) -> list[str]:
         # -trace_msg writes each message as a block: a line of dashes and a timestamp, a line
         # "UDP message received [N] bytes :" or "TCP message sent (N bytes):", a blank line,
         # then the message itself.
         out = []
+        seen = set()
         for block in _TRACE_SEPARATOR.split(self.messages())[1:]:
             heading, _, message = block.partition("\n")
             message = message.replace("\r\n", "\n").strip("\n") + "\n"
-            if f"message {direction}" in heading and message.startswith(start):
-                out.append(message)
+            if f"message {direction}" not in heading or not message.startswith(start):
+                continue
+            if not retransmissions and message in seen:
+                continue
+            seen.add(message)
+            out.append(message)
         return out
 
     def describe(self) -> str:
