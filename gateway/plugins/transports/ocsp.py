@@ -24,6 +24,7 @@ thisUpdate/nextUpdate window is what bounds freshness.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import ipaddress
 import logging
@@ -474,7 +475,11 @@ class OcspChecker:
         self.wall_clock = wall_clock
         self._max_entries = max_entries
         # By (issuer name, issuer key hash, serial): a CertID's parts (RFC 6960 §4.1.1).
-        self._cache: dict[tuple[bytes, bytes, int], _Cached] = {}
+        # Oldest stored first (an OrderedDict: popping the oldest is O(1), where a dict's first
+        # key is found by skipping the slots of the keys deleted before it).
+        self._cache: collections.OrderedDict[tuple[bytes, bytes, int], _Cached] = (
+            collections.OrderedDict()
+        )
         self._pending: dict[tuple[bytes, bytes, int], trio.Event] = {}
         #: Responder queries by :data:`RESULTS` (voipgw_tls_ocsp_queries_total); cache hits
         #: are not queries.
@@ -548,13 +553,12 @@ class OcspChecker:
         return _Cached(until, answer, f"{answer.status} until {_utc(until)}")
 
     def _store(self, key: tuple[bytes, bytes, int], cached: _Cached) -> None:
+        # O(1) per insert, also when full: the oldest stored goes (an expired entry is never
+        # used, check() asks again, so it only waits its turn). A scan for expired entries
+        # would cost the whole cache (20,000) per new connection once it is full.
         self._cache.pop(key, None)
-        if len(self._cache) >= self._max_entries:
-            now = self.wall_clock()
-            for old in [k for k, entry in self._cache.items() if entry.until <= now]:
-                del self._cache[old]
-            while len(self._cache) >= self._max_entries:
-                del self._cache[next(iter(self._cache))]  # the oldest stored
+        while len(self._cache) >= self._max_entries:
+            self._cache.popitem(last=False)
         self._cache[key] = cached
 
     def _verdict(self, cached: _Cached, *, queried: bool) -> Verdict:

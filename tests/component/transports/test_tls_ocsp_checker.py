@@ -6,6 +6,7 @@ responses built by cryptography's OCSPResponseBuilder at the checker's wall-cloc
 from __future__ import annotations
 
 import datetime
+import time
 
 import pytest
 import trio
@@ -20,6 +21,7 @@ from gateway.plugins.transports.ocsp import (
     OcspChecker,
     OcspMode,
     OcspTarget,
+    _Cached,
 )
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 
@@ -208,6 +210,20 @@ async def test_the_cache_is_bounded(
     # The oldest went: asking about it again queries; the newest is still cached.
     assert (await checker.check(targets[2])).queried is False
     assert (await checker.check(targets[0])).queried is True
+
+
+def test_storing_into_a_full_cache_does_not_scan_it() -> None:
+    # 20,000 current answers, then 20,000 more: each insert evicts the oldest in O(1). A scan
+    # of the whole cache per insert (looking for expired entries) took minutes here.
+    checker = OcspChecker(mode="soft-fail", timeout=3.0, max_entries=20000)
+    entry = _Cached(until=time.time() + 3600.0, answer=None, reason="test")
+    started = time.perf_counter()
+    for serial in range(40000):
+        checker._store((b"issuer", b"key", serial), entry)
+    assert time.perf_counter() - started < 5.0
+    assert checker.cached_entries() == 20000
+    assert (b"issuer", b"key", 19999) not in checker._cache  # the oldest went
+    assert (b"issuer", b"key", 20000) in checker._cache
 
 
 async def test_a_garbled_answer_is_a_failure(
