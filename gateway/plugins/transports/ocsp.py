@@ -514,13 +514,22 @@ class OcspChecker:
                 break
             await pending.wait()
         done = self._pending[key] = trio.Event()
+        started = self.wall_clock()
+        result: _Cached | None = None
         try:
-            cached = await self._query(target)
-            self._store(key, cached)
+            result = await self._query(target)
         finally:
+            if result is None:
+                # The caller gave up first (an outbound connection's connect_timeout): cached
+                # as a failure like a timeout, so the next attempt does not wait all over again.
+                self.queries["failed"] += 1
+                waited = self.wall_clock() - started
+                reason = f"no answer from {target.url} within {waited:g} s (cancelled)"
+                result = _Cached(self.wall_clock() + FAILURE_CACHE, None, reason)
+            self._store(key, result)
             del self._pending[key]
             done.set()
-        return self._verdict(cached, queried=True)
+        return self._verdict(result, queried=True)
 
     async def _query(self, target: OcspTarget) -> _Cached:
         try:

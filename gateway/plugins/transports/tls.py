@@ -263,6 +263,14 @@ class TlsConfig:
             )
         if not 0 < self.ocsp_timeout <= 60:
             raise ValueError("ocsp_timeout: expected a number of seconds above 0, at most 60")
+        if self.ocsp != "off" and self.ocsp_timeout >= self.connect_timeout:
+            # An outbound connection's OCSP query runs inside connect_timeout (tcp.py
+            # open_flow): a silent responder would end the connection before the query
+            # fails, so even soft-fail would refuse every trunk.
+            raise ValueError(
+                f"ocsp_timeout: must be below connect_timeout ({self.connect_timeout:g} s), "
+                "which an outbound connection's OCSP query counts towards"
+            )
         if self.ocsp_responder is not None:
             if self.ocsp == "off":
                 raise ValueError('ocsp_responder: set ocsp to "soft-fail" or "hard-fail" too')

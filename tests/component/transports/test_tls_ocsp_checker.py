@@ -163,6 +163,23 @@ async def test_a_responder_that_never_answers_holds_a_connection_for_the_timeout
     assert checker.queries["failed"] == 1 and checker.queries["good"] == 1
 
 
+async def test_a_query_its_caller_gave_up_on_is_cached_as_a_failure(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    # An outbound connection's connect_timeout cancels the query before ocsp_timeout: the
+    # next attempt must not wait for the silent responder again.
+    responder = FakeResponder(vendor)
+    responder.hang = True
+    checker, (phone, *_) = make("soft-fail", responder, phones)
+    with trio.move_on_after(1.0):
+        await checker.check(phone)
+    retry = await checker.check(phone)
+    assert retry.accept and retry.result == "failed" and not retry.queried
+    assert "cancelled" in retry.reason
+    assert trio.current_time() == pytest.approx(1.0) and responder.queries == 1
+    assert checker.queries["failed"] == 1
+
+
 @pytest.mark.parametrize(("mode", "accepted"), [("soft-fail", True), ("hard-fail", False)])
 async def test_unknown_is_a_failure_not_a_revocation(
     autojump_clock: trio.testing.MockClock,
