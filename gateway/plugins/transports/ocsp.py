@@ -58,7 +58,7 @@ NO_NEXT_UPDATE_CACHE = 3600.0
 #: A failed query (no answer, a garbled or unverifiable one, "unknown") is not repeated for this
 #: long (s): a phone retrying every few seconds must not hold each attempt for the timeout.
 FAILURE_CACHE = 30.0
-#: Answers kept at most; past that the expired go first, then the oldest.
+#: Answers kept at most; past that the oldest stored goes (an expired one is never used).
 MAX_CACHE_ENTRIES = 20000
 
 Status = Literal["good", "revoked", "unknown"]
