@@ -61,6 +61,13 @@ FAILURE_CACHE = 30.0
 #: Answers kept at most; past that the oldest stored goes (an expired one is never used).
 MAX_CACHE_ENTRIES = 20000
 
+#: While a responder keeps failing, its failed queries are summarized in one line this often (s),
+#: not logged one by one: with it down, thousands of open connections are asked about again
+#: every FAILURE_CACHE seconds.
+FAILING_SUMMARY_INTERVAL = 300.0
+#: Failing responders tracked at most (each CA names one or two; a bound all the same).
+MAX_FAILING_RESPONDERS = 256
+
 Status = Literal["good", "revoked", "unknown"]
 #: What a check found, as ``voipgw_tls_ocsp_queries_total`` counts responder queries.
 RESULTS = ("good", "revoked", "unknown", "failed")
@@ -442,6 +449,17 @@ def _expected_total(received: bytearray, peer: str) -> int | None:
 Fetch = Callable[[str, bytes], Awaitable[bytes]]
 
 
+@attrs.define
+class _Failing:
+    """A responder that stopped answering: since when, its failed queries since then and since
+    the last summary line."""
+
+    since: float
+    summarized_at: float
+    failures: int = 1
+    since_summary: int = 0
+
+
 @attrs.frozen
 class _Cached:
     until: float  # Unix time
@@ -484,6 +502,9 @@ class OcspChecker:
         #: Responder queries by :data:`RESULTS` (voipgw_tls_ocsp_queries_total); cache hits
         #: are not queries.
         self.queries: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        # Responders (by URL) whose last query failed: logged once when they start failing,
+        # summarized every FAILING_SUMMARY_INTERVAL, once more when they answer again.
+        self._failing: dict[str, _Failing] = {}
 
     def target(self, certificate: x509.Certificate, issuer: x509.Certificate) -> OcspTarget | None:
         """What to check for ``certificate``, or None when it names no responder (and no
@@ -525,6 +546,7 @@ class OcspChecker:
                 self.queries["failed"] += 1
                 waited = self.wall_clock() - started
                 reason = f"no answer from {target.url} within {waited:g} s (cancelled)"
+                self._responder_failed(target.url, reason)
                 result = _Cached(self.wall_clock() + FAILURE_CACHE, None, reason)
             self._store(key, result)
             del self._pending[key]
@@ -548,8 +570,11 @@ class OcspChecker:
             if not isinstance(exc, OcspError):
                 log.exception("OCSP query to %s failed unexpectedly", target.url)
             self.queries["failed"] += 1
-            return _Cached(self.wall_clock() + FAILURE_CACHE, None, str(exc) or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            self._responder_failed(target.url, reason)
+            return _Cached(self.wall_clock() + FAILURE_CACHE, None, reason)
         self.queries[answer.status] += 1
+        self._responder_answered(target.url)
         if answer.status == "unknown":
             reason = f"the responder {target.url} does not know the certificate"
             return _Cached(now + FAILURE_CACHE, answer, reason)
@@ -560,6 +585,53 @@ class OcspChecker:
         if until <= now:
             until = now + FAILURE_CACHE
         return _Cached(until, answer, f"{answer.status} until {_utc(until)}")
+
+    def _responder_failed(self, url: str, reason: str) -> None:
+        """Log per responder, not per query (the metric counts each query): one WARNING when
+        it starts failing, then a summary every FAILING_SUMMARY_INTERVAL while it fails."""
+        now = self.wall_clock()
+        failing = self._failing.get(url)
+        if failing is None:
+            if len(self._failing) >= MAX_FAILING_RESPONDERS:
+                self._failing.clear()  # logged again at their next failure: still bounded
+            self._failing[url] = _Failing(since=now, summarized_at=now)
+            log.warning(
+                "OCSP responder %s is failing: %s; its failed queries are counted "
+                "(voipgw_tls_ocsp_queries_total), summarized every %g s",
+                url,
+                reason,
+                FAILING_SUMMARY_INTERVAL,
+            )
+            return
+        failing.failures += 1
+        failing.since_summary += 1
+        if now - failing.summarized_at >= FAILING_SUMMARY_INTERVAL:
+            log.warning(
+                "OCSP responder %s is still failing: %d failed queries in the last %g s, "
+                "%d since %s; the last: %s",
+                url,
+                failing.since_summary,
+                now - failing.summarized_at,
+                failing.failures,
+                _utc(failing.since),
+                reason,
+            )
+            failing.summarized_at = now
+            failing.since_summary = 0
+
+    def _responder_answered(self, url: str) -> None:
+        failing = self._failing.pop(url, None)
+        if failing is not None:
+            log.info(
+                "OCSP responder %s answers again, after %d failed queries in %g s",
+                url,
+                failing.failures,
+                self.wall_clock() - failing.since,
+            )
+
+    def failing_responders(self) -> tuple[str, ...]:
+        """URLs of the responders whose last query failed (for tests and the status page)."""
+        return tuple(self._failing)
 
     def _store(self, key: tuple[bytes, bytes, int], cached: _Cached) -> None:
         # O(1) per insert, also when full: the oldest stored goes (an expired entry is never

@@ -6,6 +6,7 @@ responses built by cryptography's OCSPResponseBuilder at the checker's wall-cloc
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 
 import pytest
@@ -24,6 +25,8 @@ from gateway.plugins.transports.ocsp import (
     _Cached,
 )
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+
+OCSP_LOG = "gateway.plugins.transports.ocsp"
 
 # Unix time at trio time 0: the certificates are valid then.
 BASE = datetime.datetime.now(datetime.UTC).timestamp()
@@ -178,6 +181,39 @@ async def test_a_query_its_caller_gave_up_on_is_cached_as_a_failure(
     assert "cancelled" in retry.reason
     assert trio.current_time() == pytest.approx(1.0) and responder.queries == 1
     assert checker.queries["failed"] == 1
+
+
+async def test_a_failing_responder_is_logged_once_then_summarized_not_per_query(
+    autojump_clock: trio.testing.MockClock,
+    vendor: TestCa,
+    phones: list[Issued],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=OCSP_LOG)
+    responder = FakeResponder(vendor)
+    responder.delay = 10.0  # past the 3 s timeout: every query fails
+    checker, targets = make("soft-fail", responder, phones)
+    # Three phones asked about again every FAILURE_CACHE for 10 minutes: 60 failed queries.
+    for _ in range(20):
+        for target in targets:
+            assert (await checker.check(target)).result == "failed"
+        await trio.sleep(FAILURE_CACHE)
+    assert checker.queries["failed"] == 60  # the metric stays per query
+    lines = [r for r in caplog.records if r.name == OCSP_LOG]
+    assert [r.levelno for r in lines] == [logging.WARNING] * 3
+    assert "OCSP responder http://ocsp.vendor.example/ is failing: no answer" in (
+        lines[0].getMessage()
+    )
+    assert "is still failing: " in lines[1].getMessage()
+    assert checker.failing_responders() == ("http://ocsp.vendor.example/",)
+    responder.delay = 0.0
+    assert (await checker.check(targets[0])).result == "good"
+    back = [r for r in caplog.records if r.name == OCSP_LOG][-1]
+    assert back.levelno == logging.INFO
+    assert "http://ocsp.vendor.example/ answers again, after 60 failed queries" in (
+        back.getMessage()
+    )
+    assert checker.failing_responders() == ()
 
 
 @pytest.mark.parametrize(("mode", "accepted"), [("soft-fail", True), ("hard-fail", False)])
