@@ -217,6 +217,14 @@ class CrlFetcher:
             problem = crl.problem(now)
             if problem is not None:
                 raise CertificateError(problem)
+            if source.crl is not None and crl.issuer_der != source.crl.issuer_der:
+                # The transport keeps one fetched CRL per URL: another CA's (signed, current,
+                # by a CA of ca_bundles too) would drop the first CA's, and its certificates,
+                # revoked ones included, would no longer be checked. Plain HTTP (RFC 5280
+                # §4.2.1.13): whoever sits on the path can serve any CA's genuine CRL.
+                raise CertificateError(
+                    f"{url}: a CRL of {crl.issuer}, where it served the CRL of {source.crl.issuer}"
+                )
             if source.crl is not None and _older(crl, source.crl):
                 raise CertificateError(
                     f"{url}: the CRL of {crl.issuer} is older than the one in use "

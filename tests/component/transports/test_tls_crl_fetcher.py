@@ -177,6 +177,35 @@ async def test_an_out_of_date_or_older_crl_is_refused_and_the_one_in_use_kept(
     assert "the CRL of CN=Vendor Factory CA expired on" in caplog.text
 
 
+async def test_a_url_that_serves_another_cas_crl_does_not_drop_the_first_cas(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Both CAs in ca_bundles: the other CA's CRL is genuine, current and has a higher
+    # cRLNumber; used in place of the vendor's, it would leave the vendor's revoked phones
+    # unchecked.
+    other = TestPki(tmp_path / "other-pki").ca("Other CA")
+    server = FakeCrlServer(vendor, tmp_path)
+    config = TlsConfig(
+        ca_bundles=(str(vendor.certificate), str(other.certificate)), crl_urls=(URL,)
+    )
+    transport = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    transport._start_crl_fetcher(SimpleNamespace(state_dir=str(tmp_path / "state")))  # type: ignore[arg-type]
+    await run_for(transport, 1.0)
+    assert [crl.issuer for crl in transport.loaded_crls()] == ["CN=Vendor Factory CA"]
+    impostor = FakeCrlServer(other, tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    impostor.number = 50
+    assert transport.crl_fetcher is not None
+    transport.crl_fetcher._get = impostor.get
+    await transport.crl_fetcher.refresh(URL)
+    assert [crl.issuer for crl in transport.loaded_crls()] == ["CN=Vendor Factory CA"]
+    assert "a CRL of CN=Other CA, where it served the CRL of CN=Vendor Factory CA" in caplog.text
+    assert transport.crl_fetcher.fetches["failed"] == 1
+
+
 async def test_a_fetched_crl_is_saved_and_used_by_the_next_start_before_any_fetch(
     vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
