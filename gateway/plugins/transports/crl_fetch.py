@@ -95,7 +95,8 @@ class _Source:
 class CrlFetcher:
     """Keeps the CRL of each URL current; ``use(crl)`` hands each new one to the transport,
     ``tick(now)`` lets it log what is due (a CRL going stale, expiring: logged at ERROR as for
-    a file) even when no handshake happens. ``get`` and ``wall_clock`` are for tests."""
+    a file) even when no handshake happens. ``get``, ``wall_clock`` and ``in_thread`` are for
+    tests."""
 
     def __init__(
         self,
@@ -113,6 +114,9 @@ class CrlFetcher:
         self._get: GetCrl = get or get_crl
         self.wall_clock = wall_clock
         self.state_dir = state_dir
+        #: Runs the parse and checks of a fetched CRL off the event loop; tests on trio's
+        #: autojump clock run it inline (the clock jumps while a worker thread runs).
+        self.in_thread: Callable[..., Awaitable[LoadedCrl]] = trio.to_thread.run_sync
         self._sources: dict[str, _Source] = {}
         self._wake = trio.Event()
         #: Fetches by outcome ("ok", "failed"), for tests and the log.
@@ -212,8 +216,11 @@ class CrlFetcher:
                 data = await self._get(url)
             if scope.cancelled_caught:
                 raise OcspError(f"no answer from {url} within {FETCH_TIMEOUT:g} s")
+            cas = self._cas()
+            # Parsing and verifying a CRL of some MiB takes tens of ms: not on the event loop,
+            # where every call's signalling and media wait meanwhile.
+            crl = await self.in_thread(check_crl_untrusted, data, url, cas)
             now = self.wall_clock()
-            crl = check_crl_untrusted(data, url, self._cas())
             problem = crl.problem(now)
             if problem is not None:
                 raise CertificateError(problem)
