@@ -244,6 +244,10 @@ class CrlFetcher:
             self._failed(source, str(exc) or type(exc).__name__)
             return
         self.fetches["ok"] += 1
+        # The one in use again (a CA that has not published yet, asked again in the last
+        # quarter): nothing to save or apply. Applying rebuilds every TLS context with it,
+        # some hundred ms on the event loop for a CRL of some MiB, at each retry.
+        unchanged = source.crl is not None and _same(crl, source.crl)
         source.crl = crl
         if crl.stale_at > now:
             source.failures = 0
@@ -252,6 +256,8 @@ class CrlFetcher:
             # Already in its last quarter: the CA has not published a newer one yet.
             source.failures += 1
             source.due = now + _backoff(source.failures)
+        if unchanged:
+            return
         self._save(crl)
         try:
             self._use(crl)
@@ -275,6 +281,14 @@ class CrlFetcher:
 
 def _backoff(failures: int) -> float:
     return min(RETRY_FIRST * 2.0 ** min(failures - 1, 16), RETRY_MAX)
+
+
+def _same(new: LoadedCrl, current: LoadedCrl) -> bool:
+    return (new.issuer_der, new.number, new.last_update) == (
+        current.issuer_der,
+        current.number,
+        current.last_update,
+    )
 
 
 def _older(new: LoadedCrl, current: LoadedCrl) -> bool:

@@ -246,6 +246,38 @@ async def test_a_fetched_crl_is_parsed_off_the_event_loop(
     assert threads == [False]
 
 
+async def test_the_same_crl_fetched_again_is_not_applied_again(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The CA has not published a newer CRL: asked again in the last quarter (with backoff),
+    # the server serves the one in use. Applying it would rebuild every TLS context each time.
+    server = FakeCrlServer(vendor, tmp_path)
+    server.validity = 8 * 3600.0
+    transport = transport_for(vendor, server, tmp_path / "state")
+    assert transport.crl_fetcher is not None
+    used: list[int | None] = []
+    use = transport.crl_fetcher._use
+
+    def counting(crl: LoadedCrl) -> None:
+        used.append(crl.number)
+        use(crl)
+
+    transport.crl_fetcher._use = counting
+    await run_for(transport, 1.0)
+    served = (tmp_path / "served-1.crl").read_bytes()
+
+    async def same(url: str) -> bytes:
+        server.asked.append(trio.current_time())
+        return served
+
+    transport.crl_fetcher._get = same
+    await run_for(transport, 7 * 3600.0)
+    assert len(server.asked) >= 4  # asked at 6 h, then 1, 2, 4 ... min later
+    assert used == [1]
+    (crl,) = transport.loaded_crls()
+    assert crl.number == 1
+
+
 async def test_a_fetched_crl_is_saved_and_used_by_the_next_start_before_any_fetch(
     vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
