@@ -376,6 +376,7 @@ def _resolve_named_trunks(
     import trio
 
     from gateway.core.calls.trunk_dns import DnsError, DnsPythonResolver, resolve
+    from gateway.core.sip.uri import redact_password
 
     named = [
         (f"trunk {trunk.name}", trunk.address_parts)
@@ -384,7 +385,10 @@ def _resolve_named_trunks(
     ]
     if not named and not sessions:
         return ["no trunk is named by DNS: nothing to resolve"]
-    named += [(f"session target {uri}", address) for uri, address in (sessions or {}).items()]
+    named += [
+        (f"session target {redact_password(uri)}", address)
+        for uri, address in (sessions or {}).items()
+    ]
     dns = config.dns
 
     async def main() -> list[str]:

@@ -74,6 +74,7 @@ from gateway.core.plugins import PluginError, Plugins
 from gateway.core.registration import RegistrationService, local_domains
 from gateway.core.reload import CertificateReloads, ReloadReport
 from gateway.core.sip.message import Request
+from gateway.core.sip.uri import redact_password
 from gateway.core.status import CallStatistics, StatusView
 from gateway.core.store.backends import (
     SQLITE_GATEWAY_BUSY_TIMEOUT,
@@ -549,7 +550,7 @@ class Gateway:
             found.append(
                 {
                     "kind": "session target",
-                    "name": uri,
+                    "name": redact_password(uri),  # RFC 3261 §19.1.1: a password, never shown
                     "address": status.address,
                     "dns": _dns_status(status, now, wall),
                 }

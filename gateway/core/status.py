@@ -31,6 +31,7 @@ from gateway.core.interfaces import (
     SipCounts,
     TrunkCounts,
 )
+from gateway.core.sip.uri import redact_password
 
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
@@ -404,7 +405,8 @@ class StatusView:
             resolved_at = None
             if dns.resolved_at is not None:
                 resolved_at = time.time() + dns.resolved_at - trio.current_time()
-            found.append(SessionTargetDns(uri, len(dns.targets), resolved_at))
+            # The metrics' ``uri`` label: a password in the URI is never shown.
+            found.append(SessionTargetDns(redact_password(uri), len(dns.targets), resolved_at))
         return tuple(found)
 
     def registrations(self) -> int:

@@ -73,6 +73,7 @@ from gateway.core.sip.session_timer import (
     supports_timer,
 )
 from gateway.core.sip.transaction import State
+from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import TLS_TRANSPORTS, Flow, format_host_port
 
 if TYPE_CHECKING:
@@ -496,11 +497,12 @@ class OutboundSessions:
         targets in turn, the next after a transport error, no answer, 408 or 503 (RFC 3263
         §4.3), as calls to trunks do; no DNS query is made here.
         Raises :class:`SessionRefused`."""
+        shown = redact_password(target)  # a recorder's URI may carry a password: never logged
         try:
             uri = parse_uri_untrusted(target)
             destinations = self._destinations(target)
         except (RemoteSipError, UnroutableTarget) as exc:
-            raise SessionRefused(f"{target} is not a usable SIP URI ({exc})") from None
+            raise SessionRefused(f"{shown} is not a usable SIP URI ({exc})") from None
         for number, destination in enumerate(destinations, 1):
             try:
                 return await self._open_at(
@@ -520,7 +522,7 @@ class OutboundSessions:
                     raise
                 log.info(
                     "session to %s: target %s:%s failed (%s); trying the next",
-                    target,
+                    shown,
                     destination.transport,
                     format_host_port(destination.host, destination.port),
                     exc,
@@ -554,16 +556,17 @@ class OutboundSessions:
     ) -> OutboundSession:
         """:meth:`open_session` at one ``destination``; :class:`ServerFailed` when the next
         target should be tried."""
+        shown = redact_password(target)
         endpoint = self.endpoint
         try:
             flow = await endpoint.flow_to(
                 destination.transport, (destination.host, destination.port), destination.flow
             )
         except OSError as exc:
-            raise ServerFailed(f"cannot reach {target}: {exc}") from None
+            raise ServerFailed(f"cannot reach {shown}: {exc}") from None
         if secure_only and not flow.secure:
             raise SessionRefused(
-                f"{target} is reached over {flow.transport}, not TLS: the offer carries keys "
+                f"{shown} is reached over {flow.transport}, not TLS: the offer carries keys "
                 "(RFC 4568 §8.3)"
             )
         our_uri = endpoint.our_uri(flow.transport, "voipgw")
@@ -607,11 +610,11 @@ class OutboundSessions:
                     request, transport=flow.transport, address=flow.remote, flow=flow
                 )
             except OSError as exc:
-                raise ServerFailed(f"cannot send to {target}: {exc}") from None
+                raise ServerFailed(f"cannot send to {shown}: {exc}") from None
             sent = client.request
             final = await self._final(client, sent, None)
             if final is None:
-                raise ServerFailed(f"no answer from {target}")
+                raise ServerFailed(f"no answer from {shown}")
             raised = min_se_of_422(final.headers) if final.status == 422 else None
             if raised is None or raised <= session_expires or asked_again:
                 break
@@ -624,11 +627,11 @@ class OutboundSessions:
                 .set("Session-Expires", f"{raised};refresher={UAC}")
                 .set("Min-SE", str(raised))
             )
-            log.info("session to %s: it asked for a session interval of %d s", target, raised)
+            log.info("session to %s: it asked for a session interval of %d s", shown, raised)
         if not final.is_success:
             # RFC 3263 §4.3: a 503 (and a 408, as calls to trunks take it) is the server's.
             failed = ServerFailed if final.status in (408, 503) else SessionRefused
-            raise failed(f"{target} answered {final.status} {final.reason}")
+            raise failed(f"{shown} answered {final.status} {final.reason}")
         dialog = Dialog.create_uac(sent, final, over_tls=flow.transport in TLS_TRANSPORTS)
         # Registered before the ACK goes: the far end may BYE as soon as it has it.
         session = OutboundSession(
@@ -652,7 +655,7 @@ class OutboundSessions:
             await endpoint.send_ack(ack, ack_flow)
         except OSError as exc:
             self._forget(session)
-            raise SessionRefused(f"cannot ACK {target}'s answer: {exc}") from None
+            raise SessionRefused(f"cannot ACK {shown}'s answer: {exc}") from None
         except trio.Cancelled:
             # The owner gave up while we were ACKing: the session is answered, so it still
             # gets its ACK and a BYE (RFC 3261 §15), not left to run out on the far end.

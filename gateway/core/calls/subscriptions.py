@@ -38,7 +38,8 @@ Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503 past it) and :data:`MAX_PER_ACCOUN
 account (403 past it); a phone that subscribes again from the same Contact (it rebooted)
 replaces its old subscription, which ends as at a stop but without a NOTIFY to the phone (it
 forgot that dialog): unsubscribed at the trunk, its final NOTIFY answered 200 and not relayed
-(:data:`FINAL_NOTIFY_WAIT` at most), no longer counted against the account meanwhile. Other
+(:data:`FINAL_NOTIFY_WAIT` at most), no longer counted against the account meanwhile (at most
+:data:`MAX_CLOSING_PER_ACCOUNT` of an account wait so; past it the oldest is forgotten). Other
 event packages get 489 with ``Allow-Events: message-summary, dialog``. ``Event: dialog``
 SUBSCRIBEs (and ``Event: presence`` ones while ``[presence] allow`` is not ``"none"``) and
 their dialogs go to the gateway's own notifier (gateway/core/calls/dialog_events.py). The
@@ -109,6 +110,10 @@ MAX_SUBSCRIPTIONS = 10_000
 """Relayed subscriptions at once; a new one past it gets 503."""
 MAX_PER_ACCOUNT = 8
 """Relayed subscriptions of one account at once (a phone or two, a line each); past it 403."""
+MAX_CLOSING_PER_ACCOUNT = MAX_PER_ACCOUNT
+"""Replaced subscriptions of one account waiting for their trunk's final NOTIFY: past it the
+oldest is forgotten at once (its final NOTIFY then gets 481), so an account re-subscribing fast
+from one Contact cannot fill :data:`MAX_SUBSCRIPTIONS` with closing ones."""
 ACCEPT = "application/simple-message-summary"  # RFC 3842 §4.1
 
 DialogKey = tuple[str, str]  # (Call-ID, our tag)
@@ -186,6 +191,8 @@ class Subscriptions:
         self._per_account: dict[str, int] = {}
         # Subscriptions ended at the phone and waiting for the trunk's final NOTIFY (closing).
         self._closing: set[Subscription] = set()
+        # The replaced ones among them by account, oldest first (MAX_CLOSING_PER_ACCOUNT).
+        self._replaced: dict[str, list[Subscription]] = {}
         self._timer_changed = trio.Event()
         self.refused = 0
         """New subscriptions refused for a limit, since the start."""
@@ -364,6 +371,15 @@ class Subscriptions:
                 self._end(old, "replaced")  # its SUBSCRIBE is unanswered: nothing to close
                 continue
             old.state.handle(Input.DIALOG_GONE, now=trio.current_time())
+            replaced = self._replaced.get(account, [])
+            while len(replaced) >= MAX_CLOSING_PER_ACCOUNT:
+                # Replaced faster than trunks close them: they would hold the global limit.
+                self._forget(replaced.pop(0))
+                log.info(
+                    "subscription of %s replaced again: forgotten before its trunk's final NOTIFY",
+                    account,
+                )
+            self._replaced.setdefault(account, []).append(old)
             self._start_closing(old)
             if old.phone_dialog is not None:
                 old.phone_dialog.terminate()
@@ -770,6 +786,7 @@ class Subscriptions:
             subscription.ended.set()
             if subscription in self._closing:
                 self._closing.discard(subscription)  # released when it started closing
+                self._forget_replaced(subscription)
             else:
                 self._release(subscription.account)
         if self._by_phone.get(subscription.phone_key) is subscription:
@@ -777,6 +794,13 @@ class Subscriptions:
         for dialog in (subscription.phone_dialog, subscription.trunk_dialog):
             if dialog is not None:
                 dialog.terminate()
+
+    def _forget_replaced(self, subscription: Subscription) -> None:
+        replaced = self._replaced.get(subscription.account)
+        if replaced is not None and subscription in replaced:
+            replaced.remove(subscription)  # MAX_CLOSING_PER_ACCOUNT entries at most
+            if not replaced:
+                del self._replaced[subscription.account]
 
     def _release(self, account: str) -> None:
         left = self._per_account.get(account, 1) - 1

@@ -58,7 +58,7 @@ import trio
 from gateway.core.config import DnsSection, TrunkAddress, TrunkConfig, dns_server
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
-from gateway.core.sip.uri import SipUri
+from gateway.core.sip.uri import SipUri, redact_password
 from gateway.core.transport.flows import format_host_port
 
 log = logging.getLogger(__name__)
@@ -549,7 +549,7 @@ class TrunkTargets:
                     why = str(exc)
                 except Exception:
                     # A bug here must not stop the gateway or leave a trunk unresolved for good.
-                    log.exception("resolving %s %s failed", self.what, name)
+                    log.exception("resolving %s %s failed", self.what, redact_password(name))
                     why = "internal error (logged)"
             if resolution is None and why is None:
                 why = f"no answer within {self.dns.timeout:g} s"
@@ -578,12 +578,16 @@ class TrunkTargets:
         self._resolved[name] = resolution
         shown = ", ".join(str(hop) for hop in resolution.hops)
         if previous is None:
-            log.info("%s %s: %s resolves to %s", self.what, name, address, shown)
+            log.info("%s %s: %s resolves to %s", self.what, redact_password(name), address, shown)
             self.on_resolved(name)
         elif previous.hops != resolution.hops:
-            log.info("%s %s: %s now resolves to %s", self.what, name, address, shown)
+            log.info(
+                "%s %s: %s now resolves to %s", self.what, redact_password(name), address, shown
+            )
         elif failing:
-            log.info("%s %s: %s resolves again (unchanged)", self.what, name, address)
+            log.info(
+                "%s %s: %s resolves again (unchanged)", self.what, redact_password(name), address
+            )
         if previous is None or previous.hops != resolution.hops:
             self.on_change(name, resolution)
 
@@ -594,7 +598,7 @@ class TrunkTargets:
                 "%s %s: resolving %s failed (%s); keeping its last answer (%s) and asking "
                 "again every %g s",
                 self.what,
-                name,
+                redact_password(name),  # a recorder's URI may carry a password
                 address,
                 why,
                 shown,
@@ -605,7 +609,7 @@ class TrunkTargets:
                 "%s %s: resolving %s failed (%s); the %s is down until it resolves "
                 "(asked again every %g s)",
                 self.what,
-                name,
+                redact_password(name),  # a recorder's URI may carry a password
                 address,
                 why,
                 self.what,

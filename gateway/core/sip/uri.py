@@ -8,10 +8,31 @@ says so.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 Params = tuple[tuple[str, str | None], ...]
 """Ordered ``;name=value`` parameters; a flag parameter (``;lr``) has the value None."""
+
+
+# RFC 3261 §19.1.1 / §25.1: userinfo = user [ ":" password ] "@"; user may hold ";?/&=+$,",
+# password only unreserved, escaped and "&=+$,". Anchored on "sip:"/"sips:" so a host:port
+# (no "@" after it) is never taken for a user and password.
+_PASSWORD_IN_URI = re.compile(
+    r"(?i)\b(sips?:[A-Za-z0-9\-_.!~*'()%&=+$,;?/]*):[A-Za-z0-9\-_.!~*'()%&=+$,]*@"
+)
+REDACTED = "***"
+
+
+def redact_password(text: str) -> str:
+    """``text`` (a SIP URI, or a line naming some) with the password of each ``sip:`` or
+    ``sips:`` URI's userinfo replaced by ``***``: for logs, ``voipgw trunks`` and metric labels
+    (RFC 3261 §19.1.1 deprecates the password, but a configured URI may still carry one).
+    Nothing else changes; text without a password comes back as it is."""
+    if "@" not in text:
+        return text
+    return _PASSWORD_IN_URI.sub(rf"\1:{REDACTED}@", text)
 
 
 def get_param(params: Params, name: str) -> str | None:

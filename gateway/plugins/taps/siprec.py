@@ -136,7 +136,7 @@ from gateway.core.sip.dialog import glare_wait
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.session_timer import MAX_INTERVAL, MIN_INTERVAL
-from gateway.core.sip.uri import SipUri
+from gateway.core.sip.uri import SipUri, redact_password
 from gateway.plugins.keyexchange.sdes import SdesKeyExchange, SdesNegotiation
 from gateway.plugins.taps.queue import CopyQueue
 from gateway.plugins.taps.recorder import rtp_fields
@@ -1566,10 +1566,11 @@ def _check_srs(key: str, uri: str) -> None:
         parse_uri_untrusted(uri)
     except RemoteSipError:
         raise ValueError(
-            f"{key}: expected a recorder's SIP URI (e.g. sip:srs@192.0.2.50:5060), not {uri!r}"
+            f"{key}: expected a recorder's SIP URI (e.g. sip:srs@192.0.2.50:5060), "
+            f"not {redact_password(uri)!r}"
         ) from None
     if not uri.lower().startswith(("sip:", "sips:")):
-        raise ValueError(f"{key}: expected a sip: or sips: URI, not {uri!r}")
+        raise ValueError(f"{key}: expected a sip: or sips: URI, not {redact_password(uri)!r}")
 
 
 def _check_tls(key: str, uri: str) -> None:

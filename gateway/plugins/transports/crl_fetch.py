@@ -95,7 +95,8 @@ class _Source:
 class CrlFetcher:
     """Keeps the CRL of each URL current; ``use(crl)`` hands each new one to the transport,
     ``tick(now)`` lets it log what is due (a CRL going stale, expiring: logged at ERROR as for
-    a file) even when no handshake happens. ``get`` and ``wall_clock`` are for tests."""
+    a file) even when no handshake happens. ``get``, ``wall_clock`` and ``in_thread`` are for
+    tests."""
 
     def __init__(
         self,
@@ -113,6 +114,9 @@ class CrlFetcher:
         self._get: GetCrl = get or get_crl
         self.wall_clock = wall_clock
         self.state_dir = state_dir
+        #: Runs the parse and checks of a fetched CRL off the event loop; tests on trio's
+        #: autojump clock run it inline (the clock jumps while a worker thread runs).
+        self.in_thread: Callable[..., Awaitable[LoadedCrl]] = trio.to_thread.run_sync
         self._sources: dict[str, _Source] = {}
         self._wake = trio.Event()
         #: Fetches by outcome ("ok", "failed"), for tests and the log.
@@ -212,11 +216,22 @@ class CrlFetcher:
                 data = await self._get(url)
             if scope.cancelled_caught:
                 raise OcspError(f"no answer from {url} within {FETCH_TIMEOUT:g} s")
+            cas = self._cas()
+            # Parsing and verifying a CRL of some MiB takes tens of ms: not on the event loop,
+            # where every call's signalling and media wait meanwhile.
+            crl = await self.in_thread(check_crl_untrusted, data, url, cas)
             now = self.wall_clock()
-            crl = check_crl_untrusted(data, url, self._cas())
             problem = crl.problem(now)
             if problem is not None:
                 raise CertificateError(problem)
+            if source.crl is not None and crl.issuer_der != source.crl.issuer_der:
+                # The transport keeps one fetched CRL per URL: another CA's (signed, current,
+                # by a CA of ca_bundles too) would drop the first CA's, and its certificates,
+                # revoked ones included, would no longer be checked. Plain HTTP (RFC 5280
+                # §4.2.1.13): whoever sits on the path can serve any CA's genuine CRL.
+                raise CertificateError(
+                    f"{url}: a CRL of {crl.issuer}, where it served the CRL of {source.crl.issuer}"
+                )
             if source.crl is not None and _older(crl, source.crl):
                 raise CertificateError(
                     f"{url}: the CRL of {crl.issuer} is older than the one in use "
@@ -229,6 +244,10 @@ class CrlFetcher:
             self._failed(source, str(exc) or type(exc).__name__)
             return
         self.fetches["ok"] += 1
+        # The one in use again (a CA that has not published yet, asked again in the last
+        # quarter): nothing to save or apply. Applying rebuilds every TLS context with it,
+        # some hundred ms on the event loop for a CRL of some MiB, at each retry.
+        unchanged = source.crl is not None and _same(crl, source.crl)
         source.crl = crl
         if crl.stale_at > now:
             source.failures = 0
@@ -237,6 +256,8 @@ class CrlFetcher:
             # Already in its last quarter: the CA has not published a newer one yet.
             source.failures += 1
             source.due = now + _backoff(source.failures)
+        if unchanged:
+            return
         self._save(crl)
         try:
             self._use(crl)
@@ -260,6 +281,14 @@ class CrlFetcher:
 
 def _backoff(failures: int) -> float:
     return min(RETRY_FIRST * 2.0 ** min(failures - 1, 16), RETRY_MAX)
+
+
+def _same(new: LoadedCrl, current: LoadedCrl) -> bool:
+    return (new.issuer_der, new.number, new.last_update) == (
+        current.issuer_der,
+        current.number,
+        current.last_update,
+    )
 
 
 def _older(new: LoadedCrl, current: LoadedCrl) -> bool:

@@ -24,6 +24,7 @@ thisUpdate/nextUpdate window is what bounds freshness.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import ipaddress
 import logging
@@ -57,8 +58,15 @@ NO_NEXT_UPDATE_CACHE = 3600.0
 #: A failed query (no answer, a garbled or unverifiable one, "unknown") is not repeated for this
 #: long (s): a phone retrying every few seconds must not hold each attempt for the timeout.
 FAILURE_CACHE = 30.0
-#: Answers kept at most; past that the expired go first, then the oldest.
+#: Answers kept at most; past that the oldest stored goes (an expired one is never used).
 MAX_CACHE_ENTRIES = 20000
+
+#: While a responder keeps failing, its failed queries are summarized in one line this often (s),
+#: not logged one by one: with it down, thousands of open connections are asked about again
+#: every FAILURE_CACHE seconds.
+FAILING_SUMMARY_INTERVAL = 300.0
+#: Failing responders tracked at most (each CA names one or two; a bound all the same).
+MAX_FAILING_RESPONDERS = 256
 
 Status = Literal["good", "revoked", "unknown"]
 #: What a check found, as ``voipgw_tls_ocsp_queries_total`` counts responder queries.
@@ -441,6 +449,17 @@ def _expected_total(received: bytearray, peer: str) -> int | None:
 Fetch = Callable[[str, bytes], Awaitable[bytes]]
 
 
+@attrs.define
+class _Failing:
+    """A responder that stopped answering: since when, its failed queries since then and since
+    the last summary line."""
+
+    since: float
+    summarized_at: float
+    failures: int = 1
+    since_summary: int = 0
+
+
 @attrs.frozen
 class _Cached:
     until: float  # Unix time
@@ -474,11 +493,18 @@ class OcspChecker:
         self.wall_clock = wall_clock
         self._max_entries = max_entries
         # By (issuer name, issuer key hash, serial): a CertID's parts (RFC 6960 §4.1.1).
-        self._cache: dict[tuple[bytes, bytes, int], _Cached] = {}
+        # Oldest stored first (an OrderedDict: popping the oldest is O(1), where a dict's first
+        # key is found by skipping the slots of the keys deleted before it).
+        self._cache: collections.OrderedDict[tuple[bytes, bytes, int], _Cached] = (
+            collections.OrderedDict()
+        )
         self._pending: dict[tuple[bytes, bytes, int], trio.Event] = {}
         #: Responder queries by :data:`RESULTS` (voipgw_tls_ocsp_queries_total); cache hits
         #: are not queries.
         self.queries: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        # Responders (by URL) whose last query failed: logged once when they start failing,
+        # summarized every FAILING_SUMMARY_INTERVAL, once more when they answer again.
+        self._failing: dict[str, _Failing] = {}
 
     def target(self, certificate: x509.Certificate, issuer: x509.Certificate) -> OcspTarget | None:
         """What to check for ``certificate``, or None when it names no responder (and no
@@ -509,13 +535,23 @@ class OcspChecker:
                 break
             await pending.wait()
         done = self._pending[key] = trio.Event()
+        started = self.wall_clock()
+        result: _Cached | None = None
         try:
-            cached = await self._query(target)
-            self._store(key, cached)
+            result = await self._query(target)
         finally:
+            if result is None:
+                # The caller gave up first (an outbound connection's connect_timeout): cached
+                # as a failure like a timeout, so the next attempt does not wait all over again.
+                self.queries["failed"] += 1
+                waited = self.wall_clock() - started
+                reason = f"no answer from {target.url} within {waited:g} s (cancelled)"
+                self._responder_failed(target.url, reason)
+                result = _Cached(self.wall_clock() + FAILURE_CACHE, None, reason)
+            self._store(key, result)
             del self._pending[key]
             done.set()
-        return self._verdict(cached, queried=True)
+        return self._verdict(result, queried=True)
 
     async def _query(self, target: OcspTarget) -> _Cached:
         try:
@@ -534,8 +570,11 @@ class OcspChecker:
             if not isinstance(exc, OcspError):
                 log.exception("OCSP query to %s failed unexpectedly", target.url)
             self.queries["failed"] += 1
-            return _Cached(self.wall_clock() + FAILURE_CACHE, None, str(exc) or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            self._responder_failed(target.url, reason)
+            return _Cached(self.wall_clock() + FAILURE_CACHE, None, reason)
         self.queries[answer.status] += 1
+        self._responder_answered(target.url)
         if answer.status == "unknown":
             reason = f"the responder {target.url} does not know the certificate"
             return _Cached(now + FAILURE_CACHE, answer, reason)
@@ -547,14 +586,60 @@ class OcspChecker:
             until = now + FAILURE_CACHE
         return _Cached(until, answer, f"{answer.status} until {_utc(until)}")
 
+    def _responder_failed(self, url: str, reason: str) -> None:
+        """Log per responder, not per query (the metric counts each query): one WARNING when
+        it starts failing, then a summary every FAILING_SUMMARY_INTERVAL while it fails."""
+        now = self.wall_clock()
+        failing = self._failing.get(url)
+        if failing is None:
+            if len(self._failing) >= MAX_FAILING_RESPONDERS:
+                self._failing.clear()  # logged again at their next failure: still bounded
+            self._failing[url] = _Failing(since=now, summarized_at=now)
+            log.warning(
+                "OCSP responder %s is failing: %s; its failed queries are counted "
+                "(voipgw_tls_ocsp_queries_total), summarized every %g s",
+                url,
+                reason,
+                FAILING_SUMMARY_INTERVAL,
+            )
+            return
+        failing.failures += 1
+        failing.since_summary += 1
+        if now - failing.summarized_at >= FAILING_SUMMARY_INTERVAL:
+            log.warning(
+                "OCSP responder %s is still failing: %d failed queries in the last %g s, "
+                "%d since %s; the last: %s",
+                url,
+                failing.since_summary,
+                now - failing.summarized_at,
+                failing.failures,
+                _utc(failing.since),
+                reason,
+            )
+            failing.summarized_at = now
+            failing.since_summary = 0
+
+    def _responder_answered(self, url: str) -> None:
+        failing = self._failing.pop(url, None)
+        if failing is not None:
+            log.info(
+                "OCSP responder %s answers again, after %d failed queries in %g s",
+                url,
+                failing.failures,
+                self.wall_clock() - failing.since,
+            )
+
+    def failing_responders(self) -> tuple[str, ...]:
+        """URLs of the responders whose last query failed (for tests and the status page)."""
+        return tuple(self._failing)
+
     def _store(self, key: tuple[bytes, bytes, int], cached: _Cached) -> None:
+        # O(1) per insert, also when full: the oldest stored goes (an expired entry is never
+        # used, check() asks again, so it only waits its turn). A scan for expired entries
+        # would cost the whole cache (20,000) per new connection once it is full.
         self._cache.pop(key, None)
-        if len(self._cache) >= self._max_entries:
-            now = self.wall_clock()
-            for old in [k for k, entry in self._cache.items() if entry.until <= now]:
-                del self._cache[old]
-            while len(self._cache) >= self._max_entries:
-                del self._cache[next(iter(self._cache))]  # the oldest stored
+        while len(self._cache) >= self._max_entries:
+            self._cache.popitem(last=False)
         self._cache[key] = cached
 
     def _verdict(self, cached: _Cached, *, queried: bool) -> Verdict:

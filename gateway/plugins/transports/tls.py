@@ -263,6 +263,14 @@ class TlsConfig:
             )
         if not 0 < self.ocsp_timeout <= 60:
             raise ValueError("ocsp_timeout: expected a number of seconds above 0, at most 60")
+        if self.ocsp != "off" and self.ocsp_timeout >= self.connect_timeout:
+            # An outbound connection's OCSP query runs inside connect_timeout (tcp.py
+            # open_flow): a silent responder would end the connection before the query
+            # fails, so even soft-fail would refuse every trunk.
+            raise ValueError(
+                f"ocsp_timeout: must be below connect_timeout ({self.connect_timeout:g} s), "
+                "which an outbound connection's OCSP query counts towards"
+            )
         if self.ocsp_responder is not None:
             if self.ocsp == "off":
                 raise ValueError('ocsp_responder: set ocsp to "soft-fail" or "hard-fail" too')
@@ -1368,8 +1376,12 @@ class TlsTransport(StreamTransport):
         if verdict.result == "revoked":
             self._close_for_revocation(flow, opened, "its CA's OCSP responder")
             return
-        if verdict.result != "good" and verdict.queried:
-            log.warning(
+        if verdict.result != "good":
+            # "failed": the responder is down; OcspChecker logs that once per responder, here
+            # it would be once per open connection every FAILURE_CACHE seconds.
+            loud = verdict.result == "unknown" and verdict.queried
+            log.log(
+                logging.WARNING if loud else logging.DEBUG,
                 "%s: the connection with %s stays open though OCSP cannot confirm its "
                 "certificate (%s); asking again in %g s",
                 self.name,
@@ -1636,8 +1648,9 @@ class TlsTransport(StreamTransport):
         self, verdict: Verdict, direction: str, remote: Address, mode: Mode, target: OcspTarget
     ) -> None:
         """A connection's OCSP verdict: a revoked certificate at WARNING once per peer IP and
-        certificate (as for a CRL); a failed check at WARNING when it asked the responder
-        (answers from the cache, at DEBUG: a phone retrying must not flood the log)."""
+        certificate (as for a CRL); "unknown" at WARNING when it asked the responder (answers
+        from the cache, at DEBUG: a phone retrying must not flood the log); "failed" at DEBUG,
+        as OcspChecker logs a failing responder once."""
         try:
             subject = _printable(target.certificate.subject.rfc4514_string())
         except ValueError:
@@ -1665,8 +1678,12 @@ class TlsTransport(StreamTransport):
             log.debug("%s: %s: OCSP good (%s)", self.name, where, verdict.reason)
         else:
             outcome = "accepted (soft-fail)" if verdict.accept else "refused (hard-fail)"
+            # A responder that failed is logged once by OcspChecker (per responder, not per
+            # connection: thousands of phones would flood the log); "unknown" is about this
+            # certificate, at WARNING when the responder was asked.
+            loud = verdict.queried and verdict.result == "unknown"
             log.log(
-                logging.WARNING if verdict.queried else logging.DEBUG,
+                logging.WARNING if loud else logging.DEBUG,
                 "%s: connection %s %s: OCSP %s: %s; peer certificate: %s, serial %X",
                 self.name,
                 where,

@@ -58,13 +58,14 @@ async def recorder_env(
     dns: FakeResolver,
     *,
     first_listens: bool = True,
+    srs: str = SRS_URI,
 ) -> tuple[B2bua, SipAgent | None, SipAgent]:
     env = await start_b2bua(
         nursery,
         tmp_path,
         seed,
         plugins=[("siprec", siprec_plugin)],
-        plugin_tables={"enable": ["siprec"], "siprec": {"srs": SRS_URI, "trunks": ["carrier"]}},
+        plugin_tables={"enable": ["siprec"], "siprec": {"srs": srs, "trunks": ["carrier"]}},
         dns_resolver=dns,
         alice_auto=None,
     )
@@ -203,3 +204,36 @@ async def test_a_recorders_targets_are_known_by_its_name_for_tls(
     env, _, _ = await recorder_env(nursery, tmp_path, voipgw_seed, resolver())
     assert env.gateway.peer_name(FIRST) == NAME
     assert env.gateway.peer_name(SECOND) == NAME
+
+
+async def test_a_recorder_uri_with_a_password_is_shown_without_it(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RFC 3261 §19.1.1 deprecates sip:user:password@host, but a configured recorder URI may
+    carry one: the log, ``voipgw trunks`` and the metric label show ``***`` instead."""
+    caplog.set_level(logging.DEBUG)
+    secret_uri = f"sip:srs:s3cret@{NAME};transport=udp"
+    shown_uri = f"sip:srs:***@{NAME};transport=udp"
+    dns = resolver()
+    env, _, second = await recorder_env(
+        nursery, tmp_path, voipgw_seed, dns, first_listens=False, srs=secret_uri
+    )
+    answer = json.loads(respond(b'{"query": "trunks"}\n', env.gateway.control_answer))
+    (target,) = answer["session_targets"]
+    assert target["name"] == shown_uri
+    assert describe_session_target(target, time.time())[0].startswith(shown_uri)
+    exposition = render(StatusView(env.gateway, CallStatistics())).decode()
+    assert f'voipgw_session_target_dns_targets{{uri="{shown_uri}"}} 2' in exposition
+    # A recorded call whose first target never answers: "no answer from <uri>" is logged.
+    call, _, _ = await answered_call(env)
+    recording = await second.next_call(timeout=40)  # after Timer B at the first
+    assert str(recording.invite.uri) == secret_uri  # on the wire, the URI as configured
+    await recording.answer(503)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"session to {shown_uri}: target" in logged
+    assert "s3cret" not in logged and "s3cret" not in exposition and "s3cret" not in str(answer)
+    await call.bye()  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from gateway.core.calls.subscriptions import MAX_PER_ACCOUNT
+from gateway.core.calls.subscriptions import MAX_CLOSING_PER_ACCOUNT, MAX_PER_ACCOUNT
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.status import CallStatistics, StatusView
@@ -454,6 +454,37 @@ async def test_a_rebooted_phones_old_subscription_closes_at_the_trunk(
     assert subscriptions(env) == MAX_PER_ACCOUNT
     refused = (await subscribe_from("<sip:alice@127.0.0.3:5060;line=99>"))[1]
     assert refused.status == 403 and "limit" in refused.reason
+
+
+async def test_replaced_subscriptions_waiting_for_their_trunk_are_bounded_per_account(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """alice re-subscribes from one Contact again and again, and the trunk never sends its
+    final NOTIFY: at most MAX_CLOSING_PER_ACCOUNT replaced ones wait for it (the oldest is
+    forgotten, its final NOTIFY would get 481), so one account cannot fill the global limit."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)  # answers the unsubscribes, sends no final NOTIFY
+    alice = env.alice
+    assert env.gateway.subscriptions is not None
+    store = env.gateway.subscriptions
+    rebooted = "<sip:alice@127.0.0.3:5060>"
+    trunk_dialogs = []
+    for _ in range(3 * MAX_CLOSING_PER_ACCOUNT):
+        request = subscribe_request(alice)
+        request = request.with_headers(request.headers.set("Contact", rebooted))
+        assert (await alice.send_authenticated(request))[1].status == 200
+        trunk_dialogs.append(voicemail.dialog)
+        assert len(store._by_trunk) <= 1 + MAX_CLOSING_PER_ACCOUNT
+    assert subscriptions(env) == 1
+    assert len(store._by_trunk) == 1 + MAX_CLOSING_PER_ACCOUNT
+    # The oldest were forgotten at once: their trunk's final NOTIFY gets 481.
+    first = trunk_dialogs[0]
+    assert first is not None
+    assert (await voicemail.notify("terminated", dialog=first)).status == 481
+    # The newest replaced one still waits for it: 200.
+    waiting = trunk_dialogs[-2]
+    assert waiting is not None
+    assert (await voicemail.notify("terminated", dialog=waiting)).status == 200
 
 
 async def test_subscribe_and_notify_over_a_lossy_network(

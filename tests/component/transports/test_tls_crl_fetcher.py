@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import datetime
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
 
+from gateway.plugins.transports import crl_fetch
 from gateway.plugins.transports.crl_fetch import RETRY_MAX
 from gateway.plugins.transports.ocsp import OcspError
+from gateway.plugins.transports.revocation import LoadedCrl
 from gateway.plugins.transports.tls import TlsConfig, TlsTransport
 from tests.interop.harness.pki import TestCa, TestPki
 
@@ -67,9 +72,19 @@ def vendor(tmp_path: Path) -> TestCa:
     return TestPki(tmp_path / "pki").ca("Vendor Factory CA")
 
 
-def transport_for(vendor: TestCa, server: FakeCrlServer, state: Path) -> TlsTransport:
+async def inline(function: Callable[..., LoadedCrl], *args: Any) -> LoadedCrl:
+    """In place of a worker thread: the autojump clock would jump while one runs."""
+    return function(*args)
+
+
+def transport_for(
+    vendor: TestCa, server: FakeCrlServer, state: Path, *, threads: bool = False
+) -> TlsTransport:
     config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_urls=(URL,))
     transport = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    assert transport.crl_fetcher is not None
+    if not threads:
+        transport.crl_fetcher.in_thread = inline
     transport._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
     return transport
 
@@ -175,6 +190,92 @@ async def test_an_out_of_date_or_older_crl_is_refused_and_the_one_in_use_kept(
     await transport.crl_fetcher.refresh(URL)
     assert [crl.number for crl in transport.loaded_crls()] == [5]
     assert "the CRL of CN=Vendor Factory CA expired on" in caplog.text
+
+
+async def test_a_url_that_serves_another_cas_crl_does_not_drop_the_first_cas(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Both CAs in ca_bundles: the other CA's CRL is genuine, current and has a higher
+    # cRLNumber; used in place of the vendor's, it would leave the vendor's revoked phones
+    # unchecked.
+    other = TestPki(tmp_path / "other-pki").ca("Other CA")
+    server = FakeCrlServer(vendor, tmp_path)
+    config = TlsConfig(
+        ca_bundles=(str(vendor.certificate), str(other.certificate)), crl_urls=(URL,)
+    )
+    transport = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    assert transport.crl_fetcher is not None
+    transport.crl_fetcher.in_thread = inline
+    transport._start_crl_fetcher(SimpleNamespace(state_dir=str(tmp_path / "state")))  # type: ignore[arg-type]
+    await run_for(transport, 1.0)
+    assert [crl.issuer for crl in transport.loaded_crls()] == ["CN=Vendor Factory CA"]
+    impostor = FakeCrlServer(other, tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    impostor.number = 50
+    assert transport.crl_fetcher is not None
+    transport.crl_fetcher._get = impostor.get
+    await transport.crl_fetcher.refresh(URL)
+    assert [crl.issuer for crl in transport.loaded_crls()] == ["CN=Vendor Factory CA"]
+    assert "a CRL of CN=Other CA, where it served the CRL of CN=Vendor Factory CA" in caplog.text
+    assert transport.crl_fetcher.fetches["failed"] == 1
+
+
+async def test_a_fetched_crl_is_parsed_off_the_event_loop(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A large CA's CRL (some MiB) takes tens of ms to parse and verify: never in the thread
+    # that runs the event loop.
+    threads: list[bool] = []
+    check = crl_fetch.check_crl_untrusted
+
+    def checking(*args: Any) -> LoadedCrl:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return check(*args)
+
+    monkeypatch.setattr(crl_fetch, "check_crl_untrusted", checking)
+    server = FakeCrlServer(vendor, tmp_path)
+    transport = transport_for(vendor, server, tmp_path / "state", threads=True)
+    await run_for(transport, 1.0)
+    assert [crl.number for crl in transport.loaded_crls()] == [1]
+    assert threads == [False]
+
+
+async def test_the_same_crl_fetched_again_is_not_applied_again(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The CA has not published a newer CRL: asked again in the last quarter (with backoff),
+    # the server serves the one in use. Applying it would rebuild every TLS context each time.
+    server = FakeCrlServer(vendor, tmp_path)
+    server.validity = 8 * 3600.0
+    transport = transport_for(vendor, server, tmp_path / "state")
+    assert transport.crl_fetcher is not None
+    used: list[int | None] = []
+    use = transport.crl_fetcher._use
+
+    def counting(crl: LoadedCrl) -> None:
+        used.append(crl.number)
+        use(crl)
+
+    transport.crl_fetcher._use = counting
+    await run_for(transport, 1.0)
+    served = (tmp_path / "served-1.crl").read_bytes()
+
+    async def same(url: str) -> bytes:
+        server.asked.append(trio.current_time())
+        return served
+
+    transport.crl_fetcher._get = same
+    await run_for(transport, 7 * 3600.0)
+    assert len(server.asked) >= 4  # asked at 6 h, then 1, 2, 4 ... min later
+    assert used == [1]
+    (crl,) = transport.loaded_crls()
+    assert crl.number == 1
 
 
 async def test_a_fetched_crl_is_saved_and_used_by_the_next_start_before_any_fetch(

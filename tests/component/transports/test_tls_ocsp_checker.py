@@ -6,6 +6,8 @@ responses built by cryptography's OCSPResponseBuilder at the checker's wall-cloc
 from __future__ import annotations
 
 import datetime
+import logging
+import time
 
 import pytest
 import trio
@@ -20,8 +22,11 @@ from gateway.plugins.transports.ocsp import (
     OcspChecker,
     OcspMode,
     OcspTarget,
+    _Cached,
 )
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+
+OCSP_LOG = "gateway.plugins.transports.ocsp"
 
 # Unix time at trio time 0: the certificates are valid then.
 BASE = datetime.datetime.now(datetime.UTC).timestamp()
@@ -161,6 +166,56 @@ async def test_a_responder_that_never_answers_holds_a_connection_for_the_timeout
     assert checker.queries["failed"] == 1 and checker.queries["good"] == 1
 
 
+async def test_a_query_its_caller_gave_up_on_is_cached_as_a_failure(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    # An outbound connection's connect_timeout cancels the query before ocsp_timeout: the
+    # next attempt must not wait for the silent responder again.
+    responder = FakeResponder(vendor)
+    responder.hang = True
+    checker, (phone, *_) = make("soft-fail", responder, phones)
+    with trio.move_on_after(1.0):
+        await checker.check(phone)
+    retry = await checker.check(phone)
+    assert retry.accept and retry.result == "failed" and not retry.queried
+    assert "cancelled" in retry.reason
+    assert trio.current_time() == pytest.approx(1.0) and responder.queries == 1
+    assert checker.queries["failed"] == 1
+
+
+async def test_a_failing_responder_is_logged_once_then_summarized_not_per_query(
+    autojump_clock: trio.testing.MockClock,
+    vendor: TestCa,
+    phones: list[Issued],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=OCSP_LOG)
+    responder = FakeResponder(vendor)
+    responder.delay = 10.0  # past the 3 s timeout: every query fails
+    checker, targets = make("soft-fail", responder, phones)
+    # Three phones asked about again every FAILURE_CACHE for 10 minutes: 60 failed queries.
+    for _ in range(20):
+        for target in targets:
+            assert (await checker.check(target)).result == "failed"
+        await trio.sleep(FAILURE_CACHE)
+    assert checker.queries["failed"] == 60  # the metric stays per query
+    lines = [r for r in caplog.records if r.name == OCSP_LOG]
+    assert [r.levelno for r in lines] == [logging.WARNING] * 3
+    assert "OCSP responder http://ocsp.vendor.example/ is failing: no answer" in (
+        lines[0].getMessage()
+    )
+    assert "is still failing: " in lines[1].getMessage()
+    assert checker.failing_responders() == ("http://ocsp.vendor.example/",)
+    responder.delay = 0.0
+    assert (await checker.check(targets[0])).result == "good"
+    back = [r for r in caplog.records if r.name == OCSP_LOG][-1]
+    assert back.levelno == logging.INFO
+    assert "http://ocsp.vendor.example/ answers again, after 60 failed queries" in (
+        back.getMessage()
+    )
+    assert checker.failing_responders() == ()
+
+
 @pytest.mark.parametrize(("mode", "accepted"), [("soft-fail", True), ("hard-fail", False)])
 async def test_unknown_is_a_failure_not_a_revocation(
     autojump_clock: trio.testing.MockClock,
@@ -208,6 +263,20 @@ async def test_the_cache_is_bounded(
     # The oldest went: asking about it again queries; the newest is still cached.
     assert (await checker.check(targets[2])).queried is False
     assert (await checker.check(targets[0])).queried is True
+
+
+def test_storing_into_a_full_cache_does_not_scan_it() -> None:
+    # 20,000 current answers, then 20,000 more: each insert evicts the oldest in O(1). A scan
+    # of the whole cache per insert (looking for expired entries) took minutes here.
+    checker = OcspChecker(mode="soft-fail", timeout=3.0, max_entries=20000)
+    entry = _Cached(until=time.time() + 3600.0, answer=None, reason="test")
+    started = time.perf_counter()
+    for serial in range(40000):
+        checker._store((b"issuer", b"key", serial), entry)
+    assert time.perf_counter() - started < 5.0
+    assert checker.cached_entries() == 20000
+    assert (b"issuer", b"key", 19999) not in checker._cache  # the oldest went
+    assert (b"issuer", b"key", 20000) in checker._cache
 
 
 async def test_a_garbled_answer_is_a_failure(

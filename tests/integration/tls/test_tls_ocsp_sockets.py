@@ -219,11 +219,15 @@ async def test_a_responder_that_never_answers(
             failures = tls_transport(gateway).handshake_failures
             assert failures["ocsp"] == (0 if accepted else 1)
     (line,) = ocsp_lines(caplog, "OCSP failed")
-    assert line.levelno == logging.WARNING
+    # Per connection at DEBUG: the responder's failure is logged once, per responder.
+    assert line.levelno == logging.DEBUG
     outcome = "accepted (soft-fail)" if accepted else "refused (hard-fail)"
     assert f" {outcome}: OCSP failed: no answer from {responder.url} within 0.5 s" in (
         line.getMessage()
     )
+    (failing,) = [r for r in caplog.records if "is failing" in r.getMessage()]
+    assert failing.levelno == logging.WARNING
+    assert f"OCSP responder {responder.url} is failing: no answer" in failing.getMessage()
 
 
 async def test_a_certificate_naming_no_responder_is_not_checked(
