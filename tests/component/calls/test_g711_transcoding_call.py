@@ -130,3 +130,40 @@ async def test_off_the_offer_goes_as_it_came(
     await env.alice.respond(leg_b.incoming, 488)
     final = await incoming.final()
     assert final.status >= 400
+
+
+async def test_a_late_offer_is_transcoded_too(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # An INVITE without SDP (RFC 3261 §13.2.1): alice's 200 is the offer (PCMA only), the
+    # carrier's ACK the answer (PCMU only), each of them answered in its own law.
+    env = await start(nursery, tmp_path, voipgw_seed, enabled=True)
+    incoming = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    incoming.ack_answer = simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0", "101"))
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None and leg_b.invite.body == b""
+    await env.alice.respond(
+        leg_b.incoming, 200, body=simple_sdp("127.0.0.1", ALICE_PORT, formats=("8", "101"))
+    )
+    final = await incoming.final()
+    assert final.status == 200
+    offered = parse_sdp_untrusted(final.body).media[0]
+    assert offered.formats == ("8", "101", "0")  # PCMU after alice's own
+    ack = (await env.alice.next_request("ACK")).request
+    answered = parse_sdp_untrusted(ack.body).media[0]
+    assert answered.formats == ("8", "101")  # alice's law, never the added one
+    trunk_sock, alice_sock = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with trunk_sock, alice_sock:
+        trunk_to, alice_to = ("127.0.0.1", offered.port), ("127.0.0.1", answered.port)
+        with trio.fail_after(2):
+            await trunk_sock.sendto(rtp(1, 0, TRUNK_SSRC, SAMPLES), trunk_to)
+            assert await alice_sock.recv(2048) == rtp(
+                1, 8, TRUNK_SSRC, SAMPLES.translate(ULAW_TO_ALAW)
+            )
+            await alice_sock.sendto(rtp(1, 8, ALICE_SSRC, SAMPLES), alice_to)
+            assert await trunk_sock.recv(2048) == rtp(
+                1, 0, ALICE_SSRC, SAMPLES.translate(ALAW_TO_ULAW)
+            )
+    assert b2bua_call(env).security_record()["transcoding"]["described"] == (
+        "PCMU <-> PCMA transcoded"
+    )
