@@ -752,6 +752,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
             )
         for redirect in security.get("redirects", ()):
             print(f"  {describe_redirect(redirect)}")
+        if security.get("transcoding"):
+            print(f"  {describe_transcoding(security['transcoding'])}")
         if security.get("taps"):
             print(f"  {describe_taps(security['taps'])}")
         if security.get("location"):
@@ -787,6 +789,18 @@ def describe_location(location: dict[str, Any]) -> str:
             f" ({error.get('status')})"
         )
     return line
+
+
+def describe_transcoding(transcoding: dict[str, Any]) -> str:
+    """The call's G.711 transcoding (docs/architecture.md "G.711 transcoding"): which law
+    each leg speaks and the packets converted each way."""
+    line = f"media line {transcoding.get('line')}: {transcoding.get('described')}"
+    if not transcoding.get("now", True):
+        line += " (until a re-INVITE)"
+    return (
+        f"{line}, {transcoding.get('a_to_b_packets', 0)} packets caller -> callee, "
+        f"{transcoding.get('b_to_a_packets', 0)} callee -> caller"
+    )
 
 
 def describe_taps(taps: dict[str, Any]) -> str:

@@ -308,6 +308,9 @@ class MediaSection:
     # RFC 4733 <-> SIP INFO digits between a leg with telephone-event and one without
     # (docs/architecture.md "DTMF interworking"); in process or in the media workers.
     dtmf_interworking: bool = True
+    # G.711 A-law <-> mu-law between a PCMU-only leg and a PCMA-only leg (docs/architecture.md
+    # "G.711 transcoding"); off: legs without a common codec fail as ever (488).
+    g711_transcoding: bool = False
 
 
 @attrs.frozen

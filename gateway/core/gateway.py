@@ -484,6 +484,7 @@ class Gateway:
             media_address=self.config.media.address,
             quality=quality,
             dtmf_interworking=self.config.media.dtmf_interworking,
+            g711_transcoding=self.config.media.g711_transcoding,
             clock=trio.current_time,
         )
 

@@ -812,6 +812,9 @@ class MediaCounts:
     """T.38 fax datagrams (UDPTL) relayed, both directions: not RTP, not in ``packets``."""
     udptl_bytes: int = 0
     """Their bytes (UDP payload), not in ``bytes``."""
+    transcoded_packets: int = 0
+    """RTP packets whose G.711 law was converted (``[media] g711_transcoding``), both
+    directions; also in ``packets``."""
 
 
 @attrs.frozen

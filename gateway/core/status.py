@@ -84,6 +84,7 @@ class MediaTotals:
     rtcp_malformed: int = 0
     udptl_packets: int = 0
     udptl_bytes: int = 0
+    transcoded_packets: int = 0
 
     def add_call(self, call: Call) -> int:
         """Add ``call``'s counters so far (closed streams and replaced SRTP sessions
@@ -100,6 +101,9 @@ class MediaTotals:
                 self.udptl_packets += int(stats["b_to_a_udptl_packets"] or 0)
                 self.udptl_bytes += int(stats["a_to_b_udptl_bytes"] or 0)
                 self.udptl_bytes += int(stats["b_to_a_udptl_bytes"] or 0)
+            if "a_to_b_transcoded_packets" in stats:  # a call that transcoded G.711
+                self.transcoded_packets += int(stats["a_to_b_transcoded_packets"] or 0)
+                self.transcoded_packets += int(stats["b_to_a_transcoded_packets"] or 0)
             quality = call.media.quality
             if quality is not None:
                 for figures in quality.legs.values():
@@ -122,6 +126,7 @@ class MediaTotals:
         self.rtcp_malformed += sign * other.rtcp_malformed
         self.udptl_packets += sign * other.udptl_packets
         self.udptl_bytes += sign * other.udptl_bytes
+        self.transcoded_packets += sign * other.transcoded_packets
 
 
 class CallStatistics:
@@ -310,6 +315,7 @@ class StatusView:
             call_jitter_seconds=self._statistics.jitter.histogram(),
             udptl_packets=totals.udptl_packets,
             udptl_bytes=totals.udptl_bytes,
+            transcoded_packets=totals.transcoded_packets,
         )
 
     def sip(self) -> SipCounts:

@@ -4682,6 +4682,9 @@ class Call:
                     leg_record["srtp"] = counters
         if self.media is not None:
             record["media"] = self.media.statistics()
+            transcoding = self.media.transcoding_record()
+            if transcoding is not None:  # G.711 A-law <-> mu-law (docs/architecture.md)
+                record["transcoding"] = transcoding
             if self.media.quality is not None:
                 # Per leg, what its phone's RTCP reports said (gateway/core/media/quality.py).
                 quality = self.media.quality.record()

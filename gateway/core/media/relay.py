@@ -55,6 +55,16 @@ address (direction ``a_to_b``), and the reverse.
   instead: events may come as RFC 2198 blocks (RFC 4733 §2.5.1.5), read with bounds and handed
   on as plain event packets. Such a direction takes the bytes path; one without is built as
   before and pays nothing.
+- G.711 transcoding (a PCMU-only leg and a PCMA-only leg, :mod:`~gateway.core.media.g711`):
+  a direction may have a :class:`~gateway.core.media.g711.G711Transcoding`
+  (:attr:`DirectionControl.transcoding`). Its RTP packets of the sending leg's G.711 number
+  then get their payload octets through a 256-octet table and the receiving leg's number
+  (marker bit kept), on the plain packet in the sender's numbers: A->B first thing before
+  renumbering and ``rtp_out``, B->A after ``rtp_in`` and DTMF interworking, before
+  renumbering, so taps see leg A's law both ways. In place where the route works in place;
+  lengths, timestamps and RTCP are unchanged (one octet a sample either way). Other payload
+  types (telephone-event, comfort noise) pass unchanged. A direction without one is built
+  exactly as before and pays nothing.
 - Key exchanges on the media port (DTLS, RFC 5764 §5.1.2; ZRTP; STUN), demultiplexed by the
   first byte (RFC 7983): what is not RTP/RTCP (first byte outside 128..191) is dropped as
   malformed, unless the socket has a handler (:meth:`StreamSide.set_non_rtp_handler`, the call's
@@ -148,6 +158,7 @@ import trio
 
 from gateway.core.ip import ip_literal
 from gateway.core.media.errors import LocalMediaError
+from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.ports import PortAllocator, PortPair
 from gateway.core.media.rtp import (
     RTCP_BY_SECOND_OCTET,
@@ -289,6 +300,9 @@ class DirectionStatistics:
     set_opaque`): not RTP, never in ``rtp_packets``."""
     udptl_bytes: int = 0
     """Their bytes (UDP payload)."""
+    transcoded_packets: int = 0
+    """RTP packets whose G.711 law this direction converted (:attr:`DirectionControl.
+    transcoding`), also counted in ``rtp_packets``."""
 
     @property
     def packets(self) -> int:
@@ -690,6 +704,8 @@ class DirectionControl:
         self._red_malformed = _Count()  # RED packets dropped unparsed; kept across rebuilds
         self._dtmf: DtmfInterworking | None = None
         self._dtmf_taken_before = 0  # event packets taken by earlier interworkings
+        self._transcoding: G711Transcoding | None = None
+        self._transcoded = _Count()  # packets transcoded; kept across rebuilds
 
     def __repr__(self) -> str:
         return (
@@ -778,6 +794,20 @@ class DirectionControl:
         self._dtmf = value
         self._on_change()
 
+    @property
+    def transcoding(self) -> G711Transcoding | None:
+        """G.711 A-law <-> mu-law transcoding on this direction (the module docstring's
+        "G.711 transcoding"; None: none, the direction is built exactly as without it and pays
+        nothing per packet)."""
+        return self._transcoding
+
+    @transcoding.setter
+    def transcoding(self, value: G711Transcoding | None) -> None:
+        if value == self._transcoding:
+            return
+        self._transcoding = value
+        self._on_change()
+
     def add_tap(self, tap: Tap) -> None:
         """Start calling ``tap`` with every packet of this direction (see :data:`Tap`)."""
         self._taps = (*self._taps, tap)
@@ -826,6 +856,7 @@ class DirectionControl:
             receive_errors=rtp_ep.receive_errors + rtcp_ep.receive_errors,
             udptl_packets=rtp_ep.udptl_packets,  # (only the RTP socket relays UDPTL)
             udptl_bytes=rtp_ep.udptl_bytes,
+            transcoded_packets=self._transcoded.value,
         )
 
 
@@ -1030,6 +1061,11 @@ class MediaStream:
                         rtp_in = _DtmfInRed(dtmf, rtp_in, self._relay._clock)
                     else:
                         rtp_in = _DtmfIn(dtmf, rtp_in, self._relay._clock)
+                transcoding = control._transcoding
+                if transcoding is not None and control.direction is Direction.B_TO_A:
+                    # On the plain packet in the sender's numbers (after SRTP unprotect and
+                    # DTMF, before renumbering), so taps see leg A's law both ways.
+                    rtp_in = _Transcoded(transcoding, control._transcoded, rtp_in, inbound=True)
                 table = control._payload_type_table
                 if table is not None and control._red_payload_types:
                     # RED's blocks carry payload types of their own (RFC 2198 §3): a transform
@@ -1047,6 +1083,9 @@ class MediaStream:
                         rtp_out = _Renumbered(table, rtp_out, inbound=False)
                     else:
                         rtp_in = _Renumbered(table, rtp_in, inbound=True)
+                if transcoding is not None and control.direction is Direction.A_TO_B:
+                    # Outermost on the way out: runs first, before renumbering and protect.
+                    rtp_out = _Transcoded(transcoding, control._transcoded, rtp_out, inbound=False)
                 _configure(ep.rtp, dst._rtp, dst.rtp_destination, rtp_in, rtp_out, ep.taps, buffer)
                 rtcp_in = transforms.rtcp_in
                 if control.rtcp_observer is not None:
@@ -1282,6 +1321,122 @@ class _RedRenumberStep:
             self.malformed.value += 1
             return -1
         buffer[1] = self.table[buffer[1]]
+        if inner is not None and not self.inbound:
+            return inner(size)
+        return size
+
+
+def transcode_untrusted(packet: bytearray, size: int, transcoding: G711Transcoding) -> bool:
+    """Transcode the plain RTP packet ``packet[:size]`` in place when its payload type is
+    ``transcoding.payload_type`` (G.711, :mod:`~gateway.core.media.g711`): the payload octets
+    through the sample table and the payload type to ``transcoding.to_payload_type``, the
+    marker bit kept. Any other packet is left as it is. False: a packet of that payload type
+    whose header does not parse (drop it).
+
+    The payload starts after the RTP header (RFC 3550 §5.1: 12 octets, 4 per CSRC, an
+    extension of 4 + 4 * its length octets) and ends before the padding (P bit, its count in
+    the last octet), which is not audio. Nothing is read at or past ``size``."""
+    if size < 12 or size > len(packet):
+        return False
+    second = packet[1]
+    if second & 0x7F != transcoding.payload_type:
+        return True
+    first = packet[0]
+    end = size
+    if first & 0x20:  # RFC 3550 §5.1 P: the last octet counts the padding, itself included
+        end -= packet[size - 1]
+    offset = 12 + 4 * (first & 0x0F)
+    if first & 0x10:  # X: a 4-octet extension header, then its length in 32-bit words
+        if offset + 4 > end:
+            return False
+        offset += 4 + 4 * ((packet[offset + 2] << 8) | packet[offset + 3])
+    if offset > end:
+        return False
+    packet[offset:end] = packet[offset:end].translate(transcoding.table)
+    packet[1] = (second & 0x80) | transcoding.to_payload_type
+    return True
+
+
+class _Transcoded:
+    """A direction's RTP transform (``inner``, None: none) with G.711 transcoding on the plain
+    packet (:func:`transcode_untrusted`): after ``inner`` when it is the inbound one (SRTP
+    unprotect), before when it is the outbound one (SRTP protect), as the payload is
+    encrypted and authenticated (RFC 3711 §3.1). Works in place when ``inner`` does (or is
+    None). ``count`` counts the packets transcoded; a packet of the transcoded payload type
+    whose header does not parse is dropped (the transform's drop). Only directions that
+    transcode are built with it."""
+
+    def __init__(
+        self,
+        transcoding: G711Transcoding,
+        count: _Count,
+        inner: Transform | None,
+        *,
+        inbound: bool,
+    ) -> None:
+        self.transcoding = transcoding
+        self.count = count
+        self.inner = inner
+        self.inbound = inbound
+
+    def __repr__(self) -> str:
+        return f"_Transcoded({self.transcoding!r}, inner={self.inner!r}, inbound={self.inbound!r})"
+
+    def __call__(self, packet: bytes) -> bytes | None:
+        inner = self.inner
+        if inner is not None and self.inbound:
+            result = inner(packet)
+            if result is None:
+                return None
+            packet = result
+        if len(packet) >= 2 and packet[1] & 0x7F == self.transcoding.payload_type:
+            rewritten = bytearray(packet)
+            if not transcode_untrusted(rewritten, len(rewritten), self.transcoding):
+                return None
+            self.count.value += 1
+            packet = bytes(rewritten)
+        if inner is not None and not self.inbound:
+            return inner(packet)
+        return packet
+
+    def in_buffer(self, buffer: bytearray) -> BufferStep | None:
+        inner = self.inner
+        inner_step = _buffer_step(inner, buffer)
+        if inner is not None and inner_step is None:
+            return None  # ``inner`` works on bytes only: so does this
+        return _TranscodeStep(self.transcoding, self.count, buffer, inner_step, self.inbound).run
+
+
+class _TranscodeStep:
+    """:meth:`_Transcoded.in_buffer`'s step: :func:`transcode_untrusted` on the buffer, and
+    the inner transform's own step after (inbound) or before (outbound) it."""
+
+    def __init__(
+        self,
+        transcoding: G711Transcoding,
+        count: _Count,
+        buffer: bytearray,
+        inner: BufferStep | None,
+        inbound: bool,
+    ) -> None:
+        self.transcoding = transcoding
+        self.payload_type = transcoding.payload_type
+        self.count = count
+        self.buffer = buffer
+        self.inner = inner
+        self.inbound = inbound
+
+    def run(self, size: int) -> int:
+        inner = self.inner
+        buffer = self.buffer
+        if inner is not None and self.inbound:
+            size = inner(size)
+            if size < 0:
+                return size
+        if size >= 2 and buffer[1] & 0x7F == self.payload_type:
+            if not transcode_untrusted(buffer, size, self.transcoding):
+                return -1
+            self.count.value += 1
         if inner is not None and not self.inbound:
             return inner(size)
         return size

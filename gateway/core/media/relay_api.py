@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.relay import (
     Address,
     DirectionStatistics,
@@ -91,6 +92,15 @@ class RelayDirection(Protocol):
 
     @red_payload_types.setter
     def red_payload_types(self, value: tuple[int, ...]) -> None: ...
+
+    @property
+    def transcoding(self) -> G711Transcoding | None:
+        """G.711 A-law <-> mu-law transcoding on this direction (:attr:`gateway.core.media.
+        relay.DirectionControl.transcoding`); None: none."""
+        ...
+
+    @transcoding.setter
+    def transcoding(self, value: G711Transcoding | None) -> None: ...
 
     @property
     def dtmf(self) -> DtmfInterworking | None:

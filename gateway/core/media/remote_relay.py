@@ -61,6 +61,7 @@ import trio
 import gateway
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
+from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.ice import IceLiteResponder
 from gateway.core.media.ports import rtp_ports
 from gateway.core.media.relay import (
@@ -99,6 +100,7 @@ from gateway.core.media.worker_protocol import (
     SetRemote,
     SetRtcpWatch,
     SetTap,
+    SetTranscoding,
     Stats,
     StreamFailed,
     Tapped,
@@ -369,6 +371,7 @@ class RemoteDirection:
     _payload_types: dict[int, int] = attrs.field(factory=dict, repr=False)
     _red_payload_types: tuple[int, ...] = attrs.field(default=(), repr=False)
     _dtmf: DtmfInterworking | None = attrs.field(default=None, repr=False)
+    _transcoding: G711Transcoding | None = attrs.field(default=None, repr=False)
 
     @property
     def blocked(self) -> bool:
@@ -411,6 +414,28 @@ class RemoteDirection:
         red_octets(value)  # out of range: LocalMediaError here, not in the worker
         self._red_payload_types = tuple(value)
         self._stream._send(SetRedPayloadTypes(self._stream.id, self.direction.value, tuple(value)))
+
+    @property
+    def transcoding(self) -> G711Transcoding | None:
+        """G.711 transcoding of this direction, done by the worker (``SetTranscoding``)."""
+        return self._transcoding
+
+    @transcoding.setter
+    def transcoding(self, value: G711Transcoding | None) -> None:
+        if value == self._transcoding:
+            return
+        self._transcoding = value
+        if value is None:
+            message = SetTranscoding(self._stream.id, self.direction.value, "", -1, -1)
+        else:
+            message = SetTranscoding(
+                self._stream.id,
+                self.direction.value,
+                value.law.value,
+                value.payload_type,
+                value.to_payload_type,
+            )
+        self._stream._send(message)
 
     @property
     def dtmf(self) -> DtmfInterworking | None:

@@ -38,6 +38,11 @@ What each leg sees is ours, never the other peer's transport:
   A malformed T.38 line gets port 0 for that line (488 when nothing else is relayable),
   logged; so would a T.38 line on a relay without an opaque mode (``Relay.carries_opaque``:
   the in-process relay and the media workers both have one).
+- G.711 transcoding (``g711_transcoding``, :mod:`gateway.core.media.transcoding`,
+  docs/architecture.md "G.711 transcoding"): an offerer with one G.711 law gets the other
+  added after its own formats in the offer we send; an answer that keeps only the added law
+  makes the stream transcoded both ways (:attr:`MediaSession.transcoding`), and our answer
+  names the offerer's law. Decided at every answer, restored when an offer is abandoned.
 - Hold passes through: a=sendonly/inactive as written, and c=0.0.0.0 (RFC 3264 §8.4) as a
   media-level c= line; the relay then has no destination for that leg.
 - rtcp-mux is settled per leg (the relay demultiplexes per side): the offerer gets a=rtcp-mux in
@@ -72,6 +77,13 @@ from gateway.core.media.quality import CallQuality
 from gateway.core.media.relay import DtmfInterworking
 from gateway.core.media.relay_api import Relay, RelaySide, RelayStream
 from gateway.core.media.t38 import is_udptl_t38, t38_problem_untrusted
+from gateway.core.media.transcoding import (
+    AddedLaw,
+    TranscodingPlan,
+    answer_in_offerers_law,
+    plan_for_answer,
+    with_other_law,
+)
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import (
     RTP_PROTOS,
@@ -219,6 +231,10 @@ class _Exchange:
     added_event: tuple[int, int] | None = None
     """(m= line, payload type) of the telephone-event we added to the offer we sent for an
     offerer declared to do DTMF by SIP INFO (:func:`with_telephone_event`); None: none."""
+    transcoding_before: TranscodingPlan | None = None
+    """The G.711 transcoding before the offer."""
+    added_law: AddedLaw | None = None
+    """The G.711 law we added to the offer we sent (:func:`with_other_law`); None: none."""
     answer: SessionDescription | None = None
     """The latest answer received."""
 
@@ -260,6 +276,7 @@ class MediaSession:
         quality: CallQuality | None = None,
         dtmf_interworking: bool = False,
         clock: Callable[[], float] | None = None,
+        g711_transcoding: bool = False,
     ) -> None:
         try:
             address = ip_literal(media_address)
@@ -295,6 +312,15 @@ class MediaSession:
         :meth:`dtmf_timer`: the owner calls :meth:`dtmf_timeout` when that comes."""
         self.dtmf_timeouts = 0
         """Events ended by the timeout so far (their end packets were all lost)."""
+        # G.711 transcoding (docs/architecture.md "G.711 transcoding"): on when allowed.
+        self._g711 = g711_transcoding
+        self.transcoding: TranscodingPlan | None = None
+        """The call's G.711 transcoding, decided by each answer; None: none."""
+        # Packets transcoded by the streams closed so far, and the open streams that have
+        # transcoded (a stream's counter runs on across its transcodings).
+        self._transcoded_closed = {"a_to_b": 0, "b_to_a": 0}
+        self._transcoded_lines: set[int] = set()
+        self._transcoded_last: TranscodingPlan | None = None  # the latest plan, for the record
         self.quality = quality
         """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
         RTCP observers feed it. None: RTCP is only relayed."""
@@ -368,7 +394,9 @@ class MediaSession:
         """A summary for ``voipgw calls``: open streams, and per direction the packets and bytes
         forwarded and packets dropped by every stream of the call, closed ones included. The
         packets are RTP and RTCP; a call that had fax also has its T.38 UDPTL datagrams and
-        bytes per direction apart (``a_to_b_udptl_packets`` ...): UDPTL is not RTP."""
+        bytes per direction apart (``a_to_b_udptl_packets`` ...): UDPTL is not RTP. A call
+        that transcoded G.711 has the RTP packets transcoded per direction too
+        (``a_to_b_transcoded_packets`` ...)."""
         packets = dict(self._totals.packets)
         octets = dict(self._totals.bytes)
         dropped = dict(self._totals.dropped)
@@ -389,6 +417,10 @@ class MediaSession:
         }
         if self._faxed:
             summary.update(self._udptl_statistics())
+        if self._transcoded_last is not None:  # a call that transcoded G.711: each way
+            counts = self._transcoded_counts()
+            summary["a_to_b_transcoded_packets"] = counts["a_to_b"]
+            summary["b_to_a_transcoded_packets"] = counts["b_to_a"]
         return summary
 
     def _udptl_statistics(self) -> dict[str, int]:
@@ -513,6 +545,10 @@ class MediaSession:
                 media_out.append(rewritten)
             else:
                 media_out.append(rejected_media(media))
+        added_law: AddedLaw | None = None
+        if self._g711:
+            # Before telephone-event is added: that one must stay the line's last format.
+            added_law = self._add_other_law(offer, relayed, previous, media_out)
         added_event: tuple[int, int] | None = None
         if dtmf_info and self._interworks_dtmf:
             added_event = self._add_telephone_event(offer, relayed, previous, media_out)
@@ -529,6 +565,8 @@ class MediaSession:
             renumbered_before=dict(self._renumbered),
             dtmf_before=self.dtmf,
             added_event=added_event,
+            transcoding_before=self.transcoding,
+            added_law=added_law,
         )
         return sent
 
@@ -608,6 +646,13 @@ class MediaSession:
         plan = self._plan_dtmf(exchange, numbering or answer, accepted)
         self._set_dtmf(plan)
         added = exchange.added_event
+        added_law = exchange.added_law
+        transcoding: TranscodingPlan | None = None
+        if added_law is not None and added_law.index in accepted:
+            own = numbering or answer
+            if added_law.index < len(own.media):
+                transcoding = plan_for_answer(added_law, offerer == "a", own.media[added_law.index])
+        self._set_transcoding(transcoding)
 
         media_out: list[MediaDescription] = []
         for index, (offered, answered) in enumerate(
@@ -630,6 +675,11 @@ class MediaSession:
                 if index not in alike:
                     offered_own = exchange.offer.media[index]
                     rewritten = _in_numbers_of(offered_own, answered, rewritten)
+                if added_law is not None and added_law.index == index:
+                    # The law we added is not the offerer's (RFC 3264 §6.1): its own instead.
+                    rewritten = answer_in_offerers_law(
+                        added_law, transcoding is not None, rewritten
+                    )
                 if plan is not None and plan.index == index:
                     rewritten = _dtmf_answer(plan, offerer, offered, rewritten)
                 media_out.append(rewritten)
@@ -680,6 +730,7 @@ class MediaSession:
                     before, red = exchange.renumbered_before.get((index, name), ({}, ()))
                     self._set_renumbered(index, name, before, red)
         self._set_dtmf(exchange.dtmf_before)
+        self._set_transcoding(exchange.transcoding_before)
         for index, stream in enumerate(self._slots):
             if stream is not None:
                 for side in _SIDES:
@@ -878,6 +929,86 @@ class MediaSession:
         else:
             self._renumbered.pop(key, None)
 
+    # -- G.711 transcoding ---------------------------------------------------------------------
+
+    def _add_other_law(
+        self,
+        offer: SessionDescription,
+        relayed: Mapping[int, object],
+        previous: SessionDescription | None,
+        media_out: list[MediaDescription],
+    ) -> AddedLaw | None:
+        """Add the other G.711 law to our offer's first audio line (in ``media_out``) when the
+        offerer's line has one law only (:func:`with_other_law`); what was added, or None."""
+        index = _first_audio(offer, relayed)
+        if index is None:
+            return None
+        last = None
+        if previous is not None and index < len(previous.media):
+            last = previous.media[index]
+        added = with_other_law(index, offer.media[index], media_out[index], last)
+        if added is None:
+            return None
+        media_out[index], law = added
+        log.info(
+            "m= line %d: %s %d offered for transcoding from %s",
+            index + 1,
+            law.offerer_law.other.value,
+            law.payload_type,
+            law.offerer_law.value,
+        )
+        return law
+
+    def _set_transcoding(self, plan: TranscodingPlan | None) -> None:
+        """Give the streams ``plan``'s transcoding (None: none), if it is not theirs yet."""
+        old = self.transcoding
+        if plan == old:
+            return
+        if old is not None:
+            stream = self._slots[old.index] if old.index < len(self._slots) else None
+            if stream is not None:
+                stream.a_to_b.transcoding = None
+                stream.b_to_a.transcoding = None
+        self.transcoding = plan
+        if plan is None:
+            return
+        stream = self._slots[plan.index]
+        if stream is None:
+            self.transcoding = None
+            return
+        self._transcoded_lines.add(plan.index)
+        self._transcoded_last = plan
+        stream.a_to_b.transcoding = plan.a_to_b
+        stream.b_to_a.transcoding = plan.b_to_a
+        log.info("m= line %d: %s", plan.index + 1, plan.describe())
+
+    def transcoding_record(self) -> dict[str, object] | None:
+        """For the call record and ``voipgw calls``: the stream transcoded last (``line``,
+        from 1, and ``described``, e.g. ``PCMU <-> PCMA transcoded``), whether it still is
+        (``now``), and the packets transcoded each way by the call so far; None when the call
+        never transcoded."""
+        plan = self._transcoded_last
+        if plan is None:
+            return None
+        counts = self._transcoded_counts()
+        return {
+            "line": plan.index + 1,
+            "described": plan.describe(),
+            "now": self.transcoding is not None,
+            "a_to_b_packets": counts["a_to_b"],
+            "b_to_a_packets": counts["b_to_a"],
+        }
+
+    def _transcoded_counts(self) -> dict[str, int]:
+        """RTP packets transcoded each way by the call so far, closed streams included."""
+        counts = dict(self._transcoded_closed)
+        for index in self._transcoded_lines:
+            stream = self.stream_at(index)
+            if stream is not None:
+                counts["a_to_b"] += stream.a_to_b.statistics().transcoded_packets
+                counts["b_to_a"] += stream.b_to_a.statistics().transcoded_packets
+        return counts
+
     # -- DTMF interworking ---------------------------------------------------------------------
 
     def _plan_dtmf(
@@ -1073,6 +1204,12 @@ class MediaSession:
         self._renumbered.pop((index, "b_to_a"), None)
         if self.dtmf is not None and self.dtmf.index == index:
             self.dtmf = self._dtmf_detector = None
+        if index in self._transcoded_lines:
+            self._transcoded_lines.discard(index)
+            self._transcoded_closed["a_to_b"] += stream.a_to_b.statistics().transcoded_packets
+            self._transcoded_closed["b_to_a"] += stream.b_to_a.statistics().transcoded_packets
+        if self.transcoding is not None and self.transcoding.index == index:
+            self.transcoding = None
         totals = self._totals
         for name, counters in _direction_statistics(stream):
             totals.packets[name] += counters[0]

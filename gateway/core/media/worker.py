@@ -22,7 +22,8 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
   ``SetPayloadTypes`` (a direction's RTP payload type renumbering) and ``SetRedPayloadTypes``
   (the RFC 2198 RED payload types whose blocks it rewrites too), ``SetDtmf`` and
   ``SendDtmf`` (DTMF interworking: a direction's taken telephone-event packets go back as
-  ``DtmfEvent``, bounded; events injected as the SIP process times them), ``Close``.
+  ``DtmfEvent``, bounded; events injected as the SIP process times them), ``SetTranscoding``
+  (a direction's G.711 A-law <-> mu-law transcoding), ``Close``.
   A request it cannot honour ends the stream's call
   (``StreamFailed`` with the reason); keys never appear in that reason;
 - a statistics task that pushes each stream's counters and idle time once per
@@ -46,6 +47,7 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
+from gateway.core.media.g711 import G711Transcoding, Law
 from gateway.core.media.ice import IceCredentials, IceLiteResponder
 from gateway.core.media.keying import StreamKeys, StreamSrtp
 from gateway.core.media.ports import PortAllocator, PortPair
@@ -89,6 +91,7 @@ from gateway.core.media.worker_protocol import (
     SetRemote,
     SetRtcpWatch,
     SetTap,
+    SetTranscoding,
     Stats,
     StreamFailed,
     Tapped,
@@ -123,6 +126,7 @@ _STREAM_REQUESTS = (
     SetRtcpWatch,
     SetPayloadTypes,
     SetRedPayloadTypes,
+    SetTranscoding,
     SetDtmf,
     SendDtmf,
     Close,
@@ -321,6 +325,13 @@ class Worker:
             elif isinstance(message, SetRedPayloadTypes):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.red_payload_types = message.red
+            elif isinstance(message, SetTranscoding):
+                control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
+                control.transcoding = (
+                    G711Transcoding(Law(message.law), message.payload_type, message.to_payload_type)
+                    if message.law
+                    else None
+                )
             elif isinstance(message, SetDtmf):
                 control = stream.a_to_b if message.direction == "a_to_b" else stream.b_to_a
                 control.dtmf = self._dtmf(message)

@@ -23,7 +23,7 @@ and no error message quotes a frame's bytes. The same holds for ICE passwords (:
 SIP process -> worker: :class:`Open`, :class:`SetRemote`, :class:`SetBlocked`, :class:`SetKeys`,
 :class:`SetDtls`, :class:`SendDatagram`, :class:`Close`, :class:`Ping`, :class:`SetTap`,
 :class:`SetOpaque`, :class:`SetIce`, :class:`SetPayloadTypes`, :class:`SetRedPayloadTypes`,
-:class:`SetDtmf`, :class:`SendDtmf`.
+:class:`SetDtmf`, :class:`SendDtmf`, :class:`SetTranscoding`.
 Worker -> SIP process: :class:`PairsReady`, :class:`Datagram`, :class:`Stats`,
 :class:`StreamFailed`, :class:`Pong`, :class:`Tapped`, :class:`TappedDatagram`,
 :class:`DtmfEvent`.
@@ -55,6 +55,8 @@ MAX_FRAME = 128 * 1024
 
 SIDES = ("a", "b")
 DIRECTIONS = ("a_to_b", "b_to_a")
+LAWS = ("", "PCMU", "PCMA")
+""":class:`SetTranscoding`'s ``law``: empty for none, else a G.711 law's encoding name."""
 
 
 class ChannelError(Exception):
@@ -203,6 +205,20 @@ class SetRedPayloadTypes:
     stream: int
     direction: str
     red: tuple[int, ...]
+
+
+@attrs.frozen
+class SetTranscoding:
+    """``DirectionControl.transcoding`` of ``direction`` (G.711 A-law <-> mu-law,
+    :class:`~gateway.core.media.g711.G711Transcoding`): the sending leg's law (``PCMU`` or
+    ``PCMA``; empty: no transcoding) and its payload type, and the receiving leg's payload
+    type for the other law."""
+
+    stream: int
+    direction: str
+    law: str
+    payload_type: int
+    to_payload_type: int
 
 
 @attrs.frozen
@@ -375,6 +391,7 @@ Message = (
     | SetIce
     | SetPayloadTypes
     | SetRedPayloadTypes
+    | SetTranscoding
     | SetDtmf
     | SendDtmf
     | DtmfEvent
@@ -566,6 +583,7 @@ _STATS: _Codec = (_put_direction, _get_direction)
 _SRTP: _Codec = _optional(_put_srtp, _get_srtp)
 _SECONDS: _Codec = _struct(_F64)
 _PAYLOAD_TYPE: _Codec = _struct(_I16)  # -1: none
+_LAW: _Codec = (_put_choice(LAWS), _get_choice(LAWS))
 
 # type octet -> (class, the codec of each field in attrs order). Append only: never renumber.
 _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
@@ -605,6 +623,7 @@ _LAYOUTS: dict[int, tuple[type[Any], tuple[_Codec, ...]]] = {
     15: (SendDtmf, (_STREAM, _DIRECTION, _BOOL, _BOOL, _BYTES)),
     28: (DtmfEvent, (_STREAM, _DIRECTION, _BYTES)),
     16: (SetRedPayloadTypes, (_STREAM, _DIRECTION, (_put_payload_types, _get_payload_types))),
+    17: (SetTranscoding, (_STREAM, _DIRECTION, _LAW, _PAYLOAD_TYPE, _PAYLOAD_TYPE)),
 }
 _TYPES = {cls: (code, codecs) for code, (cls, codecs) in _LAYOUTS.items()}
 

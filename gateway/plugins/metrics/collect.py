@@ -287,6 +287,12 @@ def _media(out: Exposition, media: MediaCounts) -> None:
     )
     out.sample(media.udptl_bytes)
     out.family(
+        "voipgw_media_transcoded_packets_total",
+        "counter",
+        "RTP packets converted between G.711 A-law and mu-law, both directions.",
+    )
+    out.sample(media.transcoded_packets)
+    out.family(
         "voipgw_media_dropped_packets_total",
         "counter",
         "Media packets dropped: unlatched source, blocked (no keys), SRTP failure, malformed, "

@@ -249,7 +249,7 @@ def test_a_table_for_a_plugin_the_block_does_not_enable_fails(tmp_path: Path) ->
 
 
 # Keys named in running text: "`[sip] overload_queue_delay`", "`[numbering] country_code = "49"`".
-_INLINE_KEY = re.compile(r"`\[\[?(?P<table>[a-z_]+(?:\.[a-z_]+)?)\]\]?\s+(?P<key>[a-z_]+)")
+_INLINE_KEY = re.compile(r"`\[\[?(?P<table>[a-z_]+(?:\.[a-z_]+)?)\]\]?\s+(?P<key>[a-z_][a-z0-9_]*)")
 CORE_TABLES: dict[str, type] = {
     "gateway": cfg.GatewaySection,
     "sip": cfg.SipSection,

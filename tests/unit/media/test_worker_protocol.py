@@ -41,6 +41,7 @@ from gateway.core.media.worker_protocol import (
     SetRemote,
     SetRtcpWatch,
     SetTap,
+    SetTranscoding,
     Stats,
     StreamFailed,
     Tapped,
@@ -117,6 +118,9 @@ EVERY_MESSAGE: list[Message] = [
     SendDtmf(16, "b_to_a", True, True, b"\x05\x0a\x01\x90"),
     SendDtmf(16, "a_to_b", False, False, b""),
     DtmfEvent(16, "a_to_b", b"\x80\xe5" + bytes(14)),
+    SetTranscoding(17, "a_to_b", "PCMU", 0, 8),
+    SetTranscoding(17, "b_to_a", "PCMA", 8, 0),
+    SetTranscoding(17, "b_to_a", "", -1, -1),
 ]
 
 

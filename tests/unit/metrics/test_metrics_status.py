@@ -149,6 +149,19 @@ def test_a_fax_calls_udptl_datagrams_are_summed_apart_from_rtp() -> None:
     assert (totals.udptl_packets, totals.udptl_bytes) == (11, 1100)
 
 
+def test_a_transcoding_calls_packets_are_summed() -> None:
+    """A call record's ``*_transcoded_packets`` (G.711 transcoding) go to their own total; a
+    call without them adds nothing there."""
+    media = dict.fromkeys(("a_to_b_bytes", "b_to_a_bytes", "a_to_b_dropped", "b_to_a_dropped"), 0)
+    media.update(streams=1, a_to_b_packets=3, b_to_a_packets=4)
+    transcoded = {**media, "a_to_b_transcoded_packets": 2, "b_to_a_transcoded_packets": 4}
+    totals = MediaTotals()
+    for figures in (media, transcoded):
+        session = SimpleNamespace(statistics=lambda f=figures: f, quality=None)
+        totals.add_call(SimpleNamespace(media=session, keying=None))  # type: ignore[arg-type]
+    assert (totals.packets, totals.transcoded_packets) == (14, 6)
+
+
 def test_call_limits_count_their_refusals_by_key_and_why() -> None:
     trunk = ("trunk", "carrier")
     limits = CallLimits(lambda key: Limit(max_calls=1, max_cps=1.0) if key == trunk else NO_LIMIT)

@@ -1,0 +1,288 @@
+"""MediaSession's G.711 transcoding (gateway/core/media/session.py, transcoding.py,
+docs/architecture.md "G.711 transcoding"): the offer gets the other law after the offerer's
+own formats; only an answer that keeps the added law and not the offerer's transcodes (both
+directions of that stream), and our answer names the offerer's law; a shared codec, a caller
+with both laws or neither, or the option off change nothing; re-INVITEs from either side and
+an abandoned offer keep it right. A real relay binds its ports on 127.0.0.1 in RANGE; no
+packet is sent."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.core.config import PortRange
+from gateway.core.media.g711 import G711Transcoding, Law
+from gateway.core.media.ports import PortAllocator
+from gateway.core.media.relay import MediaRelay, MediaStream
+from gateway.core.media.session import MediaSession
+from gateway.core.media.transcoding import (
+    AddedLaw,
+    TranscodingPlan,
+    answer_in_offerers_law,
+    g711_laws,
+    with_other_law,
+)
+from gateway.core.sdp.model import MediaDescription, SessionDescription
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.port_blocks import port_block_text
+
+RANGE = PortRange.parse(port_block_text(100))
+
+EVENTS = ("a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16")
+
+
+def sdp(port: int, formats: str, *lines: str, version: int = 1) -> SessionDescription:
+    text = [
+        "v=0",
+        f"o=- 1 {version} IN IP4 127.0.0.1",
+        "s=-",
+        "c=IN IP4 127.0.0.1",
+        "t=0 0",
+        f"m=audio {port} RTP/AVP {formats}",
+        *lines,
+        "",
+    ]
+    return parse_sdp_untrusted("\r\n".join(text).encode())
+
+
+def media(formats: str, *lines: str) -> MediaDescription:
+    return sdp(4000, formats, *lines).media[0]
+
+
+PHONE = sdp(20000, "0 101", "a=rtpmap:0 PCMU/8000", *EVENTS)  # a US phone: PCMU only
+CARRIER = sdp(30000, "8 101", "a=rtpmap:8 PCMA/8000", *EVENTS)  # EU carrier: PCMA only
+CARRIER_BOTH = sdp(30000, "0 8 101", *EVENTS)  # it has PCMU too
+
+
+def make_session(enabled: bool = True) -> tuple[MediaSession, MediaRelay]:
+    relay = MediaRelay(PortAllocator("127.0.0.1", RANGE), clock=lambda: 0.0)
+    session = MediaSession(
+        relay,
+        media_address="127.0.0.1",
+        session_id_source=itertools.count(1).__next__,
+        g711_transcoding=enabled,
+    )
+    return session, relay
+
+
+@pytest.fixture
+def session() -> Iterator[MediaSession]:
+    session, relay = make_session()
+    yield session
+    session.close()
+    relay.close()
+    assert relay.allocator.in_use == 0
+
+
+def stream_of(session: MediaSession) -> MediaStream:
+    (stream,) = session.streams
+    assert isinstance(stream, MediaStream)
+    return stream
+
+
+def transcodings(session: MediaSession) -> tuple[G711Transcoding | None, G711Transcoding | None]:
+    stream = stream_of(session)
+    return stream.a_to_b.transcoding, stream.b_to_a.transcoding
+
+
+# -- the SDP helpers ------------------------------------------------------------------------------
+
+
+def test_laws_by_rtpmap_or_static_number() -> None:
+    assert g711_laws(media("0 8 101", *EVENTS)) == {Law.PCMU: 0, Law.PCMA: 8}
+    assert g711_laws(media("96", "a=rtpmap:96 pcma/8000")) == {Law.PCMA: 96}
+    assert g711_laws(media("96", "a=rtpmap:96 PCMU/16000")) == {}  # not G.711's 8000 Hz
+    assert g711_laws(media("18 101", *EVENTS)) == {}
+    assert g711_laws(media("96", "a=rtpmap:96 PCMU")) == {}  # unreadable rtpmap: none
+
+
+def test_the_other_law_goes_after_every_format() -> None:
+    offered = media("0 101", "a=rtpmap:0 PCMU/8000", *EVENTS)
+    added = with_other_law(0, offered, offered, None)
+    assert added is not None
+    line, law = added
+    assert line.formats == ("0", "101", "8")
+    assert "8 PCMA/8000" in line.attributes.values("rtpmap")
+    assert law == AddedLaw(0, Law.PCMU, 0, 8)
+    pcma = media("8", "a=rtpmap:8 PCMA/8000")
+    assert with_other_law(0, pcma, pcma, None) == (
+        media("8 0", "a=rtpmap:8 PCMA/8000", "a=rtpmap:0 PCMU/8000"),
+        AddedLaw(0, Law.PCMA, 8, 0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("offered", "last"),
+    [
+        pytest.param(media("0 8"), None, id="both-laws"),
+        pytest.param(media("18 101", *EVENTS), None, id="neither"),
+        # The leg was told 8 is another codec earlier in the session (RFC 3264 §8.3.2).
+        pytest.param(media("0"), media("8", "a=rtpmap:8 G729/8000"), id="number-known-otherwise"),
+    ],
+)
+def test_nothing_is_added(offered: MediaDescription, last: MediaDescription | None) -> None:
+    assert with_other_law(0, offered, offered, last) is None
+
+
+def test_a_number_taken_in_our_offer_is_not_reused() -> None:
+    offered = media("0 96", "a=rtpmap:96 opus/48000/2")
+    ours = media("0 8", "a=rtpmap:8 opus/48000/2")  # renumbered for the leg (keep_leg_numbers)
+    assert with_other_law(0, offered, ours, None) is None
+
+
+def test_our_answer_names_the_offerers_law_in_its_place() -> None:
+    added = AddedLaw(0, Law.PCMU, 0, 8)
+    answer = media("8 101", "a=rtpmap:8 PCMA/8000", *EVENTS)
+    assert answer_in_offerers_law(added, True, answer) == media(
+        "0 101", *EVENTS, "a=rtpmap:0 PCMU/8000"
+    )
+    # A shared codec: the added law is only dropped.
+    shared = media("0 8 101", *EVENTS)
+    assert answer_in_offerers_law(added, False, shared) == media("0 101", *EVENTS)
+    # Never left without a format.
+    only = media("8", "a=rtpmap:8 PCMA/8000")
+    assert answer_in_offerers_law(added, False, only) == only
+
+
+# -- the session ----------------------------------------------------------------------------------
+
+
+def test_a_pcmu_caller_and_a_pcma_callee_are_transcoded(session: MediaSession) -> None:
+    offer = session.offer_from("a", PHONE)
+    assert offer.media[0].formats == ("0", "101", "8")
+    assert "8 PCMA/8000" in offer.media[0].attributes.values("rtpmap")
+    answer = session.answer_from("b", CARRIER)
+    session.settle()
+    assert answer.media[0].formats == ("0", "101")
+    assert "0 PCMU/8000" in answer.media[0].attributes.values("rtpmap")
+    assert "8 PCMA/8000" not in answer.media[0].attributes.values("rtpmap")
+    assert session.transcoding == TranscodingPlan(0, Law.PCMU, 0, 8)
+    assert transcodings(session) == (
+        G711Transcoding(Law.PCMU, 0, 8),
+        G711Transcoding(Law.PCMA, 8, 0),
+    )
+    assert session.transcoding_record() == {
+        "line": 1,
+        "described": "PCMU <-> PCMA transcoded",
+        "now": True,
+        "a_to_b_packets": 0,
+        "b_to_a_packets": 0,
+    }
+
+
+def test_a_callee_sharing_a_law_is_not_transcoded(session: MediaSession) -> None:
+    session.offer_from("a", PHONE)
+    answer = session.answer_from("b", CARRIER_BOTH)
+    session.settle()
+    # Its answer keeps our added 8 too: not the caller's to receive (RFC 3264 §6.1).
+    assert answer.media[0].formats == ("0", "101")
+    assert session.transcoding is None
+    assert transcodings(session) == (None, None)
+    assert session.transcoding_record() is None
+
+
+def test_off_by_default_the_offer_is_as_ever() -> None:
+    session, relay = make_session(enabled=False)
+    try:
+        offer = session.offer_from("a", PHONE)
+        assert offer.media[0].formats == ("0", "101")
+        assert session.transcoding is None
+    finally:
+        session.close()
+        relay.close()
+
+
+def test_the_callees_numbers_are_its_own(session: MediaSession) -> None:
+    # An answerer that numbers PCMA dynamically (legal, if odd): the relay writes its number.
+    session.offer_from("a", PHONE)
+    answer = session.answer_from("b", sdp(30000, "97", "a=rtpmap:97 PCMA/8000"))
+    assert session.transcoding == TranscodingPlan(0, Law.PCMU, 0, 97)
+    assert answer.media[0].formats == ("0",)
+
+
+def test_a_late_offer_from_the_callee_is_transcoded_the_other_way(
+    session: MediaSession,
+) -> None:
+    # INVITE without SDP: the callee's 200 carries the offer, the caller's ACK the answer.
+    offer = session.offer_from("b", CARRIER)
+    assert offer.media[0].formats == ("8", "101", "0")
+    answer = session.answer_from("a", PHONE)
+    session.settle()
+    assert answer.media[0].formats == ("8", "101")
+    # Leg A speaks PCMU: a_to_b converts PCMU 0 -> PCMA 8, b_to_a the other way.
+    assert session.transcoding == TranscodingPlan(0, Law.PCMU, 0, 8)
+    assert transcodings(session) == (
+        G711Transcoding(Law.PCMU, 0, 8),
+        G711Transcoding(Law.PCMA, 8, 0),
+    )
+
+
+def test_reinvites_keep_and_end_the_transcoding(session: MediaSession) -> None:
+    session.offer_from("a", PHONE)
+    session.answer_from("b", CARRIER)
+    session.settle()
+    # The carrier re-INVITEs (a session refresh with its own SDP): PCMU added for the phone.
+    offer = session.offer_from("b", sdp(30000, "8 101", "a=rtpmap:8 PCMA/8000", *EVENTS, version=2))
+    assert offer.media[0].formats == ("8", "101", "0")
+    session.answer_from("a", sdp(20000, "0 101", "a=rtpmap:0 PCMU/8000", *EVENTS, version=2))
+    session.settle()
+    assert session.transcoding == TranscodingPlan(0, Law.PCMU, 0, 8)
+    # The phone re-INVITEs, and the carrier now answers PCMU: no more transcoding.
+    session.offer_from("a", sdp(20000, "0 101", "a=rtpmap:0 PCMU/8000", *EVENTS, version=3))
+    session.answer_from("b", sdp(30000, "0 101", *EVENTS, version=3))
+    session.settle()
+    assert session.transcoding is None
+    assert transcodings(session) == (None, None)
+    record = session.transcoding_record()
+    assert record is not None and record["now"] is False
+
+
+def test_an_abandoned_offer_restores_the_transcoding(session: MediaSession) -> None:
+    session.offer_from("a", PHONE)
+    session.answer_from("b", CARRIER)
+    session.settle()
+    plan = session.transcoding
+    session.offer_from("a", sdp(20000, "0 101", "a=rtpmap:0 PCMU/8000", *EVENTS, version=2))
+    session.answer_from("b", CARRIER_BOTH)  # an early answer sharing PCMU ...
+    assert session.transcoding is None
+    session.abandon_offer()  # ... then the re-INVITE fails: as before
+    assert plan is not None and session.transcoding == plan
+    assert transcodings(session) == (plan.a_to_b, plan.b_to_a)
+
+
+def test_early_media_then_another_answer(session: MediaSession) -> None:
+    session.offer_from("a", PHONE)
+    session.answer_from("b", CARRIER)  # a 183
+    assert session.transcoding is not None
+    session.answer_from("b", CARRIER_BOTH)  # another fork's 200 shares PCMU
+    assert session.transcoding is None
+    assert transcodings(session) == (None, None)
+
+
+def test_a_rejected_line_transcodes_nothing(session: MediaSession) -> None:
+    session.offer_from("a", PHONE)
+    answer = session.answer_from("b", sdp(0, "8", "a=rtpmap:8 PCMA/8000"))
+    assert answer.media[0].port == 0
+    assert session.transcoding is None
+    assert session.transcoding_record() is None
+
+
+def test_voipgw_calls_says_the_stream_is_transcoded(session: MediaSession) -> None:
+    from gateway.core.cli import describe_transcoding
+
+    session.offer_from("a", PHONE)
+    session.answer_from("b", CARRIER)
+    record = session.transcoding_record()
+    assert record is not None
+    assert describe_transcoding(record) == (
+        "media line 1: PCMU <-> PCMA transcoded, 0 packets caller -> callee, 0 callee -> caller"
+    )
+    assert describe_transcoding({**record, "now": False, "a_to_b_packets": 7}) == (
+        "media line 1: PCMU <-> PCMA transcoded (until a re-INVITE), 7 packets caller -> "
+        "callee, 0 callee -> caller"
+    )
+    stats = session.statistics()
+    assert (stats["a_to_b_transcoded_packets"], stats["b_to_a_transcoded_packets"]) == (0, 0)
