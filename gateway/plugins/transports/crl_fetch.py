@@ -180,10 +180,8 @@ class CrlFetcher:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.with_suffix(".url").write_text(crl.path + "\n", encoding="ascii")
-            partial = path.with_suffix(".partial")
-            partial.write_bytes(crl.crl.public_bytes(serialization.Encoding.DER))
-            os.replace(partial, path)  # a crash leaves the old file or the new one, never half
+            _write_durably(path.with_suffix(".url"), (crl.path + "\n").encode("ascii"))
+            _write_durably(path, crl.crl.public_bytes(serialization.Encoding.DER))
         except OSError as exc:
             log.warning("tls: cannot save the CRL of %s to %s: %s", crl.path, path, exc)
 
@@ -277,6 +275,29 @@ class CrlFetcher:
             delay,
             "" if source.crl is None else f" (in use: {source.crl.describe()})",
         )
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash or power loss leaves the old file or the
+    new one, never a half-written or empty one: written under a temporary name in the same
+    directory (a rename within one file system is atomic), flushed to disk, renamed, and the
+    directory flushed too (the rename is an entry of the directory: without it the file could
+    come back under its old content, or not at all)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _backoff(failures: int) -> float:

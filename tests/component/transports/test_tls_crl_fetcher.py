@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -293,6 +294,43 @@ async def test_a_fetched_crl_is_saved_and_used_by_the_next_start_before_any_fetc
     (crl,) = second.loaded_crls()
     assert (crl.path, crl.number) == (URL, 1)
     assert len(server.asked) == asked  # loaded, not fetched
+
+
+async def test_both_saved_files_are_written_under_a_temporary_name_synced_and_renamed(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A crash or power loss must leave the old .url and .crl or the new ones, never a
+    # truncated one (a .url damaged so forgets a learned URL until a handshake teaches it).
+    events: list[tuple[str, str]] = []
+    fsync, replace = crl_fetch.os.fsync, crl_fetch.os.replace
+
+    def syncing(fd: int) -> None:
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        fsync(fd)
+
+    def renaming(source: Path, target: Path) -> None:
+        assert Path(source).parent == Path(target).parent  # atomic: one file system
+        events.append(("replace", Path(target).name))
+        replace(source, target)
+
+    monkeypatch.setattr(crl_fetch.os, "fsync", syncing)
+    monkeypatch.setattr(crl_fetch.os, "replace", renaming)
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    transport = transport_for(vendor, server, state)
+    await run_for(transport, 1.0)
+    directory = state / "tls" / "crls"
+    saved = sorted(path.name for path in directory.iterdir())
+    assert [Path(name).suffix for name in saved] == [".crl", ".url"]  # no temporary left
+    crl_name, url_name = saved
+    for name in (url_name, crl_name):
+        at = events.index(("replace", name))
+        assert events[at - 1][0] == "fsync" and events[at - 1][1].startswith(f".{name}.")
+        assert events[at + 1] == ("fsync", "crls")  # the rename itself made durable
+    assert (directory / url_name).read_text(encoding="ascii") == URL + "\n"
 
 
 async def test_urls_learned_from_certificates_are_saved_and_known_again_at_the_next_start(
