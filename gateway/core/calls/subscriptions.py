@@ -189,6 +189,10 @@ class Subscriptions:
         self._by_phone: dict[DialogKey, Subscription] = {}
         self._by_trunk: dict[DialogKey, Subscription] = {}
         self._per_account: dict[str, int] = {}
+        # The open (not closing) subscription of each account and phone Contact: a SUBSCRIBE
+        # from that Contact again replaces it (_replace_same_contact), found without a scan of
+        # up to MAX_SUBSCRIPTIONS. Entered in _to_trunk, removed in _forget and _start_closing.
+        self._by_contact: dict[tuple[str, str], Subscription] = {}
         # Subscriptions ended at the phone and waiting for the trunk's final NOTIFY (closing).
         self._closing: set[Subscription] = set()
         # The replaced ones among them by account, oldest first (MAX_CLOSING_PER_ACCOUNT).
@@ -362,28 +366,28 @@ class Subscriptions:
         §4.1.2.3), whose final NOTIFY is answered 200 and not relayed, instead of a 481 for a
         subscription forgotten first. It no longer counts against the account's limit."""
         contacts = request.contacts
-        contact = str(contacts[0].uri) if contacts else None
-        for old in list(self._by_trunk.values()):
-            if old.account != account or old.contact != contact or old.closing:
-                continue
-            log.info("subscription of %s from %s replaced by a new one", account, contact)
-            if old.trunk_dialog is None:
-                self._end(old, "replaced")  # its SUBSCRIBE is unanswered: nothing to close
-                continue
-            old.state.handle(Input.DIALOG_GONE, now=trio.current_time())
-            replaced = self._replaced.get(account, [])
-            while len(replaced) >= MAX_CLOSING_PER_ACCOUNT:
-                # Replaced faster than trunks close them: they would hold the global limit.
-                self._forget(replaced.pop(0))
-                log.info(
-                    "subscription of %s replaced again: forgotten before its trunk's final NOTIFY",
-                    account,
-                )
-            self._replaced.setdefault(account, []).append(old)
-            self._start_closing(old)
-            if old.phone_dialog is not None:
-                old.phone_dialog.terminate()
-            self._nursery.start_soon(self._close_at_trunk, old)
+        contact = str(contacts[0].uri) if contacts else ""
+        old = self._by_contact.get((account, contact))
+        if old is None:
+            return
+        log.info("subscription of %s from %s replaced by a new one", account, contact)
+        if old.trunk_dialog is None:
+            self._end(old, "replaced")  # its SUBSCRIBE is unanswered: nothing to close
+            return
+        old.state.handle(Input.DIALOG_GONE, now=trio.current_time())
+        replaced = self._replaced.get(account, [])
+        while len(replaced) >= MAX_CLOSING_PER_ACCOUNT:
+            # Replaced faster than trunks close them: they would hold the global limit.
+            self._forget(replaced.pop(0))
+            log.info(
+                "subscription of %s replaced again: forgotten before its trunk's final NOTIFY",
+                account,
+            )
+        self._replaced.setdefault(account, []).append(old)
+        self._start_closing(old)
+        if old.phone_dialog is not None:
+            old.phone_dialog.terminate()
+        self._nursery.start_soon(self._close_at_trunk, old)
 
     def _to_trunk(
         self,
@@ -439,6 +443,7 @@ class Subscriptions:
         )
         self._by_trunk[subscription.trunk_key] = subscription
         self._by_phone[subscription.phone_key] = subscription
+        self._by_contact[(account, subscription.contact)] = subscription
         self._per_account[account] = self._per_account.get(account, 0) + 1
         self._timer_changed.set()
         return subscription
@@ -791,6 +796,7 @@ class Subscriptions:
                 self._release(subscription.account)
         if self._by_phone.get(subscription.phone_key) is subscription:
             del self._by_phone[subscription.phone_key]
+        self._unindex_contact(subscription)
         for dialog in (subscription.phone_dialog, subscription.trunk_dialog):
             if dialog is not None:
                 dialog.terminate()
@@ -819,6 +825,12 @@ class Subscriptions:
         self._release(subscription.account)
         if self._by_phone.get(subscription.phone_key) is subscription:
             del self._by_phone[subscription.phone_key]
+        self._unindex_contact(subscription)
+
+    def _unindex_contact(self, subscription: Subscription) -> None:
+        key = (subscription.account, subscription.contact)
+        if self._by_contact.get(key) is subscription:
+            del self._by_contact[key]
 
     async def run(self) -> None:
         """Expire subscriptions nobody refreshed (RFC 6665 §4.2.2): the phone gets

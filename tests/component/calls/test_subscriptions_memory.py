@@ -456,6 +456,38 @@ async def test_a_rebooted_phones_old_subscription_closes_at_the_trunk(
     assert refused.status == 403 and "limit" in refused.reason
 
 
+async def test_the_index_by_contact_finds_the_one_to_replace_and_empties(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The open subscription of each (account, Contact) is found in an index, not by a scan
+    of every subscription: a replaced one leaves it at once (closing), a new one takes its
+    place, and the index empties as the subscriptions end (here at a stop)."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk, final_notify=nursery)
+    alice = env.alice
+    assert env.gateway.subscriptions is not None
+    store = env.gateway.subscriptions
+    first, second = "sip:alice@127.0.0.3:5060", "sip:alice@127.0.0.3:5060;line=2"
+
+    async def subscribe_from(contact: str) -> Response:
+        request = subscribe_request(alice)
+        request = request.with_headers(request.headers.set("Contact", f"<{contact}>"))
+        return (await alice.send_authenticated(request))[1]
+
+    assert (await subscribe_from(first)).status == 200
+    old = store._by_contact[("alice", first)]
+    assert (await subscribe_from(second)).status == 200
+    assert (await subscribe_from(first)).status == 200  # replaces the first one only
+    new = store._by_contact[("alice", first)]
+    assert new is not old and old.closing and not new.closing
+    assert set(store._by_contact) == {("alice", first), ("alice", second)}
+    await eventually(lambda: voicemail.final_answers == [200])  # the old one closed at the trunk
+    assert subscriptions(env) == 2
+    await env.gateway.before_stop()
+    assert store._by_contact == {}
+    assert subscriptions(env) == 0
+
+
 async def test_replaced_subscriptions_waiting_for_their_trunk_are_bounded_per_account(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
