@@ -39,7 +39,9 @@ account (403 past it); a phone that subscribes again from the same Contact (it r
 replaces its old subscription, which ends as at a stop but without a NOTIFY to the phone (it
 forgot that dialog): unsubscribed at the trunk, its final NOTIFY answered 200 and not relayed
 (:data:`FINAL_NOTIFY_WAIT` at most), no longer counted against the account meanwhile (at most
-:data:`MAX_CLOSING_PER_ACCOUNT` of an account wait so; past it the oldest is forgotten). Other
+:data:`MAX_CLOSING_PER_ACCOUNT` of an account wait so; past it the oldest is forgotten); one
+whose SUBSCRIBE the trunk has not answered yet is forgotten at once, and unsubscribed at the
+trunk as soon as a late 2xx for it comes (the phone's old SUBSCRIBE then gets 481). Other
 event packages get 489 with ``Allow-Events: message-summary, dialog``. ``Event: dialog``
 SUBSCRIBEs (and ``Event: presence`` ones while ``[presence] allow`` is not ``"none"``) and
 their dialogs go to the gateway's own notifier (gateway/core/calls/dialog_events.py). The
@@ -151,6 +153,9 @@ class Subscription:
     """Ended at the phone (the gateway stops, or the phone subscribed again from the same
     Contact), unsubscribed at the trunk, whose NOTIFYs are answered until its final one; no
     longer counted against the account's :data:`MAX_PER_ACCOUNT`."""
+    replaced: bool = False
+    """Replaced (same Contact) while its SUBSCRIBE to the trunk was unanswered, and forgotten:
+    a late 2xx from the trunk is followed by an unsubscribe at once."""
 
     @property
     def phone_key(self) -> DialogKey:
@@ -372,7 +377,9 @@ class Subscriptions:
             return
         log.info("subscription of %s from %s replaced by a new one", account, contact)
         if old.trunk_dialog is None:
-            self._end(old, "replaced")  # its SUBSCRIBE is unanswered: nothing to close
+            # Its SUBSCRIBE is unanswered: nothing to close yet (a late 2xx is, at once).
+            old.replaced = True
+            self._end(old, "replaced")
             return
         old.state.handle(Input.DIALOG_GONE, now=trio.current_time())
         replaced = self._replaced.get(account, [])
@@ -486,10 +493,22 @@ class Subscriptions:
                 final.reason,
             )
             return self._relayed_failure(request, final, subscription.phone_tag)
-        granted = _expires_of(final, expires)
-        subscription.state.handle(Input.ACCEPTED, now=now, expires=granted)
         if subscription.trunk_dialog is None:
             subscription.trunk_dialog = Dialog.create_uac(subscription.trunk_request, final)
+        if subscription.replaced:
+            # Replaced while the trunk had not answered, and forgotten: its 2xx made a
+            # subscription at the trunk that nobody wants, which would live on until its first
+            # NOTIFY got 481. Unsubscribed at once in the dialog the 2xx made (RFC 6665
+            # §4.1.2.3); the phone, which subscribed again, gets no dialog we do not know.
+            self._nursery.start_soon(self._unsubscribe_replaced, subscription)
+            return make_response(
+                request,
+                481,
+                "Call/Transaction Does Not Exist (replaced by a newer subscription)",
+                to_tag=subscription.phone_tag,
+            )
+        granted = _expires_of(final, expires)
+        subscription.state.handle(Input.ACCEPTED, now=now, expires=granted)
         response = make_response(
             request,
             final.status,
@@ -904,6 +923,21 @@ class Subscriptions:
             )
         finally:
             self._forget(subscription)
+
+    async def _unsubscribe_replaced(self, subscription: Subscription) -> None:
+        """``Expires: 0`` to the trunk for a subscription replaced before its 2xx came; the
+        trunk's NOTIFYs in that dialog, its final one included, find nothing (481), which ends
+        its side too (§4.2.2)."""
+        try:
+            await self._in_trunk_dialog(
+                subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
+            )
+        except Exception:
+            log.exception(
+                "unsubscribing %s's replaced subscription at trunk %s",
+                subscription.account,
+                subscription.trunk.name,
+            )
 
     async def _notify_stopped(self, subscription: Subscription) -> None:
         body, content_type = subscription.summary or (b"", None)
