@@ -39,7 +39,9 @@ account (403 past it); a phone that subscribes again from the same Contact (it r
 replaces its old subscription, which ends as at a stop but without a NOTIFY to the phone (it
 forgot that dialog): unsubscribed at the trunk, its final NOTIFY answered 200 and not relayed
 (:data:`FINAL_NOTIFY_WAIT` at most), no longer counted against the account meanwhile (at most
-:data:`MAX_CLOSING_PER_ACCOUNT` of an account wait so; past it the oldest is forgotten). Other
+:data:`MAX_CLOSING_PER_ACCOUNT` of an account wait so; past it the oldest is forgotten); one
+whose SUBSCRIBE the trunk has not answered yet is forgotten at once, and unsubscribed at the
+trunk as soon as a late 2xx for it comes (the phone's old SUBSCRIBE then gets 481). Other
 event packages get 489 with ``Allow-Events: message-summary, dialog``. ``Event: dialog``
 SUBSCRIBEs (and ``Event: presence`` ones while ``[presence] allow`` is not ``"none"``) and
 their dialogs go to the gateway's own notifier (gateway/core/calls/dialog_events.py). The
@@ -151,6 +153,9 @@ class Subscription:
     """Ended at the phone (the gateway stops, or the phone subscribed again from the same
     Contact), unsubscribed at the trunk, whose NOTIFYs are answered until its final one; no
     longer counted against the account's :data:`MAX_PER_ACCOUNT`."""
+    replaced: bool = False
+    """Replaced (same Contact) while its SUBSCRIBE to the trunk was unanswered, and forgotten:
+    a late 2xx from the trunk is followed by an unsubscribe at once."""
 
     @property
     def phone_key(self) -> DialogKey:
@@ -189,6 +194,10 @@ class Subscriptions:
         self._by_phone: dict[DialogKey, Subscription] = {}
         self._by_trunk: dict[DialogKey, Subscription] = {}
         self._per_account: dict[str, int] = {}
+        # The open (not closing) subscription of each account and phone Contact: a SUBSCRIBE
+        # from that Contact again replaces it (_replace_same_contact), found without a scan of
+        # up to MAX_SUBSCRIPTIONS. Entered in _to_trunk, removed in _forget and _start_closing.
+        self._by_contact: dict[tuple[str, str], Subscription] = {}
         # Subscriptions ended at the phone and waiting for the trunk's final NOTIFY (closing).
         self._closing: set[Subscription] = set()
         # The replaced ones among them by account, oldest first (MAX_CLOSING_PER_ACCOUNT).
@@ -362,28 +371,30 @@ class Subscriptions:
         §4.1.2.3), whose final NOTIFY is answered 200 and not relayed, instead of a 481 for a
         subscription forgotten first. It no longer counts against the account's limit."""
         contacts = request.contacts
-        contact = str(contacts[0].uri) if contacts else None
-        for old in list(self._by_trunk.values()):
-            if old.account != account or old.contact != contact or old.closing:
-                continue
-            log.info("subscription of %s from %s replaced by a new one", account, contact)
-            if old.trunk_dialog is None:
-                self._end(old, "replaced")  # its SUBSCRIBE is unanswered: nothing to close
-                continue
-            old.state.handle(Input.DIALOG_GONE, now=trio.current_time())
-            replaced = self._replaced.get(account, [])
-            while len(replaced) >= MAX_CLOSING_PER_ACCOUNT:
-                # Replaced faster than trunks close them: they would hold the global limit.
-                self._forget(replaced.pop(0))
-                log.info(
-                    "subscription of %s replaced again: forgotten before its trunk's final NOTIFY",
-                    account,
-                )
-            self._replaced.setdefault(account, []).append(old)
-            self._start_closing(old)
-            if old.phone_dialog is not None:
-                old.phone_dialog.terminate()
-            self._nursery.start_soon(self._close_at_trunk, old)
+        contact = str(contacts[0].uri) if contacts else ""
+        old = self._by_contact.get((account, contact))
+        if old is None:
+            return
+        log.info("subscription of %s from %s replaced by a new one", account, contact)
+        if old.trunk_dialog is None:
+            # Its SUBSCRIBE is unanswered: nothing to close yet (a late 2xx is, at once).
+            old.replaced = True
+            self._end(old, "replaced")
+            return
+        old.state.handle(Input.DIALOG_GONE, now=trio.current_time())
+        replaced = self._replaced.get(account, [])
+        while len(replaced) >= MAX_CLOSING_PER_ACCOUNT:
+            # Replaced faster than trunks close them: they would hold the global limit.
+            self._forget(replaced.pop(0))
+            log.info(
+                "subscription of %s replaced again: forgotten before its trunk's final NOTIFY",
+                account,
+            )
+        self._replaced.setdefault(account, []).append(old)
+        self._start_closing(old)
+        if old.phone_dialog is not None:
+            old.phone_dialog.terminate()
+        self._nursery.start_soon(self._close_at_trunk, old)
 
     def _to_trunk(
         self,
@@ -439,6 +450,7 @@ class Subscriptions:
         )
         self._by_trunk[subscription.trunk_key] = subscription
         self._by_phone[subscription.phone_key] = subscription
+        self._by_contact[(account, subscription.contact)] = subscription
         self._per_account[account] = self._per_account.get(account, 0) + 1
         self._timer_changed.set()
         return subscription
@@ -481,10 +493,22 @@ class Subscriptions:
                 final.reason,
             )
             return self._relayed_failure(request, final, subscription.phone_tag)
-        granted = _expires_of(final, expires)
-        subscription.state.handle(Input.ACCEPTED, now=now, expires=granted)
         if subscription.trunk_dialog is None:
             subscription.trunk_dialog = Dialog.create_uac(subscription.trunk_request, final)
+        if subscription.replaced:
+            # Replaced while the trunk had not answered, and forgotten: its 2xx made a
+            # subscription at the trunk that nobody wants, which would live on until its first
+            # NOTIFY got 481. Unsubscribed at once in the dialog the 2xx made (RFC 6665
+            # §4.1.2.3); the phone, which subscribed again, gets no dialog we do not know.
+            self._nursery.start_soon(self._unsubscribe_replaced, subscription)
+            return make_response(
+                request,
+                481,
+                "Call/Transaction Does Not Exist (replaced by a newer subscription)",
+                to_tag=subscription.phone_tag,
+            )
+        granted = _expires_of(final, expires)
+        subscription.state.handle(Input.ACCEPTED, now=now, expires=granted)
         response = make_response(
             request,
             final.status,
@@ -791,6 +815,7 @@ class Subscriptions:
                 self._release(subscription.account)
         if self._by_phone.get(subscription.phone_key) is subscription:
             del self._by_phone[subscription.phone_key]
+        self._unindex_contact(subscription)
         for dialog in (subscription.phone_dialog, subscription.trunk_dialog):
             if dialog is not None:
                 dialog.terminate()
@@ -819,6 +844,12 @@ class Subscriptions:
         self._release(subscription.account)
         if self._by_phone.get(subscription.phone_key) is subscription:
             del self._by_phone[subscription.phone_key]
+        self._unindex_contact(subscription)
+
+    def _unindex_contact(self, subscription: Subscription) -> None:
+        key = (subscription.account, subscription.contact)
+        if self._by_contact.get(key) is subscription:
+            del self._by_contact[key]
 
     async def run(self) -> None:
         """Expire subscriptions nobody refreshed (RFC 6665 §4.2.2): the phone gets
@@ -892,6 +923,21 @@ class Subscriptions:
             )
         finally:
             self._forget(subscription)
+
+    async def _unsubscribe_replaced(self, subscription: Subscription) -> None:
+        """``Expires: 0`` to the trunk for a subscription replaced before its 2xx came; the
+        trunk's NOTIFYs in that dialog, its final one included, find nothing (481), which ends
+        its side too (§4.2.2)."""
+        try:
+            await self._in_trunk_dialog(
+                subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
+            )
+        except Exception:
+            log.exception(
+                "unsubscribing %s's replaced subscription at trunk %s",
+                subscription.account,
+                subscription.trunk.name,
+            )
 
     async def _notify_stopped(self, subscription: Subscription) -> None:
         body, content_type = subscription.summary or (b"", None)

@@ -48,6 +48,9 @@ FETCH_TIMEOUT = 30.0
 #: doubling up to RETRY_MAX (s).
 RETRY_FIRST = 60.0
 RETRY_MAX = 3600.0
+#: Fetches at once: one dead server does not delay the others; a bound, as each holds a
+#: connection and up to MAX_CRL_SIZE bytes.
+MAX_CONCURRENT_FETCHES = 4
 #: Distinct URLs kept at most (learned from certificates): a bound on what peers can add.
 MAX_URLS = 64
 #: Where fetched CRLs are saved, under the state directory.
@@ -118,6 +121,7 @@ class CrlFetcher:
         #: autojump clock run it inline (the clock jumps while a worker thread runs).
         self.in_thread: Callable[..., Awaitable[LoadedCrl]] = trio.to_thread.run_sync
         self._sources: dict[str, _Source] = {}
+        self._fetching: set[str] = set()  # the URLs being fetched now
         self._wake = trio.Event()
         #: Fetches by outcome ("ok", "failed"), for tests and the log.
         self.fetches: dict[str, int] = {"ok": 0, "failed": 0}
@@ -180,33 +184,46 @@ class CrlFetcher:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.with_suffix(".url").write_text(crl.path + "\n", encoding="ascii")
-            partial = path.with_suffix(".partial")
-            partial.write_bytes(crl.crl.public_bytes(serialization.Encoding.DER))
-            os.replace(partial, path)  # a crash leaves the old file or the new one, never half
+            _write_durably(path.with_suffix(".url"), (crl.path + "\n").encode("ascii"))
+            _write_durably(path, crl.crl.public_bytes(serialization.Encoding.DER))
         except OSError as exc:
             log.warning("tls: cannot save the CRL of %s to %s: %s", crl.path, path, exc)
 
     async def run(self) -> None:
-        """Forever: sleep until the earliest fetch is due (or a URL is added), fetch what is
-        due, one at a time (a handful of CAs)."""
-        while True:
-            now = self.wall_clock()
-            self._tick(now)
-            due = [source.due for source in self._sources.values()]
-            if due and min(due) <= now:
-                for source in [s for s in self._sources.values() if s.due <= now]:
-                    await self.refresh(source.url)
-                continue
-            self._wake = trio.Event()
-            # Wake at least at each CRL's nextUpdate too (tick logs it expired).
-            ends = [s.crl.next_update for s in self._sources.values() if s.crl is not None]
-            wake_at = min([*due, *(end for end in ends if end > now)], default=None)
-            if wake_at is None:
-                await self._wake.wait()
-            else:
-                with trio.move_on_after(max(0.0, wake_at - now)):
+        """Forever: sleep until the earliest fetch is due (or a URL is added, or a fetch ends),
+        start the fetches that are due, at most :data:`MAX_CONCURRENT_FETCHES` at once: a dead
+        server (:data:`FETCH_TIMEOUT`) does not hold up the other CAs' CRLs."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = self.wall_clock()
+                self._tick(now)
+                self._wake = trio.Event()
+                for source in sorted(self._sources.values(), key=lambda s: s.due):
+                    if len(self._fetching) >= MAX_CONCURRENT_FETCHES or source.due > now:
+                        break
+                    if source.url not in self._fetching:
+                        self._fetching.add(source.url)
+                        nursery.start_soon(self._fetch, source.url)
+                # At the bound, the end of a fetch wakes us (those due wait for a free place).
+                idle = len(self._fetching) < MAX_CONCURRENT_FETCHES
+                due = [
+                    s.due for s in self._sources.values() if idle and s.url not in self._fetching
+                ]
+                # Wake at least at each CRL's nextUpdate too (tick logs it expired).
+                ends = [s.crl.next_update for s in self._sources.values() if s.crl is not None]
+                wake_at = min([*due, *(end for end in ends if end > now)], default=None)
+                if wake_at is None:
                     await self._wake.wait()
+                else:
+                    with trio.move_on_after(max(0.0, wake_at - now)):
+                        await self._wake.wait()
+
+    async def _fetch(self, url: str) -> None:
+        try:
+            await self.refresh(url)
+        finally:
+            self._fetching.discard(url)
+            self._wake.set()
 
     async def refresh(self, url: str) -> None:
         """Fetch ``url`` once, use the CRL if it passes, and schedule the next fetch."""
@@ -277,6 +294,29 @@ class CrlFetcher:
             delay,
             "" if source.crl is None else f" (in use: {source.crl.describe()})",
         )
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash or power loss leaves the old file or the
+    new one, never a half-written or empty one: written under a temporary name in the same
+    directory (a rename within one file system is atomic), flushed to disk, renamed, and the
+    directory flushed too (the rename is an entry of the directory: without it the file could
+    come back under its old content, or not at all)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _backoff(failures: int) -> float:

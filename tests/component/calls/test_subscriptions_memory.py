@@ -456,6 +456,91 @@ async def test_a_rebooted_phones_old_subscription_closes_at_the_trunk(
     assert refused.status == 403 and "limit" in refused.reason
 
 
+async def test_the_index_by_contact_finds_the_one_to_replace_and_empties(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The open subscription of each (account, Contact) is found in an index, not by a scan
+    of every subscription: a replaced one leaves it at once (closing), a new one takes its
+    place, and the index empties as the subscriptions end (here at a stop)."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk, final_notify=nursery)
+    alice = env.alice
+    assert env.gateway.subscriptions is not None
+    store = env.gateway.subscriptions
+    first, second = "sip:alice@127.0.0.3:5060", "sip:alice@127.0.0.3:5060;line=2"
+
+    async def subscribe_from(contact: str) -> Response:
+        request = subscribe_request(alice)
+        request = request.with_headers(request.headers.set("Contact", f"<{contact}>"))
+        return (await alice.send_authenticated(request))[1]
+
+    assert (await subscribe_from(first)).status == 200
+    old = store._by_contact[("alice", first)]
+    assert (await subscribe_from(second)).status == 200
+    assert (await subscribe_from(first)).status == 200  # replaces the first one only
+    new = store._by_contact[("alice", first)]
+    assert new is not old and old.closing and not new.closing
+    assert set(store._by_contact) == {("alice", first), ("alice", second)}
+    await eventually(lambda: voicemail.final_answers == [200])  # the old one closed at the trunk
+    assert subscriptions(env) == 2
+    await env.gateway.before_stop()
+    assert store._by_contact == {}
+    assert subscriptions(env) == 0
+
+
+async def test_a_subscription_replaced_before_the_trunk_answered_is_unsubscribed_on_its_2xx(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """alice's phone subscribes again from the same Contact while the trunk has not answered
+    its first SUBSCRIBE: the first is forgotten, and when the trunk's 2xx for it comes late,
+    the gateway unsubscribes it there at once (``Expires: 0`` in the dialog that 2xx made, RFC
+    6665 §4.1.2.3) instead of leaving it until its first NOTIFY gets 481; the phone's first
+    SUBSCRIBE gets no 2xx (no dialog the gateway does not know)."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    alice = env.alice
+    held: list[Received] = []
+    answering = voicemail.agent.out_of_dialog
+    assert answering is not None
+
+    async def holding_the_first(received: Received) -> bool:
+        if received.request.method == "SUBSCRIBE" and not held:
+            held.append(received)  # answered below, late
+            return True
+        return await answering(received)
+
+    env.trunk.out_of_dialog = holding_the_first
+    contact = "<sip:alice@127.0.0.3:5060>"
+    first: list[Response] = []
+
+    async def subscribe() -> Response:
+        request = subscribe_request(alice)
+        request = request.with_headers(request.headers.set("Contact", contact))
+        return (await alice.send_authenticated(request))[1]
+
+    async def subscribe_first() -> None:
+        first.append(await subscribe())
+
+    nursery.start_soon(subscribe_first)
+    await eventually(lambda: held != [])
+    assert (await subscribe()).status == 200  # replaces the unanswered one
+    assert subscriptions(env) == 1
+    late = held[0]
+    response = await voicemail.agent.respond(late, 200, extra=[("Expires", "600")])
+    dialog = Dialog.create_uas(late.request, response)
+    voicemail.agent.add_dialog(dialog)
+    await eventually(lambda: first != [])
+    assert first[0].status == 481
+    await eventually(lambda: voicemail.subscribes[-1].headers.get("Expires") == "0")
+    unsubscribe = voicemail.subscribes[-1]
+    assert unsubscribe.call_id == late.request.call_id
+    assert unsubscribe.to.tag == dialog.local_tag  # in the dialog the late 2xx made
+    assert unsubscribe.headers.get("Expires") == "0"
+    assert subscriptions(env) == 1  # the new one stays
+    assert env.gateway.subscriptions is not None
+    assert len(env.gateway.subscriptions._by_trunk) == 1
+
+
 async def test_replaced_subscriptions_waiting_for_their_trunk_are_bounded_per_account(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -295,6 +296,43 @@ async def test_a_fetched_crl_is_saved_and_used_by_the_next_start_before_any_fetc
     assert len(server.asked) == asked  # loaded, not fetched
 
 
+async def test_both_saved_files_are_written_under_a_temporary_name_synced_and_renamed(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A crash or power loss must leave the old .url and .crl or the new ones, never a
+    # truncated one (a .url damaged so forgets a learned URL until a handshake teaches it).
+    events: list[tuple[str, str]] = []
+    fsync, replace = crl_fetch.os.fsync, crl_fetch.os.replace
+
+    def syncing(fd: int) -> None:
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        fsync(fd)
+
+    def renaming(source: Path, target: Path) -> None:
+        assert Path(source).parent == Path(target).parent  # atomic: one file system
+        events.append(("replace", Path(target).name))
+        replace(source, target)
+
+    monkeypatch.setattr(crl_fetch.os, "fsync", syncing)
+    monkeypatch.setattr(crl_fetch.os, "replace", renaming)
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    transport = transport_for(vendor, server, state)
+    await run_for(transport, 1.0)
+    directory = state / "tls" / "crls"
+    saved = sorted(path.name for path in directory.iterdir())
+    assert [Path(name).suffix for name in saved] == [".crl", ".url"]  # no temporary left
+    crl_name, url_name = saved
+    for name in (url_name, crl_name):
+        at = events.index(("replace", name))
+        assert events[at - 1][0] == "fsync" and events[at - 1][1].startswith(f".{name}.")
+        assert events[at + 1] == ("fsync", "crls")  # the rename itself made durable
+    assert (directory / url_name).read_text(encoding="ascii") == URL + "\n"
+
+
 async def test_urls_learned_from_certificates_are_saved_and_known_again_at_the_next_start(
     vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -312,3 +350,64 @@ async def test_urls_learned_from_certificates_are_saved_and_known_again_at_the_n
     second._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
     assert [crl.path for crl in second.loaded_crls()] == [URL]
     assert second.crl_fetcher is not None and second.crl_fetcher.urls() == (URL,)
+
+
+def fetcher_of(get: crl_fetch.GetCrl) -> crl_fetch.CrlFetcher:
+    return crl_fetch.CrlFetcher(
+        cas=lambda: (), use=lambda crl: None, tick=lambda now: None, get=get, wall_clock=wall_clock
+    )
+
+
+async def test_a_dead_crl_server_does_not_delay_the_other_urls(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    dead, alive = "http://dead.example/ca.crl", "http://alive.example/ca.crl"
+    asked: dict[str, float] = {}
+
+    async def get(url: str) -> bytes:
+        asked[url] = trio.current_time()
+        if url == dead:
+            await trio.sleep_forever()  # FETCH_TIMEOUT ends it
+        raise OcspError("refused")
+
+    fetcher = fetcher_of(get)
+    fetcher.add(dead)
+    fetcher.add(alive)
+    with trio.move_on_after(1.0):
+        await fetcher.run()
+    assert asked == {dead: 0.0, alive: 0.0}
+    assert fetcher.fetches == {"ok": 0, "failed": 1}  # the dead one still waits
+
+
+async def test_at_most_four_crls_are_fetched_at_once_each_with_its_own_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    urls = [f"http://ca{n}.example/ca.crl" for n in range(6)]
+    asked: list[tuple[str, float]] = []
+    fetching = most = 0
+
+    async def get(url: str) -> bytes:
+        nonlocal fetching, most
+        asked.append((url, trio.current_time()))
+        fetching += 1
+        most = max(most, fetching)
+        try:
+            await trio.sleep_forever()
+        finally:
+            fetching -= 1
+        raise AssertionError("unreachable")
+
+    fetcher = fetcher_of(get)
+    for url in urls:
+        fetcher.add(url)
+    with trio.move_on_after(crl_fetch.FETCH_TIMEOUT * 2 + 1):
+        await fetcher.run()
+    assert crl_fetch.MAX_CONCURRENT_FETCHES == 4
+    assert most == 4
+    # Four at once, the other two as the first four time out; each retried after its own
+    # backoff (RETRY_FIRST after its failure), not before.
+    assert [when for _, when in asked[:4]] == [0.0] * 4
+    assert [when for _, when in asked[4:6]] == [crl_fetch.FETCH_TIMEOUT] * 2
+    assert sorted(url for url, _ in asked[:6]) == urls
+    assert len(asked) == 6
+    assert fetcher.fetches["failed"] == 6
