@@ -964,7 +964,7 @@ class TlsTransport(StreamTransport):
         self._distribution_points_seen: set[bytes] = set()
         if self.tls.fetches_crls:
             self.crl_fetcher = CrlFetcher(
-                cas=self._read_cas,
+                cas=lambda: self._fetch_cas,  # read at start-up and on reload, not per fetch
                 use=self._use_fetched_crl,
                 tick=self._crl_events_due,
                 get=crl_get,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from gateway.plugins.transports import crl_fetch
+from gateway.plugins.transports import crl_fetch, tls
 from gateway.plugins.transports.crl_fetch import RETRY_MAX
 from gateway.plugins.transports.ocsp import OcspError
 from gateway.plugins.transports.revocation import LoadedCrl
@@ -411,3 +411,35 @@ async def test_at_most_four_crls_are_fetched_at_once_each_with_its_own_backoff(
     assert sorted(url for url, _ in asked[:6]) == urls
     assert len(asked) == 6
     assert fetcher.fetches["failed"] == 6
+
+
+async def test_the_ca_bundles_are_read_at_start_and_on_reload_not_at_each_fetch(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reading and parsing the PEM bundles is file I/O on the event loop: done when the
+    # transport starts and on a reload (SIGHUP), as for its TLS contexts, not at each fetch.
+    reads: list[Path] = []
+    load = tls.load_certificates
+
+    def loading(path: Path) -> Any:
+        reads.append(path)
+        return load(path)
+
+    monkeypatch.setattr(tls, "load_certificates", loading)
+    server = FakeCrlServer(vendor, tmp_path)
+    transport = transport_for(vendor, server, tmp_path / "state")
+    started = len(reads)
+    await run_for(transport, 7 * DAY)
+    assert len(server.asked) == 3 and transport.crl_fetcher is not None
+    assert transport.crl_fetcher.fetches["ok"] == 3
+    assert len(reads) == started  # three fetches, no bundle read
+    # A reload reads them again, and the next fetch checks against what it read.
+    other = TestPki(tmp_path / "other").ca("Other CA")
+    vendor.certificate.write_bytes(other.certificate.read_bytes())
+    transport.reload_certificates()
+    assert len(reads) > started
+    await transport.crl_fetcher.refresh(URL)
+    assert transport.crl_fetcher.fetches["failed"] == 1  # no longer signed by a trusted CA
