@@ -353,6 +353,10 @@ def parse_http_response_untrusted(
             text = value.strip()
             if not text.isdigit() or len(text) > 9:
                 raise OcspError(f"{peer}'s Content-Length is not a number")
+            # RFC 9112 §6.3 item 5: repeated Content-Length fields that disagree make the
+            # message's length unknowable: an invalid response, never "the last one wins".
+            if length is not None and int(text) != length:
+                raise OcspError(f"{peer} sent conflicting Content-Length values")
             length = int(text)
         elif name.strip().lower() == b"transfer-encoding":
             raise OcspError(f"{peer} used a Transfer-Encoding (not HTTP/1.0)")
@@ -435,6 +439,8 @@ def _expected_total(received: bytearray, peer: str) -> int | None:
         if len(received) > MAX_HEADER_SIZE:
             raise OcspError(f"{peer}'s HTTP header is longer than {MAX_HEADER_SIZE} bytes")
         return None
+    # parse_http_response_untrusted accepted the header: every Content-Length is the same
+    # number (RFC 9112 §6.3; it refuses conflicting ones), so the first one is the length.
     for line in bytes(received[:end]).split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":

@@ -22,6 +22,7 @@ from gateway.plugins.metrics.collect import _tls_handshakes
 from gateway.plugins.metrics.exposition import Exposition
 from gateway.plugins.transports.ocsp import (
     OcspError,
+    _expected_total,
     certificate_status_untrusted,
     find_issuer,
     ocsp_request,
@@ -289,6 +290,20 @@ def test_http_responses() -> None:
     ]:
         with pytest.raises(OcspError, match=message):
             parse_http_response_untrusted(bad, complete=True)
+
+
+def test_repeated_content_lengths_must_agree() -> None:
+    # RFC 9112 §6.3 item 5: conflicting values make the length unknowable (the parser used the
+    # last and the read loop the first, so each could stop at a different body end).
+    head = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nContent-Length: %s\r\n\r\nabcdef"
+    with pytest.raises(OcspError, match="conflicting Content-Length"):
+        parse_http_response_untrusted(head % b"6", complete=True)
+    with pytest.raises(OcspError, match="conflicting Content-Length"):
+        parse_http_response_untrusted(head % b"6", complete=False)
+    assert parse_http_response_untrusted(head % b"3", complete=False) == b"abc"
+    assert parse_http_response_untrusted(head % b"03", complete=False) == b"abc"
+    received = bytearray(head % b"3")
+    assert _expected_total(received, "the responder") == received.find(b"\r\n\r\n") + 4 + 3
 
 
 def load(tls: dict[str, Any]) -> TlsConfig:
