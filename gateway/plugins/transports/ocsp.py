@@ -71,6 +71,9 @@ MAX_FAILING_RESPONDERS = 256
 Status = Literal["good", "revoked", "unknown"]
 #: What a check found, as ``voipgw_tls_ocsp_queries_total`` counts responder queries.
 RESULTS = ("good", "revoked", "unknown", "failed")
+#: What became of answers a trunk stapled to its handshake (RFC 6066 §8), as
+#: ``voipgw_tls_ocsp_stapled_total`` counts them: ``invalid`` failed a check and was ignored.
+STAPLED_RESULTS = ("good", "revoked", "unknown", "invalid")
 
 
 class OcspError(Exception):
@@ -508,6 +511,8 @@ class OcspChecker:
         #: Responder queries by :data:`RESULTS` (voipgw_tls_ocsp_queries_total); cache hits
         #: are not queries.
         self.queries: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        #: Stapled answers by :data:`STAPLED_RESULTS` (voipgw_tls_ocsp_stapled_total).
+        self.stapled: dict[str, int] = dict.fromkeys(STAPLED_RESULTS, 0)
         # Responders (by URL) whose last query failed: logged once when they start failing,
         # summarized every FAILING_SUMMARY_INTERVAL, once more when they answer again.
         self._failing: dict[str, _Failing] = {}
@@ -527,10 +532,30 @@ class OcspChecker:
             issuer_key_hash=x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest,
         )
 
+    def use_stapled(self, target: OcspTarget, data: bytes) -> str | None:
+        """Take ``data``, an answer the peer stapled to its handshake (RFC 6066 §8), as if the
+        responder had sent it: the same checks (signer, CertID, times), then cached, so the
+        :meth:`check` that follows asks nobody. None when taken, else why it was not (then
+        :meth:`check` asks the responder as without a staple)."""
+        try:
+            now = self.wall_clock()
+            answer = certificate_status_untrusted(
+                data, certificate=target.certificate, issuer=target.issuer, now=now
+            )
+        except Exception as exc:
+            # The peer's bytes: whatever they make the parser raise is an ignored staple.
+            if not isinstance(exc, OcspError):
+                log.exception("a stapled OCSP answer could not be checked")
+            self.stapled["invalid"] += 1
+            return str(exc) or type(exc).__name__
+        self.stapled[answer.status] += 1
+        self._store(_key(target), self._answered(target, answer, now))
+        return None
+
     async def check(self, target: OcspTarget) -> Verdict:
         """The verdict on ``target``: from the cache while its answer is current, else from one
         query (shared by concurrent callers), which takes at most ``timeout`` seconds."""
-        key = (target.issuer_der, target.issuer_key_hash, target.serial)
+        key = _key(target)
         queried = False
         while True:
             cached = self._cache.get(key)
@@ -581,6 +606,11 @@ class OcspChecker:
             return _Cached(self.wall_clock() + FAILURE_CACHE, None, reason)
         self.queries[answer.status] += 1
         self._responder_answered(target.url)
+        return self._answered(target, answer, now)
+
+    @staticmethod
+    def _answered(target: OcspTarget, answer: OcspAnswer, now: float) -> _Cached:
+        """How long a verified answer (fetched or stapled) is kept, and why."""
         if answer.status == "unknown":
             reason = f"the responder {target.url} does not know the certificate"
             return _Cached(now + FAILURE_CACHE, answer, reason)
@@ -660,6 +690,10 @@ class OcspChecker:
     def cached_entries(self) -> int:
         """Answers in the cache (for tests and the status page)."""
         return len(self._cache)
+
+
+def _key(target: OcspTarget) -> tuple[bytes, bytes, int]:
+    return (target.issuer_der, target.issuer_key_hash, target.serial)
 
 
 def _utc(timestamp: float) -> str:

@@ -97,6 +97,7 @@ from gateway.plugins.transports.certificates import (
 )
 from gateway.plugins.transports.crl_fetch import CrlFetcher, GetCrl, distribution_point_urls
 from gateway.plugins.transports.ocsp import (
+    MAX_RESPONSE_SIZE,
     OCSP_MODES,
     OcspChecker,
     OcspMode,
@@ -421,6 +422,7 @@ class _Verification:
     revoked: bool = False  # the peer's certificate is revoked (crl_files)
     revoked_serial: int | None = None  # its serial number, for the log line
     crl_failed: bool = False  # a CRL could not be used for it (_CRL_ERRORS)
+    stapled: bytes = b""  # the OCSP answer a trunk stapled (RFC 6066 §8), checked after
 
     @property
     def failure_reason(self) -> str:
@@ -804,6 +806,17 @@ def server_context(
     return context
 
 
+def _keep_stapled(connection: SSL.Connection, data: bytes, _: object) -> bool:
+    """OpenSSL's status_request callback (RFC 6066 §8) on our outbound connections: keep the
+    trunk's stapled OCSP answer (empty: none) for the check after the handshake, which uses the
+    same code as a fetched answer. Always True: a bad staple is ignored, not a failed
+    handshake (the responder is asked instead), and a revoked one refuses after it."""
+    record = connection.get_app_data()
+    if isinstance(record, _Verification):
+        record.stapled = bytes(data[: MAX_RESPONSE_SIZE + 1])
+    return True
+
+
 def client_context(
     mode: Mode,
     *,
@@ -812,10 +825,12 @@ def client_context(
     system_cas: bool,
     paths: CertificatePaths | None,
     crls: Sequence[LoadedCrl] = (),
+    ocsp_stapling: bool = False,
 ) -> SSL.Context:
     """The context of outbound connections in ``mode``: the trunk's chain is checked when
     ``verify`` (its name is checked after the handshake), our certificate (``paths``) is
-    presented in ``mutual`` mode. With ``crls`` a revoked trunk certificate is refused."""
+    presented in ``mutual`` mode. With ``crls`` a revoked trunk certificate is refused. With
+    ``ocsp_stapling`` a stapled OCSP answer is kept (connections must ask for it too)."""
     context = _new_context(SSL.TLS_CLIENT_METHOD)
     if mode == "mutual":
         if paths is None:
@@ -826,6 +841,8 @@ def client_context(
         context.set_default_verify_paths()
     covered = _check_revocation(context, crls)
     context.set_verify(SSL.VERIFY_PEER, _verify_callback(enforce=verify, crl_issuers=covered))
+    if ocsp_stapling:
+        context.set_ocsp_client_callback(_keep_stapled)
     return context
 
 
@@ -932,6 +949,8 @@ class TlsTransport(StreamTransport):
         self._ocsp_wake: trio.Event | None = None
         # Issuers whose certificates carry no OCSP URL, logged once each.
         self._ocsp_unchecked_logged: set[bytes] = set()
+        # Servers whose stapled OCSP answer was ignored, logged once each.
+        self._bad_staple_logged: set[Address] = set()
         #: Connections closed because a reloaded CRL revoked the peer's certificate
         #: (voipgw_tls_connections_revoked_total).
         self.connections_revoked = 0
@@ -1480,6 +1499,7 @@ class TlsTransport(StreamTransport):
             system_cas=self.tls.system_ca_for_trunks,
             paths=self._paths,
             crls=crls,
+            ocsp_stapling=self.ocsp is not None,
         )
 
     async def open_flow(self, remote: Address, host: TransportHost) -> Flow:
@@ -1532,6 +1552,8 @@ class TlsTransport(StreamTransport):
         connection.set_app_data(record)
         if name is not None and not _is_ip(name):
             connection.set_tlsext_host_name(name.encode("idna"))  # RFC 6066 §3: names only
+        if not server_side and self.ocsp is not None:
+            connection.request_ocsp()  # RFC 6066 §8: the trunk may staple its OCSP answer
         tls = TlsStream(stream, connection, server_side=server_side)
 
         reason: str | None = None
@@ -1591,6 +1613,8 @@ class TlsTransport(StreamTransport):
             except ValueError:  # an extension cryptography cannot read: as for no responder
                 ocsp_target = None
             if ocsp_target is not None:
+                if record.stapled:
+                    self._use_stapled(ocsp_target, record.stapled, remote)
                 verdict = await self.ocsp.check(ocsp_target)
                 self._log_ocsp(verdict, direction, remote, mode, ocsp_target)
                 if not verdict.accept:
@@ -1643,6 +1667,31 @@ class TlsTransport(StreamTransport):
                     _printable(issuer.subject.rfc4514_string()),
                 )
         return target
+
+    def _use_stapled(self, target: OcspTarget, data: bytes, remote: Address) -> None:
+        """A trunk's stapled answer, checked as a fetched one and cached (then no responder is
+        asked); one that fails a check is ignored (the responder is asked) and logged at INFO
+        once per server address."""
+        assert self.ocsp is not None
+        problem = self.ocsp.use_stapled(target, data)
+        if problem is None:
+            return
+        key = _normalize(remote)
+        level = logging.DEBUG
+        if key not in self._bad_staple_logged:
+            if len(self._bad_staple_logged) >= _REVOKED_LOG_LIMIT:
+                self._bad_staple_logged.clear()
+            self._bad_staple_logged.add(key)
+            level = logging.INFO
+        log.log(
+            level,
+            "%s: the OCSP answer %s stapled is ignored (%s); its responder %s is asked instead "
+            "(logged once per server)",
+            self.name,
+            format_address(remote),
+            problem,
+            target.url,
+        )
 
     def _log_ocsp(
         self, verdict: Verdict, direction: str, remote: Address, mode: Mode, target: OcspTarget

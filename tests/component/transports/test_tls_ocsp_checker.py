@@ -398,3 +398,67 @@ async def test_two_cas_of_one_name_do_not_share_answers(autojump_clock: trio.abc
     verdict = await checker.check(new_target)
     assert verdict.queried and verdict.result == "revoked" and not verdict.accept
     assert (await checker.check(old_target)).result == "good"  # each its own entry
+
+
+async def staple(responder: FakeResponder, target: OcspTarget) -> bytes:
+    """The answer the responder would give about ``target``, as a trunk staples it (RFC 6066
+    §8); not counted as a query."""
+    request = ocsp.OCSPRequestBuilder().add_certificate(
+        target.certificate, target.issuer, hashes.SHA1()
+    )
+    data = await responder.fetch(
+        target.url, request.build().public_bytes(serialization.Encoding.DER)
+    )
+    responder.queries -= 1
+    return data
+
+
+async def test_a_good_staple_is_checked_and_cached_like_a_fetched_answer(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    checker, (trunk, *_) = make("hard-fail", responder, phones)
+    assert checker.use_stapled(trunk, await staple(responder, trunk)) is None
+    verdict = await checker.check(trunk)
+    assert verdict.accept and verdict.result == "good" and not verdict.queried
+    assert verdict.valid_until == pytest.approx(wall_clock() + 600, abs=1)  # its nextUpdate
+    assert responder.queries == 0 and checker.stapled["good"] == 1
+    assert checker.queries == {"good": 0, "revoked": 0, "unknown": 0, "failed": 0}
+    await trio.sleep(600)  # expired: without a new staple the responder is asked
+    assert (await checker.check(trunk)).queried and responder.queries == 1
+
+
+async def test_a_revoked_staple_refuses_even_over_a_cached_good_answer(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    checker, (trunk, *_) = make("soft-fail", responder, phones)
+    assert (await checker.check(trunk)).accept
+    responder.status = ocsp.OCSPCertStatus.REVOKED
+    assert checker.use_stapled(trunk, await staple(responder, trunk)) is None
+    verdict = await checker.check(trunk)
+    assert not verdict.accept and verdict.result == "revoked" and not verdict.queried
+    assert responder.queries == 1 and checker.stapled["revoked"] == 1
+
+
+async def test_a_staple_failing_a_check_is_ignored_and_the_responder_asked(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    checker, (trunk, other, _) = make("hard-fail", responder, phones)
+    about_another = await staple(responder, other)
+    responder.next_update = 1.0
+    stale = await staple(responder, trunk)
+    await trio.sleep(1 + 301)  # past its nextUpdate and the clock skew
+    responder.next_update = 600.0
+    for data, problem in [
+        (b"garbage", "no OCSP response"),
+        (about_another, "not about this certificate"),
+        (stale, "stale"),
+        (b"\x30" * 70000, "larger than"),
+    ]:
+        reason = checker.use_stapled(trunk, data)
+        assert reason is not None and problem in reason
+    assert checker.stapled == {"good": 0, "revoked": 0, "unknown": 0, "invalid": 4}
+    verdict = await checker.check(trunk)
+    assert verdict.accept and verdict.queried and responder.queries == 1

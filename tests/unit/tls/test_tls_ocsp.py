@@ -6,6 +6,7 @@ cryptography's OCSPResponseBuilder."""
 from __future__ import annotations
 
 import datetime
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -384,7 +385,10 @@ def test_the_metric_families(vendor: TestCa) -> None:
     assert tls.ocsp is not None
     tls.ocsp.queries["failed"] += 3
     tls.handshake_failures["ocsp"] += 2
+    tls.ocsp.stapled["invalid"] += 4
     text = tls_metrics(tls)
+    assert 'voipgw_tls_ocsp_stapled_total{transport="tls",result="invalid"} 4\n' in text
+    assert 'voipgw_tls_ocsp_stapled_total{transport="tls",result="good"} 0\n' in text
     assert 'voipgw_tls_ocsp_queries_total{transport="tls",result="failed"} 3\n' in text
     assert 'voipgw_tls_ocsp_queries_total{transport="tls",result="good"} 0\n' in text
     assert 'voipgw_tls_handshake_failures_total{transport="tls",reason="ocsp"} 2\n' in text
@@ -393,4 +397,20 @@ def test_the_metric_families(vendor: TestCa) -> None:
     assert off.ocsp is None
     text = tls_metrics(off)
     assert "voipgw_tls_ocsp_queries_total" not in text
+    assert "voipgw_tls_ocsp_stapled_total" not in text
     assert 'reason="ocsp"' not in text
+
+
+def test_a_staple_that_fails_a_check_is_logged_once_per_server(
+    vendor: TestCa, phone: Issued, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gateway.plugins.transports.tls")
+    tls = TlsTransport(load({"ca_bundles": [str(vendor.certificate)], "ocsp": "soft-fail"}))
+    assert tls.ocsp is not None
+    target = tls.ocsp.target(phone.x509, vendor.issued.x509)
+    assert target is not None
+    for remote in [("192.0.2.1", 5061), ("192.0.2.1", 5061), ("192.0.2.2", 5061)]:
+        tls._use_stapled(target, b"garbage", remote)
+    levels = [r.levelno for r in caplog.records if "stapled is ignored" in r.getMessage()]
+    assert levels == [logging.INFO, logging.DEBUG, logging.INFO]
+    assert tls.ocsp.stapled["invalid"] == 3
