@@ -102,6 +102,7 @@ from gateway.plugins.transports.ocsp import (
     OcspChecker,
     OcspMode,
     OcspTarget,
+    OwnStaple,
     Verdict,
     find_issuer,
     parse_http_url,
@@ -194,6 +195,7 @@ class TlsConfig:
     ocsp: OcspMode = "off"
     ocsp_timeout: float = 3.0
     ocsp_responder: str | None = None
+    ocsp_stapling: bool = False
     crl_urls: tuple[str, ...] = ()
     crl_distribution_points: bool = False
 
@@ -782,16 +784,22 @@ def server_context(
     ca_bundles: tuple[Path, ...],
     *,
     request_certificate: bool = True,
+    staple: Callable[[], bytes] | None = None,
     crls: Sequence[LoadedCrl] = (),
 ) -> SSL.Context:
     """The context of a listener in ``mode``. It asks for a client certificate (VERIFY_PEER)
     unless ``request_certificate`` is False (``wss``: a browser asked for one may prompt its
     user to pick one); only ``mutual`` requires one and fails the handshake when it does not
-    chain to ``ca_bundles``. With ``crls`` a revoked client certificate is refused."""
+    chain to ``ca_bundles``. With ``crls`` a revoked client certificate is refused. With
+    ``staple`` a client asking for our certificate's status (RFC 6066 §8) gets what it returns
+    (b"": nothing): it must return at once, it runs inside the handshake."""
     context = _new_context(SSL.TLS_SERVER_METHOD)
     _use_certificate(context, paths)
     _load_ca_bundles(context, ca_bundles, name_them=mode == "mutual")
     context.set_session_id(b"voipgw-tls")
+    if staple is not None:
+        # OpenSSL calls this only for a ClientHello with status_request.
+        context.set_ocsp_server_callback(lambda _connection, _data: staple())
     if not request_certificate:
         context.set_verify(SSL.VERIFY_NONE)
         return context
@@ -951,6 +959,12 @@ class TlsTransport(StreamTransport):
         self._ocsp_unchecked_logged: set[bytes] = set()
         # Servers whose stapled OCSP answer was ignored, logged once each.
         self._bad_staple_logged: set[Address] = set()
+        #: ``[plugins.tls] ocsp_stapling``: our own certificate's answer, kept by a task started
+        #: with the first listener (None when off). ``ocsp_fetch`` is for tests.
+        self.own_staple: OwnStaple | None = None
+        self._own_staple_task = False
+        if self.tls.ocsp_stapling:
+            self.own_staple = OwnStaple(fetch=ocsp_fetch, wall_clock=wall_clock, name=self.name)
         #: Connections closed because a reloaded CRL revoked the peer's certificate
         #: (voipgw_tls_connections_revoked_total).
         self.connections_revoked = 0
@@ -1195,6 +1209,8 @@ class TlsTransport(StreamTransport):
         self._fetch_cas = fetch_cas
         self._revoked_logged.clear()  # a phone still refused after the reload is logged again
         self._announce_crls(now=now)
+        if paths is not None and self._own_staple_task:
+            self._staple_for(paths)  # a new certificate: its own answer, fetched at once
         if crls:
             self._close_revoked(crls)
         return loaded
@@ -1454,6 +1470,11 @@ class TlsTransport(StreamTransport):
 
         def note(listener: Listener) -> None:
             self._listeners.append(_ListenerSide(listener.address, mode, context))
+            if self.own_staple is not None and not self._own_staple_task:
+                assert self._nursery is not None  # set before started() is called
+                self._own_staple_task = True
+                self._staple_for(paths)
+                self._nursery.start_soon(self.own_staple.run)
             log.info(
                 "%s: listener %s in %s mode", self.name, format_address(listener.address), mode
             )
@@ -1471,7 +1492,20 @@ class TlsTransport(StreamTransport):
         self, paths: CertificatePaths, mode: Mode, crls: Sequence[LoadedCrl]
     ) -> SSL.Context:
         """The OpenSSL context of a listener in ``mode`` (``wss`` asks for no certificate)."""
-        return server_context(paths, mode, self._ca_bundles, crls=crls)
+        staple = None if self.own_staple is None else self.own_staple.current
+        return server_context(paths, mode, self._ca_bundles, crls=crls, staple=staple)
+
+    def _staple_for(self, paths: CertificatePaths) -> None:
+        """Have :class:`OwnStaple` fetch answers about the certificate of ``paths``, whose
+        issuer is in its chain file or ``ca_bundles``."""
+        assert self.own_staple is not None
+        try:
+            chain = load_certificates(paths.certificate)
+            cas = [ca for bundle in self._ca_bundles for ca in load_certificates(bundle)]
+        except CertificateError as exc:  # checked at start-up and before a reload swaps
+            log.warning("%s: ocsp_stapling: %s: nothing is stapled", self.name, exc)
+            return
+        self.own_staple.use(chain[0], [*chain[1:], *cas])
 
     def _listener_for(self, local: Address) -> _ListenerSide:
         for side in self._listeners:

@@ -22,6 +22,7 @@ from gateway.plugins.transports.ocsp import (
     OcspChecker,
     OcspMode,
     OcspTarget,
+    OwnStaple,
     _Cached,
 )
 from tests.interop.harness.pki import Issued, TestCa, TestPki
@@ -462,3 +463,40 @@ async def test_a_staple_failing_a_check_is_ignored_and_the_responder_asked(
     assert checker.stapled == {"good": 0, "revoked": 0, "unknown": 0, "invalid": 4}
     verdict = await checker.check(trunk)
     assert verdict.accept and verdict.queried and responder.queries == 1
+
+
+async def test_our_own_staple_is_refreshed_at_three_quarters_and_retried_with_backoff(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    responder.phones = {phone.x509.serial_number: phone for phone in phones}
+    ours, renewed, _ = phones
+    staple = OwnStaple(fetch=responder.fetch, wall_clock=wall_clock)
+    assert staple.current() == b""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(staple.run)
+        staple.use(ours.x509, [vendor.issued.x509])
+        await trio.sleep(1)
+        first = staple.current()
+        assert ocsp.load_der_ocsp_response(first).serial_number == ours.x509.serial_number
+        assert responder.queries == 1
+        await trio.sleep(448)  # 3/4 of its 600 s validity: not yet
+        assert responder.queries == 1
+        await trio.sleep(2)
+        assert responder.queries == 2 and staple.fetched == 2
+        # The responder stops answering: retried after 60, 120, 240 s; the answer in hand
+        # (valid 600 s from the last fetch) is stapled until its nextUpdate, then nothing.
+        responder.hang = True
+        await trio.sleep(450 + 30 + 1)
+        assert staple.failed == 1 and staple.current() != b""
+        await trio.sleep(60 + 30)
+        assert staple.failed == 2
+        await trio.sleep(120 + 30)
+        assert staple.failed == 3 and staple.current() == b""
+        # A reload with another certificate: the old answer is dropped, the new one fetched.
+        responder.hang = False
+        staple.use(renewed.x509, [vendor.issued.x509])
+        await trio.sleep(1)
+        renewed_answer = ocsp.load_der_ocsp_response(staple.current())
+        assert renewed_answer.serial_number == renewed.x509.serial_number
+        nursery.cancel_scope.cancel()

@@ -6,12 +6,17 @@ answer; the gateway (``ocsp`` on) asks for it and
 - refuses the trunk on a revoked staple (the responder, which would say good, is not asked),
 - ignores a staple that fails a check (logged at INFO once per server) and asks the responder.
   (Bytes that are no DER OCSP response at all never reach us: OpenSSL's client drops them.)
+
+and, with ``ocsp_stapling``, our listener staples its own certificate's answer (fetched by its
+own task, again after a certificate reload) to a pyOpenSSL client that asks, none to one that
+does not.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +24,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from cryptography.x509 import ocsp
 from OpenSSL import SSL
 
 from gateway.plugins.transports.tls import TlsHandshakeError, TlsStream
@@ -27,6 +33,7 @@ from tests.integration.tls.test_tls_sockets import (
     LOOPBACK,
     TLS_LOG,
     running_gateway,
+    tls_port,
     tls_transport,
 )
 from tests.interop.harness.pki import Issued, TestPki
@@ -135,3 +142,70 @@ async def test_a_garbled_staple_is_ignored_and_the_responder_asked(
     ignored = ocsp_lines(caplog, "stapled is ignored")
     assert len(ignored) == 1 and ignored[0].levelno == logging.INFO
     assert "signature does not verify" in ignored[0].getMessage()
+
+
+async def handshake_asking_for_status(port: int, ca: Path, *, ask: bool = True) -> list[bytes]:
+    """A pyOpenSSL client's handshake with our listener; the stapled answers it got (one entry,
+    b"" for none; no entry when it did not ask)."""
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.load_verify_locations(str(ca))
+    got: list[bytes] = []
+
+    def keep(_connection: SSL.Connection, data: bytes, _: object) -> bool:
+        got.append(data)
+        return True
+
+    context.set_ocsp_client_callback(keep)
+    connection = SSL.Connection(context, None)
+    if ask:
+        connection.request_ocsp()
+    stream = await trio.open_tcp_stream(LOOPBACK, port)
+    tls = TlsStream(stream, connection, server_side=False)
+    try:
+        await tls.do_handshake()
+    finally:
+        await trio.aclose_forcefully(tls)
+    return got
+
+
+async def test_our_listener_staples_its_certificates_answer_for_a_client_that_asks(
+    tmp_path: Path,
+) -> None:
+    pki = TestPki(tmp_path / "pki")
+    carrier = pki.ca("Gateway CA")
+    async with responder_of(carrier) as responder:
+        ours = responder.issue("gw", hosts=["127.0.0.1"])
+        tls = {
+            "certificate": str(ours.certificate),
+            "private_key": str(ours.key),
+            "ca_bundles": [str(carrier.certificate)],
+            "ocsp_stapling": True,
+        }
+        async with running_gateway(tmp_path / "state", tls) as gateway:
+            transport = tls_transport(gateway)
+            staple = transport.own_staple
+            assert staple is not None
+            with trio.fail_after(5):
+                while not staple.current():  # fetched by its own task, not by a handshake
+                    await trio.sleep(0.01)
+            assert responder.queries == 1
+            port = tls_port(gateway)
+            (stapled,) = await handshake_asking_for_status(port, carrier.certificate)
+            answer = ocsp.load_der_ocsp_response(stapled)
+            assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+            assert answer.serial_number == ours.x509.serial_number
+            assert await handshake_asking_for_status(port, carrier.certificate, ask=False) == []
+            assert responder.queries == 1  # handshakes never ask the responder
+
+            # A reload (SIGHUP) with a renewed certificate: its own answer, fetched at once.
+            renewed = responder.issue("gw-renewed", hosts=["127.0.0.1"])
+            shutil.copyfile(renewed.certificate, ours.certificate)
+            shutil.copyfile(renewed.key, ours.key)
+            transport.reload_certificates()
+            assert staple.current() == b""  # the old answer is about another certificate
+            with trio.fail_after(5):
+                while not staple.current():
+                    await trio.sleep(0.01)
+            (stapled,) = await handshake_asking_for_status(port, carrier.certificate)
+            assert ocsp.load_der_ocsp_response(stapled).serial_number == renewed.x509.serial_number
+            assert responder.queries == 2

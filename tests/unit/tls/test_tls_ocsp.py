@@ -333,6 +333,9 @@ def test_ocsp_is_off_by_default_and_the_keys_load(vendor: TestCa) -> None:
     )
     assert (config.ocsp, config.ocsp_timeout) == ("hard-fail", 1.5)
     assert config.ocsp_responder == "http://ocsp.vendor.example/"
+    assert not default.ocsp_stapling and TlsTransport(default).own_staple is None
+    stapling = load({"ocsp_stapling": True})  # independent of ocsp
+    assert stapling.ocsp_stapling and TlsTransport(stapling).own_staple is not None
 
 
 @pytest.mark.parametrize(
@@ -343,6 +346,7 @@ def test_ocsp_is_off_by_default_and_the_keys_load(vendor: TestCa) -> None:
         ({"ocsp_timeout": 0}, True, "[plugins.tls]: ocsp_timeout: expected a number of seconds"),
         ({"ocsp_timeout": 120}, True, "[plugins.tls]: ocsp_timeout: expected a number of"),
         ({"ocsp_responder": "http://x.example/"}, True, "ocsp_responder: set ocsp to"),
+        ({"ocsp_stapling": "yes"}, True, "[plugins.tls] ocsp_stapling"),
         (
             {"ocsp": "soft-fail", "ocsp_timeout": 10.0},
             True,
