@@ -969,6 +969,11 @@ class GatewayStatus(Protocol):
         ocsp``): (transport, result, count), results ``good``, ``revoked``, ``unknown``,
         ``failed``; empty when no transport checks by OCSP."""
 
+    def tls_ocsp_stapled(self) -> tuple[tuple[str, str, int], ...]:
+        """OCSP answers trunks stapled to their handshakes (RFC 6066 §8) since the start, with
+        ``[plugins.tls] ocsp``: (transport, result, count), results ``good``, ``revoked``,
+        ``unknown``, ``invalid`` (failed a check, ignored); empty with ``ocsp`` off."""
+
     def tls_crls(self) -> tuple[tuple[str, str, float], ...]:
         """The CRLs SIP transports check peers' certificates against now (``[plugins.tls]
         crl_files``): (transport, file, nextUpdate as Unix time)."""

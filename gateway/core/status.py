@@ -469,6 +469,14 @@ class StatusView:
                 found += [(name, result, count) for result, count in checker.queries.items()]
         return tuple(found)
 
+    def tls_ocsp_stapled(self) -> tuple[tuple[str, str, int], ...]:
+        found: list[tuple[str, str, int]] = []
+        for name, transport in self._gateway.plugins.transports.items():
+            checker = getattr(transport, "ocsp", None)  # tls with ocsp on
+            if checker is not None:
+                found += [(name, result, count) for result, count in checker.stapled.items()]
+        return tuple(found)
+
     def tls_crls(self) -> tuple[tuple[str, str, float], ...]:
         found: list[tuple[str, str, float]] = []
         for name, transport in self._gateway.plugins.transports.items():

@@ -438,6 +438,17 @@ def _tls_handshakes(out: Exposition, status: GatewayStatus) -> None:
         )
         for transport, result, count in queries:
             out.sample(count, [("transport", transport), ("result", result)])
+    stapled = status.tls_ocsp_stapled()
+    if stapled:  # ocsp off: no family
+        out.family(
+            "voipgw_tls_ocsp_stapled_total",
+            "counter",
+            "OCSP answers trunks stapled to their TLS handshakes (RFC 6066 status_request), "
+            "by transport and result: good, revoked, unknown (each used as a responder's "
+            "answer, no query), invalid (failed a check: ignored, the responder is asked).",
+        )
+        for transport, result, count in stapled:
+            out.sample(count, [("transport", transport), ("result", result)])
     crls = status.tls_crls()
     if crls:  # no crl_files: no family
         out.family(

@@ -71,6 +71,9 @@ MAX_FAILING_RESPONDERS = 256
 Status = Literal["good", "revoked", "unknown"]
 #: What a check found, as ``voipgw_tls_ocsp_queries_total`` counts responder queries.
 RESULTS = ("good", "revoked", "unknown", "failed")
+#: What became of answers a trunk stapled to its handshake (RFC 6066 §8), as
+#: ``voipgw_tls_ocsp_stapled_total`` counts them: ``invalid`` failed a check and was ignored.
+STAPLED_RESULTS = ("good", "revoked", "unknown", "invalid")
 
 
 class OcspError(Exception):
@@ -353,6 +356,10 @@ def parse_http_response_untrusted(
             text = value.strip()
             if not text.isdigit() or len(text) > 9:
                 raise OcspError(f"{peer}'s Content-Length is not a number")
+            # RFC 9112 §6.3 item 5: repeated Content-Length fields that disagree make the
+            # message's length unknowable: an invalid response, never "the last one wins".
+            if length is not None and int(text) != length:
+                raise OcspError(f"{peer} sent conflicting Content-Length values")
             length = int(text)
         elif name.strip().lower() == b"transfer-encoding":
             raise OcspError(f"{peer} used a Transfer-Encoding (not HTTP/1.0)")
@@ -435,6 +442,8 @@ def _expected_total(received: bytearray, peer: str) -> int | None:
         if len(received) > MAX_HEADER_SIZE:
             raise OcspError(f"{peer}'s HTTP header is longer than {MAX_HEADER_SIZE} bytes")
         return None
+    # parse_http_response_untrusted accepted the header: every Content-Length is the same
+    # number (RFC 9112 §6.3; it refuses conflicting ones), so the first one is the length.
     for line in bytes(received[:end]).split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
@@ -502,6 +511,8 @@ class OcspChecker:
         #: Responder queries by :data:`RESULTS` (voipgw_tls_ocsp_queries_total); cache hits
         #: are not queries.
         self.queries: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        #: Stapled answers by :data:`STAPLED_RESULTS` (voipgw_tls_ocsp_stapled_total).
+        self.stapled: dict[str, int] = dict.fromkeys(STAPLED_RESULTS, 0)
         # Responders (by URL) whose last query failed: logged once when they start failing,
         # summarized every FAILING_SUMMARY_INTERVAL, once more when they answer again.
         self._failing: dict[str, _Failing] = {}
@@ -521,10 +532,30 @@ class OcspChecker:
             issuer_key_hash=x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest,
         )
 
+    def use_stapled(self, target: OcspTarget, data: bytes) -> str | None:
+        """Take ``data``, an answer the peer stapled to its handshake (RFC 6066 §8), as if the
+        responder had sent it: the same checks (signer, CertID, times), then cached, so the
+        :meth:`check` that follows asks nobody. None when taken, else why it was not (then
+        :meth:`check` asks the responder as without a staple)."""
+        try:
+            now = self.wall_clock()
+            answer = certificate_status_untrusted(
+                data, certificate=target.certificate, issuer=target.issuer, now=now
+            )
+        except Exception as exc:
+            # The peer's bytes: whatever they make the parser raise is an ignored staple.
+            if not isinstance(exc, OcspError):
+                log.exception("a stapled OCSP answer could not be checked")
+            self.stapled["invalid"] += 1
+            return str(exc) or type(exc).__name__
+        self.stapled[answer.status] += 1
+        self._store(_key(target), self._answered(target, answer, now))
+        return None
+
     async def check(self, target: OcspTarget) -> Verdict:
         """The verdict on ``target``: from the cache while its answer is current, else from one
         query (shared by concurrent callers), which takes at most ``timeout`` seconds."""
-        key = (target.issuer_der, target.issuer_key_hash, target.serial)
+        key = _key(target)
         queried = False
         while True:
             cached = self._cache.get(key)
@@ -575,6 +606,11 @@ class OcspChecker:
             return _Cached(self.wall_clock() + FAILURE_CACHE, None, reason)
         self.queries[answer.status] += 1
         self._responder_answered(target.url)
+        return self._answered(target, answer, now)
+
+    @staticmethod
+    def _answered(target: OcspTarget, answer: OcspAnswer, now: float) -> _Cached:
+        """How long a verified answer (fetched or stapled) is kept, and why."""
         if answer.status == "unknown":
             reason = f"the responder {target.url} does not know the certificate"
             return _Cached(now + FAILURE_CACHE, answer, reason)
@@ -656,5 +692,141 @@ class OcspChecker:
         return len(self._cache)
 
 
+def _key(target: OcspTarget) -> tuple[bytes, bytes, int]:
+    return (target.issuer_der, target.issuer_key_hash, target.serial)
+
+
 def _utc(timestamp: float) -> str:
     return f"{datetime.datetime.fromtimestamp(timestamp, datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+# --------------------------------------------------------------------------------------------
+# Stapling our own certificate's status (RFC 6066 §8, server side)
+
+#: A fetch of our own certificate's answer may take this long (s): it runs in its own task,
+#: never on a handshake, so it can wait for a slow responder.
+STAPLE_FETCH_TIMEOUT = 30.0
+#: A failed fetch of our own answer is retried after this long (s), doubling up to
+#: :data:`STAPLE_RETRY_MAX`.
+STAPLE_RETRY_MIN = 60.0
+STAPLE_RETRY_MAX = 3600.0
+
+
+class OwnStaple:
+    """The OCSP answer about the gateway's own certificate that listeners staple when a client
+    asks (RFC 6066 §8 ``status_request``), kept by :meth:`run`, a task of its own: fetched from
+    the responder of the certificate's AIA, checked as a peer's answer is, refreshed at 3/4 of
+    its validity, a failed fetch retried with backoff. :meth:`current` is what the handshake
+    callback returns: the cached DER, or nothing; it never waits.
+
+    ``fetch`` (default :func:`post_ocsp`) and ``wall_clock`` are for tests."""
+
+    def __init__(
+        self,
+        *,
+        fetch: Fetch | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        name: str = "tls",
+    ) -> None:
+        self._fetch: Fetch = fetch or post_ocsp
+        self.wall_clock = wall_clock
+        self._name = name
+        self._target: OcspTarget | None = None
+        self._changed = trio.Event()
+        self._der = b""
+        self._valid_until = 0.0
+        self._failing = False
+        #: Fetches of our own answer (for tests and the log): successful, failed.
+        self.fetched = 0
+        self.failed = 0
+
+    def use(self, certificate: x509.Certificate, candidates: Sequence[x509.Certificate]) -> None:
+        """Staple for ``certificate`` from now on (start-up, a reload): its issuer is found
+        among ``candidates`` (its chain file, ``ca_bundles``). The answer about the previous
+        certificate is dropped at once (it would be about another certificate)."""
+        issuer = find_issuer(certificate, candidates)
+        url = responder_url(certificate)
+        target = None
+        if issuer is not None and url is not None:
+            target = OcspTarget(
+                certificate=certificate,
+                issuer=issuer,
+                url=url,
+                issuer_der=certificate.issuer.public_bytes(),
+                serial=certificate.serial_number,
+            )
+        else:
+            log.warning(
+                "%s: ocsp_stapling: our certificate %s %s: nothing is stapled",
+                self._name,
+                certificate.subject.rfc4514_string(),
+                "names no http:// OCSP responder"
+                if url is None
+                else "has no issuer in its chain file or ca_bundles",
+            )
+        if self._target is not None and target is not None and _key(self._target) == _key(target):
+            return  # the same certificate (a reload that changed something else): keep it
+        self._target = target
+        self._der, self._valid_until = b"", 0.0
+        self._changed.set()
+
+    def current(self) -> bytes:
+        """The answer to staple now: the cached DER while it is current, else nothing."""
+        if self._der and self.wall_clock() < self._valid_until:
+            return self._der
+        return b""
+
+    async def run(self) -> None:
+        """Keep the answer fresh, for as long as the listeners' nursery runs."""
+        retry = STAPLE_RETRY_MIN
+        while True:
+            self._changed = trio.Event()
+            target = self._target
+            if target is None:
+                await self._changed.wait()
+                continue
+            wait = await self._refresh(target, retry)
+            retry = STAPLE_RETRY_MIN if not self._failing else min(retry * 2, STAPLE_RETRY_MAX)
+            with trio.move_on_after(wait):
+                await self._changed.wait()  # a reload: fetch for the new certificate at once
+
+    async def _refresh(self, target: OcspTarget, retry: float) -> float:
+        """Fetch and check an answer; seconds until the next fetch."""
+        try:
+            with trio.fail_after(STAPLE_FETCH_TIMEOUT):
+                data = await self._fetch(
+                    target.url, ocsp_request(target.certificate, target.issuer)
+                )
+            now = self.wall_clock()
+            answer = certificate_status_untrusted(
+                data, certificate=target.certificate, issuer=target.issuer, now=now
+            )
+            if answer.status != "good":
+                raise OcspError(f"the responder says {answer.status}")
+        except Exception as exc:  # the responder's bytes: anything is a failed fetch
+            self.failed += 1
+            reason = "no answer" if isinstance(exc, trio.TooSlowError) else str(exc)
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "%s: ocsp_stapling: no OCSP answer about our certificate from %s (%s); "
+                    "retried with backoff from %g s, nothing new is stapled meanwhile",
+                    self._name,
+                    target.url,
+                    reason or type(exc).__name__,
+                    STAPLE_RETRY_MIN,
+                )
+            # A still-current answer stays stapled (current() stops at its nextUpdate).
+            self._der = self._der if self.wall_clock() < self._valid_until else b""
+            return retry
+        if target is not self._target:
+            return 0.0  # the certificate changed while fetching: fetch for the new one
+        self.fetched += 1
+        if self._failing:
+            self._failing = False
+            log.info("%s: ocsp_stapling: %s answers again", self._name, target.url)
+        until = answer.next_update if answer.next_update is not None else now + NO_NEXT_UPDATE_CACHE
+        self._der, self._valid_until = data, until
+        # Refreshed at 3/4 of its validity, which leaves the last quarter for retries.
+        refresh_at = answer.this_update + 0.75 * (until - answer.this_update)
+        return max(refresh_at - now, STAPLE_RETRY_MIN)

@@ -97,10 +97,12 @@ from gateway.plugins.transports.certificates import (
 )
 from gateway.plugins.transports.crl_fetch import CrlFetcher, GetCrl, distribution_point_urls
 from gateway.plugins.transports.ocsp import (
+    MAX_RESPONSE_SIZE,
     OCSP_MODES,
     OcspChecker,
     OcspMode,
     OcspTarget,
+    OwnStaple,
     Verdict,
     find_issuer,
     parse_http_url,
@@ -193,6 +195,7 @@ class TlsConfig:
     ocsp: OcspMode = "off"
     ocsp_timeout: float = 3.0
     ocsp_responder: str | None = None
+    ocsp_stapling: bool = False
     crl_urls: tuple[str, ...] = ()
     crl_distribution_points: bool = False
 
@@ -421,6 +424,7 @@ class _Verification:
     revoked: bool = False  # the peer's certificate is revoked (crl_files)
     revoked_serial: int | None = None  # its serial number, for the log line
     crl_failed: bool = False  # a CRL could not be used for it (_CRL_ERRORS)
+    stapled: bytes = b""  # the OCSP answer a trunk stapled (RFC 6066 §8), checked after
 
     @property
     def failure_reason(self) -> str:
@@ -780,16 +784,22 @@ def server_context(
     ca_bundles: tuple[Path, ...],
     *,
     request_certificate: bool = True,
+    staple: Callable[[], bytes] | None = None,
     crls: Sequence[LoadedCrl] = (),
 ) -> SSL.Context:
     """The context of a listener in ``mode``. It asks for a client certificate (VERIFY_PEER)
     unless ``request_certificate`` is False (``wss``: a browser asked for one may prompt its
     user to pick one); only ``mutual`` requires one and fails the handshake when it does not
-    chain to ``ca_bundles``. With ``crls`` a revoked client certificate is refused."""
+    chain to ``ca_bundles``. With ``crls`` a revoked client certificate is refused. With
+    ``staple`` a client asking for our certificate's status (RFC 6066 §8) gets what it returns
+    (b"": nothing): it must return at once, it runs inside the handshake."""
     context = _new_context(SSL.TLS_SERVER_METHOD)
     _use_certificate(context, paths)
     _load_ca_bundles(context, ca_bundles, name_them=mode == "mutual")
     context.set_session_id(b"voipgw-tls")
+    if staple is not None:
+        # OpenSSL calls this only for a ClientHello with status_request.
+        context.set_ocsp_server_callback(lambda _connection, _data: staple())
     if not request_certificate:
         context.set_verify(SSL.VERIFY_NONE)
         return context
@@ -804,6 +814,17 @@ def server_context(
     return context
 
 
+def _keep_stapled(connection: SSL.Connection, data: bytes, _: object) -> bool:
+    """OpenSSL's status_request callback (RFC 6066 §8) on our outbound connections: keep the
+    trunk's stapled OCSP answer (empty: none) for the check after the handshake, which uses the
+    same code as a fetched answer. Always True: a bad staple is ignored, not a failed
+    handshake (the responder is asked instead), and a revoked one refuses after it."""
+    record = connection.get_app_data()
+    if isinstance(record, _Verification):
+        record.stapled = bytes(data[: MAX_RESPONSE_SIZE + 1])
+    return True
+
+
 def client_context(
     mode: Mode,
     *,
@@ -812,10 +833,12 @@ def client_context(
     system_cas: bool,
     paths: CertificatePaths | None,
     crls: Sequence[LoadedCrl] = (),
+    ocsp_stapling: bool = False,
 ) -> SSL.Context:
     """The context of outbound connections in ``mode``: the trunk's chain is checked when
     ``verify`` (its name is checked after the handshake), our certificate (``paths``) is
-    presented in ``mutual`` mode. With ``crls`` a revoked trunk certificate is refused."""
+    presented in ``mutual`` mode. With ``crls`` a revoked trunk certificate is refused. With
+    ``ocsp_stapling`` a stapled OCSP answer is kept (connections must ask for it too)."""
     context = _new_context(SSL.TLS_CLIENT_METHOD)
     if mode == "mutual":
         if paths is None:
@@ -826,6 +849,8 @@ def client_context(
         context.set_default_verify_paths()
     covered = _check_revocation(context, crls)
     context.set_verify(SSL.VERIFY_PEER, _verify_callback(enforce=verify, crl_issuers=covered))
+    if ocsp_stapling:
+        context.set_ocsp_client_callback(_keep_stapled)
     return context
 
 
@@ -932,6 +957,14 @@ class TlsTransport(StreamTransport):
         self._ocsp_wake: trio.Event | None = None
         # Issuers whose certificates carry no OCSP URL, logged once each.
         self._ocsp_unchecked_logged: set[bytes] = set()
+        # Servers whose stapled OCSP answer was ignored, logged once each.
+        self._bad_staple_logged: set[Address] = set()
+        #: ``[plugins.tls] ocsp_stapling``: our own certificate's answer, kept by a task started
+        #: with the first listener (None when off). ``ocsp_fetch`` is for tests.
+        self.own_staple: OwnStaple | None = None
+        self._own_staple_task = False
+        if self.tls.ocsp_stapling:
+            self.own_staple = OwnStaple(fetch=ocsp_fetch, wall_clock=wall_clock, name=self.name)
         #: Connections closed because a reloaded CRL revoked the peer's certificate
         #: (voipgw_tls_connections_revoked_total).
         self.connections_revoked = 0
@@ -1176,6 +1209,8 @@ class TlsTransport(StreamTransport):
         self._fetch_cas = fetch_cas
         self._revoked_logged.clear()  # a phone still refused after the reload is logged again
         self._announce_crls(now=now)
+        if paths is not None and self._own_staple_task:
+            self._staple_for(paths)  # a new certificate: its own answer, fetched at once
         if crls:
             self._close_revoked(crls)
         return loaded
@@ -1435,6 +1470,11 @@ class TlsTransport(StreamTransport):
 
         def note(listener: Listener) -> None:
             self._listeners.append(_ListenerSide(listener.address, mode, context))
+            if self.own_staple is not None and not self._own_staple_task:
+                assert self._nursery is not None  # set before started() is called
+                self._own_staple_task = True
+                self._staple_for(paths)
+                self._nursery.start_soon(self.own_staple.run)
             log.info(
                 "%s: listener %s in %s mode", self.name, format_address(listener.address), mode
             )
@@ -1452,7 +1492,20 @@ class TlsTransport(StreamTransport):
         self, paths: CertificatePaths, mode: Mode, crls: Sequence[LoadedCrl]
     ) -> SSL.Context:
         """The OpenSSL context of a listener in ``mode`` (``wss`` asks for no certificate)."""
-        return server_context(paths, mode, self._ca_bundles, crls=crls)
+        staple = None if self.own_staple is None else self.own_staple.current
+        return server_context(paths, mode, self._ca_bundles, crls=crls, staple=staple)
+
+    def _staple_for(self, paths: CertificatePaths) -> None:
+        """Have :class:`OwnStaple` fetch answers about the certificate of ``paths``, whose
+        issuer is in its chain file or ``ca_bundles``."""
+        assert self.own_staple is not None
+        try:
+            chain = load_certificates(paths.certificate)
+            cas = [ca for bundle in self._ca_bundles for ca in load_certificates(bundle)]
+        except CertificateError as exc:  # checked at start-up and before a reload swaps
+            log.warning("%s: ocsp_stapling: %s: nothing is stapled", self.name, exc)
+            return
+        self.own_staple.use(chain[0], [*chain[1:], *cas])
 
     def _listener_for(self, local: Address) -> _ListenerSide:
         for side in self._listeners:
@@ -1480,6 +1533,7 @@ class TlsTransport(StreamTransport):
             system_cas=self.tls.system_ca_for_trunks,
             paths=self._paths,
             crls=crls,
+            ocsp_stapling=self.ocsp is not None,
         )
 
     async def open_flow(self, remote: Address, host: TransportHost) -> Flow:
@@ -1532,6 +1586,8 @@ class TlsTransport(StreamTransport):
         connection.set_app_data(record)
         if name is not None and not _is_ip(name):
             connection.set_tlsext_host_name(name.encode("idna"))  # RFC 6066 §3: names only
+        if not server_side and self.ocsp is not None:
+            connection.request_ocsp()  # RFC 6066 §8: the trunk may staple its OCSP answer
         tls = TlsStream(stream, connection, server_side=server_side)
 
         reason: str | None = None
@@ -1591,6 +1647,8 @@ class TlsTransport(StreamTransport):
             except ValueError:  # an extension cryptography cannot read: as for no responder
                 ocsp_target = None
             if ocsp_target is not None:
+                if record.stapled:
+                    self._use_stapled(ocsp_target, record.stapled, remote)
                 verdict = await self.ocsp.check(ocsp_target)
                 self._log_ocsp(verdict, direction, remote, mode, ocsp_target)
                 if not verdict.accept:
@@ -1643,6 +1701,31 @@ class TlsTransport(StreamTransport):
                     _printable(issuer.subject.rfc4514_string()),
                 )
         return target
+
+    def _use_stapled(self, target: OcspTarget, data: bytes, remote: Address) -> None:
+        """A trunk's stapled answer, checked as a fetched one and cached (then no responder is
+        asked); one that fails a check is ignored (the responder is asked) and logged at INFO
+        once per server address."""
+        assert self.ocsp is not None
+        problem = self.ocsp.use_stapled(target, data)
+        if problem is None:
+            return
+        key = _normalize(remote)
+        level = logging.DEBUG
+        if key not in self._bad_staple_logged:
+            if len(self._bad_staple_logged) >= _REVOKED_LOG_LIMIT:
+                self._bad_staple_logged.clear()
+            self._bad_staple_logged.add(key)
+            level = logging.INFO
+        log.log(
+            level,
+            "%s: the OCSP answer %s stapled is ignored (%s); its responder %s is asked instead "
+            "(logged once per server)",
+            self.name,
+            format_address(remote),
+            problem,
+            target.url,
+        )
 
     def _log_ocsp(
         self, verdict: Verdict, direction: str, remote: Address, mode: Mode, target: OcspTarget

@@ -22,6 +22,7 @@ from gateway.plugins.transports.ocsp import (
     OcspChecker,
     OcspMode,
     OcspTarget,
+    OwnStaple,
     _Cached,
 )
 from tests.interop.harness.pki import Issued, TestCa, TestPki
@@ -398,3 +399,104 @@ async def test_two_cas_of_one_name_do_not_share_answers(autojump_clock: trio.abc
     verdict = await checker.check(new_target)
     assert verdict.queried and verdict.result == "revoked" and not verdict.accept
     assert (await checker.check(old_target)).result == "good"  # each its own entry
+
+
+async def staple(responder: FakeResponder, target: OcspTarget) -> bytes:
+    """The answer the responder would give about ``target``, as a trunk staples it (RFC 6066
+    §8); not counted as a query."""
+    request = ocsp.OCSPRequestBuilder().add_certificate(
+        target.certificate, target.issuer, hashes.SHA1()
+    )
+    data = await responder.fetch(
+        target.url, request.build().public_bytes(serialization.Encoding.DER)
+    )
+    responder.queries -= 1
+    return data
+
+
+async def test_a_good_staple_is_checked_and_cached_like_a_fetched_answer(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    checker, (trunk, *_) = make("hard-fail", responder, phones)
+    assert checker.use_stapled(trunk, await staple(responder, trunk)) is None
+    verdict = await checker.check(trunk)
+    assert verdict.accept and verdict.result == "good" and not verdict.queried
+    assert verdict.valid_until == pytest.approx(wall_clock() + 600, abs=1)  # its nextUpdate
+    assert responder.queries == 0 and checker.stapled["good"] == 1
+    assert checker.queries == {"good": 0, "revoked": 0, "unknown": 0, "failed": 0}
+    await trio.sleep(600)  # expired: without a new staple the responder is asked
+    assert (await checker.check(trunk)).queried and responder.queries == 1
+
+
+async def test_a_revoked_staple_refuses_even_over_a_cached_good_answer(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    checker, (trunk, *_) = make("soft-fail", responder, phones)
+    assert (await checker.check(trunk)).accept
+    responder.status = ocsp.OCSPCertStatus.REVOKED
+    assert checker.use_stapled(trunk, await staple(responder, trunk)) is None
+    verdict = await checker.check(trunk)
+    assert not verdict.accept and verdict.result == "revoked" and not verdict.queried
+    assert responder.queries == 1 and checker.stapled["revoked"] == 1
+
+
+async def test_a_staple_failing_a_check_is_ignored_and_the_responder_asked(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    checker, (trunk, other, _) = make("hard-fail", responder, phones)
+    about_another = await staple(responder, other)
+    responder.next_update = 1.0
+    stale = await staple(responder, trunk)
+    await trio.sleep(1 + 301)  # past its nextUpdate and the clock skew
+    responder.next_update = 600.0
+    for data, problem in [
+        (b"garbage", "no OCSP response"),
+        (about_another, "not about this certificate"),
+        (stale, "stale"),
+        (b"\x30" * 70000, "larger than"),
+    ]:
+        reason = checker.use_stapled(trunk, data)
+        assert reason is not None and problem in reason
+    assert checker.stapled == {"good": 0, "revoked": 0, "unknown": 0, "invalid": 4}
+    verdict = await checker.check(trunk)
+    assert verdict.accept and verdict.queried and responder.queries == 1
+
+
+async def test_our_own_staple_is_refreshed_at_three_quarters_and_retried_with_backoff(
+    autojump_clock: trio.testing.MockClock, vendor: TestCa, phones: list[Issued]
+) -> None:
+    responder = FakeResponder(vendor)
+    responder.phones = {phone.x509.serial_number: phone for phone in phones}
+    ours, renewed, _ = phones
+    staple = OwnStaple(fetch=responder.fetch, wall_clock=wall_clock)
+    assert staple.current() == b""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(staple.run)
+        staple.use(ours.x509, [vendor.issued.x509])
+        await trio.sleep(1)
+        first = staple.current()
+        assert ocsp.load_der_ocsp_response(first).serial_number == ours.x509.serial_number
+        assert responder.queries == 1
+        await trio.sleep(448)  # 3/4 of its 600 s validity: not yet
+        assert responder.queries == 1
+        await trio.sleep(2)
+        assert responder.queries == 2 and staple.fetched == 2
+        # The responder stops answering: retried after 60, 120, 240 s; the answer in hand
+        # (valid 600 s from the last fetch) is stapled until its nextUpdate, then nothing.
+        responder.hang = True
+        await trio.sleep(450 + 30 + 1)
+        assert staple.failed == 1 and staple.current() != b""
+        await trio.sleep(60 + 30)
+        assert staple.failed == 2
+        await trio.sleep(120 + 30)
+        assert staple.failed == 3 and staple.current() == b""
+        # A reload with another certificate: the old answer is dropped, the new one fetched.
+        responder.hang = False
+        staple.use(renewed.x509, [vendor.issued.x509])
+        await trio.sleep(1)
+        renewed_answer = ocsp.load_der_ocsp_response(staple.current())
+        assert renewed_answer.serial_number == renewed.x509.serial_number
+        nursery.cancel_scope.cancel()

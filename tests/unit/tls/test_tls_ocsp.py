@@ -6,6 +6,7 @@ cryptography's OCSPResponseBuilder."""
 from __future__ import annotations
 
 import datetime
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +23,7 @@ from gateway.plugins.metrics.collect import _tls_handshakes
 from gateway.plugins.metrics.exposition import Exposition
 from gateway.plugins.transports.ocsp import (
     OcspError,
+    _expected_total,
     certificate_status_untrusted,
     find_issuer,
     ocsp_request,
@@ -291,6 +293,20 @@ def test_http_responses() -> None:
             parse_http_response_untrusted(bad, complete=True)
 
 
+def test_repeated_content_lengths_must_agree() -> None:
+    # RFC 9112 §6.3 item 5: conflicting values make the length unknowable (the parser used the
+    # last and the read loop the first, so each could stop at a different body end).
+    head = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nContent-Length: %s\r\n\r\nabcdef"
+    with pytest.raises(OcspError, match="conflicting Content-Length"):
+        parse_http_response_untrusted(head % b"6", complete=True)
+    with pytest.raises(OcspError, match="conflicting Content-Length"):
+        parse_http_response_untrusted(head % b"6", complete=False)
+    assert parse_http_response_untrusted(head % b"3", complete=False) == b"abc"
+    assert parse_http_response_untrusted(head % b"03", complete=False) == b"abc"
+    received = bytearray(head % b"3")
+    assert _expected_total(received, "the responder") == received.find(b"\r\n\r\n") + 4 + 3
+
+
 def load(tls: dict[str, Any]) -> TlsConfig:
     config = from_mapping(
         {
@@ -317,6 +333,9 @@ def test_ocsp_is_off_by_default_and_the_keys_load(vendor: TestCa) -> None:
     )
     assert (config.ocsp, config.ocsp_timeout) == ("hard-fail", 1.5)
     assert config.ocsp_responder == "http://ocsp.vendor.example/"
+    assert not default.ocsp_stapling and TlsTransport(default).own_staple is None
+    stapling = load({"ocsp_stapling": True})  # independent of ocsp
+    assert stapling.ocsp_stapling and TlsTransport(stapling).own_staple is not None
 
 
 @pytest.mark.parametrize(
@@ -327,6 +346,7 @@ def test_ocsp_is_off_by_default_and_the_keys_load(vendor: TestCa) -> None:
         ({"ocsp_timeout": 0}, True, "[plugins.tls]: ocsp_timeout: expected a number of seconds"),
         ({"ocsp_timeout": 120}, True, "[plugins.tls]: ocsp_timeout: expected a number of"),
         ({"ocsp_responder": "http://x.example/"}, True, "ocsp_responder: set ocsp to"),
+        ({"ocsp_stapling": "yes"}, True, "[plugins.tls] ocsp_stapling"),
         (
             {"ocsp": "soft-fail", "ocsp_timeout": 10.0},
             True,
@@ -369,7 +389,10 @@ def test_the_metric_families(vendor: TestCa) -> None:
     assert tls.ocsp is not None
     tls.ocsp.queries["failed"] += 3
     tls.handshake_failures["ocsp"] += 2
+    tls.ocsp.stapled["invalid"] += 4
     text = tls_metrics(tls)
+    assert 'voipgw_tls_ocsp_stapled_total{transport="tls",result="invalid"} 4\n' in text
+    assert 'voipgw_tls_ocsp_stapled_total{transport="tls",result="good"} 0\n' in text
     assert 'voipgw_tls_ocsp_queries_total{transport="tls",result="failed"} 3\n' in text
     assert 'voipgw_tls_ocsp_queries_total{transport="tls",result="good"} 0\n' in text
     assert 'voipgw_tls_handshake_failures_total{transport="tls",reason="ocsp"} 2\n' in text
@@ -378,4 +401,20 @@ def test_the_metric_families(vendor: TestCa) -> None:
     assert off.ocsp is None
     text = tls_metrics(off)
     assert "voipgw_tls_ocsp_queries_total" not in text
+    assert "voipgw_tls_ocsp_stapled_total" not in text
     assert 'reason="ocsp"' not in text
+
+
+def test_a_staple_that_fails_a_check_is_logged_once_per_server(
+    vendor: TestCa, phone: Issued, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gateway.plugins.transports.tls")
+    tls = TlsTransport(load({"ca_bundles": [str(vendor.certificate)], "ocsp": "soft-fail"}))
+    assert tls.ocsp is not None
+    target = tls.ocsp.target(phone.x509, vendor.issued.x509)
+    assert target is not None
+    for remote in [("192.0.2.1", 5061), ("192.0.2.1", 5061), ("192.0.2.2", 5061)]:
+        tls._use_stapled(target, b"garbage", remote)
+    levels = [r.levelno for r in caplog.records if "stapled is ignored" in r.getMessage()]
+    assert levels == [logging.INFO, logging.DEBUG, logging.INFO]
+    assert tls.ocsp.stapled["invalid"] == 3
