@@ -68,7 +68,7 @@ import time
 import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -143,11 +143,24 @@ _READ_SIZE = 65536
 _BIO_CHUNK = 65536
 # Longest peer-supplied text (a certificate subject) that goes into one log line.
 _LOG_TEXT_LIMIT = 200
-# Revoked certificates logged at WARNING, once per (peer IP, serial); beyond this many the
-# memory starts over (a flood from many addresses must not grow it without bound).
+# Revoked certificates logged at WARNING, once per (peer IP, serial) (and the other "logged
+# once" sets: _first_time); beyond this many the memory starts over (a flood from many
+# addresses must not grow it without bound).
 _REVOKED_LOG_LIMIT = 4096
 # Open connections asked about again at once when their OCSP answers expire together.
 _OCSP_RECHECKS_AT_ONCE = 8
+
+
+def _first_time(seen: set[Any], key: object) -> bool:
+    """Whether ``key`` is new to ``seen`` (then remembered): what a "logged once" line asks.
+    Past :data:`_REVOKED_LOG_LIMIT` keys ``seen`` starts over, so a flood of new keys costs a
+    repeated line, never memory."""
+    if key in seen:
+        return False
+    if len(seen) >= _REVOKED_LOG_LIMIT:
+        seen.clear()
+    seen.add(key)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -1287,11 +1300,9 @@ class TlsTransport(StreamTransport):
             issuer_der = certificate.issuer.public_bytes()
         except ValueError:  # a name cryptography cannot encode: no CA of ours issued it
             return
-        if issuer_der in self._distribution_points_seen:
+        # Bounded: unverified peers may name any issuer.
+        if not _first_time(self._distribution_points_seen, issuer_der):
             return
-        if len(self._distribution_points_seen) >= _REVOKED_LOG_LIMIT:
-            self._distribution_points_seen.clear()  # unverified peers may name any issuer
-        self._distribution_points_seen.add(issuer_der)
         if find_issuer(certificate, self._fetch_cas) is None:
             return
         for url in distribution_point_urls(certificate):
@@ -1690,10 +1701,7 @@ class TlsTransport(StreamTransport):
         target = self.ocsp.target(peer, issuer)
         if target is None:
             issuer_der = issuer.subject.public_bytes()
-            if issuer_der not in self._ocsp_unchecked_logged:
-                if len(self._ocsp_unchecked_logged) >= _REVOKED_LOG_LIMIT:
-                    self._ocsp_unchecked_logged.clear()
-                self._ocsp_unchecked_logged.add(issuer_der)
+            if _first_time(self._ocsp_unchecked_logged, issuer_der):
                 log.info(
                     "%s: a certificate of the CA %s names no OCSP responder and ocsp_responder "
                     "is not set: such certificates are not checked by OCSP (logged once per CA)",
@@ -1710,15 +1718,9 @@ class TlsTransport(StreamTransport):
         problem = self.ocsp.use_stapled(target, data)
         if problem is None:
             return
-        key = _normalize(remote)
-        level = logging.DEBUG
-        if key not in self._bad_staple_logged:
-            if len(self._bad_staple_logged) >= _REVOKED_LOG_LIMIT:
-                self._bad_staple_logged.clear()
-            self._bad_staple_logged.add(key)
-            level = logging.INFO
+        first = _first_time(self._bad_staple_logged, _normalize(remote))
         log.log(
-            level,
+            logging.INFO if first else logging.DEBUG,
             "%s: the OCSP answer %s stapled is ignored (%s); its responder %s is asked instead "
             "(logged once per server)",
             self.name,
@@ -1740,15 +1742,9 @@ class TlsTransport(StreamTransport):
             subject = "<unparseable subject>"
         where = f"{direction} {format_address(remote)}"
         if verdict.result == "revoked":
-            key = (_normalize(remote)[0], target.serial)
-            level = logging.DEBUG
-            if key not in self._revoked_logged:
-                if len(self._revoked_logged) >= _REVOKED_LOG_LIMIT:
-                    self._revoked_logged.clear()
-                self._revoked_logged.add(key)
-                level = logging.WARNING
+            first = _first_time(self._revoked_logged, (_normalize(remote)[0], target.serial))
             log.log(
-                level,
+                logging.WARNING if first else logging.DEBUG,
                 "%s: connection %s refused (%s mode): certificate revoked (OCSP); peer "
                 "certificate: %s, serial %X",
                 self.name,
@@ -1790,15 +1786,9 @@ class TlsTransport(StreamTransport):
         after that, until the next reload. Subject and serial number, as ``openssl crl -text``
         shows it, say which certificate; nothing secret is in either."""
         serial = record.revoked_serial
-        key = (_normalize(remote)[0], serial)
-        level = logging.DEBUG
-        if key not in self._revoked_logged:
-            if len(self._revoked_logged) >= _REVOKED_LOG_LIMIT:
-                self._revoked_logged.clear()
-            self._revoked_logged.add(key)
-            level = logging.WARNING
+        first = _first_time(self._revoked_logged, (_normalize(remote)[0], serial))
         log.log(
-            level,
+            logging.WARNING if first else logging.DEBUG,
             "%s: handshake %s %s refused (%s mode): certificate revoked; peer certificate: %s, "
             "serial %s",
             self.name,
