@@ -81,7 +81,9 @@ from gateway.core.media.transcoding import (
     AddedLaw,
     TranscodingPlan,
     answer_in_offerers_law,
+    number_clash,
     plan_for_answer,
+    through_renumbering,
     with_other_law,
 )
 from gateway.core.sdp.errors import SdpError
@@ -321,6 +323,7 @@ class MediaSession:
         self._transcoded_closed = {"a_to_b": 0, "b_to_a": 0}
         self._transcoded_lines: set[int] = set()
         self._transcoded_last: TranscodingPlan | None = None  # the latest plan, for the record
+        self._clash_warned = False  # a number clash stopped a transcoding: WARNING once
         self.quality = quality
         """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
         RTCP observers feed it. None: RTCP is only relayed."""
@@ -640,18 +643,33 @@ class MediaSession:
             for index in accepted
             if numbered_alike(exchange.offer.media[index], answer.media[index])
         }
-        self._renumber(
-            exchange.offer, offerer, numbering or answer, accepted, set() if numbering else alike
-        )
-        plan = self._plan_dtmf(exchange, numbering or answer, accepted)
-        self._set_dtmf(plan)
-        added = exchange.added_event
         added_law = exchange.added_law
         transcoding: TranscodingPlan | None = None
         if added_law is not None and added_law.index in accepted:
             own = numbering or answer
             if added_law.index < len(own.media):
-                transcoding = plan_for_answer(added_law, offerer == "a", own.media[added_law.index])
+                answered_own = own.media[added_law.index]
+                transcoding = plan_for_answer(added_law, offerer == "a", answered_own)
+                clash = None
+                if transcoding is not None:
+                    sent_line = exchange.sent_offer.media[added_law.index]
+                    clash = number_clash(added_law, sent_line, answered_own)
+                if clash is not None:
+                    self._not_transcoded(added_law.index, clash)
+                    transcoding = None
+        # The renumbering carries transcoded packets to the receiver's number where the
+        # conversion alone cannot (through_renumbering); None when it cannot at all.
+        transcoding = self._renumber(
+            exchange.offer,
+            offerer,
+            numbering or answer,
+            accepted,
+            set() if numbering else alike,
+            transcoding,
+        )
+        plan = self._plan_dtmf(exchange, numbering or answer, accepted)
+        self._set_dtmf(plan)
+        added = exchange.added_event
         self._set_transcoding(transcoding)
 
         media_out: list[MediaDescription] = []
@@ -876,11 +894,16 @@ class MediaSession:
         answer: SessionDescription,
         accepted: dict[int, _Remote],
         alike: set[int],
-    ) -> None:
+        transcoding: TranscodingPlan | None = None,
+    ) -> TranscodingPlan | None:
         """Set each accepted RTP stream's payload type renumbering from the offerer's own SDP
         and the answerer's (RFC 3264 §5.1: a peer receives, and prefers to send, a codec with
         the number its own SDP gives it). Passing one leg's SDP to the other, as every plain
-        call does, leaves nothing to renumber: the streams in ``alike`` (``numbered_alike``)."""
+        call does, leaves nothing to renumber: the streams in ``alike`` (``numbered_alike``).
+
+        ``transcoding``: the G.711 transcoding the answer makes; its stream's renumbering is
+        made to agree with it (:func:`through_renumbering`). Returns it as the relay must run
+        it, or None when the two cannot agree (logged: the stream is not transcoded)."""
         forward = "a_to_b" if offerer == "a" else "b_to_a"
         backward = "b_to_a" if offerer == "a" else "a_to_b"
         for index in accepted:
@@ -898,8 +921,17 @@ class MediaSession:
                 # direction renumbers, the relay must know the sender's RED numbers too.
                 there_red = red_payload_types(offered) if there else ()
                 back_red = red_payload_types(answered) if back else ()
+            if transcoding is not None and transcoding.index == index:
+                tables = {forward: (there, there_red), backward: (back, back_red)}
+                agreed = _transcoding_renumbered(transcoding, tables)
+                if isinstance(agreed, str):
+                    self._not_transcoded(index, agreed)
+                    transcoding = None
+                else:
+                    transcoding, there, back = agreed[0], agreed[1][forward], agreed[1][backward]
             self._set_renumbered(index, forward, there, there_red)
             self._set_renumbered(index, backward, back, back_red)
+        return transcoding
 
     def _set_renumbered(
         self, index: int, direction: str, renumbered: dict[int, int], red: tuple[int, ...] = ()
@@ -958,6 +990,17 @@ class MediaSession:
             law.offerer_law.value,
         )
         return law
+
+    def _not_transcoded(self, index: int, why: str) -> None:
+        """Log once per call (WARNING) that line ``index`` is not transcoded, and why: the
+        answer goes on as without transcoding rather than with misnumbered packets."""
+        if self._clash_warned:
+            log.info("m= line %d: not transcoded: %s", index + 1, why)
+            return
+        self._clash_warned = True
+        log.warning(
+            "m= line %d: G.711 not transcoded, payload type numbers clash: %s", index + 1, why
+        )
 
     def _set_transcoding(self, plan: TranscodingPlan | None) -> None:
         """Give the streams ``plan``'s transcoding (None: none), if it is not theirs yet."""
@@ -1355,6 +1398,24 @@ def _rewritten_media(
         bandwidths=media.bandwidths,
         attributes=attributes,
     )
+
+
+def _transcoding_renumbered(
+    plan: TranscodingPlan, tables: dict[str, tuple[dict[int, int], tuple[int, ...]]]
+) -> tuple[TranscodingPlan, dict[str, dict[int, int]]] | str:
+    """``plan`` and each direction's renumbering (``tables``: ``"a_to_b"``/``"b_to_a"`` ->
+    renumbering, sender's RED payload types) made to agree (:func:`through_renumbering`);
+    or why they cannot."""
+    out: dict[str, dict[int, int]] = {}
+    keeps: dict[str, bool] = {}
+    for direction, transcoding in (("a_to_b", plan.a_to_b), ("b_to_a", plan.b_to_a)):
+        renumbered, red = tables[direction]
+        agreed = through_renumbering(transcoding, renumbered, bool(red))
+        if isinstance(agreed, str):
+            return agreed
+        keeps[direction], out[direction] = agreed
+    plan = attrs.evolve(plan, a_to_b_renumbered=keeps["a_to_b"], b_to_a_renumbered=keeps["b_to_a"])
+    return plan, out
 
 
 def _in_numbers_of(
