@@ -314,8 +314,11 @@ class MediaSession:
         :meth:`dtmf_timer`: the owner calls :meth:`dtmf_timeout` when that comes."""
         self.dtmf_timeouts = 0
         """Events ended by the timeout so far (their end packets were all lost)."""
-        # G.711 transcoding (docs/architecture.md "G.711 transcoding"): on when allowed.
-        self._g711 = g711_transcoding
+        self.g711_transcoding = g711_transcoding
+        """Whether offers may get the other G.711 law added (docs/architecture.md "G.711
+        transcoding"): ``[media] g711_transcoding``, or the call's trunks' own setting (the
+        call sets it before the first offer); a transcoding already set stays until the next
+        answer."""
         self.transcoding: TranscodingPlan | None = None
         """The call's G.711 transcoding, decided by each answer; None: none."""
         # Packets transcoded by the streams closed so far, and the open streams that have
@@ -549,7 +552,7 @@ class MediaSession:
             else:
                 media_out.append(rejected_media(media))
         added_law: AddedLaw | None = None
-        if self._g711:
+        if self.g711_transcoding:
             # Before telephone-event is added: that one must stay the line's last format.
             added_law = self._add_other_law(offer, relayed, previous, media_out)
         added_event: tuple[int, int] | None = None

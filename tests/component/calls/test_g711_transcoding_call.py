@@ -3,9 +3,10 @@ speaks only PCMU, alice's phone (leg B) only PCMA. Alice is offered PCMA after t
 own formats, answers it, and the caller's answer names PCMU; each hears its own law, the
 samples converted both ways; telephone-event passes unchanged; the call record says the
 stream is transcoded. A callee that also has PCMU answers it and nothing is transcoded; with
-the option off the offer is as it came. An answer numbering telephone-event as the caller
-numbers its PCMU gets the converted packets still in each side's own number. In-memory
-signalling, virtual time; RTP on real 127.0.0.1 sockets through the relay."""
+the option off the offer is as it came. The carrier's own ``g711_transcoding`` overrides
+``[media]``'s both ways. An answer numbering telephone-event as the caller numbers its PCMU
+gets the converted packets still in each side's own number. In-memory signalling, virtual
+time; RTP on real 127.0.0.1 sockets through the relay."""
 
 from __future__ import annotations
 
@@ -32,13 +33,22 @@ def rtp(sequence: int, payload_type: int, ssrc: int, payload: bytes) -> bytes:
     return struct.pack("!BBHII", 0x80, payload_type, sequence, 160 * sequence, ssrc) + payload
 
 
-async def start(nursery: trio.Nursery, tmp_path: Path, seed: int, *, enabled: bool) -> B2bua:
+async def start(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    *,
+    enabled: bool,
+    trunk: bool | None = None,
+) -> B2bua:
+    """``enabled``: ``[media] g711_transcoding``; ``trunk``: the carrier's own, None: unset."""
     return await start_b2bua(
         nursery,
         tmp_path,
         seed,
         alice_auto=AutoAnswer(ring=False, status=None),
         media_table={"g711_transcoding": enabled},
+        carrier=None if trunk is None else {"g711_transcoding": trunk},
     )
 
 
@@ -168,6 +178,31 @@ async def test_a_late_offer_is_transcoded_too(
     assert b2bua_call(env).security_record()["transcoding"]["described"] == (
         "PCMU <-> PCMA transcoded"
     )
+
+
+async def test_the_trunk_setting_overrides_media_both_ways(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # [media] off (the default), on for the one carrier that needs it: its calls transcode.
+    env = await start(nursery, tmp_path, voipgw_seed, enabled=False, trunk=True)
+    _, leg_b, answer = await call_to_alice(env, alice_formats=("8", "101"))
+    assert parse_sdp_untrusted(leg_b.invite.body).media[0].formats == ("0", "101", "8")
+    assert parse_sdp_untrusted(answer).media[0].formats == ("0", "101")
+    assert b2bua_call(env).security_record()["transcoding"]["now"] is True
+
+
+async def test_a_trunk_set_false_is_never_transcoded(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed, enabled=True, trunk=False)
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0", "101"))
+    )
+    leg_b = await env.alice.next_call()
+    assert parse_sdp_untrusted(leg_b.invite.body).media[0].formats == ("0", "101")
+    assert leg_b.incoming is not None
+    await env.alice.respond(leg_b.incoming, 488)
+    assert (await incoming.final()).status >= 400
 
 
 def audio_sdp(port: int, formats: str, *rtpmaps: str) -> bytes:
