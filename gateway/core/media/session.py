@@ -43,6 +43,11 @@ What each leg sees is ours, never the other peer's transport:
   added after its own formats in the offer we send; an answer that keeps only the added law
   makes the stream transcoded both ways (:attr:`MediaSession.transcoding`), and our answer
   names the offerer's law. Decided at every answer, restored when an offer is abandoned.
+  Converted packets carry the number the receiver's own SDP gave its law, through the
+  stream's renumbering where the conversion alone cannot (``through_renumbering``); an
+  answer whose numbers make that ambiguous (``number_clash``) is not transcoded (one
+  WARNING per call). Allowed by ``[media]``, or by the call's trunks (the call sets
+  :attr:`MediaSession.g711_transcoding`).
 - Hold passes through: a=sendonly/inactive as written, and c=0.0.0.0 (RFC 3264 §8.4) as a
   media-level c= line; the relay then has no destination for that leg.
 - rtcp-mux is settled per leg (the relay demultiplexes per side): the offerer gets a=rtcp-mux in
