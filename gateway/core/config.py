@@ -422,7 +422,9 @@ class TrunkConfig:
     ``interworking`` names a PSTN interworking (``gateway_register_interworking``, e.g. the
     ``pstn`` plugin's ``rfc3398``) that adds Q.850 release causes to what we send the trunk;
     ``""``: none.
-    ``offer_rtcp_feedback`` overrides ``[media] offer_rtcp_feedback`` for calls to the trunk.
+    ``offer_rtcp_feedback`` overrides ``[media] offer_rtcp_feedback`` for calls to the trunk,
+    ``g711_transcoding`` ``[media] g711_transcoding`` for calls to and from it
+    (:meth:`GatewayConfig.g711_transcoding_for`).
     ``number_format`` is how E.164 numbers are written towards the trunk (the called number
     before ``strip_prefix``/``add_prefix``, our calling number); ``country_code`` ...
     ``national_number_length`` replace ``[numbering]``'s for numbers the trunk sends and for
@@ -456,6 +458,7 @@ class TrunkConfig:
     dids: Mapping[str, str] = attrs.field(factory=dict, converter=_read_only, hash=False)
     media_policy: str = "best-effort"
     offer_rtcp_feedback: bool | None = None
+    g711_transcoding: bool | None = None
     caller_id: str | None = None
     max_calls: int = 0
     max_cps: float = 0.0
@@ -701,6 +704,20 @@ class GatewayConfig:
     def numbering_of(self, trunk: TrunkConfig) -> NumberingPlan:
         """The numbering plan of ``trunk``: ``[numbering]`` with the keys the trunk sets."""
         return trunk_numbering(self.numbering, trunk)
+
+    def g711_transcoding_for(self, trunks: typing.Iterable[str]) -> bool:
+        """Whether a call from or to the trunks named ``trunks`` (its caller's, the ones it is
+        routed to and may fail over to) may be G.711 transcoded: ``false`` on any of them
+        wins (a trunk whose calls must never be transcoded), else ``true`` on any of them
+        (the one carrier that speaks only PCMA), else ``[media] g711_transcoding``."""
+        settings = set()
+        for name in trunks:
+            trunk = self.trunk(name)
+            if trunk is not None and trunk.g711_transcoding is not None:
+                settings.add(trunk.g711_transcoding)
+        if settings:
+            return False not in settings
+        return self.media.g711_transcoding
 
 
 _PLAN_OVERRIDES = (

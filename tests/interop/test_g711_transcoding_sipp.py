@@ -1,10 +1,12 @@
-"""G.711 transcoding through ``voipgw run`` against sipp ([media] g711_transcoding = true):
+"""G.711 transcoding through ``voipgw run`` against sipp ([media] g711_transcoding = true, or
+only the calling trunk's ``g711_transcoding = true``):
 the calling trunk (sipp on 127.0.0.2, calls/uac_call_pcmu_only.xml) speaks PCMU only, alice's
 side (sipp, calls/uas_answer_pcma_only.xml) PCMA only. Alice must be offered PCMU then the
 added PCMA (her scenario checks), answers PCMA; the trunk's answer must be PCMU and name no
 PCMA (its scenario checks). Each replays audio from a pcap; a capture read by tshark shows
 what the gateway sent each of them: the other's samples in their own law, converted octet by
-octet through the G.711 tables, with the same length. In process and in a media worker."""
+octet through the G.711 tables, with the same length. In process with ``[media]``'s key, and
+in a media worker with the trunk's own key instead (no run of its own: the run time counts)."""
 
 from __future__ import annotations
 
@@ -44,15 +46,17 @@ def received(pcap: Path, ports: list[int], gateway: tuple[int, int], port: int) 
     return rtp_payloads(pcap, ports, source, destination)
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "media-workers"])
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "media-workers-by-trunk"])
 def test_a_pcmu_trunk_and_a_pcma_callee_hear_each_other(tmp_path: Path, workers: int) -> None:
     from gateway.core.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW
 
+    # The second run leaves [media] at its default (off) and enables it on the trunk.
+    by_trunk = workers == 2
     with GatewayProcess(
         tmp_path,
         accounts=ACCOUNTS,
-        extra_toml=inbound_trunk(),
-        settings={"media": {"workers": workers, "g711_transcoding": True}},
+        extra_toml=inbound_trunk() + ("g711_transcoding = true\n" if by_trunk else ""),
+        settings={"media": {"workers": workers, "g711_transcoding": not by_trunk}},
     ) as gw:
         alice = SippUas("calls/uas_answer_pcma_only.xml", workdir=tmp_path, timeout=20)
         (alice.rundir / "callee_audio.pcap").write_bytes(pcap_of(audio(PCMA, ALICE_SSRC)))

@@ -839,6 +839,12 @@ class Call:
             device=caller.device,
         )
         self.media = self.manager.new_media_session(self._media_lost)
+        # G.711 transcoding as the trunks the call comes from or may go to set it, over
+        # [media]'s (config.g711_transcoding_for): decided before the first offer.
+        trunks = [target.trunk for target in (*targets, *self._alternates) if target.trunk]
+        if caller.kind == "trunk" and caller.name is not None:
+            trunks.append(caller.name)
+        self.media.g711_transcoding = self.manager.gateway.config.g711_transcoding_for(trunks)
         self.media.on_dtmf_digit = self._dtmf_heard
         self.media.on_dtmf_timer = self._dtmf_timer_armed
         if self.media.quality is not None and self.endpoint.rtcp_captures:

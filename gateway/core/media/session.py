@@ -43,6 +43,11 @@ What each leg sees is ours, never the other peer's transport:
   added after its own formats in the offer we send; an answer that keeps only the added law
   makes the stream transcoded both ways (:attr:`MediaSession.transcoding`), and our answer
   names the offerer's law. Decided at every answer, restored when an offer is abandoned.
+  Converted packets carry the number the receiver's own SDP gave its law, through the
+  stream's renumbering where the conversion alone cannot (``through_renumbering``); an
+  answer whose numbers make that ambiguous (``number_clash``) is not transcoded (one
+  WARNING per call). Allowed by ``[media]``, or by the call's trunks (the call sets
+  :attr:`MediaSession.g711_transcoding`).
 - Hold passes through: a=sendonly/inactive as written, and c=0.0.0.0 (RFC 3264 §8.4) as a
   media-level c= line; the relay then has no destination for that leg.
 - rtcp-mux is settled per leg (the relay demultiplexes per side): the offerer gets a=rtcp-mux in
@@ -81,7 +86,9 @@ from gateway.core.media.transcoding import (
     AddedLaw,
     TranscodingPlan,
     answer_in_offerers_law,
+    number_clash,
     plan_for_answer,
+    through_renumbering,
     with_other_law,
 )
 from gateway.core.sdp.errors import SdpError
@@ -312,8 +319,11 @@ class MediaSession:
         :meth:`dtmf_timer`: the owner calls :meth:`dtmf_timeout` when that comes."""
         self.dtmf_timeouts = 0
         """Events ended by the timeout so far (their end packets were all lost)."""
-        # G.711 transcoding (docs/architecture.md "G.711 transcoding"): on when allowed.
-        self._g711 = g711_transcoding
+        self.g711_transcoding = g711_transcoding
+        """Whether offers may get the other G.711 law added (docs/architecture.md "G.711
+        transcoding"): ``[media] g711_transcoding``, or the call's trunks' own setting (the
+        call sets it before the first offer); a transcoding already set stays until the next
+        answer."""
         self.transcoding: TranscodingPlan | None = None
         """The call's G.711 transcoding, decided by each answer; None: none."""
         # Packets transcoded by the streams closed so far, and the open streams that have
@@ -321,6 +331,7 @@ class MediaSession:
         self._transcoded_closed = {"a_to_b": 0, "b_to_a": 0}
         self._transcoded_lines: set[int] = set()
         self._transcoded_last: TranscodingPlan | None = None  # the latest plan, for the record
+        self._clash_warned = False  # a number clash stopped a transcoding: WARNING once
         self.quality = quality
         """Reads the legs' RTCP (:mod:`gateway.core.media.quality`) when given: every stream's
         RTCP observers feed it. None: RTCP is only relayed."""
@@ -546,7 +557,7 @@ class MediaSession:
             else:
                 media_out.append(rejected_media(media))
         added_law: AddedLaw | None = None
-        if self._g711:
+        if self.g711_transcoding:
             # Before telephone-event is added: that one must stay the line's last format.
             added_law = self._add_other_law(offer, relayed, previous, media_out)
         added_event: tuple[int, int] | None = None
@@ -640,18 +651,33 @@ class MediaSession:
             for index in accepted
             if numbered_alike(exchange.offer.media[index], answer.media[index])
         }
-        self._renumber(
-            exchange.offer, offerer, numbering or answer, accepted, set() if numbering else alike
-        )
-        plan = self._plan_dtmf(exchange, numbering or answer, accepted)
-        self._set_dtmf(plan)
-        added = exchange.added_event
         added_law = exchange.added_law
         transcoding: TranscodingPlan | None = None
         if added_law is not None and added_law.index in accepted:
             own = numbering or answer
             if added_law.index < len(own.media):
-                transcoding = plan_for_answer(added_law, offerer == "a", own.media[added_law.index])
+                answered_own = own.media[added_law.index]
+                transcoding = plan_for_answer(added_law, offerer == "a", answered_own)
+                clash = None
+                if transcoding is not None:
+                    sent_line = exchange.sent_offer.media[added_law.index]
+                    clash = number_clash(added_law, sent_line, answered_own)
+                if clash is not None:
+                    self._not_transcoded(added_law.index, clash)
+                    transcoding = None
+        # The renumbering carries transcoded packets to the receiver's number where the
+        # conversion alone cannot (through_renumbering); None when it cannot at all.
+        transcoding = self._renumber(
+            exchange.offer,
+            offerer,
+            numbering or answer,
+            accepted,
+            set() if numbering else alike,
+            transcoding,
+        )
+        plan = self._plan_dtmf(exchange, numbering or answer, accepted)
+        self._set_dtmf(plan)
+        added = exchange.added_event
         self._set_transcoding(transcoding)
 
         media_out: list[MediaDescription] = []
@@ -876,11 +902,16 @@ class MediaSession:
         answer: SessionDescription,
         accepted: dict[int, _Remote],
         alike: set[int],
-    ) -> None:
+        transcoding: TranscodingPlan | None = None,
+    ) -> TranscodingPlan | None:
         """Set each accepted RTP stream's payload type renumbering from the offerer's own SDP
         and the answerer's (RFC 3264 §5.1: a peer receives, and prefers to send, a codec with
         the number its own SDP gives it). Passing one leg's SDP to the other, as every plain
-        call does, leaves nothing to renumber: the streams in ``alike`` (``numbered_alike``)."""
+        call does, leaves nothing to renumber: the streams in ``alike`` (``numbered_alike``).
+
+        ``transcoding``: the G.711 transcoding the answer makes; its stream's renumbering is
+        made to agree with it (:func:`through_renumbering`). Returns it as the relay must run
+        it, or None when the two cannot agree (logged: the stream is not transcoded)."""
         forward = "a_to_b" if offerer == "a" else "b_to_a"
         backward = "b_to_a" if offerer == "a" else "a_to_b"
         for index in accepted:
@@ -898,8 +929,17 @@ class MediaSession:
                 # direction renumbers, the relay must know the sender's RED numbers too.
                 there_red = red_payload_types(offered) if there else ()
                 back_red = red_payload_types(answered) if back else ()
+            if transcoding is not None and transcoding.index == index:
+                tables = {forward: (there, there_red), backward: (back, back_red)}
+                agreed = _transcoding_renumbered(transcoding, tables)
+                if isinstance(agreed, str):
+                    self._not_transcoded(index, agreed)
+                    transcoding = None
+                else:
+                    transcoding, there, back = agreed[0], agreed[1][forward], agreed[1][backward]
             self._set_renumbered(index, forward, there, there_red)
             self._set_renumbered(index, backward, back, back_red)
+        return transcoding
 
     def _set_renumbered(
         self, index: int, direction: str, renumbered: dict[int, int], red: tuple[int, ...] = ()
@@ -958,6 +998,17 @@ class MediaSession:
             law.offerer_law.value,
         )
         return law
+
+    def _not_transcoded(self, index: int, why: str) -> None:
+        """Log once per call (WARNING) that line ``index`` is not transcoded, and why: the
+        answer goes on as without transcoding rather than with misnumbered packets."""
+        if self._clash_warned:
+            log.info("m= line %d: not transcoded: %s", index + 1, why)
+            return
+        self._clash_warned = True
+        log.warning(
+            "m= line %d: G.711 not transcoded, payload type numbers clash: %s", index + 1, why
+        )
 
     def _set_transcoding(self, plan: TranscodingPlan | None) -> None:
         """Give the streams ``plan``'s transcoding (None: none), if it is not theirs yet."""
@@ -1355,6 +1406,24 @@ def _rewritten_media(
         bandwidths=media.bandwidths,
         attributes=attributes,
     )
+
+
+def _transcoding_renumbered(
+    plan: TranscodingPlan, tables: dict[str, tuple[dict[int, int], tuple[int, ...]]]
+) -> tuple[TranscodingPlan, dict[str, dict[int, int]]] | str:
+    """``plan`` and each direction's renumbering (``tables``: ``"a_to_b"``/``"b_to_a"`` ->
+    renumbering, sender's RED payload types) made to agree (:func:`through_renumbering`);
+    or why they cannot."""
+    out: dict[str, dict[int, int]] = {}
+    keeps: dict[str, bool] = {}
+    for direction, transcoding in (("a_to_b", plan.a_to_b), ("b_to_a", plan.b_to_a)):
+        renumbered, red = tables[direction]
+        agreed = through_renumbering(transcoding, renumbered, bool(red))
+        if isinstance(agreed, str):
+            return agreed
+        keeps[direction], out[direction] = agreed
+    plan = attrs.evolve(plan, a_to_b_renumbered=keeps["a_to_b"], b_to_a_renumbered=keeps["b_to_a"])
+    return plan, out
 
 
 def _in_numbers_of(

@@ -21,6 +21,19 @@ the answerer rejects the offer (488). With ``[media] g711_transcoding`` on (docs
   offerer's (RFC 3264 §6.1: an answer lists only offered formats): with a plan it becomes the
   offerer's law at the offerer's number, in its place; without one it is removed.
 
+Payload type numbers (RFC 3264 §5.1, §6.1): each peer receives, and sends, a codec with the
+number its own SDP gives it (the model of
+:func:`~gateway.core.sdp.offer_answer.payload_type_map`). A converted packet leaves with the
+number the receiving peer declared for the law it receives; the relay converts first and then
+renumbers in the sender's numbers, so where the receiver's number for its law is one the
+sender gives another codec that is renumbered (an answerer numbering PCMA 96 where the
+offerer's telephone-event is 96 and the answerer's is 101), the direction keeps the sender's
+number on conversion and its renumbering carries it to the receiver's
+(:func:`through_renumbering`). Two cases are ambiguous and the stream is not transcoded (the
+answer goes on as without transcoding, :func:`number_clash`): the answerer numbers the added
+law with a number our offer gave another codec (its packets of that number could be either),
+or gives the number we offered the law to another codec.
+
 Everything else on the line (telephone-event, CN 13, RTCP) passes as without transcoding:
 G.711 has one octet a sample in both laws at 8000 Hz (RFC 3551 §4.5.14), so timestamps,
 sizes and RTCP octet counts are the same. The relay does the per-packet part
@@ -28,6 +41,8 @@ sizes and RTCP octet counts are the same. The relay does the per-packet part
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import attrs
 
@@ -54,20 +69,27 @@ class AddedLaw:
 @attrs.frozen
 class TranscodingPlan:
     """A transcoded stream (m= line ``index``): leg A speaks ``a_law`` with ``a_payload_type``,
-    leg B the other law with ``b_payload_type`` (each by its own SDP, RFC 3264 §5.1)."""
+    leg B the other law with ``b_payload_type`` (each by its own SDP, RFC 3264 §5.1).
+    ``a_to_b_renumbered``/``b_to_a_renumbered``: that direction converts keeping the sender's
+    number, which its payload type renumbering turns into the receiver's
+    (:func:`through_renumbering`)."""
 
     index: int
     a_law: Law
     a_payload_type: int
     b_payload_type: int
+    a_to_b_renumbered: bool = False
+    b_to_a_renumbered: bool = False
 
     @property
     def a_to_b(self) -> G711Transcoding:
-        return G711Transcoding(self.a_law, self.a_payload_type, self.b_payload_type)
+        to = self.a_payload_type if self.a_to_b_renumbered else self.b_payload_type
+        return G711Transcoding(self.a_law, self.a_payload_type, to)
 
     @property
     def b_to_a(self) -> G711Transcoding:
-        return G711Transcoding(self.a_law.other, self.b_payload_type, self.a_payload_type)
+        to = self.b_payload_type if self.b_to_a_renumbered else self.a_payload_type
+        return G711Transcoding(self.a_law.other, self.b_payload_type, to)
 
     def describe(self) -> str:
         """``PCMU <-> PCMA transcoded``: leg A's law first."""
@@ -184,3 +206,71 @@ def answer_in_offerers_law(
     if transcoded:
         attributes = attributes.add("rtpmap", f"{own} {added.offerer_law.value}/8000")
     return attrs.evolve(answer, formats=tuple(formats), attributes=attributes)
+
+
+def number_clash(added: AddedLaw, sent: MediaDescription, answered: MediaDescription) -> str | None:
+    """Why the answerer's numbers make transcoding line ``added.index`` ambiguous, or None.
+    ``sent``: our offer to the answerer; ``answered``: the answerer's own SDP for the line.
+
+    Our offer gave the added law ``added.payload_type``; an answer may number it otherwise
+    (RFC 3264 §6.1 only says SHOULD). Packets the answerer sends are then numbered by its own
+    SDP (or, by the letter of §5.1, by ours): a number that one of the two SDPs gives the law
+    and the other gives another codec could be either, and converting it would turn that
+    codec into noise, or leave the law unconverted."""
+    laws = g711_laws(answered)
+    theirs = laws.get(added.offerer_law.other)
+    if theirs is None or theirs == added.payload_type:
+        return None
+    law = added.offerer_law.other.value
+    ours = _codec_names(sent)
+    if theirs in ours:
+        return (
+            f"the answer numbers {law} {theirs}, which our offer gave {ours[theirs]}: "
+            f"its packets numbered {theirs} could be either"
+        )
+    own = _codec_names(answered)
+    if added.payload_type in own:
+        return (
+            f"the answer gives {added.payload_type}, the number we offered {law} at, to "
+            f"{own[added.payload_type]} and numbers {law} {theirs}"
+        )
+    return None
+
+
+def _codec_names(media: MediaDescription) -> dict[int, str]:
+    """``media``'s payload types and their codecs (``name/rate``), as far as they are known."""
+    try:
+        rtpmaps = media.rtpmaps()
+        payload_types = media.payload_types
+    except SdpError:
+        return {}
+    names: dict[int, str] = {}
+    for payload_type in payload_types:
+        rtpmap = rtpmaps.get(payload_type) or STATIC_PAYLOAD_TYPES.get(payload_type)
+        names[payload_type] = (
+            f"{rtpmap.encoding}/{rtpmap.clock_rate}" if rtpmap is not None else "an unknown codec"
+        )
+    return names
+
+
+def through_renumbering(
+    transcoding: G711Transcoding, renumbered: Mapping[int, int], red: bool
+) -> tuple[bool, dict[int, int]] | str:
+    """One direction's transcoding and its payload type renumbering (the sender's numbers ->
+    the receiver's, :func:`~gateway.core.sdp.offer_answer.payload_type_map`) made to agree:
+    the relay converts first (the packet then has ``transcoding.to_payload_type``) and
+    renumbers after, so a receiver's number that is a sender's number of another codec would
+    be renumbered again. Returns whether the direction must convert keeping the sender's
+    number, and the renumbering (with the sender's number of the law -> the receiver's
+    number in that case); or why it cannot (a string): the sender's law number renumbered
+    already, or RED (RFC 2198) whose blocks the renumbering rewrites but the conversion does
+    not touch (its G.711 blocks would be named the other law)."""
+    out = transcoding.to_payload_type
+    if renumbered.get(out, out) == out:
+        return False, dict(renumbered)
+    sent = transcoding.payload_type
+    if sent in renumbered:
+        return f"payload type {sent} ({transcoding.law.value}) is renumbered already"
+    if red:
+        return f"the sender's RED blocks would name {transcoding.law.value} samples {out}"
+    return True, {**renumbered, sent: out}

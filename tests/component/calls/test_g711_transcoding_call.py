@@ -3,8 +3,10 @@ speaks only PCMU, alice's phone (leg B) only PCMA. Alice is offered PCMA after t
 own formats, answers it, and the caller's answer names PCMU; each hears its own law, the
 samples converted both ways; telephone-event passes unchanged; the call record says the
 stream is transcoded. A callee that also has PCMU answers it and nothing is transcoded; with
-the option off the offer is as it came. In-memory signalling, virtual time; RTP on real
-127.0.0.1 sockets through the relay."""
+the option off the offer is as it came. The carrier's own ``g711_transcoding`` overrides
+``[media]``'s both ways. An answer numbering telephone-event as the caller numbers its PCMU
+gets the converted packets still in each side's own number. In-memory signalling, virtual
+time; RTP on real 127.0.0.1 sockets through the relay."""
 
 from __future__ import annotations
 
@@ -31,13 +33,22 @@ def rtp(sequence: int, payload_type: int, ssrc: int, payload: bytes) -> bytes:
     return struct.pack("!BBHII", 0x80, payload_type, sequence, 160 * sequence, ssrc) + payload
 
 
-async def start(nursery: trio.Nursery, tmp_path: Path, seed: int, *, enabled: bool) -> B2bua:
+async def start(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    *,
+    enabled: bool,
+    trunk: bool | None = None,
+) -> B2bua:
+    """``enabled``: ``[media] g711_transcoding``; ``trunk``: the carrier's own, None: unset."""
     return await start_b2bua(
         nursery,
         tmp_path,
         seed,
         alice_auto=AutoAnswer(ring=False, status=None),
         media_table={"g711_transcoding": enabled},
+        carrier=None if trunk is None else {"g711_transcoding": trunk},
     )
 
 
@@ -167,3 +178,78 @@ async def test_a_late_offer_is_transcoded_too(
     assert b2bua_call(env).security_record()["transcoding"]["described"] == (
         "PCMU <-> PCMA transcoded"
     )
+
+
+async def test_the_trunk_setting_overrides_media_both_ways(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # [media] off (the default), on for the one carrier that needs it: its calls transcode.
+    env = await start(nursery, tmp_path, voipgw_seed, enabled=False, trunk=True)
+    _, leg_b, answer = await call_to_alice(env, alice_formats=("8", "101"))
+    assert parse_sdp_untrusted(leg_b.invite.body).media[0].formats == ("0", "101", "8")
+    assert parse_sdp_untrusted(answer).media[0].formats == ("0", "101")
+    assert b2bua_call(env).security_record()["transcoding"]["now"] is True
+
+
+async def test_a_trunk_set_false_is_never_transcoded(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env = await start(nursery, tmp_path, voipgw_seed, enabled=True, trunk=False)
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", TRUNK_PORT, formats=("0", "101"))
+    )
+    leg_b = await env.alice.next_call()
+    assert parse_sdp_untrusted(leg_b.invite.body).media[0].formats == ("0", "101")
+    assert leg_b.incoming is not None
+    await env.alice.respond(leg_b.incoming, 488)
+    assert (await incoming.final()).status >= 400
+
+
+def audio_sdp(port: int, formats: str, *rtpmaps: str) -> bytes:
+    lines = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0"]
+    lines += [f"m=audio {port} RTP/AVP {formats}", *(f"a=rtpmap:{m}" for m in rtpmaps), ""]
+    return "\r\n".join(lines).encode()
+
+
+async def test_converted_packets_keep_each_sides_numbers_through_a_renumbering(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The carrier numbers PCMU 96 (dynamic) and telephone-event 101; alice answers PCMA 8
+    # and telephone-event 96, so her events are renumbered 96 -> 101 towards the carrier:
+    # her PCMA, converted to the carrier's PCMU 96, must not be renumbered to 101 with them
+    # (RFC 3264 §5.1: each receives with the numbers its own SDP gave).
+    env = await start(nursery, tmp_path, voipgw_seed, enabled=True)
+    incoming = await env.trunk.invite(
+        env.did_uri(ALICE_DID),
+        sdp=audio_sdp(TRUNK_PORT, "96 101", "96 PCMU/8000", "101 telephone-event/8000"),
+    )
+    leg_b = await env.alice.next_call()
+    assert leg_b.incoming is not None
+    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
+    assert offered.formats == ("96", "101", "8")
+    await env.alice.respond(
+        leg_b.incoming,
+        200,
+        body=audio_sdp(ALICE_PORT, "8 96", "8 PCMA/8000", "96 telephone-event/8000"),
+    )
+    final = await incoming.final()
+    assert final.status == 200, final.reason
+    await env.alice.next_request("ACK")
+    answered = parse_sdp_untrusted(final.body).media[0]
+    assert answered.formats == ("96", "101")
+    trunk_sock, alice_sock = await bind(TRUNK_PORT), await bind(ALICE_PORT)
+    with trunk_sock, alice_sock:
+        trunk_to, alice_to = ("127.0.0.1", answered.port), ("127.0.0.1", offered.port)
+        with trio.fail_after(2):
+            await alice_sock.sendto(rtp(1, 8, ALICE_SSRC, SAMPLES), alice_to)
+            assert await trunk_sock.recv(2048) == rtp(
+                1, 96, ALICE_SSRC, SAMPLES.translate(ALAW_TO_ULAW)
+            )
+            await alice_sock.sendto(rtp(2, 96, ALICE_SSRC, EVENT), alice_to)
+            assert await trunk_sock.recv(2048) == rtp(2, 101, ALICE_SSRC, EVENT)
+            await trunk_sock.sendto(rtp(1, 96, TRUNK_SSRC, SAMPLES), trunk_to)
+            assert await alice_sock.recv(2048) == rtp(
+                1, 8, TRUNK_SSRC, SAMPLES.translate(ULAW_TO_ALAW)
+            )
+            await trunk_sock.sendto(rtp(2, 101, TRUNK_SSRC, EVENT), trunk_to)
+            assert await alice_sock.recv(2048) == rtp(2, 96, TRUNK_SSRC, EVENT)

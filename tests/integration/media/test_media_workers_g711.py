@@ -87,3 +87,13 @@ async def test_a_worker_transcodes_both_ways_over_srtp(pool: WorkerPool) -> None
     wire, _ = await b.receive()
     assert b_receives.unprotect(wire) == rtp(2, 0, 0xA11CE, SAMPLES)
     assert stream.a_to_b.transcoding is None
+    # Converting in the sender's number, the renumbering carrying it to the receiver's (a leg
+    # B whose telephone-event 96 is the number leg A gives its law, transcoding.py): the
+    # worker runs the two in the relay's order, conversion first.
+    stream.b_to_a.transcoding = G711Transcoding(Law.PCMA, 8, 8)
+    stream.b_to_a.payload_types = {96: 101, 8: 96}
+    await pool.sync(stream.worker)
+    await b.send(b_sends.protect(rtp(2, 8, 0xB0B, SAMPLES)), stream.b.ports.rtp_port)
+    assert (await a.receive())[0] == rtp(2, 96, 0xB0B, SAMPLES.translate(ALAW_TO_ULAW))
+    await b.send(b_sends.protect(rtp(3, 96, 0xB0B, b"\x01\x0a\x00\xa0")), stream.b.ports.rtp_port)
+    assert (await a.receive())[0] == rtp(3, 101, 0xB0B, b"\x01\x0a\x00\xa0")

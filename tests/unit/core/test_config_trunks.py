@@ -252,3 +252,34 @@ def test_an_unknown_dtmf_mode_names_the_trunk_key(tmp_path: Path) -> None:
     )
     assert "dtmf" in str(error) and "trunks" in str(error)
     assert "'rfc4733'" in str(error) and "'info'" in str(error)
+
+
+G711_TRUNKS = (
+    '[[trunks]]\nname = "eu"\naddress = "udp:192.0.2.30:5060"\ng711_transcoding = true\n'
+    '[[trunks]]\nname = "never"\naddress = "udp:192.0.2.31:5060"\ng711_transcoding = false\n'
+    '[[trunks]]\nname = "us"\naddress = "udp:192.0.2.32:5060"\n'
+)
+
+
+@pytest.mark.parametrize("media", [False, True])
+def test_g711_transcoding_per_trunk_overrides_media(tmp_path: Path, media: bool) -> None:
+    text = f"[media]\ng711_transcoding = {str(media).lower()}\n" + G711_TRUNKS
+    config = cfg.from_toml(write(tmp_path, text))
+    assert [t.g711_transcoding for t in config.trunks] == [True, False, None]
+    assert config.media.g711_transcoding is media  # the global default, as it was
+    assert config.g711_transcoding_for([]) is media  # account to account
+    assert config.g711_transcoding_for(["us"]) is media
+    assert config.g711_transcoding_for(["eu"]) is True
+    assert config.g711_transcoding_for(["us", "eu"]) is True  # an alternate needs it
+    assert config.g711_transcoding_for(["never"]) is False
+    assert config.g711_transcoding_for(["eu", "never"]) is False  # false wins
+    assert config.g711_transcoding_for(["gone"]) is media  # not a trunk (any more)
+
+
+def test_a_bad_g711_transcoding_names_file_table_and_key(tmp_path: Path) -> None:
+    error = load_error(
+        tmp_path,
+        '[[trunks]]\nname = "eu"\naddress = "udp:192.0.2.30:5060"\ng711_transcoding = "yes"\n',
+    )
+    assert (error.table, error.key) == ("trunks.eu", "g711_transcoding")
+    assert "expected true or false" in str(error)

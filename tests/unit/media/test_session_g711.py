@@ -23,6 +23,8 @@ from gateway.core.media.transcoding import (
     TranscodingPlan,
     answer_in_offerers_law,
     g711_laws,
+    number_clash,
+    through_renumbering,
     with_other_law,
 )
 from gateway.core.sdp.model import MediaDescription, SessionDescription
@@ -286,3 +288,107 @@ def test_voipgw_calls_says_the_stream_is_transcoded(session: MediaSession) -> No
     )
     stats = session.statistics()
     assert (stats["a_to_b_transcoded_packets"], stats["b_to_a_transcoded_packets"]) == (0, 0)
+
+
+# -- payload type numbers (RFC 3264 §5.1, §6.1) ---------------------------------------------------
+
+
+def delivered(session: MediaSession, direction: str, payload_type: int) -> tuple[int, bool]:
+    """The payload type a packet of ``payload_type`` leaves ``direction`` with, and whether its
+    samples were converted: the relay's order, conversion first, then the renumbering."""
+    stream = stream_of(session)
+    control = stream.a_to_b if direction == "a_to_b" else stream.b_to_a
+    converted = False
+    transcoding = control.transcoding
+    if transcoding is not None and payload_type == transcoding.payload_type:
+        payload_type, converted = transcoding.to_payload_type, True
+    return control.payload_types.get(payload_type, payload_type), converted
+
+
+def test_through_renumbering_keeps_the_senders_number_where_it_would_be_renumbered() -> None:
+    pcmu = G711Transcoding(Law.PCMU, 0, 96)  # the receiver's PCMA is 96 ...
+    assert through_renumbering(pcmu, {101: 97}, red=False) == (False, {101: 97})
+    # ... and 96 is the sender's telephone-event, renumbered to the receiver's 101.
+    assert through_renumbering(pcmu, {96: 101}, red=False) == (True, {96: 101, 0: 96})
+    assert through_renumbering(pcmu, {96: 101, 0: 97}, red=False) == (
+        "payload type 0 (PCMU) is renumbered already"
+    )
+    assert isinstance(through_renumbering(pcmu, {96: 101}, red=True), str)  # RED blocks
+
+
+def test_number_clash() -> None:
+    added = AddedLaw(0, Law.PCMU, 0, 8)
+    sent = media("0 101 8", *EVENTS, "a=rtpmap:8 PCMA/8000")
+    assert number_clash(added, sent, media("8 101", *EVENTS)) is None
+    assert number_clash(added, sent, media("97", "a=rtpmap:97 PCMA/8000")) is None
+    assert number_clash(added, sent, media("101 96", "a=rtpmap:101 PCMA/8000")) == (
+        "the answer numbers PCMA 101, which our offer gave telephone-event/8000: its packets "
+        "numbered 101 could be either"
+    )
+    assert number_clash(
+        added, sent, media("97 8", "a=rtpmap:97 PCMA/8000", "a=rtpmap:8 G729/8000")
+    ) == ("the answer gives 8, the number we offered PCMA at, to G729/8000 and numbers PCMA 97")
+
+
+# The offerer's PCMU is dynamic 96 and its telephone-event 101; the answerer gives
+# telephone-event 96: B's PCMA converted to A's 96 would be renumbered to 101 as an event.
+DYNAMIC_PHONE = sdp(20000, "96 101", "a=rtpmap:96 PCMU/8000", *EVENTS)
+CARRIER_EVENTS_96 = sdp(
+    30000, "8 96", "a=rtpmap:8 PCMA/8000", "a=rtpmap:96 telephone-event/8000", "a=fmtp:96 0-16"
+)
+
+
+@pytest.mark.parametrize("offerer", ["a", "b"])
+def test_converted_packets_carry_the_receivers_number_through_a_renumbering(
+    session: MediaSession, offerer: str
+) -> None:
+    if offerer == "a":
+        session.offer_from("a", DYNAMIC_PHONE)
+        session.answer_from("b", CARRIER_EVENTS_96)
+        pcmu_leg, pcma_leg = "a_to_b", "b_to_a"
+    else:
+        # The PCMA side offers (the carrier's re-INVITE, a late offer) and is leg B's
+        # answerer here: its PCMU answer numbers telephone-event as the other's PCMU.
+        session.offer_from("b", sdp(30000, "96 101", "a=rtpmap:96 PCMA/8000", *EVENTS))
+        session.answer_from(
+            "a",
+            sdp(20000, "0 96", "a=rtpmap:96 telephone-event/8000", "a=fmtp:96 0-16"),
+        )
+        pcmu_leg, pcma_leg = "a_to_b", "b_to_a"
+    session.settle()
+    assert session.transcoding is not None
+    if offerer == "a":
+        # A -> B: PCMU 96 -> PCMA 8, events 101 -> 96; B -> A: PCMA 8 -> PCMU 96, events 96 -> 101.
+        assert delivered(session, pcmu_leg, 96) == (8, True)
+        assert delivered(session, pcmu_leg, 101) == (96, False)
+        assert delivered(session, pcma_leg, 8) == (96, True)
+        assert delivered(session, pcma_leg, 96) == (101, False)
+    else:
+        # A (PCMU 0, events 96) -> B (PCMA 96, events 101) and back.
+        assert delivered(session, pcmu_leg, 0) == (96, True)
+        assert delivered(session, pcmu_leg, 96) == (101, False)
+        assert delivered(session, pcma_leg, 96) == (0, True)
+        assert delivered(session, pcma_leg, 101) == (96, False)
+
+
+def test_an_ambiguous_number_is_not_transcoded_and_warned_once(
+    session: MediaSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The answerer numbers PCMA 101, the number our offer (the phone's) gave telephone-event.
+    session.offer_from("a", PHONE)
+    clashing = sdp(30000, "101 96", "a=rtpmap:101 PCMA/8000", "a=rtpmap:96 telephone-event/8000")
+    with caplog.at_level("INFO", logger="gateway.core.media.session"):
+        answer = session.answer_from("b", clashing)  # a 183 ...
+        session.answer_from("b", clashing)  # ... and the 200: one WARNING for the call
+    session.settle()
+    assert session.transcoding is None
+    assert transcodings(session) == (None, None)
+    assert session.transcoding_record() is None
+    # As without transcoding: the law we added is not in our answer.
+    assert "101 PCMA/8000" not in answer.media[0].attributes.values("rtpmap")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage() for r in warnings] == [
+        "m= line 1: G.711 not transcoded, payload type numbers clash: the answer numbers "
+        "PCMA 101, which our offer gave telephone-event/8000: its packets numbered 101 could "
+        "be either"
+    ]
