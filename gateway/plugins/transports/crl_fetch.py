@@ -13,7 +13,8 @@ a failure is retried after :data:`RETRY_FIRST` seconds, doubling up to :data:`RE
 Checked as a file of ``crl_files`` is (revocation.check_crl_untrusted: signed by a CA of
 ``ca_bundles``, complete, not indirect, with a nextUpdate), and current, as a reload requires;
 one older than the CRL in use from that URL (lower cRLNumber) is refused too (a stale mirror).
-The transport then uses it as a reloaded CRL file (:meth:`TlsTransport._use_fetched_crl`).
+The transport then uses it as a reloaded CRL file (:meth:`TlsTransport._use_fetched_crl`,
+which builds the new TLS contexts in a worker thread and swaps them in on the loop).
 
 Each fetched CRL is saved under ``<state_dir>/tls/crls/`` so that a restart without network
 starts with it (the same staleness rules as a file at start-up: an expired one is loaded and
@@ -96,7 +97,7 @@ class _Source:
 
 
 class CrlFetcher:
-    """Keeps the CRL of each URL current; ``use(crl)`` hands each new one to the transport,
+    """Keeps the CRL of each URL current; ``await use(crl)`` hands each new one to the transport,
     ``tick(now)`` lets it log what is due (a CRL going stale, expiring: logged at ERROR as for
     a file) even when no handshake happens. ``get``, ``wall_clock`` and ``in_thread`` are for
     tests."""
@@ -105,7 +106,7 @@ class CrlFetcher:
         self,
         *,
         cas: Callable[[], Sequence[x509.Certificate]],
-        use: Callable[[LoadedCrl], None],
+        use: Callable[[LoadedCrl], Awaitable[None]],
         tick: Callable[[float], None],
         get: GetCrl | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -263,7 +264,7 @@ class CrlFetcher:
         self.fetches["ok"] += 1
         # The one in use again (a CA that has not published yet, asked again in the last
         # quarter): nothing to save or apply. Applying rebuilds every TLS context with it,
-        # some hundred ms on the event loop for a CRL of some MiB, at each retry.
+        # some hundred ms of a CPU (in a worker thread) for a CRL of some MiB, at each retry.
         unchanged = source.crl is not None and _same(crl, source.crl)
         source.crl = crl
         if crl.stale_at > now:
@@ -277,7 +278,7 @@ class CrlFetcher:
             return
         self._save(crl)
         try:
-            self._use(crl)
+            await self._use(crl)
         except Exception:
             # A bug applying it must not end the fetching (nor the listeners' nursery).
             log.exception("tls: using the CRL fetched from %s failed", url)

@@ -86,6 +86,7 @@ def transport_for(
     assert transport.crl_fetcher is not None
     if not threads:
         transport.crl_fetcher.in_thread = inline
+    transport._in_thread = inline  # the contexts' build: test_tls_crl_apply.py runs it threaded
     transport._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
     return transport
 
@@ -209,7 +210,7 @@ async def test_a_url_that_serves_another_cas_crl_does_not_drop_the_first_cas(
     )
     transport = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
     assert transport.crl_fetcher is not None
-    transport.crl_fetcher.in_thread = inline
+    transport.crl_fetcher.in_thread = transport._in_thread = inline
     transport._start_crl_fetcher(SimpleNamespace(state_dir=str(tmp_path / "state")))  # type: ignore[arg-type]
     await run_for(transport, 1.0)
     assert [crl.issuer for crl in transport.loaded_crls()] == ["CN=Vendor Factory CA"]
@@ -242,7 +243,9 @@ async def test_a_fetched_crl_is_parsed_off_the_event_loop(
     monkeypatch.setattr(crl_fetch, "check_crl_untrusted", checking)
     server = FakeCrlServer(vendor, tmp_path)
     transport = transport_for(vendor, server, tmp_path / "state", threads=True)
-    await run_for(transport, 1.0)
+    assert transport.crl_fetcher is not None
+    # Not under run_for's deadline: the autojump clock reaches it while the thread runs.
+    await transport.crl_fetcher.refresh(URL)
     assert [crl.number for crl in transport.loaded_crls()] == [1]
     assert threads == [False]
 
@@ -259,9 +262,9 @@ async def test_the_same_crl_fetched_again_is_not_applied_again(
     used: list[int | None] = []
     use = transport.crl_fetcher._use
 
-    def counting(crl: LoadedCrl) -> None:
+    async def counting(crl: LoadedCrl) -> None:
         used.append(crl.number)
-        use(crl)
+        await use(crl)
 
     transport.crl_fetcher._use = counting
     await run_for(transport, 1.0)
@@ -340,6 +343,8 @@ async def test_urls_learned_from_certificates_are_saved_and_known_again_at_the_n
     state = tmp_path / "state"
     config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_distribution_points=True)
     first = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    assert first.crl_fetcher is not None
+    first.crl_fetcher.in_thread = first._in_thread = inline
     first._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
     assert first.loaded_crls() == ()
     first._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
