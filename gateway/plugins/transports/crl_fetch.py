@@ -94,6 +94,7 @@ class _Source:
     due: float  # Unix time of the next fetch
     crl: LoadedCrl | None = None  # the last one fetched (or saved) from this URL
     failures: int = 0
+    learned: bool = False  # from a certificate's distribution points, not crl_urls
 
 
 class CrlFetcher:
@@ -127,15 +128,16 @@ class CrlFetcher:
         #: Fetches by outcome ("ok", "failed"), for tests and the log.
         self.fetches: dict[str, int] = {"ok": 0, "failed": 0}
 
-    def add(self, url: str) -> bool:
+    def add(self, url: str, *, learned: bool = False) -> bool:
         """Fetch ``url`` from now on (at once); False when it is known already, or the bound
-        on URLs is reached (logged)."""
+        on URLs is reached (logged). ``learned``: from a certificate (crl_distribution_points),
+        forgotten when its CA leaves ca_bundles (:meth:`forget_untrusted`)."""
         if url in self._sources:
             return False
         if len(self._sources) >= MAX_URLS:
             log.warning("tls: not fetching the CRL at %s: %d CRL URLs already", url, MAX_URLS)
             return False
-        self._sources[url] = _Source(url, due=self.wall_clock())
+        self._sources[url] = _Source(url, due=self.wall_clock(), learned=learned)
         self._wake.set()
         return True
 
@@ -153,7 +155,10 @@ class CrlFetcher:
         caller logs an expired one as it does a file at start-up); each one's URL is fetched
         again at its 3/4 (at once if past). A missing file is normal (never fetched).
         ``learned`` (crl_distribution_points): the URLs saved besides them are known again
-        too, as the certificates that named them taught them in an earlier run."""
+        too, as the certificates that named them taught them in an earlier run, if their
+        CRL's CA is still in ca_bundles. Saved CRLs nothing configured accounts for any more
+        (:meth:`_prune_saved`) are removed first."""
+        self._prune_saved(learned=learned)
         if learned and self.state_dir is not None:
             for named in sorted((self.state_dir / SAVED_DIR).glob("*.url")):
                 try:
@@ -162,7 +167,7 @@ class CrlFetcher:
                 except (OSError, ValueError):
                     continue  # a damaged file: the URL is learned again at a handshake
                 if url not in self._sources and len(self._sources) < MAX_URLS:
-                    self._sources[url] = _Source(url, due=self.wall_clock())
+                    self._sources[url] = _Source(url, due=self.wall_clock(), learned=True)
         loaded: list[LoadedCrl] = []
         now = self.wall_clock()
         for source in self._sources.values():
@@ -178,6 +183,79 @@ class CrlFetcher:
             source.due = max(now, crl.stale_at)
             loaded.append(crl)
         return loaded
+
+    def _prune_saved(self, *, learned: bool) -> None:
+        """Remove the saved CRLs that no configured URL or CA accounts for, each logged at
+        INFO: one whose URL ``crl_urls`` no longer lists (and, without ``learned``, that no
+        certificate may name), one whose CA is no longer in ``ca_bundles`` (it would fail
+        the signature check at every start, and a learned URL would be fetched for ever,
+        each fetch refused), a ``.crl`` without its ``.url``, and a temporary file a crash
+        left. At start-up, before anything is loaded; nothing else writes there then."""
+        if self.state_dir is None:
+            return
+        directory = self.state_dir / SAVED_DIR
+        if not directory.is_dir():
+            return
+        trusted = {ca.subject.public_bytes() for ca in self._cas()}
+        kept: set[str] = set()
+        for named in sorted(directory.glob("*.url")):
+            try:
+                url = named.read_text(encoding="ascii").strip()
+            except (OSError, UnicodeDecodeError):
+                continue  # damaged: replaced at the next save, or removed with its .crl below
+            source = self._sources.get(url)
+            if source is None and not learned:
+                reason = "crl_urls no longer lists it"
+            else:
+                issuer = _saved_issuer(named.with_suffix(".crl"))
+                if issuer is None or issuer[0] in trusted:
+                    kept.add(named.stem)
+                    continue
+                reason = f"its CA {issuer[1]} is no longer in ca_bundles"
+            self._remove_saved(named.with_suffix(".crl"), url, reason)
+        for path in sorted(directory.iterdir()):
+            stray = path.name.startswith(".") and path.name.endswith(".tmp")
+            if stray or (path.suffix == ".crl" and path.stem not in kept):
+                self._remove_saved(path, None, "left by a crash" if stray else "no URL names it")
+
+    def _remove_saved(self, path: Path, url: str | None, reason: str) -> None:
+        removed = []
+        for each in {path, path.with_suffix(".url")} if url is not None else {path}:
+            try:
+                each.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("tls: cannot remove the saved CRL file %s: %s", each, exc)
+                continue
+            removed.append(each.name)
+        if removed:
+            log.info(
+                "tls: removed the saved CRL %s%s: %s",
+                " and ".join(sorted(removed)),
+                "" if url is None else f" of {url}",
+                reason,
+            )
+
+    def forget_untrusted(self, cas: Sequence[x509.Certificate]) -> list[str]:
+        """After a reload read ``ca_bundles`` again: the URLs whose CRL in use no longer has
+        its CA there. Their saved files are removed (logged at INFO); a learned URL is
+        forgotten (its certificates' CA is no longer ours), one of ``crl_urls`` is fetched on,
+        each fetch refused and logged until the CA is back."""
+        trusted = {ca.subject.public_bytes() for ca in cas}
+        dropped = []
+        for source in list(self._sources.values()):
+            if source.crl is None or source.crl.issuer_der in trusted:
+                continue
+            dropped.append(source.url)
+            reason = f"its CA {source.crl.issuer} is no longer in ca_bundles"
+            source.crl = None
+            if source.learned:
+                del self._sources[source.url]
+            path = self._saved_path(source.url)
+            if path is not None:
+                self._remove_saved(path, source.url, reason)
+        return dropped
 
     def _save(self, crl: LoadedCrl) -> None:
         path = self._saved_path(crl.path)
@@ -318,6 +396,17 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _saved_issuer(path: Path) -> tuple[bytes, str] | None:
+    """The issuer (DER name and RFC 4514 text) of the saved CRL at ``path``; None when it is
+    missing or unreadable (then nothing is said about its CA: it is not loaded, and the next
+    fetch replaces it)."""
+    try:
+        crl = x509.load_der_x509_crl(path.read_bytes())
+        return crl.issuer.public_bytes(), crl.issuer.rfc4514_string()
+    except (OSError, ValueError):
+        return None
 
 
 def _backoff(failures: int) -> float:

@@ -1200,10 +1200,14 @@ class TlsTransport(StreamTransport):
                 problem = crl.problem(now)
                 if problem is not None:
                     raise CertificateError(f"[plugins.{self.name}] crl_files: {problem}")
-            crls = self._effective_crls(file_crls)
-            self._check_files(paths, crls)
             ocsp_cas = self._read_cas() if self.ocsp is not None else ()
             fetch_cas = (ocsp_cas or self._read_cas()) if self.crl_fetcher is not None else ()
+            # A fetched CRL whose CA left ca_bundles is dropped, as a file of crl_files
+            # would be refused: nothing here could check its signature any more.
+            trusted = {ca.subject.public_bytes() for ca in fetch_cas}
+            fetched = {url: crl for url, crl in self._fetched.items() if crl.issuer_der in trusted}
+            crls = self._effective_crls(file_crls, fetched)
+            self._check_files(paths, crls)
             loaded: tuple[LoadedCertificate, ...] = ()
             if paths is not None:
                 loaded = (loaded_certificate(paths.certificate),)
@@ -1224,6 +1228,8 @@ class TlsTransport(StreamTransport):
         self._file_crls = file_crls
         self._ocsp_cas = ocsp_cas
         self._fetch_cas = fetch_cas
+        if self.crl_fetcher is not None:
+            self._forget_untrusted(fetched)
         self._revoked_logged.clear()  # a phone still refused after the reload is logged again
         self._announce_crls(now=now)
         if paths is not None and self._own_staple_task:
@@ -1255,7 +1261,9 @@ class TlsTransport(StreamTransport):
 
     # -- CRLs fetched over HTTP (crl_fetch.py) ---------------------------------------------
 
-    def _effective_crls(self, file_crls: Sequence[LoadedCrl]) -> tuple[LoadedCrl, ...]:
+    def _effective_crls(
+        self, file_crls: Sequence[LoadedCrl], fetched: Mapping[str, LoadedCrl] | None = None
+    ) -> tuple[LoadedCrl, ...]:
         """What handshakes are checked against: ``crl_files``, and with fetching on, one CRL per
         CA: of a file's and a fetched one, the newer (revocation.newer: higher cRLNumber), so
         a cron job and the fetch may both run while an operator moves from one to the other,
@@ -1263,7 +1271,8 @@ class TlsTransport(StreamTransport):
         if self.crl_fetcher is None:
             return tuple(file_crls)
         best: dict[bytes, LoadedCrl] = {}
-        for crl in (*file_crls, *self._fetched.values()):
+        fetched = self._fetched if fetched is None else fetched
+        for crl in (*file_crls, *fetched.values()):
             kept = best.get(crl.issuer_der)
             if kept is None or newer(crl, kept):
                 best[crl.issuer_der] = crl
@@ -1351,6 +1360,17 @@ class TlsTransport(StreamTransport):
             if crls and self._nursery is not None:
                 self._close_revoked(revoked, "a fetched CRL")
 
+    def _forget_untrusted(self, fetched: dict[str, LoadedCrl]) -> None:
+        """After a reload: the fetched CRLs ``fetched`` kept (their CA is still in ca_bundles)
+        are the ones in use; the fetcher removes the others' saved files and forgets the URLs
+        learned from that CA's certificates (learned again should the CA come back)."""
+        assert self.crl_fetcher is not None
+        gone = {url: crl for url, crl in self._fetched.items() if url not in fetched}
+        self._fetched = fetched
+        self.crl_fetcher.forget_untrusted(self._fetch_cas)
+        for crl in gone.values():
+            self._distribution_points_seen.discard(crl.issuer_der)
+
     def _learn_distribution_points(self, certificate: x509.Certificate) -> None:
         """With ``crl_distribution_points``: fetch the CRL where ``certificate`` says its
         issuer publishes it, once per issuer, and only for a CA of ``ca_bundles`` (a CRL of
@@ -1366,7 +1386,7 @@ class TlsTransport(StreamTransport):
         if find_issuer(certificate, self._fetch_cas) is None:
             return
         for url in distribution_point_urls(certificate):
-            if self.crl_fetcher.add(url):
+            if self.crl_fetcher.add(url, learned=True):
                 log.info(
                     "%s: fetching the CRL of %s from %s (its certificates' distribution point)",
                     self.name,

@@ -448,3 +448,104 @@ async def test_the_ca_bundles_are_read_at_start_and_on_reload_not_at_each_fetch(
     assert len(reads) > started
     await transport.crl_fetcher.refresh(URL)
     assert transport.crl_fetcher.fetches["failed"] == 1  # no longer signed by a trusted CA
+
+
+def started(config: TlsConfig, server: FakeCrlServer, state: Path) -> TlsTransport:
+    transport = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    assert transport.crl_fetcher is not None
+    transport.crl_fetcher.in_thread = transport._in_thread = inline
+    transport._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
+    return transport
+
+
+def saved_names(state: Path) -> list[str]:
+    return sorted(path.suffix for path in (state / "tls" / "crls").iterdir())
+
+
+async def test_saved_crls_of_urls_no_longer_configured_are_removed_at_start(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    await run_for(transport_for(vendor, server, state), 1.0)
+    assert saved_names(state) == [".crl", ".url"]
+    # A crash while saving left a temporary file and a .crl without its .url.
+    directory = state / "tls" / "crls"
+    (directory / ".0123.crl.99.tmp").write_bytes(b"half")
+    (directory / "0123.crl").write_bytes(b"orphan")
+    caplog.set_level(logging.INFO, logger=FETCH_LOG)
+    # The operator moved to another URL (of the same CA) and restarted.
+    other = TlsConfig(
+        ca_bundles=(str(vendor.certificate),), crl_urls=("http://crl2.vendor.example/f.crl",)
+    )
+    second = started(other, server, state)
+    assert second.loaded_crls() == ()
+    assert list(directory.iterdir()) == []
+    removed = [r.getMessage() for r in caplog.records if r.name == FETCH_LOG]
+    assert any(
+        line.startswith("tls: removed the saved CRL ")
+        and line.endswith(f" of {URL}: crl_urls no longer lists it")
+        for line in removed
+    )
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == FETCH_LOG)
+    assert len(removed) == 3
+
+
+async def test_a_learned_url_whose_ca_left_ca_bundles_is_removed_and_not_fetched(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_distribution_points=True)
+    first = started(config, server, state)
+    first._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+    await run_for(first, 1.0)
+    assert saved_names(state) == [".crl", ".url"]
+    # The vendor's CA is no longer trusted: restarted with another CA only.
+    caplog.set_level(logging.INFO, logger=FETCH_LOG)
+    other = TestPki(tmp_path / "other").ca("Other CA")
+    config = TlsConfig(ca_bundles=(str(other.certificate),), crl_distribution_points=True)
+    second = started(config, server, state)
+    assert second.crl_fetcher is not None and second.crl_fetcher.urls() == ()
+    assert second.loaded_crls() == ()
+    assert saved_names(state) == []
+    assert f" of {URL}: its CA CN=Vendor Factory CA is no longer in ca_bundles" in caplog.text
+    asked = len(server.asked)
+    await run_for(second, DAY)
+    assert len(server.asked) == asked  # never fetched again
+
+
+async def test_a_reload_that_drops_a_ca_drops_its_fetched_crl_and_saved_files(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    other = TestPki(tmp_path / "other").ca("Other CA")
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(vendor.certificate.read_bytes() + other.certificate.read_bytes())
+    config = TlsConfig(ca_bundles=(str(bundle),), crl_distribution_points=True)
+    transport = started(config, server, state)
+    transport._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+    await run_for(transport, 1.0)
+    assert [crl.path for crl in transport.loaded_crls()] == [URL]
+    caplog.set_level(logging.INFO, logger=FETCH_LOG)
+    bundle.write_bytes(other.certificate.read_bytes())  # the vendor's CA taken out
+    transport.reload_certificates()
+    assert transport.loaded_crls() == ()
+    assert transport.crl_fetcher is not None and transport.crl_fetcher.urls() == ()
+    assert saved_names(state) == []
+    assert "its CA CN=Vendor Factory CA is no longer in ca_bundles" in caplog.text
+    # Back in ca_bundles: learned again from the next certificate of that CA.
+    bundle.write_bytes(vendor.certificate.read_bytes())
+    transport.reload_certificates()
+    transport._learn_distribution_points(vendor.issue("phone-2", hosts=[], crl_url=URL).x509)
+    assert transport.crl_fetcher.urls() == (URL,)
