@@ -95,6 +95,8 @@ class _Source:
     crl: LoadedCrl | None = None  # the last one fetched (or saved) from this URL
     failures: int = 0
     learned: bool = False  # from a certificate's distribution points, not crl_urls
+    tried_at: float = 0.0  # Unix time the last fetch ended
+    again: bool = False  # asked for again (a reload) while a fetch was under way
 
 
 class CrlFetcher:
@@ -140,6 +142,36 @@ class CrlFetcher:
         self._sources[url] = _Source(url, due=self.wall_clock(), learned=learned)
         self._wake.set()
         return True
+
+    def refetch(self) -> None:
+        """A reload (SIGHUP): fetch every URL again now, as an operator who just revoked a
+        phone at the CA expects; one being fetched is fetched once more when that ends (its
+        answer may predate the revocation). A URL whose last fetch failed keeps its count of
+        failures (its backoff goes on growing) and is asked again no sooner than
+        :data:`RETRY_FIRST` after that failure: a SIGHUP a minute (a certificate deploy hook)
+        must not turn a dead server's backoff into a storm. At most
+        :data:`MAX_CONCURRENT_FETCHES` at once, as always."""
+        now = self.wall_clock()
+        held = 0
+        for source in self._sources.values():
+            if source.url in self._fetching:
+                source.again = True
+                continue
+            source.due = min(source.due, self._hurried(source, now))
+            held += source.due > now
+        if self._sources:
+            log.info(
+                "tls: reload: fetching %d CRL(s) again now%s",
+                len(self._sources) - held,
+                f"; {held} failing, asked again {RETRY_FIRST:g} s after its failure"
+                if held
+                else "",
+            )
+        self._wake.set()
+
+    @staticmethod
+    def _hurried(source: _Source, now: float) -> float:
+        return now if source.failures == 0 else max(now, source.tried_at + RETRY_FIRST)
 
     def urls(self) -> tuple[str, ...]:
         return tuple(self._sources)
@@ -302,6 +334,12 @@ class CrlFetcher:
             await self.refresh(url)
         finally:
             self._fetching.discard(url)
+            source = self._sources.get(url)
+            if source is not None:
+                source.tried_at = self.wall_clock()
+                if source.again:
+                    source.again = False
+                    source.due = min(source.due, self._hurried(source, source.tried_at))
             self._wake.set()
 
     async def refresh(self, url: str) -> None:

@@ -1190,9 +1190,15 @@ class TlsTransport(StreamTransport):
         the same checks as at start-up, plus the certificate's validity period; only when all
         of them succeed are they swapped in. Otherwise :class:`ReloadError` names the file and
         the reason, and everything stays as it was. Connections up keep their contexts, but
-        those whose peer certificate the new CRLs revoke are closed (:meth:`_close_revoked`)."""
+        those whose peer certificate the new CRLs revoke are closed (:meth:`_close_revoked`).
+        Fetched CRLs are fetched again now (:meth:`CrlFetcher.refetch`), either way."""
         paths = self._paths  # configured, generated (the same files, never regenerated) or None
         now = time.time()
+        if self.crl_fetcher is not None:
+            # Whatever the files: an operator who just revoked a phone at its CA and sends
+            # SIGHUP expects the CRL now. Fetched later by the fetch task, with what this
+            # reload leaves (CAs, contexts).
+            self.crl_fetcher.refetch()
         try:
             file_crls = self._read_crls()
             for crl in file_crls:

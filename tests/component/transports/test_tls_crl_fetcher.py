@@ -549,3 +549,72 @@ async def test_a_reload_that_drops_a_ca_drops_its_fetched_crl_and_saved_files(
     transport.reload_certificates()
     transport._learn_distribution_points(vendor.issue("phone-2", hosts=[], crl_url=URL).x509)
     assert transport.crl_fetcher.urls() == (URL,)
+
+
+async def test_sighup_fetches_every_crl_again_now(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The operator revoked a phone at the CA and sends SIGHUP: the CRL is fetched at once,
+    # not at 3/4 of the one in use (3 days), and its revocations used.
+    server = FakeCrlServer(vendor, tmp_path)
+    transport = transport_for(vendor, server, tmp_path / "state")
+    await run_for(transport, 100.0)
+    assert server.asked == [0.0]
+    caplog.set_level(logging.INFO, logger=FETCH_LOG)
+    transport.reload_certificates()
+    await run_for(transport, 1.0)
+    assert server.asked == [0.0, 100.0]
+    assert [crl.number for crl in transport.loaded_crls()] == [2]
+    assert "tls: reload: fetching 1 CRL(s) again now" in caplog.text
+
+
+async def test_sighup_does_not_turn_a_dead_servers_backoff_into_a_storm(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    server.down = True
+    transport = transport_for(vendor, server, tmp_path / "state")
+
+    async def sighup_every_5_s() -> None:
+        while True:
+            await trio.sleep(5.0)
+            transport.reload_certificates()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sighup_every_5_s)
+        await run_for(transport, 301.0)
+        nursery.cancel_scope.cancel()
+    # Without the SIGHUPs: 0, 60, 180 (backoff). With them: no sooner than 60 s after each
+    # failure, never every 5 s; the backoff itself is not reset (failures go on counting).
+    assert server.asked == [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]
+    assert transport.crl_fetcher is not None
+    assert transport.crl_fetcher._sources[URL].failures == 6
+
+
+async def test_sighup_during_a_fetch_fetches_once_more_after_it(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The fetch under way may have left the server before the revocation: asked again.
+    server = FakeCrlServer(vendor, tmp_path)
+    transport = transport_for(vendor, server, tmp_path / "state")
+    assert transport.crl_fetcher is not None
+    serve = server.get
+
+    async def slow(url: str) -> bytes:
+        await trio.sleep(10.0)
+        return await serve(url)
+
+    transport.crl_fetcher._get = slow
+
+    async def sighup_at_5_s() -> None:
+        await trio.sleep(5.0)
+        transport.reload_certificates()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sighup_at_5_s)
+        await run_for(transport, 30.0)
+    assert server.asked == [10.0, 20.0]
+    assert [crl.number for crl in transport.loaded_crls()] == [2]
