@@ -618,3 +618,23 @@ async def test_sighup_during_a_fetch_fetches_once_more_after_it(
         await run_for(transport, 30.0)
     assert server.asked == [10.0, 20.0]
     assert [crl.number for crl in transport.loaded_crls()] == [2]
+
+
+async def test_a_url_learned_at_a_handshake_is_fetched_at_once(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # crl_distribution_points: the first phone of a CA is checked against nothing; the window
+    # until its CA's CRL is in use is one fetch, started by its handshake, not a timer's.
+    server = FakeCrlServer(vendor, tmp_path)
+    config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_distribution_points=True)
+    transport = started(config, server, tmp_path / "state")
+
+    async def first_phone_at_100_s() -> None:
+        await trio.sleep(100.0)
+        transport._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first_phone_at_100_s)
+        await run_for(transport, 101.0)
+    assert server.asked == [100.0]
+    assert [crl.path for crl in transport.loaded_crls()] == [URL]
