@@ -344,7 +344,9 @@ class CrlFetcher:
 
     async def refresh(self, url: str) -> None:
         """Fetch ``url`` once, use the CRL if it passes, and schedule the next fetch."""
-        source = self._sources[url]
+        source = self._sources.get(url)
+        if source is None:
+            return  # forgotten by a reload since this fetch was started (forget_untrusted)
         try:
             with trio.move_on_after(FETCH_TIMEOUT) as scope:
                 data = await self._get(url)
@@ -377,6 +379,8 @@ class CrlFetcher:
                 log.exception("tls: fetching the CRL at %s failed unexpectedly", url)
             self._failed(source, str(exc) or type(exc).__name__)
             return
+        if self._sources.get(url) is not source:
+            return  # forgotten by a reload while it was fetched: its CA is no longer ours
         self.fetches["ok"] += 1
         # The one in use again (a CA that has not published yet, asked again in the last
         # quarter): nothing to save or apply. Applying rebuilds every TLS context with it,

@@ -638,3 +638,37 @@ async def test_a_url_learned_at_a_handshake_is_fetched_at_once(
         await run_for(transport, 101.0)
     assert server.asked == [100.0]
     assert [crl.path for crl in transport.loaded_crls()] == [URL]
+
+
+async def test_a_learned_url_forgotten_by_a_reload_during_its_fetch_is_not_used(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    other = TestPki(tmp_path / "other").ca("Other CA")
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(vendor.certificate.read_bytes() + other.certificate.read_bytes())
+    config = TlsConfig(ca_bundles=(str(bundle),), crl_distribution_points=True)
+    transport = started(config, server, state)
+    transport._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+    await run_for(transport, 1.0)
+    assert transport.crl_fetcher is not None
+
+    async def slow_check(function: Callable[..., LoadedCrl], *args: Any) -> LoadedCrl:
+        await trio.sleep(10.0)  # a large CRL checked in the thread, against the CAs of then
+        return function(*args)
+
+    transport.crl_fetcher.in_thread = slow_check
+    transport.reload_certificates()  # SIGHUP: fetched again
+
+    async def vendor_ca_removed_at_5_s() -> None:
+        await trio.sleep(5.0)
+        bundle.write_bytes(other.certificate.read_bytes())
+        transport.reload_certificates()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(vendor_ca_removed_at_5_s)
+        await run_for(transport, 30.0)
+    assert transport.loaded_crls() == ()
+    assert transport.crl_fetcher.urls() == ()
+    assert not (state / "tls" / "crls").exists() or saved_names(state) == []
