@@ -13,7 +13,8 @@ a failure is retried after :data:`RETRY_FIRST` seconds, doubling up to :data:`RE
 Checked as a file of ``crl_files`` is (revocation.check_crl_untrusted: signed by a CA of
 ``ca_bundles``, complete, not indirect, with a nextUpdate), and current, as a reload requires;
 one older than the CRL in use from that URL (lower cRLNumber) is refused too (a stale mirror).
-The transport then uses it as a reloaded CRL file (:meth:`TlsTransport._use_fetched_crl`).
+The transport then uses it as a reloaded CRL file (:meth:`TlsTransport._use_fetched_crl`,
+which builds the new TLS contexts in a worker thread and swaps them in on the loop).
 
 Each fetched CRL is saved under ``<state_dir>/tls/crls/`` so that a restart without network
 starts with it (the same staleness rules as a file at start-up: an expired one is loaded and
@@ -93,10 +94,13 @@ class _Source:
     due: float  # Unix time of the next fetch
     crl: LoadedCrl | None = None  # the last one fetched (or saved) from this URL
     failures: int = 0
+    learned: bool = False  # from a certificate's distribution points, not crl_urls
+    tried_at: float = 0.0  # Unix time the last fetch ended
+    again: bool = False  # asked for again (a reload) while a fetch was under way
 
 
 class CrlFetcher:
-    """Keeps the CRL of each URL current; ``use(crl)`` hands each new one to the transport,
+    """Keeps the CRL of each URL current; ``await use(crl)`` hands each new one to the transport,
     ``tick(now)`` lets it log what is due (a CRL going stale, expiring: logged at ERROR as for
     a file) even when no handshake happens. ``get``, ``wall_clock`` and ``in_thread`` are for
     tests."""
@@ -105,7 +109,7 @@ class CrlFetcher:
         self,
         *,
         cas: Callable[[], Sequence[x509.Certificate]],
-        use: Callable[[LoadedCrl], None],
+        use: Callable[[LoadedCrl], Awaitable[None]],
         tick: Callable[[float], None],
         get: GetCrl | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -126,17 +130,48 @@ class CrlFetcher:
         #: Fetches by outcome ("ok", "failed"), for tests and the log.
         self.fetches: dict[str, int] = {"ok": 0, "failed": 0}
 
-    def add(self, url: str) -> bool:
+    def add(self, url: str, *, learned: bool = False) -> bool:
         """Fetch ``url`` from now on (at once); False when it is known already, or the bound
-        on URLs is reached (logged)."""
+        on URLs is reached (logged). ``learned``: from a certificate (crl_distribution_points),
+        forgotten when its CA leaves ca_bundles (:meth:`forget_untrusted`)."""
         if url in self._sources:
             return False
         if len(self._sources) >= MAX_URLS:
             log.warning("tls: not fetching the CRL at %s: %d CRL URLs already", url, MAX_URLS)
             return False
-        self._sources[url] = _Source(url, due=self.wall_clock())
+        self._sources[url] = _Source(url, due=self.wall_clock(), learned=learned)
         self._wake.set()
         return True
+
+    def refetch(self) -> None:
+        """A reload (SIGHUP): fetch every URL again now, as an operator who just revoked a
+        phone at the CA expects; one being fetched is fetched once more when that ends (its
+        answer may predate the revocation). A URL whose last fetch failed keeps its count of
+        failures (its backoff goes on growing) and is asked again no sooner than
+        :data:`RETRY_FIRST` after that failure: a SIGHUP a minute (a certificate deploy hook)
+        must not turn a dead server's backoff into a storm. At most
+        :data:`MAX_CONCURRENT_FETCHES` at once, as always."""
+        now = self.wall_clock()
+        held = 0
+        for source in self._sources.values():
+            if source.url in self._fetching:
+                source.again = True
+                continue
+            source.due = min(source.due, self._hurried(source, now))
+            held += source.due > now
+        if self._sources:
+            log.info(
+                "tls: reload: fetching %d CRL(s) again now%s",
+                len(self._sources) - held,
+                f"; {held} failing, asked again {RETRY_FIRST:g} s after its failure"
+                if held
+                else "",
+            )
+        self._wake.set()
+
+    @staticmethod
+    def _hurried(source: _Source, now: float) -> float:
+        return now if source.failures == 0 else max(now, source.tried_at + RETRY_FIRST)
 
     def urls(self) -> tuple[str, ...]:
         return tuple(self._sources)
@@ -152,7 +187,10 @@ class CrlFetcher:
         caller logs an expired one as it does a file at start-up); each one's URL is fetched
         again at its 3/4 (at once if past). A missing file is normal (never fetched).
         ``learned`` (crl_distribution_points): the URLs saved besides them are known again
-        too, as the certificates that named them taught them in an earlier run."""
+        too, as the certificates that named them taught them in an earlier run, if their
+        CRL's CA is still in ca_bundles. Saved CRLs nothing configured accounts for any more
+        (:meth:`_prune_saved`) are removed first."""
+        self._prune_saved(learned=learned)
         if learned and self.state_dir is not None:
             for named in sorted((self.state_dir / SAVED_DIR).glob("*.url")):
                 try:
@@ -161,7 +199,7 @@ class CrlFetcher:
                 except (OSError, ValueError):
                     continue  # a damaged file: the URL is learned again at a handshake
                 if url not in self._sources and len(self._sources) < MAX_URLS:
-                    self._sources[url] = _Source(url, due=self.wall_clock())
+                    self._sources[url] = _Source(url, due=self.wall_clock(), learned=True)
         loaded: list[LoadedCrl] = []
         now = self.wall_clock()
         for source in self._sources.values():
@@ -177,6 +215,79 @@ class CrlFetcher:
             source.due = max(now, crl.stale_at)
             loaded.append(crl)
         return loaded
+
+    def _prune_saved(self, *, learned: bool) -> None:
+        """Remove the saved CRLs that no configured URL or CA accounts for, each logged at
+        INFO: one whose URL ``crl_urls`` no longer lists (and, without ``learned``, that no
+        certificate may name), one whose CA is no longer in ``ca_bundles`` (it would fail
+        the signature check at every start, and a learned URL would be fetched for ever,
+        each fetch refused), a ``.crl`` without its ``.url``, and a temporary file a crash
+        left. At start-up, before anything is loaded; nothing else writes there then."""
+        if self.state_dir is None:
+            return
+        directory = self.state_dir / SAVED_DIR
+        if not directory.is_dir():
+            return
+        trusted = {ca.subject.public_bytes() for ca in self._cas()}
+        kept: set[str] = set()
+        for named in sorted(directory.glob("*.url")):
+            try:
+                url = named.read_text(encoding="ascii").strip()
+            except (OSError, UnicodeDecodeError):
+                continue  # damaged: replaced at the next save, or removed with its .crl below
+            source = self._sources.get(url)
+            if source is None and not learned:
+                reason = "crl_urls no longer lists it"
+            else:
+                issuer = _saved_issuer(named.with_suffix(".crl"))
+                if issuer is None or issuer[0] in trusted:
+                    kept.add(named.stem)
+                    continue
+                reason = f"its CA {issuer[1]} is no longer in ca_bundles"
+            self._remove_saved(named.with_suffix(".crl"), url, reason)
+        for path in sorted(directory.iterdir()):
+            stray = path.name.startswith(".") and path.name.endswith(".tmp")
+            if stray or (path.suffix == ".crl" and path.stem not in kept):
+                self._remove_saved(path, None, "left by a crash" if stray else "no URL names it")
+
+    def _remove_saved(self, path: Path, url: str | None, reason: str) -> None:
+        removed = []
+        for each in {path, path.with_suffix(".url")} if url is not None else {path}:
+            try:
+                each.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("tls: cannot remove the saved CRL file %s: %s", each, exc)
+                continue
+            removed.append(each.name)
+        if removed:
+            log.info(
+                "tls: removed the saved CRL %s%s: %s",
+                " and ".join(sorted(removed)),
+                "" if url is None else f" of {url}",
+                reason,
+            )
+
+    def forget_untrusted(self, cas: Sequence[x509.Certificate]) -> list[str]:
+        """After a reload read ``ca_bundles`` again: the URLs whose CRL in use no longer has
+        its CA there. Their saved files are removed (logged at INFO); a learned URL is
+        forgotten (its certificates' CA is no longer ours), one of ``crl_urls`` is fetched on,
+        each fetch refused and logged until the CA is back."""
+        trusted = {ca.subject.public_bytes() for ca in cas}
+        dropped = []
+        for source in list(self._sources.values()):
+            if source.crl is None or source.crl.issuer_der in trusted:
+                continue
+            dropped.append(source.url)
+            reason = f"its CA {source.crl.issuer} is no longer in ca_bundles"
+            source.crl = None
+            if source.learned:
+                del self._sources[source.url]
+            path = self._saved_path(source.url)
+            if path is not None:
+                self._remove_saved(path, source.url, reason)
+        return dropped
 
     def _save(self, crl: LoadedCrl) -> None:
         path = self._saved_path(crl.path)
@@ -223,11 +334,19 @@ class CrlFetcher:
             await self.refresh(url)
         finally:
             self._fetching.discard(url)
+            source = self._sources.get(url)
+            if source is not None:
+                source.tried_at = self.wall_clock()
+                if source.again:
+                    source.again = False
+                    source.due = min(source.due, self._hurried(source, source.tried_at))
             self._wake.set()
 
     async def refresh(self, url: str) -> None:
         """Fetch ``url`` once, use the CRL if it passes, and schedule the next fetch."""
-        source = self._sources[url]
+        source = self._sources.get(url)
+        if source is None:
+            return  # forgotten by a reload since this fetch was started (forget_untrusted)
         try:
             with trio.move_on_after(FETCH_TIMEOUT) as scope:
                 data = await self._get(url)
@@ -260,10 +379,12 @@ class CrlFetcher:
                 log.exception("tls: fetching the CRL at %s failed unexpectedly", url)
             self._failed(source, str(exc) or type(exc).__name__)
             return
+        if self._sources.get(url) is not source:
+            return  # forgotten by a reload while it was fetched: its CA is no longer ours
         self.fetches["ok"] += 1
         # The one in use again (a CA that has not published yet, asked again in the last
         # quarter): nothing to save or apply. Applying rebuilds every TLS context with it,
-        # some hundred ms on the event loop for a CRL of some MiB, at each retry.
+        # some hundred ms of a CPU (in a worker thread) for a CRL of some MiB, at each retry.
         unchanged = source.crl is not None and _same(crl, source.crl)
         source.crl = crl
         if crl.stale_at > now:
@@ -277,7 +398,7 @@ class CrlFetcher:
             return
         self._save(crl)
         try:
-            self._use(crl)
+            await self._use(crl)
         except Exception:
             # A bug applying it must not end the fetching (nor the listeners' nursery).
             log.exception("tls: using the CRL fetched from %s failed", url)
@@ -317,6 +438,17 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _saved_issuer(path: Path) -> tuple[bytes, str] | None:
+    """The issuer (DER name and RFC 4514 text) of the saved CRL at ``path``; None when it is
+    missing or unreadable (then nothing is said about its CA: it is not loaded, and the next
+    fetch replaces it)."""
+    try:
+        crl = x509.load_der_x509_crl(path.read_bytes())
+        return crl.issuer.public_bytes(), crl.issuer.rfc4514_string()
+    except (OSError, ValueError):
+        return None
 
 
 def _backoff(failures: int) -> float:

@@ -1000,6 +1000,13 @@ class TlsTransport(StreamTransport):
         # None when neither is set (then nothing below costs anything). ``crl_get`` and
         # ``wall_clock`` are for tests. Nothing is fetched before serve() (check-config never).
         self.crl_fetcher: CrlFetcher | None = None
+        # Contexts swapped in so far (reload, fetched CRL, new listener): a fetched CRL's
+        # contexts built off the loop are built again if this moved meanwhile.
+        self._generation = 0
+        self._applying = trio.Lock()  # fetched CRLs are applied one at a time
+        #: Builds a fetched CRL's contexts off the event loop; tests on trio's autojump clock
+        #: run it inline (the clock jumps while a worker thread runs).
+        self._in_thread: Callable[..., Any] = trio.to_thread.run_sync
         self._wall_clock = wall_clock
         self._fetched: dict[str, LoadedCrl] = {}
         self._crl_fetcher_started = False
@@ -1183,9 +1190,15 @@ class TlsTransport(StreamTransport):
         the same checks as at start-up, plus the certificate's validity period; only when all
         of them succeed are they swapped in. Otherwise :class:`ReloadError` names the file and
         the reason, and everything stays as it was. Connections up keep their contexts, but
-        those whose peer certificate the new CRLs revoke are closed (:meth:`_close_revoked`)."""
+        those whose peer certificate the new CRLs revoke are closed (:meth:`_close_revoked`).
+        Fetched CRLs are fetched again now (:meth:`CrlFetcher.refetch`), either way."""
         paths = self._paths  # configured, generated (the same files, never regenerated) or None
         now = time.time()
+        if self.crl_fetcher is not None:
+            # Whatever the files: an operator who just revoked a phone at its CA and sends
+            # SIGHUP expects the CRL now. Fetched later by the fetch task, with what this
+            # reload leaves (CAs, contexts).
+            self.crl_fetcher.refetch()
         try:
             file_crls = self._read_crls()
             for crl in file_crls:
@@ -1193,39 +1206,42 @@ class TlsTransport(StreamTransport):
                 problem = crl.problem(now)
                 if problem is not None:
                     raise CertificateError(f"[plugins.{self.name}] crl_files: {problem}")
-            crls = self._effective_crls(file_crls)
-            self._check_files(paths, crls)
             ocsp_cas = self._read_cas() if self.ocsp is not None else ()
             fetch_cas = (ocsp_cas or self._read_cas()) if self.crl_fetcher is not None else ()
+            # A fetched CRL whose CA left ca_bundles is dropped, as a file of crl_files
+            # would be refused: nothing here could check its signature any more.
+            trusted = {ca.subject.public_bytes() for ca in fetch_cas}
+            fetched = {url: crl for url, crl in self._fetched.items() if crl.issuer_der in trusted}
+            crls = self._effective_crls(file_crls, fetched)
+            self._check_files(paths, crls)
             loaded: tuple[LoadedCertificate, ...] = ()
             if paths is not None:
                 loaded = (loaded_certificate(paths.certificate),)
                 problem = validity_problem(loaded[0], now=time.time())
                 if problem is not None:
                     raise CertificateError(problem)
-            listeners: list[_ListenerSide] = []
-            if paths is not None:  # else no listener has started
-                listeners = [
-                    attrs.evolve(side, context=self._server_context(paths, side.mode, crls))
-                    for side in self._listeners
-                ]
-            clients = {mode: self._new_client_context(mode, crls) for mode in self._client_contexts}
+            # On the event loop, as the reload hook is synchronous: an operator's SIGHUP, rare.
+            listeners, clients = self._build_contexts(
+                paths, self._listeners, tuple(self._client_contexts), crls
+            )
         except CertificateError as exc:
             raise ReloadError(str(exc)) from None
         if paths is not None:
             self._warn(paths, loaded[0], tuple(side.address[0] for side in self._listeners))
-        # Read by wrap() at each new connection: from here on they get the new contexts.
-        self._listeners, self._client_contexts, self._loaded = listeners, clients, loaded
+        # A fetched CRL's contexts being built now are built again from these (_generation).
+        self._swap_contexts(listeners, clients, crls)
+        self._loaded = loaded
         self._file_crls = file_crls
-        self._crls = crls
         self._ocsp_cas = ocsp_cas
         self._fetch_cas = fetch_cas
+        if self.crl_fetcher is not None:
+            self._forget_untrusted(fetched)
         self._revoked_logged.clear()  # a phone still refused after the reload is logged again
         self._announce_crls(now=now)
         if paths is not None and self._own_staple_task:
             self._staple_for(paths)  # a new certificate: its own answer, fetched at once
         if crls:
-            self._close_revoked(crls)
+            self._close_revoked(RevokedSerials(crls))
         return loaded
 
     # -- connections a reloaded CRL revokes -------------------------------------------------
@@ -1251,7 +1267,9 @@ class TlsTransport(StreamTransport):
 
     # -- CRLs fetched over HTTP (crl_fetch.py) ---------------------------------------------
 
-    def _effective_crls(self, file_crls: Sequence[LoadedCrl]) -> tuple[LoadedCrl, ...]:
+    def _effective_crls(
+        self, file_crls: Sequence[LoadedCrl], fetched: Mapping[str, LoadedCrl] | None = None
+    ) -> tuple[LoadedCrl, ...]:
         """What handshakes are checked against: ``crl_files``, and with fetching on, one CRL per
         CA: of a file's and a fetched one, the newer (revocation.newer: higher cRLNumber), so
         a cron job and the fetch may both run while an operator moves from one to the other,
@@ -1259,37 +1277,105 @@ class TlsTransport(StreamTransport):
         if self.crl_fetcher is None:
             return tuple(file_crls)
         best: dict[bytes, LoadedCrl] = {}
-        for crl in (*file_crls, *self._fetched.values()):
+        fetched = self._fetched if fetched is None else fetched
+        for crl in (*file_crls, *fetched.values()):
             kept = best.get(crl.issuer_der)
             if kept is None or newer(crl, kept):
                 best[crl.issuer_der] = crl
         return tuple(best.values())
 
-    def _use_fetched_crl(self, crl: LoadedCrl) -> None:
+    def _build_contexts(
+        self,
+        paths: CertificatePaths | None,
+        sides: Sequence[_ListenerSide],
+        modes: Sequence[Mode],
+        crls: Sequence[LoadedCrl],
+    ) -> tuple[list[_ListenerSide], dict[Mode, SSL.Context]]:
+        """New contexts for ``sides`` (the listeners) and the outbound ``modes`` in use, with
+        ``crls``: what a reload or a fetched CRL swaps in. Touches no state of the transport,
+        so that it can run in a worker thread; CertificateError names the file."""
+        listeners: list[_ListenerSide] = []
+        if paths is not None:  # else no listener has started
+            listeners = [
+                attrs.evolve(side, context=self._server_context(paths, side.mode, crls))
+                for side in sides
+            ]
+        clients = {mode: self._new_client_context(mode, crls) for mode in modes}
+        return listeners, clients
+
+    def _swap_contexts(
+        self,
+        listeners: list[_ListenerSide],
+        clients: dict[Mode, SSL.Context],
+        crls: tuple[LoadedCrl, ...],
+    ) -> None:
+        """Read by wrap() at each new connection: from here on they get these contexts, made
+        with ``crls``. An outbound context made meanwhile (:meth:`_client_context`, with the
+        CRLs these replace) is dropped and made again at its next use."""
+        self._listeners, self._client_contexts, self._crls = listeners, clients, crls
+        self._generation += 1
+
+    def _build_for_fetched(
+        self,
+        paths: CertificatePaths | None,
+        sides: Sequence[_ListenerSide],
+        modes: Sequence[Mode],
+        crls: Sequence[LoadedCrl],
+    ) -> tuple[list[_ListenerSide], dict[Mode, SSL.Context], RevokedSerials]:
+        """:meth:`_build_contexts`, and the serials the open connections are checked against
+        (one pass over every entry: some 100 ms for 100 000 entries, in the thread too)."""
+        return *self._build_contexts(paths, sides, modes, crls), RevokedSerials(crls)
+
+    async def _use_fetched_crl(self, crl: LoadedCrl) -> None:
         """A fetched CRL passed its checks: used as a reloaded CRL file is (new contexts for
         new handshakes, open connections it revokes closed, logged and in the metrics). If the
         contexts cannot be rebuilt (the certificate file gone meanwhile), the CRLs in use stay
-        and it is logged; the next fetch or SIGHUP tries again."""
-        self._fetched[crl.path] = crl
-        crls = self._effective_crls(self._file_crls)
-        paths = self._paths
-        try:
-            listeners: list[_ListenerSide] = []
-            if paths is not None:
-                listeners = [
-                    attrs.evolve(side, context=self._server_context(paths, side.mode, crls))
-                    for side in self._listeners
-                ]
-            clients = {mode: self._new_client_context(mode, crls) for mode in self._client_contexts}
-        except CertificateError as exc:
-            log.error("%s: the CRL fetched from %s is not used: %s", self.name, crl.path, exc)
-            return
-        self._listeners, self._client_contexts = listeners, clients
-        self._crls = crls
-        self._revoked_logged.clear()
-        self._announce_crls(now=self._wall_clock())
-        if crls and self._nursery is not None:
-            self._close_revoked(crls, "a fetched CRL")
+        and it is logged; the next fetch or SIGHUP tries again.
+
+        The contexts are built in a worker thread: each gets the whole CRL (OpenSSL parses it
+        again into its store), some 150 ms per context for a CRL of some MiB, during which
+        the event loop (every call's signalling) would stall. They are swapped in on the loop,
+        all at once. Fetched CRLs are applied one at a time (``_applying``); a reload (SIGHUP,
+        synchronous, so atomic on the loop) or a new listener that swapped contexts while
+        these were built is seen by :attr:`_generation`: they are built again from what it
+        left (the reload's files and CAs, this CRL too), so neither result is lost."""
+        async with self._applying:
+            self._fetched[crl.path] = crl
+            while True:
+                generation = self._generation
+                crls = self._effective_crls(self._file_crls)
+                paths, sides, modes = (
+                    self._paths,
+                    tuple(self._listeners),
+                    tuple(self._client_contexts),
+                )
+                try:
+                    listeners, clients, revoked = await self._in_thread(
+                        self._build_for_fetched, paths, sides, modes, crls
+                    )
+                except CertificateError as exc:
+                    log.error(
+                        "%s: the CRL fetched from %s is not used: %s", self.name, crl.path, exc
+                    )
+                    return
+                if generation == self._generation:
+                    break
+            self._swap_contexts(listeners, clients, crls)
+            self._revoked_logged.clear()
+            self._announce_crls(now=self._wall_clock())
+            if crls and self._nursery is not None:
+                self._close_revoked(revoked, "a fetched CRL")
+
+    def _forget_untrusted(self, fetched: dict[str, LoadedCrl]) -> None:
+        """After a reload: the fetched CRLs ``fetched`` kept (their CA is still in ca_bundles)
+        are the ones in use; the fetcher removes the others' saved files and forgets the URLs
+        learned from that CA's certificates (learned again should the CA come back)."""
+        assert self.crl_fetcher is not None
+        gone = {url: crl for url, crl in self._fetched.items() if url not in fetched}
+        self._fetched = fetched
+        self.crl_fetcher.forget_untrusted(self._fetch_cas)
+        for crl in gone.values():
+            self._distribution_points_seen.discard(crl.issuer_der)
 
     def _learn_distribution_points(self, certificate: x509.Certificate) -> None:
         """With ``crl_distribution_points``: fetch the CRL where ``certificate`` says its
@@ -1306,7 +1392,7 @@ class TlsTransport(StreamTransport):
         if find_issuer(certificate, self._fetch_cas) is None:
             return
         for url in distribution_point_urls(certificate):
-            if self.crl_fetcher.add(url):
+            if self.crl_fetcher.add(url, learned=True):
                 log.info(
                     "%s: fetching the CRL of %s from %s (its certificates' distribution point)",
                     self.name,
@@ -1328,15 +1414,14 @@ class TlsTransport(StreamTransport):
             self._crls = self._effective_crls(self._file_crls)
             self._announce_crls(now=self._wall_clock())
 
-    def _close_revoked(self, crls: Sequence[LoadedCrl], source: str = "a reloaded CRL") -> None:
-        """Close every open connection whose peer certificate ``crls`` revoke: a phone connected
+    def _close_revoked(self, revoked: RevokedSerials, source: str = "a reloaded CRL") -> None:
+        """Close every open connection whose peer certificate ``revoked`` lists: a phone connected
         before its certificate was listed (a stolen handset that keeps re-registering over the
         same connection) or a trunk whose CA revoked its certificate. Each is logged at WARNING
         and counted; the core is told first (``host.flow_revoked``): it removes the
         registrations made over the connection and ends the calls on it; an emergency call on
         it keeps it open until that call ends. Once per reload, one set look-up per open
         connection; nothing per message."""
-        revoked = RevokedSerials(crls)
         closing = [
             (flow, opened)
             for flow, opened in self._open.items()
@@ -1477,10 +1562,16 @@ class TlsTransport(StreamTransport):
         paths = self.certificate_paths(listen, host)
         mode = self.tls.listener_mode(listen)
         self._start_crl_fetcher(host)
-        context = self._server_context(paths, mode, self._crls)
+        crls = self._crls
+        context = self._server_context(paths, mode, crls)
 
         def note(listener: Listener) -> None:
-            self._listeners.append(_ListenerSide(listener.address, mode, context))
+            made_with = context
+            if crls is not self._crls:
+                # A fetched CRL was swapped in while the socket was bound: this listener too.
+                made_with = self._server_context(paths, mode, self._crls)
+            self._listeners.append(_ListenerSide(listener.address, mode, made_with))
+            self._generation += 1  # a fetched CRL's contexts being built lack this listener
             if self.own_staple is not None and not self._own_staple_task:
                 assert self._nursery is not None  # set before started() is called
                 self._own_staple_task = True

@@ -86,6 +86,7 @@ def transport_for(
     assert transport.crl_fetcher is not None
     if not threads:
         transport.crl_fetcher.in_thread = inline
+    transport._in_thread = inline  # the contexts' build: test_tls_crl_apply.py runs it threaded
     transport._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
     return transport
 
@@ -209,7 +210,7 @@ async def test_a_url_that_serves_another_cas_crl_does_not_drop_the_first_cas(
     )
     transport = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
     assert transport.crl_fetcher is not None
-    transport.crl_fetcher.in_thread = inline
+    transport.crl_fetcher.in_thread = transport._in_thread = inline
     transport._start_crl_fetcher(SimpleNamespace(state_dir=str(tmp_path / "state")))  # type: ignore[arg-type]
     await run_for(transport, 1.0)
     assert [crl.issuer for crl in transport.loaded_crls()] == ["CN=Vendor Factory CA"]
@@ -242,7 +243,9 @@ async def test_a_fetched_crl_is_parsed_off_the_event_loop(
     monkeypatch.setattr(crl_fetch, "check_crl_untrusted", checking)
     server = FakeCrlServer(vendor, tmp_path)
     transport = transport_for(vendor, server, tmp_path / "state", threads=True)
-    await run_for(transport, 1.0)
+    assert transport.crl_fetcher is not None
+    # Not under run_for's deadline: the autojump clock reaches it while the thread runs.
+    await transport.crl_fetcher.refresh(URL)
     assert [crl.number for crl in transport.loaded_crls()] == [1]
     assert threads == [False]
 
@@ -259,9 +262,9 @@ async def test_the_same_crl_fetched_again_is_not_applied_again(
     used: list[int | None] = []
     use = transport.crl_fetcher._use
 
-    def counting(crl: LoadedCrl) -> None:
+    async def counting(crl: LoadedCrl) -> None:
         used.append(crl.number)
-        use(crl)
+        await use(crl)
 
     transport.crl_fetcher._use = counting
     await run_for(transport, 1.0)
@@ -340,6 +343,8 @@ async def test_urls_learned_from_certificates_are_saved_and_known_again_at_the_n
     state = tmp_path / "state"
     config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_distribution_points=True)
     first = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    assert first.crl_fetcher is not None
+    first.crl_fetcher.in_thread = first._in_thread = inline
     first._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
     assert first.loaded_crls() == ()
     first._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
@@ -443,3 +448,227 @@ async def test_the_ca_bundles_are_read_at_start_and_on_reload_not_at_each_fetch(
     assert len(reads) > started
     await transport.crl_fetcher.refresh(URL)
     assert transport.crl_fetcher.fetches["failed"] == 1  # no longer signed by a trusted CA
+
+
+def started(config: TlsConfig, server: FakeCrlServer, state: Path) -> TlsTransport:
+    transport = TlsTransport(config, crl_get=server.get, wall_clock=wall_clock)
+    assert transport.crl_fetcher is not None
+    transport.crl_fetcher.in_thread = transport._in_thread = inline
+    transport._start_crl_fetcher(SimpleNamespace(state_dir=str(state)))  # type: ignore[arg-type]
+    return transport
+
+
+def saved_names(state: Path) -> list[str]:
+    return sorted(path.suffix for path in (state / "tls" / "crls").iterdir())
+
+
+async def test_saved_crls_of_urls_no_longer_configured_are_removed_at_start(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    await run_for(transport_for(vendor, server, state), 1.0)
+    assert saved_names(state) == [".crl", ".url"]
+    # A crash while saving left a temporary file and a .crl without its .url.
+    directory = state / "tls" / "crls"
+    (directory / ".0123.crl.99.tmp").write_bytes(b"half")
+    (directory / "0123.crl").write_bytes(b"orphan")
+    caplog.set_level(logging.INFO, logger=FETCH_LOG)
+    # The operator moved to another URL (of the same CA) and restarted.
+    other = TlsConfig(
+        ca_bundles=(str(vendor.certificate),), crl_urls=("http://crl2.vendor.example/f.crl",)
+    )
+    second = started(other, server, state)
+    assert second.loaded_crls() == ()
+    assert list(directory.iterdir()) == []
+    removed = [r.getMessage() for r in caplog.records if r.name == FETCH_LOG]
+    assert any(
+        line.startswith("tls: removed the saved CRL ")
+        and line.endswith(f" of {URL}: crl_urls no longer lists it")
+        for line in removed
+    )
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == FETCH_LOG)
+    assert len(removed) == 3
+
+
+async def test_a_learned_url_whose_ca_left_ca_bundles_is_removed_and_not_fetched(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_distribution_points=True)
+    first = started(config, server, state)
+    first._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+    await run_for(first, 1.0)
+    assert saved_names(state) == [".crl", ".url"]
+    # The vendor's CA is no longer trusted: restarted with another CA only.
+    caplog.set_level(logging.INFO, logger=FETCH_LOG)
+    other = TestPki(tmp_path / "other").ca("Other CA")
+    config = TlsConfig(ca_bundles=(str(other.certificate),), crl_distribution_points=True)
+    second = started(config, server, state)
+    assert second.crl_fetcher is not None and second.crl_fetcher.urls() == ()
+    assert second.loaded_crls() == ()
+    assert saved_names(state) == []
+    assert f" of {URL}: its CA CN=Vendor Factory CA is no longer in ca_bundles" in caplog.text
+    asked = len(server.asked)
+    await run_for(second, DAY)
+    assert len(server.asked) == asked  # never fetched again
+
+
+async def test_a_reload_that_drops_a_ca_drops_its_fetched_crl_and_saved_files(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    other = TestPki(tmp_path / "other").ca("Other CA")
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(vendor.certificate.read_bytes() + other.certificate.read_bytes())
+    config = TlsConfig(ca_bundles=(str(bundle),), crl_distribution_points=True)
+    transport = started(config, server, state)
+    transport._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+    await run_for(transport, 1.0)
+    assert [crl.path for crl in transport.loaded_crls()] == [URL]
+    caplog.set_level(logging.INFO, logger=FETCH_LOG)
+    bundle.write_bytes(other.certificate.read_bytes())  # the vendor's CA taken out
+    transport.reload_certificates()
+    assert transport.loaded_crls() == ()
+    assert transport.crl_fetcher is not None and transport.crl_fetcher.urls() == ()
+    assert saved_names(state) == []
+    assert "its CA CN=Vendor Factory CA is no longer in ca_bundles" in caplog.text
+    # Back in ca_bundles: learned again from the next certificate of that CA.
+    bundle.write_bytes(vendor.certificate.read_bytes())
+    transport.reload_certificates()
+    transport._learn_distribution_points(vendor.issue("phone-2", hosts=[], crl_url=URL).x509)
+    assert transport.crl_fetcher.urls() == (URL,)
+
+
+async def test_sighup_fetches_every_crl_again_now(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The operator revoked a phone at the CA and sends SIGHUP: the CRL is fetched at once,
+    # not at 3/4 of the one in use (3 days), and its revocations used.
+    server = FakeCrlServer(vendor, tmp_path)
+    transport = transport_for(vendor, server, tmp_path / "state")
+    await run_for(transport, 100.0)
+    assert server.asked == [0.0]
+    caplog.set_level(logging.INFO, logger=FETCH_LOG)
+    transport.reload_certificates()
+    await run_for(transport, 1.0)
+    assert server.asked == [0.0, 100.0]
+    assert [crl.number for crl in transport.loaded_crls()] == [2]
+    assert "tls: reload: fetching 1 CRL(s) again now" in caplog.text
+
+
+async def test_sighup_does_not_turn_a_dead_servers_backoff_into_a_storm(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    server.down = True
+    transport = transport_for(vendor, server, tmp_path / "state")
+
+    async def sighup_every_5_s() -> None:
+        while True:
+            await trio.sleep(5.0)
+            transport.reload_certificates()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sighup_every_5_s)
+        await run_for(transport, 301.0)
+        nursery.cancel_scope.cancel()
+    # Without the SIGHUPs: 0, 60, 180 (backoff). With them: no sooner than 60 s after each
+    # failure, never every 5 s; the backoff itself is not reset (failures go on counting).
+    assert server.asked == [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]
+    assert transport.crl_fetcher is not None
+    assert transport.crl_fetcher._sources[URL].failures == 6
+
+
+async def test_sighup_during_a_fetch_fetches_once_more_after_it(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The fetch under way may have left the server before the revocation: asked again.
+    server = FakeCrlServer(vendor, tmp_path)
+    transport = transport_for(vendor, server, tmp_path / "state")
+    assert transport.crl_fetcher is not None
+    serve = server.get
+
+    async def slow(url: str) -> bytes:
+        await trio.sleep(10.0)
+        return await serve(url)
+
+    transport.crl_fetcher._get = slow
+
+    async def sighup_at_5_s() -> None:
+        await trio.sleep(5.0)
+        transport.reload_certificates()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sighup_at_5_s)
+        await run_for(transport, 30.0)
+    assert server.asked == [10.0, 20.0]
+    assert [crl.number for crl in transport.loaded_crls()] == [2]
+
+
+async def test_a_url_learned_at_a_handshake_is_fetched_at_once(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # crl_distribution_points: the first phone of a CA is checked against nothing; the window
+    # until its CA's CRL is in use is one fetch, started by its handshake, not a timer's.
+    server = FakeCrlServer(vendor, tmp_path)
+    config = TlsConfig(ca_bundles=(str(vendor.certificate),), crl_distribution_points=True)
+    transport = started(config, server, tmp_path / "state")
+
+    async def first_phone_at_100_s() -> None:
+        await trio.sleep(100.0)
+        transport._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first_phone_at_100_s)
+        await run_for(transport, 101.0)
+    assert server.asked == [100.0]
+    assert [crl.path for crl in transport.loaded_crls()] == [URL]
+
+
+async def test_a_learned_url_forgotten_by_a_reload_during_its_fetch_is_not_used(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    other = TestPki(tmp_path / "other").ca("Other CA")
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(vendor.certificate.read_bytes() + other.certificate.read_bytes())
+    config = TlsConfig(ca_bundles=(str(bundle),), crl_distribution_points=True)
+    transport = started(config, server, state)
+    transport._learn_distribution_points(vendor.issue("phone", hosts=[], crl_url=URL).x509)
+    await run_for(transport, 1.0)
+    assert transport.crl_fetcher is not None
+
+    async def slow_check(function: Callable[..., LoadedCrl], *args: Any) -> LoadedCrl:
+        await trio.sleep(10.0)  # a large CRL checked in the thread, against the CAs of then
+        return function(*args)
+
+    transport.crl_fetcher.in_thread = slow_check
+    transport.reload_certificates()  # SIGHUP: fetched again
+
+    async def vendor_ca_removed_at_5_s() -> None:
+        await trio.sleep(5.0)
+        bundle.write_bytes(other.certificate.read_bytes())
+        transport.reload_certificates()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(vendor_ca_removed_at_5_s)
+        await run_for(transport, 30.0)
+    assert transport.loaded_crls() == ()
+    assert transport.crl_fetcher.urls() == ()
+    assert not (state / "tls" / "crls").exists() or saved_names(state) == []

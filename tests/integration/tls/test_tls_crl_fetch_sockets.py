@@ -4,7 +4,8 @@ the URL the phones' certificates name as their CRL Distribution Point. The first
 handshake teaches the gateway the URL; it fetches the CRL (which revokes nothing yet) and
 saves it; the operator revokes the connected phone in a newly published CRL, and at the next
 refresh (3/4 of the first CRL's 4 s validity) its connection is closed, a good phone's stays,
-and a new connection with the revoked certificate is refused."""
+and a new connection with the revoked certificate is refused. With `crl_urls`, a SIGHUP fetches
+the CRL at once and closes the phone it revokes."""
 
 from __future__ import annotations
 
@@ -147,6 +148,41 @@ async def test_a_phone_revoked_in_a_newly_served_crl_is_closed_at_the_next_refre
         "certificates' distribution point)"
         for r in caplog.records
     )
+
+
+async def test_sighup_fetches_the_crl_now_and_closes_the_phone_it_revokes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A week-long CRL (next fetch in 5 days): the operator revokes a phone at the CA, the CA
+    # publishes, the operator sends SIGHUP; the gateway fetches at once.
+    caplog.set_level(logging.INFO)
+    pki = TestPki(tmp_path / "pki")
+    vendor = pki.ca("Phone Vendor Factory CA")
+    server = CrlServer()
+    stolen = vendor.issue("0004f2000002", hosts=[], crl_url=server.url)
+    server.body = vendor.crl(tmp_path / "v1.crl", number=1).read_bytes()
+    tls = {"mode": "mutual", "ca_bundles": [str(vendor.certificate)], "crl_urls": [server.url]}
+    with serving(server):
+        async with running_gateway(tmp_path / "state", tls) as gateway:
+            port = tls_port(gateway)
+            transport = tls_transport(gateway)
+            with trio.fail_after(5):
+                while not transport.loaded_crls():
+                    await trio.sleep(0.05)
+            phone = await connect(port, client_context(certificate=stolen))
+            try:
+                assert (await options_over(phone)).status == 200
+                server.body = vendor.crl(
+                    tmp_path / "v2.crl", revoked=[stolen], number=2
+                ).read_bytes()
+                (report,) = gateway.reload_certificates()  # what SIGHUP runs
+                assert report.outcome == "reloaded"
+                assert await closed_by_the_gateway(phone)
+                assert [c.number for c in transport.loaded_crls()] == [2]
+                assert server.gets == 2
+            finally:
+                await trio.aclose_forcefully(phone)
+    assert "tls: reload: fetching 1 CRL(s) again now" in caplog.text
 
 
 async def test_the_http_client_reads_a_large_crl_in_many_reads_within_its_bound() -> None:

@@ -1,0 +1,168 @@
+"""A fetched CRL's TLS contexts are built in a worker thread, not on the event loop (each gets
+the whole CRL: some 150 ms per context for a CRL of some MiB, benchmarks/crl_apply.py), and
+swapped in on the loop at once; a reload (SIGHUP) that swaps contexts while they are built is
+not undone by them.
+
+Real worker threads, so trio's own clock, not the autojump clock (which jumps while a thread
+runs). Nothing waits on wall-clock time: the threads and the loop hand over through
+threading.Events, whose timeouts only keep a failing run from hanging."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from OpenSSL import SSL
+
+from gateway.plugins.transports import tls
+from gateway.plugins.transports.revocation import LoadedCrl, check_crl_untrusted
+from gateway.plugins.transports.tls import TlsConfig, TlsTransport, _ListenerSide
+from tests.interop.harness.pki import TestCa, TestPki
+
+URL = "http://crl.vendor.example/factory.crl"
+# Only a failing run waits this long (the loop never came round): never reached otherwise.
+HANG = 10.0
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> TestPki:
+    return TestPki(tmp_path / "pki")
+
+
+def transport_with_contexts(
+    pki: TestPki, vendor: TestCa, tmp_path: Path, **config: Any
+) -> TlsTransport:
+    """A transport fetching ``URL`` with one listener's context and one outbound context in
+    use, as a serving gateway has."""
+    own = vendor.issue("gateway")
+    settings: dict[str, Any] = {
+        "certificate": str(own.certificate),
+        "private_key": str(own.key),
+        "ca_bundles": (str(vendor.certificate),),
+        "crl_urls": (URL,),
+    }
+    settings.update(config)
+    transport = TlsTransport(TlsConfig(**settings))
+    assert transport._paths is not None
+    side = _ListenerSide(
+        ("127.0.0.1", 5061),
+        "server-only",
+        transport._server_context(transport._paths, "server-only", ()),
+    )
+    transport._listeners.append(side)
+    transport._client_context("server-only")
+    return transport
+
+
+def fetched(vendor: TestCa, tmp_path: Path, *, revoked: int = 0) -> LoadedCrl:
+    phones = [vendor.issue(f"phone-{n}", hosts=[]) for n in range(revoked)]
+    path = vendor.crl(tmp_path / "fetched.crl", der=True, number=7, revoked=phones)
+    return check_crl_untrusted(path.read_bytes(), URL, [vendor.issued.x509])
+
+
+def building(
+    monkeypatch: pytest.MonkeyPatch, during: Callable[[], None]
+) -> list[tuple[bool, tuple[int | None, ...]]]:
+    """Wrap the outbound context's build (the last one of each round): ``during()`` runs in
+    the building thread, then the build. Returns, per build, whether it ran in the event
+    loop's thread and the cRLNumbers it got."""
+    builds: list[tuple[bool, tuple[int | None, ...]]] = []
+    make = tls.client_context
+
+    def client_context(*args: Any, **kwargs: Any) -> SSL.Context:
+        builds.append(
+            (
+                threading.current_thread() is threading.main_thread(),
+                tuple(crl.number for crl in kwargs["crls"]),
+            )
+        )
+        during()
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(tls, "client_context", client_context)
+    return builds
+
+
+async def test_the_event_loop_keeps_serving_while_a_fetched_crl_is_applied(
+    pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vendor = pki.ca("Vendor Factory CA")
+    transport = transport_with_contexts(pki, vendor, tmp_path)
+    listener_before = transport._listeners[0].context
+    client_before = transport._client_contexts["server-only"]
+    crl = fetched(vendor, tmp_path, revoked=50)
+    started, served = threading.Event(), threading.Event()
+    ticks = 0
+
+    def during() -> None:
+        started.set()
+        # On the loop's own thread this wait is all the loop does: the ticker never runs.
+        served.wait(HANG)
+
+    builds = building(monkeypatch, during)
+    async with trio.open_nursery() as nursery:
+
+        async def ticker() -> None:
+            # What a call's signalling does meanwhile: run whenever the loop comes round.
+            nonlocal ticks
+            while True:
+                await trio.lowlevel.checkpoint()
+                ticks += 1
+                if started.is_set():
+                    served.set()
+
+        nursery.start_soon(ticker)
+        await transport._use_fetched_crl(crl)
+        nursery.cancel_scope.cancel()
+    assert served.is_set() and ticks > 0
+    assert builds == [(False, (7,))]
+    # Swapped in, all of them: new handshakes are checked against the fetched CRL.
+    assert transport.loaded_crls() == (crl,)
+    assert transport._listeners[0].context is not listener_before
+    assert transport._client_contexts["server-only"] is not client_before
+
+
+async def test_a_reload_while_a_fetched_crls_contexts_are_built_is_not_undone(
+    pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reload (SIGHUP) reads a newer crl_files CRL of a second CA while the fetched CRL's
+    # contexts are being built with the old one: swapping those in would undo the reload.
+    vendor, carrier = pki.ca("Vendor Factory CA"), pki.ca("Carrier CA")
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(vendor.certificate.read_bytes() + carrier.certificate.read_bytes())
+    file_crl = carrier.crl(tmp_path / "carrier.crl", number=1)
+    transport = transport_with_contexts(
+        pki, vendor, tmp_path, ca_bundles=(str(bundle),), crl_files=(str(file_crl),)
+    )
+    assert [crl.number for crl in transport.loaded_crls()] == [1]
+    crl = fetched(vendor, tmp_path)
+    building_now, reloaded = threading.Event(), threading.Event()
+
+    def during() -> None:
+        if not building_now.is_set():  # the first round only
+            building_now.set()
+            reloaded.wait(HANG)
+
+    builds = building(monkeypatch, during)
+
+    async def reload_meanwhile() -> None:
+        while not building_now.is_set():
+            await trio.lowlevel.checkpoint()
+        carrier.crl(file_crl, number=2)
+        transport.reload_certificates()  # on the loop, as the SIGHUP handler runs it
+        reloaded.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reload_meanwhile)
+        await transport._use_fetched_crl(crl)
+    # Built with the old file's CRL, then the reload's (which saw the fetched one too), then
+    # again from what the reload left: the file's newer CRL and the fetched one.
+    assert builds == [(False, (1, 7)), (True, (2, 7)), (False, (2, 7))]
+    assert {(crl.path, crl.number) for crl in transport.loaded_crls()} == {
+        (URL, 7),
+        (str(file_crl), 2),
+    }
