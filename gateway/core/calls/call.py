@@ -2249,10 +2249,10 @@ class Call:
             await self._b_offered(leg, response)
             return
         dialog = self._confirmed_dialog(leg, response)
-        await self._ack_b(leg, dialog, response)
         if self.b is not None or self.state != "ringing" or leg.given_up is not None:
             # Another leg won, or A cancelled: the CANCEL/200 race (RFC 3261 §9.1, §15); or
             # this leg was given up for want of a response and the call went to another trunk.
+            await self._ack_b(leg, dialog, response)
             leg.dialog = dialog
             await self._bye(leg, "call completed elsewhere")
             return
@@ -2264,6 +2264,7 @@ class Call:
             else:
                 body = self._answer_taken_in_1xx(leg, response)
         except SdpError as err:
+            await self._ack_b(leg, dialog, response)  # RFC 3261 §13.2.2.4: ACK, then BYE
             leg.dialog = dialog
             await self._bye(leg, f"bad SDP answer: {err.reason}")
             await self._reject_a(488, "Not Acceptable Here", err.reason)
@@ -2272,6 +2273,11 @@ class Call:
         self.b = leg
         self._start_session_timers(leg, response)
         self._apply_keys(leg)
+        # The callee may send its first packet the moment our ACK reaches it (sipp, carriers'
+        # announcements do): the relay must carry its answer by then. In process it does
+        # already; a media worker has it once the messages above crossed its channel.
+        await self.media.applied()
+        await self._ack_b(leg, dialog, response)
         for other in self.b_legs:
             if other is not leg and other.final is None:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
@@ -2469,6 +2475,8 @@ class Call:
         self.b = picker
         self.picked_up = {"by": picker.peer_name, "ringing": picked.peer_name}
         self._apply_keys(picker)
+        assert self.media is not None
+        await self.media.applied()  # before our 200 lets the picker send
         for other in self.b_legs:
             if other is not picker and other.final is None:
                 await self._cancel_b(other, ANSWERED_ELSEWHERE)
@@ -2539,10 +2547,12 @@ class Call:
             await self._hang_up(f"bad SDP answer in A's ACK: {err.reason}", cause=488)
         self._pickup_waiting = None
         ok = self._picker_ok(picker, request, timer, to_picker)
+        picker.session_timer = self._started(timer)
+        # The picker may send as soon as our 200 reaches it: its keys and the relay first.
+        self._up_with(picker)
+        await self.media.applied()
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
-        picker.session_timer = self._started(timer)
-        self._up_with(picker)
 
     async def _refuse_pickup(self, event: PickUpEvent) -> None:
         """The call is no longer ringing: 486 when the phone it named answered (RFC 3891 §3),
@@ -2661,8 +2671,10 @@ class Call:
             self.media.abandon_offer()
             self.state = "answered"
             await self._hang_up(f"bad SDP answer in A's ACK: {err.reason}", cause=488)
-        await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer_b))
         self._up_with(leg)
+        # B, the offerer, may send as soon as our ACK brings it the answer: keys first.
+        await self.media.applied()
+        await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer_b))
 
     def _answer_in_ack_of_a(self, ack: Request) -> SessionDescription:
         """The answer A's ACK brings to the offer in our 2xx, through A's keys and the relay,

@@ -1811,6 +1811,11 @@ class MediaRelay:
         """True: directions take DTMF interworking (:attr:`DirectionControl.dtmf`)."""
         return True
 
+    async def applied(self) -> None:
+        """Return once every change made to the streams so far is in effect: at once, since
+        they are made in this process, before the relay's task reads the next packet
+        (:meth:`gateway.core.media.relay_api.Relay.applied`)."""
+
     def open_stream(self) -> MediaStream:
         """Allocate a port pair for each leg and start relaying between them.
 

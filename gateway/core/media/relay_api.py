@@ -175,6 +175,15 @@ class Relay(Protocol):
 
     def open_stream(self) -> RelayStream: ...
 
+    async def applied(self) -> None:
+        """Return once every change made to the streams so far (remote addresses, keys and
+        block flags, transcoding, renumbering, ...) applies to the next packet that arrives.
+        A call awaits it before it lets a peer send: before the ACK of the callee's 2xx and
+        our 2xx to the caller, since a callee may send its first packet as soon as our ACK
+        reaches it. The in-process relay returns at once; a media worker's streams take a
+        round trip over its channel (:meth:`gateway.core.media.remote_relay.CallRelay.applied`)."""
+        ...
+
 
 __all__ = [
     "Address",

@@ -15,7 +15,8 @@ threads, but as processes so that each has its own interpreter lock. :class:`Wor
   keys go as values (:meth:`RemoteStream.apply_keys`) and the worker builds the SRTP contexts;
   T.38 fax (``set_opaque``) and taps (``set_tap``: the worker sends copies of what it forwards,
   T.38 datagrams with the source they came from) run in the worker's relay as in-process.
-  Every call on a proxy is synchronous and only queues a message: a call never waits for a worker;
+  Every call on a proxy is synchronous and only queues a message: a call never waits for a
+  worker, except once per answer (:meth:`CallRelay.applied`, below);
 - picks the worker of a call when its first stream opens: the one with the fewest open streams.
   Every stream costs about the same (one call's RTP at a codec's packet rate), the count is known
   here without asking the workers, and it never lags behind a burst of new calls the way a CPU
@@ -39,7 +40,12 @@ Counters and activity are pushed by the workers (``Stats``: once per second for 
 received something, every 5 s for one whose counters changed otherwise), so ``last_activity``
 is at most about a second old and ``statistics()`` a few seconds; a call's record, written as
 the call ends, can miss the last second of its packets. ``sync(worker)`` is a barrier (a
-``Ping``/``Pong`` round trip) for tests and benchmarks.
+``Ping``/``Pong`` round trip) for tests and benchmarks, and for calls: a call that applied an
+answer awaits :meth:`CallRelay.applied` (a ``sync`` of its streams' workers) before its ACK
+lets the callee send and its 2xx lets the caller send. Without it the callee's first packets,
+sent the moment our ACK arrived, could reach the worker before the answer's messages and be
+dropped (the stream was still blocked), which the in-process relay, whose changes take effect
+at once, never does.
 """
 
 from __future__ import annotations
@@ -140,6 +146,11 @@ def next_restart_delay(previous: float | None, ran_for: float, first: float) -> 
         return first
     return min(previous * 2, MAX_RESTART_DELAY)
 
+
+APPLIED_WAIT = 1.0
+"""Seconds a call waits for its worker to confirm that it applied an answer
+(:meth:`CallRelay.applied`) before it sends its ACK anyway: a round trip takes well under a
+millisecond; a worker that takes this long is stuck, and its calls would not be relayed either."""
 
 SEND_BUFFER_LIMIT = 16 * 1024 * 1024
 """Octets queued towards a worker that does not read; past this it is declared dead."""
@@ -678,6 +689,7 @@ class CallRelay:
         self._on_lost = on_lost
         self._told = False
         self._worker: int | None = None
+        self._workers: set[int] = set()  # of every stream it opened
 
     @property
     def allocator(self) -> _Address:
@@ -698,7 +710,30 @@ class CallRelay:
     def open_stream(self) -> RemoteStream:
         stream = self._pool.open_stream(prefer=self._worker, on_lost=self._lost)
         self._worker = stream.worker
+        self._workers.add(stream.worker)
         return stream
+
+    async def applied(self) -> None:
+        """Return once the workers of the call's streams have applied every message sent so
+        far (:meth:`WorkerPool.sync`, a round trip each): a proxy's setters only queue
+        messages, and a packet that reaches a worker before the answer's ``SetRemote``,
+        ``SetKeys`` and ``SetTranscoding`` is relayed by the state of before (blocked:
+        dropped). The call awaits this before its ACK lets the callee send
+        (:meth:`gateway.core.media.relay_api.Relay.applied`). A worker that exits meanwhile
+        ends the call anyway (``on_lost``); one that does not answer within
+        :data:`APPLIED_WAIT` seconds is not waited for longer: the call goes on."""
+        for index in sorted(self._workers):
+            with trio.move_on_after(APPLIED_WAIT) as waited:
+                try:
+                    await self._pool.sync(index)
+                except LocalMediaError:
+                    continue  # not running: its streams' calls hear on_lost
+            if waited.cancelled_caught:
+                log.warning(
+                    "media worker %d applied no message within %g s; the call goes on",
+                    index,
+                    APPLIED_WAIT,
+                )
 
     def _lost(self, reason: str) -> None:
         if not self._told:

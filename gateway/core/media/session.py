@@ -716,6 +716,13 @@ class MediaSession:
         exchange.answer = answer
         return sent
 
+    async def applied(self) -> None:
+        """Return once the relay applies every change made so far (the latest answer's remote
+        addresses, transcoding, renumbering; the keys set since) to the next packet that
+        arrives (:meth:`gateway.core.media.relay_api.Relay.applied`): at once in process, a
+        round trip to a media worker. Await it before letting a peer send."""
+        await self._relay.applied()
+
     def settle(self) -> None:
         """End the exchange in progress: its latest answer is final (the 2xx, or the ACK that
         carried it). Closes the streams that answer left at port 0. Nothing in progress: no-op.

@@ -7,10 +7,8 @@ receiving leg's SSRC and sequence, protected with that leg's keys. Two real work
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator
 
 import pylibsrtp
-import pytest
 import trio
 
 from gateway.core.config import PortRange
@@ -22,6 +20,7 @@ from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.session import MediaSession
 from gateway.core.media.worker_protocol import DTMF_COPIES_PER_SECOND
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from tests.integration.media.relay_fixtures import worker_pool_fixture
 from tests.integration.media.test_media_workers import (
     ADDRESS,
     GATEWAY_KEY_TO_B,
@@ -30,24 +29,13 @@ from tests.integration.media.test_media_workers import (
     connected,
     eventually,
     phones,
-    process_gone,
 )
 from tests.port_blocks import port_block_text
 
 PORTS = PortRange.parse(port_block_text(40))
 
 
-@pytest.fixture
-async def pool() -> AsyncIterator[WorkerPool]:
-    """Two workers, stopped after the test (checked: no process left)."""
-    pool = WorkerPool(ADDRESS, PORTS, 2, stats_interval=0.05, restart_delay=0.05)
-    pids: set[int | None] = set()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.serve)
-        yield pool
-        pids.update(pool.worker_pids())
-        nursery.cancel_scope.cancel()
-    assert all(process_gone(pid) for pid in pids if pid is not None)
+pool = worker_pool_fixture(PORTS)
 
 
 def packet(sequence: int, payload_type: int, ssrc: int, payload: bytes, **kw: int) -> bytes:

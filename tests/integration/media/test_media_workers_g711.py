@@ -7,26 +7,22 @@ ports."""
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator
 
 import pylibsrtp
-import pytest
-import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, G711Transcoding, Law
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.remote_relay import WorkerPool
+from tests.integration.media.relay_fixtures import worker_pool_fixture
 from tests.integration.media.test_media_workers import (
-    ADDRESS,
     GATEWAY_KEY_TO_B,
     PHONE_B_KEY,
     SUITE,
     connected,
     eventually,
     phones,
-    process_gone,
 )
 from tests.port_blocks import port_block_text
 
@@ -34,17 +30,7 @@ PORTS = PortRange.parse(port_block_text(40))
 SAMPLES = bytes(range(0, 256, 2)) + bytes(range(1, 256, 8))  # 160 octets: 20 ms
 
 
-@pytest.fixture
-async def pool() -> AsyncIterator[WorkerPool]:
-    """Two workers, stopped after the test (checked: no process left)."""
-    pool = WorkerPool(ADDRESS, PORTS, 2, stats_interval=0.05, restart_delay=0.05)
-    pids: set[int | None] = set()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.serve)
-        yield pool
-        pids.update(pool.worker_pids())
-        nursery.cancel_scope.cancel()
-    assert all(process_gone(pid) for pid in pids if pid is not None)
+pool = worker_pool_fixture(PORTS)
 
 
 def rtp(sequence: int, payload_type: int, ssrc: int, payload: bytes) -> bytes:

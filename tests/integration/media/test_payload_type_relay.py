@@ -10,16 +10,14 @@ Real UDP sockets on 127.0.0.1: the relay allocates from RELAY_PORTS, the phones 
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import trio
 
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.ports import PortAllocator
-from gateway.core.media.relay import Direction, MediaRelay, MediaStream
-from tests.integration.media.test_srtp_relay import ADDRESS, Phone, bridge, receiver_report
+from gateway.core.media.relay import Direction, MediaStream
+from tests.integration.media.relay_fixtures import in_process_fixtures
+from tests.integration.media.test_srtp_relay import Phone, bridge, receiver_report
 from tests.port_blocks import port_block_text
 
 RELAY_PORTS = PortRange.parse(port_block_text(100))
@@ -32,28 +30,7 @@ def rtp(sequence: int, payload_type: int, *, marker: bool = False, ssrc: int = 0
     return struct.pack("!BBHII", 0x80, second, sequence, 160 * sequence, ssrc) + b"\x01\x0a\x00\xa0"
 
 
-@pytest.fixture
-async def relay(nursery: trio.Nursery) -> AsyncIterator[MediaRelay]:
-    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
-    await nursery.start(relay.serve)
-    yield relay
-    relay.close()
-    assert relay.allocator.in_use == 0
-
-
-@pytest.fixture
-def stream(relay: MediaRelay) -> Iterator[MediaStream]:
-    with relay.open_stream() as stream:
-        yield stream
-
-
-@pytest.fixture
-def phones() -> Iterator[tuple[Phone, Phone]]:
-    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
-    pairs = [allocator.allocate(), allocator.allocate()]
-    yield Phone(pairs[0]), Phone(pairs[1])
-    for pair in pairs:
-        pair.close()
+relay, stream, phones = in_process_fixtures(RELAY_PORTS, PHONE_PORTS)
 
 
 def renumber_dtmf(stream: MediaStream) -> None:
