@@ -58,7 +58,7 @@ class FailureLog:
             self.since = self.summarized_at = now
             self.failures, self.since_summary = 1, 0
             self.logger.warning(
-                "%s is failing: %s; %s, summarized every %g s",
+                "%s is failing: %s; %s; further failures summarized every %g s",
                 self.subject,
                 reason,
                 self.note,

@@ -32,7 +32,8 @@ def test_once_then_a_summary_every_interval_then_once_when_it_answers(
     assert lines(caplog) == [
         (
             logging.WARNING,
-            "the store is failing: database is locked; kept here, summarized every 300 s",
+            "the store is failing: database is locked; kept here; further failures summarized "
+            "every 300 s",
         )
     ]
     # Every failure within the interval is counted, not logged.
