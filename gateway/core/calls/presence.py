@@ -205,12 +205,11 @@ class Presence:
         if store is None:
             return True
         publication = outcome.publication
-        dropped = [p.saved_etag for p in outcome.dropped if p.saved_etag is not None]
         replaces = None  # the saved version a refresh, modification or removal named
         if publication is not None and publication.saved_etag != publication.etag:
             replaces = publication.saved_etag
-        elif publication is None and dropped:
-            replaces = dropped.pop()  # a removal drops the one it named
+        elif publication is None and outcome.dropped:
+            replaces = outcome.dropped[0].saved_etag  # a removal drops the one it named
         row = None
         wall = self.notifier.wall_clock()
         offset = wall - trio.current_time()  # the table runs on trio's clock, the store on wall
@@ -229,8 +228,13 @@ class Presence:
             return True
         failures = self.notifier.store_failures
         try:
+            # One a new publication replaced here for the per-account bound is not deleted
+            # (no ``dropped``): this node's memory of an account nobody watches here may hold
+            # versions other nodes superseded or removed (it polls only watched accounts), so
+            # its choice could drop a live publication; the store keeps the account's
+            # latest-expiring ``most`` itself, the same rule applied to what it really holds.
             saved = store.publication_save(
-                account, row, replaces=replaces, dropped=dropped, now=wall, most=MAX_PER_ACCOUNT
+                account, row, replaces=replaces, now=wall, most=MAX_PER_ACCOUNT
             )
         except StoreError as exc:
             # Logged once while the store is down, then summarized (failure_log.py).

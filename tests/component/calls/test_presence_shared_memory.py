@@ -283,3 +283,41 @@ async def test_a_store_that_is_down_is_logged_once_summarized_and_once_when_it_a
     ((level, answered),) = lines()
     assert level == logging.INFO
     assert answered.startswith("the store (presence) answers again, after ")
+
+
+async def test_a_node_that_missed_a_removal_elsewhere_does_not_drop_a_live_publication(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Nobody watches alice on node A, so A does not poll her publications: after node B
+    removed one of her four, A's memory still holds its superseded tag. A fifth phone
+    publishing on A must not make A drop a live one from the store for the per-account bound
+    (the store, which has room, keeps the account's latest-expiring four itself); A forgets the
+    superseded tag when the store says so (a PUBLISH naming it: 412), or at its expiry."""
+    env_a, _ = await start(nursery, tmp_path, voipgw_seed)
+    env_b, _ = await start(nursery, tmp_path, voipgw_seed + 100)
+    follow_virtual_time(env_a)
+    follow_virtual_time(env_b)
+    tags = []
+    for phone in range(4):
+        published = await publish(env_a.alice, pidf("open", note=f"phone {phone}"))
+        assert published.status == 200
+        tags.append(published.headers.get("SIP-ETag"))
+        await trio.sleep(1)  # each expires a second after the one before
+    removed = await publish(env_b.alice, None, etag=tags[3], expires=0)  # the latest, on B
+    assert removed.status == 200, removed.reason
+    assert env_a.gateway.dialog_events is not None
+    memory_a = env_a.gateway.dialog_events.publications
+    now = trio.current_time()
+    assert memory_a.find("alice", tags[3], now=now) is not None  # A has not heard of it
+    fifth = await publish(env_a.alice, pidf("closed", note="phone 4"))
+    assert fifth.status == 200
+    store = env_a.gateway.store
+    assert store is not None
+    wall = env_a.gateway.dialog_events.wall_clock()
+    stored = {p.etag for p in store.publications_of(["alice"], now=wall)["alice"]}
+    assert stored == {tags[0], tags[1], tags[2], fifth.headers.get("SIP-ETag")}
+    # The first phone's refresh reaching A: 200 (its publication is alive).
+    assert (await publish(env_a.alice, None, etag=tags[0])).status == 200
+    # The removed one's tag, named on A: 412, and A no longer holds it.
+    assert (await publish(env_a.alice, None, etag=tags[3])).status == 412
+    assert memory_a.find("alice", tags[3], now=trio.current_time()) is None
