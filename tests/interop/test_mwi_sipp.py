@@ -4,7 +4,8 @@ with ``voicemail = true``. The phone's SUBSCRIBE reaches the platform as the gat
 alice's DID there; the platform's NOTIFY reaches the phone with its summary; the phone's
 unsubscribe reaches the platform, whose terminated NOTIFY reaches the phone. A phone that
 reboots and subscribes again from the same Contact has its old subscription closed at the
-platform, whose final NOTIFY for it is answered 200 and not relayed.
+platform, whose final NOTIFY for it is answered 200 and not relayed; when the platform refuses
+that unsubscribe, its later NOTIFYs in the old subscription are answered 200 too.
 """
 
 from __future__ import annotations
@@ -166,4 +167,50 @@ def test_a_rebooted_phones_old_subscription_is_closed_at_the_trunk(tmp_path: Pat
     # The rebooted phone had its new subscription's NOTIFYs only, not the old one's last.
     first, last = after.received("NOTIFY ")
     assert "Subscription-State: active" in first
+    assert "Subscription-State: terminated;reason=timeout" in last
+
+
+def test_a_replaced_subscription_the_platform_keeps_answers_its_late_notifies(
+    tmp_path: Path,
+) -> None:
+    """As above, but the platform refuses the old subscription's unsubscribe (500): it still
+    exists there (RFC 6665 §4.1.2.2), and the NOTIFYs it sends in it a second later, its
+    final one included, are answered 200 (uas_voicemail_refusing_unsubscribe.xml checks it),
+    not 481 (§4.2.2), and not relayed to the phone."""
+    platform = SippUas(
+        "calls/uas_voicemail_refusing_unsubscribe.xml",
+        workdir=tmp_path,
+        local_ip=TRUNK_IP,
+        calls=2,
+    )
+    phone_port = free_port_pair()
+    with platform:
+        trunk = voicemail_trunk(platform.port)
+        with GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=trunk) as gw:
+            before = run_sipp_uac(
+                "calls/uac_subscribe_mwi_reboot.xml",
+                gw.address,
+                workdir=tmp_path,
+                service="alice",
+                auth=ALICE,
+                port=phone_port,
+            )
+            before.check()
+            after = run_sipp_uac(
+                "calls/uac_subscribe_mwi.xml",
+                gw.address,
+                workdir=tmp_path,
+                service="alice",
+                auth=ALICE,
+                port=phone_port,
+            )
+            after.check()
+            served = platform.wait(timeout=10)
+            log = gw.log_text()
+    served.check()  # the old one's late NOTIFYs and the new one's final NOTIFY answered 200
+    assert "answered 500 to unsubscribing alice's replaced subscription" in log
+    assert [m for m in served.received("SIP/2.0 ") if m.startswith("SIP/2.0 481")] == []
+    # The phone had its new subscription's NOTIFYs only, not the old one's late ones.
+    first, last = after.received("NOTIFY ")
+    assert "Messages-Waiting: yes" in first
     assert "Subscription-State: terminated;reason=timeout" in last

@@ -71,6 +71,7 @@ import trio
 from gateway.core.calls.leg import BLeg
 from gateway.core.calls.messages import send_and_wait
 from gateway.core.calls.routing import Destination, called_user
+from gateway.core.failure_log import FailureLog
 from gateway.core.sip.dialog import Dialog, require_contact
 from gateway.core.sip.dialog_info import (
     CONTENT_TYPE,
@@ -245,6 +246,16 @@ class DialogEvents:
         """The watched accounts each tracked call involves, and how."""
         self.refused = 0
         """New subscriptions refused for a limit, since the start."""
+        self.store_failures = FailureLog(
+            log,
+            "the store (presence)",
+            "reads and writes",
+            "until it answers each node keeps the publications it took, and its watchers see "
+            "what it knows",
+        )
+        """The presence service's reads and writes of the store (bindings, publications): a
+        store that is down is logged once, summarized every 300 s, and once more when it
+        answers again (gateway/core/failure_log.py), not once per PUBLISH and poll."""
         self._stopping = False
 
     def __len__(self) -> int:
@@ -709,11 +720,15 @@ class DialogEvents:
         store = self.gateway.store
         if store is None:
             return None
+        wall = self.wall_clock()
         try:
-            bindings = store.bindings_for_account(account, now=self.wall_clock())
+            bindings = store.bindings_for_account(account, now=wall)
         except StoreError as exc:
-            log.warning("registrations of %s for its presence not read: %s", account, exc)
+            self.store_failures.failed(
+                f"registrations of {account} for its presence not read: {exc}", now=wall
+            )
             return None
+        self.store_failures.answered(now=wall)
         return [binding.expires_at for binding in bindings]
 
     def binding_expiries_of(self, accounts: Sequence[str]) -> dict[str, list[float]] | None:
@@ -723,13 +738,15 @@ class DialogEvents:
         store = self.gateway.store
         if store is None:
             return None
+        wall = self.wall_clock()
         try:
-            return store.binding_expiries(accounts, now=self.wall_clock())
+            found = store.binding_expiries(accounts, now=wall)
         except StoreError as exc:
-            log.warning(
-                "registrations of %d accounts for their presence not read: %s", len(accounts), exc
-            )
+            why = f"registrations of {len(accounts)} accounts for their presence not read: {exc}"
+            self.store_failures.failed(why, now=wall)
             return None
+        self.store_failures.answered(now=wall)
+        return found
 
     def load_publications(self, accounts: Sequence[str]) -> bool:
         """Make the publications of ``accounts`` (at most
@@ -744,8 +761,10 @@ class DialogEvents:
         try:
             found = store.publications_of(accounts, now=wall)
         except StoreError as exc:
-            log.warning("presence publications of %d accounts not read: %s", len(accounts), exc)
+            why = f"presence publications of {len(accounts)} accounts not read: {exc}"
+            self.store_failures.failed(why, now=wall)
             return False
+        self.store_failures.answered(now=wall)
         now = trio.current_time()
         offset = now - wall  # stored times are wall-clock; the table runs on trio's clock
         taken = self.publications.taken

@@ -38,9 +38,11 @@ current entity tag for the other nodes, and for this node after a restart:
 * Each successful PUBLISH is written before it is answered, in the event loop, as a REGISTER's
   bindings are (the store's API is synchronous and one thread at a time: no write can be left
   to another thread safely): one statement sequence on SQLite, one round trip on PostgreSQL. A
-  write that fails leaves the publication on this node alone (logged at WARNING; its next
-  refresh here writes it again): the PUBLISH is answered all the same, and this node's watchers
-  see it at once either way.
+  write that fails leaves the publication on this node alone (its next refresh here writes it
+  again): the PUBLISH is answered all the same, and this node's watchers see it at once either
+  way. A store that is down is logged per outage (``DialogEvents.store_failures``, every read
+  and write of presence: a WARNING at the first failure, a summary every 300 s, an INFO when it
+  answers again), not per PUBLISH or poll.
 * A PUBLISH whose SIP-If-Match this node does not know (the phone's refresh reached another node
   than the one that took its first PUBLISH) loads the account's publications from the store
   first (one query, for a tag missing from memory only), so it is 412 only when no node knows
@@ -203,12 +205,11 @@ class Presence:
         if store is None:
             return True
         publication = outcome.publication
-        dropped = [p.saved_etag for p in outcome.dropped if p.saved_etag is not None]
         replaces = None  # the saved version a refresh, modification or removal named
         if publication is not None and publication.saved_etag != publication.etag:
             replaces = publication.saved_etag
-        elif publication is None and dropped:
-            replaces = dropped.pop()  # a removal drops the one it named
+        elif publication is None and outcome.dropped:
+            replaces = outcome.dropped[0].saved_etag  # a removal drops the one it named
         row = None
         wall = self.notifier.wall_clock()
         offset = wall - trio.current_time()  # the table runs on trio's clock, the store on wall
@@ -225,17 +226,26 @@ class Presence:
             )
         if row is None and replaces is None:
             return True
+        failures = self.notifier.store_failures
         try:
+            # One a new publication replaced here for the per-account bound is not deleted
+            # (no ``dropped``): this node's memory of an account nobody watches here may hold
+            # versions other nodes superseded or removed (it polls only watched accounts), so
+            # its choice could drop a live publication; the store keeps the account's
+            # latest-expiring ``most`` itself, the same rule applied to what it really holds.
             saved = store.publication_save(
-                account, row, replaces=replaces, dropped=dropped, now=wall, most=MAX_PER_ACCOUNT
+                account, row, replaces=replaces, now=wall, most=MAX_PER_ACCOUNT
             )
         except StoreError as exc:
-            log.warning("presence publication of %s kept on this node only: %s", account, exc)
+            # Logged once while the store is down, then summarized (failure_log.py).
+            why = f"presence publication of {account} kept on this node only: {exc}"
+            failures.failed(why, now=wall)
             if publication is not None:
                 # A refresh the store did not take: its row of the version before runs out at
                 # that version's expiry, which the poll must not take for "gone elsewhere".
                 publication.unsaved = True
             return True
+        failures.answered(now=wall)
         if publication is not None:
             publication.unsaved = False  # saved, or superseded: the store is right again
             if saved:

@@ -37,11 +37,15 @@ INVITE and a MESSAGE do. Expires is bounded (:mod:`gateway.core.sip.events`:
 Bounds: :data:`MAX_SUBSCRIPTIONS` in all (503 past it) and :data:`MAX_PER_ACCOUNT` per
 account (403 past it); a phone that subscribes again from the same Contact (it rebooted)
 replaces its old subscription, which ends as at a stop but without a NOTIFY to the phone (it
-forgot that dialog): unsubscribed at the trunk, its final NOTIFY answered 200 and not relayed
-(:data:`FINAL_NOTIFY_WAIT` at most), no longer counted against the account meanwhile (at most
-:data:`MAX_CLOSING_PER_ACCOUNT` of an account wait so; past it the oldest is forgotten); one
-whose SUBSCRIBE the trunk has not answered yet is forgotten at once, and unsubscribed at the
-trunk as soon as a late 2xx for it comes (the phone's old SUBSCRIBE then gets 481). Other
+forgot that dialog): unsubscribed at the trunk, and kept while it exists there (RFC 6665
+§4.1.2.3, §4.2.2: a NOTIFY is 481 only once the subscription is gone), every NOTIFY of the
+trunk's answered 200 and not relayed until its final one (``terminated``) or its expiry: after
+a 2xx to the unsubscribe :data:`FINAL_NOTIFY_WAIT`, after a refusal (not 481 or 408, which end
+it at once, §4.1.2.2) the expiry last granted. It no longer counts against the account
+meanwhile (at most :data:`MAX_CLOSING_PER_ACCOUNT` of an account are kept so; past it the
+oldest is forgotten); a stop waits for the unsubscribes under way as for its own. One whose
+SUBSCRIBE the trunk has not answered yet closes the same way: its NOTIFYs answered 200, and
+unsubscribed as soon as the trunk's 2xx comes (the phone's old SUBSCRIBE then gets 481). Other
 event packages get 489 with ``Allow-Events: message-summary, dialog``. ``Event: dialog``
 SUBSCRIBEs (and ``Event: presence`` ones while ``[presence] allow`` is not ``"none"``) and
 their dialogs go to the gateway's own notifier (gateway/core/calls/dialog_events.py). The
@@ -154,8 +158,12 @@ class Subscription:
     Contact), unsubscribed at the trunk, whose NOTIFYs are answered until its final one; no
     longer counted against the account's :data:`MAX_PER_ACCOUNT`."""
     replaced: bool = False
-    """Replaced (same Contact) while its SUBSCRIBE to the trunk was unanswered, and forgotten:
-    a late 2xx from the trunk is followed by an unsubscribe at once."""
+    """Replaced by a SUBSCRIBE from the same Contact (closing): kept, its trunk's NOTIFYs
+    answered 200, until the trunk's final NOTIFY or its expiry (RFC 6665 §4.1.2.3, §4.2.2).
+    One replaced while its SUBSCRIBE to the trunk was unanswered is unsubscribed on its 2xx."""
+    closed: trio.Event = attrs.field(factory=trio.Event)
+    """Set once nothing of ours is under way for it at the trunk: forgotten, or a replaced one
+    whose unsubscribe the trunk refused, kept until its expiry. What a stop waits for."""
 
     @property
     def phone_key(self) -> DialogKey:
@@ -368,20 +376,18 @@ class Subscriptions:
         """A phone subscribing again from the Contact of a subscription it still has (it
         rebooted and forgot the old one): the old one ends as at a stop, without a NOTIFY to
         the phone (it no longer knows that dialog): unsubscribed at the trunk (RFC 6665
-        §4.1.2.3), whose final NOTIFY is answered 200 and not relayed, instead of a 481 for a
-        subscription forgotten first. It no longer counts against the account's limit."""
+        §4.1.2.3), whose NOTIFYs are answered 200 and not relayed until its final one or its
+        expiry, instead of a 481 for a subscription forgotten first. It no longer counts
+        against the account's limit."""
         contacts = request.contacts
         contact = str(contacts[0].uri) if contacts else ""
         old = self._by_contact.get((account, contact))
         if old is None:
             return
         log.info("subscription of %s from %s replaced by a new one", account, contact)
-        if old.trunk_dialog is None:
-            # Its SUBSCRIBE is unanswered: nothing to close yet (a late 2xx is, at once).
-            old.replaced = True
-            self._end(old, "replaced")
-            return
-        old.state.handle(Input.DIALOG_GONE, now=trio.current_time())
+        # Its state table runs on (it is the trunk's subscription until that ends): the
+        # unsubscribe's answer, the trunk's NOTIFYs and its expiry move it (_close_at_trunk).
+        old.replaced = True
         replaced = self._replaced.get(account, [])
         while len(replaced) >= MAX_CLOSING_PER_ACCOUNT:
             # Replaced faster than trunks close them: they would hold the global limit.
@@ -394,7 +400,10 @@ class Subscriptions:
         self._start_closing(old)
         if old.phone_dialog is not None:
             old.phone_dialog.terminate()
-        self._nursery.start_soon(self._close_at_trunk, old)
+        if old.trunk_dialog is not None:
+            self._nursery.start_soon(self._close_at_trunk, old)
+        # else its SUBSCRIBE is unanswered: unsubscribed on its 2xx (_subscribe_trunk), and
+        # its NOTIFYs meanwhile (§4.1.2.4) are answered 200 as a closing one's.
 
     def _to_trunk(
         self,
@@ -496,11 +505,18 @@ class Subscriptions:
         if subscription.trunk_dialog is None:
             subscription.trunk_dialog = Dialog.create_uac(subscription.trunk_request, final)
         if subscription.replaced:
-            # Replaced while the trunk had not answered, and forgotten: its 2xx made a
-            # subscription at the trunk that nobody wants, which would live on until its first
-            # NOTIFY got 481. Unsubscribed at once in the dialog the 2xx made (RFC 6665
-            # §4.1.2.3); the phone, which subscribed again, gets no dialog we do not know.
-            self._nursery.start_soon(self._unsubscribe_replaced, subscription)
+            # Replaced while the trunk had not answered: its 2xx made a subscription at the
+            # trunk that nobody wants. Unsubscribed at once in the dialog the 2xx made (RFC
+            # 6665 §4.1.2.3), closing as any replaced one (its NOTIFYs 200 until its final
+            # one); the phone, which subscribed again, gets no dialog we do not know.
+            if subscription.trunk_dialog.state is not DialogState.TERMINATED:
+                # (Terminated: its final NOTIFY came first.) Forgotten already (past
+                # MAX_CLOSING_PER_ACCOUNT, or expired): unsubscribed all the same.
+                subscription.state.handle(
+                    Input.ACCEPTED, now=now, expires=_expires_of(final, expires)
+                )
+                self._timer_changed.set()
+                self._nursery.start_soon(self._close_at_trunk, subscription)
             return make_response(
                 request,
                 481,
@@ -547,6 +563,7 @@ class Subscriptions:
             or not subscription.trunk_alternates
             or subscription.trunk_dialog is not None  # a NOTIFY made the dialog: it is there
             or subscription.state.ended
+            or subscription.replaced  # nobody wants it any more
         ):
             return False
         failed = subscription.trunk_destination
@@ -706,9 +723,15 @@ class Subscriptions:
             subscription.summary = (request.body, request.content_type)
         if subscription.closing:
             # RFC 6665 §4.1.2.3: the NOTIFYs after our unsubscribe, the final one (terminated)
-            # last, are the trunk's to send and ours to answer; the phone had its final NOTIFY.
+            # last, are the trunk's to send and ours to answer 200 (§4.2.2: 481 is for a
+            # subscription that no longer exists); the phone had its final NOTIFY, or forgot
+            # the dialog (replaced). One that shortens the subscription moves its expiry.
             if terminated:
                 self._forget(subscription)
+            elif state.expires is not None:
+                now = trio.current_time()
+                subscription.state.handle(Input.NOTIFY_ACTIVE, now=now, expires=state.expires)
+                self._timer_changed.set()
             return make_response(request, 200)
         now = trio.current_time()
         if terminated:
@@ -808,6 +831,7 @@ class Subscriptions:
         if self._by_trunk.get(subscription.trunk_key) is subscription:
             del self._by_trunk[subscription.trunk_key]
             subscription.ended.set()
+            subscription.closed.set()
             if subscription in self._closing:
                 self._closing.discard(subscription)  # released when it started closing
                 self._forget_replaced(subscription)
@@ -859,6 +883,10 @@ class Subscriptions:
             for subscription in list(self._by_trunk.values()):
                 if subscription.state.handle_timer(now=now):
                     self._forget(subscription)
+                    if subscription.closing:
+                        # A replaced one (§4.2.2): its trunk's NOTIFYs find nothing from now on.
+                        log.info("replaced subscription of %s expired", subscription.account)
+                        continue
                     log.info("subscription of %s expired", subscription.account)
                     if subscription.phone_dialog is not None:
                         subscription.phone_dialog.state = DialogState.CONFIRMED
@@ -889,12 +917,16 @@ class Subscriptions:
         and the trunks' final NOTIFYs came, or the caller's deadline passes (a phone or trunk
         that does not answer is not waited for beyond it)."""
         self._stopping = True  # new subscriptions get 503 from now on
-        # Those closing already (replaced) had their phone's end; their trunk's is under way.
+        # Those closing already (replaced) had their phone's end; their trunk's is under way
+        # (unsubscribe, final NOTIFY): waited for as the others', within the same deadline.
+        replaced = [s for s in self._closing if not s.closed.is_set()]
         ending = [s for s in self._by_trunk.values() if not s.closing]
-        if not ending:
+        if not ending and not replaced:
             return
         log.info("ending %d message-summary subscription(s)", len(ending))
         async with trio.open_nursery() as nursery:
+            for subscription in replaced:
+                nursery.start_soon(subscription.closed.wait)
             for subscription in ending:
                 subscription.state.handle(Input.STOPPED, now=trio.current_time())
                 if subscription.trunk_dialog is not None:
@@ -907,37 +939,44 @@ class Subscriptions:
                     nursery.start_soon(self._notify_stopped, subscription)
 
     async def _close_at_trunk(self, subscription: Subscription) -> None:
-        """Unsubscribe at the trunk and wait for its final NOTIFY (answered by
+        """Unsubscribe at the trunk and wait for its final NOTIFY (answered 200 by
         :meth:`_from_trunk`), at most :data:`FINAL_NOTIFY_WAIT` or the stop's deadline; then
-        forget the subscription."""
+        forget the subscription. A replaced one whose unsubscribe the trunk refused (other
+        than 481 or 408) still exists there (RFC 6665 §4.1.2.2: until its last known expiry):
+        it is kept, its NOTIFYs answered 200, until its final NOTIFY or that expiry
+        (:meth:`run`)."""
+        kept = False
         try:
             final = await self._in_trunk_dialog(
                 subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
             )
+            now = trio.current_time()
             if final.is_success:
+                # §4.1.2.3: the final NOTIFY is to come; a replaced one's timer says so too.
+                subscription.state.handle(Input.UNSUBSCRIBED, now=now)
+                self._timer_changed.set()
                 with trio.move_on_after(FINAL_NOTIFY_WAIT):
                     await subscription.ended.wait()
+            elif subscription.replaced and final.status not in (408, 481):
+                subscription.state.handle(Input.REFRESH_REFUSED, now=now)
+                kept = not subscription.state.ended
+                if kept:
+                    log.info(
+                        "trunk %s answered %d to unsubscribing %s's replaced subscription: "
+                        "its NOTIFYs answered until it expires in %.0f s",
+                        subscription.trunk.name,
+                        final.status,
+                        subscription.account,
+                        subscription.state.expires_at - now,
+                    )
         except Exception:
             log.exception(
                 "unsubscribing %s at trunk %s", subscription.account, subscription.trunk.name
             )
         finally:
-            self._forget(subscription)
-
-    async def _unsubscribe_replaced(self, subscription: Subscription) -> None:
-        """``Expires: 0`` to the trunk for a subscription replaced before its 2xx came; the
-        trunk's NOTIFYs in that dialog, its final one included, find nothing (481), which ends
-        its side too (§4.2.2)."""
-        try:
-            await self._in_trunk_dialog(
-                subscription, "SUBSCRIBE", [("Event", MESSAGE_SUMMARY), ("Expires", "0")]
-            )
-        except Exception:
-            log.exception(
-                "unsubscribing %s's replaced subscription at trunk %s",
-                subscription.account,
-                subscription.trunk.name,
-            )
+            subscription.closed.set()
+            if not kept:
+                self._forget(subscription)
 
     async def _notify_stopped(self, subscription: Subscription) -> None:
         body, content_type = subscription.summary or (b"", None)

@@ -41,6 +41,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
+from gateway.core.failure_log import SUMMARY_INTERVAL, FailureLog
+
 log = logging.getLogger(__name__)
 
 OcspMode = Literal["off", "soft-fail", "hard-fail"]
@@ -64,7 +66,7 @@ MAX_CACHE_ENTRIES = 20000
 #: While a responder keeps failing, its failed queries are summarized in one line this often (s),
 #: not logged one by one: with it down, thousands of open connections are asked about again
 #: every FAILURE_CACHE seconds.
-FAILING_SUMMARY_INTERVAL = 300.0
+FAILING_SUMMARY_INTERVAL = SUMMARY_INTERVAL
 #: Failing responders tracked at most (each CA names one or two; a bound all the same).
 MAX_FAILING_RESPONDERS = 256
 
@@ -458,17 +460,6 @@ def _expected_total(received: bytearray, peer: str) -> int | None:
 Fetch = Callable[[str, bytes], Awaitable[bytes]]
 
 
-@attrs.define
-class _Failing:
-    """A responder that stopped answering: since when, its failed queries since then and since
-    the last summary line."""
-
-    since: float
-    summarized_at: float
-    failures: int = 1
-    since_summary: int = 0
-
-
 @attrs.frozen
 class _Cached:
     until: float  # Unix time
@@ -515,7 +506,7 @@ class OcspChecker:
         self.stapled: dict[str, int] = dict.fromkeys(STAPLED_RESULTS, 0)
         # Responders (by URL) whose last query failed: logged once when they start failing,
         # summarized every FAILING_SUMMARY_INTERVAL, once more when they answer again.
-        self._failing: dict[str, _Failing] = {}
+        self._failing: dict[str, FailureLog] = {}
 
     def target(self, certificate: x509.Certificate, issuer: x509.Certificate) -> OcspTarget | None:
         """What to check for ``certificate``, or None when it names no responder (and no
@@ -624,46 +615,25 @@ class OcspChecker:
 
     def _responder_failed(self, url: str, reason: str) -> None:
         """Log per responder, not per query (the metric counts each query): one WARNING when
-        it starts failing, then a summary every FAILING_SUMMARY_INTERVAL while it fails."""
-        now = self.wall_clock()
+        it starts failing, then a summary every FAILING_SUMMARY_INTERVAL while it fails
+        (gateway/core/failure_log.py)."""
         failing = self._failing.get(url)
         if failing is None:
             if len(self._failing) >= MAX_FAILING_RESPONDERS:
                 self._failing.clear()  # logged again at their next failure: still bounded
-            self._failing[url] = _Failing(since=now, summarized_at=now)
-            log.warning(
-                "OCSP responder %s is failing: %s; its failed queries are counted "
-                "(voipgw_tls_ocsp_queries_total), summarized every %g s",
-                url,
-                reason,
+            failing = self._failing[url] = FailureLog(
+                log,
+                f"OCSP responder {url}",
+                "queries",
+                "its failed queries are counted (voipgw_tls_ocsp_queries_total)",
                 FAILING_SUMMARY_INTERVAL,
             )
-            return
-        failing.failures += 1
-        failing.since_summary += 1
-        if now - failing.summarized_at >= FAILING_SUMMARY_INTERVAL:
-            log.warning(
-                "OCSP responder %s is still failing: %d failed queries in the last %g s, "
-                "%d since %s; the last: %s",
-                url,
-                failing.since_summary,
-                now - failing.summarized_at,
-                failing.failures,
-                _utc(failing.since),
-                reason,
-            )
-            failing.summarized_at = now
-            failing.since_summary = 0
+        failing.failed(reason, now=self.wall_clock())
 
     def _responder_answered(self, url: str) -> None:
         failing = self._failing.pop(url, None)
         if failing is not None:
-            log.info(
-                "OCSP responder %s answers again, after %d failed queries in %g s",
-                url,
-                failing.failures,
-                self.wall_clock() - failing.since,
-            )
+            failing.answered(now=self.wall_clock())
 
     def failing_responders(self) -> tuple[str, ...]:
         """URLs of the responders whose last query failed (for tests and the status page)."""

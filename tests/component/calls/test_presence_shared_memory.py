@@ -8,6 +8,7 @@ superseded first is 412 (RFC 3903 §6 step 2)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,105 @@ async def test_a_refresh_the_store_could_not_take_outlives_the_version_it_holds(
     store.publication_save = original  # type: ignore[method-assign]
     assert (await publish(env.alice, None, etag=etag, expires=600)).status == 200
     assert await next_within(bob, "NOTIFY", 3 * REGISTRATION_POLL) is None
+
+
+async def test_a_store_that_is_down_is_logged_once_summarized_and_once_when_it_answers(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the store does not answer, every PUBLISH is still 200 (kept on this node) and
+    every poll fails: one WARNING when it starts, then one summary every 300 s (how many, the
+    last reason), and one INFO when it answers again (gateway/core/failure_log.py), not a
+    WARNING per PUBLISH and per poll."""
+    env, bob = await start(nursery, tmp_path, voipgw_seed)
+    follow_virtual_time(env)
+    await subscribe(bob, expires=3600)
+    await next_document(bob)
+    store = env.gateway.store
+    assert store is not None
+    saving, reading = store.publication_save, store.publications_of
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("PostgreSQL db: not connected (reconnecting)")
+
+    def lines() -> list[tuple[int, str]]:
+        found = [
+            (r.levelno, r.getMessage())
+            for r in caplog.records
+            if r.name.startswith("gateway.core.calls") and "store" in r.getMessage()
+        ]
+        caplog.clear()
+        return found
+
+    caplog.set_level(logging.INFO, logger="gateway.core.calls")
+    caplog.clear()
+    store.publication_save = unavailable  # type: ignore[method-assign]
+    store.publications_of = unavailable  # type: ignore[method-assign]
+    published = await publish(env.alice, pidf("open"), expires=3600)
+    assert published.status == 200
+    etag = published.headers.get("SIP-ETag")
+    for _ in range(5):  # refreshes, and polls every REGISTRATION_POLL, all failing
+        await trio.sleep(20)
+        refreshed = await publish(env.alice, None, etag=etag, expires=3600)
+        assert refreshed.status == 200
+        etag = refreshed.headers.get("SIP-ETag")
+    ((level, first),) = lines()
+    assert level == logging.WARNING
+    assert first.startswith(
+        "the store (presence) is failing: presence publication of alice kept on this node "
+        "only: PostgreSQL db: not connected (reconnecting)"
+    )
+    assert first.endswith("; further failures summarized every 300 s")
+    await trio.sleep(300 - 5 * 20)
+    refreshed = await publish(env.alice, None, etag=etag, expires=3600)
+    etag = refreshed.headers.get("SIP-ETag")
+    ((level, summary),) = lines()
+    assert level == logging.WARNING
+    assert summary.startswith("the store (presence) is still failing: ")
+    store.publication_save = saving  # type: ignore[method-assign]
+    store.publications_of = reading  # type: ignore[method-assign]
+    assert (await publish(env.alice, None, etag=etag, expires=3600)).status == 200
+    ((level, answered),) = lines()
+    assert level == logging.INFO
+    assert answered.startswith("the store (presence) answers again, after ")
+
+
+async def test_a_node_that_missed_a_removal_elsewhere_does_not_drop_a_live_publication(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """Nobody watches alice on node A, so A does not poll her publications: after node B
+    removed one of her four, A's memory still holds its superseded tag. A fifth phone
+    publishing on A must not make A drop a live one from the store for the per-account bound
+    (the store, which has room, keeps the account's latest-expiring four itself); A forgets the
+    superseded tag when the store says so (a PUBLISH naming it: 412), or at its expiry."""
+    env_a, _ = await start(nursery, tmp_path, voipgw_seed)
+    env_b, _ = await start(nursery, tmp_path, voipgw_seed + 100)
+    follow_virtual_time(env_a)
+    follow_virtual_time(env_b)
+    tags = []
+    for phone in range(4):
+        published = await publish(env_a.alice, pidf("open", note=f"phone {phone}"))
+        assert published.status == 200
+        tags.append(published.headers.get("SIP-ETag"))
+        await trio.sleep(1)  # each expires a second after the one before
+    removed = await publish(env_b.alice, None, etag=tags[3], expires=0)  # the latest, on B
+    assert removed.status == 200, removed.reason
+    assert env_a.gateway.dialog_events is not None
+    memory_a = env_a.gateway.dialog_events.publications
+    now = trio.current_time()
+    assert memory_a.find("alice", tags[3], now=now) is not None  # A has not heard of it
+    fifth = await publish(env_a.alice, pidf("closed", note="phone 4"))
+    assert fifth.status == 200
+    store = env_a.gateway.store
+    assert store is not None
+    wall = env_a.gateway.dialog_events.wall_clock()
+    stored = {p.etag for p in store.publications_of(["alice"], now=wall)["alice"]}
+    assert stored == {tags[0], tags[1], tags[2], fifth.headers.get("SIP-ETag")}
+    # The first phone's refresh reaching A: 200 (its publication is alive).
+    assert (await publish(env_a.alice, None, etag=tags[0])).status == 200
+    # The removed one's tag, named on A: 412, and A no longer holds it.
+    assert (await publish(env_a.alice, None, etag=tags[3])).status == 412
+    assert memory_a.find("alice", tags[3], now=trio.current_time()) is None

@@ -15,7 +15,14 @@ from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.status import CallStatistics, StatusView
 from gateway.testing.sip_agent import Received, SipAgent
-from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    GW,
+    B2bua,
+    eventually,
+    next_within,
+    start_b2bua,
+)
 
 SUMMARY = b"Messages-Waiting: yes\r\nVoice-Message: 2/8 (0/2)\r\n"
 SUMMARY_TYPE = "application/simple-message-summary"
@@ -492,10 +499,11 @@ async def test_a_subscription_replaced_before_the_trunk_answered_is_unsubscribed
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     """alice's phone subscribes again from the same Contact while the trunk has not answered
-    its first SUBSCRIBE: the first is forgotten, and when the trunk's 2xx for it comes late,
-    the gateway unsubscribes it there at once (``Expires: 0`` in the dialog that 2xx made, RFC
-    6665 §4.1.2.3) instead of leaving it until its first NOTIFY gets 481; the phone's first
-    SUBSCRIBE gets no 2xx (no dialog the gateway does not know)."""
+    its first SUBSCRIBE: when the trunk's 2xx for the first comes late, the gateway
+    unsubscribes it there at once (``Expires: 0`` in the dialog that 2xx made, RFC 6665
+    §4.1.2.3), and answers its NOTIFYs 200, not relayed, until the final one (§4.2.2: 481 only
+    once it is gone); the phone's first SUBSCRIBE gets no 2xx (no dialog the gateway does not
+    know)."""
     env = await start(nursery, tmp_path, voipgw_seed)
     voicemail = Voicemail(env.trunk)
     alice = env.alice
@@ -538,7 +546,14 @@ async def test_a_subscription_replaced_before_the_trunk_answered_is_unsubscribed
     assert unsubscribe.headers.get("Expires") == "0"
     assert subscriptions(env) == 1  # the new one stays
     assert env.gateway.subscriptions is not None
+    assert len(env.gateway.subscriptions._by_trunk) == 2  # the old one closing
+    # The trunk's NOTIFYs in the old dialog, sent before it handled the unsubscribe, and its
+    # final one: 200, not relayed to the phone; after the final one, 481.
+    assert (await voicemail.notify(dialog=dialog)).status == 200
+    assert (await voicemail.notify("terminated;reason=timeout", dialog=dialog)).status == 200
+    assert await next_within(alice, "NOTIFY", 2) is None
     assert len(env.gateway.subscriptions._by_trunk) == 1
+    assert (await voicemail.notify(dialog=dialog)).status == 481
 
 
 async def test_replaced_subscriptions_waiting_for_their_trunk_are_bounded_per_account(
@@ -570,6 +585,94 @@ async def test_replaced_subscriptions_waiting_for_their_trunk_are_bounded_per_ac
     waiting = trunk_dialogs[-2]
     assert waiting is not None
     assert (await voicemail.notify("terminated", dialog=waiting)).status == 200
+
+
+async def test_a_replaced_subscription_the_trunk_keeps_answers_its_notifies_until_it_expires(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The trunk refuses the unsubscribe of a rebooted phone's old subscription (not 481 or
+    408): it exists there until its expiry (RFC 6665 §4.1.2.2), and its NOTIFYs meanwhile
+    are answered 200 (§4.2.2), not relayed to the phone; once it has expired, 481."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk)
+    alice = env.alice
+    refusing = voicemail.agent.in_dialog
+    assert refusing is not None
+
+    async def refuse_unsubscribes(received: Received) -> bool:
+        if received.request.headers.get("Expires") == "0":
+            voicemail.subscribes.append(received.request)
+            await voicemail.agent.respond(received, 500)
+            return True
+        return await refusing(received)
+
+    voicemail.agent.in_dialog = refuse_unsubscribes
+    contact = "<sip:alice@127.0.0.3:5060>"
+
+    async def subscribe(expires: int) -> Response:
+        request = subscribe_request(alice, expires=expires)
+        request = request.with_headers(request.headers.set("Contact", contact))
+        return (await alice.send_authenticated(request))[1]
+
+    assert (await subscribe(600)).status == 200
+    old = voicemail.dialog
+    assert old is not None
+    granted_at = trio.current_time()
+    assert (await subscribe(3600)).status == 200  # the phone rebooted
+    await eventually(lambda: voicemail.subscribes[-1].headers.get("Expires") == "0")
+    assert subscriptions(env) == 1
+    # Late NOTIFYs of the old one, long after the unsubscribe (FINAL_NOTIFY_WAIT passed).
+    await trio.sleep(100)
+    assert (await voicemail.notify(dialog=old)).status == 200
+    await trio.sleep(300)
+    assert (await voicemail.notify("active", SUMMARY_READ, dialog=old)).status == 200
+    assert await next_within(alice, "NOTIFY", 1) is None  # not relayed: the phone forgot it
+    # Expired (600 s after its 2xx): gone, 481 from now on.
+    await trio.sleep_until(granted_at + 601)
+    assert (await voicemail.notify(dialog=old)).status == 481
+    assert subscriptions(env) == 1
+    assert env.gateway.subscriptions is not None
+    assert len(env.gateway.subscriptions._by_trunk) == 1
+
+
+async def test_a_stop_waits_for_a_replaced_subscriptions_unsubscribe(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The gateway stops while a rebooted phone's old subscription is still closing (the
+    trunk takes 1 s to answer its unsubscribe): the stop waits for it as for the others, so
+    the trunk's final NOTIFY for it is answered 200 before the stop returns."""
+    env = await start(nursery, tmp_path, voipgw_seed)
+    voicemail = Voicemail(env.trunk, final_notify=nursery)
+    alice = env.alice
+    answering = voicemail.agent.in_dialog
+    assert answering is not None
+
+    async def answer_later(received: Received) -> None:
+        await trio.sleep(1)
+        await answering(received)
+
+    async def slow_unsubscribe(received: Received) -> bool:
+        request = received.request
+        if request.headers.get("Expires") == "0" and request.call_id == first.call_id:
+            nursery.start_soon(answer_later, received)  # the agent answers others meanwhile
+            return True
+        return await answering(received)
+
+    voicemail.agent.in_dialog = slow_unsubscribe
+    contact = "<sip:alice@127.0.0.3:5060>"
+    for _ in range(2):  # the second replaces the first
+        request = subscribe_request(alice)
+        request = request.with_headers(request.headers.set("Contact", contact))
+        assert (await alice.send_authenticated(request))[1].status == 200
+        if voicemail.dialog is not None and len(voicemail.dialogs) == 1:
+            first = voicemail.dialog
+    await env.gateway.before_stop()
+    # Both closed when the stop returns: the replaced one's final NOTIFY came, as the
+    # stopped one's did, each answered 200.
+    assert env.gateway.subscriptions is not None
+    assert len(env.gateway.subscriptions._by_trunk) == 0
+    await eventually(lambda: len(voicemail.final_answers) == 2)
+    assert voicemail.final_answers == [200, 200]
 
 
 async def test_subscribe_and_notify_over_a_lossy_network(
