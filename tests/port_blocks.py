@@ -27,6 +27,9 @@ LOW = 10_000
 LOCK_DIR = Path("/tmp/voipgw-test-ports")
 
 _held: dict[int, int] = {}  # unit -> its lock file's descriptor, open until the process exits
+# Units locked for tests/interop/harness/ports.py's blocks: unit -> [lock file's descriptor,
+# ports of it handed out], unlocked when the last of those ports is given back.
+_lent: dict[int, list[int]] = {}
 _next_unit = LOW // UNIT  # the first unit not yet tried
 _free = range(0)  # the rest of the units claimed last, not yet handed out
 
@@ -122,8 +125,11 @@ def port_block_text(count: int) -> str:
 def claimed(ports: range) -> bool:
     """Whether a test process (this one included) holds a unit that ``ports`` overlap: for an
     allocator that picks ports some other way (tests/interop/harness/ports.py), to step over
-    the blocks handed out here."""
+    the blocks handed out here. Units :func:`lend` locked for this process are not claimed:
+    that allocator knows which of their ports it handed out."""
     for unit in range(ports.start // UNIT, (ports.stop - 1) // UNIT + 1):
+        if unit in _lent:
+            continue
         if unit in _held:
             return True
         fd = _lock(unit)
@@ -136,3 +142,41 @@ def claimed(ports: range) -> bool:
 def held() -> list[range]:
     """The ports of every unit this process holds."""
     return [range(unit * UNIT, (unit + 1) * UNIT) for unit in sorted(_held)]
+
+
+def lend(ports: range) -> bool:
+    """Lock every unit ``ports`` overlap for this process, as :func:`port_block` does, for an
+    allocator that hands out smaller blocks itself (tests/interop/harness/ports.py): another
+    test process steps over them (:func:`claimed`) until :func:`give_back` returned every port.
+    A probe's bind is no claim: a phone binds its RTP ports only when a call starts, and
+    another run's allocator, probing before that, took the same ports. False, locking nothing,
+    when another process holds one of the units."""
+    units = range(ports.start // UNIT, (ports.stop - 1) // UNIT + 1)
+    locked: dict[int, int] = {}
+    for unit in units:
+        if unit in _lent:
+            continue
+        fd = None if unit in _held else _lock(unit)
+        if fd is None:
+            for mine in locked.values():
+                os.close(mine)
+            return False
+        locked[unit] = fd
+    for unit, fd in locked.items():
+        _lent[unit] = [fd, 0]
+    for port in ports:
+        _lent[port // UNIT][1] += 1
+    return True
+
+
+def give_back(ports: range) -> None:
+    """Ports :func:`lend` locked that their user is done with; a unit none of whose ports is
+    handed out any more is unlocked."""
+    for port in ports:
+        entry = _lent.get(port // UNIT)
+        if entry is None:
+            continue
+        entry[1] -= 1
+        if entry[1] <= 0:
+            os.close(entry[0])
+            del _lent[port // UNIT]

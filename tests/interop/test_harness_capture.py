@@ -7,6 +7,8 @@ ports, and nothing on a port outside the filter.
 
 from __future__ import annotations
 
+import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from tests.interop.harness import (
     udp_filter,
     udp_flows,
 )
+from tests.interop.harness.capture import sip_requests
 
 LOCAL = "127.0.0.1"
 
@@ -52,3 +55,30 @@ def test_capture_counts_rtp_of_a_sipp_call_both_ways(tmp_path: Path) -> None:
     assert sequence == list(range(sequence[0], sequence[0] + 100))
     # The SIP signalling was outside the filter, so the capture holds the RTP and nothing else.
     assert udp_flows(capture.path) == streams
+
+
+def _udp_pcap(path: Path, datagrams: list[tuple[int, int, bytes]]) -> None:
+    """A pcap of (source port, destination port, payload) UDP datagrams on 127.0.0.1, raw IPv4
+    (LINKTYPE_RAW): the exact packets a test needs, without a capture's start-up race."""
+    loopback = socket.inet_aton(LOCAL)
+    records = b""
+    for sport, dport, payload in datagrams:
+        udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0)
+        packet = ip + loopback + loopback + udp
+        records += struct.pack("<IIII", 0, 0, len(packet), len(packet)) + packet
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101) + records)
+
+
+@pytest.mark.interop
+def test_sip_requests_counts_a_retransmitted_request_once(tmp_path: Path) -> None:
+    """A REFER sent again unchanged (Timer E, RFC 3261 §17.1.2.2) is one REFER; a new one
+    (another branch and CSeq) is another."""
+    refer = (
+        b"REFER sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK1\r\n"
+        b"Call-ID: a@127.0.0.1\r\nCSeq: 1 REFER\r\nContent-Length: 0\r\n\r\n"
+    )
+    again = refer.replace(b"z9hG4bK1", b"z9hG4bK2").replace(b"1 REFER", b"2 REFER")
+    _udp_pcap(tmp_path / "sip.pcap", [(5070, 5060, m) for m in (refer, refer, again)])
+    counted = sip_requests(tmp_path / "sip.pcap", [5060], "REFER")
+    assert counted == {("udp", (LOCAL, 5070), (LOCAL, 5060)): 2}

@@ -1,24 +1,38 @@
 """The interop harness's port blocks: a full session's small blocks must leave room for a
 gateway's media range (CI once failed a linphone test with "no block of 100 free udp ports"
-after the session's sipp and phone blocks had been scattered at random over the range)."""
+after the session's sipp and phone blocks had been scattered at random over the range); and a
+concurrent test run's allocator (another process) never hands out the same ports."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests import port_blocks
 from tests.interop.harness import ports
 from tests.port_blocks import UNIT
 
+ROOT = Path(__file__).parents[2]
+
 
 @pytest.fixture
-def fresh_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+def fresh_allocator(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Blocks handed out here go back when the test ends: nothing outlives it that holds them.
     monkeypatch.setattr(ports, "_handed_out", set())
     monkeypatch.setattr(ports, "_cursor", None)
     # Linux's default, whatever this machine says: the regions below and above it are known.
     monkeypatch.setattr(ports, "_ephemeral_range", lambda: (32768, 60999))
+    lent: dict[int, list[int]] = {}
+    monkeypatch.setattr(port_blocks, "_lent", lent)
+    yield
+    for fd, _ in lent.values():
+        os.close(fd)  # the units' locks, which the session's own blocks do not share
 
 
 def test_a_session_of_small_blocks_still_leaves_a_gateways_media_range(
@@ -72,3 +86,38 @@ def test_a_released_block_is_handed_out_again(
     ports.release_port_block(first, 100)
     monkeypatch.setattr(ports, "_cursor", first)
     assert ports.free_port_block(100) == first
+
+
+# The other process hands out a phone's block of RTP ports, which nothing binds until a call
+# starts, and keeps it until told to exit on stdin.
+OTHER = (
+    "import sys; from tests.interop.harness import ports; b = ports.free_port_block(20); "
+    "print(b, flush=True); sys.stdin.read()"
+)
+
+
+def test_another_process_never_gets_a_block_this_one_handed_out(
+    fresh_allocator: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two test runs on one machine (helpers, developers): a probe's bind is no claim, as the
+    phone binds its ports only later; the block's units are locked, and stepped over."""
+    # As pytest runs it: tests/ on the path too (tests/conftest.py imports pgcluster so).
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    other = subprocess.Popen(
+        [sys.executable, "-c", OTHER],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    try:
+        assert other.stdout is not None
+        theirs = int(other.stdout.readline())
+        monkeypatch.setattr(ports, "_cursor", theirs)  # where this run's search would start
+        mine = ports.free_port_block(20)
+        assert mine >= theirs - theirs % UNIT + UNIT, (theirs, mine)  # past their unit
+        ports.release_port_block(mine, 20)
+        assert port_blocks._lent == {}  # its unit unlocked: another run may take it
+    finally:
+        other.communicate(b"", timeout=10)
+    assert other.returncode == 0

@@ -128,6 +128,16 @@ def assert_media_flowed(media: dict[str, Any]) -> None:
     assert media["codec"] == "audio/PCMU", media
 
 
+def media_until_bye(page: PageServer, timeout: float) -> dict[str, Any]:
+    """The page's media figures in a call the other side hangs up, once its BYE came: the
+    "media" report (``PACKETS`` counted each way), or the counts at the BYE ("media-at-bye")
+    when the BYE came first: it comes after those packets (sipp's tones run on past them), but
+    on a loaded machine the page's 100 ms poll may not have run since. The counts at the BYE
+    are later, so they hold at least as many packets as "media" would have."""
+    page.wait_for("bye-received", timeout=timeout)
+    return (page.of_kind("media") or page.of_kind("media-at-bye"))[0]
+
+
 def assert_browser_sdp(sdp: str) -> None:
     """Our SDP towards Chrome: ICE-lite, DTLS-SRTP with feedback, rtcp-mux (RFC 8829)."""
     for line in (r"^a=ice-lite\r?$", r"^m=audio \d+ UDP/TLS/RTP/SAVPF ", r"^a=rtcp-mux\r?$"):
@@ -260,8 +270,7 @@ def test_sipp_calls_chromium_which_answers_over_websocket(tmp_path: Path) -> Non
                         auth=BOB,
                         rtp_file=tone,
                     )
-                    media = page.wait_for("media", timeout=10)
-                    page.wait_for("bye-received", timeout=10)
+                    media = media_until_bye(page, timeout=20)
             gw.wait_for_log(r"call \S+ ended")
         print(browser.version(), f"{time.monotonic() - started:.1f} s")
     caller.check()
@@ -294,11 +303,9 @@ def test_chromium_calls_chromium_through_the_gateway(tmp_path: Path) -> None:
                 with Chromium(tmp_path / "alice", alice_page.url("softphone.html", alice_query)):
                     alice_media = alice_page.wait_for("media", timeout=30)
                     bye = alice_page.wait_for("bye-final", timeout=10)
-                    bob_page.wait_for("bye-received", timeout=10)
                     # Alice hangs up once she has counted PACKETS each way; Bob's 100 ms poll
-                    # may not have counted his yet (it failed so on a loaded machine): then his
-                    # counts at the BYE are the figures.
-                    bob_media = (bob_page.of_kind("media") or bob_page.of_kind("media-at-bye"))[0]
+                    # may not have counted his yet (it failed so on a loaded machine).
+                    bob_media = media_until_bye(bob_page, timeout=10)
             gw.wait_for_log(r"call \S+ ended")
         print(f"{time.monotonic() - started:.1f} s")
     assert bye["status"] == 200
@@ -384,8 +391,7 @@ def test_chromium_picks_up_a_trunk_call_ringing_another_account(
                         rtp_file=tone,
                         timeout=30,
                     )
-                    media = page.wait_for("media", timeout=10)
-                    page.wait_for("bye-received", timeout=10)
+                    media = media_until_bye(page, timeout=20)
                 rang = phone.wait(timeout=10)
             gw.wait_for_log(rf"{ALICE[0]} picks up the call ringing {PHONE[0]}")
             gw.wait_for_log(r"call \S+ ended")
@@ -440,8 +446,7 @@ def test_chromium_picks_up_by_dialling_the_feature_code(tmp_path: Path) -> None:
                 until_ringing(phone)
                 query = page_query(gw, url, mode="call", target="*8", hangup="remote")
                 with Chromium(tmp_path, page.url("softphone.html", query)):
-                    media = page.wait_for("media", timeout=30)
-                    page.wait_for("bye-received", timeout=15)
+                    media = media_until_bye(page, timeout=45)
                 caller = calling.result(timeout=30)
                 rang = phone.wait(timeout=10)
             gw.wait_for_log(rf"{ALICE[0]} picks up the call ringing {PHONE[0]}")
@@ -494,8 +499,7 @@ def test_chromium_is_the_target_of_a_blind_transfer(tmp_path: Path) -> None:
                         rtp_file=tone,
                         timeout=40,
                     )
-                    media = page.wait_for("media", timeout=10)
-                    page.wait_for("bye-received", timeout=10)
+                    media = media_until_bye(page, timeout=20)
                 transferor = phone.wait(timeout=10)
             gw.wait_for_log(rf"transfer of the B leg to {re.escape(target)}: 200 OK")
             gw.wait_for_log(r"call \S+ ended")

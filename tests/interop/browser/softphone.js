@@ -281,14 +281,29 @@ async function rtpStats(pc) {
   return out;
 }
 
+// What the tests check of a call's media: rtpStats() with the ICE and connection states. Both
+// "media" and "media-at-bye" are this, so a test may take either.
+async function mediaState(pc) {
+  return { ...(await rtpStats(pc)), ice: pc.iceConnectionState, connection: pc.connectionState };
+}
+
 async function waitForMedia(pc, { inbound = config.packets, outbound = config.packets } = {}) {
   // Poll until the packet counts reach `inbound` and `outbound` (by default `packets` each
-  // way), then report them as "media"; the test's own deadline ends us.
+  // way), then report them as "media" and return true; the test's own deadline ends us. When
+  // the other side's BYE closed `pc` first (its handler reported "media-at-bye", the counts at
+  // the BYE), return false: a loaded machine may run the BYE before the next poll.
   for (;;) {
-    const stats = await rtpStats(pc);
+    if (pc.signalingState === "closed") return false;
+    let stats;
+    try {
+      stats = await mediaState(pc);
+    } catch (error) {
+      if (pc.signalingState === "closed") return false; // closed while getStats() ran
+      throw error;
+    }
     if (stats.inbound >= inbound && stats.outbound >= outbound) {
-      report("media", { ...stats, ice: pc.iceConnectionState, connection: pc.connectionState });
-      return;
+      report("media", stats);
+      return true;
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
@@ -374,8 +389,8 @@ function inDialog(sip, request) {
     sip.respond(request, 200, "OK");
     const pc = activeCall;
     activeCall = null;
-    rtpStats(pc)
-      .then((stats) => report("media-at-bye", { ...stats, ice: pc.iceConnectionState }))
+    mediaState(pc)
+      .then((stats) => report("media-at-bye", stats))
       .then(() => {
         pc.close();
         report("bye-received");
@@ -421,8 +436,8 @@ async function call(sip, { target = `sip:${config.target}@${config.domain}`, ext
     await reinviteDone;
     const before = await rtpStats(pc);
     await waitForMedia(pc, { outbound: before.outbound + config.packets });
-  } else {
-    await waitForMedia(pc);
+  } else if (!(await waitForMedia(pc))) {
+    return; // the other side hung up first: inDialog() reported the counts at its BYE
   }
   if (config.hangup === "remote") return;
   if (config.hold) {
@@ -527,9 +542,9 @@ function answer(sip) {
       sip.respond(request, 200, "OK");
       if (!ended && pc !== null) {
         ended = true;
-        // With the ICE state, as "media" has it: a test may take these figures when the BYE
-        // came before waitForMedia's next poll could report them.
-        report("media-at-bye", { ...(await rtpStats(pc)), ice: pc.iceConnectionState });
+        // A test takes these figures when the BYE came before waitForMedia's next poll could
+        // report them.
+        report("media-at-bye", await mediaState(pc));
         pc.close();
       }
       report("bye-received");

@@ -195,21 +195,30 @@ def sip_requests(
     """Packets carrying a SIP ``method`` request per (transport, source, destination).
 
     SIP is decoded on ``ports`` over UDP and TCP (-d udp.port==N,sip and tcp.port==N,sip); the
-    transport is "udp" or "tcp". A TCP segment with two requests of ``method`` counts once.
+    transport is "udp" or "tcp". A TCP segment with two requests of ``method`` counts once. A
+    UDP datagram equal to an earlier one between the same addresses is a retransmission (RFC
+    3261 §17.1.2.2: a request until it is answered, as a loaded machine's peers do) and is not
+    counted, as the sipp and baresip trace readers leave them out; a new request has a new
+    branch or CSeq, so it counts.
     """
     args = [require_peer("tshark"), "-n", "-r", str(pcap)]
     for port in sorted(set(ports)):
         args += ["-d", f"udp.port=={port},sip", "-d", f"tcp.port=={port},sip"]
     args += ["-Y", f'sip.Method == "{method}"', "-T", "fields"]
-    for field in ["ip.src", "udp.srcport", "tcp.srcport", "ip.dst", "udp.dstport", "tcp.dstport"]:
+    fields = ["ip.src", "udp.srcport", "tcp.srcport", "ip.dst", "udp.dstport", "tcp.dstport"]
+    for field in [*fields, "udp.payload"]:
         args += ["-e", field]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"tshark failed on {pcap}:\n{result.stderr}")
     counts: Counter[tuple[str, Address, Address]] = Counter()
+    datagrams = set()
     for line in result.stdout.splitlines():
-        src, udp_sport, tcp_sport, dst, udp_dport, tcp_dport = line.split("\t")
+        src, udp_sport, tcp_sport, dst, udp_dport, tcp_dport, payload = line.split("\t")
         if udp_sport:
+            if (src, udp_sport, dst, udp_dport, payload) in datagrams:
+                continue
+            datagrams.add((src, udp_sport, dst, udp_dport, payload))
             counts["udp", (src, int(udp_sport)), (dst, int(udp_dport))] += 1
         else:
             counts["tcp", (src, int(tcp_sport)), (dst, int(tcp_dport))] += 1

@@ -5,7 +5,8 @@ because none of them can report a port picked by the kernel. A port is "free" wh
 bind it a moment ago; another process may take it before the peer binds it, so each port is handed
 out once per test session, and blocks are taken below the kernel's ephemeral range, where the
 kernel never picks ports for other programs' outgoing sockets, and outside the blocks that test
-processes (another run's included) hold through tests/port_blocks.py.
+processes (another run's included) hold through tests/port_blocks.py. A block's units are locked
+there too (``lend``) until it is released, so a concurrent run's allocator steps over them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from tests.port_blocks import UNIT, claimed
+from tests.port_blocks import UNIT, claimed, give_back, lend
 
 #: Interop tests bind and send to the loopback address only, never a routable one.
 LOOPBACK = "127.0.0.1"
@@ -114,6 +115,8 @@ def free_port_block(count: int, kind: Kind = "udp", *, align: int = 2) -> int:
         base = _aligned(low, align)
         while base <= high:
             conflict = _first_conflict(range(base, base + count), kind)
+            if conflict is None and not lend(range(base, base + count)):
+                conflict = base - base % UNIT + UNIT  # another process locked a unit just now
             if conflict is None:
                 _handed_out.update(range(base, base + count))
                 _cursor = base + count
@@ -145,7 +148,11 @@ def _first_conflict(ports: range, kind: Kind) -> int | None:
 def release_port_block(first: int, count: int) -> None:
     """Ports of a block whose user has exited may be handed out again: a session of hundreds
     of gateways, each with its own block of media ports, would otherwise run out of them."""
-    _handed_out.difference_update(range(first, first + count))
+    block = range(first, first + count)
+    for port in block:
+        if port in _handed_out:
+            _handed_out.discard(port)
+            give_back(range(port, port + 1))
 
 
 def _listening(port: int, kind: Literal["udp", "tcp"]) -> bool:
