@@ -564,8 +564,12 @@ class MediaDescription:
         return attrs.evolve(self, formats=tuple(str(f) for f in formats))
 
     def with_attributes(
-        self, attributes: Attributes | Iterable[tuple[str, str | None]]
+        self,
+        attributes: Attributes | Iterable[tuple[str, str | None]],
+        proto: str | None = None,
     ) -> MediaDescription:
+        """This section with ``attributes`` instead of its own (and ``proto`` as its transport
+        protocol, when given: the media security steps change both at once)."""
         if not isinstance(attributes, Attributes):
             attributes = Attributes.of(attributes)
         # Built directly rather than with attrs.evolve, which looks up every field by name: the
@@ -573,7 +577,7 @@ class MediaDescription:
         return MediaDescription(
             self.media,
             self.port,
-            self.proto,
+            self.proto if proto is None else proto,
             self.formats,
             self.port_count,
             self.information,
@@ -586,6 +590,10 @@ class MediaDescription:
     def with_direction(self, direction: Direction | None) -> MediaDescription:
         """Replace this section's direction attribute (None removes it)."""
         return attrs.evolve(self, attributes=self.attributes.with_direction(direction))
+
+    def with_proto(self, proto: str) -> MediaDescription:
+        """This section with ``proto`` as its transport protocol (RTP/AVP, RTP/SAVP...)."""
+        return self.with_attributes(self.attributes, proto)
 
 
 @attrs.frozen
@@ -670,7 +678,23 @@ class SessionDescription:
         return attrs.evolve(self, attributes=self.attributes.with_direction(direction))
 
     def with_media(self, media: Iterable[MediaDescription]) -> SessionDescription:
-        return attrs.evolve(self, media=tuple(media))
+        # Built directly, as with_attributes: the media security steps replace the sections of
+        # each offer and answer (four or five times per call).
+        return SessionDescription(
+            self.origin,
+            self.session_name,
+            self.version,
+            self.information,
+            self.uri,
+            self.emails,
+            self.phones,
+            self.connection,
+            self.bandwidths,
+            self.times,
+            self.key,
+            self.attributes,
+            tuple(media),
+        )
 
     def with_media_at(self, index: int, media: MediaDescription) -> SessionDescription:
         """Replace the m= section at ``index`` (RFC 3264 matches streams by position)."""
