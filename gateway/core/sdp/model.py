@@ -103,11 +103,14 @@ class Attributes:
 
     def get_all(self, name: str) -> tuple[str | None, ...]:
         key = name.lower()
-        return tuple(a.value for a in self.items if a.name.lower() == key)
+        # Lists, not generators, here and below (a resumption per item): a call reads and
+        # rewrites each section's attributes a few dozen times (docs/benchmarks.md, session 27).
+        return tuple([a.value for a in self.items if a.name.lower() == key])
 
     def values(self, name: str) -> tuple[str, ...]:
         """Values of every ``a=name:value`` line (property forms skipped), in order."""
-        return tuple(v for v in self.get_all(name) if v is not None)
+        key = name.lower()
+        return tuple([a.value for a in self.items if a.value is not None and a.name.lower() == key])
 
     def add(self, name: str, value: str | None = None) -> Attributes:
         """Append ``a=name[:value]`` after all existing attributes."""
@@ -119,10 +122,10 @@ class Attributes:
     def remove(self, *names: str) -> Attributes:
         """Drop every attribute whose name is one of ``names``."""
         keys = {n.lower() for n in names}
-        return Attributes(tuple(a for a in self.items if a.name.lower() not in keys))
+        return Attributes(tuple([a for a in self.items if a.name.lower() not in keys]))
 
     def remove_if(self, predicate: Callable[[Attribute], bool]) -> Attributes:
-        return Attributes(tuple(a for a in self.items if not predicate(a)))
+        return Attributes(tuple([a for a in self.items if not predicate(a)]))
 
     def set(self, name: str, *values: str | None) -> Attributes:
         """Replace every attribute called ``name`` with ``values``, at the first one's position.

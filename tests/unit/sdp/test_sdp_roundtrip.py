@@ -153,3 +153,21 @@ def test_built_copies_equal_attrs_evolve(sd: SessionDescription, data: st.DataOb
         assert media.with_attributes(new_attributes) == attrs.evolve(
             media, attributes=new_attributes
         )
+
+
+@settings(max_examples=200)
+@given(attributes, st.data())
+def test_attribute_reads_equal_the_plain_definition(
+    attrs_: Attributes, data: st.DataObject
+) -> None:
+    # Names from the section itself (in another case) or new ones.
+    names = [a.name for a in attrs_] + ["rtpmap", "crypto"]
+    name = data.draw(
+        st.sampled_from(names).map(lambda n: data.draw(st.sampled_from([n, n.upper()])))
+    )
+    key = name.lower()
+    assert attrs_.get_all(name) == tuple(a.value for a in attrs_ if a.name.lower() == key)
+    assert attrs_.values(name) == tuple(
+        a.value for a in attrs_ if a.name.lower() == key and a.value is not None
+    )
+    assert attrs_.remove(name) == Attributes(tuple(a for a in attrs_ if a.name.lower() != key))
