@@ -637,9 +637,14 @@ class SipEndpoint:
         return False
 
     def _timers_changed(self) -> None:
-        deadline = self.transactions.get_timer()
+        # Only a wait in progress (the run task between two messages) needs the new deadline:
+        # when the run task itself acts, it reads the deadline again after the message, so the
+        # table's heap is not asked (about a dozen times per call).
         wait = self._wait
-        if wait is not None and deadline is not None and deadline < wait.deadline:
+        if wait is None:
+            return
+        deadline = self.transactions.get_timer()
+        if deadline is not None and deadline < wait.deadline:
             wait.deadline = deadline
 
     async def _act(self, outputs: list[Output], arrival: Flow | None = None) -> None:

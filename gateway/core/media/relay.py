@@ -156,7 +156,7 @@ from typing import Any
 import attrs
 import trio
 
-from gateway.core.ip import ip_literal
+from gateway.core.ip import ip_facts
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.ports import PortAllocator, PortPair
@@ -511,16 +511,16 @@ def _remote_address(family: int, address: tuple[str, int] | None) -> Address | N
         return None
     host, port = address
     try:
-        ip = ip_literal(host)
+        ip = ip_facts(host)
     except ValueError:
         raise LocalMediaError(f"remote media host {host!r} is not an IP address") from None
     if not 0 < port < 65536:
         raise LocalMediaError(f"remote media port {port} is out of range")
     if (ip.version == 6) != (family == socket.AF_INET6):
         raise LocalMediaError(f"remote media address {host} is not of the relay's address family")
-    if ip.is_unspecified:
+    if ip.unspecified:
         return None
-    return (str(ip), port)
+    return (ip.text, port)
 
 
 @attrs.define(eq=False)

@@ -227,7 +227,7 @@ class LegSecurity:
         self._offered = streams
         self._answer_pending = True
         self.ice.take_remote(offer, offer=True)
-        return _without_session_keys(attrs.evolve(offer, media=tuple(media_out)))
+        return _without_session_keys(offer.with_media(media_out))
 
     def _answer_stream(
         self,
@@ -289,7 +289,7 @@ class LegSecurity:
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
             if media.port == 0:
-                media_out.append(attrs.evolve(media, proto=stream.peer_proto))
+                media_out.append(media.with_proto(stream.peer_proto))
                 continue
             self._fax_passed = self._fax_passed or stream.fax
             attributes: list[tuple[str, str | None]] = list(media.attributes)
@@ -298,7 +298,7 @@ class LegSecurity:
                 proto = stream.peer_proto
             else:
                 proto = _PLAIN_OF.get(stream.peer_proto.upper(), stream.peer_proto)
-            media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
+            media_out.append(media.with_attributes(attributes, proto))
         for index, stream in enumerate(self._offered):
             previous = self._stream(index)
             if (
@@ -314,7 +314,7 @@ class LegSecurity:
                 stream.keys = previous.keys
         self.streams = self._offered
         self._answer_pending = False
-        return self.ice.add_to_answer(attrs.evolve(answer, media=tuple(media_out)))
+        return self.ice.add_to_answer(answer.with_media(media_out))
 
     # -- we offer -------------------------------------------------------------------------------
 
@@ -327,7 +327,7 @@ class LegSecurity:
         requires (RFC 8829 §4.1.1), and the caller's leg is unchanged."""
         if not self.offers_rtcp_mux:
             return offer
-        return attrs.evolve(offer, media=tuple(_muxed(media) for media in offer.media))
+        return offer.with_media([_muxed(media) for media in offer.media])
 
     def make_offer(self, offer: SessionDescription) -> SessionDescription:
         """Our offer on this leg (from the session's plain offer). Raises
@@ -399,12 +399,12 @@ class LegSecurity:
             attributes += stream.negotiation.local_sdp_attributes()
             for _, alternative in stream.alternatives:
                 attributes += alternative.local_sdp_attributes()
-            media_out.append(attrs.evolve(media.with_attributes(attributes), proto=proto))
+            media_out.append(media.with_attributes(attributes, proto))
             streams.append(stream)
         self._refuse_if_nothing_left(offer.media, media_out)
         self._offered = streams
         self._answer_pending = False
-        return self.ice.add_to_offer(attrs.evolve(offer, media=tuple(media_out)))
+        return self.ice.add_to_offer(offer.with_media(media_out))
 
     def _fax_checked(
         self, index: int, media: MediaDescription, stream: StreamSecurity, what: str
@@ -533,11 +533,11 @@ class LegSecurity:
             self._fax_passed = self._fax_passed or (media.port != 0 and stream.fax)
             plain = _plain(media)
             if stream.session_proto is not None:
-                plain = attrs.evolve(plain, proto=stream.session_proto)
+                plain = plain.with_proto(stream.session_proto)
             media_out.append(plain)
         self.streams = self._offered
         self.ice.take_remote(answer, offer=False)
-        return _without_session_keys(attrs.evolve(answer, media=tuple(media_out)))
+        return _without_session_keys(answer.with_media(media_out))
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -723,11 +723,10 @@ def _without_feedback(media: MediaDescription) -> MediaDescription:
     if plain is None:
         return media
     attributes = [a for a in media.attributes if a[0].lower() != "rtcp-fb"]
-    return attrs.evolve(media.with_attributes(attributes), proto=plain)
+    return media.with_attributes(attributes, plain)
 
 
 def _plain(media: MediaDescription) -> MediaDescription:
     """The stream as the session relays it: plain profile, no key attributes."""
     attributes = [a for a in media.attributes if a[0].lower() not in _KEY_ATTRIBUTES]
-    stripped = media.with_attributes(attributes)
-    return attrs.evolve(stripped, proto=_PLAIN_OF.get(media.proto.upper(), media.proto))
+    return media.with_attributes(attributes, _PLAIN_OF.get(media.proto.upper(), media.proto))

@@ -75,7 +75,7 @@ from typing import Literal
 import attrs
 
 from gateway.core.ids import RandomIds
-from gateway.core.ip import ip_literal
+from gateway.core.ip import ip_facts
 from gateway.core.media.dtmf import Digit, EventDetector
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.quality import CallQuality
@@ -286,13 +286,13 @@ class MediaSession:
         g711_transcoding: bool = False,
     ) -> None:
         try:
-            address = ip_literal(media_address)
+            address = ip_facts(media_address)
         except ValueError:
             raise LocalMediaError(f"media address {media_address!r} is not an IP address") from None
         self._relay = relay
-        self._media_address = str(address)
+        self._media_address = address.text
         self._connection = Connection.for_address(self._media_address)
-        self._ip_version = ip_literal(relay.allocator.address).version
+        self._ip_version = ip_facts(relay.allocator.address).version
         self._session_id_source = session_id_source or _random_session_id
         self._slots: list[RelayStream | None] = []
         self._remotes: dict[tuple[int, Side], _Remote] = {}
@@ -834,19 +834,19 @@ class MediaSession:
         if connection.nettype.upper() != "IN" or connection.addrtype.upper() not in ("IP4", "IP6"):
             raise SdpError(f"{where}: not an Internet address (RFC 8866 §5.7)")
         try:
-            ip = ip_literal(connection.address)
+            ip = ip_facts(connection.address)
         except ValueError:
             # RFC 8866 allows a host name; the relay resolves nothing per packet or per call.
             raise SdpError(f"{where}: media address is not an IP address") from None
-        if ip.is_unspecified:
+        if ip.unspecified:
             return None
         if ip.version != self._ip_version:
             raise SdpError(
                 f"{where}: IPv{ip.version} media address, the relay serves IPv{self._ip_version}"
             )
-        if ip.is_multicast:
+        if ip.multicast:
             raise SdpError(f"{where}: multicast media address")
-        return str(ip)
+        return ip.text
 
     def _open_streams(self, count: int, relayed: dict[int, _Remote]) -> tuple[int, ...]:
         """Grow the slots to ``count`` m= lines and open a stream for each relayed line that has
@@ -1450,7 +1450,7 @@ def _in_numbers_of(
 
 def _is_unspecified(address: str) -> bool:
     try:
-        return ip_literal(address).is_unspecified
+        return ip_facts(address).unspecified
     except ValueError:
         return False
 

@@ -103,11 +103,14 @@ class Attributes:
 
     def get_all(self, name: str) -> tuple[str | None, ...]:
         key = name.lower()
-        return tuple(a.value for a in self.items if a.name.lower() == key)
+        # Lists, not generators, here and below (a resumption per item): a call reads and
+        # rewrites each section's attributes a few dozen times (docs/benchmarks.md, session 27).
+        return tuple([a.value for a in self.items if a.name.lower() == key])
 
     def values(self, name: str) -> tuple[str, ...]:
         """Values of every ``a=name:value`` line (property forms skipped), in order."""
-        return tuple(v for v in self.get_all(name) if v is not None)
+        key = name.lower()
+        return tuple([a.value for a in self.items if a.value is not None and a.name.lower() == key])
 
     def add(self, name: str, value: str | None = None) -> Attributes:
         """Append ``a=name[:value]`` after all existing attributes."""
@@ -119,10 +122,10 @@ class Attributes:
     def remove(self, *names: str) -> Attributes:
         """Drop every attribute whose name is one of ``names``."""
         keys = {n.lower() for n in names}
-        return Attributes(tuple(a for a in self.items if a.name.lower() not in keys))
+        return Attributes(tuple([a for a in self.items if a.name.lower() not in keys]))
 
     def remove_if(self, predicate: Callable[[Attribute], bool]) -> Attributes:
-        return Attributes(tuple(a for a in self.items if not predicate(a)))
+        return Attributes(tuple([a for a in self.items if not predicate(a)]))
 
     def set(self, name: str, *values: str | None) -> Attributes:
         """Replace every attribute called ``name`` with ``values``, at the first one's position.
@@ -564,8 +567,12 @@ class MediaDescription:
         return attrs.evolve(self, formats=tuple(str(f) for f in formats))
 
     def with_attributes(
-        self, attributes: Attributes | Iterable[tuple[str, str | None]]
+        self,
+        attributes: Attributes | Iterable[tuple[str, str | None]],
+        proto: str | None = None,
     ) -> MediaDescription:
+        """This section with ``attributes`` instead of its own (and ``proto`` as its transport
+        protocol, when given: the media security steps change both at once)."""
         if not isinstance(attributes, Attributes):
             attributes = Attributes.of(attributes)
         # Built directly rather than with attrs.evolve, which looks up every field by name: the
@@ -573,7 +580,7 @@ class MediaDescription:
         return MediaDescription(
             self.media,
             self.port,
-            self.proto,
+            self.proto if proto is None else proto,
             self.formats,
             self.port_count,
             self.information,
@@ -586,6 +593,10 @@ class MediaDescription:
     def with_direction(self, direction: Direction | None) -> MediaDescription:
         """Replace this section's direction attribute (None removes it)."""
         return attrs.evolve(self, attributes=self.attributes.with_direction(direction))
+
+    def with_proto(self, proto: str) -> MediaDescription:
+        """This section with ``proto`` as its transport protocol (RTP/AVP, RTP/SAVP...)."""
+        return self.with_attributes(self.attributes, proto)
 
 
 @attrs.frozen
@@ -670,7 +681,23 @@ class SessionDescription:
         return attrs.evolve(self, attributes=self.attributes.with_direction(direction))
 
     def with_media(self, media: Iterable[MediaDescription]) -> SessionDescription:
-        return attrs.evolve(self, media=tuple(media))
+        # Built directly, as with_attributes: the media security steps replace the sections of
+        # each offer and answer (four or five times per call).
+        return SessionDescription(
+            self.origin,
+            self.session_name,
+            self.version,
+            self.information,
+            self.uri,
+            self.emails,
+            self.phones,
+            self.connection,
+            self.bandwidths,
+            self.times,
+            self.key,
+            self.attributes,
+            tuple(media),
+        )
 
     def with_media_at(self, index: int, media: MediaDescription) -> SessionDescription:
         """Replace the m= section at ``index`` (RFC 3264 matches streams by position)."""
