@@ -855,8 +855,13 @@ class WorkerPool:
         token = self._next_id()
         done = slot.pongs[token] = trio.Event()
         slot.channel.send(Ping(token))
-        await done.wait()
-        if slot.pongs.pop(token, None) is None:
+        try:
+            await done.wait()
+        finally:
+            # Also when given up on (CallRelay.applied waits APPLIED_WAIT at most): a stuck
+            # worker that answers late, or never, must not keep one event per answer for ever.
+            answered = slot.pongs.pop(token, None) is not None
+        if not answered:
             raise LocalMediaError(f"media worker {worker} exited")
 
     def _next_id(self) -> int:
