@@ -76,6 +76,10 @@ def check_address_untrusted(addrtype: str, address: str, what: str) -> None:
             ip = None
         if ip is None or ip.version != 6:
             raise SdpError(f"{what}: bad IPv6 address")
+        if ip.scope_id is not None:
+            # RFC 8866 §9's IP6-address has no zone; Python's parser takes "fe80::1%eth0",
+            # and a zone the peer names would choose the interface the relay sends from.
+            raise SdpError(f"{what}: IPv6 address with a zone id")
         return
     if _DOTTED.fullmatch(address) is not None:
         if kind != "IP4":

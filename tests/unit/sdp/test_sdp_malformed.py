@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from gateway.core.sdp import grammar as sdp_grammar
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.grammar import is_digits, is_token
+from gateway.core.sdp.model import parse_rtcp_untrusted
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.unit.sdp.sdp_samples import BARESIP_SDES, SDES_KEY_80, crlf
 
@@ -100,6 +101,10 @@ def test_the_good_base_parses() -> None:
             "IPv4 address with address type IP6",
         ),
         (GOOD.replace("IP4 192.0.2.1\nt", "IP6 2001:db8::g\nt"), "line 4: c=: bad IPv6 address"),
+        (
+            GOOD.replace("IP4 192.0.2.1\nt", "IP6 fe80::1%eth0\nt"),
+            "line 4: c=: IPv6 address with a zone id",
+        ),
         (GOOD.replace("IP4 192.0.2.1\nt", "IP4 bad_host!\nt"), "line 4: c=: bad host name"),
         (GOOD.replace("IP4 192.0.2.1\nt", "IP4 224.2.1.1/x\nt"), "line 4: c= TTL is not a number"),
         (
@@ -187,3 +192,10 @@ def test_token_and_digit_checks_match_their_character_sets(text: str) -> None:
 def test_token_and_digit_checks_on_edge_cases(text: str) -> None:
     assert is_token(text) == (bool(text) and all(ch in sdp_grammar._TOKEN_CHARS for ch in text))
     assert is_digits(text) == (text == "0")
+
+
+def test_an_rtcp_address_with_a_zone_id() -> None:
+    # The zone would choose the interface the relay sends RTCP from (RFC 8866 §9: none).
+    with pytest.raises(SdpError, match="a=rtcp: IPv6 address with a zone id"):
+        parse_rtcp_untrusted("5005 IN IP6 fe80::1%2")
+    assert parse_rtcp_untrusted("5005 IN IP6 fe80::1").port == 5005
