@@ -719,7 +719,17 @@ class Gateway:
             await trio.sleep(shared.heartbeat_interval / 4)
             now = shared.other_instance()
             if now is None:
-                return  # it stopped (its heartbeat went) or aged out
+                # Its heartbeat went (a clean stop) or aged out (a previous run killed nearly
+                # node_timeout ago, or a process stalled that long, which the cluster already
+                # counts as dead): no live process has the name. Said, so that the wait
+                # announced above has an outcome in the log.
+                log.info(
+                    "call limits: node %r: the heartbeat of instance %s went or aged out while "
+                    "watched: no running process has the name, it is this node's",
+                    name,
+                    seen[0],
+                )
+                return
             if now != seen:
                 default = (
                     ""
