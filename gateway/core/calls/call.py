@@ -3566,7 +3566,6 @@ class Call:
                 await self._hang_up(f"signalling failed: {exc}")
             ack = leg.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
             self._reinvite_acks[answered_side] = ack
-            await self.endpoint.send_ack(ack, flow)
             try:
                 answering = leg.security
                 offering = self._leg(side).security
@@ -3577,16 +3576,25 @@ class Call:
                     rtcp_mux_offered=answering.offers_rtcp_mux,
                 )
                 answer = offering.make_answer(plain)
-                self.media.settle()
-                self._apply_keys(self.b)
             except SdpError as err:
                 # The answering leg already uses its new SDP; the legs would disagree from now
                 # on, so the call cannot go on (RFC 3264 §8: a 2xx answer cannot be refused).
+                # §13.2.2.4: its 2xx is still ACKed, then BYEd.
+                await self.endpoint.send_ack(ack, flow)
                 self.media.abandon_offer()
                 rejection = make_response(request, 488, extra=[("Warning", _warning(err.reason))])
                 await self.endpoint.respond(transaction, rejection)
                 await self._hang_up(f"bad SDP answer to re-INVITE: {err.reason}")
                 return
+            self.media.settle()
+            self._apply_keys(self.b)
+            # The answer's keys, addresses and payload numbers are in the relay (and its media
+            # workers) before a peer may send under them: the answerer, a cautious one, once our
+            # ACK ends its transaction (RFC 3261 §13.2.2.4), the offerer once our 2xx brings it
+            # the answer (RFC 3264 §8). Packets before would meet the old keys (SRTP
+            # authentication fails: dropped) or go to the old address.
+            await self.media.applied()
+            await self.endpoint.send_ack(ack, flow)
             ok = make_response(
                 request,
                 200,
@@ -3705,9 +3713,12 @@ class Call:
             self.media.abandon_offer()
             side = answered_side.other.value.upper()
             await self._hang_up(f"bad SDP answer in {side}'s ACK: {err.reason}", cause=488)
-        await self._ack_late_reinvite(serialize_sdp(answer))
         self.media.settle()
         self._apply_keys(self.b)
+        # The offering leg may send under the new SDP once our ACK brings it the answer
+        # (RFC 3264 §8): the relay (and its media workers) carries that answer first.
+        await self.media.applied()
+        await self._ack_late_reinvite(serialize_sdp(answer))
 
     async def _ack_late_reinvite(self, body: bytes | None = None) -> None:
         """ACK the 2xx of a late re-INVITE with ``body``, by default an answer rejecting its
@@ -4252,7 +4263,6 @@ class Call:
         )
         ack = transferee.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
         self._reinvite_acks[tag.side] = ack
-        await self.endpoint.send_ack(ack, flow)
         transferee.session_timer = self._refreshed_by_2xx(transferee, response)
         try:
             plain = self.media.answer_from(
@@ -4263,16 +4273,37 @@ class Call:
             answer = leg.security.make_answer(plain)
         except SdpError as err:
             # The transferee uses its new SDP already: the legs would disagree (RFC 3264 §8).
+            # §13.2.2.4: its 2xx is still ACKed, then BYEd.
+            await self.endpoint.send_ack(ack, flow)
             self.media.abandon_offer()
             await self._end_transfer(488, "Not Acceptable Here")
             await self._hang_up(f"bad SDP answer to re-INVITE: {err.reason}")
-        await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer))
         self.media.settle()
+        self._take_over(transfer)
+        # The target, whose 2xx offered, may send once our ACK brings it the answer (RFC 3264
+        # §8), the transferee once we ACK its 2xx: the relay (and its media workers) carries
+        # the answer and the target's keys first.
+        await self.media.applied()
+        await self.endpoint.send_ack(ack, flow)
+        await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer))
         await self._complete_transfer()
 
+    def _take_over(self, transfer: Transfer) -> None:
+        """The target's leg answered: it takes the transferor's place in the call, its keys
+        applied."""
+        assert transfer.answered is not None
+        leg = transfer.answered
+        assert leg.final is not None and leg.dialog is not None
+        if transfer.side is Side.B:
+            self.b = leg
+        else:
+            self.a = _as_a_leg(leg)
+        self._apply_keys(self.b)
+
     async def _complete_transfer(self) -> None:
-        """The target's leg takes the transferor's place in the call; the transferor hears
-        "200 OK" and is left to hang up (BYEd by us after 64*T1 if it does not)."""
+        """The target's leg has taken the transferor's place in the call (:meth:`_take_over`);
+        the transferor hears "200 OK" and is left to hang up (BYEd by us after 64*T1 if it
+        does not)."""
         transfer = self._transfer
         assert transfer is not None and transfer.answered is not None
         self._transfer = None
@@ -4280,15 +4311,10 @@ class Call:
         assert leg.final is not None and leg.dialog is not None
         leg.allows_update = allows_update(leg.final.headers)
         leg.session_timer = self._refreshed_by_2xx(leg, leg.final)
-        if transfer.side is Side.B:
-            self.b = leg
-        else:
-            self.a = _as_a_leg(leg)
         if self.taps is not None:
             # Another party on that side now: its URI, for a recorder's metadata (RFC 7865).
             joined = leg.dialog.remote_uri.uri
             self.taps.leg_replaced(transfer.side.value, "" if joined is None else str(joined))
-        self._apply_keys(self.b)
         # What we keep per side for the transferor's dialog is over: our 2xx to it, our ACK.
         self._retransmit_at.pop(transfer.side, None)
         self._reinvite_acks.pop(transfer.side, None)

@@ -15,7 +15,8 @@ so :meth:`~gateway.core.media.remote_relay.CallRelay.applied` waits for the work
 (a ``Ping``/``Pong`` round trip). The packets are then read with this process's trio loop
 blocked (:func:`heard`), so no message still queued here can reach the worker: without that
 wait none of the answer's messages has crossed, and the worker drops every packet (the
-stream is still blocked).
+stream is still blocked). The same holds for a re-INVITE that re-keys SRTP: the callee's first
+packet under its new keys must find them in the worker (the old ones fail its authentication).
 
 Real UDP on 127.0.0.1: the in-process relay allocates from RELAY_PORTS, the two workers from
 WORKER_PORTS, the phones from PHONE_PORTS (blocks of this process, tests/port_blocks.py).
@@ -189,3 +190,67 @@ async def test_every_first_packet_after_the_answer_arrives(relay: Relay) -> None
             assert by_callee == [
                 rtp(n, callee_law, CALLER_SSRC, SAMPLES.translate(to_alaw)) for n in range(PACKETS)
             ], case
+
+
+async def rekeyed_packets(
+    session: MediaSession, *, frozen: bool
+) -> tuple[list[bytes], list[bytes]]:
+    """An SRTP call re-keyed by a re-INVITE (RFC 4568 §7.1.4: a new offer, new keys), as the
+    B2BUA runs it: the answer and the callee's new keys applied, :meth:`MediaSession.applied`
+    awaited before the ACK; then both phones send at once, the callee under its new keys.
+    What the caller heard, what the callee heard (plain, under the new keys)."""
+    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
+    pairs = [allocator.allocate(), allocator.allocate()]
+    caller, callee = Phone(pairs[0]), Phone(pairs[1])
+    srtp_state = StreamSrtp()
+    try:
+        to_callee = session.offer_from("a", sdp(caller.pair.rtp_port, PCMU))
+        (stream,) = session.streams
+        assert isinstance(stream, MediaStream | RemoteStream)
+        ours, theirs = master_key(SUITE, 3), master_key(SUITE, 4)
+        callee.use_srtp(SUITE, key=theirs, peer_key=ours)
+        session.answer_from("b", sdp(callee.pair.rtp_port, PCMU))
+        key(
+            stream,
+            srtp_state,
+            StreamKeys(None, SrtpKeys(SUITE, local_key=ours, remote_key=theirs), blocked=False),
+        )
+        session.settle()
+        await session.applied()
+        # The re-INVITE: the same offer again, answered with new keys both ways.
+        to_callee = session.offer_from("a", sdp(caller.pair.rtp_port, PCMU))
+        ours, theirs = master_key(SUITE, 5), master_key(SUITE, 6)
+        callee.use_srtp(SUITE, key=theirs, peer_key=ours)
+        to_caller = session.answer_from("b", sdp(callee.pair.rtp_port, PCMU))
+        key(
+            stream,
+            srtp_state,
+            StreamKeys(None, SrtpKeys(SUITE, local_key=ours, remote_key=theirs), blocked=False),
+        )
+        session.settle()
+        await session.applied()  # what the call awaits before the ACK (and the 2xx)
+        unprotect = pylibsrtp.Session(
+            pylibsrtp.Policy(ours, pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=PROFILE)
+        ).unprotect
+        caller_to, callee_to = (ADDRESS, port_in(to_caller)), (ADDRESS, port_in(to_callee))
+        for sequence in range(PACKETS):
+            callee.pair.rtp_socket.sendto(
+                callee.protect(rtp(sequence, PCMU, CALLEE_SSRC)), callee_to
+            )
+            caller.pair.rtp_socket.sendto(rtp(sequence, PCMU, CALLER_SSRC), caller_to)
+        by_caller = await heard(caller, PACKETS, frozen=frozen)
+        by_callee = [unprotect(wire) for wire in await heard(callee, PACKETS, frozen=frozen)]
+        return by_caller, by_callee
+    finally:
+        session.close()
+        srtp_state.close()
+        for pair in pairs:
+            pair.close()
+
+
+async def test_every_first_packet_under_a_reinvites_new_keys_arrives(relay: Relay) -> None:
+    session = MediaSession(relay, media_address=ADDRESS)
+    frozen = not isinstance(relay, MediaRelay)
+    by_caller, by_callee = await rekeyed_packets(session, frozen=frozen)
+    assert by_caller == [rtp(n, PCMU, CALLEE_SSRC) for n in range(PACKETS)]
+    assert by_callee == [rtp(n, PCMU, CALLER_SSRC) for n in range(PACKETS)]
