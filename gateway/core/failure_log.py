@@ -81,17 +81,19 @@ class FailureLog:
             self.summarized_at = now
             self.since_summary = 0
 
-    def answered(self, *, now: float) -> None:
-        """A success: one INFO line when it ends a run of failures; nothing (an attribute
+    def answered(self, *, now: float, outcome: str = "") -> None:
+        """A success: one INFO line when it ends a run of failures (``outcome``, if given,
+        says after a semicolon what its answer did: what was caught up); nothing (an attribute
         test) otherwise."""
         if self.since is None:
             return
         self.logger.info(
-            "%s answers again, after %d failed %s in %g s",
+            "%s answers again, after %d failed %s in %g s%s",
             self.subject,
             self.failures,
             self.unit,
             now - self.since,
+            f"; {outcome}" if outcome else "",
         )
         self.since = None
         self.failures = self.since_summary = 0

@@ -28,11 +28,13 @@ import collections
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 
+from gateway.core.failure_log import FailureLog
 from gateway.core.store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -102,7 +104,8 @@ class CallLimits:
     ``shared``: the store's count for the cluster (PostgreSQL), used for keys with a
     ``max_calls``; None: every key counted here (one node). ``cluster_cps`` (``[store]
     max_cps_scope = "cluster"``): with ``shared``, a trunk's ``max_cps`` is the cluster's and
-    this node paces ``max_cps`` divided by the live nodes its heartbeats count."""
+    this node paces ``max_cps`` divided by the live nodes its heartbeats count.
+    ``wall_clock`` (Unix time) stamps the database outage's log lines; for tests."""
 
     def __init__(
         self,
@@ -110,8 +113,10 @@ class CallLimits:
         shared: SharedCallLimits | None = None,
         *,
         cluster_cps: bool = False,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._limit_of = limit_of
+        self.wall_clock = wall_clock
         self.shared = shared
         self.cluster_cps = cluster_cps and shared is not None
         self.live_nodes = 1
@@ -140,7 +145,14 @@ class CallLimits:
         # While the database does not answer (``store_failing``): holds counted here only, to
         # be written, and holds given back that it did not hear of, to be deleted, by the next
         # heartbeat it answers (:meth:`beat`).
-        self.store_failing = False
+        self.store_failures = FailureLog(
+            log,
+            "call limits: the database",
+            "requests",
+            "max_calls counted on this node only until it does",
+        )
+        """The shared count's outage: logged once, summarized every 300 s while the heartbeat
+        keeps failing, and once more when it answers again (gateway/core/failure_log.py)."""
         self._unsynced: set[Hold] = set()
         self._unreleased: set[Hold] = set()
         # Of the unsynced, those certainly not in the database (never sent to it): given back,
@@ -152,6 +164,12 @@ class CallLimits:
         self.name_conflicts = 0
         """Heartbeats that found another process's under this node's name (``[store] node``
         given to two nodes), since the start: for monitoring."""
+
+    @property
+    def store_failing(self) -> bool:
+        """Whether the database's last answer was a failure: this node counts alone until a
+        heartbeat it answers."""
+        return self.store_failures.failing
 
     def has_room(self, key: Key) -> bool:
         """Whether one more call fits ``key``'s ``max_calls`` on this node."""
@@ -363,13 +381,7 @@ class CallLimits:
         self._unreleased.update(holds)
 
     def _failed(self, exc: StoreError) -> None:
-        if not self.store_failing:
-            log.warning(
-                "call limits: the database did not answer (%s): max_calls counted on this node "
-                "only until it does",
-                exc,
-            )
-        self.store_failing = True
+        self.store_failures.failed(f"it did not answer ({exc})", now=self.wall_clock())
 
     def beat(self) -> None:
         """Tell the cluster this node is alive (every ``shared.heartbeat_interval``), writing
@@ -399,13 +411,11 @@ class CallLimits:
         self._unsynced.difference_update(add)
         self._local_only.difference_update(add)
         self._unreleased.difference_update(remove)
-        if self.store_failing:
-            self.store_failing = False
-            log.info(
-                "call limits: the database answers again: max_calls counted for the cluster "
-                "(%d call(s) counted on this node alone written)",
-                len(add),
-            )
+        self.store_failures.answered(
+            now=self.wall_clock(),
+            outcome=f"max_calls counted for the cluster ({len(add)} call(s) counted on this "
+            "node alone written)",
+        )
 
     def paced_cps(self, key: Key) -> float:
         """The new calls a second this node sends to ``key`` at most now: its ``max_cps``

@@ -30,7 +30,8 @@ statement on the event loop, as every store call of the gateway is (the store's 
 synchronous, gateway/core/store/interface.py), and waits at most what the store allows: PostgreSQL
 ``[store] statement_timeout``, SQLite's 50 ms lock wait; a PostgreSQL store whose connection is
 lost fails at once. A store that fails or does not answer in time leaves this node's memory to
-answer alone (logged once, until it answers again), and is asked again only
+answer alone (logged once, summarized every 300 s while it goes on, and once more when it
+answers again: gateway/core/failure_log.py), and is asked again only
 :data:`STORE_RETRY_SECONDS` later; a callback is neither delayed further nor refused for it, and
 the numbers the store missed meanwhile are written with the next emergency calls' (a few with
 each, :data:`WRITES_PER_CALL`).
@@ -40,11 +41,15 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from gateway.core.calls.limits import CallRate
+from gateway.core.failure_log import FailureLog
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.core.store.interface import Store
 
 log = logging.getLogger(__name__)
@@ -81,9 +86,16 @@ def marked_as_callback(priority: str | None) -> bool:
 class PsapCallbacks:
     """The numbers our emergency calls presented, each until ``window`` seconds after the call
     (``0``: none kept, no call is a callback), in memory and in ``store`` if given. Times are
-    the caller's clock (trio's); the store keeps its own (wall-clock, or the server's)."""
+    the caller's clock (trio's); the store keeps its own (wall-clock, or the server's).
+    ``wall_clock`` (Unix time) stamps the store outage's log lines; for tests."""
 
-    def __init__(self, window: float, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        window: float,
+        store: Store | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.window = window
         self._until: dict[str, float] = {}
         self._store = store if window > 0 else None
@@ -92,8 +104,15 @@ class PsapCallbacks:
         # Numbers presented while the store did not answer, written with the next one.
         self._unwritten: dict[str, float] = {}
         self._retry_at = 0.0  # while store_failing: when the store is asked again
-        self.store_failing = False
-        """The store's last answer was a failure: memory answers alone until it answers."""
+        self.wall_clock = wall_clock
+        self.store_outage = FailureLog(
+            log,
+            "PSAP callbacks: the store",
+            "reads and writes",
+            "until it does, only this node's memory knows which numbers a callback may call",
+        )
+        """The store's failures, logged once, summarized every 300 s while they go on, and
+        once more when it answers again (gateway/core/failure_log.py)."""
         self.store_failures = 0
         """Writes and reads the store failed or did not answer in time (monitoring)."""
         self.store_hits = 0
@@ -164,6 +183,11 @@ class PsapCallbacks:
         return True
 
     @property
+    def store_failing(self) -> bool:
+        """The store's last answer was a failure: memory answers alone until it answers."""
+        return self.store_outage.failing
+
+    @property
     def stored(self) -> bool:
         """Whether the numbers go to a store too (there is one, and a window)."""
         return self._store is not None
@@ -177,18 +201,11 @@ class PsapCallbacks:
     def _failed(self, exc: Exception, now: float) -> None:
         self.store_failures += 1
         self._retry_at = now + STORE_RETRY_SECONDS
-        if not self.store_failing:
-            log.warning(
-                "PSAP callbacks: the store did not answer (%s): until it does, only this "
-                "node's memory knows which numbers a callback may call",
-                exc,
-            )
-        self.store_failing = True
+        self.store_outage.failed(f"the store did not answer ({exc})", now=self.wall_clock())
 
     def _answered(self) -> None:
-        if self.store_failing:
-            self.store_failing = False
-            log.info("PSAP callbacks: the store answers again")
+        if self.store_outage.failing:  # no clock read per store answer otherwise
+            self.store_outage.answered(now=self.wall_clock())
 
     def __len__(self) -> int:
         return len(self._until)

@@ -16,7 +16,10 @@ the next one, up to :data:`MOST_KEPT` changes (one per call; about three minutes
 calls/s), past which they are given up, logged with their number. Each refused save has waited
 for the lock (the store's busy timeout) on the event loop, so while the store stays busy the
 saves back off, doubling the interval up to :data:`LONGEST_BUSY_INTERVAL`: a lock held for minutes
-costs the event loop one such wait every few seconds, not ten a second.
+costs the event loop one such wait every few seconds, not ten a second. A busy spell is logged
+once, summarized every 300 s while it lasts, and once more when a save goes through
+(gateway/core/failure_log.py); a chunk a store error other than busy loses is logged each time,
+with the number of changes lost (a loss, not a wait).
 
 Saved :data:`SAVE_CHUNK` records per transaction, with a checkpoint between two (``run``): the
 backlog a busy store leaves (up to :data:`MOST_KEPT`) would otherwise be one save holding the
@@ -39,6 +42,7 @@ from typing import Any, Protocol
 
 import trio
 
+from gateway.core.failure_log import FailureLog
 from gateway.core.store.errors import StoreBusy, StoreError
 from gateway.core.store.interface import CallRecord, Store
 
@@ -77,6 +81,15 @@ class CallRecordBook:
         self._changed: dict[str, CallRecord] = {}
         self._security_of: dict[str, SecuritySource] = {}
         self._busy_attempts = 0  # saves the busy store refused in a row
+        self.busy = FailureLog(
+            log,
+            "call records: the store",
+            "saves",
+            "call records kept for the next save",
+        )
+        """The store's busy spells (its write lock held by another process): logged once,
+        summarized every 300 s while it stays busy, once more when a save goes through
+        (gateway/core/failure_log.py), not once per save refused."""
 
     @property
     def pending(self) -> int:
@@ -164,17 +177,20 @@ class CallRecordBook:
             batch.clear()
             return False
         except StoreError as exc:
+            # A loss, not a wait: each is logged with what was lost.
             log.warning("%d call record change(s) not kept: %s", len(chunk), exc)
         except Exception:
             log.exception("%d call record change(s) not kept", len(chunk))
-        if self._busy_attempts:
-            log.info("call records saved again after %d busy attempt(s)", self._busy_attempts)
-            self._busy_attempts = 0
+        else:
+            if self.busy.failing:
+                self.busy.answered(now=self._clock())
+        self._busy_attempts = 0
         return True
 
     def _keep(self, kept: list[CallRecord], busy: StoreBusy) -> None:
         """Keep the records the busy store refused for the next save."""
         self._busy_attempts += 1
+        self.busy.failed(f"it is busy ({busy})", now=self._clock())
         if len(kept) > MOST_KEPT:
             log.error(
                 "%d call record change(s) not kept: the store was busy for %d save(s) in a row "
@@ -184,8 +200,6 @@ class CallRecordBook:
                 busy,
             )
             return
-        if self._busy_attempts == 1:
-            log.warning("call records kept for the next save: %s", busy)
         self._put_back(kept)
 
     def _put_back(self, kept: list[CallRecord]) -> None:

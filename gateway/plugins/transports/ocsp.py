@@ -705,7 +705,14 @@ class OwnStaple:
         self._changed = trio.Event()
         self._der = b""
         self._valid_until = 0.0
-        self._failing = False
+        self.outage = FailureLog(
+            log,
+            f"{name}: ocsp_stapling: the OCSP responder of our certificate",
+            "fetches",
+            f"retried with backoff from {STAPLE_RETRY_MIN:g} s, nothing new is stapled meanwhile",
+        )
+        """Failed fetches of our own answer: logged once, summarized every 300 s while they go
+        on, once more when one succeeds (gateway/core/failure_log.py)."""
         #: Fetches of our own answer (for tests and the log): successful, failed.
         self.fetched = 0
         self.failed = 0
@@ -756,7 +763,9 @@ class OwnStaple:
                 await self._changed.wait()
                 continue
             wait = await self._refresh(target, retry)
-            retry = STAPLE_RETRY_MIN if not self._failing else min(retry * 2, STAPLE_RETRY_MAX)
+            retry = (
+                STAPLE_RETRY_MIN if not self.outage.failing else min(retry * 2, STAPLE_RETRY_MAX)
+            )
             with trio.move_on_after(wait):
                 await self._changed.wait()  # a reload: fetch for the new certificate at once
 
@@ -776,25 +785,18 @@ class OwnStaple:
         except Exception as exc:  # the responder's bytes: anything is a failed fetch
             self.failed += 1
             reason = "no answer" if isinstance(exc, trio.TooSlowError) else str(exc)
-            if not self._failing:
-                self._failing = True
-                log.warning(
-                    "%s: ocsp_stapling: no OCSP answer about our certificate from %s (%s); "
-                    "retried with backoff from %g s, nothing new is stapled meanwhile",
-                    self._name,
-                    target.url,
-                    reason or type(exc).__name__,
-                    STAPLE_RETRY_MIN,
-                )
+            self.outage.failed(
+                f"no OCSP answer about our certificate from {target.url} "
+                f"({reason or type(exc).__name__})",
+                now=self.wall_clock(),
+            )
             # A still-current answer stays stapled (current() stops at its nextUpdate).
             self._der = self._der if self.wall_clock() < self._valid_until else b""
             return retry
         if target is not self._target:
             return 0.0  # the certificate changed while fetching: fetch for the new one
         self.fetched += 1
-        if self._failing:
-            self._failing = False
-            log.info("%s: ocsp_stapling: %s answers again", self._name, target.url)
+        self.outage.answered(now=self.wall_clock(), outcome=f"from {target.url}")
         until = answer.next_update if answer.next_update is not None else now + NO_NEXT_UPDATE_CACHE
         self._der, self._valid_until = data, until
         # Refreshed at 3/4 of its validity, which leaves the last quarter for retries.

@@ -500,3 +500,63 @@ async def test_our_own_staple_is_refreshed_at_three_quarters_and_retried_with_ba
         renewed_answer = ocsp.load_der_ocsp_response(staple.current())
         assert renewed_answer.serial_number == renewed.x509.serial_number
         nursery.cancel_scope.cancel()
+
+
+async def test_our_own_staple_failing_is_logged_once_summarized_every_300_s_and_its_end_once(
+    autojump_clock: trio.testing.MockClock,
+    vendor: TestCa,
+    phones: list[Issued],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What operators see of a responder that stops answering about our own certificate
+    (gateway/core/failure_log.py): one WARNING with the reason, a summary at most every 300 s
+    while the retries (60, 120, 240 s ...) fail, one INFO when a fetch succeeds."""
+    caplog.set_level(logging.DEBUG, logger=OCSP_LOG)
+    responder = FakeResponder(vendor)
+    responder.phones = {phone.x509.serial_number: phone for phone in phones}
+    ours = phones[0]
+    staple = OwnStaple(fetch=responder.fetch, wall_clock=wall_clock)
+    url = "http://ocsp.vendor.example/"
+
+    def lines() -> list[tuple[int, str]]:
+        found = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == OCSP_LOG]
+        caplog.clear()
+        return found
+
+    responder.hang = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(staple.run)
+        staple.use(ours.x509, [vendor.issued.x509])
+        await trio.sleep(30 + 1)  # the first fetch times out
+        assert staple.failed == 1
+        assert lines() == [
+            (
+                logging.WARNING,
+                "tls: ocsp_stapling: the OCSP responder of our certificate is failing: no OCSP "
+                f"answer about our certificate from {url} (no answer); retried with backoff "
+                "from 60 s, nothing new is stapled meanwhile; further failures summarized "
+                "every 300 s",
+            )
+        ]
+        await trio.sleep(60 + 30 + 120 + 30)  # two retries, 90 and 240 s after: counted
+        assert staple.failed == 3
+        assert lines() == []
+        await trio.sleep(240 + 30)  # the third, 510 s after the first: a summary
+        assert staple.failed == 4
+        ((level, summary),) = lines()
+        assert level == logging.WARNING
+        assert summary.startswith(
+            "tls: ocsp_stapling: the OCSP responder of our certificate is still failing: "
+            "3 failed fetches in the last 510 s, 4 since "
+        )
+        responder.hang = False
+        await trio.sleep(480 + 1)  # the next retry gets an answer
+        assert staple.fetched == 1 and staple.current() != b""
+        assert lines() == [
+            (
+                logging.INFO,
+                "tls: ocsp_stapling: the OCSP responder of our certificate answers again, "
+                f"after 4 failed fetches in 990 s; from {url}",
+            )
+        ]
+        nursery.cancel_scope.cancel()

@@ -418,3 +418,64 @@ def test_an_emergency_call_is_not_paced_by_the_share() -> None:
     assert lim.take(object(), TRUNK, now=0.0) is None
     assert lim.take(object(), TRUNK, now=0.0) == "call rate"
     assert all(lim.take(object(), TRUNK, now=0.0, exempt=True) is None for _ in range(3))
+
+
+def test_a_database_outage_is_logged_once_summarized_every_300_s_and_its_end_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What operators see of a database that stays down (gateway/core/failure_log.py): one
+    WARNING with the reason, a summary every 300 s while the heartbeats keep failing (how many,
+    since when), one INFO when one is answered, saying what it wrote."""
+    shared = FakeShared()
+    wall = [1_796_000_000.0]  # 2026-11-30 00:53:20 UTC
+    lim = CallLimits(
+        lambda key: Limit(max_calls=2) if key == ALICE else NO_LIMIT,
+        shared,
+        wall_clock=lambda: wall[0],
+    )
+    shared.down = True
+
+    def lines() -> list[tuple[int, str]]:
+        found = [(r.levelno, r.getMessage()) for r in caplog.records]
+        caplog.clear()
+        return found
+
+    with caplog.at_level(logging.INFO, logger="gateway.core.calls.limits"):
+        assert lim.take(object(), ALICE) is None
+        assert lines() == [
+            (
+                logging.WARNING,
+                "call limits: the database is failing: it did not answer (PostgreSQL host=db: "
+                "not connected (reconnecting)); max_calls counted on this node only until it "
+                "does; further failures summarized every 300 s",
+            )
+        ]
+        for _ in range(149):  # a heartbeat every 2 s, each failing: counted, not logged
+            wall[0] += 2
+            lim.beat()
+        assert lines() == []
+        wall[0] += 2  # 300 s after the first
+        lim.beat()
+        assert lines() == [
+            (
+                logging.WARNING,
+                "call limits: the database is still failing: 150 failed requests in the last "
+                "300 s, 151 since 2026-11-30 00:53:20 UTC; the last: it did not answer "
+                "(PostgreSQL host=db: not connected (reconnecting))",
+            )
+        ]
+        assert lim.store_failing
+        shared.down = False
+        wall[0] += 2
+        lim.beat()
+        lim.beat()
+        assert lines() == [
+            (
+                logging.INFO,
+                "call limits: the database answers again, after 151 failed requests in 302 s; "
+                "max_calls counted for the cluster (1 call(s) counted on this node alone "
+                "written)",
+            )
+        ]
+    assert not lim.store_failing
+    assert lim.counted_locally[ALICE] == 1

@@ -235,8 +235,9 @@ def test_a_busy_store_keeps_the_batch_until_it_can_be_saved(
         assert live is not None and "dtls" in live.security_json  # as the call stands now
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1  # once per busy spell, not once per attempt
-        assert warnings[0].startswith("call records kept for the next save: ")
-        assert "call records saved again after 2 busy attempt(s)" in caplog.text
+        assert warnings[0].startswith("call records: the store is failing: it is busy (")
+        assert "call records kept for the next save" in warnings[0]
+        assert "call records: the store answers again, after 2 failed saves" in caplog.text
     finally:
         other.close()
         store.close()
@@ -261,6 +262,58 @@ def test_saves_back_off_while_the_store_is_busy_and_recover_after(
     monkeypatch.undo()
     book.flush()
     assert book.next_interval() == FLUSH_INTERVAL
+
+
+def test_a_busy_spell_is_logged_once_summarized_every_300_s_and_its_end_once(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What operators see of a store another process keeps locked (gateway/core/failure_log.py):
+    one WARNING with the reason, a summary every 300 s (how many saves were refused, since
+    when), one INFO when a save goes through; not a line per refused save."""
+    clock = FakeClock()
+    clock.now = 1_796_000_000.0  # 2026-11-30 00:53:20 UTC
+    book = CallRecordBook(store, clock=clock)
+    monkeypatch.setattr(store, "call_records_save", refuse_busy)
+
+    def lines() -> list[tuple[int, str]]:
+        found = [(r.levelno, r.getMessage()) for r in caplog.records]
+        caplog.clear()
+        return found
+
+    with caplog.at_level(logging.INFO, logger="gateway.core.calls.records"):
+        book.started("c1", "sip:a@x", "sip:b@y")
+        book.flush()
+        assert lines() == [
+            (
+                logging.WARNING,
+                "call records: the store is failing: it is busy (voipgw.sqlite3: another "
+                "process held the write lock); call records kept for the next save; further "
+                "failures summarized every 300 s",
+            )
+        ]
+        for _ in range(93):  # a save every 3.2 s (backing off), each refused: counted
+            clock.now += 3.2
+            book.flush()
+        assert lines() == []
+        clock.now += 3.2  # 300.8 s after the first
+        book.flush()
+        assert lines() == [
+            (
+                logging.WARNING,
+                "call records: the store is still failing: 94 failed saves in the last 300.8 s, "
+                "95 since 2026-11-30 00:53:20 UTC; the last: it is busy (voipgw.sqlite3: another "
+                "process held the write lock)",
+            )
+        ]
+        monkeypatch.undo()
+        clock.now += 3.2
+        book.flush()
+        book.started("c2", "sip:a@x", "sip:b@y")
+        book.flush()
+        assert lines() == [
+            (logging.INFO, "call records: the store answers again, after 95 failed saves in 304 s")
+        ]
+    assert book.pending == 0 and store.call_record_get("c1") is not None
 
 
 async def test_run_tries_a_busy_store_a_few_times_a_second_at_most(

@@ -190,3 +190,60 @@ def test_without_a_window_the_store_is_never_asked() -> None:
     callbacks.emergency_call_presented("+4930123456", now=0.0)
     assert not callbacks.called_back("+4930123456", now=0.0)
     assert store.writes == [] and store.reads == 0
+
+
+def test_a_store_outage_is_logged_once_summarized_every_300_s_and_its_end_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What operators see of a store that stays down (gateway/core/failure_log.py): one
+    WARNING with the reason, a summary every 300 s (how many failed, since when), one INFO
+    when it answers; not a line per emergency call or marked INVITE."""
+    store = FakeStore()
+    store.failing = True
+    wall = [1_796_000_000.0]  # 2026-11-30 00:53:20 UTC
+    callbacks = PsapCallbacks(window=1800.0, store=store, wall_clock=lambda: wall[0])
+
+    def lines() -> list[tuple[int, str]]:
+        found = [(r.levelno, r.getMessage()) for r in caplog.records]
+        caplog.clear()
+        return found
+
+    with caplog.at_level(logging.INFO, logger="gateway.core.calls.psap_callback"):
+        callbacks.emergency_call_presented("+4930111", now=0.0)
+        assert lines() == [
+            (
+                logging.WARNING,
+                "PSAP callbacks: the store is failing: the store did not answer (PostgreSQL "
+                "host=db: not connected (reconnecting)); until it does, only this node's memory "
+                "knows which numbers a callback may call; further failures summarized every "
+                "300 s",
+            )
+        ]
+        # Asked again every STORE_RETRY_SECONDS for 295 s: counted, not logged.
+        for second in range(5, 300, 5):
+            wall[0] += 5
+            assert not callbacks.called_back(f"+1555{second:04}", now=float(second))
+        assert callbacks.store_failures == 60
+        assert lines() == []
+        wall[0] += 5  # 300 s after the first
+        callbacks.emergency_call_presented("+4930222", now=300.0)
+        assert lines() == [
+            (
+                logging.WARNING,
+                "PSAP callbacks: the store is still failing: 60 failed reads and writes in "
+                "the last 300 s, 61 since 2026-11-30 00:53:20 UTC; the last: the store did not "
+                "answer (PostgreSQL host=db: not connected (reconnecting))",
+            )
+        ]
+        store.failing = False
+        wall[0] += 10
+        callbacks.emergency_call_presented("+4930333", now=310.0)
+        callbacks.emergency_call_presented("+4930444", now=320.0)
+        assert lines() == [
+            (
+                logging.INFO,
+                "PSAP callbacks: the store answers again, after 61 failed reads and writes in "
+                "310 s",
+            )
+        ]
+    assert callbacks.store_failures == 61  # the metric counts every failure

@@ -61,3 +61,20 @@ def test_once_then_a_summary_every_interval_then_once_when_it_answers(
     failures.failed("gone again", now=T0 + 500)
     assert [level for level, _ in lines(caplog)] == [logging.WARNING]
     assert failures.failures == 1
+
+
+def test_the_answer_line_says_what_its_answer_caught_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="test.failing")
+    failures = FailureLog(logging.getLogger("test.failing"), "the database", "requests", "alone")
+    failures.answered(now=T0, outcome="3 holds written")  # not failing: nothing to say
+    failures.failed("not connected", now=T0)
+    lines(caplog)
+    failures.answered(now=T0 + 4, outcome="3 holds written")
+    assert lines(caplog) == [
+        (
+            logging.INFO,
+            "the database answers again, after 1 failed requests in 4 s; 3 holds written",
+        )
+    ]
