@@ -5,9 +5,31 @@
     streams = rtp_streams(cap.path, [trunk.media_port, *range(low, high + 1)])
     assert streams[(("127.0.0.1", a), ("127.0.0.1", b))] >= 90
 
-dumpcap (tshark's capture engine) writes the file; ``Capture`` returns only once dumpcap says
-"Capturing on", and stops it with SIGTERM, which makes it flush every packet it has seen.
-Capturing needs root or the capabilities Debian gives dumpcap for the wireshark group.
+dumpcap (tshark's capture engine) writes the file. Capturing needs root or the capabilities
+Debian gives dumpcap for the wireshark group.
+
+Why probes: neither end of a capture is what it seems. dumpcap prints "Capturing on" before it
+necessarily sees packets, and the kernel hands captured packets to dumpcap a ring block at a time,
+when the block is full or 250 ms after its first packet (libpcap's TPACKET_V3 ring, dumpcap's read
+timeout), so a SIGTERM loses the packets of the block not handed over yet. Starting a capture,
+sending 3 datagrams at once and stopping it 0.2 s later lost all three in 19 runs of 20 on the
+2-vCPU CI machine; waiting 1.5 s before the stop still lost them in 1 run of 10 (the start). So
+the capture filter also takes the datagrams that a socket of the harness sends to itself on a port
+of this process's own block (tests/port_blocks.py, which no other program uses), each starting
+with ``PROBE`` and a token unique to the wait:
+
+- ``start()`` sends probes every 20 ms and returns once one is in the file: the capture sees
+  every packet sent after that;
+- ``stop()`` does the same before it stops dumpcap (packets reach the file in the order they were
+  captured, so everything sent before the probe is there), then rewrites the file without the
+  probes, so that no reader (``rtp_streams``, ``udp_flows``, ``sip_requests``, a test's own
+  tshark) can count one.
+
+A probe is 4 datagrams of 60000 octets (lo's MTU is 65536, so not fragmented): they fill a ring
+block, which the kernel then hands over at once, so a wait takes about 25 ms instead of up to
+250 ms. dumpcap writes the pcap to its standard output (``-w -``), which it flushes after every
+block; written to a file it would keep 4 KiB in stdio first. The file is a classic pcap (-P), whose
+records ``_pcap_records`` splits without tshark.
 """
 
 from __future__ import annotations
@@ -15,6 +37,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import time
 from collections import Counter
@@ -26,8 +50,40 @@ import pytest
 
 from tests.conftest import require_peer
 from tests.interop.harness.processes import start_process, stop_process
+from tests.port_blocks import LOOPBACK, port_block
 
 Address = tuple[str, int]
+
+#: What every probe datagram starts with; ``stop()`` removes the records that carry it.
+PROBE = b"voipgw-capture-probe:"
+PROBE_INTERVAL = 0.02  # seconds between two probes while start() or stop() waits
+PROBE_SIZE = 60_000  # octets of each probe datagram; PROBE_BURST of them fill a ring block
+PROBE_BURST = 4
+_probe_port: int | None = None  # one port of this process's block, taken at the first capture
+
+
+def _probe_socket() -> socket.socket:
+    """A UDP socket on the probe port that sends to itself (nested captures share the port)."""
+    global _probe_port
+    if _probe_port is None:
+        _probe_port = port_block(1)[0]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOOPBACK, _probe_port))
+    sock.connect((LOOPBACK, _probe_port))
+    return sock
+
+
+def _pcap_records(data: bytes) -> tuple[bytes, list[bytes]]:
+    """A classic pcap's file header and its records (each a record header and its packet)."""
+    order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    records = []
+    offset = 24
+    while offset + 16 <= len(data):
+        (captured,) = struct.unpack(order + "I", data[offset + 8 : offset + 12])
+        records.append(data[offset : offset + 16 + captured])
+        offset += 16 + captured
+    return data[:24], records
 
 
 def udp_filter(*ports: int | tuple[int, int]) -> str:
@@ -48,34 +104,57 @@ class Capture:
         self.interface = interface
         self.log_path = path.with_suffix(".dumpcap.log")
         self.process: subprocess.Popen[bytes] | None = None
+        self._probe: socket.socket | None = None
+        self._probes_sent = 0
+        self._stopped = False
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start dumpcap and poll its output until it says it is capturing."""
+        """Start dumpcap and return once it provably captures (see the module docstring)."""
         require_peer("tshark")
         dumpcap = shutil.which("dumpcap") or "/usr/bin/dumpcap"
+        self._probe = _probe_socket()
+        port = self._probe.getsockname()[1]
         self.process = start_process(
-            # -P: classic pcap, readable by every tool; -q: no packet counter on stderr.
+            # -P: classic pcap, readable by every tool; -q: no packet counter on stderr;
+            # -w -: to stdout, flushed after every block the kernel hands over.
             [
                 dumpcap,
                 "-i",
                 self.interface,
                 "-f",
-                self.capture_filter,
+                f"({self.capture_filter}) or (udp and src port {port} and dst port {port})",
                 "-w",
-                str(self.path),
+                "-",
                 "-P",
                 "-q",
             ],
             log=self.log_path,
+            stdout=self.path,
         )
-        deadline = time.monotonic() + timeout
-        while "Capturing on" not in self._log():
-            if self.process.poll() is not None:
+        if not self._probe_captured(timeout):
+            self._stop_dumpcap()
+            if self.process.returncode not in (None, 0) and "Capturing on" not in self._log():
                 self._fail_to_start()
-            if time.monotonic() > deadline:
-                stop_process(self.process, timeout=2.0)
-                raise RuntimeError(f"dumpcap did not start capturing:\n{self._log()}")
-            time.sleep(0.05)
+            raise RuntimeError(f"dumpcap did not start capturing:\n{self._log()}")
+
+    def _probe_captured(self, timeout: float) -> bool:
+        """Send a new probe every PROBE_INTERVAL until one is in the file, or False after
+        ``timeout`` s or when dumpcap has exited."""
+        assert self.process is not None and self._probe is not None
+        self._probes_sent += 1
+        token = PROBE + b"%d:%x:" % (self._probes_sent, id(self))
+        datagram = token.ljust(PROBE_SIZE, b".")
+        seen = self.path.stat().st_size  # the token can only be in what is written after
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            for _ in range(PROBE_BURST):
+                self._probe.send(datagram)
+            time.sleep(PROBE_INTERVAL)
+            with self.path.open("rb") as pcap:
+                pcap.seek(seen)
+                if token in pcap.read():
+                    return True
+        return False
 
     def _fail_to_start(self) -> None:
         message = f"dumpcap could not capture on {self.interface}:\n{self._log()}"
@@ -89,10 +168,27 @@ class Capture:
         except FileNotFoundError:
             return ""
 
-    def stop(self) -> None:
-        """Stop dumpcap (SIGTERM: it writes out what it has) and wait for it to exit."""
-        if self.process is not None:
-            stop_process(self.process, sig=signal.SIGTERM, timeout=10.0)
+    def stop(self, check: bool = True) -> None:
+        """Wait until every packet sent so far is in the file, stop dumpcap (SIGTERM) and take
+        the probes out of the file. With ``check``, a capture that lost its end is an error."""
+        if self.process is None or self._stopped:
+            return  # a test may stop the capture itself before the with block ends
+        self._stopped = True
+        complete = self.process.poll() is None and self._probe_captured(timeout=10.0)
+        self._stop_dumpcap()
+        _header, records = _pcap_records(self.path.read_bytes())
+        kept = [record for record in records if PROBE not in record]
+        if len(kept) < len(records):
+            self.path.write_bytes(_header + b"".join(kept))
+        if check and not complete:
+            raise RuntimeError(f"dumpcap stopped before the end of the capture:\n{self._log()}")
+
+    def _stop_dumpcap(self) -> None:
+        assert self.process is not None
+        stop_process(self.process, sig=signal.SIGTERM, timeout=10.0)
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
 
     def __enter__(self) -> Capture:
         self.start()
@@ -104,7 +200,8 @@ class Capture:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.stop()
+        # Under an exception the test has failed already: its error is the one to see.
+        self.stop(check=exc_type is None)
 
 
 def _tshark_fields(

@@ -29,14 +29,16 @@ def start_process(
     log: Path,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    stdout: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``args`` with stdin from /dev/null and stdout and stderr appended to ``log``."""
-    with log.open("ab") as log_file:
+    """Start ``args`` with stdin from /dev/null and stdout and stderr appended to ``log``, or
+    stdout written to the file ``stdout`` (a program's output, e.g. dumpcap's pcap) if given."""
+    with log.open("ab") as log_file, (stdout or Path(os.devnull)).open("wb") as out_file:
         return subprocess.Popen(
             list(args),
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+            stdout=log_file if stdout is None else out_file,
+            stderr=subprocess.STDOUT if stdout is None else log_file,
             cwd=cwd,
             env={**os.environ, **(env or {})},
             preexec_fn=_die_with_parent,
