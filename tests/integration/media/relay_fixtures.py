@@ -6,7 +6,8 @@
   test_srtp_relay.Phone` on port pairs of their own), as test_g711_relay.py and
   test_payload_type_relay.py use them;
 - :func:`worker_pool_fixture`: ``pool``, two media worker processes, checked to be gone after
-  the test, as test_media_workers_g711.py and test_media_workers_dtmf.py use it.
+  the test, as test_media_workers_g711.py and test_media_workers_dtmf.py use it;
+- :data:`SUITES`: the (A leg, B leg) SRTP suites the relay tests run each case with.
 
 A module takes them as module attributes, where pytest finds fixtures:
 ``relay, stream, phones = in_process_fixtures(RELAY_PORTS, PHONE_PORTS)``.
@@ -28,6 +29,15 @@ from tests.integration.media.test_media_workers import process_gone
 from tests.integration.media.test_srtp_relay import ADDRESS, Phone
 
 Fixture = Callable[..., Any]
+
+#: (a_suite, b_suite) for ``pytest.mark.parametrize``: plain RTP (None) or an SRTP suite on
+#: each leg, so a per-packet rewrite is checked before protect and after unprotect.
+SUITES = [
+    pytest.param(None, None, id="rtp-rtp"),
+    pytest.param("AES_CM_128_HMAC_SHA1_80", None, id="srtp-rtp"),
+    pytest.param(None, "AES_CM_128_HMAC_SHA1_80", id="rtp-srtp"),
+    pytest.param("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM", id="srtp-srtp"),
+]
 
 
 def in_process_fixtures(

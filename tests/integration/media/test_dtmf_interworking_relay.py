@@ -20,18 +20,12 @@ from gateway.core.config import PortRange
 from gateway.core.media.dtmf import event_payload
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import DtmfInterworking, MediaRelay, MediaStream
+from tests.integration.media.relay_fixtures import SUITES
 from tests.integration.media.test_srtp_relay import ADDRESS, Phone, bridge
 from tests.port_blocks import port_block_text
 
 RELAY_PORTS = PortRange.parse(port_block_text(100))
 PHONE_PORTS = PortRange.parse(port_block_text(100))
-
-SUITES = [
-    pytest.param(None, None, id="rtp-rtp"),
-    pytest.param("AES_CM_128_HMAC_SHA1_80", None, id="srtp-rtp"),
-    pytest.param(None, "AES_CM_128_HMAC_SHA1_80", id="rtp-srtp"),
-    pytest.param("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM", id="srtp-srtp"),
-]
 
 
 def rtp(sequence: int, payload_type: int, payload: bytes = b"\xff" * 20, **kw: int) -> bytes:

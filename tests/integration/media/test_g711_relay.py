@@ -17,7 +17,7 @@ import pytest
 from gateway.core.config import PortRange
 from gateway.core.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, G711Transcoding, Law
 from gateway.core.media.relay import Direction, MediaStream
-from tests.integration.media.relay_fixtures import in_process_fixtures
+from tests.integration.media.relay_fixtures import SUITES, in_process_fixtures
 from tests.integration.media.test_srtp_relay import Phone, bridge, receiver_report
 from tests.port_blocks import port_block_text
 
@@ -40,14 +40,6 @@ def transcode(stream: MediaStream) -> None:
     """A (the caller) speaks PCMU 0, B (the carrier) PCMA 8."""
     stream.a_to_b.transcoding = G711Transcoding(Law.PCMU, 0, 8)
     stream.b_to_a.transcoding = G711Transcoding(Law.PCMA, 8, 0)
-
-
-SUITES = [
-    pytest.param(None, None, id="rtp-rtp"),
-    pytest.param("AES_CM_128_HMAC_SHA1_80", None, id="srtp-rtp"),
-    pytest.param(None, "AES_CM_128_HMAC_SHA1_80", id="rtp-srtp"),
-    pytest.param("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM", id="srtp-srtp"),
-]
 
 
 @pytest.mark.parametrize(("a_suite", "b_suite"), SUITES)

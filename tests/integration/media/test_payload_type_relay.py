@@ -16,7 +16,7 @@ import pytest
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.relay import Direction, MediaStream
-from tests.integration.media.relay_fixtures import in_process_fixtures
+from tests.integration.media.relay_fixtures import SUITES, in_process_fixtures
 from tests.integration.media.test_srtp_relay import Phone, bridge, receiver_report
 from tests.port_blocks import port_block_text
 
@@ -37,14 +37,6 @@ def renumber_dtmf(stream: MediaStream) -> None:
     """The caller (A) numbers telephone-event 101, the picker (B) 96."""
     stream.a_to_b.payload_types = {101: 96}
     stream.b_to_a.payload_types = {96: 101}
-
-
-SUITES = [
-    pytest.param(None, None, id="rtp-rtp"),
-    pytest.param("AES_CM_128_HMAC_SHA1_80", None, id="srtp-rtp"),
-    pytest.param(None, "AES_CM_128_HMAC_SHA1_80", id="rtp-srtp"),
-    pytest.param("AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM", id="srtp-srtp"),
-]
 
 
 @pytest.mark.parametrize(("a_suite", "b_suite"), SUITES)
