@@ -11,7 +11,9 @@ machine; there are four:
   A non-2xx final response is ACKed here, by the transaction (§17.1.1.3), and Completed absorbs its
   retransmissions (re-sending the ACK) for Timer D. A 2xx moves to Accepted (RFC 6026), where every
   2xx - retransmissions and other forks' answers - is passed up for the TU to ACK itself
-  (§13.2.2.4), until Timer M.
+  (§13.2.2.4), until Timer M. Proceeding has no timer in the figure; once the TU has sent a
+  CANCEL of the INVITE, :class:`TransactionTable` tells the transaction, which gives up 64*T1
+  later without a final response (§9.1, reported as a timeout) rather than wait for ever.
 - INVITE server (§17.2.1 as amended by RFC 6026): Proceeding -> Completed -> Confirmed, or
   Proceeding -> Accepted. Completed retransmits a non-2xx final response (Timer G) until the ACK
   (then Confirmed, Timer I) or Timer H. Accepted absorbs INVITE retransmissions while the TU
@@ -179,6 +181,7 @@ class Input(enum.Enum):
     SEND_1XX = "1xx from TU"
     SEND_2XX = "2xx from TU"
     SEND_3XX_6XX = "300-699 from TU"
+    CANCEL_SENT = "CANCEL of the INVITE sent by TU"  # §9.1 (TransactionTable.send_request)
     # Timers (RFC 3261 Table 4; L and M from RFC 6026).
     TIMER_A = "Timer A"
     TIMER_B = "Timer B"
@@ -192,6 +195,9 @@ class Input(enum.Enum):
     TIMER_K = "Timer K"
     TIMER_L = "Timer L"
     TIMER_M = "Timer M"
+    # RFC 3261 §9.1: 64*T1 after our CANCEL without a final response, the INVITE client
+    # transaction is given up. Not among Table 4's timers: Proceeding has none of its own.
+    TIMER_CANCEL = "64*T1 after CANCEL"
 
 
 _MESSAGE_INPUTS = frozenset(
@@ -232,6 +238,7 @@ class Effect(enum.Enum):
     PASS_ACK = "ACK to TU"  # RFC 6026 (server Accepted)
     REPORT_TIMEOUT = "timeout to TU"
     REPORT_TRANSPORT_ERROR = "transport error to TU"
+    ARM_CANCEL_TIMER = "64*T1 after CANCEL armed, unless running"  # §9.1
 
 
 _Table = Mapping[tuple[State, Input], tuple[State, tuple[Effect, ...]]]
@@ -252,6 +259,16 @@ _CLIENT_INVITE: _Table = {
     (S.PROCEEDING, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.PASS_RESPONSE, E.SEND_ACK)),
     # Proceeding has no timer; a dead connection would leave the TU waiting for ever.
     (S.PROCEEDING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    # RFC 3261 §9.1: once the TU has sent a CANCEL, a callee that never sends a final
+    # response (a phone gone silent while it rang) ends the transaction 64*T1 later, reported
+    # as a timeout; without this it would stay in Proceeding, and in the table, for ever.
+    (S.CALLING, I.CANCEL_SENT): (S.CALLING, (E.ARM_CANCEL_TIMER,)),
+    (S.CALLING, I.TIMER_CANCEL): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
+    (S.PROCEEDING, I.CANCEL_SENT): (S.PROCEEDING, (E.ARM_CANCEL_TIMER,)),
+    (S.PROCEEDING, I.TIMER_CANCEL): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
+    # A CANCEL crossing the final response (§9.1): nothing left to give up.
+    (S.COMPLETED, I.CANCEL_SENT): (S.COMPLETED, ()),
+    (S.ACCEPTED, I.CANCEL_SENT): (S.ACCEPTED, ()),
     (S.COMPLETED, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.RESEND_ACK,)),
     (S.COMPLETED, I.RESPONSE_1XX): (S.COMPLETED, ()),  # late, reordered: absorb
     # A 2xx racing a downstream non-2xx (forking): the TU must ACK and BYE it (§13.2.2.4).
@@ -788,6 +805,9 @@ class ClientTransaction(Transaction):
             out.append(SendRequest(self, self._ack, retransmission=True))
         elif effect is Effect.PASS_RESPONSE:
             out.append(ResponseReceived(self, _response(message)))
+        elif effect is Effect.ARM_CANCEL_TIMER:
+            if _NAME_OF_TIMER[Input.TIMER_CANCEL] not in self._deadlines:
+                self._arm(Input.TIMER_CANCEL, t.timeout, now)
         else:
             super()._apply(effect, event, message, now, out)
 
@@ -800,10 +820,16 @@ class ClientInviteTransaction(ClientTransaction):
     TABLE = _CLIENT_INVITE
     INITIAL_STATE = State.CALLING
     STATE_TIMERS = {
-        State.CALLING: frozenset({Input.TIMER_A, Input.TIMER_B}),
+        State.CALLING: frozenset({Input.TIMER_A, Input.TIMER_B, Input.TIMER_CANCEL}),
+        State.PROCEEDING: frozenset({Input.TIMER_CANCEL}),
         State.COMPLETED: frozenset({Input.TIMER_D}),
         State.ACCEPTED: frozenset({Input.TIMER_M}),
     }
+
+    def cancel_sent(self, *, now: float) -> list[Output]:
+        """The TU sent a CANCEL of this INVITE (RFC 3261 §9.1): if no final response comes
+        within 64*T1, the transaction ends as a timeout."""
+        return self.process_input(Input.CANCEL_SENT, now=now)
 
     def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
         t = self.timers
@@ -1103,7 +1129,13 @@ class TransactionTable:
             raise LocalSipError("a client transaction with this branch and method exists")
         txn, outputs = cls.start(request, peer=peer, now=now, timers=self.timers, key=key)
         self._client[txn.key] = txn
-        return txn, self._after(txn, outputs)
+        outputs = self._after(txn, outputs)
+        if key is not None and request.method == "CANCEL":
+            # The INVITE it cancels shares its branch (§9.1); gone once it has ended.
+            invite = self._client.get(key._replace(method="INVITE"))
+            if isinstance(invite, ClientInviteTransaction):
+                outputs += self._run(invite, functools.partial(invite.cancel_sent, now=now))
+        return txn, outputs
 
     def send_response(
         self, transaction: ServerTransaction, response: Response, *, now: float
