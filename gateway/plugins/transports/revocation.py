@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -56,6 +57,9 @@ class LoadedCrl:
     revoked: int  # entries
     crl: x509.CertificateRevocationList = attrs.field(eq=False, repr=False)
     number: int | None = None  # cRLNumber (RFC 5280 §5.2.3): which of two CRLs is newer
+    #: OpenSSL's parse of it (an X509_CRL), made once by the first TLS context that gets it and
+    #: shared by the others (tls._add_crl): not per context, as pyOpenSSL's add_crl does.
+    native: list[Any] = attrs.field(factory=list, init=False, eq=False, repr=False)
 
     @property
     def stale_at(self) -> float:

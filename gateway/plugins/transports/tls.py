@@ -73,6 +73,7 @@ from typing import Any, Literal
 import attrs
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from gateway.core.config import ListenSpec
@@ -121,6 +122,12 @@ from gateway.plugins.transports.revocation import (
 from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
 
 log = logging.getLogger(__name__)
+
+try:  # the bindings pyOpenSSL itself calls, to share one parsed CRL between contexts (_add_crl)
+    from OpenSSL._util import ffi as _openssl_ffi
+    from OpenSSL._util import lib as _openssl_lib
+except ImportError:  # pragma: no cover - a pyOpenSSL without them: add_crl, per context
+    _openssl_ffi = _openssl_lib = None
 
 Mode = Literal["encryption-only", "server-only", "mutual"]
 MODES: tuple[Mode, ...] = ("encryption-only", "server-only", "mutual")
@@ -786,9 +793,42 @@ def _check_revocation(context: SSL.Context, crls: Sequence[LoadedCrl]) -> frozen
     store = context.get_cert_store()
     assert store is not None  # every SSL_CTX has one
     for loaded in crls:
-        store.add_crl(loaded.crl)
+        _add_crl(store, loaded)
     store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
     return frozenset(loaded.issuer_der for loaded in crls)
+
+
+def _add_crl(store: crypto.X509Store, loaded: LoadedCrl) -> None:
+    """Add ``loaded`` to a context's store. pyOpenSSL's ``add_crl`` re-encodes the CRL
+    (cryptography's ``public_bytes``, under the GIL) and OpenSSL parses it again, for every
+    context: some 70 ms each for a CRL of 4 MiB. Instead OpenSSL's parse (an X509_CRL) is made
+    once per CRL, kept on it, and shared by every store (X509_STORE_add_crl takes a reference
+    of its own; OpenSSL only reads it, and sorts its entries under its own lock). Falls back to
+    ``add_crl`` should pyOpenSSL's bindings change."""
+    native = _native_crl(loaded)
+    if native is None:
+        store.add_crl(loaded.crl)
+        return
+    if not _openssl_lib.X509_STORE_add_crl(store._store, native):
+        raise CertificateError(f"{loaded.path}: OpenSSL did not take the CRL")
+
+
+def _native_crl(loaded: LoadedCrl) -> Any:
+    if _openssl_lib is None:
+        return None
+    if not loaded.native:  # a race of two threads parses it twice: harmless, the first kept
+        data = loaded.crl.public_bytes(serialization.Encoding.DER)
+        bio = _openssl_lib.BIO_new_mem_buf(data, len(data))
+        if bio == _openssl_ffi.NULL:
+            return None
+        try:
+            parsed = _openssl_lib.d2i_X509_CRL_bio(bio, _openssl_ffi.NULL)
+        finally:
+            _openssl_lib.BIO_free(bio)
+        if parsed == _openssl_ffi.NULL:
+            return None
+        loaded.native.append(_openssl_ffi.gc(parsed, _openssl_lib.X509_CRL_free))
+    return loaded.native[0]
 
 
 def server_context(
