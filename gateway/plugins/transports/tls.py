@@ -73,7 +73,6 @@ from typing import Any, Literal
 import attrs
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 
 from gateway.core.config import ListenSpec
@@ -802,9 +801,10 @@ def _add_crl(store: crypto.X509Store, loaded: LoadedCrl) -> None:
     """Add ``loaded`` to a context's store. pyOpenSSL's ``add_crl`` re-encodes the CRL
     (cryptography's ``public_bytes``, under the GIL) and OpenSSL parses it again, for every
     context: some 70 ms each for a CRL of 4 MiB. Instead OpenSSL's parse (an X509_CRL) is made
-    once per CRL, kept on it, and shared by every store (X509_STORE_add_crl takes a reference
-    of its own; OpenSSL only reads it, and sorts its entries under its own lock). Falls back to
-    ``add_crl`` should pyOpenSSL's bindings change."""
+    once per CRL, from the DER bytes it was read from (LoadedCrl.der), kept on it, and shared
+    by every store (X509_STORE_add_crl takes a reference of its own; OpenSSL only reads it, and
+    sorts its entries under its own lock). Falls back to ``add_crl`` should pyOpenSSL's
+    bindings change."""
     native = _native_crl(loaded)
     if native is None:
         store.add_crl(loaded.crl)
@@ -817,7 +817,7 @@ def _native_crl(loaded: LoadedCrl) -> Any:
     if _openssl_lib is None:
         return None
     if not loaded.native:  # a race of two threads parses it twice: harmless, the first kept
-        data = loaded.crl.public_bytes(serialization.Encoding.DER)
+        data = loaded.der_bytes()
         bio = _openssl_lib.BIO_new_mem_buf(data, len(data))
         if bio == _openssl_ffi.NULL:
             return None
