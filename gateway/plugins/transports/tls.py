@@ -127,6 +127,19 @@ try:  # the bindings pyOpenSSL itself calls, to share one parsed CRL between con
     from OpenSSL._util import lib as _openssl_lib
 except ImportError:  # pragma: no cover - a pyOpenSSL without them: add_crl, per context
     _openssl_ffi = _openssl_lib = None
+# They are private to pyOpenSSL and cryptography, which drop functions from them between
+# releases: every one _add_crl needs must be there, or it uses the public add_crl.
+_CRL_FUNCTIONS = (
+    "BIO_new_mem_buf",
+    "BIO_free",
+    "d2i_X509_CRL_bio",
+    "X509_CRL_free",
+    "X509_STORE_add_crl",
+)
+if _openssl_lib is not None and not all(
+    hasattr(_openssl_lib, name) for name in _CRL_FUNCTIONS
+):  # pragma: no cover - depends on the installed cryptography
+    _openssl_ffi = _openssl_lib = None
 
 Mode = Literal["encryption-only", "server-only", "mutual"]
 MODES: tuple[Mode, ...] = ("encryption-only", "server-only", "mutual")
@@ -806,10 +819,11 @@ def _add_crl(store: crypto.X509Store, loaded: LoadedCrl) -> None:
     sorts its entries under its own lock). Falls back to ``add_crl`` should pyOpenSSL's
     bindings change."""
     native = _native_crl(loaded)
-    if native is None:
+    raw_store = getattr(store, "_store", None)
+    if native is None or raw_store is None:
         store.add_crl(loaded.crl)
         return
-    if not _openssl_lib.X509_STORE_add_crl(store._store, native):
+    if not _openssl_lib.X509_STORE_add_crl(raw_store, native):
         raise CertificateError(f"{loaded.path}: OpenSSL did not take the CRL")
 
 
