@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.security import LegSecurity
+from gateway.core.media.security import KeyExchangeFailed, LegSecurity
 from gateway.core.media.session import MediaSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.network import CapturedDatagram
@@ -35,16 +35,20 @@ SECRET = "c2VjcmV0LWtleS1tYXRlcmlhbA"  # stands for key material in the exceptio
 LIMIT = 32.0  # 64 * T1: a 2xx not ACKed is re-sent until then (§13.3.1.4)
 
 
-def fail_next(monkeypatch: pytest.MonkeyPatch, method: str = "take_answer") -> Callable[[], None]:
+def fail_next(
+    monkeypatch: pytest.MonkeyPatch,
+    method: str = "take_answer",
+    error: Callable[[], Exception] = lambda: RuntimeError(f"a bug holding {SECRET}"),
+) -> Callable[[], None]:
     """Make the next call of LegSecurity's ``method`` (in whichever call comes first) raise
-    RuntimeError once it is armed; every other call of it works as before."""
+    ``error()`` (RuntimeError) once it is armed; every other call of it works as before."""
     armed: list[bool] = []
     real = getattr(LegSecurity, method)
 
     def failing(self: LegSecurity, *args: Any, **kwargs: Any) -> Any:
         if armed:
             armed.clear()
-            raise RuntimeError(f"a bug holding {SECRET}")
+            raise error()
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(LegSecurity, method, failing)
@@ -314,4 +318,34 @@ async def test_a_failure_applying_the_transferees_answer_acks_every_2xx_and_ends
     assert env.trunk.never_acked == [] and bob.never_acked == []
     assert all(SECRET.encode() not in d.data for d in env.network.capture)
     assert_logged_once_and_nothing_secret(caplog, "internal error applying the answer to re-INVITE")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_key_exchange_plugins_bug_on_the_answer_is_said_as_such(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key-exchange plugin raising something other than SdpError on the callee's answer
+    (LegSecurity.take_answer makes it KeyExchangeFailed): 500 "key exchange failed", the
+    record naming the plugin and the exception's type."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    plugin_bug = ValueError(f"inline:{SECRET}")
+    fail_next(monkeypatch, error=lambda: KeyExchangeFailed("sdes", plugin_bug))()
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    final = await call.final()
+    assert (final.status, final.headers.get("Warning")) == (500, '399 voipgw "key exchange failed"')
+    leg_b = await env.alice.next_call()
+    reason = (await env.alice.next_request("BYE", timeout=5)).request.headers.get("Reason")
+    assert "key exchange failed: the sdes key exchange raised ValueError" in (reason or "")
+    await trio.sleep(LIMIT + 2)
+    oks, acks = invite_2xx_and_acks(env, leg_b.call_id)
+    assert len(oks) == 1 and len(acks) == 1
+    assert_logged_once_and_nothing_secret(
+        caplog, "key exchange failed: the sdes key exchange raised ValueError"
+    )
     await eventually(lambda: env.calls == 0)
