@@ -2756,7 +2756,10 @@ class Call:
         :class:`SdpError`, a key exchange refusing its keys among them) is a stated failure,
         488; anything else is a bug of ours or of a key-exchange plugin (a media worker's
         channel gone counts too): 500, logged once here with its traceback, the record saying
-        what failed. Never the exception's text in what is sent: it might hold keys."""
+        what failed. Never the exception's text in what is sent: it might hold keys. The call
+        ending meanwhile (CallEnded) is no failure to apply: it goes on up."""
+        if isinstance(exc, CallEnded):
+            raise exc
         if isinstance(exc, SdpError):
             return _AnswerFailure(
                 488, "Not Acceptable Here", exc.reason, f"bad SDP {what}: {exc.reason}"
