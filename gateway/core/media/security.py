@@ -114,6 +114,18 @@ class MediaSecurityRefused(SdpError):
     """The leg's media-security policy refuses this SDP (488 with the reason as Warning)."""
 
 
+class KeyExchangeFailed(Exception):
+    """A key-exchange plugin raised something other than :class:`SdpError` while taking the
+    peer's answer: a bug in the plugin, never the peer's fault (bad peer input is an
+    ``SdpError``, STYLE.md habit 4). The call ends (500 / BYE); ``reason`` names the plugin and
+    the exception's type, never its text, which might hold key material."""
+
+    def __init__(self, key_exchange: str, error: Exception) -> None:
+        self.key_exchange = key_exchange
+        self.reason = f"the {key_exchange} key exchange raised {type(error).__name__}"
+        super().__init__(self.reason)
+
+
 @attrs.define(eq=False)
 class StreamSecurity:
     """One stream of one leg: the negotiation in force and the profile the peer uses."""
@@ -499,7 +511,8 @@ class LegSecurity:
 
     def take_answer(self, answer: SessionDescription) -> SessionDescription:
         """The peer's answer to our offer: complete each negotiation; the answer as the session
-        must see it. Raises :class:`MediaSecurityRefused`."""
+        must see it. Raises :class:`MediaSecurityRefused` (the peer's answer is unusable), or
+        :class:`KeyExchangeFailed` (a plugin raised anything else on it)."""
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(answer.attributes)
         for index, media in enumerate(answer.media):
@@ -514,10 +527,14 @@ class LegSecurity:
                         stream.negotiation, stream.key_exchange = negotiation, name
                         stream.media_path = bool(getattr(self._by_name[name], "media_path", False))
                         stream.keys = None
-                    # A failure is queued as NegotiationFailed too, which _drain reports.
-                    with contextlib.suppress(SdpError):
-                        negotiation.remote_sdp_attributes(attributes)
-                    failed = _drain(negotiation, stream)
+                    try:
+                        # A failure is queued as NegotiationFailed too, which _drain reports.
+                        with contextlib.suppress(SdpError):
+                            negotiation.remote_sdp_attributes(attributes)
+                        failed = _drain(negotiation, stream)
+                    except Exception as exc:  # the plugin's bug: said as such, not as the peer's
+                        self.failed(name)
+                        raise KeyExchangeFailed(name, exc) from exc
                     if failed is not None:
                         self.failed(name)
                         raise MediaSecurityRefused(f"the answer's keys are unusable: {failed}")

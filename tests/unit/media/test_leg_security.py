@@ -8,11 +8,11 @@ import pytest
 
 from gateway.core.interfaces import MediaPolicy
 from gateway.core.media.policy import BUILTIN_POLICIES
-from gateway.core.media.security import LegSecurity, MediaSecurityRefused
+from gateway.core.media.security import KeyExchangeFailed, LegSecurity, MediaSecurityRefused
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
-from gateway.plugins.keyexchange.sdes import SdesKeyExchange
+from gateway.plugins.keyexchange.sdes import SdesKeyExchange, SdesNegotiation
 
 PLAIN = """v=0
 o=- 1 1 IN IP4 127.0.0.1
@@ -116,6 +116,39 @@ def test_answer_declining_keys_is_refused_when_encryption_is_required() -> None:
     ours.make_offer(sdp(PLAIN))
     with pytest.raises(MediaSecurityRefused, match="declined"):
         ours.take_answer(sdp(PLAIN))
+
+
+def test_an_unusable_answer_key_is_the_peers_fault_and_never_shown() -> None:
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offered = ours.make_offer(sdp(PLAIN))
+    peer.take_offer(offered)
+    answer = serialize_sdp(peer.make_answer(sdp(PLAIN))).decode()
+    key = answer.split("inline:")[1].split()[0]
+    lifetime_and_mki = answer.replace(f"inline:{key}", f"inline:{key}|2^20|1:4")
+    with pytest.raises(MediaSecurityRefused, match="MKI is not supported") as refused:
+        ours.take_answer(parse_sdp_untrusted(lifetime_and_mki.encode()))
+    assert key not in refused.value.reason
+
+
+def test_a_plugin_raising_anything_else_on_the_answer_is_its_bug_not_the_peers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not an SdpError (no 488 blaming the peer): KeyExchangeFailed, naming the plugin and
+    the exception's type but not its text (the call answers 500 for it)."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offered = ours.make_offer(sdp(PLAIN))
+    peer.take_offer(offered)
+    answered = peer.make_answer(sdp(PLAIN))
+
+    def broken(self: SdesNegotiation, attributes: object) -> None:
+        raise ValueError("inline:c2VjcmV0")
+
+    monkeypatch.setattr(SdesNegotiation, "remote_sdp_attributes", broken)
+    with pytest.raises(KeyExchangeFailed) as failed:
+        ours.take_answer(answered)
+    assert not isinstance(failed.value, MediaSecurityRefused)
+    assert failed.value.reason == "the sdes key exchange raised ValueError"
+    assert isinstance(failed.value.__cause__, ValueError)
 
 
 def test_answer_declining_keys_is_cleartext_under_best_effort() -> None:
