@@ -1,6 +1,7 @@
 """The phones' side of the media tests: UDP sockets on 127.0.0.1 and what they send.
 
 - :func:`udp_socket`, :func:`receive`: a bare socket, for tests that bind their own ports;
+  :func:`can_bind`: whether a port is free again;
 - :class:`Phone`: an RTP/RTCP port pair with SRTP of its own (pylibsrtp's, independent of
   gateway.core.media.srtp), as the in-process relay tests use it (tests/integration/media/
   relay_fixtures.py makes them in pairs and :func:`~relay_fixtures.bridge` keys them);
@@ -46,6 +47,16 @@ def udp_socket() -> trio.socket.SocketType:
     """An unbound UDP socket for a phone (the test binds it to its port). No SO_REUSEADDR: a
     port another socket holds must fail the bind, not share its datagrams."""
     return trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+
+def can_bind(port: int) -> bool:
+    """True when a UDP socket can take ``port`` on ADDRESS (nothing holds it any more)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((ADDRESS, port))
+        except OSError:
+            return False
+        return True
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -6,6 +6,8 @@ so two modules never share a port:
   to have freed every port;
 - :func:`in_process_fixtures`: that ``relay``, ``stream`` (one stream on it) and ``phones``
   (two :class:`~tests.integration.media.phone_sockets.Phone` on port pairs of their own);
+- :func:`make_phone_fixture`: ``make_phone``, which makes a
+  :class:`~tests.integration.media.phone_sockets.PlainPhone` on a port pair of its own;
 - :func:`bridge`: key a stream's legs and point them at two phones;
 - :func:`worker_pool_fixture`: ``pool``, two media worker processes, checked to be running
   when the test starts and gone after it; :func:`connected` points a worker stream at two
@@ -28,11 +30,17 @@ import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.ports import PortAllocator
+from gateway.core.media.ports import PortAllocator, PortPair
 from gateway.core.media.relay import MediaRelay, MediaStream, Transforms
 from gateway.core.media.remote_relay import RemoteStream, WorkerPool
 from gateway.core.media.srtp import SrtpSession
-from tests.integration.media.phone_sockets import ADDRESS, EphemeralPhone, Phone, master_key
+from tests.integration.media.phone_sockets import (
+    ADDRESS,
+    EphemeralPhone,
+    Phone,
+    PlainPhone,
+    master_key,
+)
 
 Fixture = Callable[..., Any]
 
@@ -86,6 +94,26 @@ def in_process_fixtures(
             pair.close()
 
     return relay_fixture(relay_ports), stream, phones
+
+
+def make_phone_fixture(phone_ports: PortRange) -> Fixture:
+    """``make_phone``: a factory of :class:`~tests.integration.media.phone_sockets.PlainPhone`
+    on port pairs of ``phone_ports``, closed after the test."""
+
+    @pytest.fixture
+    def make_phone() -> Iterator[Callable[[], PlainPhone]]:
+        allocator = PortAllocator(ADDRESS, phone_ports)
+        pairs: list[PortPair] = []
+
+        def make() -> PlainPhone:
+            pairs.append(allocator.allocate())
+            return PlainPhone(pairs[-1])
+
+        yield make
+        for pair in pairs:
+            pair.close()
+
+    return make_phone
 
 
 def bridge(

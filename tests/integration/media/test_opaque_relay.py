@@ -8,12 +8,11 @@ a marker sent after it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from gateway.core.config import PortRange
-from gateway.core.media.ports import PortAllocator, PortPair
 from gateway.core.media.relay import (
     MAX_OPAQUE_DATAGRAM,
     Direction,
@@ -25,7 +24,12 @@ from gateway.core.media.session import MediaSession
 from gateway.core.media.taps import CallTaps
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.integration.media.phone_sockets import ADDRESS, TRICKY, PlainPhone, rtp, udptl, until
-from tests.integration.media.relay_fixtures import AudioSink, FaxSink, relay_fixture
+from tests.integration.media.relay_fixtures import (
+    AudioSink,
+    FaxSink,
+    make_phone_fixture,
+    relay_fixture,
+)
 from tests.port_blocks import port_block_text
 
 RELAY_PORTS = PortRange.parse(port_block_text(100))
@@ -35,18 +39,7 @@ PHONE_PORTS = PortRange.parse(port_block_text(100))
 relay = relay_fixture(RELAY_PORTS)
 
 
-@pytest.fixture
-def make_phone() -> Iterator[Callable[[], PlainPhone]]:
-    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
-    pairs: list[PortPair] = []
-
-    def make() -> PlainPhone:
-        pairs.append(allocator.allocate())
-        return PlainPhone(pairs[-1])
-
-    yield make
-    for pair in pairs:
-        pair.close()
+make_phone = make_phone_fixture(PHONE_PORTS)
 
 
 def fax_stream(relay: MediaRelay, alice: PlainPhone, bob: PlainPhone) -> MediaStream:
