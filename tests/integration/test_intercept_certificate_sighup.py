@@ -33,8 +33,8 @@ from pathlib import Path
 import attrs
 import pytest
 
+from tests.integration.prometheus_scrape import curl
 from tests.integration.test_intercept_admf import COMMON, NS, XSI
-from tests.integration.test_metrics_scrape import curl
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 
