@@ -202,6 +202,7 @@ from gateway.core.sip.dialog import (
     glare_wait,
     is_sips,
     require_contact,
+    uas_dialog_id,
 )
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
@@ -3070,6 +3071,11 @@ class Call:
         assert leg.dialog is not None
         if request.call_id != leg.dialog.call_id:
             await self._other_dialog_request(event)  # a departed transferor, or a new target
+            return
+        if uas_dialog_id(request) != leg.dialog.id:
+            # Our To tag found the call but the From tag is not the leg's peer's: no dialog of
+            # ours (RFC 3261 §12.2.2: 481), and no reason to end the call.
+            await self.endpoint.respond(event.transaction, make_response(request, 481))
             return
         try:
             leg.dialog.receive_request(request)
