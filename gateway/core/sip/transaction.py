@@ -36,7 +36,9 @@ lists the timers allowed to run in it; leaving a state cancels the others, enter
 own.
 Retransmission timers (A, E, G) run only on unreliable transports; the wait timers D, I, J and K
 are zero on reliable transports, which means moving on at once (§17.1.1.2, §17.1.2.2, §17.2.1,
-§17.2.2). B, F, H, L and M are 64*T1 everywhere.
+§17.2.2). B, F, H, L and M are 64*T1 everywhere. A client INVITE's Proceeding has no timer of its
+own; once the TU sends a CANCEL for it (through the table), a 64*T1 wait bounds it (§9.1), so a
+peer that never sends the final response cannot keep the transaction for ever.
 
 Everything is sans-IO: methods take ``now`` and return lists of outputs - messages to send
 (:class:`SendRequest`, :class:`SendResponse`) and events for the TU - and
