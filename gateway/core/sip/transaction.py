@@ -824,6 +824,11 @@ class ClientInviteTransaction(ClientTransaction):
             return [(Input.TIMER_M, t.timeout)]
         return []
 
+    @property
+    def cancelled(self) -> bool:
+        """A CANCEL was sent for it while in Proceeding (:meth:`cancel_sent`)."""
+        return _NAME_OF_TIMER[Input.TIMER_CANCEL] in self._deadlines
+
     def cancel_sent(self, *, now: float) -> None:
         """The TU sent a CANCEL for this INVITE. RFC 3261 §9.1: if no final response comes
         within 64*T1, the transaction is considered cancelled and destroyed (reported as a

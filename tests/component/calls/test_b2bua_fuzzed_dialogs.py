@@ -694,3 +694,38 @@ async def test_an_in_dialog_request_with_another_from_tag_gets_481_and_the_call_
     assert (await (await call.request("OPTIONS")).final()).status == 200
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_call_ended_during_a_reinvite_cancels_it_and_leaves_no_transaction(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What the campaign found next: alice answered the gateway's copy of the trunk's re-INVITE
+    # with 183 only, then the trunk hung up. The trunk's re-INVITE got 481, both legs BYE, but
+    # the re-INVITE towards alice was never CANCELled and (alice not answering it 487 after the
+    # BYE, as RFC 3261 §15.1.2 recommends) its transaction stayed in Proceeding for ever.
+    caplog.set_level(logging.INFO)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)
+    before = table_sizes(env)
+    call, _ = await answered_call(env)
+
+    async def only_183(received: Received) -> bool:
+        if received.request.method != "INVITE":
+            return False
+        await env.alice.respond(received, 183, body=env.alice.answer_sdp(received.request.body))
+        return True
+
+    env.alice.in_dialog = only_183
+    reinvite = await call.request("INVITE", body=env.trunk.offer_sdp(), content_type=SDP)
+    await trio.sleep(2)
+    assert (await call.bye()).status == 200
+    assert (await reinvite.final()).status == 481
+    await env.alice.next_request("CANCEL")
+    await eventually(lambda: env.calls == 0)
+    await trio.sleep(3 * WINDOW)
+    assert table_sizes(env) == before, leftovers(env)
+    assert error_records(caplog) == []
