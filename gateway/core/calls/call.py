@@ -202,6 +202,7 @@ from gateway.core.sip.dialog import (
     glare_wait,
     is_sips,
     require_contact,
+    uas_dialog_id,
 )
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
@@ -237,7 +238,12 @@ from gateway.core.sip.session_timer import (
     request_headers,
     supports_timer,
 )
-from gateway.core.sip.transaction import ServerTransaction, State, TransactionStateError
+from gateway.core.sip.transaction import (
+    ClientInviteTransaction,
+    ServerTransaction,
+    State,
+    TransactionStateError,
+)
 from gateway.core.sip.uri import SipUri, TelUri, Uri
 from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow
 
@@ -675,6 +681,7 @@ class Call:
                 # that crosses it needs ACK and BYE: wait for every B leg's final response, at
                 # most as long as an INVITE transaction lives (64*T1, Timer B).
                 with trio.move_on_after(self.config.sip.t1 * 64):
+                    await self._cancel_pending_reinvites()
                     await self._bye_transfer_leftovers()
                     await self._drain_b_legs()
                 nursery.cancel_scope.cancel()
@@ -3119,6 +3126,11 @@ class Call:
         if request.call_id != leg.dialog.call_id:
             await self._other_dialog_request(event)  # a departed transferor, or a new target
             return
+        if uas_dialog_id(request) != leg.dialog.id:
+            # Our To tag found the call but the From tag is not the leg's peer's: no dialog of
+            # ours (RFC 3261 §12.2.2: 481), and no reason to end the call.
+            await self.endpoint.respond(event.transaction, make_response(request, 481))
+            return
         try:
             leg.dialog.receive_request(request)
         except OutOfOrderRequest as err:
@@ -5113,6 +5125,29 @@ class Call:
                 await self._bye(leg, reason)
             elif leg.final is None:
                 await self._cancel_b(leg)
+
+    async def _cancel_pending_reinvites(self) -> None:
+        """CANCEL every re-INVITE of ours still waiting for its final response (RFC 3261 §9.1).
+        A peer should answer it 487 once our BYE came (§15.1.2), but one that never does would
+        keep its INVITE client transaction, which has no timer in Proceeding, for ever; the
+        CANCEL bounds it to 64*T1 (transaction.py). First INVITEs of B legs are
+        _drain_b_legs' business."""
+        for client in self._forwarded:
+            txn = client.transaction
+            if not isinstance(txn, ClientInviteTransaction) or txn.state is not State.PROCEEDING:
+                continue
+            if txn.cancelled:  # a re-INVITE that timed out (_reinvite_timed_out)
+                continue
+            request = txn.request
+            if request is None or request.to.tag is None:
+                continue
+            flow = client.flow
+            try:
+                await self.endpoint.send_request(
+                    cancel_for(request), transport=flow.transport, address=flow.remote, flow=flow
+                )
+            except OSError as exc:
+                log.info("call %s: cannot CANCEL a re-INVITE: %s", self.id, exc)
 
     async def _drain_b_legs(self) -> None:
         """After the end: keep handling B responses so a 2xx crossing our CANCEL is ACKed and
