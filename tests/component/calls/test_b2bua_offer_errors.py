@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import trio
 
+import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.security import KeyExchangeFailed
 from gateway.core.media.session import MediaSession
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
 from gateway.testing.sip_agent import SDP, AutoAnswer, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
@@ -26,6 +28,7 @@ from tests.component.calls.b2bua_env import (
     next_within,
     start_b2bua,
 )
+from tests.component.calls.dtls_phone import PHONE_ID
 from tests.component.calls.test_b2bua_answer_errors import (
     SECRET,
     assert_logged_once_and_nothing_secret,
@@ -40,6 +43,7 @@ from tests.component.calls.test_pickup_dialog_ids_memory import (
     replaces_of,
     ringing_alice,
 )
+from tests.component.calls.test_pickup_payload_types import bob_sdp
 
 PLUGIN_BUG = "key exchange failed: the sdes key exchange raised ValueError"
 
@@ -87,6 +91,41 @@ async def test_a_failure_answering_a_pickers_offer_answers_it_500_and_ends_the_c
 
     assert (await other.bye()).status == 200  # the other call still works
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_real_plugins_bug_making_our_answer_to_a_picker_is_named(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not a stand-in this time: bob offers DTLS-SRTP, and the dtls plugin raises from
+    local_sdp_attributes() while we make our answer (inside LegSecurity.make_answer, which
+    used to say "internal error applying the ..."). The record names the plugin."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    env, bob = await start(
+        nursery, tmp_path, voipgw_seed, groups=[PICKUP], plugins=[("dtls", dtls_plugin)]
+    )
+    incoming, ringing, dialog = await ringing_alice(env, bob)
+    phone = DtlsKeyExchange(identity=lambda: PHONE_ID).offer(suites=[], secure_signalling=False)
+    offer = bob_sdp(dtls=phone)  # bob's own attributes, made before the plugin breaks
+
+    def broken(self: DtlsNegotiation) -> list[tuple[str, str | None]]:
+        raise ValueError(f"a bug holding {SECRET}")
+
+    monkeypatch.setattr(DtlsNegotiation, "local_sdp_attributes", broken)
+    picked = await pick_up(bob, replaces_of(dialog), sdp=offer)
+    refused = await picked.final()
+    assert (refused.status, warning_of(refused)) == (500, '399 voipgw "key exchange failed"')
+    assert (await incoming.final()).status == 500
+    assert (await env.alice.next_request("CANCEL", timeout=5)).request.call_id == ringing.call_id
+    await eventually(lambda: env.calls == 0)
+    assert all(SECRET.encode() not in d.data for d in env.network.capture)
+    assert_logged_once_and_nothing_secret(
+        caplog, "key exchange failed: the dtls key exchange raised ValueError"
+    )
 
 
 async def test_the_relay_failing_to_take_a_pickers_keys_answers_it_500_too(
