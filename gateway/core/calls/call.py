@@ -2789,7 +2789,10 @@ class Call:
         488; anything else is a bug of ours or of a key-exchange plugin (a media worker's
         channel gone counts too): 500, logged once here with its traceback, the record saying
         what failed. Never the exception's text in what is sent: it might hold keys. The call
-        ending meanwhile (CallEnded) is no failure to apply: it goes on up."""
+        ending meanwhile (CallEnded) is no failure to apply: it goes on up. The same rule for
+        the offer of a request we received (the caller's INVITE, a picker's, a re-INVITE or
+        UPDATE, ``what`` saying which): its caller answers that request with ``status`` at
+        once, then ends the call."""
         if isinstance(exc, CallEnded):
             raise exc
         if isinstance(exc, SdpError):
