@@ -64,7 +64,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -158,6 +158,28 @@ class StreamSecurity:
     def fax(self) -> bool:
         """A T.38 fax stream over UDPTL: passed through, never encrypted."""
         return self.peer_proto.upper() == "UDPTL"
+
+
+class _PluginCall:
+    """:meth:`LegSecurity._plugin`'s context manager: a class, not a generator, as it runs
+    several times per call on the SIP path."""
+
+    __slots__ = ("name", "security")
+
+    def __init__(self, security: LegSecurity, name: str | None) -> None:
+        self.security = security
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any
+    ) -> None:
+        if exc is None or isinstance(exc, SdpError) or not isinstance(exc, Exception):
+            return  # nothing raised, bad peer input, or a cancellation: it goes on as it is
+        self.security.failed(self.name)
+        raise KeyExchangeFailed(self.name or "unknown", exc) from exc
 
 
 class LegSecurity:
@@ -460,19 +482,12 @@ class LegSecurity:
                 "never encrypted by the gateway"
             )
 
-    @contextlib.contextmanager
-    def _plugin(self, name: str | None) -> Iterator[None]:
+    def _plugin(self, name: str | None) -> _PluginCall:
         """Around every call into key exchange ``name``'s plugin: an :class:`SdpError` (bad
         peer input, or a policy refusing it) goes on as it is; anything else is the plugin's
         bug, counted and raised as :class:`KeyExchangeFailed`, which names the plugin (and
         the exception's type, never its text) in the call record."""
-        try:
-            yield
-        except SdpError:
-            raise
-        except Exception as exc:
-            self.failed(name)
-            raise KeyExchangeFailed(name or "unknown", exc) from exc
+        return _PluginCall(self, name)
 
     def _leg_argument(self, name: str, exchange: KeyExchange) -> dict[str, Any]:
         """``leg=`` for a key exchange that declares ``wants_leg``, ``leg_state=`` (this leg's
