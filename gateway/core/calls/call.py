@@ -883,6 +883,11 @@ class Call:
                 await self._reject_a(488, "Not Acceptable Here", err.reason)
             except PortsExhausted:
                 await self._reject_a(503, "Service Unavailable", "no free media ports")
+            except Exception as exc:
+                # Our bug or a key-exchange plugin's: 500 with a Warning, the record saying
+                # which (as for a 2xx's SDP, _answer_failed), not the catch-all's bare 500.
+                failure = self._answer_failed(exc, "caller's offer")
+                await self._reject_a(failure.status, failure.phrase, failure.warning)
             self._apply_keys(None)  # no media before keys: block where a policy needs them
         self._offer_b = offer_b
         refusals: list[str] = []
@@ -979,6 +984,9 @@ class Call:
             except MediaSecurityRefused as err:
                 log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
                 return err.reason
+            except Exception as exc:  # our bug or a key-exchange plugin's: said which
+                failure = self._answer_failed(exc, "caller's offer")
+                await self._reject_a(failure.status, failure.phrase, failure.warning)
         trunk = self._leg_trunk(leg)
         if trunk is not None and trunk.response_timeout > 0:
             # Armed before the INVITE goes: its first response may be handled (and disarm it,
@@ -2451,10 +2459,15 @@ class Call:
             )
             await self._answer_pickup(event, refusal)
             return
+        except Exception as exc:
+            await self._pickup_failed(event, exc)
         if moving_to is not None and ringing is not None:
             self.manager.limits.release_one(self, ("account", ringing))
         ok = self._picker_ok(picker, request, timer, to_picker)
-        await self._picker_joins(picker, picked)
+        try:
+            await self._picker_joins(picker, picked)
+        except Exception as exc:  # the relay failing to take the picker's keys
+            await self._pickup_failed(event, exc)
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
         picker.session_timer = self._started(timer)
@@ -2537,11 +2550,16 @@ class Call:
             refusal = make_response(request, status, phrase, extra=[("Warning", _warning(reason))])
             await self._answer_pickup(event, refusal)
             return
+        except Exception as exc:
+            await self._pickup_failed(event, exc)
         if moving_to is not None and ringing is not None:
             self.manager.limits.release_one(self, ("account", ringing))
         event.done.set()  # taken: the manager does not answer it 481
+        try:
+            await self._picker_joins(picker, event.leg)
+        except Exception as exc:
+            await self._pickup_failed(event, exc)
         self._pickup_waiting = (event, timer)
-        await self._picker_joins(picker, event.leg)
         self.a.session_timer = self._started(self._a_timer)
         await self._offer_in_2xx_to_a(offer_a)
 
@@ -2588,6 +2606,20 @@ class Call:
         else:
             status, reason = 481, None
         await self._answer_pickup(event, make_response(event.request, status, reason))
+
+    async def _pickup_failed(self, event: PickUpEvent, exc: Exception) -> NoReturn:
+        """Making our answer or offer for a phone picking the call up (or the relay taking
+        its keys) raised ``exc``: not its bad SDP, which is refused 488 while the call rings
+        on, but a bug of ours or of a key-exchange plugin (:meth:`_answer_failed` logs it once
+        and says which). The picker's INVITE gets 500 with a Warning at once, rather than the
+        manager's 481 once it gives up waiting; the call ends, the caller getting 500 too and
+        the phones that rang CANCEL (:meth:`_drain_b_legs`)."""
+        failure = self._answer_failed(exc, "picker's offer")
+        warning = [("Warning", _warning(failure.warning))]
+        await self._answer_pickup(
+            event, make_response(event.request, failure.status, failure.phrase, extra=warning)
+        )
+        await self._reject_a(failure.status, failure.phrase, failure.warning)
 
     async def _answer_pickup(self, event: PickUpEvent, response: Response) -> None:
         event.done.set()
@@ -2764,7 +2796,10 @@ class Call:
         488; anything else is a bug of ours or of a key-exchange plugin (a media worker's
         channel gone counts too): 500, logged once here with its traceback, the record saying
         what failed. Never the exception's text in what is sent: it might hold keys. The call
-        ending meanwhile (CallEnded) is no failure to apply: it goes on up."""
+        ending meanwhile (CallEnded) is no failure to apply: it goes on up. The same rule for
+        the offer of a request we received (the caller's INVITE, a picker's, a re-INVITE or
+        UPDATE, ``what`` saying which): its caller answers that request with ``status`` at
+        once, then ends the call."""
         if isinstance(exc, CallEnded):
             raise exc
         if isinstance(exc, SdpError):
@@ -3229,6 +3264,19 @@ class Call:
                 make_response(request, 503, extra=[("Warning", _warning("no free media ports"))]),
             )
             return
+        except Exception as exc:
+            # Our bug or a key-exchange plugin's, taking the offer or making ours for the other
+            # leg: the request gets its final response now (left to the catch-all it would get
+            # none, and its sender would time out), then the call ends as for an answer to a
+            # re-INVITE that cannot be applied (_answer_failed).
+            failure = self._answer_failed(exc, f"offer in {request.method}")
+            self.media.abandon_offer()
+            warning = [("Warning", _warning(failure.warning))]
+            await self.endpoint.respond(
+                event.transaction,
+                make_response(request, failure.status, failure.phrase, extra=warning),
+            )
+            await self._hang_up(failure.reason, cause=failure.status)
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
         if location is not None and not self._passes_location(other, location):
