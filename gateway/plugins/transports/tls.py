@@ -1503,6 +1503,10 @@ class TlsTransport(StreamTransport):
                     crl.path,
                     crl.issuer,
                 )
+                # Nor kept as its URL's CRL in use (nor saved): with the CA back, the same CRL
+                # fetched again would be skipped as unchanged and never applied.
+                assert self.crl_fetcher is not None
+                self.crl_fetcher.forget_untrusted(self._fetch_cas)
                 return
             self._fetched[crl.path] = crl
             while True:

@@ -213,3 +213,48 @@ async def test_a_ca_a_reload_added_has_its_certificates_distribution_points_lear
     await transport.reload_certificates_async()
     transport._learn_distribution_points(trunk.x509)  # its next handshake
     assert carrier_url in transport.crl_fetcher.urls()
+
+
+async def test_a_crl_fetched_across_the_reload_that_took_its_ca_out_is_applied_once_it_is_back(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    """The reload's own refetch races it: the CRL is checked (in a thread) against the CAs of
+    before the reload and handed over after it, then refused (its CA gone). The fetcher must
+    not keep it as the one in use: once the operator puts the CA back (another SIGHUP), the
+    same CRL fetched again is applied, not skipped as unchanged, which would leave that CA's
+    certificates unchecked for as long as the CA publishes no newer CRL."""
+    transport, vendor, carrier, file_crl = with_crl_file(pki, tmp_path)
+    fetcher = transport.crl_fetcher
+    assert fetcher is not None
+    data = vendor.crl(tmp_path / "fetched.crl", der=True, number=7).read_bytes()
+    reloaded = trio.Event()
+
+    async def get(url: str) -> bytes:
+        return data
+
+    async def checked_across_the_reload(function: Any, *args: Any) -> Any:
+        checked = function(*args)  # with the CAs of before the reload
+        await reloaded.wait()  # the check's thread still runs when the reload swaps
+        return checked
+
+    fetcher._get = get
+    fetcher.in_thread = checked_across_the_reload
+    bundle = Path(transport.tls.ca_bundles[0])
+    both = bundle.read_bytes()
+    bundle.write_bytes(carrier.certificate.read_bytes())  # the vendor's CA taken out
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetcher.refresh, URL)
+        await trio.testing.wait_all_tasks_blocked()
+        await transport.reload_certificates_async()
+        reloaded.set()
+    assert fetcher.fetches["ok"] == 1
+    assert numbers(transport) == {(str(file_crl), 1)}  # refused: its CA is gone
+
+    async def inline(function: Any, *args: Any) -> Any:
+        return function(*args)
+
+    fetcher.in_thread = inline
+    bundle.write_bytes(both)  # the operator puts it back: SIGHUP
+    await transport.reload_certificates_async()
+    await fetcher.refresh(URL)  # the reload's refetch: the same CRL
+    assert numbers(transport) == {(str(file_crl), 1), (URL, 7)}
