@@ -4351,7 +4351,7 @@ class Call:
             # and, the media session's state being unknown, the call ends too.
             failure = self._answer_failed(exc, "transfer target's offer")
             self.media.abandon_offer()
-            await self._end_transfer(failure.status, failure.phrase)
+            await self._end_transfer(failure.status, failure.phrase, call_ends=True)
             await self._hang_up(failure.reason, cause=failure.status)
         tag = InDialogRequest("transfer", transferee.side)
         sent = await self._send_in_dialog(
@@ -4421,7 +4421,7 @@ class Call:
             self.a, self.b = legs  # the transferor is BYEd with the rest, not lost
             await self.endpoint.send_ack(ack, flow)
             self.media.abandon_offer()
-            await self._end_transfer(failure.status, failure.phrase)
+            await self._end_transfer(failure.status, failure.phrase, call_ends=True)
             await self._hang_up(failure.reason, cause=failure.status)
         await self.endpoint.send_ack(ack, flow)
         await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer))
@@ -4464,10 +4464,11 @@ class Call:
         self._record_transfer(transfer, 200, "OK")
         await self._notify(transfer, 200, "OK")
 
-    async def _end_transfer(self, status: int, reason: str) -> None:
+    async def _end_transfer(self, status: int, reason: str, *, call_ends: bool = False) -> None:
         """The transfer failed with ``status``: its devices still ringing are CANCELled, one
         that answered is BYEd, the transferor hears why; the call goes on, unless the
-        transferor has hung up already."""
+        transferor has hung up already. ``call_ends``: the caller ends the call next itself,
+        with a reason of its own (_answer_failed), which the BYEs and the record must say."""
         transfer = self._transfer
         if transfer is None:
             return
@@ -4480,7 +4481,7 @@ class Call:
         if transfer.moved_count is not None:
             self.manager.limits.release_one(self, transfer.moved_count)  # that leg is gone
         self._record_transfer(transfer, status, reason)
-        if transfer.transferor_left:
+        if transfer.transferor_left and not call_ends:
             await self._hang_up(f"transfer to {transfer.target} failed: {status} {reason}")
         await self._notify(transfer, status, reason)
 
