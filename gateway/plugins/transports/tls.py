@@ -135,6 +135,7 @@ _CRL_FUNCTIONS = (
     "d2i_X509_CRL_bio",
     "X509_CRL_free",
     "X509_STORE_add_crl",
+    "ERR_clear_error",
 )
 if _openssl_lib is not None and not all(
     hasattr(_openssl_lib, name) for name in _CRL_FUNCTIONS
@@ -824,6 +825,7 @@ def _add_crl(store: crypto.X509Store, loaded: LoadedCrl) -> None:
         store.add_crl(loaded.crl)
         return
     if not _openssl_lib.X509_STORE_add_crl(raw_store, native):
+        _openssl_lib.ERR_clear_error()  # or a later handshake on this thread reads it as its own
         raise CertificateError(f"{loaded.path}: OpenSSL did not take the CRL")
 
 
@@ -834,12 +836,14 @@ def _native_crl(loaded: LoadedCrl) -> Any:
         data = loaded.der_bytes()
         bio = _openssl_lib.BIO_new_mem_buf(data, len(data))
         if bio == _openssl_ffi.NULL:
+            _openssl_lib.ERR_clear_error()
             return None
         try:
             parsed = _openssl_lib.d2i_X509_CRL_bio(bio, _openssl_ffi.NULL)
         finally:
             _openssl_lib.BIO_free(bio)
         if parsed == _openssl_ffi.NULL:
+            _openssl_lib.ERR_clear_error()  # as above: the error is not a handshake's
             return None
         loaded.native.append(_openssl_ffi.gc(parsed, _openssl_lib.X509_CRL_free))
     return loaded.native[0]
