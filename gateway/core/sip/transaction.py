@@ -11,9 +11,7 @@ machine; there are four:
   A non-2xx final response is ACKed here, by the transaction (§17.1.1.3), and Completed absorbs its
   retransmissions (re-sending the ACK) for Timer D. A 2xx moves to Accepted (RFC 6026), where every
   2xx - retransmissions and other forks' answers - is passed up for the TU to ACK itself
-  (§13.2.2.4), until Timer M. Proceeding has no timer in the figure; once the TU has sent a
-  CANCEL of the INVITE, :class:`TransactionTable` tells the transaction, which gives up 64*T1
-  later without a final response (§9.1, reported as a timeout) rather than wait for ever.
+  (§13.2.2.4), until Timer M.
 - INVITE server (§17.2.1 as amended by RFC 6026): Proceeding -> Completed -> Confirmed, or
   Proceeding -> Accepted. Completed retransmits a non-2xx final response (Timer G) until the ACK
   (then Confirmed, Timer I) or Timer H. Accepted absorbs INVITE retransmissions while the TU
@@ -38,7 +36,9 @@ lists the timers allowed to run in it; leaving a state cancels the others, enter
 own.
 Retransmission timers (A, E, G) run only on unreliable transports; the wait timers D, I, J and K
 are zero on reliable transports, which means moving on at once (§17.1.1.2, §17.1.2.2, §17.2.1,
-§17.2.2). B, F, H, L and M are 64*T1 everywhere.
+§17.2.2). B, F, H, L and M are 64*T1 everywhere. A client INVITE's Proceeding has no timer of its
+own; once the TU sends a CANCEL for it (through the table), a 64*T1 wait bounds it (§9.1), so a
+peer that never sends the final response cannot keep the transaction for ever.
 
 Everything is sans-IO: methods take ``now`` and return lists of outputs - messages to send
 (:class:`SendRequest`, :class:`SendResponse`) and events for the TU - and
@@ -181,7 +181,6 @@ class Input(enum.Enum):
     SEND_1XX = "1xx from TU"
     SEND_2XX = "2xx from TU"
     SEND_3XX_6XX = "300-699 from TU"
-    CANCEL_SENT = "CANCEL of the INVITE sent by TU"  # §9.1 (TransactionTable.send_request)
     # Timers (RFC 3261 Table 4; L and M from RFC 6026).
     TIMER_A = "Timer A"
     TIMER_B = "Timer B"
@@ -195,8 +194,8 @@ class Input(enum.Enum):
     TIMER_K = "Timer K"
     TIMER_L = "Timer L"
     TIMER_M = "Timer M"
-    # RFC 3261 §9.1: 64*T1 after our CANCEL without a final response, the INVITE client
-    # transaction is given up. Not among Table 4's timers: Proceeding has none of its own.
+    # RFC 3261 §9.1: 64*T1 after the TU CANCELled a Proceeding INVITE, the transaction is
+    # considered cancelled and destroyed if no final response came. (Not the proxy's Timer C.)
     TIMER_CANCEL = "64*T1 after CANCEL"
 
 
@@ -238,7 +237,6 @@ class Effect(enum.Enum):
     PASS_ACK = "ACK to TU"  # RFC 6026 (server Accepted)
     REPORT_TIMEOUT = "timeout to TU"
     REPORT_TRANSPORT_ERROR = "transport error to TU"
-    ARM_CANCEL_TIMER = "64*T1 after CANCEL armed, unless running"  # §9.1
 
 
 _Table = Mapping[tuple[State, Input], tuple[State, tuple[Effect, ...]]]
@@ -259,16 +257,8 @@ _CLIENT_INVITE: _Table = {
     (S.PROCEEDING, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.PASS_RESPONSE, E.SEND_ACK)),
     # Proceeding has no timer; a dead connection would leave the TU waiting for ever.
     (S.PROCEEDING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
-    # RFC 3261 §9.1: once the TU has sent a CANCEL, a callee that never sends a final
-    # response (a phone gone silent while it rang) ends the transaction 64*T1 later, reported
-    # as a timeout; without this it would stay in Proceeding, and in the table, for ever.
-    (S.CALLING, I.CANCEL_SENT): (S.CALLING, (E.ARM_CANCEL_TIMER,)),
-    (S.CALLING, I.TIMER_CANCEL): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
-    (S.PROCEEDING, I.CANCEL_SENT): (S.PROCEEDING, (E.ARM_CANCEL_TIMER,)),
+    # Nor one that never answers, even its CANCEL: §9.1 bounds the wait once CANCEL is sent.
     (S.PROCEEDING, I.TIMER_CANCEL): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
-    # A CANCEL crossing the final response (§9.1): nothing left to give up.
-    (S.COMPLETED, I.CANCEL_SENT): (S.COMPLETED, ()),
-    (S.ACCEPTED, I.CANCEL_SENT): (S.ACCEPTED, ()),
     (S.COMPLETED, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.RESEND_ACK,)),
     (S.COMPLETED, I.RESPONSE_1XX): (S.COMPLETED, ()),  # late, reordered: absorb
     # A 2xx racing a downstream non-2xx (forking): the TU must ACK and BYE it (§13.2.2.4).
@@ -805,9 +795,6 @@ class ClientTransaction(Transaction):
             out.append(SendRequest(self, self._ack, retransmission=True))
         elif effect is Effect.PASS_RESPONSE:
             out.append(ResponseReceived(self, _response(message)))
-        elif effect is Effect.ARM_CANCEL_TIMER:
-            if _NAME_OF_TIMER[Input.TIMER_CANCEL] not in self._deadlines:
-                self._arm(Input.TIMER_CANCEL, t.timeout, now)
         else:
             super()._apply(effect, event, message, now, out)
 
@@ -820,16 +807,11 @@ class ClientInviteTransaction(ClientTransaction):
     TABLE = _CLIENT_INVITE
     INITIAL_STATE = State.CALLING
     STATE_TIMERS = {
-        State.CALLING: frozenset({Input.TIMER_A, Input.TIMER_B, Input.TIMER_CANCEL}),
-        State.PROCEEDING: frozenset({Input.TIMER_CANCEL}),
+        State.CALLING: frozenset({Input.TIMER_A, Input.TIMER_B}),
+        State.PROCEEDING: frozenset({Input.TIMER_CANCEL}),  # armed by cancel_sent() only
         State.COMPLETED: frozenset({Input.TIMER_D}),
         State.ACCEPTED: frozenset({Input.TIMER_M}),
     }
-
-    def cancel_sent(self, *, now: float) -> list[Output]:
-        """The TU sent a CANCEL of this INVITE (RFC 3261 §9.1): if no final response comes
-        within 64*T1, the transaction ends as a timeout."""
-        return self.process_input(Input.CANCEL_SENT, now=now)
 
     def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
         t = self.timers
@@ -841,6 +823,24 @@ class ClientInviteTransaction(ClientTransaction):
         if state is State.ACCEPTED:
             return [(Input.TIMER_M, t.timeout)]
         return []
+
+    @property
+    def cancelled(self) -> bool:
+        """A CANCEL was sent for it while in Proceeding (:meth:`cancel_sent`)."""
+        return _NAME_OF_TIMER[Input.TIMER_CANCEL] in self._deadlines
+
+    def cancel_sent(self, *, now: float) -> None:
+        """The TU sent a CANCEL for this INVITE. RFC 3261 §9.1: if no final response comes
+        within 64*T1, the transaction is considered cancelled and destroyed (reported as a
+        timeout, like Timer B). Without this a peer that sent a provisional response and then
+        ignores the CANCEL keeps the transaction, and its request, for ever: Proceeding has no
+        timer of its own. Outside Proceeding there is nothing to bound (Calling has Timer B;
+        the final response has come otherwise)."""
+        if (
+            self.state is State.PROCEEDING
+            and _NAME_OF_TIMER[Input.TIMER_CANCEL] not in self._deadlines
+        ):
+            self._arm(Input.TIMER_CANCEL, self.timers.timeout, now)
 
 
 class ClientNonInviteTransaction(ClientTransaction):
@@ -1129,13 +1129,13 @@ class TransactionTable:
             raise LocalSipError("a client transaction with this branch and method exists")
         txn, outputs = cls.start(request, peer=peer, now=now, timers=self.timers, key=key)
         self._client[txn.key] = txn
-        outputs = self._after(txn, outputs)
-        if key is not None and request.method == "CANCEL":
-            # The INVITE it cancels shares its branch (§9.1); gone once it has ended.
+        if request.method == "CANCEL" and key is not None:
+            # The INVITE it cancels has the same branch (RFC 3261 §9.1): bound its wait.
             invite = self._client.get(key._replace(method="INVITE"))
             if isinstance(invite, ClientInviteTransaction):
-                outputs += self._run(invite, functools.partial(invite.cancel_sent, now=now))
-        return txn, outputs
+                invite.cancel_sent(now=now)
+                self._after(invite, [])
+        return txn, self._after(txn, outputs)
 
     def send_response(
         self, transaction: ServerTransaction, response: Response, *, now: float
