@@ -1,6 +1,6 @@
 """How long the event loop stalls while the ``tls`` transport applies a newly fetched CRL
-(``[plugins.tls] crl_urls``): every TLS context (one per listener, one per outbound mode in
-use) is built again with the whole CRL, which OpenSSL parses into each context's store.
+(``[plugins.tls] crl_urls``) or reloads a large ``crl_files`` CRL on SIGHUP: every TLS context
+(one per listener, one per outbound mode in use) is built again with the whole CRL.
 
 Run from the repository root (a minute: making the CRL takes most of it)::
 
@@ -12,15 +12,24 @@ Figures (wall-clock, ``time.perf_counter``; the best of ``--rounds``):
 - **on the loop** (until session 27): the contexts built in the event loop's thread; the
   longest gap between two runs of a task that only checkpoints (what a call's signalling
   waits) and the whole apply.
-- **worker thread** (now, ``TlsTransport._use_fetched_crl``): the same, the contexts built by
-  ``trio.to_thread.run_sync`` and swapped in on the loop. What remains is the GIL held by
-  the Python parts of the build.
+- **worker thread, add_crl** (session 27, ``TlsTransport._use_fetched_crl``): the same, the
+  contexts built by ``trio.to_thread.run_sync`` and swapped in on the loop, each context's
+  store given the CRL by pyOpenSSL's ``add_crl`` (re-encoded by cryptography under the GIL and
+  parsed again by OpenSSL, per context).
+- **worker thread, shared** (now): the CRL parsed into OpenSSL once and shared by every
+  context's store (``tls._add_crl``).
+- **SIGHUP on the loop** (until session 28, ``reload_certificates``): a reload reading a
+  ``crl_files`` file of the same CRL, everything on the loop, ``add_crl`` per context.
+- **SIGHUP worker thread** (now, ``reload_certificates_async``): files read, checked and
+  contexts built in a worker thread, one shared parse.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import inspect
 import os
 import sys
 import tempfile
@@ -37,6 +46,7 @@ sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 )
 
+from gateway.plugins.transports import tls
 from gateway.plugins.transports.revocation import LoadedCrl, check_crl_untrusted
 from gateway.plugins.transports.tls import TlsConfig, TlsTransport, _ListenerSide
 from tests.interop.harness.pki import Issued, TestCa, TestPki
@@ -66,12 +76,15 @@ def big_crl(ca: TestCa, entries: int, path: Path) -> LoadedCrl:
     return check_crl_untrusted(path.read_bytes(), URL, [ca.issued.x509])
 
 
-def transport(ca: TestCa, own: Issued, listeners: int) -> TlsTransport:
+def transport(
+    ca: TestCa, own: Issued, listeners: int, crl_file: Path | None = None
+) -> TlsTransport:
     config = TlsConfig(
         certificate=str(own.certificate),
         private_key=str(own.key),
         ca_bundles=(str(ca.certificate),),
-        crl_urls=(URL,),
+        crl_urls=() if crl_file else (URL,),
+        crl_files=(str(crl_file),) if crl_file else (),
     )
     result = TlsTransport(config)
     assert result._paths is not None
@@ -82,13 +95,16 @@ def transport(ca: TestCa, own: Issued, listeners: int) -> TlsTransport:
     return result
 
 
-async def apply_once(result: TlsTransport, crl: LoadedCrl) -> tuple[float, float]:
+async def apply_once(result: TlsTransport, apply: Any) -> tuple[float, float]:
     longest = 0.0
     done = False
+
+    running = trio.Event()
 
     async def ticker() -> None:
         nonlocal longest
         last = time.perf_counter()
+        running.set()
         while not done:
             await trio.lowlevel.checkpoint()
             now = time.perf_counter()
@@ -97,9 +113,11 @@ async def apply_once(result: TlsTransport, crl: LoadedCrl) -> tuple[float, float
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ticker)
-        await trio.lowlevel.checkpoint()
+        await running.wait()  # else a synchronous reload could run before the ticker starts
         start = time.perf_counter()
-        await result._use_fetched_crl(crl)
+        applied = apply()  # a synchronous reload runs here, on the loop
+        if inspect.isawaitable(applied):
+            await applied
         whole = time.perf_counter() - start
         done = True
     return longest, whole
@@ -119,23 +137,41 @@ def main() -> None:
         ca = TestPki(Path(directory)).ca("Vendor Factory CA")
         own = ca.issue("gateway")
         started = time.perf_counter()
-        crl = big_crl(ca, options.entries, Path(directory) / "big.crl")
-        size = (Path(directory) / "big.crl").stat().st_size
+        path = Path(directory) / "big.crl"
+        big_crl(ca, options.entries, path)
+        size = path.stat().st_size
         print(
             f"CRL: {options.entries} entries, {size / 1048576:.1f} MiB "
             f"(made in {time.perf_counter() - started:.1f} s); "
             f"{options.listeners} listener(s) + 1 outbound context"
         )
-        for label, runner in (("on the loop", inline), ("worker thread", None)):
+        shared = tls._openssl_lib
+        cases = (
+            ("fetched, on the loop", "fetched", inline, None),
+            ("fetched, worker thread, add_crl", "fetched", None, None),
+            ("fetched, worker thread, shared", "fetched", None, shared),
+            ("SIGHUP, on the loop, add_crl", "sync reload", None, None),
+            ("SIGHUP, worker thread, shared", "async reload", None, shared),
+        )
+        for label, kind, runner, lib in cases:
+            tls._openssl_lib = lib  # None: pyOpenSSL's add_crl, per context
             figures = []
             for _ in range(options.rounds):
-                result = transport(ca, own, options.listeners)
+                # A new CRL object each round: its shared parse is made once per CRL.
+                crl = check_crl_untrusted(path.read_bytes(), URL, [ca.issued.x509])
+                result = transport(ca, own, options.listeners, None if kind == "fetched" else path)
                 if runner is not None:
                     result._in_thread = runner
-                figures.append(trio.run(apply_once, result, crl))
+                apply: Any = {
+                    "fetched": functools.partial(result._use_fetched_crl, crl),
+                    "sync reload": result.reload_certificates,
+                    "async reload": result.reload_certificates_async,
+                }[kind]
+                figures.append(trio.run(apply_once, result, apply))
+            tls._openssl_lib = shared
             longest, whole = min(figures)
             print(
-                f"{label:>14}: longest loop stall {longest * 1000:7.1f} ms, "
+                f"{label:>32}: longest loop stall {longest * 1000:7.1f} ms, "
                 f"apply {whole * 1000:7.1f} ms"
             )
 

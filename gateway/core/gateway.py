@@ -976,6 +976,12 @@ class Gateway:
         read again. Runs on the event loop: plugins read a few files each."""
         return self.certificate_reloads.reload()
 
+    async def reload_certificates_async(self) -> list[ReloadReport]:
+        """:meth:`reload_certificates` as SIGHUP runs it: a plugin with slow parts (the ``tls``
+        transport's contexts with a CRL of some MiB) runs them off the event loop, so calls
+        go on meanwhile (gateway/core/reload.py)."""
+        return await self.certificate_reloads.reload_async()
+
     async def before_stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """What must happen while everything still runs, before the gateway is cancelled: the
         registrations with carriers are removed (their REGISTER with Expires: 0 answered,
@@ -1051,7 +1057,8 @@ def run_until_signal(gateway: Gateway) -> int:
                             log.info(
                                 "received SIGHUP: reloading certificates (not the config file)"
                             )
-                            gateway.reload_certificates()
+                            # Awaited: a second SIGHUP reloads after this one ended.
+                            await gateway.reload_certificates_async()
                             continue
                         if drain_timeout and not gateway.draining:
                             log.info("received %s: draining before the stop", name)

@@ -935,6 +935,11 @@ class GatewayStatus(Protocol):
     def registrations(self) -> int:
         """Unexpired registration bindings in the store (with a shared store: of every node)."""
 
+    def tables(self) -> tuple[tuple[str, int], ...]:
+        """Entries of the gateway's internal tables and caches now, by name (calls, SIP
+        transactions, flows, media ports, trio tasks, ...; docs/metrics.md lists them): each
+        returns to its idle size once calls end, or stops at its bound. For leak hunting."""
+
     def key_exchange_failures(self) -> tuple[tuple[str, int], ...]:
         """Key negotiations that failed since the start, by key exchange (``sdes``, ``dtls``,
         ``zrtp``, ``mikey``): an answer or offer whose keys could not be used, a failed
@@ -1011,14 +1016,16 @@ class ReloadError(Exception):
 class ReloadableCertificates(Protocol):
     """An object a plugin registered (a transport, a service, ...) that serves TLS with
     certificates read from files. On SIGHUP the core calls ``reload_certificates()`` on each
-    such object, on the event loop; reading and parsing a few files is fine there, anything
-    slower belongs in a worker thread of the plugin's own. All or nothing: it reads and checks
-    every file first and either swaps in new contexts for new handshakes (connections already
-    up keep theirs) and returns what it loaded, or raises :class:`ReloadError` and keeps
-    everything it had. ``loaded_certificates()`` says what it serves now (read at each
-    scrape: return a kept value). Optional: ``covert = True`` (an interception) keeps it out of
-    the counts, the metrics and the core's log lines; its outcome is logged on its own module's
-    logger (gateway/core/reload.py)."""
+    such object, on the event loop; reading and parsing a few files is fine there. An object
+    whose reload is slower (contexts with a CRL of some MiB) may also have
+    ``async def reload_certificates_async()``, with the same contract, which SIGHUP awaits
+    instead: it does the slow part in a worker thread and swaps on the loop. All or nothing:
+    it reads and checks every file first and either swaps in new contexts for new handshakes
+    (connections already up keep theirs) and returns what it loaded, or raises
+    :class:`ReloadError` and keeps everything it had. ``loaded_certificates()`` says what it
+    serves now (read at each scrape: return a kept value). Optional: ``covert = True`` (an
+    interception) keeps it out of the counts, the metrics and the core's log lines; its
+    outcome is logged on its own module's logger (gateway/core/reload.py)."""
 
     def reload_certificates(self) -> tuple[LoadedCertificate, ...]: ...
 

@@ -12,10 +12,14 @@ with ``reload_certificates()`` and ``loaded_certificates()``
 (``interfaces.ReloadableCertificates``) takes part. Each object reloads all or nothing: either
 every file it uses loaded and passed the start-up checks and new handshakes use them, or it
 raised ``ReloadError`` and kept what it had. One object's failure never stops another's
-reload. Connections already up keep the contexts they were made with (OpenSSL counts its
-references), so calls on them are untouched; the one exception is a ``tls`` connection whose
-peer certificate a reloaded CRL revokes, which the transport closes itself
-(``TransportHost.flow_revoked``). Nothing here runs per call or per packet.
+reload. SIGHUP runs :meth:`CertificateReloads.reload_async`: a holder that also has
+``async reload_certificates_async()`` (the ``tls`` transport, whose CRLs of some MiB take
+hundreds of ms per context to build) is awaited instead, and builds its contexts off the event
+loop; the others are called as they are. Holders reload one after another, in order, and a
+second SIGHUP waits for the first reload's end. Connections already up keep the contexts they
+were made with (OpenSSL counts its references), so calls on them are untouched; the one
+exception is a ``tls`` connection whose peer certificate a reloaded CRL revokes, which the
+transport closes itself (``TransportHost.flow_revoked``). Nothing here runs per call or per packet.
 
 A holder with ``covert = True`` (lawful interception: that it is configured must not show to
 whoever reads the ordinary log or the metrics) reloads like the others, but is never counted,
@@ -28,6 +32,7 @@ with none logs.
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -87,24 +92,52 @@ class CertificateReloads:
         logged on its own logger only, and neither counted nor returned)."""
         if not self._holders:
             log.info("reload: no enabled plugin holds certificates; nothing to do")
-        reports = [(holder, self._reload_one(holder)) for holder in self._all]
+        return self._counted([(holder, self._reload_one(holder)) for holder in self._all])
+
+    async def reload_async(self) -> list[ReloadReport]:
+        """:meth:`reload`, awaiting the holders that have ``reload_certificates_async`` (what
+        SIGHUP runs: their slow parts run off the event loop)."""
+        if not self._holders:
+            log.info("reload: no enabled plugin holds certificates; nothing to do")
+        reports: list[tuple[_Holder, ReloadReport]] = []
+        for holder in self._all:
+            reload = getattr(holder.holder, "reload_certificates_async", None)
+            if inspect.iscoroutinefunction(reload):
+                try:
+                    loaded = tuple(await reload())
+                except Exception as exc:
+                    reports.append((holder, self._failed(holder, exc)))
+                    continue
+                reports.append((holder, self._reloaded(holder, loaded)))
+            else:
+                reports.append((holder, self._reload_one(holder)))
+        return self._counted(reports)
+
+    def _counted(self, reports: list[tuple[_Holder, ReloadReport]]) -> list[ReloadReport]:
         named = [report for holder, report in reports if not holder.covert]
         for report in named:
             self.counts[(report.plugin, report.outcome)] += 1
         return named
 
     def _reload_one(self, holder: _Holder) -> ReloadReport:
-        logger = holder.log
         try:
             loaded = tuple(holder.holder.reload_certificates())
-        except ReloadError as exc:
+        except Exception as exc:
+            return self._failed(holder, exc)
+        return self._reloaded(holder, loaded)
+
+    def _failed(self, holder: _Holder, exc: Exception) -> ReloadReport:
+        logger = holder.log
+        if isinstance(exc, ReloadError):
             # The plugin's words name the file and the reason, never key bytes.
             logger.error("reload: %s kept its previous certificates: %s", holder.name, exc)
             return ReloadReport(holder.plugin, holder.name, "failed", error=str(exc))
-        except Exception as exc:
-            # A bug in the plugin, not the operator's files: the traceback goes to the log.
-            logger.exception("reload: %s failed (a bug) and keeps what it had", holder.name)
-            return ReloadReport(holder.plugin, holder.name, "failed", error=type(exc).__name__)
+        # A bug in the plugin, not the operator's files: the traceback goes to the log.
+        logger.error("reload: %s failed (a bug) and keeps what it had", holder.name, exc_info=exc)
+        return ReloadReport(holder.plugin, holder.name, "failed", error=type(exc).__name__)
+
+    def _reloaded(self, holder: _Holder, loaded: tuple[LoadedCertificate, ...]) -> ReloadReport:
+        logger = holder.log
         if not loaded:
             logger.info("reload: %s: no certificate files to read", holder.name)
         for certificate in loaded:

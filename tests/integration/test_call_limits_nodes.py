@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 from pgcluster import Cluster
 
-from gateway.core.sip.message import Request, make_response
-from gateway.core.sip.serializer import serialize_message
 from gateway.testing.sip_agent import simple_sdp
-from tests.integration.test_postgresql_nodes import (
+from tests.integration.node_phones import (
     ACCOUNTS,
     ack_for,
     address_of,
+    busy,
     final_response,
+    holds,
     port_of,
-    receive,
     register_status,
+    rung,
     udp_socket,
 )
 from tests.interop.harness import GatewayProcess
@@ -81,24 +81,6 @@ def carrier_invite(carrier: socket.socket, node: GatewayProcess, number: int) ->
     ]
     carrier.sendto(("\r\n".join(lines) + "\r\n\r\n").encode() + body, address_of(node))
     return uri
-
-
-def rung(phone: socket.socket) -> tuple[Request, tuple[str, int]]:
-    """The next INVITE the phone gets, answered 180 Ringing."""
-    while True:
-        message, source = receive(phone)
-        if isinstance(message, Request) and message.method == "INVITE":
-            ringing = make_response(message, 180, "Ringing", to_tag="phone")
-            phone.sendto(serialize_message(ringing), source)
-            return message, source
-
-
-def busy(phone: socket.socket, invite: Request, source: tuple[str, int]) -> None:
-    phone.sendto(serialize_message(make_response(invite, 486, "Busy Here", to_tag="phone")), source)
-
-
-def holds(cluster: Cluster, database: str) -> list[tuple[object, ...]]:
-    return cluster.admin("SELECT node, kind, name FROM call_limit_holds ORDER BY node", database)
 
 
 def test_a_trunks_max_calls_holds_for_the_two_nodes_together(

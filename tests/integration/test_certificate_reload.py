@@ -34,7 +34,7 @@ import attrs
 import pytest
 
 from gateway.core.store.sqlite import SqliteStore
-from tests.integration.test_metrics_scrape import curl, parser, value
+from tests.integration.prometheus_scrape import curl, parser, value
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 from tests.interop.harness.ws_client import WsSipClient

@@ -26,11 +26,10 @@ import pytest
 
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
-from tests.unit.taps.x1_structure import check
+from tests.unit.taps.x1_structure import XSI, check
+from tests.unit.taps.x1_structure import C as COMMON
+from tests.unit.taps.x1_structure import X as NS
 
-NS = "http://uri.etsi.org/03221/X1/2017/10"
-XSI = "http://www.w3.org/2001/XMLSchema-instance"
-COMMON = "http://uri.etsi.org/03280/common/2017/07"  # TS 103 280: address, port
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
 

@@ -33,10 +33,12 @@ from pathlib import Path
 import attrs
 import pytest
 
-from tests.integration.test_intercept_admf import COMMON, NS, XSI
-from tests.integration.test_metrics_scrape import curl
+from tests.integration.prometheus_scrape import curl
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
+from tests.unit.taps.x1_structure import XSI
+from tests.unit.taps.x1_structure import C as COMMON
+from tests.unit.taps.x1_structure import X as NS
 
 X1_READY = re.compile(r"intercept: X1 listening on 127\.0\.0\.1:(\d+)")
 METRICS_READY = re.compile(r"metrics: Prometheus exposition on http://127\.0\.0\.1:(\d+)/metrics")

@@ -9,7 +9,6 @@ process with SIGTERM.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -20,25 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_peer
+from tests.integration.prometheus_scrape import curl, parser, value
 from tests.integration.voipgw_process import voipgw_running
 from tests.port_blocks import port_block_text
 
 READY = re.compile(r"metrics: Prometheus exposition on http://127\.0\.0\.1:(\d+)/metrics")
 SIP_READY = re.compile(r"voipgw ready: udp:127\.0\.0\.1:(\d+), tcp:127\.0\.0\.1:(\d+)")
-
-
-def parser() -> object:
-    """``prometheus_client.parser``: skipped locally when missing, a failure in CI (.ci/run
-    installs the test extra)."""
-    try:
-        from prometheus_client import parser as found
-    except ImportError:
-        message = "prometheus_client is not installed (pip install -e '.[test]')"
-        if os.environ.get("VOIPGW_REQUIRE_PEERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def write_config(tmp_path: Path, listen: str) -> Path:
@@ -65,15 +51,6 @@ def gateway(tmp_path: Path) -> Iterator[tuple[int, int, int]]:
         yield int(metrics[1]), int(sip[1]), int(sip[2])
 
 
-def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require_peer("curl"), "--silent", "--show-error", "--max-time", "10", *args],
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-
-
 def families(port: int) -> dict[str, object]:
     result = curl("--fail", "--include", f"http://127.0.0.1:{port}/metrics")
     assert result.returncode == 0, result.stderr
@@ -82,13 +59,6 @@ def families(port: int) -> dict[str, object]:
     found = {f.name: f for f in parser().text_string_to_metric_families(body)}  # type: ignore[attr-defined]
     assert found, body
     return found
-
-
-def value(found: dict[str, object], family: str, sample: str, **labels: str) -> float:
-    for s in found[family].samples:  # type: ignore[attr-defined]
-        if s.name == sample and s.labels == labels:
-            return float(s.value)
-    raise AssertionError(f"no sample {sample}{labels} in {family}")
 
 
 def options(transport: str, own: int, sip_port: int) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from tests.integration.test_metrics_scrape import curl, parser, value
+from tests.integration.prometheus_scrape import curl, parser, value
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.openssl import s_client
 from tests.interop.harness.pki import Issued, TestCa, TestPki

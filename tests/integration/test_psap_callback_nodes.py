@@ -21,17 +21,19 @@ from pgcluster import Cluster
 from gateway.core.sip.message import Request, make_response
 from gateway.core.sip.serializer import serialize_message
 from gateway.testing.sip_agent import simple_sdp
-from tests.integration.test_call_limits_nodes import busy, holds, rung
-from tests.integration.test_postgresql_nodes import (
+from tests.integration.node_phones import (
     ACCOUNTS,
     ack_for,
     address_of,
+    busy,
     digest,
     final_response,
+    holds,
     port_of,
     receive,
     register_status,
     request,
+    rung,
     udp_socket,
 )
 from tests.interop.harness import GatewayProcess

@@ -17,7 +17,7 @@ from gateway.plugins.stir_shaken import StirShaken, StirShakenConfig, Verificati
 from gateway.plugins.stir_shaken.certificates import MAX_CRL_FILE
 from gateway.plugins.stir_shaken.fetch import MAX_BODY
 from gateway.testing.sti_pki import StiPki, make_identity, make_pki
-from tests.interop.test_stir_shaken_sipp import certificate_server
+from tests.interop.harness.certificate_server import certificate_server
 
 CALL = TrunkCall(
     call_id="crl-1",

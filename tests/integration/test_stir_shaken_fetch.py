@@ -12,7 +12,7 @@ import pytest
 
 from gateway.plugins.stir_shaken.fetch import MAX_BODY, FetchError, https_fetcher
 from gateway.testing.sti_pki import make_pki
-from tests.interop.test_stir_shaken_sipp import certificate_server
+from tests.interop.harness.certificate_server import certificate_server
 
 
 async def test_fetches_the_chain_with_its_max_age(tmp_path: Path) -> None:

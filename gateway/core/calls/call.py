@@ -178,7 +178,7 @@ from gateway.core.media.dtmf import (
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
-from gateway.core.media.security import LegSecurity, MediaSecurityRefused
+from gateway.core.media.security import KeyExchangeFailed, LegSecurity, MediaSecurityRefused
 from gateway.core.media.session import ORIGIN_USERNAME, DtmfPlan
 from gateway.core.media.taps import CallTaps, tapped_media
 from gateway.core.sdp.body import (
@@ -202,6 +202,7 @@ from gateway.core.sip.dialog import (
     glare_wait,
     is_sips,
     require_contact,
+    uas_dialog_id,
 )
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
@@ -237,7 +238,12 @@ from gateway.core.sip.session_timer import (
     request_headers,
     supports_timer,
 )
-from gateway.core.sip.transaction import ServerTransaction, State, TransactionStateError
+from gateway.core.sip.transaction import (
+    ClientInviteTransaction,
+    ServerTransaction,
+    State,
+    TransactionStateError,
+)
 from gateway.core.sip.uri import SipUri, TelUri, Uri
 from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow
 
@@ -449,6 +455,18 @@ CallEventInput = (
 
 class CallEnded(Exception):
     """Internal: the call is over (reason for the logs and the call record)."""
+
+
+@attrs.frozen
+class _AnswerFailure:
+    """Why applying SDP from a leg's 2xx (or from the ACK answering ours) failed, and what the
+    call sends for it (:meth:`Call._answer_failed`): ``status`` and ``phrase`` to a request
+    still open, ``warning`` its Warning text, ``reason`` for the BYEs, the log and the record."""
+
+    status: int
+    phrase: str
+    warning: str
+    reason: str
 
 
 # -- the call ----------------------------------------------------------------------------------
@@ -663,6 +681,7 @@ class Call:
                 # that crosses it needs ACK and BYE: wait for every B leg's final response, at
                 # most as long as an INVITE transaction lives (64*T1, Timer B).
                 with trio.move_on_after(self.config.sip.t1 * 64):
+                    await self._cancel_pending_reinvites()
                     await self._bye_transfer_leftovers()
                     await self._drain_b_legs()
                 nursery.cancel_scope.cancel()
@@ -864,6 +883,11 @@ class Call:
                 await self._reject_a(488, "Not Acceptable Here", err.reason)
             except PortsExhausted:
                 await self._reject_a(503, "Service Unavailable", "no free media ports")
+            except Exception as exc:
+                # Our bug or a key-exchange plugin's: 500 with a Warning, the record saying
+                # which (as for a 2xx's SDP, _answer_failed), not the catch-all's bare 500.
+                failure = self._answer_failed(exc, "caller's offer")
+                await self._reject_a(failure.status, failure.phrase, failure.warning)
             self._apply_keys(None)  # no media before keys: block where a policy needs them
         self._offer_b = offer_b
         refusals: list[str] = []
@@ -960,6 +984,9 @@ class Call:
             except MediaSecurityRefused as err:
                 log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
                 return err.reason
+            except Exception as exc:  # our bug or a key-exchange plugin's: said which
+                failure = self._answer_failed(exc, "caller's offer")
+                await self._reject_a(failure.status, failure.phrase, failure.warning)
         trunk = self._leg_trunk(leg)
         if trunk is not None and trunk.response_timeout > 0:
             # Armed before the INVITE goes: its first response may be handled (and disarm it,
@@ -2263,20 +2290,21 @@ class Call:
                 body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(sdp)))
             else:
                 body = self._answer_taken_in_1xx(leg, response)
-        except SdpError as err:
+            leg.dialog = dialog
+            self.b = leg
+            self._start_session_timers(leg, response)
+            self._apply_keys(leg)
+            # The callee may send its first packet the moment our ACK reaches it (sipp,
+            # carriers' announcements do): the relay must carry its answer by then. In process
+            # it does already; a media worker has it once the messages above crossed its
+            # channel.
+            await self.media.applied()
+        except Exception as exc:
+            failure = self._answer_failed(exc, "answer")
             await self._ack_b(leg, dialog, response)  # RFC 3261 §13.2.2.4: ACK, then BYE
             leg.dialog = dialog
-            await self._bye(leg, f"bad SDP answer: {err.reason}")
-            await self._reject_a(488, "Not Acceptable Here", err.reason)
-            return
-        leg.dialog = dialog
-        self.b = leg
-        self._start_session_timers(leg, response)
-        self._apply_keys(leg)
-        # The callee may send its first packet the moment our ACK reaches it (sipp, carriers'
-        # announcements do): the relay must carry its answer by then. In process it does
-        # already; a media worker has it once the messages above crossed its channel.
-        await self.media.applied()
+            await self._bye(leg, failure.reason, cause=failure.status)
+            await self._reject_a(failure.status, failure.phrase, failure.warning)
         await self._ack_b(leg, dialog, response)
         for other in self.b_legs:
             if other is not leg and other.final is None:
@@ -2431,10 +2459,15 @@ class Call:
             )
             await self._answer_pickup(event, refusal)
             return
+        except Exception as exc:
+            await self._pickup_failed(event, exc)
         if moving_to is not None and ringing is not None:
             self.manager.limits.release_one(self, ("account", ringing))
         ok = self._picker_ok(picker, request, timer, to_picker)
-        await self._picker_joins(picker, picked)
+        try:
+            await self._picker_joins(picker, picked)
+        except Exception as exc:  # the relay failing to take the picker's keys
+            await self._pickup_failed(event, exc)
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
         picker.session_timer = self._started(timer)
@@ -2517,11 +2550,16 @@ class Call:
             refusal = make_response(request, status, phrase, extra=[("Warning", _warning(reason))])
             await self._answer_pickup(event, refusal)
             return
+        except Exception as exc:
+            await self._pickup_failed(event, exc)
         if moving_to is not None and ringing is not None:
             self.manager.limits.release_one(self, ("account", ringing))
         event.done.set()  # taken: the manager does not answer it 481
+        try:
+            await self._picker_joins(picker, event.leg)
+        except Exception as exc:
+            await self._pickup_failed(event, exc)
         self._pickup_waiting = (event, timer)
-        await self._picker_joins(picker, event.leg)
         self.a.session_timer = self._started(self._a_timer)
         await self._offer_in_2xx_to_a(offer_a)
 
@@ -2536,15 +2574,19 @@ class Call:
         assert picker.security is not None
         try:
             to_picker = picker.security.make_answer(self._answer_in_ack_of_a(ack))
-        except SdpError as err:
+        except Exception as exc:
+            failure = self._answer_failed(exc, "answer in A's ACK")
             self._pickup_waiting = None
             self.media.abandon_offer()
             self.state = "answered"
             refusal = make_response(
-                request, 488, "Not Acceptable Here", extra=[("Warning", _warning(err.reason))]
+                request,
+                failure.status,
+                failure.phrase,
+                extra=[("Warning", _warning(failure.warning))],
             )
             await self._answer_pickup(event, refusal)
-            await self._hang_up(f"bad SDP answer in A's ACK: {err.reason}", cause=488)
+            await self._hang_up(failure.reason, cause=failure.status)
         self._pickup_waiting = None
         ok = self._picker_ok(picker, request, timer, to_picker)
         picker.session_timer = self._started(timer)
@@ -2564,6 +2606,20 @@ class Call:
         else:
             status, reason = 481, None
         await self._answer_pickup(event, make_response(event.request, status, reason))
+
+    async def _pickup_failed(self, event: PickUpEvent, exc: Exception) -> NoReturn:
+        """Making our answer or offer for a phone picking the call up (or the relay taking
+        its keys) raised ``exc``: not its bad SDP, which is refused 488 while the call rings
+        on, but a bug of ours or of a key-exchange plugin (:meth:`_answer_failed` logs it once
+        and says which). The picker's INVITE gets 500 with a Warning at once, rather than the
+        manager's 481 once it gives up waiting; the call ends, the caller getting 500 too and
+        the phones that rang CANCEL (:meth:`_drain_b_legs`)."""
+        failure = self._answer_failed(exc, "picker's offer")
+        warning = [("Warning", _warning(failure.warning))]
+        await self._answer_pickup(
+            event, make_response(event.request, failure.status, failure.phrase, extra=warning)
+        )
+        await self._reject_a(failure.status, failure.phrase, failure.warning)
 
     async def _answer_pickup(self, event: PickUpEvent, response: Response) -> None:
         event.done.set()
@@ -2594,12 +2650,13 @@ class Call:
                 dtmf_info=leg.security.dtmf_info,
             )
             offer_a = self.a.security.make_offer(plain)
-        except SdpError as err:
-            await self._bye(leg, f"bad SDP offer: {err.reason}")
-            await self._reject_a(488, "Not Acceptable Here", err.reason)
         except PortsExhausted:
             await self._bye(leg, "no free media ports")
             await self._reject_a(503, "Service Unavailable", "no free media ports")
+        except Exception as exc:
+            failure = self._answer_failed(exc, "offer")
+            await self._bye(leg, failure.reason, cause=failure.status)  # ACKed first
+            await self._reject_a(failure.status, failure.phrase, failure.warning)
         self.b = leg
         self._start_session_timers(leg, response)
         self._apply_keys(leg)  # no media before keys: block where a policy needs them
@@ -2667,13 +2724,15 @@ class Call:
         assert self.a.security is not None
         try:
             answer_b = leg.security.make_answer(self._answer_in_ack_of_a(ack))
-        except SdpError as err:
+            self._up_with(leg)
+            # B, the offerer, may send as soon as our ACK brings it the answer: keys first.
+            await self.media.applied()
+        except Exception as exc:
+            failure = self._answer_failed(exc, "answer in A's ACK")
             self.media.abandon_offer()
             self.state = "answered"
-            await self._hang_up(f"bad SDP answer in A's ACK: {err.reason}", cause=488)
-        self._up_with(leg)
-        # B, the offerer, may send as soon as our ACK brings it the answer: keys first.
-        await self.media.applied()
+            # B's 2xx is ACKed with an answer refusing its offer, then BYEd (_bye).
+            await self._hang_up(failure.reason, cause=failure.status)
         await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer_b))
 
     def _answer_in_ack_of_a(self, ack: Request) -> SessionDescription:
@@ -2728,6 +2787,37 @@ class Call:
         answer_a = self.a.security.make_answer(plain)
         self._apply_keys(leg)
         return answer_a
+
+    def _answer_failed(self, exc: Exception, what: str) -> _AnswerFailure:
+        """Applying SDP a leg sent in its 2xx (or the ACK answering our offer) raised ``exc``.
+        The caller ACKs that 2xx all the same (RFC 3261 §13.2.2.4: a UAC ACKs every 2xx, then
+        may BYE) and ends the call with what this says. Bad SDP from the peer (an
+        :class:`SdpError`, a key exchange refusing its keys among them) is a stated failure,
+        488; anything else is a bug of ours or of a key-exchange plugin (a media worker's
+        channel gone counts too): 500, logged once here with its traceback, the record saying
+        what failed. Never the exception's text in what is sent: it might hold keys. The call
+        ending meanwhile (CallEnded) is no failure to apply: it goes on up. The same rule for
+        the offer of a request we received (the caller's INVITE, a picker's, a re-INVITE or
+        UPDATE, ``what`` saying which): its caller answers that request with ``status`` at
+        once, then ends the call."""
+        if isinstance(exc, CallEnded):
+            raise exc
+        if isinstance(exc, SdpError):
+            return _AnswerFailure(
+                488, "Not Acceptable Here", exc.reason, f"bad SDP {what}: {exc.reason}"
+            )
+        if isinstance(exc, KeyExchangeFailed):
+            reason = f"key exchange failed: {exc.reason}"
+            log.error("call %s: %s (applying the %s)", self.id, reason, what, exc_info=exc)
+            failure = _AnswerFailure(500, "Server Internal Error", "key exchange failed", reason)
+        else:
+            reason = f"internal error applying the {what} ({type(exc).__name__})"
+            log.error("call %s: %s", self.id, reason, exc_info=exc)
+            failure = _AnswerFailure(
+                500, "Server Internal Error", f"internal error applying the {what}", reason
+            )
+        self.end_reason = failure.reason
+        return failure
 
     def _apply_keys(self, b_leg: BLeg | None) -> None:
         assert self.keying is not None
@@ -3071,6 +3161,11 @@ class Call:
         if request.call_id != leg.dialog.call_id:
             await self._other_dialog_request(event)  # a departed transferor, or a new target
             return
+        if uas_dialog_id(request) != leg.dialog.id:
+            # Our To tag found the call but the From tag is not the leg's peer's: no dialog of
+            # ours (RFC 3261 §12.2.2: 481), and no reason to end the call.
+            await self.endpoint.respond(event.transaction, make_response(request, 481))
+            return
         try:
             leg.dialog.receive_request(request)
         except OutOfOrderRequest as err:
@@ -3169,6 +3264,19 @@ class Call:
                 make_response(request, 503, extra=[("Warning", _warning("no free media ports"))]),
             )
             return
+        except Exception as exc:
+            # Our bug or a key-exchange plugin's, taking the offer or making ours for the other
+            # leg: the request gets its final response now (left to the catch-all it would get
+            # none, and its sender would time out), then the call ends as for an answer to a
+            # re-INVITE that cannot be applied (_answer_failed).
+            failure = self._answer_failed(exc, f"offer in {request.method}")
+            self.media.abandon_offer()
+            warning = [("Warning", _warning(failure.warning))]
+            await self.endpoint.respond(
+                event.transaction,
+                make_response(request, failure.status, failure.phrase, extra=warning),
+            )
+            await self._hang_up(failure.reason, cause=failure.status)
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
         if location is not None and not self._passes_location(other, location):
@@ -3576,24 +3684,29 @@ class Call:
                     rtcp_mux_offered=answering.offers_rtcp_mux,
                 )
                 answer = offering.make_answer(plain)
-            except SdpError as err:
+                self.media.settle()
+                self._apply_keys(self.b)
+                # The answer's keys, addresses and payload numbers are in the relay (and its
+                # media workers) before a peer may send under them: the answerer, a cautious
+                # one, once our ACK ends its transaction (RFC 3261 §13.2.2.4), the offerer once
+                # our 2xx brings it the answer (RFC 3264 §8). Packets before would meet the old
+                # keys (SRTP authentication fails: dropped) or go to the old address.
+                await self.media.applied()
+            except Exception as exc:
                 # The answering leg already uses its new SDP; the legs would disagree from now
                 # on, so the call cannot go on (RFC 3264 §8: a 2xx answer cannot be refused).
                 # §13.2.2.4: its 2xx is still ACKed, then BYEd.
+                failure = self._answer_failed(exc, "answer to re-INVITE")
                 await self.endpoint.send_ack(ack, flow)
                 self.media.abandon_offer()
-                rejection = make_response(request, 488, extra=[("Warning", _warning(err.reason))])
+                rejection = make_response(
+                    request,
+                    failure.status,
+                    failure.phrase,
+                    extra=[("Warning", _warning(failure.warning))],
+                )
                 await self.endpoint.respond(transaction, rejection)
-                await self._hang_up(f"bad SDP answer to re-INVITE: {err.reason}")
-                return
-            self.media.settle()
-            self._apply_keys(self.b)
-            # The answer's keys, addresses and payload numbers are in the relay (and its media
-            # workers) before a peer may send under them: the answerer, a cautious one, once our
-            # ACK ends its transaction (RFC 3261 §13.2.2.4), the offerer once our 2xx brings it
-            # the answer (RFC 3264 §8). Packets before would meet the old keys (SRTP
-            # authentication fails: dropped) or go to the old address.
-            await self.media.applied()
+                await self._hang_up(failure.reason, cause=failure.status)
             await self.endpoint.send_ack(ack, flow)
             ok = make_response(
                 request,
@@ -3666,13 +3779,26 @@ class Call:
                 dtmf_info=answering.dtmf_info,
             )
             offer = requester.make_offer(plain)
-        except (SdpError, PortsExhausted) as err:
+        except Exception as exc:
+            if isinstance(exc, PortsExhausted):
+                failure = _AnswerFailure(
+                    488,
+                    "Not Acceptable Here",
+                    "no free media ports",
+                    "bad SDP offer in the 2xx to a re-INVITE: no free media ports",
+                )
+            else:
+                failure = self._answer_failed(exc, "offer in the 2xx to a re-INVITE")
             self.media.abandon_offer()
-            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
-            await self.endpoint.respond(
-                transaction, make_response(request, 488, extra=[("Warning", _warning(reason))])
+            refusal = make_response(
+                request,
+                failure.status,
+                failure.phrase,
+                extra=[("Warning", _warning(failure.warning))],
             )
-            await self._hang_up(f"bad SDP offer in the 2xx to a re-INVITE: {reason}", cause=488)
+            await self.endpoint.respond(transaction, refusal)
+            # The 2xx is ACKed with an answer refusing its offer first (_bye, §13.2.2.4).
+            await self._hang_up(failure.reason, cause=failure.status)
         ok = make_response(
             request,
             200,
@@ -3709,15 +3835,17 @@ class Call:
                 rtcp_mux_offered=requester.offers_rtcp_mux,
             )
             answer = answering.make_answer(plain)
-        except SdpError as err:
-            self.media.abandon_offer()
+            self.media.settle()
+            self._apply_keys(self.b)
+            # The offering leg may send under the new SDP once our ACK brings it the answer
+            # (RFC 3264 §8): the relay (and its media workers) carries that answer first.
+            await self.media.applied()
+        except Exception as exc:
             side = answered_side.other.value.upper()
-            await self._hang_up(f"bad SDP answer in {side}'s ACK: {err.reason}", cause=488)
-        self.media.settle()
-        self._apply_keys(self.b)
-        # The offering leg may send under the new SDP once our ACK brings it the answer
-        # (RFC 3264 §8): the relay (and its media workers) carries that answer first.
-        await self.media.applied()
+            failure = self._answer_failed(exc, f"answer in {side}'s ACK")
+            self.media.abandon_offer()
+            # The offering leg's 2xx is ACKed with an answer refusing its offer (_bye).
+            await self._hang_up(failure.reason, cause=failure.status)
         await self._ack_late_reinvite(serialize_sdp(answer))
 
     async def _ack_late_reinvite(self, body: bytes | None = None) -> None:
@@ -4216,8 +4344,15 @@ class Call:
             self.media.abandon_offer()
             reason = err.reason if isinstance(err, SdpError) else "no free media ports"
             log.info("call %s: the transfer target's offer is unusable: %s", self.id, reason)
-            await self._end_transfer(488, "Not Acceptable Here")
+            await self._end_transfer(488, "Not Acceptable Here")  # ACKs and BYEs the target
             return
+        except Exception as exc:
+            # Not the target's fault: a bug. The target's 2xx is ACKed and BYEd (_end_transfer)
+            # and, the media session's state being unknown, the call ends too.
+            failure = self._answer_failed(exc, "transfer target's offer")
+            self.media.abandon_offer()
+            await self._end_transfer(failure.status, failure.phrase, call_ends=True)
+            await self._hang_up(failure.reason, cause=failure.status)
         tag = InDialogRequest("transfer", transferee.side)
         sent = await self._send_in_dialog(
             transferee,
@@ -4264,6 +4399,7 @@ class Call:
         ack = transferee.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
         self._reinvite_acks[tag.side] = ack
         transferee.session_timer = self._refreshed_by_2xx(transferee, response)
+        legs = self.a, self.b  # the transferor's among them until _take_over
         try:
             plain = self.media.answer_from(
                 tag.side.value,
@@ -4271,19 +4407,22 @@ class Call:
                 rtcp_mux_offered=transferee.security.offers_rtcp_mux,
             )
             answer = leg.security.make_answer(plain)
-        except SdpError as err:
+            self.media.settle()
+            self._take_over(transfer)
+            # The target, whose 2xx offered, may send once our ACK brings it the answer (RFC
+            # 3264 §8), the transferee once we ACK its 2xx: the relay (and its media workers)
+            # carries the answer and the target's keys first.
+            await self.media.applied()
+        except Exception as exc:
             # The transferee uses its new SDP already: the legs would disagree (RFC 3264 §8).
-            # §13.2.2.4: its 2xx is still ACKed, then BYEd.
+            # §13.2.2.4: its 2xx is still ACKed, then BYEd; the target's too (_end_transfer,
+            # or _hang_up once it took the transferor's place).
+            failure = self._answer_failed(exc, "answer to re-INVITE")
+            self.a, self.b = legs  # the transferor is BYEd with the rest, not lost
             await self.endpoint.send_ack(ack, flow)
             self.media.abandon_offer()
-            await self._end_transfer(488, "Not Acceptable Here")
-            await self._hang_up(f"bad SDP answer to re-INVITE: {err.reason}")
-        self.media.settle()
-        self._take_over(transfer)
-        # The target, whose 2xx offered, may send once our ACK brings it the answer (RFC 3264
-        # §8), the transferee once we ACK its 2xx: the relay (and its media workers) carries
-        # the answer and the target's keys first.
-        await self.media.applied()
+            await self._end_transfer(failure.status, failure.phrase, call_ends=True)
+            await self._hang_up(failure.reason, cause=failure.status)
         await self.endpoint.send_ack(ack, flow)
         await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer))
         await self._complete_transfer()
@@ -4325,10 +4464,11 @@ class Call:
         self._record_transfer(transfer, 200, "OK")
         await self._notify(transfer, 200, "OK")
 
-    async def _end_transfer(self, status: int, reason: str) -> None:
+    async def _end_transfer(self, status: int, reason: str, *, call_ends: bool = False) -> None:
         """The transfer failed with ``status``: its devices still ringing are CANCELled, one
         that answered is BYEd, the transferor hears why; the call goes on, unless the
-        transferor has hung up already."""
+        transferor has hung up already. ``call_ends``: the caller ends the call next itself,
+        with a reason of its own (_answer_failed), which the BYEs and the record must say."""
         transfer = self._transfer
         if transfer is None:
             return
@@ -4341,7 +4481,7 @@ class Call:
         if transfer.moved_count is not None:
             self.manager.limits.release_one(self, transfer.moved_count)  # that leg is gone
         self._record_transfer(transfer, status, reason)
-        if transfer.transferor_left:
+        if transfer.transferor_left and not call_ends:
             await self._hang_up(f"transfer to {transfer.target} failed: {status} {reason}")
         await self._notify(transfer, status, reason)
 
@@ -5034,6 +5174,29 @@ class Call:
                 await self._bye(leg, reason)
             elif leg.final is None:
                 await self._cancel_b(leg)
+
+    async def _cancel_pending_reinvites(self) -> None:
+        """CANCEL every re-INVITE of ours still waiting for its final response (RFC 3261 §9.1).
+        A peer should answer it 487 once our BYE came (§15.1.2), but one that never does would
+        keep its INVITE client transaction, which has no timer in Proceeding, for ever; the
+        CANCEL bounds it to 64*T1 (transaction.py). First INVITEs of B legs are
+        _drain_b_legs' business."""
+        for client in self._forwarded:
+            txn = client.transaction
+            if not isinstance(txn, ClientInviteTransaction) or txn.state is not State.PROCEEDING:
+                continue
+            if txn.cancelled:  # a re-INVITE that timed out (_reinvite_timed_out)
+                continue
+            request = txn.request
+            if request is None or request.to.tag is None:
+                continue
+            flow = client.flow
+            try:
+                await self.endpoint.send_request(
+                    cancel_for(request), transport=flow.transport, address=flow.remote, flow=flow
+                )
+            except OSError as exc:
+                log.info("call %s: cannot CANCEL a re-INVITE: %s", self.id, exc)
 
     async def _drain_b_legs(self) -> None:
         """After the end: keep handling B responses so a 2xx crossing our CANCEL is ACKed and

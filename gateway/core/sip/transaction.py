@@ -36,7 +36,9 @@ lists the timers allowed to run in it; leaving a state cancels the others, enter
 own.
 Retransmission timers (A, E, G) run only on unreliable transports; the wait timers D, I, J and K
 are zero on reliable transports, which means moving on at once (§17.1.1.2, §17.1.2.2, §17.2.1,
-§17.2.2). B, F, H, L and M are 64*T1 everywhere.
+§17.2.2). B, F, H, L and M are 64*T1 everywhere. A client INVITE's Proceeding has no timer of its
+own; once the TU sends a CANCEL for it (through the table), a 64*T1 wait bounds it (§9.1), so a
+peer that never sends the final response cannot keep the transaction for ever.
 
 Everything is sans-IO: methods take ``now`` and return lists of outputs - messages to send
 (:class:`SendRequest`, :class:`SendResponse`) and events for the TU - and
@@ -192,6 +194,9 @@ class Input(enum.Enum):
     TIMER_K = "Timer K"
     TIMER_L = "Timer L"
     TIMER_M = "Timer M"
+    # RFC 3261 §9.1: 64*T1 after the TU CANCELled a Proceeding INVITE, the transaction is
+    # considered cancelled and destroyed if no final response came. (Not the proxy's Timer C.)
+    TIMER_CANCEL = "64*T1 after CANCEL"
 
 
 _MESSAGE_INPUTS = frozenset(
@@ -252,6 +257,8 @@ _CLIENT_INVITE: _Table = {
     (S.PROCEEDING, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.PASS_RESPONSE, E.SEND_ACK)),
     # Proceeding has no timer; a dead connection would leave the TU waiting for ever.
     (S.PROCEEDING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
+    # Nor one that never answers, even its CANCEL: §9.1 bounds the wait once CANCEL is sent.
+    (S.PROCEEDING, I.TIMER_CANCEL): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
     (S.COMPLETED, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.RESEND_ACK,)),
     (S.COMPLETED, I.RESPONSE_1XX): (S.COMPLETED, ()),  # late, reordered: absorb
     # A 2xx racing a downstream non-2xx (forking): the TU must ACK and BYE it (§13.2.2.4).
@@ -801,6 +808,7 @@ class ClientInviteTransaction(ClientTransaction):
     INITIAL_STATE = State.CALLING
     STATE_TIMERS = {
         State.CALLING: frozenset({Input.TIMER_A, Input.TIMER_B}),
+        State.PROCEEDING: frozenset({Input.TIMER_CANCEL}),  # armed by cancel_sent() only
         State.COMPLETED: frozenset({Input.TIMER_D}),
         State.ACCEPTED: frozenset({Input.TIMER_M}),
     }
@@ -815,6 +823,24 @@ class ClientInviteTransaction(ClientTransaction):
         if state is State.ACCEPTED:
             return [(Input.TIMER_M, t.timeout)]
         return []
+
+    @property
+    def cancelled(self) -> bool:
+        """A CANCEL was sent for it while in Proceeding (:meth:`cancel_sent`)."""
+        return _NAME_OF_TIMER[Input.TIMER_CANCEL] in self._deadlines
+
+    def cancel_sent(self, *, now: float) -> None:
+        """The TU sent a CANCEL for this INVITE. RFC 3261 §9.1: if no final response comes
+        within 64*T1, the transaction is considered cancelled and destroyed (reported as a
+        timeout, like Timer B). Without this a peer that sent a provisional response and then
+        ignores the CANCEL keeps the transaction, and its request, for ever: Proceeding has no
+        timer of its own. Outside Proceeding there is nothing to bound (Calling has Timer B;
+        the final response has come otherwise)."""
+        if (
+            self.state is State.PROCEEDING
+            and _NAME_OF_TIMER[Input.TIMER_CANCEL] not in self._deadlines
+        ):
+            self._arm(Input.TIMER_CANCEL, self.timers.timeout, now)
 
 
 class ClientNonInviteTransaction(ClientTransaction):
@@ -1072,6 +1098,17 @@ class TransactionTable:
     def __len__(self) -> int:
         return len(self._client) + len(self._server)
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of each of the table's maps, for leak hunting (``StatusView.tables``,
+        benchmarks/soak.py): the timer heap keeps superseded entries until their deadline
+        passes, so it may be larger than the timers scheduled, but never grows with calls."""
+        return {
+            "sip_client_transactions": len(self._client),
+            "sip_server_transactions": len(self._server),
+            "sip_transaction_timers": len(self._scheduled),
+            "sip_transaction_timer_heap": len(self._heap),
+        }
+
     # -- TU side --
 
     def send_request(
@@ -1092,6 +1129,12 @@ class TransactionTable:
             raise LocalSipError("a client transaction with this branch and method exists")
         txn, outputs = cls.start(request, peer=peer, now=now, timers=self.timers, key=key)
         self._client[txn.key] = txn
+        if request.method == "CANCEL" and key is not None:
+            # The INVITE it cancels has the same branch (RFC 3261 §9.1): bound its wait.
+            invite = self._client.get(key._replace(method="INVITE"))
+            if isinstance(invite, ClientInviteTransaction):
+                invite.cancel_sent(now=now)
+                self._after(invite, [])
         return txn, self._after(txn, outputs)
 
     def send_response(

@@ -33,7 +33,6 @@ from pathlib import Path
 import attrs
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from gateway.plugins.transports.certificates import CertificateError
 from gateway.plugins.transports.ocsp import OcspError, http_get, parse_http_url
@@ -296,7 +295,7 @@ class CrlFetcher:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _write_durably(path.with_suffix(".url"), (crl.path + "\n").encode("ascii"))
-            _write_durably(path, crl.crl.public_bytes(serialization.Encoding.DER))
+            _write_durably(path, crl.der_bytes())  # as fetched (DER), not encoded again
         except OSError as exc:
             log.warning("tls: cannot save the CRL of %s to %s: %s", crl.path, path, exc)
 

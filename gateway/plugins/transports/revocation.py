@@ -34,10 +34,12 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from gateway.plugins.transports.certificates import CertificateError, load_certificates
 
@@ -56,6 +58,17 @@ class LoadedCrl:
     revoked: int  # entries
     crl: x509.CertificateRevocationList = attrs.field(eq=False, repr=False)
     number: int | None = None  # cRLNumber (RFC 5280 §5.2.3): which of two CRLs is newer
+    #: The DER bytes ``crl`` was parsed from (empty for a PEM file): what OpenSSL parses and a
+    #: fetched CRL is saved as, without cryptography encoding it again (some 30 ms for 4 MiB,
+    #: holding the GIL, so stalling the event loop from any thread).
+    der: bytes = attrs.field(default=b"", eq=False, repr=False)
+    #: OpenSSL's parse of it (an X509_CRL), made once by the first TLS context that gets it and
+    #: shared by the others (tls._add_crl): not per context, as pyOpenSSL's add_crl does.
+    native: list[Any] = attrs.field(factory=list, init=False, eq=False, repr=False)
+
+    def der_bytes(self) -> bytes:
+        """The CRL, DER: the bytes it was read from when they were DER, else encoded now."""
+        return self.der or self.crl.public_bytes(serialization.Encoding.DER)
 
     @property
     def stale_at(self) -> float:
@@ -172,6 +185,8 @@ def check_crl_untrusted(data: bytes, path: str, cas: Sequence[x509.Certificate])
         revoked=revoked,
         crl=crl,
         number=number,
+        # Exactly what was parsed and checked (load_der_x509_crl takes nothing after the CRL).
+        der=b"" if pem else data,
     )
 
 

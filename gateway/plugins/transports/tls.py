@@ -122,6 +122,26 @@ from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpC
 
 log = logging.getLogger(__name__)
 
+try:  # the bindings pyOpenSSL itself calls, to share one parsed CRL between contexts (_add_crl)
+    from OpenSSL._util import ffi as _openssl_ffi
+    from OpenSSL._util import lib as _openssl_lib
+except ImportError:  # pragma: no cover - a pyOpenSSL without them: add_crl, per context
+    _openssl_ffi = _openssl_lib = None
+# They are private to pyOpenSSL and cryptography, which drop functions from them between
+# releases: every one _add_crl needs must be there, or it uses the public add_crl.
+_CRL_FUNCTIONS = (
+    "BIO_new_mem_buf",
+    "BIO_free",
+    "d2i_X509_CRL_bio",
+    "X509_CRL_free",
+    "X509_STORE_add_crl",
+    "ERR_clear_error",
+)
+if _openssl_lib is not None and not all(
+    hasattr(_openssl_lib, name) for name in _CRL_FUNCTIONS
+):  # pragma: no cover - depends on the installed cryptography
+    _openssl_ffi = _openssl_lib = None
+
 Mode = Literal["encryption-only", "server-only", "mutual"]
 MODES: tuple[Mode, ...] = ("encryption-only", "server-only", "mutual")
 
@@ -786,9 +806,47 @@ def _check_revocation(context: SSL.Context, crls: Sequence[LoadedCrl]) -> frozen
     store = context.get_cert_store()
     assert store is not None  # every SSL_CTX has one
     for loaded in crls:
-        store.add_crl(loaded.crl)
+        _add_crl(store, loaded)
     store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
     return frozenset(loaded.issuer_der for loaded in crls)
+
+
+def _add_crl(store: crypto.X509Store, loaded: LoadedCrl) -> None:
+    """Add ``loaded`` to a context's store. pyOpenSSL's ``add_crl`` re-encodes the CRL
+    (cryptography's ``public_bytes``, under the GIL) and OpenSSL parses it again, for every
+    context: some 70 ms each for a CRL of 4 MiB. Instead OpenSSL's parse (an X509_CRL) is made
+    once per CRL, from the DER bytes it was read from (LoadedCrl.der), kept on it, and shared
+    by every store (X509_STORE_add_crl takes a reference of its own; OpenSSL only reads it, and
+    sorts its entries under its own lock). Falls back to ``add_crl`` should pyOpenSSL's
+    bindings change."""
+    native = _native_crl(loaded)
+    raw_store = getattr(store, "_store", None)
+    if native is None or raw_store is None:
+        store.add_crl(loaded.crl)
+        return
+    if not _openssl_lib.X509_STORE_add_crl(raw_store, native):
+        _openssl_lib.ERR_clear_error()  # or a later handshake on this thread reads it as its own
+        raise CertificateError(f"{loaded.path}: OpenSSL did not take the CRL")
+
+
+def _native_crl(loaded: LoadedCrl) -> Any:
+    if _openssl_lib is None:
+        return None
+    if not loaded.native:  # a race of two threads parses it twice: harmless, the first kept
+        data = loaded.der_bytes()
+        bio = _openssl_lib.BIO_new_mem_buf(data, len(data))
+        if bio == _openssl_ffi.NULL:
+            _openssl_lib.ERR_clear_error()
+            return None
+        try:
+            parsed = _openssl_lib.d2i_X509_CRL_bio(bio, _openssl_ffi.NULL)
+        finally:
+            _openssl_lib.BIO_free(bio)
+        if parsed == _openssl_ffi.NULL:
+            _openssl_lib.ERR_clear_error()  # as above: the error is not a handshake's
+            return None
+        loaded.native.append(_openssl_ffi.gc(parsed, _openssl_lib.X509_CRL_free))
+    return loaded.native[0]
 
 
 def server_context(
@@ -926,6 +984,23 @@ class _ListenerSide:
     context: SSL.Context = attrs.field(eq=False)
 
 
+@attrs.frozen(eq=False)
+class _Reload:
+    """What a reload read, checked and built, not yet swapped in
+    (:meth:`TlsTransport._prepare_reload`)."""
+
+    file_crls: tuple[LoadedCrl, ...]
+    ocsp_cas: tuple[x509.Certificate, ...]
+    fetch_cas: tuple[x509.Certificate, ...]
+    fetched: dict[str, LoadedCrl]  # the fetched CRLs kept (their CA is still in ca_bundles)
+    crls: tuple[LoadedCrl, ...]
+    loaded: tuple[LoadedCertificate, ...]
+    listeners: list[_ListenerSide]
+    clients: dict[Mode, SSL.Context]
+    revoked: RevokedSerials | None
+    now: float
+
+
 class TlsTransport(StreamTransport):
     """SIP over TLS: :class:`StreamTransport` with a TLS handshake in :meth:`wrap`."""
 
@@ -1000,12 +1075,13 @@ class TlsTransport(StreamTransport):
         # None when neither is set (then nothing below costs anything). ``crl_get`` and
         # ``wall_clock`` are for tests. Nothing is fetched before serve() (check-config never).
         self.crl_fetcher: CrlFetcher | None = None
-        # Contexts swapped in so far (reload, fetched CRL, new listener): a fetched CRL's
-        # contexts built off the loop are built again if this moved meanwhile.
+        # Contexts swapped in so far (reload, fetched CRL, new listener): a fetched CRL's or
+        # an async reload's contexts built off the loop are built again if this moved
+        # meanwhile.
         self._generation = 0
-        self._applying = trio.Lock()  # fetched CRLs are applied one at a time
-        #: Builds a fetched CRL's contexts off the event loop; tests on trio's autojump clock
-        #: run it inline (the clock jumps while a worker thread runs).
+        self._applying = trio.Lock()  # fetched CRLs and async reloads: one at a time, FIFO
+        #: Builds a fetched CRL's or a reload's contexts off the event loop; tests on trio's
+        #: autojump clock run it inline (the clock jumps while a worker thread runs).
         self._in_thread: Callable[..., Any] = trio.to_thread.run_sync
         self._wall_clock = wall_clock
         self._fetched: dict[str, LoadedCrl] = {}
@@ -1185,64 +1261,151 @@ class TlsTransport(StreamTransport):
         return self._loaded
 
     def reload_certificates(self) -> tuple[LoadedCertificate, ...]:
-        """Read the certificate, key and CA bundles again and use them for new handshakes:
-        every listener's context and every outbound one made so far are rebuilt first, with
-        the same checks as at start-up, plus the certificate's validity period; only when all
-        of them succeed are they swapped in. Otherwise :class:`ReloadError` names the file and
-        the reason, and everything stays as it was. Connections up keep their contexts, but
-        those whose peer certificate the new CRLs revoke are closed (:meth:`_close_revoked`).
-        Fetched CRLs are fetched again now (:meth:`CrlFetcher.refetch`), either way."""
+        """Read the certificate, key, CA bundles and CRL files again and use them for new
+        handshakes: every listener's context and every outbound one made so far are rebuilt
+        first, with the same checks as at start-up, plus the certificate's validity period;
+        only when all of them succeed are they swapped in. Otherwise :class:`ReloadError` names
+        the file and the reason, and everything stays as it was. Connections up keep their
+        contexts, but those whose peer certificate the new CRLs revoke are closed
+        (:meth:`_close_revoked`). Fetched CRLs are fetched again now
+        (:meth:`CrlFetcher.refetch`), either way.
+
+        All of it on the calling thread: a large CRL stalls the event loop for as long as the
+        contexts take. SIGHUP runs :meth:`reload_certificates_async`, which builds them in a
+        worker thread."""
+        self._refetch_crls()
         paths = self._paths  # configured, generated (the same files, never regenerated) or None
-        now = time.time()
-        if self.crl_fetcher is not None:
-            # Whatever the files: an operator who just revoked a phone at its CA and sends
-            # SIGHUP expects the CRL now. Fetched later by the fetch task, with what this
-            # reload leaves (CAs, contexts).
-            self.crl_fetcher.refetch()
         try:
-            file_crls = self._read_crls()
-            for crl in file_crls:
-                # Copying an old CRL over a current one would fail every handshake of its CA.
-                problem = crl.problem(now)
-                if problem is not None:
-                    raise CertificateError(f"[plugins.{self.name}] crl_files: {problem}")
-            ocsp_cas = self._read_cas() if self.ocsp is not None else ()
-            fetch_cas = (ocsp_cas or self._read_cas()) if self.crl_fetcher is not None else ()
-            # A fetched CRL whose CA left ca_bundles is dropped, as a file of crl_files
-            # would be refused: nothing here could check its signature any more.
-            trusted = {ca.subject.public_bytes() for ca in fetch_cas}
-            fetched = {url: crl for url, crl in self._fetched.items() if crl.issuer_der in trusted}
-            crls = self._effective_crls(file_crls, fetched)
-            self._check_files(paths, crls)
-            loaded: tuple[LoadedCertificate, ...] = ()
-            if paths is not None:
-                loaded = (loaded_certificate(paths.certificate),)
-                problem = validity_problem(loaded[0], now=time.time())
-                if problem is not None:
-                    raise CertificateError(problem)
-            # On the event loop, as the reload hook is synchronous: an operator's SIGHUP, rare.
-            listeners, clients = self._build_contexts(
-                paths, self._listeners, tuple(self._client_contexts), crls
+            prepared = self._prepare_reload(
+                paths,
+                tuple(self._listeners),
+                tuple(self._client_contexts),
+                dict(self._fetched),
+                time.time(),
             )
         except CertificateError as exc:
             raise ReloadError(str(exc)) from None
-        if paths is not None:
-            self._warn(paths, loaded[0], tuple(side.address[0] for side in self._listeners))
-        # A fetched CRL's contexts being built now are built again from these (_generation).
-        self._swap_contexts(listeners, clients, crls)
-        self._loaded = loaded
-        self._file_crls = file_crls
-        self._ocsp_cas = ocsp_cas
-        self._fetch_cas = fetch_cas
+        return self._commit_reload(paths, prepared)
+
+    async def reload_certificates_async(self) -> tuple[LoadedCertificate, ...]:
+        """:meth:`reload_certificates` with the files read and checked and the contexts built
+        in a worker thread (``_in_thread``), then swapped in on the loop, all at once: a CRL of
+        some MiB takes hundreds of ms per context, during which every call's signalling would
+        wait. Reloads and fetched CRLs are applied one at a time, in the order they came
+        (``_applying``, a FIFO lock): of two SIGHUPs the second reads the files after the first
+        swapped, and a CRL fetched meanwhile is applied after the reload, from what it left. A
+        listener started (or a synchronous reload) while the contexts were built moves
+        ``_generation``: they are built again. The CRLs are fetched again once it ended
+        (swapped or refused), so that they are checked against the CAs it left, not those of
+        before it (a CA's new key, say)."""
+        try:
+            return await self._reload_async()
+        finally:
+            self._refetch_crls()
+
+    async def _reload_async(self) -> tuple[LoadedCertificate, ...]:
+        async with self._applying:
+            while True:
+                generation, paths, fetched = self._generation, self._paths, dict(self._fetched)
+                try:
+                    prepared = await self._in_thread(
+                        self._prepare_reload,
+                        paths,
+                        tuple(self._listeners),
+                        tuple(self._client_contexts),
+                        fetched,
+                        time.time(),
+                    )
+                except CertificateError as exc:
+                    raise ReloadError(str(exc)) from None
+                if (generation, fetched) == (self._generation, self._fetched) and (
+                    paths is self._paths
+                ):
+                    break
+            return self._commit_reload(paths, prepared)
+
+    def _refetch_crls(self) -> None:
         if self.crl_fetcher is not None:
-            self._forget_untrusted(fetched)
+            # Whatever the files: an operator who just revoked a phone at its CA and sends
+            # SIGHUP expects the CRL now. Fetched later by the fetch task, from what this
+            # reload leaves (CAs, contexts).
+            self.crl_fetcher.refetch()
+
+    def _prepare_reload(
+        self,
+        paths: CertificatePaths | None,
+        sides: Sequence[_ListenerSide],
+        modes: Sequence[Mode],
+        fetched: Mapping[str, LoadedCrl],
+        now: float,
+    ) -> _Reload:
+        """Everything a reload reads, checks and builds before it swaps anything: the files,
+        the contexts for ``sides`` and ``modes``, and the serials open connections are checked
+        against. Touches no state of the transport, so that it can run in a worker thread;
+        CertificateError names the file (the table and key for a CRL file)."""
+        file_crls = self._read_crls()
+        for crl in file_crls:
+            # Copying an old CRL over a current one would fail every handshake of its CA.
+            problem = crl.problem(now)
+            if problem is not None:
+                raise CertificateError(f"[plugins.{self.name}] crl_files: {problem}")
+        ocsp_cas = self._read_cas() if self.ocsp is not None else ()
+        fetch_cas = (ocsp_cas or self._read_cas()) if self.crl_fetcher is not None else ()
+        # A fetched CRL whose CA left ca_bundles is dropped, as a file of crl_files would be
+        # refused: nothing here could check its signature any more.
+        trusted = {ca.subject.public_bytes() for ca in fetch_cas}
+        kept = {url: crl for url, crl in fetched.items() if crl.issuer_der in trusted}
+        crls = self._effective_crls(file_crls, kept)
+        self._check_files(paths, crls)
+        loaded: tuple[LoadedCertificate, ...] = ()
+        if paths is not None:
+            loaded = (loaded_certificate(paths.certificate),)
+            problem = validity_problem(loaded[0], now=now)
+            if problem is not None:
+                raise CertificateError(problem)
+        listeners, clients = self._build_contexts(paths, sides, modes, crls)
+        return _Reload(
+            file_crls=file_crls,
+            ocsp_cas=ocsp_cas,
+            fetch_cas=fetch_cas,
+            fetched=kept,
+            crls=crls,
+            loaded=loaded,
+            listeners=listeners,
+            clients=clients,
+            # One pass over every entry: some 100 ms for 100 000 entries, in the thread too.
+            revoked=RevokedSerials(crls) if crls else None,
+            now=now,
+        )
+
+    def _commit_reload(
+        self, paths: CertificatePaths | None, prepared: _Reload
+    ) -> tuple[LoadedCertificate, ...]:
+        """Swap in what :meth:`_prepare_reload` made (on the loop, all at once), then log it
+        and close the connections the new CRLs revoke."""
+        if paths is not None:
+            self._warn(
+                paths, prepared.loaded[0], tuple(side.address[0] for side in self._listeners)
+            )
+        # A fetched CRL's contexts being built now are built again from these (_generation).
+        self._swap_contexts(prepared.listeners, prepared.clients, prepared.crls)
+        self._loaded = prepared.loaded
+        self._file_crls = prepared.file_crls
+        self._ocsp_cas = prepared.ocsp_cas
+        self._fetch_cas = prepared.fetch_cas
+        if self.crl_fetcher is not None:
+            self._forget_untrusted(prepared.fetched)
+            # An issuer looked at while its CA was not in ca_bundles (so its distribution
+            # points were not fetched) is looked at again at its next handshake: the reload
+            # may have added the CA. URLs known already are not added twice.
+            self._distribution_points_seen.clear()
         self._revoked_logged.clear()  # a phone still refused after the reload is logged again
-        self._announce_crls(now=now)
+        self._announce_crls(now=prepared.now)
         if paths is not None and self._own_staple_task:
             self._staple_for(paths)  # a new certificate: its own answer, fetched at once
-        if crls:
-            self._close_revoked(RevokedSerials(crls))
-        return loaded
+        if prepared.revoked is not None:
+            self._close_revoked(prepared.revoked)
+        return prepared.loaded
 
     # -- connections a reloaded CRL revokes -------------------------------------------------
 
@@ -1335,11 +1498,27 @@ class TlsTransport(StreamTransport):
         The contexts are built in a worker thread: each gets the whole CRL (OpenSSL parses it
         again into its store), some 150 ms per context for a CRL of some MiB, during which
         the event loop (every call's signalling) would stall. They are swapped in on the loop,
-        all at once. Fetched CRLs are applied one at a time (``_applying``); a reload (SIGHUP,
-        synchronous, so atomic on the loop) or a new listener that swapped contexts while
-        these were built is seen by :attr:`_generation`: they are built again from what it
-        left (the reload's files and CAs, this CRL too), so neither result is lost."""
+        all at once. Fetched CRLs and reloads (SIGHUP, :meth:`reload_certificates_async`) are
+        applied one at a time (``_applying``): a CRL fetched during a reload is applied after
+        it, from what it left. A CRL whose CA that reload took out of ``ca_bundles`` is not
+        used (the fetch checked it against the CAs before). A synchronous reload or a new
+        listener that swapped contexts while these were built is seen by
+        :attr:`_generation`: they are built again from what it left (the reload's files and
+        CAs, this CRL too), so neither result is lost."""
         async with self._applying:
+            if crl.issuer_der not in {ca.subject.public_bytes() for ca in self._fetch_cas}:
+                log.warning(
+                    "%s: the CRL fetched from %s is not used: its CA %s is no longer in "
+                    "ca_bundles (a reload during the fetch)",
+                    self.name,
+                    crl.path,
+                    crl.issuer,
+                )
+                # Nor kept as its URL's CRL in use (nor saved): with the CA back, the same CRL
+                # fetched again would be skipped as unchanged and never applied.
+                assert self.crl_fetcher is not None
+                self.crl_fetcher.forget_untrusted(self._fetch_cas)
+                return
             self._fetched[crl.path] = crl
             while True:
                 generation = self._generation

@@ -1,7 +1,7 @@
 """A fetched CRL's TLS contexts are built in a worker thread, not on the event loop (each gets
 the whole CRL: some 150 ms per context for a CRL of some MiB, benchmarks/crl_apply.py), and
 swapped in on the loop at once; a reload (SIGHUP) that swaps contexts while they are built is
-not undone by them.
+not undone by them. A CRL is parsed into OpenSSL once, whatever the number of contexts.
 
 Real worker threads, so trio's own clock, not the autojump clock (which jumps while a thread
 runs). Nothing waits on wall-clock time: the threads and the loop hand over through
@@ -14,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from gateway.plugins.transports import tls
@@ -166,3 +168,65 @@ async def test_a_reload_while_a_fetched_crls_contexts_are_built_is_not_undone(
         (URL, 7),
         (str(file_crl), 2),
     }
+
+
+def test_one_crl_is_parsed_into_openssl_once_for_every_context(
+    pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vendor = pki.ca("Vendor Factory CA")
+    crl = fetched(vendor, tmp_path, revoked=3)
+    parsed: list[object] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(lib, name)
+
+        def d2i_X509_CRL_bio(self, *args: Any) -> Any:
+            result = lib.d2i_X509_CRL_bio(*args)
+            parsed.append(result)
+            return result
+
+    lib = tls._openssl_lib
+    monkeypatch.setattr(tls, "_openssl_lib", Counting())
+    transport = transport_with_contexts(pki, vendor, tmp_path)
+    assert transport._paths is not None
+    sides, modes = tuple(transport._listeners) * 3, ("server-only", "mutual")
+    for _ in range(2):
+        transport._build_contexts(transport._paths, sides, modes, (crl,))
+    # Ten contexts, one parse (not one re-encoding and parse per context, as add_crl does).
+    assert len(parsed) == 1
+    again = check_crl_untrusted((tmp_path / "fetched.crl").read_bytes(), URL, [vendor.issued.x509])
+    transport._build_contexts(transport._paths, sides[:1], (), (again,))
+    assert len(parsed) == 2  # another CRL (say, the next fetch): its own parse
+
+
+def test_the_der_bytes_a_crl_was_read_from_are_kept_for_openssl_and_the_saved_copy(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    # Not encoded again by cryptography (under the GIL: some 30 ms for 4 MiB) when the bytes
+    # read were DER already, as a fetched CRL's are.
+    vendor = pki.ca("Vendor Factory CA")
+    der = vendor.crl(tmp_path / "vendor.crl", der=True, number=3)
+    from_der = check_crl_untrusted(der.read_bytes(), URL, [vendor.issued.x509])
+    assert from_der.der == der.read_bytes() and from_der.der_bytes() is from_der.der
+    pem = vendor.crl(tmp_path / "vendor.pem", number=3)
+    from_pem = check_crl_untrusted(pem.read_bytes(), str(pem), [vendor.issued.x509])
+    assert from_pem.der == b""
+    assert from_pem.der_bytes() == from_pem.crl.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_crl_openssl_refuses_leaves_no_error_for_a_later_handshake(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    # OpenSSL's error queue is per thread: an error left by a failed parse on the event loop's
+    # thread would be read by the next handshake there as its own failure.
+    vendor = pki.ca("Vendor Factory CA")
+    crl = attrs.evolve(fetched(vendor, tmp_path), der=b"\x30\x03not a CRL")
+    context = SSL.Context(SSL.TLS_METHOD)  # kept: the store is the context's, freed with it
+    store = context.get_cert_store()
+    assert store is not None
+    lib = tls._openssl_lib
+    lib.ERR_clear_error()
+    tls._add_crl(store, crl)  # OpenSSL cannot parse those bytes: pyOpenSSL's add_crl instead
+    assert not crl.native
+    assert lib.ERR_peek_error() == 0

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import datetime
 import math
-import struct
-from collections.abc import AsyncIterator
 
 import attrs
-import pytest
 import trio
 
 from gateway.core.config import PortRange
@@ -20,7 +17,6 @@ from gateway.core.interfaces import KeysReady, NegotiationFailed, SrtpKeys
 from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.policy import BUILTIN_POLICIES
-from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import MediaRelay
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
@@ -32,20 +28,23 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DtlsKeyExchange,
     DtlsNegotiation,
 )
-from tests.integration.media.phone_sockets import receive, udp_socket, until
+from tests.integration.media.phone_sockets import (
+    ADDRESS,
+    empty_receiver_report,
+    receive,
+    rtp,
+    udp_socket,
+    until,
+)
+from tests.integration.media.relay_fixtures import relay_fixture
 from tests.port_blocks import port_bases, port_block_text
 
-ADDRESS = "127.0.0.1"
 RELAY_PORTS = PortRange.parse(port_block_text(100))
 A_PHONE, B_PHONE = port_bases(2)
 NOW = datetime.datetime.now(datetime.UTC)
 GATEWAY_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
 PHONE_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
 OTHER_ID = generate_identity(now=NOW, max_age=datetime.timedelta(days=30))
-
-
-def rtp(sequence: int) -> bytes:
-    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, 0x1234ABCD) + b"\xd5" * 160
 
 
 def exchange(identity: object) -> DtlsKeyExchange:
@@ -75,18 +74,7 @@ def rtp_answer(*, rtcp_mux: bool = True) -> bytes:
     ).encode()
 
 
-def receiver_report(ssrc: int) -> bytes:
-    """RTCP RR without report blocks (RFC 3550 §6.4.2)."""
-    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
-
-
-@pytest.fixture
-async def relay() -> AsyncIterator[MediaRelay]:
-    media = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(media.serve)
-        yield media
-        nursery.cancel_scope.cancel()
+relay = relay_fixture(RELAY_PORTS)
 
 
 @attrs.define
@@ -330,7 +318,7 @@ async def test_separate_rtcp_port_runs_its_own_handshake_and_keys_srtcp(
             # RTP flows, RTCP is dropped, not sent in clear nor under the RTP port's keys.
             assert call.a.keys(0) is not None and call.a.rtcp_keys(0) is None
             assert call.a.record()["streams"][0]["rtcp_port_keyed"] is False
-            await b_rtcp.sendto(receiver_report(0xB0B), gateway_b_rtcp)
+            await b_rtcp.sendto(empty_receiver_report(0xB0B), gateway_b_rtcp)
             with trio.fail_after(5):
                 while call.session.streams[0].b_to_a.statistics().dropped_transform < 1:
                     await trio.sleep(0.01)
@@ -353,20 +341,21 @@ async def test_separate_rtcp_port_runs_its_own_handshake_and_keys_srtcp(
             assert call.failures == []
 
             # B's RTCP reaches the phone's RTCP port as SRTCP under that port's keys only.
-            await b_rtcp.sendto(receiver_report(0xB0B), gateway_b_rtcp)
+            await b_rtcp.sendto(empty_receiver_report(0xB0B), gateway_b_rtcp)
             with trio.fail_after(5):
                 while not rtcp_phone.rtp_received:
                     await trio.sleep(0.01)
             srtcp = rtcp_phone.rtp_received[0]
-            assert SrtpSession(rtcp_phone.keys).unprotect_rtcp(srtcp) == receiver_report(0xB0B)
+            unprotected = SrtpSession(rtcp_phone.keys).unprotect_rtcp(srtcp)
+            assert unprotected == empty_receiver_report(0xB0B)
             assert SrtpSession(phone.keys).unprotect_rtcp(srtcp) is None
             # And the phone's SRTCP from its RTCP port reaches B in clear.
-            sent = SrtpSession(rtcp_phone.keys).protect_rtcp(receiver_report(0xA11CE))
+            sent = SrtpSession(rtcp_phone.keys).protect_rtcp(empty_receiver_report(0xA11CE))
             assert sent is not None
             await a_rtcp.sendto(sent, gateway_a_rtcp)
             with trio.fail_after(5):
                 plain, _ = await b_rtcp.recvfrom(2048)
-            assert plain == receiver_report(0xA11CE)
+            assert plain == empty_receiver_report(0xA11CE)
             nursery.cancel_scope.cancel()
         call.keying.close()
         call.session.close()

@@ -11,17 +11,14 @@ Real UDP sockets on 127.0.0.1: the relay allocates from RELAY_PORTS, the phones 
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import trio
 
 from gateway.core.config import PortRange
 from gateway.core.media.dtmf import event_payload
-from gateway.core.media.ports import PortAllocator
-from gateway.core.media.relay import DtmfInterworking, MediaRelay, MediaStream
-from tests.integration.media.relay_fixtures import SUITES
-from tests.integration.media.test_srtp_relay import ADDRESS, Phone, bridge
+from gateway.core.media.relay import DtmfInterworking, MediaStream
+from tests.integration.media.phone_sockets import Phone
+from tests.integration.media.relay_fixtures import SUITES, bridge, in_process_fixtures
 from tests.port_blocks import port_block_text
 
 RELAY_PORTS = PortRange.parse(port_block_text(100))
@@ -41,28 +38,7 @@ def fields(packet: bytes) -> tuple[bool, int, int, int, int]:
     return bool(second & 0x80), second & 0x7F, sequence, timestamp, ssrc
 
 
-@pytest.fixture
-async def relay(nursery: trio.Nursery) -> AsyncIterator[MediaRelay]:
-    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
-    await nursery.start(relay.serve)
-    yield relay
-    relay.close()
-    assert relay.allocator.in_use == 0
-
-
-@pytest.fixture
-def stream(relay: MediaRelay) -> Iterator[MediaStream]:
-    with relay.open_stream() as stream:
-        yield stream
-
-
-@pytest.fixture
-def phones() -> Iterator[tuple[Phone, Phone]]:
-    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
-    pairs = [allocator.allocate(), allocator.allocate()]
-    yield Phone(pairs[0]), Phone(pairs[1])
-    for pair in pairs:
-        pair.close()
+relay, stream, phones = in_process_fixtures(RELAY_PORTS, PHONE_PORTS)
 
 
 @pytest.mark.parametrize(("a_suite", "b_suite"), SUITES)

@@ -17,8 +17,8 @@ import pytest
 from gateway.core.config import PortRange
 from gateway.core.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, G711Transcoding, Law
 from gateway.core.media.relay import Direction, MediaStream
-from tests.integration.media.relay_fixtures import SUITES, in_process_fixtures
-from tests.integration.media.test_srtp_relay import Phone, bridge, receiver_report
+from tests.integration.media.phone_sockets import Phone, receiver_report
+from tests.integration.media.relay_fixtures import SUITES, bridge, in_process_fixtures
 from tests.port_blocks import port_block_text
 
 RELAY_PORTS = PortRange.parse(port_block_text(100))

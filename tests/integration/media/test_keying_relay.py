@@ -5,32 +5,24 @@ tests/port_blocks.py)."""
 from __future__ import annotations
 
 import os
-import struct
-from collections.abc import AsyncIterator
 
-import pytest
 import trio
 
 from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.policy import BUILTIN_POLICIES
-from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import MediaRelay
 from gateway.core.media.security import LegSecurity
 from gateway.core.media.session import MediaSession
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from tests.integration.media.phone_sockets import receive, udp_socket, until
+from tests.integration.media.phone_sockets import ADDRESS, receive, rtp, udp_socket, until
+from tests.integration.media.relay_fixtures import relay_fixture
 from tests.port_blocks import port_bases, port_block_text
 
-ADDRESS = "127.0.0.1"
 RELAY_PORTS = PortRange.parse(port_block_text(100))
 A_PHONE, B_PHONE = port_bases(2)
-
-
-def rtp(sequence: int) -> bytes:
-    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, 0x1234ABCD) + b"\xd5" * 160
 
 
 def sdp_for(port: int) -> bytes:
@@ -57,13 +49,7 @@ class FakeLeg(LegSecurity):
         return self.fake_keys
 
 
-@pytest.fixture
-async def relay() -> AsyncIterator[MediaRelay]:
-    media = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(media.serve)
-        yield media
-        nursery.cancel_scope.cancel()
+relay = relay_fixture(RELAY_PORTS)
 
 
 async def test_srtp_leg_gets_nothing_before_keys_then_only_srtp(relay: MediaRelay) -> None:

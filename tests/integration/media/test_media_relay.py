@@ -3,10 +3,11 @@
 The relay allocates from RELAY_PORTS (tests of one small range use SMALL_PORTS) and the phones from
 PHONE_PORTS: blocks of this process (tests/port_blocks.py), so neither other tests (of this run or
 another) nor the ports the kernel picks for outgoing sockets meet them. Nothing waits a fixed time:
-a test waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``. To
-show that a packet was *not* forwarded, a test sends it, waits until the relay has counted the drop
-(or, on a socket connected to its latched source, until the kernel has refused it), then sends a
-marker on the same path: the marker must be the first thing to arrive.
+a test waits for a packet (``fail_after`` bounds it) or polls a counter (``until``). To show that a
+packet was *not* forwarded, a test sends it, waits until the relay has counted the drop (or, on a
+socket connected to its latched source, until the kernel has refused it), then sends a marker on
+the same path: the marker must be the first thing to arrive. The phones and their packets are
+phone_sockets.py's.
 """
 
 from __future__ import annotations
@@ -26,30 +27,28 @@ import trio
 from gateway.core.config import PortRange
 from gateway.core.media import relay as relay_module
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
-from gateway.core.media.ports import PortAllocator, PortPair
+from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import (
     Direction,
     MediaRelay,
     MediaStream,
     Transforms,
 )
+from tests.integration.media.phone_sockets import (
+    ADDRESS,
+    TIMEOUT,
+    PlainPhone,
+    can_bind,
+    empty_receiver_report,
+    rtp,
+    until,
+)
+from tests.integration.media.relay_fixtures import make_phone_fixture
 from tests.port_blocks import port_block_text
 
-ADDRESS = "127.0.0.1"
 RELAY_PORTS = PortRange.parse(port_block_text(400))
 PHONE_PORTS = PortRange.parse(port_block_text(200))
 SMALL_PORTS = PortRange.parse(port_block_text(6))  # three pairs: one stream and a half
-TIMEOUT = 5.0
-
-
-def rtp(sequence: int, *, ssrc: int = 0x1234ABCD, payload: bytes = b"\xd5" * 160) -> bytes:
-    """RTP, PCMU (RFC 3550 §5.1)."""
-    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, ssrc) + payload
-
-
-def receiver_report(ssrc: int = 0x1234ABCD) -> bytes:
-    """RTCP RR without report blocks (RFC 3550 §6.4.2)."""
-    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
 
 
 class FakeClock:
@@ -60,36 +59,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Phone:
-    """A UDP endpoint with an RTP socket on an even port and RTCP on the next one."""
-
-    def __init__(self, pair: PortPair) -> None:
-        self.pair = pair
-        self.rtp = trio.socket.from_stdlib_socket(pair.rtp_socket)
-        self.rtcp = trio.socket.from_stdlib_socket(pair.rtcp_socket)
-
-    @property
-    def rtp_address(self) -> tuple[str, int]:
-        return (ADDRESS, self.pair.rtp_port)
-
-    @property
-    def rtcp_address(self) -> tuple[str, int]:
-        return (ADDRESS, self.pair.rtcp_port)
-
-    async def send(self, packet: bytes, port: int, *, from_rtcp: bool = False) -> None:
-        await (self.rtcp if from_rtcp else self.rtp).sendto(packet, (ADDRESS, port))
-
-    async def receive(self, *, on_rtcp: bool = False) -> tuple[bytes, Any]:
-        with trio.fail_after(TIMEOUT):
-            return await (self.rtcp if on_rtcp else self.rtp).recvfrom(65536)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(TIMEOUT):
-        while not condition():
-            await trio.sleep(0)
 
 
 SO_MEMINFO = 55  # Linux <asm-generic/socket.h>; not in Python's socket module
@@ -103,7 +72,9 @@ def queued_octets(sock: socket.socket) -> int:
     return octets
 
 
-async def queue_datagrams(relay_socket: socket.socket, sends: list[tuple[Phone, bytes]]) -> None:
+async def queue_datagrams(
+    relay_socket: socket.socket, sends: list[tuple[PlainPhone, bytes]]
+) -> None:
     """Each phone sends its datagram to ``relay_socket`` of a relay that does not serve yet; each
     is in the socket's queue before the next is sent, so the relay finds them all, in order."""
     for phone, packet in sends:
@@ -115,9 +86,9 @@ async def queue_datagrams(relay_socket: socket.socket, sends: list[tuple[Phone, 
 async def serve_after_queueing(
     relay: MediaRelay,
     nursery: trio.Nursery,
-    alice: Phone,
-    bob: Phone,
-    sends: list[tuple[Phone, bytes]],
+    alice: PlainPhone,
+    bob: PlainPhone,
+    sends: list[tuple[PlainPhone, bytes]],
 ) -> MediaStream:
     """A stream from alice (leg A) to bob on ``relay``, which does not serve yet; ``sends`` wait
     in the queue of its A-side RTP socket when the relay starts serving."""
@@ -141,15 +112,6 @@ async def assert_refused_by_the_kernel(packet: bytes, port: int) -> None:
             await stranger.recv(2048)
 
 
-def can_bind(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind((ADDRESS, port))
-        except OSError:
-            return False
-        return True
-
-
 def local_ports(stream: MediaStream) -> list[int]:
     return [p for side in (stream.a, stream.b) for p in (side.ports.rtp_port, side.ports.rtcp_port)]
 
@@ -157,6 +119,8 @@ def local_ports(stream: MediaStream) -> list[int]:
 StartRelay = Callable[..., Awaitable[MediaRelay]]
 
 
+# Not relay_fixtures.py's relay_fixture: a test here starts several relays, on other ranges,
+# with other settings, or not serving yet; ``relay`` below is the first of them.
 @pytest.fixture
 async def start_relay(nursery: trio.Nursery) -> AsyncIterator[StartRelay]:
     relays: list[MediaRelay] = []
@@ -176,18 +140,7 @@ async def start_relay(nursery: trio.Nursery) -> AsyncIterator[StartRelay]:
         assert relay.allocator.in_use == 0
 
 
-@pytest.fixture
-def make_phone() -> Iterator[Callable[[], Phone]]:
-    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
-    pairs: list[PortPair] = []
-
-    def make() -> Phone:
-        pairs.append(allocator.allocate())
-        return Phone(pairs[-1])
-
-    yield make
-    for pair in pairs:
-        pair.close()
+make_phone = make_phone_fixture(PHONE_PORTS)
 
 
 @pytest.fixture
@@ -202,17 +155,17 @@ def stream(relay: MediaRelay) -> Iterator[MediaStream]:
 
 
 @pytest.fixture
-def alice(make_phone: Callable[[], Phone]) -> Phone:
+def alice(make_phone: Callable[[], PlainPhone]) -> PlainPhone:
     return make_phone()
 
 
 @pytest.fixture
-def bob(make_phone: Callable[[], Phone]) -> Phone:
+def bob(make_phone: Callable[[], PlainPhone]) -> PlainPhone:
     return make_phone()
 
 
 @pytest.fixture
-def connected(stream: MediaStream, alice: Phone, bob: Phone) -> MediaStream:
+def connected(stream: MediaStream, alice: PlainPhone, bob: PlainPhone) -> MediaStream:
     """The stream with both SDP addresses known: alice on leg A, bob on leg B."""
     stream.a.set_remote(alice.rtp_address)
     stream.b.set_remote(bob.rtp_address)
@@ -222,7 +175,9 @@ def connected(stream: MediaStream, alice: Phone, bob: Phone) -> MediaStream:
 # -- forwarding ---------------------------------------------------------------------------------
 
 
-async def test_rtp_flows_both_ways_unchanged(connected: MediaStream, alice: Phone, bob: Phone):
+async def test_rtp_flows_both_ways_unchanged(
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone
+):
     stream = connected
     for sequence in range(3):
         await alice.send(rtp(sequence), stream.a.ports.rtp_port)
@@ -238,7 +193,7 @@ async def test_rtp_flows_both_ways_unchanged(connected: MediaStream, alice: Phon
 
 
 async def test_several_streams_and_changes_while_serving(
-    relay: MediaRelay, make_phone: Callable[[], Phone]
+    relay: MediaRelay, make_phone: Callable[[], PlainPhone]
 ):
     streams = [relay.open_stream() for _ in range(6)]
     phones = [(make_phone(), make_phone()) for _ in streams]
@@ -263,7 +218,7 @@ async def test_several_streams_and_changes_while_serving(
 
 
 async def test_latches_the_source_behind_a_nat_not_the_sdp_port(
-    stream: MediaStream, make_phone: Callable[[], Phone], bob: Phone
+    stream: MediaStream, make_phone: Callable[[], PlainPhone], bob: PlainPhone
 ):
     in_sdp, behind_nat = make_phone(), make_phone()  # the NAT maps alice's port to another one
     stream.a.set_remote(in_sdp.rtp_address)
@@ -282,7 +237,7 @@ async def test_latches_the_source_behind_a_nat_not_the_sdp_port(
 
 
 async def test_once_latched_a_stranger_is_refused_by_the_kernel(
-    connected: MediaStream, alice: Phone, bob: Phone
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
     stream = connected
     await alice.send(rtp(1), stream.a.ports.rtp_port)
@@ -299,9 +254,9 @@ async def test_once_latched_a_stranger_is_refused_by_the_kernel(
 async def test_a_strangers_datagram_queued_before_the_latch_is_dropped_and_counted(
     start_relay: StartRelay,
     nursery: trio.Nursery,
-    alice: Phone,
-    bob: Phone,
-    make_phone: Callable[[], Phone],
+    alice: PlainPhone,
+    bob: PlainPhone,
+    make_phone: Callable[[], PlainPhone],
 ):
     # Connecting a socket does not purge its queue: what arrived before may be anyone's.
     relay, stranger = await start_relay(serving=False), make_phone()
@@ -323,7 +278,7 @@ async def test_a_strangers_datagram_queued_before_the_latch_is_dropped_and_count
 
 
 async def test_datagrams_queued_behind_the_latching_one_are_relayed_in_order(
-    start_relay: StartRelay, nursery: trio.Nursery, alice: Phone, bob: Phone
+    start_relay: StartRelay, nursery: trio.Nursery, alice: PlainPhone, bob: PlainPhone
 ):
     relay = await start_relay(serving=False)
     # All wait in the relay's socket when it latches alice.
@@ -338,7 +293,7 @@ async def test_datagrams_queued_behind_the_latching_one_are_relayed_in_order(
 
 
 async def test_a_backlog_longer_than_a_wake_up_is_served_without_more_traffic(
-    start_relay: StartRelay, nursery: trio.Nursery, alice: Phone, bob: Phone
+    start_relay: StartRelay, nursery: trio.Nursery, alice: PlainPhone, bob: PlainPhone
 ):
     # One round per wake-up: the relay reads the latching datagram, the connect reads the rest
     # into the backlog, and nothing else will ever make epoll report a socket.
@@ -350,9 +305,9 @@ async def test_a_backlog_longer_than_a_wake_up_is_served_without_more_traffic(
 async def test_a_socket_that_holds_too_much_at_the_latch_stays_unconnected_and_checked(
     start_relay: StartRelay,
     nursery: trio.Nursery,
-    alice: Phone,
-    bob: Phone,
-    make_phone: Callable[[], Phone],
+    alice: PlainPhone,
+    bob: PlainPhone,
+    make_phone: Callable[[], PlainPhone],
     monkeypatch: pytest.MonkeyPatch,
 ):
     monkeypatch.setattr(relay_module, "_MOST_DATAGRAMS_READ_AT_CONNECT", 2)
@@ -371,7 +326,7 @@ async def test_a_socket_that_holds_too_much_at_the_latch_stays_unconnected_and_c
 
 
 async def test_relatch_after_the_latched_source_was_silent(
-    start_relay: StartRelay, make_phone: Callable[[], Phone]
+    start_relay: StartRelay, make_phone: Callable[[], PlainPhone]
 ):
     clock = FakeClock()
     relay = await start_relay(relatch_after=10.0, clock=clock)
@@ -395,7 +350,7 @@ async def test_relatch_after_the_latched_source_was_silent(
 
 
 async def test_without_relatch_a_silent_source_stays_latched(
-    start_relay: StartRelay, make_phone: Callable[[], Phone]
+    start_relay: StartRelay, make_phone: Callable[[], PlainPhone]
 ):
     clock = FakeClock()
     relay = await start_relay(clock=clock)
@@ -413,7 +368,7 @@ async def test_without_relatch_a_silent_source_stays_latched(
 
 
 async def test_a_new_sdp_address_forgets_the_latch(
-    connected: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone, make_phone: Callable[[], PlainPhone]
 ):
     stream = connected
     await alice.send(rtp(1), stream.a.ports.rtp_port)
@@ -435,7 +390,7 @@ async def test_a_new_sdp_address_forgets_the_latch(
 
 
 async def test_a_replaced_source_still_sending_cannot_take_the_socket_back_for_a_while(
-    start_relay: StartRelay, make_phone: Callable[[], Phone]
+    start_relay: StartRelay, make_phone: Callable[[], PlainPhone]
 ):
     # A transfer: the leg's peer changes from alice to carol while alice, who is leaving, still
     # sends (music on hold). Without the quarantine her next packet latched the socket again
@@ -480,7 +435,7 @@ async def test_a_replaced_source_still_sending_cannot_take_the_socket_back_for_a
 
 
 async def test_no_destination_until_sdp_or_latching_gives_one(
-    stream: MediaStream, alice: Phone, bob: Phone
+    stream: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
     stream.a.set_remote(alice.rtp_address)  # leg B has sent no SDP yet
     await alice.send(rtp(1), stream.a.ports.rtp_port)
@@ -517,20 +472,22 @@ async def test_sdp_addresses_are_checked(
 # -- RTCP and rtcp-mux --------------------------------------------------------------------------
 
 
-async def test_rtcp_mux_side_to_non_mux_side(stream: MediaStream, alice: Phone, bob: Phone):
+async def test_rtcp_mux_side_to_non_mux_side(
+    stream: MediaStream, alice: PlainPhone, bob: PlainPhone
+):
     stream.a.set_remote(alice.rtp_address, rtcp_mux=True)
     stream.b.set_remote(bob.rtp_address)  # RTCP implied at RTP port + 1 (RFC 3605 §2.1)
 
-    await alice.send(receiver_report(), stream.a.ports.rtp_port)  # RFC 5761: on the RTP port
+    await alice.send(empty_receiver_report(), stream.a.ports.rtp_port)  # RFC 5761: on the RTP port
     assert await bob.receive(on_rtcp=True) == (
-        receiver_report(),
+        empty_receiver_report(),
         (ADDRESS, stream.b.ports.rtcp_port),
     )
     await alice.send(rtp(1), stream.a.ports.rtp_port)
     assert await bob.receive() == (rtp(1), (ADDRESS, stream.b.ports.rtp_port))
 
-    await bob.send(receiver_report(5), stream.b.ports.rtcp_port, from_rtcp=True)
-    assert await alice.receive() == (receiver_report(5), (ADDRESS, stream.a.ports.rtp_port))
+    await bob.send(empty_receiver_report(5), stream.b.ports.rtcp_port, from_rtcp=True)
+    assert await alice.receive() == (empty_receiver_report(5), (ADDRESS, stream.a.ports.rtp_port))
     await bob.send(rtp(2), stream.b.ports.rtp_port)
     assert await alice.receive() == (rtp(2), (ADDRESS, stream.a.ports.rtp_port))
 
@@ -541,40 +498,45 @@ async def test_rtcp_mux_side_to_non_mux_side(stream: MediaStream, alice: Phone, 
 
 
 async def test_rtcp_to_an_explicit_a_rtcp_address(
-    stream: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+    stream: MediaStream, alice: PlainPhone, bob: PlainPhone, make_phone: Callable[[], PlainPhone]
 ):
     elsewhere = make_phone()
     stream.a.set_remote(alice.rtp_address, rtcp_mux=True)
     stream.b.set_remote(bob.rtp_address, rtcp=elsewhere.rtp_address)  # a=rtcp (RFC 3605)
-    await alice.send(receiver_report(), stream.a.ports.rtp_port)
-    assert await elsewhere.receive() == (receiver_report(), (ADDRESS, stream.b.ports.rtcp_port))
+    await alice.send(empty_receiver_report(), stream.a.ports.rtp_port)
+    assert await elsewhere.receive() == (
+        empty_receiver_report(),
+        (ADDRESS, stream.b.ports.rtcp_port),
+    )
 
 
-async def test_rtcp_between_sides_without_mux(connected: MediaStream, alice: Phone, bob: Phone):
+async def test_rtcp_between_sides_without_mux(
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone
+):
     stream = connected
-    await alice.send(receiver_report(), stream.a.ports.rtcp_port, from_rtcp=True)
+    await alice.send(empty_receiver_report(), stream.a.ports.rtcp_port, from_rtcp=True)
     assert await bob.receive(on_rtcp=True) == (
-        receiver_report(),
+        empty_receiver_report(),
         (ADDRESS, stream.b.ports.rtcp_port),
     )
     # Without rtcp-mux the RTP port carries only RTP, whatever the second octet says.
-    looks_like_rtcp = receiver_report() + bytes(4)  # 12 octets: long enough for RTP
+    looks_like_rtcp = empty_receiver_report() + bytes(4)  # 12 octets: long enough for RTP
     await alice.send(looks_like_rtcp, stream.a.ports.rtp_port)
     assert await bob.receive() == (looks_like_rtcp, (ADDRESS, stream.b.ports.rtp_port))
     assert stream.a_to_b.statistics().rtcp_packets == 1
     assert stream.a_to_b.statistics().rtp_packets == 1
 
 
-async def test_rtcp_mux_on_both_sides(stream: MediaStream, alice: Phone, bob: Phone):
+async def test_rtcp_mux_on_both_sides(stream: MediaStream, alice: PlainPhone, bob: PlainPhone):
     stream.a.set_remote(alice.rtp_address, rtcp_mux=True)
     stream.b.set_remote(bob.rtp_address, rtcp_mux=True)
-    await alice.send(receiver_report(), stream.a.ports.rtp_port)
-    assert await bob.receive() == (receiver_report(), (ADDRESS, stream.b.ports.rtp_port))
+    await alice.send(empty_receiver_report(), stream.a.ports.rtp_port)
+    assert await bob.receive() == (empty_receiver_report(), (ADDRESS, stream.b.ports.rtp_port))
     assert stream.a_to_b.statistics().rtcp_packets == 1
 
 
 async def test_an_rtcp_observer_sees_rtcp_only_and_rtp_routes_stay_as_they_were(
-    stream: MediaStream, alice: Phone, bob: Phone
+    stream: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
     """Call quality reads RTCP (RFC 5761 §4 muxed on the RTP port, and on its own port), after
     the inbound transform; RTP never reaches it and its routes are built as without it, and a
@@ -600,15 +562,15 @@ async def test_an_rtcp_observer_sees_rtcp_only_and_rtp_routes_stay_as_they_were(
     assert (rtp_route.plain, rtp_route.in_place, rtp_route.transform_in, rtp_route.step_in) == (
         before
     )
-    await alice.send(receiver_report(), stream.a.ports.rtp_port)  # muxed
-    assert (await bob.receive(on_rtcp=True))[0] == receiver_report() + b"<in>"
-    await bob.send(receiver_report(5), stream.b.ports.rtcp_port, from_rtcp=True)
-    assert (await alice.receive())[0] == receiver_report(5)  # forwarded though it raised
-    assert seen == [("a", receiver_report() + b"<in>"), ("b", receiver_report(5))]
+    await alice.send(empty_receiver_report(), stream.a.ports.rtp_port)  # muxed
+    assert (await bob.receive(on_rtcp=True))[0] == empty_receiver_report() + b"<in>"
+    await bob.send(empty_receiver_report(5), stream.b.ports.rtcp_port, from_rtcp=True)
+    assert (await alice.receive())[0] == empty_receiver_report(5)  # forwarded though it raised
+    assert seen == [("a", empty_receiver_report() + b"<in>"), ("b", empty_receiver_report(5))]
 
     stream.a_to_b.rtcp_observer = None
-    await alice.send(receiver_report(7), stream.a.ports.rtp_port)
-    assert (await bob.receive(on_rtcp=True))[0] == receiver_report(7) + b"<in>"
+    await alice.send(empty_receiver_report(7), stream.a.ports.rtp_port)
+    assert (await bob.receive(on_rtcp=True))[0] == empty_receiver_report(7) + b"<in>"
     assert len(seen) == 2
     assert stream.b_to_a.statistics().dropped == 0
 
@@ -617,12 +579,12 @@ async def test_an_rtcp_observer_sees_rtcp_only_and_rtp_routes_stay_as_they_were(
 
 
 async def test_a_blocked_direction_forwards_nothing(
-    connected: MediaStream, alice: Phone, bob: Phone
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
     stream = connected
     stream.a_to_b.blocked = True
     await alice.send(rtp(1), stream.a.ports.rtp_port)
-    await alice.send(receiver_report(), stream.a.ports.rtcp_port, from_rtcp=True)
+    await alice.send(empty_receiver_report(), stream.a.ports.rtcp_port, from_rtcp=True)
     await until(lambda: stream.a_to_b.statistics().dropped_blocked == 2)
 
     await bob.send(rtp(2), stream.b.ports.rtp_port)  # the other direction still flows
@@ -636,7 +598,7 @@ async def test_a_blocked_direction_forwards_nothing(
 
 
 async def test_changes_in_a_row_cost_one_rebuild_and_all_hold_for_the_next_packet(
-    connected: MediaStream, alice: Phone, bob: Phone, monkeypatch: pytest.MonkeyPatch
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone, monkeypatch: pytest.MonkeyPatch
 ):
     stream = connected
     rebuilds: list[MediaStream] = []
@@ -664,7 +626,7 @@ async def test_changes_in_a_row_cost_one_rebuild_and_all_hold_for_the_next_packe
 
 
 async def test_transforms_apply_per_kind_and_none_drops(
-    stream: MediaStream, alice: Phone, bob: Phone
+    stream: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
     stream.a.set_remote(alice.rtp_address, rtcp_mux=True)
     stream.b.set_remote(bob.rtp_address, rtcp_mux=True)
@@ -679,8 +641,8 @@ async def test_transforms_apply_per_kind_and_none_drops(
     await until(lambda: stream.a_to_b.statistics().dropped_transform == 1)
     await alice.send(rtp(2), stream.a.ports.rtp_port)
     assert (await bob.receive())[0] == rtp(2) + b"<in><out>"
-    await alice.send(receiver_report(), stream.a.ports.rtp_port)
-    assert (await bob.receive())[0] == receiver_report() + b"<rtcp>"
+    await alice.send(empty_receiver_report(), stream.a.ports.rtp_port)
+    assert (await bob.receive())[0] == empty_receiver_report() + b"<rtcp>"
 
     await bob.send(rtp(3), stream.b.ports.rtp_port)  # the other direction has its own slots
     assert (await alice.receive())[0] == rtp(3)
@@ -691,7 +653,7 @@ async def test_transforms_apply_per_kind_and_none_drops(
 
 
 async def test_a_raising_transform_drops_counts_and_logs_once(
-    connected: MediaStream, alice: Phone, bob: Phone, caplog: pytest.LogCaptureFixture
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone, caplog: pytest.LogCaptureFixture
 ):
     stream = connected
 
@@ -715,7 +677,7 @@ async def test_a_raising_transform_drops_counts_and_logs_once(
 
 
 async def test_taps_see_packets_between_the_transforms(
-    connected: MediaStream, alice: Phone, bob: Phone
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
     stream = connected
     seen: list[tuple[Direction, bytes]] = []
@@ -747,7 +709,7 @@ async def test_taps_see_packets_between_the_transforms(
 
 
 async def test_a_tap_may_close_its_stream_while_the_relay_serves(
-    relay: MediaRelay, make_phone: Callable[[], Phone]
+    relay: MediaRelay, make_phone: Callable[[], PlainPhone]
 ):
     doomed, survivor = relay.open_stream(), relay.open_stream()
     phones = {s: (make_phone(), make_phone()) for s in (doomed, survivor)}
@@ -769,7 +731,7 @@ async def test_a_tap_may_close_its_stream_while_the_relay_serves(
 
 
 async def test_malformed_packets_are_dropped_and_do_not_latch(
-    connected: MediaStream, alice: Phone, bob: Phone, make_phone: Callable[[], Phone]
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone, make_phone: Callable[[], PlainPhone]
 ):
     stream, stranger = connected, make_phone()
     for packet in (b"\x40" + rtp(1)[1:], b"\x80\x00\x00", rtp(1)[:11], b""):
@@ -783,7 +745,7 @@ async def test_malformed_packets_are_dropped_and_do_not_latch(
 
 
 async def test_dtls_datagrams_go_to_the_handler_of_the_socket_they_arrive_on(
-    connected: MediaStream, alice: Phone
+    connected: MediaStream, alice: PlainPhone
 ):
     # RFC 5764 §4.1: without rtcp-mux the RTCP port runs its own handshake, so each socket of a
     # side hands DTLS (RFC 7983: first byte 20..63) to its own handler and answers from itself.
@@ -821,20 +783,20 @@ async def test_dtls_datagrams_go_to_the_handler_of_the_socket_they_arrive_on(
 
 
 async def test_short_rtcp_is_accepted_down_to_eight_octets(
-    connected: MediaStream, alice: Phone, bob: Phone
+    connected: MediaStream, alice: PlainPhone, bob: PlainPhone
 ):
     stream = connected
-    await alice.send(receiver_report()[:7], stream.a.ports.rtcp_port, from_rtcp=True)
+    await alice.send(empty_receiver_report()[:7], stream.a.ports.rtcp_port, from_rtcp=True)
     await until(lambda: stream.a_to_b.statistics().dropped_malformed == 1)
-    await alice.send(receiver_report(), stream.a.ports.rtcp_port, from_rtcp=True)
-    assert (await bob.receive(on_rtcp=True))[0] == receiver_report()
+    await alice.send(empty_receiver_report(), stream.a.ports.rtcp_port, from_rtcp=True)
+    assert (await bob.receive(on_rtcp=True))[0] == empty_receiver_report()
 
 
 # -- inactivity ---------------------------------------------------------------------------------
 
 
 async def test_idle_streams_are_those_without_recent_media(
-    start_relay: StartRelay, make_phone: Callable[[], Phone]
+    start_relay: StartRelay, make_phone: Callable[[], PlainPhone]
 ):
     clock = FakeClock()
     clock.now = 100.0
@@ -912,7 +874,7 @@ ROUTE_COUNTERS = (
 
 
 async def test_a_closed_stream_is_freed_without_the_cyclic_collector(
-    relay: MediaRelay, alice: Phone, bob: Phone
+    relay: MediaRelay, alice: PlainPhone, bob: PlainPhone
 ):
     # Its endpoints and callbacks pointed back at it: reference cycles that only gc freed, so
     # every call left ~40 objects and four socket objects for the collector to walk.

@@ -10,9 +10,7 @@ packet that must not arrive is shown by a counted drop followed by a marker that
 from __future__ import annotations
 
 import itertools
-import socket
-import struct
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,27 +23,25 @@ from gateway.core.media.session import MediaSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
+from tests.integration.media.phone_sockets import (
+    ADDRESS,
+    TIMEOUT,
+    can_bind,
+    empty_receiver_report,
+    rtp,
+    until,
+)
+from tests.integration.media.relay_fixtures import relay_fixture
 from tests.port_blocks import port_block_text
 
-ADDRESS = "127.0.0.1"
 RELAY_PORTS = PortRange.parse(port_block_text(400))
 PHONE_PORTS = PortRange.parse(port_block_text(200))
-TIMEOUT = 5.0
-
-
-def rtp(sequence: int, *, ssrc: int = 0x1234ABCD) -> bytes:
-    """RTP, PCMU (RFC 3550 §5.1)."""
-    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, ssrc) + b"\xd5" * 160
-
-
-def receiver_report(ssrc: int) -> bytes:
-    """RTCP RR without report blocks (RFC 3550 §6.4.2)."""
-    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
 
 
 class Phone:
     """A UDP endpoint with RTP on an even port and RTCP on the next; it reads its peer's port
-    from the SDP it is given, as a phone does."""
+    from the SDP it is given, as a phone does (phone_sockets.py's phones are told the relay's
+    port by the test instead)."""
 
     def __init__(self, pair: PortPair, *, rtcp_mux: bool = False) -> None:
         self.pair = pair
@@ -91,28 +87,7 @@ class Phone:
             return await (self.rtcp if on_rtcp else self.rtp).recvfrom(65536)
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(TIMEOUT):
-        while not condition():
-            await trio.sleep(0)
-
-
-def can_bind(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind((ADDRESS, port))
-        except OSError:
-            return False
-        return True
-
-
-@pytest.fixture
-async def relay(nursery: trio.Nursery) -> AsyncIterator[MediaRelay]:
-    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
-    await nursery.start(relay.serve)
-    yield relay
-    relay.close()
-    assert relay.allocator.in_use == 0
+relay = relay_fixture(RELAY_PORTS)
 
 
 @pytest.fixture
@@ -158,11 +133,11 @@ async def test_rtp_and_rtcp_with_rtcp_mux_on_leg_a_only(
     assert await alice.receive() == (rtp(9, ssrc=7), (ADDRESS, alice.remote_rtp))
 
     # RTCP from alice's RTP port arrives on bob's RTCP port from our RTCP port, and back.
-    await alice.send_rtcp(receiver_report(0x1234ABCD))
+    await alice.send_rtcp(empty_receiver_report(0x1234ABCD))
     report, source = await bob.receive(on_rtcp=True)
-    assert (report, source) == (receiver_report(0x1234ABCD), (ADDRESS, bob.remote_rtcp))
-    await bob.send_rtcp(receiver_report(7))
-    assert await alice.receive() == (receiver_report(7), (ADDRESS, alice.remote_rtp))
+    assert (report, source) == (empty_receiver_report(0x1234ABCD), (ADDRESS, bob.remote_rtcp))
+    await bob.send_rtcp(empty_receiver_report(7))
+    assert await alice.receive() == (empty_receiver_report(7), (ADDRESS, alice.remote_rtp))
 
     stats = session.statistics()
     assert (stats["a_to_b_packets"], stats["b_to_a_packets"]) == (4, 2)

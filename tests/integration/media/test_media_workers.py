@@ -18,7 +18,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pylibsrtp
@@ -33,94 +32,36 @@ from gateway.core.media.ice import IceCredentials, IceLiteResponder
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.ports import rtp_ports
 from gateway.core.media.remote_relay import WORKER_EXITED, RemoteStream, WorkerPool
+from tests.integration.media.phone_sockets import (
+    ADDRESS,
+    WORKER_TIMEOUT,
+    EphemeralPhone,
+    ephemeral_phones,
+    eventually,
+    rtp,
+)
+from tests.integration.media.relay_fixtures import (
+    GATEWAY_KEY_TO_B,
+    PHONE_B_KEY,
+    SUITE,
+    connected,
+    process_gone,
+    worker_pool_fixture,
+)
 from tests.port_blocks import port_block_text
 
-ADDRESS = "127.0.0.1"
 PORTS = PortRange.parse(port_block_text(40))
 LOW = PORTS.low
 SMALL = PortRange(LOW, LOW + 7)  # 2 pairs per worker: 1 stream each
-TIMEOUT = 10.0
-SUITE = "AES_CM_128_HMAC_SHA1_80"
-GATEWAY_KEY_TO_B = bytes(range(30))  # what the relay protects towards phone B with
-PHONE_B_KEY = bytes(range(50, 80))  # what phone B protects with
 ROOT = Path(__file__).parents[3]
 
 
-def rtp(sequence: int, *, ssrc: int = 0x1234ABCD, payload: bytes = b"\xd5" * 160) -> bytes:
-    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, ssrc) + payload
+pool = worker_pool_fixture(PORTS)
 
 
-class Phone:
-    """A UDP socket on an ephemeral port."""
-
-    def __init__(self) -> None:
-        self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-
-    async def bind(self) -> Phone:
-        await self.sock.bind((ADDRESS, 0))
-        return self
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self.sock.getsockname()
-        return (host, port)
-
-    async def send(self, packet: bytes, port: int) -> None:
-        await self.sock.sendto(packet, (ADDRESS, port))
-
-    async def receive(self) -> tuple[bytes, tuple[str, int]]:
-        with trio.fail_after(TIMEOUT):
-            data, source = await self.sock.recvfrom(65536)
-        return bytes(data), source
-
-
-async def phones(count: int) -> list[Phone]:
-    return [await Phone().bind() for _ in range(count)]
-
-
-async def eventually(predicate: Callable[[], bool], what: str) -> None:
-    with trio.fail_after(TIMEOUT):
-        while not predicate():
-            await trio.sleep(0.01)
-    assert predicate(), what
-
-
-def process_gone(pid: int) -> bool:
-    """True when ``pid`` has exited (reaped, or a zombie waiting for a parent that died)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[WorkerPool]:
-    """Two workers, stopped after the test (checked: no process left)."""
-    pool = WorkerPool(ADDRESS, PORTS, 2, stats_interval=0.05, restart_delay=0.05)
-    pids: set[int | None] = set()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.serve)
-        assert None not in pool.worker_pids()
-        yield pool
-        pids.update(pool.worker_pids())
-        nursery.cancel_scope.cancel()
-    assert pool.worker_pids() == [None, None]
-    assert all(process_gone(pid) for pid in pids if pid is not None)
-
-
-async def connected(
-    pool: WorkerPool, stream: RemoteStream, a: Phone, b: Phone, *, blocked: bool = False
+async def relayed(
+    stream: RemoteStream, a: EphemeralPhone, b: EphemeralPhone, sequence: int
 ) -> None:
-    """Point the stream at the phones (and unblock it: a worker stream starts blocked)."""
-    stream.a.set_remote(a.address)
-    stream.b.set_remote(b.address)
-    stream.a_to_b.blocked = blocked
-    stream.b_to_a.blocked = blocked
-    await pool.sync(stream.worker)
-
-
-async def relayed(stream: RemoteStream, a: Phone, b: Phone, sequence: int) -> None:
     """One RTP packet each way arrives unchanged (SSRC, sequence number, payload)."""
     await a.send(rtp(sequence), stream.a.ports.rtp_port)
     data, source = await b.receive()
@@ -159,7 +100,7 @@ async def test_streams_go_to_the_least_loaded_worker_with_ports_of_its_slice(
 
 
 async def test_each_worker_relays_rtp_and_pushes_its_counters(pool: WorkerPool) -> None:
-    a0, b0, a1, b1 = await phones(4)
+    a0, b0, a1, b1 = await ephemeral_phones(4)
     s0, s1 = pool.open_stream(), pool.open_stream()
     assert (s0.worker, s1.worker) == (0, 1)
     # A new worker stream forwards nothing until the call's keying unblocks it.
@@ -190,7 +131,7 @@ async def test_each_worker_relays_rtp_and_pushes_its_counters(pool: WorkerPool) 
 async def test_rtp_to_srtp_with_keys_sent_over_the_channel(pool: WorkerPool) -> None:
     """Leg A plain RTP, leg B SDES-SRTP: the worker protects A->B and unprotects B->A with
     contexts it built from the keys the SIP side sent."""
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     pool.open_stream()  # worker 0 busy: the SRTP stream goes to worker 1
     stream = pool.open_stream()
     assert stream.worker == 1
@@ -243,7 +184,7 @@ async def test_payload_types_are_renumbered_by_the_worker_between_unprotect_and_
 ) -> None:
     """SetPayloadTypes: a worker's stream renumbers like the in-process relay (telephone-event
     101 on leg A, 96 on leg B), on the plain packet: phone B authenticates the new header."""
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     stream = pool.open_stream()
     await connected(pool, stream, a, b)
     b_keys = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B, remote_key=PHONE_B_KEY)
@@ -282,7 +223,7 @@ async def test_payload_types_are_renumbered_by_the_worker_between_unprotect_and_
 async def test_red_blocks_are_renumbered_by_the_worker(pool: WorkerPool) -> None:
     """SetRedPayloadTypes: the worker rewrites the block payload types of leg A's RFC 2198 RED
     (63, Opus 111) into leg B's numbers (121, Opus 109); a malformed one is counted."""
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     stream = pool.open_stream()
     await connected(pool, stream, a, b)
     stream.apply_keys(StreamKeys(None, None, blocked=False))
@@ -317,7 +258,7 @@ async def test_unusable_keys_end_the_stream_with_a_reason_that_names_no_key(
 
 
 async def test_dtls_datagrams_cross_the_channel_both_ways(pool: WorkerPool) -> None:
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     stream = pool.open_stream()
     await connected(pool, stream, a, b)
     received: list[tuple[bytes, tuple[str, int]]] = []
@@ -342,7 +283,7 @@ async def test_a_worker_answers_ice_checks_and_sends_media_to_the_nominated_sour
 ) -> None:
     """ICE-lite on a worker's stream (gateway/core/media/ice.py): the credentials cross the
     channel; the worker answers the checks and moves leg A's media to the nominated source."""
-    a, b, other = await phones(3)
+    a, b, other = await ephemeral_phones(3)
     stream = pool.open_stream()
     await connected(pool, stream, a, b)
     local = IceCredentials("gw01", "gatewaypassword0123456789")
@@ -384,7 +325,7 @@ async def test_a_worker_answers_ice_checks_and_sends_media_to_the_nominated_sour
 async def test_a_tapped_stream_sends_decrypted_copies_over_the_channel(pool: WorkerPool) -> None:
     """A call's media taps (recording) on a worker stream: leg B is SDES-SRTP; the copies the
     SIP process gets are the plain packets, both directions, until the tap is removed."""
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     stream = pool.open_stream()
     await connected(pool, stream, a, b, blocked=True)
     b_keys = SrtpKeys(SUITE, local_key=GATEWAY_KEY_TO_B, remote_key=PHONE_B_KEY)
@@ -417,7 +358,7 @@ async def test_dtls_and_separate_srtcp_keys_on_the_rtcp_port(pool: WorkerPool) -
     """A DTLS leg without rtcp-mux (RFC 5764 §4.1): datagrams on its RTCP port cross the
     channel, and its RTCP is dropped until the RTCP port's own keys arrive, then unprotected
     with them (not with the RTP keys)."""
-    a, a_rtcp, b, b_rtcp = await phones(4)
+    a, a_rtcp, b, b_rtcp = await ephemeral_phones(4)
     stream = pool.open_stream()
     stream.a.set_remote(a.address, rtcp=a_rtcp.address)
     stream.b.set_remote(b.address, rtcp=b_rtcp.address)
@@ -461,7 +402,7 @@ async def test_rtcp_reaches_the_sip_process_plain_and_bounded_in_rate(pool: Work
     plain (leg B's SRTCP unprotected, on its RTP port with rtcp-mux: RFC 5761 §4), while the
     packet itself is relayed as before; a second report within RTCP_COPY_INTERVAL is relayed
     but not copied (a flooding peer cannot flood the channel)."""
-    a, a_rtcp, b = await phones(3)
+    a, a_rtcp, b = await ephemeral_phones(3)
     stream = pool.open_stream()
     stream.a.set_remote(a.address, rtcp=a_rtcp.address)
     stream.b.set_remote(b.address, rtcp_mux=True)
@@ -502,7 +443,7 @@ async def test_rtcp_reaches_the_sip_process_plain_and_bounded_in_rate(pool: Work
 async def test_a_killed_worker_ends_its_calls_and_is_restarted(
     pool: WorkerPool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a0, b0, a1, b1, a2, b2 = await phones(6)
+    a0, b0, a1, b1, a2, b2 = await ephemeral_phones(6)
     lost: dict[int, list[str]] = {0: [], 1: []}
     s0 = pool.for_call(lost[0].append).open_stream()
     s1 = pool.for_call(lost[1].append).open_stream()
@@ -566,7 +507,7 @@ async def test_a_worker_that_cannot_bind_fails_start_up() -> None:
     pool = WorkerPool("192.0.2.1", PORTS, 2)  # TEST-NET-1: not an address of this host
     with pytest.raises(ExceptionGroup) as caught:
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(TIMEOUT):
+            with trio.fail_after(WORKER_TIMEOUT):
                 await nursery.start(pool.serve)
     assert caught.group_contains(
         LocalMediaError, match=r"^media worker 0 .* exited before it was ready", depth=1
@@ -604,7 +545,7 @@ def test_workers_exit_when_the_sip_process_is_killed(tmp_path: Path) -> None:
         assert len(pids) == 2 and all(not process_gone(pid) for pid in pids)
     finally:
         parent.kill()
-        parent.wait(TIMEOUT)
+        parent.wait(WORKER_TIMEOUT)
 
     async def wait_gone() -> None:
         await eventually(lambda: all(process_gone(pid) for pid in pids), "workers exited")
@@ -623,7 +564,7 @@ async def test_ports_held_by_another_process_mean_503_until_they_are_free() -> N
     pool = WorkerPool(ADDRESS, SMALL, 2, stats_interval=0.05)
     try:
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(TIMEOUT):
+            with trio.fail_after(WORKER_TIMEOUT):
                 await nursery.start(pool.serve)
             assert pool.worker_ready() == [0, 0]
             with pytest.raises(PortsExhausted):

@@ -20,15 +20,13 @@ from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.session import MediaSession
 from gateway.core.media.worker_protocol import DTMF_COPIES_PER_SECOND
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from tests.integration.media.relay_fixtures import worker_pool_fixture
-from tests.integration.media.test_media_workers import (
-    ADDRESS,
+from tests.integration.media.phone_sockets import ADDRESS, ephemeral_phones, eventually
+from tests.integration.media.relay_fixtures import (
     GATEWAY_KEY_TO_B,
     PHONE_B_KEY,
     SUITE,
     connected,
-    eventually,
-    phones,
+    worker_pool_fixture,
 )
 from tests.port_blocks import port_block_text
 
@@ -51,7 +49,7 @@ def fields(data: bytes) -> tuple[bool, int, int, int, int]:
 
 async def test_a_worker_takes_and_injects_events_over_srtp(pool: WorkerPool) -> None:
     assert pool.interworks_dtmf
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     stream = pool.open_stream()
     await connected(pool, stream, a, b)
     # Leg B has telephone-event 96 and SRTP; leg A does INFO (plain RTP).
@@ -107,7 +105,7 @@ async def test_a_worker_takes_and_injects_events_over_srtp(pool: WorkerPool) -> 
 
 
 async def test_a_flood_of_events_is_copied_within_bounds(pool: WorkerPool) -> None:
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     stream = pool.open_stream()
     await connected(pool, stream, a, b)
     taken: list[bytes] = []
@@ -135,7 +133,7 @@ async def test_a_workers_event_whose_end_packets_are_lost_ends_on_the_sip_proces
 ) -> None:
     """The worker copies the events it takes (DtmfEvent); the SIP process's session reads
     them with its own clock and ends the one whose end packets never came on its timer."""
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     session = MediaSession(
         pool.for_call(), media_address=ADDRESS, dtmf_interworking=True, clock=trio.current_time
     )
@@ -179,7 +177,7 @@ async def test_a_workers_event_whose_end_packets_are_lost_ends_on_the_sip_proces
 async def test_a_worker_reads_events_inside_red(pool: WorkerPool) -> None:
     # SetDtmf carries the sending leg's RED numbers (RFC 4733 §2.5.1.5: events packed as RFC
     # 2198 blocks): the worker takes the RED packet and copies the event it holds, plain.
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     stream = pool.open_stream()
     await connected(pool, stream, a, b)
     stream.apply_keys(StreamKeys(None, None, blocked=False))

@@ -45,8 +45,8 @@ from gateway.core.media.session import MediaSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
-from tests.integration.media.test_media_workers import process_gone
-from tests.integration.media.test_srtp_relay import ADDRESS, Phone, master_key
+from tests.integration.media.phone_sockets import ADDRESS, Phone, master_key
+from tests.integration.media.relay_fixtures import process_gone
 from tests.port_blocks import port_block_text
 
 RELAY_PORTS = PortRange.parse(port_block_text(20))
@@ -79,6 +79,9 @@ def port_in(sent: SessionDescription) -> int:
     return parse_sdp_untrusted(serialize_sdp(sent)).media[0].port
 
 
+# Not relay_fixtures.py's relay_fixture and worker_pool_fixture, on purpose: one fixture
+# parametrized over both kinds of relay, so each test runs against each, and yielding what a
+# call holds (a Relay: the pool's for_call(), not the pool).
 @pytest.fixture(params=["in-process", "media-workers"])
 async def relay(request: pytest.FixtureRequest, nursery: trio.Nursery) -> AsyncIterator[Relay]:
     if request.param == "in-process":

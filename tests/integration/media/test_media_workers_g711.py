@@ -15,14 +15,13 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.g711 import ALAW_TO_ULAW, ULAW_TO_ALAW, G711Transcoding, Law
 from gateway.core.media.keying import StreamKeys
 from gateway.core.media.remote_relay import WorkerPool
-from tests.integration.media.relay_fixtures import worker_pool_fixture
-from tests.integration.media.test_media_workers import (
+from tests.integration.media.phone_sockets import ephemeral_phones, eventually
+from tests.integration.media.relay_fixtures import (
     GATEWAY_KEY_TO_B,
     PHONE_B_KEY,
     SUITE,
     connected,
-    eventually,
-    phones,
+    worker_pool_fixture,
 )
 from tests.port_blocks import port_block_text
 
@@ -38,7 +37,7 @@ def rtp(sequence: int, payload_type: int, ssrc: int, payload: bytes) -> bytes:
 
 
 async def test_a_worker_transcodes_both_ways_over_srtp(pool: WorkerPool) -> None:
-    a, b = await phones(2)
+    a, b = await ephemeral_phones(2)
     stream = pool.open_stream()
     await connected(pool, stream, a, b)
     # Leg A: PCMU, plain RTP; leg B: PCMA, SRTP.

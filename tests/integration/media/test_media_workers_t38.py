@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
 
 import pylibsrtp
 import pytest
@@ -37,40 +36,33 @@ from gateway.core.media.worker_protocol import (
     TappedDatagram,
 )
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from tests.integration.media.test_media_workers import (
+from tests.integration.media.phone_sockets import (
     ADDRESS,
+    TRICKY,
+    EphemeralPhone,
+    ephemeral_phones,
+    eventually,
+    rtp,
+    udptl,
+)
+from tests.integration.media.relay_fixtures import (
     GATEWAY_KEY_TO_B,
     PHONE_B_KEY,
     SUITE,
-    Phone,
-    eventually,
-    phones,
-    process_gone,
-    rtp,
+    AudioSink,
+    FaxSink,
+    worker_pool_fixture,
 )
-from tests.integration.media.test_opaque_relay import TRICKY, AudioSink, FaxSink, udptl
 from tests.port_blocks import port_block_text
 
 PORTS = PortRange.parse(port_block_text(40))
 OUTBOX_PORTS = PortRange.parse(port_block_text(20))
 
 
-@pytest.fixture
-async def pool() -> AsyncIterator[WorkerPool]:
-    """Two workers, stopped after the test (checked: no process left)."""
-    pool = WorkerPool(ADDRESS, PORTS, 2, stats_interval=0.05, restart_delay=0.05)
-    pids: set[int | None] = set()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.serve)
-        assert None not in pool.worker_pids()
-        yield pool
-        pids.update(pool.worker_pids())
-        nursery.cancel_scope.cancel()
-    assert pool.worker_pids() == [None, None]
-    assert all(process_gone(pid) for pid in pids if pid is not None)
+pool = worker_pool_fixture(PORTS)
 
 
-async def fax_stream(pool: WorkerPool, alice: Phone, bob: Phone) -> RemoteStream:
+async def fax_stream(pool: WorkerPool, alice: EphemeralPhone, bob: EphemeralPhone) -> RemoteStream:
     """A worker stream switched to T.38 in the session's order: the mode, then the remotes,
     then keying's unblocking; one barrier at the end (the worker applies them in order)."""
     stream = pool.open_stream()
@@ -86,7 +78,7 @@ async def fax_stream(pool: WorkerPool, alice: Phone, bob: Phone) -> RemoteStream
 async def test_datagrams_are_relayed_byte_identical_both_ways_and_counted(
     pool: WorkerPool,
 ) -> None:
-    alice, bob = await phones(2)
+    alice, bob = await ephemeral_phones(2)
     stream = await fax_stream(pool, alice, bob)
     assert stream.opaque
     for datagram in TRICKY:  # first octets of RTP version 2, DTLS, STUN ranges; 3 octets
@@ -111,7 +103,7 @@ async def test_datagrams_are_relayed_byte_identical_both_ways_and_counted(
 async def test_oversize_is_dropped_and_latching_follows_the_real_source(
     pool: WorkerPool,
 ) -> None:
-    alice, bob, natted = await phones(3)
+    alice, bob, natted = await ephemeral_phones(3)
     stream = await fax_stream(pool, alice, bob)
     await alice.send(b"\x80" * (MAX_OPAQUE_DATAGRAM + 1), stream.a.ports.rtp_port)
     await eventually(lambda: stream.a_to_b.statistics().dropped_malformed == 1, "oversize")
@@ -126,7 +118,7 @@ async def test_oversize_is_dropped_and_latching_follows_the_real_source(
 
 
 async def test_tap_copies_say_fax_or_rtp_by_what_the_worker_forwarded(pool: WorkerPool) -> None:
-    alice, bob = await phones(2)
+    alice, bob = await ephemeral_phones(2)
     stream = await fax_stream(pool, alice, bob)
     stream.set_opaque(False)
     copies: list[tuple[str, bytes]] = []
@@ -170,7 +162,7 @@ async def test_call_taps_give_a_workers_fax_to_sinks_that_take_datagrams(
 ) -> None:
     """As test_opaque_relay's in-process test: the interception gets each datagram with the
     address it came from and our port it arrived on; the recorder misses it, logged once."""
-    alice, bob = await phones(2)
+    alice, bob = await ephemeral_phones(2)
     session = MediaSession(pool.for_call(), media_address=ADDRESS)
     fax = "m=image {} udptl t38\r\na=T38FaxVersion:0\r\n"
     head = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -211,7 +203,7 @@ async def test_call_taps_give_a_workers_fax_to_sinks_that_take_datagrams(
 
 
 async def test_back_to_audio_with_srtp_keys_negotiated_afresh(pool: WorkerPool) -> None:
-    alice, bob = await phones(2)
+    alice, bob = await ephemeral_phones(2)
     stream = await fax_stream(pool, alice, bob)
     await alice.send(udptl(1, b"\x01"), stream.a.ports.rtp_port)
     await bob.receive()
@@ -235,7 +227,7 @@ async def test_back_to_audio_with_srtp_keys_negotiated_afresh(pool: WorkerPool) 
 async def test_a_worker_killed_mid_fax_ends_the_call_as_for_rtp(
     pool: WorkerPool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    alice, bob = await phones(2)
+    alice, bob = await ephemeral_phones(2)
     lost: list[str] = []
     stream = pool.for_call(lost.append).open_stream()
     stream.set_opaque(True)

@@ -1,19 +1,18 @@
 """The relay's opaque mode (T.38 fax over UDPTL) on real UDP sockets on 127.0.0.1.
 
-Same ports and habits as test_media_relay.py (whose helpers these tests use): nothing waits a
-fixed time; a drop is shown by a counter and a marker sent after it.
+The relay allocates from RELAY_PORTS, the phones (phone_sockets.py's) from PHONE_PORTS (blocks of
+this process, tests/port_blocks.py). Nothing waits a fixed time; a drop is shown by a counter and
+a marker sent after it.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-import trio
 
-from gateway.core.media.ports import PortAllocator, PortPair
+from gateway.core.config import PortRange
 from gateway.core.media.relay import (
     MAX_OPAQUE_DATAGRAM,
     Direction,
@@ -24,58 +23,26 @@ from gateway.core.media.relay import (
 from gateway.core.media.session import MediaSession
 from gateway.core.media.taps import CallTaps
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from tests.integration.media.test_media_relay import (
-    ADDRESS,
-    PHONE_PORTS,
-    RELAY_PORTS,
-    Phone,
-    rtp,
-    until,
+from tests.integration.media.phone_sockets import ADDRESS, TRICKY, PlainPhone, rtp, udptl, until
+from tests.integration.media.relay_fixtures import (
+    AudioSink,
+    FaxSink,
+    make_phone_fixture,
+    relay_fixture,
 )
+from tests.port_blocks import port_block_text
+
+RELAY_PORTS = PortRange.parse(port_block_text(100))
+PHONE_PORTS = PortRange.parse(port_block_text(100))
 
 
-@pytest.fixture
-async def relay(nursery: trio.Nursery) -> AsyncIterator[MediaRelay]:
-    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
-    await nursery.start(relay.serve)
-    yield relay
-    relay.close()
-    assert relay.allocator.in_use == 0
+relay = relay_fixture(RELAY_PORTS)
 
 
-@pytest.fixture
-def make_phone() -> Iterator[Callable[[], Phone]]:
-    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
-    pairs: list[PortPair] = []
-
-    def make() -> Phone:
-        pairs.append(allocator.allocate())
-        return Phone(pairs[-1])
-
-    yield make
-    for pair in pairs:
-        pair.close()
+make_phone = make_phone_fixture(PHONE_PORTS)
 
 
-def udptl(sequence: int, ifp: bytes) -> bytes:
-    """A UDPTL packet (T.38 §9.1): sequence number, primary IFP (length-prefixed), then the
-    error-recovery field (here: redundancy, no secondary IFPs)."""
-    return struct.pack("!HB", sequence, len(ifp)) + ifp + b"\x00"
-
-
-# Datagrams an RTP parser would misread: a first octet of RTP version 2 (sequence 0x80xx), a
-# second octet in RTCP's packet-type range (RFC 5761 §4), one shorter than an RTP header, and
-# first octets in the DTLS and STUN ranges (RFC 7983).
-TRICKY = [
-    udptl(0x8001, b"\x06\x00"),
-    udptl(0x80C8, b"\xc0\x01" * 20),
-    b"\x00\x01\x02",
-    udptl(0x1400, b"\x01"),
-    udptl(0x0001, b"\x00"),
-]
-
-
-def fax_stream(relay: MediaRelay, alice: Phone, bob: Phone) -> MediaStream:
+def fax_stream(relay: MediaRelay, alice: PlainPhone, bob: PlainPhone) -> MediaStream:
     stream = relay.open_stream()
     stream.a.set_remote(alice.rtp_address)
     stream.b.set_remote(bob.rtp_address)
@@ -84,7 +51,7 @@ def fax_stream(relay: MediaRelay, alice: Phone, bob: Phone) -> MediaStream:
 
 
 async def test_datagrams_are_relayed_byte_identical_both_ways(
-    relay: MediaRelay, make_phone: Callable[[], Phone]
+    relay: MediaRelay, make_phone: Callable[[], PlainPhone]
 ):
     alice, bob = make_phone(), make_phone()
     with fax_stream(relay, alice, bob) as stream:
@@ -106,7 +73,9 @@ async def test_datagrams_are_relayed_byte_identical_both_ways(
         assert stream.a.rtp_source == alice.rtp_address  # latched like RTP
 
 
-async def test_latching_follows_the_real_source(relay: MediaRelay, make_phone: Callable[[], Phone]):
+async def test_latching_follows_the_real_source(
+    relay: MediaRelay, make_phone: Callable[[], PlainPhone]
+):
     alice, bob, natted = make_phone(), make_phone(), make_phone()
     with fax_stream(relay, alice, bob) as stream:
         # Bob's SDP says one port, his datagrams come from another (a NAT): he gets the reply
@@ -118,7 +87,7 @@ async def test_latching_follows_the_real_source(relay: MediaRelay, make_phone: C
 
 
 async def test_no_transforms_taps_get_datagrams_and_oversize_is_dropped(
-    relay: MediaRelay, make_phone: Callable[[], Phone]
+    relay: MediaRelay, make_phone: Callable[[], PlainPhone]
 ):
     alice, bob = make_phone(), make_phone()
     tapped: list[tuple[Direction, bytes]] = []
@@ -139,7 +108,7 @@ async def test_no_transforms_taps_get_datagrams_and_oversize_is_dropped(
 
 
 async def test_rtcp_port_relays_nothing_and_rtp_comes_back_after_the_fax(
-    relay: MediaRelay, make_phone: Callable[[], Phone]
+    relay: MediaRelay, make_phone: Callable[[], PlainPhone]
 ):
     alice, bob = make_phone(), make_phone()
     with fax_stream(relay, alice, bob) as stream:
@@ -156,7 +125,7 @@ async def test_rtcp_port_relays_nothing_and_rtp_comes_back_after_the_fax(
 
 
 async def test_closing_an_opaque_stream_releases_its_sockets(
-    relay: MediaRelay, make_phone: Callable[[], Phone]
+    relay: MediaRelay, make_phone: Callable[[], PlainPhone]
 ):
     alice, bob = make_phone(), make_phone()
     stream = fax_stream(relay, alice, bob)
@@ -165,46 +134,8 @@ async def test_closing_an_opaque_stream_releases_its_sockets(
     assert relay._opaque_endpoints[fd] is None
 
 
-class AudioSink:
-    """A recorder's sink: RTP only."""
-
-    def __init__(self) -> None:
-        self.packets: list[bytes] = []
-
-    def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
-        self.packets.append(rtp)
-
-    async def run(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class FaxSink(AudioSink):
-    """An interception's sink: takes datagrams too."""
-
-    covert = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.datagrams: list[tuple[str, str, bytes, object, object]] = []
-
-    def datagram(
-        self,
-        stream_id: str,
-        direction: str,
-        data: bytes,
-        *,
-        now: float,
-        source: object,
-        destination: object,
-    ) -> None:
-        self.datagrams.append((stream_id, direction, data, source, destination))
-
-
 async def test_call_taps_give_fax_datagrams_only_to_sinks_that_take_them(
-    relay: MediaRelay, make_phone: Callable[[], Phone], caplog: pytest.LogCaptureFixture
+    relay: MediaRelay, make_phone: Callable[[], PlainPhone], caplog: pytest.LogCaptureFixture
 ):
     alice, bob = make_phone(), make_phone()
     session = MediaSession(relay, media_address=ADDRESS)

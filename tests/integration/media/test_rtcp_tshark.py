@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.core.media.rtcp import ExtendedReport, SenderReport, parse_compound_untrusted
 from tests.conftest import require_peer
-from tests.unit.media.test_rtcp_parse import SENDER_INFO, block, header
+from tests.unit.media.rtcp_packets import SENDER_INFO, block, header
 
 FIELDS = (
     "rtcp.senderssrc",

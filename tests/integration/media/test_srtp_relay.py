@@ -1,200 +1,28 @@
 """The relay bridges RTP<->SRTP and SRTP<->SRTP between legs, with SrtpSession transforms.
 
 Real UDP sockets on 127.0.0.1: the relay allocates from RELAY_PORTS, the phones from PHONE_PORTS
-(blocks of this process, tests/port_blocks.py). The phone on an SRTP leg protects and checks with
-pylibsrtp's own ``Session`` where pylibsrtp names the suite (independent of
-gateway.core.media.srtp), else with an SrtpSession of its own. Nothing waits a fixed time: a test
-waits for a packet (``fail_after`` bounds it) or polls a counter with ``trio.sleep(0)``; a packet
-that must not arrive is shown by a counted drop followed by a marker packet that must be the first
-thing to arrive.
+(blocks of this process, tests/port_blocks.py); the phones and :func:`bridge`, which keys them, are
+phone_sockets.py's and relay_fixtures.py's. Nothing waits a fixed time: a test waits for a packet
+(``fail_after`` bounds it) or polls a counter (:func:`until`); a packet that must not arrive is
+shown by a counted drop followed by a marker packet that must be the first thing to arrive.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import AsyncIterator, Callable, Iterator
-
-import pylibsrtp
 import pytest
-import trio
 
 from gateway.core.config import PortRange
-from gateway.core.interfaces import SrtpKeys
-from gateway.core.media.ports import PortAllocator, PortPair
-from gateway.core.media.relay import MediaRelay, MediaStream, Transforms
-from gateway.core.media.srtp import SUITES, SrtpSession
+from gateway.core.media.relay import MediaStream
+from gateway.core.media.srtp import SUITES
+from tests.integration.media.phone_sockets import Phone, receiver_report, rtp, until
+from tests.integration.media.relay_fixtures import bridge, in_process_fixtures
 from tests.port_blocks import port_block_text
 
-ADDRESS = "127.0.0.1"
 RELAY_PORTS = PortRange.parse(port_block_text(100))
 PHONE_PORTS = PortRange.parse(port_block_text(100))
-TIMEOUT = 5.0
-
-PROFILES = {
-    "AES_CM_128_HMAC_SHA1_80": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
-    "AES_CM_128_HMAC_SHA1_32": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
-    "AEAD_AES_128_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
-    "AEAD_AES_256_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
-}
 
 
-def rtp(sequence: int, *, ssrc: int = 0x1234ABCD) -> bytes:
-    """RTP, PCMU (RFC 3550 §5.1)."""
-    return struct.pack("!BBHII", 0x80, 0, sequence, 160 * sequence, ssrc) + b"\xd5" * 160
-
-
-def receiver_report(ssrc: int = 0x1234ABCD) -> bytes:
-    """RTCP RR with one report block (RFC 3550 §6.4.2)."""
-    return struct.pack("!BBHI", 0x81, 201, 7, ssrc) + struct.pack("!6I", 9, 0, 1, 2, 3, 4)
-
-
-def master_key(suite: str, seed: int) -> bytes:
-    return bytes((seed * 29 + i * 13) & 0xFF for i in range(SUITES[suite].key_salt_length))
-
-
-class Phone:
-    """A UDP endpoint (RTP on an even port, RTCP on the next) with optional SRTP of its own.
-
-    ``key`` protects what the phone sends, ``peer_key`` (the gateway's key on this leg) checks
-    what it receives: the two directions of one SDES exchange (RFC 4568 §5).
-    """
-
-    def __init__(self, pair: PortPair) -> None:
-        self.pair = pair
-        self.rtp = trio.socket.from_stdlib_socket(pair.rtp_socket)
-        self.rtcp = trio.socket.from_stdlib_socket(pair.rtcp_socket)
-        self.suite: str | None = None
-        self._protect: Callable[[bytes], bytes | None] = lambda p: p
-        self._protect_rtcp: Callable[[bytes], bytes | None] = lambda p: p
-        self._unprotect: Callable[[bytes], bytes | None] = lambda p: p
-        self._unprotect_rtcp: Callable[[bytes], bytes | None] = lambda p: p
-
-    def use_srtp(self, suite: str, *, key: bytes, peer_key: bytes) -> None:
-        self.suite = suite
-        profile = PROFILES.get(suite)
-        if profile is None:  # pylibsrtp names no profile for it: an SrtpSession of our own
-            session = SrtpSession(SrtpKeys(suite, local_key=key, remote_key=peer_key))
-            self._protect, self._protect_rtcp = session.protect_rtp, session.protect_rtcp
-            self._unprotect, self._unprotect_rtcp = session.unprotect_rtp, session.unprotect_rtcp
-            return
-        send = pylibsrtp.Session(
-            pylibsrtp.Policy(key, pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=profile)
-        )
-        receive = pylibsrtp.Session(
-            pylibsrtp.Policy(peer_key, pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=profile)
-        )
-        self._protect, self._protect_rtcp = send.protect, send.protect_rtcp
-        self._unprotect, self._unprotect_rtcp = receive.unprotect, receive.unprotect_rtcp
-
-    @property
-    def rtp_address(self) -> tuple[str, int]:
-        return (ADDRESS, self.pair.rtp_port)
-
-    def protect(self, packet: bytes) -> bytes:
-        protected = self._protect(packet)
-        assert protected is not None
-        return protected
-
-    def protect_rtcp(self, packet: bytes) -> bytes:
-        protected = self._protect_rtcp(packet)
-        assert protected is not None
-        return protected
-
-    async def send_wire(self, packet: bytes, port: int, *, rtcp: bool = False) -> None:
-        """Send bytes exactly as given (already protected, tampered or replayed)."""
-        await (self.rtcp if rtcp else self.rtp).sendto(packet, (ADDRESS, port))
-
-    async def send(self, packet: bytes, port: int, *, rtcp: bool = False) -> bytes:
-        """Protect (on an SRTP leg) and send; returns what went on the wire."""
-        wire = (self._protect_rtcp if rtcp else self._protect)(packet)
-        assert wire is not None
-        await self.send_wire(wire, port, rtcp=rtcp)
-        return wire
-
-    async def receive_wire(self, *, rtcp: bool = False) -> bytes:
-        with trio.fail_after(TIMEOUT):
-            data, _ = await (self.rtcp if rtcp else self.rtp).recvfrom(65536)
-        return bytes(data)
-
-    async def receive(self, *, rtcp: bool = False) -> tuple[bytes, bytes]:
-        """The next packet as it came on the wire, and as the phone reads it (unprotected)."""
-        wire = await self.receive_wire(rtcp=rtcp)
-        if self.suite is None:
-            return wire, wire
-        try:
-            plain = (self._unprotect_rtcp if rtcp else self._unprotect)(wire)
-        except pylibsrtp.Error as error:
-            raise AssertionError(
-                f"the phone could not unprotect what it received: {error}"
-            ) from None
-        assert plain is not None
-        return wire, plain
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(TIMEOUT):
-        while not condition():
-            await trio.sleep(0)
-
-
-@pytest.fixture
-async def relay(nursery: trio.Nursery) -> AsyncIterator[MediaRelay]:
-    relay = MediaRelay(PortAllocator(ADDRESS, RELAY_PORTS))
-    await nursery.start(relay.serve)
-    yield relay
-    relay.close()
-    assert relay.allocator.in_use == 0
-
-
-@pytest.fixture
-def stream(relay: MediaRelay) -> Iterator[MediaStream]:
-    with relay.open_stream() as stream:
-        yield stream
-
-
-@pytest.fixture
-def phones() -> Iterator[tuple[Phone, Phone]]:
-    allocator = PortAllocator(ADDRESS, PHONE_PORTS)
-    pairs = [allocator.allocate(), allocator.allocate()]
-    yield Phone(pairs[0]), Phone(pairs[1])
-    for pair in pairs:
-        pair.close()
-
-
-def bridge(
-    stream: MediaStream,
-    alice: Phone,
-    bob: Phone,
-    *,
-    a_suite: str | None,
-    b_suite: str | None,
-) -> tuple[SrtpSession | None, SrtpSession | None]:
-    """Key each leg independently (as SDES would) and wire the relay's transforms: what arrives
-    from a leg is unprotected with that leg's session, what leaves to a leg is protected with
-    that leg's session (ARCHITECTURE.md "Media path")."""
-    sessions: list[SrtpSession | None] = []
-    for seed, phone, suite in ((1, alice, a_suite), (3, bob, b_suite)):
-        if suite is None:
-            sessions.append(None)
-            continue
-        gateway_key, phone_key = master_key(suite, seed), master_key(suite, seed + 1)
-        phone.use_srtp(suite, key=phone_key, peer_key=gateway_key)
-        sessions.append(SrtpSession(SrtpKeys(suite, local_key=gateway_key, remote_key=phone_key)))
-    leg_a, leg_b = sessions
-
-    def transforms(inbound: SrtpSession | None, outbound: SrtpSession | None) -> Transforms:
-        return Transforms(
-            rtp_in=inbound.unprotect_rtp if inbound else None,
-            rtcp_in=inbound.unprotect_rtcp if inbound else None,
-            rtp_out=outbound.protect_rtp if outbound else None,
-            rtcp_out=outbound.protect_rtcp if outbound else None,
-        )
-
-    stream.a_to_b.transforms = transforms(leg_a, leg_b)
-    stream.b_to_a.transforms = transforms(leg_b, leg_a)
-    stream.a.set_remote(alice.rtp_address)
-    stream.b.set_remote(bob.rtp_address)
-    return leg_a, leg_b
+relay, stream, phones = in_process_fixtures(RELAY_PORTS, PHONE_PORTS)
 
 
 def tag_length(suite: str) -> int:

@@ -25,11 +25,11 @@ from gateway.core.cli import main
 from gateway.core.transport.flows import format_address
 from gateway.plugins.transports.crl_fetch import MAX_CRL_SIZE
 from gateway.plugins.transports.ocsp import OcspError, http_get
-from tests.integration.tls.test_tls_crl_sockets import closed_by_the_gateway
-from tests.integration.tls.test_tls_sockets import (
+from tests.integration.tls.tls_peers import (
     LOOPBACK,
     TLS_LOG,
     client_context,
+    closed_by_the_gateway,
     connect,
     options_over,
     refused,

@@ -1,5 +1,5 @@
 """``[plugins.tls] crl_files`` on real sockets on 127.0.0.1, the gateway in this process (the
-helpers of test_tls_sockets.py): a CA, phones and a trunk certificate it issued, and its CRL,
+helpers of tls_peers.py): a CA, phones and a trunk certificate it issued, and its CRL,
 all made with the cryptography library here.
 
 - a mutual listener refuses a revoked phone (logged once per address and certificate, with
@@ -19,7 +19,6 @@ import datetime
 import logging
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -29,16 +28,17 @@ import trio.testing
 
 from gateway.core.cli import EXIT_USAGE, main
 from gateway.core.gateway import Gateway
-from gateway.core.sip.message import Request
-from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.store.interface import Binding, BindingFlow
 from gateway.core.transport.flows import Flow, format_address
 from gateway.plugins.transports.tls import TlsHandshakeError
-from tests.integration.tls.test_tls_sockets import (
+from tests.integration.tls.tls_peers import (
     LOOPBACK,
     TLS_LOG,
+    FakeCall,
     client_context,
+    closed_by_the_gateway,
     connect,
+    invite_to,
     options_over,
     refused,
     running_gateway,
@@ -145,34 +145,6 @@ async def test_a_trunk_with_a_revoked_server_certificate_is_refused(
         assert transport.handshake_failures["revoked"] == 1
 
 
-class FakeCall:
-    """Stands in for a call in the call manager: its legs' flows, its INVITE, and how the
-    gateway ended it (a real call over these sockets would need digest, SDP and media)."""
-
-    def __init__(self, name: str, flow: Flow, invite: Request) -> None:
-        self.id = name
-        self.a = SimpleNamespace(flow=flow, invite=invite)
-        self.b_legs: list[object] = []
-        self.psap_callback = False
-        self.ended: list[str] = []
-
-    def end_by_gateway(self, reason: str) -> None:
-        self.ended.append(reason)
-
-
-def invite_to(number: str) -> Request:
-    request = parse_message_untrusted(
-        (
-            f"INVITE sip:{number}@{LOOPBACK} SIP/2.0\r\n"
-            f"Via: SIP/2.0/TLS {LOOPBACK}:5999;branch=z9hG4bK{number}\r\n"
-            f"From: <sip:phone@{LOOPBACK}>;tag=a\r\nTo: <sip:{number}@{LOOPBACK}>\r\n"
-            f"Call-ID: {number}@{LOOPBACK}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
-        ).encode()
-    )
-    assert isinstance(request, Request)
-    return request
-
-
 def bind(gateway: Gateway, account: str, flow: Flow) -> Binding:
     """The binding a REGISTER over ``flow`` leaves in the store (RFC 5626: on that flow)."""
     assert gateway.store is not None
@@ -189,14 +161,6 @@ def bind(gateway: Gateway, account: str, flow: Flow) -> Binding:
     )
     gateway.store.upsert_binding(binding)
     return binding
-
-
-async def closed_by_the_gateway(stream: trio.SSLStream[trio.SocketStream]) -> bool:
-    with trio.fail_after(5):
-        try:
-            return await stream.receive_some(65536) == b""  # close_notify, then EOF
-        except trio.BrokenResourceError:
-            return True
 
 
 async def test_a_reload_closes_the_connections_its_crl_revokes(

@@ -1,7 +1,7 @@
 """``[plugins.tls] ocsp`` on real sockets on 127.0.0.1, the gateway in this process (the helpers
-of test_tls_sockets.py), and an OCSP responder in this process too: a small HTTP/1.0 server
-answering with responses signed by the CA (cryptography's OCSPResponseBuilder), which can hold
-its answer, never answer, or change its mind.
+of tls_peers.py), and an OCSP responder in this process too (ocsp_responder.py's): a small
+HTTP/1.0 server answering with responses signed by the CA (cryptography's OCSPResponseBuilder),
+which can hold its answer, never answer, or change its mind.
 
 - the responder is asked after the handshake and before the connection's first SIP message is
   read: no flow exists while it has not answered; a revoked phone is refused (logged once with
@@ -17,35 +17,27 @@ its answer, never answer, or change its mind.
 
 from __future__ import annotations
 
-import datetime
-import functools
 import logging
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509 import ocsp
 
 from gateway.core.cli import main
 from gateway.core.transport.flows import format_address
 from gateway.plugins.transports.tls import TlsHandshakeError
-from tests.integration.tls.test_tls_crl_sockets import (
-    FakeCall,
-    closed_by_the_gateway,
-    invite_to,
-)
-from tests.integration.tls.test_tls_sockets import (
+from tests.integration.tls.ocsp_responder import ocsp_lines, responder_of, tls_config
+from tests.integration.tls.tls_peers import (
     LOOPBACK,
     TLS_LOG,
+    FakeCall,
     client_context,
+    closed_by_the_gateway,
     connect,
+    invite_to,
     options_over,
     refused,
     running_gateway,
@@ -54,104 +46,7 @@ from tests.integration.tls.test_tls_sockets import (
     tls_transport,
     trunk_server,
 )
-from tests.interop.harness.pki import Issued, TestCa, TestPki
-
-
-@attrs.define(eq=False)
-class Responder:
-    """The CA's OCSP responder: ``revoked`` serial numbers are revoked, the others good; each
-    answer's nextUpdate is ``next_update`` seconds ahead. ``hang``: never answers; ``hold``:
-    answers once it is set."""
-
-    ca: TestCa
-    url: str = ""
-    known: dict[int, Issued] = attrs.Factory(dict)
-    revoked: set[int] = attrs.Factory(set)
-    next_update: float = 600.0
-    hang: bool = False
-    hold: trio.Event | None = None
-    asked: trio.Event = attrs.Factory(trio.Event)
-    queries: int = 0
-
-    def issue(self, name: str, *, hosts: list[str] | None = None) -> Issued:
-        issued = self.ca.issue(name, hosts=hosts or [], ocsp_url=self.url)
-        self.known[issued.x509.serial_number] = issued
-        return issued
-
-    def answer(self, serial: int) -> bytes:
-        now = datetime.datetime.now(datetime.UTC)
-        revoked = serial in self.revoked
-        builder = (
-            ocsp.OCSPResponseBuilder()
-            .add_response(
-                cert=self.known[serial].x509,
-                issuer=self.ca.issued.x509,
-                algorithm=hashes.SHA1(),
-                cert_status=ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD,
-                this_update=now,
-                next_update=now + datetime.timedelta(seconds=self.next_update),
-                revocation_time=now if revoked else None,
-                revocation_reason=None,
-            )
-            .responder_id(ocsp.OCSPResponderEncoding.NAME, self.ca.issued.x509)
-        )
-        signed = builder.sign(self.ca.private_key, hashes.SHA256())
-        return signed.public_bytes(serialization.Encoding.DER)
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        buffer = b""
-        with trio.move_on_after(10):
-            while b"\r\n\r\n" not in buffer:
-                buffer += await stream.receive_some(4096)
-            head, _, body = buffer.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":")[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            while len(body) < length:
-                body += await stream.receive_some(4096)
-            serial = ocsp.load_der_ocsp_request(body).serial_number
-            self.queries += 1
-            self.asked.set()
-            if self.hang:
-                await trio.sleep_forever()
-            if self.hold is not None:
-                await self.hold.wait()
-            der = self.answer(serial)
-            await stream.send_all(
-                b"HTTP/1.0 200 OK\r\nContent-Type: application/ocsp-response\r\n"
-                + f"Content-Length: {len(der)}\r\n\r\n".encode()
-                + der
-            )
-        await stream.aclose()
-
-
-@asynccontextmanager
-async def responder_of(ca: TestCa) -> AsyncIterator[Responder]:
-    responder = Responder(ca)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, responder.handle, 0, host=LOOPBACK)
-        )
-        port = listeners[0].socket.getsockname()[1]
-        responder.url = f"http://{LOOPBACK}:{port}/ocsp"
-        yield responder
-        nursery.cancel_scope.cancel()
-
-
-def tls_config(ca: TestCa, ocsp_mode: str, **more: Any) -> dict[str, Any]:
-    return {
-        "mode": "mutual",
-        "ca_bundles": [str(ca.certificate)],
-        "ocsp": ocsp_mode,
-        "system_ca_for_trunks": False,
-        **more,
-    }
-
-
-def ocsp_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == TLS_LOG and text in r.getMessage()]
+from tests.interop.harness.pki import TestPki
 
 
 async def test_the_responder_is_asked_before_sip_is_read_and_a_revoked_phone_is_refused(

@@ -28,8 +28,8 @@ from cryptography.x509 import ocsp
 from OpenSSL import SSL
 
 from gateway.plugins.transports.tls import TlsHandshakeError, TlsStream
-from tests.integration.tls.test_tls_ocsp_sockets import ocsp_lines, responder_of, tls_config
-from tests.integration.tls.test_tls_sockets import (
+from tests.integration.tls.ocsp_responder import ocsp_lines, responder_of, tls_config
+from tests.integration.tls.tls_peers import (
     LOOPBACK,
     TLS_LOG,
     running_gateway,

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from gateway.plugins.transports.tls import TlsHandshakeError
-from tests.integration.tls.test_tls_sockets import (
+from tests.integration.tls.tls_peers import (
     LOOPBACK,
     client_context,
     connect,

@@ -14,10 +14,8 @@ from __future__ import annotations
 import logging
 import ssl
 import stat
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -25,19 +23,22 @@ import trio
 import trio.testing
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gateway.core.config import from_mapping
-from gateway.core.gateway import Gateway
-from gateway.core.ids import SeededIds
-from gateway.core.plugins import load_plugins
-from gateway.core.sip.message import Response
-from gateway.core.sip.parser import parse_message_untrusted
-from gateway.core.transport.flows import Flow
-from gateway.plugins.transports.tls import TlsHandshakeError, TlsTransport
+from gateway.plugins.transports.tls import TlsHandshakeError
+from tests.integration.tls.tls_peers import (
+    LOOPBACK,
+    TLS_LOG,
+    client_context,
+    connect,
+    failures,
+    options_over,
+    refused,
+    running_gateway,
+    tls_flows,
+    tls_port,
+    tls_transport,
+    trunk_server,
+)
 from tests.interop.harness.pki import Issued, TestCa, TestPki
-from tests.port_blocks import port_block_text
-
-LOOPBACK = "127.0.0.1"
-TLS_LOG = "gateway.plugins.transports.tls"
 
 
 @attrs.frozen
@@ -63,105 +64,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         trunk=ca.issue("trunk", hosts=["127.0.0.1", "trunk.example"]),
         wrong_name=ca.issue("elsewhere", hosts=["127.0.0.2", "elsewhere.example"]),
     )
-
-
-@asynccontextmanager
-async def running_gateway(state: Path, tls: Mapping[str, Any]) -> AsyncIterator[Gateway]:
-    config = from_mapping(
-        {
-            "gateway": {"state_dir": str(state)},
-            "sip": {"listen": ["tls:127.0.0.1:0"]},
-            "media": {"ports": port_block_text(20)},
-            "plugins": {"enable": ["udp", "tcp", "tls"], "tls": dict(tls)},
-        }
-    )
-    gateway = Gateway(config, load_plugins(config), ids=SeededIds(4))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(gateway.serve)
-        yield gateway
-        nursery.cancel_scope.cancel()
-
-
-def tls_port(gateway: Gateway) -> int:
-    return next(lst.address[1] for lst in gateway.listeners if lst.transport == "tls")
-
-
-def tls_transport(gateway: Gateway) -> TlsTransport:
-    transport = gateway.plugins.transports.get("tls")
-    assert isinstance(transport, TlsTransport)
-    return transport
-
-
-def tls_flows(gateway: Gateway) -> list[Flow]:
-    return [flow for flow in gateway.flows if flow.transport == "tls"]
-
-
-def client_context(
-    *,
-    trust: Path | None = None,
-    certificate: Issued | None = None,
-    maximum: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
-) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.maximum_version = maximum
-    if trust is None:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context.load_verify_locations(trust)
-    if certificate is not None:
-        context.load_cert_chain(certificate.certificate, certificate.key)
-    return context
-
-
-def options(branch: str = "z9hG4bKtls1") -> bytes:
-    return (
-        f"OPTIONS sip:{LOOPBACK} SIP/2.0\r\n"
-        f"Via: SIP/2.0/TLS {LOOPBACK}:5999;branch={branch};rport\r\n"
-        "Max-Forwards: 70\r\n"
-        f"From: <sip:probe@{LOOPBACK}>;tag=probe1\r\n"
-        f"To: <sip:{LOOPBACK}>\r\n"
-        f"Call-ID: {branch}@{LOOPBACK}\r\n"
-        "CSeq: 1 OPTIONS\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
-
-
-async def connect(port: int, context: ssl.SSLContext) -> trio.SSLStream[trio.SocketStream]:
-    tcp = await trio.open_tcp_stream(LOOPBACK, port)
-    return trio.SSLStream(tcp, context, server_hostname=LOOPBACK)
-
-
-async def options_over(stream: trio.SSLStream[trio.SocketStream]) -> Response:
-    """Send OPTIONS and read the response (raises BrokenResourceError if the server refuses)."""
-    with trio.fail_after(5):
-        await stream.send_all(options())
-        buffer = b""
-        while b"\r\n\r\n" not in buffer:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise trio.BrokenResourceError("server closed the connection")
-            buffer += data
-    response = parse_message_untrusted(buffer)
-    assert isinstance(response, Response)
-    return response
-
-
-async def refused(port: int, context: ssl.SSLContext) -> bool:
-    """True when the gateway refuses this client: at its handshake or, in TLS 1.3 where the
-    client finishes first, at the first read."""
-    stream = await connect(port, context)
-    try:
-        await options_over(stream)
-    except trio.BrokenResourceError:
-        return True
-    finally:
-        await trio.aclose_forcefully(stream)
-    return False
-
-
-def failures(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == TLS_LOG and "failed" in r.message]
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,50 +223,6 @@ async def test_connections_beyond_the_per_source_limit_are_closed(tmp_path: Path
 
 # --------------------------------------------------------------------------------------------
 # Towards trunks (open_flow)
-
-
-@attrs.define
-class TrunkServer:
-    """A TLS server on 127.0.0.1 (stdlib ssl) standing in for a trunk."""
-
-    port: int = 0
-    handshakes: int = 0
-    server_names: list[str | None] = attrs.Factory(list)
-    client_certificates: list[bytes | None] = attrs.Factory(list)
-
-
-@asynccontextmanager
-async def trunk_server(
-    certificate: Issued, *, require_client_ca: Path | None = None
-) -> AsyncIterator[TrunkServer]:
-    record = TrunkServer()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certificate.certificate, certificate.key)
-    if require_client_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(require_client_ca)
-
-    def sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-        record.server_names.append(name)
-
-    context.sni_callback = sni  # type: ignore[assignment]
-
-    async def handle(stream: trio.SSLStream[trio.SocketStream]) -> None:
-        try:
-            await stream.do_handshake()
-            record.handshakes += 1
-            record.client_certificates.append(stream.getpeercert(binary_form=True))
-            while await stream.receive_some(65536):
-                pass
-        except trio.BrokenResourceError:
-            pass
-
-    listeners = await trio.open_ssl_over_tcp_listeners(0, context, host=LOOPBACK)
-    record.port = listeners[0].transport_listener.socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, handle, listeners)
-        yield record
-        nursery.cancel_scope.cancel()
 
 
 async def test_trunk_with_a_certificate_for_its_address_is_verified_and_reused(

@@ -5,7 +5,7 @@ the trunk's address, ``trunk.example``, which is also sent as SNI; a certificate
 only the SRV target's host is refused, as is one for another name. The same for the bare
 ``trunk.example``, whose NAPTR record for TLS is followed (the gateway listens on TLS alone).
 
-Set-up as test_tls_sockets.py (its trunk servers); a test CA of its own.
+Set-up as test_tls_sockets.py (tls_peers.py's trunk servers); a test CA of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from gateway.core.ids import SeededIds
 from gateway.core.plugins import load_plugins
 from gateway.plugins.transports.tls import TlsHandshakeError
 from gateway.testing.fake_dns import FakeResolver
-from tests.integration.tls.test_tls_sockets import (
+from tests.integration.tls.tls_peers import (
     LOOPBACK,
     TLS_LOG,
     failures,

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import pytest
+import trio
 
 from gateway.core.interfaces import LoadedCertificate, ReloadError
 from gateway.core.plugins import Plugins, Registry, new_plugin_manager
@@ -170,3 +171,53 @@ def test_only_covert_holders_log_what_no_holder_logs(caplog: pytest.LogCaptureFi
     core = [r.getMessage() for r in caplog.records if r.name == "gateway.core.reload"]
     assert core == ["reload: no enabled plugin holds certificates; nothing to do"]
     assert reloads.statistics() == ()
+
+
+class AsyncHolder(Holder):
+    """A holder whose reload has a slow part it runs off the event loop (the tls transport)."""
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__(outcome)
+        self.awaited = 0
+
+    async def reload_certificates_async(self) -> tuple[LoadedCertificate, ...]:
+        self.awaited += 1
+        await trio.lowlevel.checkpoint()
+        return self.reload_certificates()
+
+
+async def test_reload_async_awaits_the_holders_that_can_and_calls_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tls = AsyncHolder((CERT,))
+    wss = AsyncHolder(ReloadError("/etc/voipgw/crl.pem: the CRL of CN=CA expired"))
+    metrics = Holder((CERT,))
+    tap = CovertHolder(RuntimeError("a bug"))
+    plugins = plugins_with(tls=tls, wss=wss, metrics=metrics)
+    add(plugins.media_taps, "intercept", "intercept", tap)
+    reloads = CertificateReloads(plugins)
+    caplog.set_level(logging.INFO)
+
+    reports = await reloads.reload_async()
+
+    assert [(r.plugin, r.outcome, r.error) for r in reports] == [
+        ("tls", "reloaded", None),
+        ("wss", "failed", "/etc/voipgw/crl.pem: the CRL of CN=CA expired"),
+        ("metrics", "reloaded", None),
+    ]
+    assert (tls.awaited, wss.awaited, tls.calls, wss.calls, metrics.calls) == (1, 1, 1, 1, 1)
+    assert tap.calls == 1  # a covert one too, neither counted nor returned
+    assert reloads.statistics() == (
+        ("tls", "reloaded", 1),
+        ("tls", "failed", 0),
+        ("wss", "reloaded", 0),
+        ("wss", "failed", 1),
+        ("metrics", "reloaded", 1),
+        ("metrics", "failed", 0),
+    )
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("INFO", "reload: tls loaded " + CERT.describe()) in lines
+    assert (
+        "ERROR",
+        "reload: wss kept its previous certificates: /etc/voipgw/crl.pem: the CRL of CN=CA expired",
+    ) in lines
