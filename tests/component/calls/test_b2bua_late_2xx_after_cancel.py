@@ -24,6 +24,7 @@ from tests.component.calls.b2bua_env import (
     next_within,
     start_b2bua,
 )
+from tests.component.calls.test_b2bua_more import second_phone
 
 GIVE_UP = 64 * T1 + 1.0  # the §9.1 wait after the CANCEL
 
@@ -97,3 +98,32 @@ async def test_a_callee_answering_after_the_give_up_on_its_cancel_is_acked_and_b
     bye = await next_within(env.alice, "BYE", 5)
     assert bye is not None
     assert env.alice.awaiting_ack == []
+
+
+async def test_a_phone_answering_after_the_give_up_while_the_call_goes_on_is_acked_and_byed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Parallel ringing: the second phone answers, the first is CANCELled ("completed
+    # elsewhere"), ignores the CANCEL, and picks up once the gateway gave its INVITE up (a 408
+    # for that leg). The call, still up, holds that leg's responses: the 2xx is its to ACK
+    # and BYE (§13.2.2.4, §15), as a late fork's answer.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    phone2 = await second_phone(env, nursery, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg1 = await env.alice.next_call(timeout=1)
+    leg2 = await phone2.next_call(timeout=1)
+    await leg1.ring()
+    assert leg1.incoming is not None and leg1.incoming.transaction is not None
+    del env.alice._by_invite[leg1.incoming.transaction]  # no 487 on the CANCEL (see above)
+    await leg2.ring()
+    await leg2.answer()
+    assert (await call.final()).status == 200
+    await env.alice.next_request("CANCEL", timeout=1)
+    await trio.sleep(GIVE_UP)
+    await leg1.answer(200)
+    assert await next_within(env.alice, "ACK", 5) is not None
+    assert await next_within(env.alice, "BYE", 5) is not None
+    assert env.alice.awaiting_ack == []
+    assert env.calls == 1  # the call with the second phone goes on
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
