@@ -828,21 +828,22 @@ class ClientInviteTransaction(ClientTransaction):
             return [(Input.TIMER_M, t.timeout)]
         return []
 
-    def _step(
-        self, event: Input, now: float, message: Request | Response | None, out: list[Output]
-    ) -> None:
-        request = self.request
-        super()._step(event, now, message, out)
-        if event is Input.TIMER_CANCEL:
-            # Accepted lets the request go, but the TU has no final response yet: its timeout
-            # is told as a 408 made from it (the endpoint, RFC 3261 §8.1.3.1). Let go at Timer M.
+    def handle_timer(self, *, now: float) -> list[Output]:
+        request, cancelled = self.request, self.cancelled
+        outputs = super().handle_timer(now=now)
+        if cancelled and self.state is State.ACCEPTED:
+            # Given up (§9.1; no timer leads to Accepted otherwise). Accepted lets the request
+            # go, but the TU has no final response yet: its timeout is told as a 408 made from
+            # the request (the endpoint, RFC 3261 §8.1.3.1). It goes at Timer M. (Here, not in
+            # _step: timers fire far less often than messages come.)
             self.request = request
+        return outputs
 
     @property
     def given_up(self) -> bool:
         """No final response came within 64*T1 of our CANCEL (§9.1): the TU was told of a
         timeout, and a 2xx coming now is a session nobody holds (it keeps the request only
-        then in Accepted, :meth:`_step`)."""
+        then in Accepted, :meth:`handle_timer`)."""
         return self.state is State.ACCEPTED and self.request is not None
 
     @property
