@@ -630,6 +630,9 @@ class Call:
         self._early_sdp_a = b""
         self._a_early: Dialog | None = None
         self._dtmf_wake: trio.Event | None = None
+        # The request of the event the task is handling (set by _next_event): if a bug ends
+        # the call meanwhile, the catch-all in run() answers it 500 (:meth:`_answer_handled`).
+        self._handling: RequestEvent | PickUpEvent | None = None
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -676,6 +679,7 @@ class Call:
                     log.exception("call %s failed", self.id)
                     self.end_reason = f"internal error: {type(exc).__name__}"
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await self._answer_handled()
                         await self._abort(500, "Server Internal Error")
                 # Unanswered B legs still need their CANCEL (sent once they ring) and a 2xx
                 # that crosses it needs ACK and BYE: wait for every B leg's final response, at
@@ -712,6 +716,25 @@ class Call:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.sip.t1):
                     await self._refuse_queued_requests()
 
+    async def _answer_handled(self) -> None:
+        """The call failed on a bug while handling a request (an in-dialog one, or a picker's
+        INVITE): it gets 500 now (RFC 3261 §21.5.1) rather than nothing, which would leave its
+        sender retransmitting until its Timer B or F. A transaction already answered finally
+        is left alone: a response after the final one is not allowed (§17.2)."""
+        event, self._handling = self._handling, None
+        if event is None:
+            return
+        if isinstance(event, PickUpEvent):
+            event.done.set()  # answered here: the manager does not answer it 481
+        if event.transaction.state not in (State.TRYING, State.PROCEEDING):
+            return
+        try:
+            await self.endpoint.respond(
+                event.transaction, make_response(event.request, 500, "Server Internal Error")
+            )
+        except TransactionStateError:  # answered in the meantime after all
+            log.debug("call %s: %s answered already", self.id, event.request.method)
+
     async def _refuse_queued_requests(self) -> None:
         """Requests the call took but will not answer now that it has ended get 481, as they
         would a moment later from the endpoint (RFC 3261 §12.2.2): those still queued (a
@@ -744,6 +767,7 @@ class Call:
                 log.debug("call %s: %s answered already", self.id, request.method)
 
     async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
+        self._handling = None  # the previous event's handling is over
         wake = min(deadline, self._next_retransmission())
         if wake == math.inf:
             event = await self._events.receive()  # nothing timed: no cancel scope to set up
@@ -759,6 +783,7 @@ class Call:
                 return None
         if isinstance(event, RequestEvent):
             self._queued_requests -= 1
+        self._handling = event if isinstance(event, (RequestEvent, PickUpEvent)) else None
         return event
 
     def ack_received(self, side: Side, ack: Request) -> None:
