@@ -2113,7 +2113,15 @@ class Call:
         """PRACK a callee's reliable 1xx (``Require: 100rel`` with an RSeq, RFC 3262 §4) in its
         early dialog. We do, whatever A's leg does: A gets its own 1xx, reliable only if A
         required that. False for one to drop: the same RSeq again (our PRACK's transaction
-        re-sends itself) or one out of order (§4: RSeq must be the last one plus one)."""
+        re-sends itself) or one out of order (§4: RSeq must be the last one plus one), or one
+        whose Call-ID or From tag is not our INVITE's: it matched our transaction by its Via
+        branch only (RFC 3261 §17.1.3) and belongs to no dialog of ours (§12.1.2)."""
+        invite = leg.invite
+        if invite is not None and (
+            response.call_id != invite.call_id or response.from_.tag != invite.from_.tag
+        ):
+            log.info("call %s: a %d of another dialog dropped", self.id, response.status)
+            return False
         if "100rel" not in response.headers.option_tags("Require"):
             early = leg.early_dialogs.get(response.to.tag or "") if leg.early_dialogs else None
             if early is not None:
