@@ -2401,6 +2401,14 @@ class Call:
         if self.state != "ringing" or self.b is not None or picked.finished:
             await self._refuse_pickup(event)
             return
+        try:
+            # Its Contact is the remote target of the dialog our 200 makes (RFC 3261 §12.1.1):
+            # an INVITE without one is refused as A's would be (§8.1.1.8), and the call rings on.
+            require_contact(request)
+        except RemoteSipError as err:
+            bad = make_response(request, 400, f"Bad Request ({err.reason})")
+            await self._answer_pickup(event, bad)
+            return
         assert self.media is not None and self.a.security is not None
         name = event.caller.name
         picker = BLeg(
