@@ -1648,6 +1648,8 @@ class Call:
                 await self._picked_up(event)
 
     async def _b_response(self, leg: BLeg, response: Response) -> None:
+        if not self._of_our_invite(leg, response):
+            return
         if leg.final is not None:
             if response.is_success and leg.ack is not None:
                 await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
@@ -2109,19 +2111,23 @@ class Call:
         self._forward(client, leg)
         return True
 
+    def _of_our_invite(self, leg: BLeg, response: Response) -> bool:
+        """False for a response to B's INVITE whose Call-ID or From tag is not the INVITE's: it
+        matched our client transaction by its Via branch only (RFC 3261 §17.1.3) and belongs
+        to no dialog of ours (§12.1.2), early or confirmed. Dropped, as a stray response."""
+        invite = leg.invite
+        if invite is None or (
+            response.call_id == invite.call_id and response.from_.tag == invite.from_.tag
+        ):
+            return True
+        log.info("call %s: a %d of another dialog dropped", self.id, response.status)
+        return False
+
     async def _prack_b(self, leg: BLeg, response: Response) -> bool:
         """PRACK a callee's reliable 1xx (``Require: 100rel`` with an RSeq, RFC 3262 §4) in its
         early dialog. We do, whatever A's leg does: A gets its own 1xx, reliable only if A
         required that. False for one to drop: the same RSeq again (our PRACK's transaction
-        re-sends itself) or one out of order (§4: RSeq must be the last one plus one), or one
-        whose Call-ID or From tag is not our INVITE's: it matched our transaction by its Via
-        branch only (RFC 3261 §17.1.3) and belongs to no dialog of ours (§12.1.2)."""
-        invite = leg.invite
-        if invite is not None and (
-            response.call_id != invite.call_id or response.from_.tag != invite.from_.tag
-        ):
-            log.info("call %s: a %d of another dialog dropped", self.id, response.status)
-            return False
+        re-sends itself) or one out of order (§4: RSeq must be the last one plus one)."""
         if "100rel" not in response.headers.option_tags("Require"):
             early = leg.early_dialogs.get(response.to.tag or "") if leg.early_dialogs else None
             if early is not None:
@@ -5202,6 +5208,8 @@ class Call:
             event = await self._next_event()
             if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                 leg, response = event.tag, event.response
+                if not self._of_our_invite(leg, response):
+                    continue
                 if response.is_success and leg.final is not None and leg.ack is not None:
                     await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
                 elif response.status >= 200 and leg.final is None:

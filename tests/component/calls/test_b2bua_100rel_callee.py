@@ -190,3 +190,39 @@ async def test_a_reliable_1xx_of_another_dialog_is_dropped_and_the_call_goes_on(
     assert (await call.final()).status == 200
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+@pytest.mark.parametrize("header", ["From", "Call-ID"])
+async def test_a_2xx_of_another_dialog_is_dropped_and_the_call_goes_on(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    header: str,
+) -> None:
+    # As above for the 2xx: with the early dialog's To tag, it found the PRACKed early dialog,
+    # whose check raised (an internal error ending the call). It belongs to no dialog of ours.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, leg_b = await ringing_reliably(env, rseq=7)
+    await env.alice.next_request("PRACK")
+    assert leg_b.incoming is not None
+    request = leg_b.incoming.request
+    value = str(request.from_.with_tag("another")) if header == "From" else "another-call-id"
+    stranger = make_response(
+        request.with_headers(request.headers.set(header, value)),
+        200,
+        to_tag=leg_b.local_tag,
+        extra=[("Contact", str(env.alice.contact))],
+        body=ALICE_SDP,
+        content_type="application/sdp",
+    )
+    await env.alice.socket.sendto(serialize_message(stranger), GW)
+    await trio.sleep(2)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert env.calls == 1
+    assert call.exchange is not None and not [s for s in call.exchange.statuses if s >= 200]
+    await env.alice.respond(leg_b.incoming, 200, body=ALICE_SDP)
+    assert (await call.final()).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
