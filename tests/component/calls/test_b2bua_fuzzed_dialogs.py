@@ -13,7 +13,9 @@ CANCEL, MESSAGE, OPTIONS, ACK -- and mutates one header or the body (its Content
 right, so the body's reader is what is tested), or the whole message as bytes
 (tests/unit/fuzz/mutator.py), or sends it as it is. Some turns instead have one side send a valid
 request and the other answer the gateway's forwarded copy with a mutated response (a 2xx with
-bad SDP, 491, a 1xx with SDP, a wrong CSeq); some send two re-INVITEs at once (glare).
+bad SDP, 491, a 1xx with SDP, a wrong CSeq); some send two re-INVITEs at once (glare); some
+have alice transfer the trunk with a valid REFER and answer the gateway's NOTIFYs about it
+with mutated responses.
 
 After each message: the request got exactly one final response (the status the parser names,
 with a reason, when it refuses the message), responses and ACKs got none; nothing was logged at

@@ -7,8 +7,8 @@ with SDP (which the gateway PRACKs itself, RFC 3262 §4). A seeded stream then s
 messages in the early dialogs: the trunk's PRACK for the gateway's reliable 1xx (its RAck right,
 or naming another RSeq or CSeq), or alice's next reliable 180/183 (the next RSeq, a repeated
 one, or one skipping), each mutated as in test_b2bua_fuzzed_dialogs (one field, the whole
-message as bytes, or sent as it is). The round ends with alice answering, refusing, or the
-trunk cancelling; an answered call is hung up.
+message as bytes, or sent as it is). The round ends with alice answering (at times first
+with a mutated 200), refusing, or the trunk cancelling; an answered call is hung up.
 
 After each message: a request got exactly one final response (the status the parser names
 when it refuses the message), a response got none; nothing was logged at error level and no
@@ -145,13 +145,33 @@ class Round:
             await env.alice.respond(self.leg_b.incoming, 486)
         else:
             # The trunk PRACKs the gateway's last reliable 1xx (RFC 3262 §3: our 2xx waits
-            # for it), then alice answers.
+            # for it), then alice answers; at times first with a mutated 200 (sent as bytes,
+            # her transaction does not see it), then, if the call still rings, a valid one.
             await self._send(TRUNK, self.prack_for_last())
-            await self.leg_b.answer()
+            if rng.random() < 0.4:
+                how = "mutated answer"
+                await self._send(ALICE, self.mutated_answer())
+                await trio.sleep(2.0)
+            assert self.call.exchange is not None
+            if env.calls == 2 and not [s for s in self.call.exchange.statuses if s >= 200]:
+                await self.leg_b.answer()
         final = await self.call.final(timeout=2 * WINDOW)
         if final.status == 200:
             assert (await self.call.bye(timeout=WINDOW)).status == 200
         return f"{how}: {final.status}"
+
+    def mutated_answer(self) -> bytes:
+        alice = self.env.alice
+        assert self.leg_b.incoming is not None
+        response = make_response(
+            self.leg_b.incoming.request,
+            200,
+            to_tag=self.leg_b.local_tag,
+            extra=[("Contact", str(alice.contact))],
+            body=alice.answer_sdp(self.leg_b.invite.body),
+            content_type=SDP,
+        )
+        return mutate_message(serialize_message(response), self.rng)[1][:MAX_UDP]
 
     def prack_for_last(self) -> bytes:
         rack = f"{self.gateway_rseq()} {self.call.invite.cseq.number} INVITE"
