@@ -366,6 +366,16 @@ class SipEndpoint:
         reaching us twice, a phone reusing one), and another call's messages must not reach
         these taps."""
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of the endpoint's tables and its transaction table's, for leak hunting
+        (``StatusView.tables``)."""
+        return {
+            **self.transactions.sizes(),
+            "sip_server_flows": len(self._server_flows),
+            "sip_client_requests": len(self._client_requests),
+            "sip_taps": len(self.sip_taps),
+        }
+
     async def run(
         self,
         inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow, float]],

@@ -935,6 +935,11 @@ class GatewayStatus(Protocol):
     def registrations(self) -> int:
         """Unexpired registration bindings in the store (with a shared store: of every node)."""
 
+    def tables(self) -> tuple[tuple[str, int], ...]:
+        """Entries of the gateway's internal tables and caches now, by name (calls, SIP
+        transactions, flows, media ports, trio tasks, ...; docs/metrics.md lists them): each
+        returns to its idle size once calls end, or stops at its bound. For leak hunting."""
+
     def key_exchange_failures(self) -> tuple[tuple[str, int], ...]:
         """Key negotiations that failed since the start, by key exchange (``sdes``, ``dtls``,
         ``zrtp``, ``mikey``): an answer or offer whose keys could not be used, a failed

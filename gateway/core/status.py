@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from gateway.core.interfaces import (
     SipCounts,
     TrunkCounts,
 )
+from gateway.core.ip import ip_facts, ip_literal
 from gateway.core.sip.uri import redact_password
 
 if TYPE_CHECKING:
@@ -418,6 +420,30 @@ class StatusView:
     def registrations(self) -> int:
         store = self._gateway.store
         return 0 if store is None else store.count_bindings(time.time())
+
+    def tables(self) -> tuple[tuple[str, int], ...]:
+        """Entries of the gateway's internal tables and caches now, by name, for leak hunting
+        (benchmarks/soak.py): call manager, call limits, SIP endpoint and transactions, flows,
+        the media relay's streams and ports, tracked digest nonces and failing sources, the IP
+        literal caches, trio tasks, and the interpreter's allocated memory blocks. Each returns
+        to its idle size once the calls have ended, or stops at its bound (the caches)."""
+        found: dict[str, int] = {}
+        gateway = self._gateway
+        if gateway.calls is not None:
+            found.update(gateway.calls.sizes())
+        found.update(gateway.endpoint.sizes())
+        found.update(gateway.flows.sizes())
+        if gateway.relay is not None:
+            found.update(gateway.relay.sizes())
+        registration = gateway.registration
+        if registration is not None:
+            found["digest_nonces_tracked"] = registration.authenticator.tracked_nonces
+            found["auth_failure_sources"] = len(registration.failures)
+        found["ip_literal_cache"] = ip_literal.cache_info().currsize
+        found["ip_facts_cache"] = ip_facts.cache_info().currsize
+        found["trio_tasks"] = trio.lowlevel.current_statistics().tasks_living
+        found["python_allocated_blocks"] = sys.getallocatedblocks()
+        return tuple(found.items())
 
     def caller_identity(self) -> tuple[tuple[str, int], ...]:
         manager = self._gateway.calls

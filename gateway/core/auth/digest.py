@@ -188,6 +188,12 @@ class DigestAuthenticator:
     def __repr__(self) -> str:
         return f"<DigestAuthenticator realm={self.config.realm!r}>"
 
+    @property
+    def tracked_nonces(self) -> int:
+        """Nonces whose highest nonce-count is remembered now (at most
+        ``max_tracked_nonces``)."""
+        return len(self._counts)
+
     # -- challenges -------------------------------------------------------------------------
 
     def challenge_values(self, *, now: float, stale: bool = False) -> tuple[str, ...]:

@@ -908,6 +908,11 @@ class Call:
                 await self._reject_a(488, "Not Acceptable Here", err.reason)
             except PortsExhausted:
                 await self._reject_a(503, "Service Unavailable", "no free media ports")
+            except Exception as exc:
+                # Our bug or a key-exchange plugin's: 500 with a Warning, the record saying
+                # which (as for a 2xx's SDP, _answer_failed), not the catch-all's bare 500.
+                failure = self._answer_failed(exc, "caller's offer")
+                await self._reject_a(failure.status, failure.phrase, failure.warning)
             self._apply_keys(None)  # no media before keys: block where a policy needs them
         self._offer_b = offer_b
         refusals: list[str] = []
@@ -1004,6 +1009,9 @@ class Call:
             except MediaSecurityRefused as err:
                 log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
                 return err.reason
+            except Exception as exc:  # our bug or a key-exchange plugin's: said which
+                failure = self._answer_failed(exc, "caller's offer")
+                await self._reject_a(failure.status, failure.phrase, failure.warning)
         trunk = self._leg_trunk(leg)
         if trunk is not None and trunk.response_timeout > 0:
             # Armed before the INVITE goes: its first response may be handled (and disarm it,
@@ -2498,10 +2506,15 @@ class Call:
             )
             await self._answer_pickup(event, refusal)
             return
+        except Exception as exc:
+            await self._pickup_failed(event, exc)
         if moving_to is not None and ringing is not None:
             self.manager.limits.release_one(self, ("account", ringing))
         ok = self._picker_ok(picker, request, timer, to_picker)
-        await self._picker_joins(picker, picked)
+        try:
+            await self._picker_joins(picker, picked)
+        except Exception as exc:  # the relay failing to take the picker's keys
+            await self._pickup_failed(event, exc)
         self._start_2xx_retransmission(Side.B, ok)  # until its ACK (RFC 3261 §13.3.1.4)
         await self._answer_pickup(event, ok)
         picker.session_timer = self._started(timer)
@@ -2584,11 +2597,16 @@ class Call:
             refusal = make_response(request, status, phrase, extra=[("Warning", _warning(reason))])
             await self._answer_pickup(event, refusal)
             return
+        except Exception as exc:
+            await self._pickup_failed(event, exc)
         if moving_to is not None and ringing is not None:
             self.manager.limits.release_one(self, ("account", ringing))
         event.done.set()  # taken: the manager does not answer it 481
+        try:
+            await self._picker_joins(picker, event.leg)
+        except Exception as exc:
+            await self._pickup_failed(event, exc)
         self._pickup_waiting = (event, timer)
-        await self._picker_joins(picker, event.leg)
         self.a.session_timer = self._started(self._a_timer)
         await self._offer_in_2xx_to_a(offer_a)
 
@@ -2635,6 +2653,20 @@ class Call:
         else:
             status, reason = 481, None
         await self._answer_pickup(event, make_response(event.request, status, reason))
+
+    async def _pickup_failed(self, event: PickUpEvent, exc: Exception) -> NoReturn:
+        """Making our answer or offer for a phone picking the call up (or the relay taking
+        its keys) raised ``exc``: not its bad SDP, which is refused 488 while the call rings
+        on, but a bug of ours or of a key-exchange plugin (:meth:`_answer_failed` logs it once
+        and says which). The picker's INVITE gets 500 with a Warning at once, rather than the
+        manager's 481 once it gives up waiting; the call ends, the caller getting 500 too and
+        the phones that rang CANCEL (:meth:`_drain_b_legs`)."""
+        failure = self._answer_failed(exc, "picker's offer")
+        warning = [("Warning", _warning(failure.warning))]
+        await self._answer_pickup(
+            event, make_response(event.request, failure.status, failure.phrase, extra=warning)
+        )
+        await self._reject_a(failure.status, failure.phrase, failure.warning)
 
     async def _answer_pickup(self, event: PickUpEvent, response: Response) -> None:
         event.done.set()
@@ -2811,7 +2843,10 @@ class Call:
         488; anything else is a bug of ours or of a key-exchange plugin (a media worker's
         channel gone counts too): 500, logged once here with its traceback, the record saying
         what failed. Never the exception's text in what is sent: it might hold keys. The call
-        ending meanwhile (CallEnded) is no failure to apply: it goes on up."""
+        ending meanwhile (CallEnded) is no failure to apply: it goes on up. The same rule for
+        the offer of a request we received (the caller's INVITE, a picker's, a re-INVITE or
+        UPDATE, ``what`` saying which): its caller answers that request with ``status`` at
+        once, then ends the call."""
         if isinstance(exc, CallEnded):
             raise exc
         if isinstance(exc, SdpError):
@@ -3276,6 +3311,19 @@ class Call:
                 make_response(request, 503, extra=[("Warning", _warning("no free media ports"))]),
             )
             return
+        except Exception as exc:
+            # Our bug or a key-exchange plugin's, taking the offer or making ours for the other
+            # leg: the request gets its final response now (left to the catch-all it would get
+            # none, and its sender would time out), then the call ends as for an answer to a
+            # re-INVITE that cannot be applied (_answer_failed).
+            failure = self._answer_failed(exc, f"offer in {request.method}")
+            self.media.abandon_offer()
+            warning = [("Warning", _warning(failure.warning))]
+            await self.endpoint.respond(
+                event.transaction,
+                make_response(request, failure.status, failure.phrase, extra=warning),
+            )
+            await self._hang_up(failure.reason, cause=failure.status)
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
         if location is not None and not self._passes_location(other, location):
@@ -4350,7 +4398,7 @@ class Call:
             # and, the media session's state being unknown, the call ends too.
             failure = self._answer_failed(exc, "transfer target's offer")
             self.media.abandon_offer()
-            await self._end_transfer(failure.status, failure.phrase)
+            await self._end_transfer(failure.status, failure.phrase, call_ends=True)
             await self._hang_up(failure.reason, cause=failure.status)
         tag = InDialogRequest("transfer", transferee.side)
         sent = await self._send_in_dialog(
@@ -4420,7 +4468,7 @@ class Call:
             self.a, self.b = legs  # the transferor is BYEd with the rest, not lost
             await self.endpoint.send_ack(ack, flow)
             self.media.abandon_offer()
-            await self._end_transfer(failure.status, failure.phrase)
+            await self._end_transfer(failure.status, failure.phrase, call_ends=True)
             await self._hang_up(failure.reason, cause=failure.status)
         await self.endpoint.send_ack(ack, flow)
         await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer))
@@ -4463,10 +4511,11 @@ class Call:
         self._record_transfer(transfer, 200, "OK")
         await self._notify(transfer, 200, "OK")
 
-    async def _end_transfer(self, status: int, reason: str) -> None:
+    async def _end_transfer(self, status: int, reason: str, *, call_ends: bool = False) -> None:
         """The transfer failed with ``status``: its devices still ringing are CANCELled, one
         that answered is BYEd, the transferor hears why; the call goes on, unless the
-        transferor has hung up already."""
+        transferor has hung up already. ``call_ends``: the caller ends the call next itself,
+        with a reason of its own (_answer_failed), which the BYEs and the record must say."""
         transfer = self._transfer
         if transfer is None:
             return
@@ -4479,7 +4528,7 @@ class Call:
         if transfer.moved_count is not None:
             self.manager.limits.release_one(self, transfer.moved_count)  # that leg is gone
         self._record_transfer(transfer, status, reason)
-        if transfer.transferor_left:
+        if transfer.transferor_left and not call_ends:
             await self._hang_up(f"transfer to {transfer.target} failed: {status} {reason}")
         await self._notify(transfer, status, reason)
 

@@ -165,6 +165,15 @@ class CallLimits:
         """Heartbeats that found another process's under this node's name (``[store] node``
         given to two nodes), since the start: for monitoring."""
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of the limits' per-call and per-key tables, for leak hunting."""
+        return {
+            "call_limit_keys": len(self.in_progress),
+            "call_limit_counted": len(self._counted),
+            "call_limit_rates": len(self._rates),
+            "call_limit_holds": len(self._holds),
+        }
+
     @property
     def store_failing(self) -> bool:
         """Whether the database's last answer was a failure: this node counts alone until a

@@ -155,6 +155,17 @@ class CallManager:
             await trio.sleep(interval)
             self.limits.beat()
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of the manager's tables and its call limits', for leak hunting
+        (``StatusView.tables``): each returns to its idle size once the calls have ended."""
+        return {
+            "calls": len(self.calls),
+            "call_dialogs": len(self._by_dialog),
+            "call_invites": len(self._by_invite),
+            "call_keys": len(self._keys_of),
+            **self.limits.sizes(),
+        }
+
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run what a call leaves behind when it ends (seeing its BYE through a trunk's
         challenge) in the manager's nursery, which lives as long as the gateway."""

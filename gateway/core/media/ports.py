@@ -29,6 +29,9 @@ import attrs
 from gateway.core.config import PortRange
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 
+_SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+"""socket(2)'s flag for a non-blocking socket; 0 where the platform has none (setblocking then)."""
+
 
 def rtp_ports(ports: PortRange) -> range:
     """The even RTP ports of ``ports`` whose RTCP port (+1) is in the range too."""
@@ -134,9 +137,13 @@ class PortAllocator:
         )
 
     def _bind(self, port: int) -> socket.socket:
-        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        # Non-blocking from socket(2) itself (SOCK_NONBLOCK, Linux): setblocking(False) would be
+        # one more system call (ioctl FIONBIO) per socket, four per call (docs/benchmarks.md,
+        # session 28). Python then reads the socket as non-blocking too (timeout 0).
+        sock = socket.socket(self.family, socket.SOCK_DGRAM | _SOCK_NONBLOCK)
         try:
-            sock.setblocking(False)
+            if not _SOCK_NONBLOCK:
+                sock.setblocking(False)
             sock.bind((self.address, port))
         except BaseException:
             sock.close()

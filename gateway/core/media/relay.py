@@ -1801,6 +1801,12 @@ class MediaRelay:
         self._serving = False
         self._closed = False
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of the relay's tables, for leak hunting (``StatusView.tables``): its
+        streams and the port pairs its allocator lent (each pair's sockets are among the
+        process's open file descriptors)."""
+        return {"media_streams": len(self._streams), "media_port_pairs": self.allocator.in_use}
+
     @property
     def carries_opaque(self) -> bool:
         """True: streams can relay opaque datagrams (T.38 UDPTL, :meth:`MediaStream.set_opaque`)."""

@@ -115,10 +115,12 @@ class MediaSecurityRefused(SdpError):
 
 
 class KeyExchangeFailed(Exception):
-    """A key-exchange plugin raised something other than :class:`SdpError` while taking the
-    peer's answer: a bug in the plugin, never the peer's fault (bad peer input is an
-    ``SdpError``, STYLE.md habit 4). The call ends (500 / BYE); ``reason`` names the plugin and
-    the exception's type, never its text, which might hold key material."""
+    """A key-exchange plugin raised something other than :class:`SdpError` (from ``offer()``,
+    ``answer()``, ``local_sdp_attributes()``, ``remote_sdp_attributes()`` or ``next_event()``,
+    in any of the four SDP steps: :meth:`LegSecurity._plugin`): a bug in the plugin, never the
+    peer's fault (bad peer input is an ``SdpError``, STYLE.md habit 4). The call ends (500 /
+    BYE); ``reason`` names the plugin and the exception's type, never its text, which might
+    hold key material."""
 
     def __init__(self, key_exchange: str, error: Exception) -> None:
         self.key_exchange = key_exchange
@@ -156,6 +158,28 @@ class StreamSecurity:
     def fax(self) -> bool:
         """A T.38 fax stream over UDPTL: passed through, never encrypted."""
         return self.peer_proto.upper() == "UDPTL"
+
+
+class _PluginCall:
+    """:meth:`LegSecurity._plugin`'s context manager: a class, not a generator, as it runs
+    several times per call on the SIP path."""
+
+    __slots__ = ("name", "security")
+
+    def __init__(self, security: LegSecurity, name: str | None) -> None:
+        self.security = security
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any
+    ) -> None:
+        if exc is None or isinstance(exc, SdpError) or not isinstance(exc, Exception):
+            return  # nothing raised, bad peer input, or a cancellation: it goes on as it is
+        self.security.failed(self.name)
+        raise KeyExchangeFailed(self.name or "unknown", exc) from exc
 
 
 class LegSecurity:
@@ -223,7 +247,8 @@ class LegSecurity:
 
     def take_offer(self, offer: SessionDescription) -> SessionDescription:
         """Start answering negotiations for the peer's offer; the offer as the session must see
-        it (plain profile, no keys). Raises :class:`MediaSecurityRefused`."""
+        it (plain profile, no keys). Raises :class:`MediaSecurityRefused`, or
+        :class:`KeyExchangeFailed` (a plugin's bug)."""
         streams: list[StreamSecurity] = []
         media_out: list[MediaDescription] = []
         session_attributes = _pairs(offer.attributes)
@@ -258,18 +283,20 @@ class LegSecurity:
             if (profile == "dtls") != over_dtls or (profile == "rtp" and encrypted):
                 continue
             same = previous is not None and previous.key_exchange == name
-            negotiation = exchange.answer(
-                # The media-level attributes, then the session-level ones (RFC 8122 §5, RFC 4567
-                # §4: a session-level a=key-mgmt applies to the m= lines without their own).
-                _pairs(media.attributes) + session_attributes,
-                suites=self.policy.suites,
-                secure_signalling=self.secure_signalling,
-                previous=previous.negotiation if same and previous is not None else None,
-                **self._leg_argument(name, exchange),
-            )
-            if negotiation is None:
-                continue  # this method is not in the offer
-            failed = _drain(negotiation, stream)
+            with self._plugin(name):
+                negotiation = exchange.answer(
+                    # The media-level attributes, then the session-level ones (RFC 8122 §5, RFC
+                    # 4567 §4: a session-level a=key-mgmt applies to the m= lines without their
+                    # own).
+                    _pairs(media.attributes) + session_attributes,
+                    suites=self.policy.suites,
+                    secure_signalling=self.secure_signalling,
+                    previous=previous.negotiation if same and previous is not None else None,
+                    **self._leg_argument(name, exchange),
+                )
+                if negotiation is None:
+                    continue  # this method is not in the offer
+                failed = _drain(negotiation, stream)
             if failed is None:
                 stream.negotiation, stream.key_exchange = negotiation, name
                 stream.media_path = bool(getattr(exchange, "media_path", False))
@@ -296,7 +323,7 @@ class LegSecurity:
 
     def make_answer(self, answer: SessionDescription) -> SessionDescription:
         """Our answer to the peer's offer (from the session's plain answer): the peer's profile
-        and our keys per stream."""
+        and our keys per stream. Raises :class:`KeyExchangeFailed` (a plugin's bug)."""
         media_out: list[MediaDescription] = []
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
@@ -306,7 +333,8 @@ class LegSecurity:
             self._fax_passed = self._fax_passed or stream.fax
             attributes: list[tuple[str, str | None]] = list(media.attributes)
             if stream.negotiation is not None:
-                attributes += stream.negotiation.local_sdp_attributes()
+                with self._plugin(stream.key_exchange):
+                    attributes += stream.negotiation.local_sdp_attributes()
                 proto = stream.peer_proto
             else:
                 proto = _PLAIN_OF.get(stream.peer_proto.upper(), stream.peer_proto)
@@ -343,7 +371,8 @@ class LegSecurity:
 
     def make_offer(self, offer: SessionDescription) -> SessionDescription:
         """Our offer on this leg (from the session's plain offer). Raises
-        :class:`MediaSecurityRefused` when the policy needs encryption this leg cannot get."""
+        :class:`MediaSecurityRefused` when the policy needs encryption this leg cannot get,
+        :class:`KeyExchangeFailed` for a plugin's bug."""
         streams: list[StreamSecurity] = []
         media_out: list[MediaDescription] = []
         for index, offered in enumerate(offer.media):
@@ -372,14 +401,15 @@ class LegSecurity:
                     continue
                 if stream.negotiation is not None and not self._shares_line(stream, profile):
                     continue
-                negotiation = exchange.offer(
-                    suites=self.policy.suites,
-                    secure_signalling=self.secure_signalling,
-                    previous=_previous_negotiation(previous, name),
-                    **self._leg_argument(name, exchange),
-                )
                 drained = StreamSecurity()
-                failed = _drain(negotiation, drained)
+                with self._plugin(name):
+                    negotiation = exchange.offer(
+                        suites=self.policy.suites,
+                        secure_signalling=self.secure_signalling,
+                        previous=_previous_negotiation(previous, name),
+                        **self._leg_argument(name, exchange),
+                    )
+                    failed = _drain(negotiation, drained)
                 if failed is not None:
                     reasons.append(f"{name}: {failed}")
                     self.failed(name)
@@ -408,9 +438,11 @@ class LegSecurity:
             proto = self._offer_proto(stream, media.proto)
             stream.peer_proto = proto
             attributes: list[tuple[str, str | None]] = list(media.attributes)
-            attributes += stream.negotiation.local_sdp_attributes()
-            for _, alternative in stream.alternatives:
-                attributes += alternative.local_sdp_attributes()
+            with self._plugin(stream.key_exchange):
+                attributes += stream.negotiation.local_sdp_attributes()
+            for name, alternative in stream.alternatives:
+                with self._plugin(name):
+                    attributes += alternative.local_sdp_attributes()
             media_out.append(media.with_attributes(attributes, proto))
             streams.append(stream)
         self._refuse_if_nothing_left(offer.media, media_out)
@@ -449,6 +481,13 @@ class LegSecurity:
                 f"policy {self.policy.name} requires encrypted media; T.38 fax (UDPTL) is "
                 "never encrypted by the gateway"
             )
+
+    def _plugin(self, name: str | None) -> _PluginCall:
+        """Around every call into key exchange ``name``'s plugin: an :class:`SdpError` (bad
+        peer input, or a policy refusing it) goes on as it is; anything else is the plugin's
+        bug, counted and raised as :class:`KeyExchangeFailed`, which names the plugin (and
+        the exception's type, never its text) in the call record."""
+        return _PluginCall(self, name)
 
     def _leg_argument(self, name: str, exchange: KeyExchange) -> dict[str, Any]:
         """``leg=`` for a key exchange that declares ``wants_leg``, ``leg_state=`` (this leg's
@@ -527,14 +566,11 @@ class LegSecurity:
                         stream.negotiation, stream.key_exchange = negotiation, name
                         stream.media_path = bool(getattr(self._by_name[name], "media_path", False))
                         stream.keys = None
-                    try:
+                    with self._plugin(name):
                         # A failure is queued as NegotiationFailed too, which _drain reports.
                         with contextlib.suppress(SdpError):
                             negotiation.remote_sdp_attributes(attributes)
                         failed = _drain(negotiation, stream)
-                    except Exception as exc:  # the plugin's bug: said as such, not as the peer's
-                        self.failed(name)
-                        raise KeyExchangeFailed(name, exc) from exc
                     if failed is not None:
                         self.failed(name)
                         raise MediaSecurityRefused(f"the answer's keys are unusable: {failed}")

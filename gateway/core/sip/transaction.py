@@ -1098,6 +1098,17 @@ class TransactionTable:
     def __len__(self) -> int:
         return len(self._client) + len(self._server)
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of each of the table's maps, for leak hunting (``StatusView.tables``,
+        benchmarks/soak.py): the timer heap keeps superseded entries until their deadline
+        passes, so it may be larger than the timers scheduled, but never grows with calls."""
+        return {
+            "sip_client_transactions": len(self._client),
+            "sip_server_transactions": len(self._server),
+            "sip_transaction_timers": len(self._scheduled),
+            "sip_transaction_timer_heap": len(self._heap),
+        }
+
     # -- TU side --
 
     def send_request(

@@ -138,3 +138,7 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries of the table's two maps, for leak hunting (``StatusView.tables``)."""
+        return {"flows": len(self._by_key), "flows_by_remote": len(self._by_remote)}

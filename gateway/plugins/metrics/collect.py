@@ -53,6 +53,7 @@ def render(
     _recording(out, status)
     _certificates(out, status)
     _tls_handshakes(out, status)
+    _tables(out, status)
     if server is not None:
         _exporter(out, server)
     return out.render()
@@ -158,6 +159,18 @@ def _registrations(out: Exposition, status: GatewayStatus) -> None:
         "voipgw_registration_bindings", "gauge", "Unexpired registration bindings (contacts)."
     )
     out.sample(bindings)
+
+
+def _tables(out: Exposition, status: GatewayStatus) -> None:
+    out.family(
+        "voipgw_internal_entries",
+        "gauge",
+        "Entries of the gateway's internal tables and caches, by table (calls, "
+        "sip_server_transactions, flows, media_port_pairs, trio_tasks, ...): each returns to its "
+        "idle size once calls end, or stops at its bound; one that keeps growing is a leak.",
+    )
+    for table, entries in status.tables():
+        out.sample(entries, [("table", table)])
 
 
 def _sip(out: Exposition, status: GatewayStatus) -> None:

@@ -135,6 +135,7 @@ _CRL_FUNCTIONS = (
     "d2i_X509_CRL_bio",
     "X509_CRL_free",
     "X509_STORE_add_crl",
+    "ERR_clear_error",
 )
 if _openssl_lib is not None and not all(
     hasattr(_openssl_lib, name) for name in _CRL_FUNCTIONS
@@ -824,6 +825,7 @@ def _add_crl(store: crypto.X509Store, loaded: LoadedCrl) -> None:
         store.add_crl(loaded.crl)
         return
     if not _openssl_lib.X509_STORE_add_crl(raw_store, native):
+        _openssl_lib.ERR_clear_error()  # or a later handshake on this thread reads it as its own
         raise CertificateError(f"{loaded.path}: OpenSSL did not take the CRL")
 
 
@@ -834,12 +836,14 @@ def _native_crl(loaded: LoadedCrl) -> Any:
         data = loaded.der_bytes()
         bio = _openssl_lib.BIO_new_mem_buf(data, len(data))
         if bio == _openssl_ffi.NULL:
+            _openssl_lib.ERR_clear_error()
             return None
         try:
             parsed = _openssl_lib.d2i_X509_CRL_bio(bio, _openssl_ffi.NULL)
         finally:
             _openssl_lib.BIO_free(bio)
         if parsed == _openssl_ffi.NULL:
+            _openssl_lib.ERR_clear_error()  # as above: the error is not a handshake's
             return None
         loaded.native.append(_openssl_ffi.gc(parsed, _openssl_lib.X509_CRL_free))
     return loaded.native[0]
@@ -1291,8 +1295,15 @@ class TlsTransport(StreamTransport):
         (``_applying``, a FIFO lock): of two SIGHUPs the second reads the files after the first
         swapped, and a CRL fetched meanwhile is applied after the reload, from what it left. A
         listener started (or a synchronous reload) while the contexts were built moves
-        ``_generation``: they are built again."""
-        self._refetch_crls()
+        ``_generation``: they are built again. The CRLs are fetched again once it ended
+        (swapped or refused), so that they are checked against the CAs it left, not those of
+        before it (a CA's new key, say)."""
+        try:
+            return await self._reload_async()
+        finally:
+            self._refetch_crls()
+
+    async def _reload_async(self) -> tuple[LoadedCertificate, ...]:
         async with self._applying:
             while True:
                 generation, paths, fetched = self._generation, self._paths, dict(self._fetched)
@@ -1316,8 +1327,8 @@ class TlsTransport(StreamTransport):
     def _refetch_crls(self) -> None:
         if self.crl_fetcher is not None:
             # Whatever the files: an operator who just revoked a phone at its CA and sends
-            # SIGHUP expects the CRL now. Fetched later by the fetch task, and applied after
-            # this reload, from what it leaves (CAs, contexts).
+            # SIGHUP expects the CRL now. Fetched later by the fetch task, from what this
+            # reload leaves (CAs, contexts).
             self.crl_fetcher.refetch()
 
     def _prepare_reload(
@@ -1503,6 +1514,10 @@ class TlsTransport(StreamTransport):
                     crl.path,
                     crl.issuer,
                 )
+                # Nor kept as its URL's CRL in use (nor saved): with the CA back, the same CRL
+                # fetched again would be skipped as unchanged and never applied.
+                assert self.crl_fetcher is not None
+                self.crl_fetcher.forget_untrusted(self._fetch_cas)
                 return
             self._fetched[crl.path] = crl
             while True:

@@ -19,7 +19,7 @@ from gateway.core.media.security import KeyExchangeFailed, LegSecurity
 from gateway.core.media.session import MediaSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.network import CapturedDatagram
-from gateway.testing.sip_agent import simple_sdp
+from gateway.testing.sip_agent import AutoAnswer, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
@@ -317,6 +317,32 @@ async def test_a_failure_applying_the_transferees_answer_acks_every_2xx_and_ends
     assert len(trunk_acks) == 1  # ACKed once
     assert env.trunk.never_acked == [] and bob.never_acked == []
     assert all(SECRET.encode() not in d.data for d in env.network.capture)
+    assert_logged_once_and_nothing_secret(caplog, "internal error applying the answer to re-INVITE")
+    await eventually(lambda: env.calls == 0)
+
+
+async def test_a_failure_applying_the_transferees_answer_after_the_transferor_left_says_so(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As above, the transferor having hung up at once (as most phones do after a blind
+    transfer's 202): the transfer's end must not take the failure's place in the BYE's Reason
+    and the call record ("transfer to ... failed: 500"), which would hide what failed."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    bob = await bob_phone(env, nursery, voipgw_seed, auto=AutoAnswer(delay=3))
+    _, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, BOB_URI) == 202
+    assert (await alice_leg.bye()).status == 200  # before bob answers
+    fail_next(monkeypatch)()
+    reason = (await env.trunk.next_request("BYE", timeout=10)).request.headers.get("Reason")
+    assert "cause=500" in (reason or "")
+    assert "internal error applying the answer to re-INVITE" in (reason or "")
+    await bob.next_request("BYE", timeout=5)
     assert_logged_once_and_nothing_secret(caplog, "internal error applying the answer to re-INVITE")
     await eventually(lambda: env.calls == 0)
 

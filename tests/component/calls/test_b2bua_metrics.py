@@ -7,7 +7,8 @@ the in-memory network, RTP on real sockets through the relay, in virtual time.
 - bad HTTP (another path, another method, garbage, an oversized head, a silent client, too
   many connections) is answered or cut off, and the next scrape still works;
 - a port already taken stops the start-up with a line naming the plugin;
-- without the plugin the core counts nothing for it.
+- without the plugin the core counts nothing for it;
+- the internal tables (``voipgw_internal_entries``) are back to their idle size once calls end.
 """
 
 from __future__ import annotations
@@ -186,6 +187,69 @@ async def test_each_way_a_call_ends_is_counted_under_its_outcome(
     assert samples['voipgw_calls_ended_total{outcome="no_answer"}'] == 1
     assert samples['voipgw_calls_ended_total{outcome="answered"}'] == 0
     assert samples["voipgw_call_setup_seconds_count"] == 0
+
+
+def tables(samples: dict[str, float]) -> dict[str, float]:
+    """The ``voipgw_internal_entries`` samples, by table."""
+    prefix = 'voipgw_internal_entries{table="'
+    return {k[len(prefix) : -2]: v for k, v in samples.items() if k.startswith(prefix)}
+
+
+# Grow with anything the process does once (caches up to their bound, the interpreter's heap),
+# or per peer address (flows: the trunk's, forgotten when idle).
+NOT_PER_CALL = {
+    "flows",
+    "flows_by_remote",
+    "ip_literal_cache",
+    "ip_facts_cache",
+    "digest_nonces_tracked",
+    "python_allocated_blocks",
+}
+
+
+async def test_internal_tables_are_back_to_their_idle_size_once_calls_have_ended(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """What benchmarks/soak.py watches for leaks: every table the calls fill empties again."""
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed, sip={"ring_timeout": 5.0})
+    await trio.sleep(40)  # the set-up's REGISTER transaction ends (Timer J: 64*T1)
+    idle = tables(await scrape(address))
+    assert idle["sip_server_transactions"] == 0
+    assert idle["trio_tasks"] > 0
+    # Answered, with media ports, then ended by the caller.
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
+    leg_b = await env.alice.next_call()
+    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
+    assert (await call.final()).status == 200
+    during = tables(await scrape(address))
+    assert during["calls"] == 1
+    assert during["call_dialogs"] == 2  # the caller's dialog and the callee's
+    assert during["media_port_pairs"] == 2
+    assert during["sip_server_transactions"] >= 1
+    assert during["trio_tasks"] > idle["trio_tasks"]
+    assert (await call.bye()).status == 200
+    # Rejected, cancelled while ringing, and unanswered until the ring timeout.
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    await (await env.alice.next_call()).answer(486)
+    assert (await call.final()).status == 486
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    await (await env.alice.next_call()).ring()
+    await call.cancel()
+    assert (await call.final()).status == 487
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    await (await env.alice.next_call()).ring()
+    assert (await call.final(timeout=10)).status in (408, 480)
+    await eventually(lambda: env.calls == 0)
+    await trio.sleep(40)  # past every transaction's last timer (Timers J, K, L, M)
+
+    after = tables(await scrape(address))
+    assert after.keys() == idle.keys()
+    grown = {
+        name: (idle[name], after[name])
+        for name in idle
+        if name not in NOT_PER_CALL and after[name] != idle[name]
+    }
+    assert grown == {}
 
 
 async def test_a_trunks_max_calls_refusals_are_counted(

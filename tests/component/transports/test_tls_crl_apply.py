@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
@@ -212,3 +213,20 @@ def test_the_der_bytes_a_crl_was_read_from_are_kept_for_openssl_and_the_saved_co
     from_pem = check_crl_untrusted(pem.read_bytes(), str(pem), [vendor.issued.x509])
     assert from_pem.der == b""
     assert from_pem.der_bytes() == from_pem.crl.public_bytes(serialization.Encoding.DER)
+
+
+def test_a_crl_openssl_refuses_leaves_no_error_for_a_later_handshake(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    # OpenSSL's error queue is per thread: an error left by a failed parse on the event loop's
+    # thread would be read by the next handshake there as its own failure.
+    vendor = pki.ca("Vendor Factory CA")
+    crl = attrs.evolve(fetched(vendor, tmp_path), der=b"\x30\x03not a CRL")
+    context = SSL.Context(SSL.TLS_METHOD)  # kept: the store is the context's, freed with it
+    store = context.get_cert_store()
+    assert store is not None
+    lib = tls._openssl_lib
+    lib.ERR_clear_error()
+    tls._add_crl(store, crl)  # OpenSSL cannot parse those bytes: pyOpenSSL's add_crl instead
+    assert not crl.native
+    assert lib.ERR_peek_error() == 0

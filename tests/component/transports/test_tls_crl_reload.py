@@ -213,3 +213,107 @@ async def test_a_ca_a_reload_added_has_its_certificates_distribution_points_lear
     await transport.reload_certificates_async()
     transport._learn_distribution_points(trunk.x509)  # its next handshake
     assert carrier_url in transport.crl_fetcher.urls()
+
+
+async def test_a_crl_fetched_across_the_reload_that_took_its_ca_out_is_applied_once_it_is_back(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    """The reload's own refetch races it: the CRL is checked (in a thread) against the CAs of
+    before the reload and handed over after it, then refused (its CA gone). The fetcher must
+    not keep it as the one in use: once the operator puts the CA back (another SIGHUP), the
+    same CRL fetched again is applied, not skipped as unchanged, which would leave that CA's
+    certificates unchecked for as long as the CA publishes no newer CRL."""
+    transport, vendor, carrier, file_crl = with_crl_file(pki, tmp_path)
+    fetcher = transport.crl_fetcher
+    assert fetcher is not None
+    data = vendor.crl(tmp_path / "fetched.crl", der=True, number=7).read_bytes()
+    reloaded = trio.Event()
+
+    async def get(url: str) -> bytes:
+        return data
+
+    async def checked_across_the_reload(function: Any, *args: Any) -> Any:
+        checked = function(*args)  # with the CAs of before the reload
+        await reloaded.wait()  # the check's thread still runs when the reload swaps
+        return checked
+
+    fetcher._get = get
+    fetcher.in_thread = checked_across_the_reload
+    bundle = Path(transport.tls.ca_bundles[0])
+    both = bundle.read_bytes()
+    bundle.write_bytes(carrier.certificate.read_bytes())  # the vendor's CA taken out
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetcher.refresh, URL)
+        await trio.testing.wait_all_tasks_blocked()
+        await transport.reload_certificates_async()
+        reloaded.set()
+    assert fetcher.fetches["ok"] == 1
+    assert numbers(transport) == {(str(file_crl), 1)}  # refused: its CA is gone
+
+    async def inline(function: Any, *args: Any) -> Any:
+        return function(*args)
+
+    fetcher.in_thread = inline
+    bundle.write_bytes(both)  # the operator puts it back: SIGHUP
+    await transport.reload_certificates_async()
+    await fetcher.refresh(URL)  # the reload's refetch: the same CRL
+    assert numbers(transport) == {(str(file_crl), 1), (URL, 7)}
+
+
+async def test_the_crls_a_reload_fetches_again_are_checked_against_the_cas_it_read(
+    pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP after a CA's key rollover (same name, new key, its new CRL signed with it): the
+    CRL the reload fetches again is checked against the CAs the reload read, not those of
+    before it, which would refuse it (bad signature) and hold its URL back RETRY_FIRST seconds
+    while every context keeps the old CRL, which the new CA no longer verifies."""
+    carrier, old_vendor = pki.ca("Carrier CA"), pki.ca("Vendor Factory CA")
+    bundle = tmp_path / "cas.pem"
+    bundle.write_bytes(old_vendor.certificate.read_bytes() + carrier.certificate.read_bytes())
+    transport = transport_with_contexts(pki, carrier, tmp_path, ca_bundles=(str(bundle),))
+    fetcher = transport.crl_fetcher
+    assert fetcher is not None
+    served = {"crl": old_vendor.crl(tmp_path / "old.crl", der=True, number=7).read_bytes()}
+
+    async def get(url: str) -> bytes:
+        return served["crl"]
+
+    async def inline(function: Any, *args: Any) -> Any:
+        return function(*args)
+
+    fetcher._get = get
+    fetcher.in_thread = inline
+
+    async def fetched_and_applied(count: int) -> None:
+        with trio.fail_after(HANG):  # only a failing run waits that long
+            while sum(fetcher.fetches.values()) < count or transport._applying.locked():
+                await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetcher.run)
+        await fetched_and_applied(1)
+        assert numbers(transport) == {(URL, 7)}
+        new_vendor = TestPki(tmp_path / "pki-2").ca("Vendor Factory CA")  # the same name, a new key
+        bundle.write_bytes(new_vendor.certificate.read_bytes() + carrier.certificate.read_bytes())
+        served["crl"] = new_vendor.crl(tmp_path / "new.crl", der=True, number=8).read_bytes()
+        building_now, go = threading.Event(), threading.Event()
+
+        def during() -> None:
+            if not building_now.is_set():  # the reload's build
+                building_now.set()
+                go.wait(HANG)
+
+        building(monkeypatch, during)
+
+        async def while_it_builds() -> None:
+            while not building_now.is_set():
+                await trio.lowlevel.checkpoint()
+            await trio.testing.wait_all_tasks_blocked()  # whatever the loop does meanwhile
+            go.set()
+
+        nursery.start_soon(while_it_builds)
+        await transport.reload_certificates_async()
+        await fetched_and_applied(2)
+        assert fetcher.fetches == {"ok": 2, "failed": 0}
+        assert numbers(transport) == {(URL, 8)}
+        nursery.cancel_scope.cancel()

@@ -12,7 +12,7 @@ import pytest
 from gateway.core.config import ConfigError, from_mapping
 from gateway.core.interfaces import LegInfo
 from gateway.core.media.policy import BUILTIN_POLICIES
-from gateway.core.media.security import LegSecurity
+from gateway.core.media.security import KeyExchangeFailed, LegSecurity
 from gateway.core.plugins import load_plugins
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange import mikey
@@ -200,6 +200,10 @@ def test_the_core_passes_the_leg_only_to_exchanges_that_want_it(tmp_path: Path) 
         signalling="tls",
         leg=info,
     )
-    with pytest.raises(RuntimeError, match="stop here"):  # called without leg=: no TypeError
+    # The recorder's exception, as LegSecurity names a plugin's (KeyExchangeFailed): called
+    # without leg=, so "stop here" and no TypeError.
+    with pytest.raises(KeyExchangeFailed) as failed:
         plain.make_offer(parse_sdp_untrusted(SDP.encode()))
+    cause = failed.value.__cause__
+    assert isinstance(cause, RuntimeError) and str(cause) == "stop here"
     assert recorder.calls == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 
 import pytest
@@ -9,10 +10,11 @@ import pytest
 from gateway.core.interfaces import MediaPolicy
 from gateway.core.media.policy import BUILTIN_POLICIES
 from gateway.core.media.security import KeyExchangeFailed, LegSecurity, MediaSecurityRefused
+from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
-from gateway.plugins.keyexchange.sdes import SdesKeyExchange, SdesNegotiation
+from gateway.plugins.keyexchange.sdes import SdesError, SdesKeyExchange, SdesNegotiation
 
 PLAIN = """v=0
 o=- 1 1 IN IP4 127.0.0.1
@@ -29,10 +31,17 @@ def sdp(text: str) -> SessionDescription:
     return parse_sdp_untrusted(text.replace("\n", "\r\n").encode())
 
 
-def leg(policy: str | MediaPolicy, *, tls: bool, side: str = "b") -> LegSecurity:
+def leg(
+    policy: str | MediaPolicy,
+    *,
+    tls: bool,
+    side: str = "b",
+    failures: collections.Counter[str] | None = None,
+) -> LegSecurity:
     chosen = BUILTIN_POLICIES[policy] if isinstance(policy, str) else policy
     return LegSecurity(
         side=side,
+        failures=failures,
         policy=chosen,
         secure_signalling=tls,
         key_exchanges={"sdes": SdesKeyExchange(random_bytes=os.urandom)},
@@ -149,6 +158,63 @@ def test_a_plugin_raising_anything_else_on_the_answer_is_its_bug_not_the_peers(
     assert not isinstance(failed.value, MediaSecurityRefused)
     assert failed.value.reason == "the sdes key exchange raised ValueError"
     assert isinstance(failed.value.__cause__, ValueError)
+
+
+def _broken(*args: object, **kwargs: object) -> None:
+    raise ValueError("inline:c2VjcmV0")
+
+
+@pytest.mark.parametrize(
+    ("owner", "method", "step"),
+    [
+        (SdesKeyExchange, "offer", "make_offer"),
+        (SdesNegotiation, "local_sdp_attributes", "make_offer"),
+        (SdesKeyExchange, "answer", "take_offer"),
+        (SdesNegotiation, "next_event", "take_offer"),
+        (SdesNegotiation, "local_sdp_attributes", "make_answer"),
+    ],
+)
+def test_a_plugin_raising_in_any_sdp_step_is_its_bug_named_as_such(
+    monkeypatch: pytest.MonkeyPatch, owner: type, method: str, step: str
+) -> None:
+    """Not only on the answer (above): a plugin raising from offer(), answer(),
+    local_sdp_attributes() or next_event() while we offer, take an offer or answer is
+    KeyExchangeFailed naming it, counted as its failure; never its text."""
+    failures: collections.Counter[str] = collections.Counter()
+    ours = leg("sdes", tls=True, failures=failures)
+    peer = leg("sdes", tls=True, side="a")
+    if step != "make_offer":
+        offered = peer.make_offer(sdp(PLAIN))
+    monkeypatch.setattr(owner, method, _broken)
+    with pytest.raises(KeyExchangeFailed) as failed:
+        if step == "make_offer":
+            ours.make_offer(sdp(PLAIN))
+        elif step == "take_offer":
+            ours.take_offer(offered)
+        else:
+            monkeypatch.undo()
+            ours.take_offer(offered)
+            monkeypatch.setattr(owner, method, _broken)
+            ours.make_answer(sdp(PLAIN))
+    assert failed.value.reason == "the sdes key exchange raised ValueError"
+    assert "c2VjcmV0" not in str(failed.value)
+    assert failures == {"sdes": 1}
+
+
+def test_a_plugins_sdp_error_on_an_offer_stays_the_peers_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An SdpError the plugin raises taking an offer is bad peer input (488), not its bug."""
+    ours, peer = leg("sdes", tls=True), leg("sdes", tls=True, side="a")
+    offered = peer.make_offer(sdp(PLAIN))
+
+    def refusing(*args: object, **kwargs: object) -> None:
+        raise SdesError("key parameters we do not take")
+
+    monkeypatch.setattr(SdesKeyExchange, "answer", refusing)
+    with pytest.raises(SdpError, match="key parameters") as refused:
+        ours.take_offer(offered)
+    assert not isinstance(refused.value, KeyExchangeFailed)
 
 
 def test_answer_declining_keys_is_cleartext_under_best_effort() -> None:

@@ -8,6 +8,8 @@ tests assert properties, not exact port numbers, except where they control the w
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import socket
 from collections.abc import Iterator
 
@@ -64,6 +66,23 @@ def test_pair_is_even_rtp_and_next_rtcp_bound_non_blocking() -> None:
         assert pair.rtp_socket.getblocking() is False
         assert pair.rtcp_socket.getblocking() is False
         assert allocator.in_use == 1
+
+
+@pytest.mark.skipif(not hasattr(socket, "SOCK_NONBLOCK"), reason="socket(2) flag of Linux")
+def test_pair_sockets_are_non_blocking_from_creation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The relay's reads rely on the kernel's O_NONBLOCK (an empty socket raises at once); the
+    # allocator sets it in socket(2) itself, without a setblocking() system call per socket.
+    def no_setblocking(self: socket.socket, flag: bool) -> None:
+        raise AssertionError("setblocking() is one more system call per socket")
+
+    monkeypatch.setattr(socket.socket, "setblocking", no_setblocking)
+    allocator = PortAllocator(ADDRESS, RANGE)
+    with allocator.allocate() as pair:
+        for sock in (pair.rtp_socket, pair.rtcp_socket):
+            assert fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
+            assert sock.gettimeout() == 0.0
+            with pytest.raises(BlockingIOError):
+                sock.recv(2048)
 
 
 def test_pairs_are_distinct() -> None:

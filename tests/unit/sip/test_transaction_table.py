@@ -12,6 +12,7 @@ from gateway.core.sip.transaction import (
     AckReceived,
     ClientInviteTransaction,
     ClientNonInviteTransaction,
+    Input,
     RequestReceived,
     ResponseReceived,
     SendRequest,
@@ -275,6 +276,57 @@ def test_table_timer_multiplexes_transactions() -> None:
     ]
     assert table.get_timer() is None
     assert len(table) == 1
+
+
+def test_an_invite_cancelled_in_proceeding_is_given_up_64_t1_after_the_cancel() -> None:
+    """RFC 3261 §9.1: no final response 64*T1 after our CANCEL ends the INVITE client
+    transaction (Proceeding has no timer of its own: it would otherwise stay for ever)."""
+    table = TransactionTable()
+    invite = request(branch="z9hG4bKinv")
+    txn, _ = table.send_request(invite, peer=UDP_PEER, now=0.0)
+    table.receive_response(response(invite, 180), now=1.0)
+    assert table.get_timer() is None  # Proceeding: nothing would ever end it
+    cancel = request("CANCEL", branch="z9hG4bKinv", cseq_method="CANCEL")
+    cancel_txn, _ = table.send_request(cancel, peer=UDP_PEER, now=10.0)
+    assert txn.running_timers == {Input.TIMER_CANCEL}
+    # The callee is silent: just before 64*T1 the INVITE still waits (the CANCEL re-sends).
+    before = table.handle_timer(now=41.9)
+    assert all(isinstance(o, SendRequest) and o.transaction is cancel_txn for o in before)
+    # At 64*T1 the CANCEL times out (Timer F) and the INVITE is given up with it.
+    out = table.handle_timer(now=42.0)
+    assert TransactionTimeout(cancel_txn, "F") in out
+    assert TransactionTimeout(txn, "CANCEL") in out and TransactionTerminated(txn) in out
+    assert len(table) == 0
+    assert table.get_timer() is None
+
+
+def test_a_late_180_after_the_cancel_does_not_restart_the_wait() -> None:
+    table = TransactionTable()
+    invite = request(branch="z9hG4bKinv")
+    txn, _ = table.send_request(invite, peer=UDP_PEER, now=0.0)
+    table.receive_response(response(invite, 180), now=1.0)
+    table.send_request(
+        request("CANCEL", branch="z9hG4bKinv", cseq_method="CANCEL"), peer=UDP_PEER, now=10.0
+    )
+    table.receive_response(response(invite, 183), now=20.0)
+    out = table.handle_timer(now=42.0)
+    assert TransactionTimeout(txn, "CANCEL") in out and TransactionTerminated(txn) in out
+    assert len(table) == 0
+
+
+def test_a_cancel_crossing_the_final_response_changes_nothing() -> None:
+    table = TransactionTable()
+    invite = request(branch="z9hG4bKinv")
+    txn, _ = table.send_request(invite, peer=UDP_PEER, now=0.0)
+    table.receive_response(response(invite, 180), now=1.0)
+    table.receive_response(response(invite, 486), now=2.0)  # Completed: Timer D runs
+    assert txn.state is State.COMPLETED
+    deadline = txn.get_timer()
+    table.send_request(
+        request("CANCEL", branch="z9hG4bKinv", cseq_method="CANCEL"), peer=UDP_PEER, now=2.1
+    )
+    assert txn.state is State.COMPLETED and txn.running_timers == {Input.TIMER_D}
+    assert txn.get_timer() == deadline
 
 
 def test_handle_timer_fires_everything_due_in_order() -> None:
