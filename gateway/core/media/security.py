@@ -572,7 +572,7 @@ class LegSecurity:
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
             session_proto = None
             if media.port != 0 and index < len(self._offered):
-                session_proto = self._answered_profile(index, stream.peer_proto, media.proto)
+                session_proto = self._answered_profile(index, stream.peer_proto, media)
             if media.port != 0 and stream.negotiation is not None:
                 attributes = _pairs(media.attributes) + session_attributes
                 picked = self._picked(stream, media, {name.lower() for name, _ in attributes})
@@ -616,7 +616,7 @@ class LegSecurity:
         self.ice.take_remote(answer, offer=False)
         return _without_session_keys(answer.with_media(media_out))
 
-    def _answered_profile(self, index: int, offered: str, answered: str) -> str | None:
+    def _answered_profile(self, index: int, offered: str, media: MediaDescription) -> str | None:
         """Check the transport protocol the peer answered stream ``index`` with against the
         one our offer gave it (``offered``). RFC 3264 §6 (and §5.1, RFC 4568 §7.1.2 for SDES,
         RFC 5764 §8 for DTLS-SRTP): an accepted stream's answer uses the offer's protocol.
@@ -630,14 +630,25 @@ class LegSecurity:
         differs (RTP/AVP for RTP/AVPF and the like): RFC 4585 §5 and RFC 5124 §6 make an AVPF
         (SAVPF) end interwork with an AVP (SAVP) one and nothing about the keys changes, so
         that is tolerated: the profile the session offered on this leg, which this returns,
-        goes to the session (whose own check, RFC 3264 §6, would refuse the peer's)."""
+        goes to the session (whose own check, RFC 3264 §6, would refuse the peer's). So is
+        RTP/SAVP(F) with an a=crypto line answering our best-effort SDES offer (RTP/AVP with
+        a=crypto: RFC 8643's OSRTP, whose answerer should keep RTP/AVP): the peer took the keys
+        we offered and gives its own, nothing is weaker, and refusing would fail calls that
+        encrypt."""
+        answered = media.proto
         if offered.upper() == answered.upper():
             return None
         offered_family = _FAMILY_OF.get(offered.upper())
         answered_family = _FAMILY_OF.get(answered.upper())
         if offered_family is None or answered_family is None:
             return None
-        if offered_family != answered_family:
+        stream = self._offered[index]
+        if offered_family != answered_family and not (
+            offered_family == "rtp"
+            and answered_family == "srtp"
+            and media.attributes.has("crypto")
+            and _offered_keys_in_sdp(stream)
+        ):
             raise MediaSecurityRefused(
                 f"m= line {index + 1}: the answer's {answered[:32]} "
                 f"({_FAMILY_MEANING[answered_family]}) is not the offer's {offered} "
@@ -645,14 +656,14 @@ class LegSecurity:
                 "protocol (RFC 3264 §6)"
             )
         log.info(
-            "leg %s (%s): m= line %d answered %s to our %s: tolerated (RFC 4585 §5)",
+            "leg %s (%s): m= line %d answered %s to our %s: tolerated (%s)",
             self.side,
             self.signalling,
             index + 1,
             answered[:32],
             offered,
+            "RFC 4585 §5" if offered_family == answered_family else "best-effort SDES, RFC 8643",
         )
-        stream = self._offered[index]
         return stream.session_proto or _PLAIN_OF.get(offered.upper(), offered)
 
     # -- reading --------------------------------------------------------------------------------
@@ -728,6 +739,11 @@ class LegSecurity:
         by the call's handshakes)."""
         if self.failures is not None:
             self.failures[key_exchange or "unknown"] += 1
+
+
+def _offered_keys_in_sdp(stream: StreamSecurity) -> bool:
+    """Whether our offer of ``stream`` carried SDES keys (alone, or beside ZRTP's hash)."""
+    return stream.key_exchange == "sdes" or any(name == "sdes" for name, _ in stream.alternatives)
 
 
 def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:

@@ -80,8 +80,8 @@ REFUSED = [
     ("rtp-only", False, "RTP/AVP", False, "RTP/AVP", "RTP/SAVP", CRYPTO),
     ("best-effort", False, "RTP/AVP", False, "RTP/AVP", "UDP/TLS/RTP/SAVP", FINGERPRINT),
     ("best-effort", False, "RTP/AVPF", True, "RTP/AVPF", "UDP/TLS/RTP/SAVPF", FINGERPRINT),
-    # SDES best effort (RTP/AVP with a=crypto, RFC 8643's OSRTP) answered RTP/SAVP.
-    ("best-effort", True, "RTP/AVP", False, "RTP/AVP", "RTP/SAVP", CRYPTO),
+    # SDES best effort over TLS (RTP/AVP with a=crypto) answered RTP/SAVP without keys.
+    ("best-effort", True, "RTP/AVP", False, "RTP/AVP", "RTP/SAVP", ""),
     # ZRTP (offered with a=zrtp-hash over UDP) lives in RTP/AVP (RFC 6189 §8).
     ("best-effort", False, "RTP/AVP", False, "RTP/AVP", "RTP/SAVP", ZRTP_HASH),
     # SRTP offered, cleartext answered: the policy would be void.
@@ -184,3 +184,15 @@ def test_the_offers_own_profile_in_another_case_is_the_same_profile() -> None:
     ours = leg("rtp-only", tls=False)
     ours.make_offer(session_offer("RTP/AVP"))
     assert ours.take_answer(peer_answer("rtp/avp")).media[0].port == 30000
+
+
+def test_best_effort_sdes_answered_rtp_savp_with_keys_is_keyed_as_offered() -> None:
+    # RFC 8643 (OSRTP): the answerer should keep RTP/AVP, but one answering RTP/SAVP with its
+    # a=crypto took our keys and gives its own: nothing is weaker, the leg is SRTP.
+    ours = leg("best-effort", tls=True)
+    offer = ours.make_offer(session_offer("RTP/AVP")).media[0]
+    assert offer.proto == "RTP/AVP" and offer.attributes.has("crypto")
+    # Our tag 5 is AES_CM_128_HMAC_SHA1_80 (the offer lists the suites strongest first).
+    took = ours.take_answer(peer_answer("RTP/SAVP", CRYPTO.replace("crypto:1 ", "crypto:5 ")))
+    assert took.media[0].proto == "RTP/AVP"  # the session's own profile
+    assert ours.keys(0) is not None
