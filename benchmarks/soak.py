@@ -111,7 +111,7 @@ UAS = {
 }
 # Figures that are bounded caches, or grow by design: reported, never flagged.
 # Flows: one per peer address (a fixed set here), forgotten when idle ([sip] flow idle time);
-# the store keeps every call's record by design.
+# the store keeps every call's record for [store] call_record_days (90 days by default).
 BOUNDED = {
     "ip_literal_cache",
     "ip_facts_cache",
