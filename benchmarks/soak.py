@@ -111,7 +111,7 @@ UAS = {
 }
 # Figures that are bounded caches, or grow by design: reported, never flagged.
 # Flows: one per peer address (a fixed set here), forgotten when idle ([sip] flow idle time);
-# the store keeps every call's record for [store] call_record_days (90 days by default).
+# the store keeps every call's record for [store] call_record_days (for ever by default).
 BOUNDED = {
     "ip_literal_cache",
     "ip_facts_cache",
@@ -179,7 +179,7 @@ def allocate_ports() -> Ports:
 def gateway_config(
     state_dir: Path, ports: Ports, users: int, call_record_days: float | None = None
 ) -> str:
-    # [store] call_record_days: the gateway's default (90) unless asked; a fraction of a day
+    # [store] call_record_days: the default (0: for ever) unless asked; a fraction of a day
     # shows within a run that the store stops growing once the housekeeping deletes records.
     store = (
         "" if call_record_days is None else f"[store]\ncall_record_days = {call_record_days!r}\n"

@@ -333,7 +333,7 @@ class StoreSection:
     max_cps_scope: Literal["node", "cluster"] = "node"
     # Days call records are kept, counted from their end (from their start for a record
     # without one); older ones are deleted by the housekeeping, in slices. 0: kept for ever.
-    call_record_days: float = 90.0
+    call_record_days: float = 0.0  # kept for ever unless set: upgrading deletes nothing
 
 
 # libpq's least connect_timeout (PostgreSQL docs §34.1.2); a statement_timeout past this would

