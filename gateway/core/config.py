@@ -331,12 +331,17 @@ class StoreSection:
     # Whose a trunk's max_cps is (PostgreSQL): each node's ("node"), or the cluster's, each
     # node pacing max_cps / the live nodes its heartbeat counts ("cluster").
     max_cps_scope: Literal["node", "cluster"] = "node"
+    # Days call records are kept, counted from their end (from their start for a record
+    # without one); older ones are deleted by the housekeeping, in slices. 0: kept for ever.
+    call_record_days: float = 0.0  # kept for ever unless set: upgrading deletes nothing
 
 
 # libpq's least connect_timeout (PostgreSQL docs §34.1.2); a statement_timeout past this would
 # let one write hold the event loop, which relays media, for longer than any phone waits.
 MIN_CONNECT_TIMEOUT = 2
 MAX_STATEMENT_TIMEOUT = 10.0
+# A century: a bound that catches a typo (days given in seconds), not a policy.
+MAX_CALL_RECORD_DAYS = 36500.0
 
 MAX_MEDIA_WORKERS = 64
 # A queue delay longer than T1 (0.5 s) means UACs retransmit before the gateway sees their
@@ -1046,6 +1051,13 @@ def _validate_store(store: StoreSection, file: str) -> None:
             "store",
             "statement_timeout",
             f"expected seconds, more than 0 and at most {MAX_STATEMENT_TIMEOUT}",
+        )
+    if not 0 <= store.call_record_days <= MAX_CALL_RECORD_DAYS:  # NaN fails too
+        raise ConfigError(
+            file,
+            "store",
+            "call_record_days",
+            f"expected days, at least 0 (0: kept for ever) and at most {MAX_CALL_RECORD_DAYS:g}",
         )
 
 

@@ -26,6 +26,7 @@ from gateway.core.calls.dialog_events import DialogEvents
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
 from gateway.core.calls.presence import Presence
+from gateway.core.calls.records import expire_call_records, expiry_failures
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, default_route, route_call
 from gateway.core.calls.subscriptions import Subscriptions
 from gateway.core.calls.trunk_dns import (
@@ -163,6 +164,7 @@ class Gateway:
         ](INBOUND_QUEUE)
         self.registration: RegistrationService | None = None
         self.store: Store | None = None
+        self._call_record_expiry_failures = expiry_failures()
         # Whether this run counts call limits for the cluster (its node name checked, its
         # heartbeat written): only then does its stop drop the name's holds and heartbeat.
         self._counting_shared = False
@@ -359,8 +361,9 @@ class Gateway:
         return registered
 
     async def _housekeeping(self) -> None:
-        """Periodic clean-up: expired registrations (and presence publications) out of the
-        store, idle UDP flows out of the flow table (all would otherwise only grow)."""
+        """Periodic clean-up: expired registrations (and presence publications) and call
+        records past ``[store] call_record_days`` out of the store, idle UDP flows out of the
+        flow table (all would otherwise only grow)."""
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
             removed = await self._expire_bindings()
@@ -368,6 +371,13 @@ class Gateway:
                 log.info("%d registration(s) expired", removed)
             if self.presence is not None:
                 await self._expire_publications()
+            assert self.store is not None
+            await expire_call_records(
+                self.store,
+                days=self.config.store.call_record_days,
+                now=time.time(),
+                failures=self._call_record_expiry_failures,
+            )
             self.flows.expire_datagram_flows(now=trio.current_time(), idle=UDP_FLOW_IDLE)
 
     async def _expire_bindings(self) -> int:

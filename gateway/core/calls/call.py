@@ -638,6 +638,9 @@ class Call:
         self._early_sdp_a = b""
         self._a_early: Dialog | None = None
         self._dtmf_wake: trio.Event | None = None
+        # The request of the event the task is handling (set by _next_event): if a bug ends
+        # the call meanwhile, the catch-all in run() answers it 500 (:meth:`_answer_handled`).
+        self._handling: RequestEvent | PickUpEvent | None = None
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
 
@@ -684,6 +687,7 @@ class Call:
                     log.exception("call %s failed", self.id)
                     self.end_reason = f"internal error: {type(exc).__name__}"
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await self._answer_handled()
                         await self._abort(500, "Server Internal Error")
                 # Unanswered B legs still need their CANCEL (sent once they ring) and a 2xx
                 # that crosses it needs ACK and BYE: wait for every B leg's final response, at
@@ -720,6 +724,25 @@ class Call:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.sip.t1):
                     await self._refuse_queued_requests()
 
+    async def _answer_handled(self) -> None:
+        """The call failed on a bug while handling a request (an in-dialog one, or a picker's
+        INVITE): it gets 500 now (RFC 3261 §21.5.1) rather than nothing, which would leave its
+        sender retransmitting until its Timer B or F. A transaction already answered finally
+        is left alone: a response after the final one is not allowed (§17.2)."""
+        event, self._handling = self._handling, None
+        if event is None:
+            return
+        if isinstance(event, PickUpEvent):
+            event.done.set()  # answered here: the manager does not answer it 481
+        if event.transaction.state not in (State.TRYING, State.PROCEEDING):
+            return
+        try:
+            await self.endpoint.respond(
+                event.transaction, make_response(event.request, 500, "Server Internal Error")
+            )
+        except TransactionStateError:  # answered in the meantime after all
+            log.debug("call %s: %s answered already", self.id, event.request.method)
+
     async def _refuse_queued_requests(self) -> None:
         """Requests the call took but will not answer now that it has ended get 481, as they
         would a moment later from the endpoint (RFC 3261 §12.2.2): those still queued (a
@@ -752,6 +775,7 @@ class Call:
                 log.debug("call %s: %s answered already", self.id, request.method)
 
     async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
+        self._handling = None  # the previous event's handling is over
         wake = min(deadline, self._next_retransmission())
         if wake == math.inf:
             event = await self._events.receive()  # nothing timed: no cancel scope to set up
@@ -767,6 +791,7 @@ class Call:
                 return None
         if isinstance(event, RequestEvent):
             self._queued_requests -= 1
+        self._handling = event if isinstance(event, (RequestEvent, PickUpEvent)) else None
         return event
 
     def ack_received(self, side: Side, ack: Request) -> None:
@@ -1639,6 +1664,8 @@ class Call:
                 await self._picked_up(event)
 
     async def _b_response(self, leg: BLeg, response: Response) -> None:
+        if not self._of_our_invite(leg, response):
+            return
         if leg.final is not None:
             if response.is_success and leg.ack is not None:
                 await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
@@ -2100,6 +2127,18 @@ class Call:
         self._forward(client, leg)
         return True
 
+    def _of_our_invite(self, leg: BLeg, response: Response) -> bool:
+        """False for a response to B's INVITE whose Call-ID or From tag is not the INVITE's: it
+        matched our client transaction by its Via branch only (RFC 3261 §17.1.3) and belongs
+        to no dialog of ours (§12.1.2), early or confirmed. Dropped, as a stray response."""
+        invite = leg.invite
+        if invite is None or (
+            response.call_id == invite.call_id and response.from_.tag == invite.from_.tag
+        ):
+            return True
+        log.info("call %s: a %d of another dialog dropped", self.id, response.status)
+        return False
+
     async def _prack_b(self, leg: BLeg, response: Response) -> bool:
         """PRACK a callee's reliable 1xx (``Require: 100rel`` with an RSeq, RFC 3262 §4) in its
         early dialog. We do, whatever A's leg does: A gets its own 1xx, reliable only if A
@@ -2383,6 +2422,14 @@ class Call:
         offer_b = self._offer_b
         if self.state != "ringing" or self.b is not None or picked.finished:
             await self._refuse_pickup(event)
+            return
+        try:
+            # Its Contact is the remote target of the dialog our 200 makes (RFC 3261 §12.1.1):
+            # an INVITE without one is refused as A's would be (§8.1.1.8), and the call rings on.
+            require_contact(request)
+        except RemoteSipError as err:
+            bad = make_response(request, 400, f"Bad Request ({err.reason})")
+            await self._answer_pickup(event, bad)
             return
         assert self.media is not None and self.a.security is not None
         name = event.caller.name
@@ -5218,6 +5265,8 @@ class Call:
             event = await self._next_event()
             if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
                 leg, response = event.tag, event.response
+                if not self._of_our_invite(leg, response):
+                    continue
                 if response.is_success and leg.final is not None and leg.ack is not None:
                     await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
                 elif response.status >= 200 and _first_final_or_late_2xx(leg.final, response):

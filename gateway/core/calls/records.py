@@ -29,10 +29,20 @@ nothing as a batch was (a record whose security is not JSON rolls back its chunk
 store keeps the chunk it refused and those after it for the next save, the chunks saved before
 stay saved: no record is lost or saved twice by a busy spell. Changes made during a checkpoint go
 to the next save, a newer change of a kept record winning over the kept one.
+
+Retention (``[store] call_record_days``): the gateway's housekeeping deletes the records older
+than that (by their end; by their start for a record without one) with
+:func:`expire_call_records`, :data:`~gateway.core.store.interface.CALL_RECORD_CHUNK` per
+statement with :data:`EXPIRE_PAUSE` between two, at most :data:`EXPIRE_SLICES` statements a
+pass: neither the event loop nor the store's write lock is held for long, even by the first
+pass over a store that has kept years of records (the next passes go on with the rest). A live
+call's record deleted so (a call up for longer than the whole window) is written again by its
+next save.
 """
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import logging
@@ -44,7 +54,7 @@ import trio
 
 from gateway.core.failure_log import FailureLog
 from gateway.core.store.errors import StoreBusy, StoreError
-from gateway.core.store.interface import CallRecord, Store
+from gateway.core.store.interface import CALL_RECORD_CHUNK, CallRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,75 @@ SAVE_CHUNK = 500
 """Records per transaction: a few milliseconds on SQLite (about 6 µs a record at 10,000, timed
 as one save; the chunked save is unmeasured). The usual batch, a few hundred changes at 600
 calls/s, is one chunk."""
+
+
+DAY = 86400.0
+
+EXPIRE_PAUSE = 0.05
+"""Seconds between two slices of a retention pass: other writers (another process's write,
+the records' own saves) get the store, and calls the event loop."""
+
+EXPIRE_SLICES = 100
+"""Most slices a retention pass deletes (100,000 records; 2,000 calls a second for the
+housekeeping's 30 s keeps up); the rest is for the next passes."""
+
+
+async def expire_call_records(
+    store: Store,
+    *,
+    days: float,
+    now: float,
+    failures: FailureLog,
+    chunk: int = CALL_RECORD_CHUNK,
+    slices: int = EXPIRE_SLICES,
+    pause: float = EXPIRE_PAUSE,
+) -> int:
+    """Delete the records older than ``days`` at ``now`` (wall-clock seconds), ``chunk`` per
+    statement, ``pause`` seconds between two, at most ``slices`` statements; how many went,
+    logged once at INFO when some did. A store failure ends the pass (the next one retries)
+    and goes to ``failures``: logged once, summarized while it lasts. ``days`` 0 keeps all."""
+    if days <= 0:
+        return 0
+    before = now - days * DAY
+    removed = 0
+    for slice_number in range(slices):
+        if slice_number:
+            await trio.sleep(pause)
+        try:
+            count = store.expire_call_records(before, most=chunk)
+        except StoreError as exc:
+            failures.failed(str(exc), now=now)
+            break
+        except Exception:
+            log.exception("deleting old call records failed")
+            break
+        failures.answered(now=now)
+        removed += count
+        if count < chunk:
+            break
+    if removed:
+        log.info(
+            "%d call record(s) older than %g day(s) deleted (ended, or started if unfinished, "
+            "before %s)",
+            removed,
+            days,
+            _utc(before),
+        )
+    return removed
+
+
+def expiry_failures() -> FailureLog:
+    """The :class:`FailureLog` of the retention's deletes (one per gateway)."""
+    return FailureLog(
+        log,
+        "call record retention: the store",
+        "deletes",
+        "old call records are deleted when it answers",
+    )
+
+
+def _utc(timestamp: float) -> str:
+    return f"{datetime.datetime.fromtimestamp(timestamp, datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 class SecuritySource(Protocol):

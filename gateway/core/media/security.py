@@ -16,7 +16,10 @@ encrypts with the other's. :class:`LegSecurity` sits between a leg's SDP and the
   AVP, which a device without SRTP ignores); nothing when the policy or the signalling allows no
   key exchange and cleartext is acceptable; refusal otherwise;
 - the peer's answer: :meth:`take_answer` completes the negotiations, or accepts cleartext where the
-  policy allows it, or refuses.
+  policy allows it, or refuses; an answer whose m= profile leaves the offer's security family
+  (RTP/SAVP with a=crypto to a plain RTP/AVP offer, RTP/AVP to RTP/SAVP or to DTLS-SRTP) is
+  refused before any key is read, one that only adds or drops RFC 4585 feedback is taken
+  (``_answered_profile``).
 
 DTLS-SRTP (issue #6) goes through the same steps: its m= profile is UDP/TLS/RTP/SAVP(F) (RFC
 5764 §8), only the ``media_path`` key exchanges answer such a stream and only they are offered
@@ -101,6 +104,17 @@ _PLAIN_OF = {
 _SECURE_OF = {"RTP/AVP": "RTP/SAVP", "RTP/AVPF": "RTP/SAVPF"}
 # The profile a key exchange on the media path (DTLS-SRTP) is offered with (RFC 5764 §8).
 _DTLS_OF = {"RTP/AVP": "UDP/TLS/RTP/SAVP", "RTP/AVPF": "UDP/TLS/RTP/SAVPF"}
+# Each RTP profile's security family: an answer may change the RFC 4585 feedback profile, never
+# the family (LegSecurity._answered_profile).
+_FAMILY_OF = {
+    "RTP/AVP": "rtp",
+    "RTP/AVPF": "rtp",
+    "RTP/SAVP": "srtp",
+    "RTP/SAVPF": "srtp",
+    "UDP/TLS/RTP/SAVP": "dtls",
+    "UDP/TLS/RTP/SAVPF": "dtls",
+}
+_FAMILY_MEANING = {"rtp": "RTP", "srtp": "SRTP keyed in SDP", "dtls": "SRTP keyed by DTLS"}
 # RFC 4585 feedback profile -> the plain one: what we offer a leg that is not known to take
 # feedback profiles (see LegSecurity's ``offer_feedback``).
 _WITHOUT_FEEDBACK = {"RTP/AVPF": "RTP/AVP"}
@@ -556,6 +570,9 @@ class LegSecurity:
         session_attributes = _pairs(answer.attributes)
         for index, media in enumerate(answer.media):
             stream = self._offered[index] if index < len(self._offered) else StreamSecurity()
+            session_proto = None
+            if media.port != 0 and index < len(self._offered):
+                session_proto = self._answered_profile(index, stream.peer_proto, media)
             if media.port != 0 and stream.negotiation is not None:
                 attributes = _pairs(media.attributes) + session_attributes
                 picked = self._picked(stream, media, {name.lower() for name, _ in attributes})
@@ -585,12 +602,69 @@ class LegSecurity:
             stream.peer_proto = media.proto
             self._fax_passed = self._fax_passed or (media.port != 0 and stream.fax)
             plain = _plain(media)
-            if stream.session_proto is not None:
+            if session_proto is not None:
+                # A feedback profile answered for a plain one or the reverse (tolerated, see
+                # _answered_profile): the session gets its own, a=rtcp-fb only with a
+                # feedback profile (RFC 4585 §4.2).
+                plain = plain.with_proto(session_proto)
+                if session_proto.upper() not in _WITHOUT_FEEDBACK:
+                    plain = _without_feedback_attributes(plain)
+            elif stream.session_proto is not None:
                 plain = plain.with_proto(stream.session_proto)
             media_out.append(plain)
         self.streams = self._offered
         self.ice.take_remote(answer, offer=False)
         return _without_session_keys(answer.with_media(media_out))
+
+    def _answered_profile(self, index: int, offered: str, media: MediaDescription) -> str | None:
+        """Check the transport protocol the peer answered stream ``index`` with against the
+        one our offer gave it (``offered``). RFC 3264 §6 (and §5.1, RFC 4568 §7.1.2 for SDES,
+        RFC 5764 §8 for DTLS-SRTP): an accepted stream's answer uses the offer's protocol.
+
+        None when they are the same (or either is no RTP profile: T.38's UDPTL and the like are
+        the session's to check). A change of security family (RTP/AVP(F) -> RTP/SAVP(F) ->
+        UDP/TLS/RTP/SAVP(F), either way) raises :class:`MediaSecurityRefused`: a peer that
+        answers SRTP to a plain offer sends packets the relay has no keys for, one that answers
+        RTP/AVP to an SRTP offer would make the leg's policy void, and one that answers RTP/SAVP
+        to DTLS-SRTP expects keys in SDP that never came. Only the RFC 4585 feedback profile
+        differs (RTP/AVP for RTP/AVPF and the like): RFC 4585 §5 and RFC 5124 §6 make an AVPF
+        (SAVPF) end interwork with an AVP (SAVP) one and nothing about the keys changes, so
+        that is tolerated: the profile the session offered on this leg, which this returns,
+        goes to the session (whose own check, RFC 3264 §6, would refuse the peer's). So is
+        RTP/SAVP(F) with an a=crypto line answering our best-effort SDES offer (RTP/AVP with
+        a=crypto: RFC 8643's OSRTP, whose answerer should keep RTP/AVP): the peer took the keys
+        we offered and gives its own, nothing is weaker, and refusing would fail calls that
+        encrypt."""
+        answered = media.proto
+        if offered.upper() == answered.upper():
+            return None
+        offered_family = _FAMILY_OF.get(offered.upper())
+        answered_family = _FAMILY_OF.get(answered.upper())
+        if offered_family is None or answered_family is None:
+            return None
+        stream = self._offered[index]
+        if offered_family != answered_family and not (
+            offered_family == "rtp"
+            and answered_family == "srtp"
+            and media.attributes.has("crypto")
+            and _offered_keys_in_sdp(stream)
+        ):
+            raise MediaSecurityRefused(
+                f"m= line {index + 1}: the answer's {answered[:32]} "
+                f"({_FAMILY_MEANING[answered_family]}) is not the offer's {offered} "
+                f"({_FAMILY_MEANING[offered_family]}): an answer keeps the offer's transport "
+                "protocol (RFC 3264 §6)"
+            )
+        log.info(
+            "leg %s (%s): m= line %d answered %s to our %s: tolerated (%s)",
+            self.side,
+            self.signalling,
+            index + 1,
+            answered[:32],
+            offered,
+            "RFC 4585 §5" if offered_family == answered_family else "best-effort SDES, RFC 8643",
+        )
+        return stream.session_proto or _PLAIN_OF.get(offered.upper(), offered)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -665,6 +739,11 @@ class LegSecurity:
         by the call's handshakes)."""
         if self.failures is not None:
             self.failures[key_exchange or "unknown"] += 1
+
+
+def _offered_keys_in_sdp(stream: StreamSecurity) -> bool:
+    """Whether our offer of ``stream`` carried SDES keys (alone, or beside ZRTP's hash)."""
+    return stream.key_exchange == "sdes" or any(name == "sdes" for name, _ in stream.alternatives)
 
 
 def _drain(negotiation: KeyNegotiation, stream: StreamSecurity) -> str | None:
@@ -777,6 +856,13 @@ def _without_feedback(media: MediaDescription) -> MediaDescription:
         return media
     attributes = [a for a in media.attributes if a[0].lower() != "rtcp-fb"]
     return media.with_attributes(attributes, plain)
+
+
+def _without_feedback_attributes(media: MediaDescription) -> MediaDescription:
+    """``media`` without a=rtcp-fb (RFC 4585 §4.2: only with a feedback profile)."""
+    if not media.attributes.has("rtcp-fb"):
+        return media
+    return media.with_attributes([a for a in media.attributes if a[0].lower() != "rtcp-fb"])
 
 
 def _plain(media: MediaDescription) -> MediaDescription:

@@ -32,6 +32,10 @@ DEFAULT_MEDIA_POLICY = "best-effort"
 EXPIRE_CHUNK = 100
 """Bindings the gateway's housekeeping expires per :meth:`Store.expire_bindings` call."""
 
+CALL_RECORD_CHUNK = 1000
+"""Call records one :meth:`Store.expire_call_records` call deletes at most: the retention's
+housekeeping deletes in slices with a pause between (gateway/core/calls/records.py)."""
+
 MAX_BULK_ACCOUNTS = 500
 """Most account names one :meth:`Store.binding_expiries` call takes: SQLite binds each as a
 parameter (its limit is 32766 since 3.32, 999 before). The poll asks 250 at a time: 1-3 ms of
@@ -370,6 +374,16 @@ class Store(Protocol):
         """End the records of calls a previous run of this node left without an end (it was
         killed): they ended when it did. How many. Nodes sharing a store (PostgreSQL) each end
         only their own, never calls another node has up."""
+        ...
+
+    def expire_call_records(self, before: float, *, most: int) -> int:
+        """Delete at most ``most`` records older than ``before`` (wall-clock seconds): those
+        that ended before it, and those without an end that started before it (a call still up
+        after the whole retention window, or one a killed node left: a live call's record is
+        written again by its next save). The oldest first; how many went. Several nodes
+        sharing the store (PostgreSQL) may each call it at once: a row another node is
+        deleting is skipped, never waited for. An index on ``COALESCE(ended_at, started_at)``
+        answers it without reading the records it keeps."""
         ...
 
     # -- PSAP callbacks (RFC 7090, gateway/core/calls/psap_callback.py) -------------------

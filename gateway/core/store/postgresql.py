@@ -46,6 +46,10 @@ round trip. Theory of operation:
   read in bulk by every node for the accounts its presence subscriptions watch, and by entity
   tag's account when a refresh reaches a node that does not know the tag
   (``gateway/core/calls/presence.py``). Not cached, never notified: nodes poll.
+- Call record retention (migration 6). Every node's housekeeping deletes the records older than
+  ``[store] call_record_days`` in slices (:meth:`PostgresStore.expire_call_records`), any node's
+  rows; a row another node is deleting is skipped (SKIP LOCKED), so two nodes' passes neither
+  wait for each other nor delete a row twice.
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused, and
   every refusal or failed migration names the versions and says what to do (a rolling upgrade:
@@ -447,6 +451,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                     ORDER BY expires_at DESC OFFSET most FOR UPDATE SKIP LOCKED);
                 RETURN TRUE;
             END $$""",
+        ),
+    ),
+    (
+        6,
+        (
+            # What call record retention deletes by (expire_call_records): the end, or the
+            # start of a record without one. The query names the same expression. Built while
+            # writes to call_records wait (a migration's lock): seconds for millions of rows.
+            "CREATE INDEX call_records_kept_by ON call_records ((COALESCE(ended_at, started_at)))",
         ),
     ),
 )
@@ -1341,6 +1354,20 @@ class PostgresStore:
                 (max(0, limit),),
             ).fetchall()
         return tuple(_call_record(row) for row in rows)
+
+    def expire_call_records(self, before: float, *, most: int) -> int:
+        if most < 1:
+            raise ValueError("most must be at least 1")
+        with self._session() as db:
+            # Every node deletes, any node's records; a row another node is deleting is
+            # skipped rather than waited for, and deleted by whichever gets it.
+            cursor = db.execute(
+                "DELETE FROM call_records WHERE id IN (SELECT id FROM call_records"
+                " WHERE COALESCE(ended_at, started_at) < %s"
+                " ORDER BY COALESCE(ended_at, started_at) LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (before, most),
+            )
+            return int(cursor.rowcount)
 
     # -- PSAP callbacks (migration 4) -------------------------------------------------------
 

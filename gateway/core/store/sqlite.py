@@ -2,7 +2,13 @@
 
 It holds accounts, registrations, call records, the numbers PSAP callbacks may call
 (migration 3), so that a callback after a restart is still one, and presence publications
-(migration 4), so that a restart keeps them.
+(migration 4), so that a restart keeps them. Migration 5 indexes the time call records are
+kept by (``[store] call_record_days``, :meth:`SqliteStore.expire_call_records`).
+
+Deleted rows free their pages inside the file, and later writes reuse them: a store whose
+records are deleted as fast as they are written stops growing, without VACUUM. ``auto_vacuum``
+is left at SQLite's default (NONE): the file does not shrink by itself; ``VACUUM`` (offline,
+it rewrites the file) gives freed pages back to the file system.
 
 WAL journal (readers do not block the writer), foreign keys on, ``synchronous=NORMAL`` (durable
 across process crashes; a power cut may lose the last transactions, never corrupt). The schema is
@@ -174,6 +180,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX presence_publications_account ON presence_publications (account)",
             "CREATE INDEX presence_publications_expires_at ON presence_publications (expires_at)",
+        ),
+    ),
+    (
+        5,
+        (
+            # What call record retention deletes by (expire_call_records): the end, or the
+            # start of a record without one. The query names the same expression.
+            "CREATE INDEX call_records_kept_by ON call_records (COALESCE(ended_at, started_at))",
         ),
     ),
 )
@@ -648,6 +662,18 @@ class SqliteStore:
             cursor = db.execute(
                 "UPDATE call_records SET ended_at = ?, end_reason = ? WHERE ended_at IS NULL",
                 (ended_at, reason),
+            )
+            return cursor.rowcount
+
+    def expire_call_records(self, before: float, *, most: int) -> int:
+        if most < 1:
+            raise ValueError("most must be at least 1")
+        with self._transaction(changes_accounts=False) as db:
+            cursor = db.execute(
+                "DELETE FROM call_records WHERE id IN (SELECT id FROM call_records"
+                " WHERE COALESCE(ended_at, started_at) < ?"
+                " ORDER BY COALESCE(ended_at, started_at) LIMIT ?)",
+                (before, most),
             )
             return cursor.rowcount
 

@@ -80,10 +80,12 @@ def gateway_config(
     gateway: Mapping[str, Any] | None = None,
     media: Mapping[str, Any] | None = None,
     dns: Mapping[str, Any] | None = None,
+    store: Mapping[str, Any] | None = None,
 ) -> GatewayConfig:
     return from_mapping(
         {
             "dns": dict(dns or {}),
+            "store": dict(store or {}),
             "dialog_watch_groups": [dict(group) for group in dialog_watch_groups],
             "numbering": dict(numbering or {}),
             "feature_codes": dict(feature_codes or {}),
@@ -141,6 +143,7 @@ async def start_b2bua(
     media_table: Mapping[str, Any] | None = None,
     dns: Mapping[str, Any] | None = None,
     dns_resolver: Resolver | None = None,
+    store_table: Mapping[str, Any] | None = None,
 ) -> B2bua:
     state = tmp_path / "state"
     store = SqliteStore.open(state)
@@ -165,6 +168,7 @@ async def start_b2bua(
         gateway=gateway_table,
         media=media_table,
         dns=dns,
+        store=store_table,
     )
     gateway = Gateway(
         config,

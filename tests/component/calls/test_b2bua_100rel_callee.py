@@ -14,14 +14,19 @@ Set-up as b2bua_env.py: trunk "carrier" at 127.0.0.2 calls alice's DID; alice an
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 import trio
 
+from gateway.core.sip.message import make_response
+from gateway.core.sip.serializer import serialize_message
 from gateway.testing.sip_agent import Call, Received, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
+    GW,
     B2bua,
     assert_media_via_gateway,
     eventually,
@@ -147,3 +152,77 @@ async def test_a_reliable_1xx_without_a_usable_rseq_is_relayed_unpracked(
     assert call.exchange.statuses.count(180) == 4  # each relayed as an ordinary 180
     await call.cancel()
     assert (await call.final()).status == 487
+
+
+@pytest.mark.parametrize("header", ["From", "Call-ID"])
+async def test_a_reliable_1xx_of_another_dialog_is_dropped_and_the_call_goes_on(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    header: str,
+) -> None:
+    # What the early-dialog fuzz found (test_b2bua_fuzzed_early_dialogs.py): a reliable 1xx
+    # with our INVITE's Via branch and the callee's To tag but another From tag or Call-ID
+    # matched our transaction (RFC 3261 §17.1.3) but not the early dialog, whose check raised:
+    # the call failed as an internal error (logged at ERROR).
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, leg_b = await ringing_reliably(env, rseq=7)
+    await env.alice.next_request("PRACK")
+    assert leg_b.incoming is not None
+    request = leg_b.incoming.request
+    value = str(request.from_.with_tag("another")) if header == "From" else "another-call-id"
+    stranger = make_response(
+        request.with_headers(request.headers.set(header, value)),
+        183,
+        to_tag=leg_b.local_tag,
+        extra=[("Contact", str(env.alice.contact)), *RELIABLE, ("RSeq", "8")],
+        body=ALICE_SDP,
+        content_type="application/sdp",
+    )
+    await env.alice.socket.sendto(serialize_message(stranger), GW)
+    await trio.sleep(2)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert len(pracks(env)) == 1  # not PRACKed
+    assert env.calls == 1
+    await env.alice.respond(leg_b.incoming, 200, body=ALICE_SDP)
+    assert (await call.final()).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+
+
+@pytest.mark.parametrize("header", ["From", "Call-ID"])
+async def test_a_2xx_of_another_dialog_is_dropped_and_the_call_goes_on(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    header: str,
+) -> None:
+    # As above for the 2xx: with the early dialog's To tag, it found the PRACKed early dialog,
+    # whose check raised (an internal error ending the call). It belongs to no dialog of ours.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call, leg_b = await ringing_reliably(env, rseq=7)
+    await env.alice.next_request("PRACK")
+    assert leg_b.incoming is not None
+    request = leg_b.incoming.request
+    value = str(request.from_.with_tag("another")) if header == "From" else "another-call-id"
+    stranger = make_response(
+        request.with_headers(request.headers.set(header, value)),
+        200,
+        to_tag=leg_b.local_tag,
+        extra=[("Contact", str(env.alice.contact))],
+        body=ALICE_SDP,
+        content_type="application/sdp",
+    )
+    await env.alice.socket.sendto(serialize_message(stranger), GW)
+    await trio.sleep(2)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert env.calls == 1
+    assert call.exchange is not None and not [s for s in call.exchange.statuses if s >= 200]
+    await env.alice.respond(leg_b.incoming, 200, body=ALICE_SDP)
+    assert (await call.final()).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)

@@ -13,7 +13,9 @@ CANCEL, MESSAGE, OPTIONS, ACK -- and mutates one header or the body (its Content
 right, so the body's reader is what is tested), or the whole message as bytes
 (tests/unit/fuzz/mutator.py), or sends it as it is. Some turns instead have one side send a valid
 request and the other answer the gateway's forwarded copy with a mutated response (a 2xx with
-bad SDP, 491, a 1xx with SDP, a wrong CSeq); some send two re-INVITEs at once (glare).
+bad SDP, 491, a 1xx with SDP, a wrong CSeq); some send two re-INVITEs at once (glare); some
+have alice transfer the trunk with a valid REFER and answer the gateway's NOTIFYs about it
+with mutated responses.
 
 After each message: the request got exactly one final response (the status the parser names,
 with a reason, when it refuses the message), responses and ACKs got none; nothing was logged at
@@ -333,19 +335,24 @@ def error_records(caplog: pytest.LogCaptureFixture) -> list[str]:
 class MutatedAnswers:
     """An agent's :attr:`SipAgent.in_dialog` hook: while armed, the next request the gateway
     forwards into the dialog is answered with a mutated response, sent as bytes (the agent's
-    transaction never sees it)."""
+    transaction never sees it); while ``notifies`` is above 0, so is each NOTIFY the gateway
+    sends about a transfer the agent asked for (RFC 3515 §2.4.5)."""
 
     def __init__(self, agent: SipAgent, rng: random.Random) -> None:
         self.agent = agent
         self.rng = rng
         self.armed = False
+        self.notifies = 0
         self.sent: list[bytes] = []
         agent.in_dialog = self
 
     async def __call__(self, received: Received) -> bool:
-        if not self.armed or received.request.method in ("ACK", "BYE", "CANCEL"):
+        if self.notifies > 0 and received.request.method == "NOTIFY":
+            self.notifies -= 1
+        elif not self.armed or received.request.method in ("ACK", "BYE", "CANCEL"):
             return False
-        self.armed = False
+        else:
+            self.armed = False
         request, rng = received.request, self.rng
         call = received.call
         tag = call.local_tag if call is not None else "x"
@@ -510,6 +517,33 @@ async def _response_turn(
     await trio.sleep(RESPONSE_WINDOW)
 
 
+async def _transfer_turn(
+    campaign: Campaign, number: int, legs: tuple[Call, Call], where: list[str]
+) -> None:
+    """alice transfers the trunk (a valid REFER, RFC 3515; a trunk's REFER gets 403) and answers
+    the gateway's NOTIFYs about it with mutated responses: its REFER still gets one final
+    response, and the transfer goes on or fails without an error."""
+    hook = campaign.hooks[ALICE]
+    hook.notifies = 3
+    campaign.count(campaign.sent, "REFER, NOTIFYs answered mutated")
+    refer = await legs[1].request(
+        "REFER",
+        extra=[
+            ("Refer-To", "<sip:+15550199@127.0.0.1:5060>"),
+            ("Referred-By", "<sip:alice@127.0.0.1>"),
+        ],
+    )
+    where.append(f"message {number}: alice REFER, mutated answers to the NOTIFYs")
+    try:
+        final = await refer.final(timeout=RESPONSE_WINDOW)
+    except trio.TooSlowError:
+        raise AssertionError(f"never answered: {where[-1]}") from None
+    await trio.sleep(RESPONSE_WINDOW)
+    hook.notifies = 0
+    where.append(f"  got {final.status}, answered the NOTIFYs {hook.sent[-3:]!r}")
+    campaign.count(campaign.outcomes, f"transfer {final.status}")
+
+
 async def _glare(campaign: Campaign, legs: tuple[Call, Call], where: list[str]) -> None:
     """Both sides re-INVITE at once (RFC 3261 §14.1): each gets a final response."""
     campaign.count(campaign.sent, "glare re-INVITE pair")
@@ -556,6 +590,8 @@ async def run_campaign(
             await _response_turn(campaign, number, legs, where)
         elif draw < 0.18:
             await _glare(campaign, legs, where)
+        elif draw < 0.23:
+            await _transfer_turn(campaign, number, legs, where)
         else:
             ended_by = await _turn(campaign, number, legs, where)
         errors = error_records(caplog)

@@ -2,10 +2,12 @@
 never holds the event loop (which relays media) long at scale (docs/benchmarks.md, "Periodic
 work at scale"): presence from registration's poll looks the watched accounts up in the store a
 chunk (:data:`POLL_CHUNK`) per query; the housekeeping expires registrations
-:data:`EXPIRE_CHUNK` per statement. Other tasks run between two chunks."""
+:data:`EXPIRE_CHUNK` per statement, and call records past ``[store] call_record_days``
+:data:`CALL_RECORD_CHUNK` per statement. Other tasks run between two chunks."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +18,7 @@ import trio
 from gateway.core import gateway as gateway_module
 from gateway.core.calls.presence import POLL_CHUNK, REGISTRATION_POLL
 from gateway.core.store.errors import StoreUnavailable
-from gateway.core.store.interface import Binding, BindingFlow
+from gateway.core.store.interface import CALL_RECORD_CHUNK, Binding, BindingFlow, CallRecord
 from tests.component.calls.b2bua_env import next_within, start_b2bua
 from tests.component.calls.test_presence_memory import basic, next_document, start, subscribe
 
@@ -183,3 +185,37 @@ async def test_housekeeping_expires_registrations_a_chunk_at_a_time(
     assert True in others_ran[1:]  # the other task ran between two chunks (see above)
     assert store.bindings_for_account("alice", now=time.time()) == (live,)
     assert await env.gateway._expire_bindings() == 0 and removed[-1] == 0
+
+
+async def test_housekeeping_deletes_call_records_past_the_retention_in_slices(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``[store] call_record_days`` (here 90): the housekeeping deletes older records,
+    :data:`CALL_RECORD_CHUNK` per statement, and keeps newer ones."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, store_table={"call_record_days": 90})
+    store = env.gateway.store
+    assert store is not None and env.gateway.config.store.call_record_days == 90
+    now, day = time.time(), 86400.0
+    old = 2 * CALL_RECORD_CHUNK + 7
+    store.call_records_save(
+        [CallRecord(f"old{i}", "a", "b", now - 95 * day, None, now - 91 * day) for i in range(old)]
+        + [CallRecord("recent", "a", "b", now - 95 * day, None, now - 89 * day)]
+    )
+    slices: list[int] = []
+    original = store.expire_call_records
+
+    def recording(before: float, *, most: int) -> int:
+        count = original(before, most=most)
+        slices.append(count)
+        return count
+
+    store.expire_call_records = recording  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="gateway.core.calls.records")
+    await trio.sleep(gateway_module.HOUSEKEEPING_INTERVAL + 1)
+    assert slices[:3] == [CALL_RECORD_CHUNK, CALL_RECORD_CHUNK, 7]
+    assert [record.call_id for record in store.call_records_recent(10)] == ["recent"]
+    assert f"{old} call record(s) older than 90 day(s) deleted" in caplog.text

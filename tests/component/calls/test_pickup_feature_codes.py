@@ -8,8 +8,10 @@ are ordinary numbers. In-memory network, virtual time; RTP on real sockets throu
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 import trio
 
 from gateway.core.sip.message import Response
@@ -155,3 +157,32 @@ async def test_without_a_group_with_pickup_the_codes_are_routed(
     assert (await dial(bob, "**alice")).status == 404
     assert await next_within(env.alice, "CANCEL", 1) is None
     assert ringing.answered is None
+
+
+async def test_a_pickup_invite_without_contact_gets_400_and_the_call_rings_on(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What the pickup fuzz found (test_b2bua_fuzzed_pickup.py): a picker's INVITE without
+    # Contact reached the ringing call, whose dialog for the picker could not be made: the call
+    # failed as an internal error (ERROR logged), the caller's call lost. RFC 3261 §8.1.1.8: 400.
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    incoming, ringing = await ring_alice(env)
+    invite = bob.new_request(
+        "INVITE",
+        "sip:*8@127.0.0.1:5060",
+        body=simple_sdp("127.0.0.1", BOB_PORT),
+        content_type="application/sdp",
+    )
+    _, final = await bob.send_authenticated(invite.with_headers(invite.headers.remove("Contact")))
+    assert final.status == 400
+    assert "Contact" in final.reason
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert env.calls == 1 and ringing.answered is None  # still ringing alice
+    await ringing.answer()
+    assert (await incoming.final()).status == 200
+    assert (await incoming.bye()).status == 200
+    await eventually(lambda: env.calls == 0)

@@ -251,11 +251,12 @@ class Linphone:
         self.command(f"record {self.record_path}")
 
     def _read(self) -> None:
-        assert self._master is not None
+        master = self._master  # stop() sets it to None once the process is gone
+        assert master is not None
         with self.output_path.open("ab") as copy:
             while True:
                 try:
-                    data = os.read(self._master, 4096)
+                    data = os.read(master, 4096)
                 except OSError:  # EIO: the process closed the terminal
                     return
                 if not data:
@@ -291,11 +292,13 @@ class Linphone:
             release_port_block(self.rtp_port, 2)
             if self.video_rtp_port is not None:
                 release_port_block(self.video_rtp_port, 2)
+        # The process is gone, so the reader meets EIO at the terminal's end: let it finish
+        # before the master closes (it would otherwise read a closed, or reused, descriptor).
+        if self._reader is not None:
+            self._reader.join(timeout=2.0)
         if self._master is not None:
             os.close(self._master)
             self._master = None
-        if self._reader is not None:
-            self._reader.join(timeout=2.0)
         return returncode
 
     def __enter__(self) -> Linphone:

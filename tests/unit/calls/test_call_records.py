@@ -6,6 +6,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -487,3 +488,155 @@ async def test_run_saves_a_backlog_with_checkpoints_between_chunks(
     assert sorted(saves.saved) == ["c0", "c1", "c2", "c3", "c4"]  # each once
     ended = store.call_record_get("c3")
     assert ended is not None and ended.end_reason == "caller hung up"
+
+
+# -- retention ([store] call_record_days) -----------------------------------------------------
+
+DAY = records_module.DAY
+NOW = 400 * DAY  # wall-clock seconds, passed in
+
+
+def aged(store: SqliteStore, old: int, new: int, *, unfinished_old: int = 0) -> None:
+    """``old`` records ended 91 days before NOW, ``new`` ended 89 days before (both started
+    100 days before), ``unfinished_old`` without an end started 91 days before."""
+    store.call_records_save(
+        [
+            CallRecord(f"old{i}", "a", "b", NOW - 100 * DAY, None, NOW - 91 * DAY, "bye")
+            for i in range(old)
+        ]
+        + [
+            CallRecord(f"new{i}", "a", "b", NOW - 100 * DAY, None, NOW - 89 * DAY, "bye")
+            for i in range(new)
+        ]
+        + [CallRecord(f"up{i}", "a", "b", NOW - 91 * DAY) for i in range(unfinished_old)]
+    )
+
+
+def kept(store: SqliteStore) -> set[str]:
+    return {record.call_id for record in store.call_records_recent(10_000)}
+
+
+async def test_old_records_go_in_slices_with_a_pause_between_newer_ones_stay(
+    store: SqliteStore,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    aged(store, old=23, new=4, unfinished_old=2)
+    asked: list[tuple[float, int, float]] = []
+    original = store.expire_call_records
+
+    def recording(before: float, *, most: int) -> int:
+        count = original(before, most=most)
+        asked.append((before, count, trio.current_time()))
+        return count
+
+    store.expire_call_records = recording  # type: ignore[method-assign]
+    failures = records_module.expiry_failures()
+    caplog.set_level(logging.INFO, logger=records_module.__name__)
+    started = trio.current_time()
+    removed = await records_module.expire_call_records(
+        store, days=90, now=NOW, failures=failures, chunk=10, pause=0.5
+    )
+    # 25 older than 90 days (the unfinished by their start): slices of 10, 10, 5; the short
+    # one is the last. A pause before each slice but the first.
+    assert removed == 25
+    assert [count for _, count, _ in asked] == [10, 10, 5]
+    assert {before for before, _, _ in asked} == {NOW - 90 * DAY}
+    assert [at - started for _, _, at in asked] == [0.0, 0.5, 1.0]
+    assert kept(store) == {f"new{i}" for i in range(4)}
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == [
+        "25 call record(s) older than 90 day(s) deleted (ended, or started if unfinished, "
+        "before 1970-11-07 00:00:00 UTC)"
+    ]
+    caplog.clear()
+    # Nothing more to delete: one statement, no line.
+    assert (
+        await records_module.expire_call_records(
+            store, days=90, now=NOW, failures=failures, chunk=10, pause=0.5
+        )
+        == 0
+    )
+    assert len(asked) == 4 and caplog.records == []
+
+
+async def test_a_pass_deletes_at_most_so_many_slices_the_next_goes_on(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    aged(store, old=25, new=1)
+    failures = records_module.expiry_failures()
+    options: dict[str, Any] = {"chunk": 10, "slices": 2, "pause": 0.1}
+    first = await records_module.expire_call_records(
+        store, days=90, now=NOW, failures=failures, **options
+    )
+    assert first == 20 and len(kept(store)) == 6
+    second = await records_module.expire_call_records(
+        store, days=90, now=NOW, failures=failures, **options
+    )
+    assert second == 5 and kept(store) == {"new0"}
+
+
+async def test_zero_days_keeps_every_record(store: SqliteStore) -> None:
+    aged(store, old=3, new=1, unfinished_old=1)
+    failures = records_module.expiry_failures()
+    assert await records_module.expire_call_records(store, days=0, now=NOW, failures=failures) == 0
+    assert len(kept(store)) == 5
+
+
+async def test_fractional_days(store: SqliteStore) -> None:
+    store.call_records_save(
+        [
+            CallRecord("hour-ago", "a", "b", NOW - 7200, None, NOW - 3600, "bye"),
+            CallRecord("minute-ago", "a", "b", NOW - 7200, None, NOW - 60, "bye"),
+        ]
+    )
+    failures = records_module.expiry_failures()
+    assert (
+        await records_module.expire_call_records(
+            store,
+            days=1 / 48,
+            now=NOW,
+            failures=failures,  # half an hour
+        )
+        == 1
+    )
+    assert kept(store) == {"minute-ago"}
+
+
+async def test_a_failing_store_is_logged_once_and_the_next_pass_retries(
+    store: SqliteStore,
+    monkeypatch: pytest.MonkeyPatch,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    aged(store, old=3, new=1)
+    original = store.expire_call_records
+
+    def busy(before: float, *, most: int) -> int:
+        raise StoreBusy("another process holds the write lock")
+
+    monkeypatch.setattr(store, "expire_call_records", busy)
+    failures = records_module.expiry_failures()
+    caplog.set_level(logging.INFO, logger=records_module.__name__)
+    for minute in range(3):
+        assert (
+            await records_module.expire_call_records(
+                store, days=90, now=NOW + 60 * minute, failures=failures
+            )
+            == 0
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "call record retention: the store is failing" in warnings[0]
+    assert "another process holds the write lock" in warnings[0]
+    assert failures.failures == 3
+    monkeypatch.setattr(store, "expire_call_records", original)
+    caplog.clear()
+    assert (
+        await records_module.expire_call_records(store, days=90, now=NOW + 180, failures=failures)
+        == 3
+    )
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert "call record retention: the store answers again" in infos[0]
+    assert infos[1].startswith("3 call record(s) older than 90 day(s) deleted")
+    assert not failures.failing

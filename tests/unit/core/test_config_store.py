@@ -29,6 +29,13 @@ def test_max_cps_is_each_nodes_unless_the_cluster_scope_is_asked_for() -> None:
     assert shared.store.max_cps_scope == "cluster"
 
 
+def test_call_records_are_kept_90_days_unless_told_otherwise() -> None:
+    assert from_mapping({}).store.call_record_days == 0.0  # kept for ever
+    assert from_mapping({"store": {"call_record_days": 0}}).store.call_record_days == 0.0
+    assert from_mapping({"store": {"call_record_days": 0.5}}).store.call_record_days == 0.5
+    assert from_mapping({"store": {"call_record_days": 36500}}).store.call_record_days == 36500
+
+
 def test_the_dsn_is_not_in_the_config_repr() -> None:
     config = from_mapping({"store": {"backend": "postgresql", "dsn": DSN}}, file="gw.toml")
     assert config.store.dsn == DSN
@@ -47,6 +54,10 @@ def test_the_dsn_is_not_in_the_config_repr() -> None:
         ({"connect_timeout": 2.5}, "connect_timeout", "expected an integer"),
         ({"statement_timeout": 0}, "statement_timeout", "more than 0"),
         ({"statement_timeout": 60}, "statement_timeout", "at most 10"),
+        ({"call_record_days": -1}, "call_record_days", "at least 0"),
+        ({"call_record_days": float("nan")}, "call_record_days", "at least 0"),
+        ({"call_record_days": float("inf")}, "call_record_days", "at most 36500"),
+        ({"call_record_days": "90d"}, "call_record_days", "expected a number"),
         ({"colour": "blue"}, "colour", "unknown key"),
         ({"max_cps_scope": "cluster"}, "max_cps_scope", 'needs backend = "postgresql"'),
         (

@@ -123,8 +123,12 @@ def test_negotiated_keys_mirror_each_other() -> None:
 def test_answer_declining_keys_is_refused_when_encryption_is_required() -> None:
     ours = leg("sdes", tls=True)
     ours.make_offer(sdp(PLAIN))
-    with pytest.raises(MediaSecurityRefused, match="declined"):
+    # RTP/AVP to our RTP/SAVP: refused for the profile before its (absent) keys are read.
+    with pytest.raises(MediaSecurityRefused, match=r"RTP/AVP \(RTP\) is not the offer's RTP/SAVP"):
         ours.take_answer(sdp(PLAIN))
+    ours.make_offer(sdp(PLAIN))
+    with pytest.raises(MediaSecurityRefused, match="no a=crypto"):
+        ours.take_answer(sdp(PLAIN.replace("RTP/AVP", "RTP/SAVP")))
 
 
 def test_an_unusable_answer_key_is_the_peers_fault_and_never_shown() -> None:

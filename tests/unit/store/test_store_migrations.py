@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.store.errors import SchemaError
-from gateway.core.store.interface import StoredPublication
+from gateway.core.store.interface import CallRecord, StoredPublication
 from gateway.core.store.sqlite import DB_FILENAME, MIGRATIONS, SqliteStore
 
 
@@ -150,10 +150,35 @@ def test_a_version_3_file_gets_the_presence_publications(tmp_path: Path) -> None
     assert versions(tmp_path) == [1, 2, 3]
     store = SqliteStore.open(tmp_path)
     try:
-        assert store.schema_version() == 4 == LATEST
+        assert store.schema_version() == LATEST >= 4
         assert store.psap_number_remaining("+4930123456") is not None
         publication = StoredPublication("alice", "e1", 2000.0, 1000.0, True, True, b"<doc/>")
         store.publication_save("alice", publication, replaces=None, now=1000.0, most=4)
         assert store.publications_of(["alice"], now=1000.0) == {"alice": [publication]}
     finally:
         store.close()
+
+
+def test_a_version_4_file_gets_the_call_record_retention_index(tmp_path: Path) -> None:
+    # A state directory from before migration 5: its records are kept, and found by their end
+    # (or start) through the new index.
+    old = SqliteStore.open(tmp_path, migrations=MIGRATIONS[:4])
+    old.call_records_save(
+        [CallRecord("old", "a", "b", 1.0, None, 2.0, "bye"), CallRecord("new", "a", "b", 9.0)]
+    )
+    old.close()
+    store = SqliteStore.open(tmp_path)
+    try:
+        assert store.schema_version() == LATEST >= 5
+        assert store.expire_call_records(5.0, most=10) == 1
+        assert [record.call_id for record in store.call_records_recent()] == ["new"]
+    finally:
+        store.close()
+    db = sqlite3.connect(tmp_path / DB_FILENAME)
+    try:
+        indexes = {
+            row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+    finally:
+        db.close()
+    assert "call_records_kept_by" in indexes

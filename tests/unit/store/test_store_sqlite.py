@@ -534,6 +534,45 @@ def test_unfinished_calls_of_a_killed_run_are_ended(store: Store) -> None:
     assert store.call_records_end_unfinished(10.0, "gateway stopped") == 0
 
 
+def test_old_call_records_are_deleted_oldest_first_at_most_so_many(store: Store) -> None:
+    """Retention (``[store] call_record_days``): by the end, or the start of a record
+    without one; newer ones stay, whatever their start."""
+    store.call_records_save(
+        [
+            CallRecord("ended-early", "a", "b", 10.0, 11.0, 20.0, "bye"),
+            CallRecord("ended-later", "a", "b", 12.0, None, 30.0, "cancel"),
+            CallRecord("unfinished-old", "a", "b", 40.0),
+            CallRecord("long-call", "a", "b", 5.0, 6.0, 150.0, "bye"),  # started before
+            CallRecord("unfinished-new", "a", "b", 120.0),
+            CallRecord("at-the-limit", "a", "b", 90.0, None, 100.0, "bye"),  # not older
+        ]
+    )
+    assert store.expire_call_records(100.0, most=2) == 2
+    kept = {record.call_id for record in store.call_records_recent()}
+    assert kept == {"unfinished-old", "long-call", "unfinished-new", "at-the-limit"}
+    assert store.expire_call_records(100.0, most=2) == 1
+    assert store.expire_call_records(100.0, most=2) == 0
+    kept = {record.call_id for record in store.call_records_recent()}
+    assert kept == {"long-call", "unfinished-new", "at-the-limit"}
+    with pytest.raises(ValueError):
+        store.expire_call_records(100.0, most=0)
+
+
+def test_the_retention_query_uses_an_index(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    try:
+        with store._read() as db:  # what expire_call_records selects
+            plan = db.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM call_records"
+                " WHERE COALESCE(ended_at, started_at) < ?"
+                " ORDER BY COALESCE(ended_at, started_at) LIMIT ?",
+                (1.0, 10),
+            ).fetchall()
+    finally:
+        store.close()
+    assert "USING INDEX call_records_kept_by" in " ".join(row[-1] for row in plan)
+
+
 def test_recent_call_records(store: Store) -> None:
     for i in range(5):
         store.call_record_insert(CallRecord(f"c{i}", "a", "b", started_at=float(i)))

@@ -1,0 +1,94 @@
+"""A call that fails on a bug while handling an in-dialog request (STYLE.md habit 6: the call
+ends, nothing else does): the request gets 500 at once (RFC 3261 §21.5.1) instead of nothing,
+which would keep its sender retransmitting until its Timer B or F (64*T1); both legs get BYE,
+the failure is logged once, and another call goes on."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from gateway.core.calls.call import Call
+from gateway.core.sip.serializer import serialize_message
+from gateway.testing.sip_agent import SDP
+from tests.component.calls.b2bua_env import (
+    ALICE,
+    GW,
+    T1,
+    TRUNK,
+    answered_call,
+    eventually,
+    start_b2bua,
+)
+from tests.component.calls.test_b2bua_fuzzed_dialogs import (
+    DTMF_RELAY,
+    _byes_to,
+    _responses_to,
+    error_records,
+    leftovers,
+    table_sizes,
+)
+
+WINDOW = 64 * T1 + 1.0
+
+
+@pytest.mark.parametrize(
+    ("method", "handler"),
+    [("INFO", "_relay_request"), ("INVITE", "_reinvite"), ("UPDATE", "_update")],
+)
+async def test_a_request_in_hand_when_the_call_fails_gets_500_and_both_legs_bye(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    handler: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)  # the registration's transactions are over
+    before = table_sizes(env)
+    bystander, _ = await answered_call(env)
+    call, leg_b = await answered_call(env)
+    real = getattr(Call, handler)
+
+    async def broken(self: Call, event: Any) -> None:
+        if event.request.call_id == call.call_id:
+            raise RuntimeError("a bug")
+        await real(self, event)
+
+    monkeypatch.setattr(Call, handler, broken)
+    assert call.dialog is not None
+    body, content_type = (
+        (DTMF_RELAY, "application/dtmf-relay") if method == "INFO" else (env.trunk.offer_sdp(), SDP)
+    )
+    request = call.dialog.create_request(
+        method,
+        via=env.trunk.new_via(),
+        contact=env.trunk.contact if method != "INFO" else None,
+        body=body,
+        content_type=content_type,
+    )
+    start = len(env.network.capture)
+    await env.trunk.socket.sendto(serialize_message(request), GW)  # once: no retransmission
+    await trio.sleep(WINDOW)
+    answers = _responses_to(env, TRUNK, start)
+    assert [a[:11] for a in answers if a[8:11] != b"100"] == [b"SIP/2.0 500"]
+    assert _byes_to(env, TRUNK, call.call_id, start) >= 1
+    assert _byes_to(env, ALICE, leg_b.call_id, start) >= 1
+    errors = error_records(caplog)
+    assert len(errors) == 1 and "failed" in errors[0], errors
+    # The other call goes on.
+    monkeypatch.setattr(Call, handler, real)
+    assert (await (await bystander.request("OPTIONS")).final()).status == 200
+    assert (await bystander.reinvite(env.trunk.offer_sdp())).status == 200
+    assert (await bystander.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    await trio.sleep(2 * WINDOW)
+    assert table_sizes(env) == before, leftovers(env)
