@@ -34,6 +34,7 @@ from gateway.core.sip.scanners import UserAgentFilter
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.transaction import (
     AckReceived,
+    ClientInviteTransaction,
     ClientTransaction,
     Output,
     RequestReceived,
@@ -685,7 +686,7 @@ class SipEndpoint:
         elif isinstance(output, ResponseReceived):
             client = self._client_requests.get(output.transaction)
             if client is not None and not client._deliver(output.response):
-                await self._ack_orphan_2xx(output.response, client.flow)
+                await self._ack_orphan_2xx(output.response, client)
         elif isinstance(output, AckReceived):
             if self.calls is not None and arrival is not None:
                 self.calls.ack(output.request, arrival)
@@ -868,23 +869,33 @@ class SipEndpoint:
         # Our Via adds well under 100 bytes; count it so the limit holds for what is sent.
         return len(serialize_message(request)) + 100 > UDP_SIZE_LIMIT
 
-    async def _ack_orphan_2xx(self, response: Response, flow: Flow) -> None:
+    async def _ack_orphan_2xx(self, response: Response, client: ClientRequest) -> None:
         """A 2xx to an INVITE of ours whose owner has gone (a re-INVITE answered after a BYE
         ended its call, a fork answering after the call's drain): the UAC core still ACKs it
         (RFC 3261 §13.2.2.4), or the peer re-sends it for 64*T1. The call has ended, so it
-        gets no BYE here; the call sent one, or never had the dialog."""
+        gets no BYE here; the call sent one, or never had the dialog. Except for a new
+        session answered after we gave its INVITE up (64*T1 after our CANCEL, §9.1): its
+        owner was told of a timeout and will never end it, so the BYE is ours (§15), or the
+        callee stays in a call with nobody. (Not a re-INVITE's: its dialog is its owner's.)"""
         if not response.is_success or response.cseq.method != "INVITE":
             return
         dialog = Dialog.from_our_2xx(response)
         if dialog is None:
             return
+        txn = client.transaction
+        invite = txn.request if isinstance(txn, ClientInviteTransaction) and txn.given_up else None
         try:
-            flow = await self.flow_to(flow.transport, flow.remote, flow)
+            flow = await self.flow_to(client.flow.transport, client.flow.remote, client.flow)
             await self.send_ack(
                 dialog.create_ack(response.cseq.number, via=self.new_via(flow)), flow
             )
+            if invite is not None and invite.to.tag is None:
+                bye = dialog.create_request("BYE", via=self.new_via(flow))
+                await self.send_request(
+                    bye, transport=flow.transport, address=flow.remote, flow=flow
+                )
         except OSError as exc:
-            log.info("cannot ACK a 2xx nobody holds: %s", exc)
+            log.info("cannot ACK or BYE a 2xx nobody holds: %s", exc)
 
     async def send_ack(self, ack: Request, flow: Flow) -> None:
         """Send the ACK for a 2xx: its own one-message transaction (RFC 3261 §13.2.2.4)."""

@@ -453,6 +453,14 @@ CallEventInput = (
 )
 
 
+def _first_final_or_late_2xx(final: Response | None, response: Response) -> bool:
+    """Whether final ``response`` to a B leg's INVITE is news: its first final response, or a
+    2xx after a failure (RFC 3261 §13.2.2.4: ACKed and BYEd all the same): a callee answering
+    after our give-up 64*T1 past its CANCEL (§9.1, the 408 made for it), or a fork's 2xx racing
+    another fork's non-2xx."""
+    return final is None or (response.is_success and not final.is_success)
+
+
 class CallEnded(Exception):
     """Internal: the call is over (reason for the logs and the call record)."""
 
@@ -3643,7 +3651,7 @@ class Call:
                 # (RFC 3261 §13.2.2.4).
                 await self._resend_ack(tag)
                 return
-            if response.status >= 200 and tag.final is None:
+            if response.status >= 200 and _first_final_or_late_2xx(tag.final, response):
                 tag.final = response
                 if response.is_success and tag is not self.b:
                     await self._b_answered(tag, response)  # a late fork answer: ACK + BYE
@@ -5261,7 +5269,7 @@ class Call:
                     continue
                 if response.is_success and leg.final is not None and leg.ack is not None:
                     await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
-                elif response.status >= 200 and leg.final is None:
+                elif response.status >= 200 and _first_final_or_late_2xx(leg.final, response):
                     leg.final = response
                     if response.is_success and leg is not self.b:
                         dialog = self._confirmed_dialog(leg, response)

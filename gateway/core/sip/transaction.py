@@ -38,7 +38,8 @@ Retransmission timers (A, E, G) run only on unreliable transports; the wait time
 are zero on reliable transports, which means moving on at once (§17.1.1.2, §17.1.2.2, §17.2.1,
 §17.2.2). B, F, H, L and M are 64*T1 everywhere. A client INVITE's Proceeding has no timer of its
 own; once the TU sends a CANCEL for it (through the table), a 64*T1 wait bounds it (§9.1), so a
-peer that never sends the final response cannot keep the transaction for ever.
+peer that never sends the final response cannot keep the transaction for ever. It then lingers
+in Accepted (Timer M) so that a 2xx coming after all is still ACKed and BYEd by the TU.
 
 Everything is sans-IO: methods take ``now`` and return lists of outputs - messages to send
 (:class:`SendRequest`, :class:`SendResponse`) and events for the TU - and
@@ -258,7 +259,10 @@ _CLIENT_INVITE: _Table = {
     # Proceeding has no timer; a dead connection would leave the TU waiting for ever.
     (S.PROCEEDING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
     # Nor one that never answers, even its CANCEL: §9.1 bounds the wait once CANCEL is sent.
-    (S.PROCEEDING, I.TIMER_CANCEL): (S.TERMINATED, (E.REPORT_TIMEOUT,)),
+    # The TU hears of a timeout; a 2xx may still come (the peer answered after all), and
+    # must reach the TU to be ACKed and BYEd (§13.2.2.4, §15): Accepted passes it up until
+    # Timer M, where a transaction destroyed at once would drop it as a stray response.
+    (S.PROCEEDING, I.TIMER_CANCEL): (S.ACCEPTED, (E.REPORT_TIMEOUT,)),
     (S.COMPLETED, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.RESEND_ACK,)),
     (S.COMPLETED, I.RESPONSE_1XX): (S.COMPLETED, ()),  # late, reordered: absorb
     # A 2xx racing a downstream non-2xx (forking): the TU must ACK and BYE it (§13.2.2.4).
@@ -824,6 +828,24 @@ class ClientInviteTransaction(ClientTransaction):
             return [(Input.TIMER_M, t.timeout)]
         return []
 
+    def handle_timer(self, *, now: float) -> list[Output]:
+        request, cancelled = self.request, self.cancelled
+        outputs = super().handle_timer(now=now)
+        if cancelled and self.state is State.ACCEPTED:
+            # Given up (§9.1; no timer leads to Accepted otherwise). Accepted lets the request
+            # go, but the TU has no final response yet: its timeout is told as a 408 made from
+            # the request (the endpoint, RFC 3261 §8.1.3.1). It goes at Timer M. (Here, not in
+            # _step: timers fire far less often than messages come.)
+            self.request = request
+        return outputs
+
+    @property
+    def given_up(self) -> bool:
+        """No final response came within 64*T1 of our CANCEL (§9.1): the TU was told of a
+        timeout, and a 2xx coming now is a session nobody holds (it keeps the request only
+        then in Accepted, :meth:`handle_timer`)."""
+        return self.state is State.ACCEPTED and self.request is not None
+
     @property
     def cancelled(self) -> bool:
         """A CANCEL was sent for it while in Proceeding (:meth:`cancel_sent`)."""
@@ -831,11 +853,12 @@ class ClientInviteTransaction(ClientTransaction):
 
     def cancel_sent(self, *, now: float) -> None:
         """The TU sent a CANCEL for this INVITE. RFC 3261 §9.1: if no final response comes
-        within 64*T1, the transaction is considered cancelled and destroyed (reported as a
-        timeout, like Timer B). Without this a peer that sent a provisional response and then
-        ignores the CANCEL keeps the transaction, and its request, for ever: Proceeding has no
-        timer of its own. Outside Proceeding there is nothing to bound (Calling has Timer B;
-        the final response has come otherwise)."""
+        within 64*T1, the transaction is considered cancelled (reported as a timeout, like
+        Timer B), and destroyed after Timer M in Accepted, where a late 2xx still goes up.
+        Without this a peer that sent a provisional response and then ignores the CANCEL keeps
+        the transaction, and its request, for ever: Proceeding has no timer of its own.
+        Outside Proceeding there is nothing to bound (Calling has Timer B; the final response
+        has come otherwise)."""
         if (
             self.state is State.PROCEEDING
             and _NAME_OF_TIMER[Input.TIMER_CANCEL] not in self._deadlines

@@ -295,7 +295,10 @@ def test_an_invite_cancelled_in_proceeding_is_given_up_64_t1_after_the_cancel() 
     # At 64*T1 the CANCEL times out (Timer F) and the INVITE is given up with it.
     out = table.handle_timer(now=42.0)
     assert TransactionTimeout(cancel_txn, "F") in out
-    assert TransactionTimeout(txn, "CANCEL") in out and TransactionTerminated(txn) in out
+    assert TransactionTimeout(txn, "CANCEL") in out and TransactionTerminated(txn) not in out
+    # Accepted until Timer M: a 2xx coming after all still reaches the TU (ACK, BYE).
+    assert txn.state is State.ACCEPTED
+    assert table.handle_timer(now=74.0) == [TransactionTerminated(txn)]
     assert len(table) == 0
     assert table.get_timer() is None
 
@@ -310,7 +313,8 @@ def test_a_late_180_after_the_cancel_does_not_restart_the_wait() -> None:
     )
     table.receive_response(response(invite, 183), now=20.0)
     out = table.handle_timer(now=42.0)
-    assert TransactionTimeout(txn, "CANCEL") in out and TransactionTerminated(txn) in out
+    assert TransactionTimeout(txn, "CANCEL") in out
+    table.handle_timer(now=74.0)  # Timer M
     assert len(table) == 0
 
 
@@ -409,9 +413,26 @@ def test_an_invite_whose_cancel_is_ignored_ends_64_t1_after_the_cancel() -> None
     table.receive_response(response(cancel, 200), now=10.1)
     outputs = table.handle_timer(now=10.0 + 64 * 0.5)
     assert TransactionTimeout(txn, "CANCEL") in outputs
-    assert TransactionTerminated(txn) in outputs
-    table.handle_timer(now=100.0)  # the CANCEL's own Timer K
+    table.handle_timer(now=100.0)  # the CANCEL's own Timer K, the INVITE's Timer M
+    assert txn.terminated
     assert len(table) == 0 and table.get_timer() is None
+
+
+def test_a_2xx_after_the_give_up_on_a_cancelled_invite_still_reaches_the_tu() -> None:
+    # RFC 3261 §13.2.2.4: the TU ACKs every 2xx, and BYEs a session it does not want (§15).
+    # The callee that ignored our CANCEL answers once the §9.1 wait is over: destroyed at once,
+    # the transaction would leave that 2xx to the transport, which drops it as stray (RFC 6026
+    # §8.10), and the callee stays in a dialog nobody ACKs or ends.
+    table = TransactionTable()
+    invite = request(branch="z9hG4bKlate")
+    txn, _ = table.send_request(invite, peer=UDP_PEER, now=0.0)
+    table.receive_response(response(invite, 180), now=0.1)
+    table.send_request(
+        request("CANCEL", branch="z9hG4bKlate", cseq_method="CANCEL"), peer=UDP_PEER, now=1.0
+    )
+    assert TransactionTimeout(txn, "CANCEL") in table.handle_timer(now=1.0 + 64 * 0.5)
+    ok = response(invite, 200)
+    assert table.receive_response(ok, now=40.0) == [ResponseReceived(txn, ok)]
 
 
 def test_a_final_response_after_the_cancel_ends_the_invite_as_usual() -> None:
