@@ -638,8 +638,9 @@ class Call:
         self._early_sdp_a = b""
         self._a_early: Dialog | None = None
         self._dtmf_wake: trio.Event | None = None
-        # The request of the event the task is handling (set by _next_event): if a bug ends
-        # the call meanwhile, the catch-all in run() answers it 500 (:meth:`_answer_handled`).
+        # The request of the event the task is handling (set by _next_event): if a bug or a
+        # network error ends the call meanwhile, the catch-all in run() answers it 500 or 503
+        # (:meth:`_answer_handled`).
         self._handling: RequestEvent | PickUpEvent | None = None
 
     # -- feeding events (from the endpoint's task) -------------------------------------------
@@ -678,9 +679,13 @@ class Call:
                     # TCP or TLS peer that closed its connection, a transport refusing the
                     # send): the network's doing. The call ends, saying so; the other leg gets
                     # BYE. The traceback stays in the log for an OSError of another origin.
+                    # The request in hand (the other leg's, whose forwarding failed) gets 503
+                    # at once, as a transport failure is reported to a client (RFC 3261
+                    # §8.1.3.1), rather than nothing until its sender's Timer B or F.
                     log.warning("call %s: network error: %s", self.id, exc, exc_info=True)
                     self.end_reason = f"network error: {exc}"
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await self._answer_handled(503, "Service Unavailable (network error)")
                         await self._abort(503, "Service Unavailable (network error)")
                 except Exception as exc:
                     # A bug in the core or a plugin: end this call only (STYLE.md habit 6).
@@ -724,11 +729,14 @@ class Call:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.sip.t1):
                     await self._refuse_queued_requests()
 
-    async def _answer_handled(self) -> None:
-        """The call failed on a bug while handling a request (an in-dialog one, or a picker's
-        INVITE): it gets 500 now (RFC 3261 §21.5.1) rather than nothing, which would leave its
-        sender retransmitting until its Timer B or F. A transaction already answered finally
-        is left alone: a response after the final one is not allowed (§17.2)."""
+    async def _answer_handled(
+        self, status: int = 500, reason: str = "Server Internal Error"
+    ) -> None:
+        """The call failed while handling a request (an in-dialog one, or a picker's INVITE):
+        it gets ``status`` now (500 for a bug, RFC 3261 §21.5.1; 503 for a network error,
+        §8.1.3.1) rather than nothing, which would leave its sender retransmitting until its
+        Timer B or F. A transaction already answered finally is left alone: a response after
+        the final one is not allowed (§17.2)."""
         event, self._handling = self._handling, None
         if event is None:
             return
@@ -738,7 +746,7 @@ class Call:
             return
         try:
             await self.endpoint.respond(
-                event.transaction, make_response(event.request, 500, "Server Internal Error")
+                event.transaction, make_response(event.request, status, reason)
             )
         except TransactionStateError:  # answered in the meantime after all
             log.debug("call %s: %s answered already", self.id, event.request.method)

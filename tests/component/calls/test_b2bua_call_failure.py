@@ -92,3 +92,55 @@ async def test_a_request_in_hand_when_the_call_fails_gets_500_and_both_legs_bye(
     await eventually(lambda: env.calls == 0)
     await trio.sleep(2 * WINDOW)
     assert table_sizes(env) == before, leftovers(env)
+
+
+async def test_a_request_in_hand_when_forwarding_it_fails_on_the_network_gets_503(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An OSError while forwarding A's INFO to B (B's TCP or TLS connection gone, no listener
+    left for its transport) ends the call as a network error: the INFO gets 503 at once, as a
+    transport failure is reported to a client (RFC 3261 §8.1.3.1), not nothing until the
+    trunk's Timer F; the call's record says why, and another call goes on."""
+    caplog.set_level(logging.INFO)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)  # the registration's transactions are over
+    before = table_sizes(env)
+    bystander, _ = await answered_call(env)
+    call, leg_b = await answered_call(env)
+    real = Call._send_in_dialog
+
+    async def unreachable(self: Call, leg: Any, method: str, **kwargs: Any) -> Any:
+        if method == "INFO" and self.a.dialog is not None and self.a.dialog.call_id == call.call_id:
+            raise OSError("connection to alice closed")
+        return await real(self, leg, method, **kwargs)
+
+    monkeypatch.setattr(Call, "_send_in_dialog", unreachable)
+    assert call.dialog is not None
+    request = call.dialog.create_request(
+        "INFO", via=env.trunk.new_via(), body=DTMF_RELAY, content_type="application/dtmf-relay"
+    )
+    start = len(env.network.capture)
+    await env.trunk.socket.sendto(serialize_message(request), GW)  # once: no retransmission
+    await trio.sleep(WINDOW)
+    answers = _responses_to(env, TRUNK, start)
+    assert [a[:11] for a in answers if a[8:11] != b"100"] == [b"SIP/2.0 503"]
+    assert _byes_to(env, TRUNK, call.call_id, start) >= 1
+    assert _byes_to(env, ALICE, leg_b.call_id, start) >= 1
+    store = env.gateway.store
+    assert store is not None
+    reasons = [r.end_reason for r in store.call_records_recent() if r.ended_at is not None]
+    assert reasons == ["network error: connection to alice closed"], reasons
+    assert error_records(caplog) == []
+    # The other call goes on.
+    monkeypatch.setattr(Call, "_send_in_dialog", real)
+    assert (await (await bystander.request("OPTIONS")).final()).status == 200
+    assert (await bystander.reinvite(env.trunk.offer_sdp())).status == 200
+    assert (await bystander.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    await trio.sleep(2 * WINDOW)
+    assert table_sizes(env) == before, leftovers(env)

@@ -7,7 +7,8 @@ Each round the trunk calls alice, whose phone rings; bob (in a ``pickup`` group 
 sends a valid pickup INVITE once to be challenged (407), then the same INVITE with credentials
 answering the challenge, with one header or the body mutated, or the whole message mutated as
 bytes (tests/unit/fuzz/mutator.py), or as it is, as test_fuzzed_subscriptions does. A 2xx is
-ACKed (with an answer when it offered) and the picked-up call hung up by bob or the trunk; a
+ACKed (with an answer when it offered; without From tag, as an RFC 2543 UAC, when the INVITE
+had none) and the picked-up call hung up by bob or the trunk; a
 call not picked up is answered and hung up, or cancelled. A mutated INVITE that became an
 ordinary call to alice rings her other phone, which refuses it 486.
 
@@ -35,6 +36,7 @@ from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.serializer import serialize_message
+from gateway.core.sip.uri import remove_param
 from gateway.testing.sip_agent import SDP, AutoAnswer, Call, SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
@@ -113,9 +115,17 @@ async def _ack_and_hang_up(
             continue
         if response.cseq.method != "INVITE":
             continue
+        # An INVITE the mutation left without a From tag is an RFC 2543 UAC's: the gateway
+        # takes it as it takes a first INVITE without one (its dialog's remote tag is null,
+        # RFC 3261 §12.1.1), and bob goes on as such a UAC, without a From tag.
+        untagged = request.from_.tag is None
+        if untagged:
+            request = request.with_headers(
+                request.headers.set("From", str(request.from_.with_tag("rfc2543")))
+            )
         try:
             dialog = Dialog.create_uac(request, response)
-        except SipError:  # no From tag (RFC 2543 style) or no Contact: nothing to ACK with
+        except SipError:  # a 2xx we could not make a dialog with: nothing to ACK with
             return "picked up, not ACKable"
         body = bob.answer_sdp(response.body) if response.body and not request.body else b""
         ack = dialog.create_ack(
@@ -124,14 +134,26 @@ async def _ack_and_hang_up(
             body=body,
             content_type=SDP if body else None,
         )
-        await bob.socket.sendto(serialize_message(ack), GW)
+        await bob.socket.sendto(serialize_message(_rfc2543(ack, untagged)), GW)
         await trio.sleep(1)
+        how = "picked up without From tag" if untagged else "picked up"
         if rng.random() < 0.5:
-            bye = dialog.create_request("BYE", via=bob.new_via())
+            bye = _rfc2543(dialog.create_request("BYE", via=bob.new_via()), untagged)
             final = await (await bob.send(bye, GW)).final(timeout=WINDOW)
-            return f"picked up, bob hung up: {final.status}"
-        return "picked up, the trunk hangs up"
+            return f"{how}, bob hung up: {final.status}"
+        return f"{how}, the trunk hangs up"
     return "refused"
+
+
+def _rfc2543(request: Request, untagged: bool) -> Request:
+    """``request`` of bob's dialog as an RFC 2543 UAC sends it when ``untagged``: no From tag."""
+    if not untagged:
+        return request
+    return request.with_headers(
+        request.headers.set(
+            "From", str(request.from_.with_params(remove_param(request.from_.params, "tag")))
+        )
+    )
 
 
 async def test_mutated_pickups_by_replaces_and_feature_code(

@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.core.sip.message import Response
+from gateway.core.sip.dialog import Dialog
+from gateway.core.sip.message import Request, Response
+from gateway.core.sip.serializer import serialize_message
+from gateway.core.sip.uri import remove_param
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from gateway.testing.sip_agent import Call as SipCall
-from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, next_within
+from tests.component.calls.b2bua_env import ALICE_DID, GW, T1, B2bua, eventually, next_within
 from tests.component.calls.test_dialog_events_memory import start
 from tests.component.calls.test_pickup_dialog_ids_memory import (
     BOB_PORT,
@@ -25,6 +28,7 @@ from tests.component.calls.test_pickup_dialog_ids_memory import (
     PICKUP,
     assert_rtp_between_caller_and_bob,
 )
+from tests.component.calls.test_presence_memory import BOB
 
 
 async def dial_call(bob: SipAgent, user: str) -> tuple[SipCall, Response]:
@@ -186,3 +190,56 @@ async def test_a_pickup_invite_without_contact_gets_400_and_the_call_rings_on(
     assert (await incoming.final()).status == 200
     assert (await incoming.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+
+
+def _without_from_tag(request: Request) -> Request:
+    """``request`` as an RFC 2543 UAC sends it: a From without tag."""
+    untagged = request.from_.with_params(remove_param(request.from_.params, "tag"))
+    return request.with_headers(request.headers.set("From", str(untagged)))
+
+
+async def test_a_pickup_invite_without_from_tag_is_taken_as_a_first_invite_is(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The pickup fuzz (test_b2bua_fuzzed_pickup.py) saw such an INVITE picked up. RFC 3261
+    # §8.1.1.3 wants a From tag, but an RFC 2543 UAC sends none and the gateway takes a first
+    # INVITE without one (its dialog's remote tag is null, §12.1.1; dialog.py DialogId), so a
+    # pickup INVITE gets the same: 200, confirmed by an ACK without From tag (the gateway finds
+    # its dialog by our To tag), the picked-up call up until that UAC's BYE.
+    env, bob = await start(nursery, tmp_path, voipgw_seed, groups=[PICKUP])
+    incoming, _ = await ring_alice(env)
+    invite = bob.new_request(
+        "INVITE",
+        "sip:*8@127.0.0.1:5060",
+        body=simple_sdp("127.0.0.1", BOB_PORT),
+        content_type="application/sdp",
+    )
+    sent, final = await bob.send_authenticated(_without_from_tag(invite))
+    assert sent.from_.tag is None
+    assert final.status == 200, final.reason
+    assert (await incoming.final()).status == 200
+    # Bob's side of the dialog, built as if the From had a tag, sent without it.
+    dialog = Dialog.create_uac(
+        sent.with_headers(sent.headers.set("From", str(invite.from_))), final
+    )
+    ack = dialog.create_ack(final.cseq.number, via=bob.new_via())
+    start_at = len(env.network.capture)
+    await bob.socket.sendto(serialize_message(_without_from_tag(ack)), GW)
+    await trio.sleep(64 * T1 + 1)  # past the 2xx's retransmissions (RFC 3261 §13.3.1.4)
+    to_bob = [
+        d.data
+        for d in env.network.capture[start_at:]
+        if d.src == GW and d.dst[0] == BOB[0] and d.data.startswith(b"SIP/2.0 200")
+    ]
+    assert to_bob == [], "the ACK without From tag did not confirm the 2xx"
+    assert env.calls == 1 and incoming.dialog is not None
+    assert incoming.dialog.state.value != "terminated"
+    bye = _without_from_tag(dialog.create_request("BYE", via=bob.new_via()))
+    assert (await (await bob.send(bye, GW)).final()).status == 200
+    assert (await env.trunk.next_request("BYE")).request.call_id == incoming.call_id
+    await eventually(lambda: env.calls == 0)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
