@@ -144,3 +144,48 @@ async def test_a_request_in_hand_when_forwarding_it_fails_on_the_network_gets_50
     await eventually(lambda: env.calls == 0)
     await trio.sleep(2 * WINDOW)
     assert table_sizes(env) == before, leftovers(env)
+
+
+async def test_a_call_failing_while_it_ends_itself_ends_no_other_call(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failure that escapes Call.run (here: its abort cannot send, after a network error in
+    hand) ends that call only: the manager's nursery, and every other call in it, goes on."""
+    caplog.set_level(logging.INFO)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)
+    bystander, _ = await answered_call(env)
+    call, _ = await answered_call(env)
+    real_send, real_abort = Call._send_in_dialog, Call._abort
+
+    async def unreachable(self: Call, leg: Any, method: str, **kwargs: Any) -> Any:
+        if method == "INFO" and self.a.dialog is not None and self.a.dialog.call_id == call.call_id:
+            raise OSError("connection to alice closed")
+        return await real_send(self, leg, method, **kwargs)
+
+    async def abort_fails(self: Call, status: int, reason: str) -> None:
+        if self.a.dialog is not None and self.a.dialog.call_id == call.call_id:
+            raise OSError("no udp listener")
+        await real_abort(self, status, reason)
+
+    monkeypatch.setattr(Call, "_send_in_dialog", unreachable)
+    monkeypatch.setattr(Call, "_abort", abort_fails)
+    assert call.dialog is not None
+    request = call.dialog.create_request(
+        "INFO", via=env.trunk.new_via(), body=DTMF_RELAY, content_type="application/dtmf-relay"
+    )
+    await env.trunk.socket.sendto(serialize_message(request), GW)
+    await eventually(lambda: env.calls == 1)  # that call is gone, its record written
+    assert any("failed while ending" in r.getMessage() for r in caplog.records)
+    # The bystander and the gateway go on.
+    assert (await (await bystander.request("OPTIONS")).final()).status == 200
+    assert (await bystander.reinvite(env.trunk.offer_sdp())).status == 200
+    assert (await bystander.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    another, _ = await answered_call(env)
+    assert (await another.bye()).status == 200
