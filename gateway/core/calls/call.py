@@ -476,6 +476,13 @@ class _AnswerFailure:
     warning: str
     reason: str
 
+    def response_to(self, request: Request) -> Response:
+        """The final response to ``request`` saying this failure (its Warning, RFC 3261
+        §20.43)."""
+        return make_response(
+            request, self.status, self.phrase, extra=[("Warning", _warning(self.warning))]
+        )
+
 
 # -- the call ----------------------------------------------------------------------------------
 
@@ -2642,12 +2649,7 @@ class Call:
             self._pickup_waiting = None
             self.media.abandon_offer()
             self.state = "answered"
-            refusal = make_response(
-                request,
-                failure.status,
-                failure.phrase,
-                extra=[("Warning", _warning(failure.warning))],
-            )
+            refusal = failure.response_to(request)
             await self._answer_pickup(event, refusal)
             await self._hang_up(failure.reason, cause=failure.status)
         self._pickup_waiting = None
@@ -2678,10 +2680,7 @@ class Call:
         manager's 481 once it gives up waiting; the call ends, the caller getting 500 too and
         the phones that rang CANCEL (:meth:`_drain_b_legs`)."""
         failure = self._answer_failed(exc, "picker's offer")
-        warning = [("Warning", _warning(failure.warning))]
-        await self._answer_pickup(
-            event, make_response(event.request, failure.status, failure.phrase, extra=warning)
-        )
+        await self._answer_pickup(event, failure.response_to(event.request))
         await self._reject_a(failure.status, failure.phrase, failure.warning)
 
     async def _answer_pickup(self, event: PickUpEvent, response: Response) -> None:
@@ -3334,11 +3333,7 @@ class Call:
             # re-INVITE that cannot be applied (_answer_failed).
             failure = self._answer_failed(exc, f"offer in {request.method}")
             self.media.abandon_offer()
-            warning = [("Warning", _warning(failure.warning))]
-            await self.endpoint.respond(
-                event.transaction,
-                make_response(request, failure.status, failure.phrase, extra=warning),
-            )
+            await self.endpoint.respond(event.transaction, failure.response_to(request))
             await self._hang_up(failure.reason, cause=failure.status)
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
@@ -3762,12 +3757,7 @@ class Call:
                 failure = self._answer_failed(exc, "answer to re-INVITE")
                 await self.endpoint.send_ack(ack, flow)
                 self.media.abandon_offer()
-                rejection = make_response(
-                    request,
-                    failure.status,
-                    failure.phrase,
-                    extra=[("Warning", _warning(failure.warning))],
-                )
+                rejection = failure.response_to(request)
                 await self.endpoint.respond(transaction, rejection)
                 await self._hang_up(failure.reason, cause=failure.status)
             await self.endpoint.send_ack(ack, flow)
@@ -3853,12 +3843,7 @@ class Call:
             else:
                 failure = self._answer_failed(exc, "offer in the 2xx to a re-INVITE")
             self.media.abandon_offer()
-            refusal = make_response(
-                request,
-                failure.status,
-                failure.phrase,
-                extra=[("Warning", _warning(failure.warning))],
-            )
+            refusal = failure.response_to(request)
             await self.endpoint.respond(transaction, refusal)
             # The 2xx is ACKed with an answer refusing its offer first (_bye, §13.2.2.4).
             await self._hang_up(failure.reason, cause=failure.status)
