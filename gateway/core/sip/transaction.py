@@ -865,11 +865,10 @@ class ClientInviteTransaction(ClientTransaction):
         """The TU sent a CANCEL for this INVITE. RFC 3261 §9.1: if no final response comes
         within 64*T1, the transaction is considered cancelled (reported as a timeout, like
         Timer B), and destroyed after Timer M in Given up, where a late 2xx still goes up and
-        a late non-2xx is ACKed.
-        Without this a peer that sent a provisional response and then ignores the CANCEL keeps
-        the transaction, and its request, for ever: Proceeding has no timer of its own.
-        Outside Proceeding there is nothing to bound (Calling has Timer B; the final response
-        has come otherwise)."""
+        a late non-2xx is ACKed. Without this a peer that sent a provisional response and then
+        ignores the CANCEL keeps the transaction, and its request, for ever: Proceeding has no
+        timer of its own. Outside Proceeding there is nothing to bound (Calling has Timer B;
+        the final response has come otherwise)."""
         if (
             self.state is State.PROCEEDING
             and _NAME_OF_TIMER[Input.TIMER_CANCEL] not in self._deadlines
