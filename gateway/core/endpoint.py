@@ -116,6 +116,11 @@ MAX_SERVER_TRANSACTIONS = 65_536
 # Responses one client transaction may queue for its owner; a transaction sees a handful.
 CLIENT_RESPONSE_QUEUE = 32
 
+# Sessions (To tags) answered after the §9.1 give-up on one INVITE that are each BYEd once
+# (ClientRequest._first_late_answer): a fork or two in practice; past it, their 2xx are only
+# ACKed, so a callee inventing tags cannot make us open a BYE transaction per 2xx.
+MAX_LATE_ANSWERS = 8
+
 # Requests refused when they waited too long (gateway/core/sip/overload.py): those that start
 # new work, a call, a registration, a subscription or a relayed message. Dialog requests (BYE,
 # re-INVITE), ACK, CANCEL and OPTIONS are always served: they end or keep up calls already
@@ -211,7 +216,7 @@ class ClientRequest:
     transaction of an answered INVITE lives 64*T1 after the call (Timer M, RFC 6026).
     """
 
-    __slots__ = ("_closed", "_receive", "_send", "_sink", "flow", "transaction")
+    __slots__ = ("_closed", "_late_answers", "_receive", "_send", "_sink", "flow", "transaction")
 
     def __init__(self, transaction: ClientTransaction, flow: Flow) -> None:
         self.transaction = transaction
@@ -220,6 +225,7 @@ class ClientRequest:
         self._receive: trio.MemoryReceiveChannel[Response] | None = None
         self._sink: Callable[[Response], None] | None = None
         self._closed = False
+        self._late_answers: frozenset[str] = frozenset()  # _first_late_answer
 
     @property
     def request(self) -> Request:
@@ -275,6 +281,23 @@ class ClientRequest:
             # The owner stopped listening (its call ended) or is flooded: nothing to deliver to.
             log.debug("dropping response %d: its owner is not reading", response.status)
             return False
+        return True
+
+    def _first_late_answer(self, response: Response) -> bool:
+        """Whether ``response`` is the first 2xx of its dialog (To tag) after the INVITE was
+        given up 64*T1 past its CANCEL (RFC 3261 §9.1). That one is hung up (BYE, §15), by the
+        owner if it takes it, else by the endpoint; a retransmission of it (our ACK was lost)
+        is ACKed again (§13.2.2.4), never BYEd again: one BYE per dialog, whose own client
+        transaction re-sends it."""
+        txn = self.transaction
+        if not (response.is_success and isinstance(txn, ClientInviteTransaction)):
+            return False
+        if not txn.given_up:
+            return False
+        tag = response.to.tag or ""
+        if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
+            return False
+        self._late_answers |= {tag}
         return True
 
     def _close(self) -> None:
@@ -685,8 +708,11 @@ class SipEndpoint:
                 await self._send_on(output.request, client.flow, output.transaction)
         elif isinstance(output, ResponseReceived):
             client = self._client_requests.get(output.transaction)
-            if client is not None and not client._deliver(output.response):
-                await self._ack_orphan_2xx(output.response, client)
+            if client is not None:
+                # Noted whoever takes it: the owner may end before a retransmission comes.
+                first_late = client._first_late_answer(output.response)
+                if not client._deliver(output.response):
+                    await self._ack_orphan_2xx(output.response, client, hang_up=first_late)
         elif isinstance(output, AckReceived):
             if self.calls is not None and arrival is not None:
                 self.calls.ack(output.request, arrival)
@@ -869,21 +895,23 @@ class SipEndpoint:
         # Our Via adds well under 100 bytes; count it so the limit holds for what is sent.
         return len(serialize_message(request)) + 100 > UDP_SIZE_LIMIT
 
-    async def _ack_orphan_2xx(self, response: Response, client: ClientRequest) -> None:
+    async def _ack_orphan_2xx(
+        self, response: Response, client: ClientRequest, *, hang_up: bool
+    ) -> None:
         """A 2xx to an INVITE of ours whose owner has gone (a re-INVITE answered after a BYE
         ended its call, a fork answering after the call's drain): the UAC core still ACKs it
         (RFC 3261 §13.2.2.4), or the peer re-sends it for 64*T1. The call has ended, so it
         gets no BYE here; the call sent one, or never had the dialog. Except for a new
-        session answered after we gave its INVITE up (64*T1 after our CANCEL, §9.1): its
-        owner was told of a timeout and will never end it, so the BYE is ours (§15), or the
-        callee stays in a call with nobody. (Not a re-INVITE's: its dialog is its owner's.)"""
+        session answered after we gave its INVITE up (64*T1 after our CANCEL, §9.1) and
+        ``hang_up``, its first 2xx (:meth:`ClientRequest._first_late_answer`): its owner was
+        told of a timeout and will never end it, so the BYE is ours (§15), or the callee stays
+        in a call with nobody. (Not a re-INVITE's: its dialog is its owner's.)"""
         if not response.is_success or response.cseq.method != "INVITE":
             return
         dialog = Dialog.from_our_2xx(response)
         if dialog is None:
             return
-        txn = client.transaction
-        invite = txn.request if isinstance(txn, ClientInviteTransaction) and txn.given_up else None
+        invite = client.transaction.request if hang_up else None
         try:
             flow = await self.flow_to(client.flow.transport, client.flow.remote, client.flow)
             await self.send_ack(

@@ -765,6 +765,31 @@ def test_cancel_reaches_the_ringing_trunk(tmp_path: Path) -> None:
     assert [header(m, "CSeq") for m in caller.received("SIP/2.0 200")] == ["2 CANCEL"]
 
 
+def test_a_trunk_refusing_after_the_cancel_give_up_has_each_copy_acked(tmp_path: Path) -> None:
+    """A trunk (sipp) that ignores our CANCEL and refuses 2 s later, after the gateway gave its
+    INVITE up (RFC 3261 §9.1, 64*T1 with T1 = 20 ms): its 486 and the copy of it are each ACKed
+    (§17.1.1.3); unACKed, the trunk would re-send the 486 until its Timer H."""
+    with (
+        SippUas("uas_ignore_cancel_refuse_late.xml", workdir=tmp_path) as trunk,
+        GatewayProcess(
+            tmp_path,
+            accounts=ACCOUNTS,
+            settings={"sip": {"t1": 0.02}},
+            extra_toml=outbound_trunk(trunk),
+        ) as gw,
+    ):
+        caller = account_call("calls/uac_cancel_auth.xml", gw, tmp_path, service=TRUNK_NUMBER)
+        caller.check()
+        callee = trunk.wait(timeout=15)
+        callee.check()  # got the CANCEL, sent the 486 twice, got an ACK for each
+    (invite,) = callee.received("INVITE ")
+    acks = callee.received("ACK ", retransmissions=True)
+    assert len(acks) == 2, callee.describe()
+    assert header(acks[0], "CSeq") == f"{header(invite, 'CSeq').split()[0]} ACK"
+    assert header(acks[0], "Via") == header(invite, "Via")  # hop by hop: the INVITE's Via
+    assert callee.received("BYE ") == []
+
+
 # -- 5. BYE from each side -------------------------------------------------------------------
 
 

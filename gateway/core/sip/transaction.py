@@ -39,7 +39,9 @@ are zero on reliable transports, which means moving on at once (§17.1.1.2, §17
 §17.2.2). B, F, H, L and M are 64*T1 everywhere. A client INVITE's Proceeding has no timer of its
 own; once the TU sends a CANCEL for it (through the table), a 64*T1 wait bounds it (§9.1), so a
 peer that never sends the final response cannot keep the transaction for ever. It then lingers
-in Accepted (Timer M) so that a 2xx coming after all is still ACKed and BYEd by the TU.
+in Given up, a state of ours (the RFC destroys the transaction), for Timer M: a 2xx coming after
+all still goes up to be ACKed and BYEd by the TU (§13.2.2.4, §15), and a non-2xx is ACKed here
+(§17.1.1.3), or the callee re-sends it until its Timer H.
 
 Everything is sans-IO: methods take ``now`` and return lists of outputs - messages to send
 (:class:`SendRequest`, :class:`SendResponse`) and events for the TU - and
@@ -155,12 +157,16 @@ class State(enum.Enum):
     COMPLETED = "Completed"
     CONFIRMED = "Confirmed"
     ACCEPTED = "Accepted"
+    # Ours, not the RFC's: a client INVITE 64*T1 after its CANCEL with no final response
+    # (§9.1 "considered cancelled"), lingering for Timer M (see the table).
+    GIVEN_UP = "Given up"
     TERMINATED = "Terminated"
 
 
 # States that only wait for a timer, absorbing or passing up what arrives (a client INVITE's
 # Completed re-sends the ACK it already built): none re-sends the request. (Terminated keeps
-# it: the TU's 408/503 for Timer B/F or a transport error is built from it.)
+# it: the TU's 408/503 for Timer B/F or a transport error is built from it; so does Given up,
+# which ACKs a late non-2xx too.)
 _WAIT_STATES = frozenset({State.COMPLETED, State.CONFIRMED, State.ACCEPTED})
 # Server states that re-send nothing: there the last response is let go too.
 _RESPONSE_LET_GO = frozenset({State.CONFIRMED, State.ACCEPTED})
@@ -259,10 +265,10 @@ _CLIENT_INVITE: _Table = {
     # Proceeding has no timer; a dead connection would leave the TU waiting for ever.
     (S.PROCEEDING, I.TRANSPORT_ERROR): (S.TERMINATED, (E.REPORT_TRANSPORT_ERROR,)),
     # Nor one that never answers, even its CANCEL: §9.1 bounds the wait once CANCEL is sent.
-    # The TU hears of a timeout; a 2xx may still come (the peer answered after all), and
-    # must reach the TU to be ACKed and BYEd (§13.2.2.4, §15): Accepted passes it up until
-    # Timer M, where a transaction destroyed at once would drop it as a stray response.
-    (S.PROCEEDING, I.TIMER_CANCEL): (S.ACCEPTED, (E.REPORT_TIMEOUT,)),
+    # The TU hears of a timeout; the callee may still answer. Destroyed at once (as §9.1 has
+    # it), the transaction would leave its answer to the transport, which drops it as stray
+    # (RFC 6026 §8.10), and the callee re-sends it for 64*T1. Given up keeps it until Timer M.
+    (S.PROCEEDING, I.TIMER_CANCEL): (S.GIVEN_UP, (E.REPORT_TIMEOUT,)),
     (S.COMPLETED, I.RESPONSE_3XX_6XX): (S.COMPLETED, (E.RESEND_ACK,)),
     (S.COMPLETED, I.RESPONSE_1XX): (S.COMPLETED, ()),  # late, reordered: absorb
     # A 2xx racing a downstream non-2xx (forking): the TU must ACK and BYE it (§13.2.2.4).
@@ -276,6 +282,17 @@ _CLIENT_INVITE: _Table = {
     (S.ACCEPTED, I.TIMER_M): (S.TERMINATED, ()),
     # The transaction sends nothing in Accepted (the 2xx ACK is the TU's), so nothing can fail.
     (S.ACCEPTED, I.TRANSPORT_ERROR): (S.ACCEPTED, ()),
+    # A session after all: every 2xx goes up (each is ACKed, the dialog BYEd once: §13.2.2.4,
+    # §15), retransmissions and other forks' answers alike, as in Accepted.
+    (S.GIVEN_UP, I.RESPONSE_2XX): (S.GIVEN_UP, (E.PASS_RESPONSE,)),
+    # A refusal after all: ACKed, each retransmission too (§17.1.1.3; Completed's job, but a
+    # 2xx of another fork may follow and is still a session nobody holds), never passed up:
+    # the TU had its timeout as final response.
+    (S.GIVEN_UP, I.RESPONSE_3XX_6XX): (S.GIVEN_UP, (E.SEND_ACK,)),
+    (S.GIVEN_UP, I.RESPONSE_1XX): (S.GIVEN_UP, ()),
+    (S.GIVEN_UP, I.TIMER_M): (S.TERMINATED, ()),
+    # The TU knows the outcome; a lost ACK is re-sent on the next retransmission.
+    (S.GIVEN_UP, I.TRANSPORT_ERROR): (S.GIVEN_UP, ()),
 }
 
 # RFC 3261 §17.1.2.2 figure 6.
@@ -791,9 +808,11 @@ class ClientTransaction(Transaction):
         elif effect is Effect.E_AT_T2:
             self._back_off(Input.TIMER_E, t.t2, now)
         elif effect is Effect.SEND_ACK:
-            assert self.request is not None  # on the way out of Calling or Proceeding
-            self._ack = build_ack(self.request, _response(message))
-            out.append(SendRequest(self, self._ack))
+            assert self.request is not None  # leaving Calling or Proceeding, or Given up
+            ack = build_ack(self.request, _response(message))
+            # Given up ACKs each copy of a late non-2xx: the same ACK again is a retransmission.
+            out.append(SendRequest(self, ack, retransmission=ack == self._ack))
+            self._ack = ack
         elif effect is Effect.RESEND_ACK:
             assert self._ack is not None
             out.append(SendRequest(self, self._ack, retransmission=True))
@@ -815,6 +834,7 @@ class ClientInviteTransaction(ClientTransaction):
         State.PROCEEDING: frozenset({Input.TIMER_CANCEL}),  # armed by cancel_sent() only
         State.COMPLETED: frozenset({Input.TIMER_D}),
         State.ACCEPTED: frozenset({Input.TIMER_M}),
+        State.GIVEN_UP: frozenset({Input.TIMER_M}),  # Accepted's wait, for the same stragglers
     }
 
     def _entry_timers(self, state: State) -> list[tuple[Input, float]]:
@@ -824,27 +844,17 @@ class ClientInviteTransaction(ClientTransaction):
             return timers if self.reliable else [(Input.TIMER_A, t.t1), *timers]
         if state is State.COMPLETED:
             return [(Input.TIMER_D, self._wait(t.timer_d))]
-        if state is State.ACCEPTED:
+        if state is State.ACCEPTED or state is State.GIVEN_UP:
             return [(Input.TIMER_M, t.timeout)]
         return []
-
-    def handle_timer(self, *, now: float) -> list[Output]:
-        request, cancelled = self.request, self.cancelled
-        outputs = super().handle_timer(now=now)
-        if cancelled and self.state is State.ACCEPTED:
-            # Given up (§9.1; no timer leads to Accepted otherwise). Accepted lets the request
-            # go, but the TU has no final response yet: its timeout is told as a 408 made from
-            # the request (the endpoint, RFC 3261 §8.1.3.1). It goes at Timer M. (Here, not in
-            # _step: timers fire far less often than messages come.)
-            self.request = request
-        return outputs
 
     @property
     def given_up(self) -> bool:
         """No final response came within 64*T1 of our CANCEL (§9.1): the TU was told of a
-        timeout, and a 2xx coming now is a session nobody holds (it keeps the request only
-        then in Accepted, :meth:`handle_timer`)."""
-        return self.state is State.ACCEPTED and self.request is not None
+        timeout, and a 2xx coming now is a session nobody holds. The request is kept until
+        Timer M (Given up is no wait state): the TU's 408 (RFC 3261 §8.1.3.1) and the ACK of a
+        late non-2xx (§17.1.1.3) are built from it."""
+        return self.state is State.GIVEN_UP
 
     @property
     def cancelled(self) -> bool:
@@ -854,11 +864,11 @@ class ClientInviteTransaction(ClientTransaction):
     def cancel_sent(self, *, now: float) -> None:
         """The TU sent a CANCEL for this INVITE. RFC 3261 §9.1: if no final response comes
         within 64*T1, the transaction is considered cancelled (reported as a timeout, like
-        Timer B), and destroyed after Timer M in Accepted, where a late 2xx still goes up.
-        Without this a peer that sent a provisional response and then ignores the CANCEL keeps
-        the transaction, and its request, for ever: Proceeding has no timer of its own.
-        Outside Proceeding there is nothing to bound (Calling has Timer B; the final response
-        has come otherwise)."""
+        Timer B), and destroyed after Timer M in Given up, where a late 2xx still goes up and
+        a late non-2xx is ACKed. Without this a peer that sent a provisional response and then
+        ignores the CANCEL keeps the transaction, and its request, for ever: Proceeding has no
+        timer of its own. Outside Proceeding there is nothing to bound (Calling has Timer B;
+        the final response has come otherwise)."""
         if (
             self.state is State.PROCEEDING
             and _NAME_OF_TIMER[Input.TIMER_CANCEL] not in self._deadlines

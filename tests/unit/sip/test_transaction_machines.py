@@ -136,6 +136,8 @@ def reachable_paths(machine: type[Transaction], peer: Hop) -> dict[State, list[I
 def replay(machine: type[Transaction], peer: Hop, path: list[Input]) -> Transaction | None:
     txn, _ = start(machine, peer)
     for event in path:
+        if event is Input.TIMER_CANCEL and isinstance(txn, ClientInviteTransaction):
+            txn.cancel_sent(now=1.0)  # the TU's CANCEL arms it (RFC 3261 §9.1), no input does
         if not allowed(txn, event):
             return None
         txn.process_input(event, now=1.0, message=message_for(txn, event))

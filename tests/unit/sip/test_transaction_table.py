@@ -26,6 +26,7 @@ from gateway.core.sip.transaction import (
     TransactionTerminated,
     TransactionTimeout,
     UnmatchedResponse,
+    build_ack,
     client_key,
     server_key,
 )
@@ -296,8 +297,8 @@ def test_an_invite_cancelled_in_proceeding_is_given_up_64_t1_after_the_cancel() 
     out = table.handle_timer(now=42.0)
     assert TransactionTimeout(cancel_txn, "F") in out
     assert TransactionTimeout(txn, "CANCEL") in out and TransactionTerminated(txn) not in out
-    # Accepted until Timer M: a 2xx coming after all still reaches the TU (ACK, BYE).
-    assert txn.state is State.ACCEPTED
+    # Given up until Timer M: a 2xx coming after all still reaches the TU (ACK, BYE).
+    assert txn.state is State.GIVEN_UP and txn.given_up
     assert table.handle_timer(now=74.0) == [TransactionTerminated(txn)]
     assert len(table) == 0
     assert table.get_timer() is None
@@ -433,6 +434,70 @@ def test_a_2xx_after_the_give_up_on_a_cancelled_invite_still_reaches_the_tu() ->
     assert TransactionTimeout(txn, "CANCEL") in table.handle_timer(now=1.0 + 64 * 0.5)
     ok = response(invite, 200)
     assert table.receive_response(ok, now=40.0) == [ResponseReceived(txn, ok)]
+    # Each retransmission too (its ACK may have been lost), and another fork's answer.
+    assert table.receive_response(ok, now=40.5) == [ResponseReceived(txn, ok)]
+    fork = response(invite, 200, to_tag="fork2")
+    assert table.receive_response(fork, now=41.0) == [ResponseReceived(txn, fork)]
+    assert txn.given_up
+
+
+def given_up_invite(
+    table: TransactionTable, branch: str
+) -> tuple[ClientInviteTransaction, Request]:
+    """An INVITE rung (180), CANCELled at 1.0 and given up 64*T1 later (RFC 3261 §9.1)."""
+    invite = request(branch=branch)
+    txn, _ = table.send_request(invite, peer=UDP_PEER, now=0.0)
+    table.receive_response(response(invite, 180), now=0.1)
+    table.send_request(
+        request("CANCEL", branch=branch, cseq_method="CANCEL"), peer=UDP_PEER, now=1.0
+    )
+    assert TransactionTimeout(txn, "CANCEL") in table.handle_timer(now=1.0 + 64 * 0.5)
+    assert isinstance(txn, ClientInviteTransaction) and txn.given_up
+    return txn, invite
+
+
+def test_a_non_2xx_after_the_give_up_is_acked_and_not_passed_up_again() -> None:
+    # RFC 3261 §17.1.1.3: the client transaction ACKs every non-2xx final response. The callee
+    # that ignored our CANCEL refuses once the §9.1 wait is over: without an ACK it re-sends its
+    # 486 until its Timer H (32 s) and keeps its transaction. The TU had its timeout (408) as
+    # the final response: the 486 is not news for it.
+    table = TransactionTable()
+    txn, invite = given_up_invite(table, "z9hG4bKbusy")
+    busy = response(invite, 486, to_tag="callee1")
+    out = table.receive_response(busy, now=40.0)
+    assert out == [SendRequest(txn, build_ack(invite, busy))]
+    ack = out[0].request
+    assert isinstance(ack, Request)
+    assert (ack.method, ack.uri, ack.call_id) == ("ACK", invite.uri, invite.call_id)
+    assert (ack.cseq.number, ack.cseq.method) == (invite.cseq.number, "ACK")
+    assert ack.to.tag == "callee1" and ack.from_.tag == invite.from_.tag
+    assert ack.headers.get_all("Via") == (invite.headers.get("Via"),)  # its top Via only
+    # Each retransmission gets the ACK again (ours was lost), still nothing for the TU.
+    again = table.receive_response(busy, now=40.5)
+    assert again == [SendRequest(txn, ack, retransmission=True)]
+    # A 2xx of another fork after it is still a session nobody holds: up, for ACK and BYE.
+    ok = response(invite, 200, to_tag="callee2")
+    assert table.receive_response(ok, now=41.0) == [ResponseReceived(txn, ok)]
+    # Until Timer M, 64*T1 after the give-up.
+    assert table.handle_timer(now=33.0 + 64 * 0.5) == [TransactionTerminated(txn)]
+    assert len(table) == 0
+
+
+def test_a_non_2xx_after_the_give_up_over_tcp_is_acked_once() -> None:
+    # Reliable transports: no retransmissions come, but the ACK is still owed (§17.1.1.3).
+    table = TransactionTable()
+    invite = request(branch="z9hG4bKtcp", transport="TCP")
+    txn, _ = table.send_request(invite, peer=TCP_PEER, now=0.0)
+    table.receive_response(response(invite, 180), now=0.1)
+    table.send_request(
+        request("CANCEL", branch="z9hG4bKtcp", cseq_method="CANCEL", transport="TCP"),
+        peer=TCP_PEER,
+        now=1.0,
+    )
+    assert TransactionTimeout(txn, "CANCEL") in table.handle_timer(now=33.0)
+    busy = response(invite, 603)
+    out = table.receive_response(busy, now=40.0)
+    assert out == [SendRequest(txn, build_ack(invite, busy))]
 
 
 def test_a_final_response_after_the_cancel_ends_the_invite_as_usual() -> None:
