@@ -588,6 +588,9 @@ class Call:
         self._offer_b: SessionDescription | None = None
         self._attempt: list[BLeg] = []
         self._refusals: list[str] = []  # why targets' media policies refused the offer
+        # Targets not called because making their offer raised (_call_target): each target's
+        # failure, the caller's answer when no target got to answer at all (_fail_a).
+        self._offer_failures: list[_AnswerFailure] = []
         self._relaying: set[InDialogRequest] = set()  # relayed requests not answered yet
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
         # The cancel scope _next_event waits in, and the deadline it was asked for.
@@ -947,8 +950,9 @@ class Call:
         self._refusals = refusals
         self._drive_handshakes()  # a B leg answering DTLS may shake hands before its answer
         if all(leg.finished for leg in self.b_legs):
-            # Nothing rings: the targets could not be sent to (a 503 of ours) or their media
-            # policies refused the offer; the alternates may still take the call.
+            # Nothing rings: the targets could not be sent to (a 503 of ours), their media
+            # policies refused the offer or making it failed; the alternates may still take
+            # the call.
             await self._fail_over_or_fail_a()
         self.state = "ringing"
         self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
@@ -1032,9 +1036,15 @@ class Call:
             except MediaSecurityRefused as err:
                 log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
                 return err.reason
-            except Exception as exc:  # our bug or a key-exchange plugin's: said which
-                failure = self._answer_failed(exc, "caller's offer")
-                await self._reject_a(failure.status, failure.phrase, failure.warning)
+            except Exception as exc:
+                # Our bug or a key-exchange plugin's (said which, logged once): that target's
+                # failure, not the call's. Its branch is dropped and the others ring on, as a
+                # proxy's failed branch leaves the rest of its forking alone (RFC 3261 §16.7);
+                # with no target left the call fails on the best failure (_fail_a).
+                failure = self._answer_failed(exc, "caller's offer", ends_call=False)
+                log.warning("call %s: not calling %s: %s", self.id, target.uri, failure.reason)
+                self._offer_failures.append(failure)
+                return None
         trunk = self._leg_trunk(leg)
         if trunk is not None and trunk.response_timeout > 0:
             # Armed before the INVITE goes: its first response may be handled (and disarm it,
@@ -1768,8 +1778,9 @@ class Call:
             if called:
                 self._attempt = called  # failed at once (unreachable): its 503 decides
             elif target.trunk is not None:
-                # Not called at all (its media policy refuses the offer, a bad URI): the
-                # failure before it still stands, and the next alternate is tried.
+                # Not called at all (its media policy refuses the offer, making the offer
+                # failed, a bad URI): the failure before it still stands, and the next
+                # alternate is tried.
                 self.manager.limits.release_one(self, ("trunk", target.trunk))
         if self._redirects is not None and await self._follow_redirect():
             return  # the next Contact of a 3xx rings (RFC 3261 §8.1.3.4: in q order)
@@ -2850,7 +2861,9 @@ class Call:
         self._apply_keys(leg)
         return answer_a
 
-    def _answer_failed(self, exc: Exception, what: str) -> _AnswerFailure:
+    def _answer_failed(
+        self, exc: Exception, what: str, *, ends_call: bool = True
+    ) -> _AnswerFailure:
         """Applying SDP a leg sent in its 2xx (or the ACK answering our offer) raised ``exc``.
         The caller ACKs that 2xx all the same (RFC 3261 §13.2.2.4: a UAC ACKs every 2xx, then
         may BYE) and ends the call with what this says. Bad SDP from the peer (an
@@ -2861,7 +2874,8 @@ class Call:
         ending meanwhile (CallEnded) is no failure to apply: it goes on up. The same rule for
         the offer of a request we received (the caller's INVITE, a picker's, a re-INVITE or
         UPDATE, ``what`` saying which): its caller answers that request with ``status`` at
-        once, then ends the call."""
+        once, then ends the call. ``ends_call`` false: the failure of one target of several
+        (:meth:`_call_target`), logged, but not the call's end reason (yet)."""
         if isinstance(exc, CallEnded):
             raise exc
         if isinstance(exc, SdpError):
@@ -2878,7 +2892,8 @@ class Call:
             failure = _AnswerFailure(
                 500, "Server Internal Error", f"internal error applying the {what}", reason
             )
-        self.end_reason = failure.reason
+        if ends_call:
+            self.end_reason = failure.reason
         return failure
 
     def _apply_keys(self, b_leg: BLeg | None) -> None:
@@ -3065,6 +3080,13 @@ class Call:
 
     async def _fail_a(self) -> None:
         finals = [outcome for leg in self.b_legs if (outcome := leg.final or leg.given_up)]
+        if not finals and self._offer_failures:
+            # No target answered anything: the first target whose offer failed says why (the
+            # 500 with its Warning it would have got alone), before a policy's refusal, since
+            # that target might have taken the call.
+            failure = self._offer_failures[0]
+            self.end_reason = failure.reason
+            await self._reject_a(failure.status, failure.phrase, failure.warning)
         if not finals and self._refusals:
             # No target could be offered the call: their media policies refused it.
             await self._reject_a(488, "Not Acceptable Here", self._refusals[0])
