@@ -2195,13 +2195,14 @@ class Call:
         leg.last_rseq[tag] = rseq
         try:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
+            # As a PRACK lost on the way: the callee re-sends its 1xx, then gives up on its
+            # own (RFC 3262 §3); nothing of ours is in hand to answer.
             log.info("call %s: cannot send PRACK: %s", self.id, exc)
             return True
         rack = f"{rseq} {response.cseq.number} {response.cseq.method}"
-        prack = dialog.create_request(
-            "PRACK", via=self.endpoint.new_via(flow), extra=[("RAck", rack)]
-        )
+        prack = dialog.create_request("PRACK", via=via, extra=[("RAck", rack)])
         await self._send_on(leg, prack, flow)  # nothing waits for its 200
         return True
 
@@ -3000,18 +3001,22 @@ class Call:
         """ACK B's 2xx. In a late-offer call the 2xx carried an offer and the ACK must carry an
         answer: ``body``, or by default one rejecting every stream (a 2xx we BYE at once)."""
         flow = leg.flow
-        if flow is None or flow.closed:
-            try:
+        try:
+            if flow is None or flow.closed:
                 flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
-            except OSError as exc:
-                # As an ACK lost on the way: the callee re-sends its 2xx, then gives up.
-                log.info("call %s: cannot send ACK: %s", self.id, exc)
-                return
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # As an ACK lost on the way: the callee re-sends its 2xx, then gives up and ends
+            # its dialog itself (RFC 3261 §13.3.1.4). Nothing we received is in hand, and the
+            # call's own next request on that leg (our BYE, a relayed re-INVITE) says whether
+            # the leg is still reachable; the rest of the call is not ended for a lost ACK.
+            log.info("call %s: cannot send ACK: %s", self.id, exc)
+            return
         if body is None:
             body = self._refusing_answer(leg, response) if leg.late_offer else b""
         ack = dialog.create_ack(
             response.cseq.number,
-            via=self.endpoint.new_via(flow),
+            via=via,
             body=body,
             content_type=SDP if body else None,
         )
@@ -3745,14 +3750,18 @@ class Call:
             leg.session_timer = self._refreshed_by_2xx(leg, response)
             try:
                 flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+                via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
             except OSError as exc:
-                # The leg took the offer but cannot be ACKed: the legs would disagree.
-                self.media.abandon_offer()
+                # The leg took the offer but cannot be ACKed: the legs would disagree, so the
+                # call ends (not kept, as a relay failing before the other leg took anything
+                # is). The requester's re-INVITE gets its 503 first (RFC 3261 §21.5.4), even
+                # should abandoning the offer raise.
                 warning = _warning(f"the {answered_side.value.upper()} leg cannot be reached")
                 refusal = make_response(request, 503, extra=[("Warning", warning)])
                 await self.endpoint.respond(transaction, refusal)
+                self.media.abandon_offer()
                 await self._hang_up(f"signalling failed: {exc}")
-            ack = leg.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
+            ack = leg.dialog.create_ack(response.cseq.number, via=via)
             self._reinvite_acks[answered_side] = ack
             try:
                 answering = leg.security
@@ -3926,12 +3935,25 @@ class Call:
         self._late_reinvite = None
         leg = self._leg(answered_side)
         assert leg.dialog is not None
+        refusing = body is None
         if body is None:
             body = self._refusing_answer(leg, response)
-        flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+        try:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # Nothing we received is in hand (the requester's ACK gets no answer). An ACK
+            # refusing the offer goes before a BYE (_bye): lost, as the BYE will be, it changes
+            # nothing. An ACK carrying the answer, though: the requester has its answer in
+            # effect, the offering leg never gets one and ends its dialog after 64*T1 (RFC 3261
+            # §13.3.1.4); the legs disagree, so the call ends now, saying why.
+            log.info("call %s: cannot send ACK: %s", self.id, exc)
+            if refusing:
+                return
+            await self._hang_up(f"signalling failed: {exc}")
         ack = leg.dialog.create_ack(
             response.cseq.number,
-            via=self.endpoint.new_via(flow),
+            via=via,
             body=body,
             content_type=SDP if body else None,
         )
@@ -4463,10 +4485,22 @@ class Call:
             return
         assert transferee.dialog is not None and transferee.security is not None
         assert leg.security is not None and leg.dialog is not None and leg.final is not None
-        flow = await self.endpoint.flow_to(
-            transferee.transport, transferee.address, transferee.flow
-        )
-        ack = transferee.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
+        try:
+            flow = await self.endpoint.flow_to(
+                transferee.transport, transferee.address, transferee.flow
+            )
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # Nothing we received is in hand (the REFER has its 202; the transferor hears of
+            # the failure in a NOTIFY). The transferee took the target's offer but cannot be
+            # ACKed: it ends its dialog after 64*T1 (RFC 3261 §13.3.1.4) and the legs would
+            # disagree, so the transfer fails and the call ends; the target's 2xx is ACKed
+            # and BYEd with the rest (_end_transfer).
+            log.info("call %s: cannot ACK the transferee: %s", self.id, exc)
+            self.media.abandon_offer()
+            await self._end_transfer(503, "Service Unavailable", call_ends=True)
+            await self._hang_up(f"signalling failed: {exc}")
+        ack = transferee.dialog.create_ack(response.cseq.number, via=via)
         self._reinvite_acks[tag.side] = ack
         transferee.session_timer = self._refreshed_by_2xx(transferee, response)
         legs = self.a, self.b  # the transferor's among them until _take_over
@@ -5046,7 +5080,10 @@ class Call:
         assert dialog is not None
         try:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
+            # Not sent: the caller answers the request in hand 503 (RFC 3261 §21.5.4) and the
+            # call goes on, or gives up what it was sending.
             log.info("call %s: cannot reach %s leg: %s", self.id, leg.side.value, exc)
             return None
         if dialog.secure and not flow.secure:
@@ -5057,7 +5094,7 @@ class Call:
         leg.flow = flow
         request = dialog.create_request(
             method,
-            via=self.endpoint.new_via(flow),
+            via=via,
             # Target refresh requests carry our Contact (RFC 3261 §12.2.1.1, RFC 3311 §5.1).
             # NOTIFY too: RFC 6665 makes it a target refresh request of its subscription.
             contact=leg.contact if method in ("INVITE", "UPDATE", "NOTIFY") else None,
