@@ -2659,10 +2659,12 @@ class Call:
         except Exception as exc:
             failure = self._answer_failed(exc, "answer in A's ACK")
             self._pickup_waiting = None
-            self.media.abandon_offer()
             self.state = "answered"
+            # Answered before the offer is abandoned, which might raise too: nothing else
+            # would answer the picker (_pickup_waiting is cleared).
             refusal = failure.response_to(request)
             await self._answer_pickup(event, refusal)
+            self.media.abandon_offer()
             await self._hang_up(failure.reason, cause=failure.status)
         self._pickup_waiting = None
         ok = self._picker_ok(picker, request, timer, to_picker)
@@ -3359,8 +3361,10 @@ class Call:
             # none, and its sender would time out), then the call ends as for an answer to a
             # re-INVITE that cannot be applied (_answer_failed).
             failure = self._answer_failed(exc, f"offer in {request.method}")
-            self.media.abandon_offer()
+            # Answered first: should abandoning the offer raise too (a second bug), the
+            # request still has its stated 500, and the catch-all in run() ends the call.
             await self.endpoint.respond(event.transaction, failure.response_to(request))
+            self.media.abandon_offer()
             await self._hang_up(failure.reason, cause=failure.status)
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
@@ -3787,9 +3791,11 @@ class Call:
                 # §13.2.2.4: its 2xx is still ACKed, then BYEd.
                 failure = self._answer_failed(exc, "answer to re-INVITE")
                 await self.endpoint.send_ack(ack, flow)
-                self.media.abandon_offer()
+                # Answered before the offer is abandoned: its transaction is no longer the
+                # call's (_pending_reinvite), so nothing would answer it should that raise.
                 rejection = failure.response_to(request)
                 await self.endpoint.respond(transaction, rejection)
+                self.media.abandon_offer()
                 await self._hang_up(failure.reason, cause=failure.status)
             await self.endpoint.send_ack(ack, flow)
             ok = make_response(
@@ -3873,9 +3879,11 @@ class Call:
                 )
             else:
                 failure = self._answer_failed(exc, "offer in the 2xx to a re-INVITE")
-            self.media.abandon_offer()
+            # Answered before the offer is abandoned, which might raise too: nothing else would
+            # answer it (_pending_reinvite is cleared).
             refusal = failure.response_to(request)
             await self.endpoint.respond(transaction, refusal)
+            self.media.abandon_offer()
             # The 2xx is ACKed with an answer refusing its offer first (_bye, §13.2.2.4).
             await self._hang_up(failure.reason, cause=failure.status)
         ok = make_response(
