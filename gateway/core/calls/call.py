@@ -2532,13 +2532,20 @@ class Call:
             )
             # What the picker's leg was told: later offers on it keep its numbers and o= line.
             self.media.sent_elsewhere(Side.B.value, plain_to_picker)
-        except (SdpError, UnsupportedBody) as err:
-            log.info("call %s: pickup by %s refused: %s", self.id, name, err.reason)
+        except (SdpError, UnsupportedBody, PortsExhausted) as err:
+            # The picker's bad SDP (488), or no media ports left (503: the node is full, RFC
+            # 3261 §21.5.4, as for a caller's INVITE and a late-offer pickup): refused, and
+            # the call rings on. Neither is a bug to end the call for (_pickup_failed).
+            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
+            log.info("call %s: pickup by %s refused: %s", self.id, name, reason)
             if moving_to is not None:
                 self.manager.limits.release_one(self, moving_to)
-            refusal = make_response(
-                request, 488, "Not Acceptable Here", extra=[("Warning", _warning(err.reason))]
+            status, phrase = (
+                (503, "Service Unavailable")
+                if isinstance(err, PortsExhausted)
+                else (488, "Not Acceptable Here")
             )
+            refusal = make_response(request, status, phrase, extra=[("Warning", _warning(reason))])
             await self._answer_pickup(event, refusal)
             return
         except Exception as exc:
@@ -2620,7 +2627,7 @@ class Call:
                 self.media.offer_from(Side.B.value, offer, dtmf_info=picker.security.dtmf_info)
             )
         except (SdpError, UnsupportedBody, PortsExhausted) as err:
-            reason = err.reason if isinstance(err, SdpError | UnsupportedBody) else "no media ports"
+            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
             log.info("call %s: pickup by %s refused: %s", self.id, picker.peer_name, reason)
             if moving_to is not None:
                 self.manager.limits.release_one(self, moving_to)
