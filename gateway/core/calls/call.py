@@ -2375,6 +2375,9 @@ class Call:
             await self.media.applied()
         except Exception as exc:
             failure = self._answer_failed(exc, "answer")
+            # The record says what failed ("bad SDP answer: ..." for the callee's SDP), as the
+            # BYE's Reason does, not the 488 that tells the caller (docs/architecture.md).
+            self.end_reason = failure.reason
             await self._ack_b(leg, dialog, response)  # RFC 3261 §13.2.2.4: ACK, then BYE
             leg.dialog = dialog
             await self._bye(leg, failure.reason, cause=failure.status)
@@ -2738,6 +2741,7 @@ class Call:
             await self._reject_a(503, "Service Unavailable", "no free media ports")
         except Exception as exc:
             failure = self._answer_failed(exc, "offer")
+            self.end_reason = failure.reason  # "bad SDP offer: ...", as for an answer
             await self._bye(leg, failure.reason, cause=failure.status)  # ACKed first
             await self._reject_a(failure.status, failure.phrase, failure.warning)
         self.b = leg
