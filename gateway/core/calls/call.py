@@ -588,6 +588,9 @@ class Call:
         self._offer_b: SessionDescription | None = None
         self._attempt: list[BLeg] = []
         self._refusals: list[str] = []  # why targets' media policies refused the offer
+        # Targets not called because making their offer raised (_call_target): each target's
+        # failure, the caller's answer when no target got to answer at all (_fail_a).
+        self._offer_failures: list[_AnswerFailure] = []
         self._relaying: set[InDialogRequest] = set()  # relayed requests not answered yet
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
         # The cancel scope _next_event waits in, and the deadline it was asked for.
@@ -947,8 +950,9 @@ class Call:
         self._refusals = refusals
         self._drive_handshakes()  # a B leg answering DTLS may shake hands before its answer
         if all(leg.finished for leg in self.b_legs):
-            # Nothing rings: the targets could not be sent to (a 503 of ours) or their media
-            # policies refused the offer; the alternates may still take the call.
+            # Nothing rings: the targets could not be sent to (a 503 of ours), their media
+            # policies refused the offer or making it failed; the alternates may still take
+            # the call.
             await self._fail_over_or_fail_a()
         self.state = "ringing"
         self._ring_deadline = trio.current_time() + self.config.sip.ring_timeout
@@ -1032,9 +1036,15 @@ class Call:
             except MediaSecurityRefused as err:
                 log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
                 return err.reason
-            except Exception as exc:  # our bug or a key-exchange plugin's: said which
-                failure = self._answer_failed(exc, "caller's offer")
-                await self._reject_a(failure.status, failure.phrase, failure.warning)
+            except Exception as exc:
+                # Our bug or a key-exchange plugin's (said which, logged once): that target's
+                # failure, not the call's. Its branch is dropped and the others ring on, as a
+                # proxy's failed branch leaves the rest of its forking alone (RFC 3261 §16.7);
+                # with no target left the call fails on the best failure (_fail_a).
+                failure = self._answer_failed(exc, "caller's offer", ends_call=False)
+                log.warning("call %s: not calling %s: %s", self.id, target.uri, failure.reason)
+                self._offer_failures.append(failure)
+                return None
         trunk = self._leg_trunk(leg)
         if trunk is not None and trunk.response_timeout > 0:
             # Armed before the INVITE goes: its first response may be handled (and disarm it,
@@ -1768,8 +1778,9 @@ class Call:
             if called:
                 self._attempt = called  # failed at once (unreachable): its 503 decides
             elif target.trunk is not None:
-                # Not called at all (its media policy refuses the offer, a bad URI): the
-                # failure before it still stands, and the next alternate is tried.
+                # Not called at all (its media policy refuses the offer, making the offer
+                # failed, a bad URI): the failure before it still stands, and the next
+                # alternate is tried.
                 self.manager.limits.release_one(self, ("trunk", target.trunk))
         if self._redirects is not None and await self._follow_redirect():
             return  # the next Contact of a 3xx rings (RFC 3261 §8.1.3.4: in q order)
@@ -2184,13 +2195,14 @@ class Call:
         leg.last_rseq[tag] = rseq
         try:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
+            # As a PRACK lost on the way: the callee re-sends its 1xx, then gives up on its
+            # own (RFC 3262 §3); nothing of ours is in hand to answer.
             log.info("call %s: cannot send PRACK: %s", self.id, exc)
             return True
         rack = f"{rseq} {response.cseq.number} {response.cseq.method}"
-        prack = dialog.create_request(
-            "PRACK", via=self.endpoint.new_via(flow), extra=[("RAck", rack)]
-        )
+        prack = dialog.create_request("PRACK", via=via, extra=[("RAck", rack)])
         await self._send_on(leg, prack, flow)  # nothing waits for its 200
         return True
 
@@ -2363,6 +2375,9 @@ class Call:
             await self.media.applied()
         except Exception as exc:
             failure = self._answer_failed(exc, "answer")
+            # The record says what failed ("bad SDP answer: ..." for the callee's SDP), as the
+            # BYE's Reason does, not the 488 that tells the caller (docs/architecture.md).
+            self.end_reason = failure.reason
             await self._ack_b(leg, dialog, response)  # RFC 3261 §13.2.2.4: ACK, then BYE
             leg.dialog = dialog
             await self._bye(leg, failure.reason, cause=failure.status)
@@ -2520,13 +2535,20 @@ class Call:
             )
             # What the picker's leg was told: later offers on it keep its numbers and o= line.
             self.media.sent_elsewhere(Side.B.value, plain_to_picker)
-        except (SdpError, UnsupportedBody) as err:
-            log.info("call %s: pickup by %s refused: %s", self.id, name, err.reason)
+        except (SdpError, UnsupportedBody, PortsExhausted) as err:
+            # The picker's bad SDP (488), or no media ports left (503: the node is full, RFC
+            # 3261 §21.5.4, as for a caller's INVITE and a late-offer pickup): refused, and
+            # the call rings on. Neither is a bug to end the call for (_pickup_failed).
+            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
+            log.info("call %s: pickup by %s refused: %s", self.id, name, reason)
             if moving_to is not None:
                 self.manager.limits.release_one(self, moving_to)
-            refusal = make_response(
-                request, 488, "Not Acceptable Here", extra=[("Warning", _warning(err.reason))]
+            status, phrase = (
+                (503, "Service Unavailable")
+                if isinstance(err, PortsExhausted)
+                else (488, "Not Acceptable Here")
             )
+            refusal = make_response(request, status, phrase, extra=[("Warning", _warning(reason))])
             await self._answer_pickup(event, refusal)
             return
         except Exception as exc:
@@ -2608,7 +2630,7 @@ class Call:
                 self.media.offer_from(Side.B.value, offer, dtmf_info=picker.security.dtmf_info)
             )
         except (SdpError, UnsupportedBody, PortsExhausted) as err:
-            reason = err.reason if isinstance(err, SdpError | UnsupportedBody) else "no media ports"
+            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
             log.info("call %s: pickup by %s refused: %s", self.id, picker.peer_name, reason)
             if moving_to is not None:
                 self.manager.limits.release_one(self, moving_to)
@@ -2647,10 +2669,12 @@ class Call:
         except Exception as exc:
             failure = self._answer_failed(exc, "answer in A's ACK")
             self._pickup_waiting = None
-            self.media.abandon_offer()
             self.state = "answered"
+            # Answered before the offer is abandoned, which might raise too: nothing else
+            # would answer the picker (_pickup_waiting is cleared).
             refusal = failure.response_to(request)
             await self._answer_pickup(event, refusal)
+            self.media.abandon_offer()
             await self._hang_up(failure.reason, cause=failure.status)
         self._pickup_waiting = None
         ok = self._picker_ok(picker, request, timer, to_picker)
@@ -2717,6 +2741,7 @@ class Call:
             await self._reject_a(503, "Service Unavailable", "no free media ports")
         except Exception as exc:
             failure = self._answer_failed(exc, "offer")
+            self.end_reason = failure.reason  # "bad SDP offer: ...", as for an answer
             await self._bye(leg, failure.reason, cause=failure.status)  # ACKed first
             await self._reject_a(failure.status, failure.phrase, failure.warning)
         self.b = leg
@@ -2850,7 +2875,9 @@ class Call:
         self._apply_keys(leg)
         return answer_a
 
-    def _answer_failed(self, exc: Exception, what: str) -> _AnswerFailure:
+    def _answer_failed(
+        self, exc: Exception, what: str, *, ends_call: bool = True
+    ) -> _AnswerFailure:
         """Applying SDP a leg sent in its 2xx (or the ACK answering our offer) raised ``exc``.
         The caller ACKs that 2xx all the same (RFC 3261 §13.2.2.4: a UAC ACKs every 2xx, then
         may BYE) and ends the call with what this says. Bad SDP from the peer (an
@@ -2861,7 +2888,8 @@ class Call:
         ending meanwhile (CallEnded) is no failure to apply: it goes on up. The same rule for
         the offer of a request we received (the caller's INVITE, a picker's, a re-INVITE or
         UPDATE, ``what`` saying which): its caller answers that request with ``status`` at
-        once, then ends the call."""
+        once, then ends the call. ``ends_call`` false: the failure of one target of several
+        (:meth:`_call_target`), logged, but not the call's end reason (yet)."""
         if isinstance(exc, CallEnded):
             raise exc
         if isinstance(exc, SdpError):
@@ -2878,7 +2906,8 @@ class Call:
             failure = _AnswerFailure(
                 500, "Server Internal Error", f"internal error applying the {what}", reason
             )
-        self.end_reason = failure.reason
+        if ends_call:
+            self.end_reason = failure.reason
         return failure
 
     def _apply_keys(self, b_leg: BLeg | None) -> None:
@@ -2985,18 +3014,22 @@ class Call:
         """ACK B's 2xx. In a late-offer call the 2xx carried an offer and the ACK must carry an
         answer: ``body``, or by default one rejecting every stream (a 2xx we BYE at once)."""
         flow = leg.flow
-        if flow is None or flow.closed:
-            try:
+        try:
+            if flow is None or flow.closed:
                 flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
-            except OSError as exc:
-                # As an ACK lost on the way: the callee re-sends its 2xx, then gives up.
-                log.info("call %s: cannot send ACK: %s", self.id, exc)
-                return
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # As an ACK lost on the way: the callee re-sends its 2xx, then gives up and ends
+            # its dialog itself (RFC 3261 §13.3.1.4). Nothing we received is in hand, and the
+            # call's own next request on that leg (our BYE, a relayed re-INVITE) says whether
+            # the leg is still reachable; the rest of the call is not ended for a lost ACK.
+            log.info("call %s: cannot send ACK: %s", self.id, exc)
+            return
         if body is None:
             body = self._refusing_answer(leg, response) if leg.late_offer else b""
         ack = dialog.create_ack(
             response.cseq.number,
-            via=self.endpoint.new_via(flow),
+            via=via,
             body=body,
             content_type=SDP if body else None,
         )
@@ -3065,6 +3098,13 @@ class Call:
 
     async def _fail_a(self) -> None:
         finals = [outcome for leg in self.b_legs if (outcome := leg.final or leg.given_up)]
+        if not finals and self._offer_failures:
+            # No target answered anything: the first target whose offer failed says why (the
+            # 500 with its Warning it would have got alone), before a policy's refusal, since
+            # that target might have taken the call.
+            failure = self._offer_failures[0]
+            self.end_reason = failure.reason
+            await self._reject_a(failure.status, failure.phrase, failure.warning)
         if not finals and self._refusals:
             # No target could be offered the call: their media policies refused it.
             await self._reject_a(488, "Not Acceptable Here", self._refusals[0])
@@ -3332,8 +3372,10 @@ class Call:
             # none, and its sender would time out), then the call ends as for an answer to a
             # re-INVITE that cannot be applied (_answer_failed).
             failure = self._answer_failed(exc, f"offer in {request.method}")
-            self.media.abandon_offer()
+            # Answered first: should abandoning the offer raise too (a second bug), the
+            # request still has its stated 500, and the catch-all in run() ends the call.
             await self.endpoint.respond(event.transaction, failure.response_to(request))
+            self.media.abandon_offer()
             await self._hang_up(failure.reason, cause=failure.status)
         other = self._leg(event.side.other)
         self._pending_reinvite = (event.side, event.transaction, request)
@@ -3723,14 +3765,18 @@ class Call:
             leg.session_timer = self._refreshed_by_2xx(leg, response)
             try:
                 flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+                via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
             except OSError as exc:
-                # The leg took the offer but cannot be ACKed: the legs would disagree.
-                self.media.abandon_offer()
+                # The leg took the offer but cannot be ACKed: the legs would disagree, so the
+                # call ends (not kept, as a relay failing before the other leg took anything
+                # is). The requester's re-INVITE gets its 503 first (RFC 3261 §21.5.4), even
+                # should abandoning the offer raise.
                 warning = _warning(f"the {answered_side.value.upper()} leg cannot be reached")
                 refusal = make_response(request, 503, extra=[("Warning", warning)])
                 await self.endpoint.respond(transaction, refusal)
+                self.media.abandon_offer()
                 await self._hang_up(f"signalling failed: {exc}")
-            ack = leg.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
+            ack = leg.dialog.create_ack(response.cseq.number, via=via)
             self._reinvite_acks[answered_side] = ack
             try:
                 answering = leg.security
@@ -3756,9 +3802,11 @@ class Call:
                 # §13.2.2.4: its 2xx is still ACKed, then BYEd.
                 failure = self._answer_failed(exc, "answer to re-INVITE")
                 await self.endpoint.send_ack(ack, flow)
-                self.media.abandon_offer()
+                # Answered before the offer is abandoned: its transaction is no longer the
+                # call's (_pending_reinvite), so nothing would answer it should that raise.
                 rejection = failure.response_to(request)
                 await self.endpoint.respond(transaction, rejection)
+                self.media.abandon_offer()
                 await self._hang_up(failure.reason, cause=failure.status)
             await self.endpoint.send_ack(ack, flow)
             ok = make_response(
@@ -3842,9 +3890,11 @@ class Call:
                 )
             else:
                 failure = self._answer_failed(exc, "offer in the 2xx to a re-INVITE")
-            self.media.abandon_offer()
+            # Answered before the offer is abandoned, which might raise too: nothing else would
+            # answer it (_pending_reinvite is cleared).
             refusal = failure.response_to(request)
             await self.endpoint.respond(transaction, refusal)
+            self.media.abandon_offer()
             # The 2xx is ACKed with an answer refusing its offer first (_bye, §13.2.2.4).
             await self._hang_up(failure.reason, cause=failure.status)
         ok = make_response(
@@ -3904,12 +3954,25 @@ class Call:
         self._late_reinvite = None
         leg = self._leg(answered_side)
         assert leg.dialog is not None
+        refusing = body is None
         if body is None:
             body = self._refusing_answer(leg, response)
-        flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+        try:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # Nothing we received is in hand (the requester's ACK gets no answer). An ACK
+            # refusing the offer goes before a BYE (_bye): lost, as the BYE will be, it changes
+            # nothing. An ACK carrying the answer, though: the requester has its answer in
+            # effect, the offering leg never gets one and ends its dialog after 64*T1 (RFC 3261
+            # §13.3.1.4); the legs disagree, so the call ends now, saying why.
+            log.info("call %s: cannot send ACK: %s", self.id, exc)
+            if refusing:
+                return
+            await self._hang_up(f"signalling failed: {exc}")
         ack = leg.dialog.create_ack(
             response.cseq.number,
-            via=self.endpoint.new_via(flow),
+            via=via,
             body=body,
             content_type=SDP if body else None,
         )
@@ -4441,10 +4504,22 @@ class Call:
             return
         assert transferee.dialog is not None and transferee.security is not None
         assert leg.security is not None and leg.dialog is not None and leg.final is not None
-        flow = await self.endpoint.flow_to(
-            transferee.transport, transferee.address, transferee.flow
-        )
-        ack = transferee.dialog.create_ack(response.cseq.number, via=self.endpoint.new_via(flow))
+        try:
+            flow = await self.endpoint.flow_to(
+                transferee.transport, transferee.address, transferee.flow
+            )
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # Nothing we received is in hand (the REFER has its 202; the transferor hears of
+            # the failure in a NOTIFY). The transferee took the target's offer but cannot be
+            # ACKed: it ends its dialog after 64*T1 (RFC 3261 §13.3.1.4) and the legs would
+            # disagree, so the transfer fails and the call ends; the target's 2xx is ACKed
+            # and BYEd with the rest (_end_transfer).
+            log.info("call %s: cannot ACK the transferee: %s", self.id, exc)
+            self.media.abandon_offer()
+            await self._end_transfer(503, "Service Unavailable", call_ends=True)
+            await self._hang_up(f"signalling failed: {exc}")
+        ack = transferee.dialog.create_ack(response.cseq.number, via=via)
         self._reinvite_acks[tag.side] = ack
         transferee.session_timer = self._refreshed_by_2xx(transferee, response)
         legs = self.a, self.b  # the transferor's among them until _take_over
@@ -5024,7 +5099,10 @@ class Call:
         assert dialog is not None
         try:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
         except OSError as exc:
+            # Not sent: the caller answers the request in hand 503 (RFC 3261 §21.5.4) and the
+            # call goes on, or gives up what it was sending.
             log.info("call %s: cannot reach %s leg: %s", self.id, leg.side.value, exc)
             return None
         if dialog.secure and not flow.secure:
@@ -5035,7 +5113,7 @@ class Call:
         leg.flow = flow
         request = dialog.create_request(
             method,
-            via=self.endpoint.new_via(flow),
+            via=via,
             # Target refresh requests carry our Contact (RFC 3261 §12.2.1.1, RFC 3311 §5.1).
             # NOTIFY too: RFC 6665 makes it a target refresh request of its subscription.
             contact=leg.contact if method in ("INVITE", "UPDATE", "NOTIFY") else None,

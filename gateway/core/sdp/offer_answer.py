@@ -501,9 +501,14 @@ def validate_answer(offer: SessionDescription, answer: SessionDescription) -> No
     """Check a received answer against the offer we sent (RFC 3264 §6, §6.1, §8.2).
 
     Same m= lines in the same order; a stream the offer removed (port 0) stays rejected; an
-    accepted stream keeps the offer's transport protocol (no silent SRTP downgrade), a unicast
-    offer gets a unicast answer, at least one offered codec is kept unless the stream is
-    inactive, and the answered direction is one the offered direction allows.
+    accepted stream keeps the offer's transport protocol, a unicast offer gets a unicast answer,
+    at least one offered codec is kept unless the stream is inactive, and the answered direction
+    is one the offered direction allows.
+
+    In the B2BUA both SDPs are plain (RTP/AVP(F), UDPTL): whether a peer's answer keeps the
+    security of our offer on its leg (no silent SRTP downgrade) is checked before, by that leg's
+    :meth:`~gateway.core.media.security.LegSecurity.take_answer`, which refuses an answer whose
+    profile leaves the offer's security family.
     """
     for index, (offered, answered) in enumerate(match_media(offer, answer), start=1):
         where = f"m= line {index}"

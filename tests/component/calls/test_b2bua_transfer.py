@@ -594,8 +594,9 @@ async def test_a_network_error_while_transferring_ends_the_call_and_frees_every_
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
     # The ACK of the transferee's 2xx cannot be sent (its connection gone, a new one refused):
-    # an OSError in the middle of the transfer. The call ends as a network error, not an
-    # internal one, and every leg it had (the transferor, the target that answered) gets BYE.
+    # an OSError in the middle of the transfer. The transferee took the target's offer and
+    # cannot be ACKed: the call ends saying so ("signalling failed", not an internal error),
+    # and every leg it had (the transferor, the target that answered) gets BYE.
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     bob = await bob_phone(env, nursery, voipgw_seed)
     _, alice_leg = await answered_call(env)
@@ -617,7 +618,7 @@ async def test_a_network_error_while_transferring_ends_the_call_and_frees_every_
     assert store is not None
     await eventually(lambda: [r.ended_at for r in store.call_records_recent()] != [None])
     [record] = store.call_records_recent()
-    assert record.end_reason == "network error: [Errno 111] Connection refused"
+    assert record.end_reason == "signalling failed: [Errno 111] Connection refused"
 
 
 async def test_a_transfer_while_the_consultation_call_rings_calls_the_target_afresh(
