@@ -1369,6 +1369,15 @@ class PostgresStore:
             )
             return int(cursor.rowcount)
 
+    def oldest_call_record(self) -> float | None:
+        with self._session() as db:
+            # The first entry of migration 6's index: no record read.
+            row = db.execute(
+                "SELECT COALESCE(ended_at, started_at) FROM call_records"
+                " ORDER BY COALESCE(ended_at, started_at) LIMIT 1"
+            ).fetchone()
+        return None if row is None else float(row[0])
+
     # -- PSAP callbacks (migration 4) -------------------------------------------------------
 
     def psap_number_presented(self, number: str, window: float, most: int) -> None:
