@@ -26,7 +26,7 @@ from gateway.core.calls.dialog_events import DialogEvents
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
 from gateway.core.calls.presence import Presence
-from gateway.core.calls.records import expire_call_records, expiry_failures
+from gateway.core.calls.records import RetentionCounts, expire_call_records, expiry_failures
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, default_route, route_call
 from gateway.core.calls.subscriptions import Subscriptions
 from gateway.core.calls.trunk_dns import (
@@ -165,6 +165,7 @@ class Gateway:
         self.registration: RegistrationService | None = None
         self.store: Store | None = None
         self._call_record_expiry_failures = expiry_failures()
+        self.call_record_retention = RetentionCounts()  # for monitoring (status.py)
         # Whether this run counts call limits for the cluster (its node name checked, its
         # heartbeat written): only then does its stop drop the name's holds and heartbeat.
         self._counting_shared = False
@@ -377,6 +378,7 @@ class Gateway:
                 days=self.config.store.call_record_days,
                 now=time.time(),
                 failures=self._call_record_expiry_failures,
+                counts=self.call_record_retention,
             )
             self.flows.expire_datagram_flows(now=trio.current_time(), idle=UDP_FLOW_IDLE)
 

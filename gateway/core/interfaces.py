@@ -787,6 +787,17 @@ class CallCounts:
 
 
 @attrs.frozen
+class CallRecordRetention:
+    """Call record retention (``[store] call_record_days``): the window in days (0: records
+    kept for ever, nothing deleted), the records this node's housekeeping deleted since the
+    start, and its passes a store failure ended (each retried by the next, 30 s later)."""
+
+    days: float
+    expired: int
+    failed_passes: int
+
+
+@attrs.frozen
 class MediaCounts:
     """Media relayed since the gateway started, ended calls and live ones together, both
     directions summed: packets (RTP and RTCP) and bytes forwarded, packets dropped for any
@@ -934,6 +945,14 @@ class GatewayStatus(Protocol):
 
     def registrations(self) -> int:
         """Unexpired registration bindings in the store (with a shared store: of every node)."""
+
+    def call_record_retention(self) -> CallRecordRetention:
+        """What call record retention did since the start (no store access)."""
+
+    def oldest_call_record(self) -> float | None:
+        """When the oldest call record in the store (of every node, with a shared store) ended,
+        or started if it has no end, Unix time; None when there is none. Asks the store (one
+        indexed read): a store that fails raises."""
 
     def tables(self) -> tuple[tuple[str, int], ...]:
         """Entries of the gateway's internal tables and caches now, by name (calls, SIP

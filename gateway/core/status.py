@@ -25,6 +25,7 @@ import trio
 from gateway import __version__
 from gateway.core.interfaces import (
     CallCounts,
+    CallRecordRetention,
     Histogram,
     LoadedCertificate,
     MediaCounts,
@@ -420,6 +421,18 @@ class StatusView:
     def registrations(self) -> int:
         store = self._gateway.store
         return 0 if store is None else store.count_bindings(time.time())
+
+    def call_record_retention(self) -> CallRecordRetention:
+        counts = self._gateway.call_record_retention
+        return CallRecordRetention(
+            days=self._gateway.config.store.call_record_days,
+            expired=counts.expired,
+            failed_passes=counts.failed_passes,
+        )
+
+    def oldest_call_record(self) -> float | None:
+        store = self._gateway.store
+        return None if store is None else store.oldest_call_record()
 
     def tables(self) -> tuple[tuple[str, int], ...]:
         """Entries of the gateway's internal tables and caches now, by name, for leak hunting

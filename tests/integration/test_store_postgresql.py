@@ -382,6 +382,129 @@ def test_a_schema_5_database_gets_the_call_record_retention_index(
     assert new.expire_call_records(5.0, most=10) == 1
 
 
+def index_state(cluster: Cluster, database: str) -> list[tuple[object, ...]]:
+    """[(valid,)] for the retention index, [] without one."""
+    return cluster.admin(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('call_records_kept_by')",
+        database,
+    )
+
+
+def building(cluster: Cluster, database: str) -> bool:
+    rows = cluster.admin(
+        "SELECT count(*) FROM pg_stat_progress_create_index WHERE relid = 'call_records'::regclass",
+        database,
+    )
+    return bool(rows[0][0])
+
+
+def test_a_big_tables_retention_index_is_built_concurrently_while_saves_go_on(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Built in migration 6's transaction, the index held a SHARE lock: every node's saves
+    waited until it was built (1.5 s a million records). Concurrently, they go on."""
+    import psycopg
+
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    old = open_node(listen=False, migrations=MIGRATIONS[:5], node="old", statement_timeout=0.2)
+    old.call_records_save([CallRecord("c1", "a", "b", 1.0, None, 2.0)])
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big": built in a thread
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database)) as reader:
+        # A writer's transaction open before the build: CREATE INDEX CONCURRENTLY waits for
+        # it to end (PostgreSQL docs, "Building Indexes Concurrently"): the build is held here.
+        reader.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")
+        new = open_node(node="new")  # a gateway node: it starts at once, the build runs
+        wait_until(lambda: building(postgres_cluster, postgres_database))
+        assert new.schema_version() == 6
+        # An older node's save, and this one's, within 0.2 s: nothing waits for the build.
+        old.call_records_save([CallRecord("c2", "a", "b", 3.0, None, 4.0)])
+        new.call_records_save([CallRecord("c3", "a", "b", 3.0, None, 5.0)])
+        # Retention waits for the index (a seq scan on the event loop, else).
+        with pytest.raises(StoreBusy, match="call_records_kept_by is being built"):
+            new.expire_call_records(10.0, most=10)
+        with pytest.raises(StoreBusy, match="being built"):
+            new.oldest_call_record()
+        reader.rollback()
+    wait_until(lambda: index_state(postgres_cluster, postgres_database) == [(True,)])
+    assert new.oldest_call_record() == 2.0
+    assert new.expire_call_records(10.0, most=10) == 3
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("building the index call_records_kept_by concurrently" in line for line in infos)
+    wait_until(
+        lambda: any("call_records_kept_by built in" in r.getMessage() for r in caplog.records)
+    )
+
+
+def test_an_interrupted_build_leaves_an_invalid_index_which_the_next_start_builds_again(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import psycopg
+
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0)]
+    )
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database)) as reader:
+        reader.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        first = open_node(node="first")
+        wait_until(lambda: building(postgres_cluster, postgres_database))
+        first.close()  # stopped mid-build: cancelled, not waited for
+        reader.rollback()
+    assert index_state(postgres_cluster, postgres_database) == [(False,)]  # left invalid
+    assert any("stopped with the store" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", 64 * 1024 * 1024)
+    caplog.clear()
+    again = open_node(listen=False, node="again")  # small: built while it opens
+    assert index_state(postgres_cluster, postgres_database) == [(True,)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("call_records_kept_by is invalid" in line for line in warnings)
+    assert again.expire_call_records(10.0, most=10) == 1
+
+
+def test_a_node_starting_while_another_builds_the_index_leaves_it_to_that_node(
+    open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
+) -> None:
+    """An index being built concurrently is invalid until it is done: only the holder of the
+    build's advisory lock may drop an invalid one, else a node starting during another's build
+    would undo it."""
+    import psycopg
+
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0), CallRecord("c2", "a", "b", 1.0, None, 2.0)]
+    )
+    # The other node's build in progress, as this node sees it: the lock held, the index
+    # invalid (a UNIQUE build that failed on the two equal keys leaves one so).
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            other.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY call_records_kept_by"
+                " ON call_records ((COALESCE(ended_at, started_at)))"
+            )
+        assert index_state(postgres_cluster, postgres_database) == [(False,)]
+        node = open_node(node="second")
+        assert node.schema_version() == 6
+        assert index_state(postgres_cluster, postgres_database) == [(False,)]  # left alone
+        with pytest.raises(StoreBusy, match="being built"):
+            node.expire_call_records(10.0, most=10)
+        # The other node's build ends.
+        other.execute("DROP INDEX call_records_kept_by")
+        other.execute(
+            "CREATE INDEX call_records_kept_by ON call_records ((COALESCE(ended_at, started_at)))"
+        )
+        other.execute("SELECT pg_advisory_unlock(%s)", (pg_module._INDEX_LOCK,))
+    assert node.expire_call_records(10.0, most=10) == 2  # asked again: built
+
+
 # -- the CLI and check-config against PostgreSQL ----------------------------------------------
 
 

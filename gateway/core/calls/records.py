@@ -37,7 +37,8 @@ statement with :data:`EXPIRE_PAUSE` between two, at most :data:`EXPIRE_SLICES` s
 pass: neither the event loop nor the store's write lock is held for long, even by the first
 pass over a store that has kept years of records (the next passes go on with the rest). A live
 call's record deleted so (a call up for longer than the whole window) is written again by its
-next save.
+next save. :class:`RetentionCounts` counts what the passes deleted and the passes a store failure
+ended, for monitoring (docs/metrics.md, "Store").
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import attrs
 import trio
 
 from gateway.core.failure_log import FailureLog
@@ -84,12 +86,22 @@ EXPIRE_SLICES = 100
 housekeeping's 30 s keeps up); the rest is for the next passes."""
 
 
+@attrs.define
+class RetentionCounts:
+    """What the retention's passes did since the gateway started (one per gateway): records
+    deleted, and passes a store failure (or a bug) ended before they were done."""
+
+    expired: int = 0
+    failed_passes: int = 0
+
+
 async def expire_call_records(
     store: Store,
     *,
     days: float,
     now: float,
     failures: FailureLog,
+    counts: RetentionCounts | None = None,
     chunk: int = CALL_RECORD_CHUNK,
     slices: int = EXPIRE_SLICES,
     pause: float = EXPIRE_PAUSE,
@@ -97,7 +109,9 @@ async def expire_call_records(
     """Delete the records older than ``days`` at ``now`` (wall-clock seconds), ``chunk`` per
     statement, ``pause`` seconds between two, at most ``slices`` statements; how many went,
     logged once at INFO when some did. A store failure ends the pass (the next one retries)
-    and goes to ``failures``: logged once, summarized while it lasts. ``days`` 0 keeps all."""
+    and goes to ``failures``: logged once, summarized while it lasts. ``days`` 0 keeps all.
+    ``counts``, when given, counts the records deleted (each slice's, as it goes) and a pass
+    a failure ended."""
     if days <= 0:
         return 0
     before = now - days * DAY
@@ -109,12 +123,18 @@ async def expire_call_records(
             count = store.expire_call_records(before, most=chunk)
         except StoreError as exc:
             failures.failed(str(exc), now=now)
+            if counts is not None:
+                counts.failed_passes += 1
             break
         except Exception:
             log.exception("deleting old call records failed")
+            if counts is not None:
+                counts.failed_passes += 1
             break
         failures.answered(now=now)
         removed += count
+        if counts is not None:
+            counts.expired += count
         if count < chunk:
             break
     if removed:

@@ -386,6 +386,12 @@ class Store(Protocol):
         answers it without reading the records it keeps."""
         ...
 
+    def oldest_call_record(self) -> float | None:
+        """When the oldest record kept ended (started, for one without an end), wall-clock
+        seconds; None when there is none. What retention deletes by, read through the same
+        index, so cheap at any size (monitoring: asked at a scrape)."""
+        ...
+
     # -- PSAP callbacks (RFC 7090, gateway/core/calls/psap_callback.py) -------------------
 
     def psap_number_presented(self, number: str, window: float, most: int) -> None:

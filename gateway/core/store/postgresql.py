@@ -49,7 +49,12 @@ round trip. Theory of operation:
 - Call record retention (migration 6). Every node's housekeeping deletes the records older than
   ``[store] call_record_days`` in slices (:meth:`PostgresStore.expire_call_records`), any node's
   rows; a row another node is deleting is skipped (SKIP LOCKED), so two nodes' passes neither
-  wait for each other nor delete a row twice.
+  wait for each other nor delete a row twice. Its index is built outside the migrations, by
+  ``CREATE INDEX CONCURRENTLY`` (:meth:`PostgresStore._build_retention_index`): built inside
+  migration 6's transaction it held a SHARE lock on call_records, so every node's call record
+  saves waited for the build (1.5 s a million records, benchmarks/pg_retention_index.py), and
+  a table of some tens of millions of records passed the migration's 60 s timeout at every
+  start.
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused, and
   every refusal or failed migration names the versions and says what to do (a rolling upgrade:
@@ -137,6 +142,19 @@ MIGRATION_REMEDY = (
 
 # pg_advisory_xact_lock key of schema migrations: "voip" in ASCII.
 _MIGRATION_LOCK = 0x766F6970
+# pg_advisory_lock (session) key of the retention index's build: one node builds it.
+_INDEX_LOCK = _MIGRATION_LOCK + 1
+
+RETENTION_INDEX = "call_records_kept_by"
+"""What call record retention deletes by (expire_call_records, oldest_call_record): the end,
+or the start of a record without one; the queries name the same expression."""
+INLINE_INDEX_BYTES = 64 * 1024 * 1024
+"""A call_records table up to this size (about 60,000 records) gets its retention index while
+the store opens (a tenth of a second or so); a bigger one in a thread, while the node serves."""
+_CREATE_RETENTION_INDEX = (
+    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {RETENTION_INDEX}"
+    " ON call_records ((COALESCE(ended_at, started_at)))"
+)
 
 # TCP settings libpq applies unless the DSN sets them (PostgreSQL docs §34.1.2): a server that
 # stops answering is found within seconds (5 + 3 x 1) rather than the kernel's two hours. The
@@ -453,15 +471,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             END $$""",
         ),
     ),
-    (
-        6,
-        (
-            # What call record retention deletes by (expire_call_records): the end, or the
-            # start of a record without one. The query names the same expression. Built while
-            # writes to call_records wait (a migration's lock): seconds for millions of rows.
-            "CREATE INDEX call_records_kept_by ON call_records ((COALESCE(ended_at, started_at)))",
-        ),
-    ),
+    # Call record retention's index (expire_call_records), which this version stands for, is
+    # built after the migrations, concurrently (_build_retention_index: no statement here, as
+    # CREATE INDEX CONCURRENTLY cannot run in a transaction). Databases that went to 6 with
+    # the index built in this transaction (before 2026-11-30) keep it: it is the same index.
+    (6, ()),
 )
 
 HEARTBEAT_INTERVAL = 2.0
@@ -542,13 +556,19 @@ class _Server:
         lines = str(exc).strip().splitlines()
         return self.scrub(lines[0].strip() if lines else type(exc).__name__)
 
-    def connect(self, *, listener: bool = False) -> psycopg.Connection[Any]:
+    def connect(self, *, listener: bool = False, purpose: str = "") -> psycopg.Connection[Any]:
         """A new autocommit connection with ``statement_timeout`` set. Raises
-        :class:`StoreUnavailable` (message without the password)."""
+        :class:`StoreUnavailable` (message without the password). ``purpose`` (or
+        ``listener``) is added to its application_name (pg_stat_activity shows it)."""
         pg = _import_psycopg()
         params = dict(self._params)
         if listener:
-            params["application_name"] = f"{params['application_name']} listener"[:63]
+            purpose = "listener"
+        if purpose:
+            params["application_name"] = f"{params['application_name']} {purpose}"[:63]
+            if purpose == "index build":
+                # A build sends one statement and waits minutes for its answer.
+                params.pop("tcp_user_timeout", None)
         try:
             connection: psycopg.Connection[Any] = pg.connect(autocommit=True, **params)
         except pg.Error as exc:
@@ -716,6 +736,12 @@ class PostgresStore:
         self._accounts_changed = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # Call record retention's index: whether it is known valid (asked again until it is),
+        # and the thread that builds it with its connection, cancelled by close().
+        self._retention_indexed = False
+        self._builder: threading.Thread | None = None
+        self._builder_db: psycopg.Connection[Any] | None = None
+        self._builder_lock = threading.Lock()
         self.call_limits = PostgresCallLimits(self)
         if listen:
             self._thread = threading.Thread(
@@ -746,6 +772,10 @@ class PostgresStore:
         connection (the gateway); False: no thread, no cache, reconnect when called (the CLI).
         ``node``: the name call records this store writes carry, so a node ends only its own
         unfinished calls at start-up (:meth:`call_records_end_unfinished`).
+        Call record retention's index, when the database lacks it or has an invalid one, is
+        built here when call_records is small (:data:`INLINE_INDEX_BYTES`: a new database),
+        else, with ``listen``, in a thread of its own (:meth:`_build_retention_index`); the
+        CLI leaves a big table's to the nodes.
         Raises :class:`StoreUnavailable` when the server cannot be reached,
         :class:`SchemaError` for a database of a newer voipgw or one we may not change."""
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int):
@@ -762,13 +792,27 @@ class PostgresStore:
         except BaseException:
             connection.close()
             raise
-        return cls(server, connection, clock, listen=listen, node=node)
+        store = cls(server, connection, clock, listen=listen, node=node)
+        if len(migrations) >= 6:
+            try:
+                store._start_index_build(background=listen)
+            except BaseException:
+                store.close()
+                raise
+        return store
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self._server.description}>"
 
     def close(self) -> None:
         self._stopping.set()
+        while self._builder is not None and self._builder.is_alive():
+            # An index build stops at a cancel (a step it had not begun then, at its check of
+            # _stopping): it leaves an invalid index, which the next start builds again.
+            with self._builder_lock:
+                if self._builder_db is not None:
+                    self._builder_db.cancel_safe()
+            self._builder.join(0.1)
         if self._thread is not None:
             self._thread.join()
         with self._lock:
@@ -1358,6 +1402,7 @@ class PostgresStore:
     def expire_call_records(self, before: float, *, most: int) -> int:
         if most < 1:
             raise ValueError("most must be at least 1")
+        self._wait_for_retention_index()
         with self._session() as db:
             # Every node deletes, any node's records; a row another node is deleting is
             # skipped rather than waited for, and deleted by whichever gets it.
@@ -1368,6 +1413,132 @@ class PostgresStore:
                 (before, most),
             )
             return int(cursor.rowcount)
+
+    def oldest_call_record(self) -> float | None:
+        self._wait_for_retention_index()
+        with self._session() as db:
+            # The first entry of migration 6's index: no record read.
+            row = db.execute(
+                "SELECT COALESCE(ended_at, started_at) FROM call_records"
+                " ORDER BY COALESCE(ended_at, started_at) LIMIT 1"
+            ).fetchone()
+        return None if row is None else float(row[0])
+
+    def _wait_for_retention_index(self) -> None:
+        """Raise :class:`StoreBusy` while the retention index is not built (or is invalid):
+        without it, each delete or look-up of the oldest record reads the whole table, on the
+        event loop, and fails its statement_timeout on a big one. Asked of the database (one
+        catalog look-up) until it is there: another node may be the one building it."""
+        if self._retention_indexed:
+            return
+        with self._session() as db:
+            self._retention_indexed = _index_valid(db) is True
+        if not self._retention_indexed:
+            raise StoreBusy(
+                f"PostgreSQL {self._server.description}: the index {RETENTION_INDEX} is being"
+                " built (CREATE INDEX CONCURRENTLY, by the first node to start with it missing"
+                " or invalid); call records are deleted once it is"
+            )
+
+    def _start_index_build(self, *, background: bool) -> None:
+        with self._session() as db:
+            self._retention_indexed = _index_valid(db) is True
+            row = db.execute("SELECT pg_relation_size('call_records')").fetchone()
+        if self._retention_indexed:
+            return
+        if row is not None and int(row[0]) <= INLINE_INDEX_BYTES:
+            self._build_retention_index()
+            return
+        if not background:
+            return
+        self._builder = threading.Thread(
+            target=self._build_retention_index, name="postgresql index build", daemon=True
+        )
+        self._builder.start()
+
+    def _build_retention_index(self) -> None:
+        """Build the retention index with ``CREATE INDEX CONCURRENTLY`` (PostgreSQL docs,
+        "Building Indexes Concurrently"): writers do not wait for it, so the nodes' saves go on;
+        it may take minutes on tens of millions of records, so no statement_timeout, and the
+        node serves meanwhile (retention waits: :meth:`_wait_for_retention_index`).
+
+        One node builds it: the holder of a session advisory lock, which nodes starting
+        together try for (not wait for); the others find it built later. Only the holder looks
+        at an existing index: an index being built concurrently shows as invalid, so another
+        node dropping it would undo a build in progress. An interrupted build (the node stopped
+        or killed, the server restarted) leaves an invalid index, which ``IF NOT EXISTS`` would
+        keep: the holder drops it (``DROP INDEX CONCURRENTLY``) and builds it again."""
+        pg = self._pg
+        where = f"PostgreSQL {self._server.description}"
+        try:
+            db = self._server.connect(purpose="index build")
+        except StoreError as exc:
+            log.warning(
+                "%s: the index %s is not built (the next start tries): %s",
+                where,
+                RETENTION_INDEX,
+                exc,
+            )
+            return
+        with self._builder_lock:
+            if self._stopping.is_set():
+                db.close()
+                return
+            self._builder_db = db
+        try:
+            db.execute("SET statement_timeout = 0")
+            row = db.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()
+            if row is None or not row[0]:
+                log.info("%s: another node builds the index %s", where, RETENTION_INDEX)
+                return
+            valid = _index_valid(db)
+            if valid is True:
+                self._retention_indexed = True
+                return
+            if valid is False:
+                log.warning(
+                    "%s: the index %s is invalid (an interrupted build left it): dropped and"
+                    " built again",
+                    where,
+                    RETENTION_INDEX,
+                )
+                db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {RETENTION_INDEX}")
+            if self._stopping.is_set():
+                return
+            log.info(
+                "%s: building the index %s concurrently (call records are saved meanwhile;"
+                " old ones are deleted once it is built)",
+                where,
+                RETENTION_INDEX,
+            )
+            started = time.monotonic()
+            db.execute(_CREATE_RETENTION_INDEX)
+            self._retention_indexed = True
+            log.info(
+                "%s: the index %s built in %.1f s",
+                where,
+                RETENTION_INDEX,
+                time.monotonic() - started,
+            )
+        except pg.Error as exc:
+            if self._stopping.is_set():
+                log.info(
+                    "%s: building the index %s stopped with the store; the next start builds it",
+                    where,
+                    RETENTION_INDEX,
+                )
+            else:
+                log.error(
+                    "%s: building the index %s failed: %s; call records are not deleted until"
+                    " a node's next start builds it",
+                    where,
+                    RETENTION_INDEX,
+                    self._server.say(exc),
+                )
+        finally:
+            with self._builder_lock:
+                self._builder_db = None
+            db.close()  # the advisory lock goes with the session
 
     # -- PSAP callbacks (migration 4) -------------------------------------------------------
 
@@ -1513,6 +1684,15 @@ def _migrate(
             found,
             latest,
         )
+
+
+def _index_valid(db: psycopg.Connection[Any]) -> bool | None:
+    """Whether the retention index is valid (pg_index.indisvalid: False while a concurrent
+    build runs, or after one was interrupted); None when there is none."""
+    row = db.execute(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (RETENTION_INDEX,)
+    ).fetchone()
+    return None if row is None else bool(row[0])
 
 
 def _account_id(db: psycopg.Connection[Any], name: str) -> int:

@@ -677,6 +677,15 @@ class SqliteStore:
             )
             return cursor.rowcount
 
+    def oldest_call_record(self) -> float | None:
+        with self._read() as db:
+            # The first entry of migration 5's index: no record read.
+            row = db.execute(
+                "SELECT COALESCE(ended_at, started_at) FROM call_records"
+                " ORDER BY COALESCE(ended_at, started_at) LIMIT 1"
+            ).fetchone()
+        return None if row is None else float(row[0])
+
     # -- PSAP callbacks ---------------------------------------------------------------------
 
     def psap_number_presented(self, number: str, window: float, most: int) -> None:

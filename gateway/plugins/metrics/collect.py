@@ -44,6 +44,7 @@ def render(
     _process(out, status)
     _calls(out, status)
     _registrations(out, status)
+    _call_records(out, status)
     _sip(out, status)
     _media(out, status.media() if media is None else media)
     _key_exchanges(out, status)
@@ -159,6 +160,42 @@ def _registrations(out: Exposition, status: GatewayStatus) -> None:
         "voipgw_registration_bindings", "gauge", "Unexpired registration bindings (contacts)."
     )
     out.sample(bindings)
+
+
+def _call_records(out: Exposition, status: GatewayStatus) -> None:
+    retention = status.call_record_retention()
+    if retention.days > 0:
+        out.family(
+            "voipgw_call_record_retention_seconds",
+            "gauge",
+            "How long call records are kept ([store] call_record_days), in seconds.",
+        )
+        out.sample(retention.days * 86400)
+        out.family(
+            "voipgw_call_records_expired_total",
+            "counter",
+            "Call records this node's retention deleted (older than [store] call_record_days).",
+        )
+        out.sample(retention.expired)
+        out.family(
+            "voipgw_call_record_retention_failures_total",
+            "counter",
+            "Retention passes (every 30 s) a store failure ended; the next pass retries.",
+        )
+        out.sample(retention.failed_passes)
+    try:
+        oldest = status.oldest_call_record()
+    except Exception as exc:
+        log.warning("metrics: the oldest call record left out of this scrape: %s", exc)
+        return
+    if oldest is not None:
+        out.family(
+            "voipgw_call_records_oldest_time_seconds",
+            "gauge",
+            "When the oldest call record kept ended (started, if it has not), seconds since "
+            "the epoch.",
+        )
+        out.sample(oldest)
 
 
 def _tables(out: Exposition, status: GatewayStatus) -> None:

@@ -18,7 +18,10 @@ which builds the new TLS contexts in a worker thread and swaps them in on the lo
 
 Each fetched CRL is saved under ``<state_dir>/tls/crls/`` so that a restart without network
 starts with it (the same staleness rules as a file at start-up: an expired one is loaded and
-logged at ERROR), and is refreshed from its URL.
+logged at ERROR), and is refreshed from its URL. The files are written in a worker thread, as
+the parse is: each is written under a temporary name, flushed to disk and renamed over the old
+one (:func:`_write_durably`), and an fsync waits for the disk, which on a busy or network disk
+takes from milliseconds to seconds that every call's signalling would wait on the loop.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -120,9 +124,9 @@ class CrlFetcher:
         self._get: GetCrl = get or get_crl
         self.wall_clock = wall_clock
         self.state_dir = state_dir
-        #: Runs the parse and checks of a fetched CRL off the event loop; tests on trio's
-        #: autojump clock run it inline (the clock jumps while a worker thread runs).
-        self.in_thread: Callable[..., Awaitable[LoadedCrl]] = trio.to_thread.run_sync
+        #: Runs the parse and checks of a fetched CRL, and its save, off the event loop; tests
+        #: on trio's autojump clock run them inline (the clock jumps while a worker thread runs).
+        self.in_thread: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync
         self._sources: dict[str, _Source] = {}
         self._fetching: set[str] = set()  # the URLs being fetched now
         self._wake = trio.Event()
@@ -289,6 +293,8 @@ class CrlFetcher:
         return dropped
 
     def _save(self, crl: LoadedCrl) -> None:
+        """Write ``crl`` and its URL to the state directory: in a worker thread (it waits for
+        the disk), never on the loop."""
         path = self._saved_path(crl.path)
         if path is None:
             return
@@ -395,7 +401,14 @@ class CrlFetcher:
             source.due = now + _backoff(source.failures)
         if unchanged:
             return
-        self._save(crl)
+        await self.in_thread(self._save, crl)
+        if self._sources.get(url) is not source or source.crl is not crl:
+            # A reload dropped its CA while the files were written (forget_untrusted removed
+            # the old ones then): these go too, and the CRL is not used.
+            path = self._saved_path(url)
+            if path is not None:
+                self._remove_saved(path, url, f"its CA {crl.issuer} is no longer in ca_bundles")
+            return
         try:
             await self._use(crl)
         except Exception:

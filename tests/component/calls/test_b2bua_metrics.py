@@ -8,13 +8,16 @@ the in-memory network, RTP on real sockets through the relay, in virtual time.
   many connections) is answered or cut off, and the next scrape still works;
 - a port already taken stops the start-up with a line naming the plugin;
 - without the plugin the core counts nothing for it;
-- the internal tables (``voipgw_internal_entries``) are back to their idle size once calls end.
+- the internal tables (``voipgw_internal_entries``) are back to their idle size once calls end;
+- call record retention: its window, the records it deleted, the passes the store failed, and
+  the oldest record kept (left out of a scrape the store cannot answer).
 """
 
 from __future__ import annotations
 
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +25,11 @@ import trio
 
 import gateway.plugins.keyexchange.sdes as sdes_plugin
 import gateway.plugins.metrics as metrics_plugin
+from gateway.core.gateway import HOUSEKEEPING_INTERVAL
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.store.errors import StoreBusy, StoreError
+from gateway.core.store.interface import CallRecord
 from gateway.plugins.metrics.server import (
     CONNECTION_TIMEOUT,
     HEAD_TIMEOUT,
@@ -509,3 +515,68 @@ async def test_scanner_drops_and_password_guessing_are_exposed(
     assert samples['voipgw_sip_requests_dropped_total{reason="user_agent"}'] == 1
     assert samples["voipgw_sip_auth_failures_total"] == 2
     assert samples["voipgw_sip_auth_blocked_total"] == 1
+
+
+def aged_records(now: int) -> list[CallRecord]:
+    """Three records that ended two days before ``now`` (a second apart), one that ended a
+    minute before it: whole seconds, as a scrape writes them."""
+    return [
+        CallRecord(f"old{i}", "sip:a@x", "sip:b@x", now - 3 * 86400, None, now - 2 * 86400 - i)
+        for i in range(3)
+    ] + [CallRecord("new", "sip:a@x", "sip:b@x", now - 3600, None, now - 60)]
+
+
+async def test_call_record_retention_is_scraped_as_it_deletes_and_fails(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, store_table={"call_record_days": 1}
+    )
+    store = env.gateway.store
+    assert store is not None
+    now = int(time.time())  # the housekeeping's clock is the wall clock
+    store.call_records_save(aged_records(now))
+    samples = await scrape(address)
+    assert samples["voipgw_call_record_retention_seconds"] == 86400
+    assert samples["voipgw_call_records_expired_total"] == 0
+    assert samples["voipgw_call_record_retention_failures_total"] == 0
+    # Two days old with a day's retention: what an alert on the lag sees before a pass.
+    assert samples["voipgw_call_records_oldest_time_seconds"] == now - 2 * 86400 - 2
+    await trio.sleep(HOUSEKEEPING_INTERVAL + 1)  # one pass
+    samples = await scrape(address)
+    assert samples["voipgw_call_records_expired_total"] == 3
+    assert samples["voipgw_call_records_oldest_time_seconds"] == now - 60
+    assert samples["voipgw_call_record_retention_failures_total"] == 0
+
+    def busy(before: float, *, most: int) -> int:
+        raise StoreBusy("another process holds the write lock")
+
+    def failing() -> float | None:
+        raise StoreError("the disk is gone")
+
+    monkeypatch.setattr(store, "expire_call_records", busy)
+    monkeypatch.setattr(store, "oldest_call_record", failing)
+    await trio.sleep(2 * HOUSEKEEPING_INTERVAL)  # two passes, both ended by the store
+    samples = await scrape(address)  # the scrape goes on without the store's gauge
+    assert samples["voipgw_call_record_retention_failures_total"] == 2
+    assert samples["voipgw_call_records_expired_total"] == 3
+    assert "voipgw_call_records_oldest_time_seconds" not in samples
+
+
+async def test_without_retention_only_the_oldest_record_is_shown(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    env, address = await metrics_env(nursery, tmp_path, voipgw_seed)
+    samples = await scrape(address)
+    assert not any("call_record" in name for name in samples)  # no record, no retention
+    assert env.gateway.store is not None
+    now = int(time.time())
+    env.gateway.store.call_records_save(aged_records(now))
+    await trio.sleep(HOUSEKEEPING_INTERVAL + 1)
+    samples = await scrape(address)
+    assert samples["voipgw_call_records_oldest_time_seconds"] == now - 2 * 86400 - 2  # kept
+    assert not any("retention" in name or "expired" in name for name in samples)

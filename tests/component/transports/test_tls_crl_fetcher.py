@@ -2,8 +2,8 @@
 start, then at 3/4 of each CRL's validity; retries a failing server after 60 s, doubling up to
 an hour; a server down until the CRL goes stale gets the warnings and the ERROR a CRL file
 nobody refreshes gets; a CRL older than the one in use or out of date is refused; a fetched
-CRL is saved and loaded by the next start. The server is a fake ``get`` serving CRLs made by
-the test PKI at the fetcher's wall-clock time."""
+CRL is saved (in a worker thread) and loaded by the next start. The server is a fake ``get``
+serving CRLs made by the test PKI at the fetcher's wall-clock time."""
 
 from __future__ import annotations
 
@@ -248,6 +248,54 @@ async def test_a_fetched_crl_is_parsed_off_the_event_loop(
     await transport.crl_fetcher.refresh(URL)
     assert [crl.number for crl in transport.loaded_crls()] == [1]
     assert threads == [False]
+
+
+async def test_a_fetched_crl_is_saved_off_the_event_loop(
+    vendor: TestCa,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each file is flushed to disk (fsync) before its rename: on a busy or network disk that
+    # waits milliseconds to seconds, which calls' signalling would wait too on the loop.
+    threads: list[tuple[str, bool]] = []
+    write = crl_fetch._write_durably
+
+    def writing(path: Path, data: bytes) -> None:
+        threads.append((path.suffix, threading.current_thread() is threading.main_thread()))
+        write(path, data)
+
+    monkeypatch.setattr(crl_fetch, "_write_durably", writing)
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    transport = transport_for(vendor, server, state, threads=True)
+    assert transport.crl_fetcher is not None
+    await transport.crl_fetcher.refresh(URL)
+    assert threads == [(".url", False), (".crl", False)]
+    assert saved_names(state) == [".crl", ".url"]
+    assert [crl.number for crl in transport.loaded_crls()] == [1]
+
+
+async def test_a_crl_whose_ca_a_reload_dropped_while_it_was_saved_is_removed_and_not_used(
+    vendor: TestCa, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = FakeCrlServer(vendor, tmp_path)
+    state = tmp_path / "state"
+    transport = transport_for(vendor, server, state)
+    fetcher = transport.crl_fetcher
+    assert fetcher is not None
+
+    async def reload_during_the_save(function: Callable[..., Any], *args: Any) -> Any:
+        result = function(*args)
+        if function == fetcher._save:
+            assert saved_names(state) == [".crl", ".url"]
+            assert fetcher.forget_untrusted([]) == [URL]  # the CA left ca_bundles meanwhile
+        return result
+
+    fetcher.in_thread = reload_during_the_save
+    await fetcher.refresh(URL)
+    assert saved_names(state) == []
+    assert transport.loaded_crls() == ()
 
 
 async def test_the_same_crl_fetched_again_is_not_applied_again(

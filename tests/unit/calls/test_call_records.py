@@ -617,14 +617,16 @@ async def test_a_failing_store_is_logged_once_and_the_next_pass_retries(
 
     monkeypatch.setattr(store, "expire_call_records", busy)
     failures = records_module.expiry_failures()
+    counts = records_module.RetentionCounts()
     caplog.set_level(logging.INFO, logger=records_module.__name__)
     for minute in range(3):
         assert (
             await records_module.expire_call_records(
-                store, days=90, now=NOW + 60 * minute, failures=failures
+                store, days=90, now=NOW + 60 * minute, failures=failures, counts=counts
             )
             == 0
         )
+    assert counts == records_module.RetentionCounts(expired=0, failed_passes=3)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "call record retention: the store is failing" in warnings[0]
@@ -633,9 +635,12 @@ async def test_a_failing_store_is_logged_once_and_the_next_pass_retries(
     monkeypatch.setattr(store, "expire_call_records", original)
     caplog.clear()
     assert (
-        await records_module.expire_call_records(store, days=90, now=NOW + 180, failures=failures)
+        await records_module.expire_call_records(
+            store, days=90, now=NOW + 180, failures=failures, counts=counts
+        )
         == 3
     )
+    assert counts == records_module.RetentionCounts(expired=3, failed_passes=3)
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert "call record retention: the store answers again" in infos[0]
     assert infos[1].startswith("3 call record(s) older than 90 day(s) deleted")

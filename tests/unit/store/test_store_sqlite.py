@@ -558,6 +558,21 @@ def test_old_call_records_are_deleted_oldest_first_at_most_so_many(store: Store)
         store.expire_call_records(100.0, most=0)
 
 
+def test_the_oldest_call_record_is_by_its_end_or_its_start(store: Store) -> None:
+    """What the metrics show retention by (``voipgw_call_records_oldest_time_seconds``)."""
+    assert store.oldest_call_record() is None
+    store.call_records_save(
+        [
+            CallRecord("long-call", "a", "b", 5.0, 6.0, 150.0, "bye"),  # started first
+            CallRecord("unfinished", "a", "b", 40.0),
+            CallRecord("ended", "a", "b", 10.0, None, 30.0, "cancel"),
+        ]
+    )
+    assert store.oldest_call_record() == 30.0
+    store.expire_call_records(35.0, most=10)
+    assert store.oldest_call_record() == 40.0  # by its start: it has no end
+
+
 def test_the_retention_query_uses_an_index(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path)
     try:
@@ -568,9 +583,14 @@ def test_the_retention_query_uses_an_index(tmp_path: Path) -> None:
                 " ORDER BY COALESCE(ended_at, started_at) LIMIT ?",
                 (1.0, 10),
             ).fetchall()
+            oldest = db.execute(  # what oldest_call_record selects
+                "EXPLAIN QUERY PLAN SELECT COALESCE(ended_at, started_at) FROM call_records"
+                " ORDER BY COALESCE(ended_at, started_at) LIMIT 1"
+            ).fetchall()
     finally:
         store.close()
     assert "USING INDEX call_records_kept_by" in " ".join(row[-1] for row in plan)
+    assert "USING INDEX call_records_kept_by" in " ".join(row[-1] for row in oldest)
 
 
 def test_recent_call_records(store: Store) -> None:
