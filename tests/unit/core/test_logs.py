@@ -4,9 +4,11 @@ when the core raised it, or when the operator turned plugin texts on."""
 
 from __future__ import annotations
 
+import ast
 import logging
 import textwrap
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,3 +237,20 @@ def test_nothing_is_rendered_for_a_level_that_is_off(
     monkeypatch.setattr(logs, "format_exception", rendered.append)
     log_exception(logging.getLogger("test.logs"), "x", exc=ValueError(), level=logging.INFO)
     assert rendered == [] and caplog.records == []
+
+
+def test_the_core_logs_exceptions_only_through_log_exception() -> None:
+    """No ``log.exception(...)`` nor ``exc_info=`` in gateway/core but logs.py: either would
+    hand a formatter the exception itself, and it prints the text."""
+    core = Path(logs.__file__).parent
+    found = []
+    for path in sorted(core.rglob("*.py")):
+        if path.name == "logs.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            attribute = node.func.attr if isinstance(node.func, ast.Attribute) else None
+            if attribute == "exception" or any(k.arg == "exc_info" for k in node.keywords):
+                found.append(f"{path.relative_to(core)}:{node.lineno}")
+    assert found == []
