@@ -17,6 +17,7 @@ from typing import Any
 from gateway import __version__
 from gateway.core import config as config_mod
 from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
+from gateway.core.logs import show_plugin_exception_text
 from gateway.core.plugins import PluginError, discover, load_plugins
 from gateway.core.store.errors import StoreError
 
@@ -274,6 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=config.gateway.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    show_plugin_exception_text(config.gateway.log_plugin_exception_text)
     plugins = load_plugins(config)
     gateway = Gateway(config, plugins)
     _tune_garbage_collector(config.gateway.gc_thresholds)

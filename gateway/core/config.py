@@ -243,6 +243,9 @@ class GatewaySection:
     domains: tuple[str, ...] = ()
     digest_algorithms: tuple[Literal["SHA-256", "SHA-512-256", "MD5"], ...] = ("SHA-256", "MD5")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Whether logged tracebacks show the text of exceptions raised in plugin code (it may hold
+    # keys: gateway/core/logs.py); for debugging a plugin only. Read at start-up.
+    log_plugin_exception_text: bool = False
     gc_thresholds: tuple[int, ...] = (10_000, 10, 10)
     # Seconds SIGTERM/SIGINT waits for calls in progress to end while refusing new ones
     # (Gateway.drain); 0 stops at once.

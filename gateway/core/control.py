@@ -41,6 +41,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.core.logs import log_exception
+
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
@@ -100,7 +102,7 @@ def respond(data: bytes, answer: Callable[[str], Mapping[str, object]]) -> bytes
     try:
         return _encode(answer(query))
     except Exception:
-        log.exception("control socket: answering %r failed", query)
+        log_exception(log, "control socket: answering %r failed", query)
         return _encode({"error": f"the gateway failed to answer {query!r} (logged)"})
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import trio
 
 from gateway.core.control import MAX_PATH, MAX_REQUEST, respond
+from gateway.core.logs import log_exception
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ async def _handle(stream: trio.SocketStream, answer: Answer, open_connections: l
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass  # the client went away: nothing to answer
     except Exception:
-        log.exception("control socket: a connection failed")
+        log_exception(log, "control socket: a connection failed")
     finally:
         open_connections[0] -= 1
 

@@ -35,11 +35,13 @@ profile or identification hook is registered, and not at all when none is.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.core.config import DTMF_MODES
 from gateway.core.interfaces import DeviceProfile, MediaPolicy
+from gateway.core.logs import log_exception
 from gateway.core.media.policy import ALL_KEY_EXCHANGES
 from gateway.core.media.srtp import SUITES
 from gateway.core.plugins import PluginError
@@ -91,7 +93,7 @@ class DeviceIdentifier:
             try:
                 answer = self._hook(request=request, flow=flow)
             except Exception:
-                self._log_hook_error("gateway_identify_device failed", exc_info=True)
+                self._log_hook_error("gateway_identify_device failed", failure=sys.exc_info()[1])
                 answer = None
             if isinstance(answer, DeviceProfile):
                 return answer
@@ -111,13 +113,18 @@ class DeviceIdentifier:
                 return profile
         return None
 
-    def _log_hook_error(self, message: str, *, exc_info: bool = False) -> None:
+    def _log_hook_error(self, message: str, *, failure: BaseException | None = None) -> None:
         now = self._clock()
         last = self._hook_error_logged_at
         if last is not None and now - last < _HOOK_ERROR_LOG_INTERVAL:
             return
         self._hook_error_logged_at = now
-        log.error("%s (devices are identified by User-Agent meanwhile)", message, exc_info=exc_info)
+        if failure is None:
+            log.error("%s (devices are identified by User-Agent meanwhile)", message)
+        else:
+            log_exception(
+                log, "%s (devices are identified by User-Agent meanwhile)", message, exc=failure
+            )
 
 
 def narrowed_for_device(policy: MediaPolicy, device: DeviceProfile | None) -> MediaPolicy:

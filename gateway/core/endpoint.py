@@ -22,6 +22,7 @@ import trio
 
 from gateway.core.calls.limits import CallRate
 from gateway.core.interfaces import OutboundMessage, RtcpCapture, SipCapture
+from gateway.core.logs import log_exception
 from gateway.core.sip import grammar
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, Dialog, contact_must_be_sips
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
@@ -460,7 +461,9 @@ class SipEndpoint:
         except Exception:
             # A bug, not the peer's fault; keep serving everyone else (STYLE.md habit 6).
             self.statistics.internal_errors += 1
-            log.exception("internal error handling SIP from %s", flow.key if flow else "timers")
+            log_exception(
+                log, "internal error handling SIP from %s", flow.key if flow else "timers"
+            )
 
     def flow_closed(self, flow: Flow) -> None:
         log.debug("flow closed: %s", flow.key)
@@ -691,7 +694,7 @@ class SipEndpoint:
                 # One bad output (a bug) must not drop the others: their retransmissions and
                 # TransactionTerminated bookkeeping still have to happen.
                 self.statistics.internal_errors += 1
-                log.exception("internal error acting on %s", type(output).__name__)
+                log_exception(log, "internal error acting on %s", type(output).__name__)
 
     async def _act_one(self, output: Output, arrival: Flow | None) -> None:
         if isinstance(output, RequestReceived):
@@ -1144,7 +1147,7 @@ class SipEndpoint:
                     data, transport=transport, source=source, destination=destination, at=at
                 )
             except Exception:
-                log.exception("SIP capture %s failed", getattr(capture, "name", capture))
+                log_exception(log, "SIP capture %s failed", getattr(capture, "name", capture))
 
     def _copy_to_call(
         self,

@@ -61,6 +61,7 @@ from gateway.core.interfaces import (
     Transport,
     TransportLimits,
 )
+from gateway.core.logs import log_exception
 from gateway.core.media import relay as relay_module
 from gateway.core.media import srtp as srtp_module
 from gateway.core.media.policy import all_policies
@@ -357,7 +358,7 @@ class Gateway:
                 try:
                     self.presence.registered(aor, bindings)
                 except Exception:  # the REGISTER is answered all the same (STYLE.md habit 6)
-                    log.exception("presence from the registration of %s", aor)
+                    log_exception(log, "presence from the registration of %s", aor)
 
         return registered
 
@@ -397,7 +398,7 @@ class Gateway:
                 log.warning("expired registrations left for the next round: %s", exc)
                 return removed
             except Exception:
-                log.exception("expiring registrations failed")
+                log_exception(log, "expiring registrations failed")
                 return removed
             removed += len(expired)
             if len(expired) < EXPIRE_CHUNK:
@@ -416,7 +417,7 @@ class Gateway:
                 log.warning("expired presence publications left for the next round: %s", exc)
                 return
             except Exception:
-                log.exception("expiring presence publications failed")
+                log_exception(log, "expiring presence publications failed")
                 return
             if removed < EXPIRE_CHUNK:
                 return
@@ -856,6 +857,7 @@ class Gateway:
                 self.config.media_ports,
                 media.workers,
                 log_level=self.config.gateway.log_level,
+                plugin_exception_text=self.config.gateway.log_plugin_exception_text,
             )
             await nursery.start(self.media_workers.serve)
         else:
@@ -1174,4 +1176,4 @@ async def _run_plugin_task(
     except Exception:
         if not started:
             raise
-        log.exception("plugin task %s stopped with an error", name)
+        log_exception(log, "plugin task %s stopped with an error", name)

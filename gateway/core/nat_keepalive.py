@@ -32,6 +32,7 @@ import trio
 
 from gateway.core.calls.routing import ContactTarget, UnroutableTarget, destination_for
 from gateway.core.ids import IdSource
+from gateway.core.logs import log_exception
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
@@ -159,14 +160,14 @@ class NatKeepalive:
         try:
             answered = await self.ping(binding)
         except Exception:
-            log.exception("keepalive to %s failed", binding.contact)
+            log_exception(log, "keepalive to %s failed", binding.contact)
             answered = True  # a bug of ours is no reason to take the phone out
         finally:
             limit.release()
         try:
             self._count(key, binding, answered)
         except Exception:  # the store failing otherwise than busy: the gateway goes on
-            log.exception("keepalive bookkeeping for %s failed", binding.contact)
+            log_exception(log, "keepalive bookkeeping for %s failed", binding.contact)
 
     async def ping(self, binding: Binding) -> bool:
         """One OPTIONS to ``binding``'s contact through its NAT: whether it was answered."""

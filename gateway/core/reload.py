@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from gateway.core.interfaces import LoadedCertificate, ReloadError
+from gateway.core.logs import log_exception
 from gateway.core.plugins import REGISTRY_HOOKS
 
 if TYPE_CHECKING:
@@ -133,7 +134,9 @@ class CertificateReloads:
             logger.error("reload: %s kept its previous certificates: %s", holder.name, exc)
             return ReloadReport(holder.plugin, holder.name, "failed", error=str(exc))
         # A bug in the plugin, not the operator's files: the traceback goes to the log.
-        logger.error("reload: %s failed (a bug) and keeps what it had", holder.name, exc_info=exc)
+        log_exception(
+            logger, "reload: %s failed (a bug) and keeps what it had", holder.name, exc=exc
+        )
         return ReloadReport(holder.plugin, holder.name, "failed", error=type(exc).__name__)
 
     def _reloaded(self, holder: _Holder, loaded: tuple[LoadedCertificate, ...]) -> ReloadReport:
@@ -159,7 +162,7 @@ class CertificateReloads:
             try:
                 loaded = tuple(holder.holder.loaded_certificates())
             except Exception:
-                log.exception("%s could not say which certificates it serves", holder.name)
+                log_exception(log, "%s could not say which certificates it serves", holder.name)
                 continue
             found += [(holder.plugin, certificate) for certificate in loaded]
         return tuple(found)

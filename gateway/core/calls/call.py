@@ -166,6 +166,7 @@ from gateway.core.interfaces import (
     RouteDecision,
     RouteTarget,
 )
+from gateway.core.logs import exception_text, log_exception
 from gateway.core.media.dtmf import (
     DTMF_RELAY,
     Digit,
@@ -692,14 +693,20 @@ class Call:
                     # The request in hand (the other leg's, whose forwarding failed) gets 503
                     # at once, as a transport failure is reported to a client (RFC 3261
                     # §8.1.3.1), rather than nothing until its sender's Timer B or F.
-                    log.warning("call %s: network error: %s", self.id, exc, exc_info=True)
+                    log_exception(
+                        log,
+                        "call %s: network error: %s",
+                        self.id,
+                        exception_text(exc),
+                        level=logging.WARNING,
+                    )
                     self.end_reason = f"network error: {exc}"
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await self._answer_handled(503, "Service Unavailable (network error)")
                         await self._abort(503, "Service Unavailable (network error)")
                 except Exception as exc:
                     # A bug in the core or a plugin: end this call only (STYLE.md habit 6).
-                    log.exception("call %s failed", self.id)
+                    log_exception(log, "call %s failed", self.id)
                     self.end_reason = f"internal error: {type(exc).__name__}"
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await self._answer_handled()
@@ -1945,7 +1952,7 @@ class Call:
         try:
             decision = self.manager.route(routed, authority)
         except Exception:  # a routing plugin's bug fails this forward, not the call
-            log.exception("call %s: routing a redirect target failed", self.id)
+            log_exception(log, "call %s: routing a redirect target failed", self.id)
             return "routing failed"
         if not decision.targets:
             status = decision.reject_status or 404
@@ -2898,11 +2905,11 @@ class Call:
             )
         if isinstance(exc, KeyExchangeFailed):
             reason = f"key exchange failed: {exc.reason}"
-            log.error("call %s: %s (applying the %s)", self.id, reason, what, exc_info=exc)
+            log_exception(log, "call %s: %s (applying the %s)", self.id, reason, what, exc=exc)
             failure = _AnswerFailure(500, "Server Internal Error", "key exchange failed", reason)
         else:
             reason = f"internal error applying the {what} ({type(exc).__name__})"
-            log.error("call %s: %s", self.id, reason, exc_info=exc)
+            log_exception(log, "call %s: %s", self.id, reason, exc=exc)
             failure = _AnswerFailure(
                 500, "Server Internal Error", f"internal error applying the {what}", reason
             )
@@ -4064,7 +4071,7 @@ class Call:
         try:
             decision = self.manager.route(routed, caller)
         except Exception:  # a routing plugin's bug fails this transfer, not the call
-            log.exception("call %s: routing the transfer target failed", self.id)
+            log_exception(log, "call %s: routing the transfer target failed", self.id)
             return 500, "Server Internal Error"
         if not decision.targets:
             status = decision.reject_status or 404

@@ -72,6 +72,7 @@ from gateway.core.calls.leg import BLeg
 from gateway.core.calls.messages import send_and_wait
 from gateway.core.calls.routing import Destination, called_user
 from gateway.core.failure_log import FailureLog
+from gateway.core.logs import log_exception
 from gateway.core.sip.dialog import Dialog, require_contact
 from gateway.core.sip.dialog_info import (
     CONTENT_TYPE,
@@ -288,7 +289,7 @@ class DialogEvents:
         try:
             response, watch = self._new(request, flow)
         except Exception:
-            log.exception("internal error on SUBSCRIBE %s", request.call_id)
+            log_exception(log, "internal error on SUBSCRIBE %s", request.call_id)
             response = make_response(request, 500, "Server Internal Error")
         if response.to.tag is None:  # RFC 3261 §8.2.6.2
             to = response.to.with_tag(self.gateway.ids.new_tag())
@@ -488,7 +489,7 @@ class DialogEvents:
         try:
             response, granted = self._refresh(watch, request)
         except Exception:
-            log.exception("internal error on %s %s", request.method, request.call_id)
+            log_exception(log, "internal error on %s %s", request.method, request.call_id)
             response = make_response(request, 500, "Server Internal Error")
         try:
             await self.endpoint.respond(transaction, response)
@@ -561,8 +562,12 @@ class DialogEvents:
             assert taken is not None
             await self._notify(watch, *taken, watch.final)
         except Exception:
-            log.exception(
-                "%s subscription of %s to %s failed", watch.package, watch.watcher, watch.watched
+            log_exception(
+                log,
+                "%s subscription of %s to %s failed",
+                watch.package,
+                watch.watcher,
+                watch.watched,
             )
         finally:
             self._forget(watch)
@@ -775,7 +780,7 @@ class DialogEvents:
                     log.debug("presence of %s changed on another node", account)
                     self.presence_changed(account)
             except Exception:  # a bug: logged, the others go on, the gateway too
-                log.exception("presence publications of %s from the store", account)
+                log_exception(log, "presence publications of %s from the store", account)
         presence = self.gateway.presence
         if presence is not None and self.publications.taken != taken:
             presence.publications_changed()  # new expiries, each forgotten at its time

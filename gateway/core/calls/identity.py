@@ -28,6 +28,7 @@ import attrs
 
 from gateway.core.calls.numbering import read_number
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
+from gateway.core.logs import log_exception
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untrusted
 from gateway.core.sip.message import Request
@@ -79,7 +80,7 @@ def signed(
         try:
             outcome = service.sign(info)
         except Exception:
-            log.exception("call %s: a caller-identity service failed to sign", call.id)
+            log_exception(log, "call %s: a caller-identity service failed to sign", call.id)
             continue
         if outcome is not None:
             headers += outcome.headers
@@ -112,7 +113,7 @@ async def checked(call: Call, trunk: TrunkConfig, request: Request) -> IdentityO
             check = service.check(info, request)
             outcome = None if check is None else await check.run()
         except Exception:
-            log.exception("call %s: a caller-identity service failed to check", call.id)
+            log_exception(log, "call %s: a caller-identity service failed to check", call.id)
             continue
         if (
             outcome is not None

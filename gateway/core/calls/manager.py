@@ -47,6 +47,7 @@ from gateway.core.interfaces import (
     TappedCall,
     TapSink,
 )
+from gateway.core.logs import log_exception
 from gateway.core.media.policy import (
     BUILTIN_POLICIES,
     DEFAULT_POLICY,
@@ -157,7 +158,7 @@ class CallManager:
         try:
             await call.run()
         except Exception:
-            log.exception("call %s: failed while ending; other calls go on", call.id)
+            log_exception(log, "call %s: failed while ending; other calls go on", call.id)
 
     async def _beat(self, interval: float) -> None:
         """This node's heartbeat for the cluster's call limits (CallLimits.beat): a node not
@@ -676,7 +677,7 @@ class CallManager:
             try:
                 watching.call_changed(call, kind)
             except Exception:
-                log.exception("dialog notifier failed (call %s)", call.id)
+                log_exception(log, "dialog notifier failed (call %s)", call.id)
         statistics = self.statistics
         if statistics is not None:
             statistics.event(call, kind, reason, trio.current_time())
@@ -687,7 +688,7 @@ class CallManager:
         try:
             hook(event=event)
         except Exception:
-            log.exception("a gateway_call_event observer failed (call %s)", call.id)
+            log_exception(log, "a gateway_call_event observer failed (call %s)", call.id)
 
     def _tap_from_start(self, call: Call, invite: Request, caller: Caller) -> None:
         """Ask the taps that decide at a call's start (lawful intercept) for sinks; with any,
@@ -958,7 +959,7 @@ class CallManager:
             try:
                 sink = decide(tapped)
             except Exception:
-                log.exception("media tap %s failed to decide on a call", name)
+                log_exception(log, "media tap %s failed to decide on a call", name)
                 continue
             if sink is not None:
                 self.start_soon(_run_sink, name, sink)
@@ -996,7 +997,7 @@ async def _run_sink(name: str, sink: TapSink) -> None:
     try:
         await sink.run()
     except Exception:
-        log.exception("media tap %s stopped with an error", name)
+        log_exception(log, "media tap %s stopped with an error", name)
 
 
 def _number_of(uri: str) -> str | None:

@@ -60,6 +60,7 @@ from gateway.core.calls.routing import (
     over_tls_only,
 )
 from gateway.core.interfaces import Caller, RouteTarget
+from gateway.core.logs import log_exception
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, is_sips
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.events import (
@@ -214,7 +215,7 @@ class Messages:
         try:
             response = await work
         except Exception:
-            log.exception("internal error relaying %s %s", request.method, request.call_id)
+            log_exception(log, "internal error relaying %s %s", request.method, request.call_id)
             response = make_response(request, 500, "Server Internal Error")
         if response.to.tag is None:  # RFC 3261 §8.2.6.2: a final response carries our tag
             to = response.to.with_tag(self.gateway.ids.new_tag())
@@ -451,7 +452,7 @@ class Messages:
                 if trunk is not None:
                     self._count_trunk_failure(trunk, attempt.target, final, unsent)
             except Exception:
-                log.exception("internal error sending %s", attempt.request.method)
+                log_exception(log, "internal error sending %s", attempt.request.method)
                 final = make_response(attempt.request, 500, "Server Internal Error")
             # After a 2xx was answered nobody waits for this one: the channel is closed.
             with contextlib.suppress(trio.BrokenResourceError, trio.WouldBlock):

@@ -53,6 +53,7 @@ import trio
 
 from gateway.core.calls.routing import Destination, UnroutableTarget, destination_for
 from gateway.core.interfaces import RouteTarget, SessionAnswer
+from gateway.core.logs import log_exception
 from gateway.core.sip.dialog import Dialog, is_sips
 from gateway.core.sip.errors import RemoteSipError, SipError
 from gateway.core.sip.grammar import parse_uri_untrusted
@@ -373,7 +374,9 @@ class OutboundSession:
             try:
                 answer = handler(request.method, request.headers.get("Content-Type"), request.body)
             except Exception:
-                log.exception("session %s: the plugin failed on a %s", self.call_id, request.method)
+                log_exception(
+                    log, "session %s: the plugin failed on a %s", self.call_id, request.method
+                )
                 return make_response(request, 500, "Server Internal Error")
             if not 200 <= answer.status < 300:
                 return make_response(
@@ -420,7 +423,9 @@ class OutboundSession:
         try:
             handler(ack.headers.get("Content-Type"), ack.body)
         except Exception:
-            log.exception("session %s: the plugin failed on the answer in an ACK", self.call_id)
+            log_exception(
+                log, "session %s: the plugin failed on the answer in an ACK", self.call_id
+            )
 
     def _far_end_gone(self) -> None:
         self._closed = True

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from gateway.core.calls.routing import called_user
+from gateway.core.logs import log_exception
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.events import PRESENCE, parse_event_untrusted, parse_expires_untrusted
 from gateway.core.sip.message import Request, Response, make_response
@@ -125,7 +126,7 @@ class Presence:
         try:
             response = self._handle(request, flow)
         except Exception:
-            log.exception("internal error on PUBLISH %s", request.call_id)
+            log_exception(log, "internal error on PUBLISH %s", request.call_id)
             response = make_response(request, 500, "Server Internal Error")
         if response.to.tag is None:  # RFC 3261 §8.2.6.2
             to = response.to.with_tag(self.gateway.ids.new_tag())
@@ -357,5 +358,5 @@ class Presence:
             try:
                 self.notifier.registration_changed(account, expiries)
             except Exception:  # a bug: logged, the others go on, the gateway too
-                log.exception("presence of %s from its registration", account)
+                log_exception(log, "presence of %s from its registration", account)
                 registrations.postpone(account, wall + REGISTRATION_POLL)

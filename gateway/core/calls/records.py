@@ -55,6 +55,7 @@ import attrs
 import trio
 
 from gateway.core.failure_log import FailureLog
+from gateway.core.logs import log_exception
 from gateway.core.store.errors import StoreBusy, StoreError
 from gateway.core.store.interface import CALL_RECORD_CHUNK, CallRecord, Store
 
@@ -127,7 +128,7 @@ async def expire_call_records(
                 counts.failed_passes += 1
             break
         except Exception:
-            log.exception("deleting old call records failed")
+            log_exception(log, "deleting old call records failed")
             if counts is not None:
                 counts.failed_passes += 1
             break
@@ -279,7 +280,7 @@ class CallRecordBook:
             # A loss, not a wait: each is logged with what was lost.
             log.warning("%d call record change(s) not kept: %s", len(chunk), exc)
         except Exception:
-            log.exception("%d call record change(s) not kept", len(chunk))
+            log_exception(log, "%d call record change(s) not kept", len(chunk))
         else:
             if self.busy.failing:
                 self.busy.answered(now=self._clock())
@@ -350,7 +351,7 @@ def _security_of_call(call: SecuritySource, record_id: str) -> str:
     try:
         security = call.security_record()
     except Exception:
-        log.exception("call %s: security record failed; kept empty", record_id)
+        log_exception(log, "call %s: security record failed; kept empty", record_id)
         return "{}"
     return _security_json(security)
 
@@ -364,5 +365,5 @@ def _security_json(security: Mapping[str, object]) -> str:
     try:
         return _JSON.encode(security)
     except (TypeError, ValueError):
-        log.exception("security record is not JSON-serializable; kept empty")
+        log_exception(log, "security record is not JSON-serializable; kept empty")
         return "{}"

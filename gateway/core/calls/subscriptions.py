@@ -75,6 +75,7 @@ from gateway.core.calls.routing import (
     trunk_uri,
 )
 from gateway.core.interfaces import RouteTarget
+from gateway.core.logs import log_exception
 from gateway.core.sip.dialog import (
     SIPS_NOT_ALLOWED,
     Dialog,
@@ -266,7 +267,7 @@ class Subscriptions:
         try:
             response = await work
         except Exception:
-            log.exception("internal error on %s %s", request.method, request.call_id)
+            log_exception(log, "internal error on %s %s", request.method, request.call_id)
             response = make_response(request, 500, "Server Internal Error")
         if response.to.tag is None:  # RFC 3261 §8.2.6.2
             to = response.to.with_tag(self.gateway.ids.new_tag())
@@ -904,7 +905,7 @@ class Subscriptions:
         try:
             await self._notify_phone(subscription, terminated_value("timeout"))
         except Exception:
-            log.exception("notifying %s of its expired subscription", subscription.account)
+            log_exception(log, "notifying %s of its expired subscription", subscription.account)
         finally:
             if subscription.phone_dialog is not None:
                 subscription.phone_dialog.terminate()
@@ -970,8 +971,8 @@ class Subscriptions:
                         subscription.state.expires_at - now,
                     )
         except Exception:
-            log.exception(
-                "unsubscribing %s at trunk %s", subscription.account, subscription.trunk.name
+            log_exception(
+                log, "unsubscribing %s at trunk %s", subscription.account, subscription.trunk.name
             )
         finally:
             subscription.closed.set()
@@ -983,7 +984,7 @@ class Subscriptions:
         try:
             await self._notify_phone(subscription, STOPPING, body, content_type)
         except Exception:
-            log.exception("notifying %s that its subscription ended", subscription.account)
+            log_exception(log, "notifying %s that its subscription ended", subscription.account)
         finally:
             if subscription.phone_dialog is not None:
                 subscription.phone_dialog.terminate()

@@ -56,6 +56,7 @@ import attrs
 import trio
 
 from gateway.core.config import DnsSection, TrunkAddress, TrunkConfig, dns_server
+from gateway.core.logs import log_exception
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.uri import SipUri, redact_password
@@ -549,7 +550,7 @@ class TrunkTargets:
                     why = str(exc)
                 except Exception:
                     # A bug here must not stop the gateway or leave a trunk unresolved for good.
-                    log.exception("resolving %s %s failed", self.what, redact_password(name))
+                    log_exception(log, "resolving %s %s failed", self.what, redact_password(name))
                     why = "internal error (logged)"
             if resolution is None and why is None:
                 why = f"no answer within {self.dns.timeout:g} s"

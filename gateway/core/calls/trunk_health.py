@@ -29,6 +29,7 @@ import trio
 
 from gateway.core.calls.trunk_dns import TrunkHop, TrunkTargets, next_hop
 from gateway.core.ids import IdSource
+from gateway.core.logs import log_exception
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request
 from gateway.core.sip.uri import SipUri
@@ -137,7 +138,7 @@ class TrunkProber:
                 why = await self.probe(trunk)
             except Exception:
                 # A bug here must not stop the gateway or leave a trunk unprobed for good.
-                log.exception("OPTIONS probe of trunk %s failed", trunk.name)
+                log_exception(log, "OPTIONS probe of trunk %s failed", trunk.name)
                 why = None
             if why is None:
                 self.health.answered(trunk.name)

@@ -36,6 +36,7 @@ import trio
 from gateway.core.auth.client import authorize
 from gateway.core.calls.trunk_dns import next_hop
 from gateway.core.ids import IdSource
+from gateway.core.logs import log_exception
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import (
     parse_name_addr_untrusted,
@@ -105,7 +106,7 @@ class TrunkRegistration:
                 try:
                     granted, why = await self.register(self.expires)
                 except Exception:
-                    log.exception("registration with trunk %s failed", self.trunk.name)
+                    log_exception(log, "registration with trunk %s failed", self.trunk.name)
                     granted, why = None, "internal error (logged)"
                 if granted is not None:
                     retry = FIRST_RETRY
@@ -131,7 +132,7 @@ class TrunkRegistration:
         try:
             granted, why = await self.register(0)
         except Exception:
-            log.exception("removing the registration with trunk %s failed", self.trunk.name)
+            log_exception(log, "removing the registration with trunk %s failed", self.trunk.name)
             return
         if granted is None:
             log.warning("the registration with trunk %s was not removed: %s", self.trunk.name, why)

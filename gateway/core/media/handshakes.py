@@ -45,6 +45,7 @@ from gateway.core.interfaces import (
     SasReady,
     SrtpKeys,
 )
+from gateway.core.logs import log_exception
 from gateway.core.media.relay_api import Address, RelaySide, RelayStream
 from gateway.core.media.security import LegSecurity, StreamSecurity
 from gateway.core.media.session import MediaSession
@@ -129,7 +130,7 @@ class CallHandshakes:
                     # from the network: it ends this call with a stated reason, never the
                     # gateway nor another call (the exception would otherwise leave the call's
                     # nursery and stop the gateway). Engines keep secrets out of exceptions.
-                    log.exception("media-path key exchange failed")
+                    log_exception(log, "media-path key exchange failed")
                     self._on_failure("a/b", INTERNAL_ERROR_REASON)
                     return
                 item = None

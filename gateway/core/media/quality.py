@@ -52,6 +52,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from gateway.core.logs import log_exception
 from gateway.core.media.rtcp import (
     UNAVAILABLE,
     ExtendedReport,
@@ -255,7 +256,7 @@ class CallQuality:
             try:
                 listener(side, index, packet, packets)
             except Exception:
-                log.exception("an RTCP listener failed")
+                log_exception(log, "an RTCP listener failed")
 
     def _reports(
         self,

@@ -157,6 +157,7 @@ import attrs
 import trio
 
 from gateway.core.ip import ip_facts
+from gateway.core.logs import log_exception
 from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.ports import PortAllocator, PortPair
@@ -483,7 +484,7 @@ def _disconnect(ep: _Endpoint) -> None:
             dissolve(ep.sock)
         except OSError:
             # Not seen on Linux; the socket would keep refusing the new peer's media.
-            logger.exception("could not disconnect media socket %s", ep.sock.getsockname())
+            log_exception(logger, "could not disconnect media socket %s", ep.sock.getsockname())
 
 
 def _select(ep: _Endpoint, source: Address, now: float) -> None:
@@ -1001,7 +1002,7 @@ class MediaStream:
             try:
                 protected = protect(packet)
             except Exception:
-                logger.exception("protecting an injected DTMF event failed")
+                log_exception(logger, "protecting an injected DTMF event failed")
                 return False
             if protected is None:
                 return False
@@ -1455,7 +1456,7 @@ def _observed(transform_in: Transform | None, observer: RtcpObserver) -> Transfo
         try:
             observer(packet)
         except Exception:
-            logger.exception("an RTCP observer failed; the packet is forwarded")
+            log_exception(logger, "an RTCP observer failed; the packet is forwarded")
         return packet
 
     return observe
@@ -1570,7 +1571,7 @@ class _DtmfIn:
                 except Exception:
                     state.event_errors += 1
                     if state.event_errors == 1:
-                        logger.exception("a DTMF event handler failed (further ones counted)")
+                        log_exception(logger, "a DTMF event handler failed (further ones counted)")
             return None
         offset = state.seq_offset
         seq = (((packet[2] << 8) | packet[3]) + offset) & 0xFFFF
@@ -1709,7 +1710,7 @@ class _DtmfInRed:
                 except Exception:
                     state.event_errors += 1
                     if state.event_errors == 1:
-                        logger.exception("a DTMF event handler failed (further ones counted)")
+                        log_exception(logger, "a DTMF event handler failed (further ones counted)")
         if not primary:
             return self.plain(packet)  # audio with an earlier event as redundancy
         state.taken += 1
@@ -2122,7 +2123,7 @@ class MediaRelay:
         except Exception:
             # Must not stop the relay for every other call; counted like a failing tap.
             if not ep.tap_errors:
-                logger.exception("a non-RTP packet handler failed (logged once per socket)")
+                log_exception(logger, "a non-RTP packet handler failed (logged once per socket)")
             ep.tap_errors += 1
 
     def _ice_check(
@@ -2133,7 +2134,7 @@ class MediaRelay:
             response, result = ice(packet, source)
         except Exception:
             if not ep.tap_errors:
-                logger.exception("an ICE handler failed (logged once per socket)")
+                log_exception(logger, "an ICE handler failed (logged once per socket)")
             ep.tap_errors += 1
             return
         if response is not None:
@@ -2240,7 +2241,7 @@ def _tap_all(ep: _Endpoint, packet: bytes) -> None:
         except Exception:
             ep.tap_errors += 1
             if ep.tap_errors == 1:
-                logger.exception("media tap %r failed (further ones only counted)", tap)
+                log_exception(logger, "media tap %r failed (further ones only counted)", tap)
 
 
 def _blame_in(route: _Route) -> object:
@@ -2254,7 +2255,7 @@ def _step_failed(route: _Route, transform: object) -> int:
     """An in-place step raised: counted and logged as :func:`_apply` does; the packet is dropped."""
     route.transform_errors += 1
     if route.transform_errors == 1:
-        logger.exception("media transform %r failed (further ones only counted)", transform)
+        log_exception(logger, "media transform %r failed (further ones only counted)", transform)
     return -1
 
 
@@ -2265,7 +2266,9 @@ def _apply(route: _Route, transform: Transform, packet: bytes) -> bytes | None:
     except Exception:
         route.transform_errors += 1
         if route.transform_errors == 1:
-            logger.exception("media transform %r failed (further ones only counted)", transform)
+            log_exception(
+                logger, "media transform %r failed (further ones only counted)", transform
+            )
         result = None
     if result is None:
         route.dropped_transform += 1

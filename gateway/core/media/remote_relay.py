@@ -66,6 +66,7 @@ import trio
 
 import gateway
 from gateway.core.config import PortRange
+from gateway.core.logs import log_exception
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.ice import IceLiteResponder
@@ -367,7 +368,7 @@ class RemoteSide:
         try:
             handler(packet, source or ("", 0))
         except Exception:
-            log.exception("a non-RTP packet handler failed")
+            log_exception(log, "a non-RTP packet handler failed")
 
 
 @attrs.define(eq=False)
@@ -482,7 +483,7 @@ class RemoteDirection:
         try:
             state.on_event(packet)
         except Exception:
-            log.exception("a DTMF event handler failed on a worker stream")
+            log_exception(log, "a DTMF event handler failed on a worker stream")
 
     def _rtcp(self, packet: bytes) -> None:
         observer = self._rtcp_observer
@@ -491,7 +492,7 @@ class RemoteDirection:
         try:
             observer(packet)
         except Exception:
-            log.exception("an RTCP observer failed on a worker stream")
+            log_exception(log, "an RTCP observer failed on a worker stream")
 
     def statistics(self) -> DirectionStatistics:
         """The counters the worker last pushed (at most about a second old)."""
@@ -620,7 +621,7 @@ class RemoteStream:
         try:
             tap(Direction(message.direction), message.packet)
         except Exception:
-            log.exception("a media tap failed on a worker stream")
+            log_exception(log, "a media tap failed on a worker stream")
 
     def _tapped_datagram(self, message: TappedDatagram) -> None:
         # Which message it came in says what it is: a copy sent before a re-INVITE switched
@@ -632,7 +633,7 @@ class RemoteStream:
             elif tap is not None:
                 tap(Direction(message.direction), message.packet)
         except Exception:
-            log.exception("a media tap failed on a worker stream's T.38 datagram")
+            log_exception(log, "a media tap failed on a worker stream's T.38 datagram")
 
     def srtp_statistics(self) -> dict[str, SrtpStatistics]:
         """SRTP counters per leg with keys, as last pushed by the worker."""
@@ -676,7 +677,7 @@ class RemoteStream:
             try:
                 self._on_lost(reason)
             except Exception:
-                log.exception("media stream %d: the call's failure callback failed", self.id)
+                log_exception(log, "media stream %d: the call's failure callback failed", self.id)
 
 
 class CallRelay:
@@ -755,6 +756,7 @@ class WorkerPool:
         workers: int,
         *,
         log_level: str = "info",
+        plugin_exception_text: bool = False,
         restart_delay: float = RESTART_DELAY,
         stats_interval: float = 1.0,
     ) -> None:
@@ -766,6 +768,7 @@ class WorkerPool:
         self.slices = split_ports(ports, workers)
         self._workers = [_Worker(index, ports) for index, ports in enumerate(self.slices)]
         self._log_level = log_level
+        self._plugin_exception_text = plugin_exception_text
         self._restart_delay = restart_delay
         self._stats_interval = stats_interval
         self._ids = itertools.count(1)
@@ -999,6 +1002,7 @@ class WorkerPool:
             self._log_level,
             "--stats-interval",
             str(self._stats_interval),
+            *(["--plugin-exception-text"] if self._plugin_exception_text else []),
         ]
 
     def _handle(self, worker: _Worker, message: Message) -> None:

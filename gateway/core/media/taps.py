@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from gateway.core.interfaces import TappedMedia, TapSink
+from gateway.core.logs import log_exception
 from gateway.core.media.relay import Direction, MediaStream, Tap
 from gateway.core.media.remote_relay import DatagramTap, RemoteStream
 from gateway.core.media.session import MediaSession
@@ -125,7 +126,7 @@ class CallTaps:
                 if joined is not None:
                     joined(side, uri)
             except Exception:
-                log.exception("tap %s failed on a transfer", _shown(name, sink))
+                log_exception(log, "tap %s failed on a transfer", _shown(name, sink))
 
     def sip_message(
         self,
@@ -216,7 +217,7 @@ class CallTaps:
             try:
                 changed(media)
             except Exception:
-                log.exception("a media tap failed on a change: %s", _shown(name, sink))
+                log_exception(log, "a media tap failed on a change: %s", _shown(name, sink))
 
     def record(self) -> dict[str, object]:
         """What the call's security record says of its taps."""
@@ -251,8 +252,8 @@ class CallTaps:
                 except Exception:
                     if name not in failed:
                         failed.add(name)
-                        log.exception(
-                            "media tap %s failed (logged once per stream)", _shown(name, sink)
+                        log_exception(
+                            log, "media tap %s failed (logged once per stream)", _shown(name, sink)
                         )
 
         return tap
@@ -303,7 +304,7 @@ class CallTaps:
             except Exception:
                 if name not in failed:
                     failed.add(name)
-                    log.exception("media tap %s failed on a T.38 datagram", _shown(name, sink))
+                    log_exception(log, "media tap %s failed on a T.38 datagram", _shown(name, sink))
         named = [
             name
             for name, sink in self._sinks
@@ -345,7 +346,7 @@ def copy_sip(
                 at=at,
             )
         except Exception:
-            log.exception("tap %s failed on a SIP message", _shown(name, sink))
+            log_exception(log, "tap %s failed on a SIP message", _shown(name, sink))
 
 
 def _wants_sip(sink: TapSink) -> bool:
@@ -356,7 +357,7 @@ def _close(call_id: str, name: str, sink: TapSink) -> None:
     try:
         sink.close()
     except Exception:
-        log.exception("media tap %s failed to close", _shown(name, sink))
+        log_exception(log, "media tap %s failed to close", _shown(name, sink))
 
 
 def _shown(name: str, sink: TapSink) -> str:

@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from gateway.core.config import PortRange
+from gateway.core.logs import show_plugin_exception_text
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.g711 import G711Transcoding, Law
 from gateway.core.media.ice import IceCredentials, IceLiteResponder
@@ -511,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ports", required=True, help="LOW-HIGH: this worker's slice")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--stats-interval", type=float, default=1.0)
+    parser.add_argument(
+        "--plugin-exception-text", action="store_true", help="([gateway] log_plugin_exception_text)"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGHUP asks the SIP process to reload its certificates; sent to the whole process group (a
@@ -520,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s media-worker-{args.index} %(name)s: %(message)s",
     )
+    show_plugin_exception_text(args.plugin_exception_text)
     sock = socket.socket(fileno=args.fd)
 
     async def serve() -> None:

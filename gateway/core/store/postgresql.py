@@ -76,6 +76,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from gateway.core.auth.algorithms import DigestAlgorithm
+from gateway.core.logs import log_exception
 from gateway.core.store import accounts as rules
 from gateway.core.store.errors import (
     AccountExists,
@@ -991,7 +992,7 @@ class PostgresStore:
             self._listen_until_stopped()
         except Exception:
             # A bug: the cache stays off (correct, slower) and lost connections stay lost.
-            log.exception("store listener thread failed: cache off, no reconnection")
+            log_exception(log, "store listener thread failed: cache off, no reconnection")
 
     def _listen_until_stopped(self) -> None:
         pg = self._pg

@@ -75,12 +75,15 @@ def invite_2xx_and_acks(env: B2bua, call_id: str) -> tuple[list[bytes], list[byt
 
 def assert_logged_once_and_nothing_secret(caplog: pytest.LogCaptureFixture, reason: str) -> None:
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].exc_info is not None  # one ERROR, with its traceback
+    # One ERROR, with its traceback rendered by the core (gateway/core/logs.py), not the
+    # exception itself, whose text a formatter would print.
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert (errors[0].exc_text or "").startswith("Traceback (most recent call last):")
     assert reason in errors[0].getMessage()
     ended = [r.getMessage() for r in caplog.records if " ended: " in r.getMessage()]
     assert any(reason in message for message in ended)
-    # The exception's text is only in the traceback of that one record: in no other line.
-    assert all(SECRET not in r.getMessage() for r in caplog.records)
+    # The exception's text (raised in a plugin's stand-in here) is in no line, traceback or not.
+    assert SECRET not in caplog.text
 
 
 async def test_a_failure_applying_the_callees_answer_acks_it_byes_it_and_answers_500(

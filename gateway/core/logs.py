@@ -1,0 +1,180 @@
+"""Logging an exception plugin code may have raised: its traceback, never its text.
+
+Theory of operation. The project's rule is that secrets (SRTP keys, DTLS private keys,
+passwords, digest HA1) never reach a log. The core keeps it for the messages it writes; it
+cannot for the text of an exception a plugin raises: a key-exchange plugin for a new phone model
+that writes ``raise ValueError(f"bad key {key!r}")`` would put the leg's SRTP master key in the
+gateway's log through a plain ``log.exception``. So every site of the core that logs an exception
+goes through :func:`log_exception`, which renders the traceback itself (:func:`format_exception`):
+each frame's file, line and function, and the type of every exception of the chain
+(``__cause__``, ``__context__``, the members of an exception group), which is what an operator
+needs to report the bug, but the text (message and notes) of an exception only when the core
+wrote it: when every frame its traceback passed through is the core's (``gateway.core``) or a
+library the core calls (the standard library, trio, pluggy, attrs). A frame anywhere else (a
+plugin, built-in or installed, a test's fake), or no traceback at all, makes it plugin code's
+exception and its text is withheld, unless the operator turns it on to debug a plugin (``[gateway]
+log_plugin_exception_text``, :func:`show_plugin_exception_text`). Source lines are left out too:
+the file and line number find them.
+
+The rendering goes in the record's ``exc_text``, with no ``exc_info``: every
+:class:`logging.Formatter` appends it as it would a traceback, and none can render the
+exception's own text from the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+
+_show_plugin_text = False
+
+# Libraries whose frames an exception of the core's passes through without making it plugin
+# code's: they raise with what the core handed them. By top-level module name.
+_LIBRARIES = frozenset(sys.stdlib_module_names) | {
+    "trio",
+    "outcome",
+    "sniffio",
+    "pluggy",
+    "attr",
+    "attrs",
+    "exceptiongroup",
+}
+_CORE = "gateway.core"
+
+WITHHELD = "<text withheld: raised in plugin code>"
+"""What stands for the text of a plugin code's exception."""
+
+_FOOTNOTE = (
+    "(the text of exceptions raised in plugin code is withheld, as it may hold keys or "
+    "passwords; [gateway] log_plugin_exception_text = true shows it)"
+)
+
+
+def show_plugin_exception_text(show: bool) -> None:
+    """Whether :func:`format_exception` shows the text of exceptions raised in plugin code
+    (``[gateway] log_plugin_exception_text``): for debugging a plugin only, as that text may
+    hold keys. Process-wide, like logging's own set-up."""
+    global _show_plugin_text
+    _show_plugin_text = show
+
+
+def raised_in_plugin_code(exc: BaseException) -> bool:
+    """Whether ``exc``'s traceback passed through a frame that is neither the core's nor a
+    library's the core calls (see the module's docstring): then its text may be anybody's. So
+    is the text of an exception never raised (no traceback: made and chained by anyone)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return True
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__")
+        if not isinstance(module, str) or not (
+            module == _CORE
+            or module.startswith(_CORE + ".")
+            or module.partition(".")[0] in _LIBRARIES
+        ):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)`` when it may be logged, else :data:`WITHHELD` (for a line that names an
+    exception without its traceback)."""
+    if _show_plugin_text or not raised_in_plugin_code(exc):
+        return str(exc)
+    return WITHHELD
+
+
+def format_exception(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it (causes and contexts first, exception groups
+    with their members), frames as file, line and function without source lines, and the text
+    of exceptions raised in plugin code withheld (:func:`exception_text`). No trailing newline."""
+    lines: list[str] = []
+    withheld = _format(exc, lines, "", set())
+    if withheld:
+        lines.append(_FOOTNOTE)
+    return "\n".join(lines)
+
+
+def _format(exc: BaseException, lines: list[str], prefix: str, seen: set[int]) -> bool:
+    """Appends ``exc``'s chain to ``lines``; whether any text was withheld."""
+    seen.add(id(exc))
+    withheld = False
+    if exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        withheld |= _format(exc.__cause__, lines, prefix, seen)
+        lines += [
+            prefix,
+            prefix + "The above exception was the direct cause of the following exception:",
+            prefix,
+        ]
+    elif (
+        exc.__context__ is not None
+        and not exc.__suppress_context__
+        and id(exc.__context__) not in seen
+    ):
+        withheld |= _format(exc.__context__, lines, prefix, seen)
+        lines += [
+            prefix,
+            prefix + "During handling of the above exception, another exception occurred:",
+            prefix,
+        ]
+    if exc.__traceback__ is not None:
+        lines.append(prefix + "Traceback (most recent call last):")
+        tb: types.TracebackType | None = exc.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            lines.append(
+                f'{prefix}  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}'
+            )
+            tb = tb.tb_next
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
+    show = _show_plugin_text or not raised_in_plugin_code(exc)
+    text = str(exc) if show else WITHHELD
+    withheld |= not show
+    lines.append(f"{prefix}{name}: {text}" if text else prefix + name)
+    notes = getattr(exc, "__notes__", None)
+    if notes:
+        if show:
+            lines += [prefix + str(note) for note in notes]
+        else:
+            lines.append(f"{prefix}({len(notes)} note(s) withheld)")
+    if isinstance(exc, BaseExceptionGroup):
+        members = exc.exceptions
+        for number, member in enumerate(members, 1):
+            lines.append(f"{prefix}+---- {number} of {len(members)} ----")
+            if id(member) in seen:
+                lines.append(f"{prefix}| (seen above: {type(member).__qualname__})")
+                continue
+            withheld |= _format(member, lines, prefix + "| ", seen)
+        lines.append(f"{prefix}+------------------")
+    return withheld
+
+
+def log_exception(
+    logger: logging.Logger,
+    msg: str,
+    *args: object,
+    exc: BaseException | None = None,
+    level: int = logging.ERROR,
+) -> None:
+    """``logger.exception(msg, *args)`` (or ``logger.log(level, msg, *args, exc_info=exc)``)
+    for an exception that plugin code may have raised: the traceback rendered by
+    :func:`format_exception` goes in the record's ``exc_text``, the exception itself nowhere in
+    it. ``exc`` defaults to the exception being handled. The record names the caller's file
+    and line, as ``logger.exception``'s does."""
+    if not logger.isEnabledFor(level):
+        return
+    if exc is None:
+        exc = sys.exc_info()[1]
+    try:
+        fn, lno, func, _ = logger.findCaller(False, 2)
+    except ValueError:  # pragma: no cover - no Python frames (logging's own fallback)
+        fn, lno, func = "(unknown file)", 0, "(unknown function)"
+    record = logger.makeRecord(logger.name, level, fn, lno, msg, args, None, func)
+    if exc is not None:
+        record.exc_text = format_exception(exc)
+    logger.handle(record)
