@@ -811,7 +811,20 @@ class PostgresStore:
             # _stopping): it leaves an invalid index, which the next start builds again.
             with self._builder_lock:
                 if self._builder_db is not None:
-                    self._builder_db.cancel_safe()
+                    try:
+                        self._builder_db.cancel_safe()
+                    except self._pg.Error as exc:
+                        # The cancel is a connection of its own (libpq's cancel request): with
+                        # the server out of reach it fails, and the build with its connection.
+                        # Not waited for (a daemon thread); the store closes all the same.
+                        log.warning(
+                            "PostgreSQL %s: cannot cancel the build of the index %s (the next"
+                            " start builds it if it is left invalid): %s",
+                            self._server.description,
+                            RETENTION_INDEX,
+                            self._server.say(exc),
+                        )
+                        break
             self._builder.join(0.1)
         if self._thread is not None:
             self._thread.join()
