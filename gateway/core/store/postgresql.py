@@ -1549,7 +1549,8 @@ class PostgresStore:
             if bounded and isinstance(exc, pg.errors.QueryCanceled):
                 log.info(
                     "%s: the index %s not built within statement_timeout (it waits for older"
-                    " transactions of the database to end): left to a node's background build",
+                    " transactions of the database to end): left to a node's background build"
+                    " (or build it by hand: docs/configuration.md, 'Upgrading the nodes')",
                     where,
                     RETENTION_INDEX,
                 )
