@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -468,6 +469,87 @@ def test_an_interrupted_build_leaves_an_invalid_index_which_the_next_start_build
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("call_records_kept_by is invalid" in line for line in warnings)
     assert again.expire_call_records(10.0, most=10) == 1
+
+
+def test_a_small_tables_index_build_does_not_hold_the_start_behind_a_long_transaction(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """CREATE INDEX CONCURRENTLY waits for every transaction of the database older than it
+    (PostgreSQL docs, "Building Indexes Concurrently"): a session idle in a transaction, a
+    pg_dump. Built while the store opens with no statement_timeout, a small table's index
+    held the node's start (and any voipgw command) until that transaction ended, for ever
+    if it never did. Bounded by statement_timeout, the node starts and builds it in the
+    background, as a big table's; the CLI leaves it to the nodes."""
+    import psycopg
+
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0)]
+    )
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database)) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM call_records").fetchone()  # a snapshot, held
+        opened: list[PostgresStore] = []
+        starting = threading.Thread(
+            target=lambda: opened.append(open_node(node="new", statement_timeout=0.2)),
+            daemon=True,
+        )
+        starting.start()
+        wait_until(lambda: not starting.is_alive())  # it started, the transaction still open
+        assert opened and opened[0].schema_version() == 6
+        cli = open_node(listen=False, node="cli", statement_timeout=0.2)  # a voipgw command
+        assert cli.schema_version() == 6
+        with pytest.raises(StoreBusy, match="being built"):
+            opened[0].expire_call_records(10.0, most=10)
+        reader.rollback()
+    wait_until(lambda: index_state(postgres_cluster, postgres_database) == [(True,)])
+    assert opened[0].expire_call_records(10.0, most=10) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
+def test_a_node_stopping_mid_build_while_the_cancel_cannot_reach_the_server_still_closes(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """close() cancels a build in progress over a connection of its own (libpq's cancel
+    request), which fails when the server is out of reach (a failover, a network cut) as the
+    node stops. That failure is the build's, not the stop's: close() still closes the store
+    (its listener thread joined, its connection closed) instead of raising psycopg's error
+    out of the gateway's shutdown."""
+    import psycopg
+
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0)]
+    )
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database)) as reader:
+        reader.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        node = open_node(node="stopping")
+        wait_until(lambda: building(postgres_cluster, postgres_database))
+        builder_db = node._builder_db
+        assert builder_db is not None
+
+        def unreachable(**_: object) -> None:
+            raise psycopg.OperationalError("cancel failed: could not connect to server")
+
+        monkeypatch.setattr(builder_db, "cancel_safe", unreachable)
+        caplog.set_level(logging.WARNING, logger=pg_module.__name__)
+        node.close()
+        assert node._db is None  # closed all the same
+        assert node._thread is not None and not node._thread.is_alive()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("cannot cancel the build" in line for line in warnings)
+        reader.rollback()  # the build ends on its own (here: built), its connection closed
+    assert node._builder is not None
+    node._builder.join(10)
+    assert not node._builder.is_alive()
 
 
 def test_a_node_starting_while_another_builds_the_index_leaves_it_to_that_node(

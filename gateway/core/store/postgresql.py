@@ -151,7 +151,9 @@ RETENTION_INDEX = "call_records_kept_by"
 or the start of a record without one; the queries name the same expression."""
 INLINE_INDEX_BYTES = 64 * 1024 * 1024
 """A call_records table up to this size (about 60,000 records) gets its retention index while
-the store opens (a tenth of a second or so); a bigger one in a thread, while the node serves."""
+the store opens (a tenth of a second or so, within statement_timeout); a bigger one in a thread,
+while the node serves, as does a small one whose build waited past statement_timeout for an
+older transaction."""
 _CREATE_RETENTION_INDEX = (
     f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {RETENTION_INDEX}"
     " ON call_records ((COALESCE(ended_at, started_at)))"
@@ -812,7 +814,20 @@ class PostgresStore:
             # _stopping): it leaves an invalid index, which the next start builds again.
             with self._builder_lock:
                 if self._builder_db is not None:
-                    self._builder_db.cancel_safe()
+                    try:
+                        self._builder_db.cancel_safe()
+                    except self._pg.Error as exc:
+                        # The cancel is a connection of its own (libpq's cancel request): with
+                        # the server out of reach it fails, and the build with its connection.
+                        # Not waited for (a daemon thread); the store closes all the same.
+                        log.warning(
+                            "PostgreSQL %s: cannot cancel the build of the index %s (the next"
+                            " start builds it if it is left invalid): %s",
+                            self._server.description,
+                            RETENTION_INDEX,
+                            self._server.say(exc),
+                        )
+                        break
             self._builder.join(0.1)
         if self._thread is not None:
             self._thread.join()
@@ -1447,8 +1462,11 @@ class PostgresStore:
             row = db.execute("SELECT pg_relation_size('call_records')").fetchone()
         if self._retention_indexed:
             return
-        if row is not None and int(row[0]) <= INLINE_INDEX_BYTES:
-            self._build_retention_index()
+        # A small table's while the store opens, bounded: CREATE INDEX CONCURRENTLY waits for
+        # every older transaction of the database (one idle in a transaction, a pg_dump),
+        # which must not hold the start. Out of time, it goes to the thread as a big one's.
+        small = row is not None and int(row[0]) <= INLINE_INDEX_BYTES
+        if small and self._build_retention_index(bounded=True):
             return
         if not background:
             return
@@ -1457,7 +1475,7 @@ class PostgresStore:
         )
         self._builder.start()
 
-    def _build_retention_index(self) -> None:
+    def _build_retention_index(self, *, bounded: bool = False) -> bool:
         """Build the retention index with ``CREATE INDEX CONCURRENTLY`` (PostgreSQL docs,
         "Building Indexes Concurrently"): writers do not wait for it, so the nodes' saves go on;
         it may take minutes on tens of millions of records, so no statement_timeout, and the
@@ -1468,7 +1486,13 @@ class PostgresStore:
         at an existing index: an index being built concurrently shows as invalid, so another
         node dropping it would undo a build in progress. An interrupted build (the node stopped
         or killed, the server restarted) leaves an invalid index, which ``IF NOT EXISTS`` would
-        keep: the holder drops it (``DROP INDEX CONCURRENTLY``) and builds it again."""
+        keep: the holder drops it (``DROP INDEX CONCURRENTLY``) and builds it again.
+
+        ``bounded`` (a small table's, while the store opens): under ``statement_timeout``, as
+        the build also waits for every transaction of the database older than it (PostgreSQL
+        docs, "Building Indexes Concurrently"), which may be one left open for hours; False
+        when it ran out (the invalid index it leaves is dropped by the next build), else
+        True."""
         pg = self._pg
         where = f"PostgreSQL {self._server.description}"
         try:
@@ -1480,22 +1504,23 @@ class PostgresStore:
                 RETENTION_INDEX,
                 exc,
             )
-            return
+            return True
         with self._builder_lock:
             if self._stopping.is_set():
                 db.close()
-                return
+                return True
             self._builder_db = db
         try:
-            db.execute("SET statement_timeout = 0")
+            if not bounded:
+                db.execute("SET statement_timeout = 0")
             row = db.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()
             if row is None or not row[0]:
                 log.info("%s: another node builds the index %s", where, RETENTION_INDEX)
-                return
+                return True
             valid = _index_valid(db)
             if valid is True:
                 self._retention_indexed = True
-                return
+                return True
             if valid is False:
                 log.warning(
                     "%s: the index %s is invalid (an interrupted build left it): dropped and"
@@ -1505,7 +1530,7 @@ class PostgresStore:
                 )
                 db.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {RETENTION_INDEX}")
             if self._stopping.is_set():
-                return
+                return True
             log.info(
                 "%s: building the index %s concurrently (call records are saved meanwhile;"
                 " old ones are deleted once it is built)",
@@ -1522,6 +1547,15 @@ class PostgresStore:
                 time.monotonic() - started,
             )
         except pg.Error as exc:
+            if bounded and isinstance(exc, pg.errors.QueryCanceled):
+                log.info(
+                    "%s: the index %s not built within statement_timeout (it waits for older"
+                    " transactions of the database to end): left to a node's background build"
+                    " (or build it by hand: docs/configuration.md, 'Upgrading the nodes')",
+                    where,
+                    RETENTION_INDEX,
+                )
+                return False
             if self._stopping.is_set():
                 log.info(
                     "%s: building the index %s stopped with the store; the next start builds it",
@@ -1540,6 +1574,7 @@ class PostgresStore:
             with self._builder_lock:
                 self._builder_db = None
             db.close()  # the advisory lock goes with the session
+        return True
 
     # -- PSAP callbacks (migration 4) -------------------------------------------------------
 
