@@ -22,8 +22,9 @@ gateway starts without it) and again before the answer's TTL runs out (90 % of i
 does not say to drop a target that worked because the DNS is out for a while) and the name is
 asked again every ``retry_interval``; a name that keeps failing is logged as a dependency that
 keeps failing is (gateway/core/failure_log.py): once at WARNING with the reason and what calls
-do meanwhile, a summary every 300 s, one INFO line when it resolves again. A call only reads the cached answer: no DNS query,
-and for a trunk with one target per priority no work beyond a tuple returned.
+do meanwhile, a summary every 300 s, one INFO line when it resolves again. A call only reads
+the cached answer: no DNS query, and for a trunk with one target per priority no work beyond a
+tuple returned.
 
 Each call orders the targets (RFC 2782): by priority, and within a priority by a weighted
 random draw, each SRV target followed by its addresses in the order the DNS gave them;
