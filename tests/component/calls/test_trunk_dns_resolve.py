@@ -20,6 +20,7 @@ from gateway.core.calls.trunk_dns import (
     SrvRecord,
     TrunkHop,
     TrunkTargets,
+    named_uri_address,
     resolve,
 )
 from gateway.core.config import DnsSection, TrunkAddress, TrunkConfig
@@ -308,3 +309,34 @@ async def test_a_dns_that_keeps_failing_is_logged_once_summarized_and_once_more_
         f"resolutions in 3[67][0-9.]* s; udp:{NAME}:5060 resolves again \\(unchanged\\)",
         answered.getMessage(),
     ), answered.getMessage()
+
+
+async def test_a_session_target_that_keeps_failing_is_logged_without_its_uris_password(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.core.calls.trunk_dns")
+    uri = f"sip:srs:s3cret@{NAME}:5060;transport=udp"
+    address = named_uri_address(uri)
+    assert address is not None
+    resolver = FakeResolver(hosts={NAME: ["192.0.2.1"]}, failing=True)
+    targets = TrunkTargets(
+        (),
+        DnsSection(retry_interval=10.0),
+        resolver,
+        rng=random.Random(1),
+        on_unresolved=lambda trunk, why: None,
+        on_resolved=lambda trunk: None,
+        on_change=lambda trunk, resolution: None,
+        named={uri: address},
+        what="session target",
+        wall_clock=lambda: 1.8e9 + trio.current_time(),
+    )
+    await nursery.start(targets.serve)
+    await trio.sleep(310)
+    resolver.failing = False
+    await trio.sleep(10)
+    lines = [r.getMessage() for r in caplog.records]
+    shown = f"session target sip:srs:***@{NAME}:5060;transport=udp: the DNS of udp:{NAME}:5060"
+    assert [line.partition(" is ")[0].partition(" answers")[0] for line in lines] == [shown] * 3
+    assert "no session goes to it until it resolves" in lines[0]
+    assert "s3cret" not in caplog.text
