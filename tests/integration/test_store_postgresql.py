@@ -5,6 +5,7 @@ fails calls quickly and is reconnected to, and no secret reaches a log, an error
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -155,7 +156,7 @@ def test_a_killed_listener_turns_the_cache_off_until_it_is_back(
     wait_until(lambda: not b.listening)
     # The listener thread turns the cache off first, then logs: the line may follow a moment
     # after (CI once looked in between).
-    wait_until(lambda: "store listener connection lost" in caplog.text)
+    wait_until(lambda: "is failing: connection lost: " in caplog.text)
     # While it is down no notification can arrive: every read goes to the database.
     a.accounts_set("alice", media_policy="sdes")
     changed = b.get_account("alice")
@@ -198,6 +199,47 @@ def test_a_stopped_server_fails_calls_at_once_and_is_reconnected_to(
     wait_until(works)
     wait_until(lambda: node.listening)
     assert [b.cseq for b in node.bindings_for_account("alice")] == [9]
+
+
+def test_a_listener_that_stays_down_is_logged_once_summarized_and_once_more_when_back(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A reconnection every second while the server is down: one WARNING, not one per attempt.
+    caplog.set_level(logging.INFO, logger="gateway.core.store.postgresql")
+    node = open_node()
+    wait_until(lambda: node.listening)
+    node.listener_failures.interval = 2.0  # a summary within the test, not after 300 s
+    caplog.clear()
+
+    def lines(words: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if words in r.getMessage()]
+
+    postgres_cluster.stop()
+    try:
+        wait_until(lambda: len(lines("is still failing")) == 1)
+        node.listener_failures.interval = 3600.0  # no second one while the server starts
+    finally:
+        postgres_cluster.start()
+    wait_until(lambda: len(lines("answers again")) == 1)
+    [first] = lines("is failing")
+    [summary] = lines("is still failing")
+    [back] = lines("answers again")
+    assert first.levelno == summary.levelno == logging.WARNING and back.levelno == logging.INFO
+    where = f"store listener (PostgreSQL host=127.0.0.1 port={postgres_cluster.port} "
+    assert first.getMessage().startswith(where)
+    assert "is failing: connection lost: " in first.getMessage()
+    assert "cache off until it is back" in first.getMessage()
+    assert re.search(
+        r"still failing: \d+ failed connection attempts in the last", summary.getMessage()
+    )
+    assert back.getMessage().endswith(
+        "; cache on (emptied first: changes made meanwhile were never notified)"
+    )
+    assert first.created < summary.created < back.created
+    assert node.listening
+    assert postgres_cluster.password not in caplog.text
 
 
 def test_a_lock_held_past_the_statement_timeout_is_store_busy(

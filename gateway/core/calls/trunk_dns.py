@@ -19,9 +19,12 @@ Resolution is off the call path. :class:`TrunkTargets` resolves every named trun
 (bounded by ``[dns] timeout``: a trunk that does not resolve by then is down, logged, and the
 gateway starts without it) and again before the answer's TTL runs out (90 % of it, clamped to
 ``[dns] min_ttl`` ... ``max_ttl``). When the DNS fails, the last good answer is kept (RFC 3263
-does not say to drop a target that worked because the DNS is out for a while), logged once,
-and asked again every ``retry_interval``. A call only reads the cached answer: no DNS query,
-and for a trunk with one target per priority no work beyond a tuple returned.
+does not say to drop a target that worked because the DNS is out for a while) and the name is
+asked again every ``retry_interval``; a name that keeps failing is logged as a dependency that
+keeps failing is (gateway/core/failure_log.py): once at WARNING with the reason and what calls
+do meanwhile, a summary every 300 s, one INFO line when it resolves again. A call only reads
+the cached answer: no DNS query, and for a trunk with one target per priority no work beyond a
+tuple returned.
 
 Each call orders the targets (RFC 2782): by priority, and within a priority by a weighted
 random draw, each SRV target followed by its addresses in the order the DNS gave them;
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -56,6 +60,7 @@ import attrs
 import trio
 
 from gateway.core.config import DnsSection, TrunkAddress, TrunkConfig, dns_server
+from gateway.core.failure_log import FailureLog
 from gateway.core.logs import log_exception
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
@@ -474,6 +479,7 @@ class TrunkTargets:
         transports: Iterable[str] = TRANSPORT_ORDER,
         named: Mapping[str, TrunkAddress] | None = None,
         what: str = "trunk",
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.named = {t.name: t.address_parts for t in trunks if t.enabled and t.by_name}
         self.named.update(named or {})
@@ -491,6 +497,18 @@ class TrunkTargets:
         self._resolved_at: dict[str, float] = {}
         self._next_at: dict[str, float] = {}
         self._errors: dict[str, str] = {}
+        self.wall_clock = wall_clock
+        self.failures = {
+            name: FailureLog(
+                log,
+                f"{what} {redact_password(name)}: the DNS of {address}",  # a URI's password
+                "resolutions",
+                "",  # said at the first failure: whether a last answer is kept
+            )
+            for name, address in self.named.items()
+        }
+        """Each name's resolutions that fail: logged once, summarized, once more when it
+        resolves again (failure_log.py), rather than a line per retry."""
 
     def __contains__(self, trunk: str) -> bool:
         return trunk in self.named
@@ -539,7 +557,6 @@ class TrunkTargets:
 
     async def _keep_resolved(self, name: str, first_round: trio.Event) -> None:
         address = self.named[name]
-        failing = False
         while True:
             why = None
             resolution = None
@@ -556,67 +573,57 @@ class TrunkTargets:
                 why = f"no answer within {self.dns.timeout:g} s"
             now = trio.current_time()
             if resolution is not None:
-                self._accept(name, address, resolution, failing)
-                failing = False
+                self._accept(name, address, resolution)
                 wait = refresh_in(resolution.ttl, self.dns)
                 self._resolved_at[name] = now
                 self._errors.pop(name, None)
             else:
                 assert why is not None
-                if not failing:
-                    self._failed(name, address, why)
-                failing = True
+                self._failed(name, why)
                 wait = self.dns.retry_interval
                 self._errors[name] = why
             self._next_at[name] = now + wait
             first_round.set()
             await trio.sleep(wait)
 
-    def _accept(
-        self, name: str, address: TrunkAddress, resolution: Resolution, failing: bool
-    ) -> None:
+    def _accept(self, name: str, address: TrunkAddress, resolution: Resolution) -> None:
         previous = self._resolved.get(name)
         self._resolved[name] = resolution
         shown = ", ".join(str(hop) for hop in resolution.hops)
         if previous is None:
-            log.info("%s %s: %s resolves to %s", self.what, redact_password(name), address, shown)
-            self.on_resolved(name)
+            said = f"{address} resolves to {shown}"
         elif previous.hops != resolution.hops:
-            log.info(
-                "%s %s: %s now resolves to %s", self.what, redact_password(name), address, shown
-            )
-        elif failing:
-            log.info(
-                "%s %s: %s resolves again (unchanged)", self.what, redact_password(name), address
-            )
+            said = f"{address} now resolves to {shown}"
+        else:
+            said = f"{address} resolves again (unchanged)"
+        failures = self.failures[name]
+        if failures.failing:
+            failures.answered(now=self.wall_clock(), outcome=said)
+        elif previous is None or previous.hops != resolution.hops:
+            log.info("%s %s: %s", self.what, redact_password(name), said)
+        if previous is None:
+            self.on_resolved(name)
         if previous is None or previous.hops != resolution.hops:
             self.on_change(name, resolution)
 
-    def _failed(self, name: str, address: TrunkAddress, why: str) -> None:
-        if name in self._resolved:
-            shown = ", ".join(str(hop) for hop in self._resolved[name].hops)
-            log.warning(
-                "%s %s: resolving %s failed (%s); keeping its last answer (%s) and asking "
-                "again every %g s",
-                self.what,
-                redact_password(name),  # a recorder's URI may carry a password
-                address,
-                why,
-                shown,
-                self.dns.retry_interval,
-            )
-        else:
-            log.warning(
-                "%s %s: resolving %s failed (%s); the %s is down until it resolves "
-                "(asked again every %g s)",
-                self.what,
-                redact_password(name),  # a recorder's URI may carry a password
-                address,
-                why,
-                self.what,
-                self.dns.retry_interval,
-            )
-            self.on_unresolved(name, f"{address} does not resolve: {why}")
+    def _failed(self, name: str, why: str) -> None:
+        failures = self.failures[name]
+        if not failures.failing:
+            # What happens meanwhile, said once in the first line (failure_log.py).
+            address = self.named[name]
+            if name in self._resolved:
+                shown = ", ".join(str(hop) for hop in self._resolved[name].hops)
+                failures.note = (
+                    f"keeping its last answer ({shown}): calls and requests to the {self.what} go "
+                    f"there until it resolves; asked again every {self.dns.retry_interval:g} s"
+                )
+            else:
+                down = "the trunk is down" if self.what == "trunk" else "no session goes to it"
+                failures.note = (
+                    f"{down} until it resolves (asked again every {self.dns.retry_interval:g} s)"
+                )
+                self.on_unresolved(name, f"{address} does not resolve: {why}")
+        failures.failed(why, now=self.wall_clock())
 
 
 def next_hop(trunk: TrunkConfig, targets: TrunkTargets | None, turn: int = 0) -> TrunkHop | None:

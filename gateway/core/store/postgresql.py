@@ -19,6 +19,9 @@ round trip. Theory of operation:
   about eight seconds) the cache is emptied
   and every read goes to the database, until the thread is listening again (it retries every
   second) and has emptied the cache once more: changes made in between were never notified.
+  A listener that stays down is logged as a dependency that keeps failing is
+  (gateway/core/failure_log.py, :attr:`PostgresStore.listener_failures`): one WARNING with the
+  reason, a summary every 300 s of the reconnections that failed, one INFO when it is back.
 - Bounded waits. Every statement runs under ``statement_timeout`` (server side: a lock wait or a
   slow query is cancelled and rolled back), TCP keepalives and ``tcp_user_timeout`` bound a
   wait on a server that vanished from the network, and a lost connection is not reopened on the
@@ -76,6 +79,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from gateway.core.auth.algorithms import DigestAlgorithm
+from gateway.core.failure_log import FailureLog
 from gateway.core.logs import log_exception
 from gateway.core.store import accounts as rules
 from gateway.core.store.errors import (
@@ -745,6 +749,15 @@ class PostgresStore:
         self._builder: threading.Thread | None = None
         self._builder_db: psycopg.Connection[Any] | None = None
         self._builder_lock = threading.Lock()
+        self.listener_failures = FailureLog(
+            log,
+            f"store listener (PostgreSQL {server.description})",
+            "connection attempts",
+            "cache off until it is back (every account and registration read goes to the "
+            f"database); reconnecting every {RECONNECT_INTERVAL:g} s",
+        )
+        """The listener's outage (lost, then each reconnection that fails): logged once,
+        summarized every 300 s, once more when it listens again; the listener thread's only."""
         self.call_limits = PostgresCallLimits(self)
         if listen:
             self._thread = threading.Thread(
@@ -1011,9 +1024,9 @@ class PostgresStore:
 
     def _listen_until_stopped(self) -> None:
         pg = self._pg
+        failures = self.listener_failures
         listener: psycopg.Connection[Any] | None = None
         retry_at = 0.0
-        lost_reason: str | None = None
         try:
             while not self._stopping.is_set():
                 now = time.monotonic()
@@ -1026,16 +1039,14 @@ class PostgresStore:
                         if listener is not None:
                             listener.close()
                             listener = None
-                        if lost_reason is None:
-                            lost_reason = self._server.say(exc)
-                            log.warning(
-                                "store cache off until the listener is back: %s", lost_reason
-                            )
+                        failures.failed(self._server.say(exc), now=self._clock())
                     else:
                         self._set_listening(True)
-                        if lost_reason is not None:
-                            log.info("store listener connected again: cache on")
-                        lost_reason = None
+                        failures.answered(
+                            now=self._clock(),
+                            outcome="cache on (emptied first: changes made meanwhile were "
+                            "never notified)",
+                        )
                 self._reconnect_store()
                 if listener is None:
                     self._stopping.wait(LISTENER_POLL)
@@ -1046,11 +1057,7 @@ class PostgresStore:
                             self._notified(notification.payload)
                 except pg.Error as exc:
                     self._set_listening(False)
-                    lost_reason = self._server.say(exc)
-                    log.warning(
-                        "store listener connection lost, cache off until it is back: %s",
-                        lost_reason,
-                    )
+                    failures.failed(f"connection lost: {self._server.say(exc)}", now=self._clock())
                     listener.close()
                     listener = None
                     retry_at = time.monotonic() + RECONNECT_INTERVAL

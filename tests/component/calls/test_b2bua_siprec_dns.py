@@ -138,7 +138,8 @@ async def test_a_recorder_whose_name_has_not_resolved_leaves_the_call_unrecorded
     dns.failing = True
     env, first, second = await recorder_env(nursery, tmp_path, voipgw_seed, dns)
     assert first is not None
-    assert f"session target {SRS_URI}: resolving udp:{NAME} failed" in caplog.text
+    assert f"session target {SRS_URI}: the DNS of udp:{NAME} is failing" in caplog.text
+    assert "no session goes to it until it resolves" in caplog.text
     queries = dns.queries
     call, _, _ = await answered_call(env)
     await eventually(lambda: "not recorded: no SRS took it" in caplog.text)

@@ -7,6 +7,7 @@ per transport without NAPTR, A/AAAA without either."""
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 
@@ -19,6 +20,7 @@ from gateway.core.calls.trunk_dns import (
     SrvRecord,
     TrunkHop,
     TrunkTargets,
+    named_uri_address,
     resolve,
 )
 from gateway.core.config import DnsSection, TrunkAddress, TrunkConfig
@@ -262,3 +264,79 @@ async def test_the_kept_targets_of_a_bare_name_use_the_transports_given(
     )
     await nursery.start(targets.serve)
     assert [hop.transport for hop in targets.hops("carrier")] == ["tcp", "tcp", "udp"]
+
+
+# -- a DNS that keeps failing: logged once, summarized, once more when it answers --------------
+
+
+async def test_a_dns_that_keeps_failing_is_logged_once_summarized_and_once_more_when_it_answers(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.core.calls.trunk_dns")
+    resolver = FakeResolver(hosts={NAME: ["192.0.2.1"]}, ttl=60.0)
+    targets = TrunkTargets(
+        [TrunkConfig(name="carrier", address=f"udp:{NAME}:5060")],
+        DnsSection(retry_interval=10.0, min_ttl=60.0),
+        resolver,
+        rng=random.Random(1),
+        on_unresolved=lambda trunk, why: None,
+        on_resolved=lambda trunk: None,
+        on_change=lambda trunk, resolution: None,
+        wall_clock=lambda: 1.8e9 + trio.current_time(),
+    )
+    await nursery.start(targets.serve)
+    caplog.clear()
+    resolver.failing = True
+    await trio.sleep(54 + 360)  # the refresh at 54 s, then a retry every 10 s for 6 minutes
+    assert resolver.queries > 30
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings  # one line, one summary: not one per retry
+    assert warnings[0].startswith(f"trunk carrier: the DNS of udp:{NAME}:5060 is failing: ")
+    assert "keeping its last answer (udp:192.0.2.1:5060)" in warnings[0]
+    assert "asked again every 10 s" in warnings[0]
+    assert re.search(
+        r"still failing: 30 failed resolutions in the last 300(\.\d+)? s, 31 since ", warnings[1]
+    )
+    assert warnings[1].endswith(f"; the last: {NAME} A: no answer")
+    assert targets.hops("carrier") == (TrunkHop("udp", "192.0.2.1", 5060),)  # still the last
+    caplog.clear()
+    resolver.failing = False
+    await trio.sleep(10)
+    [answered] = [r for r in caplog.records]
+    assert answered.levelno == logging.INFO
+    assert re.fullmatch(
+        f"trunk carrier: the DNS of udp:{NAME}:5060 answers again, after 3[67] failed "
+        f"resolutions in 3[67][0-9.]* s; udp:{NAME}:5060 resolves again \\(unchanged\\)",
+        answered.getMessage(),
+    ), answered.getMessage()
+
+
+async def test_a_session_target_that_keeps_failing_is_logged_without_its_uris_password(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.core.calls.trunk_dns")
+    uri = f"sip:srs:s3cret@{NAME}:5060;transport=udp"
+    address = named_uri_address(uri)
+    assert address is not None
+    resolver = FakeResolver(hosts={NAME: ["192.0.2.1"]}, failing=True)
+    targets = TrunkTargets(
+        (),
+        DnsSection(retry_interval=10.0),
+        resolver,
+        rng=random.Random(1),
+        on_unresolved=lambda trunk, why: None,
+        on_resolved=lambda trunk: None,
+        on_change=lambda trunk, resolution: None,
+        named={uri: address},
+        what="session target",
+        wall_clock=lambda: 1.8e9 + trio.current_time(),
+    )
+    await nursery.start(targets.serve)
+    await trio.sleep(310)
+    resolver.failing = False
+    await trio.sleep(10)
+    lines = [r.getMessage() for r in caplog.records]
+    shown = f"session target sip:srs:***@{NAME}:5060;transport=udp: the DNS of udp:{NAME}:5060"
+    assert [line.partition(" is ")[0].partition(" answers")[0] for line in lines] == [shown] * 3
+    assert "no session goes to it until it resolves" in lines[0]
+    assert "s3cret" not in caplog.text

@@ -1,13 +1,18 @@
 """Delivery links (intercept/delivery.py) against a mediation function on 127.0.0.1, in virtual
 time: PDUs queued while it is down arrive once it is up, a full queue drops and counts, idle
-links send keepalives and make the connection again when one goes unanswered, TLS is mutual."""
+links send keepalives and make the connection again when one goes unanswered, TLS is mutual; a
+destination that keeps failing is logged once, summarized, and once more when it works, with no
+target or content in the lines, and one that drops each connection at once is backed off."""
 
 from __future__ import annotations
 
+import logging
+import re
 import ssl
 import uuid
 from pathlib import Path
 
+import pytest
 import trio
 
 from gateway.plugins.taps.intercept import pdu
@@ -239,3 +244,92 @@ async def test_a_links_fault_says_why_delivery_fails_until_it_works_again(
     await trio.sleep(0.5)
     assert link.fault is not None and link.fault.startswith(("connection lost", "cannot connect"))
     assert [change is None for change in changes] == [False, True, False]
+
+
+TARGET = b"sip:+4930123456@target.example"  # what the log must never name
+
+
+def secret_x2(n: int) -> bytes:
+    """An X2 PDU as a call's sink writes it: the matched target and the SIP message inside."""
+    return pdu.encode_pdu(
+        pdu.Pdu(
+            pdu.X2,
+            pdu.FORMAT_SIP,
+            pdu.TO_TARGET,
+            XID,
+            7,
+            (pdu.sequence_attribute(n), (pdu.MATCHED_TARGET, TARGET)),
+            b"INVITE " + TARGET + b" SIP/2.0",
+        )
+    )
+
+
+def delivery_log(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("gateway.plugins.taps.intercept")]
+
+
+async def test_a_destination_that_stays_down_is_logged_once_summarized_and_once_more_when_it_works(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.plugins.taps.intercept")
+    port = await free_port(nursery)
+    link = link_to(port, queue=10)
+    link.wall_clock = lambda: 1.8e9 + trio.current_time()
+    nursery.start_soon(link.run)
+    for n in range(12):
+        link.send(secret_x2(n))  # 2 dropped: the queue holds 10
+    await trio.sleep(400)  # tries at 0, 1, 3, 7, 15, 31, 61, 91 ... s: all refused
+    warnings = [r.getMessage() for r in delivery_log(caplog)]
+    assert len(warnings) == 2, warnings  # one line, one summary: not one per attempt
+    did, where = link.destination.did, f"127.0.0.1:{port}"
+    assert warnings[0].startswith(f"intercept: destination {did} ({where}) is failing: ")
+    assert "cannot connect: " in warnings[0]
+    assert "its PDUs wait in its queue (at most 10), and past that are dropped" in warnings[0]
+    assert re.search(
+        r"still failing: \d+ failed connections in the last 30\d(\.\d+)? s", warnings[1]
+    )
+    mediation = Mediation(port=port)
+    await nursery.start(mediation.serve)
+    await trio.sleep(30 + 10)  # the next try connects, and the connection holds 10 s
+    records = delivery_log(caplog)
+    assert len(records) == 3, [r.getMessage() for r in records]
+    assert [r.levelno for r in records] == [logging.WARNING, logging.WARNING, logging.INFO]
+    assert re.fullmatch(
+        rf"intercept: destination {did} \({where}\) answers again, after \d+ failed connections "
+        r"in [\d.]+ s; connected 10 s ago, 0 PDUs queued",
+        records[2].getMessage(),
+    ), records[2].getMessage()
+    assert len(mediation.of_type(pdu.X2)) == 10 and link.dropped == 2
+    assert TARGET.decode() not in caplog.text and "INVITE" not in caplog.text
+
+
+async def test_a_mediation_function_that_drops_each_connection_is_backed_off_and_logged_once(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What one that refuses our certificate after a TLS 1.3 handshake looks like to us.
+    caplog.set_level(logging.INFO, logger="gateway.plugins.taps.intercept")
+    accepted = 0
+
+    async def drops(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        await stream.aclose()
+        # Without a back-off the link reconnects in a loop that lets no virtual time pass.
+        assert accepted <= 12, "reconnecting in a loop"
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, drops, listeners)
+    link = link_to(listeners[0].socket.getsockname()[1])
+    link.wall_clock = lambda: 1.8e9 + trio.current_time()
+    nursery.start_soon(link.run)
+    link.send(secret_x2(0))
+    await trio.sleep(120)
+    # Connected at 0 s and lost; at once again, then after 1, 2, 4, 8, 16, 30, 30, 30 s.
+    assert 5 <= accepted <= 12, accepted
+    records = delivery_log(caplog)
+    assert [r.levelno for r in records] == [logging.INFO, logging.WARNING], [
+        r.getMessage() for r in records
+    ]
+    assert records[0].getMessage() == f"intercept: connected to destination {link.destination.did}"
+    assert "is failing: connection lost: " in records[1].getMessage()
+    assert TARGET.decode() not in caplog.text and "INVITE" not in caplog.text

@@ -16,7 +16,15 @@ Keepalives (§5.2.2 types 3/4): after ``keepalive_interval`` seconds without a P
 send a keepalive; if the acknowledgement (which echoes its sequence number) has not come after
 another interval the connection is taken as dead and is made again. The mediation function's own
 keepalives are acknowledged. A link that cannot connect tries again after 1, 2, 4 ... up to 30
-seconds; each failure after the first is logged at most once a minute.
+seconds; a connection lost is made again at once, unless it was made during an outage and held
+less than :data:`STABLE` seconds (a mediation function that accepts and drops us, refusing our
+certificate after a TLS 1.3 handshake): then the outage goes on, with the same back-off.
+
+Log (gateway/core/failure_log.py, :attr:`DeliveryLink.failures`): a destination that keeps
+failing is one WARNING with the reason and what happens to its PDUs meanwhile, a summary every
+300 s, and one INFO once a connection has held for :data:`STABLE` seconds, rather than a line
+per attempt. The lines name the destination's DID and address, never a target or what was
+intercepted (the plugin's rule, lawful_intercept.md "Keeping it covert").
 
 Health (:attr:`DeliveryLink.fault`): why delivery fails now, or None while it works. A link is
 faulty from a failed connection attempt (refused, TLS, timeout) or a lost connection until a
@@ -29,13 +37,14 @@ hears each change between working and faulty.
 from __future__ import annotations
 
 import logging
-import math
 import ssl
+import time
 import uuid
 from collections.abc import Callable
 
 import trio
 
+from gateway.core.failure_log import FailureLog
 from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.pdu import (
     KEEPALIVE,
@@ -50,6 +59,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
 CONNECT_TIMEOUT = 10.0
+STABLE = 10.0
+"""Seconds a connection made during an outage must hold before the outage is over (logged)."""
 
 
 class DeliveryLink:
@@ -81,6 +92,19 @@ class DeliveryLink:
         self.on_fault: Callable[[DeliveryLink], object] | None = None
         """Told when :attr:`fault` turns from None to a reason or back (reports to the ADMF)."""
         self._overflow = False  # a PDU was dropped for a full queue, and it has not emptied since
+        self.wall_clock: Callable[[], float] = time.time
+        """Unix time, for the log's summaries (tests set it)."""
+        where = format_host_port(*destination.address)
+        self.failures = FailureLog(
+            log,
+            f"intercept: destination {destination.did} ({where})",
+            "connections",
+            f"its PDUs wait in its queue (at most {queue}), and past that are dropped, counted "
+            "(the sequence numbers show the mediation function the gap); connecting again after "
+            f"1, 2, 4 ... {MAX_BACKOFF:g} s",
+        )
+        """The destination's outage: logged once, summarized, once more when it is over."""
+        self._backoff = 1.0
 
     def next_sequence(self, xid: uuid.UUID) -> int:
         """The sequence number of the next PDU of task ``xid`` on this link."""
@@ -119,9 +143,6 @@ class DeliveryLink:
         self._send.close()
 
     async def run(self) -> None:
-        backoff = 1.0
-        failures = 0
-        last_logged = -math.inf
         host, port = self.destination.address
         while True:
             self.state = "connecting"
@@ -132,33 +153,26 @@ class DeliveryLink:
                 # Whatever the destination's address or peer does (refused, a certificate we
                 # do not trust, an address no socket takes), this link fails and tries again;
                 # the X1 server and the other links go on (each link its own boundary).
-                failures += 1
                 self.state = "notConnected"
-                where = format_host_port(host, port)
-                self._set_fault(f"cannot connect to {where}: {exc or type(exc).__name__}")
-                now = trio.current_time()
-                if failures == 1 or now - last_logged >= 60:
-                    log.warning(
-                        "intercept: cannot reach destination %s (%s): %s",
-                        self.destination.did,
-                        where,
-                        exc or type(exc).__name__,
-                    )
-                    last_logged = now
+                why = str(exc) or type(exc).__name__
+                self._set_fault(f"cannot connect to {format_host_port(host, port)}: {why}")
+                self.failures.failed(f"cannot connect: {why}", now=self.wall_clock())
                 if self._closed:
                     # Removed while unreachable: what it still holds is lost, and counted.
                     self.dropped += self._receive.statistics().current_buffer_used
                     return
-                await trio.sleep(backoff)
-                backoff = min(MAX_BACKOFF, backoff * 2)
+                await self._back_off()
                 continue
-            backoff, failures = 1.0, 0
             self.connections += 1
             self.state = "connected"
             self._set_fault(self._overflow_reason() if self._overflow else None)
-            log.info("intercept: connected to destination %s", self.destination.did)
+            outage = self.failures.failing
+            if not outage:
+                self._backoff = 1.0
+                log.info("intercept: connected to destination %s", self.destination.did)
+            connected_at = trio.current_time()
             try:
-                await self._serve(stream)
+                await self._serve(stream, self._held if outage else None)
             except _EndOfQueue:
                 await trio.aclose_forcefully(stream)
                 return
@@ -169,17 +183,35 @@ class DeliveryLink:
                 trio.TooSlowError,
                 PduError,
             ) as exc:
-                log.warning(
-                    "intercept: destination %s lost: %s",
-                    self.destination.did,
-                    str(exc) or type(exc).__name__,
-                )
-                self._set_fault(f"connection lost: {str(exc) or type(exc).__name__}")
+                why = f"connection lost: {str(exc) or type(exc).__name__}"
+                self._set_fault(why)
             except Exception:
                 log.exception("intercept: destination %s failed", self.destination.did)
+                why = "connection failed (logged)"
                 self._set_fault("connection failed")
             await trio.aclose_forcefully(stream)
             self.state = "notConnected"
+            held = trio.current_time() - connected_at
+            if self.failures.failing:
+                # Made during the outage and lost before it held: the outage goes on, and so
+                # does its back-off (no reconnection loop with a peer that drops us at once).
+                self.failures.failed(f"{why} after {held:.3g} s", now=self.wall_clock())
+                await self._back_off()
+            else:
+                self.failures.failed(why, now=self.wall_clock())
+
+    async def _back_off(self) -> None:
+        await trio.sleep(self._backoff)
+        self._backoff = min(MAX_BACKOFF, self._backoff * 2)
+
+    def _held(self) -> None:
+        """A connection made during an outage held :data:`STABLE` seconds: the outage is over."""
+        self._backoff = 1.0
+        self.failures.answered(
+            now=self.wall_clock(),
+            outcome=f"connected {STABLE:g} s ago, {self._receive.statistics().current_buffer_used} "
+            "PDUs queued",
+        )
 
     async def _connect(self, host: str, port: int) -> trio.abc.Stream:
         tcp = await trio.open_tcp_stream(host, port)
@@ -193,14 +225,19 @@ class DeliveryLink:
             raise
         return tls
 
-    async def _serve(self, stream: trio.abc.Stream) -> None:
+    async def _serve(
+        self, stream: trio.abc.Stream, held: Callable[[], object] | None = None
+    ) -> None:
         """Write the queue and read acknowledgements until either side fails; raises what
-        ended it (exception groups kept out: one link, one cause)."""
+        ended it (exception groups kept out: one link, one cause). ``held`` is called once the
+        connection has held :data:`STABLE` seconds."""
         self._awaiting_ack = None
         lock = trio.Lock()  # the writer and the reader's acknowledgements share the stream
         failures: list[Exception] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, stream, lock, failures, nursery.cancel_scope)
+            if held is not None:
+                nursery.start_soon(_after, STABLE, held)
             try:
                 await self._write(stream, lock)
             except (
@@ -274,6 +311,11 @@ class DeliveryLink:
         with trio.fail_after(self._keepalive_interval):
             async with lock:
                 await stream.send_all(data)
+
+
+async def _after(delay: float, function: Callable[[], object]) -> None:
+    await trio.sleep(delay)
+    function()
 
 
 class _EndOfQueue(Exception):
