@@ -11,7 +11,8 @@ and a multipart/mixed body (§8) of
   codecs (RFC 7866 §8.1.1: one stream per direction; the labels are RFC 4574's), and
 - the metadata (``application/rs-metadata+xml``, ``Content-Disposition: recording-session``,
   RFC 7865): the communication session, its two participants (the caller's From and request
-  URIs), the streams by label, and who sends and receives which.
+  URIs; for a call another phone picked up, that phone's URI instead of the request URI), the
+  streams by label, and who sends and receives which.
 
 Once the SRS answers 2xx (its SDP says where each labelled stream goes: a=label, else the m=
 line order; port 0 declines one), the sink sends each packet the call's relay forwards, as
@@ -311,8 +312,13 @@ SENDS = {"a": "a_to_b", "b": "b_to_a"}
 
 
 def call_participants(call: TappedCall, at: float) -> tuple[Participant, ...]:
-    """The recorded call's two parties: the caller's From URI and the request URI."""
-    return (Participant("a", call.from_uri, at), Participant("b", call.to_uri, at))
+    """The recorded call's two parties: the caller's From URI and the request URI, or the
+    phone that picked the call up (``answered_by``: the recording starts at the answer, after
+    the pickup, so the phone that only rang never took part in the session)."""
+    return (
+        Participant("a", call.from_uri, at),
+        Participant("b", call.answered_by or call.to_uri, at),
+    )
 
 
 def ended_participants(participants: Sequence[Participant], at: float) -> tuple[Participant, ...]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import attrs
 import pytest
 
 from gateway.core.calls.outbound import retry_after_untrusted
@@ -427,3 +428,11 @@ def test_the_session_says_when_the_call_started_and_once_it_ended_when_it_stoppe
     plain = ET.fromstring(metadata_xml("rec-1", "c2Vzc2lvbg==", parties, streams, answered))
     assert plain.findtext("r:session/r:start-time", namespaces=NS) == "2023-11-14T22:13:20Z"
     assert plain.find("r:session/r:stop-time", NS) is None
+
+
+def test_a_picked_up_call_names_the_picker_not_the_phone_that_rang() -> None:
+    """The recording starts at the answer, after a pickup (RFC 3891): the participants are
+    the caller and the phone that answered (``answered_by``); without one, the request URI."""
+    picked = attrs.evolve(CALL, answered_by="sip:bob@gw")
+    assert [p.aor for p in call_participants(picked, 1.7e9)] == [CALL.from_uri, "sip:bob@gw"]
+    assert [p.aor for p in call_participants(CALL, 1.7e9)] == [CALL.from_uri, CALL.to_uri]
