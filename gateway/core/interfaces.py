@@ -394,6 +394,11 @@ class TappedCall:
     carry); and, asked again when a callee's 3xx is followed (or the call fails over to an
     account), the URI the forward was routed as, its number as E.164 and the accounts it
     reaches."""
+    answered_by: str = ""
+    """At the answer, the URI of the party who answered (its dialog's remote URI) where that
+    party is not the one the call was sent to: the phone that picked the ringing call up
+    (RFC 3891 Replaces or a pickup code, ``core/calls/pickup.py``). "" otherwise, and at the
+    start."""
 
 
 class TapSink(Protocol):

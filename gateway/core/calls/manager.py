@@ -940,6 +940,7 @@ class CallManager:
                 call.media.last_sent(Side.A.value) if call.media is not None else None
             ),
             sessions=self.outbound,
+            answered_by=_picker_uri(call),
         )
         deciders = [
             (name, tap.sink_for_call)
@@ -998,6 +999,17 @@ async def _run_sink(name: str, sink: TapSink) -> None:
         await sink.run()
     except Exception:
         log_exception(log, "media tap %s stopped with an error", name)
+
+
+def _picker_uri(call: Call) -> str:
+    """The URI of the phone that picked ``call`` up (its dialog's remote URI: the picker's
+    From, RFC 3261 §12.1.1), "" for a call answered where it was sent: a recorder's metadata
+    names who is on the call (RFC 7865 participant), not the phone that only rang."""
+    leg = call.b
+    if call.picked_up is None or leg is None or leg.dialog is None:
+        return ""
+    uri = leg.dialog.remote_uri.uri
+    return "" if uri is None else str(uri)
 
 
 def _number_of(uri: str) -> str | None:

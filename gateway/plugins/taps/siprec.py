@@ -11,7 +11,8 @@ and a multipart/mixed body (§8) of
   codecs (RFC 7866 §8.1.1: one stream per direction; the labels are RFC 4574's), and
 - the metadata (``application/rs-metadata+xml``, ``Content-Disposition: recording-session``,
   RFC 7865): the communication session, its two participants (the caller's From and request
-  URIs), the streams by label, and who sends and receives which.
+  URIs; for a call another phone picked up, that phone's URI instead of the request URI), the
+  streams by label, and who sends and receives which.
 
 Once the SRS answers 2xx (its SDP says where each labelled stream goes: a=label, else the m=
 line order; port 0 declines one), the sink sends each packet the call's relay forwards, as
@@ -61,8 +62,9 @@ The end of the call. The call's legs are released first (this sink's task outliv
 Then, with ``final_metadata`` and the SRS in step with us (no update refused or under way), the
 sink re-INVITEs it once with the final snapshot: every stream inactive, every participant on the
 call and the recording of the session disassociated at the end (RFC 7865's disassociate-times;
-RFC 7866 §9: metadata goes whenever it changes), within ``bye_timeout``; then the BYE, within
-``bye_timeout`` again, whatever the answer.
+RFC 7866 §9: metadata goes whenever it changes), and the session's ``stop-time`` (RFC 7865
+§6.3; every snapshot carries its ``start-time``, the answer), within ``bye_timeout``; then the
+BYE, without a body, within ``bye_timeout`` again, whatever the answer.
 
 SRTP towards the SRS (``media_security = "sdes"``). The recording session is then keyed like any
 SDES leg, by the gateway's SDES engine (``keyexchange/sdes.py``), the gateway as offerer: each
@@ -310,8 +312,13 @@ SENDS = {"a": "a_to_b", "b": "b_to_a"}
 
 
 def call_participants(call: TappedCall, at: float) -> tuple[Participant, ...]:
-    """The recorded call's two parties: the caller's From URI and the request URI."""
-    return (Participant("a", call.from_uri, at), Participant("b", call.to_uri, at))
+    """The recorded call's two parties: the caller's From URI and the request URI, or the
+    phone that picked the call up (``answered_by``: the recording starts at the answer, after
+    the pickup, so the phone that only rang never took part in the session)."""
+    return (
+        Participant("a", call.from_uri, at),
+        Participant("b", call.answered_by or call.to_uri, at),
+    )
 
 
 def ended_participants(participants: Sequence[Participant], at: float) -> tuple[Participant, ...]:
@@ -342,20 +349,38 @@ def metadata_xml(
     streams: Sequence[RecordedStream],
     started: float,
     stopped: float | None = None,
+    *,
+    call_started: float | None = None,
 ) -> bytes:
     """The complete metadata (RFC 7865 §8, RFC 7866 §12): one communication session, its
     participants, the streams and who sends and receives each. Sent whole at the start and again
     after a transfer (a complete snapshot, RFC 7866 §9), with the same ids for the session,
     the streams and every participant still known: a participant who left keeps its
     associate-time and gains a disassociate-time, and sends and receives nothing any more.
-    ``stopped``: the call ended then, and its recording with it (the disassociate-time of the
-    session's ``sessionrecordingassoc``; the final snapshot, sent before the BYE)."""
+    ``started``: the recording of the session began then (``sessionrecordingassoc``'s
+    associate-time); ``call_started``: the communication session began then (its
+    ``start-time``; ``started`` when not given). ``stopped``: the call ended then, and its
+    recording with it: the session's ``stop-time`` and the disassociate-time of its
+    ``sessionrecordingassoc`` (the final snapshot, sent before the BYE).
+
+    Element order is the schema's (RFC 7865 §11, the IANA ``recording:1`` XSD, a sequence):
+    ``recording`` holds datamode, session, participant, stream, sessionrecordingassoc,
+    participantsessionassoc, participantstreamassoc; ``session`` holds sipSessionID, (reason,
+    group-ref, not sent), start-time, stop-time. ``stream`` has no times: when a stream is no
+    longer sent is its m= line (``a=inactive``) and, for who sent it, the participant's
+    disassociate-time."""
+    # RFC 7865 §6.3: the communication session's start-time and, once it ended, stop-time.
+    began = started if call_started is None else call_started
+    times = [f"<start-time>{_stamp(began)}</start-time>"]
+    if stopped is not None:
+        times.append(f"<stop-time>{_stamp(stopped)}</stop-time>")
     out = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f"<recording xmlns={quoteattr(NAMESPACE)}>",
         "<datamode>complete</datamode>",
         f"<session session_id={quoteattr(session_id)}>",
         f"<sipSessionID>{escape(call_id)}</sipSessionID>",
+        *times,
         "</session>",
     ]
     for party in participants:
@@ -399,7 +424,8 @@ def metadata_xml(
 
 
 def _stamp(at: float) -> str:
-    """An XML dateTime in UTC (RFC 7865 §6: associate-time and disassociate-time)."""
+    """An XML dateTime in UTC (xs:dateTime, RFC 7865 §6: start-time, stop-time,
+    associate-time and disassociate-time)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
@@ -723,6 +749,10 @@ class SiprecSink:
         # The metadata's ids and parties, kept for every update (RFC 7865 §6); a transfer
         # changes the parties and makes the next re-INVITE carry the metadata again.
         self._started = time.time()
+        # The communication session's start-time (RFC 7865 §6.3): the sink is made when the
+        # call is answered. Kept when a new recording session replaces a lost one (_reopen),
+        # which restarts only the recording's association (_started).
+        self._call_started = self._started
         self._metadata_session_id = _identifier()
         self._participants = call_participants(call, self._started)
         self._metadata_changed = False
@@ -1205,7 +1235,10 @@ class SiprecSink:
         """The final snapshot, before the BYE (RFC 7866 §9: the SRC sends metadata whenever it
         changes; RFC 7865 §6: the end of an association is its disassociate-time): every
         stream inactive (no more media), every participant still on the call disassociated
-        now, and the recording of the session with them. Sent once, whatever the SRS
+        now, the recording of the session with them, and the session's stop-time (RFC 7865
+        §6.3: the communication session ended). In a re-INVITE beside the SDP, as every
+        metadata update, never in the BYE (RFC 7866 §9 sends metadata in an INVITE, re-INVITE
+        or UPDATE; an SRS need not read a BYE's body). Sent once, whatever the SRS
         answers: the BYE follows anyway."""
         ended = time.time()
         self._participants = ended_participants(self._participants, ended)
@@ -1322,6 +1355,7 @@ class SiprecSink:
             streams,
             self._started,
             self._stopped,
+            call_started=self._call_started,
         )
         return multipart(
             [

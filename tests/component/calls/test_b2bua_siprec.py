@@ -354,6 +354,12 @@ async def test_a_blind_transfer_re_invites_the_srs_with_the_new_party_and_the_co
         s.findtext("r:label", namespaces=NS): s.get("stream_id")
         for s in root.findall("r:stream", NS)
     } == stream_ids
+    # A party left, the communication session goes on (RFC 7865 §6.3): the start-time it had,
+    # no stop-time yet.
+    started = first.findtext("r:session/r:start-time", namespaces=NS)
+    assert started is not None
+    assert root.findtext("r:session/r:start-time", namespaces=NS) == started
+    assert root.find("r:session/r:stop-time", NS) is None
     after = participants_of(root)
     assert {k: v for k, v in after.items() if k in before} == before  # ids and aors kept
     (bob_id,) = [k for k in after if k not in before]
@@ -412,6 +418,9 @@ async def test_a_blind_transfer_re_invites_the_srs_with_the_new_party_and_the_co
         for a in ended_root.findall("r:participantsessionassoc", NS)
     }
     assert ended[alice_id] == left[alice_id] and ended[caller_id] and ended[bob_id], ended
+    # The call stopped when the caller and bob were disassociated; it started when it did.
+    assert ended_root.findtext("r:session/r:start-time", namespaces=NS) == started
+    assert ended_root.findtext("r:session/r:stop-time", namespaces=NS) == ended[bob_id]
     bye = await srs.next_request("BYE", timeout=10)
     assert bye.request.call_id == recording.invite.call_id
     await eventually(lambda: env.calls == 0)

@@ -8,7 +8,9 @@ call's RTP and the copies on real 127.0.0.1 sockets, in virtual time:
   copies go on to the addresses of its answer; the call's end snapshots and BYEs that session;
 - the SRS refuses the new INVITE: the fallback takes it;
 - none takes it, round after round: the call goes on unrecorded, counted ``session_gone``;
-- an SRS that hangs up (its BYE) is never re-invited.
+- an SRS that hangs up (its BYE) is never re-invited;
+- the new session's metadata keeps the call's start-time (RFC 7865 §6.3), its recording
+  associated from the new session on, and the final snapshot's stop-time is the call's end.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
+import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, GW, eventually, next_within
@@ -35,9 +38,11 @@ from tests.component.calls.test_b2bua_siprec import (
 from tests.component.calls.test_b2bua_siprec_updates import (
     HELD,
     RESUMED,
+    VirtualWallClock,
     directions,
     recorded_call,
     scrape,
+    stamp_of,
 )
 
 NEW_PORTS = (SRS_PORT + 4, SRS_PORT + 6)
@@ -218,3 +223,42 @@ async def test_an_srs_that_hangs_up_is_not_re_invited(
     assert counted(env, "session_reopened", 0) and counted(env, "session_gone", 0)
     await call.bye()  # type: ignore[attr-defined]
     await eventually(lambda: env.calls == 0)
+
+
+async def test_a_new_recording_session_keeps_the_calls_start_time_and_stops_at_its_end(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(siprec_plugin, "time", VirtualWallClock())
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, _, _ = await recorded_call(env, srs)
+    first = metadata_of(srs.requests("INVITE")[0].body)
+    started = stamp_of(first.findtext("r:session/r:start-time", namespaces=NS))
+
+    await trio.sleep(40)
+    assert (await call.reinvite(HELD)).status == 200  # type: ignore[attr-defined]
+    await srs.respond(await srs.next_request("INVITE", timeout=10), 481)
+    again = await srs.next_call(timeout=5)
+    root = metadata_of(again.invite.body)
+    # The communication session began when it did; only its recording's association is new.
+    assert stamp_of(root.findtext("r:session/r:start-time", namespaces=NS)) == started
+    assert root.find("r:session/r:stop-time", NS) is None
+    associated = stamp_of(root.findtext("r:sessionrecordingassoc/r:associate-time", namespaces=NS))
+    assert 40 <= associated - started <= 41
+    await again.answer(200, sdp=srs_answer(ports=NEW_PORTS))
+    await srs.next_request("ACK", timeout=5)
+
+    await trio.sleep(20)
+    await call.bye()  # type: ignore[attr-defined]
+    snapshot = await srs.next_request("INVITE", timeout=10)
+    assert snapshot.request.call_id == again.invite.call_id
+    final = metadata_of(snapshot.request.body)
+    assert stamp_of(final.findtext("r:session/r:start-time", namespaces=NS)) == started
+    assert 60 <= stamp_of(final.findtext("r:session/r:stop-time", namespaces=NS)) - started <= 61
+    await srs.respond(
+        snapshot, 200, body=srs_answer(ports=NEW_PORTS), content_type="application/sdp"
+    )
+    await srs.next_request("BYE", timeout=10)

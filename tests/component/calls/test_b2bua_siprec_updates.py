@@ -17,14 +17,17 @@ recorder (SRS) a SIP agent on the in-memory network, in virtual time:
 
 from __future__ import annotations
 
+import calendar
 import logging
 import re
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import trio
 
+import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.status import CallStatistics, StatusView
 from gateway.plugins.metrics.collect import render
@@ -186,6 +189,76 @@ async def test_the_call_ends_at_once_then_the_srs_gets_the_final_snapshot_and_th
         assert 1.0 <= waited <= 1.5
     else:
         assert 5.0 <= waited <= 5.5  # bye_timeout for the snapshot, then the BYE
+
+
+class VirtualWallClock:
+    """The siprec module's ``time``, its wall clock read from trio's virtual one (seconds
+    since an epoch of 2023-11-14T22:13:20Z), so that metadata times follow the test's steps."""
+
+    def __init__(self) -> None:
+        self.strftime = time.strftime
+        self.gmtime = time.gmtime
+
+    def time(self) -> float:
+        return 1_700_000_000.0 + trio.current_time()
+
+
+def stamp_of(text: str | None) -> float:
+    """An xs:dateTime in UTC ("...Z", as the SRC writes them) as seconds since the epoch."""
+    assert text is not None and text.endswith("Z"), text
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+async def test_the_final_snapshot_says_when_the_call_stopped_before_a_bye_without_a_body(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RFC 7865 §6.3: the communication session's start-time in every snapshot, its stop-time
+    (the call's end) in the final one, sent in a re-INVITE before the BYE (RFC 7866 §9), the
+    BYE itself without a body."""
+    monkeypatch.setattr(siprec_plugin, "time", VirtualWallClock())
+    env, srs = await siprec_env(nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer())
+    call, _, call_id = await recorded_call(env, srs)
+    opened = metadata_of(srs.requests("INVITE")[0].body)
+    session = opened.find("r:session", NS)
+    assert session is not None
+    started = stamp_of(session.findtext("r:start-time", namespaces=NS))
+    assert session.find("r:stop-time", NS) is None  # the call goes on
+    assert abs(started - (1_700_000_000 + trio.current_time())) <= 1  # at the answer
+
+    await trio.sleep(95)  # 95 s of conversation
+    await call.bye()  # type: ignore[attr-defined]
+    ended_at = 1_700_000_000 + trio.current_time()
+    final = await srs.next_request("INVITE", timeout=5)
+    assert final.request.call_id == call_id
+    assert srs.requests("BYE") == []  # the metadata goes first
+    root = metadata_of(final.request.body)
+    session = root.find("r:session", NS)
+    assert session is not None
+    # The schema's order (RFC 7865 §11): sipSessionID, start-time, stop-time.
+    assert [child.tag.split("}")[1] for child in session] == [
+        "sipSessionID",
+        "start-time",
+        "stop-time",
+    ]
+    assert stamp_of(session.findtext("r:start-time", namespaces=NS)) == started
+    stopped = stamp_of(session.findtext("r:stop-time", namespaces=NS))
+    assert 95 <= stopped - started <= 96 and abs(stopped - ended_at) <= 1
+    # The recording and every participant ended then too.
+    recording = root.find("r:sessionrecordingassoc", NS)
+    assert recording is not None
+    assert stamp_of(recording.findtext("r:disassociate-time", namespaces=NS)) == stopped
+    assert [
+        stamp_of(a.findtext("r:disassociate-time", namespaces=NS))
+        for a in root.findall("r:participantsessionassoc", NS)
+    ] == [stopped, stopped]
+    await srs.respond(final, 200, body=srs_answer(), content_type="application/sdp")
+    bye = await srs.next_request("BYE", timeout=10)
+    assert bye.request.call_id == call_id
+    assert bye.request.body == b"" and bye.request.headers.get("Content-Type") is None
 
 
 async def test_without_final_metadata_the_call_end_sends_the_bye_alone(

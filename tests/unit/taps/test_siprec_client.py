@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import attrs
 import pytest
 
 from gateway.core.calls.outbound import retry_after_untrusted
@@ -371,3 +372,67 @@ def test_the_final_snapshot_disassociates_everyone_and_stops_the_recording() -> 
     assert len(root.findall("r:stream", NS)) == 2  # the streams stay described, ids and all
     ongoing = ET.fromstring(metadata_xml("rec-1", "c2Vzc2lvbg==", before, streams, joined))
     assert ongoing.find("r:sessionrecordingassoc/r:disassociate-time", NS) is None
+
+
+def test_the_session_says_when_the_call_started_and_once_it_ended_when_it_stopped() -> None:
+    """RFC 7865 §6.3: the communication session's start-time and stop-time (xs:dateTime, UTC),
+    in the schema's order (§11: sipSessionID, reason, group-ref, start-time, stop-time); the
+    recording's association has its own times (a new recording session after a restart
+    associates later than the call started)."""
+    streams = recorded_streams((AUDIO,))
+    answered, reopened, ended = 1_700_000_000.0, 1_700_000_030.0, 1_700_000_120.0
+    parties = call_participants(CALL, answered)
+    ongoing = ET.fromstring(
+        metadata_xml("rec-1", "c2Vzc2lvbg==", parties, streams, reopened, call_started=answered)
+    )
+    session = ongoing.find("r:session", NS)
+    assert session is not None
+    assert [child.tag.split("}")[1] for child in session] == ["sipSessionID", "start-time"]
+    assert session.findtext("r:start-time", namespaces=NS) == "2023-11-14T22:13:20Z"
+    assert ongoing.findtext("r:sessionrecordingassoc/r:associate-time", namespaces=NS) == (
+        "2023-11-14T22:13:50Z"
+    )
+    final = ET.fromstring(
+        metadata_xml(
+            "rec-1",
+            "c2Vzc2lvbg==",
+            ended_participants(parties, ended),
+            streams,
+            reopened,
+            ended,
+            call_started=answered,
+        )
+    )
+    session = final.find("r:session", NS)
+    assert session is not None
+    assert [child.tag.split("}")[1] for child in session] == [
+        "sipSessionID",
+        "start-time",
+        "stop-time",
+    ]
+    assert session.findtext("r:start-time", namespaces=NS) == "2023-11-14T22:13:20Z"
+    assert session.findtext("r:stop-time", namespaces=NS) == "2023-11-14T22:15:20Z"
+    # The recording element's children in the schema's sequence.
+    order = [
+        "datamode",
+        "session",
+        "participant",
+        "stream",
+        "sessionrecordingassoc",
+        "participantsessionassoc",
+        "participantstreamassoc",
+    ]
+    tags = [child.tag.split("}")[1] for child in final]
+    assert sorted(tags, key=order.index) == tags
+    # Without call_started, the recording's start is the call's.
+    plain = ET.fromstring(metadata_xml("rec-1", "c2Vzc2lvbg==", parties, streams, answered))
+    assert plain.findtext("r:session/r:start-time", namespaces=NS) == "2023-11-14T22:13:20Z"
+    assert plain.find("r:session/r:stop-time", NS) is None
+
+
+def test_a_picked_up_call_names_the_picker_not_the_phone_that_rang() -> None:
+    """The recording starts at the answer, after a pickup (RFC 3891): the participants are
+    the caller and the phone that answered (``answered_by``); without one, the request URI."""
+    picked = attrs.evolve(CALL, answered_by="sip:bob@gw")
+    assert [p.aor for p in call_participants(picked, 1.7e9)] == [CALL.from_uri, "sip:bob@gw"]
+    assert [p.aor for p in call_participants(CALL, 1.7e9)] == [CALL.from_uri, CALL.to_uri]

@@ -1,0 +1,93 @@
+"""A recorded call that another phone picks up (the ``siprec`` tap, RFC 7866; pickup.py): the
+recording session opens at the answer, after the pickup, so its metadata (RFC 7865) names the
+caller and the phone that picked up, never the phone that only rang; the picker's hang-up ends
+the call, and the SRS gets the final snapshot (the session's stop-time, every participant
+disassociated) before the BYE. The SRS a SIP agent on the in-memory network, virtual time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+import gateway.plugins.taps.siprec as siprec_plugin
+from gateway.core.ids import SeededIds
+from gateway.testing.sip_agent import SipAgent
+from tests.component.calls.b2bua_env import GW, eventually
+from tests.component.calls.test_b2bua_siprec import (
+    NS,
+    SRS,
+    metadata_of,
+    participants_of,
+    srs_answer,
+)
+from tests.component.calls.test_b2bua_siprec_updates import VirtualWallClock, stamp_of
+from tests.component.calls.test_dialog_events_memory import start
+from tests.component.calls.test_pickup_dialog_ids_memory import PICKUP
+from tests.component.calls.test_pickup_feature_codes import dial_call, ring_alice
+
+
+async def test_a_picked_up_call_is_recorded_with_the_picker_and_stops_at_its_hang_up(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(siprec_plugin, "time", VirtualWallClock())
+    env, bob = await start(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        groups=[PICKUP],
+        plugins=[("siprec", siprec_plugin)],
+        plugin_tables={
+            "enable": ["siprec"],
+            "siprec": {"srs": "sip:srs@127.0.0.9:5060", "trunks": ["carrier"]},
+        },
+    )
+    srs = SipAgent(
+        env.network, SRS, ids=SeededIds(voipgw_seed + 9), user="srs", proxy=GW, auto=None
+    )
+    await nursery.start(srs.serve)
+    incoming, _ = await ring_alice(env)
+    await trio.sleep(5)  # alice's phone rings; nobody records a ringing call
+    picked, to_bob = await dial_call(bob, "*8")
+    assert to_bob.status == 200, to_bob.reason
+    assert (await incoming.final()).status == 200
+
+    recording = await srs.next_call(timeout=5)
+    opened = metadata_of(recording.invite.body)
+    parties = participants_of(opened)
+    caller_id, picker_id = parties
+    assert str(parties[caller_id]).startswith("sip:+1")  # the trunk's caller
+    assert str(parties[picker_id]).startswith("sip:bob@")  # who answered, not the DID rung
+    started = stamp_of(opened.findtext("r:session/r:start-time", namespaces=NS))
+    assert opened.find("r:session/r:stop-time", NS) is None
+    assert [
+        a.find("r:disassociate-time", NS) for a in opened.findall("r:participantsessionassoc", NS)
+    ] == [None, None]
+    await recording.answer(200, sdp=srs_answer())
+    await srs.next_request("ACK", timeout=5)
+
+    await trio.sleep(30)
+    assert (await picked.bye()).status == 200  # bob hangs up: the call is over
+    final = await srs.next_request("INVITE", timeout=10)
+    assert final.request.call_id == recording.invite.call_id
+    assert srs.requests("BYE") == []
+    root = metadata_of(final.request.body)
+    assert participants_of(root) == parties  # same ids, same parties
+    assert stamp_of(root.findtext("r:session/r:start-time", namespaces=NS)) == started
+    stopped = stamp_of(root.findtext("r:session/r:stop-time", namespaces=NS))
+    assert 30 <= stopped - started <= 31
+    left = {
+        a.get("participant_id"): stamp_of(a.findtext("r:disassociate-time", namespaces=NS))
+        for a in root.findall("r:participantsessionassoc", NS)
+    }
+    assert left == {caller_id: stopped, picker_id: stopped}
+    await srs.respond(final, 200, body=srs_answer(), content_type="application/sdp")
+    bye = await srs.next_request("BYE", timeout=10)
+    assert bye.request.call_id == recording.invite.call_id
+    await eventually(lambda: env.calls == 0)
