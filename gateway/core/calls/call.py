@@ -3889,11 +3889,12 @@ class Call:
             offer = requester.make_offer(plain)
         except Exception as exc:
             if isinstance(exc, PortsExhausted):
+                # The node is full, not the offer bad: 503 with the Warning (RFC 3261
+                # §21.5.4), as everywhere else ports run out, without Retry-After
+                # (docs/configuration.md). The answering leg holds a session the requester
+                # cannot get, so the call ends all the same.
                 failure = _AnswerFailure(
-                    488,
-                    "Not Acceptable Here",
-                    "no free media ports",
-                    "bad SDP offer in the 2xx to a re-INVITE: no free media ports",
+                    503, "Service Unavailable", "no free media ports", "no free media ports"
                 )
             else:
                 failure = self._answer_failed(exc, "offer in the 2xx to a re-INVITE")
