@@ -191,7 +191,7 @@ from gateway.core.sdp.body import (
 )
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
-from gateway.core.sdp.offer_answer import answer_with, rejected_media
+from gateway.core.sdp.offer_answer import answer_with, refusing_answer
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import (
@@ -2863,11 +2863,7 @@ class Call:
         except SdpError:
             return b""
         host, _ = self.endpoint.local_address(leg.transport)
-        origin = attrs.evolve(offered.origin, username=ORIGIN_USERNAME, address=host)
-        answer = attrs.evolve(
-            offered, origin=origin, media=tuple(rejected_media(m) for m in offered.media)
-        )
-        return serialize_sdp(answer)
+        return serialize_sdp(refusing_answer(offered, username=ORIGIN_USERNAME, address=host))
 
     def _answer_via(self, leg: BLeg, answer: SessionDescription) -> SessionDescription:
         """B leg ``leg`` answered our offer: its keys, the relay, and our answer for A."""
