@@ -3040,6 +3040,9 @@ class Call:
         await self.endpoint.send_ack(ack, flow)
 
     async def _resend_ack(self, leg: BLeg) -> None:
+        # Only a copy of the 2xx of this leg's dialog comes here: a 2xx of another dialog to
+        # the same INVITE (a forking proxy downstream, RFC 3261 §16.7) is ACKed in its own
+        # dialog and BYEd by the endpoint, never passed up (ClientRequest._another_dialog).
         assert leg.ack is not None
         try:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
