@@ -790,6 +790,28 @@ def test_a_trunk_refusing_after_the_cancel_give_up_has_each_copy_acked(tmp_path:
     assert callee.received("BYE ") == []
 
 
+def test_a_second_forks_200_is_acked_in_its_dialog_and_byed_once(tmp_path: Path) -> None:
+    """A trunk (sipp) answers with two 200s of different To tags, as a forking proxy whose
+    two targets answered passes on (RFC 3261 §16.7). The call keeps the first dialog; the
+    second gets its own ACK and a BYE (§13.2.2.4, §15), each to its Contact with its To tag,
+    and the caller's hang-up ends the first."""
+    with (
+        SippUas("uas_answer_forked_twice.xml", workdir=tmp_path) as trunk,
+        GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=outbound_trunk(trunk)) as gw,
+    ):
+        caller = account_call("uac_call_auth.xml", gw, tmp_path, service=TRUNK_NUMBER)
+        caller.check()
+        callee = trunk.wait(timeout=15)
+        callee.check()  # ACK, ACK, the BYE of dialog 2, the BYE of dialog 1
+    acks = callee.received("ACK ")
+    byes = callee.received("BYE ")
+    tags = [header(m, "To").rsplit("tag=", 1)[1].split(";")[0] for m in [*acks, *byes]]
+    assert ["SIPpTag01" in tag for tag in tags] == [True, False, False, True], tags
+    assert ["SIPpTag02" in tag for tag in tags] == [False, True, True, False], tags
+    assert acks[1].startswith("ACK sip:fork2@") and byes[0].startswith("BYE sip:fork2@")
+    assert not acks[0].startswith("ACK sip:fork2@") and not byes[1].startswith("BYE sip:fork2@")
+
+
 # -- 5. BYE from each side -------------------------------------------------------------------
 
 
