@@ -23,6 +23,12 @@ import trio
 from gateway.core.calls.limits import CallRate
 from gateway.core.interfaces import OutboundMessage, RtcpCapture, SipCapture
 from gateway.core.logs import log_exception
+from gateway.core.media.session import ORIGIN_USERNAME
+from gateway.core.sdp.body import SDP, sdp_of
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.offer_answer import refusing_answer
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip import grammar
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, Dialog, contact_must_be_sips
 from gateway.core.sip.errors import LocalSipError, RemoteSipError, SipError
@@ -117,8 +123,9 @@ MAX_SERVER_TRANSACTIONS = 65_536
 # Responses one client transaction may queue for its owner; a transaction sees a handful.
 CLIENT_RESPONSE_QUEUE = 32
 
-# Sessions (To tags) answered after the §9.1 give-up on one INVITE that are each BYEd once
-# (ClientRequest._first_late_answer): a fork or two in practice; past it, their 2xx are only
+# Sessions (To tags) of one INVITE that the endpoint or its owner BYEs once each, answered
+# after the §9.1 give-up (ClientRequest._first_late_answer) or after another dialog's 2xx
+# (ClientRequest._another_dialog): a fork or two in practice; past it, their 2xx are only
 # ACKed, so a callee inventing tags cannot make us open a BYE transaction per 2xx.
 MAX_LATE_ANSWERS = 8
 
@@ -217,7 +224,19 @@ class ClientRequest:
     transaction of an answered INVITE lives 64*T1 after the call (Timer M, RFC 6026).
     """
 
-    __slots__ = ("_closed", "_late_answers", "_receive", "_send", "_sink", "flow", "transaction")
+    __slots__ = (
+        "_answered",
+        "_closed",
+        "_delivered_2xx",
+        "_dialog_of",
+        "_late_answers",
+        "_late_offer",
+        "_receive",
+        "_send",
+        "_sink",
+        "flow",
+        "transaction",
+    )
 
     def __init__(self, transaction: ClientTransaction, flow: Flow) -> None:
         self.transaction = transaction
@@ -226,7 +245,18 @@ class ClientRequest:
         self._receive: trio.MemoryReceiveChannel[Response] | None = None
         self._sink: Callable[[Response], None] | None = None
         self._closed = False
-        self._late_answers: frozenset[str] = frozenset()  # _first_late_answer
+        self._late_answers: frozenset[str] = frozenset()  # _first_late_answer, _another_dialog
+        # An INVITE outside a dialog (its Call-ID and From tag), which 2xx can answer from
+        # several dialogs (_another_dialog); the first 2xx's To tag is its owner's dialog. Kept
+        # here: an answered INVITE's transaction lets its request go.
+        request = transaction.request
+        initial = request is not None and request.method == "INVITE" and request.to.tag is None
+        self._dialog_of = (request.call_id, request.from_.tag) if initial and request else None
+        self._answered: str | None = None
+        self._delivered_2xx = False  # the owner took that first dialog's 2xx (_nobodys_answer)
+        # Without SDP (RFC 3261 §13.2.1): its 2xx offers, and an ACK must answer
+        # (_ack_orphan_2xx).
+        self._late_offer = initial and request is not None and not request.body
 
     @property
     def request(self) -> Request:
@@ -294,6 +324,52 @@ class ClientRequest:
         if not (response.is_success and isinstance(txn, ClientInviteTransaction)):
             return False
         if not txn.given_up:
+            return False
+        tag = response.to.tag or ""
+        if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
+            return False
+        self._late_answers |= {tag}
+        return True
+
+    def _another_dialog(self, response: Response) -> bool | None:
+        """Whether ``response`` is a 2xx of another dialog than the first 2xx's, to an INVITE
+        outside a dialog: a forking proxy downstream whose targets both answered (RFC 3261
+        §13.2.2.4, §16.7 "multiple 2xx"). The owner took the first dialog and never takes
+        another, so the endpoint ACKs each copy of such a 2xx in its own dialog (its To tag,
+        Contact, Route set) and BYEs the session (§15): True for the first 2xx of that
+        dialog, False for a copy of it (our ACK was lost: ACKed again, never BYEd again) or
+        one past :data:`MAX_LATE_ANSWERS` dialogs (ACKed only). None for a response the
+        owner takes: anything else, the first dialog's 2xx and its copies among them, and a
+        2xx of another Call-ID or From tag, which matched the transaction by its branch only
+        and is no dialog of ours (§12.1.2; the owner drops it)."""
+        dialog_of = self._dialog_of
+        if dialog_of is None or not response.is_success:
+            return None
+        if (response.call_id, response.from_.tag) != dialog_of:
+            return None
+        tag = response.to.tag or ""
+        if self._answered is None:
+            self._answered = tag
+        if tag == self._answered:
+            return None
+        if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
+            return False
+        self._late_answers |= {tag}
+        return True
+
+    def _nobodys_answer(self, response: Response, *, delivered: bool) -> bool:
+        """Whether ``response``, a 2xx of the first dialog to answer an INVITE outside a
+        dialog (:meth:`_another_dialog`), is the first 2xx of a session nobody holds: its
+        owner had gone before any 2xx of it came (a fork's 2xx racing another fork's
+        refusal, coming after the call failed on that refusal and stopped listening). That
+        session is ours to BYE (RFC 3261 §15), once; a copy of a 2xx the owner took is its
+        business (its call BYEs or BYEd the dialog), as is a re-INVITE's 2xx."""
+        if self._dialog_of is None or not response.is_success or self._delivered_2xx:
+            return False
+        if (response.call_id, response.from_.tag) != self._dialog_of:
+            return False
+        if delivered:
+            self._delivered_2xx = True
             return False
         tag = response.to.tag or ""
         if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
@@ -712,10 +788,18 @@ class SipEndpoint:
         elif isinstance(output, ResponseReceived):
             client = self._client_requests.get(output.transaction)
             if client is not None:
+                another = client._another_dialog(output.response)
+                if another is not None:
+                    # Another fork's session, which the owner never takes: ours to ACK and BYE.
+                    await self._ack_orphan_2xx(output.response, client, hang_up=another)
+                    return
                 # Noted whoever takes it: the owner may end before a retransmission comes.
                 first_late = client._first_late_answer(output.response)
-                if not client._deliver(output.response):
-                    await self._ack_orphan_2xx(output.response, client, hang_up=first_late)
+                delivered = client._deliver(output.response)
+                nobodys = client._nobodys_answer(output.response, delivered=delivered)
+                if not delivered:
+                    hang_up = first_late or nobodys
+                    await self._ack_orphan_2xx(output.response, client, hang_up=hang_up)
         elif isinstance(output, AckReceived):
             if self.calls is not None and arrival is not None:
                 self.calls.ack(output.request, arrival)
@@ -902,31 +986,50 @@ class SipEndpoint:
         self, response: Response, client: ClientRequest, *, hang_up: bool
     ) -> None:
         """A 2xx to an INVITE of ours whose owner has gone (a re-INVITE answered after a BYE
-        ended its call, a fork answering after the call's drain): the UAC core still ACKs it
-        (RFC 3261 §13.2.2.4), or the peer re-sends it for 64*T1. The call has ended, so it
-        gets no BYE here; the call sent one, or never had the dialog. Except for a new
-        session answered after we gave its INVITE up (64*T1 after our CANCEL, §9.1) and
-        ``hang_up``, its first 2xx (:meth:`ClientRequest._first_late_answer`): its owner was
-        told of a timeout and will never end it, so the BYE is ours (§15), or the callee stays
-        in a call with nobody. (Not a re-INVITE's: its dialog is its owner's.)"""
+        ended its call, a fork answering after the call's drain), or of a dialog the owner
+        never takes (another fork's, :meth:`ClientRequest._another_dialog`): the UAC core
+        still ACKs it (RFC 3261 §13.2.2.4), or the peer re-sends it for 64*T1. A dialog the
+        owner had gets no BYE here; its call sent one. With ``hang_up``, the first 2xx of a
+        session nobody holds is BYEd too (§15), or the callee stays in a call with nobody:
+        one answered after we gave its INVITE up (64*T1 after our CANCEL, §9.1,
+        :meth:`ClientRequest._first_late_answer`), whose owner was told of a timeout and
+        will never end it, another fork's, or the first 2xx of an INVITE whose owner had
+        gone (:meth:`ClientRequest._nobodys_answer`). (Not a re-INVITE's: its dialog is its
+        owner's.) The 2xx to an INVITE without SDP carries an
+        offer, and the ACK must carry the answer (§13.2.2.4, RFC 3264 §4): one rejecting
+        every stream, before the BYE."""
         if not response.is_success or response.cseq.method != "INVITE":
             return
         dialog = Dialog.from_our_2xx(response)
         if dialog is None:
             return
-        invite = client.transaction.request if hang_up else None
         try:
             flow = await self.flow_to(client.flow.transport, client.flow.remote, client.flow)
-            await self.send_ack(
-                dialog.create_ack(response.cseq.number, via=self.new_via(flow)), flow
+            body = self._refusing_answer(response, flow.transport) if client._late_offer else b""
+            ack = dialog.create_ack(
+                response.cseq.number,
+                via=self.new_via(flow),
+                body=body,
+                content_type=SDP if body else None,
             )
-            if invite is not None and invite.to.tag is None:
+            await self.send_ack(ack, flow)
+            if hang_up and client._dialog_of is not None:
                 bye = dialog.create_request("BYE", via=self.new_via(flow))
                 await self.send_request(
                     bye, transport=flow.transport, address=flow.remote, flow=flow
                 )
         except OSError as exc:
             log.info("cannot ACK or BYE a 2xx nobody holds: %s", exc)
+
+    def _refusing_answer(self, response: Response, transport: str) -> bytes:
+        """Our answer rejecting every stream the 2xx ``response`` offers (RFC 3264 §6), the
+        origin ours on ``transport``; empty when the offer is unreadable (no valid answer)."""
+        try:
+            offer = parse_sdp_untrusted(sdp_of(response.content_type, response.body))
+        except SdpError:
+            return b""
+        host, _ = self.local_address(transport)
+        return serialize_sdp(refusing_answer(offer, username=ORIGIN_USERNAME, address=host))
 
     async def send_ack(self, ack: Request, flow: Flow) -> None:
         """Send the ACK for a 2xx: its own one-message transaction (RFC 3261 §13.2.2.4)."""

@@ -790,6 +790,40 @@ def test_a_trunk_refusing_after_the_cancel_give_up_has_each_copy_acked(tmp_path:
     assert callee.received("BYE ") == []
 
 
+def test_a_second_forks_200_is_acked_in_its_dialog_and_byed_once(tmp_path: Path) -> None:
+    """A trunk (sipp) answers with two 200s of different To tags, as a forking proxy whose
+    two targets answered passes on (RFC 3261 §16.7). The call keeps the first dialog; the
+    second gets its own ACK and a BYE (§13.2.2.4, §15), each to its Contact with its To tag,
+    and the caller's hang-up ends the first."""
+    with (
+        SippUas("uas_answer_forked_twice.xml", workdir=tmp_path) as trunk,
+        GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=outbound_trunk(trunk)) as gw,
+    ):
+        # The caller hangs up after 3 s: dialog 2's ACK and BYE come well before its BYE,
+        # which sipp (strict about order) would otherwise take for unexpected.
+        caller = run_sipp_uac(
+            "uac_call_auth.xml",
+            gw.address,
+            workdir=tmp_path,
+            service=TRUNK_NUMBER,
+            caller=ALICE[0],
+            auth=ALICE,
+            call_duration_ms=3000,
+        )
+        caller.check()
+        callee = trunk.wait(timeout=15)
+        callee.check()  # ACK, ACK, the BYE of dialog 2, the BYE of dialog 1
+
+    def dialog(message: str) -> tuple[str, bool]:
+        """Which 200 a request belongs to (its To tag) and whether it went to fork2."""
+        tag = header(message, "To").rsplit("tag=", 1)[1].split(";")[0]
+        return tag.split("SIPpTag")[1][:2], message.split(" ", 2)[1].startswith("sip:fork2@")
+
+    # The ACKs in order (sipp sends the second 200 once the first is ACKed), then the BYEs.
+    assert [dialog(m) for m in callee.received("ACK ")] == [("01", False), ("02", True)]
+    assert [dialog(m) for m in callee.received("BYE ")] == [("02", True), ("01", False)]
+
+
 # -- 5. BYE from each side -------------------------------------------------------------------
 
 

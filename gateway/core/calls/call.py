@@ -191,7 +191,7 @@ from gateway.core.sdp.body import (
 )
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
-from gateway.core.sdp.offer_answer import answer_with, rejected_media
+from gateway.core.sdp.offer_answer import answer_with, refusing_answer
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import (
@@ -2863,11 +2863,7 @@ class Call:
         except SdpError:
             return b""
         host, _ = self.endpoint.local_address(leg.transport)
-        origin = attrs.evolve(offered.origin, username=ORIGIN_USERNAME, address=host)
-        answer = attrs.evolve(
-            offered, origin=origin, media=tuple(rejected_media(m) for m in offered.media)
-        )
-        return serialize_sdp(answer)
+        return serialize_sdp(refusing_answer(offered, username=ORIGIN_USERNAME, address=host))
 
     def _answer_via(self, leg: BLeg, answer: SessionDescription) -> SessionDescription:
         """B leg ``leg`` answered our offer: its keys, the relay, and our answer for A."""
@@ -3044,6 +3040,9 @@ class Call:
         await self.endpoint.send_ack(ack, flow)
 
     async def _resend_ack(self, leg: BLeg) -> None:
+        # Only a copy of the 2xx of this leg's dialog comes here: a 2xx of another dialog to
+        # the same INVITE (a forking proxy downstream, RFC 3261 §16.7) is ACKed in its own
+        # dialog and BYEd by the endpoint, never passed up (ClientRequest._another_dialog).
         assert leg.ack is not None
         try:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
@@ -3889,11 +3888,12 @@ class Call:
             offer = requester.make_offer(plain)
         except Exception as exc:
             if isinstance(exc, PortsExhausted):
+                # The node is full, not the offer bad: 503 with the Warning (RFC 3261
+                # §21.5.4), as everywhere else ports run out, without Retry-After
+                # (docs/configuration.md). The answering leg holds a session the requester
+                # cannot get, so the call ends all the same.
                 failure = _AnswerFailure(
-                    488,
-                    "Not Acceptable Here",
-                    "no free media ports",
-                    "bad SDP offer in the 2xx to a re-INVITE: no free media ports",
+                    503, "Service Unavailable", "no free media ports", "no free media ports"
                 )
             else:
                 failure = self._answer_failed(exc, "offer in the 2xx to a re-INVITE")

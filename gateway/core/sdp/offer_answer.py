@@ -383,6 +383,17 @@ def rejected_media(offered: MediaDescription) -> MediaDescription:
     )
 
 
+def refusing_answer(
+    offer: SessionDescription, *, username: str, address: str
+) -> SessionDescription:
+    """An answer rejecting every stream of ``offer`` (RFC 3264 §6: port 0), our origin
+    ``username`` at ``address``: for the ACK of a 2xx that offered (to an INVITE without SDP)
+    and is BYEd at once, an ACK that must carry an answer all the same (RFC 3261 §13.2.2.4,
+    RFC 3264 §4)."""
+    origin = attrs.evolve(offer.origin, username=username, address=address)
+    return attrs.evolve(offer, origin=origin, media=tuple(rejected_media(m) for m in offer.media))
+
+
 def make_answer(
     offer: SessionDescription,
     local_caps: Mapping[str, Sequence[Codec]],
