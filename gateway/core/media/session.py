@@ -781,6 +781,11 @@ class MediaSession:
             self._close_slot(index)
         if self.quality is not None:
             self.quality.listeners = ()  # they may hold the call: no cycle left behind
+        # The call's DTMF handlers are its bound methods, and the call holds this session:
+        # kept, they made every ended call (~180 objects: legs, dialogs, requests, SDPs, this
+        # session, its task and nursery) cyclic garbage that only the collector could free.
+        self.on_dtmf_digit = None
+        self.on_dtmf_timer = None
 
     # -- helpers -------------------------------------------------------------------------------
 
