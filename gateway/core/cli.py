@@ -17,7 +17,7 @@ from typing import Any
 from gateway import __version__
 from gateway.core import config as config_mod
 from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
-from gateway.core.logs import show_plugin_exception_text
+from gateway.core.logs import log_exception, show_plugin_exception_text
 from gateway.core.plugins import PluginError, discover, load_plugins
 from gateway.core.store.errors import StoreError
 
@@ -279,7 +279,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     plugins = load_plugins(config)
     gateway = Gateway(config, plugins)
     _tune_garbage_collector(config.gateway.gc_thresholds)
-    return run_until_signal(gateway)
+    try:
+        return run_until_signal(gateway)
+    except (ConfigError, PluginError, StoreError, OSError):
+        raise  # said in one line by main()
+    except Exception:
+        # A bug nothing handled: its traceback through log_exception like every other, not
+        # printed whole by the interpreter, which would show the text of a plugin's exception
+        # (a key in a start-up error). The exit status is the interpreter's for an uncaught
+        # exception.
+        log_exception(log, "voipgw stopped on an unexpected error")
+        return EXIT_RUNTIME
 
 
 def _tune_garbage_collector(thresholds: Sequence[int]) -> None:

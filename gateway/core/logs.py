@@ -89,36 +89,65 @@ def exception_text(exc: BaseException) -> str:
 def format_exception(exc: BaseException) -> str:
     """``exc``'s traceback as Python prints it (causes and contexts first, exception groups
     with their members), frames as file, line and function without source lines, and the text
-    of exceptions raised in plugin code withheld (:func:`exception_text`). No trailing newline."""
+    of exceptions raised in plugin code withheld (:func:`exception_text`). No trailing newline.
+
+    Bounded as :mod:`traceback` is, since it runs at the site that logs, outside logging's own
+    guard: at most :data:`MAX_CHAIN` exceptions deep (a chain or nesting deeper than the stack
+    would otherwise raise RecursionError; the newest are shown), :data:`MAX_GROUP_DEPTH` nested
+    exception groups and :data:`MAX_GROUP_WIDTH` members of each; an exception whose text or
+    notes cannot be had says so."""
     lines: list[str] = []
-    withheld = _format(exc, lines, "", set())
+    withheld = _format(exc, lines, "", set(), 0, 0)
     if withheld:
         lines.append(_FOOTNOTE)
     return "\n".join(lines)
 
 
-def _format(exc: BaseException, lines: list[str], prefix: str, seen: set[int]) -> bool:
-    """Appends ``exc``'s chain to ``lines``; whether any text was withheld."""
+MAX_CHAIN = 100
+"""Exceptions rendered one inside another (causes, contexts, group members): the newest."""
+MAX_GROUP_DEPTH = 10
+"""Exception groups rendered one inside another (traceback's ``max_group_depth``)."""
+MAX_GROUP_WIDTH = 15
+"""Members rendered of one exception group (traceback's ``max_group_width``)."""
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return "<exception str() failed>"
+
+
+def _format(
+    exc: BaseException,
+    lines: list[str],
+    prefix: str,
+    seen: set[int],
+    depth: int,
+    groups: int,
+) -> bool:
+    """Appends ``exc``'s chain to ``lines``; whether any text was withheld. ``depth``: how many
+    exceptions this one is inside (its recursion depth), ``groups``: how many groups."""
     seen.add(id(exc))
     withheld = False
+    earlier: BaseException | None = None
+    heading = ""
     if exc.__cause__ is not None and id(exc.__cause__) not in seen:
-        withheld |= _format(exc.__cause__, lines, prefix, seen)
-        lines += [
-            prefix,
-            prefix + "The above exception was the direct cause of the following exception:",
-            prefix,
-        ]
+        earlier = exc.__cause__
+        heading = "The above exception was the direct cause of the following exception:"
     elif (
         exc.__context__ is not None
         and not exc.__suppress_context__
         and id(exc.__context__) not in seen
     ):
-        withheld |= _format(exc.__context__, lines, prefix, seen)
-        lines += [
-            prefix,
-            prefix + "During handling of the above exception, another exception occurred:",
-            prefix,
-        ]
+        earlier = exc.__context__
+        heading = "During handling of the above exception, another exception occurred:"
+    if earlier is not None:
+        if depth + 1 >= MAX_CHAIN:
+            lines.append(f"{prefix}(older exceptions of the chain not shown)")
+        else:
+            withheld |= _format(earlier, lines, prefix, seen, depth + 1, groups)
+            lines += [prefix, prefix + heading, prefix]
     if exc.__traceback__ is not None:
         lines.append(prefix + "Traceback (most recent call last):")
         tb: types.TracebackType | None = exc.__traceback__
@@ -133,25 +162,43 @@ def _format(exc: BaseException, lines: list[str], prefix: str, seen: set[int]) -
     if kind.__module__ not in ("builtins", "__main__"):
         name = f"{kind.__module__}.{name}"
     show = _show_plugin_text or not raised_in_plugin_code(exc)
-    text = str(exc) if show else WITHHELD
+    text = _safe_str(exc) if show else WITHHELD
     withheld |= not show
     lines.append(f"{prefix}{name}: {text}" if text else prefix + name)
-    notes = getattr(exc, "__notes__", None)
-    if notes:
-        if show:
-            lines += [prefix + str(note) for note in notes]
-        else:
-            lines.append(f"{prefix}({len(notes)} note(s) withheld)")
+    lines += _notes(exc, prefix, show)
     if isinstance(exc, BaseExceptionGroup):
         members = exc.exceptions
-        for number, member in enumerate(members, 1):
+        if groups + 1 > MAX_GROUP_DEPTH or depth + 1 >= MAX_CHAIN:
+            lines.append(f"{prefix}| (more nested exception groups not shown)")
+            return withheld
+        for number, member in enumerate(members[:MAX_GROUP_WIDTH], 1):
             lines.append(f"{prefix}+---- {number} of {len(members)} ----")
             if id(member) in seen:
                 lines.append(f"{prefix}| (seen above: {type(member).__qualname__})")
                 continue
-            withheld |= _format(member, lines, prefix + "| ", seen)
+            withheld |= _format(member, lines, prefix + "| ", seen, depth + 1, groups + 1)
+        if len(members) > MAX_GROUP_WIDTH:
+            lines.append(f"{prefix}+---- and {len(members) - MAX_GROUP_WIDTH} more exceptions ----")
         lines.append(f"{prefix}+------------------")
     return withheld
+
+
+def _notes(exc: BaseException, prefix: str, show: bool) -> list[str]:
+    """The lines of ``exc``'s notes, as traceback renders them: any ``__notes__`` a plugin set
+    (a property that raises, a number) is rendered, not raised."""
+    try:
+        notes = getattr(exc, "__notes__", None)
+    except Exception:
+        return [f"{prefix}(its notes could not be read)"]
+    if notes is None:
+        return []
+    if not show:
+        if isinstance(notes, (list, tuple)):
+            return [f"{prefix}({len(notes)} note(s) withheld)"] if notes else []
+        return [f"{prefix}(notes withheld)"]
+    if isinstance(notes, (str, bytes)) or not isinstance(notes, (list, tuple)):
+        return [prefix + _safe_str(notes)]
+    return [prefix + _safe_str(note) for note in notes]
 
 
 def log_exception(
@@ -176,5 +223,12 @@ def log_exception(
         fn, lno, func = "(unknown file)", 0, "(unknown function)"
     record = logger.makeRecord(logger.name, level, fn, lno, msg, args, None, func)
     if exc is not None:
-        record.exc_text = format_exception(exc)
+        try:
+            record.exc_text = format_exception(exc)
+        except Exception as failure:
+            # Never out of the except block that logs: the failure logged goes unlogged.
+            record.exc_text = (
+                f"{type(exc).__qualname__} (its traceback could not be rendered: "
+                f"{type(failure).__name__})"
+            )
     logger.handle(record)

@@ -166,7 +166,7 @@ from gateway.core.interfaces import (
     RouteDecision,
     RouteTarget,
 )
-from gateway.core.logs import exception_text, log_exception
+from gateway.core.logs import log_exception
 from gateway.core.media.dtmf import (
     DTMF_RELAY,
     Digit,
@@ -693,14 +693,15 @@ class Call:
                     # The request in hand (the other leg's, whose forwarding failed) gets 503
                     # at once, as a transport failure is reported to a client (RFC 3261
                     # §8.1.3.1), rather than nothing until its sender's Timer B or F.
-                    log_exception(
-                        log,
-                        "call %s: network error: %s",
-                        self.id,
-                        exception_text(exc),
-                        level=logging.WARNING,
-                    )
+                    # The OSError's text is the network's reason, which the operator needs
+                    # (the transports raising it are plugins, so exception_text would withhold
+                    # it) and which the record and the "ended" line carry anyway: shown, as
+                    # every line naming a network error does (architecture.md "Logged
+                    # exceptions"); the traceback's rendering still withholds it.
                     self.end_reason = f"network error: {exc}"
+                    log_exception(
+                        log, "call %s: %s", self.id, self.end_reason, level=logging.WARNING
+                    )
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
                         await self._answer_handled(503, "Service Unavailable (network error)")
                         await self._abort(503, "Service Unavailable (network error)")

@@ -135,6 +135,13 @@ async def test_a_request_in_hand_when_forwarding_it_fails_on_the_network_gets_50
     assert store is not None
     reasons = [r.end_reason for r in store.call_records_recent() if r.ended_at is not None]
     assert reasons == ["network error: connection to alice closed"], reasons
+    # The warning with the traceback says so too: a network error's text is what transports
+    # (plugins all, udp, tcp, tls) say of the network, the operator's reason (docs/
+    # architecture.md "Logged exceptions"), and the "ended" line shows it anyway.
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert next(w for w in warned if "network error" in w).endswith(
+        ": network error: connection to alice closed"
+    ), warned
     assert error_records(caplog) == []
     # The other call goes on.
     monkeypatch.setattr(Call, "_send_in_dialog", real)

@@ -254,3 +254,87 @@ def test_the_core_logs_exceptions_only_through_log_exception() -> None:
             if attribute == "exception" or any(k.arg == "exc_info" for k in node.keywords):
                 found.append(f"{path.relative_to(core)}:{node.lineno}")
     assert found == []
+
+
+# Rendering runs at the logging site, outside logging's own guard (Handler.handleError): an
+# exception it raised would leave the except block that logs, turning a logged failure into
+# the failure of the task that logged it. Whatever the exception is made of, it renders.
+
+
+def chained(depth: int) -> BaseException:
+    """An exception with ``depth`` exceptions before it in its ``__context__`` chain (a retry
+    that calls itself from its except block), every one raised in plugin code."""
+    exc = caught(PLUGIN["leak"])
+    for _ in range(depth):
+        newer = caught(PLUGIN["leak"])
+        newer.__context__ = exc
+        exc = newer
+    return exc
+
+
+def test_a_chain_deeper_than_the_stack_renders_its_newest_exceptions() -> None:
+    text = format_exception(chained(5000))
+    lines = text.splitlines()
+    assert lines[-2] == f"ValueError: {WITHHELD}" and lines[-1] == logs._FOOTNOTE
+    assert "older exceptions of the chain not shown" in lines[0]
+    assert lines.count(f"ValueError: {WITHHELD}") == logs.MAX_CHAIN
+
+
+def test_nested_exception_groups_deeper_than_the_stack_render() -> None:
+    group: BaseException = caught(PLUGIN["leak"])
+    for _ in range(5000):
+        group = ExceptionGroup("g", [group])
+    text = format_exception(group)
+    assert "more nested exception groups not shown" in text
+    assert text.count("ExceptionGroup") == logs.MAX_GROUP_DEPTH + 1
+
+
+def test_a_wide_exception_group_shows_its_first_members_and_counts_the_rest() -> None:
+    group = ExceptionGroup("g", [caught(PLUGIN["leak"]) for _ in range(1000)])
+    lines = format_exception(group).splitlines()
+    assert lines.count(f"| ValueError: {WITHHELD}") == logs.MAX_GROUP_WIDTH
+    assert f"+---- and {1000 - logs.MAX_GROUP_WIDTH} more exceptions ----" in lines
+
+
+class BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class BrokenNotes(Exception):
+    @property
+    def __notes__(self) -> list[str]:  # type: ignore[override]
+        raise RuntimeError("no notes")
+
+
+def test_an_exception_whose_text_or_notes_cannot_be_had_still_renders() -> None:
+    show_plugin_exception_text(True)  # the debugging switch is where str() gets called
+    broken = caught(_raise, BrokenStr())
+    assert format_exception(broken).endswith("BrokenStr: <exception str() failed>")
+    odd = caught(_raise, ValueError("odd"))
+    odd.__notes__ = 5  # type: ignore[attr-defined]
+    assert format_exception(odd).endswith("ValueError: odd\n5")
+    assert "BrokenNotes" in format_exception(caught(_raise, BrokenNotes()))
+    show_plugin_exception_text(False)
+    odd_withheld = caught(PLUGIN["leak"])
+    odd_withheld.__notes__ = 5  # type: ignore[attr-defined]
+    assert format_exception(odd_withheld).endswith(f"(notes withheld)\n{logs._FOOTNOTE}")
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def test_log_exception_never_raises_out_of_the_site_that_logs(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="test.logs")
+
+    def broken(exc: BaseException) -> str:
+        raise MemoryError
+
+    monkeypatch.setattr(logs, "format_exception", broken)
+    log_exception(logging.getLogger("test.logs"), "it failed", exc=caught(PLUGIN["leak"]))
+    (record,) = caplog.records
+    assert record.getMessage() == "it failed"
+    assert record.exc_text == "ValueError (its traceback could not be rendered: MemoryError)"
