@@ -110,5 +110,11 @@ def test_a_blind_transfer_re_invites_the_srs_with_metadata_naming_the_target(
         for a in final.findall("r:participantsessionassoc", NS)
     }
     assert ended[callee] == left[callee] and ended[caller] and ended[participants[2]], ended
+    # The stream associations end with them (RFC 7865 §6.8): bob's at the transfer.
+    for snapshot, times in ((update, left), (final, ended)):
+        assert {
+            a.get("participant_id"): a.findtext("r:disassociate-time", namespaces=NS)
+            for a in snapshot.findall("r:participantstreamassoc", NS)
+        } == times
     sent = re.search(r"SIPREC: call \S+: \d+ packets, (\d+) sent to the SRS", log)
     assert sent is not None and int(sent.group(1)) > 0, log[-2000:]

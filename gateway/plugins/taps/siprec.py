@@ -86,8 +86,10 @@ and never in the call record.
 
 A transfer (REFER, blind or attended) that puts another party on one side of the call re-INVITEs
 the SRS with the streams as they are and the metadata again (a complete snapshot, RFC 7866 §9):
-the party who left keeps its id and gains a disassociate-time, the new one (the URI of its
-dialog) joins with an id of its own, and sends and receives what its side does; the session and
+the party who left keeps its id and gains a disassociate-time (in its session association and
+in its stream association, which still names the streams it sent and received: RFC 7865 §6.8),
+the new one (the URI of its dialog) joins with an id of its own, and sends and receives what its
+side does, from its associate-time; the session and
 stream ids never change (RFC 7865 §6). The copies go on as they are.
 
 What the SRS asks (its re-INVITE or UPDATE with a body, :meth:`SiprecSink._srs_request`; the
@@ -332,7 +334,8 @@ def replaced_party(
     participants: Sequence[Participant], side: str, uri: str, at: float
 ) -> tuple[Participant, ...]:
     """The participants after a transfer put ``uri`` on ``side`` at ``at``: whoever was there
-    left then (a disassociate-time in RFC 7865's ``participantsessionassoc``), ``uri`` joined
+    left then (a disassociate-time in RFC 7865's ``participantsessionassoc`` and
+    ``participantstreamassoc``), ``uri`` joined
     then, under a new id; the others are unchanged, ids and all. The one who left stays in the
     metadata, so the recording says who spoke before the transfer."""
     kept = [
@@ -356,7 +359,8 @@ def metadata_xml(
     participants, the streams and who sends and receives each. Sent whole at the start and again
     after a transfer (a complete snapshot, RFC 7866 §9), with the same ids for the session,
     the streams and every participant still known: a participant who left keeps its
-    associate-time and gains a disassociate-time, and sends and receives nothing any more.
+    associate-times and gains disassociate-times, in its ``participantsessionassoc`` and in
+    its ``participantstreamassoc`` (which still names the streams it sent and received).
     ``started``: the recording of the session began then (``sessionrecordingassoc``'s
     associate-time); ``call_started``: the communication session began then (its
     ``start-time``; ``started`` when not given). ``stopped``: the call ended then, and its
@@ -366,9 +370,10 @@ def metadata_xml(
     Element order is the schema's (RFC 7865 §11, the IANA ``recording:1`` XSD, a sequence):
     ``recording`` holds datamode, session, participant, stream, sessionrecordingassoc,
     participantsessionassoc, participantstreamassoc; ``session`` holds sipSessionID, (reason,
-    group-ref, not sent), start-time, stop-time. ``stream`` has no times: when a stream is no
-    longer sent is its m= line (``a=inactive``) and, for who sent it, the participant's
-    disassociate-time."""
+    group-ref, not sent), start-time, stop-time; ``participantstreamassoc`` holds send, recv,
+    associate-time, disassociate-time. ``stream`` has no times: when a stream is no longer
+    sent is its m= line (``a=inactive``) and, for who sent it, the disassociate-time of the
+    participant's ``participantstreamassoc``."""
     # RFC 7865 §6.3: the communication session's start-time and, once it ended, stop-time.
     began = started if call_started is None else call_started
     times = [f"<start-time>{_stamp(began)}</start-time>"]
@@ -412,12 +417,20 @@ def metadata_xml(
             out.append(f"<disassociate-time>{_stamp(party.left)}</disassociate-time>")
         out.append("</participantsessionassoc>")
     for party in participants:
+        # RFC 7865 §6.8 (the XSD's participantstreamassoc: send*, recv*, associate-time?,
+        # disassociate-time?, in that order): the streams a participant sends and receives,
+        # and when it started and, once it left, stopped (a transfer, the call's end): the
+        # SRS learns when a party stopped sending from its disassociate-time.
+        sends = [s.stream_id for s in streams if s.direction == SENDS[party.side]]
+        receives = [s.stream_id for s in streams if s.direction != SENDS[party.side]]
+        out += [
+            f"<participantstreamassoc participant_id={quoteattr(party.participant_id)}>",
+            *(f"<send>{stream_id}</send>" for stream_id in sends),
+            *(f"<recv>{stream_id}</recv>" for stream_id in receives),
+            f"<associate-time>{_stamp(party.joined)}</associate-time>",
+        ]
         if party.left is not None:
-            continue  # RFC 7865 participantstreamassoc: it no longer sends or receives any stream
-        out.append(f"<participantstreamassoc participant_id={quoteattr(party.participant_id)}>")
-        for stream in streams:
-            kind = "send" if SENDS[party.side] == stream.direction else "recv"
-            out.append(f"<{kind}>{stream.stream_id}</{kind}>")
+            out.append(f"<disassociate-time>{_stamp(party.left)}</disassociate-time>")
         out.append("</participantstreamassoc>")
     out.append("</recording>")
     return ("\r\n".join(out) + "\r\n").encode()

@@ -379,10 +379,15 @@ async def test_a_blind_transfer_re_invites_the_srs_with_the_new_party_and_the_co
         )
         for a in root.findall("r:participantstreamassoc", NS)
     }
+    # alice's stream association stays, ended when she left (RFC 7865 §6.8: the SRS learns
+    # when she stopped sending); bob's starts then.
     assert relations == {
         caller_id: ([stream_ids["1"]], [stream_ids["2"]]),
+        alice_id: ([stream_ids["2"]], [stream_ids["1"]]),
         bob_id: ([stream_ids["2"]], [stream_ids["1"]]),
     }
+    assert stream_times(root) == session_times(root)
+    assert stream_times(root)[bob_id][0] == left[alice_id]
 
     # The copies go on: the caller's and now bob's packets reach the SRS, each in its stream.
     bob_sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
@@ -418,12 +423,35 @@ async def test_a_blind_transfer_re_invites_the_srs_with_the_new_party_and_the_co
         for a in ended_root.findall("r:participantsessionassoc", NS)
     }
     assert ended[alice_id] == left[alice_id] and ended[caller_id] and ended[bob_id], ended
+    # Every stream association ended too, each when its party left.
+    assert {k: v[1] for k, v in stream_times(ended_root).items()} == ended
+    assert stream_times(ended_root) == session_times(ended_root)
     # The call stopped when the caller and bob were disassociated; it started when it did.
     assert ended_root.findtext("r:session/r:start-time", namespaces=NS) == started
     assert ended_root.findtext("r:session/r:stop-time", namespaces=NS) == ended[bob_id]
     bye = await srs.next_request("BYE", timeout=10)
     assert bye.request.call_id == recording.invite.call_id
     await eventually(lambda: env.calls == 0)
+
+
+def _times(root: ET.Element, path: str) -> dict[str | None, tuple[str | None, str | None]]:
+    return {
+        a.get("participant_id"): (
+            a.findtext("r:associate-time", namespaces=NS),
+            a.findtext("r:disassociate-time", namespaces=NS),
+        )
+        for a in root.findall(path, NS)
+    }
+
+
+def session_times(root: ET.Element) -> dict[str | None, tuple[str | None, str | None]]:
+    """Each participant's (associate-time, disassociate-time) in the communication session."""
+    return _times(root, "r:participantsessionassoc")
+
+
+def stream_times(root: ET.Element) -> dict[str | None, tuple[str | None, str | None]]:
+    """Each participant's (associate-time, disassociate-time) with the streams."""
+    return _times(root, "r:participantstreamassoc")
 
 
 def sipfrag(notify: object) -> str:

@@ -175,7 +175,17 @@ async def test_the_call_ends_at_once_then_the_srs_gets_the_final_snapshot_and_th
     assert len(left) == 2 and all(stamp.fullmatch(t or "") for t in left), left
     stopped = root.findtext("r:sessionrecordingassoc/r:disassociate-time", namespaces=NS)
     assert stamp.fullmatch(stopped or ""), ET.tostring(root)
-    assert root.findall("r:participantstreamassoc", NS) == []
+    # Both still name the streams they sent and received, each association ended then
+    # (RFC 7865 §6.8).
+    streams_left = [
+        (
+            a.find("r:send", NS) is not None,
+            a.find("r:recv", NS) is not None,
+            a.findtext("r:disassociate-time", namespaces=NS),
+        )
+        for a in root.findall("r:participantstreamassoc", NS)
+    ]
+    assert streams_left == [(True, True, t) for t in left], streams_left
     assert opened.find("r:sessionrecordingassoc/r:disassociate-time", NS) is None
 
     if answers:
@@ -254,6 +264,10 @@ async def test_the_final_snapshot_says_when_the_call_stopped_before_a_bye_withou
     assert [
         stamp_of(a.findtext("r:disassociate-time", namespaces=NS))
         for a in root.findall("r:participantsessionassoc", NS)
+    ] == [stopped, stopped]
+    assert [
+        stamp_of(a.findtext("r:disassociate-time", namespaces=NS))
+        for a in root.findall("r:participantstreamassoc", NS)
     ] == [stopped, stopped]
     await srs.respond(final, 200, body=srs_answer(), content_type="application/sdp")
     bye = await srs.next_request("BYE", timeout=10)

@@ -5,14 +5,19 @@ over mutual TLS and a mediation function on 127.0.0.1.
   scope (destination, task, element), and GetDestinationDetails says deliveryFault meanwhile;
 - one that flaps within ``report_interval``: still one fault and one all-clear;
 - an ADMF that is unreachable: tried again with backoff, delivery goes on, and the reports
-  arrive once it is up; one that refuses: logged on the plugin's logger, not sent again.
+  arrive once it is up; one that refuses: logged on the plugin's logger, not sent again;
+- an ADMF unreachable for minutes: one WARNING saying what happens to the reports meanwhile, a
+  summary every 300 s, one INFO when it answers (FailureLog), no target in any line; a fault
+  that cleared meanwhile is never reported.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +111,7 @@ async def start_tap(
     tmp_path: Path,
     pki: tuple[TestCa, Issued, Issued],
     admf_port: int,
+    wall_clock: Callable[[], float] | None = None,
     **table: Any,
 ) -> Interception:
     ca, gateway, _ = pki
@@ -124,7 +130,10 @@ async def start_tap(
             **table,  # replaces any of these
         }
     )
-    tap = Interception(config, provisioning=Provisioning(None))
+    if wall_clock is None:
+        tap = Interception(config, provisioning=Provisioning(None))
+    else:
+        tap = Interception(config, provisioning=Provisioning(None), wall_clock=wall_clock)
     await nursery.start(tap.run)
     return tap
 
@@ -238,11 +247,81 @@ async def test_an_unreachable_admf_is_tried_again_and_delivery_goes_on(
     await until(lambda: admf.of(NE) == ["Warning"], 120)
     assert tap.reports.attempts == attempts + 1
     assert "started with no task" in admf.reports[0].fields["description"]
-    unreachable = [r for r in caplog.records if "cannot report to the ADMF" in r.getMessage()]
+    unreachable = [r for r in caplog.records if "cannot report a " in r.getMessage()]
     assert unreachable and all(
         r.name == "gateway.plugins.taps.intercept.reports" for r in unreachable
     )
-    assert len(unreachable) <= 2  # the first failure, then at most once a minute
+    assert len(unreachable) == 1  # the first failure; a summary would come after 300 s
+
+
+REPORTS_LOG = "gateway.plugins.taps.intercept.reports"
+
+
+async def test_an_admf_unreachable_for_minutes_is_logged_once_summarized_and_once_on_its_return(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gateway.plugins.taps.intercept")
+    started = trio.current_time()
+    closed = FakeAdmf(admf_context(pki))
+    admf_port = await nursery.start(closed.serve)
+    closed.stop()  # nobody listens there now
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    tap = await start_tap(
+        nursery, tmp_path, pki, admf_port, wall_clock=lambda: 1.8e9 + trio.current_time()
+    )
+    x1(tap, *provision(port))  # a task on sip:alice@example.com: never in the log
+    link = tap.links[DID]
+    await until(lambda: link.state == "connected")
+    # The mediation function goes away and comes back while the ADMF is unreachable.
+    await trio.sleep(10)
+    mediation.stop()
+    await until(lambda: link.fault is not None)
+    await trio.sleep(60)
+    again = Mediation(port=port)
+    await nursery.start(again.serve)
+    await until(lambda: link.state == "connected" and link.fault is None)
+    await trio.sleep(started + 400 - trio.current_time())
+    # Tried at 0, 1, 3, 7, 15, 31, 63, 123 ... s (back-off 1, 2, 4 ... 60 s): one line when
+    # it started, one summary once 300 s passed, not a line per attempt.
+    lines = [r for r in caplog.records if r.name == REPORTS_LOG]
+    assert [r.levelno for r in lines] == [logging.WARNING, logging.WARNING], [
+        r.getMessage() for r in lines
+    ]
+    where = f"127.0.0.1:{admf_port}"
+    first, summary = (r.getMessage() for r in lines)
+    assert first.startswith(
+        f"intercept: the ADMF at {where} is failing: cannot report a ReportNEIssue: "
+    ), first
+    # What happens to the reports meanwhile.
+    assert "reports are not queued: the state of each destination, task and the element" in first
+    assert "a fault that cleared meanwhile is never reported" in first
+    assert "trying again after 1, 2, 4 ... 60 s; interception and delivery go on" in first
+    assert re.match(
+        rf"intercept: the ADMF at {re.escape(where)} is still failing: \d+ failed report "
+        r"attempts in the last 3\d\d(\.\d+)? s, \d+ since 2027-01-15 \d\d:\d\d:\d\d UTC; the last: "
+        "cannot report a ReportNEIssue: ",
+        summary,
+    ), summary
+
+    admf = FakeAdmf(admf_context(pki), port=admf_port)
+    await nursery.start(admf.serve)
+    await until(lambda: admf.of(NE) == ["Warning"], 120)
+    lines = [r for r in caplog.records if r.name == REPORTS_LOG and r.levelno >= logging.INFO]
+    assert [r.levelno for r in lines] == [logging.WARNING, logging.WARNING, logging.INFO]
+    assert re.fullmatch(
+        rf"intercept: the ADMF at {re.escape(where)} answers again, after \d+ failed report "
+        r"attempts in [\d.]+ s; it acknowledged a ReportNEIssue; any other report due follows",
+        lines[2].getMessage(),
+    ), lines[2].getMessage()
+    await trio.sleep(120)
+    # The destination's fault cleared before the ADMF could be told: never reported.
+    assert [r.kind for r in admf.reports] == [NE]
+    assert "alice" not in caplog.text and "sip:" not in caplog.text
 
 
 async def test_a_report_the_admf_refuses_is_logged_on_the_plugins_logger_and_not_sent_again(

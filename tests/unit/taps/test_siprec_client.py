@@ -100,6 +100,23 @@ def test_the_metadata_is_well_formed_and_says_who_sends_what() -> None:
     assert root.findtext("r:sessionrecordingassoc/r:associate-time", namespaces=NS) == (
         "2023-11-14T22:13:20Z"
     )
+    # RFC 7865 §6.8, the XSD's sequence: send*, recv*, associate-time?, disassociate-time?;
+    # both parties associated since the start, neither disassociated.
+    for assoc in (caller, callee):
+        tags = [child.tag.split("}")[1] for child in assoc]
+        assert tags == ["send", "send", "recv", "recv", "associate-time"], tags
+        assert assoc.findtext("r:associate-time", namespaces=NS) == "2023-11-14T22:13:20Z"
+
+
+def _stream_associations(root: ET.Element) -> dict[str, tuple[str | None, str | None]]:
+    """Each participant's stream association's (associate-time, disassociate-time), by id."""
+    return {
+        str(assoc.get("participant_id")): (
+            assoc.findtext("r:associate-time", namespaces=NS),
+            assoc.findtext("r:disassociate-time", namespaces=NS),
+        )
+        for assoc in root.findall("r:participantstreamassoc", NS)
+    }
 
 
 def _associations(root: ET.Element) -> dict[str, tuple[str | None, str | None]]:
@@ -149,7 +166,8 @@ def test_after_a_transfer_the_metadata_keeps_its_ids_and_names_who_left_and_who_
         new_id: ("2023-11-14T22:14:50Z", None),
     }
     # bob sends what the callee's side sends (label 2) and receives the caller's (label 1);
-    # the callee who left sends and receives nothing.
+    # the callee who left keeps its association with the streams it sent and received, which
+    # ended at the transfer (RFC 7865 §6.8: the SRS learns when it stopped sending).
     labels = {
         s.get("stream_id"): s.findtext("r:label", namespaces=NS)
         for s in update.findall("r:stream", NS)
@@ -161,7 +179,13 @@ def test_after_a_transfer_the_metadata_keeps_its_ids_and_names_who_left_and_who_
         )
         for assoc in update.findall("r:participantstreamassoc", NS)
     }
-    assert relations == {caller_id: (["1"], ["2"]), new_id: (["2"], ["1"])}
+    assert relations == {
+        caller_id: (["1"], ["2"]),
+        callee_id: (["2"], ["1"]),
+        new_id: (["2"], ["1"]),
+    }
+    assert _stream_associations(update) == _associations(update)
+    assert _stream_associations(first) == _associations(first)
 
 
 def test_a_second_transfer_of_the_same_side_disassociates_only_the_party_there() -> None:
@@ -368,7 +392,12 @@ def test_the_final_snapshot_disassociates_everyone_and_stops_the_recording() -> 
         "2023-11-14T22:15:20Z",
         "2023-11-14T22:15:20Z",
     ]
-    assert root.findall("r:participantstreamassoc", NS) == []  # nobody sends any more
+    # Nobody sends any more: every stream association ended, each when its party left.
+    assert _stream_associations(root) == times
+    assert all(
+        a.find("r:send", NS) is not None and a.find("r:recv", NS) is not None
+        for a in root.findall("r:participantstreamassoc", NS)
+    )
     assert len(root.findall("r:stream", NS)) == 2  # the streams stay described, ids and all
     ongoing = ET.fromstring(metadata_xml("rec-1", "c2Vzc2lvbg==", before, streams, joined))
     assert ongoing.find("r:sessionrecordingassoc/r:disassociate-time", NS) is None

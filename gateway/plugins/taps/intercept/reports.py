@@ -35,10 +35,18 @@ state then; one that became true again while the ADMF was unreachable is not sen
 start-up report is the only event, kept in a bounded queue (:data:`MAX_EVENTS`).
 
 Delivery: one trio task (:meth:`Reporter.run`) sends one report at a time; a transport failure,
-a non-200 answer or an answer that is not X1 is tried again after 1, 2, 4 ... 60 s. An X1 answer
-that refuses the report (``ErrorResponse``, ``X1TopLevelErrorResponse``) is logged and not
-sent again (the same document would be refused again). The call path never waits for any of
-it: a link's change of health sets an event (:meth:`Reporter.notify`).
+a non-200 answer or an answer that is not X1 is tried again after 1, 2, 4 ... 60 s. Nothing
+piles up meanwhile: the report tried again is the one due then, built from the state then (as
+above: a fault that cleared while the ADMF was unreachable is never reported), and only the
+start-up report waits in its queue. An X1 answer that refuses the report (``ErrorResponse``,
+``X1TopLevelErrorResponse``) is logged and not sent again (the same document would be refused
+again). The call path never waits for any of it: a link's change of health sets an event
+(:meth:`Reporter.notify`).
+
+Log (gateway/core/failure_log.py, :attr:`Reporter.failures`): an ADMF that cannot be reached is
+one WARNING with the reason and what happens to the reports meanwhile, a summary every 300 s
+while it lasts, and one INFO when it answers again (acknowledging or refusing a report), rather
+than a line per attempt.
 
 Covert: the reports name DIDs and XIDs and the mediation function's address, never a target;
 log lines go to the plugin's logger only (docs/lawful_intercept.md "Keeping it covert").
@@ -61,6 +69,7 @@ import attrs
 import h11
 import trio
 
+from gateway.core.failure_log import FailureLog
 from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.x1 import (
     MAX_DOCUMENT,
@@ -326,6 +335,16 @@ class Reporter:
         self.sent = 0  # reports the ADMF acknowledged
         self.refused = 0  # reports the ADMF answered with an error
         self.attempts = 0  # POSTs tried, whatever came of them
+        self.failures = FailureLog(
+            log,
+            f"intercept: the ADMF at {format_host_port(endpoint.host, endpoint.port)}",
+            "report attempts",
+            "reports are not queued: the state of each destination, task and the element is "
+            "kept, and each report due is built from it when the ADMF answers (a fault that "
+            "cleared meanwhile is never reported; the start-up report waits); trying again "
+            f"after 1, 2, 4 ... {MAX_BACKOFF:g} s; interception and delivery go on",
+        )
+        """The ADMF's outage: logged once, summarized, once more when it answers."""
 
     def notify(self) -> None:
         """Something changed (a link's health, X1 provisioning): look again. Never waits."""
@@ -345,8 +364,6 @@ class Reporter:
 
     async def run(self) -> None:
         backoff = 1.0
-        failures = 0
-        last_logged = -math.inf
         while True:
             self._wake = trio.Event()  # before looking: a notify() from now on wakes us
             now = trio.current_time()
@@ -363,23 +380,21 @@ class Reporter:
                 # Whatever the ADMF or the network did (refused, TLS, a timeout, an answer that
                 # is not X1), or a bug here: this try failed, the next one comes after the
                 # backoff, and interception goes on (STYLE.md habit 6).
-                if not isinstance(exc, _EXPECTED):
+                if isinstance(exc, _EXPECTED):
+                    why = str(exc) or type(exc).__name__
+                else:
                     log.exception("intercept: a report to the ADMF failed")
-                failures += 1
-                now = trio.current_time()
-                if failures == 1 or now - last_logged >= 60:
-                    log.warning(
-                        "intercept: cannot report to the ADMF at %s (%s), trying again",
-                        format_host_port(self.endpoint.host, self.endpoint.port),
-                        str(exc) or type(exc).__name__,
-                    )
-                    last_logged = now
+                    why = f"{type(exc).__name__} (logged)"
+                self.failures.failed(f"cannot report a {kind}: {why}", now=self._wall_clock())
                 await trio.sleep(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
                 continue
-            if failures:
-                log.info("intercept: reports reach the ADMF again")
-            backoff, failures = 1.0, 0
+            backoff = 1.0
+            self.failures.answered(
+                now=self._wall_clock(),
+                outcome=f"it {'acknowledged' if answer.ok else 'refused'} a {kind}; "
+                "any other report due follows",
+            )
             if answer.ok:
                 self.sent += 1
                 log.debug("intercept: the ADMF acknowledged a %s", kind)
