@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 import attrs
 import trio
 
+from gateway.core.auth.client import authorize
 from gateway.core.calls.limits import CallRate
 from gateway.core.interfaces import OutboundMessage, RtcpCapture, SipCapture
 from gateway.core.logs import log_exception
@@ -70,6 +71,7 @@ from gateway.core.sip.via import (
 from gateway.core.transport.flows import Address, Flow, format_address
 
 if TYPE_CHECKING:
+    from gateway.core.config import TrunkConfig
     from gateway.core.gateway import Gateway
     from gateway.core.media.taps import CallTaps
 
@@ -128,6 +130,16 @@ CLIENT_RESPONSE_QUEUE = 32
 # (ClientRequest._another_dialog): a fork or two in practice; past it, their 2xx are only
 # ACKed, so a callee inventing tags cannot make us open a BYE transaction per 2xx.
 MAX_LATE_ANSWERS = 8
+# Dialogs (To tags) of one INVITE whose highest CSeq sent the endpoint keeps (PRACK, UPDATE,
+# INFO in early dialogs: ClientRequest._note_cseq); past it, the highest over them all.
+MAX_DIALOG_CSEQS = 16
+# Why the endpoint BYEs a session nobody holds (RFC 3326 Reason, in the call's BYE style,
+# calls/call.py Call._bye; cause 200 as the call's own BYE of a fork answering too late; a
+# trunk with a PSTN interworking gets Q.850 cause 16 "normal call clearing" beside it).
+GIVEN_UP = "answered after the call was given up"
+ANSWERED_ELSEWHERE = "call completed elsewhere"
+ALREADY_FAILED = "call already failed"
+Q850_NORMAL_CLEARING = 16
 
 # Requests refused when they waited too long (gateway/core/sip/overload.py): those that start
 # new work, a call, a registration, a subscription or a relayed message. Dialog requests (BYE,
@@ -227,15 +239,19 @@ class ClientRequest:
     __slots__ = (
         "_answered",
         "_closed",
+        "_cseq_highest",
+        "_cseq_sent",
         "_delivered_2xx",
         "_dialog_of",
         "_late_answers",
         "_late_offer",
+        "_orphan_bye",
         "_receive",
         "_send",
         "_sink",
         "flow",
         "transaction",
+        "trunk",
     )
 
     def __init__(self, transaction: ClientTransaction, flow: Flow) -> None:
@@ -257,6 +273,15 @@ class ClientRequest:
         # Without SDP (RFC 3261 §13.2.1): its 2xx offers, and an ACK must answer
         # (_ack_orphan_2xx).
         self._late_offer = initial and request is not None and not request.body
+        # The highest CSeq we sent in each dialog of this INVITE (To tag) and over them all,
+        # for our BYE of a session nobody holds (_ack_orphan_2xx, SipEndpoint._note_cseq).
+        self._cseq_sent: dict[str, int] | None = None
+        self._cseq_highest = 0
+        self.trunk: str | None = None
+        """The trunk (``[[trunks]] name``) this INVITE went to, named by its owner: the
+        endpoint's BYE of a session nobody holds answers its challenges with the trunk's
+        credentials and carries a Q.850 cause for its interworking, as a call's BYE does."""
+        self._orphan_bye: _OrphanBye | None = None  # this is such a BYE
 
     @property
     def request(self) -> Request:
@@ -377,11 +402,49 @@ class ClientRequest:
         self._late_answers |= {tag}
         return True
 
+    def _note_cseq(self, tag: str, cseq: int) -> None:
+        """Note ``cseq``, of a request we sent in the dialog with To tag ``tag`` of this INVITE
+        (a PRACK, RFC 3262; an UPDATE or INFO in an early dialog)."""
+        sent = self._cseq_sent
+        if sent is None:
+            sent = self._cseq_sent = {}
+        if tag in sent or len(sent) < MAX_DIALOG_CSEQS:
+            sent[tag] = max(sent.get(tag, 0), cseq)
+        self._cseq_highest = max(self._cseq_highest, cseq)
+
+    def _next_cseq(self, response: Response) -> int:
+        """The CSeq of our BYE in the dialog of ``response``, a 2xx to this INVITE: one above
+        the highest we sent in it (RFC 3261 §12.2.1.1). The dialog began early if we PRACKed
+        a reliable 1xx of it (RFC 3262 §4): the PRACKs took the numbers after the INVITE's,
+        and a callee answers a BYE numbered below them 500 (§12.2.2) and keeps the session.
+        A dialog past MAX_DIALOG_CSEQS: one above the highest over all, which §12.2.2 has
+        the callee accept (a UAS SHOULD take CSeq gaps)."""
+        sent = self._cseq_sent or {}
+        tag = response.to.tag or ""
+        if tag in sent:
+            highest = sent[tag]
+        elif len(sent) >= MAX_DIALOG_CSEQS:
+            highest = self._cseq_highest  # perhaps one of the dialogs not kept
+        else:
+            highest = 0
+        return max(highest, response.cseq.number) + 1
+
     def _close(self) -> None:
         self._closed = True
         self._sink = None
         if self._send is not None:
             self._send.close()
+
+
+@attrs.frozen
+class _OrphanBye:
+    """A BYE of a session nobody holds (SipEndpoint._ack_orphan_2xx): the request as sent,
+    the trunk whose credentials answer a challenge to it (RFC 3261 §22.2), and whether this
+    is already the BYE sent again with them (one retry)."""
+
+    sent: Request
+    trunk: TrunkConfig | None
+    retried: bool = False
 
 
 @attrs.define
@@ -434,6 +497,9 @@ class SipEndpoint:
         # The flow each server transaction's request arrived over: its responses go back there.
         self._server_flows: dict[Transaction, Flow] = {}
         self._client_requests: dict[Transaction, ClientRequest] = {}
+        # Our INVITEs outside a dialog by Call-ID and From tag, whose dialogs' CSeqs the
+        # requests we send in them (PRACKs) move on (ClientRequest._note_cseq).
+        self._invites: dict[tuple[str, str | None], ClientRequest] = {}
         # The endpoint task's wait for the next message; calls that start transactions from
         # their own tasks pull its deadline in so the new transaction's timers fire on time.
         self._wait: trio.CancelScope | None = None
@@ -787,19 +853,22 @@ class SipEndpoint:
                 await self._send_on(output.request, client.flow, output.transaction)
         elif isinstance(output, ResponseReceived):
             client = self._client_requests.get(output.transaction)
-            if client is not None:
+            if client is not None and client._orphan_bye is not None:
+                await self._orphan_bye_answered(client, client._orphan_bye, output.response)
+            elif client is not None:
                 another = client._another_dialog(output.response)
                 if another is not None:
                     # Another fork's session, which the owner never takes: ours to ACK and BYE.
-                    await self._ack_orphan_2xx(output.response, client, hang_up=another)
+                    why = ANSWERED_ELSEWHERE if another else None
+                    await self._ack_orphan_2xx(output.response, client, hang_up=why)
                     return
                 # Noted whoever takes it: the owner may end before a retransmission comes.
                 first_late = client._first_late_answer(output.response)
                 delivered = client._deliver(output.response)
                 nobodys = client._nobodys_answer(output.response, delivered=delivered)
                 if not delivered:
-                    hang_up = first_late or nobodys
-                    await self._ack_orphan_2xx(output.response, client, hang_up=hang_up)
+                    why = GIVEN_UP if first_late else ALREADY_FAILED if nobodys else None
+                    await self._ack_orphan_2xx(output.response, client, hang_up=why)
         elif isinstance(output, AckReceived):
             if self.calls is not None and arrival is not None:
                 self.calls.ack(output.request, arrival)
@@ -810,6 +879,8 @@ class SipEndpoint:
             client = self._client_requests.pop(output.transaction, None)
             if client is not None:
                 client._close()
+                if client._dialog_of is not None and self._invites.get(client._dialog_of) is client:
+                    del self._invites[client._dialog_of]
         elif isinstance(output, UnmatchedResponse):
             self.statistics.dropped_unmatched_responses += 1
             log.debug("dropping unmatched response %d", output.response.status)
@@ -832,6 +903,9 @@ class SipEndpoint:
             return
         # RFC 3261 §8.1.3.1: a timeout is treated as 408, a transport error as 503.
         status = 408 if isinstance(output, TransactionTimeout) else 503
+        if client._orphan_bye is not None:
+            log.info("our BYE of a session nobody holds failed: %s", type(output).__name__)
+            return
         client._deliver(make_response(client.request, status))
 
     async def _dispatch(self, txn: ServerTransaction, request: Request, flow: Flow) -> None:
@@ -973,6 +1047,12 @@ class SipEndpoint:
         txn, outputs = self.transactions.send_request(request, peer=_hop(flow), now=now)
         client = ClientRequest(txn, flow)
         self._client_requests[txn] = client
+        if client._dialog_of is not None:
+            self._invites[client._dialog_of] = client
+        elif request.to.tag is not None and request.from_.tag is not None:
+            invite = self._invites.get((request.call_id, request.from_.tag))
+            if invite is not None:
+                invite._note_cseq(request.to.tag, request.cseq.number)
         await self._act(outputs)
         return client
 
@@ -983,7 +1063,7 @@ class SipEndpoint:
         return len(serialize_message(request)) + 100 > UDP_SIZE_LIMIT
 
     async def _ack_orphan_2xx(
-        self, response: Response, client: ClientRequest, *, hang_up: bool
+        self, response: Response, client: ClientRequest, *, hang_up: str | None
     ) -> None:
         """A 2xx to an INVITE of ours whose owner has gone (a re-INVITE answered after a BYE
         ended its call, a fork answering after the call's drain), or of a dialog the owner
@@ -997,7 +1077,13 @@ class SipEndpoint:
         gone (:meth:`ClientRequest._nobodys_answer`). (Not a re-INVITE's: its dialog is its
         owner's.) The 2xx to an INVITE without SDP carries an
         offer, and the ACK must carry the answer (§13.2.2.4, RFC 3264 §4): one rejecting
-        every stream, before the BYE."""
+        every stream, before the BYE.
+
+        ``hang_up`` says why, in the BYE's Reason (RFC 3326), as a call's BYE does
+        (Call._bye): the callee, often a trunk, takes its CDR and the PSTN's cause from it.
+        The BYE's CSeq follows the highest we sent in that dialog (a PRACK of its reliable
+        1xx, :meth:`ClientRequest._next_cseq`); a trunk's challenge to it is answered with the
+        trunk's credentials, once (:meth:`_orphan_bye_answered`)."""
         if not response.is_success or response.cseq.method != "INVITE":
             return
         dialog = Dialog.from_our_2xx(response)
@@ -1013,13 +1099,102 @@ class SipEndpoint:
                 content_type=SDP if body else None,
             )
             await self.send_ack(ack, flow)
-            if hang_up and client._dialog_of is not None:
-                bye = dialog.create_request("BYE", via=self.new_via(flow))
-                await self.send_request(
+            if hang_up is not None and client._dialog_of is not None:
+                trunk = self.gateway.config.trunk(client.trunk) if client.trunk else None
+                dialog.local_seq = client._next_cseq(response) - 1  # create_request adds one
+                reasons = self._bye_reasons(hang_up, trunk)
+                bye = dialog.create_request(
+                    "BYE", via=self.new_via(flow), extra=[("Reason", r) for r in reasons]
+                )
+                sent = await self.send_request(
                     bye, transport=flow.transport, address=flow.remote, flow=flow
                 )
+                sent._orphan_bye = _OrphanBye(sent.request, trunk)
         except OSError as exc:
             log.info("cannot ACK or BYE a 2xx nobody holds: %s", exc)
+
+    def _bye_reasons(self, why: str, trunk: TrunkConfig | None) -> list[str]:
+        """The Reason values (RFC 3326) of our BYE of a session nobody holds: SIP cause 200
+        saying ``why``, and Q.850 cause 16 "normal call clearing" where the callee is a trunk
+        with a PSTN interworking (``[[trunks]] interworking``), as Call._with_q850 adds to a
+        call's BYE (RFC 6432)."""
+        reasons = [f'SIP;cause=200;text="{why}"']
+        interworking = trunk.interworking if trunk is not None else None
+        if interworking and self.gateway.plugins.interworking.get(interworking) is not None:
+            reasons.append(f"Q.850;cause={Q850_NORMAL_CLEARING}")
+        return reasons
+
+    async def _orphan_bye_answered(
+        self, client: ClientRequest, bye: _OrphanBye, response: Response
+    ) -> None:
+        """A response to our BYE of a session nobody holds, taken here (nobody else reads
+        it; the transaction ends on its own, Timer K). A 401/407 from a trunk with our
+        credentials gets the BYE again with them (RFC 3261 §22.2), once, as a call's BYE does
+        (Call._see_bye_through): else the trunk counts the call as up until its own timers."""
+        if not response.is_final:
+            return
+        trunk = bye.trunk
+        if response.is_success:
+            if bye.retried and trunk is not None:
+                log.info("answered trunk %s's challenge to our BYE", trunk.name)
+            return
+        if (
+            response.status in (401, 407)
+            and trunk is not None
+            and trunk.username is not None
+            and trunk.password is not None
+            and not bye.retried
+        ):
+            await self._bye_with_credentials(client, bye, trunk, response)
+            return
+        if bye.retried and trunk is not None:
+            log.warning(
+                "trunk %s refused our BYE with credentials (%d %s); it may still count the "
+                "call as up",
+                trunk.name,
+                response.status,
+                response.reason,
+            )
+            return
+        log.info(
+            "our BYE of a session nobody holds refused: %d %s%s",
+            response.status,
+            response.reason,
+            f" (trunk {trunk.name}: it may still count the call as up)" if trunk else "",
+        )
+
+    async def _bye_with_credentials(
+        self, client: ClientRequest, bye: _OrphanBye, trunk: TrunkConfig, challenge: Response
+    ) -> None:
+        """``bye`` again as a new transaction (RFC 3261 §22.2, §8.1.3.5): the next CSeq of its
+        dialog, no Via (ours is added with a new branch), credentials answering ``challenge``."""
+        assert trunk.username is not None and trunk.password is not None
+        sent = bye.sent
+        number = sent.cseq.number + 1
+        retry = sent.with_headers(sent.headers.remove("Via").set("CSeq", f"{number} BYE"))
+        answered = authorize(
+            retry,
+            challenge,
+            username=trunk.username,
+            password=trunk.password,
+            cnonce=self.gateway.ids.token_hex(8),
+        )
+        if answered is None:
+            log.info(
+                "trunk %s sent %d to our BYE with no challenge we can answer",
+                trunk.name,
+                challenge.status,
+            )
+            return
+        flow = client.flow
+        try:
+            again = await self.send_request(
+                answered, transport=flow.transport, address=flow.remote, flow=flow
+            )
+        except OSError as exc:
+            log.info("cannot send our BYE again with trunk %s's credentials: %s", trunk.name, exc)
+            return
+        again._orphan_bye = _OrphanBye(again.request, trunk, retried=True)
 
     def _refusing_answer(self, response: Response, transport: str) -> bytes:
         """Our answer rejecting every stream the 2xx ``response`` offers (RFC 3264 §6), the

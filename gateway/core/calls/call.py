@@ -1508,6 +1508,7 @@ class Call:
             return
         leg.flow = client.flow
         leg.invite = client.request
+        client.trunk = leg.peer_name if leg.peer_kind == "trunk" else None  # see its BYE
         self._forward(client, leg)
 
     def _b_invite(
@@ -2157,6 +2158,7 @@ class Call:
             return False
         leg.flow = client.flow
         leg.invite = client.request
+        client.trunk = leg.peer_name if leg.peer_kind == "trunk" else None
         leg.provisional_seen = False  # CANCEL waits for a provisional of the new INVITE
         self._forward(client, leg)
         return True
