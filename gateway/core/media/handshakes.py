@@ -61,6 +61,18 @@ _Item = tuple[str, int, bool, bytes] | None
 """(side, stream index, on the RTCP port, datagram), or None: look again."""
 
 
+def _no_legs() -> Mapping[str, LegSecurity | None]:
+    return {}
+
+
+def _nothing() -> None:
+    pass
+
+
+def _no_failure(side: str, reason: str) -> None:
+    pass
+
+
 @runtime_checkable
 class HasRtcpComponent(Protocol):
     """A media-path negotiation that keys a separate RTCP port with a handshake of its own (RFC
@@ -139,6 +151,13 @@ class CallHandshakes:
         finally:
             self._unhook()
             self._send.close()
+            # legs, on_keys and on_failure are the call's bound methods, and the call holds
+            # this object: kept, they made every ended DTLS-SRTP (and ZRTP) call, its legs,
+            # dialogs, messages, media session, task and nursery (~250 objects), cyclic garbage
+            # that only the collector could free (docs/benchmarks.md, session 29).
+            self._legs = _no_legs
+            self._on_keys = _nothing
+            self._on_failure = _no_failure
 
     def _round(self, item: _Item, now: float) -> None:
         keys_changed = False

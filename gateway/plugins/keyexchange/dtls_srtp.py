@@ -110,6 +110,7 @@ import enum
 import hmac
 import os
 import re
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -708,9 +709,21 @@ class _Association:
         context.check_privatekey()
         # RFC 5763 §5: both sides present a certificate, self-signed, and trust comes from the
         # SDP fingerprint, checked here (depth 0 is the peer's own certificate).
+        # The context keeps its callback, and this association keeps the connection and so the
+        # context: the callback reaches the association by a weak reference, or every ended
+        # DTLS call left its associations and their OpenSSL objects as cyclic garbage that only
+        # the collector could free (docs/benchmarks.md, session 29). OpenSSL calls it only
+        # inside our own handshake calls, while the association is alive.
+        this = weakref.ref(self)
+
+        def verify(connection: Any, certificate: Any, error: int, depth: int, ok: int) -> bool:
+            association = this()
+            return association is not None and association._verify(
+                connection, certificate, error, depth, ok
+            )
+
         context.set_verify(
-            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE,
-            self._verify,
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT | SSL.VERIFY_CLIENT_ONCE, verify
         )
         context.set_tlsext_use_srtp(b":".join(p.name.encode("ascii") for p in self.profiles))
         connection = SSL.Connection(context, None)
