@@ -104,6 +104,8 @@ async def test_a_failure_making_one_forked_targets_offer_drops_only_that_branch(
     await leg.answer()
     final = await call.final()
     assert final.status == 200
+    # The dropped branch gave back nothing the other, of the same account, still holds.
+    assert env.gateway.calls.limits.in_progress[("account", "alice")] == 1
     assert (await phone.next_request("ACK", timeout=1)).request.call_id == leg.call_id
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and PLUGIN_BUG in errors[0].getMessage()
