@@ -4538,10 +4538,12 @@ class Call:
             # the failure in a NOTIFY). The transferee took the target's offer but cannot be
             # ACKed: it ends its dialog after 64*T1 (RFC 3261 §13.3.1.4) and the legs would
             # disagree, so the transfer fails and the call ends; the target's 2xx is ACKed
-            # and BYEd with the rest (_end_transfer).
+            # and BYEd with the rest (_end_transfer). The transferor's NOTIFY and the target's
+            # ACK go first, even should abandoning the offer raise (the catch-all in run()
+            # would end the call without them).
             log.info("call %s: cannot ACK the transferee: %s", self.id, exc)
-            self.media.abandon_offer()
             await self._end_transfer(503, "Service Unavailable", call_ends=True)
+            self.media.abandon_offer()
             await self._hang_up(f"signalling failed: {exc}")
         ack = transferee.dialog.create_ack(response.cseq.number, via=via)
         self._reinvite_acks[tag.side] = ack
