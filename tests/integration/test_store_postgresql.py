@@ -57,8 +57,9 @@ def open_node(
     """Opens stores ("nodes") on the test's database, listening, and closes them after."""
     opened: list[PostgresStore] = []
 
-    def open_one(**options: object) -> PostgresStore:
-        store = PostgresStore.open(postgres_cluster.dsn(postgres_database), **options)  # type: ignore[arg-type]
+    def open_one(dsn: str | None = None, **options: object) -> PostgresStore:
+        dsn = postgres_cluster.dsn(postgres_database) if dsn is None else dsn
+        store = PostgresStore.open(dsn, **options)  # type: ignore[arg-type]
         opened.append(store)
         if options.get("listen", True):
             wait_until(lambda: store.listening)
@@ -627,6 +628,126 @@ def test_a_node_starting_while_another_builds_the_index_leaves_it_to_that_node(
         )
         other.execute("SELECT pg_advisory_unlock(%s)", (pg_module._INDEX_LOCK,))
     assert node.expire_call_records(10.0, most=10) == 2  # asked again: built
+
+
+def index_oid(cluster: Cluster, database: str) -> object:
+    return cluster.admin("SELECT to_regclass('call_records_kept_by')::oid", database)[0][0]
+
+
+def dropping(cluster: Cluster, database: str) -> bool:
+    rows = cluster.admin(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state = 'active' AND query LIKE 'DROP INDEX%'",
+        database,
+    )
+    return bool(rows[0][0])
+
+
+@pytest.mark.parametrize("operator", ["owner", "superuser"])
+def test_an_operators_hand_run_build_in_progress_is_left_alone(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    operator: str,
+) -> None:
+    """The docs' CREATE INDEX CONCURRENTLY, run by hand, takes no advisory lock: its index is
+    invalid until it is done, as an interrupted build's is. A node starting meanwhile took it
+    for one, dropped it and built it again (its DROP waiting for the operator's build to end,
+    then undoing it). It looks for a build in progress first (pg_stat_progress_create_index):
+    the owner's shows which index it builds; a superuser's hides its relation from the node's
+    role, and is left alone all the same."""
+    import psycopg
+
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0)]
+    )
+    dsn = (
+        postgres_cluster.dsn(postgres_database)
+        if operator == "owner"
+        else postgres_cluster.admin_dsn(postgres_database)
+    )
+    reader = psycopg.connect(postgres_cluster.admin_dsn(postgres_database))
+    by_hand = psycopg.connect(dsn, autocommit=True)
+    build = threading.Thread(target=by_hand.execute, args=(pg_module._CREATE_RETENTION_INDEX,))
+    try:
+        reader.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        build.start()
+        wait_until(lambda: building(postgres_cluster, postgres_database))
+        wait_until(lambda: index_state(postgres_cluster, postgres_database) == [(False,)])
+        theirs = index_oid(postgres_cluster, postgres_database)
+        monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big": in a thread
+        node = open_node(node="starting")
+        assert node.schema_version() == 6 and node._builder is not None
+        # The node's build decides while theirs is in progress (a DROP would wait for it).
+        builder = node._builder
+        wait_until(lambda: not builder.is_alive() or dropping(postgres_cluster, postgres_database))
+        assert not dropping(postgres_cluster, postgres_database)
+        with pytest.raises(StoreBusy, match="being built"):
+            node.expire_call_records(10.0, most=10)
+    finally:
+        reader.close()  # its transaction ends: the operator's build goes on
+        build.join(10)
+        if build.is_alive():
+            by_hand.cancel_safe()
+            build.join(10)
+        by_hand.close()
+    assert not build.is_alive()
+    assert index_state(postgres_cluster, postgres_database) == [(True,)]
+    assert index_oid(postgres_cluster, postgres_database) == theirs  # the operator's, kept
+    assert node.expire_call_records(10.0, most=10) == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("being built by another session" in line for line in lines)
+    assert not any("is invalid" in line for line in lines)
+
+
+NODE_ROLE = "voipgw_node"
+
+
+def test_a_node_whose_role_does_not_own_call_records_says_retention_waits_for_the_owner(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node's role that may use the tables but does not own call_records cannot build the
+    index (only the owner may index a table). Each start said at ERROR that records are "not
+    deleted until a node's next start builds it", which no start of that node ever does, and
+    its retention then waited as for a build in progress. It says the truth and the remedy,
+    and retention fails saying so (a failure, not a wait) until the owner builds it."""
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # the CLI leaves it to the nodes
+    owner = open_node(listen=False, node="owner")
+    owner.call_records_save([CallRecord("c1", "a", "b", 1.0, None, 2.0)])
+    assert index_state(postgres_cluster, postgres_database) == []
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", 64 * 1024 * 1024)
+    if not postgres_cluster.admin(f"SELECT 1 FROM pg_roles WHERE rolname = '{NODE_ROLE}'"):
+        postgres_cluster.admin(
+            f"CREATE ROLE {NODE_ROLE} LOGIN PASSWORD '{postgres_cluster.password}'"
+        )
+    for grant in (
+        # (CREATE on the schema: every start runs CREATE TABLE IF NOT EXISTS schema_version.)
+        f"GRANT CREATE ON SCHEMA public TO {NODE_ROLE}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {NODE_ROLE}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {NODE_ROLE}",
+    ):
+        postgres_cluster.admin(grant, postgres_database)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    dsn = postgres_cluster.dsn(postgres_database).replace("user=voipgw ", f"user={NODE_ROLE} ")
+    node = open_node(dsn=dsn, listen=False, node="node")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "next start" not in errors[0]
+    assert pg_module._CREATE_RETENTION_INDEX in errors[0]
+    with pytest.raises(StoreError, match="until the owner runs") as raised:
+        node.expire_call_records(10.0, most=10)
+    assert not isinstance(raised.value, StoreBusy)  # no wait: a failure, counted as one
+    with pytest.raises(StoreError, match="until the owner runs"):
+        node.oldest_call_record()
+    postgres_cluster.admin(pg_module._CREATE_RETENTION_INDEX, postgres_database)
+    assert node.expire_call_records(10.0, most=10) == 1  # no restart needed
 
 
 # -- the CLI and check-config against PostgreSQL ----------------------------------------------

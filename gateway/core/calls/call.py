@@ -954,6 +954,7 @@ class Call:
             refusal = await self._call_target(target, offer_b)
             if refusal is not None:
                 refusals.append(refusal)
+        self._release_uncalled(targets)
         self._attempt = list(self.b_legs)
         self._refusals = refusals
         self._drive_handshakes()  # a B leg answering DTLS may shake hands before its answer
@@ -1014,6 +1015,18 @@ class Call:
                 return limits.take(self, key, exempt=True)
             return None if why is None else limits.refuse(key, why)
         return None
+
+    def _release_uncalled(self, targets: Sequence[RouteTarget]) -> None:
+        """Give back what :meth:`_count_target` counted for those of ``targets`` that no leg
+        of the call is ringing or up on: their media policy refused the offer, making it
+        failed, or the URI is unusable (_call_target). The call goes on with its other
+        branches, and held the trunk's (or account's) channel until it ended. A key counts
+        once per call: one another branch of the same trunk or account rings on stays."""
+        live = {_limit_key(leg.target) for leg in self.b_legs if not leg.finished}
+        for target in targets:
+            key = _limit_key(target)
+            if key is not None and key not in live:
+                self.manager.limits.release_one(self, key)
 
     def _next_alternate(self) -> RouteTarget | None:
         """The next alternate whose trunk or account has room for the call (counted), or
@@ -1993,6 +2006,7 @@ class Call:
             refusal = await self._call_target(target, self._offer_b)
             if refusal is not None:
                 self._refusals.append(refusal)
+        self._release_uncalled(ringing)
         called = self.b_legs[before:]
         if not any(not leg.finished for leg in called):
             self._diverted = earlier
@@ -4524,10 +4538,12 @@ class Call:
             # the failure in a NOTIFY). The transferee took the target's offer but cannot be
             # ACKed: it ends its dialog after 64*T1 (RFC 3261 §13.3.1.4) and the legs would
             # disagree, so the transfer fails and the call ends; the target's 2xx is ACKed
-            # and BYEd with the rest (_end_transfer).
+            # and BYEd with the rest (_end_transfer). The transferor's NOTIFY and the target's
+            # ACK go first, even should abandoning the offer raise (the catch-all in run()
+            # would end the call without them).
             log.info("call %s: cannot ACK the transferee: %s", self.id, exc)
-            self.media.abandon_offer()
             await self._end_transfer(503, "Service Unavailable", call_ends=True)
+            self.media.abandon_offer()
             await self._hang_up(f"signalling failed: {exc}")
         ack = transferee.dialog.create_ack(response.cseq.number, via=via)
         self._reinvite_acks[tag.side] = ack
@@ -5471,6 +5487,18 @@ def _parse_rack(value: str | None) -> tuple[int, int, str] | None:
     if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) <= 10 for p in parts[:2]):
         return None
     return int(parts[0]), int(parts[1]), parts[2]
+
+
+def _limit_key(target: RouteTarget | None) -> tuple[str, str] | None:
+    """The call limit :meth:`Call._count_target` counts a call to ``target`` against: its
+    trunk's, else its account's; None for neither."""
+    if target is None:
+        return None
+    if target.trunk is not None:
+        return ("trunk", target.trunk)
+    if target.account is not None:
+        return ("account", target.account)
+    return None
 
 
 def _sips_path(target: RouteTarget) -> bool:

@@ -38,7 +38,9 @@ pass: neither the event loop nor the store's write lock is held for long, even b
 pass over a store that has kept years of records (the next passes go on with the rest). A live
 call's record deleted so (a call up for longer than the whole window) is written again by its
 next save. :class:`RetentionCounts` counts what the passes deleted and the passes a store failure
-ended, for monitoring (docs/metrics.md, "Store").
+ended, for monitoring (docs/metrics.md, "Store"). A store whose index retention deletes by is
+still being built (PostgreSQL after an upgrade: :class:`~gateway.core.store.errors.StoreIndexing`)
+is waited for, said once at INFO: not a failure.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import trio
 
 from gateway.core.failure_log import FailureLog
 from gateway.core.logs import log_exception
-from gateway.core.store.errors import StoreBusy, StoreError
+from gateway.core.store.errors import StoreBusy, StoreError, StoreIndexing
 from gateway.core.store.interface import CALL_RECORD_CHUNK, CallRecord, Store
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,9 @@ class RetentionCounts:
 
     expired: int = 0
     failed_passes: int = 0
+    waiting_for_index: bool = False
+    """Whether the last pass found the store's retention index still being built (said once,
+    at INFO: an expected wait after an upgrade, neither a failure nor counted as one)."""
 
 
 async def expire_call_records(
@@ -110,9 +115,10 @@ async def expire_call_records(
     """Delete the records older than ``days`` at ``now`` (wall-clock seconds), ``chunk`` per
     statement, ``pause`` seconds between two, at most ``slices`` statements; how many went,
     logged once at INFO when some did. A store failure ends the pass (the next one retries)
-    and goes to ``failures``: logged once, summarized while it lasts. ``days`` 0 keeps all.
-    ``counts``, when given, counts the records deleted (each slice's, as it goes) and a pass
-    a failure ended."""
+    and goes to ``failures``: logged once, summarized while it lasts. The store's index being
+    built ends it too, as no failure (said once at INFO while it lasts, with ``counts``).
+    ``days`` 0 keeps all. ``counts``, when given, counts the records deleted (each slice's,
+    as it goes) and a pass a failure ended."""
     if days <= 0:
         return 0
     before = now - days * DAY
@@ -122,6 +128,12 @@ async def expire_call_records(
             await trio.sleep(pause)
         try:
             count = store.expire_call_records(before, most=chunk)
+        except StoreIndexing as exc:
+            if counts is None or not counts.waiting_for_index:
+                log.info("call record retention waits for the store's index: %s", exc)
+            if counts is not None:
+                counts.waiting_for_index = True
+            break
         except StoreError as exc:
             failures.failed(str(exc), now=now)
             if counts is not None:
@@ -136,6 +148,7 @@ async def expire_call_records(
         removed += count
         if counts is not None:
             counts.expired += count
+            counts.waiting_for_index = False
         if count < chunk:
             break
     if removed:

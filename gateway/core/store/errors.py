@@ -34,6 +34,13 @@ class StoreBusy(StoreError):
     ``statement_timeout``: nothing was written; try again later."""
 
 
+class StoreIndexing(StoreBusy):
+    """What the request reads by is an index still being built (PostgreSQL's retention index
+    after an upgrade: ``CREATE INDEX CONCURRENTLY``, minutes on a big table): an expected wait,
+    not a failure; try again later. A :class:`StoreBusy`, so whatever answers a busy store
+    answers this too."""
+
+
 class StoreUnavailable(StoreBusy):
     """The PostgreSQL server cannot be reached, or the connection was lost: try again later
     (the store reconnects). A write whose connection was lost while it committed may have been

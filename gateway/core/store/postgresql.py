@@ -91,6 +91,7 @@ from gateway.core.store.errors import (
     SchemaError,
     StoreBusy,
     StoreError,
+    StoreIndexing,
     StoreUnavailable,
     migration_failed,
     newer_schema,
@@ -162,6 +163,14 @@ _CREATE_RETENTION_INDEX = (
     f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {RETENTION_INDEX}"
     " ON call_records ((COALESCE(ended_at, started_at)))"
 )
+_NOT_OWNER = (
+    f"this node's role may not build the index {RETENTION_INDEX} (only the owner of call_records"
+    " may index it): call records are not deleted until the owner runs, outside a transaction,"
+    f" {_CREATE_RETENTION_INDEX}, or grants the owning role to this one"
+    " (docs/configuration.md, 'Upgrading the nodes')"
+)
+"""The truth, and the remedy, for a node whose role does not own call_records: no start of
+such a node ever builds the index, so none says the next one will."""
 
 # TCP settings libpq applies unless the DSN sets them (PostgreSQL docs §34.1.2): a server that
 # stops answering is found within seconds (5 + 3 x 1) rather than the kernel's two hours. The
@@ -746,6 +755,9 @@ class PostgresStore:
         # Call record retention's index: whether it is known valid (asked again until it is),
         # and the thread that builds it with its connection, cancelled by close().
         self._retention_indexed = False
+        # This node's role may not build the retention index (not call_records' owner): its
+        # retention fails, saying so, until the owner builds it (_wait_for_retention_index).
+        self._index_refused = False
         self._builder: threading.Thread | None = None
         self._builder_db: psycopg.Connection[Any] | None = None
         self._builder_lock = threading.Lock()
@@ -1448,20 +1460,25 @@ class PostgresStore:
         return None if row is None else float(row[0])
 
     def _wait_for_retention_index(self) -> None:
-        """Raise :class:`StoreBusy` while the retention index is not built (or is invalid):
+        """Raise :class:`StoreIndexing` while the retention index is not built (or is invalid):
         without it, each delete or look-up of the oldest record reads the whole table, on the
         event loop, and fails its statement_timeout on a big one. Asked of the database (one
-        catalog look-up) until it is there: another node may be the one building it."""
+        catalog look-up) until it is there: another node, or the operator, may be building
+        it. :class:`StoreError` instead when this node's role may not build it: nothing will
+        unless the owner does, a failure to say, not a wait."""
         if self._retention_indexed:
             return
         with self._session() as db:
             self._retention_indexed = _index_valid(db) is True
-        if not self._retention_indexed:
-            raise StoreBusy(
-                f"PostgreSQL {self._server.description}: the index {RETENTION_INDEX} is being"
-                " built (CREATE INDEX CONCURRENTLY, by the first node to start with it missing"
-                " or invalid); call records are deleted once it is"
-            )
+        if self._retention_indexed:
+            return
+        if self._index_refused:
+            raise StoreError(f"PostgreSQL {self._server.description}: {_NOT_OWNER}")
+        raise StoreIndexing(
+            f"PostgreSQL {self._server.description}: the index {RETENTION_INDEX} is being"
+            " built (CREATE INDEX CONCURRENTLY, by the first node to start with it missing"
+            " or invalid); call records are deleted once it is"
+        )
 
     def _start_index_build(self, *, background: bool) -> None:
         with self._session() as db:
@@ -1493,7 +1510,11 @@ class PostgresStore:
         at an existing index: an index being built concurrently shows as invalid, so another
         node dropping it would undo a build in progress. An interrupted build (the node stopped
         or killed, the server restarted) leaves an invalid index, which ``IF NOT EXISTS`` would
-        keep: the holder drops it (``DROP INDEX CONCURRENTLY``) and builds it again.
+        keep: the holder drops it (``DROP INDEX CONCURRENTLY``) and builds it again, unless
+        another session is building an index in the database (:func:`_index_build_running`):
+        an operator's hand-run ``CREATE INDEX CONCURRENTLY`` takes no advisory lock. A role
+        that does not own call_records may not build it: said at ERROR with the remedy, and
+        retention fails saying so (:meth:`_wait_for_retention_index`).
 
         ``bounded`` (a small table's, while the store opens): under ``statement_timeout``, as
         the build also waits for every transaction of the database older than it (PostgreSQL
@@ -1527,6 +1548,18 @@ class PostgresStore:
             valid = _index_valid(db)
             if valid is True:
                 self._retention_indexed = True
+                return True
+            if valid is False and _index_build_running(db):
+                # An operator's CREATE INDEX CONCURRENTLY (as the docs suggest) takes no
+                # advisory lock: its index is invalid until it is done, as an interrupted
+                # build's is. Dropped, that build would be undone.
+                log.info(
+                    "%s: the index %s is being built by another session (CREATE INDEX"
+                    " CONCURRENTLY run by hand?): left to it; old call records are deleted once"
+                    " it is built",
+                    where,
+                    RETENTION_INDEX,
+                )
                 return True
             if valid is False:
                 log.warning(
@@ -1569,6 +1602,9 @@ class PostgresStore:
                     where,
                     RETENTION_INDEX,
                 )
+            elif isinstance(exc, pg.errors.InsufficientPrivilege):
+                self._index_refused = True
+                log.error("%s: %s: %s", where, _NOT_OWNER, self._server.say(exc))
             else:
                 log.error(
                     "%s: building the index %s failed: %s; call records are not deleted until"
@@ -1736,6 +1772,23 @@ def _index_valid(db: psycopg.Connection[Any]) -> bool | None:
         "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (RETENTION_INDEX,)
     ).fetchone()
     return None if row is None else bool(row[0])
+
+
+def _index_build_running(db: psycopg.Connection[Any]) -> bool:
+    """Whether another session of this database is building an index (PostgreSQL 12 and later:
+    pg_stat_progress_create_index) that may be the retention index: one building it, or one
+    whose target this role may not see (another role's session, shown without its relation
+    unless this role has pg_read_all_stats), which is left alone rather than undone. False
+    before PostgreSQL 12, which cannot tell."""
+    if db.info.server_version < 120000:
+        return False
+    row = db.execute(
+        "SELECT count(*) FROM pg_stat_progress_create_index"
+        " WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND pid <> pg_backend_pid() AND (index_relid = to_regclass(%s) OR relid IS NULL)",
+        (RETENTION_INDEX,),
+    ).fetchone()
+    return row is not None and int(row[0]) > 0
 
 
 def _account_id(db: psycopg.Connection[Any], name: str) -> int:

@@ -39,7 +39,7 @@ from gateway.core.interfaces import GatewayStatus, LoadedCertificate, ReloadErro
 from gateway.core.transport.flows import format_host_port
 from gateway.plugins.metrics import tls
 from gateway.plugins.metrics.auth import BasicAuth, PasswordHash, PasswordHashError
-from gateway.plugins.metrics.collect import render_in_steps
+from gateway.plugins.metrics.collect import ScrapeLog, render_in_steps
 from gateway.plugins.metrics.server import MetricsServer
 from gateway.plugins.transports.certificates import (
     CertificateError,
@@ -200,8 +200,10 @@ class MetricsExporter:
         if config.tls_certificate is not None:
             self._loaded = (loaded_certificate(Path(config.tls_certificate)),)
 
+        scrape_log = ScrapeLog()
+
         async def scrape() -> bytes:
-            return await render_in_steps(status, server.statistics())
+            return await render_in_steps(status, server.statistics(), scrape_log=scrape_log)
 
         server = MetricsServer(
             scrape,

@@ -11,9 +11,14 @@ address, which would make a new time series per call.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
+import attrs
+
+from gateway.core.failure_log import FailureLog
 from gateway.core.interfaces import GatewayStatus, MediaCounts
+from gateway.core.store.errors import StoreIndexing
 from gateway.plugins.metrics.exposition import Exposition
 
 if TYPE_CHECKING:
@@ -22,12 +27,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-async def render_in_steps(status: GatewayStatus, server: ServerStatistics | None = None) -> bytes:
+def _oldest_failures() -> FailureLog:
+    return FailureLog(
+        log,
+        "metrics: the store",
+        "look-ups of the oldest call record",
+        "voipgw_call_records_oldest_time_seconds is left out of scrapes until it answers",
+    )
+
+
+@attrs.define
+class ScrapeLog:
+    """What one exporter's scrapes log across scrapes (one per metrics server): the store
+    failing the look-up of the oldest call record, logged once and summarized (a scrape every
+    15 s would log a WARNING each), and its retention index being built, an expected wait
+    after an upgrade, said once at INFO."""
+
+    oldest: FailureLog = attrs.field(factory=_oldest_failures)
+    indexing: bool = False
+    """Whether the last look-up found the store's index being built."""
+
+
+async def render_in_steps(
+    status: GatewayStatus,
+    server: ServerStatistics | None = None,
+    *,
+    scrape_log: ScrapeLog | None = None,
+) -> bytes:
     """:func:`render`, with the walk over the live calls' media counters done a few hundred
     calls at a time (``GatewayStatus.media_in_steps``): what a scrape runs, so that it never
     holds the event loop, which relays media, for long at 10 000 calls."""
     media = await status.media_in_steps()
-    return render(status, server, media=media)
+    return render(status, server, media=media, scrape_log=scrape_log)
 
 
 def render(
@@ -35,16 +66,19 @@ def render(
     server: ServerStatistics | None = None,
     *,
     media: MediaCounts | None = None,
+    scrape_log: ScrapeLog | None = None,
 ) -> bytes:
     """One scrape's exposition. Reads the view once per family group; a store that cannot
     answer leaves its family out (logged) rather than failing the whole scrape. ``server``
     adds the exporter's own TLS and authentication failures, when it has them configured;
-    ``media``: the media counters already read (else read here, in one walk)."""
+    ``media``: the media counters already read (else read here, in one walk);
+    ``scrape_log``: the exporter's, so that a failure lasting over scrapes is logged once
+    (else this scrape's own)."""
     out = Exposition()
     _process(out, status)
     _calls(out, status)
     _registrations(out, status)
-    _call_records(out, status)
+    _call_records(out, status, ScrapeLog() if scrape_log is None else scrape_log)
     _sip(out, status)
     _media(out, status.media() if media is None else media)
     _key_exchanges(out, status)
@@ -162,7 +196,7 @@ def _registrations(out: Exposition, status: GatewayStatus) -> None:
     out.sample(bindings)
 
 
-def _call_records(out: Exposition, status: GatewayStatus) -> None:
+def _call_records(out: Exposition, status: GatewayStatus, scrape_log: ScrapeLog) -> None:
     retention = status.call_record_retention()
     if retention.days > 0:
         out.family(
@@ -185,9 +219,21 @@ def _call_records(out: Exposition, status: GatewayStatus) -> None:
         out.sample(retention.failed_passes)
     try:
         oldest = status.oldest_call_record()
-    except Exception as exc:
-        log.warning("metrics: the oldest call record left out of this scrape: %s", exc)
+    except StoreIndexing as exc:
+        # Read without its index, the oldest record would be a scan of the whole table.
+        if not scrape_log.indexing:
+            scrape_log.indexing = True
+            log.info(
+                "metrics: voipgw_call_records_oldest_time_seconds left out of scrapes while"
+                " the store's index is built: %s",
+                exc,
+            )
         return
+    except Exception as exc:
+        scrape_log.oldest.failed(str(exc), now=time.time())
+        return
+    scrape_log.indexing = False
+    scrape_log.oldest.answered(now=time.time())
     if oldest is not None:
         out.family(
             "voipgw_call_records_oldest_time_seconds",

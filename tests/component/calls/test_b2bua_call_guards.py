@@ -104,6 +104,8 @@ async def test_a_failure_making_one_forked_targets_offer_drops_only_that_branch(
     await leg.answer()
     final = await call.final()
     assert final.status == 200
+    # The dropped branch gave back nothing the other, of the same account, still holds.
+    assert env.gateway.calls.limits.in_progress[("account", "alice")] == 1
     assert (await phone.next_request("ACK", timeout=1)).request.call_id == leg.call_id
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and PLUGIN_BUG in errors[0].getMessage()
@@ -250,6 +252,32 @@ async def test_a_transferee_that_cannot_be_acked_fails_the_transfer_and_ends_the
     fragments = [n.body for n in env.alice.requests("NOTIFY")]
     assert any(b"SIP/2.0 503" in body for body in fragments)
     assert any("signalling failed: no udp listener" in line for line in ended_lines(caplog))
+
+
+async def test_a_transferee_that_cannot_be_acked_is_notified_even_when_abandoning_raises(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, and abandoning bob's offer raises too (a second bug): the transferor still
+    hears the transfer failed (NOTIFY 503) and bob's 2xx is still ACKed and BYEd; abandoning
+    first, the catch-all in run() ended the call without either."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await answered_call(env)
+    bob = await bob_phone(env, nursery, voipgw_seed)
+    (alice_leg,) = env.alice.calls
+    fail_new_via_in(monkeypatch, "_transferee_answered").append(True)
+    abandon_offer_raises(monkeypatch)
+
+    assert await refer(alice_leg, BOB_URI) == 202
+    await env.trunk.next_request("INVITE", timeout=5)
+    assert (await bob.next_request("ACK", timeout=5)) is not None
+    assert (await bob.next_request("BYE", timeout=5)) is not None
+    await eventually(lambda: env.calls == 0, timeout=40)
+    fragments = [n.body for n in env.alice.requests("NOTIFY")]
+    assert any(b"SIP/2.0 503" in body for body in fragments)
 
 
 # -- 3. abandoning an offer raising inside a catch-all ------------------------------------------

@@ -15,6 +15,7 @@ the in-memory network, RTP on real sockets through the relay, in virtual time.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import time
@@ -28,7 +29,7 @@ import gateway.plugins.metrics as metrics_plugin
 from gateway.core.gateway import HOUSEKEEPING_INTERVAL
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.core.store.errors import StoreBusy, StoreError
+from gateway.core.store.errors import StoreBusy, StoreError, StoreIndexing
 from gateway.core.store.interface import CallRecord
 from gateway.plugins.metrics.server import (
     CONNECTION_TIMEOUT,
@@ -565,6 +566,54 @@ async def test_call_record_retention_is_scraped_as_it_deletes_and_fails(
     assert samples["voipgw_call_record_retention_failures_total"] == 2
     assert samples["voipgw_call_records_expired_total"] == 3
     assert "voipgw_call_records_oldest_time_seconds" not in samples
+
+
+async def test_an_index_being_built_is_waited_for_quietly_and_a_failing_store_said_once(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL's retention index is built for minutes after an upgrade (StoreIndexing):
+    expected, so no pass is counted failed and each of the retention and the exporter says
+    so once at INFO, where every pass counted a failure and every scrape logged a WARNING.
+    A store that fails the oldest record's look-up is a failure: one WARNING over scrapes,
+    one INFO when it answers again."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    env, address = await metrics_env(
+        nursery, tmp_path, voipgw_seed, store_table={"call_record_days": 1}
+    )
+    store = env.gateway.store
+    assert store is not None
+    store.call_records_save(aged_records(int(time.time())))
+
+    def indexing(*args: object, **kwargs: object) -> int:
+        raise StoreIndexing("the index call_records_kept_by is being built")
+
+    monkeypatch.setattr(store, "expire_call_records", indexing)
+    monkeypatch.setattr(store, "oldest_call_record", indexing)
+    for _ in range(3):
+        await trio.sleep(HOUSEKEEPING_INTERVAL)  # a pass
+        samples = await scrape(address)
+        assert "voipgw_call_records_oldest_time_seconds" not in samples
+    assert samples["voipgw_call_record_retention_failures_total"] == 0
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    said = [r.getMessage() for r in caplog.records if "being built" in r.getMessage()]
+    assert len(said) == 2  # the retention's, the exporter's: once each
+
+    def failing() -> float | None:
+        raise StoreError("the disk is gone")
+
+    monkeypatch.setattr(store, "oldest_call_record", failing)
+    for _ in range(3):
+        assert "voipgw_call_records_oldest_time_seconds" not in await scrape(address)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "the disk is gone" in warnings[0]
+    monkeypatch.undo()
+    assert "voipgw_call_records_oldest_time_seconds" in await scrape(address)
+    assert any("answers again" in r.getMessage() for r in caplog.records)
 
 
 async def test_without_retention_only_the_oldest_record_is_shown(

@@ -11,12 +11,22 @@ may carry one call at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
-from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
-from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
+from gateway.core.hookspecs import hookimpl
+from gateway.core.ids import SeededIds
+from gateway.core.interfaces import RouteDecision, RouteTarget
+from gateway.core.media.security import MediaSecurityRefused
+from gateway.testing.sip_agent import SipAgent
+from tests.component.calls.b2bua_env import ALICE_DID, GW, eventually, start_b2bua
+from tests.component.calls.test_b2bua_answer_errors import fail_next
+from tests.component.calls.test_b2bua_more import PBX, PBX_TRUNK, assert_no_media_ports_held
+from tests.component.calls.test_b2bua_offer_errors import plugin_bug
 
 ONE_CALL = {"max_calls": 1}
 
@@ -125,3 +135,69 @@ async def test_calls_to_a_trunk_are_paced_by_its_max_cps(
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
     assert env.gateway.calls.limits.in_progress == {}
+
+
+FORKED_NUMBER = "+4930555"
+
+
+class CarrierAndPbx:
+    """Rings FORKED_NUMBER on both trunks at once: the carrier first, the pbx."""
+
+    @hookimpl
+    def gateway_route_call(self, request: Any, caller: Any, directory: Any) -> Any:
+        if getattr(request.uri, "user", None) != FORKED_NUMBER:
+            return None
+        return RouteDecision(
+            targets=(
+                RouteTarget(f"sip:{FORKED_NUMBER}@127.0.0.2", trunk="carrier"),
+                RouteTarget(f"sip:{FORKED_NUMBER}@127.0.0.4", trunk="pbx"),
+            )
+        )
+
+
+def policy_refusal() -> Exception:
+    return MediaSecurityRefused("SRTP required")
+
+
+@pytest.mark.parametrize("failure", [plugin_bug, policy_refusal], ids=["offer fails", "refused"])
+async def test_a_forked_trunk_target_not_called_gives_its_channel_back_at_once(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Callable[[], Exception],
+) -> None:
+    """A call forked to the carrier and the pbx; the carrier's branch is dropped before its
+    INVITE (making the offer raised, or its media policy refused it) and the pbx answers. The
+    call counted against the carrier until it ended: with max_calls = 1 the carrier was full
+    of a call it never carried, and alice's next call to it got 503."""
+    env = await start_b2bua(
+        nursery,
+        tmp_path,
+        voipgw_seed,
+        carrier=ONE_CALL,
+        extra_trunks=[PBX_TRUNK],
+        plugins=(("carrier-and-pbx", CarrierAndPbx()),),
+    )
+    pbx = SipAgent(env.network, PBX, ids=SeededIds(voipgw_seed + 4), proxy=GW, media_port=40010)
+    await nursery.start(pbx.serve)
+    limits = env.gateway.calls.limits
+    fail_next(monkeypatch, "make_offer", error=failure)()  # the carrier's, the first
+
+    forked = await env.alice.invite(f"sip:{FORKED_NUMBER}@127.0.0.1:5060")
+    assert (await forked.final()).status == 407
+    await forked.authenticate()
+    assert (await forked.final()).status == 200  # the pbx answered
+    assert env.trunk.requests("INVITE") == []  # the carrier's branch was dropped
+    assert limits.in_progress.get(("trunk", "pbx")) == 1
+    assert ("trunk", "carrier") not in limits.in_progress
+    # The carrier has its one channel for another call meanwhile.
+    other = await env.alice.invite("sip:+15551234@127.0.0.1:5060")
+    assert (await other.final()).status == 407
+    await other.authenticate()
+    assert (await other.final()).status == 200
+    assert (await other.bye()).status == 200
+    assert (await forked.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    assert limits.in_progress == {}
