@@ -27,7 +27,7 @@ from tests.interop.harness import (
     run_sipp_uac,
     udp_filter,
 )
-from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
 from tests.interop.test_pickup_payload_types_sipp import key_press
 from tests.interop.test_t38_sipp import pcap_of
 

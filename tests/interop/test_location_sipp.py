@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, account_call
+from tests.interop.sipp_calls import ACCOUNTS, account_call
 from tests.interop.test_scenarios_calls import CREDENTIALS
 
 pytestmark = pytest.mark.interop

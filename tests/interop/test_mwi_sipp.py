@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas, free_port_pair, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, ALICE, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.sipp_calls import ACCOUNTS, ALICE, DID, TRUNK_IP, inbound_trunk, register
 
 pytestmark = pytest.mark.interop
 

@@ -24,7 +24,7 @@ from tests.interop.harness import (
     run_sipp_uac,
     udp_filter,
 )
-from tests.interop.test_calls_sipp import ACCOUNTS, BOB, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.sipp_calls import ACCOUNTS, BOB, DID, TRUNK_IP, inbound_trunk, register
 from tests.interop.test_pickup_sipp import PICKUP
 from tests.interop.test_t38_sipp import pcap_of
 

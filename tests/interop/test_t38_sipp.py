@@ -29,7 +29,7 @@ from tests.interop.harness import (
     run_sipp_uac,
     udp_filter,
 )
-from tests.interop.test_calls_sipp import (
+from tests.interop.sipp_calls import (
     ACCOUNTS,
     DID,
     TRUNK_IP,
