@@ -27,9 +27,9 @@ from tests.component.calls.b2bua_env import (
     next_within,
     start_b2bua,
 )
+from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.test_b2bua_answer_errors import SECRET, fail_next
 from tests.component.calls.test_b2bua_answer_proto import CRYPTO, alice_answer
-from tests.component.calls.test_b2bua_more import second_phone
 from tests.component.calls.test_b2bua_offer_errors import PLUGIN_BUG, plugin_bug, warning_of
 from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
 from tests.component.calls.test_dialog_events_memory import start

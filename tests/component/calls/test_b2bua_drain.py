@@ -24,7 +24,7 @@ from tests.component.calls.b2bua_env import (
     next_within,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
+from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held
 from tests.component.calls.test_b2bua_trunk_registration import registering_carrier
 from tests.component.calls.test_subscriptions_memory import (
     SUMMARY,

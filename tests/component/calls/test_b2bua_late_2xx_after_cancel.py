@@ -30,7 +30,7 @@ from tests.component.calls.b2bua_env import (
     next_within,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_more import second_phone
+from tests.component.calls.b2bua_scenarios import second_phone
 
 GIVE_UP = 64 * T1 + 1.0  # the §9.1 wait after the CANCEL
 

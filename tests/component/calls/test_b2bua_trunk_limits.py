@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
-from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
+from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held
 
 ONE_CALL = {"max_calls": 1}
 
