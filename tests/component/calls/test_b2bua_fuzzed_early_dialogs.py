@@ -42,7 +42,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_fuzzed_dialogs import (
+from tests.component.calls.fuzz_checks import (
     MAX_UDP,
     WINDOW,
     _expected,

@@ -47,12 +47,12 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_fuzzed_dialogs import (
+from tests.component.calls.fuzz_checks import (
     MAX_UDP,
     error_records,
     mutate_message,
 )
-from tests.component.calls.test_b2bua_fuzzed_dialogs import (
+from tests.component.calls.fuzz_checks import (
     _expected as expected_answer,
 )
 from tests.component.calls.test_presence_memory import BOB, OFFICE, pidf
