@@ -45,6 +45,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
+from tests.component.calls.early_dialog_fuzz import _bystander
 from tests.component.calls.fuzz_checks import (
     MAX_UDP,
     WINDOW,
@@ -56,7 +57,6 @@ from tests.component.calls.fuzz_checks import (
     mutate_message,
     table_sizes,
 )
-from tests.component.calls.test_b2bua_fuzzed_early_dialogs import _bystander
 from tests.component.calls.test_fuzzed_subscriptions import _challenged
 from tests.component.calls.test_presence_memory import BOB
 from tests.unit.fuzz.mutator import base_seed, examples
