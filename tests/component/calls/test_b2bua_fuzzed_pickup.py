@@ -57,7 +57,7 @@ from tests.component.calls.fuzz_checks import (
     mutate_message,
     table_sizes,
 )
-from tests.component.calls.test_fuzzed_subscriptions import _challenged
+from tests.component.calls.subscription_fuzz import _challenged
 from tests.component.calls.test_presence_memory import BOB
 from tests.unit.fuzz.mutator import base_seed, examples
 
