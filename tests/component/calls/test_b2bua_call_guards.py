@@ -29,8 +29,8 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.b2bua_scenarios import second_phone
+from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
 from tests.component.calls.test_b2bua_answer_errors import SECRET, fail_next
-from tests.component.calls.test_b2bua_offer_errors import PLUGIN_BUG, plugin_bug, warning_of
 from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
 from tests.component.calls.test_dialog_events_memory import start
 from tests.component.calls.test_pickup_dialog_ids_memory import (

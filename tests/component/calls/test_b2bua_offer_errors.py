@@ -17,7 +17,6 @@ import trio
 
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.security import KeyExchangeFailed
 from gateway.core.media.session import MediaSession
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
 from gateway.testing.sip_agent import SDP, AutoAnswer, simple_sdp
@@ -29,6 +28,7 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.dtls_phone import PHONE_ID
+from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
 from tests.component.calls.test_b2bua_answer_errors import (
     SECRET,
     assert_logged_once_and_nothing_secret,
@@ -44,18 +44,6 @@ from tests.component.calls.test_pickup_dialog_ids_memory import (
     ringing_alice,
 )
 from tests.component.calls.test_pickup_payload_types import bob_sdp
-
-PLUGIN_BUG = "key exchange failed: the sdes key exchange raised ValueError"
-
-
-def plugin_bug() -> Exception:
-    """What LegSecurity raises for an SDES plugin raising ValueError with key bytes in its
-    text (tests/unit/media/test_leg_security.py shows each SDP step doing so)."""
-    return KeyExchangeFailed("sdes", ValueError(f"inline:{SECRET}"))
-
-
-def warning_of(response: object) -> str:
-    return response.headers.get("Warning") or ""  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("step", ["take_offer", "make_answer"])
