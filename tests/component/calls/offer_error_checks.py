@@ -4,7 +4,7 @@ from test_b2bua_offer_errors.py so that no test module imports another."""
 from __future__ import annotations
 
 from gateway.core.media.security import KeyExchangeFailed
-from tests.component.calls.test_b2bua_answer_errors import (
+from tests.component.calls.answer_error_checks import (
     SECRET,
 )
 

@@ -20,6 +20,7 @@ from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.session import MediaSession
 from gateway.core.sip.message import Response
 from gateway.testing.sip_agent import SDP, simple_sdp
+from tests.component.calls.answer_error_checks import SECRET, fail_next
 from tests.component.calls.answer_proto_calls import CRYPTO, alice_answer
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
@@ -30,7 +31,6 @@ from tests.component.calls.b2bua_env import (
 )
 from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
-from tests.component.calls.test_b2bua_answer_errors import SECRET, fail_next
 from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
 from tests.component.calls.test_dialog_events_memory import start
 from tests.component.calls.test_pickup_dialog_ids_memory import (

@@ -20,6 +20,11 @@ from gateway.core.media.errors import LocalMediaError
 from gateway.core.media.session import MediaSession
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
 from gateway.testing.sip_agent import SDP, AutoAnswer, simple_sdp
+from tests.component.calls.answer_error_checks import (
+    SECRET,
+    assert_logged_once_and_nothing_secret,
+    fail_next,
+)
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     answered_call,
@@ -29,11 +34,6 @@ from tests.component.calls.b2bua_env import (
 )
 from tests.component.calls.dtls_phone import PHONE_ID
 from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
-from tests.component.calls.test_b2bua_answer_errors import (
-    SECRET,
-    assert_logged_once_and_nothing_secret,
-    fail_next,
-)
 from tests.component.calls.test_dialog_events_memory import next_doc, start, watch
 from tests.component.calls.test_pickup_dialog_ids_memory import (
     BOB_PORT,
