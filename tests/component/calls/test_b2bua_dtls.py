@@ -23,7 +23,7 @@ import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.handshakes import INTERNAL_ERROR_REASON
-from gateway.core.sdp.model import MediaDescription, SessionDescription
+from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -42,6 +42,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
+from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import (
     PHONE_ID,
     PHONE_PORT,
@@ -52,11 +53,6 @@ from tests.component.calls.dtls_phone import (
 )
 
 ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
-
-
-def pairs(sd: SessionDescription, media: MediaDescription) -> list[tuple[str, str | None]]:
-    """The media-level then the session-level attributes, as key exchanges read them."""
-    return [(a[0], a[1]) for a in media.attributes] + [(a[0], a[1]) for a in sd.attributes]
 
 
 def mirrored(keys: SrtpKeys) -> SrtpKeys:

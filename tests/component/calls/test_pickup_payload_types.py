@@ -25,8 +25,8 @@ from tests.component.calls.b2bua_env import (
     assert_media_via_gateway,
     eventually,
 )
+from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import PHONE_ID, Phone, bind
-from tests.component.calls.test_b2bua_dtls import pairs
 from tests.component.calls.test_dialog_events_memory import start, watch
 from tests.component.calls.test_pickup_dialog_ids_memory import (
     PICKUP,
