@@ -20,7 +20,7 @@ import attrs
 import pytest
 import trio
 
-from tests.component.calls import b2bua_env, test_b2bua_intercept, test_b2bua_t38
+from tests.component.calls import b2bua_env, intercept_calls, test_b2bua_t38
 from tests.port_blocks import port_block_text
 
 MEDIA_PORTS = port_block_text(100)  # this process's own ports (tests/port_blocks.py)
@@ -47,7 +47,7 @@ def media_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
         return env
 
     # Bound by name in the modules that call it.
-    for module in (test_b2bua_t38, test_b2bua_intercept):
+    for module in (test_b2bua_t38, intercept_calls):
         monkeypatch.setattr(module, "start_b2bua", start)
     yield gateways
     assert gateways, "no gateway was started"

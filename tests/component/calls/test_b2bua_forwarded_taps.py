@@ -35,7 +35,7 @@ from gateway.plugins.taps.intercept import pdu
 from gateway.testing.sip_agent import AutoAnswer, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, BOB_DID, eventually
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_intercept import (
+from tests.component.calls.intercept_calls import (
     CALLEE_PORT,
     CALLER_PORT,
     XID,

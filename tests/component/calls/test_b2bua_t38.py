@@ -29,13 +29,13 @@ from gateway.plugins.taps.intercept import pdu
 from gateway.testing.sip_agent import Received, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import Phone, bind
-from tests.component.calls.test_b2bua_intercept import (
+from tests.component.calls.intercept_calls import (
     CALLEE_PORT as INTERCEPTED_CALLEE_PORT,
 )
-from tests.component.calls.test_b2bua_intercept import (
+from tests.component.calls.intercept_calls import (
     CALLER_PORT as INTERCEPTED_CALLER_PORT,
 )
-from tests.component.calls.test_b2bua_intercept import (
+from tests.component.calls.intercept_calls import (
     activate,
     answered_with_media,
     intercept_env,
