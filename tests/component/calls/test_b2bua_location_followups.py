@@ -26,7 +26,7 @@ from gateway.core.calls.call import LOCATION_UPDATE_WAIT
 from gateway.core.sip.message import Response
 from gateway.testing.sip_agent import Received
 from tests.component.calls.b2bua_env import B2bua, eventually
-from tests.component.calls.test_b2bua_location import (
+from tests.component.calls.location_calls import (
     BY_VALUE,
     MIXED,
     MOVED,
