@@ -37,33 +37,11 @@ from tests.component.calls.location_calls import (
     started,
     update,
 )
+from tests.component.calls.location_followups import location_record, trunk_ignores
 
 LONE_ID = "<moved7@alice.example.com>"
 LONE = [("Geolocation", "<cid:moved7@alice.example.com>"), ("Content-ID", LONE_ID)]
 MOVED_PIDF = PIDF.replace(b"<HNO>123</HNO>", b"<HNO>125</HNO>")
-
-
-def location_record(env: B2bua) -> Any:
-    """The call's location record once the call's end is saved (records go in batches: the
-    answered call's may be saved first)."""
-    store = env.gateway.store
-    assert store is not None
-    [record] = store.call_records_recent()
-    return record.security.get("location") if record.ended_at is not None else None
-
-
-def trunk_ignores(env: B2bua, method: str) -> list[Received]:
-    """The trunk takes ``method`` in a dialog and never answers it; what it took."""
-    taken: list[Received] = []
-
-    async def ignore(received: Received) -> bool:
-        if received.request.method != method:
-            return False
-        taken.append(received)
-        return True
-
-    env.trunk.in_dialog = ignore
-    return taken
 
 
 async def test_an_unanswered_location_update_is_answered_after_the_default_wait(

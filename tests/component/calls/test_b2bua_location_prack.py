@@ -40,7 +40,7 @@ from tests.component.calls.location_calls import (
     started,
     update,
 )
-from tests.component.calls.test_b2bua_location_followups import location_record, trunk_ignores
+from tests.component.calls.location_followups import location_record, trunk_ignores
 
 REQUIRE_100REL = [("Require", "100rel"), ("Supported", "100rel")]
 CANNOT_PROCESS = '100 ;code="Cannot Process Location"'
