@@ -27,7 +27,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_metrics import metrics_env, scrape
+from tests.component.calls.metrics_scrape import metrics_env, scrape
 from tests.component.calls.test_b2bua_transfer import (
     alice_calls,
     bob_phone,

@@ -403,7 +403,7 @@ async def test_a_fax_calls_datagrams_are_counted_apart_from_rtp_in_the_metrics(
     """A fax-only call: its UDPTL datagrams go to ``voipgw_media_relayed_udptl_*``, not to the
     RTP and RTCP packets (none: the call had no audio), live and after its end (its stream's
     counters kept when it closes)."""
-    from tests.component.calls.test_b2bua_metrics import metrics_env, scrape
+    from tests.component.calls.metrics_scrape import metrics_env, scrape
 
     env, address = await metrics_env(nursery, tmp_path, voipgw_seed)
     call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=t38_sdp(CALLER_PORT, version=1))
