@@ -19,7 +19,7 @@ from gateway.plugins.taps.intercept import Interception, pdu
 from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_recorder import rtp
+from tests.component.calls.recorder_calls import rtp
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 from tests.port_blocks import port_bases

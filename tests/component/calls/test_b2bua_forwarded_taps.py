@@ -45,7 +45,7 @@ from tests.component.calls.intercept_calls import (
     intercept_env,
     pki,  # noqa: F401 (the fixture)
 )
-from tests.component.calls.test_b2bua_recorder import recording_env, recordings, rtp
+from tests.component.calls.recorder_calls import recording_env, recordings, rtp
 from tests.component.calls.test_b2bua_redirect import start_bob
 from tests.interop.harness.pki import Issued, TestCa
 

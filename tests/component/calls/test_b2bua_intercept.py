@@ -36,7 +36,7 @@ from tests.component.calls.intercept_calls import (
     message,
     pki,  # noqa: F401 (the fixture)
 )
-from tests.component.calls.test_b2bua_recorder import rtp
+from tests.component.calls.recorder_calls import rtp
 from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa

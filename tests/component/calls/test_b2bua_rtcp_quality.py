@@ -28,7 +28,7 @@ from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.metrics_scrape import scrape
-from tests.component.calls.test_b2bua_recorder import rtp
+from tests.component.calls.recorder_calls import rtp
 from tests.port_blocks import port_bases
 from tests.unit.taps.test_hep import chunks
 

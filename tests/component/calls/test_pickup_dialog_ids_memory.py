@@ -30,7 +30,7 @@ from tests.component.calls.b2bua_env import (
     next_within,
 )
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_recorder import rtp
+from tests.component.calls.recorder_calls import rtp
 from tests.component.calls.test_dialog_events_memory import NS, next_doc, start, watch
 from tests.port_blocks import port_bases
 
