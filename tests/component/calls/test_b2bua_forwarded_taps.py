@@ -46,7 +46,7 @@ from tests.component.calls.intercept_calls import (
     pki,  # noqa: F401 (the fixture)
 )
 from tests.component.calls.recorder_calls import recording_env, recordings, rtp
-from tests.component.calls.test_b2bua_redirect import start_bob
+from tests.component.calls.redirect_phones import start_bob
 from tests.interop.harness.pki import Issued, TestCa
 
 FORWARD_TO = "+15557777"  # a number the carrier serves (b2bua_env's trunk)
