@@ -27,7 +27,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_reinvite_failures import alice_answers_reinvites
+from tests.component.calls.reinvite_answers import alice_answers_reinvites
 
 
 async def test_an_srtp_answer_to_a_plain_offer_is_acked_byed_and_the_caller_gets_488(
