@@ -16,7 +16,7 @@ import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import GW, eventually
-from tests.component.calls.test_b2bua_siprec import (
+from tests.component.calls.siprec_calls import (
     NS,
     SRS,
     metadata_of,

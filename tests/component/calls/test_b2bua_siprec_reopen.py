@@ -26,7 +26,7 @@ from gateway.core.ids import SeededIds
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, GW, eventually, next_within
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_siprec import (
+from tests.component.calls.siprec_calls import (
     CALLER_PORT,
     NS,
     SRS_PORT,

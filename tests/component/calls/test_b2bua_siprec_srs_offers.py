@@ -43,7 +43,7 @@ from gateway.plugins.taps.siprec import METADATA_REQUEST_TYPE, srs_sdp
 from gateway.testing.sip_agent import Received
 from tests.component.calls.b2bua_env import GW, eventually, next_within, sent
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_siprec import (
+from tests.component.calls.siprec_calls import (
     CALLEE_PORT,
     CALLER_PORT,
     SRS,

@@ -36,7 +36,7 @@ from gateway.plugins.taps.siprec import srs_sdp
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_siprec import rtp
+from tests.component.calls.siprec_calls import rtp
 from tests.port_blocks import port_bases
 
 SRS = ("127.0.0.9", 5061)

@@ -34,7 +34,7 @@ from gateway.plugins.metrics.collect import render
 from gateway.plugins.taps.siprec import srs_sdp
 from gateway.testing.sip_agent import AutoAnswer, Received, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, next_within
-from tests.component.calls.test_b2bua_siprec import (
+from tests.component.calls.siprec_calls import (
     CALLER_PORT,
     NS,
     metadata_of,
