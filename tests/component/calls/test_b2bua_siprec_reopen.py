@@ -35,13 +35,13 @@ from tests.component.calls.siprec_calls import (
     siprec_env,
     srs_answer,
 )
+from tests.component.calls.siprec_counts import counted
 from tests.component.calls.test_b2bua_siprec_updates import (
     HELD,
     RESUMED,
     VirtualWallClock,
     directions,
     recorded_call,
-    scrape,
     stamp_of,
 )
 
@@ -58,11 +58,6 @@ def ids_of(body: bytes) -> tuple[str | None, list[str | None], list[str | None]]
         [p.get("participant_id") for p in root.findall("r:participant", NS)],
         [s.get("stream_id") for s in root.findall("r:stream", NS)],
     )
-
-
-def counted(env: object, reason: str, count: int) -> bool:
-    line = f'voipgw_recording_update_failures_total{{reason="{reason}"}} {count}\n'
-    return line in scrape(env)  # type: ignore[arg-type]
 
 
 async def test_after_a_481_a_new_recording_session_takes_the_rest_of_the_call(

@@ -53,7 +53,7 @@ from tests.component.calls.siprec_calls import (
     siprec_env,
     srs_answer,
 )
-from tests.component.calls.test_b2bua_siprec_reopen import counted
+from tests.component.calls.siprec_counts import counted
 from tests.component.calls.test_b2bua_siprec_srtp import (
     CALLEE_PORT as SRTP_CALLEE_PORT,
 )

@@ -29,7 +29,7 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, next_within
 from tests.component.calls.siprec_calls import CALLER_PORT, siprec_env, srs_answer
-from tests.component.calls.test_b2bua_siprec_reopen import counted
+from tests.component.calls.siprec_counts import counted
 from tests.component.calls.test_b2bua_siprec_updates import HELD, RESUMED
 
 WITH_UPDATE = ("Allow", "INVITE, ACK, BYE, CANCEL, UPDATE")
