@@ -54,18 +54,18 @@ from tests.component.calls.siprec_calls import (
     srs_answer,
 )
 from tests.component.calls.siprec_counts import counted
-from tests.component.calls.test_b2bua_siprec_srtp import (
+from tests.component.calls.siprec_srtp_calls import (
     CALLEE_PORT as SRTP_CALLEE_PORT,
 )
-from tests.component.calls.test_b2bua_siprec_srtp import (
+from tests.component.calls.siprec_srtp_calls import (
     CALLER_PORT as SRTP_CALLER_PORT,
 )
-from tests.component.calls.test_b2bua_siprec_srtp import (
+from tests.component.calls.siprec_srtp_calls import (
     GW_TLS,
     srtp_answer,
     srtp_env,
 )
-from tests.component.calls.test_b2bua_siprec_srtp import (
+from tests.component.calls.siprec_srtp_calls import (
     answered_call as srtp_call,
 )
 from tests.component.calls.test_b2bua_siprec_timers import take, timed_env
