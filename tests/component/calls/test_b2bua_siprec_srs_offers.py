@@ -68,7 +68,7 @@ from tests.component.calls.siprec_srtp_calls import (
 from tests.component.calls.siprec_srtp_calls import (
     answered_call as srtp_call,
 )
-from tests.component.calls.test_b2bua_siprec_timers import take, timed_env
+from tests.component.calls.siprec_timed_env import take, timed_env
 from tests.port_blocks import port_bases
 
 (NEW_PORT,) = port_bases(1)  # the media server the SRS moves the recording to (our own port)
