@@ -3,7 +3,7 @@ test_b2bua_siprec_reopen.py so that no test module imports another."""
 
 from __future__ import annotations
 
-from tests.component.calls.test_b2bua_siprec_updates import (
+from tests.component.calls.siprec_recorded_calls import (
     scrape,
 )
 

@@ -23,7 +23,7 @@ from tests.component.calls.siprec_calls import (
     participants_of,
     srs_answer,
 )
-from tests.component.calls.test_b2bua_siprec_updates import VirtualWallClock, stamp_of
+from tests.component.calls.siprec_recorded_calls import VirtualWallClock, stamp_of
 from tests.component.calls.test_dialog_events_memory import start
 from tests.component.calls.test_pickup_dialog_ids_memory import PICKUP
 from tests.component.calls.test_pickup_feature_codes import dial_call, ring_alice

@@ -36,7 +36,7 @@ from tests.component.calls.siprec_calls import (
     srs_answer,
 )
 from tests.component.calls.siprec_counts import counted
-from tests.component.calls.test_b2bua_siprec_updates import (
+from tests.component.calls.siprec_recorded_calls import (
     HELD,
     RESUMED,
     VirtualWallClock,

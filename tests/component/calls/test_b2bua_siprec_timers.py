@@ -29,8 +29,8 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from tests.component.calls.b2bua_env import eventually, next_within
 from tests.component.calls.siprec_calls import srs_answer
 from tests.component.calls.siprec_counts import counted
+from tests.component.calls.siprec_recorded_calls import HELD, RESUMED
 from tests.component.calls.siprec_timed_env import take, timed_env
-from tests.component.calls.test_b2bua_siprec_updates import HELD, RESUMED
 
 WITH_UPDATE = ("Allow", "INVITE, ACK, BYE, CANCEL, UPDATE")
 WITHOUT_UPDATE = ("Allow", "INVITE, ACK, BYE, CANCEL")
