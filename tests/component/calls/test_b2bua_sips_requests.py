@@ -23,7 +23,7 @@ from gateway.core.registrar import canonical_aor
 from gateway.core.sip.dialog import Dialog
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import GW, REALM, B2bua, next_within, start_b2bua
-from tests.component.calls.test_b2bua_sips import (
+from tests.component.calls.sips_phones import (
     ALICE_TLS,
     BOB,
     CAROL,
