@@ -27,7 +27,7 @@ from gateway.core.status import CallStatistics, StatusView
 from gateway.plugins.metrics.collect import render
 from gateway.testing.sti_pki import make_identity, make_pki
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, start_b2bua
-from tests.component.calls.test_b2bua_stir_shaken import (
+from tests.component.calls.stir_shaken_calls import (
     CALLER,
     OUR_X5U,
     X5U,
