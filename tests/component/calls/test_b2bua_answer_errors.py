@@ -32,7 +32,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, eventually_notify, refer
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, eventually_notify, refer
 
 LIMIT = 32.0  # 64 * T1: a 2xx not ACKed is re-sent until then (§13.3.1.4)
 

@@ -31,7 +31,6 @@ from tests.component.calls.b2bua_env import (
 )
 from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
-from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
 from tests.component.calls.test_dialog_events_memory import start
 from tests.component.calls.test_pickup_dialog_ids_memory import (
     BOB_PORT,
@@ -40,6 +39,7 @@ from tests.component.calls.test_pickup_dialog_ids_memory import (
     replaces_of,
     ringing_alice,
 )
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 
 
 def fail_new_via_in(monkeypatch: pytest.MonkeyPatch, caller: str) -> list[bool]:

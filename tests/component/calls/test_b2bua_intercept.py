@@ -37,7 +37,7 @@ from tests.component.calls.intercept_calls import (
     pki,  # noqa: F401 (the fixture)
 )
 from tests.component.calls.recorder_calls import rtp
-from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa
 

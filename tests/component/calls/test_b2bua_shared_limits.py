@@ -28,7 +28,7 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.metrics_scrape import metrics_env, scrape
-from tests.component.calls.test_b2bua_transfer import (
+from tests.component.calls.transfer_calls import (
     alice_calls,
     bob_phone,
     eventually_notify,
