@@ -25,7 +25,6 @@ from tests.component.calls.b2bua_env import (
 )
 from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held
 from tests.component.calls.drain_steps import start_drain
-from tests.component.calls.test_b2bua_trunk_registration import registering_carrier
 from tests.component.calls.test_subscriptions_memory import (
     SUMMARY,
     SUMMARY_TYPE,
@@ -33,6 +32,7 @@ from tests.component.calls.test_subscriptions_memory import (
     subscribe_request,
     subscribed,
 )
+from tests.component.calls.trunk_registrar import registering_carrier
 
 CARRIER = {"prefixes": ["+1", "112"]}
 EVENT = ("Event", "message-summary")
