@@ -31,7 +31,7 @@ from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually
 from tests.component.calls.dtls_phone import Phone, bind
 from tests.component.calls.recorder_calls import recording_env, recordings, rtp
-from tests.component.calls.test_b2bua_zrtp import pairs, phone_exchange, zrtp_sdp
+from tests.component.calls.zrtp_pairs import pairs, phone_exchange, zrtp_sdp
 from tests.port_blocks import port_bases
 from tests.unit.taps.test_oggopus import read_ogg
 

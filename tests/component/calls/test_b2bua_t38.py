@@ -40,7 +40,7 @@ from tests.component.calls.intercept_calls import (
     answered_with_media,
     intercept_env,
 )
-from tests.component.calls.test_b2bua_zrtp import pairs, phone_exchange, zrtp_sdp
+from tests.component.calls.zrtp_pairs import pairs, phone_exchange, zrtp_sdp
 from tests.interop.harness.pki import TestPki
 from tests.port_blocks import port_bases
 
