@@ -30,8 +30,8 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.b2bua_scenarios import second_phone
+from tests.component.calls.dialog_event_watch import start
 from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
-from tests.component.calls.test_dialog_events_memory import start
 from tests.component.calls.test_pickup_dialog_ids_memory import (
     BOB_PORT,
     PICKUP,

@@ -16,6 +16,7 @@ import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import GW, eventually
+from tests.component.calls.dialog_event_watch import start
 from tests.component.calls.siprec_calls import (
     NS,
     SRS,
@@ -24,7 +25,6 @@ from tests.component.calls.siprec_calls import (
     srs_answer,
 )
 from tests.component.calls.siprec_recorded_calls import VirtualWallClock, stamp_of
-from tests.component.calls.test_dialog_events_memory import start
 from tests.component.calls.test_pickup_dialog_ids_memory import PICKUP
 from tests.component.calls.test_pickup_feature_codes import dial_call, ring_alice
 

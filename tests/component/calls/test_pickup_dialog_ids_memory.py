@@ -29,9 +29,9 @@ from tests.component.calls.b2bua_env import (
     eventually,
     next_within,
 )
+from tests.component.calls.dialog_event_watch import NS, next_doc, start, watch
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.recorder_calls import rtp
-from tests.component.calls.test_dialog_events_memory import NS, next_doc, start, watch
 from tests.port_blocks import port_bases
 
 PICKUP = {"name": "office", "accounts": ["alice", "bob"], "pickup": True}

@@ -25,9 +25,9 @@ from tests.component.calls.b2bua_env import (
     assert_media_via_gateway,
     eventually,
 )
+from tests.component.calls.dialog_event_watch import start, watch
 from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import PHONE_ID, Phone, bind
-from tests.component.calls.test_dialog_events_memory import start, watch
 from tests.component.calls.test_pickup_dialog_ids_memory import (
     PICKUP,
     early_dialog,

@@ -15,8 +15,8 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, assert_media_via_gateway
+from tests.component.calls.dialog_event_watch import start, watch
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_dialog_events_memory import start, watch
 from tests.component.calls.test_pickup_dialog_ids_memory import (
     PICKUP,
     early_dialog,
