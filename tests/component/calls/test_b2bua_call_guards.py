@@ -32,7 +32,7 @@ from tests.component.calls.b2bua_env import (
 from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.dialog_event_watch import start
 from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
-from tests.component.calls.test_pickup_dialog_ids_memory import (
+from tests.component.calls.pickup_calls import (
     BOB_PORT,
     PICKUP,
     pick_up,

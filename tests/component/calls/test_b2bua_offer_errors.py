@@ -35,7 +35,7 @@ from tests.component.calls.b2bua_env import (
 from tests.component.calls.dialog_event_watch import next_doc, start, watch
 from tests.component.calls.dtls_phone import PHONE_ID
 from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
-from tests.component.calls.test_pickup_dialog_ids_memory import (
+from tests.component.calls.pickup_calls import (
     BOB_PORT,
     PICKUP,
     early_dialog,

@@ -17,6 +17,7 @@ from gateway.core.ids import SeededIds
 from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import GW, eventually
 from tests.component.calls.dialog_event_watch import start
+from tests.component.calls.pickup_calls import PICKUP
 from tests.component.calls.siprec_calls import (
     NS,
     SRS,
@@ -25,7 +26,6 @@ from tests.component.calls.siprec_calls import (
     srs_answer,
 )
 from tests.component.calls.siprec_recorded_calls import VirtualWallClock, stamp_of
-from tests.component.calls.test_pickup_dialog_ids_memory import PICKUP
 from tests.component.calls.test_pickup_feature_codes import dial_call, ring_alice
 
 

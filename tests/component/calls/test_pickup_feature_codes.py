@@ -22,7 +22,7 @@ from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from gateway.testing.sip_agent import Call as SipCall
 from tests.component.calls.b2bua_env import ALICE_DID, GW, T1, B2bua, eventually, next_within
 from tests.component.calls.dialog_event_watch import start
-from tests.component.calls.test_pickup_dialog_ids_memory import (
+from tests.component.calls.pickup_calls import (
     BOB_PORT,
     CALLER_PORT,
     PICKUP,

@@ -25,16 +25,10 @@ from tests.component.calls.b2bua_env import (
     assert_media_via_gateway,
     eventually,
 )
-from tests.component.calls.dialog_event_watch import start, watch
+from tests.component.calls.dialog_event_watch import next_doc, start, watch
 from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import PHONE_ID, Phone, bind
-from tests.component.calls.test_pickup_dialog_ids_memory import (
-    PICKUP,
-    early_dialog,
-    next_doc,
-    pick_up,
-    replaces_of,
-)
+from tests.component.calls.pickup_calls import PICKUP, early_dialog, pick_up, replaces_of
 from tests.port_blocks import port_bases
 
 CALLER_PORT, BOB_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
