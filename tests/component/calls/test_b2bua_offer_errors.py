@@ -43,7 +43,7 @@ from tests.component.calls.pickup_calls import (
     replaces_of,
     ringing_alice,
 )
-from tests.component.calls.test_pickup_payload_types import bob_sdp
+from tests.component.calls.pickup_sdp import bob_sdp
 
 
 @pytest.mark.parametrize("step", ["take_offer", "make_answer"])
