@@ -57,8 +57,8 @@ from tests.component.calls.fuzz_checks import (
     mutate_message,
     table_sizes,
 )
+from tests.component.calls.presence_subscriptions import BOB
 from tests.component.calls.subscription_fuzz import _challenged
-from tests.component.calls.test_presence_memory import BOB
 from tests.unit.fuzz.mutator import base_seed, examples
 
 PICKUP = {"name": "office", "accounts": ["alice", "bob"], "pickup": True}

@@ -27,7 +27,7 @@ from tests.component.calls.pickup_calls import (
     assert_rtp_between_caller_and_bob,
 )
 from tests.component.calls.pickup_feature_calls import dial_call, ring_alice
-from tests.component.calls.test_presence_memory import BOB
+from tests.component.calls.presence_subscriptions import BOB
 
 
 async def dial(bob: SipAgent, user: str) -> Response:
