@@ -45,8 +45,8 @@ from tests.component.calls.b2bua_env import (
 from tests.component.calls.dtls_phone import bind
 from tests.component.calls.metrics_scrape import aged_records, http, metrics_env, scrape
 from tests.component.calls.recorder_calls import rtp
-from tests.component.calls.test_scanner_user_agents import SCANNER
-from tests.component.calls.test_scanner_user_agents import request as scanner_request
+from tests.component.calls.scanner_requests import SCANNER
+from tests.component.calls.scanner_requests import request as scanner_request
 from tests.port_blocks import port_bases
 
 CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
