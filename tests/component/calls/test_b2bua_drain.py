@@ -25,7 +25,7 @@ from tests.component.calls.b2bua_env import (
 )
 from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held
 from tests.component.calls.drain_steps import start_drain
-from tests.component.calls.test_subscriptions_memory import (
+from tests.component.calls.mwi_subscriptions import (
     SUMMARY,
     SUMMARY_TYPE,
     Voicemail,

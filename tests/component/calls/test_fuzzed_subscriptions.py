@@ -54,9 +54,9 @@ from tests.component.calls.fuzz_checks import (
 from tests.component.calls.fuzz_checks import (
     _expected as expected_answer,
 )
+from tests.component.calls.mwi_subscriptions import SUMMARY, Voicemail, subscribed
 from tests.component.calls.presence_subscriptions import BOB, OFFICE, pidf
 from tests.component.calls.subscription_fuzz import WINDOW, _challenged
-from tests.component.calls.test_subscriptions_memory import SUMMARY, Voicemail, subscribed
 from tests.unit.fuzz.mutator import base_seed, examples
 
 SUMMARIES = [
