@@ -22,7 +22,7 @@ from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
 from tests.component.calls.udp_requests import request
-from tests.integration.test_gateway_sockets import options, port_of
+from tests.integration.gateway_options import options, port_of
 from tests.port_blocks import port_block_text
 
 
