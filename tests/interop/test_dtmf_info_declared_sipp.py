@@ -26,9 +26,9 @@ from tests.interop.harness import (
     udp_filter,
 )
 from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.t38_pcaps import pcap_of
 from tests.interop.test_dtmf_interworking_sipp import assert_digits_crossed
 from tests.interop.test_pickup_payload_types_sipp import key_press
-from tests.interop.test_t38_sipp import pcap_of
 
 pytestmark = pytest.mark.interop
 

@@ -25,8 +25,8 @@ from tests.interop.harness import (
     udp_filter,
 )
 from tests.interop.sipp_calls import ACCOUNTS, BOB, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.t38_pcaps import pcap_of
 from tests.interop.test_pickup_sipp import PICKUP
-from tests.interop.test_t38_sipp import pcap_of
 
 pytestmark = pytest.mark.interop
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import SCENARIOS, SippUas, run_sipp_uac, tone_ulaw
-from tests.interop.test_t38_sipp import pcap_of
+from tests.interop.t38_pcaps import pcap_of
 
 pytestmark = pytest.mark.interop
 
