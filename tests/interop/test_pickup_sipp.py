@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.interop.dialog_event_bodies import NS, body_of
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
 from tests.interop.sipp_calls import (
     ACCOUNTS,
@@ -23,7 +24,6 @@ from tests.interop.sipp_calls import (
     register,
     trunk_call,
 )
-from tests.interop.test_dialog_events_sipp import NS, body_of
 
 pytestmark = pytest.mark.interop
 
