@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.interop.dtmf_digits import assert_digits_crossed
 from tests.interop.harness import (
     Capture,
     GatewayProcess,
@@ -27,7 +28,6 @@ from tests.interop.harness import (
 )
 from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
 from tests.interop.t38_pcaps import pcap_of
-from tests.interop.test_dtmf_interworking_sipp import assert_digits_crossed
 from tests.interop.test_pickup_payload_types_sipp import key_press
 
 pytestmark = pytest.mark.interop
