@@ -25,9 +25,9 @@ from tests.interop.harness import (
     run_sipp_uac,
     udp_filter,
 )
+from tests.interop.pickup_key_press import key_press
 from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
 from tests.interop.t38_pcaps import pcap_of
-from tests.interop.test_pickup_payload_types_sipp import key_press
 
 pytestmark = pytest.mark.interop
 
