@@ -24,9 +24,9 @@ from tests.interop.harness import (
     udp_filter,
 )
 from tests.interop.pickup_key_press import AUDIO_PACKETS, EVENT_PACKETS, key_press
+from tests.interop.pickup_sipp import PICKUP
 from tests.interop.sipp_calls import ACCOUNTS, BOB, DID, TRUNK_IP, inbound_trunk, register
 from tests.interop.t38_pcaps import pcap_of
-from tests.interop.test_pickup_sipp import PICKUP
 
 pytestmark = pytest.mark.interop
 
