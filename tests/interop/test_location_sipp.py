@@ -21,8 +21,8 @@ import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
 from tests.interop.location_trunks import emergency_trunk
+from tests.interop.scenario_credentials import CREDENTIALS
 from tests.interop.sipp_calls import ACCOUNTS, account_call
-from tests.interop.test_scenarios_calls import CREDENTIALS
 
 pytestmark = pytest.mark.interop
 
