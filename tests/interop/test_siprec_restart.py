@@ -16,7 +16,7 @@ import pytest
 
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas
 from tests.interop.sipp_calls import ACCOUNTS, inbound_trunk, register, trunk_call
-from tests.interop.test_siprec_retry import invites_received
+from tests.interop.siprec_invites import invites_received
 
 pytestmark = pytest.mark.interop
 
