@@ -35,7 +35,7 @@ from tests.component.calls.transfer_calls import (
     refer,
     replaces_of,
 )
-from tests.unit.calls.test_call_limits_shared import FakeShared
+from tests.unit.calls.fake_shared import FakeShared
 
 TRUNK = ("trunk", "carrier")
 
