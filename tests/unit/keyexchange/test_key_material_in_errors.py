@@ -23,7 +23,7 @@ from gateway.core.media.security import KeyExchangeFailed
 from gateway.plugins.keyexchange.mikey.engine import keymgmt_value
 from gateway.plugins.keyexchange.sdes import SdesKeyExchange, parse_crypto_untrusted
 from gateway.plugins.keyexchange.zrtp import packets as p
-from tests.unit.keyexchange.test_mikey_negotiation import (
+from tests.unit.keyexchange.mikey_exchanges import (
     ALICE,
     CARRIER,
     PSK,
