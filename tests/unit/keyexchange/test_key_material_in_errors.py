@@ -31,7 +31,7 @@ from tests.unit.keyexchange.mikey_exchanges import (
     exchange,
     message,
 )
-from tests.unit.keyexchange.test_zrtp_packets import (
+from tests.unit.keyexchange.zrtp_vectors import (
     MAC_KEY_I,
     MAC_KEY_R,
     PACKETS,
