@@ -20,7 +20,7 @@ from tests.unit.fuzz.mutator import fuzz
 from tests.unit.keyexchange.mikey_vectors import KEY, SALT, section7_message
 from tests.unit.keyexchange.zrtp_vectors import EXCHANGE
 from tests.unit.media.rtcp_packets import RR, SDES, SR
-from tests.unit.media.test_stun_codec import RFC5769_REQUEST, RFC5769_RESPONSE
+from tests.unit.media.stun_vectors import RFC5769_REQUEST, RFC5769_RESPONSE
 
 RTP = (
     struct.pack("!BBHII", 0x80, 0, 1, 160, 0x11223344) + bytes(160),
