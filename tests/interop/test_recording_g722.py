@@ -25,7 +25,7 @@ from gateway.plugins.taps.g722 import G722Decoder
 from tests.interop.harness import SCENARIOS, GatewayProcess, SippUas, analyse_tone, run_sipp_uac
 from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
 from tests.interop.t38_pcaps import pcap_of
-from tests.unit.taps.test_g722 import load_spandsp
+from tests.unit.taps.spandsp import load_spandsp
 
 pytestmark = pytest.mark.interop
 
