@@ -30,7 +30,7 @@ from tests.component.calls.metrics_scrape import scrape
 from tests.component.calls.recorder_calls import rtp
 from tests.component.calls.rtcp_reports import receiver_report, rtcp_port, sender_report
 from tests.port_blocks import port_bases
-from tests.unit.taps.test_hep import chunks
+from tests.unit.taps.hep_chunks import chunks
 
 CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 
