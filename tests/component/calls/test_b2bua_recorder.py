@@ -33,7 +33,7 @@ from tests.component.calls.dtls_phone import Phone, bind
 from tests.component.calls.recorder_calls import recording_env, recordings, rtp
 from tests.component.calls.zrtp_pairs import pairs, phone_exchange, zrtp_sdp
 from tests.port_blocks import port_bases
-from tests.unit.taps.test_oggopus import read_ogg
+from tests.unit.taps.ogg_reader import read_ogg
 
 CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 CALLER_BYTE, CALLEE_BYTE = 0x00, 0x80  # PCMU -32124 and +32124
