@@ -30,6 +30,7 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.b2bua_scenarios import second_phone
+from tests.component.calls.call_guard_logs import ended_lines
 from tests.component.calls.dialog_event_watch import start
 from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
 from tests.component.calls.pickup_calls import (
@@ -66,10 +67,6 @@ def abandon_offer_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         raise LocalMediaError(f"abandoning failed holding {SECRET}")
 
     monkeypatch.setattr(MediaSession, "abandon_offer", broken)
-
-
-def ended_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if " ended: " in r.getMessage()]
 
 
 # -- 1. one forked target's offer raising ------------------------------------------------------
