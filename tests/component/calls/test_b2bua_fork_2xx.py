@@ -31,7 +31,7 @@ from tests.component.calls.b2bua_env import (
     start_b2bua,
 )
 from tests.component.calls.call_guard_logs import ended_lines
-from tests.component.calls.test_b2bua_late_2xx_after_cancel import GIVE_UP
+from tests.component.calls.cancel_give_up import GIVE_UP
 from tests.component.calls.test_b2bua_offer_errors import warning_of
 
 
