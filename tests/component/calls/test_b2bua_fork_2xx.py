@@ -32,7 +32,7 @@ from tests.component.calls.b2bua_env import (
 )
 from tests.component.calls.call_guard_logs import ended_lines
 from tests.component.calls.cancel_give_up import GIVE_UP
-from tests.component.calls.test_b2bua_offer_errors import warning_of
+from tests.component.calls.offer_error_checks import warning_of
 
 
 async def test_no_media_ports_for_the_offer_in_a_late_reinvites_2xx_is_503(
