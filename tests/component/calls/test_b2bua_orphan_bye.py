@@ -23,7 +23,7 @@ from gateway.core.sip.serializer import serialize_message
 from gateway.plugins.pstn import rfc3398
 from gateway.testing.sip_agent import SDP, Received, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
-from tests.component.calls.test_b2bua_fork_2xx import (
+from tests.component.calls.fork_answers import (
     FORK_CONTACT,
     FORK_TAG,
     assert_in_the_forks_dialog,
