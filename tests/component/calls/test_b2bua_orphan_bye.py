@@ -31,7 +31,7 @@ from tests.component.calls.fork_answers import (
     to_phone,
 )
 from tests.component.calls.test_b2bua_late_2xx_after_cancel import GIVE_UP
-from tests.component.calls.test_b2bua_trunk_auth import (
+from tests.component.calls.trunk_auth_calls import (
     PBX,
     PBX_PASSWORD,
     alice_calls,
