@@ -23,6 +23,7 @@ from gateway.core.sip.serializer import serialize_message
 from gateway.plugins.pstn import rfc3398
 from gateway.testing.sip_agent import SDP, Received, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
+from tests.component.calls.cancel_give_up import GIVE_UP
 from tests.component.calls.fork_answers import (
     FORK_CONTACT,
     FORK_TAG,
@@ -30,7 +31,6 @@ from tests.component.calls.fork_answers import (
     fork_answers,
     to_phone,
 )
-from tests.component.calls.test_b2bua_late_2xx_after_cancel import GIVE_UP
 from tests.component.calls.trunk_auth_calls import (
     PBX,
     PBX_PASSWORD,
