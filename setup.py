@@ -5,7 +5,7 @@ Python: what an editable install and the test suite use. With it, the modules be
 from the same source into C extension modules, which Python imports instead of the ``.py`` files:
 
     sudo apt-get install -y gcc python3-dev     # a C compiler and Python's headers
-    .venv/bin/pip install . mypy 'setuptools>=70'  # mypyc, and what it type-checks against
+    .venv/bin/pip install . mypy 'setuptools>=77'  # mypyc, and what it type-checks against
     VOIPGW_USE_MYPYC=1 .venv/bin/pip install --no-build-isolation --force-reinstall --no-deps .
 
 mypyc type-checks the modules it compiles, and everything they import, so the build needs the
@@ -32,7 +32,7 @@ if os.environ.get("VOIPGW_USE_MYPYC") == "1":
     except ImportError:
         raise SystemExit(
             "VOIPGW_USE_MYPYC=1 needs mypy in the build environment: pip install . mypy "
-            "'setuptools>=70', then pip install --no-build-isolation ."
+            "'setuptools>=77', then pip install --no-build-isolation ."
         ) from None
 
     setup(ext_modules=mypycify(COMPILED_MODULES, opt_level="3"))

@@ -18,7 +18,7 @@ from pgcluster import Cluster
 import gateway.core.gateway as gateway_module
 from gateway.core.store.postgresql import PostgresStore
 from tests.component.calls.b2bua_env import ALICE_PASSWORD, REALM
-from tests.component.calls.test_b2bua_metrics import aged_records, metrics_env, scrape
+from tests.component.calls.metrics_scrape import aged_records, metrics_env, scrape
 
 
 async def test_a_postgresql_stores_retention_is_scraped(

@@ -16,19 +16,7 @@ from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.plugins.transports.udp import SO_TIMESTAMPNS, _time_in_socket
-
-
-def options(transport: str, port: int, branch: str = "z9hG4bKopt1") -> bytes:
-    return (
-        f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
-        f"Via: SIP/2.0/{transport} 127.0.0.1:5999;branch={branch};rport\r\n"
-        "Max-Forwards: 70\r\n"
-        "From: <sip:probe@127.0.0.1>;tag=probe1\r\n"
-        f"To: <sip:127.0.0.1:{port}>\r\n"
-        "Call-ID: options-1@127.0.0.1\r\n"
-        "CSeq: 1 OPTIONS\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
+from tests.integration.gateway_options import options, port_of
 
 
 @pytest.fixture
@@ -44,10 +32,6 @@ async def gateway(tmp_path) -> AsyncIterator[Gateway]:  # type: ignore[no-untype
         await nursery.start(gw.serve)
         yield gw
         nursery.cancel_scope.cancel()
-
-
-def port_of(gw: Gateway, transport: str) -> int:
-    return next(lst.address[1] for lst in gw.listeners if lst.transport == transport)
 
 
 async def udp_exchange(port: int, data: bytes) -> Response:

@@ -22,7 +22,7 @@ from gateway.core.store.sqlite import SqliteStore
 from gateway.testing.memory_transport import memory_plugins
 from gateway.testing.network import Address, MemoryNetwork
 from gateway.testing.sip_agent import SipAgent, simple_sdp
-from tests.component.calls.test_b2bua_rtcp_quality import (
+from tests.component.calls.rtcp_reports import (
     receiver_report,
     rtcp_port,
     sender_report,

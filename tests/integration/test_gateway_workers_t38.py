@@ -20,7 +20,12 @@ import attrs
 import pytest
 import trio
 
-from tests.component.calls import b2bua_env, test_b2bua_intercept, test_b2bua_t38
+from tests.component.calls import b2bua_env, intercept_calls, t38_scenarios
+from tests.component.calls.t38_scenarios import (
+    a_zrtp_leg_and_a_plain_leg_relaying_a_fax,
+    an_atas_reinvite_to_t38_and_back_to_audio,
+    an_intercepted_calls_fax_to_x3,
+)
 from tests.port_blocks import port_block_text
 
 MEDIA_PORTS = port_block_text(100)  # this process's own ports (tests/port_blocks.py)
@@ -47,7 +52,7 @@ def media_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
         return env
 
     # Bound by name in the modules that call it.
-    for module in (test_b2bua_t38, test_b2bua_intercept):
+    for module in (t38_scenarios, intercept_calls):
         monkeypatch.setattr(module, "start_b2bua", start)
     yield gateways
     assert gateways, "no gateway was started"
@@ -56,32 +61,17 @@ def media_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
 async def test_an_atas_reinvite_to_t38_is_relayed_by_a_worker_and_back_to_audio(
     nursery: trio.Nursery, tmp_path: Path, voipgw_seed: int, media_workers: list[Any]
 ) -> None:
-    await test_b2bua_t38.test_an_atas_reinvite_to_t38_is_relayed_and_back_to_audio(
-        nursery,
-        tmp_path,
-        None,  # type: ignore[arg-type]  # real time: no autojump clock with real processes
-        voipgw_seed,
-    )
+    await an_atas_reinvite_to_t38_and_back_to_audio(nursery, tmp_path, voipgw_seed)
     assert len(media_workers) == 1
 
 
 async def test_a_zrtp_leg_and_a_plain_leg_relay_the_fax_in_clear_through_a_worker(
     nursery: trio.Nursery, tmp_path: Path, voipgw_seed: int, media_workers: list[Any]
 ) -> None:
-    await test_b2bua_t38.test_a_zrtp_leg_and_a_plain_leg_relay_the_fax_in_clear(
-        nursery,
-        tmp_path,
-        None,  # type: ignore[arg-type]
-        voipgw_seed,
-    )
+    await a_zrtp_leg_and_a_plain_leg_relaying_a_fax(nursery, tmp_path, voipgw_seed)
 
 
 async def test_an_intercepted_calls_fax_reaches_x3_as_ip_packets_from_a_worker(
     nursery: trio.Nursery, tmp_path: Path, voipgw_seed: int, media_workers: list[Any]
 ) -> None:
-    await test_b2bua_t38.test_an_intercepted_calls_fax_is_delivered_as_x3_ip_packets(
-        nursery,
-        tmp_path,
-        None,  # type: ignore[arg-type]
-        voipgw_seed,
-    )
+    await an_intercepted_calls_fax_to_x3(nursery, tmp_path, voipgw_seed)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from tests.integration.test_intercept_certificate_sighup import (
+from tests.integration.x1_certificates import (
     OWN_LOGGER,
     Pki,
     gateway,

@@ -21,8 +21,8 @@ from gateway.core.ids import SeededIds
 from gateway.core.plugins import load_plugins
 from gateway.core.sip.message import Response
 from gateway.core.sip.parser import parse_message_untrusted
-from tests.component.calls.test_endpoint_udp_answer_size import request
-from tests.integration.test_gateway_sockets import options, port_of
+from tests.component.calls.udp_requests import request
+from tests.integration.gateway_options import options, port_of
 from tests.port_blocks import port_block_text
 
 

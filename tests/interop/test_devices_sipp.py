@@ -16,7 +16,7 @@ import pytest
 
 from tests.example_plugin import install_example_plugin
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
 
 pytestmark = pytest.mark.interop
 

@@ -8,24 +8,18 @@ as well.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.interop.dialog_event_bodies import NS, body_of
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, BOB, inbound_trunk, register, trunk_call
+from tests.interop.sipp_calls import ACCOUNTS, BOB, inbound_trunk, register, trunk_call
 
 pytestmark = pytest.mark.interop
 
-NS = "{urn:ietf:params:xml:ns:dialog-info}"
 OFFICE = '[[dialog_watch_groups]]\nname = "office"\naccounts = ["alice", "bob"]\n'
-
-
-def body_of(message: str) -> ET.Element:
-    _, _, body = message.partition("\n\n")
-    return ET.fromstring(body.strip().encode())
 
 
 def test_a_phone_watches_an_account_ring_answer_and_hang_up(tmp_path: Path) -> None:

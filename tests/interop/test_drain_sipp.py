@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
 
 pytestmark = pytest.mark.interop
 

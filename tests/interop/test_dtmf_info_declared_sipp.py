@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.interop.dtmf_digits import assert_digits_crossed
 from tests.interop.harness import (
     Capture,
     GatewayProcess,
@@ -25,10 +26,9 @@ from tests.interop.harness import (
     run_sipp_uac,
     udp_filter,
 )
-from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
-from tests.interop.test_dtmf_interworking_sipp import assert_digits_crossed
-from tests.interop.test_pickup_payload_types_sipp import key_press
-from tests.interop.test_t38_sipp import pcap_of
+from tests.interop.pickup_key_press import key_press
+from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.t38_pcaps import pcap_of
 
 pytestmark = pytest.mark.interop
 

@@ -17,8 +17,8 @@ import pytest
 
 from tests.interop.harness import Capture, GatewayProcess, SippUas, run_sipp_uac, udp_filter
 from tests.interop.harness.capture import rtp_payloads, rtp_streams
-from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
-from tests.interop.test_t38_sipp import pcap_of
+from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.t38_pcaps import pcap_of
 
 pytestmark = pytest.mark.interop
 

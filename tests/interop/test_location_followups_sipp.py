@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, ALICE
-from tests.interop.test_location_sipp import emergency_trunk
+from tests.interop.location_trunks import emergency_trunk
+from tests.interop.sipp_calls import ACCOUNTS, ALICE
 
 pytestmark = pytest.mark.interop
 

@@ -20,23 +20,13 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, account_call
-from tests.interop.test_scenarios_calls import CREDENTIALS
+from tests.interop.location_trunks import emergency_trunk
+from tests.interop.scenario_credentials import CREDENTIALS
+from tests.interop.sipp_calls import ACCOUNTS, account_call
 
 pytestmark = pytest.mark.interop
 
 POSITION = "52.5200 13.4050"  # in the phone's PIDF-LO: must never reach the gateway's log
-
-
-def emergency_trunk(trunk: SippUas) -> str:
-    """The trunk the gateway sends emergency calls to (``location`` left at its default)."""
-    return (
-        "[[trunks]]\n"
-        'name = "emergency"\n'
-        f'address = "{trunk.config_address}"\n'
-        'prefixes = ["112"]\n'
-        "allowed_sources = []\n"
-    )
 
 
 def test_a_phones_emergency_call_brings_its_location_to_the_trunk(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas
 from tests.interop.harness.baresip import Baresip
-from tests.interop.test_calls_sipp import DID, TRUNK_IP
-from tests.interop.test_mwi_sipp import voicemail_trunk
+from tests.interop.sipp_calls import DID, TRUNK_IP
+from tests.interop.voicemail_trunks import voicemail_trunk
 
 pytestmark = pytest.mark.interop
 

@@ -17,21 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas, free_port_pair, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, ALICE, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.sipp_calls import ACCOUNTS, ALICE, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.voicemail_trunks import voicemail_trunk
 
 pytestmark = pytest.mark.interop
-
-
-def voicemail_trunk(port: int) -> str:
-    """The voicemail platform's trunk (sipp on TRUNK_IP at ``port``), alice's DID on it."""
-    return (
-        "[[trunks]]\n"
-        'name = "voicemail"\n'
-        f'address = "udp:{TRUNK_IP}:{port}"\n'
-        f'allowed_sources = ["{TRUNK_IP}"]\n'
-        "voicemail = true\n"
-        f'dids = {{"{DID}" = "alice"}}\n'
-    )
 
 
 def test_a_phone_subscribes_to_its_mailbox_on_the_voicemail_trunk(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ the relay renumbered telephone-event per direction, and left PCMU (0) as it was.
 
 from __future__ import annotations
 
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,31 +23,14 @@ from tests.interop.harness import (
     run_sipp_uac,
     udp_filter,
 )
-from tests.interop.test_calls_sipp import ACCOUNTS, BOB, DID, TRUNK_IP, inbound_trunk, register
-from tests.interop.test_pickup_sipp import PICKUP
-from tests.interop.test_t38_sipp import pcap_of
+from tests.interop.pickup_key_press import AUDIO_PACKETS, EVENT_PACKETS, key_press
+from tests.interop.pickup_sipp import PICKUP
+from tests.interop.sipp_calls import ACCOUNTS, BOB, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.t38_pcaps import pcap_of
 
 pytestmark = pytest.mark.interop
 
 TRUNK_SSRC, BOB_SSRC = 0x7A0C0101, 0xB0B00096
-AUDIO_PACKETS, EVENT_PACKETS = 5, 4
-
-
-def key_press(payload_type: int, ssrc: int) -> list[bytes]:
-    """RTP of a phone pressing 5: PCMU audio, then RFC 4733 §2.5 event packets (the first with
-    the marker bit, one timestamp for the whole event, the last with the E bit)."""
-    packets = [
-        struct.pack("!BBHII", 0x80, 0, seq, 160 * seq, ssrc) + b"\xff" * 160
-        for seq in range(AUDIO_PACKETS)
-    ]
-    start = 160 * AUDIO_PACKETS
-    for n in range(EVENT_PACKETS):
-        seq = AUDIO_PACKETS + n
-        second = payload_type | (0x80 if n == 0 else 0)
-        end = 0x80 if n == EVENT_PACKETS - 1 else 0
-        event = struct.pack("!BBH", 5, end | 10, 160 * (n + 1))
-        packets.append(struct.pack("!BBHII", 0x80, second, seq, start, ssrc) + event)
-    return packets
 
 
 def arrived(packets: list[dict[str, str]], ssrc: int, port: int) -> list[tuple[int, str]]:

@@ -8,14 +8,15 @@ Reason of alice's CANCEL, the relay's SDP in bob's 200); here the traces are rea
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.interop.dialog_event_bodies import NS, body_of
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import (
+from tests.interop.pickup_sipp import PICKUP, _until_ringing
+from tests.interop.sipp_calls import (
     ACCOUNTS,
     BOB,
     header,
@@ -23,11 +24,8 @@ from tests.interop.test_calls_sipp import (
     register,
     trunk_call,
 )
-from tests.interop.test_dialog_events_sipp import NS, body_of
 
 pytestmark = pytest.mark.interop
-
-PICKUP = '[[dialog_watch_groups]]\nname = "office"\naccounts = ["alice", "bob"]\npickup = true\n'
 
 
 @pytest.mark.parametrize(
@@ -93,15 +91,6 @@ def test_a_phone_picks_up_a_watched_accounts_ringing_call(
     # The trunk's BYE reached bob's phone.
     (bye,) = picker.received("BYE ")
     assert header(bye, "Call-ID") == header(pickups[1], "Call-ID")
-
-
-def _until_ringing(alice: SippUas, timeout: float = 10.0) -> None:
-    """Poll alice's phone's message trace until it has sent 180 Ringing."""
-    deadline = time.monotonic() + timeout
-    while not [m for m in alice.result().sent("SIP/2.0 180") if m]:
-        if not alice.running() or time.monotonic() > deadline:
-            raise AssertionError(f"alice's phone never rang:\n{alice.result().describe()}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("code", ["*8", "**alice"])

@@ -16,7 +16,7 @@ import pytest
 
 from tests.interop.harness import GatewayProcess, run_sipp_uac
 from tests.interop.harness.ports import free_port_pair
-from tests.interop.test_calls_sipp import ACCOUNTS, BOB, register
+from tests.interop.sipp_calls import ACCOUNTS, BOB, register
 
 pytestmark = pytest.mark.interop
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
-from tests.interop.test_calls_sipp import (
+from tests.interop.sipp_calls import (
     ACCOUNTS,
     DID,
     TRUNK_IP,

@@ -23,9 +23,9 @@ import pytest
 
 from gateway.plugins.taps.g722 import G722Decoder
 from tests.interop.harness import SCENARIOS, GatewayProcess, SippUas, analyse_tone, run_sipp_uac
-from tests.interop.test_calls_sipp import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
-from tests.interop.test_t38_sipp import pcap_of
-from tests.unit.taps.test_g722 import load_spandsp
+from tests.interop.sipp_calls import ACCOUNTS, DID, TRUNK_IP, inbound_trunk, register
+from tests.interop.t38_pcaps import pcap_of
+from tests.unit.taps.spandsp import load_spandsp
 
 pytestmark = pytest.mark.interop
 

@@ -23,7 +23,7 @@ import pytest
 from gateway.core.store.sqlite import SqliteStore
 from tests.interop.harness import Baresip, GatewayProcess, tone_wav
 from tests.interop.harness.ports import LOOPBACK
-from tests.unit.taps.test_hep import chunks
+from tests.unit.taps.hep_chunks import chunks
 
 REALM = "interop.voipgw.test"
 PASSWORDS = {"alice": "wonderland-7f3a", "bob": "builder-c29e"}

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import SCENARIOS, SippUas, run_sipp_uac, tone_ulaw
-from tests.interop.test_t38_sipp import pcap_of
+from tests.interop.scenario_credentials import CREDENTIALS
+from tests.interop.t38_pcaps import pcap_of
 
 pytestmark = pytest.mark.interop
-
-CREDENTIALS = {"user": "alice", "password": "s3cret"}
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

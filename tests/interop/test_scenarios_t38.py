@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import SCENARIOS, SippUas, run_sipp_uac
-from tests.interop.test_t38_sipp import PACKETS, pcap_of
+from tests.interop.t38_pcaps import PACKETS, pcap_of
 
 pytestmark = pytest.mark.interop
 

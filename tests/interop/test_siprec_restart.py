@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas
-from tests.interop.test_calls_sipp import ACCOUNTS, inbound_trunk, register, trunk_call
-from tests.interop.test_siprec_retry import invites_received
+from tests.interop.sipp_calls import ACCOUNTS, inbound_trunk, register, trunk_call
+from tests.interop.siprec_invites import invites_received
 
 pytestmark = pytest.mark.interop
 

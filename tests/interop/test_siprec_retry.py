@@ -10,32 +10,15 @@ message trace), nothing is given up, and the call's end brings the final snapsho
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.interop.harness import LOOPBACK, GatewayProcess, SippResult, SippUas
-from tests.interop.test_calls_sipp import ACCOUNTS, inbound_trunk, register, trunk_call
+from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas
+from tests.interop.sipp_calls import ACCOUNTS, inbound_trunk, register, trunk_call
+from tests.interop.siprec_invites import invites_received
 
 pytestmark = pytest.mark.interop
-
-
-# sipp's -trace_msg: each message after a line of dashes and its time, then a line saying
-# whether it was sent or received, a blank line, and the message.
-TRACE_BLOCK = re.compile(r"^-{20,} (\S+ \S+)\n([^\n]*)\n\n", re.M)
-
-
-def invites_received(srs: SippResult) -> list[tuple[datetime, str]]:
-    """The INVITEs the SRS received, each with when it came (sipp's trace timestamps)."""
-    trace = srs.messages().replace("\r\n", "\n")
-    heads = list(TRACE_BLOCK.finditer(trace))
-    found = []
-    for head, following in zip(heads, [*heads[1:], None], strict=True):
-        message = trace[head.end() : following.start() if following else len(trace)]
-        if "received" in head[2] and message.startswith("INVITE "):
-            found.append((datetime.fromisoformat(head[1]), message))
-    return found
 
 
 def test_an_update_the_srs_refuses_503_goes_again_after_its_retry_after(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.interop.harness import LOOPBACK, GatewayProcess, SippUas
-from tests.interop.test_calls_sipp import ACCOUNTS, inbound_trunk, register, trunk_call
+from tests.interop.sipp_calls import ACCOUNTS, inbound_trunk, register, trunk_call
 
 pytestmark = pytest.mark.interop
 

@@ -30,7 +30,7 @@ import pytest
 from gateway.testing.sti_pki import make_identity, make_pki, read_identity
 from tests.interop.harness import GatewayProcess, SippUas, run_sipp_uac
 from tests.interop.harness.certificate_server import certificate_server
-from tests.interop.test_calls_sipp import (
+from tests.interop.sipp_calls import (
     ACCOUNTS,
     CALLER_ID,
     DID,

@@ -13,13 +13,11 @@ reached alice: every packet, in order, byte for byte, from the gateway's relay p
 from __future__ import annotations
 
 import re
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from gateway.plugins.taps.intercept.pdu import udp_packet
 from tests.conftest import require_peer
 from tests.interop.harness import (
     LOOPBACK,
@@ -29,7 +27,7 @@ from tests.interop.harness import (
     run_sipp_uac,
     udp_filter,
 )
-from tests.interop.test_calls_sipp import (
+from tests.interop.sipp_calls import (
     ACCOUNTS,
     DID,
     TRUNK_IP,
@@ -38,33 +36,9 @@ from tests.interop.test_calls_sipp import (
     inbound_trunk,
     register,
 )
+from tests.interop.t38_pcaps import FIRST_SEQUENCE, PACKETS, pcap_of
 
 pytestmark = pytest.mark.interop
-
-# T.30 indicators (T.38 §6.1, PER: type-of-msg t30-indicator, then the value): CNG, CED,
-# V.21 preamble, no signal. tshark shows them as 1, 2, 3, 0.
-INDICATORS = [0x02, 0x04, 0x06, 0x00]
-FIRST_SEQUENCE = 0x8000
-
-
-def udptl(sequence: int, ifp: bytes) -> bytes:
-    """A UDPTL packet (T.38 §9.1): sequence number, primary IFP as a length-prefixed octet
-    string, error recovery: secondary IFPs (choice 0) of which there are none."""
-    return struct.pack("!HB", sequence, len(ifp)) + ifp + b"\x00\x00"
-
-
-PACKETS = [udptl(FIRST_SEQUENCE + n, bytes([i])) for n, i in enumerate(INDICATORS)]
-
-
-def pcap_of(datagrams: list[bytes]) -> bytes:
-    """A classic pcap (Ethernet link type) of ``datagrams`` as UDP over IPv4, 20 ms apart, for
-    sipp's play_pcap_image, which replays their payloads to the peer's m=image address."""
-    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-    for n, datagram in enumerate(datagrams):
-        _, packet = udp_packet(("192.0.2.1", 4000), ("192.0.2.2", 4000), datagram)
-        frame = bytes(12) + b"\x08\x00" + packet  # Ethernet: addresses, then IPv4
-        out += struct.pack("<IIII", 1, n * 20_000, len(frame), len(frame)) + frame
-    return out
 
 
 def t38_received(pcap: Path, port: int) -> list[list[str]]:

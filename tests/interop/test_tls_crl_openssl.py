@@ -14,7 +14,7 @@ import pytest
 from tests.interop.harness.openssl import s_client
 from tests.interop.harness.pki import TestPki
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
-from tests.interop.test_tls_openssl import options_request
+from tests.interop.openssl_options import options_request
 
 pytestmark = pytest.mark.interop
 

@@ -16,20 +16,10 @@ import pytest
 
 from tests.interop.harness.openssl import s_client
 from tests.interop.harness.pki import Issued, TestCa, TestPki
-from tests.interop.harness.ports import LOOPBACK
 from tests.interop.harness.tls_gateway import TlsGatewayProcess
+from tests.interop.openssl_options import options_request
 
 pytestmark = pytest.mark.interop
-
-
-def options_request(port: int) -> bytes:
-    return (
-        f"OPTIONS sip:{LOOPBACK}:{port} SIP/2.0\r\n"
-        f"Via: SIP/2.0/TLS {LOOPBACK}:5999;branch=z9hG4bKsclient;rport\r\n"
-        f"From: <sip:probe@{LOOPBACK}>;tag=s1\r\nTo: <sip:{LOOPBACK}:{port}>\r\n"
-        f"Call-ID: s_client@{LOOPBACK}\r\nCSeq: 1 OPTIONS\r\n"
-        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
 
 
 class Certificates:

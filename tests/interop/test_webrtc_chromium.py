@@ -45,8 +45,8 @@ from tests.interop.harness import (
 )
 from tests.interop.harness.chromium import Chromium, PageServer, chromium_binary
 from tests.interop.harness.ports import LOOPBACK
-from tests.interop.test_calls_sipp import header
-from tests.interop.test_pickup_sipp import _until_ringing as until_ringing
+from tests.interop.pickup_sipp import _until_ringing as until_ringing
+from tests.interop.sipp_calls import header
 
 pytestmark = pytest.mark.interop
 

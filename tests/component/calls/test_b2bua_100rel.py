@@ -30,7 +30,7 @@ from tests.component.calls.b2bua_env import (
     sent,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
+from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held
 
 REQUIRE_100REL = [("Require", "100rel"), ("Supported", "100rel")]
 ALICE_ANSWER_SDP = simple_sdp(ALICE[0], 30000, version=1)

@@ -7,19 +7,22 @@ on the in-memory network, virtual time (T1 = 0.5 s: 64*T1 = 32 s)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.security import KeyExchangeFailed, LegSecurity
+from gateway.core.media.security import KeyExchangeFailed
 from gateway.core.media.session import MediaSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.network import CapturedDatagram
 from gateway.testing.sip_agent import AutoAnswer, simple_sdp
+from tests.component.calls.answer_error_checks import (
+    SECRET,
+    assert_logged_once_and_nothing_secret,
+    fail_next,
+)
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
@@ -29,30 +32,9 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, eventually_notify, refer
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, eventually_notify, refer
 
-SECRET = "c2VjcmV0LWtleS1tYXRlcmlhbA"  # stands for key material in the exception's text
 LIMIT = 32.0  # 64 * T1: a 2xx not ACKed is re-sent until then (§13.3.1.4)
-
-
-def fail_next(
-    monkeypatch: pytest.MonkeyPatch,
-    method: str = "take_answer",
-    error: Callable[[], Exception] = lambda: RuntimeError(f"a bug holding {SECRET}"),
-) -> Callable[[], None]:
-    """Make the next call of LegSecurity's ``method`` (in whichever call comes first) raise
-    ``error()`` (RuntimeError) once it is armed; every other call of it works as before."""
-    armed: list[bool] = []
-    real = getattr(LegSecurity, method)
-
-    def failing(self: LegSecurity, *args: Any, **kwargs: Any) -> Any:
-        if armed:
-            armed.clear()
-            raise error()
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(LegSecurity, method, failing)
-    return lambda: armed.append(True)
 
 
 def invite_2xx_and_acks(env: B2bua, call_id: str) -> tuple[list[bytes], list[bytes]]:
@@ -71,19 +53,6 @@ def invite_2xx_and_acks(env: B2bua, call_id: str) -> tuple[list[bytes], list[byt
     ]
     acks = [d.data for d in capture if d.src == GW and d.dst == ALICE and d.data.startswith(b"ACK")]
     return oks, acks
-
-
-def assert_logged_once_and_nothing_secret(caplog: pytest.LogCaptureFixture, reason: str) -> None:
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    # One ERROR, with its traceback rendered by the core (gateway/core/logs.py), not the
-    # exception itself, whose text a formatter would print.
-    assert len(errors) == 1 and errors[0].exc_info is None
-    assert (errors[0].exc_text or "").startswith("Traceback (most recent call last):")
-    assert reason in errors[0].getMessage()
-    ended = [r.getMessage() for r in caplog.records if " ended: " in r.getMessage()]
-    assert any(reason in message for message in ended)
-    # The exception's text (raised in a plugin's stand-in here) is in no line, traceback or not.
-    assert SECRET not in caplog.text
 
 
 async def test_a_failure_applying_the_callees_answer_acks_it_byes_it_and_answers_500(

@@ -33,8 +33,8 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_more import ALICE2, relay, second_phone
-from tests.component.calls.test_b2bua_transfer import (
+from tests.component.calls.b2bua_scenarios import ALICE2, relay, second_phone
+from tests.component.calls.transfer_calls import (
     BOB_URI,
     bob_phone,
     eventually_notify,

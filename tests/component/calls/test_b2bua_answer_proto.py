@@ -19,25 +19,15 @@ from pathlib import Path
 import trio
 
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.testing.sip_agent import Received, simple_sdp
+from gateway.testing.sip_agent import Received
+from tests.component.calls.answer_proto_calls import CRYPTO, alice_answer
 from tests.component.calls.b2bua_env import (
-    ALICE,
     ALICE_DID,
     answered_call,
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_reinvite_failures import alice_answers_reinvites
-
-CRYPTO = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
-
-
-def alice_answer(proto: str, *extra: str, version: int = 1, direction: str = "sendrecv") -> bytes:
-    """alice's answer to the gateway's RTP/AVP offer, in ``proto`` with ``extra`` lines."""
-    sdp = simple_sdp(ALICE[0], 30000, version=version, direction=direction)
-    lines = sdp.decode().split("\r\n")
-    lines = [line.replace(" RTP/AVP ", f" {proto} ") for line in lines if line]
-    return ("\r\n".join([*lines, *extra]) + "\r\n").encode()
+from tests.component.calls.reinvite_answers import alice_answers_reinvites
 
 
 async def test_an_srtp_answer_to_a_plain_offer_is_acked_byed_and_the_caller_gets_488(

@@ -24,7 +24,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_fuzzed_dialogs import (
+from tests.component.calls.fuzz_checks import (
     DTMF_RELAY,
     _byes_to,
     _responses_to,

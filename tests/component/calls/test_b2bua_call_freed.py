@@ -46,9 +46,9 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_dtls import dtls_caller
-from tests.component.calls.test_b2bua_sips import BOB, TLS_TRUNK, tls_phone
-from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
+from tests.component.calls.dtls_callers import dtls_caller
+from tests.component.calls.sips_phones import BOB, TLS_TRUNK, tls_phone
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 
 TRACKED = (Call, MediaSession, Transfer)
 BACKUP = ("127.0.0.5", 5060)

@@ -20,6 +20,8 @@ from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.session import MediaSession
 from gateway.core.sip.message import Response
 from gateway.testing.sip_agent import SDP, simple_sdp
+from tests.component.calls.answer_error_checks import SECRET, fail_next
+from tests.component.calls.answer_proto_calls import CRYPTO, alice_answer
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     answered_call,
@@ -27,19 +29,18 @@ from tests.component.calls.b2bua_env import (
     next_within,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_answer_errors import SECRET, fail_next
-from tests.component.calls.test_b2bua_answer_proto import CRYPTO, alice_answer
-from tests.component.calls.test_b2bua_more import second_phone
-from tests.component.calls.test_b2bua_offer_errors import PLUGIN_BUG, plugin_bug, warning_of
-from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
-from tests.component.calls.test_dialog_events_memory import start
-from tests.component.calls.test_pickup_dialog_ids_memory import (
+from tests.component.calls.b2bua_scenarios import second_phone
+from tests.component.calls.call_guard_logs import ended_lines
+from tests.component.calls.dialog_event_watch import start
+from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
+from tests.component.calls.pickup_calls import (
     BOB_PORT,
     PICKUP,
     pick_up,
     replaces_of,
     ringing_alice,
 )
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 
 
 def fail_new_via_in(monkeypatch: pytest.MonkeyPatch, caller: str) -> list[bool]:
@@ -66,10 +67,6 @@ def abandon_offer_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         raise LocalMediaError(f"abandoning failed holding {SECRET}")
 
     monkeypatch.setattr(MediaSession, "abandon_offer", broken)
-
-
-def ended_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if " ended: " in r.getMessage()]
 
 
 # -- 1. one forked target's offer raising ------------------------------------------------------

@@ -34,7 +34,7 @@ from gateway.core.store.sqlite import SqliteStore
 from gateway.core.transport.flows import Flow
 from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
-from tests.component.calls.test_b2bua_zrtp import phone_exchange, zrtp_sdp
+from tests.component.calls.zrtp_pairs import phone_exchange, zrtp_sdp
 
 # alice's SipAgent sends "User-Agent: voipgw-test-agent/alice" (gateway/testing/sip_agent.py).
 SDES_ONLY = DeviceProfile(

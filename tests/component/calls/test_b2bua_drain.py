@@ -19,36 +19,23 @@ from gateway.core.sip.message import Request, Response
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
-    B2bua,
     eventually,
     next_within,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
-from tests.component.calls.test_b2bua_trunk_registration import registering_carrier
-from tests.component.calls.test_subscriptions_memory import (
+from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held
+from tests.component.calls.drain_steps import start_drain
+from tests.component.calls.mwi_subscriptions import (
     SUMMARY,
     SUMMARY_TYPE,
     Voicemail,
     subscribe_request,
     subscribed,
 )
+from tests.component.calls.trunk_registrar import registering_carrier
 
 CARRIER = {"prefixes": ["+1", "112"]}
 EVENT = ("Event", "message-summary")
-
-
-async def start_drain(nursery: trio.Nursery, env: B2bua, timeout: float) -> trio.Event:
-    """Start the drain as SIGTERM would; the event fires when it returns."""
-    drained = trio.Event()
-
-    async def drain() -> None:
-        await env.gateway.drain(timeout)
-        drained.set()
-
-    nursery.start_soon(drain)
-    await eventually(lambda: env.gateway.draining)
-    return drained
 
 
 def reason_of(bye: Request) -> str:

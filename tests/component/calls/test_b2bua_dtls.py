@@ -23,7 +23,6 @@ import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.handshakes import INTERNAL_ERROR_REASON
-from gateway.core.sdp.model import MediaDescription, SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.keyexchange.dtls_srtp import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -33,7 +32,7 @@ from gateway.plugins.keyexchange.dtls_srtp import (
     DtlsNegotiation,
 )
 from gateway.testing.network import Address
-from gateway.testing.sip_agent import Call, SipAgent
+from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     ALICE_PASSWORD,
@@ -42,6 +41,8 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
+from tests.component.calls.dtls_callers import dtls_caller
+from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import (
     PHONE_ID,
     PHONE_PORT,
@@ -54,58 +55,9 @@ from tests.component.calls.dtls_phone import (
 ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
 
 
-def pairs(sd: SessionDescription, media: MediaDescription) -> list[tuple[str, str | None]]:
-    """The media-level then the session-level attributes, as key exchanges read them."""
-    return [(a[0], a[1]) for a in media.attributes] + [(a[0], a[1]) for a in sd.attributes]
-
-
 def mirrored(keys: SrtpKeys) -> SrtpKeys:
     """The keys as the other end of the association holds them."""
     return attrs.evolve(keys, local_key=keys.remote_key, remote_key=keys.local_key)
-
-
-@attrs.define
-class DtlsCaller:
-    env: B2bua
-    exchange: DtlsKeyExchange
-    phone: Phone
-    call: Call
-    answered_at: float
-    answer: MediaDescription
-    """The gateway's answer to the phone (a=fingerprint, a=setup, a=tls-id)."""
-
-
-async def dtls_caller(
-    nursery: trio.Nursery,
-    env: B2bua,
-    *,
-    fingerprint: str | None = None,
-    run_phone: bool = True,
-) -> DtlsCaller:
-    """The trunk calls alice from a DTLS phone; the call is answered (alice answers at once)."""
-    exchange = DtlsKeyExchange(identity=lambda: PHONE_ID)
-    negotiation = exchange.offer(suites=[], secure_signalling=False)
-    call = await env.trunk.invite(
-        env.did_uri(ALICE_DID), sdp=dtls_sdp(negotiation, fingerprint=fingerprint)
-    )
-    final = await call.final()
-    assert final.status == 200, final.reason
-    answered_at = trio.current_time()
-    answer = parse_sdp_untrusted(final.body)
-    media = answer.media[0]
-    assert media.proto == "UDP/TLS/RTP/SAVP"
-    assert media.attributes.get("setup") == "active"
-    negotiation.remote_sdp_attributes(pairs(answer, media))
-    # The callee got plain RTP and none of the caller's DTLS attributes.
-    leg_b = await env.alice.next_call()
-    assert leg_b.incoming is not None
-    offer_b = leg_b.incoming.request.body
-    assert b"RTP/AVP" in offer_b
-    assert b"fingerprint" not in offer_b and b"setup" not in offer_b and b"SAVP" not in offer_b
-    phone = Phone(negotiation, await bind(), ("127.0.0.1", media.port))
-    if run_phone:
-        nursery.start_soon(phone.run)
-    return DtlsCaller(env, exchange, phone, call, answered_at, media)
 
 
 async def with_dtls(nursery: trio.Nursery, tmp_path: Path, seed: int, **kwargs: object) -> B2bua:

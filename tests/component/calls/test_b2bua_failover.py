@@ -36,7 +36,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_transfer import eventually_notify, refer
+from tests.component.calls.transfer_calls import eventually_notify, refer
 
 BACKUP = ("127.0.0.5", 5060)
 NUMBER = "+15551234"

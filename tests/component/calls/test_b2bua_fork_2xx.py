@@ -19,20 +19,26 @@ from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.session import MediaSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.message import Request, make_response
-from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.sip.serializer import serialize_message
-from gateway.testing.network import CapturedDatagram
-from gateway.testing.sip_agent import SDP, Call, SipAgent
+from gateway.testing.sip_agent import SDP
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
-    B2bua,
     answered_call,
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_call_guards import ended_lines
-from tests.component.calls.test_b2bua_late_2xx_after_cancel import GIVE_UP
-from tests.component.calls.test_b2bua_offer_errors import warning_of
+from tests.component.calls.call_guard_logs import ended_lines
+from tests.component.calls.cancel_give_up import GIVE_UP
+from tests.component.calls.fork_answers import (
+    FORK_CONTACT,
+    FORK_ROUTE,
+    FORK_TAG,
+    assert_in_the_forks_dialog,
+    fork_answers,
+    last_2xx,
+    to_phone,
+)
+from tests.component.calls.offer_error_checks import warning_of
 
 
 async def test_no_media_ports_for_the_offer_in_a_late_reinvites_2xx_is_503(
@@ -71,60 +77,6 @@ async def test_no_media_ports_for_the_offer_in_a_late_reinvites_2xx_is_503(
 
 
 # -- another fork's 2xx: its own ACK, one BYE -------------------------------------------------
-
-FORK_TAG = "fork2"
-FORK_CONTACT = "<sip:alice-desk@127.0.0.9:5070>"
-FORK_ROUTE = "<sip:127.0.0.8:5060;lr>"
-
-
-def to_phone(env: B2bua, phone: SipAgent, method: str, tag: str) -> list[Request]:
-    """The ``method`` requests that reached ``phone`` on the wire in the dialog whose remote
-    (the phone's) tag is ``tag``; a request's retransmissions are each counted."""
-    found = []
-    for d in env.network.deliveries:
-        if d.dst != phone.address or not d.data.startswith(method.encode() + b" "):
-            continue
-        message = parse_message_untrusted(d.data)
-        if isinstance(message, Request) and message.to.tag == tag:
-            found.append(message)
-    return found
-
-
-def last_2xx(env: B2bua, phone: SipAgent, leg: Call) -> CapturedDatagram:
-    """The phone's last 200 to the INVITE of ``leg``, as it went on the wire."""
-    return [
-        d
-        for d in env.network.capture
-        if d.src == phone.address
-        and d.data.startswith(b"SIP/2.0 200 ")
-        and (response := parse_message_untrusted(d.data)).cseq.method == "INVITE"
-        and response.to.tag == leg.local_tag
-    ][-1]
-
-
-async def fork_answers(env: B2bua, phone: SipAgent, leg: Call, tag: str = FORK_TAG) -> None:
-    """A forking proxy between the gateway and ``phone`` passes on a second 2xx to the
-    INVITE of ``leg``, from another of its targets (RFC 3261 §16.7): the phone's last 200
-    with that target's To tag and Contact, and a Record-Route of the proxy. (The in-memory
-    network has no proxy: the gateway sends to the leg's address, where the phone is.)"""
-    sent = last_2xx(env, phone, leg)
-    data = sent.data.replace(f";tag={leg.local_tag}".encode(), f";tag={tag}".encode())
-    contact = str(phone.contact).encode()
-    assert contact in data
-    data = data.replace(contact, FORK_CONTACT.encode())
-    data = data.replace(b"\r\n\r\n", f"\r\nRecord-Route: {FORK_ROUTE}\r\n\r\n".encode(), 1)
-    await phone.socket.sendto(data, sent.dst)
-    await trio.sleep(1)
-
-
-def assert_in_the_forks_dialog(request: Request, leg: Call) -> None:
-    """``request`` (our ACK or BYE) belongs to the second fork's dialog (RFC 3261 §12.2.1.1):
-    its To tag, its Contact as Request-URI, its Route set, the INVITE's Call-ID and From."""
-    assert request.to.tag == FORK_TAG
-    assert str(request.uri) == FORK_CONTACT.strip("<>")
-    assert list(request.headers.get_all("Route")) == [FORK_ROUTE]
-    assert request.call_id == leg.call_id
-    assert request.from_.tag == leg.invite.from_.tag
 
 
 async def test_another_forks_2xx_after_the_answer_gets_its_own_ack_and_one_bye(

@@ -35,7 +35,7 @@ from gateway.plugins.taps.intercept import pdu
 from gateway.testing.sip_agent import AutoAnswer, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, BOB_DID, eventually
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_intercept import (
+from tests.component.calls.intercept_calls import (
     CALLEE_PORT,
     CALLER_PORT,
     XID,
@@ -45,8 +45,8 @@ from tests.component.calls.test_b2bua_intercept import (
     intercept_env,
     pki,  # noqa: F401 (the fixture)
 )
-from tests.component.calls.test_b2bua_recorder import recording_env, recordings, rtp
-from tests.component.calls.test_b2bua_redirect import start_bob
+from tests.component.calls.recorder_calls import recording_env, recordings, rtp
+from tests.component.calls.redirect_phones import start_bob
 from tests.interop.harness.pki import Issued, TestCa
 
 FORWARD_TO = "+15557777"  # a number the carrier serves (b2bua_env's trunk)

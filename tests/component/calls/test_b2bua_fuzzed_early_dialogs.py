@@ -32,7 +32,7 @@ import trio
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Request, make_response
 from gateway.core.sip.serializer import serialize_message
-from gateway.testing.sip_agent import SDP, AutoAnswer, Call
+from gateway.testing.sip_agent import SDP, AutoAnswer
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
@@ -42,7 +42,8 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_fuzzed_dialogs import (
+from tests.component.calls.early_dialog_fuzz import _bystander
+from tests.component.calls.fuzz_checks import (
     MAX_UDP,
     WINDOW,
     _expected,
@@ -58,15 +59,6 @@ from tests.unit.fuzz.mutator import base_seed, examples
 REQUIRE_100REL = [("Require", "100rel"), ("Supported", "100rel")]
 ROUND_TURNS = 4  # messages per call at most
 HEALTH_EVERY = 5  # rounds
-
-
-async def _bystander(env: B2bua) -> tuple[Call, Call]:
-    call = await env.trunk.invite(env.did_uri(ALICE_DID))
-    leg_b = await env.alice.next_call()
-    await leg_b.answer()
-    assert (await call.final()).status == 200
-    await env.alice.next_request("ACK")
-    return call, leg_b
 
 
 class Round:

@@ -35,11 +35,11 @@ from gateway.testing.network import CapturedDatagram
 from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, GW, T1, TRUNK, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_recorder import rtp
-from tests.component.calls.test_b2bua_rtcp_quality import rtcp_port, sender_report
+from tests.component.calls.recorder_calls import rtp
+from tests.component.calls.rtcp_reports import rtcp_port, sender_report
 from tests.port_blocks import port_bases
 from tests.unit.fuzz.mutator import examples, inputs
-from tests.unit.media.test_stun_codec import RFC5769_REQUEST
+from tests.unit.media.stun_vectors import RFC5769_REQUEST
 from tests.unit.sdp.sdp_samples import BARESIP_SDES, LINPHONE_SRTP, SIPP_UAC, crlf
 
 STRANGER = ("127.0.0.9", 5060)

@@ -45,7 +45,8 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_fuzzed_dialogs import (
+from tests.component.calls.early_dialog_fuzz import _bystander
+from tests.component.calls.fuzz_checks import (
     MAX_UDP,
     WINDOW,
     _expected,
@@ -56,9 +57,8 @@ from tests.component.calls.test_b2bua_fuzzed_dialogs import (
     mutate_message,
     table_sizes,
 )
-from tests.component.calls.test_b2bua_fuzzed_early_dialogs import _bystander
-from tests.component.calls.test_fuzzed_subscriptions import _challenged
-from tests.component.calls.test_presence_memory import BOB
+from tests.component.calls.presence_subscriptions import BOB
+from tests.component.calls.subscription_fuzz import _challenged
 from tests.unit.fuzz.mutator import base_seed, examples
 
 PICKUP = {"name": "office", "accounts": ["alice", "bob"], "pickup": True}

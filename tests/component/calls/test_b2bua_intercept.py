@@ -16,228 +16,30 @@ import logging
 import ssl
 import uuid
 from pathlib import Path
-from typing import Any
 
-import attrs
-import h11
 import pytest
 import trio
 
-import gateway.plugins.taps.intercept as intercept_plugin
-from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.plugins.taps.intercept import Interception, pdu
+from gateway.plugins.taps.intercept import pdu
 from gateway.testing.sip_agent import simple_sdp
-from tests.component.calls.b2bua_env import ALICE_DID, BOB_DID, B2bua, eventually, start_b2bua
-from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_recorder import rtp
-from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
+from tests.component.calls.b2bua_env import ALICE_DID, BOB_DID, eventually
+from tests.component.calls.intercept_calls import (
+    CALLEE_PORT,
+    CALLER_PORT,
+    DID,
+    XID,
+    Admf,
+    activate,
+    answered_with_media,
+    create_destination,
+    intercept_env,
+    message,
+    pki,  # noqa: F401 (the fixture)
+)
+from tests.component.calls.recorder_calls import rtp
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 from tests.component.taps.mediation import Mediation
-from tests.interop.harness.pki import Issued, TestCa, TestPki
-from tests.port_blocks import port_bases
-from tests.unit.taps.x1_structure import check
-
-CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
-XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
-DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
-NS = "http://uri.etsi.org/03221/X1/2017/10"
-COMMON = "http://uri.etsi.org/03280/common/2017/07"  # TS 103 280: address, port
-
-
-class Admf:
-    """The operator's administration function: POSTs X1 documents over mutual TLS."""
-
-    def __init__(self, ca: TestCa, client: Issued | None) -> None:
-        self.context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca.certificate)
-        if client is not None:
-            self.context.load_cert_chain(client.certificate, client.key)
-
-    async def post(self, address: tuple[str, int], *messages: str) -> tuple[int, str]:
-        """POST an X1Request of ``messages``: the HTTP status and the body."""
-        body = (
-            f'<X1Request xmlns="{NS}" xmlns:c="{COMMON}" '
-            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-            + "".join(messages)
-            + "</X1Request>"
-        ).encode()
-        check(body)  # what we send is what the TS 103 221-1 XSD allows
-        stream = await trio.open_ssl_over_tcp_stream(*address, ssl_context=self.context)
-        async with stream:
-            client = h11.Connection(h11.CLIENT)
-            request = h11.Request(
-                method="POST",
-                target="/X1",
-                headers=[
-                    ("host", "gw"),
-                    ("content-type", "application/xml"),
-                    ("content-length", str(len(body))),
-                ],
-            )
-            await stream.send_all(
-                client.send(request)
-                + client.send(h11.Data(data=body))
-                + client.send(h11.EndOfMessage())
-            )
-            answer, status = b"", 0
-            while True:
-                event = client.next_event()
-                if event is h11.NEED_DATA:
-                    client.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    answer += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    return status, answer.decode()
-
-
-def message(kind: str, body: str) -> str:
-    return (
-        f'<x1RequestMessage xsi:type="{kind}"><admfIdentifier>admf-1</admfIdentifier>'
-        "<neIdentifier>gw-test</neIdentifier><messageTimestamp>2026-11-29T10:00:00.000000Z"
-        "</messageTimestamp><version>v1.23.1</version>"
-        f"<x1TransactionId>{uuid.uuid4()}</x1TransactionId>{body}</x1RequestMessage>"
-    )
-
-
-def create_destination(port: int) -> str:
-    return message(
-        "CreateDestinationRequest",
-        f"<destinationDetails><dId>{DID}</dId><friendlyName>mdf</friendlyName>"
-        "<deliveryType>X2andX3</deliveryType><deliveryAddress><ipAddressAndPort><c:address>"
-        "<c:IPv4Address>127.0.0.1</c:IPv4Address></c:address>"
-        f"<c:port><c:TCPPort>{port}</c:TCPPort></c:port>"
-        "</ipAddressAndPort></deliveryAddress></destinationDetails>",
-    )
-
-
-def activate(target: str, *, delivery: str = "X2andX3", xid: uuid.UUID = XID) -> str:
-    return message(
-        "ActivateTaskRequest",
-        f"<taskDetails><xId>{xid}</xId><targetIdentifiers><targetIdentifier>{target}"
-        f"</targetIdentifier></targetIdentifiers><deliveryType>{delivery}</deliveryType>"
-        f"<listOfDIDs><dId>{DID}</dId></listOfDIDs></taskDetails>",
-    )
-
-
-class Env:
-    def __init__(self, b2bua: B2bua, mediation: Mediation, admf: Admf, tap: Interception) -> None:
-        self.b2bua, self.mediation, self.admf, self.tap = b2bua, mediation, admf, tap
-
-    async def x1(self, *messages: str) -> str:
-        assert self.tap.x1_server is not None and self.tap.x1_server.address is not None
-        status, answer = await self.admf.post(self.tap.x1_server.address, *messages)
-        assert status == 200 and "ErrorResponse" not in answer, answer
-        check(answer.encode())
-        return answer
-
-    async def provision(self, *tasks: str) -> None:
-        await self.x1(create_destination(self.mediation.port), *tasks)
-        await eventually(
-            lambda: self.tap.links.get(DID) is not None and self.tap.links[DID].state == "connected"
-        )
-
-    async def trunk_calls_alice(self) -> tuple[Any, Any]:
-        """The trunk calls alice's number (RTP from CALLER_PORT); alice's leg, unanswered."""
-        b2bua = self.b2bua
-        call = await b2bua.trunk.invite(
-            b2bua.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
-        )
-        return call, await b2bua.alice.next_call()
-
-    def x2(self) -> list[pdu.Pdu]:
-        return self.mediation.of_type(pdu.X2)
-
-    def x3(self) -> list[pdu.Pdu]:
-        return self.mediation.of_type(pdu.X3)
-
-
-@attrs.define
-class Talk:
-    """The two ends of an answered call's media on real sockets: the trunk's (CALLER_PORT)
-    and alice's (CALLEE_PORT), each sending to its side of the gateway's relay."""
-
-    caller: trio.socket.SocketType
-    callee: trio.socket.SocketType
-    caller_to: tuple[str, int]
-    callee_to: tuple[str, int]
-
-    async def packets(self, first: int, count: int = 10) -> None:
-        """``count`` packets each way, 20 ms apart, sequence numbers from ``first``."""
-        for seq in range(first, first + count):
-            await self.caller.sendto(rtp(seq, 0x00, 0x1111), self.caller_to)
-            await self.callee.sendto(rtp(seq, 0x80, 0x2222), self.callee_to)
-            await trio.sleep(0.02)  # the pace of 20 ms packets, in virtual time
-
-    def close(self) -> None:
-        self.caller.close()
-        self.callee.close()
-
-
-async def answered_with_media(env: Env, *, ring: bool = False) -> tuple[Any, Talk]:
-    """The trunk calls alice, she answers (ringing first if ``ring``); the call and its
-    media ends."""
-    call, leg_b = await env.trunk_calls_alice()
-    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
-    if ring:
-        await leg_b.ring()
-    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
-    final = await call.final()
-    assert final.status == 200
-    answered = parse_sdp_untrusted(final.body).media[0]
-    talk = Talk(
-        await bind(CALLER_PORT),
-        await bind(CALLEE_PORT),
-        ("127.0.0.1", answered.port),
-        ("127.0.0.1", offered.port),
-    )
-    return call, talk
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> tuple[TestCa, Issued, Issued]:
-    test_pki = TestPki(tmp_path / "pki")
-    ca = test_pki.ca("X1 CA")
-    return ca, ca.issue("gw-test"), ca.issue("admf-1")
-
-
-async def intercept_env(
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    seed: int,
-    pki: tuple[TestCa, Issued, Issued],
-    *,
-    numbering: dict[str, Any] | None = None,
-    table: dict[str, Any] | None = None,
-    plugins: tuple[tuple[str, object], ...] = (),
-) -> Env:
-    ca, server, client = pki
-    mediation = Mediation()
-    await nursery.start(mediation.serve)
-    b2bua = await start_b2bua(
-        nursery,
-        tmp_path,
-        seed,
-        plugins=[("intercept", intercept_plugin), *plugins],
-        plugin_tables={
-            "enable": ["intercept"],
-            "intercept": {
-                "x1_listen": "127.0.0.1:0",
-                "x1_certificate": str(server.certificate),
-                "x1_private_key": str(server.key),
-                "x1_ca": str(ca.certificate),
-                "ne_identifier": "gw-test",
-                "delivery_tls": False,
-                "keepalive_interval": 600.0,
-                **(table or {}),
-            },
-        },
-        alice_auto=None,
-        numbering=numbering,
-    )
-    tap = b2bua.gateway.plugins.media_taps.get("intercept")
-    assert isinstance(tap, Interception)
-    await eventually(lambda: tap.x1_server is not None and tap.x1_server.address is not None)
-    return Env(b2bua, mediation, Admf(ca, client), tap)
+from tests.interop.harness.pki import Issued, TestCa
 
 
 async def test_a_call_to_a_target_delivers_its_signalling_as_x2_and_its_media_as_x3(
@@ -245,7 +47,7 @@ async def test_a_call_to_a_target_delivers_its_signalling_as_x2_and_its_media_as
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -314,7 +116,7 @@ async def test_a_call_attempt_the_target_refuses_is_delivered_too(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
@@ -335,7 +137,7 @@ async def test_an_admf_that_takes_no_reports_changes_nothing_for_calls(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     closed_port = listeners[0].socket.getsockname()[1]
@@ -363,7 +165,7 @@ async def test_calls_of_others_deliver_nothing_and_an_x2_only_task_no_media(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{BOB_DID[1:]}</e164Number>", delivery="X2Only"))
@@ -391,7 +193,7 @@ async def test_x1_without_a_client_certificate_is_refused_at_the_handshake(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     anonymous = Admf(pki[0], None)
@@ -409,7 +211,7 @@ async def test_a_targets_registration_is_delivered_as_x2_with_the_answers(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate("<sipUri>sip:alice@127.0.0.1</sipUri>"))
@@ -438,7 +240,7 @@ async def test_a_destination_moved_during_a_call_gets_the_rest_of_it(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
@@ -466,7 +268,7 @@ async def test_a_bug_answering_one_x1_request_is_a_500_and_x1_goes_on(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     assert env.tap.x1_server is not None and env.tap.x1_server.address is not None
@@ -488,7 +290,7 @@ async def test_a_task_deactivated_during_a_call_delivers_nothing_more_of_it(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
@@ -512,7 +314,7 @@ async def test_a_task_activated_during_a_call_intercepts_the_rest_of_it(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     await env.provision()  # a destination, no task yet
@@ -549,7 +351,7 @@ async def test_another_call_reusing_a_tapped_calls_call_id_is_not_delivered_nor_
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A Call-ID is not a dialog: a proxy's fork reaching us twice, or a peer reusing one,
@@ -576,7 +378,7 @@ async def test_a_targets_outgoing_call_is_matched_on_who_it_is_not_on_what_its_p
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     """alice's account is the target by its number (the DID that reaches her); her phone
     withholds its identity and asserts somebody else's. The gateway knows it is alice."""
@@ -605,7 +407,7 @@ async def test_connections_that_never_finish_a_handshake_do_not_keep_the_admf_ou
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     env = await intercept_env(nursery, tmp_path, voipgw_seed, pki)
     assert env.tap.x1_server is not None and env.tap.x1_server.address is not None
@@ -621,7 +423,7 @@ async def test_a_target_that_transfers_its_call_away_leaves_the_rest_unintercept
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     """alice (the target) takes a trunk's call and transfers it to bob: once bob takes her
     place, the call is between two people who are not targets and nothing more of it goes out."""
@@ -652,7 +454,7 @@ async def test_a_target_named_by_its_sip_uri_is_intercepted_when_called_on_its_n
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     """The task names alice's address of record; the trunk calls her DID, which the INVITE
     carries instead. Routing reveals the account: the call is intercepted from then, the

@@ -23,16 +23,14 @@ from gateway.core.sip.transaction import State
 from gateway.testing.sip_agent import Call, Received, SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
-    T1,
     B2bua,
     answered_call,
     eventually,
     next_within,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_more import second_phone
-
-GIVE_UP = 64 * T1 + 1.0  # the §9.1 wait after the CANCEL
+from tests.component.calls.b2bua_scenarios import second_phone
+from tests.component.calls.cancel_give_up import GIVE_UP
 
 
 async def test_a_2xx_to_a_cancelled_reinvite_after_the_give_up_is_acked(

@@ -31,7 +31,7 @@ from tests.component.calls.b2bua_env import (
     sent,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_more import assert_no_media_ports_held, second_phone
+from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held, second_phone
 
 ALICE_OFFER = simple_sdp("127.0.0.3", 30000, version=1)
 

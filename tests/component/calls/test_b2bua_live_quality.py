@@ -25,7 +25,7 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, start_b2bua
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_rtcp_quality import (
+from tests.component.calls.rtcp_reports import (
     receiver_report,
     rtcp_port,
     sender_report,

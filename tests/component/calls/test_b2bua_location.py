@@ -30,36 +30,23 @@ import trio
 from gateway.core.sdp.body import sdp_of
 from gateway.core.sip.message import Request, Response
 from gateway.testing.sip_agent import Received
-from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_env import B2bua, eventually
+from tests.component.calls.location_calls import (
+    BOUNDARY,
+    BY_VALUE,
+    LOCATION_PART,
+    MIXED,
+    MOVED,
+    MOVED_ONLY,
+    PIDF,
+    located_body,
+    located_call,
+    started,
+    update,
+)
 
 SDP_TYPE = "application/sdp"
-BOUNDARY = "phone-boundary-42"
-MIXED = f"multipart/mixed;boundary={BOUNDARY}"
-PIDF = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\r\n'
-    b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="pres:alice@example.com">\r\n'
-    b'<tuple id="t1"><status><geopriv xmlns="urn:ietf:params:xml:ns:pidf:geopriv10">'
-    b'<location-info><civicAddress xmlns="urn:ietf:params:xml:ns:pidf:geopriv10:civicAddr">'
-    b"<country>US</country><A1>NY</A1><RD>Main</RD><HNO>123</HNO><FLR>4</FLR>"
-    b"</civicAddress></location-info></geopriv></status></tuple>\r\n</presence>\r\n"
-)
-LOCATION_PART = (
-    b"Content-Type: application/pidf+xml\r\n"
-    b"Content-ID: <target123@alice.example.com>\r\n"
-    b"Content-Disposition: render;handling=optional\r\n\r\n" + PIDF
-)
-BY_VALUE = [("Geolocation", "<cid:target123@alice.example.com>"), ("Geolocation-Routing", "yes")]
 BY_REFERENCE = [("Geolocation", "<https://lis.example.com/loc/8f3a>;inserted-by=alice")]
-
-
-def located_body(sdp: bytes, part: bytes = LOCATION_PART) -> bytes:
-    return (
-        f"--{BOUNDARY}\r\nContent-Type: application/sdp\r\n\r\n".encode()
-        + sdp
-        + f"\r\n--{BOUNDARY}\r\n".encode()
-        + part
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
 
 
 async def alice_dials(
@@ -97,12 +84,6 @@ def location_record(env: B2bua) -> Any:
     assert store is not None
     [record] = store.call_records_recent()
     return record.security.get("location")
-
-
-async def started(nursery: trio.Nursery, tmp_path: Path, seed: int, **carrier: Any) -> B2bua:
-    return await start_b2bua(
-        nursery, tmp_path, seed, carrier={"prefixes": ["+1", "112"], **carrier}
-    )
 
 
 async def test_an_emergency_call_passes_the_location_by_value_byte_for_byte(
@@ -241,25 +222,6 @@ async def test_a_call_without_location_is_unchanged(
     assert location_record(env) is None
 
 
-MOVED = LOCATION_PART.replace(b"<HNO>123</HNO>", b"<HNO>125</HNO>").replace(
-    b"handling=optional", b"handling=required"
-)
-
-
-async def located_call(env: B2bua, dialled: str) -> Any:
-    """alice's call to ``dialled`` with her location by value, answered."""
-    call = await env.alice.invite(
-        f"sip:{dialled}@127.0.0.1:5060",
-        sdp=located_body(env.alice.offer_sdp()),
-        content_type=MIXED,
-        extra=BY_VALUE,
-    )
-    assert (await call.final()).status == 407
-    await call.authenticate()
-    assert (await call.final()).status == 200
-    return call
-
-
 async def moves(env: B2bua, call: Any) -> Response:
     """alice, on ``call``, holds it (sendonly) with her new location (MOVED) in the re-INVITE;
     its final response."""
@@ -343,10 +305,6 @@ def trunk_invite_to(env: B2bua) -> str | None:
 
 # -- location in UPDATE (RFC 6442 §4.1, RFC 3311), Geolocation-Error back (§4.3) -------------
 
-MOVED_ONLY = (
-    f"--{BOUNDARY}\r\n".encode() + MOVED + f"\r\n--{BOUNDARY}--\r\n".encode()
-)  # an UPDATE's body without an offer: the location part alone
-
 
 def trunk_answers(
     env: B2bua, method: str, status: int, error: str | None, *, once: bool = False
@@ -368,13 +326,6 @@ def trunk_answers(
         return True
 
     env.trunk.in_dialog = answer
-
-
-async def update(call: Any, body: bytes, extra: Sequence[tuple[str, str]]) -> Response:
-    exchange = await call.request(
-        "UPDATE", body=body, content_type=MIXED if body else None, extra=extra
-    )
-    return await exchange.final()
 
 
 async def test_a_location_update_in_an_update_reaches_the_trunk_and_its_answer_the_caller(

@@ -26,7 +26,7 @@ from gateway.core.calls.call import LOCATION_UPDATE_WAIT
 from gateway.core.sip.message import Response
 from gateway.testing.sip_agent import Received
 from tests.component.calls.b2bua_env import B2bua, eventually
-from tests.component.calls.test_b2bua_location import (
+from tests.component.calls.location_calls import (
     BY_VALUE,
     MIXED,
     MOVED,
@@ -37,33 +37,11 @@ from tests.component.calls.test_b2bua_location import (
     started,
     update,
 )
+from tests.component.calls.location_followups import location_record, trunk_ignores
 
 LONE_ID = "<moved7@alice.example.com>"
 LONE = [("Geolocation", "<cid:moved7@alice.example.com>"), ("Content-ID", LONE_ID)]
 MOVED_PIDF = PIDF.replace(b"<HNO>123</HNO>", b"<HNO>125</HNO>")
-
-
-def location_record(env: B2bua) -> Any:
-    """The call's location record once the call's end is saved (records go in batches: the
-    answered call's may be saved first)."""
-    store = env.gateway.store
-    assert store is not None
-    [record] = store.call_records_recent()
-    return record.security.get("location") if record.ended_at is not None else None
-
-
-def trunk_ignores(env: B2bua, method: str) -> list[Received]:
-    """The trunk takes ``method`` in a dialog and never answers it; what it took."""
-    taken: list[Received] = []
-
-    async def ignore(received: Received) -> bool:
-        if received.request.method != method:
-            return False
-        taken.append(received)
-        return True
-
-    env.trunk.in_dialog = ignore
-    return taken
 
 
 async def test_an_unanswered_location_update_is_answered_after_the_default_wait(

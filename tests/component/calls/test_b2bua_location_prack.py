@@ -30,7 +30,7 @@ from gateway.core.sdp.body import sdp_of
 from gateway.core.sip.message import Request, Response
 from gateway.testing.sip_agent import Call, Exchange
 from tests.component.calls.b2bua_env import ALICE, GW, B2bua, eventually, sent
-from tests.component.calls.test_b2bua_location import (
+from tests.component.calls.location_calls import (
     BY_VALUE,
     MIXED,
     MOVED,
@@ -40,7 +40,7 @@ from tests.component.calls.test_b2bua_location import (
     started,
     update,
 )
-from tests.component.calls.test_b2bua_location_followups import location_record, trunk_ignores
+from tests.component.calls.location_followups import location_record, trunk_ignores
 
 REQUIRE_100REL = [("Require", "100rel"), ("Supported", "100rel")]
 CANNOT_PROCESS = '100 ;code="Cannot Process Location"'

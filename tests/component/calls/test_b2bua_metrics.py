@@ -16,7 +16,6 @@ the in-memory network, RTP on real sockets through the relay, in virtual time.
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ from gateway.core.gateway import HOUSEKEEPING_INTERVAL
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.store.errors import StoreBusy, StoreError, StoreIndexing
-from gateway.core.store.interface import CallRecord
 from gateway.plugins.metrics.server import (
     CONNECTION_TIMEOUT,
     HEAD_TIMEOUT,
@@ -42,64 +40,17 @@ from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
     TRUNK,
-    B2bua,
     eventually,
     start_b2bua,
 )
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_recorder import rtp
-from tests.component.calls.test_scanner_user_agents import SCANNER
-from tests.component.calls.test_scanner_user_agents import request as scanner_request
+from tests.component.calls.metrics_scrape import aged_records, http, metrics_env, scrape
+from tests.component.calls.recorder_calls import rtp
+from tests.component.calls.scanner_requests import SCANNER
+from tests.component.calls.scanner_requests import request as scanner_request
 from tests.port_blocks import port_bases
 
 CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
-
-
-async def metrics_env(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, **kwargs: object
-) -> tuple[B2bua, tuple[str, int]]:
-    plugins = [("metrics", metrics_plugin), *kwargs.pop("plugins", [])]  # type: ignore[misc]
-    env = await start_b2bua(
-        nursery,
-        tmp_path,
-        seed,
-        plugins=plugins,
-        plugin_tables={"enable": ["metrics"], "metrics": {"listen": "127.0.0.1:0"}},
-        alice_auto=None,
-        **kwargs,  # type: ignore[arg-type]
-    )
-    exporter = env.gateway.plugins.services.get("metrics")
-    assert exporter is not None and exporter.server is not None
-    assert exporter.server.address is not None
-    return env, exporter.server.address
-
-
-async def http(address: tuple[str, int], request: bytes) -> bytes:
-    """Send ``request`` on a new connection; everything the server answers until it closes."""
-    stream = await trio.open_tcp_stream(*address)
-    async with stream:
-        await stream.send_all(request)
-        answer = b""
-        while chunk := await stream.receive_some(65536):
-            answer += chunk
-    return answer
-
-
-async def scrape(address: tuple[str, int]) -> dict[str, float]:
-    """GET /metrics: each sample by its name and labels as written."""
-    answer = await http(address, b"GET /metrics HTTP/1.1\r\nHost: gw\r\n\r\n")
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 "), head
-    assert b"content-type: text/plain; version=0.0.4; charset=utf-8" in head.lower()
-    samples: dict[str, float] = {}
-    for line in body.decode().splitlines():
-        if line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        assert match is not None, line
-        samples[match[1] + (match[2] or "")] = float(match[3])
-    return samples
 
 
 async def test_scrapes_follow_a_call_from_start_to_end_and_keep_its_media(
@@ -516,15 +467,6 @@ async def test_scanner_drops_and_password_guessing_are_exposed(
     assert samples['voipgw_sip_requests_dropped_total{reason="user_agent"}'] == 1
     assert samples["voipgw_sip_auth_failures_total"] == 2
     assert samples["voipgw_sip_auth_blocked_total"] == 1
-
-
-def aged_records(now: int) -> list[CallRecord]:
-    """Three records that ended two days before ``now`` (a second apart), one that ended a
-    minute before it: whole seconds, as a scrape writes them."""
-    return [
-        CallRecord(f"old{i}", "sip:a@x", "sip:b@x", now - 3 * 86400, None, now - 2 * 86400 - i)
-        for i in range(3)
-    ] + [CallRecord("new", "sip:a@x", "sip:b@x", now - 3600, None, now - 60)]
 
 
 async def test_call_record_retention_is_scraped_as_it_deletes_and_fails(

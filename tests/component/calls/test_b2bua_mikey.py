@@ -14,7 +14,6 @@ marked secure (the NULL container only travels over TLS; the memory transport st
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -38,24 +37,10 @@ from gateway.plugins.keyexchange.mikey.payloads import (
 )
 from gateway.plugins.keyexchange.mikey.psk import PskStore
 from gateway.plugins.keyexchange.sdes import SdesKeyExchange
-from gateway.testing.memory_transport import MemoryUdpTransport
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.secure_signalling import tls_signalling  # noqa: F401 (the fixture)
 
 CALLER_PORT = 41000  # SDP only: nothing binds it
-
-
-@pytest.fixture
-def tls_signalling(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every memory flow is secure, as a TLS connection's would be."""
-    original = MemoryUdpTransport._make_flow
-
-    def secure(self: MemoryUdpTransport, *args: object) -> object:
-        flow = original(self, *args)  # type: ignore[arg-type]
-        flow.secure = True
-        return flow
-
-    monkeypatch.setattr(MemoryUdpTransport, "_make_flow", secure)
-    yield
 
 
 def mikey_sdp(
@@ -122,7 +107,7 @@ async def test_a_mikey_caller_is_keyed_and_bridged_to_plain_rtp(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    tls_signalling: None,
+    tls_signalling: None,  # noqa: F811
 ) -> None:
     env = await with_mikey(nursery, tmp_path, voipgw_seed)
     phone = MikeyKeyExchange().offer(suites=[], secure_signalling=True)
@@ -154,7 +139,7 @@ async def test_a_mikey_caller_bridged_to_an_sdes_callee(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    tls_signalling: None,
+    tls_signalling: None,  # noqa: F811
 ) -> None:
     env = await with_mikey(nursery, tmp_path, voipgw_seed, sdes=True, alice_auto=None)
     assert env.gateway.store is not None
@@ -188,7 +173,7 @@ async def test_a_callee_offered_mikey_is_keyed_from_the_gateways_message(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    tls_signalling: None,
+    tls_signalling: None,  # noqa: F811
 ) -> None:
     env = await with_mikey(nursery, tmp_path, voipgw_seed, alice_auto=None)
     assert env.gateway.store is not None
@@ -216,7 +201,7 @@ async def test_a_callee_answering_a_mikey_error_ends_the_call_with_the_reason(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    tls_signalling: None,
+    tls_signalling: None,  # noqa: F811
 ) -> None:
     env = await with_mikey(nursery, tmp_path, voipgw_seed, alice_auto=None)
     assert env.gateway.store is not None
@@ -262,7 +247,7 @@ async def test_a_re_invite_with_the_same_message_keeps_the_keys(
     tmp_path: Path,
     autojump_clock: trio.abc.Clock,
     voipgw_seed: int,
-    tls_signalling: None,
+    tls_signalling: None,  # noqa: F811
 ) -> None:
     env = await with_mikey(nursery, tmp_path, voipgw_seed)
     phone = MikeyKeyExchange().offer(suites=[], secure_signalling=True)

@@ -20,21 +20,17 @@ from gateway.core.hookspecs import hookimpl
 from gateway.core.ids import SeededIds
 from gateway.core.interfaces import Caller, Directory, RouteDecision
 from gateway.core.logs import WITHHELD
-from gateway.core.media.relay import MediaRelay
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.dialog import DialogState
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.store.sqlite import SqliteStore
-from gateway.testing.network import Address
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, sdp_connection, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE,
     ALICE_DID,
-    ALICE_PASSWORD,
     GW,
     T1,
-    B2bua,
     answered_call,
     assert_media_via_gateway,
     eventually,
@@ -42,40 +38,13 @@ from tests.component.calls.b2bua_env import (
     sent,
     start_b2bua,
 )
-
-ALICE2: Address = ("127.0.0.5", 5060)  # alice's second phone
-PBX: Address = ("127.0.0.4", 5060)
-PBX_TRUNK = {"name": "pbx", "address": "udp:127.0.0.4:5060", "prefixes": ["+44"]}
-
-
-def relay(env: B2bua) -> MediaRelay:
-    assert env.gateway.relay is not None
-    return env.gateway.relay
-
-
-def assert_no_media_ports_held(env: B2bua) -> None:
-    assert relay(env).streams == frozenset()
-    assert relay(env).allocator.in_use == 0
-
-
-async def second_phone(env: B2bua, nursery: trio.Nursery, seed: int) -> SipAgent:
-    """Alice's second phone, registered from ALICE2 (the test answers its calls)."""
-    phone = SipAgent(
-        env.network,
-        ALICE2,
-        ids=SeededIds(seed + 3),
-        user="alice",
-        password=ALICE_PASSWORD,
-        proxy=GW,
-        auto=None,
-        media_port=30010,
-    )
-    await nursery.start(phone.serve)
-    registered = await phone.register()
-    assert registered.status == 200, registered.reason
-    assert env.gateway.directory is not None
-    assert len(env.gateway.directory.contacts("alice")) == 2
-    return phone
+from tests.component.calls.b2bua_scenarios import (
+    ALICE2,
+    assert_no_media_ports_held,
+    relay,
+    second_phone,
+)
+from tests.component.calls.trunk_auth_calls import PBX, PBX_TRUNK
 
 
 def parsed(data: bytes) -> Request | Response:

@@ -21,7 +21,7 @@ import trio
 
 from gateway.plugins.taps.intercept import pdu
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
-from tests.component.calls.test_b2bua_intercept import activate, intercept_env
+from tests.component.calls.intercept_calls import activate, intercept_env
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 
 BERLIN = {"country_code": "49", "area_code": "30"}

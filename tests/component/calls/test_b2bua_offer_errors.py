@@ -17,10 +17,14 @@ import trio
 
 import gateway.plugins.keyexchange.dtls_srtp as dtls_plugin
 from gateway.core.media.errors import LocalMediaError
-from gateway.core.media.security import KeyExchangeFailed
 from gateway.core.media.session import MediaSession
 from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
 from gateway.testing.sip_agent import SDP, AutoAnswer, simple_sdp
+from tests.component.calls.answer_error_checks import (
+    SECRET,
+    assert_logged_once_and_nothing_secret,
+    fail_next,
+)
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     answered_call,
@@ -28,14 +32,10 @@ from tests.component.calls.b2bua_env import (
     next_within,
     start_b2bua,
 )
+from tests.component.calls.dialog_event_watch import next_doc, start, watch
 from tests.component.calls.dtls_phone import PHONE_ID
-from tests.component.calls.test_b2bua_answer_errors import (
-    SECRET,
-    assert_logged_once_and_nothing_secret,
-    fail_next,
-)
-from tests.component.calls.test_dialog_events_memory import next_doc, start, watch
-from tests.component.calls.test_pickup_dialog_ids_memory import (
+from tests.component.calls.offer_error_checks import PLUGIN_BUG, plugin_bug, warning_of
+from tests.component.calls.pickup_calls import (
     BOB_PORT,
     PICKUP,
     early_dialog,
@@ -43,19 +43,7 @@ from tests.component.calls.test_pickup_dialog_ids_memory import (
     replaces_of,
     ringing_alice,
 )
-from tests.component.calls.test_pickup_payload_types import bob_sdp
-
-PLUGIN_BUG = "key exchange failed: the sdes key exchange raised ValueError"
-
-
-def plugin_bug() -> Exception:
-    """What LegSecurity raises for an SDES plugin raising ValueError with key bytes in its
-    text (tests/unit/media/test_leg_security.py shows each SDP step doing so)."""
-    return KeyExchangeFailed("sdes", ValueError(f"inline:{SECRET}"))
-
-
-def warning_of(response: object) -> str:
-    return response.headers.get("Warning") or ""  # type: ignore[attr-defined]
+from tests.component.calls.pickup_sdp import bob_sdp
 
 
 @pytest.mark.parametrize("step", ["take_offer", "make_answer"])

@@ -23,15 +23,15 @@ from gateway.core.sip.serializer import serialize_message
 from gateway.plugins.pstn import rfc3398
 from gateway.testing.sip_agent import SDP, Received, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
-from tests.component.calls.test_b2bua_fork_2xx import (
+from tests.component.calls.cancel_give_up import GIVE_UP
+from tests.component.calls.fork_answers import (
     FORK_CONTACT,
     FORK_TAG,
     assert_in_the_forks_dialog,
     fork_answers,
     to_phone,
 )
-from tests.component.calls.test_b2bua_late_2xx_after_cancel import GIVE_UP
-from tests.component.calls.test_b2bua_trunk_auth import (
+from tests.component.calls.trunk_auth_calls import (
     PBX,
     PBX_PASSWORD,
     alice_calls,

@@ -22,9 +22,9 @@ from gateway.core.store.errors import StoreBusy
 from gateway.core.store.sqlite import SqliteStore
 from gateway.testing.sip_agent import Call
 from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
-from tests.component.calls.test_b2bua_drain import start_drain
-from tests.component.calls.test_b2bua_metrics import metrics_env, scrape
-from tests.component.calls.test_b2bua_stir_shaken_required import RefuseEverything
+from tests.component.calls.drain_steps import start_drain
+from tests.component.calls.metrics_scrape import metrics_env, scrape
+from tests.component.calls.stir_shaken_refusals import RefuseEverything
 
 BERLIN = {"country_code": "49", "area_code": "30"}
 CARRIER = {"prefixes": ["+49", "112"], "number_format": "national"}

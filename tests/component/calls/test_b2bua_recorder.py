@@ -23,57 +23,21 @@ from pathlib import Path
 import attrs
 import trio
 
-import gateway.plugins.keyexchange.zrtp as zrtp_plugin
-import gateway.plugins.taps.recorder as recorder_plugin
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.g722 import G722Decoder
 from gateway.plugins.taps.oggopus import PRE_SKIP, opus_samples_untrusted
 from gateway.testing.sip_agent import simple_sdp
-from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually
 from tests.component.calls.dtls_phone import Phone, bind
-from tests.component.calls.test_b2bua_zrtp import pairs, phone_exchange, zrtp_sdp
+from tests.component.calls.recorder_calls import recording_env, recordings, rtp
+from tests.component.calls.zrtp_pairs import pairs, phone_exchange, zrtp_sdp
 from tests.port_blocks import port_bases
-from tests.unit.taps.test_oggopus import read_ogg
+from tests.unit.taps.ogg_reader import read_ogg
 
 CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 CALLER_BYTE, CALLEE_BYTE = 0x00, 0x80  # PCMU -32124 and +32124
 PACKETS = 50
-
-
-def rtp(seq: int, byte: int, ssrc: int) -> bytes:
-    return struct.pack("!BBHII", 0x80, 0, seq, 160 * seq, ssrc) + bytes([byte]) * 160
-
-
-async def recording_env(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, table: dict[str, object], **kwargs: object
-) -> B2bua:
-    plugins: list[tuple[str, object]] = [("recorder", recorder_plugin)]
-    if kwargs.pop("zrtp", False):
-        plugins.append(("zrtp", zrtp_plugin))
-    return await start_b2bua(
-        nursery,
-        tmp_path,
-        seed,
-        plugins=plugins,
-        plugin_tables={
-            "enable": ["recorder"],
-            # min_free_mb = 0: whatever the test machine's free disk (unit-tested apart).
-            "recorder": {"directory": str(tmp_path / "rec"), "min_free_mb": 0, **table},
-        },
-        alice_auto=None,
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
-def recordings(tmp_path: Path) -> dict[str, list[int]]:
-    """Every WAV file under the recording directory, by name: its samples."""
-    found = {}
-    for path in sorted((tmp_path / "rec").glob("*/*.wav")):
-        with wave.open(str(path)) as wav:
-            frames = wav.readframes(wav.getnframes())
-        found[path.name] = list(struct.unpack(f"<{len(frames) // 2}h", frames))
-    return found
 
 
 @attrs.define

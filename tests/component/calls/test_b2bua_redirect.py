@@ -26,8 +26,7 @@ from typing import Any
 import trio
 
 from gateway.core.cli import describe_redirect
-from gateway.core.ids import SeededIds
-from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent
+from gateway.testing.sip_agent import AutoAnswer, Call
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
@@ -37,9 +36,9 @@ from tests.component.calls.b2bua_env import (
     sent,
     start_b2bua,
 )
+from tests.component.calls.redirect_phones import BOB, start_bob
 
 FORWARD_TO = "+15557777"
-BOB = ("127.0.0.4", 5060)
 
 
 async def env_with(nursery: trio.Nursery, tmp_path: Path, seed: int, **knobs: Any) -> B2bua:
@@ -238,22 +237,6 @@ async def test_a_redirect_back_to_the_caller_is_refused(
     assert forwarded_invites(env) == []
     (entry,) = (await ended_record(env))["redirects"]
     assert "own caller" in entry["refused"]
-
-
-async def start_bob(env: B2bua, nursery: trio.Nursery, seed: int) -> SipAgent:
-    bob = SipAgent(
-        env.network,
-        BOB,
-        ids=SeededIds(seed + 7),
-        user="bob",
-        password="bob-password-1",
-        proxy=GW,
-        auto=None,
-        media_port=31000,
-    )
-    await nursery.start(bob.serve)
-    assert (await bob.register()).status == 200
-    return bob
 
 
 async def test_a_chain_of_forwards_lists_every_diversion(

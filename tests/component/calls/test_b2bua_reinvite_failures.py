@@ -12,20 +12,9 @@ import trio
 
 from gateway.testing.sip_agent import SDP, Received
 from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
+from tests.component.calls.reinvite_answers import alice_answers_reinvites
 
 LIMIT = 32.0  # 64 * T1
-
-
-def alice_answers_reinvites(env, handle) -> None:  # type: ignore[no-untyped-def]
-    """alice's agent hands every in-dialog INVITE to ``handle`` (which answers it, or not)."""
-
-    async def hook(received: Received) -> bool:
-        if received.request.method != "INVITE":
-            return False
-        await handle(received)
-        return True
-
-    env.alice.in_dialog = hook
 
 
 async def test_a_reinvite_with_no_final_response_ends_the_call_after_64_t1(

@@ -23,7 +23,7 @@ from gateway.core.media.session import MediaSession
 from gateway.core.sip.message import Request
 from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import B2bua, answered_call, start_b2bua
-from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 
 MOVED_PORT = 31000  # SDP only: where a phone says it moved
 

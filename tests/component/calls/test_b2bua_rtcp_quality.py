@@ -21,38 +21,18 @@ import trio
 
 import gateway.plugins.metrics as metrics_plugin
 from gateway.core.cli import describe_quality
-from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps import hep as hep_plugin
 from gateway.testing.sip_agent import simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_metrics import scrape
-from tests.component.calls.test_b2bua_recorder import rtp
+from tests.component.calls.metrics_scrape import scrape
+from tests.component.calls.recorder_calls import rtp
+from tests.component.calls.rtcp_reports import receiver_report, rtcp_port, sender_report
 from tests.port_blocks import port_bases
-from tests.unit.taps.test_hep import chunks
+from tests.unit.taps.hep_chunks import chunks
 
 CALLER_PORT, CALLEE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
-NTP = (3_900_000_000 << 32) | 0x8000_0000  # an SR's NTP timestamp: LSR 0x07A08000 ... below
-
-
-def sender_report(ssrc: int, packets: int) -> bytes:
-    """RFC 3550 §6.4.1 SR without report blocks (the callee receives nothing worth reporting)."""
-    return struct.pack("!BBHIQIII", 0x80, 200, 6, ssrc, NTP, 160 * packets, packets, 160 * packets)
-
-
-def receiver_report(ssrc: int, about: int, *, dlsr: float) -> bytes:
-    """RFC 3550 §6.4.2 RR: 2/256 lost, 5 in all, jitter 96 (12 ms at 8 kHz), answering the SR."""
-    lsr = (NTP >> 16) & 0xFFFFFFFF
-    block = struct.pack("!IB", about, 2) + (5).to_bytes(3, "big") + struct.pack("!I", 20)
-    block += struct.pack("!III", 96, lsr, int(dlsr * 65536))
-    return struct.pack("!BBHI", 0x81, 201, 7, ssrc) + block
-
-
-def rtcp_port(media: MediaDescription) -> int:
-    """Our RTCP port as the SDP we sent names it (RFC 3605 a=rtcp)."""
-    [value] = media.attributes.values("rtcp")
-    return int(value.split()[0])
 
 
 async def test_rtcp_reports_reach_the_record_metrics_and_homer(

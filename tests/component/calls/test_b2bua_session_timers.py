@@ -33,7 +33,7 @@ from tests.component.calls.b2bua_env import (
     sent,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
+from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held
 
 SUPPORTS_TIMER = [("Supported", "timer")]
 ALLOWS_UPDATE = [("Allow", "INVITE, ACK, CANCEL, BYE, UPDATE")]

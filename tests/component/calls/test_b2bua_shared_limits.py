@@ -27,15 +27,15 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_metrics import metrics_env, scrape
-from tests.component.calls.test_b2bua_transfer import (
+from tests.component.calls.metrics_scrape import metrics_env, scrape
+from tests.component.calls.transfer_calls import (
     alice_calls,
     bob_phone,
     eventually_notify,
     refer,
     replaces_of,
 )
-from tests.unit.calls.test_call_limits_shared import FakeShared
+from tests.unit.calls.fake_shared import FakeShared
 
 TRUNK = ("trunk", "carrier")
 

@@ -23,7 +23,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_more import assert_no_media_ports_held
+from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held
 
 BOUNDARY = "sip-i-boundary-7"
 MIXED = f"multipart/mixed;boundary={BOUNDARY}"

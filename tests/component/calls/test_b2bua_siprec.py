@@ -16,14 +16,12 @@ the in-memory network; the call's RTP and the copies the gateway sends the SRS r
 from __future__ import annotations
 
 import re
-import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import trio
 
-import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.plugins.taps.siprec import NAMESPACE, srs_sdp
@@ -32,65 +30,22 @@ from tests.component.calls.b2bua_env import (
     ALICE_DID,
     GW,
     RING_AND_ANSWER,
-    B2bua,
     eventually,
-    start_b2bua,
 )
 from tests.component.calls.dtls_phone import bind
+from tests.component.calls.siprec_calls import (
+    CALLEE_PORT,
+    CALLER_PORT,
+    NS,
+    SRS_PORT,
+    answered_call,
+    metadata_of,
+    participants_of,
+    rtp,
+    siprec_env,
+    srs_answer,
+)
 from tests.port_blocks import port_bases
-
-SRS = ("127.0.0.9", 5060)
-CALLER_PORT, CALLEE_PORT, SRS_PORT = port_bases(3)  # this process's own (tests/port_blocks.py)
-
-
-def rtp(seq: int, byte: int, ssrc: int) -> bytes:
-    return struct.pack("!BBHII", 0x80, 0, seq, 160 * seq, ssrc) + bytes([byte]) * 160
-
-
-def srs_answer(
-    labels: tuple[str, str] = ("1", "2"), ports: tuple[int, int] = (SRS_PORT, SRS_PORT + 2)
-) -> bytes:
-    """The SRS's SDP answer: recvonly, the labels in reverse order (matched by label)."""
-    lines = ["v=0", "o=srs 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0"]
-    for label, port in reversed(list(zip(labels, ports, strict=True))):
-        lines += [f"m=audio {port} RTP/AVP 0", f"a=label:{label}", "a=recvonly"]
-    return ("\r\n".join(lines) + "\r\n").encode()
-
-
-async def siprec_env(
-    nursery: trio.Nursery,
-    tmp_path: Path,
-    seed: int,
-    *,
-    alice_auto: AutoAnswer | None = None,
-    **table: object,
-) -> tuple[B2bua, SipAgent]:
-    env = await start_b2bua(
-        nursery,
-        tmp_path,
-        seed,
-        plugins=[("siprec", siprec_plugin)],
-        plugin_tables={
-            "enable": ["siprec"],
-            "siprec": {"srs": "sip:srs@127.0.0.9:5060", "trunks": ["carrier"], **table},
-        },
-        alice_auto=alice_auto,
-    )
-    # The recorder answers as each test says (auto=None), never by itself.
-    srs = SipAgent(env.network, SRS, ids=SeededIds(seed + 9), user="srs", proxy=GW, auto=None)
-    await nursery.start(srs.serve)
-    return env, srs
-
-
-async def answered_call(env: B2bua) -> tuple[object, tuple[str, int], tuple[str, int]]:
-    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
-    leg_b = await env.alice.next_call()
-    offered = parse_sdp_untrusted(leg_b.invite.body).media[0]
-    await leg_b.answer(200, sdp=simple_sdp("127.0.0.1", CALLEE_PORT))
-    final = await call.final()
-    assert final.status == 200
-    answered = parse_sdp_untrusted(final.body).media[0]
-    return call, ("127.0.0.1", answered.port), ("127.0.0.1", offered.port)
 
 
 async def test_a_recorded_call_is_sent_to_the_srs_stream_by_stream(
@@ -259,23 +214,7 @@ async def test_an_update_the_srs_answers_491_is_sent_again_after_rfc_3261_s_wait
     await srs.next_request("BYE", timeout=10)
 
 
-NS = {"r": NAMESPACE}
 (BOB_MEDIA_PORT,) = port_bases(1)  # bound on 127.0.0.4
-
-
-def metadata_of(body: bytes) -> ET.Element:
-    """The RFC 7865 document of a multipart body (parsing it proves it well-formed)."""
-    found = re.search(rb"<\?xml.*</recording>", body, re.DOTALL)
-    assert found is not None, body
-    return ET.fromstring(found.group(0))
-
-
-def participants_of(root: ET.Element) -> dict[str | None, str | None]:
-    """participant_id -> the aor it names."""
-    return {
-        p.get("participant_id"): p.find("r:nameID", NS).get("aor")  # type: ignore[union-attr]
-        for p in root.findall("r:participant", NS)
-    }
 
 
 @pytest.mark.parametrize("refused_first", [False, True], ids=["taken", "refused-first"])

@@ -31,7 +31,7 @@ from gateway.testing.fake_dns import FakeResolver
 from gateway.testing.network import Address
 from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import B2bua, eventually, start_b2bua
-from tests.component.calls.test_b2bua_siprec import answered_call, srs_answer
+from tests.component.calls.siprec_calls import answered_call, srs_answer
 
 NAME = "recorder.example"
 SRS_URI = f"sip:srs@{NAME};transport=udp"

@@ -16,17 +16,17 @@ import gateway.plugins.taps.siprec as siprec_plugin
 from gateway.core.ids import SeededIds
 from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import GW, eventually
-from tests.component.calls.test_b2bua_siprec import (
+from tests.component.calls.dialog_event_watch import start
+from tests.component.calls.pickup_calls import PICKUP
+from tests.component.calls.pickup_feature_calls import dial_call, ring_alice
+from tests.component.calls.siprec_calls import (
     NS,
     SRS,
     metadata_of,
     participants_of,
     srs_answer,
 )
-from tests.component.calls.test_b2bua_siprec_updates import VirtualWallClock, stamp_of
-from tests.component.calls.test_dialog_events_memory import start
-from tests.component.calls.test_pickup_dialog_ids_memory import PICKUP
-from tests.component.calls.test_pickup_feature_codes import dial_call, ring_alice
+from tests.component.calls.siprec_recorded_calls import VirtualWallClock, stamp_of
 
 
 async def test_a_picked_up_call_is_recorded_with_the_picker_and_stops_at_its_hang_up(

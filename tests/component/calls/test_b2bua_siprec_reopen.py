@@ -26,7 +26,7 @@ from gateway.core.ids import SeededIds
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, GW, eventually, next_within
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_siprec import (
+from tests.component.calls.siprec_calls import (
     CALLER_PORT,
     NS,
     SRS_PORT,
@@ -35,13 +35,13 @@ from tests.component.calls.test_b2bua_siprec import (
     siprec_env,
     srs_answer,
 )
-from tests.component.calls.test_b2bua_siprec_updates import (
+from tests.component.calls.siprec_counts import counted
+from tests.component.calls.siprec_recorded_calls import (
     HELD,
     RESUMED,
     VirtualWallClock,
     directions,
     recorded_call,
-    scrape,
     stamp_of,
 )
 
@@ -58,11 +58,6 @@ def ids_of(body: bytes) -> tuple[str | None, list[str | None], list[str | None]]
         [p.get("participant_id") for p in root.findall("r:participant", NS)],
         [s.get("stream_id") for s in root.findall("r:stream", NS)],
     )
-
-
-def counted(env: object, reason: str, count: int) -> bool:
-    line = f'voipgw_recording_update_failures_total{{reason="{reason}"}} {count}\n'
-    return line in scrape(env)  # type: ignore[arg-type]
 
 
 async def test_after_a_481_a_new_recording_session_takes_the_rest_of_the_call(

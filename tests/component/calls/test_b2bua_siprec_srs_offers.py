@@ -43,7 +43,7 @@ from gateway.plugins.taps.siprec import METADATA_REQUEST_TYPE, srs_sdp
 from gateway.testing.sip_agent import Received
 from tests.component.calls.b2bua_env import GW, eventually, next_within, sent
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_siprec import (
+from tests.component.calls.siprec_calls import (
     CALLEE_PORT,
     CALLER_PORT,
     SRS,
@@ -53,22 +53,22 @@ from tests.component.calls.test_b2bua_siprec import (
     siprec_env,
     srs_answer,
 )
-from tests.component.calls.test_b2bua_siprec_reopen import counted
-from tests.component.calls.test_b2bua_siprec_srtp import (
+from tests.component.calls.siprec_counts import counted
+from tests.component.calls.siprec_srtp_calls import (
     CALLEE_PORT as SRTP_CALLEE_PORT,
 )
-from tests.component.calls.test_b2bua_siprec_srtp import (
+from tests.component.calls.siprec_srtp_calls import (
     CALLER_PORT as SRTP_CALLER_PORT,
 )
-from tests.component.calls.test_b2bua_siprec_srtp import (
+from tests.component.calls.siprec_srtp_calls import (
     GW_TLS,
     srtp_answer,
     srtp_env,
 )
-from tests.component.calls.test_b2bua_siprec_srtp import (
+from tests.component.calls.siprec_srtp_calls import (
     answered_call as srtp_call,
 )
-from tests.component.calls.test_b2bua_siprec_timers import take, timed_env
+from tests.component.calls.siprec_timed_env import take, timed_env
 from tests.port_blocks import port_bases
 
 (NEW_PORT,) = port_bases(1)  # the media server the SRS moves the recording to (our own port)

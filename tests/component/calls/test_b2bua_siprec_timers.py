@@ -26,33 +26,14 @@ import pytest
 import trio
 
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, simple_sdp
-from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, next_within
-from tests.component.calls.test_b2bua_siprec import CALLER_PORT, siprec_env, srs_answer
-from tests.component.calls.test_b2bua_siprec_reopen import counted
-from tests.component.calls.test_b2bua_siprec_updates import HELD, RESUMED
+from tests.component.calls.b2bua_env import eventually, next_within
+from tests.component.calls.siprec_calls import srs_answer
+from tests.component.calls.siprec_counts import counted
+from tests.component.calls.siprec_recorded_calls import HELD, RESUMED
+from tests.component.calls.siprec_timed_env import take, timed_env
 
 WITH_UPDATE = ("Allow", "INVITE, ACK, BYE, CANCEL, UPDATE")
 WITHOUT_UPDATE = ("Allow", "INVITE, ACK, BYE, CANCEL")
-
-
-async def timed_env(
-    nursery: trio.Nursery, tmp_path: Path, seed: int
-) -> tuple[B2bua, SipAgent, object]:
-    """A recorded call (alice's phone answers by itself) whose SRS has not answered yet."""
-    env, srs = await siprec_env(
-        nursery, tmp_path, seed, alice_auto=AutoAnswer(), session_expires=90
-    )
-    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT))
-    assert (await call.final()).status == 200
-    return env, srs, call
-
-
-async def take(srs: SipAgent, recording: Call, *extra: tuple[str, str]) -> None:
-    """The SRS answers the recording INVITE 200 with ``extra`` headers; its ACK comes."""
-    assert recording.incoming is not None
-    await srs.respond(recording.incoming, 200, body=srs_answer(), extra=extra)
-    await srs.next_request("ACK", timeout=5)
 
 
 async def test_the_recording_invite_offers_a_timer_and_we_refresh_with_update(

@@ -29,45 +29,20 @@ from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent
 from tests.component.calls.b2bua_env import (
     GW,
     REALM,
-    B2bua,
     next_within,
     start_b2bua,
 )
-
-GW_TLS = ("127.0.0.1", 5061)
-BOB = ("127.0.0.4", 5060)
-ALICE_TLS = ("127.0.0.5", 5060)
-TLS_TRUNK = ("127.0.0.6", 5061)
-CAROL = ("127.0.0.7", 5060)
-OUR_SIPS_CONTACT = "<sips:voipgw@127.0.0.1:5061>"
-
-
-async def sips_env(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, *, tls_trunk: bool = True
-) -> tuple[B2bua, SipAgent]:
-    secure_carrier = {"name": "secure-carrier", "address": "tls:127.0.0.6:5061", "prefixes": ["+1"]}
-    env = await start_b2bua(
-        nursery,
-        tmp_path,
-        seed,
-        sip={"listen": ["udp:127.0.0.1:5060", "tls:127.0.0.1:5061"]},
-        tls_stand_in=True,
-        extra_trunks=[secure_carrier] if tls_trunk else [],
-    )
-    bob = await tls_phone(env, nursery, BOB, "bob", "bob-password-1", seed + 5)
-    return env, bob
-
-
-async def tls_phone(
-    env: B2bua, nursery: trio.Nursery, address: tuple[str, int], user: str, pw: str, seed: int
-) -> SipAgent:
-    phone = SipAgent(
-        env.network, address, ids=SeededIds(seed), user=user, password=pw, proxy=GW_TLS
-    )
-    await nursery.start(phone.serve)
-    registered = await phone.register()
-    assert registered.status == 200, registered.reason
-    return phone
+from tests.component.calls.sips_phones import (
+    ALICE_TLS,
+    BOB,
+    CAROL,
+    GW_TLS,
+    OUR_SIPS_CONTACT,
+    TLS_TRUNK,
+    assert_sips_not_allowed,
+    sips_env,
+    tls_phone,
+)
 
 
 async def final_after_challenge(call: Call) -> Response:
@@ -76,11 +51,6 @@ async def final_after_challenge(call: Call) -> Response:
     assert final.status == 407, final.reason
     await call.authenticate()
     return await call.final()
-
-
-def assert_sips_not_allowed(final: Response) -> None:
-    assert final.status == 480, final.reason
-    assert (final.headers.get("Warning") or "").startswith("380 ")
 
 
 async def test_a_sips_invite_over_udp_is_refused_before_any_challenge(

@@ -23,7 +23,10 @@ from gateway.core.registrar import canonical_aor
 from gateway.core.sip.dialog import Dialog
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import GW, REALM, B2bua, next_within, start_b2bua
-from tests.component.calls.test_b2bua_sips import (
+from tests.component.calls.dialog_event_watch import next_doc
+from tests.component.calls.message_accept import accept
+from tests.component.calls.pickup_calls import early_dialog, replaces_of
+from tests.component.calls.sips_phones import (
     ALICE_TLS,
     BOB,
     CAROL,
@@ -32,9 +35,6 @@ from tests.component.calls.test_b2bua_sips import (
     sips_env,
     tls_phone,
 )
-from tests.component.calls.test_dialog_events_memory import next_doc
-from tests.component.calls.test_messages_memory import accept
-from tests.component.calls.test_pickup_dialog_ids_memory import early_dialog, replaces_of
 
 TEXT = "text/plain"
 

@@ -22,12 +22,12 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.interfaces import IdentityOutcome, RouteDecision
+from gateway.core.interfaces import RouteDecision
 from gateway.core.status import CallStatistics, StatusView
 from gateway.plugins.metrics.collect import render
 from gateway.testing.sti_pki import make_identity, make_pki
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, start_b2bua
-from tests.component.calls.test_b2bua_stir_shaken import (
+from tests.component.calls.stir_shaken_calls import (
     CALLER,
     OUR_X5U,
     X5U,
@@ -36,6 +36,7 @@ from tests.component.calls.test_b2bua_stir_shaken import (
     identity,
     start,
 )
+from tests.component.calls.stir_shaken_refusals import RefuseEverything, seen
 
 EMERGENCY_URI = "sip:911@127.0.0.1:5060"
 
@@ -160,32 +161,6 @@ async def test_an_emergency_call_is_never_refused_for_its_identity(
         "an emergency call is not refused",
         "caller's Identity passed on to trunk carrier",
     ]
-
-
-class RefuseEverything:
-    """A caller-identity plugin of someone else's that refuses every trunk call, emergency or
-    not: the core must drop its refusal of an emergency call."""
-
-    name = "refuse-everything"
-
-    def sign(self, call: Any) -> None:
-        return None
-
-    def check(self, call: Any, request: Any) -> Any:
-        seen.append(call.emergency)
-
-        class Check:
-            async def run(self) -> IdentityOutcome:
-                return IdentityOutcome("failed", "refused by policy", reject=(403, "Forbidden"))
-
-        return Check()
-
-    @hookimpl
-    def gateway_register_caller_identity(self, registry: Any, config: Any) -> None:
-        registry.add(self.name, self)
-
-
-seen: list[bool] = []
 
 
 async def test_the_core_drops_any_plugins_refusal_of_an_emergency_call(

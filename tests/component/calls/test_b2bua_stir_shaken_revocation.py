@@ -28,7 +28,7 @@ from gateway.plugins.metrics.collect import render
 from gateway.plugins.stir_shaken.fetch import Fetched, FetchError
 from gateway.testing.sti_pki import StiPki, make_identity, make_pki
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually
-from tests.component.calls.test_b2bua_stir_shaken import (
+from tests.component.calls.stir_shaken_calls import (
     CALLER,
     X5U,
     InjectedStirShaken,
@@ -36,7 +36,7 @@ from tests.component.calls.test_b2bua_stir_shaken import (
     caller_identity_record,
     identity,
 )
-from tests.component.calls.test_b2bua_stir_shaken import start as start_without_revocation
+from tests.component.calls.stir_shaken_calls import start as start_without_revocation
 
 CRL_URL = "https://crl.sti-pa.example/crl"
 

@@ -15,15 +15,10 @@ import pytest
 import trio
 
 from gateway.core.hookspecs import hookimpl
-from gateway.core.ids import SeededIds
 from gateway.core.interfaces import CallEvent
-from gateway.core.sip.message import Request
-from gateway.testing.network import Address
-from gateway.testing.sip_agent import AutoAnswer, Call, SipAgent, sdp_connection
+from gateway.testing.sip_agent import AutoAnswer, Call, sdp_connection
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
-    GW,
-    RING_AND_ANSWER,
     B2bua,
     answered_call,
     assert_media_via_gateway,
@@ -31,32 +26,15 @@ from tests.component.calls.b2bua_env import (
     next_within,
     start_b2bua,
 )
-
-BOB: Address = ("127.0.0.4", 5060)
-BOB_URI = "<sip:bob@127.0.0.1:5060>"
-
-
-async def bob_phone(
-    env: B2bua, nursery: trio.Nursery, seed: int, auto: AutoAnswer | None = RING_AND_ANSWER
-) -> SipAgent:
-    bob = SipAgent(
-        env.network,
-        BOB,
-        ids=SeededIds(seed + 3),
-        user="bob",
-        password="bob-password-1",
-        proxy=GW,
-        auto=auto,
-        media_port=50000,
-    )
-    await nursery.start(bob.serve)
-    assert (await bob.register()).status == 200
-    return bob
-
-
-async def refer(leg: Call, refer_to: str, *extra: tuple[str, str]) -> int:
-    exchange = await leg.request("REFER", extra=[("Refer-To", refer_to), *extra])
-    return (await exchange.final()).status
+from tests.component.calls.transfer_calls import (
+    BOB_URI,
+    alice_calls,
+    bob_phone,
+    eventually_notify,
+    refer,
+    replaces_of,
+    sipfrag_of,
+)
 
 
 async def lossy_b2bua(nursery: trio.Nursery, tmp_path: Path, seed: int) -> B2bua:
@@ -67,31 +45,10 @@ async def lossy_b2bua(nursery: trio.Nursery, tmp_path: Path, seed: int) -> B2bua
     )
 
 
-async def alice_calls(env: B2bua, uri: str) -> Call:
-    """alice's call to ``uri``, through the digest challenge, answered."""
-    call = await env.alice.invite(uri)
-    assert (await call.final()).status == 407
-    await call.authenticate()
-    assert (await call.final(timeout=30)).status == 200
-    return call
-
-
-def replaces_of(call: Call) -> str:
-    """The escaped Replaces naming ``call``'s dialog in a Refer-To, as its agent sees it: the
-    gateway's tag is the to-tag (RFC 3891 §3)."""
-    assert call.dialog is not None
-    ours = call.dialog
-    return f"{ours.call_id}%3Bto-tag%3D{ours.remote_tag}%3Bfrom-tag%3D{ours.local_tag}"
-
-
 async def consultation(env: B2bua, uri: str) -> tuple[Call, str]:
     """alice's consultation call to ``uri``, answered, and the Replaces naming it."""
     consult = await alice_calls(env, uri)
     return consult, replaces_of(consult)
-
-
-def sipfrag_of(notify: Request) -> str:
-    return notify.body.decode().strip()
 
 
 async def test_a_blind_transfer_by_the_callee_puts_the_caller_through_to_the_target(
@@ -181,14 +138,6 @@ async def test_a_blind_transfer_by_the_caller_puts_the_callee_through_to_the_tar
     bye = await bob.next_request("BYE")
     assert bye.request.call_id == bob_leg.call_id
     await eventually(lambda: env.calls == 0)
-
-
-async def eventually_notify(agent: SipAgent, status_line: str) -> Request:
-    """The agent's NOTIFY whose sipfrag is ``status_line`` (earlier ones skipped)."""
-    while True:
-        notify = await agent.next_request("NOTIFY")
-        if sipfrag_of(notify.request) == status_line:
-            return notify.request
 
 
 async def test_a_busy_target_fails_the_transfer_and_the_call_goes_on(

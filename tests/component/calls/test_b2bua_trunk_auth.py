@@ -14,31 +14,20 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.core.auth.algorithms import DigestAlgorithm, compute_ha1
-from gateway.core.auth.digest import Authenticated, AuthKind, DigestAuthenticator, DigestConfig
+from gateway.core.auth.algorithms import DigestAlgorithm
+from gateway.core.auth.digest import Authenticated, AuthKind, DigestAuthenticator
 from gateway.core.ids import SeededIds
-from gateway.core.sip.message import Request
-from gateway.testing.network import Address
 from gateway.testing.sip_agent import Call, Received, SipAgent
 from tests.component.calls.b2bua_env import GW, B2bua, eventually, sent, start_b2bua
-
-PBX: Address = ("127.0.0.4", 5060)
-PBX_PASSWORD = "pbx-trunk-secret"
-NUMBER = "+447700900123"
-ALICE_AT_PBX = "+442079460000"  # a DID of the PBX trunk that reaches alice
-
-
-def pbx_trunk(password: str | None = PBX_PASSWORD) -> dict[str, object]:
-    trunk: dict[str, object] = {
-        "name": "pbx",
-        "address": "udp:127.0.0.4:5060",
-        "prefixes": ["+44"],
-        "allowed_sources": ["127.0.0.4"],
-        "dids": {ALICE_AT_PBX: "alice"},
-    }
-    if password is not None:
-        trunk |= {"username": "voipgw-1", "password": password}
-    return trunk
+from tests.component.calls.trunk_auth_calls import (
+    ALICE_AT_PBX,
+    PBX,
+    PBX_PASSWORD,
+    alice_calls,
+    pbx_server,
+    pbx_trunk,
+    verify,
+)
 
 
 async def start(
@@ -51,30 +40,6 @@ async def start(
     )  # fmt: skip
     await nursery.start(pbx.serve)
     return env, pbx
-
-
-async def alice_calls(env: B2bua) -> Call:
-    call = await env.alice.invite(env.did_uri(NUMBER))
-    assert (await call.final()).status == 407  # alice authenticates to us first
-    await call.authenticate()
-    return call
-
-
-def pbx_server() -> DigestAuthenticator:
-    return DigestAuthenticator(
-        DigestConfig(realm="pbx.test"), secret=b"p" * 32, entropy=lambda n: b"x" * n
-    )
-
-
-def verify(server: DigestAuthenticator, request: Request) -> object:
-    return server.authenticate(
-        request.headers.get_all("Proxy-Authorization"),
-        kind=AuthKind.PROXY,
-        method=request.method,
-        request_uri=str(request.uri),
-        now=trio.current_time(),
-        lookup=lambda user, realm, algorithm: compute_ha1(algorithm, user, realm, PBX_PASSWORD),
-    )
 
 
 async def test_a_challenging_trunk_gets_its_credentials_once_and_the_call_connects(

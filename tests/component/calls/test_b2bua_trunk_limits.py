@@ -23,10 +23,11 @@ from gateway.core.ids import SeededIds
 from gateway.core.interfaces import RouteDecision, RouteTarget
 from gateway.core.media.security import MediaSecurityRefused
 from gateway.testing.sip_agent import SipAgent
+from tests.component.calls.answer_error_checks import fail_next
 from tests.component.calls.b2bua_env import ALICE_DID, GW, eventually, start_b2bua
-from tests.component.calls.test_b2bua_answer_errors import fail_next
-from tests.component.calls.test_b2bua_more import PBX, PBX_TRUNK, assert_no_media_ports_held
-from tests.component.calls.test_b2bua_offer_errors import plugin_bug
+from tests.component.calls.b2bua_scenarios import assert_no_media_ports_held
+from tests.component.calls.offer_error_checks import plugin_bug
+from tests.component.calls.trunk_auth_calls import PBX, PBX_TRUNK
 
 ONE_CALL = {"max_calls": 1}
 

@@ -38,7 +38,7 @@ from tests.component.calls.b2bua_env import (
     sent,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_trunk_registration import PASSWORD, USERNAME, Registrar
+from tests.component.calls.trunk_registrar import PASSWORD, USERNAME, Registrar
 
 NUMBER = "+15551234"
 NAME = "sip.carrier.example"

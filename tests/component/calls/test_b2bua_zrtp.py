@@ -22,40 +22,17 @@ import trio
 
 import gateway.plugins.keyexchange.zrtp as zrtp_plugin
 from gateway.core.interfaces import SrtpKeys
-from gateway.core.sdp.model import MediaDescription, SessionDescription
+from gateway.core.sdp.model import MediaDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.plugins.keyexchange.zrtp import ZrtpKeyExchange
 from gateway.plugins.keyexchange.zrtp.engine import ZrtpNegotiation
 from gateway.plugins.keyexchange.zrtp.packets import is_zrtp_packet
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import PHONE_PORT, Phone, bind
-
-PHONE_ZID = bytes.fromhex("0123456789abcdef01234567")
-
-
-def zrtp_sdp(negotiation: ZrtpNegotiation | None, *, port: int = PHONE_PORT) -> bytes:
-    """A phone's offer or answer at ``port``: plain RTP/AVP with its a=zrtp-hash (none without
-    ``negotiation``: a phone without ZRTP)."""
-    hashes = "".join(
-        f"a={name}:{value}\r\n"
-        for name, value in (negotiation.local_sdp_attributes() if negotiation else ())
-    )
-    return (
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=rtcp-mux\r\n{hashes}"
-    ).encode()
-
-
-def pairs(sd: SessionDescription, media: MediaDescription) -> list[tuple[str, str | None]]:
-    return [(a[0], a[1]) for a in media.attributes] + [(a[0], a[1]) for a in sd.attributes]
+from tests.component.calls.zrtp_pairs import pairs, phone_exchange, zrtp_sdp
 
 
 def mirrored(keys: SrtpKeys) -> SrtpKeys:
     return attrs.evolve(keys, local_key=keys.remote_key, remote_key=keys.local_key)
-
-
-def phone_exchange() -> ZrtpKeyExchange:
-    return ZrtpKeyExchange(zid=lambda: PHONE_ZID)
 
 
 async def with_zrtp(nursery: trio.Nursery, tmp_path: Path, seed: int, **kwargs: object) -> B2bua:

@@ -30,9 +30,9 @@ from gateway.core.sip.dialog import Dialog, DialogState
 from gateway.core.sip.message import Response
 from gateway.testing.sip_agent import AutoAnswer, Call, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
+from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_b2bua_more import second_phone
-from tests.component.calls.test_dtmf_interworking_call import (
+from tests.component.calls.dtmf_calls import (
     audio,
     b2bua_call,
     fields,

@@ -28,7 +28,7 @@ from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer, Call, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, start_b2bua
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_dtmf_interworking_call import (
+from tests.component.calls.dtmf_calls import (
     audio,
     b2bua_call,
     fields,

@@ -9,44 +9,20 @@ In-memory signalling, virtual time; RTP on real 127.0.0.1 sockets through the re
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import trio
 
-from gateway.core.calls.call import Call as GatewayCall
 from gateway.core.media.dtmf import event_payload, parse_event_untrusted
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer, Call, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, eventually, start_b2bua
 from tests.component.calls.dtls_phone import bind
+from tests.component.calls.dtmf_calls import audio, b2bua_call, fields, rtp, telephone_events
 from tests.port_blocks import port_bases
 
 TRUNK_PORT, ALICE_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 TRUNK_SSRC, ALICE_SSRC = 0x7777, 0xA11CE
-
-
-def rtp(
-    sequence: int,
-    payload_type: int,
-    ssrc: int,
-    payload: bytes,
-    *,
-    marker: bool = False,
-    timestamp: int | None = None,
-) -> bytes:
-    second = payload_type | (0x80 if marker else 0)
-    ts = 160 * sequence if timestamp is None else timestamp
-    return struct.pack("!BBHII", 0x80, second, sequence, ts, ssrc) + payload
-
-
-def audio(sequence: int, ssrc: int) -> bytes:
-    return rtp(sequence, 0, ssrc, b"\xd5" * 160)
-
-
-def fields(packet: bytes) -> tuple[bool, int, int, int, int]:
-    second, sequence, timestamp, ssrc = struct.unpack("!xBHII", packet[:12])
-    return bool(second & 0x80), second & 0x7F, sequence, timestamp, ssrc
 
 
 async def call_to_alice(
@@ -71,24 +47,10 @@ async def call_to_alice(
     return incoming, leg_b, final.body
 
 
-def telephone_events(body: bytes) -> list[str]:
-    return [
-        v
-        for v in parse_sdp_untrusted(body).media[0].attributes.values("rtpmap")
-        if "telephone-event" in v
-    ]
-
-
 async def start(nursery: trio.Nursery, tmp_path: Path, seed: int) -> B2bua:
     return await start_b2bua(
         nursery, tmp_path, seed, alice_auto=AutoAnswer(ring=False, status=None)
     )
-
-
-def b2bua_call(env: B2bua) -> GatewayCall:
-    assert env.gateway.calls is not None
-    (call,) = env.gateway.calls.calls
-    return call
 
 
 async def test_digits_cross_between_rfc4733_and_sip_info(

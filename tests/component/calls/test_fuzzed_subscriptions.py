@@ -41,25 +41,24 @@ from gateway.core.sip.serializer import serialize_message
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import (
     GW,
-    T1,
     B2bua,
     answered_call,
     eventually,
     start_b2bua,
 )
-from tests.component.calls.test_b2bua_fuzzed_dialogs import (
+from tests.component.calls.fuzz_checks import (
     MAX_UDP,
     error_records,
     mutate_message,
 )
-from tests.component.calls.test_b2bua_fuzzed_dialogs import (
+from tests.component.calls.fuzz_checks import (
     _expected as expected_answer,
 )
-from tests.component.calls.test_presence_memory import BOB, OFFICE, pidf
-from tests.component.calls.test_subscriptions_memory import SUMMARY, Voicemail, subscribed
+from tests.component.calls.mwi_subscriptions import SUMMARY, Voicemail, subscribed
+from tests.component.calls.presence_subscriptions import BOB, OFFICE, pidf
+from tests.component.calls.subscription_fuzz import WINDOW, _challenged
 from tests.unit.fuzz.mutator import base_seed, examples
 
-WINDOW = 64 * T1 + 1.0  # every transaction of a turn (the trunk's, relayed) is over
 SUMMARIES = [
     SUMMARY,
     b"Messages-Waiting: no\r\n",
@@ -136,18 +135,6 @@ def _responses_to(env: B2bua, peer: tuple[str, int], start: int) -> list[bytes]:
         if ours and data not in found:
             found.append(data)
     return found
-
-
-async def _challenged(agent: SipAgent, request: Request) -> Request:
-    """``request`` with credentials answering the challenge the gateway gives it (CSeq + 1,
-    a Via of its own with a fresh branch); as it is when the gateway does not challenge."""
-    response = await (await agent.send(request)).final(timeout=WINDOW)
-    retry = request.with_headers(
-        request.headers.set("CSeq", f"{request.cseq.number + 1} {request.method}")
-    )
-    if response.status in (401, 407):
-        retry = agent.authorize(retry, response)
-    return retry.with_headers(retry.headers.prepend("Via", str(agent.new_via())))
 
 
 async def _check(

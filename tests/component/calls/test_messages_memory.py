@@ -13,7 +13,7 @@ import trio
 from gateway.core.ids import SeededIds
 from gateway.core.sip.message import Request, Response
 from gateway.testing.network import Address
-from gateway.testing.sip_agent import Received, SipAgent
+from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
     ALICE_PASSWORD,
@@ -22,6 +22,7 @@ from tests.component.calls.b2bua_env import (
     next_within,
     start_b2bua,
 )
+from tests.component.calls.message_accept import accept
 
 ALICE_DESK: Address = ("127.0.0.5", 5060)  # alice's second phone
 BOB: Address = ("127.0.0.6", 5060)
@@ -48,14 +49,6 @@ async def phone(
 
 def message(agent: SipAgent, uri: str, body: bytes = b"hello", content_type: str = TEXT) -> Request:
     return agent.new_request("MESSAGE", uri, body=body, content_type=content_type)
-
-
-async def accept(agent: SipAgent, status: int = 200) -> None:
-    async def answer(received: Received) -> bool:
-        await agent.respond(received, status)
-        return True
-
-    agent.out_of_dialog = answer
 
 
 async def test_message_account_to_account_forks_to_every_contact(

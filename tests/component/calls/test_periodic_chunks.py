@@ -20,7 +20,7 @@ from gateway.core.calls.presence import POLL_CHUNK, REGISTRATION_POLL
 from gateway.core.store.errors import StoreUnavailable
 from gateway.core.store.interface import CALL_RECORD_CHUNK, Binding, BindingFlow, CallRecord
 from tests.component.calls.b2bua_env import next_within, start_b2bua
-from tests.component.calls.test_presence_memory import basic, next_document, start, subscribe
+from tests.component.calls.presence_subscriptions import basic, next_document, start, subscribe
 
 ALICE_AOR = "sip:alice@127.0.0.1:5060"
 

@@ -19,9 +19,9 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua
+from tests.component.calls.dialog_event_watch import next_doc, start, watch
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_dialog_events_memory import next_doc, start, watch
-from tests.component.calls.test_pickup_dialog_ids_memory import (
+from tests.component.calls.pickup_calls import (
     PICKUP,
     early_dialog,
     pick_up,

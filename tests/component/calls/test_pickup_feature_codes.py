@@ -18,39 +18,20 @@ from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Request, Response
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.uri import remove_param
-from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
-from gateway.testing.sip_agent import Call as SipCall
-from tests.component.calls.b2bua_env import ALICE_DID, GW, T1, B2bua, eventually, next_within
-from tests.component.calls.test_dialog_events_memory import start
-from tests.component.calls.test_pickup_dialog_ids_memory import (
+from gateway.testing.sip_agent import SipAgent, simple_sdp
+from tests.component.calls.b2bua_env import GW, T1, eventually, next_within
+from tests.component.calls.dialog_event_watch import start
+from tests.component.calls.pickup_calls import (
     BOB_PORT,
-    CALLER_PORT,
     PICKUP,
     assert_rtp_between_caller_and_bob,
 )
-from tests.component.calls.test_presence_memory import BOB
-
-
-async def dial_call(bob: SipAgent, user: str) -> tuple[SipCall, Response]:
-    """bob's phone dials ``user`` (through the digest challenge, as for any call): the call
-    and its final response."""
-    call = await bob.invite(f"sip:{user}@127.0.0.1:5060", sdp=simple_sdp("127.0.0.1", BOB_PORT))
-    await call.exchange.wait_for(lambda r: r.status == 407)  # type: ignore[union-attr]
-    await call.authenticate()
-    return call, await call.final()
+from tests.component.calls.pickup_feature_calls import dial_call, ring_alice
+from tests.component.calls.presence_subscriptions import BOB
 
 
 async def dial(bob: SipAgent, user: str) -> Response:
     return (await dial_call(bob, user))[1]
-
-
-async def ring_alice(env: B2bua) -> tuple[SipCall, SipCall]:
-    """The carrier calls alice, her phone rings: (the caller's call, alice's ringing call)."""
-    env.alice.auto = AutoAnswer(ring=True, status=None)
-    incoming = await env.trunk.invite(
-        env.did_uri(ALICE_DID), sdp=simple_sdp("127.0.0.1", CALLER_PORT)
-    )
-    return incoming, await env.alice.next_call()
 
 
 async def test_bob_dials_the_pickup_code_and_takes_the_call_ringing_alice(

@@ -17,7 +17,7 @@ from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.srtp import SrtpSession
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
-from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange, DtlsNegotiation
+from gateway.plugins.keyexchange.dtls_srtp import DtlsKeyExchange
 from gateway.testing.sip_agent import AutoAnswer, SipAgent, simple_sdp
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
@@ -25,38 +25,13 @@ from tests.component.calls.b2bua_env import (
     assert_media_via_gateway,
     eventually,
 )
+from tests.component.calls.dialog_event_watch import next_doc, start, watch
+from tests.component.calls.dtls_pairs import pairs
 from tests.component.calls.dtls_phone import PHONE_ID, Phone, bind
-from tests.component.calls.test_b2bua_dtls import pairs
-from tests.component.calls.test_dialog_events_memory import start, watch
-from tests.component.calls.test_pickup_dialog_ids_memory import (
-    PICKUP,
-    early_dialog,
-    next_doc,
-    pick_up,
-    replaces_of,
-)
-from tests.port_blocks import port_bases
+from tests.component.calls.pickup_calls import PICKUP, early_dialog, pick_up, replaces_of
+from tests.component.calls.pickup_sdp import BOB_PORT, CALLER_PORT, bob_sdp
 
-CALLER_PORT, BOB_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)
 CALLER_DTMF, BOB_DTMF = 101, 96
-
-
-def bob_sdp(*, dtls: DtlsNegotiation | None = None) -> bytes:
-    """Bob's phone numbers telephone-event 96 (as Yealink and Grandstream phones may)."""
-    proto = "RTP/AVP"
-    keying = ""
-    if dtls is not None:
-        proto = "UDP/TLS/RTP/SAVP"
-        ours = dict(dtls.local_sdp_attributes())
-        keying = (
-            f"a=rtcp-mux\r\na=fingerprint:{ours['fingerprint']}\r\n"
-            f"a=setup:{ours['setup']}\r\na=tls-id:{ours['tls-id']}\r\n"
-        )
-    return (
-        "v=0\r\no=- 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-        f"m=audio {BOB_PORT} {proto} 0 96\r\na=rtpmap:0 PCMU/8000\r\n"
-        f"a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-15\r\n{keying}"
-    ).encode()
 
 
 def rtp(sequence: int, payload_type: int, ssrc: int, *, marker: bool = False) -> bytes:

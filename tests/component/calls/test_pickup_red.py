@@ -15,15 +15,9 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, B2bua, assert_media_via_gateway
+from tests.component.calls.dialog_event_watch import next_doc, start, watch
 from tests.component.calls.dtls_phone import bind
-from tests.component.calls.test_dialog_events_memory import start, watch
-from tests.component.calls.test_pickup_dialog_ids_memory import (
-    PICKUP,
-    early_dialog,
-    next_doc,
-    pick_up,
-    replaces_of,
-)
+from tests.component.calls.pickup_calls import PICKUP, early_dialog, pick_up, replaces_of
 from tests.port_blocks import port_bases
 
 CALLER_PORT, BOB_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)

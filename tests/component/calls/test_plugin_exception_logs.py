@@ -23,8 +23,8 @@ from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import KeyNegotiation, SrtpKeys
 from gateway.plugins.keyexchange.sdes import SdesKeyExchange, SdesNegotiation
 from tests.component.calls.b2bua_env import ALICE_DID, eventually, start_b2bua
-from tests.component.calls.test_b2bua_mikey import tls_signalling  # noqa: F401 (a fixture)
-from tests.unit.keyexchange.test_key_material_in_errors import assert_hidden
+from tests.component.calls.secure_signalling import tls_signalling  # noqa: F401 (a fixture)
+from tests.unit.keyexchange.key_material_checks import assert_hidden
 
 CALLER_KEY = bytes(range(0x51, 0x6F))  # 30 octets: AES_CM_128 master key and salt
 CALLER_SDP = (

@@ -25,7 +25,7 @@ from tests.component.calls.b2bua_env import (
     eventually,
     next_within,
 )
-from tests.component.calls.test_presence_memory import (
+from tests.component.calls.presence_subscriptions import (
     basic,
     next_document,
     pidf,

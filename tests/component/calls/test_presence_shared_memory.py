@@ -20,7 +20,7 @@ from gateway.core.calls.presence import REGISTRATION_POLL
 from gateway.core.store.errors import StoreUnavailable
 from gateway.core.store.interface import StoredPublication
 from tests.component.calls.b2bua_env import eventually, next_within
-from tests.component.calls.test_presence_memory import (
+from tests.component.calls.presence_subscriptions import (
     basic,
     follow_virtual_time,
     next_document,

@@ -16,7 +16,7 @@ from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.testing.sip_agent import AutoAnswer
 from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
-from tests.component.calls.test_b2bua_transfer import BOB_URI, bob_phone, refer
+from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 from tests.port_blocks import port_bases
 
 TRUNK_PORT, BOB_PORT = port_bases(2)  # this process's own ports (tests/port_blocks.py)

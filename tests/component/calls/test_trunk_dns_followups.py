@@ -37,13 +37,13 @@ from gateway.testing.fake_dns import FakeResolver
 from gateway.testing.network import Address
 from gateway.testing.sip_agent import Received, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, GW, TRUNK, B2bua, start_b2bua
-from tests.component.calls.test_b2bua_sips import ALICE_TLS, assert_sips_not_allowed, tls_phone
-from tests.component.calls.test_subscriptions_memory import (
+from tests.component.calls.mwi_subscriptions import (
     SUMMARY,
     SUMMARY_TYPE,
     Voicemail,
     subscribe_request,
 )
+from tests.component.calls.sips_phones import ALICE_TLS, assert_sips_not_allowed, tls_phone
 
 NAME = "sip.carrier.example"
 DEAD: Address = ("127.0.0.6", 5060)  # a target nothing answers at

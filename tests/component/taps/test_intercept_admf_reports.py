@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,62 +26,21 @@ import trio
 from gateway.plugins.taps.intercept import InterceptConfig, Interception, pdu
 from gateway.plugins.taps.intercept.tasks import Provisioning
 from tests.component.taps.admf import FakeAdmf
+from tests.component.taps.admf_reports import (
+    DESTINATION,
+    DID,
+    NE,
+    TASK,
+    XID,
+    admf_context,
+    message,
+    pki,  # noqa: F401 (the fixture)
+    provision,
+    until,
+    x1,
+)
 from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa, TestPki
-from tests.unit.taps.x1_structure import check
-
-NS = "http://uri.etsi.org/03221/X1/2017/10"
-XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
-DID = uuid.UUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
-DESTINATION, TASK, NE = (
-    "ReportDestinationIssueRequest",
-    "ReportTaskIssueRequest",
-    "ReportNEIssueRequest",
-)
-
-
-def message(kind: str, body: str) -> str:
-    return (
-        f'<x1RequestMessage xsi:type="{kind}"><admfIdentifier>admf-1</admfIdentifier>'
-        "<neIdentifier>gw-test</neIdentifier><messageTimestamp>2026-11-29T10:00:00.000000Z"
-        "</messageTimestamp><version>v1.23.1</version>"
-        f"<x1TransactionId>{uuid.uuid4()}</x1TransactionId>{body}</x1RequestMessage>"
-    )
-
-
-def provision(port: int) -> list[str]:
-    return [
-        message(
-            "CreateDestinationRequest",
-            f"<destinationDetails><dId>{DID}</dId><deliveryType>X2andX3</deliveryType>"
-            "<deliveryAddress><ipAddressAndPort><c:address><c:IPv4Address>127.0.0.1"
-            f"</c:IPv4Address></c:address><c:port><c:TCPPort>{port}</c:TCPPort></c:port>"
-            "</ipAddressAndPort>"
-            "</deliveryAddress></destinationDetails>",
-        ),
-        message(
-            "ActivateTaskRequest",
-            f"<taskDetails><xId>{XID}</xId><targetIdentifiers><targetIdentifier><sipUri>"
-            "sip:alice@example.com</sipUri></targetIdentifier></targetIdentifiers>"
-            f"<deliveryType>X2andX3</deliveryType><listOfDIDs><dId>{DID}</dId></listOfDIDs>"
-            "</taskDetails>",
-        ),
-    ]
-
-
-def x1(tap: Interception, *messages: str) -> str:
-    """An X1 document through the tap, as its X1 server hands it over."""
-    body = (
-        f'<X1Request xmlns="{NS}" xmlns:c="http://uri.etsi.org/03280/common/2017/07" '
-        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-        + "".join(messages)
-        + "</X1Request>"
-    ).encode()
-    check(body)  # the request and the answer are what the TS 103 221-1 XSD allows
-    answer = tap._handle_x1(body).decode()
-    assert "ErrorResponse" not in answer, answer
-    check(answer.encode())
-    return answer
 
 
 def delivery_status(tap: Interception) -> str:
@@ -91,25 +49,10 @@ def delivery_status(tap: Interception) -> str:
     return answer[start : answer.index("<", start)]
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> tuple[TestCa, Issued, Issued]:
-    test_pki = TestPki(tmp_path / "pki")
-    ca = test_pki.ca("LI CA")
-    return ca, ca.issue("gw-test"), ca.issue("admf-1")
-
-
-def admf_context(pki: tuple[TestCa, Issued, Issued]) -> ssl.SSLContext:
-    ca, _, admf = pki
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca.certificate)
-    context.load_cert_chain(admf.certificate, admf.key)
-    context.verify_mode = ssl.CERT_REQUIRED  # the POI must present its certificate
-    return context
-
-
 async def start_tap(
     nursery: trio.Nursery,
     tmp_path: Path,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
     admf_port: int,
     wall_clock: Callable[[], float] | None = None,
     **table: Any,
@@ -138,18 +81,11 @@ async def start_tap(
     return tap
 
 
-async def until(predicate: Any, seconds: float = 60.0) -> None:
-    """Wait in virtual time until ``predicate()`` holds."""
-    with trio.fail_after(seconds):
-        while not predicate():
-            await trio.sleep(0.5)
-
-
 async def test_a_mediation_function_that_goes_away_and_comes_back_is_reported_once_each_way(
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     admf = FakeAdmf(admf_context(pki))
     await nursery.start(admf.serve)
@@ -195,7 +131,7 @@ async def test_a_flapping_mediation_function_is_reported_faulty_once_and_clear_o
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     admf = FakeAdmf(admf_context(pki))
     await nursery.start(admf.serve)
@@ -221,7 +157,7 @@ async def test_an_unreachable_admf_is_tried_again_and_delivery_goes_on(
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -261,7 +197,7 @@ async def test_an_admf_unreachable_for_minutes_is_logged_once_summarized_and_onc
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="gateway.plugins.taps.intercept")
@@ -328,7 +264,7 @@ async def test_a_report_the_admf_refuses_is_logged_on_the_plugins_logger_and_not
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -353,7 +289,7 @@ async def test_an_admf_that_does_not_take_our_ne_identifier_is_told_apart_in_the
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An ADMF that binds another NE identifier to our client certificate (TS 103 221-1
@@ -378,7 +314,7 @@ async def test_an_admf_whose_certificate_our_ca_did_not_issue_gets_no_report(
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     ca, _, _ = pki
     impostor = TestPki(tmp_path / "other").ca("Other CA").issue("admf-1")
@@ -397,7 +333,7 @@ async def test_a_restart_is_reported_with_what_the_store_restored(
     nursery: trio.Nursery,
     autojump_clock: trio.abc.Clock,
     tmp_path: Path,
-    pki: tuple[TestCa, Issued, Issued],
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
 ) -> None:
     admf = FakeAdmf(admf_context(pki))
     await nursery.start(admf.serve)

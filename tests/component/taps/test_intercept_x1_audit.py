@@ -14,8 +14,7 @@ import trio
 
 from gateway.plugins.taps.intercept import InterceptConfig, Interception
 from tests.component.taps.admf import FakeAdmf
-from tests.component.taps.mediation import Mediation
-from tests.component.taps.test_intercept_admf_reports import (
+from tests.component.taps.admf_reports import (
     DID,
     NE,
     XID,
@@ -26,6 +25,7 @@ from tests.component.taps.test_intercept_admf_reports import (
     until,
     x1,
 )
+from tests.component.taps.mediation import Mediation
 from tests.interop.harness.pki import Issued, TestCa
 
 STALE = uuid.UUID("33333333-4444-4555-8666-777777777777")

@@ -23,7 +23,7 @@ import trio.testing
 
 from gateway.core.interfaces import ReloadError
 from gateway.plugins.transports.tls import TlsTransport
-from tests.component.transports.test_tls_crl_apply import (
+from tests.component.transports.crl_contexts import (
     HANG,
     URL,
     building,

@@ -17,10 +17,10 @@ from gateway.plugins.keyexchange.mikey import payloads as mikey
 from gateway.plugins.keyexchange.zrtp import packets as zrtp
 from gateway.plugins.taps.oggopus import opus_samples_untrusted
 from tests.unit.fuzz.mutator import fuzz
-from tests.unit.keyexchange.test_mikey_payloads import KEY, SALT, section7_message
-from tests.unit.keyexchange.test_zrtp_packets import EXCHANGE
+from tests.unit.keyexchange.mikey_vectors import KEY, SALT, section7_message
+from tests.unit.keyexchange.zrtp_vectors import EXCHANGE
 from tests.unit.media.rtcp_packets import RR, SDES, SR
-from tests.unit.media.test_stun_codec import RFC5769_REQUEST, RFC5769_RESPONSE
+from tests.unit.media.stun_vectors import RFC5769_REQUEST, RFC5769_RESPONSE
 
 RTP = (
     struct.pack("!BBHII", 0x80, 0, 1, 160, 0x11223344) + bytes(160),

@@ -28,7 +28,7 @@ from gateway.core.sip.refer import parse_refer, parse_replaces
 from gateway.core.sip.session_timer import parse_min_se, parse_session_expires
 from gateway.plugins.metrics.auth import parse_basic_credentials_untrusted
 from tests.unit.fuzz.mutator import fuzz
-from tests.unit.taps.test_intercept_x1 import T1, T2, destination, document, handler, message, task
+from tests.unit.taps.x1_messages import T1, T2, destination, document, handler, message, task
 
 VALUES: dict[str, tuple[Callable[[str], object], tuple[type[BaseException], ...], list[str]]] = {
     "uri": (

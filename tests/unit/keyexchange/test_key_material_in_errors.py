@@ -23,7 +23,8 @@ from gateway.core.media.security import KeyExchangeFailed
 from gateway.plugins.keyexchange.mikey.engine import keymgmt_value
 from gateway.plugins.keyexchange.sdes import SdesKeyExchange, parse_crypto_untrusted
 from gateway.plugins.keyexchange.zrtp import packets as p
-from tests.unit.keyexchange.test_mikey_negotiation import (
+from tests.unit.keyexchange.key_material_checks import assert_hidden
+from tests.unit.keyexchange.mikey_exchanges import (
     ALICE,
     CARRIER,
     PSK,
@@ -31,15 +32,13 @@ from tests.unit.keyexchange.test_mikey_negotiation import (
     exchange,
     message,
 )
-from tests.unit.keyexchange.test_zrtp_packets import (
+from tests.unit.keyexchange.zrtp_vectors import (
     MAC_KEY_I,
     MAC_KEY_R,
     PACKETS,
     ZRTP_KEY_I,
     ZRTP_KEY_R,
 )
-
-WINDOW = 6  # octets: no run this long of a secret may show, in any encoding
 
 
 def chain(exc: Exception) -> str:
@@ -49,28 +48,6 @@ def chain(exc: Exception) -> str:
         raise KeyExchangeFailed("plugin", exc) from exc
     except KeyExchangeFailed as wrapped:
         return "".join(traceback.format_exception(wrapped))
-
-
-def shown_forms(secret: bytes) -> Iterator[str]:
-    """Every WINDOW-octet run of ``secret`` as hex, as escaped bytes (for runs a repr would
-    escape), and the runs of its base64 at least that long."""
-    for start in range(len(secret) - WINDOW + 1):
-        run = secret[start : start + WINDOW]
-        yield run.hex()
-        if any(not 0x20 <= octet < 0x7F for octet in run):
-            yield repr(run)[2:-1]
-    encoded = base64.b64encode(secret).decode("ascii").rstrip("=")
-    size = (WINDOW * 4 + 2) // 3
-    for start in range(len(encoded) - size + 1):
-        yield encoded[start : start + size]
-
-
-def assert_hidden(texts: list[str], secrets: list[bytes]) -> None:
-    forms = {form for secret in secrets for form in shown_forms(secret)}
-    for text in set(texts):  # most mutations fail alike
-        lowered = text.lower()
-        found = [form for form in forms if form in text or form.lower() in lowered]
-        assert not found, f"key material {found[:3]} in: {text[-300:]}"
 
 
 def reasons_and_errors(step: Callable[..., object], *args: object, **kwargs: object) -> list[str]:

@@ -33,25 +33,9 @@ from gateway.plugins.keyexchange.mikey.payloads import (
     parse_message_untrusted,
 )
 from gateway.plugins.keyexchange.mikey.policy import policy_for_suite, suite_of_policy
+from tests.unit.keyexchange.mikey_vectors import KEY, NTP, RAND, SALT, section7_message
 
-KEY = bytes(range(0xA0, 0xB0))  # 16 octets
-SALT = bytes(range(0xC0, 0xCE))  # 14 octets
-NTP = bytes.fromhex("e9b0c4d200000000")
-RAND = bytes(range(16))
 ALL = list(SUPPORTED_SUITES)
-
-
-def section7_message() -> bytes:
-    header = Header(DataType.PSK_INIT, 0x01020304, (SrtpCs(0, 0x11223344, 5),))
-    return encode_message(
-        header,
-        [
-            Timestamp(0, NTP),
-            Rand(RAND),
-            policy_for_suite("AES_CM_128_HMAC_SHA1_80"),
-            Kemac(0, encode_key_data([KeyData(3, KEY, SALT)]), 0),
-        ],
-    )
 
 
 def test_the_psk_null_message_is_the_digests_section_7_layout_byte_by_byte() -> None:

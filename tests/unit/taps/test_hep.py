@@ -12,6 +12,7 @@ from gateway.core.config import ConfigError, from_mapping
 from gateway.core.plugins import load_plugins
 from gateway.plugins.taps import hep as hep_plugin
 from gateway.plugins.taps.hep import HepAgent, HepCapture, HepConfig, call_id_of, encode_hep3
+from tests.unit.taps.hep_chunks import chunks
 
 # The specification's example (113 octets, its SIP payload shortened to "INVITE sip:bob").
 SPEC_EXAMPLE = bytes.fromhex(
@@ -28,21 +29,6 @@ SPEC_EXAMPLE = bytes.fromhex(
     "0000 000c 000a 000000e4"
     "0000 000f 0014 494e5649544520736970 3a626f62"
 )
-
-
-def chunks(packet: bytes) -> dict[int, bytes]:
-    assert packet[:4] == b"HEP3"
-    (total,) = struct.unpack_from("!H", packet, 4)
-    assert total == len(packet)
-    found: dict[int, bytes] = {}
-    offset = 6
-    while offset < len(packet):
-        vendor, kind, length = struct.unpack_from("!HHH", packet, offset)
-        assert vendor == 0 and length >= 6
-        found[kind] = packet[offset + 6 : offset + length]
-        offset += length
-    assert offset == len(packet)
-    return found
 
 
 def test_the_specifications_example_packet_is_reproduced() -> None:

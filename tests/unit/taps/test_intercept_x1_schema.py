@@ -13,7 +13,7 @@ import pytest
 from gateway.plugins.taps.intercept.targets import TargetIdentifier
 from gateway.plugins.taps.intercept.tasks import Destination, Provisioning, Task
 from gateway.plugins.taps.intercept.x1 import X1Handler
-from tests.unit.taps.test_intercept_x1 import (
+from tests.unit.taps.x1_messages import (
     COMMON,
     DID,
     NS,

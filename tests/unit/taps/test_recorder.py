@@ -34,7 +34,7 @@ from gateway.plugins.taps.recorder import (
     rtp_fields,
 )
 from tests.conftest import missing
-from tests.unit.taps.test_oggopus import read_ogg
+from tests.unit.taps.ogg_reader import read_ogg
 
 CALL = TappedCall("rec-1", "sip:alice@gw", "sip:+4930@gw", "account", "alice", "trunk", "carrier")
 
