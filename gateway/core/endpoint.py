@@ -241,8 +241,8 @@ class ClientRequest:
         "_closed",
         "_cseq_highest",
         "_cseq_sent",
-        "_delivered_2xx",
         "_dialog_of",
+        "_held",
         "_late_answers",
         "_late_offer",
         "_orphan_bye",
@@ -269,7 +269,9 @@ class ClientRequest:
         initial = request is not None and request.method == "INVITE" and request.to.tag is None
         self._dialog_of = (request.call_id, request.from_.tag) if initial and request else None
         self._answered: str | None = None
-        self._delivered_2xx = False  # the owner took that first dialog's 2xx (_nobodys_answer)
+        # Dialogs (To tags) whose 2xx the owner ACKed, so holds (_nobodys_answer): a 2xx
+        # handed to the owner may still go unread (queued behind a refusal the call ended on).
+        self._held: frozenset[str] = frozenset()
         # Without SDP (RFC 3261 §13.2.1): its 2xx offers, and an ACK must answer
         # (_ack_orphan_2xx).
         self._late_offer = initial and request is not None and not request.body
@@ -385,22 +387,30 @@ class ClientRequest:
     def _nobodys_answer(self, response: Response, *, delivered: bool) -> bool:
         """Whether ``response``, a 2xx of the first dialog to answer an INVITE outside a
         dialog (:meth:`_another_dialog`), is the first 2xx of a session nobody holds: its
-        owner had gone before any 2xx of it came (a fork's 2xx racing another fork's
-        refusal, coming after the call failed on that refusal and stopped listening). That
-        session is ours to BYE (RFC 3261 §15), once; a copy of a 2xx the owner took is its
-        business (its call BYEs or BYEd the dialog), as is a re-INVITE's 2xx."""
-        if self._dialog_of is None or not response.is_success or self._delivered_2xx:
+        owner has gone and never ACKed a 2xx of it (a fork's 2xx racing another fork's
+        refusal: coming after the call failed on that refusal and stopped listening, or
+        queued behind it, so that the call ended without reading it). That session is ours
+        to BYE (RFC 3261 §15), once. Being handed the 2xx is not holding it; ACKing it is
+        (§13.2.2.4: the UAC core ACKs every 2xx it takes, :meth:`SipEndpoint.send_ack`): a
+        copy of a 2xx the owner ACKed is its business (its call BYEs or BYEd the dialog), as
+        is a re-INVITE's 2xx. The callee re-sends an unACKed 2xx (§13.3.1.4), so a 2xx the
+        owner dropped unread comes again, finding nobody."""
+        if self._dialog_of is None or not response.is_success or delivered:
             return False
         if (response.call_id, response.from_.tag) != self._dialog_of:
             return False
-        if delivered:
-            self._delivered_2xx = True
-            return False
         tag = response.to.tag or ""
+        if tag in self._held:
+            return False
         if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
             return False
         self._late_answers |= {tag}
         return True
+
+    def _owner_acked(self, tag: str) -> None:
+        """The owner ACKed a 2xx of the dialog with To tag ``tag``: it holds that session."""
+        if tag not in self._held and len(self._held) < MAX_LATE_ANSWERS:
+            self._held |= {tag}
 
     def _note_cseq(self, tag: str, cseq: int) -> None:
         """Note ``cseq``, of a request we sent in the dialog with To tag ``tag`` of this INVITE
@@ -1074,9 +1084,9 @@ class SipEndpoint:
         one answered after we gave its INVITE up (64*T1 after our CANCEL, §9.1,
         :meth:`ClientRequest._first_late_answer`), whose owner was told of a timeout and
         will never end it, another fork's, or the first 2xx of an INVITE whose owner had
-        gone (:meth:`ClientRequest._nobodys_answer`). (Not a re-INVITE's: its dialog is its
-        owner's.) The 2xx to an INVITE without SDP carries an
-        offer, and the ACK must carry the answer (§13.2.2.4, RFC 3264 §4): one rejecting
+        gone without ACKing a 2xx of that dialog (:meth:`ClientRequest._nobodys_answer`).
+        (Not a re-INVITE's: its dialog is its owner's.) The 2xx to an INVITE without SDP
+        carries an offer, and the ACK must carry the answer (§13.2.2.4, RFC 3264 §4): one rejecting
         every stream, before the BYE.
 
         ``hang_up`` says why, in the BYE's Reason (RFC 3326), as a call's BYE does
@@ -1098,7 +1108,7 @@ class SipEndpoint:
                 body=body,
                 content_type=SDP if body else None,
             )
-            await self.send_ack(ack, flow)
+            await self._send_on(self._with_our_via(ack, flow), flow, None)  # not the owner's
             if hang_up is not None and client._dialog_of is not None:
                 trunk = self.gateway.config.trunk(client.trunk) if client.trunk else None
                 dialog.local_seq = client._next_cseq(response) - 1  # create_request adds one
@@ -1207,7 +1217,13 @@ class SipEndpoint:
         return serialize_sdp(refusing_answer(offer, username=ORIGIN_USERNAME, address=host))
 
     async def send_ack(self, ack: Request, flow: Flow) -> None:
-        """Send the ACK for a 2xx: its own one-message transaction (RFC 3261 §13.2.2.4)."""
+        """Send the ACK for a 2xx: its own one-message transaction (RFC 3261 §13.2.2.4). The
+        ACK of a 2xx to one of our INVITEs outside a dialog says its owner holds that dialog:
+        the endpoint never BYEs it (ClientRequest._nobodys_answer)."""
+        if ack.to.tag is not None:
+            invite = self._invites.get((ack.call_id, ack.from_.tag))
+            if invite is not None:
+                invite._owner_acked(ack.to.tag)
         await self._send_on(self._with_our_via(ack, flow), flow, None)
 
     async def flow_to(self, transport: str, address: Address, flow: Flow | None = None) -> Flow:

@@ -222,3 +222,43 @@ async def test_a_late_offer_2xx_after_the_give_up_is_acked_with_a_refusing_answe
     acks = to_phone(env, env.alice, "ACK", leg_b.local_tag)
     assert len(acks) == 2 and acks[1].body == ack.body
     assert len({b.top_via.branch for b in to_phone(env, env.alice, "BYE", leg_b.local_tag)}) == 1
+
+
+async def test_a_forks_2xx_racing_another_forks_refusal_is_byed(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The 486 of one target and the 2xx of another arrive together (a proxy that forwards a
+    6xx or a fork's refusal at once, RFC 3261 §16.7, and another target's 2xx racing it): both
+    reach the call's event queue before the call task runs. The call fails on the refusal and
+    ends without reading the 2xx; nobody holds that session, so it must still be ACKed and
+    BYEd once (§15), not ACKed only because the 2xx had been queued for the call."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID), sdp=b"")
+    leg_b = await env.alice.next_call()
+    invite = next(
+        d
+        for d in env.network.capture
+        if d.dst == env.alice.address and d.data.startswith(b"INVITE ")
+    )
+    refusal = make_response(leg_b.invite, 486, to_tag="busy1")
+    offer = env.alice.offer_sdp()
+    ok = make_response(
+        leg_b.invite,
+        200,
+        to_tag=FORK_TAG,
+        extra=[("Contact", FORK_CONTACT), ("Record-Route", FORK_ROUTE)],
+        body=offer,
+        content_type=SDP,
+    )
+    await env.alice.socket.sendto(serialize_message(refusal), invite.src)
+    await env.alice.socket.sendto(serialize_message(ok), invite.src)
+    assert (await call.final()).status == 486
+    await eventually(lambda: env.calls == 0)
+    for _ in range(2):  # the callee re-sends its 2xx until an ACK comes (§13.3.1.4)
+        await env.alice.socket.sendto(serialize_message(ok), invite.src)
+        await trio.sleep(1)
+    acks = to_phone(env, env.alice, "ACK", FORK_TAG)
+    assert len(acks) == 2
+    assert_refusing_answer(acks[0], offer)
+    (bye,) = to_phone(env, env.alice, "BYE", FORK_TAG)
+    assert_in_the_forks_dialog(bye, leg_b)

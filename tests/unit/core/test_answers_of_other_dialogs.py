@@ -73,7 +73,18 @@ def test_a_first_2xx_nobody_took_is_byed_once_one_the_owner_took_never() -> None
     taken = sent(request(branch="z9hG4bKtaken"))
     ok = response(taken.request, 200, to_tag="a")
     assert not taken._nobodys_answer(ok, delivered=True)
+    taken._owner_acked("a")
     assert not taken._nobodys_answer(ok, delivered=False)  # the owner ended since: it BYEd
+
+
+def test_a_first_2xx_handed_over_but_never_acked_is_byed_once() -> None:
+    """Handed to the owner is not held: a 2xx queued behind a refusal the call ended on was
+    never read, and its copies, finding nobody, are the endpoint's to BYE (once)."""
+    unread = sent(request(branch="z9hG4bKunread"))
+    ok = response(unread.request, 200, to_tag="a")
+    assert not unread._nobodys_answer(ok, delivered=True)
+    assert unread._nobodys_answer(ok, delivered=False)
+    assert not unread._nobodys_answer(ok, delivered=False)
 
 
 def test_an_invite_without_sdp_is_a_late_offer() -> None:
