@@ -648,7 +648,7 @@ def test_a_trunk_refusing_after_the_cancel_give_up_has_each_copy_acked(tmp_path:
     INVITE up (RFC 3261 §9.1, 64*T1 with T1 = 20 ms): its 486 and the copy of it are each ACKed
     (§17.1.1.3); unACKed, the trunk would re-send the 486 until its Timer H."""
     with (
-        SippUas("uas_ignore_cancel_refuse_late.xml", workdir=tmp_path) as trunk,
+        SippUas("calls/uas_ignore_cancel_refuse_late.xml", workdir=tmp_path) as trunk,
         GatewayProcess(
             tmp_path,
             accounts=ACCOUNTS,
@@ -674,7 +674,7 @@ def test_a_second_forks_200_is_acked_in_its_dialog_and_byed_once(tmp_path: Path)
     second gets its own ACK and a BYE (§13.2.2.4, §15), each to its Contact with its To tag,
     and the caller's hang-up ends the first."""
     with (
-        SippUas("uas_answer_forked_twice.xml", workdir=tmp_path) as trunk,
+        SippUas("calls/uas_answer_forked_twice.xml", workdir=tmp_path) as trunk,
         GatewayProcess(tmp_path, accounts=ACCOUNTS, extra_toml=outbound_trunk(trunk)) as gw,
     ):
         # The caller hangs up after 3 s: dialog 2's ACK and BYE come well before its BYE,
