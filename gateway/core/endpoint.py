@@ -140,6 +140,13 @@ GIVEN_UP = "answered after the call was given up"
 ANSWERED_ELSEWHERE = "call completed elsewhere"
 ALREADY_FAILED = "call already failed"
 Q850_NORMAL_CLEARING = 16
+# Tasks ACKing and BYEing sessions nobody holds at once (SipEndpoint._off_task). That work may
+# have to connect again (the INVITE's TCP or TLS connection has closed: up to connect_timeout
+# plus a handshake), so it runs beside the endpoint's task, never in it; past the bound (a flood
+# of forged 2xx) the 2xx is dropped with a log line: its callee re-sends it (RFC 3261 §13.3.1.4).
+MAX_ORPHAN_TASKS = 64
+# Such drops are logged at most this often (s), with the count since the last line.
+ORPHAN_DROP_LOG_INTERVAL = 60.0
 
 # Requests refused when they waited too long (gateway/core/sip/overload.py): those that start
 # new work, a call, a registration, a subscription or a relayed message. Dialog requests (BYE,
@@ -513,6 +520,11 @@ class SipEndpoint:
         # The endpoint task's wait for the next message; calls that start transactions from
         # their own tasks pull its deadline in so the new transaction's timers fire on time.
         self._wait: trio.CancelScope | None = None
+        # Where the ACKs and BYEs of sessions nobody holds run (_off_task), while run() runs.
+        self._orphan_nursery: trio.Nursery | None = None
+        self._orphan_tasks = 0
+        self._orphan_drop_logged_at = -math.inf
+        self._orphans_dropped_since_log = 0
         self.calls: CallLayer | None = None
         self.subscriptions: SubscriptionLayer | None = None
         self.messages: MessageLayer | None = None
@@ -560,7 +572,21 @@ class SipEndpoint:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve inbound messages and transaction timers from one task, so the sans-IO
-        transaction table is never touched concurrently."""
+        transaction table is never touched concurrently. The ACKs and BYEs of sessions nobody
+        holds, which may have to connect first, run in tasks of a nursery of its own
+        (:meth:`_off_task`)."""
+        async with trio.open_nursery() as nursery:
+            self._orphan_nursery = nursery
+            try:
+                await self._serve(inbound, task_status)
+            finally:
+                self._orphan_nursery = None
+
+    async def _serve(
+        self,
+        inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow, float]],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
         task_status.started()
         # The clock itself: trio.current_time() reaches it through two more Python calls, and
         # this loop reads the time after every message.
@@ -616,6 +642,41 @@ class SipEndpoint:
             log_exception(
                 log, "internal error handling SIP from %s", flow.key if flow else "timers"
             )
+
+    async def _off_task(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` (an ACK or BYE of a session nobody holds) in a task of the endpoint's
+        own nursery: it may open a connection first (:meth:`flow_to`, up to connect_timeout
+        and a TLS handshake), and the endpoint's task serves every call. At most
+        :data:`MAX_ORPHAN_TASKS` at once; past it the work is dropped with a log line. Run
+        here when the endpoint is not running (a test driving :meth:`handle`)."""
+        nursery = self._orphan_nursery
+        if nursery is None:
+            await work()
+            return
+        if self._orphan_tasks >= MAX_ORPHAN_TASKS:
+            self._orphans_dropped_since_log += 1
+            now = trio.current_time()
+            if now - self._orphan_drop_logged_at >= ORPHAN_DROP_LOG_INTERVAL:
+                log.warning(
+                    "%d ACK or BYE of a session nobody holds dropped: %d already under way",
+                    self._orphans_dropped_since_log,
+                    MAX_ORPHAN_TASKS,
+                )
+                self._orphan_drop_logged_at = now
+                self._orphans_dropped_since_log = 0
+            return
+        self._orphan_tasks += 1
+        nursery.start_soon(self._orphan_task, work)
+
+    async def _orphan_task(self, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except Exception:
+            # A bug; the endpoint and every call go on (STYLE.md habit 6).
+            self.statistics.internal_errors += 1
+            log_exception(log, "internal error acknowledging a session nobody holds")
+        finally:
+            self._orphan_tasks -= 1
 
     def flow_closed(self, flow: Flow) -> None:
         log.debug("flow closed: %s", flow.key)
@@ -870,7 +931,11 @@ class SipEndpoint:
                 if another is not None:
                     # Another fork's session, which the owner never takes: ours to ACK and BYE.
                     why = ANSWERED_ELSEWHERE if another else None
-                    await self._ack_orphan_2xx(output.response, client, hang_up=why)
+                    await self._off_task(
+                        functools.partial(
+                            self._ack_orphan_2xx, output.response, client, hang_up=why
+                        )
+                    )
                     return
                 # Noted whoever takes it: the owner may end before a retransmission comes.
                 first_late = client._first_late_answer(output.response)
@@ -878,7 +943,11 @@ class SipEndpoint:
                 nobodys = client._nobodys_answer(output.response, delivered=delivered)
                 if not delivered:
                     why = GIVEN_UP if first_late else ALREADY_FAILED if nobodys else None
-                    await self._ack_orphan_2xx(output.response, client, hang_up=why)
+                    await self._off_task(
+                        functools.partial(
+                            self._ack_orphan_2xx, output.response, client, hang_up=why
+                        )
+                    )
         elif isinstance(output, AckReceived):
             if self.calls is not None and arrival is not None:
                 self.calls.ack(output.request, arrival)
@@ -1093,7 +1162,10 @@ class SipEndpoint:
         (Call._bye): the callee, often a trunk, takes its CDR and the PSTN's cause from it.
         The BYE's CSeq follows the highest we sent in that dialog (a PRACK of its reliable
         1xx, :meth:`ClientRequest._next_cseq`); a trunk's challenge to it is answered with the
-        trunk's credentials, once (:meth:`_orphan_bye_answered`)."""
+        trunk's credentials, once (:meth:`_orphan_bye_answered`).
+
+        Runs beside the endpoint's task (:meth:`_off_task`): a closed TCP or TLS flow is
+        opened again first, which may take connect_timeout. The ACK goes before the BYE."""
         if not response.is_success or response.cseq.method != "INVITE":
             return
         dialog = Dialog.from_our_2xx(response)
@@ -1155,7 +1227,9 @@ class SipEndpoint:
             and trunk.password is not None
             and not bye.retried
         ):
-            await self._bye_with_credentials(client, bye, trunk, response)
+            await self._off_task(
+                functools.partial(self._bye_with_credentials, client, bye, trunk, response)
+            )
             return
         if bye.retried and trunk is not None:
             log.warning(
