@@ -348,18 +348,23 @@ class ClientRequest:
             return False
         return True
 
-    def _first_late_answer(self, response: Response) -> bool:
+    def _first_late_answer(self, response: Response, *, delivered: bool) -> bool:
         """Whether ``response`` is the first 2xx of its dialog (To tag) after the INVITE was
-        given up 64*T1 past its CANCEL (RFC 3261 §9.1). That one is hung up (BYE, §15), by the
-        owner if it takes it, else by the endpoint; a retransmission of it (our ACK was lost)
-        is ACKed again (§13.2.2.4), never BYEd again: one BYE per dialog, whose own client
-        transaction re-sends it."""
+        given up 64*T1 past its CANCEL (RFC 3261 §9.1) that nobody holds: hung up (BYE, §15)
+        by the endpoint. One ``delivered`` to the owner is its to take; the owner holds that
+        dialog once it ACKs a 2xx of it (:meth:`_owner_acked`), as for
+        :meth:`_nobodys_answer`: one handed over but never read (the call ended first) gets
+        no ACK, so the callee re-sends it (§13.3.1.4) and a copy finding nobody is BYEd here.
+        A copy of a 2xx BYEd already (our ACK was lost) is ACKed again (§13.2.2.4), never
+        BYEd again: one BYE per dialog, whose own client transaction re-sends it."""
         txn = self.transaction
-        if not (response.is_success and isinstance(txn, ClientInviteTransaction)):
+        if delivered or not (response.is_success and isinstance(txn, ClientInviteTransaction)):
             return False
         if not txn.given_up:
             return False
         tag = response.to.tag or ""
+        if tag in self._held:
+            return False
         if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
             return False
         self._late_answers |= {tag}
@@ -937,9 +942,8 @@ class SipEndpoint:
                         )
                     )
                     return
-                # Noted whoever takes it: the owner may end before a retransmission comes.
-                first_late = client._first_late_answer(output.response)
                 delivered = client._deliver(output.response)
+                first_late = client._first_late_answer(output.response, delivered=delivered)
                 nobodys = client._nobodys_answer(output.response, delivered=delivered)
                 if not delivered:
                     why = GIVEN_UP if first_late else ALREADY_FAILED if nobodys else None
