@@ -245,10 +245,12 @@ class ClientRequest:
 
     __slots__ = (
         "_answered",
+        "_call_id",
         "_closed",
         "_cseq_highest",
         "_cseq_sent",
-        "_dialog_of",
+        "_dialog",
+        "_from",
         "_held",
         "_late_answers",
         "_late_offer",
@@ -269,19 +271,27 @@ class ClientRequest:
         self._sink: Callable[[Response], None] | None = None
         self._closed = False
         self._late_answers: frozenset[str] = frozenset()  # _first_late_answer, _another_dialog
-        # An INVITE outside a dialog (its Call-ID and From tag), which 2xx can answer from
-        # several dialogs (_another_dialog); the first 2xx's To tag is its owner's dialog. Kept
-        # here: an answered INVITE's transaction lets its request go.
+        # An INVITE outside a dialog, which 2xx can answer from several dialogs
+        # (_another_dialog); the first 2xx's To tag is its owner's dialog. Its Call-ID and
+        # From are kept as sent, unparsed (an answered INVITE's transaction lets its request
+        # go): the From tag is read once something of its dialogs comes (_dialog_of).
         request = transaction.request
-        initial = request is not None and request.method == "INVITE" and request.to.tag is None
-        self._dialog_of = (request.call_id, request.from_.tag) if initial and request else None
+        self._call_id: str | None = None
+        self._from = ""
+        self._dialog: tuple[str, str | None] | None = None
+        # Without SDP (RFC 3261 §13.2.1): its 2xx offers, and an ACK must answer
+        # (_ack_orphan_2xx).
+        self._late_offer = False
+        if request is not None and request.method == "INVITE":
+            headers = request.headers
+            if _without_tag(headers.get("To")):
+                self._call_id = headers.get("Call-ID") or ""
+                self._from = headers.get("From") or ""
+                self._late_offer = not request.body
         self._answered: str | None = None
         # Dialogs (To tags) whose 2xx the owner ACKed, so holds (_nobodys_answer): a 2xx
         # handed to the owner may still go unread (queued behind a refusal the call ended on).
         self._held: frozenset[str] = frozenset()
-        # Without SDP (RFC 3261 §13.2.1): its 2xx offers, and an ACK must answer
-        # (_ack_orphan_2xx).
-        self._late_offer = initial and request is not None and not request.body
         # The highest CSeq we sent in each dialog of this INVITE (To tag) and over them all,
         # for our BYE of a session nobody holds (_ack_orphan_2xx, SipEndpoint._note_cseq).
         self._cseq_sent: dict[str, int] | None = None
@@ -291,6 +301,19 @@ class ClientRequest:
         endpoint's BYE of a session nobody holds answers its challenges with the trunk's
         credentials and carries a Q.850 cause for its interworking, as a call's BYE does."""
         self._orphan_bye: _OrphanBye | None = None  # this is such a BYE
+
+    @property
+    def _dialog_of(self) -> tuple[str, str | None] | None:
+        """The Call-ID and From tag of an INVITE outside a dialog (None for any other
+        request), read from its From once, when first asked (a 2xx, a request in one of its
+        dialogs): not for every INVITE sent."""
+        call_id = self._call_id
+        if call_id is None:
+            return None
+        dialog = self._dialog
+        if dialog is None:
+            dialog = self._dialog = (call_id, grammar.parse_name_addr_untrusted(self._from).tag)
+        return dialog
 
     @property
     def request(self) -> Request:
@@ -519,9 +542,13 @@ class SipEndpoint:
         # The flow each server transaction's request arrived over: its responses go back there.
         self._server_flows: dict[Transaction, Flow] = {}
         self._client_requests: dict[Transaction, ClientRequest] = {}
-        # Our INVITEs outside a dialog by Call-ID and From tag, whose dialogs' CSeqs the
-        # requests we send in them (PRACKs) move on (ClientRequest._note_cseq).
-        self._invites: dict[tuple[str, str | None], ClientRequest] = {}
+        # Our INVITEs outside a dialog by Call-ID, whose dialogs' CSeqs the requests we send in
+        # them (PRACKs) move on (ClientRequest._note_cseq) and whose 2xx the owner ACKs
+        # (send_ack). By Call-ID alone, so that a request of another Call-ID (most) is looked up
+        # without reading its From and To; its From tag is then compared. The gateway makes a
+        # Call-ID per INVITE outside a dialog; one sent again with credentials (RFC 3261
+        # §22.2, the same Call-ID and From tag) takes its predecessor's place, as before.
+        self._invites: dict[str, ClientRequest] = {}
         # The endpoint task's wait for the next message; calls that start transactions from
         # their own tasks pull its deadline in so the new transaction's timers fire on time.
         self._wait: trio.CancelScope | None = None
@@ -962,8 +989,9 @@ class SipEndpoint:
             client = self._client_requests.pop(output.transaction, None)
             if client is not None:
                 client._close()
-                if client._dialog_of is not None and self._invites.get(client._dialog_of) is client:
-                    del self._invites[client._dialog_of]
+                call_id = client._call_id
+                if call_id is not None and self._invites.get(call_id) is client:
+                    del self._invites[call_id]
         elif isinstance(output, UnmatchedResponse):
             self.statistics.dropped_unmatched_responses += 1
             log.debug("dropping unmatched response %d", output.response.status)
@@ -1130,14 +1158,28 @@ class SipEndpoint:
         txn, outputs = self.transactions.send_request(request, peer=_hop(flow), now=now)
         client = ClientRequest(txn, flow)
         self._client_requests[txn] = client
-        if client._dialog_of is not None:
-            self._invites[client._dialog_of] = client
-        elif request.to.tag is not None and request.from_.tag is not None:
-            invite = self._invites.get((request.call_id, request.from_.tag))
+        if client._call_id is not None:
+            self._invites[client._call_id] = client
+        elif self._invites:
+            invite = self._invites.get(request.call_id)
             if invite is not None:
-                invite._note_cseq(request.to.tag, request.cseq.number)
+                tag = self._in_dialog_of(invite, request)
+                if tag is not None:
+                    invite._note_cseq(tag, request.cseq.number)
         await self._act(outputs)
         return client
+
+    @staticmethod
+    def _in_dialog_of(invite: ClientRequest, request: Request) -> str | None:
+        """The To tag of ``request`` (of ``invite``'s Call-ID) when it belongs to a dialog of
+        ``invite`` (its From tag too), else None."""
+        to_tag = request.to.tag
+        if to_tag is None:
+            return None
+        dialog = invite._dialog_of
+        if dialog is None or request.from_.tag != dialog[1]:
+            return None
+        return to_tag
 
     def _too_big_for_udp(self, request: Request) -> bool:
         if "tcp" not in self.gateway.plugins.transports:
@@ -1298,10 +1340,12 @@ class SipEndpoint:
         """Send the ACK for a 2xx: its own one-message transaction (RFC 3261 §13.2.2.4). The
         ACK of a 2xx to one of our INVITEs outside a dialog says its owner holds that dialog:
         the endpoint never BYEs it (ClientRequest._nobodys_answer)."""
-        if ack.to.tag is not None:
-            invite = self._invites.get((ack.call_id, ack.from_.tag))
+        if self._invites:
+            invite = self._invites.get(ack.call_id)
             if invite is not None:
-                invite._owner_acked(ack.to.tag)
+                tag = self._in_dialog_of(invite, ack)
+                if tag is not None:
+                    invite._owner_acked(tag)
         await self._send_on(self._with_our_via(ack, flow), flow, None)
 
     async def flow_to(self, transport: str, address: Address, flow: Flow | None = None) -> Flow:
@@ -1602,6 +1646,14 @@ def _only_removes_bindings(request: Request) -> bool:
         if expires is None or expires.strip() != "0":
             return False
     return True
+
+
+def _without_tag(to: str | None) -> bool:
+    """Whether a request's To (its text) has no tag (RFC 3261 §8.1.1.2: a request outside a
+    dialog); parsed only when the text holds "tag" at all (a re-INVITE's does)."""
+    if to is None:
+        return False
+    return "tag" not in to.lower() or grammar.parse_name_addr_untrusted(to).tag is None
 
 
 def _hop(flow: Flow) -> Hop:
