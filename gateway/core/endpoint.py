@@ -140,6 +140,13 @@ GIVEN_UP = "answered after the call was given up"
 ANSWERED_ELSEWHERE = "call completed elsewhere"
 ALREADY_FAILED = "call already failed"
 Q850_NORMAL_CLEARING = 16
+# Tasks ACKing and BYEing sessions nobody holds at once (SipEndpoint._off_task). That work may
+# have to connect again (the INVITE's TCP or TLS connection has closed: up to connect_timeout
+# plus a handshake), so it runs beside the endpoint's task, never in it; past the bound (a flood
+# of forged 2xx) the 2xx is dropped with a log line: its callee re-sends it (RFC 3261 §13.3.1.4).
+MAX_ORPHAN_TASKS = 64
+# Such drops are logged at most this often (s), with the count since the last line.
+ORPHAN_DROP_LOG_INTERVAL = 60.0
 
 # Requests refused when they waited too long (gateway/core/sip/overload.py): those that start
 # new work, a call, a registration, a subscription or a relayed message. Dialog requests (BYE,
@@ -238,10 +245,12 @@ class ClientRequest:
 
     __slots__ = (
         "_answered",
+        "_call_id",
         "_closed",
         "_cseq_highest",
         "_cseq_sent",
-        "_dialog_of",
+        "_dialog",
+        "_from",
         "_held",
         "_late_answers",
         "_late_offer",
@@ -262,19 +271,27 @@ class ClientRequest:
         self._sink: Callable[[Response], None] | None = None
         self._closed = False
         self._late_answers: frozenset[str] = frozenset()  # _first_late_answer, _another_dialog
-        # An INVITE outside a dialog (its Call-ID and From tag), which 2xx can answer from
-        # several dialogs (_another_dialog); the first 2xx's To tag is its owner's dialog. Kept
-        # here: an answered INVITE's transaction lets its request go.
+        # An INVITE outside a dialog, which 2xx can answer from several dialogs
+        # (_another_dialog); the first 2xx's To tag is its owner's dialog. Its Call-ID and
+        # From are kept as sent, unparsed (an answered INVITE's transaction lets its request
+        # go): the From tag is read once something of its dialogs comes (_dialog_of).
         request = transaction.request
-        initial = request is not None and request.method == "INVITE" and request.to.tag is None
-        self._dialog_of = (request.call_id, request.from_.tag) if initial and request else None
+        self._call_id: str | None = None
+        self._from = ""
+        self._dialog: tuple[str, str | None] | None = None
+        # Without SDP (RFC 3261 §13.2.1): its 2xx offers, and an ACK must answer
+        # (_ack_orphan_2xx).
+        self._late_offer = False
+        if request is not None and request.method == "INVITE":
+            headers = request.headers
+            if _without_tag(headers.get("To")):
+                self._call_id = headers.get("Call-ID") or ""
+                self._from = headers.get("From") or ""
+                self._late_offer = not request.body
         self._answered: str | None = None
         # Dialogs (To tags) whose 2xx the owner ACKed, so holds (_nobodys_answer): a 2xx
         # handed to the owner may still go unread (queued behind a refusal the call ended on).
         self._held: frozenset[str] = frozenset()
-        # Without SDP (RFC 3261 §13.2.1): its 2xx offers, and an ACK must answer
-        # (_ack_orphan_2xx).
-        self._late_offer = initial and request is not None and not request.body
         # The highest CSeq we sent in each dialog of this INVITE (To tag) and over them all,
         # for our BYE of a session nobody holds (_ack_orphan_2xx, SipEndpoint._note_cseq).
         self._cseq_sent: dict[str, int] | None = None
@@ -284,6 +301,19 @@ class ClientRequest:
         endpoint's BYE of a session nobody holds answers its challenges with the trunk's
         credentials and carries a Q.850 cause for its interworking, as a call's BYE does."""
         self._orphan_bye: _OrphanBye | None = None  # this is such a BYE
+
+    @property
+    def _dialog_of(self) -> tuple[str, str | None] | None:
+        """The Call-ID and From tag of an INVITE outside a dialog (None for any other
+        request), read from its From once, when first asked (a 2xx, a request in one of its
+        dialogs): not for every INVITE sent."""
+        call_id = self._call_id
+        if call_id is None:
+            return None
+        dialog = self._dialog
+        if dialog is None:
+            dialog = self._dialog = (call_id, grammar.parse_name_addr_untrusted(self._from).tag)
+        return dialog
 
     @property
     def request(self) -> Request:
@@ -341,18 +371,23 @@ class ClientRequest:
             return False
         return True
 
-    def _first_late_answer(self, response: Response) -> bool:
+    def _first_late_answer(self, response: Response, *, delivered: bool) -> bool:
         """Whether ``response`` is the first 2xx of its dialog (To tag) after the INVITE was
-        given up 64*T1 past its CANCEL (RFC 3261 §9.1). That one is hung up (BYE, §15), by the
-        owner if it takes it, else by the endpoint; a retransmission of it (our ACK was lost)
-        is ACKed again (§13.2.2.4), never BYEd again: one BYE per dialog, whose own client
-        transaction re-sends it."""
+        given up 64*T1 past its CANCEL (RFC 3261 §9.1) that nobody holds: hung up (BYE, §15)
+        by the endpoint. One ``delivered`` to the owner is its to take; the owner holds that
+        dialog once it ACKs a 2xx of it (:meth:`_owner_acked`), as for
+        :meth:`_nobodys_answer`: one handed over but never read (the call ended first) gets
+        no ACK, so the callee re-sends it (§13.3.1.4) and a copy finding nobody is BYEd here.
+        A copy of a 2xx BYEd already (our ACK was lost) is ACKed again (§13.2.2.4), never
+        BYEd again: one BYE per dialog, whose own client transaction re-sends it."""
         txn = self.transaction
-        if not (response.is_success and isinstance(txn, ClientInviteTransaction)):
+        if delivered or not (response.is_success and isinstance(txn, ClientInviteTransaction)):
             return False
         if not txn.given_up:
             return False
         tag = response.to.tag or ""
+        if tag in self._held:
+            return False
         if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
             return False
         self._late_answers |= {tag}
@@ -507,12 +542,21 @@ class SipEndpoint:
         # The flow each server transaction's request arrived over: its responses go back there.
         self._server_flows: dict[Transaction, Flow] = {}
         self._client_requests: dict[Transaction, ClientRequest] = {}
-        # Our INVITEs outside a dialog by Call-ID and From tag, whose dialogs' CSeqs the
-        # requests we send in them (PRACKs) move on (ClientRequest._note_cseq).
-        self._invites: dict[tuple[str, str | None], ClientRequest] = {}
+        # Our INVITEs outside a dialog by Call-ID, whose dialogs' CSeqs the requests we send in
+        # them (PRACKs) move on (ClientRequest._note_cseq) and whose 2xx the owner ACKs
+        # (send_ack). By Call-ID alone, so that a request of another Call-ID (most) is looked up
+        # without reading its From and To; its From tag is then compared. The gateway makes a
+        # Call-ID per INVITE outside a dialog; one sent again with credentials (RFC 3261
+        # §22.2, the same Call-ID and From tag) takes its predecessor's place, as before.
+        self._invites: dict[str, ClientRequest] = {}
         # The endpoint task's wait for the next message; calls that start transactions from
         # their own tasks pull its deadline in so the new transaction's timers fire on time.
         self._wait: trio.CancelScope | None = None
+        # Where the ACKs and BYEs of sessions nobody holds run (_off_task), while run() runs.
+        self._orphan_nursery: trio.Nursery | None = None
+        self._orphan_tasks = 0
+        self._orphan_drop_logged_at = -math.inf
+        self._orphans_dropped_since_log = 0
         self.calls: CallLayer | None = None
         self.subscriptions: SubscriptionLayer | None = None
         self.messages: MessageLayer | None = None
@@ -560,7 +604,21 @@ class SipEndpoint:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve inbound messages and transaction timers from one task, so the sans-IO
-        transaction table is never touched concurrently."""
+        transaction table is never touched concurrently. The ACKs and BYEs of sessions nobody
+        holds, which may have to connect first, run in tasks of a nursery of its own
+        (:meth:`_off_task`)."""
+        async with trio.open_nursery() as nursery:
+            self._orphan_nursery = nursery
+            try:
+                await self._serve(inbound, task_status)
+            finally:
+                self._orphan_nursery = None
+
+    async def _serve(
+        self,
+        inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow, float]],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
         task_status.started()
         # The clock itself: trio.current_time() reaches it through two more Python calls, and
         # this loop reads the time after every message.
@@ -616,6 +674,41 @@ class SipEndpoint:
             log_exception(
                 log, "internal error handling SIP from %s", flow.key if flow else "timers"
             )
+
+    async def _off_task(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` (an ACK or BYE of a session nobody holds) in a task of the endpoint's
+        own nursery: it may open a connection first (:meth:`flow_to`, up to connect_timeout
+        and a TLS handshake), and the endpoint's task serves every call. At most
+        :data:`MAX_ORPHAN_TASKS` at once; past it the work is dropped with a log line. Run
+        here when the endpoint is not running (a test driving :meth:`handle`)."""
+        nursery = self._orphan_nursery
+        if nursery is None:
+            await work()
+            return
+        if self._orphan_tasks >= MAX_ORPHAN_TASKS:
+            self._orphans_dropped_since_log += 1
+            now = trio.current_time()
+            if now - self._orphan_drop_logged_at >= ORPHAN_DROP_LOG_INTERVAL:
+                log.warning(
+                    "%d ACK or BYE of a session nobody holds dropped: %d already under way",
+                    self._orphans_dropped_since_log,
+                    MAX_ORPHAN_TASKS,
+                )
+                self._orphan_drop_logged_at = now
+                self._orphans_dropped_since_log = 0
+            return
+        self._orphan_tasks += 1
+        nursery.start_soon(self._orphan_task, work)
+
+    async def _orphan_task(self, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except Exception:
+            # A bug; the endpoint and every call go on (STYLE.md habit 6).
+            self.statistics.internal_errors += 1
+            log_exception(log, "internal error acknowledging a session nobody holds")
+        finally:
+            self._orphan_tasks -= 1
 
     def flow_closed(self, flow: Flow) -> None:
         log.debug("flow closed: %s", flow.key)
@@ -870,15 +963,22 @@ class SipEndpoint:
                 if another is not None:
                     # Another fork's session, which the owner never takes: ours to ACK and BYE.
                     why = ANSWERED_ELSEWHERE if another else None
-                    await self._ack_orphan_2xx(output.response, client, hang_up=why)
+                    await self._off_task(
+                        functools.partial(
+                            self._ack_orphan_2xx, output.response, client, hang_up=why
+                        )
+                    )
                     return
-                # Noted whoever takes it: the owner may end before a retransmission comes.
-                first_late = client._first_late_answer(output.response)
                 delivered = client._deliver(output.response)
+                first_late = client._first_late_answer(output.response, delivered=delivered)
                 nobodys = client._nobodys_answer(output.response, delivered=delivered)
                 if not delivered:
                     why = GIVEN_UP if first_late else ALREADY_FAILED if nobodys else None
-                    await self._ack_orphan_2xx(output.response, client, hang_up=why)
+                    await self._off_task(
+                        functools.partial(
+                            self._ack_orphan_2xx, output.response, client, hang_up=why
+                        )
+                    )
         elif isinstance(output, AckReceived):
             if self.calls is not None and arrival is not None:
                 self.calls.ack(output.request, arrival)
@@ -889,8 +989,9 @@ class SipEndpoint:
             client = self._client_requests.pop(output.transaction, None)
             if client is not None:
                 client._close()
-                if client._dialog_of is not None and self._invites.get(client._dialog_of) is client:
-                    del self._invites[client._dialog_of]
+                call_id = client._call_id
+                if call_id is not None and self._invites.get(call_id) is client:
+                    del self._invites[call_id]
         elif isinstance(output, UnmatchedResponse):
             self.statistics.dropped_unmatched_responses += 1
             log.debug("dropping unmatched response %d", output.response.status)
@@ -1057,14 +1158,28 @@ class SipEndpoint:
         txn, outputs = self.transactions.send_request(request, peer=_hop(flow), now=now)
         client = ClientRequest(txn, flow)
         self._client_requests[txn] = client
-        if client._dialog_of is not None:
-            self._invites[client._dialog_of] = client
-        elif request.to.tag is not None and request.from_.tag is not None:
-            invite = self._invites.get((request.call_id, request.from_.tag))
+        if client._call_id is not None:
+            self._invites[client._call_id] = client
+        elif self._invites:
+            invite = self._invites.get(request.call_id)
             if invite is not None:
-                invite._note_cseq(request.to.tag, request.cseq.number)
+                tag = self._in_dialog_of(invite, request)
+                if tag is not None:
+                    invite._note_cseq(tag, request.cseq.number)
         await self._act(outputs)
         return client
+
+    @staticmethod
+    def _in_dialog_of(invite: ClientRequest, request: Request) -> str | None:
+        """The To tag of ``request`` (of ``invite``'s Call-ID) when it belongs to a dialog of
+        ``invite`` (its From tag too), else None."""
+        to_tag = request.to.tag
+        if to_tag is None:
+            return None
+        dialog = invite._dialog_of
+        if dialog is None or request.from_.tag != dialog[1]:
+            return None
+        return to_tag
 
     def _too_big_for_udp(self, request: Request) -> bool:
         if "tcp" not in self.gateway.plugins.transports:
@@ -1093,7 +1208,10 @@ class SipEndpoint:
         (Call._bye): the callee, often a trunk, takes its CDR and the PSTN's cause from it.
         The BYE's CSeq follows the highest we sent in that dialog (a PRACK of its reliable
         1xx, :meth:`ClientRequest._next_cseq`); a trunk's challenge to it is answered with the
-        trunk's credentials, once (:meth:`_orphan_bye_answered`)."""
+        trunk's credentials, once (:meth:`_orphan_bye_answered`).
+
+        Runs beside the endpoint's task (:meth:`_off_task`): a closed TCP or TLS flow is
+        opened again first, which may take connect_timeout. The ACK goes before the BYE."""
         if not response.is_success or response.cseq.method != "INVITE":
             return
         dialog = Dialog.from_our_2xx(response)
@@ -1155,7 +1273,9 @@ class SipEndpoint:
             and trunk.password is not None
             and not bye.retried
         ):
-            await self._bye_with_credentials(client, bye, trunk, response)
+            await self._off_task(
+                functools.partial(self._bye_with_credentials, client, bye, trunk, response)
+            )
             return
         if bye.retried and trunk is not None:
             log.warning(
@@ -1220,10 +1340,12 @@ class SipEndpoint:
         """Send the ACK for a 2xx: its own one-message transaction (RFC 3261 §13.2.2.4). The
         ACK of a 2xx to one of our INVITEs outside a dialog says its owner holds that dialog:
         the endpoint never BYEs it (ClientRequest._nobodys_answer)."""
-        if ack.to.tag is not None:
-            invite = self._invites.get((ack.call_id, ack.from_.tag))
+        if self._invites:
+            invite = self._invites.get(ack.call_id)
             if invite is not None:
-                invite._owner_acked(ack.to.tag)
+                tag = self._in_dialog_of(invite, ack)
+                if tag is not None:
+                    invite._owner_acked(tag)
         await self._send_on(self._with_our_via(ack, flow), flow, None)
 
     async def flow_to(self, transport: str, address: Address, flow: Flow | None = None) -> Flow:
@@ -1524,6 +1646,14 @@ def _only_removes_bindings(request: Request) -> bool:
         if expires is None or expires.strip() != "0":
             return False
     return True
+
+
+def _without_tag(to: str | None) -> bool:
+    """Whether a request's To (its text) has no tag (RFC 3261 §8.1.1.2: a request outside a
+    dialog); parsed only when the text holds "tag" at all (a re-INVITE's does)."""
+    if to is None:
+        return False
+    return "tag" not in to.lower() or grammar.parse_name_addr_untrusted(to).tag is None
 
 
 def _hop(flow: Flow) -> Hop:

@@ -20,6 +20,7 @@ from gateway.core.ids import SeededIds
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import make_response
 from gateway.core.sip.serializer import serialize_message
+from gateway.core.transport.flows import Address, Flow, FlowKey
 from gateway.plugins.pstn import rfc3398
 from gateway.testing.sip_agent import SDP, Received, SipAgent
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, eventually, start_b2bua
@@ -41,6 +42,29 @@ from tests.component.calls.trunk_auth_calls import (
 )
 
 RELIABLE = [("Require", "100rel"), ("RSeq", "1")]
+
+
+class HangingReconnect:
+    """A ``tcp`` transport whose connects hang until ``release`` is set (a callee whose
+    connection closed and that no longer answers: up to connect_timeout), then give the
+    memory network's ``udp`` flow to that address, so what follows can be seen."""
+
+    name = "tcp"
+    reliable = True
+    secure = False
+
+    def __init__(self, env: B2bua) -> None:
+        self.env = env
+        self.release = trio.Event()
+        self.connects = 0
+
+    async def open_flow(self, remote: Address, host: object) -> Flow:
+        self.connects += 1
+        await self.release.wait()
+        udp = self.env.gateway.plugins.transports.get("udp")
+        assert udp is not None
+        flow: Flow = await udp.open_flow(remote, self.env.gateway)
+        return flow
 
 
 def no_transactions_left(env: B2bua) -> bool:
@@ -246,3 +270,50 @@ async def test_an_orphan_bye_that_is_never_answered_leaves_nothing_behind(
     await eventually(lambda: env.calls == 0)
     await trio.sleep(40)
     assert no_transactions_left(env)
+
+
+async def test_an_orphans_reconnect_that_hangs_holds_up_no_other_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    """The B leg's INVITE went over a TCP connection that has closed since; another fork's
+    2xx comes, and the endpoint must connect again to ACK and BYE it, which hangs. That
+    work runs beside the endpoint's task: a second call is set up meanwhile (it used to wait
+    for the connect, up to connect_timeout, as did every SIP message of the gateway). Once
+    connected, that session gets its ACK, then its BYE."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    hanging = HangingReconnect(env)
+    env.gateway.plugins.transports.add("tcp", hanging)  # type: ignore[arg-type]
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await leg_b.answer()
+    assert (await call.final()).status == 200
+    (client,) = (
+        c
+        for c in env.gateway.endpoint._client_requests.values()
+        if c._dialog_of == (leg_b.call_id, leg_b.invite.from_.tag)
+    )
+    old = client.flow
+    client.flow = Flow(
+        key=FlowKey("tcp", old.local, old.remote), send=old.send, reliable=True, closed=True
+    )
+
+    await fork_answers(env, env.alice, leg_b)
+    assert hanging.connects == 1
+    second = None
+    with trio.move_on_after(5):
+        other = await env.trunk.invite(env.did_uri(ALICE_DID))
+        leg = await env.alice.next_call()
+        await leg.answer()
+        second = (await other.final()).status
+    assert second == 200
+    assert not to_phone(env, env.alice, "ACK", FORK_TAG)
+
+    hanging.release.set()
+    await trio.sleep(1)
+    (ack,) = to_phone(env, env.alice, "ACK", FORK_TAG)
+    (bye,) = to_phone(env, env.alice, "BYE", FORK_TAG)
+    deliveries = [d.data for d in env.network.deliveries if d.dst == env.alice.address]
+    assert deliveries.index(serialize_message(ack)) < deliveries.index(serialize_message(bye))
+    assert (await call.bye()).status == 200
+    assert (await other.bye()).status == 200
+    await eventually(lambda: env.calls == 0)

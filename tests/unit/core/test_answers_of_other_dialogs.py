@@ -91,3 +91,16 @@ def test_an_invite_without_sdp_is_a_late_offer() -> None:
     assert sent(request(branch="z9hG4bKlate"))._late_offer
     with_sdp = attrs.evolve(request(branch="z9hG4bKearly"), body=b"v=0\r\n")
     assert not sent(with_sdp)._late_offer
+
+
+def test_an_invites_dialog_is_read_from_its_from_when_asked() -> None:
+    """The Call-ID and From tag of an INVITE outside a dialog, from its headers as sent (not
+    parsed for every INVITE: read when first asked). A re-INVITE has none; nor has an INVITE
+    whose To holds "tag" outside a tag parameter is still outside a dialog."""
+    assert sent(request(branch="z9hG4bKids"))._dialog_of == ("call-1@client.example.com", "ft1")
+    assert sent(request(branch="z9hG4bKre", to_tag="tt"))._dialog_of is None
+    assert sent(request(branch="z9hG4bKTAG", to_tag="TAG"))._dialog_of is None
+    tagged_user = request(branch="z9hG4bKuser", uri="sip:tagline@gw.example.net")
+    headers = tagged_user.headers.set("To", "<sip:tagline@gw.example.net;user=phone>")
+    assert sent(tagged_user.with_headers(headers))._dialog_of is not None
+    assert sent(request("BYE", branch="z9hG4bKbye", to_tag="tt"))._dialog_of is None

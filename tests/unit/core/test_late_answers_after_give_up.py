@@ -33,15 +33,37 @@ def given_up() -> tuple[ClientRequest, Request]:
 def test_each_dialog_answered_after_the_give_up_is_hung_up_once() -> None:
     client, invite = given_up()
     ok = response(invite, 200, to_tag="a")
-    assert client._first_late_answer(ok)
-    assert not client._first_late_answer(ok)  # a retransmission: ACK only
-    assert client._first_late_answer(response(invite, 200, to_tag="b"))  # another fork
-    assert not client._first_late_answer(response(invite, 486, to_tag="c"))  # ACKed below
+    assert client._first_late_answer(ok, delivered=False)
+    assert not client._first_late_answer(ok, delivered=False)  # a retransmission: ACK only
+    assert client._first_late_answer(
+        response(invite, 200, to_tag="b"), delivered=False
+    )  # another fork
+    assert not client._first_late_answer(
+        response(invite, 486, to_tag="c"), delivered=False
+    )  # ACKed below
+
+
+def test_a_late_2xx_handed_over_but_never_acked_is_byed_once() -> None:
+    """Handed to the owner is not held (as for _nobodys_answer): a late 2xx queued for a call
+    that ended without reading it was never ACKed, and a copy finding nobody is BYEd, once.
+    One the owner ACKed is its own: its copies are only ACKed again."""
+    client, invite = given_up()
+    unread = response(invite, 200, to_tag="a")
+    assert not client._first_late_answer(unread, delivered=True)
+    assert client._first_late_answer(unread, delivered=False)
+    assert not client._first_late_answer(unread, delivered=False)
+    taken = response(invite, 200, to_tag="b")
+    assert not client._first_late_answer(taken, delivered=True)
+    client._owner_acked("b")
+    assert not client._first_late_answer(taken, delivered=False)  # the owner BYEd it
 
 
 def test_a_callee_inventing_tags_gets_a_bounded_number_of_byes() -> None:
     client, invite = given_up()
-    firsts = [client._first_late_answer(response(invite, 200, to_tag=f"t{n}")) for n in range(50)]
+    firsts = [
+        client._first_late_answer(response(invite, 200, to_tag=f"t{n}"), delivered=False)
+        for n in range(50)
+    ]
     assert firsts == [True] * MAX_LATE_ANSWERS + [False] * (50 - MAX_LATE_ANSWERS)
 
 
@@ -50,4 +72,4 @@ def test_a_2xx_before_any_give_up_is_the_owners_business() -> None:
     invite = request(branch="z9hG4bKanswered")
     txn, _ = table.send_request(invite, peer=UDP_PEER, now=0.0)
     client = ClientRequest(txn, FLOW)
-    assert not client._first_late_answer(response(invite, 200))
+    assert not client._first_late_answer(response(invite, 200), delivered=False)
