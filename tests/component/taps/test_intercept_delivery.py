@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.plugins.taps.intercept import pdu
+from gateway.plugins.taps.intercept import InterceptConfig, Interception, pdu
 from gateway.plugins.taps.intercept.delivery import DeliveryLink
-from gateway.plugins.taps.intercept.tasks import Destination
+from gateway.plugins.taps.intercept.tasks import Destination, Provisioning
+from tests.component.taps.admf_reports import DID, pki, provision, x1  # noqa: F401 (pki)
 from tests.component.taps.mediation import Mediation
-from tests.interop.harness.pki import TestPki
+from tests.interop.harness.pki import Issued, TestCa, TestPki
 
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 
@@ -154,8 +155,8 @@ async def test_closing_a_link_sends_what_it_holds_then_ends(
 async def test_tls_links_are_mutually_authenticated(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock, tmp_path: Path
 ) -> None:
-    pki = TestPki(tmp_path)
-    ca, other = pki.ca("Mediation CA"), pki.ca("Some Other CA")
+    test_pki = TestPki(tmp_path)
+    ca, other = test_pki.ca("Mediation CA"), test_pki.ca("Some Other CA")
     mdf, gateway = ca.issue("mdf.example.net"), ca.issue("gateway.example.net")
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca.certificate)
     server.load_cert_chain(mdf.certificate, mdf.key)
@@ -333,3 +334,37 @@ async def test_a_mediation_function_that_drops_each_connection_is_backed_off_and
     assert records[0].getMessage() == f"intercept: connected to destination {link.destination.did}"
     assert "is failing: connection lost: " in records[1].getMessage()
     assert TARGET.decode() not in caplog.text and "INVITE" not in caplog.text
+
+
+async def test_the_links_of_a_tap_log_on_the_taps_wall_clock(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The clock the plugin is given (X1 timestamps, X3 capture times) is the one its delivery
+    # links log by: under autojump_clock a summary names a time the test decided.
+    caplog.set_level(logging.INFO, logger="gateway.plugins.taps.intercept")
+    ca, gateway, _ = pki
+    config = InterceptConfig(
+        x1_listen="127.0.0.1:0",
+        x1_certificate=str(gateway.certificate),
+        x1_private_key=str(gateway.key),
+        x1_ca=str(ca.certificate),
+        ne_identifier="gw-test",
+        delivery_tls=False,
+        state_dir=str(tmp_path / "state"),
+    )
+    tap = Interception(
+        config, provisioning=Provisioning(None), wall_clock=lambda: 2e9 + trio.current_time()
+    )
+    await nursery.start(tap.run)
+    x1(tap, *provision(await free_port(nursery)))  # a destination nobody listens on
+    started = trio.current_time()
+    await trio.sleep(400)
+    link = tap.links[DID]
+    assert link.failures.since is not None
+    assert link.failures.since - 2e9 == pytest.approx(started, abs=1.0)
+    (summary,) = [r.getMessage() for r in delivery_log(caplog) if "still failing" in r.getMessage()]
+    assert " since 2033-05-18 03:33:2" in summary, summary  # 2e9 s

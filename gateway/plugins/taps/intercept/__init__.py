@@ -654,6 +654,7 @@ class Interception:
             queue=self.config.queue,
             keepalive_interval=self.config.keepalive_interval,
             version=self.config.pdu_version,
+            wall_clock=self._wall_clock,  # the plugin's one clock: X1, X3 times, the log
         )
         if sequences is not None:
             link.sequences.update(sequences)

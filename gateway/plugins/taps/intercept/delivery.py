@@ -72,6 +72,7 @@ class DeliveryLink:
         queue: int,
         keepalive_interval: float,
         version: int,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.destination = destination
         self.ssl_context = ssl_context  # read at each connect: a SIGHUP reload swaps it
@@ -92,8 +93,8 @@ class DeliveryLink:
         self.on_fault: Callable[[DeliveryLink], object] | None = None
         """Told when :attr:`fault` turns from None to a reason or back (reports to the ADMF)."""
         self._overflow = False  # a PDU was dropped for a full queue, and it has not emptied since
-        self.wall_clock: Callable[[], float] = time.time
-        """Unix time, for the log's summaries (tests set it)."""
+        self.wall_clock = wall_clock
+        """Unix time, for the log's lines: the plugin's clock (``Interception(wall_clock=)``)."""
         where = format_host_port(*destination.address)
         self.failures = FailureLog(
             log,
