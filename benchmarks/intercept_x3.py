@@ -7,8 +7,9 @@ Run from the repository root::
     python benchmarks/intercept_x3.py --packets 50000 --repeats 7
 
 A call's sink (gateway/plugins/taps/intercept) gets each decrypted packet the relay forwards and
-queues one X3 PDU per task and destination: the PDU header, sequence number, timestamp and
-matched target attributes, then the packet. Measured: ``InterceptSink.packet`` for a 172-octet
+queues one X3 PDU per task and destination: the PDU header, sequence number, timestamp,
+network function ID (``ne_identifier``, here 9 octets) and matched target attributes, then the
+packet. Measured: ``InterceptSink.packet`` for a 172-octet
 RTP packet (12-octet header, 20 ms of G.711) with one task and one destination, one task and two
 destinations, and two tasks (the caller and the callee both targets), the links' queues large
 enough to take every PDU (the links are not connected: what is measured is the call's side, the
@@ -92,7 +93,12 @@ def sink_with(
     def links_for(match: Match, kind: str) -> list[DeliveryLink]:
         return [made[did] for did in match.task.dids]
 
-    return InterceptSink(matches, links_for, 0x0102030405060708, time.time), list(made.values())
+    # The Network Function ID every PDU carries, as Interception encodes it (ne_identifier).
+    network_function = pdu.encode_attributes(((pdu.NETWORK_FUNCTION_ID, b"sbc-fra-1"),))
+    sink = InterceptSink(
+        matches, links_for, 0x0102030405060708, time.time, network_function=network_function
+    )
+    return sink, list(made.values())
 
 
 def intercept(tasks: int, destinations: int) -> Callable[[list[bytes]], None]:
@@ -135,6 +141,7 @@ def main() -> None:
         (
             pdu.sequence_attribute(0),
             pdu.timestamp_attribute(0.0),
+            (pdu.NETWORK_FUNCTION_ID, b"sbc-fra-1"),
             (pdu.MATCHED_TARGET, b"+4930123456"),
         ),
         PACKET,

@@ -24,6 +24,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from gateway.plugins.taps.intercept import pdu
 from tests.integration.voipgw_process import voipgw_running
 from tests.interop.harness.pki import Issued, TestCa, TestPki
 from tests.unit.taps.x1_structure import XSI, check
@@ -124,6 +125,35 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def answer_keepalives(listener: socket.socket, stop: threading.Event) -> None:
+    """A mediation function: takes connections one after the other, reads their PDUs and
+    acknowledges keepalives (TS 103 221-2 types 3/4), until ``stop``."""
+    listener.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            connection, _ = listener.accept()
+        except TimeoutError:
+            continue
+        with connection:
+            connection.settimeout(0.2)
+            reader = pdu.PduReader()
+            while not stop.is_set():
+                try:
+                    data = connection.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                for item in reader.feed(data):
+                    if item.pdu_type == pdu.KEEPALIVE and item.sequence is not None:
+                        ack = pdu.keepalive(
+                            item.sequence, version=item.version, acknowledgement=True
+                        )
+                        connection.sendall(ack)
 
 
 def poll(predicate: Callable[[], bool], what: str, timeout: float = 45.0) -> None:
@@ -228,9 +258,14 @@ def test_a_destination_that_cannot_be_reached_is_reported_and_so_is_its_recovery
         assert f"127.0.0.1:{mdf_port}" in fault.fields["destinationIssueDetails"]
         assert fault.client == "gw-int"  # mutual TLS: the gateway's certificate
 
+        stop = threading.Event()
         with socket.socket() as mdf:  # a mediation function starts listening
             mdf.bind(("127.0.0.1", mdf_port))
             mdf.listen()
+            # It must read and answer: a connection made during a failure ends it once it
+            # answers a keepalive and has held 10 s (a socket that only listens never would).
+            answering = threading.Thread(target=answer_keepalives, args=(mdf, stop), daemon=True)
+            answering.start()
             poll(
                 lambda: (
                     reports.of("ReportDestinationIssueRequest")
@@ -243,5 +278,7 @@ def test_a_destination_that_cannot_be_reached_is_reported_and_so_is_its_recovery
                 "the task's all-clear",
             )
             assert delivery_status(pki, x1_port) == "activeAndWorking"
+            stop.set()
+            answering.join(timeout=5)
     log = (tmp_path / "voipgw.log").read_text()
     assert "ReportDestinationIssue" not in log  # reports are not named in the ordinary log

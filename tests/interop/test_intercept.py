@@ -335,7 +335,7 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
         tmp_path / "x2x3.pcap",
         mdf_port,
     )
-    wanted = ["li5g.type", "li5g.pf", "li5g.pd", "li5g.xid", "li5g.sq", "li5g.mti"]
+    wanted = ["li5g.type", "li5g.pf", "li5g.pd", "li5g.xid", "li5g.sq", "li5g.mti", "li5g.nfid"]
     wanted += ["sip.Method", "sip.Status-Code", "rtp.p_type"]
     fields = subprocess.run(
         [
@@ -350,7 +350,7 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
     rows = [line.split("\t") for line in fields.splitlines()]
     assert len(rows) == len(delivered)
     for row, ours in zip(rows, delivered, strict=True):
-        kind, fmt, direction, xid, _sequence, target, method, status, rtp_type = row
+        kind, fmt, direction, xid, _sequence, target, nfid, method, status, rtp_type = row
         assert (int(kind), int(fmt), int(direction)) == (
             ours.pdu_type,
             ours.payload_format,
@@ -358,9 +358,11 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
         )
         assert xid == str(XID)
         assert bytes.fromhex(target.split(",")[0]).decode() == TARGET  # shown as octets
+        # ne_identifier, as the Network Function ID (4.0 lists each octets attribute twice)
+        assert {bytes.fromhex(value).decode() for value in nfid.split(",")} == {"gw-interop"}
         if ours.pdu_type == pdu.X2:  # tshark found the SIP message inside
             assert method or status, row
         else:  # and the RTP: PCMU, in clear
             assert rtp_type == "0", row
-    methods = {row[6] for row in rows}
+    methods = {row[7] for row in rows}
     assert {"INVITE", "ACK", "BYE"} <= methods

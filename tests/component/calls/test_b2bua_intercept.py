@@ -90,6 +90,9 @@ async def test_a_call_to_a_target_delivers_its_signalling_as_x2_and_its_media_as
     assert {p.attribute(pdu.MATCHED_TARGET) for p in x2} == {
         ALICE_DID[1:].encode()
     }  # as provisioned: digits only
+    # Which element sent them: its ne_identifier as the Network Function ID (TS 103 221-2
+    # conditional attribute 6), on every PDU, X2 and X3.
+    assert {p.attribute(pdu.NETWORK_FUNCTION_ID) for p in x2 + env.x3()} == {b"gw-test"}
     sequences = sorted(p.sequence for p in x2 + env.x3())  # type: ignore[type-var]
     assert sequences == list(range(len(sequences)))
     assert all(p.attribute(pdu.IP_PROTOCOL) == b"\x11" for p in x2)
@@ -228,6 +231,7 @@ async def test_a_targets_registration_is_delivered_as_x2_with_the_answers(
     assert b"Authorization:" in x2[0].payload
     assert len({p.correlation for p in x2}) == 1
     assert {p.attribute(pdu.MATCHED_TARGET) for p in x2} == {b"sip:alice@127.0.0.1"}
+    assert {p.attribute(pdu.NETWORK_FUNCTION_ID) for p in x2} == {b"gw-test"}
     # Once the task is gone, her registrations are not delivered.
     await env.x1(message("DeactivateTaskRequest", f"<xId>{XID}</xId>"))
     assert (await env.b2bua.alice.register()).status == 200
@@ -472,5 +476,6 @@ async def test_a_target_named_by_its_sip_uri_is_intercepted_when_called_on_its_n
     assert x2[0].direction == pdu.TO_TARGET
     assert any(p.payload.startswith(b"INVITE sip:alice@") for p in x2)
     assert {p.attribute(pdu.MATCHED_TARGET) for p in x2} == {b"sip:alice@127.0.0.1"}
+    assert {p.attribute(pdu.NETWORK_FUNCTION_ID) for p in x2} == {b"gw-test"}
     sequences = [p.sequence for p in x2]
     assert sequences == list(range(len(x2)))

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.plugins.taps.intercept import pdu
+from gateway.plugins.taps.intercept import InterceptConfig, Interception, pdu
 from gateway.plugins.taps.intercept.delivery import DeliveryLink
-from gateway.plugins.taps.intercept.tasks import Destination
+from gateway.plugins.taps.intercept.tasks import Destination, Provisioning
+from tests.component.taps.admf_reports import DID, pki, provision, x1  # noqa: F401 (pki)
 from tests.component.taps.mediation import Mediation
-from tests.interop.harness.pki import TestPki
+from tests.interop.harness.pki import Issued, TestCa, TestPki
 
 XID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 
@@ -73,8 +74,10 @@ async def test_pdus_queued_while_the_mediation_function_is_down_arrive_in_order_
     await nursery.start(mediation.serve)
     await trio.sleep(20)  # the next try (15 s) connects
     assert link.state == "connected"
-    assert [p.sequence for p in mediation.received] == [0, 1, 2, 3, 4]
-    assert mediation.received[0].payload == b"SIP 0"
+    # A keepalive first (the connection ends an outage once it is answered), then the PDUs.
+    assert [p.pdu_type for p in mediation.received] == [pdu.KEEPALIVE] + [pdu.X2] * 5
+    assert [p.sequence for p in mediation.of_type(pdu.X2)] == [0, 1, 2, 3, 4]
+    assert mediation.of_type(pdu.X2)[0].payload == b"SIP 0"
     assert link.sent == 5 and link.dropped == 0
 
 
@@ -154,8 +157,8 @@ async def test_closing_a_link_sends_what_it_holds_then_ends(
 async def test_tls_links_are_mutually_authenticated(
     nursery: trio.Nursery, autojump_clock: trio.abc.Clock, tmp_path: Path
 ) -> None:
-    pki = TestPki(tmp_path)
-    ca, other = pki.ca("Mediation CA"), pki.ca("Some Other CA")
+    test_pki = TestPki(tmp_path)
+    ca, other = test_pki.ca("Mediation CA"), test_pki.ca("Some Other CA")
     mdf, gateway = ca.issue("mdf.example.net"), ca.issue("gateway.example.net")
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca.certificate)
     server.load_cert_chain(mdf.certificate, mdf.key)
@@ -333,3 +336,80 @@ async def test_a_mediation_function_that_drops_each_connection_is_backed_off_and
     assert records[0].getMessage() == f"intercept: connected to destination {link.destination.did}"
     assert "is failing: connection lost: " in records[1].getMessage()
     assert TARGET.decode() not in caplog.text and "INVITE" not in caplog.text
+
+
+async def test_a_mediation_function_that_accepts_but_never_reads_stays_failing_until_it_answers(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # keepalive_interval above the 10 s a connection made during an outage must hold: each
+    # new connection held 10 s before its keepalive went unanswered, and the link logged
+    # "answers again" and "is failing" in turn, a WARNING and an INFO a minute.
+    caplog.set_level(logging.INFO, logger="gateway.plugins.taps.intercept")
+    answering = Mediation()
+    behaves = False
+
+    async def mdf(stream: trio.SocketStream) -> None:
+        if behaves:
+            await answering._connection(stream)
+        else:
+            await trio.sleep_forever()  # accepted, never read, never answered
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, mdf, listeners)
+    link = link_to(listeners[0].socket.getsockname()[1], keepalive=30.0)
+    link.wall_clock = lambda: 1.8e9 + trio.current_time()
+    faults: list[str | None] = []
+    link.on_fault = lambda link: faults.append(link.fault)
+    nursery.start_soon(link.run)
+    link.send(secret_x2(0))
+    await trio.sleep(700)
+    records = delivery_log(caplog)
+    messages = [r.getMessage() for r in records]
+    assert records[0].levelno == logging.INFO, messages  # its first connection
+    assert all(r.levelno == logging.WARNING for r in records[1:]), messages
+    assert "is failing: connection lost: no keepalive acknowledgement" in messages[1]
+    assert all("is still failing: " in line for line in messages[2:]), messages
+    assert 2 <= len(records) - 1 <= 3, messages  # one WARNING, a summary every 300 s
+    assert link.fault is not None and len(faults) == 1  # faulty since, not back and forth
+    behaves = True  # it reads and answers from its next connection on
+    await trio.sleep(60 + 30)  # the next attempt (at most 30 s), its keepalive answered, 10 s
+    records = delivery_log(caplog)[len(records) :]
+    assert [r.levelno for r in records] == [logging.INFO], [r.getMessage() for r in records]
+    assert " answers again, after " in records[0].getMessage()
+    assert link.fault is None and [fault is None for fault in faults] == [False, True]
+    assert answering.of_type(pdu.KEEPALIVE)  # it answered one
+    assert TARGET.decode() not in caplog.text and "INVITE" not in caplog.text
+
+
+async def test_the_links_of_a_tap_log_on_the_taps_wall_clock(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The clock the plugin is given (X1 timestamps, X3 capture times) is the one its delivery
+    # links log by: under autojump_clock a summary names a time the test decided.
+    caplog.set_level(logging.INFO, logger="gateway.plugins.taps.intercept")
+    ca, gateway, _ = pki
+    config = InterceptConfig(
+        x1_listen="127.0.0.1:0",
+        x1_certificate=str(gateway.certificate),
+        x1_private_key=str(gateway.key),
+        x1_ca=str(ca.certificate),
+        ne_identifier="gw-test",
+        delivery_tls=False,
+        state_dir=str(tmp_path / "state"),
+    )
+    tap = Interception(
+        config, provisioning=Provisioning(None), wall_clock=lambda: 2e9 + trio.current_time()
+    )
+    await nursery.start(tap.run)
+    x1(tap, *provision(await free_port(nursery)))  # a destination nobody listens on
+    started = trio.current_time()
+    await trio.sleep(400)
+    link = tap.links[DID]
+    assert link.failures.since is not None
+    assert link.failures.since - 2e9 == pytest.approx(started, abs=1.0)
+    (summary,) = [r.getMessage() for r in delivery_log(caplog) if "still failing" in r.getMessage()]
+    assert " since 2033-05-18 03:33:2" in summary, summary  # 2e9 s

@@ -29,4 +29,4 @@ def test_it_prints_a_cost_per_packet_for_each_case_beside_srtp_protect() -> None
     ]
     assert all(float(us) > 0 for _, us, _ in rows)
     assert float(rows[0][2]) == 1.0  # the yardstick against itself
-    assert "PDU octets per packet and destination: 247 (172 of them the packet)" in result.stdout
+    assert "PDU octets per packet and destination: 260 (172 of them the packet)" in result.stdout

@@ -21,8 +21,14 @@ Request-URI and To for the callee) gets, for as long as the call lives:
   sends": "Alternatively format 5/6 (whole IP packet)"); format 8 would tell the mediation
   function it is RTP, which it is not;
 
-with one correlation ID for every PDU of the call, and the direction relative to the target (sent
-by it, or to it) on each. A target's REGISTERs (its address of record a target) and our answers
+with one correlation ID for every PDU of the call, the direction relative to the target (sent
+by it, or to it) on each, and on each the element that sent it: ``ne_identifier``, the name X1
+knows it by, as the Network Function ID (conditional attribute 6, TS 103 221-2 §5.3). Behind a
+load balancer every node is a POI of its own, with its own X1, store and sequence numbers; the
+NFID is how a mediation function fed by several tells them apart (the same XID activated on
+each numbers its PDUs from 0 on each), so each node needs its own ``ne_identifier``.
+
+A target's REGISTERs (its address of record a target) and our answers
 to them, which belong to no call, are X2 too: the tap is also a SIP capture agent
 (``message``). PDUs go to the task's destinations through :mod:`.delivery` links (TLS with
 client certificates by default, keepalives, reconnects, a bounded queue: a slow mediation
@@ -93,6 +99,8 @@ MAX_PENDING_REGISTRATIONS = 10_000  # REGISTER transactions of targets awaiting 
 # check-config --intercept warns of a certificate expiring within this (seconds): time to have
 # one issued by the LI PKI and to find someone cleared to install it.
 EXPIRY_WARNING = 30 * 86_400
+# The longest ne_identifier: TS 103 280's ShortString, the X1 type of neIdentifier.
+MAX_NE_IDENTIFIER = 255
 _CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 
 
@@ -176,6 +184,9 @@ class InterceptConfig:
                     )
         if not self.ne_identifier:
             raise ValueError("ne_identifier: must not be empty")
+        if len(self.ne_identifier.encode()) > MAX_NE_IDENTIFIER:
+            # It is in every X2/X3 PDU (the Network Function ID): a bound, as on the X1 side.
+            raise ValueError(f"ne_identifier: at most {MAX_NE_IDENTIFIER} octets (UTF-8)")
         if self.admf_certificates and self.admf_identifiers:
             # Both name the ADMFs taken: an identifier in one only would be refused always.
             unlisted = sorted(set(self.admf_certificates) ^ set(self.admf_identifiers))
@@ -394,6 +405,10 @@ class Interception:
         self._registrations: dict[str, tuple[list[Match], _Copy]] = {}
         self._sinks: dict[str, InterceptSink] = {}  # the calls intercepted now, by call id
         self._ask_again: Callable[[], None] | None = None
+        # Every X2/X3 PDU names the element that sent it (the module docstring), encoded once.
+        self._network_function = pdu.encode_attributes(
+            ((pdu.NETWORK_FUNCTION_ID, config.ne_identifier.encode()),)
+        )
 
     # -- MediaTap -------------------------------------------------------------------------------
 
@@ -428,6 +443,7 @@ class Interception:
             correlation,
             self._wall_clock,
             on_close=lambda: self._sinks.pop(call.call_id, None),
+            network_function=self._network_function,
         )
         self._sinks[call.call_id] = sink
         return sink
@@ -491,7 +507,7 @@ class Interception:
         correlation = correlation_id("REGISTER " + call_id)
         addresses = _addresses(copy.source, copy.destination, copy.transport)
         for match in matches:
-            more = addresses + _matched_target(match)
+            more = addresses + self._network_function + _matched_target(match)
             for link in self.links_for(match, "X2"):
                 link.send(_x2(link, match, correlation, direction, copy.data, more, copy.at))
 
@@ -654,6 +670,7 @@ class Interception:
             queue=self.config.queue,
             keepalive_interval=self.config.keepalive_interval,
             version=self.config.pdu_version,
+            wall_clock=self._wall_clock,  # the plugin's one clock: X1, X3 times, the log
         )
         if sequences is not None:
             link.sequences.update(sequences)
@@ -723,9 +740,12 @@ class InterceptSink:
         wall_clock: Callable[[], float],
         *,
         on_close: Callable[[], object] = lambda: None,
+        network_function: bytes = b"",
     ) -> None:
-        # Each match with its Matched Target Identifier attribute, encoded once per call.
-        self._matches = [(match, _matched_target(match)) for match in matches]
+        # The Network Function ID attribute (encoded), then each match's Matched Target
+        # Identifier: the attributes every PDU of the match carries, encoded once per call.
+        self._network_function = network_function
+        self._matches = [(match, self._attributes_of(match)) for match in matches]
         self._on_close = on_close
         self._links_for = links_for
         self._correlation = correlation
@@ -746,21 +766,21 @@ class InterceptSink:
         if self._closed.is_set():
             return
         addresses = _addresses(source, destination, transport)
-        for match, target in self._matches:
+        for match, attributes in self._matches:
             # On the target's own leg, what it sent arrives; on the other leg, what we send on
             # is what the target sent (and what arrives is on its way to the target).
             sent_by_target = inbound if leg == match.side else not inbound
             direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
             for link in self._links_for(match, "X2"):
                 link.send(
-                    _x2(link, match, self._correlation, direction, data, addresses + target, at)
+                    _x2(link, match, self._correlation, direction, data, addresses + attributes, at)
                 )
 
     def packet(self, stream_id: str, direction: str, rtp: bytes, *, now: float) -> None:
         if self._closed.is_set() or _is_rtcp(rtp):
             return
         at = self._wall_clock()
-        for match, target in self._matches:
+        for match, attributes in self._matches:
             sent_by_target = (direction == "a_to_b") == (match.side == "a")
             pdu_direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
             xid = match.task.xid
@@ -774,7 +794,7 @@ class InterceptSink:
                         self._correlation,
                         link.next_sequence(xid),
                         at,
-                        target,
+                        attributes,
                         rtp,
                         link.version,
                     )
@@ -799,7 +819,7 @@ class InterceptSink:
         except ValueError:
             return  # not IP literals (an in-memory network): nothing to build a packet from
         at = self._wall_clock()
-        for match, target in self._matches:
+        for match, attributes in self._matches:
             sent_by_target = (direction == "a_to_b") == (match.side == "a")
             pdu_direction = pdu.FROM_TARGET if sent_by_target else pdu.TO_TARGET
             xid = match.task.xid
@@ -813,7 +833,7 @@ class InterceptSink:
                         self._correlation,
                         link.next_sequence(xid),
                         at,
-                        target,
+                        attributes,
                         packet,
                         link.version,
                     )
@@ -826,14 +846,19 @@ class InterceptSink:
         """The party on ``side`` left the call (a transfer): a target that was there is no
         longer in it, so its tasks deliver nothing more of this call (the people now talking
         are not its targets); a task whose target is on the other side goes on."""
-        self._matches = [(match, target) for match, target in self._matches if match.side != side]
+        self._matches = [
+            (match, attributes) for match, attributes in self._matches if match.side != side
+        ]
 
     def add_matches(self, matches: list[Match]) -> None:
         """Tasks activated during the call that it matches too (their PDUs from now on)."""
         known = {(match.task.xid, match.side) for match, _ in self._matches}
         for match in matches:
             if (match.task.xid, match.side) not in known:
-                self._matches.append((match, _matched_target(match)))
+                self._matches.append((match, self._attributes_of(match)))
+
+    def _attributes_of(self, match: Match) -> bytes:
+        return self._network_function + _matched_target(match)
 
     def close(self) -> None:
         self._closed.set()
@@ -864,7 +889,8 @@ def _x2(
     at: float,
 ) -> bytes:
     """An X2 PDU carrying the SIP message ``data`` for ``match``'s task on ``link``, its
-    attributes after the sequence number and timestamp ``more_attributes`` (addresses, target)."""
+    attributes after the sequence number and timestamp ``more_attributes`` (addresses,
+    network function, target)."""
     xid = match.task.xid
     return pdu.encode_copy(
         pdu.X2,

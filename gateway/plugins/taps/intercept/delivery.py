@@ -16,20 +16,32 @@ Keepalives (§5.2.2 types 3/4): after ``keepalive_interval`` seconds without a P
 send a keepalive; if the acknowledgement (which echoes its sequence number) has not come after
 another interval the connection is taken as dead and is made again. The mediation function's own
 keepalives are acknowledged. A link that cannot connect tries again after 1, 2, 4 ... up to 30
-seconds; a connection lost is made again at once, unless it was made during an outage and held
-less than :data:`STABLE` seconds (a mediation function that accepts and drops us, refusing our
-certificate after a TLS 1.3 handshake): then the outage goes on, with the same back-off.
+seconds; a connection lost is made again at once, unless it was made during an outage: then the
+outage goes on, with the same back-off.
+
+The end of an outage. A connection that is made says little: a mediation function that refuses
+our certificate after a TLS 1.3 handshake, or one that accepts and never reads (TCP buffers
+our PDUs for a while), both "connect". So a connection made during an outage begins with a
+keepalive, and the outage is over only once that keepalive is acknowledged (the mediation
+function reads what we send and answers) and the connection has held :data:`STABLE` seconds,
+whichever comes last; no acknowledgement within ``keepalive_interval`` and the connection is one
+more failure of the outage. Without that probe, a link whose ``keepalive_interval`` exceeds
+:data:`STABLE` told the log (and the ADMF) "working" and "failing" in turn, once a cycle, for a
+mediation function that never answered at all.
 
 Log (gateway/core/failure_log.py, :attr:`DeliveryLink.failures`): a destination that keeps
 failing is one WARNING with the reason and what happens to its PDUs meanwhile, a summary every
-300 s, and one INFO once a connection has held for :data:`STABLE` seconds, rather than a line
-per attempt. The lines name the destination's DID and address, never a target or what was
-intercepted (the plugin's rule, lawful_intercept.md "Keeping it covert").
+300 s, and one INFO once the outage is over (above), rather than a line per attempt. The lines
+name the destination's DID and address, never a target or what was intercepted (the plugin's
+rule, lawful_intercept.md "Keeping it covert"). Their times come from ``wall_clock``, the
+plugin's own (the one its X1 answers and X3 capture times use), so a test in virtual time
+decides them.
 
 Health (:attr:`DeliveryLink.fault`): why delivery fails now, or None while it works. A link is
 faulty from a failed connection attempt (refused, TLS, timeout) or a lost connection until a
-connection is made, and from a PDU dropped because the queue was full until the queue is empty
-again. That one value answers GetDestinationDetails and decides the reports to the ADMF
+connection is made and, during an outage, until the outage is over (above: the log and the
+health say the same), and from a PDU dropped because the queue was full until the queue is
+empty again. That one value answers GetDestinationDetails and decides the reports to the ADMF
 (:mod:`.reports`), so the two cannot disagree; ``on_fault`` (set only when reports are sent)
 hears each change between working and faulty.
 """
@@ -60,7 +72,8 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 30.0
 CONNECT_TIMEOUT = 10.0
 STABLE = 10.0
-"""Seconds a connection made during an outage must hold before the outage is over (logged)."""
+"""Seconds a connection made during an outage must hold (its first keepalive acknowledged)
+before the outage is over."""
 
 
 class DeliveryLink:
@@ -72,6 +85,7 @@ class DeliveryLink:
         queue: int,
         keepalive_interval: float,
         version: int,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.destination = destination
         self.ssl_context = ssl_context  # read at each connect: a SIGHUP reload swaps it
@@ -86,14 +100,15 @@ class DeliveryLink:
         self.connections = 0
         self._keepalive_sequence = 0
         self._awaiting_ack: int | None = None
+        self._acknowledged = trio.Event()  # the awaited keepalive was acknowledged
         self._closed = False
         self.fault: str | None = None
         """Why delivery fails now (None: it works); see the module docstring."""
         self.on_fault: Callable[[DeliveryLink], object] | None = None
         """Told when :attr:`fault` turns from None to a reason or back (reports to the ADMF)."""
         self._overflow = False  # a PDU was dropped for a full queue, and it has not emptied since
-        self.wall_clock: Callable[[], float] = time.time
-        """Unix time, for the log's summaries (tests set it)."""
+        self.wall_clock = wall_clock
+        """Unix time, for the log's lines: the plugin's clock (``Interception(wall_clock=)``)."""
         where = format_host_port(*destination.address)
         self.failures = FailureLog(
             log,
@@ -165,11 +180,12 @@ class DeliveryLink:
                 continue
             self.connections += 1
             self.state = "connected"
-            self._set_fault(self._overflow_reason() if self._overflow else None)
             outage = self.failures.failing
             if not outage:
+                self._set_fault(self._overflow_reason() if self._overflow else None)
                 self._backoff = 1.0
                 log.info("intercept: connected to destination %s", self.destination.did)
+            # During an outage the fault stays until _held() says it is over.
             connected_at = trio.current_time()
             try:
                 await self._serve(stream, self._held if outage else None)
@@ -193,8 +209,9 @@ class DeliveryLink:
             self.state = "notConnected"
             held = trio.current_time() - connected_at
             if self.failures.failing:
-                # Made during the outage and lost before it held: the outage goes on, and so
-                # does its back-off (no reconnection loop with a peer that drops us at once).
+                # Made during the outage and lost before it was over (held, its keepalive
+                # answered): the outage goes on, and so does its back-off (no reconnection
+                # loop with a peer that drops us at once).
                 self.failures.failed(f"{why} after {held:.3g} s", now=self.wall_clock())
                 await self._back_off()
             else:
@@ -205,8 +222,10 @@ class DeliveryLink:
         self._backoff = min(MAX_BACKOFF, self._backoff * 2)
 
     def _held(self) -> None:
-        """A connection made during an outage held :data:`STABLE` seconds: the outage is over."""
+        """A connection made during an outage held :data:`STABLE` seconds and its first
+        keepalive was acknowledged: the outage is over."""
         self._backoff = 1.0
+        self._set_fault(self._overflow_reason() if self._overflow else None)
         self.failures.answered(
             now=self.wall_clock(),
             outcome=f"connected {STABLE:g} s ago, {self._receive.statistics().current_buffer_used} "
@@ -229,16 +248,19 @@ class DeliveryLink:
         self, stream: trio.abc.Stream, held: Callable[[], object] | None = None
     ) -> None:
         """Write the queue and read acknowledgements until either side fails; raises what
-        ended it (exception groups kept out: one link, one cause). ``held`` is called once the
-        connection has held :data:`STABLE` seconds."""
+        ended it (exception groups kept out: one link, one cause). With ``held`` (a connection
+        made during an outage) a keepalive goes first, and ``held`` is called once it is
+        acknowledged and the connection has held :data:`STABLE` seconds."""
         self._awaiting_ack = None
+        self._acknowledged = trio.Event()
         lock = trio.Lock()  # the writer and the reader's acknowledgements share the stream
         failures: list[Exception] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, stream, lock, failures, nursery.cancel_scope)
-            if held is not None:
-                nursery.start_soon(_after, STABLE, held)
             try:
+                if held is not None:
+                    await self._send_within(stream, lock, self._next_keepalive())
+                    nursery.start_soon(self._confirm, held, failures, nursery.cancel_scope)
                 await self._write(stream, lock)
             except (
                 OSError,
@@ -263,17 +285,38 @@ class DeliveryLink:
                     raise _EndOfQueue from None
             if idle.cancelled_caught:
                 if self._awaiting_ack is not None:
-                    raise PduError("no keepalive acknowledgement")
-                self._keepalive_sequence = (self._keepalive_sequence + 1) & 0xFFFFFFFF
-                self._awaiting_ack = self._keepalive_sequence
-                data = keepalive(self._keepalive_sequence, version=self.version)
+                    raise PduError(_NO_ACKNOWLEDGEMENT)
+                data = self._next_keepalive()
             else:
                 self.sent += 1
             await self._send_within(stream, lock, data)
             if self._overflow and self._receive.statistics().current_buffer_used == 0:
-                # The backlog is written: PDUs flow again, with a gap the sequence numbers show.
+                # The backlog is written: PDUs flow again, with a gap the sequence numbers show
+                # (during an outage the fault stays until it is over: _held()).
                 self._overflow = False
-                self._set_fault(None)
+                if not self.failures.failing:
+                    self._set_fault(None)
+
+    def _next_keepalive(self) -> bytes:
+        """A keepalive whose acknowledgement is awaited from now on."""
+        self._keepalive_sequence = (self._keepalive_sequence + 1) & 0xFFFFFFFF
+        self._awaiting_ack = self._keepalive_sequence
+        return keepalive(self._keepalive_sequence, version=self.version)
+
+    async def _confirm(
+        self, held: Callable[[], object], failures: list[Exception], scope: trio.CancelScope
+    ) -> None:
+        """The end of an outage (module docstring): the first keepalive of the connection
+        acknowledged within a keepalive interval, and :data:`STABLE` seconds held."""
+        deadline = trio.current_time() + STABLE
+        with trio.move_on_after(self._keepalive_interval):
+            await self._acknowledged.wait()
+        if not self._acknowledged.is_set():
+            failures.append(PduError(_NO_ACKNOWLEDGEMENT))
+            scope.cancel()
+            return
+        await trio.sleep_until(deadline)
+        held()
 
     async def _read(
         self,
@@ -291,6 +334,7 @@ class DeliveryLink:
                 for pdu in reader.feed(bytes(data)):
                     if pdu.pdu_type == KEEPALIVE_ACK and pdu.sequence == self._awaiting_ack:
                         self._awaiting_ack = None
+                        self._acknowledged.set()
                     elif pdu.pdu_type == KEEPALIVE and pdu.sequence is not None:
                         ack = keepalive(pdu.sequence, version=self.version, acknowledgement=True)
                         await self._send_within(stream, lock, ack)
@@ -313,9 +357,7 @@ class DeliveryLink:
                 await stream.send_all(data)
 
 
-async def _after(delay: float, function: Callable[[], object]) -> None:
-    await trio.sleep(delay)
-    function()
+_NO_ACKNOWLEDGEMENT = "no keepalive acknowledgement"
 
 
 class _EndOfQueue(Exception):

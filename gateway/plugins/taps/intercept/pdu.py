@@ -55,6 +55,7 @@ TO_TARGET = 2
 FROM_TARGET = 3
 
 # Conditional attribute types (§5.3)
+NETWORK_FUNCTION_ID = 6  # NFID: the element that sent the PDU (our ne_identifier, UTF-8)
 SEQUENCE_NUMBER = 8
 TIMESTAMP = 9
 SOURCE_IPV4 = 10
