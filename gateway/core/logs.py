@@ -4,9 +4,10 @@ Theory of operation. The project's rule is that secrets (SRTP keys, DTLS private
 passwords, digest HA1) never reach a log. The core keeps it for the messages it writes; it
 cannot for the text of an exception a plugin raises: a key-exchange plugin for a new phone model
 that writes ``raise ValueError(f"bad key {key!r}")`` would put the leg's SRTP master key in the
-gateway's log through a plain ``log.exception``. So every site of the core that logs an exception
-goes through :func:`log_exception`, which renders the traceback itself (:func:`format_exception`):
-each frame's file, line and function, and the type of every exception of the chain
+gateway's log through a plain ``log.exception``. So every site of the core and of the built-in
+plugins that logs an exception goes through :func:`log_exception` (any plugin may import it),
+which renders the traceback itself (:func:`format_exception`): each frame's file, line and
+function, and the type of every exception of the chain
 (``__cause__``, ``__context__``, the members of an exception group), which is what an operator
 needs to report the bug, but the text (message and notes) of an exception only when the core
 wrote it: when every frame its traceback passed through is the core's (``gateway.core``) or a

@@ -42,6 +42,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from gateway.core.failure_log import SUMMARY_INTERVAL, FailureLog
+from gateway.core.logs import log_exception
 
 log = logging.getLogger(__name__)
 
@@ -536,7 +537,7 @@ class OcspChecker:
         except Exception as exc:
             # The peer's bytes: whatever they make the parser raise is an ignored staple.
             if not isinstance(exc, OcspError):
-                log.exception("a stapled OCSP answer could not be checked")
+                log_exception(log, "a stapled OCSP answer could not be checked")
             self.stapled["invalid"] += 1
             return str(exc) or type(exc).__name__
         self.stapled[answer.status] += 1
@@ -590,7 +591,7 @@ class OcspChecker:
             # The certificate and the answer are a peer's and a responder's bytes: whatever
             # they make the parsers raise is a failed query, never a crashed listener.
             if not isinstance(exc, OcspError):
-                log.exception("OCSP query to %s failed unexpectedly", target.url)
+                log_exception(log, "OCSP query to %s failed unexpectedly", target.url)
             self.queries["failed"] += 1
             reason = str(exc) or type(exc).__name__
             self._responder_failed(target.url, reason)

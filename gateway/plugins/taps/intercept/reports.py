@@ -70,6 +70,7 @@ import h11
 import trio
 
 from gateway.core.failure_log import FailureLog
+from gateway.core.logs import log_exception
 from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.x1 import (
     MAX_DOCUMENT,
@@ -383,7 +384,7 @@ class Reporter:
                 if isinstance(exc, _EXPECTED):
                     why = str(exc) or type(exc).__name__
                 else:
-                    log.exception("intercept: a report to the ADMF failed")
+                    log_exception(log, "intercept: a report to the ADMF failed")
                     why = f"{type(exc).__name__} (logged)"
                 self.failures.failed(f"cannot report a {kind}: {why}", now=self._wall_clock())
                 await trio.sleep(backoff)
