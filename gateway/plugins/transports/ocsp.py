@@ -43,6 +43,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from gateway.core.failure_log import SUMMARY_INTERVAL, FailureLog
 from gateway.core.logs import log_exception
+from gateway.core.sip.uri import redact_password
 
 log = logging.getLogger(__name__)
 
@@ -162,28 +163,30 @@ def parse_http_url(url: str) -> tuple[str, int, str]:
     """``http://host[:port][/path]`` as (host, port, path); ValueError otherwise. The URL comes
     from a peer's certificate: no spaces or control characters (they would end up in our
     request line), ``http`` only (RFC 6960 Appendix A.1; OCSP over HTTPS would need its own
-    revocation check)."""
+    revocation check). The URL is quoted with its password hidden (it may come from a
+    configuration's crl_urls)."""
+    shown = redact_password(url)
     if not url.isascii() or not url.isprintable() or " " in url:
-        raise ValueError(f"not a usable URL: {url!r}")
+        raise ValueError(f"not a usable URL: {shown!r}")
     scheme, separator, rest = url.partition("://")
     if scheme.lower() != "http" or not separator:
-        raise ValueError(f"expected an http:// URL, got {url!r}")
+        raise ValueError(f"expected an http:// URL, got {shown!r}")
     authority, slash, path = rest.partition("/")
     path = "/" + path if slash else "/"
     if "@" in authority:
-        raise ValueError(f"expected no user name in {url!r}")
+        raise ValueError(f"expected no user name in {shown!r}")
     if authority.startswith("["):
         host, bracket, port_text = authority[1:].partition("]")
         if not bracket or (port_text and not port_text.startswith(":")):
-            raise ValueError(f"bad host in {url!r}")
+            raise ValueError(f"bad host in {shown!r}")
         port_text = port_text[1:]
         ipaddress.IPv6Address(host)  # ValueError names it
     else:
         host, _, port_text = authority.partition(":")
     if not host:
-        raise ValueError(f"no host in {url!r}")
+        raise ValueError(f"no host in {shown!r}")
     if port_text and (not port_text.isdigit() or not 0 < int(port_text) <= 65535):
-        raise ValueError(f"bad port in {url!r}")
+        raise ValueError(f"bad port in {shown!r}")
     return host, int(port_text) if port_text else 80, path
 
 

@@ -71,6 +71,7 @@ import trio
 
 from gateway.core.failure_log import FailureLog
 from gateway.core.logs import log_exception
+from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.x1 import (
     MAX_DOCUMENT,
@@ -272,9 +273,9 @@ class Endpoint:
         except ValueError:
             parts, port = None, 0
         if parts is None or parts.scheme != "https" or not parts.hostname or not port:
-            raise ValueError(f"expected https://HOST[:PORT][/PATH], not {url!r}")
+            raise ValueError(f"expected https://HOST[:PORT][/PATH], not {redact_password(url)!r}")
         if parts.username or parts.password or parts.query or parts.fragment:
-            raise ValueError(f"no user, password, query or fragment: {url!r}")
+            raise ValueError(f"no user, password, query or fragment: {redact_password(url)!r}")
         return cls(parts.hostname, port, parts.path or "/")
 
 
