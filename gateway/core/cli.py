@@ -18,7 +18,7 @@ from gateway import __version__
 from gateway.core import config as config_mod
 from gateway.core.config import ConfigError, GatewayConfig, TrunkAddress
 from gateway.core.logs import log_exception, show_plugin_exception_text
-from gateway.core.plugins import PluginError, discover, load_plugins
+from gateway.core.plugins import PluginError, Plugins, discover, load_plugins
 from gateway.core.store.errors import StoreError
 
 EXIT_OK = 0
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="([gateway] log_level)"
     )
+    _plugin_text_option(run)
 
     plugins = sub.add_parser(
         "plugins",
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distribution and version, whether the configuration enables it, and what it registers.",
     )
     plugins.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    _plugin_text_option(plugins)
 
     check = sub.add_parser(
         "check-config",
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also report the validity of the [plugins.intercept] certificates (for those "
         "cleared for lawful interception; without it nothing is said of them)",
     )
+    _plugin_text_option(check)
 
     sub.add_parser(
         "metrics-password",
@@ -246,6 +249,27 @@ def _load_config(path: str | None) -> GatewayConfig:
     return config_mod.from_toml(path) if path else config_mod.embedded_defaults()
 
 
+def _plugin_text_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugin-exception-text",
+        action="store_true",
+        help="show the text of exceptions raised in plugin code (a plugin that fails to load, "
+        "logged tracebacks), as [gateway] log_plugin_exception_text = true does: to debug a "
+        "plugin only, as that text may hold keys or passwords",
+    )
+
+
+def _load_plugins(config: GatewayConfig, args: argparse.Namespace | None, **kwargs: Any) -> Plugins:
+    """:func:`load_plugins`, its errors saying the text of a plugin's exception only when
+    ``[gateway] log_plugin_exception_text`` or ``--plugin-exception-text`` asks for it (they
+    always say the plugin, its module, the exception's type and where it was raised)."""
+    show_plugin_exception_text(
+        config.gateway.log_plugin_exception_text
+        or bool(getattr(args, "plugin_exception_text", False))
+    )
+    return load_plugins(config, **kwargs)
+
+
 def _apply_run_overrides(config: GatewayConfig, args: argparse.Namespace) -> GatewayConfig:
     data: dict[str, dict[str, object]] = {}
     if args.listen:
@@ -255,6 +279,8 @@ def _apply_run_overrides(config: GatewayConfig, args: argparse.Namespace) -> Gat
         gateway_over["state_dir"] = args.state_dir
     if args.log_level:
         gateway_over["log_level"] = args.log_level
+    if args.plugin_exception_text:  # for the media workers too
+        gateway_over["log_plugin_exception_text"] = True
     if gateway_over:
         data["gateway"] = gateway_over
     media_over: dict[str, object] = {}
@@ -275,8 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         level=config.gateway.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    show_plugin_exception_text(config.gateway.log_plugin_exception_text)
-    plugins = load_plugins(config)
+    plugins = _load_plugins(config, args)
     gateway = Gateway(config, plugins)
     _tune_garbage_collector(config.gateway.gc_thresholds)
     try:
@@ -313,7 +338,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     installed = discover()
     enabled = set(config.plugins.enable)
-    loaded = load_plugins(config, installed=installed) if enabled else None
+    loaded = _load_plugins(config, args, installed=installed) if enabled else None
     width = max((len(n) for n in installed), default=4)
     print(f"{'NAME':<{width}}  {'STATE':<8}  DISTRIBUTION          REGISTERS")
     for name in sorted(installed):
@@ -344,7 +369,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = config_mod.from_toml(args.file)
-    plugins = load_plugins(config)
+    plugins = _load_plugins(config, args)
     from gateway.core.gateway import Gateway
 
     gateway = Gateway(config, plugins)
@@ -937,7 +962,7 @@ def _check_media_policy(name: str, config: GatewayConfig) -> None:
     the account on a policy nobody knows (the gateway then refuses cleartext on its legs)."""
     from gateway.core.media.policy import all_policies
 
-    plugins = load_plugins(config)
+    plugins = _load_plugins(config, None)
     known = all_policies(plugins.media_policies.items())
     if name not in known:
         raise ConfigError(
@@ -981,7 +1006,7 @@ def cmd_registrations(args: argparse.Namespace) -> int:
 
     store, config = _open_store(args)
     try:
-        plugins = load_plugins(config)
+        plugins = _load_plugins(config, args)
         devices = DeviceIdentifier(plugins.device_profiles.items(), None, clock=time.monotonic)
         now = time.time()
         names = [args.account] if args.account else [a.name for a in store.accounts_list()]
@@ -1030,7 +1055,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
     store, config = _open_store(args)
     try:
-        plugins = load_plugins(config)
+        plugins = _load_plugins(config, args)
         if args.from_trunk is not None:
             if config.trunk(args.from_trunk) is None:
                 known = ", ".join(t.name for t in config.trunks) or "(none)"
@@ -1101,6 +1126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except OSError as exc:
         print(f"voipgw: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception:
+        # A bug, or a plugin's code that raised (check-config builds the gateway, which asks
+        # the plugins): logged as the gateway logs one, not printed whole by the interpreter,
+        # which would show the text of a plugin's exception. `run` logs its own (cmd_run).
+        log_exception(log, "voipgw %s stopped on an unexpected error", args.command)
         return EXIT_RUNTIME
 
 

@@ -4,9 +4,10 @@ Theory of operation. The project's rule is that secrets (SRTP keys, DTLS private
 passwords, digest HA1) never reach a log. The core keeps it for the messages it writes; it
 cannot for the text of an exception a plugin raises: a key-exchange plugin for a new phone model
 that writes ``raise ValueError(f"bad key {key!r}")`` would put the leg's SRTP master key in the
-gateway's log through a plain ``log.exception``. So every site of the core that logs an exception
-goes through :func:`log_exception`, which renders the traceback itself (:func:`format_exception`):
-each frame's file, line and function, and the type of every exception of the chain
+gateway's log through a plain ``log.exception``. So every site of the core and of the built-in
+plugins that logs an exception goes through :func:`log_exception` (any plugin may import it),
+which renders the traceback itself (:func:`format_exception`): each frame's file, line and
+function, and the type of every exception of the chain
 (``__cause__``, ``__context__``, the members of an exception group), which is what an operator
 needs to report the bug, but the text (message and notes) of an exception only when the core
 wrote it: when every frame its traceback passed through is the core's (``gateway.core``) or a
@@ -86,6 +87,49 @@ def exception_text(exc: BaseException) -> str:
     return WITHHELD
 
 
+def describe_exception(exc: BaseException, *, shown: tuple[type[BaseException], ...] = ()) -> str:
+    """``exc`` in one line, for where no traceback is shown (a plugin that failed to load, in
+    the command's error line): its type, where it was raised, and its text as
+    :func:`exception_text` allows, e.g. ``ValueError at /opt/acme/keys.py:12:
+    <text withheld: raised in plugin code>``. An exception of one of the ``shown`` types keeps
+    its text wherever it was raised: the caller's contract with plugins says its message is
+    written for the operator (names a file and a reason, never key bytes).
+
+    Where: the innermost frame of its traceback that is not a library's (the plugin's line
+    that imported a missing module, not importlib's), or a SyntaxError's own file and line.
+    A ModuleNotFoundError also names the module it did not find (``exc.name``: what the import
+    system looked for, not a text anybody wrote), the usual reason a plugin cannot load."""
+    name = _type_name(exc)
+    where = _where(exc)
+    if where:
+        name = f"{name} at {where}"
+    if isinstance(exc, ModuleNotFoundError) and isinstance(exc.name, str):
+        name = f"{name} (no module named {exc.name!r})"
+    show = _show_plugin_text or isinstance(exc, shown) or not raised_in_plugin_code(exc)
+    text = _safe_str(exc) if show else WITHHELD
+    return f"{name}: {text}" if text else name
+
+
+def _type_name(exc: BaseException) -> str:
+    kind = type(exc)
+    if kind.__module__ in ("builtins", "__main__"):
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _where(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{exc.filename}:{exc.lineno}"
+    found = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__")
+        if not isinstance(module, str) or module.partition(".")[0] not in _LIBRARIES:
+            found = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
 def format_exception(exc: BaseException) -> str:
     """``exc``'s traceback as Python prints it (causes and contexts first, exception groups
     with their members), frames as file, line and function without source lines, and the text
@@ -157,10 +201,7 @@ def _format(
                 f'{prefix}  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}'
             )
             tb = tb.tb_next
-    kind = type(exc)
-    name = kind.__qualname__
-    if kind.__module__ not in ("builtins", "__main__"):
-        name = f"{kind.__module__}.{name}"
+    name = _type_name(exc)
     show = _show_plugin_text or not raised_in_plugin_code(exc)
     text = _safe_str(exc) if show else WITHHELD
     withheld |= not show

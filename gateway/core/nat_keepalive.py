@@ -37,7 +37,7 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request
-from gateway.core.sip.uri import SipUri
+from gateway.core.sip.uri import SipUri, redact_password
 from gateway.core.store.errors import StoreBusy
 from gateway.core.store.interface import Binding, Store
 from gateway.core.transport.flows import format_host_port
@@ -160,14 +160,16 @@ class NatKeepalive:
         try:
             answered = await self.ping(binding)
         except Exception:
-            log_exception(log, "keepalive to %s failed", binding.contact)
+            log_exception(log, "keepalive to %s failed", redact_password(binding.contact))
             answered = True  # a bug of ours is no reason to take the phone out
         finally:
             limit.release()
         try:
             self._count(key, binding, answered)
         except Exception:  # the store failing otherwise than busy: the gateway goes on
-            log_exception(log, "keepalive bookkeeping for %s failed", binding.contact)
+            log_exception(
+                log, "keepalive bookkeeping for %s failed", redact_password(binding.contact)
+            )
 
     async def ping(self, binding: Binding) -> bool:
         """One OPTIONS to ``binding``'s contact through its NAT: whether it was answered."""
@@ -212,7 +214,7 @@ class NatKeepalive:
                 self.store.remove_binding(binding.aor, binding.key)
         except StoreBusy as exc:
             self.failures[key] = failures  # tried again after the next failure
-            log.warning("dead contact %s kept for now: %s", binding.contact, exc)
+            log.warning("dead contact %s kept for now: %s", redact_password(binding.contact), exc)
             return
         self._forget(key)
         if stored is None or (stored.call_id, stored.cseq) != (binding.call_id, binding.cseq):

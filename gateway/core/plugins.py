@@ -17,6 +17,8 @@ import pluggy
 
 from gateway.core import hookspecs
 from gateway.core.config import ConfigError, GatewayConfig, structure
+from gateway.core.interfaces import ReloadError
+from gateway.core.logs import WITHHELD, describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,26 @@ REGISTRY_HOOKS: dict[str, str] = {
 
 
 class PluginError(Exception):
-    """A plugin could not be loaded or misbehaved at start-up. The message says which and why."""
+    """A plugin could not be loaded or misbehaved at start-up. The message says which and why:
+    for an exception the plugin raised, its type and file and line, not its text unless the
+    operator asked for plugin exception texts (:func:`failure`)."""
+
+
+SHOW_TEXT_HINT = (
+    "(the text of exceptions raised in plugin code is withheld, as it may hold keys or "
+    "passwords; --plugin-exception-text or [gateway] log_plugin_exception_text = true shows it)"
+)
+
+
+def failure(exc: BaseException) -> str:
+    """What a start-up error may say of ``exc``, an exception a plugin raised: its type, the
+    file and line it was raised at, and its text only when it may be shown
+    (:func:`gateway.core.logs.describe_exception`), else how to show it. The core's errors
+    whose message is written for the operator keep it, as at a reload (gateway/core/reload.py):
+    :class:`ConfigError`, :class:`PluginError` and :class:`~gateway.core.interfaces.ReloadError`
+    and their subclasses (the TLS plugins' CertificateError: "ca.key holds no PEM")."""
+    described = describe_exception(exc, shown=(ConfigError, PluginError, ReloadError))
+    return f"{described} {SHOW_TEXT_HINT}" if described.endswith(WITHHELD) else described
 
 
 @attrs.frozen
@@ -167,8 +188,7 @@ class Plugins:
                     raise
                 except Exception as exc:
                     raise PluginError(
-                        f"plugin {impl.plugin_name!r} failed in {hook_name}: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"plugin {impl.plugin_name!r} failed in {hook_name}: {failure(exc)}"
                     ) from exc
                 finally:
                     registry._current_plugin = "<core>"
@@ -231,7 +251,7 @@ def load_plugins(
         except Exception as exc:
             raise PluginError(
                 f"plugin {name!r} ({plugin.value} from {plugin.distribution} {plugin.version}) "
-                f"failed to import: {type(exc).__name__}: {exc}"
+                f"failed to import: {failure(exc)}"
             ) from exc
         _register(pm, obj, name)
     for name, obj in extra:
@@ -269,7 +289,12 @@ def _plugin_configs(pm: pluggy.PluginManager, config: GatewayConfig) -> dict[str
     declared: set[str] = set()
     for impl in pm.hook.gateway_plugin_config.get_hookimpls():
         name = impl.plugin_name
-        cls = impl.function()
+        try:
+            cls = impl.function()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {name!r} failed in gateway_plugin_config: {failure(exc)}"
+            ) from exc
         if cls is None:
             continue
         if not isinstance(cls, type) or not attrs.has(cls):

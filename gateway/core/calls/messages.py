@@ -74,7 +74,7 @@ from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.transaction import ServerTransaction
-from gateway.core.sip.uri import SipUri
+from gateway.core.sip.uri import SipUri, redact_password
 from gateway.core.transport.flows import Flow
 
 if TYPE_CHECKING:
@@ -144,7 +144,9 @@ async def send_and_wait(
                 flow=destination.flow,
             )
         except OSError as exc:
-            log.info("cannot send %s to %s: %s", request.method, request.uri, exc)
+            log.info(
+                "cannot send %s to %s: %s", request.method, redact_password(str(request.uri)), exc
+            )
             if on_unsent is not None:
                 on_unsent(exc)
             return request, make_response(request, 503, "Service Unavailable")
@@ -286,7 +288,8 @@ class Messages:
             uri = parse_uri_untrusted(target.uri)
             destination = destination_for(target)
         except (RemoteSipError, UnroutableTarget) as exc:
-            log.warning("MESSAGE %s: cannot send to %s: %s", request.call_id, target.uri, exc)
+            shown = redact_password(target.uri)  # a route plugin's or a contact's URI
+            log.warning("MESSAGE %s: cannot send to %s: %s", request.call_id, shown, exc)
             return None
         config = self.gateway.config
         trunk = config.trunk(target.trunk) if target.trunk is not None else None
@@ -391,7 +394,8 @@ class Messages:
             uri = parse_uri_untrusted(target.uri)
             destination = destination_for(target)
         except (RemoteSipError, UnroutableTarget) as exc:
-            log.warning("NOTIFY for %s: cannot send to %s: %s", account, target.uri, exc)
+            shown = redact_password(target.uri)
+            log.warning("NOTIFY for %s: cannot send to %s: %s", account, shown, exc)
             return None
         aor = NameAddr(self.endpoint.our_uri(destination.transport, account))
         fields = [

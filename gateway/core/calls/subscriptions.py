@@ -104,7 +104,7 @@ from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.transaction import ServerTransaction
-from gateway.core.sip.uri import SipUri, remove_param
+from gateway.core.sip.uri import SipUri, redact_password, remove_param
 from gateway.core.transport.flows import TLS_TRANSPORTS, Flow, format_host_port
 
 if TYPE_CHECKING:
@@ -355,7 +355,8 @@ class Subscriptions:
         try:
             return [destination_for(RouteTarget(target, trunk=trunk.name))]
         except UnroutableTarget as exc:
-            log.warning("voicemail trunk %s: cannot send to %s: %s", trunk.name, target, exc)
+            shown = redact_password(target)  # never a URI's password in the log
+            log.warning("voicemail trunk %s: cannot send to %s: %s", trunk.name, shown, exc)
             return []
 
     def _own_mailbox(self, request: Request, account: str, trunk: TrunkConfig | None) -> bool:
@@ -426,7 +427,8 @@ class Subscriptions:
         try:
             uri = parse_uri_untrusted(target)
         except RemoteSipError as exc:
-            log.warning("voicemail trunk %s: cannot send to %s: %s", trunk.name, target, exc)
+            shown = redact_password(target)  # never a URI's password in the log
+            log.warning("voicemail trunk %s: cannot send to %s: %s", trunk.name, shown, exc)
             return None
         destination, *others = destinations
         presented = directory.account_number(trunk, account) or account

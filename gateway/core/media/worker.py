@@ -30,6 +30,9 @@ gateway (one trio task owning an epoll; its hot path is unchanged), plus:
   ``--stats-interval`` while the stream receives (``Stats``).
 
 It exits when its channel reaches end of file: the SIP process closed it (shutdown) or died.
+An exception nothing handled (a bug) is logged as the SIP process logs one
+(:func:`gateway.core.logs.log_exception`: without the text of what plugin code raised) and the
+worker exits 1.
 SIGINT is ignored, so a Ctrl-C in a terminal stops the SIP process, which then stops its workers.
 """
 
@@ -46,7 +49,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from gateway.core.config import PortRange
-from gateway.core.logs import show_plugin_exception_text
+from gateway.core.logs import log_exception, show_plugin_exception_text
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.g711 import G711Transcoding, Law
 from gateway.core.media.ice import IceCredentials, IceLiteResponder
@@ -525,18 +528,25 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s media-worker-{args.index} %(name)s: %(message)s",
     )
     show_plugin_exception_text(args.plugin_exception_text)
-    sock = socket.socket(fileno=args.fd)
 
     async def serve() -> None:
         worker = Worker(
-            trio.socket.from_stdlib_socket(sock),
+            trio.socket.from_stdlib_socket(socket.socket(fileno=args.fd)),
             args.address,
             PortRange.parse(args.ports),
             args.stats_interval,
         )
         await worker.run()
 
-    trio.run(serve)
+    try:
+        trio.run(serve)
+    except Exception:
+        # A bug nothing handled: its traceback through log_exception like every other, not
+        # printed whole by the interpreter, which would show the text of an exception raised in
+        # plugin code. The SIP process sees the exit code, ends this worker's calls and starts
+        # it again (remote_relay.WorkerPool._supervise).
+        log_exception(log, "media worker %d stopped on an unexpected error", args.index)
+        return 1
     return 0
 
 

@@ -22,17 +22,24 @@ Params = tuple[tuple[str, str | None], ...]
 _PASSWORD_IN_URI = re.compile(
     r"(?i)\b(sips?:[A-Za-z0-9\-_.!~*'()%&=+$,;?/]*):[A-Za-z0-9\-_.!~*'()%&=+$,]*@"
 )
+# RFC 3986 §3.2.1: a URL's authority (http://, https://, ws://, postgresql:// ...) may begin
+# with userinfo "user:password@", and the authority ends at the first "/", "?" or "#". The
+# password runs to the last "@" of the authority: a malformed "u:p@ss@host" hides "p@ss".
+_PASSWORD_IN_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/?#@:]*):[^\s/?#]*@")
 REDACTED = "***"
 
 
 def redact_password(text: str) -> str:
-    """``text`` (a SIP URI, or a line naming some) with the password of each ``sip:`` or
-    ``sips:`` URI's userinfo replaced by ``***``: for logs, ``voipgw trunks`` and metric labels
-    (RFC 3261 §19.1.1 deprecates the password, but a configured URI may still carry one).
-    Nothing else changes; text without a password comes back as it is."""
+    """``text`` (a SIP URI or a URL, or a line naming some) with the password of each
+    ``sip:`` or ``sips:`` URI's userinfo, and of each ``scheme://user:password@host`` URL's,
+    replaced by ``***``: for logs, error messages, ``voipgw trunks`` and metric labels (RFC 3261
+    §19.1.1 deprecates the password, but a configured URI may still carry one; an HTTPS URL in
+    a plugin's table may carry one too). Nothing else changes; text without a password comes
+    back as it is."""
     if "@" not in text:
         return text
-    return _PASSWORD_IN_URI.sub(rf"\1:{REDACTED}@", text)
+    text = _PASSWORD_IN_URI.sub(rf"\1:{REDACTED}@", text)
+    return _PASSWORD_IN_URL.sub(rf"\1:{REDACTED}@", text)
 
 
 def get_param(params: Params, name: str) -> str | None:

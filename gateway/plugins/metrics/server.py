@@ -33,6 +33,7 @@ import attrs
 import h11
 import trio
 
+from gateway.core.logs import log_exception
 from gateway.core.transport.flows import format_host_port
 from gateway.core.transport.http_head import head_problem_untrusted
 from gateway.plugins.metrics.auth import BasicAuth, parse_basic_credentials_untrusted
@@ -176,7 +177,7 @@ class MetricsServer:
             body = await self._render()
         except Exception:
             # A bug, never the client's: this scrape fails, the gateway goes on.
-            log.exception("metrics: rendering the exposition failed")
+            log_exception(log, "metrics: rendering the exposition failed")
             await self._send(stream, connection, 500, b"Internal Server Error\n", "text/plain")
             return
         self.scrapes += 1
@@ -274,7 +275,7 @@ class MetricsServer:
             )
         except Exception:
             # A bug (or no memory for scrypt), never the client's: refuse this request only.
-            log.exception("metrics: checking a password failed")
+            log_exception(log, "metrics: checking a password failed")
             ok = False
         if ok:
             self._auth.remember(user, password)

@@ -60,6 +60,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import IdentityOutcome, TrunkCall
+from gateway.core.sip.uri import redact_password
 from gateway.plugins.stir_shaken.certificates import (
     MAX_CRL_FILE,
     RevocationList,
@@ -168,7 +169,7 @@ class StirShakenConfig:
             if not self.certificate_url.startswith("https://"):
                 raise ValueError(
                     "certificate_url: signing (sign_trunks) needs the https URL of the "
-                    f"certificate, not {self.certificate_url!r}"
+                    f"certificate, not {redact_password(self.certificate_url)!r}"
                 )
             self.signing_key()  # read now, not at the first call
         for account, level in self.account_attestation.items():
@@ -389,7 +390,8 @@ class StirShaken:
             require_tn_auth_list=self.config.require_tn_auth_list,
         )
         if signer.no_crl and self.config.check_revocation:
-            log.warning("stir_shaken: certificate %s: %s", url, signer.no_crl)  # once a fetch
+            # Once a fetch. The URL is a peer's x5u: shown without any password it holds.
+            log.warning("stir_shaken: certificate %s: %s", redact_password(url), signer.no_crl)
         max_age = min(fetched.max_age or self.config.certificate_cache, signer.valid_until - now)
         self.cache.put(url, signer, max_age=max_age, now=now)
         return signer
@@ -458,7 +460,7 @@ class StirShaken:
             fetch.result = await self._fetch_revocation_list(url, signer, now, deadline)
             return fetch.result
         except RevocationUnavailable as err:
-            log.warning("stir_shaken: CRL %s unavailable: %s", url, err.reason)
+            log.warning("stir_shaken: CRL %s unavailable: %s", redact_password(url), err.reason)
             fetch.error = err
             self.crls.put(url, err, max_age=FAILED_CERTIFICATE_RETRY, now=now)
             raise

@@ -1628,8 +1628,8 @@ def _check_tls(key: str, uri: str) -> None:
         return
     raise ValueError(
         f'{key}: media_security = "sdes" sends the SRTP keys in the recording session\'s SDP, '
-        f"which may only travel over TLS (RFC 4568 §8.3): make {uri!r} a sips: URI or "
-        "add ;transport=tls"
+        f"which may only travel over TLS (RFC 4568 §8.3): make {redact_password(uri)!r} a sips: "
+        "URI or add ;transport=tls"
     )
 
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.core.interfaces import LoadedCertificate
+from gateway.core.interfaces import LoadedCertificate, ReloadError
 from gateway.core.transport.flows import PeerCertificate
 
 #: Subdirectory of the state directory that holds the generated certificate and key.
@@ -40,9 +40,11 @@ GENERATED_VALIDITY = datetime.timedelta(days=3650)
 _WILDCARD_HOSTS = {"0.0.0.0", "::"}
 
 
-class CertificateError(OSError):
+class CertificateError(OSError, ReloadError):
     """A certificate or key file cannot be used (an OSError: like a missing file, it stops
-    start-up with its message). The message names the file, never key bytes."""
+    start-up with its message). The message names the file, never key bytes: a
+    :class:`~gateway.core.interfaces.ReloadError` too, whose text the core shows at start-up
+    (a plugin that fails to load) and at a reload."""
 
 
 @attrs.frozen

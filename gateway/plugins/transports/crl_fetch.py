@@ -38,6 +38,7 @@ import attrs
 import trio
 from cryptography import x509
 
+from gateway.core.logs import log_exception
 from gateway.plugins.transports.certificates import CertificateError
 from gateway.plugins.transports.ocsp import OcspError, http_get, parse_http_url
 from gateway.plugins.transports.revocation import LoadedCrl, check_crl_untrusted
@@ -381,7 +382,7 @@ class CrlFetcher:
         except Exception as exc:
             # The server's bytes: whatever they make the parsers raise is a failed fetch.
             if not isinstance(exc, (OcspError, CertificateError)):
-                log.exception("tls: fetching the CRL at %s failed unexpectedly", url)
+                log_exception(log, "tls: fetching the CRL at %s failed unexpectedly", url)
             self._failed(source, str(exc) or type(exc).__name__)
             return
         if self._sources.get(url) is not source:
@@ -413,7 +414,7 @@ class CrlFetcher:
             await self._use(crl)
         except Exception:
             # A bug applying it must not end the fetching (nor the listeners' nursery).
-            log.exception("tls: using the CRL fetched from %s failed", url)
+            log_exception(log, "tls: using the CRL fetched from %s failed", url)
 
     def _failed(self, source: _Source, reason: str) -> None:
         self.fetches["failed"] += 1

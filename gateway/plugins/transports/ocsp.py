@@ -42,6 +42,8 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from gateway.core.failure_log import SUMMARY_INTERVAL, FailureLog
+from gateway.core.logs import log_exception
+from gateway.core.sip.uri import redact_password
 
 log = logging.getLogger(__name__)
 
@@ -161,28 +163,30 @@ def parse_http_url(url: str) -> tuple[str, int, str]:
     """``http://host[:port][/path]`` as (host, port, path); ValueError otherwise. The URL comes
     from a peer's certificate: no spaces or control characters (they would end up in our
     request line), ``http`` only (RFC 6960 Appendix A.1; OCSP over HTTPS would need its own
-    revocation check)."""
+    revocation check). The URL is quoted with its password hidden (it may come from a
+    configuration's crl_urls)."""
+    shown = redact_password(url)
     if not url.isascii() or not url.isprintable() or " " in url:
-        raise ValueError(f"not a usable URL: {url!r}")
+        raise ValueError(f"not a usable URL: {shown!r}")
     scheme, separator, rest = url.partition("://")
     if scheme.lower() != "http" or not separator:
-        raise ValueError(f"expected an http:// URL, got {url!r}")
+        raise ValueError(f"expected an http:// URL, got {shown!r}")
     authority, slash, path = rest.partition("/")
     path = "/" + path if slash else "/"
     if "@" in authority:
-        raise ValueError(f"expected no user name in {url!r}")
+        raise ValueError(f"expected no user name in {shown!r}")
     if authority.startswith("["):
         host, bracket, port_text = authority[1:].partition("]")
         if not bracket or (port_text and not port_text.startswith(":")):
-            raise ValueError(f"bad host in {url!r}")
+            raise ValueError(f"bad host in {shown!r}")
         port_text = port_text[1:]
         ipaddress.IPv6Address(host)  # ValueError names it
     else:
         host, _, port_text = authority.partition(":")
     if not host:
-        raise ValueError(f"no host in {url!r}")
+        raise ValueError(f"no host in {shown!r}")
     if port_text and (not port_text.isdigit() or not 0 < int(port_text) <= 65535):
-        raise ValueError(f"bad port in {url!r}")
+        raise ValueError(f"bad port in {shown!r}")
     return host, int(port_text) if port_text else 80, path
 
 
@@ -536,7 +540,7 @@ class OcspChecker:
         except Exception as exc:
             # The peer's bytes: whatever they make the parser raise is an ignored staple.
             if not isinstance(exc, OcspError):
-                log.exception("a stapled OCSP answer could not be checked")
+                log_exception(log, "a stapled OCSP answer could not be checked")
             self.stapled["invalid"] += 1
             return str(exc) or type(exc).__name__
         self.stapled[answer.status] += 1
@@ -590,7 +594,7 @@ class OcspChecker:
             # The certificate and the answer are a peer's and a responder's bytes: whatever
             # they make the parsers raise is a failed query, never a crashed listener.
             if not isinstance(exc, OcspError):
-                log.exception("OCSP query to %s failed unexpectedly", target.url)
+                log_exception(log, "OCSP query to %s failed unexpectedly", target.url)
             self.queries["failed"] += 1
             reason = str(exc) or type(exc).__name__
             self._responder_failed(target.url, reason)

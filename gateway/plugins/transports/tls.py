@@ -78,6 +78,7 @@ from OpenSSL import SSL, crypto
 from gateway.core.config import ListenSpec
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import Listener, LoadedCertificate, ReloadError, TransportHost
+from gateway.core.logs import log_exception
 from gateway.core.plugins import Registry
 from gateway.core.transport.flows import Address, Flow, PeerCertificate, format_address
 from gateway.plugins.transports.certificates import (
@@ -1711,7 +1712,7 @@ class TlsTransport(StreamTransport):
             await opened.host.flow_revoked(flow, "TLS certificate revoked")
         except Exception:
             # A bug in the core must not leave a revoked peer connected.
-            log.exception("%s: ending what used %s failed", self.name, flow.key)
+            log_exception(log, "%s: ending what used %s failed", self.name, flow.key)
         finally:
             opened.host.flows.remove(flow)
             opened.reading.cancel()

@@ -32,6 +32,7 @@ import trio
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TransportHost
+from gateway.core.logs import log_exception
 from gateway.core.plugins import Registry
 from gateway.core.transport.flows import Address, Flow, FlowKey, format_address
 from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
@@ -149,7 +150,7 @@ class WebSocketConnections(StreamTransport):
             # A failure boundary: whatever one client's bytes did, the listener and every other
             # connection go on (wsproto and h11 raise documented errors, handled below; this
             # is for the ones nobody expected).
-            log.exception("%s: connection failed unexpectedly; closed", self.name)
+            log_exception(log, "%s: connection failed unexpectedly; closed", self.name)
             await trio.aclose_forcefully(stream)
         finally:
             self._connections -= 1

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.core.logs import WITHHELD
 from gateway.plugins.metrics.auth import BasicAuth, PasswordHash
 from gateway.plugins.metrics.server import HEAD_TIMEOUT, MAX_CONNECTIONS, MetricsServer
 from gateway.plugins.metrics.tls import server_context
@@ -174,6 +175,29 @@ async def test_a_wrong_password_is_logged_with_its_user_and_without_the_password
     assert answer.startswith(b"HTTP/1.1 401 ")
     assert "wrong password for user 'prometheus'" in caplog.text
     assert "guess" not in caplog.text and auth.users["prometheus"].encode() not in caplog.text
+
+
+async def test_a_failed_password_check_is_logged_without_the_exceptions_text(
+    nursery: trio.Nursery, ca: TestCa, cert: Issued, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug in the check whose exception quotes what it was checking: its type and frames are
+    # logged (log_exception), not its text, which here is the password tried.
+    caplog.set_level(logging.INFO, logger=LOG)
+    auth = BasicAuth({"prometheus": PasswordHash.make(PASSWORD, n=2**10, r=1)})
+
+    def broken(user: str, password: str) -> bool:
+        raise ValueError(f"cannot check {password!r}")
+
+    auth.matches = broken  # type: ignore[method-assign]
+    server = await start(nursery, cert, auth=auth)
+    answer = await https(server, client(ca), get(b"/metrics", basic("prometheus", PASSWORD)))
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    (record,) = [
+        r for r in caplog.records if r.getMessage() == "metrics: checking a password failed"
+    ]
+    assert record.exc_info is None and f"ValueError: {WITHHELD}" in (record.exc_text or "")
+    assert ", in broken" in (record.exc_text or "")
+    assert PASSWORD not in caplog.text
 
 
 async def test_mutual_tls_serves_only_certificates_the_client_ca_issued(

@@ -5,6 +5,7 @@ exceptions, rather than printed whole by the interpreter."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,3 +57,22 @@ def test_a_configuration_error_still_reaches_the_cli_line(
     monkeypatch.setattr(gateway_mod, "run_until_signal", mistaken)
     assert cli.main(["run"]) == cli.EXIT_USAGE
     assert "configuration error" in capsys.readouterr().err
+
+
+def test_other_commands_log_an_unhandled_exception_the_same_way(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    # check-config builds the gateway, which asks the plugins: one of them raises.
+    caplog.set_level(logging.ERROR)
+    config = tmp_path / "voipgw.toml"
+    config.write_text("")
+    monkeypatch.setattr(cli, "load_plugins", lambda config: None)
+    monkeypatch.setattr(gateway_mod, "Gateway", lambda config, plugins: _plugin_raises())
+    assert cli.main(["check-config", str(config)]) == cli.EXIT_RUNTIME
+    assert SECRET not in caplog.text and SECRET not in "".join(capsys.readouterr())
+    (record,) = caplog.records
+    assert record.getMessage() == "voipgw check-config stopped on an unexpected error"
+    assert f"ValueError: {WITHHELD}" in (record.exc_text or "")

@@ -7,6 +7,7 @@ import attrs
 import pytest
 
 from gateway.core.nat_keepalive import NatKeepalive, is_behind_nat
+from gateway.core.store.errors import StoreBusy
 from gateway.core.store.interface import Binding, BindingFlow
 
 
@@ -123,3 +124,21 @@ def test_a_binding_another_node_registered_anew_is_not_removed() -> None:
         keepalive._count(key, pinged, answered=False)
     assert store.removed == [] and keepalive.removed == 0
     assert keepalive.contacts == {} and keepalive.failures == {}  # no longer ours to ping
+
+
+def test_a_dead_contact_kept_for_a_busy_store_is_logged_without_its_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # RFC 3261 §19.1.1 deprecates a password in a URI; a phone may still register one.
+    dead = binding("sip:bob:s3cret-pw@10.0.0.7:5060", "203.0.113.9:40112")
+
+    class BusyStore(FakeStore):
+        def remove_binding(self, aor: str, key: str) -> bool:
+            raise StoreBusy("voipgw.sqlite3: another process held the write lock")
+
+    keepalive = keepalive_with(BusyStore(dead))
+    keepalive.registered(dead.aor, [dead])
+    for _ in range(3):
+        keepalive._count((dead.aor, dead.key), dead, answered=False)
+    assert "dead contact sip:bob:***@10.0.0.7:5060 kept for now" in caplog.text
+    assert "s3cret-pw" not in caplog.text

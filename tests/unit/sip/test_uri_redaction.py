@@ -1,5 +1,6 @@
-"""redact_password: the password of a sip:/sips: URI's userinfo (RFC 3261 §19.1.1) never shown
-in logs, ``voipgw trunks`` or metric labels; anything else left exactly as it was."""
+"""redact_password: the password of a sip:/sips: URI's userinfo (RFC 3261 §19.1.1), or of a
+URL's (RFC 3986 §3.2.1), never shown in logs, errors, ``voipgw trunks`` or metric labels;
+anything else left exactly as it was."""
 
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ from gateway.core.sip.uri import redact_password
             "session to <sip:a:b@x> failed; next sip:c:d@y",
             "session to <sip:a:***@x> failed; next sip:c:***@y",
         ),
+        # URLs (RFC 3986 §3.2.1 userinfo), as plugin tables and certificates carry them.
+        ("https://admf:s3cret@li.example/x1", "https://admf:***@li.example/x1"),
+        ("'http://u:p@ss@ocsp.example:80/'", "'http://u:***@ocsp.example:80/'"),
+        ("postgresql://voipgw:pw@db/voipgw", "postgresql://voipgw:***@db/voipgw"),
+        ("HTTP://u:@h/a@b", "HTTP://u:***@h/a@b"),
+        ("no https://u:a/b@c here", "no https://u:a/b@c here"),  # "/" ends the authority
         # Nothing to hide: unchanged.
+        ("https://admf@li.example/x1?to=a@b", "https://admf@li.example/x1?to=a@b"),
+        ("https://li.example:8443/x1#a:b@c", "https://li.example:8443/x1#a:b@c"),
         ("sip:srs@rec.example:5060", "sip:srs@rec.example:5060"),
         ("sip:rec.example:5060;transport=tcp", "sip:rec.example:5060;transport=tcp"),
         ("sip:rec.example:5060;maddr=x@y", "sip:rec.example:5060;maddr=x@y"),

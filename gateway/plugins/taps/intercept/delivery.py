@@ -57,6 +57,7 @@ from collections.abc import Callable
 import trio
 
 from gateway.core.failure_log import FailureLog
+from gateway.core.logs import log_exception
 from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.pdu import (
     KEEPALIVE,
@@ -202,7 +203,7 @@ class DeliveryLink:
                 why = f"connection lost: {str(exc) or type(exc).__name__}"
                 self._set_fault(why)
             except Exception:
-                log.exception("intercept: destination %s failed", self.destination.did)
+                log_exception(log, "intercept: destination %s failed", self.destination.did)
                 why = "connection failed (logged)"
                 self._set_fault("connection failed")
             await trio.aclose_forcefully(stream)

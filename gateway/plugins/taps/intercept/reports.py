@@ -70,6 +70,8 @@ import h11
 import trio
 
 from gateway.core.failure_log import FailureLog
+from gateway.core.logs import log_exception
+from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import format_host_port
 from gateway.plugins.taps.intercept.x1 import (
     MAX_DOCUMENT,
@@ -271,9 +273,9 @@ class Endpoint:
         except ValueError:
             parts, port = None, 0
         if parts is None or parts.scheme != "https" or not parts.hostname or not port:
-            raise ValueError(f"expected https://HOST[:PORT][/PATH], not {url!r}")
+            raise ValueError(f"expected https://HOST[:PORT][/PATH], not {redact_password(url)!r}")
         if parts.username or parts.password or parts.query or parts.fragment:
-            raise ValueError(f"no user, password, query or fragment: {url!r}")
+            raise ValueError(f"no user, password, query or fragment: {redact_password(url)!r}")
         return cls(parts.hostname, port, parts.path or "/")
 
 
@@ -383,7 +385,7 @@ class Reporter:
                 if isinstance(exc, _EXPECTED):
                     why = str(exc) or type(exc).__name__
                 else:
-                    log.exception("intercept: a report to the ADMF failed")
+                    log_exception(log, "intercept: a report to the ADMF failed")
                     why = f"{type(exc).__name__} (logged)"
                 self.failures.failed(f"cannot report a {kind}: {why}", now=self._wall_clock())
                 await trio.sleep(backoff)

@@ -23,6 +23,7 @@ import h11
 import trio
 from cryptography import x509
 
+from gateway.core.logs import log_exception
 from gateway.core.transport.flows import format_address, format_host_port
 from gateway.plugins.taps.intercept.x1 import MAX_DOCUMENT
 
@@ -117,7 +118,7 @@ class X1Server:
                 answer = self._handle(body, client)
             except Exception:
                 # A bug, not the ADMF's fault: this request fails, X1 goes on (STYLE.md habit 6).
-                log.exception("intercept: X1 request failed")
+                log_exception(log, "intercept: X1 request failed")
                 await self._send(
                     stream, connection, 500, b"Internal Server Error", "text/plain", close=True
                 )

@@ -1,0 +1,173 @@
+"""A plugin that fails to load: the operator learns which (entry-point name, module,
+distribution), the exception's type and the file and line it was raised at, on the
+``voipgw: plugin error:`` line, but not the exception's text, which may hold a key or a password,
+unless ``[gateway] log_plugin_exception_text`` or ``--plugin-exception-text`` asks for it.
+
+The plugins are real distributions (a ``.dist-info`` beside the module, on ``sys.path``), found
+and imported through their entry points as an installed plugin is."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.core import cli
+from gateway.core.config import from_mapping
+from gateway.core.logs import WITHHELD, show_plugin_exception_text
+from gateway.core.plugins import SHOW_TEXT_HINT, PluginError, load_plugins
+
+SECRET = "cGx1Z2luIGtleSBtYXRlcmlhbA"  # stands for a key in a plugin's exception
+
+
+@pytest.fixture(autouse=True)
+def withheld() -> object:
+    show_plugin_exception_text(False)
+    yield
+    show_plugin_exception_text(False)
+
+
+def install(site: Path, module: str, source: str) -> Path:
+    """A distribution ``module`` 1.0 whose entry point ``module`` (group voipgw.plugins) is
+    the module ``module`` with ``source``; returns the module's file."""
+    path = site / f"{module}.py"
+    path.write_text(textwrap.dedent(source))
+    info = site / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[voipgw.plugins]\n{module} = {module}\n")
+    return path
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    yield site
+    for name in [n for n in sys.modules if n.startswith("leaky_")]:
+        del sys.modules[name]
+
+
+LEAKS_AT_IMPORT = f"""\
+    KEY = "{SECRET}"
+
+    raise ValueError(f"cannot read key {{KEY}}")
+"""
+
+
+def test_an_import_error_names_the_plugin_its_module_type_and_line_not_its_text(
+    site: Path,
+) -> None:
+    path = install(site, "leaky_import", LEAKS_AT_IMPORT)
+    with pytest.raises(PluginError) as failed:
+        load_plugins(from_mapping({"plugins": {"enable": ["udp", "leaky_import"]}}))
+    message = str(failed.value)
+    assert SECRET not in message
+    assert message == (
+        "plugin 'leaky_import' (leaky_import from leaky_import 1.0) failed to import: "
+        f"ValueError at {path}:3: {WITHHELD} {SHOW_TEXT_HINT}"
+    )
+
+
+def test_a_missing_module_is_named(site: Path) -> None:
+    path = install(site, "leaky_deps", "import os\nimport acme_phone_sdk_not_installed\n")
+    with pytest.raises(PluginError) as failed:
+        load_plugins(from_mapping({"plugins": {"enable": ["leaky_deps"]}}))
+    assert (
+        f"failed to import: ModuleNotFoundError at {path}:2 "
+        "(no module named 'acme_phone_sdk_not_installed'): "
+    ) in str(failed.value)
+
+
+def test_a_syntax_error_names_its_own_line_and_says_the_compilers_words(site: Path) -> None:
+    # Raised by Python's compiler, no frame of the plugin's: its text is Python's (the source
+    # line it quotes, exc.text, is not part of it).
+    path = install(site, "leaky_syntax", f'KEY = "{SECRET}"; KEY +\n')
+    with pytest.raises(PluginError) as failed:
+        load_plugins(from_mapping({"plugins": {"enable": ["leaky_syntax"]}}))
+    assert str(failed.value).endswith(
+        f"failed to import: SyntaxError at {path}:1: invalid syntax (leaky_syntax.py, line 1)"
+    )
+
+
+def test_a_registration_or_config_hook_that_raises_is_named_the_same_way(site: Path) -> None:
+    for hook in ("gateway_register_transports(registry)", "gateway_plugin_config()"):
+        name = f"leaky_{hook.partition('(')[0][8:]}"
+        path = install(
+            site,
+            name,
+            f"""\
+            from gateway.core.hookspecs import hookimpl
+
+            @hookimpl
+            def {hook}:
+                raise RuntimeError("{SECRET}")
+            """,
+        )
+        with pytest.raises(PluginError) as failed:
+            load_plugins(from_mapping({"plugins": {"enable": [name]}}))
+        assert str(failed.value) == (
+            f"plugin {name!r} failed in {hook.partition('(')[0]}: "
+            f"RuntimeError at {path}:5: {WITHHELD} {SHOW_TEXT_HINT}"
+        )
+
+
+def check_config(
+    site: Path, capsys: pytest.CaptureFixture[str], *flags: str, gateway: str = ""
+) -> str:
+    install(site, "leaky_cli", LEAKS_AT_IMPORT)
+    config = site / "voipgw.toml"
+    config.write_text(f'[plugins]\nenable = ["udp", "leaky_cli"]\n{gateway}')
+    assert cli.main(["check-config", *flags, str(config)]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    return err
+
+
+def test_the_cli_line_keeps_its_prefix_and_withholds_the_text(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = check_config(site, capsys)
+    assert err.startswith("voipgw: plugin error: plugin 'leaky_cli' (leaky_cli from leaky_cli")
+    assert f"ValueError at {site / 'leaky_cli.py'}:3: {WITHHELD}" in err
+    assert SECRET not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "gateway"),
+    [(("--plugin-exception-text",), ""), ((), "[gateway]\nlog_plugin_exception_text = true\n")],
+)
+def test_the_operator_may_ask_for_the_text(
+    site: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, ...], gateway: str
+) -> None:
+    err = check_config(site, capsys, *flags, gateway=gateway)
+    assert f"ValueError at {site / 'leaky_cli.py'}:3: cannot read key {SECRET}\n" in err
+    assert SHOW_TEXT_HINT not in err
+
+
+def test_the_cores_errors_written_for_the_operator_keep_their_text(site: Path) -> None:
+    # As at a reload (gateway/core/reload.py): a ReloadError (the TLS plugins' CertificateError
+    # is one), a ConfigError or a PluginError names the file and the reason, never key bytes.
+    for kind in ("ReloadError", "PluginError"):
+        name = f"leaky_{kind.lower()}"
+        module = "interfaces" if kind == "ReloadError" else "plugins"
+        install(
+            site,
+            name,
+            f"""\
+            from gateway.core.hookspecs import hookimpl
+            from gateway.core.{module} import {kind}
+
+            @hookimpl
+            def gateway_register_transports(registry):
+                raise {kind}("/etc/voipgw/ca.key holds no PEM")
+            """,
+        )
+        with pytest.raises(PluginError) as failed:
+            load_plugins(from_mapping({"plugins": {"enable": [name]}}))
+        assert str(failed.value).endswith("/etc/voipgw/ca.key holds no PEM")
