@@ -141,10 +141,20 @@ ACCOUNT_CACHE_ENTRIES = 4096
 
 MIGRATION_REMEDY = (
     "fix the cause; a role that may not create or alter tables needs the database's owner to "
-    "apply it (any voipgw command, e.g. `voipgw accounts list`, with a config whose [store] "
-    "dsn names the owner) or the privilege granted"
+    "apply it (`voipgw migrate-store --config FILE` with a config whose [store] dsn names the "
+    "owner) or the privilege granted"
 )
 """What a failed migration's error tells the operator to do."""
+
+MIGRATION_PRIVILEGE_REMEDY = (
+    "this node's role may not change the schema (a migration creates and alters tables and"
+    " functions: it needs CREATE on the schema and to own voipgw's tables, as the role that"
+    " created them does); run `voipgw migrate-store --config FILE` with a config whose [store]"
+    " dsn names that role (the database's owner), then grant the node's role what it uses"
+    " (docs/configuration.md, 'The roles of a PostgreSQL store')"
+)
+"""What a migration refused for want of a privilege tells the operator to do: the nodes may
+run as a role that only reads and writes the tables (they then never migrate)."""
 
 # pg_advisory_xact_lock key of schema migrations: "voip" in ASCII.
 _MIGRATION_LOCK = 0x766F6970
@@ -1480,6 +1490,18 @@ class PostgresStore:
             " or invalid); call records are deleted once it is"
         )
 
+    def build_retention_index(self) -> bool:
+        """Build call record retention's index now, in the caller's thread, whatever the
+        table's size, and wait for it (``voipgw migrate-store``: run as the owner of
+        call_records, it builds the index nodes whose role does not own the table cannot).
+        True once it is valid; False when it is not (another node's build in progress, a
+        role that may not build it: logged)."""
+        if not self._retention_indexed:
+            self._build_retention_index()
+        with self._session() as db:
+            self._retention_indexed = _index_valid(db) is True
+        return self._retention_indexed
+
     def _start_index_build(self, *, background: bool) -> None:
         with self._session() as db:
             self._retention_indexed = _index_valid(db) is True
@@ -1724,17 +1746,26 @@ def _migrate(
     found: int | None = None  # the version the database had before this node migrated it
     current = version = 0
     try:
+        # A database at this version (every start but an upgrade's) is only read: no DDL, no
+        # lock, so a role that may only use the tables starts. PostgreSQL checks CREATE on the
+        # schema before IF NOT EXISTS looks for the table: CREATE TABLE IF NOT EXISTS
+        # schema_version, run at each start, refused such a role on an up-to-date database.
+        current = _schema_version(db)
+        if current > latest:
+            raise newer_schema(where, current, latest)
+        if current == latest:
+            return
         for version, statements in migrations:
             with db.transaction():
                 db.execute(f"SET LOCAL statement_timeout = '{MIGRATION_STATEMENT_TIMEOUT}'")
                 # Nodes starting together: one migrates, the others wait and find it done.
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version"
-                    " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-                )
-                row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-                current = int(row[0] or 0) if row else 0
+                if not _has_schema_version(db):
+                    db.execute(
+                        "CREATE TABLE schema_version"
+                        " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+                    )
+                current = _schema_version(db)
                 if found is None:
                     found = current
                 if current > latest:
@@ -1750,8 +1781,11 @@ def _migrate(
         message = server.say(exc)
         if db.broken or db.closed:
             raise StoreUnavailable(f"{where}: connection lost while migrating: {message}") from None
+        remedy = MIGRATION_REMEDY
+        if isinstance(exc, pg.errors.InsufficientPrivilege):
+            remedy = MIGRATION_PRIVILEGE_REMEDY
         raise SchemaError(
-            migration_failed(where, current, latest, version, message, MIGRATION_REMEDY)
+            migration_failed(where, current, latest, version, message, remedy)
         ) from None
     if found and found < latest:
         # A rolling upgrade: nodes of the older voipgw still running go on, but refuse this
@@ -1763,6 +1797,20 @@ def _migrate(
             found,
             latest,
         )
+
+
+def _has_schema_version(db: psycopg.Connection[Any]) -> bool:
+    """Whether the table schema_version exists (where the session's search_path finds it)."""
+    row = db.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def _schema_version(db: psycopg.Connection[Any]) -> int:
+    """The version schema_version records; 0 for a database without it (a new one)."""
+    if not _has_schema_version(db):
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0) if row else 0
 
 
 def _index_valid(db: psycopg.Connection[Any]) -> bool | None:
