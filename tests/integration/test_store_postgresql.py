@@ -595,6 +595,55 @@ def test_a_node_stopping_mid_build_while_the_cancel_cannot_reach_the_server_stil
     assert not node._builder.is_alive()
 
 
+def test_a_node_stopping_mid_build_while_the_cancel_hangs_closes_within_the_bound(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before libpq 17, psycopg's cancel_safe is libpq's blocking PQcancel, whose connect has
+    no timeout: with the server's host dropping packets it hangs for the kernel's connect
+    retries (about two minutes), and close() (the gateway's shutdown) with it. Here the cancel
+    hangs until the test lets it go: close() returns first, the store closed all the same."""
+    import psycopg
+
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0)]
+    )
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)
+    monkeypatch.setattr(pg_module, "CANCEL_WAIT", 0.2)
+    release = threading.Event()
+    returned = threading.Event()
+    timeouts: list[object] = []
+
+    def hangs(**options: object) -> None:  # a connect to a host that drops packets
+        timeouts.append(options.get("timeout"))
+        release.wait(60)
+        returned.set()
+
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database)) as reader:
+        reader.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        node = open_node(node="stopping")
+        wait_until(lambda: building(postgres_cluster, postgres_database))
+        builder_db = node._builder_db
+        assert builder_db is not None
+        monkeypatch.setattr(builder_db, "cancel_safe", hangs)
+        caplog.set_level(logging.WARNING, logger=pg_module.__name__)
+        node.close()
+        assert not returned.is_set()  # close() did not wait for the cancel
+        assert timeouts == [0.2]  # bounded by psycopg itself with libpq 17
+        assert node._db is None
+        assert node._thread is not None and not node._thread.is_alive()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("was not stopped within 0.2 s" in line for line in warnings)
+        release.set()
+        reader.rollback()  # the build ends on its own (here: built), its connection closed
+    assert node._builder is not None
+    node._builder.join(10)
+    assert not node._builder.is_alive()
+
+
 def test_a_node_starting_while_another_builds_the_index_leaves_it_to_that_node(
     open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
 ) -> None:

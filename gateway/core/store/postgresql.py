@@ -133,6 +133,10 @@ RECONNECT_INTERVAL = 1.0
 LISTENER_POLL = 0.25
 """Longest the listener thread waits for a notification before it looks at its other work."""
 
+CANCEL_WAIT = 2.0
+"""Longest :meth:`PostgresStore.close` waits for an index build it cancels to stop (a cancel
+the server answers takes milliseconds)."""
+
 MIGRATION_STATEMENT_TIMEOUT = "60s"
 """Migrations run at start-up, before anything is relayed, and may wait for another node's."""
 
@@ -844,17 +848,60 @@ class PostgresStore:
 
     def close(self) -> None:
         self._stopping.set()
-        while self._builder is not None and self._builder.is_alive():
-            # An index build stops at a cancel (a step it had not begun then, at its check of
-            # _stopping): it leaves an invalid index, which the next start builds again.
-            with self._builder_lock:
+        self._stop_index_build()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _stop_index_build(self) -> None:
+        """Cancel a build in progress and wait for it to stop, at most :data:`CANCEL_WAIT`.
+
+        An index build stops at a cancel (a step it had not begun then, at its check of
+        _stopping): it leaves an invalid index, which the next start builds again. The cancel
+        is a connection of its own (libpq's cancel request). Before libpq 17 it is made
+        blocking, without connect_timeout (psycopg's ``cancel_safe`` falls back to
+        ``PQcancel``; its ``timeout`` bounds only libpq 17's), so a server whose host drops
+        packets held close(), and the gateway's shutdown, for the kernel's connect retries
+        (about two minutes on Linux): it runs in a thread of its own, which close() does not
+        wait for past the bound (a daemon thread; the process may end meanwhile)."""
+        builder = self._builder
+        if builder is None or not builder.is_alive():
+            return
+        canceller = threading.Thread(
+            target=self._cancel_index_build,
+            args=(builder,),
+            name="postgresql index build cancel",
+            daemon=True,
+        )
+        canceller.start()
+        deadline = time.monotonic() + CANCEL_WAIT
+        # Until the build stops, or its cancel failed (said by the canceller), or time is up.
+        while builder.is_alive() and canceller.is_alive() and time.monotonic() < deadline:
+            builder.join(0.05)
+        if builder.is_alive() and canceller.is_alive():
+            log.warning(
+                "PostgreSQL %s: the build of the index %s was not stopped within %g s (its"
+                " cancel request waits for the server: out of reach?): not waited for; the"
+                " next start builds it if it is left invalid",
+                self._server.description,
+                RETENTION_INDEX,
+                CANCEL_WAIT,
+            )
+
+    def _cancel_index_build(self, builder: threading.Thread) -> None:
+        """Cancel the build until it stops (one sent before its next statement began would
+        find nothing to cancel), or until a cancel fails."""
+        while builder.is_alive():
+            with self._builder_lock:  # its connection is not closed meanwhile
                 if self._builder_db is not None:
                     try:
-                        self._builder_db.cancel_safe()
+                        self._builder_db.cancel_safe(timeout=CANCEL_WAIT)
                     except self._pg.Error as exc:
-                        # The cancel is a connection of its own (libpq's cancel request): with
-                        # the server out of reach it fails, and the build with its connection.
-                        # Not waited for (a daemon thread); the store closes all the same.
+                        # With the server out of reach the cancel fails, and the build with
+                        # its connection. Not waited for; the store closes all the same.
                         log.warning(
                             "PostgreSQL %s: cannot cancel the build of the index %s (the next"
                             " start builds it if it is left invalid): %s",
@@ -862,14 +909,8 @@ class PostgresStore:
                             RETENTION_INDEX,
                             self._server.say(exc),
                         )
-                        break
-            self._builder.join(0.1)
-        if self._thread is not None:
-            self._thread.join()
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+                        return
+            builder.join(0.1)
 
     def shared_call_limits(self) -> SharedCallLimits | None:
         """Counted for every node in ``call_limit_holds``: see :class:`PostgresCallLimits`."""
