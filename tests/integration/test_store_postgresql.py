@@ -730,9 +730,14 @@ def test_an_operators_hand_run_build_in_progress_is_left_alone(
         monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big": in a thread
         node = open_node(node="starting")
         assert node.schema_version() == 6 and node._builder is not None
-        # The node's build decides while theirs is in progress (a DROP would wait for it).
-        builder = node._builder
-        wait_until(lambda: not builder.is_alive() or dropping(postgres_cluster, postgres_database))
+        # The node's build decides while theirs is in progress (a DROP would wait for it),
+        # then waits for it.
+        wait_until(
+            lambda: (
+                any("being built by another session" in r.getMessage() for r in caplog.records)
+                or dropping(postgres_cluster, postgres_database)
+            )
+        )
         assert not dropping(postgres_cluster, postgres_database)
         with pytest.raises(StoreBusy, match="being built"):
             node.expire_call_records(10.0, most=10)
@@ -750,6 +755,60 @@ def test_an_operators_hand_run_build_in_progress_is_left_alone(
     lines = [r.getMessage() for r in caplog.records]
     assert any("being built by another session" in line for line in lines)
     assert not any("is invalid" in line for line in lines)
+
+
+def test_an_unrelated_index_build_does_not_keep_an_invalid_index_from_being_built_again(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another role's build shows in pg_stat_progress_create_index without its table: any
+    such build, of any table, was taken for an operator's build of the retention index, and an
+    interrupted build's invalid index was left until the node's next start. The table a build
+    is on is read from pg_locks, which hides nothing."""
+    import psycopg
+
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0), CallRecord("c2", "a", "b", 1.0, None, 2.0)]
+    )
+    admin = postgres_cluster.admin_dsn(postgres_database)
+    with psycopg.connect(admin, autocommit=True) as other:  # an interrupted build's index
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            other.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY call_records_kept_by"
+                " ON call_records ((COALESCE(ended_at, started_at)))"
+            )
+        other.execute("CREATE TABLE unrelated (x INTEGER)")
+    assert index_state(postgres_cluster, postgres_database) == [(False,)]
+    holder = psycopg.connect(admin)
+    by_hand = psycopg.connect(admin, autocommit=True)  # a superuser's: its table hidden
+    build = threading.Thread(
+        target=by_hand.execute, args=("CREATE INDEX CONCURRENTLY unrelated_x ON unrelated (x)",)
+    )
+    try:
+        holder.execute("LOCK TABLE unrelated IN ROW EXCLUSIVE MODE")  # holds that build
+        build.start()
+        wait_until(
+            lambda: bool(
+                postgres_cluster.admin(
+                    "SELECT 1 FROM pg_stat_progress_create_index"
+                    " WHERE relid = 'unrelated'::regclass",
+                    postgres_database,
+                )
+            )
+        )
+        node = open_node(node="starting")  # small: built again while it opens
+        assert index_state(postgres_cluster, postgres_database) == [(True,)]
+        assert node.expire_call_records(10.0, most=10) == 2
+    finally:
+        holder.close()
+        build.join(10)
+        by_hand.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("call_records_kept_by is invalid" in line for line in lines)
+    assert not any("being built by another session" in line for line in lines)
 
 
 NODE_ROLE = "voipgw_node"

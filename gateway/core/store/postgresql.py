@@ -173,6 +173,8 @@ INLINE_INDEX_BYTES = 64 * 1024 * 1024
 the store opens (a tenth of a second or so, within statement_timeout); a bigger one in a thread,
 while the node serves, as does a small one whose build waited past statement_timeout for an
 older transaction."""
+INDEX_BUILD_POLL = 1.0
+"""Seconds between looks at another session's build of the retention index, waited for."""
 _CREATE_RETENTION_INDEX = (
     f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {RETENTION_INDEX}"
     " ON call_records ((COALESCE(ended_at, started_at)))"
@@ -1574,16 +1576,17 @@ class PostgresStore:
         node dropping it would undo a build in progress. An interrupted build (the node stopped
         or killed, the server restarted) leaves an invalid index, which ``IF NOT EXISTS`` would
         keep: the holder drops it (``DROP INDEX CONCURRENTLY``) and builds it again, unless
-        another session is building an index in the database (:func:`_index_build_running`):
-        an operator's hand-run ``CREATE INDEX CONCURRENTLY`` takes no advisory lock. A role
+        another session is building an index on call_records (:func:`_index_build_running`):
+        an operator's hand-run ``CREATE INDEX CONCURRENTLY`` takes no advisory lock. That build
+        is waited for, and its index dropped and built again if it failed. A role
         that does not own call_records may not build it: said at ERROR with the remedy, and
         retention fails saying so (:meth:`_wait_for_retention_index`).
 
         ``bounded`` (a small table's, while the store opens): under ``statement_timeout``, as
         the build also waits for every transaction of the database older than it (PostgreSQL
         docs, "Building Indexes Concurrently"), which may be one left open for hours; False
-        when it ran out (the invalid index it leaves is dropped by the next build), else
-        True."""
+        when it ran out (the invalid index it leaves is dropped by the next build) or another
+        session's build is to be waited for (by the background build), else True."""
         pg = self._pg
         where = f"PostgreSQL {self._server.description}"
         try:
@@ -1615,15 +1618,26 @@ class PostgresStore:
             if valid is False and _index_build_running(db):
                 # An operator's CREATE INDEX CONCURRENTLY (as the docs suggest) takes no
                 # advisory lock: its index is invalid until it is done, as an interrupted
-                # build's is. Dropped, that build would be undone.
+                # build's is. Dropped, that build would be undone: waited for (a start's
+                # bounded build leaves the wait to the background one), then looked at again,
+                # so that one which failed (an invalid index again) is built here.
                 log.info(
                     "%s: the index %s is being built by another session (CREATE INDEX"
-                    " CONCURRENTLY run by hand?): left to it; old call records are deleted once"
-                    " it is built",
+                    " CONCURRENTLY run by hand?): left to it%s; old call records are deleted"
+                    " once it is built",
                     where,
                     RETENTION_INDEX,
+                    "" if bounded else ", built here if it fails",
                 )
-                return True
+                if bounded:
+                    return False
+                while _index_build_running(db):
+                    if self._stopping.wait(INDEX_BUILD_POLL):
+                        return True
+                valid = _index_valid(db)
+                if valid is True:
+                    self._retention_indexed = True
+                    return True
             if valid is False:
                 log.warning(
                     "%s: the index %s is invalid (an interrupted build left it): dropped and"
@@ -1864,18 +1878,22 @@ def _index_valid(db: psycopg.Connection[Any]) -> bool | None:
 
 
 def _index_build_running(db: psycopg.Connection[Any]) -> bool:
-    """Whether another session of this database is building an index (PostgreSQL 12 and later:
-    pg_stat_progress_create_index) that may be the retention index: one building it, or one
-    whose target this role may not see (another role's session, shown without its relation
-    unless this role has pg_read_all_stats), which is left alone rather than undone. False
-    before PostgreSQL 12, which cannot tell."""
+    """Whether another session of this database is building an index on call_records
+    (PostgreSQL 12 and later), which may be the retention index. pg_stat_progress_create_index
+    shows every session's build, but hides which table another role's is on (unless this role
+    has pg_read_all_stats); pg_locks, which every role sees whole, shows the lock such a build
+    holds on its table (SHARE UPDATE EXCLUSIVE concurrently, else SHARE). An unrelated build
+    (another table, another role's) is not one: taken for one, it left an interrupted build's
+    invalid index alone until the node's next start. False before PostgreSQL 12, which cannot
+    tell."""
     if db.info.server_version < 120000:
         return False
     row = db.execute(
-        "SELECT count(*) FROM pg_stat_progress_create_index"
-        " WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND pid <> pg_backend_pid() AND (index_relid = to_regclass(%s) OR relid IS NULL)",
-        (RETENTION_INDEX,),
+        "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_locks l ON l.pid = p.pid"
+        " WHERE p.datid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND p.pid <> pg_backend_pid() AND l.locktype = 'relation' AND l.granted"
+        " AND l.database = p.datid AND l.relation = to_regclass('call_records')"
+        " AND l.mode IN ('ShareUpdateExclusiveLock', 'ShareLock')"
     ).fetchone()
     return row is not None and int(row[0]) > 0
 
