@@ -27,7 +27,9 @@ round trip. Theory of operation:
   wait on a server that vanished from the network, and a lost connection is not reopened on the
   caller's thread: the call fails at once with :class:`StoreUnavailable` (a REGISTER is answered
   503, as for a busy SQLite store) and the background thread reconnects. The CLI, which has no
-  thread, connects when it is called.
+  thread, connects when it is called. :meth:`PostgresStore.close` waits at most
+  :data:`CANCEL_WAIT` for an index build it cancels (libpq's cancel request, before libpq 17,
+  is a blocking connect).
 - Call limits (migration 2, :class:`PostgresCallLimits`). A trunk's or account's
   ``max_calls`` holds for every node: a row per call held against a limited key, taken by one
   function call that locks the key, counts and inserts, so two nodes cannot both take the last;
@@ -61,7 +63,10 @@ round trip. Theory of operation:
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused, and
   every refusal or failed migration names the versions and says what to do (a rolling upgrade:
-  docs/configuration.md ``[store]``).
+  docs/configuration.md ``[store]``). A database already at this version is only read at
+  start-up (no DDL, no lock): nodes may run as a role that only reads and writes the tables,
+  their owner migrating with ``voipgw migrate-store`` (docs/configuration.md, "The roles of a
+  PostgreSQL store").
 
 psycopg (3.2 or later, ``pip install 'voipgw[postgresql]'``) is imported here only, when a
 PostgreSQL store is opened: a SQLite install never needs it.
