@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
         "standard input is a terminal.",
     )
 
+    migrate = sub.add_parser(
+        "migrate-store",
+        help="bring the store's schema up to date",
+        description="Bring the store's schema up to this voipgw's version and, for PostgreSQL, "
+        "build call record retention's index (CREATE INDEX CONCURRENTLY: call records are "
+        "saved meanwhile; minutes on tens of millions of records), then exit. Every voipgw "
+        "command migrates; this one says to which version, and builds the index whatever the "
+        "table's size. Run it with a config whose [store] dsn names the role that owns the "
+        "tables when the nodes' role may only read and write them (they cannot migrate).",
+    )
+    migrate.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    migrate.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
+
     trunks = sub.add_parser(
         "trunks",
         help="show the trunks of the running gateway",
@@ -957,6 +970,26 @@ def cmd_accounts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    from gateway.core.store.postgresql import RETENTION_INDEX, PostgresStore
+
+    store, _ = _open_store(args)  # opening it migrates
+    try:
+        print(f"store: schema version {store.schema_version()}")
+        if isinstance(store, PostgresStore):
+            if not store.build_retention_index():
+                print(
+                    f"voipgw: migrate-store: the index {RETENTION_INDEX} is not built (see the"
+                    " message above); call records are not deleted until it is",
+                    file=sys.stderr,
+                )
+                return EXIT_RUNTIME
+            print(f"store: the index {RETENTION_INDEX} is built")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
 def _check_media_policy(name: str, config: GatewayConfig) -> None:
     """A policy name must be built in or registered by an enabled plugin: a typo would leave
     the account on a policy nobody knows (the gateway then refuses cleartext on its legs)."""
@@ -1104,6 +1137,7 @@ COMMANDS = {
     "run": cmd_run,
     "plugins": cmd_plugins,
     "check-config": cmd_check_config,
+    "migrate-store": cmd_migrate_store,
     "metrics-password": cmd_metrics_password,
 }
 

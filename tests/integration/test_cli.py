@@ -33,6 +33,7 @@ def voipgw(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         ["route"],
         ["registrations"],
         ["metrics-password"],
+        ["migrate-store"],
     ],
 )
 def test_help_for_each_command(command: list[str]) -> None:
@@ -64,6 +65,18 @@ def test_metrics_password_prints_a_hash_of_stdins_first_line_and_refuses_an_empt
     )
     assert empty.returncode == 2 and "the password is empty" in empty.stderr
     assert empty.stdout == ""
+
+
+def test_migrate_store_on_sqlite_says_the_schema_version(tmp_path: Path) -> None:
+    from gateway.core.store.sqlite import SqliteStore
+
+    result = voipgw("migrate-store", "--state-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    store = SqliteStore.open(str(tmp_path))
+    try:
+        assert result.stdout == f"store: schema version {store.schema_version()}\n"
+    finally:
+        store.close()
 
 
 def test_usage_error_exits_2() -> None:

@@ -356,7 +356,7 @@ def test_a_rolling_upgrade_migrates_once_and_an_old_node_is_told_to_upgrade(
     assert f"it is at version {latest}, this voipgw" in message
     assert f"needs version {latest + 1}, and migration {latest + 1} failed" in message
     assert "must be owner of table call_limit_nodes" in message
-    assert "database's owner to apply it" in message
+    assert "run `voipgw migrate-store --config FILE`" in message  # as the owner
     rows = postgres_cluster.admin("SELECT MAX(version) FROM schema_version", postgres_database)
     assert rows == [(latest,)]
 
@@ -595,6 +595,55 @@ def test_a_node_stopping_mid_build_while_the_cancel_cannot_reach_the_server_stil
     assert not node._builder.is_alive()
 
 
+def test_a_node_stopping_mid_build_while_the_cancel_hangs_closes_within_the_bound(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before libpq 17, psycopg's cancel_safe is libpq's blocking PQcancel, whose connect has
+    no timeout: with the server's host dropping packets it hangs for the kernel's connect
+    retries (about two minutes), and close() (the gateway's shutdown) with it. Here the cancel
+    hangs until the test lets it go: close() returns first, the store closed all the same."""
+    import psycopg
+
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0)]
+    )
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)
+    monkeypatch.setattr(pg_module, "CANCEL_WAIT", 0.2)
+    release = threading.Event()
+    returned = threading.Event()
+    timeouts: list[object] = []
+
+    def hangs(**options: object) -> None:  # a connect to a host that drops packets
+        timeouts.append(options.get("timeout"))
+        release.wait(60)
+        returned.set()
+
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database)) as reader:
+        reader.execute("LOCK TABLE call_records IN ROW EXCLUSIVE MODE")  # holds the build
+        node = open_node(node="stopping")
+        wait_until(lambda: building(postgres_cluster, postgres_database))
+        builder_db = node._builder_db
+        assert builder_db is not None
+        monkeypatch.setattr(builder_db, "cancel_safe", hangs)
+        caplog.set_level(logging.WARNING, logger=pg_module.__name__)
+        node.close()
+        assert not returned.is_set()  # close() did not wait for the cancel
+        assert timeouts == [0.2]  # bounded by psycopg itself with libpq 17
+        assert node._db is None
+        assert node._thread is not None and not node._thread.is_alive()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("was not stopped within 0.2 s" in line for line in warnings)
+        release.set()
+        reader.rollback()  # the build ends on its own (here: built), its connection closed
+    assert node._builder is not None
+    node._builder.join(10)
+    assert not node._builder.is_alive()
+
+
 def test_a_node_starting_while_another_builds_the_index_leaves_it_to_that_node(
     open_node: Callable[..., PostgresStore], postgres_cluster: Cluster, postgres_database: str
 ) -> None:
@@ -681,9 +730,14 @@ def test_an_operators_hand_run_build_in_progress_is_left_alone(
         monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big": in a thread
         node = open_node(node="starting")
         assert node.schema_version() == 6 and node._builder is not None
-        # The node's build decides while theirs is in progress (a DROP would wait for it).
-        builder = node._builder
-        wait_until(lambda: not builder.is_alive() or dropping(postgres_cluster, postgres_database))
+        # The node's build decides while theirs is in progress (a DROP would wait for it),
+        # then waits for it.
+        wait_until(
+            lambda: (
+                any("being built by another session" in r.getMessage() for r in caplog.records)
+                or dropping(postgres_cluster, postgres_database)
+            )
+        )
         assert not dropping(postgres_cluster, postgres_database)
         with pytest.raises(StoreBusy, match="being built"):
             node.expire_call_records(10.0, most=10)
@@ -701,6 +755,60 @@ def test_an_operators_hand_run_build_in_progress_is_left_alone(
     lines = [r.getMessage() for r in caplog.records]
     assert any("being built by another session" in line for line in lines)
     assert not any("is invalid" in line for line in lines)
+
+
+def test_an_unrelated_index_build_does_not_keep_an_invalid_index_from_being_built_again(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another role's build shows in pg_stat_progress_create_index without its table: any
+    such build, of any table, was taken for an operator's build of the retention index, and an
+    interrupted build's invalid index was left until the node's next start. The table a build
+    is on is read from pg_locks, which hides nothing."""
+    import psycopg
+
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0), CallRecord("c2", "a", "b", 1.0, None, 2.0)]
+    )
+    admin = postgres_cluster.admin_dsn(postgres_database)
+    with psycopg.connect(admin, autocommit=True) as other:  # an interrupted build's index
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            other.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY call_records_kept_by"
+                " ON call_records ((COALESCE(ended_at, started_at)))"
+            )
+        other.execute("CREATE TABLE unrelated (x INTEGER)")
+    assert index_state(postgres_cluster, postgres_database) == [(False,)]
+    holder = psycopg.connect(admin)
+    by_hand = psycopg.connect(admin, autocommit=True)  # a superuser's: its table hidden
+    build = threading.Thread(
+        target=by_hand.execute, args=("CREATE INDEX CONCURRENTLY unrelated_x ON unrelated (x)",)
+    )
+    try:
+        holder.execute("LOCK TABLE unrelated IN ROW EXCLUSIVE MODE")  # holds that build
+        build.start()
+        wait_until(
+            lambda: bool(
+                postgres_cluster.admin(
+                    "SELECT 1 FROM pg_stat_progress_create_index"
+                    " WHERE relid = 'unrelated'::regclass",
+                    postgres_database,
+                )
+            )
+        )
+        node = open_node(node="starting")  # small: built again while it opens
+        assert index_state(postgres_cluster, postgres_database) == [(True,)]
+        assert node.expire_call_records(10.0, most=10) == 2
+    finally:
+        holder.close()
+        build.join(10)
+        by_hand.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("call_records_kept_by is invalid" in line for line in lines)
+    assert not any("being built by another session" in line for line in lines)
 
 
 NODE_ROLE = "voipgw_node"
@@ -728,8 +836,6 @@ def test_a_node_whose_role_does_not_own_call_records_says_retention_waits_for_th
             f"CREATE ROLE {NODE_ROLE} LOGIN PASSWORD '{postgres_cluster.password}'"
         )
     for grant in (
-        # (CREATE on the schema: every start runs CREATE TABLE IF NOT EXISTS schema_version.)
-        f"GRANT CREATE ON SCHEMA public TO {NODE_ROLE}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {NODE_ROLE}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {NODE_ROLE}",
     ):
@@ -911,3 +1017,126 @@ def test_a_schema_4_database_is_upgraded_and_its_old_nodes_keep_working(
     assert old.get_account("alice") is not None
     assert new.bindings_for_account("alice") != ()
     assert new.psap_number_remaining("+4930123456") is not None
+
+
+# -- a node's role that may only read and write the tables ------------------------------------
+
+RW_ROLE = "voipgw_rw"
+RW_GRANTS = (
+    # docs/configuration.md, "The roles of a PostgreSQL store": the tables there are, and
+    # those the owner's later migrations create.
+    f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {RW_ROLE}",
+    f"ALTER DEFAULT PRIVILEGES FOR ROLE voipgw IN SCHEMA public"
+    f" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {RW_ROLE}",
+)
+
+
+def read_write_role(cluster: Cluster, database: str) -> str:
+    """A role with only SELECT, INSERT, UPDATE and DELETE on the tables the owner's migrations
+    make (no CREATE on the schema: PostgreSQL 15's default for public); its DSN."""
+    if not cluster.admin(f"SELECT 1 FROM pg_roles WHERE rolname = '{RW_ROLE}'"):
+        cluster.admin(f"CREATE ROLE {RW_ROLE} LOGIN PASSWORD '{cluster.password}'")
+    cluster.admin("REVOKE CREATE ON SCHEMA public FROM PUBLIC", database)
+    for grant in RW_GRANTS:
+        cluster.admin(grant, database)
+    return cluster.dsn(database).replace("user=voipgw ", f"user={RW_ROLE} ")
+
+
+def test_a_node_whose_role_may_only_read_and_write_starts_on_an_up_to_date_database(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Production deployments run the nodes as a role that may only use the tables a
+    migration role made. Every start ran CREATE TABLE IF NOT EXISTS schema_version, which
+    PostgreSQL refuses without CREATE on the schema before it looks whether the table exists:
+    such a node could not start even on a database at the current version."""
+    owner = open_node(listen=False, node="owner")  # the migration role: tables and index
+    owner.accounts_add("alice", PASSWORD, REALM)
+    dsn = read_write_role(postgres_cluster, postgres_database)
+    caplog.set_level(logging.INFO, logger=pg_module.__name__)
+    node = open_node(dsn=dsn, node="node")  # a gateway node: listening
+    assert node.schema_version() == len(MIGRATIONS)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # What a node does, each through the role's grants.
+    assert node.get_account("alice") is not None
+    node.accounts_add("bob", PASSWORD, REALM)
+    node.accounts_set("bob", display_name="Bob")
+    node.upsert_binding(binding())
+    assert len(node.registrations_for(AOR)) == 1
+    assert node.expire_bindings(time.time() + 7200) != ()
+    limits = node.call_limits
+    limits.start()
+    assert limits.take(1, ("account", "alice"), 1)
+    assert not limits.take(2, ("account", "alice"), 1)
+    assert limits.beat() is None
+    limits.release([(1, ("account", "alice"))])
+    limits.stop()
+    node.call_record_insert(CallRecord("c1", "a", "b", 1.0, None, 2.0))
+    node.call_record_update("c1", end_reason="bye")
+    assert node.oldest_call_record() == 2.0
+    assert node.expire_call_records(10.0, most=10) == 1
+    node.psap_number_presented("+15550100", 60.0, 10)
+    assert node.psap_number_remaining("+15550100") is not None
+    publication = StoredPublication("alice", "etag-1", time.time() + 60, 1.0, True, True, b"x")
+    assert node.publication_save("alice", publication, replaces=None, now=time.time(), most=4)
+    assert node.expire_publications(time.time() + 120, most=10) == 1
+    node.accounts_remove("bob")
+
+
+def test_a_database_to_migrate_and_a_role_that_may_not_says_what_is_missing_and_what_to_do(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    tmp_path: Path,
+) -> None:
+    """Migration 5 creates a table: a role without CREATE on the schema cannot apply it. Its
+    error names the privilege refused, the versions, and the command to run as the owner,
+    which migrates and builds the retention index (whatever the table's size: the nodes'
+    role may not), after which the node starts."""
+    old = open_node(listen=False, migrations=MIGRATIONS[:4], node="old")
+    old.call_records_save([CallRecord("c1", "a", "b", 1.0, None, 2.0)])
+    dsn = read_write_role(postgres_cluster, postgres_database)
+    with pytest.raises(SchemaError) as refused:
+        open_node(dsn=dsn, node="node")
+    message = str(refused.value)
+    assert "migration 5 failed: permission denied for schema public" in message
+    assert "at version 4" in message and f"needs version {len(MIGRATIONS)}" in message
+    assert "voipgw migrate-store" in message
+    rows = postgres_cluster.admin("SELECT MAX(version) FROM schema_version", postgres_database)
+    assert rows == [(4,)]
+
+    config = tmp_path / "owner.toml"
+    config.write_text(
+        "[store]\n"
+        + "".join(
+            f'{key} = "{value}"\n'
+            for key, value in postgres_cluster.store_table(postgres_database, tmp_path).items()
+        )
+    )
+    migrated = voipgw("migrate-store", "--config", str(config))
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"schema version {len(MIGRATIONS)}" in migrated.stdout
+    assert "the index call_records_kept_by is built" in migrated.stdout
+    assert index_state(postgres_cluster, postgres_database) == [(True,)]
+    node = open_node(dsn=dsn, node="node")
+    publication = StoredPublication("alice", "etag-1", time.time() + 60, 1.0, True, True, b"x")
+    assert node.publication_save("alice", publication, replaces=None, now=time.time(), most=4)
+    assert node.expire_call_records(10.0, most=10) == 1
+
+
+def test_migrate_store_builds_a_big_tables_retention_index_the_cli_would_leave_to_the_nodes(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nodes whose role does not own call_records cannot build the index: the owner's
+    ``voipgw migrate-store`` builds it whatever the table's size (other commands build only a
+    small table's)."""
+    monkeypatch.setattr(pg_module, "INLINE_INDEX_BYTES", -1)  # "big"
+    owner = open_node(listen=False, node="owner")
+    assert index_state(postgres_cluster, postgres_database) == []
+    assert owner.build_retention_index()
+    assert index_state(postgres_cluster, postgres_database) == [(True,)]

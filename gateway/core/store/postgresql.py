@@ -27,7 +27,9 @@ round trip. Theory of operation:
   wait on a server that vanished from the network, and a lost connection is not reopened on the
   caller's thread: the call fails at once with :class:`StoreUnavailable` (a REGISTER is answered
   503, as for a busy SQLite store) and the background thread reconnects. The CLI, which has no
-  thread, connects when it is called.
+  thread, connects when it is called. :meth:`PostgresStore.close` waits at most
+  :data:`CANCEL_WAIT` for an index build it cancels (libpq's cancel request, before libpq 17,
+  is a blocking connect).
 - Call limits (migration 2, :class:`PostgresCallLimits`). A trunk's or account's
   ``max_calls`` holds for every node: a row per call held against a limited key, taken by one
   function call that locks the key, counts and inserts, so two nodes cannot both take the last;
@@ -61,7 +63,10 @@ round trip. Theory of operation:
 - Schema. Ordered migrations recorded in ``schema_version``, applied under an advisory lock so
   nodes starting together migrate once; a database written by a newer voipgw is refused, and
   every refusal or failed migration names the versions and says what to do (a rolling upgrade:
-  docs/configuration.md ``[store]``).
+  docs/configuration.md ``[store]``). A database already at this version is only read at
+  start-up (no DDL, no lock): nodes may run as a role that only reads and writes the tables,
+  their owner migrating with ``voipgw migrate-store`` (docs/configuration.md, "The roles of a
+  PostgreSQL store").
 
 psycopg (3.2 or later, ``pip install 'voipgw[postgresql]'``) is imported here only, when a
 PostgreSQL store is opened: a SQLite install never needs it.
@@ -133,6 +138,10 @@ RECONNECT_INTERVAL = 1.0
 LISTENER_POLL = 0.25
 """Longest the listener thread waits for a notification before it looks at its other work."""
 
+CANCEL_WAIT = 2.0
+"""Longest :meth:`PostgresStore.close` waits for an index build it cancels to stop (a cancel
+the server answers takes milliseconds)."""
+
 MIGRATION_STATEMENT_TIMEOUT = "60s"
 """Migrations run at start-up, before anything is relayed, and may wait for another node's."""
 
@@ -141,10 +150,20 @@ ACCOUNT_CACHE_ENTRIES = 4096
 
 MIGRATION_REMEDY = (
     "fix the cause; a role that may not create or alter tables needs the database's owner to "
-    "apply it (any voipgw command, e.g. `voipgw accounts list`, with a config whose [store] "
-    "dsn names the owner) or the privilege granted"
+    "apply it (`voipgw migrate-store --config FILE` with a config whose [store] dsn names the "
+    "owner) or the privilege granted"
 )
 """What a failed migration's error tells the operator to do."""
+
+MIGRATION_PRIVILEGE_REMEDY = (
+    "this node's role may not change the schema (a migration creates and alters tables and"
+    " functions: it needs CREATE on the schema and to own voipgw's tables, as the role that"
+    " created them does); run `voipgw migrate-store --config FILE` with a config whose [store]"
+    " dsn names that role (the database's owner), then grant the node's role what it uses"
+    " (docs/configuration.md, 'The roles of a PostgreSQL store')"
+)
+"""What a migration refused for want of a privilege tells the operator to do: the nodes may
+run as a role that only reads and writes the tables (they then never migrate)."""
 
 # pg_advisory_xact_lock key of schema migrations: "voip" in ASCII.
 _MIGRATION_LOCK = 0x766F6970
@@ -159,6 +178,8 @@ INLINE_INDEX_BYTES = 64 * 1024 * 1024
 the store opens (a tenth of a second or so, within statement_timeout); a bigger one in a thread,
 while the node serves, as does a small one whose build waited past statement_timeout for an
 older transaction."""
+INDEX_BUILD_POLL = 1.0
+"""Seconds between looks at another session's build of the retention index, waited for."""
 _CREATE_RETENTION_INDEX = (
     f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {RETENTION_INDEX}"
     " ON call_records ((COALESCE(ended_at, started_at)))"
@@ -834,17 +855,60 @@ class PostgresStore:
 
     def close(self) -> None:
         self._stopping.set()
-        while self._builder is not None and self._builder.is_alive():
-            # An index build stops at a cancel (a step it had not begun then, at its check of
-            # _stopping): it leaves an invalid index, which the next start builds again.
-            with self._builder_lock:
+        self._stop_index_build()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _stop_index_build(self) -> None:
+        """Cancel a build in progress and wait for it to stop, at most :data:`CANCEL_WAIT`.
+
+        An index build stops at a cancel (a step it had not begun then, at its check of
+        _stopping): it leaves an invalid index, which the next start builds again. The cancel
+        is a connection of its own (libpq's cancel request). Before libpq 17 it is made
+        blocking, without connect_timeout (psycopg's ``cancel_safe`` falls back to
+        ``PQcancel``; its ``timeout`` bounds only libpq 17's), so a server whose host drops
+        packets held close(), and the gateway's shutdown, for the kernel's connect retries
+        (about two minutes on Linux): it runs in a thread of its own, which close() does not
+        wait for past the bound (a daemon thread; the process may end meanwhile)."""
+        builder = self._builder
+        if builder is None or not builder.is_alive():
+            return
+        canceller = threading.Thread(
+            target=self._cancel_index_build,
+            args=(builder,),
+            name="postgresql index build cancel",
+            daemon=True,
+        )
+        canceller.start()
+        deadline = time.monotonic() + CANCEL_WAIT
+        # Until the build stops, or its cancel failed (said by the canceller), or time is up.
+        while builder.is_alive() and canceller.is_alive() and time.monotonic() < deadline:
+            builder.join(0.05)
+        if builder.is_alive() and canceller.is_alive():
+            log.warning(
+                "PostgreSQL %s: the build of the index %s was not stopped within %g s (its"
+                " cancel request waits for the server: out of reach?): not waited for; the"
+                " next start builds it if it is left invalid",
+                self._server.description,
+                RETENTION_INDEX,
+                CANCEL_WAIT,
+            )
+
+    def _cancel_index_build(self, builder: threading.Thread) -> None:
+        """Cancel the build until it stops (one sent before its next statement began would
+        find nothing to cancel), or until a cancel fails."""
+        while builder.is_alive():
+            with self._builder_lock:  # its connection is not closed meanwhile
                 if self._builder_db is not None:
                     try:
-                        self._builder_db.cancel_safe()
+                        self._builder_db.cancel_safe(timeout=CANCEL_WAIT)
                     except self._pg.Error as exc:
-                        # The cancel is a connection of its own (libpq's cancel request): with
-                        # the server out of reach it fails, and the build with its connection.
-                        # Not waited for (a daemon thread); the store closes all the same.
+                        # With the server out of reach the cancel fails, and the build with
+                        # its connection. Not waited for; the store closes all the same.
                         log.warning(
                             "PostgreSQL %s: cannot cancel the build of the index %s (the next"
                             " start builds it if it is left invalid): %s",
@@ -852,14 +916,8 @@ class PostgresStore:
                             RETENTION_INDEX,
                             self._server.say(exc),
                         )
-                        break
-            self._builder.join(0.1)
-        if self._thread is not None:
-            self._thread.join()
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+                        return
+            builder.join(0.1)
 
     def shared_call_limits(self) -> SharedCallLimits | None:
         """Counted for every node in ``call_limit_holds``: see :class:`PostgresCallLimits`."""
@@ -1480,6 +1538,18 @@ class PostgresStore:
             " or invalid); call records are deleted once it is"
         )
 
+    def build_retention_index(self) -> bool:
+        """Build call record retention's index now, in the caller's thread, whatever the
+        table's size, and wait for it (``voipgw migrate-store``: run as the owner of
+        call_records, it builds the index nodes whose role does not own the table cannot).
+        True once it is valid; False when it is not (another node's build in progress, a
+        role that may not build it: logged)."""
+        if not self._retention_indexed:
+            self._build_retention_index()
+        with self._session() as db:
+            self._retention_indexed = _index_valid(db) is True
+        return self._retention_indexed
+
     def _start_index_build(self, *, background: bool) -> None:
         with self._session() as db:
             self._retention_indexed = _index_valid(db) is True
@@ -1511,16 +1581,17 @@ class PostgresStore:
         node dropping it would undo a build in progress. An interrupted build (the node stopped
         or killed, the server restarted) leaves an invalid index, which ``IF NOT EXISTS`` would
         keep: the holder drops it (``DROP INDEX CONCURRENTLY``) and builds it again, unless
-        another session is building an index in the database (:func:`_index_build_running`):
-        an operator's hand-run ``CREATE INDEX CONCURRENTLY`` takes no advisory lock. A role
+        another session is building an index on call_records (:func:`_index_build_running`):
+        an operator's hand-run ``CREATE INDEX CONCURRENTLY`` takes no advisory lock. That build
+        is waited for, and its index dropped and built again if it failed. A role
         that does not own call_records may not build it: said at ERROR with the remedy, and
         retention fails saying so (:meth:`_wait_for_retention_index`).
 
         ``bounded`` (a small table's, while the store opens): under ``statement_timeout``, as
         the build also waits for every transaction of the database older than it (PostgreSQL
         docs, "Building Indexes Concurrently"), which may be one left open for hours; False
-        when it ran out (the invalid index it leaves is dropped by the next build), else
-        True."""
+        when it ran out (the invalid index it leaves is dropped by the next build) or another
+        session's build is to be waited for (by the background build), else True."""
         pg = self._pg
         where = f"PostgreSQL {self._server.description}"
         try:
@@ -1552,15 +1623,26 @@ class PostgresStore:
             if valid is False and _index_build_running(db):
                 # An operator's CREATE INDEX CONCURRENTLY (as the docs suggest) takes no
                 # advisory lock: its index is invalid until it is done, as an interrupted
-                # build's is. Dropped, that build would be undone.
+                # build's is. Dropped, that build would be undone: waited for (a start's
+                # bounded build leaves the wait to the background one), then looked at again,
+                # so that one which failed (an invalid index again) is built here.
                 log.info(
                     "%s: the index %s is being built by another session (CREATE INDEX"
-                    " CONCURRENTLY run by hand?): left to it; old call records are deleted once"
-                    " it is built",
+                    " CONCURRENTLY run by hand?): left to it%s; old call records are deleted"
+                    " once it is built",
                     where,
                     RETENTION_INDEX,
+                    "" if bounded else ", built here if it fails",
                 )
-                return True
+                if bounded:
+                    return False
+                while _index_build_running(db):
+                    if self._stopping.wait(INDEX_BUILD_POLL):
+                        return True
+                valid = _index_valid(db)
+                if valid is True:
+                    self._retention_indexed = True
+                    return True
             if valid is False:
                 log.warning(
                     "%s: the index %s is invalid (an interrupted build left it): dropped and"
@@ -1724,17 +1806,26 @@ def _migrate(
     found: int | None = None  # the version the database had before this node migrated it
     current = version = 0
     try:
+        # A database at this version (every start but an upgrade's) is only read: no DDL, no
+        # lock, so a role that may only use the tables starts. PostgreSQL checks CREATE on the
+        # schema before IF NOT EXISTS looks for the table: CREATE TABLE IF NOT EXISTS
+        # schema_version, run at each start, refused such a role on an up-to-date database.
+        current = _schema_version(db)
+        if current > latest:
+            raise newer_schema(where, current, latest)
+        if current == latest:
+            return
         for version, statements in migrations:
             with db.transaction():
                 db.execute(f"SET LOCAL statement_timeout = '{MIGRATION_STATEMENT_TIMEOUT}'")
                 # Nodes starting together: one migrates, the others wait and find it done.
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version"
-                    " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-                )
-                row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-                current = int(row[0] or 0) if row else 0
+                if not _has_schema_version(db):
+                    db.execute(
+                        "CREATE TABLE schema_version"
+                        " (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+                    )
+                current = _schema_version(db)
                 if found is None:
                     found = current
                 if current > latest:
@@ -1750,8 +1841,11 @@ def _migrate(
         message = server.say(exc)
         if db.broken or db.closed:
             raise StoreUnavailable(f"{where}: connection lost while migrating: {message}") from None
+        remedy = MIGRATION_REMEDY
+        if isinstance(exc, pg.errors.InsufficientPrivilege):
+            remedy = MIGRATION_PRIVILEGE_REMEDY
         raise SchemaError(
-            migration_failed(where, current, latest, version, message, MIGRATION_REMEDY)
+            migration_failed(where, current, latest, version, message, remedy)
         ) from None
     if found and found < latest:
         # A rolling upgrade: nodes of the older voipgw still running go on, but refuse this
@@ -1765,6 +1859,20 @@ def _migrate(
         )
 
 
+def _has_schema_version(db: psycopg.Connection[Any]) -> bool:
+    """Whether the table schema_version exists (where the session's search_path finds it)."""
+    row = db.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def _schema_version(db: psycopg.Connection[Any]) -> int:
+    """The version schema_version records; 0 for a database without it (a new one)."""
+    if not _has_schema_version(db):
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
 def _index_valid(db: psycopg.Connection[Any]) -> bool | None:
     """Whether the retention index is valid (pg_index.indisvalid: False while a concurrent
     build runs, or after one was interrupted); None when there is none."""
@@ -1775,18 +1883,22 @@ def _index_valid(db: psycopg.Connection[Any]) -> bool | None:
 
 
 def _index_build_running(db: psycopg.Connection[Any]) -> bool:
-    """Whether another session of this database is building an index (PostgreSQL 12 and later:
-    pg_stat_progress_create_index) that may be the retention index: one building it, or one
-    whose target this role may not see (another role's session, shown without its relation
-    unless this role has pg_read_all_stats), which is left alone rather than undone. False
-    before PostgreSQL 12, which cannot tell."""
+    """Whether another session of this database is building an index on call_records
+    (PostgreSQL 12 and later), which may be the retention index. pg_stat_progress_create_index
+    shows every session's build, but hides which table another role's is on (unless this role
+    has pg_read_all_stats); pg_locks, which every role sees whole, shows the lock such a build
+    holds on its table (SHARE UPDATE EXCLUSIVE concurrently, else SHARE). An unrelated build
+    (another table, another role's) is not one: taken for one, it left an interrupted build's
+    invalid index alone until the node's next start. False before PostgreSQL 12, which cannot
+    tell."""
     if db.info.server_version < 120000:
         return False
     row = db.execute(
-        "SELECT count(*) FROM pg_stat_progress_create_index"
-        " WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND pid <> pg_backend_pid() AND (index_relid = to_regclass(%s) OR relid IS NULL)",
-        (RETENTION_INDEX,),
+        "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_locks l ON l.pid = p.pid"
+        " WHERE p.datid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND p.pid <> pg_backend_pid() AND l.locktype = 'relation' AND l.granted"
+        " AND l.database = p.datid AND l.relation = to_regclass('call_records')"
+        " AND l.mode IN ('ShareUpdateExclusiveLock', 'ShareLock')"
     ).fetchone()
     return row is not None and int(row[0]) > 0
 
