@@ -93,13 +93,12 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GC_STATS_HOOK = Path(__file__).resolve().parent / "gc_stats"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
-LOOPBACK = "127.0.0.1"
-TRUNK_IP = "127.0.0.2"  # the calling trunk's source address (voipgw noauth)
 # SIP ports above the kernel's ephemeral range (32768-60999 here), where no other program's
 # outgoing sockets land and the tests and the other benchmarks pick none (they stay below
 # 32768); each step checks they are free first and says so when they are not.
@@ -131,34 +130,18 @@ SYSTEMS = ("floor", "voipgw", "sippy")
 SIPP_TIMEOUT_SLACK = 20.0  # seconds a step may run past its nominal length before it is stopped
 
 
-def gateway_config(state_dir: Path, media_ports: str, gc_thresholds: str | None) -> str:
-    """voipgw's configuration: UDP only, MD5 first (sipp 3.6 answers only the first challenge
-    and knows only MD5), the outbound trunk ``carrier`` for +49 and the calling trunk ``pbx``;
-    ``gc_thresholds`` ("G0,G1,G2") replaces the shipped collector thresholds."""
+def voipgw_config(state_dir: Path, media_ports: str, gc_thresholds: str | None) -> str:
+    """voipgw's configuration (benchmarks/gateway_config.py): UDP only, the trunk ``carrier``
+    served by the voipgw system's UAS; ``gc_thresholds`` ("G0,G1,G2") replaces the shipped
+    collector thresholds."""
     gc_line = f"gc_thresholds = [{gc_thresholds}]\n" if gc_thresholds else ""
-    return f"""\
-[gateway]
-state_dir = "{state_dir}"
-digest_algorithms = ["MD5"]
-{gc_line}
-[sip]
-listen = ["udp:{LOOPBACK}:{B2BUA_PORT}"]
-
-[media]
-address = "{LOOPBACK}"
-ports = "{media_ports}"
-
-[[trunks]]
-name = "carrier"
-address = "udp:{LOOPBACK}:{PORTS["voipgw"].uas}"
-prefixes = ["+49"]
-allowed_sources = []
-
-[[trunks]]
-name = "pbx"
-address = "udp:{TRUNK_IP}:5060"
-allowed_sources = ["{TRUNK_IP}"]
-"""
+    return gateway_config(
+        state_dir,
+        listen=[f"udp:{LOOPBACK}:{B2BUA_PORT}"],
+        media_ports=media_ports,
+        carrier_port=PORTS["voipgw"].uas,
+        gateway_lines=gc_line,
+    )
 
 
 # -- processes and their CPU ----------------------------------------------------------------
@@ -368,7 +351,7 @@ class System:
         state = self.workdir / "state"
         config = self.workdir / "voipgw.toml"
         require_free(B2BUA_PORT, PORTS["voipgw"].phone)
-        config.write_text(gateway_config(state, args.media_ports, args.gateway_gc))
+        config.write_text(voipgw_config(state, args.media_ports, args.gateway_gc))
         command = [sys.executable, "-m", "gateway"]
         subprocess.run(
             [*command, "accounts", "add", ACCOUNT, "--password", PASSWORD, "--config", str(config)],

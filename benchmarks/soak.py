@@ -63,14 +63,13 @@ import urllib.request
 from pathlib import Path
 
 import attrs
+from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
 from sip_calls import REPO_ROOT, SCENARIOS, require_free, rss_kib, stop, versions, wait_udp_port
 
 sys.path.insert(0, str(REPO_ROOT))
 from tests.port_blocks import port_block  # the repository root, just above
 
 TRACEMALLOC_HOOK = Path(__file__).resolve().parent / "tracemalloc_hook"
-LOOPBACK = "127.0.0.1"
-TRUNK_IP = "127.0.0.2"  # the calling trunk pbx's source address
 ALICE, PASSWORD = "alice", "wonderland"
 CARRIER_NUMBER = "+4989555"
 RING_TIMEOUT = 5.0  # [sip] ring_timeout: how long a "timeout" call rings
@@ -176,45 +175,32 @@ def allocate_ports() -> Ports:
     )
 
 
-def gateway_config(
+def voipgw_config(
     state_dir: Path, ports: Ports, users: int, call_record_days: float | None = None
 ) -> str:
+    """voipgw's configuration (benchmarks/gateway_config.py): UDP and TLS, the metrics plugin,
+    Timer C at :data:`RING_TIMEOUT`."""
     # [store] call_record_days: the default (0: for ever) unless asked; a fraction of a day
     # shows within a run that the store stops growing once the housekeeping deletes records.
     store = (
         "" if call_record_days is None else f"[store]\ncall_record_days = {call_record_days!r}\n"
     )
-    return f"""\
-[gateway]
-state_dir = "{state_dir}"
-digest_algorithms = ["MD5"]
-
-{store}
+    plugins = f"""\
 [plugins]
 enable = ["udp", "tls", "sdes", "metrics"]
 
 [plugins.metrics]
 listen = "{LOOPBACK}:{ports.metrics}"
 
-[sip]
-listen = ["udp:{LOOPBACK}:{ports.gateway}", "tls:{LOOPBACK}:{ports.gateway_tls}"]
-ring_timeout = {RING_TIMEOUT}
-
-[media]
-address = "{LOOPBACK}"
-ports = "{ports.media}"
-
-[[trunks]]
-name = "carrier"
-address = "udp:{LOOPBACK}:{ports.uas["carrier"]}"
-prefixes = ["+49"]
-allowed_sources = []
-
-[[trunks]]
-name = "pbx"
-address = "udp:{TRUNK_IP}:5060"
-allowed_sources = ["{TRUNK_IP}"]
 """
+    return gateway_config(
+        state_dir,
+        listen=[f"udp:{LOOPBACK}:{ports.gateway}", f"tls:{LOOPBACK}:{ports.gateway_tls}"],
+        media_ports=ports.media,
+        carrier_port=ports.uas["carrier"],
+        sections=f"{store}\n{plugins}",
+        sip_lines=f"ring_timeout = {RING_TIMEOUT}\n",
+    )
 
 
 def sipp(
@@ -294,7 +280,7 @@ class Soak:
     def start(self) -> None:
         state = self.workdir / "state"
         self.config.write_text(
-            gateway_config(state, self.ports, self.args.users, self.args.call_record_days)
+            voipgw_config(state, self.ports, self.args.users, self.args.call_record_days)
         )
         require_free(self.ports.gateway, self.ports.metrics, *self.ports.uas.values())
         phones = sorted({account for _, account in UAS.values() if account is not None})
