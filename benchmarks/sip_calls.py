@@ -307,17 +307,12 @@ def wait_udp_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
         time.sleep(0.05)
 
 
-def sipp_command(
-    scenario: str,
-    *,
-    local_ip: str,
-    port: int,
-    media_port: int,
-    calls: int,
-    timeout: float,
-    rundir: Path,
-    hold_ms: int = 0,
+def sipp_base(
+    scenario: str, *, local_ip: str, port: int, media_port: int, rundir: Path
 ) -> list[str]:
+    """The sipp command line both SIP benchmarks start with (soak.py too): ``scenario`` over
+    UDP from ``local_ip``:``port``, media ports from ``media_port``, 4 MiB socket buffers, no
+    keyboard, errors to ``rundir``/errors.log."""
     return [
         "sipp",
         "-sf",
@@ -333,19 +328,36 @@ def sipp_command(
         local_ip,
         "-mp",
         str(media_port),
+        "-nostdin",
+        "-buff_size",
+        str(4 * 1024 * 1024),
+        "-trace_err",
+        "-error_file",
+        str(rundir / "errors.log"),
+    ]
+
+
+def sipp_command(
+    scenario: str,
+    *,
+    local_ip: str,
+    port: int,
+    media_port: int,
+    calls: int,
+    timeout: float,
+    rundir: Path,
+    hold_ms: int = 0,
+) -> list[str]:
+    """:func:`sipp_base` for ``calls`` calls held ``hold_ms`` each, failing after ``timeout``."""
+    return [
+        *sipp_base(scenario, local_ip=local_ip, port=port, media_port=media_port, rundir=rundir),
         "-m",
         str(calls),
         "-d",
         str(hold_ms),
-        "-nostdin",
-        "-buff_size",
-        str(4 * 1024 * 1024),
         "-timeout",
         f"{timeout:g}s",
         "-timeout_error",
-        "-trace_err",
-        "-error_file",
-        str(rundir / "errors.log"),
     ]
 
 

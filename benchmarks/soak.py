@@ -64,7 +64,15 @@ from pathlib import Path
 
 import attrs
 from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
-from sip_calls import REPO_ROOT, SCENARIOS, require_free, rss_kib, stop, versions, wait_udp_port
+from sip_calls import (
+    REPO_ROOT,
+    require_free,
+    rss_kib,
+    sipp_base,
+    stop,
+    versions,
+    wait_udp_port,
+)
 
 sys.path.insert(0, str(REPO_ROOT))
 from tests.port_blocks import port_block  # the repository root, just above
@@ -216,27 +224,10 @@ def sipp(
     rundir: Path,
     extra: list[str],
 ) -> list[str]:
+    """sip_calls.py's :func:`~sip_calls.sipp_base`, its statistics to ``rundir``/stats.csv
+    every 5 s, then ``extra``."""
     return [
-        "sipp",
-        "-sf",
-        str(SCENARIOS / scenario),
-        "-t",
-        "u1",
-        "-i",
-        local_ip,
-        "-p",
-        str(port),
-        "-bind_local",
-        "-mi",
-        local_ip,
-        "-mp",
-        str(media_port),
-        "-nostdin",
-        "-buff_size",
-        str(4 * 1024 * 1024),
-        "-trace_err",
-        "-error_file",
-        str(rundir / "errors.log"),
+        *sipp_base(scenario, local_ip=local_ip, port=port, media_port=media_port, rundir=rundir),
         "-trace_stat",
         "-stf",
         str(rundir / "stats.csv"),
