@@ -133,19 +133,21 @@ def _start(command: list[str], cwd: Path, output: BinaryIO) -> subprocess.Popen[
     )
 
 
-def _stop(run: subprocess.Popen[bytes]) -> None:
+def _stop(run: subprocess.Popen[bytes]) -> bool:
     """A half still running (the other failed): SIGINT to its pytest first, which tears its
     fixtures down as after Ctrl-C (the PostgreSQL cluster of tests/pgcluster.py, whose server
     runs in a session of its own and outlived a SIGKILL of the half's session: session 29 found
-    two left running), then SIGKILL to its session, pytest and what it started, after 60 s."""
+    two left running), then SIGKILL to its session, pytest and what it started, after 60 s.
+    Whether it had to be stopped."""
     if run.poll() is not None:
-        return
+        return False
     run.send_signal(signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
         run.wait(60)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(run.pid, signal.SIGKILL)  # what it started and left behind, if anything
     run.wait()
+    return True
 
 
 def _imports_a_compiled_module(path: Path) -> bool:
@@ -226,6 +228,7 @@ def test_the_compiled_relay_passes_the_tests_that_reach_it(
     outputs = [tmp_path / f"half-{number}.txt" for number in range(len(COMPILED_RUN_HALVES))]
     pytest_command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
     runs: list[subprocess.Popen[bytes]] = []
+    stopped: list[bool] = []
     try:
         for half, output in zip(COMPILED_RUN_HALVES, outputs, strict=True):
             with output.open("wb") as sink:
@@ -240,9 +243,13 @@ def test_the_compiled_relay_passes_the_tests_that_reach_it(
             assert time.monotonic() < deadline, "the compiled copy's tests did not end in 1200 s"
             time.sleep(0.2)
     finally:
-        for run in runs:
-            _stop(run)
-    for half, output, run in zip(COMPILED_RUN_HALVES, outputs, runs, strict=True):
-        text = output.read_text(errors="replace")
-        assert run.returncode == 0, f"{' '.join(half)}:\n{text[-9000:]}"
-        assert " passed" in text.splitlines()[-1], f"{' '.join(half)}:\n{text[-3000:]}"
+        stopped = [_stop(run) for run in runs]
+    # The half that failed by itself first: a half stopped because of it shows only the
+    # interruption.
+    for number in sorted(range(len(runs)), key=lambda number: stopped[number]):
+        half, run = " ".join(COMPILED_RUN_HALVES[number]), runs[number]
+        text = outputs[number].read_text(errors="replace")
+        if stopped[number]:
+            half += " (stopped: the other half failed)"
+        assert run.returncode == 0, f"{half}:\n{text[-9000:]}"
+        assert " passed" in text.splitlines()[-1], f"{half}:\n{text[-3000:]}"
