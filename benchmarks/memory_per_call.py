@@ -49,6 +49,7 @@ if importlib.util.find_spec("gateway") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_ports import media_ports
 from relay_srtp import (
     ADDRESS,
     SCENARIOS,
@@ -68,9 +69,11 @@ from gateway.core.media.relay import MediaRelay
 from gateway.core.media.srtp import SrtpSession, libsrtp_version
 
 SCENARIO = SCENARIOS["srtp-srtp"]
-# 4 ports per call; both relays use the range in turn, never at the same time. Ports another
-# process holds are skipped (PortAllocator; rtpengine likewise).
-PORTS = (15000, 31999)
+# 4 ports per call, from one port block (benchmarks/bench_ports.py) of 4 x the largest --calls;
+# both relays use it in turn, never at the same time. Ports another process holds are skipped
+# (PortAllocator; rtpengine likewise).
+PORTS_PER_CALL = 4
+MAX_CALLS = 4250  # 17000 ports, the old fixed range's size; 4 FDs a call in each relay
 SETTLE = 1.0  # seconds after the packets, before reading RSS
 
 
@@ -104,14 +107,19 @@ def send_first_packets(phone: socket.socket, targets: list[tuple[int, Srtp | Non
 
 
 def voipgw_child(
-    conn: multiprocessing.connection.Connection, steps: list[int], trace: bool
+    conn: multiprocessing.connection.Connection,
+    steps: list[int],
+    trace: bool,
+    ports: tuple[int, int],
 ) -> None:
-    conn.send(trio.run(_voipgw_steps, steps, trace))
+    conn.send(trio.run(_voipgw_steps, steps, trace, ports))
 
 
-async def _voipgw_steps(steps: list[int], trace: bool) -> list[tuple[int, int, int, int]]:
+async def _voipgw_steps(
+    steps: list[int], trace: bool, ports: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """(calls, RSS KiB, Python bytes traced, packets relayed) at 0 and at each step."""
-    relay = MediaRelay(PortAllocator(ADDRESS, PortRange(*PORTS)))
+    relay = MediaRelay(PortAllocator(ADDRESS, PortRange(*ports)))
     phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     phone.bind((ADDRESS, 0))
     phone_port = phone.getsockname()[1]
@@ -143,10 +151,12 @@ async def _voipgw_steps(steps: list[int], trace: bool) -> list[tuple[int, int, i
     return points
 
 
-def run_voipgw(steps: list[int], trace: bool) -> list[tuple[int, int, int, int]]:
+def run_voipgw(
+    steps: list[int], trace: bool, ports: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=voipgw_child, args=(child, steps, trace), daemon=True)
+    process = ctx.Process(target=voipgw_child, args=(child, steps, trace, ports), daemon=True)
     process.start()
     try:
         deadline = time.monotonic() + 600
@@ -164,9 +174,9 @@ def run_voipgw(steps: list[int], trace: bool) -> list[tuple[int, int, int, int]]
 # -- rtpengine --------------------------------------------------------------------------------
 
 
-def run_rtpengine(steps: list[int]) -> list[tuple[int, int, int]]:
+def run_rtpengine(steps: list[int], ports: tuple[int, int]) -> list[tuple[int, int, int]]:
     """(calls, RSS KiB of rtpengine, calls set up) at 0 and at each step."""
-    engine = Rtpengine(port_min=PORTS[0], port_max=PORTS[1], lifetime=600)
+    engine = Rtpengine(port_min=ports[0], port_max=ports[1], lifetime=600)
     client: NgClient = engine.start()
     phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     phone.bind((ADDRESS, 0))
@@ -200,8 +210,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     steps = sorted(set(args.calls))
-    if steps[0] < 1 or steps[-1] > (PORTS[1] - PORTS[0] + 1) // 4:
-        parser.error(f"--calls: 1..{(PORTS[1] - PORTS[0] + 1) // 4} (4 ports per call)")
+    if steps[0] < 1 or steps[-1] > MAX_CALLS:
+        parser.error(f"--calls: 1..{MAX_CALLS} ({PORTS_PER_CALL} ports per call)")
+    block = media_ports(PORTS_PER_CALL * steps[-1])
+    ports = (block.start, block.stop - 1)
     started = time.monotonic()
     print(
         f"Memory per active SRTP call ({SCENARIO.title}): {machine_description()}, "
@@ -210,8 +222,8 @@ def main() -> None:
     )
     rows: dict[str, list[str]] = {}
     if "voipgw" in args.relays:
-        rss_points = run_voipgw(steps, trace=False)
-        traced_points = run_voipgw(steps, trace=True)
+        rss_points = run_voipgw(steps, False, ports)
+        traced_points = run_voipgw(steps, True, ports)
         base_rss, base_traced = rss_points[0][1], traced_points[0][2]
         for (calls, rss, _, packets), (_, _, traced, _) in zip(
             rss_points, traced_points, strict=True
@@ -229,7 +241,7 @@ def main() -> None:
                     ]
                 )
     if "rtpengine" in args.relays:
-        points = run_rtpengine(steps)
+        points = run_rtpengine(steps, ports)
         base = points[0][1]
         for calls, rss, made in points:
             print(f"    rtpengine {calls:5d} calls  RSS {rss / 1024:8.1f} MiB  ({made} set up)")

@@ -61,7 +61,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from relay_srtp import (
     ADDRESS,
     SCENARIOS,
-    VOIPGW_PORTS,
     Generators,
     Role,
     Scenario,
@@ -73,10 +72,10 @@ from relay_srtp import (
     rtpengine_version,
     schedstat_delta,
     task_schedstats,
+    voipgw_ports,
 )
 from rtpengine_peer import NgClient, NgError, Rtpengine, Srtp, delete_call, running
 
-from gateway.core.config import PortRange
 from gateway.core.media.ports import PortAllocator
 from gateway.core.media.relay import MediaRelay
 from gateway.core.media.srtp import SrtpSession, libsrtp_version
@@ -311,7 +310,7 @@ async def run_direct(scenario: Scenario, args: argparse.Namespace) -> LatencyRes
 
 
 async def run_voipgw(scenario: Scenario, args: argparse.Namespace) -> LatencyResult:
-    relay = MediaRelay(PortAllocator(ADDRESS, PortRange.parse(VOIPGW_PORTS)))
+    relay = MediaRelay(PortAllocator(ADDRESS, voipgw_ports()))
     generators = _start(scenario, args)
     sessions: list[SrtpSession] = []
     try:

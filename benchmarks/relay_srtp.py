@@ -102,6 +102,7 @@ if importlib.util.find_spec("gateway") is None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_ports import media_ports
 from rtpengine_peer import NgClient, NgError, Rtpengine, Srtp, bridge_call, delete_call, running
 
 from gateway.core.config import PortRange
@@ -112,9 +113,8 @@ from gateway.core.media.relay import MediaRelay, MediaStream, Transforms
 from gateway.core.media.srtp import SUITES, SrtpSession, libsrtp_version
 
 ADDRESS = "127.0.0.1"
-# Four ports per call (a pair per leg), outside Linux's ephemeral range (32768-60999) and apart
-# from rtpengine's range (rtpengine_peer.PORT_MIN..PORT_MAX = 25000-29999).
-VOIPGW_PORTS = "20000-24999"
+# voipgw's media range: four ports per call (a pair per leg), 1250 calls.
+VOIPGW_PORTS = 5000
 SLOTS_PER_PACKET_INTERVAL = 10  # spread each 20 ms of sending over 10 slots, not one burst
 HEADER = struct.Struct("!BBHII")  # RTP fixed header (RFC 3550 §5.1): V=2, PT 0, seq, ts, SSRC
 DRAIN_SILENCE = 0.5
@@ -643,11 +643,19 @@ def open_rtpengine_calls(
     return targets
 
 
+@functools.cache
+def voipgw_ports() -> PortRange:
+    """voipgw's media range, the same every run: a port block locked for this process, which
+    neither a test run nor another benchmark takes meanwhile (benchmarks/bench_ports.py)."""
+    block = media_ports(VOIPGW_PORTS)
+    return PortRange(block.start, block.stop - 1)
+
+
 _CALL_NUMBERS = itertools.count()  # call ids never repeat within one rtpengine's life
 
 
 async def run_voipgw(scenario: Scenario, calls: int, args: argparse.Namespace) -> Result:
-    relay = MediaRelay(PortAllocator(ADDRESS, PortRange.parse(VOIPGW_PORTS)))
+    relay = MediaRelay(PortAllocator(ADDRESS, voipgw_ports()))
     generators = Generators.start(calls, args.generators, scenario, args)
     sessions: list[SrtpSession] = []
     try:

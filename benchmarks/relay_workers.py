@@ -64,10 +64,10 @@ from relay_srtp import (
     phone_keys,
     schedstat_delta,
     task_schedstats,
+    voipgw_ports,
 )
 from rtpengine_peer import Srtp
 
-from gateway.core.config import PortRange
 from gateway.core.interfaces import SrtpKeys
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.keying import StreamKeys, StreamSrtp
@@ -77,9 +77,6 @@ from gateway.core.media.remote_relay import WorkerPool
 from gateway.core.media.srtp import libsrtp_version
 
 MODES = {"in-process": 0, "1-worker": 1, "2-workers": 2}
-# Our own range, apart from relay_srtp.py's (20000-24999), rtpengine's (25000-29999) and Linux's
-# ephemeral ports (32768-60999), so this can run beside the other benchmark.
-VOIPGW_PORTS = "10000-14999"
 
 
 @attrs.frozen
@@ -175,7 +172,7 @@ async def measure(
 
 
 async def run_in_process(scenario: Scenario, calls: int, args: argparse.Namespace) -> Run:
-    relay = MediaRelay(PortAllocator(ADDRESS, PortRange.parse(VOIPGW_PORTS)))
+    relay = MediaRelay(PortAllocator(ADDRESS, voipgw_ports()))
     generators = Generators.start(calls, args.generators, scenario, args)
     keyings: list[StreamSrtp] = []
     try:
@@ -209,7 +206,7 @@ async def run_in_process(scenario: Scenario, calls: int, args: argparse.Namespac
 async def run_workers(
     scenario: Scenario, calls: int, workers: int, mode: str, args: argparse.Namespace
 ) -> Run:
-    pool = WorkerPool(ADDRESS, PortRange.parse(VOIPGW_PORTS), workers, log_level=args.log_level)
+    pool = WorkerPool(ADDRESS, voipgw_ports(), workers, log_level=args.log_level)
     generators = Generators.start(calls, args.generators, scenario, args)
     try:
         async with trio.open_nursery() as nursery:

@@ -41,13 +41,12 @@ import time
 from collections.abc import Iterator
 
 import attrs
+from bench_ports import media_ports
 
 ADDRESS = "127.0.0.1"
-# Outside every benchmark's media range (relay_srtp 20000-24999, relay_workers 10000-14999,
-# memory_per_call 15000-31999, sip_calls 14000-17999), so two benchmarks run at once cannot
-# take it from each other, and below Linux's ephemeral ports (32768-60999).
-NG_PORT = 32230
-PORT_MIN, PORT_MAX = 25000, 29999  # 1250 calls of 2 RTP/RTCP pairs; outside 32768-60999
+# rtpengine's NG port and media range, unless given: port blocks locked for this process
+# (benchmarks/bench_ports.py), so neither a test run nor another benchmark takes them meanwhile.
+RTP_PORTS = 5000  # 1250 calls of 2 RTP/RTCP pairs
 
 # Limits for parsing rtpengine's replies (they are bytes from a socket).
 MAX_REPLY = 65535
@@ -137,9 +136,7 @@ class NgClient:
     """Request/reply over NG (UDP). A lost datagram is retried with the same cookie, which
     rtpengine answers from its cache instead of running the command twice."""
 
-    def __init__(
-        self, address: tuple[str, int] = (ADDRESS, NG_PORT), *, timeout: float = 2.0
-    ) -> None:
+    def __init__(self, address: tuple[str, int], *, timeout: float = 2.0) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind((ADDRESS, 0))
         self._sock.connect(address)
@@ -204,14 +201,19 @@ class Rtpengine:
     ``lifetime`` bounds the process in seconds even if this Python process dies (``timeout -k``).
     """
 
-    ng_port: int = NG_PORT
-    port_min: int = PORT_MIN
-    port_max: int = PORT_MAX
+    ng_port: int = attrs.field(factory=lambda: media_ports(2).start)
+    port_min: int | None = None  # None (both): a block of RTP_PORTS
+    port_max: int | None = None
     threads: int = 1
     lifetime: float = 900.0
     log_path: str = os.devnull
     _process: subprocess.Popen[bytes] | None = None
     _log: object = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.port_min is None or self.port_max is None:
+            block = media_ports(RTP_PORTS)
+            self.port_min, self.port_max = block.start, block.stop - 1
 
     @property
     def pid(self) -> int:

@@ -93,18 +93,19 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from bench_ports import media_ports_text
+from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GC_STATS_HOOK = Path(__file__).resolve().parent / "gc_stats"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
-LOOPBACK = "127.0.0.1"
-TRUNK_IP = "127.0.0.2"  # the calling trunk's source address (voipgw noauth)
-# SIP ports above the kernel's ephemeral range (32768-60999 here), where no other program's
-# outgoing sockets land and the tests and the other benchmarks pick none (they stay below
-# 32768); each step checks they are free first and says so when they are not.
-B2BUA_PORT = 62060  # voipgw
-SIPPY_PORT = 62090
+# The first of the 100 SIP and sipp ports (--sip-port-base): above the kernel's ephemeral range
+# (32768-60999 here), where no other program's outgoing sockets land and the tests and the other
+# benchmarks pick none (they stay below 32768); each step checks they are free first and says so
+# when they are not.
+SIP_PORT_BASE = 62060
+MEDIA_PORTS = 4000  # --media-ports' block: 1000 calls at once, two RTP/RTCP pairs each
 
 
 @attrs.frozen
@@ -119,11 +120,34 @@ class Ports:
     uas_media: int
 
 
-PORTS = {
-    "floor": Ports(uac=62062, uas=62070, phone=62070, uac_media=62100, uas_media=62110),
-    "voipgw": Ports(uac=62064, uas=62074, phone=62072, uac_media=62120, uas_media=62130),
-    "sippy": Ports(uac=62066, uas=62076, phone=62076, uac_media=62140, uas_media=62150),
+# Each system's ports as offsets from --sip-port-base (62062, 62070 ... by default).
+OFFSETS = {
+    "floor": Ports(uac=2, uas=10, phone=10, uac_media=40, uas_media=50),
+    "voipgw": Ports(uac=4, uas=14, phone=12, uac_media=60, uas_media=70),
+    "sippy": Ports(uac=6, uas=16, phone=16, uac_media=80, uas_media=90),
 }
+
+
+@attrs.frozen
+class SipPorts:
+    """The 100 ports from ``base`` (--sip-port-base) a run's SIP and sipp use: the B2BUAs'
+    listeners and each system's :class:`Ports`."""
+
+    base: int
+
+    @property
+    def b2bua(self) -> int:
+        """voipgw's UDP listener."""
+        return self.base
+
+    @property
+    def sippy(self) -> int:
+        return self.base + 30
+
+    def of(self, system: str) -> Ports:
+        return Ports(*(self.base + offset for offset in attrs.astuple(OFFSETS[system])))
+
+
 ACCOUNT, PASSWORD = "alice", "wonderland"
 TRUNK_NUMBER = "+4989555"
 MODES = ("noauth", "auth")
@@ -131,34 +155,20 @@ SYSTEMS = ("floor", "voipgw", "sippy")
 SIPP_TIMEOUT_SLACK = 20.0  # seconds a step may run past its nominal length before it is stopped
 
 
-def gateway_config(state_dir: Path, media_ports: str, gc_thresholds: str | None) -> str:
-    """voipgw's configuration: UDP only, MD5 first (sipp 3.6 answers only the first challenge
-    and knows only MD5), the outbound trunk ``carrier`` for +49 and the calling trunk ``pbx``;
-    ``gc_thresholds`` ("G0,G1,G2") replaces the shipped collector thresholds."""
+def voipgw_config(
+    state_dir: Path, sip: SipPorts, media_ports: str, gc_thresholds: str | None
+) -> str:
+    """voipgw's configuration (benchmarks/gateway_config.py): UDP only, the trunk ``carrier``
+    served by the voipgw system's UAS; ``gc_thresholds`` ("G0,G1,G2") replaces the shipped
+    collector thresholds."""
     gc_line = f"gc_thresholds = [{gc_thresholds}]\n" if gc_thresholds else ""
-    return f"""\
-[gateway]
-state_dir = "{state_dir}"
-digest_algorithms = ["MD5"]
-{gc_line}
-[sip]
-listen = ["udp:{LOOPBACK}:{B2BUA_PORT}"]
-
-[media]
-address = "{LOOPBACK}"
-ports = "{media_ports}"
-
-[[trunks]]
-name = "carrier"
-address = "udp:{LOOPBACK}:{PORTS["voipgw"].uas}"
-prefixes = ["+49"]
-allowed_sources = []
-
-[[trunks]]
-name = "pbx"
-address = "udp:{TRUNK_IP}:5060"
-allowed_sources = ["{TRUNK_IP}"]
-"""
+    return gateway_config(
+        state_dir,
+        listen=[f"udp:{LOOPBACK}:{sip.b2bua}"],
+        media_ports=media_ports,
+        carrier_port=sip.of("voipgw").uas,
+        gateway_lines=gc_line,
+    )
 
 
 # -- processes and their CPU ----------------------------------------------------------------
@@ -297,17 +307,12 @@ def wait_udp_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
         time.sleep(0.05)
 
 
-def sipp_command(
-    scenario: str,
-    *,
-    local_ip: str,
-    port: int,
-    media_port: int,
-    calls: int,
-    timeout: float,
-    rundir: Path,
-    hold_ms: int = 0,
+def sipp_base(
+    scenario: str, *, local_ip: str, port: int, media_port: int, rundir: Path
 ) -> list[str]:
+    """The sipp command line both SIP benchmarks start with (soak.py too): ``scenario`` over
+    UDP from ``local_ip``:``port``, media ports from ``media_port``, 4 MiB socket buffers, no
+    keyboard, errors to ``rundir``/errors.log."""
     return [
         "sipp",
         "-sf",
@@ -323,19 +328,36 @@ def sipp_command(
         local_ip,
         "-mp",
         str(media_port),
+        "-nostdin",
+        "-buff_size",
+        str(4 * 1024 * 1024),
+        "-trace_err",
+        "-error_file",
+        str(rundir / "errors.log"),
+    ]
+
+
+def sipp_command(
+    scenario: str,
+    *,
+    local_ip: str,
+    port: int,
+    media_port: int,
+    calls: int,
+    timeout: float,
+    rundir: Path,
+    hold_ms: int = 0,
+) -> list[str]:
+    """:func:`sipp_base` for ``calls`` calls held ``hold_ms`` each, failing after ``timeout``."""
+    return [
+        *sipp_base(scenario, local_ip=local_ip, port=port, media_port=media_port, rundir=rundir),
         "-m",
         str(calls),
         "-d",
         str(hold_ms),
-        "-nostdin",
-        "-buff_size",
-        str(4 * 1024 * 1024),
         "-timeout",
         f"{timeout:g}s",
         "-timeout_error",
-        "-trace_err",
-        "-error_file",
-        str(rundir / "errors.log"),
     ]
 
 
@@ -348,6 +370,7 @@ class System:
 
     name: str
     workdir: Path
+    sip: SipPorts
     process: subprocess.Popen[bytes] | None = None
     gc_stats: Path | None = None  # voipgw with --gc-stats: where its collector totals appear
 
@@ -367,8 +390,8 @@ class System:
     def _start_voipgw(self, args: argparse.Namespace) -> None:
         state = self.workdir / "state"
         config = self.workdir / "voipgw.toml"
-        require_free(B2BUA_PORT, PORTS["voipgw"].phone)
-        config.write_text(gateway_config(state, args.media_ports, args.gateway_gc))
+        require_free(self.sip.b2bua, self.sip.of("voipgw").phone)
+        config.write_text(voipgw_config(state, self.sip, args.media_ports, args.gateway_gc))
         command = [sys.executable, "-m", "gateway"]
         subprocess.run(
             [*command, "accounts", "add", ACCOUNT, "--password", PASSWORD, "--config", str(config)],
@@ -396,7 +419,7 @@ class System:
                 start_new_session=True,  # stop() ends whatever a --gateway-prefix forked
             )
         # Under a --gateway-prefix such as valgrind, start-up takes minutes, not a second.
-        wait_udp_port(B2BUA_PORT, self.process, timeout=300.0 if prefix else 20.0)
+        wait_udp_port(self.sip.b2bua, self.process, timeout=300.0 if prefix else 20.0)
         # alice's phone: REGISTER from the port its UAS answers on (the gateway reaches a
         # registered contact over the flow its REGISTER came from).
         rundir = self.workdir / "register"
@@ -406,13 +429,13 @@ class System:
                 *sipp_command(
                     "register.xml",
                     local_ip=LOOPBACK,
-                    port=PORTS["voipgw"].phone,
-                    media_port=PORTS["voipgw"].uas_media,
+                    port=self.sip.of("voipgw").phone,
+                    media_port=self.sip.of("voipgw").uas_media,
                     calls=1,
                     timeout=10,
                     rundir=rundir,
                 ),
-                f"{LOOPBACK}:{B2BUA_PORT}",
+                f"{LOOPBACK}:{self.sip.b2bua}",
                 "-s",
                 ACCOUNT,
                 "-au",
@@ -429,7 +452,7 @@ class System:
             raise RuntimeError(f"REGISTER failed ({register.returncode}), see {rundir}")
 
     def _start_sippy(self) -> None:
-        require_free(SIPPY_PORT)
+        require_free(self.sip.sippy)
         # The interpreter this script runs on, like voipgw: sippy's script in the same venv first.
         venv_bin = str(Path(sys.executable).parent)
         b2bua = shutil.which("b2bua", path=os.pathsep.join([venv_bin, os.environ.get("PATH", "")]))
@@ -446,9 +469,9 @@ class System:
                     "-l",
                     LOOPBACK,
                     "-p",
-                    str(SIPPY_PORT),
+                    str(self.sip.sippy),
                     "-s",
-                    f"{LOOPBACK}:{PORTS['sippy'].uas}",  # static route: every call to the UAS
+                    f"{LOOPBACK}:{self.sip.of('sippy').uas}",  # static route: every call to the UAS
                     "-c",
                     str(self.workdir / "b2bua.sock"),
                     "-L",
@@ -463,7 +486,7 @@ class System:
                 env={**os.environ, "SIPLOG_LVL": "WARN"},
                 start_new_session=True,
             )
-        wait_udp_port(SIPPY_PORT, self.process)
+        wait_udp_port(self.sip.sippy, self.process)
 
     def stop(self) -> None:
         stop(self.process)
@@ -471,7 +494,7 @@ class System:
 
     def route(self, mode: str) -> tuple[str, int, str, str]:
         """(UAC's local IP, UAS port, callee user, UAS scenario) for ``mode``."""
-        ports = PORTS[self.name]
+        ports = self.sip.of(self.name)
         if self.name == "floor":
             scenario = "uas_answer_auth.xml" if mode == "auth" else "uas_answer.xml"
             return LOOPBACK, ports.uas, TRUNK_NUMBER, scenario
@@ -568,7 +591,7 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
     calls = max(1, round(rate * args.step_seconds))
     rundir = Path(tempfile.mkdtemp(prefix=f"{system.name}-{mode}-{rate:g}-", dir=system.workdir))
     local_ip, uas_port, callee, uas_scenario = system.route(mode)
-    ports = PORTS[system.name]
+    ports = system.sip.of(system.name)
     timeout = calls / rate + SIPP_TIMEOUT_SLACK
     uas_dir, uac_dir = rundir / "uas", rundir / "uac"
     uas_dir.mkdir()
@@ -584,7 +607,9 @@ def run_step(system: System, mode: str, rate: float, args: argparse.Namespace) -
     )
     if uas_scenario == "uas_answer_auth.xml":
         uas_cmd += ["-key", "user", ACCOUNT, "-key", "password", PASSWORD]
-    target_port = {"floor": ports.uas, "voipgw": B2BUA_PORT, "sippy": SIPPY_PORT}[system.name]
+    target_port = {"floor": ports.uas, "voipgw": system.sip.b2bua, "sippy": system.sip.sippy}[
+        system.name
+    ]
     target = f"{LOOPBACK}:{target_port}"
     uac_cmd = [
         *sipp_command(
@@ -824,7 +849,8 @@ def run(args: argparse.Namespace) -> list[Step]:
     steps: list[Step] = []
     workdir = Path(tempfile.mkdtemp(prefix="sip-calls-"))
     print(f"work directory (logs, sipp traces): {workdir}", flush=True)
-    systems = {name: System(name, workdir / name) for name in args.systems}
+    sip = SipPorts(args.sip_port_base)
+    systems = {name: System(name, workdir / name, sip) for name in args.systems}
     for system in systems.values():
         system.workdir.mkdir()
     try:
@@ -891,9 +917,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--media-ports",
-        default="14000-17999",
-        help="voipgw's [media] ports: 2000 RTP/RTCP pairs, two per call, 1000 calls at once "
-        "(below Linux's ephemeral range and clear of the sipp ports, 62060-62159)",
+        metavar="LOW-HIGH",
+        help="voipgw's [media] ports (default: a block of 4000, 2000 RTP/RTCP pairs, two per call, "
+        "1000 calls at once, claimed with the lock the tests use: benchmarks/bench_ports.py)",
+    )
+    parser.add_argument(
+        "--sip-port-base",
+        type=int,
+        default=SIP_PORT_BASE,
+        help="the first of the 100 ports the B2BUAs and sipp listen on (default: %(default)s, "
+        "above Linux's ephemeral range)",
     )
     parser.add_argument(
         "--clean", action="store_true", help="remove the work directory (logs, traces) at the end"
@@ -920,6 +953,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.rates = sorted(args.rates)
+    if args.media_ports is None:
+        args.media_ports = media_ports_text(MEDIA_PORTS)
     if shutil.which("sipp") is None:
         parser.error("sipp is not installed (apt-get install sip-tester)")
     started = time.monotonic()

@@ -7,10 +7,10 @@ Run from the repository root (sipp from the distribution: ``apt-get install sip-
     python benchmarks/soak.py --minutes 0.2            # a smoke run
 
 It starts ``python -m gateway run`` from this script's own tree (UDP and TLS on 127.0.0.1, the
-metrics plugin on the loopback, Timer C ``[sip] ring_timeout`` = 5 s), stunnel, the callees
-(sipp UASes, each registered as an account's phone first, and one serving the ``carrier`` trunk)
-and, for ``--minutes``, one sipp UAC per kind of call, their rates shares of ``--rate``
-(:data:`MIX`):
+metrics plugin on the loopback, Timer C ``[sip] ring_timeout`` = ``--ring-timeout``, 5 s),
+stunnel, the callees (sipp UASes, each registered as an account's phone first, and one serving
+the ``carrier`` trunk) and, for ``--minutes``, one sipp UAC per kind of call, their rates shares
+of ``--rate`` (:data:`MIX`):
 
 - ``rtp``: the trunk ``pbx`` calls the phone ``ans``; answered, 1 s of PCMU RTP from the caller
   through the relay (sipp ``rtp_stream``), held ``--hold-ms``, BYE;
@@ -63,17 +63,24 @@ import urllib.request
 from pathlib import Path
 
 import attrs
-from sip_calls import REPO_ROOT, SCENARIOS, require_free, rss_kib, stop, versions, wait_udp_port
+from gateway_config import LOOPBACK, TRUNK_IP, gateway_config
+from sip_calls import (
+    REPO_ROOT,
+    require_free,
+    rss_kib,
+    sipp_base,
+    stop,
+    versions,
+    wait_udp_port,
+)
 
 sys.path.insert(0, str(REPO_ROOT))
 from tests.port_blocks import port_block  # the repository root, just above
 
 TRACEMALLOC_HOOK = Path(__file__).resolve().parent / "tracemalloc_hook"
-LOOPBACK = "127.0.0.1"
-TRUNK_IP = "127.0.0.2"  # the calling trunk pbx's source address
 ALICE, PASSWORD = "alice", "wonderland"
 CARRIER_NUMBER = "+4989555"
-RING_TIMEOUT = 5.0  # [sip] ring_timeout: how long a "timeout" call rings
+RING_TIMEOUT = 5.0  # [sip] ring_timeout (--ring-timeout): how long a "timeout" call rings
 
 
 @attrs.frozen
@@ -176,45 +183,36 @@ def allocate_ports() -> Ports:
     )
 
 
-def gateway_config(
-    state_dir: Path, ports: Ports, users: int, call_record_days: float | None = None
+def voipgw_config(
+    state_dir: Path,
+    ports: Ports,
+    users: int,
+    call_record_days: float | None = None,
+    ring_timeout: float = RING_TIMEOUT,
 ) -> str:
+    """voipgw's configuration (benchmarks/gateway_config.py): UDP and TLS, the metrics plugin,
+    Timer C at ``ring_timeout`` seconds."""
     # [store] call_record_days: the default (0: for ever) unless asked; a fraction of a day
     # shows within a run that the store stops growing once the housekeeping deletes records.
     store = (
         "" if call_record_days is None else f"[store]\ncall_record_days = {call_record_days!r}\n"
     )
-    return f"""\
-[gateway]
-state_dir = "{state_dir}"
-digest_algorithms = ["MD5"]
-
-{store}
+    plugins = f"""\
 [plugins]
 enable = ["udp", "tls", "sdes", "metrics"]
 
 [plugins.metrics]
 listen = "{LOOPBACK}:{ports.metrics}"
 
-[sip]
-listen = ["udp:{LOOPBACK}:{ports.gateway}", "tls:{LOOPBACK}:{ports.gateway_tls}"]
-ring_timeout = {RING_TIMEOUT}
-
-[media]
-address = "{LOOPBACK}"
-ports = "{ports.media}"
-
-[[trunks]]
-name = "carrier"
-address = "udp:{LOOPBACK}:{ports.uas["carrier"]}"
-prefixes = ["+49"]
-allowed_sources = []
-
-[[trunks]]
-name = "pbx"
-address = "udp:{TRUNK_IP}:5060"
-allowed_sources = ["{TRUNK_IP}"]
 """
+    return gateway_config(
+        state_dir,
+        listen=[f"udp:{LOOPBACK}:{ports.gateway}", f"tls:{LOOPBACK}:{ports.gateway_tls}"],
+        media_ports=ports.media,
+        carrier_port=ports.uas["carrier"],
+        sections=f"{store}\n{plugins}",
+        sip_lines=f"ring_timeout = {ring_timeout}\n",
+    )
 
 
 def sipp(
@@ -226,27 +224,10 @@ def sipp(
     rundir: Path,
     extra: list[str],
 ) -> list[str]:
+    """sip_calls.py's :func:`~sip_calls.sipp_base`, its statistics to ``rundir``/stats.csv
+    every 5 s, then ``extra``."""
     return [
-        "sipp",
-        "-sf",
-        str(SCENARIOS / scenario),
-        "-t",
-        "u1",
-        "-i",
-        local_ip,
-        "-p",
-        str(port),
-        "-bind_local",
-        "-mi",
-        local_ip,
-        "-mp",
-        str(media_port),
-        "-nostdin",
-        "-buff_size",
-        str(4 * 1024 * 1024),
-        "-trace_err",
-        "-error_file",
-        str(rundir / "errors.log"),
+        *sipp_base(scenario, local_ip=local_ip, port=port, media_port=media_port, rundir=rundir),
         "-trace_stat",
         "-stf",
         str(rundir / "stats.csv"),
@@ -282,9 +263,20 @@ class Soak:
     def config(self) -> Path:
         return self.workdir / "voipgw.toml"
 
-    def run_gateway_cli(self, *args: str) -> None:
+    def add_accounts(self, names: list[str]) -> None:
+        """``voipgw accounts add NAME --password ...`` for each name, all in one interpreter:
+        a process each took over a second apiece (importing the gateway)."""
+        code = (
+            "import sys\n"
+            "from gateway.core.cli import main\n"
+            "config, password, *names = sys.argv[1:]\n"
+            "for name in names:\n"
+            "    argv = ['accounts', 'add', name, '--password', password, '--config', config]\n"
+            "    if main(argv) != 0:\n"
+            "        sys.exit(f'voipgw accounts add {name} failed')\n"
+        )
         subprocess.run(
-            [sys.executable, "-m", "gateway", *args, "--config", str(self.config)],
+            [sys.executable, "-c", code, str(self.config), PASSWORD, *names],
             cwd=REPO_ROOT,
             check=True,
             capture_output=True,
@@ -294,12 +286,17 @@ class Soak:
     def start(self) -> None:
         state = self.workdir / "state"
         self.config.write_text(
-            gateway_config(state, self.ports, self.args.users, self.args.call_record_days)
+            voipgw_config(
+                state,
+                self.ports,
+                self.args.users,
+                self.args.call_record_days,
+                self.args.ring_timeout,
+            )
         )
         require_free(self.ports.gateway, self.ports.metrics, *self.ports.uas.values())
         phones = sorted({account for _, account in UAS.values() if account is not None})
-        for name in [ALICE, *phones, *self.users()]:
-            self.run_gateway_cli("accounts", "add", name, "--password", PASSWORD)
+        self.add_accounts([ALICE, *phones, *self.users()])
         env = dict(os.environ)
         if self.args.tracemalloc:
             path = [str(TRACEMALLOC_HOOK), env.get("PYTHONPATH", "")]
@@ -859,6 +856,13 @@ def main() -> None:
     parser.add_argument("--hold-ms", type=int, default=2000, help="answered calls' length")
     parser.add_argument("--users", type=int, default=20, help="REGISTER pool size")
     parser.add_argument("--sample-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--ring-timeout",
+        type=float,
+        default=RING_TIMEOUT,
+        help="[sip] ring_timeout (Timer C): how long a 'timeout' call rings; above 1 s, the "
+        "'cancel' calls' ringing",
+    )
     parser.add_argument(
         "--drain-seconds",
         type=float,

@@ -3,9 +3,9 @@
 Debian's ``postgresql`` package puts ``initdb`` and ``pg_ctl`` in /usr/lib/postgresql/VERSION/bin
 (not on PATH). PostgreSQL refuses to run as root, so as root (CI) the cluster is made and run as
 the ``postgres`` user the package creates; as anyone else, as that user. It listens on 127.0.0.1
-on a free port (password authentication, as a gateway node would connect) and on a Unix socket
-in its own directory (trust, for the tests' administrative connection). Durability is switched
-off: the cluster is deleted at the end of the session.
+on a port of this process's block (:func:`free_port`; password authentication, as a gateway node
+would connect) and on a Unix socket in its own directory (trust, for the tests' administrative
+connection). Durability is switched off: the cluster is deleted at the end of the session.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.port_blocks import port_block
 
 SUPERUSER = "postgres"
 STORE_USER = "voipgw"
@@ -40,9 +41,12 @@ def _version(initdb: Path) -> float:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port for a server that binds it only later: from this process's port block
+    (tests/port_blocks.py), locked against other test runs and below the kernel's ephemeral
+    range. The server binds it after initdb, seconds later (far more on a loaded machine); a
+    port-0 probe's port lies in the ephemeral range, where any process's port-0 bind or outgoing
+    connection could take it meanwhile and fail the cluster's start."""
+    return port_block(1)[0]
 
 
 class Cluster:

@@ -47,6 +47,7 @@ srtp.py, or an attrs method generated for one of their classes, is called.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import shutil
 import signal
@@ -132,6 +133,23 @@ def _start(command: list[str], cwd: Path, output: BinaryIO) -> subprocess.Popen[
     )
 
 
+def _stop(run: subprocess.Popen[bytes]) -> bool:
+    """A half still running (the other failed): SIGINT to its pytest first, which tears its
+    fixtures down as after Ctrl-C (the PostgreSQL cluster of tests/pgcluster.py, whose server
+    runs in a session of its own and outlived a SIGKILL of the half's session: session 29 found
+    two left running), then SIGKILL to its session, pytest and what it started, after 60 s.
+    Whether it had to be stopped."""
+    if run.poll() is not None:
+        return False
+    run.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        run.wait(60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(run.pid, signal.SIGKILL)  # what it started and left behind, if anything
+    run.wait()
+    return True
+
+
 def _imports_a_compiled_module(path: Path) -> bool:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -210,22 +228,28 @@ def test_the_compiled_relay_passes_the_tests_that_reach_it(
     outputs = [tmp_path / f"half-{number}.txt" for number in range(len(COMPILED_RUN_HALVES))]
     pytest_command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
     runs: list[subprocess.Popen[bytes]] = []
+    stopped: list[bool] = []
     try:
         for half, output in zip(COMPILED_RUN_HALVES, outputs, strict=True):
             with output.open("wb") as sink:
                 runs.append(_start([*pytest_command, *half], copy, sink))
         deadline = time.monotonic() + 1200
-        while any(run.poll() is None for run in runs):
-            if any(run.returncode not in (None, 0) for run in runs):
+        while True:
+            # Every half polled each time round (any() over poll() stopped at the first half
+            # still running, so the second half's failure went unseen until the first ended).
+            codes = [run.poll() for run in runs]
+            if None not in codes or any(code not in (None, 0) for code in codes):
                 break
             assert time.monotonic() < deadline, "the compiled copy's tests did not end in 1200 s"
             time.sleep(0.2)
     finally:
-        for run in runs:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)  # its session: pytest and what it started
-                run.wait()
-    for half, output, run in zip(COMPILED_RUN_HALVES, outputs, runs, strict=True):
-        text = output.read_text(errors="replace")
-        assert run.returncode == 0, f"{' '.join(half)}:\n{text[-9000:]}"
-        assert " passed" in text.splitlines()[-1], f"{' '.join(half)}:\n{text[-3000:]}"
+        stopped = [_stop(run) for run in runs]
+    # The half that failed by itself first: a half stopped because of it shows only the
+    # interruption.
+    for number in sorted(range(len(runs)), key=lambda number: stopped[number]):
+        half, run = " ".join(COMPILED_RUN_HALVES[number]), runs[number]
+        text = outputs[number].read_text(errors="replace")
+        if stopped[number]:
+            half += " (stopped: the other half failed)"
+        assert run.returncode == 0, f"{half}:\n{text[-9000:]}"
+        assert " passed" in text.splitlines()[-1], f"{half}:\n{text[-3000:]}"

@@ -12,10 +12,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pgcluster
 import pytest
 
 from tests import port_blocks
-from tests.interop.harness import ports
+from tests.interop.harness import GatewayProcess, ports
 from tests.port_blocks import UNIT
 
 ROOT = Path(__file__).parents[2]
@@ -121,3 +122,29 @@ def test_another_process_never_gets_a_block_this_one_handed_out(
     finally:
         other.communicate(b"", timeout=10)
     assert other.returncode == 0
+
+
+def _ephemeral() -> range:
+    low, high = ports._ephemeral_range()
+    return range(low, high + 1)
+
+
+def test_a_gateway_process_listens_on_a_locked_port_below_the_ephemeral_range(
+    fresh_allocator: None, tmp_path: Path
+) -> None:
+    """Its SIP port is bound seconds after it is chosen (accounts added, the interpreter
+    started): a port-0 probe's port, in the ephemeral range, could be any process's outgoing
+    connection's by then. A block port is locked for this process and never the kernel's."""
+    gateway = GatewayProcess(tmp_path)
+    assert gateway.port not in _ephemeral()
+    assert gateway.port // UNIT in port_blocks._lent  # other test runs step over its unit
+    low, high = gateway.media_ports
+    assert not low <= gateway.port <= high  # and it is not one of its media ports
+    assert gateway.port != GatewayProcess(tmp_path / "second").port
+
+
+def test_a_postgresql_cluster_listens_on_a_port_of_this_process_block() -> None:
+    """Likewise the throwaway PostgreSQL server, which binds its port after initdb."""
+    port = pgcluster.free_port()
+    assert port < 32768  # never the kernel's (port_blocks claims only below its range)
+    assert any(port in block for block in port_blocks.held()), port

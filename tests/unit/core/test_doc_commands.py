@@ -41,6 +41,7 @@ FOREIGN_FLAGS = {
     "--hypothesis-seed": "pytest (hypothesis)",
     "--fast": "testssl.sh",
     "--full": "benchmarks/testssl_scan.sh",
+    "--sip-port-base": "benchmarks/sip_calls.py",
     "--add-ca": "testssl.sh",
 }
 
