@@ -16,7 +16,9 @@ core through ``interfaces.KeyNegotiation``. :class:`SdesKeyExchange` (the regist
 
 - ``offer()``: one line per suite the leg's policy allows, in the policy's order (only suites
   ``srtp.SUPPORTED_SUITES`` can protect), tags 1..n, a fresh key per line. The answer goes to
-  ``remote_sdp_attributes()``; once it is checked, ``KeysReady`` is queued.
+  ``remote_sdp_attributes()``; once it is checked, ``KeysReady`` is queued. An answer that
+  repeats the key we offered (a peer that copies the offer) is refused: both directions would
+  share one key, and our own packets sent back to us would authenticate.
 - ``answer()``: the first offered line whose suite the policy allows and whose parameters we
   support is accepted; the others are skipped, as RFC 4568 §7.1.2 asks, never failing the whole
   offer. ``KeysReady`` is queued at once. When no line is acceptable the negotiation fails with
@@ -58,6 +60,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hmac
 import os
 import re
 from collections import deque
@@ -546,6 +549,15 @@ class SdesNegotiation:
         problem = _unsupported_params(answer)
         if problem is not None:
             self._fail_and_raise(f"the answer's a=crypto: {problem}")
+        if hmac.compare_digest(answer.keys[0].key_salt, offered.keys[0].key_salt):
+            # RFC 4568 §5.1.2, §7.1.2: the answer carries the answerer's own key. Ours echoed
+            # back (a peer that copies the offer, or a reflected SDP) would key both directions
+            # alike: every SRTP packet we send would then authenticate when sent back to us
+            # (a reflection, RFC 3711 §9.1), so such an answer is refused.
+            self._fail_and_raise(
+                f"the answer's a=crypto tag {answer.tag} repeats the key we offered "
+                "(each side must send its own key, RFC 4568 §5.1.2)"
+            )
         self._line_in_force = offered
         self._establish(
             SrtpKeys(

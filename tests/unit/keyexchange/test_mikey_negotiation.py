@@ -217,6 +217,29 @@ def test_replays_and_stale_timestamps_are_refused() -> None:
     assert stale.local_sdp_attributes() == [] and stale.keys is None
 
 
+@pytest.mark.parametrize("mode", ["psk", "dh-hmac"])
+def test_our_own_offer_reflected_back_to_us_is_refused(mode: str) -> None:
+    # The pre-shared key is the same both ways: our I_MSG to alice, sent back to us in an offer
+    # from alice's leg, has a right MAC and a fresh T. Taking it would "authenticate" a peer
+    # that holds no key. It is refused as a replay (RFC 3830 §5.4).
+    gateway = exchange(1, offer_modes=(mode,))
+    ours = gateway.offer(suites=[], secure_signalling=False, leg=ALICE)
+    reflected = gateway.answer(
+        ours.local_sdp_attributes(), suites=[], secure_signalling=False, leg=ALICE
+    )
+    assert reflected is not None
+    assert failure_of(reflected) == ("MIKEY message refused: it is a replay of an earlier message")
+    assert reflected.keys is None and reflected.local_sdp_attributes() == []
+    # The real peer, with the same key, still takes it; and our offer still completes.
+    peer = exchange(2)
+    answer = peer.answer(
+        ours.local_sdp_attributes(), suites=[], secure_signalling=False, leg=CARRIER
+    )
+    assert answer is not None and isinstance(answer.next_event(), KeysReady)
+    ours.remote_sdp_attributes(answer.local_sdp_attributes())
+    assert isinstance(ours.next_event(), KeysReady)
+
+
 def test_the_replay_cache_is_bounded_and_never_lets_an_evicted_message_back() -> None:
     cache = ReplayCache(max_skew=100, max_entries=3)
     for i in range(3):

@@ -607,3 +607,26 @@ def test_reprs_and_strs_never_show_keys(suite: str) -> None:
     for text in texts:
         assert not [secret for secret in secrets if secret in text], text
     assert repr(b) == f"<SdesNegotiation answerer established suite={suite}>"
+
+
+@pytest.mark.parametrize("suite", [CM128_80, GCM256])
+def test_an_answer_that_echoes_our_key_is_refused(suite: str) -> None:
+    # A peer that copies the offer into its answer (or an SDP sent back to us) would have both
+    # directions keyed alike: our own SRTP, reflected to us, would then authenticate.
+    ke, _ = exchange(1)
+    a = ke.offer(suites=[CM128_80, GCM256], secure_signalling=True)
+    tag = 1 if suite == CM128_80 else 2
+    (echoed,) = [
+        value for value in crypto_values(a.local_sdp_attributes()) if value.startswith(f"{tag} ")
+    ]
+    with pytest.raises(SdesError) as info:
+        a.remote_sdp_attributes([("crypto", echoed)])
+    reason = (
+        f"the answer's a=crypto tag {tag} repeats the key we offered "
+        "(each side must send its own key, RFC 4568 §5.1.2)"
+    )
+    assert info.value.reason == reason and info.value.sip_status == 488
+    assert failure_of(a) == NegotiationFailed(reason, 488)
+    assert a.keys is None and a.local_sdp_attributes() == []
+    our_key = echoed.split("inline:")[1][:8]
+    assert our_key not in reason and our_key not in repr(a)

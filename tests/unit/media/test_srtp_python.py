@@ -205,6 +205,12 @@ def test_aes256_key_derivation_rfc6188_7_2() -> None:
     )
     assert derive_session_key(key, salt, 1, 20) == h("fd9c32d39ed5fbb5a9dc96b30818454d1313dc05")
     assert derive_session_key(key, salt, 2, 14) == h("fa31791685ca444a9e07c6c64e93")
+    # SRTCP (labels 3-5): no published values; computed independently (specs/sdes-srtp.md §6.4).
+    assert derive_session_key(key, salt, 3, 32) == h(
+        "8ee75f2de53606ebfb9aabce0b530213ce0966976277ff918700903dcc406073"
+    )
+    assert derive_session_key(key, salt, 4, 20) == h("0235c1262ca7178cf9d8180fa6574a1d997fdc7a")
+    assert derive_session_key(key, salt, 5, 14) == h("b174376e041b45cd4031056e44ba")
 
 
 def test_aes128_key_derivation_rfc3711_b3() -> None:
@@ -212,6 +218,10 @@ def test_aes128_key_derivation_rfc3711_b3() -> None:
     assert derive_session_key(key, salt, 0, 16) == h("C61E7A93744F39EE10734AFE3FF7A087")
     assert derive_session_key(key, salt, 2, 14) == h("30CBBC08863D8C85D49DB34A9AE1")
     assert derive_session_key(key, salt, 1, 20) == h("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
+    # SRTCP (labels 3-5): computed independently (specs/sdes-srtp.md §6.2).
+    assert derive_session_key(key, salt, 3, 16) == h("4c1aa45a81f73d61c800bbb00fbb1eaa")
+    assert derive_session_key(key, salt, 4, 20) == h("8d54534feb49ae8e7993a6bd0b844fc323a93dfd")
+    assert derive_session_key(key, salt, 5, 14) == h("9581c7ad87b3e530bf3e4454a8b3")
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,10 @@ More than two are refused: which of them belong to this m= line cannot be told.
 
 Every received message is bounded-parsed (``payloads``); in psk and dh-hmac modes the MAC is
 checked before anything else is believed, then its T must be within the clock skew and not seen
-before (``replay``). Failures are ``NegotiationFailed(reason, 488)`` (and a raised
-:class:`MikeyError` from ``remote_sdp_attributes``); no reason or ``repr`` contains key material.
+before (``replay``; our own psk and dh-hmac I_MSGs count as seen, so one reflected back to us is
+refused: its MAC, made with the same key, would pass). Failures are
+``NegotiationFailed(reason, 488)`` (and a raised :class:`MikeyError` from
+``remote_sdp_attributes``); no reason or ``repr`` contains key material.
 
 Re-offers (our choice: RFC 4567's text on re-INVITEs was not available; unverified): a
 re-offer that keeps the stream repeats our I_MSG byte for byte and an answer to a repeated I_MSG
@@ -376,6 +378,12 @@ class MikeyNegotiation:
             self._context = _Context(
                 mode, suite, message, csb_id, rand, stamp.value, psk, tgk=tgk, teks=teks, v=v
             )
+        if mode != "null":
+            # Our authenticated I_MSG must never be taken for the peer's: sent back to us in an
+            # offer, its MAC (the same pre-shared key) and its T would pass. Remembered as seen,
+            # it is refused as a replay (RFC 3830 §5.4), as a reflection should be.
+            now = self._clock()
+            self._replay.remember_own(self._context.message, stamp.unix_time() or now, now=now)
         self.mode, self.suite = mode, suite
         self._offer_message = self._context.message
 

@@ -5,6 +5,10 @@ not seen before. The cache remembers each accepted message (by digest) until its
 window, and holds at most ``max_entries``: when full, the oldest entry is dropped and every
 message not newer than it is refused from then on as possibly replayed (the floor), so the bound
 never lets a replay through; it only makes a burst past the bound refuse old-but-valid messages.
+
+The cache also holds the authenticated messages we send ourselves (``remember_own``): the
+pre-shared key is the same both ways, so our own I_MSG sent back to us would pass its MAC check;
+it is refused as a replay instead (a reflection attack).
 """
 
 from __future__ import annotations
@@ -53,6 +57,12 @@ class ReplayCache:
         self._seen[digest] = timestamp
         heapq.heappush(self._expiry, (timestamp, digest))
         return None
+
+    def remember_own(self, message: bytes, timestamp: float, *, now: float) -> None:
+        """Our own message (an I_MSG we send, with T = ``timestamp``): from now on it is refused
+        as a replay should it come back to us, so a reflected message is not taken for the
+        peer's (its MAC is right: it is made with the same pre-shared key)."""
+        self.check(message, timestamp, now=now)
 
     def _expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] < now - self.max_skew:
