@@ -16,7 +16,8 @@ The agent that sent it does not know: its retransmissions, and the ACKs of retra
 are the original, as on a network that corrupted one datagram.
 
 Oracle: a mutated request the parser refuses gets the status the parser names (400 with a
-reason) when a Via can be salvaged, one it accepts gets a final response; nothing is logged at
+reason) when a Via can be salvaged, one it accepts gets a final response (488 when it is an
+INVITE or UPDATE whose only mutation is an SDP offer the SDP parser refuses); nothing is logged at
 error level and no log line carries a traceback (log_exception's ``exc_text``); the endpoint
 counts no internal error; the round's call ends (by its flow, or by the gateway with a BYE or a
 final response) and leaves no client transaction of the gateway waiting with no timer armed
@@ -41,6 +42,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sip.errors import SipError
 from gateway.core.sip.message import Request, Response
 from gateway.testing.sip_agent import SDP, AutoAnswer, Call, SipAgent
@@ -74,8 +77,10 @@ from tests.unit.fuzz.mutator import base_seed, examples
 
 HEALTH_EVERY = 5  # rounds
 # Where one message is mutated: the call's set-up, its end, and requests in its dialog.
-SETUP_POINTS = ["INVITE", "1xx", "200", "ACK", "PRACK", "CANCEL"]
-DIALOG_POINTS = ["re-INVITE", "re-INVITE 2xx", "UPDATE", "INFO", "REFER", "NOTIFY", "BYE"]
+SETUP_POINTS = ["INVITE", "1xx", "200", "refusal", "ACK", "PRACK", "CANCEL", "CANCEL 200"]
+DIALOG_POINTS = [
+    *("re-INVITE", "re-INVITE 2xx", "UPDATE", "INFO", "REFER", "NOTIFY", "BYE", "BYE 2xx"),
+]
 POINTS = SETUP_POINTS + DIALOG_POINTS
 REFER_TARGETS = [
     "<sip:+15550199@127.0.0.1:5060>",  # the carrier's number: the trunk answers it
@@ -167,6 +172,10 @@ class Round:
             self.arm("alice", _is_response("INVITE", 101, 200))
         elif point == "200":
             self.arm("alice", _is_response("INVITE", 200, 300))
+        elif point == "refusal":
+            self.arm("alice", _is_response("INVITE", 300, 700))
+        elif point == "CANCEL 200":
+            self.arm("alice", _is_response("CANCEL", 200, 300))
         self.call = call = await env.trunk.invite(
             env.did_uri(ALICE_DID), sdp=body, content_type=content_type, extra=extra
         )
@@ -186,7 +195,7 @@ class Round:
             if rng.random() < 0.4:
                 await self._respond(leg_b, 183, env.alice.answer_sdp(offer_to_b), [])
         await trio.sleep(1.0)
-        if point == "CANCEL" or rng.random() < 0.1:
+        if point in ("CANCEL", "CANCEL 200") or rng.random() < 0.1:
             await call.cancel()
             await trio.sleep(rng.choice([0.2, 2.0]))
         assert call.exchange is not None
@@ -195,6 +204,9 @@ class Round:
             if reliable:  # RFC 3262 §3: our 2xx after the gateway's PRACK (wait for it)
                 with trio.move_on_after(WINDOW):
                     await env.alice.next_request("PRACK", timeout=WINDOW + 1)
+            if point == "refusal":
+                status = rng.choice([404, 480, 486, 488, 503, 603])
+                await self._respond(leg_b, status, b"", [])
             with contextlib.suppress(SipError):  # the gateway cancelled it meanwhile
                 await leg_b.answer()
         final = await call.final(timeout=2 * WINDOW)
@@ -224,7 +236,9 @@ class Round:
         before = rng.randrange(0, 2)  # valid requests before the mutated one
         for i in range(before + 1):
             mutated = i == before
-            method = {"re-INVITE": "INVITE", "re-INVITE 2xx": "INVITE"}.get(point, point)
+            method = {"re-INVITE": "INVITE", "re-INVITE 2xx": "INVITE", "BYE 2xx": "BYE"}.get(
+                point, point
+            )
             if not mutated:
                 method = rng.choice(["INVITE", "UPDATE", "INFO", "OPTIONS"])
             if method == "BYE":
@@ -276,10 +290,12 @@ class Round:
         dialog left of this round (a transfer's too); wait until only the bystander is left."""
         env, rng = self.env, self.rng
         if call.dialog is not None and leg_b is not None and env.calls >= 2:
-            side = self.side if self.point == "BYE" else rng.choice(["trunk", "alice"])
+            side = self.side if self.point.startswith("BYE") else rng.choice(["trunk", "alice"])
             sender = call if side == "trunk" else leg_b
             if self.point == "BYE":
                 self.arm(side, _is_request("BYE", in_dialog=True))
+            elif self.point == "BYE 2xx":  # the other side's 200 to the gateway's BYE
+                self.arm("alice" if side == "trunk" else "trunk", _is_response("BYE", 200, 300))
             try:
                 final = await (await sender.request("BYE")).final(timeout=3 * WINDOW)
                 self.steps.append(f"{side} BYE: {final.status}")
@@ -348,6 +364,8 @@ def _check_mutated(env: B2bua, hook: Interceptor, where: str, counts: dict[str, 
             and cseq in d.data
         ]
         assert finals, f"{failure}\n  no final response"
+        if _bad_offer(how, parsed):  # RFC 3261 §21.4.26 via RFC 3264: an offer we cannot read
+            assert b"488" in finals, f"{failure}\n  got {finals} for an SDP offer it cannot parse"
 
 
 def _stranded(env: B2bua) -> list[str]:
@@ -359,6 +377,20 @@ def _stranded(env: B2bua) -> list[str]:
         for txn in table._client.values()
         if not txn.running_timers
     ]
+
+
+def _bad_offer(how: str, request: Request) -> bool:
+    """Whether ``request`` is an offer (INVITE or UPDATE, RFC 3311) only its SDP body was
+    mutated in, into SDP the parser refuses: the rule says 488."""
+    if how != "body" or request.method not in ("INVITE", "UPDATE") or not request.body:
+        return False  # no body: no offer (a late offer, RFC 3261 §13.2.1)
+    if (request.headers.get("Content-Type") or "").lower() != SDP:
+        return False
+    try:
+        parse_sdp_untrusted(request.body)
+    except SdpError:
+        return True
+    return False
 
 
 async def _options(agent: SipAgent) -> int:
