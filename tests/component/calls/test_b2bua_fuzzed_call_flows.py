@@ -76,6 +76,7 @@ from tests.component.calls.fuzz_checks import (
 from tests.unit.fuzz.mutator import base_seed, examples
 
 HEALTH_EVERY = 5  # rounds
+CRLF = b"\r\n"
 # Where one message is mutated: the call's set-up, its end, and requests in its dialog.
 SETUP_POINTS = ["INVITE", "1xx", "200", "refusal", "ACK", "PRACK", "CANCEL", "CANCEL 200"]
 DIALOG_POINTS = [
@@ -347,7 +348,7 @@ def _check_mutated(env: B2bua, hook: Interceptor, where: str, counts: dict[str, 
         if expected != "final":
             answers = _responses_to(env, hook.agent.address, start)
             statuses = [int(a[8:11]) for a in answers if a[8:11].isdigit()]
-            assert int(expected) in statuses, f"{failure}\n  got {statuses}"
+            assert int(expected) in statuses, f"{failure}\n  got {statuses}\n{_since(env, start)}"
             refusal = next(a for a in answers if int(a[8:11]) == int(expected))
             assert refusal.split(b"\r\n", 1)[0][12:].strip(), failure  # names the defect
             continue
@@ -377,6 +378,14 @@ def _stranded(env: B2bua) -> list[str]:
         for txn in table._client.values()
         if not txn.running_timers
     ]
+
+
+def _since(env: B2bua, start: int) -> str:
+    """The datagrams since capture index ``start``, a line each (what a failure shows)."""
+    return "\n".join(
+        f"  {d.time:.2f} {d.src} -> {d.dst}: {d.data.partition(CRLF)[0]!r}"
+        for d in env.network.capture[start : start + 60]
+    )
 
 
 def _bad_offer(how: str, request: Request) -> bool:
@@ -438,6 +447,7 @@ async def test_one_mutated_message_in_whole_call_flows(
         round_ = Round(env, rng, point, hooks)
         outcome = await round_.run()
         round_.disarm()
+        await trio.sleep(2.0)  # the answer to a mutated message sent last is through
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         where = f"round {number} ({point}, {round_.steps})"
         for hook in hooks.values():
