@@ -1,0 +1,82 @@
+"""Plain regression tests for what test_b2bua_fuzzed_call_flows found: each with the message
+that showed it, not the fuzz seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.core.sip.serializer import serialize_message
+from gateway.testing.sip_agent import SDP, AutoAnswer
+from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, next_within, start_b2bua
+from tests.component.calls.fuzz_checks import WINDOW
+
+
+def _stranded(env: B2bua) -> list[str]:
+    """The gateway's client transactions with no timer armed: only a final response from the
+    peer would ever end them."""
+    table = env.gateway.endpoint.transactions
+    return [repr(txn) for txn in table._client.values() if not txn.running_timers]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="call.py (split under way): a 100 Trying does not count as the provisional "
+    "response RFC 3261 §9.1 waits for, so a callee that sent only 100 is never CANCELled",
+)
+async def test_a_callee_that_sent_only_100_trying_is_cancelled_with_the_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Alice's phone answers the INVITE with 100 Trying (its transaction does) and nothing more
+    # yet: its 180 was lost (the fuzz mutated it into "CSeq: 1 ACK", which matches no
+    # transaction). The trunk cancels. RFC 3261 §9.1: a CANCEL may be sent once any
+    # provisional response came, 100 included; the gateway waited for a 101-199 that a phone
+    # without 100rel never repeats, so alice rang for ever and the gateway's INVITE client
+    # transaction stayed in Proceeding (no timer there) for ever: a leak per such call.
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(ring=False, status=None)
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await trio.sleep(1.0)
+    assert leg_b.answered is None
+    await call.cancel()
+    assert (await call.final(timeout=WINDOW)).status == 487
+    cancel = await next_within(env.alice, "CANCEL", WINDOW)
+    assert cancel is not None, "alice was never CANCELled: she rings for ever"
+    await trio.sleep(2 * WINDOW)
+    assert _stranded(env) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no merged-request check (RFC 3261 §8.2.2.2): an INVITE seen first without a Via "
+    "branch and again with one makes two calls; the fix belongs in calls/manager.py or the "
+    "endpoint (482 Loop Detected), not written this session",
+)
+async def test_an_invite_first_without_branch_then_with_one_makes_one_call(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # The trunk's INVITE arrived with its Via branch corrupted into a bare parameter
+    # (";4294967296": an RFC 2543 request, matched the legacy way, RFC 3261 §17.2.3); its
+    # retransmission arrives intact, with the RFC 3261 branch. Same Call-ID, From tag and CSeq,
+    # another transaction: §8.2.2.2 makes it a merged request, answered 482. The gateway made a
+    # second call of it: alice's phone got a second INVITE, and the caller's transaction (the
+    # intact branch) waited on that second call's ringing, not on the call it set up.
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(ring=True, status=None)
+    )
+    invite = env.trunk.new_request(
+        "INVITE", env.did_uri(ALICE_DID), body=env.trunk.offer_sdp(), content_type=SDP
+    )
+    via = "SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK20088cea4b1f892d;rport"
+    intact = serialize_message(invite.with_headers(invite.headers.prepend("Via", via)))
+    corrupted = intact.replace(b";branch=z9hG4bK20088cea4b1f892d", b";4294967296")
+    await env.trunk.socket.sendto(corrupted, GW)
+    await trio.sleep(0.5)  # Timer A: T1
+    await env.trunk.socket.sendto(intact, GW)
+    await trio.sleep(2.0)
+    assert len(env.alice.requests("INVITE")) == 1
+    assert env.calls == 1
