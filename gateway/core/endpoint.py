@@ -387,12 +387,7 @@ class ClientRequest:
         if not txn.given_up:
             return False
         tag = response.to.tag or ""
-        if tag in self._held:
-            return False
-        if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
-            return False
-        self._late_answers |= {tag}
-        return True
+        return tag not in self._held and self._bye_once(tag)
 
     def _another_dialog(self, response: Response) -> bool | None:
         """Whether ``response`` is a 2xx of another dialog than the first 2xx's, to an INVITE
@@ -415,9 +410,18 @@ class ClientRequest:
             self._answered = tag
         if tag == self._answered:
             return None
-        if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
+        return self._bye_once(tag)
+
+    def _bye_once(self, tag: str) -> bool:
+        """The rule :meth:`_first_late_answer`, :meth:`_another_dialog` and
+        :meth:`_nobodys_answer` share for a 2xx that is the endpoint's to end: True (and the
+        dialog noted) for the first 2xx of the dialog with To tag ``tag``;
+        False for a copy of it (our ACK was lost: ACKed again, never BYEd again, one BYE per
+        dialog) and for a dialog past :data:`MAX_LATE_ANSWERS` (ACKed only)."""
+        late = self._late_answers
+        if tag in late or len(late) >= MAX_LATE_ANSWERS:
             return False
-        self._late_answers |= {tag}
+        self._late_answers = late | {tag}
         return True
 
     def _nobodys_answer(self, response: Response, *, delivered: bool) -> bool:
@@ -436,12 +440,7 @@ class ClientRequest:
         if (response.call_id, response.from_.tag) != self._dialog_of:
             return False
         tag = response.to.tag or ""
-        if tag in self._held:
-            return False
-        if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
-            return False
-        self._late_answers |= {tag}
-        return True
+        return tag not in self._held and self._bye_once(tag)
 
     def _owner_acked(self, tag: str) -> None:
         """The owner ACKed a 2xx of the dialog with To tag ``tag``: it holds that session."""
