@@ -69,6 +69,7 @@ from gateway.core.sip.via import (
     stamp_request,
 )
 from gateway.core.transport.flows import Address, Flow, format_address
+from gateway.core.transport.inbound import InboundQueue
 
 if TYPE_CHECKING:
     from gateway.core.config import TrunkConfig
@@ -386,12 +387,7 @@ class ClientRequest:
         if not txn.given_up:
             return False
         tag = response.to.tag or ""
-        if tag in self._held:
-            return False
-        if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
-            return False
-        self._late_answers |= {tag}
-        return True
+        return tag not in self._held and self._bye_once(tag)
 
     def _another_dialog(self, response: Response) -> bool | None:
         """Whether ``response`` is a 2xx of another dialog than the first 2xx's, to an INVITE
@@ -414,9 +410,18 @@ class ClientRequest:
             self._answered = tag
         if tag == self._answered:
             return None
-        if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
+        return self._bye_once(tag)
+
+    def _bye_once(self, tag: str) -> bool:
+        """The rule :meth:`_first_late_answer`, :meth:`_another_dialog` and
+        :meth:`_nobodys_answer` share for a 2xx that is the endpoint's to end: True (and the
+        dialog noted) for the first 2xx of the dialog with To tag ``tag``;
+        False for a copy of it (our ACK was lost: ACKed again, never BYEd again, one BYE per
+        dialog) and for a dialog past :data:`MAX_LATE_ANSWERS` (ACKed only)."""
+        late = self._late_answers
+        if tag in late or len(late) >= MAX_LATE_ANSWERS:
             return False
-        self._late_answers |= {tag}
+        self._late_answers = late | {tag}
         return True
 
     def _nobodys_answer(self, response: Response, *, delivered: bool) -> bool:
@@ -435,12 +440,7 @@ class ClientRequest:
         if (response.call_id, response.from_.tag) != self._dialog_of:
             return False
         tag = response.to.tag or ""
-        if tag in self._held:
-            return False
-        if tag in self._late_answers or len(self._late_answers) >= MAX_LATE_ANSWERS:
-            return False
-        self._late_answers |= {tag}
-        return True
+        return tag not in self._held and self._bye_once(tag)
 
     def _owner_acked(self, tag: str) -> None:
         """The owner ACKed a 2xx of the dialog with To tag ``tag``: it holds that session."""
@@ -599,7 +599,7 @@ class SipEndpoint:
 
     async def run(
         self,
-        inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow, float]],
+        inbound: InboundQueue,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -614,56 +614,56 @@ class SipEndpoint:
             finally:
                 self._orphan_nursery = None
 
-    async def _serve(
-        self,
-        inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow, float]],
-        task_status: trio.TaskStatus[None],
-    ) -> None:
+    async def _serve(self, inbound: InboundQueue, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()
         # The clock itself: trio.current_time() reaches it through two more Python calls, and
         # this loop reads the time after every message.
         clock = trio.lowlevel.current_clock()
-        taken_without_yield = 0
-        item: tuple[bytes, Flow, float] | None
+        transactions = self.transactions
         while True:
-            try:
-                item = inbound.receive_nowait()
-            except trio.WouldBlock:
+            # One cancel scope for every wait until a transaction timer falls due, not one per
+            # message: its deadline is the next timer's while the task waits and infinite while
+            # it works, so a deadline never cancels a message half handled. A timer that falls
+            # due cancels the scope (trio cannot take a cancellation back): it ends, the timers
+            # run, and the next scope begins.
+            with trio.CancelScope() as wait:
                 taken_without_yield = 0
-                try:
-                    item = await self._next_inbound(inbound)
-                except trio.EndOfChannel:
-                    return
-            except trio.EndOfChannel:
-                return
-            else:
-                # A message already queued is taken without a wait and its cancel scope; every
-                # 16th lets the call tasks run, so a burst does not hold them up.
-                taken_without_yield += 1
-                if taken_without_yield % 16 == 0:
-                    await trio.lowlevel.checkpoint()
-            if item is not None:
-                data, flow, arrived = item
-                self.statistics.received += 1
-                waited = clock.current_time() - arrived
-                await self._guarded(self.handle(data, flow, waited=waited), flow)
+                while True:
+                    item = inbound.take()
+                    if item is None:
+                        taken_without_yield = 0
+                        deadline = transactions.get_timer()
+                        if deadline is not None:
+                            wait.deadline = deadline
+                        self._wait = wait
+                        try:
+                            await inbound.wait()
+                        finally:
+                            self._wait = None
+                        if wait.deadline != math.inf:
+                            wait.deadline = math.inf
+                        if wait.cancel_called:
+                            # The deadline passed as a message woke the task: the message
+                            # waits for the next scope (a checkpoint in this one would raise).
+                            break
+                        continue
+                    # A message already queued is taken without a wait; every 16th lets the
+                    # call tasks run, so a burst does not hold them up.
+                    taken_without_yield += 1
+                    if taken_without_yield % 16 == 0:
+                        await trio.lowlevel.checkpoint()
+                    data, flow, arrived = item
+                    self.statistics.received += 1
+                    waited = clock.current_time() - arrived
+                    await self._guarded(self.handle(data, flow, waited=waited), flow)
+                    now = clock.current_time()
+                    deadline = transactions.get_timer()
+                    if deadline is not None and deadline <= now:
+                        await self._guarded(self._act(transactions.handle_timer(now=now)), None)
             now = clock.current_time()
-            deadline = self.transactions.get_timer()
+            deadline = transactions.get_timer()
             if deadline is not None and deadline <= now:
-                await self._guarded(self._act(self.transactions.handle_timer(now=now)), None)
-
-    async def _next_inbound(
-        self, inbound: trio.MemoryReceiveChannel[tuple[bytes, Flow, float]]
-    ) -> tuple[bytes, Flow, float] | None:
-        """Wait for the next message; None when a transaction timer falls due first."""
-        deadline = self.transactions.get_timer()
-        with trio.move_on_at(math.inf if deadline is None else deadline) as wait:
-            self._wait = wait
-            try:
-                return await inbound.receive()
-            finally:
-                self._wait = None
-        return None
+                await self._guarded(self._act(transactions.handle_timer(now=now)), None)
 
     async def _guarded(self, work: Awaitable[None], flow: Flow | None) -> None:
         try:

@@ -94,6 +94,7 @@ from gateway.core.store.interface import (
 )
 from gateway.core.store.sqlite import DEFAULT_BUSY_TIMEOUT
 from gateway.core.transport.flows import Flow, FlowTable, format_address
+from gateway.core.transport.inbound import InboundQueue
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,7 @@ class Gateway:
         self.statistics = TransportStatistics()
         # Each message with the time it arrived (queued, or earlier in a socket buffer): the
         # endpoint judges overload by how long messages wait.
-        self._inbound_send, self._inbound_receive = trio.open_memory_channel[
-            tuple[bytes, Flow, float]
-        ](INBOUND_QUEUE)
+        self._inbound = InboundQueue(INBOUND_QUEUE)
         self.registration: RegistrationService | None = None
         self.store: Store | None = None
         self._call_record_expiry_failures = expiry_failures()
@@ -578,9 +577,7 @@ class Gateway:
         return Path(self.config.gateway.state_dir)
 
     def deliver(self, data: bytes, flow: Flow, *, waited: float = 0.0) -> None:
-        try:
-            self._inbound_send.send_nowait((data, flow, trio.current_time() - waited))
-        except trio.WouldBlock:
+        if not self._inbound.put((data, flow, trio.current_time() - waited)):
             self.statistics.dropped_queue_full += 1
             if self.statistics.dropped_queue_full % 100 == 1:
                 log.warning(
@@ -880,7 +877,7 @@ class Gateway:
         nursery.start_soon(self.subscriptions.run)
         self.messages = Messages(self, nursery)
         self.endpoint.messages = self.messages
-        await nursery.start(self.endpoint.run, self._inbound_receive)
+        await nursery.start(self.endpoint.run, self._inbound)
         prober = TrunkProber(
             self.config.trunks,
             self.trunk_health,
