@@ -23,9 +23,15 @@ _PASSWORD_IN_URI = re.compile(
     r"(?i)\b(sips?:[A-Za-z0-9\-_.!~*'()%&=+$,;?/]*):[A-Za-z0-9\-_.!~*'()%&=+$,]*@"
 )
 # RFC 3986 §3.2.1: a URL's authority (http://, https://, ws://, postgresql:// ...) may begin
-# with userinfo "user:password@", and the authority ends at the first "/", "?" or "#". The
-# password runs to the last "@" of the authority: a malformed "u:p@ss@host" hides "p@ss".
-_PASSWORD_IN_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/?#@:]*):[^\s/?#]*@")
+# with userinfo "user:password@". The password runs to the last "@" of the authority: a
+# malformed "u:p@ss@host" hides "p@ss". It may hold the "/", "?" and "#" that end an authority
+# (RFC 3986 wants them escaped there; a password pasted as it is keeps them: base64's "/"), and
+# a URL quoted in an error is the malformed one: so everything up to an "@" is taken for the
+# password, unless what follows the ":" is a port (digits, then "/", "?", "#" or the end).
+_PASSWORD_IN_URL = re.compile(
+    r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/?#@:\[\]]*):(?!\d*(?:[/?#\s]|$))[^\s@]*"
+    r"(?:@[^\s@/?#]*)*@"
+)
 REDACTED = "***"
 
 

@@ -24,10 +24,20 @@ from gateway.core.sip.uri import redact_password
         ("'http://u:p@ss@ocsp.example:80/'", "'http://u:***@ocsp.example:80/'"),
         ("postgresql://voipgw:pw@db/voipgw", "postgresql://voipgw:***@db/voipgw"),
         ("HTTP://u:@h/a@b", "HTTP://u:***@h/a@b"),
-        ("no https://u:a/b@c here", "no https://u:a/b@c here"),  # "/" ends the authority
+        # A password pasted unencoded (RFC 3986 wants "/", "?" and "#" escaped in userinfo):
+        # base64's "/", a generated "#" or "?". Such a URL is the malformed one an error
+        # message quotes, so its password is hidden up to its "@" all the same.
+        ("no https://u:a/b@c here", "no https://u:***@c here"),
+        ("'https://admf:ab/cd+ef==@li.example/x1'", "'https://admf:***@li.example/x1'"),
+        ("http://crl:pa#ss@crl.example/ca.crl", "http://crl:***@crl.example/ca.crl"),
+        ("https://u:p?w@h/x", "https://u:***@h/x"),
+        ("https://u:1234@h/x", "https://u:***@h/x"),
         # Nothing to hide: unchanged.
         ("https://admf@li.example/x1?to=a@b", "https://admf@li.example/x1?to=a@b"),
         ("https://li.example:8443/x1#a:b@c", "https://li.example:8443/x1#a:b@c"),
+        ("https://li.example:8443/x1?to=a:b@c", "https://li.example:8443/x1?to=a:b@c"),
+        ("https://li.example:8443?to=a@b", "https://li.example:8443?to=a@b"),
+        ("ws://[::1]:8080/a@b", "ws://[::1]:8080/a@b"),
         ("sip:srs@rec.example:5060", "sip:srs@rec.example:5060"),
         ("sip:rec.example:5060;transport=tcp", "sip:rec.example:5060;transport=tcp"),
         ("sip:rec.example:5060;maddr=x@y", "sip:rec.example:5060;maddr=x@y"),
