@@ -18,9 +18,13 @@ Params = tuple[tuple[str, str | None], ...]
 
 # RFC 3261 §19.1.1 / §25.1: userinfo = user [ ":" password ] "@"; user may hold ";?/&=+$,",
 # password only unreserved, escaped and "&=+$,". Anchored on "sip:"/"sips:" so a host:port
-# (no "@" after it) is never taken for a user and password.
+# (no "@" after it) is never taken for a user and password. The URIs the log quotes are often
+# the ones that did not parse: a password holding what its grammar does not ("/", "#", "@"
+# unescaped) is hidden too, up to the userinfo's last "@", unless what follows the ":" is a
+# port (digits, then ";", "?", ">", "/", ",", a space or the end).
 _PASSWORD_IN_URI = re.compile(
-    r"(?i)\b(sips?:[A-Za-z0-9\-_.!~*'()%&=+$,;?/]*):[A-Za-z0-9\-_.!~*'()%&=+$,]*@"
+    r"(?i)\b(sips?:[A-Za-z0-9\-_.!~*'()%&=+$,;?/]*):(?!\d*(?:[;?>/,\s]|$))[^\s@<>\"]*"
+    r"(?:@[^\s@<>\";?/]*)*@"
 )
 # RFC 3986 §3.2.1: a URL's authority (http://, https://, ws://, postgresql:// ...) may begin
 # with userinfo "user:password@". The password runs to the last "@" of the authority: a

@@ -19,6 +19,11 @@ from gateway.core.sip.uri import redact_password
             "session to <sip:a:b@x> failed; next sip:c:d@y",
             "session to <sip:a:***@x> failed; next sip:c:***@y",
         ),
+        # A password its grammar refuses (the URI does not parse: the one a log line quotes).
+        ("sip:carrier:pa/ss@host", "sip:carrier:***@host"),
+        ("<sip:carrier:pa#ss@host;lr>", "<sip:carrier:***@host;lr>"),
+        ("sip:carrier:p@ss@host:5060", "sip:carrier:***@host:5060"),
+        ("sip:1234:5678@host", "sip:1234:***@host"),
         # URLs (RFC 3986 §3.2.1 userinfo), as plugin tables and certificates carry them.
         ("https://admf:s3cret@li.example/x1", "https://admf:***@li.example/x1"),
         ("'http://u:p@ss@ocsp.example:80/'", "'http://u:***@ocsp.example:80/'"),
@@ -41,6 +46,8 @@ from gateway.core.sip.uri import redact_password
         ("sip:srs@rec.example:5060", "sip:srs@rec.example:5060"),
         ("sip:rec.example:5060;transport=tcp", "sip:rec.example:5060;transport=tcp"),
         ("sip:rec.example:5060;maddr=x@y", "sip:rec.example:5060;maddr=x@y"),
+        ("<sip:rec.example:5060>;tag=a@b", "<sip:rec.example:5060>;tag=a@b"),
+        ("sip:rec.example:5060, sip:bob@x", "sip:rec.example:5060, sip:bob@x"),
         ("carrier", "carrier"),
         ("", ""),
     ],
