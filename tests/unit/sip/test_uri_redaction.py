@@ -48,6 +48,9 @@ from gateway.core.sip.uri import redact_password
         ("sip:rec.example:5060;maddr=x@y", "sip:rec.example:5060;maddr=x@y"),
         ("<sip:rec.example:5060>;tag=a@b", "<sip:rec.example:5060>;tag=a@b"),
         ("sip:rec.example:5060, sip:bob@x", "sip:rec.example:5060, sip:bob@x"),
+        # A peer's line of many URIs and no password: each scan stops at the next URI.
+        ("sip:a:" * 2000 + " x@y", "sip:a:" * 2000 + " x@y"),
+        ("http://a:" * 2000 + " x@y", "http://a:" * 2000 + " x@y"),
         ("carrier", "carrier"),
         ("", ""),
     ],
