@@ -973,6 +973,10 @@ def cmd_accounts(args: argparse.Namespace) -> int:
 def cmd_migrate_store(args: argparse.Namespace) -> int:
     from gateway.core.store.postgresql import RETENTION_INDEX, PostgresStore
 
+    # The store says at INFO what it does (the index's build: minutes on a big table) and why it
+    # did not build it ("another node builds the index"), the message the error below points
+    # to: the other commands' default (WARNING and up, Python's last-resort handler) drops them.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     store, _ = _open_store(args)  # opening it migrates
     try:
         print(f"store: schema version {store.schema_version()}")

@@ -26,6 +26,10 @@ PASSWORD = "s3cret-pw"
         # [plugins.intercept] report_url.
         (Endpoint.parse, f"https://admf:{PASSWORD}@li.example/x1", "no user, password"),
         (Endpoint.parse, f"http://admf:{PASSWORD}@li.example/x1", "expected https://"),
+        # A password pasted with a "/" (base64) or "#" in it: the URL does not parse, and the
+        # message quoting it hides the password all the same.
+        (Endpoint.parse, f"https://admf:{PASSWORD}/x@li.example/x1", "expected https://"),
+        (parse_http_url, f"http://crl:{PASSWORD}#1@crl.example/ca.crl", "expected no user"),
         # [plugins.siprec] a recorder named by a URL that is not SIP.
         (lambda uri: siprec._check_srs("srs", uri), f"http://srs:{PASSWORD}@rec/", "sip: or"),
         (lambda uri: siprec._check_tls("srs", uri), f"sip:srs:{PASSWORD}@rec", "sips: URI"),
