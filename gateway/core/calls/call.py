@@ -119,6 +119,25 @@ import trio
 
 from gateway.core.auth.client import authorize
 from gateway.core.calls import identity
+from gateway.core.calls.events import (
+    AckEvent,
+    CallEnded,
+    CallEventInput,
+    CancelEvent,
+    DtmfDigitEvent,
+    EndCallEvent,
+    HandOverEvent,
+    InDialogRequest,
+    KeyFailureEvent,
+    LocatedRequest,
+    PickUpEvent,
+    ReplacedEvent,
+    RequestEvent,
+    ResponseEvent,
+    _AnswerFailure,
+    _quoted,
+    _warning,
+)
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.location import (
     Location,
@@ -159,13 +178,7 @@ from gateway.core.calls.routing import (
 )
 from gateway.core.calls.rtcp_capture import RtcpToCaptures
 from gateway.core.calls.transfer import Transfer
-from gateway.core.interfaces import (
-    Caller,
-    CallEvent,
-    IdentityOutcome,
-    RouteDecision,
-    RouteTarget,
-)
+from gateway.core.interfaces import Caller, CallEvent, IdentityOutcome, RouteDecision, RouteTarget
 from gateway.core.logs import log_exception
 from gateway.core.media.dtmf import (
     DTMF_RELAY,
@@ -182,13 +195,7 @@ from gateway.core.media.keying import CallKeying
 from gateway.core.media.security import KeyExchangeFailed, LegSecurity, MediaSecurityRefused
 from gateway.core.media.session import ORIGIN_USERNAME, DtmfPlan
 from gateway.core.media.taps import CallTaps, tapped_media
-from gateway.core.sdp.body import (
-    ACCEPTED_BODY_TYPES,
-    BodyPart,
-    UnsupportedBody,
-    read_body,
-    sdp_of,
-)
+from gateway.core.sdp.body import ACCEPTED_BODY_TYPES, BodyPart, UnsupportedBody, read_body, sdp_of
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.offer_answer import answer_with, refusing_answer
@@ -254,8 +261,8 @@ if TYPE_CHECKING:
     from gateway.core.endpoint import ClientRequest
     from gateway.core.media.session import MediaSession
 
-log = logging.getLogger(__name__)
 
+log = logging.getLogger(__name__)
 SDP = "application/sdp"
 # What a 415 lists (RFC 3261 §21.4.13): SDP alone, or in a multipart/mixed body beside location
 # parts (RFC 5621 §3.2 asks for multipart/mixed to be listed when it is taken).
@@ -302,190 +309,12 @@ ANONYMOUS_URI = SipUri("sip", "anonymous.invalid", user="anonymous")
 RSEQ_FIRST_MAX = 2**31 - 1
 
 
-# -- events ------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class RequestEvent:
-    side: Side
-    transaction: ServerTransaction
-    request: Request
-    flow: Flow
-
-
-@attrs.frozen
-class CancelEvent:
-    """A CANCEL of ``transaction``: the call's INVITE, or a re-INVITE it is relaying."""
-
-    request: Request
-    transaction: ServerTransaction | None = None
-
-
-@attrs.frozen
-class ResponseEvent:
-    """A response to a request this call sent; ``tag`` says which request it answers."""
-
-    tag: object
-    response: Response
-
-
-@attrs.define(eq=False)
-class InDialogRequest:
-    """A request this call sent in an established dialog (the tag its responses come back with):
-    a relayed request (``relayed``: the server transaction and request it answers), our
-    re-INVITE or our BYE. ``sent`` is what went out, for a retry with a trunk's credentials (once:
-    ``challenged``)."""
-
-    # "relay" | "reinvite" | "bye" | "refresh" (our UPDATE, RFC 4028) | "transfer" (our
-    # re-INVITE to a transferee with its target's offer) | "notify" (a transfer's progress) |
-    # "join" (our re-INVITE without SDP to a trunk leg taken over by an attended transfer) |
-    # "location" (our UPDATE with the caller's new location, RFC 6442, answering ``relayed``)
-    purpose: str
-    side: Side  # the leg it was sent on
-    relayed: tuple[ServerTransaction, Request] | None = None
-    sent: Request | None = None
-    challenged: bool = False
-    client: ClientRequest | None = None  # the client transaction of ``sent``
-
-
-@attrs.define(eq=False)
-class LocatedRequest(InDialogRequest):
-    """A request of ours that carried the caller's location (RFC 6442) to ``location_to``: a
-    Geolocation-Error in its answer is the caller's to know (§4.3), and the call record's. A
-    subclass, so that the requests of calls without location carry nothing more."""
-
-    location_to: Leg | None = None
-    # A "location" UPDATE in a confirmed dialog: the session timer our 2xx to the caller's
-    # UPDATE states (RFC 4028 §10); None in an early dialog, which has no session yet.
-    answer_timer: UasAnswer | None = None
-    # A "location" UPDATE in the confirmed dialog of a callee that answered before the call
-    # is up (our 2xx to the caller waits for its PRACK or its ACK): a 2xx refreshes that leg.
-    refreshes: bool = False
-    # A "location" UPDATE's bounded wait (:meth:`Call._bound_location_wait`): the scope of its
-    # timer task (cancelled by the answer), and the 408 of ours that task posts, as the
-    # response event that stops the caller's wait (told from a trunk's own 408 by identity).
-    wait: float = 0.0
-    wait_scope: trio.CancelScope | None = None
-    overdue: Response | None = None
-
-
-@attrs.frozen
-class DtmfDigitEvent:
-    """Leg ``side`` sent a digit as RFC 4733 events (read in the relay's loop) while the call
-    interworks DTMF: for the other leg, as SIP INFO (docs/architecture.md "DTMF
-    interworking")."""
-
-    side: str
-    digit: Digit
-
-
-@attrs.frozen
-class KeyFailureEvent:
-    """A key exchange on the media path (DTLS-SRTP) failed on leg ``side`` (from the handshake
-    task): the call ends with ``reason`` (issue #6: no media, a stated reason)."""
-
-    side: str
-    reason: str
-
-
-@attrs.frozen
-class AckEvent:
-    """A's ACK of our 2xx when that 2xx carried the offer (a late offer): the ACK brings the
-    answer (RFC 3261 §13.2.1), which the call task must relay to B in B's ACK."""
-
-    ack: Request
-
-
-@attrs.frozen
-class EndCallEvent:
-    """The gateway ends the call (its media worker process exited, the gateway's drain ran
-    out): with ``reason`` (BYE with a Reason once answered, 503 before)."""
-
-    reason: str
-
-
-@attrs.frozen
-class ReplacedEvent:
-    """Another call's transfer took over this call's ringing target (a semi-attended transfer:
-    the transferor transferred while its consultation call still rang): stop ringing it
-    ("Call completed elsewhere") and answer our caller, the transferor, 487."""
-
-
-@attrs.define(eq=False)
-class HandOverEvent:
-    """Another call's attended transfer takes over this call's leg on side ``give`` (a
-    trunk's: carriers take no Replaces): this call hands it to ``taker`` for its ``side`` and
-    ends, BYE to its other leg (the transferor) only. ``leg`` is set and ``done`` fired once
-    handed over; ``done`` without a leg: not now (the call is not simply established)."""
-
-    taker: Call
-    side: Side
-    give: Side
-    done: trio.Event = attrs.Factory(trio.Event)
-    leg: BLeg | None = None
-
-
-@attrs.define(eq=False)
-class PickUpEvent:
-    """An account's phone picks this ringing call up (pickup.py): its INVITE with a
-    ``Replaces`` naming our early dialog with ``leg``'s ringing phone. The call answers the
-    INVITE (200, or a refusal when it is no longer ringing) and sets ``done``."""
-
-    transaction: ServerTransaction
-    request: Request
-    flow: Flow
-    caller: Caller
-    leg: BLeg
-    dialled: bool = False  # dialled as a feature code ([feature_codes]), not by Replaces
-    done: trio.Event = attrs.Factory(trio.Event)
-
-
-CallEventInput = (
-    RequestEvent
-    | CancelEvent
-    | ResponseEvent
-    | KeyFailureEvent
-    | DtmfDigitEvent
-    | EndCallEvent
-    | AckEvent
-    | ReplacedEvent
-    | HandOverEvent
-    | PickUpEvent
-)
-
-
 def _first_final_or_late_2xx(final: Response | None, response: Response) -> bool:
     """Whether final ``response`` to a B leg's INVITE is news: its first final response, or a
     2xx after a failure (RFC 3261 §13.2.2.4: ACKed and BYEd all the same): a callee answering
     after our give-up 64*T1 past its CANCEL (§9.1, the 408 made for it), or a fork's 2xx racing
     another fork's non-2xx."""
     return final is None or (response.is_success and not final.is_success)
-
-
-class CallEnded(Exception):
-    """Internal: the call is over (reason for the logs and the call record)."""
-
-
-@attrs.frozen
-class _AnswerFailure:
-    """Why applying SDP from a leg's 2xx (or from the ACK answering ours) failed, and what the
-    call sends for it (:meth:`Call._answer_failed`): ``status`` and ``phrase`` to a request
-    still open, ``warning`` its Warning text, ``reason`` for the BYEs, the log and the record."""
-
-    status: int
-    phrase: str
-    warning: str
-    reason: str
-
-    def response_to(self, request: Request) -> Response:
-        """The final response to ``request`` saying this failure (its Warning, RFC 3261
-        §20.43)."""
-        return make_response(
-            request, self.status, self.phrase, extra=[("Warning", _warning(self.warning))]
-        )
-
-
-# -- the call ----------------------------------------------------------------------------------
 
 
 class Call:
@@ -2820,7 +2649,6 @@ class Call:
                 await self._end_by_gateway(event)
             elif isinstance(event, PickUpEvent):
                 await self._refuse_pickup(event)
-            # A CANCEL now comes after our 2xx: too late (RFC 3261 §9.2), nothing to do.
 
     async def _a_answered(self, ack: Request) -> None:
         """A's ACK brought its answer to our offer: B gets its answer in our ACK, and the call
@@ -5379,8 +5207,6 @@ class Call:
             elif isinstance(event, RequestEvent):
                 await self.endpoint.respond(event.transaction, make_response(event.request, 481))
 
-    # 2xx retransmission by the UAS core (RFC 3261 §13.3.1.4)
-
     def _start_2xx_retransmission(self, side: Side, response: Response) -> None:
         t1 = self.config.sip.t1
         now = trio.current_time()
@@ -5584,22 +5410,14 @@ def _sdp(message: Request | Response) -> bytes:
     return sdp_of(message.content_type, message.body)
 
 
-def _warning(text: str | None) -> str:
-    # RFC 3261 §20.43: 399 miscellaneous warning, agent = us.
-    return f'399 voipgw "{_quoted(text or "")}"'
-
-
-def _quoted(text: str) -> str:
-    cleaned = " ".join(text.replace("\\", "").replace('"', "'").split())
-    return cleaned if len(cleaned) <= 300 else cleaned[:297] + "..."
-
-
 _ = RouteDecision, CallEvent  # re-exported types used by the manager
 
 
 _DTMF_QUEUE = 64
 """Digits from INFO waiting to be sent as events; more are dropped (counted): at about 0.2 s
 a digit, a longer queue would play digits long after the caller pressed them."""
+
+
 _DTMF_PAUSE = 0.05
 """Seconds between two digits sent as events."""
 

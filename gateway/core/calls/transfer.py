@@ -50,7 +50,7 @@ from gateway.core.interfaces import RouteTarget
 from gateway.core.sip.refer import Replaces
 
 if TYPE_CHECKING:
-    from gateway.core.calls.call import InDialogRequest
+    from gateway.core.calls.events import InDialogRequest
 
 
 @attrs.define(eq=False)
