@@ -46,7 +46,6 @@ import attrs
 import trio
 
 from gateway.core.auth.client import authorize
-from gateway.core.calls.call import best_failure
 from gateway.core.calls.numbering import read_number
 from gateway.core.calls.routing import (
     ContactTarget,
@@ -59,6 +58,7 @@ from gateway.core.calls.routing import (
     other_hops_left,
     over_tls_only,
 )
+from gateway.core.calls.targets import best_failure
 from gateway.core.interfaces import Caller, RouteTarget
 from gateway.core.logs import log_exception
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, is_sips
