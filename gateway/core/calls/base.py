@@ -66,8 +66,8 @@ from gateway.core.sip.uri import SipUri
 from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow
 
 if TYPE_CHECKING:
-    from gateway.core.calls.call import _Redirects
     from gateway.core.calls.dtmf_info import _DtmfWork
+    from gateway.core.calls.forwarding import _Redirects
     from gateway.core.calls.manager import CallManager
     from gateway.core.config import TrunkConfig
     from gateway.core.endpoint import ClientRequest
