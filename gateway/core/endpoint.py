@@ -94,7 +94,7 @@ ALLOWED_METHODS = (
 ALLOW = ", ".join(ALLOWED_METHODS)
 ALLOW_WITH_PUBLISH = f"{ALLOW}, PUBLISH"
 # RFC 3262 (100rel): a caller that requires reliable 1xx responses gets them; RFC 4028 (timer):
-# session timers on each leg (calls/call.py).
+# session timers on each leg (calls/session_timers.py).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = ("100rel", "timer")
 # RFC 3891: INVITEs with Replaces are call pickups (calls/pickup.py) while a
 # [[dialog_watch_groups]] group has pickup = true; a phone may require the extension then.
@@ -135,7 +135,7 @@ MAX_LATE_ANSWERS = 8
 # INFO in early dialogs: ClientRequest._note_cseq); past it, the highest over them all.
 MAX_DIALOG_CSEQS = 16
 # Why the endpoint BYEs a session nobody holds (RFC 3326 Reason, in the call's BYE style,
-# calls/call.py Call._bye; cause 200 as the call's own BYE of a fork answering too late; a
+# calls/base.py Call._bye; cause 200 as the call's own BYE of a fork answering too late; a
 # trunk with a PSTN interworking gets Q.850 cause 16 "normal call clearing" beside it).
 GIVEN_UP = "answered after the call was given up"
 ANSWERED_ELSEWHERE = "call completed elsewhere"

@@ -18,7 +18,8 @@ import attrs
 import trio
 
 from gateway.core.auth.digest import Authenticated, AuthKind
-from gateway.core.calls.call import Call, CancelEvent, PickUpEvent, RequestEvent
+from gateway.core.calls.call import Call
+from gateway.core.calls.events import CancelEvent, PickUpEvent, RequestEvent
 from gateway.core.calls.leg import BLeg, Side
 from gateway.core.calls.limits import NO_LIMIT, CallLimits, Key, Limit
 from gateway.core.calls.outbound import OutboundSessions

@@ -8,7 +8,7 @@ trunk). Each target gets a new request of ours (new Call-ID and From tag, the ca
 as a call would present it, the body and Content-Type unchanged). An account's registered
 contacts get it in parallel, through the flow or Path of their registration, and the first 2xx
 goes back to the sender (RFC 3428 §7 allows 200 and 202); when none accepts, the best failure
-does (:func:`~gateway.core.calls.call.best_failure`), after the route's alternates were tried
+does (:func:`~gateway.core.calls.targets.best_failure`), after the route's alternates were tried
 one at a time on a ``[sip] failover_statuses`` failure, as a call tries them: a trunk named by
 DNS has one alternate per cached target (RFC 3263 §4.3), the next after a 503, no response or a
 transport error, the next trunk after any other failure
@@ -46,7 +46,6 @@ import attrs
 import trio
 
 from gateway.core.auth.client import authorize
-from gateway.core.calls.call import best_failure
 from gateway.core.calls.numbering import read_number
 from gateway.core.calls.routing import (
     ContactTarget,
@@ -59,6 +58,7 @@ from gateway.core.calls.routing import (
     other_hops_left,
     over_tls_only,
 )
+from gateway.core.calls.targets import best_failure
 from gateway.core.interfaces import Caller, RouteTarget
 from gateway.core.logs import log_exception
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, is_sips

@@ -2,7 +2,7 @@
 
 Theory of operation. Desk phones forward calls ("always", "busy", "no answer") by answering our
 INVITE ``302 Moved Temporarily`` with the new target in ``Contact`` (RFC 3261 §8.1.3.4, §21.3).
-The call (:mod:`gateway.core.calls.call`) follows 300, 301, 302 and 305 from a phone's leg (a
+The call (:mod:`gateway.core.calls.forwarding`) follows 300, 301, 302 and 305 from a phone's leg (a
 trunk's only with ``[[trunks]] follow_redirects``); 380 Alternative Service describes a service,
 not a target, and is never followed. The Contacts are taken in q-value order (RFC 3261 §16.6
 step 1, §8.1.3.4), one at a time. Only the user part of each is used: it is routed by the

@@ -6,7 +6,7 @@ through the gateway's routing, limits, media relay and keys like any other. Who 
 5589 §2): the **transferor** sent the REFER, the **transferee** is the party it talks to (the
 call's other leg), the **target** is whom the transferee talks to afterwards.
 
-How (:class:`gateway.core.calls.call.Call` "transfers"):
+How (:class:`gateway.core.calls.call.Call` "transfers", gateway/core/calls/transferring.py):
 
 1. The REFER is answered 202 and a NOTIFY says ``SIP/2.0 100 Trying`` (RFC 3515 §2.4.4-2.4.5).
 2. The target is routed as a call the transferor places (its routing, its limits, its number
@@ -50,7 +50,7 @@ from gateway.core.interfaces import RouteTarget
 from gateway.core.sip.refer import Replaces
 
 if TYPE_CHECKING:
-    from gateway.core.calls.call import InDialogRequest
+    from gateway.core.calls.events import InDialogRequest
 
 
 @attrs.define(eq=False)
@@ -76,7 +76,7 @@ class Transfer:
     moved_count: tuple[str, str] | None = None
     deadline: float = math.inf  # while ringing: [sip] ring_timeout; then 64*T1 for the re-INVITE
     # Our re-INVITE (``reinvite`` or ``join``) met glare (491, RFC 3261 §14.1): sent again at
-    # this time, at most ``GLARE_RETRIES`` times (gateway.core.calls.call).
+    # this time, at most ``GLARE_RETRIES`` times (gateway.core.calls.transferring).
     glare_retry: str = ""  # "transfer" or "join": which of the two to send again
     glare_retry_at: float = math.inf
     glare_retries: int = 0

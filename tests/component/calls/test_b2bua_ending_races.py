@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.core.calls import call as call_module
+from gateway.core.calls import base as call_base
 from gateway.testing.sip_agent import SDP, Received
 from tests.component.calls.b2bua_env import answered_call, eventually, start_b2bua
 
@@ -79,7 +79,7 @@ async def test_requests_beyond_a_full_event_queue_get_503(
 ) -> None:
     # A queue of one event: a burst of INFOs overflows it. Each must still get a final response
     # (dropped, a request whose transaction has sent 100 is never retransmitted).
-    monkeypatch.setattr(call_module, "EVENT_QUEUE", 1)
+    monkeypatch.setattr(call_base, "EVENT_QUEUE", 1)
     env = await start_b2bua(nursery, tmp_path, voipgw_seed)
     call, _ = await answered_call(env)
     burst = [

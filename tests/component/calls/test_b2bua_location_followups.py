@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trio
 
-from gateway.core.calls.call import LOCATION_UPDATE_WAIT
+from gateway.core.calls.location_updates import LOCATION_UPDATE_WAIT
 from gateway.core.sip.message import Response
 from gateway.testing.sip_agent import Received
 from tests.component.calls.b2bua_env import B2bua, eventually

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.core.calls.call import LOCATION_UPDATE_WAIT
+from gateway.core.calls.location_updates import LOCATION_UPDATE_WAIT
 from gateway.core.sdp.body import sdp_of
 from gateway.core.sip.message import Request, Response
 from gateway.testing.sip_agent import Call, Exchange

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.calls.call import _parse_rack, _parse_rseq
+from gateway.core.calls.ringing import _parse_rack, _parse_rseq
 
 
 def test_a_well_formed_rack_and_rseq_are_read() -> None:

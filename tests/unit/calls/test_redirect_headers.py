@@ -8,7 +8,6 @@ import re
 
 import pytest
 
-from gateway.core.calls.call import best_failure
 from gateway.core.calls.redirect import (
     MAX_DIVERSION_LENGTH,
     MAX_DIVERSIONS_SENT,
@@ -21,6 +20,7 @@ from gateway.core.calls.redirect import (
     redirect_reason,
     uri_user,
 )
+from gateway.core.calls.targets import best_failure
 from gateway.core.config import ConfigError, from_mapping
 from gateway.core.sip.grammar import parse_uri_untrusted
 from gateway.core.sip.message import Headers, Response

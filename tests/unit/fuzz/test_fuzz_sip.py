@@ -13,8 +13,8 @@ import contextlib
 
 from gateway.core.auth.client import parse_challenge_untrusted
 from gateway.core.auth.credentials import MalformedCredentials, parse_credentials_untrusted
-from gateway.core.calls.call import _parse_rack, _parse_rseq
 from gateway.core.calls.location import LocationError, parse_geolocation_untrusted
+from gateway.core.calls.ringing import _parse_rack, _parse_rseq
 from gateway.core.sdp.body import read_body
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sip.errors import RemoteSipError, SipParseError

@@ -1,0 +1,939 @@
+"""What one call is, and the primitives every part of it uses.
+
+The call (call.py) is split by concern, each a class in its own module that the class
+:class:`~gateway.core.calls.call.Call` composes; this one holds the state of them all, set in
+:meth:`CallBase.__init__` (the legs, the media session, the timers, each concern's own), and what
+every concern does with it:
+
+- the event channel, fed from the endpoint's task (:meth:`CallBase.post`, bounded: STYLE.md
+  habit 7) and read by the call's task between its timed waits (:meth:`CallBase._next_event`);
+- answering the caller's INVITE (with a Q.850 cause in the Reason to a trunk with a PSTN
+  interworking, RFC 3326, RFC 3398);
+- sending a request in a dialog (RFC 3261 §12.2.1.1) and answering a trunk's challenge to it
+  once, in the same request with the dialog's next CSeq (§22.2, §8.1.3.5), our BYE's included;
+- ACK (§13.2.2.4, with an answer rejecting every stream for a 2xx we BYE at once, RFC 3264 §6),
+  CANCEL (§9.1) and BYE saying why (RFC 3326), the call's end and what is left to do after it
+  (B legs drained, re-INVITEs of ours CANCELled);
+- our 2xx to an INVITE re-sent until its ACK (§13.3.1.4) and our reliable 1xx until its PRACK
+  (RFC 3262 §3).
+
+Every module of the call logs as ``gateway.core.calls.call``, as the one module did.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
+
+import trio
+
+from gateway.core.auth.client import authorize
+from gateway.core.calls.events import (
+    AckEvent,
+    CallEnded,
+    CallEventInput,
+    EndCallEvent,
+    InDialogRequest,
+    PickUpEvent,
+    RequestEvent,
+    ResponseEvent,
+    _AnswerFailure,
+    _quoted,
+    _warning,
+)
+from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
+from gateway.core.calls.location import Location
+from gateway.core.calls.redirect import Diverted
+from gateway.core.calls.transfer import Transfer
+from gateway.core.interfaces import Caller, IdentityOutcome, RouteTarget
+from gateway.core.media.handshakes import CallHandshakes
+from gateway.core.media.keying import CallKeying
+from gateway.core.media.session import ORIGIN_USERNAME
+from gateway.core.media.taps import CallTaps
+from gateway.core.sdp.body import ACCEPTED_BODY_TYPES, sdp_of
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.model import SessionDescription
+from gateway.core.sdp.offer_answer import refusing_answer
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sdp.serializer import serialize_sdp
+from gateway.core.sip.dialog import Dialog, DialogState, contact_must_be_sips, is_sips
+from gateway.core.sip.message import Request, Response, cancel_for, make_response
+from gateway.core.sip.session_timer import UasAnswer
+from gateway.core.sip.transaction import ClientInviteTransaction, ServerTransaction, State
+from gateway.core.sip.uri import SipUri
+from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow
+
+if TYPE_CHECKING:
+    from gateway.core.calls.dtmf_info import _DtmfWork
+    from gateway.core.calls.forwarding import _Redirects
+    from gateway.core.calls.manager import CallManager
+    from gateway.core.config import TrunkConfig
+    from gateway.core.endpoint import ClientRequest
+    from gateway.core.media.session import MediaSession
+
+# The call's logger, whichever of its modules logs: operators' settings and filters name it.
+log = logging.getLogger("gateway.core.calls.call")
+
+SDP = "application/sdp"
+# What a 415 lists (RFC 3261 §21.4.13): SDP alone, or in a multipart/mixed body beside location
+# parts (RFC 5621 §3.2 asks for multipart/mixed to be listed when it is taken).
+ACCEPT_BODIES = ("Accept", ACCEPTED_BODY_TYPES)
+# Requests queued for one call before more get 503 (a flood from a peer), and room for every
+# event: responses to what the call sent come in as well and must not be lost to a flood of
+# requests (a relayed request's answer dropped would leave its requester without one).
+EVENT_QUEUE = 64
+EVENT_ROOM = 1024
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, NOTIFY, PRACK, UPDATE, REFER"
+# A peer's Reason values we carry to the other leg, at most (the parser bounds headers anyway).
+MAX_REASONS = 4
+# The ISUP release cause of a hang-up (Q.850 16, "normal call clearing": RFC 3398 §7.2.4.1 turns
+# a release with it into BYE), in the BYEs we send a trunk with a PSTN interworking.
+Q850_NORMAL_CLEARING = 16
+
+
+class CallBase:
+    """A call's state and the primitives every concern of it uses (the module's docstring)."""
+
+    picked_up: dict[str, str | None] | None = None
+    """Set when a BLF key picked the call up (who, from whom it rang): the call record says
+    so. A class default, not set per call: only a picked-up call has its own."""
+    _location_errors: list[dict[str, object]] | None = None
+    """The Geolocation-Errors (RFC 6442 §4.3) trunks answered the caller's location with: who,
+    in what status, which code. A class default: only a call that got one has its own."""
+    _diverted: tuple[Diverted, ...] = ()
+    """Who diverted the call, oldest first (a trunk's INVITE said so, our callees redirected
+    it; redirect.py): our INVITEs say so. A class default: only a diverted call has its own."""
+    _redirects: _Redirects | None = None
+    """Call forwarding by redirect (3xx) in this call, made at its first 3xx."""
+
+    def __init__(
+        self,
+        manager: CallManager,
+        transaction: ServerTransaction,
+        invite: Request,
+        flow: Flow,
+        caller: Caller,
+    ) -> None:
+        self.manager = manager
+        self.endpoint = manager.endpoint
+        gateway = manager.gateway
+        self.config = gateway.config
+        self.id = invite.call_id
+        self.started_at = trio.current_time()
+        # The caller asked for a SIPS URI over TLS: the dialog with it is secure (RFC 3261
+        # §12.1.1) and the call goes on over TLS on every hop (RFC 5630 §3.1.3), or not at all.
+        # A sips: INVITE over another transport never gets here (CallManager.invite).
+        self.secure = flow.secure and is_sips(invite.uri)
+        self.a = ALeg(
+            side=Side.A,
+            flow=flow,
+            transport=flow.transport,
+            address=flow.remote,
+            contact=self.endpoint.our_contact(
+                flow.transport,
+                # RFC 3261 §12.1.1: SIPS Request-URI, top Record-Route or Contact: a sips:
+                # Contact in our answers (over WSS sips:...;transport=wss, RFC 7118 §9.2).
+                sips=flow.secure and contact_must_be_sips(invite),
+            ),
+            invite=invite,
+            transaction=transaction,
+            local_tag=gateway.ids.new_tag(),
+            peer_kind=caller.kind,
+            peer_name=caller.name,
+            shown_as=_shown_caller(invite, caller),
+            private=_wants_privacy(invite),
+        )
+        # Call-ID alone is not unique: a caller retries with the same one after a failure.
+        self.record_id = f"{self.id};{self.a.local_tag}"
+        self.b_legs: list[BLeg] = []
+        self.b: BLeg | None = None  # the leg that answered
+        self.caller = caller  # identified before the call exists (CallManager.invite)
+        self.psap_callback = False
+        """An emergency service calling back (RFC 7090, calls/psap_callback.py), set by the
+        manager: served like an emergency call, and phones are told (``Priority``)."""
+        self.media: MediaSession | None = None
+        self.keying: CallKeying | None = None
+        self.taps: CallTaps | None = None
+        self.invite_copy: tuple[bytes, str, Address, Address, float] | None = None
+        """The caller's INVITE as received (bytes, transport, source, destination, Unix time),
+        kept from its arrival to its routing, only while taps decide at the start (lawful
+        intercept)."""
+        self.handshakes: CallHandshakes | None = None  # started with the first DTLS stream
+        self._keyed_b: BLeg | None = None  # the B leg whose keys are applied
+        self.state = "new"
+        # The gateway ends the call while it is still being set up (state "new": its task reads
+        # no events yet): the end asked for, and the scope of the set-up's wait for a remote
+        # server (a STIR/SHAKEN certificate) that the end cuts short.
+        self._end_in_setup: EndCallEvent | None = None
+        self._setup_wait: trio.CancelScope | None = None
+        # A's INVITE had no SDP (RFC 3261 §13.2.1, "late offer"): B's 2xx brings the offer, our
+        # 2xx to A carries it on, and A's ACK brings the answer we put in B's ACK.
+        self.late_offer = False
+        self.answered_at = 0.0
+        self.end_reason: str | None = None
+        # Typed by annotation, not open_memory_channel[...]: calling the subscripted alias costs
+        # typing's __call__ and a caught AttributeError (it cannot tag the tuple it returns).
+        self._events_send: trio.MemorySendChannel[CallEventInput]
+        self._events: trio.MemoryReceiveChannel[CallEventInput]
+        self._events_send, self._events = trio.open_memory_channel(EVENT_ROOM)
+        self._queued_requests = 0
+        self._nursery: trio.Nursery | None = None
+        # Client requests whose responses come into the event queue; detached at the end.
+        self._forwarded: list[ClientRequest] = []
+        self._pending_reinvite: tuple[Side, ServerTransaction, Request] | None = None
+        # A pickup of a late-offer call: the picker's INVITE, answered once A's ACK brings the
+        # answer to the picker's offer (:meth:`_answer_picker`), and its session timer.
+        self._pickup_waiting: tuple[PickUpEvent, UasAnswer] | None = None
+        # The re-INVITE we relayed for it, and when we stop waiting for its final response.
+        self._reinvite_sent: InDialogRequest | None = None
+        self._reinvite_deadline = math.inf
+        self._ring_deadline = math.inf  # Timer C, set when the B legs are called
+        # Serial failover (RouteDecision.alternates): the trunks still to try, the offer each
+        # gets, and the legs of the attempt in progress (the routed targets, then one each).
+        self._alternates: list[RouteTarget] = []
+        self._offer_b: SessionDescription | None = None
+        self._attempt: list[BLeg] = []
+        self._refusals: list[str] = []  # why targets' media policies refused the offer
+        # Targets not called because making their offer raised (_call_target): each target's
+        # failure, the caller's answer when no target got to answer at all (_fail_a).
+        self._offer_failures: list[_AnswerFailure] = []
+        self._relaying: set[InDialogRequest] = set()  # relayed requests not answered yet
+        self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
+        # The cancel scope _next_event waits in, and the deadline it was asked for.
+        self._wait: tuple[trio.CancelScope, float] | None = None
+        self._reinvite_acks: dict[Side, Request] = {}
+        # RFC 3262 on the A leg, when the caller requires it (Require: 100rel): our provisional
+        # responses are sent reliably, one unacknowledged at a time, re-sent until its PRACK.
+        self.a_reliable_1xx = False
+        self._rseq = 0  # the RSeq of the last reliable provisional response sent
+        # The unacknowledged reliable 1xx: (response, when due again, interval, when to give up).
+        self._unacked_1xx: tuple[Response, float, float, float] | None = None
+        self._held_1xx: Response | None = None  # a later 1xx, sent once the current one is PRACKed
+        # A re-INVITE without SDP (late offer, RFC 3261 §14.1) whose 2xx brought an offer: the
+        # side that answered and its 2xx, not ACKed until the requester's ACK brings the answer.
+        self._late_reinvite: tuple[Side, Response] | None = None
+        # The leg whose ACK carries the answer to an offer we put in our 2xx (late offer).
+        self._answer_in_ack: Side | None = None
+        # RFC 4028: the session timer our 2xx to A's INVITE states, and our 2xx to the re-INVITE
+        # being relayed (the requester's leg runs it once that 2xx goes out).
+        self._a_timer = UasAnswer(None, require=False)
+        self._reinvite_timer = UasAnswer(None, require=False)
+        # Transfers (RFC 3515, transfer.py): the one in progress; the B legs of every transfer's
+        # INVITEs (their responses are the transfer's business); the dialogs of transferors that
+        # left the call, each with when we BYE it if it has not hung up by then; and what each
+        # transfer came to, for the call record.
+        self._transfer: Transfer | None = None
+        self._transfer_legs: set[BLeg] = set()
+        self._departed: list[tuple[Leg, float]] = []
+        self.transfers: list[dict[str, object]] = []
+        # Trunks the call left for the next one serving the number, with the answer that made
+        # it (the call record's "failovers": which carrier failed, for the operator's records).
+        self.failovers: list[dict[str, object]] = []
+        # RFC 6442: the location A's INVITE conveys (location.py), whether the call is to an
+        # emergency number (the trunks' default policy), and where it went, for the record.
+        self.location: Location | None = None
+        self._location_emergency = False
+        self._location_to: list[str] = []  # trunks it went to
+        self._location_dropped: list[str] = []  # where policy kept it from going
+        self._location_updates = 0  # re-INVITEs that brought a new location to a trunk
+        # Caller identity (STIR/SHAKEN, calls/identity.py): what was signed or verified, and
+        # the parameters (verstat) a verified trunk caller's number carries towards phones.
+        self.identity: list[IdentityOutcome] = []
+        self.caller_parameters: tuple[tuple[str, str], ...] = ()
+        # DTMF interworking (docs/architecture.md "DTMF interworking"), made when the media
+        # session first decides on one: digits waiting for their INFO (one INFO in flight at a
+        # time, so they arrive in order), digits from INFO waiting to be sent as events, and
+        # the counts for the call record.
+        self._dtmf: _DtmfWork | None = None
+        # Early media (RFC 3261 §13.2.1, RFC 3960): the B leg and the 1xx whose SDP answer the
+        # media session holds now (the latest wins, as for the session), whose early dialog
+        # takes the DTMF INFO before the answer, and the SDP our 183 to A carried for it; our
+        # early dialog with A, made only when a DTMF INFO goes there; the wake-up of the task
+        # that times out DTMF events whose end packets were lost (started with the first event).
+        self._early_answer: tuple[BLeg, Response] | None = None
+        self._early_sdp_a = b""
+        self._a_early: Dialog | None = None
+        self._dtmf_wake: trio.Event | None = None
+        # The request of the event the task is handling (set by _next_event): if a bug or a
+        # network error ends the call meanwhile, the catch-all in run() answers it 500 or 503
+        # (:meth:`_answer_handled`).
+        self._handling: RequestEvent | PickUpEvent | None = None
+
+    # -- feeding events (from the endpoint's task) -------------------------------------------------
+
+    def post(self, event: CallEventInput) -> None:
+        request = isinstance(event, RequestEvent)
+        try:
+            if request and self._queued_requests >= EVENT_QUEUE:
+                raise trio.WouldBlock
+            self._events_send.send_nowait(event)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            # A call this flooded is misbehaving anyway. A request is answered all the same:
+            # UDP peers retransmit a request, but not once its transaction has seen 100 Trying.
+            log.warning("call %s: event queue full, dropping %s", self.id, type(event).__name__)
+            if isinstance(event, RequestEvent):
+                refusal = make_response(event.request, 503, "Service Unavailable (call busy)")
+                self.manager.start_soon(self.endpoint.respond, event.transaction, refusal)
+            return
+        if request:
+            self._queued_requests += 1
+
+    def ack_received(self, side: Side, ack: Request) -> None:
+        """The ACK for our 2xx on ``side``'s leg: stop re-sending that 2xx (RFC 3261 §13.3.1.4).
+
+        Called from the endpoint's task, not posted as an event: all it does is forget a timer,
+        and waking this call's task for it cost as much as the rest of handling the ACK. An ACK
+        whose CSeq is not the 2xx's (a late copy of an earlier INVITE's) changes nothing.
+        """
+        pending = self._retransmit_at.get(side)
+        if pending is None or pending[2].cseq.number != ack.cseq.number:
+            return
+        del self._retransmit_at[side]
+        if side is self._answer_in_ack:
+            self._answer_in_ack = None
+            self.post(AckEvent(ack))  # it carries the answer to our offer: the task's work
+            return
+        if self._wait is not None:
+            wait, deadline = self._wait
+            wait.deadline = min(deadline, self._next_retransmission())
+
+    def end_by_gateway(self, reason: str) -> None:
+        """End the call, the gateway's doing (its drain ran out): the call task ends it."""
+        log.info("call %s: ended by the gateway: %s", self.id, reason)
+        event = EndCallEvent(reason)
+        self.post(event)
+        if self.state == "new":
+            # Still being set up: its task reads events only once its INVITEs went out, which
+            # may be after the gateway stopped waiting. It answers A 503 before ringing anyone,
+            # at once if it waits for a certificate server.
+            self._end_in_setup = event
+            if self._setup_wait is not None:
+                self._setup_wait.cancel()
+
+    # -- the task's next event ---------------------------------------------------------------------
+
+    async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
+        self._handling = None  # the previous event's handling is over
+        wake = min(deadline, self._next_retransmission())
+        if wake == math.inf:
+            event = await self._events.receive()  # nothing timed: no cancel scope to set up
+        else:
+            with trio.move_on_at(wake) as wait:
+                self._wait = (wait, deadline)
+                try:
+                    event = await self._events.receive()
+                finally:
+                    self._wait = None
+            if wait.cancelled_caught:
+                await self._retransmit_2xx()
+                return None
+        if isinstance(event, RequestEvent):
+            self._queued_requests -= 1
+        self._handling = event if isinstance(event, (RequestEvent, PickUpEvent)) else None
+        return event
+
+    # -- legs and dialogs --------------------------------------------------------------------------
+
+    def _leg(self, side: Side) -> Leg:
+        if side is Side.A:
+            return self.a
+        assert self.b is not None
+        return self.b
+
+    def _leg_trunk(self, leg: BLeg) -> TrunkConfig | None:
+        trunk_name = leg.target.trunk if leg.target is not None else None
+        return self.config.trunk(trunk_name) if trunk_name is not None else None
+
+    def _of_our_invite(self, leg: BLeg, response: Response) -> bool:
+        """False for a response to B's INVITE whose Call-ID or From tag is not the INVITE's: it
+        matched our client transaction by its Via branch only (RFC 3261 §17.1.3) and belongs
+        to no dialog of ours (§12.1.2), early or confirmed. Dropped, as a stray response."""
+        invite = leg.invite
+        if invite is None or (
+            response.call_id == invite.call_id and response.from_.tag == invite.from_.tag
+        ):
+            return True
+        log.info("call %s: a %d of another dialog dropped", self.id, response.status)
+        return False
+
+    def _confirmed_dialog(self, leg: BLeg, response: Response) -> Dialog:
+        """The dialog a callee's 2xx confirms (RFC 3261 §13.2.2.4): the early one we PRACKed
+        in, whose CSeq has moved on with the PRACKs, or a new one."""
+        early = leg.early_dialogs.get(response.to.tag or "")
+        if early is not None and early.state is DialogState.EARLY:
+            early.receive_response(response)
+            return early
+        assert leg.invite is not None
+        return Dialog.create_uac(leg.invite, response, over_tls=leg.transport in TLS_TRANSPORTS)
+
+    # -- answering the caller's INVITE -------------------------------------------------------------
+
+    def _a_response(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        body: bytes = b"",
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> Response:
+        invite = self.a.invite
+        assert invite is not None
+        fields = list(extra)
+        if status >= 300:
+            given = [value for name, value in fields if name == "Reason"]
+            fields += [("Reason", v) for v in self._with_q850(self.a, given, status)[len(given) :]]
+        if 100 < status < 300:
+            fields.append(("Contact", str(self.a.contact)))
+            # RFC 3261 §12.1.1: a UAS copies Record-Route into dialog-creating responses.
+            fields.extend(("Record-Route", rr) for rr in invite.headers.get_all("Record-Route"))
+            fields.append(("Allow", ALLOW))
+        return make_response(
+            invite,
+            status,
+            reason,
+            to_tag=self.a.local_tag,
+            extra=fields,
+            body=body,
+            content_type=SDP if body else None,
+        )
+
+    async def _respond_a(self, response: Response) -> None:
+        assert self.a.transaction is not None
+        await self.endpoint.respond(self.a.transaction, response)
+
+    async def _reject_a(
+        self,
+        status: int,
+        reason: str,
+        warning: str | None,
+        *,
+        accept_bodies: bool = False,
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> NoReturn:
+        extra = [*extra, *([("Warning", _warning(warning))] if warning else [])]
+        if accept_bodies:
+            extra.append(ACCEPT_BODIES)  # what a 415 must list (RFC 3261 §21.4.13)
+        self._stop_reliable_1xx()
+        await self._respond_a(self._a_response(status, reason, extra=extra))
+        detail = f" ({warning})" if warning and warning != reason else ""
+        raise CallEnded(f"{status} {reason}{detail}")
+
+    def _stop_reliable_1xx(self) -> None:
+        """A final response goes to A: no 1xx is re-sent or sent after it (RFC 3262 §3 allows
+        any final response before the PRACK but a 2xx after a 1xx with SDP, _awaiting_prack);
+        a late PRACK still gets its 200 (_prack)."""
+        self._unacked_1xx = None
+        self._held_1xx = None
+
+    # -- requests we send --------------------------------------------------------------------------
+
+    def _forward(self, client: ClientRequest, tag: object) -> None:
+        """Pass every response of ``client`` into this call's event channel until the call
+        ends (straight from the endpoint's task: no channel and task per request)."""
+
+        def forward(response: Response) -> None:
+            # A 100 only stops the request's retransmissions (RFC 3261 §17.1.1.2, §17.1.2.2),
+            # which the transaction has done, and shows a trunk is there (response_timeout);
+            # no other state of the call waits for one, so the call task is not woken for it.
+            if isinstance(tag, BLeg):
+                tag.response_deadline = math.inf
+            if response.status != 100:
+                self.post(ResponseEvent(tag, response))
+
+        client.forward_to(forward)
+        self._forwarded.append(client)
+
+    async def _send_in_dialog(
+        self,
+        leg: Leg,
+        method: str,
+        *,
+        body: bytes = b"",
+        tag: object,
+        extra: Sequence[tuple[str, str]] = (),
+        content_type: str | None = SDP,
+        forward: bool = True,
+        dialog: Dialog | None = None,
+    ) -> ClientRequest | None:
+        """Send a new request in ``leg``'s dialog (or in ``dialog``: an early one of the leg);
+        its responses come into this call's events with ``tag`` (unless ``forward`` is false:
+        the caller reads them itself)."""
+        dialog = dialog or leg.dialog
+        assert dialog is not None
+        try:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # Not sent: the caller answers the request in hand 503 (RFC 3261 §21.5.4) and the
+            # call goes on, or gives up what it was sending.
+            log.info("call %s: cannot reach %s leg: %s", self.id, leg.side.value, exc)
+            return None
+        if dialog.secure and not flow.secure:
+            # RFC 5630 §3.1.3: a secure dialog's requests go over TLS only. A leg keeps the
+            # transport it was set up on, so this is a guard against a bug, never a fallback.
+            log.error("call %s: not sending %s of a SIPS dialog without TLS", self.id, method)
+            return None
+        leg.flow = flow
+        request = dialog.create_request(
+            method,
+            via=via,
+            # Target refresh requests carry our Contact (RFC 3261 §12.2.1.1, RFC 3311 §5.1).
+            # NOTIFY too: RFC 6665 makes it a target refresh request of its subscription.
+            contact=leg.contact if method in ("INVITE", "UPDATE", "NOTIFY") else None,
+            extra=extra,
+            body=body,
+            content_type=content_type if body else None,
+        )
+        if isinstance(tag, InDialogRequest):
+            tag.sent = request
+        client = await self._send_on(leg, request, flow)
+        if isinstance(tag, InDialogRequest):
+            tag.client = client
+        if client is not None and forward:
+            self._forward(client, tag)
+        return client
+
+    async def _send_on(
+        self, leg: Leg, request: Request, flow: Flow | None = None
+    ) -> ClientRequest | None:
+        """``request`` through a new client transaction over ``flow`` (by default ``leg``'s);
+        None (logged) when it cannot be sent."""
+        try:
+            if flow is None:
+                flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            client = await self.endpoint.send_request(
+                request, transport=flow.transport, address=flow.remote, flow=flow
+            )
+        except OSError as exc:
+            log.info("call %s: cannot send %s: %s", self.id, request.method, exc)
+            return None
+        leg.flow = client.flow
+        return client
+
+    # -- a trunk's challenges to requests inside a dialog (RFC 3261 §22.2) -------------------------
+
+    def _with_q850(self, leg: Leg, reasons: Sequence[str], status: int) -> list[str]:
+        """``reasons`` (Reason values) for what we send ``leg``, with a Q.850 cause added when
+        its trunk has a PSTN interworking (``[[trunks]] interworking``) and none is there: the
+        cause the interworking maps ``status`` to (a failure response, RFC 6432; a BYE we send
+        for a reason of ours), 16 "normal call clearing" for a hang-up (``status`` 200)."""
+        name = leg.peer_name if leg.peer_kind == "trunk" else None
+        trunk = self.config.trunk(name) if name is not None else None
+        if trunk is None or not trunk.interworking:
+            return list(reasons)
+        if any(value.lstrip().upper().startswith("Q.850") for value in reasons):
+            return list(reasons)  # the other side's own cause goes on as it came
+        interworking = self.manager.gateway.plugins.interworking.get(trunk.interworking)
+        if interworking is None:
+            return list(reasons)
+        cause = Q850_NORMAL_CLEARING if status == 200 else interworking.q850_for_sip_status(status)
+        return list(reasons) if cause is None else [*reasons, f"Q.850;cause={cause}"]
+
+    def _trunk_credentials(self, leg: Leg) -> TrunkConfig | None:
+        """The trunk at the other end of ``leg`` if it has credentials for us to answer its
+        challenges with: the trunk we called (B leg) or the trunk that called us (A leg)."""
+        name = leg.peer_name if leg.peer_kind == "trunk" else None
+        trunk = self.config.trunk(name) if name is not None else None
+        if trunk is None or trunk.username is None or trunk.password is None:
+            return None
+        return trunk
+
+    def _with_credentials(
+        self, sent: Request, cseq: int, challenge: Response, trunk: TrunkConfig
+    ) -> Request | None:
+        """``sent`` again as a new transaction (RFC 3261 §22.2): CSeq ``cseq``, no Via (the
+        endpoint adds one with a new branch), credentials answering ``challenge``. None when the
+        challenge holds nothing we can answer (logged)."""
+        assert trunk.username is not None and trunk.password is not None
+        retry = sent.with_headers(sent.headers.remove("Via").set("CSeq", f"{cseq} {sent.method}"))
+        answered = authorize(
+            retry,
+            challenge,
+            username=trunk.username,
+            password=trunk.password,
+            cnonce=self.manager.gateway.ids.token_hex(8),
+        )
+        if answered is None:
+            log.info(
+                "call %s: trunk %s sent %d to our %s with no challenge we can answer",
+                self.id,
+                trunk.name,
+                challenge.status,
+                sent.method,
+            )
+        return answered
+
+    async def _answer_in_dialog_challenge(self, tag: InDialogRequest, challenge: Response) -> bool:
+        """A 401/407 to our re-INVITE or relayed request: send it again with the trunk's
+        credentials, once; its responses come back with the same ``tag``. False when we do not
+        (no credentials, already answered once, a challenge we cannot answer)."""
+        leg = self._leg(tag.side)
+        trunk = self._trunk_credentials(leg)
+        if trunk is None or tag.challenged or tag.sent is None or leg.dialog is None:
+            return False
+        retry = self._with_credentials(tag.sent, leg.dialog.take_cseq(), challenge, trunk)
+        if retry is None:
+            return False
+        tag.challenged = True
+        client = await self._send_on(leg, retry)
+        if client is None:
+            return False
+        log.info(
+            "call %s: answered trunk %s's %d challenge to %s",
+            self.id,
+            trunk.name,
+            challenge.status,
+            retry.method,
+        )
+        tag.sent, tag.client = client.request, client
+        self._forward(client, tag)
+        return True
+
+    async def _see_bye_through(
+        self, leg: Leg, client: ClientRequest, sent: Request, trunk: TrunkConfig
+    ) -> None:
+        """Our BYE to a trunk that holds our credentials: wait for its final response (at most
+        Timer F, 64*T1) and answer one 401/407 with the credentials, so that the trunk ends the
+        call too. Runs in the call manager's nursery: the call has ended by now."""
+        final = await _final_response(client)
+        if final is None or final.status not in (401, 407):
+            return
+        assert leg.dialog is not None
+        retry = self._with_credentials(sent, leg.dialog.take_cseq(), final, trunk)
+        if retry is None:
+            return
+        again = await self._send_on(leg, retry)
+        if again is None:
+            return
+        final = await _final_response(again)
+        if final is not None and final.is_success:
+            log.info("call %s: answered trunk %s's challenge to our BYE", self.id, trunk.name)
+        else:
+            log.warning(
+                "call %s: trunk %s refused our BYE with credentials (%s); it may still count "
+                "the call as up",
+                self.id,
+                trunk.name,
+                f"{final.status} {final.reason}" if final is not None else "no answer",
+            )
+
+    # -- ACK, CANCEL, BYE: the end of a call -------------------------------------------------------
+
+    def _refusing_answer(self, leg: Leg, offer: Response) -> bytes:
+        """An answer that rejects every stream of the offer in ``offer`` (a 2xx to our INVITE
+        without SDP), for the ACK of a 2xx we will BYE at once (RFC 3261 §13.2.2.4: the ACK
+        must carry a valid answer; RFC 3264 §6: port 0 rejects a stream). Empty when the offer
+        is unreadable: there is no valid answer to it."""
+        try:
+            offered = parse_sdp_untrusted(_sdp(offer))
+        except SdpError:
+            return b""
+        host, _ = self.endpoint.local_address(leg.transport)
+        return serialize_sdp(refusing_answer(offered, username=ORIGIN_USERNAME, address=host))
+
+    async def _ack_b(
+        self, leg: BLeg, dialog: Dialog, response: Response, *, body: bytes | None = None
+    ) -> None:
+        """ACK B's 2xx. In a late-offer call the 2xx carried an offer and the ACK must carry an
+        answer: ``body``, or by default one rejecting every stream (a 2xx we BYE at once)."""
+        flow = leg.flow
+        try:
+            if flow is None or flow.closed:
+                flow = await self.endpoint.flow_to(leg.transport, leg.address, None)
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # As an ACK lost on the way: the callee re-sends its 2xx, then gives up and ends
+            # its dialog itself (RFC 3261 §13.3.1.4). Nothing we received is in hand, and the
+            # call's own next request on that leg (our BYE, a relayed re-INVITE) says whether
+            # the leg is still reachable; the rest of the call is not ended for a lost ACK.
+            log.info("call %s: cannot send ACK: %s", self.id, exc)
+            return
+        if body is None:
+            body = self._refusing_answer(leg, response) if leg.late_offer else b""
+        ack = dialog.create_ack(
+            response.cseq.number,
+            via=via,
+            body=body,
+            content_type=SDP if body else None,
+        )
+        leg.ack = ack
+        await self.endpoint.send_ack(ack, flow)
+
+    async def _resend_ack(self, leg: BLeg) -> None:
+        # Only a copy of the 2xx of this leg's dialog comes here: a 2xx of another dialog to
+        # the same INVITE (a forking proxy downstream, RFC 3261 §16.7) is ACKed in its own
+        # dialog and BYEd by the endpoint, never passed up (ClientRequest._another_dialog).
+        assert leg.ack is not None
+        try:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+        except OSError as exc:
+            log.info("call %s: cannot resend ACK: %s", self.id, exc)
+            return
+        await self.endpoint.send_ack(leg.ack, flow)
+
+    async def _ack_late_reinvite(self, body: bytes | None = None) -> None:
+        """ACK the 2xx of a late re-INVITE with ``body``, by default an answer rejecting its
+        offer (a 2xx we are about to BYE, §13.2.2.4)."""
+        assert self._late_reinvite is not None
+        answered_side, response = self._late_reinvite
+        self._late_reinvite = None
+        leg = self._leg(answered_side)
+        assert leg.dialog is not None
+        refusing = body is None
+        if body is None:
+            body = self._refusing_answer(leg, response)
+        try:
+            flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # Nothing we received is in hand (the requester's ACK gets no answer). An ACK
+            # refusing the offer goes before a BYE (_bye): lost, as the BYE will be, it changes
+            # nothing. An ACK carrying the answer, though: the requester has its answer in
+            # effect, the offering leg never gets one and ends its dialog after 64*T1 (RFC 3261
+            # §13.3.1.4); the legs disagree, so the call ends now, saying why.
+            log.info("call %s: cannot send ACK: %s", self.id, exc)
+            if refusing:
+                return
+            await self._hang_up(f"signalling failed: {exc}")
+        ack = leg.dialog.create_ack(
+            response.cseq.number,
+            via=via,
+            body=body,
+            content_type=SDP if body else None,
+        )
+        self._reinvite_acks[answered_side] = ack
+        await self.endpoint.send_ack(ack, flow)
+
+    async def _cancel_b(self, leg: BLeg, reasons: Sequence[str] = ()) -> None:
+        """CANCEL an unanswered B leg (RFC 3261 §9.1): only after a provisional response. The
+        CANCEL says why in ``reasons`` (Reason header values, RFC 3326), those of the first
+        call to want it."""
+        if not leg.cancel_wanted:
+            leg.cancel_reasons = tuple(reasons[:MAX_REASONS])
+        leg.cancel_wanted = True
+        if leg.cancelled or leg.final is not None or leg.invite is None:
+            return
+        if not leg.provisional_seen:
+            return  # sent when the first 1xx arrives (_b_response)
+        cancel = cancel_for(leg.invite, leg.cancel_reasons)
+        leg.cancelled = True
+        try:
+            client = await self.endpoint.send_request(
+                cancel, transport=leg.transport, address=leg.address, flow=leg.flow
+            )
+        except OSError as exc:
+            log.info("call %s: cannot send CANCEL: %s", self.id, exc)
+            return
+        self._forward(client, "cancel")
+
+    async def _bye(
+        self, leg: Leg, reason: str, *, cause: int = 200, reasons: Sequence[str] = ()
+    ) -> None:
+        """BYE on ``leg`` saying why (RFC 3326): the other side's own Reason values when it hung
+        up with some (``reasons``: a Q.850 cause from the PSTN, say), else ours."""
+        if leg.dialog is None or leg.dialog.state.value == "terminated":
+            return
+        # A late offer's 2xx not ACKed yet: ACK it first, rejecting its offer (§13.2.2.4).
+        if isinstance(leg, BLeg) and leg.ack is None and leg.final is not None:
+            await self._ack_b(leg, leg.dialog, leg.final)
+        if self._late_reinvite is not None and self._late_reinvite[0] is leg.side:
+            await self._ack_late_reinvite()
+        trunk = self._trunk_credentials(leg)
+        tag = InDialogRequest("bye", leg.side)
+        values = list(reasons[:MAX_REASONS]) or [f'SIP;cause={cause};text="{_quoted(reason)}"']
+        client = await self._send_in_dialog(
+            leg,
+            "BYE",
+            tag=tag,
+            extra=[("Reason", value) for value in self._with_q850(leg, values, cause)],
+            forward=trunk is None,  # nothing of the call waits for a BYE's response
+        )
+        leg.dialog.terminate()
+        if client is not None and trunk is not None and tag.sent is not None:
+            self.manager.start_soon(self._see_bye_through, leg, client, tag.sent, trunk)
+
+    async def _hang_up(self, reason: str, *, cause: int = 200) -> None:
+        self.end_reason = reason
+        await self._bye(self.a, reason, cause=cause)
+        if self.b is not None:
+            await self._bye(self.b, reason, cause=cause)
+        raise CallEnded(reason)
+
+    async def _end_by_gateway(self, event: EndCallEvent) -> None:
+        """End the call (its media gone, the gateway stopping): BYE on both legs with
+        ``Reason: SIP;cause=503`` (RFC 3326) once answered, else CANCEL the B legs and answer A
+        503 with the reason."""
+        if self.state in ("answered", "offered"):
+            await self._hang_up(event.reason, cause=503)
+        for leg in self.b_legs:
+            if leg.final is None:
+                await self._cancel_b(leg)
+        await self._reject_a(503, "Service Unavailable", event.reason)
+
+    async def _abort(self, status: int, reason: str) -> None:
+        if self.a.answered:
+            await self._bye(self.a, reason)
+        elif self.a.transaction is not None:
+            try:
+                await self._respond_a(self._a_response(status, reason))
+            except Exception:  # the transaction may already be final
+                log.debug("call %s: could not answer A while aborting", self.id)
+        for leg in self.b_legs:
+            if leg is self.b:
+                await self._bye(leg, reason)
+            elif leg.final is None:
+                await self._cancel_b(leg)
+
+    async def _cancel_pending_reinvites(self) -> None:
+        """CANCEL every re-INVITE of ours still waiting for its final response (RFC 3261 §9.1).
+        A peer should answer it 487 once our BYE came (§15.1.2), but one that never does would
+        keep its INVITE client transaction, which has no timer in Proceeding, for ever; the
+        CANCEL bounds it to 64*T1 (transaction.py). First INVITEs of B legs are
+        _drain_b_legs' business."""
+        for client in self._forwarded:
+            txn = client.transaction
+            if not isinstance(txn, ClientInviteTransaction) or txn.state is not State.PROCEEDING:
+                continue
+            if txn.cancelled:  # a re-INVITE that timed out (_reinvite_timed_out)
+                continue
+            request = txn.request
+            if request is None or request.to.tag is None:
+                continue
+            flow = client.flow
+            try:
+                await self.endpoint.send_request(
+                    cancel_for(request), transport=flow.transport, address=flow.remote, flow=flow
+                )
+            except OSError as exc:
+                log.info("call %s: cannot CANCEL a re-INVITE: %s", self.id, exc)
+
+    async def _drain_b_legs(self) -> None:
+        """After the end: keep handling B responses so a 2xx crossing our CANCEL is ACKed and
+        BYEd (RFC 3261 §9.1 race) until every B leg has a final response."""
+        # The call is over: no B leg may ring on. Most endings CANCELled theirs already; one that
+        # fails on the first 2xx's SDP had not (RFC 3261 §9.1: sent once a 1xx came).
+        for leg in self.b_legs:
+            if leg.final is None and leg.invite is not None:
+                await self._cancel_b(leg)
+        while any(leg.final is None and leg.invite is not None for leg in self.b_legs):
+            event = await self._next_event()
+            if isinstance(event, ResponseEvent) and isinstance(event.tag, BLeg):
+                leg, response = event.tag, event.response
+                if not self._of_our_invite(leg, response):
+                    continue
+                if response.is_success and leg.final is not None and leg.ack is not None:
+                    await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
+                elif response.status >= 200 and _first_final_or_late_2xx(leg.final, response):
+                    leg.final = response
+                    if response.is_success and leg is not self.b:
+                        dialog = self._confirmed_dialog(leg, response)
+                        await self._ack_b(leg, dialog, response)
+                        leg.dialog = dialog
+                        await self._bye(leg, "call already ended")
+                elif 100 < response.status < 200 and leg.cancel_wanted:
+                    leg.provisional_seen = True
+                    await self._cancel_b(leg)
+            elif isinstance(event, RequestEvent):
+                await self.endpoint.respond(event.transaction, make_response(event.request, 481))
+
+    # -- our 2xx and reliable 1xx re-sent (RFC 3261 §13.3.1.4, RFC 3262 §3) ------------------------
+
+    def _start_2xx_retransmission(self, side: Side, response: Response) -> None:
+        t1 = self.config.sip.t1
+        now = trio.current_time()
+        self._retransmit_at[side] = (now + t1, t1, response, now + 64 * t1)
+
+    def _next_retransmission(self) -> float:
+        """When a 2xx or a reliable 1xx is due again, or its 64*T1 without an ACK or a PRACK
+        are over."""
+        times = [min(due, give_up) for due, _, _, give_up in self._retransmit_at.values()]
+        if self._unacked_1xx is not None:
+            _, due, _, give_up = self._unacked_1xx
+            times.append(min(due, give_up))
+        return min(times, default=math.inf)
+
+    async def _retransmit_reliable_1xx(self, now: float) -> None:
+        """Re-send the unacknowledged reliable 1xx at T1, 2*T1, 4*T1 ... (RFC 3262 §3, over
+        UDP); no PRACK within 64*T1: A's INVITE is refused with a 5xx, as §3 asks."""
+        if self._unacked_1xx is None:
+            return
+        response, due, interval, give_up = self._unacked_1xx
+        if now >= give_up:
+            await self._reject_a(
+                500, "Server Internal Error", "no PRACK for our reliable provisional response"
+            )
+        if due > now:
+            return
+        flow = self.a.flow
+        if flow is not None and not flow.reliable:
+            await self.endpoint.send_response(response, flow)
+        if self._unacked_1xx is not None and self._unacked_1xx[0] is response:  # no PRACK yet
+            self._unacked_1xx = (response, now + 2 * interval, 2 * interval, give_up)
+
+    async def _retransmit_2xx(self) -> None:
+        now = trio.current_time()
+        await self._retransmit_reliable_1xx(now)
+        for side, (due, interval, response, give_up) in list(self._retransmit_at.items()):
+            if now >= give_up:
+                del self._retransmit_at[side]
+                # §13.3.1.4: no ACK within 64*T1: the session is not established; end it.
+                await self._hang_up(f"no ACK from {side.value.upper()} leg")
+            if due > now:
+                continue
+            leg = self._leg(side)
+            if leg.flow is not None and not leg.flow.reliable:
+                await self.endpoint.send_response(response, leg.flow)
+                if side not in self._retransmit_at:
+                    continue  # its ACK arrived while the send waited (ack_received)
+            interval = min(interval * 2, self.config.sip.t2)
+            self._retransmit_at[side] = (now + interval, interval, response, give_up)
+
+
+def _first_final_or_late_2xx(final: Response | None, response: Response) -> bool:
+    """Whether final ``response`` to a B leg's INVITE is news: its first final response, or a
+    2xx after a failure (RFC 3261 §13.2.2.4: ACKed and BYEd all the same): a callee answering
+    after our give-up 64*T1 past its CANCEL (§9.1, the 408 made for it), or a fork's 2xx racing
+    another fork's non-2xx."""
+    return final is None or (response.is_success and not final.is_success)
+
+
+async def _final_response(client: ClientRequest) -> Response | None:
+    """The final response of ``client``'s transaction (a local 408 on timeout, 503 when the
+    transport failed), or None if the channel ended without one."""
+    async for response in client.responses:
+        if response.is_final:
+            return response
+    return None
+
+
+def _wants_privacy(invite: Request) -> bool:
+    """Whether the caller asked not to be identified (RFC 3323: ``Privacy`` other than none, or
+    an anonymous From, as phones send for caller ID restriction)."""
+    values = {
+        token.strip().lower()
+        for value in invite.headers.get_all("Privacy")
+        for token in value.replace(",", ";").split(";")
+    }
+    if values - {"", "none"}:
+        return True
+    uri = invite.from_.uri
+    return isinstance(uri, SipUri) and (
+        (uri.user or "").lower() == "anonymous" or uri.host.lower() == "anonymous.invalid"
+    )
+
+
+def _shown_caller(invite: Request, caller: Caller) -> str:
+    """How a caller is shown to others: an account by its name, a trunk's caller by the
+    number in its From."""
+    if caller.kind == "account" and caller.name is not None:
+        return caller.name
+    uri = invite.from_.uri
+    return (uri.user if isinstance(uri, SipUri) else None) or "anonymous"
+
+
+def _sdp(message: Request | Response) -> bytes:
+    """The SDP a message carries (its body, or the SDP part of a SIP-I/SIP-T multipart body),
+    b"" for none; raises SdpError (UnsupportedBody: 415) for a body we cannot read."""
+    return sdp_of(message.content_type, message.body)

@@ -1,0 +1,242 @@
+"""The call's media: answers applied through each leg's security, keys, handshakes, taps.
+
+An SDP answer from a leg goes through its security (SDES, RFC 4568; DTLS-SRTP, RFC 5763), the
+media session and the other leg's security before it reaches the other side; the keys each leg
+negotiated are applied to the relay; a DTLS-SRTP handshake on the media path is driven by a task
+of the call, whose failure ends the call with a stated reason (issue #6); the taps (recording,
+lawful interception) start once the call is answered. An answer that cannot be applied ends the
+call as RFC 3261 §13.2.2.4 has a UAC do (ACK the 2xx, then BYE). The call's security record
+(ARCHITECTURE.md "Security state is data") says what each leg negotiated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import trio
+
+from gateway.core.calls.base import CallBase, log
+from gateway.core.calls.events import CallEnded, EndCallEvent, KeyFailureEvent, _AnswerFailure
+from gateway.core.calls.leg import BLeg, Side
+from gateway.core.calls.routing import TrunkHopTarget
+from gateway.core.logs import log_exception
+from gateway.core.media.handshakes import CallHandshakes
+from gateway.core.media.security import KeyExchangeFailed, LegSecurity
+from gateway.core.media.taps import CallTaps, tapped_media
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.model import SessionDescription
+
+if TYPE_CHECKING:
+    from gateway.core.calls.call import Call
+
+
+class CallMediaKeys(CallBase):
+    """Answers applied, keys, DTLS handshakes and taps of the call's media (the module's
+    docstring)."""
+
+    def _answer_via(self, leg: BLeg, answer: SessionDescription) -> SessionDescription:
+        """B leg ``leg`` answered our offer: its keys, the relay, and our answer for A."""
+        assert self.media is not None and leg.security is not None
+        assert self.a.security is not None
+        plain = self.media.answer_from(
+            Side.B.value,
+            leg.security.take_answer(answer),
+            rtcp_mux_offered=leg.security.offers_rtcp_mux,
+        )
+        answer_a = self.a.security.make_answer(plain)
+        self._apply_keys(leg)
+        return answer_a
+
+    def _answer_failed(
+        self, exc: Exception, what: str, *, ends_call: bool = True
+    ) -> _AnswerFailure:
+        """Applying SDP a leg sent in its 2xx (or the ACK answering our offer) raised ``exc``.
+        The caller ACKs that 2xx all the same (RFC 3261 §13.2.2.4: a UAC ACKs every 2xx, then
+        may BYE) and ends the call with what this says. Bad SDP from the peer (an
+        :class:`SdpError`, a key exchange refusing its keys among them) is a stated failure,
+        488; anything else is a bug of ours or of a key-exchange plugin (a media worker's
+        channel gone counts too): 500, logged once here with its traceback, the record saying
+        what failed. Never the exception's text in what is sent: it might hold keys. The call
+        ending meanwhile (CallEnded) is no failure to apply: it goes on up. The same rule for
+        the offer of a request we received (the caller's INVITE, a picker's, a re-INVITE or
+        UPDATE, ``what`` saying which): its caller answers that request with ``status`` at
+        once, then ends the call. ``ends_call`` false: the failure of one target of several
+        (:meth:`_call_target`), logged, but not the call's end reason (yet)."""
+        if isinstance(exc, CallEnded):
+            raise exc
+        if isinstance(exc, SdpError):
+            return _AnswerFailure(
+                488, "Not Acceptable Here", exc.reason, f"bad SDP {what}: {exc.reason}"
+            )
+        if isinstance(exc, KeyExchangeFailed):
+            reason = f"key exchange failed: {exc.reason}"
+            log_exception(log, "call %s: %s (applying the %s)", self.id, reason, what, exc=exc)
+            failure = _AnswerFailure(500, "Server Internal Error", "key exchange failed", reason)
+        else:
+            reason = f"internal error applying the {what} ({type(exc).__name__})"
+            log_exception(log, "call %s: %s", self.id, reason, exc=exc)
+            failure = _AnswerFailure(
+                500, "Server Internal Error", f"internal error applying the {what}", reason
+            )
+        if ends_call:
+            self.end_reason = failure.reason
+        return failure
+
+    def _apply_keys(self, b_leg: BLeg | None) -> None:
+        assert self.keying is not None
+        self._keyed_b = b_leg
+        self.keying.apply(self.a.security, b_leg.security if b_leg is not None else None)
+        if self.taps is not None:
+            self.taps.attach()  # streams a re-INVITE added
+        self._drive_handshakes()
+
+    def _start_taps(self) -> None:
+        """The call is answered: the media taps (recording, interception) that want it get
+        copies of its media from now on (gateway/core/media/taps.py)."""
+        assert self.media is not None
+        sinks = self.manager.tap_sinks(cast("Call", self))
+        if not sinks:
+            return
+        if self.taps is not None:  # taps that decided at the start are there already
+            self.taps.add(sinks)
+        else:
+            media = tapped_media(self.media.last_sent(Side.A.value))
+            self.taps = CallTaps(self.id, self.media, sinks, clock=trio.current_time, media=media)
+        self.taps.attach()
+
+    def _drive_handshakes(self) -> None:
+        """Start the handshake task at the first stream keyed on the media path (DTLS-SRTP),
+        and tell it when the SDP changed."""
+        if self.handshakes is None:
+            legs = [self.a.security, *(leg.security for leg in self.b_legs)]
+            if not any(s is not None and s.media_path_streams() for s in legs):
+                return
+            assert self.media is not None and self._nursery is not None
+            self.handshakes = CallHandshakes(
+                self.media,
+                self._handshake_legs,
+                on_keys=self._handshake_keys,
+                on_failure=self._handshake_failed,
+            )
+            self._nursery.start_soon(self.handshakes.run)
+        self.handshakes.poke()
+
+    def _handshake_legs(self) -> dict[str, LegSecurity | None]:
+        b_leg = self.b or self._keyed_b
+        if b_leg is None and len(self.b_legs) == 1:
+            b_leg = self.b_legs[0]  # our offer's answerer may start the handshake early
+        return {"a": self.a.security, "b": b_leg.security if b_leg is not None else None}
+
+    def _handshake_keys(self) -> None:
+        """A handshake gave a stream its keys: re-apply them (unblocks the stream)."""
+        assert self.keying is not None
+        b_leg = self.b or self._keyed_b
+        self.keying.apply(self.a.security, b_leg.security if b_leg is not None else None)
+        self.manager.security_changed(cast("Call", self))
+
+    def _handshake_failed(self, side: str, reason: str) -> None:
+        """A handshake failed: nothing flows any more; the call task ends the call."""
+        assert self.keying is not None
+        self.keying.block_all()
+        log.info("call %s: key exchange on leg %s failed: %s", self.id, side, reason)
+        self.post(KeyFailureEvent(side, reason))
+
+    async def _key_exchange_failed(self, event: KeyFailureEvent) -> None:
+        """End the call for a failed media-path key exchange: 488 with the reason as Warning
+        before the answer, else BYE on both legs with ``Reason: SIP;cause=488`` (RFC 3326)."""
+        if self.state in ("answered", "offered"):
+            await self._hang_up(event.reason, cause=488)
+        for leg in self.b_legs:
+            if leg.final is None:
+                await self._cancel_b(leg)
+        await self._reject_a(488, "Not Acceptable Here", event.reason)
+
+    def _media_lost(self, reason: str) -> None:
+        """The media session's streams stopped (a media worker exited): the call task ends it."""
+        log.warning("call %s: media lost: %s", self.id, reason)
+        self.post(EndCallEvent(reason))
+
+    def _up_with(self, leg: BLeg) -> None:
+        """A's ACK completed the offer/answer with ``leg``: its keys apply and the call is up
+        (recorded answered, its taps started)."""
+        assert self.media is not None
+        self._apply_keys(leg)
+        self.media.settle()
+        self.answered_at = trio.current_time()
+        self.state = "answered"
+        self.manager.event(cast("Call", self), "answered", None)
+        self._start_taps()
+
+    def security_record(self) -> dict[str, object]:
+        """What each leg negotiated (ARCHITECTURE.md "Security state is data"): signalling
+        transport and peer certificate, key exchange, suite, who holds the keys."""
+        record: dict[str, object] = {}
+        for label, leg in (("a", self.a), ("b", self.b)):
+            if leg is None or leg.security is None:
+                continue
+            entry: dict[str, object] = dict(leg.security.record())
+            certificate = leg.flow.peer_certificate if leg.flow is not None else None
+            entry["peer_certificate"] = (
+                None
+                if certificate is None
+                else {
+                    "subject": certificate.subject,
+                    "issuer": certificate.issuer,
+                    "verified": certificate.verified,
+                    "sha256": certificate.sha256_fingerprint,
+                }
+            )
+            entry["peer"] = (
+                f"{leg.transport}:{leg.address[0]}:{leg.address[1]}" if leg.address else None
+            )
+            target = leg.target if isinstance(leg, BLeg) else None
+            if isinstance(target, TrunkHopTarget):
+                # A trunk named by DNS: its name, and which of its targets took the call.
+                entry["dns"] = {
+                    "name": target.server_name,
+                    "target": str(target.hop),
+                    "attempt": target.index + 1,
+                }
+            record[label] = entry
+        if self.keying is not None:
+            srtp = self.keying.statistics()
+            for label, counters in srtp.items():
+                leg_record = record.get(label)
+                if isinstance(leg_record, dict):
+                    leg_record["srtp"] = counters
+        if self.media is not None:
+            record["media"] = self.media.statistics()
+            transcoding = self.media.transcoding_record()
+            if transcoding is not None:  # G.711 A-law <-> mu-law (docs/architecture.md)
+                record["transcoding"] = transcoding
+            if self.media.quality is not None:
+                # Per leg, what its phone's RTCP reports said (gateway/core/media/quality.py).
+                quality = self.media.quality.record()
+                if quality:
+                    record["quality"] = quality
+        if self.transfers:
+            record["transfers"] = list(self.transfers)
+        if self.picked_up is not None:
+            record["picked_up"] = dict(self.picked_up)
+        if self.failovers:
+            record["failovers"] = list(self.failovers)
+        if self._redirects is not None and self._redirects.records:
+            record["redirects"] = [dict(entry) for entry in self._redirects.records]
+        if self.taps is not None and self.taps.names:
+            record["taps"] = self.taps.record()
+        if self.identity:
+            record["caller_identity"] = [outcome.described for outcome in self.identity]
+        if self._dtmf is not None:
+            record["dtmf"] = self._dtmf.record(self.media)
+        if self.location is not None:  # how and where to; never the contents (RFC 6442 §7)
+            location: dict[str, object] = {
+                "conveyed": self.location.conveyed,
+                "passed_to": list(self._location_to),
+                "dropped_for": list(self._location_dropped),
+            }
+            if self._location_updates:
+                location["updates"] = self._location_updates
+            if self._location_errors:
+                location["errors"] = [dict(entry) for entry in self._location_errors]
+            record["location"] = location
+        return record

@@ -1,0 +1,849 @@
+"""Transfers the call carries out (RFC 3515 REFER; transfer.py has the Transfer record).
+
+A REFER from an account's device (a trunk's gets 403) is answered 202 and followed by NOTIFYs to
+the transferor (§2.4.4-2.4.5; none when RFC 4488 asked for none); the target is called without
+SDP as a call the transferor places, or, attended, its device in the consultation call with a
+Replaces (RFC 3891), or that call's trunk leg handed over (carriers take no Replaces); the
+target's offer goes to the transferee in a re-INVITE (again after a 491, §14.1), and the
+target's leg takes over the transferor's side, media ports and all. Referred-By says who asked
+(RFC 3892). The dialogs of a call are told apart by their Call-ID: a departed transferor's
+requests are answered apart from its side's current leg, and it is BYEd if it does not hang up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+import trio
+
+from gateway.core.calls import identity
+from gateway.core.calls.base import _sdp, log
+from gateway.core.calls.events import (
+    CallEnded,
+    HandOverEvent,
+    InDialogRequest,
+    ReplacedEvent,
+    RequestEvent,
+    _warning,
+)
+from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
+from gateway.core.calls.reinvites import CallReinvites
+from gateway.core.calls.ringing import ANSWERED_ELSEWHERE, CallRinging
+from gateway.core.calls.routing import over_tls_only
+from gateway.core.calls.targets import CallTargets, best_failure, without_other_hops
+from gateway.core.calls.transfer import Transfer
+from gateway.core.interfaces import Caller, RouteTarget
+from gateway.core.logs import log_exception
+from gateway.core.media.errors import PortsExhausted
+from gateway.core.sdp.errors import SdpError
+from gateway.core.sdp.parser import parse_sdp_untrusted
+from gateway.core.sdp.serializer import serialize_sdp
+from gateway.core.sip.dialog import DialogState, glare_wait
+from gateway.core.sip.errors import RemoteSipError
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.message import Headers, Request, Response, default_reason, make_response
+from gateway.core.sip.refer import (
+    SIPFRAG,
+    Replaces,
+    parse_refer,
+    sipfrag,
+    subscription_state,
+    wants_subscription,
+)
+from gateway.core.sip.session_timer import allows_update
+from gateway.core.sip.uri import Uri
+
+if TYPE_CHECKING:
+    from gateway.core.calls.call import Call
+
+
+# How long an attended transfer to a trunk's call waits for the consultation call to hand its
+# trunk leg over (one turn of that call's task; it answers at once unless it is ending).
+HAND_OVER_WAIT = 2.0
+# How many times our own re-INVITE (a transfer's) is sent again after a 491 (RFC 3261 §14.1:
+# the other side's re-INVITE crossed it); a device that keeps refusing fails the transfer.
+GLARE_RETRIES = 3
+
+
+class CallTransfers(CallReinvites, CallRinging, CallTargets):
+    """Transfers by REFER (the module's docstring)."""
+
+    async def _refer(self, event: RequestEvent) -> None:
+        """A REFER in the established call: 202 and NOTIFYs, the target called, or a refusal
+        that leaves the call as it is (403 from a trunk's leg, 491 while a transfer or a
+        re-INVITE is in progress, 400/416/501 for a Refer-To we cannot follow)."""
+        request = event.request
+        transferor = self._leg(event.side)
+        try:
+            refusal = self._refer_refusal(transferor)
+            refer_to = parse_refer(request.headers)
+        except RemoteSipError as err:
+            refusal = (err.status or 400, err.reason)
+        if refusal is not None:
+            status, why = refusal
+            log.info("call %s: REFER from the %s leg refused: %s", self.id, event.side.value, why)
+            refused = make_response(request, status, extra=[("Warning", _warning(why))])
+            await self.endpoint.respond(event.transaction, refused)
+            return
+        transfer = Transfer(
+            transferor=transferor,
+            refer_cseq=request.cseq.number,
+            notify=wants_subscription(request.headers),
+            target=str(refer_to.uri),
+        )
+        self._transfer = transfer
+        extra = [("Contact", str(transferor.contact))]
+        if not transfer.notify:
+            extra.append(("Refer-Sub", "false"))  # RFC 4488 §4
+        await self.endpoint.respond(event.transaction, make_response(request, 202, extra=extra))
+        kind = "attended" if refer_to.replaces is not None else "blind"
+        log.info(
+            "call %s: the %s leg transfers the call to %s (%s)",
+            self.id,
+            event.side.value.upper(),
+            transfer.target,
+            kind,
+        )
+        await self._notify(transfer, 100, "Trying")
+        if refer_to.replaces is not None:
+            failure = await self._call_replaced_dialog(refer_to.replaces)
+        else:
+            failure = await self._call_transfer_target(refer_to.uri)
+        if failure is not None:
+            await self._end_transfer(*failure)
+
+    def _refer_refusal(self, transferor: Leg) -> tuple[int, str] | None:
+        if transferor.peer_kind != "account":
+            # A carrier's REFER would have us place calls for it; a PBX behind a trunk
+            # transfers by itself when refused.
+            return 403, "transfers are taken from accounts' devices only"
+        if self._transfer is not None:
+            return 491, "a transfer is in progress"
+        if self._offer_in_progress():
+            return 491, "a re-INVITE is in progress"
+        return None
+
+    async def _call_transfer_target(self, uri: Uri) -> tuple[int, str] | None:
+        """A blind transfer: route ``uri`` as a call the transferor places and ring every
+        target; the failure to report when none can be rung."""
+        transfer = self._transfer
+        assert transfer is not None
+        transferor = transfer.transferor
+        caller = Caller(kind="account", name=transferor.peer_name, flow=transferor.flow)
+        who = self._referred_by(transferor)
+        # What a routing plugin sees: the transferor calling the target.
+        routed = Request(
+            "INVITE",
+            uri,
+            Headers.of(
+                [
+                    ("From", str(who.with_tag(self.manager.gateway.ids.new_tag()))),
+                    ("To", str(NameAddr(uri))),
+                    ("Call-ID", self.id),
+                    ("CSeq", "1 INVITE"),
+                    ("Referred-By", str(who)),
+                ]
+            ),
+        )
+        try:
+            decision = self.manager.route(routed, caller)
+        except Exception:  # a routing plugin's bug fails this transfer, not the call
+            log_exception(log, "call %s: routing the transfer target failed", self.id)
+            return 500, "Server Internal Error"
+        if not decision.targets:
+            status = decision.reject_status or 404
+            return status, decision.reject_reason or default_reason(status)
+        routed_targets, alternates = decision.targets, decision.alternates
+        if self.secure:
+            # The caller asked for TLS on every hop (RFC 5630 §3.1.3): whoever it is put
+            # through to by a transfer is reached over TLS too.
+            routed_targets, alternates = over_tls_only(routed_targets), over_tls_only(alternates)
+            if not routed_targets and alternates:
+                routed_targets, alternates = alternates[:1], alternates[1:]
+            if not routed_targets:
+                log.info("call %s: SIPS: no transfer target reached over TLS", self.id)
+                return 480, "Temporarily Unavailable"
+        counted = [(target, self._count_target(target)) for target in routed_targets]
+        targets = [target for target, why in counted if why is None]
+        transfer.alternates = list(alternates)
+        transfer.target_headers = (("Referred-By", str(who)),)
+        if not targets and (alternate := self._next_transfer_alternate(transfer)) is not None:
+            targets = [alternate]  # the first trunk is at its limits: the next one
+        if not targets:
+            first, why = counted[0]
+            if first.trunk is not None:
+                return 503, f"Service Unavailable (trunk {why})"
+            return 486, f"Busy Here (account {why})"
+        for target in targets:
+            await self._invite_transfer_target(target, transfer.target_headers)
+        return self._transfer_targets_failed()
+
+    def _next_transfer_alternate(self, transfer: Transfer) -> RouteTarget | None:
+        """The transfer's next alternate with room for the call (counted), or None."""
+        while transfer.alternates:
+            target = transfer.alternates.pop(0)
+            if self._count_target(target) is None:
+                return target
+        return None
+
+    async def _fail_over_transfer(self, transfer: Transfer) -> bool:
+        """Every device of a blind transfer's target failed: when each failed with one of
+        ``[sip] failover_statuses`` (a carrier's trouble), call the next trunk serving the
+        number, as a call does (:meth:`_fail_over_or_fail_a`). Whether one now rings."""
+        failover = self.config.sip.failover_statuses
+        while all(
+            leg.given_up is not None or (leg.final is not None and leg.final.status in failover)
+            for leg in transfer.legs
+        ):
+            for leg in transfer.legs:
+                if leg.target is not None and leg.target.trunk is not None:
+                    self.manager.limits.release_one(self, ("trunk", leg.target.trunk))
+            if transfer.legs:
+                transfer.alternates = without_other_hops(transfer.alternates, transfer.legs[-1])
+            target = self._next_transfer_alternate(transfer)
+            if target is None:
+                return False
+            failed = transfer.legs[-1] if transfer.legs else None
+            if failed is not None and failed.target is not None and failed.target.trunk:
+                self.manager.failovers[failed.target.trunk] += 1
+            log.info("call %s: transfer target failed; trying trunk %s", self.id, target.trunk)
+            before = len(transfer.legs)
+            await self._invite_transfer_target(target, transfer.target_headers)
+            if any(not leg.finished for leg in transfer.legs[before:]):
+                transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
+                return True
+        return False
+
+    async def _call_replaced_dialog(self, replaces: Replaces) -> tuple[int, str] | None:
+        """An attended transfer: the Replaces names the transferor's dialog with us in another
+        call (its consultation call). Its other leg's device is called with a Replaces for our
+        dialog with it (RFC 3891 §3: it drops that call and takes ours). A trunk's call is not
+        replaced: carriers do not take Replaces."""
+        transfer = self._transfer
+        assert transfer is not None
+        found = self.manager.find_dialog(replaces.call_id, replaces.to_tag)
+        other = found[0] if found is not None else None
+        ringing = other is not None and other is not self and other.state == "ringing"
+        if found is not None and other is not None and ringing and found[1] is Side.A:
+            return await self._take_over_ringing(other, replaces)
+        if found is None or other is None or other is self or other.state != "answered":
+            return 481, "Call/Transaction Does Not Exist"
+        consulting = other.a if found[1] is Side.A else other.b
+        target_leg = other.b if found[1] is Side.A else other.a
+        transferor = transfer.transferor
+        if (
+            consulting is None
+            or consulting.dialog is None
+            or consulting.dialog.remote_tag != replaces.from_tag
+            or (consulting.peer_kind, consulting.peer_name)
+            != (transferor.peer_kind, transferor.peer_name)
+        ):
+            # Only a dialog of the transferor's own account may be named.
+            return 481, "Call/Transaction Does Not Exist"
+        dialog = target_leg.dialog if target_leg is not None else None
+        their_tag = dialog.remote_tag if dialog is not None else None
+        if target_leg is None or dialog is None or their_tag is None:
+            return 481, "Call/Transaction Does Not Exist"
+        if target_leg.peer_kind != "account":
+            return await self._join_consulted_leg(other, found[1].other, replaces)
+        ours = Replaces(dialog.call_id, to_tag=their_tag, from_tag=dialog.local_tag)
+        transfer.replaces = ours
+        target = RouteTarget(
+            uri=str(dialog.remote_target), flow=target_leg.flow, account=target_leg.peer_name
+        )
+        who = self._referred_by(transferor)
+        extra = [("Referred-By", str(who)), ("Replaces", str(ours)), ("Require", "replaces")]
+        await self._invite_transfer_target(target, extra)
+        return self._transfer_targets_failed()
+
+    async def _take_over_ringing(self, other: Call, replaces: Replaces) -> tuple[int, str] | None:
+        """A semi-attended transfer: the transferor's consultation call, ``other``, still
+        rings, and a device does not replace a dialog it has not answered (RFC 3891 §3). The
+        target is called as in a blind transfer, at the address the transferor dialled, and
+        the consultation call stops ringing it ("Call completed elsewhere": no missed call)
+        and ends."""
+        transfer = self._transfer
+        assert transfer is not None
+        consulting, transferor = other.a, transfer.transferor
+        invite = consulting.invite
+        if (
+            invite is None
+            or invite.from_.tag != replaces.from_tag
+            or (consulting.peer_kind, consulting.peer_name)
+            != (transferor.peer_kind, transferor.peer_name)
+        ):
+            return 481, "Call/Transaction Does Not Exist"  # not the transferor's own call
+        other.post(ReplacedEvent())
+        return await self._call_transfer_target(invite.uri)
+
+    async def _join_consulted_leg(
+        self, other: Call, give: Side, replaces: Replaces
+    ) -> tuple[int, str] | None:
+        """An attended transfer to a trunk's call: take the consultation call's trunk leg over
+        (:meth:`_hand_over` there), then re-INVITE it without SDP: its 2xx brings the offer the
+        transferee gets (:meth:`_joined_leg_answered`), as a target's 2xx does."""
+        transfer = self._transfer
+        assert transfer is not None
+        event = HandOverEvent(taker=cast("Call", self), side=transfer.side, give=give)
+        other.post(event)
+        with trio.move_on_after(HAND_OVER_WAIT):
+            await event.done.wait()
+        leg = event.leg
+        if leg is None or leg.dialog is None:
+            return 481, "Call/Transaction Does Not Exist"
+        transfer.replaces = replaces
+        transfer.answered = leg
+        self.b_legs.append(leg)  # BYEd with the call's other leftovers if the transfer fails
+        if leg.peer_kind == "trunk" and leg.peer_name is not None:
+            # The carrier's channel the consultation call held is this call's now: its count
+            # moves here, whatever the trunk's max_calls says (exempt). It is no new channel,
+            # and a refusal could only hang up a call the carrier already carries; the count
+            # stays right because the consultation call gives its own back as it ends (it
+            # may not have yet: for a moment the trunk counts one more).
+            key = ("trunk", leg.peer_name)
+            limits = self.manager.limits
+            if not limits.counts(self, key):
+                limits.take(self, key, exempt=True)
+                transfer.moved_count = key
+        return await self._send_join(transfer, leg)
+
+    async def _send_join(self, transfer: Transfer, leg: BLeg) -> tuple[int, str] | None:
+        """Our re-INVITE without SDP to the taken-over trunk leg (the failure to report when it
+        cannot be sent)."""
+        tag = InDialogRequest("join", leg.side)
+        sent = await self._send_in_dialog(
+            leg,
+            "INVITE",
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(leg)],
+        )
+        if sent is None:
+            return 503, "Service Unavailable"
+        transfer.join = tag
+        transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
+        return None
+
+    async def _joined_leg_answered(self, tag: InDialogRequest, response: Response) -> None:
+        """The final response to our re-INVITE without SDP to a taken-over trunk leg: a 2xx
+        brings its offer for the transferee; a refusal fails the transfer (and ends that leg:
+        its consultation call is over already)."""
+        transfer = self._transfer
+        if transfer is None or transfer.join is not tag:
+            current = self._leg(tag.side)  # its 2xx again, once the leg took its place
+            if (
+                isinstance(current, BLeg)
+                and current.ack is not None
+                and response.is_success
+                and current.ack.cseq.number == response.cseq.number
+            ):
+                await self._resend_ack(current)
+            return
+        leg = transfer.answered
+        assert leg is not None
+        transfer.join, transfer.deadline = None, math.inf
+        if response.status == 491 and self._again_after_glare(transfer, "join", leg):
+            return
+        if not response.is_success:
+            await self._end_transfer(response.status, response.reason)
+            return
+        leg.final, leg.ack = response, None  # ACKed with the transferee's answer
+        if self._offer_in_progress():
+            transfer.deferred = True
+            return
+        await self._offer_target_to_transferee()
+
+    def _again_after_glare(self, transfer: Transfer, purpose: str, leg: Leg) -> bool:
+        """Our re-INVITE ``purpose`` on ``leg`` got 491: another re-INVITE crossed it. Send it
+        again after RFC 3261 §14.1's wait (True), unless it has been tried GLARE_RETRIES times."""
+        if transfer.glare_retries >= GLARE_RETRIES or leg.dialog is None:
+            return False
+        transfer.glare_retries += 1
+        draw = int(self.manager.gateway.ids.token_hex(2), 16)
+        wait = glare_wait(leg.dialog.owns_call_id, draw)
+        transfer.glare_retry, transfer.glare_retry_at = purpose, trio.current_time() + wait
+        log.info(
+            "call %s: our re-INVITE to the %s leg crossed one of its own (491); again in %.2f s",
+            self.id,
+            leg.side.value.upper(),
+            wait,
+        )
+        return True
+
+    async def _again_after_glare_due(self, transfer: Transfer) -> None:
+        """The re-INVITE that met glare, once more (a transfer's offer waits, as always, for
+        an offer in progress meanwhile to end)."""
+        purpose, transfer.glare_retry, transfer.glare_retry_at = transfer.glare_retry, "", math.inf
+        if purpose == "join":
+            assert transfer.answered is not None
+            failure = await self._send_join(transfer, transfer.answered)
+            if failure is not None:
+                await self._end_transfer(*failure)
+        elif self._offer_in_progress():
+            transfer.deferred = True
+        else:
+            await self._offer_target_to_transferee()
+
+    async def _hand_over(self, event: HandOverEvent) -> None:
+        """Give our leg on side ``event.give`` (a trunk's) to another call's attended transfer
+        and end: BYE to our other leg, the transferor, whose consultation this was; none to the
+        leg handed over. A caller's leg (we answered its INVITE) goes as a :class:`BLeg` like
+        any leg the taker calls: the dialog is what matters from now on."""
+        given = self._leg(event.give) if self.b is not None else None
+        if given is None or given.dialog is None or self._offer_in_progress() or self._transfer:
+            event.done.set()  # not now: the taker's transfer fails 481
+            return
+        leg = given if isinstance(given, BLeg) else _as_b_leg(given)
+        leg.side = event.side
+        # Its requests go to the taker from now on (before we forget our dialogs at our end).
+        dialog = given.dialog
+        self.manager.register_leg(event.taker, event.side, dialog.call_id, dialog.local_tag)
+        if given in self.b_legs:
+            self.b_legs.remove(given)
+        self._retransmit_at.pop(event.give, None)
+        self._reinvite_acks.pop(event.give, None)
+        event.leg = leg
+        event.done.set()
+        who = "callee" if event.give is Side.B else "caller"
+        self.end_reason = f"transferred: the {who} joined the transferred call"
+        await self._bye(self._leg(event.give.other), "call transferred")
+        raise CallEnded(self.end_reason)
+
+    def _referred_by(self, transferor: Leg) -> NameAddr:
+        """Who asked for the transfer (RFC 3892 Referred-By), as we know it: the transferor's
+        party at our address, not what its device wrote."""
+        return NameAddr(self.endpoint.our_uri(transferor.transport, transferor.shown_as))
+
+    async def _invite_transfer_target(
+        self, target: RouteTarget, extra: Sequence[tuple[str, str]]
+    ) -> None:
+        """Call one of the transfer target's devices, without SDP: its 2xx offers, the
+        transferee answers (transfer.py step 3). It sees the transferee calling, a trunk the
+        transferor's account (carriers take only their own numbers as caller ID)."""
+        transfer = self._transfer
+        assert transfer is not None
+        made = self._new_b_leg(target, transfer.side, late_offer=True)
+        if made is None:
+            return
+        leg, uri = made
+        transferee = self._leg(transfer.side.other)
+        account: str | None = None
+        if leg.peer_kind == "trunk":
+            account = transfer.transferor.peer_name or "anonymous"
+            user, private = self._account_number(leg, account), False
+        else:
+            user, private = transferee.shown_as, transferee.private
+        presented = self._identity(leg, user, None, privacy=private)
+        transfer.legs.append(leg)
+        self._transfer_legs.add(leg)
+        trunk = self._leg_trunk(leg)
+        if trunk is not None and trunk.response_timeout > 0:  # armed before the send, as in _call_b
+            leg.response_deadline = trio.current_time() + trunk.response_timeout
+        request = self._new_invite(uri, leg, None, [*presented, *extra])
+        if trunk is not None and account is not None and self.manager.caller_identity:
+            # RFC 8224 §4.1, as for a call's own INVITE: it presents the transferor's number,
+            # so it is signed as that account's call (attestation A for its own DID).
+            request = identity.signed(cast("Call", self), trunk, request, for_account=account)
+        await self._send_b_invite(leg, request)
+
+    def _transfer_targets_failed(self) -> tuple[int, str] | None:
+        """The failure to report once every device of the target has failed; while some
+        still ring, None (they get ``[sip] ring_timeout``, as Timer C)."""
+        transfer = self._transfer
+        assert transfer is not None
+        if any(not leg.finished for leg in transfer.legs):
+            transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
+            return None
+        return best_failure(
+            [outcome for leg in transfer.legs if (outcome := leg.final or leg.given_up)]
+        )
+
+    async def _target_response(self, leg: BLeg, response: Response) -> None:
+        """A response to our INVITE to a transfer target's device."""
+        transfer = self._transfer
+        calling = transfer is not None and transfer.still_calling(leg)
+        if leg.final is not None:
+            if response.is_success and leg.ack is not None:
+                await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
+            return  # (its 2xx again before our ACK: ACKed once the transferee answers)
+        if response.status < 200:
+            if response.status == 100 or not await self._prack_b(leg, response):
+                return
+            leg.provisional_seen = True
+            if leg.cancel_wanted and not leg.cancelled:
+                await self._cancel_b(leg)
+            elif calling:
+                assert transfer is not None
+                transfer.deadline = trio.current_time() + self.config.sip.ring_timeout
+                await self._notify(transfer, response.status, response.reason)
+            return
+        if await self._asked_again(leg, response):
+            return
+        leg.final = response
+        if response.is_success:
+            await self._target_answered(leg, response)
+        elif calling:
+            failure = self._transfer_targets_failed()
+            if failure is not None:
+                assert transfer is not None
+                if not await self._fail_over_transfer(transfer):
+                    await self._end_transfer(*(self._transfer_targets_failed() or failure))
+
+    async def _target_answered(self, leg: BLeg, response: Response) -> None:
+        """A target's device answered with its offer: the first one is offered to the
+        transferee (now, or once the re-INVITE in progress is over); any other is ACKed and
+        BYEd, as is one that answers a transfer already over."""
+        leg.dialog = self._confirmed_dialog(leg, response)
+        transfer = self._transfer
+        if transfer is None or not transfer.still_calling(leg):
+            await self._bye(leg, "call completed elsewhere")  # ACKed first (§13.2.2.4)
+            return
+        transfer.answered = leg
+        transfer.deadline = math.inf
+        for other in transfer.legs:
+            if other is not leg and other.final is None:
+                await self._cancel_b(other, ANSWERED_ELSEWHERE)
+        if self._offer_in_progress():
+            transfer.deferred = True  # _established offers it once that is over
+            return
+        await self._offer_target_to_transferee()
+
+    async def _offer_target_to_transferee(self) -> None:
+        """The target's offer, through its leg's and the transferee's keys, in a re-INVITE to
+        the transferee: a re-offer from the transferor's side, whose ports the target takes
+        over (the relay sends there as soon as the offer is made, RFC 3264 §8.3.1)."""
+        transfer = self._transfer
+        assert transfer is not None and transfer.answered is not None and self.media is not None
+        transfer.deferred = False
+        leg = transfer.answered
+        transferee = self._leg(transfer.side.other)
+        assert leg.final is not None and leg.security is not None
+        assert transferee.security is not None
+        try:
+            sdp = _sdp(leg.final)
+            if not sdp:
+                raise SdpError("2xx without SDP offer to our INVITE without SDP")
+            plain = self.media.offer_from(
+                transfer.side.value,
+                leg.security.take_offer(parse_sdp_untrusted(sdp)),
+                dtmf_info=leg.security.dtmf_info,
+            )
+            offer = transferee.security.make_offer(plain)
+        except (SdpError, PortsExhausted) as err:
+            self.media.abandon_offer()
+            reason = err.reason if isinstance(err, SdpError) else "no free media ports"
+            log.info("call %s: the transfer target's offer is unusable: %s", self.id, reason)
+            await self._end_transfer(488, "Not Acceptable Here")  # ACKs and BYEs the target
+            return
+        except Exception as exc:
+            # Not the target's fault: a bug. The target's 2xx is ACKed and BYEd (_end_transfer)
+            # and, the media session's state being unknown, the call ends too.
+            failure = self._answer_failed(exc, "transfer target's offer")
+            self.media.abandon_offer()
+            await self._end_transfer(failure.status, failure.phrase, call_ends=True)
+            await self._hang_up(failure.reason, cause=failure.status)
+        tag = InDialogRequest("transfer", transferee.side)
+        sent = await self._send_in_dialog(
+            transferee,
+            "INVITE",
+            body=serialize_sdp(offer),
+            tag=tag,
+            extra=[("Supported", "timer"), *self._refresh_headers(transferee)],
+        )
+        if sent is None:
+            self.media.abandon_offer()
+            await self._end_transfer(503, "Service Unavailable")
+            return
+        transfer.reinvite = tag
+        transfer.deadline = trio.current_time() + 64 * self.config.sip.t1
+
+    async def _transferee_answered(self, tag: InDialogRequest, response: Response) -> None:
+        """The transferee's final response to the re-INVITE with the target's offer: a 2xx
+        completes the transfer (its answer goes to the target in our ACK); a refusal fails
+        it and the call goes on as before (408 or 481: the transferee is gone, it ends)."""
+        transfer = self._transfer
+        if transfer is None or transfer.reinvite is not tag:
+            await self._resend_reinvite_ack(tag.side, response)
+            return
+        assert self.media is not None and transfer.answered is not None
+        transfer.reinvite, transfer.deadline = None, math.inf
+        leg = transfer.answered
+        transferee = self._leg(tag.side)
+        side = tag.side.value.upper()
+        if not response.is_success:
+            self.media.abandon_offer()
+            if response.status == 491 and self._again_after_glare(transfer, "transfer", transferee):
+                return
+            await self._end_transfer(response.status, response.reason)
+            if response.status in (408, 481):
+                await self._hang_up(
+                    f"re-INVITE to the {side} leg answered {response.status} {response.reason}"
+                )
+            return
+        assert transferee.dialog is not None and transferee.security is not None
+        assert leg.security is not None and leg.dialog is not None and leg.final is not None
+        try:
+            flow = await self.endpoint.flow_to(
+                transferee.transport, transferee.address, transferee.flow
+            )
+            via = self.endpoint.new_via(flow)  # OSError: no listener of its transport left
+        except OSError as exc:
+            # Nothing we received is in hand (the REFER has its 202; the transferor hears of
+            # the failure in a NOTIFY). The transferee took the target's offer but cannot be
+            # ACKed: it ends its dialog after 64*T1 (RFC 3261 §13.3.1.4) and the legs would
+            # disagree, so the transfer fails and the call ends; the target's 2xx is ACKed
+            # and BYEd with the rest (_end_transfer). The transferor's NOTIFY and the target's
+            # ACK go first, even should abandoning the offer raise (the catch-all in run()
+            # would end the call without them).
+            log.info("call %s: cannot ACK the transferee: %s", self.id, exc)
+            await self._end_transfer(503, "Service Unavailable", call_ends=True)
+            self.media.abandon_offer()
+            await self._hang_up(f"signalling failed: {exc}")
+        ack = transferee.dialog.create_ack(response.cseq.number, via=via)
+        self._reinvite_acks[tag.side] = ack
+        transferee.session_timer = self._refreshed_by_2xx(transferee, response)
+        legs = self.a, self.b  # the transferor's among them until _take_over
+        try:
+            plain = self.media.answer_from(
+                tag.side.value,
+                transferee.security.take_answer(parse_sdp_untrusted(_sdp(response))),
+                rtcp_mux_offered=transferee.security.offers_rtcp_mux,
+            )
+            answer = leg.security.make_answer(plain)
+            self.media.settle()
+            self._take_over(transfer)
+            # The target, whose 2xx offered, may send once our ACK brings it the answer (RFC
+            # 3264 §8), the transferee once we ACK its 2xx: the relay (and its media workers)
+            # carries the answer and the target's keys first.
+            await self.media.applied()
+        except Exception as exc:
+            # The transferee uses its new SDP already: the legs would disagree (RFC 3264 §8).
+            # §13.2.2.4: its 2xx is still ACKed, then BYEd; the target's too (_end_transfer,
+            # or _hang_up once it took the transferor's place).
+            failure = self._answer_failed(exc, "answer to re-INVITE")
+            self.a, self.b = legs  # the transferor is BYEd with the rest, not lost
+            await self.endpoint.send_ack(ack, flow)
+            self.media.abandon_offer()
+            await self._end_transfer(failure.status, failure.phrase, call_ends=True)
+            await self._hang_up(failure.reason, cause=failure.status)
+        await self.endpoint.send_ack(ack, flow)
+        await self._ack_b(leg, leg.dialog, leg.final, body=serialize_sdp(answer))
+        await self._complete_transfer()
+
+    def _take_over(self, transfer: Transfer) -> None:
+        """The target's leg answered: it takes the transferor's place in the call, its keys
+        applied."""
+        assert transfer.answered is not None
+        leg = transfer.answered
+        assert leg.final is not None and leg.dialog is not None
+        if transfer.side is Side.B:
+            self.b = leg
+        else:
+            self.a = _as_a_leg(leg)
+        self._apply_keys(self.b)
+
+    async def _complete_transfer(self) -> None:
+        """The target's leg has taken the transferor's place in the call (:meth:`_take_over`);
+        the transferor hears "200 OK" and is left to hang up (BYEd by us after 64*T1 if it
+        does not)."""
+        transfer = self._transfer
+        assert transfer is not None and transfer.answered is not None
+        self._transfer = None
+        leg, departing = transfer.answered, transfer.transferor
+        assert leg.final is not None and leg.dialog is not None
+        leg.allows_update = allows_update(leg.final.headers)
+        leg.session_timer = self._refreshed_by_2xx(leg, leg.final)
+        if self.taps is not None:
+            # Another party on that side now: its URI, for a recorder's metadata (RFC 7865).
+            joined = leg.dialog.remote_uri.uri
+            self.taps.leg_replaced(transfer.side.value, "" if joined is None else str(joined))
+        # What we keep per side for the transferor's dialog is over: our 2xx to it, our ACK.
+        self._retransmit_at.pop(transfer.side, None)
+        self._reinvite_acks.pop(transfer.side, None)
+        departing.session_timer = None
+        dialog = departing.dialog
+        if dialog is not None and dialog.state is not DialogState.TERMINATED:
+            self._departed.append((departing, trio.current_time() + 64 * self.config.sip.t1))
+        self._record_transfer(transfer, 200, "OK")
+        await self._notify(transfer, 200, "OK")
+
+    async def _end_transfer(self, status: int, reason: str, *, call_ends: bool = False) -> None:
+        """The transfer failed with ``status``: its devices still ringing are CANCELled, one
+        that answered is BYEd, the transferor hears why; the call goes on, unless the
+        transferor has hung up already. ``call_ends``: the caller ends the call next itself,
+        with a reason of its own (_answer_failed), which the BYEs and the record must say."""
+        transfer = self._transfer
+        if transfer is None:
+            return
+        self._transfer = None
+        for leg in transfer.legs:
+            if leg.final is None:
+                await self._cancel_b(leg)
+        if transfer.answered is not None:
+            await self._bye(transfer.answered, f"transfer failed: {status} {reason}")
+        if transfer.moved_count is not None:
+            self.manager.limits.release_one(self, transfer.moved_count)  # that leg is gone
+        self._record_transfer(transfer, status, reason)
+        if transfer.transferor_left and not call_ends:
+            await self._hang_up(f"transfer to {transfer.target} failed: {status} {reason}")
+        await self._notify(transfer, status, reason)
+
+    def _record_transfer(self, transfer: Transfer, status: int, reason: str) -> None:
+        log.info(
+            "call %s: transfer of the %s leg to %s: %d %s",
+            self.id,
+            transfer.side.value.upper(),
+            transfer.target,
+            status,
+            reason,
+        )
+        self.transfers.append(
+            {
+                "by": transfer.side.value,
+                "to": transfer.target,
+                "attended": transfer.replaces is not None,
+                "status": status,
+            }
+        )
+        # For observers (CDR writers, billing): who left, who came in, or why not.
+        side = transfer.side.value.upper()
+        if status == 200:
+            self.manager.event(
+                cast("Call", self), "transferred", f"{side} leg to {transfer.target}"
+            )
+        else:
+            self.manager.event(
+                cast("Call", self), "transfer-failed", f"{side} leg: {status} {reason}"
+            )
+
+    async def _notify(self, transfer: Transfer, status: int, reason: str) -> None:
+        """Tell the transferor how the transfer fares (RFC 3515 §2.4.4-2.4.5): a NOTIFY in its
+        dialog per new status, the last one (final) ending the implicit subscription. Not when
+        it asked for none (RFC 4488) or has hung up."""
+        leg = transfer.transferor
+        if not transfer.notify or transfer.transferor_left or leg.dialog is None:
+            return
+        if leg.dialog.state is DialogState.TERMINATED or status <= transfer.notified:
+            return
+        transfer.notified = status
+        await self._send_in_dialog(
+            leg,
+            "NOTIFY",
+            body=sipfrag(status, reason),
+            content_type=SIPFRAG,
+            tag=InDialogRequest("notify", leg.side),
+            extra=[
+                ("Event", f"refer;id={transfer.refer_cseq}"),
+                ("Subscription-State", subscription_state(status >= 200)),
+            ],
+            forward=False,  # nothing waits for its answer
+        )
+
+    def _transfer_due(self) -> float:
+        """When a transfer's target has rung or its re-INVITE waited long enough, one of its
+        devices behind a trunk has not responded for the trunk's ``response_timeout``, or a
+        departed transferor is to be BYEd."""
+        due = min((at for _, at in self._departed), default=math.inf)
+        transfer = self._transfer
+        if transfer is None:
+            return due
+        if transfer.answered is None:
+            due = min(due, min((leg.response_deadline for leg in transfer.legs), default=due))
+        return min(due, transfer.deadline, transfer.glare_retry_at)
+
+    async def _transfer_timers(self, now: float) -> None:
+        for departed in [d for d in self._departed if d[1] <= now]:
+            self._departed.remove(departed)
+            await self._bye(departed[0], "call transferred")
+        transfer = self._transfer
+        if transfer is not None and now >= transfer.glare_retry_at:
+            await self._again_after_glare_due(transfer)
+            return
+        if transfer is not None and transfer.answered is None:
+            silent = [leg for leg in transfer.legs if leg.response_deadline <= now]
+            for leg in silent:
+                await self._give_up(leg)
+            if silent and all(leg.finished for leg in transfer.legs):
+                failure = self._transfer_targets_failed()
+                assert failure is not None
+                if not await self._fail_over_transfer(transfer):
+                    await self._end_transfer(*(self._transfer_targets_failed() or failure))
+                return
+        if transfer is None or now < transfer.deadline:
+            return
+        if transfer.reinvite is None:  # the target's devices rang for [sip] ring_timeout
+            await self._end_transfer(408, "Request Timeout")
+            return
+        # As a relayed re-INVITE without a final response (_reinvite_timed_out).
+        assert self.media is not None
+        self.media.abandon_offer()
+        await self._cancel_relayed(transfer.reinvite)
+        side = transfer.reinvite.side.value.upper()
+        await self._end_transfer(408, "Request Timeout")
+        seconds = 64 * self.config.sip.t1
+        await self._hang_up(f"re-INVITE to the {side} leg got no final response in {seconds:g} s")
+
+    async def _other_dialog_request(self, event: RequestEvent) -> None:
+        """A request in a dialog of this call that is not its leg's on that side: a departed
+        transferor's (its BYE gets 200; anything else 481, the call went on without it), or a
+        target's that answered but has not taken over yet (its BYE fails the transfer)."""
+        request = event.request
+        for departed in self._departed:
+            dialog = departed[0].dialog
+            if dialog is not None and dialog.call_id == request.call_id:
+                status = 200 if request.method == "BYE" else 481
+                await self.endpoint.respond(event.transaction, make_response(request, status))
+                if request.method == "BYE":
+                    dialog.terminate()
+                    self._departed.remove(departed)
+                return
+        transfer = self._transfer
+        target = transfer.answered if transfer is not None else None
+        dialog = target.dialog if target is not None else None
+        if transfer is None or dialog is None or dialog.call_id != request.call_id:
+            await self.endpoint.respond(event.transaction, make_response(request, 481))
+            return
+        if request.method != "BYE":
+            busy = make_response(request, 491 if request.method in ("INVITE", "UPDATE") else 500)
+            await self.endpoint.respond(event.transaction, busy)
+            return
+        await self.endpoint.respond(event.transaction, make_response(request, 200))
+        dialog.terminate()
+        if transfer.reinvite is not None:
+            # The transferee is being moved to media that is gone: nobody is left to talk to.
+            await self._end_transfer(487, "Request Terminated")
+            await self._hang_up("the transfer target hung up as it answered")
+        await self._end_transfer(487, "Request Terminated")  # its offer was not made yet
+
+    async def _bye_transfer_leftovers(self) -> None:
+        """The call has ended: BYE a departed transferor that has not hung up, and a target
+        that answered a transfer that did not complete."""
+        reason = self.end_reason or "call ended"
+        for departed, _ in self._departed:
+            await self._bye(departed, reason)
+        self._departed.clear()
+        transfer, self._transfer = self._transfer, None
+        if transfer is not None and transfer.answered is not None:
+            await self._bye(transfer.answered, reason)
+
+
+def _as_a_leg(leg: BLeg) -> ALeg:
+    """A transfer target's leg taking over side A (its INVITE was ours, but the call's A leg is
+    an ALeg: answered, nothing left of a caller's INVITE transaction)."""
+    assert leg.dialog is not None
+    return ALeg(**_leg_state(leg), local_tag=leg.dialog.local_tag, answered=True)
+
+
+def _as_b_leg(leg: Leg) -> BLeg:
+    """A caller's leg handed to another call (attended transfer to a trunk's call): the same
+    dialog, flow, keys and timer, as a leg that call sends its requests on."""
+    assert leg.dialog is not None
+    target = RouteTarget(uri=str(leg.dialog.remote_target), trunk=leg.peer_name)
+    return BLeg(**_leg_state(leg), target=target, late_offer=True)
+
+
+def _leg_state(leg: Leg) -> dict[str, Any]:
+    """What every leg has (:class:`Leg`'s fields), to carry a leg over into another kind."""
+    return {field.name: getattr(leg, field.name) for field in attrs.fields(Leg)}
