@@ -439,8 +439,16 @@ class CallBase:
             # no other state of the call waits for one, so the call task is not woken for it.
             if isinstance(tag, BLeg):
                 tag.response_deadline = math.inf
-            if response.status != 100:
-                self.post(ResponseEvent(tag, response))
+                if response.status == 100:
+                    # RFC 3261 §9.1: any provisional response, 100 included, allows the
+                    # CANCEL; a callee that never sends more must still be cancelled. The call
+                    # task is woken for it only when a CANCEL is waiting for it.
+                    tag.trying_seen = True
+                    if not (tag.cancel_wanted and not tag.cancelled and tag.final is None):
+                        return
+            elif response.status == 100:
+                return
+            self.post(ResponseEvent(tag, response))
 
         client.forward_to(forward)
         self._forwarded.append(client)
@@ -715,7 +723,7 @@ class CallBase:
         leg.cancel_wanted = True
         if leg.cancelled or leg.final is not None or leg.invite is None:
             return
-        if not leg.provisional_seen:
+        if not (leg.provisional_seen or leg.trying_seen):
             return  # sent when the first 1xx arrives (_b_response)
         cancel = cancel_for(leg.invite, leg.cancel_reasons)
         leg.cancelled = True
@@ -832,7 +840,7 @@ class CallBase:
                         await self._ack_b(leg, dialog, response)
                         leg.dialog = dialog
                         await self._bye(leg, "call already ended")
-                elif 100 < response.status < 200 and leg.cancel_wanted:
+                elif 100 <= response.status < 200 and leg.cancel_wanted:
                     leg.provisional_seen = True
                     await self._cancel_b(leg)
             elif isinstance(event, RequestEvent):

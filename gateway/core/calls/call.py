@@ -473,6 +473,10 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             return
         if response.status < 200:
             if response.status == 100:
+                # Posted only for a leg whose CANCEL waits for a provisional response: a 100
+                # allows it (RFC 3261 §9.1).
+                if leg.cancel_wanted and not leg.cancelled:
+                    await self._cancel_b(leg)
                 return
             if not await self._prack_b(leg, response):
                 return  # a reliable 1xx again, or out of order: already PRACKed, or never

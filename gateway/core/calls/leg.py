@@ -83,6 +83,7 @@ class BLeg(Leg):
     invite: Request | None = None
     final: Response | None = None
     provisional_seen: bool = False
+    trying_seen: bool = False  # a 100 Trying: CANCEL allowed (RFC 3261 §9.1), not ringing
     # The callee's latest 1xx of the call's ringing (not a transfer's): its To tag is the
     # phone's tag in the early dialog a BLF watcher may pick up (dialog_events.py).
     last_provisional: Response | None = None

@@ -469,7 +469,12 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
                 await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
             return  # (its 2xx again before our ACK: ACKed once the transferee answers)
         if response.status < 200:
-            if response.status == 100 or not await self._prack_b(leg, response):
+            if response.status == 100:
+                # Posted only for a leg whose CANCEL waits for it (RFC 3261 §9.1).
+                if leg.cancel_wanted and not leg.cancelled:
+                    await self._cancel_b(leg)
+                return
+            if not await self._prack_b(leg, response):
                 return
             leg.provisional_seen = True
             if leg.cancel_wanted and not leg.cancelled:

@@ -11,6 +11,7 @@ import trio
 from gateway.core.sip.serializer import serialize_message
 from gateway.testing.sip_agent import SDP, AutoAnswer
 from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, next_within, start_b2bua
+from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.fuzz_checks import WINDOW
 
 
@@ -21,11 +22,6 @@ def _stranded(env: B2bua) -> list[str]:
     return [repr(txn) for txn in table._client.values() if not txn.running_timers]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="call.py (split under way): a 100 Trying does not count as the provisional "
-    "response RFC 3261 §9.1 waits for, so a callee that sent only 100 is never CANCELled",
-)
 async def test_a_callee_that_sent_only_100_trying_is_cancelled_with_the_call(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
@@ -48,6 +44,31 @@ async def test_a_callee_that_sent_only_100_trying_is_cancelled_with_the_call(
     assert cancel is not None, "alice was never CANCELled: she rings for ever"
     await trio.sleep(2 * WINDOW)
     assert _stranded(env) == []
+
+
+async def test_a_fork_that_sent_only_100_trying_is_cancelled_when_another_answers(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Parallel ringing: alice's first phone has sent only its transaction's 100 Trying when
+    # her second phone answers. The call goes on with the second phone; the first must be
+    # CANCELled then (RFC 3261 §9.1: the 100 allows it), not left ringing with its INVITE
+    # client transaction in Proceeding for ever.
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(ring=False, status=None)
+    )
+    phone2 = await second_phone(env, nursery, voipgw_seed)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    silent = await env.alice.next_call()
+    answering = await phone2.next_call()
+    await trio.sleep(1.0)
+    await answering.answer()
+    assert (await call.final(timeout=WINDOW)).status == 200
+    cancel = await next_within(env.alice, "CANCEL", WINDOW)
+    assert cancel is not None, "the fork that sent only 100 was never CANCELled"
+    assert cancel.request.call_id == silent.call_id
+    await trio.sleep(2 * WINDOW)
+    assert _stranded(env) == []
+    assert env.calls == 1
 
 
 @pytest.mark.xfail(
