@@ -29,6 +29,7 @@ from gateway.core.sdp.serializer import serialize_sdp
 from gateway.core.sip.dialog import Dialog
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.session_timer import UAS, SessionExpires, min_se_of_422
+from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import TLS_TRANSPORTS
 
 if TYPE_CHECKING:
@@ -124,7 +125,9 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
                 invite, transport=leg.transport, address=leg.address, flow=leg.flow
             )
         except OSError as exc:
-            log.warning("call %s: cannot reach %s again: %s", self.id, invite.uri, exc)
+            log.warning(
+                "call %s: cannot reach %s again: %s", self.id, redact_password(str(invite.uri)), exc
+            )
             return False
         leg.flow = client.flow
         leg.invite = client.request

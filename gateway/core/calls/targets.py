@@ -50,7 +50,7 @@ from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import parse_name_addr_untrusted, parse_uri_untrusted
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request, Response, make_response
-from gateway.core.sip.uri import SipUri, Uri
+from gateway.core.sip.uri import SipUri, Uri, redact_password
 from gateway.core.transport.flows import TLS_TRANSPORTS
 
 if TYPE_CHECKING:
@@ -199,7 +199,9 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
             uri = parse_uri_untrusted(target.uri)
             destination = destination_for(target)
         except (RemoteSipError, UnroutableTarget) as err:
-            log.warning("call %s: cannot call %s: %s", self.id, target.uri, err)
+            log.warning(
+                "call %s: cannot call %s: %s", self.id, redact_password(str(target.uri)), err
+            )
             return None
         transport, flow = destination.transport, destination.flow
         kind, name = ("account", target.account) if target.account else ("trunk", target.trunk)
@@ -243,7 +245,9 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
                 request, transport=leg.transport, address=leg.address, flow=leg.flow
             )
         except OSError as exc:
-            log.warning("call %s: cannot reach %s: %s", self.id, request.uri, exc)
+            log.warning(
+                "call %s: cannot reach %s: %s", self.id, redact_password(str(request.uri)), exc
+            )
             leg.final = make_response(request, 503, "Service Unavailable")
             target = leg.target
             if target is not None and target.trunk is not None and not other_hops_left(target):
