@@ -50,12 +50,6 @@ async def test_a_callee_that_sent_only_100_trying_is_cancelled_with_the_call(
     assert _stranded(env) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no merged-request check (RFC 3261 §8.2.2.2): an INVITE seen first without a Via "
-    "branch and again with one makes two calls; the fix belongs in calls/manager.py or the "
-    "endpoint (482 Loop Detected), not written this session",
-)
 async def test_an_invite_first_without_branch_then_with_one_makes_one_call(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
