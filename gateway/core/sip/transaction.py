@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import heapq
 import itertools
 from collections.abc import Callable, Mapping
@@ -65,12 +66,14 @@ from gateway.core.sip.message import Headers, Request, Response, make_response
 from gateway.core.sip.via import Hop, has_rfc3261_branch
 
 __all__ = [
+    "MERGED_REASON",
     "AckReceived",
     "ClientInviteTransaction",
     "ClientNonInviteTransaction",
     "ClientTransaction",
     "Effect",
     "Input",
+    "MergeKey",
     "Output",
     "RequestReceived",
     "ResponseReceived",
@@ -92,6 +95,7 @@ __all__ = [
     "UnmatchedResponse",
     "build_ack",
     "client_key",
+    "merge_key",
     "server_key",
     "trying",
 ]
@@ -499,6 +503,25 @@ def server_key(request: Request) -> TransactionKey:
     return _server_key(request, "INVITE" if request.method == "ACK" else request.method)
 
 
+MergeKey = tuple[str, str, int, str]
+"""(Call-ID, From tag, CSeq number, method): what RFC 3261 §8.2.2.2 compares."""
+
+MERGED_REASON = "Loop Detected (merged request)"
+"""The reason phrase of the 482 answering a merged request (§8.2.2.2)."""
+
+
+def merge_key(request: Request) -> MergeKey | None:
+    """The merged-request key of a new request outside a dialog (RFC 3261 §8.2.2.2), or None for
+    a request the check does not cover: one in a dialog (To tag), an ACK (it is matched to its
+    INVITE's transaction, §17.2.3) and a CANCEL (hop by hop, and it shares its INVITE's Call-ID,
+    From tag and CSeq number by design, §9.1)."""
+    method = request.method
+    if method == "ACK" or method == "CANCEL" or request.to.tag is not None:
+        return None
+    cseq = request.cseq
+    return (request.call_id, request.from_.tag or "", cseq.number, method)
+
+
 def _server_key(request: Request, method: str) -> TransactionKey:
     via = request.top_via
     branch = via.branch
@@ -902,7 +925,7 @@ class ClientNonInviteTransaction(ClientTransaction):
 class ServerTransaction(Transaction):
     """The server side: passes the request up, sends the TU's responses (RFC 3261 §17.2)."""
 
-    __slots__ = ("_final_to_tag", "_last_response", "final_status")
+    __slots__ = ("_final_to_tag", "_last_response", "final_status", "merge_key")
 
     def __init__(
         self,
@@ -918,6 +941,8 @@ class ServerTransaction(Transaction):
         self._last_response: Response | None = None
         self.final_status: int | None = None  # the status of the final response sent
         self._final_to_tag: str | None = None  # RFC 2543 ACK matching only (_ack_matches)
+        # Its entry in the table's merged-request index (RFC 3261 §8.2.2.2), removed with it.
+        self.merge_key: MergeKey | None = None
 
     @classmethod
     def start(
@@ -1109,6 +1134,16 @@ class TransactionTable:
 
     ``max_server_transactions`` bounds the state a flood of new requests can create; past it
     :meth:`receive_request` raises :class:`TransactionLimitReached` (answer 503 statelessly).
+
+    Merged requests (RFC 3261 §8.2.2.2): a new request outside a dialog whose Call-ID, From tag
+    and CSeq (number and method) are those of a request another live server transaction serves
+    - one request that reached us twice along two paths (a forking proxy), or a retransmission
+    whose Via branch changed (an RFC 2543 copy, then an RFC 3261 one) - is answered 482 Loop
+    Detected by a transaction of its own, and never passed up: the TU would make a second call
+    of it. The index holds one entry per live server transaction outside a dialog and drops it
+    with the transaction (at most 64*T1 after its final response), so it is bounded by
+    ``max_server_transactions``. A retransmission of the same transaction matches that
+    transaction first and never reaches the check.
     """
 
     def __init__(
@@ -1123,6 +1158,8 @@ class TransactionTable:
         self.max_server_transactions = max_server_transactions
         self._client: dict[TransactionKey, ClientTransaction] = {}
         self._server: dict[TransactionKey, ServerTransaction] = {}
+        self._merging: dict[MergeKey, ServerTransaction] = {}  # RFC 3261 §8.2.2.2
+        self.merged_requests = 0  # merged requests answered 482, since start
         # (deadline, tie-breaker, transaction); entries not matching _scheduled are stale.
         self._heap: list[tuple[float, int, Transaction]] = []
         self._scheduled: dict[Transaction, float] = {}
@@ -1138,6 +1175,7 @@ class TransactionTable:
         return {
             "sip_client_transactions": len(self._client),
             "sip_server_transactions": len(self._server),
+            "sip_merged_request_index": len(self._merging),
             "sip_transaction_timers": len(self._scheduled),
             "sip_transaction_timer_heap": len(self._heap),
         }
@@ -1218,6 +1256,8 @@ class TransactionTable:
             return self._run(txn, lambda: txn.receive_request(request, now=now))
         if len(self._server) >= self.max_server_transactions + beyond_limit:
             raise TransactionLimitReached()
+        merge = merge_key(request)
+        merged = merge is not None and merge in self._merging
         outputs: list[Output]
         new: ServerTransaction
         if request.method == "INVITE":
@@ -1226,7 +1266,7 @@ class TransactionTable:
                 peer=source,
                 now=now,
                 timers=self.timers,
-                send_trying=self._send_trying,
+                send_trying=self._send_trying and not merged,
                 key=key,
             )
         else:
@@ -1234,6 +1274,15 @@ class TransactionTable:
                 request, peer=source, now=now, timers=self.timers, key=key
             )
         self._server[new.key] = new  # equal to key; one object kept, not two
+        if merged:
+            # RFC 3261 §8.2.2.2: SHOULD answer 482. Its own transaction absorbs the request's
+            # retransmissions (re-sending the 482) and, for an INVITE, takes the ACK.
+            self.merged_requests += 1
+            response = make_response(request, 482, MERGED_REASON, to_tag=_merged_tag(key))
+            return self._after(new, new.send_response(response, now=now))
+        if merge is not None:
+            new.merge_key = merge
+            self._merging[merge] = new
         return self._after(new, outputs)
 
     # -- timers --
@@ -1291,6 +1340,15 @@ class TransactionTable:
                 del self._client[txn.key]
         elif self._server.get(txn.key) is txn:
             del self._server[txn.key]
+            merge = txn.merge_key
+            if merge is not None and self._merging.get(merge) is txn:
+                del self._merging[merge]
+
+
+def _merged_tag(key: TransactionKey) -> str:
+    """The To tag of a merged request's 482 (a final response needs one, §8.2.6.2): derived from
+    its transaction key, so unique to it, without the TU's tag source."""
+    return hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
 
 
 def _ack_matches(txn: ServerTransaction, ack: Request) -> bool:

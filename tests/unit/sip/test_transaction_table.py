@@ -9,6 +9,7 @@ from gateway.core.sip.errors import LocalSipError
 from gateway.core.sip.message import Request, make_response
 from gateway.core.sip.parser import parse_message_untrusted
 from gateway.core.sip.transaction import (
+    MERGED_REASON,
     AckReceived,
     ClientInviteTransaction,
     ClientNonInviteTransaction,
@@ -154,7 +155,8 @@ def test_retransmitted_request_is_answered_from_the_stored_response() -> None:
 def test_same_branch_from_another_sent_by_is_another_transaction() -> None:
     table = TransactionTable()
     first = new_server_txn(table.receive_request(request("OPTIONS"), source=SOURCE, now=0.0))
-    other = request("OPTIONS", sent_by="elsewhere.example.com")
+    # Another Call-ID: with the same one it would be a merged request (§8.2.2.2, tested below).
+    other = request("OPTIONS", sent_by="elsewhere.example.com", call_id="call-2@elsewhere")
     second = new_server_txn(table.receive_request(other, source=SOURCE, now=0.0))
     assert first is not second
     assert server_key(request("OPTIONS")) != server_key(other)
@@ -513,3 +515,124 @@ def test_a_final_response_after_the_cancel_ends_the_invite_as_usual() -> None:
     assert [o for o in outputs if isinstance(o, TransactionTimeout)] == []
     assert TransactionTimeout(txn, "CANCEL") not in table.handle_timer(now=2.0 + 64 * 0.5)
     assert txn.terminated  # by Timer D, as always
+
+
+# --- merged requests (RFC 3261 §8.2.2.2) --------------------------------------------------------
+
+
+def _merged_482(outputs: list[object]) -> SendResponse:
+    """The only output for a merged request: its 482, never the request passed up."""
+    [sent] = outputs
+    assert isinstance(sent, SendResponse)
+    assert sent.response.status == 482 and sent.response.reason == MERGED_REASON
+    assert sent.response.to.tag is not None  # a final response has one (§8.2.6.2)
+    return sent
+
+
+@pytest.mark.parametrize("method", ["INVITE", "OPTIONS", "REGISTER", "MESSAGE", "SUBSCRIBE"])
+def test_one_request_along_two_paths_is_answered_482_the_second_time(method: str) -> None:
+    # A forking proxy delivered one request twice: another top Via branch, same Call-ID, From
+    # tag and CSeq. The second is not passed up (it would make a second call).
+    table = TransactionTable()
+    first = new_server_txn(table.receive_request(request(method), source=SOURCE, now=0.0))
+    again = request(method, branch="z9hG4bKpath2")
+    sent = _merged_482(table.receive_request(again, source=SOURCE, now=0.1))
+    assert sent.transaction is not first and first.state is first.INITIAL_STATE
+    assert table.merged_requests == 1
+    # Its own transaction absorbs the merged request's retransmissions, re-sending the 482.
+    resent = table.receive_request(again, source=SOURCE, now=0.2)
+    assert resent == [SendResponse(sent.transaction, sent.response, retransmission=True)]
+    assert table.merged_requests == 1
+
+
+def test_an_rfc2543_invite_then_its_rfc3261_copy_is_a_merged_request() -> None:
+    # What the call-flow fuzz found: a corrupted branch (legacy matching), then the intact one.
+    table = TransactionTable()
+    legacy = request(branch=None)
+    first = new_server_txn(table.receive_request(legacy, source=SOURCE, now=0.0))
+    assert first.key.legacy is not None
+    _merged_482(table.receive_request(request(), source=SOURCE, now=0.5))
+
+
+def test_a_retransmission_of_the_same_transaction_is_not_a_merged_request() -> None:
+    table = TransactionTable()
+    invite = request()
+    txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    out = table.receive_request(invite, source=SOURCE, now=0.5)
+    assert [o for o in out if isinstance(o, SendResponse) and o.response.status == 482] == []
+    assert table.merged_requests == 0 and len(table) == 1 and txn.state is State.PROCEEDING
+
+
+def test_a_cancel_and_an_ack_are_not_merged_requests() -> None:
+    table = TransactionTable()
+    invite = request()
+    txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    # CANCEL: same Call-ID, From tag and CSeq number as its INVITE by design (§9.1).
+    cancel = request("CANCEL", cseq_method="CANCEL")
+    cancel_txn = new_server_txn(table.receive_request(cancel, source=SOURCE, now=0.1))
+    assert isinstance(cancel_txn, ServerNonInviteTransaction)
+    # A forking proxy that sent the INVITE along two paths cancels both: each CANCEL is
+    # answered by the TU (200 or 481, §9.2), the second is no merged copy of the first.
+    cancel2 = request("CANCEL", branch="z9hG4bKpath2", cseq_method="CANCEL")
+    new_server_txn(table.receive_request(cancel2, source=SOURCE, now=0.1))
+    busy = make_response(invite, 486, to_tag="uas")
+    table.send_response(txn, busy, now=0.2)
+    assert table.receive_request(ack_for(invite, busy), source=SOURCE, now=0.3) == []
+    # The ACK of a 2xx has a branch of its own: up to the TU, still not a merged request.
+    ack = ack_for(invite, busy, branch="z9hG4bKother")
+    assert table.receive_request(ack, source=SOURCE, now=0.4) == [AckReceived(None, ack)]
+    assert table.merged_requests == 0
+
+
+def test_an_in_dialog_request_is_not_a_merged_request() -> None:
+    table = TransactionTable()
+    bye = request("BYE", to_tag="uas")
+    new_server_txn(table.receive_request(bye, source=SOURCE, now=0.0))
+    other = request("BYE", to_tag="uas", branch="z9hG4bKpath2")
+    new_server_txn(table.receive_request(other, source=SOURCE, now=0.1))
+    assert table.merged_requests == 0
+
+
+def test_another_cseq_or_from_tag_is_another_request() -> None:
+    table = TransactionTable()
+    new_server_txn(table.receive_request(request("OPTIONS"), source=SOURCE, now=0.0))
+    for other in (
+        request("OPTIONS", branch="z9hG4bK2", cseq=2),
+        request("OPTIONS", branch="z9hG4bK3", from_tag="ft2"),
+        request("OPTIONS", branch="z9hG4bK4", call_id="call-2@client.example.com"),
+        request("REGISTER", branch="z9hG4bK5"),
+    ):
+        new_server_txn(table.receive_request(other, source=SOURCE, now=0.1))
+    assert table.merged_requests == 0
+
+
+def test_merged_request_entries_end_with_their_transaction() -> None:
+    table = TransactionTable()
+    options = request("OPTIONS")
+    txn = new_server_txn(table.receive_request(options, source=SOURCE, now=0.0))
+    assert table.sizes()["sip_merged_request_index"] == 1
+    table.send_response(txn, make_response(options, 200, to_tag="uas"), now=0.1)
+    # Completed: still the transaction of that request, so a copy is still merged (Timer J).
+    copy = request("OPTIONS", branch="z9hG4bK2")
+    _merged_482(table.receive_request(copy, source=SOURCE, now=1.0))
+    table.handle_timer(now=0.1 + 64 * table.timers.t1)  # Timer J ends the first
+    assert len(table) == 1 and table.sizes()["sip_merged_request_index"] == 0
+    table.handle_timer(now=1.0 + 64 * table.timers.t1)  # and the merged copy's
+    assert len(table) == 0
+    # The request is no longer being served: a late copy is a new request.
+    late = request("OPTIONS", branch="z9hG4bK3")
+    new_server_txn(table.receive_request(late, source=SOURCE, now=100.0))
+    assert table.merged_requests == 1
+
+
+def test_the_merged_482_of_an_invite_takes_its_ack_and_ends() -> None:
+    table = TransactionTable()
+    invite = request()
+    first = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    again = request(branch="z9hG4bKpath2")
+    sent = _merged_482(table.receive_request(again, source=SOURCE, now=0.1))
+    assert table.receive_request(ack_for(again, sent.response), source=SOURCE, now=0.2) == []
+    assert sent.transaction.state is State.CONFIRMED
+    table.handle_timer(now=10.0)  # Timer I
+    assert len(table) == 1 and table.sizes()["sip_merged_request_index"] == 1
+    assert first.state is State.PROCEEDING
