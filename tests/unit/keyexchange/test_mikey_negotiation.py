@@ -601,3 +601,29 @@ def test_each_account_and_trunk_has_its_own_replay_cache() -> None:
         offers[2].local_sdp_attributes(), suites=[], secure_signalling=False, leg=ALICE
     )
     assert other is not None and isinstance(other.next_event(), KeysReady)
+
+
+def test_our_own_offers_do_not_make_a_peer_with_a_slower_clock_look_like_a_replay() -> None:
+    # The carrier's clock is 30 s behind ours (within the 120 s skew). Our own I_MSGs, kept
+    # against reflection, carry OUR clock's T: were they in the bounded cache with the peer's,
+    # evicting one would raise the floor to our time, and every later offer of the carrier
+    # (its T 30 s older) would be refused as a replay although none was ever seen.
+    ours_clock, theirs_clock = Clock(NOW), Clock(NOW - 30)
+    cache = ReplayCache(max_skew=120, max_entries=2)
+    gateway = exchange(1, offer_modes=("psk",), clock=ours_clock, replay=cache)
+    carrier = exchange(3, offer_modes=("psk",), clock=theirs_clock)
+    for n in range(4):
+        ours_clock.now += 1  # a call each way every second
+        theirs_clock.now += 1
+        ours = gateway.offer(suites=[], secure_signalling=False, leg=CARRIER)
+        assert ours.failure is None
+        theirs = carrier.offer(suites=[], secure_signalling=False, leg=CARRIER)
+        answer = gateway.answer(
+            theirs.local_sdp_attributes(), suites=[], secure_signalling=False, leg=CARRIER
+        )
+        assert answer is not None and answer.failure is None, (n, failure_of(answer))
+    # Our own offers are still refused when they come back.
+    reflected = gateway.answer(
+        ours.local_sdp_attributes(), suites=[], secure_signalling=False, leg=CARRIER
+    )
+    assert reflected is not None and "replay" in failure_of(reflected)

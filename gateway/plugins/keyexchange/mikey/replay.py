@@ -8,7 +8,11 @@ never lets a replay through; it only makes a burst past the bound refuse old-but
 
 The cache also holds the authenticated messages we send ourselves (``remember_own``): the
 pre-shared key is the same both ways, so our own I_MSG sent back to us would pass its MAC check;
-it is refused as a replay instead (a reflection attack).
+it is refused as a replay instead (a reflection attack). They are kept apart from the peer's,
+with their own bound (``max_entries`` more): their T is our clock's, and evicting one must not
+raise the floor to our time, or every message of a peer whose clock is behind ours (within
+``max_skew``) would be refused from then on. Past that bound the oldest of ours is forgotten
+(no floor): a reflection of it is then taken, as it would be once its T left the window.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class ReplayCache:
         self._seen: dict[bytes, float] = {}
         self._expiry: list[tuple[float, bytes]] = []  # heap of (T, digest)
         self._floor = float("-inf")
+        self._own: dict[bytes, float] = {}
+        self._own_expiry: list[tuple[float, bytes]] = []  # heap of (T, digest)
         self.refused = 0
 
     def __len__(self) -> int:
@@ -44,7 +50,7 @@ class ReplayCache:
             off = timestamp - now
             return f"its timestamp is {off:+.0f} s off our clock (more than {self.max_skew:g} s)"
         digest = hashlib.sha256(message).digest()
-        if digest in self._seen or timestamp <= self._floor:
+        if digest in self._seen or digest in self._own or timestamp <= self._floor:
             self.refused += 1
             return "it is a replay of an earlier message"
         if len(self._seen) >= self.max_entries:
@@ -62,9 +68,20 @@ class ReplayCache:
         """Our own message (an I_MSG we send, with T = ``timestamp``): from now on it is refused
         as a replay should it come back to us, so a reflected message is not taken for the
         peer's (its MAC is right: it is made with the same pre-shared key)."""
-        self.check(message, timestamp, now=now)
+        self._expire(now)
+        digest = hashlib.sha256(message).digest()
+        if digest in self._own:
+            return
+        if len(self._own) >= self.max_entries:
+            _, old_digest = heapq.heappop(self._own_expiry)
+            del self._own[old_digest]
+        self._own[digest] = timestamp
+        heapq.heappush(self._own_expiry, (timestamp, digest))
 
     def _expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] < now - self.max_skew:
             _, digest = heapq.heappop(self._expiry)
             self._seen.pop(digest, None)
+        while self._own_expiry and self._own_expiry[0][0] < now - self.max_skew:
+            _, digest = heapq.heappop(self._own_expiry)
+            self._own.pop(digest, None)
