@@ -947,7 +947,12 @@ class SipEndpoint:
             self._server_flows[output.transaction] = arrival
             await self._dispatch(output.transaction, output.request, arrival)
         elif isinstance(output, SendResponse):
-            flow = self._server_flows.get(output.transaction) or arrival
+            flow = self._server_flows.get(output.transaction)
+            if flow is None and arrival is not None:
+                # A transaction that answers by itself (a merged request's 482, RFC 3261
+                # §8.2.2.2) never passed its request up: its flow is kept here, so that Timer
+                # G's re-sends of that final response go out too (dropped at its end).
+                flow = self._server_flows[output.transaction] = arrival
             if flow is not None:
                 await self.send_response(output.response, flow)
         elif isinstance(output, SendRequest):

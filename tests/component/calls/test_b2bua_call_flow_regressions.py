@@ -94,3 +94,32 @@ async def test_an_invite_first_without_branch_then_with_one_makes_one_call(
     await trio.sleep(2.0)
     assert len(env.alice.requests("INVITE")) == 1
     assert env.calls == 1
+
+
+async def test_the_482_of_a_merged_invite_is_retransmitted_over_udp_until_acked(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # A merged INVITE's 482 is a final response over UDP: its transaction re-sends it on Timer
+    # G until the ACK comes (RFC 3261 §17.2.1), like any other. It answers without passing the
+    # request up, so the endpoint never learnt its flow from a RequestReceived: its re-sends
+    # had nowhere to go, and only the 482 to each of the caller's own retransmissions left.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    sock = env.network.bind(("127.0.0.77", 5099))
+    invite = env.trunk.new_request(
+        "INVITE", env.did_uri(ALICE_DID), body=env.trunk.offer_sdp(), content_type=SDP
+    )
+    data = serialize_message(
+        invite.with_headers(
+            invite.headers.prepend("Via", "SIP/2.0/UDP 127.0.0.77:5099;branch=z9hG4bKpath1")
+        )
+    )
+    await sock.sendto(data, GW)
+    await sock.sendto(data.replace(b"z9hG4bKpath1", b"z9hG4bKpath2"), GW)
+    merged: list[bytes] = []
+    with trio.move_on_after(4.0):  # T1 = 0.5 s: Timer G re-sends at 0.5, 1.5 and 3.5 s
+        while True:
+            packet, _ = await sock.recvfrom()
+            if packet.startswith(b"SIP/2.0 482") and b"z9hG4bKpath2" in packet:
+                merged.append(packet)
+    assert len(merged) >= 3, f"the 482 went out {len(merged)} time(s) in 4 s"
+    sock.close()
