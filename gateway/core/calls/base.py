@@ -5,7 +5,7 @@ The call (call.py) is split by concern, each a class in its own module that the 
 :meth:`CallBase.__init__` (the legs, the media session, the timers, each concern's own), and what
 every concern does with it:
 
-- the event channel, fed from the endpoint's task (:meth:`CallBase.post`, bounded: STYLE.md
+- the event queue, fed from the endpoint's task (:meth:`CallBase.post`, bounded: STYLE.md
   habit 7) and read by the call's task between its timed waits (:meth:`CallBase._next_event`);
 - answering the caller's INVITE (with a Q.850 cause in the Reason to a trunk with a PSTN
   interworking, RFC 3326, RFC 3398);
@@ -22,6 +22,7 @@ Every module of the call logs as ``gateway.core.calls.call``, as the one module 
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from collections.abc import Sequence
@@ -173,11 +174,13 @@ class CallBase:
         self.late_offer = False
         self.answered_at = 0.0
         self.end_reason: str | None = None
-        # Typed by annotation, not open_memory_channel[...]: calling the subscripted alias costs
-        # typing's __call__ and a caught AttributeError (it cannot tag the tuple it returns).
-        self._events_send: trio.MemorySendChannel[CallEventInput]
-        self._events: trio.MemoryReceiveChannel[CallEventInput]
-        self._events_send, self._events = trio.open_memory_channel(EVENT_ROOM)
+        # The event queue (:meth:`post`, :meth:`_next_event`): a FIFO with one consumer, the
+        # call's task, parked with wait_task_rescheduled and woken by post itself, as the
+        # endpoint's inbound queue (transport/inbound.py); a trio memory channel did the same at
+        # the cost of its state machine and a WouldBlock raised and caught per empty receive.
+        self._events: collections.deque[CallEventInput] = collections.deque()
+        self._events_closed = False  # the call has ended: post refuses
+        self._waiter: trio.lowlevel.Task | None = None  # the call's task, parked for an event
         self._queued_requests = 0
         self._nursery: trio.Nursery | None = None
         # Client requests whose responses come into the event queue; detached at the end.
@@ -265,11 +268,12 @@ class CallBase:
 
     def post(self, event: CallEventInput) -> None:
         request = isinstance(event, RequestEvent)
-        try:
-            if request and self._queued_requests >= EVENT_QUEUE:
-                raise trio.WouldBlock
-            self._events_send.send_nowait(event)
-        except (trio.WouldBlock, trio.ClosedResourceError):
+        events = self._events
+        if (
+            self._events_closed
+            or len(events) >= EVENT_ROOM
+            or (request and self._queued_requests >= EVENT_QUEUE)
+        ):
             # A call this flooded is misbehaving anyway. A request is answered all the same:
             # UDP peers retransmit a request, but not once its transaction has seen 100 Trying.
             log.warning("call %s: event queue full, dropping %s", self.id, type(event).__name__)
@@ -277,8 +281,13 @@ class CallBase:
                 refusal = make_response(event.request, 503, "Service Unavailable (call busy)")
                 self.manager.start_soon(self.endpoint.respond, event.transaction, refusal)
             return
+        events.append(event)
         if request:
             self._queued_requests += 1
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
 
     def ack_received(self, side: Side, ack: Request) -> None:
         """The ACK for our 2xx on ``side``'s leg: stop re-sending that 2xx (RFC 3261 §13.3.1.4).
@@ -317,22 +326,40 @@ class CallBase:
     async def _next_event(self, deadline: float = math.inf) -> CallEventInput | None:
         self._handling = None  # the previous event's handling is over
         wake = min(deadline, self._next_retransmission())
-        if wake == math.inf:
-            event = await self._events.receive()  # nothing timed: no cancel scope to set up
+        events = self._events
+        if events:
+            # A checkpoint, as a memory channel's receive was: the call yields between events
+            # and its cancellation is seen. A deadline already past comes first, as it did.
+            overdue = wake != math.inf and trio.current_time() >= wake
+            await trio.lowlevel.checkpoint()
+            if overdue:
+                await self._retransmit_2xx()
+                return None
+        elif wake == math.inf:
+            # Nothing timed: no cancel scope to set up. post() appends, then wakes us.
+            self._waiter = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
         else:
             with trio.move_on_at(wake) as wait:
                 self._wait = (wait, deadline)
+                self._waiter = trio.lowlevel.current_task()
                 try:
-                    event = await self._events.receive()
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
                 finally:
                     self._wait = None
             if wait.cancelled_caught:
                 await self._retransmit_2xx()
                 return None
+        event = events.popleft()
         if isinstance(event, RequestEvent):
             self._queued_requests -= 1
         self._handling = event if isinstance(event, (RequestEvent, PickUpEvent)) else None
         return event
+
+    def _abort_wait(self, _: object) -> trio.lowlevel.Abort:
+        # Cancelled while parked in _next_event (its deadline, or the call's end).
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     # -- legs and dialogs --------------------------------------------------------------------------
 
@@ -430,7 +457,7 @@ class CallBase:
     # -- requests we send --------------------------------------------------------------------------
 
     def _forward(self, client: ClientRequest, tag: object) -> None:
-        """Pass every response of ``client`` into this call's event channel until the call
+        """Pass every response of ``client`` into this call's event queue until the call
         ends (straight from the endpoint's task: no channel and task per request)."""
 
         def forward(response: Response) -> None:

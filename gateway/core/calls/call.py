@@ -238,7 +238,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             if self.media is not None:
                 self.media.close()
             self.manager.forget(self)  # from here on the endpoint answers our dialogs 481
-            self._events_send.close()
+            self._events_closed = True
             log.info("call %s ended: %s", self.id, self.end_reason or "normal clearing")
             if (
                 self._relaying
@@ -287,11 +287,9 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 (self._pickup_waiting[0].transaction, self._pickup_waiting[0].request)
             )
             self._pickup_waiting = None
-        while True:
-            try:
-                event = self._events.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        events = self._events
+        while events:
+            event = events.popleft()
             if isinstance(event, (RequestEvent, PickUpEvent)):
                 unanswered.append((event.transaction, event.request))
         for transaction, request in unanswered:

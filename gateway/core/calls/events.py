@@ -1,7 +1,7 @@
 """The events a call's task receives, and what its handlers pass around.
 
 :meth:`Call.post <gateway.core.calls.base.CallBase.post>` feeds them into the call's one bounded
-event channel (call.py's theory of operation): requests the endpoint matched to the call's
+event queue (call.py's theory of operation): requests the endpoint matched to the call's
 dialogs, a CANCEL of its INVITE or of a re-INVITE it relays (RFC 3261 §9.2), the responses to the
 requests it sent (told apart by their tag, an :class:`InDialogRequest` for those sent in a
 dialog), and what other tasks tell it: an RFC 4733 digit heard, a DTLS-SRTP key exchange that
