@@ -9,7 +9,14 @@ import trio
 
 from gateway.core.sip.serializer import serialize_message
 from gateway.testing.sip_agent import SDP, AutoAnswer
-from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, next_within, start_b2bua
+from tests.component.calls.b2bua_env import (
+    ALICE,
+    ALICE_DID,
+    GW,
+    B2bua,
+    next_within,
+    start_b2bua,
+)
 from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.fuzz_checks import WINDOW
 
@@ -64,6 +71,31 @@ async def test_a_fork_that_sent_only_100_trying_is_cancelled_when_another_answer
     assert (await call.final(timeout=WINDOW)).status == 200
     cancel = await next_within(env.alice, "CANCEL", WINDOW)
     assert cancel is not None, "the fork that sent only 100 was never CANCELled"
+    assert cancel.request.call_id == silent.call_id
+    await trio.sleep(2 * WINDOW)
+    assert _stranded(env) == []
+    assert env.calls == 1
+
+
+async def test_a_fork_whose_100_trying_comes_after_another_answered_is_cancelled(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # As above, but alice's first phone is slow: everything it sends reaches the gateway 3 s
+    # late, its 100 Trying included, so her second phone has answered (and the call is up)
+    # before that 100 comes. The 100 must still bring the CANCEL (RFC 3261 §9.1): the
+    # answered call's handler waited for a 101-199 only, and the phone rang for ever.
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(ring=False, status=None)
+    )
+    phone2 = await second_phone(env, nursery, voipgw_seed)
+    env.network.set_link(ALICE, GW, delay=3.0)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    silent = await env.alice.next_call()
+    answering = await phone2.next_call()
+    await answering.answer()
+    assert (await call.final(timeout=WINDOW)).status == 200
+    cancel = await next_within(env.alice, "CANCEL", WINDOW)
+    assert cancel is not None, "the fork whose 100 came after the answer was never CANCELled"
     assert cancel.request.call_id == silent.call_id
     await trio.sleep(2 * WINDOW)
     assert _stranded(env) == []
