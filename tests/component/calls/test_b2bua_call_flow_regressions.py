@@ -102,6 +102,32 @@ async def test_a_fork_whose_100_trying_comes_after_another_answered_is_cancelled
     assert env.calls == 1
 
 
+async def test_an_invite_sent_again_is_not_cancelled_on_the_first_ones_100_trying(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Alice's phone answers our INVITE 100 Trying, then 422 (RFC 4028 §7.3): the gateway sends
+    # the INVITE again, a new transaction, whose 100 never reaches it. The caller cancels.
+    # RFC 3261 §9.1: no CANCEL before a provisional response to the INVITE it cancels; the
+    # first INVITE's 100 counted for the second (trying_seen was not reset with
+    # provisional_seen), so a CANCEL went out before the callee had even answered 100.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    first = await env.alice.next_call()
+    assert first.incoming is not None
+    await trio.sleep(1.0)  # her transaction's 100 Trying has reached the gateway
+    await env.alice.respond(first.incoming, 422, extra=[("Min-SE", "3600")])
+    env.network.set_link(ALICE, GW, drop=1.0)  # the 422 is on its way; nothing after it
+    second = await env.alice.next_call()
+    assert second.invite.cseq.number == first.invite.cseq.number + 1
+    await trio.sleep(1.0)
+    await call.cancel()
+    assert (await call.final(timeout=WINDOW)).status == 487
+    assert await next_within(env.alice, "CANCEL", WINDOW) is None, (
+        "CANCEL sent before any provisional response to the INVITE it cancels"
+    )
+    assert _stranded(env) == []
+
+
 async def test_an_invite_first_without_branch_then_with_one_makes_one_call(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
 ) -> None:
