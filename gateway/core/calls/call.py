@@ -821,8 +821,12 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
             await self._target_response(tag, response)
             return
         if isinstance(tag, BLeg):
-            if 100 < response.status < 200 and tag.cancel_wanted and not tag.cancelled:
-                tag.provisional_seen = True  # a leg given up, ringing late: CANCEL it now
+            if response.status < 200 and tag.cancel_wanted and not tag.cancelled:
+                # A leg given up (another answered), ringing late: CANCEL it now. A 100 allows
+                # it too (RFC 3261 §9.1; _forward posts one only for such a leg): a fork whose
+                # 100 comes after the answer and never sends more would ring for ever.
+                if response.status != 100:
+                    tag.provisional_seen = True
                 await self._cancel_b(tag)
                 return
             if response.is_success and tag.final is not None and tag.ack is not None:

@@ -64,7 +64,7 @@ from gateway.core.sip.grammar import parse_name_addr_untrusted, split_list_untru
 from gateway.core.sip.message import Request, Response, make_response
 from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.transaction import ServerTransaction, TransactionStateError
-from gateway.core.sip.uri import SipUri
+from gateway.core.sip.uri import SipUri, redact_password
 from gateway.core.transport.flows import TLS_TRANSPORTS, Flow
 
 if TYPE_CHECKING:
@@ -491,7 +491,7 @@ class CallManager:
             log.warning(
                 "emergency call from %s to %s: call limits do not apply",
                 caller.name,
-                invite.uri,
+                redact_password(str(invite.uri)),
             )
         return emergency
 

@@ -132,7 +132,10 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
         leg.flow = client.flow
         leg.invite = client.request
         client.trunk = leg.peer_name if leg.peer_kind == "trunk" else None
-        leg.provisional_seen = False  # CANCEL waits for a provisional of the new INVITE
+        # CANCEL waits for a provisional response of the new INVITE, a 100 included (RFC 3261
+        # §9.1): the first INVITE's do not count for this one.
+        leg.provisional_seen = False
+        leg.trying_seen = False
         self._forward(client, leg)
         return True
 

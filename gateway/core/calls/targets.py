@@ -146,7 +146,12 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
             why = self._count_target(target)
             if why is None:
                 return target
-            log.info("call %s: not failing over to %s: at its %s", self.id, target.uri, why)
+            log.info(
+                "call %s: not failing over to %s: at its %s",
+                self.id,
+                redact_password(str(target.uri)),
+                why,
+            )
         return None
 
     async def _call_target(
@@ -165,7 +170,12 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
             try:
                 offer = leg.security.make_offer(offer)
             except MediaSecurityRefused as err:
-                log.info("call %s: not calling %s: %s", self.id, target.uri, err.reason)
+                log.info(
+                    "call %s: not calling %s: %s",
+                    self.id,
+                    redact_password(str(target.uri)),
+                    err.reason,
+                )
                 return err.reason
             except Exception as exc:
                 # Our bug or a key-exchange plugin's (said which, logged once): that target's
@@ -173,7 +183,12 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
                 # proxy's failed branch leaves the rest of its forking alone (RFC 3261 §16.7);
                 # with no target left the call fails on the best failure (_fail_a).
                 failure = self._answer_failed(exc, "caller's offer", ends_call=False)
-                log.warning("call %s: not calling %s: %s", self.id, target.uri, failure.reason)
+                log.warning(
+                    "call %s: not calling %s: %s",
+                    self.id,
+                    redact_password(str(target.uri)),
+                    failure.reason,
+                )
                 self._offer_failures.append(failure)
                 return None
         trunk = self._leg_trunk(leg)

@@ -9,7 +9,14 @@ import trio
 
 from gateway.core.sip.serializer import serialize_message
 from gateway.testing.sip_agent import SDP, AutoAnswer
-from tests.component.calls.b2bua_env import ALICE_DID, GW, B2bua, next_within, start_b2bua
+from tests.component.calls.b2bua_env import (
+    ALICE,
+    ALICE_DID,
+    GW,
+    B2bua,
+    next_within,
+    start_b2bua,
+)
 from tests.component.calls.b2bua_scenarios import second_phone
 from tests.component.calls.fuzz_checks import WINDOW
 
@@ -68,6 +75,57 @@ async def test_a_fork_that_sent_only_100_trying_is_cancelled_when_another_answer
     await trio.sleep(2 * WINDOW)
     assert _stranded(env) == []
     assert env.calls == 1
+
+
+async def test_a_fork_whose_100_trying_comes_after_another_answered_is_cancelled(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # As above, but alice's first phone is slow: everything it sends reaches the gateway 3 s
+    # late, its 100 Trying included, so her second phone has answered (and the call is up)
+    # before that 100 comes. The 100 must still bring the CANCEL (RFC 3261 §9.1): the
+    # answered call's handler waited for a 101-199 only, and the phone rang for ever.
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(ring=False, status=None)
+    )
+    phone2 = await second_phone(env, nursery, voipgw_seed)
+    env.network.set_link(ALICE, GW, delay=3.0)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    silent = await env.alice.next_call()
+    answering = await phone2.next_call()
+    await answering.answer()
+    assert (await call.final(timeout=WINDOW)).status == 200
+    cancel = await next_within(env.alice, "CANCEL", WINDOW)
+    assert cancel is not None, "the fork whose 100 came after the answer was never CANCELled"
+    assert cancel.request.call_id == silent.call_id
+    await trio.sleep(2 * WINDOW)
+    assert _stranded(env) == []
+    assert env.calls == 1
+
+
+async def test_an_invite_sent_again_is_not_cancelled_on_the_first_ones_100_trying(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, voipgw_seed: int
+) -> None:
+    # Alice's phone answers our INVITE 100 Trying, then 422 (RFC 4028 §7.3): the gateway sends
+    # the INVITE again, a new transaction, whose 100 never reaches it. The caller cancels.
+    # RFC 3261 §9.1: no CANCEL before a provisional response to the INVITE it cancels; the
+    # first INVITE's 100 counted for the second (trying_seen was not reset with
+    # provisional_seen), so a CANCEL went out before the callee had even answered 100.
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed, alice_auto=None)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    first = await env.alice.next_call()
+    assert first.incoming is not None
+    await trio.sleep(1.0)  # her transaction's 100 Trying has reached the gateway
+    await env.alice.respond(first.incoming, 422, extra=[("Min-SE", "3600")])
+    env.network.set_link(ALICE, GW, drop=1.0)  # the 422 is on its way; nothing after it
+    second = await env.alice.next_call()
+    assert second.invite.cseq.number == first.invite.cseq.number + 1
+    await trio.sleep(1.0)
+    await call.cancel()
+    assert (await call.final(timeout=WINDOW)).status == 487
+    assert await next_within(env.alice, "CANCEL", WINDOW) is None, (
+        "CANCEL sent before any provisional response to the INVITE it cancels"
+    )
+    assert _stranded(env) == []
 
 
 async def test_an_invite_first_without_branch_then_with_one_makes_one_call(

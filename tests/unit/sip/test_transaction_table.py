@@ -636,3 +636,37 @@ def test_the_merged_482_of_an_invite_takes_its_ack_and_ends() -> None:
     table.handle_timer(now=10.0)  # Timer I
     assert len(table) == 1 and table.sizes()["sip_merged_request_index"] == 1
     assert first.state is State.PROCEEDING
+
+
+def test_an_invite_copy_after_our_2xx_is_still_merged() -> None:
+    # RFC 6026 Accepted: the INVITE server transaction lives 64*T1 after its 2xx (Timer L), so
+    # a copy along another path after the answer (a proxy re-forwarding a retransmission with
+    # a new branch, as pjsip issue #378 describes) is answered 482, not made a second call.
+    table = TransactionTable()
+    invite = request()
+    txn = new_server_txn(table.receive_request(invite, source=SOURCE, now=0.0))
+    table.send_response(txn, make_response(invite, 200, to_tag="uas"), now=0.1)
+    assert txn.state is State.ACCEPTED
+    _merged_482(table.receive_request(request(branch="z9hG4bKpath2"), source=SOURCE, now=5.0))
+    table.handle_timer(now=0.1 + 64 * table.timers.t1)  # Timer L
+    assert txn.terminated and table.sizes()["sip_merged_request_index"] == 0
+
+
+@pytest.mark.parametrize(("source", "merged"), [(SOURCE, True), (TCP_PEER, False)])
+def test_a_register_sent_again_after_its_401_with_the_same_cseq(source: Hop, merged: bool) -> None:
+    # RFC 3261 §22.2: the request with credentials has a higher CSeq. A client that keeps the
+    # number sends what §8.2.2.2 calls a merged request while the first transaction lives:
+    # over UDP it does for 64*T1 after the 401 (Timer J), so the client gets 482 (as from
+    # FreeSWITCH); over TCP or TLS the first transaction ended with its 401 (Timer J is 0).
+    # What README.md tells operators.
+    table = TransactionTable()
+    register = request("REGISTER", transport=source.transport)
+    txn = new_server_txn(table.receive_request(register, source=source, now=0.0))
+    table.send_response(txn, make_response(register, 401, to_tag="uas"), now=0.1)
+    again = request("REGISTER", branch="z9hG4bKtx2", transport=source.transport)
+    outputs = table.receive_request(again, source=source, now=0.2)
+    if merged:
+        _merged_482(outputs)
+    else:
+        new_server_txn(outputs)
+    assert table.merged_requests == int(merged)
