@@ -357,7 +357,7 @@ class Gateway:
                 try:
                     self.presence.registered(aor, bindings)
                 except Exception:  # the REGISTER is answered all the same (STYLE.md habit 6)
-                    log_exception(log, "presence from the registration of %s", aor)
+                    log_exception(log, "presence from the registration of %s", redact_password(aor))
 
         return registered
 
@@ -655,8 +655,8 @@ class Gateway:
         for binding in bindings:
             log.warning(
                 "registration of %s at %s removed: its TLS certificate is revoked",
-                binding.aor,
-                binding.contact,
+                redact_password(binding.aor),
+                redact_password(binding.contact),
             )
         if self.presence is not None:
             # Its watchers see it closed now, not at the next look at the store.

@@ -222,8 +222,8 @@ class NatKeepalive:
         self.removed += 1
         log.warning(
             "registration of %s at %s removed: no answer to %d keepalives (OPTIONS) in a row",
-            binding.aor,
-            binding.contact,
+            redact_password(binding.aor),
+            redact_password(binding.contact),
             failures,
         )
 

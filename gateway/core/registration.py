@@ -31,6 +31,7 @@ from gateway.core.interfaces import Listener
 from gateway.core.registrar import Registrar, RegistrarPolicy
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.message import Request, Response, make_response
+from gateway.core.sip.uri import redact_password
 from gateway.core.store.errors import StoreBusy
 from gateway.core.store.interface import Binding, Store
 from gateway.core.transport.flows import Flow, format_address
@@ -202,7 +203,7 @@ class RegistrationService:
                 "%s: %d binding(s) for %s via %s",
                 "registered" if result.bindings else "unregistered",
                 len(result.bindings),
-                result.aor,
+                redact_password(str(result.aor)),
                 flow.key,
             )
         return result.response

@@ -386,7 +386,9 @@ class Subscriptions:
         old = self._by_contact.get((account, contact))
         if old is None:
             return
-        log.info("subscription of %s from %s replaced by a new one", account, contact)
+        log.info(
+            "subscription of %s from %s replaced by a new one", account, redact_password(contact)
+        )
         # Its state table runs on (it is the trunk's subscription until that ends): the
         # unsubscribe's answer, the trunk's NOTIFYs and its expiry move it (_close_at_trunk).
         old.replaced = True

@@ -39,6 +39,7 @@ import trio
 from cryptography import x509
 
 from gateway.core.logs import log_exception
+from gateway.core.sip.uri import redact_password
 from gateway.plugins.transports.certificates import CertificateError
 from gateway.plugins.transports.ocsp import OcspError, http_get, parse_http_url
 from gateway.plugins.transports.revocation import LoadedCrl, check_crl_untrusted
@@ -141,7 +142,11 @@ class CrlFetcher:
         if url in self._sources:
             return False
         if len(self._sources) >= MAX_URLS:
-            log.warning("tls: not fetching the CRL at %s: %d CRL URLs already", url, MAX_URLS)
+            log.warning(
+                "tls: not fetching the CRL at %s: %d CRL URLs already",
+                redact_password(url),
+                MAX_URLS,
+            )
             return False
         self._sources[url] = _Source(url, due=self.wall_clock(), learned=learned)
         self._wake.set()
@@ -213,7 +218,12 @@ class CrlFetcher:
             try:
                 crl = check_crl_untrusted(path.read_bytes(), source.url, self._cas())
             except (OSError, CertificateError) as exc:
-                log.warning("tls: the saved CRL %s of %s is not used: %s", path, source.url, exc)
+                log.warning(
+                    "tls: the saved CRL %s of %s is not used: %s",
+                    path,
+                    redact_password(source.url),
+                    exc,
+                )
                 continue
             source.crl = crl
             source.due = max(now, crl.stale_at)
@@ -269,7 +279,7 @@ class CrlFetcher:
             log.info(
                 "tls: removed the saved CRL %s%s: %s",
                 " and ".join(sorted(removed)),
-                "" if url is None else f" of {url}",
+                "" if url is None else f" of {redact_password(url)}",
                 reason,
             )
 
@@ -382,7 +392,9 @@ class CrlFetcher:
         except Exception as exc:
             # The server's bytes: whatever they make the parsers raise is a failed fetch.
             if not isinstance(exc, (OcspError, CertificateError)):
-                log_exception(log, "tls: fetching the CRL at %s failed unexpectedly", url)
+                log_exception(
+                    log, "tls: fetching the CRL at %s failed unexpectedly", redact_password(url)
+                )
             self._failed(source, str(exc) or type(exc).__name__)
             return
         if self._sources.get(url) is not source:
@@ -414,7 +426,7 @@ class CrlFetcher:
             await self._use(crl)
         except Exception:
             # A bug applying it must not end the fetching (nor the listeners' nursery).
-            log_exception(log, "tls: using the CRL fetched from %s failed", url)
+            log_exception(log, "tls: using the CRL fetched from %s failed", redact_password(url))
 
     def _failed(self, source: _Source, reason: str) -> None:
         self.fetches["failed"] += 1
@@ -423,7 +435,7 @@ class CrlFetcher:
         source.due = self.wall_clock() + delay
         log.warning(
             "tls: fetching the CRL at %s failed: %s; trying again in %g s%s",
-            source.url,
+            redact_password(source.url),
             reason,
             delay,
             "" if source.crl is None else f" (in use: {source.crl.describe()})",

@@ -594,7 +594,9 @@ class OcspChecker:
             # The certificate and the answer are a peer's and a responder's bytes: whatever
             # they make the parsers raise is a failed query, never a crashed listener.
             if not isinstance(exc, OcspError):
-                log_exception(log, "OCSP query to %s failed unexpectedly", target.url)
+                log_exception(
+                    log, "OCSP query to %s failed unexpectedly", redact_password(target.url)
+                )
             self.queries["failed"] += 1
             reason = str(exc) or type(exc).__name__
             self._responder_failed(target.url, reason)

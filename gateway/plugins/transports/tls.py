@@ -80,6 +80,7 @@ from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import Listener, LoadedCertificate, ReloadError, TransportHost
 from gateway.core.logs import log_exception
 from gateway.core.plugins import Registry
+from gateway.core.sip.uri import redact_password
 from gateway.core.transport.flows import Address, Flow, PeerCertificate, format_address
 from gateway.plugins.transports.certificates import (
     GENERATED_DIR,
@@ -1577,7 +1578,7 @@ class TlsTransport(StreamTransport):
                     "%s: fetching the CRL of %s from %s (its certificates' distribution point)",
                     self.name,
                     _printable(certificate.issuer.rfc4514_string()),
-                    url,
+                    redact_password(url),
                 )
 
     def _start_crl_fetcher(self, host: TransportHost) -> None:
@@ -1997,7 +1998,7 @@ class TlsTransport(StreamTransport):
             self.name,
             format_address(remote),
             problem,
-            target.url,
+            redact_password(target.url),
         )
 
     def _log_ocsp(

@@ -7,7 +7,9 @@ a phone behind a NAT does.
 - when his answers stop (the NAT's mapping is gone, the phone is off), his registration is
   removed after three keepalives without an answer, logged, and a call to him fails at once
   with 480 instead of ringing a contact nobody reaches for 32 s;
-- without the setting nobody gets keepalives.
+- without the setting nobody gets keepalives;
+- a Contact with a password (RFC 3261 §19.1.1 deprecates it; a phone may still send one) is
+  logged with the password hidden, at registration and at removal.
 
 Signalling on the in-memory network, in virtual time. Set-up as b2bua_env.py.
 """
@@ -21,6 +23,8 @@ import pytest
 import trio
 
 from gateway.core.ids import SeededIds
+from gateway.core.sip.headers import NameAddr
+from gateway.core.sip.uri import SipUri
 from gateway.testing.sip_agent import SipAgent
 from tests.component.calls.b2bua_env import BOB_DID, GW, B2bua, eventually, start_b2bua
 
@@ -28,12 +32,25 @@ BOB = ("127.0.0.7", 5060)
 BOB_BEHIND_NAT = ("10.0.0.7", 5060)
 
 
+class PasswordInContact(SipAgent):
+    """A phone whose Contact carries a password: ``sip:bob:contact-secret@host:port``."""
+
+    @property
+    def contact(self) -> NameAddr:
+        host, port = self.contact_address
+        return NameAddr(SipUri("sip", host, user=self.user, password="contact-secret", port=port))
+
+
 async def with_bob(
-    nursery: trio.Nursery, tmp_path: Path, seed: int, interval: float | None
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    seed: int,
+    interval: float | None,
+    agent: type[SipAgent] = SipAgent,
 ) -> tuple[B2bua, SipAgent]:
     sip = {"nat_keepalive_interval": interval} if interval is not None else None
     env = await start_b2bua(nursery, tmp_path, seed, sip=sip)
-    bob = SipAgent(
+    bob = agent(
         env.network,
         BOB,
         ids=SeededIds(seed + 7),
@@ -98,3 +115,25 @@ async def test_without_the_setting_nobody_gets_keepalives(
     await trio.sleep(60)
     assert bob.requests("OPTIONS") == []
     assert env.gateway.nat_keepalive is None
+
+
+async def test_a_password_in_a_contact_is_never_logged(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gateway")
+    env, bob = await with_bob(
+        nursery, tmp_path, voipgw_seed, interval=10.0, agent=PasswordInContact
+    )
+    assert "contact-secret" in str(bob.contact)  # what the REGISTER carried
+    env.network.set_link(BOB, GW, drop=1.0)
+    keepalive = env.gateway.nat_keepalive
+    assert keepalive is not None
+    await eventually(lambda: keepalive.removed == 1, timeout=60)
+    assert "registered: 1 binding(s) for sip:bob@" in caplog.text
+    assert "registration of sip:bob@" in caplog.text  # the removal's line, Contact redacted
+    assert " at sip:bob:***@10.0.0.7:5060 removed" in caplog.text
+    assert "contact-secret" not in caplog.text

@@ -1,40 +1,85 @@
-"""The call layer's log lines never show a URI whole: a target's URI (a registered Contact, a
-route) or a request's may carry a password (RFC 3261 §19.1.1 allows one, and deprecates it),
-so each is passed through gateway.core.sip.uri.redact_password first."""
+"""No log line of the core or of the bundled plugins shows a URI whole: a target's URI (a
+registered Contact, a route), a request's, an address-of-record or a URL (a CRL's, an OCSP
+responder's) may carry a password (RFC 3261 §19.1.1 allows one in a SIP URI, and deprecates
+it; RFC 3986 §3.2.1 in a URL), so each is passed through gateway.core.sip.uri.redact_password
+first.
+
+A source scan, not a proof: it finds a log call (``log.info(...)``, ``logger.warning(...)``,
+``log_exception(log, ...)``) given, outside ``redact_password(...)``, a value named like a URI
+(``x.uri``, ``contact``, ``request_uri``...)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import gateway.core.calls
+import gateway.core
+import gateway.plugins
 
-LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
-
-
-def _bare_uris(tree: ast.AST) -> list[int]:
-    """Lines of log calls with a ``something.uri`` argument not inside redact_password(...)."""
-    lines = []
-    for node in ast.walk(tree):
-        if not (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr in LOG_METHODS
-            and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "log"
-        ):
-            continue
-        for argument in node.args[1:]:
-            if isinstance(argument, ast.Attribute) and argument.attr == "uri":
-                lines.append(argument.lineno)
-    return lines
+LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+LOGGERS = {"log", "logger"}
+URI_NAMES = {"uri", "contact", "request_uri", "aor", "url"}
 
 
-def test_no_call_log_line_shows_a_uri_unredacted() -> None:
-    package = Path(gateway.core.calls.__file__).parent
+def _log_arguments(node: ast.Call) -> list[ast.expr]:
+    """The arguments a log call formats into its message (none if ``node`` is no log call)."""
+    func = node.func
+    if (
+        isinstance(func, ast.Attribute)
+        and func.attr in LOG_METHODS
+        and isinstance(func.value, ast.Name)
+        and func.value.id in LOGGERS
+    ):
+        return node.args[2:] if func.attr == "log" else node.args[1:]
+    if isinstance(func, ast.Name) and func.id == "log_exception":
+        return node.args[2:]
+    return []
+
+
+def _bare_uris(argument: ast.AST) -> list[int]:
+    """Lines where ``argument`` uses a URI-named value outside redact_password(...) (a
+    comparison, as in ``"" if url is None else ...``, shows nothing)."""
+    if isinstance(argument, ast.Compare):
+        return []
+    if (
+        isinstance(argument, ast.Call)
+        and isinstance(argument.func, ast.Name)
+        and argument.func.id == "redact_password"
+    ):
+        return []
+    if (isinstance(argument, ast.Attribute) and argument.attr in URI_NAMES) or (
+        isinstance(argument, ast.Name) and argument.id in URI_NAMES
+    ):
+        return [argument.lineno]
+    return [line for child in ast.iter_child_nodes(argument) for line in _bare_uris(child)]
+
+
+def unredacted(source: str, filename: str = "<source>") -> list[int]:
+    """Lines of the log calls in ``source`` that format a URI unredacted."""
+    return [
+        line
+        for node in ast.walk(ast.parse(source, filename))
+        if isinstance(node, ast.Call)
+        for argument in _log_arguments(node)
+        for line in _bare_uris(argument)
+    ]
+
+
+def test_the_scan_finds_what_it_is_for() -> None:
+    assert unredacted('log.info("to %s", target.uri)') == [1]
+    assert unredacted('log.warning("at %s", contact)') == [1]
+    assert unredacted('logger.debug("%s", request.request_uri)') == [1]
+    assert unredacted('log_exception(log, "from %s", binding.aor)') == [1]
+    assert unredacted('log.info("%s", "" if url is None else f" of {url}")') == [1]
+    assert unredacted('log.info("to %s", redact_password(str(target.uri)))') == []
+    assert unredacted('log.info("%s", "" if url is None else "x")') == []
+
+
+def test_no_log_line_shows_a_uri_unredacted() -> None:
     found = {
-        f"{path.name}:{line}"
-        for path in sorted(package.glob("*.py"))
-        for line in _bare_uris(ast.parse(path.read_text(), str(path)))
+        f"{path.relative_to(Path(gateway.core.__file__).parent.parent)}:{line}"
+        for package in (gateway.core, gateway.plugins)
+        for path in sorted(Path(package.__file__).parent.rglob("*.py"))
+        for line in unredacted(path.read_text(), str(path))
     }
     assert found == set(), "pass these URIs through redact_password"
