@@ -123,7 +123,7 @@ import math
 
 import trio
 
-from gateway.core.calls.base import ALLOW, _first_final_or_late_2xx, log
+from gateway.core.calls.base import ALLOW, first_final_or_late_2xx, log
 from gateway.core.calls.dtmf_info import CallDtmfInfo
 from gateway.core.calls.events import (
     AckEvent,
@@ -834,7 +834,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 # (RFC 3261 §13.2.2.4).
                 await self._resend_ack(tag)
                 return
-            if response.status >= 200 and _first_final_or_late_2xx(tag.final, response):
+            if response.status >= 200 and first_final_or_late_2xx(tag.final, response):
                 tag.final = response
                 if response.is_success and tag is not self.b:
                     await self._b_answered(tag, response)  # a late fork answer: ACK + BYE
