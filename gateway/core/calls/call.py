@@ -148,7 +148,6 @@ from gateway.core.calls.routing import TrunkHopTarget
 from gateway.core.calls.rtcp_capture import RtcpToCaptures
 from gateway.core.calls.targets import without_other_hops
 from gateway.core.calls.transferring import CallTransfers
-from gateway.core.interfaces import CallEvent, RouteDecision
 from gateway.core.logs import log_exception
 from gateway.core.media.dtmf import is_dtmf_info
 from gateway.core.media.errors import PortsExhausted
@@ -166,8 +165,6 @@ from gateway.core.sip.transaction import State, TransactionStateError
 
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
-
-_ = RouteDecision, CallEvent  # re-exported types used by the manager
 
 
 class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
