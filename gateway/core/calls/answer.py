@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from gateway.core.calls.base import _sdp
-from gateway.core.calls.events import _warning
+from gateway.core.calls.base import sdp_body
+from gateway.core.calls.events import warning_header
 from gateway.core.calls.leg import BLeg, Side
 from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
@@ -47,7 +47,7 @@ class CallAnswer(CallLocationUpdates, CallMediaKeys):
         waited for a PRACK): 480, the callee having gone, unless a 487 or 500 went already."""
         assert self.a.transaction is not None
         if self.a.transaction.final_status is None:
-            warning = [("Warning", _warning(reason))]
+            warning = [("Warning", warning_header(reason))]
             await self._respond_a(self._a_response(480, "Temporarily Unavailable", extra=warning))
 
     async def _b_answered(self, leg: BLeg, response: Response) -> None:
@@ -64,7 +64,7 @@ class CallAnswer(CallLocationUpdates, CallMediaKeys):
             return
         assert self.media is not None
         try:
-            sdp = _sdp(response)
+            sdp = sdp_body(response)
             if sdp:
                 body = serialize_sdp(self._answer_via(leg, parse_sdp_untrusted(sdp)))
             else:
@@ -152,7 +152,7 @@ class CallAnswer(CallLocationUpdates, CallMediaKeys):
         assert self.media is not None and leg.security is not None
         assert self.a.security is not None
         try:
-            sdp = _sdp(response)
+            sdp = sdp_body(response)
             if not sdp:
                 raise SdpError("2xx without SDP offer to our INVITE without SDP")
             plain = self.media.offer_from(
@@ -201,7 +201,7 @@ class CallAnswer(CallLocationUpdates, CallMediaKeys):
         """The answer A's ACK brings to the offer in our 2xx, through A's keys and the relay,
         plain, for the other leg. Raises :class:`SdpError` for an ACK without a usable one."""
         assert self.media is not None and self.a.security is not None
-        sdp = _sdp(ack)
+        sdp = sdp_body(ack)
         if not sdp:
             raise SdpError("ACK without the SDP answer to our offer")
         return self.media.answer_from(

@@ -33,6 +33,7 @@ import trio
 from gateway.core.auth.client import authorize
 from gateway.core.calls.events import (
     AckEvent,
+    AnswerFailure,
     CallEnded,
     CallEventInput,
     EndCallEvent,
@@ -40,9 +41,8 @@ from gateway.core.calls.events import (
     PickUpEvent,
     RequestEvent,
     ResponseEvent,
-    _AnswerFailure,
-    _quoted,
-    _warning,
+    quoted,
+    warning_header,
 )
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.location import Location
@@ -67,8 +67,8 @@ from gateway.core.sip.uri import SipUri
 from gateway.core.transport.flows import TLS_TRANSPORTS, Address, Flow
 
 if TYPE_CHECKING:
-    from gateway.core.calls.dtmf_info import _DtmfWork
-    from gateway.core.calls.forwarding import _Redirects
+    from gateway.core.calls.dtmf_info import DtmfWork
+    from gateway.core.calls.forwarding import Redirects
     from gateway.core.calls.manager import CallManager
     from gateway.core.config import TrunkConfig
     from gateway.core.endpoint import ClientRequest
@@ -106,7 +106,7 @@ class CallBase:
     _diverted: tuple[Diverted, ...] = ()
     """Who diverted the call, oldest first (a trunk's INVITE said so, our callees redirected
     it; redirect.py): our INVITEs say so. A class default: only a diverted call has its own."""
-    _redirects: _Redirects | None = None
+    _redirects: Redirects | None = None
     """Call forwarding by redirect (3xx) in this call, made at its first 3xx."""
 
     def __init__(
@@ -144,7 +144,7 @@ class CallBase:
             peer_kind=caller.kind,
             peer_name=caller.name,
             shown_as=_shown_caller(invite, caller),
-            private=_wants_privacy(invite),
+            private=wants_privacy(invite),
         )
         # Call-ID alone is not unique: a caller retries with the same one after a failure.
         self.record_id = f"{self.id};{self.a.local_tag}"
@@ -201,7 +201,7 @@ class CallBase:
         self._refusals: list[str] = []  # why targets' media policies refused the offer
         # Targets not called because making their offer raised (_call_target): each target's
         # failure, the caller's answer when no target got to answer at all (_fail_a).
-        self._offer_failures: list[_AnswerFailure] = []
+        self._offer_failures: list[AnswerFailure] = []
         self._relaying: set[InDialogRequest] = set()  # relayed requests not answered yet
         self._retransmit_at: dict[Side, tuple[float, float, Response, float]] = {}
         # The cancel scope _next_event waits in, and the deadline it was asked for.
@@ -249,7 +249,7 @@ class CallBase:
         # session first decides on one: digits waiting for their INFO (one INFO in flight at a
         # time, so they arrive in order), digits from INFO waiting to be sent as events, and
         # the counts for the call record.
-        self._dtmf: _DtmfWork | None = None
+        self._dtmf: DtmfWork | None = None
         # Early media (RFC 3261 §13.2.1, RFC 3960): the B leg and the 1xx whose SDP answer the
         # media session holds now (the latest wins, as for the session), whose early dialog
         # takes the DTMF INFO before the answer, and the SDP our 183 to A carried for it; our
@@ -439,7 +439,7 @@ class CallBase:
         accept_bodies: bool = False,
         extra: Sequence[tuple[str, str]] = (),
     ) -> NoReturn:
-        extra = [*extra, *([("Warning", _warning(warning))] if warning else [])]
+        extra = [*extra, *([("Warning", warning_header(warning))] if warning else [])]
         if accept_bodies:
             extra.append(ACCEPT_BODIES)  # what a 415 must list (RFC 3261 §21.4.13)
         self._stop_reliable_1xx()
@@ -662,7 +662,7 @@ class CallBase:
         must carry a valid answer; RFC 3264 §6: port 0 rejects a stream). Empty when the offer
         is unreadable: there is no valid answer to it."""
         try:
-            offered = parse_sdp_untrusted(_sdp(offer))
+            offered = parse_sdp_untrusted(sdp_body(offer))
         except SdpError:
             return b""
         host, _ = self.endpoint.local_address(leg.transport)
@@ -777,7 +777,7 @@ class CallBase:
             await self._ack_late_reinvite()
         trunk = self._trunk_credentials(leg)
         tag = InDialogRequest("bye", leg.side)
-        values = list(reasons[:MAX_REASONS]) or [f'SIP;cause={cause};text="{_quoted(reason)}"']
+        values = list(reasons[:MAX_REASONS]) or [f'SIP;cause={cause};text="{quoted(reason)}"']
         client = await self._send_in_dialog(
             leg,
             "BYE",
@@ -860,7 +860,7 @@ class CallBase:
                     continue
                 if response.is_success and leg.final is not None and leg.ack is not None:
                     await self._resend_ack(leg)  # RFC 3261 §13.2.2.4
-                elif response.status >= 200 and _first_final_or_late_2xx(leg.final, response):
+                elif response.status >= 200 and first_final_or_late_2xx(leg.final, response):
                     leg.final = response
                     if response.is_success and leg is not self.b:
                         dialog = self._confirmed_dialog(leg, response)
@@ -926,7 +926,7 @@ class CallBase:
             self._retransmit_at[side] = (now + interval, interval, response, give_up)
 
 
-def _first_final_or_late_2xx(final: Response | None, response: Response) -> bool:
+def first_final_or_late_2xx(final: Response | None, response: Response) -> bool:
     """Whether final ``response`` to a B leg's INVITE is news: its first final response, or a
     2xx after a failure (RFC 3261 §13.2.2.4: ACKed and BYEd all the same): a callee answering
     after our give-up 64*T1 past its CANCEL (§9.1, the 408 made for it), or a fork's 2xx racing
@@ -943,7 +943,7 @@ async def _final_response(client: ClientRequest) -> Response | None:
     return None
 
 
-def _wants_privacy(invite: Request) -> bool:
+def wants_privacy(invite: Request) -> bool:
     """Whether the caller asked not to be identified (RFC 3323: ``Privacy`` other than none, or
     an anonymous From, as phones send for caller ID restriction)."""
     values = {
@@ -968,7 +968,7 @@ def _shown_caller(invite: Request, caller: Caller) -> str:
     return (uri.user if isinstance(uri, SipUri) else None) or "anonymous"
 
 
-def _sdp(message: Request | Response) -> bytes:
+def sdp_body(message: Request | Response) -> bytes:
     """The SDP a message carries (its body, or the SDP part of a SIP-I/SIP-T multipart body),
     b"" for none; raises SdpError (UnsupportedBody: 415) for a body we cannot read."""
     return sdp_of(message.content_type, message.body)

@@ -123,7 +123,7 @@ import math
 
 import trio
 
-from gateway.core.calls.base import ALLOW, _first_final_or_late_2xx, log
+from gateway.core.calls.base import ALLOW, first_final_or_late_2xx, log
 from gateway.core.calls.dtmf_info import CallDtmfInfo
 from gateway.core.calls.events import (
     AckEvent,
@@ -148,7 +148,6 @@ from gateway.core.calls.routing import TrunkHopTarget
 from gateway.core.calls.rtcp_capture import RtcpToCaptures
 from gateway.core.calls.targets import without_other_hops
 from gateway.core.calls.transferring import CallTransfers
-from gateway.core.interfaces import CallEvent, RouteDecision
 from gateway.core.logs import log_exception
 from gateway.core.media.dtmf import is_dtmf_info
 from gateway.core.media.errors import PortsExhausted
@@ -166,8 +165,6 @@ from gateway.core.sip.transaction import State, TransactionStateError
 
 # Requests relayed as they are inside an established call; anything else gets 501.
 RELAYED_IN_DIALOG = frozenset({"INFO", "OPTIONS", "MESSAGE", "NOTIFY"})
-
-_ = RouteDecision, CallEvent  # re-exported types used by the manager
 
 
 class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
@@ -834,7 +831,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                 # (RFC 3261 §13.2.2.4).
                 await self._resend_ack(tag)
                 return
-            if response.status >= 200 and _first_final_or_late_2xx(tag.final, response):
+            if response.status >= 200 and first_final_or_late_2xx(tag.final, response):
                 tag.final = response
                 if response.is_success and tag is not self.b:
                     await self._b_answered(tag, response)  # a late fork answer: ACK + BYE

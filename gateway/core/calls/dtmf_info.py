@@ -20,7 +20,7 @@ import trio
 from gateway.core.calls.base import log
 from gateway.core.calls.events import DtmfDigitEvent, InDialogRequest, RequestEvent
 from gateway.core.calls.leg import Leg, Side
-from gateway.core.calls.location_updates import CallLocationUpdates, _allows
+from gateway.core.calls.location_updates import CallLocationUpdates, allows
 from gateway.core.media.dtmf import (
     DTMF_RELAY,
     Digit,
@@ -53,9 +53,9 @@ class CallDtmfInfo(CallLocationUpdates):
         """The media session read a digit of ``side``'s RFC 4733 events (in the relay's loop)."""
         self.post(DtmfDigitEvent(side, digit))
 
-    def _dtmf_work(self) -> _DtmfWork:
+    def _dtmf_work(self) -> DtmfWork:
         if self._dtmf is None:
-            self._dtmf = _DtmfWork()
+            self._dtmf = DtmfWork()
         return self._dtmf
 
     async def _dtmf_to_info(self, event: DtmfDigitEvent) -> None:
@@ -123,7 +123,7 @@ class CallDtmfInfo(CallLocationUpdates):
         dialog = self._early_dialog(leg, response)
         return None if dialog is None else (leg, dialog)
 
-    async def _send_dtmf_info(self, work: _DtmfWork) -> None:
+    async def _send_dtmf_info(self, work: DtmfWork) -> None:
         """Send the next digit waiting for its INFO (RFC 6086 §4.2: in the INVITE dialog
         usage, early or confirmed), unless one is in flight in that dialog. One in flight in
         a dialog the call left (another fork answered) no longer holds the queue: its answer
@@ -220,7 +220,7 @@ class CallDtmfInfo(CallLocationUpdates):
             work.injecting = True
             self._nursery.start_soon(self._inject_dtmf, work)
 
-    async def _inject_dtmf(self, work: _DtmfWork) -> None:
+    async def _inject_dtmf(self, work: DtmfWork) -> None:
         """Send the digits from INFO as RFC 4733 events, one after the other, each timed as
         :func:`~gateway.core.media.dtmf.event_packets` plans (marker on the first, one
         timestamp, updates every 50 ms, three end packets: RFC 4733 §2.5), with a pause
@@ -269,7 +269,7 @@ class CallDtmfInfo(CallLocationUpdates):
 
 
 @attrs.define
-class _DtmfWork:
+class DtmfWork:
     """A call's DTMF interworking in progress (:meth:`Call._dtmf_to_info`,
     :meth:`Call._info_to_dtmf`) and its counts for the call record."""
 
@@ -307,5 +307,5 @@ class _DtmfWork:
 
 
 def _allows_info(leg: Leg, early: Response | None = None) -> bool:
-    """Whether the leg's device allows INFO (:func:`_allows`)."""
-    return _allows(leg, "INFO", early)
+    """Whether the leg's device allows INFO (:func:`allows`)."""
+    return allows(leg, "INFO", early)

@@ -184,7 +184,7 @@ class CallEnded(Exception):
 
 
 @attrs.frozen
-class _AnswerFailure:
+class AnswerFailure:
     """Why applying SDP from a leg's 2xx (or from the ACK answering ours) failed, and what the
     call sends for it (:meth:`Call._answer_failed`): ``status`` and ``phrase`` to a request
     still open, ``warning`` its Warning text, ``reason`` for the BYEs, the log and the record."""
@@ -198,15 +198,15 @@ class _AnswerFailure:
         """The final response to ``request`` saying this failure (its Warning, RFC 3261
         §20.43)."""
         return make_response(
-            request, self.status, self.phrase, extra=[("Warning", _warning(self.warning))]
+            request, self.status, self.phrase, extra=[("Warning", warning_header(self.warning))]
         )
 
 
-def _warning(text: str | None) -> str:
+def warning_header(text: str | None) -> str:
     # RFC 3261 §20.43: 399 miscellaneous warning, agent = us.
-    return f'399 voipgw "{_quoted(text or "")}"'
+    return f'399 voipgw "{quoted(text or "")}"'
 
 
-def _quoted(text: str) -> str:
+def quoted(text: str) -> str:
     cleaned = " ".join(text.replace("\\", "").replace('"', "'").split())
     return cleaned if len(cleaned) <= 300 else cleaned[:297] + "..."

@@ -108,7 +108,7 @@ class CallForwarding(CallTargets):
             self._redirect_refused(entry, why)
         return False
 
-    def _redirect_refusal(self, contact: RedirectContact, state: _Redirects) -> str | None:
+    def _redirect_refusal(self, contact: RedirectContact, state: Redirects) -> str | None:
         """Why ``contact`` of a 3xx is not followed, before it is routed; None to route it."""
         user = contact.user
         if user is None:
@@ -243,7 +243,7 @@ class CallForwarding(CallTargets):
         if len(self._redirects.records) < MAX_REDIRECT_RECORDS:
             self._redirects.records.append({**entry, "refused": why})
 
-    def _new_redirects(self) -> _Redirects:
+    def _new_redirects(self) -> Redirects:
         """The forwarding state of the call, made at its first 3xx: the targets it tried (the
         number dialled, the accounts rung, whoever diverted it before) and its own caller."""
         directory = self.manager.gateway.directory
@@ -252,7 +252,7 @@ class CallForwarding(CallTargets):
         caller_trunk = self.caller.name if self.caller.kind == "trunk" else None
         user = called_user(invite.uri) or ""
         dialled = directory.to_e164(user, trunk=caller_trunk) if user else ""
-        state = _Redirects(dialled=dialled)
+        state = Redirects(dialled=dialled)
         state.tried.add(dialled)
         state.tried.update(
             leg.target.account for leg in self.b_legs if leg.target and leg.target.account
@@ -280,7 +280,7 @@ class CallForwarding(CallTargets):
 
 
 @attrs.define
-class _Redirects:
+class Redirects:
     """A call's forwarding by redirect (redirect.py): the number its caller dialled (as
     E.164), how many 3xx it followed, the targets it tried and its caller's own (both as
     E.164 or account names: a loop and a recursion into the caller are refused), the

@@ -193,7 +193,7 @@ class CallLocationUpdates(CallSessionTimers):
         the caller's does its own (RFC 4028 §10). False: nothing sent, the caller's UPDATE is
         the session refresh it also is."""
         other = self._leg(event.side.other)
-        if other.dialog is None or not _allows(other, "UPDATE"):
+        if other.dialog is None or not allows(other, "UPDATE"):
             log.warning(
                 "call %s: location update not passed on: the %s leg does not allow UPDATE",
                 self.id,
@@ -241,7 +241,7 @@ class CallLocationUpdates(CallSessionTimers):
             answered = dialog is not None and dialog.state is DialogState.CONFIRMED
             if not answered and (leg.finished or leg.cancel_wanted or response is None):
                 continue
-            if not _allows(leg, "UPDATE", response):
+            if not allows(leg, "UPDATE", response):
                 log.warning(
                     "call %s: location update not passed on: %s does not allow UPDATE",
                     self.id,
@@ -425,7 +425,7 @@ class CallLocationUpdates(CallSessionTimers):
         return with_location(request, location, request.body, lambda: ids.token_hex(8))
 
 
-def _allows(leg: Leg, method: str, early: Response | None = None) -> bool:
+def allows(leg: Leg, method: str, early: Response | None = None) -> bool:
     """Whether the leg's device allows ``method``: its Allow header (from its INVITE, or its
     2xx; before the answer the 1xx of ``early``) lists it. No Allow at all says nothing (RFC
     3261 §20.5): then the request is sent."""

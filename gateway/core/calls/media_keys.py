@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 import trio
 
 from gateway.core.calls.base import CallBase, log
-from gateway.core.calls.events import CallEnded, EndCallEvent, KeyFailureEvent, _AnswerFailure
+from gateway.core.calls.events import AnswerFailure, CallEnded, EndCallEvent, KeyFailureEvent
 from gateway.core.calls.leg import BLeg, Side
 from gateway.core.calls.routing import TrunkHopTarget
 from gateway.core.logs import log_exception
@@ -47,9 +47,7 @@ class CallMediaKeys(CallBase):
         self._apply_keys(leg)
         return answer_a
 
-    def _answer_failed(
-        self, exc: Exception, what: str, *, ends_call: bool = True
-    ) -> _AnswerFailure:
+    def _answer_failed(self, exc: Exception, what: str, *, ends_call: bool = True) -> AnswerFailure:
         """Applying SDP a leg sent in its 2xx (or the ACK answering our offer) raised ``exc``.
         The caller ACKs that 2xx all the same (RFC 3261 §13.2.2.4: a UAC ACKs every 2xx, then
         may BYE) and ends the call with what this says. Bad SDP from the peer (an
@@ -65,17 +63,17 @@ class CallMediaKeys(CallBase):
         if isinstance(exc, CallEnded):
             raise exc
         if isinstance(exc, SdpError):
-            return _AnswerFailure(
+            return AnswerFailure(
                 488, "Not Acceptable Here", exc.reason, f"bad SDP {what}: {exc.reason}"
             )
         if isinstance(exc, KeyExchangeFailed):
             reason = f"key exchange failed: {exc.reason}"
             log_exception(log, "call %s: %s (applying the %s)", self.id, reason, what, exc=exc)
-            failure = _AnswerFailure(500, "Server Internal Error", "key exchange failed", reason)
+            failure = AnswerFailure(500, "Server Internal Error", "key exchange failed", reason)
         else:
             reason = f"internal error applying the {what} ({type(exc).__name__})"
             log_exception(log, "call %s: %s", self.id, reason, exc=exc)
-            failure = _AnswerFailure(
+            failure = AnswerFailure(
                 500, "Server Internal Error", f"internal error applying the {what}", reason
             )
         if ends_call:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NoReturn, cast
 
 from gateway.core.calls.answer import CallAnswer
-from gateway.core.calls.base import ALLOW, SDP, _wants_privacy, log
-from gateway.core.calls.events import PickUpEvent, _warning
+from gateway.core.calls.base import ALLOW, SDP, log, wants_privacy
+from gateway.core.calls.events import PickUpEvent, warning_header
 from gateway.core.calls.leg import BLeg, Side
 from gateway.core.calls.pickup import NO_CALL_TO_PICK_UP
 from gateway.core.calls.ringing import ANSWERED_ELSEWHERE
@@ -80,7 +80,7 @@ class CallPickedUp(CallAnswer):
             peer_kind="account",
             peer_name=name,
             shown_as=name or "anonymous",
-            private=_wants_privacy(request),
+            private=wants_privacy(request),
         )
         picker.security = self.manager.leg_security(
             cast("Call", self),
@@ -154,7 +154,9 @@ class CallPickedUp(CallAnswer):
                 if isinstance(err, PortsExhausted)
                 else (488, "Not Acceptable Here")
             )
-            refusal = make_response(request, status, phrase, extra=[("Warning", _warning(reason))])
+            refusal = make_response(
+                request, status, phrase, extra=[("Warning", warning_header(reason))]
+            )
             await self._answer_pickup(event, refusal)
             return
         except Exception as exc:
@@ -247,7 +249,9 @@ class CallPickedUp(CallAnswer):
                 if isinstance(err, PortsExhausted)
                 else (488, "Not Acceptable Here")
             )
-            refusal = make_response(request, status, phrase, extra=[("Warning", _warning(reason))])
+            refusal = make_response(
+                request, status, phrase, extra=[("Warning", warning_header(reason))]
+            )
             await self._answer_pickup(event, refusal)
             return
         except Exception as exc:

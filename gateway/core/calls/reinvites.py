@@ -17,14 +17,14 @@ from collections.abc import Sequence
 
 import trio
 
-from gateway.core.calls.base import ACCEPT_BODIES, SDP, _sdp, log
+from gateway.core.calls.base import ACCEPT_BODIES, SDP, log, sdp_body
 from gateway.core.calls.events import (
+    AnswerFailure,
     CancelEvent,
     InDialogRequest,
     LocatedRequest,
     RequestEvent,
-    _AnswerFailure,
-    _warning,
+    warning_header,
 )
 from gateway.core.calls.leg import Leg, Side
 from gateway.core.calls.location import carries_location, location_body, location_headers
@@ -82,7 +82,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 request,
                 415 if unsupported else 488,
                 extra=[
-                    ("Warning", _warning(err.reason)),
+                    ("Warning", warning_header(err.reason)),
                     *([ACCEPT_BODIES] if unsupported else []),
                 ],
             )
@@ -91,7 +91,9 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
         except PortsExhausted:
             await self.endpoint.respond(
                 event.transaction,
-                make_response(request, 503, extra=[("Warning", _warning("no free media ports"))]),
+                make_response(
+                    request, 503, extra=[("Warning", warning_header("no free media ports"))]
+                ),
             )
             return
         except Exception as exc:
@@ -224,7 +226,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
         assert leg.dialog is not None and self.media is not None
         # RFC 6442 §4.3: the trunk's word on a location update (a 2xx's too) is the caller's.
         errors = self._geolocation_errors(located, response) if located is not None else []
-        if response.is_success and not _sdp(request):  # (its body was read in _reinvite)
+        if response.is_success and not sdp_body(request):  # (its body was read in _reinvite)
             await self._late_reinvite_offered(
                 side, transaction, request, answered_side, response, errors
             )
@@ -238,7 +240,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 # call ends (not kept, as a relay failing before the other leg took anything
                 # is). The requester's re-INVITE gets its 503 first (RFC 3261 §21.5.4), even
                 # should abandoning the offer raise.
-                warning = _warning(f"the {answered_side.value.upper()} leg cannot be reached")
+                warning = warning_header(f"the {answered_side.value.upper()} leg cannot be reached")
                 refusal = make_response(request, 503, extra=[("Warning", warning)])
                 await self.endpoint.respond(transaction, refusal)
                 self.media.abandon_offer()
@@ -251,7 +253,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 assert answering is not None and offering is not None
                 plain = self.media.answer_from(
                     answered_side.value,
-                    answering.take_answer(parse_sdp_untrusted(_sdp(response))),
+                    answering.take_answer(parse_sdp_untrusted(sdp_body(response))),
                     rtcp_mux_offered=answering.offers_rtcp_mux,
                 )
                 answer = offering.make_answer(plain)
@@ -338,7 +340,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
         answering_leg = self._leg(answered_side)
         answering_leg.session_timer = self._refreshed_by_2xx(answering_leg, response)
         try:
-            sdp = _sdp(response)
+            sdp = sdp_body(response)
             if not sdp:
                 raise SdpError("2xx without SDP offer to our re-INVITE without SDP")
             plain = self.media.offer_from(
@@ -353,7 +355,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 # §21.5.4), as everywhere else ports run out, without Retry-After
                 # (docs/configuration.md). The answering leg holds a session the requester
                 # cannot get, so the call ends all the same.
-                failure = _AnswerFailure(
+                failure = AnswerFailure(
                     503, "Service Unavailable", "no free media ports", "no free media ports"
                 )
             else:
@@ -392,7 +394,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
         answering = self._leg(answered_side).security
         assert requester is not None and answering is not None
         try:
-            sdp = _sdp(ack)
+            sdp = sdp_body(ack)
             if not sdp:
                 raise SdpError("ACK without the SDP answer to our offer")
             plain = self.media.answer_from(
@@ -443,7 +445,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             return
         if offered:
             # (Refused, it conveys no location either: RFC 3311 §5.2, nothing changes.)
-            warning = _warning("an early UPDATE's offer is not relayed")
+            warning = warning_header("an early UPDATE's offer is not relayed")
             refusal = make_response(request, 488, extra=[("Warning", warning)])
             await self.endpoint.respond(event.transaction, refusal)
             return

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from gateway.core.calls.base import _sdp, log
+from gateway.core.calls.base import log, sdp_body
 from gateway.core.calls.events import CallEnded, RequestEvent
 from gateway.core.calls.leg import BLeg
 from gateway.core.calls.location_updates import CallLocationUpdates
@@ -158,7 +158,7 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
                 # moves its remote target, where our PRACKs and INFOs go; reliable or not.
                 early.receive_response(response)
             return True
-        rseq = _parse_rseq(response.headers.get("RSeq"))
+        rseq = parse_rseq(response.headers.get("RSeq"))
         tag = response.to.tag
         if rseq is None or tag is None or leg.invite is None:
             log.info("call %s: a reliable %d without an RSeq or To tag", self.id, response.status)
@@ -191,7 +191,7 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
         assert self.media is not None
         body = b""
         try:
-            sdp = _sdp(response)
+            sdp = sdp_body(response)
             if sdp and self.late_offer:
                 # SDP in a 1xx to an INVITE without one would be an offer, which only a reliable
                 # provisional response may carry (RFC 3261 §13.2.1, RFC 3262); we offer no 100rel.
@@ -243,7 +243,7 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
         the call is answered), which then is no longer re-sent and lets a waiting 1xx go; 481
         for any other (§4: it acknowledges nothing we sent), 400 for an unreadable RAck."""
         request = event.request
-        rack = _parse_rack(request.headers.get("RAck"))
+        rack = parse_rack(request.headers.get("RAck"))
         invite = self.a.invite
         assert invite is not None
         if rack is None:
@@ -291,7 +291,7 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
         raise CallEnded("cancelled by caller")
 
 
-def _parse_rack(value: str | None) -> tuple[int, int, str] | None:
+def parse_rack(value: str | None) -> tuple[int, int, str] | None:
     """RAck: response-num CSeq-num method (RFC 3262 §7.2); None when absent or malformed."""
     parts = (value or "").split()
     # isascii: str.isdigit() is true for "¹" too, which int() refuses (RFC 3262 §7.2: 1*DIGIT).
@@ -300,7 +300,7 @@ def _parse_rack(value: str | None) -> tuple[int, int, str] | None:
     return int(parts[0]), int(parts[1]), parts[2]
 
 
-def _parse_rseq(value: str | None) -> int | None:
+def parse_rseq(value: str | None) -> int | None:
     """RSeq: response-num, 1..2**32-1 (RFC 3262 §7.1); None when absent or malformed."""
     text = (value or "").strip()
     if not text.isascii() or not text.isdigit() or len(text) > 10:
@@ -315,6 +315,6 @@ def _prack_sent(leg: BLeg, response: Response) -> bool:
     last = leg.last_rseq.get(tag) if tag is not None and leg.last_rseq else None
     return (
         last is not None
-        and last == _parse_rseq(response.headers.get("RSeq"))
+        and last == parse_rseq(response.headers.get("RSeq"))
         and "100rel" in response.headers.option_tags("Require")
     )

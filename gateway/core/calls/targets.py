@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from gateway.core.calls import identity
-from gateway.core.calls.base import ALLOW, MAX_REASONS, SDP, _wants_privacy, log
+from gateway.core.calls.base import ALLOW, MAX_REASONS, SDP, log, wants_privacy
 from gateway.core.calls.leg import BLeg, Side
 from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
@@ -294,7 +294,7 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
             uri,
             leg,
             offer,
-            self._identity(leg, user, display, privacy=_wants_privacy(invite_a))
+            self._identity(leg, user, display, privacy=wants_privacy(invite_a))
             + priority
             + diversion,
             max_forwards=(invite_a.max_forwards or 70) - 1,

@@ -20,14 +20,14 @@ import attrs
 import trio
 
 from gateway.core.calls import identity
-from gateway.core.calls.base import _sdp, log
+from gateway.core.calls.base import log, sdp_body
 from gateway.core.calls.events import (
     CallEnded,
     HandOverEvent,
     InDialogRequest,
     ReplacedEvent,
     RequestEvent,
-    _warning,
+    warning_header,
 )
 from gateway.core.calls.leg import ALeg, BLeg, Leg, Side
 from gateway.core.calls.reinvites import CallReinvites
@@ -85,7 +85,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         if refusal is not None:
             status, why = refusal
             log.info("call %s: REFER from the %s leg refused: %s", self.id, event.side.value, why)
-            refused = make_response(request, status, extra=[("Warning", _warning(why))])
+            refused = make_response(request, status, extra=[("Warning", warning_header(why))])
             await self.endpoint.respond(event.transaction, refused)
             return
         transfer = Transfer(
@@ -527,7 +527,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         assert leg.final is not None and leg.security is not None
         assert transferee.security is not None
         try:
-            sdp = _sdp(leg.final)
+            sdp = sdp_body(leg.final)
             if not sdp:
                 raise SdpError("2xx without SDP offer to our INVITE without SDP")
             plain = self.media.offer_from(
@@ -613,7 +613,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
         try:
             plain = self.media.answer_from(
                 tag.side.value,
-                transferee.security.take_answer(parse_sdp_untrusted(_sdp(response))),
+                transferee.security.take_answer(parse_sdp_untrusted(sdp_body(response))),
                 rtcp_mux_offered=transferee.security.offers_rtcp_mux,
             )
             answer = leg.security.make_answer(plain)

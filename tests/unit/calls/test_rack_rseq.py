@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.calls.ringing import _parse_rack, _parse_rseq
+from gateway.core.calls.ringing import parse_rack, parse_rseq
 
 
 def test_a_well_formed_rack_and_rseq_are_read() -> None:
-    assert _parse_rack("1 314159 INVITE") == (1, 314159, "INVITE")
-    assert _parse_rseq(" 4711 ") == 4711
+    assert parse_rack("1 314159 INVITE") == (1, 314159, "INVITE")
+    assert parse_rseq(" 4711 ") == 4711
 
 
 @pytest.mark.parametrize(
@@ -29,9 +29,9 @@ def test_a_well_formed_rack_and_rseq_are_read() -> None:
     ],
 )
 def test_an_unreadable_rack_is_none(value: str | None) -> None:
-    assert _parse_rack(value) is None
+    assert parse_rack(value) is None
 
 
 @pytest.mark.parametrize("value", [None, "0", "4294967296", "-1", "1.5", "\u00b9", "\uff11"])
 def test_an_unreadable_rseq_is_none(value: str | None) -> None:
-    assert _parse_rseq(value) is None
+    assert parse_rseq(value) is None

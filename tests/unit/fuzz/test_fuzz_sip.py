@@ -14,7 +14,7 @@ import contextlib
 from gateway.core.auth.client import parse_challenge_untrusted
 from gateway.core.auth.credentials import MalformedCredentials, parse_credentials_untrusted
 from gateway.core.calls.location import LocationError, parse_geolocation_untrusted
-from gateway.core.calls.ringing import _parse_rack, _parse_rseq
+from gateway.core.calls.ringing import parse_rack, parse_rseq
 from gateway.core.sdp.body import read_body
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sip.errors import RemoteSipError, SipParseError
@@ -189,8 +189,8 @@ def _read(message: Request | Response) -> None:
     if "Refer-To" in headers:
         with contextlib.suppress(RemoteSipError):
             parse_refer(headers)
-    _parse_rack(headers.get("RAck"))
-    _parse_rseq(headers.get("RSeq"))
+    parse_rack(headers.get("RAck"))
+    parse_rseq(headers.get("RSeq"))
     for value in headers.get_all("Identity"):
         with contextlib.suppress(PassportError):
             parse_identity_untrusted(value)
