@@ -54,7 +54,7 @@ from gateway.core.sip.refer import (
     wants_subscription,
 )
 from gateway.core.sip.session_timer import allows_update
-from gateway.core.sip.uri import Uri
+from gateway.core.sip.uri import Uri, redact_password
 
 if TYPE_CHECKING:
     from gateway.core.calls.call import Call
@@ -92,7 +92,8 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             transferor=transferor,
             refer_cseq=request.cseq.number,
             notify=wants_subscription(request.headers),
-            target=str(refer_to.uri),
+            # Shown only (logs, the call record, events): a Refer-To may carry a password.
+            target=redact_password(str(refer_to.uri)),
         )
         self._transfer = transfer
         extra = [("Contact", str(transferor.contact))]

@@ -731,3 +731,31 @@ async def test_an_attended_transfer_joins_a_carrier_that_called_the_transferor(
     await eventually(lambda: env.calls == 0 and env.call_lookups == 0)
     await trio.sleep(40)  # past every 2xx retransmission: the carrier's was ACKed
     assert not env.trunk.never_acked and not bob.never_acked
+
+
+async def test_a_password_in_the_refer_to_is_never_shown(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A Refer-To may carry userinfo with a password (RFC 3261 §19.1.1, however unwise): the
+    # transfer's log lines and the call record name the target with it hidden.
+    caplog.set_level("DEBUG", logger="gateway")
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await bob_phone(env, nursery, voipgw_seed)
+    call, alice_leg = await answered_call(env)
+    assert await refer(alice_leg, "sip:bob:hunter2@127.0.0.1:5060") == 202
+    await eventually_notify(env.alice, "SIP/2.0 200 OK")
+    assert (await alice_leg.bye()).status == 200
+    assert (await call.bye()).status == 200
+    await eventually(lambda: env.calls == 0)
+    store = env.gateway.store
+    assert store is not None
+    await eventually(lambda: [r.ended_at for r in store.call_records_recent()] != [None])
+    [record] = store.call_records_recent()
+    assert record.security is not None
+    assert [t["to"] for t in record.security["transfers"]] == ["sip:bob:***@127.0.0.1:5060"]
+    assert "transfers the call to sip:bob:***@" in caplog.text
+    assert "hunter2" not in caplog.text
