@@ -105,7 +105,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             "call %s: the %s leg transfers the call to %s (%s)",
             self.id,
             event.side.value.upper(),
-            transfer.target,
+            redact_password(transfer.target),  # redacted when made; the scan checks it here
             kind,
         )
         await self._notify(transfer, 100, "Trying")
@@ -701,7 +701,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             "call %s: transfer of the %s leg to %s: %d %s",
             self.id,
             transfer.side.value.upper(),
-            transfer.target,
+            redact_password(transfer.target),  # redacted when made; the scan checks it here
             status,
             reason,
         )
