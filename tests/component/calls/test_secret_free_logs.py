@@ -2,10 +2,11 @@
 
 - A Contact with a password (``sip:bob:<password>@host``: RFC 3261 §19.1.1 deprecates it, a
   phone may still send one) goes through registration, its refresh, NAT keepalives, a call to
-  it (the password is in our INVITE's Request-URI, RFC 3261 §10.3 / §16.5), the call's end, an
-  unregistration and a registration that expires: no log line of any logger, DEBUG included,
-  shows the password (gateway.core.sip.uri.redact_password; docs/architecture.md "Logged
-  exceptions").
+  it (the password is in our INVITE's Request-URI, RFC 3261 §10.3 / §16.5), the call's end, a
+  call whose INVITE cannot be sent to it, keepalives unanswered until its registration is
+  removed, an unregistration and a registration that expires: no log line of any logger, DEBUG
+  included, shows the password (gateway.core.sip.uri.redact_password; docs/architecture.md
+  "Logged exceptions"), and the lines that name the Contact show it as ``sip:bob:***@...``.
 - A transport that fails a send with a password in its exception's text (a plugin may raise
   anything) is logged by what the operating system says of its errno, never that text
   (gateway.core.logs.transport_error_text), in the lines and in the call's end reason.
@@ -88,6 +89,29 @@ async def test_a_contacts_password_is_in_no_log_line(
     assert invites and CONTACT_PASSWORD in str(invites[0].uri)  # it is there to leak
     assert (await call.bye()).status == 200
     await eventually(lambda: env.calls == 0)
+    # A call whose INVITE to him cannot be sent (no flow to him: "cannot reach <contact>").
+    endpoint = env.gateway.endpoint
+    assert endpoint is not None
+    real_flow_to = endpoint.flow_to
+
+    async def refused(transport: str, address: Any, flow: Any = None) -> Any:
+        if tuple(address) == BOB:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        return await real_flow_to(transport, address, flow)
+
+    monkeypatch.setattr(endpoint, "flow_to", refused)
+    unreachable = await env.trunk.invite(env.did_uri(BOB_DID))
+    assert (await unreachable.final()).status >= 400
+    await eventually(lambda: env.calls == 0)
+    monkeypatch.setattr(endpoint, "flow_to", real_flow_to)
+    # His keepalives go unanswered: the registration is removed ("registration of ... at
+    # <contact> removed").
+    keepalive = env.gateway.nat_keepalive
+    assert keepalive is not None
+    env.network.set_link(BOB, GW, drop=1.0)
+    await eventually(lambda: keepalive.removed == 1, timeout=60)
+    env.network.set_link(BOB, GW, drop=0.0)
+    assert (await bob.register(expires=600)).status == 200
     assert (await bob.register(expires=0)).status == 200  # unregistered
     assert (await bob.register(expires=60)).status == 200
     # And this one expires: bindings expire on the wall clock (time.time), virtual time not.
@@ -101,7 +125,9 @@ async def test_a_contacts_password_is_in_no_log_line(
     expired = await env.trunk.invite(env.did_uri(BOB_DID))
     assert (await expired.final()).status == 480  # nobody to ring: his only contact expired
     lines = logged(caplog)
-    assert any("bob" in line for line in lines)  # his registrations and call were logged
+    # His contact was logged (the unreachable call, the keepalives' removal), password hidden.
+    shown = [line for line in lines if "sip:bob:***@10.0.0.7:5060" in line]
+    assert len(shown) >= 2, [line for line in lines if "bob" in line]
     assert [line for line in lines if CONTACT_PASSWORD in line] == []
 
 
