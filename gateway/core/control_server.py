@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from gateway.core.control import MAX_PATH, MAX_REQUEST, respond
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ async def serve_control(
                 try:
                     stream = await listener.accept()
                 except OSError as exc:  # EMFILE and kin: wait for descriptors to come back
-                    log.warning("control socket: accept failed: %s", exc)
+                    log.warning("control socket: accept failed: %s", transport_error_text(exc))
                     await trio.sleep(0.1)
                     continue
                 if open_connections[0] >= MAX_CONNECTIONS:
@@ -116,7 +116,7 @@ def _bind(path: Path) -> trio.SocketListener | None:
         sock.listen(MAX_CONNECTIONS)
     except OSError as exc:
         sock.close()
-        log.warning("control socket not opened: %s: %s", path, exc.strerror or exc)
+        log.warning("control socket not opened: %s: %s", path, transport_error_text(exc))
         return None
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 

@@ -23,7 +23,7 @@ import trio
 from gateway.core.auth.client import authorize
 from gateway.core.calls.limits import CallRate
 from gateway.core.interfaces import OutboundMessage, RtcpCapture, SipCapture
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.session import ORIGIN_USERNAME
 from gateway.core.sdp.body import SDP, sdp_of
 from gateway.core.sdp.errors import SdpError
@@ -1155,7 +1155,7 @@ class SipEndpoint:
                     "large %s to %s over UDP: TCP failed (%s)",
                     request.method,
                     format_address(address),
-                    exc,
+                    transport_error_text(exc),
                 )
         flow = await self.flow_to(transport, address, flow)
         request = self._with_our_via(request, flow)
@@ -1244,7 +1244,7 @@ class SipEndpoint:
                 )
                 sent._orphan_bye = _OrphanBye(sent.request, trunk)
         except OSError as exc:
-            log.info("cannot ACK or BYE a 2xx nobody holds: %s", exc)
+            log.info("cannot ACK or BYE a 2xx nobody holds: %s", transport_error_text(exc))
 
     def _bye_reasons(self, why: str, trunk: TrunkConfig | None) -> list[str]:
         """The Reason values (RFC 3326) of our BYE of a session nobody holds: SIP cause 200
@@ -1327,7 +1327,11 @@ class SipEndpoint:
                 answered, transport=flow.transport, address=flow.remote, flow=flow
             )
         except OSError as exc:
-            log.info("cannot send our BYE again with trunk %s's credentials: %s", trunk.name, exc)
+            log.info(
+                "cannot send our BYE again with trunk %s's credentials: %s",
+                trunk.name,
+                transport_error_text(exc),
+            )
             return
         again._orphan_bye = _OrphanBye(again.request, trunk, retried=True)
 
@@ -1428,7 +1432,7 @@ class SipEndpoint:
             self.statistics.sent += 1
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.statistics.send_errors += 1
-            log.info("cannot send %s to %s: %s", final.method, flow.key, exc)
+            log.info("cannot send %s to %s: %s", final.method, flow.key, transport_error_text(exc))
             if transaction is not None:
                 await self._act(
                     self.transactions.transport_error(transaction, now=trio.current_time())
@@ -1536,7 +1540,9 @@ class SipEndpoint:
             flow = await self._response_flow(response, flow)
         except OSError as exc:
             self.statistics.send_errors += 1
-            log.info("cannot route %d for %s: %s", response.status, flow.key, exc)
+            log.info(
+                "cannot route %d for %s: %s", response.status, flow.key, transport_error_text(exc)
+            )
             return
         message = self._outbound(response, flow)
         if not isinstance(message, Request | Response):
@@ -1549,7 +1555,9 @@ class SipEndpoint:
             self.statistics.sent += 1
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.statistics.send_errors += 1
-            log.info("cannot send %d to %s: %s", response.status, flow.key, exc)
+            log.info(
+                "cannot send %d to %s: %s", response.status, flow.key, transport_error_text(exc)
+            )
         else:
             if self.sip_taps:
                 self._copy_to_call(message, data, flow.transport, flow.local, flow.remote, False)

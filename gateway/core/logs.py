@@ -20,11 +20,20 @@ the file and line number find them.
 The rendering goes in the record's ``exc_text``, with no ``exc_info``: every
 :class:`logging.Formatter` appends it as it would a traceback, and none can render the
 exception's own text from the record.
+
+A line that names a transport's exception in its message (``cannot send ACK: %s``) goes through
+:func:`transport_error_text`, by the same rule: the core's own text, else what the operating
+system says of the errno, else the type.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
+import socket
+import ssl
 import sys
 import types
 
@@ -108,6 +117,68 @@ def describe_exception(exc: BaseException, *, shown: tuple[type[BaseException], 
     show = _show_plugin_text or isinstance(exc, shown) or not raised_in_plugin_code(exc)
     text = _safe_str(exc) if show else WITHHELD
     return f"{name}: {text}" if text else name
+
+
+def transport_error_text(exc: BaseException) -> str:
+    """``exc``, raised by a transport's send, connect or listen (an OSError, trio's
+    BrokenResourceError or ClosedResourceError...), as text for a log line or a call's end
+    reason (``cannot send ACK: %s``). A transport is a plugin, and a third-party one may raise
+    any text, a password or key it had in hand included, so the text shown is one nobody but
+    the core or the operating system wrote:
+
+    - the exception's own text when the core raised it (:func:`raised_in_plugin_code`: every
+      frame the core's or a library's, e.g. ``no tcp listener``), or when the operator asked
+      for plugin exception texts (``[gateway] log_plugin_exception_text``);
+    - an OSError's errno name and the operating system's own text for it (``os.strerror``,
+      never the exception's ``strerror``, which anybody may set): ``ECONNREFUSED (Connection
+      refused)``; a resolver error's ``EAI_*`` name; an :class:`ssl.SSLError`'s OpenSSL
+      reason code (``CERTIFICATE_VERIFY_FAILED``);
+    - otherwise its type's name, followed by what its direct cause (``raise ... from``) gives
+      by the rules above when that is an OSError: trio's ``BrokenResourceError
+      (ECONNRESET (Connection reset by peer))``."""
+    try:
+        if _show_plugin_text or not raised_in_plugin_code(exc):
+            return _safe_str(exc)
+        known = _os_error_text(exc)
+        if known is not None:
+            return known
+        name = _type_name(exc)
+        cause = exc.__cause__
+        if isinstance(cause, OSError):
+            known = _os_error_text(cause)
+            if known is not None:
+                return f"{name} ({known})"
+        return name
+    except Exception:  # pragma: no cover - a property of a plugin's exception that raises
+        return type(exc).__qualname__
+
+
+_SSL_REASON = re.compile(r"[A-Z0-9_]{1,80}")
+_RESOLVER_ERRORS = {getattr(socket, name): name for name in dir(socket) if name.startswith("EAI_")}
+
+
+def _os_error_text(exc: BaseException) -> str | None:
+    """Text the operating system or OpenSSL wrote for ``exc``, whoever raised it; None for
+    an exception with none (no errno)."""
+    if isinstance(exc, ssl.SSLError):
+        # SSLError's errno is OpenSSL's error class, not an errno: its reason code is
+        # OpenSSL's (set by the ssl module only; an SSLError a plugin made has none).
+        reason = getattr(exc, "reason", None)
+        if isinstance(reason, str) and _SSL_REASON.fullmatch(reason):
+            return f"SSLError {reason}"
+        return None
+    if not isinstance(exc, OSError):
+        return None
+    code = exc.errno
+    if type(code) is not int:
+        return None
+    if isinstance(exc, socket.gaierror):
+        name = _RESOLVER_ERRORS.get(code)
+        return f"{name} (name resolution failed)" if name is not None else None
+    name = errno.errorcode.get(code)
+    if name is None:
+        return None
+    return f"{name} ({os.strerror(code)})"
 
 
 def _type_name(exc: BaseException) -> str:

@@ -49,6 +49,7 @@ from gateway.core.calls.location import Location
 from gateway.core.calls.redirect import Diverted
 from gateway.core.calls.transfer import Transfer
 from gateway.core.interfaces import Caller, IdentityOutcome, RouteTarget
+from gateway.core.logs import transport_error_text
 from gateway.core.media.handshakes import CallHandshakes
 from gateway.core.media.keying import CallKeying
 from gateway.core.media.session import ORIGIN_USERNAME
@@ -503,7 +504,12 @@ class CallBase:
         except OSError as exc:
             # Not sent: the caller answers the request in hand 503 (RFC 3261 §21.5.4) and the
             # call goes on, or gives up what it was sending.
-            log.info("call %s: cannot reach %s leg: %s", self.id, leg.side.value, exc)
+            log.info(
+                "call %s: cannot reach %s leg: %s",
+                self.id,
+                leg.side.value,
+                transport_error_text(exc),
+            )
             return None
         if dialog.secure and not flow.secure:
             # RFC 5630 §3.1.3: a secure dialog's requests go over TLS only. A leg keeps the
@@ -542,7 +548,9 @@ class CallBase:
                 request, transport=flow.transport, address=flow.remote, flow=flow
             )
         except OSError as exc:
-            log.info("call %s: cannot send %s: %s", self.id, request.method, exc)
+            log.info(
+                "call %s: cannot send %s: %s", self.id, request.method, transport_error_text(exc)
+            )
             return None
         leg.flow = client.flow
         return client
@@ -683,7 +691,7 @@ class CallBase:
             # its dialog itself (RFC 3261 §13.3.1.4). Nothing we received is in hand, and the
             # call's own next request on that leg (our BYE, a relayed re-INVITE) says whether
             # the leg is still reachable; the rest of the call is not ended for a lost ACK.
-            log.info("call %s: cannot send ACK: %s", self.id, exc)
+            log.info("call %s: cannot send ACK: %s", self.id, transport_error_text(exc))
             return
         if body is None:
             body = self._refusing_answer(leg, response) if leg.late_offer else b""
@@ -704,7 +712,7 @@ class CallBase:
         try:
             flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
         except OSError as exc:
-            log.info("call %s: cannot resend ACK: %s", self.id, exc)
+            log.info("call %s: cannot resend ACK: %s", self.id, transport_error_text(exc))
             return
         await self.endpoint.send_ack(leg.ack, flow)
 
@@ -728,10 +736,10 @@ class CallBase:
             # nothing. An ACK carrying the answer, though: the requester has its answer in
             # effect, the offering leg never gets one and ends its dialog after 64*T1 (RFC 3261
             # §13.3.1.4); the legs disagree, so the call ends now, saying why.
-            log.info("call %s: cannot send ACK: %s", self.id, exc)
+            log.info("call %s: cannot send ACK: %s", self.id, transport_error_text(exc))
             if refusing:
                 return
-            await self._hang_up(f"signalling failed: {exc}")
+            await self._hang_up(f"signalling failed: {transport_error_text(exc)}")
         ack = leg.dialog.create_ack(
             response.cseq.number,
             via=via,
@@ -759,7 +767,7 @@ class CallBase:
                 cancel, transport=leg.transport, address=leg.address, flow=leg.flow
             )
         except OSError as exc:
-            log.info("call %s: cannot send CANCEL: %s", self.id, exc)
+            log.info("call %s: cannot send CANCEL: %s", self.id, transport_error_text(exc))
             return
         self._forward(client, "cancel")
 
@@ -842,7 +850,9 @@ class CallBase:
                     cancel_for(request), transport=flow.transport, address=flow.remote, flow=flow
                 )
             except OSError as exc:
-                log.info("call %s: cannot CANCEL a re-INVITE: %s", self.id, exc)
+                log.info(
+                    "call %s: cannot CANCEL a re-INVITE: %s", self.id, transport_error_text(exc)
+                )
 
     async def _drain_b_legs(self) -> None:
         """After the end: keep handling B responses so a 2xx crossing our CANCEL is ACKed and

@@ -148,7 +148,7 @@ from gateway.core.calls.routing import TrunkHopTarget
 from gateway.core.calls.rtcp_capture import RtcpToCaptures
 from gateway.core.calls.targets import without_other_hops
 from gateway.core.calls.transferring import CallTransfers
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.dtmf import is_dtmf_info
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.media.keying import CallKeying
@@ -197,7 +197,7 @@ class Call(CallTransfers, CallPickedUp, CallForwarding, CallDtmfInfo):
                     # it) and which the record and the "ended" line carry anyway: shown, as
                     # every line naming a network error does (architecture.md "Logged
                     # exceptions"); the traceback's rendering still withholds it.
-                    self.end_reason = f"network error: {exc}"
+                    self.end_reason = f"network error: {transport_error_text(exc)}"
                     log_exception(
                         log, "call %s: %s", self.id, self.end_reason, level=logging.WARNING
                     )

@@ -60,7 +60,7 @@ from gateway.core.calls.routing import (
 )
 from gateway.core.calls.targets import best_failure
 from gateway.core.interfaces import Caller, RouteTarget
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.sip.dialog import SIPS_NOT_ALLOWED, is_sips
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.events import (
@@ -145,7 +145,10 @@ async def send_and_wait(
             )
         except OSError as exc:
             log.info(
-                "cannot send %s to %s: %s", request.method, redact_password(str(request.uri)), exc
+                "cannot send %s to %s: %s",
+                request.method,
+                redact_password(str(request.uri)),
+                transport_error_text(exc),
             )
             if on_unsent is not None:
                 on_unsent(exc)
@@ -479,7 +482,7 @@ class Messages:
         calls = self.gateway.calls
         assert calls is not None
         if unsent:
-            calls.trunk_failed(trunk.name, f"cannot send to it: {unsent[0]}")
+            calls.trunk_failed(trunk.name, f"cannot send to it: {transport_error_text(unsent[0])}")
         elif final.status == 408 and final.reason == NO_RESPONSE:
             why = f"no response to a MESSAGE within {trunk.response_timeout:g} s"
             calls.trunk_failed(trunk.name, why)

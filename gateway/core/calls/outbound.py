@@ -53,7 +53,7 @@ import trio
 
 from gateway.core.calls.routing import Destination, UnroutableTarget, destination_for
 from gateway.core.interfaces import RouteTarget, SessionAnswer
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.sip.dialog import Dialog, is_sips
 from gateway.core.sip.errors import RemoteSipError, SipError
 from gateway.core.sip.grammar import parse_uri_untrusted
@@ -174,7 +174,7 @@ class OutboundSession:
                 if response.status >= 200:
                     break
         except OSError as exc:
-            log.info("session %s: BYE not sent: %s", self.call_id, exc)
+            log.info("session %s: BYE not sent: %s", self.call_id, transport_error_text(exc))
 
     async def update(
         self, body: bytes, content_type: str, *, secure_only: bool = False, sdp: bytes = b""
@@ -268,7 +268,7 @@ class OutboundSession:
                 self._refresh_failed()
             return final.status
         except OSError as exc:
-            log.info("session %s: %s not sent: %s", self.call_id, method, exc)
+            log.info("session %s: %s not sent: %s", self.call_id, method, transport_error_text(exc))
             if method != "OPTIONS":
                 self._refresh_failed()
             return None
@@ -568,7 +568,7 @@ class OutboundSessions:
                 destination.transport, (destination.host, destination.port), destination.flow
             )
         except OSError as exc:
-            raise ServerFailed(f"cannot reach {shown}: {exc}") from None
+            raise ServerFailed(f"cannot reach {shown}: {transport_error_text(exc)}") from None
         if secure_only and not flow.secure:
             raise SessionRefused(
                 f"{shown} is reached over {flow.transport}, not TLS: the offer carries keys "
@@ -615,7 +615,7 @@ class OutboundSessions:
                     request, transport=flow.transport, address=flow.remote, flow=flow
                 )
             except OSError as exc:
-                raise ServerFailed(f"cannot send to {shown}: {exc}") from None
+                raise ServerFailed(f"cannot send to {shown}: {transport_error_text(exc)}") from None
             sent = client.request
             final = await self._final(client, sent, None)
             if final is None:
@@ -660,7 +660,9 @@ class OutboundSessions:
             await endpoint.send_ack(ack, ack_flow)
         except OSError as exc:
             self._forget(session)
-            raise SessionRefused(f"cannot ACK {shown}'s answer: {exc}") from None
+            raise SessionRefused(
+                f"cannot ACK {shown}'s answer: {transport_error_text(exc)}"
+            ) from None
         except trio.Cancelled:
             # The owner gave up while we were ACKing: the session is answered, so it still
             # gets its ACK and a BYE (RFC 3261 §15), not left to run out on the far end.
@@ -733,7 +735,9 @@ class OutboundSessions:
                         await self._ack_and_bye_answer(invite, response, flow)
                     break
             except OSError as exc:
-                log.info("abandoned INVITE %s: %s", client.transaction.key, exc)
+                log.info(
+                    "abandoned INVITE %s: %s", client.transaction.key, transport_error_text(exc)
+                )
         client.forward_to(None)
 
     async def _ack_and_bye_answer(self, invite: Request, answer: Response, flow: Flow) -> None:
@@ -751,7 +755,7 @@ class OutboundSessions:
                 await endpoint.send_ack(ack, flow)
                 session._flow = flow
             except OSError as exc:
-                log.info("session %s: ACK not sent: %s", session.call_id, exc)
+                log.info("session %s: ACK not sent: %s", session.call_id, transport_error_text(exc))
             log.info("session %s: answered after its owner gave up; ended (BYE)", session.call_id)
             await session.close()
 
@@ -819,7 +823,7 @@ class OutboundSessions:
                 try:
                     await self.endpoint.send_response(answer, flow)
                 except OSError as exc:
-                    log.info("session %s: 2xx not re-sent: %s", key[0], exc)
+                    log.info("session %s: 2xx not re-sent: %s", key[0], transport_error_text(exc))
                     return
                 interval = min(interval * 2, sip.t2)
             log.info("session %s: no ACK for our 2xx to its re-INVITE", key[0])
@@ -842,7 +846,11 @@ class OutboundSessions:
             except OSError as exc:
                 # A Contact we cannot reach (a host name, another transport): where the
                 # INVITE went is where the session was answered from.
-                log.info("session %s: its remote target is unreachable (%s)", dialog.id, exc)
+                log.info(
+                    "session %s: its remote target is unreachable (%s)",
+                    dialog.id,
+                    transport_error_text(exc),
+                )
         return await self.endpoint.flow_to(opened.transport, opened.remote, opened)
 
     def _forget(self, session: OutboundSession) -> None:

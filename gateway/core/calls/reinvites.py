@@ -30,6 +30,7 @@ from gateway.core.calls.leg import Leg, Side
 from gateway.core.calls.location import carries_location, location_body, location_headers
 from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
+from gateway.core.logs import transport_error_text
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.sdp.body import UnsupportedBody, read_body
 from gateway.core.sdp.errors import SdpError
@@ -244,7 +245,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
                 refusal = make_response(request, 503, extra=[("Warning", warning)])
                 await self.endpoint.respond(transaction, refusal)
                 self.media.abandon_offer()
-                await self._hang_up(f"signalling failed: {exc}")
+                await self._hang_up(f"signalling failed: {transport_error_text(exc)}")
             ack = leg.dialog.create_ack(response.cseq.number, via=via)
             self._reinvite_acks[answered_side] = ack
             try:
@@ -315,7 +316,7 @@ class CallReinvites(CallLocationUpdates, CallMediaKeys):
             try:
                 flow = await self.endpoint.flow_to(leg.transport, leg.address, leg.flow)
             except OSError as exc:
-                log.info("call %s: cannot resend ACK: %s", self.id, exc)
+                log.info("call %s: cannot resend ACK: %s", self.id, transport_error_text(exc))
                 return
             await self.endpoint.send_ack(last, flow)
 

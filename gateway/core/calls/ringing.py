@@ -23,6 +23,7 @@ from gateway.core.calls.leg import BLeg
 from gateway.core.calls.location_updates import CallLocationUpdates
 from gateway.core.calls.media_keys import CallMediaKeys
 from gateway.core.calls.routing import other_hops_left
+from gateway.core.logs import transport_error_text
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.parser import parse_sdp_untrusted
 from gateway.core.sdp.serializer import serialize_sdp
@@ -126,7 +127,10 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
             )
         except OSError as exc:
             log.warning(
-                "call %s: cannot reach %s again: %s", self.id, redact_password(str(invite.uri)), exc
+                "call %s: cannot reach %s again: %s",
+                self.id,
+                redact_password(str(invite.uri)),
+                transport_error_text(exc),
             )
             return False
         leg.flow = client.flow
@@ -180,7 +184,7 @@ class CallRinging(CallLocationUpdates, CallMediaKeys):
         except OSError as exc:
             # As a PRACK lost on the way: the callee re-sends its 1xx, then gives up on its
             # own (RFC 3262 §3); nothing of ours is in hand to answer.
-            log.info("call %s: cannot send PRACK: %s", self.id, exc)
+            log.info("call %s: cannot send PRACK: %s", self.id, transport_error_text(exc))
             return True
         rack = f"{rseq} {response.cseq.number} {response.cseq.method}"
         prack = dialog.create_request("PRACK", via=via, extra=[("RAck", rack)])

@@ -75,7 +75,7 @@ from gateway.core.calls.routing import (
     trunk_uri,
 )
 from gateway.core.interfaces import RouteTarget
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.sip.dialog import (
     SIPS_NOT_ALLOWED,
     Dialog,
@@ -616,7 +616,7 @@ class Subscriptions:
         assert calls is not None
         trunk = subscription.trunk
         if unsent:
-            calls.trunk_failed(trunk.name, f"cannot send to it: {unsent[0]}")
+            calls.trunk_failed(trunk.name, f"cannot send to it: {transport_error_text(unsent[0])}")
         elif final.status == 408 and final.reason == NO_RESPONSE:
             why = f"no response to a SUBSCRIBE within {trunk.response_timeout:g} s"
             calls.trunk_failed(trunk.name, why)

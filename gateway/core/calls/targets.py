@@ -42,6 +42,7 @@ from gateway.core.calls.routing import (
     over_tls_only,
 )
 from gateway.core.interfaces import RouteTarget
+from gateway.core.logs import transport_error_text
 from gateway.core.media.security import MediaSecurityRefused
 from gateway.core.sdp.model import SessionDescription
 from gateway.core.sdp.serializer import serialize_sdp
@@ -261,12 +262,17 @@ class CallTargets(CallLocationUpdates, CallMediaKeys):
             )
         except OSError as exc:
             log.warning(
-                "call %s: cannot reach %s: %s", self.id, redact_password(str(request.uri)), exc
+                "call %s: cannot reach %s: %s",
+                self.id,
+                redact_password(str(request.uri)),
+                transport_error_text(exc),
             )
             leg.final = make_response(request, 503, "Service Unavailable")
             target = leg.target
             if target is not None and target.trunk is not None and not other_hops_left(target):
-                self.manager.trunk_failed(target.trunk, f"cannot send to it: {exc}")
+                self.manager.trunk_failed(
+                    target.trunk, f"cannot send to it: {transport_error_text(exc)}"
+                )
             return
         leg.flow = client.flow
         leg.invite = client.request

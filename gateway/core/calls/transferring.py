@@ -36,7 +36,7 @@ from gateway.core.calls.routing import over_tls_only
 from gateway.core.calls.targets import CallTargets, best_failure, without_other_hops
 from gateway.core.calls.transfer import Transfer
 from gateway.core.interfaces import Caller, RouteTarget
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.errors import PortsExhausted
 from gateway.core.sdp.errors import SdpError
 from gateway.core.sdp.parser import parse_sdp_untrusted
@@ -105,7 +105,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             "call %s: the %s leg transfers the call to %s (%s)",
             self.id,
             event.side.value.upper(),
-            transfer.target,
+            redact_password(transfer.target),  # redacted when made; the scan checks it here
             kind,
         )
         await self._notify(transfer, 100, "Trying")
@@ -603,10 +603,10 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             # and BYEd with the rest (_end_transfer). The transferor's NOTIFY and the target's
             # ACK go first, even should abandoning the offer raise (the catch-all in run()
             # would end the call without them).
-            log.info("call %s: cannot ACK the transferee: %s", self.id, exc)
+            log.info("call %s: cannot ACK the transferee: %s", self.id, transport_error_text(exc))
             await self._end_transfer(503, "Service Unavailable", call_ends=True)
             self.media.abandon_offer()
-            await self._hang_up(f"signalling failed: {exc}")
+            await self._hang_up(f"signalling failed: {transport_error_text(exc)}")
         ack = transferee.dialog.create_ack(response.cseq.number, via=via)
         self._reinvite_acks[tag.side] = ack
         transferee.session_timer = self._refreshed_by_2xx(transferee, response)
@@ -701,7 +701,7 @@ class CallTransfers(CallReinvites, CallRinging, CallTargets):
             "call %s: transfer of the %s leg to %s: %d %s",
             self.id,
             transfer.side.value.upper(),
-            transfer.target,
+            redact_password(transfer.target),  # redacted when made; the scan checks it here
             status,
             reason,
         )

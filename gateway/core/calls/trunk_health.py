@@ -29,7 +29,7 @@ import trio
 
 from gateway.core.calls.trunk_dns import TrunkHop, TrunkTargets, next_hop
 from gateway.core.ids import IdSource
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.sip.headers import NameAddr
 from gateway.core.sip.message import Headers, Request
 from gateway.core.sip.uri import SipUri
@@ -171,7 +171,7 @@ class TrunkProber:
                 request, transport=hop.transport, address=(hop.host, hop.port)
             )
         except OSError as exc:
-            return f"cannot send OPTIONS: {exc.strerror or exc}"
+            return f"cannot send OPTIONS: {transport_error_text(exc)}"
         try:
             with trio.move_on_after(timeout):
                 async for response in client.responses:

@@ -36,7 +36,7 @@ import trio
 from gateway.core.auth.client import authorize
 from gateway.core.calls.trunk_dns import next_hop
 from gateway.core.ids import IdSource
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.sip.errors import RemoteSipError
 from gateway.core.sip.grammar import (
     parse_name_addr_untrusted,
@@ -183,7 +183,7 @@ class TrunkRegistration:
         try:
             request = self._register(expires)
         except OSError as exc:  # no listener for the trunk's transport
-            return None, f"cannot register: {exc}"
+            return None, f"cannot register: {transport_error_text(exc)}"
         challenged = interval_raised = False
         while True:
             response = await self._send(request)
@@ -239,7 +239,7 @@ class TrunkRegistration:
                 request, transport=hop.transport, address=(hop.host, hop.port)
             )
         except OSError as exc:
-            return Response(503, f"cannot send: {exc.strerror or exc}")
+            return Response(503, f"cannot send: {transport_error_text(exc)}")
         try:
             with trio.move_on_after(self.answer_limit):
                 async for response in client.responses:

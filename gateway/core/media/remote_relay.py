@@ -66,7 +66,7 @@ import trio
 
 import gateway
 from gateway.core.config import PortRange
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.g711 import G711Transcoding
 from gateway.core.media.ice import IceLiteResponder
@@ -250,7 +250,9 @@ class _Channel:
             try:
                 sent = await self._sock.send(self._out)
             except (OSError, trio.ClosedResourceError) as exc:
-                log.debug("media worker channel closed while writing: %s", exc)
+                log.debug(
+                    "media worker channel closed while writing: %s", transport_error_text(exc)
+                )
                 self.close()
                 return
             del self._out[:sent]
@@ -971,7 +973,11 @@ class WorkerPool:
                 except ChannelError as exc:
                     log.error("media worker %d sent a bad frame: %s", worker.index, exc)
                 except OSError as exc:
-                    log.error("media worker %d channel failed: %s", worker.index, exc)
+                    log.error(
+                        "media worker %d channel failed: %s",
+                        worker.index,
+                        transport_error_text(exc),
+                    )
                 nursery.cancel_scope.cancel()
         finally:
             worker.channel = None

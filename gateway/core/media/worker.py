@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from gateway.core.config import PortRange
-from gateway.core.logs import log_exception, show_plugin_exception_text
+from gateway.core.logs import log_exception, show_plugin_exception_text, transport_error_text
 from gateway.core.media.errors import LocalMediaError, PortsExhausted
 from gateway.core.media.g711 import G711Transcoding, Law
 from gateway.core.media.ice import IceCredentials, IceLiteResponder
@@ -203,7 +203,7 @@ class _Outbox:
             try:
                 sent = await self._sock.send(self._out)
             except OSError as exc:
-                log.debug("control channel closed while writing: %s", exc)
+                log.debug("control channel closed while writing: %s", transport_error_text(exc))
                 return
             del self._out[:sent]
 
@@ -257,7 +257,7 @@ class Worker:
             except ConnectionResetError:
                 data = b""  # the SIP process closed with messages unread: the same as EOF
             except OSError as exc:
-                log.error("control channel failed: %s", exc)
+                log.error("control channel failed: %s", transport_error_text(exc))
                 return
             if not data:
                 log.debug("control channel closed: exiting")

@@ -52,6 +52,7 @@ import attrs
 import trio
 
 from gateway.core.hookspecs import hookimpl
+from gateway.core.logs import transport_error_text
 from gateway.core.transport.flows import Address, format_host_port
 
 if TYPE_CHECKING:
@@ -271,7 +272,9 @@ class HepCapture:
                         self.dropped += 1
                         if self.dropped == 1:
                             where = format_host_port(host, port)
-                            log.warning("HEP: cannot send to %s: %s", where, exc)
+                            log.warning(
+                                "HEP: cannot send to %s: %s", where, transport_error_text(exc)
+                            )
 
 
 # -- plugin configuration and registration (entry point ``hep``) ---------------------------------

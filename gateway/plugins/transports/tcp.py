@@ -21,6 +21,7 @@ import trio
 from gateway.core.config import ListenSpec
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import Listener, TransportHost
+from gateway.core.logs import transport_error_text
 from gateway.core.plugins import Registry
 from gateway.core.sip.errors import SipParseError
 from gateway.core.sip.framing import KeepAlivePing, StreamFramer
@@ -132,7 +133,7 @@ class StreamTransport:
                         "%s: connection from %s failed: %s",
                         self.name,
                         format_address(remote),
-                        exc,
+                        transport_error_text(exc),
                     )
                 await stream.aclose()
                 return
@@ -182,7 +183,7 @@ class StreamTransport:
                 with reading:
                     await self._read_loop(stream, framer, flow, host, send)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            log.debug("%s: connection %s ended: %s", self.name, flow.key, exc)
+            log.debug("%s: connection %s ended: %s", self.name, flow.key, transport_error_text(exc))
         finally:
             self._connection_down(flow)
             host.flows.remove(flow)

@@ -32,7 +32,7 @@ import trio
 
 from gateway.core.hookspecs import hookimpl
 from gateway.core.interfaces import TransportHost
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.plugins import Registry
 from gateway.core.transport.flows import Address, Flow, FlowKey, format_address
 from gateway.plugins.transports.tcp import ConnectionInfo, StreamTransport, TcpConfig
@@ -204,7 +204,12 @@ class WebSocketConnections(StreamTransport):
                     host.flows.remove(flow)
                     host.flow_closed(flow)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            log.debug("%s: connection from %s ended: %s", self.name, format_address(remote), exc)
+            log.debug(
+                "%s: connection from %s ended: %s",
+                self.name,
+                format_address(remote),
+                transport_error_text(exc),
+            )
 
     async def _handshake(
         self, stream: trio.abc.Stream, ws: SipWebSocket, remote: Address, flush: _Flush

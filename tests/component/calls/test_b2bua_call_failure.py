@@ -5,6 +5,7 @@ the failure is logged once, and another call goes on."""
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,8 @@ async def test_a_request_in_hand_when_forwarding_it_fails_on_the_network_gets_50
 
     async def unreachable(self: Call, leg: Any, method: str, **kwargs: Any) -> Any:
         if method == "INFO" and self.a.dialog is not None and self.a.dialog.call_id == call.call_id:
-            raise OSError("connection to alice closed")
+            # As a transport would: an errno, and a text of its own (which may hold anything).
+            raise ConnectionResetError(errno.ECONNRESET, "connection to alice closed")
         return await real(self, leg, method, **kwargs)
 
     monkeypatch.setattr(Call, "_send_in_dialog", unreachable)
@@ -134,14 +136,15 @@ async def test_a_request_in_hand_when_forwarding_it_fails_on_the_network_gets_50
     store = env.gateway.store
     assert store is not None
     reasons = [r.end_reason for r in store.call_records_recent() if r.ended_at is not None]
-    assert reasons == ["network error: connection to alice closed"], reasons
-    # The warning with the traceback says so too: a network error's text is what transports
-    # (plugins all, udp, tcp, tls) say of the network, the operator's reason (docs/
-    # architecture.md "Logged exceptions"), and the "ended" line shows it anyway.
+    assert reasons == ["network error: ECONNRESET (Connection reset by peer)"], reasons
+    # The warning with the traceback says so too: what the system says of the errno, never
+    # the transport's own text (transports are plugins; docs/architecture.md "Logged
+    # exceptions", gateway.core.logs.transport_error_text).
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert next(w for w in warned if "network error" in w).endswith(
-        ": network error: connection to alice closed"
+        ": network error: ECONNRESET (Connection reset by peer)"
     ), warned
+    assert "alice closed" not in caplog.text
     assert error_records(caplog) == []
     # The other call goes on.
     monkeypatch.setattr(Call, "_send_in_dialog", real)

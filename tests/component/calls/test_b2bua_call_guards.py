@@ -46,7 +46,9 @@ from tests.component.calls.transfer_calls import BOB_URI, bob_phone, refer
 def fail_new_via_in(monkeypatch: pytest.MonkeyPatch, caller: str) -> list[bool]:
     """Make ``SipEndpoint.new_via`` raise OSError (no listener of the flow's transport, as
     ``local_address`` says) when the Call method ``caller`` asks for it, once armed (append to
-    the list returned); every other use works as before."""
+    the list returned); every other use works as before. Raised by this test's code, not the
+    core's, its text is a plugin's to the log: the lines say ``OSError``
+    (gateway.core.logs.transport_error_text)."""
     armed: list[bool] = []
     real = SipEndpoint.new_via
 
@@ -220,7 +222,7 @@ async def test_a_late_reinvites_offerer_that_cannot_be_acked_ends_the_call_sayin
     bye = (await env.trunk.next_request("BYE", timeout=5)).request
     assert "signalling failed" in (bye.headers.get("Reason") or "")
     await eventually(lambda: env.calls == 0)
-    assert any("signalling failed: no udp listener" in line for line in ended_lines(caplog))
+    assert any("signalling failed: OSError" in line for line in ended_lines(caplog))
 
 
 async def test_a_transferee_that_cannot_be_acked_fails_the_transfer_and_ends_the_call(
@@ -248,7 +250,7 @@ async def test_a_transferee_that_cannot_be_acked_fails_the_transfer_and_ends_the
     await eventually(lambda: env.calls == 0, timeout=40)
     fragments = [n.body for n in env.alice.requests("NOTIFY")]
     assert any(b"SIP/2.0 503" in body for body in fragments)
-    assert any("signalling failed: no udp listener" in line for line in ended_lines(caplog))
+    assert any("signalling failed: OSError" in line for line in ended_lines(caplog))
 
 
 async def test_a_transferee_that_cannot_be_acked_is_notified_even_when_abandoning_raises(

@@ -427,7 +427,7 @@ async def test_a_message_the_carrier_never_gets_marks_it_down_as_a_call_does(
             return await send_request(request, **kwargs)
 
         monkeypatch.setattr(endpoint, "send_request", refused)
-        why = "cannot send to it: [Errno 111] Connection refused"
+        why = "cannot send to it: ECONNREFUSED (Connection refused)"
 
     assert await alice_messages(env) == 202  # the backup took it
     assert len(relayed) == 1

@@ -280,7 +280,7 @@ async def test_a_subscription_failing_at_the_last_target_marks_the_trunk_down(
         why = "no response to a SUBSCRIBE within 2 s"
     else:
         assert final.status == 503
-        why = "cannot send to it: [Errno 111] Connection refused"
+        why = "cannot send to it: ECONNREFUSED (Connection refused)"
     assert voicemail.subscribes == []
     assert health.down == {"carrier": why}
     assert f"trunk carrier is down: {why}" in caplog.text

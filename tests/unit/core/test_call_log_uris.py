@@ -6,7 +6,9 @@ first.
 
 A source scan, not a proof: it finds a log call (``log.info(...)``, ``logger.warning(...)``,
 ``log_exception(log, ...)``) given, outside ``redact_password(...)``, a value named like a URI
-(``x.uri``, ``contact``, ``request_uri``...)."""
+(``x.uri``, ``contact``, ``request_uri``, ``target``, ``refer_to``, a Record-Route...: any
+name of :data:`URI_NAMES`, but not a field of one, ``target.trunk``) or a header of
+:data:`URI_HEADERS` read from a message (``request.headers.get("Contact")``)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,55 @@ import gateway.plugins
 
 LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical", "log"}
 LOGGERS = {"log", "logger"}
-URI_NAMES = {"uri", "contact", "request_uri", "aor", "url"}
+URI_NAMES = {
+    "uri",
+    "uris",
+    "contact",
+    "contacts",
+    "request_uri",
+    "aor",
+    "aors",
+    "url",
+    "urls",
+    "target",
+    "remote_target",
+    "refer_to",
+    "referred_by",
+    "record_route",
+    "record_routes",
+    "route",
+    "route_set",
+    "service_route",
+    "to_uri",
+    "from_uri",
+}
+"""Names of values that are, or show, a SIP URI or a URL (RFC 3261 §19.1.1 userinfo, RFC 3986
+§3.2.1): a Request-URI, a Contact or address-of-record, a route's or transfer's target, a
+Refer-To, a Record-Route or Route set, a CRL's or OCSP responder's URL. ("path" is not one:
+file paths are; a Path header's URIs, RFC 3327, are read with headers.get, below.)"""
+# Headers whose values hold URIs (RFC 3261 §20, RFC 3327 Path, RFC 3515 Refer-To, RFC 3892
+# Referred-By, RFC 3325 P-Asserted-Identity, RFC 7044 History-Info, RFC 5806 Diversion).
+URI_HEADERS = {
+    "contact",
+    "m",
+    "from",
+    "f",
+    "to",
+    "t",
+    "refer-to",
+    "r",
+    "referred-by",
+    "b",
+    "record-route",
+    "route",
+    "path",
+    "service-route",
+    "p-asserted-identity",
+    "p-preferred-identity",
+    "remote-party-id",
+    "history-info",
+    "diversion",
+}
 
 
 def _log_arguments(node: ast.Call) -> list[ast.expr]:
@@ -36,6 +86,12 @@ def _log_arguments(node: ast.Call) -> list[ast.expr]:
     return []
 
 
+def _uri_named(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr in URI_NAMES) or (
+        isinstance(node, ast.Name) and node.id in URI_NAMES
+    )
+
+
 def _bare_uris(argument: ast.AST) -> list[int]:
     """Lines where ``argument`` uses a URI-named value outside redact_password(...) (a
     comparison, as in ``"" if url is None else ...``, shows nothing)."""
@@ -49,6 +105,31 @@ def _bare_uris(argument: ast.AST) -> list[int]:
         return []
     if (isinstance(argument, ast.Attribute) and argument.attr in URI_NAMES) or (
         isinstance(argument, ast.Name) and argument.id in URI_NAMES
+    ):
+        return [argument.lineno]
+    if isinstance(argument, ast.Attribute) and _uri_named(argument.value):
+        return []  # a field of a URI-named value (target.trunk, failed.target.trunk)
+    if (
+        isinstance(argument, ast.Call)
+        and isinstance(argument.func, ast.Attribute)
+        and _uri_named(argument.func.value)
+    ):
+        return [argument.lineno]  # a URI-named value's method: a URI or its text
+    if (
+        isinstance(argument, ast.Call)
+        and isinstance(argument.func, ast.Attribute)
+        and argument.func.attr in ("get", "get_all")
+        and (
+            (
+                isinstance(argument.func.value, ast.Attribute)
+                and argument.func.value.attr == "headers"
+            )
+            or (isinstance(argument.func.value, ast.Name) and argument.func.value.id == "headers")
+        )
+        and argument.args
+        and isinstance(argument.args[0], ast.Constant)
+        and isinstance(argument.args[0].value, str)
+        and argument.args[0].value.lower() in URI_HEADERS
     ):
         return [argument.lineno]
     return [line for child in ast.iter_child_nodes(argument) for line in _bare_uris(child)]
@@ -73,6 +154,17 @@ def test_the_scan_finds_what_it_is_for() -> None:
     assert unredacted('log.info("%s", "" if url is None else f" of {url}")') == [1]
     assert unredacted('log.info("to %s", redact_password(str(target.uri)))') == []
     assert unredacted('log.info("%s", "" if url is None else "x")') == []
+    assert unredacted('log.info("to %s", transfer.target)') == [1]
+    assert unredacted('log.info("to %s", refer_to)') == [1]
+    assert unredacted('log.info("via %s", dialog.route_set)') == [1]
+    assert unredacted('log.info("%s", request.headers.get("Contact"))') == [1]
+    assert unredacted('log.info("%s", request.headers.get_all("Record-Route"))') == [1]
+    assert unredacted('log.info("%s", str(target.uri.with_param("lr", None)))') == [1]
+    assert unredacted('log.info("%s", redact_password(request.headers.get("Path") or ""))') == []
+    assert unredacted('log.info("trunk %s", target.trunk)') == []
+    assert unredacted('log.info("trunk %s", failed.target.trunk)') == []
+    assert unredacted('log.info("to %s", entry.get("to", "-"))') == []
+    assert unredacted('log.info("%s", request.headers.get("Subscription-State"))') == []
 
 
 def test_no_log_line_shows_a_uri_unredacted() -> None:

@@ -23,7 +23,7 @@ import h11
 import trio
 from cryptography import x509
 
-from gateway.core.logs import log_exception
+from gateway.core.logs import log_exception, transport_error_text
 from gateway.core.transport.flows import format_address, format_host_port
 from gateway.plugins.taps.intercept.x1 import MAX_DOCUMENT
 
@@ -80,7 +80,9 @@ class X1Server:
             except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
                 self.refused_handshakes += 1
                 log.warning(
-                    "intercept: X1 TLS handshake with %s failed: %s", _peer(tcp), _cause(exc)
+                    "intercept: X1 TLS handshake with %s failed: %s",
+                    _peer(tcp),
+                    transport_error_text(exc),
                 )
                 await trio.aclose_forcefully(tcp)
                 return
@@ -215,8 +217,3 @@ def _peer(tcp: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return format_host_port(host, port)
-
-
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc
-    return str(cause) or type(cause).__name__
