@@ -390,11 +390,16 @@ class Interception:
                 admf_identifier=config.report_admf,
                 ne_identifier=config.ne_identifier,
                 interval=config.report_interval,
+                # A link still confirming its first connection is not reported (delivery.py,
+                # "Health"); the X1 status answers say it is not confirmed yet.
                 destination_faults=lambda: {
-                    did: self.destination_fault(did) for did in self.provisioning.destinations
+                    did: self.destination_fault(did, reporting=True)
+                    for did in self.provisioning.destinations
                 },
-                task_faults=lambda: {xid: self.task_fault(xid) for xid in self.provisioning.tasks},
-                ne_fault=self.ne_fault,
+                task_faults=lambda: {
+                    xid: self.task_fault(xid, reporting=True) for xid in self.provisioning.tasks
+                },
+                ne_fault=lambda: self.ne_fault(reporting=True),
                 wall_clock=wall_clock,
             )
         self._link_generation = -1
@@ -682,30 +687,34 @@ class Interception:
 
     # -- health: what GetDestinationDetails / GetNEStatus answer and the reports say ----------
 
-    def destination_fault(self, did: uuid.UUID) -> str | None:
-        """Why delivery to destination ``did`` fails now, or None while it works."""
+    def destination_fault(self, did: uuid.UUID, *, reporting: bool = False) -> str | None:
+        """Why delivery to destination ``did`` does not work now, or None while it works. For
+        the reports to the ADMF (``reporting``), a link whose first connection is not
+        confirmed yet, with no failure so far, has nothing to report (delivery.py, "Health")."""
         link = self.links.get(did)
         if link is None:
             return None if self._nursery is None else "no delivery link"
-        return link.fault
+        return link.reported_fault if reporting else link.fault
 
-    def task_fault(self, xid: uuid.UUID) -> str | None:
+    def task_fault(self, xid: uuid.UUID, *, reporting: bool = False) -> str | None:
         """A task can be honoured while one of its destinations works; with none working its
         PDUs reach no mediation function (they wait in the queues, or are dropped)."""
         task = self.provisioning.tasks.get(xid)
         if task is None or not task.dids:
             return None
-        faults = [self.destination_fault(did) for did in task.dids]
+        faults = [self.destination_fault(did, reporting=reporting) for did in task.dids]
         if any(fault is None for fault in faults):
             return None
         return "no destination of the task is delivering: " + "; ".join(
             f"{did}: {fault}" for did, fault in zip(task.dids, faults, strict=True)
         )
 
-    def ne_fault(self) -> str | None:
+    def ne_fault(self, *, reporting: bool = False) -> str | None:
         """The element delivers nothing at all: every destination a task uses is faulty."""
         used = {did for task in self.provisioning.tasks.values() for did in task.dids}
-        if not used or any(self.destination_fault(did) is None for did in used):
+        if not used or any(
+            self.destination_fault(did, reporting=reporting) is None for did in used
+        ):
             return None
         return f"no mediation function is reachable: all {len(used)} destination(s) in use fail"
 
