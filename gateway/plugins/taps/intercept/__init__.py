@@ -61,7 +61,7 @@ import ssl
 import time
 import types
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +101,7 @@ MAX_PENDING_REGISTRATIONS = 10_000  # REGISTER transactions of targets awaiting 
 EXPIRY_WARNING = 30 * 86_400
 # The longest ne_identifier: TS 103 280's ShortString, the X1 type of neIdentifier.
 MAX_NE_IDENTIFIER = 255
+DEFAULT_NE_IDENTIFIER = "voipgw"  # every node's unless its table names it (check_nodes)
 _CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 
 
@@ -146,7 +147,7 @@ class InterceptConfig:
     x1_certificate: str = ""
     x1_private_key: str = ""
     x1_ca: str = ""
-    ne_identifier: str = "voipgw"
+    ne_identifier: str = DEFAULT_NE_IDENTIFIER
     admf_identifiers: tuple[str, ...] = ()
     # admfIdentifier -> the subject of the client certificate that ADMF presents (TS 103 221-1
     # error 1030 when they do not match); empty: not checked.
@@ -414,6 +415,22 @@ class Interception:
         self._network_function = pdu.encode_attributes(
             ((pdu.NETWORK_FUNCTION_ID, config.ne_identifier.encode()),)
         )
+
+    def check_nodes(self, *, shared_store: bool, written: Collection[str]) -> None:
+        """At start-up and in ``voipgw check-config``: a node sharing its store with others
+        (PostgreSQL: several nodes behind a load balancer) is one point of interception among
+        several, and must name itself: ``ne_identifier`` written in its table, not left to the
+        default every node has. Two nodes under one name look like one element to the ADMF
+        and the mediation function, whose records of the two the authority cannot tell apart
+        (docs/lawful_intercept.md, "Several nodes", says what else is and is not checked)."""
+        if shared_store and "ne_identifier" not in written:
+            raise ValueError(
+                'ne_identifier: required with [store] backend = "postgresql": each node of a '
+                "cluster is a point of interception of its own and needs its own name (the "
+                f"default, {DEFAULT_NE_IDENTIFIER!r}, is every node's; the mediation function "
+                "tells the nodes' PDUs apart by it); write it, e.g. ne_identifier = "
+                '"sbc-fra-1", and tell the ADMF'
+            )
 
     # -- MediaTap -------------------------------------------------------------------------------
 
