@@ -15,7 +15,8 @@ that answers in plain RTP and echoes the media.
    dissector (TS 103 221-2, Wireshark 4.0) reads every PDU socat received, each as one TCP
    segment of a pcap made with text2pcap (the 4.0 dissector reads one PDU per segment, and
    Linux coalesces writes), with its type, format, direction, XID and target the same as
-   ours and the SIP and RTP (PCMU, in clear) inside.
+   ours, the configured interception point ID (attribute 7), and the SIP and RTP (PCMU, in
+   clear) inside.
 """
 
 from __future__ import annotations
@@ -133,7 +134,14 @@ def curl_x1(
 
 
 def gateway(
-    workdir: Path, trunk: SippUas, pki: Pki, x1_port: int, *, tls_delivery: bool, workers: int = 1
+    workdir: Path,
+    trunk: SippUas,
+    pki: Pki,
+    x1_port: int,
+    *,
+    tls_delivery: bool,
+    workers: int = 1,
+    more: str = "",
 ) -> TlsGatewayProcess:
     table = (
         "[plugins.intercept]\n"
@@ -141,7 +149,7 @@ def gateway(
         f'x1_certificate = "{pki.gateway.certificate}"\n'
         f'x1_private_key = "{pki.gateway.key}"\n'
         f'x1_ca = "{pki.ca.certificate}"\n'
-        'ne_identifier = "gw-interop"\n'
+        'ne_identifier = "gw-interop"\n' + more
     )
     if tls_delivery:
         table += (
@@ -348,7 +356,14 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
     with (
         mediation(tmp_path, pki, tls=False) as (mdf_port, received),
         SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True) as trunk,
-        gateway(tmp_path / "gw", trunk, pki, x1_port, tls_delivery=False) as gw,
+        gateway(
+            tmp_path / "gw",
+            trunk,
+            pki,
+            x1_port,
+            tls_delivery=False,
+            more='interception_point_id = "fra-1/b2bua"\n',
+        ) as gw,
     ):
         wait_listening(x1_port, "tcp", timeout=10)
         assert curl_x1(pki, x1_port, provisioning(mdf_port)).returncode == 0
@@ -369,7 +384,7 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
     delivered = [p for _, p in copies]
     pcap = pcap_of([segment for segment, _ in copies], tmp_path / "x2x3.pcap", mdf_port)
     wanted = ["li5g.type", "li5g.pf", "li5g.pd", "li5g.xid", "li5g.sq", "li5g.mti", "li5g.nfid"]
-    wanted += ["sip.Method", "sip.Status-Code", "rtp.p_type"]
+    wanted += ["li5g.ipid", "sip.Method", "sip.Status-Code", "rtp.p_type"]
     fields = subprocess.run(
         [
             require_peer("tshark"),
@@ -383,7 +398,7 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
     rows = [line.split("\t") for line in fields.splitlines()]
     assert len(rows) == len(delivered)
     for row, ours in zip(rows, delivered, strict=True):
-        kind, fmt, direction, xid, _sequence, target, nfid, method, status, rtp_type = row
+        kind, fmt, direction, xid, _sequence, target, nfid, ipid, method, status, rtp_type = row
         assert (int(kind), int(fmt), int(direction)) == (
             ours.pdu_type,
             ours.payload_format,
@@ -393,9 +408,11 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
         assert bytes.fromhex(target.split(",")[0]).decode() == TARGET  # shown as octets
         # ne_identifier, as the Network Function ID (4.0 lists each octets attribute twice)
         assert {bytes.fromhex(value).decode() for value in nfid.split(",")} == {"gw-interop"}
+        # interception_point_id, as the Interception Point ID (attribute 7)
+        assert {bytes.fromhex(value).decode() for value in ipid.split(",")} == {"fra-1/b2bua"}
         if ours.pdu_type == pdu.X2:  # tshark found the SIP message inside
             assert method or status, row
         else:  # and the RTP: PCMU, in clear
             assert rtp_type == "0", row
-    methods = {row[7] for row in rows}
+    methods = {row[8] for row in rows}
     assert {"INVITE", "ACK", "BYE"} <= methods

@@ -23,7 +23,11 @@ Request-URI and To for the callee) gets, for as long as the call lives:
 
 with one correlation ID for every PDU of the call, the direction relative to the target (sent
 by it, or to it) on each, and on each the element that sent it: ``ne_identifier``, the name X1
-knows it by, as the Network Function ID (conditional attribute 6, TS 103 221-2 §5.3). Behind a
+knows it by, as the Network Function ID (conditional attribute 6, TS 103 221-2 §5.3), and
+where configured ``interception_point_id`` as the Interception Point ID (attribute 7): one
+value per node, where in the element the tap sits, never per leg (docs/lawful_intercept.md:
+the direction and addresses already say which leg; the Domain ID, attribute 5, is not sent, as
+no source gives it a meaning here). Behind a
 load balancer every node is a POI of its own, with its own X1, store and sequence numbers; the
 NFID is how a mediation function fed by several tells them apart (the same XID activated on
 each numbers its PDUs from 0 on each), so each node needs its own ``ne_identifier``.
@@ -148,6 +152,9 @@ class InterceptConfig:
     x1_private_key: str = ""
     x1_ca: str = ""
     ne_identifier: str = DEFAULT_NE_IDENTIFIER
+    # The Interception Point ID of every X2/X3 PDU (attribute 7), for a mediation function
+    # whose profile names the interception points within an element; "": not sent.
+    interception_point_id: str = ""
     admf_identifiers: tuple[str, ...] = ()
     # admfIdentifier -> the subject of the client certificate that ADMF presents (TS 103 221-1
     # error 1030 when they do not match); empty: not checked.
@@ -188,6 +195,9 @@ class InterceptConfig:
         if len(self.ne_identifier.encode()) > MAX_NE_IDENTIFIER:
             # It is in every X2/X3 PDU (the Network Function ID): a bound, as on the X1 side.
             raise ValueError(f"ne_identifier: at most {MAX_NE_IDENTIFIER} octets (UTF-8)")
+        if len(self.interception_point_id.encode()) > MAX_NE_IDENTIFIER:
+            # In every X2/X3 PDU beside the NFID: the same bound.
+            raise ValueError(f"interception_point_id: at most {MAX_NE_IDENTIFIER} octets (UTF-8)")
         if self.admf_certificates and self.admf_identifiers:
             # Both name the ADMFs taken: an identifier in one only would be refused always.
             unlisted = sorted(set(self.admf_certificates) ^ set(self.admf_identifiers))
@@ -411,10 +421,12 @@ class Interception:
         self._registrations: dict[str, tuple[list[Match], _Copy]] = {}
         self._sinks: dict[str, InterceptSink] = {}  # the calls intercepted now, by call id
         self._ask_again: Callable[[], None] | None = None
-        # Every X2/X3 PDU names the element that sent it (the module docstring), encoded once.
-        self._network_function = pdu.encode_attributes(
-            ((pdu.NETWORK_FUNCTION_ID, config.ne_identifier.encode()),)
-        )
+        # Every X2/X3 PDU names the element that sent it (the module docstring) and, where
+        # configured, the interception point within it: encoded once.
+        identity = [(pdu.NETWORK_FUNCTION_ID, config.ne_identifier.encode())]
+        if config.interception_point_id:
+            identity.append((pdu.INTERCEPTION_POINT_ID, config.interception_point_id.encode()))
+        self._network_function = pdu.encode_attributes(tuple(identity))
 
     def check_nodes(self, *, shared_store: bool, written: Collection[str]) -> None:
         """At start-up and in ``voipgw check-config``: a node sharing its store with others
