@@ -490,3 +490,19 @@ async def test_a_links_state_and_fault_never_contradict_each_other(
     assert contradictions == []
     states = {state for state, _ in seen}
     assert states <= set(STATES) and {"confirming", "connected", "notConnected"} <= states
+
+
+async def test_a_closed_link_whose_mediation_function_never_answers_ends(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # Removed by X1 while its mediation function takes TCP and never answers: the queue is not
+    # written to a connection nobody confirmed, and the link does not try again for ever.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, lambda stream: trio.sleep_forever(), listeners)
+    link = link_to(listeners[0].socket.getsockname()[1], keepalive=5.0)
+    for n in range(3):
+        link.send(x2(n))
+    link.close()
+    with trio.fail_after(10):
+        await link.run()
+    assert link.connections == 1 and link.sent == 0 and link.dropped == 3

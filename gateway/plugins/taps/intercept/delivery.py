@@ -193,7 +193,9 @@ class DeliveryLink:
 
     def close(self) -> None:
         """The destination was removed or changed: no more PDUs. :meth:`run` sends what the
-        queue holds (trying once more to connect if it must) and returns."""
+        queue holds (trying once more to connect if it must) and returns; a connection attempt
+        or a connection that fails first (its mediation function never answered) ends it too,
+        what the queue holds counted as dropped."""
         self._closed = True
         self._send.close()
 
@@ -259,6 +261,11 @@ class DeliveryLink:
                 self._set_fault("connection failed")
             await trio.aclose_forcefully(stream)
             self.state = "notConnected"
+            if self._closed:
+                # Removed, and this connection failed before its queue was written (its
+                # mediation function never answered): what it holds is lost, and counted.
+                self.dropped += self._receive.statistics().current_buffer_used
+                return
             held = trio.current_time() - connected_at
             if self.failures.failing:
                 # Made during the outage and lost before it was over (held, its keepalive
