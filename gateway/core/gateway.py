@@ -253,6 +253,21 @@ class Gateway:
             except ValueError as exc:
                 key, _, message = str(exc).partition(": ")
                 raise ConfigError(self.config.source, f"plugins.{name}", key, message) from None
+        for name, tap in self.plugins.media_taps.items():
+            # A tap whose settings must differ between the nodes of a cluster (intercept:
+            # ne_identifier) checks them knowing whether this node shares its store with others
+            # and which keys its table writes; the error names its table and key.
+            check_nodes = getattr(tap, "check_nodes", None)
+            if check_nodes is None:
+                continue
+            try:
+                check_nodes(
+                    shared_store=self.config.store.backend == "postgresql",
+                    written=frozenset(self.config.plugin_tables.get(name, {})),
+                )
+            except ValueError as exc:
+                key, _, message = str(exc).partition(": ")
+                raise ConfigError(self.config.source, f"plugins.{name}", key, message) from None
         for index, trunk in enumerate(self.config.trunks):
             if trunk.media_policy not in self.media_policies:
                 known = ", ".join(sorted(self.media_policies))

@@ -104,3 +104,28 @@ def test_a_key_mismatch_is_a_config_error_and_intercept_needs_the_plugin(tmp_pat
     assert asked.stderr == (
         f"{without}: --intercept: the configuration does not enable the intercept plugin\n"
     )
+
+
+def test_a_node_sharing_a_postgresql_store_must_name_itself(tmp_path: Path) -> None:
+    # Nodes sharing a store are several points of interception: left to the default
+    # ne_identifier, every node would be "voipgw" to the ADMF and the mediation function.
+    ca = TestPki(tmp_path / "pki").ca("LI CA")
+    issued = ca.issue("gw", days=200)
+    path = config(tmp_path, "cluster", issued, issued, ca.certificate)
+    store = '[store]\nbackend = "postgresql"\ndsn = "host=127.0.0.1 dbname=voipgw"\n'
+    table = path.read_text()
+    path.write_text(store + table)
+    unnamed = check_config(path)
+    assert unnamed.returncode == 2, unnamed
+    assert unnamed.stdout == ""
+    assert unnamed.stderr.startswith(
+        f"voipgw: configuration error: {path}: [plugins.intercept] ne_identifier: required "
+        "with [store] backend = "
+        '"postgresql": each node of a cluster is a point of interception of its own'
+    ), unnamed.stderr
+    path.write_text(store + table + 'ne_identifier = "voipgw"\n')  # named, if by that name
+    named = check_config(path)
+    assert named.returncode == 0, named.stderr
+    path.write_text(table)  # one node on SQLite: the default is fine
+    alone = check_config(path)
+    assert alone.returncode == 0, alone.stderr

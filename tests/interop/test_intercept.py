@@ -15,7 +15,8 @@ that answers in plain RTP and echoes the media.
    dissector (TS 103 221-2, Wireshark 4.0) reads every PDU socat received, each as one TCP
    segment of a pcap made with text2pcap (the 4.0 dissector reads one PDU per segment, and
    Linux coalesces writes), with its type, format, direction, XID and target the same as
-   ours and the SIP and RTP (PCMU, in clear) inside.
+   ours, the configured interception point ID (attribute 7), and the SIP and RTP (PCMU, in
+   clear) inside.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import itertools
 import json
 import re
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,7 +134,14 @@ def curl_x1(
 
 
 def gateway(
-    workdir: Path, trunk: SippUas, pki: Pki, x1_port: int, *, tls_delivery: bool, workers: int = 1
+    workdir: Path,
+    trunk: SippUas,
+    pki: Pki,
+    x1_port: int,
+    *,
+    tls_delivery: bool,
+    workers: int = 1,
+    more: str = "",
 ) -> TlsGatewayProcess:
     table = (
         "[plugins.intercept]\n"
@@ -140,7 +149,7 @@ def gateway(
         f'x1_certificate = "{pki.gateway.certificate}"\n'
         f'x1_private_key = "{pki.gateway.key}"\n'
         f'x1_ca = "{pki.ca.certificate}"\n'
-        'ne_identifier = "gw-interop"\n'
+        'ne_identifier = "gw-interop"\n' + more
     )
     if tls_delivery:
         table += (
@@ -166,7 +175,10 @@ def gateway(
 @contextmanager
 def mediation(workdir: Path, pki: Pki, *, tls: bool) -> Iterator[tuple[int, Path]]:
     """A mediation function writing what it receives to a file: ``openssl s_server`` demanding
-    a client certificate our CA issued, or socat on plain TCP."""
+    a client certificate our CA issued, or socat on plain TCP. Both relay the connection to
+    their standard input and output, where :func:`answer_keepalives` keeps what arrives and
+    acknowledges each keepalive (TS 103 221-2 types 3/4): the gateway counts a connection as
+    working only once one is answered."""
     port = free_port("tcp")
     received = workdir / "mdf.bin"
     if tls:
@@ -178,23 +190,45 @@ def mediation(workdir: Path, pki: Pki, *, tls: bool) -> Iterator[tuple[int, Path
         ]  # fmt: skip
     else:
         command = [
-            require_peer("socat"), "-u",
-            f"TCP-LISTEN:{port},bind={LOOPBACK},reuseaddr", f"OPEN:{received},creat,trunc",
+            require_peer("socat"), f"TCP-LISTEN:{port},bind={LOOPBACK},reuseaddr", "STDIO",
         ]  # fmt: skip
     log = workdir / "mdf.log"
-    # s_server writes what it receives to stdout, and stops at EOF on stdin: a pipe kept open.
+    # s_server writes what it receives to stdout and sends its stdin to the client (so does
+    # socat's STDIO), and stops at EOF on stdin: a pipe kept open.
     process = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,
-        stdout=received.open("wb") if tls else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=log.open("wb"),
         start_new_session=True,
     )
+    answering = threading.Thread(target=answer_keepalives, args=(process, received), daemon=True)
+    answering.start()
     try:
         wait_listening(port, "tcp", timeout=10, process=process)  # type: ignore[arg-type]
         yield port, received
     finally:
         stop_process(process, timeout=2.0)  # type: ignore[arg-type]
+        answering.join(timeout=5)
+
+
+def answer_keepalives(process: subprocess.Popen[bytes], received: Path) -> None:
+    """What the mediation function ``process`` writes out (what it received) goes to
+    ``received``; each keepalive in it is acknowledged through its standard input."""
+    assert process.stdout is not None and process.stdin is not None
+    reader = pdu.PduReader()
+    with received.open("wb") as out:
+        while data := process.stdout.read1(65536):
+            out.write(data)
+            out.flush()
+            for item in reader.feed(data):
+                if item.pdu_type == pdu.KEEPALIVE and item.sequence is not None:
+                    ack = pdu.keepalive(item.sequence, version=item.version, acknowledgement=True)
+                    try:
+                        process.stdin.write(ack)
+                        process.stdin.flush()
+                    except OSError:
+                        return  # it stopped
 
 
 def pdus(path: Path) -> list[pdu.Pdu]:
@@ -266,6 +300,10 @@ def test_a_targets_call_is_delivered_over_mutual_tls_with_its_media_decrypted(
     assert "taps" not in security  # covert: the record does not name it
     assert "alice@" not in "".join(line for line in log.splitlines() if "intercept" in line)
     delivered = pdus(received)
+    # The connection began with our keepalive, which the mediation function acknowledged
+    # (the gateway logged it connected only then); the rest is what was intercepted.
+    assert delivered[0].pdu_type == pdu.KEEPALIVE
+    delivered = [p for p in delivered if p.pdu_type in (pdu.X2, pdu.X3)]
     # First her registration (over TLS, challenged, then accepted), under its own correlation.
     registering = [p for p in delivered if p.correlation == delivered[0].correlation]
     first_words = [
@@ -318,7 +356,14 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
     with (
         mediation(tmp_path, pki, tls=False) as (mdf_port, received),
         SippUas("uas_answer.xml", workdir=tmp_path, rtp_echo=True) as trunk,
-        gateway(tmp_path / "gw", trunk, pki, x1_port, tls_delivery=False) as gw,
+        gateway(
+            tmp_path / "gw",
+            trunk,
+            pki,
+            x1_port,
+            tls_delivery=False,
+            more='interception_point_id = "fra-1/b2bua"\n',
+        ) as gw,
     ):
         wait_listening(x1_port, "tcp", timeout=10)
         assert curl_x1(pki, x1_port, provisioning(mdf_port)).returncode == 0
@@ -330,13 +375,16 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
     sizes = [40 + sum(4 + len(v) for _, v in p.attributes) + len(p.payload) for p in delivered]
     assert sum(sizes) == len(stream)  # socat received whole PDUs and nothing else
     offsets = [sum(sizes[:n]) for n in range(len(sizes) + 1)]
-    pcap = pcap_of(
-        [stream[a:b] for a, b in itertools.pairwise(offsets)],
-        tmp_path / "x2x3.pcap",
-        mdf_port,
-    )
+    # The keepalive the connection began with (acknowledged: the gateway logged it connected
+    # only then) is left out: the rows below are checked against what was intercepted.
+    assert delivered[0].pdu_type == pdu.KEEPALIVE
+    segments = [stream[a:b] for a, b in itertools.pairwise(offsets)]
+    copies = [(segment, p) for segment, p in zip(segments, delivered, strict=True)]
+    copies = [(segment, p) for segment, p in copies if p.pdu_type in (pdu.X2, pdu.X3)]
+    delivered = [p for _, p in copies]
+    pcap = pcap_of([segment for segment, _ in copies], tmp_path / "x2x3.pcap", mdf_port)
     wanted = ["li5g.type", "li5g.pf", "li5g.pd", "li5g.xid", "li5g.sq", "li5g.mti", "li5g.nfid"]
-    wanted += ["sip.Method", "sip.Status-Code", "rtp.p_type"]
+    wanted += ["li5g.ipid", "sip.Method", "sip.Status-Code", "rtp.p_type"]
     fields = subprocess.run(
         [
             require_peer("tshark"),
@@ -350,7 +398,7 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
     rows = [line.split("\t") for line in fields.splitlines()]
     assert len(rows) == len(delivered)
     for row, ours in zip(rows, delivered, strict=True):
-        kind, fmt, direction, xid, _sequence, target, nfid, method, status, rtp_type = row
+        kind, fmt, direction, xid, _sequence, target, nfid, ipid, method, status, rtp_type = row
         assert (int(kind), int(fmt), int(direction)) == (
             ours.pdu_type,
             ours.payload_format,
@@ -360,9 +408,11 @@ def test_tshark_reads_every_pdu_with_the_sip_and_rtp_inside(tmp_path: Path) -> N
         assert bytes.fromhex(target.split(",")[0]).decode() == TARGET  # shown as octets
         # ne_identifier, as the Network Function ID (4.0 lists each octets attribute twice)
         assert {bytes.fromhex(value).decode() for value in nfid.split(",")} == {"gw-interop"}
+        # interception_point_id, as the Interception Point ID (attribute 7)
+        assert {bytes.fromhex(value).decode() for value in ipid.split(",")} == {"fra-1/b2bua"}
         if ours.pdu_type == pdu.X2:  # tshark found the SIP message inside
             assert method or status, row
         else:  # and the RTP: PCMU, in clear
             assert rtp_type == "0", row
-    methods = {row[7] for row in rows}
+    methods = {row[8] for row in rows}
     assert {"INVITE", "ACK", "BYE"} <= methods

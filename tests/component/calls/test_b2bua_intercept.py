@@ -93,6 +93,8 @@ async def test_a_call_to_a_target_delivers_its_signalling_as_x2_and_its_media_as
     # Which element sent them: its ne_identifier as the Network Function ID (TS 103 221-2
     # conditional attribute 6), on every PDU, X2 and X3.
     assert {p.attribute(pdu.NETWORK_FUNCTION_ID) for p in x2 + env.x3()} == {b"gw-test"}
+    # No interception_point_id configured: no Interception Point ID (attribute 7).
+    assert {p.attribute(pdu.INTERCEPTION_POINT_ID) for p in x2 + env.x3()} == {None}
     sequences = sorted(p.sequence for p in x2 + env.x3())  # type: ignore[type-var]
     assert sequences == list(range(len(sequences)))
     assert all(p.attribute(pdu.IP_PROTOCOL) == b"\x11" for p in x2)
@@ -325,7 +327,7 @@ async def test_a_task_activated_during_a_call_intercepts_the_rest_of_it(
     call, talk = await answered_with_media(env)
     try:
         await talk.packets(0)
-        assert env.mediation.received == []  # nobody is a target yet
+        assert env.mediation.copies() == []  # nobody is a target yet
         await env.x1(activate(f"<e164Number>{ALICE_DID[1:]}</e164Number>"))
         await talk.packets(10)
         await eventually(lambda: len(env.x3()) == 20)
@@ -479,3 +481,43 @@ async def test_a_target_named_by_its_sip_uri_is_intercepted_when_called_on_its_n
     assert {p.attribute(pdu.NETWORK_FUNCTION_ID) for p in x2} == {b"gw-test"}
     sequences = [p.sequence for p in x2]
     assert sequences == list(range(len(x2)))
+
+
+async def test_the_interception_point_id_configured_is_on_every_pdu_of_calls_and_registrations(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    # TS 103 221-2 attribute 7, one value per element (where in it the tap sits), beside the
+    # NFID; never per leg (docs/lawful_intercept.md says why).
+    env = await intercept_env(
+        nursery, tmp_path, voipgw_seed, pki, table={"interception_point_id": "sbc-fra-1/b2bua"}
+    )
+    await env.provision(
+        activate("<sipUri>sip:alice@127.0.0.1</sipUri>"),
+        activate(
+            f"<e164Number>{ALICE_DID[1:]}</e164Number>",
+            xid=uuid.UUID("22222222-2222-4333-8444-555555555555"),
+        ),
+    )
+    assert (await env.b2bua.alice.register()).status == 200
+    await eventually(lambda: any(p.payload.startswith(b"SIP/2.0 200") for p in env.x2()))
+    call, talk = await answered_with_media(env)
+    try:
+        await talk.packets(0, 5)
+        await eventually(lambda: len(env.x3()) >= 5)
+        await call.bye()
+        await eventually(lambda: env.b2bua.calls == 0)
+    finally:
+        talk.close()
+    copies = env.x2() + env.x3()
+    assert {p.attribute(pdu.INTERCEPTION_POINT_ID) for p in copies} == {b"sbc-fra-1/b2bua"}
+    assert {p.attribute(pdu.NETWORK_FUNCTION_ID) for p in copies} == {b"gw-test"}
+    assert any(p.payload.startswith(b"REGISTER ") for p in env.x2())  # registrations too
+    # Keepalives carry their sequence number only.
+    assert all(
+        [kind for kind, _ in p.attributes] == [pdu.SEQUENCE_NUMBER]
+        for p in env.mediation.of_type(pdu.KEEPALIVE)
+    )

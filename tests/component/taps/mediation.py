@@ -34,6 +34,11 @@ class Mediation:
     def of_type(self, kind: int) -> list[pdu.Pdu]:
         return [p for p in self.received if p.pdu_type == kind]
 
+    def copies(self) -> list[pdu.Pdu]:
+        """What was intercepted (X2 and X3), without the keepalives every connection begins
+        with."""
+        return [p for p in self.received if p.pdu_type in (pdu.X2, pdu.X3)]
+
     async def _connection(self, tcp: trio.SocketStream) -> None:
         self.connections += 1
         stream: trio.abc.Stream = tcp

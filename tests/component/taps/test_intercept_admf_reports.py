@@ -117,10 +117,14 @@ async def test_a_mediation_function_that_goes_away_and_comes_back_is_reported_on
 
     again = Mediation(port=port)
     await nursery.start(again.serve)
-    await until(lambda: link.state == "connected")
-    # Faulty still: the outage ends once the connection answered a keepalive and held 10 s.
+    await until(lambda: link.state == "confirming")
+    # Faulty still: the outage ends once the connection answered a keepalive and held 10 s;
+    # the link's state says so too (confirming, not connected), and so does the fault X1 shows.
     assert delivery_status(tap) == "deliveryFault"
+    assert "; connected again to 127.0.0.1:" in delivery_faults(tap)
+    assert ": not confirmed yet (the mediation function has not answered" in delivery_faults(tap)
     await until(lambda: delivery_status(tap) == "activeAndWorking")
+    assert link.state == "connected"
     await until(lambda: admf.of(DESTINATION) == ["NonTerminatingFault", "AllClear"])
     await until(lambda: admf.of(TASK) == ["NonTerminatingFault", "AllClear"])
     await until(lambda: admf.of(NE) == ["Warning", "FaultReport", "FaultCleared"])
@@ -369,3 +373,43 @@ async def test_a_restart_is_reported_with_what_the_store_restored(
     assert first == "started with no task or destination stored"
     assert second.startswith("started: 1 task(s) and 1 destination(s) restored from the store")
     assert [r.kind for r in admf.reports] == [NE, NE]  # the restored destination works
+
+
+def delivery_faults(tap: Interception) -> str:
+    answer = x1(tap, message("GetDestinationDetailsRequest", f"<dId>{DID}</dId>"))
+    return answer[answer.index("<listOfFaults") : answer.index("</destinationStatus>")]
+
+
+async def test_a_first_connection_the_mediation_function_never_answers_is_never_reported_working(
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+    tmp_path: Path,
+    pki: tuple[TestCa, Issued, Issued],  # noqa: F811
+) -> None:
+    # It accepts TCP and never reads or answers: the link's first connection is not confirmed,
+    # so X1 never says it works; the ADMF is told nothing while it is being confirmed, and a
+    # fault once its keepalive went unanswered (keepalive_interval), not later.
+    admf = FakeAdmf(admf_context(pki))
+    await nursery.start(admf.serve)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, lambda stream: trio.sleep_forever(), listeners)
+    tap = await start_tap(nursery, tmp_path, pki, admf.port, keepalive_interval=60.0)
+    await until(lambda: admf.of(NE) == ["Warning"])
+    x1(tap, *provision(listeners[0].socket.getsockname()[1]))
+    link = tap.links[DID]
+    await until(lambda: link.connections == 1)
+    await trio.sleep(30)
+    assert delivery_status(tap) == "deliveryFault"
+    assert "not confirmed yet (the mediation function has not answered a keepalive" in (
+        delivery_faults(tap)
+    )
+    assert "<neStatus>Faults</neStatus>" in x1(tap, message("GetNEStatusRequest", ""))
+    assert admf.of(DESTINATION) == [] and admf.of(TASK) == []  # nothing to report yet
+    assert link.state == "confirming"
+    await until(lambda: admf.of(DESTINATION) == ["NonTerminatingFault"], 60)
+    fault = next(r for r in admf.reports if r.kind == DESTINATION)
+    details = fault.fields["destinationIssueDetails"]
+    assert details == "connection lost: no keepalive acknowledgement"
+    assert trio.current_time() < 120  # within a keepalive interval of its connection
+    assert delivery_status(tap) == "deliveryFault"
+    await until(lambda: admf.of(TASK) == ["NonTerminatingFault"])

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from gateway.plugins.taps.intercept import InterceptConfig, Interception, pdu
-from gateway.plugins.taps.intercept.delivery import DeliveryLink
+from gateway.plugins.taps.intercept.delivery import STATES, DeliveryLink
 from gateway.plugins.taps.intercept.tasks import Destination, Provisioning
 from tests.component.taps.admf_reports import DID, pki, provision, x1  # noqa: F401 (pki)
 from tests.component.taps.mediation import Mediation
@@ -105,7 +105,8 @@ async def test_an_idle_link_sends_keepalives_and_reconnects_when_one_is_not_ackn
     nursery.start_soon(link.run)
     await trio.sleep(12)
     keepalives = mediation.of_type(pdu.KEEPALIVE)
-    assert [k.sequence for k in keepalives] == [1, 2]  # at 5 s and 10 s, both acknowledged
+    # The connection's first (its confirmation), then at 5 s and 10 s: all acknowledged.
+    assert [k.sequence for k in keepalives] == [1, 2, 3]
     assert mediation.connections == 1
     mediation.acknowledge = False
     await trio.sleep(11)  # 15 s: sent, unacknowledged; 20 s: the link gives the connection up
@@ -124,7 +125,7 @@ async def test_the_mediation_functions_keepalive_is_acknowledged(
         reader = pdu.PduReader()
         while data := await stream.receive_some(4096):
             acknowledged.extend(reader.feed(bytes(data)))
-            if acknowledged:
+            if any(p.pdu_type == pdu.KEEPALIVE_ACK for p in acknowledged):
                 done.set()
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -133,7 +134,8 @@ async def test_the_mediation_functions_keepalive_is_acknowledged(
     nursery.start_soon(link.run)
     with trio.fail_after(5):
         await done.wait()
-    (ack,) = acknowledged
+    # Beside the keepalive the connection begins with (ours: sequence 1), the acknowledgement.
+    (ack,) = [p for p in acknowledged if p.pdu_type != pdu.KEEPALIVE]
     assert (ack.pdu_type, ack.sequence) == (pdu.KEEPALIVE_ACK, 41)
 
 
@@ -150,7 +152,7 @@ async def test_closing_a_link_sends_what_it_holds_then_ends(
     with trio.fail_after(5):
         await link.run()
     await trio.sleep(1)
-    assert [p.sequence for p in mediation.received] == [0, 1, 2]
+    assert [p.sequence for p in mediation.copies()] == [0, 1, 2]
     assert link.dropped == 1
 
 
@@ -175,7 +177,7 @@ async def test_tls_links_are_mutually_authenticated(
     nursery.start_soon(good.run)
     good.send(x2(0))
     await trio.sleep(1)
-    assert [p.payload for p in mediation.received] == [b"SIP 0"]
+    assert [p.payload for p in mediation.copies()] == [b"SIP 0"]
     subject = dict(item for rdn in mediation.peer_certificates[0]["subject"] for item in rdn)  # type: ignore[attr-defined]
     assert subject["commonName"] == "gateway.example.net"
     # A mediation function whose certificate our CA did not sign gets nothing.
@@ -184,7 +186,7 @@ async def test_tls_links_are_mutually_authenticated(
     wrong_ca.send(x2(1))
     await trio.sleep(5)
     assert wrong_ca.state == "notConnected"
-    assert len(mediation.received) == 1
+    assert len(mediation.copies()) == 1
 
 
 async def test_a_mediation_function_that_stops_reading_loses_the_connection_not_the_link(
@@ -327,14 +329,12 @@ async def test_a_mediation_function_that_drops_each_connection_is_backed_off_and
     nursery.start_soon(link.run)
     link.send(secret_x2(0))
     await trio.sleep(120)
-    # Connected at 0 s and lost; at once again, then after 1, 2, 4, 8, 16, 30, 30, 30 s.
+    # Connected at 0 s and lost before its keepalive was answered: never working, so connected
+    # again after 1, 2, 4, 8, 16, 30, 30, 30 s.
     assert 5 <= accepted <= 12, accepted
     records = delivery_log(caplog)
-    assert [r.levelno for r in records] == [logging.INFO, logging.WARNING], [
-        r.getMessage() for r in records
-    ]
-    assert records[0].getMessage() == f"intercept: connected to destination {link.destination.did}"
-    assert "is failing: connection lost: " in records[1].getMessage()
+    assert [r.levelno for r in records] == [logging.WARNING], [r.getMessage() for r in records]
+    assert "is failing: connection lost: " in records[0].getMessage()
     assert TARGET.decode() not in caplog.text and "INVITE" not in caplog.text
 
 
@@ -365,11 +365,11 @@ async def test_a_mediation_function_that_accepts_but_never_reads_stays_failing_u
     await trio.sleep(700)
     records = delivery_log(caplog)
     messages = [r.getMessage() for r in records]
-    assert records[0].levelno == logging.INFO, messages  # its first connection
-    assert all(r.levelno == logging.WARNING for r in records[1:]), messages
-    assert "is failing: connection lost: no keepalive acknowledgement" in messages[1]
-    assert all("is still failing: " in line for line in messages[2:]), messages
-    assert 2 <= len(records) - 1 <= 3, messages  # one WARNING, a summary every 300 s
+    # Its first connection never answered: failing from the start, never "connected".
+    assert all(r.levelno == logging.WARNING for r in records), messages
+    assert "is failing: connection lost: no keepalive acknowledgement" in messages[0]
+    assert all("is still failing: " in line for line in messages[1:]), messages
+    assert 2 <= len(records) <= 3, messages  # one WARNING, a summary every 300 s
     assert link.fault is not None and len(faults) == 1  # faulty since, not back and forth
     behaves = True  # it reads and answers from its next connection on
     await trio.sleep(60 + 30)  # the next attempt (at most 30 s), its keepalive answered, 10 s
@@ -413,3 +413,96 @@ async def test_the_links_of_a_tap_log_on_the_taps_wall_clock(
     assert link.failures.since - 2e9 == pytest.approx(started, abs=1.0)
     (summary,) = [r.getMessage() for r in delivery_log(caplog) if "still failing" in r.getMessage()]
     assert " since 2033-05-18 03:33:2" in summary, summary  # 2e9 s
+
+
+async def test_a_first_connection_works_only_once_the_mediation_function_answers_its_keepalive(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.plugins.taps.intercept")
+    answering = Mediation()
+    accepted: list[trio.SocketStream] = []
+    answers = False
+
+    async def mdf(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        if answers:
+            await answering._connection(stream)
+        else:
+            await trio.sleep_forever()  # takes TCP, never reads, never answers
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, mdf, listeners)
+    link = link_to(listeners[0].socket.getsockname()[1], keepalive=30.0)
+    assert link.fault is not None and "not confirmed yet" in link.fault  # before it connects
+    assert link.pending and link.reported_fault is None  # nothing to report to the ADMF yet
+    nursery.start_soon(link.run)
+    link.send(x2(0))
+    await trio.sleep(20)  # connected, its keepalive unanswered
+    assert len(accepted) == 1 and link.state == "confirming"
+    assert link.fault == (
+        f"connected to 127.0.0.1:{listeners[0].socket.getsockname()[1]}: not confirmed yet "
+        "(the mediation function has not answered a keepalive on this connection)"
+    )
+    assert link.reported_fault is None
+    assert not delivery_log(caplog)  # not "connected"
+    await trio.sleep(10.5)  # 30 s: the keepalive went unanswered
+    assert link.fault == "connection lost: no keepalive acknowledgement"
+    assert not link.pending and link.reported_fault == link.fault
+    (failing,) = delivery_log(caplog)
+    assert failing.levelno == logging.WARNING
+    assert "is failing: connection lost: no keepalive acknowledgement" in failing.getMessage()
+    answers = True
+    await trio.sleep(20)  # the next attempt (at 31 s) answers; in an outage: held 10 s too
+    assert link.state == "connected" and link.fault is None
+    assert " answers again, after 1 failed connections" in delivery_log(caplog)[-1].getMessage()
+    assert [p.payload for p in answering.copies()] == [b"SIP 0"]
+
+
+async def test_a_links_state_and_fault_never_contradict_each_other(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # "connected" only once the mediation function answered (and an outage held 10 s), and
+    # no fault then; every other state has a fault saying why delivery does not work.
+    seen: list[tuple[str, str | None]] = []
+
+    async def watch(link: DeliveryLink) -> None:
+        while True:
+            seen.append((link.state, link.fault))
+            await trio.sleep(0.25)
+
+    mediation = Mediation()
+    port = await nursery.start(mediation.serve)
+    link = link_to(port, keepalive=30.0)
+    nursery.start_soon(watch, link)
+    nursery.start_soon(link.run)
+    await trio.sleep(5)
+    assert link.state == "connected" and link.fault is None
+    mediation.stop()
+    await trio.sleep(10)  # lost, refused again and again
+    assert link.state != "connected" and link.fault is not None
+    again = Mediation(port=port)
+    await nursery.start(again.serve)
+    await trio.sleep(20)  # reconnected, answered, held 10 s
+    assert link.state == "connected" and link.fault is None
+    contradictions = [
+        (state, fault) for state, fault in seen if (state == "connected") != (fault is None)
+    ]
+    assert contradictions == []
+    states = {state for state, _ in seen}
+    assert states <= set(STATES) and {"confirming", "connected", "notConnected"} <= states
+
+
+async def test_a_closed_link_whose_mediation_function_never_answers_ends(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    # Removed by X1 while its mediation function takes TCP and never answers: the queue is not
+    # written to a connection nobody confirmed, and the link does not try again for ever.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, lambda stream: trio.sleep_forever(), listeners)
+    link = link_to(listeners[0].socket.getsockname()[1], keepalive=5.0)
+    for n in range(3):
+        link.send(x2(n))
+    link.close()
+    with trio.fail_after(10):
+        await link.run()
+    assert link.connections == 1 and link.sent == 0 and link.dropped == 3

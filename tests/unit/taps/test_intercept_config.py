@@ -45,6 +45,7 @@ def load(table: dict[str, object]) -> object:
         ({"queue": 5}, "queue", "10 to 1000000"),
         ({"ne_identifier": ""}, "ne_identifier", "must not be empty"),
         ({"ne_identifier": "é" * 128}, "ne_identifier", "at most 255 octets"),
+        ({"interception_point_id": "é" * 128}, "interception_point_id", "at most 255 octets"),
         ({"report_url": "http://10.0.9.2/X1"}, "report_url", "expected https://HOST"),
         ({"report_url": "https://10.0.9.2:99999/"}, "report_url", "expected https://HOST"),
         ({"report_url": "https://u:p@10.0.9.2/"}, "report_url", "no user, password"),

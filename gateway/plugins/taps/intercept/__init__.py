@@ -23,7 +23,11 @@ Request-URI and To for the callee) gets, for as long as the call lives:
 
 with one correlation ID for every PDU of the call, the direction relative to the target (sent
 by it, or to it) on each, and on each the element that sent it: ``ne_identifier``, the name X1
-knows it by, as the Network Function ID (conditional attribute 6, TS 103 221-2 §5.3). Behind a
+knows it by, as the Network Function ID (conditional attribute 6, TS 103 221-2 §5.3), and
+where configured ``interception_point_id`` as the Interception Point ID (attribute 7): one
+value per node, where in the element the tap sits, never per leg (docs/lawful_intercept.md:
+the direction and addresses already say which leg; the Domain ID, attribute 5, is not sent, as
+no source gives it a meaning here). Behind a
 load balancer every node is a POI of its own, with its own X1, store and sequence numbers; the
 NFID is how a mediation function fed by several tells them apart (the same XID activated on
 each numbers its PDUs from 0 on each), so each node needs its own ``ne_identifier``.
@@ -61,7 +65,7 @@ import ssl
 import time
 import types
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +105,7 @@ MAX_PENDING_REGISTRATIONS = 10_000  # REGISTER transactions of targets awaiting 
 EXPIRY_WARNING = 30 * 86_400
 # The longest ne_identifier: TS 103 280's ShortString, the X1 type of neIdentifier.
 MAX_NE_IDENTIFIER = 255
+DEFAULT_NE_IDENTIFIER = "voipgw"  # every node's unless its table names it (check_nodes)
 _CALL_ID = re.compile(rb"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 
 
@@ -146,7 +151,10 @@ class InterceptConfig:
     x1_certificate: str = ""
     x1_private_key: str = ""
     x1_ca: str = ""
-    ne_identifier: str = "voipgw"
+    ne_identifier: str = DEFAULT_NE_IDENTIFIER
+    # The Interception Point ID of every X2/X3 PDU (attribute 7), for a mediation function
+    # whose profile names the interception points within an element; "": not sent.
+    interception_point_id: str = ""
     admf_identifiers: tuple[str, ...] = ()
     # admfIdentifier -> the subject of the client certificate that ADMF presents (TS 103 221-1
     # error 1030 when they do not match); empty: not checked.
@@ -187,6 +195,9 @@ class InterceptConfig:
         if len(self.ne_identifier.encode()) > MAX_NE_IDENTIFIER:
             # It is in every X2/X3 PDU (the Network Function ID): a bound, as on the X1 side.
             raise ValueError(f"ne_identifier: at most {MAX_NE_IDENTIFIER} octets (UTF-8)")
+        if len(self.interception_point_id.encode()) > MAX_NE_IDENTIFIER:
+            # In every X2/X3 PDU beside the NFID: the same bound.
+            raise ValueError(f"interception_point_id: at most {MAX_NE_IDENTIFIER} octets (UTF-8)")
         if self.admf_certificates and self.admf_identifiers:
             # Both name the ADMFs taken: an identifier in one only would be refused always.
             unlisted = sorted(set(self.admf_certificates) ^ set(self.admf_identifiers))
@@ -390,11 +401,16 @@ class Interception:
                 admf_identifier=config.report_admf,
                 ne_identifier=config.ne_identifier,
                 interval=config.report_interval,
+                # A link still confirming its first connection is not reported (delivery.py,
+                # "Health"); the X1 status answers say it is not confirmed yet.
                 destination_faults=lambda: {
-                    did: self.destination_fault(did) for did in self.provisioning.destinations
+                    did: self.destination_fault(did, reporting=True)
+                    for did in self.provisioning.destinations
                 },
-                task_faults=lambda: {xid: self.task_fault(xid) for xid in self.provisioning.tasks},
-                ne_fault=self.ne_fault,
+                task_faults=lambda: {
+                    xid: self.task_fault(xid, reporting=True) for xid in self.provisioning.tasks
+                },
+                ne_fault=lambda: self.ne_fault(reporting=True),
                 wall_clock=wall_clock,
             )
         self._link_generation = -1
@@ -405,10 +421,28 @@ class Interception:
         self._registrations: dict[str, tuple[list[Match], _Copy]] = {}
         self._sinks: dict[str, InterceptSink] = {}  # the calls intercepted now, by call id
         self._ask_again: Callable[[], None] | None = None
-        # Every X2/X3 PDU names the element that sent it (the module docstring), encoded once.
-        self._network_function = pdu.encode_attributes(
-            ((pdu.NETWORK_FUNCTION_ID, config.ne_identifier.encode()),)
-        )
+        # Every X2/X3 PDU names the element that sent it (the module docstring) and, where
+        # configured, the interception point within it: encoded once.
+        identity = [(pdu.NETWORK_FUNCTION_ID, config.ne_identifier.encode())]
+        if config.interception_point_id:
+            identity.append((pdu.INTERCEPTION_POINT_ID, config.interception_point_id.encode()))
+        self._network_function = pdu.encode_attributes(tuple(identity))
+
+    def check_nodes(self, *, shared_store: bool, written: Collection[str]) -> None:
+        """At start-up and in ``voipgw check-config``: a node sharing its store with others
+        (PostgreSQL: several nodes behind a load balancer) is one point of interception among
+        several, and must name itself: ``ne_identifier`` written in its table, not left to the
+        default every node has. Two nodes under one name look like one element to the ADMF
+        and the mediation function, whose records of the two the authority cannot tell apart
+        (docs/lawful_intercept.md, "Several nodes", says what else is and is not checked)."""
+        if shared_store and "ne_identifier" not in written:
+            raise ValueError(
+                'ne_identifier: required with [store] backend = "postgresql": each node of a '
+                "cluster is a point of interception of its own and needs its own name (the "
+                f"default, {DEFAULT_NE_IDENTIFIER!r}, is every node's; the mediation function "
+                "tells the nodes' PDUs apart by it); write it, e.g. ne_identifier = "
+                '"sbc-fra-1", and tell the ADMF'
+            )
 
     # -- MediaTap -------------------------------------------------------------------------------
 
@@ -682,30 +716,34 @@ class Interception:
 
     # -- health: what GetDestinationDetails / GetNEStatus answer and the reports say ----------
 
-    def destination_fault(self, did: uuid.UUID) -> str | None:
-        """Why delivery to destination ``did`` fails now, or None while it works."""
+    def destination_fault(self, did: uuid.UUID, *, reporting: bool = False) -> str | None:
+        """Why delivery to destination ``did`` does not work now, or None while it works. For
+        the reports to the ADMF (``reporting``), a link whose first connection is not
+        confirmed yet, with no failure so far, has nothing to report (delivery.py, "Health")."""
         link = self.links.get(did)
         if link is None:
             return None if self._nursery is None else "no delivery link"
-        return link.fault
+        return link.reported_fault if reporting else link.fault
 
-    def task_fault(self, xid: uuid.UUID) -> str | None:
+    def task_fault(self, xid: uuid.UUID, *, reporting: bool = False) -> str | None:
         """A task can be honoured while one of its destinations works; with none working its
         PDUs reach no mediation function (they wait in the queues, or are dropped)."""
         task = self.provisioning.tasks.get(xid)
         if task is None or not task.dids:
             return None
-        faults = [self.destination_fault(did) for did in task.dids]
+        faults = [self.destination_fault(did, reporting=reporting) for did in task.dids]
         if any(fault is None for fault in faults):
             return None
         return "no destination of the task is delivering: " + "; ".join(
             f"{did}: {fault}" for did, fault in zip(task.dids, faults, strict=True)
         )
 
-    def ne_fault(self) -> str | None:
+    def ne_fault(self, *, reporting: bool = False) -> str | None:
         """The element delivers nothing at all: every destination a task uses is faulty."""
         used = {did for task in self.provisioning.tasks.values() for did in task.dids}
-        if not used or any(self.destination_fault(did) is None for did in used):
+        if not used or any(
+            self.destination_fault(did, reporting=reporting) is None for did in used
+        ):
             return None
         return f"no mediation function is reachable: all {len(used)} destination(s) in use fail"
 

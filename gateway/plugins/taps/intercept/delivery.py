@@ -16,34 +16,49 @@ Keepalives (§5.2.2 types 3/4): after ``keepalive_interval`` seconds without a P
 send a keepalive; if the acknowledgement (which echoes its sequence number) has not come after
 another interval the connection is taken as dead and is made again. The mediation function's own
 keepalives are acknowledged. A link that cannot connect tries again after 1, 2, 4 ... up to 30
-seconds; a connection lost is made again at once, unless it was made during an outage: then the
-outage goes on, with the same back-off.
+seconds; a working connection lost is made again at once; one lost before it was confirmed
+(below) is one more failure, with the same back-off.
 
-The end of an outage. A connection that is made says little: a mediation function that refuses
-our certificate after a TLS 1.3 handshake, or one that accepts and never reads (TCP buffers
-our PDUs for a while), both "connect". So a connection made during an outage begins with a
-keepalive, and the outage is over only once that keepalive is acknowledged (the mediation
-function reads what we send and answers) and the connection has held :data:`STABLE` seconds,
-whichever comes last; no acknowledgement within ``keepalive_interval`` and the connection is one
-more failure of the outage. Without that probe, a link whose ``keepalive_interval`` exceeds
-:data:`STABLE` told the log (and the ADMF) "working" and "failing" in turn, once a cycle, for a
-mediation function that never answered at all.
+Confirmation: one rule for every connection. A connection that is made says little: a
+mediation function that refuses our certificate after a TLS 1.3 handshake, or one that accepts
+and never reads (TCP buffers our PDUs for a while), both "connect". So every connection begins
+with a keepalive, and counts as working only once that keepalive is acknowledged (the mediation
+function reads what we send and answers), within ``keepalive_interval``; otherwise it is lost
+("no keepalive acknowledgement"). PDUs are written from that acknowledgement on, not before:
+what TCP would take from a mediation function that never reads would be lost with the
+connection, while in the queue it waits for the next one (one round trip's delay). A connection
+made during an outage must also have held :data:`STABLE` seconds, whichever comes last, before
+the outage is over, so that one that drops us at once does not end it. Without the first
+keepalive, a link's first connection was "working" from the TCP handshake until an idle
+keepalive went unanswered (two intervals, a minute by default), and a link whose
+``keepalive_interval`` exceeds :data:`STABLE` told the log (and the ADMF) "working" and
+"failing" in turn, once a cycle, for a mediation function that never answered at all.
+
+State (:attr:`DeliveryLink.state`, one of :data:`STATES`): ``connecting`` (TCP and TLS under
+way), ``confirming`` (connected, the first keepalive not answered yet or, after an outage, the
+:data:`STABLE` seconds not held yet), ``connected`` (confirmed: working), ``notConnected``
+(an attempt failed or the connection was lost; waiting to try again). It never contradicts the
+health below: ``connected`` is the only state in which :attr:`DeliveryLink.fault` may be None,
+and there a fault means PDUs were dropped for a full queue (said as such).
 
 Log (gateway/core/failure_log.py, :attr:`DeliveryLink.failures`): a destination that keeps
 failing is one WARNING with the reason and what happens to its PDUs meanwhile, a summary every
-300 s, and one INFO once the outage is over (above), rather than a line per attempt. The lines
-name the destination's DID and address, never a target or what was intercepted (the plugin's
-rule, lawful_intercept.md "Keeping it covert"). Their times come from ``wall_clock``, the
-plugin's own (the one its X1 answers and X3 capture times use), so a test in virtual time
-decides them.
+300 s, and one INFO once the outage is over (above), rather than a line per attempt; a link's
+first confirmed connection is one INFO. The lines name the destination's DID and address,
+never a target or what was intercepted (the plugin's rule, lawful_intercept.md "Keeping it
+covert"). Their times come from ``wall_clock``, the plugin's own (the one its X1 answers and X3
+capture times use), so a test in virtual time decides them.
 
-Health (:attr:`DeliveryLink.fault`): why delivery fails now, or None while it works. A link is
-faulty from a failed connection attempt (refused, TLS, timeout) or a lost connection until a
-connection is made and, during an outage, until the outage is over (above: the log and the
-health say the same), and from a PDU dropped because the queue was full until the queue is
-empty again. That one value answers GetDestinationDetails and decides the reports to the ADMF
-(:mod:`.reports`), so the two cannot disagree; ``on_fault`` (set only when reports are sent)
-hears each change between working and faulty.
+Health (:attr:`DeliveryLink.fault`): why delivery does not work now, or None while it works:
+from the link's start until its first connection is confirmed ("not confirmed yet",
+:attr:`DeliveryLink.pending`), from a failed connection attempt (refused, TLS, timeout) or a
+lost connection until a connection is confirmed (above: the log and the health say the same),
+and from a PDU dropped because the queue was full until the queue is empty again. That one
+value answers GetDestinationDetails and decides the reports to the ADMF (:mod:`.reports`), so
+the two cannot disagree; the reports leave out a link that is :attr:`DeliveryLink.pending`
+(its first connection not yet confirmed, and no failure yet: there is nothing to report until
+it fails, which it does within ``keepalive_interval`` or a connection timeout). ``on_fault``
+(set only when reports are sent) hears each change of what the reports would say.
 """
 
 from __future__ import annotations
@@ -75,6 +90,9 @@ CONNECT_TIMEOUT = 10.0
 STABLE = 10.0
 """Seconds a connection made during an outage must hold (its first keepalive acknowledged)
 before the outage is over."""
+STATES = ("connecting", "confirming", "connected", "notConnected")
+"""The values of :attr:`DeliveryLink.state` (module docstring); "confirming" came last, so the
+other names are unchanged."""
 
 
 class DeliveryLink:
@@ -96,6 +114,7 @@ class DeliveryLink:
         self.sequences: dict[uuid.UUID, int] = {}
         """The next sequence number of each task's PDUs on this destination."""
         self.state = "connecting"
+        """One of :data:`STATES` (module docstring)."""
         self.sent = 0
         self.dropped = 0
         self.connections = 0
@@ -103,17 +122,21 @@ class DeliveryLink:
         self._awaiting_ack: int | None = None
         self._acknowledged = trio.Event()  # the awaited keepalive was acknowledged
         self._closed = False
-        self.fault: str | None = None
-        """Why delivery fails now (None: it works); see the module docstring."""
+        self._where = format_host_port(*destination.address)
+        self.fault: str | None = self._unconfirmed("connecting to")
+        """Why delivery does not work now (None: it works); see the module docstring."""
+        self.pending = True
+        """No verdict yet: the link's first connection is not confirmed, and nothing failed.
+        The reports to the ADMF leave such a link out (:attr:`reported_fault`)."""
         self.on_fault: Callable[[DeliveryLink], object] | None = None
-        """Told when :attr:`fault` turns from None to a reason or back (reports to the ADMF)."""
+        """Told when :attr:`reported_fault` turns from None to a reason or back (reports to
+        the ADMF)."""
         self._overflow = False  # a PDU was dropped for a full queue, and it has not emptied since
         self.wall_clock = wall_clock
         """Unix time, for the log's lines: the plugin's clock (``Interception(wall_clock=)``)."""
-        where = format_host_port(*destination.address)
         self.failures = FailureLog(
             log,
-            f"intercept: destination {destination.did} ({where})",
+            f"intercept: destination {destination.did} ({self._where})",
             "connections",
             f"its PDUs wait in its queue (at most {queue}), and past that are dropped, counted "
             "(the sequence numbers show the mediation function the gap); connecting again after "
@@ -144,17 +167,35 @@ class DeliveryLink:
     def _overflow_reason(self) -> str:
         return f"queue full ({self._send.statistics().max_buffer_size} PDUs): PDUs dropped"
 
-    def _set_fault(self, reason: str | None) -> None:
-        """Record why delivery fails now (None: it works); tell ``on_fault`` of a change between
-        working and faulty (a new reason for a link already faulty is no news)."""
-        changed = (reason is None) != (self.fault is None)
+    @property
+    def reported_fault(self) -> str | None:
+        """:attr:`fault` as the reports to the ADMF see it: None while :attr:`pending` (a link
+        still confirming its first connection has nothing to report yet)."""
+        return None if self.pending else self.fault
+
+    def _unconfirmed(self, doing: str) -> str:
+        return (
+            f"{doing} {self._where}: not confirmed yet (the mediation function has not "
+            "answered a keepalive on this connection)"
+        )
+
+    def _set_fault(self, reason: str | None, *, pending: bool = False) -> None:
+        """Record why delivery does not work now (None: it works) and whether that is only the
+        first connection not confirmed yet (``pending``); tell ``on_fault`` of a change between
+        working and faulty as the reports see it (a new reason for a link already faulty is no
+        news)."""
+        before = self.reported_fault is None
         self.fault = reason
+        self.pending = pending
+        changed = before != (self.reported_fault is None)
         if changed and self.on_fault is not None and not self._closed:
             self.on_fault(self)
 
     def close(self) -> None:
         """The destination was removed or changed: no more PDUs. :meth:`run` sends what the
-        queue holds (trying once more to connect if it must) and returns."""
+        queue holds (trying once more to connect if it must) and returns; a connection attempt
+        or a connection that fails first (its mediation function never answered) ends it too,
+        what the queue holds counted as dropped."""
         self._closed = True
         self._send.close()
 
@@ -162,6 +203,8 @@ class DeliveryLink:
         host, port = self.destination.address
         while True:
             self.state = "connecting"
+            if self.pending:
+                self._set_fault(self._unconfirmed("connecting to"), pending=True)
             try:
                 with trio.fail_after(CONNECT_TIMEOUT):
                     stream = await self._connect(host, port)
@@ -180,16 +223,26 @@ class DeliveryLink:
                 await self._back_off()
                 continue
             self.connections += 1
-            self.state = "connected"
+            # Not working until the mediation function answers (module docstring): during an
+            # outage its fault stays; a first connection says it is not confirmed yet.
+            self.state = "confirming"
+            if self.pending:
+                self._set_fault(self._unconfirmed("connected to"), pending=True)
+            elif self.fault is not None and not self._overflow:
+                # The outage's reason stays, and says a connection is being confirmed (what
+                # the X1 status answers show of the state).
+                self._set_fault(f"{self.fault}; {self._unconfirmed('connected again to')}")
             outage = self.failures.failing
-            if not outage:
-                self._set_fault(self._overflow_reason() if self._overflow else None)
-                self._backoff = 1.0
-                log.info("intercept: connected to destination %s", self.destination.did)
-            # During an outage the fault stays until _held() says it is over.
+            confirmed = False
+
+            def working(outage: bool = outage) -> None:
+                nonlocal confirmed
+                confirmed = True
+                self._confirmed(outage)
+
             connected_at = trio.current_time()
             try:
-                await self._serve(stream, self._held if outage else None)
+                await self._serve(stream, working, hold=STABLE if outage else 0.0)
             except _EndOfQueue:
                 await trio.aclose_forcefully(stream)
                 return
@@ -208,12 +261,21 @@ class DeliveryLink:
                 self._set_fault("connection failed")
             await trio.aclose_forcefully(stream)
             self.state = "notConnected"
+            if self._closed:
+                # Removed, and this connection failed before its queue was written (its
+                # mediation function never answered): what it holds is lost, and counted.
+                self.dropped += self._receive.statistics().current_buffer_used
+                return
             held = trio.current_time() - connected_at
             if self.failures.failing:
                 # Made during the outage and lost before it was over (held, its keepalive
                 # answered): the outage goes on, and so does its back-off (no reconnection
                 # loop with a peer that drops us at once).
                 self.failures.failed(f"{why} after {held:.3g} s", now=self.wall_clock())
+                await self._back_off()
+            elif not confirmed:
+                # A first connection that never answered: an outage from now on, backed off.
+                self.failures.failed(why, now=self.wall_clock())
                 await self._back_off()
             else:
                 self.failures.failed(why, now=self.wall_clock())
@@ -222,16 +284,20 @@ class DeliveryLink:
         await trio.sleep(self._backoff)
         self._backoff = min(MAX_BACKOFF, self._backoff * 2)
 
-    def _held(self) -> None:
-        """A connection made during an outage held :data:`STABLE` seconds and its first
-        keepalive was acknowledged: the outage is over."""
+    def _confirmed(self, outage: bool) -> None:
+        """The connection's first keepalive was acknowledged (and, made during an outage, it
+        held :data:`STABLE` seconds): it works, and an outage is over."""
+        self.state = "connected"
         self._backoff = 1.0
         self._set_fault(self._overflow_reason() if self._overflow else None)
-        self.failures.answered(
-            now=self.wall_clock(),
-            outcome=f"connected {STABLE:g} s ago, {self._receive.statistics().current_buffer_used} "
-            "PDUs queued",
-        )
+        if outage:
+            self.failures.answered(
+                now=self.wall_clock(),
+                outcome=f"connected {STABLE:g} s ago, "
+                f"{self._receive.statistics().current_buffer_used} PDUs queued",
+            )
+        else:
+            log.info("intercept: connected to destination %s", self.destination.did)
 
     async def _connect(self, host: str, port: int) -> trio.abc.Stream:
         tcp = await trio.open_tcp_stream(host, port)
@@ -246,12 +312,12 @@ class DeliveryLink:
         return tls
 
     async def _serve(
-        self, stream: trio.abc.Stream, held: Callable[[], object] | None = None
+        self, stream: trio.abc.Stream, confirmed: Callable[[], object], *, hold: float
     ) -> None:
         """Write the queue and read acknowledgements until either side fails; raises what
-        ended it (exception groups kept out: one link, one cause). With ``held`` (a connection
-        made during an outage) a keepalive goes first, and ``held`` is called once it is
-        acknowledged and the connection has held :data:`STABLE` seconds."""
+        ended it (exception groups kept out: one link, one cause). A keepalive goes first, the
+        queue once it is acknowledged, and ``confirmed`` is called once the connection has also
+        held ``hold`` seconds (module docstring, "Confirmation")."""
         self._awaiting_ack = None
         self._acknowledged = trio.Event()
         lock = trio.Lock()  # the writer and the reader's acknowledgements share the stream
@@ -259,9 +325,11 @@ class DeliveryLink:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, stream, lock, failures, nursery.cancel_scope)
             try:
-                if held is not None:
-                    await self._send_within(stream, lock, self._next_keepalive())
-                    nursery.start_soon(self._confirm, held, failures, nursery.cancel_scope)
+                await self._send_within(stream, lock, self._next_keepalive())
+                nursery.start_soon(self._confirm, confirmed, hold, failures, nursery.cancel_scope)
+                # PDUs only to a mediation function that reads: until it answers, they wait in
+                # the queue (for the next connection, should this one never answer).
+                await self._acknowledged.wait()
                 await self._write(stream, lock)
             except (
                 OSError,
@@ -293,9 +361,9 @@ class DeliveryLink:
             await self._send_within(stream, lock, data)
             if self._overflow and self._receive.statistics().current_buffer_used == 0:
                 # The backlog is written: PDUs flow again, with a gap the sequence numbers show
-                # (during an outage the fault stays until it is over: _held()).
+                # (a connection not confirmed yet keeps its fault until it is: _confirmed()).
                 self._overflow = False
-                if not self.failures.failing:
+                if self.state == "connected":
                     self._set_fault(None)
 
     def _next_keepalive(self) -> bytes:
@@ -305,11 +373,15 @@ class DeliveryLink:
         return keepalive(self._keepalive_sequence, version=self.version)
 
     async def _confirm(
-        self, held: Callable[[], object], failures: list[Exception], scope: trio.CancelScope
+        self,
+        confirmed: Callable[[], object],
+        hold: float,
+        failures: list[Exception],
+        scope: trio.CancelScope,
     ) -> None:
-        """The end of an outage (module docstring): the first keepalive of the connection
-        acknowledged within a keepalive interval, and :data:`STABLE` seconds held."""
-        deadline = trio.current_time() + STABLE
+        """The confirmation of a connection (module docstring): its first keepalive
+        acknowledged within a keepalive interval, and ``hold`` seconds held."""
+        deadline = trio.current_time() + hold
         with trio.move_on_after(self._keepalive_interval):
             await self._acknowledged.wait()
         if not self._acknowledged.is_set():
@@ -317,7 +389,7 @@ class DeliveryLink:
             scope.cancel()
             return
         await trio.sleep_until(deadline)
-        held()
+        confirmed()
 
     async def _read(
         self,

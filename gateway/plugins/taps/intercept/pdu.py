@@ -56,6 +56,7 @@ FROM_TARGET = 3
 
 # Conditional attribute types (§5.3)
 NETWORK_FUNCTION_ID = 6  # NFID: the element that sent the PDU (our ne_identifier, UTF-8)
+INTERCEPTION_POINT_ID = 7  # IPID: where in that element the tap sits (interception_point_id)
 SEQUENCE_NUMBER = 8
 TIMESTAMP = 9
 SOURCE_IPV4 = 10
