@@ -405,6 +405,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 print(f"{args.file}: warning: {line}", file=sys.stderr)
             else:
                 print(f"{args.file}: {line}")
+        for line in gateway.node_warnings.get("intercept", []):
+            print(f"{args.file}: warning: [plugins.intercept] {line}", file=sys.stderr)
     if args.resolve:
         sessions = gateway.session_target_names()
         for line in _resolve_named_trunks(config, gateway.dns_transports(), sessions):

@@ -152,6 +152,8 @@ class Gateway:
         ``[dns] servers``, and a generator seeded by the system."""
         self.config = config
         self.plugins = plugins
+        # Warnings of media taps about this node among others (check): tap name -> lines.
+        self.node_warnings: dict[str, list[str]] = {}
         self.ids = ids or RandomIds()
         self.flows = FlowTable()
         self.limits = TransportLimits(
@@ -253,21 +255,22 @@ class Gateway:
             except ValueError as exc:
                 key, _, message = str(exc).partition(": ")
                 raise ConfigError(self.config.source, f"plugins.{name}", key, message) from None
+        self.node_warnings = {}
         for name, tap in self.plugins.media_taps.items():
-            # A tap whose settings must differ between the nodes of a cluster (intercept:
+            # A tap whose settings should differ between the nodes of a cluster (intercept:
             # ne_identifier) checks them knowing whether this node shares its store with others
-            # and which keys its table writes; the error names its table and key.
+            # and which keys its table writes. Warnings, not errors: an upgraded cluster keeps
+            # carrying calls. The tap's own logger says them (serve), and `check-config` only
+            # with --intercept: an interception's settings stay out of the core's lines.
             check_nodes = getattr(tap, "check_nodes", None)
             if check_nodes is None:
                 continue
-            try:
-                check_nodes(
-                    shared_store=self.config.store.backend == "postgresql",
-                    written=frozenset(self.config.plugin_tables.get(name, {})),
-                )
-            except ValueError as exc:
-                key, _, message = str(exc).partition(": ")
-                raise ConfigError(self.config.source, f"plugins.{name}", key, message) from None
+            warnings = check_nodes(
+                shared_store=self.config.store.backend == "postgresql",
+                written=frozenset(self.config.plugin_tables.get(name, {})),
+            )
+            if warnings:
+                self.node_warnings[name] = list(warnings)
         for index, trunk in enumerate(self.config.trunks):
             if trunk.media_policy not in self.media_policies:
                 known = ", ".join(sorted(self.media_policies))
@@ -687,6 +690,10 @@ class Gateway:
         self.check()
         for warning in did_warnings(self.config):
             log.warning("configuration: %s", warning)
+        for name, tap in self.plugins.media_taps.items():
+            for warning in self.node_warnings.get(name, []):
+                # On the tap's own logger: an interception's settings stay out of the core's.
+                logging.getLogger(type(tap).__module__).warning("[plugins.%s] %s", name, warning)
         self.store = open_store(self.config, gateway=True)
         try:
             shared = self.store.shared_call_limits()

@@ -106,26 +106,32 @@ def test_a_key_mismatch_is_a_config_error_and_intercept_needs_the_plugin(tmp_pat
     )
 
 
-def test_a_node_sharing_a_postgresql_store_must_name_itself(tmp_path: Path) -> None:
+def test_a_node_sharing_a_postgresql_store_is_warned_to_name_itself(tmp_path: Path) -> None:
     # Nodes sharing a store are several points of interception: left to the default
     # ne_identifier, every node would be "voipgw" to the ADMF and the mediation function.
+    # A warning, not a refusal (an upgraded cluster keeps carrying calls), and only with
+    # --intercept: a plain check-config says nothing of the interception's settings.
     ca = TestPki(tmp_path / "pki").ca("LI CA")
     issued = ca.issue("gw", days=200)
     path = config(tmp_path, "cluster", issued, issued, ca.certificate)
     store = '[store]\nbackend = "postgresql"\ndsn = "host=127.0.0.1 dbname=voipgw"\n'
     table = path.read_text()
     path.write_text(store + table)
-    unnamed = check_config(path)
-    assert unnamed.returncode == 2, unnamed
-    assert unnamed.stdout == ""
-    assert unnamed.stderr.startswith(
-        f"voipgw: configuration error: {path}: [plugins.intercept] ne_identifier: required "
-        "with [store] backend = "
-        '"postgresql": each node of a cluster is a point of interception of its own'
-    ), unnamed.stderr
+    warning = (
+        f"{path}: warning: [plugins.intercept] ne_identifier: not written, with [store] backend "
+        '= "postgresql": each node of a cluster is a point of interception of its own'
+    )
+    plain = check_config(path)
+    assert plain.returncode == 0, plain.stderr
+    assert "ne_identifier" not in plain.stderr
+    asked = check_config(path, "--intercept")
+    assert asked.returncode == 0, asked.stderr
+    assert warning in asked.stderr, asked.stderr
     path.write_text(store + table + 'ne_identifier = "voipgw"\n')  # named, if by that name
-    named = check_config(path)
+    named = check_config(path, "--intercept")
     assert named.returncode == 0, named.stderr
+    assert "ne_identifier" not in named.stderr
     path.write_text(table)  # one node on SQLite: the default is fine
-    alone = check_config(path)
+    alone = check_config(path, "--intercept")
     assert alone.returncode == 0, alone.stderr
+    assert "ne_identifier" not in alone.stderr

@@ -145,3 +145,50 @@ def test_admf_certificates_name_the_admfs_taken_and_reported_to(
     assert tap.x1.admf_certificates == {"admf-1": "CN=admf-1,O=Example LI", "admf-2": "CN=admf-2"}
     assert tap.x1.admf_identifiers == ("admf-1", "admf-2")
     assert tap.config.report_admf == "admf-1"
+
+
+def test_a_node_on_a_shared_store_is_warned_on_the_taps_logger_not_refused(
+    credentials: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.core.gateway import Gateway
+    from gateway.core.store.errors import StoreUnavailable
+
+    def gateway(table: dict[str, object], backend: str) -> Gateway:
+        store = {"backend": backend, "dsn": "host=127.0.0.1 port=1 dbname=voipgw"}
+        if backend == "sqlite":
+            store = {}
+        config = from_mapping(
+            {
+                "sip": {"listen": []},
+                "store": store,
+                "plugins": {"enable": ["intercept"], "intercept": table},
+            }
+        )
+        plugins = load_plugins(config, extra=[("intercept", intercept_plugin)], installed={})
+        built = Gateway(config, plugins)
+        built.check()  # a warning is no ConfigError: the node starts
+        return built
+
+    unnamed = gateway(credentials, "postgresql")
+    assert list(unnamed.node_warnings) == ["intercept"]
+    assert unnamed.node_warnings["intercept"][0].startswith("ne_identifier: not written")
+    assert gateway({**credentials, "ne_identifier": "voipgw"}, "postgresql").node_warnings == {}
+    assert gateway(credentials, "sqlite").node_warnings == {}
+
+    import trio
+
+    async def serve() -> None:
+        # The store at port 1 never answers: serve stops there, after the warnings.
+        with trio.move_on_after(5), pytest.raises(StoreUnavailable):
+            await unnamed.serve()
+
+    caplog.set_level("WARNING")
+    trio.run(serve)
+    said = [
+        (record.name, record.getMessage())
+        for record in caplog.records
+        if "ne_identifier" in record.getMessage()
+    ]
+    assert len(said) == 1, said
+    assert said[0][0] == "gateway.plugins.taps.intercept"
+    assert said[0][1].startswith("[plugins.intercept] ne_identifier: not written")

@@ -428,21 +428,24 @@ class Interception:
             identity.append((pdu.INTERCEPTION_POINT_ID, config.interception_point_id.encode()))
         self._network_function = pdu.encode_attributes(tuple(identity))
 
-    def check_nodes(self, *, shared_store: bool, written: Collection[str]) -> None:
-        """At start-up and in ``voipgw check-config``: a node sharing its store with others
-        (PostgreSQL: several nodes behind a load balancer) is one point of interception among
-        several, and must name itself: ``ne_identifier`` written in its table, not left to the
-        default every node has. Two nodes under one name look like one element to the ADMF
-        and the mediation function, whose records of the two the authority cannot tell apart
-        (docs/lawful_intercept.md, "Several nodes", says what else is and is not checked)."""
+    def check_nodes(self, *, shared_store: bool, written: Collection[str]) -> list[str]:
+        """At start-up and in ``voipgw check-config --intercept``: warnings about this node's
+        place among others. A node sharing its store with others (PostgreSQL: several nodes
+        behind a load balancer) is one point of interception among several and should name
+        itself: ``ne_identifier`` written in its table, not left to the default every node has.
+        Two nodes under one name look like one element to the ADMF and the mediation function,
+        whose records of the two the authority cannot tell apart (docs/lawful_intercept.md,
+        "Several nodes"). A warning, not a refusal: a cluster upgraded from a release without
+        this check must keep carrying calls while its operator names the nodes."""
         if shared_store and "ne_identifier" not in written:
-            raise ValueError(
-                'ne_identifier: required with [store] backend = "postgresql": each node of a '
-                "cluster is a point of interception of its own and needs its own name (the "
+            return [
+                'ne_identifier: not written, with [store] backend = "postgresql": each node of '
+                "a cluster is a point of interception of its own and needs its own name (the "
                 f"default, {DEFAULT_NE_IDENTIFIER!r}, is every node's; the mediation function "
                 "tells the nodes' PDUs apart by it); write it, e.g. ne_identifier = "
                 '"sbc-fra-1", and tell the ADMF'
-            )
+            ]
+        return []
 
     # -- MediaTap -------------------------------------------------------------------------------
 
