@@ -27,9 +27,11 @@ round trip. Theory of operation:
   wait on a server that vanished from the network, and a lost connection is not reopened on the
   caller's thread: the call fails at once with :class:`StoreUnavailable` (a REGISTER is answered
   503, as for a busy SQLite store) and the background thread reconnects. The CLI, which has no
-  thread, connects when it is called. :meth:`PostgresStore.close` waits at most
-  :data:`CANCEL_WAIT` for an index build it cancels (libpq's cancel request, before libpq 17,
-  is a blocking connect).
+  thread, connects when it is called. :meth:`PostgresStore.close` takes at most
+  :data:`CLOSE_WAIT` in all, the server answering or not: it waits that long for an index
+  build it cancels (libpq's cancel request, before libpq 17, is a blocking connect), the
+  listener thread (which may be reconnecting) and a statement another thread has in
+  progress, whose socket it then shuts down.
 - Call limits (migration 2, :class:`PostgresCallLimits`). A trunk's or account's
   ``max_calls`` holds for every node: a row per call held against a limited key, taken by one
   function call that locks the key, counts and inserts, so two nodes cannot both take the last;
@@ -76,7 +78,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -141,6 +145,10 @@ LISTENER_POLL = 0.25
 CANCEL_WAIT = 2.0
 """Longest :meth:`PostgresStore.close` waits for an index build it cancels to stop (a cancel
 the server answers takes milliseconds)."""
+
+CLOSE_WAIT = CANCEL_WAIT
+"""Longest :meth:`PostgresStore.close` takes in all: the index build's cancel, the listener
+thread and a statement another thread has in progress share this one bound."""
 
 MIGRATION_STATEMENT_TIMEOUT = "60s"
 """Migrations run at start-up, before anything is relayed, and may wait for another node's."""
@@ -854,17 +862,63 @@ class PostgresStore:
         return f"<PostgresStore {self._server.description}>"
 
     def close(self) -> None:
-        self._stopping.set()
-        self._stop_index_build()
-        if self._thread is not None:
-            self._thread.join()
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        """Stop the store's threads and close its connection, within :data:`CLOSE_WAIT` even
+        when the server stops answering (its host dropping packets, its processes stopped, a
+        firewall or proxy holding the connection open without forwarding): the gateway's stop
+        must end before systemd's stop timeout kills it, and the call records it has not
+        written with it. Each wait shares one deadline:
 
-    def _stop_index_build(self) -> None:
-        """Cancel a build in progress and wait for it to stop, at most :data:`CANCEL_WAIT`.
+        - the index build's cancel (:meth:`_stop_index_build`);
+        - the listener thread, which may be opening a connection for itself and then for the
+          store (``connect_timeout`` each, and a connection that opened but whose first
+          statement gets no answer has no bound at all): not waited for past the deadline. A
+          daemon thread, it closes what it opens once it sees the store stopping;
+        - a statement another thread has in progress on the store's connection, which holds
+          the store's lock for as long as the server does not answer (statement_timeout is
+          the server's; keepalives and tcp_user_timeout see only a host that stopped
+          acknowledging, not a process stopped or a proxy that stopped forwarding). Past the
+          deadline its socket is shut down: libpq finds the connection lost at once, the call
+          fails with :class:`StoreUnavailable` (its records are kept for a save that will not
+          come: the gateway counts them as not kept) and drops the connection itself.
+
+        libpq's PQfinish is not waited for: psycopg opens every connection in libpq's
+        nonblocking mode (psycopg/generators.py ``connect``), so the Terminate message is
+        queued, not waited for, and the socket closed at once.
+
+        What was not waited for is said in one WARNING."""
+        deadline = time.monotonic() + CLOSE_WAIT
+        self._stopping.set()
+        self._stop_index_build(deadline)
+        not_waited: list[str] = []
+        if self._thread is not None:
+            self._thread.join(_left(deadline))
+            if self._thread.is_alive():
+                not_waited.append("the listener thread (opening a connection)")
+        if self._lock.acquire(timeout=_left(deadline)):
+            try:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+            finally:
+                self._lock.release()
+        else:
+            db = self._db
+            if db is not None and _abort(db):
+                not_waited.append(
+                    "a statement in progress (its connection shut down: the call fails)"
+                )
+        if not_waited:
+            log.warning(
+                "PostgreSQL %s: the store closed within %g s without waiting for %s: the"
+                " server does not answer?",
+                self._server.description,
+                CLOSE_WAIT,
+                " nor ".join(not_waited),
+            )
+
+    def _stop_index_build(self, deadline: float) -> None:
+        """Cancel a build in progress and wait for it to stop, at most :data:`CANCEL_WAIT`
+        (and not past ``deadline``, close()'s).
 
         An index build stops at a cancel (a step it had not begun then, at its check of
         _stopping): it leaves an invalid index, which the next start builds again. The cancel
@@ -884,7 +938,7 @@ class PostgresStore:
             daemon=True,
         )
         canceller.start()
-        deadline = time.monotonic() + CANCEL_WAIT
+        deadline = min(deadline, time.monotonic() + CANCEL_WAIT)
         # Until the build stops, or its cancel failed (said by the canceller), or time is up.
         while builder.is_alive() and canceller.is_alive() and time.monotonic() < deadline:
             builder.join(0.05)
@@ -1137,7 +1191,10 @@ class PostgresStore:
                 listener.close()
 
     def _reconnect_store(self) -> None:
-        """Reopen the store's connection if a call found it lost, at most once a second."""
+        """Reopen the store's connection if a call found it lost, at most once a second (not
+        once the store is closing: close() does not wait for a connect)."""
+        if self._stopping.is_set():
+            return
         if self._db is not None or time.monotonic() < self._reconnect_at:
             return
         self._reconnect_at = time.monotonic() + RECONNECT_INTERVAL
@@ -1146,7 +1203,8 @@ class PostgresStore:
         except StoreUnavailable:
             return  # said when the connection was lost; tried again in a second
         with self._lock:
-            if self._db is None:
+            # Not once the store is closing: close() has closed (or is closing) the last one.
+            if self._db is None and not self._stopping.is_set():
                 self._db = connection
                 self._own_pid = connection.info.backend_pid
                 log.info("PostgreSQL %s: connected again", self._server.description)
@@ -1792,6 +1850,33 @@ class PostgresStore:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline`` (monotonic), not below 0."""
+    return max(0.0, deadline - time.monotonic())
+
+
+def _abort(db: psycopg.Connection[Any]) -> bool:
+    """Shut the socket of ``db`` down, which another thread is using (a statement waiting for
+    a server that does not answer): its wait ends at once, libpq finding the connection lost.
+    Only the socket is touched (a dup of its descriptor), never libpq's connection, which is
+    not safe to use from two threads. False when it has no socket any more."""
+    try:
+        fd = db.pgconn.socket
+    except Exception:  # closed meanwhile: the statement ended and its thread dropped it
+        return False
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more: nothing to wake
+    finally:
+        sock.close()  # the dup only; libpq closes its own
+    return True
 
 
 def _migrate(
