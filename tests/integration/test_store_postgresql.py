@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import IO, cast
 
 import pytest
 from pgcluster import Cluster
@@ -1345,10 +1345,10 @@ def test_migrate_store_that_leaves_the_index_to_another_node_says_why(
     postgres_database: str,
     tmp_path: Path,
 ) -> None:
-    """While another node builds the index (its advisory lock held), ``migrate-store`` does not
-    build it and exits 1 pointing at "the message above": that message (INFO, "another node
-    builds the index") must reach the operator, as must the build's progress lines, which the
-    CLI's default logging (WARNING and up) dropped."""
+    """While another node builds the index (its advisory lock held), ``migrate-store --wait 0``
+    does not build it and exits 1 saying whose build it left it to: that message and the INFO
+    one ("another node builds the index") must reach the operator, as must the build's
+    progress lines, which the CLI's default logging (WARNING and up) dropped."""
     import psycopg
 
     open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
@@ -1364,16 +1364,149 @@ def test_migrate_store_that_leaves_the_index_to_another_node_says_why(
     )
     with psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
-        refused = voipgw("migrate-store", "--config", str(config))
+        refused = voipgw("migrate-store", "--config", str(config), "--wait", "0")
         other.execute("SELECT pg_advisory_unlock(%s)", (pg_module._INDEX_LOCK,))
     assert refused.returncode == 1, refused.stderr
-    assert "is not built (see the message above)" in refused.stderr
+    assert (
+        "the index call_records_kept_by is not built yet: not waited for another node's build"
+        " of the index call_records_kept_by (it holds the build's advisory lock)"
+    ) in refused.stderr
     assert "another node builds the index call_records_kept_by" in refused.stderr
     assert postgres_cluster.password not in refused.stderr + refused.stdout
     built = voipgw("migrate-store", "--config", str(config))
     assert built.returncode == 0, built.stderr
     assert "building the index call_records_kept_by concurrently" in built.stderr
     assert "the index call_records_kept_by is built" in built.stdout
+
+
+def schema_5_config(
+    open_node: Callable[..., PostgresStore],
+    cluster: Cluster,
+    database: str,
+    directory: Path,
+) -> Path:
+    """A database at schema 5 with a call record (version 6 and its index to come), and the
+    owner's config file for it."""
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0), CallRecord("c2", "a", "b", 1.0, None, 2.0)]
+    )
+    config = directory / "owner.toml"
+    config.write_text(
+        "[store]\n"
+        + "".join(
+            f'{key} = "{value}"\n'
+            for key, value in cluster.store_table(database, directory).items()
+        )
+    )
+    return config
+
+
+class Lines:
+    """A process's standard error, read line by line as it comes (a thread)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def has(self, words: str) -> bool:
+        return any(words in line for line in self.lines)
+
+    def text(self) -> str:
+        self._thread.join(10)
+        return "".join(self.lines)
+
+
+@pytest.mark.parametrize("other_build", ["built", "failed"])
+def test_migrate_store_waits_for_another_nodes_build_of_the_index_then_finishes(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    tmp_path: Path,
+    other_build: str,
+) -> None:
+    """An upgrade script runs ``voipgw migrate-store --config F && systemctl start voipgw``:
+    with another node building the index at that moment, migrate-store exited 1 and the script
+    stopped there. It waits for that build (progress on standard error) and then finishes:
+    the index that build made, or, when that build failed (its index left invalid), its own."""
+    import psycopg
+
+    config = schema_5_config(open_node, postgres_cluster, postgres_database, tmp_path)
+    with (
+        psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other,
+        (tmp_path / "stdout").open("w+") as stdout,
+    ):
+        other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "migrate-store", "--config", str(config)],
+            cwd=REPO,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert migrate.stderr is not None
+            stderr = Lines(migrate.stderr)
+            waiting = (
+                "waiting up to 600 s for another node's build of the index call_records_kept_by"
+                " (it holds the build's advisory lock) to end"
+            )
+            wait_until(lambda: stderr.has(waiting) or migrate.poll() is not None, timeout=60)
+            assert migrate.poll() is None, stderr.text()  # waiting, not given up
+            # The other node's build ends: made, or failed (a UNIQUE build on two equal keys
+            # leaves its index invalid, as an interrupted build does).
+            create = "CREATE UNIQUE INDEX" if other_build == "failed" else "CREATE INDEX"
+            try:
+                other.execute(
+                    f"{create} CONCURRENTLY call_records_kept_by"
+                    " ON call_records ((COALESCE(ended_at, started_at)))"
+                )
+            except psycopg.errors.UniqueViolation:
+                assert other_build == "failed"
+            other.execute("SELECT pg_advisory_unlock(%s)", (pg_module._INDEX_LOCK,))
+            migrate.wait(60)
+        finally:
+            if migrate.poll() is None:
+                migrate.kill()
+                migrate.wait()
+        stdout.seek(0)
+        out = stdout.read()
+    assert migrate.returncode == 0, stderr.text()
+    assert "the index call_records_kept_by is built" in out
+    assert index_state(postgres_cluster, postgres_database) == [(True,)]
+    built_here = "building the index call_records_kept_by concurrently" in stderr.text()
+    assert built_here == (other_build == "failed")
+    assert postgres_cluster.password not in stderr.text() + out
+
+
+def test_migrate_store_that_waited_its_bound_for_another_build_says_what_it_waited_for(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    tmp_path: Path,
+) -> None:
+    """The wait is bounded (``--wait``): past it migrate-store exits 1 naming the build it
+    waited for, so the script stops with a reason rather than hangs."""
+    import psycopg
+
+    config = schema_5_config(open_node, postgres_cluster, postgres_database, tmp_path)
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
+        waited = voipgw("migrate-store", "--config", str(config), "--wait", "0.5")
+    assert waited.returncode == 1, waited.stderr
+    assert f"schema version {len(MIGRATIONS)}" in waited.stdout
+    assert (
+        "voipgw: migrate-store: the index call_records_kept_by is not built yet: waited 0.5 s"
+        " for another node's build of the index call_records_kept_by (it holds the build's"
+        " advisory lock); call records are not deleted until it is"
+    ) in waited.stderr
+    assert index_state(postgres_cluster, postgres_database) == []
+    bad = voipgw("migrate-store", "--config", str(config), "--wait", "-1")
+    assert bad.returncode == 2 and "not a number of seconds, 0 or more" in bad.stderr
 
 
 def test_migrate_store_builds_a_big_tables_retention_index_the_cli_would_leave_to_the_nodes(

@@ -188,6 +188,9 @@ while the node serves, as does a small one whose build waited past statement_tim
 older transaction."""
 INDEX_BUILD_POLL = 1.0
 """Seconds between looks at another session's build of the retention index, waited for."""
+INDEX_WAIT_PROGRESS = 30.0
+"""Seconds between two progress lines (INFO) of :meth:`PostgresStore.build_retention_index`
+waiting for another session's build (``voipgw migrate-store``)."""
 _CREATE_RETENTION_INDEX = (
     f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {RETENTION_INDEX}"
     " ON call_records ((COALESCE(ended_at, started_at)))"
@@ -789,6 +792,10 @@ class PostgresStore:
         self._index_refused = False
         self._builder: threading.Thread | None = None
         self._builder_db: psycopg.Connection[Any] | None = None
+        # Whose build the last attempt left the index to (None: no other session's).
+        self.retention_index_left_to: str | None = None
+        """What :meth:`build_retention_index` found building the index in another session (and
+        waited for, if told to), when it returned False for that reason; else None."""
         self._builder_lock = threading.Lock()
         self.listener_failures = FailureLog(
             log,
@@ -1596,17 +1603,76 @@ class PostgresStore:
             " or invalid); call records are deleted once it is"
         )
 
-    def build_retention_index(self) -> bool:
+    def build_retention_index(self, *, wait: float = 0.0) -> bool:
         """Build call record retention's index now, in the caller's thread, whatever the
         table's size, and wait for it (``voipgw migrate-store``: run as the owner of
         call_records, it builds the index nodes whose role does not own the table cannot).
-        True once it is valid; False when it is not (another node's build in progress, a
-        role that may not build it: logged)."""
-        if not self._retention_indexed:
-            self._build_retention_index()
+
+        Another session's build in progress (a node's, holding the build's advisory lock, or
+        a ``CREATE INDEX CONCURRENTLY`` run by hand) is waited for up to ``wait`` seconds,
+        looked at every :data:`INDEX_BUILD_POLL` (a progress line at INFO every
+        :data:`INDEX_WAIT_PROGRESS`); once it is over, an index it left valid is taken, one it
+        left invalid (it failed, or was cancelled) or none is built here. True once it is
+        valid; False when it is not (:attr:`retention_index_left_to` names the build waited
+        for, when that is why; a build that failed or a role that may not build it: logged)."""
+        deadline = time.monotonic() + max(0.0, wait)
+        where = f"PostgreSQL {self._server.description}"
+        said_at: float | None = None
+        started = time.monotonic()
+        while True:
+            self.retention_index_left_to = None
+            if not self._retention_indexed:
+                self._build_retention_index(deadline=deadline)
+            with self._session() as db:
+                self._retention_indexed = _index_valid(db) is True
+            if self._retention_indexed or self.retention_index_left_to is None:
+                return self._retention_indexed
+            if time.monotonic() >= deadline:
+                return False
+            # Left to another session's build: wait for it to end, then look again (built by
+            # it, or to build here).
+            while self._index_built_elsewhere():
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                if said_at is None:
+                    said_at = now
+                    log.info(
+                        "%s: waiting up to %g s for %s to end",
+                        where,
+                        wait,
+                        self.retention_index_left_to,
+                    )
+                elif now - said_at >= INDEX_WAIT_PROGRESS:
+                    said_at = now
+                    log.info(
+                        "%s: still waiting for %s (%.0f s so far, at most %g s)",
+                        where,
+                        self.retention_index_left_to,
+                        now - started,
+                        wait,
+                    )
+                time.sleep(min(INDEX_BUILD_POLL, _left(deadline)))
+            if said_at is not None:
+                log.info(
+                    "%s: %s is over: looking at the index again",
+                    where,
+                    self.retention_index_left_to,
+                )
+
+    def _index_built_elsewhere(self) -> bool:
+        """Whether another session holds the build's advisory lock (a node building the index)
+        or builds an index on call_records (:func:`_index_build_running`)."""
         with self._session() as db:
-            self._retention_indexed = _index_valid(db) is True
-        return self._retention_indexed
+            # pg_locks shows a bigint advisory key as classid (high half), objid (low half)
+            # and objsubid 1 (PostgreSQL docs, pg_locks).
+            row = db.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND classid = %s AND objid = %s AND objsubid = 1 AND pid <> pg_backend_pid()",
+                (_INDEX_LOCK >> 32, _INDEX_LOCK & 0xFFFFFFFF),
+            ).fetchone()
+            return bool(row and int(row[0]) > 0) or _index_build_running(db)
 
     def _start_index_build(self, *, background: bool) -> None:
         with self._session() as db:
@@ -1627,7 +1693,9 @@ class PostgresStore:
         )
         self._builder.start()
 
-    def _build_retention_index(self, *, bounded: bool = False) -> bool:
+    def _build_retention_index(
+        self, *, bounded: bool = False, deadline: float | None = None
+    ) -> bool:
         """Build the retention index with ``CREATE INDEX CONCURRENTLY`` (PostgreSQL docs,
         "Building Indexes Concurrently"): writers do not wait for it, so the nodes' saves go on;
         it may take minutes on tens of millions of records, so no statement_timeout, and the
@@ -1649,7 +1717,10 @@ class PostgresStore:
         the build also waits for every transaction of the database older than it (PostgreSQL
         docs, "Building Indexes Concurrently"), which may be one left open for hours; False
         when it ran out (the invalid index it leaves is dropped by the next build) or another
-        session's build is to be waited for (by the background build), else True."""
+        session's build is to be waited for (by the background build), else True.
+
+        ``deadline`` (:meth:`build_retention_index`, which waits itself, saying so): another
+        session's build is not waited for here; :attr:`retention_index_left_to` names it."""
         pg = self._pg
         where = f"PostgreSQL {self._server.description}"
         try:
@@ -1673,6 +1744,10 @@ class PostgresStore:
             row = db.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()
             if row is None or not row[0]:
                 log.info("%s: another node builds the index %s", where, RETENTION_INDEX)
+                self.retention_index_left_to = (
+                    f"another node's build of the index {RETENTION_INDEX} (it holds the"
+                    " build's advisory lock)"
+                )
                 return True
             valid = _index_valid(db)
             if valid is True:
@@ -1694,6 +1769,12 @@ class PostgresStore:
                 )
                 if bounded:
                     return False
+                if deadline is not None:
+                    self.retention_index_left_to = (
+                        "another session's build of an index on call_records (CREATE INDEX"
+                        " CONCURRENTLY run by hand?)"
+                    )
+                    return True
                 while _index_build_running(db):
                     if self._stopping.wait(INDEX_BUILD_POLL):
                         return True
