@@ -523,6 +523,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     # built after the migrations, concurrently (_build_retention_index: no statement here, as
     # CREATE INDEX CONCURRENTLY cannot run in a transaction). Databases that went to 6 with
     # the index built in this transaction (before 2026-11-30) keep it: it is the same index.
+    # A node whose role may only read and write the tables applies it (it only inserts into
+    # schema_version, which that role may), and that is safe: it changes no table, function or
+    # grant, so the database is the same whoever recorded it, and older nodes refuse it from
+    # their next start either way; the index is the owner's whatever the version (the node
+    # says so at ERROR, its retention fails until then, and `voipgw migrate-store` as the owner
+    # builds it on a database already at 6). Docs: configuration.md, "The roles of a
+    # PostgreSQL store".
     (6, ()),
 )
 
