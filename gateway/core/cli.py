@@ -24,12 +24,27 @@ from gateway.core.store.errors import StoreError
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+MIGRATE_WAIT = 600.0
+"""Seconds ``voipgw migrate-store`` waits for another session's build of the retention index by
+default: a node that started first builds it in minutes on tens of millions of records, and an
+upgrade script's next step (starting this node) should not fail for that."""
 MAX_CALLS_HELP = (
     "calls in progress from or to the account at once (0: no limit); past it a call from it "
     "gets 403, a call to it 486"
 )
 
 log = logging.getLogger("gateway")
+
+
+def _seconds(text: str) -> float:
+    """A non-negative number of seconds (argparse type: anything else is a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds, 0 or more: {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,9 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
         "command migrates; this one says to which version, and builds the index whatever the "
         "table's size. Run it with a config whose [store] dsn names the role that owns the "
         "tables when the nodes' role may only read and write them (they cannot migrate).",
+        epilog="Exit status: 0 the schema is at this voipgw's version and the index is built; "
+        "1 it is not: the database could not be reached, a migration failed or was refused "
+        "(a newer schema, a privilege missing), or the index is not built (another session's "
+        "build still going after --wait, a build that failed, a role that may not build it); "
+        "2 a usage or configuration error. Progress goes to standard error.",
     )
     migrate.add_argument("--config", metavar="FILE", help="TOML configuration file")
     migrate.add_argument("--state-dir", metavar="DIR", help="state directory (default: as run)")
+    migrate.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=_seconds,
+        default=MIGRATE_WAIT,
+        help="PostgreSQL: how long to wait for another session's build of the index (a node "
+        "starting, or a CREATE INDEX CONCURRENTLY run by hand) to end, then build it if that "
+        f"build did not (default: {MIGRATE_WAIT:g}; 0: do not wait)",
+    )
 
     trunks = sub.add_parser(
         "trunks",
@@ -983,7 +1012,17 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     try:
         print(f"store: schema version {store.schema_version()}")
         if isinstance(store, PostgresStore):
-            if not store.build_retention_index():
+            if not store.build_retention_index(wait=args.wait):
+                other = store.retention_index_left_to
+                if other is not None:
+                    waited = f"waited {args.wait:g} s for" if args.wait else "not waited for"
+                    print(
+                        f"voipgw: migrate-store: the index {RETENTION_INDEX} is not built yet:"
+                        f" {waited} {other}; call records are not deleted until it is (run"
+                        " migrate-store again to wait on, with --wait SECONDS)",
+                        file=sys.stderr,
+                    )
+                    return EXIT_RUNTIME
                 print(
                     f"voipgw: migrate-store: the index {RETENTION_INDEX} is not built (see the"
                     " message above); call records are not deleted until it is",

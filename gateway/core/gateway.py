@@ -12,6 +12,7 @@ import inspect
 import logging
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,12 @@ from gateway.core.calls.dialog_events import DialogEvents
 from gateway.core.calls.manager import CallManager
 from gateway.core.calls.messages import Messages
 from gateway.core.calls.presence import Presence
-from gateway.core.calls.records import RetentionCounts, expire_call_records, expiry_failures
+from gateway.core.calls.records import (
+    CallRecordBook,
+    RetentionCounts,
+    expire_call_records,
+    expiry_failures,
+)
 from gateway.core.calls.routing import GatewayDirectory, TrunkMatcher, default_route, route_call
 from gateway.core.calls.subscriptions import Subscriptions
 from gateway.core.calls.trunk_dns import (
@@ -116,6 +122,73 @@ HOUSEKEEPING_INTERVAL = 30.0
 STORE_BUSY_TIMEOUT = SQLITE_GATEWAY_BUSY_TIMEOUT
 # A UDP flow idle this long is forgotten; NATed phones send a REGISTER or keep-alive well within.
 UDP_FLOW_IDLE = 300.0
+
+
+LAST_WRITES_WAIT = DEFAULT_BUSY_TIMEOUT
+"""Seconds the gateway's stop gives its last writes to the store (the call records of the calls
+it ended, the removal of its call-limit holds): as long as the CLI waits for a busy store."""
+
+LAST_WRITES_GRACE = 1.0
+"""Seconds the stop waits for the last writes once the store is closed (a statement the close
+cut short fails at once)."""
+
+
+def close_store(
+    store: Store, records: CallRecordBook | None, shared: SharedCallLimits | None
+) -> None:
+    """The gateway's last writes, then the store's close, bounded even when the store's server
+    stops answering: a stop that overruns systemd's stop timeout is killed, and the records
+    not written yet with it.
+
+    The writes run in a thread of their own (the store serves one caller at a time; nothing
+    else uses it any more), given :data:`LAST_WRITES_WAIT`: the records ``records`` still has
+    (a busy store's refusals retried meanwhile), then ``shared``'s holds and heartbeat. Then
+    the store is closed, which cuts short a statement still waiting for a server that does not
+    answer (PostgresStore.close: at most its CLOSE_WAIT), and the thread is waited for a
+    moment more. The changes not saved are counted in one WARNING, as records.py counts those
+    a store failure lost; the holds not removed go at the next start or age out."""
+    outcome: list[str] = []
+
+    def last_writes() -> None:
+        deadline = time.monotonic() + LAST_WRITES_WAIT
+        if records is not None:
+            records.flush()  # never raises
+            while records.pending and time.monotonic() < deadline:
+                time.sleep(STORE_BUSY_TIMEOUT)
+                records.flush()
+        outcome.append("records")
+        if shared is not None:
+            try:
+                shared.stop()  # no calls left: this node's holds and heartbeat go
+            except StoreError as exc:
+                # Its next start drops the holds; until then its heartbeat ages out.
+                log.warning("call limits: this node's holds not removed: %s", exc)
+            except Exception:  # a bug: logged as the gateway logs one, the stop goes on
+                log_exception(log, "call limits: removing this node's holds failed")
+
+    writer = threading.Thread(target=last_writes, name="store last writes", daemon=True)
+    writer.start()
+    writer.join(LAST_WRITES_WAIT)
+    store.close()
+    writer.join(LAST_WRITES_GRACE)
+    if records is None:
+        return
+    if not outcome:
+        # Still in a store call the close did not end (not known to happen): what it holds is
+        # not known to be saved either.
+        log.warning(
+            "%d call record change(s) not kept, and the save in progress may not have been: the"
+            " store did not answer within %g s of the stop",
+            records.pending,
+            LAST_WRITES_WAIT,
+        )
+    elif records.pending:
+        log.warning(
+            "%d call record change(s) not kept: the store did not take them within %g s of the"
+            " stop (see its messages above)",
+            records.pending,
+            LAST_WRITES_WAIT,
+        )
 
 
 def relay_build() -> str:
@@ -704,28 +777,12 @@ class Gateway:
                 task_status.started(list(self.listeners))
         finally:
             # Every call has ended by now (their tasks were in the nursery): the last records.
-            records = self.calls.records if self.calls is not None else None
-            if records is not None:
-                # Nothing is relayed any more: wait for a busy store as long as the CLI would
-                # (a PostgreSQL store out of reach fails at once, and may reconnect meanwhile).
-                deadline = time.monotonic() + DEFAULT_BUSY_TIMEOUT
-                records.flush()
-                while records.pending and time.monotonic() < deadline:
-                    time.sleep(STORE_BUSY_TIMEOUT)
-                    records.flush()
-                if records.pending:
-                    log.error(
-                        "%d call record change(s) not saved: the store stayed busy",
-                        records.pending,
-                    )
             shared = self.store.shared_call_limits()
-            if shared is not None and self._counting_shared:
-                try:
-                    shared.stop()  # no calls left: this node's holds and heartbeat go
-                except StoreError as exc:
-                    # Its next start drops the holds; until then its heartbeat ages out.
-                    log.warning("call limits: this node's holds not removed: %s", exc)
-            self.store.close()
+            close_store(
+                self.store,
+                self.calls.records if self.calls is not None else None,
+                shared if self._counting_shared else None,
+            )
 
     async def _check_node_name(self, shared: SharedCallLimits) -> None:
         """Refuse to start under a ``[store] node`` name another running process uses: it and

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import logging
 import re
+import select
+import selectors
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, cast
 
 import pytest
 from pgcluster import Cluster
@@ -858,6 +862,213 @@ def test_a_node_whose_role_does_not_own_call_records_says_retention_waits_for_th
     assert node.expire_call_records(10.0, most=10) == 1  # no restart needed
 
 
+class StallingProxy:
+    """A TCP proxy to the cluster that can stop answering as a server out of reach does, for
+    the node's connections only (the cluster goes on serving the test's own). Forwarding, it
+    copies bytes both ways; :meth:`stall` stops it reading anything, while its kernel still
+    acknowledges what the node sends and answers its keepalives (as for a server process
+    stopped, or a proxy or firewall that holds connections open without forwarding): neither
+    keepalives nor tcp_user_timeout end a wait, only statement_timeout would, and that is the
+    server's. A connection opened while stalled is accepted and never forwarded (libpq's
+    connect then waits for connect_timeout). :meth:`cut` closes the connections there are
+    (each end sees the other gone), as a restart of the server would."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._pairs: dict[socket.socket, socket.socket] = {}
+        self.held: list[socket.socket] = []  # accepted while stalled, never forwarded
+        self._stall = threading.Event()
+        self._stalled = threading.Event()  # its thread reads nothing any more
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stalling proxy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._server, selectors.EVENT_READ)
+        while not self._closing.is_set():
+            if self._stall.is_set() and not self._stalled.is_set():
+                for sock in self._pairs:
+                    selector.unregister(sock)
+                self._stalled.set()
+            for key, _ in selector.select(0.05):
+                sock = cast(socket.socket, key.fileobj)
+                if sock is self._server:
+                    client, _ = self._server.accept()
+                    if self._stalled.is_set():
+                        self.held.append(client)
+                        continue
+                    upstream = socket.create_connection(("127.0.0.1", self._target))
+                    self._pairs[client], self._pairs[upstream] = upstream, client
+                    selector.register(client, selectors.EVENT_READ)
+                    selector.register(upstream, selectors.EVENT_READ)
+                    continue
+                if self._stalled.is_set() or sock not in self._pairs:
+                    continue  # not read any more, or closed with its peer in this round
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                peer = self._pairs[sock]
+                if data:
+                    peer.sendall(data)
+                    continue
+                for end in (sock, peer):
+                    selector.unregister(end)
+                    self._pairs.pop(end, None)
+                    end.close()
+        selector.close()
+
+    def stall(self) -> None:
+        self._stall.set()
+        wait_until(self._stalled.is_set)
+
+    def unanswered(self) -> bool:
+        """Whether the node sent something the stalled proxy has not read (a statement)."""
+        readable, _, _ = select.select(list(self._pairs), [], [], 0)
+        return bool(readable)
+
+    def cut(self) -> None:
+        """Close every forwarded connection (only while stalled: the thread reads none)."""
+        assert self._stalled.is_set()
+        for sock in list(self._pairs):
+            sock.close()
+        self._pairs.clear()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(5)
+        for sock in [*self._pairs, *self.held, self._server]:
+            sock.close()
+
+
+@pytest.fixture
+def stalling_proxy(postgres_cluster: Cluster) -> Iterator[StallingProxy]:
+    proxy = StallingProxy(postgres_cluster.port)
+    yield proxy
+    proxy.close()
+
+
+def through(proxy: StallingProxy, cluster: Cluster, database: str) -> str:
+    return cluster.dsn(database).replace(f"port={cluster.port}", f"port={proxy.port}")
+
+
+def test_close_cuts_short_a_statement_a_server_that_stopped_answering_holds(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    stalling_proxy: StallingProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A statement waiting for a server that stopped answering holds the store's lock for as
+    long as it waits (statement_timeout is the server's): close() waited for that lock for
+    ever, and the gateway's stop with it, until systemd killed it. It shuts the statement's
+    socket down past its bound instead: the call fails, the store closes."""
+    node = open_node(
+        dsn=through(stalling_proxy, postgres_cluster, postgres_database), connect_timeout=5
+    )
+    node.call_records_save([CallRecord("c0", "a", "b", 1.0, None, 2.0)])  # it works
+    stalling_proxy.stall()
+    failed: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            node.call_records_save([CallRecord("c1", "a", "b", 1.0, None, 2.0)])
+        except BaseException as exc:  # what the caller would get
+            failed.append(exc)
+
+    saving = threading.Thread(target=save, daemon=True)
+    saving.start()
+    wait_until(stalling_proxy.unanswered)  # the statement went out: no answer comes
+    caplog.set_level(logging.WARNING, logger=pg_module.__name__)
+    closing = threading.Thread(target=node.close, daemon=True)
+    closing.start()
+    # Returned: a generous bound, far past close()'s own (2 s), that only proves no hang.
+    wait_until(lambda: not closing.is_alive(), timeout=2 * 5)
+    wait_until(lambda: not saving.is_alive())
+    assert len(failed) == 1 and isinstance(failed[0], StoreUnavailable), failed
+    assert node._db is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("without waiting for a statement in progress" in line for line in warnings)
+    assert postgres_cluster.password not in caplog.text
+    rows = postgres_cluster.admin("SELECT call_id FROM call_records", postgres_database)
+    assert rows == [("c0",)]
+
+
+def test_close_does_not_wait_for_the_listener_s_reconnection_to_a_server_out_of_reach(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    stalling_proxy: StallingProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A listener whose connection was lost reconnects, for itself and then for the store,
+    each attempt up to connect_timeout against a server that does not answer: close() joined
+    the thread, and so waited for both (10 s by default), past a stop timeout of a few
+    seconds. It now leaves the daemon thread to end on its own, after its bound."""
+    node = open_node(
+        dsn=through(stalling_proxy, postgres_cluster, postgres_database), connect_timeout=5
+    )
+    stalling_proxy.stall()
+    stalling_proxy.cut()  # the listener finds its connection lost and reconnects
+    with pytest.raises(StoreUnavailable):
+        node.accounts_list()  # so does the store's: the listener reopens it after its own
+    wait_until(lambda: len(stalling_proxy.held) == 1)  # the listener's attempt: no answer
+    assert node._thread is not None
+    caplog.set_level(logging.WARNING, logger=pg_module.__name__)
+    node.close()
+    assert node._thread.is_alive()  # still connecting: not waited for
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("without waiting for the listener thread" in line for line in warnings)
+    # Both attempts time out (connect_timeout each), and the thread sees the store closed.
+    node._thread.join(3 * 5)
+    assert not node._thread.is_alive()
+    assert node._db is None  # the store's connection was not reopened after close()
+
+
+def test_a_gateway_stopping_while_the_database_stops_answering_says_which_records_are_lost(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    stalling_proxy: StallingProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The gateway's stop saves the records of the calls it ended, removes its call-limit
+    holds, then closes the store. Each statement to a server that stopped answering waited for
+    ever (the stop then ended only by systemd's SIGKILL, and nothing said which records were
+    lost): the stop is bounded, and the records not saved are counted at WARNING."""
+    from gateway.core.calls.records import CallRecordBook
+    from gateway.core.gateway import close_store
+
+    node = open_node(
+        dsn=through(stalling_proxy, postgres_cluster, postgres_database),
+        connect_timeout=5,
+        node="stopping",
+    )
+    limits = node.call_limits
+    limits.start()
+    book = CallRecordBook(node)
+    book.started("c1", "sip:alice@example.net", "sip:bob@example.net")
+    book.started("c2", "sip:carol@example.net", "sip:bob@example.net")
+    stalling_proxy.stall()
+    caplog.set_level(logging.WARNING, logger="gateway")
+    stopping = threading.Thread(target=close_store, args=(node, book, limits), daemon=True)
+    stopping.start()
+    # Returned: a generous bound (connect_timeout twice) that only proves no hang.
+    wait_until(lambda: not stopping.is_alive(), timeout=2 * 5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    lost = [line for line in warnings if "call record change(s) not kept" in line]
+    assert lost == [
+        "2 call record change(s) not kept: the store did not take them within 5 s of the stop"
+        " (see its messages above)"
+    ]
+    assert any("holds not removed" in line for line in warnings)
+    assert node._db is None
+    assert postgres_cluster.password not in caplog.text
+
+
 # -- the CLI and check-config against PostgreSQL ----------------------------------------------
 
 
@@ -1134,10 +1345,10 @@ def test_migrate_store_that_leaves_the_index_to_another_node_says_why(
     postgres_database: str,
     tmp_path: Path,
 ) -> None:
-    """While another node builds the index (its advisory lock held), ``migrate-store`` does not
-    build it and exits 1 pointing at "the message above": that message (INFO, "another node
-    builds the index") must reach the operator, as must the build's progress lines, which the
-    CLI's default logging (WARNING and up) dropped."""
+    """While another node builds the index (its advisory lock held), ``migrate-store --wait 0``
+    does not build it and exits 1 saying whose build it left it to: that message and the INFO
+    one ("another node builds the index") must reach the operator, as must the build's
+    progress lines, which the CLI's default logging (WARNING and up) dropped."""
     import psycopg
 
     open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
@@ -1153,16 +1364,149 @@ def test_migrate_store_that_leaves_the_index_to_another_node_says_why(
     )
     with psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
-        refused = voipgw("migrate-store", "--config", str(config))
+        refused = voipgw("migrate-store", "--config", str(config), "--wait", "0")
         other.execute("SELECT pg_advisory_unlock(%s)", (pg_module._INDEX_LOCK,))
     assert refused.returncode == 1, refused.stderr
-    assert "is not built (see the message above)" in refused.stderr
+    assert (
+        "the index call_records_kept_by is not built yet: not waited for another node's build"
+        " of the index call_records_kept_by (it holds the build's advisory lock)"
+    ) in refused.stderr
     assert "another node builds the index call_records_kept_by" in refused.stderr
     assert postgres_cluster.password not in refused.stderr + refused.stdout
     built = voipgw("migrate-store", "--config", str(config))
     assert built.returncode == 0, built.stderr
     assert "building the index call_records_kept_by concurrently" in built.stderr
     assert "the index call_records_kept_by is built" in built.stdout
+
+
+def schema_5_config(
+    open_node: Callable[..., PostgresStore],
+    cluster: Cluster,
+    database: str,
+    directory: Path,
+) -> Path:
+    """A database at schema 5 with a call record (version 6 and its index to come), and the
+    owner's config file for it."""
+    open_node(listen=False, migrations=MIGRATIONS[:5], node="old").call_records_save(
+        [CallRecord("c1", "a", "b", 1.0, None, 2.0), CallRecord("c2", "a", "b", 1.0, None, 2.0)]
+    )
+    config = directory / "owner.toml"
+    config.write_text(
+        "[store]\n"
+        + "".join(
+            f'{key} = "{value}"\n'
+            for key, value in cluster.store_table(database, directory).items()
+        )
+    )
+    return config
+
+
+class Lines:
+    """A process's standard error, read line by line as it comes (a thread)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def has(self, words: str) -> bool:
+        return any(words in line for line in self.lines)
+
+    def text(self) -> str:
+        self._thread.join(10)
+        return "".join(self.lines)
+
+
+@pytest.mark.parametrize("other_build", ["built", "failed"])
+def test_migrate_store_waits_for_another_nodes_build_of_the_index_then_finishes(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    tmp_path: Path,
+    other_build: str,
+) -> None:
+    """An upgrade script runs ``voipgw migrate-store --config F && systemctl start voipgw``:
+    with another node building the index at that moment, migrate-store exited 1 and the script
+    stopped there. It waits for that build (progress on standard error) and then finishes:
+    the index that build made, or, when that build failed (its index left invalid), its own."""
+    import psycopg
+
+    config = schema_5_config(open_node, postgres_cluster, postgres_database, tmp_path)
+    with (
+        psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other,
+        (tmp_path / "stdout").open("w+") as stdout,
+    ):
+        other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
+        migrate = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "migrate-store", "--config", str(config)],
+            cwd=REPO,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert migrate.stderr is not None
+            stderr = Lines(migrate.stderr)
+            waiting = (
+                "waiting up to 600 s for another node's build of the index call_records_kept_by"
+                " (it holds the build's advisory lock) to end"
+            )
+            wait_until(lambda: stderr.has(waiting) or migrate.poll() is not None, timeout=60)
+            assert migrate.poll() is None, stderr.text()  # waiting, not given up
+            # The other node's build ends: made, or failed (a UNIQUE build on two equal keys
+            # leaves its index invalid, as an interrupted build does).
+            create = "CREATE UNIQUE INDEX" if other_build == "failed" else "CREATE INDEX"
+            try:
+                other.execute(
+                    f"{create} CONCURRENTLY call_records_kept_by"
+                    " ON call_records ((COALESCE(ended_at, started_at)))"
+                )
+            except psycopg.errors.UniqueViolation:
+                assert other_build == "failed"
+            other.execute("SELECT pg_advisory_unlock(%s)", (pg_module._INDEX_LOCK,))
+            migrate.wait(60)
+        finally:
+            if migrate.poll() is None:
+                migrate.kill()
+                migrate.wait()
+        stdout.seek(0)
+        out = stdout.read()
+    assert migrate.returncode == 0, stderr.text()
+    assert "the index call_records_kept_by is built" in out
+    assert index_state(postgres_cluster, postgres_database) == [(True,)]
+    built_here = "building the index call_records_kept_by concurrently" in stderr.text()
+    assert built_here == (other_build == "failed")
+    assert postgres_cluster.password not in stderr.text() + out
+
+
+def test_migrate_store_that_waited_its_bound_for_another_build_says_what_it_waited_for(
+    open_node: Callable[..., PostgresStore],
+    postgres_cluster: Cluster,
+    postgres_database: str,
+    tmp_path: Path,
+) -> None:
+    """The wait is bounded (``--wait``): past it migrate-store exits 1 naming the build it
+    waited for, so the script stops with a reason rather than hangs."""
+    import psycopg
+
+    config = schema_5_config(open_node, postgres_cluster, postgres_database, tmp_path)
+    with psycopg.connect(postgres_cluster.admin_dsn(postgres_database), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (pg_module._INDEX_LOCK,))
+        waited = voipgw("migrate-store", "--config", str(config), "--wait", "0.5")
+    assert waited.returncode == 1, waited.stderr
+    assert f"schema version {len(MIGRATIONS)}" in waited.stdout
+    assert (
+        "voipgw: migrate-store: the index call_records_kept_by is not built yet: waited 0.5 s"
+        " for another node's build of the index call_records_kept_by (it holds the build's"
+        " advisory lock); call records are not deleted until it is"
+    ) in waited.stderr
+    assert index_state(postgres_cluster, postgres_database) == []
+    bad = voipgw("migrate-store", "--config", str(config), "--wait", "-1")
+    assert bad.returncode == 2 and "not a number of seconds, 0 or more" in bad.stderr
 
 
 def test_migrate_store_builds_a_big_tables_retention_index_the_cli_would_leave_to_the_nodes(

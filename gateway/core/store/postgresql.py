@@ -27,9 +27,11 @@ round trip. Theory of operation:
   wait on a server that vanished from the network, and a lost connection is not reopened on the
   caller's thread: the call fails at once with :class:`StoreUnavailable` (a REGISTER is answered
   503, as for a busy SQLite store) and the background thread reconnects. The CLI, which has no
-  thread, connects when it is called. :meth:`PostgresStore.close` waits at most
-  :data:`CANCEL_WAIT` for an index build it cancels (libpq's cancel request, before libpq 17,
-  is a blocking connect).
+  thread, connects when it is called. :meth:`PostgresStore.close` takes at most
+  :data:`CLOSE_WAIT` in all, the server answering or not: it waits that long for an index
+  build it cancels (libpq's cancel request, before libpq 17, is a blocking connect), the
+  listener thread (which may be reconnecting) and a statement another thread has in
+  progress, whose socket it then shuts down.
 - Call limits (migration 2, :class:`PostgresCallLimits`). A trunk's or account's
   ``max_calls`` holds for every node: a row per call held against a limited key, taken by one
   function call that locks the key, counts and inserts, so two nodes cannot both take the last;
@@ -76,7 +78,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -142,6 +146,10 @@ CANCEL_WAIT = 2.0
 """Longest :meth:`PostgresStore.close` waits for an index build it cancels to stop (a cancel
 the server answers takes milliseconds)."""
 
+CLOSE_WAIT = CANCEL_WAIT
+"""Longest :meth:`PostgresStore.close` takes in all: the index build's cancel, the listener
+thread and a statement another thread has in progress share this one bound."""
+
 MIGRATION_STATEMENT_TIMEOUT = "60s"
 """Migrations run at start-up, before anything is relayed, and may wait for another node's."""
 
@@ -180,6 +188,9 @@ while the node serves, as does a small one whose build waited past statement_tim
 older transaction."""
 INDEX_BUILD_POLL = 1.0
 """Seconds between looks at another session's build of the retention index, waited for."""
+INDEX_WAIT_PROGRESS = 30.0
+"""Seconds between two progress lines (INFO) of :meth:`PostgresStore.build_retention_index`
+waiting for another session's build (``voipgw migrate-store``)."""
 _CREATE_RETENTION_INDEX = (
     f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {RETENTION_INDEX}"
     " ON call_records ((COALESCE(ended_at, started_at)))"
@@ -512,6 +523,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     # built after the migrations, concurrently (_build_retention_index: no statement here, as
     # CREATE INDEX CONCURRENTLY cannot run in a transaction). Databases that went to 6 with
     # the index built in this transaction (before 2026-11-30) keep it: it is the same index.
+    # A node whose role may only read and write the tables applies it (it only inserts into
+    # schema_version, which that role may), and that is safe: it changes no table, function or
+    # grant, so the database is the same whoever recorded it, and older nodes refuse it from
+    # their next start either way; the index is the owner's whatever the version (the node
+    # says so at ERROR, its retention fails until then, and `voipgw migrate-store` as the owner
+    # builds it on a database already at 6). Docs: configuration.md, "The roles of a
+    # PostgreSQL store".
     (6, ()),
 )
 
@@ -781,6 +799,10 @@ class PostgresStore:
         self._index_refused = False
         self._builder: threading.Thread | None = None
         self._builder_db: psycopg.Connection[Any] | None = None
+        # Whose build the last attempt left the index to (None: no other session's).
+        self.retention_index_left_to: str | None = None
+        """What :meth:`build_retention_index` found building the index in another session (and
+        waited for, if told to), when it returned False for that reason; else None."""
         self._builder_lock = threading.Lock()
         self.listener_failures = FailureLog(
             log,
@@ -854,17 +876,63 @@ class PostgresStore:
         return f"<PostgresStore {self._server.description}>"
 
     def close(self) -> None:
-        self._stopping.set()
-        self._stop_index_build()
-        if self._thread is not None:
-            self._thread.join()
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        """Stop the store's threads and close its connection, within :data:`CLOSE_WAIT` even
+        when the server stops answering (its host dropping packets, its processes stopped, a
+        firewall or proxy holding the connection open without forwarding): the gateway's stop
+        must end before systemd's stop timeout kills it, and the call records it has not
+        written with it. Each wait shares one deadline:
 
-    def _stop_index_build(self) -> None:
-        """Cancel a build in progress and wait for it to stop, at most :data:`CANCEL_WAIT`.
+        - the index build's cancel (:meth:`_stop_index_build`);
+        - the listener thread, which may be opening a connection for itself and then for the
+          store (``connect_timeout`` each, and a connection that opened but whose first
+          statement gets no answer has no bound at all): not waited for past the deadline. A
+          daemon thread, it closes what it opens once it sees the store stopping;
+        - a statement another thread has in progress on the store's connection, which holds
+          the store's lock for as long as the server does not answer (statement_timeout is
+          the server's; keepalives and tcp_user_timeout see only a host that stopped
+          acknowledging, not a process stopped or a proxy that stopped forwarding). Past the
+          deadline its socket is shut down: libpq finds the connection lost at once, the call
+          fails with :class:`StoreUnavailable` (its records are kept for a save that will not
+          come: the gateway counts them as not kept) and drops the connection itself.
+
+        libpq's PQfinish is not waited for: psycopg opens every connection in libpq's
+        nonblocking mode (psycopg/generators.py ``connect``), so the Terminate message is
+        queued, not waited for, and the socket closed at once.
+
+        What was not waited for is said in one WARNING."""
+        deadline = time.monotonic() + CLOSE_WAIT
+        self._stopping.set()
+        self._stop_index_build(deadline)
+        not_waited: list[str] = []
+        if self._thread is not None:
+            self._thread.join(_left(deadline))
+            if self._thread.is_alive():
+                not_waited.append("the listener thread (opening a connection)")
+        if self._lock.acquire(timeout=_left(deadline)):
+            try:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+            finally:
+                self._lock.release()
+        else:
+            db = self._db
+            if db is not None and _abort(db):
+                not_waited.append(
+                    "a statement in progress (its connection shut down: the call fails)"
+                )
+        if not_waited:
+            log.warning(
+                "PostgreSQL %s: the store closed within %g s without waiting for %s: the"
+                " server does not answer?",
+                self._server.description,
+                CLOSE_WAIT,
+                " nor ".join(not_waited),
+            )
+
+    def _stop_index_build(self, deadline: float) -> None:
+        """Cancel a build in progress and wait for it to stop, at most :data:`CANCEL_WAIT`
+        (and not past ``deadline``, close()'s).
 
         An index build stops at a cancel (a step it had not begun then, at its check of
         _stopping): it leaves an invalid index, which the next start builds again. The cancel
@@ -884,7 +952,7 @@ class PostgresStore:
             daemon=True,
         )
         canceller.start()
-        deadline = time.monotonic() + CANCEL_WAIT
+        deadline = min(deadline, time.monotonic() + CANCEL_WAIT)
         # Until the build stops, or its cancel failed (said by the canceller), or time is up.
         while builder.is_alive() and canceller.is_alive() and time.monotonic() < deadline:
             builder.join(0.05)
@@ -1137,7 +1205,10 @@ class PostgresStore:
                 listener.close()
 
     def _reconnect_store(self) -> None:
-        """Reopen the store's connection if a call found it lost, at most once a second."""
+        """Reopen the store's connection if a call found it lost, at most once a second (not
+        once the store is closing: close() does not wait for a connect)."""
+        if self._stopping.is_set():
+            return
         if self._db is not None or time.monotonic() < self._reconnect_at:
             return
         self._reconnect_at = time.monotonic() + RECONNECT_INTERVAL
@@ -1146,7 +1217,8 @@ class PostgresStore:
         except StoreUnavailable:
             return  # said when the connection was lost; tried again in a second
         with self._lock:
-            if self._db is None:
+            # Not once the store is closing: close() has closed (or is closing) the last one.
+            if self._db is None and not self._stopping.is_set():
                 self._db = connection
                 self._own_pid = connection.info.backend_pid
                 log.info("PostgreSQL %s: connected again", self._server.description)
@@ -1538,17 +1610,76 @@ class PostgresStore:
             " or invalid); call records are deleted once it is"
         )
 
-    def build_retention_index(self) -> bool:
+    def build_retention_index(self, *, wait: float = 0.0) -> bool:
         """Build call record retention's index now, in the caller's thread, whatever the
         table's size, and wait for it (``voipgw migrate-store``: run as the owner of
         call_records, it builds the index nodes whose role does not own the table cannot).
-        True once it is valid; False when it is not (another node's build in progress, a
-        role that may not build it: logged)."""
-        if not self._retention_indexed:
-            self._build_retention_index()
+
+        Another session's build in progress (a node's, holding the build's advisory lock, or
+        a ``CREATE INDEX CONCURRENTLY`` run by hand) is waited for up to ``wait`` seconds,
+        looked at every :data:`INDEX_BUILD_POLL` (a progress line at INFO every
+        :data:`INDEX_WAIT_PROGRESS`); once it is over, an index it left valid is taken, one it
+        left invalid (it failed, or was cancelled) or none is built here. True once it is
+        valid; False when it is not (:attr:`retention_index_left_to` names the build waited
+        for, when that is why; a build that failed or a role that may not build it: logged)."""
+        deadline = time.monotonic() + max(0.0, wait)
+        where = f"PostgreSQL {self._server.description}"
+        said_at: float | None = None
+        started = time.monotonic()
+        while True:
+            self.retention_index_left_to = None
+            if not self._retention_indexed:
+                self._build_retention_index(deadline=deadline)
+            with self._session() as db:
+                self._retention_indexed = _index_valid(db) is True
+            if self._retention_indexed or self.retention_index_left_to is None:
+                return self._retention_indexed
+            if time.monotonic() >= deadline:
+                return False
+            # Left to another session's build: wait for it to end, then look again (built by
+            # it, or to build here).
+            while self._index_built_elsewhere():
+                now = time.monotonic()
+                if now >= deadline:
+                    return False
+                if said_at is None:
+                    said_at = now
+                    log.info(
+                        "%s: waiting up to %g s for %s to end",
+                        where,
+                        wait,
+                        self.retention_index_left_to,
+                    )
+                elif now - said_at >= INDEX_WAIT_PROGRESS:
+                    said_at = now
+                    log.info(
+                        "%s: still waiting for %s (%.0f s so far, at most %g s)",
+                        where,
+                        self.retention_index_left_to,
+                        now - started,
+                        wait,
+                    )
+                time.sleep(min(INDEX_BUILD_POLL, _left(deadline)))
+            if said_at is not None:
+                log.info(
+                    "%s: %s is over: looking at the index again",
+                    where,
+                    self.retention_index_left_to,
+                )
+
+    def _index_built_elsewhere(self) -> bool:
+        """Whether another session holds the build's advisory lock (a node building the index)
+        or builds an index on call_records (:func:`_index_build_running`)."""
         with self._session() as db:
-            self._retention_indexed = _index_valid(db) is True
-        return self._retention_indexed
+            # pg_locks shows a bigint advisory key as classid (high half), objid (low half)
+            # and objsubid 1 (PostgreSQL docs, pg_locks).
+            row = db.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND classid = %s AND objid = %s AND objsubid = 1 AND pid <> pg_backend_pid()",
+                (_INDEX_LOCK >> 32, _INDEX_LOCK & 0xFFFFFFFF),
+            ).fetchone()
+            return bool(row and int(row[0]) > 0) or _index_build_running(db)
 
     def _start_index_build(self, *, background: bool) -> None:
         with self._session() as db:
@@ -1569,7 +1700,9 @@ class PostgresStore:
         )
         self._builder.start()
 
-    def _build_retention_index(self, *, bounded: bool = False) -> bool:
+    def _build_retention_index(
+        self, *, bounded: bool = False, deadline: float | None = None
+    ) -> bool:
         """Build the retention index with ``CREATE INDEX CONCURRENTLY`` (PostgreSQL docs,
         "Building Indexes Concurrently"): writers do not wait for it, so the nodes' saves go on;
         it may take minutes on tens of millions of records, so no statement_timeout, and the
@@ -1591,7 +1724,10 @@ class PostgresStore:
         the build also waits for every transaction of the database older than it (PostgreSQL
         docs, "Building Indexes Concurrently"), which may be one left open for hours; False
         when it ran out (the invalid index it leaves is dropped by the next build) or another
-        session's build is to be waited for (by the background build), else True."""
+        session's build is to be waited for (by the background build), else True.
+
+        ``deadline`` (:meth:`build_retention_index`, which waits itself, saying so): another
+        session's build is not waited for here; :attr:`retention_index_left_to` names it."""
         pg = self._pg
         where = f"PostgreSQL {self._server.description}"
         try:
@@ -1615,6 +1751,10 @@ class PostgresStore:
             row = db.execute("SELECT pg_try_advisory_lock(%s)", (_INDEX_LOCK,)).fetchone()
             if row is None or not row[0]:
                 log.info("%s: another node builds the index %s", where, RETENTION_INDEX)
+                self.retention_index_left_to = (
+                    f"another node's build of the index {RETENTION_INDEX} (it holds the"
+                    " build's advisory lock)"
+                )
                 return True
             valid = _index_valid(db)
             if valid is True:
@@ -1636,6 +1776,12 @@ class PostgresStore:
                 )
                 if bounded:
                     return False
+                if deadline is not None:
+                    self.retention_index_left_to = (
+                        "another session's build of an index on call_records (CREATE INDEX"
+                        " CONCURRENTLY run by hand?)"
+                    )
+                    return True
                 while _index_build_running(db):
                     if self._stopping.wait(INDEX_BUILD_POLL):
                         return True
@@ -1792,6 +1938,33 @@ class PostgresStore:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline`` (monotonic), not below 0."""
+    return max(0.0, deadline - time.monotonic())
+
+
+def _abort(db: psycopg.Connection[Any]) -> bool:
+    """Shut the socket of ``db`` down, which another thread is using (a statement waiting for
+    a server that does not answer): its wait ends at once, libpq finding the connection lost.
+    Only the socket is touched (a dup of its descriptor), never libpq's connection, which is
+    not safe to use from two threads. False when it has no socket any more."""
+    try:
+        fd = db.pgconn.socket
+    except Exception:  # closed meanwhile: the statement ended and its thread dropped it
+        return False
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more: nothing to wake
+    finally:
+        sock.close()  # the dup only; libpq closes its own
+    return True
 
 
 def _migrate(
