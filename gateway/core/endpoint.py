@@ -52,10 +52,12 @@ from gateway.core.sip.transaction import (
     ServerTransaction,
     Transaction,
     TransactionLimitReached,
+    TransactionStateError,
     TransactionTable,
     TransactionTerminated,
     TransactionTimeout,
     TransactionTimers,
+    TransactionUnanswered,
     TransportFailed,
     UnmatchedResponse,
 )
@@ -945,7 +947,15 @@ class SipEndpoint:
         if isinstance(output, RequestReceived):
             assert arrival is not None
             self._server_flows[output.transaction] = arrival
-            await self._dispatch(output.transaction, output.request, arrival)
+            try:
+                await self._dispatch(output.transaction, output.request, arrival)
+            except Exception:
+                # Nobody took the request (a layer that raises has not: each hands it over as
+                # its last step, _dispatch). Answered here, or its transaction, which has no
+                # timer in Trying or Proceeding, and its entries would wait for the table's
+                # bound (non-INVITE) or for ever (INVITE) while the client retransmits.
+                await self.answer_internal_error(output.transaction, output.request)
+                raise  # logged and counted by _act, as every other internal error
         elif isinstance(output, SendResponse):
             flow = self._server_flows.get(output.transaction)
             if flow is None and arrival is not None:
@@ -990,16 +1000,50 @@ class SipEndpoint:
         elif isinstance(output, TransactionTimeout | TransportFailed):
             self._fail_client(output)
         elif isinstance(output, TransactionTerminated):
-            self._server_flows.pop(output.transaction, None)
-            client = self._client_requests.pop(output.transaction, None)
-            if client is not None:
-                client._close()
-                call_id = client._call_id
-                if call_id is not None and self._invites.get(call_id) is client:
-                    del self._invites[call_id]
+            self._forget(output.transaction)
+        elif isinstance(output, TransactionUnanswered):
+            # The table gave up on a request no TU answered (a bug): counted and logged as the
+            # other internal errors (with no traceback: nothing raised).
+            self.statistics.internal_errors += 1
+            request = output.transaction.request
+            log.error(
+                "internal error: %s %s was never answered; its transaction is dropped",
+                output.transaction.method,
+                request.call_id if request is not None else "",
+            )
         elif isinstance(output, UnmatchedResponse):
             self.statistics.dropped_unmatched_responses += 1
             log.debug("dropping unmatched response %d", output.response.status)
+
+    def _forget(self, transaction: Transaction) -> None:
+        """Drop the endpoint's entries for a transaction the table has forgotten (it
+        terminated, or a TU's misuse ended it: TransactionStateError)."""
+        self._server_flows.pop(transaction, None)
+        client = self._client_requests.pop(transaction, None)
+        if client is not None:
+            client._close()
+            call_id = client._call_id
+            if call_id is not None and self._invites.get(call_id) is client:
+                del self._invites[call_id]
+
+    async def answer_internal_error(self, transaction: ServerTransaction, request: Request) -> bool:
+        """Answer ``request`` 500 (RFC 3261 §21.5.1) when the code handling it failed before
+        anyone took it, or when its owner (a call) has gone without a final response: else
+        its sender retransmits until its Timer F or B, and the transaction and its entries
+        stay. A bare status line: no Reason, no text of the failure (which may name what it
+        failed on). Nothing when it has a final response, or has ended, already. True when
+        the 500 went to the transaction."""
+        if transaction.final_status is not None or transaction.terminated:
+            return False
+        try:
+            await self.respond(transaction, self._response(request, 500))
+        except Exception:
+            # A failure of its own (the request's state does not allow one after all) must
+            # not hide the first: logged, and the table's bound (non-INVITE) ends it.
+            self.statistics.internal_errors += 1
+            log_exception(log, "internal error answering %s with 500", request.method)
+            return False
+        return True
 
     def _fail_client(self, output: TransactionTimeout | TransportFailed) -> None:
         client = self._client_requests.get(output.transaction)
@@ -1087,11 +1131,19 @@ class SipEndpoint:
                     calls.invite(txn, request, flow)
                     data = self.handling_bytes
                     if data is not None and self.sip_taps:
-                        self._copy_to_call(
-                            request, data, flow.transport, flow.remote, flow.local, True
-                        )
+                        self._copy_invite_to_call(request, data, flow)
                 return
         await self.respond(txn, self.respond_locally(request, flow))
+
+    def _copy_invite_to_call(self, request: Request, data: bytes, flow: Flow) -> None:
+        """A new call's INVITE for its taps, once the call has it: a failure here is no
+        failure of _dispatch (whose exceptions mean nobody took the request, and get a 500
+        from the endpoint: the call answers this one)."""
+        try:
+            self._copy_to_call(request, data, flow.transport, flow.remote, flow.local, True)
+        except Exception:
+            self.statistics.internal_errors += 1
+            log_exception(log, "internal error copying an INVITE to its call's taps")
 
     def _refuse_draining(self, request: Request) -> Response:
         """A new request outside any dialog while the gateway drains (Gateway.drain): 503, as a
@@ -1132,10 +1184,19 @@ class SipEndpoint:
         return None
 
     async def respond(self, transaction: ServerTransaction, response: Response) -> None:
-        """Send ``response`` through its server transaction (it retransmits as needed)."""
-        await self._act(
-            self.transactions.send_response(transaction, response, now=trio.current_time())
-        )
+        """Send ``response`` through its server transaction (it retransmits as needed).
+
+        Raises :class:`TransactionStateError` when the transaction does not allow it (a
+        response after the final one): the table has forgotten the transaction then, without
+        a TransactionTerminated, and so does the endpoint here."""
+        try:
+            outputs = self.transactions.send_response(
+                transaction, response, now=trio.current_time()
+            )
+        except TransactionStateError:
+            self._forget(transaction)
+            raise
+        await self._act(outputs)
 
     # -- client side --------------------------------------------------------------------------
 

@@ -1,0 +1,144 @@
+"""Requests the endpoint passes up are always answered, and its tables return to their size:
+a handler that fails before anything took the request gets the request a 500 (RFC 3261
+§21.5.1) from the endpoint; a call that ends leaving its caller's INVITE unanswered gets it a
+500 from the call manager; a TU's response after the final one (TransactionStateError) leaves
+no endpoint entry behind."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from gateway.core.calls.call import Call
+from gateway.core.endpoint import SipEndpoint
+from gateway.core.sip.message import Request, make_response
+from gateway.core.sip.transaction import ServerTransaction, TransactionStateError
+from gateway.core.transport.flows import Flow
+from tests.component.calls.b2bua_env import (
+    ALICE_DID,
+    T1,
+    TRUNK,
+    eventually,
+    start_b2bua,
+)
+from tests.component.calls.fuzz_checks import (
+    _responses_to,
+    error_records,
+    leftovers,
+    table_sizes,
+)
+
+WINDOW = 64 * T1 + 1.0
+SECRET = "the-text-of-the-failure"
+
+
+async def test_a_handler_failing_before_anything_took_the_request_gets_it_a_500(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)  # the registration's transactions are over
+    before = table_sizes(env)
+    errors_before = env.gateway.endpoint.statistics.internal_errors
+    real = SipEndpoint.respond_locally
+
+    def broken(self: SipEndpoint, request: Request, flow: Flow) -> Any:
+        if request.method == "OPTIONS":
+            raise RuntimeError(SECRET)
+        return real(self, request, flow)
+
+    monkeypatch.setattr(SipEndpoint, "respond_locally", broken)
+    start = len(env.network.capture)
+    exchange = await env.trunk.send(env.trunk.new_request("OPTIONS", "sip:127.0.0.1:5060"))
+    final = await exchange.final()
+    assert final.status == 500
+    assert final.reason == "Server Internal Error"
+    assert final.headers.get("Reason") is None
+    answers = _responses_to(env, TRUNK, start)
+    assert all(SECRET.encode() not in a for a in answers)
+    assert env.gateway.endpoint.statistics.internal_errors == errors_before + 1
+    errors = error_records(caplog)
+    assert len(errors) == 1 and "internal error" in errors[0], errors
+    # Nothing is kept past the transaction's own Timer J.
+    await trio.sleep(WINDOW)
+    assert table_sizes(env) == before, leftovers(env)
+    assert env.gateway.endpoint.transactions.sizes()["sip_merged_request_index"] == 0
+
+
+async def test_a_call_ending_with_its_callers_invite_unanswered_answers_it_500(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in the call's set-up, and its abort failing too (so Call.run's catch-all cannot
+    answer A): the call manager answers the caller's INVITE 500 once the call is gone; the
+    other calls and the tables are as before."""
+    caplog.set_level(logging.INFO)
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)
+    before = table_sizes(env)
+    errors_before = env.gateway.endpoint.statistics.internal_errors
+
+    async def setup_fails(self: Call) -> None:
+        raise RuntimeError(SECRET)
+
+    async def abort_fails(self: Call, status: int, reason: str) -> None:
+        raise OSError("no listener left")
+
+    monkeypatch.setattr(Call, "_setup", setup_fails)
+    monkeypatch.setattr(Call, "_abort", abort_fails)
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    final = await call.final(timeout=WINDOW)
+    assert final.status == 500
+    assert SECRET not in final.reason
+    assert env.gateway.endpoint.statistics.internal_errors == errors_before + 1
+    await eventually(lambda: env.calls == 0)
+    await trio.sleep(2 * WINDOW)
+    assert table_sizes(env) == before, leftovers(env)
+
+
+async def test_a_response_after_the_final_one_leaves_no_endpoint_entry(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A TU that answers again after its final response gets TransactionStateError: the
+    table forgets the transaction without TransactionTerminated, and the endpoint drops its
+    flow entry for it there, rather than keep it for good."""
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    await trio.sleep(WINDOW)
+    endpoint = env.gateway.endpoint
+    before = endpoint.sizes()
+    raised: list[TransactionStateError] = []
+    real = SipEndpoint._dispatch
+
+    async def answers_twice(
+        self: SipEndpoint, txn: ServerTransaction, request: Request, flow: Flow
+    ) -> None:
+        await real(self, txn, request, flow)
+        if request.method == "OPTIONS":
+            try:
+                await self.respond(txn, make_response(request, 180))  # after its 200
+            except TransactionStateError as err:
+                raised.append(err)
+
+    monkeypatch.setattr(SipEndpoint, "_dispatch", answers_twice)
+    exchange = await env.trunk.send(env.trunk.new_request("OPTIONS", "sip:127.0.0.1:5060"))
+    assert (await exchange.final()).status == 200
+    assert len(raised) == 1
+    assert endpoint.sizes() == before  # at once: no TransactionTerminated will come for it
+    assert raised[0].transaction is not None  # the TU can tell which one it was
