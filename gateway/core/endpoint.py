@@ -51,6 +51,7 @@ from gateway.core.sip.transaction import (
     SendResponse,
     ServerTransaction,
     Transaction,
+    TransactionKey,
     TransactionLimitReached,
     TransactionStateError,
     TransactionTable,
@@ -64,6 +65,7 @@ from gateway.core.sip.transaction import (
 from gateway.core.sip.uri import SipUri
 from gateway.core.sip.via import (
     Hop,
+    has_rfc3261_branch,
     make_via,
     new_branch,
     response_target,
@@ -1516,8 +1518,23 @@ class SipEndpoint:
                 "dropping malformed request from %s (no Via to answer): %s", source, err.reason
             )
             return
-        log.info("rejecting malformed request from %s with %d: %s", source, err.status, err.reason)
         top = grammar.parse_via_untrusted(headers.get("Via") or "")
+        cseq = _cseq_of_request_line(data, headers.get("CSeq"))
+        if cseq and self._serving(cseq, top):
+            # A server transaction of ours has the branch, sent-by and method the answer would
+            # carry (§17.2.3): this is a damaged copy of its request, or a forgery of one, and
+            # an answer would end its client's transaction while we still serve it. None is
+            # safe: dropped (counted as malformed above).
+            log.info(
+                "dropping malformed request from %s (an answer would end a transaction we "
+                "serve): %s",
+                source,
+                err.reason,
+            )
+            return
+        if cseq:
+            headers = headers.set("CSeq", cseq)
+        log.info("rejecting malformed request from %s with %d: %s", source, err.status, err.reason)
         headers = headers.set(
             "Via", str(stamp_received(top, _hop(flow))), *headers.get_all("Via")[1:]
         )
@@ -1532,6 +1549,16 @@ class SipEndpoint:
             log.info("not answering it: a %d would not fit a UDP datagram", err.status)
             return
         await self.send_response(response, flow)
+
+    def _serving(self, cseq: str, top: Via) -> bool:
+        """Whether a server transaction of ours has the branch and sent-by of ``top`` and the
+        method of ``cseq`` (RFC 3261 §17.2.3): an answer with them would reach its client."""
+        branch = top.branch
+        if branch is None or not has_rfc3261_branch(top):
+            return False
+        method = cseq.rpartition(" ")[2]
+        key = TransactionKey(method=method, branch=branch.lower(), sent_by=top.sent_by().lower())
+        return self.transactions.has_server_transaction_key(key)
 
     def respond_locally(self, request: Request, flow: Flow) -> Response:
         """The gateway's own answer to a request no call handles (the transaction sends it)."""
@@ -1731,6 +1758,33 @@ def _shared_hop(transport: str, host: str, port: int) -> Hop:
     """One Hop per peer address, shared: every transaction keeps its peer for up to 64*T1, and
     a trunk or phone sends many (Hop is frozen)."""
     return Hop(transport, host, port)
+
+
+def _cseq_of_request_line(data: bytes, cseq: str | None) -> str:
+    """The CSeq for our answer to a request the parser rejected, whose salvaged CSeq is
+    ``cseq``: "" when none was salvaged, its number with the Request-Line's method when the
+    two methods differ, else ``cseq`` as it is (its method is the Request-Line's, or the
+    Request-Line's cannot be read: the CSeq is then the best account of the sender's
+    transaction).
+
+    A client matches a response to its transaction by the top Via's branch and the CSeq method
+    (RFC 3261 §17.1.3). A request whose CSeq method is not its Request-Line's (§8.1.1.7,
+    §20.16: they MUST match; RFC 4475 §3.1.2.17) answered with its CSeq copied, as §8.2.6.2
+    has it, would match the sender's transaction of that other method and branch: a CANCEL
+    carrying ``CSeq: 1 INVITE`` and its INVITE's branch, forged from the caller's address,
+    would end the caller's INVITE with our 400. Its own transaction is the Request-Line
+    method's, so the 400 carries that: it matches no transaction of another method."""
+    if cseq is None:
+        return ""
+    try:
+        parsed = grammar.parse_cseq_untrusted(cseq)
+    except SipError:  # salvage_request_headers keeps a CSeq only when it parses
+        return cseq
+    line = data.lstrip(b"\r\n").split(b"\r\n", 1)[0]
+    method = line.split(b" ", 1)[0].decode("ascii", "replace")
+    if not grammar.is_token(method) or parsed.method == method:
+        return cseq
+    return f"{parsed.number} {method}"
 
 
 def _reason_phrase(reason: str) -> str:

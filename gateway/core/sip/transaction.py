@@ -1300,6 +1300,11 @@ class TransactionTable:
         """Whether a server transaction already serves ``request`` (it is a retransmission)."""
         return server_key(request) in self._server
 
+    def has_server_transaction_key(self, key: TransactionKey) -> bool:
+        """Whether a server transaction with ``key`` is alive (a request too malformed to
+        parse can be looked up by the fields salvaged from it)."""
+        return key in self._server
+
     def receive_request(
         self, request: Request, *, source: Hop, now: float, beyond_limit: int = 0
     ) -> list[Output]:

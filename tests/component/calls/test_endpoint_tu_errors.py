@@ -2,7 +2,8 @@
 a handler that fails before anything took the request gets the request a 500 (RFC 3261
 §21.5.1) from the endpoint; a call that ends leaving its caller's INVITE unanswered gets it a
 500 from the call manager; a TU's response after the final one (TransactionStateError) leaves
-no endpoint entry behind."""
+no endpoint entry behind; a request whose CSeq method is not its Request-Line's is answered
+400 with a CSeq that cannot end another transaction (§8.1.1.7, §17.1.3)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,14 @@ import trio
 from gateway.core.calls.call import Call
 from gateway.core.endpoint import SipEndpoint
 from gateway.core.sip.message import Request, make_response
+from gateway.core.sip.parser import parse_message_untrusted
+from gateway.core.sip.serializer import serialize_message
 from gateway.core.sip.transaction import ServerTransaction, TransactionStateError
 from gateway.core.transport.flows import Flow
+from gateway.testing.sip_agent import AutoAnswer
 from tests.component.calls.b2bua_env import (
     ALICE_DID,
+    GW,
     T1,
     TRUNK,
     eventually,
@@ -142,3 +147,104 @@ async def test_a_response_after_the_final_one_leaves_no_endpoint_entry(
     assert len(raised) == 1
     assert endpoint.sizes() == before  # at once: no TransactionTerminated will come for it
     assert raised[0].transaction is not None  # the TU can tell which one it was
+
+
+async def test_a_cancel_with_the_invites_cseq_cannot_end_the_invite(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """A CANCEL whose CSeq method is INVITE (RFC 3261 §8.1.1.7, §20.16: they must match;
+    RFC 4475 §3.1.2.17), sent from the caller's address with the INVITE's branch, while the
+    INVITE rings. Its 400 carries the CANCEL's method, so that it can match only a CANCEL
+    transaction (§17.1.3): the caller's INVITE goes on ringing and is answered."""
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(ring=True, status=None)
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await eventually(lambda: 180 in call.exchange.statuses if call.exchange else False)
+    invite = call.invite
+    headers = invite.headers.remove("Content-Type").remove("Contact")
+    forged = Request("CANCEL", invite.uri, headers)  # CSeq: 1 INVITE, the INVITE's Via
+    start = len(env.network.capture)
+    await env.trunk.socket.sendto(serialize_message(forged), GW)
+    await trio.sleep(1.0)
+    answers = [parse_message_untrusted(a) for a in _responses_to(env, TRUNK, start)]
+    refusals = [a for a in answers if a.status == 400]
+    assert len(refusals) == 1, answers
+    assert refusals[0].cseq.method == "CANCEL"
+    assert refusals[0].top_via.branch == invite.top_via.branch
+    assert call.exchange is not None and 400 not in call.exchange.statuses
+    await leg_b.answer(200)
+    assert (await call.final()).status == 200
+    assert env.calls == 1
+
+
+async def test_a_damaged_copy_of_a_request_being_served_is_dropped(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+) -> None:
+    """A copy of the ringing INVITE (its branch, sent-by and method) whose CSeq method is
+    BYE: any answer to it would carry the INVITE's branch and method, and end the caller's
+    INVITE while the gateway still serves it. It is dropped (counted as malformed)."""
+    env = await start_b2bua(
+        nursery, tmp_path, voipgw_seed, alice_auto=AutoAnswer(ring=True, status=None)
+    )
+    call = await env.trunk.invite(env.did_uri(ALICE_DID))
+    leg_b = await env.alice.next_call()
+    await eventually(lambda: 180 in call.exchange.statuses if call.exchange else False)
+    invite = call.invite
+    damaged = invite.with_headers(invite.headers.set("CSeq", f"{invite.cseq.number} BYE"))
+    malformed = env.gateway.endpoint.statistics.rejected_malformed
+    start = len(env.network.capture)
+    await env.trunk.socket.sendto(serialize_message(damaged), GW)
+    await trio.sleep(1.0)
+    answers = [parse_message_untrusted(a) for a in _responses_to(env, TRUNK, start)]
+    assert [a for a in answers if a.status == 400] == []
+    assert env.gateway.endpoint.statistics.rejected_malformed == malformed + 1
+    assert call.exchange is not None and 400 not in call.exchange.statuses
+    await leg_b.answer(200)
+    assert (await call.final()).status == 200
+
+
+@pytest.mark.parametrize(
+    ("line", "cseq", "answered"),
+    [
+        ("CANCEL", "INVITE", "CANCEL"),
+        ("INVITE", "CANCEL", "INVITE"),
+        ("BYE", "INVITE", "BYE"),
+        ("OPTIONS", "REGISTER", "OPTIONS"),
+        ("REGISTER", "OPTIONS", "REGISTER"),
+        ("MESSAGE", "SUBSCRIBE", "MESSAGE"),
+        ("INFO", "PRACK", "INFO"),
+        ("invite", "INVITE", "invite"),  # methods are case-sensitive (§7.1)
+        ("FOO", "BAR", "FOO"),  # unknown methods alike (RFC 4475 §3.1.2.18)
+        ("<>", "INVITE", "INVITE"),  # no method to read: the CSeq is all there is
+    ],
+)
+async def test_every_method_mismatch_is_answered_with_the_request_lines_method(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+    voipgw_seed: int,
+    line: str,
+    cseq: str,
+    answered: str,
+) -> None:
+    env = await start_b2bua(nursery, tmp_path, voipgw_seed)
+    request = env.trunk.new_request("OPTIONS", "sip:127.0.0.1:5060")
+    via = "SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKmismatch;rport"
+    data = serialize_message(
+        request.with_headers(request.headers.prepend("Via", via).set("CSeq", f"7 {cseq}"))
+    ).replace(b"OPTIONS ", line.encode() + b" ", 1)
+    start = len(env.network.capture)
+    await env.trunk.socket.sendto(data, GW)
+    await trio.sleep(1.0)
+    answers = [parse_message_untrusted(a) for a in _responses_to(env, TRUNK, start)]
+    assert [(a.status, str(a.cseq.number), a.cseq.method) for a in answers] == [
+        (400, "7", answered)
+    ]
